@@ -1,0 +1,176 @@
+/**
+ * Hypercall codes, HV_STATUS values, privileges and partition properties, with the TLFS numbers
+ * (REFERENCE.md "Hypercalls"). The hypercall control word is carried as its fields (code, fast,
+ * repCount, repStart) rather than one u64, because JavaScript numbers cannot hold bits 48-59
+ * exactly; the values and their ranges are those of the TLFS.
+ */
+
+export const HvCall = {
+  CreatePartition: 0x0040,
+  InitializePartition: 0x0041,
+  FinalizePartition: 0x0042,
+  DeletePartition: 0x0043,
+  GetPartitionProperty: 0x0044,
+  SetPartitionProperty: 0x0045,
+  GetPartitionId: 0x0046,
+  MapGpaPages: 0x004b,
+  UnmapGpaPages: 0x004c,
+  InstallIntercept: 0x004d,
+  CreateVp: 0x004e,
+  DeleteVp: 0x004f,
+  GetVpRegisters: 0x0050,
+  SetVpRegisters: 0x0051,
+  PostMessage: 0x005c,
+  SignalEvent: 0x005d,
+  AssertVirtualInterrupt: 0x0094,
+  CreatePort: 0x0095,
+  ConnectPort: 0x0096,
+  StartVirtualProcessor: 0x0099,
+} as const;
+export type HvCallName = keyof typeof HvCall;
+export type HvCallCode = (typeof HvCall)[HvCallName];
+
+const callNames = new Map<number, HvCallName>(Object.entries(HvCall).map(([k, v]) => [v, k as HvCallName]));
+export function hvCallName(code: number): string {
+  return callNames.get(code) ?? `0x${code.toString(16).padStart(4, '0')}`;
+}
+/** Accepts a call name (case-insensitive, with or without "HvCall") or a number like 0x40. */
+export function parseHvCall(text: string): HvCallCode | null {
+  const t = text.trim();
+  if (/^(0x[0-9a-f]+|\d+)$/i.test(t)) {
+    const n = Number(t);
+    return callNames.has(n) ? (n as HvCallCode) : null;
+  }
+  const norm = t.toLowerCase().replace(/^hvcall/, '');
+  for (const [k, v] of Object.entries(HvCall)) if (k.toLowerCase() === norm) return v;
+  return null;
+}
+
+export const HvStatus = {
+  SUCCESS: 0x0,
+  INVALID_HYPERCALL_CODE: 0x2,
+  INVALID_HYPERCALL_INPUT: 0x3,
+  INVALID_ALIGNMENT: 0x4,
+  INVALID_PARAMETER: 0x5,
+  ACCESS_DENIED: 0x6,
+  INVALID_PARTITION_STATE: 0x7,
+  OPERATION_DENIED: 0x8,
+  UNKNOWN_PROPERTY: 0x9,
+  PROPERTY_VALUE_OUT_OF_RANGE: 0xa,
+  INSUFFICIENT_MEMORY: 0xb,
+  INVALID_PARTITION_ID: 0xd,
+  INVALID_VP_INDEX: 0xe,
+  NOT_FOUND: 0x10,
+  INVALID_PORT_ID: 0x11,
+  INVALID_CONNECTION_ID: 0x12,
+  INSUFFICIENT_BUFFERS: 0x13,
+  INVALID_VP_STATE: 0x15,
+  INVALID_SYNIC_STATE: 0x18,
+  NO_RESOURCES: 0x1d,
+} as const;
+export type HvStatusName = keyof typeof HvStatus;
+export type HvStatusCode = (typeof HvStatus)[HvStatusName];
+const statusNames = new Map<number, HvStatusName>(Object.entries(HvStatus).map(([k, v]) => [v, k as HvStatusName]));
+export function hvStatusName(code: number): string {
+  return statusNames.get(code) ?? `0x${code.toString(16)}`;
+}
+
+/** Privilege bits (bit numbers in the 64-bit HV_PARTITION_PRIVILEGE_MASK). */
+export const Privilege = {
+  CreatePartitions: 32,
+  AccessPartitionId: 33,
+  AccessMemoryPool: 34,
+  PostMessages: 36,
+  SignalEvents: 37,
+  CreatePort: 38,
+  ConnectPort: 39,
+  AccessStats: 40,
+  CpuManagement: 44,
+  AccessVpRegisters: 49,
+  StartVirtualProcessor: 53,
+} as const;
+export type PrivilegeName = keyof typeof Privilege;
+
+export function privilegeMask(names: readonly PrivilegeName[]): bigint {
+  let m = 0n;
+  for (const n of names) m |= 1n << BigInt(Privilege[n]);
+  return m;
+}
+export function hasPrivilege(mask: bigint, p: PrivilegeName): boolean {
+  return (mask >> BigInt(Privilege[p])) & 1n ? true : false;
+}
+export function privilegeNames(mask: bigint): PrivilegeName[] {
+  return (Object.keys(Privilege) as PrivilegeName[]).filter((n) => hasPrivilege(mask, n));
+}
+/** The root partition holds every privilege. */
+export const ROOT_PRIVILEGES = privilegeMask(Object.keys(Privilege) as PrivilegeName[]);
+/** What a VMWP grants an enlightened child: VMBus needs messages and events; its SynIC MSRs
+ * are written through SetVpRegisters on itself (hvlab's stand-in for WRMSR). */
+export const ENLIGHTENED_CHILD_PRIVILEGES = privilegeMask(['PostMessages', 'SignalEvents', 'AccessVpRegisters']);
+
+export const PartitionProperty = {
+  PrivilegeFlags: 0x00010000,
+  Suspend: 0x00020000,
+  CpuReserve: 0x00020001,
+  CpuCap: 0x00020002,
+  CpuWeight: 0x00020003,
+} as const;
+export type PartitionPropertyName = keyof typeof PartitionProperty;
+const propNames = new Map<number, PartitionPropertyName>(Object.entries(PartitionProperty).map(([k, v]) => [v, k as PartitionPropertyName]));
+export function partitionPropertyName(code: number): string {
+  return propNames.get(code) ?? `0x${code.toString(16).padStart(8, '0')}`;
+}
+
+export const PartitionState = { Created: 'Created', Initialized: 'Initialized', Finalized: 'Finalized', Deleted: 'Deleted' } as const;
+export type PartitionState = (typeof PartitionState)[keyof typeof PartitionState];
+
+/** The root partition's id on every host; children are numbered from 2. */
+export const ROOT_PARTITION_ID = 1;
+/** HV_PARTITION_ID_SELF: "the caller's own partition". */
+export const PARTITION_ID_SELF = -1;
+export const MAX_VPS_PER_PARTITION = 64;
+export const MAX_MESSAGE_PAYLOAD = 240;
+
+/** Intercept types of HvInstallIntercept. */
+export const InterceptType = { IoPort: 0, Msr: 1, Cpuid: 2, IoPortRange: 0x11 } as const;
+export const InterceptAccess = { Read: 1, Write: 2 } as const;
+
+/** Port types of HvCreatePort. */
+export const PortType = { Message: 1, Event: 2 } as const;
+
+/**
+ * Registers a VP holds. General-purpose state plus the synthetic MSRs. Values are non-negative
+ * integers below 2^53 (hvlab deviation: the TLFS registers are 64/128-bit).
+ */
+export const VpRegisterNames = [
+  'Rax', 'Rbx', 'Rcx', 'Rdx', 'Rsi', 'Rdi', 'Rbp', 'Rsp', 'Rip', 'Rflags',
+  'Scontrol', 'Simp', 'Siefp', 'Eom',
+  'Sint0', 'Sint1', 'Sint2', 'Sint3', 'Sint4', 'Sint5', 'Sint6', 'Sint7',
+  'Sint8', 'Sint9', 'Sint10', 'Sint11', 'Sint12', 'Sint13', 'Sint14', 'Sint15',
+] as const;
+export type VpRegisterName = (typeof VpRegisterNames)[number];
+export function isVpRegisterName(s: string): s is VpRegisterName {
+  return (VpRegisterNames as readonly string[]).includes(s);
+}
+
+/** Input and output shapes per call; validated field by field in the hypervisor. */
+export interface HypercallInputs {
+  CreatePartition: { flags?: number; memoryBytes: number; name?: string };
+  InitializePartition: { partitionId: number };
+  FinalizePartition: { partitionId: number };
+  DeletePartition: { partitionId: number };
+  GetPartitionProperty: { partitionId: number; property: number };
+  SetPartitionProperty: { partitionId: number; property: number; value: number | string };
+  GetPartitionId: Record<string, never>;
+  MapGpaPages: { partitionId: number; gpaPage: number; pageCount: number; flags?: number };
+  UnmapGpaPages: { partitionId: number; gpaPage: number; pageCount: number };
+  InstallIntercept: { partitionId: number; type: number; access: number; port?: number; portEnd?: number };
+  CreateVp: { partitionId: number; vpIndex: number };
+  DeleteVp: { partitionId: number; vpIndex: number };
+  GetVpRegisters: { partitionId: number; vpIndex: number; names: string[] };
+  SetVpRegisters: { partitionId: number; vpIndex: number; values: Record<string, number> };
+  PostMessage: { connectionId: number; messageType: number; payload: Uint8Array };
+  SignalEvent: { connectionId: number; flagNumber: number };
+  CreatePort: { partitionId: number; portId: number; type: number; vpIndex: number; sint: number; flagCount?: number };
+  ConnectPort: { partitionId: number; connectionId: number; portPartitionId: number; portId: number };
+}

@@ -1,0 +1,62 @@
+/**
+ * Guest physical memory layout that the VMWP (firmware role) and the guest kernel agree on.
+ * All multi-byte fields are little-endian. Offsets are named once here and read through DataView.
+ *
+ *   0x00000  boot information page (written by the VMWP before the first VP starts)
+ *   0x01000  status page (written by the guest; the root reads progress from it)
+ *   0x02000  workload state page (counter and friends; survives save/restore by living here)
+ *   0x10000  per-VP SynIC pages: VP n's message page at 0x10000 + n*0x2000, event flags +0x1000
+ *   0x100000 workload data area (memdirty's pages start here, as in QEMU's migration test)
+ */
+export const PAGE = 4096;
+export const BOOT_INFO_GPA = 0x0;
+export const STATUS_PAGE_GPA = 0x1000;
+export const WORKLOAD_PAGE_GPA = 0x2000;
+export const SYNIC_PAGES_GPA = 0x10000;
+export const WORKLOAD_DATA_GPA = 0x100000;
+export const MIN_MEMORY_BYTES = 2 * 1024 * 1024;
+export const MAX_MEMORY_BYTES = 16 * 1024 ** 3;
+
+export function simpGpa(vp: number): number {
+  return SYNIC_PAGES_GPA + vp * 0x2000;
+}
+export function siefpGpa(vp: number): number {
+  return SYNIC_PAGES_GPA + vp * 0x2000 + 0x1000;
+}
+
+export const BOOT_MAGIC = 0x424c5648; // "HVLB"
+export const BootInfo = {
+  magic: 0x00, // u32
+  version: 0x04, // u32
+  partitionId: 0x08, // u32
+  vpCount: 0x0c, // u32
+  memoryBytes: 0x10, // u64
+  controlConnectionId: 0x18, // u32: guest -> root messages (PostMessage)
+  controlEventConnectionId: 0x1c, // u32: guest -> root events (SignalEvent)
+  workloadArg: 0x20, // u64
+  workloadName: 0x40, // 32 bytes, ASCII, NUL-padded
+} as const;
+export const WORKLOAD_NAME_BYTES = 32;
+
+export const STATUS_MAGIC = 0x54535648; // "HVST"
+export const StatusPage = {
+  magic: 0x00, // u32
+  version: 0x04, // u32
+  bootState: 0x08, // u32, BootState
+  vpsOnline: 0x0c, // u32
+  progress: 0x10, // u64: the workload's progress number
+  steps: 0x18, // u64: guest steps run (all VPs)
+  messagesReceived: 0x20, // u32: SynIC messages consumed
+  eventsReceived: 0x24, // u32: event flags consumed
+  lastMessageType: 0x28, // u32
+  lastMessageSize: 0x2c, // u32
+  bootTimeMs: 0x30, // f64, guest wall clock at boot
+  lastMessage: 0x40, // up to 240 bytes: the last SynIC message payload
+} as const;
+export const BootState = { None: 0, Booting: 1, Running: 2, ShuttingDown: 3 } as const;
+
+export const WorkloadPage = {
+  counter: 0x00, // u64 (counter workload)
+  ratePerSecond: 0x08, // u32
+  startedMs: 0x10, // f64
+} as const;

@@ -1,0 +1,51 @@
+/** VM states as WMI Msvm_ComputerSystem.EnabledState numbers (REFERENCE / ARCHITECTURE §6). */
+export const EnabledState = {
+  Running: 2,
+  Off: 3,
+  Stopping: 4,
+  Saved: 6,
+  Paused: 9,
+  Starting: 10,
+  Saving: 32773,
+  Pausing: 32776,
+  Resuming: 32777,
+} as const;
+export type VmStateName = keyof typeof EnabledState;
+export function vmStateName(n: number): VmStateName | 'Unknown' {
+  for (const [k, v] of Object.entries(EnabledState)) if (v === n) return k as VmStateName;
+  return 'Unknown';
+}
+
+export const WORKLOADS = ['idle', 'counter'] as const;
+export type WorkloadName = (typeof WORKLOADS)[number];
+
+/** "counter", "counter:500" (rate per second), "idle". Returns null when malformed. */
+export function parseWorkload(spec: string): { name: WorkloadName; arg: number } | null {
+  const m = /^([a-z]+)(?::(\d+))?$/.exec(spec);
+  if (!m) return null;
+  const name = m[1] as WorkloadName;
+  if (!(WORKLOADS as readonly string[]).includes(name)) return null;
+  const arg = m[2] === undefined ? 0 : Number(m[2]);
+  if (name === 'counter' && m[2] !== undefined && (arg < 1 || arg > 1_000_000)) return null;
+  if (name === 'idle' && m[2] !== undefined) return null;
+  return { name, arg };
+}
+export const DEFAULT_COUNTER_RATE = 1000;
+
+/** "64M", "1G", "2097152", "512K" -> bytes. Null when malformed. */
+export function parseSize(text: string): number | null {
+  const m = /^(\d+)([KMG]i?B?|B)?$/i.exec(text.trim());
+  if (!m) return null;
+  const unit = (m[2] ?? 'B').toUpperCase()[0];
+  const mul = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
+  const v = Number(m[1]) * mul;
+  return Number.isSafeInteger(v) ? v : null;
+}
+export function formatBytes(n: number): string {
+  if (n % 1024 ** 3 === 0) return `${n / 1024 ** 3}G`;
+  if (n % 1024 ** 2 === 0) return `${n / 1024 ** 2}M`;
+  if (n % 1024 === 0) return `${n / 1024}K`;
+  return `${n}B`;
+}
+
+export const VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;

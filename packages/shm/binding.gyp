@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "hvlab_shm",
+      "sources": ["native/shm.cc"],
+      "cflags_cc": ["-std=c++17", "-O2"],
+      "libraries": ["-lrt"]
+    }
+  ]
+}

@@ -1,0 +1,104 @@
+// hvlab shared memory: a file under /dev/shm, mmap'ed and handed to JavaScript as a real
+// SharedArrayBuffer (V8 backing store with a munmap deleter), so Atomics work across processes.
+// Uses V8 directly because N-API can only make (non-shared) ArrayBuffers.
+#include <node.h>
+#include <v8.h>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+using v8::BackingStore;
+using v8::Exception;
+using v8::FunctionCallbackInfo;
+using v8::Isolate;
+using v8::Local;
+using v8::Object;
+using v8::SharedArrayBuffer;
+using v8::String;
+using v8::Value;
+
+void Throw(Isolate* isolate, const std::string& msg, int err) {
+  std::string full = msg;
+  if (err != 0) { full += ": "; full += std::strerror(err); }
+  Local<Value> ex = Exception::Error(String::NewFromUtf8(isolate, full.c_str()).ToLocalChecked());
+  if (err != 0) {
+    Local<Object> obj = ex.As<Object>();
+    obj->Set(isolate->GetCurrentContext(), String::NewFromUtf8(isolate, "errno").ToLocalChecked(),
+             v8::Integer::New(isolate, err)).Check();
+  }
+  isolate->ThrowException(ex);
+}
+
+void Unmap(void* data, size_t length, void* /*deleter_data*/) {
+  if (data != nullptr && length > 0) munmap(data, length);
+}
+
+// map(name: string, size: number, create: boolean) -> SharedArrayBuffer
+// create=true: O_CREAT|O_EXCL, ftruncate to size. create=false: open existing; size 0 = whole file.
+void Map(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 3 || !args[0]->IsString() || !args[1]->IsNumber() || !args[2]->IsBoolean()) {
+    Throw(isolate, "shm.map(name, size, create) takes a string, a number and a boolean", 0);
+    return;
+  }
+  String::Utf8Value name(isolate, args[0]);
+  double sizeD = args[1].As<v8::Number>()->Value();
+  bool create = args[2].As<v8::Boolean>()->Value();
+  std::string path = std::string("/") + *name;
+  int fd = shm_open(path.c_str(), create ? (O_RDWR | O_CREAT | O_EXCL) : O_RDWR, 0600);
+  if (fd < 0) { Throw(isolate, std::string("shm_open ") + path, errno); return; }
+  size_t size = static_cast<size_t>(sizeD);
+  if (create) {
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      int e = errno; close(fd); shm_unlink(path.c_str());
+      Throw(isolate, std::string("ftruncate ") + path, e); return;
+    }
+  } else {
+    struct stat st;
+    if (fstat(fd, &st) != 0) { int e = errno; close(fd); Throw(isolate, "fstat " + path, e); return; }
+    if (size == 0) size = static_cast<size_t>(st.st_size);
+    if (size > static_cast<size_t>(st.st_size)) {
+      close(fd); Throw(isolate, "shm file " + path + " is smaller than the requested size", 0); return;
+    }
+  }
+  if (size == 0) { close(fd); Throw(isolate, "shm file " + path + " is empty", 0); return; }
+  void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int e = errno;
+  close(fd);
+  if (data == MAP_FAILED) {
+    if (create) shm_unlink(path.c_str());
+    Throw(isolate, "mmap " + path, e); return;
+  }
+  std::unique_ptr<BackingStore> store = SharedArrayBuffer::NewBackingStore(data, size, Unmap, nullptr);
+  Local<SharedArrayBuffer> sab = SharedArrayBuffer::New(isolate, std::move(store));
+  args.GetReturnValue().Set(sab);
+}
+
+// unlink(name: string) -> boolean (false when it did not exist)
+void Unlink(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsString()) { Throw(isolate, "shm.unlink(name) takes a string", 0); return; }
+  String::Utf8Value name(isolate, args[0]);
+  std::string path = std::string("/") + *name;
+  if (shm_unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) { args.GetReturnValue().Set(false); return; }
+    Throw(isolate, "shm_unlink " + path, errno); return;
+  }
+  args.GetReturnValue().Set(true);
+}
+
+}  // namespace
+
+NODE_MODULE_INIT(/* exports, module, context */) {
+  Isolate* isolate = context->GetIsolate();
+  exports->Set(context, String::NewFromUtf8(isolate, "map").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, Map)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "unlink").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, Unlink)->GetFunction(context).ToLocalChecked()).Check();
+}

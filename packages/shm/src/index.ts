@@ -1,0 +1,130 @@
+/**
+ * @hvlab/shm — named shared memory under /dev/shm, as real SharedArrayBuffers.
+ *
+ * A small native addon (native/shm.cc) does shm_open + mmap and gives V8 the mapping as the
+ * backing store of a SharedArrayBuffer, so two processes that map the same name see each other's
+ * writes and can use Atomics on them. Guest physical memory, SynIC pages and VP control pages are
+ * all such regions.
+ *
+ * When the addon could not be built or loaded, `shmAvailable()` is false and callers fall back to
+ * process-private memory (`privateRegion`), carrying cross-process traffic over ZeroMQ instead.
+ * Deviation from Hyper-V: there is no SLAT; sharing is by file name, and access control is the
+ * file mode (0600) plus the hypervisor's own checks.
+ */
+import { createRequire } from 'node:module';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+interface Addon {
+  map(name: string, size: number, create: boolean): SharedArrayBuffer;
+  unlink(name: string): boolean;
+}
+
+const pkgDir = dirname(dirname(fileURLToPath(import.meta.url)));
+let addon: Addon | null = null;
+let loadError = '';
+
+if (process.env.HVLAB_SHM === 'off') {
+  loadError = 'disabled by HVLAB_SHM=off';
+} else {
+  const file = join(pkgDir, 'build', 'Release', 'hvlab_shm.node');
+  if (!existsSync(file)) {
+    let why = 'the native addon was not built';
+    try {
+      const st = JSON.parse(readFileSync(join(pkgDir, 'build-status.json'), 'utf8')) as { reason?: string };
+      if (st.reason) why += ` (${st.reason})`;
+    } catch { /* no status file */ }
+    loadError = why;
+  } else {
+    try {
+      addon = createRequire(import.meta.url)(file) as Addon;
+    } catch (e) {
+      loadError = `the native addon failed to load: ${(e as Error).message}`;
+    }
+  }
+}
+
+/** Page size of guest physical memory and of every shared region. */
+export const PAGE_SIZE = 4096;
+/** Largest region hvlab will create (64 GiB), to catch unit mistakes early. */
+export const MAX_REGION_BYTES = 64 * 1024 ** 3;
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/;
+
+export class ShmError extends Error {
+  override name = 'ShmError';
+}
+
+/** Memory mode of this process: 'shared' (the addon is loaded) or 'private' (fallback). */
+export function memoryMode(): 'shared' | 'private' {
+  return addon ? 'shared' : 'private';
+}
+export function shmAvailable(): boolean {
+  return addon !== null;
+}
+/** Why shared memory is unavailable ('' when it is available). */
+export function shmUnavailableReason(): string {
+  return loadError;
+}
+
+function checkName(name: string): void {
+  if (typeof name !== 'string' || !NAME_RE.test(name)) {
+    throw new ShmError(`shared-memory name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-', no '/', at most 201 characters`);
+  }
+}
+function checkSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new ShmError(`shared-memory size ${size} is invalid: it must be a positive whole number of bytes`);
+  if (size % PAGE_SIZE !== 0) throw new ShmError(`shared-memory size ${size} is not a multiple of the ${PAGE_SIZE}-byte page`);
+  if (size > MAX_REGION_BYTES) throw new ShmError(`shared-memory size ${size} exceeds the ${MAX_REGION_BYTES}-byte limit`);
+}
+function need(): Addon {
+  if (!addon) throw new ShmError(`shared memory is unavailable: ${loadError}`);
+  return addon;
+}
+function rethrow(e: unknown, what: string): never {
+  const err = e as Error & { errno?: number };
+  if (err.errno === 17) throw new ShmError(`${what}: it already exists`);
+  if (err.errno === 2) throw new ShmError(`${what}: it does not exist`);
+  throw new ShmError(`${what}: ${err.message}`);
+}
+
+/** Creates /dev/shm/NAME of SIZE bytes (zero-filled); fails if it exists. */
+export function createRegion(name: string, size: number): SharedArrayBuffer {
+  checkName(name);
+  checkSize(size);
+  try {
+    return need().map(name, size, true);
+  } catch (e) {
+    if (e instanceof ShmError) throw e;
+    rethrow(e, `cannot create shared memory ${name}`);
+  }
+}
+
+/** Maps an existing /dev/shm/NAME (the whole file, or its first SIZE bytes). */
+export function openRegion(name: string, size = 0): SharedArrayBuffer {
+  checkName(name);
+  if (size !== 0) checkSize(size);
+  try {
+    return need().map(name, size, false);
+  } catch (e) {
+    if (e instanceof ShmError) throw e;
+    rethrow(e, `cannot open shared memory ${name}`);
+  }
+}
+
+/** Removes /dev/shm/NAME; mappings stay valid until dropped. Returns false if it was not there. */
+export function unlinkRegion(name: string): boolean {
+  checkName(name);
+  if (!addon) return false;
+  try {
+    return addon.unlink(name);
+  } catch (e) {
+    rethrow(e, `cannot unlink shared memory ${name}`);
+  }
+}
+
+/** A process-private region with the same shape, for the fallback mode. */
+export function privateRegion(size: number): SharedArrayBuffer {
+  checkSize(size);
+  return new SharedArrayBuffer(size);
+}
