@@ -1,0 +1,142 @@
+/**
+ * The SynIC of one virtual processor: SINT registers, the message page and the event-flag page,
+ * with the TLFS delivery rules.
+ *
+ * Messages: a slot is free when its type is 0. When it is busy the hypervisor sets MessagePending
+ * in the slot and queues the message; the guest, after copying and clearing the type, writes EOM
+ * (only if MessagePending was set) and the hypervisor retries. Masked SINTs or a disabled message
+ * page also queue. Events: SignalEvent sets a flag atomically and raises the SINT only when the
+ * flag was clear.
+ *
+ * Private-memory mode (no shared memory): the hypervisor cannot see the guest's pages, so it keeps
+ * the slot's busy bit itself, ships the slot bytes with the interrupt, and the guest always writes
+ * EOM after consuming a message (a documented deviation of the fallback only).
+ */
+import {
+  MESSAGE_HEADER_SIZE, MESSAGE_SLOT_SIZE, MSG_FLAG_PENDING, MsgHeader, SINT_COUNT, EVENT_FLAG_BYTES_PER_SINT,
+  sintMasked, synicPageGpa, HvStatus,
+} from '@hvlab/protocol';
+
+export const MAX_QUEUED_PER_SINT = 64;
+
+export interface QueuedMessage {
+  type: number;
+  payload: Uint8Array;
+  sender: number;
+}
+
+export interface SynicDelivery {
+  /** Raise SINT `sint` on this VP (notify the partition). In private mode, with the slot bytes or flag. */
+  raise(sint: number, extra: { slot?: Uint8Array; flag?: number }): void;
+}
+
+export class SynIc {
+  readonly sint = new Array<number>(SINT_COUNT).fill(1 << 16); // all start masked
+  scontrol = 0;
+  simp = 0;
+  siefp = 0;
+  private readonly queues: QueuedMessage[][] = Array.from({ length: SINT_COUNT }, () => []);
+  private readonly privateBusy = new Array<boolean>(SINT_COUNT).fill(false);
+  messagesDelivered = 0;
+  eventsRaised = 0;
+
+  constructor(
+    private readonly memory: DataView | null,
+    private readonly memoryBytes: number,
+    private readonly out: SynicDelivery,
+  ) {}
+
+  get enabled(): boolean {
+    return (this.scontrol & 1) === 1;
+  }
+
+  private pageGpa(reg: number): number | null {
+    const g = synicPageGpa(reg);
+    return g !== null && g + 4096 <= this.memoryBytes ? g : null;
+  }
+
+  /** Queues or delivers a message. Returns an HV_STATUS. */
+  post(sint: number, msg: QueuedMessage): number {
+    const q = this.queues[sint];
+    if (q.length >= MAX_QUEUED_PER_SINT) return HvStatus.INSUFFICIENT_BUFFERS;
+    q.push(msg);
+    this.pump(sint);
+    return HvStatus.SUCCESS;
+  }
+
+  /** Tries to move queued messages of a SINT into its slot. */
+  pump(sint: number): void {
+    const q = this.queues[sint];
+    if (q.length === 0 || !this.enabled || sintMasked(this.sint[sint])) return;
+    const page = this.pageGpa(this.simp);
+    if (page === null) return;
+    const slotOff = page + sint * MESSAGE_SLOT_SIZE;
+    if (this.memory) {
+      const mem = this.memory;
+      if (mem.getUint32(slotOff + MsgHeader.type, true) !== 0) {
+        mem.setUint8(slotOff + MsgHeader.flags, mem.getUint8(slotOff + MsgHeader.flags) | MSG_FLAG_PENDING);
+        return;
+      }
+      const m = q.shift()!;
+      const bytes = new Uint8Array(mem.buffer, mem.byteOffset + slotOff, MESSAGE_SLOT_SIZE);
+      bytes.set(m.payload, MESSAGE_HEADER_SIZE);
+      mem.setUint8(slotOff + MsgHeader.payloadSize, m.payload.length);
+      mem.setUint8(slotOff + MsgHeader.flags, q.length > 0 ? MSG_FLAG_PENDING : 0);
+      mem.setUint16(slotOff + 6, 0, true);
+      mem.setBigUint64(slotOff + MsgHeader.sender, BigInt(m.sender), true);
+      // The type is written last, with a full barrier: a non-zero type publishes the slot.
+      Atomics.store(new Int32Array(mem.buffer, mem.byteOffset + slotOff, 1), 0, m.type | 0);
+      this.messagesDelivered++;
+      this.out.raise(sint, {});
+    } else {
+      if (this.privateBusy[sint]) return;
+      const m = q.shift()!;
+      const slot = new Uint8Array(MESSAGE_SLOT_SIZE);
+      const dv = new DataView(slot.buffer);
+      dv.setUint32(MsgHeader.type, m.type >>> 0, true);
+      dv.setUint8(MsgHeader.payloadSize, m.payload.length);
+      dv.setUint8(MsgHeader.flags, MSG_FLAG_PENDING); // the guest always answers with EOM here
+      dv.setBigUint64(MsgHeader.sender, BigInt(m.sender), true);
+      slot.set(m.payload, MESSAGE_HEADER_SIZE);
+      this.privateBusy[sint] = true;
+      this.messagesDelivered++;
+      this.out.raise(sint, { slot });
+    }
+  }
+
+  /** EOM: the guest has freed a slot; retry every queue. */
+  endOfMessage(): void {
+    this.privateBusy.fill(false);
+    for (let s = 0; s < SINT_COUNT; s++) this.pump(s);
+  }
+
+  pumpAll(): void {
+    for (let s = 0; s < SINT_COUNT; s++) this.pump(s);
+  }
+
+  /** Sets event flag `flag` of SINT `sint`; raises the SINT only if the flag was clear. */
+  signal(sint: number, flag: number): number {
+    if (!this.enabled) return HvStatus.INVALID_SYNIC_STATE;
+    const page = this.pageGpa(this.siefp);
+    if (page === null) return HvStatus.INVALID_SYNIC_STATE;
+    if (this.memory) {
+      const mem = this.memory;
+      const wordOff = page + sint * EVENT_FLAG_BYTES_PER_SINT + (flag >>> 5) * 4;
+      const bit = 1 << (flag & 31);
+      const old = Atomics.or(new Int32Array(mem.buffer, mem.byteOffset + wordOff, 1), 0, bit);
+      if ((old & bit) !== 0) return HvStatus.SUCCESS;
+      if (sintMasked(this.sint[sint])) return HvStatus.SUCCESS; // flag stays set; no interrupt
+      this.eventsRaised++;
+      this.out.raise(sint, {});
+    } else {
+      if (sintMasked(this.sint[sint])) return HvStatus.SUCCESS;
+      this.eventsRaised++;
+      this.out.raise(sint, { flag });
+    }
+    return HvStatus.SUCCESS;
+  }
+
+  queued(sint: number): number {
+    return this.queues[sint].length;
+  }
+}

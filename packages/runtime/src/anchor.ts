@@ -1,0 +1,35 @@
+/**
+ * The hypervisor is the anchor of its host: every other process watches it and leaves when it is
+ * gone (even after kill -9, which sends nobody a message). Polling a pid with signal 0 every
+ * 200 ms is cheap and needs no socket; `process.kill(pid, 0)` throws ESRCH once it has exited.
+ */
+export function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Calls onGone once when any of the pids stops existing. Returns a cancel function. */
+export function watchPids(pids: number[], onGone: (pid: number) => void, periodMs = 200): () => void {
+  let done = false;
+  const t = setInterval(() => {
+    if (done) return;
+    for (const p of pids) {
+      if (!pidAlive(p)) {
+        done = true;
+        clearInterval(t);
+        onGone(p);
+        return;
+      }
+    }
+  }, periodMs);
+  t.unref();
+  return () => {
+    done = true;
+    clearInterval(t);
+  };
+}

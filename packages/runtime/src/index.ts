@@ -1,0 +1,10 @@
+/**
+ * @hvlab/runtime — process plumbing shared by every process of a host: state paths, pino
+ * loggers, the hypervisor anchor watch, ZeroMQ helpers and the typed hypercall client (HvClient),
+ * which the root's VID, the VMWPs and the guest kernels all use.
+ */
+export * from './paths.js';
+export * from './log.js';
+export * from './anchor.js';
+export * from './zmq.js';
+export * from './hvclient.js';

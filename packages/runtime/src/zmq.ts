@@ -1,0 +1,40 @@
+/**
+ * Small helpers over zeromq.js 6. A socket allows one pending send() at a time (a second throws
+ * EBUSY), so sends go through a queue; every socket is made with linger 0 so a closing process
+ * never waits for undelivered messages.
+ */
+import * as zmq from 'zeromq';
+
+export { zmq };
+
+/** Serialises sends on one socket. */
+export class SendQueue {
+  private tail: Promise<void> = Promise.resolve();
+  private closed = false;
+  constructor(private readonly sock: zmq.Dealer | zmq.Router | zmq.Publisher) {}
+  send(frames: Buffer | Buffer[]): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (this.closed || this.sock.closed) return;
+      try {
+        await this.sock.send(frames as never);
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code === 'EAGAIN' || code === 'EHOSTUNREACH' || this.sock.closed) return; // peer gone: drop
+        throw e;
+      }
+    };
+    const p = this.tail.then(run, run);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+  close(): void {
+    this.closed = true;
+  }
+}
+
+export function dealer(): zmq.Dealer {
+  return new zmq.Dealer({ linger: 0, sendHighWaterMark: 100000, receiveHighWaterMark: 100000 });
+}
+export function router(): zmq.Router {
+  return new zmq.Router({ linger: 0, mandatory: true, sendHighWaterMark: 100000, receiveHighWaterMark: 100000 });
+}
