@@ -144,7 +144,9 @@ export class Hypervisor {
           out = this.dispatch(caller, s, code, input, control);
         } catch (e) {
           if (!(e instanceof Fail)) throw e;
-          out = { status: e.status, reps: 0, output: { reason: e.message } };
+          // Reasons help the root debug; a child learns only the status (leak nothing).
+          out = { status: e.status, reps: 0, output: caller.id === ROOT_PARTITION_ID ? { reason: e.message } : null };
+          if (caller.id !== ROOT_PARTITION_ID) this.opts.log?.info({ partition: caller.id, call: hvCallName(code), why: e.message }, 'child hypercall refused');
         }
       }
     }

@@ -160,7 +160,7 @@ export interface HypercallInputs {
   FinalizePartition: { partitionId: number };
   DeletePartition: { partitionId: number };
   GetPartitionProperty: { partitionId: number; property: number };
-  SetPartitionProperty: { partitionId: number; property: number; value: number | string };
+  SetPartitionProperty: { partitionId: number; property: number; value: number | string | bigint };
   GetPartitionId: Record<string, never>;
   MapGpaPages: { partitionId: number; gpaPage: number; pageCount: number; flags?: number };
   UnmapGpaPages: { partitionId: number; gpaPage: number; pageCount: number };

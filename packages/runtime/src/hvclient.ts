@@ -94,16 +94,23 @@ export class HvClient {
   }
 
   /** Issues a hypercall by code with an arbitrary input (used by `hvlab debug hypercall`). */
-  raw(code: number, input: Record<string, unknown>, opts: { repCount?: number; repStart?: number; fast?: boolean } = {}): Promise<HypercallResult> {
+  raw(code: number, input: Record<string, unknown>, opts: { repCount?: number; repStart?: number; fast?: boolean; timeoutMs?: number } = {}): Promise<HypercallResult> {
     if (this.closed) return Promise.reject(new Error('hypervisor session is closed'));
     const id = this.nextId++;
+    const { timeoutMs = 10000, ...control } = opts;
     return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`the hypervisor did not answer hypercall 0x${code.toString(16)} within ${timeoutMs} ms`));
+      }, timeoutMs);
       this.pending.set(id, (m) => {
+        clearTimeout(timer);
         if (m.k !== 'hr') return;
         resolve({ status: m.status, statusName: hvStatusName(m.status), reps: m.reps, output: m.output });
       });
-      const msg: HvClientMsg = { k: 'hc', id, code, input, ...opts };
+      const msg: HvClientMsg = { k: 'hc', id, code, input, ...control };
       this.q.send(encode(msg)).catch((e) => {
+        clearTimeout(timer);
         this.pending.delete(id);
         reject(e);
       });
@@ -111,8 +118,8 @@ export class HvClient {
   }
 
   /** Issues a hypercall; resolves with its result whatever the status. */
-  call<N extends keyof HypercallInputs & HvCallName>(name: N, input: HypercallInputs[N]): Promise<HypercallResult> {
-    return this.raw(HvCall[name], input as unknown as Record<string, unknown>);
+  call<N extends keyof HypercallInputs & HvCallName>(name: N, input: HypercallInputs[N], timeoutMs?: number): Promise<HypercallResult> {
+    return this.raw(HvCall[name], input as unknown as Record<string, unknown>, timeoutMs === undefined ? {} : { timeoutMs });
   }
 
   /** Issues a hypercall and throws HypercallError unless it succeeds. */

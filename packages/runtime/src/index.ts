@@ -8,3 +8,4 @@ export * from './log.js';
 export * from './anchor.js';
 export * from './zmq.js';
 export * from './hvclient.js';
+export * from './ipc.js';

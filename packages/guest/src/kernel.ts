@@ -1,0 +1,139 @@
+/**
+ * The guest kernel of one child partition: maps guest memory, reads the boot information page the
+ * VMWP (as firmware) wrote, programs each VP's SynIC (message page, event-flag page, SINT2),
+ * starts one worker thread per VP, handles SynIC interrupts (copy the message, free the slot, EOM
+ * when MessagePending was set; drain event flags), keeps the status page current and tells the
+ * root it has booted with a PostMessage on its control connection.
+ */
+import { Worker } from 'node:worker_threads';
+import {
+  BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, BootState, STATUS_MAGIC, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES,
+  MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD,
+  simpGpa, siefpGpa, synicPageRegister, HvStatus,
+} from '@hvlab/protocol';
+import type { HvClient, Logger } from '@hvlab/runtime';
+import { GuestMemory } from './memory.js';
+import { CTL_STOP, CTL_SUSPENDED, CTL_WAKE, type VpStart } from './vp.js';
+
+/** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux). */
+export const GUEST_SINT = 2;
+export const GUEST_SINT_VECTOR = 0x30;
+/** Message types the guest posts to the root on its control connection. */
+export const GuestMessageType = { Booted: 1, Debug: 2 } as const;
+
+export interface BootInfoValues {
+  partitionId: number;
+  vpCount: number;
+  memoryBytes: number;
+  controlConnectionId: number;
+  workload: string;
+  workloadArg: number;
+}
+
+export function readBootInfo(mem: GuestMemory): BootInfoValues {
+  const b = BOOT_INFO_GPA;
+  if (mem.u32(b + BootInfo.magic) !== BOOT_MAGIC) throw new Error('no boot information page: bad magic');
+  const nameBytes = mem.read(b + BootInfo.workloadName, WORKLOAD_NAME_BYTES);
+  const end = nameBytes.indexOf(0);
+  return {
+    partitionId: mem.u32(b + BootInfo.partitionId),
+    vpCount: mem.u32(b + BootInfo.vpCount),
+    memoryBytes: Number(mem.view.getBigUint64(b + BootInfo.memoryBytes, true)),
+    controlConnectionId: mem.u32(b + BootInfo.controlConnectionId),
+    workloadArg: Number(mem.view.getBigUint64(b + BootInfo.workloadArg, true)),
+    workload: new TextDecoder().decode(end >= 0 ? nameBytes.subarray(0, end) : nameBytes),
+  };
+}
+
+export class GuestKernel {
+  private readonly control = new SharedArrayBuffer(16);
+  private readonly ctl = new Int32Array(this.control);
+  private readonly workers: Worker[] = [];
+  boot!: BootInfoValues;
+
+  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean) {}
+
+  async start(): Promise<void> {
+    this.boot = readBootInfo(this.mem);
+    const s = STATUS_PAGE_GPA;
+    this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);
+    this.mem.setU32(s + StatusPage.version, 1);
+    this.mem.setU32(s + StatusPage.bootState, BootState.Booting);
+    this.mem.setF64(s + StatusPage.bootTimeMs, Date.now());
+    for (let vp = 0; vp < this.boot.vpCount; vp++) {
+      await this.hv.must('SetVpRegisters', {
+        partitionId: -1,
+        vpIndex: vp,
+        values: { Simp: synicPageRegister(simpGpa(vp)), Siefp: synicPageRegister(siefpGpa(vp)), [`Sint${GUEST_SINT}`]: GUEST_SINT_VECTOR, Scontrol: 1 },
+      });
+    }
+    const online: Promise<void>[] = [];
+    for (let vp = 0; vp < this.boot.vpCount; vp++) {
+      const start: VpStart = { memory: this.mem.buffer, control: this.control, vpIndex: vp, workload: this.boot.workload, workloadArg: this.boot.workloadArg };
+      const w = new Worker(new URL('./vp-thread.mjs', import.meta.url), { workerData: start, name: `vp${vp}` });
+      w.on('error', (e) => {
+        this.log.error({ vp, err: e }, 'VP thread crashed');
+        process.exit(3);
+      });
+      online.push(new Promise((resolve) => w.once('message', () => resolve())));
+      this.workers.push(w);
+    }
+    await Promise.all(online);
+    this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
+    this.mem.setU32(s + StatusPage.bootState, BootState.Running);
+    const payload = new Uint8Array(8);
+    new DataView(payload.buffer).setUint32(0, this.boot.vpCount, true);
+    const r = await this.hv.call('PostMessage', { connectionId: this.boot.controlConnectionId, messageType: GuestMessageType.Booted, payload });
+    if (r.status !== HvStatus.SUCCESS) throw new Error(`could not tell the root it booted: ${r.statusName}`);
+    this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload }, 'guest booted');
+  }
+
+  /** A SynIC interrupt for SINT `sint` on VP `vp`. */
+  async onSint(vp: number, sint: number, slot?: Uint8Array, flag?: number): Promise<void> {
+    const slotGpa = simpGpa(vp) + sint * MESSAGE_SLOT_SIZE;
+    if (slot && slot.length === MESSAGE_SLOT_SIZE) this.mem.write(slotGpa, slot);
+    const typeWord = this.mem.i32(slotGpa + MsgHeader.type);
+    const type = Atomics.load(typeWord, 0) >>> 0;
+    if (type !== 0) {
+      const size = Math.min(this.mem.view.getUint8(slotGpa + MsgHeader.payloadSize), MAX_MESSAGE_PAYLOAD);
+      const payload = this.mem.read(slotGpa + MESSAGE_HEADER_SIZE, size);
+      const pending = (this.mem.view.getUint8(slotGpa + MsgHeader.flags) & MSG_FLAG_PENDING) !== 0;
+      Atomics.store(typeWord, 0, 0);
+      const st = STATUS_PAGE_GPA;
+      this.mem.write(st + StatusPage.lastMessage, new Uint8Array(MAX_MESSAGE_PAYLOAD));
+      this.mem.write(st + StatusPage.lastMessage, payload);
+      this.mem.setU32(st + StatusPage.lastMessageType, type);
+      this.mem.setU32(st + StatusPage.lastMessageSize, size);
+      Atomics.add(this.mem.i32(st + StatusPage.messagesReceived), 0, 1);
+      if (pending || this.privateMemory) await this.hv.call('SetVpRegisters', { partitionId: -1, vpIndex: vp, values: { Eom: 0 } });
+    }
+    // Drain event flags of this SINT.
+    let events = flag !== undefined ? 1 : 0;
+    const base = siefpGpa(vp) + sint * EVENT_FLAG_BYTES_PER_SINT;
+    for (let w = 0; w < EVENT_FLAG_BYTES_PER_SINT / 4; w++) {
+      const bits = Atomics.exchange(this.mem.i32(base + w * 4), 0, 0);
+      for (let b = bits >>> 0; b !== 0; b &= b - 1) events++;
+    }
+    if (events > 0) Atomics.add(this.mem.i32(STATUS_PAGE_GPA + StatusPage.eventsReceived), 0, events);
+    this.wakeVps();
+  }
+
+  setSuspended(suspended: boolean): void {
+    Atomics.store(this.ctl, CTL_SUSPENDED, suspended ? 1 : 0);
+    Atomics.notify(this.ctl, CTL_SUSPENDED);
+    this.wakeVps();
+  }
+
+  private wakeVps(): void {
+    Atomics.add(this.ctl, CTL_WAKE, 1);
+    Atomics.notify(this.ctl, CTL_WAKE);
+  }
+
+  async stop(): Promise<void> {
+    Atomics.store(this.mem.i32(STATUS_PAGE_GPA + StatusPage.bootState), 0, BootState.ShuttingDown);
+    Atomics.store(this.ctl, CTL_STOP, 1);
+    this.wakeVps();
+    Atomics.notify(this.ctl, CTL_SUSPENDED);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * Entry of a child partition process, spawned by its VMWP with an IPC pipe. Environment:
+ * HVLAB_HOME, HVLAB_HOST_ID, HVLAB_HV_PID, HVLAB_PARTITION_ID, HVLAB_PARTITION_TOKEN, HVLAB_VM.
+ * It leaves when the hypervisor or its VMWP is gone.
+ */
+import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, type Notification } from '@hvlab/runtime';
+import { openRegion, privateRegion } from '@hvlab/shm';
+import { GuestMemory } from './memory.js';
+import { GuestKernel } from './kernel.js';
+
+const home = process.env.HVLAB_HOME!;
+const hostId = process.env.HVLAB_HOST_ID!;
+const hvPid = Number(process.env.HVLAB_HV_PID);
+const partitionId = Number(process.env.HVLAB_PARTITION_ID);
+const token = process.env.HVLAB_PARTITION_TOKEN!;
+const vm = process.env.HVLAB_VM!;
+delete process.env.HVLAB_PARTITION_TOKEN;
+process.title = `hvlab-partition ${hostId} ${vm}`;
+const paths = hostPaths(home);
+const log = processLogger(paths.logDir, `partition-${vm}.log`, { host: hostId, role: 'partition', vm, partition: partitionId });
+
+let kernel: GuestKernel | null = null;
+let exiting = false;
+async function exit(reason: string, code = 0): Promise<void> {
+  if (exiting) return;
+  exiting = true;
+  log.info({ reason }, 'partition exiting');
+  try {
+    await Promise.race([kernel?.stop(), new Promise((r) => setTimeout(r, 500))]);
+  } catch { /* leaving anyway */ }
+  hv.close();
+  process.exit(code);
+}
+
+// Interrupts are handled one at a time, in order, as a VP would take them.
+let chain: Promise<void> = Promise.resolve();
+const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
+  if (n.k === 'sint') chain = chain.then(() => kernel?.onSint(n.vp, n.sint, n.slot, n.flag)).catch((e) => log.error({ err: e }, 'interrupt handling failed'));
+  else if (n.k === 'suspend') kernel?.setSuspended(n.suspended);
+  else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
+});
+
+watchPids([hvPid], () => void exit('the hypervisor is gone'));
+process.on('disconnect', () => void exit('the VMWP is gone'));
+process.on('SIGTERM', () => void exit('SIGTERM'));
+
+let firmware: Uint8Array | null = null;
+const rpc = new IpcRpc(process, async (m) => {
+  switch (m.t) {
+    case 'firmware':
+      firmware = m.page as Uint8Array;
+      return true;
+    case 'read': {
+      if (!kernel) throw new Error('the guest has not booted');
+      return kernel.mem.read(Number(m.gpa), Number(m.len));
+    }
+    case 'hypercall': {
+      const r = await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
+      return r;
+    }
+    default:
+      throw new Error(`unknown request ${String(m.t)}`);
+  }
+});
+
+try {
+  const session = await hv.connect({ partitionId, token, role: 'partition', vm });
+  let buf: SharedArrayBuffer;
+  if (session.memoryMode === 'shared' && session.memoryRegion) {
+    buf = openRegion(session.memoryRegion);
+  } else {
+    buf = privateRegion(session.memoryBytes);
+    // The VMWP cannot see private memory; it hands over the firmware page through the pipe.
+    const t0 = Date.now();
+    while (firmware === null && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 5));
+    if (firmware === null) throw new Error('no firmware page from the VMWP');
+    new Uint8Array(buf).set(firmware as Uint8Array, 0);
+  }
+  kernel = new GuestKernel(new GuestMemory(buf), hv, log, session.memoryMode !== 'shared');
+  await kernel.start();
+  rpc.note({ t: 'booted' });
+} catch (e) {
+  log.error({ err: e }, 'guest boot failed');
+  await exit(`boot failed: ${(e as Error).message}`, 2);
+}

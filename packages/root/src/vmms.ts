@@ -1,0 +1,308 @@
+/**
+ * VMMS: the VM registry and each VM's state machine (WMI EnabledState numbers), one VMWP per
+ * running VM, and the actions behind the management API. A VMWP that dies, however it dies,
+ * turns its VM Off with the reason recorded; the root then deletes the orphaned partition.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import {
+  EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, type VmInfo, type VmStateEvent, type ProcessInfo,
+} from '@hvlab/protocol';
+import { entries, nodeArgsFor, IpcRpc, pidAlive, type HvClient, type Logger, type HypercallResult } from '@hvlab/runtime';
+import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } from './config.js';
+import type { VmwpConfig } from './vmwp/shared.js';
+
+const START_TIMEOUT_MS = 30000;
+
+interface VmRecord {
+  config: VmConfig;
+  state: number;
+  reason: string | null;
+  partitionId: number | null;
+  vmwp: ChildProcess | null;
+  rpc: IpcRpc | null;
+  partitionPid: number | null;
+  runningSince: number | null;
+  /** Set while VMMS itself is turning the VM off, so the worker's exit is not a failure. */
+  expectingExit: boolean;
+  /** Why the worker said it failed, if it did. */
+  failure: string | null;
+  booted: ((ok: boolean, why?: string) => void) | null;
+}
+
+export interface VmmsOptions {
+  home: string;
+  hostId: string;
+  hvPid: number;
+  rootToken: string;
+  store: ConfigStore;
+  vid: HvClient;
+  log: Logger;
+  publish: (ev: VmStateEvent) => void;
+}
+
+export class Vmms {
+  private readonly vms = new Map<string, VmRecord>();
+
+  constructor(private readonly o: VmmsOptions) {
+    for (const c of o.store.loadAll((f, why) => o.log.warn({ file: f, why }, 'ignoring bad VM config'))) {
+      this.vms.set(c.name, this.record(c));
+    }
+  }
+
+  private record(config: VmConfig): VmRecord {
+    return { config, state: EnabledState.Off, reason: null, partitionId: null, vmwp: null, rpc: null, partitionPid: null, runningSince: null, expectingExit: false, failure: null, booted: null };
+  }
+
+  private get(name: unknown): VmRecord {
+    const n = validateName(name);
+    const r = this.vms.get(n);
+    if (!r) throw new MgmtFailure('NotFound', `VM "${n}" does not exist`);
+    return r;
+  }
+
+  private setState(r: VmRecord, state: number, reason: string | null = null): void {
+    r.state = state;
+    r.reason = reason ?? r.reason;
+    if (state === EnabledState.Running && r.runningSince === null) r.runningSince = Date.now();
+    if (state === EnabledState.Off) r.runningSince = null;
+    this.o.log.info({ vm: r.config.name, state: vmStateName(state), reason }, 'VM state changed');
+    this.o.publish({ vm: r.config.name, state: vmStateName(state), enabledState: state, reason, at: Date.now() });
+  }
+
+  private requireState(r: VmRecord, allowed: number[], action: string): void {
+    if (!allowed.includes(r.state)) {
+      throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is ${vmStateName(r.state)}`);
+    }
+  }
+
+  count(): number {
+    return this.vms.size;
+  }
+
+  newVm(args: Record<string, unknown>): VmInfo {
+    const c = buildConfig(args);
+    if (this.vms.has(c.name)) throw new MgmtFailure('AlreadyExists', `VM "${c.name}" already exists`);
+    this.o.store.save(c);
+    const r = this.record(c);
+    this.vms.set(c.name, r);
+    this.o.log.info({ vm: c.name, memoryBytes: c.memoryBytes, vps: c.vps, workload: c.workload }, 'VM created');
+    return this.info(r, null);
+  }
+
+  async start(name: unknown): Promise<VmInfo> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Off], 'start');
+    this.setState(r, EnabledState.Starting, null);
+    r.reason = null;
+    const cfg: VmwpConfig = {
+      home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name,
+      memoryBytes: r.config.memoryBytes, vps: r.config.vps, workload: r.config.workload, processor: r.config.processor,
+    };
+    const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), {
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+      serialization: 'advanced',
+      env: { ...process.env, HVLAB_VMWP_CONFIG: JSON.stringify(cfg), HVLAB_ROOT_TOKEN: this.o.rootToken },
+    });
+    r.vmwp = child;
+    r.expectingExit = false;
+    r.failure = null;
+    const booted = new Promise<void>((resolve, reject) => {
+      r.booted = (ok, why) => (ok ? resolve() : reject(new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${why}`)));
+    });
+    r.rpc = new IpcRpc(child, async () => {
+      throw new Error('VMMS takes no requests from a worker');
+    }, (note) => {
+      if (note.t === 'partition') r.partitionId = Number(note.partitionId);
+      else if (note.t === 'spawned') r.partitionPid = (note.partitionPid as number | null) ?? null;
+      else if (note.t === 'booted') {
+        r.partitionPid = (note.partitionPid as number | null) ?? r.partitionPid;
+        r.booted?.(true);
+        r.booted = null;
+      } else if (note.t === 'failed') {
+        r.failure = String(note.message);
+      }
+    });
+    child.on('exit', (code, signal) => void this.onWorkerExit(r, child, code, signal));
+    const timer = setTimeout(() => r.booted?.(false, `no boot within ${START_TIMEOUT_MS / 1000} s`), START_TIMEOUT_MS);
+    try {
+      await booted;
+    } catch (e) {
+      r.expectingExit = true;
+      child.kill('SIGKILL');
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+    this.setState(r, EnabledState.Running, 'started');
+    return this.info(r, null);
+  }
+
+  private async onWorkerExit(r: VmRecord, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+    if (r.vmwp !== child) return;
+    const why = r.expectingExit ? (r.reason ?? 'turned off') : `the worker process exited unexpectedly (${signal ?? `exit code ${code}`})${r.failure ? `: ${r.failure}` : ''}`;
+    if (!r.expectingExit) this.o.log.warn({ vm: r.config.name, code, signal }, 'VM worker process died');
+    r.rpc?.close('the worker process exited');
+    r.vmwp = null;
+    r.rpc = null;
+    if (r.partitionPid !== null && pidAlive(r.partitionPid)) {
+      try {
+        process.kill(r.partitionPid, 'SIGKILL');
+      } catch { /* gone */ }
+    }
+    if (r.partitionId !== null && pidAlive(this.o.hvPid)) {
+      // The worker may have died before tearing its partition down; the root's VID finishes it.
+      await this.o.vid.call('FinalizePartition', { partitionId: r.partitionId }, 1000).catch(() => undefined);
+      await this.o.vid.call('DeletePartition', { partitionId: r.partitionId }, 1000).catch(() => undefined);
+    }
+    r.partitionId = null;
+    r.partitionPid = null;
+    r.booted?.(false, why);
+    r.booted = null;
+    this.setState(r, EnabledState.Off, why);
+  }
+
+  async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting], 'turn off');
+    await this.kill(r, reason);
+    return this.info(r, null);
+  }
+
+  private async kill(r: VmRecord, reason: string): Promise<void> {
+    const child = r.vmwp;
+    if (!child) return;
+    r.expectingExit = true;
+    r.reason = reason;
+    this.setState(r, EnabledState.Stopping, reason);
+    const exited = new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve();
+      else child.once('exit', () => resolve());
+    });
+    await r.rpc?.request({ t: 'turnOff' }, 2000).catch(() => undefined);
+    const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+    await exited;
+    clearTimeout(t);
+    // onWorkerExit finishes the teardown and sets Off; wait for it.
+    for (let i = 0; i < 100 && r.state !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
+  }
+
+  async pause(name: unknown): Promise<VmInfo> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Running], 'pause');
+    this.setState(r, EnabledState.Pausing, null);
+    try {
+      await r.rpc!.request({ t: 'suspend', value: true });
+    } catch (e) {
+      this.setState(r, EnabledState.Running, null);
+      throw new MgmtFailure('Internal', `pausing VM "${r.config.name}" failed: ${(e as Error).message}`);
+    }
+    this.setState(r, EnabledState.Paused, 'paused');
+    return this.info(r, null);
+  }
+
+  async resume(name: unknown): Promise<VmInfo> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Paused], 'resume');
+    this.setState(r, EnabledState.Resuming, null);
+    try {
+      await r.rpc!.request({ t: 'suspend', value: false });
+    } catch (e) {
+      this.setState(r, EnabledState.Paused, null);
+      throw new MgmtFailure('Internal', `resuming VM "${r.config.name}" failed: ${(e as Error).message}`);
+    }
+    this.setState(r, EnabledState.Running, 'resumed');
+    return this.info(r, null);
+  }
+
+  delete(name: unknown): { name: string; deleted: true } {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Off], 'delete');
+    this.o.store.remove(r.config.name);
+    this.vms.delete(r.config.name);
+    this.o.log.info({ vm: r.config.name }, 'VM deleted');
+    return { name: r.config.name, deleted: true };
+  }
+
+  private info(r: VmRecord, progress: number | null): VmInfo {
+    return {
+      name: r.config.name,
+      id: r.config.id,
+      state: vmStateName(r.state),
+      enabledState: r.state,
+      partitionId: r.partitionId,
+      pids: { partition: r.partitionPid, vmwp: r.vmwp?.pid ?? null },
+      vps: r.config.vps,
+      memoryBytes: r.config.memoryBytes,
+      uptimeS: r.runningSince === null ? 0 : Math.round((Date.now() - r.runningSince) / 100) / 10,
+      workload: { name: r.config.workload.split(':')[0], progress },
+      lastStateReason: r.reason,
+    };
+  }
+
+  async list(): Promise<VmInfo[]> {
+    const rs = [...this.vms.values()].sort((a, b) => a.config.name.localeCompare(b.config.name));
+    return await Promise.all(rs.map(async (r) => {
+      let progress: number | null = null;
+      if (r.rpc && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
+        const st = await r.rpc.request<{ progress: number | null }>({ t: 'status' }, 2000).catch(() => null);
+        progress = st?.progress ?? null;
+      }
+      return this.info(r, progress);
+    }));
+  }
+
+  async peek(name: unknown, gpa: unknown, len: unknown): Promise<Uint8Array> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'read the memory of');
+    const g = Number(gpa);
+    const l = Number(len);
+    if (!Number.isSafeInteger(g) || g < 0) throw new MgmtFailure('InvalidArgument', `GPA ${String(gpa)} is invalid`);
+    if (!Number.isSafeInteger(l) || l < 1 || l > 16 * 1024 * 1024) throw new MgmtFailure('InvalidArgument', `length ${String(len)} is invalid: 1 to 16 MiB`);
+    if (g + l > r.config.memoryBytes) throw new MgmtFailure('InvalidArgument', `GPA range 0x${g.toString(16)}+${l} is outside VM "${r.config.name}"'s ${r.config.memoryBytes} bytes`);
+    return await r.rpc!.request<Uint8Array>({ t: 'peek', gpa: g, len: l });
+  }
+
+  processes(): ProcessInfo[] {
+    const out: ProcessInfo[] = [];
+    for (const r of this.vms.values()) {
+      if (r.vmwp?.pid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwp.pid });
+      if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });
+    }
+    return out;
+  }
+
+  async debugHypercall(args: Record<string, unknown>): Promise<{ call: string; as: string; status: number; statusName: string; output: unknown }> {
+    const code = parseHvCall(String(args.call ?? ''));
+    if (code === null) throw new MgmtFailure('InvalidArgument', `hypercall "${String(args.call)}" is unknown: use a name such as CreatePartition or a code such as 0x40`);
+    const input = (args.input ?? {}) as Record<string, unknown>;
+    let res: HypercallResult;
+    let as = 'root';
+    if (args.as !== undefined && args.as !== null) {
+      const r = this.get(args.as);
+      this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'issue a hypercall as');
+      as = r.config.name;
+      res = await r.rpc!.request<HypercallResult>({ t: 'hypercall', asChild: true, code, input });
+    } else {
+      res = await this.o.vid.raw(code, input);
+    }
+    return { call: hvCallName(code), as, status: res.status, statusName: hvStatusName(res.status), output: res.output };
+  }
+
+  /** The hypervisor is gone: nothing can be torn down politely; kill every worker and partition. */
+  killAll(): void {
+    for (const r of this.vms.values()) {
+      r.expectingExit = true;
+      for (const pid of [r.vmwp?.pid, r.partitionPid]) {
+        if (pid) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch { /* gone */ }
+        }
+      }
+    }
+  }
+
+  async shutdownAll(): Promise<void> {
+    await Promise.all([...this.vms.values()].filter((r) => r.vmwp).map((r) => this.kill(r, 'host shutting down')));
+  }
+}

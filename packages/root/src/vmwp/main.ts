@@ -1,0 +1,190 @@
+/**
+ * The VM worker process (VMWP): one per running VM, spawned by VMMS with an IPC pipe. It builds
+ * the VM through the root's hypercall interface (its session is the root's, as VMWP runs in the
+ * root partition): CreatePartition, privileges and CPU properties, InitializePartition,
+ * MapGpaPages, CreateVp, the control ports; writes the boot information page as firmware; starts
+ * the child partition process; and relays the root's requests (status, peek, pause, hypercalls as
+ * the child). Intercept handling arrives with the emulated devices.
+ *
+ * When it exits, even by kill -9, its child partition process sees the pipe close and leaves; the
+ * root then tears down the partition. Nothing else is touched, as in Hyper-V.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import {
+  BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
+  PartitionProperty, PortType, ROOT_PARTITION_ID, HvStatus, PAGE, BootState, parseWorkload,
+} from '@hvlab/protocol';
+import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
+import { openRegion } from '@hvlab/shm';
+import { GUEST_MESSAGE_BOOTED, controlPortId, hostConnectionId, type VmwpConfig } from './shared.js';
+
+const cfg = JSON.parse(process.env.HVLAB_VMWP_CONFIG!) as VmwpConfig;
+const rootToken = process.env.HVLAB_ROOT_TOKEN!;
+delete process.env.HVLAB_ROOT_TOKEN;
+delete process.env.HVLAB_VMWP_CONFIG;
+process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
+const paths = hostPaths(cfg.home);
+const log = processLogger(paths.logDir, `vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+
+let partitionId = 0;
+let child: ChildProcess | null = null;
+let childRpc: IpcRpc | null = null;
+let memory: DataView | null = null;
+let booted = false;
+let exiting = false;
+
+const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
+  if (n.k === 'rootmsg' && n.portId === controlPortId(partitionId) && n.messageType === GUEST_MESSAGE_BOOTED && n.sender === partitionId) {
+    if (!booted) {
+      booted = true;
+      log.info('guest reported boot');
+      rootRpc.note({ t: 'booted', partitionPid: child?.pid ?? null });
+    }
+  } else if (n.k === 'bye') {
+    void exit(`hypervisor: ${n.reason}`, 1);
+  }
+});
+
+async function exit(reason: string, code = 0): Promise<void> {
+  if (exiting) return;
+  exiting = true;
+  log.info({ reason }, 'vmwp exiting');
+  if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  if (partitionId && pidAlive(cfg.hvPid)) {
+    await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
+    await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
+  }
+  hv.close();
+  childRpc?.close();
+  rootRpc.close();
+  process.exit(code);
+}
+
+watchPids([cfg.hvPid], () => void exit('the hypervisor is gone', 1));
+process.on('disconnect', () => void exit('the root is gone', 1));
+process.on('SIGTERM', () => void exit('SIGTERM'));
+
+async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
+  if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > cfg.memoryBytes) {
+    throw new Error(`GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
+  }
+  if (memory) return new Uint8Array(memory.buffer, gpa, len).slice();
+  if (!childRpc) throw new Error('the VM is not running');
+  return await childRpc.request<Uint8Array>({ t: 'read', gpa, len });
+}
+
+const rootRpc = new IpcRpc(process, async (m) => {
+  switch (m.t) {
+    case 'status': {
+      if (!booted) return { booted: false, progress: null };
+      const page = await readGuest(STATUS_PAGE_GPA, 0x40);
+      const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+      return {
+        booted: dv.getUint32(StatusPage.bootState, true) >= BootState.Running,
+        progress: Number(dv.getBigUint64(StatusPage.progress, true)),
+        steps: Number(dv.getBigUint64(StatusPage.steps, true)),
+        messagesReceived: dv.getUint32(StatusPage.messagesReceived, true),
+        eventsReceived: dv.getUint32(StatusPage.eventsReceived, true),
+      };
+    }
+    case 'peek':
+      return await readGuest(Number(m.gpa), Number(m.len));
+    case 'suspend': {
+      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: m.value ? 1 : 0 });
+      return true;
+    }
+    case 'hypercall': {
+      if (m.asChild) {
+        if (!childRpc) throw new Error('the VM is not running');
+        return await childRpc.request({ t: 'hypercall', code: m.code, input: m.input });
+      }
+      return await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
+    }
+    case 'processor': {
+      const set = async (property: number, value: number): Promise<void> => {
+        await hv.must('SetPartitionProperty', { partitionId, property, value });
+      };
+      await set(PartitionProperty.CpuReserve, Number(m.reserve));
+      await set(PartitionProperty.CpuCap, Number(m.maximum));
+      await set(PartitionProperty.CpuWeight, Number(m.weight));
+      return true;
+    }
+    case 'turnOff':
+      setTimeout(() => void exit('turned off by VMMS'), 10);
+      return true;
+    default:
+      throw new Error(`unknown request ${String(m.t)}`);
+  }
+});
+
+function firmwarePage(): Uint8Array {
+  const page = new Uint8Array(PAGE);
+  const dv = new DataView(page.buffer);
+  const wl = parseWorkload(cfg.workload)!;
+  dv.setUint32(BootInfo.magic, BOOT_MAGIC, true);
+  dv.setUint32(BootInfo.version, 1, true);
+  dv.setUint32(BootInfo.partitionId, partitionId, true);
+  dv.setUint32(BootInfo.vpCount, cfg.vps, true);
+  dv.setBigUint64(BootInfo.memoryBytes, BigInt(cfg.memoryBytes), true);
+  dv.setUint32(BootInfo.controlConnectionId, 1, true);
+  dv.setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
+  page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
+  return page;
+}
+
+async function build(): Promise<void> {
+  const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'vmwp', vm: cfg.name });
+  const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
+  partitionId = created.partitionId;
+  rootRpc.note({ t: 'partition', partitionId });
+  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.PrivilegeFlags, value: ENLIGHTENED_CHILD_PRIVILEGES });
+  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: cfg.processor.reserve });
+  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cfg.processor.maximum });
+  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: cfg.processor.weight });
+  await hv.must('InitializePartition', { partitionId });
+  await hv.must('MapGpaPages', { partitionId, gpaPage: 0, pageCount: cfg.memoryBytes / PAGE });
+  for (let vp = 0; vp < cfg.vps; vp++) await hv.must('CreateVp', { partitionId, vpIndex: vp });
+  // Guest -> root control port (owned by this session) and root -> guest message/event ports.
+  await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId), type: PortType.Message, vpIndex: 0, sint: 0 });
+  await hv.must('ConnectPort', { partitionId, connectionId: 1, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });
+  await hv.must('CreatePort', { partitionId, portId: 1, type: PortType.Message, vpIndex: 0, sint: 2 });
+  await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
+  await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });
+  await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 2), portPartitionId: partitionId, portId: 2 });
+  const fw = firmwarePage();
+  if (session.memoryMode === 'shared') {
+    const region = `hvlab-${cfg.hostId}-p${partitionId}-mem`;
+    memory = new DataView(openRegion(region));
+    new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+  }
+  child = spawn(process.execPath, nodeArgsFor(entries.partition), {
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    serialization: 'advanced',
+    env: {
+      ...process.env,
+      HVLAB_PARTITION_ID: String(partitionId),
+      HVLAB_PARTITION_TOKEN: created.token,
+      HVLAB_VM: cfg.name,
+      HVLAB_HV_PID: String(cfg.hvPid),
+    },
+  });
+  childRpc = new IpcRpc(child, async () => {
+    throw new Error('the VMWP takes no requests from the guest');
+  });
+  rootRpc.note({ t: 'spawned', partitionPid: child.pid ?? null });
+  child.on('exit', (code, signal) => {
+    if (exiting) return;
+    log.warn({ code, signal }, 'partition process exited');
+    rootRpc.note({ t: 'partitionExited', code, signal });
+    void exit(`the partition process exited (${signal ?? `code ${code}`})`, 1);
+  });
+  if (session.memoryMode !== 'shared') await childRpc.request({ t: 'firmware', page: fw });
+  log.info({ partitionId, partitionPid: child.pid, memoryMode: session.memoryMode }, 'VM built');
+}
+
+build().catch((e) => {
+  log.error({ err: e }, 'VM build failed');
+  rootRpc.note({ t: 'failed', message: (e as Error).message });
+  void exit(`build failed: ${(e as Error).message}`, 2);
+});
+void HvStatus;

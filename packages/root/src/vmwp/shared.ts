@@ -1,0 +1,21 @@
+/** What VMMS and a VMWP agree on. */
+export interface VmwpConfig {
+  home: string;
+  hostId: string;
+  hvPid: number;
+  name: string;
+  memoryBytes: number;
+  vps: number;
+  workload: string;
+  processor: { reserve: number; maximum: number; weight: number };
+}
+/** Message type of the guest's "I have booted" control message. */
+export const GUEST_MESSAGE_BOOTED = 1;
+/** Root-partition port receiving a child's control messages (unique per child). */
+export function controlPortId(partitionId: number): number {
+  return partitionId * 16 + 1;
+}
+/** The root's connection ids to a child's ports (1 message, 2 event), unique per child. */
+export function hostConnectionId(partitionId: number, port: number): number {
+  return partitionId * 16 + port;
+}
