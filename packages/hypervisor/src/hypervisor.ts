@@ -370,7 +370,9 @@ export class Hypervisor {
           if (!isVpRegisterName(n)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown register ${n}`);
           if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new Fail(HvStatus.INVALID_PARAMETER, `register ${n} value is not a non-negative integer`);
         }
-        for (const [n, v] of entries) this.writeRegister(p, vp, n as VpRegisterName, v as number);
+        // Validate every value before writing any, so a refused call changes nothing.
+        for (const [n, v] of entries) this.checkRegister(p, n as VpRegisterName, v as number);
+        for (const [n, v] of entries) this.writeRegister(vp, n as VpRegisterName, v as number);
         return ok(null, entries.length);
       }
       case HvCall.CreatePort: {
@@ -464,26 +466,32 @@ export class Hypervisor {
     return vp.registers.get(n) ?? 0;
   }
 
-  private writeRegister(p: Partition, vp: VirtualProcessor, n: VpRegisterName, v: number): void {
+  private checkRegister(p: Partition, n: VpRegisterName, v: number): void {
+    if (n === 'Simp' || n === 'Siefp') {
+      const page = Math.floor(v / 4096);
+      const ok = v % 2 === 0 || ((page + 1) * 4096 <= p.memoryBytes && (p.gpaMap?.[page] ?? 0) !== 0);
+      if (!ok) throw new Fail(HvStatus.INVALID_PARAMETER, `${n} names an unmapped GPA page`);
+    } else if (n.startsWith('Sint')) {
+      if (v > 0x3ffff) throw new Fail(HvStatus.INVALID_PARAMETER, `${n} has reserved bits set`);
+      if ((v & (1 << 16)) === 0 && (v & 0xff) < 16) throw new Fail(HvStatus.INVALID_PARAMETER, `SINT vector ${v & 0xff} is below 16`);
+    }
+  }
+
+  private writeRegister(vp: VirtualProcessor, n: VpRegisterName, v: number): void {
     const sy = vp.synic;
-    const pageOk = (reg: number): boolean => reg % 2 === 0 || (Math.floor(reg / 4096) * 4096 + 4096 <= p.memoryBytes && (p.gpaMap?.[Math.floor(reg / 4096)] ?? 0) !== 0);
     if (n === 'Scontrol') {
       sy.scontrol = v & 1;
       sy.pumpAll();
     } else if (n === 'Simp' || n === 'Siefp') {
-      if (!pageOk(v)) throw new Fail(HvStatus.INVALID_PARAMETER, `${n} names an unmapped GPA page`);
       if (n === 'Simp') sy.simp = v;
       else sy.siefp = v;
       sy.pumpAll();
     } else if (n === 'Eom') {
       sy.endOfMessage();
     } else if (n.startsWith('Sint')) {
-      const vec = v & 0xff;
-      const masked = (v & (1 << 16)) !== 0;
-      if (!masked && vec < 16) throw new Fail(HvStatus.INVALID_PARAMETER, `SINT vector ${vec} is below 16`);
-      if (v > 0x3ffff) throw new Fail(HvStatus.INVALID_PARAMETER, `${n} has reserved bits set`);
-      sy.sint[Number(n.slice(4))] = v;
-      sy.pump(Number(n.slice(4)));
+      const sint = Number(n.slice(4));
+      sy.sint[sint] = v;
+      sy.pump(sint);
     } else {
       vp.registers.set(n, v);
     }

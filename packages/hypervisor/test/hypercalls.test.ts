@@ -581,6 +581,27 @@ describe('Hypervisor hypercalls', () => {
       }
     });
 
+    it('a refused hypercall tells the root why but tells a child only the status', () => {
+      const c = lab.child();
+      const mine = lab.hc('r1', HvCall.CreateVp, { partitionId: c.id, vpIndex: 64 });
+      expect(mine.output).to.have.property('reason').that.is.a('string').and.includes('vpIndex');
+      const theirs = lab.hc(c.sid, HvCall.CreatePartition, { memoryBytes: 2 * MiB });
+      expect(theirs).to.deep.equal({ status: HvStatus.ACCESS_DENIED, reps: 0, output: null });
+    });
+
+    // Known bug (reported, not fixed here): SetVpRegisters writes registers one by one and a later
+    // failing register (unmapped Simp page) leaves the earlier ones written while answering reps 0.
+    // A rep hypercall must either write nothing or report how many reps completed.
+    it('a failed SetVpRegisters writes nothing, or reports the registers it wrote in reps', () => {
+      const c = lab.child();
+      lab.ok('r1', HvCall.CreateVp, { partitionId: c.id, vpIndex: 0 });
+      const r = lab.hc('r1', HvCall.SetVpRegisters, { partitionId: c.id, vpIndex: 0, values: { Rax: 5, Scontrol: 1, Simp: synicPageRegister(simpGpa(0)) } });
+      lab.expectStatus(r, HvStatus.INVALID_PARAMETER, HvCall.SetVpRegisters);
+      const got = (lab.ok('r1', HvCall.GetVpRegisters, { partitionId: c.id, vpIndex: 0, names: ['Rax', 'Scontrol'] }) as { values: Record<string, number> }).values;
+      const written = (got.Rax === 5 ? 1 : 0) + (got.Scontrol === 1 ? 1 : 0);
+      expect(written, `registers written by the failed call (reps said ${r.reps})`).to.equal(r.reps);
+    });
+
     it('a hypercall from an unknown session gets ACCESS_DENIED', () => {
       lab.status('nobody', HvCall.GetPartitionId, {}, HvStatus.ACCESS_DENIED);
     });

@@ -1,0 +1,360 @@
+/**
+ * `pnpm bench hypercall [--json]`: what a hypercall and a VM start cost in hvlab, each next to a
+ * baseline measured in the same run.
+ *
+ *  (a) hypercall round trip: a hypervisor process of our own (spawned as `hvlab up` does, with a
+ *      root token we made), an HvClient session as partition 1, N sequential GetPartitionId calls
+ *      timed one by one. Baseline: the same number of round trips of a msgpack message of the same
+ *      shape to a bare ZeroMQ ROUTER echo process (scripts/bench/zmq-echo.ts).
+ *  (b) VM start: a whole host (`up`), one VM ("b1", 16M, idle workload) started and turned off
+ *      RUNS times; vmStart returns once the VM is Running. Baseline: spawning `node -e 0` until it
+ *      exits.
+ *
+ * Everything lives under a temporary HVLAB_HOME and is removed afterwards, whatever happens:
+ * the host is brought down, our own processes are killed, the host's /dev/shm files and socket
+ * directory are removed.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { decode, encode, EnabledState, HvCall, HvStatus, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
+import { entries, hostPaths, nodeArgsFor, shmPrefix, type HostPaths } from '../../packages/runtime/src/paths.js';
+import { pidAlive } from '../../packages/runtime/src/anchor.js';
+import { dealer } from '../../packages/runtime/src/zmq.js';
+import { HvClient } from '../../packages/runtime/src/hvclient.js';
+import { MgmtClient } from '../../packages/cli/src/client.js';
+import { down, hostProcesses, sweepHost, up } from '../../packages/cli/src/host.js';
+
+const N = 5000;
+const WARMUP = 500;
+const VM_RUNS = 5;
+const SPAWN_RUNS = 5;
+const LPS = 2;
+const here = dirname(fileURLToPath(import.meta.url));
+
+export interface LatencyStats {
+  p50Us: number;
+  p99Us: number;
+  meanUs: number;
+  callsPerS: number;
+  n: number;
+}
+
+export interface HypercallBenchResult {
+  bench: 'hypercall';
+  hypercall: LatencyStats;
+  zmqEcho: LatencyStats;
+  vmStart: { p50Ms: number; runs: number[] };
+  nodeSpawn: { p50Ms: number };
+  ratios: { hypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number };
+}
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+/** Nearest-rank percentile (q in 0..1) of an unsorted sample. */
+function percentile(sample: number[], q: number): number {
+  const s = [...sample].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
+}
+
+const round = (x: number, digits: number): number => Number(x.toFixed(digits));
+
+function latencyStats(nsPerCall: number[], wallNs: number): LatencyStats {
+  const us = nsPerCall.map((ns) => ns / 1000);
+  const mean = us.reduce((a, b) => a + b, 0) / us.length;
+  return {
+    p50Us: round(percentile(us, 0.5), 1),
+    p99Us: round(percentile(us, 0.99), 1),
+    meanUs: round(mean, 1),
+    callsPerS: Math.round(us.length / (wallNs / 1e9)),
+    n: us.length,
+  };
+}
+
+/** Times `n` sequential round trips after `warmup` untimed ones. */
+async function timeRoundTrips(warmup: number, n: number, once: () => Promise<void>): Promise<LatencyStats> {
+  for (let i = 0; i < warmup; i++) await once();
+  const samples = new Array<number>(n);
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    await once();
+    samples[i] = Number(process.hrtime.bigint() - t0);
+  }
+  return latencyStats(samples, Number(process.hrtime.bigint() - start));
+}
+
+function progress(msg: string): void {
+  process.stderr.write(`[bench hypercall] ${msg}\n`);
+}
+
+/** A child we spawned ourselves; keeps the tail of its stderr for error messages. */
+interface Owned {
+  child: ChildProcess;
+  what: string;
+  stderr: () => string;
+}
+
+function spawnOwned(what: string, args: string[], env: NodeJS.ProcessEnv): Owned {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let tail = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    tail = (tail + d.toString()).slice(-4000);
+  });
+  child.on('error', () => undefined); // reported through waitReady / exit
+  return { child, what, stderr: () => tail };
+}
+
+function waitReady(o: Owned, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onExit = (code: number | null, sig: NodeJS.Signals | null): void => {
+      clearTimeout(t);
+      reject(new Error(`the ${o.what} exited during start-up (${sig ?? `exit code ${code}`})${o.stderr() ? `:\n${o.stderr()}` : ''}`));
+    };
+    const t = setTimeout(() => {
+      o.child.off('exit', onExit);
+      reject(new Error(`the ${o.what} did not print "ready" within ${timeoutMs / 1000} s${o.stderr() ? `:\n${o.stderr()}` : ''}`));
+    }, timeoutMs);
+    o.child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('ready\n')) {
+        clearTimeout(t);
+        o.child.off('exit', onExit);
+        resolve();
+      }
+    });
+    o.child.once('exit', onExit);
+  });
+}
+
+function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+/** SIGTERM, then SIGKILL after graceMs; resolves once the child has exited. */
+async function stopOwned(o: Owned | null, graceMs = 3000): Promise<void> {
+  if (!o || o.child.pid === undefined || exited(o.child)) return;
+  const gone = new Promise<void>((resolve) => o.child.once('exit', () => resolve()));
+  o.child.kill('SIGTERM');
+  const t = setTimeout(() => o.child.kill('SIGKILL'), graceMs);
+  await Promise.race([gone, new Promise((r) => setTimeout(r, graceMs + 2000))]);
+  clearTimeout(t);
+}
+
+function shmLeftovers(hostId: string): string[] {
+  try {
+    return readdirSync('/dev/shm').filter((f) => f.startsWith(shmPrefix(hostId)));
+  } catch {
+    return [];
+  }
+}
+
+// ---- the measurements ---------------------------------------------------------------------------
+
+async function measureHypercall(hv: HvClient): Promise<LatencyStats> {
+  const first = await hv.call('GetPartitionId', {});
+  const pid = (first.output as { partitionId?: number } | null)?.partitionId;
+  if (first.status !== HvStatus.SUCCESS || pid !== 1) {
+    throw new Error(`GetPartitionId as the root returned ${first.statusName} ${JSON.stringify(first.output)}, expected SUCCESS {partitionId: 1}`);
+  }
+  return timeRoundTrips(WARMUP, N, async () => {
+    const r = await hv.call('GetPartitionId', {});
+    if (r.status !== HvStatus.SUCCESS) throw new Error(`GetPartitionId failed with ${r.statusName}`);
+  });
+}
+
+async function measureZmqEcho(endpoint: string): Promise<{ stats: LatencyStats; bytes: number }> {
+  const sock = dealer();
+  try {
+    sock.connect(endpoint);
+    let id = 0;
+    // The same message a hypercall client sends for GetPartitionId.
+    type HcMsg = Extract<HvClientMsg, { k: 'hc' }>;
+    const message = (): HcMsg => ({ k: 'hc', id: ++id, code: HvCall.GetPartitionId, input: {} });
+    const bytes = encode(message()).length;
+    const stats = await timeRoundTrips(WARMUP, N, async () => {
+      const m = message();
+      await sock.send(encode(m));
+      const [reply] = await sock.receive();
+      if (decode<HcMsg>(reply!).id !== m.id) throw new Error('the echo server answered out of order');
+    });
+    return { stats, bytes };
+  } finally {
+    sock.close();
+  }
+}
+
+async function measureVmStart(paths: HostPaths): Promise<number[]> {
+  const mgmt = new MgmtClient(paths.mgmtEndpoint);
+  try {
+    await mgmt.request('ping', {}, 10000);
+    await mgmt.request<VmInfo>('vmNew', { name: 'b1', memory: '16M', workload: 'idle' });
+    const runs: number[] = [];
+    for (let i = 0; i < VM_RUNS; i++) {
+      const t0 = process.hrtime.bigint();
+      const info = await mgmt.request<VmInfo>('vmStart', { name: 'b1' });
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (info.enabledState !== EnabledState.Running) throw new Error(`vmStart returned with b1 ${info.state}, not Running`);
+      runs.push(round(ms, 1));
+      progress(`vm start ${i + 1}/${VM_RUNS}: ${ms.toFixed(1)} ms`);
+      await mgmt.request<VmInfo>('vmTurnOff', { name: 'b1' });
+    }
+    await mgmt.request('vmDelete', { name: 'b1' }).catch(() => undefined);
+    return runs;
+  } finally {
+    mgmt.close();
+  }
+}
+
+async function measureNodeSpawn(): Promise<number[]> {
+  const runs: number[] = [];
+  for (let i = 0; i < SPAWN_RUNS; i++) {
+    const t0 = process.hrtime.bigint();
+    await new Promise<void>((resolve, reject) => {
+      const c = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
+      c.once('error', reject);
+      c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`node -e 0 exited with ${code}`))));
+    });
+    runs.push(round(Number(process.hrtime.bigint() - t0) / 1e6, 1));
+  }
+  return runs;
+}
+
+// ---- output -------------------------------------------------------------------------------------
+
+function table(r: HypercallBenchResult, extra: { echoBytes: number; nodeRuns: number[] }): string {
+  const pad = (s: string, w: number): string => s.padEnd(w);
+  const num = (x: number | string, w: number): string => String(x).padStart(w);
+  const lines = [
+    `${pad('round trip', 36)}${num('n', 6)}${num('p50 µs', 10)}${num('p99 µs', 10)}${num('mean µs', 10)}${num('calls/s', 10)}`,
+  ];
+  const row = (name: string, s: LatencyStats): string =>
+    `${pad(name, 36)}${num(s.n, 6)}${num(s.p50Us, 10)}${num(s.p99Us, 10)}${num(s.meanUs, 10)}${num(s.callsPerS, 10)}`;
+  lines.push(row('hypercall GetPartitionId (root)', r.hypercall));
+  lines.push(row(`zmq echo (msgpack, ${extra.echoBytes} B)`, r.zmqEcho));
+  lines.push(`${pad('  ratio hypercall / zmq echo (p50)', 36)}${num(r.ratios.hypercallVsZmqP50, 16)}`);
+  lines.push('');
+  lines.push(`${pad('start', 36)}${num('runs', 6)}${num('p50 ms', 10)}  runs ms`);
+  lines.push(`${pad('vmStart b1 (16M, idle) to Running', 36)}${num(r.vmStart.runs.length, 6)}${num(r.vmStart.p50Ms, 10)}  ${r.vmStart.runs.join(' ')}`);
+  lines.push(`${pad('spawn `node -e 0` to exit', 36)}${num(extra.nodeRuns.length, 6)}${num(r.nodeSpawn.p50Ms, 10)}  ${extra.nodeRuns.join(' ')}`);
+  lines.push(`${pad('  ratio vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartVsNodeSpawnP50, 16)}`);
+  return lines.join('\n');
+}
+
+// ---- main ---------------------------------------------------------------------------------------
+
+export async function main(args: string[]): Promise<void> {
+  let json = false;
+  for (const a of args) {
+    if (a === '--json') json = true;
+    else throw new Error(`unknown argument "${a}" (usage: pnpm bench hypercall [--json])`);
+  }
+
+  const home = mkdtempSync(join(tmpdir(), 'hvlab-bench-'));
+  const paths = hostPaths(home);
+  const benchHostId = randomBytes(3).toString('hex');
+  let upHostId: string | null = null;
+  let hvProc: Owned | null = null;
+  let echoProc: Owned | null = null;
+  let hv: HvClient | null = null;
+
+  let cleaning: Promise<void> | null = null;
+  const cleanup = (): Promise<void> => {
+    cleaning ??= (async () => {
+      hv?.close();
+      try {
+        await down(paths);
+      } catch (e) {
+        progress(`down failed: ${(e as Error).message}`);
+      }
+      await stopOwned(hvProc);
+      await stopOwned(echoProc);
+      for (const id of [benchHostId, upHostId]) if (id) sweepHost(paths, id);
+      for (const o of [hvProc, echoProc]) if (o?.child.pid !== undefined && pidAlive(o.child.pid) && !exited(o.child)) o.child.kill('SIGKILL');
+      rmSync(paths.sockDir, { recursive: true, force: true });
+      rmSync(home, { recursive: true, force: true });
+      const left: string[] = [];
+      for (const id of [benchHostId, upHostId]) {
+        if (!id) continue;
+        left.push(...shmLeftovers(id).map((f) => `/dev/shm/${f}`));
+        left.push(...hostProcesses(id).map((p) => `pid ${p}`));
+      }
+      if (left.length > 0) {
+        progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
+        process.exitCode = 1;
+      }
+    })();
+    return cleaning;
+  };
+  const onSignal = (sig: NodeJS.Signals): void => {
+    progress(`${sig}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  try {
+    // (a) hypercall round trips against a hypervisor of our own.
+    const rootToken = randomBytes(16).toString('hex');
+    progress(`starting a hypervisor (home ${home}, sockets ${paths.sockDir}, host ${benchHostId})`);
+    hvProc = spawnOwned('hypervisor', nodeArgsFor(entries.hypervisor), {
+      ...process.env, HVLAB_HOME: home, HVLAB_HOST_ID: benchHostId, HVLAB_ROOT_TOKEN: rootToken, HVLAB_LPS: String(LPS),
+    });
+    await waitReady(hvProc, 20000);
+    hv = new HvClient(paths.hvEndpoint);
+    await hv.connect({ partitionId: 1, token: rootToken, role: 'bench', vm: null });
+    progress(`timing ${N} GetPartitionId hypercalls (after ${WARMUP} warm-up calls)`);
+    const hypercall = await measureHypercall(hv);
+    hv.close();
+    hv = null;
+    await stopOwned(hvProc);
+    sweepHost(paths, benchHostId);
+
+    // (a') baseline: a bare ZeroMQ echo.
+    const echoEndpoint = `ipc://${join(home, 'echo')}`;
+    echoProc = spawnOwned('zmq echo server', [...nodeArgsFor(join(here, 'zmq-echo.ts')), echoEndpoint], { ...process.env });
+    await waitReady(echoProc, 20000);
+    progress(`timing ${N} zmq echo round trips (after ${WARMUP} warm-up)`);
+    const echo = await measureZmqEcho(echoEndpoint);
+    await stopOwned(echoProc);
+
+    // (b) VM start on a whole host.
+    progress(`bringing a host up (${LPS} LPs)`);
+    const rec = await up(paths, LPS);
+    upHostId = rec.hostId;
+    progress(`host ${rec.hostId} is up (hypervisor pid ${rec.pids.hypervisor}, root pid ${rec.pids.root})`);
+    const vmRuns = await measureVmStart(paths);
+    progress('bringing the host down');
+    const d = await down(paths);
+    if (!d.graceful) progress(`the host did not stop gracefully (killed ${d.killed}, unlinked ${d.shm} shm files)`);
+
+    // (b') baseline: node start-up.
+    progress(`spawning node -e 0 ${SPAWN_RUNS} times`);
+    const nodeRuns = await measureNodeSpawn();
+
+    const vmP50 = percentile(vmRuns, 0.5);
+    const nodeP50 = percentile(nodeRuns, 0.5);
+    const result: HypercallBenchResult = {
+      bench: 'hypercall',
+      hypercall,
+      zmqEcho: echo.stats,
+      vmStart: { p50Ms: round(vmP50, 1), runs: vmRuns },
+      nodeSpawn: { p50Ms: round(nodeP50, 1) },
+      ratios: {
+        hypercallVsZmqP50: round(hypercall.p50Us / echo.stats.p50Us, 2),
+        vmStartVsNodeSpawnP50: round(vmP50 / nodeP50, 2),
+      },
+    };
+    await cleanup();
+    if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+    else process.stdout.write(`${table(result, { echoBytes: echo.bytes, nodeRuns })}\n`);
+  } finally {
+    await cleanup();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * Test harness for end-to-end tests: a temporary HVLAB_HOME, the real `hvlab` CLI run as a child
+ * process, and a cleanup that leaves no process, socket or /dev/shm file of the host even when a
+ * test failed (`hvlab down`, then a sweep by host id).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { hostPaths } from '@hvlab/runtime';
+import { hostProcesses, sweepHost } from '../packages/cli/src/host.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const cli = join(repo, 'packages', 'cli', 'src', 'main.ts');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class TestHost {
+  readonly home = mkdtempSync(join(tmpdir(), 'hvlab-test-'));
+  readonly paths = hostPaths(this.home);
+  private hostIds = new Set<string>();
+
+  constructor(private readonly env: Record<string, string> = {}) {}
+
+  /** Runs the CLI asynchronously (so the test's event loop keeps going). */
+  run(...args: string[]): Promise<CliResult> {
+    return new Promise((res) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
+        cwd: repo,
+        env: { ...process.env, ...this.env, HVLAB_HOME: this.home },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      c.stdout.on('data', (d) => (stdout += d));
+      c.stderr.on('data', (d) => (stderr += d));
+      c.on('close', (code) => {
+        this.noteHost();
+        res({ code: code ?? -1, stdout, stderr });
+      });
+    });
+  }
+
+  async ok(...args: string[]): Promise<string> {
+    const r = await this.run(...args);
+    if (r.code !== 0) throw new Error(`hvlab ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
+    return r.stdout;
+  }
+
+  async json<T>(...args: string[]): Promise<T> {
+    return JSON.parse(await this.ok(...args, '--json')) as T;
+  }
+
+  private noteHost(): void {
+    try {
+      const rec = JSON.parse(readFileSync(this.paths.hostFile, 'utf8')) as { hostId: string };
+      this.hostIds.add(rec.hostId);
+    } catch { /* no host */ }
+  }
+
+  get hostId(): string {
+    return (JSON.parse(readFileSync(this.paths.hostFile, 'utf8')) as { hostId: string }).hostId;
+  }
+
+  /** Everything of the host: `hvlab down`, then a forced sweep of whatever is left. */
+  async destroy(): Promise<void> {
+    this.noteHost();
+    if (existsSync(this.paths.hostFile)) await this.run('down');
+    for (const id of this.hostIds) sweepHost(this.paths, id);
+    rmSync(this.home, { recursive: true, force: true });
+  }
+
+  /** Leftovers of every host this harness started: pids and /dev/shm names. */
+  leftovers(): { pids: number[]; shm: string[] } {
+    const pids: number[] = [];
+    const shm: string[] = [];
+    for (const id of this.hostIds) {
+      pids.push(...hostProcesses(id));
+      shm.push(...shmFiles(id));
+    }
+    return { pids, shm };
+  }
+}
+
+export function shmFiles(hostId: string): string[] {
+  try {
+    return readdirSync('/dev/shm').filter((f) => f.startsWith(`hvlab-${hostId}-`));
+  } catch {
+    return [];
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `cond` every 100 ms until it holds or `ms` pass; returns whether it held. */
+export async function eventually(cond: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() > end) return false;
+    await sleep(100);
+  }
+}
+
+export function syncCli(home: string, ...args: string[]): CliResult {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: repo, env: { ...process.env, HVLAB_HOME: home }, encoding: 'utf8' });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}

@@ -1,0 +1,245 @@
+import { expect } from 'chai';
+import { readdirSync } from 'node:fs';
+import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
+import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+import { hostProcesses } from '../packages/cli/src/host.js';
+
+const vmByName = (vms: VmInfo[], n: string): VmInfo => vms.find((v) => v.name === n)!;
+
+describe('a host of real processes (shared memory)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+
+  before(async () => {
+    await h.ok('up', '--lps', '2');
+    await h.ok('vm', 'new', 'alpha', '--memory', '16M');
+    await h.ok('vm', 'new', 'beta', '--memory', '16M', '--workload', 'counter:500', '--vps', '2');
+    await h.ok('vm', 'start', 'alpha');
+    await h.ok('vm', 'start', 'beta');
+  });
+  after(async () => {
+    await h.destroy();
+    const left = h.leftovers();
+    expect(left.pids, 'processes left behind').to.deep.equal([]);
+    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
+  });
+
+  it('reports its memory mode and processes', async () => {
+    const info = await h.json<HostInfo>('host', 'info');
+    expect(info.memoryMode).to.equal('shared');
+    expect(info.lps).to.equal(2);
+  });
+
+  it('runs two VMs as six distinct processes with the right roles', async () => {
+    const ps = await h.json<ProcessInfo[]>('ps');
+    expect(ps).to.have.length(6);
+    expect(new Set(ps.map((p) => p.pid)).size).to.equal(6);
+    const roles = ps.map((p) => `${p.role}:${p.vm ?? '-'}`).sort();
+    expect(roles).to.deep.equal(['hypervisor:-', 'partition:alpha', 'partition:beta', 'root:-', 'vmwp:alpha', 'vmwp:beta']);
+    // Each one is a live OS process carrying the host's id.
+    const live = hostProcesses(h.hostId);
+    for (const p of ps) expect(live).to.include(p.pid);
+  });
+
+  it('lists VMs with Hyper-V states and advancing counters', async () => {
+    const a = await h.json<VmInfo[]>('vm', 'list');
+    await sleep(700);
+    const b = await h.json<VmInfo[]>('vm', 'list');
+    for (const n of ['alpha', 'beta']) {
+      const x = vmByName(a, n);
+      const y = vmByName(b, n);
+      expect(y.state).to.equal('Running');
+      expect(y.enabledState).to.equal(2);
+      expect(y.partitionId).to.be.a('number');
+      expect(y.pids.partition).to.be.a('number');
+      expect(y.pids.vmwp).to.be.a('number');
+      expect(y.workload.name).to.equal('counter');
+      expect(y.workload.progress!).to.be.greaterThan(x.workload.progress!);
+    }
+    expect(vmByName(b, 'beta').vps).to.equal(2);
+    expect(vmByName(b, 'alpha').memoryBytes).to.equal(16 * 1024 * 1024);
+  });
+
+  it('peek reads the counter from guest memory, matching the published progress', async () => {
+    const out = await h.ok('vm', 'peek', 'alpha', '--gpa', '0x2000', '--len', '8');
+    const bytes = Buffer.from(out.slice(10, 10 + 23).replace(/ /g, ''), 'hex');
+    const counter = Number(bytes.readBigUInt64LE(0));
+    const after = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha').workload.progress!;
+    expect(counter).to.be.greaterThan(0);
+    expect(after).to.be.at.least(counter);
+  });
+
+  it("a child partition's CreatePartition gets ACCESS_DENIED", async () => {
+    const r = await h.run('debug', 'hypercall', '--as', 'alpha', 'CreatePartition', 'memoryBytes=2097152', '--json');
+    expect(JSON.parse(r.stdout)).to.include({ statusName: 'ACCESS_DENIED', as: 'alpha' });
+    expect(r.code).to.not.equal(0);
+    // The root may.
+    const root = JSON.parse((await h.run('debug', 'hypercall', 'GetPartitionId', '--json')).stdout);
+    expect(root.statusName).to.equal('SUCCESS');
+    expect(root.output.partitionId).to.equal(1);
+  });
+
+  it('PostMessage with more than 240 bytes gets INVALID_PARAMETER, and 240 bytes succeed', async () => {
+    const big = JSON.parse((await h.run('debug', 'hypercall', '--as', 'beta', 'PostMessage', 'connectionId=1', 'messageType=2', 'payload=len:241', '--json')).stdout);
+    expect(big.statusName).to.equal('INVALID_PARAMETER');
+    const fits = JSON.parse((await h.run('debug', 'hypercall', '--as', 'beta', 'PostMessage', 'connectionId=1', 'messageType=2', 'payload=len:240', '--json')).stdout);
+    expect(fits.statusName).to.equal('SUCCESS');
+  });
+
+  it("a message the root posts reaches the guest's message page and is consumed", async () => {
+    const vm = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
+    // The VMWP connects the root to the child's message port as connection partitionId*16+1.
+    const conn = vm.partitionId! * 16 + 1;
+    const r = JSON.parse((await h.run('debug', 'hypercall', 'PostMessage', `connectionId=${conn}`, 'messageType=7', 'payload=text:hello-guest', '--json')).stdout);
+    expect(r.statusName).to.equal('SUCCESS');
+    let page = '';
+    const seen = await eventually(async () => {
+      page = await h.ok('vm', 'peek', 'alpha', '--gpa', '0x1040', '--len', '16');
+      return page.includes('hello-guest');
+    }, 5000);
+    expect(seen, page).to.equal(true);
+    const hdr = await h.ok('vm', 'peek', 'alpha', '--gpa', '0x1028', '--len', '8');
+    expect(hdr).to.match(/^00001028 {2}07 00 00 00 0b 00 00 00/); // last type 7, size 11
+  });
+
+  it('pause holds the counter still with its state and resume continues from it', async () => {
+    await h.ok('vm', 'pause', 'alpha');
+    const a = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
+    expect(a.state).to.equal('Paused');
+    expect(a.enabledState).to.equal(9);
+    await sleep(500);
+    const b = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
+    expect(b.workload.progress).to.equal(a.workload.progress);
+    expect(b.pids).to.deep.equal(a.pids);
+    await h.ok('vm', 'resume', 'alpha');
+    await sleep(300);
+    const c = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
+    expect(c.state).to.equal('Running');
+    expect(c.workload.progress!).to.be.greaterThan(b.workload.progress!);
+  });
+
+  it('rejects bad input with one clear line and changes nothing', async () => {
+    const before = await h.json<VmInfo[]>('vm', 'list');
+    const files = readdirSync(h.paths.vmDir).sort();
+    const cases: Array<[string[], RegExp]> = [
+      [['vm', 'start', 'nosuch'], /VM "nosuch" does not exist/],
+      [['vm', 'new', 'gamma', '--memory', '64Q'], /memory size "64Q" is invalid/],
+      [['vm', 'new', 'alpha'], /VM "alpha" already exists/],
+      [['vm', 'new', 'gamma', '--vps', '0'], /--vps 0 is invalid/],
+      [['vm', 'new', 'bad/name'], /VM name "bad\/name" is invalid/],
+      [['vm', 'start', 'alpha'], /cannot start VM "alpha": it is Running/],
+      [['vm', 'peek', 'alpha', '--gpa', '0xffffffff', '--len', '16'], /outside VM "alpha"/],
+      [['debug', 'hypercall', 'NoSuchCall'], /hypercall "NoSuchCall" is unknown/],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await h.run(...args);
+      expect(r.code, args.join(' ')).to.not.equal(0);
+      expect(r.stderr.trim().split('\n'), args.join(' ')).to.have.length(1);
+      expect(r.stderr, args.join(' ')).to.match(msg);
+    }
+    const after = await h.json<VmInfo[]>('vm', 'list');
+    expect(after.map((v) => [v.name, v.state, v.partitionId])).to.deep.equal(before.map((v) => [v.name, v.state, v.partitionId]));
+    expect(readdirSync(h.paths.vmDir).sort()).to.deep.equal(files);
+  });
+
+  it('kill -9 of a VMWP turns only its VM Off, with the reason shown', async () => {
+    const before = await h.json<VmInfo[]>('vm', 'list');
+    const victim = vmByName(before, 'beta');
+    const other = vmByName(before, 'alpha');
+    process.kill(victim.pids.vmwp!, 'SIGKILL');
+    let vms: VmInfo[] = [];
+    const off = await eventually(async () => {
+      vms = await h.json<VmInfo[]>('vm', 'list');
+      return vmByName(vms, 'beta').state === 'Off';
+    }, 10000);
+    expect(off).to.equal(true);
+    const beta = vmByName(vms, 'beta');
+    expect(beta.enabledState).to.equal(3);
+    expect(beta.lastStateReason).to.match(/worker process exited unexpectedly \(SIGKILL\)/);
+    // Its partition process followed it; its memory is gone.
+    expect(await eventually(() => !hostProcesses(h.hostId).includes(victim.pids.partition!), 5000)).to.equal(true);
+    expect(shmFiles(h.hostId)).to.not.include(`hvlab-${h.hostId}-p${victim.partitionId}-mem`);
+    // The other VM is untouched and still advancing.
+    const alpha = vmByName(vms, 'alpha');
+    expect(alpha.state).to.equal('Running');
+    expect(alpha.pids).to.deep.equal(other.pids);
+    await sleep(300);
+    expect(vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha').workload.progress!).to.be.greaterThan(alpha.workload.progress!);
+    // And the VM can start again.
+    await h.ok('vm', 'start', 'beta');
+    expect(vmByName(await h.json<VmInfo[]>('vm', 'list'), 'beta').state).to.equal('Running');
+  });
+
+  it('turn-off and delete remove a VM and its processes', async () => {
+    const beta = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'beta');
+    await h.ok('vm', 'turn-off', 'beta');
+    expect(hostProcesses(h.hostId)).to.not.include(beta.pids.vmwp);
+    await h.ok('vm', 'delete', 'beta');
+    expect((await h.json<VmInfo[]>('vm', 'list')).map((v) => v.name)).to.deep.equal(['alpha']);
+  });
+
+  it('hvlab down leaves no process, socket or /dev/shm file', async () => {
+    const id = h.hostId;
+    expect(hostProcesses(id).length).to.be.greaterThan(0);
+    await h.ok('down');
+    expect(hostProcesses(id)).to.deep.equal([]);
+    expect(shmFiles(id)).to.deep.equal([]);
+    expect(() => readdirSync(h.paths.sockDir)).to.throw();
+    // The VM's configuration survives the host.
+    expect(readdirSync(h.paths.vmDir)).to.deep.equal(['alpha.json']);
+  });
+});
+
+describe('the hypervisor anchors its host', function () {
+  this.timeout(60000);
+  const h = new TestHost();
+  after(async () => {
+    await h.destroy();
+    expect(h.leftovers()).to.deep.equal({ pids: [], shm: [] });
+  });
+
+  it('kill -9 of the hypervisor leaves no hvlab process and no /dev/shm file after 5 s', async () => {
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 'a', '--memory', '8M');
+    await h.ok('vm', 'new', 'b', '--memory', '8M', '--workload', 'idle');
+    await h.ok('vm', 'start', 'a');
+    await h.ok('vm', 'start', 'b');
+    const id = h.hostId;
+    const info = await h.json<HostInfo>('host', 'info');
+    expect(hostProcesses(id)).to.have.length(6);
+    expect(shmFiles(id)).to.have.length(2);
+    process.kill(info.pids.hypervisor, 'SIGKILL');
+    await sleep(5000);
+    expect(hostProcesses(id)).to.deep.equal([]);
+    expect(shmFiles(id)).to.deep.equal([]);
+  });
+});
+
+describe('private-memory fallback (HVLAB_SHM=off)', function () {
+  this.timeout(60000);
+  const h = new TestHost({ HVLAB_SHM: 'off' });
+  after(async () => {
+    await h.destroy();
+    expect(h.leftovers()).to.deep.equal({ pids: [], shm: [] });
+  });
+
+  it('says so and still runs VMs, messages and peek over ZeroMQ', async () => {
+    await h.ok('up', '--lps', '1');
+    const info = await h.json<HostInfo>('host', 'info');
+    expect(info.memoryMode).to.equal('private');
+    expect(info.memoryModeReason).to.match(/HVLAB_SHM=off/);
+    await h.ok('vm', 'new', 'p', '--memory', '8M');
+    await h.ok('vm', 'start', 'p');
+    expect(shmFiles(h.hostId)).to.deep.equal([]);
+    const a = (await h.json<VmInfo[]>('vm', 'list'))[0];
+    await sleep(400);
+    const b = (await h.json<VmInfo[]>('vm', 'list'))[0];
+    expect(b.workload.progress!).to.be.greaterThan(a.workload.progress!);
+    const conn = b.partitionId! * 16 + 1;
+    for (const word of ['first', 'second']) {
+      const r = JSON.parse((await h.run('debug', 'hypercall', 'PostMessage', `connectionId=${conn}`, 'messageType=3', `payload=text:${word}-msg`, '--json')).stdout);
+      expect(r.statusName).to.equal('SUCCESS');
+      expect(await eventually(async () => (await h.ok('vm', 'peek', 'p', '--gpa', '0x1040', '--len', '16')).includes(`${word}-msg`), 5000)).to.equal(true);
+    }
+  });
+});
