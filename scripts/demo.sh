@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The hvlab demo: start a host, create and start two VMs, watch their counters advance, look at the
+# processes, then shut everything down. Uses its own HVLAB_HOME so it touches nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HVLAB_HOME="${HVLAB_HOME:-$(mktemp -d -t hvlab-demo-XXXXXX)}"
+hv() { node --import tsx packages/cli/src/main.ts "$@"; }
+trap 'echo; echo "\$ hvlab down"; hv down' EXIT
+say() { printf '\n\033[1m$ hvlab %s\033[0m\n' "$*"; }
+say up --lps 2;                         hv up --lps 2
+say host info;                          hv host info
+say vm new web --memory 64M --vps 2;    hv vm new web --memory 64M --vps 2
+say vm new db --memory 32M --workload counter:250; hv vm new db --memory 32M --workload counter:250
+say vm start web;                       hv vm start web
+say vm start db;                        hv vm start db
+say ps;                                 hv ps
+for i in 1 2 3; do
+  say vm list;                          hv vm list
+  sleep 1
+done
+say debug hypercall --as web CreatePartition memoryBytes=2097152
+hv debug hypercall --as web CreatePartition memoryBytes=2097152 || true
+say vm peek web --gpa 0x2000 --len 16;  hv vm peek web --gpa 0x2000 --len 16
+say vm pause db;                        hv vm pause db
+say vm list;                            hv vm list
