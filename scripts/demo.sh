@@ -3,9 +3,10 @@
 # processes, then shut everything down. Uses its own HVLAB_HOME so it touches nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HVLAB_HOME="${HVLAB_HOME:-$(mktemp -d -t hvlab-demo-XXXXXX)}"
+own_home=""
+if [ -z "${HVLAB_HOME:-}" ]; then own_home=$(mktemp -d -t hvlab-demo-XXXXXX); export HVLAB_HOME="$own_home"; fi
 hv() { node --import tsx packages/cli/src/main.ts "$@"; }
-trap 'echo; echo "\$ hvlab down"; hv down' EXIT
+trap 'echo; echo "\$ hvlab down"; hv down; [ -n "$own_home" ] && rm -rf "$own_home"' EXIT
 say() { printf '\n\033[1m$ hvlab %s\033[0m\n' "$*"; }
 say up --lps 2;                         hv up --lps 2
 say host info;                          hv host info

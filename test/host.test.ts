@@ -3,6 +3,8 @@ import { readdirSync } from 'node:fs';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
 import { TestHost, eventually, shmFiles, sleep } from './harness.js';
 import { hostProcesses } from '../packages/cli/src/host.js';
+import { decode, type VmStateEvent } from '@hvlab/protocol';
+import { zmq } from '@hvlab/runtime';
 
 const vmByName = (vms: VmInfo[], n: string): VmInfo => vms.find((v) => v.name === n)!;
 
@@ -116,6 +118,40 @@ describe('a host of real processes (shared memory)', function () {
     const c = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
     expect(c.state).to.equal('Running');
     expect(c.workload.progress!).to.be.greaterThan(b.workload.progress!);
+  });
+
+  it('publishes state changes on the events socket (Pausing, Paused, Resuming, Running)', async () => {
+    const sub = new zmq.Subscriber({ linger: 0 });
+    sub.connect(h.paths.eventsEndpoint);
+    sub.subscribe('vm');
+    const seen: VmStateEvent[] = [];
+    const reading = (async () => {
+      for await (const [, body] of sub) {
+        const ev = decode<VmStateEvent>(body);
+        if (ev.vm === 'alpha') seen.push(ev);
+        if (seen.length >= 4) break;
+      }
+    })();
+    try {
+      await sleep(200); // let the subscription reach the publisher
+      await h.ok('vm', 'pause', 'alpha');
+      await h.ok('vm', 'resume', 'alpha');
+      await Promise.race([reading, sleep(10000)]);
+      expect(seen.map((e) => [e.state, e.enabledState])).to.deep.equal([['Pausing', 32776], ['Paused', 9], ['Resuming', 32777], ['Running', 2]]);
+    } finally {
+      sub.close();
+    }
+  });
+
+  it('logs of every process are readable and filter by role and VM', async () => {
+    const out = await h.ok('logs', '--role', 'vmwp', '--vm', 'alpha');
+    expect(out).to.match(/INFO +vmwp\/alpha +VM built/);
+    expect(out).to.not.match(/vmwp\/beta|hypervisor/);
+    const hv = await h.ok('logs', '--role', 'hypervisor');
+    expect(hv).to.match(/partition created/);
+    const bad = await h.run('logs', '--role', 'nonsense');
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.match(/--role nonsense is unknown/);
   });
 
   it('rejects bad input with one clear line and changes nothing', async () => {
