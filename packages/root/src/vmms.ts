@@ -186,31 +186,29 @@ export class Vmms {
     for (let i = 0; i < 100 && r.state !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
   }
 
-  async pause(name: unknown): Promise<VmInfo> {
-    const r = this.get(name);
-    this.requireState(r, [EnabledState.Running], 'pause');
-    this.setState(r, EnabledState.Pausing, null);
-    try {
-      await r.rpc!.request({ t: 'suspend', value: true });
-    } catch (e) {
-      this.setState(r, EnabledState.Running, null);
-      throw new MgmtFailure('Internal', `pausing VM "${r.config.name}" failed: ${(e as Error).message}`);
-    }
-    this.setState(r, EnabledState.Paused, 'paused');
-    return this.info(r, null);
+  pause(name: unknown): Promise<VmInfo> {
+    return this.suspend(name, true);
   }
 
-  async resume(name: unknown): Promise<VmInfo> {
+  resume(name: unknown): Promise<VmInfo> {
+    return this.suspend(name, false);
+  }
+
+  /** Pause/resume: the hypervisor's Suspend property stops or restarts every VP of the partition. */
+  private async suspend(name: unknown, on: boolean): Promise<VmInfo> {
     const r = this.get(name);
-    this.requireState(r, [EnabledState.Paused], 'resume');
-    this.setState(r, EnabledState.Resuming, null);
+    const [from, via, to, verb] = on
+      ? [EnabledState.Running, EnabledState.Pausing, EnabledState.Paused, 'pause']
+      : [EnabledState.Paused, EnabledState.Resuming, EnabledState.Running, 'resume'];
+    this.requireState(r, [from], verb);
+    this.setState(r, via, null);
     try {
-      await r.rpc!.request({ t: 'suspend', value: false });
+      await r.rpc!.request({ t: 'suspend', value: on });
     } catch (e) {
-      this.setState(r, EnabledState.Paused, null);
-      throw new MgmtFailure('Internal', `resuming VM "${r.config.name}" failed: ${(e as Error).message}`);
+      this.setState(r, from, null);
+      throw new MgmtFailure('Internal', `${verb} of VM "${r.config.name}" failed: ${(e as Error).message}`);
     }
-    this.setState(r, EnabledState.Running, 'resumed');
+    this.setState(r, to, on ? 'paused' : 'resumed');
     return this.info(r, null);
   }
 

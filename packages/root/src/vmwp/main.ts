@@ -49,7 +49,12 @@ async function exit(reason: string, code = 0): Promise<void> {
   if (exiting) return;
   exiting = true;
   log.info({ reason }, 'vmwp exiting');
-  if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  if (child && child.exitCode === null && child.signalCode === null) {
+    // Reap the partition process ourselves rather than leave a zombie for init.
+    const gone = new Promise((r) => child!.once('exit', r));
+    child.kill('SIGKILL');
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
+  }
   if (partitionId && pidAlive(cfg.hvPid)) {
     await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
     await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
