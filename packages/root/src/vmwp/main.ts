@@ -12,7 +12,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
-  PartitionProperty, PortType, ROOT_PARTITION_ID, HvStatus, PAGE, BootState, parseWorkload,
+  PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, BootState, parseWorkload,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
@@ -192,4 +192,3 @@ build().catch((e) => {
   rootRpc.note({ t: 'failed', message: (e as Error).message });
   void exit(`build failed: ${(e as Error).message}`, 2);
 });
-void HvStatus;
