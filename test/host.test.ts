@@ -3,6 +3,7 @@ import { readdirSync } from 'node:fs';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
 import { TestHost, eventually, shmFiles, sleep } from './harness.js';
 import { hostProcesses } from '../packages/cli/src/host.js';
+import { hostConnectionId } from '../packages/root/src/vmwp/shared.js';
 import { decode, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 
@@ -90,8 +91,7 @@ describe('a host of real processes (shared memory)', function () {
 
   it("a message the root posts reaches the guest's message page and is consumed", async () => {
     const vm = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
-    // The VMWP connects the root to the child's message port as connection partitionId*16+1.
-    const conn = vm.partitionId! * 16 + 1;
+    const conn = hostConnectionId(vm.partitionId!, 1);
     const r = JSON.parse((await h.run('debug', 'hypercall', 'PostMessage', `connectionId=${conn}`, 'messageType=7', 'payload=text:hello-guest', '--json')).stdout);
     expect(r.statusName).to.equal('SUCCESS');
     let page = '';
@@ -271,7 +271,7 @@ describe('private-memory fallback (HVLAB_SHM=off)', function () {
     await sleep(400);
     const b = (await h.json<VmInfo[]>('vm', 'list'))[0];
     expect(b.workload.progress!).to.be.greaterThan(a.workload.progress!);
-    const conn = b.partitionId! * 16 + 1;
+    const conn = hostConnectionId(b.partitionId!, 1);
     for (const word of ['first', 'second']) {
       const r = JSON.parse((await h.run('debug', 'hypercall', 'PostMessage', `connectionId=${conn}`, 'messageType=3', `payload=text:${word}-msg`, '--json')).stdout);
       expect(r.statusName).to.equal('SUCCESS');

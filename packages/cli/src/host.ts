@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { entries, hostPaths, nodeArgsFor, pidAlive, shmPrefix, type HostPaths } from '@hvlab/runtime';
@@ -149,8 +149,4 @@ export async function down(paths: HostPaths): Promise<{ hostId: string | null; g
   }
   const s = sweepHost(paths, rec.hostId);
   return { hostId: rec.hostId, graceful, ...s };
-}
-
-export function hostExists(paths: HostPaths): boolean {
-  return existsSync(paths.hostFile);
 }

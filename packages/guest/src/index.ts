@@ -8,5 +8,5 @@
  * kernel handles on the process's main thread before waking the VP threads.
  */
 export { GuestMemory, GuestMemoryError } from './memory.js';
-export { GuestKernel, readBootInfo, GUEST_SINT, GUEST_SINT_VECTOR, GuestMessageType } from './kernel.js';
+export { GuestKernel, readBootInfo, GUEST_SINT, GUEST_SINT_VECTOR } from './kernel.js';
 export { counterWorkload, idleWorkload, type Workload } from './workloads.js';

@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, BootState, STATUS_MAGIC, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES,
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD,
-  simpGpa, siefpGpa, synicPageRegister, HvStatus,
+  simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage,
 } from '@hvlab/protocol';
 import type { HvClient, Logger } from '@hvlab/runtime';
 import { GuestMemory } from './memory.js';
@@ -18,8 +18,6 @@ import { CTL_STOP, CTL_SUSPENDED, CTL_WAKE, type VpStart } from './vp.js';
 /** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux). */
 export const GUEST_SINT = 2;
 export const GUEST_SINT_VECTOR = 0x30;
-/** Message types the guest posts to the root on its control connection. */
-export const GuestMessageType = { Booted: 1, Debug: 2 } as const;
 
 export interface BootInfoValues {
   partitionId: number;
@@ -83,7 +81,7 @@ export class GuestKernel {
     this.mem.setU32(s + StatusPage.bootState, BootState.Running);
     const payload = new Uint8Array(8);
     new DataView(payload.buffer).setUint32(0, this.boot.vpCount, true);
-    const r = await this.hv.call('PostMessage', { connectionId: this.boot.controlConnectionId, messageType: GuestMessageType.Booted, payload });
+    const r = await this.hv.call('PostMessage', { connectionId: this.boot.controlConnectionId, messageType: GuestControlMessage.Booted, payload });
     if (r.status !== HvStatus.SUCCESS) throw new Error(`could not tell the root it booted: ${r.statusName}`);
     this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload }, 'guest booted');
   }

@@ -53,6 +53,10 @@ export const StatusPage = {
   bootTimeMs: 0x30, // f64, guest wall clock at boot
   lastMessage: 0x40, // up to 240 bytes: the last SynIC message payload
 } as const;
+/** The guest's connection to its root control port, and the message types it posts there. */
+export const GUEST_CONTROL_CONNECTION_ID = 1;
+export const GuestControlMessage = { Booted: 1, Debug: 2 } as const;
+
 export const BootState = { None: 0, Booting: 1, Running: 2, ShuttingDown: 3 } as const;
 
 export const WorkloadPage = {

@@ -12,11 +12,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
-  PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, BootState, parseWorkload,
+  PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
-import { GUEST_MESSAGE_BOOTED, controlPortId, hostConnectionId, type VmwpConfig } from './shared.js';
+import { controlPortId, hostConnectionId, type VmwpConfig } from './shared.js';
 
 const cfg = JSON.parse(process.env.HVLAB_VMWP_CONFIG!) as VmwpConfig;
 const rootToken = process.env.HVLAB_ROOT_TOKEN!;
@@ -34,7 +34,7 @@ let booted = false;
 let exiting = false;
 
 const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
-  if (n.k === 'rootmsg' && n.portId === controlPortId(partitionId) && n.messageType === GUEST_MESSAGE_BOOTED && n.sender === partitionId) {
+  if (n.k === 'rootmsg' && n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId) {
     if (!booted) {
       booted = true;
       log.info('guest reported boot');
@@ -131,7 +131,7 @@ function firmwarePage(): Uint8Array {
   dv.setUint32(BootInfo.partitionId, partitionId, true);
   dv.setUint32(BootInfo.vpCount, cfg.vps, true);
   dv.setBigUint64(BootInfo.memoryBytes, BigInt(cfg.memoryBytes), true);
-  dv.setUint32(BootInfo.controlConnectionId, 1, true);
+  dv.setUint32(BootInfo.controlConnectionId, GUEST_CONTROL_CONNECTION_ID, true);
   dv.setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
   page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
   return page;
@@ -151,7 +151,7 @@ async function build(): Promise<void> {
   for (let vp = 0; vp < cfg.vps; vp++) await hv.must('CreateVp', { partitionId, vpIndex: vp });
   // Guest -> root control port (owned by this session) and root -> guest message/event ports.
   await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId), type: PortType.Message, vpIndex: 0, sint: 0 });
-  await hv.must('ConnectPort', { partitionId, connectionId: 1, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });
+  await hv.must('ConnectPort', { partitionId, connectionId: GUEST_CONTROL_CONNECTION_ID, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });
   await hv.must('CreatePort', { partitionId, portId: 1, type: PortType.Message, vpIndex: 0, sint: 2 });
   await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });

@@ -9,8 +9,6 @@ export interface VmwpConfig {
   workload: string;
   processor: { reserve: number; maximum: number; weight: number };
 }
-/** Message type of the guest's "I have booted" control message. */
-export const GUEST_MESSAGE_BOOTED = 1;
 /** Root-partition port receiving a child's control messages (unique per child). */
 export function controlPortId(partitionId: number): number {
   return partitionId * 16 + 1;
