@@ -55,7 +55,7 @@ function waitReady(child: ReturnType<typeof spawn>, what: string, timeoutMs: num
   });
 }
 
-export async function up(paths: HostPaths, lps: number | null): Promise<HostRecord> {
+export async function up(paths: HostPaths, lps: number | null, vmbusTransport: 'shm' | 'remote' = 'shm'): Promise<HostRecord> {
   const existing = readHost(paths);
   if (hostRunning(existing)) throw new CliError(`a host is already up for ${paths.home} (host ${existing!.hostId}); run "hvlab down" first`);
   if (existing) await down(paths); // leftovers of a crashed host
@@ -64,7 +64,7 @@ export async function up(paths: HostPaths, lps: number | null): Promise<HostReco
   const rootToken = randomBytes(16).toString('hex');
   mkdirSync(paths.logDir, { recursive: true });
   mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
-  const env = { ...process.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_ROOT_TOKEN: rootToken, HVLAB_LPS: String(n) };
+  const env = { ...process.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_ROOT_TOKEN: rootToken, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: vmbusTransport };
   const errFile = join(paths.logDir, 'stderr.log');
   const errFd = openSync(errFile, 'a');
   const hv = spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });

@@ -47,17 +47,29 @@ const HELP = `hvlab — the Hyper-V architecture as real processes
 Usage: hvlab [--home DIR] COMMAND [options]
 
 Host
-  up [--lps N]                      start a host (hypervisor + root partition) in the background
+  up [--lps N] [--vmbus-transport shm|remote]
+                                    start a host (hypervisor + root partition) in the background;
+                                    remote carries every VMBus channel over ZeroMQ instead of rings
   down                              stop everything of this home; leaves no process, socket or shm file
   host info [--json]                host id, memory mode (shared/private), pids
   ps [--json]                       every process of the host: role, vm, pid
   logs [--role R] [--vm NAME] [-f]  the host's logs, readable (roles: hypervisor root vmwp partition)
 
 VMs (Hyper-V: New-VM, Start-VM, Stop-VM, Suspend-VM, Resume-VM, Get-VM, Remove-VM)
-  vm new NAME [--memory 64M] [--vps 1] [--workload counter|counter:RATE|idle]
-  vm start|stop|turn-off|pause|resume|delete NAME
+  vm new NAME [--memory 64M] [--vps 1] [--workload counter|counter:RATE|idle] [--rtc-offset SECONDS]
+  vm start|turn-off|pause|resume|delete NAME
+  vm stop NAME [--timeout S] [--force]   shut down through the guest's shutdown service; returns when
+                                    Off; without an answer in S s (default 30) it fails, or with
+                                    --force turns the VM off
   vm list [--json]                  name, state, enabledState, partitionId, pids, vps, memory, uptime, progress
   vm peek NAME --gpa ADDR --len N [--out FILE]   read guest memory (hex dump, or raw bytes to FILE)
+
+Integration services (Hyper-V: Get-/Enable-/Disable-VMIntegrationService, KVP exchange)
+  vm ic NAME [--json]               heartbeat, shutdown, timesync, kvp: enabled, status
+                                    (OK, NoContact, LostCommunication), heartbeat sequence, clock offset
+  vm ic NAME --disable|--enable SERVICE   hot remove (rescind) or add (offer) a service's channel
+  vm kvp NAME set KEY VALUE | get KEY | delete KEY | list  [--pool external|guest|auto] [--json]
+                                    every operation asks the guest; the host writes only "external"
 
 Debugging
   debug hypercall [--as VM] CALL [FIELD=VALUE …]  one hypercall as the root or as a VM's partition
@@ -177,11 +189,13 @@ export async function run(argv: string[]): Promise<number> {
           lps = Number(lpsText);
           if (!/^\d+$/.test(lpsText) || lps < 1 || lps > 256) throw new CliError(`--lps ${lpsText} is invalid: 1 to 256 logical processors`);
         }
-        const rec = await up(paths, lps);
+        const transport = flag('vmbus-transport') ?? 'shm';
+        if (transport !== 'shm' && transport !== 'remote') throw new CliError(`--vmbus-transport ${transport} is invalid: use shm or remote`);
+        const rec = await up(paths, lps, transport);
         client = new MgmtClient(paths.mgmtEndpoint);
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));
-        else out(`host ${rec.hostId} is up: ${rec.lps} LPs, ${info.memoryMode} memory${info.memoryMode === 'private' ? ` (${info.memoryModeReason})` : ''}, home ${paths.home}`);
+        else out(`host ${rec.hostId} is up: ${rec.lps} LPs, ${info.memoryMode} memory${info.memoryMode === 'private' ? ` (${info.memoryModeReason})` : ''}, VMBus over ${info.vmbusTransport === 'shm' ? 'shared-memory rings' : 'ZeroMQ'}, home ${paths.home}`);
         return 0;
       }
       case 'down': {
@@ -197,7 +211,7 @@ export async function run(argv: string[]): Promise<number> {
         if (json) out(JSON.stringify(info));
         else out(table([
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
-          ['logical processors', String(info.lps)], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
+          ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
           ['VMs', String(info.vms)], ['started', info.startedAt], ['management API', `v${info.apiVersion}`],
         ]));
         return 0;
@@ -218,16 +232,52 @@ export async function run(argv: string[]): Promise<number> {
         };
         switch (sub) {
           case 'new': {
-            const r = await client.request<VmInfo>('vmNew', { name: needName(), memory: flag('memory'), vps: flag('vps'), workload: flag('workload') });
+            const r = await client.request<VmInfo>('vmNew', { name: needName(), memory: flag('memory'), vps: flag('vps'), workload: flag('workload'), rtcOffset: flag('rtc-offset') });
             out(json ? JSON.stringify(r) : `VM ${r.name} created (${formatBytes(r.memoryBytes)}, ${r.vps} VP, workload ${r.workload.name}), state Off`);
             return 0;
           }
+          case 'stop': {
+            const t = flag('timeout');
+            if (t !== undefined && (!/^\d+(\.\d+)?$/.test(t) || Number(t) <= 0)) throw new CliError(`--timeout ${t} is invalid: seconds, more than 0`);
+            const timeoutS = t === undefined ? 30 : Number(t);
+            const r = await client.request<VmInfo>('vmStop', { name: needName(), timeoutS, force: a.flags.has('force') }, (timeoutS + 20) * 1000);
+            out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}${r.lastStateReason ? ` (${r.lastStateReason})` : ''}`);
+            return 0;
+          }
+          case 'ic': {
+            const enable = flag('enable');
+            const disable = flag('disable');
+            const list = await client.request<Array<{ service: string; enabled: boolean; status: string; version: string | null; sequence?: number; offsetMs?: number | null }>>('vmIc', { name: needName(), enable, disable });
+            if (json) out(JSON.stringify(list));
+            else out(table([['SERVICE', 'ENABLED', 'STATUS', 'VERSION', 'DETAIL'], ...list.map((e) => [
+              e.service, e.enabled ? 'yes' : 'no', e.status, e.version ?? '-',
+              e.service === 'heartbeat' ? `sequence ${e.sequence ?? 0}` : e.service === 'timesync' && e.offsetMs !== null && e.offsetMs !== undefined ? `offset ${e.offsetMs} ms` : '',
+            ])]));
+            return 0;
+          }
+          case 'kvp': {
+            const op = rest[1];
+            if (!op || !['set', 'get', 'delete', 'list'].includes(op)) throw new UsageError('"vm kvp" needs NAME and one of: set KEY VALUE, get KEY, delete KEY, list');
+            const key = rest[2];
+            const value = rest[3];
+            if (op !== 'list' && key === undefined) throw new UsageError(`"vm kvp ${op}" needs a KEY`);
+            if (op === 'set' && value === undefined) throw new UsageError('"vm kvp set" needs KEY and VALUE');
+            const pool = flag('pool');
+            const r = await client.request<unknown>('vmKvp', { name: needName(), op, key, value, pool });
+            if (json) out(JSON.stringify(r));
+            else if (op === 'get') out((r as { value: string }).value);
+            else if (op === 'list') {
+              const rows = r as Array<{ key: string; value: string }>;
+              out(rows.length === 0 ? 'no keys' : table([['KEY', 'VALUE'], ...rows.map((e) => [e.key, e.value])]));
+            } else if (op === 'set') out(`${key} set in the ${pool ?? 'external'} pool of ${name}`);
+            else out(`${key} deleted from the ${pool ?? 'external'} pool of ${name}`);
+            return 0;
+          }
           case 'start':
-          case 'stop':
           case 'turn-off':
           case 'pause':
           case 'resume': {
-            const op = ({ start: 'vmStart', stop: 'vmStop', 'turn-off': 'vmTurnOff', pause: 'vmPause', resume: 'vmResume' } as const)[sub];
+            const op = ({ start: 'vmStart', 'turn-off': 'vmTurnOff', pause: 'vmPause', resume: 'vmResume' } as const)[sub];
             const r = await client.request<VmInfo>(op, { name: needName() });
             out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}`);
             return 0;

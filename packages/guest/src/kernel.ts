@@ -2,16 +2,23 @@
  * The guest kernel of one child partition: maps guest memory, reads the boot information page the
  * VMWP (as firmware) wrote, programs each VP's SynIC (message page, event-flag page, SINT2),
  * starts one worker thread per VP, handles SynIC interrupts (copy the message, free the slot, EOM
- * when MessagePending was set; drain event flags), keeps the status page current and tells the
- * root it has booted with a PostMessage on its control connection.
+ * when MessagePending was set; drain event flags), keeps the status page current, brings up VMBus
+ * with the integration-service drivers, and tells the root it has booted with a PostMessage on
+ * its control connection. A shutdown request (shutdown IC) stops the VPs at a step boundary,
+ * closes every channel, unloads VMBus and leaves.
  */
+import { hostname } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, BootState, STATUS_MAGIC, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES,
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD,
-  simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage,
+  simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
 } from '@hvlab/protocol';
 import type { HvClient, Logger } from '@hvlab/runtime';
+import { VmbusClient, RemoteLink } from '@hvlab/vmbus';
+import { HeartbeatClient, ShutdownClient, TimeSyncClient, KvpClient } from '@hvlab/vsc';
+import { PageAllocator } from './pages.js';
+import { GuestWallClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { CTL_STOP, CTL_SUSPENDED, CTL_WAKE, type VpStart } from './vp.js';
 
@@ -26,6 +33,17 @@ export interface BootInfoValues {
   controlConnectionId: number;
   workload: string;
   workloadArg: number;
+  rtcMs: number;
+  vmbusEndpoint: string;
+  vmbusToken: string;
+}
+
+/** Device memory (VMBus rings) is allocated from the top; at most this share of guest memory. */
+const DEVICE_MEMORY_SHARE = 4;
+
+function cString(bytes: Uint8Array): string {
+  const end = bytes.indexOf(0);
+  return new TextDecoder().decode(end >= 0 ? bytes.subarray(0, end) : bytes);
 }
 
 export function readBootInfo(mem: GuestMemory): BootInfoValues {
@@ -40,6 +58,9 @@ export function readBootInfo(mem: GuestMemory): BootInfoValues {
     controlConnectionId: mem.u32(b + BootInfo.controlConnectionId),
     workloadArg: Number(mem.view.getBigUint64(b + BootInfo.workloadArg, true)),
     workload: new TextDecoder().decode(end >= 0 ? nameBytes.subarray(0, end) : nameBytes),
+    rtcMs: mem.f64(b + BootInfo.rtcMs) || Date.now(),
+    vmbusEndpoint: cString(mem.read(b + BootInfo.vmbusEndpoint, VMBUS_ENDPOINT_BYTES)),
+    vmbusToken: cString(mem.read(b + BootInfo.vmbusToken, VMBUS_TOKEN_BYTES)),
   };
 }
 
@@ -48,11 +69,39 @@ export class GuestKernel {
   private readonly ctl = new Int32Array(this.control);
   private readonly workers: Worker[] = [];
   boot!: BootInfoValues;
+  clock!: GuestWallClock;
+  vmbus: VmbusClient | null = null;
+  private remote: RemoteLink | null = null;
+  private pages!: PageAllocator;
+  readonly drivers: { heartbeat: HeartbeatClient; shutdown: ShutdownClient; timesync: TimeSyncClient; kvp: KvpClient };
+  private shuttingDown = false;
+  /** Called once the guest has shut down (VPs stopped, VMBus unloaded). */
+  onShutdown: (why: string) => void = () => {};
+  private readonly bootedAt = performance.now();
 
-  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean) {}
+  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private readonly hostName = 'hvlab-guest') {
+    this.drivers = {
+      heartbeat: new HeartbeatClient(),
+      shutdown: new ShutdownClient((r) => void this.shutdown(`shutdown requested by the host (flags ${r.flags})`)),
+      timesync: new TimeSyncClient({ now: () => this.clock.now(), adjust: (d) => this.clock.adjust(d) }),
+      kvp: new KvpClient(() => ({
+        FullyQualifiedDomainName: this.hostName,
+        OSName: 'hvlab guest kernel',
+        OSVersion: '1.0',
+        OSBuildNumber: process.version,
+        ProcessorArchitecture: 'x64',
+        IntegrationServicesVersion: '1.0',
+        UptimeSeconds: String(Math.floor((performance.now() - this.bootedAt) / 1000)),
+        HostMachineName: hostname(),
+      })),
+    };
+  }
 
   async start(): Promise<void> {
     this.boot = readBootInfo(this.mem);
+    this.clock = new GuestWallClock(this.boot.rtcMs);
+    const pageCount = Math.floor(this.mem.size / PAGE);
+    this.pages = new PageAllocator(pageCount - Math.floor(pageCount / DEVICE_MEMORY_SHARE), pageCount);
     const s = STATUS_PAGE_GPA;
     this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);
     this.mem.setU32(s + StatusPage.version, 1);
@@ -78,12 +127,67 @@ export class GuestKernel {
     }
     await Promise.all(online);
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
+    await this.startVmbus();
     this.mem.setU32(s + StatusPage.bootState, BootState.Running);
     const payload = new Uint8Array(8);
     new DataView(payload.buffer).setUint32(0, this.boot.vpCount, true);
     const r = await this.hv.call('PostMessage', { connectionId: this.boot.controlConnectionId, messageType: GuestControlMessage.Booted, payload });
     if (r.status !== HvStatus.SUCCESS) throw new Error(`could not tell the root it booted: ${r.statusName}`);
     this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload }, 'guest booted');
+  }
+
+  private async startVmbus(): Promise<void> {
+    const k = this.drivers.kvp;
+    k.guest.set('hvlab.workload', this.boot.workload);
+    k.guest.set('hvlab.vps', String(this.boot.vpCount));
+    this.vmbus = new VmbusClient({
+      post: async (connectionId, payload) => (await this.hv.call('PostMessage', { connectionId, messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
+      signal: (connectionId) => {
+        void this.hv.call('SignalEvent', { connectionId, flagNumber: 0 }).catch(() => undefined);
+      },
+      memory: this.privateMemory ? null : this.mem.buffer,
+      allocPages: (n) => this.pages.alloc(n),
+      freePages: (pfn, n) => this.pages.release(pfn, n),
+      remote: () => {
+        if (!this.remote && this.boot.vmbusEndpoint) this.remote = new RemoteLink(this.boot.vmbusEndpoint, this.boot.partitionId, this.boot.vmbusToken);
+        return this.remote;
+      },
+      log: this.log,
+    });
+    for (const d of Object.values(this.drivers)) this.vmbus.register(d);
+    try {
+      await this.vmbus.connect();
+    } catch (e) {
+      // A guest without VMBus still runs; its integration services show NoContact.
+      this.log.warn({ err: (e as Error).message }, 'VMBus did not come up');
+    }
+  }
+
+  /** Shutdown: stop every VP at a step boundary, close the channels, unload VMBus. */
+  async shutdown(why: string): Promise<void> {
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    this.log.info({ why }, 'guest shutting down');
+    Atomics.store(this.mem.i32(STATUS_PAGE_GPA + StatusPage.bootState), 0, BootState.ShuttingDown);
+    const stopped = this.workers.map((w) => new Promise<void>((resolve) => {
+      w.on('message', (m: { t?: string }) => { if (m?.t === 'stopped') resolve(); });
+      w.once('exit', () => resolve());
+    }));
+    Atomics.store(this.ctl, CTL_STOP, 1);
+    this.wakeVps();
+    Atomics.notify(this.ctl, CTL_SUSPENDED);
+    await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 3000))]);
+    try {
+      await Promise.race([this.vmbus?.disconnect(), new Promise((_, rej) => setTimeout(() => rej(new Error('VMBus unload timed out')), 5000))]);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'VMBus unload incomplete');
+    }
+    this.onShutdown(why);
+  }
+
+  closeLinks(): void {
+    this.remote?.close();
+    this.remote = null;
   }
 
   /** A SynIC interrupt for SINT `sint` on VP `vp`. */
@@ -97,6 +201,7 @@ export class GuestKernel {
       const payload = this.mem.read(slotGpa + MESSAGE_HEADER_SIZE, size);
       const pending = (this.mem.view.getUint8(slotGpa + MsgHeader.flags) & MSG_FLAG_PENDING) !== 0;
       Atomics.store(typeWord, 0, 0);
+      if (type === VMBUS_CHANNEL_MESSAGE_TYPE && sint === GUEST_SINT) this.vmbus?.onMessage(payload);
       const st = STATUS_PAGE_GPA;
       this.mem.write(st + StatusPage.lastMessage, new Uint8Array(MAX_MESSAGE_PAYLOAD));
       this.mem.write(st + StatusPage.lastMessage, payload);
@@ -108,10 +213,17 @@ export class GuestKernel {
     // Drain event flags of this SINT.
     let events = flag !== undefined ? 1 : 0;
     const base = siefpGpa(vp) + sint * EVENT_FLAG_BYTES_PER_SINT;
+    const signalled: number[] = [];
     for (let w = 0; w < EVENT_FLAG_BYTES_PER_SINT / 4; w++) {
       const bits = Atomics.exchange(this.mem.i32(base + w * 4), 0, 0);
-      for (let b = bits >>> 0; b !== 0; b &= b - 1) events++;
+      for (let b = bits >>> 0; b !== 0; b &= b - 1) {
+        events++;
+        signalled.push(w * 32 + (31 - Math.clz32(b & -b)));
+      }
     }
+    if (flag !== undefined && !signalled.includes(flag)) signalled.push(flag);
+    // On SINT2 an event flag is a VMBus channel's relid.
+    if (sint === GUEST_SINT) for (const relid of signalled) this.vmbus?.onEvent(relid);
     if (events > 0) Atomics.add(this.mem.i32(STATUS_PAGE_GPA + StatusPage.eventsReceived), 0, events);
     this.wakeVps();
   }

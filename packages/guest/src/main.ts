@@ -28,6 +28,7 @@ async function exit(reason: string, code = 0): Promise<void> {
   try {
     await Promise.race([kernel?.stop(), new Promise((r) => setTimeout(r, 500))]);
   } catch { /* leaving anyway */ }
+  kernel?.closeLinks();
   hv.close();
   process.exit(code);
 }
@@ -37,12 +38,13 @@ let chain: Promise<void> = Promise.resolve();
 const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
   if (n.k === 'sint') chain = chain.then(() => kernel?.onSint(n.vp, n.sint, n.slot, n.flag)).catch((e) => log.error({ err: e }, 'interrupt handling failed'));
   else if (n.k === 'suspend') kernel?.setSuspended(n.suspended);
-  else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
+  else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`, 1);
 });
 
-watchPids([hvPid], () => void exit('the hypervisor is gone'));
-process.on('disconnect', () => void exit('the VMWP is gone'));
-process.on('SIGTERM', () => void exit('SIGTERM'));
+// Exit code 0 means "the guest shut down"; every other way out is non-zero.
+watchPids([hvPid], () => void exit('the hypervisor is gone', 1));
+process.on('disconnect', () => void exit('the VMWP is gone', 1));
+process.on('SIGTERM', () => void exit('SIGTERM', 1));
 
 let firmware: Uint8Array | null = null;
 const rpc = new IpcRpc(process, async (m) => {
@@ -76,7 +78,8 @@ try {
     if (firmware === null) throw new Error('no firmware page from the VMWP');
     new Uint8Array(buf).set(firmware as Uint8Array, 0);
   }
-  kernel = new GuestKernel(new GuestMemory(buf), hv, log, session.memoryMode !== 'shared');
+  kernel = new GuestKernel(new GuestMemory(buf), hv, log, session.memoryMode !== 'shared', vm);
+  kernel.onShutdown = (why) => void exit(why, 0);
   await kernel.start();
   rpc.note({ t: 'booted' });
 } catch (e) {

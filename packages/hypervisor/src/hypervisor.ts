@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
-  MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
+  MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName,
   type PrivilegeName, type HvServerMsg, type VpRegisterName,
 } from '@hvlab/protocol';
@@ -438,6 +438,46 @@ export class Hypervisor {
         if (!vp) throw new Fail(HvStatus.INVALID_VP_INDEX, `target VP ${port.vpIndex} is gone`);
         const st = vp.synic.signal(port.sint, flag);
         if (st !== HvStatus.SUCCESS) throw new Fail(st, 'SynIC not ready');
+        return ok();
+      }
+      case HvCall.MapGpadl: {
+        this.need(caller, 'AccessMemoryPool');
+        const p = this.child(caller, input);
+        this.inState(p, PartitionState.Initialized);
+        const gpadl = int(input, 'gpadl', { min: 1, max: 0xffffffff });
+        const owner = int(input, 'owner', { min: 0, max: 0xffffffff });
+        const pfns = input.pfns;
+        if (!Array.isArray(pfns) || pfns.length === 0) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'pfns must be a non-empty list');
+        if (pfns.length > MAX_GPADL_PAGES) throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} has ${pfns.length} pages, more than ${MAX_GPADL_PAGES}`);
+        if (p.gpadls.has(gpadl)) throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} exists in partition ${p.id}`);
+        const seen = new Set<number>();
+        for (const pfn of pfns) {
+          if (typeof pfn !== 'number' || !Number.isSafeInteger(pfn) || pfn < 0) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'a pfn is not a non-negative integer');
+          if (pfn >= p.pageCount || !p.gpaMap?.[pfn]) {
+            throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} covers page 0x${pfn.toString(16)} outside partition ${p.id}`);
+          }
+          const other = p.gpadlPageOwner.get(pfn);
+          if ((other !== undefined && other !== owner) || seen.has(pfn)) {
+            throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} page 0x${pfn.toString(16)} already serves another channel or repeats`);
+          }
+          seen.add(pfn);
+        }
+        p.gpadls.set(gpadl, { owner, pfns: pfns as number[] });
+        for (const pfn of pfns as number[]) p.gpadlPageOwner.set(pfn, owner);
+        return ok({ region: p.memoryRegion, pages: pfns.length }, pfns.length);
+      }
+      case HvCall.UnmapGpadl: {
+        this.need(caller, 'AccessMemoryPool');
+        const p = this.child(caller, input);
+        const gpadl = int(input, 'gpadl', { min: 1, max: 0xffffffff });
+        const g = p.gpadls.get(gpadl);
+        if (!g) throw new Fail(HvStatus.INVALID_PARAMETER, `partition ${p.id} has no GPADL 0x${gpadl.toString(16)}`);
+        p.gpadls.delete(gpadl);
+        for (const pfn of g.pfns) {
+          // Another GPADL of the same channel may still cover the page.
+          const stillUsed = [...p.gpadls.values()].some((o) => o.owner === g.owner && o.pfns.includes(pfn));
+          if (!stillUsed) p.gpadlPageOwner.delete(pfn);
+        }
         return ok();
       }
       default:

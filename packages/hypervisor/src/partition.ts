@@ -41,6 +41,10 @@ export class Partition {
   memory: SharedArrayBuffer | null = null;
   memoryView: DataView | null = null;
   memoryRegion: string | null = null;
+  /** GPADL windows granted to the root: handle -> owning channel and pages. */
+  readonly gpadls = new Map<number, { owner: number; pfns: number[] }>();
+  /** Page -> channel whose GPADL covers it (a page may not serve two channels). */
+  readonly gpadlPageOwner = new Map<number, number>();
   suspended = false;
   cpuReserve = 0;
   cpuCap = 100;

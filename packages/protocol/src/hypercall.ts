@@ -26,6 +26,11 @@ export const HvCall = {
   CreatePort: 0x0095,
   ConnectPort: 0x0096,
   StartVirtualProcessor: 0x0099,
+  // hvlab extensions (0x8000 and up; not in the TLFS). They stand in for the VID's mapping of a
+  // child's GPA ranges into the root, which Hyper-V's VMBus server uses for GPADLs; the hypervisor
+  // checks every page, as SLAT would.
+  MapGpadl: 0x8001,
+  UnmapGpadl: 0x8002,
 } as const;
 export type HvCallName = keyof typeof HvCall;
 export type HvCallCode = (typeof HvCall)[HvCallName];
@@ -173,4 +178,11 @@ export interface HypercallInputs {
   SignalEvent: { connectionId: number; flagNumber: number };
   CreatePort: { partitionId: number; portId: number; type: number; vpIndex: number; sint: number; flagCount?: number };
   ConnectPort: { partitionId: number; connectionId: number; portPartitionId: number; portId: number };
+  /** Grants the root a window on `pfns` of a child (one GPADL of channel `owner`). */
+  MapGpadl: { partitionId: number; gpadl: number; owner: number; pfns: number[] };
+  UnmapGpadl: { partitionId: number; gpadl: number };
 }
+/** Output of MapGpadl: the memory region to map (null in private-memory mode) and the page count. */
+export interface MapGpadlOutput { region: string | null; pages: number }
+/** Pages one GPADL may cover (a 16 MiB window). */
+export const MAX_GPADL_PAGES = 4096;

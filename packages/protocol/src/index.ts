@@ -14,3 +14,5 @@ export * from './layout.js';
 export * from './vm.js';
 export * from './mgmt.js';
 export * from './wire.js';
+export * from './vmbus.js';
+export * from './ic.js';

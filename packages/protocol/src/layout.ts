@@ -35,7 +35,12 @@ export const BootInfo = {
   controlEventConnectionId: 0x1c, // u32: guest -> root events (SignalEvent)
   workloadArg: 0x20, // u64
   workloadName: 0x40, // 32 bytes, ASCII, NUL-padded
+  rtcMs: 0x60, // f64: the real-time clock at power-on, ms since 1970 (the guest clock starts here)
+  vmbusEndpoint: 0x100, // 128 bytes, ASCII, NUL-padded: the root's remote VMBus endpoint
+  vmbusToken: 0x180, // 64 bytes, ASCII, NUL-padded: proves the partition's identity to it
 } as const;
+export const VMBUS_ENDPOINT_BYTES = 128;
+export const VMBUS_TOKEN_BYTES = 64;
 export const WORKLOAD_NAME_BYTES = 32;
 
 export const STATUS_MAGIC = 0x54535648; // "HVST"
@@ -53,8 +58,11 @@ export const StatusPage = {
   bootTimeMs: 0x30, // f64, guest wall clock at boot
   lastMessage: 0x40, // up to 240 bytes: the last SynIC message payload
 } as const;
-/** The guest's connection to its root control port, and the message types it posts there. */
-export const GUEST_CONTROL_CONNECTION_ID = 1;
+/**
+ * The guest's connection to its VMWP's control port (firmware-level, not VMBus: connection ids 1
+ * and 4 belong to VMBus), and the message types it posts there.
+ */
+export const GUEST_CONTROL_CONNECTION_ID = 0x100;
 export const GuestControlMessage = { Booted: 1, Debug: 2 } as const;
 
 export const BootState = { None: 0, Booting: 1, Running: 2, ShuttingDown: 3 } as const;

@@ -23,6 +23,8 @@ export type MgmtOp =
   | 'vmDelete'
   | 'vmList'
   | 'vmPeek'
+  | 'vmIc'
+  | 'vmKvp'
   | 'ps'
   | 'debugHypercall'
   | 'shutdown';
@@ -64,6 +66,8 @@ export interface HostInfo {
   vms: number;
   startedAt: string;
   nodeVersion: string;
+  /** How VMBus channels carry packets: shared-memory rings, or ZeroMQ ("remote"). */
+  vmbusTransport: 'shm' | 'remote';
 }
 
 export interface VmStateEvent {

@@ -19,6 +19,10 @@ export interface VmConfig {
   vps: number;
   workload: string;
   processor: { reserve: number; maximum: number; weight: number };
+  /** Which integration services are offered (absent = all, as in configs written before them). */
+  integrationServices?: Partial<Record<'heartbeat' | 'shutdown' | 'timesync' | 'kvp', boolean>>;
+  /** Seconds the firmware's real-time clock is off host time at power-on (a clock-skew knob). */
+  rtcOffsetS?: number;
   createdAt: string;
 }
 
@@ -51,6 +55,9 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
   if (!/^\d+$/.test(vpsText) || vps < 1 || vps > MAX_VPS_PER_PARTITION) throw invalid(`--vps ${vpsText} is invalid: a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`);
   const workload = args.workload === undefined ? 'counter' : String(args.workload);
   if (!parseWorkload(workload)) throw invalid(`workload "${workload}" is unknown: use idle or counter[:RATE]`);
+  const rtcText = args.rtcOffset === undefined ? '0' : String(args.rtcOffset);
+  const rtcOffsetS = Number(rtcText);
+  if (!/^-?\d+$/.test(rtcText) || Math.abs(rtcOffsetS) > 10 * 365 * 86400) throw invalid(`--rtc-offset ${rtcText} is invalid: whole seconds within ±10 years`);
   return {
     version: VM_CONFIG_VERSION,
     id: randomUUID(),
@@ -59,6 +66,8 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
     vps,
     workload,
     processor: { reserve: 0, maximum: 100, weight: 100 },
+    integrationServices: { heartbeat: true, shutdown: true, timesync: true, kvp: true },
+    rtcOffsetS,
     createdAt: new Date().toISOString(),
   };
 }

@@ -12,12 +12,18 @@ import { memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer } from './mgmt.js';
 import { Vmms } from './vmms.js';
+import { VmbusHost, type VmbusTransportMode } from './vmbus-host.js';
 
 const home = process.env.HVLAB_HOME!;
 const hostId = process.env.HVLAB_HOST_ID!;
 const hvPid = Number(process.env.HVLAB_HV_PID);
 const rootToken = process.env.HVLAB_ROOT_TOKEN!;
 const lps = Number(process.env.HVLAB_LPS ?? '1');
+const vmbusMode: VmbusTransportMode = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
+const envMs = (name: string, dflt: number): number => {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v >= 50 ? v : dflt;
+};
 delete process.env.HVLAB_ROOT_TOKEN;
 process.title = `hvlab-root ${hostId}`;
 const paths = hostPaths(home);
@@ -25,8 +31,11 @@ const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root'
 const startedAt = new Date().toISOString();
 
 const vid = new HvClient(paths.hvEndpoint, (n) => {
-  if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
+  if (n.k === 'rootmsg') vmbus?.onRootMessage(n.portId, n.messageType, n.payload, n.sender);
+  else if (n.k === 'rootevent') vmbus?.onRootEvent(n.portId, n.sender);
+  else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
 });
+let vmbus: VmbusHost | null = null;
 let server: MgmtServer;
 let vmms: Vmms;
 let exiting = false;
@@ -50,6 +59,7 @@ async function exit(reason: string, code = 0): Promise<void> {
     else vmms?.killAll();
   } catch { /* going anyway */ }
   server?.close();
+  vmbus?.close();
   vid.close();
   sweep();
   process.exit(code);
@@ -72,13 +82,16 @@ server = new MgmtServer(async (op, args) => {
         hostId, home: paths.home, apiVersion: MGMT_API_VERSION, memoryMode: session.memoryMode,
         memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
         lps, pids: { hypervisor: hvPid, root: process.pid }, vms: vmms.count(), startedAt, nodeVersion: process.version,
+        vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
       };
       return info;
     }
     case 'vmNew': return vmms.newVm(args);
     case 'vmStart': return await vmms.start(args.name);
-    case 'vmStop':
-    case 'vmTurnOff': return await vmms.turnOff(args.name, op === 'vmStop' ? 'stopped (turned off: no shutdown service yet)' : 'turned off');
+    case 'vmStop': return await vmms.stop(args.name, { force: args.force, timeoutS: args.timeoutS });
+    case 'vmTurnOff': return await vmms.turnOff(args.name, 'turned off');
+    case 'vmIc': return await vmms.ic(args.name, { enable: args.enable, disable: args.disable });
+    case 'vmKvp': return await vmms.kvp(args.name, args);
     case 'vmPause': return await vmms.pause(args.name);
     case 'vmResume': return await vmms.resume(args.name);
     case 'vmDelete': return vmms.delete(args.name);
@@ -96,7 +109,9 @@ server = new MgmtServer(async (op, args) => {
     default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
   }
 }, (e) => log.error({ err: e }, 'management request failed'));
-vmms = new Vmms({ home: paths.home, hostId, hvPid, rootToken, store, vid, log, publish: (ev) => server.publish(ev) });
+vmbus = new VmbusHost(vid, vmbusMode, paths.vmbusEndpoint, log, { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) });
+await vmbus.start();
+vmms = new Vmms({ home: paths.home, hostId, hvPid, rootToken, store, vid, log, publish: (ev) => server.publish(ev), vmbus });
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
 log.info({ memoryMode: memoryMode(), vms: vmms.count() }, 'root ready');
 process.stdout.write('ready\n');

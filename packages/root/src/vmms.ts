@@ -8,8 +8,11 @@ import {
   EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, type VmInfo, type VmStateEvent, type ProcessInfo,
 } from '@hvlab/protocol';
 import { entries, nodeArgsFor, IpcRpc, pidAlive, type HvClient, type Logger, type HypercallResult } from '@hvlab/runtime';
+import { IcRequestError, KvpInputError, type KvpPoolName } from '@hvlab/vsp';
 import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } from './config.js';
 import type { VmwpConfig } from './vmwp/shared.js';
+import { IC_SERVICES, type IcEntry, type VmbusHost, type VmIntegration } from './vmbus-host.js';
+import type { IcServiceName } from '@hvlab/vsp';
 
 const START_TIMEOUT_MS = 30000;
 
@@ -27,6 +30,10 @@ interface VmRecord {
   /** Why the worker said it failed, if it did. */
   failure: string | null;
   booted: ((ok: boolean, why?: string) => void) | null;
+  /** The VM's VMBus server and integration services while it runs. */
+  integration: VmIntegration | null;
+  /** The guest shut itself down (through the shutdown service or on its own). */
+  guestShutdown: boolean;
 }
 
 export interface VmmsOptions {
@@ -38,7 +45,10 @@ export interface VmmsOptions {
   vid: HvClient;
   log: Logger;
   publish: (ev: VmStateEvent) => void;
+  vmbus: VmbusHost;
 }
+
+export const DEFAULT_STOP_TIMEOUT_S = 30;
 
 export class Vmms {
   private readonly vms = new Map<string, VmRecord>();
@@ -50,7 +60,7 @@ export class Vmms {
   }
 
   private record(config: VmConfig): VmRecord {
-    return { config, state: EnabledState.Off, reason: null, partitionId: null, vmwp: null, rpc: null, partitionPid: null, runningSince: null, expectingExit: false, failure: null, booted: null };
+    return { config, state: EnabledState.Off, reason: null, partitionId: null, vmwp: null, rpc: null, partitionPid: null, runningSince: null, expectingExit: false, failure: null, booted: null, integration: null, guestShutdown: false };
   }
 
   private get(name: unknown): VmRecord {
@@ -97,6 +107,7 @@ export class Vmms {
     const cfg: VmwpConfig = {
       home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name,
       memoryBytes: r.config.memoryBytes, vps: r.config.vps, workload: r.config.workload, processor: r.config.processor,
+      rtcOffsetS: r.config.rtcOffsetS ?? 0,
     };
     const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), {
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
@@ -105,12 +116,19 @@ export class Vmms {
     });
     r.vmwp = child;
     r.expectingExit = false;
+    r.guestShutdown = false;
     r.failure = null;
     const booted = new Promise<void>((resolve, reject) => {
       r.booted = (ok, why) => (ok ? resolve() : reject(new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${why}`)));
     });
-    r.rpc = new IpcRpc(child, async () => {
-      throw new Error('VMMS takes no requests from a worker');
+    r.rpc = new IpcRpc(child, async (m) => {
+      if (m.t !== 'vmbusAttach') throw new Error(`VMMS takes no ${String(m.t)} requests from a worker`);
+      // The VMWP built the partition; the root's VMBus server takes it from here.
+      const pid = Number(m.partitionId);
+      r.partitionId = pid;
+      const a = await this.o.vmbus.attach(pid, r.config.name, r.config.integrationServices ?? {}, m.privateMemory === true);
+      r.integration = a.integration;
+      return { token: a.token, endpoint: a.endpoint };
     }, (note) => {
       if (note.t === 'partition') r.partitionId = Number(note.partitionId);
       else if (note.t === 'spawned') r.partitionPid = (note.partitionPid as number | null) ?? null;
@@ -120,6 +138,8 @@ export class Vmms {
         r.booted = null;
       } else if (note.t === 'failed') {
         r.failure = String(note.message);
+      } else if (note.t === 'guestShutdown') {
+        r.guestShutdown = true;
       }
     });
     child.on('exit', (code, signal) => void this.onWorkerExit(r, child, code, signal));
@@ -139,8 +159,11 @@ export class Vmms {
 
   private async onWorkerExit(r: VmRecord, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     if (r.vmwp !== child) return;
-    const why = r.expectingExit ? (r.reason ?? 'turned off') : `the worker process exited unexpectedly (${signal ?? `exit code ${code}`})${r.failure ? `: ${r.failure}` : ''}`;
-    if (!r.expectingExit) this.o.log.warn({ vm: r.config.name, code, signal }, 'VM worker process died');
+    const clean = r.guestShutdown && code === 0;
+    const why = clean ? 'shut down by the guest' : r.expectingExit ? (r.reason ?? 'turned off') : `the worker process exited unexpectedly (${signal ?? `exit code ${code}`})${r.failure ? `: ${r.failure}` : ''}`;
+    if (!r.expectingExit && !clean) this.o.log.warn({ vm: r.config.name, code, signal }, 'VM worker process died');
+    if (r.partitionId !== null) this.o.vmbus.detach(r.partitionId);
+    r.integration = null;
     r.rpc?.close('the worker process exited');
     r.vmwp = null;
     r.rpc = null;
@@ -184,6 +207,126 @@ export class Vmms {
     clearTimeout(t);
     // onWorkerExit finishes the teardown and sets Off; wait for it.
     for (let i = 0; i < 100 && r.state !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
+  }
+
+  /**
+   * Stop-VM: asks the guest through the shutdown integration service and returns once the VM is
+   * Off. Without an answer within the timeout it fails with a clear message, unless `force`, which
+   * then turns the VM off.
+   */
+  async stop(name: unknown, opts: { force?: unknown; timeoutS?: unknown } = {}): Promise<VmInfo> {
+    const r = this.get(name);
+    const force = opts.force === true;
+    const timeoutS = opts.timeoutS === undefined || opts.timeoutS === null ? DEFAULT_STOP_TIMEOUT_S : Number(opts.timeoutS);
+    if (!Number.isFinite(timeoutS) || timeoutS <= 0 || timeoutS > 3600) throw new MgmtFailure('InvalidArgument', `stop timeout ${String(opts.timeoutS)} is invalid: 1 to 3600 seconds`);
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting], 'stop');
+    const fail = async (why: string): Promise<VmInfo> => {
+      if (force) {
+        await this.kill(r, `stopped (forced: ${why})`);
+        return this.info(r, null);
+      }
+      throw new MgmtFailure('Timeout', `VM "${r.config.name}" did not shut down: ${why}; use --force to turn it off`);
+    };
+    const sd = r.integration?.providers.shutdown;
+    if (r.state !== EnabledState.Running || !sd || !r.integration?.enabled.shutdown || !sd.negotiated) {
+      return await fail(r.state === EnabledState.Running ? 'the shutdown integration service is not available' : `it is ${vmStateName(r.state)}`);
+    }
+    const deadline = Date.now() + timeoutS * 1000;
+    const off = new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (r.state === EnabledState.Off) resolve();
+        else if (Date.now() < deadline) setTimeout(check, 50);
+        else resolve();
+      };
+      check();
+    });
+    this.setState(r, EnabledState.Stopping, 'shutdown requested');
+    try {
+      await sd.shutdown({ answerTimeoutMs: Math.min(timeoutS * 1000, 10000), timeoutSeconds: Math.ceil(timeoutS) });
+    } catch (e) {
+      if (this.stateOf(r) === EnabledState.Stopping) this.setState(r, EnabledState.Running, null);
+      return await fail(`${(e as Error).message} within ${timeoutS} s`);
+    }
+    await off;
+    if (this.stateOf(r) !== EnabledState.Off) {
+      if (this.stateOf(r) === EnabledState.Stopping) this.setState(r, EnabledState.Running, null);
+      return await fail(`the guest accepted the request but was not off within ${timeoutS} s`);
+    }
+    return this.info(r, null);
+  }
+
+  /** The state now (a method call, so narrowing from an earlier check does not stick across awaits). */
+  private stateOf(r: VmRecord): number {
+    return r.state;
+  }
+
+  private running(r: VmRecord, what: string): VmIntegration {
+    if (!r.integration || (r.state !== EnabledState.Running && r.state !== EnabledState.Paused)) {
+      throw new MgmtFailure('InvalidState', `cannot ${what} of VM "${r.config.name}": it is ${vmStateName(r.state)}`);
+    }
+    return r.integration;
+  }
+
+  /** Get-VMIntegrationService, and Enable/Disable-VMIntegrationService (hot add / remove). */
+  async ic(name: unknown, args: { enable?: unknown; disable?: unknown } = {}): Promise<IcEntry[]> {
+    const r = this.get(name);
+    const pick = (v: unknown): IcServiceName | null => {
+      if (v === undefined || v === null) return null;
+      if (!(IC_SERVICES as readonly string[]).includes(String(v))) throw new MgmtFailure('InvalidArgument', `integration service "${String(v)}" is unknown: use ${IC_SERVICES.join(', ')}`);
+      return String(v) as IcServiceName;
+    };
+    const enable = pick(args.enable);
+    const disable = pick(args.disable);
+    if (enable && disable) throw new MgmtFailure('InvalidArgument', 'give --enable or --disable, not both');
+    const change = enable ?? disable;
+    if (change) {
+      const on = enable !== null;
+      r.config.integrationServices = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...r.config.integrationServices, [change]: on };
+      this.o.store.save(r.config);
+      if (r.integration && r.integration.enabled[change] !== on) await r.integration.setEnabled(change, on);
+      this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
+    }
+    if (r.integration) return r.integration.ic();
+    const en = r.config.integrationServices ?? {};
+    return IC_SERVICES.map((s) => ({ service: s, enabled: en[s] !== false, status: 'NoContact' as const, version: null }));
+  }
+
+  /** KVP exchange: every operation asks the guest over its channel. */
+  async kvp(name: unknown, args: { op?: unknown; pool?: unknown; key?: unknown; value?: unknown }): Promise<unknown> {
+    const r = this.get(name);
+    const op = String(args.op ?? '');
+    if (!['set', 'get', 'delete', 'list'].includes(op)) throw new MgmtFailure('InvalidArgument', `KVP operation "${op}" is unknown: use set, get, delete or list`);
+    const poolText = args.pool === undefined || args.pool === null ? 'external' : String(args.pool);
+    if (!['external', 'guest', 'auto'].includes(poolText)) throw new MgmtFailure('InvalidArgument', `KVP pool "${poolText}" is unknown: use external, guest or auto`);
+    const pool = poolText as KvpPoolName;
+    const key = args.key === undefined || args.key === null ? null : String(args.key);
+    if (op !== 'list' && key === null) throw new MgmtFailure('InvalidArgument', `KVP ${op} needs a key`);
+    if (op === 'set' && (args.value === undefined || args.value === null)) throw new MgmtFailure('InvalidArgument', 'KVP set needs a value');
+    const kvp = this.running(r, 'exchange KVP data').providers.kvp;
+    if (!r.integration!.enabled.kvp) throw new MgmtFailure('InvalidState', `the KVP integration service of VM "${r.config.name}" is disabled`);
+    try {
+      switch (op) {
+        case 'set':
+          await kvp.set(pool, key!, String(args.value));
+          return { pool, key, value: String(args.value) };
+        case 'get': {
+          const value = await kvp.get(pool, key!);
+          if (value === null) throw new MgmtFailure('NotFound', `VM "${r.config.name}" has no KVP key "${key}" in the ${pool} pool`);
+          return { pool, key, value };
+        }
+        case 'delete': {
+          const existed = await kvp.delete(pool, key!);
+          if (!existed) throw new MgmtFailure('NotFound', `VM "${r.config.name}" has no KVP key "${key}" in the ${pool} pool`);
+          return { pool, key, deleted: true };
+        }
+        default:
+          return (await kvp.list(pool)).map((e) => ({ pool, ...e }));
+      }
+    } catch (e) {
+      if (e instanceof KvpInputError) throw new MgmtFailure('InvalidArgument', e.message);
+      if (e instanceof IcRequestError) throw new MgmtFailure('Unavailable', `VM "${r.config.name}": ${e.message}`);
+      throw e;
+    }
   }
 
   pause(name: unknown): Promise<VmInfo> {

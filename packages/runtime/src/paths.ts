@@ -18,6 +18,8 @@ export interface HostPaths {
   hvEndpoint: string;
   mgmtEndpoint: string;
   eventsEndpoint: string;
+  /** The root's remote VMBus transport (ZeroMQ ROUTER). */
+  vmbusEndpoint: string;
 }
 
 export function resolveHome(explicit?: string | null): string {
@@ -39,6 +41,7 @@ export function hostPaths(home: string): HostPaths {
     hvEndpoint: `ipc://${join(sockDir, 'hv')}`,
     mgmtEndpoint: `ipc://${join(sockDir, 'mgmt')}`,
     eventsEndpoint: `ipc://${join(sockDir, 'events')}`,
+    vmbusEndpoint: `ipc://${join(sockDir, 'vmbus')}`,
   };
 }
 

@@ -13,6 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
@@ -122,7 +123,7 @@ const rootRpc = new IpcRpc(process, async (m) => {
   }
 });
 
-function firmwarePage(): Uint8Array {
+function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
   const page = new Uint8Array(PAGE);
   const dv = new DataView(page.buffer);
   const wl = parseWorkload(cfg.workload)!;
@@ -134,6 +135,11 @@ function firmwarePage(): Uint8Array {
   dv.setUint32(BootInfo.controlConnectionId, GUEST_CONTROL_CONNECTION_ID, true);
   dv.setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
   page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
+  dv.setFloat64(BootInfo.rtcMs, Date.now() + cfg.rtcOffsetS * 1000, true);
+  const endpoint = new TextEncoder().encode(vmbus.endpoint);
+  if (endpoint.length >= VMBUS_ENDPOINT_BYTES) throw new Error(`VMBus endpoint ${vmbus.endpoint} is longer than ${VMBUS_ENDPOINT_BYTES - 1} bytes`);
+  page.set(endpoint, BootInfo.vmbusEndpoint);
+  page.set(new TextEncoder().encode(vmbus.token).subarray(0, VMBUS_TOKEN_BYTES - 1), BootInfo.vmbusToken);
   return page;
 }
 
@@ -156,7 +162,9 @@ async function build(): Promise<void> {
   await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 2), portPartitionId: partitionId, portId: 2 });
-  const fw = firmwarePage();
+  // The root's VMBus server takes the partition: ports for connections 1 and 4, offers.
+  const vmbus = await rootRpc.request<{ token: string; endpoint: string }>({ t: 'vmbusAttach', partitionId, privateMemory: session.memoryMode !== 'shared' }, 15000);
+  const fw = firmwarePage(vmbus);
   if (session.memoryMode === 'shared') {
     const region = `hvlab-${cfg.hostId}-p${partitionId}-mem`;
     memory = new DataView(openRegion(region));
@@ -179,6 +187,13 @@ async function build(): Promise<void> {
   rootRpc.note({ t: 'spawned', partitionPid: child.pid ?? null });
   child.on('exit', (code, signal) => {
     if (exiting) return;
+    if (code === 0) {
+      // The guest shut itself down (the shutdown integration service asked it to).
+      log.info('the guest shut down');
+      rootRpc.note({ t: 'guestShutdown' });
+      void exit('the guest shut down', 0);
+      return;
+    }
     log.warn({ code, signal }, 'partition process exited');
     rootRpc.note({ t: 'partitionExited', code, signal });
     void exit(`the partition process exited (${signal ?? `code ${code}`})`, 1);

@@ -8,6 +8,7 @@ export interface VmwpConfig {
   vps: number;
   workload: string;
   processor: { reserve: number; maximum: number; weight: number };
+  rtcOffsetS: number;
 }
 /** Root-partition port receiving a child's control messages (unique per child). */
 export function controlPortId(partitionId: number): number {

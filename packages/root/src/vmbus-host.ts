@@ -1,0 +1,214 @@
+/**
+ * The root's VMBus side for every VM of the host: per partition it creates the root ports the
+ * guest's VMBus connections lead to (messages on connection 1 and 4, one event port per channel),
+ * runs a `VmbusServer` with the integration-service providers, and routes the hypervisor's
+ * notifications (rootmsg / rootevent) to it. One `RemoteHub` serves the remote transport.
+ *
+ * Ports in the root partition are numbered so that no two partitions collide:
+ *   message ports  0x80000 + partition*2 + {0: connection 1, 1: connection 4}
+ *   event ports    0x100000 + partition*0x800 + relid      (guest connection 0x10000 + relid)
+ */
+import { randomBytes } from 'node:crypto';
+import { HvStatus, PortType, ROOT_PARTITION_ID, VMBUS_CHANNEL_MESSAGE_TYPE, type MapGpadlOutput } from '@hvlab/protocol';
+import type { HvClient, Logger } from '@hvlab/runtime';
+import { openRegion } from '@hvlab/shm';
+import { GpadlWindow, RemoteHub, VmbusServer, type VmbusDevice } from '@hvlab/vmbus';
+import {
+  HeartbeatProvider, ShutdownProvider, TimeSyncProvider, KvpProvider, type IcProvider, type IcServiceName,
+} from '@hvlab/vsp';
+import { hostConnectionId } from './vmwp/shared.js';
+
+export const IC_SERVICES: readonly IcServiceName[] = ['heartbeat', 'shutdown', 'timesync', 'kvp'];
+
+export function messagePortId(partitionId: number, connection: 1 | 4): number {
+  return 0x80000 + partitionId * 2 + (connection === 1 ? 0 : 1);
+}
+export function eventPortId(partitionId: number, relid: number): number {
+  return 0x100000 + partitionId * 0x800 + relid;
+}
+export function guestEventConnectionId(relid: number): number {
+  return 0x10000 + relid;
+}
+
+export type VmbusTransportMode = 'shm' | 'remote';
+
+export interface IcEntry {
+  service: IcServiceName;
+  enabled: boolean;
+  status: 'OK' | 'NoContact' | 'LostCommunication';
+  version: string | null;
+  sequence?: number;
+  offsetMs?: number | null;
+  initialOffsetMs?: number | null;
+  samples?: number;
+}
+
+/** One VM's VMBus: its server and its integration-service providers. */
+export class VmIntegration {
+  readonly server: VmbusServer;
+  readonly providers: { heartbeat: HeartbeatProvider; shutdown: ShutdownProvider; timesync: TimeSyncProvider; kvp: KvpProvider };
+  readonly enabled: Record<IcServiceName, boolean>;
+  private readonly eventPorts = new Set<number>();
+  private memory: SharedArrayBuffer | null = null;
+
+  constructor(
+    readonly partitionId: number,
+    readonly vm: string,
+    private readonly vid: HvClient,
+    private readonly hub: RemoteHub | null,
+    enabled: Partial<Record<IcServiceName, boolean>>,
+    private readonly log: Logger,
+    timing: { heartbeatMs: number; timesyncMs: number },
+  ) {
+    const l = log.child({ vm, partition: partitionId });
+    this.providers = {
+      heartbeat: new HeartbeatProvider(l, { intervalMs: timing.heartbeatMs }),
+      shutdown: new ShutdownProvider(l),
+      timesync: new TimeSyncProvider(l, timing.timesyncMs),
+      kvp: new KvpProvider(l),
+    };
+    this.enabled = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...enabled };
+    this.server = new VmbusServer({
+      partitionId, name: vm, remote: hub, log: l,
+      post: async (payload) => (await this.vid.call('PostMessage', { connectionId: hostConnectionId(partitionId, 1), messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
+      signalGuest: (relid) => {
+        void this.vid.call('SignalEvent', { connectionId: hostConnectionId(partitionId, 2), flagNumber: relid }).catch(() => undefined);
+      },
+      channelConnection: (relid) => this.channelConnection(relid),
+      mapGpadl: (gpadl, owner, pfns) => this.mapGpadl(gpadl, owner, pfns),
+      unmapGpadl: async (gpadl) => {
+        await this.vid.call('UnmapGpadl', { partitionId, gpadl });
+      },
+    });
+  }
+
+  /** Creates the message ports and connects the guest's connections 1 and 4 to them. */
+  async attach(): Promise<void> {
+    for (const c of [1, 4] as const) {
+      await this.vid.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: messagePortId(this.partitionId, c), type: PortType.Message, vpIndex: 0, sint: 0 });
+      await this.vid.must('ConnectPort', { partitionId: this.partitionId, connectionId: c, portPartitionId: ROOT_PARTITION_ID, portId: messagePortId(this.partitionId, c) });
+    }
+    for (const s of IC_SERVICES) if (this.enabled[s]) await this.server.addDevice(this.providers[s]);
+  }
+
+  private async channelConnection(relid: number): Promise<number> {
+    const port = eventPortId(this.partitionId, relid);
+    const conn = guestEventConnectionId(relid);
+    if (!this.eventPorts.has(port)) {
+      await this.vid.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: port, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+      await this.vid.must('ConnectPort', { partitionId: this.partitionId, connectionId: conn, portPartitionId: ROOT_PARTITION_ID, portId: port });
+      this.eventPorts.add(port);
+    }
+    return conn;
+  }
+
+  private async mapGpadl(gpadl: number, owner: number, pfns: number[]): Promise<GpadlWindow> {
+    const r = await this.vid.call('MapGpadl', { partitionId: this.partitionId, gpadl, owner, pfns });
+    if (r.status !== HvStatus.SUCCESS) throw new Error(`${r.statusName}: ${(r.output as { reason?: string } | null)?.reason ?? 'refused'}`);
+    const out = r.output as MapGpadlOutput;
+    if (out.region && !this.memory) this.memory = openRegion(out.region);
+    return new GpadlWindow(gpadl, owner, pfns, out.region ? this.memory : null);
+  }
+
+  /** Routes a message the guest posted to one of this partition's root ports. */
+  onRootMessage(portId: number, messageType: number, payload: Uint8Array): boolean {
+    if (portId === messagePortId(this.partitionId, 1) || portId === messagePortId(this.partitionId, 4)) {
+      if (messageType === VMBUS_CHANNEL_MESSAGE_TYPE) void this.server.onMessage(portId === messagePortId(this.partitionId, 1) ? 1 : 4, payload);
+      return true;
+    }
+    return false;
+  }
+
+  onRootEvent(portId: number): boolean {
+    const base = eventPortId(this.partitionId, 0);
+    if (portId > base && portId < base + 0x800) {
+      this.server.onSignal(portId - base);
+      return true;
+    }
+    return false;
+  }
+
+  provider(service: IcServiceName): IcProvider {
+    return this.providers[service];
+  }
+
+  async setEnabled(service: IcServiceName, on: boolean): Promise<void> {
+    this.enabled[service] = on;
+    const p: VmbusDevice = this.providers[service];
+    if (on) await this.server.addDevice(p);
+    else await this.server.removeDevice(p);
+  }
+
+  ic(): IcEntry[] {
+    return IC_SERVICES.map((s) => {
+      const p = this.providers[s];
+      const n = p.negotiated;
+      const e: IcEntry = {
+        service: s, enabled: this.enabled[s], status: this.enabled[s] ? p.status() : 'NoContact',
+        version: n ? `${n.message.major}.${n.message.minor}` : null,
+      };
+      if (s === 'heartbeat') e.sequence = Number(this.providers.heartbeat.sequence);
+      if (s === 'timesync') {
+        e.offsetMs = this.providers.timesync.offsetMs;
+        e.initialOffsetMs = this.providers.timesync.initialOffsetMs;
+        e.samples = this.providers.timesync.samples;
+      }
+      return e;
+    });
+  }
+
+  detach(): void {
+    this.server.shutdown();
+    this.hub?.forget(this.partitionId);
+  }
+}
+
+/** Every VM's VMBus on this host. */
+export class VmbusHost {
+  private readonly vms = new Map<number, VmIntegration>();
+  readonly hub: RemoteHub;
+
+  constructor(
+    private readonly vid: HvClient,
+    readonly mode: VmbusTransportMode,
+    endpoint: string,
+    private readonly log: Logger,
+    private readonly timing = { heartbeatMs: 1000, timesyncMs: 5000 },
+  ) {
+    this.hub = new RemoteHub(endpoint, log);
+  }
+
+  async start(): Promise<void> {
+    await this.hub.bind();
+  }
+
+  /** A VMWP built partition `partitionId`; returns the token its guest presents to the hub. */
+  async attach(partitionId: number, vm: string, enabled: Partial<Record<IcServiceName, boolean>>, forceRemote: boolean): Promise<{ token: string; endpoint: string; integration: VmIntegration }> {
+    const token = randomBytes(16).toString('hex');
+    const remote = this.mode === 'remote' || forceRemote;
+    this.hub.admit(partitionId, token);
+    const v = new VmIntegration(partitionId, vm, this.vid, remote ? this.hub : null, enabled, this.log, this.timing);
+    this.vms.set(partitionId, v);
+    await v.attach();
+    return { token, endpoint: this.hub.endpoint, integration: v };
+  }
+
+  detach(partitionId: number): void {
+    this.vms.get(partitionId)?.detach();
+    this.vms.delete(partitionId);
+  }
+
+  onRootMessage(portId: number, messageType: number, payload: Uint8Array, sender: number): void {
+    this.vms.get(sender)?.onRootMessage(portId, messageType, payload);
+  }
+
+  onRootEvent(portId: number, sender: number): void {
+    this.vms.get(sender)?.onRootEvent(portId);
+  }
+
+  close(): void {
+    for (const v of this.vms.values()) v.detach();
+    this.vms.clear();
+    this.hub.close();
+  }
+}

@@ -1,0 +1,294 @@
+/**
+ * The guest's VMBus client: negotiates a version (newest first, INITIATE_CONTACT on connection 4
+ * for 5.0 and later, 1 before), asks for offers, and for every offer a driver (VSC) is registered
+ * for, allocates the two rings in guest memory, describes them to the host in a GPADL and opens
+ * the channel. A rescinded offer is detached, closed, its GPADL torn down and its relid released;
+ * a new offer while connected is attached at once (hot add). `disconnect()` closes everything and
+ * sends UNLOAD, as a guest does at shutdown.
+ */
+import {
+  decodeChannelMessage, encodeChannelMessage, gpadlMessages, ChannelMessageError, VMBUS_VERSIONS_NEWEST_FIRST,
+  VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VmbusVersion, vmbusVersionName, type ChannelMessage,
+} from '@hvlab/protocol';
+import { initRing, type RingRegion } from './ring.js';
+import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
+import { OFFER_FLAG_REMOTE_TRANSPORT } from './server.js';
+import type { RemoteLink } from './remote.js';
+
+const PAGE = 4096;
+/** Linux's first GPADL handle. */
+const FIRST_GPADL = 0xe1e10;
+
+/** A synthetic device's consumer side (VSC): attached to an open channel, detached on rescind. */
+export interface VmbusDriver {
+  readonly name: string;
+  readonly interfaceType: string;
+  /** Data bytes per ring direction (a multiple of 4 KiB). */
+  readonly ringBytes: number;
+  attach(channel: VmbusChannel): void;
+  detach(): void;
+}
+
+export interface VmbusClientEnv {
+  post(connectionId: number, payload: Uint8Array): Promise<number>;
+  /** SignalEvent on the channel's connection (flag 0). */
+  signal(connectionId: number): void;
+  /** All of guest memory, or null when it is private (then every channel is remote). */
+  memory: SharedArrayBuffer | null;
+  allocPages(count: number): number;
+  freePages(pfn: number, count: number): void;
+  remote(): RemoteLink | null;
+  log: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
+}
+
+export interface Offer {
+  relid: number;
+  interfaceType: string;
+  interfaceInstance: string;
+  flags: number;
+  connectionId: number;
+}
+
+interface Attached {
+  offer: Offer;
+  driver: VmbusDriver;
+  channel: VmbusChannel | null;
+  gpadl: number;
+  pfn: number;
+  pages: number;
+  transport: 'shm' | 'remote';
+}
+
+export class VmbusClientError extends Error {
+  override name = 'VmbusClientError';
+}
+
+export class VmbusClient {
+  version: number | null = null;
+  readonly versionsTried: number[] = [];
+  private messageConnectionId = VMBUS_MESSAGE_CONNECTION_ID;
+  private readonly drivers = new Map<string, VmbusDriver>();
+  readonly offers = new Map<number, Offer>();
+  private readonly attached = new Map<number, Attached>();
+  private readonly waiters: Array<{ match: (m: ChannelMessage) => boolean; resolve: (m: ChannelMessage) => void }> = [];
+  private allOffersDelivered = false;
+  private nextGpadl = FIRST_GPADL;
+  private nextOpenId = 1;
+  private chain: Promise<void> = Promise.resolve();
+  readonly stats = { messages: 0, rejected: 0, attaches: 0, detaches: 0 };
+
+  constructor(private readonly env: VmbusClientEnv, private readonly timeoutMs = 10000) {}
+
+  register(driver: VmbusDriver): void {
+    this.drivers.set(driver.interfaceType, driver);
+  }
+
+  /** Which drivers are attached, with their relid and transport. */
+  attachedChannels(): Array<{ name: string; relid: number; transport: 'shm' | 'remote'; open: boolean }> {
+    return [...this.attached.values()].map((a) => ({ name: a.driver.name, relid: a.offer.relid, transport: a.transport, open: a.channel?.open ?? false }));
+  }
+
+  private wait(match: (m: ChannelMessage) => boolean, what: string): Promise<ChannelMessage> {
+    return new Promise((resolve, reject) => {
+      const w = { match, resolve: (m: ChannelMessage) => { clearTimeout(t); resolve(m); } };
+      const t = setTimeout(() => {
+        const i = this.waiters.indexOf(w);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(new VmbusClientError(`no ${what} from the host within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      this.waiters.push(w);
+    });
+  }
+
+  private async post(m: ChannelMessage, connectionId = this.messageConnectionId): Promise<void> {
+    const st = await this.env.post(connectionId, encodeChannelMessage(m));
+    if (st !== 0) throw new VmbusClientError(`posting ${m.type} failed with status 0x${st.toString(16)}`);
+  }
+
+  /** Version negotiation, newest first; then offers, attaching every driver that has one. */
+  async connect(versions: readonly number[] = VMBUS_VERSIONS_NEWEST_FIRST): Promise<number> {
+    for (const v of versions) {
+      this.versionsTried.push(v);
+      const conn = v >= VmbusVersion.V5_0 ? VMBUS_MESSAGE_CONNECTION_ID_4 : VMBUS_MESSAGE_CONNECTION_ID;
+      const answer = this.wait((m) => m.type === 'VersionResponse', 'VERSION_RESPONSE');
+      await this.post({ type: 'InitiateContact', versionRequested: v, targetVcpu: 0, msgSint: 2, msgVtl: 0, monitorPage1: 0n, monitorPage2: 0n }, conn);
+      const r = (await answer) as Extract<ChannelMessage, { type: 'VersionResponse' }>;
+      if (r.versionSupported) {
+        this.version = v;
+        this.messageConnectionId = v >= VmbusVersion.V5_0 ? r.messageConnectionId : VMBUS_MESSAGE_CONNECTION_ID;
+        this.env.log.info({ version: vmbusVersionName(v), tried: this.versionsTried.map(vmbusVersionName) }, 'VMBus version negotiated');
+        break;
+      }
+    }
+    if (this.version === null) throw new VmbusClientError(`the host accepted none of ${versions.length} VMBus versions`);
+    const done = this.wait((m) => m.type === 'AllOffersDelivered', 'ALLOFFERS_DELIVERED');
+    await this.post({ type: 'RequestOffers' });
+    await done;
+    this.allOffersDelivered = true;
+    for (const o of [...this.offers.values()]) await this.serialize(() => this.attach(o));
+    return this.version;
+  }
+
+  private serialize(fn: () => Promise<void>): Promise<void> {
+    const p = this.chain.then(fn, fn);
+    this.chain = p.catch((e) => this.env.log.warn({ err: e }, 'VMBus client step failed'));
+    return p;
+  }
+
+  /** A channel message from the host (SINT2 message slot). */
+  onMessage(payload: Uint8Array): void {
+    this.stats.messages++;
+    let m: ChannelMessage;
+    try {
+      m = decodeChannelMessage(payload);
+    } catch (e) {
+      if (!(e instanceof ChannelMessageError)) throw e;
+      this.stats.rejected++;
+      this.env.log.warn({ err: e.message }, 'malformed VMBus message from the host');
+      return;
+    }
+    const i = this.waiters.findIndex((w) => w.match(m));
+    if (i >= 0) {
+      const [w] = this.waiters.splice(i, 1);
+      w.resolve(m);
+      return;
+    }
+    if (m.type === 'OfferChannel') {
+      const o: Offer = { relid: m.childRelid, interfaceType: m.interfaceType, interfaceInstance: m.interfaceInstance, flags: m.flags, connectionId: m.connectionId };
+      this.offers.set(o.relid, o);
+      if (this.allOffersDelivered) void this.serialize(() => this.attach(o));
+    } else if (m.type === 'RescindChannelOffer') {
+      void this.serialize(() => this.rescinded(m.childRelid));
+    }
+  }
+
+  /** The host signalled channel `relid` (its event flag on SINT2). */
+  onEvent(relid: number): void {
+    const t = this.attached.get(relid)?.channel?.transport;
+    if (t instanceof ShmTransport) t.onSignal();
+  }
+
+  private ringRegion(pfn: number, pages: number): RingRegion {
+    return { buffer: this.env.memory!, byteOffset: pfn * PAGE, byteLength: pages * PAGE };
+  }
+
+  private async attach(o: Offer): Promise<void> {
+    const driver = this.drivers.get(o.interfaceType);
+    if (!driver || this.attached.has(o.relid) || !this.offers.has(o.relid)) return;
+    const remote = (o.flags & OFFER_FLAG_REMOTE_TRANSPORT) !== 0 || this.env.memory === null;
+    const a: Attached = { offer: o, driver, channel: null, gpadl: 0, pfn: 0, pages: 0, transport: remote ? 'remote' : 'shm' };
+    this.attached.set(o.relid, a);
+    const openId = this.nextOpenId++;
+    let transport: PacketTransport;
+    const userData = new Uint8Array(120);
+    if (remote) {
+      const link = this.env.remote();
+      if (!link) throw new VmbusClientError(`channel ${driver.name} is remote but the guest has no remote VMBus endpoint`);
+      transport = link.open(o.relid, openId, driver.ringBytes - 8, driver.name);
+      new DataView(userData.buffer).setUint32(0, driver.ringBytes, true);
+    } else {
+      const ringPages = 1 + driver.ringBytes / PAGE;
+      a.pages = ringPages * 2;
+      a.pfn = this.env.allocPages(a.pages);
+      const out = this.ringRegion(a.pfn, ringPages);
+      const inbound = this.ringRegion(a.pfn + ringPages, ringPages);
+      initRing(out);
+      initRing(inbound);
+      a.gpadl = this.nextGpadl++;
+      const created = this.wait((m) => m.type === 'GpadlCreated' && m.gpadl === a.gpadl, 'GPADL_CREATED');
+      const pfns = Array.from({ length: a.pages }, (_, i) => a.pfn + i);
+      for (const m of gpadlMessages(o.relid, a.gpadl, pfns)) await this.post(m);
+      const c = (await created) as Extract<ChannelMessage, { type: 'GpadlCreated' }>;
+      if (c.status !== 0) {
+        this.release(a);
+        throw new VmbusClientError(`the host refused GPADL 0x${a.gpadl.toString(16)} for ${driver.name}: status 0x${c.status.toString(16)}`);
+      }
+      transport = new ShmTransport(out, inbound, () => this.env.signal(o.connectionId), driver.name);
+    }
+    const opened = this.wait((m) => m.type === 'OpenChannelResult' && m.childRelid === o.relid && m.openId === openId, 'OPENCHANNEL_RESULT');
+    await this.post({
+      type: 'OpenChannel', childRelid: o.relid, openId, ringGpadlHandle: a.gpadl, targetVp: 0,
+      downstreamRingPageOffset: remote ? 0 : a.pages / 2, userData,
+    });
+    const r = (await opened) as Extract<ChannelMessage, { type: 'OpenChannelResult' }>;
+    if (r.status !== 0) {
+      transport.close();
+      await this.teardown(a);
+      throw new VmbusClientError(`the host refused to open ${driver.name} (relid ${o.relid}): status 0x${r.status.toString(16)}`);
+    }
+    a.channel = new VmbusChannel(o.relid, driver.name, transport);
+    a.channel.onFault = (e) => this.env.log.warn({ relid: o.relid, driver: driver.name, err: e.message }, 'channel fault');
+    this.stats.attaches++;
+    this.env.log.info({ relid: o.relid, driver: driver.name, transport: a.transport }, 'channel open');
+    driver.attach(a.channel);
+    a.channel.start();
+  }
+
+  private release(a: Attached): void {
+    if (a.pages) this.env.freePages(a.pfn, a.pages);
+    a.pages = 0;
+    this.attached.delete(a.offer.relid);
+  }
+
+  private async teardown(a: Attached): Promise<void> {
+    if (a.transport === 'remote') this.env.remote()?.closeChannel(a.offer.relid);
+    if (a.gpadl) {
+      const gone = this.wait((m) => m.type === 'GpadlTorndown' && m.gpadl === a.gpadl, 'GPADL_TORNDOWN');
+      await this.post({ type: 'GpadlTeardown', childRelid: a.offer.relid, gpadl: a.gpadl });
+      await gone;
+      a.gpadl = 0;
+    }
+    this.release(a);
+  }
+
+  /** Closes one attached channel as a driver unloading would: detach, CLOSECHANNEL, teardown. */
+  private async close(a: Attached): Promise<void> {
+    try {
+      a.driver.detach();
+    } catch (e) {
+      this.env.log.warn({ err: e, driver: a.driver.name }, 'driver failed to detach');
+    }
+    if (a.channel?.open) {
+      a.channel.close();
+    }
+    a.channel = null;
+    this.stats.detaches++;
+    await this.post({ type: 'CloseChannel', childRelid: a.offer.relid });
+    await this.teardown(a);
+  }
+
+  private async rescinded(relid: number): Promise<void> {
+    const a = this.attached.get(relid);
+    this.offers.delete(relid);
+    if (a) {
+      // Like Linux: on a rescinded channel neither CLOSECHANNEL nor GPADL_TEARDOWN is sent; the
+      // host has already let go of the rings, so their pages are free again.
+      try {
+        a.driver.detach();
+      } catch (e) {
+        this.env.log.warn({ err: e, driver: a.driver.name }, 'driver failed to detach');
+      }
+      a.channel?.close();
+      a.channel = null;
+      this.stats.detaches++;
+      if (a.transport === 'remote') this.env.remote()?.closeChannel(relid);
+      this.release(a);
+    }
+    await this.post({ type: 'RelidReleased', childRelid: relid });
+    this.env.log.info({ relid, driver: a?.driver.name ?? null }, 'offer rescinded; relid released');
+  }
+
+  /** Shutdown: close every channel, then UNLOAD. */
+  async disconnect(): Promise<void> {
+    await this.serialize(async () => {
+      for (const a of [...this.attached.values()]) await this.close(a).catch((e) => this.env.log.warn({ err: e }, 'closing a channel failed'));
+      if (this.version === null) return;
+      const done = this.wait((m) => m.type === 'UnloadResponse', 'UNLOAD_RESPONSE');
+      await this.post({ type: 'Unload' });
+      await done;
+      this.version = null;
+      this.offers.clear();
+      this.allOffersDelivered = false;
+    });
+  }
+}

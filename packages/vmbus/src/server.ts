@@ -1,0 +1,410 @@
+/**
+ * The VMBus server of one child partition, in the root: version negotiation, offers, GPADLs,
+ * opening and closing channels, hot remove (rescind) and add, and UNLOAD. Channel messages arrive
+ * as SynIC messages the guest posted (HvCallPostMessage) and leave the same way; each is decoded
+ * once at the edge (`decodeChannelMessage`) and anything malformed or out of order is logged and
+ * ignored, so a misbehaving guest cannot hurt the root or other guests.
+ *
+ * The root touches ring memory only through GPADL windows the hypervisor granted (MapGpadl).
+ * Offers flagged `OFFER_FLAG_REMOTE_TRANSPORT` (hvlab's own chn_flags bit) carry their packets
+ * over ZeroMQ instead of rings; the guest then opens with GPADL 0 and states its window in the
+ * first four bytes of the OPENCHANNEL user data.
+ */
+import {
+  decodeChannelMessage, encodeChannelMessage, ChannelMessageError, VmbusVersion, vmbusVersionName,
+  VMBUS_MESSAGE_CONNECTION_ID_4, MAX_CHANNELS, type ChannelMessage,
+} from '@hvlab/protocol';
+import type { GpadlWindow } from './gpadl.js';
+import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
+import type { RemoteHub } from './remote.js';
+
+/** hvlab's chn_flags bit: this channel's packets travel over the remote (ZeroMQ) transport. */
+export const OFFER_FLAG_REMOTE_TRANSPORT = 0x8000;
+/** Versions this server accepts, newest first (a 6.0 guest falls back to 5.3, as on WS2022). */
+export const SERVER_VERSIONS: readonly number[] = [
+  VmbusVersion.V5_3, VmbusVersion.V5_2, VmbusVersion.V5_1, VmbusVersion.V5_0, VmbusVersion.WIN10,
+  VmbusVersion.WIN8_1, VmbusVersion.WIN8, VmbusVersion.WIN7, VmbusVersion.WS2008,
+];
+/** OPENCHANNEL_RESULT / GPADL_CREATED status for a refusal (STATUS_UNSUCCESSFUL). */
+export const VMBUS_STATUS_FAILED = 0xc0000001;
+const MAX_REMOTE_WINDOW = 4 * 1024 * 1024;
+
+/** A synthetic device's provider side: offered, opened, closed. Nothing more is asked of it. */
+export interface VmbusDevice {
+  readonly name: string;
+  readonly interfaceType: string;
+  readonly interfaceInstance: string;
+  open(channel: VmbusChannel): void;
+  close(): void;
+}
+
+export interface VmbusLog {
+  info: (o: object, m?: string) => void;
+  warn: (o: object, m?: string) => void;
+}
+
+export interface VmbusServerEnv {
+  partitionId: number;
+  name: string;
+  /** Posts a channel message to the guest's SINT2; resolves with the HV_STATUS. */
+  post(payload: Uint8Array): Promise<number>;
+  /** Signals the guest for channel `relid` (event flag relid on its SINT2). */
+  signalGuest(relid: number): void;
+  /** Readies the guest's event connection for `relid`; returns its connection id for the offer. */
+  channelConnection(relid: number): Promise<number>;
+  /** Asks the hypervisor for a window on `pfns`; throws with the reason when refused. */
+  mapGpadl(gpadl: number, owner: number, pfns: number[]): Promise<GpadlWindow>;
+  unmapGpadl(gpadl: number): Promise<void>;
+  /** Set when every channel must use the remote transport. */
+  remote: RemoteHub | null;
+  log: VmbusLog;
+}
+
+export type ChannelState = 'offered' | 'open' | 'rescinded';
+
+interface ServerChannel {
+  relid: number;
+  device: VmbusDevice;
+  state: ChannelState;
+  connectionId: number;
+  channel: VmbusChannel | null;
+  gpadl: number;
+  opens: number;
+  faults: number;
+  lastFault: string | null;
+}
+
+interface PendingGpadl {
+  relid: number;
+  totalPfns: number;
+  pfns: number[];
+  nextMsg: number;
+}
+
+export interface ChannelInfo {
+  relid: number;
+  name: string;
+  state: ChannelState;
+  transport: 'shm' | 'remote' | null;
+  opens: number;
+  faults: number;
+  lastFault: string | null;
+  packetsIn: number;
+  packetsOut: number;
+}
+
+export class VmbusServer {
+  version: number | null = null;
+  private messageConnectionId = 1;
+  private readonly channels = new Map<number, ServerChannel>();
+  private readonly gpadls = new Map<number, { relid: number; window: GpadlWindow }>();
+  private readonly pendingGpadls = new Map<number, PendingGpadl>();
+  private readonly devices: VmbusDevice[] = [];
+  /** Offers made before the guest connected wait here. */
+  private offersRequested = false;
+  readonly stats = { messages: 0, rejected: 0 };
+  private chain: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(private readonly env: VmbusServerEnv) {}
+
+  get connected(): boolean {
+    return this.version !== null;
+  }
+
+  /** Registers a device; offered now if the guest is enumerating, else on REQUESTOFFERS. */
+  async addDevice(device: VmbusDevice): Promise<void> {
+    if (this.devices.includes(device)) return;
+    this.devices.push(device);
+    if (this.offersRequested) await this.serialize(() => this.offer(device));
+  }
+
+  /** Hot remove: rescinds the device's channel; the guest releases the relid. */
+  async removeDevice(device: VmbusDevice): Promise<void> {
+    const i = this.devices.indexOf(device);
+    if (i < 0) return;
+    this.devices.splice(i, 1);
+    await this.serialize(async () => {
+      const ch = [...this.channels.values()].find((c) => c.device === device && c.state !== 'rescinded');
+      if (!ch) return;
+      this.closeChannel(ch, 'rescinded');
+      ch.state = 'rescinded';
+      // As in Hyper-V, the host drops the channel's GPADLs itself; a rescinded guest sends
+      // neither CLOSECHANNEL nor GPADL_TEARDOWN, only RELID_RELEASED.
+      for (const [h, g] of [...this.gpadls]) {
+        if (g.relid !== ch.relid) continue;
+        this.gpadls.delete(h);
+        await this.env.unmapGpadl(h).catch((e) => this.env.log.warn({ err: e }, 'unmapping a GPADL failed'));
+      }
+      for (const [h, p] of [...this.pendingGpadls]) if (p.relid === ch.relid) this.pendingGpadls.delete(h);
+      await this.send({ type: 'RescindChannelOffer', childRelid: ch.relid });
+    });
+  }
+
+  channelInfo(): ChannelInfo[] {
+    return [...this.channels.values()].map((c) => ({
+      relid: c.relid, name: c.device.name, state: c.state, transport: c.channel?.transport.kind ?? null, opens: c.opens,
+      faults: c.faults, lastFault: c.lastFault, packetsIn: c.channel?.stats.packetsIn ?? 0, packetsOut: c.channel?.stats.packetsOut ?? 0,
+    }));
+  }
+
+  /** A channel message from the guest, on connection 1 or 4. */
+  onMessage(connectionId: number, payload: Uint8Array): Promise<void> {
+    return this.serialize(() => this.handle(connectionId, payload));
+  }
+
+  /** The guest signalled channel `relid`. */
+  onSignal(relid: number): void {
+    const t = this.channels.get(relid)?.channel?.transport;
+    if (t instanceof ShmTransport) t.onSignal();
+  }
+
+  private serialize(fn: () => Promise<void>): Promise<void> {
+    const p = this.chain.then(fn, fn);
+    this.chain = p.catch((e) => this.env.log.warn({ err: e }, 'VMBus server step failed'));
+    return p;
+  }
+
+  private async send(m: ChannelMessage): Promise<void> {
+    const bytes = encodeChannelMessage(m);
+    for (let attempt = 0; ; attempt++) {
+      const st = await this.env.post(bytes);
+      if (st === 0) return;
+      // INSUFFICIENT_BUFFERS: the guest's SINT queue is full; give it time to drain.
+      if (st !== 0x13 || attempt > 200 || this.closed) throw new Error(`posting ${m.type} to partition ${this.env.partitionId} failed with status 0x${st.toString(16)}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  private reject(why: string, extra: object = {}): void {
+    this.stats.rejected++;
+    this.env.log.warn({ partition: this.env.partitionId, ...extra }, `VMBus message refused: ${why}`);
+  }
+
+  private async handle(connectionId: number, payload: Uint8Array): Promise<void> {
+    if (this.closed) return;
+    this.stats.messages++;
+    let m: ChannelMessage;
+    try {
+      m = decodeChannelMessage(payload);
+    } catch (e) {
+      if (e instanceof ChannelMessageError) return this.reject(e.message);
+      throw e;
+    }
+    if (m.type !== 'InitiateContact' && this.version === null) return this.reject(`${m.type} before INITIATE_CONTACT`);
+    if (m.type !== 'InitiateContact' && connectionId !== this.messageConnectionId) return this.reject(`${m.type} on connection ${connectionId}, expected ${this.messageConnectionId}`);
+    switch (m.type) {
+      case 'InitiateContact': return await this.contact(connectionId, m.versionRequested);
+      case 'RequestOffers': {
+        this.offersRequested = true;
+        for (const d of this.devices) await this.offer(d);
+        await this.send({ type: 'AllOffersDelivered' });
+        return;
+      }
+      case 'GpadlHeader': return await this.gpadlHeader(m);
+      case 'GpadlBody': return await this.gpadlBody(m);
+      case 'OpenChannel': return await this.open(m);
+      case 'CloseChannel': {
+        const ch = this.channels.get(m.childRelid);
+        if (!ch || ch.state !== 'open') return this.reject(`CLOSECHANNEL for relid ${m.childRelid}, which is not open`);
+        this.closeChannel(ch, 'closed by the guest');
+        ch.state = 'offered';
+        return;
+      }
+      case 'GpadlTeardown': {
+        const g = this.gpadls.get(m.gpadl);
+        if (!g || g.relid !== m.childRelid) return this.reject(`GPADL_TEARDOWN of unknown GPADL 0x${m.gpadl.toString(16)}`);
+        const ch = this.channels.get(g.relid);
+        if (ch?.state === 'open' && ch.gpadl === m.gpadl) {
+          this.closeChannel(ch, 'its GPADL was torn down');
+          ch.state = 'offered';
+        }
+        this.gpadls.delete(m.gpadl);
+        await this.env.unmapGpadl(m.gpadl).catch((e) => this.env.log.warn({ err: e }, 'unmapping a GPADL failed'));
+        await this.send({ type: 'GpadlTorndown', gpadl: m.gpadl });
+        return;
+      }
+      case 'RelidReleased': {
+        const ch = this.channels.get(m.childRelid);
+        if (!ch || ch.state !== 'rescinded') return this.reject(`RELID_RELEASED for relid ${m.childRelid}, which was not rescinded`);
+        this.channels.delete(m.childRelid);
+        return;
+      }
+      case 'Unload': {
+        await this.unload();
+        await this.send({ type: 'UnloadResponse' });
+        return;
+      }
+      case 'ModifyChannel':
+        return; // one VP's SINT2 takes every channel's interrupt in hvlab
+      default:
+        return this.reject(`${m.type} is not a guest-to-host message`);
+    }
+  }
+
+  private async contact(connectionId: number, version: number): Promise<void> {
+    const needs4 = version >= VmbusVersion.V5_0;
+    if ((needs4 ? VMBUS_MESSAGE_CONNECTION_ID_4 : 1) !== connectionId) {
+      return this.reject(`INITIATE_CONTACT for ${vmbusVersionName(version)} on connection ${connectionId}`);
+    }
+    if (this.version !== null) await this.unload();
+    const ok = SERVER_VERSIONS.includes(version);
+    if (ok) {
+      this.version = version;
+      this.messageConnectionId = needs4 ? VMBUS_MESSAGE_CONNECTION_ID_4 : 1;
+      this.env.log.info({ partition: this.env.partitionId, version: vmbusVersionName(version) }, 'VMBus connected');
+    }
+    await this.send({ type: 'VersionResponse', versionSupported: ok, connectionState: 0, messageConnectionId: ok ? this.messageConnectionId : 0 });
+  }
+
+  private nextRelid(): number {
+    for (let r = 1; r <= MAX_CHANNELS; r++) if (!this.channels.has(r)) return r;
+    throw new Error(`partition ${this.env.partitionId} has ${MAX_CHANNELS} channels already`);
+  }
+
+  private async offer(device: VmbusDevice): Promise<void> {
+    if ([...this.channels.values()].some((c) => c.device === device && c.state !== 'rescinded')) return;
+    const relid = this.nextRelid();
+    const connectionId = await this.env.channelConnection(relid);
+    this.channels.set(relid, { relid, device, state: 'offered', connectionId, channel: null, gpadl: 0, opens: 0, faults: 0, lastFault: null });
+    await this.send({
+      type: 'OfferChannel', interfaceType: device.interfaceType, interfaceInstance: device.interfaceInstance,
+      flags: this.env.remote ? OFFER_FLAG_REMOTE_TRANSPORT : 0, mmioMegabytes: 0, userDefined: new Uint8Array(120),
+      subChannelIndex: 0, childRelid: relid, monitorId: 0xff, monitorAllocated: false, dedicatedInterrupt: false, connectionId,
+    });
+  }
+
+  private async gpadlHeader(m: Extract<ChannelMessage, { type: 'GpadlHeader' }>): Promise<void> {
+    const ch = this.channels.get(m.childRelid);
+    if (!ch || ch.state === 'rescinded') return this.reject(`GPADL_HEADER for relid ${m.childRelid}, which is not offered`);
+    if (m.gpadl === 0 || this.gpadls.has(m.gpadl) || this.pendingGpadls.has(m.gpadl)) return this.reject(`GPADL handle 0x${m.gpadl.toString(16)} is zero or in use`);
+    if (m.byteOffset !== 0) return this.reject(`GPADL 0x${m.gpadl.toString(16)} starts at byte offset ${m.byteOffset}`);
+    const pending: PendingGpadl = { relid: m.childRelid, totalPfns: m.totalPfns, pfns: [...m.pfns], nextMsg: 1 };
+    if (pending.pfns.length >= pending.totalPfns) await this.finishGpadl(m.gpadl, pending);
+    else this.pendingGpadls.set(m.gpadl, pending);
+  }
+
+  private async gpadlBody(m: Extract<ChannelMessage, { type: 'GpadlBody' }>): Promise<void> {
+    const p = this.pendingGpadls.get(m.gpadl);
+    if (!p) return this.reject(`GPADL_BODY for unknown GPADL 0x${m.gpadl.toString(16)}`);
+    if (m.msgNumber !== p.nextMsg || p.pfns.length + m.pfns.length > p.totalPfns) {
+      this.pendingGpadls.delete(m.gpadl);
+      this.reject(`GPADL_BODY ${m.msgNumber} of GPADL 0x${m.gpadl.toString(16)} is out of order or too long`);
+      await this.send({ type: 'GpadlCreated', childRelid: p.relid, gpadl: m.gpadl, status: VMBUS_STATUS_FAILED });
+      return;
+    }
+    p.nextMsg++;
+    p.pfns.push(...m.pfns);
+    if (p.pfns.length === p.totalPfns) {
+      this.pendingGpadls.delete(m.gpadl);
+      await this.finishGpadl(m.gpadl, p);
+    }
+  }
+
+  private async finishGpadl(gpadl: number, p: PendingGpadl): Promise<void> {
+    let status = 0;
+    try {
+      const window = await this.env.mapGpadl(gpadl, p.relid, p.pfns.slice(0, p.totalPfns));
+      this.gpadls.set(gpadl, { relid: p.relid, window });
+    } catch (e) {
+      status = VMBUS_STATUS_FAILED;
+      this.reject(`the hypervisor refused GPADL 0x${gpadl.toString(16)}: ${(e as Error).message}`);
+    }
+    await this.send({ type: 'GpadlCreated', childRelid: p.relid, gpadl, status });
+  }
+
+  private async open(m: Extract<ChannelMessage, { type: 'OpenChannel' }>): Promise<void> {
+    const ch = this.channels.get(m.childRelid);
+    const result = (status: number): Promise<void> => this.send({ type: 'OpenChannelResult', childRelid: m.childRelid, openId: m.openId, status });
+    if (!ch || ch.state !== 'offered') {
+      this.reject(`OPENCHANNEL for relid ${m.childRelid}, which is ${ch ? ch.state : 'not offered'}`);
+      return await result(VMBUS_STATUS_FAILED);
+    }
+    const name = `${this.env.name}/${ch.device.name}`;
+    let transport: PacketTransport;
+    try {
+      if (this.env.remote) {
+        const window = new DataView(m.userData.buffer, m.userData.byteOffset, 4).getUint32(0, true);
+        if (m.ringGpadlHandle !== 0 || window < 4096 || window > MAX_REMOTE_WINDOW || window % 8 !== 0) {
+          throw new Error(`a remote open needs GPADL 0 and a window of 4 KiB to 4 MiB, got GPADL 0x${m.ringGpadlHandle.toString(16)} and ${window} bytes`);
+        }
+        this.env.remote.closeChannel(this.env.partitionId, ch.relid);
+        transport = this.env.remote.open(this.env.partitionId, ch.relid, m.openId, window - 8, name);
+      } else {
+        const g = this.gpadls.get(m.ringGpadlHandle);
+        if (!g || g.relid !== ch.relid) throw new Error(`GPADL 0x${m.ringGpadlHandle.toString(16)} does not belong to relid ${ch.relid}`);
+        const pages = g.window.pfns.length;
+        const off = m.downstreamRingPageOffset;
+        if (off < 2 || pages - off < 2) throw new Error(`downstream ring offset ${off} leaves no room for two rings in ${pages} pages`);
+        const inbound = g.window.ringRegion(0, off);
+        const out = g.window.ringRegion(off, pages - off);
+        transport = new ShmTransport(out, inbound, () => this.env.signalGuest(ch.relid), name);
+        ch.gpadl = m.ringGpadlHandle;
+      }
+    } catch (e) {
+      this.reject((e as Error).message, { relid: ch.relid });
+      return await result(VMBUS_STATUS_FAILED);
+    }
+    // Answer first: the device may send at once, and the guest reads only once it knows it is open.
+    await result(0);
+    const channel = new VmbusChannel(ch.relid, name, transport);
+    ch.channel = channel;
+    ch.state = 'open';
+    ch.opens++;
+    channel.onFault = (e) => {
+      ch.faults++;
+      ch.lastFault = e.message;
+      this.env.log.warn({ partition: this.env.partitionId, relid: ch.relid, device: ch.device.name, err: e.message }, 'channel fault: closing the channel');
+      void this.serialize(async () => {
+        if (ch.channel !== channel) return;
+        this.closeChannel(ch, 'fault');
+        ch.state = 'offered';
+      });
+    };
+    try {
+      ch.device.open(channel);
+    } catch (e) {
+      this.env.log.warn({ err: e, device: ch.device.name }, 'device failed to open its channel');
+    }
+    channel.start();
+  }
+
+  private closeChannel(ch: ServerChannel, why: string): void {
+    if (!ch.channel) return;
+    const c = ch.channel;
+    ch.channel = null;
+    ch.gpadl = 0;
+    try {
+      ch.device.close();
+    } catch (e) {
+      this.env.log.warn({ err: e, device: ch.device.name }, 'device failed to close');
+    }
+    c.close();
+    if (this.env.remote) this.env.remote.closeChannel(this.env.partitionId, ch.relid);
+    this.env.log.info({ partition: this.env.partitionId, relid: ch.relid, device: ch.device.name, why }, 'channel closed');
+  }
+
+  /** UNLOAD (or a reconnect): closes every channel and drops every GPADL; offers stay. */
+  private async unload(): Promise<void> {
+    for (const ch of this.channels.values()) {
+      this.closeChannel(ch, 'unload');
+      if (ch.state === 'open') ch.state = 'offered';
+    }
+    for (const [h] of this.gpadls) await this.env.unmapGpadl(h).catch(() => undefined);
+    this.gpadls.clear();
+    this.pendingGpadls.clear();
+    for (const [relid, ch] of this.channels) if (ch.state === 'rescinded') this.channels.delete(relid);
+    this.channels.clear();
+    this.version = null;
+    this.offersRequested = false;
+    this.messageConnectionId = 1;
+  }
+
+  /** The partition is going away: close everything without talking to the guest. */
+  shutdown(): void {
+    this.closed = true;
+    for (const ch of this.channels.values()) this.closeChannel(ch, 'partition gone');
+    this.channels.clear();
+    this.gpadls.clear();
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * The two transports behind one channel API.
+ *
+ * * `ShmTransport` (co-located): one ring per direction inside the channel's GPADL; a signal is
+ *   whatever the owner passes in (HvCallSignalEvent through the hypervisor in hvlab's processes,
+ *   a direct call in tests). Signalling follows Hyper-V: the writer signals on empty -> non-empty
+ *   while the reader is unmasked; the reader masks while draining, unmasks and re-checks; a blocked
+ *   writer is signalled once the space it asked for is free.
+ * * `RemoteTransport` (remote.ts): the same packets in ZeroMQ messages with credit-based flow
+ *   control standing in for ring space.
+ *
+ * `VmbusChannel` sits on either and adds what both sides of a channel want: an outbound queue for
+ * packets that did not fit (nothing is dropped while the channel is open), a fault path (a peer that
+ * breaks the ring protocol gets its channel closed, and only that channel) and counters.
+ */
+import { RingReader, RingWriter, RingError, type RingRegion } from './ring.js';
+
+export type PacketHandler = (type: number, flags: number, transId: bigint, payload: Uint8Array) => void;
+
+export interface TransportEvents {
+  /** An inbound packet; `payload` is valid only during the call. */
+  packet: PacketHandler;
+  /** Room appeared after a send returned false. */
+  writable: () => void;
+  /** The peer broke the protocol; the transport is unusable. */
+  fault: (e: Error) => void;
+}
+
+export interface PacketTransport {
+  readonly kind: 'shm' | 'remote';
+  /** Sends one packet; false when there is no room now (`writable` follows when there is). */
+  send(type: number, flags: number, transId: bigint, payload: Uint8Array): boolean;
+  attach(events: TransportEvents): void;
+  close(): void;
+}
+
+/** A channel end over two rings in shared memory. `onSignal()` is the interrupt entry. */
+export class ShmTransport implements PacketTransport {
+  readonly kind = 'shm' as const;
+  private readonly writer: RingWriter;
+  private readonly reader: RingReader;
+  private events: TransportEvents | null = null;
+  private blocked = false;
+  private closed = false;
+  private draining = false;
+  signalsSent = 0;
+
+  constructor(out: RingRegion, inbound: RingRegion, private readonly signalPeer: () => void, name = 'channel') {
+    this.writer = new RingWriter(out, `${name} out`);
+    this.reader = new RingReader(inbound, `${name} in`);
+  }
+
+  attach(events: TransportEvents): void {
+    this.events = events;
+    // Packets may have arrived before anyone listened.
+    this.onSignal();
+  }
+
+  send(type: number, flags: number, transId: bigint, payload: Uint8Array): boolean {
+    if (this.closed) return false;
+    let r;
+    try {
+      r = this.writer.tryWrite(type, flags, transId, payload);
+    } catch (e) {
+      if (e instanceof RingError) {
+        this.fail(e);
+        return false;
+      }
+      throw e;
+    }
+    if (r === 'full') {
+      this.blocked = true;
+      return false;
+    }
+    if (r === 'signal') this.signal();
+    return true;
+  }
+
+  private signal(): void {
+    this.signalsSent++;
+    this.signalPeer();
+  }
+
+  /** The peer signalled (or a poll): drain inbound packets, then tell a blocked sender about room. */
+  onSignal(): void {
+    if (this.closed || !this.events || this.draining) return;
+    this.draining = true;
+    try {
+      this.reader.mask();
+      do {
+        this.reader.drain(this.events.packet);
+        if (this.closed) return;
+      } while (this.reader.unmask());
+      if (this.reader.takeWriterSignal()) this.signal();
+    } catch (e) {
+      if (e instanceof RingError) {
+        this.fail(e);
+        return;
+      }
+      throw e;
+    } finally {
+      this.draining = false;
+    }
+    if (this.blocked) {
+      this.blocked = false;
+      this.events.writable();
+    }
+  }
+
+  private fail(e: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.events?.fault(e);
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+}
+
+export interface ChannelStats {
+  packetsIn: number;
+  packetsOut: number;
+  queued: number;
+}
+
+export const MAX_QUEUED_PACKETS = 4096;
+
+export class ChannelClosedError extends Error {
+  override name = 'ChannelClosedError';
+}
+
+/** One open channel end: send with queueing, receive through `onPacket`, faults through `onFault`. */
+export class VmbusChannel {
+  private readonly queue: Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }> = [];
+  private isOpen = true;
+  onPacket: PacketHandler = () => {};
+  onFault: (e: Error) => void = () => {};
+  onClose: () => void = () => {};
+  readonly stats: ChannelStats = { packetsIn: 0, packetsOut: 0, queued: 0 };
+
+  constructor(readonly relid: number, readonly name: string, readonly transport: PacketTransport) {}
+
+  /**
+   * Starts delivery: call once the handlers are in place. Packets that arrived earlier (the host
+   * may write before the guest knows the channel is open) are delivered now.
+   */
+  start(): void {
+    this.transport.attach({
+      packet: (type, flags, transId, payload) => {
+        this.stats.packetsIn++;
+        this.onPacket(type, flags, transId, payload);
+      },
+      writable: () => this.flush(),
+      fault: (e) => {
+        this.isOpen = false;
+        this.queue.length = 0;
+        this.onFault(e);
+      },
+    });
+  }
+
+  get open(): boolean {
+    return this.isOpen;
+  }
+
+  /** Sends a packet now, or queues it until the ring has room. Throws when closed or when the queue is full. */
+  send(type: number, flags: number, transId: bigint, payload: Uint8Array): void {
+    if (!this.isOpen) throw new ChannelClosedError(`channel ${this.name} (relid ${this.relid}) is closed`);
+    if (this.queue.length === 0 && this.transport.send(type, flags, transId, payload)) {
+      this.stats.packetsOut++;
+      return;
+    }
+    if (this.queue.length >= MAX_QUEUED_PACKETS) throw new ChannelClosedError(`channel ${this.name} (relid ${this.relid}) has ${this.queue.length} packets queued: the peer is not reading`);
+    this.queue.push({ type, flags, transId, payload: payload.slice() });
+    this.stats.queued = this.queue.length;
+  }
+
+  private flush(): void {
+    while (this.queue.length > 0 && this.isOpen) {
+      const p = this.queue[0];
+      if (!this.transport.send(p.type, p.flags, p.transId, p.payload)) break;
+      this.queue.shift();
+      this.stats.packetsOut++;
+    }
+    this.stats.queued = this.queue.length;
+  }
+
+  close(): void {
+    if (!this.isOpen) return;
+    this.isOpen = false;
+    this.queue.length = 0;
+    this.transport.close();
+    this.onClose();
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * The integration-services framework, host side: every IC channel starts with a negotiation the
+ * host sends (framework and message versions it offers, newest first; the guest answers with the
+ * first common pair), then the host sends every request and the guest answers in the same buffer
+ * with flags transaction|response. Requests and answers travel as DATA_INBAND packets; an answer is
+ * matched to its request by the packet's transaction id. Anything undecodable is counted and
+ * dropped: a guest cannot hurt the provider, only its own service.
+ */
+import {
+  decodeIcMessage, encodeIcMessage, decodeNegotiate, encodeNegotiate, IcError, IcFlags, IcMessageType, IcStatus,
+  type IcHeader, type IcVersion, type Negotiate,
+} from '@hvlab/protocol';
+import { PacketType, type VmbusChannel, type VmbusDevice } from '@hvlab/vmbus';
+import { randomUUID } from 'node:crypto';
+
+export type IcServiceName = 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
+export type IcStatusText = 'OK' | 'NoContact' | 'LostCommunication';
+
+export const FRAMEWORK_VERSIONS: IcVersion[] = [{ major: 3, minor: 0 }, { major: 1, minor: 0 }];
+
+export class IcRequestError extends Error {
+  override name = 'IcRequestError';
+  constructor(message: string, readonly status: number | null = null) {
+    super(message);
+  }
+}
+
+export interface IcLog {
+  info: (o: object, m?: string) => void;
+  warn: (o: object, m?: string) => void;
+}
+
+export interface IcAnswer {
+  header: IcHeader;
+  body: Uint8Array;
+}
+
+interface Pending {
+  type: number;
+  resolve: (a: IcAnswer) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout | null;
+}
+
+export abstract class IcProvider implements VmbusDevice {
+  abstract readonly service: IcServiceName;
+  abstract readonly interfaceType: string;
+  abstract readonly messageType: number;
+  /** Message versions offered, newest first. */
+  protected abstract readonly messageVersions: IcVersion[];
+  readonly interfaceInstance = randomUUID();
+  protected channel: VmbusChannel | null = null;
+  negotiated: { framework: IcVersion; message: IcVersion } | null = null;
+  /** When the guest last answered anything on this channel. */
+  lastAnswerAt: number | null = null;
+  readonly stats = { requests: 0, answers: 0, rejected: 0, opens: 0 };
+  private readonly pending = new Map<bigint, Pending>();
+  private nextTransId = 1n;
+  private nextIcTransaction = 0;
+
+  constructor(protected readonly log: IcLog) {}
+
+  get name(): string {
+    return this.service;
+  }
+
+  get isOpen(): boolean {
+    return this.channel?.open === true;
+  }
+
+  status(): IcStatusText {
+    return this.negotiated && this.isOpen ? 'OK' : 'NoContact';
+  }
+
+  open(channel: VmbusChannel): void {
+    this.channel = channel;
+    this.negotiated = null;
+    this.stats.opens++;
+    channel.onPacket = (type, flags, transId, payload) => this.onPacket(type, transId, payload);
+    const offer: Negotiate = { framework: FRAMEWORK_VERSIONS, message: this.messageVersions };
+    this.request(IcMessageType.Negotiate, encodeNegotiate(offer), 10000)
+      .then((a) => {
+        if (a.header.status !== IcStatus.OK) throw new IcRequestError(`the guest found no common ${this.service} version`, a.header.status);
+        const n = decodeNegotiate(a.body);
+        const fw = n.framework[0];
+        const msg = n.message[0];
+        const known = (list: IcVersion[], v: IcVersion | undefined): boolean => !!v && list.some((x) => x.major === v.major && x.minor === v.minor);
+        if (!known(FRAMEWORK_VERSIONS, fw) || !known(this.messageVersions, msg)) throw new IcRequestError(`the guest chose a ${this.service} version the host did not offer`);
+        this.negotiated = { framework: fw!, message: msg! };
+        this.log.info({ service: this.service, framework: `${fw!.major}.${fw!.minor}`, message: `${msg!.major}.${msg!.minor}` }, 'integration service negotiated');
+        this.onNegotiated();
+      })
+      .catch((e) => this.log.warn({ service: this.service, err: (e as Error).message }, 'integration service negotiation failed'));
+  }
+
+  close(): void {
+    this.channel = null;
+    this.negotiated = null;
+    for (const p of this.pending.values()) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new IcRequestError(`the ${this.service} channel closed`));
+    }
+    this.pending.clear();
+    this.onClosed();
+  }
+
+  protected onNegotiated(): void {}
+  protected onClosed(): void {}
+
+  /** Sends a request; resolves with the guest's answer. `timeoutMs` 0 waits for as long as the channel is open. */
+  protected request(type: number, body: Uint8Array, timeoutMs: number): Promise<IcAnswer> {
+    const ch = this.channel;
+    if (!ch?.open) return Promise.reject(new IcRequestError(`the ${this.service} integration service is not connected`));
+    const transId = this.nextTransId++;
+    const fw = this.negotiated?.framework ?? FRAMEWORK_VERSIONS[0];
+    const msg = this.negotiated?.message ?? this.messageVersions[0];
+    const header: IcHeader = { framework: fw, message: msg, type, status: 0, transactionId: this.nextIcTransaction++ & 0xff, flags: IcFlags.Transaction | IcFlags.Request };
+    return new Promise<IcAnswer>((resolve, reject) => {
+      const p: Pending = { type, resolve, reject, timer: null };
+      if (timeoutMs > 0) {
+        p.timer = setTimeout(() => {
+          this.pending.delete(transId);
+          reject(new IcRequestError(`the guest did not answer the ${this.service} request within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+      this.pending.set(transId, p);
+      try {
+        this.stats.requests++;
+        ch.send(PacketType.DataInband, 0, transId, encodeIcMessage(header, body));
+      } catch (e) {
+        this.pending.delete(transId);
+        if (p.timer) clearTimeout(p.timer);
+        reject(e);
+      }
+    });
+  }
+
+  protected pendingCount(): number {
+    return this.pending.size;
+  }
+
+  private onPacket(type: number, transId: bigint, payload: Uint8Array): void {
+    const p = this.pending.get(transId);
+    if (type !== PacketType.DataInband || !p) {
+      this.stats.rejected++;
+      return;
+    }
+    let msg: { header: IcHeader; body: Uint8Array };
+    try {
+      msg = decodeIcMessage(payload);
+    } catch (e) {
+      if (!(e instanceof IcError)) throw e;
+      this.stats.rejected++;
+      return;
+    }
+    const h = msg.header;
+    if (h.type !== p.type || (h.flags & IcFlags.Response) === 0) {
+      this.stats.rejected++;
+      return;
+    }
+    this.pending.delete(transId);
+    if (p.timer) clearTimeout(p.timer);
+    this.stats.answers++;
+    this.lastAnswerAt = Date.now();
+    // The body is a view into the ring: copy before it outlives this call.
+    p.resolve({ header: h, body: msg.body.slice() });
+  }
+}

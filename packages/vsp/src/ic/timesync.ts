@@ -1,0 +1,68 @@
+/**
+ * Time sync provider: right after negotiation it sends a Sync (the guest steps its clock to host
+ * time), then a Sample every `intervalMs`. Host time is sent as 100 ns units since 1601 together
+ * with the reference time at which it was read, as in Hyper-V, so a guest that takes the sample
+ * late (a frozen VM) still computes host time correctly.
+ *
+ * Deviations: the reference time is the host's CLOCK_MONOTONIC in 100 ns units (one counter for
+ * every partition of the host, not one per partition). The guest answers with its own clock
+ * reading (taken before it applied the sample) in `parentTime` and the reference time of that
+ * reading, so the host can report the guest's offset — an hvlab extension.
+ */
+import { decodeTimeSync, encodeTimeSync, filetimeToMs, msToFiletime, IcGuid, IcMessageType, IcStatus, IcError, TimeSyncFlags, type IcVersion } from '@hvlab/protocol';
+import { IcProvider, type IcLog } from './provider.js';
+
+/** The reference counter: CLOCK_MONOTONIC in 100 ns units. */
+export function referenceTime(): bigint {
+  return process.hrtime.bigint() / 100n;
+}
+
+export class TimeSyncProvider extends IcProvider {
+  readonly service = 'timesync' as const;
+  readonly interfaceType = IcGuid.timesync;
+  readonly messageType = IcMessageType.TimeSync;
+  protected readonly messageVersions: IcVersion[] = [{ major: 4, minor: 0 }, { major: 3, minor: 0 }];
+  /** The guest's clock minus host time at the latest sample (ms), and at the first. */
+  offsetMs: number | null = null;
+  initialOffsetMs: number | null = null;
+  samples = 0;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(log: IcLog, private readonly intervalMs = 5000) {
+    super(log);
+  }
+
+  protected override onNegotiated(): void {
+    this.send(TimeSyncFlags.Sync);
+    this.timer = setInterval(() => this.send(TimeSyncFlags.Sample), this.intervalMs);
+    this.timer.unref?.();
+  }
+
+  protected override onClosed(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private send(flags: number): void {
+    if (!this.isOpen) return;
+    const hostMs = Date.now();
+    const ref = referenceTime();
+    const body = encodeTimeSync({ parentTime: msToFiletime(hostMs), referenceTime: ref, flags, leapFlags: 0, stratum: 2 });
+    this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs))
+      .then((a) => {
+        if (a.header.status !== IcStatus.OK) return;
+        try {
+          const t = decodeTimeSync(a.body);
+          const guestMs = filetimeToMs(t.parentTime);
+          // Host time at the moment the guest read its clock.
+          const hostThenMs = hostMs + Number(t.referenceTime - ref) / 1e4;
+          this.offsetMs = Math.round(guestMs - hostThenMs);
+          if (this.initialOffsetMs === null) this.initialOffsetMs = this.offsetMs;
+          this.samples++;
+        } catch (e) {
+          if (!(e instanceof IcError)) throw e;
+        }
+      })
+      .catch(() => undefined);
+  }
+}
