@@ -17,3 +17,4 @@ export * from './transport.js';
 export * from './remote.js';
 export * from './server.js';
 export * from './client.js';
+export * from './loopback.js';

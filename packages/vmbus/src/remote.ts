@@ -120,7 +120,8 @@ export class RemoteTransport implements PacketTransport {
       if (cost > this.peerCredit) throw new RemoteProtocolError(`channel ${this.name}: the peer sent ${cost} bytes with ${this.peerCredit} bytes of credit`);
       this.peerCredit -= cost;
       const transId = b.readBigUInt64LE(o + 8);
-      this.events.packet(type, flags, transId, b.subarray(o + offset8 * 8, o + len8 * 8));
+      // A plain Uint8Array view (Buffer#slice would not copy, unlike every other payload's slice).
+      this.events.packet(type, flags, transId, new Uint8Array(b.buffer, b.byteOffset + o + offset8 * 8, (len8 - offset8) * 8));
       this.consumed += cost;
       if (this.consumed >= this.window / 4) this.grant();
       else if (!this.grantScheduled) {
@@ -159,6 +160,7 @@ export class RemoteHub {
   private readonly routes = new Map<number, Buffer>();
   private readonly partitionOf = new Map<string, number>();
   private readonly channels = new Map<string, RemoteTransport>();
+  private readonly early = new Map<number, Buffer[]>();
   private closed = false;
 
   constructor(readonly endpoint: string, private readonly log?: { warn: (o: object, m?: string) => void }) {
@@ -181,6 +183,7 @@ export class RemoteHub {
     const r = this.routes.get(partitionId);
     if (r) this.partitionOf.delete(r.toString('hex'));
     this.routes.delete(partitionId);
+    this.early.delete(partitionId);
     for (const k of [...this.channels.keys()]) if (k.startsWith(`${partitionId}:`)) this.channels.delete(k);
   }
 
@@ -189,6 +192,13 @@ export class RemoteHub {
     const t = new RemoteTransport(relid, openId & 0xffff, window, (b) => {
       const route = this.routes.get(partitionId);
       if (route) void this.q.send([route, b]).catch(() => undefined);
+      else {
+        // The guest's hello may still be on its way (it travels apart from the SynIC message
+        // that opened the channel): hold the frames until it arrives. Credits bound them.
+        const q = this.early.get(partitionId) ?? [];
+        q.push(b);
+        this.early.set(partitionId, q);
+      }
     }, name);
     this.channels.set(`${partitionId}:${relid}`, t);
     return t;
@@ -209,8 +219,11 @@ export class RemoteHub {
           const pid = b.length >= FRAME_HEADER + 4 ? b.readUInt32LE(FRAME_HEADER) : 0;
           const token = b.subarray(FRAME_HEADER + 4).toString('utf8');
           if (this.tokens.get(pid) === token) {
-            this.routes.set(pid, Buffer.from(route));
+            const r = Buffer.from(route);
+            this.routes.set(pid, r);
             this.partitionOf.set(route.toString('hex'), pid);
+            for (const f of this.early.get(pid) ?? []) void this.q.send([r, f]).catch(() => undefined);
+            this.early.delete(pid);
           } else {
             this.log?.warn({ partition: pid }, 'remote VMBus hello with a bad token refused');
           }

@@ -1,0 +1,236 @@
+import { expect } from 'chai';
+import fc from 'fast-check';
+import {
+  encodeIcMessage, encodeHeartbeat, encodeKvp, encodeNegotiate, encodeTimeSync, encodeShutdown, IcFlags, IcMessageType, IcStatus, KvpOperation, KvpPool,
+  msToFiletime, type ShutdownRequest,
+} from '@hvlab/protocol';
+import { VmbusLoopback, PacketType, type VmbusChannel, type VmbusDriver } from '@hvlab/vmbus';
+import { HeartbeatClient, ShutdownClient, TimeSyncClient, KvpClient, type IcClient } from '@hvlab/vsc';
+import { HeartbeatProvider, ShutdownProvider, TimeSyncProvider, KvpProvider, KvpInputError, type IcProvider } from '../src/index.js';
+
+const quiet = { info: () => {}, warn: () => {} };
+
+async function until(cond: () => boolean, ms = 8000): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A guest clock that can start wrong. */
+class TestClock {
+  adjustMs = 0;
+  constructor(private readonly skewMs: number) {}
+  now(): number {
+    return Date.now() + this.skewMs + this.adjustMs;
+  }
+  adjust(d: number): void {
+    this.adjustMs += d;
+  }
+}
+
+/** Wraps a real VSC and keeps the channel, so a test can also send raw packets as the guest. */
+class TappedDriver implements VmbusDriver {
+  channel: VmbusChannel | null = null;
+  constructor(readonly inner: IcClient) {}
+  get name(): string { return this.inner.name; }
+  get interfaceType(): string { return this.inner.interfaceType; }
+  get ringBytes(): number { return this.inner.ringBytes; }
+  attach(ch: VmbusChannel): void {
+    this.channel = ch;
+    this.inner.attach(ch);
+  }
+  detach(): void {
+    this.channel = null;
+    this.inner.detach();
+  }
+}
+
+interface Guest {
+  lb: VmbusLoopback;
+  providers: { heartbeat: HeartbeatProvider; shutdown: ShutdownProvider; timesync: TimeSyncProvider; kvp: KvpProvider };
+  clients: { heartbeat: HeartbeatClient; shutdown: ShutdownClient; timesync: TimeSyncClient; kvp: KvpClient };
+  taps: Record<string, TappedDriver>;
+  shutdowns: ShutdownRequest[];
+  clock: TestClock;
+}
+
+async function bootGuest(transport: 'shm' | 'remote', skewMs = 0): Promise<Guest> {
+  const lb = new VmbusLoopback({ transport });
+  await lb.start();
+  const providers = {
+    heartbeat: new HeartbeatProvider(quiet, { intervalMs: 50, lostAfterMs: 400 }),
+    shutdown: new ShutdownProvider(quiet),
+    timesync: new TimeSyncProvider(quiet, 100),
+    kvp: new KvpProvider(quiet),
+  };
+  const shutdowns: ShutdownRequest[] = [];
+  const clock = new TestClock(skewMs);
+  const clients = {
+    heartbeat: new HeartbeatClient(),
+    shutdown: new ShutdownClient((r) => shutdowns.push(r)),
+    timesync: new TimeSyncClient(clock),
+    kvp: new KvpClient(() => ({ FullyQualifiedDomainName: 'guest1', OSName: 'hvlab guest kernel' })),
+  };
+  const taps: Record<string, TappedDriver> = {};
+  for (const [k, c] of Object.entries(clients)) {
+    taps[k] = new TappedDriver(c);
+    lb.client.register(taps[k]);
+  }
+  for (const p of Object.values(providers)) await lb.server.addDevice(p);
+  await lb.client.connect();
+  await until(() => Object.values(providers).every((p: IcProvider) => p.negotiated !== null)).catch((e) => {
+    throw new Error(`${(e as Error).message}: not negotiated: ${Object.values(providers).filter((p: IcProvider) => !p.negotiated).map((p) => p.name).join(', ')}; channels ${JSON.stringify(lb.server.channelInfo())}`);
+  });
+  return { lb, providers, clients, taps, shutdowns, clock };
+}
+
+for (const transport of ['shm', 'remote'] as const) {
+  describe(`integration services over the ${transport} transport`, function () {
+    this.timeout(60000);
+    let g: Guest;
+    beforeEach(async () => {
+      g = await bootGuest(transport, 3_600_000);
+    });
+    afterEach(() => {
+      for (const p of Object.values(g.providers)) p.close();
+      g.lb.close();
+    });
+
+    it('negotiates the first common framework and message versions for every service', () => {
+      const v = (p: IcProvider): string => `${p.negotiated!.framework.major}.${p.negotiated!.framework.minor}/${p.negotiated!.message.major}.${p.negotiated!.message.minor}`;
+      expect(v(g.providers.heartbeat)).to.equal('3.0/3.0');
+      expect(v(g.providers.shutdown)).to.equal('3.0/3.2');
+      expect(v(g.providers.timesync)).to.equal('3.0/4.0');
+      expect(v(g.providers.kvp)).to.equal('3.0/5.0');
+    });
+
+    it('heartbeat: the guest increments the sequence; silence turns OK into LostCommunication and back', async () => {
+      await until(() => g.providers.heartbeat.sequence >= 3n);
+      expect(g.providers.heartbeat.status()).to.equal('OK');
+      // A frozen guest: its interrupts are not taken.
+      g.lb.holdGuestSignals = true;
+      const ch = g.taps.heartbeat.channel!;
+      const handler = ch.onPacket;
+      const held: Array<[number, number, bigint, Uint8Array]> = [];
+      if (transport === 'remote') ch.onPacket = (t, f, id, p) => held.push([t, f, id, p.slice()]);
+      await until(() => g.providers.heartbeat.status() === 'LostCommunication');
+      const before = g.providers.heartbeat.sequence;
+      g.lb.holdGuestSignals = false;
+      if (transport === 'remote') {
+        ch.onPacket = handler;
+        for (const h of held) handler(...h);
+      } else g.lb.client.onEvent(g.lb.server.channelInfo().find((c) => c.name === 'heartbeat')!.relid);
+      await until(() => g.providers.heartbeat.status() === 'OK' && g.providers.heartbeat.sequence > before);
+    });
+
+    it('shutdown: the guest accepts and then starts its shutdown with the flags it was sent', async () => {
+      await g.providers.shutdown.shutdown({ flags: 0, reason: 5, timeoutSeconds: 30, message: 'bye' });
+      await until(() => g.shutdowns.length === 1);
+      expect(g.shutdowns[0]).to.include({ flags: 0, reason: 5, timeoutSeconds: 30, message: 'bye' });
+    });
+
+    it('time sync: a guest clock an hour off is brought to host time and reports its offset', async () => {
+      await until(() => g.providers.timesync.samples >= 3);
+      expect(g.providers.timesync.initialOffsetMs!).to.be.within(3_600_000 - 60_000, 3_600_000 + 60_000);
+      expect(Math.abs(g.providers.timesync.offsetMs!)).to.be.below(2000);
+      expect(Math.abs(g.clock.now() - Date.now())).to.be.below(2000);
+    });
+
+    it('KVP: set, get, list and delete travel to the guest; guest and auto pools are read-only', async () => {
+      const kvp = g.providers.kvp;
+      await kvp.set('external', 'color', 'blue');
+      expect(g.clients.kvp.external.get('color')).to.equal('blue');
+      expect(await kvp.get('external', 'color')).to.equal('blue');
+      await kvp.set('external', 'size', 'x'.repeat(2048));
+      expect((await kvp.list('external')).map((e) => e.key)).to.deep.equal(['color', 'size']);
+      expect(await kvp.delete('external', 'color')).to.equal(true);
+      expect(await kvp.get('external', 'color')).to.equal(null);
+      expect(await kvp.delete('external', 'color')).to.equal(false);
+      g.clients.kvp.guest.set('app.version', '7');
+      expect(await kvp.get('guest', 'app.version')).to.equal('7');
+      expect(await kvp.get('auto', 'FullyQualifiedDomainName')).to.equal('guest1');
+      let refused: unknown = null;
+      await kvp.set('guest', 'x', 'y').catch((e) => (refused = e));
+      expect(refused).to.be.instanceOf(KvpInputError);
+      refused = null;
+      await kvp.set('external', 'k', 'v'.repeat(2049)).catch((e) => (refused = e));
+      expect(refused).to.be.instanceOf(KvpInputError);
+    });
+
+    it('every provider survives 10,000 random and mutated packets from the guest and keeps serving a well-behaved guest', async function () {
+      this.timeout(120000);
+      const good = await bootGuest(transport);
+      try {
+        const valid = (type: number, body: Uint8Array): Uint8Array => encodeIcMessage(
+          { framework: { major: 3, minor: 0 }, message: { major: 3, minor: 0 }, type, status: 0, transactionId: 1, flags: IcFlags.Transaction | IcFlags.Response }, body);
+        const seeds = [
+          valid(IcMessageType.Negotiate, encodeNegotiate({ framework: [{ major: 3, minor: 0 }], message: [{ major: 3, minor: 0 }] })),
+          valid(IcMessageType.Heartbeat, encodeHeartbeat(5n)),
+          valid(IcMessageType.Shutdown, encodeShutdown({ reason: 0, timeoutSeconds: 1, flags: 0, message: '' })),
+          valid(IcMessageType.TimeSync, encodeTimeSync({ parentTime: msToFiletime(Date.now()), referenceTime: 1n, flags: 1, leapFlags: 0, stratum: 0 })),
+          valid(IcMessageType.Kvp, encodeKvp({ operation: KvpOperation.Get, pool: KvpPool.External, index: 0, key: 'k', value: 'v' })),
+        ];
+        const packet = fc.oneof(
+          fc.uint8Array({ minLength: 0, maxLength: 600 }),
+          fc.tuple(fc.constantFrom(...seeds), fc.array(fc.tuple(fc.nat(), fc.nat(255)), { maxLength: 8 }), fc.nat(2600)).map(([s, flips, cut]) => {
+            const b = s.slice(0, Math.max(1, cut));
+            for (const [i, v] of flips) b[i % b.length] = v;
+            return b;
+          }),
+        );
+        const packets = fc.sample(fc.record({
+          type: fc.constantFrom(PacketType.DataInband, PacketType.DataInband, PacketType.Completion, PacketType.DataUsingGpaDirect, PacketType.DataUsingXferPages),
+          flags: fc.constantFrom(0, 1),
+          transId: fc.oneof(fc.bigInt({ min: 0n, max: 40n }), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })),
+          payload: packet,
+        }), 10_000);
+        for (const [name, provider] of Object.entries(g.providers) as Array<[keyof Guest['providers'], IcProvider]>) {
+          const ch = g.taps[name].channel!;
+          const rejectedBefore = provider.stats.rejected;
+          for (let i = 0; i < packets.length; i++) {
+            const p = packets[i];
+            ch.send(p.type, p.flags, p.transId, p.payload);
+            // Real requests now and then, so mutated answers meet pending transaction ids.
+            if (name === 'kvp' && i % 500 === 0) void g.providers.kvp.get('external', 'k').catch(() => undefined);
+            if (i % 200 === 0 || ch.stats.queued > 1000) await new Promise((r) => setImmediate(r));
+            while (ch.stats.queued > 1000) await new Promise((r) => setTimeout(r, 1));
+          }
+          await until(() => provider.stats.rejected + provider.stats.answers - rejectedBefore >= 9000, 60000);
+          expect(ch.open, `${name}'s fuzzed channel is still open`).to.equal(true);
+          // The well-behaved guest is served throughout.
+          const seq = good.providers.heartbeat.sequence;
+          await until(() => good.providers.heartbeat.sequence > seq);
+          await good.providers.kvp.set('external', `after-${name}`, 'ok');
+          expect(await good.providers.kvp.get('external', `after-${name}`)).to.equal('ok');
+        }
+        // And the fuzzed guest's own services still work afterwards.
+        await g.providers.kvp.set('external', 'still', 'here');
+        expect(await g.providers.kvp.get('external', 'still')).to.equal('here');
+        const seq = g.providers.heartbeat.sequence;
+        await until(() => g.providers.heartbeat.sequence > seq);
+        expect(g.lb.server.channelInfo().every((c) => c.state === 'open' && c.faults === 0)).to.equal(true);
+      } finally {
+        for (const p of Object.values(good.providers)) p.close();
+        good.lb.close();
+      }
+    });
+  });
+}
+
+describe('integration-service answers from the guest', () => {
+  it('a request of another service type is answered NotSupported, not acted on', () => {
+    const sent: Uint8Array[] = [];
+    const c = new KvpClient(() => ({}));
+    const fake = { onPacket: (_t: number, _f: number, _id: bigint, _p: Uint8Array) => {}, send: (_t: number, _f: number, _id: bigint, p: Uint8Array) => sent.push(p.slice()), open: true };
+    c.attach(fake as unknown as VmbusChannel);
+    const neg = encodeIcMessage({ framework: { major: 3, minor: 0 }, message: { major: 5, minor: 0 }, type: IcMessageType.Negotiate, status: 0, transactionId: 0, flags: IcFlags.Transaction | IcFlags.Request },
+      encodeNegotiate({ framework: [{ major: 3, minor: 0 }], message: [{ major: 5, minor: 0 }] }));
+    fake.onPacket(PacketType.DataInband, 0, 1n, neg);
+    const hb = encodeIcMessage({ framework: { major: 3, minor: 0 }, message: { major: 5, minor: 0 }, type: IcMessageType.Heartbeat, status: 0, transactionId: 1, flags: IcFlags.Transaction | IcFlags.Request }, encodeHeartbeat(1n));
+    fake.onPacket(PacketType.DataInband, 0, 2n, hb);
+    expect(sent).to.have.length(2);
+    expect(new DataView(sent[1].buffer).getUint32(8 + 12, true)).to.equal(IcStatus.NotSupported);
+  });
+});

@@ -1,0 +1,348 @@
+/**
+ * The other process of the VMBus benchmark (scripts/bench/vmbus.ts). argv[2] picks the role:
+ *
+ *   shm-writer <region> <payloadBytes>         writes packets into ring A until told to stop,
+ *                                               spinning when the ring is full (throughput)
+ *   shm-echo-poll <region>                     polls ring A and answers every packet in ring B
+ *   shm-echo-signal <region> <hvEndpoint> <partitionId> <token> <connectionId>
+ *                                               the same, but sleeps until the hypervisor raises
+ *                                               SINT 2 and signals back with SignalEvent
+ *   zmq-sender <endpoint> <partitionId> <token> <payloadBytes> <window>
+ *                                               sends packets over a RemoteLink channel while it has
+ *                                               credit, from "go" to "stop" on stdin (throughput)
+ *   zmq-echo <endpoint> <partitionId> <token> <window>
+ *                                               answers every packet of a RemoteLink channel
+ *
+ * The shm roles map the region the parent created (layout: `BenchRegion`), print "ready" and wait
+ * for `CTL_GO` in the region's first page; they stop at `CTL_STOP`, publish their counters in that
+ * page and print "done {json}". The spinning roles install no signal handlers, so SIGTERM ends them
+ * at once, and they leave by themselves if the parent is gone. The zmq roles print "ready" once the
+ * channel is open and leave when stdin closes.
+ */
+import { pathToFileURL } from 'node:url';
+import { openRegion } from '@hvlab/shm';
+import { siefpGpa, EVENT_FLAG_BYTES_PER_SINT, HvStatus } from '../../packages/protocol/src/index.js';
+import { HvClient, type Notification } from '../../packages/runtime/src/hvclient.js';
+import { PacketType, RingReader, RingWriter, RING_CONTROL_BYTES, type RingRegion } from '../../packages/vmbus/src/ring.js';
+import { RemoteLink, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
+
+// ---- what parent and child agree on -------------------------------------------------------------
+
+/** The benchmark's own control page in front of the rings (Int32 word indices; GO/STOP on their own cache lines). */
+export const CTL_PAGE_BYTES = 0x1000;
+export const CTL_READY = 0;
+export const CTL_GO = 16;
+export const CTL_STOP = 32;
+/** Counters the child publishes when it stops: packets written/answered, 'full' results, signals sent. */
+export const CTL_DONE = 48;
+export const CTL_PACKETS = 49;
+export const CTL_FULL = 50;
+export const CTL_SIGNALS = 51;
+
+/** The SINT the child's event port raises and its vector (as the guest kernel uses). */
+export const BENCH_SINT = 2;
+export const BENCH_SINT_VECTOR = 0x30;
+
+/** Ring data sizes: throughput uses ring A only; ping-pong uses A (parent -> child) and B (child -> parent). */
+export const TP_RING_DATA_BYTES = 256 * 1024;
+export const PP_RING_DATA_BYTES = 64 * 1024;
+
+/** Where ring A and B live in a region made for `dataBytes`-byte rings. */
+export function benchRings(buffer: SharedArrayBuffer, dataBytes: number): { a: RingRegion; b: RingRegion } {
+  const ringBytes = RING_CONTROL_BYTES + dataBytes;
+  return {
+    a: { buffer, byteOffset: CTL_PAGE_BYTES, byteLength: ringBytes },
+    b: { buffer, byteOffset: CTL_PAGE_BYTES + ringBytes, byteLength: ringBytes },
+  };
+}
+
+/** Region size for two rings of `dataBytes` after the control page. */
+export function benchRegionBytes(dataBytes: number): number {
+  return CTL_PAGE_BYTES + 2 * (RING_CONTROL_BYTES + dataBytes);
+}
+
+/** The transaction id of the zmq-echo child's first packet, which tells the parent the route is up. */
+export const SYNC_TRANS_ID = 0xffff_ffffn;
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+const parentPid = process.ppid;
+const YIELD_MS = 50;
+const yieldNow = (): Promise<void> => new Promise((r) => setImmediate(r));
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function fail(msg: string): never {
+  throw new Error(msg);
+}
+
+/** Leaves if the parent is gone (we were reparented). */
+function checkParent(): void {
+  if (process.ppid !== parentPid) {
+    process.stderr.write('vmbus-child: the parent is gone, leaving\n');
+    process.exit(3);
+  }
+}
+
+function mapBench(name: string, dataBytes: number): { ctl: Int32Array; a: RingRegion; b: RingRegion } {
+  const buffer = openRegion(name);
+  if (buffer.byteLength < benchRegionBytes(dataBytes)) fail(`region ${name} has ${buffer.byteLength} bytes, fewer than ${benchRegionBytes(dataBytes)}`);
+  return { ctl: new Int32Array(buffer, 0, CTL_PAGE_BYTES >>> 2), ...benchRings(buffer, dataBytes) };
+}
+
+async function waitGo(ctl: Int32Array): Promise<void> {
+  process.stdout.write('ready\n');
+  while (Atomics.load(ctl, CTL_GO) === 0) {
+    checkParent();
+    await sleep(1);
+  }
+}
+
+function publish(ctl: Int32Array, packets: number, full: number, signals: number): void {
+  Atomics.store(ctl, CTL_PACKETS, packets | 0);
+  Atomics.store(ctl, CTL_FULL, full | 0);
+  Atomics.store(ctl, CTL_SIGNALS, signals | 0);
+  Atomics.store(ctl, CTL_DONE, 1);
+  process.stdout.write(`done ${JSON.stringify({ packets, full, signals })}\n`);
+}
+
+/** Lines of stdin as they come; the process leaves when stdin closes (the parent is gone). */
+function onStdinLine(fn: (line: string) => void): void {
+  let buf = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (d: string) => {
+    buf += d;
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      fn(buf.slice(0, i).trim());
+      buf = buf.slice(i + 1);
+    }
+  });
+  process.stdin.on('end', () => process.exit(0));
+}
+
+function num(s: string | undefined, what: string): number {
+  const n = Number(s);
+  if (s === undefined || !Number.isSafeInteger(n) || n < 0) fail(`${what} "${s}" is not a whole number`);
+  return n;
+}
+
+// ---- roles --------------------------------------------------------------------------------------
+
+/** Ring A writer: packets whose first 4 bytes are a sequence number, as fast as the ring takes them. */
+async function shmWriter(name: string, size: number): Promise<void> {
+  const { ctl, a } = mapBench(name, TP_RING_DATA_BYTES);
+  const writer = new RingWriter(a, 'bench A out');
+  const payload = new Uint8Array(size);
+  for (let i = 0; i < size; i++) payload[i] = (i * 31) & 0xff;
+  const dv = new DataView(payload.buffer);
+  await waitGo(ctl);
+  let seq = 0;
+  let full = 0;
+  let lastYield = performance.now();
+  for (let iter = 1; ; iter++) {
+    if ((iter & 0x3ff) === 0) {
+      if (Atomics.load(ctl, CTL_STOP) !== 0) break;
+      const now = performance.now();
+      if (now - lastYield >= YIELD_MS) {
+        checkParent();
+        await yieldNow();
+        lastYield = performance.now();
+      }
+    }
+    dv.setUint32(0, seq, true);
+    if (writer.tryWrite(PacketType.DataInband, 0, 0n, payload) === 'full') full++;
+    else seq++;
+  }
+  publish(ctl, seq, full, 0);
+}
+
+/** Ring A reader / ring B writer, both polled: every packet is sent back as it came. */
+async function shmEchoPoll(name: string): Promise<void> {
+  const { ctl, a, b } = mapBench(name, PP_RING_DATA_BYTES);
+  const reader = new RingReader(a, 'bench A in');
+  const writer = new RingWriter(b, 'bench B out');
+  let answered = 0;
+  let full = 0;
+  const echo = (type: number, flags: number, transId: bigint, payload: Uint8Array): void => {
+    while (writer.tryWrite(type, flags, transId, payload) === 'full') full++;
+    answered++;
+  };
+  await waitGo(ctl);
+  let lastYield = performance.now();
+  for (let iter = 1; ; iter++) {
+    if (reader.drain(echo) === 0 && (iter & 0xff) === 0) {
+      if (Atomics.load(ctl, CTL_STOP) !== 0) break;
+      const now = performance.now();
+      if (now - lastYield >= YIELD_MS) {
+        checkParent();
+        await yieldNow();
+        lastYield = performance.now();
+      }
+    }
+  }
+  publish(ctl, answered, full, 0);
+}
+
+/**
+ * Ring A reader / ring B writer as a guest would run them: the SINT interrupt (a notification from
+ * the hypervisor) starts a drain with the ring masked; unmask re-checks; a reply written into an
+ * empty, unmasked ring B is signalled to the parent with SignalEvent.
+ */
+async function shmEchoSignal(name: string, endpoint: string, partitionId: number, token: string, connectionId: number): Promise<void> {
+  const { ctl, a, b } = mapBench(name, PP_RING_DATA_BYTES);
+  const reader = new RingReader(a, 'bench A in');
+  const writer = new RingWriter(b, 'bench B out');
+  let answered = 0;
+  let full = 0;
+  let signals = 0;
+  let hvError: Error | null = null;
+  const signal = (): void => {
+    signals++;
+    hv.call('SignalEvent', { connectionId, flagNumber: 0 }).then(
+      (r) => {
+        if (r.status !== HvStatus.SUCCESS) hvError ??= new Error(`SignalEvent failed with ${r.statusName}`);
+      },
+      (e: unknown) => void (hvError ??= e as Error),
+    );
+  };
+  const echo = (type: number, flags: number, transId: bigint, payload: Uint8Array): void => {
+    let r;
+    while ((r = writer.tryWrite(type, flags, transId, payload)) === 'full') full++;
+    answered++;
+    if (r === 'signal') signal();
+  };
+  let flagWord: Int32Array | null = null;
+  let interrupts = 0;
+  const onInterrupt = (): void => {
+    // Clear the event flag first (a signal during the drain then raises the SINT again), as a guest does.
+    if (flagWord) Atomics.exchange(flagWord, 0, 0);
+    interrupts++;
+    reader.mask();
+    do reader.drain(echo);
+    while (reader.unmask());
+    if (reader.takeWriterSignal()) signal();
+  };
+  const hv = new HvClient(endpoint, (n: Notification) => {
+    if (n.k === 'sint' && n.sint === BENCH_SINT) onInterrupt();
+    else if (n.k === 'bye') process.exit(0);
+  });
+  const session = await hv.connect({ partitionId, token, role: 'bench-vmbus', vm: null });
+  if (session.memoryRegion) {
+    const mem = openRegion(session.memoryRegion);
+    flagWord = new Int32Array(mem, siefpGpa(0) + BENCH_SINT * EVENT_FLAG_BYTES_PER_SINT, 1);
+  }
+  await waitGo(ctl);
+  while (Atomics.load(ctl, CTL_STOP) === 0) {
+    if (hvError) throw hvError;
+    checkParent();
+    await sleep(5);
+  }
+  publish(ctl, answered, full, signals);
+  process.stderr.write(`vmbus-child: ${interrupts} interrupts\n`);
+  hv.close();
+}
+
+function openLink(endpoint: string, partitionId: number, token: string, window: number): { link: RemoteLink; t: RemoteTransport } {
+  const link = new RemoteLink(endpoint, partitionId, token);
+  return { link, t: link.open(1, 1, window, 'bench') };
+}
+
+/** Sends while it has credit, from "go" to "stop". */
+function zmqSender(endpoint: string, partitionId: number, token: string, size: number, window: number): void {
+  const { link, t } = openLink(endpoint, partitionId, token, window);
+  const payload = new Uint8Array(size);
+  for (let i = 0; i < size; i++) payload[i] = (i * 31) & 0xff;
+  const dv = new DataView(payload.buffer);
+  let seq = 0;
+  let blocked = 0;
+  let running = false;
+  const pump = (): void => {
+    while (running) {
+      dv.setUint32(0, seq, true);
+      if (!t.send(PacketType.DataInband, 0, 0n, payload)) {
+        blocked++;
+        return; // `writable` resumes
+      }
+      seq++;
+    }
+  };
+  t.attach({
+    packet: () => undefined,
+    writable: pump,
+    fault: (e) => {
+      process.stderr.write(`vmbus-child: channel fault: ${e.message}\n`);
+      process.exit(1);
+    },
+  });
+  onStdinLine((line) => {
+    if (line === 'go') {
+      running = true;
+      pump();
+    } else if (line === 'stop') {
+      running = false;
+      process.stdout.write(`done ${JSON.stringify({ packets: seq, full: blocked, signals: 0 })}\n`);
+      link.close();
+    }
+  });
+  process.stdout.write('ready\n');
+}
+
+/** Answers every packet; the first packet it sends (SYNC_TRANS_ID) tells the parent its hello went through. */
+function zmqEcho(endpoint: string, partitionId: number, token: string, window: number): void {
+  const { link, t } = openLink(endpoint, partitionId, token, window);
+  const queue: Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }> = [];
+  let answered = 0;
+  let queued = 0;
+  const flush = (): void => {
+    while (queue.length > 0) {
+      const p = queue[0]!;
+      if (!t.send(p.type, p.flags, p.transId, p.payload)) return;
+      queue.shift();
+    }
+  };
+  t.attach({
+    packet: (type, flags, transId, payload) => {
+      answered++;
+      if (queue.length === 0 && t.send(type, flags, transId, payload)) return;
+      queued++;
+      queue.push({ type, flags, transId, payload: payload.slice() });
+    },
+    writable: flush,
+    fault: (e) => {
+      process.stderr.write(`vmbus-child: channel fault: ${e.message}\n`);
+      process.exit(1);
+    },
+  });
+  t.send(PacketType.DataInband, 0, SYNC_TRANS_ID, new Uint8Array(0));
+  onStdinLine((line) => {
+    if (line === 'stop') {
+      process.stdout.write(`done ${JSON.stringify({ packets: answered, full: queued, signals: 0 })}\n`);
+      link.close();
+    }
+  });
+  process.stdout.write('ready\n');
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [role, ...a] = argv;
+  switch (role) {
+    case 'shm-writer':
+      return shmWriter(a[0] ?? fail('region missing'), num(a[1], 'payload size'));
+    case 'shm-echo-poll':
+      return shmEchoPoll(a[0] ?? fail('region missing'));
+    case 'shm-echo-signal':
+      return shmEchoSignal(a[0] ?? fail('region missing'), a[1] ?? fail('endpoint missing'), num(a[2], 'partition id'), a[3] ?? fail('token missing'), num(a[4], 'connection id'));
+    case 'zmq-sender':
+      return zmqSender(a[0] ?? fail('endpoint missing'), num(a[1], 'partition id'), a[2] ?? fail('token missing'), num(a[3], 'payload size'), num(a[4], 'window'));
+    case 'zmq-echo':
+      return zmqEcho(a[0] ?? fail('endpoint missing'), num(a[1], 'partition id'), a[2] ?? fail('token missing'), num(a[3], 'window'));
+    default:
+      fail(`unknown role "${String(role)}" (shm-writer | shm-echo-poll | shm-echo-signal | zmq-sender | zmq-echo)`);
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main(process.argv.slice(2)).catch((e: unknown) => {
+    process.stderr.write(`vmbus-child: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exit(1);
+  });
+}
