@@ -24,3 +24,11 @@ hv debug hypercall --as web CreatePartition memoryBytes=2097152 || true
 say vm peek web --gpa 0x2000 --len 16;  hv vm peek web --gpa 0x2000 --len 16
 say vm pause db;                        hv vm pause db
 say vm list;                            hv vm list
+say vm ic web;                          hv vm ic web
+say vm kvp web set owner alice;         hv vm kvp web set owner alice
+say vm kvp web get owner;               hv vm kvp web get owner
+say vm kvp web list --pool auto;        hv vm kvp web list --pool auto
+say vm ic web --disable kvp;            hv vm ic web --disable kvp
+say vm ic web --enable kvp;             hv vm ic web --enable kvp
+say vm stop web;                        hv vm stop web
+say vm list;                            hv vm list

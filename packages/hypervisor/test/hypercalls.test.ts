@@ -941,6 +941,51 @@ describe('Hypervisor hypercalls', () => {
     });
   });
 
+  describe('GPADL windows (MapGpadl / UnmapGpadl)', () => {
+    function mapped(): Child {
+      const c = lab.child(ENLIGHTENED_CHILD_PRIVILEGES);
+      lab.ok('r1', HvCall.MapGpaPages, { partitionId: c.id, gpaPage: 0, pageCount: 256 });
+      return c;
+    }
+
+    it('grants the root a window on pages the partition owns, with its memory region', () => {
+      const c = mapped();
+      const out = lab.ok('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 0xe1e10, owner: 1, pfns: [10, 11, 12] }) as { region: string | null; pages: number };
+      expect(out.pages).to.equal(3);
+      expect(out.region).to.equal(lab.hv.partition(c.id)!.memoryRegion);
+    });
+
+    it('refuses a page outside the partition or not mapped, naming the page', () => {
+      const c = mapped();
+      const r = lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 1, owner: 1, pfns: [10, 512] }, HvStatus.INVALID_PARAMETER);
+      expect((r.output as { reason: string }).reason).to.contain('page 0x200 outside partition');
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 2, owner: 1, pfns: [300] }, HvStatus.INVALID_PARAMETER); // inside memory, never mapped
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 3, owner: 1, pfns: [] }, HvStatus.INVALID_HYPERCALL_INPUT);
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 4, owner: 1, pfns: [1.5] }, HvStatus.INVALID_HYPERCALL_INPUT);
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 5, owner: 1, pfns: [7, 7] }, HvStatus.INVALID_PARAMETER); // repeats
+    });
+
+    it('refuses a page that already serves another channel, and a handle in use', () => {
+      const c = mapped();
+      lab.ok('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 1, owner: 1, pfns: [20, 21] });
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 2, owner: 2, pfns: [21, 22] }, HvStatus.INVALID_PARAMETER);
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 1, owner: 1, pfns: [30] }, HvStatus.INVALID_PARAMETER);
+      // The same channel may describe the page again (a second GPADL of one channel).
+      lab.ok('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 3, owner: 1, pfns: [21] });
+      lab.ok('r1', HvCall.UnmapGpadl, { partitionId: c.id, gpadl: 1 });
+      lab.status('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 4, owner: 2, pfns: [21] }, HvStatus.INVALID_PARAMETER); // still GPADL 3's
+      lab.ok('r1', HvCall.UnmapGpadl, { partitionId: c.id, gpadl: 3 });
+      lab.ok('r1', HvCall.MapGpadl, { partitionId: c.id, gpadl: 4, owner: 2, pfns: [20, 21] });
+      lab.status('r1', HvCall.UnmapGpadl, { partitionId: c.id, gpadl: 99 }, HvStatus.INVALID_PARAMETER);
+    });
+
+    it('is the root\'s alone: a child asking is denied', () => {
+      const c = mapped();
+      lab.status(c.sid, HvCall.MapGpadl, { partitionId: c.id, gpadl: 1, owner: 1, pfns: [10] }, HvStatus.ACCESS_DENIED);
+      lab.status(c.sid, HvCall.MapGpadl, { partitionId: PARTITION_ID_SELF, gpadl: 1, owner: 1, pfns: [10] }, HvStatus.ACCESS_DENIED);
+    });
+  });
+
   describe('with private memory', () => {
     let priv: Lab;
     beforeEach(() => {
