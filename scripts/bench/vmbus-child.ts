@@ -1,9 +1,11 @@
 /**
  * The other process of the VMBus benchmark (scripts/bench/vmbus.ts). argv[2] picks the role:
  *
- *   shm-writer <region> <payloadBytes>         writes packets into ring A until told to stop,
- *                                               spinning when the ring is full (throughput)
- *   shm-echo-poll <region>                     polls ring A and answers every packet in ring B
+ *   shm-writer <region> <payloadBytes> [napAfterUs]
+ *                                               writes packets into ring A until told to stop,
+ *                                               spinning when the ring is full (throughput); with
+ *                                               napAfterUs > 0 it backs off as `Backoff` says
+ *   shm-echo-poll <region> [napAfterUs]        polls ring A and answers every packet in ring B
  *   shm-echo-signal <region> <hvEndpoint> <partitionId> <token> <connectionId>
  *                                               the same, but sleeps until the hypervisor raises
  *                                               SINT 2 and signals back with SignalEvent
@@ -13,14 +15,14 @@
  *   zmq-echo <endpoint> <partitionId> <token> <window>
  *                                               answers every packet of a RemoteLink channel
  *
- * The shm roles map the region the parent created (layout: `BenchRegion`), print "ready" and wait
+ * The shm roles map the region the parent created (layout: `benchRings`), print "ready" and wait
  * for `CTL_GO` in the region's first page; they stop at `CTL_STOP`, publish their counters in that
  * page and print "done {json}". The spinning roles install no signal handlers, so SIGTERM ends them
  * at once, and they leave by themselves if the parent is gone. The zmq roles print "ready" once the
  * channel is open and leave when stdin closes.
  */
 import { pathToFileURL } from 'node:url';
-import { openRegion } from '@hvlab/shm';
+import { openRegion } from '../../packages/shm/src/index.js';
 import { siefpGpa, EVENT_FLAG_BYTES_PER_SINT, HvStatus } from '../../packages/protocol/src/index.js';
 import { HvClient, type Notification } from '../../packages/runtime/src/hvclient.js';
 import { PacketType, RingReader, RingWriter, RING_CONTROL_BYTES, type RingRegion } from '../../packages/vmbus/src/ring.js';
@@ -30,7 +32,6 @@ import { RemoteLink, type RemoteTransport } from '../../packages/vmbus/src/remot
 
 /** The benchmark's own control page in front of the rings (Int32 word indices; GO/STOP on their own cache lines). */
 export const CTL_PAGE_BYTES = 0x1000;
-export const CTL_READY = 0;
 export const CTL_GO = 16;
 export const CTL_STOP = 32;
 /** Counters the child publishes when it stops: packets written/answered, 'full' results, signals sent. */
@@ -38,6 +39,39 @@ export const CTL_DONE = 48;
 export const CTL_PACKETS = 49;
 export const CTL_FULL = 50;
 export const CTL_SIGNALS = 51;
+
+/**
+ * Polling back-off: a side that has found nothing to do (ring full for the writer, empty for the
+ * reader) for NAP_AFTER_US naps NAP_US at a time (Atomics.wait) until it finds work again, so two
+ * polling sides that other processes leave one CPU to share still make progress. The threshold is
+ * well above a nap (plus wake-up latency), so one side's nap never makes the other nap in turn; with
+ * a CPU each, a side idles that long only when its peer was preempted. 0 = spin only.
+ */
+export const NAP_AFTER_US = 200;
+export const NAP_US = 50;
+
+/** The back-off of one polling loop: call `idle()` when a poll found nothing, `busy()` when it did. */
+export class Backoff {
+  naps = 0;
+  private idleSince = -1;
+  private tries = 0;
+  private readonly word = new Int32Array(new SharedArrayBuffer(4));
+  constructor(private readonly napAfterUs: number) {}
+  busy(): void {
+    this.idleSince = -1;
+  }
+  idle(): void {
+    // The clock costs about as much as one poll: read it every 64th idle poll.
+    if (this.napAfterUs <= 0 || (++this.tries & 0x3f) !== 0) return;
+    const now = performance.now();
+    if (this.idleSince < 0) {
+      this.idleSince = now;
+    } else if ((now - this.idleSince) * 1000 >= this.napAfterUs) {
+      Atomics.wait(this.word, 0, 0, NAP_US / 1000);
+      this.naps++;
+    }
+  }
+}
 
 /** The SINT the child's event port raises and its vector (as the guest kernel uses). */
 export const BENCH_SINT = 2;
@@ -89,20 +123,43 @@ function mapBench(name: string, dataBytes: number): { ctl: Int32Array; a: RingRe
   return { ctl: new Int32Array(buffer, 0, CTL_PAGE_BYTES >>> 2), ...benchRings(buffer, dataBytes) };
 }
 
+/** CPU time and wall time since `waitGo` returned, for the share of a CPU this process got. */
+let cpuAtGo = process.cpuUsage();
+let wallAtGo = performance.now();
+
 async function waitGo(ctl: Int32Array): Promise<void> {
   process.stdout.write('ready\n');
   while (Atomics.load(ctl, CTL_GO) === 0) {
     checkParent();
     await sleep(1);
   }
+  cpuAtGo = process.cpuUsage();
+  wallAtGo = performance.now();
 }
 
-function publish(ctl: Int32Array, packets: number, full: number, signals: number): void {
+/** What a child reports when it stops (stdout "done {json}"). */
+export interface ChildDone {
+  packets: number;
+  full: number;
+  signals: number;
+  /** Times a polling child napped (`Backoff`). */
+  naps: number;
+  /** CPU seconds per wall second since "go" (1 = it had a CPU to itself the whole time). */
+  cpuShare: number;
+}
+
+function cpuShare(): number {
+  const u = process.cpuUsage(cpuAtGo);
+  return Number(((u.user + u.system) / 1000 / Math.max(1, performance.now() - wallAtGo)).toFixed(2));
+}
+
+function publish(ctl: Int32Array, packets: number, full: number, signals: number, naps = 0): void {
   Atomics.store(ctl, CTL_PACKETS, packets | 0);
   Atomics.store(ctl, CTL_FULL, full | 0);
   Atomics.store(ctl, CTL_SIGNALS, signals | 0);
   Atomics.store(ctl, CTL_DONE, 1);
-  process.stdout.write(`done ${JSON.stringify({ packets, full, signals })}\n`);
+  const done: ChildDone = { packets, full, signals, naps, cpuShare: cpuShare() };
+  process.stdout.write(`done ${JSON.stringify(done)}\n`);
 }
 
 /** Lines of stdin as they come; the process leaves when stdin closes (the parent is gone). */
@@ -127,13 +184,17 @@ function num(s: string | undefined, what: string): number {
 
 // ---- roles --------------------------------------------------------------------------------------
 
-/** Ring A writer: packets whose first 4 bytes are a sequence number, as fast as the ring takes them. */
-async function shmWriter(name: string, size: number): Promise<void> {
+/**
+ * Ring A writer: packets whose first 4 bytes are a sequence number, as fast as the ring takes them;
+ * spins on 'full' (with the back-off unless napAfterUs is 0).
+ */
+async function shmWriter(name: string, size: number, napAfterUs: number): Promise<void> {
   const { ctl, a } = mapBench(name, TP_RING_DATA_BYTES);
   const writer = new RingWriter(a, 'bench A out');
   const payload = new Uint8Array(size);
   for (let i = 0; i < size; i++) payload[i] = (i * 31) & 0xff;
   const dv = new DataView(payload.buffer);
+  const backoff = new Backoff(napAfterUs);
   await waitGo(ctl);
   let seq = 0;
   let full = 0;
@@ -149,17 +210,23 @@ async function shmWriter(name: string, size: number): Promise<void> {
       }
     }
     dv.setUint32(0, seq, true);
-    if (writer.tryWrite(PacketType.DataInband, 0, 0n, payload) === 'full') full++;
-    else seq++;
+    if (writer.tryWrite(PacketType.DataInband, 0, 0n, payload) === 'full') {
+      full++;
+      backoff.idle();
+    } else {
+      seq++;
+      backoff.busy();
+    }
   }
-  publish(ctl, seq, full, 0);
+  publish(ctl, seq, full, 0, backoff.naps);
 }
 
-/** Ring A reader / ring B writer, both polled: every packet is sent back as it came. */
-async function shmEchoPoll(name: string): Promise<void> {
+/** Ring A reader / ring B writer, both polled (with the back-off unless napAfterUs is 0): every packet is sent back as it came. */
+async function shmEchoPoll(name: string, napAfterUs: number): Promise<void> {
   const { ctl, a, b } = mapBench(name, PP_RING_DATA_BYTES);
   const reader = new RingReader(a, 'bench A in');
   const writer = new RingWriter(b, 'bench B out');
+  const backoff = new Backoff(napAfterUs);
   let answered = 0;
   let full = 0;
   const echo = (type: number, flags: number, transId: bigint, payload: Uint8Array): void => {
@@ -169,7 +236,12 @@ async function shmEchoPoll(name: string): Promise<void> {
   await waitGo(ctl);
   let lastYield = performance.now();
   for (let iter = 1; ; iter++) {
-    if (reader.drain(echo) === 0 && (iter & 0xff) === 0) {
+    if (reader.drain(echo) !== 0) {
+      backoff.busy();
+      continue;
+    }
+    backoff.idle();
+    if ((iter & 0xff) === 0) {
       if (Atomics.load(ctl, CTL_STOP) !== 0) break;
       const now = performance.now();
       if (now - lastYield >= YIELD_MS) {
@@ -179,7 +251,7 @@ async function shmEchoPoll(name: string): Promise<void> {
       }
     }
   }
-  publish(ctl, answered, full, 0);
+  publish(ctl, answered, full, 0, backoff.naps);
 }
 
 /**
@@ -276,10 +348,13 @@ function zmqSender(endpoint: string, partitionId: number, token: string, size: n
   onStdinLine((line) => {
     if (line === 'go') {
       running = true;
+      cpuAtGo = process.cpuUsage();
+      wallAtGo = performance.now();
       pump();
     } else if (line === 'stop') {
       running = false;
-      process.stdout.write(`done ${JSON.stringify({ packets: seq, full: blocked, signals: 0 })}\n`);
+      const done: ChildDone = { packets: seq, full: blocked, signals: 0, naps: 0, cpuShare: cpuShare() };
+      process.stdout.write(`done ${JSON.stringify(done)}\n`);
       link.close();
     }
   });
@@ -315,7 +390,8 @@ function zmqEcho(endpoint: string, partitionId: number, token: string, window: n
   t.send(PacketType.DataInband, 0, SYNC_TRANS_ID, new Uint8Array(0));
   onStdinLine((line) => {
     if (line === 'stop') {
-      process.stdout.write(`done ${JSON.stringify({ packets: answered, full: queued, signals: 0 })}\n`);
+      const done: ChildDone = { packets: answered, full: queued, signals: 0, naps: 0, cpuShare: cpuShare() };
+      process.stdout.write(`done ${JSON.stringify(done)}\n`);
       link.close();
     }
   });
@@ -326,9 +402,9 @@ async function main(argv: string[]): Promise<void> {
   const [role, ...a] = argv;
   switch (role) {
     case 'shm-writer':
-      return shmWriter(a[0] ?? fail('region missing'), num(a[1], 'payload size'));
+      return shmWriter(a[0] ?? fail('region missing'), num(a[1], 'payload size'), a[2] === undefined ? 0 : num(a[2], 'nap-after µs'));
     case 'shm-echo-poll':
-      return shmEchoPoll(a[0] ?? fail('region missing'));
+      return shmEchoPoll(a[0] ?? fail('region missing'), a[1] === undefined ? 0 : num(a[1], 'nap-after µs'));
     case 'shm-echo-signal':
       return shmEchoSignal(a[0] ?? fail('region missing'), a[1] ?? fail('endpoint missing'), num(a[2], 'partition id'), a[3] ?? fail('token missing'), num(a[4], 'connection id'));
     case 'zmq-sender':
