@@ -17,10 +17,13 @@
  * `takeWriterSignal()`, the read that made the free space reach it. pending_send_sz is compared with
  * the writable bytes (free - 8), i.e. Linux's "free > pending_send_sz".
  *
- * Neither side keeps private copies of the indices: every operation loads them from the control page
- * with Atomics (so a writer or reader may be re-created at any time) and validates the peer's one.
- * Payload bytes are stored before write_index is published; read_index is published only after
- * the payload has been copied out or the drain callback has returned.
+ * Neither side keeps a private copy of its own index: every operation starts from the indices in
+ * the control page and validates them, so a writer or reader may be re-created at any time (the
+ * writer remembers the last read index it saw as a lower bound of free space, to skip loading the
+ * shared cache line when that suffices; re-initialising a ring in use needs new objects). A side
+ * loads its own index with a plain read and the peer's with Atomics; payload bytes are stored
+ * before write_index is published, and read_index is published only after the payload has been
+ * copied out or the drain callback has returned. One writer and one reader per ring.
  *
  * Deviations from Hyper-V: the data area is not double-mapped, so a packet that wraps around the
  * end is copied (`read` always copies; `drain` hands out a view into the ring for large contiguous
@@ -168,7 +171,7 @@ function rawFree(w: number, r: number, dataBytes: number): number {
 
 export type WriteResult = 'ok' | 'signal' | 'full';
 
-/** The writing side of a ring. Keeps no index state of its own; one writer at a time per ring. */
+/** The writing side of a ring (one writer per ring). */
 export class RingWriter {
   readonly dataBytes: number;
   readonly name: string;
@@ -246,7 +249,8 @@ export class RingWriter {
     if (cached < 0 || need > rawFree(w, cached, D) - 8) {
       if (need > rawFree(w, this.loadRead(), D) - 8) {
         if ((Atomics.load(ctrl, FEATURES) & RING_FEATURE_PENDING_SEND_SIZE) === 0) return 'full';
-        Atomics.store(ctrl, PENDING, need);
+        // A writer retrying the same packet finds it stored already (and keeps the shared cache line clean).
+        if (ctrl[PENDING] !== need) Atomics.store(ctrl, PENDING, need);
         // The reader may have made room between our check and the store above without seeing it.
         if (need > rawFree(w, this.loadRead(), D) - 8) return 'full';
       }
@@ -315,7 +319,7 @@ export interface RingPacket {
   payload: Uint8Array;
 }
 
-/** The reading side of a ring. Keeps no index state of its own; one reader at a time per ring; not re-entrant. */
+/** The reading side of a ring (one reader per ring; read/drain must not be called from a drain callback). */
 export class RingReader {
   readonly dataBytes: number;
   readonly name: string;
