@@ -148,8 +148,18 @@ export class VmbusChannel {
   start(): void {
     this.transport.attach({
       packet: (type, flags, transId, payload) => {
+        if (!this.isOpen) return;
         this.stats.packetsIn++;
-        this.onPacket(type, flags, transId, payload);
+        try {
+          this.onPacket(type, flags, transId, payload);
+        } catch (e) {
+          // A handler bug must not take the whole process (and every other channel) down:
+          // it ends this channel only, like a protocol fault.
+          this.isOpen = false;
+          this.queue.length = 0;
+          this.transport.close();
+          this.onFault(e instanceof Error ? e : new Error(String(e)));
+        }
       },
       writable: () => this.flush(),
       fault: (e) => {
