@@ -194,8 +194,7 @@ for (const transport of ['shm', 'remote'] as const) {
     });
 
     it('vm stop of a frozen guest times out and names --force, which then turns it off', async () => {
-      const st = await h.run('vm', 'start', vm);
-      if (st.code !== 0) { console.log('DEBUG start', st); console.log((await h.run('logs')).stdout.split('\n').slice(-80).join('\n')); }
+      await h.ok('vm', 'start', vm);
       const { held, last } = await icUntil((l) => healthy(l, ['shutdown']), 20000);
       expect(held, JSON.stringify(last)).to.equal(true);
       const pid = (await vmInfo()).pids.partition;
