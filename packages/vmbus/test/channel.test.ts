@@ -116,6 +116,24 @@ for (const transport of ['shm', 'remote'] as const) {
       expect(dev.received).to.equal(n);
     });
 
+    it('a ring GPADL longer than one message travels as GPADL_HEADER and GPADL_BODY and is reassembled', async function () {
+      const big = new EchoDriver('big', '99999999-2222-3333-4444-555555555555', 64 * 1024);
+      const bigDev = new EchoDevice('big', '99999999-2222-3333-4444-555555555555');
+      await lb.server.addDevice(bigDev);
+      lb.client.register(big);
+      await lb.client.connect();
+      await until(() => big.channel !== null);
+      if (transport === 'shm') {
+        const types = lb.toHost.map((m) => new DataView(m.payload.buffer).getUint32(0, true));
+        expect(types.filter((t) => t === 9).length, 'GPADL_BODY messages').to.be.greaterThan(0);
+        expect([...lb.mapped.values()].some((p) => p.length === 34)).to.equal(true); // 2 x (1 control + 16 data pages)
+      }
+      const payload = new Uint8Array(40000).map((_, i) => i & 0xff);
+      big.channel!.send(PacketType.DataInband, 0, 1n, payload);
+      await until(() => big.got.length === 1);
+      expect(big.got[0].payload.subarray(0, 40000)).to.deep.equal(payload);
+    });
+
     it('hot remove detaches the driver and releases the relid; hot add attaches it again', async () => {
       await lb.client.connect();
       await until(() => drv.channel !== null);
