@@ -1,24 +1,7 @@
 import { expect } from 'chai';
-import type { HostInfo, VmInfo } from '@hvlab/protocol';
+import type { HostInfo, VmInfo, IcServiceInfo as IcEntry, KvpEntry } from '@hvlab/protocol';
 import { TestHost, eventually } from './harness.js';
 import { hostProcesses } from '../packages/cli/src/host.js';
-
-/** One entry of `hvlab vm ic NAME --json`, as the CLI documents it. */
-interface IcEntry {
-  service: 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
-  enabled: boolean;
-  status: 'OK' | 'NoContact' | 'LostCommunication';
-  version: string | null;
-  sequence?: number;
-  offsetMs?: number | null;
-  initialOffsetMs?: number | null;
-  samples?: number;
-}
-interface KvpEntry {
-  pool: string;
-  key: string;
-  value: string;
-}
 
 const VERSIONS: Record<IcEntry['service'], string> = { heartbeat: '3.0', shutdown: '3.2', timesync: '4.0', kvp: '5.0' };
 const SERVICES = Object.keys(VERSIONS) as Array<IcEntry['service']>;

@@ -6,7 +6,7 @@
 import { createReadStream, existsSync, readdirSync, readFileSync, statSync, writeFileSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { hostPaths, resolveHome, type HostPaths } from '@hvlab/runtime';
-import { parseSize, type HostInfo, type ProcessInfo, type VmInfo, type DebugHypercallResult, formatBytes } from '@hvlab/protocol';
+import { parseSize, type IcServiceInfo, type KvpEntry, type HostInfo, type ProcessInfo, type VmInfo, type DebugHypercallResult, formatBytes } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError } from './client.js';
 import { CliError, down, readHost, hostRunning, up } from './host.js';
 
@@ -247,7 +247,7 @@ export async function run(argv: string[]): Promise<number> {
           case 'ic': {
             const enable = flag('enable');
             const disable = flag('disable');
-            const list = await client.request<Array<{ service: string; enabled: boolean; status: string; version: string | null; sequence?: number; offsetMs?: number | null }>>('vmIc', { name: needName(), enable, disable });
+            const list = await client.request<IcServiceInfo[]>('vmIc', { name: needName(), enable, disable });
             if (json) out(JSON.stringify(list));
             else out(table([['SERVICE', 'ENABLED', 'STATUS', 'VERSION', 'DETAIL'], ...list.map((e) => [
               e.service, e.enabled ? 'yes' : 'no', e.status, e.version ?? '-',
@@ -267,7 +267,7 @@ export async function run(argv: string[]): Promise<number> {
             if (json) out(JSON.stringify(r));
             else if (op === 'get') out((r as { value: string }).value);
             else if (op === 'list') {
-              const rows = r as Array<{ key: string; value: string }>;
+              const rows = r as KvpEntry[];
               out(rows.length === 0 ? 'no keys' : table([['KEY', 'VALUE'], ...rows.map((e) => [e.key, e.value])]));
             } else if (op === 'set') out(`${key} set in the ${pool ?? 'external'} pool of ${name}`);
             else out(`${key} deleted from the ${pool ?? 'external'} pool of ${name}`);

@@ -85,3 +85,25 @@ export interface DebugHypercallResult {
   statusName: string;
   output: unknown;
 }
+
+/** One integration service of a VM, as `vmIc` (`hvlab vm ic NAME --json`) reports it. */
+export interface IcServiceInfo {
+  service: 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
+  enabled: boolean;
+  status: 'OK' | 'NoContact' | 'LostCommunication';
+  /** Negotiated message version, e.g. "3.0"; null before negotiation. */
+  version: string | null;
+  /** heartbeat: the last sequence number the guest returned. */
+  sequence?: number;
+  /** timesync: the guest clock minus host time (ms) at the latest and the first sample. */
+  offsetMs?: number | null;
+  initialOffsetMs?: number | null;
+  samples?: number;
+}
+
+/** One KVP pair, as `vmKvp` reports it. */
+export interface KvpEntry {
+  pool: string;
+  key: string;
+  value: string;
+}

@@ -9,7 +9,7 @@
  *   event ports    0x100000 + partition*0x800 + relid      (guest connection 0x10000 + relid)
  */
 import { randomBytes } from 'node:crypto';
-import { HvStatus, PortType, ROOT_PARTITION_ID, VMBUS_CHANNEL_MESSAGE_TYPE, type MapGpadlOutput } from '@hvlab/protocol';
+import { HvStatus, PortType, ROOT_PARTITION_ID, VMBUS_CHANNEL_MESSAGE_TYPE, type MapGpadlOutput, type IcServiceInfo } from '@hvlab/protocol';
 import type { HvClient, Logger } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { GpadlWindow, RemoteHub, VmbusServer, type VmbusDevice } from '@hvlab/vmbus';
@@ -32,16 +32,7 @@ export function guestEventConnectionId(relid: number): number {
 
 export type VmbusTransportMode = 'shm' | 'remote';
 
-export interface IcEntry {
-  service: IcServiceName;
-  enabled: boolean;
-  status: 'OK' | 'NoContact' | 'LostCommunication';
-  version: string | null;
-  sequence?: number;
-  offsetMs?: number | null;
-  initialOffsetMs?: number | null;
-  samples?: number;
-}
+export type IcEntry = IcServiceInfo;
 
 /** One VM's VMBus: its server and its integration-service providers. */
 export class VmIntegration {
