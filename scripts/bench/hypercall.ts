@@ -16,12 +16,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { exited, percentile, procState, round, shmLeftovers, stopOwned } from './common.js';
 import { decode, encode, EnabledState, HvCall, HvStatus, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
-import { entries, hostPaths, nodeArgsFor, shmPrefix, type HostPaths } from '../../packages/runtime/src/paths.js';
+import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { dealer } from '../../packages/runtime/src/zmq.js';
 import { HvClient } from '../../packages/runtime/src/hvclient.js';
@@ -53,14 +54,6 @@ export interface HypercallBenchResult {
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
-
-/** Nearest-rank percentile (q in 0..1) of an unsorted sample. */
-function percentile(sample: number[], q: number): number {
-  const s = [...sample].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
-}
-
-const round = (x: number, digits: number): number => Number(x.toFixed(digits));
 
 function latencyStats(nsPerCall: number[], wallNs: number): LatencyStats {
   const us = nsPerCall.map((ns) => ns / 1000);
@@ -129,38 +122,6 @@ function waitReady(o: Owned, timeoutMs: number): Promise<void> {
     });
     o.child.once('exit', onExit);
   });
-}
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-/** SIGTERM, then SIGKILL after graceMs; resolves once the child has exited. */
-async function stopOwned(o: Owned | null, graceMs = 3000): Promise<void> {
-  if (!o || o.child.pid === undefined || exited(o.child)) return;
-  const gone = new Promise<void>((resolve) => o.child.once('exit', () => resolve()));
-  o.child.kill('SIGTERM');
-  const t = setTimeout(() => o.child.kill('SIGKILL'), graceMs);
-  await Promise.race([gone, new Promise((r) => setTimeout(r, graceMs + 2000))]);
-  clearTimeout(t);
-}
-
-/** "name state" of a pid from /proc, e.g. "hvlab-partition Z". */
-function procState(pid: number): string {
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return `${st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'))} ${st.slice(st.lastIndexOf(')') + 2).split(' ')[0]}`;
-  } catch {
-    return 'gone';
-  }
-}
-
-function shmLeftovers(hostId: string): string[] {
-  try {
-    return readdirSync('/dev/shm').filter((f) => f.startsWith(shmPrefix(hostId)));
-  } catch {
-    return [];
-  }
 }
 
 // ---- the measurements ---------------------------------------------------------------------------
@@ -286,8 +247,8 @@ export async function main(args: string[]): Promise<void> {
       } catch (e) {
         progress(`down failed: ${(e as Error).message}`);
       }
-      await stopOwned(hvProc);
-      await stopOwned(echoProc);
+      await stopOwned(hvProc, 3000);
+      await stopOwned(echoProc, 3000);
       for (const id of [benchHostId, upHostId]) if (id) sweepHost(paths, id);
       for (const o of [hvProc, echoProc]) if (o?.child.pid !== undefined && pidAlive(o.child.pid) && !exited(o.child)) o.child.kill('SIGKILL');
       rmSync(paths.sockDir, { recursive: true, force: true });
@@ -329,7 +290,7 @@ export async function main(args: string[]): Promise<void> {
     const hypercall = await measureHypercall(hv);
     hv.close();
     hv = null;
-    await stopOwned(hvProc);
+    await stopOwned(hvProc, 3000);
     sweepHost(paths, benchHostId);
 
     // (a') baseline: a bare ZeroMQ echo.
@@ -338,7 +299,7 @@ export async function main(args: string[]): Promise<void> {
     await waitReady(echoProc, 20000);
     progress(`timing ${N} zmq echo round trips (after ${WARMUP} warm-up)`);
     const echo = await measureZmqEcho(echoEndpoint);
-    await stopOwned(echoProc);
+    await stopOwned(echoProc, 3000);
 
     // (b) VM start on a whole host.
     progress(`bringing a host up (${LPS} LPs)`);

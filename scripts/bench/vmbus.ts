@@ -30,10 +30,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { exited, percentile, procState, round, shmLeftovers, stopOwned } from './common.js';
 import {
   ENLIGHTENED_CHILD_PRIVILEGES, HvStatus, MIN_MEMORY_BYTES, PAGE, PartitionProperty, PortType, ROOT_PARTITION_ID,
   siefpGpa, simpGpa, synicPageRegister,
@@ -135,14 +136,6 @@ export interface VmbusBenchResult {
 
 // ---- helpers ------------------------------------------------------------------------------------
 
-/** Nearest-rank percentile (q in 0..1) of an unsorted sample. */
-function percentile(sample: number[], q: number): number {
-  const s = [...sample].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
-}
-
-const round = (x: number, digits: number): number => Number(x.toFixed(digits));
-
 function latency(nsPerCall: number[]): Latency {
   const us = nsPerCall.map((ns) => ns / 1000);
   return {
@@ -215,10 +208,6 @@ function spawnOwned(what: string, args: string[], env: NodeJS.ProcessEnv): Owned
   return o;
 }
 
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
 function whyGone(o: Owned): string {
   const c = o.child;
   return `the ${o.what} exited (${c.signalCode ?? `exit code ${c.exitCode}`})${o.stderr() ? `:\n${o.stderr()}` : ''}`;
@@ -251,34 +240,6 @@ function waitLine(o: Owned, prefix: string, timeoutMs: number): Promise<string> 
     o.child.once('exit', onExit);
     if (exited(o.child)) onExit();
   });
-}
-
-/** SIGTERM, then SIGKILL after graceMs; resolves once the child has exited. */
-async function stopOwned(o: Owned | null, graceMs = 2000): Promise<void> {
-  if (!o || o.child.pid === undefined || exited(o.child)) return;
-  const gone = new Promise<void>((resolve) => o.child.once('exit', () => resolve()));
-  o.child.kill('SIGTERM');
-  const t = setTimeout(() => o.child.kill('SIGKILL'), graceMs);
-  await Promise.race([gone, sleep(graceMs + 2000)]);
-  clearTimeout(t);
-}
-
-/** "name state" of a pid from /proc. */
-function procState(pid: number): string {
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return `${st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'))} ${st.slice(st.lastIndexOf(')') + 2).split(' ')[0]}`;
-  } catch {
-    return 'gone';
-  }
-}
-
-function shmLeftovers(hostId: string): string[] {
-  try {
-    return readdirSync('/dev/shm').filter((f) => f.startsWith(shmPrefix(hostId)));
-  } catch {
-    return [];
-  }
 }
 
 /** One promise-per-event wait with a watchdog, for the event-driven round trips. */
