@@ -49,15 +49,13 @@ function cString(bytes: Uint8Array): string {
 export function readBootInfo(mem: GuestMemory): BootInfoValues {
   const b = BOOT_INFO_GPA;
   if (mem.u32(b + BootInfo.magic) !== BOOT_MAGIC) throw new Error('no boot information page: bad magic');
-  const nameBytes = mem.read(b + BootInfo.workloadName, WORKLOAD_NAME_BYTES);
-  const end = nameBytes.indexOf(0);
   return {
     partitionId: mem.u32(b + BootInfo.partitionId),
     vpCount: mem.u32(b + BootInfo.vpCount),
     memoryBytes: Number(mem.view.getBigUint64(b + BootInfo.memoryBytes, true)),
     controlConnectionId: mem.u32(b + BootInfo.controlConnectionId),
     workloadArg: Number(mem.view.getBigUint64(b + BootInfo.workloadArg, true)),
-    workload: new TextDecoder().decode(end >= 0 ? nameBytes.subarray(0, end) : nameBytes),
+    workload: cString(mem.read(b + BootInfo.workloadName, WORKLOAD_NAME_BYTES)),
     rtcMs: mem.f64(b + BootInfo.rtcMs) || Date.now(),
     vmbusEndpoint: cString(mem.read(b + BootInfo.vmbusEndpoint, VMBUS_ENDPOINT_BYTES)),
     vmbusToken: cString(mem.read(b + BootInfo.vmbusToken, VMBUS_TOKEN_BYTES)),

@@ -108,6 +108,8 @@ export function initiateContactConnectionId(version: number): number {
 /** SynIC message type of channel messages (Linux posts them with message type 1). */
 export const VMBUS_CHANNEL_MESSAGE_TYPE = 1;
 export const MAX_CHANNELS = 2047;
+/** hvlab's own chn_flags bit: this channel's packets travel over the remote (ZeroMQ) transport. */
+export const OFFER_FLAG_REMOTE_TRANSPORT = 0x8000;
 export const MAX_CHANNEL_MESSAGE_BYTES = 240;
 export const CHANNEL_MESSAGE_HEADER_BYTES = 8;
 export const OFFER_USER_DEFINED_BYTES = 120;

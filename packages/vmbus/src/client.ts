@@ -8,11 +8,10 @@
  */
 import {
   decodeChannelMessage, encodeChannelMessage, gpadlMessages, ChannelMessageError, VMBUS_VERSIONS_NEWEST_FIRST,
-  VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VmbusVersion, vmbusVersionName, type ChannelMessage,
+  VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VmbusVersion, vmbusVersionName, OFFER_FLAG_REMOTE_TRANSPORT, type ChannelMessage,
 } from '@hvlab/protocol';
 import { initRing, type RingRegion } from './ring.js';
 import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
-import { OFFER_FLAG_REMOTE_TRANSPORT } from './server.js';
 import type { RemoteLink } from './remote.js';
 
 const PAGE = 4096;

@@ -41,44 +41,4 @@ export class GpadlWindow {
     }
     return { buffer: this.memory, byteOffset: first * GPADL_PAGE, byteLength: pageCount * GPADL_PAGE };
   }
-
-  /** Copies `len` bytes at window offset `offset` (for GPA-direct payloads). */
-  read(offset: number, len: number): Uint8Array {
-    this.check(offset, len);
-    const out = new Uint8Array(len);
-    const src = new Uint8Array(this.memory!);
-    let done = 0;
-    while (done < len) {
-      const at = offset + done;
-      const page = Math.floor(at / GPADL_PAGE);
-      const within = at % GPADL_PAGE;
-      const n = Math.min(GPADL_PAGE - within, len - done);
-      const gpa = this.pfns[page] * GPADL_PAGE + within;
-      out.set(src.subarray(gpa, gpa + n), done);
-      done += n;
-    }
-    return out;
-  }
-
-  /** Writes `data` at window offset `offset`. */
-  write(offset: number, data: Uint8Array): void {
-    this.check(offset, data.length);
-    const dst = new Uint8Array(this.memory!);
-    let done = 0;
-    while (done < data.length) {
-      const at = offset + done;
-      const page = Math.floor(at / GPADL_PAGE);
-      const within = at % GPADL_PAGE;
-      const n = Math.min(GPADL_PAGE - within, data.length - done);
-      dst.set(data.subarray(done, done + n), this.pfns[page] * GPADL_PAGE + within);
-      done += n;
-    }
-  }
-
-  private check(offset: number, len: number): void {
-    if (!this.memory) throw new GpadlError(`GPADL 0x${this.handle.toString(16)} has no shared memory behind it (private-memory mode)`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(len) || offset < 0 || len < 0 || offset + len > this.bytes) {
-      throw new GpadlError(`range ${offset}+${len} is outside GPADL 0x${this.handle.toString(16)} of ${this.bytes} bytes`);
-    }
-  }
 }

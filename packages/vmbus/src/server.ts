@@ -12,14 +12,12 @@
  */
 import {
   decodeChannelMessage, encodeChannelMessage, ChannelMessageError, VmbusVersion, vmbusVersionName,
-  VMBUS_MESSAGE_CONNECTION_ID_4, MAX_CHANNELS, type ChannelMessage,
+  VMBUS_MESSAGE_CONNECTION_ID_4, MAX_CHANNELS, OFFER_FLAG_REMOTE_TRANSPORT, type ChannelMessage,
 } from '@hvlab/protocol';
 import type { GpadlWindow } from './gpadl.js';
 import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
 import type { RemoteHub } from './remote.js';
 
-/** hvlab's chn_flags bit: this channel's packets travel over the remote (ZeroMQ) transport. */
-export const OFFER_FLAG_REMOTE_TRANSPORT = 0x8000;
 /** Versions this server accepts, newest first (a 6.0 guest falls back to 5.3, as on WS2022). */
 export const SERVER_VERSIONS: readonly number[] = [
   VmbusVersion.V5_3, VmbusVersion.V5_2, VmbusVersion.V5_1, VmbusVersion.V5_0, VmbusVersion.WIN10,
@@ -386,14 +384,10 @@ export class VmbusServer {
 
   /** UNLOAD (or a reconnect): closes every channel and drops every GPADL; offers stay. */
   private async unload(): Promise<void> {
-    for (const ch of this.channels.values()) {
-      this.closeChannel(ch, 'unload');
-      if (ch.state === 'open') ch.state = 'offered';
-    }
+    for (const ch of this.channels.values()) this.closeChannel(ch, 'unload');
     for (const [h] of this.gpadls) await this.env.unmapGpadl(h).catch(() => undefined);
     this.gpadls.clear();
     this.pendingGpadls.clear();
-    for (const [relid, ch] of this.channels) if (ch.state === 'rescinded') this.channels.delete(relid);
     this.channels.clear();
     this.version = null;
     this.offersRequested = false;

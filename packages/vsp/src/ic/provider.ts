@@ -135,10 +135,6 @@ export abstract class IcProvider implements VmbusDevice {
     });
   }
 
-  protected pendingCount(): number {
-    return this.pending.size;
-  }
-
   private onPacket(type: number, transId: bigint, payload: Uint8Array): void {
     const p = this.pending.get(transId);
     if (type !== PacketType.DataInband || !p) {
