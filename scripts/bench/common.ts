@@ -1,0 +1,47 @@
+/**
+ * Helpers every benchmark uses: percentiles, and the bookkeeping that makes sure a benchmark
+ * leaves no child process and no /dev/shm file behind.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { shmPrefix } from '../../packages/runtime/src/paths.js';
+
+/** Nearest-rank percentile (q in 0..1) of an unsorted sample. */
+export function percentile(sample: number[], q: number): number {
+  const s = [...sample].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
+}
+
+export const round = (x: number, digits: number): number => Number(x.toFixed(digits));
+
+export function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+/** SIGTERM, then SIGKILL after graceMs; resolves once the child has exited. */
+export async function stopOwned(o: { child: ChildProcess } | null, graceMs = 2000): Promise<void> {
+  if (!o || o.child.pid === undefined || exited(o.child)) return;
+  const gone = new Promise<void>((resolve) => o.child.once('exit', () => resolve()));
+  o.child.kill('SIGTERM');
+  const t = setTimeout(() => o.child.kill('SIGKILL'), graceMs);
+  await Promise.race([gone, new Promise((r) => setTimeout(r, graceMs + 2000))]);
+  clearTimeout(t);
+}
+
+/** "name state" of a pid from /proc, e.g. "hvlab-partition Z". */
+export function procState(pid: number): string {
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return `${st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'))} ${st.slice(st.lastIndexOf(')') + 2).split(' ')[0]}`;
+  } catch {
+    return 'gone';
+  }
+}
+
+export function shmLeftovers(hostId: string): string[] {
+  try {
+    return readdirSync('/dev/shm').filter((f) => f.startsWith(shmPrefix(hostId)));
+  } catch {
+    return [];
+  }
+}
