@@ -11,20 +11,24 @@ import { hostname } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, BootState, STATUS_MAGIC, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES,
-  MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD,
+  MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
+  KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpRegionHeader, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
+  vpRegionBytes, vpPageOffset,
 } from '@hvlab/protocol';
+import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
 import { VmbusClient, RemoteLink } from '@hvlab/vmbus';
 import { HeartbeatClient, ShutdownClient, TimeSyncClient, KvpClient } from '@hvlab/vsc';
 import { PageAllocator } from './pages.js';
 import { GuestWallClock } from './clock.js';
 import { GuestMemory } from './memory.js';
-import { CTL_STOP, CTL_SUSPENDED, CTL_WAKE, type VpStart } from './vp.js';
+import { TaskTable } from './workloads.js';
+import { CTL_STOP, CTL_SUSPENDED, type VpStart } from './vp.js';
 
-/** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux). */
+/** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux, auto-EOI). */
 export const GUEST_SINT = 2;
-export const GUEST_SINT_VECTOR = 0x30;
+export const GUEST_SINT_VECTOR = GuestVector.Vmbus;
 
 export interface BootInfoValues {
   partitionId: number;
@@ -36,6 +40,13 @@ export interface BootInfoValues {
   rtcMs: number;
   vmbusEndpoint: string;
   vmbusToken: string;
+  resume: boolean;
+}
+
+export interface KernelRegions {
+  /** The partition's VP control region (null: local mode, VPs unscheduled). */
+  vp: SharedArrayBuffer | null;
+  sched: SharedArrayBuffer | null;
 }
 
 /** Device memory (VMBus rings) is allocated from the top; at most this share of guest memory. */
@@ -59,11 +70,15 @@ export function readBootInfo(mem: GuestMemory): BootInfoValues {
     rtcMs: mem.f64(b + BootInfo.rtcMs) || Date.now(),
     vmbusEndpoint: cString(mem.read(b + BootInfo.vmbusEndpoint, VMBUS_ENDPOINT_BYTES)),
     vmbusToken: cString(mem.read(b + BootInfo.vmbusToken, VMBUS_TOKEN_BYTES)),
+    resume: mem.u32(b + BootInfo.resume) === 1,
   };
 }
 
 export class GuestKernel {
   private readonly control = new SharedArrayBuffer(16);
+  private readonly vpRegion: SharedArrayBuffer;
+  private readonly local: boolean;
+  private readonly refBase: bigint;
   private readonly ctl = new Int32Array(this.control);
   private readonly workers: Worker[] = [];
   boot!: BootInfoValues;
@@ -77,7 +92,16 @@ export class GuestKernel {
   onShutdown: (why: string) => void = () => {};
   private readonly bootedAt = performance.now();
 
-  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private readonly hostName = 'hvlab-guest') {
+  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private readonly hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
+    this.local = regions.vp === null || regions.sched === null;
+    if (this.local) {
+      // Local mode: a process-private VP region with its own reference base.
+      this.vpRegion = new SharedArrayBuffer(vpRegionBytes(MAX_VPS_PER_PARTITION));
+      new BigInt64Array(this.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = process.hrtime.bigint();
+    } else {
+      this.vpRegion = regions.vp!;
+    }
+    this.refBase = new BigInt64Array(this.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3];
     this.drivers = {
       heartbeat: new HeartbeatClient(),
       shutdown: new ShutdownClient((r) => void this.shutdown(`shutdown requested by the host (flags ${r.flags})`)),
@@ -95,44 +119,84 @@ export class GuestKernel {
     };
   }
 
+  /** The partition's reference time (100 ns units). */
+  referenceTime(): number {
+    return Number((process.hrtime.bigint() - this.refBase) / 100n);
+  }
+
   async start(): Promise<void> {
     this.boot = readBootInfo(this.mem);
-    this.clock = new GuestWallClock(this.boot.rtcMs);
+    this.clock = new GuestWallClock(this.mem, () => this.referenceTime());
     const pageCount = Math.floor(this.mem.size / PAGE);
     this.pages = new PageAllocator(pageCount - Math.floor(pageCount / DEVICE_MEMORY_SHARE), pageCount);
     const s = STATUS_PAGE_GPA;
-    this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);
-    this.mem.setU32(s + StatusPage.version, 1);
-    this.mem.setU32(s + StatusPage.bootState, BootState.Booting);
-    this.mem.setF64(s + StatusPage.bootTimeMs, Date.now());
-    for (let vp = 0; vp < this.boot.vpCount; vp++) {
-      await this.hv.must('SetVpRegisters', {
-        partitionId: -1,
-        vpIndex: vp,
-        values: { Simp: synicPageRegister(simpGpa(vp)), Siefp: synicPageRegister(siefpGpa(vp)), [`Sint${GUEST_SINT}`]: GUEST_SINT_VECTOR, Scontrol: 1 },
-      });
+    const k = KERNEL_PAGE_GPA;
+    const resume = this.boot.resume && this.mem.u32(k + KernelPage.magic) === KERNEL_MAGIC;
+    if (!resume) {
+      this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);
+      this.mem.setU32(s + StatusPage.version, 1);
+      this.mem.setU32(s + StatusPage.bootState, BootState.Booting);
+      this.mem.setF64(s + StatusPage.bootTimeMs, Date.now());
+      this.mem.write(k, new Uint8Array(PAGE));
+      this.mem.setU32(k + KernelPage.magic, KERNEL_MAGIC);
+      for (let vp = 0; vp < MAX_VPS_PER_PARTITION; vp++) this.mem.setU32(k + KernelPage.currentTask + vp * 4, 0xffffffff);
+      this.clock.set(this.boot.rtcMs);
+      new TaskTable(this.mem).create(this.boot.workload, this.boot.workloadArg, this.boot.vpCount);
+      // The CMOS clock is read by VP 0 through port I/O (intercepted, emulated by the VMWP).
+      if (!this.local) this.mem.setU32(k + KernelPage.rtcRequest, 1);
+      for (let vp = 0; vp < this.boot.vpCount; vp++) {
+        await this.hv.must('SetVpRegisters', {
+          partitionId: -1,
+          vpIndex: vp,
+          values: { Simp: synicPageRegister(simpGpa(vp)), Siefp: synicPageRegister(siefpGpa(vp)), [`Sint${GUEST_SINT}`]: GUEST_SINT_VECTOR | SINT_AUTO_EOI, Scontrol: 1 },
+        });
+      }
+    } else {
+      // A restored VM: its SynIC, APIC and timers came back through the hypervisor; messages that
+      // sat in the slots belong to the VMBus connection of the saved session, which is gone.
+      for (let vp = 0; vp < this.boot.vpCount; vp++) {
+        for (let sint = 0; sint < SINT_COUNT; sint++) this.mem.setU32(simpGpa(vp) + sint * MESSAGE_SLOT_SIZE + MsgHeader.type, 0);
+      }
+      Atomics.store(this.mem.i32(k + KernelPage.running), 0, 0);
+      Atomics.store(this.mem.i32(k + KernelPage.idleLo), 0, 0);
+      Atomics.store(this.mem.i32(k + KernelPage.idleHi), 0, 0);
     }
     const online: Promise<void>[] = [];
     for (let vp = 0; vp < this.boot.vpCount; vp++) {
-      const start: VpStart = { memory: this.mem.buffer, control: this.control, vpIndex: vp, workload: this.boot.workload, workloadArg: this.boot.workloadArg };
+      const start: VpStart = {
+        memory: this.mem.buffer, vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
+        vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT },
+      };
       const w = new Worker(new URL('./vp-thread.mjs', import.meta.url), { workerData: start, name: `vp${vp}` });
       w.on('error', (e) => {
         this.log.error({ vp, err: e }, 'VP thread crashed');
         process.exit(3);
+      });
+      w.on('message', (m: { t?: string; vp?: number; sint?: number }) => {
+        if (m?.t === 'sint') this.interrupts = this.interrupts.then(() => this.onSint(Number(m.vp), Number(m.sint))).catch((e) => this.log.error({ err: e }, 'interrupt handling failed'));
       });
       online.push(new Promise((resolve) => w.once('message', () => resolve())));
       this.workers.push(w);
     }
     await Promise.all(online);
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
+    if (!resume && !this.local) {
+      const t0 = Date.now();
+      while (this.mem.f64(k + KernelPage.rtcFromCmosMs) === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 2));
+      const rtc = this.mem.f64(k + KernelPage.rtcFromCmosMs);
+      if (rtc > 0) this.clock.set(rtc + (this.boot.rtcMs % 1000));
+      else this.log.warn('no CMOS clock: using the firmware time');
+    }
     await this.startVmbus();
     this.mem.setU32(s + StatusPage.bootState, BootState.Running);
     const payload = new Uint8Array(8);
     new DataView(payload.buffer).setUint32(0, this.boot.vpCount, true);
     const r = await this.hv.call('PostMessage', { connectionId: this.boot.controlConnectionId, messageType: GuestControlMessage.Booted, payload });
     if (r.status !== HvStatus.SUCCESS) throw new Error(`could not tell the root it booted: ${r.statusName}`);
-    this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload }, 'guest booted');
+    this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload, resumed: resume, scheduled: !this.local }, resume ? 'guest resumed' : 'guest booted');
   }
+
+  private interrupts: Promise<void> = Promise.resolve();
 
   private async startVmbus(): Promise<void> {
     const k = this.drivers.kvp;
@@ -173,7 +237,6 @@ export class GuestKernel {
     }));
     Atomics.store(this.ctl, CTL_STOP, 1);
     this.wakeVps();
-    Atomics.notify(this.ctl, CTL_SUSPENDED);
     await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 3000))]);
     try {
       await Promise.race([this.vmbus?.disconnect(), new Promise((_, rej) => setTimeout(() => rej(new Error('VMBus unload timed out')), 5000))]);
@@ -223,25 +286,31 @@ export class GuestKernel {
     // On SINT2 an event flag is a VMBus channel's relid.
     if (sint === GUEST_SINT) for (const relid of signalled) this.vmbus?.onEvent(relid);
     if (events > 0) Atomics.add(this.mem.i32(STATUS_PAGE_GPA + StatusPage.eventsReceived), 0, events);
-    this.wakeVps();
+    if (this.local) this.wakeVps();
   }
 
+  /** Pause/resume notification: the scheduler enforces it; only local-mode VPs obey it here. */
   setSuspended(suspended: boolean): void {
+    if (!this.local) return;
     Atomics.store(this.ctl, CTL_SUSPENDED, suspended ? 1 : 0);
     Atomics.notify(this.ctl, CTL_SUSPENDED);
     this.wakeVps();
   }
 
+  /** Wakes VP threads blocked on their dispatch word (stop requests; local-mode interrupts). */
   private wakeVps(): void {
-    Atomics.add(this.ctl, CTL_WAKE, 1);
-    Atomics.notify(this.ctl, CTL_WAKE);
+    for (let vp = 0; vp < (this.boot?.vpCount ?? 0); vp++) {
+      const idx = (vpPageOffset(vp) + VpPage.dispatch) >> 2;
+      if (this.local) Atomics.notify(new Int32Array(this.vpRegion), idx);
+      else futexWake(this.vpRegion, idx);
+    }
+    Atomics.notify(this.ctl, CTL_SUSPENDED);
   }
 
   async stop(): Promise<void> {
     Atomics.store(this.mem.i32(STATUS_PAGE_GPA + StatusPage.bootState), 0, BootState.ShuttingDown);
     Atomics.store(this.ctl, CTL_STOP, 1);
     this.wakeVps();
-    Atomics.notify(this.ctl, CTL_SUSPENDED);
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }

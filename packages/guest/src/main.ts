@@ -78,7 +78,8 @@ try {
     if (firmware === null) throw new Error('no firmware page from the VMWP');
     new Uint8Array(buf).set(firmware as Uint8Array, 0);
   }
-  kernel = new GuestKernel(new GuestMemory(buf), hv, log, session.memoryMode !== 'shared', vm);
+  const regions = session.vpRegion && session.schedRegion ? { vp: openRegion(session.vpRegion), sched: openRegion(session.schedRegion) } : { vp: null, sched: null };
+  kernel = new GuestKernel(new GuestMemory(buf), hv, log, session.memoryMode !== 'shared', vm, regions);
   kernel.onShutdown = (why) => void exit(why, 0);
   await kernel.start();
   rpc.note({ t: 'booted' });

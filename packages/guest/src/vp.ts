@@ -1,46 +1,378 @@
 /**
- * A virtual processor of the guest: a worker thread that runs the workload in short steps over
- * the shared guest memory. Between steps it checks the run-control word that the kernel sets when
- * the hypervisor suspends the partition, and halts (Atomics.wait) while it may not run or has
- * nothing to do — so a paused VM stops at a step boundary with all its state in memory.
+ * A virtual processor of the guest: a worker thread that runs guest code in short steps, and only
+ * while the hypervisor has given it a logical processor. Between steps it
+ *   - checks its dispatch word: on a preemption it acknowledges and blocks (shared futex) until
+ *     dispatched again, so a VP stops at a step boundary;
+ *   - takes deliverable interrupts from its virtual APIC (priority rules, EOI, auto-EOI);
+ *   - runs a step of its current task, switching task on the time-slice timer.
+ * With nothing to run it arms its deadline timer for the earliest sleeper and halts: it hands the
+ * LP back and blocks until an interrupt makes the hypervisor dispatch it again.
+ *
+ * Local mode (private memory, no scheduler): the VP page is process-local, the VP always holds its
+ * "LP", emulates its own synthetic timers, and is woken by the kernel (documented fallback).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { STATUS_PAGE_GPA, StatusPage } from '@hvlab/protocol';
+import {
+  Dispatch, VpPage, VirtualApicView, SchedRegion, VpRegionHeader, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
+  KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
+  PROBE_VECTOR_MIN, STIMER_COUNT,
+} from '@hvlab/protocol';
+import { futexWait, futexWake } from '@hvlab/shm';
 import { GuestMemory } from './memory.js';
-import { counterWorkload, idleWorkload, type Workload } from './workloads.js';
+import { TaskTable } from './workloads.js';
 
 export interface VpStart {
   memory: SharedArrayBuffer;
-  /** Int32 words: [0] suspended (1) / running (0), [1] stop request, [2] wake counter. */
+  vpRegion: SharedArrayBuffer;
+  /** The host's scheduler doorbell; null in local mode. */
+  sched: SharedArrayBuffer | null;
+  /** Int32 words: [0] stop request, [1] suspended (local mode only). */
   control: SharedArrayBuffer;
   vpIndex: number;
-  workload: string;
-  workloadArg: number;
+  vpCount: number;
+  /** Vectors whose interrupts the kernel's main thread services (SINTs): vector -> SINT. */
+  sintVectors: Record<number, number>;
 }
 
-export const CTL_SUSPENDED = 0;
-export const CTL_STOP = 1;
-export const CTL_WAKE = 2;
+export const CTL_STOP = 0;
+export const CTL_SUSPENDED = 1;
 
-function run(start: VpStart): void {
-  const mem = new GuestMemory(start.memory);
-  const ctl = new Int32Array(start.control);
-  const steps = mem.i64(STATUS_PAGE_GPA + StatusPage.steps);
-  let wl: Workload = idleWorkload();
-  if (start.vpIndex === 0 && start.workload === 'counter') wl = counterWorkload(mem, start.workloadArg);
-  parentPort?.postMessage({ t: 'online', vp: start.vpIndex });
-  while (Atomics.load(ctl, CTL_STOP) === 0) {
-    if (Atomics.load(ctl, CTL_SUSPENDED) === 1) {
-      Atomics.wait(ctl, CTL_SUSPENDED, 1, 200);
-      continue;
-    }
-    const haltMs = wl.step(performance.now());
-    Atomics.add(steps, 0, 1n);
-    // Halt until the next step is due or the kernel wakes us (suspend, stop, interrupt).
-    const wake = Atomics.load(ctl, CTL_WAKE);
-    Atomics.wait(ctl, CTL_WAKE, wake, haltMs);
+/** CMOS RTC ports and registers (MC146818). */
+const CMOS_INDEX = 0x70;
+const CMOS_DATA = 0x71;
+
+export class VpThread {
+  private readonly mem: GuestMemory;
+  private readonly i32: Int32Array;
+  private readonly f64: Float64Array;
+  private readonly ctl: Int32Array;
+  private readonly apic: VirtualApicView;
+  private readonly tasks: TaskTable;
+  private readonly off: number;
+  private readonly disp: number;
+  private readonly local: boolean;
+  private readonly kernel: Int32Array;
+  private readonly kf64: Float64Array;
+  private readonly refBase: bigint;
+  private onLp = false;
+  private cur = -1;
+  private lastPick = -1;
+  private sliceDue = false;
+
+  constructor(private readonly s: VpStart) {
+    this.mem = new GuestMemory(s.memory);
+    this.i32 = new Int32Array(s.vpRegion);
+    this.f64 = new Float64Array(s.vpRegion);
+    this.ctl = new Int32Array(s.control);
+    this.off = vpPageOffset(s.vpIndex);
+    this.disp = (this.off + VpPage.dispatch) >> 2;
+    this.apic = new VirtualApicView(this.i32, this.off);
+    this.tasks = new TaskTable(this.mem);
+    this.local = s.sched === null;
+    this.kernel = new Int32Array(s.memory, KERNEL_PAGE_GPA, 1024);
+    this.kf64 = new Float64Array(s.memory, KERNEL_PAGE_GPA, 512);
+    this.refBase = new BigInt64Array(s.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3];
+    this.cur = Atomics.load(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex);
   }
-  parentPort?.postMessage({ t: 'stopped', vp: start.vpIndex });
+
+  private now(): number {
+    return Number((process.hrtime.bigint() - this.refBase) / 100n);
+  }
+
+  private ring(): void {
+    if (!this.s.sched) return;
+    Atomics.add(new Int32Array(this.s.sched), SchedRegion.doorbell >> 2, 1);
+    futexWake(this.s.sched, SchedRegion.doorbell >> 2);
+  }
+
+  private stopped(): boolean {
+    return Atomics.load(this.ctl, CTL_STOP) !== 0;
+  }
+
+  private enterLp(): void {
+    if (this.onLp) return;
+    this.onLp = true;
+    const k = this.kernel;
+    const n = Atomics.add(k, KernelPage.running >> 2, 1) + 1;
+    for (let m = Atomics.load(k, KernelPage.maxRunning >> 2); n > m; m = Atomics.load(k, KernelPage.maxRunning >> 2)) {
+      if (Atomics.compareExchange(k, KernelPage.maxRunning >> 2, m, n) === m) break;
+    }
+  }
+
+  private leaveLp(): void {
+    if (!this.onLp) return;
+    this.onLp = false;
+    Atomics.sub(this.kernel, KernelPage.running >> 2, 1);
+  }
+
+  /** Gives the LP back with `why` (Halt or Intercept), or acknowledges a pending preemption. */
+  private release(why: number): void {
+    if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Granted, why) !== Dispatch.Granted) {
+      Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, why);
+    }
+    this.leaveLp();
+    this.ring();
+  }
+
+  /** Blocks until the hypervisor dispatches this VP. False when asked to stop. */
+  private waitForLp(): boolean {
+    while (!this.stopped()) {
+      const d = Atomics.load(this.i32, this.disp);
+      if (d === Dispatch.Granted) {
+        this.enterLp();
+        return true;
+      }
+      if (d === Dispatch.Preempt) {
+        if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, Dispatch.Off) === Dispatch.Preempt) {
+          this.leaveLp();
+          this.ring();
+        }
+        continue;
+      }
+      this.leaveLp();
+      futexWait(this.s.vpRegion, this.disp, d, 500);
+    }
+    return false;
+  }
+
+  // ---- timers: MSR writes go to the VP page; the hypervisor picks them up ------------------
+
+  private writeTimer(t: number, config: number, count: number): void {
+    this.f64[((this.off + VpPage.stimerCount) >> 3) + t] = count;
+    Atomics.store(this.i32, ((this.off + VpPage.stimerConfig) >> 2) + t, config);
+    Atomics.add(this.i32, (this.off + VpPage.timerGen) >> 2, 1);
+    if (this.local) this.f64[((this.off + VpPage.stimerNext) >> 3) + t] = config & 1 ? (config & StimerConfig.periodic ? this.now() + count : count) : 0;
+  }
+
+  private armDeadline(at: number): void {
+    const slot = (KernelPage.deadlineArmed >> 3) + this.s.vpIndex;
+    if (this.kf64[slot] === at) return;
+    this.kf64[slot] = at;
+    if (Number.isFinite(at) && at > 0) this.writeTimer(0, stimerConfig({ enable: true, direct: true, vector: GuestVector.Deadline }), at);
+    else this.writeTimer(0, 0, 0);
+  }
+
+  private armSlice(on: boolean): void {
+    const slot = (KernelPage.sliceArmed >> 2) + this.s.vpIndex;
+    if ((Atomics.load(this.kernel, slot) === 1) === on) return;
+    Atomics.store(this.kernel, slot, on ? 1 : 0);
+    this.writeTimer(1, on ? stimerConfig({ enable: true, periodic: true, direct: true, vector: GuestVector.Slice }) : 0, on ? GUEST_SLICE_100NS : 0);
+  }
+
+  /** Local mode: the VP plays the hypervisor's timer role for itself. Returns ms to the next expiry. */
+  private localTimers(): number {
+    let next = Infinity;
+    const now = this.now();
+    for (let t = 0; t < STIMER_COUNT; t++) {
+      const ni = ((this.off + VpPage.stimerNext) >> 3) + t;
+      const at = this.f64[ni];
+      if (!(at > 0)) continue;
+      const cfg = decodeStimerConfig(Atomics.load(this.i32, ((this.off + VpPage.stimerConfig) >> 2) + t));
+      if (at <= now) {
+        this.apic.assert(cfg.vector);
+        const period = this.f64[((this.off + VpPage.stimerCount) >> 3) + t];
+        this.f64[ni] = cfg.periodic && period > 0 ? now + period : 0;
+      }
+      if (this.f64[ni] > 0) next = Math.min(next, (this.f64[ni] - now) / 10_000);
+    }
+    return next;
+  }
+
+  // ---- interrupts ---------------------------------------------------------------------------
+
+  private takeInterrupts(): void {
+    for (let v = this.apic.deliverable(); v >= 0; v = this.apic.deliverable()) {
+      const needsEoi = this.apic.accept(v);
+      this.interrupt(v);
+      if (needsEoi) this.apic.eoi();
+    }
+  }
+
+  private interrupt(v: number): void {
+    if (v >= PROBE_VECTOR_MIN) {
+      new BigInt64Array(this.s.vpRegion, this.off + VpPage.probeTakenNs, 1)[0] = process.hrtime.bigint();
+      return;
+    }
+    const sint = this.s.sintVectors[v];
+    if (sint !== undefined) {
+      parentPort?.postMessage({ t: 'sint', vp: this.s.vpIndex, sint });
+      return;
+    }
+    const now = this.now();
+    if (v === GuestVector.Deadline) {
+      this.kf64[(KernelPage.deadlineArmed >> 3) + this.s.vpIndex] = 0;
+      if (this.tasks.wakeDue(now) > 0) this.kickIdle();
+    } else if (v === GuestVector.Slice) {
+      this.sliceDue = true;
+    } else if (v === GuestVector.SleepTick) {
+      this.recordJitter(now);
+      if (this.tasks.wakeDue(-1, TaskKind.Sleep) > 0) this.kickIdle();
+    }
+    // Reschedule IPIs need no work: the VP looks for tasks after every interrupt.
+  }
+
+  private recordJitter(now: number): void {
+    const k = this.kf64;
+    const arm = k[KernelPage.sleepArmRef >> 3];
+    const period = k[KernelPage.sleepPeriod >> 3];
+    if (!(period > 0)) return;
+    const n = Math.round((now - arm) / period);
+    const jitter = now - (arm + n * period);
+    const count = k[KernelPage.jitterCount >> 3];
+    new Float64Array(this.s.memory, JITTER_RING_GPA, JITTER_RING_ENTRIES)[count % JITTER_RING_ENTRIES] = jitter;
+    k[KernelPage.jitterCount >> 3] = count + 1;
+  }
+
+  /** A task became runnable while this VP is busy: send a reschedule IPI to one halted VP. */
+  private kickIdle(): void {
+    if (this.cur < 0) return;
+    const lo = Atomics.load(this.kernel, KernelPage.idleLo >> 2) >>> 0;
+    const hi = Atomics.load(this.kernel, KernelPage.idleHi >> 2) >>> 0;
+    if (lo === 0 && hi === 0) return;
+    const target = lo !== 0 ? 31 - Math.clz32(lo & -lo) : 32 + 31 - Math.clz32(hi & -hi);
+    this.sendIpi(target, GuestVector.Reschedule);
+  }
+
+  /** ICR write: the hypervisor delivers the IPI and clears the busy bit (delivery status). */
+  sendIpi(target: number, vector: number): void {
+    const busy = (this.off + VpPage.icrBusy) >> 2;
+    if (this.local) {
+      return; // local mode: every VP polls its queue anyway
+    }
+    for (let i = 0; i < 1000 && Atomics.load(this.i32, busy) === 1; i++) futexWait(this.s.vpRegion, busy, 1, 1);
+    Atomics.store(this.i32, (this.off + VpPage.icrVector) >> 2, vector);
+    Atomics.store(this.i32, (this.off + VpPage.icrTargetsLo) >> 2, target < 32 ? 1 << target : 0);
+    Atomics.store(this.i32, (this.off + VpPage.icrTargetsHi) >> 2, target >= 32 ? 1 << (target - 32) : 0);
+    Atomics.store(this.i32, busy, 1);
+    this.ring();
+  }
+
+  private setIdle(on: boolean): void {
+    const i = this.s.vpIndex;
+    const word = (i < 32 ? KernelPage.idleLo : KernelPage.idleHi) >> 2;
+    const bit = 1 << (i & 31);
+    if (on) Atomics.or(this.kernel, word, bit);
+    else Atomics.and(this.kernel, word, ~bit);
+  }
+
+  // ---- port I/O (intercepted by the hypervisor, emulated by the VMWP) ------------------------
+
+  private io(port: number, access: 1 | 2, size: number, value = 0): number {
+    if (this.local) return 0xff;
+    const o = this.off;
+    Atomics.store(this.i32, (o + VpPage.ioPort) >> 2, port);
+    Atomics.store(this.i32, (o + VpPage.ioAccess) >> 2, access);
+    Atomics.store(this.i32, (o + VpPage.ioSize) >> 2, size);
+    Atomics.store(this.i32, (o + VpPage.ioValue) >> 2, value);
+    this.release(Dispatch.Intercept);
+    if (!this.waitForLp()) return 0xff;
+    return Atomics.load(this.i32, (o + VpPage.ioValue) >> 2) & (size >= 4 ? 0xffffffff : (1 << (size * 8)) - 1);
+  }
+
+  /** Reads the CMOS real-time clock (BCD or binary per status register B), in ms since 1970 UTC. */
+  private readCmos(): number {
+    const reg = (r: number): number => {
+      this.io(CMOS_INDEX, 2, 1, r);
+      return this.io(CMOS_DATA, 1, 1);
+    };
+    const statusB = reg(0x0b);
+    const bin = (statusB & 0x04) !== 0;
+    const dec = (v: number): number => (bin ? v : (v >> 4) * 10 + (v & 0xf));
+    const sec = dec(reg(0x00));
+    const min = dec(reg(0x02));
+    const hour = dec(reg(0x04));
+    const day = dec(reg(0x07));
+    const month = dec(reg(0x08));
+    const year = dec(reg(0x32)) * 100 + dec(reg(0x09));
+    const ms = Date.UTC(year, month - 1, day, hour, min, sec);
+    return Number.isFinite(ms) ? ms : 0;
+  }
+
+  // ---- the loop ---------------------------------------------------------------------------
+
+  run(): void {
+    const s = this.s;
+    parentPort?.postMessage({ t: 'online', vp: s.vpIndex });
+    if (this.local) {
+      Atomics.store(this.i32, this.disp, Dispatch.Granted);
+    } else {
+      Atomics.store(this.i32, this.disp, Dispatch.Start);
+      this.ring();
+    }
+    while (!this.stopped()) {
+      if (this.local) {
+        if (Atomics.load(this.ctl, CTL_SUSPENDED) === 1) {
+          Atomics.wait(this.ctl, CTL_SUSPENDED, 1, 200);
+          continue;
+        }
+        this.localTimers();
+      } else if (Atomics.load(this.i32, this.disp) !== Dispatch.Granted || !this.onLp) {
+        if (!this.waitForLp()) break;
+        this.setIdle(false);
+      }
+      this.takeInterrupts();
+      if (s.vpIndex === 0 && Atomics.load(this.kernel, KernelPage.rtcRequest >> 2) === 1) {
+        this.kf64[KernelPage.rtcFromCmosMs >> 3] = this.readCmos() || -1;
+        Atomics.store(this.kernel, KernelPage.rtcRequest >> 2, 0);
+        continue;
+      }
+      if (this.cur >= 0 && this.sliceDue && this.tasks.anyRunnable()) {
+        this.tasks.requeue(this.cur);
+        this.lastPick = this.cur;
+        this.cur = -1;
+      }
+      this.sliceDue = false;
+      if (this.cur < 0) {
+        this.cur = this.tasks.claim(s.vpIndex, this.lastPick);
+        Atomics.store(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex, this.cur);
+      }
+      if (this.cur >= 0) {
+        this.armSlice(true);
+        const task = this.cur;
+        if (this.tasks.kind(task) === TaskKind.Sleep && !(this.tasks.field(task, Task.d) > 0)) this.armSleepTick(task);
+        const r = this.tasks.step(task, this.now());
+        if (r.kind === 'sleep') {
+          this.tasks.sleep(task, r.until);
+          this.lastPick = task;
+          this.cur = -1;
+          Atomics.store(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex, -1);
+        }
+        continue;
+      }
+      this.halt();
+    }
+    this.leaveLp();
+    parentPort?.postMessage({ t: 'stopped', vp: s.vpIndex });
+  }
+
+  /** The sleep workload's periodic timer (stimer2), armed once on the VP that first runs it. */
+  private armSleepTick(task: number): void {
+    const periodMs = this.tasks.field(task, Task.a);
+    const period = Math.max(1, periodMs) * 10_000;
+    this.kf64[KernelPage.sleepPeriod >> 3] = period;
+    this.writeTimer(2, stimerConfig({ enable: true, periodic: true, direct: true, vector: GuestVector.SleepTick }), period);
+    this.kf64[KernelPage.sleepArmRef >> 3] = this.now() + period;
+    this.tasks.setField(task, Task.d, 1);
+  }
+
+  /** Nothing to run: arm the deadline timer for the earliest sleeper and give the LP back. */
+  private halt(): void {
+    this.armSlice(false);
+    const wake = this.tasks.earliestWake();
+    this.armDeadline(Number.isFinite(wake) ? Math.max(1, wake) : 0);
+    this.setIdle(true);
+    if (this.apic.deliverable() >= 0 || this.tasks.anyRunnable()) {
+      this.setIdle(false);
+      return;
+    }
+    if (this.local) {
+      const ms = Math.min(200, Math.max(0, this.localTimers()));
+      if (ms > 0) Atomics.wait(this.i32, this.disp, Dispatch.Granted, ms);
+      this.setIdle(false);
+    } else {
+      this.release(Dispatch.Halt); // the idle bit stays set until the VP is dispatched again
+    }
+  }
 }
 
-if (parentPort) run(workerData as VpStart);
+if (parentPort && workerData && (workerData as VpStart).vpRegion) new VpThread(workerData as VpStart).run();

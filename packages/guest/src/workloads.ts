@@ -1,44 +1,200 @@
 /**
- * Built-in workloads. Each is a step function run by a VP between interrupt checks; it keeps all
- * of its state in guest memory (the workload page), so a paused VM holds still and a restored one
- * continues. `progress` is what the status page publishes.
+ * Guest tasks and the built-in workloads. A task is a 64-byte record in the task table in guest
+ * memory (state, kind, owner VP, wake-up time, work done, four kind-specific fields); a VP claims a
+ * runnable task with compare-and-swap, runs it in short steps, and puts it back. Because every
+ * field lives in guest memory, a saved VM continues each task exactly where it stopped.
+ *
+ *   spin             one CPU-bound task per VP; a step is one work unit (`spinUnit`)
+ *   sleep[:MS]       one task, woken by the VP's periodic synthetic timer every MS ms
+ *   memdirty[:SIZE]  QEMU's migration-test guest: increments the first byte of every 4 KiB page
+ *                    from GPA 0x100000 over SIZE bytes, endlessly, page after page
+ *   counter[:RATE]   one task that sleeps and adds RATE per second of run time to a counter
+ *   idle             no tasks
  */
-import { StatusPage, STATUS_PAGE_GPA, WORKLOAD_PAGE_GPA, WorkloadPage, DEFAULT_COUNTER_RATE } from '@hvlab/protocol';
+import {
+  STATUS_PAGE_GPA, StatusPage, WORKLOAD_PAGE_GPA, WorkloadPage, WORKLOAD_DATA_GPA, TASK_TABLE_GPA, TASK_BYTES, MAX_TASKS,
+  Task, TaskState, TaskKind, DEFAULT_COUNTER_RATE, PAGE,
+} from '@hvlab/protocol';
 import type { GuestMemory } from './memory.js';
 
-export interface Workload {
-  /** Runs one short step; returns how long the VP may halt before the next (ms). */
-  step(nowMs: number): number;
+/** One work unit of `spin`: a fixed xorshift loop. The benchmark runs the same function in a plain thread. */
+export const SPIN_ITERATIONS = 20000;
+export function spinUnit(seed: number): number {
+  let x = seed | 1;
+  for (let i = 0; i < SPIN_ITERATIONS; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+  }
+  return x;
 }
 
-/** Halts forever (woken only by interrupts). */
-export function idleWorkload(): Workload {
-  return { step: () => 1000 };
+/** Pages memdirty touches per step. */
+const MEMDIRTY_PAGES_PER_STEP = 256;
+
+export function taskGpa(i: number): number {
+  return TASK_TABLE_GPA + i * TASK_BYTES;
 }
 
-/**
- * Increments a 64-bit counter in guest memory at a steady rate. Credit accrues with running time,
- * capped at 50 ms per step, so a paused or descheduled VM does not burst afterwards.
- */
-export function counterWorkload(mem: GuestMemory, rate: number): Workload {
-  const r = rate > 0 ? rate : DEFAULT_COUNTER_RATE;
-  mem.setU32(WORKLOAD_PAGE_GPA + WorkloadPage.ratePerSecond, r);
-  const counter = mem.i64(WORKLOAD_PAGE_GPA + WorkloadPage.counter);
-  const progress = mem.i64(STATUS_PAGE_GPA + StatusPage.progress);
-  let last = -1;
-  let credit = 0;
-  const periodMs = Math.max(1, 1000 / r);
-  return {
-    step(now) {
-      if (last >= 0) credit += (Math.min(now - last, 50) * r) / 1000;
-      last = now;
-      const n = Math.floor(credit);
-      if (n > 0) {
-        credit -= n;
-        const v = Atomics.add(counter, 0, BigInt(n)) + BigInt(n);
-        Atomics.store(progress, 0, v);
+export type StepResult = { kind: 'continue' } | { kind: 'sleep'; until: number };
+
+export class TaskTable {
+  readonly i32: Int32Array;
+  readonly f64: Float64Array;
+  private readonly progress: BigInt64Array;
+
+  constructor(readonly mem: GuestMemory) {
+    this.i32 = new Int32Array(mem.buffer, TASK_TABLE_GPA, (MAX_TASKS * TASK_BYTES) / 4);
+    this.f64 = new Float64Array(mem.buffer, TASK_TABLE_GPA, (MAX_TASKS * TASK_BYTES) / 8);
+    this.progress = mem.i64(STATUS_PAGE_GPA + StatusPage.progress);
+  }
+
+  private si(i: number): number {
+    return (i * TASK_BYTES + Task.state) >> 2;
+  }
+  state(i: number): number {
+    return Atomics.load(this.i32, this.si(i));
+  }
+  kind(i: number): number {
+    return this.i32[(i * TASK_BYTES + Task.kind) >> 2];
+  }
+  field(i: number, off: number): number {
+    return this.f64[(i * TASK_BYTES + off) >> 3];
+  }
+  setField(i: number, off: number, v: number): void {
+    this.f64[(i * TASK_BYTES + off) >> 3] = v;
+  }
+
+  /** Creates the workload's tasks on a freshly booted guest. */
+  create(name: string, arg: number, vpCount: number): void {
+    this.i32.fill(0);
+    let n = 0;
+    const add = (kind: number, init: (i: number) => void = () => {}): void => {
+      const i = n++;
+      this.i32[(i * TASK_BYTES + Task.kind) >> 2] = kind;
+      this.i32[(i * TASK_BYTES + Task.owner) >> 2] = -1;
+      init(i);
+      Atomics.store(this.i32, this.si(i), TaskState.Runnable);
+    };
+    if (name === 'spin') for (let v = 0; v < Math.min(vpCount, MAX_TASKS); v++) add(TaskKind.Spin);
+    else if (name === 'sleep') add(TaskKind.Sleep, (i) => this.setField(i, Task.a, arg));
+    else if (name === 'memdirty') add(TaskKind.MemDirty, (i) => this.setField(i, Task.b, arg / PAGE));
+    else if (name === 'counter') {
+      const rate = arg > 0 ? arg : DEFAULT_COUNTER_RATE;
+      this.mem.setU32(WORKLOAD_PAGE_GPA + WorkloadPage.ratePerSecond, rate);
+      add(TaskKind.Counter, (i) => this.setField(i, Task.a, rate));
+    }
+  }
+
+  /** Claims a runnable task for `vp`, searching round-robin after `after`. */
+  claim(vp: number, after: number): number {
+    for (let k = 1; k <= MAX_TASKS; k++) {
+      const i = (after + k) % MAX_TASKS;
+      if (Atomics.compareExchange(this.i32, this.si(i), TaskState.Runnable, TaskState.Running) === TaskState.Runnable) {
+        this.i32[(i * TASK_BYTES + Task.owner) >> 2] = vp;
+        return i;
       }
-      return periodMs;
-    },
-  };
+    }
+    return -1;
+  }
+
+  /** Puts a running task back in the run queue. */
+  requeue(i: number): void {
+    this.i32[(i * TASK_BYTES + Task.owner) >> 2] = -1;
+    Atomics.store(this.i32, this.si(i), TaskState.Runnable);
+  }
+
+  sleep(i: number, until: number): void {
+    this.setField(i, Task.wakeAt, until);
+    this.i32[(i * TASK_BYTES + Task.owner) >> 2] = -1;
+    Atomics.store(this.i32, this.si(i), TaskState.Sleeping);
+  }
+
+  /** Wakes sleepers due by `now` (and, with `kind`, every sleeper of that kind). Returns how many. */
+  wakeDue(now: number, kind = 0): number {
+    let n = 0;
+    for (let i = 0; i < MAX_TASKS; i++) {
+      if (this.state(i) !== TaskState.Sleeping) continue;
+      if (this.field(i, Task.wakeAt) <= now || (kind !== 0 && this.kind(i) === kind)) {
+        if (Atomics.compareExchange(this.i32, this.si(i), TaskState.Sleeping, TaskState.Runnable) === TaskState.Sleeping) n++;
+      }
+    }
+    return n;
+  }
+
+  /** The earliest finite wake-up time among sleepers, or Infinity. */
+  earliestWake(): number {
+    let t = Infinity;
+    for (let i = 0; i < MAX_TASKS; i++) if (this.state(i) === TaskState.Sleeping) t = Math.min(t, this.field(i, Task.wakeAt));
+    return t;
+  }
+
+  anyRunnable(): boolean {
+    for (let i = 0; i < MAX_TASKS; i++) if (this.state(i) === TaskState.Runnable) return true;
+    return false;
+  }
+
+  /** Total work of all tasks. */
+  totalWork(): number {
+    let w = 0;
+    for (let i = 0; i < MAX_TASKS; i++) if (this.state(i) !== TaskState.Free) w += this.field(i, Task.work);
+    return w;
+  }
+
+  /** One step of task `i` at reference time `now` (100 ns units). */
+  step(i: number, now: number): StepResult {
+    const kind = this.kind(i);
+    const work = (i * TASK_BYTES + Task.work) >> 3;
+    switch (kind) {
+      case TaskKind.Spin: {
+        this.setField(i, Task.a, spinUnit(this.field(i, Task.a) + 1));
+        this.f64[work] += 1;
+        Atomics.add(this.progress, 0, 1n);
+        return { kind: 'continue' };
+      }
+      case TaskKind.Sleep: {
+        // Woken by the periodic tick (see the kernel's SleepTick vector); nothing else wakes it.
+        this.f64[work] += 1;
+        Atomics.add(this.progress, 0, 1n);
+        return { kind: 'sleep', until: Infinity };
+      }
+      case TaskKind.MemDirty: {
+        const pages = this.field(i, Task.b);
+        let cursor = this.field(i, Task.a);
+        const u8 = this.mem.u8;
+        for (let k = 0; k < MEMDIRTY_PAGES_PER_STEP; k++) {
+          const gpa = WORKLOAD_DATA_GPA + cursor * PAGE;
+          u8[gpa] = (u8[gpa] + 1) & 0xff;
+          cursor = cursor + 1 >= pages ? 0 : cursor + 1;
+        }
+        this.setField(i, Task.a, cursor);
+        this.f64[work] += MEMDIRTY_PAGES_PER_STEP;
+        Atomics.add(this.progress, 0, BigInt(MEMDIRTY_PAGES_PER_STEP));
+        return { kind: 'continue' };
+      }
+      case TaskKind.Counter: {
+        // Credit accrues with reference time, at most 50 ms per wake-up, so a paused or
+        // descheduled VM does not burst afterwards.
+        const rate = this.field(i, Task.a);
+        const last = this.field(i, Task.b);
+        let credit = this.field(i, Task.c);
+        if (last > 0) credit += (Math.min(now - last, 500_000) * rate) / 10_000_000;
+        this.setField(i, Task.b, now);
+        const n = Math.floor(credit);
+        if (n > 0) {
+          credit -= n;
+          const counter = this.mem.i64(WORKLOAD_PAGE_GPA + WorkloadPage.counter);
+          const v = Atomics.add(counter, 0, BigInt(n)) + BigInt(n);
+          Atomics.store(this.progress, 0, v);
+          this.f64[work] += n;
+        }
+        this.setField(i, Task.c, credit);
+        const periodMs = Math.max(10, 1000 / rate);
+        return { kind: 'sleep', until: now + periodMs * 10_000 };
+      }
+      default:
+        // A corrupt record: park it rather than spin on it.
+        return { kind: 'sleep', until: Infinity };
+    }
+  }
 }

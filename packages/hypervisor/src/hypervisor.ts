@@ -14,11 +14,34 @@ import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName,
-  type PrivilegeName, type HvServerMsg, type VpRegisterName,
+  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
+  vpRegionBytes, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess,
+  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
 import { Partition, VirtualProcessor, GPA_READ, GPA_WRITE, GPA_EXECUTE, type Port } from './partition.js';
 import { SynIc } from './synic.js';
+import type { ToScheduler, FromScheduler } from './sched-thread.js';
+
+/** The main thread's handle on the scheduler thread (absent in socket-free unit tests). */
+export interface SchedulerLink {
+  lps: number;
+  /** The host's scheduler region name (mapped by every partition process). */
+  regionName: string;
+  post(m: ToScheduler): void;
+  /** Rings the doorbell: the scheduler re-reads every VP page. */
+  ring(): void;
+}
+
+export interface VpStats {
+  index: number;
+  state: string;
+  runMs: number;
+  readyMs: number;
+  waitMs: number;
+  dispatches: number;
+  cpuPercent: number;
+}
 
 export interface Session {
   id: string;
@@ -40,6 +63,8 @@ export interface HypervisorOptions {
   memoryMode?: 'shared' | 'private';
   notify: (sessionId: string, msg: HvServerMsg) => void;
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
+  /** With a scheduler, VPs of shared-memory partitions are dispatched over its LPs and take interrupts through their virtual APIC. */
+  scheduler?: SchedulerLink;
 }
 
 /** Thrown inside a handler to answer with a status. */
@@ -103,18 +128,29 @@ export class Hypervisor {
     }
     this.sessions.set(sessionId, { id: sessionId, partitionId: p.id, role: String(m.role), vm: m.vm ?? null, pid: Number(m.pid) });
     this.opts.log?.info({ partition: p.id, role: m.role, vm: m.vm, clientPid: m.pid }, 'session opened');
-    return { k: 'welcome', partitionId: p.id, hostId: this.hostId, memoryMode: this.memoryMode, memoryRegion: p.memoryRegion, memoryBytes: p.memoryBytes };
+    return {
+      k: 'welcome', partitionId: p.id, hostId: this.hostId, memoryMode: this.memoryMode, memoryRegion: p.memoryRegion, memoryBytes: p.memoryBytes,
+      vpRegion: p.vpRegionName, schedRegion: p.vpRegionName ? (this.opts.scheduler?.regionName ?? null) : null,
+    };
   }
 
   session(sessionId: string): Session | undefined {
     return this.sessions.get(sessionId);
   }
 
-  listPartitions(): Array<{ id: number; name: string; state: string; vps: number; memoryBytes: number; suspended: boolean; sessions: number }> {
-    return [...this.partitions.values()].map((p) => ({
-      id: p.id, name: p.name, state: p.state, vps: p.vps.size, memoryBytes: p.memoryBytes, suspended: p.suspended,
-      sessions: [...this.sessions.values()].filter((s) => s.partitionId === p.id).length,
-    }));
+  get lps(): number | null {
+    return this.opts.scheduler?.lps ?? null;
+  }
+
+  listPartitions(): Array<{ id: number; name: string; state: string; vps: number; memoryBytes: number; suspended: boolean; sessions: number; scheduled: boolean; cpu: { percent: number; vps: VpStats[] } }> {
+    return [...this.partitions.values()].map((p) => {
+      const st = this.vpStats(p);
+      return {
+        id: p.id, name: p.name, state: p.state, vps: p.vps.size, memoryBytes: p.memoryBytes, suspended: p.suspended,
+        sessions: [...this.sessions.values()].filter((s) => s.partitionId === p.id).length,
+        scheduled: p.vpRegion !== null, cpu: { percent: st.cpuPercent, vps: st.vps },
+      };
+    });
   }
 
   partition(id: number): Partition | undefined {
@@ -224,6 +260,7 @@ export class Hypervisor {
           }
           p.memoryRegion = region;
           p.memoryView = new DataView(p.memory);
+          if (this.opts.scheduler) this.createVpRegion(p);
         }
         p.gpaMap = new Uint8Array(p.pageCount);
         p.state = PartitionState.Initialized;
@@ -234,6 +271,7 @@ export class Hypervisor {
         this.inState(p, PartitionState.Initialized);
         p.state = PartitionState.Finalized;
         p.vps.clear();
+        if (p.vpRegion) this.opts.scheduler?.post({ t: 'removePartition', id: p.id });
         this.notifyPartition(p, { k: 'bye', reason: 'partition finalized' });
         for (const [sid, ss] of this.sessions) if (ss.partitionId === p.id) this.sessions.delete(sid);
         return ok();
@@ -282,20 +320,26 @@ export class Hypervisor {
             this.inState(p, PartitionState.Initialized);
             const was = p.suspended;
             p.suspended = v === 1;
-            if (was !== p.suspended) this.notifyPartition(p, { k: 'suspend', suspended: p.suspended });
+            if (was !== p.suspended) {
+              this.notifyPartition(p, { k: 'suspend', suspended: p.suspended });
+              this.toScheduler(p, { t: 'suspend', id: p.id, on: p.suspended });
+            }
             return ok();
           }
           case PartitionProperty.CpuReserve:
             if (v < 0 || v > 100) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `reserve ${v} is not 0-100`);
             p.cpuReserve = v;
+            this.toScheduler(p, { t: 'props', id: p.id, reserve: v / 100 });
             return ok();
           case PartitionProperty.CpuCap:
             if (v < 0 || v > 100) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `cap ${v} is not 0-100`);
             p.cpuCap = v;
+            this.toScheduler(p, { t: 'props', id: p.id, cap: v / 100 });
             return ok();
           default:
             if (v < 1 || v > 10000) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `weight ${v} is not 1-10000`);
             p.cpuWeight = v;
+            this.toScheduler(p, { t: 'props', id: p.id, weight: v });
             return ok();
         }
       }
@@ -330,7 +374,8 @@ export class Hypervisor {
         const access = int(input, 'access', { min: 1, max: 3 });
         const port = int(input, 'port', { optional: true, min: 0, max: 0xffff });
         const portEnd = int(input, 'portEnd', { optional: true, dflt: port, min: port, max: 0xffff });
-        p.intercepts.push({ type, access, port, portEnd });
+        if (type !== InterceptType.IoPort && type !== InterceptType.IoPortRange) throw new Fail(HvStatus.INVALID_PARAMETER, `intercept type ${type} is not supported (only I/O ports)`);
+        p.intercepts.push({ type, access, port, portEnd: type === InterceptType.IoPort ? port : portEnd, ownerSession: s.id });
         return ok();
       }
       case HvCall.CreateVp: {
@@ -338,14 +383,36 @@ export class Hypervisor {
         this.inState(p, PartitionState.Initialized);
         const idx = int(input, 'vpIndex', { min: 0, max: MAX_VPS_PER_PARTITION - 1 });
         if (p.vps.has(idx)) throw new Fail(HvStatus.INVALID_VP_STATE, `VP ${idx} of partition ${p.id} exists`);
-        const synic = new SynIc(p.memoryView, p.memoryBytes, { raise: (sint, extra) => this.notifyPartition(p, { k: 'sint', vp: idx, sint, ...extra }) });
+        const synic = new SynIc(p.memoryView, p.memoryBytes, { raise: (sint, extra) => this.raiseSint(p, idx, sint, extra) });
         p.vps.set(idx, new VirtualProcessor(idx, synic));
+        this.toScheduler(p, { t: 'addVp', id: p.id, index: idx });
         return ok();
       }
       case HvCall.DeleteVp: {
         const p = this.child(caller, input);
         const vp = this.vp(p, input);
         p.vps.delete(vp.index);
+        this.toScheduler(p, { t: 'removeVp', id: p.id, index: vp.index });
+        return ok();
+      }
+      case HvCall.AssertVirtualInterrupt: {
+        const p = this.child(caller, input);
+        this.inState(p, PartitionState.Initialized);
+        const vp = this.vp(p, input);
+        const vector = int(input, 'vector', { min: 16, max: 255 });
+        if (!this.assertVector(p, vp.index, vector, false)) throw new Fail(HvStatus.INVALID_VP_STATE, `partition ${p.id} has no virtual APIC (VPs are not scheduled)`);
+        return ok();
+      }
+      case HvCall.GetVpState: {
+        const p = this.child(caller, input);
+        const vp = this.vp(p, input);
+        return ok(this.saveVp(p, vp));
+      }
+      case HvCall.SetVpState: {
+        const p = this.child(caller, input);
+        this.inState(p, PartitionState.Initialized);
+        const vp = this.vp(p, input);
+        this.restoreVp(p, vp, input.state);
         return ok();
       }
       case HvCall.GetVpRegisters: {
@@ -356,7 +423,7 @@ export class Hypervisor {
         const values: Record<string, number> = {};
         for (const n of names as string[]) {
           if (!isVpRegisterName(n)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown register ${n}`);
-          values[n] = this.readRegister(vp, n);
+          values[n] = this.readRegister(p, vp, n);
         }
         return ok({ values }, names.length);
       }
@@ -372,7 +439,7 @@ export class Hypervisor {
         }
         // Validate every value before writing any, so a refused call changes nothing.
         for (const [n, v] of entries) this.checkRegister(p, n as VpRegisterName, v as number);
-        for (const [n, v] of entries) this.writeRegister(vp, n as VpRegisterName, v as number);
+        for (const [n, v] of entries) this.writeRegister(p, vp, n as VpRegisterName, v as number);
         return ok(null, entries.length);
       }
       case HvCall.CreatePort: {
@@ -496,13 +563,24 @@ export class Hypervisor {
     return { port, target };
   }
 
-  private readRegister(vp: VirtualProcessor, n: VpRegisterName): number {
+  private readRegister(p: Partition, vp: VirtualProcessor, n: VpRegisterName): number {
     const sy = vp.synic;
     if (n === 'Scontrol') return sy.scontrol;
     if (n === 'Simp') return sy.simp;
     if (n === 'Siefp') return sy.siefp;
     if (n === 'Eom') return 0;
     if (n.startsWith('Sint')) return sy.sint[Number(n.slice(4))];
+    if (n === 'ReferenceTime') return Math.max(0, Number((process.hrtime.bigint() - p.refBaseNs) / 100n));
+    if (n === 'InterceptSuspend') return vp.interceptPending ? 1 : 0;
+    const off = vpPageOffset(vp.index);
+    if (p.vpI32 && p.vpF64) {
+      if (n === 'Tpr') return Atomics.load(p.vpI32, (off + VpPage.tpr) >> 2) & 0xff;
+      const t = /^Stimer(\d)(Config|Count)$/.exec(n);
+      if (t) {
+        const i = Number(t[1]);
+        return t[2] === 'Config' ? Atomics.load(p.vpI32, ((off + VpPage.stimerConfig) >> 2) + i) >>> 0 : p.vpF64[((off + VpPage.stimerCount) >> 3) + i];
+      }
+    }
     return vp.registers.get(n) ?? 0;
   }
 
@@ -514,11 +592,21 @@ export class Hypervisor {
     } else if (n.startsWith('Sint')) {
       if (v > 0x3ffff) throw new Fail(HvStatus.INVALID_PARAMETER, `${n} has reserved bits set`);
       if ((v & (1 << 16)) === 0 && (v & 0xff) < 16) throw new Fail(HvStatus.INVALID_PARAMETER, `SINT vector ${v & 0xff} is below 16`);
+    } else if (/^Stimer\dConfig$/.test(n)) {
+      if (v > 0xfffff || (v & 0xe00c) !== 0) throw new Fail(HvStatus.INVALID_PARAMETER, `${n} has reserved bits set`);
+      if ((v & 1) && (v & (1 << 12)) && ((v >> 4) & 0xff) < 16) throw new Fail(HvStatus.INVALID_PARAMETER, `${n}: a direct-mode timer vector must be 16 or more`);
+    } else if (n === 'Tpr') {
+      if (v > 0xff) throw new Fail(HvStatus.INVALID_PARAMETER, 'TPR is 0-255');
+    } else if (n === 'InterceptSuspend') {
+      if (v !== 0) throw new Fail(HvStatus.INVALID_PARAMETER, 'InterceptSuspend can only be cleared (0)');
+    } else if (n === 'ReferenceTime') {
+      throw new Fail(HvStatus.INVALID_PARAMETER, 'ReferenceTime is read-only');
     }
   }
 
-  private writeRegister(vp: VirtualProcessor, n: VpRegisterName, v: number): void {
+  private writeRegister(p: Partition, vp: VirtualProcessor, n: VpRegisterName, v: number): void {
     const sy = vp.synic;
+    const off = vpPageOffset(vp.index);
     if (n === 'Scontrol') {
       sy.scontrol = v & 1;
       sy.pumpAll();
@@ -532,14 +620,210 @@ export class Hypervisor {
       const sint = Number(n.slice(4));
       sy.sint[sint] = v;
       sy.pump(sint);
+    } else if (n === 'InterceptSuspend') {
+      if (vp.interceptPending) {
+        vp.interceptPending = false;
+        this.opts.scheduler?.post({ t: 'interceptDone', id: p.id, index: vp.index });
+        this.opts.scheduler?.ring();
+      }
+    } else if (p.vpI32 && p.vpF64 && (n === 'Tpr' || n.startsWith('Stimer'))) {
+      if (n === 'Tpr') {
+        Atomics.store(p.vpI32, (off + VpPage.tpr) >> 2, v);
+      } else {
+        const t = /^Stimer(\d)(Config|Count)$/.exec(n)!;
+        const i = Number(t[1]);
+        if (t[2] === 'Config') Atomics.store(p.vpI32, ((off + VpPage.stimerConfig) >> 2) + i, v);
+        else p.vpF64[((off + VpPage.stimerCount) >> 3) + i] = v;
+        Atomics.add(p.vpI32, (off + VpPage.timerGen) >> 2, 1);
+      }
+      this.opts.scheduler?.ring();
     } else {
       vp.registers.set(n, v);
+      if (p.vpF64 && (n === 'Rax' || n === 'Rip')) {
+        p.vpF64[(off + (n === 'Rax' ? VpPage.rax : VpPage.rip)) >> 3] = v;
+        if (n === 'Rax') Atomics.store(p.vpI32!, (off + VpPage.ioValue) >> 2, v | 0);
+      }
     }
+  }
+
+  // ---- scheduling, interrupts, timers, intercepts -------------------------------------------
+
+  private createVpRegion(p: Partition): void {
+    const name = `hvlab-${this.hostId}-p${p.id}-vp`;
+    try {
+      p.vpRegion = createRegion(name, vpRegionBytes(MAX_VPS_PER_PARTITION));
+    } catch (e) {
+      throw new Fail(HvStatus.INSUFFICIENT_MEMORY, (e as Error).message);
+    }
+    p.vpRegionName = name;
+    p.vpI32 = new Int32Array(p.vpRegion);
+    p.vpF64 = new Float64Array(p.vpRegion);
+    const dv = new DataView(p.vpRegion);
+    dv.setUint32(VpRegionHeader.magic, VP_REGION_MAGIC, true);
+    dv.setUint32(VpRegionHeader.vpCount, MAX_VPS_PER_PARTITION, true);
+    p.refBaseNs = process.hrtime.bigint();
+    new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
+    this.opts.scheduler!.post({ t: 'addPartition', id: p.id, region: p.vpRegion, suspended: p.suspended, weight: p.cpuWeight, reserve: p.cpuReserve / 100, cap: p.cpuCap / 100 });
+  }
+
+  private toScheduler(p: Partition, m: ToScheduler): void {
+    if (!p.vpRegion || !this.opts.scheduler) return;
+    this.opts.scheduler.post(m);
+    this.opts.scheduler.ring();
+  }
+
+  /** Pends `vector` on a VP's virtual APIC and lets the scheduler wake it. False without an APIC. */
+  assertVector(p: Partition, vpIndex: number, vector: number, autoEoi: boolean): boolean {
+    if (!p.vpI32 || !this.opts.scheduler) return false;
+    const off = vpPageOffset(vpIndex);
+    if (vector >= PROBE_VECTOR_MIN) new BigInt64Array(p.vpRegion!, off + VpPage.probeAssertNs, 1)[0] = process.hrtime.bigint();
+    new VirtualApicView(p.vpI32, off).assert(vector, autoEoi);
+    this.opts.scheduler.ring();
+    return true;
+  }
+
+  /** A SynIC interrupt: through the VP's virtual APIC when it has one, else as a notification. */
+  private raiseSint(p: Partition, vpIndex: number, sint: number, extra: { slot?: Uint8Array; flag?: number }): void {
+    const vp = p.vps.get(vpIndex);
+    const reg = vp?.synic.sint[sint] ?? 0;
+    if (vp && !sintMasked(reg) && this.assertVector(p, vpIndex, sintVector(reg), (reg & SINT_AUTO_EOI) !== 0)) return;
+    this.notifyPartition(p, { k: 'sint', vp: vpIndex, sint, ...extra });
+  }
+
+  /** What the scheduler thread hands back: message-mode timer expirations and port intercepts. */
+  fromScheduler(m: FromScheduler): void {
+    const p = this.partitions.get(m.id);
+    const vp = p?.vps.get(m.index);
+    if (!p || !vp || p.state !== PartitionState.Initialized) return;
+    if (m.t === 'timer') {
+      const payload = new Uint8Array(TIMER_EXPIRED_PAYLOAD_BYTES);
+      const dv = new DataView(payload.buffer);
+      dv.setUint32(0, m.timer, true);
+      dv.setBigUint64(8, BigInt(Math.floor(m.expiration)), true);
+      dv.setBigUint64(16, BigInt(Math.floor(m.delivery)), true);
+      vp.synic.post(m.sint, { type: HvMessageType.TimerExpired, payload, sender: 0 });
+      return;
+    }
+    vp.interceptPending = true;
+    const want = m.access === 2 ? InterceptAccess.Write : InterceptAccess.Read;
+    const hit = p.intercepts.find((i) => m.port >= i.port && m.port <= i.portEnd && (i.access & want) !== 0 && this.sessions.has(i.ownerSession));
+    if (hit) {
+      this.opts.notify(hit.ownerSession, {
+        k: 'intercept', partitionId: p.id, vpIndex: m.index, messageType: HvMessageType.X64IoPortIntercept,
+        port: m.port, access: m.access, size: m.size, value: m.value, rip: vp.registers.get('Rip') ?? 0,
+      });
+      return;
+    }
+    // No one claims the port: reads float high, writes vanish, and the VP goes on.
+    if (want === InterceptAccess.Read) {
+      const ones = m.size >= 4 ? 0xffffffff : (1 << (m.size * 8)) - 1;
+      Atomics.store(p.vpI32!, (vpPageOffset(m.index) + VpPage.ioValue) >> 2, ones | 0);
+    }
+    this.writeRegister(p, vp, 'InterceptSuspend', 0);
+  }
+
+  private saveVp(p: Partition, vp: VirtualProcessor): SavedVpState {
+    const registers: Record<string, number> = {};
+    for (const [k, v] of vp.registers) registers[k] = v;
+    const off = vpPageOffset(vp.index);
+    const timers: SavedVpState['timers'] = [];
+    let apic: SavedVpState['apic'] = { irr: new Array(8).fill(0), isr: new Array(8).fill(0), aeoi: new Array(8).fill(0), tpr: 0 };
+    let runState = 'Absent';
+    if (p.vpI32 && p.vpF64) {
+      apic = new VirtualApicView(p.vpI32, off).snapshot();
+      for (let t = 0; t < STIMER_COUNT; t++) {
+        timers.push({
+          config: Atomics.load(p.vpI32, ((off + VpPage.stimerConfig) >> 2) + t) >>> 0,
+          count: p.vpF64[((off + VpPage.stimerCount) >> 3) + t],
+          nextExpiry: p.vpF64[((off + VpPage.stimerNext) >> 3) + t],
+        });
+      }
+      registers.Rax = p.vpF64[(off + VpPage.rax) >> 3];
+      runState = vpRunStateName(Atomics.load(p.vpI32, (off + VpPage.state) >> 2));
+    }
+    return {
+      registers,
+      apic,
+      synic: { scontrol: vp.synic.scontrol, simp: vp.synic.simp, siefp: vp.synic.siefp, sint: [...vp.synic.sint] },
+      timers,
+      referenceTime: this.readRegister(p, vp, 'ReferenceTime'),
+      runState,
+      interceptPending: vp.interceptPending,
+    };
+  }
+
+  private restoreVp(p: Partition, vp: VirtualProcessor, raw: unknown): void {
+    const st = raw as SavedVpState;
+    const nums = (a: unknown, n: number): number[] => {
+      if (!Array.isArray(a) || a.length !== n || a.some((x) => typeof x !== 'number' || !Number.isFinite(x))) throw new Fail(HvStatus.INVALID_PARAMETER, `saved VP state has a malformed list (want ${n} numbers)`);
+      return a as number[];
+    };
+    if (st === null || typeof st !== 'object' || !st.synic || !st.apic || !Array.isArray(st.timers) || typeof st.referenceTime !== 'number') {
+      throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'saved VP state is malformed');
+    }
+    const sint = nums(st.synic.sint, SINT_COUNT);
+    const apic = { irr: nums(st.apic.irr, 8), isr: nums(st.apic.isr, 8), aeoi: nums(st.apic.aeoi, 8), tpr: Number(st.apic.tpr) & 0xff };
+    for (const [k, v] of Object.entries(st.registers ?? {})) {
+      if (!isVpRegisterName(k) || typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new Fail(HvStatus.INVALID_PARAMETER, `saved register ${k} is invalid`);
+    }
+    // Reference time continues from the saved value: time stands still while a VM is saved.
+    p.refBaseNs = process.hrtime.bigint() - BigInt(Math.max(0, Math.floor(st.referenceTime))) * 100n;
+    if (p.vpRegion) new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
+    for (const [k, v] of Object.entries(st.registers ?? {})) this.writeRegister(p, vp, k as VpRegisterName, v);
+    vp.synic.sint.splice(0, SINT_COUNT, ...sint);
+    vp.synic.scontrol = Number(st.synic.scontrol) & 1;
+    vp.synic.simp = Number(st.synic.simp);
+    vp.synic.siefp = Number(st.synic.siefp);
+    const off = vpPageOffset(vp.index);
+    if (p.vpI32 && p.vpF64) {
+      new VirtualApicView(p.vpI32, off).load(apic);
+      st.timers.slice(0, STIMER_COUNT).forEach((t, i) => {
+        Atomics.store(p.vpI32!, ((off + VpPage.stimerConfig) >> 2) + i, Number(t.config) | 0);
+        p.vpF64![((off + VpPage.stimerCount) >> 3) + i] = Number(t.count) || 0;
+        p.vpF64![((off + VpPage.stimerNext) >> 3) + i] = Number(t.nextExpiry) || 0;
+      });
+      this.opts.scheduler?.post({ t: 'timersRestored', id: p.id, index: vp.index });
+      this.opts.scheduler?.ring();
+    }
+  }
+
+  /** Per-VP scheduler state and accounting, with CPU % over the last second of samples. */
+  vpStats(p: Partition): { cpuPercent: number; vps: VpStats[] } {
+    if (!p.vpI32 || !p.vpF64) return { cpuPercent: 0, vps: [] };
+    const now = Date.now();
+    const idx = [...p.vps.keys()].sort((a, b) => a - b);
+    const runMs = idx.map((i) => p.vpF64![(vpPageOffset(i) + VpPage.runMs) >> 3]);
+    const s = p.cpuSamples;
+    if (s.length === 0 || now - s[s.length - 1].at >= 100) s.push({ at: now, runMs });
+    while (s.length > 2 && now - s[1].at >= 1000) s.shift();
+    const base = s[0];
+    const dt = now - base.at;
+    const pct = (i: number): number => (dt > 0 && base.runMs[i] !== undefined ? Math.max(0, Math.round(((runMs[i] - base.runMs[i]) / dt) * 1000) / 10) : 0);
+    const vps = idx.map((index, i) => {
+      const off = vpPageOffset(index);
+      return {
+        index,
+        state: vpRunStateName(Atomics.load(p.vpI32!, (off + VpPage.state) >> 2)),
+        runMs: Math.round(runMs[i]),
+        readyMs: Math.round(p.vpF64![(off + VpPage.readyMs) >> 3]),
+        waitMs: Math.round(p.vpF64![(off + VpPage.waitMs) >> 3]),
+        dispatches: p.vpF64![(off + VpPage.dispatches) >> 3],
+        cpuPercent: pct(i),
+      };
+    });
+    return { cpuPercent: Math.round(vps.reduce((a, v) => a + v.cpuPercent, 0) * 10) / 10, vps };
   }
 
   private destroy(p: Partition): void {
     p.state = PartitionState.Deleted;
     if (p.memoryRegion) unlinkRegion(p.memoryRegion);
+    if (p.vpRegionName) {
+      this.opts.scheduler?.post({ t: 'removePartition', id: p.id });
+      unlinkRegion(p.vpRegionName);
+      p.vpRegion = null;
+      p.vpI32 = null;
+      p.vpF64 = null;
+    }
     p.memory = null;
     p.memoryView = null;
     for (const key of [...this.connections.keys()]) {

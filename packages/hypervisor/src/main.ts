@@ -20,7 +20,7 @@ const log = processLogger(paths.logDir, 'hypervisor.log', { host: hostId, role: 
 const mode = memoryMode();
 log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined }, 'hypervisor starting');
 
-const server = new HypervisorServer({ hostId, rootToken, memoryMode: mode, log });
+const server = new HypervisorServer({ hostId, rootToken, memoryMode: mode, log, lps: Number.isInteger(lps) && lps > 0 ? lps : 1 });
 let exiting = false;
 async function exit(reason: string, code = 0): Promise<void> {
   if (exiting) return;

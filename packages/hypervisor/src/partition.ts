@@ -12,6 +12,8 @@ export const GPA_EXECUTE = 4;
 
 export class VirtualProcessor {
   readonly registers = new Map<VpRegisterName, number>();
+  /** Stopped on an intercepted access until the parent clears InterceptSuspend. */
+  interceptPending = false;
   constructor(readonly index: number, readonly synic: SynIc) {}
 }
 
@@ -30,6 +32,8 @@ export interface Intercept {
   access: number;
   port: number;
   portEnd: number;
+  /** The session that installed it: intercept messages go there. */
+  ownerSession: string;
 }
 
 export class Partition {
@@ -50,6 +54,15 @@ export class Partition {
   cpuCap = 100;
   cpuWeight = 100;
   readonly createdAt = process.hrtime.bigint();
+  /** The shared VP control region (null when VPs are not scheduled: private memory, or no scheduler). */
+  vpRegion: SharedArrayBuffer | null = null;
+  vpRegionName: string | null = null;
+  vpI32: Int32Array | null = null;
+  vpF64: Float64Array | null = null;
+  /** hrtime at which the partition's reference time was 0 (moved by a restore). */
+  refBaseNs = process.hrtime.bigint();
+  /** Samples of summed VP run time, for the measured CPU percentage. */
+  readonly cpuSamples: Array<{ at: number; runMs: number[] }> = [];
 
   constructor(
     readonly id: number,

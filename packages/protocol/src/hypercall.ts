@@ -31,6 +31,10 @@ export const HvCall = {
   // checks every page, as SLAT would.
   MapGpadl: 0x8001,
   UnmapGpadl: 0x8002,
+  // Whole-VP state for save and restore (Hyper-V's HvCallGetVpState/SetVpState carry the APIC
+  // and XSAVE state; here: registers, APIC, SynIC and synthetic timers as one plain record).
+  GetVpState: 0x8003,
+  SetVpState: 0x8004,
 } as const;
 export type HvCallName = keyof typeof HvCall;
 export type HvCallCode = (typeof HvCall)[HvCallName];
@@ -152,6 +156,10 @@ export const VpRegisterNames = [
   'Scontrol', 'Simp', 'Siefp', 'Eom',
   'Sint0', 'Sint1', 'Sint2', 'Sint3', 'Sint4', 'Sint5', 'Sint6', 'Sint7',
   'Sint8', 'Sint9', 'Sint10', 'Sint11', 'Sint12', 'Sint13', 'Sint14', 'Sint15',
+  'Stimer0Config', 'Stimer0Count', 'Stimer1Config', 'Stimer1Count', 'Stimer2Config', 'Stimer2Count', 'Stimer3Config', 'Stimer3Count',
+  // The APIC's task priority; the intercept suspend (the parent clears it to resume a VP after
+  // emulating an intercepted access); the partition's reference time (read-only).
+  'Tpr', 'InterceptSuspend', 'ReferenceTime',
 ] as const;
 export type VpRegisterName = (typeof VpRegisterNames)[number];
 export function isVpRegisterName(s: string): s is VpRegisterName {
@@ -181,6 +189,23 @@ export interface HypercallInputs {
   /** Grants the root a window on `pfns` of a child (one GPADL of channel `owner`). */
   MapGpadl: { partitionId: number; gpadl: number; owner: number; pfns: number[] };
   UnmapGpadl: { partitionId: number; gpadl: number };
+  GetVpState: { partitionId: number; vpIndex: number };
+  SetVpState: { partitionId: number; vpIndex: number; state: SavedVpState };
+}
+
+/**
+ * One VP's saved state (GetVpState output, SetVpState input). Plain data, versioned with the VM's
+ * saved-state tree; the reference time is the partition's, repeated per VP so a VP restores alone.
+ */
+export interface SavedVpState {
+  registers: Record<string, number>;
+  apic: { irr: number[]; isr: number[]; aeoi: number[]; tpr: number };
+  synic: { scontrol: number; simp: number; siefp: number; sint: number[] };
+  timers: Array<{ config: number; count: number; nextExpiry: number }>;
+  referenceTime: number;
+  /** Scheduler state at save (informational; a restored VP starts Ready or Waiting as the guest decides). */
+  runState: string;
+  interceptPending: boolean;
 }
 /** Output of MapGpadl: the memory region to map (null in private-memory mode) and the page count. */
 export interface MapGpadlOutput { region: string | null; pages: number }

@@ -16,3 +16,4 @@ export * from './mgmt.js';
 export * from './wire.js';
 export * from './vmbus.js';
 export * from './ic.js';
+export * from './vpage.js';

@@ -5,6 +5,9 @@
  *   0x00000  boot information page (written by the VMWP before the first VP starts)
  *   0x01000  status page (written by the guest; the root reads progress from it)
  *   0x02000  workload state page (counter and friends; survives save/restore by living here)
+ *   0x03000  guest kernel page (clock base, LP occupancy, per-VP current task and timers)
+ *   0x04000  task table (64 tasks x 64 bytes)
+ *   0x05000  timer-jitter sample ring of the sleep workload (1024 x f64)
  *   0x10000  per-VP SynIC pages: VP n's message page at 0x10000 + n*0x2000, event flags +0x1000
  *   0x100000 workload data area (memdirty's pages start here, as in QEMU's migration test)
  */
@@ -35,7 +38,8 @@ export const BootInfo = {
   controlEventConnectionId: 0x1c, // u32: guest -> root events (SignalEvent)
   workloadArg: 0x20, // u64
   workloadName: 0x40, // 32 bytes, ASCII, NUL-padded
-  rtcMs: 0x60, // f64: the real-time clock at power-on, ms since 1970 (the guest clock starts here)
+  rtcMs: 0x60, // f64: the real-time clock at power-on, ms since 1970 (fallback when CMOS is unreachable)
+  resume: 0x70, // u32: 1 = memory holds a saved VM: continue it instead of booting
   vmbusEndpoint: 0x100, // 128 bytes, ASCII, NUL-padded: the root's remote VMBus endpoint
   vmbusToken: 0x180, // 64 bytes, ASCII, NUL-padded: proves the partition's identity to it
 } as const;
@@ -72,3 +76,46 @@ export const WorkloadPage = {
   ratePerSecond: 0x08, // u32
   startedMs: 0x10, // f64
 } as const;
+
+export const KERNEL_PAGE_GPA = 0x3000;
+export const KERNEL_MAGIC = 0x4e4b5648; // "HVKN"
+export const KernelPage = {
+  magic: 0x00, // u32
+  running: 0x04, // i32: VPs holding an LP right now
+  maxRunning: 0x08, // i32: the most that ever held one at once
+  idleLo: 0x0c, // i32: halted-VP mask bits 0-31 (IPI targets)
+  idleHi: 0x10, // i32
+  rtcRequest: 0x14, // i32: 1 = VP 0 must read the CMOS clock
+  clockBaseMs: 0x18, // f64: guest wall clock at clockBaseRef
+  clockBaseRef: 0x20, // f64: reference time (100 ns)
+  rtcFromCmosMs: 0x28, // f64: what VP 0 read from the CMOS RTC (0 = not yet)
+  sleepArmRef: 0x30, // f64: when the sleep workload's periodic timer was armed
+  sleepPeriod: 0x38, // f64: its period (100 ns)
+  jitterCount: 0x40, // f64: samples written to the jitter ring
+  currentTask: 0x100, // 64 x i32: the task each VP runs (-1 none)
+  sliceArmed: 0x200, // 64 x i32
+  deadlineArmed: 0x300, // 64 x f64: the one-shot deadline each VP's stimer0 is armed for (0 none)
+} as const;
+export const TASK_TABLE_GPA = 0x4000;
+export const TASK_BYTES = 64;
+export const MAX_TASKS = 64;
+export const Task = {
+  state: 0x00, // i32, TaskState
+  kind: 0x04, // i32, TaskKind
+  owner: 0x08, // i32, VP running it
+  wakeAt: 0x10, // f64, reference time
+  work: 0x18, // f64, work units done
+  a: 0x20, // f64 x 4: kind-specific
+  b: 0x28,
+  c: 0x30,
+  d: 0x38,
+} as const;
+export const TaskState = { Free: 0, Runnable: 1, Running: 2, Sleeping: 3 } as const;
+export const TaskKind = { Spin: 1, Sleep: 2, MemDirty: 3, Counter: 4 } as const;
+export const JITTER_RING_GPA = 0x5000;
+export const JITTER_RING_ENTRIES = 1024;
+
+/** Guest interrupt vectors. SINT2 (VMBus) is auto-EOI; the timers are direct mode. */
+export const GuestVector = { Vmbus: 0x30, Deadline: 0x40, Slice: 0x41, SleepTick: 0x42, Reschedule: 0x50 } as const;
+/** Guest time slice (100 ns units): 10 ms. */
+export const GUEST_SLICE_100NS = 100_000;

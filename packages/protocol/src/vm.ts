@@ -16,18 +16,33 @@ export function vmStateName(n: number): VmStateName | 'Unknown' {
   return 'Unknown';
 }
 
-export const WORKLOADS = ['idle', 'counter'] as const;
+export const WORKLOADS = ['idle', 'counter', 'spin', 'sleep', 'memdirty'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
+export const DEFAULT_SLEEP_PERIOD_MS = 10;
+export const DEFAULT_MEMDIRTY_BYTES = 16 * 1024 * 1024;
 
-/** "counter", "counter:500" (rate per second), "idle". Returns null when malformed. */
+/**
+ * "counter[:RATE]" (increments per second), "idle", "spin" (one CPU-bound task per VP),
+ * "sleep[:MS]" (woken by a periodic timer every MS ms), "memdirty[:SIZE]" (QEMU's migration-test
+ * guest over SIZE bytes from GPA 0x100000, e.g. 16M). Returns null when malformed.
+ */
 export function parseWorkload(spec: string): { name: WorkloadName; arg: number } | null {
-  const m = /^([a-z]+)(?::(\d+))?$/.exec(spec);
+  const m = /^([a-z]+)(?::([0-9]+[KMG]?))?$/i.exec(spec);
   if (!m) return null;
   const name = m[1] as WorkloadName;
   if (!(WORKLOADS as readonly string[]).includes(name)) return null;
-  const arg = m[2] === undefined ? 0 : Number(m[2]);
-  if (name === 'counter' && m[2] !== undefined && (arg < 1 || arg > 1_000_000)) return null;
-  if (name === 'idle' && m[2] !== undefined) return null;
+  const text = m[2];
+  if (text === undefined) return { name, arg: name === 'memdirty' ? DEFAULT_MEMDIRTY_BYTES : name === 'sleep' ? DEFAULT_SLEEP_PERIOD_MS : 0 };
+  if (name === 'idle' || name === 'spin') return null;
+  if (name === 'memdirty') {
+    const bytes = parseSize(text);
+    if (bytes === null || bytes < 4096 || bytes % 4096 !== 0) return null;
+    return { name, arg: bytes };
+  }
+  if (!/^\d+$/.test(text)) return null;
+  const arg = Number(text);
+  if (name === 'counter' && (arg < 1 || arg > 1_000_000)) return null;
+  if (name === 'sleep' && (arg < 1 || arg > 10_000)) return null;
   return { name, arg };
 }
 export const DEFAULT_COUNTER_RATE = 1000;

@@ -20,7 +20,11 @@ export type HvClientMsg =
   | { k: 'hc'; id: number; code: number; fast?: boolean; repCount?: number; repStart?: number; input: Record<string, unknown> }
   | { k: 'ctl'; id: number; op: 'shutdown' | 'stats' };
 export type HvServerMsg =
-  | { k: 'welcome'; partitionId: number; hostId: string; memoryMode: 'shared' | 'private'; memoryRegion: string | null; memoryBytes: number }
+  | {
+    k: 'welcome'; partitionId: number; hostId: string; memoryMode: 'shared' | 'private'; memoryRegion: string | null; memoryBytes: number;
+    /** The partition's VP control region and the host's scheduler doorbell (null: VPs run unscheduled). */
+    vpRegion?: string | null; schedRegion?: string | null;
+  }
   | { k: 'reject'; reason: string }
   | { k: 'hr'; id: number; status: number; reps: number; output: unknown }
   | { k: 'ctlr'; id: number; result: unknown }
@@ -30,4 +34,10 @@ export type HvServerMsg =
   | { k: 'rootmsg'; portId: number; messageType: number; payload: Uint8Array; sender: number }
   | { k: 'rootevent'; portId: number; flagNumber: number; sender: number }
   | { k: 'suspend'; suspended: boolean }
+  /**
+   * An intercepted I/O port access (X64IoPortIntercept), sent to the session that installed the
+   * intercept (the VMWP). The VP stays suspended until that session writes the result and clears
+   * InterceptSuspend with SetVpRegisters.
+   */
+  | { k: 'intercept'; partitionId: number; vpIndex: number; messageType: number; port: number; access: number; size: number; value: number; rip: number }
   | { k: 'bye'; reason: string };

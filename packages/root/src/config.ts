@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, parseSize, parseWorkload, formatBytes,
+  MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes,
 } from '@hvlab/protocol';
 
 export const VM_CONFIG_VERSION = 1;
@@ -54,7 +54,11 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
   const vps = Number(vpsText);
   if (!/^\d+$/.test(vpsText) || vps < 1 || vps > MAX_VPS_PER_PARTITION) throw invalid(`--vps ${vpsText} is invalid: a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`);
   const workload = args.workload === undefined ? 'counter' : String(args.workload);
-  if (!parseWorkload(workload)) throw invalid(`workload "${workload}" is unknown: use idle or counter[:RATE]`);
+  const wl = parseWorkload(workload);
+  if (!wl) throw invalid(`workload "${workload}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`);
+  if (wl.name === 'memdirty' && WORKLOAD_DATA_GPA + wl.arg > memoryBytes - memoryBytes / 4) {
+    throw invalid(`workload "${workload}" needs ${formatBytes(WORKLOAD_DATA_GPA + wl.arg)} of guest memory below the device area (the top quarter); give the VM more --memory`);
+  }
   const rtcText = args.rtcOffset === undefined ? '0' : String(args.rtcOffset);
   const rtcOffsetS = Number(rtcText);
   if (!/^-?\d+$/.test(rtcText) || Math.abs(rtcOffsetS) > 10 * 365 * 86400) throw invalid(`--rtc-offset ${rtcText} is invalid: whole seconds within ±10 years`);

@@ -32,6 +32,9 @@ export interface HvSession {
   memoryMode: 'shared' | 'private';
   memoryRegion: string | null;
   memoryBytes: number;
+  /** The partition's VP control region and the host's scheduler region, when VPs are scheduled. */
+  vpRegion: string | null;
+  schedRegion: string | null;
 }
 
 export class HvClient {
@@ -62,7 +65,7 @@ export class HvClient {
     });
     if (reply.k === 'reject') throw new Error(`the hypervisor refused the session: ${reply.reason}`);
     if (reply.k !== 'welcome') throw new Error(`unexpected hypervisor reply ${reply.k}`);
-    this.session = { partitionId: reply.partitionId, hostId: reply.hostId, memoryMode: reply.memoryMode, memoryRegion: reply.memoryRegion, memoryBytes: reply.memoryBytes };
+    this.session = { partitionId: reply.partitionId, hostId: reply.hostId, memoryMode: reply.memoryMode, memoryRegion: reply.memoryRegion, memoryBytes: reply.memoryBytes, vpRegion: reply.vpRegion ?? null, schedRegion: reply.schedRegion ?? null };
     return this.session;
   }
 

@@ -10,6 +10,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <climits>
+#include <ctime>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
 namespace {
 
@@ -93,6 +97,66 @@ void Unlink(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(true);
 }
 
+// The address of Int32 word `index` of a SharedArrayBuffer, or nullptr after throwing.
+int32_t* WordAddress(const FunctionCallbackInfo<Value>& args, const char* what) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 2 || !args[0]->IsSharedArrayBuffer() || !args[1]->IsNumber()) {
+    Throw(isolate, std::string(what) + " takes a SharedArrayBuffer and a word index", 0);
+    return nullptr;
+  }
+  Local<SharedArrayBuffer> sab = args[0].As<SharedArrayBuffer>();
+  double idx = args[1].As<v8::Number>()->Value();
+  size_t len = sab->ByteLength();
+  if (!(idx >= 0) || idx != static_cast<double>(static_cast<size_t>(idx)) || (static_cast<size_t>(idx) + 1) * 4 > len) {
+    Throw(isolate, std::string(what) + ": word index is outside the buffer", 0);
+    return nullptr;
+  }
+  return static_cast<int32_t*>(sab->Data()) + static_cast<size_t>(idx);
+}
+
+// futexWait(sab, index, expected, timeoutMs) -> 'ok' | 'not-equal' | 'timed-out'
+// A shared (not PRIVATE) futex, so a wake from another process that maps the same file reaches
+// it; V8's Atomics.wait only sees wakes from its own process. timeoutMs < 0 waits forever.
+void FutexWait(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  int32_t* addr = WordAddress(args, "futexWait");
+  if (addr == nullptr) return;
+  if (args.Length() < 4 || !args[2]->IsNumber() || !args[3]->IsNumber()) {
+    Throw(isolate, "futexWait(sab, index, expected, timeoutMs) takes numbers", 0); return;
+  }
+  int32_t expected = static_cast<int32_t>(args[2].As<v8::Number>()->Value());
+  double ms = args[3].As<v8::Number>()->Value();
+  struct timespec ts;
+  struct timespec* tsp = nullptr;
+  if (ms >= 0) {
+    if (ms > 86400000.0) ms = 86400000.0;
+    ts.tv_sec = static_cast<time_t>(ms / 1000);
+    ts.tv_nsec = static_cast<long>((ms - ts.tv_sec * 1000.0) * 1e6);
+    tsp = &ts;
+  }
+  long r = syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, nullptr, 0);
+  const char* out = "ok";
+  if (r != 0) {
+    if (errno == EAGAIN) out = "not-equal";
+    else if (errno == ETIMEDOUT) out = "timed-out";
+    else if (errno == EINTR) out = "ok";
+    else { Throw(isolate, "futex wait", errno); return; }
+  }
+  args.GetReturnValue().Set(String::NewFromUtf8(isolate, out).ToLocalChecked());
+}
+
+// futexWake(sab, index, count) -> number of waiters woken (in any process)
+void FutexWake(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  int32_t* addr = WordAddress(args, "futexWake");
+  if (addr == nullptr) return;
+  int count = INT_MAX;
+  if (args.Length() >= 3 && args[2]->IsNumber()) count = static_cast<int>(args[2].As<v8::Number>()->Value());
+  long r = syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
+  if (r < 0) { Throw(isolate, "futex wake", errno); return; }
+  args.GetReturnValue().Set(v8::Integer::New(isolate, static_cast<int32_t>(r)));
+}
+
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
@@ -101,4 +165,8 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, Map)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "unlink").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, Unlink)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "futexWait").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, FutexWait)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "futexWake").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, FutexWake)->GetFunction(context).ToLocalChecked()).Check();
 }

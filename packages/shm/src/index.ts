@@ -19,6 +19,8 @@ import { fileURLToPath } from 'node:url';
 interface Addon {
   map(name: string, size: number, create: boolean): SharedArrayBuffer;
   unlink(name: string): boolean;
+  futexWait(sab: SharedArrayBuffer, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out';
+  futexWake(sab: SharedArrayBuffer, index: number, count: number): number;
 }
 
 const pkgDir = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -127,4 +129,21 @@ export function unlinkRegion(name: string): boolean {
 export function privateRegion(size: number): SharedArrayBuffer {
   checkSize(size);
   return new SharedArrayBuffer(size);
+}
+
+/**
+ * Blocks the calling thread while Int32 word `index` of `sab` equals `expected`, at most
+ * `timeoutMs` (negative: forever). With the addon this is a shared futex, woken from any process
+ * that maps the same region; without it, Atomics.wait (wakes only from this process). Worker
+ * threads only: the main thread must never block.
+ */
+export function futexWait(sab: SharedArrayBuffer, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out' {
+  if (addon) return addon.futexWait(sab, index, expected, timeoutMs);
+  return Atomics.wait(new Int32Array(sab), index, expected, timeoutMs < 0 ? Infinity : timeoutMs);
+}
+
+/** Wakes up to `count` threads blocked in futexWait on word `index` (in any process, with the addon). */
+export function futexWake(sab: SharedArrayBuffer, index: number, count = 0x7fffffff): number {
+  if (addon) return addon.futexWake(sab, index, count);
+  return Atomics.notify(new Int32Array(sab), index, count);
 }

@@ -13,11 +13,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
-  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { controlPortId, hostConnectionId, type VmwpConfig } from './shared.js';
+import { CmosRtc, CMOS_INDEX_PORT, CMOS_DATA_PORT } from './cmos.js';
 
 const cfg = JSON.parse(process.env.HVLAB_VMWP_CONFIG!) as VmwpConfig;
 const rootToken = process.env.HVLAB_ROOT_TOKEN!;
@@ -33,6 +34,18 @@ let childRpc: IpcRpc | null = null;
 let memory: DataView | null = null;
 let booted = false;
 let exiting = false;
+const cmos = new CmosRtc(cfg.rtcOffsetS * 1000);
+let intercepts = 0;
+
+/** An intercepted port access of our partition: emulate it, write the result, resume the VP. */
+async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promise<void> {
+  const write = n.access === 2;
+  const result = cmos.access(n.port, write, n.value);
+  intercepts++;
+  const values: Record<string, number> = { Rip: n.rip + 1, InterceptSuspend: 0 };
+  if (!write) values.Rax = result >>> 0;
+  await hv.must('SetVpRegisters', { partitionId, vpIndex: n.vpIndex, values });
+}
 
 const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
   if (n.k === 'rootmsg' && n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId) {
@@ -41,6 +54,8 @@ const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
       log.info('guest reported boot');
       rootRpc.note({ t: 'booted', partitionPid: child?.pid ?? null });
     }
+  } else if (n.k === 'intercept' && n.partitionId === partitionId) {
+    onIntercept(n).catch((e) => log.error({ err: e, port: n.port }, 'intercept handling failed'));
   } else if (n.k === 'bye') {
     void exit(`hypervisor: ${n.reason}`, 1);
   }
@@ -70,6 +85,13 @@ watchPids([cfg.hvPid], () => void exit('the hypervisor is gone', 1));
 process.on('disconnect', () => void exit('the root is gone', 1));
 process.on('SIGTERM', () => void exit('SIGTERM'));
 
+/** What the guest kernel page says: LP occupancy (now and most ever) and the CMOS time it read. */
+async function kernelInfo(): Promise<{ running: number; maxRunning: number; rtcFromCmosMs: number }> {
+  const k = await readGuest(KERNEL_PAGE_GPA, 0x40);
+  const dv = new DataView(k.buffer, k.byteOffset, k.byteLength);
+  return { running: dv.getInt32(KernelPage.running, true), maxRunning: dv.getInt32(KernelPage.maxRunning, true), rtcFromCmosMs: dv.getFloat64(KernelPage.rtcFromCmosMs, true) };
+}
+
 async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
   if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > cfg.memoryBytes) {
     throw new Error(`GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
@@ -91,6 +113,8 @@ const rootRpc = new IpcRpc(process, async (m) => {
         steps: Number(dv.getBigUint64(StatusPage.steps, true)),
         messagesReceived: dv.getUint32(StatusPage.messagesReceived, true),
         eventsReceived: dv.getUint32(StatusPage.eventsReceived, true),
+        intercepts,
+        kernel: await kernelInfo(),
       };
     }
     case 'peek':
@@ -155,6 +179,8 @@ async function build(): Promise<void> {
   await hv.must('InitializePartition', { partitionId });
   await hv.must('MapGpaPages', { partitionId, gpaPage: 0, pageCount: cfg.memoryBytes / PAGE });
   for (let vp = 0; vp < cfg.vps; vp++) await hv.must('CreateVp', { partitionId, vpIndex: vp });
+  // Legacy devices this worker emulates: the CMOS clock (read by the guest at boot).
+  await hv.must('InstallIntercept', { partitionId, type: InterceptType.IoPortRange, access: InterceptAccess.Read | InterceptAccess.Write, port: CMOS_INDEX_PORT, portEnd: CMOS_DATA_PORT });
   // Guest -> root control port (owned by this session) and root -> guest message/event ports.
   await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId), type: PortType.Message, vpIndex: 0, sint: 0 });
   await hv.must('ConnectPort', { partitionId, connectionId: GUEST_CONTROL_CONNECTION_ID, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });

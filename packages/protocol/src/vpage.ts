@@ -1,0 +1,188 @@
+/**
+ * The VP control region: the shared-memory contract between the hypervisor's scheduler and the
+ * VP threads of a child partition. One region per partition (`hvlab-<host>-p<id>-vp`), created by
+ * the hypervisor: a header page, then one 4 KiB page per VP holding
+ *
+ *   - the dispatch word: the hypervisor grants and revokes the LP here, the VP answers here
+ *     (ack a preemption, halt, or stop on an intercepted port access);
+ *   - the virtual APIC: IRR, ISR, TPR, and the auto-EOI bits of pending SINT vectors;
+ *   - the synthetic-timer MSRs (4 timers) and the ICR (IPIs), which the guest writes here and the
+ *     hypervisor picks up — hvlab's stand-in for WRMSR exits on these MSRs;
+ *   - the I/O intercept record, the RAX/RIP mirror, and the scheduler's accounting.
+ *
+ * A host-wide scheduler region (`hvlab-<host>-sched`) holds one doorbell word; every change the
+ * scheduler must see is followed by incrementing it and a futex wake. The hypervisor validates
+ * everything it reads from a guest-writable page; a guest can only hurt itself.
+ */
+export const VP_PAGE_BYTES = 4096;
+export const VP_REGION_MAGIC = 0x50565648; // "HVVP"
+
+/** Header page (byte offsets). */
+export const VpRegionHeader = {
+  magic: 0x00, // u32
+  vpCount: 0x04, // u32
+  /** i64: hrtime (CLOCK_MONOTONIC ns) at which reference time was 0. */
+  refBaseNs: 0x08,
+} as const;
+
+export function vpRegionBytes(maxVps: number): number {
+  return VP_PAGE_BYTES * (1 + maxVps);
+}
+export function vpPageOffset(vp: number): number {
+  return VP_PAGE_BYTES * (1 + vp);
+}
+
+/** Per-VP page (byte offsets from the page start). */
+export const VpPage = {
+  dispatch: 0x000, // i32, Dispatch
+  state: 0x004, // i32, VpRunState (scheduler-written, for observers)
+  tpr: 0x008, // i32, task priority (bits 7-4 the class)
+  icrBusy: 0x00c, // i32, 1 while an IPI request waits for the hypervisor
+  icrVector: 0x010, // i32
+  icrTargetsLo: 0x014, // i32, VP mask bits 0-31
+  icrTargetsHi: 0x018, // i32, VP mask bits 32-63
+  timerGen: 0x01c, // i32, bumped by the guest after writing timer MSRs here
+  irr: 0x020, // 8 x i32
+  isr: 0x040, // 8 x i32
+  stimerConfig: 0x060, // 4 x i32
+  stimerCount: 0x070, // 4 x f64 (100 ns units)
+  ioPort: 0x090, // i32
+  ioAccess: 0x094, // i32, 1 read, 2 write
+  ioSize: 0x098, // i32, 1, 2 or 4
+  ioValue: 0x09c, // i32, the value written, or (after emulation) the value read
+  probeAssertNs: 0x0a0, // i64, when the hypervisor asserted the probe vector
+  probeTakenNs: 0x0a8, // i64, when the VP took it
+  runMs: 0x0c0, // f64 accounting, scheduler-written
+  readyMs: 0x0c8,
+  waitMs: 0x0d0,
+  dispatches: 0x0d8,
+  rax: 0x100, // f64 mirror of RAX (intercept results)
+  rip: 0x108, // f64 mirror of RIP
+  aeoi: 0x140, // 8 x i32: pending vectors that came from auto-EOI SINTs
+  stimerNext: 0x180, // 4 x f64: next expiry (reference time) per timer, 0 = not armed (scheduler-owned)
+} as const;
+
+/** Vectors at or above this are probes: the VP records when it took them (interrupt-latency benchmark). */
+export const PROBE_VECTOR_MIN = 0xf0;
+
+/** Values of the dispatch word. The hypervisor writes Granted and Preempt (and Off after taking a halt or intercept); the VP writes the rest. */
+export const Dispatch = {
+  Off: 0,
+  Granted: 1,
+  Preempt: 2,
+  Halt: 3,
+  Intercept: 4,
+  /** The VP thread is up and asks to run (StartVirtualProcessor). */
+  Start: 5,
+} as const;
+
+/** Scheduler states (REFERENCE "Scheduling"); Absent = created but its thread never started. */
+export const VpRunState = { Absent: 0, Ready: 1, Running: 2, Waiting: 3, Suspended: 4 } as const;
+export type VpRunStateName = 'Absent' | 'Ready' | 'Running' | 'Waiting' | 'Suspended';
+export function vpRunStateName(n: number): VpRunStateName {
+  return (['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'] as const)[n] ?? 'Absent';
+}
+
+/** Scheduler region (byte offsets). */
+export const SchedRegion = { doorbell: 0x00 } as const;
+export const SCHED_REGION_BYTES = 4096;
+
+// ---- virtual APIC ---------------------------------------------------------------------------
+// Bit operations over the 256-bit IRR/ISR/AEOI arrays of one VP page, as Int32 word indexes into
+// an Int32Array of the whole region. Priority rules from REFERENCE "SynIC and interrupts".
+
+function highest(words: Int32Array, base: number): number {
+  for (let w = 7; w >= 0; w--) {
+    const v = Atomics.load(words, base + w) >>> 0;
+    if (v !== 0) return w * 32 + 31 - Math.clz32(v);
+  }
+  return -1;
+}
+
+export class VirtualApicView {
+  private readonly irr: number;
+  private readonly isr: number;
+  private readonly aeoi: number;
+  private readonly tpr: number;
+  constructor(readonly words: Int32Array, pageOffset: number) {
+    this.irr = (pageOffset + VpPage.irr) >> 2;
+    this.isr = (pageOffset + VpPage.isr) >> 2;
+    this.aeoi = (pageOffset + VpPage.aeoi) >> 2;
+    this.tpr = (pageOffset + VpPage.tpr) >> 2;
+  }
+  /** Sets `vector` pending (hypervisor side). Returns false when it was already pending. */
+  assert(vector: number, autoEoi = false): boolean {
+    const bit = 1 << (vector & 31);
+    if (autoEoi) Atomics.or(this.words, this.aeoi + (vector >> 5), bit);
+    return (Atomics.or(this.words, this.irr + (vector >> 5), bit) & bit) === 0;
+  }
+  highestPending(): number {
+    return highest(this.words, this.irr);
+  }
+  highestInService(): number {
+    return highest(this.words, this.isr);
+  }
+  getTpr(): number {
+    return Atomics.load(this.words, this.tpr) & 0xff;
+  }
+  setTpr(v: number): void {
+    Atomics.store(this.words, this.tpr, v & 0xff);
+  }
+  /** PPR = max(TPR class, highest in-service class) << 4. */
+  ppr(): number {
+    const isr = this.highestInService();
+    return Math.max(this.getTpr() >> 4, isr < 0 ? 0 : isr >> 4) << 4;
+  }
+  /** The vector the VP would take now, or -1: the highest pending one whose class exceeds the PPR's. */
+  deliverable(): number {
+    const v = this.highestPending();
+    if (v < 0) return -1;
+    return v >> 4 > this.ppr() >> 4 ? v : -1;
+  }
+  /** Takes `vector`: IRR -> ISR, or just clears it when it came from an auto-EOI SINT. Returns whether it needs an EOI. */
+  accept(vector: number): boolean {
+    const w = vector >> 5;
+    const bit = 1 << (vector & 31);
+    Atomics.and(this.words, this.irr + w, ~bit);
+    const auto = (Atomics.and(this.words, this.aeoi + w, ~bit) & bit) !== 0;
+    if (!auto) Atomics.or(this.words, this.isr + w, bit);
+    return !auto;
+  }
+  /** EOI: retires the highest in-service vector. Returns it, or -1 when none was in service. */
+  eoi(): number {
+    const v = this.highestInService();
+    if (v >= 0) Atomics.and(this.words, this.isr + (v >> 5), ~(1 << (v & 31)));
+    return v;
+  }
+  /** The whole APIC state as plain numbers (save). */
+  snapshot(): { irr: number[]; isr: number[]; aeoi: number[]; tpr: number } {
+    const read = (b: number): number[] => Array.from({ length: 8 }, (_, i) => Atomics.load(this.words, b + i) >>> 0);
+    return { irr: read(this.irr), isr: read(this.isr), aeoi: read(this.aeoi), tpr: this.getTpr() };
+  }
+  load(s: { irr: number[]; isr: number[]; aeoi: number[]; tpr: number }): void {
+    for (let i = 0; i < 8; i++) {
+      Atomics.store(this.words, this.irr + i, s.irr[i] | 0);
+      Atomics.store(this.words, this.isr + i, s.isr[i] | 0);
+      Atomics.store(this.words, this.aeoi + i, s.aeoi[i] | 0);
+    }
+    this.setTpr(s.tpr);
+  }
+}
+
+// ---- synthetic timers -----------------------------------------------------------------------
+export const STIMER_COUNT = 4;
+/** Config bits (REFERENCE): 0 enable, 1 periodic, 4-11 vector, 12 direct mode, 16-19 SINT. */
+export const StimerConfig = { enable: 1, periodic: 2, direct: 1 << 12 } as const;
+export function stimerConfig(o: { enable: boolean; periodic?: boolean; direct?: boolean; vector?: number; sint?: number }): number {
+  return (o.enable ? 1 : 0) | (o.periodic ? 2 : 0) | ((o.vector ?? 0) & 0xff) << 4 | (o.direct ? 1 << 12 : 0) | ((o.sint ?? 0) & 0xf) << 16;
+}
+export function decodeStimerConfig(c: number): { enable: boolean; periodic: boolean; vector: number; direct: boolean; sint: number } {
+  return { enable: (c & 1) !== 0, periodic: (c & 2) !== 0, vector: (c >> 4) & 0xff, direct: (c & (1 << 12)) !== 0, sint: (c >> 16) & 0xf };
+}
+/** TimerExpired message payload: timer index u32, reserved u32, expiration time u64, delivery time u64. */
+export const TIMER_EXPIRED_PAYLOAD_BYTES = 24;
+
+/** Reference time (100 ns units since the partition's reference base). */
+export function referenceTime(refBaseNs: bigint, nowNs: bigint = process.hrtime.bigint()): number {
+  return Number((nowNs - refBaseNs) / 100n);
+}
