@@ -7,6 +7,7 @@ type BenchMain = (args: string[]) => Promise<void>;
 const benchmarks: Record<string, () => Promise<{ main: BenchMain }>> = {
   hypercall: () => import('./hypercall.js'),
   vmbus: () => import('./vmbus.js'),
+  sched: () => import('./sched.js'),
 };
 
 const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json]`;

@@ -10,7 +10,7 @@ import { parseSize, type IcServiceInfo, type KvpEntry, type HostInfo, type Proce
 import { MgmtClient, MgmtCallError } from './client.js';
 import { CliError, down, readHost, hostRunning, up } from './host.js';
 
-const BOOL_FLAGS = new Set(['json', 'help', 'h', 'follow', 'f', 'force']);
+const BOOL_FLAGS = new Set(['json', 'help', 'h', 'follow', 'f', 'force', 'once']);
 
 interface Args {
   pos: string[];
@@ -56,12 +56,20 @@ Host
   logs [--role R] [--vm NAME] [-f]  the host's logs, readable (roles: hypervisor root vmwp partition)
 
 VMs (Hyper-V: New-VM, Start-VM, Stop-VM, Suspend-VM, Resume-VM, Get-VM, Remove-VM)
-  vm new NAME [--memory 64M] [--vps 1] [--workload counter|counter:RATE|idle] [--rtc-offset SECONDS]
-  vm start|turn-off|pause|resume|delete NAME
+  vm new NAME [--memory 64M] [--vps 1..64] [--workload W] [--rtc-offset SECONDS]
+      workloads: counter[:RATE]  idle  spin (one CPU-bound task per VP)  sleep[:MS] (woken by a
+      periodic timer every MS ms, default 10)  memdirty[:SIZE] (QEMU's migration-test guest, 16M)
+  vm start|turn-off|pause|resume|delete NAME    (start continues a Saved VM; turn-off discards it)
+  vm save NAME                      write memory, VP/APIC/SynIC/timer and device state; -> Saved
+  vm set-processor NAME [--reserve R] [--maximum M] [--weight W]
+                                    Set-VMProcessor: reserve/maximum in % of one LP per VP (0-100),
+                                    relative weight 1-10000 (default 100); running or stopped VMs
   vm stop NAME [--timeout S] [--force]   shut down through the guest's shutdown service; returns when
                                     Off; without an answer in S s (default 30) it fails, or with
                                     --force turns the VM off
-  vm list [--json]                  name, state, enabledState, partitionId, pids, vps, memory, uptime, progress
+  vm list [--json]                  name, state, partition, VPs, memory, uptime, progress, CPU % (of one LP)
+  vm status NAME [--json]           guest facts: progress, steps, LP occupancy, CMOS time, intercepts
+  top [--once] [--interval S]       live table of VMs and their VPs: state, CPU %, run/ready/wait time
   vm peek NAME --gpa ADDR --len N [--out FILE]   read guest memory (hex dump, or raw bytes to FILE)
 
 Integration services (Hyper-V: Get-/Enable-/Disable-VMIntegrationService, KVP exchange)
@@ -216,6 +224,31 @@ export async function run(argv: string[]): Promise<number> {
         ]));
         return 0;
       }
+      case 'top': {
+        client = needHost(paths);
+        const iv = flag('interval');
+        const intervalS = iv === undefined ? 1 : Number(iv);
+        if (!(intervalS >= 0.2 && intervalS <= 60)) throw new CliError(`--interval ${iv} is invalid: 0.2 to 60 seconds`);
+        const once = a.flags.has('once') || !process.stdout.isTTY;
+        for (;;) {
+          const vms = await client.request<VmInfo[]>('vmList');
+          const rows: string[][] = [['VM', 'VP', 'STATE', 'CPU%', 'RUN', 'READY', 'WAIT', 'WEIGHT', 'RES%', 'MAX%']];
+          for (const v of vms) {
+            rows.push([v.name, '*', v.state, v.cpu ? String(v.cpu.percent) : '-', '', '', '', String(v.processor.weight), String(v.processor.reserve), String(v.processor.maximum)]);
+            for (const p of v.cpu?.vps ?? []) {
+              const s = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
+              rows.push(['', String(p.index), p.state, String(p.cpuPercent), s(p.runMs), s(p.readyMs), s(p.waitMs), '', '', '']);
+            }
+          }
+          const text = vms.length === 0 ? 'no VMs' : table(rows);
+          if (once) {
+            out(json ? JSON.stringify(vms) : text);
+            return 0;
+          }
+          process.stdout.write(`\x1b[2J\x1b[H${new Date().toLocaleTimeString()}  hvlab top (Ctrl-C to quit)\n${text}\n`);
+          await new Promise((r) => setTimeout(r, intervalS * 1000));
+        }
+      }
       case 'ps': {
         client = needHost(paths);
         const ps = await client.request<ProcessInfo[]>('ps');
@@ -291,10 +324,25 @@ export async function run(argv: string[]): Promise<number> {
             const vms = await client.request<VmInfo[]>('vmList');
             if (json) out(JSON.stringify(vms));
             else if (vms.length === 0) out('no VMs');
-            else out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS'], ...vms.map((v) => [
+            else out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => [
               v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
-              `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress),
+              `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
             ])]));
+            return 0;
+          }
+          case 'save': {
+            const r = await client.request<VmInfo>('vmSave', { name: needName() }, 180000);
+            out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}`);
+            return 0;
+          }
+          case 'set-processor': {
+            const r = await client.request<VmInfo>('vmSetProcessor', { name: needName(), reserve: flag('reserve'), maximum: flag('maximum'), weight: flag('weight') });
+            out(json ? JSON.stringify(r) : `VM ${r.name}: reserve ${r.processor.reserve}%, maximum ${r.processor.maximum}%, weight ${r.processor.weight}`);
+            return 0;
+          }
+          case 'status': {
+            const r = await client.request<Record<string, unknown>>('vmStatus', { name: needName() });
+            out(json ? JSON.stringify(r) : Object.entries(r).map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n'));
             return 0;
           }
           case 'peek': {

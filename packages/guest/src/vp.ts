@@ -15,7 +15,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VirtualApicView, SchedRegion, VpRegionHeader, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
-  PROBE_VECTOR_MIN, STIMER_COUNT,
+  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { GuestMemory } from './memory.js';
@@ -58,6 +58,7 @@ export class VpThread {
   private cur = -1;
   private lastPick = -1;
   private sliceDue = false;
+  private readonly steps: BigInt64Array;
 
   constructor(private readonly s: VpStart) {
     this.mem = new GuestMemory(s.memory);
@@ -73,6 +74,7 @@ export class VpThread {
     this.kf64 = new Float64Array(s.memory, KERNEL_PAGE_GPA, 512);
     this.refBase = new BigInt64Array(s.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3];
     this.cur = Atomics.load(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex);
+    this.steps = this.mem.i64(STATUS_PAGE_GPA + StatusPage.steps);
   }
 
   private now(): number {
@@ -331,6 +333,7 @@ export class VpThread {
         const task = this.cur;
         if (this.tasks.kind(task) === TaskKind.Sleep && !(this.tasks.field(task, Task.d) > 0)) this.armSleepTick(task);
         const r = this.tasks.step(task, this.now());
+        Atomics.add(this.steps, 0, 1n);
         if (r.kind === 'sleep') {
           this.tasks.sleep(task, r.until);
           this.lastPick = task;

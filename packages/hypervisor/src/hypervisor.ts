@@ -439,6 +439,8 @@ export class Hypervisor {
         }
         // Validate every value before writing any, so a refused call changes nothing.
         for (const [n, v] of entries) this.checkRegister(p, n as VpRegisterName, v as number);
+        // Clearing InterceptSuspend resumes the VP, so it goes last: the results are in place first.
+        entries.sort((a, b) => Number(a[0] === 'InterceptSuspend') - Number(b[0] === 'InterceptSuspend'));
         for (const [n, v] of entries) this.writeRegister(p, vp, n as VpRegisterName, v as number);
         return ok(null, entries.length);
       }

@@ -52,6 +52,7 @@ interface PartRec {
   i32: Int32Array;
   f64: Float64Array;
   refBase: bigint;
+  big: BigInt64Array;
   props: { weight: number; reserve: number; cap: number; suspended: boolean };
   vps: Map<number, VpRec>;
 }
@@ -76,6 +77,8 @@ export function runScheduler(data: SchedulerThreadData): void {
   const dispatchIdx = (p: PartRec, v: VpRec): number => w(p, v.off + VpPage.dispatch);
 
   function refNow(p: PartRec): number {
+    // Re-read the base each time: a restore moves it.
+    p.refBase = p.big[VpRegionHeader.refBaseNs >> 3];
     return Number((process.hrtime.bigint() - p.refBase) / 100n);
   }
 
@@ -85,7 +88,7 @@ export function runScheduler(data: SchedulerThreadData): void {
         const i32 = new Int32Array(m.region);
         const big = new BigInt64Array(m.region, 0, 2);
         parts.set(m.id, {
-          id: m.id, region: m.region, i32, f64: new Float64Array(m.region),
+          id: m.id, region: m.region, i32, f64: new Float64Array(m.region), big,
           refBase: big[VpRegionHeader.refBaseNs >> 3], props: { weight: m.weight, reserve: m.reserve, cap: m.cap, suspended: m.suspended }, vps: new Map(),
         });
         break;

@@ -238,6 +238,7 @@ export class SchedulerCore {
         reservedWaiting--;
         take = true;
       }
+      if (!take && now - vp.grantedAt >= this.quantumNs) vp.grantedAt = now; // nobody waits: a fresh quantum
       if (take) {
         vp.preempting = true;
         out.preempt.push(vp);

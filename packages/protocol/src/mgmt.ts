@@ -20,6 +20,9 @@ export type MgmtOp =
   | 'vmTurnOff'
   | 'vmPause'
   | 'vmResume'
+  | 'vmSave'
+  | 'vmStatus'
+  | 'vmSetProcessor'
   | 'vmDelete'
   | 'vmList'
   | 'vmPeek'
@@ -47,6 +50,25 @@ export interface VmInfo {
   uptimeS: number;
   workload: { name: string; progress: number | null };
   lastStateReason: string | null;
+  /** Set-VMProcessor settings: reserve and maximum in % of one LP per VP, relative weight. */
+  processor: { reserve: number; maximum: number; weight: number };
+  /** Measured by the hypervisor's scheduler over the last second (null when not running or not scheduled). */
+  cpu: VmCpu | null;
+}
+
+export interface VpCpu {
+  index: number;
+  state: string;
+  cpuPercent: number;
+  runMs: number;
+  readyMs: number;
+  waitMs: number;
+  dispatches: number;
+}
+export interface VmCpu {
+  /** Percent of one LP (a 4-VP VM on 2 busy LPs shows up to 200). */
+  percent: number;
+  vps: VpCpu[];
 }
 
 export interface ProcessInfo {

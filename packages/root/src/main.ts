@@ -93,6 +93,9 @@ server = new MgmtServer(async (op, args) => {
     case 'vmIc': return await vmms.ic(args.name, { enable: args.enable, disable: args.disable });
     case 'vmKvp': return await vmms.kvp(args.name, args);
     case 'vmPause': return await vmms.pause(args.name);
+    case 'vmSave': return await vmms.save(args.name);
+    case 'vmStatus': return await vmms.status(args.name);
+    case 'vmSetProcessor': return await vmms.setProcessor(args.name, args);
     case 'vmResume': return await vmms.resume(args.name);
     case 'vmDelete': return vmms.delete(args.name);
     case 'vmList': return await vmms.list();
@@ -111,7 +114,7 @@ server = new MgmtServer(async (op, args) => {
 }, (e) => log.error({ err: e }, 'management request failed'));
 vmbus = new VmbusHost(vid, vmbusMode, paths.vmbusEndpoint, log, { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) });
 await vmbus.start();
-vmms = new Vmms({ home: paths.home, hostId, hvPid, rootToken, store, vid, log, publish: (ev) => server.publish(ev), vmbus });
+vmms = new Vmms({ home: paths.home, hostId, hvPid, rootToken, store, vid, log, publish: (ev) => server.publish(ev), vmbus, vmDir: paths.vmDir });
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
 log.info({ memoryMode: memoryMode(), vms: vmms.count() }, 'root ready');
 process.stdout.write('ready\n');

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import {
-  EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, type VmInfo, type VmStateEvent, type ProcessInfo,
+  EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo,
 } from '@hvlab/protocol';
 import { entries, nodeArgsFor, IpcRpc, pidAlive, type HvClient, type Logger, type HypercallResult } from '@hvlab/runtime';
 import { IcRequestError, KvpInputError, type KvpPoolName } from '@hvlab/vsp';
@@ -13,6 +13,7 @@ import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } fr
 import type { VmwpConfig } from './vmwp/shared.js';
 import { IC_SERVICES, type IcEntry, type VmbusHost, type VmIntegration } from './vmbus-host.js';
 import type { IcServiceName } from '@hvlab/vsp';
+import { discardSavedState, hasSavedState, SavedStateError } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
 
@@ -34,6 +35,8 @@ interface VmRecord {
   integration: VmIntegration | null;
   /** The guest shut itself down (through the shutdown service or on its own). */
   guestShutdown: boolean;
+  /** KVP external pool taken at save, put back after a restore. */
+  savedKvp: Array<{ key: string; value: string }>;
 }
 
 export interface VmmsOptions {
@@ -46,6 +49,8 @@ export interface VmmsOptions {
   log: Logger;
   publish: (ev: VmStateEvent) => void;
   vmbus: VmbusHost;
+  /** HVLAB_HOME/vms: configs and saved states. */
+  vmDir: string;
 }
 
 export const DEFAULT_STOP_TIMEOUT_S = 30;
@@ -55,12 +60,14 @@ export class Vmms {
 
   constructor(private readonly o: VmmsOptions) {
     for (const c of o.store.loadAll((f, why) => o.log.warn({ file: f, why }, 'ignoring bad VM config'))) {
-      this.vms.set(c.name, this.record(c));
+      const r = this.record(c);
+      if (hasSavedState(o.vmDir, c.name)) r.state = EnabledState.Saved;
+      this.vms.set(c.name, r);
     }
   }
 
   private record(config: VmConfig): VmRecord {
-    return { config, state: EnabledState.Off, reason: null, partitionId: null, vmwp: null, rpc: null, partitionPid: null, runningSince: null, expectingExit: false, failure: null, booted: null, integration: null, guestShutdown: false };
+    return { config, state: EnabledState.Off, reason: null, partitionId: null, vmwp: null, rpc: null, partitionPid: null, runningSince: null, expectingExit: false, failure: null, booted: null, integration: null, guestShutdown: false, savedKvp: [] };
   }
 
   private get(name: unknown): VmRecord {
@@ -101,13 +108,14 @@ export class Vmms {
 
   async start(name: unknown): Promise<VmInfo> {
     const r = this.get(name);
-    this.requireState(r, [EnabledState.Off], 'start');
+    this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'start');
+    const restore = r.state === EnabledState.Saved;
     this.setState(r, EnabledState.Starting, null);
     r.reason = null;
     const cfg: VmwpConfig = {
-      home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name,
+      home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name, id: r.config.id,
       memoryBytes: r.config.memoryBytes, vps: r.config.vps, workload: r.config.workload, processor: r.config.processor,
-      rtcOffsetS: r.config.rtcOffsetS ?? 0,
+      rtcOffsetS: r.config.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore,
     };
     const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), {
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
@@ -153,7 +161,80 @@ export class Vmms {
     } finally {
       clearTimeout(timer);
     }
-    this.setState(r, EnabledState.Running, 'started');
+    if (restore) {
+      // Hyper-V deletes the saved state once the VM runs from it.
+      discardSavedState(this.o.vmDir, r.config.name);
+      this.restoreKvp(r, r.savedKvp);
+      r.savedKvp = [];
+    }
+    this.setState(r, EnabledState.Running, restore ? 'restored from saved state' : 'started');
+    return this.info(r, null);
+  }
+
+  /** Puts the saved KVP external pool back once the restored guest's KVP service is up. */
+  private restoreKvp(r: VmRecord, pool: Array<{ key: string; value: string }>): void {
+    if (pool.length === 0) return;
+    const deadline = Date.now() + 15000;
+    const attempt = async (): Promise<void> => {
+      const kvp = r.integration?.providers.kvp;
+      if (!kvp?.negotiated) {
+        if (Date.now() < deadline && r.state === EnabledState.Running) setTimeout(() => void attempt(), 100);
+        return;
+      }
+      for (const e of pool) await kvp.set('external', e.key, e.value).catch(() => undefined);
+    };
+    void attempt();
+  }
+
+  /**
+   * Save-VM: the VMWP suspends the partition, waits until every VP stopped at a step boundary and
+   * writes memory, VP, APIC, SynIC, timer and device state under HVLAB_HOME; then the VM is
+   * turned off and becomes Saved. `vm start` continues it exactly there.
+   */
+  async save(name: unknown): Promise<VmInfo> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'save');
+    const from = r.state;
+    this.setState(r, EnabledState.Saving, null);
+    let kvpExternal: Array<{ key: string; value: string }> = [];
+    const kvp = r.integration?.enabled.kvp ? r.integration.providers.kvp : null;
+    if (kvp?.negotiated) kvpExternal = (await kvp.list('external').catch(() => [])).map((e) => ({ key: e.key, value: e.value }));
+    const channels = r.integration ? r.integration.ic().filter((e) => e.enabled).map((e) => e.service) : [];
+    try {
+      await r.rpc!.request({ t: 'save', kvpExternal, channels }, 120000);
+    } catch (e) {
+      discardSavedState(this.o.vmDir, r.config.name);
+      this.setState(r, from, null);
+      throw new MgmtFailure('SaveFailed', `VM "${r.config.name}" could not be saved: ${(e as Error).message}`);
+    }
+    r.savedKvp = kvpExternal;
+    await this.kill(r, 'saved');
+    this.setState(r, EnabledState.Saved, 'saved');
+    return this.info(r, null);
+  }
+
+  /** Set-VMProcessor: reserve %, maximum % and relative weight, on a stopped or running VM. */
+  async setProcessor(name: unknown, args: { reserve?: unknown; maximum?: unknown; weight?: unknown }): Promise<VmInfo> {
+    const r = this.get(name);
+    const pick = (v: unknown, what: string, min: number, max: number, cur: number): number => {
+      if (v === undefined || v === null) return cur;
+      const n = Number(v);
+      if (!/^\d+$/.test(String(v)) || n < min || n > max) throw new MgmtFailure('InvalidArgument', `${what} ${String(v)} is invalid: a whole number from ${min} to ${max}`);
+      return n;
+    };
+    const p = r.config.processor;
+    const next = {
+      reserve: pick(args.reserve, '--reserve', 0, 100, p.reserve),
+      maximum: pick(args.maximum, '--maximum', 1, 100, p.maximum),
+      weight: pick(args.weight, '--weight', 1, 10000, p.weight),
+    };
+    if (next.reserve > next.maximum) throw new MgmtFailure('InvalidArgument', `reserve ${next.reserve}% is above maximum ${next.maximum}%`);
+    if (r.rpc && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
+      await r.rpc.request({ t: 'processor', ...next });
+    }
+    r.config.processor = next;
+    this.o.store.save(r.config);
+    this.o.log.info({ vm: r.config.name, ...next }, 'processor settings changed');
     return this.info(r, null);
   }
 
@@ -186,6 +267,12 @@ export class Vmms {
 
   async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
     const r = this.get(name);
+    if (r.state === EnabledState.Saved) {
+      // Turning off a saved VM discards its saved state (as Stop-VM -TurnOff does).
+      discardSavedState(this.o.vmDir, r.config.name);
+      this.setState(r, EnabledState.Off, 'saved state discarded');
+      return this.info(r, null);
+    }
     this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting], 'turn off');
     await this.kill(r, reason);
     return this.info(r, null);
@@ -357,14 +444,15 @@ export class Vmms {
 
   delete(name: unknown): { name: string; deleted: true } {
     const r = this.get(name);
-    this.requireState(r, [EnabledState.Off], 'delete');
+    this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'delete');
+    discardSavedState(this.o.vmDir, r.config.name);
     this.o.store.remove(r.config.name);
     this.vms.delete(r.config.name);
     this.o.log.info({ vm: r.config.name }, 'VM deleted');
     return { name: r.config.name, deleted: true };
   }
 
-  private info(r: VmRecord, progress: number | null): VmInfo {
+  private info(r: VmRecord, progress: number | null, cpu: VmCpu | null = null): VmInfo {
     return {
       name: r.config.name,
       id: r.config.id,
@@ -377,19 +465,30 @@ export class Vmms {
       uptimeS: r.runningSince === null ? 0 : Math.round((Date.now() - r.runningSince) / 100) / 10,
       workload: { name: r.config.workload.split(':')[0], progress },
       lastStateReason: r.reason,
+      processor: { ...r.config.processor },
+      cpu,
     };
   }
 
   async list(): Promise<VmInfo[]> {
     const rs = [...this.vms.values()].sort((a, b) => a.config.name.localeCompare(b.config.name));
+    const stats = (await this.o.vid.ctl('stats').catch(() => null)) as { partitions?: Array<{ id: number; scheduled: boolean; cpu: VmCpu }> } | null;
+    const cpuOf = new Map((stats?.partitions ?? []).filter((p) => p.scheduled).map((p) => [p.id, p.cpu]));
     return await Promise.all(rs.map(async (r) => {
       let progress: number | null = null;
       if (r.rpc && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
         const st = await r.rpc.request<{ progress: number | null }>({ t: 'status' }, 2000).catch(() => null);
         progress = st?.progress ?? null;
       }
-      return this.info(r, progress);
+      return this.info(r, progress, r.partitionId !== null ? (cpuOf.get(r.partitionId) ?? null) : null);
     }));
+  }
+
+  /** Guest-side facts for tests and `hvlab vm status`: the kernel page and the intercept count. */
+  async status(name: unknown): Promise<unknown> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'read the status of');
+    return await r.rpc!.request({ t: 'status' }, 5000);
   }
 
   async peek(name: unknown, gpa: unknown, len: unknown): Promise<Uint8Array> {

@@ -13,12 +13,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
-  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage, type SavedVpState,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { controlPortId, hostConnectionId, type VmwpConfig } from './shared.js';
 import { CmosRtc, CMOS_INDEX_PORT, CMOS_DATA_PORT } from './cmos.js';
+import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
 
 const cfg = JSON.parse(process.env.HVLAB_VMWP_CONFIG!) as VmwpConfig;
 const rootToken = process.env.HVLAB_ROOT_TOKEN!;
@@ -139,6 +140,8 @@ const rootRpc = new IpcRpc(process, async (m) => {
       await set(PartitionProperty.CpuWeight, Number(m.weight));
       return true;
     }
+    case 'save':
+      return await save((m.kvpExternal ?? []) as Array<{ key: string; value: string }>, (m.channels ?? []) as string[]);
     case 'turnOff':
       setTimeout(() => void exit('turned off by VMMS'), 10);
       return true;
@@ -146,6 +149,41 @@ const rootRpc = new IpcRpc(process, async (m) => {
       throw new Error(`unknown request ${String(m.t)}`);
   }
 });
+
+/**
+ * Save: suspend the partition, wait until every VP has left its LP at a step boundary, then
+ * write memory and the state of every VP and device. The VM stays suspended; VMMS turns it off.
+ */
+async function save(kvpExternal: Array<{ key: string; value: string }>, channels: string[]): Promise<{ bytes: number; ms: number }> {
+  if (!memory) throw new Error('saving needs shared memory (this host runs on process-private memory)');
+  const t0 = Date.now();
+  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 1 });
+  try {
+    let vps: SavedVpState[] = [];
+    for (;;) {
+      vps = [];
+      for (let i = 0; i < cfg.vps; i++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: i }));
+      if (vps.every((v) => v.runState !== 'Running')) break;
+      if (Date.now() - t0 > 10000) throw new Error('a VP did not stop at a step boundary within 10 s');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const mem = new Uint8Array(memory.buffer).slice();
+    const state: SavedVm = {
+      version: SAVED_STATE_VERSION,
+      savedAt: new Date().toISOString(),
+      vm: { name: cfg.name, id: cfg.id, memoryBytes: cfg.memoryBytes, vps: cfg.vps, workload: cfg.workload },
+      memory: { file: 'memory.bin', bytes: mem.length, sha256: sha256(mem) },
+      partition: { referenceTime: vps[0]?.referenceTime ?? 0, vps },
+      devices: { cmos: cmos.save(), vmbus: { version: 1, channels }, kvp: { version: 1, external: kvpExternal } },
+    };
+    writeSavedState(cfg.vmDir, cfg.name, state, mem);
+    log.info({ bytes: mem.length, ms: Date.now() - t0 }, 'VM saved');
+    return { bytes: mem.length, ms: Date.now() - t0 };
+  } catch (e) {
+    await hv.call('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 0 }).catch(() => undefined);
+    throw e;
+  }
+}
 
 function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
   const page = new Uint8Array(PAGE);
@@ -168,6 +206,8 @@ function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
 }
 
 async function build(): Promise<void> {
+  // Check a saved state before building anything, so a bad one fails the start cleanly.
+  const saved = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps }) : null;
   const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'vmwp', vm: cfg.name });
   const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
   partitionId = created.partitionId;
@@ -194,7 +234,17 @@ async function build(): Promise<void> {
   if (session.memoryMode === 'shared') {
     const region = `hvlab-${cfg.hostId}-p${partitionId}-mem`;
     memory = new DataView(openRegion(region));
+    if (saved) {
+      // Restore: memory byte for byte, then each VP's registers, APIC, SynIC and timers, then devices.
+      new Uint8Array(memory.buffer).set(saved.memory);
+      new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
+      for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: saved.state.partition.vps[i] });
+      cmos.restore(saved.state.devices.cmos);
+      log.info({ savedAt: saved.state.savedAt }, 'restoring saved state');
+    }
     new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+  } else if (saved) {
+    throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
   }
   child = spawn(process.execPath, nodeArgsFor(entries.partition), {
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],

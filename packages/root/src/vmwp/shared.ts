@@ -4,11 +4,15 @@ export interface VmwpConfig {
   hostId: string;
   hvPid: number;
   name: string;
+  id: string;
   memoryBytes: number;
   vps: number;
   workload: string;
   processor: { reserve: number; maximum: number; weight: number };
   rtcOffsetS: number;
+  /** Where saved states live (HVLAB_HOME/vms), and whether to start from the VM's saved state. */
+  vmDir: string;
+  restore: boolean;
 }
 /** Root-partition port receiving a child's control messages (unique per child). */
 export function controlPortId(partitionId: number): number {

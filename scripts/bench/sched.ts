@@ -1,0 +1,442 @@
+/**
+ * `pnpm bench sched [--json]`: what VP scheduling costs in hvlab, measured on whole hosts (`up`),
+ * one part after the other, each with only the VM it needs.
+ *
+ *  (a) interrupt latency (host with LPS_LATENCY LPs): the root asserts a probe vector (>= 0xF0) on
+ *      VP 0 of a VM with AssertVirtualInterrupt through the management API's debug hypercall; the
+ *      hypervisor stamps VpPage.probeAssertNs when it pends the vector, the guest VP stamps
+ *      VpPage.probeTakenNs when it takes it (both CLOCK_MONOTONIC). We map the VM's VP region
+ *      (/dev/shm/hvlab-<host>-p<id>-vp) read-only in spirit and wait for probeTakenNs to change
+ *      before the next assertion. Latency = taken - asserted, N per case:
+ *        - halted VP: workload `sleep:1000` (the VP halts between ticks once a second);
+ *        - running VP: workload `spin` (the VP holds its LP and runs work units).
+ *  (b) timer jitter: workload `sleep:1` arms synthetic timer 2 periodic at 1 ms; every tick the VP
+ *      writes (actual - ideal k-th period) in 100 ns units to the ring at JITTER_RING_GPA and counts
+ *      ticks at KERNEL_PAGE_GPA + KernelPage.jitterCount. We read both with vmPeek every
+ *      JITTER_POLL_MS for JITTER_MS, keep every new sample, and count ticks per second.
+ *  (c) scheduling overhead (host with 1 LP, one VM, otherwise idle): the `spin` VM's work units per
+ *      second (VmInfo.workload.progress over OVERHEAD_MS) next to the same loop (`spinUnit` from the
+ *      guest's workloads) in a plain worker thread of this process for the same time, host down.
+ *
+ * Everything lives under a temporary HVLAB_HOME and is removed afterwards, whatever happens: the
+ * host is brought down, the host's processes are killed, its /dev/shm files and socket directory
+ * are removed, and the run fails if anything is left behind.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { percentile, procState, round, shmLeftovers } from './common.js';
+import {
+  EnabledState, HvStatus, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
+  vpPageOffset, type VmInfo,
+} from '../../packages/protocol/src/index.js';
+import { hostPaths, type HostPaths } from '../../packages/runtime/src/paths.js';
+import { pidAlive } from '../../packages/runtime/src/anchor.js';
+import { openRegion } from '../../packages/shm/src/index.js';
+import { MgmtClient } from '../../packages/cli/src/client.js';
+import { SPIN_ITERATIONS } from '../../packages/guest/src/workloads.js';
+import { down, hostProcesses, sweepHost, up } from '../../packages/cli/src/host.js';
+
+const N = 300;
+const WARMUP = 20;
+/** A probe not taken within this is counted as lost, and the run moves on. */
+const PROBE_TIMEOUT_MS = 2000;
+const PROBE_VECTOR = PROBE_VECTOR_MIN;
+const LPS_LATENCY = 2;
+const LPS_OVERHEAD = 1;
+const JITTER_SETTLE_MS = 500;
+const JITTER_MS = 3000;
+const JITTER_POLL_MS = 250;
+const TICK_PERIOD_MS = 1;
+const OVERHEAD_WARMUP_MS = 1000;
+const OVERHEAD_MS = 3000;
+const VM_MEMORY = '16M';
+
+export interface ProbeStats {
+  p50Us: number;
+  p99Us: number;
+  maxUs: number;
+  n: number;
+  /** Assertions whose probe the VP had not taken within PROBE_TIMEOUT_MS. */
+  lost: number;
+}
+
+export interface SchedBenchResult {
+  bench: 'sched';
+  interruptLatency: { haltedVp: ProbeStats; runningVp: ProbeStats };
+  timerJitter1ms: { p50Us: number; p99Us: number; maxUs: number; ticks: number; ticksPerS: number; samples: number; meanUs: number };
+  overhead: {
+    vmUnitsPerS: number;
+    threadUnitsPerS: number;
+    ratio: number;
+    /** Share of the window VP 0 held an LP (VpPage.runMs, scheduler-written); VmInfo has no cpu field. */
+    vpRunShare: number | null;
+  };
+  ratios: { spinVmVsThread: number; haltedVsRunningP50: number; ticksPerSVsNominal: number };
+}
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+function progress(msg: string): void {
+  process.stderr.write(`[bench sched] ${msg}\n`);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+const hrNs = (): bigint => process.hrtime.bigint();
+
+/** A VM of ours on a running host: created and started, turned off and deleted by `off`. */
+interface RunningVm {
+  name: string;
+  info: VmInfo;
+  /** The VM's VP region, mapped here. We only read it. */
+  vpRegion: SharedArrayBuffer;
+}
+
+class Host {
+  mgmt: MgmtClient | null = null;
+  hostId: string | null = null;
+
+  constructor(readonly paths: HostPaths, readonly track: (pid: number | null | undefined) => void, readonly hostIds: string[]) {}
+
+  async up(lps: number): Promise<void> {
+    progress(`bringing a host up (${lps} LP${lps === 1 ? '' : 's'})`);
+    const rec = await up(this.paths, lps);
+    this.hostId = rec.hostId;
+    this.hostIds.push(rec.hostId);
+    this.track(rec.pids.hypervisor);
+    this.track(rec.pids.root);
+    progress(`host ${rec.hostId} is up (hypervisor pid ${rec.pids.hypervisor}, root pid ${rec.pids.root})`);
+    this.mgmt = new MgmtClient(this.paths.mgmtEndpoint);
+    await this.mgmt.request('ping', {}, 10000);
+  }
+
+  async down(): Promise<void> {
+    this.mgmt?.close();
+    this.mgmt = null;
+    progress('bringing the host down');
+    const d = await down(this.paths);
+    if (!d.graceful) progress(`the host did not stop gracefully (killed ${d.killed}, unlinked ${d.shm} shm files)`);
+  }
+
+  request<T>(op: Parameters<MgmtClient['request']>[0], args: Record<string, unknown>, timeoutMs?: number): Promise<T> {
+    if (!this.mgmt) throw new Error('no host is up');
+    return this.mgmt.request<T>(op, args, timeoutMs);
+  }
+
+  async startVm(name: string, workload: string): Promise<RunningVm> {
+    await this.request<VmInfo>('vmNew', { name, memory: VM_MEMORY, workload });
+    const info = await this.request<VmInfo>('vmStart', { name });
+    this.track(info.pids.vmwp);
+    this.track(info.pids.partition);
+    if (info.enabledState !== EnabledState.Running) throw new Error(`vmStart returned with ${name} ${info.state}, not Running`);
+    if (info.partitionId === null) throw new Error(`${name} is Running without a partition id`);
+    const region = `hvlab-${this.hostId}-p${info.partitionId}-vp`;
+    const vpRegion = openRegion(region);
+    progress(`VM ${name} (${workload}) is Running as partition ${info.partitionId}; mapped /dev/shm/${region}`);
+    return { name, info, vpRegion };
+  }
+
+  async offVm(vm: RunningVm): Promise<void> {
+    await this.request<VmInfo>('vmTurnOff', { name: vm.name });
+    await this.request('vmDelete', { name: vm.name });
+  }
+
+  async peek(name: string, gpa: number, len: number): Promise<Uint8Array> {
+    return new Uint8Array(await this.request<Uint8Array>('vmPeek', { name, gpa, len }));
+  }
+
+  async units(name: string): Promise<{ units: number; atNs: bigint }> {
+    const t0 = hrNs();
+    const vms = await this.request<VmInfo[]>('vmList', {});
+    const t1 = hrNs();
+    const vm = vms.find((v) => v.name === name);
+    if (vm?.workload.progress === null || vm?.workload.progress === undefined) throw new Error(`vmList has no progress for ${name}`);
+    return { units: vm.workload.progress, atNs: (t0 + t1) / 2n };
+  }
+}
+
+// ---- the measurements ---------------------------------------------------------------------------
+
+/** Asserts the probe vector on VP 0 `warmup + n` times; one sample per assertion the VP took. */
+async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: number): Promise<ProbeStats> {
+  const off = vpPageOffset(0);
+  const asserted = new BigInt64Array(vm.vpRegion, off + VpPage.probeAssertNs, 1);
+  const taken = new BigInt64Array(vm.vpRegion, off + VpPage.probeTakenNs, 1);
+  const partitionId = vm.info.partitionId!;
+  const samples: number[] = [];
+  let lost = 0;
+  for (let i = 0; i < warmup + n; i++) {
+    const before = Atomics.load(taken, 0);
+    const beforeAssert = Atomics.load(asserted, 0);
+    const r = await host.request<{ status: number; statusName: string }>('debugHypercall', {
+      call: 'AssertVirtualInterrupt', as: null, input: { partitionId, vpIndex: 0, vector: PROBE_VECTOR },
+    });
+    if (r.status !== HvStatus.SUCCESS) throw new Error(`AssertVirtualInterrupt on ${vm.name} returned ${r.statusName}`);
+    const deadline = Date.now() + PROBE_TIMEOUT_MS;
+    let t = Atomics.load(taken, 0);
+    while (t === before && Date.now() < deadline) {
+      await new Promise((res) => setImmediate(res));
+      t = Atomics.load(taken, 0);
+    }
+    const a = Atomics.load(asserted, 0);
+    if (t === before || a === beforeAssert) {
+      lost++;
+      if (t === before) progress(`probe ${i + 1} on ${vm.name} not taken within ${PROBE_TIMEOUT_MS} ms`);
+      else progress(`probe ${i + 1} on ${vm.name}: the hypervisor did not stamp probeAssertNs`);
+      continue;
+    }
+    if (i >= warmup) samples.push(Number(t - a) / 1000);
+    // A little space between assertions, so the halted VP is back in its halt.
+    await sleep(1);
+  }
+  if (samples.length === 0) throw new Error(`no probe on ${vm.name} was taken`);
+  return {
+    p50Us: round(percentile(samples, 0.5), 1),
+    p99Us: round(percentile(samples, 0.99), 1),
+    maxUs: round(Math.max(...samples), 1),
+    n: samples.length,
+    lost,
+  };
+}
+
+/** Reads the jitter ring and tick count every JITTER_POLL_MS; keeps every sample not yet seen. */
+async function measureJitter(host: Host, vm: RunningVm): Promise<SchedBenchResult['timerJitter1ms']> {
+  // One peek from the kernel page to the end of the ring: count first, then the ring, in one copy.
+  const base = KERNEL_PAGE_GPA;
+  const len = JITTER_RING_GPA + JITTER_RING_ENTRIES * 8 - base;
+  const snapshot = async (): Promise<{ count: number; ring: Float64Array; atNs: bigint }> => {
+    const t0 = hrNs();
+    const bytes = await host.peek(vm.name, base, len);
+    const t1 = hrNs();
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const count = dv.getFloat64(KernelPage.jitterCount, true);
+    const ring = new Float64Array(JITTER_RING_ENTRIES);
+    for (let i = 0; i < JITTER_RING_ENTRIES; i++) ring[i] = dv.getFloat64(JITTER_RING_GPA - base + i * 8, true);
+    return { count, ring, atNs: (t0 + t1) / 2n };
+  };
+  await sleep(JITTER_SETTLE_MS);
+  const first = await snapshot();
+  let last = first;
+  const samples: number[] = [];
+  let overrun = 0;
+  const end = Date.now() + JITTER_MS;
+  while (Date.now() < end) {
+    await sleep(JITTER_POLL_MS);
+    const s = await snapshot();
+    // Slot count % N is the next to be written (maybe mid-copy): take at most N - 24 back.
+    const from = Math.max(last.count, s.count - (JITTER_RING_ENTRIES - 24));
+    overrun += from - last.count;
+    for (let k = from; k < s.count; k++) samples.push(Math.abs(s.ring[k % JITTER_RING_ENTRIES]!) / 10); // 100 ns -> µs
+    last = s;
+  }
+  if (overrun > 0) progress(`jitter: ${overrun} samples were overwritten between reads`);
+  const ticks = last.count - first.count;
+  const seconds = Number(last.atNs - first.atNs) / 1e9;
+  if (samples.length === 0) throw new Error(`the sleep:${TICK_PERIOD_MS} VM recorded no ticks (jitterCount ${last.count})`);
+  return {
+    p50Us: round(percentile(samples, 0.5), 1),
+    p99Us: round(percentile(samples, 0.99), 1),
+    maxUs: round(Math.max(...samples), 1),
+    meanUs: round(samples.reduce((a, b) => a + b, 0) / samples.length, 1),
+    ticks,
+    ticksPerS: round(ticks / seconds, 1),
+    samples: samples.length,
+  };
+}
+
+async function measureVmSpin(host: Host, vm: RunningVm): Promise<{ unitsPerS: number; vpRunShare: number | null }> {
+  await sleep(OVERHEAD_WARMUP_MS);
+  const runMs = new Float64Array(vm.vpRegion, vpPageOffset(0) + VpPage.runMs, 1);
+  const a = await host.units(vm.name);
+  const run0 = runMs[0]!;
+  await sleep(OVERHEAD_MS);
+  const b = await host.units(vm.name);
+  const run1 = runMs[0]!;
+  const s = Number(b.atNs - a.atNs) / 1e9;
+  // runMs is refreshed by the scheduler at least every 50 ms; 0 means it never published it.
+  const vpRunShare = run1 > 0 ? round((run1 - run0) / 1000 / s, 3) : null;
+  return { unitsPerS: round((b.units - a.units) / s, 1), vpRunShare };
+}
+
+/**
+ * The baseline: the guest's own `spinUnit`, in a plain worker thread, chained the way the spin task
+ * chains it (seed = previous result + 1), for `ms` after `warmupMs`.
+ */
+async function measureThreadSpin(warmupMs: number, ms: number): Promise<number> {
+  const src = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    (async () => {
+      const { register } = await import(workerData.tsx);
+      register();
+      const { spinUnit } = await import(workerData.workloads);
+      let x = 0;
+      const now = () => process.hrtime.bigint();
+      const warmEnd = now() + BigInt(workerData.warmupMs) * 1000000n;
+      while (now() < warmEnd) x = spinUnit(x + 1);
+      const t0 = now();
+      const end = t0 + BigInt(workerData.ms) * 1000000n;
+      let units = 0;
+      let t = t0;
+      while (t < end) {
+        x = spinUnit(x + 1);
+        units++;
+        t = now();
+      }
+      parentPort.postMessage({ units, ns: Number(t - t0), x });
+    })().catch((e) => { throw e; });
+  `;
+  const worker = new Worker(src, {
+    eval: true,
+    workerData: {
+      tsx: import.meta.resolve('tsx/esm/api'),
+      workloads: new URL('../../packages/guest/src/workloads.ts', import.meta.url).href,
+      warmupMs,
+      ms,
+    },
+  });
+  try {
+    const r = await new Promise<{ units: number; ns: number }>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new Error(`the spin worker exited (code ${code}) before reporting`)));
+    });
+    return round(r.units / (r.ns / 1e9), 1);
+  } finally {
+    await worker.terminate();
+  }
+}
+
+// ---- output -------------------------------------------------------------------------------------
+
+function table(r: SchedBenchResult): string {
+  const pad = (s: string, w: number): string => s.padEnd(w);
+  const num = (x: number | string | null, w: number): string => String(x ?? '-').padStart(w);
+  const lines = [
+    `${pad(`interrupt latency (probe 0x${PROBE_VECTOR.toString(16)}, ${LPS_LATENCY} LPs)`, 44)}${num('n', 6)}${num('lost', 6)}${num('p50 µs', 10)}${num('p99 µs', 10)}${num('max µs', 10)}`,
+  ];
+  const row = (name: string, s: ProbeStats): string =>
+    `${pad(name, 44)}${num(s.n, 6)}${num(s.lost, 6)}${num(s.p50Us, 10)}${num(s.p99Us, 10)}${num(s.maxUs, 10)}`;
+  lines.push(row('  to a halted VP (sleep:1000)', r.interruptLatency.haltedVp));
+  lines.push(row('  to a running VP (spin)', r.interruptLatency.runningVp));
+  lines.push(`${pad('  ratio halted / running (p50)', 44)}${num(r.ratios.haltedVsRunningP50, 12)}`);
+  lines.push('');
+  const j = r.timerJitter1ms;
+  lines.push(`${pad(`timer jitter, stimer2 periodic ${TICK_PERIOD_MS} ms`, 44)}${num('ticks', 6)}${num('tick/s', 8)}${num('p50 µs', 10)}${num('p99 µs', 10)}${num('max µs', 10)}`);
+  lines.push(`${pad(`  |actual - ideal|, ${j.samples} samples`, 44)}${num(j.ticks, 6)}${num(j.ticksPerS, 8)}${num(j.p50Us, 10)}${num(j.p99Us, 10)}${num(j.maxUs, 10)}`);
+  lines.push(`${pad('  ratio ticks/s / nominal', 44)}${num(r.ratios.ticksPerSVsNominal, 12)}`);
+  lines.push('');
+  const o = r.overhead;
+  lines.push(`${pad(`spin work (${LPS_OVERHEAD} LP, 1 VM, ${OVERHEAD_MS / 1000} s)`, 44)}${num('units/s', 12)}${num('VP run share', 14)}`);
+  lines.push(`${pad('  spin VM (VmInfo progress)', 44)}${num(o.vmUnitsPerS, 12)}${num(o.vpRunShare, 14)}`);
+  lines.push(`${pad(`  spinUnit (${SPIN_ITERATIONS} xorshifts) in a worker thread`, 44)}${num(o.threadUnitsPerS, 12)}`);
+  lines.push(`${pad('  ratio VM / thread', 44)}${num(r.ratios.spinVmVsThread, 12)}`);
+  return lines.join('\n');
+}
+
+// ---- main ---------------------------------------------------------------------------------------
+
+export async function main(args: string[]): Promise<void> {
+  let json = false;
+  for (const a of args) {
+    if (a === '--json') json = true;
+    else throw new Error(`unknown argument "${a}" (usage: pnpm bench sched [--json])`);
+  }
+
+  const home = mkdtempSync(join(tmpdir(), 'hvlab-bench-'));
+  const paths = hostPaths(home);
+  /** Every host id `up` gave us, and every pid of a process the hosts made for us, checked at the end. */
+  const hostIds: string[] = [];
+  const tracked = new Set<number>();
+  const host = new Host(paths, (pid) => void (pid && tracked.add(pid)), hostIds);
+
+  let cleaning: Promise<void> | null = null;
+  const cleanup = (): Promise<void> => {
+    cleaning ??= (async () => {
+      host.mgmt?.close();
+      host.mgmt = null;
+      try {
+        await down(paths);
+      } catch (e) {
+        progress(`down failed: ${(e as Error).message}`);
+      }
+      for (const id of hostIds) sweepHost(paths, id);
+      rmSync(paths.sockDir, { recursive: true, force: true });
+      rmSync(home, { recursive: true, force: true });
+      // Killed host processes whose parent died first are reparented and reaped by init; give it a moment.
+      for (let i = 0; i < 100 && [...tracked].some(pidAlive); i++) await sleep(50);
+      const left: string[] = [...tracked].filter(pidAlive).map((p) => `pid ${p} (${procState(p)})`);
+      for (const id of hostIds) {
+        left.push(...shmLeftovers(id).map((f) => `/dev/shm/${f}`));
+        left.push(...hostProcesses(id).filter((p) => !tracked.has(p)).map((p) => `pid ${p} (${procState(p)})`));
+      }
+      if (left.length > 0) {
+        progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
+        process.exitCode = 1;
+      } else {
+        progress(`nothing left behind (hosts ${hostIds.join(', ') || 'none'}: no processes, no /dev/shm files)`);
+      }
+    })();
+    return cleaning;
+  };
+  const onSignal = (sig: NodeJS.Signals): void => {
+    progress(`${sig}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  try {
+    // (a) + (b) on a host with LPS_LATENCY LPs, one VM at a time.
+    await host.up(LPS_LATENCY);
+
+    let vm = await host.startVm('sched-halted', 'sleep:1000');
+    progress(`interrupt latency to a halted VP: ${N} probes (after ${WARMUP} warm-up)`);
+    const haltedVp = await measureProbes(host, vm, WARMUP, N);
+    await host.offVm(vm);
+
+    vm = await host.startVm('sched-running', 'spin');
+    await sleep(200);
+    progress(`interrupt latency to a running VP: ${N} probes (after ${WARMUP} warm-up)`);
+    const runningVp = await measureProbes(host, vm, WARMUP, N);
+    await host.offVm(vm);
+
+    vm = await host.startVm('sched-tick', `sleep:${TICK_PERIOD_MS}`);
+    progress(`timer jitter: reading the ring for ${JITTER_MS / 1000} s`);
+    const timerJitter1ms = await measureJitter(host, vm);
+    await host.offVm(vm);
+    await host.down();
+
+    // (c) on a host with one LP and one VM.
+    await host.up(LPS_OVERHEAD);
+    vm = await host.startVm('sched-spin', 'spin');
+    progress(`spin VM work rate over ${OVERHEAD_MS / 1000} s (after ${OVERHEAD_WARMUP_MS / 1000} s)`);
+    const vmSpin = await measureVmSpin(host, vm);
+    await host.offVm(vm);
+    await host.down();
+    progress(`spinUnit in a worker thread over ${OVERHEAD_MS / 1000} s (after ${OVERHEAD_WARMUP_MS / 1000} s)`);
+    const threadUnitsPerS = await measureThreadSpin(OVERHEAD_WARMUP_MS, OVERHEAD_MS);
+
+    const ratio = round(vmSpin.unitsPerS / threadUnitsPerS, 3);
+    const result: SchedBenchResult = {
+      bench: 'sched',
+      interruptLatency: { haltedVp, runningVp },
+      timerJitter1ms,
+      overhead: { vmUnitsPerS: vmSpin.unitsPerS, threadUnitsPerS, ratio, vpRunShare: vmSpin.vpRunShare },
+      ratios: {
+        spinVmVsThread: ratio,
+        haltedVsRunningP50: round(haltedVp.p50Us / runningVp.p50Us, 2),
+        ticksPerSVsNominal: round(timerJitter1ms.ticksPerS / (1000 / TICK_PERIOD_MS), 3),
+      },
+    };
+    await cleanup();
+    if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+    else process.stdout.write(`${table(result)}\n`);
+  } finally {
+    await cleanup();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}

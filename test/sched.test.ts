@@ -1,0 +1,248 @@
+import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { VmInfo } from '@hvlab/protocol';
+import { TestHost, eventually, sleep } from './harness.js';
+
+/** Progress of each named VM between two `vm list` snapshots taken `ms` apart (guest-side work). */
+async function work(h: TestHost, names: string[], ms: number): Promise<{ delta: Record<string, number>; after: VmInfo[] }> {
+  const before = await h.json<VmInfo[]>('vm', 'list');
+  await sleep(ms);
+  const after = await h.json<VmInfo[]>('vm', 'list');
+  const delta: Record<string, number> = {};
+  for (const n of names) {
+    const a = before.find((v) => v.name === n)?.workload.progress;
+    const b = after.find((v) => v.name === n)?.workload.progress;
+    if (typeof a !== 'number' || typeof b !== 'number') throw new Error(`VM ${n} reports no progress`);
+    delta[n] = b - a;
+  }
+  return { delta, after };
+}
+
+function shares(delta: Record<string, number>): Record<string, number> {
+  const total = Object.values(delta).reduce((a, b) => a + b, 0);
+  return Object.fromEntries(Object.entries(delta).map(([k, v]) => [k, (100 * v) / total]));
+}
+
+function cleanup(h: TestHost): () => Promise<void> {
+  return async () => {
+    await h.destroy();
+    const left = h.leftovers();
+    expect(left.pids, 'processes left behind').to.deep.equal([]);
+    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
+  };
+}
+
+describe('VP scheduling over logical processors (real processes)', function () {
+  this.timeout(180000);
+
+  describe('on one LP', () => {
+    const h = new TestHost();
+    before(async () => {
+      await h.ok('up', '--lps', '1');
+    });
+    after(cleanup(h));
+
+    it('three spin VMs with weights 100/200/700 do work in shares within 5 points of 10/20/70', async () => {
+      for (const [n, w] of [['w100', '100'], ['w200', '200'], ['w700', '700']]) {
+        await h.ok('vm', 'new', n, '--memory', '8M', '--workload', 'spin');
+        await h.ok('vm', 'set-processor', n, '--weight', w);
+      }
+      for (const n of ['w100', 'w200', 'w700']) await h.ok('vm', 'start', n);
+      await sleep(500);
+      const { delta, after } = await work(h, ['w100', 'w200', 'w700'], 2500);
+      const s = shares(delta);
+      const msg = JSON.stringify({ shares: s, delta });
+      expect(Math.abs(s.w100 - 10), msg).to.be.below(5);
+      expect(Math.abs(s.w200 - 20), msg).to.be.below(5);
+      expect(Math.abs(s.w700 - 70), msg).to.be.below(5);
+      // The hypervisor's own accounting agrees, and `top` shows every VP.
+      const cpu = after.find((v) => v.name === 'w700')!.cpu;
+      expect(cpu, 'vm list --json reports cpu').to.not.equal(null);
+      expect(cpu!.percent).to.be.above(50);
+      const top = await h.ok('top', '--once');
+      for (const n of ['w100', 'w200', 'w700']) expect(top).to.match(new RegExp(`^${n}\\s+\\*\\s+Running`, 'm'));
+      expect(top).to.match(/^\s+0\s+(Running|Ready)\s/m);
+    });
+
+    it('--reserve 50 keeps at least 48 % against three competitors', async () => {
+      for (const n of ['w100', 'w200', 'w700']) {
+        await h.ok('vm', 'set-processor', n, '--weight', '100');
+      }
+      await h.ok('vm', 'new', 'res', '--memory', '8M', '--workload', 'spin');
+      await h.ok('vm', 'set-processor', 'res', '--reserve', '50');
+      await h.ok('vm', 'start', 'res');
+      await sleep(500);
+      const { delta } = await work(h, ['res', 'w100', 'w200', 'w700'], 2500);
+      const s = shares(delta);
+      expect(s.res, JSON.stringify(s)).to.be.at.least(48);
+      for (const n of ['res', 'w100', 'w200', 'w700']) await h.ok('vm', 'turn-off', n);
+    });
+
+    it('a sleep VM uses less than 2 % of an LP, and is woken by its periodic timer', async () => {
+      await h.ok('vm', 'new', 'sl', '--memory', '8M', '--workload', 'sleep');
+      await h.ok('vm', 'start', 'sl');
+      await sleep(1500);
+      const { delta, after } = await work(h, ['sl'], 2000);
+      const v = after.find((x) => x.name === 'sl')!;
+      expect(v.cpu, 'cpu reported').to.not.equal(null);
+      expect(v.cpu!.percent).to.be.below(2);
+      // 10 ms period: about 200 wake-ups in 2 s; at least half of them arrived.
+      expect(delta.sl).to.be.above(100);
+      await h.ok('vm', 'turn-off', 'sl');
+    });
+
+    it('set-processor refuses bad values with clear messages, and works on a stopped VM', async () => {
+      const bad = await h.run('vm', 'set-processor', 'w100', '--weight', '0');
+      expect(bad.code).to.not.equal(0);
+      expect(bad.stderr).to.match(/--weight 0 is invalid: a whole number from 1 to 10000/);
+      const bad2 = await h.run('vm', 'set-processor', 'w100', '--reserve', '60', '--maximum', '50');
+      expect(bad2.code).to.not.equal(0);
+      expect(bad2.stderr).to.match(/reserve 60% is above maximum 50%/);
+      const ok = await h.json<VmInfo>('vm', 'set-processor', 'w100', '--maximum', '40');
+      expect(ok.state).to.equal('Off');
+      expect(ok.processor).to.deep.equal({ reserve: 0, maximum: 40, weight: 100 });
+    });
+  });
+
+  describe('on two LPs', () => {
+    const h = new TestHost();
+    before(async () => {
+      await h.ok('up', '--lps', '2');
+    });
+    after(cleanup(h));
+
+    it('--maximum 25 holds a VM to at most 27 % of an uncapped twin while an LP is idle', async () => {
+      for (const n of ['capped', 'twin']) await h.ok('vm', 'new', n, '--memory', '8M', '--workload', 'spin');
+      await h.ok('vm', 'set-processor', 'capped', '--maximum', '25');
+      for (const n of ['capped', 'twin']) await h.ok('vm', 'start', n);
+      await sleep(500);
+      const { delta } = await work(h, ['capped', 'twin'], 2500);
+      const ratio = delta.capped / delta.twin;
+      expect(ratio, JSON.stringify(delta)).to.be.at.most(0.27);
+      expect(ratio, 'the capped VM still runs').to.be.above(0.1);
+      // Changing it while running takes effect: lift the cap.
+      await h.ok('vm', 'set-processor', 'capped', '--maximum', '100');
+      await sleep(300);
+      const lifted = await work(h, ['capped', 'twin'], 1500);
+      expect(lifted.delta.capped / lifted.delta.twin, JSON.stringify(lifted.delta)).to.be.above(0.5);
+      for (const n of ['capped', 'twin']) await h.ok('vm', 'turn-off', n);
+    });
+
+    it('a 4-VP VM never holds more than 2 LPs, and all its VPs run guest tasks', async () => {
+      await h.ok('vm', 'new', 'one', '--memory', '8M', '--workload', 'spin');
+      await h.ok('vm', 'start', 'one');
+      await sleep(500);
+      const single = (await work(h, ['one'], 2000)).delta.one;
+      await h.ok('vm', 'turn-off', 'one');
+      await h.ok('vm', 'new', 'quad', '--memory', '16M', '--vps', '4', '--workload', 'spin');
+      await h.ok('vm', 'start', 'quad');
+      await sleep(500);
+      const { delta, after } = await work(h, ['quad'], 2000);
+      const st = await h.json<{ kernel: { maxRunning: number } }>('vm', 'status', 'quad');
+      expect(st.kernel.maxRunning, 'most VPs ever on an LP at once (guest-side)').to.equal(2);
+      // Work: at most 2 LPs' worth of a single spin VP measured alone on this host (10 % slack for noise).
+      expect(delta.quad / single, JSON.stringify({ quad: delta.quad, single })).to.be.at.most(2.2);
+      const cpu = after.find((v) => v.name === 'quad')!.cpu!;
+      expect(cpu.vps).to.have.length(4);
+      for (const vp of cpu.vps) expect(vp.runMs, `VP ${vp.index} ran`).to.be.above(0);
+      await h.ok('vm', 'turn-off', 'quad');
+    });
+  });
+
+  describe('intercepts, pause, save and restore', () => {
+    const h = new TestHost();
+    before(async () => {
+      await h.ok('up', '--lps', '2');
+    });
+    after(cleanup(h));
+
+    it('the guest reads its clock from the emulated CMOS RTC through port intercepts handled by the VMWP', async () => {
+      await h.ok('vm', 'new', 'rtc', '--memory', '8M', '--workload', 'idle', '--rtc-offset', '7200');
+      await h.ok('vm', 'start', 'rtc');
+      const st = await h.json<{ intercepts: number; kernel: { rtcFromCmosMs: number } }>('vm', 'status', 'rtc');
+      // 7 time registers plus status B, each an index write and a data read.
+      expect(st.intercepts).to.be.at.least(16);
+      expect(Math.abs(st.kernel.rtcFromCmosMs - (Date.now() + 7200_000))).to.be.below(10_000);
+      await h.ok('vm', 'turn-off', 'rtc');
+    });
+
+    it('pause holds a VM still and resume continues it', async () => {
+      await h.ok('vm', 'new', 'p', '--memory', '8M', '--workload', 'spin');
+      await h.ok('vm', 'start', 'p');
+      await h.ok('vm', 'pause', 'p');
+      const { delta } = await work(h, ['p'], 1000);
+      expect(delta.p).to.equal(0);
+      await h.ok('vm', 'resume', 'p');
+      expect((await work(h, ['p'], 1000)).delta.p).to.be.above(0);
+      await h.ok('vm', 'turn-off', 'p');
+    });
+
+    it('save then start continues the counter from its saved value', async () => {
+      await h.ok('vm', 'new', 'cnt', '--memory', '16M', '--workload', 'counter:1000');
+      await h.ok('vm', 'start', 'cnt');
+      await sleep(1500);
+      const saved = await h.json<VmInfo>('vm', 'save', 'cnt');
+      expect(saved.state).to.equal('Saved');
+      const files = join(h.home, 'vms', 'cnt.saved');
+      const state = JSON.parse(readFileSync(join(files, 'state.json'), 'utf8')) as { version: number; partition: { vps: unknown[] }; devices: Record<string, unknown> };
+      expect(state.version).to.equal(1);
+      expect(state.partition.vps).to.have.length(1);
+      expect(Object.keys(state.devices)).to.include.members(['cmos', 'vmbus', 'kvp']);
+      // The saved counter, read from the saved memory image (workload page at 0x2000).
+      const mem = readFileSync(join(files, 'memory.bin'));
+      const savedCounter = Number(mem.readBigUInt64LE(0x2000));
+      expect(savedCounter).to.be.above(500);
+      expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'cnt')!.state).to.equal('Saved');
+      const t0 = Date.now();
+      await h.ok('vm', 'start', 'cnt');
+      const first = (await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'cnt')!;
+      const elapsed = Date.now() - t0;
+      expect(first.workload.progress).to.be.at.least(savedCounter);
+      // Not restarted from 0, and no burst: at most the rate times the time since start, plus slack.
+      expect(first.workload.progress!).to.be.at.most(savedCounter + 1000 * (elapsed / 1000) + 200);
+      expect(await eventually(async () => ((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'cnt')!.workload.progress ?? 0) > savedCounter + 300, 10000)).to.equal(true);
+      await h.ok('vm', 'turn-off', 'cnt');
+    });
+
+    it('a memdirty VM saved, started and paused passes QEMU\'s migration-test check', async () => {
+      await h.ok('vm', 'new', 'md', '--memory', '32M', '--vps', '2', '--workload', 'memdirty:4M');
+      await h.ok('vm', 'start', 'md');
+      await sleep(1000);
+      await h.ok('vm', 'save', 'md');
+      await h.ok('vm', 'start', 'md');
+      await sleep(500);
+      await h.ok('vm', 'pause', 'md');
+      const out = join(h.home, 'md.bin');
+      await h.ok('vm', 'peek', 'md', '--gpa', '0x100000', '--len', '4M', '--out', out);
+      const b = readFileSync(out);
+      let steps = 0;
+      const bad: number[] = [];
+      for (let p = 1; p < 1024; p++) {
+        const prev = b[(p - 1) * 4096];
+        const cur = b[p * 4096];
+        if (cur === prev) continue;
+        if (cur === ((prev - 1) & 0xff)) steps++;
+        else bad.push(p);
+      }
+      expect(bad, 'pages breaking the pattern').to.deep.equal([]);
+      expect(steps, 'places where a page is one less than the previous').to.be.at.most(1);
+      expect(b[0], 'the pages were dirtied').to.not.equal(0);
+      await h.ok('vm', 'turn-off', 'md');
+    });
+
+    it('turning off a saved VM discards its saved state; saving an Off VM is refused', async () => {
+      await h.ok('vm', 'new', 'tmp', '--memory', '8M', '--workload', 'idle');
+      const r = await h.run('vm', 'save', 'tmp');
+      expect(r.code).to.not.equal(0);
+      expect(r.stderr).to.match(/cannot save VM "tmp": it is Off/);
+      await h.ok('vm', 'start', 'tmp');
+      await h.ok('vm', 'save', 'tmp');
+      const off = await h.json<VmInfo>('vm', 'turn-off', 'tmp');
+      expect(off.state).to.equal('Off');
+      const again = await h.json<VmInfo>('vm', 'start', 'tmp');
+      expect(again.lastStateReason).to.equal('started');
+      await h.ok('vm', 'turn-off', 'tmp');
+    });
+  });
+});
