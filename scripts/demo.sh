@@ -30,5 +30,13 @@ say vm kvp web get owner;               hv vm kvp web get owner
 say vm kvp web list --pool auto;        hv vm kvp web list --pool auto
 say vm ic web --disable kvp;            hv vm ic web --disable kvp
 say vm ic web --enable kvp;             hv vm ic web --enable kvp
+say vm new crunch --memory 16M --vps 2 --workload spin; hv vm new crunch --memory 16M --vps 2 --workload spin
+say vm set-processor crunch --maximum 50; hv vm set-processor crunch --maximum 50
+say vm start crunch;                    hv vm start crunch
+sleep 1
+say top --once;                         hv top --once
+say vm save db;                         hv vm save db
+say vm start db;                        hv vm start db
+say vm list;                            hv vm list
 say vm stop web;                        hv vm stop web
 say vm list;                            hv vm list

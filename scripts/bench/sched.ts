@@ -23,8 +23,8 @@
  * are removed, and the run fails if anything is left behind.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { percentile, procState, round, shmLeftovers } from './common.js';
@@ -66,15 +66,23 @@ export interface ProbeStats {
 export interface SchedBenchResult {
   bench: 'sched';
   interruptLatency: { haltedVp: ProbeStats; runningVp: ProbeStats };
-  timerJitter1ms: { p50Us: number; p99Us: number; maxUs: number; ticks: number; ticksPerS: number; samples: number; meanUs: number };
+  timerJitter1ms: {
+    p50Us: number; p99Us: number; maxUs: number; meanUs: number; samples: number; ticks: number; ticksPerS: number;
+    /** 1 / ticksPerS: the period the ticks actually came at. */
+    meanIntervalUs: number;
+  };
   overhead: {
     vmUnitsPerS: number;
     threadUnitsPerS: number;
     ratio: number;
-    /** Share of the window VP 0 held an LP (VpPage.runMs, scheduler-written); VmInfo has no cpu field. */
+    /** Share of the window VP 0 held an LP (VpPage.runMs, published by the scheduler at least every 50 ms, so ±2 %). */
     vpRunShare: number | null;
+    /** VmInfo.cpu.percent at the end of the window (the scheduler's last second), null when the host does not report it. */
+    vmCpuPercent: number | null;
   };
   ratios: { spinVmVsThread: number; haltedVsRunningP50: number; ticksPerSVsNominal: number };
+  /** Other hvlab hosts' processes seen on this machine at the start of each part (most of them), and the 1-min load then. */
+  disturbance: { otherHvlabProcesses: number; loadAvg1: number };
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
@@ -86,6 +94,19 @@ function progress(msg: string): void {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const hrNs = (): bigint => process.hrtime.bigint();
+
+/** hvlab processes of hosts other than ours (their titles are "hvlab-<role> <hostId> ..."). */
+function otherHvlabProcesses(ours: string[]): number {
+  let n = 0;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const m = /^hvlab-(hypervisor|root|vmwp|partition) ([0-9a-f]+)/.exec(readFileSync(`/proc/${d}/cmdline`, 'latin1'));
+      if (m && !ours.includes(m[2]!)) n++;
+    } catch { /* gone */ }
+  }
+  return n;
+}
 
 /** A VM of ours on a running host: created and started, turned off and deleted by `off`. */
 interface RunningVm {
@@ -148,13 +169,14 @@ class Host {
     return new Uint8Array(await this.request<Uint8Array>('vmPeek', { name, gpa, len }));
   }
 
-  async units(name: string): Promise<{ units: number; atNs: bigint }> {
+  async units(name: string): Promise<{ units: number; atNs: bigint; cpuPercent: number | null }> {
     const t0 = hrNs();
     const vms = await this.request<VmInfo[]>('vmList', {});
     const t1 = hrNs();
     const vm = vms.find((v) => v.name === name);
     if (vm?.workload.progress === null || vm?.workload.progress === undefined) throw new Error(`vmList has no progress for ${name}`);
-    return { units: vm.workload.progress, atNs: (t0 + t1) / 2n };
+    // `cpu` is newer than VmInfo's other fields; older hosts leave it out.
+    return { units: vm.workload.progress, atNs: (t0 + t1) / 2n, cpuPercent: vm.cpu?.percent ?? null };
   }
 }
 
@@ -177,8 +199,9 @@ async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: numbe
     if (r.status !== HvStatus.SUCCESS) throw new Error(`AssertVirtualInterrupt on ${vm.name} returned ${r.statusName}`);
     const deadline = Date.now() + PROBE_TIMEOUT_MS;
     let t = Atomics.load(taken, 0);
+    // Poll gently: the stamps carry the timing, and a busy poll here would take a CPU from the host.
     while (t === before && Date.now() < deadline) {
-      await new Promise((res) => setImmediate(res));
+      await sleep(1);
       t = Atomics.load(taken, 0);
     }
     const a = Atomics.load(asserted, 0);
@@ -243,11 +266,12 @@ async function measureJitter(host: Host, vm: RunningVm): Promise<SchedBenchResul
     meanUs: round(samples.reduce((a, b) => a + b, 0) / samples.length, 1),
     ticks,
     ticksPerS: round(ticks / seconds, 1),
+    meanIntervalUs: round((seconds * 1e6) / ticks, 1),
     samples: samples.length,
   };
 }
 
-async function measureVmSpin(host: Host, vm: RunningVm): Promise<{ unitsPerS: number; vpRunShare: number | null }> {
+async function measureVmSpin(host: Host, vm: RunningVm): Promise<{ unitsPerS: number; vpRunShare: number | null; cpuPercent: number | null }> {
   await sleep(OVERHEAD_WARMUP_MS);
   const runMs = new Float64Array(vm.vpRegion, vpPageOffset(0) + VpPage.runMs, 1);
   const a = await host.units(vm.name);
@@ -258,7 +282,7 @@ async function measureVmSpin(host: Host, vm: RunningVm): Promise<{ unitsPerS: nu
   const s = Number(b.atNs - a.atNs) / 1e9;
   // runMs is refreshed by the scheduler at least every 50 ms; 0 means it never published it.
   const vpRunShare = run1 > 0 ? round((run1 - run0) / 1000 / s, 3) : null;
-  return { unitsPerS: round((b.units - a.units) / s, 1), vpRunShare };
+  return { unitsPerS: round((b.units - a.units) / s, 1), vpRunShare, cpuPercent: b.cpuPercent === null ? null : round(b.cpuPercent, 1) };
 }
 
 /**
@@ -326,13 +350,19 @@ function table(r: SchedBenchResult): string {
   const j = r.timerJitter1ms;
   lines.push(`${pad(`timer jitter, stimer2 periodic ${TICK_PERIOD_MS} ms`, 44)}${num('ticks', 6)}${num('tick/s', 8)}${num('p50 µs', 10)}${num('p99 µs', 10)}${num('max µs', 10)}`);
   lines.push(`${pad(`  |actual - ideal|, ${j.samples} samples`, 44)}${num(j.ticks, 6)}${num(j.ticksPerS, 8)}${num(j.p50Us, 10)}${num(j.p99Us, 10)}${num(j.maxUs, 10)}`);
+  lines.push(`${pad(`  mean tick interval µs (nominal ${TICK_PERIOD_MS * 1000})`, 44)}${num(j.meanIntervalUs, 12)}`);
   lines.push(`${pad('  ratio ticks/s / nominal', 44)}${num(r.ratios.ticksPerSVsNominal, 12)}`);
   lines.push('');
   const o = r.overhead;
-  lines.push(`${pad(`spin work (${LPS_OVERHEAD} LP, 1 VM, ${OVERHEAD_MS / 1000} s)`, 44)}${num('units/s', 12)}${num('VP run share', 14)}`);
-  lines.push(`${pad('  spin VM (VmInfo progress)', 44)}${num(o.vmUnitsPerS, 12)}${num(o.vpRunShare, 14)}`);
+  lines.push(`${pad(`spin work (${LPS_OVERHEAD} LP, 1 VM, ${OVERHEAD_MS / 1000} s)`, 44)}${num('units/s', 12)}${num('VP run share', 14)}${num('VM cpu %', 10)}`);
+  lines.push(`${pad('  spin VM (VmInfo progress)', 44)}${num(o.vmUnitsPerS, 12)}${num(o.vpRunShare, 14)}${num(o.vmCpuPercent, 10)}`);
   lines.push(`${pad(`  spinUnit (${SPIN_ITERATIONS} xorshifts) in a worker thread`, 44)}${num(o.threadUnitsPerS, 12)}`);
   lines.push(`${pad('  ratio VM / thread', 44)}${num(r.ratios.spinVmVsThread, 12)}`);
+  const d = r.disturbance;
+  lines.push('');
+  lines.push(d.otherHvlabProcesses > 0
+    ? `DISTURBED: up to ${d.otherHvlabProcesses} processes of other hvlab hosts ran meanwhile (load ${d.loadAvg1}); rerun on a quiet machine`
+    : `no other hvlab host ran meanwhile (1-min load up to ${d.loadAvg1})`);
   return lines.join('\n');
 }
 
@@ -351,6 +381,14 @@ export async function main(args: string[]): Promise<void> {
   const hostIds: string[] = [];
   const tracked = new Set<number>();
   const host = new Host(paths, (pid) => void (pid && tracked.add(pid)), hostIds);
+  const disturbance = { otherHvlabProcesses: 0, loadAvg1: 0 };
+  const checkQuiet = (part: string): void => {
+    const n = otherHvlabProcesses(hostIds);
+    const load = loadavg()[0]!;
+    disturbance.otherHvlabProcesses = Math.max(disturbance.otherHvlabProcesses, n);
+    disturbance.loadAvg1 = Math.max(disturbance.loadAvg1, round(load, 2));
+    if (n > 0) progress(`WARNING: ${n} processes of other hvlab hosts are running during ${part}; the numbers are disturbed`);
+  };
 
   let cleaning: Promise<void> | null = null;
   const cleanup = (): Promise<void> => {
@@ -392,17 +430,20 @@ export async function main(args: string[]): Promise<void> {
     // (a) + (b) on a host with LPS_LATENCY LPs, one VM at a time.
     await host.up(LPS_LATENCY);
 
+    checkQuiet('interrupt latency (halted)');
     let vm = await host.startVm('sched-halted', 'sleep:1000');
     progress(`interrupt latency to a halted VP: ${N} probes (after ${WARMUP} warm-up)`);
     const haltedVp = await measureProbes(host, vm, WARMUP, N);
     await host.offVm(vm);
 
+    checkQuiet('interrupt latency (running)');
     vm = await host.startVm('sched-running', 'spin');
     await sleep(200);
     progress(`interrupt latency to a running VP: ${N} probes (after ${WARMUP} warm-up)`);
     const runningVp = await measureProbes(host, vm, WARMUP, N);
     await host.offVm(vm);
 
+    checkQuiet('timer jitter');
     vm = await host.startVm('sched-tick', `sleep:${TICK_PERIOD_MS}`);
     progress(`timer jitter: reading the ring for ${JITTER_MS / 1000} s`);
     const timerJitter1ms = await measureJitter(host, vm);
@@ -411,12 +452,14 @@ export async function main(args: string[]): Promise<void> {
 
     // (c) on a host with one LP and one VM.
     await host.up(LPS_OVERHEAD);
+    checkQuiet('spin VM rate');
     vm = await host.startVm('sched-spin', 'spin');
     progress(`spin VM work rate over ${OVERHEAD_MS / 1000} s (after ${OVERHEAD_WARMUP_MS / 1000} s)`);
     const vmSpin = await measureVmSpin(host, vm);
     await host.offVm(vm);
     await host.down();
     progress(`spinUnit in a worker thread over ${OVERHEAD_MS / 1000} s (after ${OVERHEAD_WARMUP_MS / 1000} s)`);
+    checkQuiet('spin thread rate');
     const threadUnitsPerS = await measureThreadSpin(OVERHEAD_WARMUP_MS, OVERHEAD_MS);
 
     const ratio = round(vmSpin.unitsPerS / threadUnitsPerS, 3);
@@ -424,12 +467,13 @@ export async function main(args: string[]): Promise<void> {
       bench: 'sched',
       interruptLatency: { haltedVp, runningVp },
       timerJitter1ms,
-      overhead: { vmUnitsPerS: vmSpin.unitsPerS, threadUnitsPerS, ratio, vpRunShare: vmSpin.vpRunShare },
+      overhead: { vmUnitsPerS: vmSpin.unitsPerS, threadUnitsPerS, ratio, vpRunShare: vmSpin.vpRunShare, vmCpuPercent: vmSpin.cpuPercent },
       ratios: {
         spinVmVsThread: ratio,
         haltedVsRunningP50: round(haltedVp.p50Us / runningVp.p50Us, 2),
         ticksPerSVsNominal: round(timerJitter1ms.ticksPerS / (1000 / TICK_PERIOD_MS), 3),
       },
+      disturbance,
     };
     await cleanup();
     if (json) process.stdout.write(`${JSON.stringify(result)}\n`);

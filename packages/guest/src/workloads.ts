@@ -178,7 +178,10 @@ export class TaskTable {
         const rate = this.field(i, Task.a);
         const last = this.field(i, Task.b);
         let credit = this.field(i, Task.c);
-        if (last > 0) credit += (Math.min(now - last, 500_000) * rate) / 10_000_000;
+        const periodMs = Math.max(10, 1000 / rate);
+        // At most 50 ms, or two of the task's own periods for slow rates.
+        const clamp = Math.max(500_000, 2 * periodMs * 10_000);
+        if (last > 0) credit += (Math.min(now - last, clamp) * rate) / 10_000_000;
         this.setField(i, Task.b, now);
         const n = Math.floor(credit);
         if (n > 0) {
@@ -189,7 +192,6 @@ export class TaskTable {
           this.f64[work] += n;
         }
         this.setField(i, Task.c, credit);
-        const periodMs = Math.max(10, 1000 / rate);
         return { kind: 'sleep', until: now + periodMs * 10_000 };
       }
       default:

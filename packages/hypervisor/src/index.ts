@@ -7,9 +7,13 @@
  * Deviations from Hyper-V: hypercall inputs are msgpack maps; a session proves which partition it
  * is with a token the hypervisor issued at CreatePartition (hardware knows this for free); the
  * root partition's SynIC is not modelled — messages to root ports go to the owning session.
- * CPU scheduling of VPs arrives with the VP work (issue 4); today `Suspend` stops all VPs.
+ * VPs are dispatched over N logical processors by a scheduler thread (SchedulerCore: reserve,
+ * cap, weight; sched-thread.ts: dispatch words, virtual APICs, synthetic timers, IPIs over shared
+ * VP pages and shared futexes). Deviation: the timer/ICR/TPR MSRs are written to the VP page and
+ * picked up, not trapped; GetVpState/SetVpState (0x8003/0x8004) carry a plain saved-state record.
  */
 export { Hypervisor, type HypervisorOptions, type Session } from './hypervisor.js';
 export { HypervisorServer } from './server.js';
 export { SynIc } from './synic.js';
 export { Partition, VirtualProcessor } from './partition.js';
+export { SchedulerCore, type SchedVp } from './scheduler.js';

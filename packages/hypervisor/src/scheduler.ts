@@ -163,6 +163,7 @@ export class SchedulerCore {
       vp.lp = -1;
     }
     vp.preempting = false;
+    if (vp.cap < 1 && vp.usedInPeriod >= vp.cap * this.periodNs) vp.capped = true; // spent while acknowledging
     if (why === 'halted') vp.halted = true;
     if (why === 'intercept') vp.interceptSuspended = true;
     this.account(vp, now);
@@ -221,6 +222,8 @@ export class SchedulerCore {
     const waiting = [...this.vps.values()].filter((v) => v.lp < 0 && this.runnable(v)).sort((a, b) => this.order(a, b));
     const freeLps = this.lpOwner.filter((o) => o === null).length;
     let reservedWaiting = Math.max(0, waiting.filter((v) => this.reservedNow(v)).length - freeLps);
+    // Waiting VPs that the free LPs will not absorb: only these justify ending a quantum.
+    let excessWaiting = Math.max(0, waiting.length - freeLps);
     // Running VPs: out of budget, suspended, or at the end of their quantum with someone waiting.
     for (const vp of this.vps.values()) {
       if (vp.lp < 0 || vp.preempting) continue;
@@ -231,7 +234,8 @@ export class SchedulerCore {
         take = true;
       } else if (vp.partitionSuspended || vp.interceptSuspended || vp.halted) {
         take = true;
-      } else if (now - vp.grantedAt >= this.quantumNs && waiting.length > 0 && this.order(waiting[0], vp) <= 0) {
+      } else if (now - vp.grantedAt >= this.quantumNs && excessWaiting > 0 && this.order(waiting[waiting.length - excessWaiting], vp) <= 0) {
+        excessWaiting--;
         take = true;
       } else if (reservedWaiting > 0 && !this.reservedNow(vp)) {
         // A VP within its reserve does not wait behind a quantum of an unreserved one.
@@ -252,6 +256,12 @@ export class SchedulerCore {
     for (let lp = 0; lp < this.lps && next < waiting.length; lp++) {
       if (this.lpOwner[lp] !== null) continue;
       const vp = waiting[next++];
+      if (vp.cap < 1 && vp.usedInPeriod >= vp.cap * this.periodNs) {
+        vp.capped = true;
+        this.account(vp, now);
+        lp--;
+        continue;
+      }
       this.lpOwner[lp] = vp;
       vp.lp = lp;
       vp.grantedAt = now;

@@ -13,7 +13,7 @@ import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } fr
 import type { VmwpConfig } from './vmwp/shared.js';
 import { IC_SERVICES, type IcEntry, type VmbusHost, type VmIntegration } from './vmbus-host.js';
 import type { IcServiceName } from '@hvlab/vsp';
-import { discardSavedState, hasSavedState, SavedStateError } from './saved-state.js';
+import { discardSavedState, hasSavedState } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
 
