@@ -13,16 +13,22 @@
  *  (b) timer jitter: workload `sleep:1` arms synthetic timer 2 periodic at 1 ms; every tick the VP
  *      writes (actual - ideal k-th period) in 100 ns units to the ring at JITTER_RING_GPA and counts
  *      ticks at KERNEL_PAGE_GPA + KernelPage.jitterCount. We read both with vmPeek every
- *      JITTER_POLL_MS for JITTER_MS, keep every new sample, and count ticks per second.
+ *      JITTER_POLL_MS for JITTER_MS, keep every new sample (|jitter|), and count ticks per second.
+ *      The guest folds each tick onto the nearest multiple of the period, so |jitter| <= 500 µs:
+ *      ticks/s and the mean tick interval show whether the ticks kept the 1 ms grid at all.
  *  (c) scheduling overhead (host with 1 LP, one VM, otherwise idle): the `spin` VM's work units per
  *      second (VmInfo.workload.progress over OVERHEAD_MS) next to the same loop (`spinUnit` from the
  *      guest's workloads) in a plain worker thread of this process for the same time, host down.
+ *      Also shown: the share of the window VP 0 held an LP (VpPage.runMs) and VmInfo.cpu.percent.
+ *
+ * Other hvlab hosts on the machine (or any load) change everything here: the run counts their
+ * processes at the start of each part and says so when there were any.
  *
  * Everything lives under a temporary HVLAB_HOME and is removed afterwards, whatever happens: the
- * host is brought down, the host's processes are killed, its /dev/shm files and socket directory
- * are removed, and the run fails if anything is left behind.
+ * host is brought down, the host's processes (also those of an `up` a signal interrupted) are
+ * killed, its /dev/shm files and socket directory are removed, and the run fails if anything is
+ * left behind.
  */
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -94,6 +100,21 @@ function progress(msg: string): void {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const hrNs = (): bigint => process.hrtime.bigint();
+
+/** Host ids of the processes started under `home`, including those of an `up` still in flight. */
+function hostIdsUnder(home: string): string[] {
+  const ids = new Set<string>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const env = `\0${readFileSync(`/proc/${d}/environ`, 'latin1')}`;
+      if (!env.includes(`\0HVLAB_HOME=${home}\0`)) continue;
+      const m = /\0HVLAB_HOST_ID=([^\0]+)\0/.exec(env);
+      if (m) ids.add(m[1]!);
+    } catch { /* gone or not ours */ }
+  }
+  return [...ids];
+}
 
 /** hvlab processes of hosts other than ours (their titles are "hvlab-<role> <hostId> ..."). */
 function otherHvlabProcesses(ours: string[]): number {
@@ -390,6 +411,8 @@ export async function main(args: string[]): Promise<void> {
     if (n > 0) progress(`WARNING: ${n} processes of other hvlab hosts are running during ${part}; the numbers are disturbed`);
   };
 
+  /** Set on SIGINT/SIGTERM: an `up` may be in flight, spawning processes whose host id we do not know yet. */
+  let aborting = false;
   let cleaning: Promise<void> | null = null;
   const cleanup = (): Promise<void> => {
     cleaning ??= (async () => {
@@ -400,7 +423,20 @@ export async function main(args: string[]): Promise<void> {
       } catch (e) {
         progress(`down failed: ${(e as Error).message}`);
       }
+      const adopt = (): string[] => {
+        const found = hostIdsUnder(home);
+        for (const id of found) if (!hostIds.includes(id)) hostIds.push(id);
+        return found;
+      };
+      adopt();
       for (const id of hostIds) sweepHost(paths, id);
+      // After a signal, sweep until nothing has run under our home for a second.
+      for (let quiet = 0, i = 0; aborting && quiet < 10 && i < 100; i++) {
+        await sleep(100);
+        const found = adopt();
+        quiet = found.length === 0 ? quiet + 1 : 0;
+        for (const id of found) sweepHost(paths, id);
+      }
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(home, { recursive: true, force: true });
       // Killed host processes whose parent died first are reparented and reaped by init; give it a moment.
@@ -421,6 +457,7 @@ export async function main(args: string[]): Promise<void> {
   };
   const onSignal = (sig: NodeJS.Signals): void => {
     progress(`${sig}: cleaning up`);
+    aborting = true;
     void cleanup().finally(() => process.exit(130));
   };
   process.once('SIGINT', onSignal);
