@@ -129,7 +129,7 @@ function otherHvlabProcesses(ours: string[]): number {
   return n;
 }
 
-/** A VM of ours on a running host: created and started, turned off and deleted by `off`. */
+/** A VM of ours on a running host: created and started by `startVm`, turned off and deleted by `offVm`. */
 interface RunningVm {
   name: string;
   info: VmInfo;
