@@ -14,7 +14,7 @@ import {
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
   KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpRegionHeader, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset,
+  vpRegionBytes, vpPageOffset, referenceTime,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -121,7 +121,7 @@ export class GuestKernel {
 
   /** The partition's reference time (100 ns units). */
   referenceTime(): number {
-    return Number((process.hrtime.bigint() - this.refBase) / 100n);
+    return referenceTime(this.refBase);
   }
 
   async start(): Promise<void> {

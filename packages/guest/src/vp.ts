@@ -15,7 +15,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VirtualApicView, SchedRegion, VpRegionHeader, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
-  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage,
+  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, referenceTime,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { GuestMemory } from './memory.js';
@@ -78,7 +78,7 @@ export class VpThread {
   }
 
   private now(): number {
-    return Number((process.hrtime.bigint() - this.refBase) / 100n);
+    return referenceTime(this.refBase);
   }
 
   private ring(): void {

@@ -15,7 +15,7 @@ import {
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
-  vpRegionBytes, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess,
+  vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
@@ -572,7 +572,7 @@ export class Hypervisor {
     if (n === 'Siefp') return sy.siefp;
     if (n === 'Eom') return 0;
     if (n.startsWith('Sint')) return sy.sint[Number(n.slice(4))];
-    if (n === 'ReferenceTime') return Math.max(0, Number((process.hrtime.bigint() - p.refBaseNs) / 100n));
+    if (n === 'ReferenceTime') return Math.max(0, referenceTime(p.refBaseNs));
     if (n === 'InterceptSuspend') return vp.interceptPending ? 1 : 0;
     const off = vpPageOffset(vp.index);
     if (p.vpI32 && p.vpF64) {
@@ -787,6 +787,11 @@ export class Hypervisor {
       this.opts.scheduler?.post({ t: 'timersRestored', id: p.id, index: vp.index });
       this.opts.scheduler?.ring();
     }
+  }
+
+  /** Takes a run-time sample of every scheduled partition (the server calls this every 250 ms). */
+  sampleCpu(): void {
+    for (const p of this.partitions.values()) if (p.vpI32) this.vpStats(p);
   }
 
   /** Per-VP scheduler state and accounting, with CPU % over the last second of samples. */

@@ -11,7 +11,7 @@
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
-  Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, VpRegionHeader, STIMER_COUNT, decodeStimerConfig, vpPageOffset,
+  Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, VpRegionHeader, STIMER_COUNT, decodeStimerConfig, vpPageOffset, referenceTime,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
@@ -79,7 +79,7 @@ export function runScheduler(data: SchedulerThreadData): void {
   function refNow(p: PartRec): number {
     // Re-read the base each time: a restore moves it.
     p.refBase = p.big[VpRegionHeader.refBaseNs >> 3];
-    return Number((process.hrtime.bigint() - p.refBase) / 100n);
+    return referenceTime(p.refBase);
   }
 
   function handle(m: ToScheduler, now: number): void {
