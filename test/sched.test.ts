@@ -87,8 +87,8 @@ describe('VP scheduling over logical processors (real processes)', function () {
       const v = after.find((x) => x.name === 'sl')!;
       expect(v.cpu, 'cpu reported').to.not.equal(null);
       expect(v.cpu!.percent).to.be.below(2);
-      // 10 ms period: about 200 wake-ups in 2 s; at least half of them arrived.
-      expect(delta.sl).to.be.above(100);
+      // Default 50 ms period: about 40 wake-ups in 2 s; at least three quarters of them arrived.
+      expect(delta.sl).to.be.above(30);
       await h.ok('vm', 'turn-off', 'sl');
     });
 

@@ -58,7 +58,7 @@ Host
 VMs (Hyper-V: New-VM, Start-VM, Stop-VM, Suspend-VM, Resume-VM, Get-VM, Remove-VM)
   vm new NAME [--memory 64M] [--vps 1..64] [--workload W] [--rtc-offset SECONDS]
       workloads: counter[:RATE]  idle  spin (one CPU-bound task per VP)  sleep[:MS] (woken by a
-      periodic timer every MS ms, default 10)  memdirty[:SIZE] (QEMU's migration-test guest, 16M)
+      periodic timer every MS ms, default 50)  memdirty[:SIZE] (QEMU's migration-test guest, 16M)
   vm start|turn-off|pause|resume|delete NAME    (start continues a Saved VM; turn-off discards it)
   vm save NAME                      write memory, VP/APIC/SynIC/timer and device state; -> Saved
   vm set-processor NAME [--reserve R] [--maximum M] [--weight W]

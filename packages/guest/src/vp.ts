@@ -91,6 +91,11 @@ export class VpThread {
     return Atomics.load(this.ctl, CTL_STOP) !== 0;
   }
 
+  /** When this VP gives the LP back, so the scheduler need not charge its own wake-up latency. */
+  private stampRelease(): void {
+    new BigInt64Array(this.s.vpRegion, this.off + VpPage.releasedNs, 1)[0] = process.hrtime.bigint();
+  }
+
   private enterLp(): void {
     if (this.onLp) return;
     this.onLp = true;
@@ -109,6 +114,7 @@ export class VpThread {
 
   /** Gives the LP back with `why` (Halt or Intercept), or acknowledges a pending preemption. */
   private release(why: number): void {
+    this.stampRelease();
     if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Granted, why) !== Dispatch.Granted) {
       Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, why);
     }
@@ -125,6 +131,7 @@ export class VpThread {
         return true;
       }
       if (d === Dispatch.Preempt) {
+        this.stampRelease();
         if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, Dispatch.Off) === Dispatch.Preempt) {
           this.leaveLp();
           this.ring();

@@ -44,6 +44,8 @@ interface VpRec {
   off: number; // byte offset of the VP page
   apic: VirtualApicView;
   timerGen: number;
+  /** The timer MSR values the scheduler last acted on, per timer. */
+  seen: Array<{ raw: number; count: number }>;
 }
 
 interface PartRec {
@@ -53,6 +55,8 @@ interface PartRec {
   f64: Float64Array;
   refBase: bigint;
   big: BigInt64Array;
+  /** The whole region as i64 words (release stamps). */
+  big2: BigInt64Array;
   props: { weight: number; reserve: number; cap: number; suspended: boolean };
   vps: Map<number, VpRec>;
 }
@@ -60,6 +64,9 @@ interface PartRec {
 const STATE_CODE: Record<VpSchedState, number> = {
   Absent: VpRunState.Absent, Ready: VpRunState.Ready, Running: VpRunState.Running, Waiting: VpRunState.Waiting, Suspended: VpRunState.Suspended,
 };
+
+/** How far before the scheduler noticed a release a VP's own release stamp may be believed. */
+const RELEASE_SLACK_NS = 500_000;
 
 function nowNs(): number {
   return Number(process.hrtime.bigint());
@@ -76,6 +83,15 @@ export function runScheduler(data: SchedulerThreadData): void {
   const w = (p: PartRec, off: number): number => (off >> 2);
   const dispatchIdx = (p: PartRec, v: VpRec): number => w(p, v.off + VpPage.dispatch);
 
+  /**
+   * When VP `v` left its LP: what it reported, but never before its grant and at most
+   * RELEASE_SLACK_NS before the scheduler saw it, so a lying guest gains little.
+   */
+  function releaseTime(p: PartRec, v: VpRec, now: number): number {
+    const reported = Number(p.big2[(v.off + VpPage.releasedNs) >> 3]);
+    return Math.max(v.sched.grantedAt, now - RELEASE_SLACK_NS, Math.min(now, reported));
+  }
+
   function refNow(p: PartRec): number {
     // Re-read the base each time: a restore moves it.
     p.refBase = p.big[VpRegionHeader.refBaseNs >> 3];
@@ -88,7 +104,7 @@ export function runScheduler(data: SchedulerThreadData): void {
         const i32 = new Int32Array(m.region);
         const big = new BigInt64Array(m.region, 0, 2);
         parts.set(m.id, {
-          id: m.id, region: m.region, i32, f64: new Float64Array(m.region), big,
+          id: m.id, region: m.region, i32, f64: new Float64Array(m.region), big, big2: new BigInt64Array(m.region),
           refBase: big[VpRegionHeader.refBaseNs >> 3], props: { weight: m.weight, reserve: m.reserve, cap: m.cap, suspended: m.suspended }, vps: new Map(),
         });
         break;
@@ -109,7 +125,7 @@ export function runScheduler(data: SchedulerThreadData): void {
         if (!p || p.vps.has(m.index)) break;
         const off = vpPageOffset(m.index);
         const sched = core.add(m.id, m.index, p.props, now);
-        p.vps.set(m.index, { sched, off, apic: new VirtualApicView(p.i32, off), timerGen: Atomics.load(p.i32, w(p, off + VpPage.timerGen)) });
+        p.vps.set(m.index, { sched, off, apic: new VirtualApicView(p.i32, off), timerGen: Atomics.load(p.i32, w(p, off + VpPage.timerGen)), seen: Array.from({ length: STIMER_COUNT }, () => ({ raw: 0, count: 0 })) });
         break;
       }
       case 'removeVp': {
@@ -144,7 +160,10 @@ export function runScheduler(data: SchedulerThreadData): void {
       case 'timersRestored': {
         const p = parts.get(m.id);
         const v = p?.vps.get(m.index);
-        if (p && v) v.timerGen = Atomics.load(p.i32, w(p, v.off + VpPage.timerGen));
+        if (p && v) {
+          v.timerGen = Atomics.load(p.i32, w(p, v.off + VpPage.timerGen));
+          for (let t = 0; t < STIMER_COUNT; t++) v.seen[t] = { raw: Atomics.load(p.i32, w(p, v.off + VpPage.stimerConfig) + t), count: p.f64[(v.off + VpPage.stimerCount >> 3) + t] };
+        }
         break;
       }
       case 'stop':
@@ -153,12 +172,18 @@ export function runScheduler(data: SchedulerThreadData): void {
     }
   }
 
-  /** Re-reads a VP's timer MSRs after the guest wrote them. */
+  /**
+   * Re-reads a VP's timer MSRs after the guest wrote some of them. Only a timer whose own MSRs
+   * changed restarts: rewriting the slice timer must not push a periodic timer back.
+   */
   function reloadTimers(p: PartRec, v: VpRec): void {
     const ref = refNow(p);
     for (let t = 0; t < STIMER_COUNT; t++) {
-      const cfg = decodeStimerConfig(Atomics.load(p.i32, w(p, v.off + VpPage.stimerConfig) + t));
+      const raw = Atomics.load(p.i32, w(p, v.off + VpPage.stimerConfig) + t);
+      const cfg = decodeStimerConfig(raw);
       const count = p.f64[(v.off + VpPage.stimerCount >> 3) + t];
+      if (v.seen[t].raw === raw && v.seen[t].count === count) continue;
+      v.seen[t] = { raw, count };
       let next = 0;
       if (cfg.enable && Number.isFinite(count) && count > 0 && (cfg.direct ? cfg.vector >= 16 : true)) {
         next = cfg.periodic ? ref + count : count;
@@ -196,7 +221,8 @@ export function runScheduler(data: SchedulerThreadData): void {
           }
         } else {
           next = 0;
-          Atomics.and(p.i32, cfgIdx, ~1); // a one-shot timer disables itself
+          // A one-shot timer disables itself; re-arming it with the same count is then a change.
+          v.seen[t].raw = Atomics.and(p.i32, cfgIdx, ~1) & ~1;
         }
         p.f64[ni] = next;
       }
@@ -234,12 +260,12 @@ export function runScheduler(data: SchedulerThreadData): void {
         const di = dispatchIdx(p, v);
         const d = Atomics.load(p.i32, di);
         if (s.lp >= 0 && d === Dispatch.Off) {
-          core.released(s, now, 'preempted');
+          core.released(s, releaseTime(p, v, now), 'preempted');
         } else if (d === Dispatch.Halt) {
-          if (s.lp >= 0 || !s.halted) core.released(s, now, 'halted');
+          if (s.lp >= 0 || !s.halted) core.released(s, s.lp >= 0 ? releaseTime(p, v, now) : now, 'halted');
           Atomics.compareExchange(p.i32, di, Dispatch.Halt, Dispatch.Off);
         } else if (d === Dispatch.Intercept) {
-          core.released(s, now, 'intercept');
+          core.released(s, s.lp >= 0 ? releaseTime(p, v, now) : now, 'intercept');
           Atomics.compareExchange(p.i32, di, Dispatch.Intercept, Dispatch.Off);
           const o = v.off;
           port.postMessage({

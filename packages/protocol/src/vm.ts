@@ -18,7 +18,7 @@ export function vmStateName(n: number): VmStateName | 'Unknown' {
 
 export const WORKLOADS = ['idle', 'counter', 'spin', 'sleep', 'memdirty'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
-export const DEFAULT_SLEEP_PERIOD_MS = 10;
+export const DEFAULT_SLEEP_PERIOD_MS = 50;
 export const DEFAULT_MEMDIRTY_BYTES = 16 * 1024 * 1024;
 
 /**

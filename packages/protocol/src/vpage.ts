@@ -52,6 +52,7 @@ export const VpPage = {
   ioValue: 0x09c, // i32, the value written, or (after emulation) the value read
   probeAssertNs: 0x0a0, // i64, when the hypervisor asserted the probe vector
   probeTakenNs: 0x0a8, // i64, when the VP took it
+  releasedNs: 0x0b0, // i64, when the VP last gave its LP back (guest-reported; the scheduler bounds it)
   runMs: 0x0c0, // f64 accounting, scheduler-written
   readyMs: 0x0c8,
   waitMs: 0x0d0,
