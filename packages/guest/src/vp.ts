@@ -114,11 +114,13 @@ export class VpThread {
 
   /** Gives the LP back with `why` (Halt or Intercept), or acknowledges a pending preemption. */
   private release(why: number): void {
+    // Leave the occupancy count before publishing the release: once the dispatch word changes,
+    // the scheduler may hand the LP to another VP at once.
+    this.leaveLp();
     this.stampRelease();
     if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Granted, why) !== Dispatch.Granted) {
       Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, why);
     }
-    this.leaveLp();
     this.ring();
   }
 
@@ -131,11 +133,9 @@ export class VpThread {
         return true;
       }
       if (d === Dispatch.Preempt) {
+        this.leaveLp(); // before the acknowledgement, for the same reason as in release()
         this.stampRelease();
-        if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, Dispatch.Off) === Dispatch.Preempt) {
-          this.leaveLp();
-          this.ring();
-        }
+        if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, Dispatch.Off) === Dispatch.Preempt) this.ring();
         continue;
       }
       this.leaveLp();
