@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostPaths } from '@hvlab/runtime';
-import { hostProcesses, sweepHost } from '../packages/cli/src/host.js';
+import { hostProcesses, sweepHost } from '@hvlab/host';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(repo, 'packages', 'cli', 'src', 'main.ts');

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { readdirSync } from 'node:fs';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
 import { TestHost, eventually, shmFiles, sleep } from './harness.js';
-import { hostProcesses } from '../packages/cli/src/host.js';
+import { hostProcesses } from '@hvlab/host';
 import { hostConnectionId } from '../packages/root/src/vmwp/shared.js';
 import { decode, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import type { HostInfo, VmInfo, IcServiceInfo as IcEntry, KvpEntry } from '@hvlab/protocol';
 import { TestHost, eventually } from './harness.js';
-import { hostProcesses } from '../packages/cli/src/host.js';
+import { hostProcesses } from '@hvlab/host';
 
 const VERSIONS: Record<IcEntry['service'], string> = { heartbeat: '3.0', shutdown: '3.2', timesync: '4.0', kvp: '5.0' };
 const SERVICES = Object.keys(VERSIONS) as Array<IcEntry['service']>;

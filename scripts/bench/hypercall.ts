@@ -26,8 +26,8 @@ import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { dealer } from '../../packages/runtime/src/zmq.js';
 import { HvClient } from '../../packages/runtime/src/hvclient.js';
-import { MgmtClient } from '../../packages/cli/src/client.js';
-import { down, hostProcesses, sweepHost, up } from '../../packages/cli/src/host.js';
+import { MgmtClient } from '@hvlab/host';
+import { down, hostProcesses, sweepHost, up } from '@hvlab/host';
 
 const N = 5000;
 const WARMUP = 500;
@@ -303,7 +303,7 @@ export async function main(args: string[]): Promise<void> {
 
     // (b) VM start on a whole host.
     progress(`bringing a host up (${LPS} LPs)`);
-    const rec = await up(paths, LPS);
+    const rec = await up(paths, { lps: LPS });
     upHostId = rec.hostId;
     progress(`host ${rec.hostId} is up (hypervisor pid ${rec.pids.hypervisor}, root pid ${rec.pids.root})`);
     tracked.add(rec.pids.hypervisor).add(rec.pids.root);

@@ -41,9 +41,9 @@ import {
 import { hostPaths, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { openRegion } from '../../packages/shm/src/index.js';
-import { MgmtClient } from '../../packages/cli/src/client.js';
+import { MgmtClient } from '@hvlab/host';
 import { SPIN_ITERATIONS } from '../../packages/guest/src/workloads.js';
-import { down, hostProcesses, sweepHost, up } from '../../packages/cli/src/host.js';
+import { down, hostProcesses, sweepHost, up } from '@hvlab/host';
 
 const N = 300;
 const WARMUP = 20;
@@ -145,7 +145,7 @@ class Host {
 
   async up(lps: number): Promise<void> {
     progress(`bringing a host up (${lps} LP${lps === 1 ? '' : 's'})`);
-    const rec = await up(this.paths, lps);
+    const rec = await up(this.paths, { lps });
     this.hostId = rec.hostId;
     this.hostIds.push(rec.hostId);
     this.track(rec.pids.hypervisor);

@@ -45,7 +45,7 @@ import { HvClient, type Notification } from '../../packages/runtime/src/hvclient
 import { createRegion, memoryMode, shmUnavailableReason, unlinkRegion } from '../../packages/shm/src/index.js';
 import { initRing, packetBytes, PacketType, RingReader, RingWriter } from '../../packages/vmbus/src/ring.js';
 import { RemoteHub, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
-import { sweepHost } from '../../packages/cli/src/host.js';
+import { sweepHost } from '@hvlab/host';
 import {
   BENCH_SINT, BENCH_SINT_VECTOR, benchRegionBytes, benchRings, CTL_GO, CTL_PAGE_BYTES, CTL_STOP, PP_RING_DATA_BYTES,
   SYNC_TRANS_ID, TP_RING_DATA_BYTES, Backoff, NAP_AFTER_US, NAP_US, type ChildDone,

@@ -2,5 +2,4 @@
  * @hvlab/cli — the `hvlab` command. It only talks to the management API (MgmtClient) and starts
  * or stops a host's processes (host.ts). Nothing here imports the root or the hypervisor.
  */
-export { MgmtClient, MgmtCallError } from './client.js';
-export { up, down, sweepHost, hostProcesses, readHost, type HostRecord } from './host.js';
+export { MgmtClient, MgmtCallError, up, down, sweepHost, hostProcesses, readHost, type HostRecord } from '@hvlab/host';

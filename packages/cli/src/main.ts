@@ -1,99 +1,445 @@
 /**
  * hvlab — the command line. It mirrors the Hyper-V cmdlets (New-VM, Start-VM, Stop-VM, Get-VM…)
  * and talks only to a host's management API; `up`/`down` start and stop the host's processes.
- * Errors are one line naming the bad value, with exit code 1 (2 for usage errors).
+ *
+ * Every command declares its arguments and options in COMMANDS below; the parser refuses anything
+ * else (an unknown, misplaced, repeated or valueless option, a missing or extra argument) and
+ * checks option values before anything is sent, so a typo never turns into a default. The help
+ * text is generated from the same table, so it cannot drift from what is accepted.
+ *
+ * Errors are one line on stderr naming the thing and the value, never a stack trace
+ * (HVLAB_DEBUG=1 adds stacks and traces requests). Exit codes: 0 done, 1 a value was invalid or
+ * the host refused or failed, 2 the command line could not be understood, 3 `debug hypercall`
+ * returned a status other than SUCCESS.
  */
-import { createReadStream, existsSync, readdirSync, readFileSync, statSync, writeFileSync, watch } from 'node:fs';
-import { join } from 'node:path';
-import { hostPaths, resolveHome, type HostPaths } from '@hvlab/runtime';
-import { parseSize, type IcServiceInfo, type KvpEntry, type HostInfo, type ProcessInfo, type VmInfo, type DebugHypercallResult, formatBytes } from '@hvlab/protocol';
-import { MgmtClient, MgmtCallError } from './client.js';
-import { CliError, down, readHost, hostRunning, up } from './host.js';
+import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { hostPaths, pidAlive, resolveHome, type HostPaths } from '@hvlab/runtime';
+import {
+  formatBytes, MAX_VPS_PER_PARTITION, parseSize,
+  type DebugHypercallResult, type HostInfo, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
+} from '@hvlab/protocol';
+import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 
-const BOOL_FLAGS = new Set(['json', 'help', 'h', 'follow', 'f', 'force', 'once']);
+/** The command line cannot be understood (exit code 2). */
+export class UsageError extends Error {}
+/** A value given on the command line is invalid (exit code 1), found before anything was sent. */
+export class ValueError extends Error {}
 
-interface Args {
-  pos: string[];
-  flags: Map<string, string | true>;
+// ---------------------------------------------------------------------------------------------
+// The command table
+
+export interface OptionSpec {
+  /** Long name, without the dashes. */
+  name: string;
+  /** One-letter alias, without the dash. */
+  short?: string;
+  /** Present when the option takes a value: its placeholder in the help (e.g. "SIZE"). */
+  value?: string;
+  /** The command cannot run without it. */
+  required?: boolean;
+  help: string;
+  /** Checks the value before anything is sent; returns the problem as a sentence, or null. */
+  check?: (v: string) => string | null;
 }
 
-export function parseArgs(argv: string[]): Args {
-  const pos: string[] = [];
-  const flags = new Map<string, string | true>();
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--') {
-      pos.push(...argv.slice(i + 1));
-      break;
+export interface CommandSpec {
+  /** The command's words, e.g. ["vm", "new"]. */
+  words: string[];
+  /** Its arguments as shown in the usage, e.g. "NAME". */
+  args: string;
+  /** How many arguments it takes. */
+  min: number;
+  /** Names of the required arguments for messages, when `args` is not simply them in order. */
+  needs?: string[];
+  max: number;
+  options: OptionSpec[];
+  /** Whether it can print JSON (then it accepts --json). */
+  json: boolean;
+  group: string;
+  help: string;
+}
+
+const wholeIn = (opt: string, lo: number, hi: number, what = `a whole number from ${lo} to ${hi}`) => (v: string): string | null =>
+  /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? null : `--${opt} ${v} is invalid: ${what}`;
+const oneOf = (opt: string, values: readonly string[], verb = 'is invalid: use') => (v: string): string | null =>
+  values.includes(v) ? null : `--${opt} ${v} ${verb} ${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}`;
+const nonEmpty = (opt: string) => (v: string): string | null => (v === '' ? `--${opt} is empty` : null);
+
+const IC_SERVICES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
+const LOG_ROLES = ['hypervisor', 'root', 'vmwp', 'partition'] as const;
+const TEN_YEARS_S = 10 * 365 * 86400;
+
+const HOME_OPTION: OptionSpec = { name: 'home', value: 'DIR', help: 'the state directory (default: HVLAB_HOME, else ~/.hvlab)' };
+const HELP_OPTION: OptionSpec = { name: 'help', short: 'h', help: 'show this help' };
+const JSON_OPTION: OptionSpec = { name: 'json', help: 'print the result as JSON' };
+/** Accepted before the command as well as after it. */
+const GLOBAL_OPTIONS = [HOME_OPTION, HELP_OPTION, JSON_OPTION];
+
+const vmName = (words: string[], help: string, options: OptionSpec[] = [], json = true): CommandSpec => ({ words, args: 'NAME', min: 1, max: 1, options, json, group: 'VMs', help });
+
+export const COMMANDS: CommandSpec[] = [
+  {
+    words: ['up'], args: '', min: 0, max: 0, json: true, group: 'Host',
+    help: 'start a host (hypervisor + root partition) in the background',
+    options: [
+      { name: 'lps', value: 'N', help: 'logical processors (default: every CPU)', check: wholeIn('lps', 1, 256, '1 to 256 logical processors') },
+      { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
+    ],
+  },
+  { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
+  { words: ['host', 'info'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'host id, memory mode (shared/private), pids' },
+  { words: ['ps'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'every process of the host: role, vm, pid' },
+  {
+    words: ['logs'], args: '', min: 0, max: 0, json: false, group: 'Host', help: "the host's logs, readable",
+    options: [
+      { name: 'role', value: 'R', help: 'only this role: hypervisor, root, vmwp or partition', check: oneOf('role', LOG_ROLES, 'is unknown: use') },
+      { name: 'vm', value: 'NAME', help: 'only this VM', check: nonEmpty('vm') },
+      { name: 'follow', short: 'f', help: 'keep printing new lines' },
+    ],
+  },
+  {
+    words: ['top'], args: '', min: 0, max: 0, json: true, group: 'Host', help: 'live table of VMs and their VPs: state, CPU %, run/ready/wait time',
+    options: [
+      { name: 'once', help: 'print one table and exit (also when stdout is not a terminal)' },
+      {
+        name: 'interval', value: 'S', help: 'seconds between tables, 0.2 to 60 (default 1)',
+        check: (v) => (/^\d+(\.\d+)?$/.test(v) && Number(v) >= 0.2 && Number(v) <= 60 ? null : `--interval ${v} is invalid: 0.2 to 60 seconds`),
+      },
+    ],
+  },
+  {
+    words: ['vm', 'new'], args: 'NAME', min: 1, max: 1, json: true, group: 'VMs', help: 'create a VM (New-VM); it starts Off',
+    options: [
+      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 512K, 1G; at most 16G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
+      { name: 'vps', value: 'N', help: `virtual processors, 1 to ${MAX_VPS_PER_PARTITION} (default 1)`, check: wholeIn('vps', 1, MAX_VPS_PER_PARTITION, `a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`) },
+      {
+        name: 'workload', value: 'W', check: nonEmpty('workload'),
+        help: 'counter[:RATE] (default), idle, spin (one CPU-bound task per VP), sleep[:MS] (woken by a periodic timer every MS ms, default 50), memdirty[:SIZE] (QEMU\'s migration-test guest, 16M)',
+      },
+      {
+        name: 'rtc-offset', value: 'SECONDS', help: 'the guest CMOS clock minus host time (default 0)',
+        check: (v) => (/^-?\d+$/.test(v) && Math.abs(Number(v)) <= TEN_YEARS_S ? null : `--rtc-offset ${v} is invalid: whole seconds within ±10 years`),
+      },
+    ],
+  },
+  vmName(['vm', 'start'], 'start an Off VM, or continue a Saved one exactly where it was saved (Start-VM)'),
+  {
+    ...vmName(['vm', 'stop'], 'shut down through the guest\'s shutdown service; returns when Off (Stop-VM)'),
+    options: [
+      // At most an hour: the longest stop the root accepts.
+      { name: 'timeout', value: 'S', help: 'seconds to wait for the guest, at most 3600 (default 30); then it fails', check: (v) => (/^\d+(\.\d+)?$/.test(v) && Number(v) > 0 && Number(v) <= 3600 ? null : `--timeout ${v} is invalid: seconds, more than 0 and at most 3600`) },
+      { name: 'force', help: 'turn the VM off when the guest does not answer in time' },
+    ],
+  },
+  vmName(['vm', 'turn-off'], 'power off at once; a Saved VM loses its saved state (Stop-VM -TurnOff)'),
+  vmName(['vm', 'pause'], 'suspend every VP (Suspend-VM)'),
+  vmName(['vm', 'resume'], 'continue a paused VM (Resume-VM)'),
+  vmName(['vm', 'save'], 'write memory, VP/APIC/SynIC/timer and device state; the VM becomes Saved (Save-VM)'),
+  vmName(['vm', 'delete'], 'remove an Off VM and its files (Remove-VM)'),
+  {
+    ...vmName(['vm', 'set-processor'], 'Set-VMProcessor, on a running or stopped VM'),
+    options: [
+      { name: 'reserve', value: 'R', help: '% of one LP guaranteed to each VP, 0-100', check: wholeIn('reserve', 0, 100) },
+      { name: 'maximum', value: 'M', help: '% of one LP each VP may use at most, 1-100', check: wholeIn('maximum', 1, 100) },
+      { name: 'weight', value: 'W', help: 'relative weight against other VMs, 1-10000 (default 100)', check: wholeIn('weight', 1, 10000) },
+    ],
+  },
+  { words: ['vm', 'list'], args: '', min: 0, max: 0, json: true, group: 'VMs', options: [], help: 'name, state, partition, VPs, memory, uptime, progress, CPU % (of one LP) (Get-VM)' },
+  vmName(['vm', 'status'], 'guest facts: progress, steps, LP occupancy, CMOS time, intercepts'),
+  {
+    ...vmName(['vm', 'peek'], 'read guest memory: a hex dump, or the raw bytes into a file', [], false),
+    options: [
+      { name: 'gpa', value: 'ADDR', required: true, help: 'guest physical address, decimal or 0x hex', check: (v) => (/^(0x[0-9a-f]+|\d+)$/i.test(v) && Number.isSafeInteger(Number(v)) ? null : `--gpa ${v} is not an address`) },
+      { name: 'len', value: 'N', required: true, help: 'bytes to read, e.g. 16 or 4M', check: (v) => { const n = parseSize(v); return n === null || n < 1 ? `--len ${v} is not a length` : null; } },
+      { name: 'out', value: 'FILE', help: 'write the bytes to FILE instead of printing them', check: nonEmpty('out') },
+    ],
+  },
+  {
+    ...vmName(['vm', 'ic'], 'integration services: enabled, status (OK, NoContact, LostCommunication), heartbeat sequence, clock offset (Get-/Enable-/Disable-VMIntegrationService)'),
+    group: 'Integration services',
+    options: [
+      { name: 'enable', value: 'SERVICE', help: 'add (offer) the service\'s channel: heartbeat, shutdown, timesync or kvp', check: oneOf('enable', IC_SERVICES) },
+      { name: 'disable', value: 'SERVICE', help: 'hot remove (rescind) the service\'s channel', check: oneOf('disable', IC_SERVICES) },
+    ],
+  },
+  {
+    words: ['vm', 'kvp'], args: 'NAME set KEY VALUE | get KEY | delete KEY | list', min: 2, max: 4, needs: ['NAME', 'set|get|delete|list'], json: true, group: 'Integration services',
+    help: 'KVP exchange: every operation asks the guest; the host writes only the "external" pool (put -- before a VALUE that starts with -)',
+    options: [{ name: 'pool', value: 'external|guest|auto', help: 'the pool (default external)', check: oneOf('pool', ['external', 'guest', 'auto']) }],
+  },
+  {
+    words: ['debug', 'hypercall'], args: 'CALL [FIELD=VALUE …]', min: 1, max: Infinity, json: true, group: 'Debugging',
+    help: 'one hypercall as the root or as a VM\'s partition. Values: 12, 0x40, hex:00ff…, len:N (N zero bytes), text:abc, true, false, or a string. '
+      + 'E.g. hvlab debug hypercall --as vm1 PostMessage connectionId=1 messageType=1 payload=len:241',
+    options: [{ name: 'as', value: 'VM', help: 'call as this VM\'s partition (default: the root)', check: nonEmpty('as') }],
+  },
+];
+
+const GROUP_NOTES: Record<string, string> = {
+  VMs: 'Hyper-V: New-VM, Start-VM, Stop-VM, Suspend-VM, Resume-VM, Save-VM, Get-VM, Remove-VM',
+  'Integration services': 'Hyper-V: Get-/Enable-/Disable-VMIntegrationService, KVP exchange',
+};
+
+function commandName(spec: CommandSpec): string {
+  return spec.words.join(' ');
+}
+
+function optionsOf(spec: CommandSpec): OptionSpec[] {
+  return [...spec.options, ...(spec.json ? [JSON_OPTION] : []), HOME_OPTION, HELP_OPTION];
+}
+
+function optionHead(o: OptionSpec): string {
+  return `--${o.name}${o.short ? `, -${o.short}` : ''}${o.value ? ` ${o.value}` : ''}`;
+}
+
+function optionUsage(o: OptionSpec): string {
+  const names = `--${o.name}${o.short ? `|-${o.short}` : ''}`;
+  const text = o.value ? `${names} ${o.value}` : names;
+  return o.required ? text : `[${text}]`;
+}
+
+export function usageOf(spec: CommandSpec): string {
+  return ['hvlab', ...spec.words, spec.args, ...spec.options.map(optionUsage), ...(spec.json ? ['[--json]'] : [])].filter((s) => s !== '').join(' ');
+}
+
+/** `hvlab CMD --help`: usage, what it does, and every option. */
+export function commandHelp(spec: CommandSpec): string {
+  const opts = optionsOf(spec);
+  const left = opts.map((o) => `  ${optionHead(o)}`);
+  const w = Math.max(...left.map((l) => l.length)) + 2;
+  return [`Usage: ${usageOf(spec)}`, '', wrap(spec.help, 98, ''), '', 'Options:', ...opts.map((o, i) => hanging(left[i].padEnd(w), `${o.help}${o.required ? ' (required)' : ''}`))].join('\n');
+}
+
+/** `head` followed by `text` wrapped so that continuation lines start under the text. */
+function hanging(head: string, text: string): string {
+  return head + wrap(text, 98, ' '.repeat(head.length)).slice(head.length);
+}
+
+function wrap(text: string, width: number, indent: string): string {
+  const lines: string[] = [];
+  let cur = '';
+  for (const word of text.split(' ')) {
+    if (cur && indent.length + cur.length + 1 + word.length > width) {
+      lines.push(indent + cur);
+      cur = word;
+    } else cur = cur ? `${cur} ${word}` : word;
+  }
+  if (cur) lines.push(indent + cur);
+  return lines.join('\n');
+}
+
+/** `hvlab --help`: every command with every option, grouped. */
+export function fullHelp(): string {
+  const out = ['hvlab — the Hyper-V architecture as real processes', '', 'Usage: hvlab [--home DIR] COMMAND [ARGUMENTS] [OPTIONS]'];
+  let group = '';
+  for (const spec of COMMANDS) {
+    if (spec.group !== group) {
+      group = spec.group;
+      out.push('', GROUP_NOTES[group] ? `${group} (${GROUP_NOTES[group]})` : group);
     }
-    const m = /^--?([A-Za-z][\w-]*)(?:=(.*))?$/.exec(a);
-    if (!m || /^-\d/.test(a)) {
-      pos.push(a);
+    out.push(`  ${usageOf(spec).slice('hvlab '.length)}`);
+    out.push(wrap(spec.help, 98, '      '));
+    const w = Math.max(0, ...spec.options.map((o) => optionHead(o).length)) + 2;
+    for (const o of spec.options) out.push(hanging(`        ${optionHead(o).padEnd(w)}`, o.help));
+  }
+  out.push(
+    '',
+    'Options go after the command; --home, --json and --help may also come before it. Put -- before',
+    'arguments that start with a dash. "hvlab COMMAND --help" describes each option.',
+    'HVLAB_HOME (default ~/.hvlab) or --home selects the state directory. HVLAB_DEBUG=1 shows stacks.',
+    'Exit codes: 0 done, 1 refused or failed, 2 the command line was not understood, 3 a debug',
+    'hypercall returned a status other than SUCCESS.',
+  );
+  return out.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+export type ParsedCommand =
+  | { kind: 'help'; text: string }
+  | {
+    kind: 'run';
+    spec: CommandSpec;
+    /** The command's arguments (after its words). */
+    args: string[];
+    /** Options by long name: their value, or true for a flag. */
+    options: Map<string, string | true>;
+    home: string | null;
+    json: boolean;
+  };
+
+/** Optimal string alignment distance (Levenshtein plus adjacent transpositions: memroy → memory is 1). */
+export function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** The nearest candidate when it is close enough to be a typo of `word`. */
+function nearest(word: string, candidates: string[]): string | null {
+  let best: string | null = null;
+  let bestD = Infinity;
+  for (const c of candidates) {
+    const dist = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (dist < bestD) {
+      best = c;
+      bestD = dist;
+    }
+  }
+  const limit = word.length <= 3 ? 1 : 2;
+  return best !== null && bestD <= limit ? best : null;
+}
+
+function listOr(items: string[]): string {
+  return items.length <= 1 ? items.join('') : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
+}
+
+/** An option-looking token: -x or --name[=value], but not a negative number or a lone dash. */
+const OPTION_RE = /^(?:--([A-Za-z][\w-]*)(?:=([\s\S]*))?|-([A-Za-z]))$/;
+const looksLikeOption = (tok: string): boolean => tok.startsWith('-') && tok !== '-' && tok !== '--' && !/^-\d/.test(tok);
+
+function lookup(opts: OptionSpec[], name: string, short: boolean): OptionSpec | undefined {
+  return opts.find((o) => (short ? o.short === name : o.name === name));
+}
+
+/**
+ * Reads the option at argv[i] against `known` into `seen`; returns the index after it. `spec` is
+ * the command, for messages, or null while the command is still being read.
+ */
+function readOption(argv: string[], i: number, known: OptionSpec[], spec: CommandSpec | null, seen: Map<string, string | true>): number {
+  const tok = argv[i];
+  const m = OPTION_RE.exec(tok);
+  const shown = m ? (m[3] ? `-${m[3]}` : `--${m[1]}`) : tok;
+  const opt = m ? lookup(known, m[3] ?? m[1], m[3] !== undefined) : undefined;
+  if (!opt) {
+    const name = m ? (m[3] ?? m[1]) : tok.replace(/^-+/, '');
+    const guess = nearest(name, known.map((o) => o.name));
+    if (spec === null) {
+      // Before the command only global options are read; a command's option there is misplaced.
+      const owner = COMMANDS.find((c) => c.options.some((o) => o.name === name));
+      if (owner) throw new UsageError(`option ${shown} goes after the command, e.g. "${usageOf(owner)}"`);
+      throw new UsageError(`unknown option ${shown} before the command${guess ? ` (did you mean --${guess}?)` : ` (options here: ${listOr(known.map((o) => `--${o.name}`))})`}`);
+    }
+    const all = known.map((o) => `--${o.name}`);
+    throw new UsageError(`unknown option ${shown} for "${commandName(spec)}"${guess ? ` (did you mean --${guess}?)` : ` (its options: ${all.join(', ')})`}`);
+  }
+  const of = spec ? ` of "${commandName(spec)}"` : '';
+  if (seen.has(opt.name)) throw new UsageError(`option --${opt.name} is given twice`);
+  const inline = m![2];
+  if (!opt.value) {
+    if (inline !== undefined) throw new UsageError(`option --${opt.name}${of} takes no value`);
+    seen.set(opt.name, true);
+    return i + 1;
+  }
+  if (inline !== undefined) {
+    seen.set(opt.name, inline);
+    return i + 1;
+  }
+  const next = argv[i + 1];
+  if (next === undefined || looksLikeOption(next) || next === '--') throw new UsageError(`option --${opt.name}${of} needs a value (${opt.value})`);
+  seen.set(opt.name, next);
+  return i + 2;
+}
+
+function findSpec(words: string[]): CommandSpec | undefined {
+  return COMMANDS.find((c) => c.words.length === words.length && c.words.every((w, i) => w === words[i]));
+}
+
+/** Subcommands of a group word ("vm" → new, start, …), or null when it is a command by itself. */
+function subcommandsOf(word: string): string[] | null {
+  const subs = COMMANDS.filter((c) => c.words.length === 2 && c.words[0] === word).map((c) => c.words[1]);
+  return subs.length > 0 ? subs : null;
+}
+
+function unknownCommand(words: string[]): UsageError {
+  const shown = words.join(' ');
+  const guess = nearest(shown, COMMANDS.map(commandName));
+  return new UsageError(`unknown command "${shown}"${guess ? ` (did you mean "${guess}"?)` : '; see "hvlab --help"'}`);
+}
+
+/** The help wanted by a command line that contains --help or -h (before any "--"), or null. */
+function helpFor(argv: string[]): string | null {
+  const end = argv.indexOf('--');
+  const head = end < 0 ? argv : argv.slice(0, end);
+  if (!head.includes('--help') && !head.includes('-h')) return null;
+  const words = head.filter((t, i) => !looksLikeOption(t) && !(i > 0 && head[i - 1] === '--home'));
+  const spec = findSpec(words.slice(0, 2)) ?? findSpec(words.slice(0, 1));
+  return spec ? commandHelp(spec) : fullHelp();
+}
+
+/** Parses a command line against COMMANDS. Throws UsageError or ValueError; sends nothing. */
+export function parseCommandLine(argv: string[]): ParsedCommand {
+  const help = helpFor(argv);
+  if (help !== null) return { kind: 'help', text: help };
+  const options = new Map<string, string | true>();
+  let i = 0;
+  const words: string[] = [];
+  let spec: CommandSpec | undefined;
+  // The command's words come first; only global options may come before or between them.
+  while (spec === undefined) {
+    const tok = argv[i];
+    if (tok === undefined) {
+      if (words.length === 0) return { kind: 'help', text: fullHelp() };
+      throw new UsageError(`"${words[0]}" needs a subcommand: ${listOr(subcommandsOf(words[0]) ?? [])}`);
+    }
+    if (tok === '--') throw words.length === 0 ? new UsageError('a command is missing before "--"; see "hvlab --help"') : new UsageError(`"${words[0]}" needs a subcommand before "--": ${listOr(subcommandsOf(words[0]) ?? [])}`);
+    if (looksLikeOption(tok)) {
+      i = readOption(argv, i, GLOBAL_OPTIONS, null, options);
       continue;
     }
-    const name = m[1];
-    if (m[2] !== undefined) flags.set(name, m[2]);
-    else if (BOOL_FLAGS.has(name)) flags.set(name, true);
-    else if (i + 1 < argv.length) flags.set(name, argv[++i]);
-    else throw new UsageError(`option --${name} needs a value`);
+    words.push(tok);
+    i++;
+    if (words.length === 1 && tok === 'help') return { kind: 'help', text: helpFor([...argv.slice(i), '--help']) ?? fullHelp() };
+    if (words.length === 1 && subcommandsOf(tok) !== null) continue;
+    spec = findSpec(words);
+    if (!spec) throw unknownCommand(words);
   }
-  return { pos, flags };
+  const known = optionsOf(spec);
+  // --json is global only for commands that can print JSON.
+  if (options.has('json') && !spec.json) throw new UsageError(`unknown option --json for "${commandName(spec)}" (its options: ${known.map((o) => `--${o.name}`).join(', ')})`);
+  const args: string[] = [];
+  for (; i < argv.length;) {
+    const tok = argv[i];
+    if (tok === '--') {
+      args.push(...argv.slice(i + 1));
+      break;
+    }
+    if (looksLikeOption(tok)) i = readOption(argv, i, known, spec, options);
+    else {
+      args.push(tok);
+      i++;
+    }
+  }
+  const name = commandName(spec);
+  if (args.length > spec.max) throw new UsageError(`unexpected argument "${args[spec.max]}" for "${name}" (usage: ${usageOf(spec)})`);
+  if (args.length < spec.min) throw new UsageError(`"${name}" needs ${(spec.needs ?? spec.args.split(' ')).slice(args.length, spec.min).join(' ')} (usage: ${usageOf(spec)})`);
+  for (const o of spec.options) if (o.required && !options.has(o.name)) throw new UsageError(`"${name}" needs --${o.name} ${o.value} (usage: ${usageOf(spec)})`);
+  const home = options.get('home');
+  if (home === '') throw new UsageError('--home is empty: give a directory');
+  for (const o of spec.options) {
+    const v = options.get(o.name);
+    if (typeof v === 'string' && o.check) {
+      const problem = o.check(v);
+      if (problem) throw new ValueError(problem);
+    }
+  }
+  return { kind: 'run', spec, args, options, home: typeof home === 'string' ? home : null, json: options.has('json') };
 }
 
-class UsageError extends Error {}
-
-const HELP = `hvlab — the Hyper-V architecture as real processes
-
-Usage: hvlab [--home DIR] COMMAND [options]
-
-Host
-  up [--lps N] [--vmbus-transport shm|remote]
-                                    start a host (hypervisor + root partition) in the background;
-                                    remote carries every VMBus channel over ZeroMQ instead of rings
-  down                              stop everything of this home; leaves no process, socket or shm file
-  host info [--json]                host id, memory mode (shared/private), pids
-  ps [--json]                       every process of the host: role, vm, pid
-  logs [--role R] [--vm NAME] [-f]  the host's logs, readable (roles: hypervisor root vmwp partition)
-
-VMs (Hyper-V: New-VM, Start-VM, Stop-VM, Suspend-VM, Resume-VM, Get-VM, Remove-VM)
-  vm new NAME [--memory 64M] [--vps 1..64] [--workload W] [--rtc-offset SECONDS]
-      workloads: counter[:RATE]  idle  spin (one CPU-bound task per VP)  sleep[:MS] (woken by a
-      periodic timer every MS ms, default 50)  memdirty[:SIZE] (QEMU's migration-test guest, 16M)
-  vm start|turn-off|pause|resume|delete NAME    (start continues a Saved VM; turn-off discards it)
-  vm save NAME                      write memory, VP/APIC/SynIC/timer and device state; -> Saved
-  vm set-processor NAME [--reserve R] [--maximum M] [--weight W]
-                                    Set-VMProcessor: reserve/maximum in % of one LP per VP (0-100),
-                                    relative weight 1-10000 (default 100); running or stopped VMs
-  vm stop NAME [--timeout S] [--force]   shut down through the guest's shutdown service; returns when
-                                    Off; without an answer in S s (default 30) it fails, or with
-                                    --force turns the VM off
-  vm list [--json]                  name, state, partition, VPs, memory, uptime, progress, CPU % (of one LP)
-  vm status NAME [--json]           guest facts: progress, steps, LP occupancy, CMOS time, intercepts
-  top [--once] [--interval S]       live table of VMs and their VPs: state, CPU %, run/ready/wait time
-  vm peek NAME --gpa ADDR --len N [--out FILE]   read guest memory (hex dump, or raw bytes to FILE)
-
-Integration services (Hyper-V: Get-/Enable-/Disable-VMIntegrationService, KVP exchange)
-  vm ic NAME [--json]               heartbeat, shutdown, timesync, kvp: enabled, status
-                                    (OK, NoContact, LostCommunication), heartbeat sequence, clock offset
-  vm ic NAME --disable|--enable SERVICE   hot remove (rescind) or add (offer) a service's channel
-  vm kvp NAME set KEY VALUE | get KEY | delete KEY | list  [--pool external|guest|auto] [--json]
-                                    every operation asks the guest; the host writes only "external"
-
-Debugging
-  debug hypercall [--as VM] CALL [FIELD=VALUE …]  one hypercall as the root or as a VM's partition
-      values: 12, 0x40, hex:00ff…, len:N (N zero bytes), text:abc, or a string
-      e.g. hvlab debug hypercall --as vm1 PostMessage connectionId=1 messageType=1 payload=len:241
-
-HVLAB_HOME (default ~/.hvlab) or --home selects the state directory.`;
+// ---------------------------------------------------------------------------------------------
+// Output helpers
 
 function out(s: string): void {
   process.stdout.write(s.endsWith('\n') ? s : s + '\n');
-}
-
-function needHost(paths: HostPaths): MgmtClient {
-  const rec = readHost(paths);
-  if (!hostRunning(rec)) throw new CliError(`no host is up for ${paths.home}; run "hvlab up" first`);
-  return new MgmtClient(paths.mgmtEndpoint);
 }
 
 function table(rows: string[][]): string {
@@ -109,12 +455,12 @@ function parseValue(v: string): unknown {
   }
   if (v.startsWith('hex:')) {
     const h = v.slice(4);
-    if (!/^([0-9a-f]{2})*$/i.test(h)) throw new UsageError(`"${v}" is not valid hex bytes`);
+    if (!/^([0-9a-f]{2})*$/i.test(h)) throw new ValueError(`"${v}" is not valid hex bytes`);
     return new Uint8Array(Buffer.from(h, 'hex'));
   }
   if (v.startsWith('len:')) {
     const n = Number(v.slice(4));
-    if (!Number.isInteger(n) || n < 0 || n > 65536) throw new UsageError(`"${v}": len wants 0-65536`);
+    if (!/^\d+$/.test(v.slice(4)) || n > 65536) throw new ValueError(`"${v}": len wants 0-65536`);
     return new Uint8Array(n);
   }
   if (v.startsWith('text:')) return new Uint8Array(Buffer.from(v.slice(5)));
@@ -139,6 +485,35 @@ function jsonReplacer(_k: string, v: unknown): unknown {
   return v;
 }
 
+/** Why a file could not be written, as the end of a sentence. */
+function writeProblem(file: string, e: unknown): string {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  const dir = dirname(resolve(file));
+  switch (code) {
+    case 'ENOENT': return `the directory ${dir} does not exist`;
+    case 'ENOTDIR': return `a part of ${dir} is not a directory`;
+    case 'EISDIR': return 'it is a directory';
+    case 'EACCES':
+    case 'EPERM': return 'permission denied';
+    case 'ENOSPC': return 'no space is left on the device';
+    case 'EROFS': return 'the file system is read-only';
+    default: return e instanceof Error ? e.message : String(e);
+  }
+}
+
+/** Refuses an --out path whose directory is missing before guest memory is read for nothing. */
+function checkWritable(file: string): void {
+  const dir = dirname(resolve(file));
+  let st;
+  try {
+    st = statSync(dir);
+  } catch (e) {
+    throw new CliError(`cannot write ${file}: ${writeProblem(file, e)}`);
+  }
+  if (!st.isDirectory()) throw new CliError(`cannot write ${file}: ${dir} is not a directory`);
+  if (existsSync(file) && statSync(file).isDirectory()) throw new CliError(`cannot write ${file}: it is a directory`);
+}
+
 async function followLogs(files: string[], filter: (line: string) => string | null): Promise<never> {
   const pos = new Map<string, number>(files.map((f) => [f, existsSync(f) ? statSync(f).size : 0]));
   const pump = (f: string): void => {
@@ -149,6 +524,7 @@ async function followLogs(files: string[], filter: (line: string) => string | nu
     const s = createReadStream(f, { start, end: size - 1, encoding: 'utf8' });
     let buf = '';
     s.on('data', (d) => (buf += d));
+    s.on('error', () => undefined); // the file went away between stat and read: the next pump sees it
     s.on('end', () => {
       for (const l of buf.split('\n')) {
         const o = l && filter(l);
@@ -156,7 +532,11 @@ async function followLogs(files: string[], filter: (line: string) => string | nu
       }
     });
   };
-  for (const f of files) watch(f, () => pump(f));
+  for (const f of files) {
+    try {
+      watch(f, () => pump(f)).on('error', () => undefined);
+    } catch { /* polled below */ }
+  }
   setInterval(() => files.forEach(pump), 500);
   return await new Promise<never>(() => {});
 }
@@ -164,6 +544,7 @@ async function followLogs(files: string[], filter: (line: string) => string | nu
 function formatLog(line: string): string | null {
   try {
     const o = JSON.parse(line) as Record<string, unknown>;
+    if (typeof o !== 'object' || o === null) return null;
     const lvl = ({ 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' } as Record<number, string>)[o.level as number] ?? String(o.level);
     const who = [o.role, o.vm].filter((x) => x !== undefined && x !== null).join('/');
     const skip = new Set(['level', 'time', 'msg', 'pid', 'host', 'role', 'vm', 'hostname']);
@@ -174,33 +555,62 @@ function formatLog(line: string): string | null {
   }
 }
 
-export async function run(argv: string[]): Promise<number> {
-  const a = parseArgs(argv);
-  const flag = (n: string): string | undefined => {
-    const v = a.flags.get(n);
-    return v === true ? undefined : v;
-  };
-  const json = a.flags.has('json');
-  const paths = hostPaths(resolveHome(flag('home') ?? null));
-  const [cmd, sub, ...rest] = a.pos;
-  if (!cmd || a.flags.has('help') || a.flags.has('h') || cmd === 'help') {
-    out(HELP);
-    return 0;
+const debugOn = (): boolean => process.env.HVLAB_DEBUG === '1';
+
+function debugLine(s: string): void {
+  if (debugOn()) process.stderr.write(`hvlab: debug: ${s}\n`);
+}
+
+/**
+ * A client for a running host, watching its hypervisor and root partition processes so that no
+ * call waits on a dead one. A host whose process is already gone is refused here, naming it.
+ */
+function needHost(paths: HostPaths): MgmtClient {
+  let rec = readHost(paths);
+  // The root partition process may be between a crash and its restart by the hypervisor's
+  // supervisor: wait a little for the record of the new one rather than fail.
+  for (let i = 0; i < 50 && rec !== null && pidAlive(rec.pids.hypervisor) && !pidAlive(rec.pids.root); i++) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    rec = readHost(paths);
   }
+  if (rec === null) throw new CliError(`no host is up for ${paths.home}; run "hvlab up" first`);
+  const hv: unknown = rec.pids?.hypervisor;
+  const root: unknown = rec.pids?.root;
+  if (typeof hv !== 'number' || typeof root !== 'number') throw new CliError(`the host record ${paths.hostFile} names no hypervisor and root pids; run "hvlab down" to clean up`);
+  if (!pidAlive(hv)) throw new CliError(`the host's hypervisor process (pid ${hv}) is not running; run "hvlab down" to clean up, then "hvlab up"`);
+  // With the hypervisor alive the root may be on its way back (a supervisor restarts it): no advice.
+  if (!pidAlive(root)) throw new CliError(`the host's root partition process (pid ${root}) is not running`);
+  return new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/** Runs one command line; returns the exit code. Never throws. */
+export async function run(argv: string[]): Promise<number> {
   let client: MgmtClient | null = null;
   try {
-    switch (cmd) {
+    const p = parseCommandLine(argv);
+    if (p.kind === 'help') {
+      out(p.text);
+      return 0;
+    }
+    if (p.home === null && process.env.HVLAB_HOME === '') throw new UsageError('HVLAB_HOME is set but empty: unset it or give a directory');
+    const paths = hostPaths(resolveHome(p.home));
+    const json = p.json;
+    const opt = (n: string): string | undefined => {
+      const v = p.options.get(n);
+      return typeof v === 'string' ? v : undefined;
+    };
+    const flag = (n: string): boolean => p.options.get(n) === true;
+    const [name] = p.args;
+    const connect = (): MgmtClient => (client = needHost(paths));
+    switch (commandName(p.spec)) {
       case 'up': {
-        const lpsText = flag('lps');
-        let lps: number | null = null;
-        if (lpsText !== undefined) {
-          lps = Number(lpsText);
-          if (!/^\d+$/.test(lpsText) || lps < 1 || lps > 256) throw new CliError(`--lps ${lpsText} is invalid: 1 to 256 logical processors`);
-        }
-        const transport = flag('vmbus-transport') ?? 'shm';
-        if (transport !== 'shm' && transport !== 'remote') throw new CliError(`--vmbus-transport ${transport} is invalid: use shm or remote`);
-        const rec = await up(paths, lps, transport);
-        client = new MgmtClient(paths.mgmtEndpoint);
+        const lps = opt('lps');
+        const transport = (opt('vmbus-transport') ?? 'shm') as 'shm' | 'remote';
+        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport });
+        client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));
         else out(`host ${rec.hostId} is up: ${rec.lps} LPs, ${info.memoryMode} memory${info.memoryMode === 'private' ? ` (${info.memoryModeReason})` : ''}, VMBus over ${info.vmbusTransport === 'shm' ? 'shared-memory rings' : 'ZeroMQ'}, home ${paths.home}`);
@@ -212,10 +622,8 @@ export async function run(argv: string[]): Promise<number> {
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
         return 0;
       }
-      case 'host': {
-        if (sub !== 'info') throw new UsageError(`unknown command "host ${sub ?? ''}": use "host info"`);
-        client = needHost(paths);
-        const info = await client.request<HostInfo>('hostInfo');
+      case 'host info': {
+        const info = await connect().request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));
         else out(table([
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
@@ -225,19 +633,17 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'top': {
-        client = needHost(paths);
-        const iv = flag('interval');
-        const intervalS = iv === undefined ? 1 : Number(iv);
-        if (!(intervalS >= 0.2 && intervalS <= 60)) throw new CliError(`--interval ${iv} is invalid: 0.2 to 60 seconds`);
-        const once = a.flags.has('once') || !process.stdout.isTTY;
+        const c = connect();
+        const intervalS = Number(opt('interval') ?? '1');
+        const once = flag('once') || json || !process.stdout.isTTY;
         for (;;) {
-          const vms = await client.request<VmInfo[]>('vmList');
+          const vms = await c.request<VmInfo[]>('vmList');
           const rows: string[][] = [['VM', 'VP', 'STATE', 'CPU%', 'RUN', 'READY', 'WAIT', 'WEIGHT', 'RES%', 'MAX%']];
           for (const v of vms) {
             rows.push([v.name, '*', v.state, v.cpu ? String(v.cpu.percent) : '-', '', '', '', String(v.processor.weight), String(v.processor.reserve), String(v.processor.maximum)]);
-            for (const p of v.cpu?.vps ?? []) {
+            for (const vp of v.cpu?.vps ?? []) {
               const s = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
-              rows.push(['', String(p.index), p.state, String(p.cpuPercent), s(p.runMs), s(p.readyMs), s(p.waitMs), '', '', '']);
+              rows.push(['', String(vp.index), vp.state, String(vp.cpuPercent), s(vp.runMs), s(vp.readyMs), s(vp.waitMs), '', '', '']);
             }
           }
           const text = vms.length === 0 ? 'no VMs' : table(rows);
@@ -250,146 +656,131 @@ export async function run(argv: string[]): Promise<number> {
         }
       }
       case 'ps': {
-        client = needHost(paths);
-        const ps = await client.request<ProcessInfo[]>('ps');
+        const ps = await connect().request<ProcessInfo[]>('ps');
         if (json) out(JSON.stringify(ps));
-        else out(table([['ROLE', 'VM', 'PID'], ...ps.map((p) => [p.role, p.vm ?? '-', String(p.pid)])]));
+        else out(table([['ROLE', 'VM', 'PID'], ...ps.map((x) => [x.role, x.vm ?? '-', String(x.pid)])]));
         return 0;
       }
-      case 'vm': {
-        client = needHost(paths);
-        const name = rest[0];
-        const needName = (): string => {
-          if (!name) throw new UsageError(`"vm ${sub}" needs a VM name`);
-          return name;
-        };
-        switch (sub) {
-          case 'new': {
-            const r = await client.request<VmInfo>('vmNew', { name: needName(), memory: flag('memory'), vps: flag('vps'), workload: flag('workload'), rtcOffset: flag('rtc-offset') });
-            out(json ? JSON.stringify(r) : `VM ${r.name} created (${formatBytes(r.memoryBytes)}, ${r.vps} VP, workload ${r.workload.name}), state Off`);
-            return 0;
-          }
-          case 'stop': {
-            const t = flag('timeout');
-            if (t !== undefined && (!/^\d+(\.\d+)?$/.test(t) || Number(t) <= 0)) throw new CliError(`--timeout ${t} is invalid: seconds, more than 0`);
-            const timeoutS = t === undefined ? 30 : Number(t);
-            const r = await client.request<VmInfo>('vmStop', { name: needName(), timeoutS, force: a.flags.has('force') }, (timeoutS + 20) * 1000);
-            out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}${r.lastStateReason ? ` (${r.lastStateReason})` : ''}`);
-            return 0;
-          }
-          case 'ic': {
-            const enable = flag('enable');
-            const disable = flag('disable');
-            const list = await client.request<IcServiceInfo[]>('vmIc', { name: needName(), enable, disable });
-            if (json) out(JSON.stringify(list));
-            else out(table([['SERVICE', 'ENABLED', 'STATUS', 'VERSION', 'DETAIL'], ...list.map((e) => [
-              e.service, e.enabled ? 'yes' : 'no', e.status, e.version ?? '-',
-              e.service === 'heartbeat' ? `sequence ${e.sequence ?? 0}` : e.service === 'timesync' && e.offsetMs !== null && e.offsetMs !== undefined ? `offset ${e.offsetMs} ms` : '',
-            ])]));
-            return 0;
-          }
-          case 'kvp': {
-            const op = rest[1];
-            if (!op || !['set', 'get', 'delete', 'list'].includes(op)) throw new UsageError('"vm kvp" needs NAME and one of: set KEY VALUE, get KEY, delete KEY, list');
-            const key = rest[2];
-            const value = rest[3];
-            if (op !== 'list' && key === undefined) throw new UsageError(`"vm kvp ${op}" needs a KEY`);
-            if (op === 'set' && value === undefined) throw new UsageError('"vm kvp set" needs KEY and VALUE');
-            const pool = flag('pool');
-            const r = await client.request<unknown>('vmKvp', { name: needName(), op, key, value, pool });
-            if (json) out(JSON.stringify(r));
-            else if (op === 'get') out((r as { value: string }).value);
-            else if (op === 'list') {
-              const rows = r as KvpEntry[];
-              out(rows.length === 0 ? 'no keys' : table([['KEY', 'VALUE'], ...rows.map((e) => [e.key, e.value])]));
-            } else if (op === 'set') out(`${key} set in the ${pool ?? 'external'} pool of ${name}`);
-            else out(`${key} deleted from the ${pool ?? 'external'} pool of ${name}`);
-            return 0;
-          }
-          case 'start':
-          case 'turn-off':
-          case 'pause':
-          case 'resume': {
-            const op = ({ start: 'vmStart', 'turn-off': 'vmTurnOff', pause: 'vmPause', resume: 'vmResume' } as const)[sub];
-            const r = await client.request<VmInfo>(op, { name: needName() });
-            out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}`);
-            return 0;
-          }
-          case 'delete': {
-            await client.request('vmDelete', { name: needName() });
-            out(json ? JSON.stringify({ name, deleted: true }) : `VM ${name} deleted`);
-            return 0;
-          }
-          case 'list': {
-            const vms = await client.request<VmInfo[]>('vmList');
-            if (json) out(JSON.stringify(vms));
-            else if (vms.length === 0) out('no VMs');
-            else out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => [
-              v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
-              `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
-            ])]));
-            return 0;
-          }
-          case 'save': {
-            const r = await client.request<VmInfo>('vmSave', { name: needName() }, 180000);
-            out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}`);
-            return 0;
-          }
-          case 'set-processor': {
-            const r = await client.request<VmInfo>('vmSetProcessor', { name: needName(), reserve: flag('reserve'), maximum: flag('maximum'), weight: flag('weight') });
-            out(json ? JSON.stringify(r) : `VM ${r.name}: reserve ${r.processor.reserve}%, maximum ${r.processor.maximum}%, weight ${r.processor.weight}`);
-            return 0;
-          }
-          case 'status': {
-            const r = await client.request<Record<string, unknown>>('vmStatus', { name: needName() });
-            out(json ? JSON.stringify(r) : Object.entries(r).map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n'));
-            return 0;
-          }
-          case 'peek': {
-            const gpaText = flag('gpa');
-            const lenText = flag('len');
-            if (gpaText === undefined || lenText === undefined) throw new UsageError('"vm peek" needs --gpa ADDR and --len N');
-            const gpa = Number(gpaText);
-            if (!/^(0x[0-9a-f]+|\d+)$/i.test(gpaText) || !Number.isSafeInteger(gpa)) throw new CliError(`--gpa ${gpaText} is not an address`);
-            const len = parseSize(lenText);
-            if (len === null || len < 1) throw new CliError(`--len ${lenText} is not a length`);
-            const bytes = new Uint8Array(await client.request<Uint8Array>('vmPeek', { name: needName(), gpa, len }));
-            const file = flag('out');
-            if (file) {
-              writeFileSync(file, bytes);
-              out(`${bytes.length} bytes written to ${file}`);
-            } else out(hexdump(bytes, gpa));
-            return 0;
-          }
-          default:
-            throw new UsageError(`unknown command "vm ${sub ?? ''}"; see "hvlab --help"`);
-        }
+      case 'vm new': {
+        const r = await connect().request<VmInfo>('vmNew', { name, memory: opt('memory'), vps: opt('vps'), workload: opt('workload'), rtcOffset: opt('rtc-offset') });
+        out(json ? JSON.stringify(r) : `VM ${r.name} created (${formatBytes(r.memoryBytes)}, ${r.vps} VP, workload ${r.workload.name}), state Off`);
+        return 0;
       }
-      case 'debug': {
-        if (sub !== 'hypercall') throw new UsageError(`unknown command "debug ${sub ?? ''}": use "debug hypercall"`);
-        const call = rest[0];
-        if (!call) throw new UsageError('"debug hypercall" needs a call name, e.g. CreatePartition');
+      case 'vm stop': {
+        const timeoutS = Number(opt('timeout') ?? '30');
+        const r = await connect().request<VmInfo>('vmStop', { name, timeoutS, force: flag('force') }, (timeoutS + 20) * 1000);
+        out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}${r.lastStateReason ? ` (${r.lastStateReason})` : ''}`);
+        return 0;
+      }
+      case 'vm ic': {
+        const enable = opt('enable');
+        const disable = opt('disable');
+        if (enable !== undefined && disable !== undefined) throw new UsageError('"vm ic" takes --enable or --disable, not both');
+        const list = await connect().request<IcServiceInfo[]>('vmIc', { name, enable, disable });
+        if (json) out(JSON.stringify(list));
+        else out(table([['SERVICE', 'ENABLED', 'STATUS', 'VERSION', 'DETAIL'], ...list.map((e) => [
+          e.service, e.enabled ? 'yes' : 'no', e.status, e.version ?? '-',
+          e.service === 'heartbeat' ? `sequence ${e.sequence ?? 0}` : e.service === 'timesync' && e.offsetMs !== null && e.offsetMs !== undefined ? `offset ${e.offsetMs} ms` : '',
+        ])]));
+        return 0;
+      }
+      case 'vm kvp': {
+        const [, op, key, value] = p.args;
+        const wants: Record<string, string[]> = { set: ['KEY', 'VALUE'], get: ['KEY'], delete: ['KEY'], list: [] };
+        const operands = wants[op];
+        if (!operands) throw new UsageError(`"vm kvp" operation "${op}" is unknown: use set KEY VALUE, get KEY, delete KEY or list`);
+        const given = p.args.slice(2);
+        if (given.length > operands.length) throw new UsageError(`unexpected argument "${given[operands.length]}" for "vm kvp ${op}" (usage: hvlab vm kvp NAME ${[op, ...operands].join(' ')})`);
+        if (given.length < operands.length) throw new UsageError(`"vm kvp ${op}" needs ${operands.slice(given.length).join(' ')} (usage: hvlab vm kvp NAME ${[op, ...operands].join(' ')})`);
+        const pool = opt('pool');
+        const r = await connect().request<unknown>('vmKvp', { name, op, key, value, pool });
+        if (json) out(JSON.stringify(r));
+        else if (op === 'get') out((r as { value: string }).value);
+        else if (op === 'list') {
+          const rows = r as KvpEntry[];
+          out(rows.length === 0 ? 'no keys' : table([['KEY', 'VALUE'], ...rows.map((e) => [e.key, e.value])]));
+        } else if (op === 'set') out(`${key} set in the ${pool ?? 'external'} pool of ${name}`);
+        else out(`${key} deleted from the ${pool ?? 'external'} pool of ${name}`);
+        return 0;
+      }
+      case 'vm start':
+      case 'vm turn-off':
+      case 'vm pause':
+      case 'vm resume': {
+        const op = ({ start: 'vmStart', 'turn-off': 'vmTurnOff', pause: 'vmPause', resume: 'vmResume' } as const)[p.spec.words[1] as 'start' | 'turn-off' | 'pause' | 'resume'];
+        const r = await connect().request<VmInfo>(op, { name });
+        out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}`);
+        return 0;
+      }
+      case 'vm delete': {
+        await connect().request('vmDelete', { name });
+        out(json ? JSON.stringify({ name, deleted: true }) : `VM ${name} deleted`);
+        return 0;
+      }
+      case 'vm list': {
+        const vms = await connect().request<VmInfo[]>('vmList');
+        if (json) out(JSON.stringify(vms));
+        else if (vms.length === 0) out('no VMs');
+        else out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => [
+          v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
+          `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
+        ])]));
+        return 0;
+      }
+      case 'vm save': {
+        // Writing a large guest's memory takes a while; a dead host is still noticed at once.
+        const r = await connect().request<VmInfo>('vmSave', { name }, 180000);
+        out(json ? JSON.stringify(r) : `VM ${r.name} is ${r.state}`);
+        return 0;
+      }
+      case 'vm set-processor': {
+        const r = await connect().request<VmInfo>('vmSetProcessor', { name, reserve: opt('reserve'), maximum: opt('maximum'), weight: opt('weight') });
+        out(json ? JSON.stringify(r) : `VM ${r.name}: reserve ${r.processor.reserve}%, maximum ${r.processor.maximum}%, weight ${r.processor.weight}`);
+        return 0;
+      }
+      case 'vm status': {
+        const r = await connect().request<Record<string, unknown>>('vmStatus', { name });
+        out(json ? JSON.stringify(r) : Object.entries(r).map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n'));
+        return 0;
+      }
+      case 'vm peek': {
+        const gpa = Number(opt('gpa'));
+        const len = parseSize(opt('len')!)!;
+        const file = opt('out');
+        if (file !== undefined) checkWritable(file);
+        const bytes = new Uint8Array(await connect().request<Uint8Array>('vmPeek', { name, gpa, len }));
+        if (file !== undefined) {
+          try {
+            writeFileSync(file, bytes);
+          } catch (e) {
+            throw new CliError(`cannot write ${file}: ${writeProblem(file, e)}`);
+          }
+          out(`${bytes.length} bytes written to ${file}`);
+        } else out(hexdump(bytes, gpa));
+        return 0;
+      }
+      case 'debug hypercall': {
+        const [call, ...fields] = p.args;
         const input: Record<string, unknown> = {};
-        for (const kv of rest.slice(1)) {
-          const i = kv.indexOf('=');
-          if (i <= 0) throw new UsageError(`"${kv}" is not FIELD=VALUE`);
-          input[kv.slice(0, i)] = parseValue(kv.slice(i + 1));
+        for (const kv of fields) {
+          const eq = kv.indexOf('=');
+          if (eq <= 0) throw new UsageError(`"${kv}" is not FIELD=VALUE`);
+          input[kv.slice(0, eq)] = parseValue(kv.slice(eq + 1));
         }
-        client = needHost(paths);
-        const r = await client.request<DebugHypercallResult>('debugHypercall', { call, as: flag('as') ?? null, input });
+        const r = await connect().request<DebugHypercallResult>('debugHypercall', { call, as: opt('as') ?? null, input });
         if (json) out(JSON.stringify(r, jsonReplacer));
         else out(`${r.call} as ${r.as}: ${r.statusName} (0x${r.status.toString(16)})${r.output !== null && r.output !== undefined ? `  ${JSON.stringify(r.output, jsonReplacer)}` : ''}`);
         return r.status === 0 ? 0 : 3;
       }
       case 'logs': {
-        const role = flag('role');
-        const vm = flag('vm');
-        if (role && !['hypervisor', 'root', 'vmwp', 'partition'].includes(role)) throw new CliError(`--role ${role} is unknown: use hypervisor, root, vmwp or partition`);
+        const role = opt('role');
+        const vm = opt('vm');
         if (!existsSync(paths.logDir)) throw new CliError(`no logs under ${paths.logDir}`);
         const files = readdirSync(paths.logDir).filter((f) => f.endsWith('.log') && f !== 'stderr.log').map((f) => join(paths.logDir, f));
         const filter = (line: string): string | null => {
           try {
-            const o = JSON.parse(line) as { role?: string; vm?: string };
+            const o = JSON.parse(line) as { role?: unknown; vm?: unknown } | null;
+            if (typeof o !== 'object' || o === null) return null;
             if (role && o.role !== role) return null;
             if (vm && o.vm !== vm) return null;
           } catch {
@@ -406,27 +797,51 @@ export async function run(argv: string[]): Promise<number> {
         }
         lines.sort((x, y) => (x.t < y.t ? -1 : x.t > y.t ? 1 : 0));
         for (const l of lines) out(l.s);
-        if (a.flags.has('f') || a.flags.has('follow')) await followLogs(files, filter);
+        if (flag('follow')) await followLogs(files, filter);
         return 0;
       }
       default:
-        throw new UsageError(`unknown command "${cmd}"; see "hvlab --help"`);
+        // Every entry of COMMANDS has a case above; reaching here is a bug of this file.
+        throw new Error(`command "${commandName(p.spec)}" has no implementation`);
     }
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`hvlab: ${e.message}\n`);
-      return 2;
-    }
-    if (e instanceof CliError || e instanceof MgmtCallError) {
-      process.stderr.write(`hvlab: ${e.message}\n`);
-      return 1;
-    }
-    process.stderr.write(`hvlab: internal error: ${(e as Error).stack ?? String(e)}\n`);
-    return 1;
+    return report(e);
   } finally {
-    client?.close();
+    (client as MgmtClient | null)?.close();
   }
 }
 
-const code = await run(process.argv.slice(2));
-process.exit(code);
+const oneLine = (s: string): string => s.replace(/\s*\n\s*/g, ' ').trim();
+
+/** Prints an error as one line (plus the stack with HVLAB_DEBUG=1) and returns the exit code. */
+function report(e: unknown): number {
+  const known = e instanceof UsageError || e instanceof ValueError || e instanceof CliError || e instanceof MgmtCallError;
+  const msg = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`hvlab: ${known ? '' : 'internal error: '}${oneLine(msg)}${known || debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}\n`);
+  if (debugOn() && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+  return e instanceof UsageError ? 2 : 1;
+}
+
+/** The process entry: runs the command line and exits with its code; nothing escapes as a stack. */
+export async function main(argv: string[]): Promise<never> {
+  // A reader that goes away (hvlab logs | head) is not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
+  const lastResort = (e: unknown): void => process.exit(report(e));
+  process.on('uncaughtException', lastResort);
+  process.on('unhandledRejection', lastResort);
+  const code = await run(argv);
+  process.exit(code);
+}
+
+/** True when this file is the program node was asked to run (not imported by bin/ or a test). */
+function isEntry(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntry()) await main(process.argv.slice(2));

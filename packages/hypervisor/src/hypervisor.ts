@@ -1,27 +1,62 @@
 /**
  * The hypervisor's state machine, free of sockets so it can be tested in-process: the partition
- * table, hypercall dispatch with TLFS codes and HV_STATUS results, ports and connections, and
- * SynIC delivery. `server.ts` puts it behind a ZeroMQ ROUTER.
+ * table, sessions and their authentication, hypercall dispatch with TLFS codes and HV_STATUS
+ * results, ports and connections, and SynIC delivery. `server.ts` puts it behind a ZeroMQ ROUTER.
  *
- * Every call checks, in this order: the caller's privilege (ACCESS_DENIED, preferred when several
- * errors apply so nothing leaks to the unprivileged), the shape of the input
+ * Every call checks, in this order: the caller's privilege (ACCESS_DENIED, before any input is
+ * read, so an unprivileged caller learns nothing from its input — `gate`), the shape of the input
  * (INVALID_HYPERCALL_INPUT), the target partition (INVALID_PARTITION_ID for the root, else
  * ACCESS_DENIED), its state (INVALID_PARTITION_STATE), then the values (INVALID_PARAMETER and
- * friends).
+ * friends). Parent-only calls need CreatePartitions: only a partition that may create partitions
+ * can be anyone's parent. A handler that throws anything but a status is a defect; the caller
+ * gets OPERATION_DENIED and the hypervisor logs it and goes on.
+ *
+ * Sessions. A session is one connection of the hypervisor socket; its hello names a partition and
+ * proves it with that partition's token (CreatePartition issues one per child; the root's token is
+ * made by `rotateRootToken`, which the supervisor calls before it starts each root process and
+ * hands over a pipe) or, for the root partition only, with a one-time ticket that a root session
+ * asked for (`issueTicket`: valid once, for 30 s; the root gives one to each VMWP instead of its
+ * token). Rotating the root token refuses the old token from then on; open sessions stay. A
+ * session is tied to the pid its hello names: `expireSessions` (the server runs it every second)
+ * drops sessions whose process is gone. A dropped session's ports and intercepts stay; what was
+ * meant for it is dropped (the root re-attaches).
+ *
+ * What this protects against: a local process without a token or ticket cannot open a session,
+ * and cannot reuse a session after its owner died for longer than the expiry check takes (about a
+ * second). What it does not: a process that lies about its pid in hello (naming a long-lived
+ * process) keeps its session until that process exits; a process of the same user can still read
+ * a token from another hvlab process's memory (ptrace), as root could on any host.
+ *
+ * Guest-created state is capped (see partition.ts for the numbers): queued SynIC messages,
+ * ports, connections, GPADL windows, intercepts, partitions and sessions.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
-  InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName,
+  InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
-  vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess,
-  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState,
+  vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
+  decodeIoInterceptRecord, VpRegisterNames,
+  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type HvCtlOp,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
-import { Partition, VirtualProcessor, GPA_READ, GPA_WRITE, GPA_EXECUTE, type Port } from './partition.js';
+import {
+  Partition, VirtualProcessor, GPA_READ, GPA_WRITE, GPA_EXECUTE, MAX_PORTS_PER_PARTITION, MAX_CONNECTIONS_PER_PARTITION,
+  MAX_GPADLS_PER_PARTITION, MAX_GPADL_PAGES_PER_PARTITION, MAX_INTERCEPTS_PER_PARTITION, type Port,
+} from './partition.js';
 import { SynIc } from './synic.js';
 import type { ToScheduler, FromScheduler } from './sched-thread.js';
+
+/** How long a root ticket stays valid, and how many may be outstanding at once. */
+export const ROOT_TICKET_TTL_MS = 30_000;
+export const MAX_OUTSTANDING_TICKETS = 256;
+/** Sessions one child partition may hold (its guest process needs one or a few). */
+export const MAX_SESSIONS_PER_CHILD = 64;
+/** Root-partition sessions: the root, one per VMWP, tools. */
+export const MAX_ROOT_SESSIONS = 1024;
+/** Partitions the hypervisor holds, the root included. */
+export const MAX_PARTITIONS = 1024;
 
 /** The main thread's handle on the scheduler thread (absent in socket-free unit tests). */
 export interface SchedulerLink {
@@ -49,6 +84,8 @@ export interface Session {
   role: string;
   vm: string | null;
   pid: number;
+  /** How the hello proved the partition. */
+  via: 'token' | 'ticket';
 }
 
 export interface HypercallOutcome {
@@ -57,14 +94,33 @@ export interface HypercallOutcome {
   output: unknown;
 }
 
+export interface HvLog {
+  info: (o: object, m?: string) => void;
+  warn: (o: object, m?: string) => void;
+  error?: (o: object, m?: string) => void;
+}
+
 export interface HypervisorOptions {
   hostId: string;
-  rootToken: string;
+  /** The root partition's token. Without one no root hello is accepted until `rotateRootToken()`. */
+  rootToken?: string;
   memoryMode?: 'shared' | 'private';
   notify: (sessionId: string, msg: HvServerMsg) => void;
-  log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
+  log?: HvLog;
   /** With a scheduler, VPs of shared-memory partitions are dispatched over its LPs and take interrupts through their virtual APIC. */
   scheduler?: SchedulerLink;
+  /** Clock in ms for ticket expiry and log rate limits (Date.now by default; tests move it). */
+  now?: () => number;
+}
+
+/** A hello as the hypervisor reads it (checked by `decodeHvClientMsg`; in-process callers pass the same). */
+export interface HelloInput {
+  partitionId: number;
+  token?: string;
+  ticket?: string;
+  role: string;
+  vm: string | null;
+  pid: number;
 }
 
 /** Thrown inside a handler to answer with a status. */
@@ -74,19 +130,53 @@ class Fail extends Error {
   }
 }
 
+/**
+ * At most `burst` log lines per window; the rest are counted and the count rides on the next line
+ * let through. Peers decide how often the hypervisor has something to complain about, so its log
+ * must not grow at their pace.
+ */
+export class LogLimiter {
+  private windowStart = -Infinity;
+  private lines = 0;
+  private dropped = 0;
+  constructor(private readonly now: () => number, private readonly burst = 50, private readonly windowMs = 10_000) {}
+  /** Null: drop this line. Else the number of lines dropped since the last one let through. */
+  take(): number | null {
+    const t = this.now();
+    if (t - this.windowStart >= this.windowMs) {
+      this.windowStart = t;
+      this.lines = 0;
+    }
+    if (this.lines >= this.burst) {
+      this.dropped++;
+      return null;
+    }
+    this.lines++;
+    const d = this.dropped;
+    this.dropped = 0;
+    return d;
+  }
+}
+
 type Input = Record<string, unknown>;
 
-function int(input: Input, name: string, opt: { min?: number; max?: number; optional?: boolean; dflt?: number } = {}): number {
+/** Shape: an integer field (INVALID_HYPERCALL_INPUT when missing or not an integer). */
+function int(input: Input, name: string): number {
   const v = input[name];
-  if (v === undefined || v === null) {
-    if (opt.optional) return opt.dflt ?? 0;
-    throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, `missing field ${name}`);
-  }
-  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (v === undefined || v === null) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, `missing field ${name}`);
+  const n = typeof v === 'bigint' ? (v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : NaN) : v;
   if (typeof n !== 'number' || !Number.isSafeInteger(n)) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, `field ${name} is not an integer`);
-  if ((opt.min !== undefined && n < opt.min) || (opt.max !== undefined && n > opt.max)) {
-    throw new Fail(HvStatus.INVALID_PARAMETER, `field ${name}=${n} is out of range`);
-  }
+  return n;
+}
+
+/** Shape: an optional integer field. */
+function optInt(input: Input, name: string): number | undefined {
+  return input[name] === undefined || input[name] === null ? undefined : int(input, name);
+}
+
+/** Values: INVALID_PARAMETER (or `status`) unless min <= n <= max. */
+function range(name: string, n: number, min: number, max: number, status: number = HvStatus.INVALID_PARAMETER): number {
+  if (n < min || n > max) throw new Fail(status, `field ${name}=${n} is out of range ${min}..${max}`);
   return n;
 }
 
@@ -96,46 +186,200 @@ function bytes(input: Input, name: string): Uint8Array {
   throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, `field ${name} is not bytes`);
 }
 
+/** Shape: a privilege mask as a 64-bit integer, a safe integer or a decimal/hex string. */
+function privilegeMaskOf(raw: unknown): bigint {
+  if (typeof raw === 'bigint') return raw;
+  if (typeof raw === 'number' && Number.isSafeInteger(raw)) return BigInt(raw);
+  if (typeof raw === 'string' && /^(-?\d{1,40}|0x[0-9a-f]{1,32})$/i.test(raw)) return BigInt(raw);
+  throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, raw === undefined || raw === null ? 'missing field value' : 'privilege mask is not an integer');
+}
+
+/** Compares a presented secret with the expected one in constant time. */
+function secretEquals(given: string, expected: string | null): boolean {
+  if (expected === null) return false;
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** A guest-writable f64 as a register value: an integer 0..2^53-1 (NaN and the like read as 0). */
+function clampU53(x: number): number {
+  return Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
+}
+/** A guest-writable f64 as a time or count: finite and >= 0, else 0. */
+function finiteOrZero(x: number): number {
+  return Number.isFinite(x) && x >= 0 ? x : 0;
+}
+
+const PARENT_ONLY_CALLS: readonly number[] = [
+  HvCall.InitializePartition, HvCall.FinalizePartition, HvCall.DeletePartition, HvCall.SetPartitionProperty,
+  HvCall.MapGpaPages, HvCall.UnmapGpaPages, HvCall.InstallIntercept, HvCall.CreateVp, HvCall.DeleteVp,
+  HvCall.AssertVirtualInterrupt, HvCall.GetVpState, HvCall.SetVpState,
+];
+
 export class Hypervisor {
   readonly hostId: string;
   readonly memoryMode: 'shared' | 'private';
-  private readonly rootToken: string;
   private readonly partitions = new Map<number, Partition>();
   private readonly sessions = new Map<string, Session>();
+  /** Outstanding root tickets: ticket -> expiry (ms, opts.now clock). */
+  private readonly tickets = new Map<string, number>();
   /** (connection partition id, connection id) -> port. */
   private readonly connections = new Map<string, { portPartitionId: number; portId: number }>();
   private nextPartitionId = ROOT_PARTITION_ID + 1;
+  private readonly now: () => number;
+  /** Separate budgets, so refused children cannot crowd the root's failures out of the log. */
+  private readonly logLimits: Record<'child' | 'root' | 'session' | 'defect', LogLimiter>;
   readonly stats = { hypercalls: 0, failed: 0 };
 
   constructor(private readonly opts: HypervisorOptions) {
     this.hostId = opts.hostId;
-    this.rootToken = opts.rootToken;
     this.memoryMode = opts.memoryMode ?? shmMode();
-    const root = new Partition(ROOT_PARTITION_ID, 0, ROOT_PRIVILEGES, 0, 'root', opts.rootToken);
+    this.now = opts.now ?? Date.now;
+    this.logLimits = { child: new LogLimiter(this.now), root: new LogLimiter(this.now), session: new LogLimiter(this.now), defect: new LogLimiter(this.now) };
+    const root = new Partition(ROOT_PARTITION_ID, 0, ROOT_PRIVILEGES, 0, 'root', opts.rootToken ?? null);
     root.state = PartitionState.Initialized;
     this.partitions.set(ROOT_PARTITION_ID, root);
   }
 
+  /** Logs through a rate limit (see LogLimiter). */
+  private logLimited(kind: keyof Hypervisor['logLimits'], level: 'info' | 'warn' | 'error', o: object, msg: string): void {
+    const log = this.opts.log;
+    if (!log) return;
+    const dropped = this.logLimits[kind].take();
+    if (dropped === null) return;
+    const line = dropped > 0 ? { ...o, droppedSinceLast: dropped } : o;
+    if (level === 'error') (log.error ?? log.warn)(line, msg);
+    else log[level](line, msg);
+  }
+
   // ---- sessions ---------------------------------------------------------------------------
 
-  hello(sessionId: string, m: { partitionId: number; token: string; role: string; vm: string | null; pid: number }): HvServerMsg {
+  /**
+   * Makes a new root token (32 random bytes, hex) and returns it. Hellos with the previous token
+   * are refused from now on; sessions already open stay open.
+   */
+  rotateRootToken(): string {
+    const token = randomBytes(32).toString('hex');
+    this.partitions.get(ROOT_PARTITION_ID)!.token = token;
+    this.opts.log?.info({}, 'root token rotated');
+    return token;
+  }
+
+  /** A one-time ticket for another root-partition session, for a root session only. */
+  issueTicket(sessionId: string): { ticket: string } | { error: string } {
+    const s = this.sessions.get(sessionId);
+    if (!s || s.partitionId !== ROOT_PARTITION_ID) return { error: 'only a root-partition session may ask for a ticket' };
+    this.pruneTickets();
+    if (this.tickets.size >= MAX_OUTSTANDING_TICKETS) return { error: `${MAX_OUTSTANDING_TICKETS} tickets are outstanding; redeem some or wait ${ROOT_TICKET_TTL_MS / 1000} s` };
+    const ticket = randomBytes(32).toString('hex');
+    this.tickets.set(ticket, this.now() + ROOT_TICKET_TTL_MS);
+    return { ticket };
+  }
+
+  private pruneTickets(): void {
+    const t = this.now();
+    for (const [k, exp] of this.tickets) if (exp <= t) this.tickets.delete(k);
+  }
+
+  /** Consumes a ticket: true when it was outstanding and unexpired. */
+  private redeemTicket(ticket: string): boolean {
+    this.pruneTickets();
+    for (const k of this.tickets.keys()) {
+      if (secretEquals(ticket, k)) {
+        this.tickets.delete(k);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  hello(sessionId: string, m: HelloInput): HvServerMsg {
+    const reject = (reason: string): HvServerMsg => {
+      this.logLimited('session', 'info', { partition: m.partitionId, role: m.role, clientPid: m.pid, why: reason }, 'session refused');
+      return { k: 'reject', reason };
+    };
+    const open = this.sessions.get(sessionId);
+    if (open) return reject(`this connection already has a session for partition ${open.partitionId}`);
+    // decodeHvClientMsg checked these; in-process callers get the same checks.
+    if (typeof m.partitionId !== 'number' || !Number.isSafeInteger(m.partitionId) || typeof m.pid !== 'number' || !Number.isSafeInteger(m.pid) || m.pid < 1 || typeof m.role !== 'string') {
+      return reject('a hello needs an integer partitionId, a pid of 1 or more and a role');
+    }
     const p = this.partitions.get(m.partitionId);
-    if (!p || p.state === PartitionState.Deleted || typeof m.token !== 'string' || m.token !== p.token) {
-      return { k: 'reject', reason: `no partition ${m.partitionId} with that token` };
+    let via: Session['via'];
+    if (typeof m.ticket === 'string' && m.token === undefined) {
+      if (m.partitionId !== ROOT_PARTITION_ID) return reject('a ticket opens only a root-partition session');
+      if (!this.redeemTicket(m.ticket)) return reject('that ticket is unknown, already used or expired');
+      via = 'ticket';
+    } else if (typeof m.token === 'string' && m.ticket === undefined) {
+      if (!p || p.state === PartitionState.Deleted || !secretEquals(m.token, p.token)) return reject(`no partition ${m.partitionId} with that token`);
+      via = 'token';
+    } else {
+      return reject('a hello carries exactly one of token and ticket');
     }
-    if (p.id !== ROOT_PARTITION_ID && p.state !== PartitionState.Initialized) {
-      return { k: 'reject', reason: `partition ${p.id} is ${p.state}, not Initialized` };
-    }
-    this.sessions.set(sessionId, { id: sessionId, partitionId: p.id, role: String(m.role), vm: m.vm ?? null, pid: Number(m.pid) });
-    this.opts.log?.info({ partition: p.id, role: m.role, vm: m.vm, clientPid: m.pid }, 'session opened');
+    if (!p) return reject(`no partition ${m.partitionId}`);
+    if (p.id !== ROOT_PARTITION_ID && p.state !== PartitionState.Initialized) return reject(`partition ${p.id} is ${p.state}, not Initialized`);
+    const held = this.sessionCount(p.id);
+    const cap = p.id === ROOT_PARTITION_ID ? MAX_ROOT_SESSIONS : MAX_SESSIONS_PER_CHILD;
+    if (held >= cap) return reject(`partition ${p.id} already holds ${held} sessions, its limit`);
+    const vm = typeof m.vm === 'string' ? m.vm : null;
+    this.sessions.set(sessionId, { id: sessionId, partitionId: p.id, role: m.role, vm, pid: m.pid, via });
+    this.opts.log?.info({ partition: p.id, role: m.role, vm, clientPid: m.pid, via }, 'session opened');
     return {
       k: 'welcome', partitionId: p.id, hostId: this.hostId, memoryMode: this.memoryMode, memoryRegion: p.memoryRegion, memoryBytes: p.memoryBytes,
       vpRegion: p.vpRegionName, schedRegion: p.vpRegionName ? (this.opts.scheduler?.regionName ?? null) : null,
     };
   }
 
+  private sessionCount(partitionId: number): number {
+    let n = 0;
+    for (const s of this.sessions.values()) if (s.partitionId === partitionId) n++;
+    return n;
+  }
+
   session(sessionId: string): Session | undefined {
     return this.sessions.get(sessionId);
+  }
+
+  /**
+   * Drops every session whose process `alive` says is gone, and returns them. Its ports and
+   * intercepts stay (their owner may come back as a new session); what is meant for a dropped
+   * session is sent nowhere.
+   */
+  expireSessions(alive: (pid: number) => boolean): Session[] {
+    const gone: Session[] = [];
+    for (const s of [...this.sessions.values()]) {
+      let live = true;
+      try {
+        live = alive(s.pid);
+      } catch {
+        live = true; // cannot tell: keep it, the next sweep asks again
+      }
+      if (live) continue;
+      this.sessions.delete(s.id);
+      gone.push(s);
+      this.opts.log?.info({ partition: s.partitionId, role: s.role, vm: s.vm, clientPid: s.pid }, 'session dropped: its process is gone');
+    }
+    return gone;
+  }
+
+  /**
+   * A control request of a session: `stats` and `ticket`; `shutdown` is acknowledged here and
+   * carried out by the caller. Only root-partition sessions may control the hypervisor.
+   */
+  control(sessionId: string, op: HvCtlOp): unknown {
+    const s = this.sessions.get(sessionId);
+    if (!s || s.partitionId !== ROOT_PARTITION_ID) return { error: 'only the root may control the hypervisor' };
+    switch (op) {
+      case 'stats':
+        return { stats: this.stats, partitions: this.listPartitions(), memoryMode: this.memoryMode, lps: this.lps };
+      case 'ticket':
+        return this.issueTicket(sessionId);
+      case 'shutdown':
+        return { ok: true };
+      default:
+        return { error: 'unknown control op' };
+    }
   }
 
   get lps(): number | null {
@@ -147,7 +391,7 @@ export class Hypervisor {
       const st = this.vpStats(p);
       return {
         id: p.id, name: p.name, state: p.state, vps: p.vps.size, memoryBytes: p.memoryBytes, suspended: p.suspended,
-        sessions: [...this.sessions.values()].filter((s) => s.partitionId === p.id).length,
+        sessions: this.sessionCount(p.id),
         scheduled: p.vpRegion !== null, cpu: { percent: st.cpuPercent, vps: st.vps },
       };
     });
@@ -163,44 +407,79 @@ export class Hypervisor {
 
   // ---- hypercalls -------------------------------------------------------------------------
 
+  /** Runs one hypercall of a session. Never throws: every outcome is a status. */
   hypercall(sessionId: string, code: number, input: Input, control: { repCount?: number; repStart?: number } = {}): HypercallOutcome {
     this.stats.hypercalls++;
     const s = this.sessions.get(sessionId);
+    const caller = s ? this.partitions.get(s.partitionId) : undefined;
+    const isRoot = caller?.id === ROOT_PARTITION_ID;
     let out: HypercallOutcome;
-    if (!s) {
+    let why: string | undefined;
+    if (!s || !caller || caller.state === PartitionState.Deleted) {
       out = { status: HvStatus.ACCESS_DENIED, reps: 0, output: null };
-    } else if (input === null || typeof input !== 'object' || Array.isArray(input)) {
-      out = { status: HvStatus.INVALID_HYPERCALL_INPUT, reps: 0, output: null };
+      why = 'no session';
     } else {
-      const caller = this.partitions.get(s.partitionId);
-      if (!caller || caller.state === PartitionState.Deleted) {
-        out = { status: HvStatus.ACCESS_DENIED, reps: 0, output: null };
-      } else {
-        try {
-          out = this.dispatch(caller, s, code, input, control);
-        } catch (e) {
-          if (!(e instanceof Fail)) throw e;
+      try {
+        if (typeof code !== 'number' || !Number.isSafeInteger(code)) throw new Fail(HvStatus.INVALID_HYPERCALL_CODE, 'the call code is not an integer');
+        this.gate(caller, code);
+        if (!isPlainObject(input)) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'the input is not a map');
+        out = this.dispatch(caller, s, code, input, control ?? {});
+      } catch (e) {
+        if (e instanceof Fail) {
+          why = e.message;
           // Reasons help the root debug; a child learns only the status (leak nothing).
-          out = { status: e.status, reps: 0, output: caller.id === ROOT_PARTITION_ID ? { reason: e.message } : null };
-          if (caller.id !== ROOT_PARTITION_ID) this.opts.log?.info({ partition: caller.id, call: hvCallName(code), why: e.message }, 'child hypercall refused');
+          out = { status: e.status, reps: 0, output: isRoot ? { reason: e.message } : null };
+        } else {
+          // A defect: a handler met a value it did not expect. The call fails; the host goes on.
+          why = `internal error: ${e instanceof Error ? e.message : 'non-error thrown'}`;
+          this.logLimited('defect', 'error', { partition: caller.id, call: hvCallName(code), err: e }, 'hypercall handler threw');
+          out = { status: HvStatus.OPERATION_DENIED, reps: 0, output: isRoot ? { reason: why } : null };
         }
       }
     }
     if (out.status !== HvStatus.SUCCESS) {
       this.stats.failed++;
-      this.opts.log?.info({ partition: s?.partitionId, call: hvCallName(code), status: hvStatusName(out.status), why: (out.output as { reason?: string } | null)?.reason }, 'hypercall failed');
+      const name = typeof code === 'number' && Number.isSafeInteger(code) ? hvCallName(code) : '?';
+      this.logLimited(isRoot ? 'root' : 'child', 'info', { partition: s?.partitionId, call: name, status: hvStatusName(out.status), why }, isRoot ? 'hypercall failed' : 'child hypercall refused');
     }
     return out;
   }
 
-  private need(caller: Partition, p: PrivilegeName): void {
-    if (!hasPrivilege(caller.privileges, p)) throw new Fail(HvStatus.ACCESS_DENIED, `partition ${caller.id} lacks ${p}`);
+  /** Privilege, checked before anything of the input is read. Unknown codes get INVALID_HYPERCALL_CODE. */
+  private gate(caller: Partition, code: number): void {
+    if (PARENT_ONLY_CALLS.includes(code)) return this.need(caller, 'CreatePartitions', 'a parent-only call');
+    switch (code) {
+      case HvCall.CreatePartition: return this.need(caller, 'CreatePartitions');
+      case HvCall.MapGpadl:
+      case HvCall.UnmapGpadl:
+        this.need(caller, 'AccessMemoryPool');
+        return this.need(caller, 'CreatePartitions', 'a parent-only call');
+      case HvCall.GetPartitionId: return this.need(caller, 'AccessPartitionId');
+      case HvCall.GetPartitionProperty: return this.needSelfOrParent(caller, 'AccessPartitionId');
+      case HvCall.GetVpRegisters:
+      case HvCall.SetVpRegisters: return this.needSelfOrParent(caller, 'AccessVpRegisters');
+      case HvCall.PostMessage: return this.need(caller, 'PostMessages');
+      case HvCall.SignalEvent: return this.need(caller, 'SignalEvents');
+      case HvCall.CreatePort: return this.need(caller, 'CreatePort');
+      case HvCall.ConnectPort: return this.need(caller, 'ConnectPort');
+      default: throw new Fail(HvStatus.INVALID_HYPERCALL_CODE, `unknown call code 0x${code.toString(16)}`);
+    }
+  }
+
+  private need(caller: Partition, p: PrivilegeName, what?: string): void {
+    if (!hasPrivilege(caller.privileges, p)) throw new Fail(HvStatus.ACCESS_DENIED, `partition ${caller.id} lacks ${p}${what ? ` (${what})` : ''}`);
+  }
+
+  /** Calls on oneself (with a privilege) or on a child (as its parent). */
+  private needSelfOrParent(caller: Partition, selfPrivilege: PrivilegeName): void {
+    if (!hasPrivilege(caller.privileges, selfPrivilege) && !hasPrivilege(caller.privileges, 'CreatePartitions')) {
+      throw new Fail(HvStatus.ACCESS_DENIED, `partition ${caller.id} lacks ${selfPrivilege} and is no parent`);
+    }
   }
 
   /** Resolves a target the caller must be the parent of (the root is everyone's ancestor). */
-  private child(caller: Partition, input: Input, name = 'partitionId'): Partition {
-    let id = int(input, name, { min: -1 });
-    if (id === PARTITION_ID_SELF) id = caller.id;
+  private child(caller: Partition, requested: number): Partition {
+    const id = requested === PARTITION_ID_SELF ? caller.id : requested;
     const p = this.partitions.get(id);
     const isRoot = caller.id === ROOT_PARTITION_ID;
     if (!p || p.state === PartitionState.Deleted) {
@@ -212,36 +491,44 @@ export class Hypervisor {
   }
 
   /** Parent, root, or the partition itself (with a privilege for self-access). */
-  private selfOrChild(caller: Partition, input: Input, selfPrivilege: PrivilegeName): Partition {
-    let id = int(input, 'partitionId', { min: -1 });
-    if (id === PARTITION_ID_SELF) id = caller.id;
+  private selfOrChild(caller: Partition, requested: number, selfPrivilege: PrivilegeName): Partition {
+    const id = requested === PARTITION_ID_SELF ? caller.id : requested;
     if (id === caller.id) {
       this.need(caller, selfPrivilege);
       return caller;
     }
-    return this.child(caller, input);
+    return this.child(caller, id);
+  }
+
+  /** The caller itself (CreatePort/ConnectPort on one's own partition) or a child. */
+  private selfOrChildPlain(caller: Partition, requested: number): Partition {
+    return requested === caller.id || requested === PARTITION_ID_SELF ? caller : this.child(caller, requested);
   }
 
   private inState(p: Partition, ...states: string[]): void {
     if (!states.includes(p.state)) throw new Fail(HvStatus.INVALID_PARTITION_STATE, `partition ${p.id} is ${p.state}`);
   }
 
-  private vp(p: Partition, input: Input): VirtualProcessor {
-    const idx = int(input, 'vpIndex', { min: 0 });
+  private vp(p: Partition, idx: number): VirtualProcessor {
     const vp = p.vps.get(idx);
     if (!vp) throw new Fail(HvStatus.INVALID_VP_INDEX, `partition ${p.id} has no VP ${idx}`);
     return vp;
   }
 
+  /** The call itself; `gate` has checked the privilege. Each case reads shape, target, state, values in that order. */
   private dispatch(caller: Partition, s: Session, code: number, input: Input, control: { repCount?: number }): HypercallOutcome {
     const ok = (output: unknown = null, reps = 0): HypercallOutcome => ({ status: HvStatus.SUCCESS, reps, output });
     switch (code) {
       case HvCall.CreatePartition: {
-        this.need(caller, 'CreatePartitions');
-        const memoryBytes = int(input, 'memoryBytes', { min: MIN_MEMORY_BYTES, max: MAX_MEMORY_BYTES });
+        const memoryBytes = int(input, 'memoryBytes');
+        const flags = optInt(input, 'flags') ?? 0;
+        const rawName = input.name;
+        if (rawName !== undefined && rawName !== null && typeof rawName !== 'string') throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'field name is not a string');
+        range('memoryBytes', memoryBytes, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES);
         if (memoryBytes % 4096 !== 0) throw new Fail(HvStatus.INVALID_ALIGNMENT, `memory size ${memoryBytes} is not page-aligned`);
-        int(input, 'flags', { optional: true, min: 0 });
-        const name = typeof input.name === 'string' ? input.name.slice(0, 64) : '';
+        range('flags', flags, 0, Number.MAX_SAFE_INTEGER);
+        if (this.partitions.size >= MAX_PARTITIONS) throw new Fail(HvStatus.INSUFFICIENT_MEMORY, `the hypervisor holds ${this.partitions.size} partitions, its limit`);
+        const name = typeof rawName === 'string' ? rawName.slice(0, 64) : '';
         const id = this.nextPartitionId++;
         const token = randomBytes(16).toString('hex');
         this.partitions.set(id, new Partition(id, caller.id, 0n, memoryBytes, name, token));
@@ -249,7 +536,7 @@ export class Hypervisor {
         return ok({ partitionId: id, token });
       }
       case HvCall.InitializePartition: {
-        const p = this.child(caller, input);
+        const p = this.child(caller, int(input, 'partitionId'));
         this.inState(p, PartitionState.Created);
         if (this.memoryMode === 'shared') {
           const region = `hvlab-${this.hostId}-p${p.id}-mem`;
@@ -267,9 +554,10 @@ export class Hypervisor {
         return ok();
       }
       case HvCall.FinalizePartition: {
-        const p = this.child(caller, input);
+        const p = this.child(caller, int(input, 'partitionId'));
         this.inState(p, PartitionState.Initialized);
         p.state = PartitionState.Finalized;
+        for (const vp of p.vps.values()) vp.synic.discard();
         p.vps.clear();
         if (p.vpRegion) this.opts.scheduler?.post({ t: 'removePartition', id: p.id });
         this.notifyPartition(p, { k: 'bye', reason: 'partition finalized' });
@@ -277,14 +565,15 @@ export class Hypervisor {
         return ok();
       }
       case HvCall.DeletePartition: {
-        const p = this.child(caller, input);
+        const p = this.child(caller, int(input, 'partitionId'));
         this.inState(p, PartitionState.Created, PartitionState.Finalized);
         this.destroy(p);
         return ok();
       }
       case HvCall.GetPartitionProperty: {
-        const p = this.selfOrChild(caller, input, 'AccessPartitionId');
-        const prop = int(input, 'property', { min: 0 });
+        const id = int(input, 'partitionId');
+        const prop = int(input, 'property');
+        const p = this.selfOrChild(caller, id, 'AccessPartitionId');
         switch (prop) {
           case PartitionProperty.PrivilegeFlags: return ok({ value: p.privileges });
           case PartitionProperty.Suspend: return ok({ value: p.suspended ? 1 : 0 });
@@ -295,29 +584,25 @@ export class Hypervisor {
         }
       }
       case HvCall.SetPartitionProperty: {
-        const p = this.child(caller, input);
-        const prop = int(input, 'property', { min: 0 });
-        const raw = input.value;
-        if (prop === PartitionProperty.PrivilegeFlags) {
-          let v: bigint;
-          try {
-            v = typeof raw === 'bigint' ? raw : BigInt(raw as number | string);
-          } catch {
-            throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'privilege mask is not an integer');
-          }
-          if (v < 0n || v > 0xffff_ffff_ffff_ffffn) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, 'privilege mask out of range');
+        const id = int(input, 'partitionId');
+        const prop = int(input, 'property');
+        const known = [PartitionProperty.Suspend, PartitionProperty.CpuReserve, PartitionProperty.CpuCap, PartitionProperty.CpuWeight] as number[];
+        // The value's shape depends on the property: a 64-bit mask for privileges, else an integer.
+        const mask = prop === PartitionProperty.PrivilegeFlags ? privilegeMaskOf(input.value) : null;
+        const v = known.includes(prop) ? int(input, 'value') : 0;
+        const p = this.child(caller, id);
+        if (mask !== null) {
+          if (mask < 0n || mask > 0xffff_ffff_ffff_ffffn) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, 'privilege mask out of range');
           // A parent can grant only what it holds itself.
-          if ((v & ~caller.privileges) !== 0n) throw new Fail(HvStatus.ACCESS_DENIED, 'cannot grant privileges the caller lacks');
-          p.privileges = v;
+          if ((mask & ~caller.privileges) !== 0n) throw new Fail(HvStatus.ACCESS_DENIED, 'cannot grant privileges the caller lacks');
+          p.privileges = mask;
           return ok();
         }
-        const known = [PartitionProperty.Suspend, PartitionProperty.CpuReserve, PartitionProperty.CpuCap, PartitionProperty.CpuWeight] as number[];
         if (!known.includes(prop)) throw new Fail(HvStatus.UNKNOWN_PROPERTY, `unknown property ${partitionPropertyName(prop)}`);
-        const v = int(input, 'value');
         switch (prop) {
           case PartitionProperty.Suspend: {
-            if (v !== 0 && v !== 1) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, 'suspend is 0 or 1');
             this.inState(p, PartitionState.Initialized);
+            if (v !== 0 && v !== 1) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, 'suspend is 0 or 1');
             const was = p.suspended;
             p.suspended = v === 1;
             if (was !== p.suspended) {
@@ -327,114 +612,140 @@ export class Hypervisor {
             return ok();
           }
           case PartitionProperty.CpuReserve:
-            if (v < 0 || v > 100) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `reserve ${v} is not 0-100`);
+            range('reserve', v, 0, 100, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
             p.cpuReserve = v;
             this.toScheduler(p, { t: 'props', id: p.id, reserve: v / 100 });
             return ok();
           case PartitionProperty.CpuCap:
-            if (v < 0 || v > 100) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `cap ${v} is not 0-100`);
+            range('cap', v, 0, 100, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
             p.cpuCap = v;
             this.toScheduler(p, { t: 'props', id: p.id, cap: v / 100 });
             return ok();
           default:
-            if (v < 1 || v > 10000) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `weight ${v} is not 1-10000`);
+            range('weight', v, 1, 10000, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
             p.cpuWeight = v;
             this.toScheduler(p, { t: 'props', id: p.id, weight: v });
             return ok();
         }
       }
-      case HvCall.GetPartitionId: {
-        this.need(caller, 'AccessPartitionId');
+      case HvCall.GetPartitionId:
         return ok({ partitionId: caller.id });
-      }
       case HvCall.MapGpaPages:
       case HvCall.UnmapGpaPages: {
-        const p = this.child(caller, input);
-        this.inState(p, PartitionState.Initialized);
-        const gpaPage = int(input, 'gpaPage', { min: 0 });
-        const count = int(input, 'pageCount', { min: 1 });
+        const id = int(input, 'partitionId');
+        const gpaPage = int(input, 'gpaPage');
+        const count = int(input, 'pageCount');
+        const flags = code === HvCall.MapGpaPages ? optInt(input, 'flags') : undefined;
         if (control.repCount !== undefined && control.repCount !== 0 && control.repCount !== count) {
           throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'rep count disagrees with pageCount');
         }
+        const p = this.child(caller, id);
+        this.inState(p, PartitionState.Initialized);
+        range('gpaPage', gpaPage, 0, Number.MAX_SAFE_INTEGER);
+        range('pageCount', count, 1, Number.MAX_SAFE_INTEGER);
         if (gpaPage + count > p.pageCount) throw new Fail(HvStatus.INVALID_PARAMETER, `pages ${gpaPage}+${count} exceed the partition's ${p.pageCount} pages`);
         const map = p.gpaMap!;
         if (code === HvCall.MapGpaPages) {
-          const flags = int(input, 'flags', { optional: true, dflt: GPA_READ | GPA_WRITE | GPA_EXECUTE, min: 1, max: 7 });
-          map.fill(flags, gpaPage, gpaPage + count);
+          map.fill(range('flags', flags ?? GPA_READ | GPA_WRITE | GPA_EXECUTE, 1, 7), gpaPage, gpaPage + count);
         } else {
           map.fill(0, gpaPage, gpaPage + count);
         }
         return ok(null, count);
       }
       case HvCall.InstallIntercept: {
-        const p = this.child(caller, input);
+        const id = int(input, 'partitionId');
+        const type = int(input, 'type');
+        const access = int(input, 'access');
+        const port = optInt(input, 'port') ?? 0;
+        const portEnd = optInt(input, 'portEnd') ?? port;
+        const p = this.child(caller, id);
         this.inState(p, PartitionState.Initialized);
-        const type = int(input, 'type', { min: 0 });
         if (!(Object.values(InterceptType) as number[]).includes(type)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown intercept type ${type}`);
-        const access = int(input, 'access', { min: 1, max: 3 });
-        const port = int(input, 'port', { optional: true, min: 0, max: 0xffff });
-        const portEnd = int(input, 'portEnd', { optional: true, dflt: port, min: port, max: 0xffff });
+        range('access', access, 1, 3);
+        range('port', port, 0, 0xffff);
+        range('portEnd', portEnd, port, 0xffff);
         if (type !== InterceptType.IoPort && type !== InterceptType.IoPortRange) throw new Fail(HvStatus.INVALID_PARAMETER, `intercept type ${type} is not supported (only I/O ports)`);
+        if (p.intercepts.length >= MAX_INTERCEPTS_PER_PARTITION) throw new Fail(HvStatus.INSUFFICIENT_MEMORY, `partition ${p.id} already has ${p.intercepts.length} intercepts, its limit`);
         p.intercepts.push({ type, access, port, portEnd: type === InterceptType.IoPort ? port : portEnd, ownerSession: s.id });
         return ok();
       }
       case HvCall.CreateVp: {
-        const p = this.child(caller, input);
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
+        const p = this.child(caller, id);
         this.inState(p, PartitionState.Initialized);
-        const idx = int(input, 'vpIndex', { min: 0, max: MAX_VPS_PER_PARTITION - 1 });
+        range('vpIndex', idx, 0, MAX_VPS_PER_PARTITION - 1);
         if (p.vps.has(idx)) throw new Fail(HvStatus.INVALID_VP_STATE, `VP ${idx} of partition ${p.id} exists`);
-        const synic = new SynIc(p.memoryView, p.memoryBytes, { raise: (sint, extra) => this.raiseSint(p, idx, sint, extra) });
+        const synic = new SynIc(p.memoryView, p.memoryBytes, { raise: (sint, extra) => this.raiseSint(p, idx, sint, extra) }, p.messageBudget);
         p.vps.set(idx, new VirtualProcessor(idx, synic));
         this.toScheduler(p, { t: 'addVp', id: p.id, index: idx });
         return ok();
       }
       case HvCall.DeleteVp: {
-        const p = this.child(caller, input);
-        const vp = this.vp(p, input);
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
+        const p = this.child(caller, id);
+        const vp = this.vp(p, idx);
+        vp.synic.discard();
         p.vps.delete(vp.index);
         this.toScheduler(p, { t: 'removeVp', id: p.id, index: vp.index });
         return ok();
       }
       case HvCall.AssertVirtualInterrupt: {
-        const p = this.child(caller, input);
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
+        const vector = int(input, 'vector');
+        const p = this.child(caller, id);
         this.inState(p, PartitionState.Initialized);
-        const vp = this.vp(p, input);
-        const vector = int(input, 'vector', { min: 16, max: 255 });
+        const vp = this.vp(p, idx);
+        range('vector', vector, 16, 255);
         if (!this.assertVector(p, vp.index, vector, false)) throw new Fail(HvStatus.INVALID_VP_STATE, `partition ${p.id} has no virtual APIC (VPs are not scheduled)`);
         return ok();
       }
       case HvCall.GetVpState: {
-        const p = this.child(caller, input);
-        const vp = this.vp(p, input);
-        return ok(this.saveVp(p, vp));
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
+        const p = this.child(caller, id);
+        return ok(this.saveVp(p, this.vp(p, idx)));
       }
       case HvCall.SetVpState: {
-        const p = this.child(caller, input);
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
+        if (!isPlainObject(input.state)) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'field state is not a map');
+        const p = this.child(caller, id);
         this.inState(p, PartitionState.Initialized);
-        const vp = this.vp(p, input);
-        this.restoreVp(p, vp, input.state);
+        const vp = this.vp(p, idx);
+        const st = decodeSavedVpState(input.state);
+        if (typeof st === 'string') throw new Fail(HvStatus.INVALID_PARAMETER, st);
+        this.restoreVp(p, vp, st);
         return ok();
       }
       case HvCall.GetVpRegisters: {
-        const p = this.selfOrChild(caller, input, 'AccessVpRegisters');
-        const vp = this.vp(p, input);
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
         const names = input.names;
-        if (!Array.isArray(names) || names.some((n) => typeof n !== 'string')) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'names must be a list of strings');
+        if (!Array.isArray(names) || names.length > VpRegisterNames.length * 4 || names.some((n) => typeof n !== 'string')) {
+          throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, `names must be a list of at most ${VpRegisterNames.length * 4} strings`);
+        }
+        const p = this.selfOrChild(caller, id, 'AccessVpRegisters');
+        const vp = this.vp(p, idx);
         const values: Record<string, number> = {};
         for (const n of names as string[]) {
-          if (!isVpRegisterName(n)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown register ${n}`);
+          if (!isVpRegisterName(n)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown register ${n.slice(0, 32)}`);
           values[n] = this.readRegister(p, vp, n);
         }
         return ok({ values }, names.length);
       }
       case HvCall.SetVpRegisters: {
-        const p = this.selfOrChild(caller, input, 'AccessVpRegisters');
-        const vp = this.vp(p, input);
+        const id = int(input, 'partitionId');
+        const idx = int(input, 'vpIndex');
         const values = input.values;
-        if (values === null || typeof values !== 'object' || Array.isArray(values)) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'values must be a map');
-        const entries = Object.entries(values as Record<string, unknown>);
+        if (!isPlainObject(values)) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'values must be a map');
+        const entries = Object.entries(values);
+        const p = this.selfOrChild(caller, id, 'AccessVpRegisters');
+        const vp = this.vp(p, idx);
         for (const [n, v] of entries) {
-          if (!isVpRegisterName(n)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown register ${n}`);
+          if (!isVpRegisterName(n)) throw new Fail(HvStatus.INVALID_PARAMETER, `unknown register ${n.slice(0, 32)}`);
           if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new Fail(HvStatus.INVALID_PARAMETER, `register ${n} value is not a non-negative integer`);
         }
         // Validate every value before writing any, so a refused call changes nothing.
@@ -445,62 +756,78 @@ export class Hypervisor {
         return ok(null, entries.length);
       }
       case HvCall.CreatePort: {
-        this.need(caller, 'CreatePort');
-        const id = int(input, 'partitionId', { min: -1 });
-        const p = id === caller.id || id === PARTITION_ID_SELF ? caller : this.child(caller, input);
+        const id = int(input, 'partitionId');
+        const portId = int(input, 'portId');
+        const type = int(input, 'type');
+        const sint = int(input, 'sint');
+        const vpIndex = int(input, 'vpIndex');
+        const flagCountIn = optInt(input, 'flagCount');
+        const p = this.selfOrChildPlain(caller, id);
         this.inState(p, PartitionState.Initialized);
-        const portId = int(input, 'portId', { min: 1, max: 0xffffff });
+        range('portId', portId, 1, 0xffffff);
         if (p.ports.has(portId)) throw new Fail(HvStatus.INVALID_PORT_ID, `port ${portId} exists in partition ${p.id}`);
-        const type = int(input, 'type', { min: 1, max: 2 });
-        const sint = int(input, 'sint', { min: 0, max: SINT_COUNT - 1 });
-        const vpIndex = int(input, 'vpIndex', { min: 0, max: MAX_VPS_PER_PARTITION - 1 });
-        const flagCount = type === PortType.Event ? int(input, 'flagCount', { min: 1, max: EVENT_FLAGS_PER_SINT }) : 0;
+        range('type', type, 1, 2);
+        range('sint', sint, 0, SINT_COUNT - 1);
+        range('vpIndex', vpIndex, 0, MAX_VPS_PER_PARTITION - 1);
+        let flagCount = 0;
+        if (type === PortType.Event) {
+          if (flagCountIn === undefined) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'missing field flagCount (an event port needs one)');
+          flagCount = range('flagCount', flagCountIn, 1, EVENT_FLAGS_PER_SINT);
+        }
         if (p.id !== ROOT_PARTITION_ID && !p.vps.has(vpIndex)) throw new Fail(HvStatus.INVALID_VP_INDEX, `partition ${p.id} has no VP ${vpIndex}`);
+        if (p.ports.size >= MAX_PORTS_PER_PARTITION) throw new Fail(HvStatus.INSUFFICIENT_MEMORY, `partition ${p.id} already has ${p.ports.size} ports, its limit`);
         const port: Port = { portId, type, vpIndex, sint, flagCount, ownerSession: p.id === ROOT_PARTITION_ID ? s.id : null };
         p.ports.set(portId, port);
         return ok();
       }
       case HvCall.ConnectPort: {
-        this.need(caller, 'ConnectPort');
-        const id = int(input, 'partitionId', { min: -1 });
-        const p = id === caller.id || id === PARTITION_ID_SELF ? caller : this.child(caller, input);
-        const connectionId = int(input, 'connectionId', { min: 1, max: 0xffffff });
-        const portPartitionId = int(input, 'portPartitionId', { min: 1 });
-        const portId = int(input, 'portId', { min: 1 });
+        const id = int(input, 'partitionId');
+        const connectionId = int(input, 'connectionId');
+        const portPartitionId = int(input, 'portPartitionId');
+        const portId = int(input, 'portId');
+        const p = this.selfOrChildPlain(caller, id);
+        range('connectionId', connectionId, 1, 0xffffff);
+        range('portPartitionId', portPartitionId, 1, Number.MAX_SAFE_INTEGER);
+        range('portId', portId, 1, Number.MAX_SAFE_INTEGER);
         const target = this.partitions.get(portPartitionId);
         if (!target || !target.ports.has(portId)) throw new Fail(HvStatus.INVALID_PORT_ID, `no port ${portId} in partition ${portPartitionId}`);
         const key = `${p.id}:${connectionId}`;
         if (this.connections.has(key)) throw new Fail(HvStatus.INVALID_CONNECTION_ID, `connection ${connectionId} of partition ${p.id} exists`);
+        if (p.connectionCount >= MAX_CONNECTIONS_PER_PARTITION) throw new Fail(HvStatus.INSUFFICIENT_MEMORY, `partition ${p.id} already has ${p.connectionCount} connections, its limit`);
         this.connections.set(key, { portPartitionId, portId });
+        p.connectionCount++;
         return ok();
       }
       case HvCall.PostMessage: {
-        this.need(caller, 'PostMessages');
-        const connectionId = int(input, 'connectionId', { min: 0, max: 0xffffffff });
-        const type = int(input, 'messageType', { min: 0, max: 0xffffffff });
+        const connectionId = int(input, 'connectionId');
+        const type = int(input, 'messageType');
         const payload = bytes(input, 'payload');
+        range('connectionId', connectionId, 0, 0xffffffff);
+        range('messageType', type, 0, 0xffffffff);
         if (payload.length > MAX_MESSAGE_PAYLOAD) throw new Fail(HvStatus.INVALID_PARAMETER, `payload of ${payload.length} bytes exceeds ${MAX_MESSAGE_PAYLOAD}`);
         if (type === 0 || type >= 0x80000000) throw new Fail(HvStatus.INVALID_PARAMETER, `message type 0x${type.toString(16)} is reserved`);
         const { port, target } = this.resolveConnection(caller, connectionId, PortType.Message);
         const copy = new Uint8Array(payload);
         if (target.id === ROOT_PARTITION_ID) {
-          if (port.ownerSession) this.opts.notify(port.ownerSession, { k: 'rootmsg', portId: port.portId, messageType: type, payload: copy, sender: caller.id });
+          // A port whose owning session was dropped keeps its place; the message goes nowhere.
+          if (port.ownerSession && this.sessions.has(port.ownerSession)) this.opts.notify(port.ownerSession, { k: 'rootmsg', portId: port.portId, messageType: type, payload: copy, sender: caller.id });
           return ok();
         }
         const vp = target.vps.get(port.vpIndex);
         if (!vp) throw new Fail(HvStatus.INVALID_VP_INDEX, `target VP ${port.vpIndex} is gone`);
         const st = vp.synic.post(port.sint, { type, payload: copy, sender: caller.id });
-        if (st !== HvStatus.SUCCESS) throw new Fail(st, 'message queue full');
+        if (st !== HvStatus.SUCCESS) throw new Fail(st, `the message queue of partition ${target.id} is full`);
         return ok();
       }
       case HvCall.SignalEvent: {
-        this.need(caller, 'SignalEvents');
-        const connectionId = int(input, 'connectionId', { min: 0, max: 0xffffffff });
-        const flag = int(input, 'flagNumber', { min: 0, max: 0xffff });
+        const connectionId = int(input, 'connectionId');
+        const flag = int(input, 'flagNumber');
+        range('connectionId', connectionId, 0, 0xffffffff);
+        range('flagNumber', flag, 0, 0xffff);
         const { port, target } = this.resolveConnection(caller, connectionId, PortType.Event);
         if (flag >= port.flagCount) throw new Fail(HvStatus.INVALID_PARAMETER, `flag ${flag} is past the port's ${port.flagCount} flags`);
         if (target.id === ROOT_PARTITION_ID) {
-          if (port.ownerSession) this.opts.notify(port.ownerSession, { k: 'rootevent', portId: port.portId, flagNumber: flag, sender: caller.id });
+          if (port.ownerSession && this.sessions.has(port.ownerSession)) this.opts.notify(port.ownerSession, { k: 'rootevent', portId: port.portId, flagNumber: flag, sender: caller.id });
           return ok();
         }
         const vp = target.vps.get(port.vpIndex);
@@ -510,19 +837,21 @@ export class Hypervisor {
         return ok();
       }
       case HvCall.MapGpadl: {
-        this.need(caller, 'AccessMemoryPool');
-        const p = this.child(caller, input);
-        this.inState(p, PartitionState.Initialized);
-        const gpadl = int(input, 'gpadl', { min: 1, max: 0xffffffff });
-        const owner = int(input, 'owner', { min: 0, max: 0xffffffff });
+        const id = int(input, 'partitionId');
+        const gpadl = int(input, 'gpadl');
+        const owner = int(input, 'owner');
         const pfns = input.pfns;
         if (!Array.isArray(pfns) || pfns.length === 0) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'pfns must be a non-empty list');
-        if (pfns.length > MAX_GPADL_PAGES) throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} has ${pfns.length} pages, more than ${MAX_GPADL_PAGES}`);
+        for (const pfn of pfns) if (typeof pfn !== 'number' || !Number.isSafeInteger(pfn)) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'a pfn is not an integer');
+        const p = this.child(caller, id);
+        this.inState(p, PartitionState.Initialized);
+        if (pfns.length > MAX_GPADL_PAGES) throw new Fail(HvStatus.INVALID_PARAMETER, `a GPADL has ${pfns.length} pages, more than ${MAX_GPADL_PAGES}`);
+        range('gpadl', gpadl, 1, 0xffffffff);
+        range('owner', owner, 0, 0xffffffff);
         if (p.gpadls.has(gpadl)) throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} exists in partition ${p.id}`);
         const seen = new Set<number>();
-        for (const pfn of pfns) {
-          if (typeof pfn !== 'number' || !Number.isSafeInteger(pfn) || pfn < 0) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'a pfn is not a non-negative integer');
-          if (pfn >= p.pageCount || !p.gpaMap?.[pfn]) {
+        for (const pfn of pfns as number[]) {
+          if (pfn < 0 || pfn >= p.pageCount || !p.gpaMap?.[pfn]) {
             throw new Fail(HvStatus.INVALID_PARAMETER, `GPADL 0x${gpadl.toString(16)} covers page 0x${pfn.toString(16)} outside partition ${p.id}`);
           }
           const other = p.gpadlPageOwner.get(pfn);
@@ -531,22 +860,26 @@ export class Hypervisor {
           }
           seen.add(pfn);
         }
-        p.gpadls.set(gpadl, { owner, pfns: pfns as number[] });
+        if (p.gpadls.size >= MAX_GPADLS_PER_PARTITION || p.gpadlPages + pfns.length > MAX_GPADL_PAGES_PER_PARTITION) {
+          throw new Fail(HvStatus.INSUFFICIENT_MEMORY, `partition ${p.id} already has ${p.gpadls.size} GPADLs over ${p.gpadlPages} pages; the limit is ${MAX_GPADLS_PER_PARTITION} over ${MAX_GPADL_PAGES_PER_PARTITION}`);
+        }
+        p.gpadls.set(gpadl, { owner, pfns: [...(pfns as number[])] });
+        p.gpadlPages += pfns.length;
         for (const pfn of pfns as number[]) p.gpadlPageOwner.set(pfn, owner);
         return ok({ region: p.memoryRegion, pages: pfns.length }, pfns.length);
       }
       case HvCall.UnmapGpadl: {
-        this.need(caller, 'AccessMemoryPool');
-        const p = this.child(caller, input);
-        const gpadl = int(input, 'gpadl', { min: 1, max: 0xffffffff });
+        const id = int(input, 'partitionId');
+        const gpadl = int(input, 'gpadl');
+        const p = this.child(caller, id);
         const g = p.gpadls.get(gpadl);
         if (!g) throw new Fail(HvStatus.INVALID_PARAMETER, `partition ${p.id} has no GPADL 0x${gpadl.toString(16)}`);
         p.gpadls.delete(gpadl);
-        for (const pfn of g.pfns) {
-          // Another GPADL of the same channel may still cover the page.
-          const stillUsed = [...p.gpadls.values()].some((o) => o.owner === g.owner && o.pfns.includes(pfn));
-          if (!stillUsed) p.gpadlPageOwner.delete(pfn);
-        }
+        p.gpadlPages -= g.pfns.length;
+        // Another GPADL of the same channel may still cover a page (one pass over them, not one per page).
+        const stillUsed = new Set<number>();
+        for (const o of p.gpadls.values()) if (o.owner === g.owner) for (const pfn of o.pfns) stillUsed.add(pfn);
+        for (const pfn of g.pfns) if (!stillUsed.has(pfn)) p.gpadlPageOwner.delete(pfn);
         return ok();
       }
       default:
@@ -692,41 +1025,59 @@ export class Hypervisor {
     this.notifyPartition(p, { k: 'sint', vp: vpIndex, sint, ...extra });
   }
 
-  /** What the scheduler thread hands back: message-mode timer expirations and port intercepts. */
+  /**
+   * What the scheduler thread hands back: message-mode timer expirations and port intercepts. The
+   * scheduler read them from a guest-writable page and checked them; they are checked again here,
+   * because this runs on the main thread, where an exception would reach the serve loop.
+   */
   fromScheduler(m: FromScheduler): void {
     const p = this.partitions.get(m.id);
     const vp = p?.vps.get(m.index);
     if (!p || !vp || p.state !== PartitionState.Initialized) return;
     if (m.t === 'timer') {
+      if (!Number.isInteger(m.sint) || m.sint < 0 || m.sint >= SINT_COUNT) return;
+      const u64 = (x: number): bigint => BigInt(Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.floor(Number.isFinite(x) ? x : 0))));
       const payload = new Uint8Array(TIMER_EXPIRED_PAYLOAD_BYTES);
       const dv = new DataView(payload.buffer);
-      dv.setUint32(0, m.timer, true);
-      dv.setBigUint64(8, BigInt(Math.floor(m.expiration)), true);
-      dv.setBigUint64(16, BigInt(Math.floor(m.delivery)), true);
+      dv.setUint32(0, m.timer >>> 0, true);
+      dv.setBigUint64(8, u64(m.expiration), true);
+      dv.setBigUint64(16, u64(m.delivery), true);
+      // A full queue (the guest does not EOM) loses the expiration, as a message to a full SINT would.
       vp.synic.post(m.sint, { type: HvMessageType.TimerExpired, payload, sender: 0 });
       return;
     }
+    const rec = decodeIoInterceptRecord(m.port, m.access, m.size, m.value);
+    if (typeof rec === 'string') {
+      this.logLimited('child', 'info', { partition: p.id, vp: m.index, why: rec }, 'malformed intercept record ignored');
+      this.writeRegister(p, vp, 'InterceptSuspend', 0);
+      return;
+    }
     vp.interceptPending = true;
-    const want = m.access === 2 ? InterceptAccess.Write : InterceptAccess.Read;
-    const hit = p.intercepts.find((i) => m.port >= i.port && m.port <= i.portEnd && (i.access & want) !== 0 && this.sessions.has(i.ownerSession));
+    const want = rec.access === 2 ? InterceptAccess.Write : InterceptAccess.Read;
+    const hit = p.intercepts.find((i) => rec.port >= i.port && rec.port <= i.portEnd && (i.access & want) !== 0 && this.sessions.has(i.ownerSession));
     if (hit) {
       this.opts.notify(hit.ownerSession, {
         k: 'intercept', partitionId: p.id, vpIndex: m.index, messageType: HvMessageType.X64IoPortIntercept,
-        port: m.port, access: m.access, size: m.size, value: m.value, rip: vp.registers.get('Rip') ?? 0,
+        port: rec.port, access: rec.access, size: rec.size, value: rec.value, rip: vp.registers.get('Rip') ?? 0,
       });
       return;
     }
     // No one claims the port: reads float high, writes vanish, and the VP goes on.
     if (want === InterceptAccess.Read) {
-      const ones = m.size >= 4 ? 0xffffffff : (1 << (m.size * 8)) - 1;
+      const ones = rec.size === 4 ? 0xffffffff : (1 << (rec.size * 8)) - 1;
       Atomics.store(p.vpI32!, (vpPageOffset(m.index) + VpPage.ioValue) >> 2, ones | 0);
     }
     this.writeRegister(p, vp, 'InterceptSuspend', 0);
   }
 
+  /**
+   * One VP's saved state. Values the guest can write in its VP page (the RAX mirror, timer counts
+   * and expiries) are saved clamped to what `decodeSavedVpState` accepts, so whatever a guest does
+   * its VM can still be restored.
+   */
   private saveVp(p: Partition, vp: VirtualProcessor): SavedVpState {
     const registers: Record<string, number> = {};
-    for (const [k, v] of vp.registers) registers[k] = v;
+    for (const [k, v] of vp.registers) registers[k] = clampU53(v);
     const off = vpPageOffset(vp.index);
     const timers: SavedVpState['timers'] = [];
     let apic: SavedVpState['apic'] = { irr: new Array(8).fill(0), isr: new Array(8).fill(0), aeoi: new Array(8).fill(0), tpr: 0 };
@@ -736,11 +1087,11 @@ export class Hypervisor {
       for (let t = 0; t < STIMER_COUNT; t++) {
         timers.push({
           config: Atomics.load(p.vpI32, ((off + VpPage.stimerConfig) >> 2) + t) >>> 0,
-          count: p.vpF64[((off + VpPage.stimerCount) >> 3) + t],
-          nextExpiry: p.vpF64[((off + VpPage.stimerNext) >> 3) + t],
+          count: finiteOrZero(p.vpF64[((off + VpPage.stimerCount) >> 3) + t]),
+          nextExpiry: finiteOrZero(p.vpF64[((off + VpPage.stimerNext) >> 3) + t]),
         });
       }
-      registers.Rax = p.vpF64[(off + VpPage.rax) >> 3];
+      registers.Rax = clampU53(p.vpF64[(off + VpPage.rax) >> 3]);
       runState = vpRunStateName(Atomics.load(p.vpI32, (off + VpPage.state) >> 2));
     }
     return {
@@ -748,41 +1099,31 @@ export class Hypervisor {
       apic,
       synic: { scontrol: vp.synic.scontrol, simp: vp.synic.simp, siefp: vp.synic.siefp, sint: [...vp.synic.sint] },
       timers,
-      referenceTime: this.readRegister(p, vp, 'ReferenceTime'),
+      referenceTime: clampU53(this.readRegister(p, vp, 'ReferenceTime')),
       runState,
       interceptPending: vp.interceptPending,
     };
   }
 
-  private restoreVp(p: Partition, vp: VirtualProcessor, raw: unknown): void {
-    const st = raw as SavedVpState;
-    const nums = (a: unknown, n: number): number[] => {
-      if (!Array.isArray(a) || a.length !== n || a.some((x) => typeof x !== 'number' || !Number.isFinite(x))) throw new Fail(HvStatus.INVALID_PARAMETER, `saved VP state has a malformed list (want ${n} numbers)`);
-      return a as number[];
-    };
-    if (st === null || typeof st !== 'object' || !st.synic || !st.apic || !Array.isArray(st.timers) || typeof st.referenceTime !== 'number') {
-      throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'saved VP state is malformed');
-    }
-    const sint = nums(st.synic.sint, SINT_COUNT);
-    const apic = { irr: nums(st.apic.irr, 8), isr: nums(st.apic.isr, 8), aeoi: nums(st.apic.aeoi, 8), tpr: Number(st.apic.tpr) & 0xff };
-    for (const [k, v] of Object.entries(st.registers ?? {})) {
-      if (!isVpRegisterName(k) || typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new Fail(HvStatus.INVALID_PARAMETER, `saved register ${k} is invalid`);
-    }
+  /** Restores a VP from a checked saved state. Register values are checked before anything is written. */
+  private restoreVp(p: Partition, vp: VirtualProcessor, st: SavedVpState): void {
+    const regs = Object.entries(st.registers) as Array<[VpRegisterName, number]>;
+    for (const [k, v] of regs) this.checkRegister(p, k, v);
     // Reference time continues from the saved value: time stands still while a VM is saved.
-    p.refBaseNs = process.hrtime.bigint() - BigInt(Math.max(0, Math.floor(st.referenceTime))) * 100n;
+    p.refBaseNs = process.hrtime.bigint() - BigInt(st.referenceTime) * 100n;
     if (p.vpRegion) new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
-    for (const [k, v] of Object.entries(st.registers ?? {})) this.writeRegister(p, vp, k as VpRegisterName, v);
-    vp.synic.sint.splice(0, SINT_COUNT, ...sint);
-    vp.synic.scontrol = Number(st.synic.scontrol) & 1;
-    vp.synic.simp = Number(st.synic.simp);
-    vp.synic.siefp = Number(st.synic.siefp);
+    for (const [k, v] of regs) this.writeRegister(p, vp, k, v);
+    vp.synic.sint.splice(0, SINT_COUNT, ...st.synic.sint);
+    vp.synic.scontrol = st.synic.scontrol;
+    vp.synic.simp = st.synic.simp;
+    vp.synic.siefp = st.synic.siefp;
     const off = vpPageOffset(vp.index);
     if (p.vpI32 && p.vpF64) {
-      new VirtualApicView(p.vpI32, off).load(apic);
-      st.timers.slice(0, STIMER_COUNT).forEach((t, i) => {
-        Atomics.store(p.vpI32!, ((off + VpPage.stimerConfig) >> 2) + i, Number(t.config) | 0);
-        p.vpF64![((off + VpPage.stimerCount) >> 3) + i] = Number(t.count) || 0;
-        p.vpF64![((off + VpPage.stimerNext) >> 3) + i] = Number(t.nextExpiry) || 0;
+      new VirtualApicView(p.vpI32, off).load(st.apic);
+      st.timers.forEach((t, i) => {
+        Atomics.store(p.vpI32!, ((off + VpPage.stimerConfig) >> 2) + i, t.config | 0);
+        p.vpF64![((off + VpPage.stimerCount) >> 3) + i] = t.count;
+        p.vpF64![((off + VpPage.stimerNext) >> 3) + i] = t.nextExpiry;
       });
       this.opts.scheduler?.post({ t: 'timersRestored', id: p.id, index: vp.index });
       this.opts.scheduler?.ring();
@@ -794,12 +1135,15 @@ export class Hypervisor {
     for (const p of this.partitions.values()) if (p.vpI32) this.vpStats(p);
   }
 
-  /** Per-VP scheduler state and accounting, with CPU % over the last second of samples. */
+  /**
+   * Per-VP scheduler state and accounting, with CPU % over the last second of samples. The numbers
+   * live in the guest-writable VP page: a guest that scribbles on them sees zeros for its own VM.
+   */
   vpStats(p: Partition): { cpuPercent: number; vps: VpStats[] } {
     if (!p.vpI32 || !p.vpF64) return { cpuPercent: 0, vps: [] };
     const now = Date.now();
     const idx = [...p.vps.keys()].sort((a, b) => a - b);
-    const runMs = idx.map((i) => p.vpF64![(vpPageOffset(i) + VpPage.runMs) >> 3]);
+    const runMs = idx.map((i) => finiteOrZero(p.vpF64![(vpPageOffset(i) + VpPage.runMs) >> 3]));
     const s = p.cpuSamples;
     if (s.length === 0 || now - s[s.length - 1].at >= 100) s.push({ at: now, runMs });
     while (s.length > 2 && now - s[1].at >= 1000) s.shift();
@@ -812,9 +1156,9 @@ export class Hypervisor {
         index,
         state: vpRunStateName(Atomics.load(p.vpI32!, (off + VpPage.state) >> 2)),
         runMs: Math.round(runMs[i]),
-        readyMs: Math.round(p.vpF64![(off + VpPage.readyMs) >> 3]),
-        waitMs: Math.round(p.vpF64![(off + VpPage.waitMs) >> 3]),
-        dispatches: p.vpF64![(off + VpPage.dispatches) >> 3],
+        readyMs: Math.round(finiteOrZero(p.vpF64![(off + VpPage.readyMs) >> 3])),
+        waitMs: Math.round(finiteOrZero(p.vpF64![(off + VpPage.waitMs) >> 3])),
+        dispatches: finiteOrZero(p.vpF64![(off + VpPage.dispatches) >> 3]),
         cpuPercent: pct(i),
       };
     });
@@ -833,9 +1177,14 @@ export class Hypervisor {
     }
     p.memory = null;
     p.memoryView = null;
-    for (const key of [...this.connections.keys()]) {
-      const c = this.connections.get(key)!;
-      if (key.startsWith(`${p.id}:`) || c.portPartitionId === p.id) this.connections.delete(key);
+    for (const vp of p.vps.values()) vp.synic.discard();
+    for (const [key, c] of [...this.connections]) {
+      const owner = Number(key.slice(0, key.indexOf(':')));
+      if (owner === p.id || c.portPartitionId === p.id) {
+        this.connections.delete(key);
+        const o = this.partitions.get(owner);
+        if (o) o.connectionCount--;
+      }
     }
     for (const [sid, ss] of this.sessions) if (ss.partitionId === p.id) this.sessions.delete(sid);
     this.partitions.delete(p.id);

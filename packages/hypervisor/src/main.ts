@@ -1,43 +1,190 @@
 /**
- * Entry of the hypervisor process. Environment: HVLAB_HOME, HVLAB_HOST_ID, HVLAB_ROOT_TOKEN,
- * HVLAB_LPS. Prints "ready" on stdout once its socket is bound, then detaches from it.
+ * Entry of the hypervisor process, the anchor of its host. Environment: HVLAB_HOME, HVLAB_HOST_ID,
+ * HVLAB_LPS (and HVLAB_VMBUS_TRANSPORT, passed on to the root).
+ *
+ * Besides serving hypercalls it supervises the root partition process, as the service control
+ * manager restarts Hyper-V's VMMS: it holds the home's lock for the host's whole life (one host per
+ * home), makes a fresh root token for every root it starts and hands it over a pipe (never the
+ * environment, which /proc/PID/environ shows), restarts a root that died (VM workers and
+ * partitions keep running and the new root re-attaches to them), records the host's pids in
+ * `run/host.json`, and reaps workers orphaned by a dead root (it is their child subreaper).
+ * Prints "ready" once the first root is ready, or "locked PID" when another host holds the home.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { hostPaths, processLogger } from '@hvlab/runtime';
-import { memoryMode, shmUnavailableReason } from '@hvlab/shm';
+import { entries, hostPaths, nodeArgsFor, pidAlive, processLogger, type HostRecord } from '@hvlab/runtime';
+import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
 const home = process.env.HVLAB_HOME!;
 const hostId = process.env.HVLAB_HOST_ID!;
-const rootToken = process.env.HVLAB_ROOT_TOKEN!;
 const lps = Number(process.env.HVLAB_LPS ?? '1');
-delete process.env.HVLAB_ROOT_TOKEN;
 process.title = `hvlab-hypervisor ${hostId}`;
 const paths = hostPaths(home);
+mkdirSync(paths.runDir, { recursive: true });
+
+/**
+ * Takes the home's lock: a file created exclusively, naming this pid. A lock whose owner is gone
+ * (or is no hvlab hypervisor: the pid was reused) is stale and taken over.
+ */
+function takeLock(): number | null {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fd = openSync(paths.lockFile, 'wx', 0o600);
+      writeFileSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+      return null;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    let owner = 0;
+    try {
+      owner = Number(readFileSync(paths.lockFile, 'utf8').trim());
+    } catch { /* vanished: retry */ }
+    if (owner > 0 && pidAlive(owner) && isHypervisor(owner)) return owner;
+    if (owner === 0 && attempt === 0) {
+      // Just created by a racing hypervisor that has not written its pid yet.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+      continue;
+    }
+    rmSync(paths.lockFile, { force: true });
+  }
+  throw new Error(`cannot take the lock ${paths.lockFile}`);
+}
+function isHypervisor(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-hypervisor');
+  } catch {
+    return false;
+  }
+}
+
+const holder = takeLock();
+if (holder !== null) {
+  process.stdout.write(`locked ${holder}\n`);
+  process.exit(3);
+}
+
 mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
 const log = processLogger(paths.logDir, 'hypervisor.log', { host: hostId, role: 'hypervisor' });
 const mode = memoryMode();
-log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined }, 'hypervisor starting');
+const subreaper = becomeChildSubreaper();
+log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined, subreaper }, 'hypervisor starting');
 
-const server = new HypervisorServer({ hostId, rootToken, memoryMode: mode, log, lps: Number.isInteger(lps) && lps > 0 ? lps : 1 });
+const server = new HypervisorServer({ hostId, memoryMode: mode, log, lps: Number.isInteger(lps) && lps > 0 ? lps : 1 });
 let exiting = false;
+let root: ChildProcess | null = null;
+const startedAt = new Date().toISOString();
+
 async function exit(reason: string, code = 0): Promise<void> {
   if (exiting) return;
   exiting = true;
   log.info({ reason }, 'hypervisor exiting');
   await server.close(reason);
   rmSync(join(paths.sockDir, 'hv'), { force: true });
+  // Reap workers re-parented to us that are exiting with the host, so none is left a zombie of
+  // PID 1 (which in a container may never reap).
+  for (let i = 0; i < 40; i++) {
+    reapOrphans(new Set(root?.pid ? [root.pid] : []));
+    if (childPids().every((p) => p === root?.pid)) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  rmSync(paths.lockFile, { force: true });
   process.exit(code);
 }
 server.onShutdownRequest = () => void exit('shutdown requested by the root');
 process.on('SIGTERM', () => void exit('SIGTERM'));
 process.on('SIGINT', () => void exit('SIGINT'));
-process.on('uncaughtException', (e) => {
-  log.error({ err: e }, 'hypervisor crashed');
-  void exit('crash', 1);
-});
+// Nothing a peer sends may end the host: log what escapes and keep serving.
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the hypervisor keeps serving)'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the hypervisor keeps serving)'));
+
+function writeHostRecord(rootPid: number, restarts: number): void {
+  const rec: HostRecord = {
+    hostId, home: paths.home, pids: { hypervisor: process.pid, root: rootPid }, sockDir: paths.sockDir,
+    lps: server.hv.lps ?? lps, startedAt, rootRestarts: restarts,
+  };
+  const tmp = `${paths.hostFile}.tmp-${process.pid}`;
+  try {
+    writeFileSync(tmp, JSON.stringify(rec, null, 2) + '\n');
+    renameSync(tmp, paths.hostFile);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    log.error({ err: e }, 'could not write the host record');
+  }
+}
+
+// ---- the root's supervisor ---------------------------------------------------------------------
+
+/** Restarts allowed within RESTART_WINDOW_MS before the supervisor gives up (a crash loop). */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
+const restartTimes: number[] = [];
+let restarts = 0;
+
+/** Starts a root partition process; resolves when it says "ready". */
+function startRoot(): Promise<void> {
+  const token = server.hv.rotateRootToken();
+  const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
+  const env = { ...process.env, HVLAB_HV_PID: String(process.pid), HVLAB_ROOT_RESTARTS: String(restarts) };
+  const child = spawn(process.execPath, nodeArgsFor(entries.root), { stdio: ['pipe', 'pipe', errFd], env });
+  closeSync(errFd);
+  root = child;
+  child.stdin!.end(`${token}\n`);
+  child.stdin!.on('error', () => undefined);
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (d: Buffer): void => {
+      buf += d.toString();
+      if (buf.includes('ready\n')) {
+        child.stdout!.off('data', onData);
+        child.stdout!.resume();
+        writeHostRecord(child.pid!, restarts);
+        log.info({ pid: child.pid, restarts }, 'root partition ready');
+        resolve();
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.once('exit', (code, signal) => {
+      if (root === child) root = null;
+      reject(new Error(`the root partition exited during start-up (${signal ?? `exit code ${code}`})`));
+      if (!exiting) onRootExit(code, signal);
+    });
+  });
+}
+
+function onRootExit(code: number | null, signal: NodeJS.Signals | null): void {
+  const now = Date.now();
+  while (restartTimes.length && now - restartTimes[0] > RESTART_WINDOW_MS) restartTimes.shift();
+  if (restartTimes.length >= MAX_RESTARTS) {
+    log.error({ code, signal, restarts: restartTimes.length }, 'the root partition keeps dying; not restarting it (VMs keep running; "hvlab down" still cleans up)');
+    return;
+  }
+  restartTimes.push(now);
+  restarts++;
+  // Back off a little more each time in a burst, so a crash loop does not eat a CPU.
+  const delay = Math.min(100 * 2 ** (restartTimes.length - 1), 2000);
+  log.warn({ code, signal, delayMs: delay, restarts }, 'the root partition died; restarting it');
+  setTimeout(() => {
+    if (!exiting) startRoot().catch((e) => log.error({ err: e }, 'root restart failed'));
+  }, delay);
+}
+
+// Workers whose root died are re-parented to us: reap them so their pids read as gone.
+setInterval(() => {
+  const own = new Set<number>();
+  if (root?.pid) own.add(root.pid);
+  reapOrphans(own);
+}, 1000).unref();
 
 await server.bind(paths.hvEndpoint);
+void server.serve();
+try {
+  await startRoot();
+} catch (e) {
+  log.error({ err: e }, 'the first root partition did not start');
+  process.stdout.write(`failed ${(e as Error).message}\n`);
+  await exit('the root partition did not start', 1);
+}
 process.stdout.write('ready\n');
-await server.serve();

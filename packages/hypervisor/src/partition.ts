@@ -2,9 +2,25 @@
  * Partitions and virtual processors as the hypervisor holds them: the TLFS lifecycle
  * (Created -> Initialized -> Finalized -> Deleted), the privilege mask, scheduling properties,
  * the GPA map (one byte of access flags per 4 KiB page) and, per VP, registers and a SynIC.
+ *
+ * What a partition's guest can make the hypervisor hold is capped per partition (the limits
+ * below): queued SynIC messages, ports, connections, GPADL windows and intercepts. A call that
+ * would pass a cap is refused (INSUFFICIENT_BUFFERS for messages, INSUFFICIENT_MEMORY otherwise).
  */
 import { PartitionState, type VpRegisterName } from '@hvlab/protocol';
-import { SynIc } from './synic.js';
+import { SynIc, type MessageBudget } from './synic.js';
+
+/** Messages queued in the SynICs of all VPs of one partition (64 per SINT still applies). */
+export const MAX_QUEUED_MESSAGES_PER_PARTITION = 1024;
+/** Ports a partition holds. The root holds a port per VMBus channel of every VM, hence 4096. */
+export const MAX_PORTS_PER_PARTITION = 4096;
+/** Connections a partition holds (the same reasoning). */
+export const MAX_CONNECTIONS_PER_PARTITION = 4096;
+/** GPADL windows granted on one partition's memory, and the pages they cover in all (256 MiB). */
+export const MAX_GPADLS_PER_PARTITION = 1024;
+export const MAX_GPADL_PAGES_PER_PARTITION = 65536;
+/** Intercepts installed on one partition. */
+export const MAX_INTERCEPTS_PER_PARTITION = 64;
 
 export const GPA_READ = 1;
 export const GPA_WRITE = 2;
@@ -49,6 +65,12 @@ export class Partition {
   readonly gpadls = new Map<number, { owner: number; pfns: number[] }>();
   /** Page -> channel whose GPADL covers it (a page may not serve two channels). */
   readonly gpadlPageOwner = new Map<number, number>();
+  /** Pages covered by all GPADL windows (counted with repeats). */
+  gpadlPages = 0;
+  /** Connections this partition holds (keys of the hypervisor's connection table). */
+  connectionCount = 0;
+  /** Shared by the SynICs of all VPs: the partition's queued-message cap. */
+  readonly messageBudget: MessageBudget = { queued: 0, max: MAX_QUEUED_MESSAGES_PER_PARTITION };
   suspended = false;
   cpuReserve = 0;
   cpuCap = 100;
@@ -70,7 +92,8 @@ export class Partition {
     public privileges: bigint,
     readonly memoryBytes: number,
     readonly name: string,
-    readonly token: string,
+    /** What a hello must present for this partition (null: no hello is accepted, e.g. a root before its first token). */
+    public token: string | null,
   ) {}
 
   get pageCount(): number {

@@ -8,10 +8,23 @@
  * The main thread sends it configuration over a MessagePort (read synchronously with
  * receiveMessageOnPort, then the doorbell is rung); it sends back what needs the main thread:
  * message-mode timer expirations (they go through the SynIC) and intercepted port accesses.
+ *
+ * Everything it reads from a VP page was written by an untrusted guest, so every word is taken as
+ * arbitrary: unknown dispatch values are ignored, an I/O intercept record that no IN/OUT can
+ * produce (size not 1, 2 or 4, access not read or write, port past 0xffff) is ignored as if the
+ * port were unclaimed (decodeIoInterceptRecord), and timer counts that are not finite or below
+ * MIN_STIMER_PERIOD (100 µs) are refused or raised to it, and no timer fires more often than that,
+ * so no page content can make a pass throw or make the thread run again at once. What a guest can
+ * still do is ring the doorbell in a loop: each ring costs one pass, paid for by the guest's own
+ * spinning (a per-partition doorbell would let the scheduler throttle it).
+ *
+ * `SchedulerLoop` is the thread's body without the thread, so tests can drive passes in-process
+ * with a plain SharedArrayBuffer as the VP region.
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
-  Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, VpRegionHeader, STIMER_COUNT, decodeStimerConfig, vpPageOffset, referenceTime,
+  Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, VpRegionHeader, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
+  referenceTime, decodeIoInterceptRecord, effectiveStimerPeriod,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
@@ -46,6 +59,8 @@ interface VpRec {
   timerGen: number;
   /** The timer MSR values the scheduler last acted on, per timer. */
   seen: Array<{ raw: number; count: number }>;
+  /** Reference time of each timer's last expiration (spacing floor). */
+  lastFire: number[];
 }
 
 interface PartRec {
@@ -72,33 +87,41 @@ function nowNs(): number {
   return Number(process.hrtime.bigint());
 }
 
-export function runScheduler(data: SchedulerThreadData): void {
-  const core = new SchedulerCore({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs });
-  const bell = new Int32Array(data.doorbell);
-  const bellIdx = SchedRegion.doorbell >> 2;
-  const parts = new Map<number, PartRec>();
-  const port = data.port;
-  let running = true;
+export interface SchedulerLoopOptions {
+  lps: number;
+  quantumNs?: number;
+  periodNs?: number;
+}
 
-  const w = (p: PartRec, off: number): number => (off >> 2);
-  const dispatchIdx = (p: PartRec, v: VpRec): number => w(p, v.off + VpPage.dispatch);
+/** The scheduler thread's state and one pass of its loop (see the module comment). */
+export class SchedulerLoop {
+  readonly core: SchedulerCore;
+  private readonly parts = new Map<number, PartRec>();
+  /** False once the main thread asked it to stop. */
+  running = true;
+
+  constructor(o: SchedulerLoopOptions, private readonly out: (m: FromScheduler) => void) {
+    this.core = new SchedulerCore({ lps: o.lps, quantumNs: o.quantumNs, periodNs: o.periodNs });
+  }
 
   /**
    * When VP `v` left its LP: what it reported, but never before its grant and at most
    * RELEASE_SLACK_NS before the scheduler saw it, so a lying guest gains little.
    */
-  function releaseTime(p: PartRec, v: VpRec, now: number): number {
+  private releaseTime(p: PartRec, v: VpRec, now: number): number {
     const reported = Number(p.big2[(v.off + VpPage.releasedNs) >> 3]);
     return Math.max(v.sched.grantedAt, now - RELEASE_SLACK_NS, Math.min(now, reported));
   }
 
-  function refNow(p: PartRec): number {
+  private refNow(p: PartRec): number {
     // Re-read the base each time: a restore moves it.
     p.refBase = p.big[VpRegionHeader.refBaseNs >> 3];
     return referenceTime(p.refBase);
   }
 
-  function handle(m: ToScheduler, now: number): void {
+  handle(m: ToScheduler, now: number): void {
+    const core = this.core;
+    const parts = this.parts;
     switch (m.t) {
       case 'addPartition': {
         const i32 = new Int32Array(m.region);
@@ -114,8 +137,8 @@ export function runScheduler(data: SchedulerThreadData): void {
         if (!p) break;
         for (const v of p.vps.values()) {
           core.remove(v.sched);
-          Atomics.store(p.i32, dispatchIdx(p, v), Dispatch.Off);
-          futexWake(p.region, dispatchIdx(p, v));
+          Atomics.store(p.i32, dispatchIdx(v), Dispatch.Off);
+          futexWake(p.region, dispatchIdx(v));
         }
         parts.delete(m.id);
         break;
@@ -125,7 +148,10 @@ export function runScheduler(data: SchedulerThreadData): void {
         if (!p || p.vps.has(m.index)) break;
         const off = vpPageOffset(m.index);
         const sched = core.add(m.id, m.index, p.props, now);
-        p.vps.set(m.index, { sched, off, apic: new VirtualApicView(p.i32, off), timerGen: Atomics.load(p.i32, w(p, off + VpPage.timerGen)), seen: Array.from({ length: STIMER_COUNT }, () => ({ raw: 0, count: 0 })) });
+        p.vps.set(m.index, {
+          sched, off, apic: new VirtualApicView(p.i32, off), timerGen: Atomics.load(p.i32, (off + VpPage.timerGen) >> 2),
+          seen: Array.from({ length: STIMER_COUNT }, () => ({ raw: 0, count: 0 })), lastFire: new Array<number>(STIMER_COUNT).fill(-Infinity),
+        });
         break;
       }
       case 'removeVp': {
@@ -161,13 +187,13 @@ export function runScheduler(data: SchedulerThreadData): void {
         const p = parts.get(m.id);
         const v = p?.vps.get(m.index);
         if (p && v) {
-          v.timerGen = Atomics.load(p.i32, w(p, v.off + VpPage.timerGen));
-          for (let t = 0; t < STIMER_COUNT; t++) v.seen[t] = { raw: Atomics.load(p.i32, w(p, v.off + VpPage.stimerConfig) + t), count: p.f64[(v.off + VpPage.stimerCount >> 3) + t] };
+          v.timerGen = Atomics.load(p.i32, (v.off + VpPage.timerGen) >> 2);
+          for (let t = 0; t < STIMER_COUNT; t++) v.seen[t] = { raw: Atomics.load(p.i32, ((v.off + VpPage.stimerConfig) >> 2) + t), count: p.f64[((v.off + VpPage.stimerCount) >> 3) + t] };
         }
         break;
       }
       case 'stop':
-        running = false;
+        this.running = false;
         break;
     }
   }
@@ -176,45 +202,58 @@ export function runScheduler(data: SchedulerThreadData): void {
    * Re-reads a VP's timer MSRs after the guest wrote some of them. Only a timer whose own MSRs
    * changed restarts: rewriting the slice timer must not push a periodic timer back.
    */
-  function reloadTimers(p: PartRec, v: VpRec): void {
-    const ref = refNow(p);
+  private reloadTimers(p: PartRec, v: VpRec): void {
+    const ref = this.refNow(p);
     for (let t = 0; t < STIMER_COUNT; t++) {
-      const raw = Atomics.load(p.i32, w(p, v.off + VpPage.stimerConfig) + t);
+      const raw = Atomics.load(p.i32, ((v.off + VpPage.stimerConfig) >> 2) + t);
       const cfg = decodeStimerConfig(raw);
-      const count = p.f64[(v.off + VpPage.stimerCount >> 3) + t];
-      if (v.seen[t].raw === raw && v.seen[t].count === count) continue;
+      const count = p.f64[((v.off + VpPage.stimerCount) >> 3) + t];
+      if (v.seen[t].raw === raw && Object.is(v.seen[t].count, count)) continue;
       v.seen[t] = { raw, count };
       let next = 0;
-      if (cfg.enable && Number.isFinite(count) && count > 0 && (cfg.direct ? cfg.vector >= 16 : true)) {
-        next = cfg.periodic ? ref + count : count;
+      if (cfg.enable && (cfg.direct ? cfg.vector >= 16 : true)) {
+        if (cfg.periodic) {
+          const period = effectiveStimerPeriod(count);
+          if (period !== null) next = ref + period;
+        } else if (Number.isFinite(count) && count > 0) {
+          next = count;
+        }
       }
-      p.f64[(v.off + VpPage.stimerNext >> 3) + t] = next;
+      p.f64[((v.off + VpPage.stimerNext) >> 3) + t] = next;
     }
   }
 
   /** Fires due timers; returns the earliest pending expiry in ns (host clock), or Infinity. */
-  function runTimers(p: PartRec, v: VpRec, now: number): number {
+  private runTimers(p: PartRec, v: VpRec, now: number): number {
     let earliest = Infinity;
-    const ref = refNow(p);
+    const ref = this.refNow(p);
     for (let t = 0; t < STIMER_COUNT; t++) {
-      const ni = (v.off + VpPage.stimerNext >> 3) + t;
+      const ni = ((v.off + VpPage.stimerNext) >> 3) + t;
+      // The guest can write this word too: anything but a finite positive time means "not armed".
       let next = p.f64[ni];
-      if (!(next > 0)) continue;
-      const cfgIdx = w(p, v.off + VpPage.stimerConfig) + t;
+      if (!(next > 0) || !Number.isFinite(next)) continue;
+      const cfgIdx = ((v.off + VpPage.stimerConfig) >> 2) + t;
       const cfg = decodeStimerConfig(Atomics.load(p.i32, cfgIdx));
       if (!cfg.enable) {
         p.f64[ni] = 0;
         continue;
       }
       if (next <= ref) {
+        // Spacing floor: no timer fires twice within MIN_STIMER_PERIOD of reference time.
+        const notBefore = v.lastFire[t] + MIN_STIMER_PERIOD;
+        if (ref < notBefore) {
+          earliest = Math.min(earliest, now + (notBefore - ref) * 100);
+          continue;
+        }
+        v.lastFire[t] = ref;
         if (cfg.direct) {
           v.apic.assert(cfg.vector);
         } else {
-          port.postMessage({ t: 'timer', id: p.id, index: v.sched.index, timer: t, sint: cfg.sint, expiration: next, delivery: ref } satisfies FromScheduler);
+          this.out({ t: 'timer', id: p.id, index: v.sched.index, timer: t, sint: cfg.sint, expiration: next, delivery: ref });
         }
         if (cfg.periodic) {
-          const period = p.f64[(v.off + VpPage.stimerCount >> 3) + t];
-          if (!(period > 0)) next = 0;
+          const period = effectiveStimerPeriod(p.f64[((v.off + VpPage.stimerCount) >> 3) + t]);
+          if (period === null) next = 0;
           else {
             next += period;
             if (next <= ref) next = ref + period - ((ref - next) % period); // skip missed periods
@@ -226,16 +265,16 @@ export function runScheduler(data: SchedulerThreadData): void {
         }
         p.f64[ni] = next;
       }
-      if (next > 0) earliest = Math.min(earliest, now + (next - ref) * 100);
+      if (next > 0) earliest = Math.min(earliest, now + Math.max(0, next - ref) * 100);
     }
     return earliest;
   }
 
-  function deliverIpi(p: PartRec, v: VpRec): void {
+  private deliverIpi(p: PartRec, v: VpRec): void {
     const base = v.off;
-    const vector = Atomics.load(p.i32, w(p, base + VpPage.icrVector)) & 0xff;
-    const lo = Atomics.load(p.i32, w(p, base + VpPage.icrTargetsLo)) >>> 0;
-    const hi = Atomics.load(p.i32, w(p, base + VpPage.icrTargetsHi)) >>> 0;
+    const vector = Atomics.load(p.i32, (base + VpPage.icrVector) >> 2) & 0xff;
+    const lo = Atomics.load(p.i32, (base + VpPage.icrTargetsLo) >> 2) >>> 0;
+    const hi = Atomics.load(p.i32, (base + VpPage.icrTargetsHi) >> 2) >>> 0;
     if (vector >= 16) {
       for (const t of p.vps.values()) {
         const i = t.sched.index;
@@ -243,38 +282,43 @@ export function runScheduler(data: SchedulerThreadData): void {
         if (hit) t.apic.assert(vector);
       }
     }
-    Atomics.store(p.i32, w(p, base + VpPage.icrBusy), 0);
-    futexWake(p.region, w(p, base + VpPage.icrBusy));
+    Atomics.store(p.i32, (base + VpPage.icrBusy) >> 2, 0);
+    futexWake(p.region, (base + VpPage.icrBusy) >> 2);
   }
 
-  while (running) {
-    const seen = Atomics.load(bell, bellIdx);
-    let now = nowNs();
-    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) handle(m.message as ToScheduler, now);
-    if (!running) break;
-    now = nowNs();
+  /**
+   * One pass: takes what every VP wrote to its page, runs due timers, runs the policy and carries
+   * out its grants and preemptions, and publishes states and accounting. Returns when the
+   * scheduler must run again at the latest (ns, host clock).
+   */
+  pass(now: number): number {
+    const core = this.core;
     let timerDeadline = Infinity;
-    for (const p of parts.values()) {
+    for (const p of this.parts.values()) {
       for (const v of p.vps.values()) {
         const s = v.sched;
-        const di = dispatchIdx(p, v);
+        const di = dispatchIdx(v);
         const d = Atomics.load(p.i32, di);
         if (s.lp >= 0 && d === Dispatch.Off) {
-          core.released(s, releaseTime(p, v, now), 'preempted');
+          core.released(s, this.releaseTime(p, v, now), 'preempted');
         } else if (d === Dispatch.Halt) {
-          if (s.lp >= 0 || !s.halted) core.released(s, s.lp >= 0 ? releaseTime(p, v, now) : now, 'halted');
+          if (s.lp >= 0 || !s.halted) core.released(s, s.lp >= 0 ? this.releaseTime(p, v, now) : now, 'halted');
           Atomics.compareExchange(p.i32, di, Dispatch.Halt, Dispatch.Off);
         } else if (d === Dispatch.Intercept) {
-          core.released(s, s.lp >= 0 ? releaseTime(p, v, now) : now, 'intercept');
+          core.released(s, s.lp >= 0 ? this.releaseTime(p, v, now) : now, 'intercept');
           Atomics.compareExchange(p.i32, di, Dispatch.Intercept, Dispatch.Off);
           const o = v.off;
-          port.postMessage({
-            t: 'intercept', id: p.id, index: s.index,
-            port: Atomics.load(p.i32, w(p, o + VpPage.ioPort)) & 0xffff,
-            access: Atomics.load(p.i32, w(p, o + VpPage.ioAccess)),
-            size: Atomics.load(p.i32, w(p, o + VpPage.ioSize)),
-            value: Atomics.load(p.i32, w(p, o + VpPage.ioValue)) >>> 0,
-          } satisfies FromScheduler);
+          const rec = decodeIoInterceptRecord(
+            Atomics.load(p.i32, (o + VpPage.ioPort) >> 2), Atomics.load(p.i32, (o + VpPage.ioAccess) >> 2),
+            Atomics.load(p.i32, (o + VpPage.ioSize) >> 2), Atomics.load(p.i32, (o + VpPage.ioValue) >> 2),
+          );
+          if (typeof rec === 'string') {
+            // No IN/OUT produces this record: the access reads all ones, and the VP goes on.
+            Atomics.store(p.i32, (o + VpPage.ioValue) >> 2, -1);
+            core.setSuspended(s, false, now, 'intercept');
+          } else {
+            this.out({ t: 'intercept', id: p.id, index: s.index, port: rec.port, access: rec.access, size: rec.size, value: rec.value });
+          }
         } else if (d === Dispatch.Start) {
           Atomics.compareExchange(p.i32, di, Dispatch.Start, Dispatch.Off);
           if (s.lp >= 0) core.released(s, now, 'preempted');
@@ -282,34 +326,34 @@ export function runScheduler(data: SchedulerThreadData): void {
           s.absent = false;
           core.wake(s, now);
         }
-        const gen = Atomics.load(p.i32, w(p, v.off + VpPage.timerGen));
+        const gen = Atomics.load(p.i32, (v.off + VpPage.timerGen) >> 2);
         if (gen !== v.timerGen) {
           v.timerGen = gen;
-          reloadTimers(p, v);
+          this.reloadTimers(p, v);
         }
-        if (Atomics.load(p.i32, w(p, v.off + VpPage.icrBusy)) === 1) deliverIpi(p, v);
+        if (Atomics.load(p.i32, (v.off + VpPage.icrBusy) >> 2) === 1) this.deliverIpi(p, v);
       }
-      for (const v of p.vps.values()) timerDeadline = Math.min(timerDeadline, runTimers(p, v, now));
+      for (const v of p.vps.values()) timerDeadline = Math.min(timerDeadline, this.runTimers(p, v, now));
       // Halted VPs with something to take become Ready.
       for (const v of p.vps.values()) if (v.sched.halted && v.apic.deliverable() >= 0) core.wake(v.sched, now);
     }
     const dec = core.tick(now);
     for (const vp of dec.preempt) {
-      const p = parts.get(vp.partitionId)!;
+      const p = this.parts.get(vp.partitionId)!;
       const v = p.vps.get(vp.index)!;
-      Atomics.compareExchange(p.i32, dispatchIdx(p, v), Dispatch.Granted, Dispatch.Preempt);
+      Atomics.compareExchange(p.i32, dispatchIdx(v), Dispatch.Granted, Dispatch.Preempt);
     }
     for (const g of dec.grant) {
-      const p = parts.get(g.vp.partitionId)!;
+      const p = this.parts.get(g.vp.partitionId)!;
       const v = p.vps.get(g.vp.index)!;
-      Atomics.store(p.i32, dispatchIdx(p, v), Dispatch.Granted);
-      futexWake(p.region, dispatchIdx(p, v));
+      Atomics.store(p.i32, dispatchIdx(v), Dispatch.Granted);
+      futexWake(p.region, dispatchIdx(v));
     }
     // Publish states and accounting for observers (stats, `hvlab top`).
-    for (const p of parts.values()) {
+    for (const p of this.parts.values()) {
       for (const v of p.vps.values()) {
         const s = v.sched;
-        Atomics.store(p.i32, w(p, v.off + VpPage.state), STATE_CODE[s.shownState]);
+        Atomics.store(p.i32, (v.off + VpPage.state) >> 2, STATE_CODE[s.shownState]);
         const live = s.shownState === 'Running' ? now - s.stateSince : 0;
         const fo = v.off >> 3;
         p.f64[fo + (VpPage.runMs >> 3)] = (s.runNs + live) / 1e6;
@@ -318,7 +362,25 @@ export function runScheduler(data: SchedulerThreadData): void {
         p.f64[fo + (VpPage.dispatches >> 3)] = s.dispatches;
       }
     }
-    const deadline = Math.min(dec.deadline, timerDeadline);
+    return Math.min(dec.deadline, timerDeadline);
+  }
+}
+
+function dispatchIdx(v: VpRec): number {
+  return (v.off + VpPage.dispatch) >> 2;
+}
+
+export function runScheduler(data: SchedulerThreadData): void {
+  const port = data.port;
+  const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs }, (m) => port.postMessage(m));
+  const bell = new Int32Array(data.doorbell);
+  const bellIdx = SchedRegion.doorbell >> 2;
+  while (loop.running) {
+    const seen = Atomics.load(bell, bellIdx);
+    const now = nowNs();
+    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToScheduler, now);
+    if (!loop.running) break;
+    const deadline = loop.pass(nowNs());
     // Wake at least every 50 ms so published accounting stays fresh.
     const waitMs = Math.max(0, Math.min(50, (deadline - nowNs()) / 1e6));
     if (waitMs > 0) futexWait(data.doorbell, bellIdx, seen, waitMs);

@@ -1,30 +1,66 @@
 /**
  * The hypervisor behind a ZeroMQ ROUTER at ipc://<sockdir>/hv. Each DEALER connection is a
- * session; its first message must be hello. Hypercalls are answered in arrival order; SynIC
- * notifications are pushed to the sessions of the target partition.
+ * session; its first message must be hello (see hypervisor.ts for how a session proves its
+ * partition, and what that does and does not protect against). Hypercalls are answered in arrival
+ * order; SynIC notifications are pushed to the sessions of the target partition.
+ *
+ * This is an edge: anyone who can reach the socket can send anything. Every frame is decoded once
+ * by `decodeHvClientMsg`; a frame that does not decode is answered `{k:'bad', id?, reason}`, and
+ * every handler runs inside a catch that turns an exception into an error answer (`hr` with an
+ * HV status, `ctlr` with `{error}`, or `reject`), so each frame gets exactly one answer and no
+ * frame can end the serve loop. Answers never wait on a peer: a peer that stops reading loses
+ * answers once its ZeroMQ queue is full (send timeout 0, and at most MAX_SENDS_IN_FLIGHT sends
+ * pending in all), instead of stalling every other session or growing a queue here.
+ *
+ * Sessions are tied to the pid named in their hello: about once a second, and whenever a peer
+ * disconnects, sessions whose process is gone are dropped.
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
-import { decode, encode, SchedRegion, SCHED_REGION_BYTES, type HvClientMsg, type HvServerMsg } from '@hvlab/protocol';
-import { router, SendQueue, type zmq } from '@hvlab/runtime';
+import { encode, decodeHvClientMsg, HvStatus, SchedRegion, SCHED_REGION_BYTES, HV_FRAME_MAX_BYTES, type HvClientMsg, type HvServerMsg } from '@hvlab/protocol';
+import { router, pidAlive, SendQueue, type zmq } from '@hvlab/runtime';
 import { createRegion, unlinkRegion, futexWake, shmAvailable } from '@hvlab/shm';
-import { Hypervisor, type HypervisorOptions, type SchedulerLink } from './hypervisor.js';
+import { Hypervisor, LogLimiter, type HvLog, type HypervisorOptions, type SchedulerLink } from './hypervisor.js';
 import type { FromScheduler, SchedulerThreadData, ToScheduler } from './sched-thread.js';
+
+/** How often session pids are checked (ms). */
+export const SESSION_SWEEP_MS = 1000;
+/** Answers handed to ZeroMQ and not yet taken; past this, answers are dropped (and counted). */
+export const MAX_SENDS_IN_FLIGHT = 4096;
 
 export class HypervisorServer {
   readonly hv: Hypervisor;
   private readonly sock: zmq.Router;
   private readonly q: SendQueue;
+  private readonly log: HvLog | undefined;
+  private readonly badFrames: LogLimiter;
   private stopping = false;
+  private sweep: NodeJS.Timeout | null = null;
+  private sendsInFlight = 0;
+  /** Answers and notifications dropped because too many sends were pending. */
+  droppedSends = 0;
+  /** Frames answered with `bad`. */
+  badFrameCount = 0;
   onShutdownRequest: () => void = () => {};
 
   private sched: { worker: Worker; region: string; link: SchedulerLink } | null = null;
 
   constructor(opts: Omit<HypervisorOptions, 'notify' | 'scheduler'> & { lps?: number }) {
+    this.log = opts.log;
+    this.badFrames = new LogLimiter(opts.now ?? Date.now);
     this.sock = router();
+    // A send to a peer whose queue is full fails at once (EAGAIN, which SendQueue drops) rather
+    // than parking the one send zeromq.js allows per socket and every answer queued behind it.
+    this.sock.sendTimeout = 0;
+    // ZeroMQ disconnects a peer whose frame is larger than any hypercall needs, before it is read.
+    this.sock.maxMessageSize = HV_FRAME_MAX_BYTES;
     this.q = new SendQueue(this.sock);
     let scheduler: SchedulerLink | undefined;
     if (opts.lps && (opts.memoryMode ?? (shmAvailable() ? 'shared' : 'private')) === 'shared') scheduler = this.startScheduler(opts.hostId, opts.lps);
     this.hv = new Hypervisor({ ...opts, scheduler, notify: (sid, msg) => this.push(sid, msg) });
+    this.sweep = setInterval(() => this.expireSessions(), SESSION_SWEEP_MS);
+    this.sweep.unref();
+    // A peer that disconnects is usually a process that ended: check at once, not up to a second later.
+    this.sock.events.on('disconnect', () => this.expireSessions());
   }
 
   /** The scheduler thread: it dispatches VPs over `lps` logical processors (see sched-thread.ts). */
@@ -36,9 +72,16 @@ export class HypervisorServer {
     const data: SchedulerThreadData = { lps, doorbell, port: port2 };
     const worker = new Worker(new URL('./sched-thread.mjs', import.meta.url), { workerData: { scheduler: data }, transferList: [port2], name: 'scheduler' });
     worker.on('error', (e) => {
-      throw e;
+      // VPs are no longer dispatched; hypercalls are still served, so the root can see and save.
+      this.logError({ err: e }, 'the scheduler thread failed');
     });
-    port1.on('message', (m: FromScheduler) => this.hv.fromScheduler(m));
+    port1.on('message', (m: FromScheduler) => {
+      try {
+        this.hv.fromScheduler(m);
+      } catch (e) {
+        this.logError({ err: e }, 'handling a scheduler event failed');
+      }
+    });
     port1.unref();
     const bell = new Int32Array(doorbell);
     const link: SchedulerLink = {
@@ -52,48 +95,107 @@ export class HypervisorServer {
     };
     this.sched = { worker, region, link };
     // Sample VP run time continuously so a CPU % is ready at the first question.
-    setInterval(() => this.hv.sampleCpu(), 250).unref();
+    setInterval(() => {
+      try {
+        this.hv.sampleCpu();
+      } catch (e) {
+        this.logError({ err: e }, 'sampling VP run time failed');
+      }
+    }, 250).unref();
     return link;
+  }
+
+  private logError(o: object, msg: string): void {
+    if (!this.log) return;
+    (this.log.error ?? this.log.warn)(o, msg);
   }
 
   async bind(endpoint: string): Promise<void> {
     await this.sock.bind(endpoint);
   }
 
+  /** Drops sessions whose process is gone (see Hypervisor.expireSessions). */
+  expireSessions(): void {
+    if (this.stopping) return;
+    try {
+      this.hv.expireSessions(pidAlive);
+    } catch (e) {
+      this.logError({ err: e }, 'the session sweep failed');
+    }
+  }
+
   private push(sessionId: string, msg: HvServerMsg): void {
-    void this.q.send([Buffer.from(sessionId, 'hex'), encode(msg)]).catch(() => undefined);
+    if (this.stopping) return;
+    if (this.sendsInFlight >= MAX_SENDS_IN_FLIGHT) {
+      this.droppedSends++;
+      return;
+    }
+    let frame: Buffer;
+    try {
+      frame = encode(msg);
+    } catch (e) {
+      this.logError({ err: e, k: msg.k }, 'an answer could not be encoded');
+      return;
+    }
+    this.sendsInFlight++;
+    void this.q.send([Buffer.from(sessionId, 'hex'), frame]).catch(() => undefined).finally(() => this.sendsInFlight--);
+  }
+
+  /**
+   * The one answer to one frame from session `sid` (`parts`: the frame's message parts after the
+   * routing id). Never throws. `after` runs once the answer is on its way (a shutdown request).
+   */
+  answer(sid: string, parts: Buffer[]): { reply: HvServerMsg; after?: () => void } {
+    if (parts.length !== 1) return this.bad(sid, `a frame must be one message part, not ${parts.length}`);
+    const d = decodeHvClientMsg(parts[0]);
+    if (!d.ok) return this.bad(sid, d.error, d.id);
+    const m: HvClientMsg = d.msg;
+    try {
+      switch (m.k) {
+        case 'hello':
+          return { reply: this.hv.hello(sid, m) };
+        case 'hc': {
+          const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart });
+          return { reply: { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output } };
+        }
+        case 'ctl': {
+          const result = this.hv.control(sid, m.op);
+          const granted = m.op === 'shutdown' && !(result as { error?: string }).error;
+          return { reply: { k: 'ctlr', id: m.id, result }, after: granted ? () => this.onShutdownRequest() : undefined };
+        }
+      }
+    } catch (e) {
+      // A defect in a handler: answer this frame with an error and go on serving.
+      this.logError({ err: e, k: m.k }, 'a handler threw');
+      if (m.k === 'hc') return { reply: { k: 'hr', id: m.id, status: HvStatus.OPERATION_DENIED, reps: 0, output: null } };
+      if (m.k === 'ctl') return { reply: { k: 'ctlr', id: m.id, result: { error: 'the hypervisor failed to carry out the request' } } };
+      return { reply: { k: 'reject', reason: 'the hypervisor failed to open the session' } };
+    }
+    return this.bad(sid, 'unhandled message');
+  }
+
+  private bad(sid: string, reason: string, id?: number): { reply: HvServerMsg } {
+    this.badFrameCount++;
+    const dropped = this.badFrames.take();
+    if (dropped !== null && this.log) this.log.info({ session: sid, why: reason, ...(dropped ? { droppedSinceLast: dropped } : {}) }, 'undecodable frame');
+    return { reply: id === undefined ? { k: 'bad', reason } : { k: 'bad', id, reason } };
   }
 
   async serve(): Promise<void> {
     try {
-      for await (const [idFrame, body] of this.sock) {
-        const sid = idFrame.toString('hex');
-        let m: HvClientMsg;
+      for await (const [idFrame, ...parts] of this.sock) {
         try {
-          m = decode<HvClientMsg>(body);
-        } catch {
-          continue;
-        }
-        if (m === null || typeof m !== 'object') continue;
-        if (m.k === 'hello') {
-          this.push(sid, this.hv.hello(sid, m));
-        } else if (m.k === 'hc') {
-          const r = this.hv.hypercall(sid, Number(m.code), m.input, { repCount: m.repCount, repStart: m.repStart });
-          this.push(sid, { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output });
-        } else if (m.k === 'ctl') {
-          const s = this.hv.session(sid);
-          if (!s || s.partitionId !== 1) {
-            this.push(sid, { k: 'ctlr', id: m.id, result: { error: 'only the root may control the hypervisor' } });
-          } else if (m.op === 'stats') {
-            this.push(sid, { k: 'ctlr', id: m.id, result: { stats: this.hv.stats, partitions: this.hv.listPartitions(), memoryMode: this.hv.memoryMode, lps: this.hv.lps } });
-          } else if (m.op === 'shutdown') {
-            this.push(sid, { k: 'ctlr', id: m.id, result: { ok: true } });
-            this.onShutdownRequest();
-          }
+          const sid = idFrame.toString('hex');
+          const { reply, after } = this.answer(sid, parts);
+          this.push(sid, reply);
+          after?.();
+        } catch (e) {
+          this.logError({ err: e }, 'serving a frame failed');
         }
       }
     } catch (e) {
-      if (!this.stopping) throw e;
+      // The socket itself failed (not a frame): only a closing server expects that.
+      if (!this.stopping) this.logError({ err: e }, 'the hypervisor socket failed');
     }
   }
 
@@ -102,6 +204,8 @@ export class HypervisorServer {
     this.hv.shutdown(reason);
     await new Promise((r) => setTimeout(r, 20));
     this.stopping = true;
+    if (this.sweep) clearInterval(this.sweep);
+    this.sweep = null;
     this.q.close();
     this.sock.close();
     if (this.sched) {

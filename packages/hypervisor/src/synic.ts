@@ -8,6 +8,10 @@
  * page also queue. Events: SignalEvent sets a flag atomically and raises the SINT only when the
  * flag was clear.
  *
+ * Queues are capped: 64 messages per SINT, and all SynICs of a partition share one budget
+ * (`MessageBudget`, 1024 by default); past either cap a post gets INSUFFICIENT_BUFFERS, so a guest
+ * that never writes EOM cannot make the hypervisor hold more.
+ *
  * Private-memory mode (no shared memory): the hypervisor cannot see the guest's pages, so it keeps
  * the slot's busy bit itself, ships the slot bytes with the interrupt, and the guest always writes
  * EOM after consuming a message (a documented deviation of the fallback only).
@@ -18,6 +22,12 @@ import {
 } from '@hvlab/protocol';
 
 export const MAX_QUEUED_PER_SINT = 64;
+
+/** A cap on queued messages shared by the SynICs of one partition's VPs. */
+export interface MessageBudget {
+  queued: number;
+  readonly max: number;
+}
 
 export interface QueuedMessage {
   type: number;
@@ -44,6 +54,7 @@ export class SynIc {
     private readonly memory: DataView | null,
     private readonly memoryBytes: number,
     private readonly out: SynicDelivery,
+    private readonly budget: MessageBudget = { queued: 0, max: Infinity },
   ) {}
 
   get enabled(): boolean {
@@ -58,8 +69,9 @@ export class SynIc {
   /** Queues or delivers a message. Returns an HV_STATUS. */
   post(sint: number, msg: QueuedMessage): number {
     const q = this.queues[sint];
-    if (q.length >= MAX_QUEUED_PER_SINT) return HvStatus.INSUFFICIENT_BUFFERS;
+    if (q.length >= MAX_QUEUED_PER_SINT || this.budget.queued >= this.budget.max) return HvStatus.INSUFFICIENT_BUFFERS;
     q.push(msg);
+    this.budget.queued++;
     this.pump(sint);
     return HvStatus.SUCCESS;
   }
@@ -78,6 +90,7 @@ export class SynIc {
         return;
       }
       const m = q.shift()!;
+      this.budget.queued--;
       const bytes = new Uint8Array(mem.buffer, mem.byteOffset + slotOff, MESSAGE_SLOT_SIZE);
       bytes.set(m.payload, MESSAGE_HEADER_SIZE);
       mem.setUint8(slotOff + MsgHeader.payloadSize, m.payload.length);
@@ -91,6 +104,7 @@ export class SynIc {
     } else {
       if (this.privateBusy[sint]) return;
       const m = q.shift()!;
+      this.budget.queued--;
       const slot = new Uint8Array(MESSAGE_SLOT_SIZE);
       const dv = new DataView(slot.buffer);
       dv.setUint32(MsgHeader.type, m.type >>> 0, true);
@@ -138,5 +152,13 @@ export class SynIc {
 
   queued(sint: number): number {
     return this.queues[sint].length;
+  }
+
+  /** Drops every queued message (the VP is deleted), returning their share of the budget. */
+  discard(): void {
+    for (const q of this.queues) {
+      this.budget.queued -= q.length;
+      q.length = 0;
+    }
   }
 }

@@ -207,6 +207,93 @@ export interface SavedVpState {
   runState: string;
   interceptPending: boolean;
 }
+/**
+ * Registers a saved VP state may carry: what `GetVpState` saves, the general-purpose registers and,
+ * for a VP without a VP page (private memory), the TPR and the synthetic-timer MSRs.
+ */
+export const SAVED_VP_REGISTER_NAMES: readonly VpRegisterName[] = [
+  'Rax', 'Rbx', 'Rcx', 'Rdx', 'Rsi', 'Rdi', 'Rbp', 'Rsp', 'Rip', 'Rflags', 'Tpr',
+  'Stimer0Config', 'Stimer0Count', 'Stimer1Config', 'Stimer1Count', 'Stimer2Config', 'Stimer2Count', 'Stimer3Config', 'Stimer3Count',
+];
+const SAVED_RUN_STATES: readonly string[] = ['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'];
+const SAVED_STIMERS = 4;
+const SAVED_SINTS = 16;
+
+/**
+ * Checks a saved VP state (the SetVpState input, or a VP of a saved `state.json`) and returns a
+ * fresh copy, or an error sentence. Standalone: it trusts nothing about where the value came from
+ * (msgpack or JSON). Every field is required and no other field is allowed; registers are integers
+ * 0..2^53-1 named in SAVED_VP_REGISTER_NAMES; the APIC has 8 u32 words per array and a TPR 0-255;
+ * the SynIC has 16 SINTs 0-0x3ffff; timers are 4 (or none: a VP saved without a VP page) with a u32
+ * config and finite non-negative count and next expiry; the reference time is an integer 0..2^53-1.
+ */
+export function decodeSavedVpState(v: unknown): SavedVpState | string {
+  const where = 'saved VP state';
+  const obj = (x: unknown, path: string, keys: readonly string[], allRequired = true): Record<string, unknown> | string => {
+    if (x === null || typeof x !== 'object' || Array.isArray(x)) return `${where}: ${path} is not a map`;
+    const proto = Object.getPrototypeOf(x) as unknown;
+    if (proto !== Object.prototype && proto !== null) return `${where}: ${path} is not a plain map`;
+    const o = x as Record<string, unknown>;
+    for (const k of Object.keys(o)) if (!keys.includes(k)) return `${where}: ${path} has an unknown field ${JSON.stringify(k.slice(0, 32))}`;
+    if (allRequired) for (const k of keys) if (o[k] === undefined) return `${where}: ${path} lacks field ${k}`;
+    return o;
+  };
+  const uint = (x: unknown, max: number): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 && x <= max;
+  const finite = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && x >= 0;
+  const words = (x: unknown, n: number, max: number, path: string): number[] | string => {
+    if (!Array.isArray(x) || x.length !== n) return `${where}: ${path} is not a list of ${n} values`;
+    for (let i = 0; i < n; i++) if (!uint(x[i], max)) return `${where}: ${path}[${i}] is not an integer 0-0x${max.toString(16)}`;
+    return [...(x as number[])];
+  };
+  const top = obj(v, 'the state', ['registers', 'apic', 'synic', 'timers', 'referenceTime', 'runState', 'interceptPending']);
+  if (typeof top === 'string') return top;
+  const regs = obj(top.registers, 'registers', SAVED_VP_REGISTER_NAMES, false);
+  if (typeof regs === 'string') return regs;
+  const registers: Record<string, number> = {};
+  for (const [k, x] of Object.entries(regs)) {
+    if (!uint(x, Number.MAX_SAFE_INTEGER)) return `${where}: register ${k} is not an integer 0..2^53-1`;
+    registers[k] = x;
+  }
+  const apicObj = obj(top.apic, 'apic', ['irr', 'isr', 'aeoi', 'tpr']);
+  if (typeof apicObj === 'string') return apicObj;
+  const irr = words(apicObj.irr, 8, 0xffffffff, 'apic.irr');
+  if (typeof irr === 'string') return irr;
+  const isr = words(apicObj.isr, 8, 0xffffffff, 'apic.isr');
+  if (typeof isr === 'string') return isr;
+  const aeoi = words(apicObj.aeoi, 8, 0xffffffff, 'apic.aeoi');
+  if (typeof aeoi === 'string') return aeoi;
+  if (!uint(apicObj.tpr, 0xff)) return `${where}: apic.tpr is not 0-255`;
+  const sy = obj(top.synic, 'synic', ['scontrol', 'simp', 'siefp', 'sint']);
+  if (typeof sy === 'string') return sy;
+  if (!uint(sy.scontrol, 1)) return `${where}: synic.scontrol is not 0 or 1`;
+  if (!uint(sy.simp, Number.MAX_SAFE_INTEGER)) return `${where}: synic.simp is not an integer 0..2^53-1`;
+  if (!uint(sy.siefp, Number.MAX_SAFE_INTEGER)) return `${where}: synic.siefp is not an integer 0..2^53-1`;
+  const sint = words(sy.sint, SAVED_SINTS, 0x3ffff, 'synic.sint');
+  if (typeof sint === 'string') return sint;
+  if (!Array.isArray(top.timers) || (top.timers.length !== SAVED_STIMERS && top.timers.length !== 0)) return `${where}: timers is not a list of ${SAVED_STIMERS} timers`;
+  const timers: SavedVpState['timers'] = [];
+  for (let i = 0; i < top.timers.length; i++) {
+    const t = obj(top.timers[i], `timers[${i}]`, ['config', 'count', 'nextExpiry']);
+    if (typeof t === 'string') return t;
+    if (!uint(t.config, 0xffffffff)) return `${where}: timers[${i}].config is not a u32`;
+    if (!finite(t.count)) return `${where}: timers[${i}].count is not a finite number >= 0`;
+    if (!finite(t.nextExpiry)) return `${where}: timers[${i}].nextExpiry is not a finite number >= 0`;
+    timers.push({ config: t.config, count: t.count, nextExpiry: t.nextExpiry });
+  }
+  if (!uint(top.referenceTime, Number.MAX_SAFE_INTEGER)) return `${where}: referenceTime is not an integer 0..2^53-1`;
+  if (typeof top.runState !== 'string' || !SAVED_RUN_STATES.includes(top.runState)) return `${where}: runState is not one of ${SAVED_RUN_STATES.join(', ')}`;
+  if (typeof top.interceptPending !== 'boolean') return `${where}: interceptPending is not a boolean`;
+  return {
+    registers,
+    apic: { irr, isr, aeoi, tpr: apicObj.tpr },
+    synic: { scontrol: sy.scontrol, simp: sy.simp, siefp: sy.siefp, sint },
+    timers,
+    referenceTime: top.referenceTime,
+    runState: top.runState,
+    interceptPending: top.interceptPending,
+  };
+}
+
 /** Output of MapGpadl: the memory region to map (null in private-memory mode) and the page count. */
 export interface MapGpadlOutput { region: string | null; pages: number }
 /** Pages one GPADL may cover (a 16 MiB window). */

@@ -14,6 +14,8 @@ export * from './layout.js';
 export * from './vm.js';
 export * from './mgmt.js';
 export * from './wire.js';
+export * from './hvwire.js';
 export * from './vmbus.js';
 export * from './ic.js';
 export * from './vpage.js';
+export * from './vmwp.js';

@@ -2,41 +2,417 @@
  * The management API of a host's root partition (VMMS), spoken by the CLI, tests and experiment
  * scripts over ZeroMQ (DEALER -> ROUTER, msgpack). Every request names the API version; the root
  * refuses other majors. State changes are published on a PUB socket, topic "vm".
+ *
+ * Anyone who can connect to the management socket can send it anything, so the root decodes each
+ * frame once with `decodeMgmtRequest`: msgpack, then the request's own fields, then the exact
+ * argument shape of its operation (names, types, ranges, which are required). A frame that does
+ * not decode, or a request with an argument of the wrong name or type, is answered with an error
+ * and never reaches VMMS. Checks that need a VM's context (its state, memory size, workload names,
+ * reserve against maximum) stay in VMMS, which now receives typed values.
+ *
+ * Argument rules: an optional argument may be absent, `undefined` or `null` (all three mean "not
+ * given"); a required one may not. Strings are strings. Numbers that the CLI sends as the text the
+ * user typed (`vps`, `rtcOffset`, the processor settings) may be digit strings or safe integers and
+ * come out as numbers; every other number must be a number. No decoder calls a method of a decoded
+ * value: a msgpack map may carry a `toString` that is not a function.
  */
+import { describeValue, isPlainObject, checkPlainData } from './hvwire.js';
+import { MAX_VPS_PER_PARTITION } from './hypercall.js';
+import { VM_NAME_RE } from './vm.js';
+import { decode } from './wire.js';
+
 export const MGMT_API_VERSION = 1;
 
-export interface MgmtRequest {
-  v: number;
-  id: number;
-  op: MgmtOp;
-  args: Record<string, unknown>;
-}
-export type MgmtOp =
-  | 'ping'
-  | 'hostInfo'
-  | 'vmNew'
-  | 'vmStart'
-  | 'vmStop'
-  | 'vmTurnOff'
-  | 'vmPause'
-  | 'vmResume'
-  | 'vmSave'
-  | 'vmStatus'
-  | 'vmSetProcessor'
-  | 'vmDelete'
-  | 'vmList'
-  | 'vmPeek'
-  | 'vmIc'
-  | 'vmKvp'
-  | 'ps'
-  | 'debugHypercall'
-  | 'shutdown';
+/** Largest request frame the root reads; a bigger one is answered BadRequest without being decoded. */
+export const MGMT_FRAME_MAX_BYTES = 1024 * 1024;
+/** Requests the root works on at once; beyond this it answers Busy until one finishes. */
+export const MGMT_MAX_IN_FLIGHT = 256;
+/** Longest string argument (KVP values are at most 2048 bytes; names at most 63 characters). */
+export const MGMT_STRING_MAX = 4096;
+/** Most bytes one `vmPeek` reads. */
+export const MGMT_PEEK_MAX_BYTES = 16 * 1024 * 1024;
+/** Longest stop timeout (`vmStop` `timeoutS`), seconds. */
+export const MGMT_STOP_TIMEOUT_MAX_S = 3600;
+/** Largest CMOS clock offset (`vmNew` `rtcOffset`): ten years of seconds. */
+export const MGMT_RTC_OFFSET_MAX_S = 10 * 365 * 86400;
+
+export const MGMT_OPS = [
+  'ping', 'hostInfo', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
+  'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown',
+] as const;
+export type MgmtOp = (typeof MGMT_OPS)[number];
+
+export const MGMT_IC_SERVICES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
+export type MgmtIcService = (typeof MGMT_IC_SERVICES)[number];
+export const MGMT_KVP_POOLS = ['external', 'guest', 'auto'] as const;
+export type MgmtKvpPool = (typeof MGMT_KVP_POOLS)[number];
+export const MGMT_KVP_OPS = ['set', 'get', 'delete', 'list'] as const;
+export type MgmtKvpOp = (typeof MGMT_KVP_OPS)[number];
+
+/** No arguments at all. */
+export type MgmtNoArgs = Record<string, never>;
+/** Just the VM. */
+export type MgmtVmArgs = { name: string };
+
+/*
+ * The arguments of each operation, as the decoder hands them on. (Type aliases rather than
+ * interfaces, so that each is also a Record<string, unknown> for code that takes any arguments.)
+ */
+export type MgmtArgs = {
+  ping: MgmtNoArgs;
+  hostInfo: MgmtNoArgs;
+  /** `memory` is the size text ("64M"; a number of bytes arrives as its decimal text); VMMS parses it. */
+  vmNew: { name: string; memory?: string; vps?: number; workload?: string; rtcOffset?: number };
+  vmStart: MgmtVmArgs;
+  vmStop: { name: string; timeoutS?: number; force?: boolean };
+  vmTurnOff: MgmtVmArgs;
+  vmPause: MgmtVmArgs;
+  vmResume: MgmtVmArgs;
+  vmSave: MgmtVmArgs;
+  vmStatus: MgmtVmArgs;
+  vmSetProcessor: { name: string; reserve?: number; maximum?: number; weight?: number };
+  vmDelete: MgmtVmArgs;
+  vmList: MgmtNoArgs;
+  vmPeek: { name: string; gpa: number; len: number };
+  vmIc: { name: string; enable?: MgmtIcService; disable?: MgmtIcService };
+  vmKvp: { name: string; pool?: MgmtKvpPool } & (
+    | { op: 'set'; key: string; value: string }
+    | { op: 'get' | 'delete'; key: string }
+    | { op: 'list' }
+  );
+  ps: MgmtNoArgs;
+  /** `call` is a name (CreatePartition) or a code (0x40); VMMS parses it. `as` names a running VM. */
+  debugHypercall: { call: string; as?: string | null; input?: Record<string, unknown> };
+  shutdown: MgmtNoArgs;
+};
+
+/** A checked request: its `args` have exactly the shape of its `op`. */
+export type MgmtRequest = { [K in MgmtOp]: { v: number; id: number; op: K; args: MgmtArgs[K] } }[MgmtOp];
+/** An operation and its arguments, as a handler receives them (`(op, args)` narrows together). */
+export type MgmtCall = { [K in MgmtOp]: [op: K, args: MgmtArgs[K]] }[MgmtOp];
 
 export interface MgmtError {
-  code: string; // e.g. 'NotFound', 'InvalidArgument', 'InvalidState', 'AlreadyExists', 'Internal'
+  /**
+   * e.g. 'NotFound', 'InvalidArgument', 'InvalidState', 'AlreadyExists', 'Internal'; and for frames
+   * the root could not take: 'BadRequest' (not a request), 'VersionMismatch', 'Busy' (too many in flight).
+   */
+  code: string;
   message: string;
 }
+/** `id` is the request's, or 0 when the frame carried none that could be read. */
 export type MgmtResponse = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: MgmtError };
+
+// ---- the checking decoder ----------------------------------------------------------------------
+
+/** Why a frame was refused before any handler saw it. */
+export type MgmtRejectCode = 'BadRequest' | 'VersionMismatch' | 'InvalidArgument';
+export type MgmtRequestDecoded =
+  | { ok: true; request: MgmtRequest }
+  | { ok: false; id: number; error: { code: MgmtRejectCode; message: string } };
+export type MgmtArgsDecoded<K extends MgmtOp> = { ok: true; args: MgmtArgs[K] } | { ok: false; message: string };
+
+const REQUEST_FIELDS = ['v', 'id', 'op', 'args'];
+const own = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
+
+/** A string for a sentence: short ones quoted, long ones only measured (never echoed whole). */
+function quote(s: string, max = 64): string {
+  return JSON.stringify(s.length > max ? `${s.slice(0, max)}…` : s);
+}
+
+/** What a value is, naming it when it is short: `the string "2x"`, `the number 0`, `a map`. */
+function shown(v: unknown): string {
+  return typeof v === 'string' && v.length <= 64 ? `the string ${quote(v)}` : describeValue(v);
+}
+
+const stringWant = (max: number, min: number): string => (min > 0 ? `a string of ${min} to ${max} characters` : `a string of at most ${max} characters`);
+
+/** A refused argument; thrown inside the argument decoders, caught by `decodeMgmtArgs`. */
+class ArgumentRejected extends Error {}
+
+/**
+ * Reads one operation's arguments. Unknown names are refused at construction, before any value
+ * is read, so that a typo ("memroy") is reported as such rather than as a missing argument.
+ */
+class ArgReader {
+  constructor(private readonly op: MgmtOp, private readonly raw: Record<string, unknown>, allowed: readonly string[]) {
+    for (const k of Object.keys(raw)) {
+      if (!allowed.includes(k)) {
+        const known = allowed.length === 0 ? 'it takes no arguments' : `its arguments are ${allowed.join(', ')}`;
+        throw new ArgumentRejected(`${op} has no argument ${quote(k, 32)} (${known})`);
+      }
+    }
+  }
+
+  /** The value, or undefined when absent, undefined or null. */
+  private get(name: string): unknown {
+    const v = own(this.raw, name) ? this.raw[name] : undefined;
+    return v === null ? undefined : v;
+  }
+
+  fail(name: string, v: unknown, want: string): never {
+    throw new ArgumentRejected(`${this.op} argument "${name}" is ${shown(v)}, not ${want}`);
+  }
+
+  private need<T>(name: string, want: string, v: T | undefined): T {
+    if (v === undefined) {
+      const given = own(this.raw, name) && this.raw[name] === null ? ' (it is null)' : '';
+      throw new ArgumentRejected(`${this.op} needs argument "${name}": ${want}${given}`);
+    }
+    return v;
+  }
+
+  refuse(name: string, why: string): void {
+    if (this.get(name) !== undefined) throw new ArgumentRejected(`${this.op} ${why} takes no argument "${name}"`);
+  }
+
+  optString(name: string, max = MGMT_STRING_MAX, min = 0): string | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v.length > max || v.length < min) this.fail(name, v, stringWant(max, min));
+    return v;
+  }
+
+  string(name: string, max = MGMT_STRING_MAX, min = 0): string {
+    return this.need(name, stringWant(max, min), this.optString(name, max, min));
+  }
+
+  optVmName(name: string): string | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string') this.fail(name, v, 'a VM name');
+    // The sentence VMMS has always given, so a bad name reads the same from every client.
+    if (!VM_NAME_RE.test(v)) throw new ArgumentRejected(`VM name ${quote(v)} is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    return v;
+  }
+
+  vmName(name = 'name'): string {
+    return this.need(name, 'a VM name', this.optVmName(name));
+  }
+
+  optOneOf<T extends string>(name: string, values: readonly T[]): T | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) this.fail(name, v, `one of ${values.join(', ')}`);
+    return v as T;
+  }
+
+  oneOf<T extends string>(name: string, values: readonly T[]): T {
+    return this.need(name, `one of ${values.join(', ')}`, this.optOneOf(name, values));
+  }
+
+  optBoolean(name: string): boolean | undefined {
+    const v = this.get(name);
+    if (v !== undefined && typeof v !== 'boolean') this.fail(name, v, 'a boolean');
+    return v as boolean | undefined;
+  }
+
+  /**
+   * A whole number from lo to hi: a safe integer, or (`text`) the digits the user typed, as the CLI
+   * sends them. Nothing else converts: not "1e2", " 5", "0x10", [5] or an object's valueOf.
+   */
+  optWhole(name: string, lo: number, hi: number, text: boolean): number | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    const want = `a whole number from ${lo} to ${hi}${text ? ' (a number or its digits)' : ''}`;
+    let n: number;
+    if (typeof v === 'number') n = v;
+    else if (text && typeof v === 'string' && /^-?\d{1,16}$/.test(v)) n = Number(v);
+    else this.fail(name, v, want);
+    if (!Number.isSafeInteger(n) || n < lo || n > hi) this.fail(name, v, want);
+    // -0 from "-0" or a float encoding is 0.
+    return n === 0 ? 0 : n;
+  }
+
+  whole(name: string, lo: number, hi: number, text: boolean): number {
+    return this.need(name, `a whole number from ${lo} to ${hi}`, this.optWhole(name, lo, hi, text));
+  }
+
+  /** A finite number in (lo, hi]. */
+  optPositive(name: string, hi: number): number | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > hi) this.fail(name, v, `a number of seconds above 0 and at most ${hi}`);
+    return v;
+  }
+
+  /** A size as text for VMMS to parse ("64M"), or a number of bytes, which becomes its digits. */
+  optSizeText(name: string): string | undefined {
+    const v = this.get(name);
+    if (typeof v === 'number') {
+      if (!Number.isSafeInteger(v) || v < 0) this.fail(name, v, 'a size such as "64M" or a whole number of bytes');
+      return String(v);
+    }
+    return this.optString(name, 32, 1);
+  }
+
+  /** A map of plain data (hypercall input): checked for depth and size, not field by field. */
+  optPlainMap(name: string): Record<string, unknown> | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    if (!isPlainObject(v)) this.fail(name, v, 'a map');
+    const bad = checkPlainData(v, `${this.op} argument "${name}"`);
+    if (bad) throw new ArgumentRejected(bad);
+    return v;
+  }
+}
+
+type ArgDecoder<K extends MgmtOp> = (a: (allowed: readonly string[]) => ArgReader) => MgmtArgs[K];
+
+const noArgs = <K extends MgmtOp>(): ArgDecoder<K> => (a) => {
+  a([]);
+  return {} as MgmtArgs[K];
+};
+const vmOnly = <K extends MgmtOp>(): ArgDecoder<K> => (a) => ({ name: a(['name']).vmName() }) as MgmtArgs[K];
+
+/** Sets `o[k]` only when `v` is given, so a decoded request has no undefined-valued keys. */
+function put<T extends object, K extends keyof T>(o: T, k: K, v: T[K] | undefined): void {
+  if (v !== undefined) o[k] = v;
+}
+
+/** One argument decoder per operation. */
+export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
+  ping: noArgs(),
+  hostInfo: noArgs(),
+  vmList: noArgs(),
+  ps: noArgs(),
+  shutdown: noArgs(),
+  vmStart: vmOnly(),
+  vmTurnOff: vmOnly(),
+  vmPause: vmOnly(),
+  vmResume: vmOnly(),
+  vmSave: vmOnly(),
+  vmStatus: vmOnly(),
+  vmDelete: vmOnly(),
+  vmNew: (a) => {
+    const r = a(['name', 'memory', 'vps', 'workload', 'rtcOffset']);
+    const out: MgmtArgs['vmNew'] = { name: r.vmName() };
+    put(out, 'memory', r.optSizeText('memory'));
+    put(out, 'vps', r.optWhole('vps', 1, MAX_VPS_PER_PARTITION, true));
+    put(out, 'workload', r.optString('workload', 64, 1));
+    put(out, 'rtcOffset', r.optWhole('rtcOffset', -MGMT_RTC_OFFSET_MAX_S, MGMT_RTC_OFFSET_MAX_S, true));
+    return out;
+  },
+  vmStop: (a) => {
+    const r = a(['name', 'timeoutS', 'force']);
+    const out: MgmtArgs['vmStop'] = { name: r.vmName() };
+    put(out, 'timeoutS', r.optPositive('timeoutS', MGMT_STOP_TIMEOUT_MAX_S));
+    put(out, 'force', r.optBoolean('force'));
+    return out;
+  },
+  vmSetProcessor: (a) => {
+    const r = a(['name', 'reserve', 'maximum', 'weight']);
+    const out: MgmtArgs['vmSetProcessor'] = { name: r.vmName() };
+    put(out, 'reserve', r.optWhole('reserve', 0, 100, true));
+    put(out, 'maximum', r.optWhole('maximum', 1, 100, true));
+    put(out, 'weight', r.optWhole('weight', 1, 10000, true));
+    return out;
+  },
+  vmPeek: (a) => {
+    const r = a(['name', 'gpa', 'len']);
+    return { name: r.vmName(), gpa: r.whole('gpa', 0, Number.MAX_SAFE_INTEGER, false), len: r.whole('len', 1, MGMT_PEEK_MAX_BYTES, false) };
+  },
+  vmIc: (a) => {
+    const r = a(['name', 'enable', 'disable']);
+    const out: MgmtArgs['vmIc'] = { name: r.vmName() };
+    put(out, 'enable', r.optOneOf('enable', MGMT_IC_SERVICES));
+    put(out, 'disable', r.optOneOf('disable', MGMT_IC_SERVICES));
+    if (out.enable !== undefined && out.disable !== undefined) throw new ArgumentRejected('vmIc takes enable or disable, not both');
+    return out;
+  },
+  vmKvp: (a) => {
+    const r = a(['name', 'op', 'pool', 'key', 'value']);
+    const name = r.vmName();
+    const op = r.oneOf('op', MGMT_KVP_OPS);
+    const pool = r.optOneOf('pool', MGMT_KVP_POOLS);
+    let out: MgmtArgs['vmKvp'];
+    if (op === 'list') {
+      r.refuse('key', 'list');
+      r.refuse('value', 'list');
+      out = { name, op };
+    } else if (op === 'set') {
+      out = { name, op, key: r.string('key'), value: r.string('value') };
+    } else {
+      const key = r.string('key');
+      r.refuse('value', op);
+      out = { name, op, key };
+    }
+    put(out, 'pool', pool);
+    return out;
+  },
+  debugHypercall: (a) => {
+    const r = a(['call', 'as', 'input']);
+    const out: MgmtArgs['debugHypercall'] = { call: r.string('call', 64, 1) };
+    put(out, 'as', r.optVmName('as'));
+    put(out, 'input', r.optPlainMap('input'));
+    return out;
+  },
+};
+
+/**
+ * Checks the arguments of `op` (absent arguments are `{}`). Returns the typed arguments or a
+ * sentence naming the argument and its value. Never throws.
+ */
+export function decodeMgmtArgs<K extends MgmtOp>(op: K, args: unknown): MgmtArgsDecoded<K> {
+  const raw = args === undefined ? {} : args;
+  if (!isPlainObject(raw)) return { ok: false, message: `the arguments of ${op} must be a map, not ${shown(raw)}` };
+  try {
+    const decoder = MGMT_ARG_DECODERS[op] as ArgDecoder<K>;
+    return { ok: true, args: decoder((allowed) => new ArgReader(op, raw, allowed)) };
+  } catch (e) {
+    if (e instanceof ArgumentRejected) return { ok: false, message: e.message };
+    throw e;
+  }
+}
+
+const isMgmtOp = (s: string): s is MgmtOp => (MGMT_OPS as readonly string[]).includes(s);
+
+/**
+ * Checks an already-decoded value as a request: a map with a request number `id` (a safe integer,
+ * 0 or more), the API version `v`, a known `op` and its arguments, and no other fields. A refusal
+ * carries the request's id when one could be read, else 0. A request of another API version is
+ * refused as VersionMismatch before anything else of it is read (its shape may differ). Never throws.
+ */
+export function checkMgmtRequest(value: unknown): MgmtRequestDecoded {
+  if (!isPlainObject(value)) return { ok: false, id: 0, error: { code: 'BadRequest', message: `a management request must be a map, not ${shown(value)}` } };
+  const id = own(value, 'id') ? value.id : undefined;
+  if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) {
+    return { ok: false, id: 0, error: { code: 'BadRequest', message: `request field id is ${shown(id)}, not a request number (a whole number, 0 or more)` } };
+  }
+  const reject = (code: MgmtRejectCode, message: string): MgmtRequestDecoded => ({ ok: false, id, error: { code, message } });
+  const v = own(value, 'v') ? value.v : undefined;
+  if (typeof v !== 'number') return reject('BadRequest', `request field v is ${shown(v)}, not an API version number`);
+  if (v !== MGMT_API_VERSION) return reject('VersionMismatch', `management API version ${v} is not supported; this host speaks ${MGMT_API_VERSION}`);
+  for (const k of Object.keys(value)) {
+    if (!REQUEST_FIELDS.includes(k)) return reject('BadRequest', `a management request has no field ${quote(k, 32)} (its fields are ${REQUEST_FIELDS.join(', ')})`);
+  }
+  const op = own(value, 'op') ? value.op : undefined;
+  if (typeof op !== 'string') return reject('BadRequest', `request field op is ${shown(op)}, not an operation name`);
+  if (!isMgmtOp(op)) return reject('InvalidArgument', `unknown operation ${quote(op, 32)}`);
+  const args = decodeMgmtArgs(op, own(value, 'args') ? value.args : undefined);
+  if (!args.ok) return reject('InvalidArgument', args.message);
+  return { ok: true, request: { v, id, op, args: args.args } as MgmtRequest };
+}
+
+/**
+ * Decodes one request frame: its size (at most MGMT_FRAME_MAX_BYTES; a bigger frame is not even
+ * parsed), msgpack, then `checkMgmtRequest`. Never throws.
+ */
+export function decodeMgmtRequest(bytes: Uint8Array): MgmtRequestDecoded {
+  const bad = (message: string): MgmtRequestDecoded => ({ ok: false, id: 0, error: { code: 'BadRequest', message } });
+  if (!(bytes instanceof Uint8Array)) return bad('a request frame must be bytes');
+  if (bytes.length === 0) return bad('the request frame is empty');
+  if (bytes.length > MGMT_FRAME_MAX_BYTES) return bad(`the request frame of ${bytes.length} bytes exceeds the limit of ${MGMT_FRAME_MAX_BYTES}`);
+  let value: unknown;
+  try {
+    value = decode(bytes);
+  } catch (e) {
+    // msgpackr's own sentences ("Unexpected end of MessagePack data", a RangeError for very deep
+    // nesting) say enough and never quote the data.
+    const why = e instanceof Error && typeof e.message === 'string' ? e.message.slice(0, 120) : 'undecodable';
+    return bad(`the request frame is not valid msgpack (${why})`);
+  }
+  return checkMgmtRequest(value);
+}
 
 export interface VmInfo {
   name: string;
@@ -90,6 +466,8 @@ export interface HostInfo {
   nodeVersion: string;
   /** How VMBus channels carry packets: shared-memory rings, or ZeroMQ ("remote"). */
   vmbusTransport: 'shm' | 'remote';
+  /** How many times the hypervisor's supervisor restarted a dead root partition process. */
+  rootRestarts?: number;
 }
 
 export interface VmStateEvent {
@@ -129,3 +507,40 @@ export interface KvpEntry {
   key: string;
   value: string;
 }
+
+// ---- answers, as a client decodes them ----------------------------------------------------
+
+/** A decoded answer; `error` is null when an error answer did not say what went wrong. */
+export type MgmtAnswer = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: MgmtError | null };
+
+/** Longest error message kept from an answer: it ends up as one line on a terminal. */
+const MAX_ERROR_MESSAGE = 4000;
+
+function isPlainAnswerObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v) || ArrayBuffer.isView(v)) return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/**
+ * Checks one answer frame: a msgpack map with a positive safe-integer `id` and a boolean `ok`.
+ * Returns null for anything else (including bytes that are not msgpack). An error answer's
+ * `error` must be `{code: string, message: string}`, or it becomes null.
+ */
+export function decodeMgmtResponse(bytes: Uint8Array): MgmtAnswer | null {
+  let v: unknown;
+  try {
+    v = decode(bytes);
+  } catch {
+    return null;
+  }
+  if (!isPlainAnswerObject(v)) return null;
+  const id = v.id;
+  if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 1) return null;
+  if (v.ok === true) return { id, ok: true, result: v.result };
+  if (v.ok !== false) return null;
+  const e = v.error;
+  if (!isPlainAnswerObject(e) || typeof e.code !== 'string' || typeof e.message !== 'string' || e.code.length > 64) return { id, ok: false, error: null };
+  return { id, ok: false, error: { code: e.code, message: e.message.slice(0, MAX_ERROR_MESSAGE) } };
+}
+

@@ -1,8 +1,13 @@
 /**
  * Entry of the root partition process: VMMS, VID (the root's hypercall session) and the
- * management API. Environment: HVLAB_HOME, HVLAB_HOST_ID, HVLAB_HV_PID, HVLAB_ROOT_TOKEN,
- * HVLAB_LPS. Prints "ready" once the management socket is bound. If the hypervisor goes away it
- * removes everything of the host (workers, shared memory, sockets) and exits.
+ * management API. Started and restarted by the hypervisor's supervisor, which writes the root's
+ * token as one line on stdin. Environment: HVLAB_HOME, HVLAB_HOST_ID, HVLAB_HV_PID, HVLAB_LPS,
+ * HVLAB_VMBUS_TRANSPORT. Prints "ready" once the management socket is bound.
+ *
+ * This process may die at any time (kill -9 included) without stopping a VM: each VM belongs to its
+ * VMWP, and a new root re-attaches to every running VM from the workers' records. Only the
+ * `shutdown` request (hvlab down) stops the VMs; if the hypervisor goes away, everything of the
+ * host goes with it.
  */
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,35 +17,45 @@ import { memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer } from './mgmt.js';
 import { Vmms } from './vmms.js';
-import { VmbusHost, type VmbusTransportMode } from './vmbus-host.js';
+
+/** The token arrives as the first line on stdin; then stdin is let go. */
+async function readToken(): Promise<string> {
+  let buf = '';
+  for await (const chunk of process.stdin) {
+    buf += (chunk as Buffer).toString('utf8');
+    const nl = buf.indexOf('\n');
+    if (nl >= 0) {
+      process.stdin.destroy();
+      return buf.slice(0, nl).trim();
+    }
+    if (buf.length > 4096) break;
+  }
+  throw new Error('the root token did not arrive on stdin');
+}
 
 const home = process.env.HVLAB_HOME!;
 const hostId = process.env.HVLAB_HOST_ID!;
 const hvPid = Number(process.env.HVLAB_HV_PID);
-const rootToken = process.env.HVLAB_ROOT_TOKEN!;
 const lps = Number(process.env.HVLAB_LPS ?? '1');
-const vmbusMode: VmbusTransportMode = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
-const envMs = (name: string, dflt: number): number => {
-  const v = Number(process.env[name]);
-  return Number.isFinite(v) && v >= 50 ? v : dflt;
-};
-delete process.env.HVLAB_ROOT_TOKEN;
+const vmbusMode: 'shm' | 'remote' = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
+const restarts = Number(process.env.HVLAB_ROOT_RESTARTS ?? '0') || 0;
 process.title = `hvlab-root ${hostId}`;
 const paths = hostPaths(home);
 const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root', partition: ROOT_PARTITION_ID });
+// Nothing a client sends may end the root: log what escapes and keep serving.
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the root keeps serving)'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the root keeps serving)'));
+const rootToken = await readToken();
 const startedAt = new Date().toISOString();
 
 const vid = new HvClient(paths.hvEndpoint, (n) => {
-  if (n.k === 'rootmsg') vmbus?.onRootMessage(n.portId, n.messageType, n.payload, n.sender);
-  else if (n.k === 'rootevent') vmbus?.onRootEvent(n.portId, n.sender);
-  else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
-});
-let vmbus: VmbusHost | null = null;
-let server: MgmtServer;
-let vmms: Vmms;
+  if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
+}, { watchPid: hvPid });
+let server: MgmtServer | null = null;
+let vmms: Vmms | null = null;
 let exiting = false;
 
-/** Removes what the host left in /dev/shm and the socket directory. */
+/** Removes what the host left in /dev/shm and the socket directory (only when the host stops). */
 function sweep(): void {
   for (const f of (() => { try { return readdirSync('/dev/shm'); } catch { return []; } })()) {
     if (f.startsWith(shmPrefix(hostId))) {
@@ -50,24 +65,30 @@ function sweep(): void {
   rmSync(paths.sockDir, { recursive: true, force: true });
 }
 
-async function exit(reason: string, code = 0): Promise<void> {
+/**
+ * Leaves. A root that exits on a signal leaves every VM running (its supervisor starts a new root
+ * that re-attaches); `hostDown` stops the VMs and sweeps the host's files.
+ */
+async function exit(reason: string, code = 0, hostDown = false): Promise<void> {
   if (exiting) return;
   exiting = true;
-  log.info({ reason }, 'root exiting');
-  try {
-    if (pidAlive(hvPid)) await Promise.race([vmms?.shutdownAll(), new Promise((r) => setTimeout(r, 4000))]);
-    else vmms?.killAll();
-  } catch { /* going anyway */ }
+  log.info({ reason, hostDown }, 'root exiting');
+  if (hostDown) {
+    try {
+      if (pidAlive(hvPid)) await Promise.race([vmms?.shutdownAll(), new Promise((r) => setTimeout(r, 4000))]);
+      else vmms?.killAll();
+    } catch { /* going anyway */ }
+  }
   server?.close();
-  vmbus?.close();
+  vmms?.close();
   vid.close();
-  sweep();
+  if (hostDown) sweep();
   process.exit(code);
 }
 
 watchPids([hvPid], () => {
   vmms?.killAll();
-  void exit('the hypervisor is gone', 1);
+  void exit('the hypervisor is gone', 1, true);
 });
 process.on('SIGTERM', () => void exit('SIGTERM'));
 process.on('SIGINT', () => void exit('SIGINT'));
@@ -75,47 +96,49 @@ process.on('SIGINT', () => void exit('SIGINT'));
 const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
 const store = new ConfigStore(paths.vmDir);
 server = new MgmtServer(async (op, args) => {
+  const v = vmms!;
   switch (op) {
     case 'ping': return { pong: true, hostId };
     case 'hostInfo': {
       const info: HostInfo = {
         hostId, home: paths.home, apiVersion: MGMT_API_VERSION, memoryMode: session.memoryMode,
         memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
-        lps, pids: { hypervisor: hvPid, root: process.pid }, vms: vmms.count(), startedAt, nodeVersion: process.version,
+        lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
+        rootRestarts: restarts,
       };
       return info;
     }
-    case 'vmNew': return vmms.newVm(args);
-    case 'vmStart': return await vmms.start(args.name);
-    case 'vmStop': return await vmms.stop(args.name, { force: args.force, timeoutS: args.timeoutS });
-    case 'vmTurnOff': return await vmms.turnOff(args.name, 'turned off');
-    case 'vmIc': return await vmms.ic(args.name, { enable: args.enable, disable: args.disable });
-    case 'vmKvp': return await vmms.kvp(args.name, args);
-    case 'vmPause': return await vmms.pause(args.name);
-    case 'vmSave': return await vmms.save(args.name);
-    case 'vmStatus': return await vmms.status(args.name);
-    case 'vmSetProcessor': return await vmms.setProcessor(args.name, args);
-    case 'vmResume': return await vmms.resume(args.name);
-    case 'vmDelete': return vmms.delete(args.name);
-    case 'vmList': return await vmms.list();
-    case 'vmPeek': return await vmms.peek(args.name, args.gpa, args.len);
-    case 'ps': return [{ role: 'hypervisor', vm: null, pid: hvPid }, { role: 'root', vm: null, pid: process.pid }, ...vmms.processes()];
-    case 'debugHypercall': return await vmms.debugHypercall(args);
+    case 'vmNew': return v.newVm(args);
+    case 'vmStart': return await v.start(args.name);
+    case 'vmStop': return await v.stop(args.name, { force: args.force, timeoutS: args.timeoutS });
+    case 'vmTurnOff': return await v.turnOff(args.name, 'turned off');
+    case 'vmIc': return await v.ic(args.name, { enable: args.enable, disable: args.disable });
+    case 'vmKvp': return await v.kvp(args.name, args);
+    case 'vmPause': return await v.pause(args.name);
+    case 'vmSave': return await v.save(args.name);
+    case 'vmStatus': return await v.status(args.name);
+    case 'vmSetProcessor': return await v.setProcessor(args.name, args);
+    case 'vmResume': return await v.resume(args.name);
+    case 'vmDelete': return v.delete(args.name);
+    case 'vmList': return await v.list();
+    case 'vmPeek': return await v.peek(args.name, args.gpa, args.len);
+    case 'ps': return [{ role: 'hypervisor', vm: null, pid: hvPid }, { role: 'root', vm: null, pid: process.pid }, ...v.processes()];
+    case 'debugHypercall': return await v.debugHypercall(args);
     case 'shutdown':
       setTimeout(() => void (async () => {
-        await vmms.shutdownAll();
+        await v.shutdownAll();
         await vid.ctl('shutdown').catch(() => undefined);
-        await exit('shutdown requested');
+        await exit('shutdown requested', 0, true);
       })(), 10);
       return { stopping: true };
     default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
   }
 }, (e) => log.error({ err: e }, 'management request failed'));
-vmbus = new VmbusHost(vid, vmbusMode, paths.vmbusEndpoint, log, { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) });
-await vmbus.start();
-vmms = new Vmms({ home: paths.home, hostId, hvPid, rootToken, store, vid, log, publish: (ev) => server.publish(ev), vmbus, vmDir: paths.vmDir });
+vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode });
+// A restarted root finds the VMs that kept running while it was away.
+await vmms.reattach();
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
-log.info({ memoryMode: memoryMode(), vms: vmms.count() }, 'root ready');
+log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts }, 'root ready');
 process.stdout.write('ready\n');
 await server.serve();

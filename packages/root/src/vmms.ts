@@ -1,18 +1,30 @@
 /**
  * VMMS: the VM registry and each VM's state machine (WMI EnabledState numbers), one VMWP per
- * running VM, and the actions behind the management API. A VMWP that dies, however it dies,
- * turns its VM Off with the reason recorded; the root then deletes the orphaned partition.
+ * running VM, and the actions behind the management API.
+ *
+ * A VM belongs to its VMWP, not to this process: the worker is started detached, talks to VMMS
+ * over a control socket (runtime/vmwp-link.ts) and keeps a record in `run/vmwp/NAME.json`, so a
+ * root partition process that died and was restarted re-attaches to every running VM
+ * (`reattach`) — as Hyper-V's VMMS can be restarted without stopping a VM. A VMWP that dies,
+ * however it dies, turns its VM Off with the reason it recorded; VMMS then deletes the orphaned
+ * partition. Nothing here waits on a dead worker: the link fails pending requests once its pid is
+ * gone.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import {
-  EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo,
+  EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
+  type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
-import { entries, nodeArgsFor, IpcRpc, pidAlive, type HvClient, type Logger, type HypercallResult } from '@hvlab/runtime';
-import { IcRequestError, KvpInputError, type KvpPoolName } from '@hvlab/vsp';
+import {
+  entries, nodeArgsFor, pidAlive, hostPaths, VmwpControlClient, VmwpLinkError,
+  type HvClient, type Logger, type HypercallResult,
+} from '@hvlab/runtime';
 import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } from './config.js';
-import type { VmwpConfig } from './vmwp/shared.js';
-import { IC_SERVICES, type IcEntry, type VmbusHost, type VmIntegration } from './vmbus-host.js';
-import type { IcServiceName } from '@hvlab/vsp';
+import type { VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
+import { IC_SERVICES, type IcEntry } from './vmwp/vmbus.js';
 import { discardSavedState, hasSavedState } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -22,43 +34,48 @@ interface VmRecord {
   state: number;
   reason: string | null;
   partitionId: number | null;
-  vmwp: ChildProcess | null;
-  rpc: IpcRpc | null;
   partitionPid: number | null;
+  vmwpPid: number | null;
+  link: VmwpControlClient | null;
+  stopWatch: (() => void) | null;
   runningSince: number | null;
   /** Set while VMMS itself is turning the VM off, so the worker's exit is not a failure. */
   expectingExit: boolean;
-  /** Why the worker said it failed, if it did. */
+  /** What the worker said before it went: a failure, or why it exited. */
   failure: string | null;
-  booted: ((ok: boolean, why?: string) => void) | null;
-  /** The VM's VMBus server and integration services while it runs. */
-  integration: VmIntegration | null;
-  /** The guest shut itself down (through the shutdown service or on its own). */
+  exitReason: string | null;
   guestShutdown: boolean;
-  /** KVP external pool taken at save, put back after a restore. */
-  savedKvp: Array<{ key: string; value: string }>;
+  booted: ((ok: boolean, why?: string) => void) | null;
 }
 
 export interface VmmsOptions {
   home: string;
   hostId: string;
   hvPid: number;
-  rootToken: string;
   store: ConfigStore;
   vid: HvClient;
   log: Logger;
   publish: (ev: VmStateEvent) => void;
-  vmbus: VmbusHost;
   /** HVLAB_HOME/vms: configs and saved states. */
   vmDir: string;
+  vmbusTransport: 'shm' | 'remote';
 }
 
 export const DEFAULT_STOP_TIMEOUT_S = 30;
 
+/** A worker's failure as a management error (keeps the worker's code when it gave one). */
+function linkFailure(e: unknown, what: string): MgmtFailure {
+  if (e instanceof MgmtFailure) return e;
+  if (e instanceof VmwpLinkError && e.code) return new MgmtFailure(e.code, e.message);
+  return new MgmtFailure('Unavailable', `${what}: ${(e as Error).message}`);
+}
+
 export class Vmms {
   private readonly vms = new Map<string, VmRecord>();
+  private readonly paths;
 
   constructor(private readonly o: VmmsOptions) {
+    this.paths = hostPaths(o.home);
     for (const c of o.store.loadAll((f, why) => o.log.warn({ file: f, why }, 'ignoring bad VM config'))) {
       const r = this.record(c);
       if (hasSavedState(o.vmDir, c.name)) r.state = EnabledState.Saved;
@@ -67,7 +84,10 @@ export class Vmms {
   }
 
   private record(config: VmConfig): VmRecord {
-    return { config, state: EnabledState.Off, reason: null, partitionId: null, vmwp: null, rpc: null, partitionPid: null, runningSince: null, expectingExit: false, failure: null, booted: null, integration: null, guestShutdown: false, savedKvp: [] };
+    return {
+      config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
+      runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
+    };
   }
 
   private get(name: unknown): VmRecord {
@@ -81,7 +101,7 @@ export class Vmms {
     r.state = state;
     r.reason = reason ?? r.reason;
     if (state === EnabledState.Running && r.runningSince === null) r.runningSince = Date.now();
-    if (state === EnabledState.Off) r.runningSince = null;
+    if (state === EnabledState.Off || state === EnabledState.Saved) r.runningSince = null;
     this.o.log.info({ vm: r.config.name, state: vmStateName(state), reason }, 'VM state changed');
     this.o.publish({ vm: r.config.name, state: vmStateName(state), enabledState: state, reason, at: Date.now() });
   }
@@ -90,6 +110,16 @@ export class Vmms {
     if (!allowed.includes(r.state)) {
       throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is ${vmStateName(r.state)}`);
     }
+  }
+
+  /** The state now (a method call, so narrowing from an earlier check does not stick across awaits). */
+  private stateOf(r: VmRecord): number {
+    return r.state;
+  }
+
+  private linkOf(r: VmRecord, what: string): VmwpControlClient {
+    if (!r.link) throw new MgmtFailure('InvalidState', `cannot ${what} VM "${r.config.name}": it is ${vmStateName(r.state)}`);
+    return r.link;
   }
 
   count(): number {
@@ -106,84 +136,229 @@ export class Vmms {
     return this.info(r, null);
   }
 
+  // ---- workers ----------------------------------------------------------------------------
+
+  /**
+   * Connects to a worker's control link. A worker this root spawned reports its exit (with its
+   * status) through Node; one that a previous root spawned is watched by pid.
+   */
+  private async attachWorker(r: VmRecord, pid: number, endpoint: string, secret: string, ownChild: boolean): Promise<void> {
+    r.vmwpPid = pid;
+    r.link = new VmwpControlClient(endpoint, pid, (n) => this.onNote(r, n), this.o.log);
+    if (!ownChild) {
+      const t = setInterval(() => {
+        if (!pidAlive(pid)) void this.onWorkerGone(r, pid, null);
+      }, 200);
+      t.unref();
+      r.stopWatch = () => clearInterval(t);
+    }
+    await r.link.request({ t: 'hello', secret }, 10000);
+  }
+
+  private onNote(r: VmRecord, n: VmwpNote): void {
+    if (n.t === 'booted') {
+      r.partitionId = n.partitionId;
+      r.partitionPid = n.partitionPid ?? r.partitionPid;
+      r.booted?.(true);
+      r.booted = null;
+    } else if (n.t === 'failed') {
+      r.failure = n.message;
+    } else if (n.t === 'exiting') {
+      r.exitReason = n.reason;
+      r.guestShutdown = n.guestShutdown;
+    }
+  }
+
+  private recordFile(name: string): string {
+    return join(this.paths.vmwpDir, `${name}.json`);
+  }
+
+  private readWorkerRecord(name: string): VmwpRecord | null {
+    try {
+      return decodeVmwpRecord(JSON.parse(readFileSync(this.recordFile(name), 'utf8')));
+    } catch {
+      return null;
+    }
+  }
+
+  /** The worker of `r` is gone (however): tear down what it left and turn the VM Off with its reason. */
+  private async onWorkerGone(r: VmRecord, pid: number, status: { code: number | null; signal: NodeJS.Signals | null } | null): Promise<void> {
+    if (r.vmwpPid !== pid) return;
+    r.vmwpPid = null;
+    r.stopWatch?.();
+    r.stopWatch = null;
+    r.link?.close();
+    r.link = null;
+    const rec = this.readWorkerRecord(r.config.name);
+    if (rec && rec.pid === pid) {
+      if (rec.exit && !r.exitReason) {
+        r.exitReason = rec.exit.reason;
+        r.guestShutdown = rec.exit.guestShutdown;
+      }
+      r.partitionId ??= rec.partitionId;
+      r.partitionPid ??= rec.partitionPid;
+      rmSync(this.recordFile(r.config.name), { force: true });
+    }
+    const clean = r.guestShutdown;
+    const why = clean
+      ? 'shut down by the guest'
+      : r.expectingExit
+        ? (r.reason ?? 'turned off')
+        : r.exitReason
+          ? `the worker process exited: ${r.exitReason}`
+          : `the worker process exited unexpectedly (${status ? (status.signal ?? `exit code ${status.code}`) : 'no exit status: a previous root started it'})${r.failure ? `: ${r.failure}` : ''}`;
+    if (!r.expectingExit && !clean) this.o.log.warn({ vm: r.config.name, why }, 'VM worker process ended unexpectedly');
+    if (r.partitionPid !== null && pidAlive(r.partitionPid)) {
+      try {
+        process.kill(r.partitionPid, 'SIGKILL');
+      } catch { /* gone */ }
+    }
+    if (r.partitionId !== null && pidAlive(this.o.hvPid)) {
+      // The worker may have died before tearing its partition down; the root's VID finishes it.
+      await this.o.vid.call('FinalizePartition', { partitionId: r.partitionId }, 1000).catch(() => undefined);
+      await this.o.vid.call('DeletePartition', { partitionId: r.partitionId }, 1000).catch(() => undefined);
+    }
+    r.partitionId = null;
+    r.partitionPid = null;
+    r.booted?.(false, why);
+    r.booted = null;
+    if (r.state !== EnabledState.Saved) this.setState(r, EnabledState.Off, why);
+  }
+
+  /**
+   * Re-attaches to the workers that kept running while no root was up (after a crash of this
+   * process): reads their records, connects, asks each for its VM's state. Records of dead workers
+   * are cleaned up, and partitions that no live worker owns are deleted.
+   */
+  async reattach(): Promise<void> {
+    let files: string[] = [];
+    try {
+      files = readdirSync(this.paths.vmwpDir).filter((f) => f.endsWith('.json'));
+    } catch { /* none yet */ }
+    const owned = new Set<string>();
+    for (const f of files) {
+      const file = join(this.paths.vmwpDir, f);
+      let rec: VmwpRecord;
+      try {
+        rec = decodeVmwpRecord(JSON.parse(readFileSync(file, 'utf8')));
+      } catch (e) {
+        this.o.log.warn({ file, why: (e as Error).message }, 'removing an unreadable worker record');
+        rmSync(file, { force: true });
+        continue;
+      }
+      const r = this.vms.get(rec.name);
+      if (!pidAlive(rec.pid) || !r || r.config.id !== rec.id) {
+        if (pidAlive(rec.pid)) {
+          // A worker for a VM this registry does not know (its config was removed): stop it.
+          try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
+        }
+        if (rec.partitionPid !== null && pidAlive(rec.partitionPid)) {
+          try { process.kill(rec.partitionPid, 'SIGKILL'); } catch { /* gone */ }
+        }
+        rmSync(file, { force: true });
+        continue;
+      }
+      owned.add(rec.name);
+      r.partitionId = rec.partitionId;
+      r.partitionPid = rec.partitionPid;
+      try {
+        await this.attachWorker(r, rec.pid, rec.endpoint, rec.secret, false);
+        const d = await r.link!.request<VmwpDescription>({ t: 'describe' }, 5000);
+        r.partitionId = d.partitionId || r.partitionId;
+        r.partitionPid = d.partitionPid ?? r.partitionPid;
+        r.runningSince = d.runningSince;
+        if (d.saved) {
+          // The root died between writing a saved state and turning the VM off: finish that.
+          r.state = EnabledState.Saving;
+          await this.kill(r, 'saved');
+          this.setState(r, EnabledState.Saved, 'saved');
+        } else if (!d.booted) {
+          this.setState(r, EnabledState.Starting, 're-attached while starting');
+          this.awaitBoot(r).then(
+            () => this.setState(r, EnabledState.Running, d.restored ? 'restored from saved state' : 'started'),
+            () => undefined,
+          );
+        } else {
+          if (d.restored && hasSavedState(this.o.vmDir, r.config.name)) discardSavedState(this.o.vmDir, r.config.name);
+          this.setState(r, d.suspended ? EnabledState.Paused : EnabledState.Running, 're-attached after a root restart');
+        }
+        this.o.log.info({ vm: r.config.name, pid: rec.pid, state: vmStateName(r.state) }, 're-attached to a running VM');
+      } catch (e) {
+        this.o.log.error({ vm: r.config.name, err: e }, 'could not re-attach to a worker; turning it off');
+        r.expectingExit = true;
+        r.reason = 'turned off: the worker could not be re-attached';
+        try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
+      }
+    }
+    // Partitions whose worker is gone are orphans: the root's VID deletes them.
+    const stats = (await this.o.vid.ctl('stats').catch(() => null)) as { partitions?: Array<{ id: number; name: string }> } | null;
+    for (const p of stats?.partitions ?? []) {
+      if (p.id === 1 || owned.has(p.name)) continue;
+      this.o.log.warn({ partition: p.id, name: p.name }, 'deleting an orphaned partition');
+      await this.o.vid.call('FinalizePartition', { partitionId: p.id }, 1000).catch(() => undefined);
+      await this.o.vid.call('DeletePartition', { partitionId: p.id }, 1000).catch(() => undefined);
+    }
+  }
+
+  private awaitBoot(r: VmRecord): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => finish(false, `no boot within ${START_TIMEOUT_MS / 1000} s`), START_TIMEOUT_MS);
+      const finish = (ok: boolean, why?: string): void => {
+        clearTimeout(timer);
+        if (ok) resolve();
+        else reject(new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${why}`));
+      };
+      r.booted = finish;
+    });
+  }
+
   async start(name: unknown): Promise<VmInfo> {
     const r = this.get(name);
     this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'start');
     const restore = r.state === EnabledState.Saved;
     this.setState(r, EnabledState.Starting, null);
     r.reason = null;
-    const cfg: VmwpConfig = {
-      home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name, id: r.config.id,
-      memoryBytes: r.config.memoryBytes, vps: r.config.vps, workload: r.config.workload, processor: r.config.processor,
-      rtcOffsetS: r.config.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore,
-    };
-    const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), {
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-      serialization: 'advanced',
-      env: { ...process.env, HVLAB_VMWP_CONFIG: JSON.stringify(cfg), HVLAB_ROOT_TOKEN: this.o.rootToken },
-    });
-    r.vmwp = child;
     r.expectingExit = false;
     r.guestShutdown = false;
     r.failure = null;
-    const booted = new Promise<void>((resolve, reject) => {
-      r.booted = (ok, why) => (ok ? resolve() : reject(new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${why}`)));
-    });
-    r.rpc = new IpcRpc(child, async (m) => {
-      if (m.t !== 'vmbusAttach') throw new Error(`VMMS takes no ${String(m.t)} requests from a worker`);
-      // The VMWP built the partition; the root's VMBus server takes it from here.
-      const pid = Number(m.partitionId);
-      r.partitionId = pid;
-      const a = await this.o.vmbus.attach(pid, r.config.name, r.config.integrationServices ?? {}, m.privateMemory === true);
-      r.integration = a.integration;
-      return { token: a.token, endpoint: a.endpoint };
-    }, (note) => {
-      if (note.t === 'partition') r.partitionId = Number(note.partitionId);
-      else if (note.t === 'spawned') r.partitionPid = (note.partitionPid as number | null) ?? null;
-      else if (note.t === 'booted') {
-        r.partitionPid = (note.partitionPid as number | null) ?? r.partitionPid;
-        r.booted?.(true);
-        r.booted = null;
-      } else if (note.t === 'failed') {
-        r.failure = String(note.message);
-      } else if (note.t === 'guestShutdown') {
-        r.guestShutdown = true;
-      }
-    });
-    child.on('exit', (code, signal) => void this.onWorkerExit(r, child, code, signal));
-    const timer = setTimeout(() => r.booted?.(false, `no boot within ${START_TIMEOUT_MS / 1000} s`), START_TIMEOUT_MS);
+    r.exitReason = null;
+    const booted = this.awaitBoot(r);
+    booted.catch(() => undefined);
     try {
+      const cfg: VmwpConfig = {
+        home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name, id: r.config.id,
+        memoryBytes: r.config.memoryBytes, vps: r.config.vps, workload: r.config.workload, processor: r.config.processor,
+        rtcOffsetS: r.config.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore,
+        integrationServices: r.config.integrationServices ?? {}, vmbusTransport: this.o.vmbusTransport,
+      };
+      const ticket = await this.o.vid.ticket();
+      const secret = randomBytes(24).toString('hex');
+      const start: VmwpStartInput = { config: cfg, ticket, secret };
+      const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
+      // Detached: the worker must not share the root's fate (process group, pipes).
+      const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), { detached: true, stdio: ['pipe', 'ignore', errFd] });
+      closeSync(errFd);
+      child.stdin!.on('error', () => undefined);
+      child.stdin!.end(JSON.stringify(start) + '\n');
+      // While this root lives it reaps the worker; a re-attached root relies on the pid watch.
+      child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
+      await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(r.config.id), secret, true);
       await booted;
     } catch (e) {
       r.expectingExit = true;
-      child.kill('SIGKILL');
-      throw e;
-    } finally {
-      clearTimeout(timer);
+      if (r.vmwpPid !== null) {
+        try { process.kill(r.vmwpPid, 'SIGKILL'); } catch { /* gone */ }
+      }
+      for (let i = 0; i < 100 && this.stateOf(r) !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
+      if (this.stateOf(r) !== EnabledState.Off) this.setState(r, restore ? EnabledState.Saved : EnabledState.Off, (e as Error).message);
+      throw e instanceof MgmtFailure ? e : new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${(e as Error).message}`);
     }
     if (restore) {
       // Hyper-V deletes the saved state once the VM runs from it.
       discardSavedState(this.o.vmDir, r.config.name);
-      this.restoreKvp(r, r.savedKvp);
-      r.savedKvp = [];
     }
     this.setState(r, EnabledState.Running, restore ? 'restored from saved state' : 'started');
     return this.info(r, null);
-  }
-
-  /** Puts the saved KVP external pool back once the restored guest's KVP service is up. */
-  private restoreKvp(r: VmRecord, pool: Array<{ key: string; value: string }>): void {
-    if (pool.length === 0) return;
-    const deadline = Date.now() + 15000;
-    const attempt = async (): Promise<void> => {
-      const kvp = r.integration?.providers.kvp;
-      if (!kvp?.negotiated) {
-        if (Date.now() < deadline && r.state === EnabledState.Running) setTimeout(() => void attempt(), 100);
-        return;
-      }
-      for (const e of pool) await kvp.set('external', e.key, e.value).catch(() => undefined);
-    };
-    void attempt();
   }
 
   /**
@@ -195,19 +370,15 @@ export class Vmms {
     const r = this.get(name);
     this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'save');
     const from = r.state;
+    const link = this.linkOf(r, 'save');
     this.setState(r, EnabledState.Saving, null);
-    let kvpExternal: Array<{ key: string; value: string }> = [];
-    const kvp = r.integration?.enabled.kvp ? r.integration.providers.kvp : null;
-    if (kvp?.negotiated) kvpExternal = (await kvp.list('external').catch(() => [])).map((e) => ({ key: e.key, value: e.value }));
-    const channels = r.integration ? r.integration.ic().filter((e) => e.enabled).map((e) => e.service) : [];
     try {
-      await r.rpc!.request({ t: 'save', kvpExternal, channels }, 120000);
+      await link.request({ t: 'save' }, 120000);
     } catch (e) {
       discardSavedState(this.o.vmDir, r.config.name);
-      this.setState(r, from, null);
+      if (this.stateOf(r) === EnabledState.Saving) this.setState(r, from, null);
       throw new MgmtFailure('SaveFailed', `VM "${r.config.name}" could not be saved: ${(e as Error).message}`);
     }
-    r.savedKvp = kvpExternal;
     await this.kill(r, 'saved');
     this.setState(r, EnabledState.Saved, 'saved');
     return this.info(r, null);
@@ -229,40 +400,13 @@ export class Vmms {
       weight: pick(args.weight, '--weight', 1, 10000, p.weight),
     };
     if (next.reserve > next.maximum) throw new MgmtFailure('InvalidArgument', `reserve ${next.reserve}% is above maximum ${next.maximum}%`);
-    if (r.rpc && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
-      await r.rpc.request({ t: 'processor', ...next });
+    if (r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
+      await r.link.request({ t: 'processor', ...next }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     }
     r.config.processor = next;
     this.o.store.save(r.config);
     this.o.log.info({ vm: r.config.name, ...next }, 'processor settings changed');
     return this.info(r, null);
-  }
-
-  private async onWorkerExit(r: VmRecord, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
-    if (r.vmwp !== child) return;
-    const clean = r.guestShutdown && code === 0;
-    const why = clean ? 'shut down by the guest' : r.expectingExit ? (r.reason ?? 'turned off') : `the worker process exited unexpectedly (${signal ?? `exit code ${code}`})${r.failure ? `: ${r.failure}` : ''}`;
-    if (!r.expectingExit && !clean) this.o.log.warn({ vm: r.config.name, code, signal }, 'VM worker process died');
-    if (r.partitionId !== null) this.o.vmbus.detach(r.partitionId);
-    r.integration = null;
-    r.rpc?.close('the worker process exited');
-    r.vmwp = null;
-    r.rpc = null;
-    if (r.partitionPid !== null && pidAlive(r.partitionPid)) {
-      try {
-        process.kill(r.partitionPid, 'SIGKILL');
-      } catch { /* gone */ }
-    }
-    if (r.partitionId !== null && pidAlive(this.o.hvPid)) {
-      // The worker may have died before tearing its partition down; the root's VID finishes it.
-      await this.o.vid.call('FinalizePartition', { partitionId: r.partitionId }, 1000).catch(() => undefined);
-      await this.o.vid.call('DeletePartition', { partitionId: r.partitionId }, 1000).catch(() => undefined);
-    }
-    r.partitionId = null;
-    r.partitionPid = null;
-    r.booted?.(false, why);
-    r.booted = null;
-    this.setState(r, EnabledState.Off, why);
   }
 
   async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
@@ -279,20 +423,18 @@ export class Vmms {
   }
 
   private async kill(r: VmRecord, reason: string): Promise<void> {
-    const child = r.vmwp;
-    if (!child) return;
+    const pid = r.vmwpPid;
+    if (pid === null) return;
     r.expectingExit = true;
     r.reason = reason;
     this.setState(r, EnabledState.Stopping, reason);
-    const exited = new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) resolve();
-      else child.once('exit', () => resolve());
-    });
-    await r.rpc?.request({ t: 'turnOff' }, 2000).catch(() => undefined);
-    const t = setTimeout(() => child.kill('SIGKILL'), 3000);
-    await exited;
+    await r.link?.request({ t: 'turnOff', reason }, 2000).catch(() => undefined);
+    const t = setTimeout(() => {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }, 3000);
+    // onWorkerGone finishes the teardown and sets Off; wait for it.
+    for (let i = 0; i < 300 && r.vmwpPid === pid; i++) await new Promise((res) => setTimeout(res, 20));
     clearTimeout(t);
-    // onWorkerExit finishes the teardown and sets Off; wait for it.
     for (let i = 0; i < 100 && r.state !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
   }
 
@@ -314,27 +456,18 @@ export class Vmms {
       }
       throw new MgmtFailure('Timeout', `VM "${r.config.name}" did not shut down: ${why}; use --force to turn it off`);
     };
-    const sd = r.integration?.providers.shutdown;
-    if (r.state !== EnabledState.Running || !sd || !r.integration?.enabled.shutdown || !sd.negotiated) {
+    if (r.state !== EnabledState.Running || !r.link || r.config.integrationServices?.shutdown === false) {
       return await fail(r.state === EnabledState.Running ? 'the shutdown integration service is not available' : `it is ${vmStateName(r.state)}`);
     }
     const deadline = Date.now() + timeoutS * 1000;
-    const off = new Promise<void>((resolve) => {
-      const check = (): void => {
-        if (r.state === EnabledState.Off) resolve();
-        else if (Date.now() < deadline) setTimeout(check, 50);
-        else resolve();
-      };
-      check();
-    });
     this.setState(r, EnabledState.Stopping, 'shutdown requested');
     try {
-      await sd.shutdown({ answerTimeoutMs: Math.min(timeoutS * 1000, 10000), timeoutSeconds: Math.ceil(timeoutS) });
+      await r.link.request({ t: 'shutdown', timeoutS: Math.ceil(timeoutS) }, Math.min(timeoutS * 1000, 10000) + 2000);
     } catch (e) {
       if (this.stateOf(r) === EnabledState.Stopping) this.setState(r, EnabledState.Running, null);
       return await fail(`${(e as Error).message} within ${timeoutS} s`);
     }
-    await off;
+    while (this.stateOf(r) !== EnabledState.Off && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
     if (this.stateOf(r) !== EnabledState.Off) {
       if (this.stateOf(r) === EnabledState.Stopping) this.setState(r, EnabledState.Running, null);
       return await fail(`the guest accepted the request but was not off within ${timeoutS} s`);
@@ -342,78 +475,48 @@ export class Vmms {
     return this.info(r, null);
   }
 
-  /** The state now (a method call, so narrowing from an earlier check does not stick across awaits). */
-  private stateOf(r: VmRecord): number {
-    return r.state;
-  }
-
-  private running(r: VmRecord, what: string): VmIntegration {
-    if (!r.integration || (r.state !== EnabledState.Running && r.state !== EnabledState.Paused)) {
-      throw new MgmtFailure('InvalidState', `cannot ${what} of VM "${r.config.name}": it is ${vmStateName(r.state)}`);
-    }
-    return r.integration;
-  }
-
   /** Get-VMIntegrationService, and Enable/Disable-VMIntegrationService (hot add / remove). */
   async ic(name: unknown, args: { enable?: unknown; disable?: unknown } = {}): Promise<IcEntry[]> {
     const r = this.get(name);
-    const pick = (v: unknown): IcServiceName | null => {
+    const pick = (v: unknown): string | null => {
       if (v === undefined || v === null) return null;
-      if (!(IC_SERVICES as readonly string[]).includes(String(v))) throw new MgmtFailure('InvalidArgument', `integration service "${String(v)}" is unknown: use ${IC_SERVICES.join(', ')}`);
-      return String(v) as IcServiceName;
+      if (typeof v !== 'string' || !(IC_SERVICES as readonly string[]).includes(v)) throw new MgmtFailure('InvalidArgument', `integration service "${String(v)}" is unknown: use ${IC_SERVICES.join(', ')}`);
+      return v;
     };
     const enable = pick(args.enable);
     const disable = pick(args.disable);
     if (enable && disable) throw new MgmtFailure('InvalidArgument', 'give --enable or --disable, not both');
     const change = enable ?? disable;
+    const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
       const on = enable !== null;
       r.config.integrationServices = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...r.config.integrationServices, [change]: on };
       this.o.store.save(r.config);
-      if (r.integration && r.integration.enabled[change] !== on) await r.integration.setEnabled(change, on);
       this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
     }
-    if (r.integration) return r.integration.ic();
+    if (live) return await live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     const en = r.config.integrationServices ?? {};
     return IC_SERVICES.map((s) => ({ service: s, enabled: en[s] !== false, status: 'NoContact' as const, version: null }));
   }
 
-  /** KVP exchange: every operation asks the guest over its channel. */
+  /** KVP exchange: every operation asks the guest over its channel (in the VM's worker). */
   async kvp(name: unknown, args: { op?: unknown; pool?: unknown; key?: unknown; value?: unknown }): Promise<unknown> {
     const r = this.get(name);
-    const op = String(args.op ?? '');
-    if (!['set', 'get', 'delete', 'list'].includes(op)) throw new MgmtFailure('InvalidArgument', `KVP operation "${op}" is unknown: use set, get, delete or list`);
-    const poolText = args.pool === undefined || args.pool === null ? 'external' : String(args.pool);
-    if (!['external', 'guest', 'auto'].includes(poolText)) throw new MgmtFailure('InvalidArgument', `KVP pool "${poolText}" is unknown: use external, guest or auto`);
-    const pool = poolText as KvpPoolName;
-    const key = args.key === undefined || args.key === null ? null : String(args.key);
+    const op = typeof args.op === 'string' ? args.op : '';
+    if (op !== 'set' && op !== 'get' && op !== 'delete' && op !== 'list') throw new MgmtFailure('InvalidArgument', `KVP operation "${String(args.op)}" is unknown: use set, get, delete or list`);
+    const pool = args.pool === undefined || args.pool === null ? 'external' : args.pool;
+    if (typeof pool !== 'string' || !['external', 'guest', 'auto'].includes(pool)) throw new MgmtFailure('InvalidArgument', `KVP pool "${String(pool)}" is unknown: use external, guest or auto`);
+    const key = args.key === undefined || args.key === null ? null : args.key;
+    if (key !== null && typeof key !== 'string') throw new MgmtFailure('InvalidArgument', 'a KVP key is a string');
     if (op !== 'list' && key === null) throw new MgmtFailure('InvalidArgument', `KVP ${op} needs a key`);
-    if (op === 'set' && (args.value === undefined || args.value === null)) throw new MgmtFailure('InvalidArgument', 'KVP set needs a value');
-    const kvp = this.running(r, 'exchange KVP data').providers.kvp;
-    if (!r.integration!.enabled.kvp) throw new MgmtFailure('InvalidState', `the KVP integration service of VM "${r.config.name}" is disabled`);
-    try {
-      switch (op) {
-        case 'set':
-          await kvp.set(pool, key!, String(args.value));
-          return { pool, key, value: String(args.value) };
-        case 'get': {
-          const value = await kvp.get(pool, key!);
-          if (value === null) throw new MgmtFailure('NotFound', `VM "${r.config.name}" has no KVP key "${key}" in the ${pool} pool`);
-          return { pool, key, value };
-        }
-        case 'delete': {
-          const existed = await kvp.delete(pool, key!);
-          if (!existed) throw new MgmtFailure('NotFound', `VM "${r.config.name}" has no KVP key "${key}" in the ${pool} pool`);
-          return { pool, key, deleted: true };
-        }
-        default:
-          return (await kvp.list(pool)).map((e) => ({ pool, ...e }));
-      }
-    } catch (e) {
-      if (e instanceof KvpInputError) throw new MgmtFailure('InvalidArgument', e.message);
-      if (e instanceof IcRequestError) throw new MgmtFailure('Unavailable', `VM "${r.config.name}": ${e.message}`);
-      throw e;
+    const value = args.value === undefined || args.value === null ? null : args.value;
+    if (value !== null && typeof value !== 'string') throw new MgmtFailure('InvalidArgument', 'a KVP value is a string');
+    if (op === 'set' && value === null) throw new MgmtFailure('InvalidArgument', 'KVP set needs a value');
+    if (r.state !== EnabledState.Running && r.state !== EnabledState.Paused) {
+      throw new MgmtFailure('InvalidState', `cannot exchange KVP data of VM "${r.config.name}": it is ${vmStateName(r.state)}`);
     }
+    const link = this.linkOf(r, 'exchange KVP data of');
+    return await link.request({ t: 'kvp', op, pool, key, value }, 15000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
   }
 
   pause(name: unknown): Promise<VmInfo> {
@@ -431,12 +534,13 @@ export class Vmms {
       ? [EnabledState.Running, EnabledState.Pausing, EnabledState.Paused, 'pause']
       : [EnabledState.Paused, EnabledState.Resuming, EnabledState.Running, 'resume'];
     this.requireState(r, [from], verb);
+    const link = this.linkOf(r, verb);
     this.setState(r, via, null);
     try {
-      await r.rpc!.request({ t: 'suspend', value: on });
+      await link.request({ t: 'suspend', value: on });
     } catch (e) {
-      this.setState(r, from, null);
-      throw new MgmtFailure('Internal', `${verb} of VM "${r.config.name}" failed: ${(e as Error).message}`);
+      if (this.stateOf(r) === via) this.setState(r, from, null);
+      throw linkFailure(e, `${verb} of VM "${r.config.name}" failed`);
     }
     this.setState(r, to, on ? 'paused' : 'resumed');
     return this.info(r, null);
@@ -459,7 +563,7 @@ export class Vmms {
       state: vmStateName(r.state),
       enabledState: r.state,
       partitionId: r.partitionId,
-      pids: { partition: r.partitionPid, vmwp: r.vmwp?.pid ?? null },
+      pids: { partition: r.partitionPid, vmwp: r.vmwpPid },
       vps: r.config.vps,
       memoryBytes: r.config.memoryBytes,
       uptimeS: r.runningSince === null ? 0 : Math.round((Date.now() - r.runningSince) / 100) / 10,
@@ -476,8 +580,8 @@ export class Vmms {
     const cpuOf = new Map((stats?.partitions ?? []).filter((p) => p.scheduled).map((p) => [p.id, p.cpu]));
     return await Promise.all(rs.map(async (r) => {
       let progress: number | null = null;
-      if (r.rpc && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
-        const st = await r.rpc.request<{ progress: number | null }>({ t: 'status' }, 2000).catch(() => null);
+      if (r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
+        const st = await r.link.request<{ progress: number | null }>({ t: 'status' }, 2000).catch(() => null);
         progress = st?.progress ?? null;
       }
       return this.info(r, progress, r.partitionId !== null ? (cpuOf.get(r.partitionId) ?? null) : null);
@@ -488,7 +592,7 @@ export class Vmms {
   async status(name: unknown): Promise<unknown> {
     const r = this.get(name);
     this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'read the status of');
-    return await r.rpc!.request({ t: 'status' }, 5000);
+    return await this.linkOf(r, 'read the status of').request({ t: 'status' }, 5000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
   }
 
   async peek(name: unknown, gpa: unknown, len: unknown): Promise<Uint8Array> {
@@ -499,13 +603,13 @@ export class Vmms {
     if (!Number.isSafeInteger(g) || g < 0) throw new MgmtFailure('InvalidArgument', `GPA ${String(gpa)} is invalid`);
     if (!Number.isSafeInteger(l) || l < 1 || l > 16 * 1024 * 1024) throw new MgmtFailure('InvalidArgument', `length ${String(len)} is invalid: 1 to 16 MiB`);
     if (g + l > r.config.memoryBytes) throw new MgmtFailure('InvalidArgument', `GPA range 0x${g.toString(16)}+${l} is outside VM "${r.config.name}"'s ${r.config.memoryBytes} bytes`);
-    return await r.rpc!.request<Uint8Array>({ t: 'peek', gpa: g, len: l });
+    return await this.linkOf(r, 'read the memory of').request<Uint8Array>({ t: 'peek', gpa: g, len: l }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
   }
 
   processes(): ProcessInfo[] {
     const out: ProcessInfo[] = [];
     for (const r of this.vms.values()) {
-      if (r.vmwp?.pid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwp.pid });
+      if (r.vmwpPid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwpPid });
       if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });
     }
     return out;
@@ -521,7 +625,7 @@ export class Vmms {
       const r = this.get(args.as);
       this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'issue a hypercall as');
       as = r.config.name;
-      res = await r.rpc!.request<HypercallResult>({ t: 'hypercall', asChild: true, code, input });
+      res = await this.linkOf(r, 'issue a hypercall as').request<HypercallResult>({ t: 'hypercall', asChild: true, code, input }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     } else {
       res = await this.o.vid.raw(code, input);
     }
@@ -532,7 +636,7 @@ export class Vmms {
   killAll(): void {
     for (const r of this.vms.values()) {
       r.expectingExit = true;
-      for (const pid of [r.vmwp?.pid, r.partitionPid]) {
+      for (const pid of [r.vmwpPid, r.partitionPid]) {
         if (pid) {
           try {
             process.kill(pid, 'SIGKILL');
@@ -543,6 +647,14 @@ export class Vmms {
   }
 
   async shutdownAll(): Promise<void> {
-    await Promise.all([...this.vms.values()].filter((r) => r.vmwp).map((r) => this.kill(r, 'host shutting down')));
+    await Promise.all([...this.vms.values()].filter((r) => r.vmwpPid !== null).map((r) => this.kill(r, 'host shutting down')));
+  }
+
+  /** This root is leaving but the host is not: let go of the workers, which keep their VMs. */
+  close(): void {
+    for (const r of this.vms.values()) {
+      r.stopWatch?.();
+      r.link?.close();
+    }
   }
 }

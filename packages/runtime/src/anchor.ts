@@ -3,13 +3,23 @@
  * gone (even after kill -9, which sends nobody a message). Polling a pid with signal 0 every
  * 200 ms is cheap and needs no socket; `process.kill(pid, 0)` throws ESRCH once it has exited.
  */
+import { readFileSync } from 'node:fs';
+
 export function pidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A zombie (exited, not yet reaped) still answers signal 0; it is not alive. Orphans re-parented
+  // to a PID 1 that never reaps would otherwise look alive forever.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const close = stat.lastIndexOf(')');
+    return stat.charAt(close + 2) !== 'Z';
+  } catch {
+    return true;
   }
 }
 

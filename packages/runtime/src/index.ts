@@ -9,3 +9,4 @@ export * from './anchor.js';
 export * from './zmq.js';
 export * from './hvclient.js';
 export * from './ipc.js';
+export * from './vmwp-link.js';

@@ -20,6 +20,14 @@ export interface HostPaths {
   eventsEndpoint: string;
   /** The root's remote VMBus transport (ZeroMQ ROUTER). */
   vmbusEndpoint: string;
+  /** Records of running VM workers (one JSON file per VM), read by a root that re-attaches. */
+  vmwpDir: string;
+  /** Held by the host's hypervisor for its whole life: one host per home. */
+  lockFile: string;
+  /** A VM worker's control socket (the VM's id keeps it unique and short). */
+  vmwpEndpoint(vmId: string): string;
+  /** A VM worker's remote VMBus transport (ZeroMQ ROUTER), per partition. */
+  vmbusEndpointFor(partitionId: number): string;
 }
 
 export function resolveHome(explicit?: string | null): string {
@@ -42,6 +50,10 @@ export function hostPaths(home: string): HostPaths {
     mgmtEndpoint: `ipc://${join(sockDir, 'mgmt')}`,
     eventsEndpoint: `ipc://${join(sockDir, 'events')}`,
     vmbusEndpoint: `ipc://${join(sockDir, 'vmbus')}`,
+    vmwpDir: join(runDir, 'vmwp'),
+    lockFile: join(runDir, 'host.lock'),
+    vmwpEndpoint: (vmId: string) => `ipc://${join(sockDir, `w-${createHash('sha1').update(vmId).digest('hex').slice(0, 12)}`)}`,
+    vmbusEndpointFor: (partitionId: number) => `ipc://${join(sockDir, `vmbus-${partitionId}`)}`,
   };
 }
 
@@ -62,5 +74,20 @@ export function shmPrefix(hostId: string): string {
 
 /** Node arguments that let a child process run TypeScript sources. */
 export function nodeArgsFor(entry: string): string[] {
-  return ['--import', 'tsx', entry];
+  // Resolved from here, not from the current directory (which is where a bare `--import tsx`
+  // would look), so a host starts from whatever directory the CLI runs in.
+  return ['--import', TSX_LOADER, entry];
+}
+const TSX_LOADER = import.meta.resolve('tsx');
+
+/** `run/host.json`: written by the host's hypervisor whenever it (re)starts the root partition. */
+export interface HostRecord {
+  hostId: string;
+  home: string;
+  pids: { hypervisor: number; root: number };
+  sockDir: string;
+  lps: number;
+  startedAt: string;
+  /** How many times the supervisor restarted a dead root partition process. */
+  rootRestarts?: number;
 }

@@ -14,6 +14,8 @@
 #include <ctime>
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 
 namespace {
 
@@ -157,6 +159,27 @@ void FutexWake(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(v8::Integer::New(isolate, static_cast<int32_t>(r)));
 }
 
+// setChildSubreaper() -> true: orphaned descendants are re-parented to this process instead of
+// init, so the host's anchor can reap the workers of a root partition that died (PID 1 of a
+// container often never reaps, and a zombie still answers kill(pid, 0)).
+void SetChildSubreaper(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) { Throw(isolate, "prctl(PR_SET_CHILD_SUBREAPER)", errno); return; }
+  args.GetReturnValue().Set(true);
+}
+
+// reapChild(pid) -> true when `pid` was a child of ours that had exited and is now reaped,
+// false when it is still running or not our child. Never waits.
+void ReapChild(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, "reapChild(pid) needs a pid", 0); return; }
+  double d = args[0].As<v8::Number>()->Value();
+  if (!(d >= 1 && d <= 4194304)) { Throw(isolate, "reapChild: pid out of range", 0); return; }
+  int status = 0;
+  pid_t r = waitpid(static_cast<pid_t>(d), &status, WNOHANG);
+  args.GetReturnValue().Set(r > 0);
+}
+
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
@@ -169,4 +192,8 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, FutexWait)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "futexWake").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, FutexWake)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "setChildSubreaper").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, SetChildSubreaper)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "reapChild").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, ReapChild)->GetFunction(context).ToLocalChecked()).Check();
 }

@@ -12,7 +12,7 @@
  * file mode (0600) plus the hypervisor's own checks.
  */
 import { createRequire } from 'node:module';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -21,6 +21,8 @@ interface Addon {
   unlink(name: string): boolean;
   futexWait(sab: SharedArrayBuffer, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out';
   futexWake(sab: SharedArrayBuffer, index: number, count: number): number;
+  setChildSubreaper?(): boolean;
+  reapChild?(pid: number): boolean;
 }
 
 const pkgDir = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -146,4 +148,70 @@ export function futexWait(sab: SharedArrayBuffer, index: number, expected: numbe
 export function futexWake(sab: SharedArrayBuffer, index: number, count = 0x7fffffff): number {
   if (addon) return addon.futexWake(sab, index, count);
   return Atomics.notify(new Int32Array(sab), index, count);
+}
+
+/**
+ * Makes this process the reaper of its orphaned descendants (PR_SET_CHILD_SUBREAPER). The host's
+ * anchor (the hypervisor) uses it so that the workers of a root partition that died are re-parented
+ * to it, not to PID 1 (which in a container may never reap them). False without the addon.
+ */
+export function becomeChildSubreaper(): boolean {
+  if (!addon?.setChildSubreaper) return false;
+  try {
+    return addon.setChildSubreaper();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Reaps every exited child of this process that Node did not spawn itself (re-parented orphans):
+ * reads /proc/self/task/TID/children and waits (without blocking) for each zombie among them.
+ * `own` lists pids Node's child_process manages (their exit status belongs to it). Returns how
+ * many were reaped.
+ */
+/** Pids of this process's children (all threads), from /proc. */
+export function childPids(): number[] {
+  const out: number[] = [];
+  let tasks: string[] = [];
+  try {
+    tasks = readdirSync('/proc/self/task');
+  } catch {
+    return out;
+  }
+  for (const t of tasks) {
+    try {
+      for (const k of readFileSync(`/proc/self/task/${t}/children`, 'utf8').trim().split(/\s+/)) if (k) out.push(Number(k));
+    } catch { /* thread gone */ }
+  }
+  return out;
+}
+
+export function reapOrphans(own: ReadonlySet<number>): number {
+  if (!addon?.reapChild) return 0;
+  let n = 0;
+  let tasks: string[] = [];
+  try {
+    tasks = readdirSync('/proc/self/task');
+  } catch {
+    return 0;
+  }
+  for (const t of tasks) {
+    let kids: string[] = [];
+    try {
+      kids = readFileSync(`/proc/self/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    } catch {
+      continue;
+    }
+    for (const k of kids) {
+      const pid = Number(k);
+      if (!Number.isInteger(pid) || own.has(pid)) continue;
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+        const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+        if (state === 'Z' && addon.reapChild(pid)) n++;
+      } catch { /* gone */ }
+    }
+  }
+  return n;
 }

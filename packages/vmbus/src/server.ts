@@ -26,6 +26,13 @@ export const SERVER_VERSIONS: readonly number[] = [
 /** OPENCHANNEL_RESULT / GPADL_CREATED status for a refusal (STATUS_UNSUCCESSFUL). */
 export const VMBUS_STATUS_FAILED = 0xc0000001;
 const MAX_REMOTE_WINDOW = 4 * 1024 * 1024;
+/**
+ * Caps on what a guest can make the host hold (a guest is untrusted): GPADLs being assembled from
+ * GPADL_BODY messages at once, and established GPADLs per channel (a ring needs one; Linux's
+ * netvsc and storvsc add a few buffers). Past them the host answers GPADL_CREATED with a failure.
+ */
+export const MAX_PENDING_GPADLS = 64;
+export const MAX_GPADLS_PER_CHANNEL = 16;
 
 /** A synthetic device's provider side: offered, opened, closed. Nothing more is asked of it. */
 export interface VmbusDevice {
@@ -174,9 +181,20 @@ export class VmbusServer {
     }
   }
 
+  private logWindow = { start: 0, logged: 0, suppressed: 0 };
+
   private reject(why: string, extra: object = {}): void {
     this.stats.rejected++;
-    this.env.log.warn({ partition: this.env.partitionId, ...extra }, `VMBus message refused: ${why}`);
+    // A guest that floods bad messages must not flood the host's disk with logs: at most 20 lines
+    // a second, then one line saying how many were left out.
+    const now = Date.now();
+    const w = this.logWindow;
+    if (now - w.start >= 1000) {
+      if (w.suppressed > 0) this.env.log.warn({ partition: this.env.partitionId, suppressed: w.suppressed }, `VMBus: ${w.suppressed} more refused messages were not logged`);
+      this.logWindow = { start: now, logged: 0, suppressed: 0 };
+    }
+    if (this.logWindow.logged++ < 20) this.env.log.warn({ partition: this.env.partitionId, ...extra }, `VMBus message refused: ${why}`);
+    else this.logWindow.suppressed++;
   }
 
   private async handle(connectionId: number, payload: Uint8Array): Promise<void> {
@@ -277,6 +295,12 @@ export class VmbusServer {
     if (!ch || ch.state === 'rescinded') return this.reject(`GPADL_HEADER for relid ${m.childRelid}, which is not offered`);
     if (m.gpadl === 0 || this.gpadls.has(m.gpadl) || this.pendingGpadls.has(m.gpadl)) return this.reject(`GPADL handle 0x${m.gpadl.toString(16)} is zero or in use`);
     if (m.byteOffset !== 0) return this.reject(`GPADL 0x${m.gpadl.toString(16)} starts at byte offset ${m.byteOffset}`);
+    const held = [...this.gpadls.values()].filter((g) => g.relid === m.childRelid).length + [...this.pendingGpadls.values()].filter((g) => g.relid === m.childRelid).length;
+    if (this.pendingGpadls.size >= MAX_PENDING_GPADLS || held >= MAX_GPADLS_PER_CHANNEL) {
+      this.reject(`GPADL 0x${m.gpadl.toString(16)} refused: relid ${m.childRelid} holds ${held} GPADLs and ${this.pendingGpadls.size} are being assembled (limits ${MAX_GPADLS_PER_CHANNEL} per channel, ${MAX_PENDING_GPADLS} pending)`);
+      await this.send({ type: 'GpadlCreated', childRelid: m.childRelid, gpadl: m.gpadl, status: VMBUS_STATUS_FAILED });
+      return;
+    }
     const pending: PendingGpadl = { relid: m.childRelid, totalPfns: m.totalPfns, pfns: [...m.pfns], nextMsg: 1 };
     if (pending.pfns.length >= pending.totalPfns) await this.finishGpadl(m.gpadl, pending);
     else this.pendingGpadls.set(m.gpadl, pending);

@@ -1,42 +1,101 @@
 /**
- * The VM worker process (VMWP): one per running VM, spawned by VMMS with an IPC pipe. It builds
- * the VM through the root's hypercall interface (its session is the root's, as VMWP runs in the
- * root partition): CreatePartition, privileges and CPU properties, InitializePartition,
- * MapGpaPages, CreateVp, the control ports; writes the boot information page as firmware; starts
- * the child partition process; and relays the root's requests (status, peek, pause, hypercalls as
- * the child). Intercept handling arrives with the emulated devices.
+ * The VM worker process (VMWP): one per running VM, spawned by VMMS. It owns its VM from build to
+ * teardown, and outlives the root partition process that started it (as vmwp.exe outlives a VMMS
+ * restart): VMMS talks to it over a control socket (protocol/src/vmwp.ts) that a restarted root
+ * re-attaches to, found through the record this process keeps in `run/vmwp/NAME.json`.
+ *
+ * It builds the VM through hypercalls in a root-partition session opened with a one-time ticket
+ * (never the root's token): CreatePartition, privileges and CPU properties, InitializePartition,
+ * MapGpaPages, CreateVp, the control ports; it writes the boot page as firmware, hosts the VM's
+ * VMBus server and integration-service providers (vmbus.ts), emulates the CMOS RTC on port
+ * intercepts, starts the child partition process, and saves the VM.
+ *
+ * Start-up input arrives on stdin as one JSON line `{config, ticket, secret}` (nothing secret in
+ * the environment, which any process of the same user can read in /proc/PID/environ).
  *
  * When it exits, even by kill -9, its child partition process sees the pipe close and leaves; the
- * root then tears down the partition. Nothing else is touched, as in Hyper-V.
+ * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, renameSync, writeFileSync, rmSync, openSync, fsyncSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
-  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage, type SavedVpState,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage,
+  type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, type Notification } from '@hvlab/runtime';
+import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
-import { controlPortId, hostConnectionId, type VmwpConfig } from './shared.js';
+import { IcRequestError, KvpInputError, type IcServiceName, type KvpPoolName } from '@hvlab/vsp';
+import { controlPortId, hostConnectionId, type VmwpConfig, type VmwpStartInput } from './shared.js';
 import { CmosRtc, CMOS_INDEX_PORT, CMOS_DATA_PORT } from './cmos.js';
+import { IC_SERVICES, VmIntegration } from './vmbus.js';
 import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
 
-const cfg = JSON.parse(process.env.HVLAB_VMWP_CONFIG!) as VmwpConfig;
-const rootToken = process.env.HVLAB_ROOT_TOKEN!;
-delete process.env.HVLAB_ROOT_TOKEN;
-delete process.env.HVLAB_VMWP_CONFIG;
+/** Reads the one start-up line from stdin, then lets go of stdin. */
+async function readStartInput(): Promise<VmwpStartInput> {
+  let buf = '';
+  for await (const chunk of process.stdin) {
+    buf += (chunk as Buffer).toString('utf8');
+    const nl = buf.indexOf('\n');
+    if (nl >= 0) {
+      process.stdin.destroy();
+      return JSON.parse(buf.slice(0, nl)) as VmwpStartInput;
+    }
+    if (buf.length > 1 << 20) break;
+  }
+  throw new Error('no start-up input on stdin');
+}
+
+const input = await readStartInput();
+const cfg: VmwpConfig = input.config;
 process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
 const paths = hostPaths(cfg.home);
 const log = processLogger(paths.logDir, `vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the worker keeps its VM)'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the worker keeps its VM)'));
+const envMs = (name: string, dflt: number): number => {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v >= 50 ? v : dflt;
+};
 
 let partitionId = 0;
 let child: ChildProcess | null = null;
 let childRpc: IpcRpc | null = null;
 let memory: DataView | null = null;
 let booted = false;
+let runningSince: number | null = null;
+let suspended = false;
+let saved = false;
 let exiting = false;
+let integration: VmIntegration | null = null;
 const cmos = new CmosRtc(cfg.rtcOffsetS * 1000);
 let intercepts = 0;
+
+// ---- the record a re-attaching root reads -----------------------------------------------------
+
+const recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
+const record: VmwpRecord = {
+  version: 1, name: cfg.name, id: cfg.id, pid: process.pid, endpoint: paths.vmwpEndpoint(cfg.id), secret: input.secret,
+  partitionId: null, partitionPid: null, startedAt: new Date().toISOString(), exit: null,
+};
+function writeRecord(): void {
+  try {
+    mkdirSync(paths.vmwpDir, { recursive: true, mode: 0o700 });
+    const tmp = `${recordFile}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(record) + '\n', { mode: 0o600 });
+    const fd = openSync(tmp, 'r');
+    try { fsyncSync(fd); } finally { closeSync(fd); }
+    renameSync(tmp, recordFile);
+  } catch (e) {
+    // A full disk must not take the VM down; the root still has the control link while it lives.
+    log.error({ err: e }, 'could not write the worker record');
+    rmSync(`${recordFile}.tmp-${process.pid}`, { force: true });
+  }
+}
+
+// ---- hypervisor session ----------------------------------------------------------------------
 
 /** An intercepted port access of our partition: emulate it, write the result, resume the VP. */
 async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promise<void> {
@@ -49,41 +108,50 @@ async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promis
 }
 
 const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
-  if (n.k === 'rootmsg' && n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId) {
-    if (!booted) {
+  if (n.k === 'rootmsg') {
+    if (integration?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
+    if (n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId && !booted) {
       booted = true;
+      runningSince = Date.now();
       log.info('guest reported boot');
-      rootRpc.note({ t: 'booted', partitionPid: child?.pid ?? null });
+      control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
     }
+  } else if (n.k === 'rootevent') {
+    integration?.onRootEvent(n.portId, n.sender);
   } else if (n.k === 'intercept' && n.partitionId === partitionId) {
     onIntercept(n).catch((e) => log.error({ err: e, port: n.port }, 'intercept handling failed'));
   } else if (n.k === 'bye') {
     void exit(`hypervisor: ${n.reason}`, 1);
   }
-});
+}, { watchPid: cfg.hvPid });
 
-async function exit(reason: string, code = 0): Promise<void> {
+async function exit(reason: string, code = 0, guestShutdown = false): Promise<void> {
   if (exiting) return;
   exiting = true;
   log.info({ reason }, 'vmwp exiting');
+  record.exit = { reason, guestShutdown, at: new Date().toISOString() };
+  writeRecord();
+  control.note({ t: 'exiting', reason, guestShutdown });
   if (child && child.exitCode === null && child.signalCode === null) {
-    // Reap the partition process ourselves rather than leave a zombie for init.
+    // Reap the partition process ourselves rather than leave a zombie.
     const gone = new Promise((r) => child!.once('exit', r));
     child.kill('SIGKILL');
     await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
   }
+  integration?.close();
   if (partitionId && pidAlive(cfg.hvPid)) {
     await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
     await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
   }
   hv.close();
   childRpc?.close();
-  rootRpc.close();
+  // Give the exit note a moment to leave before the socket closes.
+  await new Promise((r) => setTimeout(r, 20));
+  control.close();
   process.exit(code);
 }
 
 watchPids([cfg.hvPid], () => void exit('the hypervisor is gone', 1));
-process.on('disconnect', () => void exit('the root is gone', 1));
 process.on('SIGTERM', () => void exit('SIGTERM'));
 
 /** What the guest kernel page says: LP occupancy (now and most ever) and the CMOS time it read. */
@@ -95,15 +163,54 @@ async function kernelInfo(): Promise<{ running: number; maxRunning: number; rtcF
 
 async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
   if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > cfg.memoryBytes) {
-    throw new Error(`GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
+    throw new VmwpFailure('InvalidArgument', `GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
   }
   if (memory) return new Uint8Array(memory.buffer, gpa, len).slice();
-  if (!childRpc) throw new Error('the VM is not running');
+  if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
   return await childRpc.request<Uint8Array>({ t: 'read', gpa, len });
 }
 
-const rootRpc = new IpcRpc(process, async (m) => {
-  switch (m.t) {
+function ics(): VmIntegration {
+  if (!integration) throw new VmwpFailure('InvalidState', 'the VM has no VMBus yet');
+  return integration;
+}
+
+async function kvp(req: Extract<VmwpRequest, { t: 'kvp' }>): Promise<unknown> {
+  const i = ics();
+  if (!i.enabled.kvp) throw new VmwpFailure('InvalidState', `the KVP integration service of VM "${cfg.name}" is disabled`);
+  if (!['external', 'guest', 'auto'].includes(req.pool)) throw new VmwpFailure('InvalidArgument', `KVP pool "${req.pool}" is unknown: use external, guest or auto`);
+  const pool = req.pool as KvpPoolName;
+  const k = i.providers.kvp;
+  try {
+    switch (req.op) {
+      case 'set':
+        await k.set(pool, req.key ?? '', req.value ?? '');
+        return { pool, key: req.key, value: req.value };
+      case 'get': {
+        const value = await k.get(pool, req.key ?? '');
+        if (value === null) throw new VmwpFailure('NotFound', `VM "${cfg.name}" has no KVP key "${req.key}" in the ${pool} pool`);
+        return { pool, key: req.key, value };
+      }
+      case 'delete': {
+        if (!(await k.delete(pool, req.key ?? ''))) throw new VmwpFailure('NotFound', `VM "${cfg.name}" has no KVP key "${req.key}" in the ${pool} pool`);
+        return { pool, key: req.key, deleted: true };
+      }
+      default:
+        return (await k.list(pool)).map((e) => ({ pool, ...e }));
+    }
+  } catch (e) {
+    if (e instanceof KvpInputError) throw new VmwpFailure('InvalidArgument', e.message);
+    if (e instanceof IcRequestError) throw new VmwpFailure('Unavailable', `VM "${cfg.name}": ${e.message}`);
+    throw e;
+  }
+}
+
+const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, async (req) => {
+  switch (req.t) {
+    case 'describe': {
+      const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore };
+      return d;
+    }
     case 'status': {
       if (!booted) return { booted: false, progress: null };
       const page = await readGuest(STATUS_PAGE_GPA, 0x40);
@@ -119,50 +226,70 @@ const rootRpc = new IpcRpc(process, async (m) => {
       };
     }
     case 'peek':
-      return await readGuest(Number(m.gpa), Number(m.len));
-    case 'suspend': {
-      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: m.value ? 1 : 0 });
+      return await readGuest(req.gpa, req.len);
+    case 'suspend':
+      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: req.value ? 1 : 0 });
+      suspended = req.value;
       return true;
-    }
-    case 'hypercall': {
-      if (m.asChild) {
-        if (!childRpc) throw new Error('the VM is not running');
-        return await childRpc.request({ t: 'hypercall', code: m.code, input: m.input });
+    case 'hypercall':
+      if (req.asChild) {
+        if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
+        return await childRpc.request({ t: 'hypercall', code: req.code, input: req.input });
       }
-      return await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
-    }
-    case 'processor': {
-      const set = async (property: number, value: number): Promise<void> => {
-        await hv.must('SetPartitionProperty', { partitionId, property, value });
-      };
-      await set(PartitionProperty.CpuReserve, Number(m.reserve));
-      await set(PartitionProperty.CpuCap, Number(m.maximum));
-      await set(PartitionProperty.CpuWeight, Number(m.weight));
+      return await hv.raw(req.code, req.input);
+    case 'processor':
+      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: req.reserve });
+      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: req.maximum });
+      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: req.weight });
       return true;
-    }
     case 'save':
-      return await save((m.kvpExternal ?? []) as Array<{ key: string; value: string }>, (m.channels ?? []) as string[]);
+      return await save();
     case 'turnOff':
-      setTimeout(() => void exit('turned off by VMMS'), 10);
+      setTimeout(() => void exit(req.reason), 10);
       return true;
-    default:
-      throw new Error(`unknown request ${String(m.t)}`);
+    case 'ic': {
+      const i = ics();
+      for (const [svc, on] of [[req.enable, true], [req.disable, false]] as const) {
+        if (svc === null) continue;
+        if (!(IC_SERVICES as readonly string[]).includes(svc)) throw new VmwpFailure('InvalidArgument', `integration service "${svc}" is unknown: use ${IC_SERVICES.join(', ')}`);
+        await i.setEnabled(svc as IcServiceName, on);
+        log.info({ service: svc, enabled: on }, 'integration service changed');
+      }
+      return i.ic();
+    }
+    case 'kvp':
+      return await kvp(req);
+    case 'shutdown': {
+      const i = ics();
+      const sd = i.providers.shutdown;
+      if (!i.enabled.shutdown || !sd.negotiated) throw new VmwpFailure('Unavailable', 'the shutdown integration service is not available');
+      try {
+        await sd.shutdown({ answerTimeoutMs: Math.min(req.timeoutS * 1000, 10000), timeoutSeconds: req.timeoutS });
+      } catch (e) {
+        throw new VmwpFailure('Unavailable', (e as Error).message);
+      }
+      return true;
+    }
   }
-});
+}, log);
 
 /**
  * Save: suspend the partition, wait until every VP has left its LP at a step boundary, then
  * write memory and the state of every VP and device. The VM stays suspended; VMMS turns it off.
  */
-async function save(kvpExternal: Array<{ key: string; value: string }>, channels: string[]): Promise<{ bytes: number; ms: number }> {
-  if (!memory) throw new Error('saving needs shared memory (this host runs on process-private memory)');
+async function save(): Promise<{ bytes: number; ms: number }> {
+  if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
   const t0 = Date.now();
+  const i = integration;
+  const kvpProvider = i?.enabled.kvp ? i.providers.kvp : null;
+  const kvpExternal = kvpProvider?.negotiated ? (await kvpProvider.list('external').catch(() => [])).map((e) => ({ key: e.key, value: e.value })) : [];
+  const channels = i ? i.ic().filter((e) => e.enabled).map((e) => e.service) : [];
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 1 });
   try {
     let vps: SavedVpState[] = [];
     for (;;) {
       vps = [];
-      for (let i = 0; i < cfg.vps; i++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: i }));
+      for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
       if (vps.every((v) => v.runState !== 'Running')) break;
       if (Date.now() - t0 > 10000) throw new Error('a VP did not stop at a step boundary within 10 s');
       await new Promise((r) => setTimeout(r, 5));
@@ -177,6 +304,8 @@ async function save(kvpExternal: Array<{ key: string; value: string }>, channels
       devices: { cmos: cmos.save(), vmbus: { version: 1, channels }, kvp: { version: 1, external: kvpExternal } },
     };
     writeSavedState(cfg.vmDir, cfg.name, state, mem);
+    saved = true;
+    suspended = true;
     log.info({ bytes: mem.length, ms: Date.now() - t0 }, 'VM saved');
     return { bytes: mem.length, ms: Date.now() - t0 };
   } catch (e) {
@@ -207,11 +336,12 @@ function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
 
 async function build(): Promise<void> {
   // Check a saved state before building anything, so a bad one fails the start cleanly.
-  const saved = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps }) : null;
-  const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'vmwp', vm: cfg.name });
+  const restoreFrom = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps }) : null;
+  const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, ticket: input.ticket, role: 'vmwp', vm: cfg.name });
   const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
   partitionId = created.partitionId;
-  rootRpc.note({ t: 'partition', partitionId });
+  record.partitionId = partitionId;
+  writeRecord();
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.PrivilegeFlags, value: ENLIGHTENED_CHILD_PRIVILEGES });
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: cfg.processor.reserve });
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cfg.processor.maximum });
@@ -228,22 +358,26 @@ async function build(): Promise<void> {
   await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 2), portPartitionId: partitionId, portId: 2 });
-  // The root's VMBus server takes the partition: ports for connections 1 and 4, offers.
-  const vmbus = await rootRpc.request<{ token: string; endpoint: string }>({ t: 'vmbusAttach', partitionId, privateMemory: session.memoryMode !== 'shared' }, 15000);
-  const fw = firmwarePage(vmbus);
+  // This worker's VMBus server takes the partition: ports for connections 1 and 4, offers.
+  const remote = cfg.vmbusTransport === 'remote' || session.memoryMode !== 'shared';
+  integration = new VmIntegration(partitionId, cfg.name, hv, remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, cfg.integrationServices, log,
+    { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) });
+  await integration.attach();
+  const fw = firmwarePage({ endpoint: integration.endpoint || paths.vmbusEndpointFor(partitionId), token: integration.token });
   if (session.memoryMode === 'shared') {
     const region = `hvlab-${cfg.hostId}-p${partitionId}-mem`;
     memory = new DataView(openRegion(region));
-    if (saved) {
+    if (restoreFrom) {
       // Restore: memory byte for byte, then each VP's registers, APIC, SynIC and timers, then devices.
-      new Uint8Array(memory.buffer).set(saved.memory);
+      new Uint8Array(memory.buffer).set(restoreFrom.memory);
       new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
-      for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: saved.state.partition.vps[i] });
-      cmos.restore(saved.state.devices.cmos);
-      log.info({ savedAt: saved.state.savedAt }, 'restoring saved state');
+      for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: restoreFrom.state.partition.vps[i] });
+      cmos.restore(restoreFrom.state.devices.cmos);
+      restoreKvp(restoreFrom.state.devices.kvp.external);
+      log.info({ savedAt: restoreFrom.state.savedAt }, 'restoring saved state');
     }
     new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
-  } else if (saved) {
+  } else if (restoreFrom) {
     throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
   }
   child = spawn(process.execPath, nodeArgsFor(entries.partition), {
@@ -260,26 +394,42 @@ async function build(): Promise<void> {
   childRpc = new IpcRpc(child, async () => {
     throw new Error('the VMWP takes no requests from the guest');
   });
-  rootRpc.note({ t: 'spawned', partitionPid: child.pid ?? null });
+  record.partitionPid = child.pid ?? null;
+  writeRecord();
   child.on('exit', (code, signal) => {
     if (exiting) return;
     if (code === 0) {
       // The guest shut itself down (the shutdown integration service asked it to).
       log.info('the guest shut down');
-      rootRpc.note({ t: 'guestShutdown' });
-      void exit('the guest shut down', 0);
+      void exit('shut down by the guest', 0, true);
       return;
     }
     log.warn({ code, signal }, 'partition process exited');
-    rootRpc.note({ t: 'partitionExited', code, signal });
-    void exit(`the partition process exited (${signal ?? `code ${code}`})`, 1);
+    void exit(signal ? `the partition process was killed (${signal})` : `the partition process exited with code ${code}`, 1);
   });
   if (session.memoryMode !== 'shared') await childRpc.request({ t: 'firmware', page: fw });
   log.info({ partitionId, partitionPid: child.pid, memoryMode: session.memoryMode }, 'VM built');
 }
 
+/** Puts the saved KVP external pool back once the restored guest's KVP service is up. */
+function restoreKvp(pool: Array<{ key: string; value: string }>): void {
+  if (pool.length === 0) return;
+  const deadline = Date.now() + 15000;
+  const attempt = async (): Promise<void> => {
+    const k = integration?.providers.kvp;
+    if (!k?.negotiated) {
+      if (Date.now() < deadline && !exiting) setTimeout(() => void attempt(), 100);
+      return;
+    }
+    for (const e of pool) await k.set('external', e.key, e.value).catch(() => undefined);
+  };
+  void attempt();
+}
+
+writeRecord();
+await control.bind();
 build().catch((e) => {
   log.error({ err: e }, 'VM build failed');
-  rootRpc.note({ t: 'failed', message: (e as Error).message });
+  control.note({ t: 'failed', message: (e as Error).message });
   void exit(`build failed: ${(e as Error).message}`, 2);
 });

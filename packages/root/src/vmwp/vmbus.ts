@@ -1,8 +1,13 @@
 /**
- * The root's VMBus side for every VM of the host: per partition it creates the root ports the
- * guest's VMBus connections lead to (messages on connection 1 and 4, one event port per channel),
- * runs a `VmbusServer` with the integration-service providers, and routes the hypervisor's
- * notifications (rootmsg / rootevent) to it. One `RemoteHub` serves the remote transport.
+ * One VM's VMBus host side, inside its VMWP: the root-partition ports the guest's VMBus
+ * connections lead to (messages on connection 1 and 4, one event port per channel), a
+ * `VmbusServer` with the integration-service providers, and — for the remote transport — a
+ * `RemoteHub` bound in the host's socket directory for this partition alone.
+ *
+ * Why here and not in the root process: the VMBus server state of a running VM (offers, GPADLs,
+ * open channels, negotiated IC versions, KVP requests in flight) must outlive a crash of VMMS.
+ * Hyper-V keeps the integration-service VSPs in the VM's worker process (vmwp.exe), and a VMMS
+ * restart stops no VM; hvlab does the same, and a VSP fault also takes down only its own VM.
  *
  * Ports in the root partition are numbered so that no two partitions collide:
  *   message ports  0x80000 + partition*2 + {0: connection 1, 1: connection 4}
@@ -16,7 +21,7 @@ import { GpadlWindow, RemoteHub, VmbusServer, type VmbusDevice } from '@hvlab/vm
 import {
   HeartbeatProvider, ShutdownProvider, TimeSyncProvider, KvpProvider, type IcProvider, type IcServiceName,
 } from '@hvlab/vsp';
-import { hostConnectionId } from './vmwp/shared.js';
+import { hostConnectionId } from './shared.js';
 
 export const IC_SERVICES: readonly IcServiceName[] = ['heartbeat', 'shutdown', 'timesync', 'kvp'];
 
@@ -31,14 +36,16 @@ export function guestEventConnectionId(relid: number): number {
 }
 
 export type VmbusTransportMode = 'shm' | 'remote';
-
 export type IcEntry = IcServiceInfo;
 
-/** One VM's VMBus: its server and its integration-service providers. */
+/** One VM's VMBus: its server, its integration-service providers and (remote mode) its hub. */
 export class VmIntegration {
   readonly server: VmbusServer;
   readonly providers: { heartbeat: HeartbeatProvider; shutdown: ShutdownProvider; timesync: TimeSyncProvider; kvp: KvpProvider };
   readonly enabled: Record<IcServiceName, boolean>;
+  /** The token the guest presents to the remote hub, and the hub's endpoint (boot page). */
+  readonly token = randomBytes(16).toString('hex');
+  private readonly hub: RemoteHub | null;
   private readonly eventPorts = new Set<number>();
   private memory: SharedArrayBuffer | null = null;
 
@@ -46,12 +53,12 @@ export class VmIntegration {
     readonly partitionId: number,
     readonly vm: string,
     private readonly vid: HvClient,
-    private readonly hub: RemoteHub | null,
+    remote: { endpoint: string } | null,
     enabled: Partial<Record<IcServiceName, boolean>>,
-    private readonly log: Logger,
+    log: Logger,
     timing: { heartbeatMs: number; timesyncMs: number },
   ) {
-    const l = log.child({ vm, partition: partitionId });
+    const l = log.child({ partition: partitionId });
     this.providers = {
       heartbeat: new HeartbeatProvider(l, { intervalMs: timing.heartbeatMs }),
       shutdown: new ShutdownProvider(l),
@@ -59,8 +66,9 @@ export class VmIntegration {
       kvp: new KvpProvider(l),
     };
     this.enabled = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...enabled };
+    this.hub = remote ? new RemoteHub(remote.endpoint, l) : null;
     this.server = new VmbusServer({
-      partitionId, name: vm, remote: hub, log: l,
+      partitionId, name: vm, remote: this.hub, log: l,
       post: async (payload) => (await this.vid.call('PostMessage', { connectionId: hostConnectionId(partitionId, 1), messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
       signalGuest: (relid) => {
         void this.vid.call('SignalEvent', { connectionId: hostConnectionId(partitionId, 2), flagNumber: relid }).catch(() => undefined);
@@ -73,8 +81,17 @@ export class VmIntegration {
     });
   }
 
-  /** Creates the message ports and connects the guest's connections 1 and 4 to them. */
+  /** The remote hub's endpoint, or '' with shared-memory rings. */
+  get endpoint(): string {
+    return this.hub?.endpoint ?? '';
+  }
+
+  /** Binds the hub (remote mode), creates the message ports, connects the guest's connections 1 and 4 to them, offers the devices. */
   async attach(): Promise<void> {
+    if (this.hub) {
+      await this.hub.bind();
+      this.hub.admit(this.partitionId, this.token);
+    }
     for (const c of [1, 4] as const) {
       await this.vid.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: messagePortId(this.partitionId, c), type: PortType.Message, vpIndex: 0, sint: 0 });
       await this.vid.must('ConnectPort', { partitionId: this.partitionId, connectionId: c, portPartitionId: ROOT_PARTITION_ID, portId: messagePortId(this.partitionId, c) });
@@ -101,8 +118,9 @@ export class VmIntegration {
     return new GpadlWindow(gpadl, owner, pfns, out.region ? this.memory : null);
   }
 
-  /** Routes a message the guest posted to one of this partition's root ports. */
-  onRootMessage(portId: number, messageType: number, payload: Uint8Array): boolean {
+  /** Routes a message the guest posted to one of this partition's root ports; false if not ours. */
+  onRootMessage(portId: number, messageType: number, payload: Uint8Array, sender: number): boolean {
+    if (sender !== this.partitionId) return false;
     if (portId === messagePortId(this.partitionId, 1) || portId === messagePortId(this.partitionId, 4)) {
       if (messageType === VMBUS_CHANNEL_MESSAGE_TYPE) void this.server.onMessage(portId === messagePortId(this.partitionId, 1) ? 1 : 4, payload);
       return true;
@@ -110,7 +128,8 @@ export class VmIntegration {
     return false;
   }
 
-  onRootEvent(portId: number): boolean {
+  onRootEvent(portId: number, sender: number): boolean {
+    if (sender !== this.partitionId) return false;
     const base = eventPortId(this.partitionId, 0);
     if (portId > base && portId < base + 0x800) {
       this.server.onSignal(portId - base);
@@ -124,6 +143,7 @@ export class VmIntegration {
   }
 
   async setEnabled(service: IcServiceName, on: boolean): Promise<void> {
+    if (this.enabled[service] === on) return;
     this.enabled[service] = on;
     const p: VmbusDevice = this.providers[service];
     if (on) await this.server.addDevice(p);
@@ -148,58 +168,9 @@ export class VmIntegration {
     });
   }
 
-  detach(): void {
+  close(): void {
     this.server.shutdown();
     this.hub?.forget(this.partitionId);
-  }
-}
-
-/** Every VM's VMBus on this host. */
-export class VmbusHost {
-  private readonly vms = new Map<number, VmIntegration>();
-  readonly hub: RemoteHub;
-
-  constructor(
-    private readonly vid: HvClient,
-    readonly mode: VmbusTransportMode,
-    endpoint: string,
-    private readonly log: Logger,
-    private readonly timing = { heartbeatMs: 1000, timesyncMs: 5000 },
-  ) {
-    this.hub = new RemoteHub(endpoint, log);
-  }
-
-  async start(): Promise<void> {
-    await this.hub.bind();
-  }
-
-  /** A VMWP built partition `partitionId`; returns the token its guest presents to the hub. */
-  async attach(partitionId: number, vm: string, enabled: Partial<Record<IcServiceName, boolean>>, forceRemote: boolean): Promise<{ token: string; endpoint: string; integration: VmIntegration }> {
-    const token = randomBytes(16).toString('hex');
-    const remote = this.mode === 'remote' || forceRemote;
-    this.hub.admit(partitionId, token);
-    const v = new VmIntegration(partitionId, vm, this.vid, remote ? this.hub : null, enabled, this.log, this.timing);
-    this.vms.set(partitionId, v);
-    await v.attach();
-    return { token, endpoint: this.hub.endpoint, integration: v };
-  }
-
-  detach(partitionId: number): void {
-    this.vms.get(partitionId)?.detach();
-    this.vms.delete(partitionId);
-  }
-
-  onRootMessage(portId: number, messageType: number, payload: Uint8Array, sender: number): void {
-    this.vms.get(sender)?.onRootMessage(portId, messageType, payload);
-  }
-
-  onRootEvent(portId: number, sender: number): void {
-    this.vms.get(sender)?.onRootEvent(portId);
-  }
-
-  close(): void {
-    for (const v of this.vms.values()) v.detach();
-    this.vms.clear();
-    this.hub.close();
+    this.hub?.close();
   }
 }

@@ -1,0 +1,176 @@
+/**
+ * The command line of `hvlab`: every command declares its options and arguments, the parser
+ * refuses the rest before anything is sent, and the help lists exactly what is accepted.
+ */
+import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { COMMANDS, commandHelp, editDistance, fullHelp, parseCommandLine, usageOf, UsageError, ValueError, type ParsedCommand } from '../src/main.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+function refusal(argv: string[]): Error {
+  try {
+    parseCommandLine(argv);
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error(`hvlab ${argv.join(' ')} was accepted`);
+}
+
+function runs(argv: string[]): Extract<ParsedCommand, { kind: 'run' }> {
+  const p = parseCommandLine(argv);
+  if (p.kind !== 'run') throw new Error(`hvlab ${argv.join(' ')} was read as a help request`);
+  return p;
+}
+
+describe('the hvlab command line', () => {
+  it('counts a transposition as one edit', () => {
+    expect(editDistance('memroy', 'memory')).to.equal(1);
+    expect(editDistance('host', 'home')).to.equal(2);
+    expect(editDistance('', 'abc')).to.equal(3);
+    expect(editDistance('lps', 'lps')).to.equal(0);
+  });
+
+  it('accepts every command line that the end-to-end tests, the demo and the README use', () => {
+    const lines: string[][] = [
+      ['up', '--lps', '2'], ['up', '--lps', '2', '--vmbus-transport', 'remote'], ['down'], ['host', 'info'], ['ps'], ['top', '--once'],
+      ['logs', '--role', 'hypervisor'], ['logs', '--role', 'vmwp', '--vm', 'alpha'], ['logs', '--role', 'vmwp', '--vm', 'web', '-f'],
+      ['vm', 'new', 'beta', '--memory', '16M', '--workload', 'counter:500', '--vps', '2'], ['vm', 'new', 'rtc', '--memory', '8M', '--workload', 'idle', '--rtc-offset', '7200'],
+      ['vm', 'new', 'md', '--memory', '32M', '--vps', '2', '--workload', 'memdirty:4M'], ['vm', 'new', 'bad/name'],
+      ['vm', 'start', 'a'], ['vm', 'turn-off', 'p'], ['vm', 'pause', 'p'], ['vm', 'resume', 'p'], ['vm', 'delete', 'beta'], ['vm', 'save', 'cnt'],
+      ['vm', 'stop', 'c1', '--json'], ['vm', 'stop', 'c1', '--timeout', '2'], ['vm', 'stop', 'c1', '--timeout', '2', '--force'],
+      ['vm', 'set-processor', 'w100', '--reserve', '60', '--maximum', '50'], ['vm', 'set-processor', 'crunch', '--weight', '700', '--maximum', '50'],
+      ['vm', 'list'], ['vm', 'list', '--json'], ['vm', 'status', 'quad'],
+      ['vm', 'peek', 'alpha', '--gpa', '0x2000', '--len', '8'], ['vm', 'peek', 'md', '--gpa', '0x100000', '--len', '4M', '--out', '/tmp/x'],
+      ['vm', 'peek', 'alpha', '--gpa', '0xffffffff', '--len', '16'],
+      ['vm', 'ic', 'c1'], ['vm', 'ic', 'c1', '--disable', 'kvp'], ['vm', 'ic', 'c1', '--enable', 'kvp'], ['vm', 'ic', 'c1', '--json'],
+      ['vm', 'kvp', 'c2', 'set', 'hvlab.test', 'hello world'], ['vm', 'kvp', 'c2', 'get', 'owner', '--json'], ['vm', 'kvp', 'c2', 'delete', 'hvlab.test'],
+      ['vm', 'kvp', 'c2', 'list', '--pool', 'guest'], ['vm', 'kvp', 'c2', 'set', 'hvlab.workload', 'nope', '--pool', 'guest'],
+      ['debug', 'hypercall', '--as', 'alpha', 'CreatePartition', 'memoryBytes=2097152', '--json'], ['debug', 'hypercall', 'GetPartitionId', '--json'],
+      ['debug', 'hypercall', '--as', 'beta', 'PostMessage', 'connectionId=1', 'messageType=2', 'payload=len:241', '--json'], ['debug', 'hypercall', 'NoSuchCall'],
+      ['--home', '/tmp/h', 'vm', 'list'], ['--json', 'vm', 'list'], ['vm', 'list', '--home=/tmp/h'],
+    ];
+    for (const argv of lines) expect(() => runs(argv), argv.join(' ')).to.not.throw();
+    // Every `hv …` line of the demo script, word for word.
+    const demo = readFileSync(join(repo, 'scripts', 'demo.sh'), 'utf8');
+    const demoLines = [...demo.matchAll(/(?:^|;\s*)hv ([^;|&\n]+?)(?:\s*\|\||\s*$)/gm)].map((m) => m[1].trim().split(/\s+/));
+    expect(demoLines.length).to.be.greaterThan(20);
+    for (const argv of demoLines) expect(() => runs(argv), `demo: hv ${argv.join(' ')}`).to.not.throw();
+  });
+
+  it('reads options, flags and arguments into the command', () => {
+    const p = runs(['--home', '/tmp/h', 'vm', 'new', 'web', '--memory=64M', '--vps', '2', '--json']);
+    expect(p.spec.words).to.deep.equal(['vm', 'new']);
+    expect(p.args).to.deep.equal(['web']);
+    expect(p.options.get('memory')).to.equal('64M');
+    expect(p.options.get('vps')).to.equal('2');
+    expect(p.home).to.equal('/tmp/h');
+    expect(p.json).to.equal(true);
+    expect(runs(['vm', 'new', 'x', '--rtc-offset', '-3600']).options.get('rtc-offset')).to.equal('-3600');
+    expect(runs(['vm', 'kvp', 'x', 'set', 'k', '--', '--not-an-option']).args).to.deep.equal(['x', 'set', 'k', '--not-an-option']);
+    expect(runs(['logs', '-f']).options.get('follow')).to.equal(true);
+  });
+
+  it('refuses unknown options naming the nearest one of the command', () => {
+    expect(refusal(['vm', 'new', 'y', '--memroy', '32M']).message).to.equal('unknown option --memroy for "vm new" (did you mean --memory?)');
+    expect(refusal(['vm', 'set-processor', 'y', '--wieght', '5']).message).to.equal('unknown option --wieght for "vm set-processor" (did you mean --weight?)');
+    expect(refusal(['--host', 'h2', 'vm', 'new', 'x']).message).to.equal('unknown option --host before the command (did you mean --home?)');
+    expect(refusal(['up', '--hosts', '3']).message).to.equal('unknown option --hosts for "up" (its options: --lps, --vmbus-transport, --json, --home, --help)');
+    expect(refusal(['vm', 'list', '-x'])).to.be.instanceOf(UsageError);
+    expect(refusal(['vm', 'list', '-x']).message).to.match(/^unknown option -x for "vm list"/);
+  });
+
+  it('takes --json before the command only for a command that prints JSON', () => {
+    expect(runs(['--json', 'vm', 'list']).json).to.equal(true);
+    expect(refusal(['--json', 'logs']).message).to.match(/^unknown option --json for "logs"/);
+  });
+
+  it('refuses an option of a command placed before the command', () => {
+    expect(refusal(['--memory', '8M', 'vm', 'new', 'x']).message).to.match(/^option --memory goes after the command, e.g. "hvlab vm new NAME/);
+  });
+
+  it('refuses valueless, repeated and value-carrying-flag options', () => {
+    expect(refusal(['vm', 'list', '--all']).message).to.match(/^unknown option --all/);
+    expect(refusal(['vm', 'peek', 'a', '--len', '8', '--gpa']).message).to.equal('option --gpa of "vm peek" needs a value (ADDR)');
+    expect(refusal(['vm', 'peek', 'a', '--gpa', '--len', '8']).message).to.equal('option --gpa of "vm peek" needs a value (ADDR)');
+    expect(refusal(['--home']).message).to.equal('option --home needs a value (DIR)');
+    expect(refusal(['vm', 'stop', 'a', '--force=1']).message).to.equal('option --force of "vm stop" takes no value');
+    expect(refusal(['vm', 'new', 'a', '--vps', '1', '--vps', '2']).message).to.equal('option --vps is given twice');
+  });
+
+  it('refuses missing and extra arguments', () => {
+    expect(refusal(['vm', 'start']).message).to.equal('"vm start" needs NAME (usage: hvlab vm start NAME [--json])');
+    expect(refusal(['vm', 'start', 'a', 'b']).message).to.equal('unexpected argument "b" for "vm start" (usage: hvlab vm start NAME [--json])');
+    expect(refusal(['down', 'now']).message).to.match(/^unexpected argument "now" for "down"/);
+    expect(refusal(['vm', 'peek', 'a', '--gpa', '0']).message).to.match(/^"vm peek" needs --len N/);
+    expect(refusal(['vm']).message).to.match(/^"vm" needs a subcommand: new, start, /);
+    expect(refusal(['vm', 'lsit']).message).to.equal('unknown command "vm lsit" (did you mean "vm list"?)');
+    expect(refusal(['frobnicate']).message).to.equal('unknown command "frobnicate"; see "hvlab --help"');
+  });
+
+  it('refuses an empty --home', () => {
+    const e = refusal(['--home', '', 'vm', 'list']);
+    expect(e).to.be.instanceOf(UsageError);
+    expect(e.message).to.equal('--home is empty: give a directory');
+  });
+
+  it('checks numbers and choices given to options before anything is sent', () => {
+    const cases: Array<[string[], string]> = [
+      [['vm', 'set-processor', 'a', '--weight', '[5]'], '--weight [5] is invalid: a whole number from 1 to 10000'],
+      [['vm', 'set-processor', 'a', '--weight', '0'], '--weight 0 is invalid: a whole number from 1 to 10000'],
+      [['vm', 'set-processor', 'a', '--maximum', ' 5'], '--maximum  5 is invalid: a whole number from 1 to 100'],
+      [['vm', 'new', 'a', '--vps', '65'], '--vps 65 is invalid: a VM has 1 to 64 virtual processors'],
+      [['vm', 'new', 'a', '--memory', '[object Object]'], 'memory size "[object Object]" is invalid: use a number with an optional K, M or G suffix, e.g. 64M'],
+      [['vm', 'new', 'a', '--rtc-offset', '1e3'], '--rtc-offset 1e3 is invalid: whole seconds within ±10 years'],
+      [['vm', 'stop', 'a', '--timeout', 'Infinity'], '--timeout Infinity is invalid: seconds, more than 0 and at most 3600'],
+      [['vm', 'peek', 'a', '--gpa', '1e3', '--len', '8'], '--gpa 1e3 is not an address'],
+      [['vm', 'ic', 'a', '--enable', 'kpv'], '--enable kpv is invalid: use heartbeat, shutdown, timesync or kvp'],
+      [['vm', 'kvp', 'a', 'list', '--pool', 'mine'], '--pool mine is invalid: use external, guest or auto'],
+      [['logs', '--role', 'nonsense'], '--role nonsense is unknown: use hypervisor, root, vmwp or partition'],
+      [['top', '--interval', '0'], '--interval 0 is invalid: 0.2 to 60 seconds'],
+      [['up', '--lps', '257'], '--lps 257 is invalid: 1 to 256 logical processors'],
+      [['up', '--vmbus-transport', 'tcp'], '--vmbus-transport tcp is invalid: use shm or remote'],
+    ];
+    for (const [argv, msg] of cases) {
+      const e = refusal(argv);
+      expect(e, argv.join(' ')).to.be.instanceOf(ValueError);
+      expect(e.message, argv.join(' ')).to.equal(msg);
+    }
+  });
+
+  it('answers --help anywhere with the help of the command, and alone with every command', () => {
+    const vmNew = COMMANDS.find((c) => c.words.join(' ') === 'vm new')!;
+    expect(parseCommandLine(['vm', 'new', '--help'])).to.deep.equal({ kind: 'help', text: commandHelp(vmNew) });
+    expect(parseCommandLine(['vm', 'new', 'x', '--memroy', '1', '-h'])).to.deep.equal({ kind: 'help', text: commandHelp(vmNew) });
+    expect(parseCommandLine(['help', 'vm', 'new'])).to.deep.equal({ kind: 'help', text: commandHelp(vmNew) });
+    expect(parseCommandLine(['--help'])).to.deep.equal({ kind: 'help', text: fullHelp() });
+    expect(parseCommandLine([])).to.deep.equal({ kind: 'help', text: fullHelp() });
+    expect(parseCommandLine(['vm', 'kvp', 'a', 'set', 'k', '--', '--help'])).to.have.property('kind', 'run');
+  });
+
+  it('lists every command with every option in the help, and each option in the command\'s help', () => {
+    const all = fullHelp();
+    for (const c of COMMANDS) {
+      expect(all, c.words.join(' ')).to.include(usageOf(c).slice('hvlab '.length));
+      const own = commandHelp(c);
+      for (const o of c.options) {
+        expect(usageOf(c), `${c.words.join(' ')} --${o.name}`).to.include(`--${o.name}`);
+        expect(own, `${c.words.join(' ')} --${o.name}`).to.include(`--${o.name}`);
+        expect(own, `${c.words.join(' ')} --${o.name}`).to.include(o.help.split(' ').slice(0, 3).join(' '));
+      }
+      if (c.json) expect(own).to.include('--json');
+      else expect(own).to.not.include('--json');
+    }
+  });
+
+  it('gives every command a distinct name and every option a distinct name within its command', () => {
+    const names = COMMANDS.map((c) => c.words.join(' '));
+    expect(new Set(names).size).to.equal(names.length);
+    for (const c of COMMANDS) {
+      const opts = [...c.options.map((o) => o.name), 'home', 'help', ...(c.json ? ['json'] : [])];
+      expect(new Set(opts).size, c.words.join(' ')).to.equal(opts.length);
+    }
+  });
+});

@@ -1,0 +1,173 @@
+/**
+ * Starting and stopping a host. `up` spawns the hypervisor detached (its own session); the
+ * hypervisor takes the home's lock, starts and supervises the root partition process, writes
+ * `run/host.json` and says "ready" (or "locked PID" when another host holds the home). `down` asks
+ * the root to stop everything, then makes sure: any process still carrying the host's id in its
+ * environment is killed, the host's /dev/shm files are unlinked, and its socket directory, run
+ * file and lock are removed.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { entries, nodeArgsFor, pidAlive, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { unlinkRegion } from '@hvlab/shm';
+import { MgmtClient } from './mgmt-client.js';
+
+export type { HostRecord };
+
+/** A failure the CLI shows as one line. */
+export class HostError extends Error {}
+
+export function readHost(paths: HostPaths): HostRecord | null {
+  try {
+    const v = JSON.parse(readFileSync(paths.hostFile, 'utf8')) as HostRecord;
+    if (!v || typeof v.hostId !== 'string' || !/^[0-9a-f]{6}$/.test(v.hostId) || typeof v.pids?.hypervisor !== 'number' || typeof v.pids?.root !== 'number') return null;
+    return v;
+  } catch {
+    return null;
+  }
+}
+
+export function hostRunning(rec: HostRecord | null): boolean {
+  return rec !== null && pidAlive(rec.pids.hypervisor) && pidAlive(rec.pids.root);
+}
+
+/** The pid holding the home's lock, if it is a live hvlab hypervisor. */
+export function lockHolder(paths: HostPaths): number | null {
+  try {
+    const pid = Number(readFileSync(paths.lockFile, 'utf8').trim());
+    if (pid > 0 && pidAlive(pid) && readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-hypervisor')) return pid;
+  } catch { /* no lock */ }
+  return null;
+}
+
+export interface UpOptions {
+  lps?: number | null;
+  vmbusTransport?: 'shm' | 'remote';
+  /** Extra environment for the host's processes (tests shorten IC periods this way). */
+  env?: Record<string, string>;
+}
+
+export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRecord> {
+  const holder = lockHolder(paths);
+  if (holder !== null) {
+    const rec = readHost(paths);
+    throw new HostError(`a host is already up for ${paths.home} (host ${rec?.hostId ?? '?'}, hypervisor pid ${holder}); run "hvlab down" first`);
+  }
+  const stale = readHost(paths);
+  if (stale) sweepHost(paths, stale.hostId); // leftovers of a crashed host
+  const n = opts.lps ?? availableParallelism();
+  const hostId = randomBytes(3).toString('hex');
+  mkdirSync(paths.logDir, { recursive: true });
+  mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
+  const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm' };
+  const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
+  const hv = spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });
+  closeSync(errFd);
+  try {
+    const line = await new Promise<string>((resolve, reject) => {
+      let buf = '';
+      const t = setTimeout(() => reject(new HostError('the host did not become ready within 30 s; see run/logs')), 30000);
+      hv.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const nl = buf.indexOf('\n');
+        if (nl >= 0) {
+          clearTimeout(t);
+          resolve(buf.slice(0, nl));
+        }
+      });
+      hv.once('exit', (code, sig) => {
+        clearTimeout(t);
+        const first = buf.split('\n')[0];
+        if (first) resolve(first);
+        else reject(new HostError(`the hypervisor exited during start-up (${sig ?? `exit code ${code}`}); see run/logs/hypervisor.log`));
+      });
+    });
+    if (line.startsWith('locked ')) {
+      throw new HostError(`a host is already up for ${paths.home} (hypervisor pid ${line.slice(7)}); run "hvlab down" first`);
+    }
+    if (line !== 'ready') throw new HostError(`the host did not start: ${line.replace(/^failed /, '')}; see run/logs`);
+    const rec = readHost(paths);
+    if (!rec || rec.hostId !== hostId) throw new HostError('the host started but wrote no host record');
+    hv.stdout!.destroy();
+    hv.unref();
+    return rec;
+  } catch (e) {
+    if (hv.pid && pidAlive(hv.pid)) {
+      try { process.kill(hv.pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+    // Only our own host's leftovers: never the lock or record of a host that won a race.
+    sweepHost(paths, hostId, { keepRun: true });
+    throw e;
+  }
+}
+
+/** Pids of every process whose environment names this host. */
+export function hostProcesses(hostId: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const env = readFileSync(`/proc/${d}/environ`, 'latin1');
+      if (env.includes(`\0HVLAB_HOST_ID=${hostId}\0`) || env.startsWith(`HVLAB_HOST_ID=${hostId}\0`)) out.push(Number(d));
+    } catch { /* gone or not ours */ }
+  }
+  return out;
+}
+
+/** Kills every process of the host and removes its shared memory, sockets, record and lock. */
+export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: boolean } = {}): { killed: number; shm: number } {
+  let killed = 0;
+  for (const p of hostProcesses(hostId)) {
+    try {
+      process.kill(p, 'SIGKILL');
+      killed++;
+    } catch { /* gone */ }
+  }
+  let shm = 0;
+  let files: string[] = [];
+  try {
+    files = readdirSync('/dev/shm');
+  } catch { /* no /dev/shm */ }
+  for (const f of files) {
+    if (!f.startsWith(shmPrefix(hostId))) continue;
+    try {
+      unlinkRegion(f);
+    } catch { /* fall through */ }
+    rmSync(join('/dev/shm', f), { force: true });
+    shm++;
+  }
+  if (!opts.keepRun) {
+    rmSync(paths.sockDir, { recursive: true, force: true });
+    rmSync(paths.hostFile, { force: true });
+    rmSync(paths.vmwpDir, { recursive: true, force: true });
+    if (lockHolder(paths) === null) rmSync(paths.lockFile, { force: true });
+  }
+  return { killed, shm };
+}
+
+export async function down(paths: HostPaths): Promise<{ hostId: string | null; graceful: boolean; killed: number; shm: number }> {
+  const rec = readHost(paths);
+  if (!rec) {
+    if (lockHolder(paths) === null) {
+      rmSync(paths.sockDir, { recursive: true, force: true });
+      rmSync(paths.lockFile, { force: true });
+    }
+    return { hostId: null, graceful: true, killed: 0, shm: 0 };
+  }
+  let graceful = false;
+  if (pidAlive(rec.pids.hypervisor)) {
+    const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
+    try {
+      await c.request('shutdown', {}, 5000);
+      const t0 = Date.now();
+      while (Date.now() - t0 < 8000 && hostProcesses(rec.hostId).length > 0) await new Promise((r) => setTimeout(r, 50));
+      graceful = hostProcesses(rec.hostId).length === 0;
+    } catch { /* forced below */ }
+    c.close();
+  }
+  const s = sweepHost(paths, rec.hostId);
+  return { hostId: rec.hostId, graceful, ...s };
+}

@@ -1,0 +1,209 @@
+/**
+ * The scheduler thread reads each VP's page, which the guest can write at will. These tests write
+ * hostile values there and check that the scheduler neither throws nor runs again at once (spins):
+ *   - with the real scheduler thread (a Worker running sched-thread.mjs over a plain
+ *     SharedArrayBuffer): a periodic timer with a period of 1 (100 ns), and an I/O intercept
+ *     record of size 3;
+ *   - in-process (`SchedulerLoop`): a one-shot timer re-armed before every pass, and a property
+ *     test over random page contents.
+ * Counting expirations against the reference time that passed (the clock the scheduler itself
+ * uses) makes the timer checks independent of how fast the machine is.
+ */
+import { expect } from 'chai';
+import fc from 'fast-check';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import {
+  Dispatch, VpPage, VpRegionHeader, stimerConfig, vpPageOffset, vpRegionBytes, referenceTime, SchedRegion,
+} from '@hvlab/protocol';
+import { futexWake } from '@hvlab/shm';
+import type { FromScheduler, ToScheduler } from '../src/sched-thread.js';
+
+/** 100 µs in 100 ns units: the protocol's MIN_STIMER_PERIOD (a literal so this file runs against older code too). */
+const TIMER_FLOOR = 1000;
+const VPS = 2;
+
+/** A scheduler thread over one partition whose VP region is a plain SharedArrayBuffer. */
+class SchedThread {
+  readonly region = new SharedArrayBuffer(vpRegionBytes(VPS));
+  readonly i32 = new Int32Array(this.region);
+  readonly f64 = new Float64Array(this.region);
+  readonly doorbell = new SharedArrayBuffer(4096);
+  readonly messages: FromScheduler[] = [];
+  readonly refBase = process.hrtime.bigint();
+  private readonly port: MessagePort;
+  private readonly worker: Worker;
+  failed: Error | null = null;
+
+  constructor() {
+    new BigInt64Array(this.region, 0, 2)[VpRegionHeader.refBaseNs >> 3] = this.refBase;
+    // A state no pass publishes: it changes once the thread has taken the VP (see started()).
+    Atomics.store(this.i32, this.word(VpPage.state), 99);
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    this.worker = new Worker(new URL('../src/sched-thread.mjs', import.meta.url), {
+      workerData: { scheduler: { lps: 1, doorbell: this.doorbell, port: port2 } }, transferList: [port2], name: 'scheduler-under-test',
+    });
+    this.worker.on('error', (e) => (this.failed = e));
+    port1.on('message', (m: FromScheduler) => this.messages.push(m));
+    this.post({ t: 'addPartition', id: 2, region: this.region, suspended: false, weight: 100, reserve: 0, cap: 1 });
+    this.post({ t: 'addVp', id: 2, index: 0 });
+  }
+
+  /** Resolves once the thread runs and has taken VP 0 (a guest writes its timers only after that). */
+  async started(): Promise<this> {
+    await this.until(() => Atomics.load(this.i32, this.word(VpPage.state)) !== 99, 20000, 'the scheduler thread starting');
+    return this;
+  }
+
+  post(m: ToScheduler): void {
+    this.port.postMessage(m);
+    this.ring();
+  }
+
+  ring(): void {
+    Atomics.add(new Int32Array(this.doorbell), SchedRegion.doorbell >> 2, 1);
+    futexWake(this.doorbell, SchedRegion.doorbell >> 2);
+  }
+
+  word(field: number, vp = 0): number {
+    return (vpPageOffset(vp) + field) >> 2;
+  }
+
+  ref(): number {
+    return referenceTime(this.refBase);
+  }
+
+  /** Writes timer `t`'s MSRs as a guest does (config, count, then a timerGen bump) and rings. */
+  setTimer(t: number, config: number, count: number): void {
+    Atomics.store(this.i32, this.word(VpPage.stimerConfig) + t, config);
+    this.f64[((vpPageOffset(0) + VpPage.stimerCount) >> 3) + t] = count;
+    Atomics.add(this.i32, this.word(VpPage.timerGen), 1);
+    this.ring();
+  }
+
+  timerFires(): number {
+    return this.messages.filter((m) => m.t === 'timer').length;
+  }
+
+  async until(f: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+    const end = Date.now() + ms;
+    while (!f()) {
+      if (Date.now() > end) throw new Error(`${what} did not happen within ${ms} ms`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.post({ t: 'stop' });
+    await Promise.race([new Promise((r) => this.worker.once('exit', r)), new Promise((r) => setTimeout(r, 500))]);
+    await this.worker.terminate();
+    this.port.close();
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('the scheduler thread and the guest-writable VP page', function () {
+  this.timeout(30000);
+  let s: SchedThread;
+  beforeEach(async () => {
+    s = await new SchedThread().started();
+  });
+  afterEach(async () => {
+    await s.stop();
+  });
+
+  it('a periodic timer with a period of 1 (100 ns) fires at most once per 100 µs of reference time', async () => {
+    const ref0 = s.ref();
+    s.setTimer(0, stimerConfig({ enable: true, periodic: true, sint: 2 }), 1);
+    await sleep(300);
+    const fires = s.timerFires();
+    const elapsed = s.ref() - ref0;
+    expect(fires, `${fires} expirations in ${elapsed} units of reference time`).to.be.at.most(Math.floor(elapsed / TIMER_FLOOR) + 2);
+    expect(fires).to.be.above(0);
+    expect(s.failed).to.equal(null);
+  });
+
+  it('an I/O intercept record of size 3 is not passed on; the access reads all ones and the VP runs again', async () => {
+    const d = s.word(VpPage.dispatch);
+    Atomics.store(s.i32, d, Dispatch.Start);
+    s.ring();
+    await s.until(() => Atomics.load(s.i32, d) === Dispatch.Granted, 5000, 'the VP being dispatched');
+    Atomics.store(s.i32, s.word(VpPage.ioPort), 0x70);
+    Atomics.store(s.i32, s.word(VpPage.ioAccess), 1);
+    Atomics.store(s.i32, s.word(VpPage.ioSize), 3);
+    Atomics.store(s.i32, s.word(VpPage.ioValue), 0);
+    Atomics.store(s.i32, d, Dispatch.Intercept);
+    s.ring();
+    await s.until(() => Atomics.load(s.i32, d) === Dispatch.Granted || s.messages.some((m) => m.t === 'intercept'), 5000, 'the scheduler taking the record');
+    expect(s.messages.filter((m) => m.t === 'intercept')).to.deep.equal([]);
+    expect(Atomics.load(s.i32, s.word(VpPage.ioValue))).to.equal(-1);
+    // A well-formed record still goes to the main thread.
+    Atomics.store(s.i32, s.word(VpPage.ioSize), 2);
+    Atomics.store(s.i32, s.word(VpPage.ioAccess), 2);
+    Atomics.store(s.i32, s.word(VpPage.ioValue), 0x12345);
+    Atomics.store(s.i32, d, Dispatch.Intercept);
+    s.ring();
+    await s.until(() => s.messages.some((m) => m.t === 'intercept'), 5000, 'the intercept message');
+    expect(s.messages.filter((m) => m.t === 'intercept')).to.deep.equal([{ t: 'intercept', id: 2, index: 0, port: 0x70, access: 2, size: 2, value: 0x2345 }]);
+  });
+});
+
+describe('SchedulerLoop (the scheduler thread without the thread)', () => {
+  it('a one-shot timer that the guest re-arms before every pass fires at most once per 100 µs of reference time', async () => {
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const region = new SharedArrayBuffer(vpRegionBytes(VPS));
+    const i32 = new Int32Array(region);
+    const f64 = new Float64Array(region);
+    const refBase = process.hrtime.bigint();
+    new BigInt64Array(region, 0, 2)[VpRegionHeader.refBaseNs >> 3] = refBase;
+    const out: FromScheduler[] = [];
+    const loop = new SchedulerLoop({ lps: 1 }, (m) => out.push(m));
+    const now0 = Number(process.hrtime.bigint());
+    loop.handle({ t: 'addPartition', id: 3, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, now0);
+    loop.handle({ t: 'addVp', id: 3, index: 0 }, now0);
+    const off = vpPageOffset(0);
+    const ref0 = referenceTime(refBase);
+    for (let n = 0; n < 20000; n++) {
+      // Already due, and a change each time (the count alternates).
+      Atomics.store(i32, (off + VpPage.stimerConfig) >> 2, stimerConfig({ enable: true, sint: 3 }));
+      f64[(off + VpPage.stimerCount) >> 3] = 1 + (n % 2);
+      Atomics.add(i32, (off + VpPage.timerGen) >> 2, 1);
+      loop.pass(Number(process.hrtime.bigint()));
+    }
+    const fires = out.filter((m) => m.t === 'timer').length;
+    const elapsed = referenceTime(refBase) - ref0;
+    expect(fires, `${fires} expirations for 20000 re-arms in ${elapsed} units`).to.be.at.most(Math.floor(elapsed / TIMER_FLOOR) + 2);
+    expect(fires).to.be.above(0);
+  });
+
+  it('never throws, passes on only well-formed intercepts, and does not ask to run again at once pass after pass', async () => {
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const pageWords = fc.array(fc.integer({ min: -0x80000000, max: 0x7fffffff }), { minLength: 0x60, maxLength: 0x60 }); // the first 0x180 bytes
+    const doubles = fc.array(fc.oneof(fc.double(), fc.constantFrom(0, 1, -1, 1e-300, 5e-324, NaN, Infinity, -Infinity, 2 ** 53)), { minLength: 8, maxLength: 8 });
+    fc.assert(fc.property(pageWords, doubles, fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }), (words, ds, refBase) => {
+      const region = new SharedArrayBuffer(vpRegionBytes(VPS));
+      const i32 = new Int32Array(region);
+      const f64 = new Float64Array(region);
+      new BigInt64Array(region, 0, 2)[VpRegionHeader.refBaseNs >> 3] = process.hrtime.bigint();
+      const out: FromScheduler[] = [];
+      const loop = new SchedulerLoop({ lps: 1 }, (m) => out.push(m));
+      const now0 = Number(process.hrtime.bigint());
+      loop.handle({ t: 'addPartition', id: 3, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, now0);
+      loop.handle({ t: 'addVp', id: 3, index: 0 }, now0);
+      loop.handle({ t: 'addVp', id: 3, index: 1 }, now0);
+      const base = vpPageOffset(0) >> 2;
+      words.forEach((w, i) => (i32[base + i] = w));
+      ds.forEach((d, i) => (f64[((vpPageOffset(0) + (i < 4 ? VpPage.stimerCount : VpPage.stimerNext)) >> 3) + (i % 4)] = d));
+      let immediate = 0;
+      for (let pass = 0; pass < 8; pass++) {
+        if (pass === 4) new BigInt64Array(region, 0, 2)[VpRegionHeader.refBaseNs >> 3] = refBase; // the guest moves its reference base too
+        const now = Number(process.hrtime.bigint());
+        const deadline = loop.pass(now);
+        if (!(deadline > now)) immediate++;
+      }
+      for (const m of out) if (m.t === 'intercept') expect([1, 2, 4]).to.include(m.size);
+      expect(immediate, `passes that asked to run again at once (timer fires: ${out.filter((m) => m.t === 'timer').length})`).to.be.at.most(2);
+    }), { numRuns: 400 });
+  });
+});

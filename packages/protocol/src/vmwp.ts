@@ -1,0 +1,189 @@
+/**
+ * The control link between VMMS (the root partition) and a VM worker process (VMWP): msgpack
+ * frames over a ZeroMQ ROUTER that the VMWP binds in the host's socket directory. The VMWP owns its
+ * VM for the VM's whole life; the root is a client that may die and come back (as Hyper-V's VMMS
+ * is a restartable service that re-attaches to running worker processes), so the link is a socket
+ * a new root can connect to, not a pipe inherited from the parent.
+ *
+ * Frames: a request `{t:'req', id, body}`, its answer `{t:'res', id, ok, result | error}`, and
+ * notes the VMWP pushes to the attached root `{t:'note', body}`. The first request of a root must be
+ * `hello` with the VMWP's secret (from its record file in the run directory, mode 0600); the VMWP
+ * answers nothing else before that. Every frame is decoded once, here, by a checking decoder.
+ */
+import { decode } from './wire.js';
+
+export type VmwpRequest =
+  | { t: 'hello'; secret: string }
+  | { t: 'describe' }
+  | { t: 'status' }
+  | { t: 'peek'; gpa: number; len: number }
+  | { t: 'suspend'; value: boolean }
+  | { t: 'hypercall'; asChild: boolean; code: number; input: Record<string, unknown> }
+  | { t: 'processor'; reserve: number; maximum: number; weight: number }
+  | { t: 'save' }
+  | { t: 'turnOff'; reason: string }
+  | { t: 'ic'; enable: string | null; disable: string | null }
+  | { t: 'kvp'; op: 'set' | 'get' | 'delete' | 'list'; pool: string; key: string | null; value: string | null }
+  | { t: 'shutdown'; timeoutS: number };
+
+export type VmwpNote =
+  | { t: 'booted'; partitionId: number; partitionPid: number | null }
+  | { t: 'failed'; message: string }
+  | { t: 'exiting'; reason: string; guestShutdown: boolean };
+
+/** What a VMWP says about its VM when a (new) root attaches. */
+export interface VmwpDescription {
+  name: string;
+  partitionId: number;
+  partitionPid: number | null;
+  booted: boolean;
+  suspended: boolean;
+  /** A save completed; the VM only waits to be turned off (the root died in between). */
+  saved: boolean;
+  /** ms since 1970 when the guest reported boot. */
+  runningSince: number | null;
+  /** The restore came from a saved state that is now consumed. */
+  restored: boolean;
+}
+
+/** The record a VMWP keeps in the run directory (`run/vmwp/NAME.json`) so a new root finds it. */
+export interface VmwpRecord {
+  version: 1;
+  name: string;
+  id: string;
+  pid: number;
+  endpoint: string;
+  secret: string;
+  partitionId: number | null;
+  partitionPid: number | null;
+  startedAt: string;
+  /** Set just before the VMWP exits: why, and whether the guest shut itself down. */
+  exit: { reason: string; guestShutdown: boolean; at: string } | null;
+}
+
+export type VmwpFrame =
+  | { t: 'req'; id: number; body: VmwpRequest }
+  | { t: 'res'; id: number; ok: true; result: unknown }
+  | { t: 'res'; id: number; ok: false; error: string; code: string | null }
+  | { t: 'note'; body: VmwpNote };
+
+export class VmwpDecodeError extends Error {
+  override name = 'VmwpDecodeError';
+  constructor(message: string, readonly id: number | null = null) {
+    super(message);
+  }
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+const MAX_STR = 4096;
+
+function str(o: Record<string, unknown>, k: string, nullable = false, max = MAX_STR): string | null {
+  const v = o[k];
+  if (v === undefined || v === null) {
+    if (nullable) return null;
+    throw new VmwpDecodeError(`field ${k} is missing`);
+  }
+  if (typeof v !== 'string' || v.length > max) throw new VmwpDecodeError(`field ${k} is not a string of at most ${max} characters`);
+  return v;
+}
+function int(o: Record<string, unknown>, k: string, min: number, max: number): number {
+  const v = o[k];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new VmwpDecodeError(`field ${k} is not an integer from ${min} to ${max}`);
+  return v;
+}
+function bool(o: Record<string, unknown>, k: string): boolean {
+  const v = o[k];
+  if (typeof v !== 'boolean') throw new VmwpDecodeError(`field ${k} is not a boolean`);
+  return v;
+}
+
+function decodeRequest(b: Record<string, unknown>): VmwpRequest {
+  const t = b.t;
+  switch (t) {
+    case 'hello': return { t, secret: str(b, 'secret', false, 256)! };
+    case 'describe':
+    case 'status':
+    case 'save':
+      return { t };
+    case 'peek': return { t, gpa: int(b, 'gpa', 0, Number.MAX_SAFE_INTEGER), len: int(b, 'len', 1, 16 * 1024 * 1024) };
+    case 'suspend': return { t, value: bool(b, 'value') };
+    case 'hypercall': {
+      if (!isObj(b.input)) throw new VmwpDecodeError('field input is not a map');
+      return { t, asChild: bool(b, 'asChild'), code: int(b, 'code', 0, 0xffff), input: b.input };
+    }
+    case 'processor': return { t, reserve: int(b, 'reserve', 0, 100), maximum: int(b, 'maximum', 1, 100), weight: int(b, 'weight', 1, 10000) };
+    case 'turnOff': return { t, reason: str(b, 'reason', false, 512)! };
+    case 'ic': return { t, enable: str(b, 'enable', true, 32), disable: str(b, 'disable', true, 32) };
+    case 'kvp': {
+      const op = b.op;
+      if (op !== 'set' && op !== 'get' && op !== 'delete' && op !== 'list') throw new VmwpDecodeError('field op is not set, get, delete or list');
+      return { t, op, pool: str(b, 'pool', false, 32)!, key: str(b, 'key', true, 2048), value: str(b, 'value', true, 8192) };
+    }
+    case 'shutdown': return { t, timeoutS: int(b, 'timeoutS', 1, 3600) };
+    default: throw new VmwpDecodeError(`request type ${typeof t === 'string' ? JSON.stringify(t.slice(0, 40)) : typeof t} is unknown`);
+  }
+}
+
+function decodeNote(b: Record<string, unknown>): VmwpNote {
+  switch (b.t) {
+    case 'booted': return { t: 'booted', partitionId: int(b, 'partitionId', 2, 0x7fffffff), partitionPid: b.partitionPid === null ? null : int(b, 'partitionPid', 1, 0x7fffffff) };
+    case 'failed': return { t: 'failed', message: str(b, 'message', false, MAX_STR)! };
+    case 'exiting': return { t: 'exiting', reason: str(b, 'reason', false, MAX_STR)!, guestShutdown: bool(b, 'guestShutdown') };
+    default: throw new VmwpDecodeError('note type is unknown');
+  }
+}
+
+/** Decodes one frame of the VMWP control link; throws VmwpDecodeError (with the id when readable). */
+export function decodeVmwpFrame(bytes: Uint8Array): VmwpFrame {
+  let v: unknown;
+  try {
+    v = decode(bytes);
+  } catch {
+    throw new VmwpDecodeError('the frame is not msgpack');
+  }
+  if (!isObj(v)) throw new VmwpDecodeError('the frame is not a map');
+  const id = typeof v.id === 'number' && Number.isSafeInteger(v.id) && v.id >= 0 ? v.id : null;
+  try {
+    if (v.t === 'req') {
+      if (id === null) throw new VmwpDecodeError('a request needs an id');
+      if (!isObj(v.body)) throw new VmwpDecodeError('a request needs a body map');
+      return { t: 'req', id, body: decodeRequest(v.body) };
+    }
+    if (v.t === 'res') {
+      if (id === null) throw new VmwpDecodeError('an answer needs an id');
+      if (v.ok === true) return { t: 'res', id, ok: true, result: v.result };
+      if (v.ok === false) return { t: 'res', id, ok: false, error: typeof v.error === 'string' ? v.error.slice(0, MAX_STR) : 'request failed', code: typeof v.code === 'string' && /^[A-Za-z]{1,32}$/.test(v.code) ? v.code : null };
+      throw new VmwpDecodeError('field ok is not a boolean');
+    }
+    if (v.t === 'note') {
+      if (!isObj(v.body)) throw new VmwpDecodeError('a note needs a body map');
+      return { t: 'note', body: decodeNote(v.body) };
+    }
+    throw new VmwpDecodeError('frame type is not req, res or note');
+  } catch (e) {
+    if (e instanceof VmwpDecodeError && e.id === null && id !== null) throw new VmwpDecodeError(e.message, id);
+    throw e;
+  }
+}
+
+/** Checks a VMWP record read from the run directory (a file a crash may have truncated). */
+export function decodeVmwpRecord(v: unknown): VmwpRecord {
+  if (!isObj(v) || v.version !== 1) throw new VmwpDecodeError('the record is not a version-1 map');
+  let exit: VmwpRecord['exit'] = null;
+  if (v.exit !== null && v.exit !== undefined) {
+    if (!isObj(v.exit)) throw new VmwpDecodeError('field exit is not a map');
+    exit = { reason: str(v.exit, 'reason')!, guestShutdown: bool(v.exit, 'guestShutdown'), at: str(v.exit, 'at', false, 64)! };
+  }
+  return {
+    version: 1,
+    name: str(v, 'name', false, 64)!,
+    id: str(v, 'id', false, 64)!,
+    pid: int(v, 'pid', 1, 0x7fffffff),
+    endpoint: str(v, 'endpoint', false, 200)!,
+    secret: str(v, 'secret', false, 256)!,
+    partitionId: v.partitionId === null ? null : int(v, 'partitionId', 2, 0x7fffffff),
+    partitionPid: v.partitionPid === null ? null : int(v, 'partitionPid', 1, 0x7fffffff),
+    startedAt: str(v, 'startedAt', false, 64)!,
+    exit,
+  };
+}

@@ -1,0 +1,229 @@
+/**
+ * Unit tests of the hypervisor edge decoders (packages/protocol/src/hvwire.ts) and of the saved VP
+ * state decoder (hypercall.ts): every field is checked for type and range, unknown fields are
+ * refused, and no input — random bytes, random msgpack values, maps whose toString is not a
+ * function — makes a decoder throw.
+ */
+import { expect } from 'chai';
+import fc from 'fast-check';
+import { Packr } from 'msgpackr';
+import {
+  decodeHvClientMsg, decodeHvServerMsg, checkPlainData, decodeSavedVpState, decodeIoInterceptRecord, effectiveStimerPeriod, encode,
+  MIN_STIMER_PERIOD, HV_FRAME_MAX_BYTES, INPUT_MAX_DEPTH, type SavedVpState,
+} from '../src/index.js';
+
+const hostile = { toString: 1, valueOf: 1 };
+const ok = (v: unknown): ReturnType<typeof decodeHvClientMsg> => decodeHvClientMsg(encode(v));
+function refused(v: unknown, pattern?: RegExp): string {
+  const r = ok(v);
+  expect(r.ok, JSON.stringify(r)).to.equal(false);
+  const error = (r as { error: string }).error;
+  if (pattern) expect(error).to.match(pattern);
+  return error;
+}
+
+const hello = { k: 'hello', partitionId: 2, token: 'abc', role: 'partition', vm: 'vm1', pid: 1234 };
+const hc = { k: 'hc', id: 7, code: 0x46, input: {} };
+
+function validState(): SavedVpState {
+  return {
+    registers: { Rax: 1, Rip: 0x1000 },
+    apic: { irr: [0, 0, 0, 0, 0, 0, 0, 0xffffffff], isr: new Array(8).fill(0), aeoi: new Array(8).fill(0), tpr: 0x20 },
+    synic: { scontrol: 1, simp: 0x5001, siefp: 0x6001, sint: new Array(16).fill(1 << 16) },
+    timers: Array.from({ length: 4 }, () => ({ config: 0, count: 0, nextExpiry: 0 })),
+    referenceTime: 123456,
+    runState: 'Ready',
+    interceptPending: false,
+  };
+}
+
+describe('hypervisor edge decoders', () => {
+  describe('decodeHvClientMsg', () => {
+    it('accepts a well-formed hello, hypercall and control message as they are', () => {
+      expect(ok(hello)).to.deep.equal({ ok: true, msg: hello });
+      expect(ok({ ...hello, token: undefined, ticket: 't' })).to.deep.equal({ ok: true, msg: { k: 'hello', partitionId: 2, ticket: 't', role: 'partition', vm: 'vm1', pid: 1234 } });
+      expect(ok({ ...hc, fast: false, repCount: 3, repStart: 0 })).to.deep.equal({ ok: true, msg: { ...hc, fast: false, repCount: 3, repStart: 0 } });
+      expect(ok({ k: 'ctl', id: 1, op: 'ticket' })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 1, op: 'ticket' } });
+    });
+
+    it('refuses a hypercall whose code is a map with toString and valueOf, naming the field and keeping the id', () => {
+      const r = ok({ k: 'hc', id: 9, code: hostile, input: {} });
+      expect(r).to.deep.include({ ok: false, id: 9 });
+      expect((r as { error: string }).error).to.match(/code/);
+    });
+
+    it('refuses a hello whose partitionId is a map', () => {
+      refused({ ...hello, partitionId: hostile }, /partitionId/);
+    });
+
+    it('refuses ids, codes and rep fields out of range or of the wrong type', () => {
+      for (const id of [-1, 1.5, 2 ** 53, '1', null, hostile, Infinity, NaN]) refused({ ...hc, id }, /id/);
+      for (const code of [-1, 0x10000, 1.5, '0x46', 1e999]) refused({ ...hc, code }, /code/);
+      for (const repCount of [-1, 0x1000, true]) refused({ ...hc, repCount }, /repCount/);
+      refused({ ...hc, repStart: 0x1000 }, /repStart/);
+      refused({ ...hc, fast: 1 }, /fast/);
+    });
+
+    it('refuses an input that is not a map, or holds anything but plain data', () => {
+      for (const input of [null, [], 'x', 5, new Uint8Array(2)]) refused({ ...hc, input }, /input/);
+      refused({ ...hc, input: { when: new Date(0) } }, /Date/);
+      // The hypervisor's codec never writes a Set or a Float64Array, but it decodes them (msgpackr
+      // extensions 0x73 and 0x74), so a peer can send them.
+      const rich = new Packr({ moreTypes: true, useRecords: false } as ConstructorParameters<typeof Packr>[0]);
+      for (const [value, name] of [[new Set([1]), /Set/], [new Float64Array(2), /Float64Array/]] as const) {
+        const r = decodeHvClientMsg(rich.pack({ ...hc, input: { value } }));
+        expect(r).to.deep.include({ ok: false, id: 7 });
+        expect((r as { error: string }).error).to.match(name);
+      }
+      let deep: unknown = 1;
+      for (let i = 0; i < INPUT_MAX_DEPTH + 2; i++) deep = [deep];
+      refused({ ...hc, input: { deep } }, /deeper/);
+    });
+
+    it('accepts bytes, bigints, non-finite numbers and nested maps inside an input (the hypervisor checks each call\'s fields)', () => {
+      const input = { payload: new Uint8Array([1, 2]), mask: 1n << 63n, x: 1e999, state: { apic: { irr: [1, 2] } } };
+      const r = ok({ ...hc, input });
+      expect(r.ok).to.equal(true);
+    });
+
+    it('refuses hellos with a missing or doubled secret, long strings, or a pid that names no process', () => {
+      refused({ k: 'hello', partitionId: 1, role: 'r', vm: null, pid: 5 }, /token and ticket/);
+      refused({ ...hello, ticket: 't' }, /token and ticket/);
+      refused({ ...hello, token: 'x'.repeat(257) }, /token/);
+      refused({ ...hello, role: 'r'.repeat(33) }, /role/);
+      refused({ ...hello, vm: 'v'.repeat(65) }, /vm/);
+      refused({ ...hello, vm: 5 }, /vm/);
+      for (const pid of [0, -1, 1.5, 2 ** 31, '1']) refused({ ...hello, pid }, /pid/);
+    });
+
+    it('refuses unknown kinds, unknown fields and unknown control ops', () => {
+      refused({ k: 'boom' }, /kind/);
+      refused({ k: hostile }, /kind/);
+      refused({ ...hc, extra: 1 }, /unknown field "extra"/);
+      refused({ ...hello, extra: 1 }, /unknown field/);
+      refused({ k: 'ctl', id: 1, op: 'reboot' }, /unknown control op/);
+    });
+
+    it('refuses empty, oversized, truncated and trailing-garbage frames, and msgpack that is not a map', () => {
+      expect(decodeHvClientMsg(new Uint8Array(0))).to.deep.include({ ok: false });
+      expect(decodeHvClientMsg(new Uint8Array(HV_FRAME_MAX_BYTES + 1))).to.deep.include({ ok: false });
+      expect(decodeHvClientMsg(Uint8Array.from([0xc0])).ok).to.equal(false);
+      const frame = encode(hc);
+      expect(decodeHvClientMsg(frame.subarray(0, frame.length - 1)).ok).to.equal(false);
+      expect(decodeHvClientMsg(Buffer.concat([frame, Buffer.from([0])])).ok).to.equal(false);
+      expect(decodeHvClientMsg(new Uint8Array(100000).fill(0x91)).ok).to.equal(false); // 100k nested lists
+    });
+
+    it('never throws and never accepts a malformed message, for random bytes and random msgpack values', () => {
+      fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (b) => {
+        const r = decodeHvClientMsg(b);
+        expect(r.ok === true || typeof r.error === 'string').to.equal(true);
+      }), { numRuns: 3000 });
+      fc.assert(fc.property(fc.anything({ withBigInt: true, withTypedArray: true, withDate: true, withMap: false, withSet: false }), (v) => {
+        let frame: Buffer;
+        try {
+          frame = encode(v);
+        } catch {
+          return;
+        }
+        const r = decodeHvClientMsg(frame);
+        if (r.ok) expect(['hello', 'hc', 'ctl']).to.include(r.msg.k);
+      }), { numRuns: 3000 });
+    });
+  });
+
+  describe('decodeHvServerMsg', () => {
+    it('accepts the answers and notifications the hypervisor sends, and refuses other shapes', () => {
+      for (const m of [
+        { k: 'hr', id: 1, status: 0, reps: 0, output: null }, { k: 'ctlr', id: 2, result: { x: 1 } }, { k: 'bad', reason: 'x' },
+        { k: 'bad', id: 3, reason: 'x' }, { k: 'reject', reason: 'no' }, { k: 'sint', vp: 0, sint: 2 }, { k: 'suspend', suspended: true },
+        { k: 'welcome', partitionId: 1, hostId: 'h', memoryMode: 'shared', memoryRegion: null, memoryBytes: 0, vpRegion: null, schedRegion: null },
+      ]) expect(decodeHvServerMsg(encode(m)), JSON.stringify(m)).to.deep.equal({ ok: true, msg: m });
+      for (const m of [null, 5, { k: 'hr', id: '1', status: 0, reps: 0 }, { k: 'what' }, { k: 'sint', vp: hostile, sint: 1 }]) {
+        expect(decodeHvServerMsg(encode(m)).ok, JSON.stringify(m)).to.equal(false);
+      }
+    });
+  });
+
+  describe('checkPlainData', () => {
+    it('bounds the number of values', () => {
+      expect(checkPlainData({ a: new Array(70000).fill(0) })).to.match(/more than/);
+      expect(checkPlainData({ pfns: new Array(4096).fill(1) })).to.equal(null);
+    });
+  });
+
+  describe('decodeSavedVpState', () => {
+    it('returns a copy of a valid state, and accepts a state without timers (saved without a VP page)', () => {
+      const st = validState();
+      const out = decodeSavedVpState(st);
+      expect(out).to.deep.equal(st);
+      expect(out).to.not.equal(st);
+      expect(decodeSavedVpState({ ...validState(), timers: [] })).to.be.an('object');
+    });
+
+    it('survives a JSON round trip (the lead reads state.json with it)', () => {
+      expect(decodeSavedVpState(JSON.parse(JSON.stringify(validState())))).to.deep.equal(validState());
+    });
+
+    const bad: Array<[string, (s: SavedVpState & Record<string, unknown>) => void, RegExp]> = [
+      ['a non-finite reference time', (s) => (s.referenceTime = 1e999), /referenceTime/],
+      ['a negative reference time', (s) => (s.referenceTime = -1), /referenceTime/],
+      ['a null timer', (s) => ((s.timers as unknown[])[0] = null), /timers\[0\]/],
+      ['a non-finite timer count', (s) => (s.timers[1].count = Infinity), /timers\[1\]\.count/],
+      ['a negative timer expiry', (s) => (s.timers[2].nextExpiry = -5), /nextExpiry/],
+      ['three timers', (s) => s.timers.pop(), /timers/],
+      ['a register given as a string', (s) => ((s.registers as Record<string, unknown>).Rax = '1'), /Rax/],
+      ['a negative register', (s) => (s.registers.Rbx = -1), /Rbx/],
+      ['a register past 2^53', (s) => (s.registers.Rbx = 2 ** 53), /Rbx/],
+      ['an unknown register', (s) => (s.registers.Cr3 = 1), /Cr3/],
+      ['a register that is not saved (InterceptSuspend)', (s) => (s.registers.InterceptSuspend = 0), /InterceptSuspend/],
+      ['an APIC list of 7 words', (s) => s.apic.irr.pop(), /apic\.irr/],
+      ['an APIC word past 32 bits', (s) => (s.apic.isr[0] = 2 ** 32), /apic\.isr/],
+      ['a TPR of 256', (s) => (s.apic.tpr = 256), /tpr/],
+      ['15 SINTs', (s) => s.synic.sint.pop(), /synic\.sint/],
+      ['a SINT with reserved bits', (s) => (s.synic.sint[3] = 0x40000), /synic\.sint\[3\]/],
+      ['scontrol 2', (s) => (s.synic.scontrol = 2), /scontrol/],
+      ['an unknown run state', (s) => (s.runState = 'Dancing'), /runState/],
+      ['interceptPending as a number', (s) => ((s as Record<string, unknown>).interceptPending = 1), /interceptPending/],
+      ['an extra field', (s) => (s.extra = 1), /unknown field "extra"/],
+      ['a missing field', (s) => delete (s as Partial<SavedVpState>).synic, /synic/],
+      ['a map whose toString is not a function', (s) => ((s as Record<string, unknown>).apic = { toString: 1, valueOf: 1 }), /apic/],
+    ];
+    for (const [what, mutate, pattern] of bad) {
+      it(`refuses ${what}, naming the field`, () => {
+        const s = validState() as SavedVpState & Record<string, unknown>;
+        mutate(s);
+        const r = decodeSavedVpState(s);
+        expect(r).to.be.a('string').and.match(pattern);
+      });
+    }
+
+    it('never throws, whatever the value', () => {
+      fc.assert(fc.property(fc.anything({ withBigInt: true, withNullPrototype: true, withBoxedValues: true }), (v) => {
+        const r = decodeSavedVpState(v);
+        expect(typeof r === 'string' || typeof r === 'object').to.equal(true);
+      }), { numRuns: 2000 });
+    });
+  });
+
+  describe('VP page records', () => {
+    it('an I/O intercept record must have size 1, 2 or 4, access read or write, and stay within the port space', () => {
+      expect(decodeIoInterceptRecord(0x70, 2, 1, 0x1ff)).to.deep.equal({ port: 0x70, access: 2, size: 1, value: 0xff });
+      expect(decodeIoInterceptRecord(0x71, 1, 4, 1234)).to.deep.equal({ port: 0x71, access: 1, size: 4, value: 0 });
+      expect(decodeIoInterceptRecord(0x80, 2, 4, -1)).to.deep.equal({ port: 0x80, access: 2, size: 4, value: 0xffffffff });
+      for (const size of [0, 3, 8, -1]) expect(decodeIoInterceptRecord(0x70, 1, size, 0)).to.be.a('string').and.match(/size/);
+      for (const access of [0, 3, -1]) expect(decodeIoInterceptRecord(0x70, access, 1, 0)).to.be.a('string').and.match(/access/);
+      expect(decodeIoInterceptRecord(0x10000, 1, 1, 0)).to.be.a('string');
+      expect(decodeIoInterceptRecord(-1, 1, 1, 0)).to.be.a('string');
+      expect(decodeIoInterceptRecord(0xffff, 1, 2, 0)).to.be.a('string').and.match(/past/);
+    });
+
+    it('a periodic timer runs no faster than every 100 µs, and a count that is not finite and positive does not run', () => {
+      expect(MIN_STIMER_PERIOD).to.equal(1000);
+      expect(effectiveStimerPeriod(1)).to.equal(MIN_STIMER_PERIOD);
+      expect(effectiveStimerPeriod(1e-300)).to.equal(MIN_STIMER_PERIOD);
+      expect(effectiveStimerPeriod(10_000)).to.equal(10_000);
+      for (const c of [0, -1, NaN, Infinity, -Infinity]) expect(effectiveStimerPeriod(c)).to.equal(null);
+    });
+  });
+});

@@ -1,0 +1,207 @@
+/**
+ * Both ends of the VMMS <-> VMWP control link (protocol/src/vmwp.ts): the VMWP serves a ROUTER in
+ * the host's socket directory; the root (and a root that replaced a dead one) connects a DEALER,
+ * proves itself with the VMWP's secret, then sends requests and receives notes. Requests never wait
+ * on a dead peer: the client watches the VMWP's pid and fails everything pending once it is gone.
+ */
+import { encode, decodeVmwpFrame, VmwpDecodeError, type VmwpNote, type VmwpRequest } from '@hvlab/protocol';
+import { pidAlive } from './anchor.js';
+import { dealer, router, SendQueue, type zmq } from './zmq.js';
+
+type Log = { warn: (o: object, m?: string) => void; error: (o: object, m?: string) => void };
+
+export class VmwpLinkError extends Error {
+  override name = 'VmwpLinkError';
+  /** A management error code the VMWP chose (e.g. InvalidArgument), or null. */
+  constructor(message: string, readonly code: string | null = null) {
+    super(message);
+  }
+}
+
+/** Throw one of these in a VMWP handler to give the root a management error code. */
+export class VmwpFailure extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+/** The VMWP's side: answers requests from the attached root and pushes notes to it. */
+export class VmwpControlServer {
+  private readonly sock: zmq.Router = router();
+  private readonly q = new SendQueue(this.sock);
+  private attached: Buffer | null = null;
+  private closed = false;
+
+  constructor(
+    readonly endpoint: string,
+    private readonly secret: string,
+    private readonly handle: (req: Exclude<VmwpRequest, { t: 'hello' }>) => Promise<unknown>,
+    private readonly log: Log,
+  ) {}
+
+  async bind(): Promise<void> {
+    await this.sock.bind(this.endpoint);
+    void this.serve();
+  }
+
+  get hasRoot(): boolean {
+    return this.attached !== null;
+  }
+
+  private answer(peer: Buffer, id: number, ok: boolean, value: unknown): void {
+    let body: Buffer;
+    try {
+      body = ok
+        ? encode({ t: 'res', id, ok: true, result: value })
+        : encode({ t: 'res', id, ok: false, error: value instanceof Error ? value.message : String(value), code: value instanceof VmwpFailure ? value.code : null });
+    } catch (e) {
+      body = encode({ t: 'res', id, ok: false, error: `the answer could not be encoded: ${(e as Error).message}` });
+    }
+    void this.q.send([peer, body]).catch(() => undefined);
+  }
+
+  private async serve(): Promise<void> {
+    try {
+      for await (const [peer, frame] of this.sock) {
+        if (!frame) continue;
+        let f;
+        try {
+          f = decodeVmwpFrame(frame);
+        } catch (e) {
+          const id = e instanceof VmwpDecodeError ? e.id : null;
+          if (id !== null) this.answer(peer, id, false, (e as Error).message);
+          continue;
+        }
+        if (f.t !== 'req') continue;
+        const { id, body } = f;
+        if (body.t === 'hello') {
+          if (body.secret !== this.secret) {
+            this.log.warn({}, 'a peer presented a wrong secret on the control link');
+            this.answer(peer, id, false, 'wrong secret');
+            continue;
+          }
+          this.attached = Buffer.from(peer);
+          this.answer(peer, id, true, { attached: true });
+          continue;
+        }
+        if (!this.attached || !peer.equals(this.attached)) {
+          this.answer(peer, id, false, 'say hello with the secret first');
+          continue;
+        }
+        this.handle(body).then(
+          (r) => this.answer(peer, id, true, r),
+          (e: unknown) => this.answer(peer, id, false, e),
+        );
+      }
+    } catch (e) {
+      if (!this.closed) this.log.error({ err: e }, 'control link receive loop ended');
+    }
+  }
+
+  /** Sends a note to the attached root; dropped when no root is attached (it will ask `describe`). */
+  note(body: VmwpNote): void {
+    if (!this.attached || this.closed) return;
+    void this.q.send([this.attached, encode({ t: 'note', body })]).catch(() => undefined);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.q.close();
+    this.sock.close();
+  }
+}
+
+/** The root's side of one VMWP's control link. */
+export class VmwpControlClient {
+  private readonly sock: zmq.Dealer = dealer();
+  private readonly q = new SendQueue(this.sock);
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private closed = false;
+  private gone: string | null = null;
+  private readonly watch: NodeJS.Timeout;
+
+  constructor(
+    endpoint: string,
+    private readonly pid: number,
+    private readonly onNote: (n: VmwpNote) => void,
+    private readonly log: Log,
+  ) {
+    this.sock.connect(endpoint);
+    void this.loop();
+    // The VMWP can die at any moment (kill -9): nobody waits on it for longer than this period.
+    this.watch = setInterval(() => {
+      if (!pidAlive(this.pid)) this.failAll(`the VM worker process (pid ${this.pid}) exited`);
+    }, 250);
+    this.watch.unref();
+  }
+
+  private failAll(why: string): void {
+    if (this.gone) return;
+    this.gone = why;
+    clearInterval(this.watch);
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new VmwpLinkError(why));
+    }
+    this.pending.clear();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for await (const [frame] of this.sock) {
+        let f;
+        try {
+          f = decodeVmwpFrame(frame);
+        } catch (e) {
+          this.log.warn({ why: (e as Error).message }, 'ignoring a malformed frame from a VMWP');
+          continue;
+        }
+        if (f.t === 'note') {
+          try {
+            this.onNote(f.body);
+          } catch (e) {
+            this.log.error({ err: e }, 'handling a VMWP note failed');
+          }
+        } else if (f.t === 'res') {
+          const p = this.pending.get(f.id);
+          if (!p) continue;
+          this.pending.delete(f.id);
+          clearTimeout(p.timer);
+          if (f.ok) p.resolve(f.result);
+          else p.reject(new VmwpLinkError(f.error, f.code));
+        }
+      }
+    } catch (e) {
+      if (!this.closed) this.log.error({ err: e }, 'VMWP link receive loop ended');
+    }
+  }
+
+  request<T = unknown>(body: VmwpRequest, timeoutMs = 10000): Promise<T> {
+    if (this.closed) return Promise.reject(new VmwpLinkError('the control link is closed'));
+    if (this.gone) return Promise.reject(new VmwpLinkError(this.gone));
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new VmwpLinkError(`the VM worker process did not answer "${body.t}" within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.q.send(encode({ t: 'req', id, body })).catch((e: Error) => {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(e);
+      });
+    });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.failAll('the control link is closed');
+    clearInterval(this.watch);
+    this.q.close();
+    this.sock.close();
+  }
+}

@@ -1,0 +1,317 @@
+/**
+ * The `hvlab` command as a user meets it: the installed entry point (bin/hvlab.mjs) run from any
+ * directory as one process, a command line that is refused in one line before anything reaches
+ * the host, and calls that fail at once, naming the process, when the host dies under them.
+ */
+import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { VmInfo } from '@hvlab/protocol';
+import { hostPaths, pidAlive } from '@hvlab/runtime';
+import { TestHost, eventually } from './harness.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const bin = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** A started bin/hvlab.mjs whose output can be awaited line by line. */
+class BinProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  readonly done: Promise<Run>;
+  private readonly waiters: Array<() => void> = [];
+
+  constructor(args: string[], opts: { cwd: string; env: Record<string, string> }) {
+    this.child = spawn(process.execPath, [bin, ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.on('data', (d) => {
+      this.stdout += d;
+      this.wake();
+    });
+    this.child.stderr!.on('data', (d) => {
+      this.stderr += d;
+      this.wake();
+    });
+    this.done = new Promise((res) => this.child.on('close', (code, sig) => {
+      this.wake();
+      res({ code: code ?? (sig ? 128 : -1), stdout: this.stdout, stderr: this.stderr });
+    }));
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Resolves when `re` matches the output so far, or when the process has ended. */
+  async until(re: RegExp): Promise<boolean> {
+    let ended = false;
+    void this.done.then(() => (ended = true));
+    for (;;) {
+      if (re.test(this.stdout + this.stderr)) return true;
+      if (ended || this.child.exitCode !== null || this.child.signalCode !== null) return false;
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  }
+}
+
+function runBin(args: string[], opts: { cwd: string; env: Record<string, string> }): Promise<Run> {
+  const p = new BinProcess(args, opts);
+  return p.done;
+}
+
+/** Direct children of a pid, from /proc. */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'latin1');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+const stackTrace = /\n\s+at /;
+const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+function expectOneLine(r: Run, code: number, re: RegExp, what: string): void {
+  expect(r.stderr, `${what}: no stack trace`).to.not.match(stackTrace);
+  expect(r.stderr.trim().split('\n'), `${what}: one line on stderr, got ${JSON.stringify(r.stderr)}`).to.have.length(1);
+  expect(r.stderr.trimEnd(), what).to.match(re);
+  expect(r.code, `${what}: exit code (stderr ${JSON.stringify(r.stderr)})`).to.equal(code);
+  expect(r.stdout, `${what}: nothing on stdout`).to.equal('');
+}
+
+describe('the hvlab command', function () {
+  this.timeout(120000);
+
+  describe('installed entry point (bin/hvlab.mjs)', () => {
+    // Made in before(), not at load: a describe that --grep leaves out must leave nothing behind.
+    let home = '';
+    before(() => (home = mkdtempSync(join(tmpdir(), 'hvlab-cli-'))));
+    after(() => rmSync(home, { recursive: true, force: true }));
+
+    it('prints its help when run with the current directory at /', async () => {
+      const r = await runBin(['--help'], { cwd: '/', env: { HVLAB_HOME: home } });
+      expect(r.stderr).to.equal('');
+      expect(r.code).to.equal(0);
+      expect(r.stdout).to.match(/^Usage: hvlab /m);
+      expect(r.stdout).to.include('vm new NAME');
+    });
+
+    it('answers "host info" on an empty home from / with one line saying no host is up', async () => {
+      const r = await runBin(['host', 'info'], { cwd: '/', env: { HVLAB_HOME: home } });
+      expectOneLine(r, 1, new RegExp(`^hvlab: no host is up for ${escape(home)}; run "hvlab up" first$`), 'host info');
+    });
+
+    it('starts a host from / and talks to it from there', async () => {
+      const h = new TestHost();
+      try {
+        const env = { HVLAB_HOME: h.home };
+        const upRun = await runBin(['up', '--lps', '1'], { cwd: '/', env });
+        expect(upRun.stderr).to.equal('');
+        expect(upRun.code).to.equal(0);
+        expect(upRun.stdout).to.match(/^host [0-9a-f]+ is up: 1 LPs/);
+        const list = await runBin(['vm', 'list'], { cwd: '/', env });
+        expect(list.stderr).to.equal('');
+        expect(list.stdout).to.equal('no VMs\n');
+      } finally {
+        await h.destroy();
+        const left = h.leftovers();
+        expect(left.pids, 'processes left behind').to.deep.equal([]);
+        expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
+      }
+    });
+
+    it('runs the command in its own process, with no second node behind it', async () => {
+      const logs = hostPaths(home).logDir;
+      mkdirSync(logs, { recursive: true });
+      writeFileSync(join(logs, 'root.log'), JSON.stringify({ level: 30, time: '2024-01-01T00:00:00.000Z', role: 'root', msg: 'hello from the log' }) + '\n');
+      const p = new BinProcess(['logs', '--follow'], { cwd: '/', env: { HVLAB_HOME: home } });
+      try {
+        // Once the line is printed the command is running (and following): whatever runs it exists now.
+        expect(await p.until(/hello from the log/), p.stderr).to.equal(true);
+        expect(childrenOf(p.child.pid!)).to.deep.equal([]);
+      } finally {
+        p.kill();
+        await p.done;
+      }
+    });
+  });
+
+  describe('command lines it does not understand are refused in one line, with exit code 2', () => {
+    // No host: a command that got as far as contacting one would say "no host is up" (exit 1).
+    let h: TestHost;
+    before(() => (h = new TestHost()));
+    after(() => h.destroy());
+    const refuse = async (args: string[], re: RegExp): Promise<void> => {
+      expectOneLine(await h.run(...args), 2, re, args.join(' '));
+    };
+
+    it('a mistyped option names itself and the nearest option of the command', () =>
+      refuse(['vm', 'new', 'y', '--memroy', '32M'], /^hvlab: unknown option --memroy for "vm new" \(did you mean --memory\?\)$/));
+
+    it('an option the command does not have is refused, not ignored', () => refuse(['up', '--hosts', '3'], /^hvlab: unknown option --hosts for "up" /));
+
+    it('an unknown option before the command is refused, naming the nearest global option', () =>
+      refuse(['--host', 'h2', 'vm', 'new', 'x'], /^hvlab: unknown option --host before the command \(did you mean --home\?\)$/));
+
+    it('an unknown flag at the end of the line is a usage line, not a stack trace', () => refuse(['vm', 'list', '--all'], /^hvlab: unknown option --all for "vm list"/));
+
+    it('an option that needs a value and has none at the end of the line is named', () =>
+      refuse(['vm', 'peek', 'alpha', '--len', '8', '--gpa'], /^hvlab: option --gpa of "vm peek" needs a value \(ADDR\)$/));
+
+    it('an option of another command is refused where it does not belong', () =>
+      refuse(['vm', 'start', 'alpha', '--memory', '8M'], /^hvlab: unknown option --memory for "vm start"/));
+
+    it('--json is refused by a command that has no JSON output', () => refuse(['logs', '--json'], /^hvlab: unknown option --json for "logs"/));
+
+    it('a flag given a value is refused', () => refuse(['vm', 'stop', 'alpha', '--force=yes'], /^hvlab: option --force of "vm stop" takes no value$/));
+
+    it('an option given twice is refused', () => refuse(['vm', 'new', 'a', '--memory', '8M', '--memory', '16M'], /^hvlab: option --memory is given twice$/));
+
+    it('an extra argument is refused, naming it and the usage', () =>
+      refuse(['vm', 'start', 'alpha', 'beta'], /^hvlab: unexpected argument "beta" for "vm start" \(usage: hvlab vm start NAME/));
+
+    it('an extra argument to a command without arguments is refused', () => refuse(['vm', 'list', 'alpha'], /^hvlab: unexpected argument "alpha" for "vm list"/));
+
+    it('a missing argument is named', () => refuse(['vm', 'save'], /^hvlab: "vm save" needs NAME \(usage: hvlab vm save NAME/));
+
+    it('an unknown command names the nearest one', () => refuse(['vm', 'lsit'], /^hvlab: unknown command "vm lsit" \(did you mean "vm list"\?\)$/));
+
+    it('an empty --home is refused instead of meaning the current directory', () => refuse(['--home', '', 'vm', 'list'], /^hvlab: --home is empty: give a directory$/));
+
+    it('an empty HVLAB_HOME is refused instead of meaning the current directory', async () => {
+      const r = await runBin(['vm', 'list'], { cwd: repo, env: { HVLAB_HOME: '' } });
+      expectOneLine(r, 2, /^hvlab: HVLAB_HOME is set but empty: unset it or give a directory$/, 'HVLAB_HOME=""');
+    });
+  });
+
+  describe('values are checked by the CLI before anything is sent (exit code 1)', () => {
+    let h: TestHost;
+    before(() => (h = new TestHost()));
+    after(() => h.destroy());
+    const cases: Array<[string[], RegExp]> = [
+      [['vm', 'set-processor', 'a', '--weight', '[5]'], /^hvlab: --weight \[5\] is invalid: a whole number from 1 to 10000$/],
+      [['vm', 'set-processor', 'a', '--reserve', '1e2'], /^hvlab: --reserve 1e2 is invalid: a whole number from 0 to 100$/],
+      [['vm', 'new', 'a', '--vps', '2x'], /^hvlab: --vps 2x is invalid: a VM has 1 to 64 virtual processors$/],
+      [['vm', 'new', 'a', '--memory', '{}'], /^hvlab: memory size "\{\}" is invalid/],
+      [['vm', 'new', 'a', '--rtc-offset', '1.5'], /^hvlab: --rtc-offset 1.5 is invalid: whole seconds within ±10 years$/],
+      [['vm', 'stop', 'a', '--timeout', 'NaN'], /^hvlab: --timeout NaN is invalid/],
+      [['vm', 'peek', 'a', '--gpa', '0x10', '--len', '-1'], /^hvlab: --len -1 is not a length/],
+      [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
+    ];
+    for (const [args, re] of cases) {
+      it(`${args.join(' ')} is refused`, async () => {
+        expectOneLine(await h.run(...args), 1, re, args.join(' '));
+      });
+    }
+  });
+
+  describe('with a host', () => {
+    let h: TestHost;
+    let rootPid = 0;
+    let pending: BinProcess | null = null;
+
+    before(async () => {
+      h = new TestHost();
+      await h.ok('up', '--lps', '1');
+      await h.ok('vm', 'new', 'alpha', '--memory', '8M', '--workload', 'idle');
+      await h.ok('vm', 'start', 'alpha');
+      rootPid = (JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { root: number } }).pids.root;
+    });
+    after(async () => {
+      pending?.kill();
+      // The test stops the root; should it fail before the kill, ending it here is ours to do.
+      if (rootPid && pidAlive(rootPid)) process.kill(rootPid, 'SIGKILL');
+      await h.destroy();
+      const left = h.leftovers();
+      expect(left.pids, 'processes left behind').to.deep.equal([]);
+      expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
+    });
+
+    it('a mistyped option creates nothing', async () => {
+      const r = await h.run('vm', 'new', 'y', '--memroy', '32M');
+      expectOneLine(r, 2, /unknown option --memroy for "vm new" \(did you mean --memory\?\)/, 'vm new y --memroy 32M');
+      const vms = await h.json<VmInfo[]>('vm', 'list');
+      expect(vms.map((v) => v.name)).to.deep.equal(['alpha']);
+    });
+
+    it('a weight that is not a number is refused and the VM keeps its weight', async () => {
+      const r = await h.run('vm', 'set-processor', 'alpha', '--weight', '[5]');
+      expectOneLine(r, 1, /--weight \[5\] is invalid/, 'set-processor --weight [5]');
+      const vms = await h.json<VmInfo[]>('vm', 'list');
+      expect(vms[0].processor.weight).to.equal(100);
+    });
+
+    it('vm peek --out into a missing directory says so in one line naming the path', async () => {
+      const r = await h.run('vm', 'peek', 'alpha', '--gpa', '0x2000', '--len', '8', '--out', '/missing/dir/x');
+      expectOneLine(r, 1, /^hvlab: cannot write \/missing\/dir\/x: the directory \/missing\/dir does not exist$/, 'peek --out');
+    });
+
+    it('a call pending when the root partition process is killed fails, naming that process and the call', async () => {
+      expect(pidAlive(rootPid)).to.equal(true);
+      // Stopped, the root cannot answer: the request stays pending until the kill, whatever the timing.
+      process.kill(rootPid, 'SIGSTOP');
+      const p = new BinProcess(['vm', 'list'], { cwd: repo, env: { HVLAB_HOME: h.home, HVLAB_DEBUG: '1' } });
+      pending = p;
+      await p.until(/sent "vmList"/);
+      process.kill(rootPid, 'SIGKILL');
+      const r = await p.done;
+      expect(r.code, r.stderr).to.not.equal(0);
+      expect(r.stderr).to.include(`hvlab: the host's root partition process (pid ${rootPid}) exited while "vmList" was pending`);
+      expect(r.stdout).to.equal('');
+    });
+  });
+
+  describe('with a host whose hypervisor dies', () => {
+    let h: TestHost;
+    let pids = { hypervisor: 0, root: 0 };
+    let p: BinProcess | null = null;
+
+    before(async () => {
+      h = new TestHost();
+      await h.ok('up', '--lps', '1');
+      pids = (JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: typeof pids }).pids;
+    });
+    after(async () => {
+      p?.kill();
+      // The root was stopped by the test; it is ours to end.
+      if (pidAlive(pids.root)) process.kill(pids.root, 'SIGKILL');
+      await h.destroy();
+      const left = h.leftovers();
+      expect(left.pids, 'processes left behind').to.deep.equal([]);
+      expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
+    });
+
+    it('a call pending when the hypervisor is killed fails, naming the hypervisor and the call', async () => {
+      process.kill(pids.root, 'SIGSTOP');
+      p = new BinProcess(['vm', 'list'], { cwd: repo, env: { HVLAB_HOME: h.home, HVLAB_DEBUG: '1' } });
+      await p.until(/sent "vmList"/);
+      process.kill(pids.hypervisor, 'SIGKILL');
+      const r = await p.done;
+      expect(r.code, r.stderr).to.not.equal(0);
+      expect(r.stderr).to.include(`hvlab: the host's hypervisor process (pid ${pids.hypervisor}) exited while "vmList" was pending`);
+    });
+
+    it('a call after the hypervisor died is refused at once, naming it', async () => {
+      expect(await eventually(() => !pidAlive(pids.hypervisor), 5000)).to.equal(true);
+      const r = await h.run('vm', 'list');
+      expectOneLine(r, 1, new RegExp(`^hvlab: the host's hypervisor process \\(pid ${pids.hypervisor}\\) is not running`), 'vm list');
+    });
+  });
+});
