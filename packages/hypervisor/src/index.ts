@@ -11,6 +11,14 @@
  * cap, weight; sched-thread.ts: dispatch words, virtual APICs, synthetic timers, IPIs over shared
  * VP pages and shared futexes). Deviation: the timer/ICR/TPR MSRs are written to the VP page and
  * picked up, not trapped; GetVpState/SetVpState (0x8003/0x8004) carry a plain saved-state record.
+ *
+ * Edges: every frame is decoded once by `decodeHvClientMsg` (protocol/hvwire.ts) and answered
+ * exactly once (a malformed one with `bad`); a handler's exception becomes an error answer; the
+ * privilege gate runs before any input is read; guest-created state is capped (queued messages,
+ * ports, connections, GPADL windows, intercepts, partitions, sessions) and periodic timers have a
+ * 100 µs floor. Sessions: the root's token is rotated each time the supervisor (main.ts) starts a
+ * root and reaches it over a pipe; VMWPs open root sessions with one-time tickets (30 s); a session
+ * whose pid is gone is dropped.
  */
 export { Hypervisor, type HypervisorOptions, type Session } from './hypervisor.js';
 export { HypervisorServer } from './server.js';

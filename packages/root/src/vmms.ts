@@ -46,6 +46,8 @@ interface VmRecord {
   exitReason: string | null;
   guestShutdown: boolean;
   booted: ((ok: boolean, why?: string) => void) | null;
+  /** Starting from a saved state that is not consumed yet (it is, once the guest runs). */
+  restoring: boolean;
 }
 
 export interface VmmsOptions {
@@ -87,6 +89,7 @@ export class Vmms {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
+      restoring: false,
     };
   }
 
@@ -273,9 +276,14 @@ export class Vmms {
           await this.kill(r, 'saved');
           this.setState(r, EnabledState.Saved, 'saved');
         } else if (!d.booted) {
+          r.restoring = d.restored;
           this.setState(r, EnabledState.Starting, 're-attached while starting');
           this.awaitBoot(r).then(
-            () => this.setState(r, EnabledState.Running, d.restored ? 'restored from saved state' : 'started'),
+            () => {
+              if (r.restoring) discardSavedState(this.o.vmDir, r.config.name);
+              r.restoring = false;
+              this.setState(r, EnabledState.Running, d.restored ? 'restored from saved state' : 'started');
+            },
             () => undefined,
           );
         } else {
@@ -322,6 +330,7 @@ export class Vmms {
     r.guestShutdown = false;
     r.failure = null;
     r.exitReason = null;
+    r.restoring = restore;
     const booted = this.awaitBoot(r);
     booted.catch(() => undefined);
     try {
@@ -350,13 +359,19 @@ export class Vmms {
         try { process.kill(r.vmwpPid, 'SIGKILL'); } catch { /* gone */ }
       }
       for (let i = 0; i < 100 && this.stateOf(r) !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
-      if (this.stateOf(r) !== EnabledState.Off) this.setState(r, restore ? EnabledState.Saved : EnabledState.Off, (e as Error).message);
+      // A start from a saved state that failed on its own leaves the VM Saved (nothing ran from
+      // it); one that was turned off or stopped meanwhile has discarded it (kill does that).
+      const keepSaved = r.restoring && hasSavedState(this.o.vmDir, r.config.name);
+      r.restoring = false;
+      if (keepSaved) this.setState(r, EnabledState.Saved, `start failed: ${(e as Error).message}`);
+      else if (this.stateOf(r) !== EnabledState.Off) this.setState(r, EnabledState.Off, (e as Error).message);
       throw e instanceof MgmtFailure ? e : new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${(e as Error).message}`);
     }
     if (restore) {
       // Hyper-V deletes the saved state once the VM runs from it.
       discardSavedState(this.o.vmDir, r.config.name);
     }
+    r.restoring = false;
     this.setState(r, EnabledState.Running, restore ? 'restored from saved state' : 'started');
     return this.info(r, null);
   }
@@ -423,6 +438,12 @@ export class Vmms {
   }
 
   private async kill(r: VmRecord, reason: string): Promise<void> {
+    if (r.restoring) {
+      // Turned off (or stopped) while resuming from a saved state: as Stop-VM -TurnOff of a saved
+      // VM, the saved state is discarded, so nothing can later resume that old snapshot.
+      discardSavedState(this.o.vmDir, r.config.name);
+      r.restoring = false;
+    }
     const pid = r.vmwpPid;
     if (pid === null) return;
     r.expectingExit = true;

@@ -1,0 +1,45 @@
+/**
+ * One host per home (issue 9): the hypervisor holds `run/host.lock` for its whole life, so two
+ * `hvlab up` at once on a fresh home start exactly one host, and a removed `run/host.json` does
+ * not let a second host (and a second copy of every VM) start on the same home.
+ */
+import { expect } from 'chai';
+import { rmSync } from 'node:fs';
+import type { VmInfo } from '@hvlab/protocol';
+import { hostProcesses } from '@hvlab/host';
+import { TestHost } from './harness.js';
+
+describe('one host per home', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(async () => {
+    await h.destroy();
+    const left = h.leftovers();
+    expect(left.pids, 'processes left behind').to.deep.equal([]);
+    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
+  });
+
+  it('two hvlab up at once on a fresh home: one starts a host, the other is refused naming it', async () => {
+    const [a, b] = await Promise.all([h.run('up', '--lps', '1'), h.run('up', '--lps', '1')]);
+    const codes = [a.code, b.code].sort();
+    expect(codes, `${a.stderr} | ${b.stderr}`).to.deep.equal([0, 1]);
+    const loser = a.code === 0 ? b : a;
+    expect(loser.stderr).to.match(/a host is already up for .*hvlab down/);
+    // Exactly one hypervisor and one root carry this home's host id.
+    const ps = await h.json<Array<{ role: string }>>('ps');
+    expect(ps.map((p) => p.role).sort()).to.deep.equal(['hypervisor', 'root']);
+  });
+
+  it('with run/host.json removed, up is still refused and the VM does not run twice', async () => {
+    await h.ok('vm', 'new', 'solo', '--memory', '8M');
+    await h.ok('vm', 'start', 'solo');
+    const id = h.hostId;
+    const before = hostProcesses(id).length;
+    rmSync(h.paths.hostFile);
+    const r = await h.run('up', '--lps', '1');
+    expect(r.code).to.equal(1);
+    expect(r.stderr).to.match(/a host is already up/);
+    // Nothing new was started, and the old host's processes are all still there.
+    expect(hostProcesses(id).length).to.equal(before);
+  });
+});
