@@ -16,7 +16,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -101,7 +101,8 @@ function spawnOwned(what: string, args: string[], env: NodeJS.ProcessEnv): Owned
   return { child, what, stderr: () => tail };
 }
 
-function waitReady(o: Owned, timeoutMs: number): Promise<void> {
+/** Resolves with what follows "ready" on the child's first such line (a token, or ''). */
+function waitReady(o: Owned, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     let buf = '';
     const onExit = (code: number | null, sig: NodeJS.Signals | null): void => {
@@ -114,10 +115,11 @@ function waitReady(o: Owned, timeoutMs: number): Promise<void> {
     }, timeoutMs);
     o.child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      if (buf.includes('ready\n')) {
+      const m = /^ready(?: (\S+))?$/m.exec(buf);
+      if (m && buf.includes('\n', m.index)) {
         clearTimeout(t);
         o.child.off('exit', onExit);
-        resolve();
+        resolve(m[1] ?? '');
       }
     });
     o.child.once('exit', onExit);
@@ -278,12 +280,12 @@ export async function main(args: string[]): Promise<void> {
 
   try {
     // (a) hypercall round trips against a hypervisor of our own.
-    const rootToken = randomBytes(16).toString('hex');
     progress(`starting a hypervisor (home ${home}, sockets ${paths.sockDir}, host ${benchHostId})`);
-    hvProc = spawnOwned('hypervisor', nodeArgsFor(entries.hypervisor), {
-      ...process.env, HVLAB_HOME: home, HVLAB_HOST_ID: benchHostId, HVLAB_ROOT_TOKEN: rootToken, HVLAB_LPS: String(LPS),
+    mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
+    hvProc = spawnOwned('hypervisor', [...nodeArgsFor(join(here, 'bare-hypervisor.ts')), paths.sockDir, benchHostId, String(LPS)], {
+      ...process.env, HVLAB_HOME: home, HVLAB_HOST_ID: benchHostId,
     });
-    await waitReady(hvProc, 20000);
+    const rootToken = await waitReady(hvProc, 20000);
     hv = new HvClient(paths.hvEndpoint);
     await hv.connect({ partitionId: 1, token: rootToken, role: 'bench', vm: null });
     progress(`timing ${N} GetPartitionId hypercalls (after ${WARMUP} warm-up calls)`);

@@ -30,7 +30,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -341,13 +341,13 @@ class Run {
   }
 
   async startHypervisor(): Promise<HvClient> {
-    const rootToken = randomBytes(16).toString('hex');
     progress(`starting a hypervisor (home ${this.dir}, sockets ${this.paths.sockDir}, host ${this.hostId})`);
-    this.hvProc = spawnOwned('hypervisor', nodeArgsFor(entries.hypervisor), {
-      ...this.env(), HVLAB_HOME: this.dir, HVLAB_ROOT_TOKEN: rootToken, HVLAB_LPS: String(LPS),
+    mkdirSync(this.paths.sockDir, { recursive: true, mode: 0o700 });
+    this.hvProc = spawnOwned('hypervisor', [...nodeArgsFor(join(here, 'bare-hypervisor.ts')), this.paths.sockDir, this.hostId, String(LPS)], {
+      ...this.env(), HVLAB_HOME: this.dir,
     });
     if (this.hvProc.child.pid !== undefined) this.tracked.add(this.hvProc.child.pid);
-    await waitLine(this.hvProc, 'ready', 20000);
+    const rootToken = (await waitLine(this.hvProc, 'ready ', 20000)).slice('ready '.length);
     this.hv = new HvClient(this.paths.hvEndpoint, (n) => this.hvNotify(n));
     await this.hv.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'bench', vm: null });
     return this.hv;

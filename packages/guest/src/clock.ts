@@ -1,11 +1,46 @@
 /**
- * The guest's wall clock. It starts from the CMOS real-time clock (which a VM can be configured to
- * have wrong, `--rtc-offset`) and then runs on the partition's reference time; only the time-sync
- * integration service brings it to host time. Its base lives in the guest kernel page, so a saved
- * VM resumes with the clock it had — behind by the time it spent saved, until time sync fixes it.
+ * Guest time. Every time the guest can see — its wall clock, sleep deadlines, the time slice,
+ * workload rates, uptime, timestamps it writes into guest memory — is derived from the partition's
+ * reference time (100 ns units, TLFS "partition reference counter"), never from the host's clocks.
+ * The hypervisor keeps reference time in the partition's VP region (`VpRegionHeader.refBaseNs`:
+ * the host monotonic time at which reference time was 0) and moves that base when it restores a
+ * VM, so a VM that was saved, restored or moved continues from the reference time it had, without
+ * a jump. Host clocks remain only in host-side waits (polling a page, a shutdown timeout) that put
+ * nothing into guest state.
+ *
+ * `GuestWallClock` starts from the CMOS real-time clock (which a VM can be configured to have
+ * wrong, `--rtc-offset`) and then runs on reference time; only the time-sync integration service
+ * brings it to host time. Its base lives in the guest kernel page, so a saved VM resumes with the
+ * clock it had — behind by the time it spent saved, until time sync fixes it.
  */
-import { KERNEL_PAGE_GPA, KernelPage } from '@hvlab/protocol';
+import { KERNEL_PAGE_GPA, KernelPage, VpRegionHeader, referenceTime } from '@hvlab/protocol';
 import type { GuestMemory } from './memory.js';
+
+/** A source of the partition's reference time (100 ns units). */
+export interface ReferenceTimeSource {
+  now(): number;
+}
+
+/**
+ * The partition's reference time read from its VP region. The base is loaded on every call, not
+ * cached: a restore (SetVpState) or a move rewrites it while the guest may already be running.
+ */
+export class ReferenceClock implements ReferenceTimeSource {
+  private readonly base: BigInt64Array;
+
+  constructor(vpRegion: SharedArrayBuffer, private readonly hostNs: () => bigint = () => process.hrtime.bigint()) {
+    this.base = new BigInt64Array(vpRegion, VpRegionHeader.refBaseNs, 1);
+  }
+
+  now(): number {
+    return referenceTime(Atomics.load(this.base, 0), this.hostNs());
+  }
+
+  /** Makes reference time read `ref` now (local mode, where the guest keeps the region itself). */
+  continueFrom(ref: number): void {
+    Atomics.store(this.base, 0, this.hostNs() - BigInt(Math.max(0, Math.floor(ref))) * 100n);
+  }
+}
 
 export class GuestWallClock {
   constructor(private readonly mem: GuestMemory, private readonly referenceTime: () => number) {}

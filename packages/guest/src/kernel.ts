@@ -13,15 +13,15 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, BootState, STATUS_MAGIC, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES,
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
-  KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpRegionHeader, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset, referenceTime,
+  KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
+  vpRegionBytes, vpPageOffset,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
 import { VmbusClient, RemoteLink } from '@hvlab/vmbus';
 import { HeartbeatClient, ShutdownClient, TimeSyncClient, KvpClient } from '@hvlab/vsc';
 import { PageAllocator } from './pages.js';
-import { GuestWallClock } from './clock.js';
+import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_STOP, CTL_SUSPENDED, type VpStart } from './vp.js';
@@ -63,10 +63,12 @@ export function readBootInfo(mem: GuestMemory): BootInfoValues {
   return {
     partitionId: mem.u32(b + BootInfo.partitionId),
     vpCount: mem.u32(b + BootInfo.vpCount),
-    memoryBytes: Number(mem.view.getBigUint64(b + BootInfo.memoryBytes, true)),
+    memoryBytes: Number(mem.u64(b + BootInfo.memoryBytes)),
     controlConnectionId: mem.u32(b + BootInfo.controlConnectionId),
-    workloadArg: Number(mem.view.getBigUint64(b + BootInfo.workloadArg, true)),
+    workloadArg: Number(mem.u64(b + BootInfo.workloadArg)),
     workload: cString(mem.read(b + BootInfo.workloadName, WORKLOAD_NAME_BYTES)),
+    // Firmware that left the RTC field empty: the host's clock, as a CMOS battery-backed clock
+    // would be set from it. It is only the starting value of the guest's wall clock.
     rtcMs: mem.f64(b + BootInfo.rtcMs) || Date.now(),
     vmbusEndpoint: cString(mem.read(b + BootInfo.vmbusEndpoint, VMBUS_ENDPOINT_BYTES)),
     vmbusToken: cString(mem.read(b + BootInfo.vmbusToken, VMBUS_TOKEN_BYTES)),
@@ -78,7 +80,8 @@ export class GuestKernel {
   private readonly control = new SharedArrayBuffer(16);
   private readonly vpRegion: SharedArrayBuffer;
   private readonly local: boolean;
-  private readonly refBase: bigint;
+  /** The partition's reference time: the source of every guest-visible time. */
+  readonly refClock: ReferenceClock;
   private readonly ctl = new Int32Array(this.control);
   private readonly workers: Worker[] = [];
   boot!: BootInfoValues;
@@ -90,41 +93,62 @@ export class GuestKernel {
   private shuttingDown = false;
   /** Called once the guest has shut down (VPs stopped, VMBus unloaded). */
   onShutdown: (why: string) => void = () => {};
-  private readonly bootedAt = performance.now();
 
   constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private readonly hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
     this.local = regions.vp === null || regions.sched === null;
     if (this.local) {
-      // Local mode: a process-private VP region with its own reference base.
+      // Local mode: a process-private VP region with its own reference base, which start() moves
+      // to the hypervisor's reference time of the partition (a restored VM continues from it).
       this.vpRegion = new SharedArrayBuffer(vpRegionBytes(MAX_VPS_PER_PARTITION));
-      new BigInt64Array(this.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = process.hrtime.bigint();
+      this.refClock = new ReferenceClock(this.vpRegion);
+      this.refClock.continueFrom(0);
     } else {
       this.vpRegion = regions.vp!;
+      this.refClock = new ReferenceClock(this.vpRegion);
     }
-    this.refBase = new BigInt64Array(this.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3];
     this.drivers = {
       heartbeat: new HeartbeatClient(),
       shutdown: new ShutdownClient((r) => void this.shutdown(`shutdown requested by the host (flags ${r.flags})`)),
       timesync: new TimeSyncClient({ now: () => this.clock.now(), adjust: (d) => this.clock.adjust(d) }),
-      kvp: new KvpClient(() => ({
-        FullyQualifiedDomainName: this.hostName,
-        OSName: 'hvlab guest kernel',
-        OSVersion: '1.0',
-        OSBuildNumber: process.version,
-        ProcessorArchitecture: 'x64',
-        IntegrationServicesVersion: '1.0',
-        UptimeSeconds: String(Math.floor((performance.now() - this.bootedAt) / 1000)),
-        HostMachineName: hostname(),
-      })),
+      kvp: new KvpClient(() => this.kvpAutoValues()),
+    };
+  }
+
+  /** The KVP auto pool: what the guest reports about itself (Hyper-V's KVP daemon fills these). */
+  kvpAutoValues(): Record<string, string> {
+    return {
+      FullyQualifiedDomainName: this.hostName,
+      OSName: 'hvlab guest kernel',
+      OSVersion: '1.0',
+      OSBuildNumber: process.version,
+      ProcessorArchitecture: 'x64',
+      IntegrationServicesVersion: '1.0',
+      // Reference time counts from the partition's creation (the VM's power-on) and goes on
+      // across save and restore, as a guest's CLOCK_BOOTTIME does.
+      UptimeSeconds: String(Math.floor(this.referenceTime() / 10_000_000)),
+      HostMachineName: hostname(),
     };
   }
 
   /** The partition's reference time (100 ns units). */
   referenceTime(): number {
-    return referenceTime(this.refBase);
+    return this.refClock.now();
+  }
+
+  /** Local mode: take the hypervisor's reference time of this partition, so guest time continues. */
+  private async syncLocalReferenceTime(): Promise<void> {
+    try {
+      const r = await this.hv.call('GetVpRegisters', { partitionId: -1, vpIndex: 0, names: ['ReferenceTime'] });
+      const v = (r.output as { values?: { ReferenceTime?: unknown } } | undefined)?.values?.ReferenceTime;
+      if (r.status === HvStatus.SUCCESS && typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) this.refClock.continueFrom(v);
+      else this.log.warn({ status: r.statusName }, 'no reference time from the hypervisor: guest time starts at 0');
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'no reference time from the hypervisor: guest time starts at 0');
+    }
   }
 
   async start(): Promise<void> {
+    if (this.local) await this.syncLocalReferenceTime();
     this.boot = readBootInfo(this.mem);
     this.clock = new GuestWallClock(this.mem, () => this.referenceTime());
     const pageCount = Math.floor(this.mem.size / PAGE);
@@ -136,11 +160,11 @@ export class GuestKernel {
       this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);
       this.mem.setU32(s + StatusPage.version, 1);
       this.mem.setU32(s + StatusPage.bootState, BootState.Booting);
-      this.mem.setF64(s + StatusPage.bootTimeMs, Date.now());
-      this.mem.write(k, new Uint8Array(PAGE));
+      this.mem.fill(k, PAGE, 0);
       this.mem.setU32(k + KernelPage.magic, KERNEL_MAGIC);
       for (let vp = 0; vp < MAX_VPS_PER_PARTITION; vp++) this.mem.setU32(k + KernelPage.currentTask + vp * 4, 0xffffffff);
       this.clock.set(this.boot.rtcMs);
+      this.mem.setF64(s + StatusPage.bootTimeMs, this.clock.now());
       new TaskTable(this.mem).create(this.boot.workload, this.boot.workloadArg, this.boot.vpCount);
       // The CMOS clock is read by VP 0 through port I/O (intercepted, emulated by the VMWP).
       if (!this.local) this.mem.setU32(k + KernelPage.rtcRequest, 1);
@@ -157,14 +181,23 @@ export class GuestKernel {
       for (let vp = 0; vp < this.boot.vpCount; vp++) {
         for (let sint = 0; sint < SINT_COUNT; sint++) this.mem.setU32(simpGpa(vp) + sint * MESSAGE_SLOT_SIZE + MsgHeader.type, 0);
       }
-      Atomics.store(this.mem.i32(k + KernelPage.running), 0, 0);
-      Atomics.store(this.mem.i32(k + KernelPage.idleLo), 0, 0);
-      Atomics.store(this.mem.i32(k + KernelPage.idleHi), 0, 0);
+      this.mem.atomicStore32(k + KernelPage.running, 0);
+      this.mem.atomicStore32(k + KernelPage.idleLo, 0);
+      this.mem.atomicStore32(k + KernelPage.idleHi, 0);
+      if (this.local) {
+        // Local mode keeps the synthetic timers in this process's own VP region, which did not
+        // survive the save: forget what the kernel page says is armed, so the VPs arm them again.
+        for (let vp = 0; vp < MAX_VPS_PER_PARTITION; vp++) {
+          this.mem.setF64(k + KernelPage.deadlineArmed + vp * 8, 0);
+          this.mem.setU32(k + KernelPage.sliceArmed + vp * 4, 0);
+        }
+        new TaskTable(this.mem).timersLost();
+      }
     }
     const online: Promise<void>[] = [];
     for (let vp = 0; vp < this.boot.vpCount; vp++) {
       const start: VpStart = {
-        memory: this.mem.buffer, vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
+        memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
         vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT },
       };
       const w = new Worker(new URL('./vp-thread.mjs', import.meta.url), { workerData: start, name: `vp${vp}` });
@@ -181,11 +214,14 @@ export class GuestKernel {
     await Promise.all(online);
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
     if (!resume && !this.local) {
+      // A host-side wait for VP 0's CMOS read (polling guest memory): nothing of it enters guest state.
       const t0 = Date.now();
       while (this.mem.f64(k + KernelPage.rtcFromCmosMs) === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 2));
       const rtc = this.mem.f64(k + KernelPage.rtcFromCmosMs);
-      if (rtc > 0) this.clock.set(rtc + (this.boot.rtcMs % 1000));
-      else this.log.warn('no CMOS clock: using the firmware time');
+      if (rtc > 0) {
+        this.clock.set(rtc + (this.boot.rtcMs % 1000));
+        this.mem.setF64(s + StatusPage.bootTimeMs, this.clock.now());
+      } else this.log.warn('no CMOS clock: using the firmware time');
     }
     await this.startVmbus();
     this.mem.setU32(s + StatusPage.bootState, BootState.Running);
@@ -207,7 +243,9 @@ export class GuestKernel {
       signal: (connectionId) => {
         void this.hv.call('SignalEvent', { connectionId, flagNumber: 0 }).catch(() => undefined);
       },
-      memory: this.privateMemory ? null : this.mem.buffer,
+      // The rings' own writes into guest memory go to the dirty log through `dirty`.
+      memory: this.privateMemory ? null : this.mem.share().memory,
+      dirty: this.mem,
       allocPages: (n) => this.pages.alloc(n),
       freePages: (pfn, n) => this.pages.release(pfn, n),
       remote: () => {
@@ -230,7 +268,7 @@ export class GuestKernel {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     this.log.info({ why }, 'guest shutting down');
-    Atomics.store(this.mem.i32(STATUS_PAGE_GPA + StatusPage.bootState), 0, BootState.ShuttingDown);
+    this.mem.atomicStore32(STATUS_PAGE_GPA + StatusPage.bootState, BootState.ShuttingDown);
     const stopped = this.workers.map((w) => new Promise<void>((resolve) => {
       w.on('message', (m: { t?: string }) => { if (m?.t === 'stopped') resolve(); });
       w.once('exit', () => resolve());
@@ -255,20 +293,20 @@ export class GuestKernel {
   async onSint(vp: number, sint: number, slot?: Uint8Array, flag?: number): Promise<void> {
     const slotGpa = simpGpa(vp) + sint * MESSAGE_SLOT_SIZE;
     if (slot && slot.length === MESSAGE_SLOT_SIZE) this.mem.write(slotGpa, slot);
-    const typeWord = this.mem.i32(slotGpa + MsgHeader.type);
-    const type = Atomics.load(typeWord, 0) >>> 0;
+    const typeGpa = slotGpa + MsgHeader.type;
+    const type = this.mem.atomicLoad32(typeGpa) >>> 0;
     if (type !== 0) {
-      const size = Math.min(this.mem.view.getUint8(slotGpa + MsgHeader.payloadSize), MAX_MESSAGE_PAYLOAD);
+      const size = Math.min(this.mem.u8(slotGpa + MsgHeader.payloadSize), MAX_MESSAGE_PAYLOAD);
       const payload = this.mem.read(slotGpa + MESSAGE_HEADER_SIZE, size);
-      const pending = (this.mem.view.getUint8(slotGpa + MsgHeader.flags) & MSG_FLAG_PENDING) !== 0;
-      Atomics.store(typeWord, 0, 0);
+      const pending = (this.mem.u8(slotGpa + MsgHeader.flags) & MSG_FLAG_PENDING) !== 0;
+      this.mem.atomicStore32(typeGpa, 0);
       if (type === VMBUS_CHANNEL_MESSAGE_TYPE && sint === GUEST_SINT) this.vmbus?.onMessage(payload);
       const st = STATUS_PAGE_GPA;
-      this.mem.write(st + StatusPage.lastMessage, new Uint8Array(MAX_MESSAGE_PAYLOAD));
+      this.mem.fill(st + StatusPage.lastMessage, MAX_MESSAGE_PAYLOAD, 0);
       this.mem.write(st + StatusPage.lastMessage, payload);
       this.mem.setU32(st + StatusPage.lastMessageType, type);
       this.mem.setU32(st + StatusPage.lastMessageSize, size);
-      Atomics.add(this.mem.i32(st + StatusPage.messagesReceived), 0, 1);
+      this.mem.atomicAdd32(st + StatusPage.messagesReceived, 1);
       if (pending || this.privateMemory) await this.hv.call('SetVpRegisters', { partitionId: -1, vpIndex: vp, values: { Eom: 0 } });
     }
     // Drain event flags of this SINT.
@@ -276,7 +314,10 @@ export class GuestKernel {
     const base = siefpGpa(vp) + sint * EVENT_FLAG_BYTES_PER_SINT;
     const signalled: number[] = [];
     for (let w = 0; w < EVENT_FLAG_BYTES_PER_SINT / 4; w++) {
-      const bits = Atomics.exchange(this.mem.i32(base + w * 4), 0, 0);
+      // Load first: exchanging a zero word would write (and dirty) the page for nothing. A flag
+      // set after the load comes with an interrupt of its own.
+      if (this.mem.atomicLoad32(base + w * 4) === 0) continue;
+      const bits = this.mem.atomicExchange32(base + w * 4, 0);
       for (let b = bits >>> 0; b !== 0; b &= b - 1) {
         events++;
         signalled.push(w * 32 + (31 - Math.clz32(b & -b)));
@@ -285,7 +326,7 @@ export class GuestKernel {
     if (flag !== undefined && !signalled.includes(flag)) signalled.push(flag);
     // On SINT2 an event flag is a VMBus channel's relid.
     if (sint === GUEST_SINT) for (const relid of signalled) this.vmbus?.onEvent(relid);
-    if (events > 0) Atomics.add(this.mem.i32(STATUS_PAGE_GPA + StatusPage.eventsReceived), 0, events);
+    if (events > 0) this.mem.atomicAdd32(STATUS_PAGE_GPA + StatusPage.eventsReceived, events);
     if (this.local) this.wakeVps();
   }
 
@@ -308,7 +349,7 @@ export class GuestKernel {
   }
 
   async stop(): Promise<void> {
-    Atomics.store(this.mem.i32(STATUS_PAGE_GPA + StatusPage.bootState), 0, BootState.ShuttingDown);
+    this.mem.atomicStore32(STATUS_PAGE_GPA + StatusPage.bootState, BootState.ShuttingDown);
     Atomics.store(this.ctl, CTL_STOP, 1);
     this.wakeVps();
     await Promise.all(this.workers.map((w) => w.terminate()));

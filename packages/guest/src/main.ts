@@ -1,10 +1,12 @@
 /**
  * Entry of a child partition process, spawned by its VMWP with an IPC pipe. Environment:
- * HVLAB_HOME, HVLAB_HOST_ID, HVLAB_HV_PID, HVLAB_PARTITION_ID, HVLAB_PARTITION_TOKEN, HVLAB_VM.
+ * HVLAB_HOME, HVLAB_HOST_ID, HVLAB_HV_PID, HVLAB_PARTITION_ID, HVLAB_VM; the partition's token
+ * arrives as the first line on stdin (never in the environment, which /proc/PID/environ shows).
  * It leaves when the hypervisor or its VMWP is gone.
  */
 import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion } from '@hvlab/shm';
+import { PAGE } from '@hvlab/protocol';
 import { GuestMemory } from './memory.js';
 import { GuestKernel } from './kernel.js';
 
@@ -12,12 +14,28 @@ const home = process.env.HVLAB_HOME!;
 const hostId = process.env.HVLAB_HOST_ID!;
 const hvPid = Number(process.env.HVLAB_HV_PID);
 const partitionId = Number(process.env.HVLAB_PARTITION_ID);
-const token = process.env.HVLAB_PARTITION_TOKEN!;
 const vm = process.env.HVLAB_VM!;
-delete process.env.HVLAB_PARTITION_TOKEN;
 process.title = `hvlab-partition ${hostId} ${vm}`;
 const paths = hostPaths(home);
 const log = processLogger(paths.logDir, `partition-${vm}.log`, { host: hostId, role: 'partition', vm, partition: partitionId });
+// Nothing the host sends may end the guest: log what escapes and keep running.
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception in the guest kernel'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection in the guest kernel'));
+
+async function readToken(): Promise<string> {
+  let buf = '';
+  for await (const chunk of process.stdin) {
+    buf += (chunk as Buffer).toString('utf8');
+    const nl = buf.indexOf('\n');
+    if (nl >= 0) {
+      process.stdin.destroy();
+      return buf.slice(0, nl).trim();
+    }
+    if (buf.length > 4096) break;
+  }
+  throw new Error('the partition token did not arrive on stdin');
+}
+const token = await readToken();
 
 let kernel: GuestKernel | null = null;
 let exiting = false;
@@ -50,7 +68,9 @@ let firmware: Uint8Array | null = null;
 const rpc = new IpcRpc(process, async (m) => {
   switch (m.t) {
     case 'firmware':
-      firmware = m.page as Uint8Array;
+      // The boot information page: a page of bytes, or nothing is taken.
+      if (!(m.page instanceof Uint8Array) || m.page.length > PAGE) throw new Error(`the firmware page must be at most ${PAGE} bytes`);
+      firmware = m.page;
       return true;
     case 'read': {
       if (!kernel) throw new Error('the guest has not booted');
@@ -67,19 +87,19 @@ const rpc = new IpcRpc(process, async (m) => {
 
 try {
   const session = await hv.connect({ partitionId, token, role: 'partition', vm });
-  let buf: SharedArrayBuffer;
+  let mem: GuestMemory;
   if (session.memoryMode === 'shared' && session.memoryRegion) {
-    buf = openRegion(session.memoryRegion);
+    mem = new GuestMemory(openRegion(session.memoryRegion));
   } else {
-    buf = privateRegion(session.memoryBytes);
+    mem = new GuestMemory(privateRegion(session.memoryBytes));
     // The VMWP cannot see private memory; it hands over the firmware page through the pipe.
     const t0 = Date.now();
     while (firmware === null && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 5));
     if (firmware === null) throw new Error('no firmware page from the VMWP');
-    new Uint8Array(buf).set(firmware as Uint8Array, 0);
+    mem.write(0, firmware as Uint8Array);
   }
   const regions = session.vpRegion && session.schedRegion ? { vp: openRegion(session.vpRegion), sched: openRegion(session.schedRegion) } : { vp: null, sched: null };
-  kernel = new GuestKernel(new GuestMemory(buf), hv, log, session.memoryMode !== 'shared', vm, regions);
+  kernel = new GuestKernel(mem, hv, log, session.memoryMode !== 'shared', vm, regions);
   kernel.onShutdown = (why) => void exit(why, 0);
   await kernel.start();
   rpc.note({ t: 'booted' });

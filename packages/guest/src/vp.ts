@@ -10,19 +10,25 @@
  *
  * Local mode (private memory, no scheduler): the VP page is process-local, the VP always holds its
  * "LP", emulates its own synthetic timers, and is woken by the kernel (documented fallback).
+ *
+ * Guest state is touched only through GuestMemory (each step's dirty marks are batched: see
+ * TaskTable.step), and guest time is the partition's reference time (`ReferenceClock`). The VP
+ * page is not guest memory: it is the hypervisor's register file, shared, and stays raw; two host
+ * timestamps go there on purpose (CPU accounting, and the interrupt-latency probe of the bench).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import {
-  Dispatch, VpPage, VirtualApicView, SchedRegion, VpRegionHeader, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
+  Dispatch, VpPage, VirtualApicView, SchedRegion, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
-  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, referenceTime,
+  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
-import { GuestMemory } from './memory.js';
+import { ReferenceClock } from './clock.js';
+import { GuestMemory, type GuestMemoryHandle } from './memory.js';
 import { TaskTable } from './workloads.js';
 
 export interface VpStart {
-  memory: SharedArrayBuffer;
+  memory: GuestMemoryHandle;
   vpRegion: SharedArrayBuffer;
   /** The host's scheduler doorbell; null in local mode. */
   sched: SharedArrayBuffer | null;
@@ -51,14 +57,11 @@ export class VpThread {
   private readonly off: number;
   private readonly disp: number;
   private readonly local: boolean;
-  private readonly kernel: Int32Array;
-  private readonly kf64: Float64Array;
-  private readonly refBase: bigint;
+  private readonly clock: ReferenceClock;
   private onLp = false;
   private cur = -1;
   private lastPick = -1;
   private sliceDue = false;
-  private readonly steps: BigInt64Array;
 
   constructor(private readonly s: VpStart) {
     this.mem = new GuestMemory(s.memory);
@@ -70,15 +73,18 @@ export class VpThread {
     this.apic = new VirtualApicView(this.i32, this.off);
     this.tasks = new TaskTable(this.mem);
     this.local = s.sched === null;
-    this.kernel = new Int32Array(s.memory, KERNEL_PAGE_GPA, 1024);
-    this.kf64 = new Float64Array(s.memory, KERNEL_PAGE_GPA, 512);
-    this.refBase = new BigInt64Array(s.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3];
-    this.cur = Atomics.load(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex);
-    this.steps = this.mem.i64(STATUS_PAGE_GPA + StatusPage.steps);
+    this.clock = new ReferenceClock(s.vpRegion);
+    this.cur = this.mem.atomicLoad32(KERNEL_PAGE_GPA + KernelPage.currentTask + s.vpIndex * 4);
   }
 
+  /** Guest time: the partition's reference time (100 ns), never the host's clock. */
   private now(): number {
-    return referenceTime(this.refBase);
+    return this.clock.now();
+  }
+
+  /** Kernel-page word and slot addresses. */
+  private static k(off: number): number {
+    return KERNEL_PAGE_GPA + off;
   }
 
   private ring(): void {
@@ -91,7 +97,10 @@ export class VpThread {
     return Atomics.load(this.ctl, CTL_STOP) !== 0;
   }
 
-  /** When this VP gives the LP back, so the scheduler need not charge its own wake-up latency. */
+  /**
+   * When this VP gives the LP back, so the scheduler need not charge its own wake-up latency. Host
+   * time on purpose: it is the hypervisor's CPU accounting, in the VP page, not guest state.
+   */
   private stampRelease(): void {
     new BigInt64Array(this.s.vpRegion, this.off + VpPage.releasedNs, 1)[0] = process.hrtime.bigint();
   }
@@ -99,17 +108,18 @@ export class VpThread {
   private enterLp(): void {
     if (this.onLp) return;
     this.onLp = true;
-    const k = this.kernel;
-    const n = Atomics.add(k, KernelPage.running >> 2, 1) + 1;
-    for (let m = Atomics.load(k, KernelPage.maxRunning >> 2); n > m; m = Atomics.load(k, KernelPage.maxRunning >> 2)) {
-      if (Atomics.compareExchange(k, KernelPage.maxRunning >> 2, m, n) === m) break;
+    const mem = this.mem;
+    const max = VpThread.k(KernelPage.maxRunning);
+    const n = mem.atomicAdd32(VpThread.k(KernelPage.running), 1) + 1;
+    for (let m = mem.atomicLoad32(max); n > m; m = mem.atomicLoad32(max)) {
+      if (mem.cas32(max, m, n) === m) break;
     }
   }
 
   private leaveLp(): void {
     if (!this.onLp) return;
     this.onLp = false;
-    Atomics.sub(this.kernel, KernelPage.running >> 2, 1);
+    this.mem.atomicSub32(VpThread.k(KernelPage.running), 1);
   }
 
   /** Gives the LP back with `why` (Halt or Intercept), or acknowledges a pending preemption. */
@@ -154,17 +164,17 @@ export class VpThread {
   }
 
   private armDeadline(at: number): void {
-    const slot = (KernelPage.deadlineArmed >> 3) + this.s.vpIndex;
-    if (this.kf64[slot] === at) return;
-    this.kf64[slot] = at;
+    const slot = VpThread.k(KernelPage.deadlineArmed) + this.s.vpIndex * 8;
+    if (this.mem.f64(slot) === at) return;
+    this.mem.setF64(slot, at);
     if (Number.isFinite(at) && at > 0) this.writeTimer(0, stimerConfig({ enable: true, direct: true, vector: GuestVector.Deadline }), at);
     else this.writeTimer(0, 0, 0);
   }
 
   private armSlice(on: boolean): void {
-    const slot = (KernelPage.sliceArmed >> 2) + this.s.vpIndex;
-    if ((Atomics.load(this.kernel, slot) === 1) === on) return;
-    Atomics.store(this.kernel, slot, on ? 1 : 0);
+    const slot = VpThread.k(KernelPage.sliceArmed) + this.s.vpIndex * 4;
+    if ((this.mem.atomicLoad32(slot) === 1) === on) return;
+    this.mem.atomicStore32(slot, on ? 1 : 0);
     this.writeTimer(1, on ? stimerConfig({ enable: true, periodic: true, direct: true, vector: GuestVector.Slice }) : 0, on ? GUEST_SLICE_100NS : 0);
   }
 
@@ -199,6 +209,7 @@ export class VpThread {
 
   private interrupt(v: number): void {
     if (v >= PROBE_VECTOR_MIN) {
+      // The interrupt-latency probe of `pnpm bench sched`: host time into the VP page, not guest state.
       new BigInt64Array(this.s.vpRegion, this.off + VpPage.probeTakenNs, 1)[0] = process.hrtime.bigint();
       return;
     }
@@ -209,7 +220,7 @@ export class VpThread {
     }
     const now = this.now();
     if (v === GuestVector.Deadline) {
-      this.kf64[(KernelPage.deadlineArmed >> 3) + this.s.vpIndex] = 0;
+      this.mem.setF64(VpThread.k(KernelPage.deadlineArmed) + this.s.vpIndex * 8, 0);
       if (this.tasks.wakeDue(now) > 0) this.kickIdle();
     } else if (v === GuestVector.Slice) {
       this.sliceDue = true;
@@ -221,22 +232,22 @@ export class VpThread {
   }
 
   private recordJitter(now: number): void {
-    const k = this.kf64;
-    const arm = k[KernelPage.sleepArmRef >> 3];
-    const period = k[KernelPage.sleepPeriod >> 3];
+    const mem = this.mem;
+    const arm = mem.f64(VpThread.k(KernelPage.sleepArmRef));
+    const period = mem.f64(VpThread.k(KernelPage.sleepPeriod));
     if (!(period > 0)) return;
     const n = Math.round((now - arm) / period);
     const jitter = now - (arm + n * period);
-    const count = k[KernelPage.jitterCount >> 3];
-    new Float64Array(this.s.memory, JITTER_RING_GPA, JITTER_RING_ENTRIES)[count % JITTER_RING_ENTRIES] = jitter;
-    k[KernelPage.jitterCount >> 3] = count + 1;
+    const count = mem.f64(VpThread.k(KernelPage.jitterCount));
+    mem.setF64(JITTER_RING_GPA + (count % JITTER_RING_ENTRIES) * 8, jitter);
+    mem.setF64(VpThread.k(KernelPage.jitterCount), count + 1);
   }
 
   /** A task became runnable while this VP is busy: send a reschedule IPI to one halted VP. */
   private kickIdle(): void {
     if (this.cur < 0) return;
-    const lo = Atomics.load(this.kernel, KernelPage.idleLo >> 2) >>> 0;
-    const hi = Atomics.load(this.kernel, KernelPage.idleHi >> 2) >>> 0;
+    const lo = this.mem.atomicLoad32(VpThread.k(KernelPage.idleLo)) >>> 0;
+    const hi = this.mem.atomicLoad32(VpThread.k(KernelPage.idleHi)) >>> 0;
     if (lo === 0 && hi === 0) return;
     const target = lo !== 0 ? 31 - Math.clz32(lo & -lo) : 32 + 31 - Math.clz32(hi & -hi);
     this.sendIpi(target, GuestVector.Reschedule);
@@ -258,10 +269,10 @@ export class VpThread {
 
   private setIdle(on: boolean): void {
     const i = this.s.vpIndex;
-    const word = (i < 32 ? KernelPage.idleLo : KernelPage.idleHi) >> 2;
+    const word = VpThread.k(i < 32 ? KernelPage.idleLo : KernelPage.idleHi);
     const bit = 1 << (i & 31);
-    if (on) Atomics.or(this.kernel, word, bit);
-    else Atomics.and(this.kernel, word, ~bit);
+    if (on) this.mem.atomicOr32(word, bit);
+    else this.mem.atomicAnd32(word, ~bit);
   }
 
   // ---- port I/O (intercepted by the hypervisor, emulated by the VMWP) ------------------------
@@ -320,9 +331,9 @@ export class VpThread {
         this.setIdle(false);
       }
       this.takeInterrupts();
-      if (s.vpIndex === 0 && Atomics.load(this.kernel, KernelPage.rtcRequest >> 2) === 1) {
-        this.kf64[KernelPage.rtcFromCmosMs >> 3] = this.readCmos() || -1;
-        Atomics.store(this.kernel, KernelPage.rtcRequest >> 2, 0);
+      if (s.vpIndex === 0 && this.mem.atomicLoad32(VpThread.k(KernelPage.rtcRequest)) === 1) {
+        this.mem.setF64(VpThread.k(KernelPage.rtcFromCmosMs), this.readCmos() || -1);
+        this.mem.atomicStore32(VpThread.k(KernelPage.rtcRequest), 0);
         continue;
       }
       if (this.cur >= 0 && this.sliceDue && this.tasks.anyRunnable()) {
@@ -333,19 +344,19 @@ export class VpThread {
       this.sliceDue = false;
       if (this.cur < 0) {
         this.cur = this.tasks.claim(s.vpIndex, this.lastPick);
-        Atomics.store(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex, this.cur);
+        this.mem.atomicStore32(VpThread.k(KernelPage.currentTask) + s.vpIndex * 4, this.cur);
       }
       if (this.cur >= 0) {
         this.armSlice(true);
         const task = this.cur;
         if (this.tasks.kind(task) === TaskKind.Sleep && !(this.tasks.field(task, Task.d) > 0)) this.armSleepTick(task);
         const r = this.tasks.step(task, this.now());
-        Atomics.add(this.steps, 0, 1n);
+        this.mem.atomicAdd64(STATUS_PAGE_GPA + StatusPage.steps, 1n);
         if (r.kind === 'sleep') {
           this.tasks.sleep(task, r.until);
           this.lastPick = task;
           this.cur = -1;
-          Atomics.store(this.kernel, (KernelPage.currentTask >> 2) + s.vpIndex, -1);
+          this.mem.atomicStore32(VpThread.k(KernelPage.currentTask) + s.vpIndex * 4, -1);
         }
         continue;
       }
@@ -359,9 +370,9 @@ export class VpThread {
   private armSleepTick(task: number): void {
     const periodMs = this.tasks.field(task, Task.a);
     const period = Math.max(1, periodMs) * 10_000;
-    this.kf64[KernelPage.sleepPeriod >> 3] = period;
+    this.mem.setF64(VpThread.k(KernelPage.sleepPeriod), period);
     this.writeTimer(2, stimerConfig({ enable: true, periodic: true, direct: true, vector: GuestVector.SleepTick }), period);
-    this.kf64[KernelPage.sleepArmRef >> 3] = this.now() + period;
+    this.mem.setF64(VpThread.k(KernelPage.sleepArmRef), this.now() + period);
     this.tasks.setField(task, Task.d, 1);
   }
 

@@ -39,42 +39,37 @@ export function taskGpa(i: number): number {
 export type StepResult = { kind: 'continue' } | { kind: 'sleep'; until: number };
 
 export class TaskTable {
-  readonly i32: Int32Array;
-  readonly f64: Float64Array;
-  private readonly progress: BigInt64Array;
+  constructor(readonly mem: GuestMemory) {}
 
-  constructor(readonly mem: GuestMemory) {
-    this.i32 = new Int32Array(mem.buffer, TASK_TABLE_GPA, (MAX_TASKS * TASK_BYTES) / 4);
-    this.f64 = new Float64Array(mem.buffer, TASK_TABLE_GPA, (MAX_TASKS * TASK_BYTES) / 8);
-    this.progress = mem.i64(STATUS_PAGE_GPA + StatusPage.progress);
-  }
-
-  private si(i: number): number {
-    return (i * TASK_BYTES + Task.state) >> 2;
+  private static at(i: number, off: number): number {
+    return TASK_TABLE_GPA + i * TASK_BYTES + off;
   }
   state(i: number): number {
-    return Atomics.load(this.i32, this.si(i));
+    return this.mem.atomicLoad32(TaskTable.at(i, Task.state));
   }
   kind(i: number): number {
-    return this.i32[(i * TASK_BYTES + Task.kind) >> 2];
+    return this.mem.i32(TaskTable.at(i, Task.kind));
   }
   field(i: number, off: number): number {
-    return this.f64[(i * TASK_BYTES + off) >> 3];
+    return this.mem.f64(TaskTable.at(i, off));
   }
   setField(i: number, off: number, v: number): void {
-    this.f64[(i * TASK_BYTES + off) >> 3] = v;
+    this.mem.setF64(TaskTable.at(i, off), v);
+  }
+  private setOwner(i: number, vp: number): void {
+    this.mem.setI32(TaskTable.at(i, Task.owner), vp);
   }
 
   /** Creates the workload's tasks on a freshly booted guest. */
   create(name: string, arg: number, vpCount: number): void {
-    this.i32.fill(0);
+    this.mem.fill(TASK_TABLE_GPA, MAX_TASKS * TASK_BYTES, 0);
     let n = 0;
     const add = (kind: number, init: (i: number) => void = () => {}): void => {
       const i = n++;
-      this.i32[(i * TASK_BYTES + Task.kind) >> 2] = kind;
-      this.i32[(i * TASK_BYTES + Task.owner) >> 2] = -1;
+      this.mem.setI32(TaskTable.at(i, Task.kind), kind);
+      this.setOwner(i, -1);
       init(i);
-      Atomics.store(this.i32, this.si(i), TaskState.Runnable);
+      this.mem.atomicStore32(TaskTable.at(i, Task.state), TaskState.Runnable);
     };
     if (name === 'spin') for (let v = 0; v < Math.min(vpCount, MAX_TASKS); v++) add(TaskKind.Spin);
     else if (name === 'sleep') add(TaskKind.Sleep, (i) => this.setField(i, Task.a, arg));
@@ -90,8 +85,8 @@ export class TaskTable {
   claim(vp: number, after: number): number {
     for (let k = 1; k <= MAX_TASKS; k++) {
       const i = (after + k) % MAX_TASKS;
-      if (Atomics.compareExchange(this.i32, this.si(i), TaskState.Runnable, TaskState.Running) === TaskState.Runnable) {
-        this.i32[(i * TASK_BYTES + Task.owner) >> 2] = vp;
+      if (this.mem.cas32(TaskTable.at(i, Task.state), TaskState.Runnable, TaskState.Running) === TaskState.Runnable) {
+        this.setOwner(i, vp);
         return i;
       }
     }
@@ -100,14 +95,14 @@ export class TaskTable {
 
   /** Puts a running task back in the run queue. */
   requeue(i: number): void {
-    this.i32[(i * TASK_BYTES + Task.owner) >> 2] = -1;
-    Atomics.store(this.i32, this.si(i), TaskState.Runnable);
+    this.setOwner(i, -1);
+    this.mem.atomicStore32(TaskTable.at(i, Task.state), TaskState.Runnable);
   }
 
   sleep(i: number, until: number): void {
     this.setField(i, Task.wakeAt, until);
-    this.i32[(i * TASK_BYTES + Task.owner) >> 2] = -1;
-    Atomics.store(this.i32, this.si(i), TaskState.Sleeping);
+    this.setOwner(i, -1);
+    this.mem.atomicStore32(TaskTable.at(i, Task.state), TaskState.Sleeping);
   }
 
   /** Wakes sleepers due by `now` (and, with `kind`, every sleeper of that kind). Returns how many. */
@@ -116,7 +111,7 @@ export class TaskTable {
     for (let i = 0; i < MAX_TASKS; i++) {
       if (this.state(i) !== TaskState.Sleeping) continue;
       if (this.field(i, Task.wakeAt) <= now || (kind !== 0 && this.kind(i) === kind)) {
-        if (Atomics.compareExchange(this.i32, this.si(i), TaskState.Sleeping, TaskState.Runnable) === TaskState.Sleeping) n++;
+        if (this.mem.cas32(TaskTable.at(i, Task.state), TaskState.Sleeping, TaskState.Runnable) === TaskState.Sleeping) n++;
       }
     }
     return n;
@@ -141,35 +136,48 @@ export class TaskTable {
     return w;
   }
 
-  /** One step of task `i` at reference time `now` (100 ns units). */
+  /** The VP timers were lost (a local-mode restore): the sleep workload arms its tick again. */
+  timersLost(): void {
+    for (let i = 0; i < MAX_TASKS; i++) if (this.state(i) !== TaskState.Free && this.kind(i) === TaskKind.Sleep) this.setField(i, Task.d, 0);
+  }
+
+  private addWork(i: number, n: number): void {
+    this.setField(i, Task.work, this.field(i, Task.work) + n);
+  }
+
+  /** One step of task `i` at reference time `now` (100 ns units); its dirty marks are batched (GuestMemory.batch). */
   step(i: number, now: number): StepResult {
+    return this.mem.batch(() => this.run(i, now));
+  }
+
+  private run(i: number, now: number): StepResult {
     const kind = this.kind(i);
-    const work = (i * TASK_BYTES + Task.work) >> 3;
+    const progress = STATUS_PAGE_GPA + StatusPage.progress;
     switch (kind) {
       case TaskKind.Spin: {
         this.setField(i, Task.a, spinUnit(this.field(i, Task.a) + 1));
-        this.f64[work] += 1;
-        Atomics.add(this.progress, 0, 1n);
+        this.addWork(i, 1);
+        this.mem.atomicAdd64(progress, 1n);
         return { kind: 'continue' };
       }
       case TaskKind.Sleep: {
         // Woken by the periodic tick (see the kernel's SleepTick vector); nothing else wakes it.
-        this.f64[work] += 1;
-        Atomics.add(this.progress, 0, 1n);
+        this.addWork(i, 1);
+        this.mem.atomicAdd64(progress, 1n);
         return { kind: 'sleep', until: Infinity };
       }
       case TaskKind.MemDirty: {
         const pages = this.field(i, Task.b);
         let cursor = this.field(i, Task.a);
-        const u8 = this.mem.u8;
+        const mem = this.mem;
         for (let k = 0; k < MEMDIRTY_PAGES_PER_STEP; k++) {
           const gpa = WORKLOAD_DATA_GPA + cursor * PAGE;
-          u8[gpa] = (u8[gpa] + 1) & 0xff;
+          mem.add8(gpa, 1);
           cursor = cursor + 1 >= pages ? 0 : cursor + 1;
         }
         this.setField(i, Task.a, cursor);
-        this.f64[work] += MEMDIRTY_PAGES_PER_STEP;
-        Atomics.add(this.progress, 0, BigInt(MEMDIRTY_PAGES_PER_STEP));
+        this.addWork(i, MEMDIRTY_PAGES_PER_STEP);
+        this.mem.atomicAdd64(progress, BigInt(MEMDIRTY_PAGES_PER_STEP));
         return { kind: 'continue' };
       }
       case TaskKind.Counter: {
@@ -186,10 +194,10 @@ export class TaskTable {
         const n = Math.floor(credit);
         if (n > 0) {
           credit -= n;
-          const counter = this.mem.i64(WORKLOAD_PAGE_GPA + WorkloadPage.counter);
-          const v = Atomics.add(counter, 0, BigInt(n)) + BigInt(n);
-          Atomics.store(this.progress, 0, v);
-          this.f64[work] += n;
+          const counter = WORKLOAD_PAGE_GPA + WorkloadPage.counter;
+          const v = this.mem.atomicAdd64(counter, BigInt(n)) + BigInt(n);
+          this.mem.atomicStore64(progress, v);
+          this.addWork(i, n);
         }
         this.setField(i, Task.c, credit);
         return { kind: 'sleep', until: now + periodMs * 10_000 };

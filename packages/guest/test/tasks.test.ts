@@ -20,13 +20,13 @@ function makeTable(): { mem: GuestMemory; tt: TaskTable } {
   return { mem, tt: new TaskTable(mem) };
 }
 
-const progress = (mem: GuestMemory): bigint => Atomics.load(mem.i64(STATUS_PAGE_GPA + StatusPage.progress), 0);
-const counter = (mem: GuestMemory): bigint => Atomics.load(mem.i64(WORKLOAD_PAGE_GPA + WorkloadPage.counter), 0);
-const owner = (mem: GuestMemory, i: number): number => mem.view.getInt32(taskGpa(i) + Task.owner, true);
+const progress = (mem: GuestMemory): bigint => mem.atomicLoad64(STATUS_PAGE_GPA + StatusPage.progress);
+const counter = (mem: GuestMemory): bigint => mem.atomicLoad64(WORKLOAD_PAGE_GPA + WorkloadPage.counter);
+const owner = (mem: GuestMemory, i: number): number => mem.i32(taskGpa(i) + Task.owner);
 
 /** First byte of each of `pages` pages from WORKLOAD_DATA_GPA. */
 function firstBytes(mem: GuestMemory, pages: number): number[] {
-  return Array.from({ length: pages }, (_, p) => mem.u8[WORKLOAD_DATA_GPA + p * PAGE]);
+  return Array.from({ length: pages }, (_, p) => mem.u8(WORKLOAD_DATA_GPA + p * PAGE));
 }
 
 /**
@@ -161,7 +161,7 @@ describe('TaskTable', () => {
       for (let s = 0; s < 3; s++) tt.step(i, s);
       expect(firstBytes(mem, pages).every((x) => x > 0), 'every page was touched').to.equal(true);
       // Everything from the data GPA to the end of memory, with those first bytes cleared, is still zero.
-      const rest = mem.u8.slice(WORKLOAD_DATA_GPA);
+      const rest = mem.read(WORKLOAD_DATA_GPA, mem.size - WORKLOAD_DATA_GPA);
       for (let p = 0; p < pages; p++) rest[p * PAGE] = 0;
       if (!Buffer.from(rest.buffer).equals(Buffer.alloc(rest.length))) {
         expect.fail(`GPA 0x${(WORKLOAD_DATA_GPA + rest.findIndex((x) => x !== 0)).toString(16)} was written`);
@@ -313,7 +313,7 @@ describe('TaskTable', () => {
     it('a record of unknown kind is parked, not run', () => {
       const { mem, tt } = makeTable();
       tt.create('spin', 0, 1);
-      mem.view.setInt32(taskGpa(0) + Task.kind, 99, true);
+      mem.setI32(taskGpa(0) + Task.kind, 99);
       expect(tt.step(0, 0)).to.deep.equal({ kind: 'sleep', until: Infinity });
       expect(progress(mem)).to.equal(0n);
     });

@@ -10,6 +10,7 @@
  *   0x05000  timer-jitter sample ring of the sleep workload (1024 x f64)
  *   0x10000  per-VP SynIC pages: VP n's message page at 0x10000 + n*0x2000, event flags +0x1000
  *   0x100000 workload data area (memdirty's pages start here, as in QEMU's migration test)
+ *   top      the dirty bitmap: the last `dirtyBitmapPages(memoryBytes)` pages (see below)
  */
 export const PAGE = 4096;
 export const BOOT_INFO_GPA = 0x0;
@@ -119,3 +120,61 @@ export const JITTER_RING_ENTRIES = 1024;
 export const GuestVector = { Vmbus: 0x30, Deadline: 0x40, Slice: 0x41, SleepTick: 0x42, Reschedule: 0x50 } as const;
 /** Guest time slice (100 ns units): 10 ms. */
 export const GUEST_SLICE_100NS = 100_000;
+
+/**
+ * The dirty log of guest memory (ARCHITECTURE §2 and §8): one bit per 4 KiB page, bit (p & 31) of
+ * little-endian i32 word (p >> 5) for page p, set by the guest kernel's `GuestMemory` after each
+ * write (or after a batch of writes) with `Atomics.or`, by a host-side writer into guest memory
+ * with `markDirtyRange`, and harvested by the migration engine with fetch-and-clear
+ * (`harvestDirtyPages`). It occupies the last pages of the memory region, so it is shared exactly
+ * when guest memory is (and process-local with private memory), needs no region or file of its own,
+ * and every GPA below it keeps its meaning; the guest kernel treats those pages as not its memory.
+ * The bitmap covers the whole region, its own pages included (they are never marked).
+ */
+export const DIRTY_PAGES_PER_BITMAP_PAGE = PAGE * 8;
+
+/** Pages the dirty bitmap takes at the top of a `memoryBytes` region (a page multiple). */
+export function dirtyBitmapPages(memoryBytes: number): number {
+  return Math.ceil(Math.ceil(memoryBytes / PAGE) / DIRTY_PAGES_PER_BITMAP_PAGE);
+}
+
+/** GPA of the dirty bitmap's first byte: everything below it is guest memory proper. */
+export function dirtyBitmapGpa(memoryBytes: number): number {
+  return memoryBytes - dirtyBitmapPages(memoryBytes) * PAGE;
+}
+
+/** The dirty bitmap of a memory region, as the Int32Array words `harvestDirtyPages` takes. */
+export function dirtyBitmapWords(memory: SharedArrayBuffer): Int32Array {
+  const pages = Math.ceil(memory.byteLength / PAGE);
+  return new Int32Array(memory, dirtyBitmapGpa(memory.byteLength), Math.ceil(pages / 32));
+}
+
+/**
+ * Marks the pages of [gpa, gpa + length) dirty, one atomic OR per word; call it after the write.
+ * For writers into guest memory other than the guest kernel (a VSP's ring writes, SynIC messages).
+ */
+export function markDirtyRange(words: Int32Array, gpa: number, length: number): void {
+  if (!(length > 0)) return;
+  const last = Math.floor((gpa + length - 1) / PAGE);
+  for (let p = Math.floor(gpa / PAGE); p <= last;) {
+    const w = p >>> 5;
+    const lo = p & 31;
+    const hi = Math.min(31, last - w * 32);
+    Atomics.or(words, w, hi === 31 ? -1 << lo : ((1 << (hi + 1)) - 1) & (-1 << lo));
+    p = (w + 1) * 32;
+  }
+}
+
+/**
+ * Fetch-and-clear: the page numbers marked since the last harvest, ascending, with their bits
+ * cleared. A write that races with the harvest is either in this harvest or marks its page again
+ * for the next one (the writer marks after writing, with an atomic RMW), so none is lost.
+ */
+export function harvestDirtyPages(words: Int32Array): number[] {
+  const pages: number[] = [];
+  for (let w = 0; w < words.length; w++) {
+    if (words[w] === 0) continue; // a plain read only skips: a bit set after it is left for the next harvest
+    for (let bits = Atomics.exchange(words, w, 0) >>> 0; bits !== 0; bits &= bits - 1) pages.push(w * 32 + (31 - Math.clz32(bits & -bits)));
+  }
+  return pages;
+}

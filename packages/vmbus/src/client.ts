@@ -10,8 +10,8 @@ import {
   decodeChannelMessage, encodeChannelMessage, gpadlMessages, ChannelMessageError, VMBUS_VERSIONS_NEWEST_FIRST,
   VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VmbusVersion, vmbusVersionName, OFFER_FLAG_REMOTE_TRANSPORT, type ChannelMessage,
 } from '@hvlab/protocol';
-import { initRing, type RingRegion } from './ring.js';
-import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
+import { initRing, RING_CONTROL_BYTES, type RingRegion } from './ring.js';
+import { ShmTransport, VmbusChannel, type DirtyLog, type PacketTransport } from './transport.js';
 import type { RemoteLink } from './remote.js';
 
 const PAGE = 4096;
@@ -34,6 +34,8 @@ export interface VmbusClientEnv {
   signal(connectionId: number): void;
   /** All of guest memory, or null when it is private (then every channel is remote). */
   memory: SharedArrayBuffer | null;
+  /** Where the client's own writes into `memory` (ring set-up, ring writes) are logged. */
+  dirty?: DirtyLog;
   allocPages(count: number): number;
   freePages(pfn: number, count: number): void;
   remote(): RemoteLink | null;
@@ -88,7 +90,7 @@ export class VmbusClient {
   }
 
   private wait(match: (m: ChannelMessage) => boolean, what: string): Promise<ChannelMessage> {
-    return new Promise((resolve, reject) => {
+    const p = new Promise<ChannelMessage>((resolve, reject) => {
       const w = { match, resolve: (m: ChannelMessage) => { clearTimeout(t); resolve(m); } };
       const t = setTimeout(() => {
         const i = this.waiters.indexOf(w);
@@ -97,6 +99,10 @@ export class VmbusClient {
       }, this.timeoutMs);
       this.waiters.push(w);
     });
+    // A caller that gave up (its post failed first) never awaits this: its time-out must not
+    // become an unhandled rejection, which would end the guest.
+    p.catch(() => undefined);
+    return p;
   }
 
   private async post(m: ChannelMessage, connectionId = this.messageConnectionId): Promise<void> {
@@ -193,6 +199,8 @@ export class VmbusClient {
       const inbound = this.ringRegion(a.pfn + ringPages, ringPages);
       initRing(out);
       initRing(inbound);
+      this.env.dirty?.markDirty(out.byteOffset, RING_CONTROL_BYTES);
+      this.env.dirty?.markDirty(inbound.byteOffset, RING_CONTROL_BYTES);
       a.gpadl = this.nextGpadl++;
       const created = this.wait((m) => m.type === 'GpadlCreated' && m.gpadl === a.gpadl, 'GPADL_CREATED');
       const pfns = Array.from({ length: a.pages }, (_, i) => a.pfn + i);
@@ -202,7 +210,7 @@ export class VmbusClient {
         this.release(a);
         throw new VmbusClientError(`the host refused GPADL 0x${a.gpadl.toString(16)} for ${driver.name}: status 0x${c.status.toString(16)}`);
       }
-      transport = new ShmTransport(out, inbound, () => this.env.signal(o.connectionId), driver.name);
+      transport = new ShmTransport(out, inbound, () => this.env.signal(o.connectionId), driver.name, this.env.dirty ?? null);
     }
     const opened = this.wait((m) => m.type === 'OpenChannelResult' && m.childRelid === o.relid && m.openId === openId, 'OPENCHANNEL_RESULT');
     await this.post({

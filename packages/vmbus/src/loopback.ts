@@ -2,16 +2,24 @@
  * An in-process host/guest VMBus pair for tests and benchmarks: a `VmbusServer` and a
  * `VmbusClient` joined without a hypervisor. Channel messages are handed across asynchronously
  * (as SynIC messages would be), signals arrive on a later turn (as interrupts would), GPADLs are
- * checked against the memory size, and the remote transport uses real ZeroMQ sockets. Everything
- * else — negotiation, offers, GPADLs, rings, credits — is the production code.
+ * checked against the memory size, and the remote transport uses real ZeroMQ sockets unless
+ * `frames` names another frame network (e.g. `MemoryFrameNetwork`). Everything else —
+ * negotiation, offers, GPADLs, rings, credits — is the production code.
+ *
+ * Fault injection wraps, never patches: `faults` puts a FaultyLink on the guest's remote link and a
+ * FaultyListener on the hub, and wraps the signal functions of the shared-memory transport.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GpadlWindow } from './gpadl.js';
+import { FaultyLink, FaultyListener, type LinkFaults, type SignalFault } from './faults.js';
+import type { FrameNetwork } from './link.js';
 import { RemoteHub, RemoteLink } from './remote.js';
 import { VmbusServer, type VmbusLog } from './server.js';
 import { VmbusClient } from './client.js';
+import type { DirtyLog } from './transport.js';
+import { zmqFrames } from './zmq-link.js';
 
 const PAGE = 4096;
 
@@ -20,7 +28,22 @@ export interface LoopbackOptions {
   memoryBytes?: number;
   log?: VmbusLog;
   clientTimeoutMs?: number;
+  /** The frame network of the remote transport (default: ZeroMQ over ipc://). */
+  frames?: FrameNetwork;
+  faults?: {
+    /** On the guest's link to the hub. */
+    guestLink?: LinkFaults;
+    /** On the hub's link to the guest. */
+    hostLink?: LinkFaults;
+    /** On the guest's signals to the host, and the host's to the guest (shared-memory transport). */
+    toHost?: SignalFault;
+    toGuest?: SignalFault;
+  };
+  /** The guest's dirty log (its own writes into `memory`). */
+  guestDirty?: DirtyLog;
 }
+
+let memoryEndpoints = 0;
 
 export class VmbusLoopback {
   readonly memory: SharedArrayBuffer;
@@ -44,8 +67,20 @@ export class VmbusLoopback {
     this.memory = new SharedArrayBuffer(bytes);
     this.top = bytes / PAGE;
     const log = opts.log ?? { info: () => {}, warn: () => {} };
-    this.dir = opts.transport === 'remote' ? mkdtempSync(join(tmpdir(), 'hvlab-lb-')) : null;
-    this.hub = this.dir ? new RemoteHub(`ipc://${join(this.dir, 'vmbus')}`, log) : null;
+    const frames = opts.frames ?? zmqFrames;
+    const faults = opts.faults ?? {};
+    const zmq = frames === zmqFrames;
+    this.dir = opts.transport === 'remote' && zmq ? mkdtempSync(join(tmpdir(), 'hvlab-lb-')) : null;
+    if (opts.transport === 'remote') {
+      const endpoint = this.dir ? `ipc://${join(this.dir, 'vmbus')}` : `memory://loopback-${++memoryEndpoints}`;
+      const listener = frames.listen(endpoint);
+      const hostLink = faults.hostLink;
+      this.hub = new RemoteHub(endpoint, log, hostLink ? new FaultyListener(listener, () => hostLink) : listener);
+    } else {
+      this.hub = null;
+    }
+    const toHost = faults.toHost ?? ((deliver: () => void) => deliver());
+    const toGuest = faults.toGuest ?? ((deliver: () => void) => deliver());
     this.hub?.admit(7, 'loopback-token');
     this.server = new VmbusServer({
       partitionId: 7,
@@ -59,7 +94,7 @@ export class VmbusLoopback {
         return 0;
       },
       signalGuest: (relid) => {
-        if (!this.holdGuestSignals) setImmediate(() => !this.closed && this.client.onEvent(relid));
+        if (!this.holdGuestSignals) toGuest(() => setImmediate(() => !this.closed && this.client.onEvent(relid)));
       },
       channelConnection: async (relid) => 0x10000 + relid,
       mapGpadl: async (gpadl, owner, pfns) => {
@@ -78,8 +113,9 @@ export class VmbusLoopback {
         setImmediate(() => !this.closed && void this.server.onMessage(connectionId, copy));
         return 0;
       },
-      signal: (connectionId) => setImmediate(() => !this.closed && this.server.onSignal(connectionId - 0x10000)),
+      signal: (connectionId) => toHost(() => setImmediate(() => !this.closed && this.server.onSignal(connectionId - 0x10000))),
       memory: opts.transport === 'shm' ? this.memory : null,
+      ...(opts.guestDirty ? { dirty: opts.guestDirty } : {}),
       allocPages: (n) => {
         this.top -= n;
         return this.top;
@@ -87,7 +123,10 @@ export class VmbusLoopback {
       freePages: () => {},
       remote: () => {
         if (!this.hub) return null;
-        this.link ??= new RemoteLink(this.hub.endpoint, 7, 'loopback-token');
+        if (!this.link) {
+          const raw = frames.connect(this.hub.endpoint);
+          this.link = new RemoteLink(this.hub.endpoint, 7, 'loopback-token', faults.guestLink ? new FaultyLink(raw, faults.guestLink) : raw);
+        }
         return this.link;
       },
       log,

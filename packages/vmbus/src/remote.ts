@@ -1,36 +1,38 @@
 /**
  * The remote VMBus transport: the same packets a ring would carry (16-byte descriptor, payload
- * padded to 8), one per ZeroMQ message, with credit-based flow control standing in for ring space.
- * Each side starts with a window equal to the ring's usable bytes; a packet costs what it would
- * cost in a ring (`packetBytes`), and the reader returns credit as it consumes. A sender that
- * exceeds its credit, or a malformed frame, is a fault of that channel, exactly like a bad ring.
+ * padded to 8), one per frame on a `FrameLink` (link.ts), with credit-based flow control standing
+ * in for ring space. Each side starts with a window equal to the ring's usable bytes; a packet costs
+ * what it would cost in a ring (`packetBytes`), and the reader returns credit as it consumes. A
+ * sender that exceeds its credit, or a malformed frame, is a fault of that channel, exactly like a
+ * bad ring, and of no other channel.
  *
- * `RemoteHub` is the root's end (a ROUTER; partitions prove who they are with a token the VMWP put
- * in the boot page) and `RemoteLink` the guest's (a DEALER). Both multiplex every channel of a
- * partition over one socket; frames carry {relid u32, kind u16, generation u16} before the body.
- * The generation is the low 16 bits of the OPENCHANNEL open id, so frames of an earlier opening of
- * the same relid (a hot remove and add) are dropped rather than mistaken for the new one's.
+ * `RemoteHub` is the host's end (a `FrameListener`; partitions prove who they are with a token the
+ * VMWP put in the boot page) and `RemoteLink` the guest's (a `FrameLink`). Both multiplex every
+ * channel of a partition over one link; frames are encoded and decoded in frames.ts. The
+ * generation is the low 16 bits of the OPENCHANNEL open id, so frames of an earlier opening of the
+ * same relid (a hot remove and add) are dropped rather than mistaken for the new one's.
+ *
+ * What a lossy link does (faults.ts makes one): a lost packet is lost (the device protocol above
+ * times out); a lost credit grant stalls that channel's sender; a duplicated packet or grant
+ * overruns the credit and faults that channel; a lost hello is sent again with the next channel
+ * the guest opens. No frame, lost or malformed, throws out of either end.
  */
-import { dealer, router, SendQueue, type zmq } from '@hvlab/runtime';
-import { KNOWN_PACKET_TYPES, PACKET_DESCRIPTOR_BYTES, packetBytes } from './ring.js';
+import { decodeRemoteFrame, encodeCreditFrame, encodeHelloFrame, encodePacketFrame, type RemoteFrame, type RemoteFrameError } from './frames.js';
+import type { FrameLink, FrameListener } from './link.js';
+import { packetBytes } from './ring.js';
 import type { PacketTransport, TransportEvents } from './transport.js';
-
-export const FrameKind = { Packet: 1, Credit: 2, Hello: 3 } as const;
-const FRAME_HEADER = 8;
+import { ZmqFrameLink, ZmqFrameListener } from './zmq-link.js';
 
 export class RemoteProtocolError extends Error {
   override name = 'RemoteProtocolError';
 }
 
-function frame(relid: number, kind: number, bodyLength: number, generation = 0): Buffer {
-  const b = Buffer.allocUnsafe(FRAME_HEADER + bodyLength);
-  b.writeUInt32LE(relid, 0);
-  b.writeUInt16LE(kind, 4);
-  b.writeUInt16LE(generation, 6);
-  return b;
-}
+type ChannelFrame = Extract<RemoteFrame, { kind: 'packet' | 'credit' }> | RemoteFrameError;
 
-/** One channel end over a shared socket. */
+/** Frames a channel holds before it is started (the host may write before the guest listens). */
+const MAX_EARLY_CHANNEL_FRAMES = 1024;
+
+/** One channel end over a shared link. */
 export class RemoteTransport implements PacketTransport {
   readonly kind = 'remote' as const;
   private events: TransportEvents | null = null;
@@ -41,13 +43,13 @@ export class RemoteTransport implements PacketTransport {
   private grantScheduled = false;
   private blocked = false;
   private closed = false;
-  private early: Buffer[] = [];
+  private early: ChannelFrame[] = [];
 
   constructor(
     readonly relid: number,
     readonly generation: number,
     readonly window: number,
-    private readonly sendFrame: (b: Buffer) => void,
+    private readonly sendFrame: (frame: Uint8Array) => void,
     readonly name = 'channel',
   ) {
     this.credit = window;
@@ -70,107 +72,95 @@ export class RemoteTransport implements PacketTransport {
       return false;
     }
     this.credit -= cost;
-    const padded = (PACKET_DESCRIPTOR_BYTES + payload.length + 7) & ~7;
-    const b = frame(this.relid, FrameKind.Packet, padded, this.generation);
-    const o = FRAME_HEADER;
-    b.writeUInt16LE(type, o);
-    b.writeUInt16LE(2, o + 2);
-    b.writeUInt16LE(padded / 8, o + 4);
-    b.writeUInt16LE(flags, o + 6);
-    b.writeBigUInt64LE(transId, o + 8);
-    b.set(payload, o + PACKET_DESCRIPTOR_BYTES);
-    b.fill(0, o + PACKET_DESCRIPTOR_BYTES + payload.length);
-    this.sendFrame(b);
+    this.sendFrame(encodePacketFrame(this.relid, this.generation, type, flags, transId, payload));
     return true;
   }
 
-  /** A frame for this channel arrived. */
-  onFrame(b: Buffer): void {
-    if (this.closed || b.readUInt16LE(6) !== this.generation) return;
+  /** A decoded frame for this channel (or the error of one whose header named it). */
+  onFrame(f: ChannelFrame): void {
+    if (this.closed || f.generation !== this.generation) return;
     if (!this.events) {
-      this.early.push(b);
+      // Held until the channel listens (a frame is the receiver's, so its payload view stays
+      // valid). Past the bound the channel faults once it starts.
+      if (this.early.length < MAX_EARLY_CHANNEL_FRAMES) this.early.push(f);
+      else if (this.early.length === MAX_EARLY_CHANNEL_FRAMES) {
+        this.early.push({ kind: 'error', error: `over ${MAX_EARLY_CHANNEL_FRAMES} frames arrived before the channel was started`, relid: this.relid, generation: this.generation });
+      }
       return;
     }
-    const kind = b.readUInt16LE(4);
-    try {
-      if (kind === FrameKind.Credit) {
-        if (b.length < FRAME_HEADER + 4) throw new RemoteProtocolError(`channel ${this.name}: short credit frame`);
-        const n = b.readUInt32LE(FRAME_HEADER);
-        if (n === 0 || this.credit + n > this.window) throw new RemoteProtocolError(`channel ${this.name}: credit grant of ${n} bytes exceeds the ${this.window}-byte window`);
-        this.credit += n;
-        if (this.blocked) {
-          this.blocked = false;
-          this.events.writable();
-        }
-        return;
+    if (f.kind === 'error') return this.fault(new RemoteProtocolError(`channel ${this.name}: ${f.error}`));
+    if (f.kind === 'credit') {
+      if (this.credit + f.bytes > this.window) return this.fault(new RemoteProtocolError(`channel ${this.name}: credit grant of ${f.bytes} bytes exceeds the ${this.window}-byte window (${this.credit} held)`));
+      this.credit += f.bytes;
+      if (this.blocked) {
+        this.blocked = false;
+        this.events.writable();
       }
-      if (kind !== FrameKind.Packet) throw new RemoteProtocolError(`channel ${this.name}: unknown frame kind ${kind}`);
-      const body = b.length - FRAME_HEADER;
-      if (body < PACKET_DESCRIPTOR_BYTES || body % 8 !== 0) throw new RemoteProtocolError(`channel ${this.name}: packet of ${body} bytes is not a whole descriptor plus 8-byte units`);
-      const o = FRAME_HEADER;
-      const type = b.readUInt16LE(o);
-      const offset8 = b.readUInt16LE(o + 2);
-      const len8 = b.readUInt16LE(o + 4);
-      const flags = b.readUInt16LE(o + 6);
-      if (offset8 < 2) throw new RemoteProtocolError(`channel ${this.name}: offset8 ${offset8} is below 2`);
-      if (len8 < offset8 || len8 * 8 !== body) throw new RemoteProtocolError(`channel ${this.name}: len8 ${len8} disagrees with the packet's ${body} bytes`);
-      if ((flags & ~1) !== 0) throw new RemoteProtocolError(`channel ${this.name}: unknown packet flags 0x${flags.toString(16)}`);
-      if (!KNOWN_PACKET_TYPES.has(type)) throw new RemoteProtocolError(`channel ${this.name}: unknown packet type ${type}`);
-      const cost = body + 8;
-      if (cost > this.peerCredit) throw new RemoteProtocolError(`channel ${this.name}: the peer sent ${cost} bytes with ${this.peerCredit} bytes of credit`);
-      this.peerCredit -= cost;
-      const transId = b.readBigUInt64LE(o + 8);
-      // A plain Uint8Array view (Buffer#slice would not copy, unlike every other payload's slice).
-      this.events.packet(type, flags, transId, new Uint8Array(b.buffer, b.byteOffset + o + offset8 * 8, (len8 - offset8) * 8));
-      this.consumed += cost;
-      if (this.consumed >= this.window / 4) this.grant();
-      else if (!this.grantScheduled) {
-        this.grantScheduled = true;
-        setImmediate(() => {
-          this.grantScheduled = false;
-          this.grant();
-        });
-      }
-    } catch (e) {
-      if (!(e instanceof RemoteProtocolError)) throw e;
-      this.closed = true;
-      this.events.fault(e);
+      return;
     }
+    if (f.cost > this.peerCredit) return this.fault(new RemoteProtocolError(`channel ${this.name}: the peer sent ${f.cost} bytes with ${this.peerCredit} bytes of credit`));
+    this.peerCredit -= f.cost;
+    this.events.packet(f.type, f.flags, f.transId, f.payload);
+    this.consumed += f.cost;
+    if (this.consumed >= this.window / 4) this.grant();
+    else if (!this.grantScheduled) {
+      this.grantScheduled = true;
+      setImmediate(() => {
+        this.grantScheduled = false;
+        this.grant();
+      });
+    }
+  }
+
+  private fault(e: RemoteProtocolError): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.early = [];
+    this.events?.fault(e);
   }
 
   private grant(): void {
     if (this.consumed === 0 || this.closed) return;
-    const b = frame(this.relid, FrameKind.Credit, 4, this.generation);
-    b.writeUInt32LE(this.consumed, FRAME_HEADER);
-    this.peerCredit += this.consumed;
+    const n = this.consumed;
+    this.peerCredit += n;
     this.consumed = 0;
-    this.sendFrame(b);
+    this.sendFrame(encodeCreditFrame(this.relid, this.generation, n));
   }
 
   close(): void {
     this.closed = true;
+    this.early = [];
   }
 }
 
-/** The root's end: one ROUTER for every partition of the host. */
-export class RemoteHub {
-  private readonly sock: zmq.Router;
-  private readonly q: SendQueue;
-  private readonly tokens = new Map<number, string>();
-  private readonly routes = new Map<number, Buffer>();
-  private readonly partitionOf = new Map<string, number>();
-  private readonly channels = new Map<string, RemoteTransport>();
-  private readonly early = new Map<number, Buffer[]>();
-  private closed = false;
+export interface RemoteLog {
+  warn: (o: object, m?: string) => void;
+}
 
-  constructor(readonly endpoint: string, private readonly log?: { warn: (o: object, m?: string) => void }) {
-    this.sock = router();
-    this.q = new SendQueue(this.sock);
+/** Hub log lines about refused peers: at most this many a second, so a flood cannot fill a disk. */
+const REFUSAL_LOG_PER_SECOND = 10;
+
+/** The host's end: one listener for every partition it serves. */
+export class RemoteHub {
+  private readonly listener: FrameListener;
+  private readonly tokens = new Map<number, string>();
+  /** The link each partition said hello on. */
+  private readonly peers = new Map<number, FrameLink>();
+  private readonly partitionOf = new Map<FrameLink, number>();
+  private readonly channels = new Map<string, RemoteTransport>();
+  private readonly early = new Map<number, Uint8Array[]>();
+  private closed = false;
+  private refusals = { second: 0, logged: 0 };
+  readonly stats = { badFrames: 0, refusedHellos: 0, unknownPeerFrames: 0 };
+
+  /** `listener`: the frame transport to serve on (default: a ZeroMQ ROUTER bound at `endpoint`). */
+  constructor(readonly endpoint: string, private readonly log?: RemoteLog, listener?: FrameListener) {
+    this.listener = listener ?? new ZmqFrameListener(endpoint, { onError: (e) => this.log?.warn({ err: String(e) }, 'remote VMBus listener error') });
   }
 
   async bind(): Promise<void> {
-    await this.sock.bind(this.endpoint);
-    void this.loop();
+    this.listener.onLink((link) => link.onFrame((f) => this.onFrame(link, f)));
+    await this.listener.bind();
   }
 
   /** Accept hellos from `partitionId` carrying `token`. */
@@ -180,23 +170,26 @@ export class RemoteHub {
 
   forget(partitionId: number): void {
     this.tokens.delete(partitionId);
-    const r = this.routes.get(partitionId);
-    if (r) this.partitionOf.delete(r.toString('hex'));
-    this.routes.delete(partitionId);
+    const link = this.peers.get(partitionId);
+    if (link) {
+      this.partitionOf.delete(link);
+      link.close();
+    }
+    this.peers.delete(partitionId);
     this.early.delete(partitionId);
     for (const k of [...this.channels.keys()]) if (k.startsWith(`${partitionId}:`)) this.channels.delete(k);
   }
 
   /** A channel end for (partition, relid); frames go out once the partition has said hello. */
   open(partitionId: number, relid: number, openId: number, window: number, name: string): RemoteTransport {
-    const t = new RemoteTransport(relid, openId & 0xffff, window, (b) => {
-      const route = this.routes.get(partitionId);
-      if (route) void this.q.send([route, b]).catch(() => undefined);
+    const t = new RemoteTransport(relid, openId & 0xffff, window, (f) => {
+      const link = this.peers.get(partitionId);
+      if (link && !link.closed) link.send(f);
       else {
         // The guest's hello may still be on its way (it travels apart from the SynIC message
         // that opened the channel): hold the frames until it arrives. Credits bound them.
         const q = this.early.get(partitionId) ?? [];
-        q.push(b);
+        q.push(f);
         this.early.set(partitionId, q);
       }
     }, name);
@@ -209,63 +202,79 @@ export class RemoteHub {
     this.channels.delete(`${partitionId}:${relid}`);
   }
 
-  private async loop(): Promise<void> {
-    try {
-      for await (const [route, b] of this.sock) {
-        if (!b || b.length < FRAME_HEADER) continue;
-        const relid = b.readUInt32LE(0);
-        const kind = b.readUInt16LE(4);
-        if (kind === FrameKind.Hello) {
-          const pid = b.length >= FRAME_HEADER + 4 ? b.readUInt32LE(FRAME_HEADER) : 0;
-          const token = b.subarray(FRAME_HEADER + 4).toString('utf8');
-          if (this.tokens.get(pid) === token) {
-            const r = Buffer.from(route);
-            this.routes.set(pid, r);
-            this.partitionOf.set(route.toString('hex'), pid);
-            for (const f of this.early.get(pid) ?? []) void this.q.send([r, f]).catch(() => undefined);
-            this.early.delete(pid);
-          } else {
-            this.log?.warn({ partition: pid }, 'remote VMBus hello with a bad token refused');
-          }
-          continue;
-        }
-        const pid = this.partitionOf.get(route.toString('hex'));
-        if (pid === undefined) continue;
-        this.channels.get(`${pid}:${relid}`)?.onFrame(b);
-      }
-    } catch (e) {
-      if (!this.closed) throw e;
+  private refused(o: object, why: string): void {
+    const s = Math.floor(Date.now() / 1000);
+    if (s !== this.refusals.second) this.refusals = { second: s, logged: 0 };
+    if (this.refusals.logged++ < REFUSAL_LOG_PER_SECOND) this.log?.warn(o, why);
+  }
+
+  /** Every frame of every peer comes here, decoded once; nothing a peer sends can throw out of it. */
+  private onFrame(link: FrameLink, bytes: Uint8Array): void {
+    if (this.closed) return;
+    const f = decodeRemoteFrame(bytes);
+    if (f.kind === 'hello') return this.hello(link, f.partitionId, f.token);
+    const pid = this.partitionOf.get(link);
+    if (pid === undefined) {
+      // A peer that has not introduced itself: forget it (it is heard again once it says hello).
+      this.stats.unknownPeerFrames++;
+      link.close();
+      return;
     }
+    if (f.kind === 'error') {
+      this.stats.badFrames++;
+      if (f.relid === null) return this.refused({ partition: pid, err: f.error }, 'malformed remote VMBus frame dropped');
+    }
+    if (f.relid !== null) this.channels.get(`${pid}:${f.relid}`)?.onFrame(f);
+  }
+
+  private hello(link: FrameLink, pid: number, token: string): void {
+    const expected = this.tokens.get(pid);
+    if (expected === undefined || expected !== token) {
+      this.stats.refusedHellos++;
+      this.refused({ partition: pid }, 'remote VMBus hello with a bad token refused');
+      if (!this.partitionOf.has(link)) link.close();
+      return;
+    }
+    const prev = this.peers.get(pid);
+    if (prev === link) return; // a repeated hello (the guest repeats it with each channel it opens)
+    if (prev) {
+      // The partition came back on a new connection: the old one no longer speaks for it.
+      this.partitionOf.delete(prev);
+      prev.close();
+    }
+    const old = this.partitionOf.get(link);
+    if (old !== undefined && old !== pid) this.peers.delete(old);
+    this.peers.set(pid, link);
+    this.partitionOf.set(link, pid);
+    for (const f of this.early.get(pid) ?? []) link.send(f);
+    this.early.delete(pid);
   }
 
   close(): void {
     this.closed = true;
-    this.q.close();
-    this.sock.close();
+    this.listener.close();
   }
 }
 
-/** The guest's end: one DEALER for every remote channel of the partition. */
+/** The guest's end: one link for every remote channel of the partition. */
 export class RemoteLink {
-  private readonly sock: zmq.Dealer;
-  private readonly q: SendQueue;
+  private readonly link: FrameLink;
+  private readonly hello: Uint8Array;
   private readonly channels = new Map<number, RemoteTransport>();
-  private closed = false;
+  readonly stats = { badFrames: 0 };
 
-  constructor(readonly endpoint: string, partitionId: number, token: string) {
-    this.sock = dealer();
-    this.q = new SendQueue(this.sock);
-    this.sock.connect(endpoint);
-    const t = Buffer.from(token, 'utf8');
-    const hello = frame(0, FrameKind.Hello, 4 + t.length);
-    hello.writeUInt32LE(partitionId, FRAME_HEADER);
-    t.copy(hello, FRAME_HEADER + 4);
-    void this.q.send(hello).catch(() => undefined);
-    void this.loop();
+  /** `link`: the frame transport to the hub (default: a ZeroMQ DEALER connected to `endpoint`). */
+  constructor(readonly endpoint: string, partitionId: number, token: string, link?: FrameLink) {
+    this.link = link ?? new ZmqFrameLink(endpoint);
+    this.hello = encodeHelloFrame(partitionId, token);
+    this.link.onFrame((f) => this.onFrame(f));
+    this.link.send(this.hello.slice());
   }
 
   open(relid: number, openId: number, window: number, name: string): RemoteTransport {
-    const t = new RemoteTransport(relid, openId & 0xffff, window, (b) => void this.q.send(b).catch(() => undefined), name);
+    // Hello again: idempotent at the hub, and it repairs a hello that was lost.
+    this.link.send(this.hello.slice());
+    const t = new RemoteTransport(relid, openId & 0xffff, window, (f) => this.link.send(f), name);
     this.channels.set(relid, t);
     return t;
   }
@@ -275,20 +284,14 @@ export class RemoteLink {
     this.channels.delete(relid);
   }
 
-  private async loop(): Promise<void> {
-    try {
-      for await (const [b] of this.sock) {
-        if (!b || b.length < FRAME_HEADER) continue;
-        this.channels.get(b.readUInt32LE(0))?.onFrame(b);
-      }
-    } catch (e) {
-      if (!this.closed) throw e;
-    }
+  private onFrame(bytes: Uint8Array): void {
+    const f = decodeRemoteFrame(bytes);
+    if (f.kind === 'hello') return; // only the guest says hello
+    if (f.kind === 'error') this.stats.badFrames++;
+    if (f.relid !== null) this.channels.get(f.relid)?.onFrame(f);
   }
 
   close(): void {
-    this.closed = true;
-    this.q.close();
-    this.sock.close();
+    this.link.close();
   }
 }

@@ -3,17 +3,30 @@
  *
  * * `ShmTransport` (co-located): one ring per direction inside the channel's GPADL; a signal is
  *   whatever the owner passes in (HvCallSignalEvent through the hypervisor in hvlab's processes,
- *   a direct call in tests). Signalling follows Hyper-V: the writer signals on empty -> non-empty
- *   while the reader is unmasked; the reader masks while draining, unmasks and re-checks; a blocked
- *   writer is signalled once the space it asked for is free.
- * * `RemoteTransport` (remote.ts): the same packets in ZeroMQ messages with credit-based flow
- *   control standing in for ring space.
+ *   a direct call in tests, a wrapped one for fault injection: faults.ts). Signalling follows
+ *   Hyper-V: the writer signals on empty -> non-empty while the reader is unmasked; the reader
+ *   masks while draining, unmasks and re-checks; a blocked writer is signalled once the space it
+ *   asked for is free. Given a `DirtyLog`, it reports every byte range its own side writes into
+ *   the rings' memory (the guest's side logs its ring writes for live migration this way).
+ * * `RemoteTransport` (remote.ts): the same packets in frames on a `FrameLink` with credit-based
+ *   flow control standing in for ring space.
  *
  * `VmbusChannel` sits on either and adds what both sides of a channel want: an outbound queue for
  * packets that did not fit (nothing is dropped while the channel is open), a fault path (a peer that
  * breaks the ring protocol gets its channel closed, and only that channel) and counters.
  */
-import { RingReader, RingWriter, RingError, type RingRegion } from './ring.js';
+import { RingReader, RingWriter, RingError, RingControl, RING_CONTROL_BYTES, type RingRegion } from './ring.js';
+
+/**
+ * Where a ring user reports its own writes into the memory behind its rings (for the guest, guest
+ * memory: offsets are GPAs). Implemented by the guest's GuestMemory; vmbus imports nothing of it.
+ */
+export interface DirtyLog {
+  markDirty(offset: number, length: number): void;
+}
+
+/** The control-page fields a ring writer stores (write_index, pending_send_sz) and a reader stores (read_index, interrupt_mask). */
+const CONTROL_FIELDS_BYTES = RingControl.pendingSendSize + 4;
 
 export type PacketHandler = (type: number, flags: number, transId: bigint, payload: Uint8Array) => void;
 
@@ -43,11 +56,35 @@ export class ShmTransport implements PacketTransport {
   private blocked = false;
   private closed = false;
   private draining = false;
+  /** write_index of the outbound ring, read (never stored) to log the bytes a write covered. */
+  private readonly outWrite: Uint32Array;
+  private readonly outData: number;
   signalsSent = 0;
 
-  constructor(out: RingRegion, inbound: RingRegion, private readonly signalPeer: () => void, name = 'channel') {
+  constructor(private readonly out: RingRegion, private readonly inbound: RingRegion, private readonly signalPeer: () => void, name = 'channel', private readonly dirty: DirtyLog | null = null) {
     this.writer = new RingWriter(out, `${name} out`);
     this.reader = new RingReader(inbound, `${name} in`);
+    this.outWrite = new Uint32Array(out.buffer, out.byteOffset + RingControl.writeIndex, 1);
+    this.outData = out.byteOffset + RING_CONTROL_BYTES;
+  }
+
+  /**
+   * Logs what a tryWrite stored: the control fields and, when a packet went in, the data bytes
+   * from the old to the new write index (wrapping). Only this side stores write_index.
+   */
+  private logWrite(w0: number, wrote: boolean): void {
+    const d = this.dirty!;
+    d.markDirty(this.out.byteOffset, CONTROL_FIELDS_BYTES);
+    if (!wrote) return;
+    const w1 = this.outWrite[0]!;
+    const D = this.writer.dataBytes;
+    // The peer can scribble on write_index between our reads: then log the whole data area.
+    if (w0 >= D || w1 >= D || w0 % 8 !== 0 || w1 % 8 !== 0) d.markDirty(this.outData, D);
+    else if (w1 > w0) d.markDirty(this.outData + w0, w1 - w0);
+    else {
+      d.markDirty(this.outData + w0, D - w0);
+      if (w1 > 0) d.markDirty(this.outData, w1);
+    }
   }
 
   attach(events: TransportEvents): void {
@@ -59,15 +96,19 @@ export class ShmTransport implements PacketTransport {
   send(type: number, flags: number, transId: bigint, payload: Uint8Array): boolean {
     if (this.closed) return false;
     let r;
+    const w0 = this.outWrite[0]!;
     try {
       r = this.writer.tryWrite(type, flags, transId, payload);
     } catch (e) {
       if (e instanceof RingError) {
+        // The writer may have stored pending_send_sz before it found the bad index.
+        if (this.dirty) this.logWrite(w0, false);
         this.fail(e);
         return false;
       }
       throw e;
     }
+    if (this.dirty) this.logWrite(w0, r !== 'full');
     if (r === 'full') {
       this.blocked = true;
       return false;
@@ -100,6 +141,8 @@ export class ShmTransport implements PacketTransport {
       throw e;
     } finally {
       this.draining = false;
+      // The reader stored interrupt_mask and read_index.
+      this.dirty?.markDirty(this.inbound.byteOffset, CONTROL_FIELDS_BYTES);
     }
     if (this.blocked) {
       this.blocked = false;

@@ -381,16 +381,18 @@ async function build(): Promise<void> {
     throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
   }
   child = spawn(process.execPath, nodeArgsFor(entries.partition), {
-    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    stdio: ['pipe', 'ignore', 'inherit', 'ipc'],
     serialization: 'advanced',
     env: {
       ...process.env,
       HVLAB_PARTITION_ID: String(partitionId),
-      HVLAB_PARTITION_TOKEN: created.token,
       HVLAB_VM: cfg.name,
       HVLAB_HV_PID: String(cfg.hvPid),
     },
   });
+  // The partition's token goes over a pipe, never into an environment.
+  child.stdin!.on('error', () => undefined);
+  child.stdin!.end(`${created.token}\n`);
   childRpc = new IpcRpc(child, async () => {
     throw new Error('the VMWP takes no requests from the guest');
   });
