@@ -38,5 +38,9 @@ say top --once;                         hv top --once
 say vm save db;                         hv vm save db
 say vm start db;                        hv vm start db
 say vm list;                            hv vm list
+root_pid=$(hv host info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).pids.root))')
+printf '\n\033[1m$ kill -9 %s   # the root partition process: no VM stops, the hypervisor restarts it\033[0m\n' "$root_pid"
+kill -9 "$root_pid"
+say vm list;                            hv vm list
 say vm stop web;                        hv vm stop web
 say vm list;                            hv vm list

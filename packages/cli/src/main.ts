@@ -721,10 +721,16 @@ export async function run(argv: string[]): Promise<number> {
         const vms = await connect().request<VmInfo[]>('vmList');
         if (json) out(JSON.stringify(vms));
         else if (vms.length === 0) out('no VMs');
-        else out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => [
-          v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
-          `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
-        ])]));
+        else {
+          out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => v.state === 'Invalid'
+            ? [v.name, v.state, '-', '-', '-', '-', '-', '-', '-']
+            : [
+              v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
+              `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
+            ])]));
+          // A config VMMS could not read is kept, never overwritten: say why, one line each.
+          for (const v of vms.filter((x) => x.state === 'Invalid')) out(`${v.name}: invalid configuration: ${v.lastStateReason ?? 'unreadable'}`);
+        }
         return 0;
       }
       case 'vm save': {

@@ -9,6 +9,13 @@ export const EnabledState = {
   Saving: 32773,
   Pausing: 32776,
   Resuming: 32777,
+  /**
+   * hvlab's own: the VM's configuration file cannot be used (cut short, hand-edited wrongly); the
+   * reason is the VM's lastStateReason. Hyper-V has no such EnabledState (a VM whose config it
+   * cannot read is simply missing from Get-VM), so this takes CIM_EnabledLogicalElement's
+   * 1 = "Other", which CIM defines for a state described elsewhere (OtherEnabledState).
+   */
+  Invalid: 1,
 } as const;
 export type VmStateName = keyof typeof EnabledState;
 export function vmStateName(n: number): VmStateName | 'Unknown' {

@@ -1,15 +1,28 @@
 /**
- * VM configuration as VMMS persists it: one JSON file per VM under HVLAB_HOME/vms. Versioned and
- * written atomically (temp file + rename) so a crash never leaves half a config.
+ * VM configuration as VMMS persists it: one JSON file per VM, HVLAB_HOME/vms/NAME.json.
+ *
+ * A config file is input like any other (a user may edit it, a crash or a full disk may cut it),
+ * so it is read through one checking decoder, `decodeVmConfig`: every field, its type and range,
+ * no unknown field, a name equal to the file's name and an id that is a UUID (it names the VM's
+ * sockets). A file that fails is reported with its reason, kept, and never overwritten.
+ *
+ * Writes are atomic and durable: a temporary file in the same directory is written, fsynced and
+ * renamed over the config (or linked, for a new VM, which fails rather than overwrite), then the
+ * directory is fsynced. A write that fails removes its temporary file and throws StorageFailed,
+ * so the caller can leave memory as it was: memory and disk never disagree.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import * as nodeFs from 'node:fs';
 import { join } from 'node:path';
 import {
   MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes,
 } from '@hvlab/protocol';
+import { describeIoError } from '@hvlab/runtime';
 
 export const VM_CONFIG_VERSION = 1;
+
+export const IC_CONFIG_NAMES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
+export type IcConfigName = (typeof IC_CONFIG_NAMES)[number];
 
 export interface VmConfig {
   version: number;
@@ -20,7 +33,7 @@ export interface VmConfig {
   workload: string;
   processor: { reserve: number; maximum: number; weight: number };
   /** Which integration services are offered (absent = all, as in configs written before them). */
-  integrationServices?: Partial<Record<'heartbeat' | 'shutdown' | 'timesync' | 'kvp', boolean>>;
+  integrationServices?: Partial<Record<IcConfigName, boolean>>;
   /** Seconds the firmware's real-time clock is off host time at power-on (a clock-skew knob). */
   rtcOffsetS?: number;
   createdAt: string;
@@ -34,11 +47,39 @@ export class MgmtFailure extends Error {
 
 const invalid = (m: string): MgmtFailure => new MgmtFailure('InvalidArgument', m);
 
+/** Processor settings limits (Set-VMProcessor): reserve and maximum in %, a relative weight. */
+export const PROCESSOR_LIMITS = {
+  reserve: { min: 0, max: 100 },
+  maximum: { min: 1, max: 100 },
+  weight: { min: 1, max: 10000 },
+} as const;
+export const MAX_RTC_OFFSET_S = 10 * 365 * 86400;
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 export function validateName(name: unknown): string {
   if (typeof name !== 'string' || !VM_NAME_RE.test(name)) {
     throw invalid(`VM name ${JSON.stringify(name)} is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
   return name;
+}
+
+/**
+ * Why a workload does not fit the VM's memory, or null. memdirty's pages start at
+ * WORKLOAD_DATA_GPA and must stay below the device area (the top quarter of guest memory); the
+ * advice never points past the largest VM.
+ */
+export function workloadFitError(workload: string, memoryBytes: number): string | null {
+  const wl = parseWorkload(workload);
+  if (!wl) return `workload "${workload}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`;
+  if (wl.name !== 'memdirty' || WORKLOAD_DATA_GPA + wl.arg <= memoryBytes - memoryBytes / 4) return null;
+  const needs = `workload "${workload}" needs ${formatBytes(WORKLOAD_DATA_GPA + wl.arg)} of guest memory below the device area (the top quarter)`;
+  const MiB = 1024 * 1024;
+  const least = Math.ceil(((WORKLOAD_DATA_GPA + wl.arg) * 4) / 3 / MiB) * MiB;
+  if (least > MAX_MEMORY_BYTES) {
+    const most = MAX_MEMORY_BYTES - MAX_MEMORY_BYTES / 4 - WORKLOAD_DATA_GPA;
+    return `${needs}, more than the largest VM (${formatBytes(MAX_MEMORY_BYTES)}) has: use at most memdirty:${formatBytes(most)}`;
+  }
+  return `${needs}; give the VM --memory ${formatBytes(least)} or more`;
 }
 
 export function buildConfig(args: Record<string, unknown>): VmConfig {
@@ -54,14 +95,11 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
   const vps = Number(vpsText);
   if (!/^\d+$/.test(vpsText) || vps < 1 || vps > MAX_VPS_PER_PARTITION) throw invalid(`--vps ${vpsText} is invalid: a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`);
   const workload = args.workload === undefined ? 'counter' : String(args.workload);
-  const wl = parseWorkload(workload);
-  if (!wl) throw invalid(`workload "${workload}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`);
-  if (wl.name === 'memdirty' && WORKLOAD_DATA_GPA + wl.arg > memoryBytes - memoryBytes / 4) {
-    throw invalid(`workload "${workload}" needs ${formatBytes(WORKLOAD_DATA_GPA + wl.arg)} of guest memory below the device area (the top quarter); give the VM more --memory`);
-  }
+  const fit = workloadFitError(workload, memoryBytes);
+  if (fit) throw invalid(fit);
   const rtcText = args.rtcOffset === undefined ? '0' : String(args.rtcOffset);
   const rtcOffsetS = Number(rtcText);
-  if (!/^-?\d+$/.test(rtcText) || Math.abs(rtcOffsetS) > 10 * 365 * 86400) throw invalid(`--rtc-offset ${rtcText} is invalid: whole seconds within ±10 years`);
+  if (!/^-?\d+$/.test(rtcText) || Math.abs(rtcOffsetS) > MAX_RTC_OFFSET_S) throw invalid(`--rtc-offset ${rtcText} is invalid: whole seconds within ±10 years`);
   return {
     version: VM_CONFIG_VERSION,
     id: randomUUID(),
@@ -76,34 +114,243 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
   };
 }
 
-export class ConfigStore {
-  constructor(private readonly dir: string) {
-    mkdirSync(dir, { recursive: true });
+// ---- the checking decoder ----------------------------------------------------------------------
+
+/** A value as an error message shows it (never calls a method of the value). */
+function shown(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a map';
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return `a ${typeof v}`;
+}
+
+class ConfigFieldError extends Error {}
+
+function plainMap(v: unknown, path: string, keys: readonly string[]): Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ConfigFieldError(`${path} is ${shown(v)}, not a map`);
+  const proto = Object.getPrototypeOf(v) as unknown;
+  if (proto !== Object.prototype && proto !== null) throw new ConfigFieldError(`${path} is not a plain map`);
+  for (const k of Object.keys(v)) {
+    if (!keys.includes(k)) throw new ConfigFieldError(`${path === 'the file' ? 'field' : `${path} has field`} "${k.slice(0, 40)}", which is unknown`);
   }
-  private file(name: string): string {
+  return v as Record<string, unknown>;
+}
+
+function wholeNumber(o: Record<string, unknown>, k: string, path: string, min: number, max: number, what: string): number {
+  const v = o[k];
+  if (v === undefined) throw new ConfigFieldError(`field "${path}" is missing`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new ConfigFieldError(`field "${path}" is ${shown(v)}: ${what}`);
+  return v;
+}
+
+function text(o: Record<string, unknown>, k: string, max = 256): string {
+  const v = o[k];
+  if (v === undefined) throw new ConfigFieldError(`field "${k}" is missing`);
+  if (typeof v !== 'string' || v.length > max) throw new ConfigFieldError(`field "${k}" is ${shown(v)}, not a string of at most ${max} characters`);
+  return v;
+}
+
+/**
+ * Checks a parsed VM config (from `NAME.json`) and returns a fresh copy, or why it is invalid.
+ * `fileName` is the file's name without `.json`; the config's name must equal it.
+ */
+export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string {
+  try {
+    const o = plainMap(v, 'the file', ['version', 'id', 'name', 'memoryBytes', 'vps', 'workload', 'processor', 'integrationServices', 'rtcOffsetS', 'createdAt']);
+    if (o.version === undefined) throw new ConfigFieldError('field "version" is missing');
+    if (o.version !== VM_CONFIG_VERSION) throw new ConfigFieldError(`field "version" is ${shown(o.version)}; this host reads version ${VM_CONFIG_VERSION}`);
+    const id = text(o, 'id', 64);
+    if (!UUID_RE.test(id)) throw new ConfigFieldError(`field "id" is ${shown(id)}, not a UUID`);
+    const name = text(o, 'name', 64);
+    if (!VM_NAME_RE.test(name)) throw new ConfigFieldError(`field "name" is ${shown(name)}, not a VM name (1-63 letters, digits, '.', '_' or '-')`);
+    if (name !== fileName) throw new ConfigFieldError(`field "name" says "${name}" but the file is named "${fileName}"`);
+    const memoryBytes = wholeNumber(o, 'memoryBytes', 'memoryBytes', MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, `not a size from ${formatBytes(MIN_MEMORY_BYTES)} to ${formatBytes(MAX_MEMORY_BYTES)}`);
+    if (memoryBytes % 4096 !== 0) throw new ConfigFieldError(`field "memoryBytes" is ${memoryBytes}, not a multiple of 4 KiB`);
+    const vps = wholeNumber(o, 'vps', 'vps', 1, MAX_VPS_PER_PARTITION, `a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`);
+    const workload = text(o, 'workload', 64);
+    const fit = workloadFitError(workload, memoryBytes);
+    if (fit) throw new ConfigFieldError(`field "workload": ${fit}`);
+    if (o.processor === undefined) throw new ConfigFieldError('field "processor" is missing');
+    const p = plainMap(o.processor, 'processor', ['reserve', 'maximum', 'weight']);
+    const range = (k: keyof typeof PROCESSOR_LIMITS): number =>
+      wholeNumber(p, k, `processor.${k}`, PROCESSOR_LIMITS[k].min, PROCESSOR_LIMITS[k].max, `a whole number from ${PROCESSOR_LIMITS[k].min} to ${PROCESSOR_LIMITS[k].max}`);
+    const processor = { reserve: range('reserve'), maximum: range('maximum'), weight: range('weight') };
+    if (processor.reserve > processor.maximum) throw new ConfigFieldError(`field "processor.reserve" (${processor.reserve}%) is above processor.maximum (${processor.maximum}%)`);
+    const createdAt = text(o, 'createdAt', 64);
+    if (!Number.isFinite(Date.parse(createdAt))) throw new ConfigFieldError(`field "createdAt" is ${shown(createdAt)}, not a date`);
+    const out: VmConfig = { version: VM_CONFIG_VERSION, id, name, memoryBytes, vps, workload, processor, createdAt };
+    if (o.integrationServices !== undefined) {
+      const ics = plainMap(o.integrationServices, 'integrationServices', IC_CONFIG_NAMES);
+      const copy: Partial<Record<IcConfigName, boolean>> = {};
+      for (const k of IC_CONFIG_NAMES) {
+        if (ics[k] === undefined) continue;
+        if (typeof ics[k] !== 'boolean') throw new ConfigFieldError(`field "integrationServices.${k}" is ${shown(ics[k])}, not true or false`);
+        copy[k] = ics[k];
+      }
+      out.integrationServices = copy;
+    }
+    if (o.rtcOffsetS !== undefined) out.rtcOffsetS = wholeNumber(o, 'rtcOffsetS', 'rtcOffsetS', -MAX_RTC_OFFSET_S, MAX_RTC_OFFSET_S, 'whole seconds within ±10 years');
+    // Keep the file's key order, so a rewrite of an unchanged config is byte for byte the same.
+    return Object.fromEntries(Object.keys(o).map((k) => [k, out[k as keyof VmConfig]])) as unknown as VmConfig;
+  } catch (e) {
+    if (e instanceof ConfigFieldError) return e.message;
+    throw e;
+  }
+}
+
+// ---- the store ---------------------------------------------------------------------------------
+
+/** The file operations the store uses (node:fs; tests inject failing ones). */
+export type ConfigIo = Pick<typeof nodeFs,
+  'openSync' | 'writeSync' | 'fsyncSync' | 'closeSync' | 'renameSync' | 'linkSync' | 'unlinkSync' | 'rmSync' | 'readFileSync' | 'readdirSync' | 'mkdirSync' | 'existsSync'>;
+
+export interface InvalidVmConfig {
+  /** The VM name the file stands for (its name without `.json`). */
+  name: string;
+  file: string;
+  reason: string;
+}
+
+export type LoadedVmConfig = { ok: true; config: VmConfig } | { ok: false; reason: string } | null;
+
+const TMP_MARK = '.tmp-';
+
+export class ConfigStore {
+  private seq = 0;
+
+  constructor(readonly dir: string, private readonly io: ConfigIo = nodeFs) {
+    io.mkdirSync(dir, { recursive: true });
+  }
+
+  fileOf(name: string): string {
     return join(this.dir, `${name}.json`);
   }
-  loadAll(onBad: (file: string, why: string) => void): VmConfig[] {
-    const out: VmConfig[] = [];
-    for (const f of readdirSync(this.dir)) {
+
+  /** One VM's config: decoded, invalid with a reason, or null when there is no such file. */
+  load(name: string): LoadedVmConfig {
+    const file = this.fileOf(name);
+    let raw: string;
+    try {
+      raw = this.io.readFileSync(file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      return { ok: false, reason: `it cannot be read: ${describeIoError(e).text}` };
+    }
+    if (raw.trim() === '') return { ok: false, reason: 'it is empty' };
+    let v: unknown;
+    try {
+      v = JSON.parse(raw);
+    } catch (e) {
+      return { ok: false, reason: `it is not JSON (${(e as Error).message})` };
+    }
+    const c = decodeVmConfig(v, name);
+    return typeof c === 'string' ? { ok: false, reason: c } : { ok: true, config: c };
+  }
+
+  /**
+   * Every `*.json` in the directory: the valid configs, and the invalid files with the reason
+   * (read only: nothing is removed or rewritten). A second file with an id already taken is
+   * invalid (a copied config would share the first VM's sockets). Temporary files of a writer
+   * that died are removed.
+   */
+  loadAll(): { valid: VmConfig[]; invalid: InvalidVmConfig[] } {
+    const valid: VmConfig[] = [];
+    const invalidOnes: InvalidVmConfig[] = [];
+    const ids = new Map<string, string>();
+    for (const f of this.io.readdirSync(this.dir).sort()) {
+      if (f.includes(`.json${TMP_MARK}`)) {
+        // Writes are synchronous, so no temporary file here is in flight: it is a dead writer's.
+        try { this.io.rmSync(join(this.dir, f), { force: true }); } catch { /* harmless */ }
+        continue;
+      }
       if (!f.endsWith('.json')) continue;
-      try {
-        const c = JSON.parse(readFileSync(join(this.dir, f), 'utf8')) as VmConfig;
-        if (c.version !== VM_CONFIG_VERSION) throw new Error(`config version ${c.version} is not ${VM_CONFIG_VERSION}`);
-        validateName(c.name);
-        out.push(c);
-      } catch (e) {
-        onBad(f, (e as Error).message);
+      const name = f.slice(0, -'.json'.length);
+      const got = this.load(name);
+      if (got === null) continue;
+      if (!got.ok) {
+        invalidOnes.push({ name, file: join(this.dir, f), reason: got.reason });
+      } else if (ids.has(got.config.id)) {
+        invalidOnes.push({ name, file: join(this.dir, f), reason: `field "id" is ${got.config.id}, the id of VM "${ids.get(got.config.id)}" (a copied config needs a new id)` });
+      } else {
+        ids.set(got.config.id, name);
+        valid.push(got.config);
       }
     }
-    return out;
+    return { valid, invalid: invalidOnes };
   }
+
+  /** Replaces (or creates) a VM's config atomically; throws StorageFailed and changes nothing on failure. */
   save(c: VmConfig): void {
-    const tmp = `${this.file(c.name)}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(c, null, 2) + '\n');
-    renameSync(tmp, this.file(c.name));
+    this.write(c, true);
   }
+
+  /** Creates a new VM's config; never overwrites a file of that name (AlreadyExists). */
+  create(c: VmConfig): void {
+    this.write(c, false);
+  }
+
+  /** Removes exactly `NAME.json` (a file that is already gone is fine). */
   remove(name: string): void {
-    rmSync(this.file(name), { force: true });
+    const file = this.fileOf(name);
+    try {
+      this.io.rmSync(file, { force: true });
+    } catch (e) {
+      throw new MgmtFailure('StorageFailed', `could not remove the configuration of VM "${name}" at ${file}: ${describeIoError(e).text}`);
+    }
+    this.syncDir();
+  }
+
+  private write(c: VmConfig, replace: boolean): void {
+    const file = this.fileOf(c.name);
+    const tmp = `${file}${TMP_MARK}${process.pid}-${++this.seq}`;
+    let fd: number | null = null;
+    try {
+      fd = this.io.openSync(tmp, 'wx', 0o644);
+      const buf = Buffer.from(JSON.stringify(c, null, 2) + '\n', 'utf8');
+      for (let off = 0; off < buf.length;) {
+        const n = this.io.writeSync(fd, buf, off, buf.length - off);
+        if (n <= 0) throw Object.assign(new Error('EIO: write wrote nothing'), { code: 'EIO' });
+        off += n;
+      }
+      this.io.fsyncSync(fd);
+      this.io.closeSync(fd);
+      fd = null;
+      if (replace) {
+        this.io.renameSync(tmp, file);
+      } else {
+        // link() fails with EEXIST instead of replacing: a file of that name, valid or not, stays.
+        this.io.linkSync(tmp, file);
+        this.io.unlinkSync(tmp);
+      }
+    } catch (e) {
+      if (fd !== null) {
+        try { this.io.closeSync(fd); } catch { /* closing is all we can do */ }
+      }
+      try { this.io.rmSync(tmp, { force: true }); } catch { /* loadAll removes it next time */ }
+      if (!replace && (e as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new MgmtFailure('AlreadyExists', `a VM config for "${c.name}" already exists at ${file}`);
+      }
+      throw new MgmtFailure('StorageFailed', `could not write the configuration of VM "${c.name}" to ${file}: ${describeIoError(e).text}`);
+    }
+    this.syncDir();
+  }
+
+  /**
+   * Makes the rename durable. The new file is already in place when this runs, so a failure here
+   * is not reported as a failed write (memory must follow what the directory shows); a disk that
+   * fails directory fsyncs fails the next file write too.
+   */
+  private syncDir(): void {
+    let fd: number | null = null;
+    try {
+      fd = this.io.openSync(this.dir, 'r');
+      this.io.fsyncSync(fd);
+    } catch { /* see above */ } finally {
+      if (fd !== null) {
+        try { this.io.closeSync(fd); } catch { /* nothing more to do */ }
+      }
+    }
   }
 }

@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  EnabledState, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
+  EnabledState, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
@@ -25,7 +25,7 @@ import {
 import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } from './config.js';
 import type { VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import { IC_SERVICES, type IcEntry } from './vmwp/vmbus.js';
-import { discardSavedState, hasSavedState } from './saved-state.js';
+import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
 
@@ -46,8 +46,10 @@ interface VmRecord {
   exitReason: string | null;
   guestShutdown: boolean;
   booted: ((ok: boolean, why?: string) => void) | null;
-  /** Starting from a saved state that is not consumed yet (it is, once the guest runs). */
+  /** Starting from a saved state (marked consumed on disk; discarded once the guest runs or is turned off). */
   restoring: boolean;
+  /** Why the VM's config file cannot be used (state Invalid), or null. */
+  invalid: string | null;
 }
 
 export interface VmmsOptions {
@@ -65,6 +67,11 @@ export interface VmmsOptions {
 
 export const DEFAULT_STOP_TIMEOUT_S = 30;
 
+/** What the registry holds for a VM whose config file is invalid: its name and nothing else. */
+function placeholderConfig(name: string): VmConfig {
+  return { version: 0, id: '', name, memoryBytes: 0, vps: 0, workload: '', processor: { reserve: 0, maximum: 100, weight: 100 }, createdAt: '' };
+}
+
 /** A worker's failure as a management error (keeps the worker's code when it gave one). */
 function linkFailure(e: unknown, what: string): MgmtFailure {
   if (e instanceof MgmtFailure) return e;
@@ -78,25 +85,72 @@ export class Vmms {
 
   constructor(private readonly o: VmmsOptions) {
     this.paths = hostPaths(o.home);
-    for (const c of o.store.loadAll((f, why) => o.log.warn({ file: f, why }, 'ignoring bad VM config'))) {
+    const { valid, invalid } = o.store.loadAll();
+    for (const c of valid) {
       const r = this.record(c);
       if (hasSavedState(o.vmDir, c.name)) r.state = EnabledState.Saved;
       this.vms.set(c.name, r);
     }
+    // A bad config stays in the registry, visible and protected (never overwritten), until it
+    // is fixed or deleted by name; a file whose name is no VM name cannot be addressed at all.
+    for (const bad of invalid) {
+      o.log.warn({ file: bad.file, why: bad.reason }, 'VM config is invalid');
+      if (!VM_NAME_RE.test(bad.name)) continue;
+      const r = this.record(placeholderConfig(bad.name));
+      this.markInvalid(r, bad.reason);
+      this.vms.set(bad.name, r);
+    }
+  }
+
+  private markInvalid(r: VmRecord, why: string): void {
+    r.invalid = why;
+    r.state = EnabledState.Invalid;
+    r.reason = `the configuration ${this.o.store.fileOf(r.config.name)} is invalid: ${why}`;
+  }
+
+  /**
+   * An Invalid VM is read again each time it is asked for, so a file fixed (or removed) by hand
+   * takes effect without restarting the root. Returns false when the file is gone.
+   */
+  private recheck(r: VmRecord): boolean {
+    if (r.invalid === null) return true;
+    const now = this.o.store.load(r.config.name);
+    if (now === null) {
+      this.vms.delete(r.config.name);
+      return false;
+    }
+    if (!now.ok) {
+      if (now.reason !== r.invalid) this.markInvalid(r, now.reason);
+      return true;
+    }
+    const taken = [...this.vms.values()].find((o) => o !== r && o.invalid === null && o.config.id === now.config.id);
+    if (taken) {
+      this.markInvalid(r, `field "id" is ${now.config.id}, the id of VM "${taken.config.name}" (a copied config needs a new id)`);
+      return true;
+    }
+    r.config = now.config;
+    r.invalid = null;
+    this.setState(r, hasSavedState(this.o.vmDir, r.config.name) ? EnabledState.Saved : EnabledState.Off, 'its configuration is valid again');
+    return true;
   }
 
   private record(config: VmConfig): VmRecord {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
-      restoring: false,
+      restoring: false, invalid: null,
     };
   }
 
-  private get(name: unknown): VmRecord {
+  /** The VM of that name; one whose config is invalid is refused (with why) unless `allowInvalid`. */
+  private get(name: unknown, allowInvalid = false): VmRecord {
     const n = validateName(name);
     const r = this.vms.get(n);
-    if (!r) throw new MgmtFailure('NotFound', `VM "${n}" does not exist`);
+    if (!r || !this.recheck(r)) throw new MgmtFailure('NotFound', `VM "${n}" does not exist`);
+    if (r.invalid !== null && !allowInvalid) {
+      const file = this.o.store.fileOf(n);
+      throw new MgmtFailure('InvalidState', `cannot use VM "${n}": its configuration ${file} is invalid: ${r.invalid}; fix or delete ${file}`);
+    }
     return r;
   }
 
@@ -131,8 +185,15 @@ export class Vmms {
 
   newVm(args: Record<string, unknown>): VmInfo {
     const c = buildConfig(args);
-    if (this.vms.has(c.name)) throw new MgmtFailure('AlreadyExists', `VM "${c.name}" already exists`);
-    this.o.store.save(c);
+    const known = this.vms.get(c.name);
+    if (known && this.recheck(known)) {
+      if (known.invalid !== null) {
+        throw new MgmtFailure('AlreadyExists', `a VM config for "${c.name}" exists but is invalid: ${known.invalid}; fix or delete ${this.o.store.fileOf(c.name)}`);
+      }
+      throw new MgmtFailure('AlreadyExists', `VM "${c.name}" already exists`);
+    }
+    // On disk first (never over an existing file); the registry only learns of what was written.
+    this.saveConfig(c, true);
     const r = this.record(c);
     this.vms.set(c.name, r);
     this.o.log.info({ vm: c.name, memoryBytes: c.memoryBytes, vps: c.vps, workload: c.workload }, 'VM created');
@@ -208,7 +269,10 @@ export class Vmms {
       : r.expectingExit
         ? (r.reason ?? 'turned off')
         : r.exitReason
-          ? `the worker process exited: ${r.exitReason}`
+          // The VMWP exits when its partition process does, and says how ("the partition
+          // process was killed (SIGKILL)" / "exited with code N"): that is what happened to the
+          // VM; the worker only followed it.
+          ? (r.exitReason.startsWith('the partition process ') ? r.exitReason : `the worker process exited: ${r.exitReason}`)
           : `the worker process exited unexpectedly (${status ? (status.signal ?? `exit code ${status.code}`) : 'no exit status: a previous root started it'})${r.failure ? `: ${r.failure}` : ''}`;
     if (!r.expectingExit && !clean) this.o.log.warn({ vm: r.config.name, why }, 'VM worker process ended unexpectedly');
     if (r.partitionPid !== null && pidAlive(r.partitionPid)) {
@@ -284,10 +348,16 @@ export class Vmms {
               r.restoring = false;
               this.setState(r, EnabledState.Running, d.restored ? 'restored from saved state' : 'started');
             },
-            () => undefined,
+            () => {
+              // The previous root handed the saved state over; whether the guest ran from it is
+              // unknown, so it is not brought back.
+              if (r.restoring) discardSavedState(this.o.vmDir, r.config.name);
+              r.restoring = false;
+            },
           );
         } else {
-          if (d.restored && hasSavedState(this.o.vmDir, r.config.name)) discardSavedState(this.o.vmDir, r.config.name);
+          // It runs from the saved state it was started with (marked consumed): that one is used up.
+          if (d.restored) discardSavedState(this.o.vmDir, r.config.name);
           this.setState(r, d.suspended ? EnabledState.Paused : EnabledState.Running, 're-attached after a root restart');
         }
         this.o.log.info({ vm: r.config.name, pid: rec.pid, state: vmStateName(r.state) }, 're-attached to a running VM');
@@ -297,6 +367,13 @@ export class Vmms {
         r.reason = 'turned off: the worker could not be re-attached';
         try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
       }
+    }
+    // A saved state marked consumed whose VM no worker runs: the VM resumed (or began to) from
+    // it while a previous root went away; it is used up, never resumed again.
+    for (const r of this.vms.values()) {
+      if (owned.has(r.config.name) || r.invalid !== null || !isSavedStateConsumed(this.o.vmDir, r.config.name)) continue;
+      this.o.log.warn({ vm: r.config.name }, 'discarding a saved state that a VM already resumed from');
+      discardSavedState(this.o.vmDir, r.config.name);
     }
     // Partitions whose worker is gone are orphans: the root's VID deletes them.
     const stats = (await this.o.vid.ctl('stats').catch(() => null)) as { partitions?: Array<{ id: number; name: string }> } | null;
@@ -324,6 +401,15 @@ export class Vmms {
     const r = this.get(name);
     this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'start');
     const restore = r.state === EnabledState.Saved;
+    if (restore) {
+      // Used once: consumed on disk before the guest can run from it, so neither a turn-off
+      // during the restore nor a root restart in between can bring this snapshot back.
+      try {
+        markSavedStateConsumed(this.o.vmDir, r.config.name);
+      } catch (e) {
+        throw new MgmtFailure('StorageFailed', `VM "${r.config.name}" was not started: ${(e as Error).message}`);
+      }
+    }
     this.setState(r, EnabledState.Starting, null);
     r.reason = null;
     r.expectingExit = false;
@@ -359,10 +445,19 @@ export class Vmms {
         try { process.kill(r.vmwpPid, 'SIGKILL'); } catch { /* gone */ }
       }
       for (let i = 0; i < 100 && this.stateOf(r) !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
-      // A start from a saved state that failed on its own leaves the VM Saved (nothing ran from
-      // it); one that was turned off or stopped meanwhile has discarded it (kill does that).
-      const keepSaved = r.restoring && hasSavedState(this.o.vmDir, r.config.name);
+      // A start from a saved state that failed on its own (before the guest ran) leaves the VM
+      // Saved; one that was turned off or stopped meanwhile has discarded it (kill does that).
+      let keepSaved = r.restoring;
       r.restoring = false;
+      if (keepSaved) {
+        try {
+          unmarkSavedStateConsumed(this.o.vmDir, r.config.name);
+        } catch (u) {
+          this.o.log.error({ vm: r.config.name, err: u }, 'could not give the saved state back; discarding it');
+          discardSavedState(this.o.vmDir, r.config.name);
+        }
+        keepSaved = hasSavedState(this.o.vmDir, r.config.name);
+      }
       if (keepSaved) this.setState(r, EnabledState.Saved, `start failed: ${(e as Error).message}`);
       else if (this.stateOf(r) !== EnabledState.Off) this.setState(r, EnabledState.Off, (e as Error).message);
       throw e instanceof MgmtFailure ? e : new MgmtFailure('StartFailed', `VM "${r.config.name}" failed to start: ${(e as Error).message}`);
@@ -415,13 +510,48 @@ export class Vmms {
       weight: pick(args.weight, '--weight', 1, 10000, p.weight),
     };
     if (next.reserve > next.maximum) throw new MgmtFailure('InvalidArgument', `reserve ${next.reserve}% is above maximum ${next.maximum}%`);
-    if (r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
-      await r.link.request({ t: 'processor', ...next }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
-    }
-    r.config.processor = next;
-    this.o.store.save(r.config);
+    const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
+    await this.changeConfig(r, { ...r.config, processor: next }, live && (() => live.request({ t: 'processor', ...next })));
     this.o.log.info({ vm: r.config.name, ...next }, 'processor settings changed');
     return this.info(r, null);
+  }
+
+  /** Writes a config; a failed write is logged (a full disk should show in the log) and thrown. */
+  private saveConfig(c: VmConfig, create = false): void {
+    try {
+      if (create) this.o.store.create(c);
+      else this.o.store.save(c);
+    } catch (e) {
+      if (e instanceof MgmtFailure && e.code === 'StorageFailed') this.o.log.warn({ vm: c.name, why: e.message }, 'VM configuration not written; nothing changed');
+      throw e;
+    }
+  }
+
+  /**
+   * A configuration change: on disk first (a failed write throws StorageFailed and changes
+   * nothing), then to the running VM, then in memory. If the running VM refuses it, the old
+   * config goes back on disk, so memory, disk and the VM agree whatever fails.
+   */
+  private async changeConfig<T>(r: VmRecord, next: VmConfig, applyLive: (() => Promise<T>) | null): Promise<T | null> {
+    const old = r.config;
+    this.saveConfig(next);
+    let out: T | null = null;
+    if (applyLive) {
+      try {
+        out = await applyLive();
+      } catch (e) {
+        const f = linkFailure(e, `VM "${old.name}"`);
+        try {
+          this.o.store.save(old);
+        } catch (w) {
+          this.o.log.error({ vm: old.name, err: w }, 'could not put the old configuration back after the VM refused a change');
+          throw new MgmtFailure(f.code, `${f.message}; and the old configuration could not be put back: ${(w as Error).message}`);
+        }
+        throw f;
+      }
+    }
+    r.config = next;
+    return out;
   }
 
   async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
@@ -511,9 +641,10 @@ export class Vmms {
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
       const on = enable !== null;
-      r.config.integrationServices = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...r.config.integrationServices, [change]: on };
-      this.o.store.save(r.config);
+      const integrationServices = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...r.config.integrationServices, [change]: on };
+      const res = await this.changeConfig(r, { ...r.config, integrationServices }, live && (() => live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000)));
       this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
+      if (res) return res;
     }
     if (live) return await live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     const en = r.config.integrationServices ?? {};
@@ -567,11 +698,12 @@ export class Vmms {
     return this.info(r, null);
   }
 
+  /** Remove-VM: exactly `vms/NAME.json` and `vms/NAME.saved` go (an Invalid VM may be deleted). */
   delete(name: unknown): { name: string; deleted: true } {
-    const r = this.get(name);
-    this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'delete');
-    discardSavedState(this.o.vmDir, r.config.name);
+    const r = this.get(name, true);
+    this.requireState(r, [EnabledState.Off, EnabledState.Saved, EnabledState.Invalid], 'delete');
     this.o.store.remove(r.config.name);
+    discardSavedState(this.o.vmDir, r.config.name);
     this.vms.delete(r.config.name);
     this.o.log.info({ vm: r.config.name }, 'VM deleted');
     return { name: r.config.name, deleted: true };
@@ -596,6 +728,7 @@ export class Vmms {
   }
 
   async list(): Promise<VmInfo[]> {
+    for (const r of [...this.vms.values()]) this.recheck(r);
     const rs = [...this.vms.values()].sort((a, b) => a.config.name.localeCompare(b.config.name));
     const stats = (await this.o.vid.ctl('stats').catch(() => null)) as { partitions?: Array<{ id: number; scheduled: boolean; cpu: VmCpu }> } | null;
     const cpuOf = new Map((stats?.partitions ?? []).filter((p) => p.scheduled).map((p) => [p.id, p.cpu]));

@@ -336,7 +336,7 @@ function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
 
 async function build(): Promise<void> {
   // Check a saved state before building anything, so a bad one fails the start cleanly.
-  const restoreFrom = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps }) : null;
+  const restoreFrom = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id }) : null;
   const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, ticket: input.ticket, role: 'vmwp', vm: cfg.name });
   const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
   partitionId = created.partitionId;

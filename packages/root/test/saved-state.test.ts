@@ -1,0 +1,139 @@
+/**
+ * Unit tests of a saved state on disk (`readSavedState`, `decodeSavedVm`, the consumed marker): a
+ * hand-edited `state.json` is untrusted input, so every field of the tree is checked (versions,
+ * types, finite numbers, sizes, the memory checksum) and a bad one is rejected with an error that
+ * names the file and the field; a saved state marked consumed is no Saved VM's any more.
+ */
+import { expect } from 'chai';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { SavedVpState } from '@hvlab/protocol';
+import * as saved from '../src/saved-state.js';
+
+const { readSavedState, writeSavedState, hasSavedState, sha256, SavedStateError } = saved;
+
+const MEM = 64 * 1024;
+
+function vp(): SavedVpState {
+  return {
+    registers: { Rip: 0x1000, Rsp: 0x8000, Rflags: 2 },
+    apic: { irr: [0, 0, 0, 0, 0, 0, 0, 0], isr: [0, 0, 0, 0, 0, 0, 0, 0], aeoi: [0, 0, 0, 0, 0, 0, 0, 0], tpr: 0 },
+    synic: { scontrol: 1, simp: 0x3000, siefp: 0x4000, sint: new Array<number>(16).fill(0x10000) },
+    timers: [0, 1, 2, 3].map(() => ({ config: 0, count: 0, nextExpiry: 0 })),
+    referenceTime: 123456,
+    runState: 'Suspended',
+    interceptPending: false,
+  };
+}
+
+function state(memory: Uint8Array): saved.SavedVm {
+  return {
+    version: 1,
+    savedAt: '2026-11-30T12:00:00.000Z',
+    vm: { name: 'v', id: '3f2b8c1e-8d4a-4f7e-9b1a-2c3d4e5f6a7b', memoryBytes: MEM, vps: 2, workload: 'counter' },
+    memory: { file: 'memory.bin', bytes: MEM, sha256: sha256(memory) },
+    partition: { referenceTime: 123456, vps: [vp(), vp()] },
+    devices: {
+      cmos: { version: 1, index: 0, nvram: new Array<number>(128).fill(0), offsetMs: 0 },
+      vmbus: { version: 1, channels: ['heartbeat', 'kvp'] },
+      kvp: { version: 1, external: [{ key: 'k', value: 'v' }] },
+    },
+  };
+}
+
+describe('saved state on disk', () => {
+  let dir = '';
+  const memory = new Uint8Array(MEM).map((_, i) => i & 0xff);
+  const expectVm = { memoryBytes: MEM, vps: 2 };
+  const stateFile = (): string => join(dir, 'v.saved', 'state.json');
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'hvlab-saved-test-'));
+    writeSavedState(dir, 'v', state(memory), memory);
+  });
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Edits state.json as text (so a value JSON cannot carry, like 1e999, is what the file holds). */
+  const edit = (f: (text: string) => string): void => writeFileSync(stateFile(), f(readFileSync(stateFile(), 'utf8')));
+  const editTree = (f: (t: Record<string, any>) => void): void => edit((text) => {
+    const t = JSON.parse(text) as Record<string, any>;
+    f(t);
+    return JSON.stringify(t);
+  });
+  const rejection = (): Error => {
+    try {
+      readSavedState(dir, 'v', expectVm);
+    } catch (e) {
+      expect(e).to.be.instanceOf(SavedStateError);
+      return e as Error;
+    }
+    throw new Error('the saved state was accepted');
+  };
+
+  it('reads back what was written', () => {
+    const r = readSavedState(dir, 'v', expectVm);
+    expect(r.state).to.deep.equal(state(memory));
+    expect(new Uint8Array(r.memory)).to.deep.equal(memory);
+  });
+
+  it('rejects a non-finite or wrong-typed number, naming the file and the field', () => {
+    edit((t) => t.replaceAll(/("referenceTime": *)123456/g, '$11e999'));
+    const e = rejection();
+    expect(e.message).to.include(stateFile());
+    expect(e.message).to.match(/partition\.referenceTime/);
+  });
+
+  it('rejects each bad field of the tree, naming it', () => {
+    const cases: Array<[(t: Record<string, any>) => void, RegExp]> = [
+      [(t) => { t.version = 2; }, /version is 2/],
+      [(t) => { t.savedAt = 7; }, /savedAt/],
+      [(t) => { t.vm.name = 'w'; }, /vm\.name/],
+      [(t) => { t.vm.vps = 3; }, /VP count changed/],
+      [(t) => { t.memory.file = '../../etc/passwd'; }, /memory\.file/],
+      [(t) => { t.memory.bytes = 'many'; }, /memory\.bytes/],
+      [(t) => { t.memory.sha256 = 'abc'; }, /memory\.sha256/],
+      [(t) => { t.partition.vps = [vp()]; }, /partition\.vps/],
+      [(t) => { t.partition.vps[1].timers = [null]; }, /partition\.vps\[1\]: .*timers/],
+      [(t) => { t.partition.vps[0].apic.tpr = -1; }, /partition\.vps\[0\]: .*apic\.tpr/],
+      [(t) => { t.devices.cmos.nvram = [1, 2]; }, /devices\.cmos\.nvram/],
+      [(t) => { t.devices.cmos.nvram[5] = 256; }, /devices\.cmos\.nvram\[5\]/],
+      [(t) => { t.devices.cmos.index = 200; }, /devices\.cmos\.index/],
+      [(t) => { t.devices.cmos.version = 2; }, /devices\.cmos\.version/],
+      [(t) => { t.devices.vmbus.channels = ['heartbeat', 'nic']; }, /devices\.vmbus\.channels\[1\]/],
+      [(t) => { t.devices.kvp.external = [{ key: 'k'.repeat(600), value: '' }]; }, /devices\.kvp\.external\[0\]\.key/],
+      [(t) => { t.devices.kvp.external = [{ key: 'k', value: { toString: 1 } }]; }, /devices\.kvp\.external\[0\]\.value/],
+      [(t) => { t.devices.kvp = null; }, /devices\.kvp/],
+      [(t) => { t.devices.disk = {}; }, /"disk"/],
+      [(t) => { delete t.partition; }, /partition is missing/],
+    ];
+    const original = readFileSync(stateFile(), 'utf8');
+    for (const [f, re] of cases) {
+      writeFileSync(stateFile(), original);
+      editTree(f);
+      const e = rejection();
+      expect(e.message, String(f)).to.include(stateFile());
+      expect(e.message, String(f)).to.match(re);
+    }
+  });
+
+  it('rejects a memory file of the wrong size or content, naming it', () => {
+    const memFile = join(dir, 'v.saved', 'memory.bin');
+    writeFileSync(memFile, memory.subarray(0, MEM - 1));
+    expect(rejection().message).to.include(memFile).and.match(/bytes, not 65536/);
+    const changed = memory.slice();
+    changed[100] ^= 1;
+    writeFileSync(memFile, changed);
+    expect(rejection().message).to.include(memFile).and.match(/checksum/);
+  });
+
+  it('a saved state marked consumed is no longer one to resume from, until it is given back', () => {
+    expect(hasSavedState(dir, 'v')).to.equal(true);
+    saved.markSavedStateConsumed(dir, 'v');
+    expect(hasSavedState(dir, 'v')).to.equal(false);
+    expect(saved.isSavedStateConsumed(dir, 'v')).to.equal(true);
+    saved.unmarkSavedStateConsumed(dir, 'v');
+    expect(hasSavedState(dir, 'v')).to.equal(true);
+  });
+});
