@@ -1,0 +1,114 @@
+/**
+ * The VMMS <-> VMWP control link (protocol/src/vmwp.ts, runtime/src/vmwp-link.ts) is an edge
+ * where bytes enter the worker that owns a VM: its checking decoders never throw, and a control
+ * server fed random and mutated frames answers what carries an id, drops the rest, serves only a
+ * peer that said hello with the secret, and keeps serving.
+ */
+import { expect } from 'chai';
+import fc from 'fast-check';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeVmwpFrame, decodeVmwpRecord, encode, VmwpDecodeError, type VmwpNote } from '@hvlab/protocol';
+import { VmwpControlClient, VmwpControlServer, VmwpFailure, VmwpLinkError, dealer, type zmq } from '../src/index.js';
+
+const quiet = { warn: () => undefined, error: () => undefined };
+const hostile = { toString: 1, valueOf: 1 };
+
+describe('VMWP control link decoders', () => {
+  it('never throw anything but VmwpDecodeError on random bytes or random msgpack values', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (b) => {
+      try { decodeVmwpFrame(b); } catch (e) { expect(e).to.be.instanceOf(VmwpDecodeError); }
+    }), { numRuns: 3000 });
+    fc.assert(fc.property(fc.anything(), (v) => {
+      let bytes: Buffer;
+      try { bytes = encode(v); } catch { return; }
+      try { decodeVmwpFrame(bytes); } catch (e) { expect(e).to.be.instanceOf(VmwpDecodeError); }
+      try { decodeVmwpRecord(v); } catch (e) { expect(e).to.be.instanceOf(VmwpDecodeError); }
+    }), { numRuns: 3000 });
+  });
+
+  it('refuse wrong types field by field and keep the id for the answer', () => {
+    for (const body of [
+      { t: 'peek', gpa: -1, len: 16 }, { t: 'peek', gpa: hostile, len: 1 }, { t: 'suspend', value: 1 },
+      { t: 'processor', reserve: 0, maximum: 0, weight: 100 }, { t: 'kvp', op: 'drop', pool: 'external', key: null, value: null },
+      { t: 'hypercall', asChild: true, code: 0x40, input: [1] }, { t: 'shutdown', timeoutS: 1e999 }, { t: hostile },
+    ]) {
+      let err: unknown = null;
+      try { decodeVmwpFrame(encode({ t: 'req', id: 9, body })); } catch (e) { err = e; }
+      expect(err, JSON.stringify(body)).to.be.instanceOf(VmwpDecodeError);
+      expect((err as VmwpDecodeError).id).to.equal(9);
+    }
+    expect(decodeVmwpFrame(encode({ t: 'req', id: 3, body: { t: 'kvp', op: 'get', pool: 'guest', key: 'k', value: null } })).t).to.equal('req');
+  });
+
+  it('reject a truncated or hand-edited worker record', () => {
+    const good = { version: 1, name: 'a', id: 'x', pid: 10, endpoint: 'ipc:///tmp/x', secret: 's', partitionId: 2, partitionPid: 11, startedAt: 'now', exit: null };
+    expect(decodeVmwpRecord(good).pid).to.equal(10);
+    for (const bad of [{ ...good, version: 2 }, { ...good, pid: 0 }, { ...good, partitionId: 1 }, { ...good, secret: hostile }, { ...good, exit: { reason: 1 } }, null, []]) {
+      expect(() => decodeVmwpRecord(bad), JSON.stringify(bad)).to.throw(VmwpDecodeError);
+    }
+  });
+});
+
+describe('VMWP control server under random frames', function () {
+  this.timeout(30000);
+  let dir: string;
+  let server: VmwpControlServer;
+  const handled: string[] = [];
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'hvlab-vmwp-link-'));
+    server = new VmwpControlServer(`ipc://${join(dir, 'w')}`, 'sesame', async (req) => {
+      handled.push(req.t);
+      if (req.t === 'status') return { ok: 1 };
+      throw new VmwpFailure('InvalidArgument', `no ${req.t} here`);
+    }, quiet);
+    await server.bind();
+  });
+  after(() => {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('serves nothing before a hello with the secret, answers every framed request, and keeps serving after 5,000 random frames', async () => {
+    const sock: zmq.Dealer = dealer();
+    sock.connect(`ipc://${join(dir, 'w')}`);
+    const answers = new Map<number, { ok: boolean; error?: string }>();
+    const reading = (async () => {
+      for await (const [frame] of sock) {
+        const f = decodeVmwpFrame(frame);
+        if (f.t === 'res') answers.set(f.id, f.ok ? { ok: true } : { ok: false, error: f.error });
+      }
+    })().catch(() => undefined);
+    const ask = async (id: number, body: unknown): Promise<{ ok: boolean; error?: string }> => {
+      await sock.send(encode({ t: 'req', id, body }));
+      for (let i = 0; i < 500 && !answers.has(id); i++) await new Promise((r) => setTimeout(r, 5));
+      return answers.get(id)!;
+    };
+    expect((await ask(1, { t: 'status' })).error).to.match(/hello/);
+    expect((await ask(2, { t: 'hello', secret: 'wrong' })).ok).to.equal(false);
+    expect((await ask(3, { t: 'hello', secret: 'sesame' })).ok).to.equal(true);
+    expect((await ask(4, { t: 'status' })).ok).to.equal(true);
+    // Random bytes and mutated requests; those that carry a readable id get an answer.
+    const rnd = fc.sample(fc.oneof(fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)), fc.anything().map((v) => { try { return encode({ t: 'req', id: 1_000_000, body: v }); } catch { return Buffer.from([0xc1]); } })), 5000);
+    for (const b of rnd) await sock.send(b);
+    const r = await ask(5, { t: 'peek', gpa: 0, len: 0 });
+    expect(r.ok).to.equal(false);
+    expect(r.error).to.match(/len/);
+    expect((await ask(6, { t: 'status' })).ok, 'still serving').to.equal(true);
+    expect(handled.filter((t) => t === 'status').length).to.equal(2);
+    sock.close();
+    await reading;
+  });
+
+  it('a client fails pending requests at once when the worker pid is gone, naming it', async () => {
+    const notes: VmwpNote[] = [];
+    // pid 0x7ffffffe does not exist: the link must not wait for its answer's time-out.
+    const c = new VmwpControlClient(`ipc://${join(dir, 'nobody')}`, 0x7ffffffe, (n) => notes.push(n), quiet);
+    let err: unknown = null;
+    try { await c.request({ t: 'status' }, 60000); } catch (e) { err = e; }
+    c.close();
+    expect(err).to.be.instanceOf(VmwpLinkError);
+    expect((err as Error).message).to.match(/worker process \(pid 2147483646\) exited/);
+  });
+});
