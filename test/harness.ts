@@ -72,6 +72,12 @@ export class TestHost {
     this.noteHost();
     if (existsSync(this.paths.hostFile)) await this.run('down');
     for (const id of this.hostIds) sweepHost(this.paths, id);
+    // SIGKILL is delivered asynchronously: give the kernel a moment to finish the processes (and
+    // sweep again whatever a dying supervisor started meanwhile) before anyone counts leftovers.
+    for (let i = 0; i < 50 && [...this.hostIds].some((id) => hostProcesses(id).length > 0); i++) {
+      await sleep(100);
+      for (const id of this.hostIds) sweepHost(this.paths, id);
+    }
     rmSync(this.home, { recursive: true, force: true });
   }
 

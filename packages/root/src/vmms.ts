@@ -2,7 +2,7 @@
  * VMMS: the VM registry and each VM's state machine (WMI EnabledState numbers), one VMWP per
  * running VM, and the actions behind the management API.
  *
- * A VM belongs to its VMWP, not to this process: the worker is started detached, talks to VMMS
+ * A VM belongs to its VMWP, not to this process: the worker depends on no pipe of the root, talks to VMMS
  * over a control socket (runtime/vmwp-link.ts) and keeps a record in `run/vmwp/NAME.json`, so a
  * root partition process that died and was restarted re-attaches to every running VM
  * (`reattach`) — as Hyper-V's VMMS can be restarted without stopping a VM. A VMWP that dies,
@@ -430,8 +430,11 @@ export class Vmms {
       const secret = randomBytes(24).toString('hex');
       const start: VmwpStartInput = { config: cfg, ticket, secret };
       const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-      // Detached: the worker must not share the root's fate (process group, pipes).
-      const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), { detached: true, stdio: ['pipe', 'ignore', errFd] });
+      // The worker must not share the root's fate: no pipe it depends on after start-up (stdin
+      // carries one line, then closes; stderr is a file), no IPC channel. It stays in the host's
+      // session, though (not detached): Linux autogroups CPU time by session, and a session per VM
+      // would change how VMs and the hypervisor's scheduler thread share the machine's cores.
+      const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), { stdio: ['pipe', 'ignore', errFd] });
       closeSync(errFd);
       child.stdin!.on('error', () => undefined);
       child.stdin!.end(JSON.stringify(start) + '\n');
