@@ -81,6 +81,14 @@ export class TestHost {
     rmSync(this.home, { recursive: true, force: true });
   }
 
+  /** `destroy`, then fail if any process or /dev/shm file of this harness's hosts is left. */
+  async destroyLeavingNothing(): Promise<void> {
+    await this.destroy();
+    const left = this.leftovers();
+    if (left.pids.length > 0) throw new Error(`processes left behind: ${left.pids.join(', ')}`);
+    if (left.shm.length > 0) throw new Error(`/dev/shm files left behind: ${left.shm.join(', ')}`);
+  }
+
   /** Leftovers of every host this harness started: pids and /dev/shm names. */
   leftovers(): { pids: number[]; shm: string[] } {
     const pids: number[] = [];

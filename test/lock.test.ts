@@ -12,12 +12,7 @@ import { TestHost } from './harness.js';
 describe('one host per home', function () {
   this.timeout(120000);
   const h = new TestHost();
-  after(async () => {
-    await h.destroy();
-    const left = h.leftovers();
-    expect(left.pids, 'processes left behind').to.deep.equal([]);
-    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
-  });
+  after(() => h.destroyLeavingNothing());
 
   it('two hvlab up at once on a fresh home: one starts a host, the other is refused naming it', async () => {
     const [a, b] = await Promise.all([h.run('up', '--lps', '1'), h.run('up', '--lps', '1')]);

@@ -14,12 +14,7 @@ import { TestHost, sleep } from './harness.js';
 describe('turning a VM off while it resumes from a saved state', function () {
   this.timeout(120000);
   const h = new TestHost();
-  after(async () => {
-    await h.destroy();
-    const left = h.leftovers();
-    expect(left.pids, 'processes left behind').to.deep.equal([]);
-    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
-  });
+  after(() => h.destroyLeavingNothing());
 
   it('discards the saved state: the VM is Off, stays Off after down and up, and starts fresh', async () => {
     await h.ok('up', '--lps', '1');

@@ -16,12 +16,7 @@ describe('a root partition that dies and comes back (real processes)', function 
   this.timeout(180000);
   const h = new TestHost({ HVLAB_IC_HEARTBEAT_MS: '200' });
 
-  after(async () => {
-    await h.destroy();
-    const left = h.leftovers();
-    expect(left.pids, 'processes left behind').to.deep.equal([]);
-    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
-  });
+  after(() => h.destroyLeavingNothing());
 
   it('kill -9 of the root stops no VM: all keep progressing, vm list shows them Running again, and vm stop still works through the shutdown service', async () => {
     await h.ok('up', '--lps', '2');

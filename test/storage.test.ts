@@ -164,12 +164,7 @@ describe('a full HVLAB_HOME and bad VM files', function () {
 describe('a root that dies while a VM resumes from its saved state', function () {
   this.timeout(180000);
   const h = new TestHost();
-  after(async () => {
-    await h.destroy();
-    const left = h.leftovers();
-    expect(left.pids, 'processes left behind').to.deep.equal([]);
-    expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
-  });
+  after(() => h.destroyLeavingNothing());
 
   it('cannot bring that saved state back: with the worker gone too, the VM is Off after the restart and after down and up', async () => {
     await h.ok('up', '--lps', '1');

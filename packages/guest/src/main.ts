@@ -4,7 +4,7 @@
  * arrives as the first line on stdin (never in the environment, which /proc/PID/environ shows).
  * It leaves when the hypervisor or its VMWP is gone.
  */
-import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, type Notification } from '@hvlab/runtime';
+import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion } from '@hvlab/shm';
 import { PAGE } from '@hvlab/protocol';
 import { GuestMemory } from './memory.js';
@@ -22,20 +22,7 @@ const log = processLogger(paths.logDir, `partition-${vm}.log`, { host: hostId, r
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception in the guest kernel'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection in the guest kernel'));
 
-async function readToken(): Promise<string> {
-  let buf = '';
-  for await (const chunk of process.stdin) {
-    buf += (chunk as Buffer).toString('utf8');
-    const nl = buf.indexOf('\n');
-    if (nl >= 0) {
-      process.stdin.destroy();
-      return buf.slice(0, nl).trim();
-    }
-    if (buf.length > 4096) break;
-  }
-  throw new Error('the partition token did not arrive on stdin');
-}
-const token = await readToken();
+const token = (await readStdinLine('the partition token', 4096)).trim();
 
 let kernel: GuestKernel | null = null;
 let exiting = false;

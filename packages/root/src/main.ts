@@ -12,26 +12,12 @@
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo } from '@hvlab/protocol';
-import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix } from '@hvlab/runtime';
+import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine } from '@hvlab/runtime';
 import { memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer } from './mgmt.js';
 import { Vmms } from './vmms.js';
 
-/** The token arrives as the first line on stdin; then stdin is let go. */
-async function readToken(): Promise<string> {
-  let buf = '';
-  for await (const chunk of process.stdin) {
-    buf += (chunk as Buffer).toString('utf8');
-    const nl = buf.indexOf('\n');
-    if (nl >= 0) {
-      process.stdin.destroy();
-      return buf.slice(0, nl).trim();
-    }
-    if (buf.length > 4096) break;
-  }
-  throw new Error('the root token did not arrive on stdin');
-}
 
 const home = process.env.HVLAB_HOME!;
 const hostId = process.env.HVLAB_HOST_ID!;
@@ -45,7 +31,7 @@ const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root'
 // Nothing a client sends may end the root: log what escapes and keep serving.
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the root keeps serving)'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the root keeps serving)'));
-const rootToken = await readToken();
+const rootToken = (await readStdinLine('the root token', 4096)).trim();
 const startedAt = new Date().toISOString();
 
 const vid = new HvClient(paths.hvEndpoint, (n) => {

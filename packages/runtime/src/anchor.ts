@@ -43,3 +43,21 @@ export function watchPids(pids: number[], onGone: (pid: number) => void, periodM
     clearInterval(t);
   };
 }
+
+/**
+ * Reads the first line a parent wrote on this process's stdin (how secrets reach hvlab's processes:
+ * a pipe, never the environment, which /proc/PID/environ shows), then lets go of stdin.
+ */
+export async function readStdinLine(what: string, maxBytes = 1 << 20): Promise<string> {
+  let buf = '';
+  for await (const chunk of process.stdin) {
+    buf += (chunk as Buffer).toString('utf8');
+    const nl = buf.indexOf('\n');
+    if (nl >= 0) {
+      process.stdin.destroy();
+      return buf.slice(0, nl);
+    }
+    if (buf.length > maxBytes) break;
+  }
+  throw new Error(`${what} did not arrive on stdin`);
+}

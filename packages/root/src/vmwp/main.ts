@@ -25,7 +25,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage,
   type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, type Notification } from '@hvlab/runtime';
+import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { IcRequestError, KvpInputError, type IcServiceName, type KvpPoolName } from '@hvlab/vsp';
 import { controlPortId, hostConnectionId, type VmwpConfig, type VmwpStartInput } from './shared.js';
@@ -33,22 +33,8 @@ import { CmosRtc, CMOS_INDEX_PORT, CMOS_DATA_PORT } from './cmos.js';
 import { IC_SERVICES, VmIntegration } from './vmbus.js';
 import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
 
-/** Reads the one start-up line from stdin, then lets go of stdin. */
-async function readStartInput(): Promise<VmwpStartInput> {
-  let buf = '';
-  for await (const chunk of process.stdin) {
-    buf += (chunk as Buffer).toString('utf8');
-    const nl = buf.indexOf('\n');
-    if (nl >= 0) {
-      process.stdin.destroy();
-      return JSON.parse(buf.slice(0, nl)) as VmwpStartInput;
-    }
-    if (buf.length > 1 << 20) break;
-  }
-  throw new Error('no start-up input on stdin');
-}
 
-const input = await readStartInput();
+const input = JSON.parse(await readStdinLine('the start-up input')) as VmwpStartInput;
 const cfg: VmwpConfig = input.config;
 process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
 const paths = hostPaths(cfg.home);
