@@ -1,0 +1,34 @@
+/**
+ * Secrets stay out of reach (issue 9): no process of a host carries a token in its environment
+ * (any process of the same user can read /proc/PID/environ), the socket directory is 0700, and a
+ * worker's record, which holds its control secret, is 0600.
+ */
+import { expect } from 'chai';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ProcessInfo } from '@hvlab/protocol';
+import { TestHost } from './harness.js';
+
+describe('secrets of a running host', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('no hypervisor, root, VMWP or partition process has a token, ticket or secret in its environment', async () => {
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 's', '--memory', '8M');
+    await h.ok('vm', 'start', 's');
+    const ps = await h.json<ProcessInfo[]>('ps');
+    expect(ps.map((p) => p.role).sort()).to.deep.equal(['hypervisor', 'partition', 'root', 'vmwp']);
+    for (const p of ps) {
+      const env = readFileSync(`/proc/${p.pid}/environ`, 'latin1').split('\0');
+      const names = env.map((e) => e.split('=')[0]).filter((n) => n.startsWith('HVLAB_'));
+      expect(names.filter((n) => /TOKEN|TICKET|SECRET|CONFIG/.test(n)), `${p.role} environment`).to.deep.equal([]);
+    }
+  });
+
+  it('the socket directory is 0700 and each worker record is 0600', () => {
+    expect(statSync(h.paths.sockDir).mode & 0o777).to.equal(0o700);
+    expect(statSync(join(h.paths.vmwpDir, 's.json')).mode & 0o777).to.equal(0o600);
+  });
+});
