@@ -97,9 +97,12 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   } catch (e) {
     if (hv.pid && pidAlive(hv.pid)) {
       try { process.kill(hv.pid, 'SIGKILL'); } catch { /* gone */ }
+      for (let i = 0; i < 40 && pidAlive(hv.pid); i++) await new Promise((r) => setTimeout(r, 50));
     }
-    // Only our own host's leftovers: never the lock or record of a host that won a race.
-    sweepHost(paths, hostId, { keepRun: true });
+    // Our own host's leftovers, and its sockets and lock too unless another host (one that won a
+    // race for the home) holds them.
+    const other = lockHolder(paths);
+    sweepHost(paths, hostId, { keepRun: other !== null });
     throw e;
   }
 }
