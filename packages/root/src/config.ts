@@ -117,7 +117,7 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
 // ---- the checking decoder ----------------------------------------------------------------------
 
 /** A value as an error message shows it (never calls a method of the value). */
-function shown(v: unknown): string {
+export function shown(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a map';

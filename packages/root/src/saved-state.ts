@@ -21,6 +21,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, re
 import { join } from 'node:path';
 import { decodeSavedVpState, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, type SavedVpState } from '@hvlab/protocol';
 import type { CmosState } from './vmwp/cmos.js';
+import { shown } from './config.js';
 
 export const SAVED_STATE_VERSION = 1;
 /** Most KVP external-pool entries a saved state may carry (the pool a host sets is small). */
@@ -116,14 +117,6 @@ export function writeSavedState(vmDir: string, name: string, state: SavedVm, mem
 
 class FieldError extends Error {}
 
-function shown(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'object') return 'a map';
-  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
-  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  return `a ${typeof v}`;
-}
 
 function map(v: unknown, path: string, keys: readonly string[]): Record<string, unknown> {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new FieldError(`${path} is ${shown(v)}, not a map`);

@@ -28,13 +28,13 @@ import {
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { IcRequestError, KvpInputError, type IcServiceName, type KvpPoolName } from '@hvlab/vsp';
-import { controlPortId, hostConnectionId, type VmwpConfig, type VmwpStartInput } from './shared.js';
+import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
 import { CmosRtc, CMOS_INDEX_PORT, CMOS_DATA_PORT } from './cmos.js';
 import { IC_SERVICES, VmIntegration } from './vmbus.js';
 import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
 
 
-const input = JSON.parse(await readStdinLine('the start-up input')) as VmwpStartInput;
+const input = decodeVmwpStartInput(await readStdinLine('the start-up input'));
 const cfg: VmwpConfig = input.config;
 process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
 const paths = hostPaths(cfg.home);

@@ -34,3 +34,50 @@ export function controlPortId(partitionId: number): number {
 export function hostConnectionId(partitionId: number, port: number): number {
   return partitionId * 16 + port;
 }
+
+/**
+ * Checks the start-up line a VMWP reads on stdin (from VMMS, but still bytes entering a process):
+ * every field's type and range. Throws an Error naming the first bad field.
+ */
+export function decodeVmwpStartInput(text: string): VmwpStartInput {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw new Error('the start-up input is not JSON');
+  }
+  const obj = (x: unknown, what: string): Record<string, unknown> => {
+    if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new Error(`${what} is not a map`);
+    return x as Record<string, unknown>;
+  };
+  const str = (o: Record<string, unknown>, k: string, max = 4096): string => {
+    const x = o[k];
+    if (typeof x !== 'string' || x.length === 0 || x.length > max) throw new Error(`field ${k} is not a string of 1 to ${max} characters`);
+    return x;
+  };
+  const int = (o: Record<string, unknown>, k: string, min: number, max: number): number => {
+    const x = o[k];
+    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) throw new Error(`field ${k} is not an integer from ${min} to ${max}`);
+    return x;
+  };
+  const top = obj(v, 'the start-up input');
+  const c = obj(top.config, 'field config');
+  const p = obj(c.processor, 'field config.processor');
+  const ics = obj(c.integrationServices ?? {}, 'field config.integrationServices');
+  for (const [k, x] of Object.entries(ics)) {
+    if (!['heartbeat', 'shutdown', 'timesync', 'kvp'].includes(k) || typeof x !== 'boolean') throw new Error(`integration service ${k} is unknown or not a boolean`);
+  }
+  if (typeof c.restore !== 'boolean') throw new Error('field restore is not a boolean');
+  if (c.vmbusTransport !== 'shm' && c.vmbusTransport !== 'remote') throw new Error('field vmbusTransport is not shm or remote');
+  return {
+    ticket: str(top, 'ticket', 256),
+    secret: str(top, 'secret', 256),
+    config: {
+      home: str(c, 'home'), hostId: str(c, 'hostId', 64), hvPid: int(c, 'hvPid', 1, 0x7fffffff), name: str(c, 'name', 64), id: str(c, 'id', 64),
+      memoryBytes: int(c, 'memoryBytes', 4096, Number.MAX_SAFE_INTEGER), vps: int(c, 'vps', 1, 64), workload: str(c, 'workload', 64),
+      processor: { reserve: int(p, 'reserve', 0, 100), maximum: int(p, 'maximum', 1, 100), weight: int(p, 'weight', 1, 10000) },
+      rtcOffsetS: int(c, 'rtcOffsetS', -(10 * 365 * 86400), 10 * 365 * 86400), vmDir: str(c, 'vmDir'), restore: c.restore,
+      integrationServices: ics as VmwpConfig['integrationServices'], vmbusTransport: c.vmbusTransport,
+    },
+  };
+}

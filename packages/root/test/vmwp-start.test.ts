@@ -1,0 +1,29 @@
+import { expect } from 'chai';
+import fc from 'fast-check';
+import { decodeVmwpStartInput } from '../src/vmwp/shared.js';
+
+const good = {
+  ticket: 't', secret: 's',
+  config: {
+    home: '/h', hostId: 'abc123', hvPid: 10, name: 'a', id: 'i', memoryBytes: 8388608, vps: 1, workload: 'counter',
+    processor: { reserve: 0, maximum: 100, weight: 100 }, rtcOffsetS: 0, vmDir: '/h/vms', restore: false,
+    integrationServices: { kvp: false }, vmbusTransport: 'shm',
+  },
+};
+
+describe('the VMWP start-up input decoder', () => {
+  it('accepts what VMMS writes and refuses each field of the wrong type or range', () => {
+    expect(decodeVmwpStartInput(JSON.stringify(good)).config.integrationServices).to.deep.equal({ kvp: false });
+    const bad: Array<[string, unknown]> = [['vps', 0], ['vps', '1'], ['hvPid', 1e999], ['memoryBytes', -1], ['restore', 'no'], ['vmbusTransport', 'tcp'], ['name', { toString: 1 }]];
+    for (const [k, v] of bad) {
+      expect(() => decodeVmwpStartInput(JSON.stringify({ ...good, config: { ...good.config, [k]: v } })), k).to.throw(Error, new RegExp(k));
+    }
+    expect(() => decodeVmwpStartInput('{')).to.throw(/not JSON/);
+  });
+
+  it('never throws anything but an Error on random or mutated input', () => {
+    fc.assert(fc.property(fc.oneof(fc.string(), fc.jsonValue().map((v) => JSON.stringify(v)), fc.jsonValue().map((v) => JSON.stringify({ ...good, config: { ...good.config, processor: v } }))), (t) => {
+      try { decodeVmwpStartInput(t); } catch (e) { expect(e).to.be.instanceOf(Error); }
+    }), { numRuns: 3000 });
+  });
+});
