@@ -48,6 +48,8 @@ interface VmRecord {
   booted: ((ok: boolean, why?: string) => void) | null;
   /** Starting from a saved state (marked consumed on disk; discarded once the guest runs or is turned off). */
   restoring: boolean;
+  /** Turned off while Starting before its worker existed: the start must not spawn one. */
+  startCancelled: string | null;
   /** Why the VM's config file cannot be used (state Invalid), or null. */
   invalid: string | null;
 }
@@ -138,7 +140,7 @@ export class Vmms {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
-      restoring: false, invalid: null,
+      restoring: false, invalid: null, startCancelled: null,
     };
   }
 
@@ -417,6 +419,7 @@ export class Vmms {
     r.failure = null;
     r.exitReason = null;
     r.restoring = restore;
+    r.startCancelled = null;
     const booted = this.awaitBoot(r);
     booted.catch(() => undefined);
     try {
@@ -427,6 +430,7 @@ export class Vmms {
         integrationServices: r.config.integrationServices ?? {}, vmbusTransport: this.o.vmbusTransport,
       };
       const ticket = await this.o.vid.ticket();
+      if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
       const secret = randomBytes(24).toString('hex');
       const start: VmwpStartInput = { config: cfg, ticket, secret };
       const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
@@ -578,7 +582,15 @@ export class Vmms {
       r.restoring = false;
     }
     const pid = r.vmwpPid;
-    if (pid === null) return;
+    if (pid === null) {
+      if (r.state === EnabledState.Starting) {
+        // No worker yet (start is still asking for a ticket): stop the start before it spawns one.
+        r.startCancelled = reason;
+        r.expectingExit = true;
+        this.setState(r, EnabledState.Off, reason);
+      }
+      return;
+    }
     r.expectingExit = true;
     r.reason = reason;
     this.setState(r, EnabledState.Stopping, reason);
