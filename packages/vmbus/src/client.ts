@@ -5,6 +5,19 @@
  * the channel. A rescinded offer is detached, closed, its GPADL torn down and its relid released;
  * a new offer while connected is attached at once (hot add). `disconnect()` closes everything and
  * sends UNLOAD, as a guest does at shutdown.
+ *
+ * Save and restore (state.ts): `save()` returns the client as plain data; `restore()` on a fresh
+ * client whose drivers are registered rebuilds every attached channel over the same ring pages
+ * (the rings came back with guest memory) and hands it to its driver through `reattach`, without
+ * a message to the host. The page allocator is the guest kernel's: the ring pages it handed out
+ * are its state to save, this client saves only which pages they are.
+ *
+ * Remote-transport channels are reopened at both ends with the saved open id (so the same
+ * generation) and full credit windows: nothing of the old link survives a restore (new processes,
+ * new sockets), and a fresh window at both ends keeps the credit accounting agreed. Packets the
+ * channels had queued are saved and sent again; frames that were on the wire at save time are
+ * lost, as on a lossy link (the device protocol above times out on them). Re-offering instead
+ * would re-negotiate and reset the device protocol, which is what a restore must not do.
  */
 import {
   decodeChannelMessage, encodeChannelMessage, gpadlMessages, ChannelMessageError, VMBUS_VERSIONS_NEWEST_FIRST,
@@ -13,6 +26,10 @@ import {
 import { initRing, RING_CONTROL_BYTES, type RingRegion } from './ring.js';
 import { ShmTransport, VmbusChannel, type DirtyLog, type PacketTransport } from './transport.js';
 import type { RemoteLink } from './remote.js';
+import {
+  decodeVmbusClientState, loadPacket, savePacket, VmbusStateError, MAX_SAVED_CHANNELS,
+  type SavedClientChannel, type VmbusClientState,
+} from './state.js';
 
 const PAGE = 4096;
 /** Linux's first GPADL handle. */
@@ -25,6 +42,11 @@ export interface VmbusDriver {
   /** Data bytes per ring direction (a multiple of 4 KiB). */
   readonly ringBytes: number;
   attach(channel: VmbusChannel): void;
+  /**
+   * The channel came back open from a saved state; do not negotiate again (the host's side of the
+   * device protocol is where it was at save). Without it, `attach` is called instead.
+   */
+  reattach?(channel: VmbusChannel): void;
   detach(): void;
 }
 
@@ -58,6 +80,9 @@ interface Attached {
   pfn: number;
   pages: number;
   transport: 'shm' | 'remote';
+  openId: number;
+  /** Remote transport: the window asked for in OPENCHANNEL (0 with rings). */
+  remoteWindow: number;
 }
 
 export class VmbusClientError extends Error {
@@ -76,6 +101,8 @@ export class VmbusClient {
   private nextGpadl = FIRST_GPADL;
   private nextOpenId = 1;
   private chain: Promise<void> = Promise.resolve();
+  /** Steps queued or running on `chain`. */
+  private pending = 0;
   readonly stats = { messages: 0, rejected: 0, attaches: 0, detaches: 0 };
 
   constructor(private readonly env: VmbusClientEnv, private readonly timeoutMs = 10000) {}
@@ -134,8 +161,21 @@ export class VmbusClient {
     return this.version;
   }
 
+  /** True when no negotiation, attach, rescind or restore is under way. */
+  get idle(): boolean {
+    return this.pending === 0 && this.waiters.length === 0;
+  }
+
+  /** Resolves once the client is idle. */
+  async whenIdle(): Promise<void> {
+    while (!this.idle) await (this.pending > 0 ? this.chain : new Promise((r) => setTimeout(r, 5)));
+  }
+
   private serialize(fn: () => Promise<void>): Promise<void> {
-    const p = this.chain.then(fn, fn);
+    this.pending++;
+    const p = this.chain.then(fn, fn).finally(() => {
+      this.pending--;
+    });
     this.chain = p.catch((e) => this.env.log.warn({ err: e }, 'VMBus client step failed'));
     return p;
   }
@@ -181,9 +221,9 @@ export class VmbusClient {
     const driver = this.drivers.get(o.interfaceType);
     if (!driver || this.attached.has(o.relid) || !this.offers.has(o.relid)) return;
     const remote = (o.flags & OFFER_FLAG_REMOTE_TRANSPORT) !== 0 || this.env.memory === null;
-    const a: Attached = { offer: o, driver, channel: null, gpadl: 0, pfn: 0, pages: 0, transport: remote ? 'remote' : 'shm' };
-    this.attached.set(o.relid, a);
     const openId = this.nextOpenId++;
+    const a: Attached = { offer: o, driver, channel: null, gpadl: 0, pfn: 0, pages: 0, transport: remote ? 'remote' : 'shm', openId, remoteWindow: remote ? driver.ringBytes : 0 };
+    this.attached.set(o.relid, a);
     let transport: PacketTransport;
     const userData = new Uint8Array(120);
     if (remote) {
@@ -283,6 +323,111 @@ export class VmbusClient {
     }
     await this.post({ type: 'RelidReleased', childRelid: relid });
     this.env.log.info({ relid, driver: a?.driver.name ?? null }, 'offer rescinded; relid released');
+  }
+
+  /**
+   * The client as plain data (state.ts), for a saved VM. Reads only. Call it with the VM
+   * suspended and the client idle (`whenIdle()`): a negotiation or attach half done would be half
+   * saved, so a busy client throws.
+   */
+  save(): VmbusClientState {
+    if (!this.idle) throw new VmbusStateError(`the VMBus client is busy (${this.pending} steps, ${this.waiters.length} answers awaited); save it when idle (await whenIdle())`);
+    if (this.offers.size > MAX_SAVED_CHANNELS) throw new VmbusStateError(`the VMBus client holds ${this.offers.size} offers; a saved state holds at most ${MAX_SAVED_CHANNELS}`);
+    const channels = [...this.attached.values()].map((a): SavedClientChannel => {
+      const open = a.channel?.open ?? false;
+      return {
+        relid: a.offer.relid, interfaceType: a.offer.interfaceType, transport: a.transport, open,
+        gpadl: a.gpadl, pfn: a.pfn, pages: a.pages, openId: a.openId, remoteWindow: a.remoteWindow,
+        packetsIn: a.channel?.stats.packetsIn ?? 0, packetsOut: a.channel?.stats.packetsOut ?? 0,
+        queued: open ? a.channel!.queuedPackets().map(savePacket) : [],
+      };
+    });
+    const state: VmbusClientState = {
+      version: 1,
+      negotiatedVersion: this.version ?? 0,
+      messageConnectionId: this.messageConnectionId,
+      allOffersDelivered: this.allOffersDelivered,
+      nextGpadl: this.nextGpadl,
+      nextOpenId: this.nextOpenId,
+      offers: [...this.offers.values()].map((o) => ({ relid: o.relid, interfaceType: o.interfaceType, interfaceInstance: o.interfaceInstance, flags: o.flags, connectionId: o.connectionId })),
+      channels,
+    };
+    const checked = decodeVmbusClientState(state);
+    if (typeof checked === 'string') throw new VmbusStateError(`the VMBus client cannot be saved: ${checked}`);
+    return state;
+  }
+
+  /**
+   * Rebuilds the client from a saved state, after `register()` of its drivers and before any
+   * message from the host, without a word to the host: every attached channel is rebuilt over its
+   * ring pages (or reopened on the remote link with its open id), given to its driver through
+   * `reattach` (else `attach`) and started, which drains what the host wrote before the save. A
+   * channel that had faulted comes back attached but closed (its driver is not called); rescind
+   * or disconnect releases it as before. Offers without an attached channel are kept and not
+   * attached (that would negotiate). On failure nothing is kept.
+   */
+  restore(saved: VmbusClientState): Promise<void> {
+    return this.serialize(() => this.restoreNow(saved));
+  }
+
+  private async restoreNow(saved: VmbusClientState): Promise<void> {
+    const s = decodeVmbusClientState(saved);
+    if (typeof s === 'string') throw new VmbusStateError(`the VMBus client cannot restore: ${s}`);
+    if (this.version !== null || this.offers.size > 0 || this.attached.size > 0 || this.waiters.length > 0) {
+      throw new VmbusStateError('the VMBus client cannot restore: it is not fresh (connected, or it has offers or channels)');
+    }
+    const same = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCase();
+    const plans: Array<{ c: SavedClientChannel; driver: VmbusDriver; ring: ShmTransport | null; link: RemoteLink | null }> = [];
+    for (const c of s.channels) {
+      const driver = [...this.drivers.values()].find((d) => same(d.interfaceType, c.interfaceType));
+      if (!driver) throw new VmbusStateError(`the VMBus client cannot restore: no driver is registered for channel ${c.relid} (type ${c.interfaceType}); register it before restore`);
+      const offer = s.offers.find((o) => o.relid === c.relid)!;
+      let ring: ShmTransport | null = null;
+      let link: RemoteLink | null = null;
+      if (c.open && c.transport === 'shm') {
+        const mem = this.env.memory;
+        if (!mem) throw new VmbusStateError(`the VMBus client cannot restore: channel ${c.relid} had rings but guest memory is private now`);
+        if ((c.pfn + c.pages) * PAGE > mem.byteLength) throw new VmbusStateError(`the VMBus client cannot restore: channel ${c.relid}'s ring pages 0x${c.pfn.toString(16)}+${c.pages} lie outside guest memory of ${mem.byteLength} bytes`);
+        const half = c.pages / 2;
+        const connectionId = offer.connectionId;
+        ring = new ShmTransport(this.ringRegion(c.pfn, half), this.ringRegion(c.pfn + half, half), () => this.env.signal(connectionId), driver.name, this.env.dirty ?? null);
+      } else if (c.open) {
+        link = this.env.remote();
+        if (!link) throw new VmbusStateError(`the VMBus client cannot restore: channel ${c.relid} was remote but the guest has no remote VMBus endpoint`);
+      }
+      plans.push({ c, driver, ring, link });
+    }
+
+    this.version = s.negotiatedVersion === 0 ? null : s.negotiatedVersion;
+    this.messageConnectionId = s.messageConnectionId;
+    this.allOffersDelivered = s.allOffersDelivered;
+    this.nextGpadl = s.nextGpadl;
+    this.nextOpenId = s.nextOpenId;
+    for (const o of s.offers) this.offers.set(o.relid, { ...o });
+    for (const { c, driver, ring, link } of plans) {
+      const a: Attached = {
+        offer: this.offers.get(c.relid)!, driver, channel: null, gpadl: c.gpadl, pfn: c.pfn, pages: c.pages,
+        transport: c.transport, openId: c.openId, remoteWindow: c.remoteWindow,
+      };
+      this.attached.set(c.relid, a);
+      if (!c.open) continue;
+      const transport: PacketTransport = ring ?? link!.open(c.relid, c.openId, c.remoteWindow - 8, driver.name);
+      const channel = new VmbusChannel(c.relid, driver.name, transport);
+      channel.stats.packetsIn = c.packetsIn;
+      channel.stats.packetsOut = c.packetsOut;
+      channel.restoreQueue(c.queued.map(loadPacket));
+      channel.onFault = (e) => this.env.log.warn({ relid: c.relid, driver: driver.name, err: e.message }, 'channel fault');
+      a.channel = channel;
+      try {
+        if (driver.reattach) driver.reattach(channel);
+        else driver.attach(channel);
+      } catch (e) {
+        this.env.log.warn({ err: e, driver: driver.name }, 'driver failed to take its restored channel');
+      }
+      // Starting drains the inbound ring once: what the host wrote just before the save is read now.
+      channel.start();
+    }
+    this.env.log.info({ version: this.version === null ? null : vmbusVersionName(this.version), offers: s.offers.length, channels: s.channels.length }, 'VMBus client restored');
   }
 
   /** Shutdown: close every channel, then UNLOAD. */

@@ -11,6 +11,9 @@
  * by `decodeRemoteFrame` (`frames.ts`), faults are injected by wrapping a link, a listener or a
  * signal function (`faults.ts`), and a ring user logs its own writes into the rings' memory through
  * a `DirtyLog` (the guest's GuestMemory, for live migration) without vmbus importing the guest.
+ * Server and client save to and restore from plain versioned data (`state.ts`: VmbusServerState,
+ * VmbusClientState and their checking decoders), so a restored VM keeps its open channels and
+ * unread packets without negotiating again, as in OpenVMM.
  *
  * Deviations from Hyper-V: rings must lie on contiguous guest pages (nothing is double-mapped);
  * one SINT2 on VP 0 takes every channel's interrupt; no monitor pages (every signal is a
@@ -26,4 +29,5 @@ export * from './faults.js';
 export * from './remote.js';
 export * from './server.js';
 export * from './client.js';
+export * from './state.js';
 export * from './loopback.js';

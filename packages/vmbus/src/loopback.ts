@@ -41,6 +41,12 @@ export interface LoopbackOptions {
   };
   /** The guest's dirty log (its own writes into `memory`). */
   guestDirty?: DirtyLog;
+  /**
+   * Guest memory to run on instead of fresh zeroed memory (a restored VM's copy), and the page the
+   * guest's ring allocator had reached in it (`nextFreePage` of the saved pair).
+   */
+  memory?: SharedArrayBuffer;
+  nextFreePage?: number;
 }
 
 let memoryEndpoints = 0;
@@ -63,9 +69,9 @@ export class VmbusLoopback {
   private closed = false;
 
   constructor(readonly opts: LoopbackOptions) {
-    const bytes = opts.memoryBytes ?? 4 * 1024 * 1024;
-    this.memory = new SharedArrayBuffer(bytes);
-    this.top = bytes / PAGE;
+    this.memory = opts.memory ?? new SharedArrayBuffer(opts.memoryBytes ?? 4 * 1024 * 1024);
+    const bytes = this.memory.byteLength;
+    this.top = opts.nextFreePage ?? bytes / PAGE;
     const log = opts.log ?? { info: () => {}, warn: () => {} };
     const frames = opts.frames ?? zmqFrames;
     const faults = opts.faults ?? {};
@@ -131,6 +137,11 @@ export class VmbusLoopback {
       },
       log,
     }, opts.clientTimeoutMs ?? 5000);
+  }
+
+  /** The guest's ring allocator hands out pages below this one (it grows down from the top). */
+  get nextFreePage(): number {
+    return this.top;
   }
 
   async start(): Promise<void> {

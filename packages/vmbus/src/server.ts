@@ -9,6 +9,11 @@
  * Offers flagged `OFFER_FLAG_REMOTE_TRANSPORT` (hvlab's own chn_flags bit) carry their packets
  * over ZeroMQ instead of rings; the guest then opens with GPADL 0 and states its window in the
  * first four bytes of the OPENCHANNEL user data.
+ *
+ * Save and restore (state.ts): `save()` returns the bus as plain data; `restore()` on a fresh
+ * server whose devices were added (but, the guest not having asked, not offered) rebuilds the
+ * channels over the same ring memory and hands each device its channel through `reopen`. The
+ * guest is told nothing: after a restore no channel message is exchanged.
  */
 import {
   decodeChannelMessage, encodeChannelMessage, ChannelMessageError, VmbusVersion, vmbusVersionName,
@@ -17,6 +22,10 @@ import {
 import type { GpadlWindow } from './gpadl.js';
 import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
 import type { RemoteHub } from './remote.js';
+import {
+  decodeVmbusServerState, loadPacket, savePacket, saveFault, VmbusStateError, MAX_SAVED_CHANNELS,
+  type SavedServerChannel, type VmbusServerState,
+} from './state.js';
 
 /** Versions this server accepts, newest first (a 6.0 guest falls back to 5.3, as on WS2022). */
 export const SERVER_VERSIONS: readonly number[] = [
@@ -40,6 +49,11 @@ export interface VmbusDevice {
   readonly interfaceType: string;
   readonly interfaceInstance: string;
   open(channel: VmbusChannel): void;
+  /**
+   * The channel came back open from a saved state; do not negotiate again (the guest's side of
+   * the device protocol is where it was at save). Without it, `open` is called instead.
+   */
+  reopen?(channel: VmbusChannel): void;
   close(): void;
 }
 
@@ -74,6 +88,10 @@ interface ServerChannel {
   connectionId: number;
   channel: VmbusChannel | null;
   gpadl: number;
+  /** Of the current opening: OPENCHANNEL's open id, ring page offset and remote window. */
+  openId: number;
+  ringOffset: number;
+  remoteWindow: number;
   opens: number;
   faults: number;
   lastFault: string | null;
@@ -109,12 +127,24 @@ export class VmbusServer {
   private offersRequested = false;
   readonly stats = { messages: 0, rejected: 0 };
   private chain: Promise<void> = Promise.resolve();
+  /** Steps queued or running on `chain`. */
+  private pending = 0;
   private closed = false;
 
   constructor(private readonly env: VmbusServerEnv) {}
 
   get connected(): boolean {
     return this.version !== null;
+  }
+
+  /** True when no channel message, hot add/remove or restore is being handled. */
+  get idle(): boolean {
+    return this.pending === 0;
+  }
+
+  /** Resolves once the server is idle (call with the VPs suspended, so no new message comes). */
+  async whenIdle(): Promise<void> {
+    while (this.pending > 0) await this.chain;
   }
 
   /** Registers a device; offered now if the guest is enumerating, else on REQUESTOFFERS. */
@@ -165,7 +195,10 @@ export class VmbusServer {
   }
 
   private serialize(fn: () => Promise<void>): Promise<void> {
-    const p = this.chain.then(fn, fn);
+    this.pending++;
+    const p = this.chain.then(fn, fn).finally(() => {
+      this.pending--;
+    });
     this.chain = p.catch((e) => this.env.log.warn({ err: e }, 'VMBus server step failed'));
     return p;
   }
@@ -282,7 +315,7 @@ export class VmbusServer {
     if ([...this.channels.values()].some((c) => c.device === device && c.state !== 'rescinded')) return;
     const relid = this.nextRelid();
     const connectionId = await this.env.channelConnection(relid);
-    this.channels.set(relid, { relid, device, state: 'offered', connectionId, channel: null, gpadl: 0, opens: 0, faults: 0, lastFault: null });
+    this.channels.set(relid, { relid, device, state: 'offered', connectionId, channel: null, gpadl: 0, openId: 0, ringOffset: 0, remoteWindow: 0, opens: 0, faults: 0, lastFault: null });
     await this.send({
       type: 'OfferChannel', interfaceType: device.interfaceType, interfaceInstance: device.interfaceInstance,
       flags: this.env.remote ? OFFER_FLAG_REMOTE_TRANSPORT : 0, mmioMegabytes: 0, userDefined: new Uint8Array(120),
@@ -342,8 +375,9 @@ export class VmbusServer {
       this.reject(`OPENCHANNEL for relid ${m.childRelid}, which is ${ch ? ch.state : 'not offered'}`);
       return await result(VMBUS_STATUS_FAILED);
     }
-    const name = `${this.env.name}/${ch.device.name}`;
+    const name = this.channelName(ch);
     let transport: PacketTransport;
+    let remoteWindow = 0;
     try {
       if (this.env.remote) {
         const window = new DataView(m.userData.buffer, m.userData.byteOffset, 4).getUint32(0, true);
@@ -352,6 +386,7 @@ export class VmbusServer {
         }
         this.env.remote.closeChannel(this.env.partitionId, ch.relid);
         transport = this.env.remote.open(this.env.partitionId, ch.relid, m.openId, window - 8, name);
+        remoteWindow = window;
       } else {
         const g = this.gpadls.get(m.ringGpadlHandle);
         if (!g || g.relid !== ch.relid) throw new Error(`GPADL 0x${m.ringGpadlHandle.toString(16)} does not belong to relid ${ch.relid}`);
@@ -362,6 +397,7 @@ export class VmbusServer {
         const out = g.window.ringRegion(off, pages - off);
         transport = new ShmTransport(out, inbound, () => this.env.signalGuest(ch.relid), name);
         ch.gpadl = m.ringGpadlHandle;
+        ch.ringOffset = off;
       }
     } catch (e) {
       this.reject((e as Error).message, { relid: ch.relid });
@@ -369,10 +405,26 @@ export class VmbusServer {
     }
     // Answer first: the device may send at once, and the guest reads only once it knows it is open.
     await result(0);
-    const channel = new VmbusChannel(ch.relid, name, transport);
+    ch.openId = m.openId;
+    ch.remoteWindow = remoteWindow;
+    ch.opens++;
+    this.startChannel(ch, transport, null);
+  }
+
+  private channelName(ch: ServerChannel): string {
+    return `${this.env.name}/${ch.device.name}`;
+  }
+
+  /** Wires an open channel to its device and starts it; `saved` when it comes back from a saved state. */
+  private startChannel(ch: ServerChannel, transport: PacketTransport, saved: SavedServerChannel | null): void {
+    const channel = new VmbusChannel(ch.relid, this.channelName(ch), transport);
     ch.channel = channel;
     ch.state = 'open';
-    ch.opens++;
+    if (saved) {
+      channel.stats.packetsIn = saved.packetsIn;
+      channel.stats.packetsOut = saved.packetsOut;
+      channel.restoreQueue(saved.queued.map(loadPacket));
+    }
     channel.onFault = (e) => {
       ch.faults++;
       ch.lastFault = e.message;
@@ -384,10 +436,13 @@ export class VmbusServer {
       });
     };
     try {
-      ch.device.open(channel);
+      if (saved && ch.device.reopen) ch.device.reopen(channel);
+      else ch.device.open(channel);
     } catch (e) {
       this.env.log.warn({ err: e, device: ch.device.name }, 'device failed to open its channel');
     }
+    // Starting drains the inbound ring once: packets the guest wrote just before a save, whose
+    // signal never arrived, are read now (a writer signals only on empty to non-empty).
     channel.start();
   }
 
@@ -396,6 +451,9 @@ export class VmbusServer {
     const c = ch.channel;
     ch.channel = null;
     ch.gpadl = 0;
+    ch.openId = 0;
+    ch.ringOffset = 0;
+    ch.remoteWindow = 0;
     try {
       ch.device.close();
     } catch (e) {
@@ -416,6 +474,131 @@ export class VmbusServer {
     this.version = null;
     this.offersRequested = false;
     this.messageConnectionId = 1;
+  }
+
+  /**
+   * The bus as plain data (state.ts), for a saved VM. Reads only. Call it with the VPs suspended
+   * and the server idle (`whenIdle()`): a message half handled would be half saved, so a busy
+   * server throws. GPADLs still being assembled are left out (the guest times out on them).
+   */
+  save(): VmbusServerState {
+    const who = `the VMBus server of partition ${this.env.partitionId}`;
+    if (this.pending > 0) throw new VmbusStateError(`${who} is handling ${this.pending} steps; save it when idle (await whenIdle() with the VPs suspended)`);
+    if (this.channels.size > MAX_SAVED_CHANNELS) throw new VmbusStateError(`${who} has ${this.channels.size} channels; a saved state holds at most ${MAX_SAVED_CHANNELS}`);
+    const channels = [...this.channels.values()].map((ch): SavedServerChannel => {
+      const open = ch.state === 'open' && ch.channel !== null;
+      return {
+        relid: ch.relid, interfaceType: ch.device.interfaceType, interfaceInstance: ch.device.interfaceInstance,
+        state: ch.state === 'open' && !open ? 'offered' : ch.state, connectionId: ch.connectionId,
+        transport: open ? ch.channel!.transport.kind : 'none',
+        ringGpadl: open ? ch.gpadl : 0, downstreamRingPageOffset: open ? ch.ringOffset : 0,
+        openId: open ? ch.openId : 0, remoteWindow: open ? ch.remoteWindow : 0,
+        opens: ch.opens, faults: ch.faults, lastFault: saveFault(ch.lastFault),
+        packetsIn: ch.channel?.stats.packetsIn ?? 0, packetsOut: ch.channel?.stats.packetsOut ?? 0,
+        queued: open ? ch.channel!.queuedPackets().map(savePacket) : [],
+      };
+    });
+    const state: VmbusServerState = {
+      version: 1,
+      negotiatedVersion: this.version ?? 0,
+      messageConnectionId: this.messageConnectionId,
+      offersRequested: this.offersRequested,
+      channels,
+      gpadls: [...this.gpadls].map(([gpadl, g]) => ({ gpadl, relid: g.relid, owner: g.window.owner, pfns: [...g.window.pfns] })),
+    };
+    // What save() returns, restore() takes: check it now rather than at the restore.
+    const checked = decodeVmbusServerState(state);
+    if (typeof checked === 'string') throw new VmbusStateError(`${who} cannot be saved: ${checked}`);
+    return state;
+  }
+
+  /**
+   * Rebuilds the bus from a saved state on a fresh server, without a word to the guest: every
+   * GPADL is mapped again (a new partition has none), every channel's event connection readied,
+   * and every open channel rebuilt over the same ring memory (its indices and unread packets came
+   * back with guest memory), given to its device through `reopen` (else `open`) and started, which
+   * drains what the guest wrote before the save. Channels find their device by interface type and
+   * instance among those added before with `addDevice` (which offers nothing before the guest
+   * asks, and the guest does not ask again). A device added that the state does not name is
+   * offered afterwards, as a hot add, if the guest had asked for offers. On failure nothing is
+   * kept: the GPADLs mapped so far are unmapped and the server stays fresh.
+   */
+  restore(saved: VmbusServerState): Promise<void> {
+    return this.serialize(() => this.restoreNow(saved));
+  }
+
+  private async restoreNow(saved: VmbusServerState): Promise<void> {
+    const who = `the VMBus server of partition ${this.env.partitionId}`;
+    const s = decodeVmbusServerState(saved);
+    if (typeof s === 'string') throw new VmbusStateError(`${who} cannot restore: ${s}`);
+    if (this.closed || this.version !== null || this.channels.size > 0 || this.gpadls.size > 0 || this.pendingGpadls.size > 0) {
+      throw new VmbusStateError(`${who} cannot restore: it is not fresh (connected, or it has channels or GPADLs)`);
+    }
+    if (s.negotiatedVersion !== 0 && !SERVER_VERSIONS.includes(s.negotiatedVersion)) throw new VmbusStateError(`${who} cannot restore: it does not speak the saved version ${vmbusVersionName(s.negotiatedVersion)}`);
+    const same = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCase();
+    const deviceOf = new Map<number, VmbusDevice>();
+    for (const c of s.channels) {
+      if (c.state === 'rescinded') {
+        // Its device is gone; the relid stays taken until the guest releases it.
+        deviceOf.set(c.relid, { name: `rescinded ${c.interfaceType}`, interfaceType: c.interfaceType, interfaceInstance: c.interfaceInstance, open: () => {}, close: () => {} });
+        continue;
+      }
+      const d = this.devices.find((x) => same(x.interfaceType, c.interfaceType) && same(x.interfaceInstance, c.interfaceInstance) && ![...deviceOf.values()].includes(x));
+      if (!d) throw new VmbusStateError(`${who} cannot restore: no device was added for channel ${c.relid} (type ${c.interfaceType}, instance ${c.interfaceInstance}); add it with addDevice before restore`);
+      deviceOf.set(c.relid, d);
+      if (c.transport === 'remote' && !this.env.remote) throw new VmbusStateError(`${who} cannot restore: channel ${c.relid} was remote but this server has no remote hub`);
+      if (c.transport === 'shm' && this.env.remote) throw new VmbusStateError(`${who} cannot restore: channel ${c.relid} had rings but this server serves every channel remotely`);
+    }
+
+    const windows = new Map<number, GpadlWindow>();
+    const rings = new Map<number, ShmTransport>();
+    try {
+      for (const g of s.gpadls) windows.set(g.gpadl, await this.env.mapGpadl(g.gpadl, g.owner, g.pfns));
+      for (const c of s.channels) {
+        if (c.state === 'rescinded') continue;
+        const conn = await this.env.channelConnection(c.relid);
+        if (conn !== c.connectionId) throw new VmbusStateError(`${who} cannot restore: channel ${c.relid} was offered on connection 0x${c.connectionId.toString(16)}, but its connection is now 0x${conn.toString(16)}`);
+        if (c.transport !== 'shm') continue;
+        // Ring views are built before anything is committed: a window refused here fails the restore.
+        const w = windows.get(c.ringGpadl)!;
+        const inbound = w.ringRegion(0, c.downstreamRingPageOffset);
+        const out = w.ringRegion(c.downstreamRingPageOffset, w.pfns.length - c.downstreamRingPageOffset);
+        const relid = c.relid;
+        rings.set(relid, new ShmTransport(out, inbound, () => this.env.signalGuest(relid), `${this.env.name}/${deviceOf.get(relid)!.name}`));
+      }
+    } catch (e) {
+      for (const h of windows.keys()) await this.env.unmapGpadl(h).catch(() => undefined);
+      throw e instanceof VmbusStateError ? e : new VmbusStateError(`${who} cannot restore: ${(e as Error).message}`);
+    }
+
+    this.version = s.negotiatedVersion === 0 ? null : s.negotiatedVersion;
+    this.messageConnectionId = s.messageConnectionId;
+    this.offersRequested = s.offersRequested;
+    for (const g of s.gpadls) this.gpadls.set(g.gpadl, { relid: g.relid, window: windows.get(g.gpadl)! });
+    const opened: Array<[ServerChannel, SavedServerChannel]> = [];
+    for (const c of s.channels) {
+      const open = c.state === 'open';
+      const ch: ServerChannel = {
+        relid: c.relid, device: deviceOf.get(c.relid)!, state: open ? 'offered' : c.state, connectionId: c.connectionId, channel: null,
+        gpadl: c.ringGpadl, openId: c.openId, ringOffset: c.downstreamRingPageOffset, remoteWindow: c.remoteWindow,
+        opens: c.opens, faults: c.faults, lastFault: c.lastFault === '' ? null : c.lastFault,
+      };
+      this.channels.set(c.relid, ch);
+      if (open) opened.push([ch, c]);
+    }
+    for (const [ch, c] of opened) {
+      let transport: PacketTransport;
+      if (c.transport === 'shm') transport = rings.get(c.relid)!;
+      else {
+        const hub = this.env.remote!;
+        hub.closeChannel(this.env.partitionId, c.relid);
+        transport = hub.open(this.env.partitionId, c.relid, c.openId, c.remoteWindow - 8, this.channelName(ch));
+      }
+      this.startChannel(ch, transport, c);
+    }
+    this.env.log.info({ partition: this.env.partitionId, version: this.version === null ? null : vmbusVersionName(this.version), channels: s.channels.length, open: opened.length, gpadls: s.gpadls.length }, 'VMBus restored');
+    // Devices the state does not name are new: offered now as a hot add, if the guest had asked.
+    if (this.offersRequested) for (const d of this.devices) await this.offer(d);
   }
 
   /** The partition is going away: close everything without talking to the guest. */

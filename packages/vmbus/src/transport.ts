@@ -177,6 +177,7 @@ export class ChannelClosedError extends Error {
 export class VmbusChannel {
   private readonly queue: Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }> = [];
   private isOpen = true;
+  private started = false;
   onPacket: PacketHandler = () => {};
   onFault: (e: Error) => void = () => {};
   onClose: () => void = () => {};
@@ -189,6 +190,7 @@ export class VmbusChannel {
    * may write before the guest knows the channel is open) are delivered now.
    */
   start(): void {
+    this.started = true;
     this.transport.attach({
       packet: (type, flags, transId, payload) => {
         if (!this.isOpen) return;
@@ -211,6 +213,8 @@ export class VmbusChannel {
         this.onFault(e);
       },
     });
+    // Packets put back by restoreQueue (or queued before start) go out now, ahead of later ones.
+    if (this.queue.length > 0) this.flush();
   }
 
   get open(): boolean {
@@ -226,6 +230,26 @@ export class VmbusChannel {
     }
     if (this.queue.length >= MAX_QUEUED_PACKETS) throw new ChannelClosedError(`channel ${this.name} (relid ${this.relid}) has ${this.queue.length} packets queued: the peer is not reading`);
     this.queue.push({ type, flags, transId, payload: payload.slice() });
+    this.stats.queued = this.queue.length;
+  }
+
+  /**
+   * Copies of the packets waiting for ring space (or credit), oldest first, for a saved state.
+   * Reads only: the queue is untouched.
+   */
+  queuedPackets(): Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }> {
+    return this.queue.map((p) => ({ type: p.type, flags: p.flags, transId: p.transId, payload: p.payload.slice() }));
+  }
+
+  /**
+   * Puts packets a saved state held in the outbound queue back into it, before `start()`: they go
+   * out when the channel starts, ahead of anything sent later. A ring that faults on them then
+   * faults the channel through `onFault`, as any send would.
+   */
+  restoreQueue(packets: ReadonlyArray<{ type: number; flags: number; transId: bigint; payload: Uint8Array }>): void {
+    if (this.started || this.queue.length > 0) throw new Error(`channel ${this.name} (relid ${this.relid}) can take a saved queue only before it starts, when its queue is empty`);
+    if (packets.length > MAX_QUEUED_PACKETS) throw new ChannelClosedError(`channel ${this.name} (relid ${this.relid}): a saved queue of ${packets.length} packets is over ${MAX_QUEUED_PACKETS}`);
+    for (const p of packets) this.queue.push({ type: p.type, flags: p.flags, transId: p.transId, payload: p.payload.slice() });
     this.stats.queued = this.queue.length;
   }
 
