@@ -38,12 +38,12 @@ import {
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
   vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames,
-  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type HvCtlOp,
+  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
 import {
   Partition, VirtualProcessor, GPA_READ, GPA_WRITE, GPA_EXECUTE, MAX_PORTS_PER_PARTITION, MAX_CONNECTIONS_PER_PARTITION,
-  MAX_GPADLS_PER_PARTITION, MAX_GPADL_PAGES_PER_PARTITION, MAX_INTERCEPTS_PER_PARTITION, type Port,
+  MAX_GPADLS_PER_PARTITION, MAX_GPADL_PAGES_PER_PARTITION, MAX_INTERCEPTS_PER_PARTITION, type Port, type PendingIntercept,
 } from './partition.js';
 import { SynIc } from './synic.js';
 import type { ToScheduler, FromScheduler } from './sched-thread.js';
@@ -667,6 +667,7 @@ export class Hypervisor {
         if (type !== InterceptType.IoPort && type !== InterceptType.IoPortRange) throw new Fail(HvStatus.INVALID_PARAMETER, `intercept type ${type} is not supported (only I/O ports)`);
         if (p.intercepts.length >= MAX_INTERCEPTS_PER_PARTITION) throw new Fail(HvStatus.INSUFFICIENT_MEMORY, `partition ${p.id} already has ${p.intercepts.length} intercepts, its limit`);
         p.intercepts.push({ type, access, port, portEnd: type === InterceptType.IoPort ? port : portEnd, ownerSession: s.id });
+        this.deliverRestoredIntercepts(p);
         return ok();
       }
       case HvCall.CreateVp: {
@@ -718,6 +719,7 @@ export class Hypervisor {
         const st = decodeSavedVpState(input.state);
         if (typeof st === 'string') throw new Fail(HvStatus.INVALID_PARAMETER, st);
         this.restoreVp(p, vp, st);
+        this.deliverRestoredIntercepts(p);
         return ok();
       }
       case HvCall.GetVpRegisters: {
@@ -956,8 +958,8 @@ export class Hypervisor {
       sy.sint[sint] = v;
       sy.pump(sint);
     } else if (n === 'InterceptSuspend') {
-      if (vp.interceptPending) {
-        vp.interceptPending = false;
+      if (vp.intercept) {
+        vp.intercept = null;
         this.opts.scheduler?.post({ t: 'interceptDone', id: p.id, index: vp.index });
         this.opts.scheduler?.ring();
       }
@@ -1052,18 +1054,14 @@ export class Hypervisor {
       this.writeRegister(p, vp, 'InterceptSuspend', 0);
       return;
     }
-    vp.interceptPending = true;
-    const want = rec.access === 2 ? InterceptAccess.Write : InterceptAccess.Read;
-    const hit = p.intercepts.find((i) => rec.port >= i.port && rec.port <= i.portEnd && (i.access & want) !== 0 && this.sessions.has(i.ownerSession));
-    if (hit) {
-      this.opts.notify(hit.ownerSession, {
-        k: 'intercept', partitionId: p.id, vpIndex: m.index, messageType: HvMessageType.X64IoPortIntercept,
-        port: rec.port, access: rec.access, size: rec.size, value: rec.value, rip: vp.registers.get('Rip') ?? 0,
-      });
-      return;
-    }
+    const ic: PendingIntercept = {
+      messageType: HvMessageType.X64IoPortIntercept, port: rec.port, access: rec.access, size: rec.size, value: rec.value,
+      rip: clampU53(vp.registers.get('Rip') ?? 0), delivered: false,
+    };
+    vp.intercept = ic;
+    if (this.deliverIntercept(p, vp, ic)) return;
     // No one claims the port: reads float high, writes vanish, and the VP goes on.
-    if (want === InterceptAccess.Read) {
+    if (ic.access !== 2) {
       const ones = rec.size === 4 ? 0xffffffff : (1 << (rec.size * 8)) - 1;
       Atomics.store(p.vpI32!, (vpPageOffset(m.index) + VpPage.ioValue) >> 2, ones | 0);
     }
@@ -1075,7 +1073,7 @@ export class Hypervisor {
    * and expiries) are saved clamped to what `decodeSavedVpState` accepts, so whatever a guest does
    * its VM can still be restored.
    */
-  private saveVp(p: Partition, vp: VirtualProcessor): SavedVpState {
+  private saveVp(p: Partition, vp: VirtualProcessor): SavedVpStateV2 {
     const registers: Record<string, number> = {};
     for (const [k, v] of vp.registers) registers[k] = clampU53(v);
     const off = vpPageOffset(vp.index);
@@ -1094,21 +1092,32 @@ export class Hypervisor {
       registers.Rax = clampU53(p.vpF64[(off + VpPage.rax) >> 3]);
       runState = vpRunStateName(Atomics.load(p.vpI32, (off + VpPage.state) >> 2));
     }
+    const ic = vp.intercept;
     return {
+      version: 2,
       registers,
       apic,
-      synic: { scontrol: vp.synic.scontrol, simp: vp.synic.simp, siefp: vp.synic.siefp, sint: [...vp.synic.sint] },
+      synic: { scontrol: vp.synic.scontrol, simp: vp.synic.simp, siefp: vp.synic.siefp, sint: [...vp.synic.sint], queued: vp.synic.savedQueue() },
       timers,
       referenceTime: clampU53(this.readRegister(p, vp, 'ReferenceTime')),
       runState,
-      interceptPending: vp.interceptPending,
+      intercept: ic ? { messageType: ic.messageType, port: ic.port, access: ic.access, size: ic.size, value: ic.value, rip: ic.rip } : null,
     };
   }
 
-  /** Restores a VP from a checked saved state. Register values are checked before anything is written. */
+  /**
+   * Restores a VP from a checked saved state; everything is checked before anything is written.
+   * The state replaces the VP's: its queued SynIC messages (given back to the partition's budget)
+   * and its pending intercept. A version-1 state has no queued messages and no intercept details,
+   * so its VP runs on (as version-1 hosts restored it).
+   */
   private restoreVp(p: Partition, vp: VirtualProcessor, st: SavedVpState): void {
     const regs = Object.entries(st.registers) as Array<[VpRegisterName, number]>;
     for (const [k, v] of regs) this.checkRegister(p, k, v);
+    const queued = 'version' in st ? st.synic.queued : [];
+    const savedIntercept: SavedIntercept | null = 'version' in st ? st.intercept : null;
+    const problem = vp.synic.restoreProblem(queued);
+    if (problem !== null) throw new Fail(HvStatus.INVALID_PARAMETER, `saved VP state: ${problem}`);
     // Reference time continues from the saved value: time stands still while a VM is saved.
     p.refBaseNs = process.hrtime.bigint() - BigInt(st.referenceTime) * 100n;
     if (p.vpRegion) new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
@@ -1128,6 +1137,44 @@ export class Hypervisor {
       this.opts.scheduler?.post({ t: 'timersRestored', id: p.id, index: vp.index });
       this.opts.scheduler?.ring();
     }
+    // After the SINT and page registers, so what free slots can take is delivered now.
+    vp.synic.restoreQueue(queued);
+    if (savedIntercept) {
+      // The VP stays stopped until the intercept is completed; deliverRestoredIntercepts notifies.
+      if (!vp.intercept) this.toScheduler(p, { t: 'interceptRestored', id: p.id, index: vp.index });
+      vp.intercept = { ...savedIntercept, delivered: false };
+    } else if (vp.intercept) {
+      this.writeRegister(p, vp, 'InterceptSuspend', 0);
+    }
+  }
+
+  /**
+   * Notifies the session holding the partition's intercept that covers `ic` (the first installed
+   * one whose session is open), as the 'intercept' notification of a fresh access. False when no
+   * intercept covers it.
+   */
+  private deliverIntercept(p: Partition, vp: VirtualProcessor, ic: PendingIntercept): boolean {
+    const want = ic.access === 2 ? InterceptAccess.Write : InterceptAccess.Read;
+    const hit = p.intercepts.find((i) => ic.port >= i.port && ic.port <= i.portEnd && (i.access & want) !== 0 && this.sessions.has(i.ownerSession));
+    if (!hit) return false;
+    ic.delivered = true;
+    this.opts.notify(hit.ownerSession, {
+      k: 'intercept', partitionId: p.id, vpIndex: vp.index, messageType: ic.messageType,
+      port: ic.port, access: ic.access, size: ic.size, value: ic.value, rip: ic.rip,
+    });
+    return true;
+  }
+
+  /**
+   * Re-raises the intercepts that SetVpState restored and no session has been told of yet. The
+   * rule: a restored intercept is delivered once, to the session that holds a matching intercept
+   * of the partition — at SetVpState when one is installed by then, else at the InstallIntercept
+   * that installs one. Until then the VP stays suspended (the parent may still clear
+   * InterceptSuspend itself). Completing it is as for a fresh intercept: the session writes the
+   * result and clears InterceptSuspend, and the VP resumes.
+   */
+  private deliverRestoredIntercepts(p: Partition): void {
+    for (const vp of p.vps.values()) if (vp.intercept && !vp.intercept.delivered) this.deliverIntercept(p, vp, vp.intercept);
   }
 
   /** Takes a run-time sample of every scheduled partition (the server calls this every 250 ms). */

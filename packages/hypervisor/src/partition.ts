@@ -7,7 +7,7 @@
  * below): queued SynIC messages, ports, connections, GPADL windows and intercepts. A call that
  * would pass a cap is refused (INSUFFICIENT_BUFFERS for messages, INSUFFICIENT_MEMORY otherwise).
  */
-import { PartitionState, type VpRegisterName } from '@hvlab/protocol';
+import { PartitionState, type SavedIntercept, type VpRegisterName } from '@hvlab/protocol';
 import { SynIc, type MessageBudget } from './synic.js';
 
 /** Messages queued in the SynICs of all VPs of one partition (64 per SINT still applies). */
@@ -26,11 +26,25 @@ export const GPA_READ = 1;
 export const GPA_WRITE = 2;
 export const GPA_EXECUTE = 4;
 
+/** An intercepted access a VP is stopped in, and whether its notification has gone out. */
+export interface PendingIntercept extends SavedIntercept {
+  /**
+   * False for an intercept restored by SetVpState until a session holding a matching intercept
+   * has been notified (at once, or when InstallIntercept installs one): see Hypervisor.
+   */
+  delivered: boolean;
+}
+
 export class VirtualProcessor {
   readonly registers = new Map<VpRegisterName, number>();
-  /** Stopped on an intercepted access until the parent clears InterceptSuspend. */
-  interceptPending = false;
+  /** The access the VP is stopped on until the parent clears InterceptSuspend; null when it runs. */
+  intercept: PendingIntercept | null = null;
   constructor(readonly index: number, readonly synic: SynIc) {}
+
+  /** InterceptSuspend: stopped on an intercepted access. */
+  get interceptPending(): boolean {
+    return this.intercept !== null;
+  }
 }
 
 export interface Port {

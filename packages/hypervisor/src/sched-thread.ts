@@ -37,6 +37,8 @@ export type ToScheduler =
   | { t: 'props'; id: number; weight?: number; reserve?: number; cap?: number }
   | { t: 'suspend'; id: number; on: boolean }
   | { t: 'interceptDone'; id: number; index: number }
+  /** SetVpState restored a VP stopped in an intercept: it stays suspended until interceptDone. */
+  | { t: 'interceptRestored'; id: number; index: number }
   | { t: 'timersRestored'; id: number; index: number }
   | { t: 'stop' };
 
@@ -181,6 +183,11 @@ export class SchedulerLoop {
       case 'interceptDone': {
         const v = parts.get(m.id)?.vps.get(m.index);
         if (v) core.setSuspended(v.sched, false, now, 'intercept');
+        break;
+      }
+      case 'interceptRestored': {
+        const v = parts.get(m.id)?.vps.get(m.index);
+        if (v) core.setSuspended(v.sched, true, now, 'intercept');
         break;
       }
       case 'timersRestored': {

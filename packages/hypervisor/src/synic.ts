@@ -12,16 +12,19 @@
  * (`MessageBudget`, 1024 by default); past either cap a post gets INSUFFICIENT_BUFFERS, so a guest
  * that never writes EOM cannot make the hypervisor hold more.
  *
+ * The queues are part of a VP's saved state (`savedQueue` / `restoreQueue`): a message the
+ * hypervisor accepted is delivered after a restore as it would have been without one.
+ *
  * Private-memory mode (no shared memory): the hypervisor cannot see the guest's pages, so it keeps
  * the slot's busy bit itself, ships the slot bytes with the interrupt, and the guest always writes
  * EOM after consuming a message (a documented deviation of the fallback only).
  */
 import {
   MESSAGE_HEADER_SIZE, MESSAGE_SLOT_SIZE, MSG_FLAG_PENDING, MsgHeader, SINT_COUNT, EVENT_FLAG_BYTES_PER_SINT,
-  sintMasked, synicPageGpa, HvStatus,
+  sintMasked, synicPageGpa, HvStatus, MAX_QUEUED_MESSAGES_PER_SINT, type SavedSynicMessage,
 } from '@hvlab/protocol';
 
-export const MAX_QUEUED_PER_SINT = 64;
+export const MAX_QUEUED_PER_SINT = MAX_QUEUED_MESSAGES_PER_SINT;
 
 /** A cap on queued messages shared by the SynICs of one partition's VPs. */
 export interface MessageBudget {
@@ -152,6 +155,42 @@ export class SynIc {
 
   queued(sint: number): number {
     return this.queues[sint].length;
+  }
+
+  /** Every queued message, SINT by SINT in delivery order, as saved-state data. */
+  savedQueue(): SavedSynicMessage[] {
+    const out: SavedSynicMessage[] = [];
+    this.queues.forEach((q, sint) => {
+      for (const m of q) out.push({ sint, type: m.type >>> 0, payload: [...m.payload], sender: m.sender });
+    });
+    return out;
+  }
+
+  /**
+   * Why `saved` (checked by decodeSavedVpState) cannot replace the queues, or null: a SINT past its
+   * cap, or the partition's budget past its cap once this VP's current queue is given back.
+   */
+  restoreProblem(saved: readonly SavedSynicMessage[]): string | null {
+    const perSint = new Array<number>(SINT_COUNT).fill(0);
+    for (const m of saved) {
+      if (!Number.isInteger(m.sint) || m.sint < 0 || m.sint >= SINT_COUNT) return `a queued message names SINT ${m.sint}`;
+      if (++perSint[m.sint] > MAX_QUEUED_PER_SINT) return `SINT ${m.sint} would hold more than ${MAX_QUEUED_PER_SINT} queued messages`;
+    }
+    const mine = this.queues.reduce((n, q) => n + q.length, 0);
+    const after = this.budget.queued - mine + saved.length;
+    if (after > this.budget.max) return `the partition would hold ${after} queued messages, more than its ${this.budget.max}`;
+    return null;
+  }
+
+  /**
+   * Replaces the queues with `saved` (for which `restoreProblem` found nothing), then delivers
+   * what free slots take; a busy slot gets MessagePending, so the guest's EOM brings the rest.
+   */
+  restoreQueue(saved: readonly SavedSynicMessage[]): void {
+    this.discard();
+    for (const m of saved) this.queues[m.sint].push({ type: m.type, payload: Uint8Array.from(m.payload), sender: m.sender });
+    this.budget.queued += saved.length;
+    this.pumpAll();
   }
 
   /** Drops every queued message (the VP is deleted), returning their share of the budget. */

@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import {
   HvCall, HvStatus, PortType, ENLIGHTENED_CHILD_PRIVILEGES, ROOT_PARTITION_ID, PartitionProperty, hvStatusName, hvCallName, stimerConfig,
-  type SavedVpState,
+  type SavedVpStateV1, type SavedVpStateV2,
 } from '@hvlab/protocol';
 import { shmAvailable } from '@hvlab/shm';
 import { Lab, MiB, recordingScheduler, show, type Child } from './lab.js';
@@ -41,13 +41,20 @@ const ALL_REGISTERS = ['Rax', 'Rip', 'Scontrol', 'Simp', 'Siefp', 'Eom', 'Sint2'
  * a `victim` for the calls that end a partition (so the target lives through the run).
  */
 function validInputs(p: number, victim: number, conn: number): Array<{ code: number; input: Record<string, unknown> }> {
-  const state: SavedVpState = {
+  const state: SavedVpStateV2 = {
+    version: 2,
     registers: { Rax: 1, Rip: 0x1000 },
     apic: { irr: new Array(8).fill(0), isr: new Array(8).fill(0), aeoi: new Array(8).fill(0), tpr: 0 },
-    synic: { scontrol: 1, simp: 0, siefp: 0, sint: new Array(16).fill(1 << 16) },
+    synic: {
+      scontrol: 1, simp: 0, siefp: 0, sint: new Array(16).fill(1 << 16),
+      queued: [{ sint: 2, type: 1, payload: [1, 2, 3], sender: ROOT_PARTITION_ID }, { sint: 3, type: 0x80000010, payload: new Array(24).fill(0), sender: 0 }],
+    },
     timers: Array.from({ length: 4 }, () => ({ config: stimerConfig({ enable: true, periodic: true, sint: 2 }), count: 10_000, nextExpiry: 0 })),
-    referenceTime: 1000, runState: 'Ready', interceptPending: false,
+    referenceTime: 1000, runState: 'Suspended',
+    intercept: { messageType: 0x80010000, port: 0x71, access: 1, size: 1, value: 0, rip: 0x1000 },
   };
+  const { version: _v, intercept: _i, synic: { queued: _q, ...synicV1 }, ...rest } = state;
+  const stateV1: SavedVpStateV1 = { ...rest, synic: synicV1, runState: 'Ready', interceptPending: false };
   return [
     { code: HvCall.CreatePartition, input: { memoryBytes: 2 * MiB, name: 'f' } },
     { code: HvCall.InitializePartition, input: { partitionId: victim } },
@@ -76,6 +83,7 @@ function validInputs(p: number, victim: number, conn: number): Array<{ code: num
     { code: HvCall.UnmapGpadl, input: { partitionId: p, gpadl: 0xe1e10 } },
     { code: HvCall.GetVpState, input: { partitionId: p, vpIndex: 0 } },
     { code: HvCall.SetVpState, input: { partitionId: p, vpIndex: 0, state } },
+    { code: HvCall.SetVpState, input: { partitionId: p, vpIndex: 0, state: stateV1 } },
   ];
 }
 
@@ -181,6 +189,46 @@ describe('hypervisor fuzz (in-process, fast-check)', function () {
     const seen = fuzz(lab, 'r1', calls(t.id, victim.partitionId, t.conn), 3500, 3);
     expect(seen.get('SUCCESS'), show([...seen])).to.be.above(0);
     expect(seen.get('INVALID_HYPERCALL_INPUT'), show([...seen])).to.be.above(0);
+    stillWorks(lab);
+  });
+
+  it('2,000 saved VP states mutated at any depth: SetVpState answers SUCCESS, INVALID_PARAMETER or INVALID_HYPERCALL_INPUT, and a refused one changes nothing', () => {
+    const t = target(lab);
+    lab.ok('r1', HvCall.MapGpaPages, { partitionId: t.id, gpaPage: 0, pageCount: 16 });
+    lab.ok('r1', HvCall.InstallIntercept, { partitionId: t.id, type: 0x11, access: 3, port: 0x70, portEnd: 0x71 });
+    const base = validInputs(t.id, t.id, t.conn).find((b) => b.code === HvCall.SetVpState)!.input.state as SavedVpStateV2;
+    base.synic.simp = 0x1001;
+    base.synic.sint[2] = 0x30;
+    const paths = (v: unknown, at: Array<string | number> = []): Array<Array<string | number>> => {
+      if (v === null || typeof v !== 'object') return [at];
+      const keys: Array<string | number> = Array.isArray(v) ? v.map((_, i) => i) : Object.keys(v);
+      return [at, ...keys.flatMap((k) => paths((v as Record<string | number, unknown>)[k], [...at, k]))];
+    };
+    const all = paths(base).filter((p) => p.length > 0);
+    const allowed = ['SUCCESS', 'INVALID_PARAMETER', 'INVALID_HYPERCALL_INPUT'];
+    const seen = new Map<string, number>();
+    fc.assert(fc.property(fc.nat(), hostileValue, fc.boolean(), (pick, value, remove) => {
+      const state = structuredClone(base) as unknown as Record<string | number, unknown>;
+      const path = all[pick % all.length];
+      let parent = state;
+      for (const k of path.slice(0, -1)) parent = parent[k] as Record<string | number, unknown>;
+      const last = path[path.length - 1];
+      if (remove && !Array.isArray(parent)) delete parent[last];
+      else parent[last] = value;
+      const before = lab.ok('r1', HvCall.GetVpState, { partitionId: t.id, vpIndex: 0 }) as SavedVpStateV2;
+      let r: { status: number } | undefined;
+      expect(() => (r = lab.hv.hypercall('r1', HvCall.SetVpState, { partitionId: t.id, vpIndex: 0, state }))).to.not.throw();
+      const k = hvStatusName(r!.status);
+      expect(allowed, `${show(path)} = ${String(show(value)).slice(0, 100)}`).to.include(k);
+      seen.set(k, (seen.get(k) ?? 0) + 1);
+      if (k !== 'SUCCESS') {
+        const after = lab.ok('r1', HvCall.GetVpState, { partitionId: t.id, vpIndex: 0 }) as SavedVpStateV2;
+        expect({ ...after, referenceTime: 0 }).to.deep.equal({ ...before, referenceTime: 0 });
+      }
+    }), { numRuns: 2000, seed: 5 });
+    expect(seen.get('SUCCESS'), show([...seen])).to.be.above(0);
+    expect(seen.get('INVALID_PARAMETER'), show([...seen])).to.be.above(0);
+    expect(lab.hv.partition(t.id)!.messageBudget.queued).to.be.at.most(1024);
     stillWorks(lab);
   });
 

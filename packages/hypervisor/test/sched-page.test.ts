@@ -177,6 +177,25 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     expect(fires).to.be.above(0);
   });
 
+  it('a VP restored in an intercept (interceptRestored) is not dispatched when its thread starts, and runs once the intercept is done', async () => {
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const region = new SharedArrayBuffer(vpRegionBytes(VPS));
+    const i32 = new Int32Array(region);
+    new BigInt64Array(region, 0, 2)[VpRegionHeader.refBaseNs >> 3] = process.hrtime.bigint();
+    const loop = new SchedulerLoop({ lps: 1 }, () => undefined);
+    const now = (): number => Number(process.hrtime.bigint());
+    loop.handle({ t: 'addPartition', id: 3, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, now());
+    loop.handle({ t: 'addVp', id: 3, index: 0 }, now());
+    loop.handle({ t: 'interceptRestored', id: 3, index: 0 }, now());
+    const d = (vpPageOffset(0) + VpPage.dispatch) >> 2;
+    Atomics.store(i32, d, Dispatch.Start);
+    for (let pass = 0; pass < 3; pass++) loop.pass(now());
+    expect(Atomics.load(i32, d)).to.not.equal(Dispatch.Granted);
+    loop.handle({ t: 'interceptDone', id: 3, index: 0 }, now());
+    loop.pass(now());
+    expect(Atomics.load(i32, d)).to.equal(Dispatch.Granted);
+  });
+
   it('never throws, passes on only well-formed intercepts, and does not ask to run again at once pass after pass', async () => {
     const { SchedulerLoop } = await import('../src/sched-thread.js');
     const pageWords = fc.array(fc.integer({ min: -0x80000000, max: 0x7fffffff }), { minLength: 0x60, maxLength: 0x60 }); // the first 0x180 bytes

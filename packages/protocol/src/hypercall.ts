@@ -196,17 +196,63 @@ export interface HypercallInputs {
 /**
  * One VP's saved state (GetVpState output, SetVpState input). Plain data, versioned with the VM's
  * saved-state tree; the reference time is the partition's, repeated per VP so a VP restores alone.
+ *
+ * Version 2 (`version: 2`, what GetVpState returns) is complete: it adds the SynIC messages the
+ * hypervisor had queued because a slot was busy (`synic.queued`) and the intercepted access the VP
+ * is stopped in (`intercept`). Version 1 (no `version` field; `interceptPending` a bare flag) is
+ * what hosts before it saved; SetVpState still takes it, with no queued messages and no intercept
+ * to deliver again (a VP saved in an intercept resumes as those hosts restored it).
  */
-export interface SavedVpState {
+export type SavedVpState = SavedVpStateV2 | SavedVpStateV1;
+
+export interface SavedVpStateV2 {
+  version: 2;
+  registers: Record<string, number>;
+  apic: { irr: number[]; isr: number[]; aeoi: number[]; tpr: number };
+  synic: { scontrol: number; simp: number; siefp: number; sint: number[]; queued: SavedSynicMessage[] };
+  timers: Array<{ config: number; count: number; nextExpiry: number }>;
+  referenceTime: number;
+  /** Scheduler state at save (informational; a restored VP starts Ready or Waiting as the guest decides). */
+  runState: string;
+  /** The intercepted access the VP is suspended in, waiting for its parent to complete it; null when none. */
+  intercept: SavedIntercept | null;
+}
+
+export interface SavedVpStateV1 {
   registers: Record<string, number>;
   apic: { irr: number[]; isr: number[]; aeoi: number[]; tpr: number };
   synic: { scontrol: number; simp: number; siefp: number; sint: number[] };
   timers: Array<{ config: number; count: number; nextExpiry: number }>;
   referenceTime: number;
-  /** Scheduler state at save (informational; a restored VP starts Ready or Waiting as the guest decides). */
   runState: string;
   interceptPending: boolean;
 }
+
+/**
+ * A message queued for a SINT whose slot was busy (or masked, or whose message page was off), in
+ * delivery order per SINT. `type` is the HV_MESSAGE_TYPE (hypervisor messages such as timer
+ * expirations have bit 31 set), `sender` the posting partition (0: the hypervisor).
+ */
+export interface SavedSynicMessage {
+  sint: number;
+  type: number;
+  payload: number[];
+  sender: number;
+}
+
+/**
+ * An intercepted access, as the 'intercept' notification carries it: an X64IoPortIntercept of
+ * `size` bytes at `port`, a read (access 1) or a write (access 2) of `value`, at `rip`.
+ */
+export interface SavedIntercept {
+  messageType: number;
+  port: number;
+  access: number;
+  size: number;
+  value: number;
+  rip: number;
+}
+
 /**
  * Registers a saved VP state may carry: what `GetVpState` saves, the general-purpose registers and,
  * for a VP without a VP page (private memory), the TPR and the synthetic-timer MSRs.
@@ -215,17 +261,33 @@ export const SAVED_VP_REGISTER_NAMES: readonly VpRegisterName[] = [
   'Rax', 'Rbx', 'Rcx', 'Rdx', 'Rsi', 'Rdi', 'Rbp', 'Rsp', 'Rip', 'Rflags', 'Tpr',
   'Stimer0Config', 'Stimer0Count', 'Stimer1Config', 'Stimer1Count', 'Stimer2Config', 'Stimer2Count', 'Stimer3Config', 'Stimer3Count',
 ];
+/**
+ * Messages the hypervisor queues per SINT of one VP (a post past it gets INSUFFICIENT_BUFFERS), so
+ * also the most a saved state may carry per SINT. All VPs of a partition share a further cap (1024)
+ * that the hypervisor checks when it restores a state.
+ */
+export const MAX_QUEUED_MESSAGES_PER_SINT = 64;
+/** The message type of an intercepted I/O port access (HvMessageType.X64IoPortIntercept). */
+const IO_PORT_INTERCEPT_MESSAGE = 0x80010000;
 const SAVED_RUN_STATES: readonly string[] = ['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'];
 const SAVED_STIMERS = 4;
 const SAVED_SINTS = 16;
+const SAVED_STATE_VERSION = 2;
 
 /**
  * Checks a saved VP state (the SetVpState input, or a VP of a saved `state.json`) and returns a
- * fresh copy, or an error sentence. Standalone: it trusts nothing about where the value came from
- * (msgpack or JSON). Every field is required and no other field is allowed; registers are integers
- * 0..2^53-1 named in SAVED_VP_REGISTER_NAMES; the APIC has 8 u32 words per array and a TPR 0-255;
- * the SynIC has 16 SINTs 0-0x3ffff; timers are 4 (or none: a VP saved without a VP page) with a u32
- * config and finite non-negative count and next expiry; the reference time is an integer 0..2^53-1.
+ * fresh copy in the version it came in, or an error sentence. Standalone: it trusts nothing about
+ * where the value came from (msgpack or JSON). A map with a `version` field must be version 2;
+ * one without is version 1. Every field of its version is required and no other field is allowed;
+ * registers are integers 0..2^53-1 named in SAVED_VP_REGISTER_NAMES; the APIC has 8 u32 words per
+ * array and a TPR 0-255; the SynIC has 16 SINTs 0-0x3ffff; timers are 4 (or none: a VP saved
+ * without a VP page) with a u32 config and finite non-negative count and next expiry; the reference
+ * time is an integer 0..2^53-1.
+ * Version 2 only: `synic.queued` is a list of at most 64 messages per SINT (1024 in all), each a
+ * SINT 0-15, a non-zero u32 type, a payload of at most 240 bytes (integers 0-255) and a sender
+ * 0..2^53-1; `intercept` is null or an X64IoPortIntercept (message type 0x80010000) of size 1, 2
+ * or 4 within ports 0-0xffff, access 1 (read) or 2 (write), a value that fits the size and a rip
+ * 0..2^53-1. Version 1 only: `interceptPending` is a boolean.
  */
 export function decodeSavedVpState(v: unknown): SavedVpState | string {
   const where = 'saved VP state';
@@ -245,7 +307,13 @@ export function decodeSavedVpState(v: unknown): SavedVpState | string {
     for (let i = 0; i < n; i++) if (!uint(x[i], max)) return `${where}: ${path}[${i}] is not an integer 0-0x${max.toString(16)}`;
     return [...(x as number[])];
   };
-  const top = obj(v, 'the state', ['registers', 'apic', 'synic', 'timers', 'referenceTime', 'runState', 'interceptPending']);
+  const common = ['registers', 'apic', 'synic', 'timers', 'referenceTime', 'runState'];
+  const isV2 = v !== null && typeof v === 'object' && !Array.isArray(v) && Object.prototype.hasOwnProperty.call(v, 'version');
+  // The version decides the fields, so it is read first (as a data property: no getter runs).
+  if (isV2 && Object.getOwnPropertyDescriptor(v, 'version')?.value !== SAVED_STATE_VERSION) {
+    return `${where}: version is not ${SAVED_STATE_VERSION} (a version-1 state has no version field)`;
+  }
+  const top = obj(v, 'the state', isV2 ? ['version', ...common, 'intercept'] : [...common, 'interceptPending']);
   if (typeof top === 'string') return top;
   const regs = obj(top.registers, 'registers', SAVED_VP_REGISTER_NAMES, false);
   if (typeof regs === 'string') return regs;
@@ -263,7 +331,7 @@ export function decodeSavedVpState(v: unknown): SavedVpState | string {
   const aeoi = words(apicObj.aeoi, 8, 0xffffffff, 'apic.aeoi');
   if (typeof aeoi === 'string') return aeoi;
   if (!uint(apicObj.tpr, 0xff)) return `${where}: apic.tpr is not 0-255`;
-  const sy = obj(top.synic, 'synic', ['scontrol', 'simp', 'siefp', 'sint']);
+  const sy = obj(top.synic, 'synic', isV2 ? ['scontrol', 'simp', 'siefp', 'sint', 'queued'] : ['scontrol', 'simp', 'siefp', 'sint']);
   if (typeof sy === 'string') return sy;
   if (!uint(sy.scontrol, 1)) return `${where}: synic.scontrol is not 0 or 1`;
   if (!uint(sy.simp, Number.MAX_SAFE_INTEGER)) return `${where}: synic.simp is not an integer 0..2^53-1`;
@@ -282,16 +350,54 @@ export function decodeSavedVpState(v: unknown): SavedVpState | string {
   }
   if (!uint(top.referenceTime, Number.MAX_SAFE_INTEGER)) return `${where}: referenceTime is not an integer 0..2^53-1`;
   if (typeof top.runState !== 'string' || !SAVED_RUN_STATES.includes(top.runState)) return `${where}: runState is not one of ${SAVED_RUN_STATES.join(', ')}`;
-  if (typeof top.interceptPending !== 'boolean') return `${where}: interceptPending is not a boolean`;
-  return {
-    registers,
-    apic: { irr, isr, aeoi, tpr: apicObj.tpr },
-    synic: { scontrol: sy.scontrol, simp: sy.simp, siefp: sy.siefp, sint },
-    timers,
-    referenceTime: top.referenceTime,
-    runState: top.runState,
-    interceptPending: top.interceptPending,
-  };
+  const apic = { irr, isr, aeoi, tpr: apicObj.tpr };
+  const base = { registers, apic, timers, referenceTime: top.referenceTime, runState: top.runState };
+  const synic = { scontrol: sy.scontrol, simp: sy.simp, siefp: sy.siefp, sint };
+  if (!isV2) {
+    if (typeof top.interceptPending !== 'boolean') return `${where}: interceptPending is not a boolean`;
+    return { ...base, synic, interceptPending: top.interceptPending };
+  }
+  const queued = decodeQueued(sy.queued, where, obj, uint);
+  if (typeof queued === 'string') return queued;
+  let intercept: SavedIntercept | null = null;
+  if (top.intercept !== null) {
+    const i = obj(top.intercept, 'intercept', ['messageType', 'port', 'access', 'size', 'value', 'rip']);
+    if (typeof i === 'string') return i;
+    if (i.messageType !== IO_PORT_INTERCEPT_MESSAGE) return `${where}: intercept.messageType is not 0x${IO_PORT_INTERCEPT_MESSAGE.toString(16)} (an I/O port intercept)`;
+    if (i.size !== 1 && i.size !== 2 && i.size !== 4) return `${where}: intercept.size is not 1, 2 or 4`;
+    if (!uint(i.port, 0x10000 - i.size)) return `${where}: intercept.port is not 0-0xffff with the access inside the port space`;
+    if (i.access !== 1 && i.access !== 2) return `${where}: intercept.access is neither 1 (read) nor 2 (write)`;
+    if (!uint(i.value, i.size === 4 ? 0xffffffff : (1 << (i.size * 8)) - 1)) return `${where}: intercept.value does not fit ${i.size} byte${i.size === 1 ? '' : 's'}`;
+    if (!uint(i.rip, Number.MAX_SAFE_INTEGER)) return `${where}: intercept.rip is not an integer 0..2^53-1`;
+    intercept = { messageType: i.messageType, port: i.port, access: i.access, size: i.size, value: i.value, rip: i.rip };
+  }
+  return { version: SAVED_STATE_VERSION, ...base, synic: { ...synic, queued }, intercept };
+}
+
+/** `synic.queued` of a version-2 saved state (see decodeSavedVpState). */
+function decodeQueued(
+  x: unknown, where: string,
+  obj: (x: unknown, path: string, keys: readonly string[]) => Record<string, unknown> | string,
+  uint: (x: unknown, max: number) => x is number,
+): SavedSynicMessage[] | string {
+  const most = MAX_QUEUED_MESSAGES_PER_SINT * SAVED_SINTS;
+  if (!Array.isArray(x) || x.length > most) return `${where}: synic.queued is not a list of at most ${most} messages`;
+  const perSint = new Array<number>(SAVED_SINTS).fill(0);
+  const out: SavedSynicMessage[] = [];
+  for (let i = 0; i < x.length; i++) {
+    const path = `synic.queued[${i}]`;
+    const m = obj(x[i], path, ['sint', 'type', 'payload', 'sender']);
+    if (typeof m === 'string') return m;
+    if (!uint(m.sint, SAVED_SINTS - 1)) return `${where}: ${path}.sint is not 0-${SAVED_SINTS - 1}`;
+    if (++perSint[m.sint] > MAX_QUEUED_MESSAGES_PER_SINT) return `${where}: synic.queued holds more than ${MAX_QUEUED_MESSAGES_PER_SINT} messages for SINT ${m.sint}`;
+    if (!uint(m.type, 0xffffffff) || m.type === 0) return `${where}: ${path}.type is not a non-zero u32`;
+    if (!uint(m.sender, Number.MAX_SAFE_INTEGER)) return `${where}: ${path}.sender is not an integer 0..2^53-1`;
+    const p = m.payload;
+    if (!Array.isArray(p) || p.length > MAX_MESSAGE_PAYLOAD) return `${where}: ${path}.payload is not a list of at most ${MAX_MESSAGE_PAYLOAD} bytes`;
+    for (let b = 0; b < p.length; b++) if (!uint(p[b], 0xff)) return `${where}: ${path}.payload[${b}] is not a byte 0-255`;
+    out.push({ sint: m.sint, type: m.type, payload: [...(p as number[])], sender: m.sender });
+  }
+  return out;
 }
 
 /** Output of MapGpadl: the memory region to map (null in private-memory mode) and the page count. */

@@ -9,7 +9,8 @@ import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import {
   decodeHvClientMsg, decodeHvServerMsg, checkPlainData, decodeSavedVpState, decodeIoInterceptRecord, effectiveStimerPeriod, encode,
-  MIN_STIMER_PERIOD, HV_FRAME_MAX_BYTES, INPUT_MAX_DEPTH, type SavedVpState,
+  MIN_STIMER_PERIOD, HV_FRAME_MAX_BYTES, INPUT_MAX_DEPTH, MAX_QUEUED_MESSAGES_PER_SINT, HvMessageType,
+  type SavedVpState, type SavedVpStateV1, type SavedVpStateV2,
 } from '../src/index.js';
 
 const hostile = { toString: 1, valueOf: 1 };
@@ -25,17 +26,32 @@ function refused(v: unknown, pattern?: RegExp): string {
 const hello = { k: 'hello', partitionId: 2, token: 'abc', role: 'partition', vm: 'vm1', pid: 1234 };
 const hc = { k: 'hc', id: 7, code: 0x46, input: {} };
 
-function validState(): SavedVpState {
+function validState(): SavedVpStateV2 {
   return {
+    version: 2,
     registers: { Rax: 1, Rip: 0x1000 },
     apic: { irr: [0, 0, 0, 0, 0, 0, 0, 0xffffffff], isr: new Array(8).fill(0), aeoi: new Array(8).fill(0), tpr: 0x20 },
-    synic: { scontrol: 1, simp: 0x5001, siefp: 0x6001, sint: new Array(16).fill(1 << 16) },
+    synic: {
+      scontrol: 1, simp: 0x5001, siefp: 0x6001, sint: new Array(16).fill(1 << 16),
+      queued: [
+        { sint: 2, type: 1, payload: [1, 2, 3], sender: 1 },
+        { sint: 2, type: HvMessageType.TimerExpired, payload: new Array(240).fill(0xff), sender: 0 },
+      ],
+    },
     timers: Array.from({ length: 4 }, () => ({ config: 0, count: 0, nextExpiry: 0 })),
     referenceTime: 123456,
-    runState: 'Ready',
-    interceptPending: false,
+    runState: 'Suspended',
+    intercept: { messageType: HvMessageType.X64IoPortIntercept, port: 0x71, access: 1, size: 1, value: 0, rip: 0x1000 },
   };
 }
+
+/** What hosts before version 2 saved (state.json files on disk still hold it). */
+function versionOneState(): SavedVpStateV1 {
+  const { version: _v, intercept: _i, synic: { queued: _q, ...synic }, ...rest } = validState();
+  return { ...rest, synic, interceptPending: true };
+}
+
+const queuedMessage = (sint: number): Record<string, unknown> => ({ sint, type: 1, payload: [0], sender: 2 });
 
 describe('hypervisor edge decoders', () => {
   describe('decodeHvClientMsg', () => {
@@ -159,13 +175,31 @@ describe('hypervisor edge decoders', () => {
       expect(out).to.deep.equal(st);
       expect(out).to.not.equal(st);
       expect(decodeSavedVpState({ ...validState(), timers: [] })).to.be.an('object');
+      expect(decodeSavedVpState({ ...validState(), intercept: null, synic: { ...validState().synic, queued: [] } })).to.be.an('object');
+    });
+
+    it('takes a version-1 state (no version field, interceptPending a boolean) and returns it as version 1', () => {
+      const st = versionOneState();
+      expect(decodeSavedVpState(st)).to.deep.equal(st);
+      expect(decodeSavedVpState({ ...st, version: 1 })).to.be.a('string').and.match(/version/);
+      expect(decodeSavedVpState({ ...st, synic: { ...st.synic, queued: [] } })).to.be.a('string').and.match(/unknown field "queued"/);
+      expect(decodeSavedVpState({ ...validState(), interceptPending: false })).to.be.a('string').and.match(/unknown field "interceptPending"/);
+    });
+
+    it(`takes ${MAX_QUEUED_MESSAGES_PER_SINT} queued messages on each of the 16 SINTs, and not one more on any`, () => {
+      const full = Array.from({ length: 16 * MAX_QUEUED_MESSAGES_PER_SINT }, (_, i) => queuedMessage(i % 16));
+      const st = validState();
+      expect(decodeSavedVpState({ ...st, synic: { ...st.synic, queued: full } })).to.be.an('object');
+      expect(decodeSavedVpState({ ...st, synic: { ...st.synic, queued: [...full, queuedMessage(5)] } })).to.be.a('string').and.match(/synic\.queued/);
+      const oneSint = Array.from({ length: MAX_QUEUED_MESSAGES_PER_SINT + 1 }, () => queuedMessage(7));
+      expect(decodeSavedVpState({ ...st, synic: { ...st.synic, queued: oneSint } })).to.be.a('string').and.match(/more than 64 messages for SINT 7/);
     });
 
     it('survives a JSON round trip (the lead reads state.json with it)', () => {
       expect(decodeSavedVpState(JSON.parse(JSON.stringify(validState())))).to.deep.equal(validState());
     });
 
-    const bad: Array<[string, (s: SavedVpState & Record<string, unknown>) => void, RegExp]> = [
+    const bad: Array<[string, (s: SavedVpStateV2 & Record<string, unknown>) => void, RegExp]> = [
       ['a non-finite reference time', (s) => (s.referenceTime = 1e999), /referenceTime/],
       ['a negative reference time', (s) => (s.referenceTime = -1), /referenceTime/],
       ['a null timer', (s) => ((s.timers as unknown[])[0] = null), /timers\[0\]/],
@@ -184,14 +218,40 @@ describe('hypervisor edge decoders', () => {
       ['a SINT with reserved bits', (s) => (s.synic.sint[3] = 0x40000), /synic\.sint\[3\]/],
       ['scontrol 2', (s) => (s.synic.scontrol = 2), /scontrol/],
       ['an unknown run state', (s) => (s.runState = 'Dancing'), /runState/],
-      ['interceptPending as a number', (s) => ((s as Record<string, unknown>).interceptPending = 1), /interceptPending/],
+      ['version 3', (s) => ((s as Record<string, unknown>).version = 3), /version/],
+      ['synic.queued missing', (s) => delete (s.synic as Partial<SavedVpStateV2['synic']>).queued, /synic lacks field queued/],
+      ['synic.queued as a map', (s) => ((s.synic as Record<string, unknown>).queued = {}), /synic\.queued/],
+      ['a queued message of SINT 16', (s) => (s.synic.queued[0].sint = 16), /synic\.queued\[0\]\.sint/],
+      ['a queued message of SINT -1', (s) => (s.synic.queued[0].sint = -1), /synic\.queued\[0\]\.sint/],
+      ['a queued message of type 0', (s) => (s.synic.queued[1].type = 0), /synic\.queued\[1\]\.type/],
+      ['a queued message type past 32 bits', (s) => (s.synic.queued[1].type = 2 ** 32), /synic\.queued\[1\]\.type/],
+      ['a queued payload of 241 bytes', (s) => (s.synic.queued[1].payload = new Array(241).fill(0)), /payload is not a list of at most 240/],
+      ['a queued payload byte of 256', (s) => (s.synic.queued[0].payload[2] = 256), /payload\[2\]/],
+      ['a queued payload byte of NaN', (s) => (s.synic.queued[0].payload[0] = NaN), /payload\[0\]/],
+      ['a queued payload as bytes', (s) => ((s.synic.queued[0] as unknown as Record<string, unknown>).payload = new Uint8Array(3)), /payload/],
+      ['a queued payload as a string', (s) => ((s.synic.queued[0] as unknown as Record<string, unknown>).payload = 'AQID'), /payload/],
+      ['a queued sender of Infinity', (s) => (s.synic.queued[0].sender = Infinity), /sender/],
+      ['a queued message with an extra field', (s) => ((s.synic.queued[0] as unknown as Record<string, unknown>).flags = 1), /queued\[0\] has an unknown field "flags"/],
+      ['a queued message without a sender', (s) => delete (s.synic.queued[0] as Partial<SavedVpStateV2['synic']['queued'][0]>).sender, /queued\[0\] lacks field sender/],
+      ['a null queued message', (s) => ((s.synic.queued as unknown[])[0] = null), /queued\[0\]/],
+      ['intercept missing', (s) => delete (s as Partial<SavedVpStateV2>).intercept, /lacks field intercept/],
+      ['intercept false', (s) => ((s as Record<string, unknown>).intercept = false), /intercept/],
+      ['an MSR intercept', (s) => (s.intercept!.messageType = 0x80010001), /intercept\.messageType/],
+      ['an intercept of size 3', (s) => (s.intercept!.size = 3), /intercept\.size/],
+      ['an intercept at port 0x10000', (s) => (s.intercept!.port = 0x10000), /intercept\.port/],
+      ['a 4-byte intercept at port 0xfffe', (s) => Object.assign(s.intercept!, { port: 0xfffe, size: 4 }), /intercept\.port/],
+      ['an intercept access of 3', (s) => (s.intercept!.access = 3), /intercept\.access/],
+      ['a 1-byte intercept value of 0x100', (s) => Object.assign(s.intercept!, { access: 2, value: 0x100 }), /intercept\.value/],
+      ['an intercept rip of -1', (s) => (s.intercept!.rip = -1), /intercept\.rip/],
+      ['an intercept rip of NaN', (s) => (s.intercept!.rip = NaN), /intercept\.rip/],
+      ['an intercept with an extra field', (s) => ((s.intercept as unknown as Record<string, unknown>).pending = true), /intercept has an unknown field/],
       ['an extra field', (s) => (s.extra = 1), /unknown field "extra"/],
       ['a missing field', (s) => delete (s as Partial<SavedVpState>).synic, /synic/],
       ['a map whose toString is not a function', (s) => ((s as Record<string, unknown>).apic = { toString: 1, valueOf: 1 }), /apic/],
     ];
     for (const [what, mutate, pattern] of bad) {
       it(`refuses ${what}, naming the field`, () => {
-        const s = validState() as SavedVpState & Record<string, unknown>;
+        const s = validState() as SavedVpStateV2 & Record<string, unknown>;
         mutate(s);
         const r = decodeSavedVpState(s);
         expect(r).to.be.a('string').and.match(pattern);
@@ -203,6 +263,33 @@ describe('hypervisor edge decoders', () => {
         const r = decodeSavedVpState(v);
         expect(typeof r === 'string' || typeof r === 'object').to.equal(true);
       }), { numRuns: 2000 });
+    });
+
+    it('never throws on a valid state of either version with one field anywhere replaced, and what it takes decodes again after a JSON round trip', () => {
+      const hostileValue = fc.oneof(
+        fc.constantFrom<unknown>(null, undefined, hostile, [], {}, '', NaN, Infinity, -1, 0.5, 2 ** 53, 256, 0x10000, 2 ** 32, true, new Uint8Array(4), new Array(300).fill(1)),
+        fc.anything({ withBigInt: true, maxDepth: 2 }),
+      );
+      /** Every path to a value inside `v`. */
+      const paths = (v: unknown, at: Array<string | number> = []): Array<Array<string | number>> => {
+        if (v === null || typeof v !== 'object') return [at];
+        const keys: Array<string | number> = Array.isArray(v) ? v.map((_, i) => i) : Object.keys(v);
+        return [at, ...keys.flatMap((k) => paths((v as Record<string | number, unknown>)[k], [...at, k]))];
+      };
+      fc.assert(fc.property(fc.boolean(), fc.nat(), hostileValue, fc.boolean(), (v1, pick, value, remove) => {
+        const st: Record<string, unknown> = v1 ? structuredClone(versionOneState()) as unknown as Record<string, unknown> : structuredClone(validState()) as unknown as Record<string, unknown>;
+        const all = paths(st).filter((p) => p.length > 0);
+        const path = all[pick % all.length];
+        let parent: Record<string | number, unknown> = st;
+        for (const k of path.slice(0, -1)) parent = parent[k] as Record<string | number, unknown>;
+        const last = path[path.length - 1];
+        if (remove && !Array.isArray(parent)) delete parent[last];
+        else parent[last] = value;
+        const r = decodeSavedVpState(st);
+        expect(typeof r === 'string' || typeof r === 'object').to.equal(true);
+        // What it takes goes into state.json and must be read back (as JSON has it: -0 becomes 0).
+        if (typeof r !== 'string') expect(decodeSavedVpState(JSON.parse(JSON.stringify(r)))).to.deep.equal(JSON.parse(JSON.stringify(r)));
+      }), { numRuns: 3000 });
     });
   });
 
