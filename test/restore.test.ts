@@ -4,9 +4,9 @@
  * snapshot — a silent rollback.
  */
 import { expect } from 'chai';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { decode, type VmInfo, type VmStateEvent } from '@hvlab/protocol';
+import { decode, type IcServiceInfo, type KvpEntry, type VmInfo, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { TestHost, sleep } from './harness.js';
@@ -60,5 +60,37 @@ describe('turning a VM off while it resumes from a saved state', function () {
     expect(r2.state, 'no silent rollback to the old snapshot').to.equal('Off');
     await h.ok('vm', 'start', 'r');
     expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'r')!.lastStateReason).to.equal('started');
+  });
+
+  it('a VM resumed from its saved state keeps its VMBus channels: no negotiation, the heartbeat goes on from its sequence, the KVP pools are there', async () => {
+    if (!(await h.run('vm', 'list')).code) await h.run('down');
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 'k', '--memory', '16M');
+    await h.ok('vm', 'start', 'k');
+    await h.ok('vm', 'kvp', 'k', 'set', 'before.save', 'kept');
+    const hb = async (): Promise<IcServiceInfo> => (await h.json<IcServiceInfo[]>('vm', 'ic', 'k')).find((e) => e.service === 'heartbeat')!;
+    const t0 = Date.now();
+    while ((await hb()).sequence! < 3 && Date.now() - t0 < 15000) await sleep(200);
+    await h.ok('vm', 'save', 'k');
+    const log = join(h.paths.logDir, 'vmwp-k.log');
+    const negotiations = (): number => readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('integration service negotiated')).length;
+    const before = negotiations();
+    expect(before, 'the first start negotiated the four services').to.equal(4);
+    const savedSeq = (JSON.parse(readFileSync(join(h.paths.vmDir, 'k.saved', 'state.json'), 'utf8')) as { components: Record<string, { sequence: string }> }).components['device/heartbeat'].sequence;
+    await h.ok('vm', 'start', 'k');
+    // Right away, before any new negotiation could have happened, the services are OK with their versions.
+    const ic = await h.json<IcServiceInfo[]>('vm', 'ic', 'k');
+    expect(ic.map((e) => [e.service, e.version])).to.deep.equal([['heartbeat', '3.0'], ['shutdown', '3.2'], ['timesync', '4.0'], ['kvp', '5.0']]);
+    expect(ic.find((e) => e.service === 'heartbeat')!.sequence, 'the heartbeat goes on from the saved sequence').to.be.at.least(Number(savedSeq));
+    const got = await h.json<KvpEntry>('vm', 'kvp', 'k', 'get', 'before.save');
+    expect(got.value).to.equal('kept');
+    const guestPool = await h.json<KvpEntry[]>('vm', 'kvp', 'k', 'list', '--pool', 'guest');
+    expect(guestPool.map((e) => e.key)).to.include('hvlab.workload');
+    await sleep(1500);
+    expect((await hb()).sequence, 'and keeps going').to.be.above(Number(savedSeq));
+    expect(negotiations(), 'no integration service negotiated again').to.equal(before);
+    // The shutdown service still works on the restored channel.
+    await h.ok('vm', 'stop', 'k');
+    expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'k')!.state).to.equal('Off');
   });
 });

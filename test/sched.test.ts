@@ -185,10 +185,10 @@ describe('VP scheduling over logical processors (real processes)', function () {
       const saved = await h.json<VmInfo>('vm', 'save', 'cnt');
       expect(saved.state).to.equal('Saved');
       const files = join(h.home, 'vms', 'cnt.saved');
-      const state = JSON.parse(readFileSync(join(files, 'state.json'), 'utf8')) as { version: number; partition: { vps: unknown[] }; devices: Record<string, unknown> };
-      expect(state.version).to.equal(1);
+      const state = JSON.parse(readFileSync(join(files, 'state.json'), 'utf8')) as { version: number; partition: { vps: unknown[] }; components: Record<string, unknown> };
+      expect(state.version).to.equal(2);
       expect(state.partition.vps).to.have.length(1);
-      expect(Object.keys(state.devices)).to.include.members(['cmos', 'vmbus', 'kvp']);
+      expect(Object.keys(state.components)).to.have.members(['vmbus', 'processor', 'device/heartbeat', 'device/shutdown', 'device/timesync', 'device/kvp', 'device/cmos']);
       // The saved counter, read from the saved memory image (workload page at 0x2000).
       const mem = readFileSync(join(files, 'memory.bin'));
       const savedCounter = Number(mem.readBigUInt64LE(0x2000));

@@ -3,7 +3,7 @@ import type { HostInfo, VmInfo, IcServiceInfo as IcEntry, KvpEntry } from '@hvla
 import { TestHost, eventually } from './harness.js';
 import { hostProcesses } from '@hvlab/host';
 
-const VERSIONS: Record<IcEntry['service'], string> = { heartbeat: '3.0', shutdown: '3.2', timesync: '4.0', kvp: '5.0' };
+const VERSIONS: Partial<Record<IcEntry['service'], string>> = { heartbeat: '3.0', shutdown: '3.2', timesync: '4.0', kvp: '5.0' };
 const SERVICES = Object.keys(VERSIONS) as Array<IcEntry['service']>;
 
 const entry = (list: IcEntry[], s: IcEntry['service']): IcEntry => {

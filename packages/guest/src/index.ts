@@ -24,3 +24,5 @@ export { GuestMemory, GuestMemoryError, type GuestMemoryHandle } from './memory.
 export { ReferenceClock, GuestWallClock, type ReferenceTimeSource } from './clock.js';
 export { GuestKernel, readBootInfo, GUEST_SINT, GUEST_SINT_VECTOR } from './kernel.js';
 export { TaskTable, spinUnit, SPIN_ITERATIONS } from './workloads.js';
+export { PageAllocator, OutOfGuestMemory, type PageAllocatorState } from './pages.js';
+export { decodeKernelState, decodePageAllocatorState, type KernelState } from './state.js';

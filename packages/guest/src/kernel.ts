@@ -19,7 +19,10 @@ import {
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
 import { VmbusClient, RemoteLink } from '@hvlab/vmbus';
-import { HeartbeatClient, ShutdownClient, TimeSyncClient, KvpClient } from '@hvlab/vsc';
+import { DEVICE_CLASSES, DEVICE_CLASS_NAMES, type DeviceClass } from '@hvlab/protocol';
+import { loadDriverClass, type GuestDriver } from '@hvlab/vsc';
+import { KvpClient } from '@hvlab/vsc/kvp';
+import { clearParkedState, parkedStateLocation, parkState, readParkedState, KERNEL_STATE_MAX_BYTES, type KernelState } from './state.js';
 import { PageAllocator } from './pages.js';
 import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
@@ -89,7 +92,11 @@ export class GuestKernel {
   vmbus: VmbusClient | null = null;
   private remote: RemoteLink | null = null;
   private pages!: PageAllocator;
-  readonly drivers: { heartbeat: HeartbeatClient; shutdown: ShutdownClient; timesync: TimeSyncClient; kvp: KvpClient };
+  /** One driver per device class with a VMBus channel (the registry in protocol/src/devices.ts). */
+  readonly drivers = new Map<DeviceClass, GuestDriver>();
+  /** Set while the VM is being saved: interrupt handling waits at the gate. */
+  private parked: { gate: Promise<void>; open: () => void } | null = null;
+  private handling = 0;
   private shuttingDown = false;
   /** Called once the guest has shut down (VPs stopped, VMBus unloaded). */
   onShutdown: (why: string) => void = () => {};
@@ -106,12 +113,6 @@ export class GuestKernel {
       this.vpRegion = regions.vp!;
       this.refClock = new ReferenceClock(this.vpRegion);
     }
-    this.drivers = {
-      heartbeat: new HeartbeatClient(),
-      shutdown: new ShutdownClient((r) => void this.shutdown(`shutdown requested by the host (flags ${r.flags})`)),
-      timesync: new TimeSyncClient({ now: () => this.clock.now(), adjust: (d) => this.clock.adjust(d) }),
-      kvp: new KvpClient(() => this.kvpAutoValues()),
-    };
   }
 
   /** The KVP auto pool: what the guest reports about itself (Hyper-V's KVP daemon fills these). */
@@ -147,7 +148,21 @@ export class GuestKernel {
     }
   }
 
+  /** Creates one driver per device class that has a VMBus channel, from the registry. */
+  private async loadDrivers(): Promise<void> {
+    for (const cls of DEVICE_CLASS_NAMES) {
+      if (!DEVICE_CLASSES[cls].vmbus || this.drivers.has(cls)) continue;
+      const mod = await loadDriverClass(cls);
+      this.drivers.set(cls, mod.createDriver({
+        clock: { now: () => this.clock.now(), adjust: (d) => this.clock.adjust(d) },
+        shutdown: (r) => void this.shutdown(`shutdown requested by the host (flags ${r.flags})`),
+        autoValues: () => this.kvpAutoValues(),
+      }));
+    }
+  }
+
   async start(): Promise<void> {
+    await this.loadDrivers();
     if (this.local) await this.syncLocalReferenceTime();
     this.boot = readBootInfo(this.mem);
     this.clock = new GuestWallClock(this.mem, () => this.referenceTime());
@@ -176,11 +191,8 @@ export class GuestKernel {
         });
       }
     } else {
-      // A restored VM: its SynIC, APIC and timers came back through the hypervisor; messages that
-      // sat in the slots belong to the VMBus connection of the saved session, which is gone.
-      for (let vp = 0; vp < this.boot.vpCount; vp++) {
-        for (let sint = 0; sint < SINT_COUNT; sint++) this.mem.setU32(simpGpa(vp) + sint * MESSAGE_SLOT_SIZE + MsgHeader.type, 0);
-      }
+      // A restored VM: its SynIC, APIC, timers and queued messages came back through the
+      // hypervisor, and the VMBus connection with them; messages in the slots are handled below.
       this.mem.atomicStore32(k + KernelPage.running, 0);
       this.mem.atomicStore32(k + KernelPage.idleLo, 0);
       this.mem.atomicStore32(k + KernelPage.idleHi, 0);
@@ -223,7 +235,8 @@ export class GuestKernel {
         this.mem.setF64(s + StatusPage.bootTimeMs, this.clock.now());
       } else this.log.warn('no CMOS clock: using the firmware time');
     }
-    await this.startVmbus();
+    if (resume) await this.resumeVmbus();
+    else await this.startVmbus();
     this.mem.setU32(s + StatusPage.bootState, BootState.Running);
     const payload = new Uint8Array(8);
     new DataView(payload.buffer).setUint32(0, this.boot.vpCount, true);
@@ -234,11 +247,8 @@ export class GuestKernel {
 
   private interrupts: Promise<void> = Promise.resolve();
 
-  private async startVmbus(): Promise<void> {
-    const k = this.drivers.kvp;
-    k.guest.set('hvlab.workload', this.boot.workload);
-    k.guest.set('hvlab.vps', String(this.boot.vpCount));
-    this.vmbus = new VmbusClient({
+  private newVmbusClient(): VmbusClient {
+    return new VmbusClient({
       post: async (connectionId, payload) => (await this.hv.call('PostMessage', { connectionId, messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
       signal: (connectionId) => {
         void this.hv.call('SignalEvent', { connectionId, flagNumber: 0 }).catch(() => undefined);
@@ -254,13 +264,103 @@ export class GuestKernel {
       },
       log: this.log,
     });
-    for (const d of Object.values(this.drivers)) this.vmbus.register(d);
+  }
+
+  private registerDrivers(client: VmbusClient): void {
+    for (const d of this.drivers.values()) if (d.vmbus) client.register(d.vmbus);
+  }
+
+  private async startVmbus(): Promise<void> {
+    const k = this.drivers.get('kvp')?.vmbus;
+    if (k instanceof KvpClient) {
+      k.guest.set('hvlab.workload', this.boot.workload);
+      k.guest.set('hvlab.vps', String(this.boot.vpCount));
+    }
+    this.vmbus = this.newVmbusClient();
+    this.registerDrivers(this.vmbus);
     try {
       await this.vmbus.connect();
     } catch (e) {
       // A guest without VMBus still runs; its integration services show NoContact.
       this.log.warn({ err: (e as Error).message }, 'VMBus did not come up');
     }
+  }
+
+  /** The device pages [floor, end) the allocator hands out (rings and the parked state). */
+  private deviceRange(): { floor: number; end: number } {
+    const pageCount = Math.floor(this.mem.size / PAGE);
+    return { floor: pageCount - Math.floor(pageCount / DEVICE_MEMORY_SHARE), end: pageCount };
+  }
+
+  /**
+   * Resume: read back what `quiesce` parked in guest memory — the device-page allocator, every
+   * driver's state, and the VMBus client with its channels open on the same rings — without
+   * talking to the host. Then handle whatever sits in the SynIC message slots and event flags
+   * (messages and signals that arrived while the VM was saved).
+   */
+  private async resumeVmbus(): Promise<void> {
+    const parked = readParkedState(this.mem, this.deviceRange());
+    if (typeof parked === 'string') throw new Error(`cannot resume: ${parked}`);
+    const st: KernelState = parked.state;
+    this.pages.restore(st.pages);
+    this.pages.release(parked.pfn, parked.pages);
+    clearParkedState(this.mem);
+    for (const [cls, raw] of Object.entries(st.drivers)) {
+      const d = this.drivers.get(cls as DeviceClass);
+      if (!d) throw new Error(`cannot resume: the saved kernel state has a ${cls} driver this kernel lacks`);
+      const v = d.decode(raw);
+      if (typeof v === 'string') throw new Error(`cannot resume: kernel.drivers.${cls}: ${v}`);
+      d.restore(v);
+    }
+    this.vmbus = this.newVmbusClient();
+    this.registerDrivers(this.vmbus);
+    await this.vmbus.restore(st.vmbus);
+    for (let vp = 0; vp < this.boot.vpCount; vp++) await this.onSint(vp, GUEST_SINT);
+  }
+
+  /**
+   * Save, guest side: the VPs are already suspended by the hypervisor; park interrupt handling
+   * (what is running finishes, what comes waits at the gate) and write the kernel's own state
+   * into guest memory, where a resumed kernel finds it. `thaw` undoes it when the save fails.
+   */
+  async quiesce(): Promise<{ bytes: number }> {
+    if (!this.parked) {
+      let open!: () => void;
+      const gate = new Promise<void>((r) => { open = r; });
+      this.parked = { gate, open };
+    }
+    await this.interrupts;
+    for (let i = 0; this.handling > 0; i++) {
+      if (i > 5000) throw new Error('interrupt handling did not come to rest within 5 s');
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    if (!this.vmbus) throw new Error('VMBus is not up: nothing to save yet');
+    await this.vmbus.whenIdle();
+    // A save that was called off left its copy parked: give its pages back first.
+    const parkedAt = parkedStateLocation(this.mem);
+    if (parkedAt) {
+      this.pages.release(parkedAt.gpa / PAGE, parkedAt.pages);
+      clearParkedState(this.mem);
+    }
+    const drivers: Record<string, unknown> = {};
+    for (const [cls, d] of this.drivers) drivers[cls] = d.save();
+    const body = { vmbus: this.vmbus.save(), drivers };
+    // The allocator's own state must count the pages the state is written to: measure, take the
+    // pages, then encode with the allocator as it is after taking them.
+    const probe = new TextEncoder().encode(JSON.stringify({ version: 1, ...body, pages: this.pages.save() }));
+    const pages = Math.ceil((probe.length + 4096) / PAGE);
+    if (probe.length > KERNEL_STATE_MAX_BYTES) throw new Error(`the kernel's state is ${probe.length} bytes, more than ${KERNEL_STATE_MAX_BYTES}`);
+    const pfn = this.pages.alloc(pages);
+    const json = new TextEncoder().encode(JSON.stringify({ version: 1, vmbus: body.vmbus, pages: this.pages.save(), drivers }));
+    parkState(this.mem, json, pfn, pages);
+    return { bytes: json.length };
+  }
+
+  /** A save was called off: let interrupts in again (the parked copy is simply left unused). */
+  thaw(): void {
+    const p = this.parked;
+    this.parked = null;
+    p?.open();
   }
 
   /** Shutdown: stop every VP at a step boundary, close the channels, unload VMBus. */
@@ -291,6 +391,16 @@ export class GuestKernel {
 
   /** A SynIC interrupt for SINT `sint` on VP `vp`. */
   async onSint(vp: number, sint: number, slot?: Uint8Array, flag?: number): Promise<void> {
+    while (this.parked) await this.parked.gate;
+    this.handling++;
+    try {
+      await this.handleSint(vp, sint, slot, flag);
+    } finally {
+      this.handling--;
+    }
+  }
+
+  private async handleSint(vp: number, sint: number, slot?: Uint8Array, flag?: number): Promise<void> {
     const slotGpa = simpGpa(vp) + sint * MESSAGE_SLOT_SIZE;
     if (slot && slot.length === MESSAGE_SLOT_SIZE) this.mem.write(slotGpa, slot);
     const typeGpa = slotGpa + MsgHeader.type;

@@ -63,6 +63,12 @@ const rpc = new IpcRpc(process, async (m) => {
       if (!kernel) throw new Error('the guest has not booted');
       return kernel.mem.read(Number(m.gpa), Number(m.len));
     }
+    case 'quiesce':
+      if (!kernel) throw new Error('the guest has not booted');
+      return await kernel.quiesce();
+    case 'thaw':
+      kernel?.thaw();
+      return true;
     case 'hypercall': {
       const r = await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
       return r;

@@ -47,4 +47,27 @@ export class PageAllocator {
       } else i++;
     }
   }
+
+  /** The allocator as plain data (guest/src/state.ts). */
+  save(): PageAllocatorState {
+    return { version: 1, floor: this.floorPfn, top: this.top, free: this.free.map((r) => ({ ...r })) };
+  }
+
+  /** Takes a state `decodePageAllocatorState` accepted for this allocator's range. */
+  restore(s: PageAllocatorState): void {
+    this.top = s.top;
+    this.free.length = 0;
+    for (const r of s.free) this.free.push({ ...r });
+  }
+
+  get range(): { floor: number; top: number } {
+    return { floor: this.floorPfn, top: this.top };
+  }
+}
+
+export interface PageAllocatorState {
+  version: 1;
+  floor: number;
+  top: number;
+  free: Array<{ pfn: number; count: number }>;
 }

@@ -23,6 +23,7 @@ import {
   PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
+import { readRtc } from '@hvlab/vsc/cmos';
 import { ReferenceClock } from './clock.js';
 import { GuestMemory, type GuestMemoryHandle } from './memory.js';
 import { TaskTable } from './workloads.js';
@@ -44,8 +45,6 @@ export const CTL_STOP = 0;
 export const CTL_SUSPENDED = 1;
 
 /** CMOS RTC ports and registers (MC146818). */
-const CMOS_INDEX = 0x70;
-const CMOS_DATA = 0x71;
 
 export class VpThread {
   private readonly mem: GuestMemory;
@@ -289,25 +288,6 @@ export class VpThread {
     return Atomics.load(this.i32, (o + VpPage.ioValue) >> 2) & (size >= 4 ? 0xffffffff : (1 << (size * 8)) - 1);
   }
 
-  /** Reads the CMOS real-time clock (BCD or binary per status register B), in ms since 1970 UTC. */
-  private readCmos(): number {
-    const reg = (r: number): number => {
-      this.io(CMOS_INDEX, 2, 1, r);
-      return this.io(CMOS_DATA, 1, 1);
-    };
-    const statusB = reg(0x0b);
-    const bin = (statusB & 0x04) !== 0;
-    const dec = (v: number): number => (bin ? v : (v >> 4) * 10 + (v & 0xf));
-    const sec = dec(reg(0x00));
-    const min = dec(reg(0x02));
-    const hour = dec(reg(0x04));
-    const day = dec(reg(0x07));
-    const month = dec(reg(0x08));
-    const year = dec(reg(0x32)) * 100 + dec(reg(0x09));
-    const ms = Date.UTC(year, month - 1, day, hour, min, sec);
-    return Number.isFinite(ms) ? ms : 0;
-  }
-
   // ---- the loop ---------------------------------------------------------------------------
 
   run(): void {
@@ -332,7 +312,7 @@ export class VpThread {
       }
       this.takeInterrupts();
       if (s.vpIndex === 0 && this.mem.atomicLoad32(VpThread.k(KernelPage.rtcRequest)) === 1) {
-        this.mem.setF64(VpThread.k(KernelPage.rtcFromCmosMs), this.readCmos() || -1);
+        this.mem.setF64(VpThread.k(KernelPage.rtcFromCmosMs), readRtc((port, access, size, value) => this.io(port, access, size, value)) || -1);
         this.mem.atomicStore32(VpThread.k(KernelPage.rtcRequest), 0);
         continue;
       }

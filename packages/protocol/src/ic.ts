@@ -1,6 +1,7 @@
 /**
- * Integration services (REFERENCE.md "Integration services"): the framing and the message bodies
- * of the shutdown, time-sync, heartbeat and KVP services, carried as VMBus DATA_INBAND payloads.
+ * Integration services (REFERENCE.md "Integration services"): the framing every service shares,
+ * carried as VMBus DATA_INBAND payloads; each service's message bodies are in its own device-class
+ * file (heartbeat.ts, shutdown.ts, timesync.ts, kvp.ts).
  * A message is an 8-byte VM-pipe header {flags u32, msgsize u32}, a 20-byte IC header laid out as
  * Linux's struct icmsg_hdr (framework version at 0, message type at 4, message version at 6,
  * message size at 10, status at 12, transaction id at 16, flags at 17, 2 reserved bytes), then the
@@ -18,6 +19,7 @@
  * - Negotiation answers with the first common version in the host's order (Linux picks the
  *   newest common one; the host lists newest first, so they agree in practice).
  */
+import { viewOf, checkUint, requireBytes } from './ic-bytes.js';
 
 export const IcGuid = {
   shutdown: '0e0b6031-5213-4934-818b-38d90ced39db',
@@ -63,53 +65,6 @@ export interface IcHeader { framework: IcVersion; message: IcVersion; type: numb
 /** An IC message or body that does not parse. Thrown by the IC decoders and nothing else. */
 export class IcError extends Error {
   override name = 'IcError';
-}
-
-function viewOf(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
-}
-function checkUint(what: string, value: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > max) {
-    throw new RangeError(`${what} ${String(value)} is not an integer in 0..${max}.`);
-  }
-  return value;
-}
-function checkU64(what: string, value: bigint): bigint {
-  if (typeof value !== 'bigint' || value < 0n || value >= 1n << 64n) {
-    throw new RangeError(`${what} ${String(value)} is not a bigint in 0..2^64-1.`);
-  }
-  return value;
-}
-function checkInt8(what: string, value: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < -128 || value > 127) {
-    throw new RangeError(`${what} ${String(value)} is not an integer in -128..127.`);
-  }
-  return value;
-}
-function requireBytes(what: string, b: Uint8Array, size: number): DataView {
-  if (!(b instanceof Uint8Array)) throw new IcError(`${what} must be a Uint8Array, not ${typeof b}.`);
-  if (b.length < size) throw new IcError(`${what} is ${b.length} bytes, shorter than its ${size}-byte layout.`);
-  return viewOf(b);
-}
-
-const utf8 = new TextEncoder();
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-
-/** UTF-8 bytes of `text`; RangeError when it has a lone surrogate (UTF-8 cannot carry it). */
-function encodeText(what: string, text: string, max: number): Uint8Array {
-  if (typeof text !== 'string') throw new TypeError(`${what} is not a string.`);
-  if (LONE_SURROGATE.test(text)) throw new RangeError(`${what} ${JSON.stringify(text)} has a lone surrogate, which UTF-8 cannot carry.`);
-  const bytes = utf8.encode(text);
-  if (bytes.length > max) throw new RangeError(`${what} is ${bytes.length} bytes in UTF-8, more than ${max}.`);
-  return bytes;
-}
-function decodeText(what: string, bytes: Uint8Array): string {
-  try {
-    return strictUtf8.decode(bytes);
-  } catch {
-    throw new IcError(`${what} (${bytes.length} bytes) is not valid UTF-8.`);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,168 +188,4 @@ export function negotiateVersions(offered: Negotiate, supported: Negotiate): { f
   const framework = pick(offered.framework, supported.framework);
   const message = pick(offered.message, supported.message);
   return framework && message ? { framework, message } : null;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Heartbeat
-
-const HeartbeatAt = { sequence: 0, reserved: 8, size: 40 } as const;
-
-export function encodeHeartbeat(sequence: bigint): Uint8Array {
-  const out = new Uint8Array(HeartbeatAt.size);
-  viewOf(out).setBigUint64(HeartbeatAt.sequence, checkU64('Heartbeat sequence', sequence), true);
-  return out;
-}
-export function decodeHeartbeat(b: Uint8Array): { sequence: bigint } {
-  const v = requireBytes('Heartbeat body', b, HeartbeatAt.size);
-  return { sequence: v.getBigUint64(HeartbeatAt.sequence, true) };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shutdown
-
-const ShutdownAt = { reason: 0, timeoutSeconds: 4, flags: 8, message: 12 } as const;
-/** Shutdown flags: 0 shut down, 2 reboot, bit 0 force. */
-export const ShutdownFlags = { Shutdown: 0, Force: 1, Reboot: 2 } as const;
-const SHUTDOWN_FLAGS_KNOWN = ShutdownFlags.Force | ShutdownFlags.Reboot;
-export const SHUTDOWN_MESSAGE_MAX_BYTES = 2048;
-export interface ShutdownRequest { reason: number; timeoutSeconds: number; flags: number; message: string }
-
-/** reason, timeout, flags, then the message in UTF-8 with a NUL when there is room for one. */
-export function encodeShutdown(s: ShutdownRequest): Uint8Array {
-  checkUint('Shutdown reason', s.reason, 0xffffffff);
-  checkUint('Shutdown timeoutSeconds', s.timeoutSeconds, 0xffffffff);
-  checkUint('Shutdown flags', s.flags, 0xffffffff);
-  if ((s.flags & ~SHUTDOWN_FLAGS_KNOWN) !== 0) throw new RangeError(`Shutdown flags 0x${s.flags.toString(16)} has bits other than 0-1.`);
-  const text = encodeText('Shutdown message', s.message, SHUTDOWN_MESSAGE_MAX_BYTES);
-  if (text.includes(0)) throw new RangeError(`Shutdown message ${JSON.stringify(s.message)} contains a NUL character.`);
-  const nul = text.length > 0 && text.length < SHUTDOWN_MESSAGE_MAX_BYTES ? 1 : 0;
-  const out = new Uint8Array(ShutdownAt.message + text.length + nul);
-  const v = viewOf(out);
-  v.setUint32(ShutdownAt.reason, s.reason, true);
-  v.setUint32(ShutdownAt.timeoutSeconds, s.timeoutSeconds, true);
-  v.setUint32(ShutdownAt.flags, s.flags, true);
-  out.set(text, ShutdownAt.message);
-  return out;
-}
-export function decodeShutdown(b: Uint8Array): ShutdownRequest {
-  const v = requireBytes('Shutdown body', b, ShutdownAt.message);
-  const flags = v.getUint32(ShutdownAt.flags, true);
-  if ((flags & ~SHUTDOWN_FLAGS_KNOWN) !== 0) throw new IcError(`Shutdown flags 0x${flags.toString(16)} has bits other than 0-1.`);
-  const area = b.subarray(ShutdownAt.message, ShutdownAt.message + SHUTDOWN_MESSAGE_MAX_BYTES);
-  const end = area.indexOf(0);
-  return {
-    reason: v.getUint32(ShutdownAt.reason, true),
-    timeoutSeconds: v.getUint32(ShutdownAt.timeoutSeconds, true),
-    flags,
-    message: decodeText('Shutdown message', end < 0 ? area : area.subarray(0, end)),
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Time sync (version 4 "ref data")
-
-const TimeSyncAt = { parentTime: 0, referenceTime: 8, flags: 16, leapFlags: 17, stratum: 18, reserved: 19, size: 22 } as const;
-export const TimeSyncFlags = { Probe: 0, Sync: 1, Sample: 2 } as const;
-export interface TimeSample { parentTime: bigint; referenceTime: bigint; flags: number; leapFlags: number; stratum: number }
-
-export function encodeTimeSync(t: TimeSample): Uint8Array {
-  const out = new Uint8Array(TimeSyncAt.size);
-  const v = viewOf(out);
-  v.setBigUint64(TimeSyncAt.parentTime, checkU64('Time sync parentTime', t.parentTime), true);
-  v.setBigUint64(TimeSyncAt.referenceTime, checkU64('Time sync referenceTime', t.referenceTime), true);
-  v.setUint8(TimeSyncAt.flags, checkUint('Time sync flags', t.flags, TimeSyncFlags.Sample));
-  v.setInt8(TimeSyncAt.leapFlags, checkInt8('Time sync leapFlags', t.leapFlags));
-  v.setInt8(TimeSyncAt.stratum, checkInt8('Time sync stratum', t.stratum));
-  return out;
-}
-export function decodeTimeSync(b: Uint8Array): TimeSample {
-  const v = requireBytes('Time sync body', b, TimeSyncAt.size);
-  const flags = v.getUint8(TimeSyncAt.flags);
-  if (flags > TimeSyncFlags.Sample) throw new IcError(`Time sync flags ${flags} is none of probe (0), sync (1), sample (2).`);
-  return {
-    parentTime: v.getBigUint64(TimeSyncAt.parentTime, true),
-    referenceTime: v.getBigUint64(TimeSyncAt.referenceTime, true),
-    flags,
-    leapFlags: v.getInt8(TimeSyncAt.leapFlags),
-    stratum: v.getInt8(TimeSyncAt.stratum),
-  };
-}
-
-/** Milliseconds from 1601-01-01 to 1970-01-01 UTC. */
-const EPOCH_1601_MS = 11644473600000;
-const TICKS_PER_MS = 10000n;
-
-/** A Date.now()-style time (ms since 1970, fractions kept to 100 ns) as 100 ns units since 1601. */
-export function msToFiletime(ms: number): bigint {
-  if (typeof ms !== 'number' || !Number.isFinite(ms)) throw new RangeError(`Time ${String(ms)} ms is not a finite number.`);
-  const whole = Math.floor(ms);
-  const ticks = BigInt(whole + EPOCH_1601_MS) * TICKS_PER_MS + BigInt(Math.round((ms - whole) * 10000));
-  if (ticks < 0n) throw new RangeError(`Time ${ms} ms is before 1601.`);
-  return ticks;
-}
-/** 100 ns units since 1601 as ms since 1970 (with a fractional part). */
-export function filetimeToMs(ft: bigint): number {
-  let q = ft / TICKS_PER_MS;
-  let r = ft % TICKS_PER_MS;
-  if (r < 0n) {
-    q -= 1n;
-    r += TICKS_PER_MS;
-  }
-  return Number(q) - EPOCH_1601_MS + Number(r) / 10000;
-}
-
-// ---------------------------------------------------------------------------------------------
-// KVP (hvlab layout)
-
-export const KvpOperation = { Get: 0, Set: 1, Delete: 2, Enumerate: 3 } as const;
-export const KvpPool = { External: 0, Guest: 1, Auto: 2, AutoExternal: 3, AutoInternal: 4 } as const;
-export const KVP_MAX_KEY_BYTES = 512;
-export const KVP_MAX_VALUE_BYTES = 2048;
-export const KVP_MESSAGE_BYTES = 2580;
-/** REG_SZ: the only value type hvlab carries. */
-export const KVP_VALUE_TYPE_STRING = 1;
-const KvpAt = {
-  operation: 0, pool: 1, pad: 2, index: 4, valueType: 8, keySize: 12, valueSize: 16, key: 20, value: 20 + KVP_MAX_KEY_BYTES,
-  size: KVP_MESSAGE_BYTES,
-} as const;
-export interface KvpMessage { operation: number; pool: number; index: number; key: string; value: string }
-
-export function encodeKvp(m: KvpMessage): Uint8Array {
-  checkUint('KVP operation', m.operation, KvpOperation.Enumerate);
-  checkUint('KVP pool', m.pool, KvpPool.AutoInternal);
-  checkUint('KVP index', m.index, 0xffffffff);
-  const key = encodeText('KVP key', m.key, KVP_MAX_KEY_BYTES);
-  const value = encodeText('KVP value', m.value, KVP_MAX_VALUE_BYTES);
-  const out = new Uint8Array(KvpAt.size);
-  const v = viewOf(out);
-  v.setUint8(KvpAt.operation, m.operation);
-  v.setUint8(KvpAt.pool, m.pool);
-  v.setUint32(KvpAt.index, m.index, true);
-  v.setUint32(KvpAt.valueType, KVP_VALUE_TYPE_STRING, true);
-  v.setUint32(KvpAt.keySize, key.length, true);
-  v.setUint32(KvpAt.valueSize, value.length, true);
-  out.set(key, KvpAt.key);
-  out.set(value, KvpAt.value);
-  return out;
-}
-export function decodeKvp(b: Uint8Array): KvpMessage {
-  const v = requireBytes('KVP body', b, KvpAt.size);
-  const operation = v.getUint8(KvpAt.operation);
-  if (operation > KvpOperation.Enumerate) throw new IcError(`KVP operation ${operation} is unknown.`);
-  const pool = v.getUint8(KvpAt.pool);
-  if (pool > KvpPool.AutoInternal) throw new IcError(`KVP pool ${pool} is unknown.`);
-  const valueType = v.getUint32(KvpAt.valueType, true);
-  if (valueType !== KVP_VALUE_TYPE_STRING) throw new IcError(`KVP value_type ${valueType} is not REG_SZ (1).`);
-  const keySize = v.getUint32(KvpAt.keySize, true);
-  if (keySize > KVP_MAX_KEY_BYTES) throw new IcError(`KVP key_size ${keySize} is more than ${KVP_MAX_KEY_BYTES}.`);
-  const valueSize = v.getUint32(KvpAt.valueSize, true);
-  if (valueSize > KVP_MAX_VALUE_BYTES) throw new IcError(`KVP value_size ${valueSize} is more than ${KVP_MAX_VALUE_BYTES}.`);
-  return {
-    operation,
-    pool,
-    index: v.getUint32(KvpAt.index, true),
-    key: decodeText('KVP key', b.subarray(KvpAt.key, KvpAt.key + keySize)),
-    value: decodeText('KVP value', b.subarray(KvpAt.value, KvpAt.value + valueSize)),
-  };
 }

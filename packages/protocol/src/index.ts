@@ -19,3 +19,4 @@ export * from './vmbus.js';
 export * from './ic.js';
 export * from './vpage.js';
 export * from './vmwp.js';
+export * from './devices.js';

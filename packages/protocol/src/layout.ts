@@ -93,6 +93,9 @@ export const KernelPage = {
   sleepArmRef: 0x30, // f64: when the sleep workload's periodic timer was armed
   sleepPeriod: 0x38, // f64: its period (100 ns)
   jitterCount: 0x40, // f64: samples written to the jitter ring
+  stateGpa: 0x48, // f64: where the kernel parked its own saved state (0 none); see guest/src/state.ts
+  stateBytes: 0x50, // i32: its length in bytes
+  statePages: 0x54, // i32: pages allocated for it
   currentTask: 0x100, // 64 x i32: the task each VP runs (-1 none)
   sliceArmed: 0x200, // 64 x i32
   deadlineArmed: 0x300, // 64 x f64: the one-shot deadline each VP's stimer0 is armed for (0 none)

@@ -16,6 +16,7 @@
  * come out as numbers; every other number must be a number. No decoder calls a method of a decoded
  * value: a msgpack map may carry a `toString` that is not a function.
  */
+import { INTEGRATION_SERVICES, type DeviceClass } from './devices.js';
 import { describeValue, isPlainObject, checkPlainData } from './hvwire.js';
 import { MAX_VPS_PER_PARTITION } from './hypercall.js';
 import { VM_NAME_RE } from './vm.js';
@@ -42,8 +43,9 @@ export const MGMT_OPS = [
 ] as const;
 export type MgmtOp = (typeof MGMT_OPS)[number];
 
-export const MGMT_IC_SERVICES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
-export type MgmtIcService = (typeof MGMT_IC_SERVICES)[number];
+/** The integration services, from the device-class registry. */
+export const MGMT_IC_SERVICES: readonly DeviceClass[] = INTEGRATION_SERVICES;
+export type MgmtIcService = DeviceClass;
 export const MGMT_KVP_POOLS = ['external', 'guest', 'auto'] as const;
 export type MgmtKvpPool = (typeof MGMT_KVP_POOLS)[number];
 export const MGMT_KVP_OPS = ['set', 'get', 'delete', 'list'] as const;
@@ -488,7 +490,7 @@ export interface DebugHypercallResult {
 
 /** One integration service of a VM, as `vmIc` (`hvlab vm ic NAME --json`) reports it. */
 export interface IcServiceInfo {
-  service: 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
+  service: DeviceClass;
   enabled: boolean;
   status: 'OK' | 'NoContact' | 'LostCommunication';
   /** Negotiated message version, e.g. "3.0"; null before negotiation. */

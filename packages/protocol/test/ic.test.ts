@@ -1,5 +1,6 @@
 /**
- * Unit tests of the integration-services codec (packages/protocol/src/ic.ts): the pipe and IC
+ * Unit tests of the integration-services codec (packages/protocol/src/ic.ts and the
+ * per-service files heartbeat.ts, shutdown.ts, timesync.ts, kvp.ts): the pipe and IC
  * headers, version negotiation, and the heartbeat, shutdown, time-sync and KVP bodies, with
  * property tests that untrusted bytes either decode or raise IcError and nothing else.
  */
@@ -7,11 +8,13 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import {
   IcError, IcGuid, DeviceClassGuid, IcMessageType, IcFlags, IcStatus, PIPE_HEADER_BYTES, IC_HEADER_BYTES, encodeIcMessage,
-  decodeIcMessage, encodeNegotiate, decodeNegotiate, negotiateVersions, encodeHeartbeat, decodeHeartbeat, encodeShutdown,
-  decodeShutdown, encodeTimeSync, decodeTimeSync, TimeSyncFlags, msToFiletime, filetimeToMs, KvpOperation, KvpPool,
-  KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, KVP_MESSAGE_BYTES, encodeKvp, decodeKvp, guidFromBytes, guidToBytes,
-  type IcHeader, type IcVersion, type Negotiate, type KvpMessage, type ShutdownRequest, type TimeSample,
+  decodeIcMessage, encodeNegotiate, decodeNegotiate, negotiateVersions, guidFromBytes, guidToBytes,
+  type IcHeader, type IcVersion, type Negotiate,
 } from '../src/index.js';
+import { encodeHeartbeat, decodeHeartbeat } from '../src/heartbeat.js';
+import { encodeShutdown, decodeShutdown, type ShutdownRequest } from '../src/shutdown.js';
+import { encodeTimeSync, decodeTimeSync, TimeSyncFlags, msToFiletime, filetimeToMs, type TimeSample } from '../src/timesync.js';
+import { KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, KVP_MESSAGE_BYTES, encodeKvp, decodeKvp, type KvpMessage } from '../src/kvp.js';
 
 const le = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
 const u16 = (b: Uint8Array, at: number): number => le(b).getUint16(at, true);

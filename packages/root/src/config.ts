@@ -15,14 +15,17 @@ import { randomUUID } from 'node:crypto';
 import * as nodeFs from 'node:fs';
 import { join } from 'node:path';
 import {
+  decodeDeviceEntries, defaultDevices, DEVICE_CLASSES, INTEGRATION_SERVICES, type DeviceEntry,
   MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes,
 } from '@hvlab/protocol';
 import { describeIoError } from '@hvlab/runtime';
 
 export const VM_CONFIG_VERSION = 1;
 
+/** The integration services a pre-device-model config could switch off. */
 export const IC_CONFIG_NAMES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
 export type IcConfigName = (typeof IC_CONFIG_NAMES)[number];
+export { INTEGRATION_SERVICES };
 
 export interface VmConfig {
   version: number;
@@ -32,11 +35,30 @@ export interface VmConfig {
   vps: number;
   workload: string;
   processor: { reserve: number; maximum: number; weight: number };
-  /** Which integration services are offered (absent = all, as in configs written before them). */
+  /** The VM's devices (protocol/src/devices.ts); absent in configs written before the device model. */
+  devices?: DeviceEntry[];
+  /** Configs written before the device model: which integration services are offered (absent = all). */
   integrationServices?: Partial<Record<IcConfigName, boolean>>;
   /** Seconds the firmware's real-time clock is off host time at power-on (a clock-skew knob). */
   rtcOffsetS?: number;
   createdAt: string;
+}
+
+/**
+ * The VM's devices: its `devices` list, or for a config written before the device model the
+ * default devices with the integration services it had switched off disabled.
+ */
+export function vmDevices(c: Pick<VmConfig, 'devices' | 'integrationServices'>): DeviceEntry[] {
+  if (c.devices) return c.devices.map((d) => ({ ...d }));
+  const ics = c.integrationServices ?? {};
+  return defaultDevices().map((d) => (DEVICE_CLASSES[d.class].integrationService ? { ...d, enabled: ics[d.class as IcConfigName] !== false } : d));
+}
+
+/** A config with one integration service switched on or off (written in the device model's form). */
+export function withIntegrationService(c: VmConfig, service: string, on: boolean): VmConfig {
+  const devices = vmDevices(c).map((d) => (d.class === service ? { ...d, enabled: on } : d));
+  const { integrationServices: _legacy, ...rest } = c;
+  return { ...rest, devices };
 }
 
 export class MgmtFailure extends Error {
@@ -108,7 +130,7 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
     vps,
     workload,
     processor: { reserve: 0, maximum: 100, weight: 100 },
-    integrationServices: { heartbeat: true, shutdown: true, timesync: true, kvp: true },
+    devices: defaultDevices(),
     rtcOffsetS,
     createdAt: new Date().toISOString(),
   };
@@ -158,7 +180,7 @@ function text(o: Record<string, unknown>, k: string, max = 256): string {
  */
 export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string {
   try {
-    const o = plainMap(v, 'the file', ['version', 'id', 'name', 'memoryBytes', 'vps', 'workload', 'processor', 'integrationServices', 'rtcOffsetS', 'createdAt']);
+    const o = plainMap(v, 'the file', ['version', 'id', 'name', 'memoryBytes', 'vps', 'workload', 'processor', 'devices', 'integrationServices', 'rtcOffsetS', 'createdAt']);
     if (o.version === undefined) throw new ConfigFieldError('field "version" is missing');
     if (o.version !== VM_CONFIG_VERSION) throw new ConfigFieldError(`field "version" is ${shown(o.version)}; this host reads version ${VM_CONFIG_VERSION}`);
     const id = text(o, 'id', 64);
@@ -190,6 +212,12 @@ export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string 
         copy[k] = ics[k];
       }
       out.integrationServices = copy;
+    }
+    if (o.devices !== undefined) {
+      if (o.integrationServices !== undefined) throw new ConfigFieldError('fields "devices" and "integrationServices" are both given; "devices" replaces "integrationServices"');
+      const d = decodeDeviceEntries(o.devices, 'devices');
+      if (typeof d === 'string') throw new ConfigFieldError(`field ${d}`);
+      out.devices = d;
     }
     if (o.rtcOffsetS !== undefined) out.rtcOffsetS = wholeNumber(o, 'rtcOffsetS', 'rtcOffsetS', -MAX_RTC_OFFSET_S, MAX_RTC_OFFSET_S, 'whole seconds within ±10 years');
     // Keep the file's key order, so a rewrite of an unchanged config is byte for byte the same.

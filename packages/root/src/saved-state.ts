@@ -2,14 +2,18 @@
  * A VM's saved state on disk: HVLAB_HOME/vms/<name>.saved/ holds `state.json` (the versioned tree)
  * and `memory.bin` (guest physical memory, byte for byte). The tree is plain data kept apart from
  * runtime types, as OpenVMM and Cloud Hypervisor do: the VM's identity, the partition (reference
- * time, and per VP its registers, APIC, SynIC and synthetic timers), and each device by id
- * (the CMOS clock; VMBus, whose channels the guest re-opens on resume as Linux does after
- * hibernation; the KVP exchange's external pool). Written to a temporary directory and renamed,
- * so a crash never leaves half a saved state.
+ * time, and per VP its registers, APIC, SynIC with its queued messages, synthetic timers and a
+ * pending intercept), and `components`, keyed by component id: "vmbus" (the VMBus server's
+ * channels, GPADLs and offers), "device/<id>" (each device's own state.ts) and "processor". The
+ * guest's own state (its VMBus client, drivers and KVP pools) is in guest memory, as a real
+ * guest's is. Written to a temporary directory and renamed, so a crash never leaves half a saved
+ * state.
  *
  * `state.json` is read back as untrusted input (a user can edit it): `decodeSavedVm` checks the
- * whole tree — versions, types, finite numbers, sizes — and names the file and the field it
- * rejects; the memory file must have the configured size and the recorded sha256.
+ * envelope and the partition — versions, types, finite numbers, sizes — and that `components` is
+ * a bounded map of known component ids; each component is then checked by its own decoder where
+ * it is restored (vmwp/devices.ts). Errors name the file and the field; the memory file must
+ * have the configured size and the recorded sha256.
  *
  * A saved state is used once. Before a VM resumes from it VMMS marks it consumed (an empty
  * `consumed` file, which needs no data blocks even on a full disk); a consumed saved state is no
@@ -19,15 +23,21 @@
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeSavedVpState, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, type SavedVpState } from '@hvlab/protocol';
-import type { CmosState } from './vmwp/cmos.js';
+import { decodeSavedVpState, DEVICE_ID_RE, MAX_DEVICES_PER_VM, type SavedVpState } from '@hvlab/protocol';
 import { shown } from './config.js';
 
-export const SAVED_STATE_VERSION = 1;
-/** Most KVP external-pool entries a saved state may carry (the pool a host sets is small). */
-export const SAVED_KVP_MAX_ENTRIES = 4096;
-const IC_CHANNELS = ['heartbeat', 'shutdown', 'timesync', 'kvp'];
+/** Version 2: per-component state (version 1 kept devices in a fixed map and renegotiated VMBus). */
+export const SAVED_STATE_VERSION = 2;
+/** Most components a saved state may have: every device, VMBus and the processor settings. */
+export const SAVED_MAX_COMPONENTS = MAX_DEVICES_PER_VM + 2;
+/** Largest `state.json` read (its memory is in memory.bin; 64 devices' state is far below this). */
+export const SAVED_STATE_MAX_BYTES = 16 * 1024 * 1024;
 const CONSUMED = 'consumed';
+
+/** A component id: "vmbus", "processor" or "device/<device id>". */
+export function isComponentId(k: string): boolean {
+  return k === 'vmbus' || k === 'processor' || (k.startsWith('device/') && DEVICE_ID_RE.test(k.slice(7)));
+}
 
 export interface SavedVm {
   version: number;
@@ -35,11 +45,8 @@ export interface SavedVm {
   vm: { name: string; id: string; memoryBytes: number; vps: number; workload: string };
   memory: { file: 'memory.bin'; bytes: number; sha256: string };
   partition: { referenceTime: number; vps: SavedVpState[] };
-  devices: {
-    cmos: CmosState;
-    vmbus: { version: 1; channels: string[] };
-    kvp: { version: 1; external: Array<{ key: string; value: string }> };
-  };
+  /** Each component's own saved state, by component id (checked by the component's decoder). */
+  components: Record<string, unknown>;
 }
 
 export class SavedStateError extends Error {
@@ -140,10 +147,6 @@ function str(o: Record<string, unknown>, k: string, path: string, maxBytes: numb
   return v;
 }
 
-function version1(o: Record<string, unknown>, path: string): 1 {
-  if (o.version !== 1) throw new FieldError(`${path}.version is ${shown(o.version)}; this host reads version 1`);
-  return 1;
-}
 
 /**
  * Checks a parsed `state.json` against the VM it should belong to and returns a fresh copy, or
@@ -151,7 +154,10 @@ function version1(o: Record<string, unknown>, path: string): 1 {
  */
 export function decodeSavedVm(v: unknown, expect: { name: string; memoryBytes: number; vps: number; id?: string }): SavedVm | string {
   try {
-    const top = map(v, 'the tree', ['version', 'savedAt', 'vm', 'memory', 'partition', 'devices']);
+    if (v !== null && typeof v === 'object' && !Array.isArray(v) && (v as { version?: unknown }).version === 1) {
+      throw new FieldError('version is 1, written by an older hvlab that renegotiated VMBus on resume; this host reads version 2 (turn the VM off with "vm turn-off" to discard it)');
+    }
+    const top = map(v, 'the tree', ['version', 'savedAt', 'vm', 'memory', 'partition', 'components']);
     if (top.version !== SAVED_STATE_VERSION) throw new FieldError(`version is ${shown(top.version)}; this host reads version ${SAVED_STATE_VERSION}`);
     const savedAt = str(top, 'savedAt', 'the tree', 64);
     if (!Number.isFinite(Date.parse(savedAt))) throw new FieldError(`savedAt is ${shown(savedAt)}, not a date`);
@@ -185,48 +191,25 @@ export function decodeSavedVm(v: unknown, expect: { name: string; memoryBytes: n
       vps.push(d);
     }
 
-    const dev = map(top.devices, 'devices', ['cmos', 'vmbus', 'kvp']);
-    const c = map(dev.cmos, 'devices.cmos', ['version', 'index', 'nvram', 'offsetMs']);
-    version1(c, 'devices.cmos');
-    const index = int(c, 'index', 'devices.cmos', 0, 127);
-    if (!Array.isArray(c.nvram) || c.nvram.length !== 128) throw new FieldError(`devices.cmos.nvram is ${shown(c.nvram)}${Array.isArray(c.nvram) ? ` of ${c.nvram.length}` : ''}, not a list of 128 bytes`);
-    const nvram: number[] = [];
-    for (let i = 0; i < 128; i++) {
-      const b = c.nvram[i] as unknown;
-      if (typeof b !== 'number' || !Number.isInteger(b) || b < 0 || b > 255) throw new FieldError(`devices.cmos.nvram[${i}] is ${shown(b)}, not a byte 0-255`);
-      nvram.push(b);
+    const comp = top.components;
+    if (comp === null || typeof comp !== 'object' || Array.isArray(comp) || (Object.getPrototypeOf(comp) !== Object.prototype && Object.getPrototypeOf(comp) !== null)) {
+      throw new FieldError(`components is ${shown(comp)}, not a map`);
     }
-    const offsetMs = c.offsetMs;
-    // The RTC offset is within ±10 years (the config's limit), kept in ms.
-    if (typeof offsetMs !== 'number' || !Number.isFinite(offsetMs) || Math.abs(offsetMs) > 10 * 366 * 86400 * 1000) {
-      throw new FieldError(`devices.cmos.offsetMs is ${shown(offsetMs)}, not milliseconds within ±10 years`);
+    const ids = Object.keys(comp);
+    if (ids.length > SAVED_MAX_COMPONENTS) throw new FieldError(`components has ${ids.length} entries, more than ${SAVED_MAX_COMPONENTS}`);
+    const components: Record<string, unknown> = {};
+    for (const k of ids) {
+      if (!isComponentId(k)) throw new FieldError(`components has ${shown(k)}, which is not a component id ("vmbus", "processor" or "device/<id>")`);
+      components[k] = (comp as Record<string, unknown>)[k];
     }
-    const vb = map(dev.vmbus, 'devices.vmbus', ['version', 'channels']);
-    version1(vb, 'devices.vmbus');
-    if (!Array.isArray(vb.channels) || vb.channels.length > IC_CHANNELS.length) throw new FieldError(`devices.vmbus.channels is ${shown(vb.channels)}, not a list of at most ${IC_CHANNELS.length} channel names`);
-    const channels: string[] = [];
-    for (let i = 0; i < vb.channels.length; i++) {
-      const ch = vb.channels[i] as unknown;
-      if (typeof ch !== 'string' || !IC_CHANNELS.includes(ch) || channels.includes(ch)) throw new FieldError(`devices.vmbus.channels[${i}] is ${shown(ch)}, not one of ${IC_CHANNELS.join(', ')} (once each)`);
-      channels.push(ch);
-    }
-    const kv = map(dev.kvp, 'devices.kvp', ['version', 'external']);
-    version1(kv, 'devices.kvp');
-    if (!Array.isArray(kv.external) || kv.external.length > SAVED_KVP_MAX_ENTRIES) throw new FieldError(`devices.kvp.external is ${shown(kv.external)}, not a list of at most ${SAVED_KVP_MAX_ENTRIES} entries`);
-    const external: Array<{ key: string; value: string }> = [];
-    for (let i = 0; i < kv.external.length; i++) {
-      const path = `devices.kvp.external[${i}]`;
-      const e = map(kv.external[i], path, ['key', 'value']);
-      external.push({ key: str(e, 'key', path, KVP_MAX_KEY_BYTES), value: str(e, 'value', path, KVP_MAX_VALUE_BYTES) });
-    }
-
+    if (!('vmbus' in components)) throw new FieldError('components.vmbus is missing');
     return {
       version: SAVED_STATE_VERSION,
       savedAt,
       vm: { name, id, memoryBytes, vps: vpCount, workload },
       memory: { file: 'memory.bin', bytes, sha256: digest },
       partition: { referenceTime, vps },
-      devices: { cmos: { version: 1, index, nvram, offsetMs }, vmbus: { version: 1, channels }, kvp: { version: 1, external } },
+      components,
     };
   } catch (e) {
     if (e instanceof FieldError) return e.message;
@@ -243,6 +226,8 @@ export function readSavedState(vmDir: string, name: string, expect: { memoryByte
   const stateFile = join(dir, 'state.json');
   let raw: unknown;
   try {
+    const size = statSync(stateFile).size;
+    if (size > SAVED_STATE_MAX_BYTES) throw new Error(`it is ${size} bytes, more than ${SAVED_STATE_MAX_BYTES}`);
     raw = JSON.parse(readFileSync(stateFile, 'utf8'));
   } catch (e) {
     throw new SavedStateError(`saved state ${stateFile} of VM "${name}" is unreadable: ${(e as Error).message}`);

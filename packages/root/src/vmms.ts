@@ -15,16 +15,16 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  EnabledState, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
+  EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
   entries, nodeArgsFor, pidAlive, hostPaths, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
-import { buildConfig, ConfigStore, MgmtFailure, validateName, type VmConfig } from './config.js';
+import { buildConfig, ConfigStore, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
 import type { VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
-import { IC_SERVICES, type IcEntry } from './vmwp/vmbus.js';
+import type { IcEntry } from './vmwp/devices.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -427,7 +427,7 @@ export class Vmms {
         home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name, id: r.config.id,
         memoryBytes: r.config.memoryBytes, vps: r.config.vps, workload: r.config.workload, processor: r.config.processor,
         rtcOffsetS: r.config.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore,
-        integrationServices: r.config.integrationServices ?? {}, vmbusTransport: this.o.vmbusTransport,
+        devices: vmDevices(r.config), vmbusTransport: this.o.vmbusTransport,
       };
       const ticket = await this.o.vid.ticket();
       if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
@@ -622,7 +622,7 @@ export class Vmms {
       }
       throw new MgmtFailure('Timeout', `VM "${r.config.name}" did not shut down: ${why}; use --force to turn it off`);
     };
-    if (r.state !== EnabledState.Running || !r.link || r.config.integrationServices?.shutdown === false) {
+    if (r.state !== EnabledState.Running || !r.link || !vmDevices(r.config).some((d) => d.class === 'shutdown' && d.enabled)) {
       return await fail(r.state === EnabledState.Running ? 'the shutdown integration service is not available' : `it is ${vmStateName(r.state)}`);
     }
     const deadline = Date.now() + timeoutS * 1000;
@@ -646,7 +646,8 @@ export class Vmms {
     const r = this.get(name);
     const pick = (v: unknown): string | null => {
       if (v === undefined || v === null) return null;
-      if (typeof v !== 'string' || !(IC_SERVICES as readonly string[]).includes(v)) throw new MgmtFailure('InvalidArgument', `integration service "${String(v)}" is unknown: use ${IC_SERVICES.join(', ')}`);
+      if (typeof v !== 'string' || !(INTEGRATION_SERVICES as readonly string[]).includes(v)) throw new MgmtFailure('InvalidArgument', `integration service "${String(v)}" is unknown: use ${INTEGRATION_SERVICES.join(', ')}`);
+      if (!vmDevices(r.config).some((d) => d.class === v)) throw new MgmtFailure('InvalidArgument', `VM "${r.config.name}" has no ${v} device (see "devices" in its config)`);
       return v;
     };
     const enable = pick(args.enable);
@@ -656,14 +657,14 @@ export class Vmms {
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
       const on = enable !== null;
-      const integrationServices = { heartbeat: true, shutdown: true, timesync: true, kvp: true, ...r.config.integrationServices, [change]: on };
-      const res = await this.changeConfig(r, { ...r.config, integrationServices }, live && (() => live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000)));
+      const res = await this.changeConfig(r, withIntegrationService(r.config, change, on), live && (() => live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000)));
       this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
       if (res) return res;
     }
     if (live) return await live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
-    const en = r.config.integrationServices ?? {};
-    return IC_SERVICES.map((s) => ({ service: s, enabled: en[s] !== false, status: 'NoContact' as const, version: null }));
+    return vmDevices(r.config)
+      .filter((d) => DEVICE_CLASSES[d.class].integrationService)
+      .map((d) => ({ service: d.class, enabled: d.enabled, status: 'NoContact' as const, version: null }));
   }
 
   /** KVP exchange: every operation asks the guest over its channel (in the VM's worker). */

@@ -29,15 +29,15 @@ function vp(): SavedVpState {
 
 function state(memory: Uint8Array): saved.SavedVm {
   return {
-    version: 1,
+    version: 2,
     savedAt: '2026-11-30T12:00:00.000Z',
     vm: { name: 'v', id: '3f2b8c1e-8d4a-4f7e-9b1a-2c3d4e5f6a7b', memoryBytes: MEM, vps: 2, workload: 'counter' },
     memory: { file: 'memory.bin', bytes: MEM, sha256: sha256(memory) },
     partition: { referenceTime: 123456, vps: [vp(), vp()] },
-    devices: {
-      cmos: { version: 1, index: 0, nvram: new Array<number>(128).fill(0), offsetMs: 0 },
-      vmbus: { version: 1, channels: ['heartbeat', 'kvp'] },
-      kvp: { version: 1, external: [{ key: 'k', value: 'v' }] },
+    components: {
+      vmbus: { version: 1, anything: 'checked by the VMBus server when it restores' },
+      'device/cmos': { version: 1, index: 0, nvram: new Array<number>(128).fill(0), offsetMs: 0 },
+      processor: { version: 1, reserve: 0, maximum: 100, weight: 100 },
     },
   };
 }
@@ -87,7 +87,8 @@ describe('saved state on disk', () => {
 
   it('rejects each bad field of the tree, naming it', () => {
     const cases: Array<[(t: Record<string, any>) => void, RegExp]> = [
-      [(t) => { t.version = 2; }, /version is 2/],
+      [(t) => { t.version = 3; }, /version is 3/],
+      [(t) => { t.version = 1; }, /older hvlab/],
       [(t) => { t.savedAt = 7; }, /savedAt/],
       [(t) => { t.vm.name = 'w'; }, /vm\.name/],
       [(t) => { t.vm.vps = 3; }, /VP count changed/],
@@ -97,15 +98,12 @@ describe('saved state on disk', () => {
       [(t) => { t.partition.vps = [vp()]; }, /partition\.vps/],
       [(t) => { t.partition.vps[1].timers = [null]; }, /partition\.vps\[1\]: .*timers/],
       [(t) => { t.partition.vps[0].apic.tpr = -1; }, /partition\.vps\[0\]: .*apic\.tpr/],
-      [(t) => { t.devices.cmos.nvram = [1, 2]; }, /devices\.cmos\.nvram/],
-      [(t) => { t.devices.cmos.nvram[5] = 256; }, /devices\.cmos\.nvram\[5\]/],
-      [(t) => { t.devices.cmos.index = 200; }, /devices\.cmos\.index/],
-      [(t) => { t.devices.cmos.version = 2; }, /devices\.cmos\.version/],
-      [(t) => { t.devices.vmbus.channels = ['heartbeat', 'nic']; }, /devices\.vmbus\.channels\[1\]/],
-      [(t) => { t.devices.kvp.external = [{ key: 'k'.repeat(600), value: '' }]; }, /devices\.kvp\.external\[0\]\.key/],
-      [(t) => { t.devices.kvp.external = [{ key: 'k', value: { toString: 1 } }]; }, /devices\.kvp\.external\[0\]\.value/],
-      [(t) => { t.devices.kvp = null; }, /devices\.kvp/],
-      [(t) => { t.devices.disk = {}; }, /"disk"/],
+      [(t) => { t.components = []; }, /components is a list, not a map/],
+      [(t) => { t.components['disk/0'] = {}; }, /"disk\/0", which is not a component id/],
+      [(t) => { t.components['device/Bad Id'] = {}; }, /not a component id/],
+      [(t) => { delete t.components.vmbus; }, /components\.vmbus is missing/],
+      [(t) => { for (let i = 0; i < 80; i++) t.components[`device/d${i}`] = {}; }, /more than 66/],
+      [(t) => { t.devices = {}; }, /"devices", which is unknown/],
       [(t) => { delete t.partition; }, /partition is missing/],
     ];
     const original = readFileSync(stateFile(), 'utf8');

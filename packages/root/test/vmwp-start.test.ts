@@ -7,14 +7,14 @@ const good = {
   config: {
     home: '/h', hostId: 'abc123', hvPid: 10, name: 'a', id: 'i', memoryBytes: 8388608, vps: 1, workload: 'counter',
     processor: { reserve: 0, maximum: 100, weight: 100 }, rtcOffsetS: 0, vmDir: '/h/vms', restore: false,
-    integrationServices: { kvp: false }, vmbusTransport: 'shm',
+    devices: [{ class: 'kvp', id: 'kvp', enabled: false }], vmbusTransport: 'shm',
   },
 };
 
 describe('the VMWP start-up input decoder', () => {
   it('accepts what VMMS writes and refuses each field of the wrong type or range', () => {
-    expect(decodeVmwpStartInput(JSON.stringify(good)).config.integrationServices).to.deep.equal({ kvp: false });
-    const bad: Array<[string, unknown]> = [['vps', 0], ['vps', '1'], ['hvPid', 1e999], ['memoryBytes', -1], ['restore', 'no'], ['vmbusTransport', 'tcp'], ['name', { toString: 1 }]];
+    expect(decodeVmwpStartInput(JSON.stringify(good)).config.devices).to.deep.equal([{ class: 'kvp', id: 'kvp', enabled: false }]);
+    const bad: Array<[string, unknown]> = [['vps', 0], ['vps', '1'], ['hvPid', 1e999], ['memoryBytes', -1], ['restore', 'no'], ['vmbusTransport', 'tcp'], ['name', { toString: 1 }], ['devices', [{ class: 'floppy', id: 'f', enabled: true }]]];
     for (const [k, v] of bad) {
       expect(() => decodeVmwpStartInput(JSON.stringify({ ...good, config: { ...good.config, [k]: v } })), k).to.throw(Error, new RegExp(k));
     }

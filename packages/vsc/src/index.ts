@@ -1,9 +1,9 @@
 /**
- * @hvlab/vsc — the guest's virtual service clients, one folder per device class (STYLE.md).
- * `ic/`: the guest halves of the integration services. Each client is a `VmbusDriver`: attached
- * to an open channel, detached when the host rescinds it.
- *
- * Deviation: the KVP pools live in the guest kernel's heap, not in guest memory, so they do not
- * yet survive save and restore.
+ * @hvlab/vsc — the guest halves of the virtual devices, one folder per device class with the same
+ * names as in @hvlab/vsp. Each folder's index exports `createDriver` (the contract in driver.ts)
+ * and is loaded by name as `@hvlab/vsc/<class>`; `cmos/` is read by VP 0 through port I/O at boot.
+ * `ic/` is the integration-services framework, guest side.
  */
-export * from './ic/index.js';
+export * from './driver.js';
+export * from './ic/client.js';
+export * from './ic/state.js';

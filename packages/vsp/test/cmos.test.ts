@@ -4,7 +4,8 @@
  * and the saved state.
  */
 import { expect } from 'chai';
-import { CmosRtc, CMOS_DATA_PORT, CMOS_INDEX_PORT, type CmosState } from '../src/vmwp/cmos.js';
+import { CmosRtc, CMOS_DATA_PORT, CMOS_INDEX_PORT } from '../src/cmos/index.js';
+import { decodeCmosState } from '../src/cmos/state.js';
 
 /** Thursday 29 February 2024, 13:45:07.250 UTC. */
 const FIXED = Date.UTC(2024, 1, 29, 13, 45, 7, 250);
@@ -115,7 +116,7 @@ describe('CmosRtc', () => {
     expect(saved.offsetMs).to.equal(offset);
 
     const copy = new CmosRtc(0, () => FIXED);
-    copy.restore(JSON.parse(JSON.stringify(saved)) as CmosState);
+    copy.restore(JSON.parse(JSON.stringify(saved)) as ReturnType<CmosRtc['save']>);
     expect(copy.access(CMOS_DATA_PORT, false, 0), 'the selected register').to.equal(0x34);
     expect(readReg(copy, 0x20)).to.equal(0x12);
     expect(readReg(copy, 0x04), 'hour with the offset, in binary').to.equal(16);
@@ -129,7 +130,7 @@ describe('CmosRtc', () => {
     expect(saved.nvram[0x20]).to.equal(0);
   });
 
-  it('restore rejects a state of another version or with the wrong NVRAM size, and keeps its own state', () => {
+  it('its state decoder rejects a state of another version, a wrong NVRAM size or a non-finite offset, naming the field', () => {
     const rtc = new CmosRtc(0, () => FIXED);
     writeReg(rtc, 0x20, 0x99);
     const good = rtc.save();
@@ -137,9 +138,14 @@ describe('CmosRtc', () => {
       { ...good, version: 2 },
       { ...good, nvram: good.nvram.slice(0, 127) },
       { ...good, nvram: 'x'.repeat(128) },
+      { ...good, nvram: [...good.nvram.slice(0, 127), 256] },
+      { ...good, offsetMs: Infinity },
+      { ...good, extra: 1 },
       null,
     ];
-    for (const s of bad) expect(() => rtc.restore(s as CmosState), JSON.stringify(s)?.slice(0, 40)).to.throw(/version 1/);
+    const why = [/cmos\.version/, /cmos\.nvram has 127/, /cmos\.nvram is/, /cmos\.nvram\[127\]/, /cmos\.offsetMs/, /"extra"/, /cmos is null/];
+    bad.forEach((s, i) => expect(decodeCmosState(s), JSON.stringify(s)?.slice(0, 40)).to.be.a('string').and.match(why[i]));
+    expect(decodeCmosState(JSON.parse(JSON.stringify(good)))).to.deep.equal(good);
     expect(readReg(rtc, 0x20)).to.equal(0x99);
   });
 });

@@ -1,12 +1,21 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import {
-  encodeIcMessage, encodeHeartbeat, encodeKvp, encodeNegotiate, encodeTimeSync, encodeShutdown, IcFlags, IcMessageType, IcStatus, KvpOperation, KvpPool,
-  msToFiletime, type ShutdownRequest,
-} from '@hvlab/protocol';
+import { encodeIcMessage, encodeNegotiate, IcFlags, IcMessageType, IcStatus } from '@hvlab/protocol';
+import { encodeHeartbeat } from '@hvlab/protocol/heartbeat';
+import { encodeKvp, KvpOperation, KvpPool } from '@hvlab/protocol/kvp';
+import { encodeShutdown, type ShutdownRequest } from '@hvlab/protocol/shutdown';
+import { encodeTimeSync, msToFiletime } from '@hvlab/protocol/timesync';
 import { VmbusLoopback, PacketType, type VmbusChannel, type VmbusDriver } from '@hvlab/vmbus';
-import { HeartbeatClient, ShutdownClient, TimeSyncClient, KvpClient, type IcClient } from '@hvlab/vsc';
-import { HeartbeatProvider, ShutdownProvider, TimeSyncProvider, KvpProvider, KvpInputError, type IcProvider } from '../src/index.js';
+import type { IcClient } from '@hvlab/vsc';
+import { HeartbeatClient } from '@hvlab/vsc/heartbeat';
+import { KvpClient } from '@hvlab/vsc/kvp';
+import { ShutdownClient } from '@hvlab/vsc/shutdown';
+import { TimeSyncClient } from '@hvlab/vsc/timesync';
+import type { IcProvider } from '../src/index.js';
+import { HeartbeatProvider } from '../src/heartbeat/index.js';
+import { KvpProvider, KvpInputError } from '../src/kvp/index.js';
+import { ShutdownProvider } from '../src/shutdown/index.js';
+import { TimeSyncProvider } from '../src/timesync/index.js';
 
 const quiet = { info: () => {}, warn: () => {} };
 

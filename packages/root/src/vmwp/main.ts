@@ -7,8 +7,8 @@
  * It builds the VM through hypercalls in a root-partition session opened with a one-time ticket
  * (never the root's token): CreatePartition, privileges and CPU properties, InitializePartition,
  * MapGpaPages, CreateVp, the control ports; it writes the boot page as firmware, hosts the VM's
- * VMBus server and integration-service providers (vmbus.ts), emulates the CMOS RTC on port
- * intercepts, starts the child partition process, and saves the VM.
+ * devices (devices.ts: the VMBus server with the integration services, the CMOS clock on its
+ * port-I/O bus), starts the child partition process, and saves and restores the VM.
  *
  * Start-up input arrives on stdin as one JSON line `{config, ticket, secret}` (nothing secret in
  * the environment, which any process of the same user can read in /proc/PID/environ).
@@ -22,15 +22,16 @@ import { join } from 'node:path';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
-  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, InterceptType, InterceptAccess, KERNEL_PAGE_GPA, KernelPage,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass,
   type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
-import { IcRequestError, KvpInputError, type IcServiceName, type KvpPoolName } from '@hvlab/vsp';
+import { IcRequestError } from '@hvlab/vsp';
+import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
+import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
-import { CmosRtc, CMOS_INDEX_PORT, CMOS_DATA_PORT } from './cmos.js';
-import { IC_SERVICES, VmIntegration } from './vmbus.js';
+import { VmDevices } from './devices.js';
 import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
 
 
@@ -55,8 +56,7 @@ let runningSince: number | null = null;
 let suspended = false;
 let saved = false;
 let exiting = false;
-let integration: VmIntegration | null = null;
-const cmos = new CmosRtc(cfg.rtcOffsetS * 1000);
+let devices: VmDevices | null = null;
 let intercepts = 0;
 
 // ---- the record a re-attaching root reads -----------------------------------------------------
@@ -86,7 +86,8 @@ function writeRecord(): void {
 /** An intercepted port access of our partition: emulate it, write the result, resume the VP. */
 async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promise<void> {
   const write = n.access === 2;
-  const result = cmos.access(n.port, write, n.value);
+  // A port no device claims reads as all ones, as on a bus with nothing behind the port.
+  const result = devices?.portAccess(n.port, write, n.value, 1) ?? 0xff;
   intercepts++;
   const values: Record<string, number> = { Rip: n.rip + 1, InterceptSuspend: 0 };
   if (!write) values.Rax = result >>> 0;
@@ -95,7 +96,7 @@ async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promis
 
 const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
   if (n.k === 'rootmsg') {
-    if (integration?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
+    if (devices?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
     if (n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId && !booted) {
       booted = true;
       runningSince = Date.now();
@@ -103,7 +104,7 @@ const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
       control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
     }
   } else if (n.k === 'rootevent') {
-    integration?.onRootEvent(n.portId, n.sender);
+    devices?.onRootEvent(n.portId, n.sender);
   } else if (n.k === 'intercept' && n.partitionId === partitionId) {
     onIntercept(n).catch((e) => log.error({ err: e, port: n.port }, 'intercept handling failed'));
   } else if (n.k === 'bye') {
@@ -124,7 +125,7 @@ async function exit(reason: string, code = 0, guestShutdown = false): Promise<vo
     child.kill('SIGKILL');
     await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
   }
-  integration?.close();
+  devices?.close();
   if (partitionId && pidAlive(cfg.hvPid)) {
     await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
     await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
@@ -156,17 +157,19 @@ async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
   return await childRpc.request<Uint8Array>({ t: 'read', gpa, len });
 }
 
-function ics(): VmIntegration {
-  if (!integration) throw new VmwpFailure('InvalidState', 'the VM has no VMBus yet');
-  return integration;
+function vmDevices(): VmDevices {
+  if (!devices) throw new VmwpFailure('InvalidState', 'the VM has no devices yet');
+  return devices;
 }
 
 async function kvp(req: Extract<VmwpRequest, { t: 'kvp' }>): Promise<unknown> {
-  const i = ics();
-  if (!i.enabled.kvp) throw new VmwpFailure('InvalidState', `the KVP integration service of VM "${cfg.name}" is disabled`);
+  const d = vmDevices().ofClass('kvp');
+  if (!d) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" has no KVP device`);
+  if (!d.entry.enabled) throw new VmwpFailure('InvalidState', `the KVP integration service of VM "${cfg.name}" is disabled`);
   if (!['external', 'guest', 'auto'].includes(req.pool)) throw new VmwpFailure('InvalidArgument', `KVP pool "${req.pool}" is unknown: use external, guest or auto`);
   const pool = req.pool as KvpPoolName;
-  const k = i.providers.kvp;
+  const k = d.device.vmbus;
+  if (!(k instanceof KvpProvider)) throw new VmwpFailure('InvalidState', `the KVP device of VM "${cfg.name}" is not a KVP provider`);
   try {
     switch (req.op) {
       case 'set':
@@ -234,11 +237,12 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       setTimeout(() => void exit(req.reason), 10);
       return true;
     case 'ic': {
-      const i = ics();
+      const i = vmDevices();
       for (const [svc, on] of [[req.enable, true], [req.disable, false]] as const) {
         if (svc === null) continue;
-        if (!(IC_SERVICES as readonly string[]).includes(svc)) throw new VmwpFailure('InvalidArgument', `integration service "${svc}" is unknown: use ${IC_SERVICES.join(', ')}`);
-        await i.setEnabled(svc as IcServiceName, on);
+        if (!isDeviceClass(svc) || !(INTEGRATION_SERVICES as readonly string[]).includes(svc)) throw new VmwpFailure('InvalidArgument', `integration service "${svc}" is unknown: use ${INTEGRATION_SERVICES.join(', ')}`);
+        if (!i.ofClass(svc)) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" has no ${svc} device`);
+        await i.setEnabled(svc, on);
         log.info({ service: svc, enabled: on }, 'integration service changed');
       }
       return i.ic();
@@ -246,9 +250,9 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
     case 'kvp':
       return await kvp(req);
     case 'shutdown': {
-      const i = ics();
-      const sd = i.providers.shutdown;
-      if (!i.enabled.shutdown || !sd.negotiated) throw new VmwpFailure('Unavailable', 'the shutdown integration service is not available');
+      const d = vmDevices().ofClass('shutdown');
+      const sd = d?.device.vmbus;
+      if (!d?.entry.enabled || !(sd instanceof ShutdownProvider) || !sd.negotiated) throw new VmwpFailure('Unavailable', 'the shutdown integration service is not available');
       try {
         await sd.shutdown({ answerTimeoutMs: Math.min(req.timeoutS * 1000, 10000), timeoutSeconds: req.timeoutS });
       } catch (e) {
@@ -260,17 +264,18 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
 }, log);
 
 /**
- * Save: suspend the partition, wait until every VP has left its LP at a step boundary, then
- * write memory and the state of every VP and device. The VM stays suspended; VMMS turns it off.
+ * Save: suspend the partition, wait until every VP has left its LP at a step boundary, have the
+ * guest kernel park its interrupt handling and write its own state (VMBus client, drivers, KVP
+ * pools) into guest memory, then take memory, every VP and every device in one step (no await in
+ * between, so no device timer can write a ring between the memory copy and the device states).
+ * The VM stays suspended; VMMS turns it off. Any failure resumes it.
  */
 async function save(): Promise<{ bytes: number; ms: number }> {
   if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
+  const d = vmDevices();
   const t0 = Date.now();
-  const i = integration;
-  const kvpProvider = i?.enabled.kvp ? i.providers.kvp : null;
-  const kvpExternal = kvpProvider?.negotiated ? (await kvpProvider.list('external').catch(() => [])).map((e) => ({ key: e.key, value: e.value })) : [];
-  const channels = i ? i.ic().filter((e) => e.enabled).map((e) => e.service) : [];
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 1 });
+  let quiesced = false;
   try {
     let vps: SavedVpState[] = [];
     for (;;) {
@@ -280,21 +285,31 @@ async function save(): Promise<{ bytes: number; ms: number }> {
       if (Date.now() - t0 > 10000) throw new Error('a VP did not stop at a step boundary within 10 s');
       await new Promise((r) => setTimeout(r, 5));
     }
+    if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
+    await childRpc.request({ t: 'quiesce' }, 10000);
+    quiesced = true;
+    // The VMBus server must be between steps (no offer or open half done) when it is saved.
+    for (let i = 0; !d.server.idle; i++) {
+      if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
+      await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
+    }
     const mem = new Uint8Array(memory.buffer).slice();
+    const components = { ...d.save(), processor: { version: 1, ...cfg.processor } };
     const state: SavedVm = {
       version: SAVED_STATE_VERSION,
       savedAt: new Date().toISOString(),
       vm: { name: cfg.name, id: cfg.id, memoryBytes: cfg.memoryBytes, vps: cfg.vps, workload: cfg.workload },
       memory: { file: 'memory.bin', bytes: mem.length, sha256: sha256(mem) },
       partition: { referenceTime: vps[0]?.referenceTime ?? 0, vps },
-      devices: { cmos: cmos.save(), vmbus: { version: 1, channels }, kvp: { version: 1, external: kvpExternal } },
+      components,
     };
     writeSavedState(cfg.vmDir, cfg.name, state, mem);
     saved = true;
     suspended = true;
-    log.info({ bytes: mem.length, ms: Date.now() - t0 }, 'VM saved');
+    log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(components).length }, 'VM saved');
     return { bytes: mem.length, ms: Date.now() - t0 };
   } catch (e) {
+    if (quiesced) await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
     await hv.call('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 0 }).catch(() => undefined);
     throw e;
   }
@@ -335,8 +350,6 @@ async function build(): Promise<void> {
   await hv.must('InitializePartition', { partitionId });
   await hv.must('MapGpaPages', { partitionId, gpaPage: 0, pageCount: cfg.memoryBytes / PAGE });
   for (let vp = 0; vp < cfg.vps; vp++) await hv.must('CreateVp', { partitionId, vpIndex: vp });
-  // Legacy devices this worker emulates: the CMOS clock (read by the guest at boot).
-  await hv.must('InstallIntercept', { partitionId, type: InterceptType.IoPortRange, access: InterceptAccess.Read | InterceptAccess.Write, port: CMOS_INDEX_PORT, portEnd: CMOS_DATA_PORT });
   // Guest -> root control port (owned by this session) and root -> guest message/event ports.
   await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId), type: PortType.Message, vpIndex: 0, sint: 0 });
   await hv.must('ConnectPort', { partitionId, connectionId: GUEST_CONTROL_CONNECTION_ID, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });
@@ -344,28 +357,30 @@ async function build(): Promise<void> {
   await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });
   await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 2), portPartitionId: partitionId, portId: 2 });
-  // This worker's VMBus server takes the partition: ports for connections 1 and 4, offers.
+  // The VM's devices (its config's list), with this worker's VMBus server and port-I/O bus.
   const remote = cfg.vmbusTransport === 'remote' || session.memoryMode !== 'shared';
-  integration = new VmIntegration(partitionId, cfg.name, hv, remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, cfg.integrationServices, log,
-    { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) });
-  await integration.attach();
-  const fw = firmwarePage({ endpoint: integration.endpoint || paths.vmbusEndpointFor(partitionId), token: integration.token });
+  if (restoreFrom && session.memoryMode !== 'shared') throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
+  devices = await VmDevices.create({
+    partitionId, vm: cfg.name, vmId: cfg.id, vid: hv, remote: remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, entries: cfg.devices, log, rtcOffsetS: cfg.rtcOffsetS,
+    timing: { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) },
+  });
+  const restoring = restoreFrom ? devices.decodeSaved(restoreFrom.state.components) : null;
   if (session.memoryMode === 'shared') {
     const region = `hvlab-${cfg.hostId}-p${partitionId}-mem`;
     memory = new DataView(openRegion(region));
     if (restoreFrom) {
-      // Restore: memory byte for byte, then each VP's registers, APIC, SynIC and timers, then devices.
+      // Restore: memory byte for byte (the guest kernel's own state is in it), then each VP's
+      // registers, APIC, SynIC and timers, then every device and the VMBus channels.
       new Uint8Array(memory.buffer).set(restoreFrom.memory);
-      new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
       for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: restoreFrom.state.partition.vps[i] });
-      cmos.restore(restoreFrom.state.devices.cmos);
-      restoreKvp(restoreFrom.state.devices.kvp.external);
+      devices.restoreDevices(restoring!.devices);
       log.info({ savedAt: restoreFrom.state.savedAt }, 'restoring saved state');
     }
-    new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
-  } else if (restoreFrom) {
-    throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
   }
+  await devices.attach(restoring ? { restoring: restoring.vmbus } : {});
+  const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
+  if (restoreFrom) new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
+  if (memory) new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
   child = spawn(process.execPath, nodeArgsFor(entries.partition), {
     stdio: ['pipe', 'ignore', 'inherit', 'ipc'],
     serialization: 'advanced',
@@ -397,21 +412,6 @@ async function build(): Promise<void> {
   });
   if (session.memoryMode !== 'shared') await childRpc.request({ t: 'firmware', page: fw });
   log.info({ partitionId, partitionPid: child.pid, memoryMode: session.memoryMode }, 'VM built');
-}
-
-/** Puts the saved KVP external pool back once the restored guest's KVP service is up. */
-function restoreKvp(pool: Array<{ key: string; value: string }>): void {
-  if (pool.length === 0) return;
-  const deadline = Date.now() + 15000;
-  const attempt = async (): Promise<void> => {
-    const k = integration?.providers.kvp;
-    if (!k?.negotiated) {
-      if (Date.now() < deadline && !exiting) setTimeout(() => void attempt(), 100);
-      return;
-    }
-    for (const e of pool) await k.set('external', e.key, e.value).catch(() => undefined);
-  };
-  void attempt();
 }
 
 writeRecord();

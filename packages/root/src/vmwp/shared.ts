@@ -1,3 +1,4 @@
+import { decodeDeviceEntries, type DeviceEntry } from '@hvlab/protocol';
 /** What VMMS and a VMWP agree on. */
 export interface VmwpConfig {
   home: string;
@@ -13,8 +14,8 @@ export interface VmwpConfig {
   /** Where saved states live (HVLAB_HOME/vms), and whether to start from the VM's saved state. */
   vmDir: string;
   restore: boolean;
-  /** Which integration services to offer, and how VMBus carries packets on this host. */
-  integrationServices: Partial<Record<'heartbeat' | 'shutdown' | 'timesync' | 'kvp', boolean>>;
+  /** The VM's devices (protocol/src/devices.ts), and how VMBus carries packets on this host. */
+  devices: DeviceEntry[];
   vmbusTransport: 'shm' | 'remote';
 }
 
@@ -63,10 +64,8 @@ export function decodeVmwpStartInput(text: string): VmwpStartInput {
   const top = obj(v, 'the start-up input');
   const c = obj(top.config, 'field config');
   const p = obj(c.processor, 'field config.processor');
-  const ics = obj(c.integrationServices ?? {}, 'field config.integrationServices');
-  for (const [k, x] of Object.entries(ics)) {
-    if (!['heartbeat', 'shutdown', 'timesync', 'kvp'].includes(k) || typeof x !== 'boolean') throw new Error(`integration service ${k} is unknown or not a boolean`);
-  }
+  const devices = decodeDeviceEntries(c.devices, 'field config.devices');
+  if (typeof devices === 'string') throw new Error(devices);
   if (typeof c.restore !== 'boolean') throw new Error('field restore is not a boolean');
   if (c.vmbusTransport !== 'shm' && c.vmbusTransport !== 'remote') throw new Error('field vmbusTransport is not shm or remote');
   return {
@@ -77,7 +76,7 @@ export function decodeVmwpStartInput(text: string): VmwpStartInput {
       memoryBytes: int(c, 'memoryBytes', 4096, Number.MAX_SAFE_INTEGER), vps: int(c, 'vps', 1, 64), workload: str(c, 'workload', 64),
       processor: { reserve: int(p, 'reserve', 0, 100), maximum: int(p, 'maximum', 1, 100), weight: int(p, 'weight', 1, 10000) },
       rtcOffsetS: int(c, 'rtcOffsetS', -(10 * 365 * 86400), 10 * 365 * 86400), vmDir: str(c, 'vmDir'), restore: c.restore,
-      integrationServices: ics as VmwpConfig['integrationServices'], vmbusTransport: c.vmbusTransport,
+      devices, vmbusTransport: c.vmbusTransport,
     },
   };
 }

@@ -9,6 +9,7 @@ import {
   type IcHeader, type IcVersion,
 } from '@hvlab/protocol';
 import { PacketType, type VmbusChannel, type VmbusDriver } from '@hvlab/vmbus';
+import type { IcClientState } from './state.js';
 
 /** Integration services use 16 KiB rings per direction (REFERENCE.md). */
 export const IC_RING_BYTES = 16 * 1024;
@@ -34,6 +35,22 @@ export abstract class IcClient implements VmbusDriver {
     this.negotiated = null;
     this.stats.attaches++;
     channel.onPacket = (type, flags, transId, payload) => this.onPacket(type, transId, payload);
+  }
+
+  /** The channel came back open from a saved state: keep the negotiated versions. */
+  reattach(channel: VmbusChannel): void {
+    this.channel = channel;
+    channel.onPacket = (type, flags, transId, payload) => this.onPacket(type, transId, payload);
+  }
+
+  saveIc(): IcClientState {
+    const n = this.negotiated;
+    return { version: 1, negotiated: n ? { framework: { ...n.framework }, message: { ...n.message } } : null };
+  }
+
+  restoreIc(s: IcClientState): void {
+    const n = s.negotiated;
+    this.negotiated = n ? { framework: { ...n.framework }, message: { ...n.message } } : null;
   }
 
   detach(): void {

@@ -1,36 +1,25 @@
 /**
- * The emulated CMOS real-time clock (MC146818) at ports 0x70 (index, write) and 0x71 (data), in
- * the VMWP as Hyper-V keeps its legacy devices there. It answers time registers from host time
- * plus the VM's RTC offset, in BCD with a 24-hour clock (status B 0x02), and keeps the rest of
- * its 128 bytes as NVRAM. Its saved state is the index register, the NVRAM and the offset.
+ * The emulated CMOS real-time clock (MC146818), a legacy device with a port-I/O capability: the
+ * VMWP intercepts ports 0x70 (index, write) and 0x71 (data) and hands every access here, as Hyper-V
+ * keeps its legacy devices in the worker process. Time registers answer host time plus the VM's
+ * RTC offset, in BCD with a 24-hour clock (status B 0x02) unless the guest sets binary mode; the
+ * rest of the 128 bytes is NVRAM.
  */
-export const CMOS_INDEX_PORT = 0x70;
-export const CMOS_DATA_PORT = 0x71;
+import { CMOS_BYTES, CMOS_DATA_PORT, CMOS_INDEX_PORT, CMOS_STATUS_B_BINARY, CmosRegister, toBcd } from '@hvlab/protocol/cmos';
+import type { DeviceContext, PortIoHandler, VirtualDevice } from '../device.js';
+import { decodeCmosState, type CmosState } from './state.js';
 
-export interface CmosState {
-  version: 1;
-  index: number;
-  nvram: number[];
-  offsetMs: number;
-}
+export { CMOS_DATA_PORT, CMOS_INDEX_PORT };
+export type { CmosState };
 
-const STATUS_A = 0x0a;
-const STATUS_B = 0x0b;
-const STATUS_D = 0x0d;
-const CENTURY = 0x32;
-
-function bcd(v: number): number {
-  return ((Math.floor(v / 10) % 10) << 4) | v % 10;
-}
-
-export class CmosRtc {
+export class CmosRtc implements PortIoHandler {
   private index = 0;
-  private readonly nvram = new Uint8Array(128);
+  private readonly nvram = new Uint8Array(CMOS_BYTES);
 
   constructor(private offsetMs: number, private readonly now: () => number = Date.now) {
-    this.nvram[STATUS_A] = 0x26;
-    this.nvram[STATUS_B] = 0x02;
-    this.nvram[STATUS_D] = 0x80; // valid RAM and time
+    this.nvram[CmosRegister.statusA] = 0x26;
+    this.nvram[CmosRegister.statusB] = 0x02;
+    this.nvram[CmosRegister.statusD] = 0x80; // valid RAM and time
   }
 
   /** Handles one intercepted access; returns the value read (writes return 0). */
@@ -41,25 +30,25 @@ export class CmosRtc {
     }
     if (port !== CMOS_DATA_PORT) return 0xff;
     if (write) {
-      if (this.index >= 0x0e || this.index === STATUS_B) this.nvram[this.index] = value & 0xff;
+      if (this.index >= 0x0e || this.index === CmosRegister.statusB) this.nvram[this.index] = value & 0xff;
       return 0;
     }
     return this.read(this.index);
   }
 
   private read(reg: number): number {
-    const binary = (this.nvram[STATUS_B] & 0x04) !== 0;
-    const enc = (v: number): number => (binary ? v : bcd(v));
+    const binary = (this.nvram[CmosRegister.statusB] & CMOS_STATUS_B_BINARY) !== 0;
+    const enc = (v: number): number => (binary ? v : toBcd(v));
     const d = new Date(this.now() + this.offsetMs);
     switch (reg) {
-      case 0x00: return enc(d.getUTCSeconds());
-      case 0x02: return enc(d.getUTCMinutes());
-      case 0x04: return enc(d.getUTCHours());
-      case 0x06: return enc(d.getUTCDay() + 1);
-      case 0x07: return enc(d.getUTCDate());
-      case 0x08: return enc(d.getUTCMonth() + 1);
-      case 0x09: return enc(d.getUTCFullYear() % 100);
-      case CENTURY: return enc(Math.floor(d.getUTCFullYear() / 100));
+      case CmosRegister.seconds: return enc(d.getUTCSeconds());
+      case CmosRegister.minutes: return enc(d.getUTCMinutes());
+      case CmosRegister.hours: return enc(d.getUTCHours());
+      case CmosRegister.weekday: return enc(d.getUTCDay() + 1);
+      case CmosRegister.day: return enc(d.getUTCDate());
+      case CmosRegister.month: return enc(d.getUTCMonth() + 1);
+      case CmosRegister.year: return enc(d.getUTCFullYear() % 100);
+      case CmosRegister.century: return enc(Math.floor(d.getUTCFullYear() / 100));
       default: return this.nvram[reg & 0x7f];
     }
   }
@@ -68,10 +57,30 @@ export class CmosRtc {
     return { version: 1, index: this.index, nvram: [...this.nvram], offsetMs: this.offsetMs };
   }
 
+  /** Takes a state `decodeCmosState` accepted. */
   restore(s: CmosState): void {
-    if (s?.version !== 1 || !Array.isArray(s.nvram) || s.nvram.length !== 128) throw new Error('CMOS saved state is not version 1 with 128 bytes of NVRAM');
     this.index = s.index & 0x7f;
     this.nvram.set(s.nvram.map((v) => v & 0xff));
-    this.offsetMs = Number(s.offsetMs) || 0;
+    this.offsetMs = s.offsetMs;
   }
+}
+
+export function createDevice(ctx: DeviceContext): VirtualDevice<CmosState> {
+  const rtc = new CmosRtc(ctx.rtcOffsetS * 1000);
+  let accesses = 0;
+  return {
+    class: 'cmos',
+    id: ctx.entry.id,
+    portIo: {
+      access: (port, write, value) => {
+        accesses++;
+        return rtc.access(port, write, value);
+      },
+    },
+    status: () => ({ accesses }),
+    save: () => rtc.save(),
+    decode: decodeCmosState,
+    restore: (s) => rtc.restore(s),
+    close: () => undefined,
+  };
 }

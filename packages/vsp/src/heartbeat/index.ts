@@ -4,22 +4,26 @@
  * "OK" while answers keep coming, "LostCommunication" once none came for `lostAfterMs` after
  * contact, "NoContact" before negotiation or while the channel is closed.
  */
-import { decodeHeartbeat, encodeHeartbeat, IcGuid, IcMessageType, IcStatus, IcError, type IcVersion } from '@hvlab/protocol';
-import { IcProvider, type IcLog, type IcStatusText } from './provider.js';
+import { IcGuid, IcMessageType, IcStatus, IcError, type IcVersion } from '@hvlab/protocol';
+import { decodeHeartbeat, encodeHeartbeat } from '@hvlab/protocol/heartbeat';
+import type { DeviceContext, VirtualDevice } from '../device.js';
+import { icDevice, type IcService } from '../ic/device.js';
+import { IcProvider, type IcAnswer, type IcLog, type IcStatusText } from '../ic/provider.js';
+import { decodeHeartbeatState, type HeartbeatState } from './state.js';
 
 export interface HeartbeatOptions {
   intervalMs?: number;
   lostAfterMs?: number;
 }
 
-export class HeartbeatProvider extends IcProvider {
+export class HeartbeatProvider extends IcProvider implements IcService<HeartbeatState> {
   readonly service = 'heartbeat' as const;
   readonly interfaceType = IcGuid.heartbeat;
   readonly messageType = IcMessageType.Heartbeat;
   protected readonly messageVersions: IcVersion[] = [{ major: 3, minor: 0 }, { major: 1, minor: 0 }];
   sequence = 0n;
   private timer: NodeJS.Timeout | null = null;
-  private outstanding = false;
+  private asked: bigint | null = null;
   private readonly intervalMs: number;
   private readonly lostAfterMs: number;
 
@@ -44,27 +48,57 @@ export class HeartbeatProvider extends IcProvider {
   protected override onClosed(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    this.outstanding = false;
+    this.asked = null;
+  }
+
+  protected override statusExtra(): Record<string, unknown> {
+    return { sequence: Number(this.sequence) };
+  }
+
+  private answered(asked: bigint, a: IcAnswer): void {
+    if (a.header.status !== IcStatus.OK) return;
+    try {
+      const seq = decodeHeartbeat(a.body).sequence;
+      // The guest increments what it was sent; anything else is not a heartbeat answer.
+      if (seq === asked + 1n) this.sequence = seq;
+    } catch (e) {
+      if (!(e instanceof IcError)) throw e;
+    }
   }
 
   private beat(): void {
-    if (this.outstanding || !this.isOpen) return;
-    this.outstanding = true;
+    if (this.asked !== null || !this.isOpen) return;
     const asked = this.sequence;
+    this.asked = asked;
     this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), 0)
-      .then((a) => {
-        if (a.header.status !== IcStatus.OK) return;
-        try {
-          const seq = decodeHeartbeat(a.body).sequence;
-          // The guest increments what it was sent; anything else is not a heartbeat answer.
-          if (seq === asked + 1n) this.sequence = seq;
-        } catch (e) {
-          if (!(e instanceof IcError)) throw e;
-        }
-      })
+      .then((a) => this.answered(asked, a))
       .catch(() => undefined)
       .finally(() => {
-        this.outstanding = false;
+        if (this.asked === asked) this.asked = null;
       });
   }
+
+  protected override onRestoredAnswer(_type: number, a: IcAnswer): void {
+    if (this.asked !== null) this.answered(this.asked, a);
+    this.asked = null;
+  }
+
+  protected override onRestoredTimeout(): void {
+    this.asked = null;
+  }
+
+  saveState(): HeartbeatState {
+    return { version: 1, ic: this.saveIc(), sequence: this.sequence.toString(), asked: this.asked === null ? null : this.asked.toString() };
+  }
+
+  restoreState(s: HeartbeatState): void {
+    this.restoreIc(s.ic);
+    this.sequence = BigInt(s.sequence);
+    // A question without its request in flight cannot be answered: ask again.
+    this.asked = s.asked !== null && s.ic.pending.some((p) => p.type === IcMessageType.Heartbeat) ? BigInt(s.asked) : null;
+  }
+}
+
+export function createDevice(ctx: DeviceContext): VirtualDevice<HeartbeatState> {
+  return icDevice(ctx, new HeartbeatProvider(ctx.log, { intervalMs: ctx.timing.heartbeatMs }), decodeHeartbeatState);
 }

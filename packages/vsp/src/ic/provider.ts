@@ -12,9 +12,13 @@ import {
 } from '@hvlab/protocol';
 import { PacketType, type VmbusChannel, type VmbusDevice } from '@hvlab/vmbus';
 import { randomUUID } from 'node:crypto';
+import type { IcProviderState } from './state.js';
 
 export type IcServiceName = 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
 export type IcStatusText = 'OK' | 'NoContact' | 'LostCommunication';
+
+/** How long a request restored from a saved state waits for its answer. */
+export const RESTORED_ANSWER_TIMEOUT_MS = 10000;
 
 export const FRAMEWORK_VERSIONS: IcVersion[] = [{ major: 3, minor: 0 }, { major: 1, minor: 0 }];
 
@@ -48,7 +52,8 @@ export abstract class IcProvider implements VmbusDevice {
   abstract readonly messageType: number;
   /** Message versions offered, newest first. */
   protected abstract readonly messageVersions: IcVersion[];
-  readonly interfaceInstance = randomUUID();
+  /** A fresh UUID unless the device model gives the provider its stable instance id. */
+  interfaceInstance: string = randomUUID();
   protected channel: VmbusChannel | null = null;
   negotiated: { framework: IcVersion; message: IcVersion } | null = null;
   /** When the guest last answered anything on this channel. */
@@ -70,6 +75,16 @@ export abstract class IcProvider implements VmbusDevice {
 
   status(): IcStatusText {
     return this.negotiated && this.isOpen ? 'OK' : 'NoContact';
+  }
+
+  /** The service's line in `vm ic`: status and negotiated version, plus what the service adds. */
+  statusInfo(): Record<string, unknown> {
+    const n = this.negotiated;
+    return { status: this.status(), version: n ? `${n.message.major}.${n.message.minor}` : null, ...this.statusExtra() };
+  }
+
+  protected statusExtra(): Record<string, unknown> {
+    return {};
   }
 
   open(channel: VmbusChannel): void {
@@ -106,6 +121,63 @@ export abstract class IcProvider implements VmbusDevice {
 
   protected onNegotiated(): void {}
   protected onClosed(): void {}
+
+  /**
+   * The channel came back open from a saved state: keep the negotiated versions and the requests
+   * in flight (restored by `restoreIc`), and carry on as after negotiation — no new negotiation.
+   */
+  reopen(channel: VmbusChannel): void {
+    this.channel = channel;
+    channel.onPacket = (type, flags, transId, payload) => this.onPacket(type, transId, payload);
+    // A restored guest that answered before the save counts as heard from now, not never.
+    if (this.negotiated) {
+      this.lastAnswerAt = Date.now();
+      this.onNegotiated();
+    }
+  }
+
+  /** An answer to a request made before the VM was saved (its caller is gone); services that care override this. */
+  protected onRestoredAnswer(_type: number, _answer: IcAnswer): void {}
+
+  /** A request made before the save that was not answered within its time after the restore. */
+  protected onRestoredTimeout(_type: number): void {}
+
+  /** The framework's saved state (plain data). Does not change the provider. */
+  saveIc(): IcProviderState {
+    return {
+      version: 1,
+      negotiated: this.negotiated ? { framework: { ...this.negotiated.framework }, message: { ...this.negotiated.message } } : null,
+      nextTransId: this.nextTransId.toString(),
+      nextIcTransaction: this.nextIcTransaction & 0xff,
+      pending: [...this.pending.entries()].map(([transId, p]) => ({ transId: transId.toString(), type: p.type })),
+      opens: this.stats.opens,
+    };
+  }
+
+  /** Puts a decoded framework state back into a fresh provider, before `reopen`. */
+  restoreIc(s: IcProviderState): void {
+    this.negotiated = s.negotiated ? { framework: { ...s.negotiated.framework }, message: { ...s.negotiated.message } } : null;
+    this.nextTransId = BigInt(s.nextTransId);
+    this.nextIcTransaction = s.nextIcTransaction;
+    this.stats.opens = s.opens;
+    for (const p of this.pending.values()) if (p.timer) clearTimeout(p.timer);
+    this.pending.clear();
+    for (const e of s.pending) {
+      const entry: Pending = {
+        type: e.type,
+        resolve: (a) => this.onRestoredAnswer(e.type, a),
+        reject: () => undefined,
+        timer: null,
+      };
+      entry.timer = setTimeout(() => {
+        if (this.pending.get(BigInt(e.transId)) !== entry) return;
+        this.pending.delete(BigInt(e.transId));
+        this.onRestoredTimeout(e.type);
+      }, RESTORED_ANSWER_TIMEOUT_MS);
+      entry.timer.unref?.();
+      this.pending.set(BigInt(e.transId), entry);
+    }
+  }
 
   /** Sends a request; resolves with the guest's answer. `timeoutMs` 0 waits for as long as the channel is open. */
   protected request(type: number, body: Uint8Array, timeoutMs: number): Promise<IcAnswer> {

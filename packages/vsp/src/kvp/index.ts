@@ -4,8 +4,12 @@
  * the guest holds now. The guest pool is written by the guest only, and the auto pool is computed
  * by the guest (host name, OS name, uptime); both are read-only from the host.
  */
-import { decodeKvp, encodeKvp, IcGuid, IcMessageType, IcStatus, KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, type IcVersion } from '@hvlab/protocol';
-import { IcProvider, IcRequestError } from './provider.js';
+import { IcGuid, IcMessageType, IcStatus, type IcVersion } from '@hvlab/protocol';
+import { decodeKvp, encodeKvp, KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES } from '@hvlab/protocol/kvp';
+import type { DeviceContext, VirtualDevice } from '../device.js';
+import { icDevice, type IcService } from '../ic/device.js';
+import { IcProvider, IcRequestError } from '../ic/provider.js';
+import { decodeKvpState, type KvpState } from './state.js';
 
 export type KvpPoolName = 'external' | 'guest' | 'auto';
 export const KVP_POOLS: Record<KvpPoolName, number> = { external: KvpPool.External, guest: KvpPool.Guest, auto: KvpPool.Auto };
@@ -19,7 +23,7 @@ function checkKey(key: string): void {
   if (n === 0 || n > KVP_MAX_KEY_BYTES) throw new KvpInputError(`KVP key of ${n} bytes is invalid: 1 to ${KVP_MAX_KEY_BYTES} bytes`);
 }
 
-export class KvpProvider extends IcProvider {
+export class KvpProvider extends IcProvider implements IcService<KvpState> {
   readonly service = 'kvp' as const;
   readonly interfaceType = IcGuid.kvp;
   readonly messageType = IcMessageType.Kvp;
@@ -72,4 +76,16 @@ export class KvpProvider extends IcProvider {
     }
     return out;
   }
+
+  saveState(): KvpState {
+    return { version: 1, ic: this.saveIc() };
+  }
+
+  restoreState(s: KvpState): void {
+    this.restoreIc(s.ic);
+  }
+}
+
+export function createDevice(ctx: DeviceContext): VirtualDevice<KvpState> {
+  return icDevice(ctx, new KvpProvider(ctx.log), decodeKvpState);
 }

@@ -1,10 +1,14 @@
 /** Shutdown provider: asks the guest to shut down (or reboot); the guest answers, then goes. */
-import { encodeShutdown, IcGuid, IcMessageType, IcStatus, type IcVersion } from '@hvlab/protocol';
-import { IcProvider, IcRequestError } from './provider.js';
+import { IcGuid, IcMessageType, IcStatus, type IcVersion } from '@hvlab/protocol';
+import { encodeShutdown } from '@hvlab/protocol/shutdown';
+import type { DeviceContext, VirtualDevice } from '../device.js';
+import { icDevice, type IcService } from '../ic/device.js';
+import { IcProvider, IcRequestError } from '../ic/provider.js';
+import { decodeShutdownState, type ShutdownState } from './state.js';
 
 export const ShutdownFlags = { Shutdown: 0, Force: 1, Reboot: 2 } as const;
 
-export class ShutdownProvider extends IcProvider {
+export class ShutdownProvider extends IcProvider implements IcService<ShutdownState> {
   readonly service = 'shutdown' as const;
   readonly interfaceType = IcGuid.shutdown;
   readonly messageType = IcMessageType.Shutdown;
@@ -18,4 +22,16 @@ export class ShutdownProvider extends IcProvider {
     }), opts.answerTimeoutMs ?? 5000);
     if (a.header.status !== IcStatus.OK) throw new IcRequestError(`the guest refused to shut down (status 0x${a.header.status.toString(16)})`, a.header.status);
   }
+
+  saveState(): ShutdownState {
+    return { version: 1, ic: this.saveIc() };
+  }
+
+  restoreState(s: ShutdownState): void {
+    this.restoreIc(s.ic);
+  }
+}
+
+export function createDevice(ctx: DeviceContext): VirtualDevice<ShutdownState> {
+  return icDevice(ctx, new ShutdownProvider(ctx.log), decodeShutdownState);
 }

@@ -9,15 +9,19 @@
  * reading (taken before it applied the sample) in `parentTime` and the reference time of that
  * reading, so the host can report the guest's offset — an hvlab extension.
  */
-import { decodeTimeSync, encodeTimeSync, filetimeToMs, msToFiletime, IcGuid, IcMessageType, IcStatus, IcError, TimeSyncFlags, type IcVersion } from '@hvlab/protocol';
-import { IcProvider, type IcLog } from './provider.js';
+import { IcGuid, IcMessageType, IcStatus, IcError, type IcVersion } from '@hvlab/protocol';
+import { decodeTimeSync, encodeTimeSync, filetimeToMs, msToFiletime, TimeSyncFlags } from '@hvlab/protocol/timesync';
+import type { DeviceContext, VirtualDevice } from '../device.js';
+import { icDevice, type IcService } from '../ic/device.js';
+import { IcProvider, type IcLog } from '../ic/provider.js';
+import { decodeTimeSyncState, type TimeSyncState } from './state.js';
 
 /** The reference counter: CLOCK_MONOTONIC in 100 ns units. */
 export function referenceTime(): bigint {
   return process.hrtime.bigint() / 100n;
 }
 
-export class TimeSyncProvider extends IcProvider {
+export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncState> {
   readonly service = 'timesync' as const;
   readonly interfaceType = IcGuid.timesync;
   readonly messageType = IcMessageType.TimeSync;
@@ -65,4 +69,23 @@ export class TimeSyncProvider extends IcProvider {
       })
       .catch(() => undefined);
   }
+
+  protected override statusExtra(): Record<string, unknown> {
+    return { offsetMs: this.offsetMs, initialOffsetMs: this.initialOffsetMs, samples: this.samples };
+  }
+
+  saveState(): TimeSyncState {
+    return { version: 1, ic: this.saveIc(), offsetMs: this.offsetMs, initialOffsetMs: this.initialOffsetMs, samples: this.samples };
+  }
+
+  restoreState(s: TimeSyncState): void {
+    this.restoreIc(s.ic);
+    this.offsetMs = s.offsetMs;
+    this.initialOffsetMs = s.initialOffsetMs;
+    this.samples = s.samples;
+  }
+}
+
+export function createDevice(ctx: DeviceContext): VirtualDevice<TimeSyncState> {
+  return icDevice(ctx, new TimeSyncProvider(ctx.log, ctx.timing.timesyncMs), decodeTimeSyncState);
 }
