@@ -1,10 +1,31 @@
 /**
- * Helpers every benchmark uses: percentiles, and the bookkeeping that makes sure a benchmark
- * leaves no child process and no /dev/shm file behind.
+ * Helpers every benchmark uses: quick mode, percentiles, and the bookkeeping that makes sure a
+ * benchmark leaves no child process and no /dev/shm file behind.
  */
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { shmPrefix } from '../../packages/runtime/src/paths.js';
+
+/**
+ * Quick mode (`--quick`, or HVLAB_BENCH_QUICK=1 in the environment): the same code path with few
+ * iterations, so CI (test/bench.test.ts) runs every benchmark in seconds and a broken one fails
+ * there. Its numbers only show that the path works; they are no measurement.
+ */
+export function quickRequested(args: string[]): boolean {
+  return args.includes('--quick') || process.env.HVLAB_BENCH_QUICK === '1';
+}
+
+/** The line a quick run prints under its table. */
+export const QUICK_NOTE = 'quick mode: few iterations; these numbers show the path works, they measure nothing';
+
+/**
+ * The line every benchmark prints on stderr once its cleanup found nothing left; test/bench.test.ts
+ * reads the host ids from it to check /dev/shm itself.
+ */
+export function nothingLeftLine(bench: string, hostIds: Iterable<string>): string {
+  const ids = [...hostIds];
+  return `[bench ${bench}] nothing left behind (hosts ${ids.join(', ') || 'none'}: no processes, no /dev/shm files)`;
+}
 
 /** Nearest-rank percentile (q in 0..1) of an unsorted sample. */
 export function percentile(sample: number[], q: number): number {

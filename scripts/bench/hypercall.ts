@@ -1,5 +1,5 @@
 /**
- * `pnpm bench hypercall [--json]`: what a hypercall and a VM start cost in hvlab, each next to a
+ * `pnpm bench hypercall [--json] [--quick]`: what a hypercall and a VM start cost in hvlab, each next to a
  * baseline measured in the same run.
  *
  *  (a) hypercall round trip: a hypervisor process of our own (spawned as `hvlab up` does, with a
@@ -9,6 +9,8 @@
  *  (b) VM start: a whole host (`up`), one VM ("b1", 16M, idle workload) created, started, turned off and deleted
  *      RUNS times; vmStart returns once the VM is Running. Baseline: spawning `node -e 0` until it
  *      exits.
+ *
+ * --quick (or HVLAB_BENCH_QUICK=1): the same steps with QUICK's counts, for CI.
  *
  * Everything lives under a temporary HVLAB_HOME and is removed afterwards, whatever happens:
  * the host is brought down, our own processes are killed, the host's /dev/shm files and socket
@@ -20,7 +22,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, percentile, procState, round, shmLeftovers, stopOwned } from './common.js';
+import { exited, nothingLeftLine, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers, stopOwned } from './common.js';
 import { decode, encode, EnabledState, HvCall, HvStatus, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -29,10 +31,15 @@ import { HvClient } from '../../packages/runtime/src/hvclient.js';
 import { MgmtClient } from '@hvlab/host';
 import { down, hostProcesses, sweepHost, up } from '@hvlab/host';
 
-const N = 5000;
-const WARMUP = 500;
-const VM_RUNS = 5;
-const SPAWN_RUNS = 5;
+/** How many of each: round trips (after warm-up ones), VM starts, node spawns. */
+interface Plan {
+  n: number;
+  warmup: number;
+  vmRuns: number;
+  spawnRuns: number;
+}
+const FULL: Plan = { n: 5000, warmup: 500, vmRuns: 5, spawnRuns: 5 };
+const QUICK: Plan = { n: 200, warmup: 20, vmRuns: 1, spawnRuns: 2 };
 const LPS = 2;
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -51,6 +58,7 @@ export interface HypercallBenchResult {
   vmStart: { p50Ms: number; runs: number[] };
   nodeSpawn: { p50Ms: number };
   ratios: { hypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number };
+  quick: boolean;
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
@@ -128,19 +136,19 @@ function waitReady(o: Owned, timeoutMs: number): Promise<string> {
 
 // ---- the measurements ---------------------------------------------------------------------------
 
-async function measureHypercall(hv: HvClient): Promise<LatencyStats> {
+async function measureHypercall(hv: HvClient, plan: Plan): Promise<LatencyStats> {
   const first = await hv.call('GetPartitionId', {});
   const pid = (first.output as { partitionId?: number } | null)?.partitionId;
   if (first.status !== HvStatus.SUCCESS || pid !== 1) {
     throw new Error(`GetPartitionId as the root returned ${first.statusName} ${JSON.stringify(first.output)}, expected SUCCESS {partitionId: 1}`);
   }
-  return timeRoundTrips(WARMUP, N, async () => {
+  return timeRoundTrips(plan.warmup, plan.n, async () => {
     const r = await hv.call('GetPartitionId', {});
     if (r.status !== HvStatus.SUCCESS) throw new Error(`GetPartitionId failed with ${r.statusName}`);
   });
 }
 
-async function measureZmqEcho(endpoint: string): Promise<{ stats: LatencyStats; bytes: number }> {
+async function measureZmqEcho(endpoint: string, plan: Plan): Promise<{ stats: LatencyStats; bytes: number }> {
   const sock = dealer();
   try {
     sock.connect(endpoint);
@@ -149,7 +157,7 @@ async function measureZmqEcho(endpoint: string): Promise<{ stats: LatencyStats; 
     type HcMsg = Extract<HvClientMsg, { k: 'hc' }>;
     const message = (): HcMsg => ({ k: 'hc', id: ++id, code: HvCall.GetPartitionId, input: {} });
     const bytes = encode(message()).length;
-    const stats = await timeRoundTrips(WARMUP, N, async () => {
+    const stats = await timeRoundTrips(plan.warmup, plan.n, async () => {
       const m = message();
       await sock.send(encode(m));
       const [reply] = await sock.receive();
@@ -161,12 +169,12 @@ async function measureZmqEcho(endpoint: string): Promise<{ stats: LatencyStats; 
   }
 }
 
-async function measureVmStart(paths: HostPaths, track: (pid: number | null) => void): Promise<number[]> {
+async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number | null) => void): Promise<number[]> {
   const mgmt = new MgmtClient(paths.mgmtEndpoint);
   try {
     await mgmt.request('ping', {}, 10000);
     const runs: number[] = [];
-    for (let i = 0; i < VM_RUNS; i++) {
+    for (let i = 0; i < plan.vmRuns; i++) {
       // new -> Running, as the issue defines VM start time.
       const t0 = process.hrtime.bigint();
       await mgmt.request<VmInfo>('vmNew', { name: 'b1', memory: '16M', workload: 'idle' });
@@ -176,7 +184,7 @@ async function measureVmStart(paths: HostPaths, track: (pid: number | null) => v
       track(info.pids.partition);
       if (info.enabledState !== EnabledState.Running) throw new Error(`vmStart returned with b1 ${info.state}, not Running`);
       runs.push(round(ms, 1));
-      progress(`vm start ${i + 1}/${VM_RUNS}: ${ms.toFixed(1)} ms`);
+      progress(`vm start ${i + 1}/${plan.vmRuns}: ${ms.toFixed(1)} ms`);
       await mgmt.request<VmInfo>('vmTurnOff', { name: 'b1' });
       await mgmt.request('vmDelete', { name: 'b1' });
     }
@@ -186,9 +194,9 @@ async function measureVmStart(paths: HostPaths, track: (pid: number | null) => v
   }
 }
 
-async function measureNodeSpawn(): Promise<number[]> {
+async function measureNodeSpawn(plan: Plan): Promise<number[]> {
   const runs: number[] = [];
-  for (let i = 0; i < SPAWN_RUNS; i++) {
+  for (let i = 0; i < plan.spawnRuns; i++) {
     const t0 = process.hrtime.bigint();
     await new Promise<void>((resolve, reject) => {
       const c = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
@@ -218,6 +226,7 @@ function table(r: HypercallBenchResult, extra: { echoBytes: number; nodeRuns: nu
   lines.push(`${pad('vm new+start b1 (16M, idle) to Running', 36)}${num(r.vmStart.runs.length, 6)}${num(r.vmStart.p50Ms, 10)}  ${r.vmStart.runs.join(' ')}`);
   lines.push(`${pad('spawn `node -e 0` to exit', 36)}${num(extra.nodeRuns.length, 6)}${num(r.nodeSpawn.p50Ms, 10)}  ${extra.nodeRuns.join(' ')}`);
   lines.push(`${pad('  ratio vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartVsNodeSpawnP50, 16)}`);
+  if (r.quick) lines.push('', QUICK_NOTE);
   return lines.join('\n');
 }
 
@@ -227,8 +236,10 @@ export async function main(args: string[]): Promise<void> {
   let json = false;
   for (const a of args) {
     if (a === '--json') json = true;
-    else throw new Error(`unknown argument "${a}" (usage: pnpm bench hypercall [--json])`);
+    else if (a !== '--quick') throw new Error(`unknown argument "${a}" (usage: pnpm bench hypercall [--json] [--quick])`);
   }
+  const quick = quickRequested(args);
+  const plan = quick ? QUICK : FULL;
 
   const home = mkdtempSync(join(tmpdir(), 'hvlab-bench-'));
   const paths = hostPaths(home);
@@ -267,6 +278,8 @@ export async function main(args: string[]): Promise<void> {
       if (left.length > 0) {
         progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
         process.exitCode = 1;
+      } else {
+        process.stderr.write(`${nothingLeftLine('hypercall', [benchHostId, upHostId].filter((id): id is string => id !== null))}\n`);
       }
     })();
     return cleaning;
@@ -288,8 +301,8 @@ export async function main(args: string[]): Promise<void> {
     const rootToken = await waitReady(hvProc, 20000);
     hv = new HvClient(paths.hvEndpoint);
     await hv.connect({ partitionId: 1, token: rootToken, role: 'bench', vm: null });
-    progress(`timing ${N} GetPartitionId hypercalls (after ${WARMUP} warm-up calls)`);
-    const hypercall = await measureHypercall(hv);
+    progress(`timing ${plan.n} GetPartitionId hypercalls (after ${plan.warmup} warm-up calls)`);
+    const hypercall = await measureHypercall(hv, plan);
     hv.close();
     hv = null;
     await stopOwned(hvProc, 3000);
@@ -299,8 +312,8 @@ export async function main(args: string[]): Promise<void> {
     const echoEndpoint = `ipc://${join(home, 'echo')}`;
     echoProc = spawnOwned('zmq echo server', [...nodeArgsFor(join(here, 'zmq-echo.ts')), echoEndpoint], { ...process.env });
     await waitReady(echoProc, 20000);
-    progress(`timing ${N} zmq echo round trips (after ${WARMUP} warm-up)`);
-    const echo = await measureZmqEcho(echoEndpoint);
+    progress(`timing ${plan.n} zmq echo round trips (after ${plan.warmup} warm-up)`);
+    const echo = await measureZmqEcho(echoEndpoint, plan);
     await stopOwned(echoProc, 3000);
 
     // (b) VM start on a whole host.
@@ -309,14 +322,14 @@ export async function main(args: string[]): Promise<void> {
     upHostId = rec.hostId;
     progress(`host ${rec.hostId} is up (hypervisor pid ${rec.pids.hypervisor}, root pid ${rec.pids.root})`);
     tracked.add(rec.pids.hypervisor).add(rec.pids.root);
-    const vmRuns = await measureVmStart(paths, (pid) => void (pid && tracked.add(pid)));
+    const vmRuns = await measureVmStart(paths, plan, (pid) => void (pid && tracked.add(pid)));
     progress('bringing the host down');
     const d = await down(paths);
     if (!d.graceful) progress(`the host did not stop gracefully (killed ${d.killed}, unlinked ${d.shm} shm files)`);
 
     // (b') baseline: node start-up.
-    progress(`spawning node -e 0 ${SPAWN_RUNS} times`);
-    const nodeRuns = await measureNodeSpawn();
+    progress(`spawning node -e 0 ${plan.spawnRuns} times`);
+    const nodeRuns = await measureNodeSpawn(plan);
 
     const vmP50 = percentile(vmRuns, 0.5);
     const nodeP50 = percentile(nodeRuns, 0.5);
@@ -330,6 +343,7 @@ export async function main(args: string[]): Promise<void> {
         hypercallVsZmqP50: round(hypercall.p50Us / echo.stats.p50Us, 2),
         vmStartVsNodeSpawnP50: round(vmP50 / nodeP50, 2),
       },
+      quick,
     };
     await cleanup();
     if (json) process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -1,16 +1,20 @@
 /**
  * `pnpm bench <name> [args]`: runs one benchmark. The first positional argument names it; the
- * remaining arguments (e.g. --json) go to the benchmark's `main`.
+ * remaining arguments (e.g. --json, --quick) go to the benchmark's `main`. Every benchmark takes
+ * --quick (or HVLAB_BENCH_QUICK=1): the same code path with few iterations, which
+ * test/bench.test.ts runs for each one. Exit code 0 only when the benchmark finished and left
+ * nothing behind.
  */
 type BenchMain = (args: string[]) => Promise<void>;
 
+/** Every benchmark; test/bench.test.ts runs each one's quick mode and checks this list against its own. */
 const benchmarks: Record<string, () => Promise<{ main: BenchMain }>> = {
   hypercall: () => import('./hypercall.js'),
   vmbus: () => import('./vmbus.js'),
   sched: () => import('./sched.js'),
 };
 
-const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json]`;
+const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json] [--quick]`;
 
 async function dispatch(argv: string[]): Promise<number> {
   const idx = argv.findIndex((a) => !a.startsWith('-'));

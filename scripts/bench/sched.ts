@@ -1,5 +1,5 @@
 /**
- * `pnpm bench sched [--json]`: what VP scheduling costs in hvlab, measured on whole hosts (`up`),
+ * `pnpm bench sched [--json] [--quick]`: what VP scheduling costs in hvlab, measured on whole hosts (`up`),
  * one part after the other, each with only the VM it needs.
  *
  *  (a) interrupt latency (host with LPS_LATENCY LPs): the root asserts a probe vector (>= 0xF0) on
@@ -7,19 +7,21 @@
  *      hypervisor stamps VpPage.probeAssertNs when it pends the vector, the guest VP stamps
  *      VpPage.probeTakenNs when it takes it (both CLOCK_MONOTONIC). We map the VM's VP region
  *      (/dev/shm/hvlab-<host>-p<id>-vp) read-only in spirit and wait for probeTakenNs to change
- *      before the next assertion. Latency = taken - asserted, N per case:
+ *      before the next assertion. Latency = taken - asserted, `n` per case:
  *        - halted VP: workload `sleep:1000` (the VP halts between ticks once a second);
  *        - running VP: workload `spin` (the VP holds its LP and runs work units).
  *  (b) timer jitter: workload `sleep:1` arms synthetic timer 2 periodic at 1 ms; every tick the VP
  *      writes (actual - ideal k-th period) in 100 ns units to the ring at JITTER_RING_GPA and counts
  *      ticks at KERNEL_PAGE_GPA + KernelPage.jitterCount. We read both with vmPeek every
- *      JITTER_POLL_MS for JITTER_MS, keep every new sample (|jitter|), and count ticks per second.
+ *      `jitterPollMs` for `jitterMs`, keep every new sample (|jitter|), and count ticks per second.
  *      The guest folds each tick onto the nearest multiple of the period, so |jitter| <= 500 µs:
  *      ticks/s and the mean tick interval show whether the ticks kept the 1 ms grid at all.
  *  (c) scheduling overhead (host with 1 LP, one VM, otherwise idle): the `spin` VM's work units per
- *      second (VmInfo.workload.progress over OVERHEAD_MS) next to the same loop (`spinUnit` from the
+ *      second (VmInfo.workload.progress over `overheadMs`) next to the same loop (`spinUnit` from the
  *      guest's workloads) in a plain worker thread of this process for the same time, host down.
  *      Also shown: the share of the window VP 0 held an LP (VpPage.runMs) and VmInfo.cpu.percent.
+ *
+ * --quick (or HVLAB_BENCH_QUICK=1): every part with QUICK's counts and windows, for CI.
  *
  * Other hvlab hosts on the machine (or any load) change everything here: the run counts their
  * processes at the start of each part and says so when there were any.
@@ -33,7 +35,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { percentile, procState, round, shmLeftovers } from './common.js';
+import { nothingLeftLine, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers } from './common.js';
 import {
   EnabledState, HvStatus, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
   vpPageOffset, type VmInfo,
@@ -45,19 +47,24 @@ import { MgmtClient } from '@hvlab/host';
 import { SPIN_ITERATIONS } from '../../packages/guest/src/workloads.js';
 import { down, hostProcesses, sweepHost, up } from '@hvlab/host';
 
-const N = 300;
-const WARMUP = 20;
+/** Probes (after warm-up ones), and the windows of the jitter and work-rate parts. */
+interface Plan {
+  n: number;
+  warmup: number;
+  jitterSettleMs: number;
+  jitterMs: number;
+  jitterPollMs: number;
+  overheadWarmupMs: number;
+  overheadMs: number;
+}
+const FULL: Plan = { n: 300, warmup: 20, jitterSettleMs: 500, jitterMs: 3000, jitterPollMs: 250, overheadWarmupMs: 1000, overheadMs: 3000 };
+const QUICK: Plan = { n: 20, warmup: 3, jitterSettleMs: 100, jitterMs: 400, jitterPollMs: 100, overheadWarmupMs: 200, overheadMs: 400 };
 /** A probe not taken within this is counted as lost, and the run moves on. */
 const PROBE_TIMEOUT_MS = 2000;
 const PROBE_VECTOR = PROBE_VECTOR_MIN;
 const LPS_LATENCY = 2;
 const LPS_OVERHEAD = 1;
-const JITTER_SETTLE_MS = 500;
-const JITTER_MS = 3000;
-const JITTER_POLL_MS = 250;
 const TICK_PERIOD_MS = 1;
-const OVERHEAD_WARMUP_MS = 1000;
-const OVERHEAD_MS = 3000;
 const VM_MEMORY = '16M';
 
 export interface ProbeStats {
@@ -89,6 +96,9 @@ export interface SchedBenchResult {
   ratios: { spinVmVsThread: number; haltedVsRunningP50: number; ticksPerSVsNominal: number };
   /** Other hvlab hosts' processes seen on this machine at the start of each part (most of them), and the 1-min load then. */
   disturbance: { otherHvlabProcesses: number; loadAvg1: number };
+  /** The windows this run used (quick: --quick's short ones). */
+  windows: { overheadMs: number; jitterMs: number };
+  quick: boolean;
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
@@ -246,8 +256,8 @@ async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: numbe
   };
 }
 
-/** Reads the jitter ring and tick count every JITTER_POLL_MS; keeps every sample not yet seen. */
-async function measureJitter(host: Host, vm: RunningVm): Promise<SchedBenchResult['timerJitter1ms']> {
+/** Reads the jitter ring and tick count every `jitterPollMs`; keeps every sample not yet seen. */
+async function measureJitter(host: Host, vm: RunningVm, plan: Plan): Promise<SchedBenchResult['timerJitter1ms']> {
   // One peek from the kernel page to the end of the ring: count first, then the ring, in one copy.
   const base = KERNEL_PAGE_GPA;
   const len = JITTER_RING_GPA + JITTER_RING_ENTRIES * 8 - base;
@@ -261,14 +271,14 @@ async function measureJitter(host: Host, vm: RunningVm): Promise<SchedBenchResul
     for (let i = 0; i < JITTER_RING_ENTRIES; i++) ring[i] = dv.getFloat64(JITTER_RING_GPA - base + i * 8, true);
     return { count, ring, atNs: (t0 + t1) / 2n };
   };
-  await sleep(JITTER_SETTLE_MS);
+  await sleep(plan.jitterSettleMs);
   const first = await snapshot();
   let last = first;
   const samples: number[] = [];
   let overrun = 0;
-  const end = Date.now() + JITTER_MS;
+  const end = Date.now() + plan.jitterMs;
   while (Date.now() < end) {
-    await sleep(JITTER_POLL_MS);
+    await sleep(plan.jitterPollMs);
     const s = await snapshot();
     // Slot count % N is the next to be written (maybe mid-copy): take at most N - 24 back.
     const from = Math.max(last.count, s.count - (JITTER_RING_ENTRIES - 24));
@@ -292,12 +302,12 @@ async function measureJitter(host: Host, vm: RunningVm): Promise<SchedBenchResul
   };
 }
 
-async function measureVmSpin(host: Host, vm: RunningVm): Promise<{ unitsPerS: number; vpRunShare: number | null; cpuPercent: number | null }> {
-  await sleep(OVERHEAD_WARMUP_MS);
+async function measureVmSpin(host: Host, vm: RunningVm, plan: Plan): Promise<{ unitsPerS: number; vpRunShare: number | null; cpuPercent: number | null }> {
+  await sleep(plan.overheadWarmupMs);
   const runMs = new Float64Array(vm.vpRegion, vpPageOffset(0) + VpPage.runMs, 1);
   const a = await host.units(vm.name);
   const run0 = runMs[0]!;
-  await sleep(OVERHEAD_MS);
+  await sleep(plan.overheadMs);
   const b = await host.units(vm.name);
   const run1 = runMs[0]!;
   const s = Number(b.atNs - a.atNs) / 1e9;
@@ -375,7 +385,7 @@ function table(r: SchedBenchResult): string {
   lines.push(`${pad('  ratio ticks/s / nominal', 44)}${num(r.ratios.ticksPerSVsNominal, 12)}`);
   lines.push('');
   const o = r.overhead;
-  lines.push(`${pad(`spin work (${LPS_OVERHEAD} LP, 1 VM, ${OVERHEAD_MS / 1000} s)`, 44)}${num('units/s', 12)}${num('VP run share', 14)}${num('VM cpu %', 10)}`);
+  lines.push(`${pad(`spin work (${LPS_OVERHEAD} LP, 1 VM, ${r.windows.overheadMs / 1000} s)`, 44)}${num('units/s', 12)}${num('VP run share', 14)}${num('VM cpu %', 10)}`);
   lines.push(`${pad('  spin VM (VmInfo progress)', 44)}${num(o.vmUnitsPerS, 12)}${num(o.vpRunShare, 14)}${num(o.vmCpuPercent, 10)}`);
   lines.push(`${pad(`  spinUnit (${SPIN_ITERATIONS} xorshifts) in a worker thread`, 44)}${num(o.threadUnitsPerS, 12)}`);
   lines.push(`${pad('  ratio VM / thread', 44)}${num(r.ratios.spinVmVsThread, 12)}`);
@@ -384,6 +394,7 @@ function table(r: SchedBenchResult): string {
   lines.push(d.otherHvlabProcesses > 0
     ? `DISTURBED: up to ${d.otherHvlabProcesses} processes of other hvlab hosts ran meanwhile (load ${d.loadAvg1}); rerun on a quiet machine`
     : `no other hvlab host ran meanwhile (1-min load up to ${d.loadAvg1})`);
+  if (r.quick) lines.push(QUICK_NOTE);
   return lines.join('\n');
 }
 
@@ -393,8 +404,10 @@ export async function main(args: string[]): Promise<void> {
   let json = false;
   for (const a of args) {
     if (a === '--json') json = true;
-    else throw new Error(`unknown argument "${a}" (usage: pnpm bench sched [--json])`);
+    else if (a !== '--quick') throw new Error(`unknown argument "${a}" (usage: pnpm bench sched [--json] [--quick])`);
   }
+  const quick = quickRequested(args);
+  const plan = quick ? QUICK : FULL;
 
   const home = mkdtempSync(join(tmpdir(), 'hvlab-bench-'));
   const paths = hostPaths(home);
@@ -450,7 +463,7 @@ export async function main(args: string[]): Promise<void> {
         progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
         process.exitCode = 1;
       } else {
-        progress(`nothing left behind (hosts ${hostIds.join(', ') || 'none'}: no processes, no /dev/shm files)`);
+        process.stderr.write(`${nothingLeftLine('sched', hostIds)}\n`);
       }
     })();
     return cleaning;
@@ -469,21 +482,21 @@ export async function main(args: string[]): Promise<void> {
 
     checkQuiet('interrupt latency (halted)');
     let vm = await host.startVm('sched-halted', 'sleep:1000');
-    progress(`interrupt latency to a halted VP: ${N} probes (after ${WARMUP} warm-up)`);
-    const haltedVp = await measureProbes(host, vm, WARMUP, N);
+    progress(`interrupt latency to a halted VP: ${plan.n} probes (after ${plan.warmup} warm-up)`);
+    const haltedVp = await measureProbes(host, vm, plan.warmup, plan.n);
     await host.offVm(vm);
 
     checkQuiet('interrupt latency (running)');
     vm = await host.startVm('sched-running', 'spin');
     await sleep(200);
-    progress(`interrupt latency to a running VP: ${N} probes (after ${WARMUP} warm-up)`);
-    const runningVp = await measureProbes(host, vm, WARMUP, N);
+    progress(`interrupt latency to a running VP: ${plan.n} probes (after ${plan.warmup} warm-up)`);
+    const runningVp = await measureProbes(host, vm, plan.warmup, plan.n);
     await host.offVm(vm);
 
     checkQuiet('timer jitter');
     vm = await host.startVm('sched-tick', `sleep:${TICK_PERIOD_MS}`);
-    progress(`timer jitter: reading the ring for ${JITTER_MS / 1000} s`);
-    const timerJitter1ms = await measureJitter(host, vm);
+    progress(`timer jitter: reading the ring for ${plan.jitterMs / 1000} s`);
+    const timerJitter1ms = await measureJitter(host, vm, plan);
     await host.offVm(vm);
     await host.down();
 
@@ -491,13 +504,13 @@ export async function main(args: string[]): Promise<void> {
     await host.up(LPS_OVERHEAD);
     checkQuiet('spin VM rate');
     vm = await host.startVm('sched-spin', 'spin');
-    progress(`spin VM work rate over ${OVERHEAD_MS / 1000} s (after ${OVERHEAD_WARMUP_MS / 1000} s)`);
-    const vmSpin = await measureVmSpin(host, vm);
+    progress(`spin VM work rate over ${plan.overheadMs / 1000} s (after ${plan.overheadWarmupMs / 1000} s)`);
+    const vmSpin = await measureVmSpin(host, vm, plan);
     await host.offVm(vm);
     await host.down();
-    progress(`spinUnit in a worker thread over ${OVERHEAD_MS / 1000} s (after ${OVERHEAD_WARMUP_MS / 1000} s)`);
+    progress(`spinUnit in a worker thread over ${plan.overheadMs / 1000} s (after ${plan.overheadWarmupMs / 1000} s)`);
     checkQuiet('spin thread rate');
-    const threadUnitsPerS = await measureThreadSpin(OVERHEAD_WARMUP_MS, OVERHEAD_MS);
+    const threadUnitsPerS = await measureThreadSpin(plan.overheadWarmupMs, plan.overheadMs);
 
     const ratio = round(vmSpin.unitsPerS / threadUnitsPerS, 3);
     const result: SchedBenchResult = {
@@ -511,6 +524,8 @@ export async function main(args: string[]): Promise<void> {
         ticksPerSVsNominal: round(timerJitter1ms.ticksPerS / (1000 / TICK_PERIOD_MS), 3),
       },
       disturbance,
+      windows: { overheadMs: plan.overheadMs, jitterMs: plan.jitterMs },
+      quick,
     };
     await cleanup();
     if (json) process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -7,8 +7,9 @@
  *                                               napAfterUs > 0 it backs off as `Backoff` says
  *   shm-echo-poll <region> [napAfterUs]        polls ring A and answers every packet in ring B
  *   shm-echo-signal <region> <hvEndpoint> <partitionId> <token> <connectionId>
- *                                               the same, but sleeps until the hypervisor raises
- *                                               SINT 2 and signals back with SignalEvent
+ *                                               the same as a guest: programs its SynIC, runs the
+ *                                               guest's VP thread on VP 0, sleeps until the VP takes
+ *                                               the SINT 2 vector and signals back with SignalEvent
  *   zmq-sender <endpoint> <partitionId> <token> <payloadBytes> <window>
  *                                               sends packets over a RemoteLink channel while it has
  *                                               credit, from "go" to "stop" on stdin (throughput)
@@ -22,9 +23,16 @@
  * channel is open and leave when stdin closes.
  */
 import { pathToFileURL } from 'node:url';
-import { openRegion } from '../../packages/shm/src/index.js';
-import { siefpGpa, EVENT_FLAG_BYTES_PER_SINT, HvStatus } from '../../packages/protocol/src/index.js';
+import { Worker } from 'node:worker_threads';
+import { futexWake, openRegion } from '../../packages/shm/src/index.js';
+import {
+  EVENT_FLAG_BYTES_PER_SINT, GuestVector, HvStatus, KERNEL_MAGIC, KERNEL_PAGE_GPA, KernelPage, MAX_VPS_PER_PARTITION, PAGE,
+  SINT_AUTO_EOI, VpPage, siefpGpa, simpGpa, synicPageRegister, vpPageOffset,
+} from '../../packages/protocol/src/index.js';
 import { HvClient, type Notification } from '../../packages/runtime/src/hvclient.js';
+import { GuestMemory } from '../../packages/guest/src/memory.js';
+import { TaskTable } from '../../packages/guest/src/workloads.js';
+import type { VpStart } from '../../packages/guest/src/vp.js';
 import { PacketType, RingReader, RingWriter, RING_CONTROL_BYTES, type RingRegion } from '../../packages/vmbus/src/ring.js';
 import { RemoteLink, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
 
@@ -73,9 +81,9 @@ export class Backoff {
   }
 }
 
-/** The SINT the child's event port raises and its vector (as the guest kernel uses). */
+/** The SINT the child's event port raises and its vector: the guest kernel's GUEST_SINT and GUEST_SINT_VECTOR. */
 export const BENCH_SINT = 2;
-export const BENCH_SINT_VECTOR = 0x30;
+export const BENCH_SINT_VECTOR = GuestVector.Vmbus;
 
 /** Ring data sizes: throughput uses ring A only; ping-pong uses A (parent -> child) and B (child -> parent). */
 export const TP_RING_DATA_BYTES = 256 * 1024;
@@ -255,9 +263,67 @@ async function shmEchoPoll(name: string, napAfterUs: number): Promise<void> {
 }
 
 /**
- * Ring A reader / ring B writer as a guest would run them: the SINT interrupt (a notification from
- * the hypervisor) starts a drain with the ring masked; unmask re-checks; a reply written into an
- * empty, unmasked ring B is signalled to the parent with SignalEvent.
+ * What GuestKernel.start does before it starts its VPs, for one VP and no workload: the kernel page
+ * (no current task on any VP), an empty task table, and the VP's SynIC programmed through
+ * SetVpRegisters on itself (message page, event-flag page, SINT 2 at the VMBus vector with
+ * auto-EOI, SynIC enabled). Then the guest's own VP thread on VP 0 (packages/guest/src/vp.ts):
+ * it halts at once and is dispatched by the hypervisor's scheduler when its APIC has a vector,
+ * and it hands SINT vectors to this thread (`onSint`), as a VP hands them to the kernel.
+ */
+async function bootStandInGuest(
+  hv: HvClient,
+  session: { memoryRegion: string | null; vpRegion?: string | null; schedRegion?: string | null },
+  onSint: (sint: number) => void,
+): Promise<{ mem: GuestMemory; stop: () => Promise<void> }> {
+  if (!session.memoryRegion || !session.vpRegion || !session.schedRegion) {
+    fail(`the partition session has no ${!session.memoryRegion ? 'shared guest memory' : !session.vpRegion ? 'VP region' : 'scheduler region'}: the hypervisor runs without VP scheduling, and a SINT never reaches a VP`);
+  }
+  const mem = new GuestMemory(openRegion(session.memoryRegion));
+  const vpRegion = openRegion(session.vpRegion);
+  const sched = openRegion(session.schedRegion);
+  const k = KERNEL_PAGE_GPA;
+  mem.fill(k, PAGE, 0);
+  mem.setU32(k + KernelPage.magic, KERNEL_MAGIC);
+  for (let vp = 0; vp < MAX_VPS_PER_PARTITION; vp++) mem.setU32(k + KernelPage.currentTask + vp * 4, 0xffffffff);
+  new TaskTable(mem).create('idle', 0, 1);
+  await hv.must('SetVpRegisters', {
+    partitionId: -1,
+    vpIndex: 0,
+    values: { Simp: synicPageRegister(simpGpa(0)), Siefp: synicPageRegister(siefpGpa(0)), [`Sint${BENCH_SINT}`]: BENCH_SINT_VECTOR | SINT_AUTO_EOI, Scontrol: 1 },
+  });
+  const { CTL_STOP } = await import('../../packages/guest/src/vp.js');
+  const control = new SharedArrayBuffer(16);
+  const start: VpStart = {
+    memory: mem.share(), vpRegion, sched, control, vpIndex: 0, vpCount: 1, sintVectors: { [BENCH_SINT_VECTOR]: BENCH_SINT },
+  };
+  const worker = new Worker(new URL('../../packages/guest/src/vp-thread.mjs', import.meta.url), { workerData: start, name: 'vp0' });
+  // A VP that crashes is a failed run, as it is a crashed guest (GuestKernel exits too).
+  worker.on('error', (e) => {
+    process.stderr.write(`vmbus-child: VP 0's thread crashed: ${e.stack ?? e.message}\n`);
+    process.exit(1);
+  });
+  await new Promise<void>((resolve, reject) => {
+    worker.on('message', (m: { t?: string; sint?: number }) => {
+      if (m?.t === 'online') resolve();
+      else if (m?.t === 'sint') onSint(Number(m.sint));
+    });
+    worker.once('exit', (code) => reject(new Error(`VP 0's thread exited (code ${code}) before it came online`)));
+  });
+  const stop = async (): Promise<void> => {
+    const gone = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    const stopped = new Promise<void>((resolve) => worker.on('message', (m: { t?: string }) => m?.t === 'stopped' && resolve()));
+    Atomics.store(new Int32Array(control), CTL_STOP, 1);
+    futexWake(vpRegion, (vpPageOffset(0) + VpPage.dispatch) >> 2);
+    await Promise.race([stopped, gone, sleep(2000)]);
+    await worker.terminate();
+  };
+  return { mem, stop };
+}
+
+/**
+ * Ring A reader / ring B writer as a guest would run them: the SINT interrupt, taken by the VP
+ * thread, starts a drain with the ring masked; unmask re-checks; a reply written into an empty,
+ * unmasked ring B is signalled to the parent with SignalEvent.
  */
 async function shmEchoSignal(name: string, endpoint: string, partitionId: number, token: string, connectionId: number): Promise<void> {
   const { ctl, a, b } = mapBench(name, PP_RING_DATA_BYTES);
@@ -282,11 +348,18 @@ async function shmEchoSignal(name: string, endpoint: string, partitionId: number
     answered++;
     if (r === 'signal') signal();
   };
-  let flagWord: Int32Array | null = null;
+  let mem: GuestMemory | null = null;
+  const flagWord = siefpGpa(0) + BENCH_SINT * EVENT_FLAG_BYTES_PER_SINT;
   let interrupts = 0;
-  const onInterrupt = (): void => {
-    // Clear the event flag first (a signal during the drain then raises the SINT again), as a guest does.
-    if (flagWord) Atomics.exchange(flagWord, 0, 0);
+  let strays = 0;
+  const onInterrupt = (sint: number): void => {
+    if (sint !== BENCH_SINT || !mem) {
+      strays++;
+      return;
+    }
+    // Take the event flag first (a signal during the drain then raises the SINT again), as the
+    // guest kernel does: load, and exchange only a word that has bits.
+    if (mem.atomicLoad32(flagWord) !== 0) mem.atomicExchange32(flagWord, 0);
     interrupts++;
     reader.mask();
     do reader.drain(echo);
@@ -294,14 +367,13 @@ async function shmEchoSignal(name: string, endpoint: string, partitionId: number
     if (reader.takeWriterSignal()) signal();
   };
   const hv = new HvClient(endpoint, (n: Notification) => {
-    if (n.k === 'sint' && n.sint === BENCH_SINT) onInterrupt();
+    // With VP scheduling a SINT arrives through the VP; a notification would be the fallback path.
+    if (n.k === 'sint') onInterrupt(n.sint);
     else if (n.k === 'bye') process.exit(0);
   });
   const session = await hv.connect({ partitionId, token, role: 'bench-vmbus', vm: null });
-  if (session.memoryRegion) {
-    const mem = openRegion(session.memoryRegion);
-    flagWord = new Int32Array(mem, siefpGpa(0) + BENCH_SINT * EVENT_FLAG_BYTES_PER_SINT, 1);
-  }
+  const guest = await bootStandInGuest(hv, session, onInterrupt);
+  mem = guest.mem;
   await waitGo(ctl);
   while (Atomics.load(ctl, CTL_STOP) === 0) {
     if (hvError) throw hvError;
@@ -309,7 +381,8 @@ async function shmEchoSignal(name: string, endpoint: string, partitionId: number
     await sleep(5);
   }
   publish(ctl, answered, full, signals);
-  process.stderr.write(`vmbus-child: ${interrupts} interrupts\n`);
+  process.stderr.write(`vmbus-child: ${interrupts} interrupts${strays > 0 ? `, ${strays} on other SINTs` : ''}\n`);
+  await guest.stop();
   hv.close();
 }
 

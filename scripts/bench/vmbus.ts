@@ -1,5 +1,5 @@
 /**
- * `pnpm bench vmbus [--json]`: what VMBus packets cost between two processes, over the
+ * `pnpm bench vmbus [--json] [--spin] [--quick]`: what VMBus packets cost between two processes, over the
  * shared-memory ring and over the ZeroMQ transport, each next to a baseline measured in the same run.
  *
  *  1. Throughput, 64 B / 1 KiB / 16 KiB payloads, writer in a child process, reader here:
@@ -13,15 +13,22 @@
  *         number of packets as (a) per pass, fastest pass (the upper bound of any copy-based
  *         transport); also shown into a SharedArrayBuffer, which V8 copies into much more slowly
  *         (the ceiling of a ring in one).
- *     (a) and (b) run WARMUP_MS untimed, then MEASURE_MS timed on the reader's clock; each side's
+ *     (a) and (b) run `warmupMs` untimed, then `measureMs` timed on the reader's clock; each side's
  *     share of a CPU is reported, since other processes on the machine change everything here.
- *  2. Request/response latency, 64 B, N round trips after WARMUP ones, timed one by one here:
+ *  2. Request/response latency, 64 B, `n` round trips after `warmup` ones, timed one by one here:
  *     (a) shm ring, polling: request in ring A, the child polls A and answers in ring B, we poll B;
- *     (a') shm ring, signals through the hypervisor: a hypervisor process of our own, a child
- *         partition with an event port on SINT 2 (the child's session gets `sint`) and an event port
- *         in the root (our session gets `rootevent`); a writer whose tryWrite says 'signal' issues
- *         SignalEvent, a reader sleeps until the notification, then drains masked and re-checks;
+ *     (a') shm ring, signals through the hypervisor: a hypervisor process of our own (with its VP
+ *         scheduler), a child partition with one VP and an event port on SINT 2, and an event port in
+ *         the root (our session gets `rootevent`). The child stands in for a guest the way the guest
+ *         kernel is built: it programs its own SynIC, runs the guest's VP thread (packages/guest
+ *         vp.ts) on the VP, and services SINT 2 on its main thread when the VP takes the vector. So
+ *         a signal to the child goes SignalEvent -> event flag + virtual APIC -> scheduler dispatches
+ *         the halted VP -> VP takes the interrupt -> main thread drains, as in a running VM. A writer
+ *         whose tryWrite says 'signal' issues SignalEvent; a reader sleeps until the interrupt (or
+ *         the rootevent), then drains masked and re-checks;
  *     (b) zmq: the same packets over RemoteHub/RemoteLink.
+ *
+ * --quick (or HVLAB_BENCH_QUICK=1): every part above with QUICK's durations and counts, for CI.
  *
  * Everything lives under temporary names and is removed afterwards, whatever happens: every child is
  * killed, every region (ours are named after a bench host id, as the hypervisor's are) is unlinked,
@@ -34,10 +41,9 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, percentile, procState, round, shmLeftovers, stopOwned } from './common.js';
+import { exited, nothingLeftLine, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers, stopOwned } from './common.js';
 import {
   ENLIGHTENED_CHILD_PRIVILEGES, HvStatus, MIN_MEMORY_BYTES, PAGE, PartitionProperty, PortType, ROOT_PARTITION_ID,
-  siefpGpa, simpGpa, synicPageRegister,
 } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -47,15 +53,20 @@ import { initRing, packetBytes, PacketType, RingReader, RingWriter } from '../..
 import { RemoteHub, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
 import { sweepHost } from '@hvlab/host';
 import {
-  BENCH_SINT, BENCH_SINT_VECTOR, benchRegionBytes, benchRings, CTL_GO, CTL_PAGE_BYTES, CTL_STOP, PP_RING_DATA_BYTES,
+  BENCH_SINT, benchRegionBytes, benchRings, CTL_GO, CTL_PAGE_BYTES, CTL_STOP, PP_RING_DATA_BYTES,
   SYNC_TRANS_ID, TP_RING_DATA_BYTES, Backoff, NAP_AFTER_US, NAP_US, type ChildDone,
 } from './vmbus-child.js';
 
 const SIZES = [64, 1024, 16384] as const;
-const WARMUP_MS = 300;
-const MEASURE_MS = 1500;
-const N = 5000;
-const WARMUP = 500;
+/** Throughput: untimed and timed milliseconds; latency: timed round trips after warm-up ones. */
+interface Plan {
+  warmupMs: number;
+  measureMs: number;
+  n: number;
+  warmup: number;
+}
+const FULL: Plan = { warmupMs: 300, measureMs: 1500, n: 5000, warmup: 500 };
+const QUICK: Plan = { warmupMs: 50, measureMs: 150, n: 200, warmup: 20 };
 const LATENCY_PAYLOAD = 64;
 const ZMQ_WINDOW = 256 * 1024;
 /** Tight loops give the event loop a turn this often (child exits, signals). */
@@ -132,6 +143,7 @@ export interface VmbusBenchResult {
     /** How the polling sides wait: 'spin' (--spin) or 'spin, nap 50 µs after 50 µs idle'. */
     polling: string;
   };
+  quick: boolean;
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
@@ -281,6 +293,8 @@ class Run {
   readonly children = new Set<Owned>();
   readonly regions = new Set<string>();
   readonly tracked = new Set<number>();
+  /** How long and how many (FULL, or QUICK with --quick). */
+  plan: Plan = FULL;
   /** Back-off of the polling sides (0 = spin only). */
   napAfterUs = NAP_AFTER_US;
   hvProc: Owned | null = null;
@@ -379,6 +393,8 @@ class Run {
       if (left.length > 0) {
         progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
         process.exitCode = 1;
+      } else {
+        process.stderr.write(`${nothingLeftLine('vmbus', [this.hostId])}\n`);
       }
     })();
     return this.cleaning;
@@ -436,13 +452,13 @@ async function shmThroughput(run: Run, size: number): Promise<ShmRate> {
       if ((iter & 0x3f) !== 0) continue;
     }
     const now = performance.now();
-    if (!timing && now - start >= WARMUP_MS) {
+    if (!timing && now - start >= run.plan.warmupMs) {
       timing = true;
       t0 = now;
       c0 = check.count();
       cpu0 = cpuMark();
       naps0 = backoff.naps;
-    } else if (timing && now - t0 >= MEASURE_MS) {
+    } else if (timing && now - t0 >= run.plan.measureMs) {
       t1 = now;
       c1 = check.count();
       readerCpu = cpuShareSince(cpu0);
@@ -457,7 +473,7 @@ async function shmThroughput(run: Run, size: number): Promise<ShmRate> {
   Atomics.store(ctl, CTL_STOP, 1);
   const done = parseDone(await waitLine(child, 'done ', 10000));
   await run.stop(child);
-  if (c1 - c0 === 0) throw new Error(`shm ${size} B: no packets arrived in ${MEASURE_MS} ms`);
+  if (c1 - c0 === 0) throw new Error(`shm ${size} B: no packets arrived in ${run.plan.measureMs} ms`);
   const readerNaps = backoff.naps - naps0;
   return {
     ...rate(c1 - c0, size, t1 - t0),
@@ -490,11 +506,11 @@ async function zmqThroughput(run: Run, size: number): Promise<ProcRate> {
   try {
     await waitLine(child, 'ready', 20000);
     child.child.stdin!.write('go\n');
-    await sleep(WARMUP_MS);
+    await sleep(run.plan.warmupMs);
     const t0 = performance.now();
     const c0 = check.count();
     const cpu0 = cpuMark();
-    await sleep(MEASURE_MS);
+    await sleep(run.plan.measureMs);
     const t1 = performance.now();
     const c1 = check.count();
     const readerCpu = cpuShareSince(cpu0);
@@ -502,7 +518,7 @@ async function zmqThroughput(run: Run, size: number): Promise<ProcRate> {
     const done = parseDone(await waitLine(child, 'done ', 10000));
     if (fault) throw fault;
     if (checkError) throw checkError;
-    if (c1 - c0 === 0) throw new Error(`zmq ${size} B: no packets arrived in ${MEASURE_MS} ms${exited(child.child) ? `; ${whyGone(child)}` : ''}`);
+    if (c1 - c0 === 0) throw new Error(`zmq ${size} B: no packets arrived in ${run.plan.measureMs} ms${exited(child.child) ? `; ${whyGone(child)}` : ''}`);
     return { ...rate(c1 - c0, size, t1 - t0), cpuShare: { reader: readerCpu, writer: done.cpuShare } };
   } finally {
     await run.stop(child);
@@ -514,9 +530,9 @@ async function zmqThroughput(run: Run, size: number): Promise<ProcRate> {
 /**
  * Uint8Array.set of `count` payloads of `size` bytes into a buffer as large as the ring's data area,
  * advancing by the space a packet takes in the ring. After a warm-up pass, passes of `count` packets
- * repeat for MEASURE_MS / 4; the fastest pass counts (a slower one was preempted, not copying).
+ * repeat for measureMs / 4; the fastest pass counts (a slower one was preempted, not copying).
  */
-function memcpyThroughput(size: number, count: number, shared: boolean): Rate {
+function memcpyThroughput(size: number, count: number, shared: boolean, measureMs: number): Rate {
   const src = new Uint8Array(size);
   for (let i = 0; i < size; i++) src[i] = (i * 31) & 0xff;
   const dst = new Uint8Array(shared ? new SharedArrayBuffer(TP_RING_DATA_BYTES) : new ArrayBuffer(TP_RING_DATA_BYTES));
@@ -538,7 +554,7 @@ function memcpyThroughput(size: number, count: number, shared: boolean): Rate {
     const t0 = performance.now();
     pass(count);
     best = Math.min(best, performance.now() - t0);
-  } while (performance.now() - start < MEASURE_MS / 4);
+  } while (performance.now() - start < measureMs / 4);
   if (sink === 0x100) progress('(unreachable)');
   return rate(count, size, Math.max(best, 1e-3));
 }
@@ -554,13 +570,13 @@ function pingPongRings(run: Run, tag: string): { name: string; ctl: Int32Array; 
   return { name, ctl: new Int32Array(buffer, 0, CTL_PAGE_BYTES >>> 2), writer: new RingWriter(a, 'bench A out'), reader: new RingReader(b, 'bench B in') };
 }
 
-/** Runs WARMUP + N round trips; `once(i)` returns the ns of round trip i. Yields between round trips now and then. */
-async function roundTrips(once: (i: number) => number | Promise<number>, alive: () => void): Promise<number[]> {
+/** Runs warmup + n round trips; `once(i)` returns the ns of round trip i. Yields between round trips now and then. */
+async function roundTrips(plan: Plan, once: (i: number) => number | Promise<number>, alive: () => void): Promise<number[]> {
   const samples: number[] = [];
   let lastYield = performance.now();
-  for (let i = 0; i < WARMUP + N; i++) {
+  for (let i = 0; i < plan.warmup + plan.n; i++) {
     const ns = await once(i);
-    if (i >= WARMUP) samples.push(ns);
+    if (i >= plan.warmup) samples.push(ns);
     if (performance.now() - lastYield >= YIELD_MS) {
       await yieldNow();
       alive();
@@ -599,7 +615,7 @@ async function shmPollLatency(run: Run): Promise<PollLatency> {
     if (reply !== i) throw new Error(`reply ${reply} to request ${i}`);
     return ns;
   };
-  const samples = await roundTrips(once, () => {
+  const samples = await roundTrips(run.plan, once, () => {
     if (exited(child.child)) throw new Error(whyGone(child));
   });
   Atomics.store(ctl, CTL_STOP, 1);
@@ -610,17 +626,13 @@ async function shmPollLatency(run: Run): Promise<PollLatency> {
 
 async function shmSignalLatency(run: Run): Promise<SignalLatency> {
   const hv = await run.startHypervisor();
-  // A child partition the way a VMWP builds one, with a SynIC the root sets up for it (SINT 2 unmasked).
+  // A child partition the way a VMWP builds one; the child programs its SynIC itself, as a guest does.
   const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: MIN_MEMORY_BYTES, name: 'vmbus-bench' });
   const pid = created.partitionId;
   await hv.must('SetPartitionProperty', { partitionId: pid, property: PartitionProperty.PrivilegeFlags, value: ENLIGHTENED_CHILD_PRIVILEGES });
   await hv.must('InitializePartition', { partitionId: pid });
   await hv.must('MapGpaPages', { partitionId: pid, gpaPage: 0, pageCount: MIN_MEMORY_BYTES / PAGE });
   await hv.must('CreateVp', { partitionId: pid, vpIndex: 0 });
-  await hv.must('SetVpRegisters', {
-    partitionId: pid, vpIndex: 0,
-    values: { Simp: synicPageRegister(simpGpa(0)), Siefp: synicPageRegister(siefpGpa(0)), [`Sint${BENCH_SINT}`]: BENCH_SINT_VECTOR, Scontrol: 1 },
-  });
   // child -> root: an event port in the root owned by our session (rootevent); root -> child: an event port on the child's SINT 2 (sint).
   await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: ROOT_EVENT_PORT, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
   await hv.must('ConnectPort', { partitionId: pid, connectionId: CHILD_TO_ROOT_CONNECTION, portPartitionId: ROOT_PARTITION_ID, portId: ROOT_EVENT_PORT });
@@ -673,13 +685,13 @@ async function shmSignalLatency(run: Run): Promise<SignalLatency> {
     if (reply !== i) throw new Error(`reply ${reply} to request ${i}`);
     return ns;
   };
-  const samples = await roundTrips(once, () => {
+  const samples = await roundTrips(run.plan, once, () => {
     if (exited(child.child)) throw new Error(whyGone(child));
   });
   Atomics.store(ctl, CTL_STOP, 1);
   const done = parseDone(await waitLine(child, 'done ', 10000));
   await run.stop(child);
-  const total = WARMUP + N;
+  const total = run.plan.warmup + run.plan.n;
   return { ...latency(samples), signalsPerRoundTrip: { toChild: round(toChild / total, 3), toParent: round(done.signals / total, 3) } };
 }
 
@@ -720,7 +732,7 @@ async function zmqLatency(run: Run): Promise<Latency> {
       if (reply !== i) throw new Error(`reply ${reply} to request ${i}`);
       return ns;
     };
-    const samples = await roundTrips(once, () => {
+    const samples = await roundTrips(run.plan, once, () => {
       if (exited(child.child)) throw new Error(whyGone(child));
     });
     child.child.stdin!.write('stop\n');
@@ -740,7 +752,7 @@ function table(r: VmbusBenchResult): string {
   const num = (x: number | string, w: number): string => String(x).padStart(w);
   const sizeName = (s: number): string => (s >= 1024 ? `${s / 1024} KiB` : `${s} B`);
   const lines: string[] = [];
-  lines.push(`throughput: writer in a child process, reader here, ${MEASURE_MS} ms timed after ${WARMUP_MS} ms warm-up; MB = 10^6 payload bytes`);
+  lines.push(`throughput: writer in a child process, reader here, ${r.n.throughputMs} ms timed after ${r.n.warmupMs} ms warm-up; MB = 10^6 payload bytes`);
   lines.push(`polling: ${r.n.polling}`);
   lines.push(`${pad('payload', 9)}${pad('transport', 38)}${num('packets/s', 12)}${num('MB/s', 10)}${num('vs memcpy', 11)}  CPU share reader/writer`);
   for (const s of SIZES) {
@@ -790,6 +802,7 @@ function table(r: VmbusBenchResult): string {
         'than half a CPU): the two polling sides then share CPU time with them, and the shm rows measure the scheduler as much as the ring.',
     );
   }
+  if (r.quick) lines.push(QUICK_NOTE);
   return lines.join('\n');
 }
 
@@ -801,13 +814,16 @@ export async function main(args: string[]): Promise<void> {
   for (const a of args) {
     if (a === '--json') json = true;
     else if (a === '--spin') spin = true;
-    else throw new Error(`unknown argument "${a}" (usage: pnpm bench vmbus [--json] [--spin])`);
+    else if (a !== '--quick') throw new Error(`unknown argument "${a}" (usage: pnpm bench vmbus [--json] [--spin] [--quick])`);
   }
+  const quick = quickRequested(args);
+  const plan = quick ? QUICK : FULL;
 
   const mode = memoryMode();
   const load0 = loadavg()[0]!;
   const run = new Run();
   if (spin) run.napAfterUs = 0;
+  run.plan = plan;
   const onSignal = (sig: NodeJS.Signals): void => {
     progress(`${sig}: cleaning up`);
     void run.cleanup().finally(() => process.exit(130));
@@ -840,23 +856,23 @@ export async function main(args: string[]): Promise<void> {
     for (const s of SIZES) {
       const count = (shm?.[s] ?? zmq[s]!).packets;
       progress(`memcpy baseline, ${count} × ${s} B per pass, into an ArrayBuffer and into a SharedArrayBuffer`);
-      memcpy[s] = memcpyThroughput(s, count, false);
-      memcpyShared[s] = memcpyThroughput(s, count, true);
+      memcpy[s] = memcpyThroughput(s, count, false, plan.measureMs);
+      memcpyShared[s] = memcpyThroughput(s, count, true, plan.measureMs);
     }
 
     // 2. latency
     let shmPoll: PollLatency | null = null;
     let shmSignal: SignalLatency | null = null;
     if (shared) {
-      progress(`shm ring ping-pong, polling (${WARMUP} + ${N} round trips)`);
+      progress(`shm ring ping-pong, polling (${plan.warmup} + ${plan.n} round trips)`);
       shmPoll = await shmPollLatency(run);
     }
-    progress(`zmq ping-pong (${WARMUP} + ${N} round trips)`);
+    progress(`zmq ping-pong (${plan.warmup} + ${plan.n} round trips)`);
     const zmqLat = await zmqLatency(run);
     run.hub?.close();
     run.hub = null;
     if (shared) {
-      progress(`shm ring ping-pong, signals through the hypervisor (${WARMUP} + ${N} round trips)`);
+      progress(`shm ring ping-pong, signals through the hypervisor (${plan.warmup} + ${plan.n} round trips)`);
       shmSignal = await shmSignalLatency(run);
     }
 
@@ -874,17 +890,18 @@ export async function main(args: string[]): Promise<void> {
         shmVsMemcpy16k: shmVsMemcpy16k === null ? null : shmVsMemcpy16k >= AIMS.shmVsMemcpy16k,
       },
       n: {
-        roundTrips: N,
-        warmupRoundTrips: WARMUP,
+        roundTrips: plan.n,
+        warmupRoundTrips: plan.warmup,
         latencyPayloadBytes: LATENCY_PAYLOAD,
-        throughputMs: MEASURE_MS,
-        warmupMs: WARMUP_MS,
+        throughputMs: plan.measureMs,
+        warmupMs: plan.warmupMs,
         ringDataBytes: TP_RING_DATA_BYTES,
         zmqWindow: ZMQ_WINDOW,
         cpus: availableParallelism(),
         loadAvg: [round(load0, 2), round(loadavg()[0]!, 2)],
         polling: spin ? 'spin (--spin)' : `spin, nap ${NAP_US} µs after ${NAP_AFTER_US} µs idle`,
       },
+      quick,
     };
     await run.cleanup();
     if (json) process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -1,0 +1,248 @@
+/**
+ * Every benchmark in scripts/bench runs in CI through its quick mode (`pnpm bench NAME --quick`:
+ * the same code path with few iterations), so a benchmark cannot break silently. Each runs as a
+ * child process (node with the tsx loader, as the harness runs the CLI) with a TMPDIR of its own
+ * and a marker in its environment that every process it starts inherits. The test asserts exit
+ * code 0, that the result and ratio lines are there with finite numbers (never how large they
+ * are: timing belongs to the benchmark's own report), and that nothing is left behind: no
+ * process carrying the marker, no /dev/shm file of a host the run used, nothing in its TMPDIR.
+ */
+import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { eventually, shmFiles } from './harness.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const runTs = join(repo, 'scripts', 'bench', 'run.ts');
+/** A quick run that takes longer than this is stuck; it is killed and the test fails. */
+const RUN_LIMIT_MS = 150_000;
+const QUICK_NOTE = 'quick mode: few iterations';
+const MARKER = 'HVLAB_BENCH_TEST_RUN';
+/** tsx keeps its compile cache in the temp directory; a run's TMPDIR links to the shared one. */
+const TSX_CACHE = /^tsx-\d+$/;
+
+interface BenchRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Pids of the processes whose environment carries `MARKER=id`. */
+function markedProcesses(id: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const env = `\0${readFileSync(`/proc/${d}/environ`, 'latin1')}`;
+      if (env.includes(`\0${MARKER}=${id}\0`)) out.push(Number(d));
+    } catch { /* gone, or not ours to read */ }
+  }
+  return out;
+}
+
+/** Host ids a run mentions: in its progress lines and in its "nothing left behind (hosts …)" line. */
+function hostIdsIn(stderr: string): string[] {
+  const ids = new Set<string>();
+  for (const m of stderr.matchAll(/\bhost ([0-9a-f]{6,})\b/g)) ids.add(m[1]!);
+  const clean = /nothing left behind \(hosts ([^:]*):/.exec(stderr);
+  for (const id of clean?.[1]?.split(', ') ?? []) if (/^[0-9a-f]+$/.test(id)) ids.add(id);
+  return [...ids];
+}
+
+/** One quick benchmark run, with everything it needs to be checked and cleaned up. */
+class QuickRun {
+  readonly id = randomBytes(6).toString('hex');
+  readonly tmp = mkdtempSync(join(tmpdir(), 'hvlab-benchtest-'));
+  private child: ChildProcess | null = null;
+  result: BenchRun | null = null;
+
+  constructor() {
+    // The loader's cache is not the run's: share it (a fresh one would compile everything anew).
+    const cache = readdirSync(tmpdir()).find((f) => TSX_CACHE.test(f));
+    if (cache && existsSync(join(tmpdir(), cache))) symlinkSync(join(tmpdir(), cache), join(this.tmp, cache));
+  }
+
+  run(name: string): Promise<BenchRun> {
+    return new Promise((res, rej) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', runTs, name, '--quick'], {
+        cwd: repo,
+        env: { ...process.env, TMPDIR: this.tmp, [MARKER]: this.id },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      this.child = c;
+      let stdout = '';
+      let stderr = '';
+      c.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+      c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const t = setTimeout(() => c.kill('SIGTERM'), RUN_LIMIT_MS);
+      c.once('error', (e) => {
+        clearTimeout(t);
+        rej(e);
+      });
+      c.once('close', (code, signal) => {
+        clearTimeout(t);
+        this.result = { code, signal, stdout, stderr };
+        res(this.result);
+      });
+    });
+  }
+
+  /** Whatever the run left: marked processes, /dev/shm files of its hosts, entries in its TMPDIR. */
+  leftovers(): { pids: number[]; shm: string[]; tmp: string[] } {
+    const ids = hostIdsIn(this.result?.stderr ?? '');
+    let tmp: string[] = [];
+    try {
+      tmp = readdirSync(this.tmp).filter((f) => !TSX_CACHE.test(f));
+    } catch { /* removed */ }
+    return { pids: markedProcesses(this.id), shm: ids.flatMap(shmFiles), tmp };
+  }
+
+  /** Kills and removes everything of the run, whether it passed or not. */
+  async destroy(): Promise<void> {
+    if (this.child && this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    const kill = (): void => {
+      for (const p of markedProcesses(this.id)) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch { /* gone */ }
+      }
+    };
+    kill();
+    await eventually(() => {
+      kill();
+      return markedProcesses(this.id).length === 0;
+    }, 5000);
+    // Every process is gone, so nothing maps these any more; the run's sockets are in its TMPDIR.
+    for (const id of hostIdsIn(this.result?.stderr ?? '')) for (const f of shmFiles(id)) rmSync(join('/dev/shm', f), { force: true });
+    rmSync(this.tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The first `count` numbers after `label` on the output line that starts with it (a string, or a
+ * RegExp anchored at the line's start), whitespace runs collapsed; each must be finite.
+ */
+function numbersAfter(out: string, label: string | RegExp, count: number): number[] {
+  const norm = (s: string): string => s.replace(/\s+/g, ' ').trim();
+  const lines = out.split('\n').map(norm);
+  let line: string | undefined;
+  let rest = '';
+  for (const l of lines) {
+    const at = typeof label === 'string' ? (l.startsWith(norm(label)) ? norm(label).length : -1) : (label.exec(l)?.[0].length ?? -1);
+    if (at >= 0) {
+      line = l;
+      rest = l.slice(at);
+      break;
+    }
+  }
+  if (line === undefined) throw new Error(`no line starting with ${String(label)} in:\n${out}`);
+  const values = rest.trim().split(' ').slice(0, count).map((t) => Number(t.replace(/,$/, '')));
+  expect(values, `the numbers after ${String(label)} in "${line}"`).to.have.length(count);
+  for (const v of values) expect(Number.isFinite(v), `"${line}" has a number that is not finite`).to.equal(true);
+  return values;
+}
+
+/** The ratio on the line starting with `label`: finite and above 0. */
+function ratio(out: string, label: string): number {
+  const [v] = numbersAfter(out, label, 1);
+  expect(v, `${label} ${v}`).to.be.greaterThan(0);
+  return v!;
+}
+
+/** What each benchmark's quick run must print (its result rows and its ratios). */
+const expectations: Record<string, (out: string) => void> = {
+  hypercall: (out) => {
+    // n, p50, p99, mean, calls/s
+    const [n] = numbersAfter(out, 'hypercall GetPartitionId (root)', 5);
+    expect(n).to.be.greaterThan(0);
+    numbersAfter(out, /^zmq echo \(msgpack, \d+ B\)/, 5);
+    ratio(out, 'ratio hypercall / zmq echo (p50)');
+    numbersAfter(out, 'vm new+start b1 (16M, idle) to Running', 3);
+    numbersAfter(out, 'spawn `node -e 0` to exit', 3);
+    ratio(out, 'ratio vm start / node spawn (p50)');
+  },
+  vmbus: (out) => {
+    const shared = out.includes('memory mode shared');
+    for (const size of ['64 B', '1 KiB', '16 KiB']) {
+      // packets/s, MB/s, vs memcpy
+      if (shared) numbersAfter(out, `${size} shm ring (both sides polling)`, 3);
+      numbersAfter(out, `${size} zmq RemoteHub/Link (256 KiB credit)`, 3);
+      numbersAfter(out, `${size} memcpy (Uint8Array.set into ArrayBuffer)`, 3);
+      numbersAfter(out, `${size} same into a SharedArrayBuffer`, 3);
+    }
+    numbersAfter(out, 'zmq RemoteHub/Link', 3);
+    if (shared) {
+      numbersAfter(out, 'shm ring, polling', 3);
+      numbersAfter(out, 'shm ring, SignalEvent through the hypervisor', 3);
+      // The signalled ping-pong went through the hypervisor both ways (the path this test guards).
+      const calls = /\(SignalEvent calls per round trip: (\S+) to the child, (\S+) back\)/.exec(out);
+      expect(calls, 'the SignalEvent calls line').to.not.equal(null);
+      const [toChild, back] = [Number(calls![1]), Number(calls![2])];
+      expect(toChild, 'SignalEvent calls per round trip to the child').to.be.greaterThan(0);
+      expect(back, 'SignalEvent calls per round trip back').to.be.greaterThan(0);
+      ratio(out, 'ratio zmq / shm polling (p50):');
+      ratio(out, 'ratio shm signalled / zmq (p50):');
+      ratio(out, 'shmVsZmq64 =');
+      ratio(out, 'shmVsMemcpy16k =');
+    }
+  },
+  sched: (out) => {
+    // n, lost, p50, p99, max
+    for (const row of ['to a halted VP (sleep:1000)', 'to a running VP (spin)']) {
+      const [n] = numbersAfter(out, row, 5);
+      expect(n, row).to.be.greaterThan(0);
+    }
+    ratio(out, 'ratio halted / running (p50)');
+    // ticks, ticks/s, p50, p99, max
+    numbersAfter(out, /^\|actual - ideal\|, \d+ samples/, 5);
+    ratio(out, 'ratio ticks/s / nominal');
+    numbersAfter(out, 'spin VM (VmInfo progress)', 1);
+    ratio(out, 'ratio VM / thread');
+  },
+};
+
+describe('benchmarks (quick mode)', function () {
+  this.timeout(RUN_LIMIT_MS + 30_000);
+
+  it('every benchmark that `pnpm bench` knows has a quick-mode test here', async function () {
+    const r = await new Promise<BenchRun>((res, rej) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', runTs], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      c.once('error', rej);
+      c.once('close', (code, signal) => res({ code, signal, stdout, stderr }));
+    });
+    expect(r.code).to.equal(2);
+    const listed = /available benchmarks: (.*)/.exec(r.stderr)?.[1]?.split(', ') ?? [];
+    expect(listed.sort()).to.deep.equal(Object.keys(expectations).sort());
+  });
+
+  for (const [name, check] of Object.entries(expectations)) {
+    it(`\`pnpm bench ${name} --quick\` exits 0, prints its results and ratios as finite numbers, and leaves nothing behind`, async function () {
+      const q = new QuickRun();
+      try {
+        const r = await q.run(name);
+        const why = `bench ${name} --quick: exit ${r.signal ?? r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr.slice(-6000)}`;
+        expect(r.code, why).to.equal(0);
+        expect(r.stdout, why).to.include(QUICK_NOTE);
+        check(r.stdout);
+        expect(r.stderr, why).to.match(new RegExp(`\\[bench ${name}\\] nothing left behind \\(hosts [0-9a-f]`));
+        // The bench says it left nothing; check for ourselves (dying processes get a moment).
+        await eventually(() => q.leftovers().pids.length === 0, 5000);
+        const left = q.leftovers();
+        expect(left.pids, 'processes of the run left behind').to.deep.equal([]);
+        expect(left.shm, '/dev/shm files of the run left behind').to.deep.equal([]);
+        expect(left.tmp, `entries left in the run's TMPDIR ${q.tmp}`).to.deep.equal([]);
+      } finally {
+        await q.destroy();
+      }
+    });
+  }
+});
