@@ -12,7 +12,8 @@
  * with packets in flight in packages/vmbus/test/state.test.ts.
  */
 import { expect } from 'chai';
-import { DEVICE_CLASS_NAMES, DEVICE_CLASSES, type DeviceClass } from '@hvlab/protocol';
+import fc from 'fast-check';
+import { decodeDeviceEntries, DEVICE_CLASS_NAMES, DEVICE_CLASSES, type DeviceClass } from '@hvlab/protocol';
 import { VmbusLoopback, MemoryFrameNetwork, decodeVmbusClientState, decodeVmbusServerState } from '@hvlab/vmbus';
 import { loadDeviceClass, type VirtualDevice } from '@hvlab/vsp';
 import { loadDriverClass, type GuestDriver } from '@hvlab/vsc';
@@ -20,7 +21,7 @@ import type { KvpProvider } from '@hvlab/vsp/kvp';
 import type { HeartbeatProvider } from '@hvlab/vsp/heartbeat';
 import type { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import type { TimeSyncProvider } from '@hvlab/vsp/timesync';
-import { PageAllocator, decodePageAllocatorState } from '@hvlab/guest';
+import { PageAllocator, decodeKernelState, decodePageAllocatorState } from '@hvlab/guest';
 
 const quiet = { info: () => {}, warn: () => {}, child: () => quiet };
 
@@ -247,5 +248,60 @@ describe('saved state of every component: save, encode, decode, restore, continu
     expect(decodePageAllocatorState({ ...b.save(), top: 250 }, 100, 200)).to.match(/pages\.top/);
     expect(decodePageAllocatorState({ ...b.save(), free: [{ pfn: 10, count: 1 }] }, 100, 200)).to.match(/pages\.free\[0\]/);
     expect(decodePageAllocatorState({ ...b.save(), version: 2 }, 100, 200)).to.match(/version/);
+  });
+
+  /**
+   * Every saved-state decoder is an edge where bytes enter a process (a state.json, guest memory
+   * of a restored VM): random values and valid states with one value replaced anywhere are either
+   * accepted or refused with a sentence — never a throw.
+   */
+  it('no state decoder throws on random input or on a valid state with any one value replaced', async () => {
+    const decoders: Array<{ name: string; decode: (v: unknown) => unknown; valid: unknown }> = [];
+    for (const cls of DEVICE_CLASS_NAMES) {
+      const r = await build(cls);
+      if (r.lb) {
+        await r.lb.client.connect();
+        await until(() => (host<{ negotiated: unknown }>(r).negotiated !== null), `${cls} negotiated`);
+        await r.lb.server.whenIdle();
+        await r.lb.client.whenIdle();
+        decoders.push({ name: 'vmbus server', decode: decodeVmbusServerState, valid: r.lb.server.save() });
+        decoders.push({ name: 'vmbus client', decode: decodeVmbusClientState, valid: r.lb.client.save() });
+        decoders.push({ name: `${cls} driver`, decode: (v) => r.driver!.decode(v), valid: r.driver!.save() });
+        decoders.push({
+          name: 'guest kernel', decode: (v) => decodeKernelState(v, { floor: 100, end: 200 }),
+          valid: { version: 1, vmbus: r.lb.client.save(), pages: new PageAllocator(100, 200).save(), drivers: { [cls]: r.driver!.save() } },
+        });
+      }
+      decoders.push({ name: `${cls} device`, decode: (v) => r.device.decode(v), valid: r.device.save() });
+      close(r);
+    }
+    decoders.push({ name: 'device list', decode: decodeDeviceEntries, valid: DEVICE_CLASS_NAMES.map((c) => ({ class: c, id: c, enabled: true })) });
+    const valid = JSON.parse(JSON.stringify(decoders.map((d) => d.valid))) as unknown[];
+    decoders.forEach((d, i) => {
+      const out = d.decode(valid[i]);
+      expect(typeof out, `${d.name} takes its own saved state: ${String(out)}`).to.not.equal('string');
+    });
+    // Replace the value at a random path of a valid state with an arbitrary value.
+    const replaceAt = (v: unknown, path: number[], x: unknown): unknown => {
+      if (path.length === 0 || v === null || typeof v !== 'object') return x;
+      const keys = Object.keys(v as object);
+      if (keys.length === 0) return x;
+      const k = keys[path[0] % keys.length];
+      const copy: Record<string, unknown> = Array.isArray(v) ? ([...v] as unknown as Record<string, unknown>) : { ...(v as Record<string, unknown>) };
+      copy[k] = replaceAt((v as Record<string, unknown>)[k], path.slice(1), x);
+      return copy;
+    };
+    const weird = fc.oneof(fc.jsonValue(), fc.constantFrom(NaN, Infinity, -1, 2 ** 53, 1e999, -0, '', '\ud800', null, [], {}, { version: 2 }, { toString: 1 }));
+    let runs = 0;
+    fc.assert(fc.property(fc.nat(decoders.length - 1), fc.array(fc.nat(64), { maxLength: 6 }), weird, (i, path, x) => {
+      runs++;
+      const out = decoders[i].decode(replaceAt(valid[i], path, x));
+      return typeof out === 'string' || (typeof out === 'object' && out !== null);
+    }), { numRuns: 3000 });
+    fc.assert(fc.property(fc.nat(decoders.length - 1), fc.anything(), (i, x) => {
+      const out = decoders[i].decode(x);
+      return typeof out === 'string' || (typeof out === 'object' && out !== null);
+    }), { numRuns: 1000 });
+    expect(runs).to.equal(3000);
   });
 });

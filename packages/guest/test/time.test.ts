@@ -165,8 +165,9 @@ describe('guest time runs on reference time', () => {
       expect(memA.f64(STATUS_PAGE_GPA + StatusPage.bootTimeMs)).to.be.within(1_600_000_000_000, 1_600_000_001_000);
       await until('counting on the first host', () => counter(memA) >= 20);
 
-      // Save: stop the VPs, take reference time and memory.
+      // Save: stop the VPs, park the kernel's own state in memory, take reference time and memory.
       await a.stop();
+      await a.quiesce();
       const savedRef = a.referenceTime();
       const clockAtSave = a.clock.now();
       const memB = new GuestMemory(new SharedArrayBuffer(8 * MiB));

@@ -14,7 +14,7 @@
  */
 
 export interface DeviceClassInfo {
-  /** One line for `vm devices` and the docs. */
+  /** One line about the class, for the docs. */
   readonly description: string;
   /** Offered on the VM's VMBus (a synthetic device); the guest attaches the VSC of the same class. */
   readonly vmbus: boolean;

@@ -231,11 +231,6 @@ export class VmDevices {
     });
   }
 
-  /** Every device: class, id, enabled and what it reports about itself. */
-  list(): Array<{ class: DeviceClass; id: string; enabled: boolean; status: Record<string, unknown> }> {
-    return this.built.map((b) => ({ class: b.entry.class, id: b.entry.id, enabled: b.entry.enabled, status: b.device.status() }));
-  }
-
   /** The saved state of every device and of the VMBus server. Call with the VM suspended. */
   save(): DeviceComponents {
     const out: DeviceComponents = { vmbus: this.server.save() };
