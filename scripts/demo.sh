@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 own_home=""
 if [ -z "${HVLAB_HOME:-}" ]; then own_home=$(mktemp -d -t hvlab-demo-XXXXXX); export HVLAB_HOME="$own_home"; fi
-hv() { node --import tsx packages/cli/src/main.ts "$@"; }
+hv() { node packages/cli/bin/hvlab.mjs "$@"; }
 trap 'echo; echo "\$ hvlab down"; hv down; [ -n "$own_home" ] && rm -rf "$own_home"' EXIT
 say() { printf '\n\033[1m$ hvlab %s\033[0m\n' "$*"; }
 say up --lps 2;                         hv up --lps 2

@@ -12,7 +12,8 @@ import { hostPaths } from '@hvlab/runtime';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(repo, 'packages', 'cli', 'src', 'main.ts');
+/** The hvlab command as a user runs it: the compiled CLI through its bin script (one process). */
+const cli = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
 
 export interface CliResult {
   code: number;
@@ -30,7 +31,7 @@ export class TestHost {
   /** Runs the CLI asynchronously (so the test's event loop keeps going). */
   run(...args: string[]): Promise<CliResult> {
     return new Promise((res) => {
-      const c = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
+      const c = spawn(process.execPath, [cli, ...args], {
         cwd: repo,
         env: { ...process.env, ...this.env, HVLAB_HOME: this.home },
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -124,6 +125,6 @@ export async function eventually(cond: () => boolean | Promise<boolean>, ms: num
 }
 
 export function syncCli(home: string, ...args: string[]): CliResult {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: repo, env: { ...process.env, HVLAB_HOME: home }, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [cli, ...args], { cwd: repo, env: { ...process.env, HVLAB_HOME: home }, encoding: 'utf8' });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }

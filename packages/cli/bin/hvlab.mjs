@@ -1,9 +1,14 @@
 #!/usr/bin/env node
-// The `hvlab` command, in this one process: tsx's loader is registered in-process and the
-// TypeScript CLI is imported. tsx is resolved from this file's location, not from the current
-// directory (which `node --import tsx` would use), so the command works from anywhere, also when
-// reached through a symlink on PATH (Node runs the symlink's target, so import.meta.url is here).
-import { fileURLToPath } from 'node:url';
+// The `hvlab` command, in this one process: it imports the compiled CLI (dist/, built by
+// `pnpm install`) and runs it. If the build is missing (a checkout whose install skipped scripts),
+// the first call builds it once with the TypeScript compiler the repository installed. With
+// HVLAB_FROM_SOURCE=1 it registers tsx in-process and runs the TypeScript sources instead (for
+// development; the processes it starts then run from sources too). Paths are resolved from this
+// file, not from the current directory, so the command works from anywhere, also through a
+// symlink on PATH (Node runs the symlink's target, so import.meta.url is here).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** One line on stderr (the stack too with HVLAB_DEBUG=1), then exit 1. */
 function fail(what, e) {
@@ -12,17 +17,31 @@ function fail(what, e) {
   process.exit(1);
 }
 
+const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
+let entry;
+if (process.env.HVLAB_FROM_SOURCE === '1') {
+  try {
+    const { register } = await import(import.meta.resolve('tsx/esm/api'));
+    // The CLI's own tsconfig, so the transform does not depend on the current directory either.
+    register({ tsconfig: here('../tsconfig.json') });
+  } catch (e) {
+    fail(`cannot load tsx from ${here('.')} (run "pnpm install" in the repository)`, e);
+  }
+  entry = here('../src/main.ts');
+} else {
+  entry = here('../dist/src/main.js');
+  if (!existsSync(entry)) {
+    const repo = here('../../..');
+    process.stderr.write(`hvlab: building (first run; "pnpm install" does this) in ${repo}\n`);
+    const tsc = here('../../../node_modules/typescript/bin/tsc');
+    const r = spawnSync(process.execPath, [tsc, '-b'], { cwd: repo, stdio: ['ignore', 'ignore', 'inherit'] });
+    if (r.status !== 0 || !existsSync(entry)) fail('the build failed', new Error(`tsc -b in ${repo} exited with ${r.status ?? r.signal}`));
+  }
+}
 let main;
 try {
-  const { register } = await import(import.meta.resolve('tsx/esm/api'));
-  // The CLI's own tsconfig, so the transform does not depend on the current directory either.
-  register({ tsconfig: fileURLToPath(new URL('../tsconfig.json', import.meta.url)) });
+  ({ main } = await import(pathToFileURL(entry).href));
 } catch (e) {
-  fail(`cannot load tsx from ${fileURLToPath(new URL('.', import.meta.url))} (run "pnpm install" in the repository)`, e);
-}
-try {
-  ({ main } = await import(new URL('../src/main.ts', import.meta.url).href));
-} catch (e) {
-  fail(`cannot load the CLI from ${fileURLToPath(new URL('../src/main.ts', import.meta.url))}`, e);
+  fail(`cannot load the CLI from ${entry}`, e);
 }
 await main(process.argv.slice(2));

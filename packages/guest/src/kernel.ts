@@ -29,6 +29,12 @@ import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_STOP, CTL_SUSPENDED, type VpStart } from './vp.js';
 
+/**
+ * A VP thread's entry: compiled, vp.js itself; from sources, a plain-JS shim that registers tsx in
+ * the thread first (worker threads do not inherit their process's loader).
+ */
+const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-thread.mjs', import.meta.url) : new URL('./vp.js', import.meta.url);
+
 /** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux, auto-EOI). */
 export const GUEST_SINT = 2;
 export const GUEST_SINT_VECTOR = GuestVector.Vmbus;
@@ -212,7 +218,7 @@ export class GuestKernel {
         memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
         vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT },
       };
-      const w = new Worker(new URL('./vp-thread.mjs', import.meta.url), { workerData: start, name: `vp${vp}` });
+      const w = new Worker(VP_THREAD_ENTRY, { workerData: start, name: `vp${vp}` });
       w.on('error', (e) => {
         this.log.error({ vp, err: e }, 'VP thread crashed');
         process.exit(3);

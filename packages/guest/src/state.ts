@@ -11,7 +11,7 @@
  * a kernel that finds no valid state refuses to resume rather than boot half-restored.
  */
 import { DEVICE_CLASS_NAMES, KernelPage, KERNEL_PAGE_GPA, PAGE } from '@hvlab/protocol';
-import { decodeState, fields, list, StateFieldError, uint, versioned } from '@hvlab/protocol/state';
+import { decodeState, fields, list, shownValue, StateFieldError, uint, versioned } from '@hvlab/protocol/state';
 import { decodeVmbusClientState, type VmbusClientState } from '@hvlab/vmbus';
 import type { GuestMemory } from './memory.js';
 import type { PageAllocatorState } from './pages.js';
@@ -32,7 +32,7 @@ export interface KernelState {
 export function decodePageAllocatorState(v: unknown, floor: number, end: number): PageAllocatorState | string {
   return decodeState(() => {
     const o = versioned(v, 'pages', 1, ['floor', 'top', 'free']);
-    if (o.floor !== floor) throw new StateFieldError(`pages.floor is ${String(o.floor)}, not this kernel's ${floor}`);
+    if (o.floor !== floor) throw new StateFieldError(`pages.floor is ${shownValue(o.floor)}, not this kernel's ${floor}`);
     const top = uint(o.top, 'pages.top', end);
     if (top < floor) throw new StateFieldError(`pages.top ${top} is below the floor ${floor}`);
     const free = list(o.free, 'pages.free', 65536, (x, p) => {

@@ -23,6 +23,9 @@ import { Hypervisor, LogLimiter, type HvLog, type HypervisorOptions, type Schedu
 import type { FromScheduler, SchedulerThreadData, ToScheduler } from './sched-thread.js';
 
 /** How often session pids are checked (ms). */
+/** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
+const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
+
 export const SESSION_SWEEP_MS = 1000;
 /** Answers handed to ZeroMQ and not yet taken; past this, answers are dropped (and counted). */
 export const MAX_SENDS_IN_FLIGHT = 4096;
@@ -70,7 +73,7 @@ export class HypervisorServer {
     const doorbell = createRegion(region, SCHED_REGION_BYTES);
     const { port1, port2 } = new MessageChannel();
     const data: SchedulerThreadData = { lps, doorbell, port: port2 };
-    const worker = new Worker(new URL('./sched-thread.mjs', import.meta.url), { workerData: { scheduler: data }, transferList: [port2], name: 'scheduler' });
+    const worker = new Worker(SCHED_THREAD_ENTRY, { workerData: { scheduler: data }, transferList: [port2], name: 'scheduler' });
     worker.on('error', (e) => {
       // VPs are no longer dispatched; hypercalls are still served, so the root can see and save.
       this.logError({ err: e }, 'the scheduler thread failed');

@@ -12,6 +12,7 @@
  * other file. A class asks for the capabilities it needs: a VMBus channel (`vmbus`), port ranges
  * the VMWP intercepts (`ports`); MMIO is reserved for the storage and network devices to come.
  */
+import { shownValue } from './state.js';
 
 export interface DeviceClassInfo {
   /** One line about the class, for the docs. */
@@ -66,11 +67,6 @@ export function defaultDevices(): DeviceEntry[] {
   return DEVICE_CLASS_NAMES.filter((c) => DEVICE_CLASSES[c].default).map((c) => ({ class: c, id: c, enabled: true }));
 }
 
-function shortShown(v: unknown): string {
-  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
-  if (v === null || typeof v !== 'object') return String(v);
-  return Array.isArray(v) ? 'a list' : 'a map';
-}
 
 /**
  * Checks a device list (from a config file, the VMWP's start-up input or a saved state) and
@@ -79,23 +75,23 @@ function shortShown(v: unknown): string {
  * shaped like DEVICE_ID_RE, no other field.
  */
 export function decodeDeviceEntries(v: unknown, where = 'devices'): DeviceEntry[] | string {
-  if (!Array.isArray(v)) return `${where} is ${shortShown(v)}, not a list`;
+  if (!Array.isArray(v)) return `${where} is ${shownValue(v)}, not a list`;
   if (v.length > MAX_DEVICES_PER_VM) return `${where} has ${v.length} entries, more than ${MAX_DEVICES_PER_VM}`;
   const out: DeviceEntry[] = [];
   const ids = new Set<string>();
   for (let i = 0; i < v.length; i++) {
     const e = v[i] as unknown;
     const at = `${where}[${i}]`;
-    if (e === null || typeof e !== 'object' || Array.isArray(e)) return `${at} is ${shortShown(e)}, not a map`;
+    if (e === null || typeof e !== 'object' || Array.isArray(e)) return `${at} is ${shownValue(e)}, not a map`;
     const proto = Object.getPrototypeOf(e) as unknown;
     if (proto !== Object.prototype && proto !== null) return `${at} is not a plain map`;
     const o = e as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (k !== 'class' && k !== 'id' && k !== 'enabled') return `${at} has field ${shortShown(k)}, which is unknown`;
-    if (!isDeviceClass(o.class)) return `${at}.class is ${shortShown(o.class)}, not one of ${DEVICE_CLASS_NAMES.join(', ')}`;
-    if (typeof o.id !== 'string' || !DEVICE_ID_RE.test(o.id)) return `${at}.id is ${shortShown(o.id)}, not a device id (a lower-case letter, then letters, digits or '-', at most 32)`;
+    for (const k of Object.keys(o)) if (k !== 'class' && k !== 'id' && k !== 'enabled') return `${at} has field ${shownValue(k)}, which is unknown`;
+    if (!isDeviceClass(o.class)) return `${at}.class is ${shownValue(o.class)}, not one of ${DEVICE_CLASS_NAMES.join(', ')}`;
+    if (typeof o.id !== 'string' || !DEVICE_ID_RE.test(o.id)) return `${at}.id is ${shownValue(o.id)}, not a device id (a lower-case letter, then letters, digits or '-', at most 32)`;
     if (ids.has(o.id)) return `${at}.id "${o.id}" is used twice`;
     if (DEVICE_CLASSES[o.class].instances === 'one' && out.some((d) => d.class === o.class)) return `${at} is a second ${o.class} device; a VM has at most one`;
-    if (typeof o.enabled !== 'boolean') return `${at}.enabled is ${shortShown(o.enabled)}, not true or false`;
+    if (typeof o.enabled !== 'boolean') return `${at}.enabled is ${shownValue(o.enabled)}, not true or false`;
     ids.add(o.id);
     out.push({ class: o.class, id: o.id, enabled: o.enabled });
   }

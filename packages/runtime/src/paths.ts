@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { homedir, tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -57,13 +58,39 @@ export function hostPaths(home: string): HostPaths {
   };
 }
 
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-/** Entry points of the processes of a host (run with tsx). */
+/** The directory of the package a module belongs to, whether it runs from src/ or from dist/src/. */
+export function packageDirOf(moduleUrl: string): string {
+  let d = dirname(fileURLToPath(moduleUrl));
+  for (;;) {
+    if (existsSync(join(d, 'package.json'))) return d;
+    const up = dirname(d);
+    if (up === d) throw new Error(`no package.json above ${fileURLToPath(moduleUrl)}`);
+    d = up;
+  }
+}
+
+const repoRoot = resolve(packageDirOf(import.meta.url), '..', '..');
+
+/**
+ * Whether a host's processes run from the TypeScript sources through tsx (HVLAB_FROM_SOURCE=1, for
+ * development) rather than from the compiled JavaScript in each package's dist/ (the default:
+ * `pnpm install` builds it; tsx costs ~200 ms of start-up per process and thread, and ~50 MiB).
+ */
+export const FROM_SOURCE = process.env.HVLAB_FROM_SOURCE === '1';
+
+function entry(pkg: string, ...path: string[]): string {
+  const last = path.length - 1;
+  return FROM_SOURCE
+    ? join(repoRoot, 'packages', pkg, 'src', ...path.slice(0, last), `${path[last]}.ts`)
+    : join(repoRoot, 'packages', pkg, 'dist', 'src', ...path.slice(0, last), `${path[last]}.js`);
+}
+
+/** Entry points of the processes of a host. */
 export const entries = {
-  hypervisor: join(repoRoot, 'packages', 'hypervisor', 'src', 'main.ts'),
-  root: join(repoRoot, 'packages', 'root', 'src', 'main.ts'),
-  vmwp: join(repoRoot, 'packages', 'root', 'src', 'vmwp', 'main.ts'),
-  partition: join(repoRoot, 'packages', 'guest', 'src', 'main.ts'),
+  hypervisor: entry('hypervisor', 'main'),
+  root: entry('root', 'main'),
+  vmwp: entry('root', 'vmwp', 'main'),
+  partition: entry('guest', 'main'),
 };
 export const REPO_ROOT = repoRoot;
 
@@ -72,13 +99,22 @@ export function shmPrefix(hostId: string): string {
   return `hvlab-${hostId}-`;
 }
 
-/** Node arguments that let a child process run TypeScript sources. */
-export function nodeArgsFor(entry: string): string[] {
-  // Resolved from here, not from the current directory (which is where a bare `--import tsx`
-  // would look), so a host starts from whatever directory the CLI runs in.
-  return ['--import', TSX_LOADER, entry];
+export class NotBuiltError extends Error {
+  override name = 'NotBuiltError';
 }
-const TSX_LOADER = import.meta.resolve('tsx');
+
+/**
+ * Node arguments that start a file: a compiled one (one of `entries`) as it is; a TypeScript one
+ * (an entry with HVLAB_FROM_SOURCE=1, a benchmark's helper) through tsx, resolved from here rather
+ * than from the current directory (where a bare `--import tsx` would look), with the
+ * `hvlab-source` export condition so that the packages it imports resolve to their sources too.
+ */
+export function nodeArgsFor(file: string): string[] {
+  if (file.endsWith('.ts')) return ['--conditions=hvlab-source', '--import', import.meta.resolve('tsx'), file];
+  if (!existsSync(file)) throw new NotBuiltError(`${file} is missing: hvlab is not built (run "pnpm install" or "pnpm build" in ${repoRoot})`);
+  return [file];
+}
+
 
 /** `run/host.json`: written by the host's hypervisor whenever it (re)starts the root partition. */
 export interface HostRecord {

@@ -25,7 +25,13 @@ interface Addon {
   reapChild?(pid: number): boolean;
 }
 
-const pkgDir = dirname(dirname(fileURLToPath(import.meta.url)));
+/** This package's directory, from src/ (sources) or dist/src/ (compiled) alike. */
+function findPkgDir(): string {
+  let d = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(d, 'package.json')) && dirname(d) !== d) d = dirname(d);
+  return d;
+}
+const pkgDir = findPkgDir();
 let addon: Addon | null = null;
 let loadError = '';
 
