@@ -204,6 +204,22 @@ const expectations: Record<string, (out: string) => void> = {
     numbersAfter(out, 'spin VM (VmInfo progress)', 1);
     ratio(out, 'ratio VM / thread');
   },
+  host: (out) => {
+    // processes, % of one CPU, schedstat ms, schedstat %
+    const [procs] = numbersAfter(out, 'host processes (all)', 4);
+    expect(procs, 'host processes measured').to.be.greaterThan(0);
+    for (const role of ['hypervisor', 'root', 'vmwp', 'partition']) numbersAfter(out, role, 4);
+    numbersAfter(out, 'baseline: `node -e` with a 1 s timer', 4);
+    ratio(out, 'ratio host / baseline (schedstat)');
+    // n, mean, min, max MiB
+    const [vms] = numbersAfter(out, 'VM (VMWP + partition)', 4);
+    expect(vms, 'VMs whose PSS was measured').to.be.greaterThan(0);
+    numbersAfter(out, 'baseline: bare `node -e` process', 4);
+    ratio(out, 'ratio VM / two bare node processes');
+    // target, Running: every VM of the quick run started
+    const [target, running] = numbersAfter(out, 'idle VMs started one after another', 2);
+    expect(running, 'VMs Running in the many-VMs part').to.equal(target);
+  },
 };
 
 describe('benchmarks (quick mode)', function () {

@@ -66,3 +66,16 @@ export function shmLeftovers(hostId: string): string[] {
     return [];
   }
 }
+
+/** hvlab processes of hosts other than `ours` on this machine (their titles are "hvlab-<role> <hostId> ..."). */
+export function otherHvlabProcesses(ours: readonly string[]): number {
+  let n = 0;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const m = /^hvlab-(hypervisor|root|vmwp|partition) ([0-9a-f]+)/.exec(readFileSync(`/proc/${d}/cmdline`, 'latin1'));
+      if (m && !ours.includes(m[2]!)) n++;
+    } catch { /* gone */ }
+  }
+  return n;
+}

@@ -12,6 +12,7 @@ const benchmarks: Record<string, () => Promise<{ main: BenchMain }>> = {
   hypercall: () => import('./hypercall.js'),
   vmbus: () => import('./vmbus.js'),
   sched: () => import('./sched.js'),
+  host: () => import('./host.js'),
 };
 
 const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json] [--quick]`;

@@ -291,7 +291,7 @@ async function bootStandInGuest(
     vpIndex: 0,
     values: { Simp: synicPageRegister(simpGpa(0)), Siefp: synicPageRegister(siefpGpa(0)), [`Sint${BENCH_SINT}`]: BENCH_SINT_VECTOR | SINT_AUTO_EOI, Scontrol: 1 },
   });
-  const { CTL_STOP } = await import('../../packages/guest/src/vp.js');
+  const { stopVpThreads } = await import('../../packages/guest/src/vp.js');
   const control = new SharedArrayBuffer(16);
   const start: VpStart = {
     memory: mem.share(), vpRegion, sched, control, vpIndex: 0, vpCount: 1, sintVectors: { [BENCH_SINT_VECTOR]: BENCH_SINT },
@@ -309,11 +309,13 @@ async function bootStandInGuest(
     });
     worker.once('exit', (code) => reject(new Error(`VP 0's thread exited (code ${code}) before it came online`)));
   });
+  // The VP halts with no timeout: it must leave its wait before this process exits (which joins it).
+  const wake = (): void => void futexWake(vpRegion, (vpPageOffset(0) + VpPage.dispatch) >> 2);
+  process.once('exit', () => stopVpThreads(control, wake));
   const stop = async (): Promise<void> => {
     const gone = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     const stopped = new Promise<void>((resolve) => worker.on('message', (m: { t?: string }) => m?.t === 'stopped' && resolve()));
-    Atomics.store(new Int32Array(control), CTL_STOP, 1);
-    futexWake(vpRegion, (vpPageOffset(0) + VpPage.dispatch) >> 2);
+    stopVpThreads(control, wake);
     await Promise.race([stopped, gone, sleep(2000)]);
     await worker.terminate();
   };

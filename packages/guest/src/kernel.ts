@@ -27,7 +27,17 @@ import { PageAllocator } from './pages.js';
 import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
-import { CTL_STOP, CTL_SUSPENDED, type VpStart } from './vp.js';
+import { CTL_SUSPENDED, stopVpThreads, type VpStart } from './vp.js';
+
+/**
+ * Kernels whose VP threads may be asleep in a futex with no timeout. process.exit joins worker
+ * threads, and one asleep there would hold the process forever: whatever way this process exits
+ * (a VP thread that crashed, a signal handler), their VPs are stopped first.
+ */
+const kernelsWithVps = new Set<{ stopVps(): boolean }>();
+process.on('exit', () => {
+  for (const k of kernelsWithVps) k.stopVps();
+});
 
 /**
  * A VP thread's entry: compiled, vp.js itself; from sources, a plain-JS shim that registers tsx in
@@ -168,6 +178,7 @@ export class GuestKernel {
   }
 
   async start(): Promise<void> {
+    kernelsWithVps.add(this);
     await this.loadDrivers();
     if (this.local) await this.syncLocalReferenceTime();
     this.boot = readBootInfo(this.mem);
@@ -379,8 +390,7 @@ export class GuestKernel {
       w.on('message', (m: { t?: string }) => { if (m?.t === 'stopped') resolve(); });
       w.once('exit', () => resolve());
     }));
-    Atomics.store(this.ctl, CTL_STOP, 1);
-    this.wakeVps();
+    this.stopVps();
     await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 3000))]);
     try {
       await Promise.race([this.vmbus?.disconnect(), new Promise((_, rej) => setTimeout(() => rej(new Error('VMBus unload timed out')), 5000))]);
@@ -466,8 +476,19 @@ export class GuestKernel {
 
   async stop(): Promise<void> {
     this.mem.atomicStore32(STATUS_PAGE_GPA + StatusPage.bootState, BootState.ShuttingDown);
-    Atomics.store(this.ctl, CTL_STOP, 1);
-    this.wakeVps();
+    // A VP asleep in a futex cannot be terminated: have every one leave its loop first.
+    this.stopVps();
     await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  /**
+   * Asks every VP thread to stop and wakes them until each has left its loop (at most 2 s).
+   * Synchronous; false when one did not leave.
+   */
+  stopVps(): boolean {
+    kernelsWithVps.delete(this);
+    const left = stopVpThreads(this.control, () => this.wakeVps());
+    if (!left) this.log.error({}, 'a VP thread did not stop within 2 s');
+    return left;
   }
 }

@@ -43,6 +43,29 @@ export interface VpStart {
 
 export const CTL_STOP = 0;
 export const CTL_SUSPENDED = 1;
+/** How many VP threads are inside their loop (each counts itself in and out). */
+export const CTL_LIVE = 2;
+
+/**
+ * Asks the VP threads that share `control` to stop, and wakes them (`wake`: a futex wake on each
+ * dispatch word) until every one has left its loop. A halted VP waits on its dispatch word with no
+ * timeout, and a wake that lands between its last look at the stop word and its wait is lost, so
+ * one wake is not enough. Synchronous, and bounded by `timeoutMs`: safe right before process.exit,
+ * which joins worker threads (one asleep in a futex would hold the process forever). Returns
+ * whether every thread left.
+ */
+export function stopVpThreads(control: SharedArrayBuffer, wake: () => void, timeoutMs = 2000): boolean {
+  const ctl = new Int32Array(control);
+  Atomics.store(ctl, CTL_STOP, 1);
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    wake();
+    const live = Atomics.load(ctl, CTL_LIVE);
+    if (live <= 0) return true;
+    if (Date.now() >= end) return false;
+    Atomics.wait(ctl, CTL_LIVE, live, 1);
+  }
+}
 
 /** CMOS RTC ports and registers (MC146818). */
 
@@ -148,7 +171,9 @@ export class VpThread {
         continue;
       }
       this.leaveLp();
-      futexWait(this.s.vpRegion, this.disp, d, 500);
+      // No timeout: the scheduler wakes this word when it dispatches the VP, and whoever stops the
+      // VP wakes it until it has left (stopVpThreads).
+      futexWait(this.s.vpRegion, this.disp, d, -1);
     }
     return false;
   }
@@ -290,7 +315,18 @@ export class VpThread {
 
   // ---- the loop ---------------------------------------------------------------------------
 
+  /** The VP's life; counted in CTL_LIVE while it lasts, so a stopper knows when it has left. */
   run(): void {
+    Atomics.add(this.ctl, CTL_LIVE, 1);
+    try {
+      this.loop();
+    } finally {
+      Atomics.sub(this.ctl, CTL_LIVE, 1);
+      Atomics.notify(this.ctl, CTL_LIVE);
+    }
+  }
+
+  private loop(): void {
     const s = this.s;
     parentPort?.postMessage({ t: 'online', vp: s.vpIndex });
     if (this.local) {

@@ -17,15 +17,16 @@
  * hands over a pipe) or, for the root partition only, with a one-time ticket that a root session
  * asked for (`issueTicket`: valid once, for 30 s; the root gives one to each VMWP instead of its
  * token). Rotating the root token refuses the old token from then on; open sessions stay. A
- * session is tied to the pid its hello names: `expireSessions` (the server runs it every second)
- * drops sessions whose process is gone. A dropped session's ports and intercepts stay; what was
- * meant for it is dropped (the root re-attaches).
+ * session is tied to the pid its hello names: `expireSessions` (the server runs it when that
+ * process ends) drops sessions whose process is gone. A dropped session's ports and intercepts
+ * stay; what was meant for it is dropped (the root re-attaches).
  *
  * What this protects against: a local process without a token or ticket cannot open a session,
- * and cannot reuse a session after its owner died for longer than the expiry check takes (about a
- * second). What it does not: a process that lies about its pid in hello (naming a long-lived
- * process) keeps its session until that process exits; a process of the same user can still read
- * a token from another hvlab process's memory (ptrace), as root could on any host.
+ * and cannot reuse a session after its owner died for longer than the expiry check takes (at once
+ * with a pidfd watch, about a second where pids are polled). What it does not: a process that
+ * lies about its pid in hello (naming a long-lived process) keeps its session until that process
+ * exits; a process of the same user can still read a token from another hvlab process's memory
+ * (ptrace), as root could on any host.
  *
  * Guest-created state is capped (see partition.ts for the numbers): queued SynIC messages,
  * ports, connections, GPADL windows, intercepts, partitions and sessions.
@@ -207,6 +208,24 @@ function clampU53(x: number): number {
   return Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
 }
 /** A guest-writable f64 as a time or count: finite and >= 0, else 0. */
+/**
+ * A VP's accounting from its page, brought up to `nowNs`: the scheduler publishes it only when it
+ * runs, and it sleeps while nothing is due, so the time since (VpPage.accountedNs) is added to the
+ * shown state's total.
+ */
+function vpAccounting(i32: Int32Array, f64: Float64Array, off: number, nowNs: number): { state: string; runMs: number; readyMs: number; waitMs: number } {
+  const state = vpRunStateName(Atomics.load(i32, (off + VpPage.state) >> 2));
+  const at = finiteOrZero(f64[(off + VpPage.accountedNs) >> 3]);
+  const since = at > 0 ? Math.max(0, (nowNs - at) / 1e6) : 0;
+  const total = (field: number, shown: boolean): number => finiteOrZero(f64[(off + field) >> 3]) + (shown ? since : 0);
+  return {
+    state,
+    runMs: total(VpPage.runMs, state === 'Running'),
+    readyMs: total(VpPage.readyMs, state === 'Ready'),
+    waitMs: total(VpPage.waitMs, state === 'Waiting' || state === 'Suspended'),
+  };
+}
+
 function finiteOrZero(x: number): number {
   return Number.isFinite(x) && x >= 0 ? x : 0;
 }
@@ -559,7 +578,7 @@ export class Hypervisor {
         p.state = PartitionState.Finalized;
         for (const vp of p.vps.values()) vp.synic.discard();
         p.vps.clear();
-        if (p.vpRegion) this.opts.scheduler?.post({ t: 'removePartition', id: p.id });
+        this.toScheduler(p, { t: 'removePartition', id: p.id });
         this.notifyPartition(p, { k: 'bye', reason: 'partition finalized' });
         for (const [sid, ss] of this.sessions) if (ss.partitionId === p.id) this.sessions.delete(sid);
         return ok();
@@ -1000,9 +1019,10 @@ export class Hypervisor {
     dv.setUint32(VpRegionHeader.vpCount, MAX_VPS_PER_PARTITION, true);
     p.refBaseNs = process.hrtime.bigint();
     new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
-    this.opts.scheduler!.post({ t: 'addPartition', id: p.id, region: p.vpRegion, suspended: p.suspended, weight: p.cpuWeight, reserve: p.cpuReserve / 100, cap: p.cpuCap / 100 });
+    this.toScheduler(p, { t: 'addPartition', id: p.id, region: p.vpRegion, suspended: p.suspended, weight: p.cpuWeight, reserve: p.cpuReserve / 100, cap: p.cpuCap / 100 });
   }
 
+  /** Posts to the scheduler thread and rings it: it sleeps until rung when nothing is due. */
   private toScheduler(p: Partition, m: ToScheduler): void {
     if (!p.vpRegion || !this.opts.scheduler) return;
     this.opts.scheduler.post(m);
@@ -1190,7 +1210,8 @@ export class Hypervisor {
     if (!p.vpI32 || !p.vpF64) return { cpuPercent: 0, vps: [] };
     const now = Date.now();
     const idx = [...p.vps.keys()].sort((a, b) => a - b);
-    const runMs = idx.map((i) => finiteOrZero(p.vpF64![(vpPageOffset(i) + VpPage.runMs) >> 3]));
+    const acct = idx.map((i) => vpAccounting(p.vpI32!, p.vpF64!, vpPageOffset(i), Number(process.hrtime.bigint())));
+    const runMs = acct.map((a) => a.runMs);
     const s = p.cpuSamples;
     if (s.length === 0 || now - s[s.length - 1].at >= 100) s.push({ at: now, runMs });
     while (s.length > 2 && now - s[1].at >= 1000) s.shift();
@@ -1201,10 +1222,10 @@ export class Hypervisor {
       const off = vpPageOffset(index);
       return {
         index,
-        state: vpRunStateName(Atomics.load(p.vpI32!, (off + VpPage.state) >> 2)),
+        state: acct[i].state,
         runMs: Math.round(runMs[i]),
-        readyMs: Math.round(finiteOrZero(p.vpF64![(off + VpPage.readyMs) >> 3])),
-        waitMs: Math.round(finiteOrZero(p.vpF64![(off + VpPage.waitMs) >> 3])),
+        readyMs: Math.round(acct[i].readyMs),
+        waitMs: Math.round(acct[i].waitMs),
         dispatches: finiteOrZero(p.vpF64![(off + VpPage.dispatches) >> 3]),
         cpuPercent: pct(i),
       };
@@ -1216,7 +1237,7 @@ export class Hypervisor {
     p.state = PartitionState.Deleted;
     if (p.memoryRegion) unlinkRegion(p.memoryRegion);
     if (p.vpRegionName) {
-      this.opts.scheduler?.post({ t: 'removePartition', id: p.id });
+      this.toScheduler(p, { t: 'removePartition', id: p.id });
       unlinkRegion(p.vpRegionName);
       p.vpRegion = null;
       p.vpI32 = null;

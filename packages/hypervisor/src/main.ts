@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entries, hostPaths, nodeArgsFor, pidAlive, processLogger, type HostRecord } from '@hvlab/runtime';
+import { entries, hostPaths, nodeArgsFor, pidAlive, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -70,7 +70,7 @@ mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
 const log = processLogger(paths.logDir, 'hypervisor.log', { host: hostId, role: 'hypervisor' });
 const mode = memoryMode();
 const subreaper = becomeChildSubreaper();
-log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined, subreaper }, 'hypervisor starting');
+log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined, subreaper, pidWatch: pidWatchFallback() ? `polling (${pidWatchFallback()})` : 'pidfd' }, 'hypervisor starting');
 
 const server = new HypervisorServer({ hostId, memoryMode: mode, log, lps: Number.isInteger(lps) && lps > 0 ? lps : 1 });
 let exiting = false;
@@ -171,12 +171,13 @@ function onRootExit(code: number | null, signal: NodeJS.Signals | null): void {
   }, delay);
 }
 
-// Workers whose root died are re-parented to us: reap them so their pids read as gone.
-setInterval(() => {
+// Workers whose root died are re-parented to us: reap them when they exit (every exit of a child
+// sends SIGCHLD), so their pids read as gone. Node reaps the root itself.
+process.on('SIGCHLD', () => {
   const own = new Set<number>();
   if (root?.pid) own.add(root.pid);
   reapOrphans(own);
-}, 1000).unref();
+});
 
 await server.bind(paths.hvEndpoint);
 void server.serve();

@@ -3,7 +3,8 @@
  * (`SchedulerCore`), the synthetic timers and IPI delivery, and talks to the VP threads of every
  * partition only through their shared VP pages and shared futexes, so a dispatch or a preemption
  * costs a futex wake, not a message. It sleeps on the host's doorbell word until the next
- * deadline (quantum end, budget exhaustion, period end or timer expiry) or until someone rings.
+ * deadline (quantum end, budget exhaustion, period end or timer expiry) or until someone rings;
+ * with no VP running or ready and no timer armed there is no deadline, and it sleeps until a ring.
  *
  * The main thread sends it configuration over a MessagePort (read synchronously with
  * receiveMessageOnPort, then the doorbell is rung); it sends back what needs the main thread:
@@ -367,6 +368,7 @@ export class SchedulerLoop {
         p.f64[fo + (VpPage.readyMs >> 3)] = (s.readyNs + (s.shownState === 'Ready' ? now - s.stateSince : 0)) / 1e6;
         p.f64[fo + (VpPage.waitMs >> 3)] = (s.waitNs + (s.shownState === 'Waiting' || s.shownState === 'Suspended' ? now - s.stateSince : 0)) / 1e6;
         p.f64[fo + (VpPage.dispatches >> 3)] = s.dispatches;
+        p.f64[fo + (VpPage.accountedNs >> 3)] = now;
       }
     }
     return Math.min(dec.deadline, timerDeadline);
@@ -388,9 +390,14 @@ export function runScheduler(data: SchedulerThreadData): void {
     for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToScheduler, now);
     if (!loop.running) break;
     const deadline = loop.pass(nowNs());
-    // Wake at least every 50 ms so published accounting stays fresh.
-    const waitMs = Math.max(0, Math.min(50, (deadline - nowNs()) / 1e6));
-    if (waitMs > 0) futexWait(data.doorbell, bellIdx, seen, waitMs);
+    // Asleep until the next deadline, or until someone rings (a VP that halts, a hypercall, a
+    // message from the main thread): with nothing due, no timeout at all. Observers extrapolate
+    // the accounting from VpPage.accountedNs, so it need not be refreshed.
+    if (deadline === Infinity) futexWait(data.doorbell, bellIdx, seen, -1);
+    else {
+      const waitMs = (deadline - nowNs()) / 1e6;
+      if (waitMs > 0) futexWait(data.doorbell, bellIdx, seen, waitMs);
+    }
   }
 }
 

@@ -54,7 +54,7 @@ export interface SchedDecisions {
   preempt: SchedVp[];
   /** VPs to dispatch now, with the LP each gets. */
   grant: Array<{ vp: SchedVp; lp: number }>;
-  /** When the scheduler must run again at the latest (ns). */
+  /** When the scheduler must run again at the latest (ns); Infinity: not before something changes. */
   deadline: number;
 }
 
@@ -214,7 +214,17 @@ export class SchedulerCore {
       }
     }
     const periodEnd = this.periodStart + this.periodNs;
-    out.deadline = periodEnd;
+    // The period's end matters only while a VP runs, waits for an LP or waits out its cap. With all
+    // of them halted, suspended or absent there is no deadline (the scheduler sleeps until rung):
+    // the roll-over above catches up at the next tick, as if it had ticked at every period's end.
+    let periodMatters = false;
+    for (const vp of this.vps.values()) {
+      if (vp.capped || vp.lp >= 0 || this.runnable(vp)) {
+        periodMatters = true;
+        break;
+      }
+    }
+    out.deadline = periodMatters ? periodEnd : Infinity;
     let minVr = Infinity;
     for (const vp of this.vps.values()) if (this.runnable(vp) || vp.lp >= 0) minVr = Math.min(minVr, vp.vruntime);
     if (minVr !== Infinity) this.minVruntime = Math.max(this.minVruntime, minVr);

@@ -12,20 +12,21 @@
  * answers once its ZeroMQ queue is full (send timeout 0, and at most MAX_SENDS_IN_FLIGHT sends
  * pending in all), instead of stalling every other session or growing a queue here.
  *
- * Sessions are tied to the pid named in their hello: about once a second, and whenever a peer
- * disconnects, sessions whose process is gone are dropped.
+ * Sessions are tied to the pid named in their hello: when that process ends (a pid watch, see
+ * runtime's anchor.ts), and whenever a peer disconnects, sessions whose process is gone are
+ * dropped.
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { encode, decodeHvClientMsg, HvStatus, SchedRegion, SCHED_REGION_BYTES, HV_FRAME_MAX_BYTES, type HvClientMsg, type HvServerMsg } from '@hvlab/protocol';
-import { router, pidAlive, SendQueue, type zmq } from '@hvlab/runtime';
+import { router, pidAlive, watchPid, SendQueue, type zmq } from '@hvlab/runtime';
 import { createRegion, unlinkRegion, futexWake, shmAvailable } from '@hvlab/shm';
 import { Hypervisor, LogLimiter, type HvLog, type HypervisorOptions, type SchedulerLink } from './hypervisor.js';
 import type { FromScheduler, SchedulerThreadData, ToScheduler } from './sched-thread.js';
 
-/** How often session pids are checked (ms). */
 /** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
 const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
 
+/** How often a session's pid is checked (ms) where it must be polled (no pidfd). */
 export const SESSION_SWEEP_MS = 1000;
 /** Answers handed to ZeroMQ and not yet taken; past this, answers are dropped (and counted). */
 export const MAX_SENDS_IN_FLIGHT = 4096;
@@ -37,7 +38,8 @@ export class HypervisorServer {
   private readonly log: HvLog | undefined;
   private readonly badFrames: LogLimiter;
   private stopping = false;
-  private sweep: NodeJS.Timeout | null = null;
+  /** A watch on the process each hello named, by pid: its end drops its sessions. */
+  private readonly pidWatches = new Map<number, () => void>();
   private sendsInFlight = 0;
   /** Answers and notifications dropped because too many sends were pending. */
   droppedSends = 0;
@@ -45,7 +47,7 @@ export class HypervisorServer {
   badFrameCount = 0;
   onShutdownRequest: () => void = () => {};
 
-  private sched: { worker: Worker; region: string; link: SchedulerLink } | null = null;
+  private sched: { worker: Worker; region: string; link: SchedulerLink; stopOnExit: () => void } | null = null;
 
   constructor(opts: Omit<HypervisorOptions, 'notify' | 'scheduler'> & { lps?: number }) {
     this.log = opts.log;
@@ -60,9 +62,7 @@ export class HypervisorServer {
     let scheduler: SchedulerLink | undefined;
     if (opts.lps && (opts.memoryMode ?? (shmAvailable() ? 'shared' : 'private')) === 'shared') scheduler = this.startScheduler(opts.hostId, opts.lps);
     this.hv = new Hypervisor({ ...opts, scheduler, notify: (sid, msg) => this.push(sid, msg) });
-    this.sweep = setInterval(() => this.expireSessions(), SESSION_SWEEP_MS);
-    this.sweep.unref();
-    // A peer that disconnects is usually a process that ended: check at once, not up to a second later.
+    // A peer that disconnects is usually a process that ended: check at once.
     this.sock.events.on('disconnect', () => this.expireSessions());
   }
 
@@ -96,7 +96,14 @@ export class HypervisorServer {
         futexWake(doorbell, SchedRegion.doorbell >> 2);
       },
     };
-    this.sched = { worker, region, link };
+    // process.exit joins worker threads, and this one sleeps in a futex with no timeout while
+    // nothing is due: however this process exits, the thread is asked to stop first.
+    const stopOnExit = (): void => {
+      link.post({ t: 'stop' });
+      link.ring();
+    };
+    process.once('exit', stopOnExit);
+    this.sched = { worker, region, link, stopOnExit };
     // Sample VP run time continuously so a CPU % is ready at the first question.
     setInterval(() => {
       try {
@@ -115,6 +122,15 @@ export class HypervisorServer {
 
   async bind(endpoint: string): Promise<void> {
     await this.sock.bind(endpoint);
+  }
+
+  /** Drops the sessions of process `pid` once it ends. */
+  private watchSessionPid(pid: number): void {
+    if (this.stopping || this.pidWatches.has(pid)) return;
+    this.pidWatches.set(pid, watchPid(pid, () => {
+      this.pidWatches.delete(pid);
+      this.expireSessions();
+    }, SESSION_SWEEP_MS));
   }
 
   /** Drops sessions whose process is gone (see Hypervisor.expireSessions). */
@@ -155,8 +171,11 @@ export class HypervisorServer {
     const m: HvClientMsg = d.msg;
     try {
       switch (m.k) {
-        case 'hello':
-          return { reply: this.hv.hello(sid, m) };
+        case 'hello': {
+          const reply = this.hv.hello(sid, m);
+          if (reply.k === 'welcome') this.watchSessionPid(m.pid);
+          return { reply };
+        }
         case 'hc': {
           const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart });
           return { reply: { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output } };
@@ -207,13 +226,14 @@ export class HypervisorServer {
     this.hv.shutdown(reason);
     await new Promise((r) => setTimeout(r, 20));
     this.stopping = true;
-    if (this.sweep) clearInterval(this.sweep);
-    this.sweep = null;
+    for (const unwatch of this.pidWatches.values()) unwatch();
+    this.pidWatches.clear();
     this.q.close();
     this.sock.close();
     if (this.sched) {
-      const { worker, region, link } = this.sched;
+      const { worker, region, link, stopOnExit } = this.sched;
       this.sched = null;
+      process.off('exit', stopOnExit);
       // Ask the thread to stop, ring, and give it a moment before terminating it.
       link.post({ t: 'stop' });
       link.ring();

@@ -7,10 +7,13 @@
  *   - in-process (`SchedulerLoop`): a one-shot timer re-armed before every pass, and a property
  *     test over random page contents.
  * Counting expirations against the reference time that passed (the clock the scheduler itself
- * uses) makes the timer checks independent of how fast the machine is.
+ * uses) makes the timer checks independent of how fast the machine is. One more checks that the
+ * thread, with nothing due, sleeps on the doorbell with no timeout (the timeout argument of its
+ * futex wait, read from /proc) and still wakes when rung.
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
+import { readdirSync, readFileSync } from 'node:fs';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VpRegionHeader, stimerConfig, vpPageOffset, vpRegionBytes, referenceTime, SchedRegion,
@@ -103,6 +106,25 @@ class SchedThread {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** The futex syscall number per architecture (as /proc/<pid>/task/<tid>/syscall shows it). */
+const FUTEX_NR: Partial<Record<string, number>> = { x64: 202, arm64: 98 };
+
+/** The timeout argument (0: none) of each thread of this process blocked in a shared FUTEX_WAIT for `expected`. */
+function futexWaitTimeouts(expected: number): bigint[] {
+  const out: bigint[] = [];
+  for (const t of readdirSync('/proc/self/task')) {
+    let f: string[] = [];
+    try {
+      f = readFileSync(`/proc/self/task/${t}/syscall`, 'utf8').trim().split(' ');
+    } catch {
+      continue;
+    }
+    if (f.length < 5 || Number(f[0]) !== FUTEX_NR[process.arch]) continue;
+    if ((BigInt(f[2]!) & 0x7fn) === 0n && Number(BigInt.asIntN(32, BigInt(f[3]!))) === expected) out.push(BigInt(f[4]!));
+  }
+  return out;
+}
+
 describe('the scheduler thread and the guest-writable VP page', function () {
   this.timeout(30000);
   let s: SchedThread;
@@ -111,6 +133,17 @@ describe('the scheduler thread and the guest-writable VP page', function () {
   });
   afterEach(async () => {
     await s.stop();
+  });
+
+  it('with nothing due it sleeps on the doorbell with no timeout, and a ring wakes it: a timer armed then fires', async function () {
+    if (FUTEX_NR[process.arch] === undefined) this.skip();
+    // VP 0 was added but never started: nothing runs, nothing waits for an LP, no timer is armed.
+    const bell = (): number => Atomics.load(new Int32Array(s.doorbell), SchedRegion.doorbell >> 2);
+    await s.until(() => futexWaitTimeouts(bell()).length > 0, 5000, 'the scheduler thread asleep on the doorbell');
+    expect(futexWaitTimeouts(bell()), 'the timeout argument of its wait').to.deep.equal([0n]);
+    s.setTimer(0, stimerConfig({ enable: true, sint: 2 }), s.ref() + 10_000);
+    await s.until(() => s.timerFires() === 1, 5000, 'the one-shot timer firing');
+    expect(s.failed).to.equal(null);
   });
 
   it('a periodic timer with a period of 1 (100 ns) fires at most once per 100 µs of reference time', async () => {

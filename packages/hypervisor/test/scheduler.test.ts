@@ -406,6 +406,31 @@ describe('SchedulerCore (simulated clock)', () => {
     expect(da / S).to.be.closeTo(1 / 3, 0.03);
   });
 
+  it('asks for no deadline while every VP is halted, suspended or absent, and for the period end while one waits out its cap', () => {
+    const sim = new Sim({ lps: 1 });
+    sim.core.add(2, 0, { weight: 100, reserve: 0, cap: 1, suspended: false }, sim.now);
+    expect(sim.tick().deadline, 'only an absent VP').to.equal(Infinity);
+    const a = sim.add(1, 0);
+    expect(sim.tick().deadline, 'a runnable VP').to.be.below(Infinity);
+    sim.runUntilCond(() => a.lp >= 0 && !a.preempting, 100 * MS, 'VP 1/0 running');
+    sim.halt(a);
+    expect(sim.tick().deadline, 'the VP halted').to.equal(Infinity);
+    sim.wake(a);
+    sim.runUntilCond(() => a.lp >= 0 && !a.preempting, 100 * MS, 'VP 1/0 running again');
+    sim.suspend(a, true);
+    sim.runUntilCond(() => a.lp < 0, 100 * MS, 'the suspended VP leaving its LP');
+    expect(sim.tick().deadline, 'the VP suspended').to.equal(Infinity);
+    // A capped VP must be let go at the next period: that deadline stays.
+    const c = sim.add(3, 0, { cap: 0.1 });
+    sim.runUntilCond(() => c.capped && c.lp < 0, 200 * MS, 'VP 3/0 spending its budget');
+    const d = sim.tick().deadline;
+    expect(d, 'a capped VP').to.be.above(sim.now).and.below(sim.now + PERIOD + 1);
+    // In the next period it runs again; once it halts, nothing is due.
+    sim.runUntilCond(() => c.lp >= 0 && !c.preempting, 2 * PERIOD, 'VP 3/0 running in the next period');
+    sim.halt(c);
+    expect(sim.tick().deadline, 'every VP halted or suspended').to.equal(Infinity);
+  });
+
   it('a VP that halts while another VP waits lets that VP run at once', () => {
     const sim = new Sim({ lps: 1 });
     const [a, b] = [0, 1].map((i) => sim.add(1, i));

@@ -57,6 +57,8 @@ export const VpPage = {
   readyMs: 0x0c8,
   waitMs: 0x0d0,
   dispatches: 0x0d8,
+  /** f64: host time (CLOCK_MONOTONIC ns) the four numbers above are as of; observers add what passed since in the shown state. */
+  accountedNs: 0x0e0,
   rax: 0x100, // f64 mirror of RAX (intercept results)
   rip: 0x108, // f64 mirror of RIP
   aeoi: 0x140, // 8 x i32: pending vectors that came from auto-EOI SINTs

@@ -19,7 +19,7 @@ import {
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
-  entries, nodeArgsFor, pidAlive, hostPaths, VmwpControlClient, VmwpLinkError,
+  entries, nodeArgsFor, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -211,13 +211,7 @@ export class Vmms {
   private async attachWorker(r: VmRecord, pid: number, endpoint: string, secret: string, ownChild: boolean): Promise<void> {
     r.vmwpPid = pid;
     r.link = new VmwpControlClient(endpoint, pid, (n) => this.onNote(r, n), this.o.log);
-    if (!ownChild) {
-      const t = setInterval(() => {
-        if (!pidAlive(pid)) void this.onWorkerGone(r, pid, null);
-      }, 200);
-      t.unref();
-      r.stopWatch = () => clearInterval(t);
-    }
+    if (!ownChild) r.stopWatch = watchPid(pid, () => void this.onWorkerGone(r, pid, null));
     await r.link.request({ t: 'hello', secret }, 10000);
   }
 

@@ -1,9 +1,13 @@
 /**
  * The hypervisor is the anchor of its host: every other process watches it and leaves when it is
- * gone (even after kill -9, which sends nobody a message). Polling a pid with signal 0 every
- * 200 ms is cheap and needs no socket; `process.kill(pid, 0)` throws ESRCH once it has exited.
+ * gone (even after kill -9, which sends nobody a message). A watch is a pidfd in the event loop
+ * (`watchProcessExit` of @hvlab/shm): it costs nothing until the process dies and fires at once
+ * when it does. Where no pidfd can be had (the addon is not built, a kernel before 5.3, a seccomp
+ * filter that refuses pidfd_open) the watch falls back to checking the pid with signal 0 every
+ * 200 ms, and says so once in the log of whoever asks (`pidWatchFallback`).
  */
 import { readFileSync } from 'node:fs';
+import { pidWatchUnavailableReason, watchProcessExit } from '@hvlab/shm';
 
 export function pidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -23,25 +27,63 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
-/** Calls onGone once when any of the pids stops existing. Returns a cancel function. */
-export function watchPids(pids: number[], onGone: (pid: number) => void, periodMs = 200): () => void {
+/** How often a polled watch checks its pid (ms): only where no pidfd can be had. */
+export const PID_POLL_MS = 200;
+
+/**
+ * Calls `onGone` once, when process `pid` has exited (a zombie counts as exited). Returns a cancel
+ * function. The watch never keeps the event loop alive.
+ */
+export function watchPid(pid: number, onGone: (pid: number) => void, pollMs = PID_POLL_MS): () => void {
   let done = false;
-  const t = setInterval(() => {
+  const fire = (): void => {
     if (done) return;
-    for (const p of pids) {
-      if (!pidAlive(p)) {
-        done = true;
-        clearInterval(t);
-        onGone(p);
-        return;
-      }
+    done = true;
+    onGone(pid);
+  };
+  const cancelWatch = Number.isInteger(pid) && pid > 0 ? watchProcessExit(pid, fire) : null;
+  if (cancelWatch) {
+    return () => {
+      done = true;
+      cancelWatch();
+    };
+  }
+  // No pidfd here: poll.
+  const t = setInterval(() => {
+    if (done) clearInterval(t);
+    else if (!pidAlive(pid)) {
+      clearInterval(t);
+      fire();
     }
-  }, periodMs);
+  }, pollMs);
   t.unref();
   return () => {
     done = true;
     clearInterval(t);
   };
+}
+
+/** Calls onGone once when the first of the pids stops existing. Returns a cancel function. */
+export function watchPids(pids: number[], onGone: (pid: number) => void, pollMs = PID_POLL_MS): () => void {
+  let done = false;
+  const cancels: Array<() => void> = [];
+  const cancelAll = (): void => {
+    done = true;
+    for (const c of cancels.splice(0)) c();
+  };
+  for (const p of pids) {
+    cancels.push(watchPid(p, (gone) => {
+      if (done) return;
+      cancelAll();
+      onGone(gone);
+    }, pollMs));
+  }
+  return cancelAll;
+}
+
+/** Why pid watches poll in this process ('' when they use pidfds): for a line in the log. */
+export function pidWatchFallback(): string {
+  return pidWatchUnavailableReason();
 }
 
 /**

@@ -7,14 +7,14 @@
  * partition a hypercall came from.
  *
  * No call waits on a dead peer: every hypercall and control request has a timeout, and a client
- * made with `{ watchPid }` (the hypervisor's pid) fails every pending and later call within about
- * half a second of that process ending, with an error naming it.
+ * made with `{ watchPid }` (the hypervisor's pid) fails every pending and later call as soon as that
+ * process has ended (a pidfd watch; 0.2 s polling where there is none), with an error naming it.
  */
 import {
   decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus,
   type HvCallName, type HvClientMsg, type HvCtlOp, type HvServerMsg, type HypercallInputs,
 } from '@hvlab/protocol';
-import { pidAlive } from './anchor.js';
+import { watchPid } from './anchor.js';
 import { dealer, SendQueue, type zmq } from './zmq.js';
 
 export interface HypercallResult<T = unknown> {
@@ -58,7 +58,7 @@ export type HvHelloInput = { partitionId: number; role: string; vm: string | nul
 export interface HvClientOptions {
   /** The hypervisor's pid: when it ends, every pending and later call fails at once. */
   watchPid?: number;
-  /** How often the watched pid is checked (ms). */
+  /** How often the watched pid is checked (ms), where it must be polled (no pidfd). */
   watchIntervalMs?: number;
   /** Default timeout of a hypercall (ms). */
   callTimeoutMs?: number;
@@ -80,7 +80,7 @@ export class HvClient {
   private closed = false;
   /** Set once the watched hypervisor is gone: every call fails with it. */
   private gone: HypervisorGoneError | null = null;
-  private watch: NodeJS.Timeout | null = null;
+  private unwatch: (() => void) | null = null;
   private readonly callTimeoutMs: number;
   private readonly ctlTimeoutMs: number;
   session: HvSession | null = null;
@@ -91,17 +91,12 @@ export class HvClient {
     this.callTimeoutMs = opts.callTimeoutMs ?? 10000;
     this.ctlTimeoutMs = opts.ctlTimeoutMs ?? 10000;
     const pid = opts.watchPid;
-    if (pid !== undefined) {
-      this.watch = setInterval(() => {
-        if (!pidAlive(pid)) this.hypervisorGone(pid);
-      }, opts.watchIntervalMs ?? 200);
-      this.watch.unref();
-    }
+    if (pid !== undefined) this.unwatch = watchPid(pid, () => this.hypervisorGone(pid), opts.watchIntervalMs);
   }
 
   private hypervisorGone(pid: number): void {
-    if (this.watch) clearInterval(this.watch);
-    this.watch = null;
+    this.unwatch?.();
+    this.unwatch = null;
     if (this.gone) return;
     this.gone = new HypervisorGoneError(pid);
     this.failAll(this.gone);
@@ -244,8 +239,8 @@ export class HvClient {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.watch) clearInterval(this.watch);
-    this.watch = null;
+    this.unwatch?.();
+    this.unwatch = null;
     this.q.close();
     this.sock.close();
     // Pending hypercalls end with a status (as before); pending control requests with null.

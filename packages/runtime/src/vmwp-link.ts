@@ -2,10 +2,11 @@
  * Both ends of the VMMS <-> VMWP control link (protocol/src/vmwp.ts): the VMWP serves a ROUTER in
  * the host's socket directory; the root (and a root that replaced a dead one) connects a DEALER,
  * proves itself with the VMWP's secret, then sends requests and receives notes. Requests never wait
- * on a dead peer: the client watches the VMWP's pid and fails everything pending once it is gone.
+ * on a dead peer: the client watches the VMWP's pid (a pidfd: see anchor.ts) and fails everything
+ * pending once it is gone.
  */
 import { encode, decodeVmwpFrame, VmwpDecodeError, type VmwpNote, type VmwpRequest } from '@hvlab/protocol';
-import { pidAlive } from './anchor.js';
+import { watchPid } from './anchor.js';
 import { dealer, router, SendQueue, type zmq } from './zmq.js';
 
 type Log = { warn: (o: object, m?: string) => void; error: (o: object, m?: string) => void };
@@ -120,7 +121,7 @@ export class VmwpControlClient {
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private closed = false;
   private gone: string | null = null;
-  private readonly watch: NodeJS.Timeout;
+  private readonly unwatch: () => void;
 
   constructor(
     endpoint: string,
@@ -130,17 +131,14 @@ export class VmwpControlClient {
   ) {
     this.sock.connect(endpoint);
     void this.loop();
-    // The VMWP can die at any moment (kill -9): nobody waits on it for longer than this period.
-    this.watch = setInterval(() => {
-      if (!pidAlive(this.pid)) this.failAll(`the VM worker process (pid ${this.pid}) exited`);
-    }, 250);
-    this.watch.unref();
+    // The VMWP can die at any moment (kill -9): nobody waits on it once it is gone.
+    this.unwatch = watchPid(this.pid, () => this.failAll(`the VM worker process (pid ${this.pid}) exited`));
   }
 
   private failAll(why: string): void {
     if (this.gone) return;
     this.gone = why;
-    clearInterval(this.watch);
+    this.unwatch();
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(new VmwpLinkError(why));
@@ -200,7 +198,7 @@ export class VmwpControlClient {
     if (this.closed) return;
     this.closed = true;
     this.failAll('the control link is closed');
-    clearInterval(this.watch);
+    this.unwatch();
     this.q.close();
     this.sock.close();
   }

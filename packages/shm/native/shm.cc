@@ -1,6 +1,7 @@
 // hvlab shared memory: a file under /dev/shm, mmap'ed and handed to JavaScript as a real
 // SharedArrayBuffer (V8 backing store with a munmap deleter), so Atomics work across processes.
-// Uses V8 directly because N-API can only make (non-shared) ArrayBuffers.
+// Uses V8 directly because N-API can only make (non-shared) ArrayBuffers. Also: a futex that works
+// across processes, child reaping for the host's anchor, and process exit watches (pidfd).
 #include <node.h>
 #include <v8.h>
 #include <cerrno>
@@ -16,6 +17,12 @@
 #include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <unordered_map>
+#include <uv.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
 
 namespace {
 
@@ -180,6 +187,116 @@ void ReapChild(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(r > 0);
 }
 
+// ---- process exit watches: a pidfd in the calling thread's event loop ---------------------------
+// pidfd_open (Linux 5.3+) gives a descriptor that polls readable once the process has exited
+// (a zombie counts), and it names that process, not a pid number that may be reused. libuv
+// watches it with epoll like any socket, so a watch costs nothing until the process dies.
+
+struct PidWatch {
+  uv_poll_t poll;
+  int fd = -1;
+  int32_t id = 0;
+  Isolate* isolate = nullptr;
+  v8::Global<v8::Context> context;
+  v8::Global<v8::Function> callback;
+  node::AsyncCleanupHookHandle cleanup;
+  // Set by the environment's cleanup hook (a worker thread or the process ending): call done(arg) once closed.
+  void (*done)(void*) = nullptr;
+  void* doneArg = nullptr;
+};
+
+// Watches by id, per thread (each worker thread has its own event loop and isolate).
+thread_local std::unordered_map<int32_t, PidWatch*> watches;
+thread_local int32_t nextWatchId = 1;
+
+void OnWatchClosed(uv_handle_t* h) {
+  PidWatch* w = static_cast<PidWatch*>(h->data);
+  if (w->fd >= 0) close(w->fd);
+  void (*done)(void*) = w->done;
+  void* doneArg = w->doneArg;
+  if (done == nullptr && w->cleanup) node::RemoveEnvironmentCleanupHook(std::move(w->cleanup));
+  w->context.Reset();
+  w->callback.Reset();
+  delete w;
+  if (done != nullptr) done(doneArg);
+}
+
+// Stops and closes a watch (it is freed once libuv has closed the handle).
+void CloseWatch(PidWatch* w) {
+  watches.erase(w->id);
+  uv_poll_stop(&w->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnWatchClosed);
+}
+
+void WatchCleanupHook(void* arg, void (*done)(void*), void* doneArg) {
+  PidWatch* w = static_cast<PidWatch*>(arg);
+  w->done = done;
+  w->doneArg = doneArg;
+  CloseWatch(w);
+}
+
+void OnPidfdReadable(uv_poll_t* h, int /*status*/, int /*events*/) {
+  // Readable means exited; an error on the descriptor cannot be told apart from it, so it counts too.
+  PidWatch* w = static_cast<PidWatch*>(h->data);
+  Isolate* isolate = w->isolate;
+  v8::HandleScope scope(isolate);
+  Local<v8::Context> context = w->context.Get(isolate);
+  Local<v8::Function> fn = w->callback.Get(isolate);
+  CloseWatch(w);
+  v8::Context::Scope contextScope(context);
+  node::MakeCallback(isolate, context->Global(), fn, 0, nullptr, node::async_context{0, 0});
+}
+
+// watchPid(pid, callback) -> id: calls callback() once when process `pid` has exited. The watch
+// does not keep the event loop alive (like an unref'd timer). Throws with errno (ESRCH: no such
+// process; ENOSYS/EPERM: no pidfd here) when it cannot watch.
+void WatchPid(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 2 || !args[0]->IsNumber() || !args[1]->IsFunction()) {
+    Throw(isolate, "watchPid(pid, callback) takes a pid and a function", 0); return;
+  }
+  double d = args[0].As<v8::Number>()->Value();
+  // Any positive int32 is a pid to the kernel (past pid_max it is one that does not exist: ESRCH).
+  if (!(d >= 1 && d <= INT_MAX) || d != static_cast<double>(static_cast<int>(d))) { Throw(isolate, "watchPid: pid out of range", 0); return; }
+  uv_loop_t* loop = node::GetCurrentEventLoop(isolate);
+  if (loop == nullptr) { Throw(isolate, "watchPid: no event loop in this thread", 0); return; }
+  long fd = syscall(SYS_pidfd_open, static_cast<pid_t>(d), 0);
+  if (fd < 0) { Throw(isolate, "pidfd_open", errno); return; }
+  PidWatch* w = new PidWatch();
+  w->fd = static_cast<int>(fd);
+  int r = uv_poll_init(loop, &w->poll, w->fd);
+  if (r != 0) {
+    close(w->fd);
+    delete w;
+    Throw(isolate, std::string("uv_poll_init on a pidfd: ") + uv_strerror(r), 0); return;
+  }
+  w->poll.data = w;
+  w->id = nextWatchId++;
+  if (nextWatchId <= 0) nextWatchId = 1;
+  w->isolate = isolate;
+  w->context.Reset(isolate, isolate->GetCurrentContext());
+  w->callback.Reset(isolate, args[1].As<v8::Function>());
+  r = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, OnPidfdReadable);
+  if (r != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnWatchClosed);
+    Throw(isolate, std::string("uv_poll_start on a pidfd: ") + uv_strerror(r), 0); return;
+  }
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  w->cleanup = node::AddEnvironmentCleanupHook(isolate, WatchCleanupHook, w);
+  watches[w->id] = w;
+  args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
+}
+
+// unwatchPid(id) -> true when the watch was still active (its callback will not be called).
+void UnwatchPid(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, "unwatchPid(id) needs a watch id", 0); return; }
+  auto it = watches.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
+  if (it == watches.end()) { args.GetReturnValue().Set(false); return; }
+  CloseWatch(it->second);
+  args.GetReturnValue().Set(true);
+}
+
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
@@ -196,4 +313,8 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, SetChildSubreaper)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "reapChild").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, ReapChild)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "watchPid").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WatchPid)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "unwatchPid").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, UnwatchPid)->GetFunction(context).ToLocalChecked()).Check();
 }

@@ -6,6 +6,9 @@
  * writes and can use Atomics on them. Guest physical memory, SynIC pages and VP control pages are
  * all such regions.
  *
+ * The same addon gives the futex that crosses processes (`futexWait`/`futexWake`) and watches a
+ * process for its exit without polling (`watchProcessExit`, a pidfd in the event loop).
+ *
  * When the addon could not be built or loaded, `shmAvailable()` is false and callers fall back to
  * process-private memory (`privateRegion`), carrying cross-process traffic over ZeroMQ instead.
  * Deviation from Hyper-V: there is no SLAT; sharing is by file name, and access control is the
@@ -220,4 +223,79 @@ export function reapOrphans(own: ReadonlySet<number>): number {
     }
   }
   return n;
+}
+
+/** The pidfd part of the addon (native/shm.cc); an addon built before it lacks these. */
+interface PidWatchAddon {
+  watchPid?(pid: number, onExit: () => void): number;
+  unwatchPid?(id: number): boolean;
+}
+
+/** Why `watchProcessExit` cannot watch in this process ('' when it can, or has not tried yet). */
+let pidWatchUnavailable = '';
+let pidWatcher: PidWatchAddon | null | undefined;
+
+/** The addon for pid watches: loaded even with HVLAB_SHM=off, which is about memory only. */
+function pidWatchAddon(): PidWatchAddon | null {
+  if (pidWatcher !== undefined) return pidWatcher;
+  let a = addon as PidWatchAddon | null;
+  if (!a && process.env.HVLAB_SHM === 'off') {
+    try {
+      a = createRequire(import.meta.url)(join(pkgDir, 'build', 'Release', 'hvlab_shm.node')) as PidWatchAddon;
+    } catch { /* not built: the reason is loadError's */ }
+  }
+  if (!a) pidWatchUnavailable = `the native addon is not loaded (${loadError})`;
+  else if (!a.watchPid || !a.unwatchPid) pidWatchUnavailable = 'the native addon predates pidfd watches (rebuild it)';
+  else {
+    // Find out now whether this kernel (and its seccomp filter) gives pidfds: watch ourselves.
+    try {
+      a.unwatchPid(a.watchPid(process.pid, () => undefined));
+    } catch (e) {
+      pidWatchUnavailable = (e as Error).message;
+    }
+  }
+  pidWatcher = a;
+  return a;
+}
+
+/**
+ * Calls `onExit` once, when process `pid` has exited (a zombie counts), without polling: a pidfd
+ * (pidfd_open, Linux 5.3+) watched by this thread's event loop, which it does not keep alive.
+ * Returns a function that cancels the watch, or null when this process cannot watch that way (the
+ * addon is not built, the kernel has no pidfd_open, a seccomp filter refuses it: see
+ * `pidWatchUnavailableReason`) and the caller must poll instead. A pid that does not exist counts
+ * as exited: `onExit` runs on the next tick.
+ */
+export function watchProcessExit(pid: number, onExit: () => void): (() => void) | null {
+  const a = pidWatchAddon();
+  if (pidWatchUnavailable || !a?.watchPid || !a.unwatchPid) return null;
+  const exitedAlready = (): (() => void) => {
+    let cancelled = false;
+    process.nextTick(() => {
+      if (!cancelled) onExit();
+    });
+    return () => {
+      cancelled = true;
+    };
+  };
+  // Not a pid any process can have: no such process.
+  if (!Number.isInteger(pid) || pid < 1 || pid > 0x7fffffff) return exitedAlready();
+  let id: number;
+  try {
+    id = a.watchPid(pid, onExit);
+  } catch (e) {
+    const errno = (e as { errno?: number }).errno;
+    if (errno === 3 /* ESRCH */) return exitedAlready();
+    if (errno === undefined) throw e;
+    pidWatchUnavailable = (e as Error).message;
+    return null;
+  }
+  const unwatch = a.unwatchPid.bind(a);
+  return () => void unwatch(id);
+}
+
+/** Why processes are watched by polling here, or '' when pidfd watches work (or were not tried). */
+export function pidWatchUnavailableReason(): string {
+  pidWatchAddon();
+  return pidWatchUnavailable;
 }
