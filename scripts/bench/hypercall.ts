@@ -39,6 +39,8 @@ interface Plan {
   spawnRuns: number;
 }
 const FULL: Plan = { n: 5000, warmup: 500, vmRuns: 5, spawnRuns: 5 };
+/** Workers in the warm pool for the warm-start runs. */
+const WARM = 2;
 const QUICK: Plan = { n: 200, warmup: 20, vmRuns: 1, spawnRuns: 2 };
 const LPS = 2;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -56,8 +58,10 @@ export interface HypercallBenchResult {
   hypercall: LatencyStats;
   zmqEcho: LatencyStats;
   vmStart: { p50Ms: number; runs: number[] };
+  /** The same with `up --warm`: the start claims a worker started ahead of need. */
+  vmStartWarm: { p50Ms: number; runs: number[]; pool: number };
   nodeSpawn: { p50Ms: number };
-  ratios: { hypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number };
+  ratios: { hypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number; vmStartWarmVsNodeSpawnP50: number };
   quick: boolean;
 }
 
@@ -169,12 +173,25 @@ async function measureZmqEcho(endpoint: string, plan: Plan): Promise<{ stats: La
   }
 }
 
-async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number | null) => void): Promise<number[]> {
+/** Waits until the host's warm pool holds `n` workers (`ps` lists them with no VM). */
+async function warmPoolFull(mgmt: MgmtClient, n: number): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const ps = await mgmt.request<Array<{ role: string; vm: string | null }>>('ps', {});
+    if (ps.filter((p) => p.role === 'vmwp' && p.vm === null).length >= n) return;
+    if (Date.now() - t0 > 30000) throw new Error(`the warm pool did not reach ${n} workers within 30 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number | null) => void, warm = 0): Promise<number[]> {
   const mgmt = new MgmtClient(paths.mgmtEndpoint);
   try {
     await mgmt.request('ping', {}, 10000);
     const runs: number[] = [];
     for (let i = 0; i < plan.vmRuns; i++) {
+      // From the warm pool: every start finds it full (it refills between runs, untimed).
+      if (warm > 0) await warmPoolFull(mgmt, warm);
       // new -> Running, as the issue defines VM start time.
       const t0 = process.hrtime.bigint();
       await mgmt.request<VmInfo>('vmNew', { name: 'b1', memory: '16M', workload: 'idle' });
@@ -184,7 +201,7 @@ async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number 
       track(info.pids.partition);
       if (info.enabledState !== EnabledState.Running) throw new Error(`vmStart returned with b1 ${info.state}, not Running`);
       runs.push(round(ms, 1));
-      progress(`vm start ${i + 1}/${plan.vmRuns}: ${ms.toFixed(1)} ms`);
+      progress(`vm start${warm ? ' (warm pool)' : ''} ${i + 1}/${plan.vmRuns}: ${ms.toFixed(1)} ms`);
       await mgmt.request<VmInfo>('vmTurnOff', { name: 'b1' });
       await mgmt.request('vmDelete', { name: 'b1' });
     }
@@ -226,6 +243,8 @@ function table(r: HypercallBenchResult, extra: { echoBytes: number; nodeRuns: nu
   lines.push(`${pad('vm new+start b1 (16M, idle) to Running', 36)}${num(r.vmStart.runs.length, 6)}${num(r.vmStart.p50Ms, 10)}  ${r.vmStart.runs.join(' ')}`);
   lines.push(`${pad('spawn `node -e 0` to exit', 36)}${num(extra.nodeRuns.length, 6)}${num(r.nodeSpawn.p50Ms, 10)}  ${extra.nodeRuns.join(' ')}`);
   lines.push(`${pad('  ratio vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartVsNodeSpawnP50, 16)}`);
+  lines.push(`${pad(`vm new+start from a warm pool of ${r.vmStartWarm.pool}`, 36)}${num(r.vmStartWarm.runs.length, 6)}${num(r.vmStartWarm.p50Ms, 10)}  ${r.vmStartWarm.runs.join(' ')}`);
+  lines.push(`${pad('  ratio warm vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartWarmVsNodeSpawnP50, 16)}`);
   if (r.quick) lines.push('', QUICK_NOTE);
   return lines.join('\n');
 }
@@ -327,21 +346,34 @@ export async function main(args: string[]): Promise<void> {
     const d = await down(paths);
     if (!d.graceful) progress(`the host did not stop gracefully (killed ${d.killed}, unlinked ${d.shm} shm files)`);
 
+    // (b'') VM start from the warm pool (`up --warm`).
+    progress(`bringing a host up with a warm pool of ${WARM} workers`);
+    const recW = await up(paths, { lps: LPS, warm: WARM });
+    upHostId = recW.hostId;
+    tracked.add(recW.pids.hypervisor).add(recW.pids.root);
+    const warmRuns = await measureVmStart(paths, plan, (pid) => void (pid && tracked.add(pid)), WARM);
+    progress('bringing the host down');
+    const dW = await down(paths);
+    if (!dW.graceful) progress(`the host did not stop gracefully (killed ${dW.killed}, unlinked ${dW.shm} shm files)`);
+
     // (b') baseline: node start-up.
     progress(`spawning node -e 0 ${plan.spawnRuns} times`);
     const nodeRuns = await measureNodeSpawn(plan);
 
     const vmP50 = percentile(vmRuns, 0.5);
+    const warmP50 = percentile(warmRuns, 0.5);
     const nodeP50 = percentile(nodeRuns, 0.5);
     const result: HypercallBenchResult = {
       bench: 'hypercall',
       hypercall,
       zmqEcho: echo.stats,
       vmStart: { p50Ms: round(vmP50, 1), runs: vmRuns },
+      vmStartWarm: { p50Ms: round(warmP50, 1), runs: warmRuns, pool: WARM },
       nodeSpawn: { p50Ms: round(nodeP50, 1) },
       ratios: {
         hypercallVsZmqP50: round(hypercall.p50Us / echo.stats.p50Us, 2),
         vmStartVsNodeSpawnP50: round(vmP50 / nodeP50, 2),
+        vmStartWarmVsNodeSpawnP50: round(warmP50 / nodeP50, 2),
       },
       quick,
     };

@@ -86,6 +86,7 @@ export const COMMANDS: CommandSpec[] = [
     options: [
       { name: 'lps', value: 'N', help: 'logical processors (default: every CPU)', check: wholeIn('lps', 1, 256, '1 to 256 logical processors') },
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
+      { name: 'warm', value: 'N', help: 'keep N VM worker processes started ahead of need, so "vm start" skips process start-up (default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
     ],
   },
   { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
@@ -609,7 +610,8 @@ export async function run(argv: string[]): Promise<number> {
       case 'up': {
         const lps = opt('lps');
         const transport = (opt('vmbus-transport') ?? 'shm') as 'shm' | 'remote';
-        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport });
+        const warm = opt('warm');
+        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm) });
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));

@@ -45,6 +45,34 @@ process.on('exit', () => {
  */
 const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-thread.mjs', import.meta.url) : new URL('./vp.js', import.meta.url);
 
+/** VP threads started ahead of need (their code loaded), waiting for their VpStart. */
+const spareVpThreads: Worker[] = [];
+
+/** Starts `n` VP threads now, so that a guest's VPs start without waiting for a thread to load. */
+export function prestartVpThreads(n: number): void {
+  for (let i = 0; i < n; i++) {
+    const w = new Worker(VP_THREAD_ENTRY, { workerData: { prestart: true }, name: 'vp-spare' });
+    w.unref();
+    // A spare that fails to load is dropped; start() then creates a thread of its own.
+    w.once('error', () => {
+      const i = spareVpThreads.indexOf(w);
+      if (i >= 0) spareVpThreads.splice(i, 1);
+    });
+    spareVpThreads.push(w);
+  }
+}
+
+/** A VP thread for `start`: a spare one if there is one, else a new one. */
+function vpThread(start: VpStart, vp: number): Worker {
+  const spare = spareVpThreads.shift();
+  if (spare) {
+    spare.ref();
+    spare.postMessage({ t: 'start', start });
+    return spare;
+  }
+  return new Worker(VP_THREAD_ENTRY, { workerData: start, name: `vp${vp}` });
+}
+
 /** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux, auto-EOI). */
 export const GUEST_SINT = 2;
 export const GUEST_SINT_VECTOR = GuestVector.Vmbus;
@@ -229,7 +257,7 @@ export class GuestKernel {
         memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
         vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT },
       };
-      const w = new Worker(VP_THREAD_ENTRY, { workerData: start, name: `vp${vp}` });
+      const w = vpThread(start, vp);
       w.on('error', (e) => {
         this.log.error({ vp, err: e }, 'VP thread crashed');
         process.exit(3);

@@ -1,28 +1,34 @@
 /**
- * Entry of a child partition process, spawned by its VMWP with an IPC pipe. Environment:
- * HVLAB_HOME, HVLAB_HOST_ID, HVLAB_HV_PID, HVLAB_PARTITION_ID, HVLAB_VM; the partition's token
- * arrives as the first line on stdin (never in the environment, which /proc/PID/environ shows).
- * It leaves when the hypervisor or its VMWP is gone.
+ * Entry of a child partition process, spawned by its VMWP with an IPC pipe as soon as the VMWP
+ * starts (before the VMWP has built anything), so the two processes load their code at the same
+ * time; it loads its code and one VP thread, then waits for its start-up line on stdin (start.ts:
+ * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
+ * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
 import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion } from '@hvlab/shm';
 import { PAGE } from '@hvlab/protocol';
 import { GuestMemory } from './memory.js';
-import { GuestKernel } from './kernel.js';
+import { GuestKernel, prestartVpThreads } from './kernel.js';
+import { decodePartitionStartInput, type PartitionStartInput } from './start.js';
 
-const home = process.env.HVLAB_HOME!;
-const hostId = process.env.HVLAB_HOST_ID!;
-const hvPid = Number(process.env.HVLAB_HV_PID);
-const partitionId = Number(process.env.HVLAB_PARTITION_ID);
-const vm = process.env.HVLAB_VM!;
+process.title = 'hvlab-partition (starting)';
+prestartVpThreads(1);
+let input: PartitionStartInput;
+try {
+  input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));
+} catch (e) {
+  // The VMWP went away before it assigned this process, or sent something else: nothing to run.
+  process.stderr.write(`hvlab partition: ${(e as Error).message}\n`);
+  process.exit(1);
+}
+const { home, hostId, hvPid, partitionId, vm, token } = input;
 process.title = `hvlab-partition ${hostId} ${vm}`;
 const paths = hostPaths(home);
 const log = processLogger(paths.logDir, `partition-${vm}.log`, { host: hostId, role: 'partition', vm, partition: partitionId });
 // Nothing the host sends may end the guest: log what escapes and keep running.
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception in the guest kernel'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection in the guest kernel'));
-
-const token = (await readStdinLine('the partition token', 4096)).trim();
 
 let kernel: GuestKernel | null = null;
 let exiting = false;

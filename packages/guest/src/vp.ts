@@ -413,3 +413,9 @@ export class VpThread {
 }
 
 if (parentPort && workerData && (workerData as VpStart).vpRegion) new VpThread(workerData as VpStart).run();
+else if (parentPort && (workerData as { prestart?: boolean } | null)?.prestart) {
+  // A spare thread, started before its VM was known: its VpStart comes in a message.
+  parentPort.once('message', (m: { t?: string; start?: VpStart }) => {
+    if (m?.t === 'start' && m.start?.vpRegion) new VpThread(m.start).run();
+  });
+}

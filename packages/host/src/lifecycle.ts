@@ -46,6 +46,8 @@ export function lockHolder(paths: HostPaths): number | null {
 export interface UpOptions {
   lps?: number | null;
   vmbusTransport?: 'shm' | 'remote';
+  /** VM workers the root keeps started ahead of need (0 none). */
+  warm?: number;
   /** Extra environment for the host's processes (tests shorten IC periods this way). */
   env?: Record<string, string>;
 }
@@ -62,7 +64,7 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   const hostId = randomBytes(3).toString('hex');
   mkdirSync(paths.logDir, { recursive: true });
   mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
-  const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm' };
+  const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0) };
   const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
   const hv = spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });
   closeSync(errFd);

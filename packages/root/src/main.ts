@@ -25,6 +25,7 @@ const hvPid = Number(process.env.HVLAB_HV_PID);
 const lps = Number(process.env.HVLAB_LPS ?? '1');
 const vmbusMode: 'shm' | 'remote' = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
 const restarts = Number(process.env.HVLAB_ROOT_RESTARTS ?? '0') || 0;
+const warm = Math.max(0, Math.min(64, Math.floor(Number(process.env.HVLAB_WARM ?? '0')) || 0));
 process.title = `hvlab-root ${hostId}`;
 const paths = hostPaths(home);
 const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root', partition: ROOT_PARTITION_ID });
@@ -121,10 +122,11 @@ server = new MgmtServer(async (op, args) => {
     default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
   }
 }, (e) => log.error({ err: e }, 'management request failed'));
-vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode });
+vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm });
 // A restarted root finds the VMs that kept running while it was away.
 await vmms.reattach();
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
-log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts }, 'root ready');
+log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm }, 'root ready');
 process.stdout.write('ready\n');
+vmms.startWarmPool();
 await server.serve();

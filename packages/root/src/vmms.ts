@@ -25,6 +25,7 @@ import {
 import { buildConfig, ConfigStore, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
 import type { VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import type { IcEntry } from './vmwp/devices.js';
+import { MAX_WARM, WarmPool } from './warm.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -65,6 +66,8 @@ export interface VmmsOptions {
   /** HVLAB_HOME/vms: configs and saved states. */
   vmDir: string;
   vmbusTransport: 'shm' | 'remote';
+  /** VM workers to keep started ahead of need (`hvlab up --warm N`); 0 keeps none. */
+  warm?: number;
 }
 
 export const DEFAULT_STOP_TIMEOUT_S = 30;
@@ -84,6 +87,7 @@ function linkFailure(e: unknown, what: string): MgmtFailure {
 export class Vmms {
   private readonly vms = new Map<string, VmRecord>();
   private readonly paths;
+  private warm: WarmPool | null = null;
 
   constructor(private readonly o: VmmsOptions) {
     this.paths = hostPaths(o.home);
@@ -432,7 +436,8 @@ export class Vmms {
       // carries one line, then closes; stderr is a file), no IPC channel. It stays in the host's
       // session, though (not detached): Linux autogroups CPU time by session, and a session per VM
       // would change how VMs and the hypervisor's scheduler thread share the machine's cores.
-      const child = spawn(process.execPath, nodeArgsFor(entries.vmwp), { stdio: ['pipe', 'ignore', errFd] });
+      // A warm worker if the pool has one (its code and its partition process are loaded already).
+      const child = this.warm?.take() ?? spawn(process.execPath, nodeArgsFor(entries.vmwp), { stdio: ['pipe', 'ignore', errFd] });
       closeSync(errFd);
       child.stdin!.on('error', () => undefined);
       child.stdin!.end(JSON.stringify(start) + '\n');
@@ -770,8 +775,15 @@ export class Vmms {
     return await this.linkOf(r, 'read the memory of').request<Uint8Array>({ t: 'peek', gpa: g, len: l }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
   }
 
+  /** Starts the warm pool (after a restart's re-attach, so it does not compete with it). */
+  startWarmPool(): void {
+    if (!this.o.warm || this.warm) return;
+    this.warm = new WarmPool({ size: Math.min(this.o.warm, MAX_WARM), stderrLog: join(this.paths.logDir, 'stderr.log'), log: this.o.log });
+  }
+
   processes(): ProcessInfo[] {
     const out: ProcessInfo[] = [];
+    for (const pid of this.warm?.pids ?? []) out.push({ role: 'vmwp', vm: null, pid });
     for (const r of this.vms.values()) {
       if (r.vmwpPid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwpPid });
       if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });
@@ -798,6 +810,7 @@ export class Vmms {
 
   /** The hypervisor is gone: nothing can be torn down politely; kill every worker and partition. */
   killAll(): void {
+    this.warm?.close();
     for (const r of this.vms.values()) {
       r.expectingExit = true;
       for (const pid of [r.vmwpPid, r.partitionPid]) {
@@ -811,11 +824,13 @@ export class Vmms {
   }
 
   async shutdownAll(): Promise<void> {
+    this.warm?.close();
     await Promise.all([...this.vms.values()].filter((r) => r.vmwpPid !== null).map((r) => this.kill(r, 'host shutting down')));
   }
 
   /** This root is leaving but the host is not: let go of the workers, which keep their VMs. */
   close(): void {
+    this.warm?.close();
     for (const r of this.vms.values()) {
       r.stopWatch?.();
       r.link?.close();

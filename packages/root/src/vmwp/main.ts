@@ -35,6 +35,21 @@ import { VmDevices } from './devices.js';
 import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
 
 
+/**
+ * The partition process starts now, before this worker has even read its own start-up input, so
+ * the two load their code at the same time (VM start is mostly process and module start-up); it
+ * waits, its code and a VP thread loaded, for the line `build()` writes once the partition exists.
+ */
+function spawnPartition(): ChildProcess {
+  const p = spawn(process.execPath, nodeArgsFor(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced' });
+  p.stdin!.on('error', () => undefined);
+  p.on('error', () => undefined);
+  return p;
+}
+// A warm worker (root/src/warm.ts) waits here, code loaded, until a VM start claims it.
+if (process.env.HVLAB_VMWP_WARM === '1') process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
+const prestarted = spawnPartition();
+
 const input = decodeVmwpStartInput(await readStdinLine('the start-up input'));
 const cfg: VmwpConfig = input.config;
 process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
@@ -119,6 +134,7 @@ async function exit(reason: string, code = 0, guestShutdown = false): Promise<vo
   record.exit = { reason, guestShutdown, at: new Date().toISOString() };
   writeRecord();
   control.note({ t: 'exiting', reason, guestShutdown });
+  if (prestarted !== child && prestarted.exitCode === null) prestarted.kill('SIGKILL');
   if (child && child.exitCode === null && child.signalCode === null) {
     // Reap the partition process ourselves rather than leave a zombie.
     const gone = new Promise((r) => child!.once('exit', r));
@@ -381,19 +397,10 @@ async function build(): Promise<void> {
   const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
   if (restoreFrom) new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
   if (memory) new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
-  child = spawn(process.execPath, nodeArgsFor(entries.partition), {
-    stdio: ['pipe', 'ignore', 'inherit', 'ipc'],
-    serialization: 'advanced',
-    env: {
-      ...process.env,
-      HVLAB_PARTITION_ID: String(partitionId),
-      HVLAB_VM: cfg.name,
-      HVLAB_HV_PID: String(cfg.hvPid),
-    },
-  });
-  // The partition's token goes over a pipe, never into an environment.
-  child.stdin!.on('error', () => undefined);
-  child.stdin!.end(`${created.token}\n`);
+  // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
+  // never into an environment.
+  child = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
+  child.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token: created.token }) + '\n');
   childRpc = new IpcRpc(child, async () => {
     throw new Error('the VMWP takes no requests from the guest');
   });
