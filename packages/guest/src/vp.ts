@@ -20,7 +20,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VirtualApicView, SchedRegion, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
-  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage,
+  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, StimerNextView, effectiveStimerPeriod, nextPeriodicExpiry,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { readRtc } from '@hvlab/vsc/cmos';
@@ -75,6 +75,7 @@ export class VpThread {
   private readonly f64: Float64Array;
   private readonly ctl: Int32Array;
   private readonly apic: VirtualApicView;
+  private readonly timers: StimerNextView;
   private readonly tasks: TaskTable;
   private readonly off: number;
   private readonly disp: number;
@@ -93,6 +94,7 @@ export class VpThread {
     this.off = vpPageOffset(s.vpIndex);
     this.disp = (this.off + VpPage.dispatch) >> 2;
     this.apic = new VirtualApicView(this.i32, this.off);
+    this.timers = new StimerNextView(s.vpRegion, this.off);
     this.tasks = new TaskTable(this.mem);
     this.local = s.sched === null;
     this.clock = new ReferenceClock(s.vpRegion);
@@ -181,10 +183,42 @@ export class VpThread {
   // ---- timers: MSR writes go to the VP page; the hypervisor picks them up ------------------
 
   private writeTimer(t: number, config: number, count: number): void {
+    // The old expiration goes first, so that neither this VP nor the scheduler fires it under the
+    // new MSRs; the scheduler arms the timer again when it sees timerGen move.
+    if (!this.local) this.timers.set(t, 0);
     this.f64[((this.off + VpPage.stimerCount) >> 3) + t] = count;
     Atomics.store(this.i32, ((this.off + VpPage.stimerConfig) >> 2) + t, config);
     Atomics.add(this.i32, (this.off + VpPage.timerGen) >> 2, 1);
-    if (this.local) this.f64[((this.off + VpPage.stimerNext) >> 3) + t] = config & 1 ? (config & StimerConfig.periodic ? this.now() + count : count) : 0;
+    if (this.local) this.timers.set(t, config & 1 ? (config & StimerConfig.periodic ? this.now() + count : count) : 0);
+  }
+
+  /**
+   * Fires this VP's due direct-mode timers itself, at a step boundary while it holds its LP: as on
+   * Hyper-V, an active VP's direct timer interrupt needs no scheduling decision (the scheduler
+   * does not even wake for it). The expiration is advanced by compare-exchange, shared with the
+   * scheduler (which fires them while the VP is not running), so each is delivered once. A periodic
+   * timer stays on its grid and, unless lazy, delivers each missed period (bounded), the next one
+   * only after this VP has taken the previous (a second assertion of a pending vector would merge).
+   */
+  private ownTimers(): void {
+    let now = -1;
+    for (let t = 0; t < STIMER_COUNT; t++) {
+      const next = this.timers.get(t);
+      if (!(next > 0)) continue;
+      if (now < 0) now = this.now();
+      if (next > now) continue;
+      const cfgIdx = ((this.off + VpPage.stimerConfig) >> 2) + t;
+      const cfg = decodeStimerConfig(Atomics.load(this.i32, cfgIdx));
+      if (!cfg.enable || !cfg.direct || cfg.vector < 16 || this.apic.pending(cfg.vector)) continue;
+      let after = 0;
+      if (cfg.periodic) {
+        const period = effectiveStimerPeriod(this.f64[((this.off + VpPage.stimerCount) >> 3) + t]!);
+        after = period === null ? 0 : nextPeriodicExpiry(next, period, now, cfg.lazy);
+      }
+      if (!this.timers.advance(t, next, after)) continue; // the scheduler fired it, or it was re-armed
+      if (!cfg.periodic) Atomics.and(this.i32, cfgIdx, ~StimerConfig.enable);
+      this.apic.assert(cfg.vector);
+    }
   }
 
   private armDeadline(at: number): void {
@@ -213,8 +247,8 @@ export class VpThread {
       const cfg = decodeStimerConfig(Atomics.load(this.i32, ((this.off + VpPage.stimerConfig) >> 2) + t));
       if (at <= now) {
         this.apic.assert(cfg.vector);
-        const period = this.f64[((this.off + VpPage.stimerCount) >> 3) + t];
-        this.f64[ni] = cfg.periodic && period > 0 ? now + period : 0;
+        const period = effectiveStimerPeriod(this.f64[((this.off + VpPage.stimerCount) >> 3) + t]!);
+        this.f64[ni] = cfg.periodic && period !== null ? nextPeriodicExpiry(at, period, now, true) : 0;
       }
       if (this.f64[ni] > 0) next = Math.min(next, (this.f64[ni] - now) / 10_000);
     }
@@ -346,6 +380,7 @@ export class VpThread {
         if (!this.waitForLp()) break;
         this.setIdle(false);
       }
+      if (!this.local) this.ownTimers();
       this.takeInterrupts();
       if (s.vpIndex === 0 && this.mem.atomicLoad32(VpThread.k(KernelPage.rtcRequest)) === 1) {
         this.mem.setF64(VpThread.k(KernelPage.rtcFromCmosMs), readRtc((port, access, size, value) => this.io(port, access, size, value)) || -1);
@@ -398,6 +433,7 @@ export class VpThread {
     const wake = this.tasks.earliestWake();
     this.armDeadline(Number.isFinite(wake) ? Math.max(1, wake) : 0);
     this.setIdle(true);
+    if (!this.local) this.ownTimers();
     if (this.apic.deliverable() >= 0 || this.tasks.anyRunnable()) {
       this.setIdle(false);
       return;

@@ -38,7 +38,7 @@ import {
   InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
   vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
-  decodeIoInterceptRecord, VpRegisterNames,
+  decodeIoInterceptRecord, VpRegisterNames, Dispatch,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
@@ -1029,13 +1029,20 @@ export class Hypervisor {
     this.opts.scheduler.ring();
   }
 
-  /** Pends `vector` on a VP's virtual APIC and lets the scheduler wake it. False without an APIC. */
+  /**
+   * Pends `vector` on a VP's virtual APIC and lets the scheduler wake it. False without an APIC.
+   * A VP that holds its LP (dispatch word Granted, or Preempt: it will be Ready, not halted) takes
+   * the interrupt at its next step boundary, so the scheduler is not rung for it. That is safe
+   * against a VP halting at the same moment: it publishes Halt after setting IRR here was visible
+   * or not, and then rings; the scheduler reads IRR after that ring and wakes it.
+   */
   assertVector(p: Partition, vpIndex: number, vector: number, autoEoi: boolean): boolean {
     if (!p.vpI32 || !this.opts.scheduler) return false;
     const off = vpPageOffset(vpIndex);
     if (vector >= PROBE_VECTOR_MIN) new BigInt64Array(p.vpRegion!, off + VpPage.probeAssertNs, 1)[0] = process.hrtime.bigint();
     new VirtualApicView(p.vpI32, off).assert(vector, autoEoi);
-    this.opts.scheduler.ring();
+    const d = Atomics.load(p.vpI32, (off + VpPage.dispatch) >> 2);
+    if (d !== Dispatch.Granted && d !== Dispatch.Preempt) this.opts.scheduler.ring();
     return true;
   }
 

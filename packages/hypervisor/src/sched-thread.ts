@@ -25,7 +25,7 @@
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, VpRegionHeader, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
-  referenceTime, decodeIoInterceptRecord, effectiveStimerPeriod,
+  referenceTime, decodeIoInterceptRecord, effectiveStimerPeriod, nextPeriodicExpiry, StimerNextView,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
@@ -59,6 +59,8 @@ interface VpRec {
   sched: SchedVp;
   off: number; // byte offset of the VP page
   apic: VirtualApicView;
+  /** VpPage.stimerNext, advanced by compare-exchange: the running VP fires its own direct timers too. */
+  next: StimerNextView;
   timerGen: number;
   /** The timer MSR values the scheduler last acted on, per timer. */
   seen: Array<{ raw: number; count: number }>;
@@ -152,7 +154,7 @@ export class SchedulerLoop {
         const off = vpPageOffset(m.index);
         const sched = core.add(m.id, m.index, p.props, now);
         p.vps.set(m.index, {
-          sched, off, apic: new VirtualApicView(p.i32, off), timerGen: Atomics.load(p.i32, (off + VpPage.timerGen) >> 2),
+          sched, off, apic: new VirtualApicView(p.i32, off), next: new StimerNextView(p.region, off), timerGen: Atomics.load(p.i32, (off + VpPage.timerGen) >> 2),
           seen: Array.from({ length: STIMER_COUNT }, () => ({ raw: 0, count: 0 })), lastFire: new Array<number>(STIMER_COUNT).fill(-Infinity),
         });
         break;
@@ -208,7 +210,10 @@ export class SchedulerLoop {
 
   /**
    * Re-reads a VP's timer MSRs after the guest wrote some of them. Only a timer whose own MSRs
-   * changed restarts: rewriting the slice timer must not push a periodic timer back.
+   * changed restarts: rewriting the slice timer must not push a periodic timer back. The VP clears
+   * a timer's expiration when it writes the timer's MSRs (so that it cannot fire the old one
+   * itself): an enabled timer with no expiration is re-armed even when its MSRs read as before
+   * (the VP may have fired and disabled a one-shot timer since, and armed it again).
    */
   private reloadTimers(p: PartRec, v: VpRec): void {
     const ref = this.refNow(p);
@@ -216,7 +221,7 @@ export class SchedulerLoop {
       const raw = Atomics.load(p.i32, ((v.off + VpPage.stimerConfig) >> 2) + t);
       const cfg = decodeStimerConfig(raw);
       const count = p.f64[((v.off + VpPage.stimerCount) >> 3) + t];
-      if (v.seen[t].raw === raw && Object.is(v.seen[t].count, count)) continue;
+      if (v.seen[t].raw === raw && Object.is(v.seen[t].count, count) && !(cfg.enable && v.next.get(t) === 0)) continue;
       v.seen[t] = { raw, count };
       let next = 0;
       if (cfg.enable && (cfg.direct ? cfg.vector >= 16 : true)) {
@@ -227,25 +232,37 @@ export class SchedulerLoop {
           next = count;
         }
       }
-      p.f64[((v.off + VpPage.stimerNext) >> 3) + t] = next;
+      v.next.set(t, next);
     }
   }
 
-  /** Fires due timers; returns the earliest pending expiry in ns (host clock), or Infinity. */
+  /**
+   * Fires due timers; returns the earliest pending expiry in ns (host clock), or Infinity.
+   *
+   * Periodic timers stay on their grid (next = previous + period). A direct-mode timer that is not
+   * lazy delivers every missed period (up to STIMER_MAX_CATCHUP), one at a time: the next only once
+   * the VP has taken the previous one, since a second assertion of a pending vector would merge
+   * into it. While the VP holds an LP (or is about to: ready, or woken by a deliverable interrupt)
+   * its direct timers are its own business (it fires them at step boundaries: VpThread), so they
+   * set no deadline here: the scheduler does not wake for a running VP's timers. Message-mode
+   * timers are lazy (missed periods are skipped; the message carries expiration and delivery time).
+   */
   private runTimers(p: PartRec, v: VpRec, now: number): number {
     let earliest = Infinity;
     const ref = this.refNow(p);
+    const s = v.sched;
+    const vpFiresOwn = s.lp >= 0 && !s.preempting;
     for (let t = 0; t < STIMER_COUNT; t++) {
-      const ni = ((v.off + VpPage.stimerNext) >> 3) + t;
       // The guest can write this word too: anything but a finite positive time means "not armed".
-      let next = p.f64[ni];
+      let next = v.next.get(t);
       if (!(next > 0) || !Number.isFinite(next)) continue;
       const cfgIdx = ((v.off + VpPage.stimerConfig) >> 2) + t;
       const cfg = decodeStimerConfig(Atomics.load(p.i32, cfgIdx));
       if (!cfg.enable) {
-        p.f64[ni] = 0;
+        v.next.advance(t, next, 0);
         continue;
       }
+      if (cfg.direct && vpFiresOwn) continue;
       if (next <= ref) {
         // Spacing floor: no timer fires twice within MIN_STIMER_PERIOD of reference time.
         const notBefore = v.lastFire[t] + MIN_STIMER_PERIOD;
@@ -253,29 +270,38 @@ export class SchedulerLoop {
           earliest = Math.min(earliest, now + (notBefore - ref) * 100);
           continue;
         }
-        v.lastFire[t] = ref;
-        if (cfg.direct) {
-          v.apic.assert(cfg.vector);
+        if (cfg.direct && v.apic.pending(cfg.vector)) {
+          // The previous expiration is still pending. A VP that can take it will, and fires this
+          // one itself once it has; a VP that cannot (halted, the vector masked) merges it, as an
+          // APIC merges a second request of a pending vector.
+          if (!(s.halted && v.apic.deliverable() < 0) || s.partitionSuspended || s.interceptSuspended) continue;
+          const merged = cfg.periodic ? this.periodicNext(p, v, t, next, ref, true) : 0;
+          if (v.next.advance(t, next, merged) && !cfg.periodic) v.seen[t].raw = Atomics.and(p.i32, cfgIdx, ~1) & ~1;
+          next = merged;
         } else {
-          this.out({ t: 'timer', id: p.id, index: v.sched.index, timer: t, sint: cfg.sint, expiration: next, delivery: ref });
-        }
-        if (cfg.periodic) {
-          const period = effectiveStimerPeriod(p.f64[((v.off + VpPage.stimerCount) >> 3) + t]);
-          if (period === null) next = 0;
-          else {
-            next += period;
-            if (next <= ref) next = ref + period - ((ref - next) % period); // skip missed periods
+          const after = cfg.periodic ? this.periodicNext(p, v, t, next, ref, cfg.lazy || !cfg.direct) : 0;
+          if (!v.next.advance(t, next, after)) continue; // the VP fired it itself, or re-armed it
+          v.lastFire[t] = ref;
+          if (cfg.direct) {
+            v.apic.assert(cfg.vector);
+          } else {
+            this.out({ t: 'timer', id: p.id, index: s.index, timer: t, sint: cfg.sint, expiration: next, delivery: ref });
           }
-        } else {
-          next = 0;
           // A one-shot timer disables itself; re-arming it with the same count is then a change.
-          v.seen[t].raw = Atomics.and(p.i32, cfgIdx, ~1) & ~1;
+          if (!cfg.periodic) v.seen[t].raw = Atomics.and(p.i32, cfgIdx, ~1) & ~1;
+          next = after;
         }
-        p.f64[ni] = next;
       }
-      if (next > 0) earliest = Math.min(earliest, now + Math.max(0, next - ref) * 100);
+      // A timer still behind (catching up) comes again no sooner than the spacing floor allows.
+      if (next > 0) earliest = Math.min(earliest, now + Math.max(0, Math.max(next, v.lastFire[t] + MIN_STIMER_PERIOD) - ref) * 100);
     }
     return earliest;
+  }
+
+  /** The expiration after `due` of periodic timer `t` (0 when its period is not valid). */
+  private periodicNext(p: PartRec, v: VpRec, t: number, due: number, ref: number, lazy: boolean): number {
+    const period = effectiveStimerPeriod(p.f64[((v.off + VpPage.stimerCount) >> 3) + t]);
+    return period === null ? 0 : nextPeriodicExpiry(due, period, ref, lazy);
   }
 
   private deliverIpi(p: PartRec, v: VpRec): void {

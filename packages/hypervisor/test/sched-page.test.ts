@@ -210,6 +210,116 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     expect(fires).to.be.above(0);
   });
 
+  /**
+   * One partition with VP 0 on a SchedulerLoop whose reference time the test sets (it moves the
+   * region's reference base), VP 0 started and then halted, and a periodic direct-mode timer 2
+   * (vector 0x40, 1 ms) armed.
+   */
+  async function haltedVpWithTimer(o: { lazy: boolean }) {
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const { VirtualApicView, StimerNextView } = await import('@hvlab/protocol');
+    const region = new SharedArrayBuffer(vpRegionBytes(VPS));
+    const i32 = new Int32Array(region);
+    const f64 = new Float64Array(region);
+    const big = new BigInt64Array(region, 0, 2);
+    const off = vpPageOffset(0);
+    /** Sets reference time to `ref` (100 ns units), give or take the few µs until the next pass. */
+    const setRef = (ref: number): void => void (big[VpRegionHeader.refBaseNs >> 3] = process.hrtime.bigint() - BigInt(Math.round(ref)) * 100n);
+    setRef(1_000_000);
+    const loop = new SchedulerLoop({ lps: 1 }, () => undefined);
+    const now = (): number => Number(process.hrtime.bigint());
+    loop.handle({ t: 'addPartition', id: 3, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, now());
+    loop.handle({ t: 'addVp', id: 3, index: 0 }, now());
+    const d = (off + VpPage.dispatch) >> 2;
+    Atomics.store(i32, d, Dispatch.Start);
+    loop.pass(now());
+    expect(Atomics.load(i32, d)).to.equal(Dispatch.Granted);
+    const halt = (): void => {
+      Atomics.store(i32, d, Dispatch.Halt);
+      loop.pass(now());
+    };
+    halt();
+    const period = 10_000;
+    Atomics.store(i32, ((off + VpPage.stimerConfig) >> 2) + 2, stimerConfig({ enable: true, periodic: true, lazy: o.lazy, direct: true, vector: 0x40 }));
+    f64[((off + VpPage.stimerCount) >> 3) + 2] = period;
+    Atomics.add(i32, (off + VpPage.timerGen) >> 2, 1);
+    loop.pass(now());
+    const next = new StimerNextView(region, off);
+    const first = next.get(2);
+    expect(first, 'armed one period after the time it was written').to.be.above(1_000_000 + period - 1);
+    return { loop, i32, d, apic: new VirtualApicView(i32, off), next, first, period, setRef, halt, now };
+  }
+
+  it('a periodic timer stays on its grid and delivers every period it missed, one interrupt each, once the VP took the previous', async () => {
+    const t = await haltedVpWithTimer({ lazy: false });
+    const delivered: number[] = [];
+    let taken = 0;
+    /** Runs `fn` (passes), noting each expiration the scheduler advanced past. */
+    const observe = (fn: () => void): void => {
+      const before = t.next.get(2);
+      fn();
+      const after = t.next.get(2);
+      if (after !== before) {
+        expect(after, 'the next expiration, one period on').to.equal(before + t.period);
+        delivered.push(before);
+      }
+    };
+    // The scheduler is 3.5 periods late: expirations first, +1, +2 and +3 periods are due.
+    let ref = t.first + 3.5 * t.period;
+    t.setRef(ref);
+    for (let round = 0; round < 20; round++) {
+      observe(() => t.loop.pass(t.now()));
+      if (t.apic.pending(0x40)) {
+        // The VP was woken; it takes the interrupt and halts again.
+        expect(Atomics.load(t.i32, t.d)).to.equal(Dispatch.Granted);
+        t.apic.accept(0x40);
+        t.apic.eoi();
+        taken++;
+        observe(t.halt);
+        if (t.apic.pending(0x40)) continue; // the halt's pass delivered the next one already
+      }
+      ref += 1500; // past the 100 µs spacing floor
+      t.setRef(ref);
+    }
+    expect(delivered.slice(0, 5)).to.deep.equal([0, 1, 2, 3, 4].map((k) => t.first + k * t.period));
+    expect(delivered.length).to.be.at.least(4);
+    expect(taken, 'interrupts taken: none merged').to.be.within(delivered.length - 1, delivered.length);
+    for (let k = 0; k < delivered.length; k++) expect(delivered[k]).to.equal(t.first + k * t.period);
+  });
+
+  it('a lazy periodic timer skips the periods it missed and stays on its grid', async () => {
+    const t = await haltedVpWithTimer({ lazy: true });
+    t.setRef(t.first + 3.5 * t.period);
+    t.loop.pass(t.now());
+    expect(t.apic.pending(0x40)).to.equal(true);
+    expect(t.next.get(2)).to.equal(t.first + 4 * t.period);
+  });
+
+  it("a running VP's due direct timer is left to the VP (it fires it at a step boundary): the scheduler neither fires it nor wakes for it", async () => {
+    const t = await haltedVpWithTimer({ lazy: false });
+    t.apic.assert(0x31); // an interrupt wakes the VP; it runs
+    t.loop.pass(t.now());
+    expect(Atomics.load(t.i32, t.d)).to.equal(Dispatch.Granted);
+    t.apic.accept(0x31);
+    t.apic.eoi();
+    t.setRef(t.first + 5);
+    const now = t.now();
+    const deadline = t.loop.pass(now);
+    expect(t.apic.pending(0x40)).to.equal(false);
+    expect(t.next.get(2)).to.equal(t.first);
+    expect(deadline - now, 'the next deadline (quantum), not the due timer').to.be.above(1_000_000);
+  });
+
+  it('an expiration the VP advanced first is not delivered again by the scheduler', async () => {
+    const t = await haltedVpWithTimer({ lazy: false });
+    t.setRef(t.first + 100);
+    // The VP (before it halted, say) claimed the expiration and asserted the vector itself.
+    expect(t.next.advance(2, t.first, t.first + t.period)).to.equal(true);
+    t.loop.pass(t.now());
+    expect(t.apic.pending(0x40)).to.equal(false);
+    expect(t.next.get(2)).to.equal(t.first + t.period);
+  });
+
   it('a VP restored in an intercept (interceptRestored) is not dispatched when its thread starts, and runs once the intercept is done', async () => {
     const { SchedulerLoop } = await import('../src/sched-thread.js');
     const region = new SharedArrayBuffer(vpRegionBytes(VPS));

@@ -113,6 +113,10 @@ export class VirtualApicView {
     this.aeoi = (pageOffset + VpPage.aeoi) >> 2;
     this.tpr = (pageOffset + VpPage.tpr) >> 2;
   }
+  /** Whether `vector` is pending (set in IRR, not yet taken). */
+  pending(vector: number): boolean {
+    return (Atomics.load(this.words, this.irr + (vector >> 5)) & (1 << (vector & 31))) !== 0;
+  }
   /** Sets `vector` pending (hypervisor side). Returns false when it was already pending. */
   assert(vector: number, autoEoi = false): boolean {
     const bit = 1 << (vector & 31);
@@ -174,13 +178,69 @@ export class VirtualApicView {
 
 // ---- synthetic timers -----------------------------------------------------------------------
 export const STIMER_COUNT = 4;
-/** Config bits (REFERENCE): 0 enable, 1 periodic, 4-11 vector, 12 direct mode, 16-19 SINT. */
-export const StimerConfig = { enable: 1, periodic: 2, direct: 1 << 12 } as const;
-export function stimerConfig(o: { enable: boolean; periodic?: boolean; direct?: boolean; vector?: number; sint?: number }): number {
-  return (o.enable ? 1 : 0) | (o.periodic ? 2 : 0) | ((o.vector ?? 0) & 0xff) << 4 | (o.direct ? 1 << 12 : 0) | ((o.sint ?? 0) & 0xf) << 16;
+/** Config bits (REFERENCE): 0 enable, 1 periodic, 3 lazy, 4-11 vector, 12 direct mode, 16-19 SINT. */
+export const StimerConfig = { enable: 1, periodic: 2, lazy: 8, direct: 1 << 12 } as const;
+export function stimerConfig(o: { enable: boolean; periodic?: boolean; lazy?: boolean; direct?: boolean; vector?: number; sint?: number }): number {
+  return (o.enable ? 1 : 0) | (o.periodic ? 2 : 0) | (o.lazy ? 8 : 0) | ((o.vector ?? 0) & 0xff) << 4 | (o.direct ? 1 << 12 : 0) | ((o.sint ?? 0) & 0xf) << 16;
 }
-export function decodeStimerConfig(c: number): { enable: boolean; periodic: boolean; vector: number; direct: boolean; sint: number } {
-  return { enable: (c & 1) !== 0, periodic: (c & 2) !== 0, vector: (c >> 4) & 0xff, direct: (c & (1 << 12)) !== 0, sint: (c >> 16) & 0xf };
+export function decodeStimerConfig(c: number): { enable: boolean; periodic: boolean; lazy: boolean; vector: number; direct: boolean; sint: number } {
+  return { enable: (c & 1) !== 0, periodic: (c & 2) !== 0, lazy: (c & 8) !== 0, vector: (c >> 4) & 0xff, direct: (c & (1 << 12)) !== 0, sint: (c >> 16) & 0xf };
+}
+
+/**
+ * How many missed periods a periodic timer delivers late. Hyper-V's periodic timers that are not
+ * lazy catch up (each missed expiration is delivered, as soon as the previous one was taken);
+ * hvlab bounds the backlog, and a timer further behind skips to its grid, phase kept.
+ */
+export const STIMER_MAX_CATCHUP = 100;
+
+/**
+ * The expiration after `due` of a periodic timer with `period`, at reference time `ref`: one period
+ * later, always on the grid (phase-locked: `due + k * period`). It is the next missed period while
+ * the timer is behind (catch-up), unless the timer is lazy or more than STIMER_MAX_CATCHUP periods
+ * behind: then the first grid point after `ref`.
+ */
+export function nextPeriodicExpiry(due: number, period: number, ref: number, lazy: boolean): number {
+  const next = due + period;
+  if (next > ref) return next;
+  if (!lazy && ref - next < STIMER_MAX_CATCHUP * period) return next;
+  return ref + period - ((ref - next) % period);
+}
+
+const f64Scratch = new Float64Array(1);
+const i64Scratch = new BigInt64Array(f64Scratch.buffer);
+function f64Bits(x: number): bigint {
+  f64Scratch[0] = x;
+  return i64Scratch[0]!;
+}
+
+/**
+ * A VP's synthetic-timer expirations (VpPage.stimerNext), read and advanced atomically: the
+ * scheduler fires them for a VP that is not running, the VP itself fires its direct-mode timers at
+ * its step boundaries while it runs (Hyper-V delivers an active VP's direct timers without a
+ * scheduling decision), and whoever advances an expiration first delivers it (compare-exchange on
+ * the word's bits), so none is delivered twice.
+ */
+export class StimerNextView {
+  private readonly words: BigInt64Array;
+  private readonly base: number;
+  constructor(region: SharedArrayBuffer, pageOffset: number) {
+    this.words = new BigInt64Array(region);
+    this.base = (pageOffset + VpPage.stimerNext) >> 3;
+  }
+  /** Timer `t`'s next expiration (reference time), 0 when not armed; anything a guest wrote, unchecked. */
+  get(t: number): number {
+    i64Scratch[0] = Atomics.load(this.words, this.base + t);
+    return f64Scratch[0]!;
+  }
+  set(t: number, next: number): void {
+    Atomics.store(this.words, this.base + t, f64Bits(next));
+  }
+  /** Replaces expiration `expected` with `next`; false when someone changed it first (then deliver nothing). */
+  advance(t: number, expected: number, next: number): boolean {
+    const e = f64Bits(expected);
+    return Atomics.compareExchange(this.words, this.base + t, e, f64Bits(next)) === e;
+  }
 }
 /** TimerExpired message payload: timer index u32, reserved u32, expiration time u64, delivery time u64. */
 export const TIMER_EXPIRED_PAYLOAD_BYTES = 24;

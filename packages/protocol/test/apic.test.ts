@@ -4,7 +4,9 @@
  * the parsing of workload specs.
  */
 import { expect } from 'chai';
-import { VirtualApicView, VpPage, VP_PAGE_BYTES, stimerConfig, decodeStimerConfig, StimerConfig } from '../src/vpage.js';
+import {
+  VirtualApicView, VpPage, VP_PAGE_BYTES, stimerConfig, decodeStimerConfig, StimerConfig, nextPeriodicExpiry, StimerNextView, STIMER_MAX_CATCHUP,
+} from '../src/vpage.js';
 import { parseWorkload, DEFAULT_MEMDIRTY_BYTES, DEFAULT_SLEEP_PERIOD_MS } from '../src/vm.js';
 
 const PAGE_OFFSET = 4096;
@@ -213,11 +215,13 @@ describe('synthetic timer config', () => {
   it('decode(encode(x)) is x for every combination of flags, boundary vectors and SINTs', () => {
     for (const enable of [false, true]) {
       for (const periodic of [false, true]) {
-        for (const direct of [false, true]) {
-          for (const vector of [0, 1, 0x40, 0xfe, 0xff]) {
-            for (const sint of [0, 2, 15]) {
-              const cfg = { enable, periodic, vector, direct, sint };
-              expect(decodeStimerConfig(stimerConfig(cfg)), JSON.stringify(cfg)).to.deep.equal(cfg);
+        for (const lazy of [false, true]) {
+          for (const direct of [false, true]) {
+            for (const vector of [0, 1, 0x40, 0xfe, 0xff]) {
+              for (const sint of [0, 2, 15]) {
+                const cfg = { enable, periodic, lazy, vector, direct, sint };
+                expect(decodeStimerConfig(stimerConfig(cfg)), JSON.stringify(cfg)).to.deep.equal(cfg);
+              }
             }
           }
         }
@@ -227,12 +231,56 @@ describe('synthetic timer config', () => {
 
   it('truncates an out-of-range vector or SINT to its field instead of spilling into the next one', () => {
     const d = decodeStimerConfig(stimerConfig({ enable: false, vector: 0x1ff, sint: 0x1f }));
-    expect(d).to.deep.equal({ enable: false, periodic: false, vector: 0xff, direct: false, sint: 0xf });
+    expect(d).to.deep.equal({ enable: false, periodic: false, lazy: false, vector: 0xff, direct: false, sint: 0xf });
   });
 
   it('decoding ignores the reserved bits', () => {
-    const reserved = ~0 & ~(1 | 2 | (0xff << 4) | (1 << 12) | (0xf << 16));
-    expect(decodeStimerConfig(reserved)).to.deep.equal({ enable: false, periodic: false, vector: 0, direct: false, sint: 0 });
+    const reserved = ~0 & ~(1 | 2 | 8 | (0xff << 4) | (1 << 12) | (0xf << 16));
+    expect(decodeStimerConfig(reserved)).to.deep.equal({ enable: false, periodic: false, lazy: false, vector: 0, direct: false, sint: 0 });
+  });
+
+  it('places the lazy flag at bit 3', () => {
+    expect(stimerConfig({ enable: false, lazy: true })).to.equal(StimerConfig.lazy);
+    expect(StimerConfig.lazy).to.equal(8);
+  });
+});
+
+describe('periodic timer expirations', () => {
+  it('stay on the grid of the first expiration (next = previous + period, not now + period)', () => {
+    expect(nextPeriodicExpiry(10_000, 10_000, 10_400, false)).to.equal(20_000);
+    expect(nextPeriodicExpiry(20_000, 10_000, 29_999, true)).to.equal(30_000);
+  });
+
+  it('a timer that is not lazy delivers each missed period next (catch-up), a lazy one skips to the grid', () => {
+    // Expired at 10 000, noticed at 35 000: periods 20 000 and 30 000 were missed.
+    expect(nextPeriodicExpiry(10_000, 10_000, 35_000, false)).to.equal(20_000);
+    expect(nextPeriodicExpiry(20_000, 10_000, 35_000, false)).to.equal(30_000);
+    expect(nextPeriodicExpiry(30_000, 10_000, 35_000, false)).to.equal(40_000);
+    expect(nextPeriodicExpiry(10_000, 10_000, 35_000, true)).to.equal(40_000);
+  });
+
+  it('a timer more than STIMER_MAX_CATCHUP periods behind skips to its grid, phase kept', () => {
+    const period = 10_000;
+    const ref = 5_000 + (STIMER_MAX_CATCHUP + 3) * period + 1234;
+    const next = nextPeriodicExpiry(5_000, period, ref, false);
+    expect(next).to.be.greaterThan(ref);
+    expect(next - ref).to.be.at.most(period);
+    expect((next - 5_000) % period).to.equal(0);
+  });
+});
+
+describe('StimerNextView', () => {
+  it('advances an expiration only from the value its caller saw, so one of two racing deliverers wins', () => {
+    const region = new SharedArrayBuffer(VP_PAGE_BYTES * 2);
+    const a = new StimerNextView(region, VP_PAGE_BYTES);
+    const b = new StimerNextView(region, VP_PAGE_BYTES);
+    a.set(2, 12_345.5);
+    expect(b.get(2)).to.equal(12_345.5);
+    expect(new Float64Array(region)[((VP_PAGE_BYTES + VpPage.stimerNext) >> 3) + 2]).to.equal(12_345.5);
+    expect(a.advance(2, 12_345.5, 22_345.5)).to.equal(true);
+    expect(b.advance(2, 12_345.5, 22_345.5)).to.equal(false);
+    expect(b.get(2)).to.equal(22_345.5);
+    expect(a.get(1)).to.equal(0);
   });
 });
 
