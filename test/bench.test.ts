@@ -174,6 +174,8 @@ const expectations: Record<string, (out: string) => void> = {
       numbersAfter(out, `${size} zmq RemoteHub/Link (256 KiB credit)`, 3);
       numbersAfter(out, `${size} memcpy (Uint8Array.set into ArrayBuffer)`, 3);
       numbersAfter(out, `${size} same into a SharedArrayBuffer`, 3);
+      // The addon's copy (loaded whenever memory is shared), as the ring writes large payloads.
+      if (shared) numbersAfter(out, `${size} same with copyBytes (native memmove)`, 3);
     }
     numbersAfter(out, 'zmq RemoteHub/Link', 3);
     if (shared) {
@@ -189,6 +191,7 @@ const expectations: Record<string, (out: string) => void> = {
       ratio(out, 'ratio shm signalled / zmq (p50):');
       ratio(out, 'shmVsZmq64 =');
       ratio(out, 'shmVsMemcpy16k =');
+      ratio(out, 'nativeVsV8Shared16k =');
     }
   },
   sched: (out) => {

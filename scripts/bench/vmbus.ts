@@ -11,8 +11,9 @@
  *         with a 256 KiB window;
  *     (c) memcpy: Uint8Array.set of the same payloads into a 256 KiB buffer in this process, the same
  *         number of packets as (a) per pass, fastest pass (the upper bound of any copy-based
- *         transport); also shown into a SharedArrayBuffer, which V8 copies into much more slowly
- *         (the ceiling of a ring in one).
+ *         transport); also shown into a SharedArrayBuffer, which V8 copies into much more slowly,
+ *         and into one with the shm addon's copyBytes (a native memmove), which the ring's writer
+ *         uses for payloads of NATIVE_COPY_MIN bytes or more (the ceiling of a ring in one).
  *     (a) and (b) run `warmupMs` untimed, then `measureMs` timed on the reader's clock; each side's
  *     share of a CPU is reported, since other processes on the machine change everything here.
  *  2. Request/response latency, 64 B, `n` round trips after `warmup` ones, timed one by one here:
@@ -48,8 +49,8 @@ import {
 import { entries, hostPaths, nodeArgsFor, shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { HvClient, type Notification } from '../../packages/runtime/src/hvclient.js';
-import { createRegion, memoryMode, shmUnavailableReason, unlinkRegion } from '../../packages/shm/src/index.js';
-import { initRing, packetBytes, PacketType, RingReader, RingWriter } from '../../packages/vmbus/src/ring.js';
+import { copyBytes, copyBytesIsNative, createRegion, memoryMode, shmUnavailableReason, unlinkRegion } from '../../packages/shm/src/index.js';
+import { initRing, NATIVE_COPY_MIN, packetBytes, PacketType, RingReader, RingWriter } from '../../packages/vmbus/src/ring.js';
 import { RemoteHub, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
 import { sweepHost } from '@hvlab/host';
 import {
@@ -73,7 +74,8 @@ const ZMQ_WINDOW = 256 * 1024;
 const YIELD_MS = 50;
 /** A reply that takes longer than this means the other side is stuck. */
 const STUCK_MS = 5000;
-const AIMS = { shmVsZmq64: 20, shmVsMemcpy16k: 0.3 } as const;
+/** Issue 10's aims. */
+const AIMS = { shmVsZmq64: 20, shmVsMemcpy16k: 0.5 } as const;
 /** Port and connection ids in our own hypervisor (nothing else uses it). */
 const ROOT_EVENT_PORT = 0x7e0001;
 const CHILD_EVENT_PORT = 1;
@@ -122,11 +124,22 @@ export interface VmbusBenchResult {
   memoryMode: 'shared' | 'private';
   /**
    * memcpy: into an ArrayBuffer (the baseline of the ratios); memcpyShared: the same copies into a
-   * SharedArrayBuffer, which V8 does with relaxed atomic word copies (the ceiling of any ring in a SAB).
+   * SharedArrayBuffer, which V8 does with relaxed atomic word copies; memcpySharedNative: the same
+   * with the addon's copyBytes (null without it), as the ring writes payloads of `nativeCopyMin`
+   * bytes or more (the ceiling of any ring in a SAB).
    */
-  throughput: { shm: BySize<ShmRate> | null; zmq: BySize<ProcRate>; memcpy: BySize<Rate>; memcpyShared: BySize<Rate> };
+  throughput: {
+    shm: BySize<ShmRate> | null;
+    zmq: BySize<ProcRate>;
+    memcpy: BySize<Rate>;
+    memcpyShared: BySize<Rate>;
+    memcpySharedNative: BySize<Rate> | null;
+  };
+  /** Smallest payload the ring writer copies with the addon (NATIVE_COPY_MIN). */
+  nativeCopyMin: number;
   latencyUs: { shmPoll: PollLatency | null; shmSignal: SignalLatency | null; zmq: Latency };
-  ratios: { shmVsZmq64: number | null; shmVsMemcpy16k: number | null };
+  /** nativeVsV8Shared16k: addon copyBytes bytes/s / Uint8Array.set bytes/s into a SAB at 16 KiB. */
+  ratios: { shmVsZmq64: number | null; shmVsMemcpy16k: number | null; nativeVsV8Shared16k: number | null };
   aims: { shmVsZmq64: number; shmVsMemcpy16k: number };
   met: { shmVsZmq64: boolean | null; shmVsMemcpy16k: boolean | null };
   n: {
@@ -532,21 +545,33 @@ async function zmqThroughput(run: Run, size: number): Promise<ProcRate> {
  * advancing by the space a packet takes in the ring. After a warm-up pass, passes of `count` packets
  * repeat for measureMs / 4; the fastest pass counts (a slower one was preempted, not copying).
  */
-function memcpyThroughput(size: number, count: number, shared: boolean, measureMs: number): Rate {
+function memcpyThroughput(size: number, count: number, into: 'ArrayBuffer' | 'SharedArrayBuffer' | 'SharedArrayBuffer, native', measureMs: number): Rate {
   const src = new Uint8Array(size);
   for (let i = 0; i < size; i++) src[i] = (i * 31) & 0xff;
-  const dst = new Uint8Array(shared ? new SharedArrayBuffer(TP_RING_DATA_BYTES) : new ArrayBuffer(TP_RING_DATA_BYTES));
+  const dst = new Uint8Array(into === 'ArrayBuffer' ? new ArrayBuffer(TP_RING_DATA_BYTES) : new SharedArrayBuffer(TP_RING_DATA_BYTES));
   const step = packetBytes(size);
   let sink = 0;
-  const pass = (n: number): void => {
-    let off = 0;
-    for (let i = 0; i < n; i++) {
-      if (off + step > dst.length) off = 0;
-      dst.set(src, off);
-      off += step;
-    }
-    sink ^= dst[off - step]!;
-  };
+  // As the ring writer calls it: the SharedArrayBuffer and an offset into it, the source view whole.
+  const sab = dst.buffer;
+  const pass = into === 'SharedArrayBuffer, native'
+    ? (n: number): void => {
+        let off = 0;
+        for (let i = 0; i < n; i++) {
+          if (off + step > dst.length) off = 0;
+          copyBytes(sab, off, src, 0, size);
+          off += step;
+        }
+        sink ^= dst[off - step]!;
+      }
+    : (n: number): void => {
+        let off = 0;
+        for (let i = 0; i < n; i++) {
+          if (off + step > dst.length) off = 0;
+          dst.set(src, off);
+          off += step;
+        }
+        sink ^= dst[off - step]!;
+      };
   pass(Math.min(count, 100_000));
   let best = Infinity;
   const start = performance.now();
@@ -770,6 +795,8 @@ function table(r: VmbusBenchResult): string {
     row(`zmq RemoteHub/Link (${ZMQ_WINDOW / 1024} KiB credit)`, r.throughput.zmq[s]);
     row('memcpy (Uint8Array.set into ArrayBuffer)', m);
     row('  same into a SharedArrayBuffer', r.throughput.memcpyShared[s]);
+    const nat = r.throughput.memcpySharedNative?.[s];
+    if (nat) row('  same with copyBytes (native memmove)', nat, s >= r.nativeCopyMin ? '  <- the ring writer copies this way' : '');
   }
   lines.push('');
   lines.push(`latency: ${LATENCY_PAYLOAD} B request/response, ${r.n.roundTrips} round trips after ${r.n.warmupRoundTrips} warm-up`);
@@ -793,6 +820,11 @@ function table(r: VmbusBenchResult): string {
   };
   aim('shmVsZmq64', r.ratios.shmVsZmq64, AIMS.shmVsZmq64, r.met.shmVsZmq64, 'shm packets/s / zmq packets/s at 64 B');
   aim('shmVsMemcpy16k', r.ratios.shmVsMemcpy16k, AIMS.shmVsMemcpy16k, r.met.shmVsMemcpy16k, 'shm bytes/s / memcpy bytes/s at 16 KiB');
+  if (r.ratios.nativeVsV8Shared16k !== null) {
+    lines.push(`nativeVsV8Shared16k = ${r.ratios.nativeVsV8Shared16k} (copyBytes / Uint8Array.set into a SharedArrayBuffer at 16 KiB; the ring uses copyBytes from ${r.nativeCopyMin} B)`);
+  } else {
+    lines.push('nativeVsV8Shared16k = skipped (the addon is not loaded: the ring copies with Uint8Array.set)');
+  }
   lines.push(`memory mode ${r.memoryMode}, ${r.n.cpus} CPUs, load average ${r.n.loadAvg[0]} at the start, ${r.n.loadAvg[1]} at the end`);
   const shmRates = r.throughput.shm ? Object.values(r.throughput.shm) : [];
   const starved = shmRates.some((x) => x.cpuShare.reader < 0.5 || x.cpuShare.writer < 0.5);
@@ -853,11 +885,13 @@ export async function main(args: string[]): Promise<void> {
     }
     const memcpy: BySize<Rate> = {};
     const memcpyShared: BySize<Rate> = {};
+    const memcpySharedNative: BySize<Rate> | null = copyBytesIsNative() ? {} : null;
     for (const s of SIZES) {
       const count = (shm?.[s] ?? zmq[s]!).packets;
-      progress(`memcpy baseline, ${count} × ${s} B per pass, into an ArrayBuffer and into a SharedArrayBuffer`);
-      memcpy[s] = memcpyThroughput(s, count, false, plan.measureMs);
-      memcpyShared[s] = memcpyThroughput(s, count, true, plan.measureMs);
+      progress(`memcpy baseline, ${count} × ${s} B per pass, into an ArrayBuffer and into a SharedArrayBuffer (V8${memcpySharedNative ? ' and copyBytes' : ''})`);
+      memcpy[s] = memcpyThroughput(s, count, 'ArrayBuffer', plan.measureMs);
+      memcpyShared[s] = memcpyThroughput(s, count, 'SharedArrayBuffer', plan.measureMs);
+      if (memcpySharedNative) memcpySharedNative[s] = memcpyThroughput(s, count, 'SharedArrayBuffer, native', plan.measureMs);
     }
 
     // 2. latency
@@ -878,12 +912,14 @@ export async function main(args: string[]): Promise<void> {
 
     const shmVsZmq64 = shm ? round(shm[64]!.pps / zmq[64]!.pps, 2) : null;
     const shmVsMemcpy16k = shm ? round(shm[16384]!.mbps / memcpy[16384]!.mbps, 3) : null;
+    const nativeVsV8Shared16k = memcpySharedNative ? round(memcpySharedNative[16384]!.mbps / memcpyShared[16384]!.mbps, 2) : null;
     const result: VmbusBenchResult = {
       bench: 'vmbus',
       memoryMode: mode,
-      throughput: { shm, zmq, memcpy, memcpyShared },
+      throughput: { shm, zmq, memcpy, memcpyShared, memcpySharedNative },
+      nativeCopyMin: NATIVE_COPY_MIN,
       latencyUs: { shmPoll, shmSignal, zmq: zmqLat },
-      ratios: { shmVsZmq64, shmVsMemcpy16k },
+      ratios: { shmVsZmq64, shmVsMemcpy16k, nativeVsV8Shared16k },
       aims: { ...AIMS },
       met: {
         shmVsZmq64: shmVsZmq64 === null ? null : shmVsZmq64 >= AIMS.shmVsZmq64,

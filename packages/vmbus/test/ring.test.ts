@@ -14,7 +14,7 @@ import { createRegion, memoryMode, unlinkRegion } from '@hvlab/shm';
 import {
   initRing, packetBytes, RingError, RingReader, RingWriter, RingControl, PacketType, KNOWN_PACKET_TYPES,
   PacketDescriptorOffset, RING_CONTROL_BYTES, RING_FEATURE_PENDING_SEND_SIZE, PACKET_FLAG_COMPLETION_REQUESTED,
-  PACKET_DESCRIPTOR_BYTES, PACKET_TRAILER_BYTES, type RingRegion, type RingPacket,
+  PACKET_DESCRIPTOR_BYTES, PACKET_TRAILER_BYTES, NATIVE_COPY_MIN, type RingRegion, type RingPacket,
 } from '../src/ring.js';
 import { childPacket } from './ring-writer-child.js';
 
@@ -171,9 +171,11 @@ describe('vmbus ring', () => {
 
     it('a payload split across the end of the data area reads back whole through read and drain', () => {
       for (const via of ['read', 'drain'] as const) {
-        for (const len of [40, 64, 65, 200]) {
-          const { region, ctrl } = makeRing(512);
-          startAt(ctrl, 512 - 24 - 8 * (len >> 4));
+        // 1024 and 3000: at and above NATIVE_COPY_MIN the writer copies with the addon.
+        for (const len of [40, 64, 65, 200, NATIVE_COPY_MIN, 3000]) {
+          const D = len > 200 ? 8192 : 512;
+          const { region, ctrl } = makeRing(D);
+          startAt(ctrl, D - 24 - 8 * (len >> 4));
           const writer = new RingWriter(region);
           const reader = new RingReader(region);
           const payload = pattern(len, len);
@@ -207,12 +209,17 @@ describe('vmbus ring', () => {
         weight: 5,
         arbitrary: fc.record({
           k: fc.constant('write' as const),
-          len: fc.oneof({ weight: 4, arbitrary: fc.nat(72) }, { weight: 1, arbitrary: fc.nat(600) }),
+          len: fc.oneof(
+            { weight: 4, arbitrary: fc.nat(72) },
+            { weight: 1, arbitrary: fc.nat(600) },
+            // Around and above NATIVE_COPY_MIN, where the writer copies with the addon.
+            { weight: 1, arbitrary: fc.integer({ min: NATIVE_COPY_MIN - 16, max: NATIVE_COPY_MIN + 1200 }) },
+          ),
           seed: fc.nat(255),
           type: fc.constantFrom(...TYPES),
           flags: fc.constantFrom(0, 1),
           transId: fc.oneof(fc.bigInt({ min: 0n, max: 0xffffffffn }), fc.bigInt({ min: 0n, max: 0xffff_ffff_ffff_ffffn })),
-          split: fc.integer({ min: -1, max: 600 }),
+          split: fc.integer({ min: -1, max: NATIVE_COPY_MIN + 1200 }),
         }),
       },
       { weight: 2, arbitrary: fc.constant({ k: 'read' as const }) },
@@ -224,7 +231,7 @@ describe('vmbus ring', () => {
     it('random writes and reads on small rings behave like a FIFO with exact full, free-space, signal and pending_send_sz answers', function () {
       this.timeout(60000);
       fc.assert(
-        fc.property(fc.integer({ min: 8, max: 256 }).map((x) => x * 8), fc.array(opArb, { minLength: 1, maxLength: 150, size: 'max' }), (D, ops) => {
+        fc.property(fc.integer({ min: 8, max: 640 }).map((x) => x * 8), fc.array(opArb, { minLength: 1, maxLength: 150, size: 'max' }), (D, ops) => {
           const { region, ctrl } = makeRing(D);
           const writer = new RingWriter(region, 'model');
           const reader = new RingReader(region, 'model');
