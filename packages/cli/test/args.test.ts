@@ -77,7 +77,7 @@ describe('the hvlab command line', () => {
     expect(refusal(['vm', 'new', 'y', '--memroy', '32M']).message).to.equal('unknown option --memroy for "vm new" (did you mean --memory?)');
     expect(refusal(['vm', 'set-processor', 'y', '--wieght', '5']).message).to.equal('unknown option --wieght for "vm set-processor" (did you mean --weight?)');
     expect(refusal(['--host', 'h2', 'vm', 'new', 'x']).message).to.equal('unknown option --host before the command (did you mean --home?)');
-    expect(refusal(['up', '--hosts', '3']).message).to.equal('unknown option --hosts for "up" (its options: --lps, --vmbus-transport, --json, --home, --help)');
+    expect(refusal(['up', '--hosts', '3']).message).to.equal('unknown option --hosts for "up" (its options: --lps, --vmbus-transport, --warm, --json, --home, --help)');
     expect(refusal(['vm', 'list', '-x'])).to.be.instanceOf(UsageError);
     expect(refusal(['vm', 'list', '-x']).message).to.match(/^unknown option -x for "vm list"/);
   });
