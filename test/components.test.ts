@@ -22,6 +22,7 @@ import type { HeartbeatProvider } from '@hvlab/vsp/heartbeat';
 import type { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import type { TimeSyncProvider } from '@hvlab/vsp/timesync';
 import { PageAllocator, decodeKernelState, decodePageAllocatorState } from '@hvlab/guest';
+import { decodeProcessorState } from '../packages/root/src/saved-state.js';
 
 const quiet = { info: () => {}, warn: () => {}, child: () => quiet };
 
@@ -275,6 +276,7 @@ describe('saved state of every component: save, encode, decode, restore, continu
       decoders.push({ name: `${cls} device`, decode: (v) => r.device.decode(v), valid: r.device.save() });
       close(r);
     }
+    decoders.push({ name: 'processor', decode: decodeProcessorState, valid: { version: 1, reserve: 0, maximum: 100, weight: 100 } });
     decoders.push({ name: 'device list', decode: decodeDeviceEntries, valid: DEVICE_CLASS_NAMES.map((c) => ({ class: c, id: c, enabled: true })) });
     const valid = JSON.parse(JSON.stringify(decoders.map((d) => d.valid))) as unknown[];
     decoders.forEach((d, i) => {

@@ -5,6 +5,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { shmPrefix } from '../../packages/runtime/src/paths.js';
+import { pidAlive } from '../../packages/runtime/src/anchor.js';
+import { hostProcesses } from '@hvlab/host';
 
 /**
  * Quick mode (`--quick`, or HVLAB_BENCH_QUICK=1 in the environment): the same code path with few
@@ -78,4 +80,26 @@ export function otherHvlabProcesses(ours: readonly string[]): number {
     } catch { /* gone */ }
   }
   return n;
+}
+
+/**
+ * After a bench's cleanup: waits a moment for killed processes to be reaped, then reports anything
+ * of the run still there (tracked pids, the hosts' /dev/shm files and untracked host processes).
+ * Prints the "nothing left behind" line, or a warning and sets a failing exit code.
+ */
+export async function reportLeftovers(bench: string, tracked: Set<number>, hostIds: string[]): Promise<void> {
+  const alive = pidAlive;
+  // Killed host processes whose parent died first are reparented and reaped by init; give it a moment.
+  for (let i = 0; i < 100 && [...tracked].some(alive); i++) await new Promise((r) => setTimeout(r, 50));
+  const left: string[] = [...tracked].filter(alive).map((p) => `pid ${p} (${procState(p)})`);
+  for (const id of hostIds) {
+    left.push(...shmLeftovers(id).map((f) => `/dev/shm/${f}`));
+    left.push(...hostProcesses(id).filter((p) => !tracked.has(p)).map((p) => `pid ${p} (${procState(p)})`));
+  }
+  if (left.length > 0) {
+    process.stderr.write(`[bench ${bench}] WARNING: left behind after cleanup: ${left.join(', ')}\n`);
+    process.exitCode = 1;
+  } else {
+    process.stderr.write(`${nothingLeftLine(bench, hostIds)}\n`);
+  }
 }

@@ -31,7 +31,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { exited, nothingLeftLine, otherHvlabProcesses, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers } from './common.js';
+import { exited, otherHvlabProcesses, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers } from './common.js';
 import { EnabledState, type VmInfo } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -330,18 +330,7 @@ export async function main(args: string[]): Promise<void> {
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(home, { recursive: true, force: true });
       for (const c of baseline) if (c.pid !== undefined) tracked.add(c.pid);
-      for (let i = 0; i < 100 && [...tracked].some(pidAlive); i++) await sleep(50);
-      const left: string[] = [...tracked].filter(pidAlive).map((p) => `pid ${p} (${procState(p)})`);
-      for (const id of hostIds) {
-        left.push(...shmLeftovers(id).map((f) => `/dev/shm/${f}`));
-        left.push(...hostProcesses(id).filter((p) => !tracked.has(p)).map((p) => `pid ${p} (${procState(p)})`));
-      }
-      if (left.length > 0) {
-        progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
-        process.exitCode = 1;
-      } else {
-        process.stderr.write(`${nothingLeftLine('host', hostIds)}\n`);
-      }
+      await reportLeftovers('host', tracked, hostIds);
     })();
     return cleaning;
   };

@@ -22,14 +22,14 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, nothingLeftLine, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers, stopOwned } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers } from './common.js';
 import { decode, encode, EnabledState, HvCall, HvStatus, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { dealer } from '../../packages/runtime/src/zmq.js';
 import { HvClient } from '../../packages/runtime/src/hvclient.js';
 import { MgmtClient } from '@hvlab/host';
-import { down, hostProcesses, sweepHost, up } from '@hvlab/host';
+import { down, sweepHost, up } from '@hvlab/host';
 
 /** How many of each: round trips (after warm-up ones), VM starts, node spawns. */
 interface Plan {
@@ -286,20 +286,7 @@ export async function main(args: string[]): Promise<void> {
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(home, { recursive: true, force: true });
       for (const o of [hvProc, echoProc]) if (o?.child.pid !== undefined) tracked.add(o.child.pid);
-      // Killed host processes whose parent died first are reparented and reaped by init; give it a moment.
-      for (let i = 0; i < 100 && [...tracked].some(pidAlive); i++) await new Promise((r) => setTimeout(r, 50));
-      const left: string[] = [...tracked].filter(pidAlive).map((p) => `pid ${p} (${procState(p)})`);
-      for (const id of [benchHostId, upHostId]) {
-        if (!id) continue;
-        left.push(...shmLeftovers(id).map((f) => `/dev/shm/${f}`));
-        left.push(...hostProcesses(id).filter((p) => !tracked.has(p)).map((p) => `pid ${p} (${procState(p)})`));
-      }
-      if (left.length > 0) {
-        progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
-        process.exitCode = 1;
-      } else {
-        process.stderr.write(`${nothingLeftLine('hypercall', [benchHostId, upHostId].filter((id): id is string => id !== null))}\n`);
-      }
+      await reportLeftovers('hypercall', tracked, [benchHostId, upHostId].filter((id): id is string => id !== null));
     })();
     return cleaning;
   };

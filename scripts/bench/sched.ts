@@ -35,7 +35,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { nothingLeftLine, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers } from './common.js';
+import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers } from './common.js';
 import {
   EnabledState, HvStatus, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
   vpPageOffset, type VmInfo,
@@ -45,7 +45,7 @@ import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { openRegion } from '../../packages/shm/src/index.js';
 import { MgmtClient } from '@hvlab/host';
 import { SPIN_ITERATIONS } from '../../packages/guest/src/workloads.js';
-import { down, hostProcesses, sweepHost, up } from '@hvlab/host';
+import { down, sweepHost, up } from '@hvlab/host';
 
 /** Probes (after warm-up ones), and the windows of the jitter and work-rate parts. */
 interface Plan {
@@ -452,19 +452,7 @@ export async function main(args: string[]): Promise<void> {
       }
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(home, { recursive: true, force: true });
-      // Killed host processes whose parent died first are reparented and reaped by init; give it a moment.
-      for (let i = 0; i < 100 && [...tracked].some(pidAlive); i++) await sleep(50);
-      const left: string[] = [...tracked].filter(pidAlive).map((p) => `pid ${p} (${procState(p)})`);
-      for (const id of hostIds) {
-        left.push(...shmLeftovers(id).map((f) => `/dev/shm/${f}`));
-        left.push(...hostProcesses(id).filter((p) => !tracked.has(p)).map((p) => `pid ${p} (${procState(p)})`));
-      }
-      if (left.length > 0) {
-        progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
-        process.exitCode = 1;
-      } else {
-        process.stderr.write(`${nothingLeftLine('sched', hostIds)}\n`);
-      }
+      await reportLeftovers('sched', tracked, hostIds);
     })();
     return cleaning;
   };

@@ -42,7 +42,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, nothingLeftLine, percentile, procState, QUICK_NOTE, quickRequested, round, shmLeftovers, stopOwned } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers } from './common.js';
 import {
   ENLIGHTENED_CHILD_PRIVILEGES, HvStatus, MIN_MEMORY_BYTES, PAGE, PartitionProperty, PortType, ROOT_PARTITION_ID,
 } from '../../packages/protocol/src/index.js';
@@ -400,15 +400,7 @@ class Run {
       for (const o of [...this.children, this.hvProc]) if (o && !exited(o.child)) o.child.kill('SIGKILL');
       rmSync(this.paths.sockDir, { recursive: true, force: true });
       rmSync(this.dir, { recursive: true, force: true });
-      for (let i = 0; i < 100 && [...this.tracked].some(pidAlive); i++) await sleep(50);
-      const left = [...this.tracked].filter(pidAlive).map((p) => `pid ${p} (${procState(p)})`);
-      left.push(...shmLeftovers(this.hostId).map((f) => `/dev/shm/${f}`));
-      if (left.length > 0) {
-        progress(`WARNING: left behind after cleanup: ${left.join(', ')}`);
-        process.exitCode = 1;
-      } else {
-        process.stderr.write(`${nothingLeftLine('vmbus', [this.hostId])}\n`);
-      }
+      await reportLeftovers('vmbus', this.tracked, [this.hostId]);
     })();
     return this.cleaning;
   }

@@ -45,10 +45,6 @@ export function isDeviceClass(v: unknown): v is DeviceClass {
   return typeof v === 'string' && Object.prototype.hasOwnProperty.call(DEVICE_CLASSES, v);
 }
 
-export function deviceClassInfo(c: DeviceClass): DeviceClassInfo {
-  return DEVICE_CLASSES[c];
-}
-
 /** One device of a VM, as its config lists it. */
 export interface DeviceEntry {
   class: DeviceClass;

@@ -91,18 +91,3 @@ export function versionPair(v: unknown, path: string): { major: number; minor: n
   const o = fields(v, path, ['major', 'minor']);
   return { major: uint(o.major, `${path}.major`, 0xffff), minor: uint(o.minor, `${path}.minor`, 0xffff) };
 }
-
-/**
- * A component whose state can be saved and restored. `save` must not change the component;
- * `restore` takes a value its own decoder accepted and is called on a fresh component.
- */
-export interface Stateful<S> {
-  save(): S;
-  restore(state: S): void;
-}
-
-/** How a component's state is checked: its decoder, as used by the generic round-trip test. */
-export interface StateCodec<S> {
-  readonly component: string;
-  decode(v: unknown): S | string;
-}

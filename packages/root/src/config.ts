@@ -15,7 +15,7 @@ import { randomUUID } from 'node:crypto';
 import * as nodeFs from 'node:fs';
 import { join } from 'node:path';
 import {
-  decodeDeviceEntries, defaultDevices, DEVICE_CLASSES, INTEGRATION_SERVICES, type DeviceEntry,
+  decodeDeviceEntries, defaultDevices, DEVICE_CLASSES, type DeviceEntry,
   MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes,
 } from '@hvlab/protocol';
 import { describeIoError } from '@hvlab/runtime';
@@ -25,7 +25,7 @@ export const VM_CONFIG_VERSION = 1;
 /** The integration services a pre-device-model config could switch off. */
 export const IC_CONFIG_NAMES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
 export type IcConfigName = (typeof IC_CONFIG_NAMES)[number];
-export { INTEGRATION_SERVICES };
+
 
 export interface VmConfig {
   version: number;

@@ -24,7 +24,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeSavedVpState, DEVICE_ID_RE, MAX_DEVICES_PER_VM, type SavedVpState } from '@hvlab/protocol';
-import { shown } from './config.js';
+import { decodeState, StateFieldError, uint, versioned } from '@hvlab/protocol/state';
+import { PROCESSOR_LIMITS, shown } from './config.js';
 
 /** Version 2: per-component state (version 1 kept devices in a fixed map and renegotiated VMBus). */
 export const SAVED_STATE_VERSION = 2;
@@ -33,6 +34,26 @@ export const SAVED_MAX_COMPONENTS = MAX_DEVICES_PER_VM + 2;
 /** Largest `state.json` read (its memory is in memory.bin; 64 devices' state is far below this). */
 export const SAVED_STATE_MAX_BYTES = 16 * 1024 * 1024;
 const CONSUMED = 'consumed';
+
+export interface ProcessorState {
+  version: 1;
+  reserve: number;
+  maximum: number;
+  weight: number;
+}
+
+/** The "processor" component: Set-VMProcessor's settings within their limits. */
+export function decodeProcessorState(v: unknown): ProcessorState | string {
+  return decodeState(() => {
+    const o = versioned(v, 'processor', 1, ['reserve', 'maximum', 'weight']);
+    const k = (n: keyof typeof PROCESSOR_LIMITS): number => {
+      const x = uint(o[n], `processor.${n}`, PROCESSOR_LIMITS[n].max);
+      if (x < PROCESSOR_LIMITS[n].min) throw new StateFieldError(`processor.${n} is ${x}, below ${PROCESSOR_LIMITS[n].min}`);
+      return x;
+    };
+    return { version: 1 as const, reserve: k('reserve'), maximum: k('maximum'), weight: k('weight') };
+  });
+}
 
 /** A component id: "vmbus", "processor" or "device/<device id>". */
 export function isComponentId(k: string): boolean {
@@ -203,6 +224,13 @@ export function decodeSavedVm(v: unknown, expect: { name: string; memoryBytes: n
       components[k] = (comp as Record<string, unknown>)[k];
     }
     if (!('vmbus' in components)) throw new FieldError('components.vmbus is missing');
+    // The processor settings at save (kept for a destination without the VM's config; a restore
+    // on this host applies the config's). Checked here: no device decoder owns them.
+    if ('processor' in components) {
+      const p = decodeProcessorState(components.processor);
+      if (typeof p === 'string') throw new FieldError(`components.${p}`);
+      components.processor = p;
+    }
     return {
       version: SAVED_STATE_VERSION,
       savedAt,

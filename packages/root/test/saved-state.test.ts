@@ -104,6 +104,9 @@ describe('saved state on disk', () => {
       [(t) => { delete t.components.vmbus; }, /components\.vmbus is missing/],
       [(t) => { for (let i = 0; i < 80; i++) t.components[`device/d${i}`] = {}; }, /more than 66/],
       [(t) => { t.devices = {}; }, /"devices", which is unknown/],
+      [(t) => { t.components.processor.weight = 0; }, /components\.processor\.weight/],
+      [(t) => { t.components.processor.maximum = 1e999; }, /components\.processor\.maximum/],
+      [(t) => { t.components.processor.version = 2; }, /components\.processor\.version/],
       [(t) => { delete t.partition; }, /partition is missing/],
     ];
     const original = readFileSync(stateFile(), 'utf8');

@@ -41,7 +41,6 @@ export function guestEventConnectionId(relid: number): number {
   return 0x10000 + relid;
 }
 
-export type VmbusTransportMode = 'shm' | 'remote';
 
 /**
  * A device's instance id: a name-based UUID (version 5 layout, SHA-256 instead of SHA-1) of the

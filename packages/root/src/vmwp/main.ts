@@ -32,7 +32,7 @@ import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
 import { VmDevices } from './devices.js';
-import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type SavedVm } from '../saved-state.js';
+import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 
 
 /**
@@ -310,7 +310,8 @@ async function save(): Promise<{ bytes: number; ms: number }> {
       await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
     }
     const mem = new Uint8Array(memory.buffer).slice();
-    const components = { ...d.save(), processor: { version: 1, ...cfg.processor } };
+    const processor: ProcessorState = { version: 1, ...cfg.processor };
+    const components = { ...d.save(), processor };
     const state: SavedVm = {
       version: SAVED_STATE_VERSION,
       savedAt: new Date().toISOString(),

@@ -4,7 +4,7 @@
  * for the guest's answer. A restored provider keeps its channel without negotiating again, and an
  * answer that was in the ring when the VM was saved still finds its request.
  */
-import { decodeState, fields, list, nullable, u64, uint, versioned, versionPair } from '@hvlab/protocol/state';
+import { fields, list, nullable, u64, uint, versioned, versionPair } from '@hvlab/protocol/state';
 import type { IcVersion } from '@hvlab/protocol';
 
 /** Most requests a provider keeps waiting (a heartbeat keeps one; KVP a few). */
@@ -34,8 +34,4 @@ export function icStateFields(v: unknown, path: string): IcProviderState {
     return { transId: u64(e.transId, `${p}.transId`).toString(), type: uint(e.type, `${p}.type`, 0xffff) };
   });
   return { version: 1, negotiated, nextTransId, nextIcTransaction: uint(o.nextIcTransaction, `${path}.nextIcTransaction`, 0xff), pending, opens: uint(o.opens, `${path}.opens`) };
-}
-
-export function decodeIcProviderState(v: unknown): IcProviderState | string {
-  return decodeState(() => icStateFields(v, 'ic'));
 }
