@@ -158,10 +158,17 @@ function ratio(out: string, label: string): number {
 const expectations: Record<string, (out: string) => void> = {
   hypercall: (out) => {
     // n, p50, p99, mean, calls/s
-    const [n] = numbersAfter(out, 'hypercall GetPartitionId (root)', 5);
-    expect(n).to.be.greaterThan(0);
+    for (const row of ['hypercall SignalEvent (page)', 'the same, event to our own page', 'futex ping-pong (2 processes)', 'hypercall GetPartitionId (socket)']) {
+      const [n] = numbersAfter(out, row, 5);
+      expect(n, row).to.be.greaterThan(0);
+    }
     numbersAfter(out, /^zmq echo \(msgpack, \d+ B\)/, 5);
-    ratio(out, 'ratio hypercall / zmq echo (p50)');
+    ratio(out, 'ratio page hypercall / futex (p50)');
+    ratio(out, 'ratio page hypercall / zmq echo (p50)');
+    ratio(out, 'ratio socket hypercall / zmq echo');
+    // The thread served the page calls (all but the first of each connection).
+    const [fast] = numbersAfter(out, 'page calls:', 1);
+    expect(fast).to.be.greaterThan(0);
     numbersAfter(out, 'vm new+start b1 (16M, idle) to Running', 3);
     numbersAfter(out, 'spawn `node -e 0` to exit', 3);
     ratio(out, 'ratio vm start / node spawn (p50)');

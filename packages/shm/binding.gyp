@@ -4,7 +4,7 @@
       "target_name": "hvlab_shm",
       "sources": ["native/shm.cc"],
       "cflags_cc": ["-std=c++17", "-O2"],
-      "libraries": ["-lrt"]
+      "libraries": ["-lrt", "-lpthread"]
     }
   ]
 }

@@ -3,9 +3,13 @@
  * baseline measured in the same run.
  *
  *  (a) hypercall round trip: a hypervisor process of our own (spawned as `hvlab up` does, with a
- *      root token we made), an HvClient session as partition 1, N sequential GetPartitionId calls
- *      timed one by one. Baseline: the same number of round trips of a msgpack message of the same
- *      shape to a bare ZeroMQ ROUTER echo process (scripts/bench/zmq-echo.ts).
+ *      root token we made), an HvClient session as partition 1, N sequential calls timed one by one:
+ *      SignalEvent through the session's hypercall page (on a root event port of its own, so the
+ *      hypervisor's hypercall thread serves it and queues the event on the page), and
+ *      GetPartitionId through the socket. Baselines: the same number of round trips of two
+ *      processes ping-ponging through a shared page with the shm addon's futex (both blocking,
+ *      scripts/bench/futex-echo.ts), and of a msgpack message of the hypercall's shape to a bare
+ *      ZeroMQ ROUTER echo process (scripts/bench/zmq-echo.ts).
  *  (b) VM start: a whole host (`up`), one VM ("b1", 16M, idle workload) created, started, turned off and deleted
  *      RUNS times; vmStart returns once the VM is Running. Baseline: spawning `node -e 0` until it
  *      exits.
@@ -23,11 +27,12 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers } from './common.js';
-import { decode, encode, EnabledState, HvCall, HvStatus, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
+import { decode, encode, EnabledState, HvCall, HvStatus, siefpGpa, synicPageRegister, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { dealer } from '../../packages/runtime/src/zmq.js';
 import { HvClient } from '../../packages/runtime/src/hvclient.js';
+import { createRegion, futexWait, futexWake, unlinkRegion } from '../../packages/shm/src/index.js';
 import { MgmtClient } from '@hvlab/host';
 import { down, sweepHost, up } from '@hvlab/host';
 
@@ -55,13 +60,21 @@ export interface LatencyStats {
 
 export interface HypercallBenchResult {
   bench: 'hypercall';
+  /** SignalEvent through the hypercall page. */
   hypercall: LatencyStats;
+  /** SignalEvent through the page to a root port of the caller's own (the event comes back on its page). */
+  hypercallRootEvent: LatencyStats;
+  /** GetPartitionId through the hypervisor's socket. */
+  hypercallSocket: LatencyStats;
+  futexPingPong: LatencyStats;
   zmqEcho: LatencyStats;
+  /** Of the page calls, how many the hypervisor's thread served itself. */
+  pageCalls: { fast: number; forwarded: number };
   vmStart: { p50Ms: number; runs: number[] };
   /** The same with `up --warm`: the start claims a worker started ahead of need. */
   vmStartWarm: { p50Ms: number; runs: number[]; pool: number };
   nodeSpawn: { p50Ms: number };
-  ratios: { hypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number; vmStartWarmVsNodeSpawnP50: number };
+  ratios: { hypercallVsFutexP50: number; hypercallVsZmqP50: number; socketHypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number; vmStartWarmVsNodeSpawnP50: number };
   quick: boolean;
 }
 
@@ -152,6 +165,67 @@ async function measureHypercall(hv: HvClient, plan: Plan): Promise<LatencyStats>
   });
 }
 
+/**
+ * SignalEvent through the page to an event port of a child partition (2 MiB, one VP, SynIC on,
+ * its SINT masked), whose flag stays set after the first call: each call is the whole path (the
+ * caller's page, the doorbell, the hypervisor's thread, the target's SIEF page) and wakes nobody.
+ */
+async function measurePageHypercall(hv: HvClient, plan: Plan): Promise<LatencyStats> {
+  if (!hv.paged) throw new Error('the hypervisor gave the session no hypercall page (is the shm addon built?)');
+  const { partitionId } = await hv.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * 1024 * 1024, name: 'bench' });
+  await hv.must('InitializePartition', { partitionId });
+  await hv.must('CreateVp', { partitionId, vpIndex: 0 });
+  await hv.must('MapGpaPages', { partitionId, gpaPage: siefpGpa(0) / 4096, pageCount: 1 });
+  await hv.must('SetVpRegisters', { partitionId, vpIndex: 0, values: { Scontrol: 1, Siefp: synicPageRegister(siefpGpa(0)), Sint3: (1 << 16) | 0x31 } });
+  await hv.must('CreatePort', { partitionId, portId: 9, type: 2, vpIndex: 0, sint: 3, flagCount: 1 });
+  await hv.must('ConnectPort', { partitionId: 1, connectionId: 0x7e02, portPartitionId: partitionId, portId: 9 });
+  return timeRoundTrips(plan.warmup, plan.n, async () => {
+    const r = await hv.call('SignalEvent', { connectionId: 0x7e02, flagNumber: 0 });
+    if (r.status !== HvStatus.SUCCESS) throw new Error(`SignalEvent failed with ${r.statusName}`);
+  });
+}
+
+/** SignalEvent through the page to a root event port of the session's own: each call also queues an event on its page and wakes its event loop. */
+async function measurePageRootEvent(hv: HvClient, plan: Plan): Promise<LatencyStats> {
+  const portId = 0x7e01;
+  await hv.must('CreatePort', { partitionId: 1, portId, type: 2, vpIndex: 0, sint: 0, flagCount: 1 });
+  await hv.must('ConnectPort', { partitionId: 1, connectionId: portId, portPartitionId: 1, portId });
+  return timeRoundTrips(plan.warmup, plan.n, async () => {
+    const r = await hv.call('SignalEvent', { connectionId: portId, flagNumber: 0 });
+    if (r.status !== HvStatus.SUCCESS) throw new Error(`SignalEvent failed with ${r.statusName}`);
+  });
+}
+
+/** Two processes, both blocking in the shm futex, passing a number back and forth through a page. */
+async function measureFutexPingPong(home: string, plan: Plan, track: (pid: number) => void): Promise<LatencyStats> {
+  const name = `hvlab-bench-futex-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const sab = createRegion(name, 4096);
+  const w = new Int32Array(sab);
+  const o = spawnOwned('futex echo', [...nodeArgsFor(join(here, 'futex-echo.ts')), name], { ...process.env });
+  if (o.child.pid) track(o.child.pid);
+  try {
+    await waitReady(o, 20000);
+    let v = 0;
+    const once = (): void => {
+      v++;
+      Atomics.store(w, 0, v);
+      futexWake(sab, 0);
+      const end = Date.now() + 5000;
+      while (Atomics.load(w, 1) !== v) {
+        if (Date.now() > end) throw new Error('the futex echo did not answer within 5 s');
+        futexWait(sab, 1, Atomics.load(w, 1), 100);
+      }
+    };
+    return await timeRoundTrips(plan.warmup, plan.n, async () => once());
+  } finally {
+    Atomics.store(w, 0, -1);
+    futexWake(sab, 0);
+    await stopOwned(o, 3000);
+    unlinkRegion(name);
+    void home;
+  }
+}
+
 async function measureZmqEcho(endpoint: string, plan: Plan): Promise<{ stats: LatencyStats; bytes: number }> {
   const sock = dealer();
   try {
@@ -235,9 +309,15 @@ function table(r: HypercallBenchResult, extra: { echoBytes: number; nodeRuns: nu
   ];
   const row = (name: string, s: LatencyStats): string =>
     `${pad(name, 36)}${num(s.n, 6)}${num(s.p50Us, 10)}${num(s.p99Us, 10)}${num(s.meanUs, 10)}${num(s.callsPerS, 10)}`;
-  lines.push(row('hypercall GetPartitionId (root)', r.hypercall));
+  lines.push(row('hypercall SignalEvent (page)', r.hypercall));
+  lines.push(row('  the same, event to our own page', r.hypercallRootEvent));
+  lines.push(row('futex ping-pong (2 processes)', r.futexPingPong));
+  lines.push(`${pad('  ratio page hypercall / futex (p50)', 36)}${num(r.ratios.hypercallVsFutexP50, 16)}`);
+  lines.push(`${pad(`  page calls: ${r.pageCalls.fast} served by the thread, ${r.pageCalls.forwarded} forwarded`, 36)}`);
+  lines.push(row('hypercall GetPartitionId (socket)', r.hypercallSocket));
   lines.push(row(`zmq echo (msgpack, ${extra.echoBytes} B)`, r.zmqEcho));
-  lines.push(`${pad('  ratio hypercall / zmq echo (p50)', 36)}${num(r.ratios.hypercallVsZmqP50, 16)}`);
+  lines.push(`${pad('  ratio page hypercall / zmq echo (p50)', 36)}${num(r.ratios.hypercallVsZmqP50, 16)}`);
+  lines.push(`${pad('  ratio socket hypercall / zmq echo', 36)}${num(r.ratios.socketHypercallVsZmqP50, 16)}`);
   lines.push('');
   lines.push(`${pad('start', 36)}${num('runs', 6)}${num('p50 ms', 10)}  runs ms`);
   lines.push(`${pad('vm new+start b1 (16M, idle) to Running', 36)}${num(r.vmStart.runs.length, 6)}${num(r.vmStart.p50Ms, 10)}  ${r.vmStart.runs.join(' ')}`);
@@ -307,12 +387,21 @@ export async function main(args: string[]): Promise<void> {
     const rootToken = await waitReady(hvProc, 20000);
     hv = new HvClient(paths.hvEndpoint);
     await hv.connect({ partitionId: 1, token: rootToken, role: 'bench', vm: null });
-    progress(`timing ${plan.n} GetPartitionId hypercalls (after ${plan.warmup} warm-up calls)`);
-    const hypercall = await measureHypercall(hv, plan);
+    progress(`timing ${plan.n} SignalEvent hypercalls through the page (after ${plan.warmup} warm-up calls)`);
+    const hypercall = await measurePageHypercall(hv, plan);
+    progress(`timing ${plan.n} SignalEvent hypercalls to a root port of our own (after ${plan.warmup} warm-up calls)`);
+    const hypercallRootEvent = await measurePageRootEvent(hv, plan);
+    progress(`timing ${plan.n} GetPartitionId hypercalls through the socket (after ${plan.warmup} warm-up calls)`);
+    const hypercallSocket = await measureHypercall(hv, plan);
+    const hvStats = (await hv.ctl('stats')) as { hypercallPages?: { fastCalls: number; forwarded: number } } | null;
+    const pageCalls = { fast: hvStats?.hypercallPages?.fastCalls ?? 0, forwarded: hvStats?.hypercallPages?.forwarded ?? 0 };
     hv.close();
     hv = null;
     await stopOwned(hvProc, 3000);
     sweepHost(paths, benchHostId);
+
+    progress(`timing ${plan.n} futex ping-pongs between two processes (after ${plan.warmup} warm-up)`);
+    const futexPingPong = await measureFutexPingPong(home, plan, (pid) => void tracked.add(pid));
 
     // (a') baseline: a bare ZeroMQ echo.
     const echoEndpoint = `ipc://${join(home, 'echo')}`;
@@ -353,12 +442,18 @@ export async function main(args: string[]): Promise<void> {
     const result: HypercallBenchResult = {
       bench: 'hypercall',
       hypercall,
+      hypercallRootEvent,
+      hypercallSocket,
+      futexPingPong,
       zmqEcho: echo.stats,
+      pageCalls,
       vmStart: { p50Ms: round(vmP50, 1), runs: vmRuns },
       vmStartWarm: { p50Ms: round(warmP50, 1), runs: warmRuns, pool: WARM },
       nodeSpawn: { p50Ms: round(nodeP50, 1) },
       ratios: {
+        hypercallVsFutexP50: round(hypercall.p50Us / futexPingPong.p50Us, 2),
         hypercallVsZmqP50: round(hypercall.p50Us / echo.stats.p50Us, 2),
+        socketHypercallVsZmqP50: round(hypercallSocket.p50Us / echo.stats.p50Us, 2),
         vmStartVsNodeSpawnP50: round(vmP50 / nodeP50, 2),
         vmStartWarmVsNodeSpawnP50: round(warmP50 / nodeP50, 2),
       },

@@ -629,7 +629,7 @@ export async function run(argv: string[]): Promise<number> {
         if (json) out(JSON.stringify(info));
         else out(table([
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
-          ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
+          ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? 'hypercall pages (shared memory)' : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
           ['VMs', String(info.vms)], ['started', info.startedAt], ['management API', `v${info.apiVersion}`],
         ]));
         return 0;

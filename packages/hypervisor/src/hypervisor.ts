@@ -35,7 +35,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
-  InterceptType, PortType, hasPrivilege, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
+  InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
   vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames, Dispatch,
@@ -112,7 +112,35 @@ export interface HypervisorOptions {
   scheduler?: SchedulerLink;
   /** Clock in ms for ticket expiry and log rate limits (Date.now by default; tests move it). */
   now?: () => number;
+  /** A session ended (its process died, or its partition was deleted). */
+  onSessionClosed?: (sessionId: string) => void;
+  /**
+   * Something a fast-path route may depend on may have changed (ports, connections, SynIC
+   * registers, partitions, sessions): every route handed out before is stale (see signalRoute).
+   */
+  onRoutesChanged?: () => void;
+  /** Calls through hypercall pages: served by the hypercall thread, and forwarded to this object. */
+  pageStats?: () => { fastCalls: number; forwarded: number };
 }
+
+/**
+ * Where a SignalEvent on one connection lands, precomputed so a thread without the hypervisor's
+ * tables can carry it out (the hypercall thread, see hc-thread.ts). Valid until the next
+ * `onRoutesChanged`.
+ */
+export type SignalRoute =
+  | { kind: 'root'; ownerSession: string; portId: number; flagCount: number; sender: number }
+  | {
+      kind: 'child'; memory: SharedArrayBuffer; flagsOffset: number; flagCount: number; masked: boolean; vector: number; autoEoi: boolean;
+      vpRegion: SharedArrayBuffer; vpOffset: number;
+    };
+
+/** Calls after which every route still holds (they change no port, connection, SynIC register or partition). */
+const ROUTE_NEUTRAL_CALLS: readonly number[] = [
+  HvCall.SignalEvent, HvCall.PostMessage, HvCall.GetVpRegisters, HvCall.GetPartitionProperty, HvCall.GetPartitionId, HvCall.GetVpState, HvCall.AssertVirtualInterrupt,
+];
+/** Registers whose writes change no route. */
+const ROUTE_NEUTRAL_REGISTERS = new Set<string>(['Eom', 'Rip', 'Rax', 'InterceptSuspend', 'Tpr']);
 
 /** A hello as the hypervisor reads it (checked by `decodeHvClientMsg`; in-process callers pass the same). */
 export interface HelloInput {
@@ -376,9 +404,11 @@ export class Hypervisor {
       }
       if (live) continue;
       this.sessions.delete(s.id);
+      this.opts.onSessionClosed?.(s.id);
       gone.push(s);
       this.opts.log?.info({ partition: s.partitionId, role: s.role, vm: s.vm, clientPid: s.pid }, 'session dropped: its process is gone');
     }
+    if (gone.length > 0) this.opts.onRoutesChanged?.();
     return gone;
   }
 
@@ -391,7 +421,7 @@ export class Hypervisor {
     if (!s || s.partitionId !== ROOT_PARTITION_ID) return { error: 'only the root may control the hypervisor' };
     switch (op) {
       case 'stats':
-        return { stats: this.stats, partitions: this.listPartitions(), memoryMode: this.memoryMode, lps: this.lps };
+        return { stats: this.stats, partitions: this.listPartitions(), memoryMode: this.memoryMode, lps: this.lps, hypercallPages: this.opts.pageStats?.() ?? null };
       case 'ticket':
         return this.issueTicket(sessionId);
       case 'shutdown':
@@ -456,12 +486,50 @@ export class Hypervisor {
         }
       }
     }
+    if (!this.routeNeutral(code, input)) this.opts.onRoutesChanged?.();
     if (out.status !== HvStatus.SUCCESS) {
       this.stats.failed++;
       const name = typeof code === 'number' && Number.isSafeInteger(code) ? hvCallName(code) : '?';
       this.logLimited(isRoot ? 'root' : 'child', 'info', { partition: s?.partitionId, call: name, status: hvStatusName(out.status), why }, isRoot ? 'hypercall failed' : 'child hypercall refused');
     }
     return out;
+  }
+
+  private routeNeutral(code: number, input: Input): boolean {
+    if (ROUTE_NEUTRAL_CALLS.includes(code)) return true;
+    if (code !== HvCall.SetVpRegisters || !isPlainObject(input) || !isPlainObject(input.values)) return false;
+    for (const n of Object.keys(input.values)) if (!ROUTE_NEUTRAL_REGISTERS.has(n) && !n.startsWith('Stimer')) return false;
+    return true;
+  }
+
+  /**
+   * The route of SignalEvent on `connectionId` for session `sessionId`, or null when it cannot be
+   * carried out without this object (no such session or connection, a port that is not an event
+   * port, a target without shared memory, an enabled SIEF page or a virtual APIC, a root port
+   * whose owning session is gone). Checks as the call would; flags are checked against flagCount
+   * by the route's user.
+   */
+  signalRoute(sessionId: string, connectionId: number): SignalRoute | null {
+    const s = this.sessions.get(sessionId);
+    const caller = s ? this.partitions.get(s.partitionId) : undefined;
+    if (!s || !caller || caller.state === PartitionState.Deleted || !hasPrivilege(caller.privileges, 'SignalEvents')) return null;
+    const c = this.connections.get(`${caller.id}:${connectionId}`);
+    const target = c ? this.partitions.get(c.portPartitionId) : undefined;
+    const port = target?.ports.get(c!.portId);
+    if (!c || !target || !port || port.type !== PortType.Event || target.state === PartitionState.Deleted) return null;
+    if (target.id === ROOT_PARTITION_ID) {
+      if (!port.ownerSession || !this.sessions.has(port.ownerSession)) return null;
+      return { kind: 'root', ownerSession: port.ownerSession, portId: port.portId, flagCount: port.flagCount, sender: caller.id };
+    }
+    const vp = target.vps.get(port.vpIndex);
+    if (!vp || !target.memory || !target.vpRegion || !this.opts.scheduler || !vp.synic.enabled) return null;
+    const page = synicPageGpa(vp.synic.siefp);
+    if (page === null || page + 4096 > target.memoryBytes) return null;
+    const reg = vp.synic.sint[port.sint];
+    return {
+      kind: 'child', memory: target.memory, flagsOffset: page + port.sint * EVENT_FLAG_BYTES_PER_SINT, flagCount: port.flagCount,
+      masked: sintMasked(reg), vector: sintVector(reg), autoEoi: (reg & SINT_AUTO_EOI) !== 0, vpRegion: target.vpRegion, vpOffset: vpPageOffset(vp.index),
+    };
   }
 
   /** Privilege, checked before anything of the input is read. Unknown codes get INVALID_HYPERCALL_CODE. */
@@ -1261,8 +1329,13 @@ export class Hypervisor {
         if (o) o.connectionCount--;
       }
     }
-    for (const [sid, ss] of this.sessions) if (ss.partitionId === p.id) this.sessions.delete(sid);
+    for (const [sid, ss] of this.sessions) {
+      if (ss.partitionId !== p.id) continue;
+      this.sessions.delete(sid);
+      this.opts.onSessionClosed?.(sid);
+    }
     this.partitions.delete(p.id);
+    this.opts.onRoutesChanged?.();
     this.opts.log?.info({ partition: p.id }, 'partition deleted');
   }
 

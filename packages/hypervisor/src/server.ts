@@ -22,6 +22,7 @@ import { router, pidAlive, watchPid, SendQueue, type zmq } from '@hvlab/runtime'
 import { createRegion, unlinkRegion, futexWake, shmAvailable } from '@hvlab/shm';
 import { Hypervisor, LogLimiter, type HvLog, type HypervisorOptions, type SchedulerLink } from './hypervisor.js';
 import type { FromScheduler, SchedulerThreadData, ToScheduler } from './sched-thread.js';
+import { HcService } from './hcall.js';
 
 /** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
 const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
@@ -47,7 +48,9 @@ export class HypervisorServer {
   badFrameCount = 0;
   onShutdownRequest: () => void = () => {};
 
-  private sched: { worker: Worker; region: string; link: SchedulerLink; stopOnExit: () => void } | null = null;
+  private sched: { worker: Worker; region: string; link: SchedulerLink; stopOnExit: () => void; doorbell: SharedArrayBuffer } | null = null;
+  /** Hypercall pages and their thread (shared memory with a scheduler only). */
+  private hc: HcService | null = null;
 
   constructor(opts: Omit<HypervisorOptions, 'notify' | 'scheduler'> & { lps?: number }) {
     this.log = opts.log;
@@ -61,7 +64,21 @@ export class HypervisorServer {
     this.q = new SendQueue(this.sock);
     let scheduler: SchedulerLink | undefined;
     if (opts.lps && (opts.memoryMode ?? (shmAvailable() ? 'shared' : 'private')) === 'shared') scheduler = this.startScheduler(opts.hostId, opts.lps);
-    this.hv = new Hypervisor({ ...opts, scheduler, notify: (sid, msg) => this.push(sid, msg) });
+    if (scheduler && this.sched && process.env.HVLAB_HCPAGE !== 'off') {
+      try {
+        this.hc = new HcService(opts.hostId, this.sched.doorbell, (o, m) => this.logError(o, m));
+      } catch (e) {
+        this.logError({ err: e }, 'hypercall pages are unavailable; every call uses the socket');
+      }
+    }
+    const hc = this.hc;
+    this.hv = new Hypervisor({
+      ...opts, scheduler, notify: (sid, msg) => this.push(sid, msg),
+      onSessionClosed: hc ? (sid) => hc.closeSession(sid) : undefined,
+      onRoutesChanged: hc ? () => hc.routesChanged() : undefined,
+      pageStats: hc ? () => hc.stats : undefined,
+    });
+    hc?.attach(this.hv);
     // A peer that disconnects is usually a process that ended: check at once.
     this.sock.events.on('disconnect', () => this.expireSessions());
   }
@@ -103,7 +120,7 @@ export class HypervisorServer {
       link.ring();
     };
     process.once('exit', stopOnExit);
-    this.sched = { worker, region, link, stopOnExit };
+    this.sched = { worker, region, link, stopOnExit, doorbell };
     // Sample VP run time continuously so a CPU % is ready at the first question.
     setInterval(() => {
       try {
@@ -145,6 +162,11 @@ export class HypervisorServer {
 
   private push(sessionId: string, msg: HvServerMsg): void {
     if (this.stopping) return;
+    // A root port's events go to its owner's event page when it has one.
+    if (msg.k === 'rootevent' && this.hc?.hasPage(sessionId)) {
+      this.hc.rootEvent(sessionId, msg.portId, msg.sender, msg.flagNumber);
+      return;
+    }
     if (this.sendsInFlight >= MAX_SENDS_IN_FLIGHT) {
       this.droppedSends++;
       return;
@@ -173,7 +195,11 @@ export class HypervisorServer {
       switch (m.k) {
         case 'hello': {
           const reply = this.hv.hello(sid, m);
-          if (reply.k === 'welcome') this.watchSessionPid(m.pid);
+          if (reply.k === 'welcome') {
+            this.watchSessionPid(m.pid);
+            const page = this.hc?.openSession(sid);
+            if (page && this.hc) return { reply: { ...reply, hcRegion: page, hcBell: this.hc.bellName } };
+          }
           return { reply };
         }
         case 'hc': {
@@ -230,6 +256,11 @@ export class HypervisorServer {
     this.pidWatches.clear();
     this.q.close();
     this.sock.close();
+    if (this.hc) {
+      const hc = this.hc;
+      this.hc = null;
+      await hc.close();
+    }
     if (this.sched) {
       const { worker, region, link, stopOnExit } = this.sched;
       this.sched = null;

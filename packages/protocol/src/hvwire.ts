@@ -197,6 +197,7 @@ export function decodeHvServerMsg(bytes: Uint8Array): HvServerDecoded {
   switch (v.k) {
     case 'welcome':
       if (!int(v.partitionId) || !str(v.hostId) || (v.memoryMode !== 'shared' && v.memoryMode !== 'private') || !strOrNull(v.memoryRegion) || !int(v.memoryBytes) || !strOrNull(v.vpRegion) || !strOrNull(v.schedRegion)) return bad('malformed welcome');
+      if ((v.hcRegion !== undefined || v.hcBell !== undefined) && (!str(v.hcRegion) || !str(v.hcBell))) return bad('malformed welcome: hcRegion and hcBell come together, as names');
       break;
     case 'reject':
     case 'bye':

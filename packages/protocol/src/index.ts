@@ -20,3 +20,4 @@ export * from './ic.js';
 export * from './vpage.js';
 export * from './vmwp.js';
 export * from './devices.js';
+export * from './hcpage.js';

@@ -468,6 +468,8 @@ export interface HostInfo {
   nodeVersion: string;
   /** How VMBus channels carry packets: shared-memory rings, or ZeroMQ ("remote"). */
   vmbusTransport: 'shm' | 'remote';
+  /** How hypercalls on the hot paths travel: through per-session hypercall pages, or the hypervisor's socket. */
+  hypercallPath?: 'page' | 'socket';
   /** How many times the hypervisor's supervisor restarted a dead root partition process. */
   rootRestarts?: number;
 }

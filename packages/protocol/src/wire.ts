@@ -38,6 +38,8 @@ export type HvServerMsg =
     k: 'welcome'; partitionId: number; hostId: string; memoryMode: 'shared' | 'private'; memoryRegion: string | null; memoryBytes: number;
     /** The partition's VP control region and the host's scheduler doorbell (null: VPs run unscheduled). */
     vpRegion?: string | null; schedRegion?: string | null;
+    /** The session's hypercall-page region and the host's hypercall doorbell region (see hcpage.ts); absent: calls use the socket. */
+    hcRegion?: string; hcBell?: string;
   }
   | { k: 'reject'; reason: string }
   | { k: 'hr'; id: number; status: number; reps: number; output: unknown }

@@ -92,7 +92,7 @@ server = new MgmtServer(async (op, args) => {
         memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
         lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
-        rootRestarts: restarts,
+        rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket',
       };
       return info;
     }

@@ -11,9 +11,11 @@
  * process has ended (a pidfd watch; 0.2 s polling where there is none), with an error naming it.
  */
 import {
-  decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus,
+  decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
+  HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
   type HvCallName, type HvClientMsg, type HvCtlOp, type HvServerMsg, type HypercallInputs,
 } from '@hvlab/protocol';
+import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
 import { watchPid } from './anchor.js';
 import { dealer, SendQueue, type zmq } from './zmq.js';
 
@@ -64,12 +66,41 @@ export interface HvClientOptions {
   callTimeoutMs?: number;
   /** Default timeout of a control request (ms). */
   ctlTimeoutMs?: number;
+  /** Use the socket for every call even when the hypervisor offers a hypercall page (benches compare the two). */
+  noPage?: boolean;
 }
 
 interface Pending {
   resolve: (m: HvServerMsg) => void;
   reject: (e: Error) => void;
 }
+
+/** The session's hypercall page (protocol's hcpage.ts), when the hypervisor gave one. */
+interface Page {
+  region: SharedArrayBuffer;
+  i32: Int32Array;
+  u8: Uint8Array;
+  bell: SharedArrayBuffer;
+  bellI32: Int32Array;
+  unwatch: () => void;
+  seq: number;
+  /** The call on the page, waiting for its completion. */
+  waiter: { seq: number; code: number; input: Record<string, unknown>; done: (r: HypercallResult) => void; fail: (e: Error) => void } | null;
+}
+
+/** One call waiting for its turn (see HvClient.pump). */
+interface Queued {
+  kind: 'socket' | 'page';
+  start: () => void;
+}
+
+/**
+ * How long a SignalEvent through the page blocks its caller waiting for the hypervisor's thread
+ * (ms); past it, or once the call went to the hypervisor's main thread, the wait goes on in the
+ * event loop. A hypercall is synchronous in the TLFS; this bound keeps a stopped hypervisor from
+ * holding a caller's event loop.
+ */
+export const PAGE_SYNC_WAIT_MS = 2;
 
 export class HvClient {
   private readonly sock: zmq.Dealer;
@@ -83,13 +114,23 @@ export class HvClient {
   private unwatch: (() => void) | null = null;
   private readonly callTimeoutMs: number;
   private readonly ctlTimeoutMs: number;
+  private readonly noPage: boolean;
   session: HvSession | null = null;
+  private page: Page | null = null;
+  private readonly queue: Queued[] = [];
+  private socketCalls = 0;
+  private pageBusy = false;
+  /** Root ports this session created: all are signalled when events were lost to a full event queue. */
+  private readonly rootPorts = new Set<number>();
+  /** Calls carried by the page, and by the socket (for `hvlab debug` and the benches). */
+  readonly counts = { page: 0, socket: 0 };
 
   constructor(private readonly endpoint: string, private readonly onNotify: (n: Notification) => void = () => {}, opts: HvClientOptions = {}) {
     this.sock = dealer();
     this.q = new SendQueue(this.sock);
     this.callTimeoutMs = opts.callTimeoutMs ?? 10000;
     this.ctlTimeoutMs = opts.ctlTimeoutMs ?? 10000;
+    this.noPage = opts.noPage ?? process.env.HVLAB_HCPAGE === 'off';
     const pid = opts.watchPid;
     if (pid !== undefined) this.unwatch = watchPid(pid, () => this.hypervisorGone(pid), opts.watchIntervalMs);
   }
@@ -103,6 +144,12 @@ export class HvClient {
   }
 
   private failAll(e: Error): void {
+    const pw = this.page?.waiter;
+    if (pw && this.page) {
+      this.page.waiter = null;
+      this.pageBusy = false;
+      pw.fail(e);
+    }
     const all = [...this.pending.values()];
     this.pending.clear();
     for (const p of all) p.reject(e);
@@ -137,7 +184,171 @@ export class HvClient {
     if (reply.k === 'bad') throw new Error(`the hypervisor could not read the hello: ${reply.reason}`);
     if (reply.k !== 'welcome') throw new Error(`unexpected hypervisor reply ${reply.k}`);
     this.session = { partitionId: reply.partitionId, hostId: reply.hostId, memoryMode: reply.memoryMode, memoryRegion: reply.memoryRegion, memoryBytes: reply.memoryBytes, vpRegion: reply.vpRegion ?? null, schedRegion: reply.schedRegion ?? null };
+    if (reply.hcRegion && reply.hcBell && !this.noPage) this.openPage(reply.hcRegion, reply.hcBell);
     return this.session;
+  }
+
+  /** Whether calls go through a hypercall page. */
+  get paged(): boolean {
+    return this.page !== null;
+  }
+
+  private openPage(regionName: string, bellName: string): void {
+    if (!wordWatchAvailable()) return;
+    try {
+      const region = openRegion(regionName, HC_REGION_BYTES);
+      const bell = openRegion(bellName, HC_BELL_BYTES);
+      const i32 = new Int32Array(region);
+      const page: Page = {
+        region, i32, u8: new Uint8Array(region), bell, bellI32: new Int32Array(bell), unwatch: () => {}, seq: Atomics.load(i32, HcWord.req), waiter: null,
+      };
+      page.unwatch = watchWord(region, HcWord.attention, () => this.onAttention());
+      this.page = page;
+    } catch {
+      // No page (a region that vanished, no addon): every call uses the socket.
+      this.page = null;
+    }
+  }
+
+  /** The hypervisor completed a call or queued events: finish the one, deliver the others. */
+  private onAttention(): void {
+    const page = this.page;
+    if (!page) return;
+    const w = page.waiter;
+    if (w && Atomics.load(page.i32, HcWord.done) === w.seq) this.finishPageCall(page);
+    const { overflowed } = drainHcEvents(page.i32, (portId, sender, flag) => this.deliver({ k: 'rootevent', portId, flagNumber: flag & 0xffff, sender }));
+    if (overflowed) for (const portId of this.rootPorts) this.deliver({ k: 'rootevent', portId, flagNumber: 0, sender: 0 });
+  }
+
+  private deliver(n: Notification): void {
+    try {
+      this.onNotify(n);
+    } catch {
+      // A notification handler's failure is its own.
+    }
+  }
+
+  private finishPageCall(page: Page): void {
+    const w = page.waiter;
+    if (!w) return;
+    page.waiter = null;
+    w.done(this.pageResult(page, w.code, w.input));
+  }
+
+  /** Starts queued calls in order: socket calls may overlap each other; a page call runs alone. */
+  private pump(): void {
+    while (this.queue.length > 0) {
+      const head = this.queue[0];
+      if (head.kind === 'socket' ? this.pageBusy : this.pageBusy || this.socketCalls > 0) return;
+      this.queue.shift();
+      if (head.kind === 'socket') this.socketCalls++;
+      else this.pageBusy = true;
+      head.start();
+    }
+  }
+
+  /**
+   * Runs call `code` through the page: at once when the page is free and nothing waits before it,
+   * else in turn. Null when the input cannot go through a page (the socket carries it).
+   */
+  private pageCall(page: Page, code: number, input: Record<string, unknown>, timeoutMs: number): Promise<HypercallResult> | null {
+    if (!this.pageBusy && this.queue.length === 0 && this.socketCalls === 0) {
+      const n = encodeHcInput(code, input, page.u8.subarray(HC_INPUT_OFFSET, HC_INPUT_OFFSET + HC_INPUT_MAX));
+      if (n === null) return null;
+      this.pageBusy = true;
+      return this.runPage(page, code, input, n, timeoutMs);
+    }
+    const scratch = new Uint8Array(HC_INPUT_MAX);
+    const n = encodeHcInput(code, input, scratch);
+    if (n === null) return null;
+    return new Promise((resolve, reject) => {
+      this.queue.push({
+        kind: 'page',
+        start: () => {
+          const p = this.page;
+          if (!p || this.gone || this.closed) {
+            this.pageBusy = false;
+            reject(this.gone ?? new Error('hypervisor session is closed'));
+            this.pump();
+            return;
+          }
+          p.u8.set(scratch.subarray(0, n), HC_INPUT_OFFSET);
+          this.runPage(p, code, input, n, timeoutMs).then(resolve, reject);
+        },
+      });
+      this.pump();
+    });
+  }
+
+  /**
+   * Publishes the call whose input is on the page (the page is this caller's: pageBusy) and waits:
+   * a SignalEvent blocks up to PAGE_SYNC_WAIT_MS for the hypervisor's thread, everything else (and
+   * a SignalEvent that went to the hypervisor's main thread) waits in the event loop.
+   */
+  private runPage(page: Page, code: number, input: Record<string, unknown>, inLen: number, timeoutMs: number): Promise<HypercallResult> {
+    this.counts.page++;
+    const seq = (page.seq + 1) & 0x3fffffff || 1;
+    page.seq = seq;
+    const i32 = page.i32;
+    const sync = code === HvCall.SignalEvent;
+    Atomics.store(i32, HcWord.code, code);
+    Atomics.store(i32, HcWord.inLen, inLen);
+    Atomics.store(i32, HcWord.waiting, sync ? 1 : 0);
+    Atomics.store(i32, HcWord.req, seq);
+    Atomics.add(page.bellI32, HC_BELL_WORD, 1);
+    futexWake(page.bell, HC_BELL_WORD);
+    if (sync) {
+      const end = performance.now() + PAGE_SYNC_WAIT_MS;
+      for (;;) {
+        const d = Atomics.load(i32, HcWord.done);
+        if (d === seq) return Promise.resolve(this.pageResult(page, code, input));
+        if (d === ~seq) break;
+        const left = end - performance.now();
+        if (left <= 0) break;
+        futexWait(page.region, HcWord.done, d, left);
+      }
+      Atomics.store(i32, HcWord.waiting, 0);
+      // Completed between the last look and the store: the hypervisor woke `done`, not `attention`.
+      if (Atomics.load(i32, HcWord.done) === seq) return Promise.resolve(this.pageResult(page, code, input));
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (page.waiter?.seq !== seq) return;
+        page.waiter = null;
+        this.pageBusy = false;
+        reject(new Error(`the hypervisor did not answer hypercall 0x${code.toString(16)} within ${timeoutMs} ms`));
+        this.pump();
+      }, timeoutMs);
+      page.waiter = {
+        seq, code, input,
+        done: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        fail: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      // It may have completed before the waiter was in place.
+      if (Atomics.load(i32, HcWord.done) === seq) this.finishPageCall(page);
+    });
+  }
+
+  /** The result of the call that just completed on the page; frees the page for the next one. */
+  private pageResult(page: Page, code: number, input: Record<string, unknown>): HypercallResult {
+    const status = Atomics.load(page.i32, HcWord.status) >>> 0;
+    const reps = Atomics.load(page.i32, HcWord.reps);
+    const outLen = Atomics.load(page.i32, HcWord.outLen);
+    const output = status === HvStatus.SUCCESS ? decodeHcOutput(code, input, outLen, page.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX)) : null;
+    if (status === HvStatus.SUCCESS && code === HvCall.CreatePort) this.notePort(input);
+    this.pageBusy = false;
+    if (this.queue.length > 0) queueMicrotask(() => this.pump());
+    return { status, statusName: hvStatusName(status), reps: Math.max(0, reps), output };
+  }
+
+  private notePort(input: Record<string, unknown>): void {
+    if (input.partitionId === ROOT_PARTITION_ID && typeof input.portId === 'number') this.rootPorts.add(input.portId);
   }
 
   private async receiveLoop(): Promise<void> {
@@ -199,14 +410,39 @@ export class HvClient {
 
   /** Issues a hypercall by code with an arbitrary input (used by `hvlab debug hypercall`). */
   async raw(code: number, input: Record<string, unknown>, opts: { repCount?: number; repStart?: number; fast?: boolean; timeoutMs?: number } = {}): Promise<HypercallResult> {
-    const id = this.nextId++;
     const { timeoutMs = this.callTimeoutMs, ...control } = opts;
+    if (this.page) {
+      if (this.gone) throw this.gone;
+      if (this.closed) throw new Error('hypervisor session is closed');
+      if (HC_PAGE_CALLS.includes(code) && control.fast === undefined && control.repCount === undefined && control.repStart === undefined) {
+        const viaPage = this.pageCall(this.page, code, input, timeoutMs);
+        if (viaPage) return viaPage;
+      }
+      // In turn with page calls: the hypervisor serves the two paths apart, so order is kept here.
+      await new Promise<void>((r) => {
+        this.queue.push({ kind: 'socket', start: r });
+        this.pump();
+      });
+      try {
+        return await this.socketCall(code, input, timeoutMs, control);
+      } finally {
+        this.socketCalls--;
+        this.pump();
+      }
+    }
+    return this.socketCall(code, input, timeoutMs, control);
+  }
+
+  private async socketCall(code: number, input: Record<string, unknown>, timeoutMs: number, control: { repCount?: number; repStart?: number; fast?: boolean }): Promise<HypercallResult> {
+    this.counts.socket++;
+    const id = this.nextId++;
     const msg: HvClientMsg = { k: 'hc', id, code, input };
     if (control.fast !== undefined) msg.fast = control.fast;
     if (control.repCount !== undefined) msg.repCount = control.repCount;
     if (control.repStart !== undefined) msg.repStart = control.repStart;
     const m = await this.request(id, msg, timeoutMs, `hypercall 0x${code.toString(16)}`);
     if (m.k !== 'hr') throw new Error(`unexpected hypervisor reply ${m.k} to hypercall 0x${code.toString(16)}`);
+    if (m.status === HvStatus.SUCCESS && code === HvCall.CreatePort) this.notePort(input);
     return { status: m.status, statusName: hvStatusName(m.status), reps: m.reps, output: m.output };
   }
 
@@ -243,6 +479,16 @@ export class HvClient {
     this.unwatch = null;
     this.q.close();
     this.sock.close();
+    const page = this.page;
+    this.page = null;
+    if (page) {
+      page.unwatch();
+      const w = page.waiter;
+      page.waiter = null;
+      this.pageBusy = false;
+      w?.done({ status: HvStatus.INVALID_PARTITION_STATE, statusName: hvStatusName(HvStatus.INVALID_PARTITION_STATE), reps: 0, output: null });
+    }
+    for (const q of this.queue.splice(0)) if (q.kind === 'socket') q.start();
     // Pending hypercalls end with a status (as before); pending control requests with null.
     const all = [...this.pending.values()];
     this.pending.clear();

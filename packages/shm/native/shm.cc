@@ -2,7 +2,8 @@
 // SharedArrayBuffer (V8 backing store with a munmap deleter), so Atomics work across processes.
 // Uses V8 directly because N-API can only make (non-shared) ArrayBuffers. Also: a futex that works
 // across processes, child reaping for the host's anchor, process exit watches (pidfd), and a
-// memmove between buffers (V8 copies into a SharedArrayBuffer with relaxed atomic accesses).
+// memmove between buffers (V8 copies into a SharedArrayBuffer with relaxed atomic accesses), and
+// futex word watches that call back on the event loop.
 #include <node.h>
 #include <v8.h>
 #include <cerrno>
@@ -21,6 +22,9 @@
 #include <sys/wait.h>
 #include <unordered_map>
 #include <uv.h>
+#include <pthread.h>
+#include <atomic>
+#include <memory>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -299,6 +303,140 @@ void UnwatchPid(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(true);
 }
 
+// ---- word watches: a shared futex word, watched from the event loop -----------------------------
+// A small native thread (not a worker: no isolate, a 64 KiB stack) sleeps in FUTEX_WAIT on one
+// word of a shared region and, each time it finds the word changed, wakes the owning thread's
+// event loop (uv_async_send), which calls the JavaScript callback. So an event loop can wait on a
+// futex that another process wakes, at the cost of one thread hop, without blocking. Wakes that
+// arrive while a callback is pending coalesce into that callback: the callback reads what changed.
+
+struct WordWatch {
+  uv_async_t async;
+  pthread_t thread;
+  bool threadStarted = false;
+  std::shared_ptr<BackingStore> store;  // keeps the mapping alive while the thread reads it
+  int32_t* addr = nullptr;
+  // The word's value when the watch was made: a change right after watchWord returns is a change.
+  int32_t initial = 0;
+  std::atomic<bool> stop{false};
+  int32_t id = 0;
+  Isolate* isolate = nullptr;
+  v8::Global<v8::Context> context;
+  v8::Global<v8::Function> callback;
+  node::AsyncCleanupHookHandle cleanup;
+  void (*done)(void*) = nullptr;
+  void* doneArg = nullptr;
+};
+
+thread_local std::unordered_map<int32_t, WordWatch*> wordWatches;
+thread_local int32_t nextWordWatchId = 1;
+
+void* WordWatchThread(void* arg) {
+  WordWatch* w = static_cast<WordWatch*>(arg);
+  int32_t last = w->initial;
+  while (!w->stop.load()) {
+    syscall(SYS_futex, w->addr, FUTEX_WAIT, last, nullptr, nullptr, 0);
+    if (w->stop.load()) break;
+    int32_t cur = __atomic_load_n(w->addr, __ATOMIC_SEQ_CST);
+    if (cur != last) {
+      last = cur;
+      uv_async_send(&w->async);
+    }
+  }
+  return nullptr;
+}
+
+void OnWordWatchClosed(uv_handle_t* h) {
+  WordWatch* w = static_cast<WordWatch*>(h->data);
+  void (*done)(void*) = w->done;
+  void* doneArg = w->doneArg;
+  if (done == nullptr && w->cleanup) node::RemoveEnvironmentCleanupHook(std::move(w->cleanup));
+  w->context.Reset();
+  w->callback.Reset();
+  delete w;
+  if (done != nullptr) done(doneArg);
+}
+
+// Stops the thread (wakes it and joins: it only ever sleeps in the futex) and closes the handle.
+void CloseWordWatch(WordWatch* w) {
+  wordWatches.erase(w->id);
+  w->stop.store(true);
+  if (w->threadStarted) {
+    syscall(SYS_futex, w->addr, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+    pthread_join(w->thread, nullptr);
+    w->threadStarted = false;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->async), OnWordWatchClosed);
+}
+
+void WordWatchCleanupHook(void* arg, void (*done)(void*), void* doneArg) {
+  WordWatch* w = static_cast<WordWatch*>(arg);
+  w->done = done;
+  w->doneArg = doneArg;
+  CloseWordWatch(w);
+}
+
+void OnWordChanged(uv_async_t* h) {
+  WordWatch* w = static_cast<WordWatch*>(h->data);
+  if (w->stop.load()) return;
+  Isolate* isolate = w->isolate;
+  v8::HandleScope scope(isolate);
+  Local<v8::Context> context = w->context.Get(isolate);
+  Local<v8::Function> fn = w->callback.Get(isolate);
+  v8::Context::Scope contextScope(context);
+  node::MakeCallback(isolate, context->Global(), fn, 0, nullptr, node::async_context{0, 0});
+}
+
+// watchWord(sab, index, callback) -> id: calls callback() (on this thread's event loop) after Int32
+// word `index` of `sab` changed and a futex wake on it was sent. Does not keep the loop alive.
+void WatchWord(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  int32_t* addr = WordAddress(args, "watchWord");
+  if (addr == nullptr) return;
+  if (args.Length() < 3 || !args[2]->IsFunction()) { Throw(isolate, "watchWord(sab, index, callback) needs a function", 0); return; }
+  uv_loop_t* loop = node::GetCurrentEventLoop(isolate);
+  if (loop == nullptr) { Throw(isolate, "watchWord: no event loop in this thread", 0); return; }
+  WordWatch* w = new WordWatch();
+  w->store = args[0].As<SharedArrayBuffer>()->GetBackingStore();
+  w->addr = addr;
+  w->initial = __atomic_load_n(addr, __ATOMIC_SEQ_CST);
+  int r = uv_async_init(loop, &w->async, OnWordChanged);
+  if (r != 0) {
+    delete w;
+    Throw(isolate, std::string("uv_async_init: ") + uv_strerror(r), 0); return;
+  }
+  w->async.data = w;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->async));
+  w->id = nextWordWatchId++;
+  if (nextWordWatchId <= 0) nextWordWatchId = 1;
+  w->isolate = isolate;
+  w->context.Reset(isolate, isolate->GetCurrentContext());
+  w->callback.Reset(isolate, args[2].As<v8::Function>());
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  r = pthread_create(&w->thread, &attr, WordWatchThread, w);
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->async), OnWordWatchClosed);
+    Throw(isolate, "watchWord: pthread_create", r); return;
+  }
+  w->threadStarted = true;
+  w->cleanup = node::AddEnvironmentCleanupHook(isolate, WordWatchCleanupHook, w);
+  wordWatches[w->id] = w;
+  args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
+}
+
+// unwatchWord(id) -> true when the watch was active (no callback after this returns).
+void UnwatchWord(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, "unwatchWord(id) needs a watch id", 0); return; }
+  auto it = wordWatches.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
+  if (it == wordWatches.end()) { args.GetReturnValue().Set(false); return; }
+  CloseWordWatch(it->second);
+  args.GetReturnValue().Set(true);
+}
+
 // ---- copyBytes: memcpy between any two buffers ---------------------------------------------------
 // V8 copies into or out of a SharedArrayBuffer with relaxed atomic accesses (Uint8Array.prototype.set
 // reaches 0.2-0.5 of a plain memcpy at 16 KiB); a plain memmove here runs at memory speed. Bytes
@@ -403,6 +541,10 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, WatchPid)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "unwatchPid").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, UnwatchPid)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "watchWord").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WatchWord)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "unwatchWord").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, UnwatchWord)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "copyBytes").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, CopyBytes)->GetFunction(context).ToLocalChecked()).Check();
 }

@@ -29,6 +29,8 @@ interface Addon {
   setChildSubreaper?(): boolean;
   reapChild?(pid: number): boolean;
   copyBytes?: CopyBytes;
+  watchWord?(sab: SharedArrayBuffer, index: number, onChange: () => void): number;
+  unwatchWord?(id: number): boolean;
 }
 
 /** This package's directory, from src/ (sources) or dist/src/ (compiled) alike. */
@@ -160,6 +162,42 @@ export function futexWait(sab: SharedArrayBuffer, index: number, expected: numbe
 export function futexWake(sab: SharedArrayBuffer, index: number, count = 0x7fffffff): number {
   if (addon) return addon.futexWake(sab, index, count);
   return Atomics.notify(new Int32Array(sab), index, count);
+}
+
+/** Whether `watchWord` works here (the addon is loaded and has word watches). */
+export function wordWatchAvailable(): boolean {
+  return typeof addon?.watchWord === 'function';
+}
+
+/**
+ * Calls `onChange` on this thread's event loop after Int32 word `index` of `sab` changed and a
+ * futex wake on it was sent (from any process). A small native thread sleeps in the futex for the
+ * event loop, so a main thread can wait on a shared word without blocking; wakes that arrive while
+ * a call is pending coalesce into it, so `onChange` must read whatever it looks for. The watch
+ * does not keep the process alive. Returns the function that stops it (no call after it returns).
+ * Throws ShmError without the addon.
+ */
+export function watchWord(sab: SharedArrayBuffer, index: number, onChange: () => void): () => void {
+  const a = need();
+  if (!a.watchWord || !a.unwatchWord) throw new ShmError('the native addon predates word watches (rebuild it)');
+  if (typeof onChange !== 'function') throw new ShmError('watchWord needs a function to call');
+  const unwatch = a.unwatchWord;
+  const id = a.watchWord(sab, index, () => {
+    try {
+      onChange();
+    } catch (e) {
+      // The callback runs from native code: an exception there would end the process.
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
+  });
+  let live = true;
+  return () => {
+    if (!live) return;
+    live = false;
+    unwatch(id);
+  };
 }
 
 /**

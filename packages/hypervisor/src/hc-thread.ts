@@ -1,0 +1,213 @@
+/**
+ * The hypervisor's hypercall thread: it serves the sessions' hypercall pages (protocol's
+ * hcpage.ts). It sleeps on the host's hypercall doorbell and never waits on an event loop; a ring
+ * makes it look at every session's page for a call it has not taken yet.
+ *
+ * It carries out SignalEvent itself when it holds a current route for the connection (see
+ * Hypervisor.signalRoute): it sets the event flag in the target's SIEF page and pends the SINT's
+ * vector on the target VP's virtual APIC (ringing the scheduler when that VP does not hold its LP),
+ * or queues the event on the root port owner's event page. Routes come from the main thread, which
+ * makes one each time it serves a SignalEvent, and each carries the route epoch it was made in: the
+ * main thread bumps the epoch word whenever ports, connections, SynIC registers, partitions or
+ * sessions may have changed, and a route from an older epoch is not used. Every other call, and a
+ * SignalEvent without a current route, goes to the main thread (`fwd` on the page, then a message),
+ * which serves it with the hypervisor's tables and completes it on the page.
+ *
+ * A page is written by an untrusted session: the thread reads only `req`, `code`, `inLen` and an
+ * 8-byte SignalEvent input, takes each request number once, and whatever those words hold, a call
+ * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
+ */
+import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import {
+  HcWord, HC_INPUT_OFFSET, HC_BELL_WORD, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, SchedRegion, pushHcEvent,
+} from '@hvlab/protocol';
+import { futexWait, futexWake } from '@hvlab/shm';
+import type { SignalRoute } from './hypervisor.js';
+
+/** Words of the host's hypercall bell region besides the bell. */
+export const HcBellWord = { bell: HC_BELL_WORD, epoch: 1, fastCalls: 2, forwarded: 3 } as const;
+
+export type ToHcThread =
+  | { t: 'session'; sid: string; region: SharedArrayBuffer }
+  | { t: 'sessionGone'; sid: string }
+  | { t: 'route'; sid: string; connectionId: number; epoch: number; route: SignalRoute }
+  /** An event for a root port whose owner has a page (the main thread served the SignalEvent). */
+  | { t: 'rootEvent'; sid: string; portId: number; sender: number; flag: number }
+  | { t: 'stop' };
+
+export type FromHcThread = { t: 'call'; sid: string; seq: number };
+
+export interface HcThreadData {
+  bell: SharedArrayBuffer;
+  /** The scheduler's doorbell region (rung when a signalled VP does not hold its LP), or null. */
+  sched: SharedArrayBuffer | null;
+  port: MessagePort;
+}
+
+interface ChildRoute {
+  kind: 'child';
+  epoch: number;
+  flags: Int32Array;
+  flagsWord: number;
+  flagCount: number;
+  masked: boolean;
+  vector: number;
+  autoEoi: boolean;
+  vp: Int32Array;
+  vpRegion: SharedArrayBuffer;
+  apic: VirtualApicView;
+  dispatchIdx: number;
+  probeIdx: number;
+}
+interface RootRoute {
+  kind: 'root';
+  epoch: number;
+  owner: string;
+  portId: number;
+  flagCount: number;
+  sender: number;
+}
+
+interface SessionRec {
+  sid: string;
+  region: SharedArrayBuffer;
+  i32: Int32Array;
+  /** The last request number taken. */
+  taken: number;
+  routes: Map<number, ChildRoute | RootRoute>;
+}
+
+/** Completes call `seq` on a session's page (`region`) with `status`, and wakes the caller the way it waits. */
+export function completeHcCall(region: SharedArrayBuffer, i32: Int32Array, seq: number, status: number, reps = 0, outLen = 0): void {
+  Atomics.store(i32, HcWord.status, status);
+  Atomics.store(i32, HcWord.reps, reps);
+  Atomics.store(i32, HcWord.outLen, outLen);
+  Atomics.store(i32, HcWord.done, seq);
+  if (Atomics.load(i32, HcWord.waiting) === 1) {
+    futexWake(region, HcWord.done);
+  } else {
+    Atomics.add(i32, HcWord.attention, 1);
+    futexWake(region, HcWord.attention);
+  }
+}
+
+/** The thread's state and one pass, without the thread (tests drive it in-process). */
+export class HcLoop {
+  private readonly sessions = new Map<string, SessionRec>();
+  private readonly bell: Int32Array;
+  private readonly schedI32: Int32Array | null;
+  running = true;
+
+  constructor(private readonly data: Omit<HcThreadData, 'port'>, private readonly out: (m: FromHcThread) => void) {
+    this.bell = new Int32Array(data.bell);
+    this.schedI32 = data.sched ? new Int32Array(data.sched) : null;
+  }
+
+  handle(m: ToHcThread): void {
+    switch (m.t) {
+      case 'session': {
+        const i32 = new Int32Array(m.region);
+        // A fresh page: its first call is request 1, even if it was published before this thread
+        // (still starting, say) learned of the session.
+        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, taken: 0, routes: new Map() });
+        break;
+      }
+      case 'sessionGone':
+        this.sessions.delete(m.sid);
+        break;
+      case 'route': {
+        const s = this.sessions.get(m.sid);
+        if (!s) break;
+        const r = m.route;
+        if (r.kind === 'root') {
+          s.routes.set(m.connectionId, { kind: 'root', epoch: m.epoch, owner: r.ownerSession, portId: r.portId, flagCount: r.flagCount, sender: r.sender });
+        } else {
+          const vp = new Int32Array(r.vpRegion);
+          s.routes.set(m.connectionId, {
+            kind: 'child', epoch: m.epoch, flags: new Int32Array(r.memory), flagsWord: r.flagsOffset >> 2, flagCount: r.flagCount, masked: r.masked,
+            vector: r.vector, autoEoi: r.autoEoi, vp, vpRegion: r.vpRegion, apic: new VirtualApicView(vp, r.vpOffset),
+            dispatchIdx: (r.vpOffset + VpPage.dispatch) >> 2, probeIdx: (r.vpOffset + VpPage.probeAssertNs) >> 3,
+          });
+        }
+        break;
+      }
+      case 'rootEvent': {
+        const owner = this.sessions.get(m.sid);
+        if (owner) this.queueEvent(owner, m.portId, m.sender, m.flag);
+        break;
+      }
+      case 'stop':
+        this.running = false;
+        break;
+    }
+  }
+
+  private queueEvent(owner: SessionRec, portId: number, sender: number, flag: number): void {
+    pushHcEvent(owner.i32, portId, sender, flag);
+    Atomics.add(owner.i32, HcWord.attention, 1);
+    futexWake(owner.region, HcWord.attention);
+  }
+
+  /** Serves every call published since the last pass. */
+  pass(): void {
+    for (const s of this.sessions.values()) {
+      const req = Atomics.load(s.i32, HcWord.req);
+      if (req === s.taken) continue;
+      s.taken = req;
+      if (!this.fast(s, req)) {
+        Atomics.add(this.bell, HcBellWord.forwarded, 1);
+        Atomics.store(s.i32, HcWord.done, ~req);
+        if (Atomics.load(s.i32, HcWord.waiting) === 1) futexWake(s.region, HcWord.done);
+        this.out({ t: 'call', sid: s.sid, seq: req });
+      }
+    }
+  }
+
+  /** Serves call `seq` here if it is a SignalEvent with a current route; false to forward it. */
+  private fast(s: SessionRec, seq: number): boolean {
+    const i32 = s.i32;
+    if (Atomics.load(i32, HcWord.code) !== HvCall.SignalEvent || Atomics.load(i32, HcWord.inLen) !== 8) return false;
+    const w0 = Atomics.load(i32, HC_INPUT_OFFSET >> 2);
+    const w1 = Atomics.load(i32, (HC_INPUT_OFFSET >> 2) + 1);
+    if ((w1 >>> 16) !== 0) return false; // reserved bits: the main thread explains
+    const connectionId = w0 >>> 0;
+    const flag = w1 & 0xffff;
+    const r = s.routes.get(connectionId);
+    if (!r || r.epoch !== Atomics.load(this.bell, HcBellWord.epoch) || flag >= r.flagCount) return false;
+    if (r.kind === 'root') {
+      const owner = this.sessions.get(r.owner);
+      if (!owner) return false;
+      this.queueEvent(owner, r.portId, r.sender, flag);
+    } else {
+      const bit = 1 << (flag & 31);
+      const old = Atomics.or(r.flags, r.flagsWord + (flag >>> 5), bit);
+      if ((old & bit) === 0 && !r.masked) {
+        if (r.vector >= PROBE_VECTOR_MIN) new BigInt64Array(r.vpRegion)[r.probeIdx] = process.hrtime.bigint();
+        r.apic.assert(r.vector, r.autoEoi);
+        const d = Atomics.load(r.vp, r.dispatchIdx);
+        if (d !== Dispatch.Granted && d !== Dispatch.Preempt && this.schedI32 && this.data.sched) {
+          Atomics.add(this.schedI32, SchedRegion.doorbell >> 2, 1);
+          futexWake(this.data.sched, SchedRegion.doorbell >> 2);
+        }
+      }
+    }
+    Atomics.add(this.bell, HcBellWord.fastCalls, 1);
+    completeHcCall(s.region, i32, seq, HvStatus.SUCCESS);
+    return true;
+  }
+}
+
+export function runHcThread(data: HcThreadData): void {
+  const port = data.port;
+  const loop = new HcLoop(data, (m) => port.postMessage(m));
+  const bell = new Int32Array(data.bell);
+  while (loop.running) {
+    const seen = Atomics.load(bell, HcBellWord.bell);
+    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToHcThread);
+    if (!loop.running) break;
+    loop.pass();
+    futexWait(data.bell, HcBellWord.bell, seen, -1);
+  }
+}
+
+if (workerData && (workerData as { hc?: HcThreadData }).hc) runHcThread((workerData as { hc: HcThreadData }).hc);

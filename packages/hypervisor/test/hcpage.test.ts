@@ -1,0 +1,195 @@
+/**
+ * Hypercalls through shared memory, end to end in one process: a HypervisorServer (with its
+ * scheduler and hypercall threads) and HvClient sessions over its socket, which take the pages the
+ * welcome offers. Covered: SignalEvent served by the hypercall thread to a child's SIEF page and
+ * to another session's root port (the event arrives on that session's event page); a route made
+ * stale by a change (SynIC turned off) is not used; register calls round-trip through the page;
+ * socket and page calls keep their order; a page written with nonsense gets an error status and
+ * the hypervisor goes on; a client that refuses pages uses the socket; closing the hypervisor
+ * removes every page.
+ */
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, HC_BELL_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, siefpGpa, synicPageRegister, type HvServerMsg,
+} from '@hvlab/protocol';
+import { HvClient, type Notification } from '@hvlab/runtime';
+import { openRegion, futexWake, wordWatchAvailable, shmAvailable } from '@hvlab/shm';
+import { HypervisorServer } from '../src/index.js';
+
+const MiB = 1024 * 1024;
+
+describe('hypercall pages (shared-memory hypercalls)', function () {
+  this.timeout(30000);
+  let dir: string;
+  let hostId: string;
+  let server: HypervisorServer;
+  let token: string;
+  const clients: HvClient[] = [];
+
+  before(function () {
+    if (!shmAvailable() || !wordWatchAvailable()) this.skip();
+  });
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'hvlab-hc-'));
+    hostId = `hc${randomBytes(3).toString('hex')}`;
+    server = new HypervisorServer({ hostId, lps: 2 });
+    await server.bind(`ipc://${join(dir, 'hv')}`);
+    void server.serve();
+    token = server.hv.rotateRootToken();
+  });
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    await server.close('test');
+    rmSync(dir, { recursive: true, force: true });
+    for (const f of readdirSync('/dev/shm')) if (f.startsWith(`hvlab-${hostId}-`)) rmSync(join('/dev/shm', f), { force: true });
+  });
+
+  async function root(onNotify: (n: Notification) => void = () => {}, opts: { noPage?: boolean } = {}): Promise<HvClient> {
+    const c = new HvClient(`ipc://${join(dir, 'hv')}`, onNotify, opts);
+    clients.push(c);
+    await c.connect({ partitionId: 1, token, role: 'test', vm: null });
+    return c;
+  }
+
+  async function pageStats(c: HvClient): Promise<{ fastCalls: number; forwarded: number }> {
+    return ((await c.ctl('stats')) as { hypercallPages: { fastCalls: number; forwarded: number } }).hypercallPages;
+  }
+
+  /** A child partition with one VP, its SynIC on, SINT 3 masked or not, and an event port 9 connected from the root as `conn`. */
+  async function child(c: HvClient, conn: number, masked = true): Promise<{ id: number; flags: Int32Array }> {
+    const { partitionId } = await c.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * MiB, name: 'hc' });
+    await c.must('InitializePartition', { partitionId });
+    await c.must('CreateVp', { partitionId, vpIndex: 0 });
+    await c.must('MapGpaPages', { partitionId, gpaPage: siefpGpa(0) / 4096, pageCount: 1 });
+    await c.must('SetVpRegisters', { partitionId, vpIndex: 0, values: { Scontrol: 1, Siefp: synicPageRegister(siefpGpa(0)), Sint3: (masked ? 1 << 16 : 0) | 0x31 } });
+    await c.must('CreatePort', { partitionId, portId: 9, type: PortType.Event, vpIndex: 0, sint: 3, flagCount: 40 });
+    await c.must('ConnectPort', { partitionId: 1, connectionId: conn, portPartitionId: partitionId, portId: 9 });
+    const mem = server.hv.partition(partitionId)!.memory!;
+    return { id: partitionId, flags: new Int32Array(mem, siefpGpa(0) + 3 * EVENT_FLAG_BYTES_PER_SINT, 8) };
+  }
+
+  it('offers every session a page; SignalEvent to a child is served by the hypercall thread and sets the flag', async () => {
+    const c = await root();
+    expect(c.paged).to.equal(true);
+    const { flags } = await child(c, 0x501);
+    for (const flag of [0, 33, 33, 5]) {
+      const r = await c.call('SignalEvent', { connectionId: 0x501, flagNumber: flag });
+      expect(r.statusName).to.equal('SUCCESS');
+    }
+    expect(flags[0]).to.equal((1 << 0) | (1 << 5));
+    expect(flags[1]).to.equal(1 << 1);
+    const st = await pageStats(c);
+    // The first call made the route (forwarded); the others took it.
+    expect(st.fastCalls).to.be.at.least(3);
+    expect(c.counts.page).to.be.at.least(4);
+    // A flag past the port's count is refused (the thread forwards it, the main thread explains).
+    expect((await c.call('SignalEvent', { connectionId: 0x501, flagNumber: 40 })).statusName).to.equal('INVALID_PARAMETER');
+    expect((await c.call('SignalEvent', { connectionId: 0x999, flagNumber: 0 })).statusName).to.equal('INVALID_CONNECTION_ID');
+  });
+
+  it('a route made stale by a change is not used: SynIC off, then SignalEvent fails as it must', async () => {
+    const c = await root();
+    const { id, flags } = await child(c, 0x502);
+    expect((await c.call('SignalEvent', { connectionId: 0x502, flagNumber: 1 })).statusName).to.equal('SUCCESS');
+    expect((await c.call('SignalEvent', { connectionId: 0x502, flagNumber: 2 })).statusName).to.equal('SUCCESS');
+    await c.must('SetVpRegisters', { partitionId: id, vpIndex: 0, values: { Scontrol: 0 } });
+    const before = (await pageStats(c)).forwarded;
+    expect((await c.call('SignalEvent', { connectionId: 0x502, flagNumber: 3 })).statusName).to.equal('INVALID_SYNIC_STATE');
+    expect((await pageStats(c)).forwarded).to.equal(before + 1);
+    expect(flags[0] & (1 << 3)).to.equal(0);
+    await c.must('SetVpRegisters', { partitionId: id, vpIndex: 0, values: { Scontrol: 1 } });
+    expect((await c.call('SignalEvent', { connectionId: 0x502, flagNumber: 3 })).statusName).to.equal('SUCCESS');
+    expect(flags[0] & (1 << 3)).to.equal(1 << 3);
+  });
+
+  it("an event for another session's root port arrives on that session's event page, in order, with its sender", async () => {
+    const got: Array<Extract<HvServerMsg, { k: 'rootevent' }>> = [];
+    const owner = await root((n) => {
+      if (n.k === 'rootevent') got.push(n);
+    });
+    const caller = await root();
+    await owner.must('CreatePort', { partitionId: 1, portId: 0x601, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+    await owner.must('CreatePort', { partitionId: 1, portId: 0x602, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+    await caller.must('ConnectPort', { partitionId: 1, connectionId: 0x601, portPartitionId: 1, portId: 0x601 });
+    await caller.must('ConnectPort', { partitionId: 1, connectionId: 0x602, portPartitionId: 1, portId: 0x602 });
+    const sent: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const port = i % 3 === 0 ? 0x602 : 0x601;
+      sent.push(port);
+      expect((await caller.call('SignalEvent', { connectionId: port, flagNumber: 0 })).statusName).to.equal('SUCCESS');
+    }
+    for (let i = 0; i < 200 && got.length < 50; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(got.map((e) => e.portId)).to.deep.equal(sent);
+    expect(got.every((e) => e.sender === 1 && e.flagNumber === 0)).to.equal(true);
+    expect((await pageStats(caller)).fastCalls).to.be.at.least(48);
+  });
+
+  it('register calls round-trip through the page, and socket and page calls keep their order', async () => {
+    const c = await root();
+    const { id } = await child(c, 0x503);
+    const pageBefore = c.counts.page;
+    // Not awaited one by one: the port must exist before the connection, the connection before the signal.
+    const results = await Promise.all([
+      c.call('SetVpRegisters', { partitionId: id, vpIndex: 0, values: { Rax: 77, Rip: 2 ** 40 } }),
+      c.call('CreatePort', { partitionId: id, portId: 10, type: PortType.Event, vpIndex: 0, sint: 3, flagCount: 1 }),
+      c.call('ConnectPort', { partitionId: 1, connectionId: 0x504, portPartitionId: id, portId: 10 }),
+      c.call('SignalEvent', { connectionId: 0x504, flagNumber: 0 }),
+      c.call('GetVpRegisters', { partitionId: id, vpIndex: 0, names: ['Rax', 'Rip', 'Scontrol'] }),
+    ]);
+    expect(results.map((r) => r.statusName)).to.deep.equal(['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']);
+    expect(results[4].output).to.deep.equal({ values: { Rax: 77, Rip: 2 ** 40, Scontrol: 1 } });
+    expect(c.counts.page - pageBefore).to.equal(3);
+  });
+
+  it('a page written with nonsense gets an error status, and the hypervisor goes on serving', async () => {
+    const c = await root();
+    // Write straight onto our own page, as a misbehaving session could, and ring.
+    const names = readdirSync('/dev/shm').filter((f) => f.startsWith(`hvlab-${hostId}-hc-`));
+    expect(names.length).to.equal(1);
+    const page = openRegion(names[0]);
+    const bell = openRegion(`hvlab-${hostId}-hcbell`);
+    const i32 = new Int32Array(page);
+    const cases: Array<[number, number]> = [[HvCall.CreatePartition, 0], [HvCall.SignalEvent, 3], [HvCall.PostMessage, 99999], [0x7fffffff, -5], [HvCall.SetVpRegisters, 16]];
+    for (const [code, inLen] of cases) {
+      const seq = Atomics.load(i32, HcWord.req) + 1;
+      new Uint8Array(page).fill(0xee, HC_INPUT_OFFSET, HC_INPUT_OFFSET + 64);
+      Atomics.store(i32, HcWord.code, code);
+      Atomics.store(i32, HcWord.inLen, inLen);
+      Atomics.store(i32, HcWord.waiting, 0);
+      Atomics.store(i32, HcWord.req, seq);
+      Atomics.add(new Int32Array(bell), HC_BELL_WORD, 1);
+      futexWake(bell, HC_BELL_WORD);
+      for (let i = 0; i < 400 && Atomics.load(i32, HcWord.done) !== seq; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(Atomics.load(i32, HcWord.done), `call ${code}/${inLen} completed`).to.equal(seq);
+      expect(Atomics.load(i32, HcWord.status)).to.be.oneOf([HvStatus.INVALID_HYPERCALL_CODE, HvStatus.INVALID_HYPERCALL_INPUT]);
+    }
+    // Our client numbers its calls from what it last wrote; start a fresh session to go on.
+    const d = await root();
+    expect((await d.call('GetPartitionId', {})).statusName).to.equal('SUCCESS');
+    await d.must('CreatePort', { partitionId: 1, portId: 0x700, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+    await d.must('ConnectPort', { partitionId: 1, connectionId: 0x700, portPartitionId: 1, portId: 0x700 });
+    expect((await d.call('SignalEvent', { connectionId: 0x700, flagNumber: 0 })).statusName).to.equal('SUCCESS');
+  });
+
+  it('a client that refuses pages uses the socket; closing the hypervisor removes every page', async () => {
+    const c = await root(() => {}, { noPage: true });
+    expect(c.paged).to.equal(false);
+    const { flags } = await child(c, 0x505);
+    expect((await c.call('SignalEvent', { connectionId: 0x505, flagNumber: 4 })).statusName).to.equal('SUCCESS');
+    expect(flags[0]).to.equal(1 << 4);
+    expect(c.counts.page).to.equal(0);
+    await root();
+    const pages = readdirSync('/dev/shm').filter((f) => f.startsWith(`hvlab-${hostId}-hc`));
+    expect(pages.length).to.be.at.least(2); // the bell, and the paged session's page
+    for (const c2 of clients.splice(0)) c2.close();
+    await server.close('test');
+    for (const f of pages) expect(existsSync(join('/dev/shm', f)), f).to.equal(false);
+    // afterEach closes again: harmless.
+  });
+});

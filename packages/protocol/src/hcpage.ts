@@ -1,0 +1,285 @@
+/**
+ * The hypercall page: hypercalls through shared memory, as in the TLFS (input and output in pages,
+ * the call a doorbell), for the calls on the hot paths of a running VM: SignalEvent, PostMessage,
+ * and SetVpRegisters/GetVpRegisters (EOM and intercept completion are register writes).
+ *
+ * Each session of a shared-memory host gets a region of two pages from the hypervisor (its name
+ * comes in the welcome): page 0 is the session's hypercall page, page 1 its event queue (events
+ * the hypervisor delivers to the session's root ports). The host has one doorbell word
+ * (`hcBell` region, word 0) that a caller increments and wakes after it published a call.
+ *
+ * A call, by the session's one caller at a time (calls do not overlap on a page):
+ *   1. write the input (binary, below), `code`, `inLen`, `repCount`;
+ *   2. `Atomics.store(req, seq)` (seq = previous + 1), then ring the bell (add 1, futex wake);
+ *   3. wait until `done == seq`; then `status`, `reps`, and the output are valid.
+ * The hypervisor may first write `done = ~seq` (the call went to its main thread, a slower path: a
+ * caller that blocks should stop blocking). A caller says how it waits in `waiting`: blocked on
+ * `done` (1: the hypervisor wakes `done`), or in its event loop (0: the hypervisor increments
+ * `attention` and wakes it). Each queued event also increments and wakes `attention`, so an event
+ * loop waits on that one word (the shm addon's `watchWord`).
+ *
+ * Inputs, little-endian, after the TLFS layouts where there is one:
+ *   SignalEvent:    u32 connectionId, u16 flagNumber, u16 reserved (0)                  8 bytes
+ *   PostMessage:    u32 connectionId, u32 reserved (0), u32 messageType, u32 payloadSize,
+ *                   payload (at most 240 bytes)                                   16 + size bytes
+ *   Set/GetVpRegisters: f64 partitionId (-1: self), u32 vpIndex, u32 count, then per register
+ *                   u32 name (index into VpRegisterNames), u32 reserved, f64 value (Set only;
+ *                   a non-negative integer below 2^53)                         16 + 16 * count bytes
+ * Output (GetVpRegisters only): one f64 per register asked for, in order.
+ * Register values are f64 rather than the TLFS's 128-bit slots, because hvlab registers are
+ * integers below 2^53 (as in the msgpack form); names are indices, not the TLFS's numbering.
+ *
+ * Everything on the page is written by one party and read by another that does not trust it:
+ * `decodeHcCall` is the hypervisor's one checking decoder of a published call, and the event
+ * queue's reader checks every entry (`drainHcEvents`).
+ */
+import { HvCall, HvStatus, VpRegisterNames, MAX_MESSAGE_PAYLOAD, type VpRegisterName } from './hypercall.js';
+
+export const HC_PAGE_BYTES = 4096;
+/** A session's region: the hypercall page and the event-queue page. */
+export const HC_REGION_BYTES = 2 * HC_PAGE_BYTES;
+
+/** Int32 word indices of the hypercall page. */
+export const HcWord = {
+  req: 0,
+  done: 1,
+  attention: 2,
+  code: 3,
+  inLen: 4,
+  status: 5,
+  reps: 6,
+  outLen: 7,
+  repCount: 8,
+  /** 1 while the caller blocks on `done` (the completion wakes `done`), 0 while its event loop waits (it wakes `attention`). */
+  waiting: 9,
+} as const;
+
+export const HC_INPUT_OFFSET = 64;
+export const HC_INPUT_MAX = 2016;
+export const HC_OUTPUT_OFFSET = HC_INPUT_OFFSET + HC_INPUT_MAX;
+export const HC_OUTPUT_MAX = HC_PAGE_BYTES - HC_OUTPUT_OFFSET;
+/** Registers one Set/GetVpRegisters may carry on the page. */
+export const HC_MAX_REGISTERS = Math.min((HC_INPUT_MAX - 16) / 16, HC_OUTPUT_MAX / 8);
+
+/** The calls a session may make through its page. */
+export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters];
+
+/** The host doorbell region: word 0 is the bell. */
+export const HC_BELL_BYTES = 4096;
+export const HC_BELL_WORD = 0;
+
+// ---- the event queue (page 1) ----------------------------------------------------------------
+// A single-producer, single-consumer ring of events for the session's root ports. The one producer
+// is the hypervisor's hypercall thread (its main thread hands events to it); the one consumer is
+// the session's client. The producer writes an entry, then publishes `tail`; the consumer reads up
+// to `tail`, then publishes `head`. With the ring full the producer writes nothing and counts in
+// `overflow` instead; the reader then treats every port as signalled, which VMBus tolerates (a
+// spurious signal only makes a reader look at its ring).
+export const HcEventWord = { tail: 0, head: 1, overflow: 2 } as const;
+export const HC_EVENT_BASE = HC_PAGE_BYTES + 64;
+export const HC_EVENT_ENTRY_BYTES = 12;
+export const HC_EVENT_SLOTS = Math.floor((HC_PAGE_BYTES - 64) / HC_EVENT_ENTRY_BYTES);
+
+const EV0 = HC_PAGE_BYTES >> 2;
+
+/** Queues an event (flag `flag` of port `portId`, from partition `sender`) for the session whose region is `i32` (the producer only). */
+export function pushHcEvent(i32: Int32Array, portId: number, sender: number, flag: number): boolean {
+  const tail = Atomics.load(i32, EV0 + HcEventWord.tail);
+  const head = Atomics.load(i32, EV0 + HcEventWord.head);
+  const used = (tail - head) | 0;
+  if (used < 0 || used >= HC_EVENT_SLOTS) {
+    Atomics.add(i32, EV0 + HcEventWord.overflow, 1);
+    return false;
+  }
+  const w = (HC_EVENT_BASE + ((tail >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
+  Atomics.store(i32, w, portId | 0);
+  Atomics.store(i32, w + 1, sender | 0);
+  Atomics.store(i32, w + 2, flag | 0);
+  Atomics.store(i32, EV0 + HcEventWord.tail, (tail + 1) | 0);
+  return true;
+}
+
+/**
+ * Takes the published events in order (the session's reader only): `onEvent(portId, sender, flag)` for
+ * each, and `overflowed` is true when events were lost to a full ring since the last drain. A
+ * `tail` that is behind `head` or more than a ring ahead (a producer that wrote nonsense) counts as
+ * an overflow and resets the ring. Values are the producer's words, unchecked: the caller checks.
+ */
+export function drainHcEvents(i32: Int32Array, onEvent: (portId: number, sender: number, flag: number) => void): { count: number; overflowed: boolean } {
+  const tail = Atomics.load(i32, EV0 + HcEventWord.tail);
+  let head = Atomics.load(i32, EV0 + HcEventWord.head);
+  let count = 0;
+  let overflowed = Atomics.exchange(i32, EV0 + HcEventWord.overflow, 0) !== 0;
+  const avail = (tail - head) | 0;
+  if (avail < 0 || avail > HC_EVENT_SLOTS) {
+    Atomics.store(i32, EV0 + HcEventWord.head, tail);
+    return { count: 0, overflowed: true };
+  }
+  while (head !== tail) {
+    const w = (HC_EVENT_BASE + ((head >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
+    const portId = Atomics.load(i32, w);
+    const sender = Atomics.load(i32, w + 1);
+    const flag = Atomics.load(i32, w + 2);
+    head = (head + 1) | 0;
+    count++;
+    onEvent(portId >>> 0, sender >>> 0, flag >>> 0);
+  }
+  Atomics.store(i32, EV0 + HcEventWord.head, head);
+  if (Atomics.load(i32, EV0 + HcEventWord.overflow) !== 0) overflowed = Atomics.exchange(i32, EV0 + HcEventWord.overflow, 0) !== 0 || overflowed;
+  return { count, overflowed };
+}
+
+// ---- inputs --------------------------------------------------------------------------------
+
+export type HcCall =
+  | { code: typeof HvCall.SignalEvent; input: { connectionId: number; flagNumber: number } }
+  | { code: typeof HvCall.PostMessage; input: { connectionId: number; messageType: number; payload: Uint8Array } }
+  | { code: typeof HvCall.SetVpRegisters; input: { partitionId: number; vpIndex: number; values: Record<string, number> } }
+  | { code: typeof HvCall.GetVpRegisters; input: { partitionId: number; vpIndex: number; names: string[] } };
+
+const regIndex = new Map<string, number>(VpRegisterNames.map((n, i) => [n, i]));
+
+/**
+ * Writes `input` of call `code` into `bytes` (the input area) and returns its length, or null when
+ * the call cannot go through a page (another call, a field of the wrong type, too many registers,
+ * a payload that does not fit): the caller then uses the socket, where the hypervisor explains.
+ */
+export function encodeHcInput(code: number, input: Record<string, unknown>, bytes: Uint8Array): number | null {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const u32 = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+  switch (code) {
+    case HvCall.SignalEvent: {
+      if (!u32(input.connectionId) || !u32(input.flagNumber) || input.flagNumber > 0xffff) return null;
+      dv.setUint32(0, input.connectionId, true);
+      dv.setUint16(4, input.flagNumber, true);
+      dv.setUint16(6, 0, true);
+      return 8;
+    }
+    case HvCall.PostMessage: {
+      const p = input.payload;
+      if (!u32(input.connectionId) || !u32(input.messageType) || !(p instanceof Uint8Array) || p.length > MAX_MESSAGE_PAYLOAD) return null;
+      dv.setUint32(0, input.connectionId, true);
+      dv.setUint32(4, 0, true);
+      dv.setUint32(8, input.messageType, true);
+      dv.setUint32(12, p.length, true);
+      bytes.set(p, 16);
+      return 16 + p.length;
+    }
+    case HvCall.SetVpRegisters:
+    case HvCall.GetVpRegisters: {
+      const pid = input.partitionId;
+      if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || !u32(input.vpIndex)) return null;
+      let names: string[];
+      let values: number[] | null = null;
+      if (code === HvCall.SetVpRegisters) {
+        const v = input.values;
+        if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
+        const entries = Object.entries(v as Record<string, unknown>);
+        if (entries.some(([, x]) => typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0)) return null;
+        names = entries.map(([n]) => n);
+        values = entries.map(([, x]) => x as number);
+      } else {
+        if (!Array.isArray(input.names) || input.names.some((n) => typeof n !== 'string')) return null;
+        names = input.names as string[];
+      }
+      if (names.length > HC_MAX_REGISTERS || names.some((n) => !regIndex.has(n))) return null;
+      dv.setFloat64(0, pid, true);
+      dv.setUint32(8, input.vpIndex, true);
+      dv.setUint32(12, names.length, true);
+      names.forEach((n, i) => {
+        dv.setUint32(16 + i * 16, regIndex.get(n)!, true);
+        dv.setUint32(20 + i * 16, 0, true);
+        dv.setFloat64(24 + i * 16, values ? values[i] : 0, true);
+      });
+      return 16 + names.length * 16;
+    }
+    default:
+      return null;
+  }
+}
+
+export type HcDecoded = { ok: true; call: HcCall } | { ok: false; status: number; error: string };
+
+/**
+ * The hypervisor's checking decoder of a published call: `code` and `inLen` from the page's words,
+ * `bytes` the input area. Never throws; a call that does not decode gets INVALID_HYPERCALL_CODE
+ * (a code that cannot come through a page) or INVALID_HYPERCALL_INPUT, with the reason.
+ */
+export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): HcDecoded {
+  const bad = (error: string): HcDecoded => ({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT, error });
+  if (!HC_PAGE_CALLS.includes(code)) return { ok: false, status: HvStatus.INVALID_HYPERCALL_CODE, error: `call code 0x${(code >>> 0).toString(16)} does not go through the hypercall page` };
+  if (!Number.isInteger(inLen) || inLen < 0 || inLen > HC_INPUT_MAX || inLen > bytes.length) return bad(`input length ${inLen} is outside 0..${HC_INPUT_MAX}`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, inLen);
+  switch (code) {
+    case HvCall.SignalEvent:
+      if (inLen !== 8) return bad(`a SignalEvent input is 8 bytes, not ${inLen}`);
+      if (dv.getUint16(6, true) !== 0) return bad('reserved bits are set');
+      return { ok: true, call: { code, input: { connectionId: dv.getUint32(0, true), flagNumber: dv.getUint16(4, true) } } };
+    case HvCall.PostMessage: {
+      if (inLen < 16) return bad(`a PostMessage input is at least 16 bytes, not ${inLen}`);
+      if (dv.getUint32(4, true) !== 0) return bad('reserved bits are set');
+      const size = dv.getUint32(12, true);
+      if (size > MAX_MESSAGE_PAYLOAD) return bad(`payload size ${size} exceeds ${MAX_MESSAGE_PAYLOAD}`);
+      if (inLen !== 16 + size) return bad(`a PostMessage input of payload size ${size} is ${16 + size} bytes, not ${inLen}`);
+      const payload = bytes.slice(16, 16 + size);
+      return { ok: true, call: { code, input: { connectionId: dv.getUint32(0, true), messageType: dv.getUint32(8, true), payload } } };
+    }
+    case HvCall.SetVpRegisters:
+    case HvCall.GetVpRegisters: {
+      if (inLen < 16) return bad(`a register call's input is at least 16 bytes, not ${inLen}`);
+      const partitionId = dv.getFloat64(0, true);
+      if (!Number.isSafeInteger(partitionId)) return bad('the partition id is not an integer');
+      const vpIndex = dv.getUint32(8, true);
+      const count = dv.getUint32(12, true);
+      if (count > HC_MAX_REGISTERS) return bad(`${count} registers exceed the page's ${HC_MAX_REGISTERS}`);
+      if (inLen !== 16 + count * 16) return bad(`${count} registers take ${16 + count * 16} bytes, not ${inLen}`);
+      const names: VpRegisterName[] = [];
+      const values: Record<string, number> = {};
+      for (let i = 0; i < count; i++) {
+        const idx = dv.getUint32(16 + i * 16, true);
+        if (idx >= VpRegisterNames.length) return bad(`register index ${idx} names no register`);
+        if (dv.getUint32(20 + i * 16, true) !== 0) return bad('reserved bits are set');
+        const n = VpRegisterNames[idx];
+        names.push(n);
+        if (code === HvCall.SetVpRegisters) {
+          const v = dv.getFloat64(24 + i * 16, true);
+          if (!Number.isSafeInteger(v) || v < 0) return bad(`register ${n} value is not a non-negative integer`);
+          if (n in values) return bad(`register ${n} is named twice`);
+          values[n] = v;
+        }
+      }
+      if (code === HvCall.SetVpRegisters) return { ok: true, call: { code, input: { partitionId, vpIndex, values } } };
+      return { ok: true, call: { code, input: { partitionId, vpIndex, names } } };
+    }
+  }
+  return { ok: false, status: HvStatus.INVALID_HYPERCALL_CODE, error: 'unreachable' };
+}
+
+/**
+ * Writes a call's output into the output area: GetVpRegisters's values, in the order asked. Returns
+ * the byte length, or null when it does not fit or is not what the call returns.
+ */
+export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array): number | null {
+  if (call.code !== HvCall.GetVpRegisters) return 0;
+  const values = (output as { values?: unknown } | null)?.values;
+  if (typeof values !== 'object' || values === null) return null;
+  const names = call.input.names;
+  if (names.length * 8 > bytes.length) return null;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < names.length; i++) {
+    const v = (values as Record<string, unknown>)[names[i]];
+    dv.setFloat64(i * 8, typeof v === 'number' ? v : 0, true);
+  }
+  return names.length * 8;
+}
+
+/** The caller's reading of an output area (what the hypervisor wrote, checked). */
+export function decodeHcOutput(code: number, input: Record<string, unknown>, outLen: number, bytes: Uint8Array): unknown {
+  if (code !== HvCall.GetVpRegisters) return null;
+  const names = input.names as string[];
+  if (!Number.isInteger(outLen) || outLen !== names.length * 8 || outLen > bytes.length) return null;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, outLen);
+  const values: Record<string, number> = {};
+  names.forEach((n, i) => (values[n] = dv.getFloat64(i * 8, true)));
+  return { values };
+}
