@@ -7,8 +7,9 @@ import { openRegion, futexWait, futexWake } from '@hvlab/shm';
 
 const sab = openRegion(process.argv[2]);
 const w = new Int32Array(sab);
-process.stdout.write('ready\n');
+// Read before saying ready: the parent's first number may follow at once.
 let last = Atomics.load(w, 0);
+process.stdout.write('ready\n');
 for (;;) {
   futexWait(sab, 0, last, 1000);
   const v = Atomics.load(w, 0);
