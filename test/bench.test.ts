@@ -258,6 +258,8 @@ describe('benchmarks (quick mode)', function () {
         const why = `bench ${name} --quick: exit ${r.signal ?? r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr.slice(-6000)}`;
         expect(r.code, why).to.equal(0);
         expect(r.stdout, why).to.include(QUICK_NOTE);
+        // Every bench says how disturbed its run was (other hvlab hosts, load).
+        expect(r.stdout, why).to.match(/^(no other hvlab host ran meanwhile \(1-min load up to [\d.]+\)|DISTURBED: )/m);
         check(r.stdout);
         expect(r.stderr, why).to.match(new RegExp(`\\[bench ${name}\\] nothing left behind \\(hosts [0-9a-f]`));
         // The bench says it left nothing; check for ourselves (dying processes get a moment).

@@ -2,6 +2,7 @@
  * Helpers every benchmark uses: quick mode, percentiles, and the bookkeeping that makes sure a
  * benchmark leaves no child process and no /dev/shm file behind.
  */
+import { loadavg } from 'node:os';
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { shmPrefix } from '../../packages/runtime/src/paths.js';
@@ -80,6 +81,33 @@ export function otherHvlabProcesses(ours: readonly string[]): number {
     } catch { /* gone */ }
   }
   return n;
+}
+
+/** What else ran during a bench: the most processes of other hvlab hosts seen, and the highest 1-minute load. */
+export interface Disturbance {
+  otherHvlabProcesses: number;
+  loadAvg1: number;
+}
+
+/** Samples the disturbance (call `sample()` at each part of a bench); `value` is what was seen so far. */
+export function disturbanceTracker(hostIds: readonly string[]): { sample: () => number; value: Disturbance } {
+  const value: Disturbance = { otherHvlabProcesses: 0, loadAvg1: 0 };
+  return {
+    value,
+    sample: () => {
+      const n = otherHvlabProcesses(hostIds);
+      value.otherHvlabProcesses = Math.max(value.otherHvlabProcesses, n);
+      value.loadAvg1 = Math.max(value.loadAvg1, round(loadavg()[0]!, 2));
+      return n;
+    },
+  };
+}
+
+/** The table line that says how disturbed a run was. */
+export function disturbanceLine(d: Disturbance): string {
+  return d.otherHvlabProcesses > 0
+    ? `DISTURBED: up to ${d.otherHvlabProcesses} processes of other hvlab hosts ran meanwhile (load ${d.loadAvg1}); rerun on a quiet machine`
+    : `no other hvlab host ran meanwhile (1-min load up to ${d.loadAvg1})`;
 }
 
 /**

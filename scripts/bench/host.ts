@@ -29,9 +29,9 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { exited, otherHvlabProcesses, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 import { EnabledState, type VmInfo } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -92,7 +92,7 @@ export interface HostBenchResult {
     pssPerVmVsTwoBareNodes: number;
   };
   /** The most processes of other hvlab hosts seen at the start of a part, and the highest 1-min load then. */
-  disturbance: { otherHvlabProcesses: number; loadAvg1: number };
+  disturbance: Disturbance;
   quick: boolean;
 }
 
@@ -255,9 +255,7 @@ function table(r: HostBenchResult): string {
   }
   const d = r.disturbance;
   lines.push('');
-  lines.push(d.otherHvlabProcesses > 0
-    ? `DISTURBED: up to ${d.otherHvlabProcesses} processes of other hvlab hosts ran meanwhile (load ${d.loadAvg1}); rerun on a quiet machine`
-    : `no other hvlab host ran meanwhile (1-min load up to ${d.loadAvg1})`);
+  lines.push(disturbanceLine(d));
   if (r.quick) lines.push(QUICK_NOTE);
   return lines.join('\n');
 }
@@ -293,11 +291,10 @@ export async function main(args: string[]): Promise<void> {
   const tracked = new Set<number>();
   const baseline: ChildProcess[] = [];
   let mgmt: MgmtClient | null = null;
-  const disturbance = { otherHvlabProcesses: 0, loadAvg1: 0 };
+  const tracker = disturbanceTracker(hostIds);
+  const disturbance = tracker.value;
   const checkQuiet = (part: string): void => {
-    const n = otherHvlabProcesses(hostIds);
-    disturbance.otherHvlabProcesses = Math.max(disturbance.otherHvlabProcesses, n);
-    disturbance.loadAvg1 = Math.max(disturbance.loadAvg1, round(loadavg()[0]!, 2));
+    const n = tracker.sample();
     if (n > 0) progress(`WARNING: ${n} processes of other hvlab hosts are running during ${part}; the numbers are disturbed`);
   };
 

@@ -26,7 +26,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 import { decode, encode, EnabledState, HvCall, HvStatus, siefpGpa, synicPageRegister, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -74,6 +74,7 @@ export interface HypercallBenchResult {
   /** The same with `up --warm`: the start claims a worker started ahead of need. */
   vmStartWarm: { p50Ms: number; runs: number[]; pool: number };
   nodeSpawn: { p50Ms: number };
+  disturbance: Disturbance;
   ratios: { hypercallVsFutexP50: number; hypercallVsZmqP50: number; socketHypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number; vmStartWarmVsNodeSpawnP50: number };
   quick: boolean;
 }
@@ -325,7 +326,8 @@ function table(r: HypercallBenchResult, extra: { echoBytes: number; nodeRuns: nu
   lines.push(`${pad('  ratio vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartVsNodeSpawnP50, 16)}`);
   lines.push(`${pad(`vm new+start from a warm pool of ${r.vmStartWarm.pool}`, 36)}${num(r.vmStartWarm.runs.length, 6)}${num(r.vmStartWarm.p50Ms, 10)}  ${r.vmStartWarm.runs.join(' ')}`);
   lines.push(`${pad('  ratio warm vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartWarmVsNodeSpawnP50, 16)}`);
-  if (r.quick) lines.push('', QUICK_NOTE);
+  lines.push('', disturbanceLine(r.disturbance));
+  if (r.quick) lines.push(QUICK_NOTE);
   return lines.join('\n');
 }
 
@@ -349,6 +351,10 @@ export async function main(args: string[]): Promise<void> {
   let hv: HvClient | null = null;
   /** Every pid of a process this run made (directly or through the host), checked at the end. */
   const tracked = new Set<number>();
+  /** Host ids are ours as `up` hands them out: the tracker's list grows with them. */
+  const ourHosts: string[] = [benchHostId];
+  const disturbance = disturbanceTracker(ourHosts);
+  disturbance.sample();
 
   let cleaning: Promise<void> | null = null;
   const cleanup = (): Promise<void> => {
@@ -415,6 +421,8 @@ export async function main(args: string[]): Promise<void> {
     progress(`bringing a host up (${LPS} LPs)`);
     const rec = await up(paths, { lps: LPS });
     upHostId = rec.hostId;
+    ourHosts.push(rec.hostId);
+    disturbance.sample();
     progress(`host ${rec.hostId} is up (hypervisor pid ${rec.pids.hypervisor}, root pid ${rec.pids.root})`);
     tracked.add(rec.pids.hypervisor).add(rec.pids.root);
     const vmRuns = await measureVmStart(paths, plan, (pid) => void (pid && tracked.add(pid)));
@@ -426,6 +434,8 @@ export async function main(args: string[]): Promise<void> {
     progress(`bringing a host up with a warm pool of ${WARM} workers`);
     const recW = await up(paths, { lps: LPS, warm: WARM });
     upHostId = recW.hostId;
+    ourHosts.push(recW.hostId);
+    disturbance.sample();
     tracked.add(recW.pids.hypervisor).add(recW.pids.root);
     const warmRuns = await measureVmStart(paths, plan, (pid) => void (pid && tracked.add(pid)), WARM);
     progress('bringing the host down');
@@ -447,6 +457,7 @@ export async function main(args: string[]): Promise<void> {
       futexPingPong,
       zmqEcho: echo.stats,
       pageCalls,
+      disturbance: disturbance.value,
       vmStart: { p50Ms: round(vmP50, 1), runs: vmRuns },
       vmStartWarm: { p50Ms: round(warmP50, 1), runs: warmRuns, pool: WARM },
       nodeSpawn: { p50Ms: round(nodeP50, 1) },

@@ -32,10 +32,10 @@
  * left behind.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers } from './common.js';
+import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 import {
   EnabledState, HvStatus, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
   vpPageOffset, type VmInfo,
@@ -95,7 +95,7 @@ export interface SchedBenchResult {
   };
   ratios: { spinVmVsThread: number; haltedVsRunningP50: number; ticksPerSVsNominal: number };
   /** Other hvlab hosts' processes seen on this machine at the start of each part (most of them), and the 1-min load then. */
-  disturbance: { otherHvlabProcesses: number; loadAvg1: number };
+  disturbance: Disturbance;
   /** The windows this run used (quick: --quick's short ones). */
   windows: { overheadMs: number; jitterMs: number };
   quick: boolean;
@@ -124,19 +124,6 @@ function hostIdsUnder(home: string): string[] {
     } catch { /* gone or not ours */ }
   }
   return [...ids];
-}
-
-/** hvlab processes of hosts other than ours (their titles are "hvlab-<role> <hostId> ..."). */
-function otherHvlabProcesses(ours: string[]): number {
-  let n = 0;
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const m = /^hvlab-(hypervisor|root|vmwp|partition) ([0-9a-f]+)/.exec(readFileSync(`/proc/${d}/cmdline`, 'latin1'));
-      if (m && !ours.includes(m[2]!)) n++;
-    } catch { /* gone */ }
-  }
-  return n;
 }
 
 /** A VM of ours on a running host: created and started by `startVm`, turned off and deleted by `offVm`. */
@@ -391,9 +378,7 @@ function table(r: SchedBenchResult): string {
   lines.push(`${pad('  ratio VM / thread', 44)}${num(r.ratios.spinVmVsThread, 12)}`);
   const d = r.disturbance;
   lines.push('');
-  lines.push(d.otherHvlabProcesses > 0
-    ? `DISTURBED: up to ${d.otherHvlabProcesses} processes of other hvlab hosts ran meanwhile (load ${d.loadAvg1}); rerun on a quiet machine`
-    : `no other hvlab host ran meanwhile (1-min load up to ${d.loadAvg1})`);
+  lines.push(disturbanceLine(d));
   if (r.quick) lines.push(QUICK_NOTE);
   return lines.join('\n');
 }
@@ -415,12 +400,10 @@ export async function main(args: string[]): Promise<void> {
   const hostIds: string[] = [];
   const tracked = new Set<number>();
   const host = new Host(paths, (pid) => void (pid && tracked.add(pid)), hostIds);
-  const disturbance = { otherHvlabProcesses: 0, loadAvg1: 0 };
+  const tracker = disturbanceTracker(hostIds);
+  const disturbance = tracker.value;
   const checkQuiet = (part: string): void => {
-    const n = otherHvlabProcesses(hostIds);
-    const load = loadavg()[0]!;
-    disturbance.otherHvlabProcesses = Math.max(disturbance.otherHvlabProcesses, n);
-    disturbance.loadAvg1 = Math.max(disturbance.loadAvg1, round(load, 2));
+    const n = tracker.sample();
     if (n > 0) progress(`WARNING: ${n} processes of other hvlab hosts are running during ${part}; the numbers are disturbed`);
   };
 

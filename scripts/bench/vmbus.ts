@@ -42,7 +42,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 import {
   ENLIGHTENED_CHILD_PRIVILEGES, HvStatus, MIN_MEMORY_BYTES, PAGE, PartitionProperty, PortType, ROOT_PARTITION_ID,
 } from '../../packages/protocol/src/index.js';
@@ -156,6 +156,7 @@ export interface VmbusBenchResult {
     /** How the polling sides wait: 'spin' (--spin) or 'spin, nap 50 µs after 50 µs idle'. */
     polling: string;
   };
+  disturbance: Disturbance;
   quick: boolean;
 }
 
@@ -818,6 +819,7 @@ function table(r: VmbusBenchResult): string {
     lines.push('nativeVsV8Shared16k = skipped (the addon is not loaded: the ring copies with Uint8Array.set)');
   }
   lines.push(`memory mode ${r.memoryMode}, ${r.n.cpus} CPUs, load average ${r.n.loadAvg[0]} at the start, ${r.n.loadAvg[1]} at the end`);
+  lines.push(disturbanceLine(r.disturbance));
   const shmRates = r.throughput.shm ? Object.values(r.throughput.shm) : [];
   const starved = shmRates.some((x) => x.cpuShare.reader < 0.5 || x.cpuShare.writer < 0.5);
   if (starved || Math.max(...r.n.loadAvg) > r.n.cpus - 1) {
@@ -846,6 +848,8 @@ export async function main(args: string[]): Promise<void> {
   const mode = memoryMode();
   const load0 = loadavg()[0]!;
   const run = new Run();
+  const disturbance = disturbanceTracker([run.hostId]);
+  disturbance.sample();
   if (spin) run.napAfterUs = 0;
   run.plan = plan;
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -929,6 +933,7 @@ export async function main(args: string[]): Promise<void> {
         loadAvg: [round(load0, 2), round(loadavg()[0]!, 2)],
         polling: spin ? 'spin (--spin)' : `spin, nap ${NAP_US} µs after ${NAP_AFTER_US} µs idle`,
       },
+      disturbance: (disturbance.sample(), disturbance.value),
       quick,
     };
     await run.cleanup();
