@@ -1,23 +1,22 @@
 /**
- * Hypercall pages on the hypervisor's main thread: the host's doorbell region, a two-page region
- * per session (hypercall page and event queue), the hypercall thread (hc-thread.ts) that serves
- * the pages, and the calls it forwards here. A forwarded call is decoded once by decodeHcCall,
- * served by the same Hypervisor.hypercall as a call over the socket, and completed on the page.
+ * Hypercall pages on the hypervisor's main thread: a two-page region per session (hypercall page
+ * and event queue), the routes and events it hands the scheduler thread (which serves the pages:
+ * hcloop.ts), and the calls that thread forwards here. A forwarded call is decoded once by
+ * decodeHcCall, served by the same Hypervisor.hypercall as a call over the socket, and completed
+ * on the page.
  *
  * Regions are named `hvlab-<host>-hc-…` (swept with the host's other regions) and unlinked when
  * the session closes and when the hypervisor exits.
  */
 import { randomBytes } from 'node:crypto';
-import { Worker, MessageChannel } from 'node:worker_threads';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
-  HC_REGION_BYTES, HC_BELL_BYTES, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX, HcWord, HvCall, HvStatus,
+  HC_REGION_BYTES, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX, HcWord, HvCall, HvStatus, SchedRegion,
   decodeHcCall, encodeHcOutput,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, futexWake } from '@hvlab/shm';
 import type { Hypervisor } from './hypervisor.js';
-import { HcBellWord, completeHcCall, type FromHcThread, type ToHcThread, type HcThreadData } from './hc-thread.js';
-
-const HC_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./hc-thread.mjs', import.meta.url) : new URL('./hc-thread.js', import.meta.url);
+import { HcStateWord, HC_STATE_BYTES, completeHcCall, type FromHcThread, type ToHcThread, type HcThreadData } from './hcloop.js';
 
 interface PageSession {
   name: string;
@@ -27,31 +26,26 @@ interface PageSession {
 }
 
 export class HcService {
-  readonly bellName: string;
-  private readonly bell: SharedArrayBuffer;
-  private readonly bellI32: Int32Array;
-  private readonly worker: Worker;
-  private readonly port: import('node:worker_threads').MessagePort;
+  private readonly stateI32: Int32Array;
+  private readonly port: MessagePort;
   private readonly pages = new Map<string, PageSession>();
   private hv: Hypervisor | null = null;
   private closed = false;
-  private readonly stopOnExit: () => void;
+  /** What the scheduler thread needs to serve the pages (its end of the port, the private state). */
+  readonly threadData: HcThreadData;
 
-  constructor(private readonly hostId: string, sched: SharedArrayBuffer | null, private readonly logError: (o: object, m: string) => void) {
-    this.bellName = `hvlab-${hostId}-hcbell`;
-    unlinkRegion(this.bellName);
-    this.bell = createRegion(this.bellName, HC_BELL_BYTES);
-    this.bellI32 = new Int32Array(this.bell);
+  /**
+   * `bellName`/`bell`: the scheduler region, whose doorbell the sessions ring (and this object
+   * rings after handing the thread something).
+   */
+  constructor(private readonly hostId: string, readonly bellName: string, private readonly bell: SharedArrayBuffer, private readonly logError: (o: object, m: string) => void) {
+    const state = new SharedArrayBuffer(HC_STATE_BYTES);
+    this.stateI32 = new Int32Array(state);
     const { port1, port2 } = new MessageChannel();
-    const data: HcThreadData = { bell: this.bell, sched, port: port2 };
-    this.worker = new Worker(HC_THREAD_ENTRY, { workerData: { hc: data }, transferList: [port2], name: 'hypercalls' });
-    this.worker.on('error', (e) => this.logError({ err: e }, 'the hypercall thread failed'));
+    this.threadData = { state, port: port2 };
     this.port = port1;
     port1.on('message', (m: FromHcThread) => this.onForward(m));
     port1.unref();
-    // process.exit joins worker threads, and this one sleeps in a futex without a timeout.
-    this.stopOnExit = () => this.post({ t: 'stop' });
-    process.once('exit', this.stopOnExit);
   }
 
   attach(hv: Hypervisor): void {
@@ -60,13 +54,15 @@ export class HcService {
 
   private post(m: ToHcThread): void {
     this.port.postMessage(m);
-    Atomics.add(this.bellI32, HcBellWord.bell, 1);
-    futexWake(this.bell, HcBellWord.bell);
+    const bell = new Int32Array(this.bell);
+    Atomics.add(bell, SchedRegion.hcRings >> 2, 1);
+    Atomics.add(bell, SchedRegion.doorbell >> 2, 1);
+    futexWake(this.bell, SchedRegion.doorbell >> 2);
   }
 
   /** Every route handed out so far is stale. */
   routesChanged(): void {
-    Atomics.add(this.bellI32, HcBellWord.epoch, 1);
+    Atomics.add(this.stateI32, HcStateWord.epoch, 1);
   }
 
   /** Makes session `sid`'s page; returns its region name, or null when it could not be made. */
@@ -103,7 +99,7 @@ export class HcService {
   }
 
   get stats(): { fastCalls: number; forwarded: number } {
-    return { fastCalls: Atomics.load(this.bellI32, HcBellWord.fastCalls), forwarded: Atomics.load(this.bellI32, HcBellWord.forwarded) };
+    return { fastCalls: Atomics.load(this.stateI32, HcStateWord.fastCalls), forwarded: Atomics.load(this.stateI32, HcStateWord.forwarded) };
   }
 
   /** A call the thread did not serve itself: serve it with the hypervisor's tables. Never throws. */
@@ -145,21 +141,18 @@ export class HcService {
   private installRoute(sid: string, connectionId: number): void {
     const route = this.hv?.signalRoute(sid, connectionId);
     if (!route) return;
-    const epoch = Atomics.load(this.bellI32, HcBellWord.epoch);
+    const epoch = Atomics.load(this.stateI32, HcStateWord.epoch);
     // A root route's owner must have a page for the thread to deliver to it.
     if (route.kind === 'root' && !this.pages.has(route.ownerSession)) return;
     this.post({ t: 'route', sid, connectionId, epoch, route });
   }
 
-  async close(): Promise<void> {
+  /** Removes every page (the hypervisor is closing; the scheduler thread stops with it). */
+  close(): void {
     if (this.closed) return;
     this.closed = true;
-    process.off('exit', this.stopOnExit);
-    this.post({ t: 'stop' });
-    await Promise.race([new Promise((r) => this.worker.once('exit', r)), new Promise((r) => setTimeout(r, 500))]);
-    await this.worker.terminate();
+    this.port.close();
     for (const p of this.pages.values()) unlinkRegion(p.name);
     this.pages.clear();
-    unlinkRegion(this.bellName);
   }
 }

@@ -29,6 +29,7 @@ import {
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
+import { HcLoop, type HcThreadData, type ToHcThread } from './hcloop.js';
 
 export type ToScheduler =
   | { t: 'addPartition'; id: number; region: SharedArrayBuffer; suspended: boolean; weight: number; reserve: number; cap: number }
@@ -51,6 +52,8 @@ export interface SchedulerThreadData {
   lps: number;
   doorbell: SharedArrayBuffer;
   port: MessagePort;
+  /** The hypercall pages' server (hcloop.ts) this thread runs too, when the host has pages. */
+  hc?: HcThreadData;
   quantumNs?: number;
   periodNs?: number;
 }
@@ -405,17 +408,59 @@ function dispatchIdx(v: VpRec): number {
   return (v.off + VpPage.dispatch) >> 2;
 }
 
+/** How long the thread watches the bell after serving a hypercall before it sleeps (ns). */
+export const HC_POLL_NS = 50_000;
+
+/**
+ * The thread's loop. Each wake-up it serves the hypercall pages (when the host has them), then
+ * runs a scheduling pass unless every ring since the last one was a hypercall that asked for none
+ * (a hypercall ring adds to SchedRegion.hcRings before the doorbell; see hcloop.ts) and no
+ * deadline is due: a SignalEvent to a VP that holds its LP, or to a root port, costs no pass.
+ * A count read between a ring's two additions can hide another ring for one turn; the ring's
+ * second addition wakes the loop again, and that turn runs the pass.
+ */
 export function runScheduler(data: SchedulerThreadData): void {
   const port = data.port;
   const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs }, (m) => port.postMessage(m));
+  const hcPort = data.hc?.port ?? null;
+  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m)) : null;
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
+  const hcIdx = SchedRegion.hcRings >> 2;
+  let lastBell = Atomics.load(bell, bellIdx) - 1; // the first turn runs a pass
+  let lastHc = Atomics.load(bell, hcIdx);
+  let deadline = 0;
   while (loop.running) {
+    const hcSeen = Atomics.load(bell, hcIdx);
     const seen = Atomics.load(bell, bellIdx);
-    const now = nowNs();
-    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToScheduler, now);
+    let now = nowNs();
+    let schedule = false;
+    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
+      loop.handle(m.message as ToScheduler, now);
+      schedule = true;
+    }
     if (!loop.running) break;
-    const deadline = loop.pass(nowNs());
+    let served = 0;
+    if (hc && hcPort) {
+      for (let m = receiveMessageOnPort(hcPort); m; m = receiveMessageOnPort(hcPort)) hc.handle(m.message as ToHcThread);
+      served = hc.pass();
+      if (hc.wantSchedule) {
+        hc.wantSchedule = false;
+        schedule = true;
+      }
+    }
+    if (((seen - lastBell) | 0) > ((hcSeen - lastHc) | 0)) schedule = true;
+    lastBell = seen;
+    lastHc = hcSeen;
+    now = nowNs();
+    if (schedule || now >= deadline) deadline = loop.pass(now);
+    // Right after serving a hypercall, the next often follows within microseconds (a caller that
+    // signals in a loop, a reply to a reply): watch the bell a little while before sleeping, as
+    // KVM polls a halted vCPU, since waking a thread whose CPU went idle costs far more here.
+    if (served > 0) {
+      const until = nowNs() + HC_POLL_NS;
+      while (Atomics.load(bell, bellIdx) === seen && nowNs() < until) { /* poll */ }
+    }
     // Asleep until the next deadline, or until someone rings (a VP that halts, a hypercall, a
     // message from the main thread): with nothing due, no timeout at all. Observers extrapolate
     // the accounting from VpPage.accountedNs, so it need not be refreshed.

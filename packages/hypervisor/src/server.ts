@@ -63,14 +63,7 @@ export class HypervisorServer {
     this.sock.maxMessageSize = HV_FRAME_MAX_BYTES;
     this.q = new SendQueue(this.sock);
     let scheduler: SchedulerLink | undefined;
-    if (opts.lps && (opts.memoryMode ?? (shmAvailable() ? 'shared' : 'private')) === 'shared') scheduler = this.startScheduler(opts.hostId, opts.lps);
-    if (scheduler && this.sched && process.env.HVLAB_HCPAGE !== 'off') {
-      try {
-        this.hc = new HcService(opts.hostId, this.sched.doorbell, (o, m) => this.logError(o, m));
-      } catch (e) {
-        this.logError({ err: e }, 'hypercall pages are unavailable; every call uses the socket');
-      }
-    }
+    if (opts.lps && (opts.memoryMode ?? (shmAvailable() ? 'shared' : 'private')) === 'shared') scheduler = this.startScheduler(opts.hostId, opts.lps, process.env.HVLAB_HCPAGE !== 'off');
     const hc = this.hc;
     this.hv = new Hypervisor({
       ...opts, scheduler, notify: (sid, msg) => this.push(sid, msg),
@@ -84,13 +77,17 @@ export class HypervisorServer {
   }
 
   /** The scheduler thread: it dispatches VPs over `lps` logical processors (see sched-thread.ts). */
-  private startScheduler(hostId: string, lps: number): SchedulerLink {
+  private startScheduler(hostId: string, lps: number, pages: boolean): SchedulerLink {
     const region = `hvlab-${hostId}-sched`;
     unlinkRegion(region);
     const doorbell = createRegion(region, SCHED_REGION_BYTES);
     const { port1, port2 } = new MessageChannel();
-    const data: SchedulerThreadData = { lps, doorbell, port: port2 };
-    const worker = new Worker(SCHED_THREAD_ENTRY, { workerData: { scheduler: data }, transferList: [port2], name: 'scheduler' });
+    // The same thread serves the hypercall pages (hcloop.ts): a signal that wakes a VP then needs
+    // no second thread to run the scheduling pass.
+    if (pages) this.hc = new HcService(hostId, region, doorbell, (o, m) => this.logError(o, m));
+    const data: SchedulerThreadData = { lps, doorbell, port: port2, hc: this.hc?.threadData };
+    const transfer = this.hc ? [port2, this.hc.threadData.port] : [port2];
+    const worker = new Worker(SCHED_THREAD_ENTRY, { workerData: { scheduler: data }, transferList: transfer, name: 'scheduler' });
     worker.on('error', (e) => {
       // VPs are no longer dispatched; hypercalls are still served, so the root can see and save.
       this.logError({ err: e }, 'the scheduler thread failed');
@@ -256,11 +253,8 @@ export class HypervisorServer {
     this.pidWatches.clear();
     this.q.close();
     this.sock.close();
-    if (this.hc) {
-      const hc = this.hc;
-      this.hc = null;
-      await hc.close();
-    }
+    this.hc?.close();
+    this.hc = null;
     if (this.sched) {
       const { worker, region, link, stopOnExit } = this.sched;
       this.sched = null;

@@ -5,12 +5,13 @@
  *
  * Each session of a shared-memory host gets a region of two pages from the hypervisor (its name
  * comes in the welcome): page 0 is the session's hypercall page, page 1 its event queue (events
- * the hypervisor delivers to the session's root ports). The host has one doorbell word
- * (`hcBell` region, word 0) that a caller increments and wakes after it published a call.
+ * the hypervisor delivers to the session's root ports). A caller rings the host's doorbell (the
+ * scheduler region, named `hcBell` in the welcome: the scheduler thread serves the pages) after
+ * it published a call: it adds 1 to word HC_RING_WORD, then to word HC_BELL_WORD, and wakes that.
  *
  * A call, by the session's one caller at a time (calls do not overlap on a page):
  *   1. write the input (binary, below), `code`, `inLen`, `repCount`;
- *   2. `Atomics.store(req, seq)` (seq = previous + 1), then ring the bell (add 1, futex wake);
+ *   2. `Atomics.store(req, seq)` (seq = previous + 1), then ring the bell (see above);
  *   3. wait until `done == seq`; then `status`, `reps`, and the output are valid.
  * The hypervisor may first write `done = ~seq` (the call went to its main thread, a slower path: a
  * caller that blocks should stop blocking). A caller says how it waits in `waiting`: blocked on
@@ -64,9 +65,10 @@ export const HC_MAX_REGISTERS = Math.min((HC_INPUT_MAX - 16) / 16, HC_OUTPUT_MAX
 /** The calls a session may make through its page. */
 export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters];
 
-/** The host doorbell region: word 0 is the bell. */
+/** The host doorbell region (the scheduler region): the bell, and the count of hypercall rings. */
 export const HC_BELL_BYTES = 4096;
 export const HC_BELL_WORD = 0;
+export const HC_RING_WORD = 1;
 
 // ---- the event queue (page 1) ----------------------------------------------------------------
 // A single-producer, single-consumer ring of events for the session's root ports. The one producer

@@ -87,7 +87,13 @@ export function vpRunStateName(n: number): VpRunStateName {
 }
 
 /** Scheduler region (byte offsets). */
-export const SchedRegion = { doorbell: 0x00 } as const;
+/**
+ * The host's scheduler region (mapped by every partition process and hypercall session): the
+ * doorbell word the scheduler thread sleeps on, and the count of rings that were hypercalls (a
+ * hypercall ring adds to `hcRings` first, then to `doorbell`, so the thread can tell that no
+ * scheduling pass was asked for).
+ */
+export const SchedRegion = { doorbell: 0x00, hcRings: 0x04 } as const;
 export const SCHED_REGION_BYTES = 4096;
 
 // ---- virtual APIC ---------------------------------------------------------------------------

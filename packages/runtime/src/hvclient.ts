@@ -12,7 +12,7 @@
  */
 import {
   decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
-  HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
+  HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
   type HvCallName, type HvClientMsg, type HvCtlOp, type HvServerMsg, type HypercallInputs,
 } from '@hvlab/protocol';
 import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
@@ -101,6 +101,8 @@ interface Queued {
  * holding a caller's event loop.
  */
 export const PAGE_SYNC_WAIT_MS = 2;
+/** How long that caller watches the page before it sleeps in the futex (ms). */
+export const PAGE_SPIN_MS = 0.02;
 
 export class HvClient {
   private readonly sock: zmq.Dealer;
@@ -295,10 +297,16 @@ export class HvClient {
     Atomics.store(i32, HcWord.inLen, inLen);
     Atomics.store(i32, HcWord.waiting, sync ? 1 : 0);
     Atomics.store(i32, HcWord.req, seq);
+    Atomics.add(page.bellI32, HC_RING_WORD, 1);
     Atomics.add(page.bellI32, HC_BELL_WORD, 1);
     futexWake(page.bell, HC_BELL_WORD);
     if (sync) {
-      const end = performance.now() + PAGE_SYNC_WAIT_MS;
+      const start = performance.now();
+      const end = start + PAGE_SYNC_WAIT_MS;
+      // The hypervisor's thread answers in microseconds: watch first, then sleep (a thread that
+      // slept costs tens of microseconds to wake on an idle CPU here).
+      const spinUntil = start + PAGE_SPIN_MS;
+      while (Atomics.load(i32, HcWord.done) !== seq && Atomics.load(i32, HcWord.done) !== ~seq && performance.now() < spinUntil) { /* poll */ }
       for (;;) {
         const d = Atomics.load(i32, HcWord.done);
         if (d === seq) return Promise.resolve(this.pageResult(page, code, input));

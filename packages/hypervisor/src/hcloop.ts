@@ -1,7 +1,8 @@
 /**
- * The hypervisor's hypercall thread: it serves the sessions' hypercall pages (protocol's
- * hcpage.ts). It sleeps on the host's hypercall doorbell and never waits on an event loop; a ring
- * makes it look at every session's page for a call it has not taken yet.
+ * The hypercall pages' server, run by the hypervisor's scheduler thread (sched-thread.ts), which
+ * never waits on an event loop: a session rings the host's doorbell (counting the ring as a
+ * hypercall ring, so the thread can skip its scheduling pass), and the thread looks at every
+ * session's page for a call it has not taken yet (`HcLoop.pass`).
  *
  * It carries out SignalEvent itself when it holds a current route for the connection (see
  * Hypervisor.signalRoute): it sets the event flag in the target's SIEF page and pends the SINT's
@@ -17,15 +18,18 @@
  * 8-byte SignalEvent input, takes each request number once, and whatever those words hold, a call
  * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
  */
-import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
-  HcWord, HC_INPUT_OFFSET, HC_BELL_WORD, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, SchedRegion, pushHcEvent,
+  HcWord, HC_INPUT_OFFSET, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent,
 } from '@hvlab/protocol';
-import { futexWait, futexWake } from '@hvlab/shm';
+import { futexWake } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
 
-/** Words of the host's hypercall bell region besides the bell. */
-export const HcBellWord = { bell: HC_BELL_WORD, epoch: 1, fastCalls: 2, forwarded: 3 } as const;
+/**
+ * Int32 words of the hypercall server's private state (a SharedArrayBuffer of the hypervisor
+ * process only, never a /dev/shm file: no session can write the epoch).
+ */
+export const HcStateWord = { epoch: 0, fastCalls: 1, forwarded: 2 } as const;
+export const HC_STATE_BYTES = 16;
 
 export type ToHcThread =
   | { t: 'session'; sid: string; region: SharedArrayBuffer }
@@ -38,10 +42,9 @@ export type ToHcThread =
 export type FromHcThread = { t: 'call'; sid: string; seq: number };
 
 export interface HcThreadData {
-  bell: SharedArrayBuffer;
-  /** The scheduler's doorbell region (rung when a signalled VP does not hold its LP), or null. */
-  sched: SharedArrayBuffer | null;
-  port: MessagePort;
+  /** The private state (HcStateWord). */
+  state: SharedArrayBuffer;
+  port: import('node:worker_threads').MessagePort;
 }
 
 interface ChildRoute {
@@ -94,13 +97,13 @@ export function completeHcCall(region: SharedArrayBuffer, i32: Int32Array, seq: 
 /** The thread's state and one pass, without the thread (tests drive it in-process). */
 export class HcLoop {
   private readonly sessions = new Map<string, SessionRec>();
-  private readonly bell: Int32Array;
-  private readonly schedI32: Int32Array | null;
+  private readonly state: Int32Array;
   running = true;
+  /** Set when a call pended an interrupt on a VP that does not hold its LP: the scheduling pass must run. */
+  wantSchedule = false;
 
-  constructor(private readonly data: Omit<HcThreadData, 'port'>, private readonly out: (m: FromHcThread) => void) {
-    this.bell = new Int32Array(data.bell);
-    this.schedI32 = data.sched ? new Int32Array(data.sched) : null;
+  constructor(state: SharedArrayBuffer, private readonly out: (m: FromHcThread) => void) {
+    this.state = new Int32Array(state);
   }
 
   handle(m: ToHcThread): void {
@@ -148,19 +151,22 @@ export class HcLoop {
     futexWake(owner.region, HcWord.attention);
   }
 
-  /** Serves every call published since the last pass. */
-  pass(): void {
+  /** Serves every call published since the last pass; returns how many it took. */
+  pass(): number {
+    let n = 0;
     for (const s of this.sessions.values()) {
       const req = Atomics.load(s.i32, HcWord.req);
       if (req === s.taken) continue;
       s.taken = req;
+      n++;
       if (!this.fast(s, req)) {
-        Atomics.add(this.bell, HcBellWord.forwarded, 1);
+        Atomics.add(this.state, HcStateWord.forwarded, 1);
         Atomics.store(s.i32, HcWord.done, ~req);
         if (Atomics.load(s.i32, HcWord.waiting) === 1) futexWake(s.region, HcWord.done);
         this.out({ t: 'call', sid: s.sid, seq: req });
       }
     }
+    return n;
   }
 
   /** Serves call `seq` here if it is a SignalEvent with a current route; false to forward it. */
@@ -173,7 +179,7 @@ export class HcLoop {
     const connectionId = w0 >>> 0;
     const flag = w1 & 0xffff;
     const r = s.routes.get(connectionId);
-    if (!r || r.epoch !== Atomics.load(this.bell, HcBellWord.epoch) || flag >= r.flagCount) return false;
+    if (!r || r.epoch !== Atomics.load(this.state, HcStateWord.epoch) || flag >= r.flagCount) return false;
     if (r.kind === 'root') {
       const owner = this.sessions.get(r.owner);
       if (!owner) return false;
@@ -185,29 +191,12 @@ export class HcLoop {
         if (r.vector >= PROBE_VECTOR_MIN) new BigInt64Array(r.vpRegion)[r.probeIdx] = process.hrtime.bigint();
         r.apic.assert(r.vector, r.autoEoi);
         const d = Atomics.load(r.vp, r.dispatchIdx);
-        if (d !== Dispatch.Granted && d !== Dispatch.Preempt && this.schedI32 && this.data.sched) {
-          Atomics.add(this.schedI32, SchedRegion.doorbell >> 2, 1);
-          futexWake(this.data.sched, SchedRegion.doorbell >> 2);
-        }
+        // A VP that holds its LP takes it at its next step boundary; any other needs the scheduler.
+        if (d !== Dispatch.Granted && d !== Dispatch.Preempt) this.wantSchedule = true;
       }
     }
-    Atomics.add(this.bell, HcBellWord.fastCalls, 1);
+    Atomics.add(this.state, HcStateWord.fastCalls, 1);
     completeHcCall(s.region, i32, seq, HvStatus.SUCCESS);
     return true;
   }
 }
-
-export function runHcThread(data: HcThreadData): void {
-  const port = data.port;
-  const loop = new HcLoop(data, (m) => port.postMessage(m));
-  const bell = new Int32Array(data.bell);
-  while (loop.running) {
-    const seen = Atomics.load(bell, HcBellWord.bell);
-    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToHcThread);
-    if (!loop.running) break;
-    loop.pass();
-    futexWait(data.bell, HcBellWord.bell, seen, -1);
-  }
-}
-
-if (workerData && (workerData as { hc?: HcThreadData }).hc) runHcThread((workerData as { hc: HcThreadData }).hc);
