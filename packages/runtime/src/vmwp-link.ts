@@ -11,6 +11,9 @@ import { dealer, router, SendQueue, type zmq } from './zmq.js';
 
 type Log = { warn: (o: object, m?: string) => void; error: (o: object, m?: string) => void };
 
+/** Notes a worker keeps for the first root that attaches. */
+export const EARLY_NOTES = 16;
+
 export class VmwpLinkError extends Error {
   override name = 'VmwpLinkError';
   /** A management error code the VMWP chose (e.g. InvalidArgument), or null. */
@@ -31,6 +34,10 @@ export class VmwpControlServer {
   private readonly sock: zmq.Router = router();
   private readonly q = new SendQueue(this.sock);
   private attached: Buffer | null = null;
+  /** Whether a root has attached (and been sent a note) since this worker started. */
+  private everAttached = false;
+  /** Notes from before the first root attached. */
+  private readonly early: VmwpNote[] = [];
   private closed = false;
 
   constructor(
@@ -82,7 +89,11 @@ export class VmwpControlServer {
             continue;
           }
           this.attached = Buffer.from(peer);
+          this.everAttached = true;
           this.answer(peer, id, true, { attached: true });
+          // Notes from before the first root attached (a warm worker can boot its guest before
+          // the root that claimed it has said hello): delivered now, in order.
+          for (const n of this.early.splice(0)) this.note(n);
           continue;
         }
         if (!this.attached || !peer.equals(this.attached)) {
@@ -99,9 +110,20 @@ export class VmwpControlServer {
     }
   }
 
-  /** Sends a note to the attached root; dropped when no root is attached (it will ask `describe`). */
+  /**
+   * Sends a note to the attached root. Before any root attached, the last EARLY_NOTES notes wait
+   * for the first hello; later, with no root attached (it died), a note is dropped (the next root
+   * asks `describe`).
+   */
   note(body: VmwpNote): void {
-    if (!this.attached || this.closed) return;
+    if (this.closed) return;
+    if (!this.attached) {
+      if (!this.everAttached) {
+        this.early.push(body);
+        if (this.early.length > EARLY_NOTES) this.early.shift();
+      }
+      return;
+    }
     void this.q.send([this.attached, encode({ t: 'note', body })]).catch(() => undefined);
   }
 

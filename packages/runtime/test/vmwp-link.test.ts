@@ -112,3 +112,30 @@ describe('VMWP control server under random frames', function () {
     expect((err as Error).message).to.match(/worker process \(pid 2147483646\) exited/);
   });
 });
+
+describe('VMWP control link notes', function () {
+  this.timeout(30000);
+
+  it('a note sent before the first root said hello reaches that root after its hello (a warm worker can boot first), and later notes follow in order', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-vmwp-notes-'));
+    const endpoint = `ipc://${join(dir, 'w')}`;
+    const server = new VmwpControlServer(endpoint, 'sesame', async () => ({}), quiet);
+    await server.bind();
+    const notes: VmwpNote[] = [];
+    let c: VmwpControlClient | null = null;
+    try {
+      server.note({ t: 'booted', partitionId: 7, partitionPid: 1234 });
+      c = new VmwpControlClient(endpoint, process.pid, (n) => notes.push(n), quiet);
+      await c.request({ t: 'hello', secret: 'sesame' }, 5000);
+      for (let i = 0; i < 200 && notes.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(notes).to.deep.equal([{ t: 'booted', partitionId: 7, partitionPid: 1234 }]);
+      server.note({ t: 'exiting', reason: 'r', guestShutdown: false });
+      for (let i = 0; i < 200 && notes.length === 1; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(notes.map((n) => n.t)).to.deep.equal(['booted', 'exiting']);
+    } finally {
+      c?.close();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

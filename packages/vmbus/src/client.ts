@@ -157,7 +157,12 @@ export class VmbusClient {
     await this.post({ type: 'RequestOffers' });
     await done;
     this.allOffersDelivered = true;
-    for (const o of [...this.offers.values()]) await this.serialize(() => this.attach(o));
+    // Every offered channel is opened at once, as Linux probes VMBus devices asynchronously: their
+    // GPADL and OPENCHANNEL exchanges overlap (each answer is matched by its GPADL handle, relid and
+    // open id), as one step of the client's chain, so a rescind still waits for it.
+    await this.serialize(async () => {
+      await Promise.all([...this.offers.values()].map((o) => this.attach(o)));
+    });
     return this.version;
   }
 

@@ -22,12 +22,12 @@ import { join } from 'node:path';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
-  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
-import { IcRequestError } from '@hvlab/vsp';
+import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
@@ -49,6 +49,8 @@ function spawnPartition(): ChildProcess {
 // A warm worker (root/src/warm.ts) waits here, code loaded, until a VM start claims it.
 if (process.env.HVLAB_VMWP_WARM === '1') process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
 const prestarted = spawnPartition();
+// Load every device class's host half while waiting to be assigned (see the guest's main.ts).
+for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
 
 const input = decodeVmwpStartInput(await readStdinLine('the start-up input'));
 const cfg: VmwpConfig = input.config;
