@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
   HC_REGION_BYTES, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX, HcWord, HvCall, HvStatus, SchedRegion,
-  decodeHcCall, encodeHcOutput,
+  decodeHcCall, encodeHcOutput, type HcEvent,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, futexWake } from '@hvlab/shm';
 import type { Hypervisor } from './hypervisor.js';
@@ -93,10 +93,13 @@ export class HcService {
     unlinkRegion(p.name);
   }
 
-  /** An event for a root port owned by session `sid` (which has a page). */
-  rootEvent(sid: string, portId: number, sender: number, flag: number): void {
-    this.post({ t: 'rootEvent', sid, portId, sender, flag });
+  /** An event for a root port owned by session `sid`, or an intercept for it (it has a page). */
+  event(sid: string, ev: HcEvent): void {
+    this.post({ t: 'event', sid, ev });
   }
+
+  /** Where an intercept goes that did not fit in its session's event queue (the socket). */
+  onUndelivered: (sid: string, ev: HcEvent) => void = () => {};
 
   get stats(): { fastCalls: number; forwarded: number } {
     return { fastCalls: Atomics.load(this.stateI32, HcStateWord.fastCalls), forwarded: Atomics.load(this.stateI32, HcStateWord.forwarded) };
@@ -104,6 +107,14 @@ export class HcService {
 
   /** A call the thread did not serve itself: serve it with the hypervisor's tables. Never throws. */
   private onForward(m: FromHcThread): void {
+    if (m.t === 'undelivered') {
+      try {
+        this.onUndelivered(m.sid, m.ev);
+      } catch (e) {
+        this.logError({ err: e }, 'an intercept could not be sent');
+      }
+      return;
+    }
     const p = this.pages.get(m.sid);
     const hv = this.hv;
     if (!p || !hv || m.t !== 'call') return;

@@ -19,7 +19,7 @@
  * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HC_INPUT_OFFSET, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent,
+  HcWord, HC_INPUT_OFFSET, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent, type HcEvent,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
@@ -35,11 +35,14 @@ export type ToHcThread =
   | { t: 'session'; sid: string; region: SharedArrayBuffer }
   | { t: 'sessionGone'; sid: string }
   | { t: 'route'; sid: string; connectionId: number; epoch: number; route: SignalRoute }
-  /** An event for a root port whose owner has a page (the main thread served the SignalEvent). */
-  | { t: 'rootEvent'; sid: string; portId: number; sender: number; flag: number }
+  /** An event for a root port whose owner has a page (the main thread served the SignalEvent), or an intercept for a session with a page. */
+  | { t: 'event'; sid: string; ev: HcEvent }
   | { t: 'stop' };
 
-export type FromHcThread = { t: 'call'; sid: string; seq: number };
+export type FromHcThread =
+  | { t: 'call'; sid: string; seq: number }
+  /** An intercept that did not fit in the session's event queue: the main thread sends it over the socket. */
+  | { t: 'undelivered'; sid: string; ev: HcEvent };
 
 export interface HcThreadData {
   /** The private state (HcStateWord). */
@@ -134,9 +137,9 @@ export class HcLoop {
         }
         break;
       }
-      case 'rootEvent': {
+      case 'event': {
         const owner = this.sessions.get(m.sid);
-        if (owner) this.queueEvent(owner, m.portId, m.sender, m.flag);
+        if (owner) this.queueEvent(owner, m.ev);
         break;
       }
       case 'stop':
@@ -145,8 +148,8 @@ export class HcLoop {
     }
   }
 
-  private queueEvent(owner: SessionRec, portId: number, sender: number, flag: number): void {
-    pushHcEvent(owner.i32, portId, sender, flag);
+  private queueEvent(owner: SessionRec, ev: HcEvent): void {
+    if (!pushHcEvent(owner.i32, ev) && ev.kind === 'intercept') this.out({ t: 'undelivered', sid: owner.sid, ev });
     Atomics.add(owner.i32, HcWord.attention, 1);
     futexWake(owner.region, HcWord.attention);
   }
@@ -183,7 +186,7 @@ export class HcLoop {
     if (r.kind === 'root') {
       const owner = this.sessions.get(r.owner);
       if (!owner) return false;
-      this.queueEvent(owner, r.portId, r.sender, flag);
+      this.queueEvent(owner, { kind: 'rootEvent', portId: r.portId, sender: r.sender, flag });
     } else {
       const bit = 1 << (flag & 31);
       const old = Atomics.or(r.flags, r.flagsWord + (flag >>> 5), bit);

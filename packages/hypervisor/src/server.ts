@@ -72,6 +72,12 @@ export class HypervisorServer {
       pageStats: hc ? () => hc.stats : undefined,
     });
     hc?.attach(this.hv);
+    if (hc) hc.onUndelivered = (sid, ev) => {
+      if (ev.kind === 'intercept') {
+        const { kind: _kind, ...rest } = ev;
+        this.push(sid, { k: 'intercept', ...rest }, true);
+      }
+    };
     // A peer that disconnects is usually a process that ended: check at once.
     this.sock.events.on('disconnect', () => this.expireSessions());
   }
@@ -157,11 +163,16 @@ export class HypervisorServer {
     }
   }
 
-  private push(sessionId: string, msg: HvServerMsg): void {
+  private push(sessionId: string, msg: HvServerMsg, viaSocket = false): void {
     if (this.stopping) return;
-    // A root port's events go to its owner's event page when it has one.
+    // A root port's events, and intercepts, go to the session's event page when it has one.
     if (msg.k === 'rootevent' && this.hc?.hasPage(sessionId)) {
-      this.hc.rootEvent(sessionId, msg.portId, msg.sender, msg.flagNumber);
+      this.hc.event(sessionId, { kind: 'rootEvent', portId: msg.portId, sender: msg.sender, flag: msg.flagNumber });
+      return;
+    }
+    if (msg.k === 'intercept' && this.hc?.hasPage(sessionId) && !viaSocket) {
+      const { k: _k, ...ev } = msg;
+      this.hc.event(sessionId, { kind: 'intercept', ...ev });
       return;
     }
     if (this.sendsInFlight >= MAX_SENDS_IN_FLIGHT) {

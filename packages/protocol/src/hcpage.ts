@@ -71,64 +71,100 @@ export const HC_BELL_WORD = 0;
 export const HC_RING_WORD = 1;
 
 // ---- the event queue (page 1) ----------------------------------------------------------------
-// A single-producer, single-consumer ring of events for the session's root ports. The one producer
-// is the hypervisor's hypercall thread (its main thread hands events to it); the one consumer is
-// the session's client. The producer writes an entry, then publishes `tail`; the consumer reads up
-// to `tail`, then publishes `head`. With the ring full the producer writes nothing and counts in
-// `overflow` instead; the reader then treats every port as signalled, which VMBus tolerates (a
-// spurious signal only makes a reader look at its ring).
+// A single-producer, single-consumer ring of what the hypervisor delivers to the session without
+// being asked: events for its root ports, and port intercepts of partitions it installed them for.
+// The one producer is the hypervisor's scheduler thread (its main thread hands these to it); the
+// one consumer is the session's client. The producer writes an entry, then publishes `tail`; the
+// consumer reads up to `tail`, then publishes `head`. With the ring full the producer writes
+// nothing: an event counts in `overflow` instead (the reader then treats every port as
+// signalled, which VMBus tolerates: a spurious signal only makes a reader look at its ring), and
+// an intercept goes back to the hypervisor's main thread, which sends it over the socket.
 export const HcEventWord = { tail: 0, head: 1, overflow: 2 } as const;
 export const HC_EVENT_BASE = HC_PAGE_BYTES + 64;
-export const HC_EVENT_ENTRY_BYTES = 12;
+/** An entry: a kind word and up to 11 words of fields. */
+export const HC_EVENT_ENTRY_BYTES = 48;
 export const HC_EVENT_SLOTS = Math.floor((HC_PAGE_BYTES - 64) / HC_EVENT_ENTRY_BYTES);
+export const HcEventKind = { rootEvent: 1, intercept: 2 } as const;
+
+export type HcEvent =
+  | { kind: 'rootEvent'; portId: number; sender: number; flag: number }
+  | { kind: 'intercept'; partitionId: number; vpIndex: number; messageType: number; port: number; access: number; size: number; value: number; rip: number };
 
 const EV0 = HC_PAGE_BYTES >> 2;
 
-/** Queues an event (flag `flag` of port `portId`, from partition `sender`) for the session whose region is `i32` (the producer only). */
-export function pushHcEvent(i32: Int32Array, portId: number, sender: number, flag: number): boolean {
+/** Queues `e` for the session whose region is `i32` (the producer only). False when the ring is full. */
+export function pushHcEvent(i32: Int32Array, e: HcEvent): boolean {
   const tail = Atomics.load(i32, EV0 + HcEventWord.tail);
   const head = Atomics.load(i32, EV0 + HcEventWord.head);
   const used = (tail - head) | 0;
   if (used < 0 || used >= HC_EVENT_SLOTS) {
-    Atomics.add(i32, EV0 + HcEventWord.overflow, 1);
+    if (e.kind === 'rootEvent') Atomics.add(i32, EV0 + HcEventWord.overflow, 1);
     return false;
   }
   const w = (HC_EVENT_BASE + ((tail >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
-  Atomics.store(i32, w, portId | 0);
-  Atomics.store(i32, w + 1, sender | 0);
-  Atomics.store(i32, w + 2, flag | 0);
+  if (e.kind === 'rootEvent') {
+    Atomics.store(i32, w, HcEventKind.rootEvent);
+    Atomics.store(i32, w + 1, e.portId | 0);
+    Atomics.store(i32, w + 2, e.sender | 0);
+    Atomics.store(i32, w + 3, e.flag | 0);
+  } else {
+    Atomics.store(i32, w, HcEventKind.intercept);
+    Atomics.store(i32, w + 1, e.partitionId | 0);
+    Atomics.store(i32, w + 2, e.vpIndex | 0);
+    Atomics.store(i32, w + 3, e.messageType | 0);
+    Atomics.store(i32, w + 4, e.port | 0);
+    Atomics.store(i32, w + 5, e.access | 0);
+    Atomics.store(i32, w + 6, e.size | 0);
+    Atomics.store(i32, w + 7, e.value | 0);
+    Atomics.store(i32, w + 8, e.rip % 0x100000000 | 0);
+    Atomics.store(i32, w + 9, Math.floor(e.rip / 0x100000000) | 0);
+  }
   Atomics.store(i32, EV0 + HcEventWord.tail, (tail + 1) | 0);
   return true;
 }
 
 /**
- * Takes the published events in order (the session's reader only): `onEvent(portId, sender, flag)` for
- * each, and `overflowed` is true when events were lost to a full ring since the last drain. A
- * `tail` that is behind `head` or more than a ring ahead (a producer that wrote nonsense) counts as
- * an overflow and resets the ring. Values are the producer's words, unchecked: the caller checks.
+ * Takes the published entries in order (the session's reader only), checked: `onEvent` gets each
+ * well-formed one; an entry of unknown kind or with fields out of range is skipped and counted in
+ * `bad`. `overflowed` is true when events were lost to a full ring since the last drain. A `tail`
+ * behind `head` or more than a ring ahead (a producer that wrote nonsense) counts as an overflow
+ * and resets the ring.
  */
-export function drainHcEvents(i32: Int32Array, onEvent: (portId: number, sender: number, flag: number) => void): { count: number; overflowed: boolean } {
+export function drainHcEvents(i32: Int32Array, onEvent: (e: HcEvent) => void): { count: number; bad: number; overflowed: boolean } {
   const tail = Atomics.load(i32, EV0 + HcEventWord.tail);
   let head = Atomics.load(i32, EV0 + HcEventWord.head);
   let count = 0;
+  let bad = 0;
   let overflowed = Atomics.exchange(i32, EV0 + HcEventWord.overflow, 0) !== 0;
   const avail = (tail - head) | 0;
   if (avail < 0 || avail > HC_EVENT_SLOTS) {
     Atomics.store(i32, EV0 + HcEventWord.head, tail);
-    return { count: 0, overflowed: true };
+    return { count: 0, bad: 0, overflowed: true };
   }
+  const u = (x: number): number => x >>> 0;
   while (head !== tail) {
     const w = (HC_EVENT_BASE + ((head >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
-    const portId = Atomics.load(i32, w);
-    const sender = Atomics.load(i32, w + 1);
-    const flag = Atomics.load(i32, w + 2);
+    const kind = Atomics.load(i32, w);
+    let e: HcEvent | null = null;
+    if (kind === HcEventKind.rootEvent) {
+      const flag = u(Atomics.load(i32, w + 3));
+      if (flag <= 0xffff) e = { kind: 'rootEvent', portId: u(Atomics.load(i32, w + 1)), sender: u(Atomics.load(i32, w + 2)), flag };
+    } else if (kind === HcEventKind.intercept) {
+      const f = Array.from({ length: 9 }, (_, i) => u(Atomics.load(i32, w + 1 + i)));
+      const rip = f[8] * 0x100000000 + f[7];
+      if (f[3] <= 0xffff && (f[4] === 1 || f[4] === 2) && (f[5] === 1 || f[5] === 2 || f[5] === 4) && Number.isSafeInteger(rip)) {
+        e = { kind: 'intercept', partitionId: f[0], vpIndex: f[1], messageType: f[2], port: f[3], access: f[4], size: f[5], value: f[6], rip };
+      }
+    }
     head = (head + 1) | 0;
-    count++;
-    onEvent(portId >>> 0, sender >>> 0, flag >>> 0);
+    if (e) {
+      count++;
+      onEvent(e);
+    } else bad++;
   }
   Atomics.store(i32, EV0 + HcEventWord.head, head);
   if (Atomics.load(i32, EV0 + HcEventWord.overflow) !== 0) overflowed = Atomics.exchange(i32, EV0 + HcEventWord.overflow, 0) !== 0 || overflowed;
-  return { count, overflowed };
+  return { count, bad, overflowed };
 }
 
 // ---- inputs --------------------------------------------------------------------------------

@@ -7,8 +7,8 @@
  */
 import { expect } from 'chai';
 import {
-  HvCall, HvStatus, HC_INPUT_MAX, HC_REGION_BYTES, HC_EVENT_SLOTS, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD,
-  encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, type HcCall,
+  HvCall, HvStatus, HC_INPUT_MAX, HC_REGION_BYTES, HC_EVENT_SLOTS, HC_PAGE_BYTES, HC_EVENT_BASE, HC_EVENT_ENTRY_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD,
+  encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, type HcCall, type HcEvent,
 } from '../src/index.js';
 
 function roundTrip(code: number, input: Record<string, unknown>): HcCall {
@@ -121,21 +121,39 @@ describe('hypercall page codecs', () => {
     expect(ok, 'some random inputs decode').to.be.greaterThan(0);
   });
 
-  it('the event queue keeps order, counts a full ring as lost, and resets a nonsense tail', () => {
+  it('the event queue keeps order and kinds, counts a full ring as lost, skips bad entries, and resets a nonsense tail', () => {
     const i32 = new Int32Array(new SharedArrayBuffer(HC_REGION_BYTES));
-    for (let k = 0; k < 5; k++) expect(pushHcEvent(i32, 100 + k, 7, k)).to.equal(true);
-    const got: number[][] = [];
-    expect(drainHcEvents(i32, (p, s, f) => got.push([p, s, f]))).to.deep.equal({ count: 5, overflowed: false });
-    expect(got).to.deep.equal([0, 1, 2, 3, 4].map((k) => [100 + k, 7, k]));
-    for (let k = 0; k < HC_EVENT_SLOTS; k++) expect(pushHcEvent(i32, k, 1, 0)).to.equal(true);
-    expect(pushHcEvent(i32, 999, 1, 0)).to.equal(false);
-    const r = drainHcEvents(i32, () => {});
-    expect(r).to.deep.equal({ count: HC_EVENT_SLOTS, overflowed: true });
-    expect(drainHcEvents(i32, () => {})).to.deep.equal({ count: 0, overflowed: false });
+    const ev = (k: number): HcEvent => ({ kind: 'rootEvent', portId: 100 + k, sender: 7, flag: k });
+    const ic: HcEvent = { kind: 'intercept', partitionId: 3, vpIndex: 1, messageType: 0x80010000, port: 0x71, access: 1, size: 1, value: 0, rip: 2 ** 40 + 5 };
+    for (let k = 0; k < 4; k++) expect(pushHcEvent(i32, ev(k))).to.equal(true);
+    expect(pushHcEvent(i32, ic)).to.equal(true);
+    const got: HcEvent[] = [];
+    expect(drainHcEvents(i32, (e) => got.push(e))).to.deep.equal({ count: 5, bad: 0, overflowed: false });
+    expect(got).to.deep.equal([ev(0), ev(1), ev(2), ev(3), ic]);
+    for (let k = 0; k < HC_EVENT_SLOTS; k++) expect(pushHcEvent(i32, ev(1))).to.equal(true);
+    expect(pushHcEvent(i32, ev(2))).to.equal(false);
+    // A full ring refuses an intercept too (the hypervisor then sends it over the socket), without counting it lost.
+    expect(pushHcEvent(i32, ic)).to.equal(false);
+    expect(drainHcEvents(i32, () => {})).to.deep.equal({ count: HC_EVENT_SLOTS, bad: 0, overflowed: true });
+    expect(drainHcEvents(i32, () => {})).to.deep.equal({ count: 0, bad: 0, overflowed: false });
+    // Entries a producer garbled: an unknown kind, an intercept with size 3, a flag past 16 bits.
+    const base = (HC_EVENT_BASE >> 2);
+    const slot = (t: number): number => base + ((t >>> 0) % HC_EVENT_SLOTS) * (HC_EVENT_ENTRY_BYTES >> 2);
+    const tail0 = Atomics.load(i32, (HC_PAGE_BYTES >> 2) + HcEventWord.tail);
+    pushHcEvent(i32, ev(0));
+    Atomics.store(i32, slot(tail0), 9);
+    pushHcEvent(i32, ic);
+    Atomics.store(i32, slot(tail0 + 1) + 6, 3);
+    pushHcEvent(i32, ev(0));
+    Atomics.store(i32, slot(tail0 + 2) + 3, 0x10000);
+    pushHcEvent(i32, ev(5));
+    const after: HcEvent[] = [];
+    expect(drainHcEvents(i32, (e) => after.push(e))).to.deep.equal({ count: 1, bad: 3, overflowed: false });
+    expect(after).to.deep.equal([ev(5)]);
     // A tail far ahead of head (a producer that wrote nonsense): reset, reported as lost.
     Atomics.store(i32, (HC_PAGE_BYTES >> 2) + HcEventWord.tail, Atomics.load(i32, (HC_PAGE_BYTES >> 2) + HcEventWord.head) + HC_EVENT_SLOTS * 3);
-    expect(drainHcEvents(i32, () => expect.fail('no event from a nonsense tail'))).to.deep.equal({ count: 0, overflowed: true });
-    expect(pushHcEvent(i32, 5, 1, 0)).to.equal(true);
+    expect(drainHcEvents(i32, () => expect.fail('no event from a nonsense tail'))).to.deep.equal({ count: 0, bad: 0, overflowed: true });
+    expect(pushHcEvent(i32, ev(1))).to.equal(true);
     expect(drainHcEvents(i32, () => {}).count).to.equal(1);
   });
 });

@@ -218,7 +218,13 @@ export class HvClient {
     if (!page) return;
     const w = page.waiter;
     if (w && Atomics.load(page.i32, HcWord.done) === w.seq) this.finishPageCall(page);
-    const { overflowed } = drainHcEvents(page.i32, (portId, sender, flag) => this.deliver({ k: 'rootevent', portId, flagNumber: flag & 0xffff, sender }));
+    const { overflowed } = drainHcEvents(page.i32, (e) => {
+      if (e.kind === 'rootEvent') this.deliver({ k: 'rootevent', portId: e.portId, flagNumber: e.flag, sender: e.sender });
+      else {
+        const { kind: _kind, ...rest } = e;
+        this.deliver({ k: 'intercept', ...rest });
+      }
+    });
     if (overflowed) for (const portId of this.rootPorts) this.deliver({ k: 'rootevent', portId, flagNumber: 0, sender: 0 });
   }
 
