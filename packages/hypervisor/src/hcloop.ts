@@ -19,7 +19,7 @@
  * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HC_INPUT_OFFSET, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent, type HcEvent,
+  HcWord, HC_INPUT_OFFSET, HC_PAGE_BYTES, HcEventWord, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent, type HcEvent,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
@@ -30,6 +30,8 @@ import type { SignalRoute } from './hypervisor.js';
  */
 export const HcStateWord = { epoch: 0, fastCalls: 1, forwarded: 2 } as const;
 export const HC_STATE_BYTES = 16;
+/** Entries one session's backlog holds at most (see queueEvent). */
+export const MAX_BACKLOG = 4096;
 
 export type ToHcThread =
   | { t: 'session'; sid: string; region: SharedArrayBuffer }
@@ -80,6 +82,8 @@ interface SessionRec {
   i32: Int32Array;
   /** The last request number taken. */
   taken: number;
+  /** Messages and intercepts that did not fit in the event queue yet, in order. */
+  backlog: HcEvent[];
   routes: Map<number, ChildRoute | RootRoute>;
 }
 
@@ -115,7 +119,7 @@ export class HcLoop {
         const i32 = new Int32Array(m.region);
         // A fresh page: its first call is request 1, even if it was published before this thread
         // (still starting, say) learned of the session.
-        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, taken: 0, routes: new Map() });
+        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, taken: 0, routes: new Map(), backlog: [] });
         break;
       }
       case 'sessionGone':
@@ -149,7 +153,19 @@ export class HcLoop {
   }
 
   private queueEvent(owner: SessionRec, ev: HcEvent): void {
-    if (!pushHcEvent(owner.i32, ev) && ev.kind === 'intercept') this.out({ t: 'undelivered', sid: owner.sid, ev });
+    if (ev.kind === 'rootEvent') {
+      pushHcEvent(owner.i32, ev); // a full ring counts it lost: the reader signals every port
+    } else if (owner.backlog.length > 0 || !pushHcEvent(owner.i32, ev)) {
+      // Order is kept: behind what already waits. Past the cap the session does not read its
+      // page at all; what overflows goes over the socket (intercepts) or is dropped (messages,
+      // as to a full SynIC queue).
+      if (owner.backlog.length >= MAX_BACKLOG) {
+        if (ev.kind === 'intercept') this.out({ t: 'undelivered', sid: owner.sid, ev });
+        return;
+      }
+      owner.backlog.push(ev);
+      Atomics.store(owner.i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog, 1);
+    }
     Atomics.add(owner.i32, HcWord.attention, 1);
     futexWake(owner.region, HcWord.attention);
   }
@@ -158,6 +174,7 @@ export class HcLoop {
   pass(): number {
     let n = 0;
     for (const s of this.sessions.values()) {
+      if (s.backlog.length > 0) this.flushBacklog(s);
       const req = Atomics.load(s.i32, HcWord.req);
       if (req === s.taken) continue;
       s.taken = req;
@@ -170,6 +187,17 @@ export class HcLoop {
       }
     }
     return n;
+  }
+
+  /** Moves what fits of a session's backlog into its event queue. */
+  private flushBacklog(s: SessionRec): void {
+    let moved = 0;
+    while (moved < s.backlog.length && pushHcEvent(s.i32, s.backlog[moved])) moved++;
+    if (moved === 0) return;
+    s.backlog.splice(0, moved);
+    if (s.backlog.length === 0) Atomics.store(s.i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog, 0);
+    Atomics.add(s.i32, HcWord.attention, 1);
+    futexWake(s.region, HcWord.attention);
   }
 
   /** Serves call `seq` here if it is a SignalEvent with a current route; false to forward it. */

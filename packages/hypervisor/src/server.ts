@@ -170,6 +170,10 @@ export class HypervisorServer {
       this.hc.event(sessionId, { kind: 'rootEvent', portId: msg.portId, sender: msg.sender, flag: msg.flagNumber });
       return;
     }
+    if (msg.k === 'rootmsg' && this.hc?.hasPage(sessionId)) {
+      this.hc.event(sessionId, { kind: 'rootMessage', portId: msg.portId, sender: msg.sender, messageType: msg.messageType, payload: msg.payload });
+      return;
+    }
     if (msg.k === 'intercept' && this.hc?.hasPage(sessionId) && !viaSocket) {
       const { k: _k, ...ev } = msg;
       this.hc.event(sessionId, { kind: 'intercept', ...ev });

@@ -194,3 +194,26 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     // afterEach closes again: harmless.
   });
 });
+
+describe('the hypercall pages server without a thread (HcLoop)', () => {
+  it('keeps messages that do not fit in order, asks the reader to ring, and delivers them once there is room', async () => {
+    const { HcLoop, HC_STATE_BYTES } = await import('../src/hcloop.js');
+    const { HC_REGION_BYTES, HC_PAGE_BYTES, HcEventWord, drainHcEvents } = await import('@hvlab/protocol');
+    const loop = new HcLoop(new SharedArrayBuffer(HC_STATE_BYTES), () => {});
+    const region = new SharedArrayBuffer(HC_REGION_BYTES);
+    const i32 = new Int32Array(region);
+    loop.handle({ t: 'session', sid: 's1', region });
+    const payload = (n: number): Uint8Array => Uint8Array.from({ length: 200 }, (_, i) => (i + n) & 0xff);
+    for (let n = 0; n < 100; n++) loop.handle({ t: 'event', sid: 's1', ev: { kind: 'rootMessage', portId: 9, sender: 2, messageType: 1, payload: payload(n) } });
+    expect(Atomics.load(i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog)).to.equal(1);
+    const got: number[] = [];
+    for (let round = 0; round < 100 && got.length < 100; round++) {
+      drainHcEvents(i32, (e) => {
+        if (e.kind === 'rootMessage') got.push(e.payload[0]);
+      });
+      loop.pass();
+    }
+    expect(got).to.deep.equal(Array.from({ length: 100 }, (_, n) => n & 0xff));
+    expect(Atomics.load(i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog)).to.equal(0);
+  });
+});

@@ -77,32 +77,61 @@ export const HC_RING_WORD = 1;
 // one consumer is the session's client. The producer writes an entry, then publishes `tail`; the
 // consumer reads up to `tail`, then publishes `head`. With the ring full the producer writes
 // nothing: an event counts in `overflow` instead (the reader then treats every port as
-// signalled, which VMBus tolerates: a spurious signal only makes a reader look at its ring), and
-// an intercept goes back to the hypervisor's main thread, which sends it over the socket.
-export const HcEventWord = { tail: 0, head: 1, overflow: 2 } as const;
+// signalled, which VMBus tolerates: a spurious signal only makes a reader look at its ring);
+// messages and intercepts wait in the producer's backlog, in order, and `backlog` asks the reader
+// to ring the doorbell once it has made room.
+export const HcEventWord = {
+  tail: 0,
+  head: 1,
+  overflow: 2,
+  /** 1 while the producer holds entries that did not fit: the reader rings the doorbell after draining. */
+  backlog: 3,
+} as const;
 export const HC_EVENT_BASE = HC_PAGE_BYTES + 64;
 /** An entry: a kind word and up to 11 words of fields. */
 export const HC_EVENT_ENTRY_BYTES = 48;
 export const HC_EVENT_SLOTS = Math.floor((HC_PAGE_BYTES - 64) / HC_EVENT_ENTRY_BYTES);
-export const HcEventKind = { rootEvent: 1, intercept: 2 } as const;
+export const HcEventKind = { rootEvent: 1, intercept: 2, rootMessage: 3 } as const;
+/** A root message's payload follows its entry in the entries after it, this many bytes each. */
+const PAYLOAD_PER_ENTRY = HC_EVENT_ENTRY_BYTES;
 
 export type HcEvent =
   | { kind: 'rootEvent'; portId: number; sender: number; flag: number }
+  | { kind: 'rootMessage'; portId: number; sender: number; messageType: number; payload: Uint8Array }
   | { kind: 'intercept'; partitionId: number; vpIndex: number; messageType: number; port: number; access: number; size: number; value: number; rip: number };
 
 const EV0 = HC_PAGE_BYTES >> 2;
+
+/** Entries `e` takes: one, and a root message's payload in the ones after it. */
+function entriesOf(e: HcEvent): number {
+  return e.kind === 'rootMessage' ? 1 + Math.ceil(e.payload.length / PAYLOAD_PER_ENTRY) : 1;
+}
+
+const slotWord = (t: number): number => (HC_EVENT_BASE + ((t >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
 
 /** Queues `e` for the session whose region is `i32` (the producer only). False when the ring is full. */
 export function pushHcEvent(i32: Int32Array, e: HcEvent): boolean {
   const tail = Atomics.load(i32, EV0 + HcEventWord.tail);
   const head = Atomics.load(i32, EV0 + HcEventWord.head);
   const used = (tail - head) | 0;
-  if (used < 0 || used >= HC_EVENT_SLOTS) {
+  const need = entriesOf(e);
+  if (used < 0 || used + need > HC_EVENT_SLOTS || (e.kind === 'rootMessage' && e.payload.length > MAX_MESSAGE_PAYLOAD)) {
     if (e.kind === 'rootEvent') Atomics.add(i32, EV0 + HcEventWord.overflow, 1);
     return false;
   }
-  const w = (HC_EVENT_BASE + ((tail >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
-  if (e.kind === 'rootEvent') {
+  const w = slotWord(tail);
+  if (e.kind === 'rootMessage') {
+    Atomics.store(i32, w, HcEventKind.rootMessage);
+    Atomics.store(i32, w + 1, e.portId | 0);
+    Atomics.store(i32, w + 2, e.sender | 0);
+    Atomics.store(i32, w + 3, e.messageType | 0);
+    Atomics.store(i32, w + 4, e.payload.length);
+    const bytes = new Uint8Array(i32.buffer, i32.byteOffset, i32.byteLength);
+    for (let k = 1; k < need; k++) {
+      const from = (k - 1) * PAYLOAD_PER_ENTRY;
+      bytes.set(e.payload.subarray(from, from + PAYLOAD_PER_ENTRY), slotWord(tail + k) * 4);
+    }
+  } else if (e.kind === 'rootEvent') {
     Atomics.store(i32, w, HcEventKind.rootEvent);
     Atomics.store(i32, w + 1, e.portId | 0);
     Atomics.store(i32, w + 2, e.sender | 0);
@@ -119,7 +148,7 @@ export function pushHcEvent(i32: Int32Array, e: HcEvent): boolean {
     Atomics.store(i32, w + 8, e.rip % 0x100000000 | 0);
     Atomics.store(i32, w + 9, Math.floor(e.rip / 0x100000000) | 0);
   }
-  Atomics.store(i32, EV0 + HcEventWord.tail, (tail + 1) | 0);
+  Atomics.store(i32, EV0 + HcEventWord.tail, (tail + need) | 0);
   return true;
 }
 
@@ -142,11 +171,26 @@ export function drainHcEvents(i32: Int32Array, onEvent: (e: HcEvent) => void): {
     return { count: 0, bad: 0, overflowed: true };
   }
   const u = (x: number): number => x >>> 0;
+  const bytes = new Uint8Array(i32.buffer, i32.byteOffset, i32.byteLength);
   while (head !== tail) {
-    const w = (HC_EVENT_BASE + ((head >>> 0) % HC_EVENT_SLOTS) * HC_EVENT_ENTRY_BYTES) >> 2;
+    const w = slotWord(head);
     const kind = Atomics.load(i32, w);
     let e: HcEvent | null = null;
-    if (kind === HcEventKind.rootEvent) {
+    let took = 1;
+    if (kind === HcEventKind.rootMessage) {
+      const size = u(Atomics.load(i32, w + 4));
+      const n = Math.ceil(size / PAYLOAD_PER_ENTRY);
+      if (size <= MAX_MESSAGE_PAYLOAD && n < ((tail - head) | 0)) {
+        took = 1 + n;
+        const payload = new Uint8Array(size);
+        for (let k = 0; k < n; k++) {
+          const at = slotWord(head + 1 + k) * 4;
+          const len = Math.min(PAYLOAD_PER_ENTRY, size - k * PAYLOAD_PER_ENTRY);
+          payload.set(bytes.subarray(at, at + len), k * PAYLOAD_PER_ENTRY);
+        }
+        e = { kind: 'rootMessage', portId: u(Atomics.load(i32, w + 1)), sender: u(Atomics.load(i32, w + 2)), messageType: u(Atomics.load(i32, w + 3)), payload };
+      }
+    } else if (kind === HcEventKind.rootEvent) {
       const flag = u(Atomics.load(i32, w + 3));
       if (flag <= 0xffff) e = { kind: 'rootEvent', portId: u(Atomics.load(i32, w + 1)), sender: u(Atomics.load(i32, w + 2)), flag };
     } else if (kind === HcEventKind.intercept) {
@@ -156,7 +200,7 @@ export function drainHcEvents(i32: Int32Array, onEvent: (e: HcEvent) => void): {
         e = { kind: 'intercept', partitionId: f[0], vpIndex: f[1], messageType: f[2], port: f[3], access: f[4], size: f[5], value: f[6], rip };
       }
     }
-    head = (head + 1) | 0;
+    head = (head + took) | 0;
     if (e) {
       count++;
       onEvent(e);

@@ -156,4 +156,22 @@ describe('hypercall page codecs', () => {
     expect(pushHcEvent(i32, ev(1))).to.equal(true);
     expect(drainHcEvents(i32, () => {}).count).to.equal(1);
   });
+
+  it('a root message takes its payload into the entries after it, whole, and one that does not fit is refused', () => {
+    const i32 = new Int32Array(new SharedArrayBuffer(HC_REGION_BYTES));
+    const msg = (n: number, size: number): HcEvent => ({ kind: 'rootMessage', portId: 0x20000 + n, sender: 4, messageType: 1, payload: Uint8Array.from({ length: size }, (_, i) => (i * 7 + n) & 0xff) });
+    const sent = [msg(0, 0), msg(1, 1), msg(2, 48), msg(3, 49), msg(4, MAX_MESSAGE_PAYLOAD)];
+    for (const m of sent) expect(pushHcEvent(i32, m)).to.equal(true);
+    const got: HcEvent[] = [];
+    expect(drainHcEvents(i32, (e) => got.push(e))).to.deep.equal({ count: 5, bad: 0, overflowed: false });
+    expect(got).to.deep.equal(sent);
+    // Fill all but 3 entries: a 240-byte message (6 entries) is refused, a 96-byte one (3) fits.
+    let pushed = 0;
+    while (pushHcEvent(i32, { kind: 'rootEvent', portId: 1, sender: 1, flag: 0 }) && ++pushed < HC_EVENT_SLOTS - 3);
+    expect(pushHcEvent(i32, msg(5, MAX_MESSAGE_PAYLOAD))).to.equal(false);
+    expect(pushHcEvent(i32, msg(6, 96))).to.equal(true);
+    const last: HcEvent[] = [];
+    drainHcEvents(i32, (e) => last.push(e));
+    expect(last.at(-1)).to.deep.equal(msg(6, 96));
+  });
 });

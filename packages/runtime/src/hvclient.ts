@@ -12,7 +12,7 @@
  */
 import {
   decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
-  HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
+  HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, HC_PAGE_BYTES, HcEventWord, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
   type HvCallName, type HvClientMsg, type HvCtlOp, type HvServerMsg, type HypercallInputs,
 } from '@hvlab/protocol';
 import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
@@ -220,12 +220,19 @@ export class HvClient {
     if (w && Atomics.load(page.i32, HcWord.done) === w.seq) this.finishPageCall(page);
     const { overflowed } = drainHcEvents(page.i32, (e) => {
       if (e.kind === 'rootEvent') this.deliver({ k: 'rootevent', portId: e.portId, flagNumber: e.flag, sender: e.sender });
+      else if (e.kind === 'rootMessage') this.deliver({ k: 'rootmsg', portId: e.portId, messageType: e.messageType, payload: e.payload, sender: e.sender });
       else {
         const { kind: _kind, ...rest } = e;
         this.deliver({ k: 'intercept', ...rest });
       }
     });
     if (overflowed) for (const portId of this.rootPorts) this.deliver({ k: 'rootevent', portId, flagNumber: 0, sender: 0 });
+    // The hypervisor holds entries that did not fit: now there is room, ring for them.
+    if (Atomics.load(page.i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog) === 1) {
+      Atomics.add(page.bellI32, HC_RING_WORD, 1);
+      Atomics.add(page.bellI32, HC_BELL_WORD, 1);
+      futexWake(page.bell, HC_BELL_WORD);
+    }
   }
 
   private deliver(n: Notification): void {
