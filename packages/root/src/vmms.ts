@@ -19,7 +19,7 @@ import {
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
-  entries, nodeArgsFor, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
+  entries, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -437,7 +437,7 @@ export class Vmms {
       // session, though (not detached): Linux autogroups CPU time by session, and a session per VM
       // would change how VMs and the hypervisor's scheduler thread share the machine's cores.
       // A warm worker if the pool has one (its code and its partition process are loaded already).
-      const child = this.warm?.take() ?? spawn(process.execPath, nodeArgsFor(entries.vmwp), { stdio: ['pipe', 'ignore', errFd] });
+      const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv() });
       closeSync(errFd);
       child.stdin!.on('error', () => undefined);
       child.stdin!.end(JSON.stringify(start) + '\n');

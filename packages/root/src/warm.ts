@@ -11,7 +11,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { entries, nodeArgsFor } from '@hvlab/runtime';
+import { entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
 
 export const MAX_WARM = 64;
 
@@ -61,7 +61,7 @@ export class WarmPool {
       let c: ChildProcess;
       try {
         const errFd = openSync(this.o.stderrLog, 'a');
-        c = spawn(process.execPath, nodeArgsFor(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: { ...process.env, HVLAB_VMWP_WARM: '1' } });
+        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1' }) });
         closeSync(errFd);
       } catch (e) {
         this.failures = 5;

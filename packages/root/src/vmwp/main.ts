@@ -25,7 +25,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, nodeArgsFor, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
+import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
@@ -41,7 +41,7 @@ import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type Proc
  * waits, its code and a VP thread loaded, for the line `build()` writes once the partition exists.
  */
 function spawnPartition(): ChildProcess {
-  const p = spawn(process.execPath, nodeArgsFor(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced' });
+  const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env: vmProcessEnv() });
   p.stdin!.on('error', () => undefined);
   p.on('error', () => undefined);
   return p;
