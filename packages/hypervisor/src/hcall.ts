@@ -140,6 +140,7 @@ export class HcService {
           if (n === null) status = HvStatus.INSUFFICIENT_BUFFERS;
           else outLen = n;
           if (d.call.code === HvCall.SignalEvent) this.installRoute(m.sid, d.call.input.connectionId);
+          if (d.call.code === HvCall.AssertVirtualInterrupt) this.installInterruptRoute(m.sid, d.call.input.partitionId, d.call.input.vpIndex);
         }
       }
     } catch (e) {
@@ -147,6 +148,12 @@ export class HcService {
       status = HvStatus.OPERATION_DENIED;
     }
     completeHcCall(p.region, p.i32, m.seq, status, reps, outLen);
+  }
+
+  private installInterruptRoute(sid: string, partitionId: number, vpIndex: number): void {
+    const r = this.hv?.interruptRoute(sid, partitionId, vpIndex);
+    if (!r) return;
+    this.post({ t: 'interruptRoute', sid, partitionId, vpIndex, epoch: Atomics.load(this.stateI32, HcStateWord.epoch), ...r });
   }
 
   private installRoute(sid: string, connectionId: number): void {

@@ -37,6 +37,8 @@ export type ToHcThread =
   | { t: 'session'; sid: string; region: SharedArrayBuffer }
   | { t: 'sessionGone'; sid: string }
   | { t: 'route'; sid: string; connectionId: number; epoch: number; route: SignalRoute }
+  /** AssertVirtualInterrupt by session `sid` on VP `vpIndex` of partition `partitionId` lands in that VP's APIC. */
+  | { t: 'interruptRoute'; sid: string; partitionId: number; vpIndex: number; epoch: number; vpRegion: SharedArrayBuffer; vpOffset: number }
   /** An event for a root port whose owner has a page (the main thread served the SignalEvent), or an intercept for a session with a page. */
   | { t: 'event'; sid: string; ev: HcEvent }
   | { t: 'stop' };
@@ -85,6 +87,8 @@ interface SessionRec {
   /** Messages and intercepts that did not fit in the event queue yet, in order. */
   backlog: HcEvent[];
   routes: Map<number, ChildRoute | RootRoute>;
+  /** AssertVirtualInterrupt targets by "partition:vp". */
+  vps: Map<string, { epoch: number; vp: Int32Array; vpRegion: SharedArrayBuffer; apic: VirtualApicView; dispatchIdx: number; probeIdx: number }>;
 }
 
 /** Completes call `seq` on a session's page (`region`) with `status`, and wakes the caller the way it waits. */
@@ -119,7 +123,7 @@ export class HcLoop {
         const i32 = new Int32Array(m.region);
         // A fresh page: its first call is request 1, even if it was published before this thread
         // (still starting, say) learned of the session.
-        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, taken: 0, routes: new Map(), backlog: [] });
+        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, taken: 0, routes: new Map(), vps: new Map(), backlog: [] });
         break;
       }
       case 'sessionGone':
@@ -139,6 +143,16 @@ export class HcLoop {
             dispatchIdx: (r.vpOffset + VpPage.dispatch) >> 2, probeIdx: (r.vpOffset + VpPage.probeAssertNs) >> 3,
           });
         }
+        break;
+      }
+      case 'interruptRoute': {
+        const s = this.sessions.get(m.sid);
+        if (!s) break;
+        const vp = new Int32Array(m.vpRegion);
+        s.vps.set(`${m.partitionId}:${m.vpIndex}`, {
+          epoch: m.epoch, vp, vpRegion: m.vpRegion, apic: new VirtualApicView(vp, m.vpOffset),
+          dispatchIdx: (m.vpOffset + VpPage.dispatch) >> 2, probeIdx: (m.vpOffset + VpPage.probeAssertNs) >> 3,
+        });
         break;
       }
       case 'event': {
@@ -200,10 +214,33 @@ export class HcLoop {
     futexWake(s.region, HcWord.attention);
   }
 
-  /** Serves call `seq` here if it is a SignalEvent with a current route; false to forward it. */
+  /** AssertVirtualInterrupt with a current route: pends the vector; false to forward the call. */
+  private fastInterrupt(s: SessionRec, seq: number): boolean {
+    const i32 = s.i32;
+    if (Atomics.load(i32, HcWord.inLen) !== 16) return false;
+    const base = HC_INPUT_OFFSET >> 2;
+    const partitionId = new Float64Array(s.region, HC_INPUT_OFFSET, 1)[0];
+    const vpIndex = Atomics.load(i32, base + 2) >>> 0;
+    const vector = Atomics.load(i32, base + 3) >>> 0;
+    // Anything out of range goes to the main thread, which explains it.
+    if (vector < 16 || vector > 255 || !Number.isSafeInteger(partitionId)) return false;
+    const r = s.vps.get(`${partitionId}:${vpIndex}`);
+    if (!r || r.epoch !== Atomics.load(this.state, HcStateWord.epoch)) return false;
+    if (vector >= PROBE_VECTOR_MIN) new BigInt64Array(r.vpRegion)[r.probeIdx] = process.hrtime.bigint();
+    r.apic.assert(vector, false);
+    const d = Atomics.load(r.vp, r.dispatchIdx);
+    if (d !== Dispatch.Granted && d !== Dispatch.Preempt) this.wantSchedule = true;
+    Atomics.add(this.state, HcStateWord.fastCalls, 1);
+    completeHcCall(s.region, i32, seq, HvStatus.SUCCESS);
+    return true;
+  }
+
+  /** Serves call `seq` here if it is a SignalEvent or AssertVirtualInterrupt with a current route; false to forward it. */
   private fast(s: SessionRec, seq: number): boolean {
     const i32 = s.i32;
-    if (Atomics.load(i32, HcWord.code) !== HvCall.SignalEvent || Atomics.load(i32, HcWord.inLen) !== 8) return false;
+    const code = Atomics.load(i32, HcWord.code);
+    if (code === HvCall.AssertVirtualInterrupt) return this.fastInterrupt(s, seq);
+    if (code !== HvCall.SignalEvent || Atomics.load(i32, HcWord.inLen) !== 8) return false;
     const w0 = Atomics.load(i32, HC_INPUT_OFFSET >> 2);
     const w1 = Atomics.load(i32, (HC_INPUT_OFFSET >> 2) + 1);
     if ((w1 >>> 16) !== 0) return false; // reserved bits: the main thread explains

@@ -532,6 +532,27 @@ export class Hypervisor {
     };
   }
 
+  /**
+   * Where AssertVirtualInterrupt from session `sessionId` on VP `vpIndex` of partition
+   * `partitionId` lands (that VP's virtual APIC), or null when the call cannot be carried out
+   * without this object. Checks as the call would; the vector is checked by the route's user.
+   */
+  interruptRoute(sessionId: string, partitionId: number, vpIndex: number): { vpRegion: SharedArrayBuffer; vpOffset: number } | null {
+    const s = this.sessions.get(sessionId);
+    const caller = s ? this.partitions.get(s.partitionId) : undefined;
+    if (!s || !caller || caller.state === PartitionState.Deleted) return null;
+    try {
+      this.gate(caller, HvCall.AssertVirtualInterrupt);
+      const p = this.child(caller, partitionId);
+      this.inState(p, PartitionState.Initialized);
+      const vp = this.vp(p, vpIndex);
+      if (!p.vpRegion || !this.opts.scheduler) return null;
+      return { vpRegion: p.vpRegion, vpOffset: vpPageOffset(vp.index) };
+    } catch {
+      return null;
+    }
+  }
+
   /** Privilege, checked before anything of the input is read. Unknown codes get INVALID_HYPERCALL_CODE. */
   private gate(caller: Partition, code: number): void {
     if (PARENT_ONLY_CALLS.includes(code)) return this.need(caller, 'CreatePartitions', 'a parent-only call');

@@ -14,7 +14,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, siefpGpa, synicPageRegister, type HvServerMsg,
+  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, siefpGpa, synicPageRegister, type HvServerMsg,
 } from '@hvlab/protocol';
 import { HvClient, type Notification } from '@hvlab/runtime';
 import { openRegion, futexWake, wordWatchAvailable, shmAvailable } from '@hvlab/shm';
@@ -91,6 +91,19 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     // A flag past the port's count is refused (the thread forwards it, the main thread explains).
     expect((await c.call('SignalEvent', { connectionId: 0x501, flagNumber: 40 })).statusName).to.equal('INVALID_PARAMETER');
     expect((await c.call('SignalEvent', { connectionId: 0x999, flagNumber: 0 })).statusName).to.equal('INVALID_CONNECTION_ID');
+  });
+
+  it('AssertVirtualInterrupt through the page pends the vector on the VP\'s APIC, served by the thread after the first call', async () => {
+    const c = await root();
+    const { id } = await child(c, 0x510);
+    const region = server.hv.partition(id)!.vpRegion!;
+    const apic = new VirtualApicView(new Int32Array(region), vpPageOffset(0));
+    for (const vector of [0x40, 0x41, 0x42]) expect((await c.call('AssertVirtualInterrupt', { partitionId: id, vpIndex: 0, vector })).statusName).to.equal('SUCCESS');
+    for (const vector of [0x40, 0x41, 0x42]) expect(apic.pending(vector), `vector 0x${vector.toString(16)}`).to.equal(true);
+    expect((await pageStats(c)).fastCalls).to.be.at.least(2);
+    // Out of range and a VP the partition lacks: refused as over the socket.
+    expect((await c.call('AssertVirtualInterrupt', { partitionId: id, vpIndex: 0, vector: 3 })).statusName).to.equal('INVALID_PARAMETER');
+    expect((await c.call('AssertVirtualInterrupt', { partitionId: id, vpIndex: 5, vector: 0x40 })).statusName).to.equal('INVALID_VP_INDEX');
   });
 
   it('a route made stale by a change is not used: SynIC off, then SignalEvent fails as it must', async () => {

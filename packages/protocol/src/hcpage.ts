@@ -23,6 +23,7 @@
  *   SignalEvent:    u32 connectionId, u16 flagNumber, u16 reserved (0)                  8 bytes
  *   PostMessage:    u32 connectionId, u32 reserved (0), u32 messageType, u32 payloadSize,
  *                   payload (at most 240 bytes)                                   16 + size bytes
+ *   AssertVirtualInterrupt: f64 partitionId, u32 vpIndex, u32 vector                    16 bytes
  *   Set/GetVpRegisters: f64 partitionId (-1: self), u32 vpIndex, u32 count, then per register
  *                   u32 name (index into VpRegisterNames), u32 reserved, f64 value (Set only;
  *                   a non-negative integer below 2^53)                         16 + 16 * count bytes
@@ -63,7 +64,7 @@ export const HC_OUTPUT_MAX = HC_PAGE_BYTES - HC_OUTPUT_OFFSET;
 export const HC_MAX_REGISTERS = Math.min((HC_INPUT_MAX - 16) / 16, HC_OUTPUT_MAX / 8);
 
 /** The calls a session may make through its page. */
-export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters];
+export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt];
 
 /** The host doorbell region (the scheduler region): the bell, and the count of hypercall rings. */
 export const HC_BELL_BYTES = 4096;
@@ -216,6 +217,7 @@ export function drainHcEvents(i32: Int32Array, onEvent: (e: HcEvent) => void): {
 export type HcCall =
   | { code: typeof HvCall.SignalEvent; input: { connectionId: number; flagNumber: number } }
   | { code: typeof HvCall.PostMessage; input: { connectionId: number; messageType: number; payload: Uint8Array } }
+  | { code: typeof HvCall.AssertVirtualInterrupt; input: { partitionId: number; vpIndex: number; vector: number } }
   | { code: typeof HvCall.SetVpRegisters; input: { partitionId: number; vpIndex: number; values: Record<string, number> } }
   | { code: typeof HvCall.GetVpRegisters; input: { partitionId: number; vpIndex: number; names: string[] } };
 
@@ -246,6 +248,14 @@ export function encodeHcInput(code: number, input: Record<string, unknown>, byte
       dv.setUint32(12, p.length, true);
       bytes.set(p, 16);
       return 16 + p.length;
+    }
+    case HvCall.AssertVirtualInterrupt: {
+      const pid = input.partitionId;
+      if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || !u32(input.vpIndex) || !u32(input.vector)) return null;
+      dv.setFloat64(0, pid, true);
+      dv.setUint32(8, input.vpIndex, true);
+      dv.setUint32(12, input.vector, true);
+      return 16;
     }
     case HvCall.SetVpRegisters:
     case HvCall.GetVpRegisters: {
@@ -305,6 +315,12 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
       if (inLen !== 16 + size) return bad(`a PostMessage input of payload size ${size} is ${16 + size} bytes, not ${inLen}`);
       const payload = bytes.slice(16, 16 + size);
       return { ok: true, call: { code, input: { connectionId: dv.getUint32(0, true), messageType: dv.getUint32(8, true), payload } } };
+    }
+    case HvCall.AssertVirtualInterrupt: {
+      if (inLen !== 16) return bad(`an AssertVirtualInterrupt input is 16 bytes, not ${inLen}`);
+      const partitionId = dv.getFloat64(0, true);
+      if (!Number.isSafeInteger(partitionId)) return bad('the partition id is not an integer');
+      return { ok: true, call: { code, input: { partitionId, vpIndex: dv.getUint32(8, true), vector: dv.getUint32(12, true) } } };
     }
     case HvCall.SetVpRegisters:
     case HvCall.GetVpRegisters: {

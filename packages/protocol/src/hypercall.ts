@@ -176,6 +176,7 @@ export interface HypercallInputs {
   SetPartitionProperty: { partitionId: number; property: number; value: number | string | bigint };
   GetPartitionId: Record<string, never>;
   MapGpaPages: { partitionId: number; gpaPage: number; pageCount: number; flags?: number };
+  AssertVirtualInterrupt: { partitionId: number; vpIndex: number; vector: number };
   UnmapGpaPages: { partitionId: number; gpaPage: number; pageCount: number };
   InstallIntercept: { partitionId: number; type: number; access: number; port?: number; portEnd?: number };
   CreateVp: { partitionId: number; vpIndex: number };

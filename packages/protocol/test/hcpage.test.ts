@@ -41,6 +41,7 @@ describe('hypercall page codecs', () => {
     expect(pm.messageType).to.equal(0x10);
     expect(roundTrip(HvCall.SetVpRegisters, { partitionId: -1, vpIndex: 2, values: { Eom: 0, Rip: 2 ** 52, InterceptSuspend: 0 } }).input)
       .to.deep.equal({ partitionId: -1, vpIndex: 2, values: { Eom: 0, Rip: 2 ** 52, InterceptSuspend: 0 } });
+    expect(roundTrip(HvCall.AssertVirtualInterrupt, { partitionId: 4, vpIndex: 1, vector: 0xf0 }).input).to.deep.equal({ partitionId: 4, vpIndex: 1, vector: 0xf0 });
     const get = roundTrip(HvCall.GetVpRegisters, { partitionId: 5, vpIndex: 0, names: ['Rax', 'Sint3'] });
     expect(get.input).to.deep.equal({ partitionId: 5, vpIndex: 0, names: ['Rax', 'Sint3'] });
     const out = new Uint8Array(64);
@@ -90,13 +91,14 @@ describe('hypercall page codecs', () => {
   it('random pages never make the decoder throw (seeded fuzz, 20000 cases)', () => {
     const next = rng(0x5eed);
     const buf = new Uint8Array(HC_INPUT_MAX);
-    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, 0, 0xffff, -1];
+    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, 0, 0xffff, -1];
     let ok = 0;
     const valid: Array<[number, Record<string, unknown>]> = [
       [HvCall.SignalEvent, { connectionId: 3, flagNumber: 1 }],
       [HvCall.PostMessage, { connectionId: 3, messageType: 1, payload: new Uint8Array(20) }],
       [HvCall.SetVpRegisters, { partitionId: -1, vpIndex: 0, values: { Eom: 0, Rip: 5 } }],
       [HvCall.GetVpRegisters, { partitionId: 2, vpIndex: 1, names: ['Rax', 'Rip', 'Sint0'] }],
+      [HvCall.AssertVirtualInterrupt, { partitionId: 2, vpIndex: 0, vector: 0x40 }],
     ];
     for (let i = 0; i < 20000; i++) {
       let code: number;

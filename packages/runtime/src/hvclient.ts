@@ -305,7 +305,7 @@ export class HvClient {
     const seq = (page.seq + 1) & 0x3fffffff || 1;
     page.seq = seq;
     const i32 = page.i32;
-    const sync = code === HvCall.SignalEvent;
+    const sync = code === HvCall.SignalEvent || code === HvCall.AssertVirtualInterrupt;
     Atomics.store(i32, HcWord.code, code);
     Atomics.store(i32, HcWord.inLen, inLen);
     Atomics.store(i32, HcWord.waiting, sync ? 1 : 0);
