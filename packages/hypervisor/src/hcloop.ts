@@ -19,7 +19,7 @@
  * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HC_INPUT_OFFSET, HC_PAGE_BYTES, HcEventWord, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent, type HcEvent,
+  HcWord, HC_INPUT_OFFSET, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent, type HcEvent,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
@@ -167,6 +167,7 @@ export class HcLoop {
   }
 
   private queueEvent(owner: SessionRec, ev: HcEvent): void {
+    if (ev.kind === 'rootMessage' && ev.payload.length > MAX_MESSAGE_PAYLOAD) return; // never fits: PostMessage refuses these
     if (ev.kind === 'rootEvent') {
       pushHcEvent(owner.i32, ev); // a full ring counts it lost: the reader signals every port
     } else if (owner.backlog.length > 0 || !pushHcEvent(owner.i32, ev)) {
