@@ -21,3 +21,4 @@ export * from './vpage.js';
 export * from './vmwp.js';
 export * from './devices.js';
 export * from './hcpage.js';
+export * from './random.js';

@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import {
   HvCall, HvStatus, HC_INPUT_MAX, HC_REGION_BYTES, HC_EVENT_SLOTS, HC_PAGE_BYTES, HC_EVENT_BASE, HC_EVENT_ENTRY_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD,
-  encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, type HcCall, type HcEvent,
+  encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, seededRandom, type HcCall, type HcEvent,
 } from '../src/index.js';
 
 function roundTrip(code: number, input: Record<string, unknown>): HcCall {
@@ -18,18 +18,6 @@ function roundTrip(code: number, input: Record<string, unknown>): HcCall {
   const d = decodeHcCall(code, n!, buf);
   if (!d.ok) throw new Error(d.error);
   return d.call;
-}
-
-/** A small seeded PRNG (mulberry32), so a failing fuzz case repeats. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('hypercall page codecs', () => {
@@ -89,7 +77,7 @@ describe('hypercall page codecs', () => {
   });
 
   it('random pages never make the decoder throw (seeded fuzz, 20000 cases)', () => {
-    const next = rng(0x5eed);
+    const next = seededRandom(0x5eed);
     const buf = new Uint8Array(HC_INPUT_MAX);
     const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, 0, 0xffff, -1];
     let ok = 0;

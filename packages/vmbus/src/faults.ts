@@ -6,6 +6,7 @@
  * `randomSignalFaults` draw those decisions from a seed, so a failing run replays.
  */
 import type { FrameHandler, FrameLink, FrameListener } from './link.js';
+import { seededRandom } from '@hvlab/protocol';
 
 /** What becomes of one frame: `deliver` is called zero or more times, now or later, with it or other bytes. */
 export type FrameFault = (frame: Uint8Array, deliver: (frame: Uint8Array) => void) => void;
@@ -61,17 +62,7 @@ export class FaultyListener implements FrameListener {
   }
 }
 
-/** mulberry32: a small seeded generator, so a fault schedule repeats from its seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom };
 
 /** Probabilities per frame (0..1); `delayMs` is the longest delay. */
 export interface FrameFaultRates {
