@@ -1293,7 +1293,7 @@ export class Hypervisor {
     for (const vp of p.vps.values()) if (vp.intercept && !vp.intercept.delivered) this.deliverIntercept(p, vp, vp.intercept);
   }
 
-  /** Takes a run-time sample of every scheduled partition (the server calls this every 250 ms). */
+  /** Takes a run-time sample of every scheduled partition (the server calls this every CPU_SAMPLE_MS). */
   sampleCpu(): void {
     for (const p of this.partitions.values()) if (p.vpI32) this.vpStats(p);
   }

@@ -409,7 +409,7 @@ function dispatchIdx(v: VpRec): number {
 }
 
 /** How long the thread watches the bell after serving a hypercall before it sleeps (ns). */
-export const HC_POLL_NS = 50_000;
+export const HC_POLL_NS = 25_000;
 
 /**
  * The thread's loop. Each wake-up it serves the hypercall pages (when the host has them), then
