@@ -113,6 +113,30 @@ describe('the hvlab command', function () {
       expect(r.stdout).to.include('vm new NAME');
     });
 
+    it('"cluster check" shows what a topology file describes, and names every problem of a bad one with its line and field (exit 1)', async () => {
+      const good = join(home, 'lab.yaml');
+      writeFileSync(good, 'name: lab\nhosts:\n  h1: { lps: 1 }\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\n    delay: 20ms\nvms:\n  web: { host: h1, memory: 32M }\n');
+      const ok = await runBin(['cluster', 'check', good, '--json'], { cwd: '/', env: { HVLAB_HOME: home } });
+      expect(ok.code, ok.stderr).to.equal(0);
+      const t = JSON.parse(ok.stdout) as { valid: boolean; topology: { hosts: unknown[]; vms: Array<{ host: string }> } };
+      expect(t.valid).to.equal(true);
+      expect(t.topology.hosts).to.have.length(2);
+      expect(t.topology.vms[0]!.host).to.equal('h1');
+      const bad = join(home, 'bad.yaml');
+      writeFileSync(bad, 'name: lab\nhosts:\n  h1: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\n    delay: -5ms\nvms:\n  web: { host: h9, memroy: 32M }\n');
+      const r = await runBin(['cluster', 'check', bad], { cwd: '/', env: { HVLAB_HOME: home } });
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.not.match(stackTrace);
+      const lines = r.stderr.trim().split('\n');
+      expect(lines[0]).to.match(/is not a valid topology \(4 problems\):$/);
+      expect(lines.slice(1)).to.deep.equal([
+        `${bad}:5:16: links[0].endpoints: "h2" is not a host of this cluster (hosts: h1)`,
+        `${bad}:6:12: links[0].delay: "-5ms" is out of range: at least 0ms and at most 60000ms`,
+        `${bad}:8:16: vms.web.host: "h9" is not a host of this cluster (hosts: h1)`,
+        `${bad}:8:20: vms.web.memroy: is not a field here (fields: host, memory, vps, workload, processor, ha)`,
+      ]);
+    });
+
     it('answers "host info" on an empty home from / with one line saying no host is up', async () => {
       const r = await runBin(['host', 'info'], { cwd: '/', env: { HVLAB_HOME: home } });
       expectOneLine(r, 1, new RegExp(`^hvlab: no host is up for ${escape(home)}; run "hvlab up" first$`), 'host info');

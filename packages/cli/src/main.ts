@@ -21,6 +21,7 @@ import {
   type DebugHypercallResult, type HostInfo, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
+import { parseTopology, TopologyError, MAX_TOPOLOGY_BYTES, type Topology } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
 export class UsageError extends Error {}
@@ -90,6 +91,10 @@ export const COMMANDS: CommandSpec[] = [
     ],
   },
   { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
+  {
+    words: ['cluster', 'check'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
+    help: 'check a topology file (YAML or JSON: hosts, links, VMs) and show what it describes; every problem is named with its line and field',
+  },
   { words: ['host', 'info'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'host id, memory mode (shared/private), pids' },
   { words: ['ps'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'every process of the host: role, vm, pid' },
   {
@@ -558,6 +563,35 @@ function formatLog(line: string): string | null {
 
 const debugOn = (): boolean => process.env.HVLAB_DEBUG === '1';
 
+/** Reads and checks a topology file: CliError when it cannot be read, TopologyError naming every problem. */
+function readTopology(file: string): Topology {
+  let text: string;
+  try {
+    if (statSync(file).size > MAX_TOPOLOGY_BYTES) throw new CliError(`${file} is larger than ${MAX_TOPOLOGY_BYTES} bytes: not a topology file`);
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    if (e instanceof CliError) throw e;
+    throw new CliError(`cannot read the topology file ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message}`);
+  }
+  return parseTopology(text, file);
+}
+
+function describeTopology(t: Topology): string {
+  const mib = (n: number): string => formatBytes(n);
+  const lines = [`cluster ${t.name}: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.links.length} link${t.links.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'}`, ''];
+  lines.push(table([['HOST', 'LPS', 'MEMORY', 'VMS'], ...t.hosts.map((h) => [h.name, h.lps === null ? 'all' : String(h.lps), h.memoryBytes === null ? '-' : mib(h.memoryBytes), t.vms.filter((v) => v.host === h.name).map((v) => v.name).join(', ') || '-'])]));
+  if (t.links.length > 0) {
+    const imp = (l: Topology['links'][number]): string => {
+      const i = l.impairments;
+      const parts = [i.delayMs !== undefined ? `delay ${i.delayMs}ms` : '', i.jitterMs !== undefined ? `jitter ${i.jitterMs}ms` : '', i.rateBps !== undefined ? `rate ${i.rateBps} bit/s` : '', i.lossPercent !== undefined ? `loss ${i.lossPercent}%` : ''].filter(Boolean);
+      return parts.join(', ') || 'unimpaired';
+    };
+    lines.push('', table([['LINK', 'IMPAIRMENTS'], ...t.links.map((l) => [`${l.a} - ${l.b}`, imp(l)])]));
+  }
+  if (t.vms.length > 0) lines.push('', table([['VM', 'HOST', 'MEMORY', 'VPS', 'WORKLOAD'], ...t.vms.map((v) => [v.name, v.host, mib(v.memoryBytes), String(v.vps), v.workload])]));
+  return lines.join('\n');
+}
+
 function debugLine(s: string): void {
   if (debugOn()) process.stderr.write(`hvlab: debug: ${s}\n`);
 }
@@ -622,6 +656,21 @@ export async function run(argv: string[]): Promise<number> {
         const r = await down(paths);
         if (json) out(JSON.stringify(r));
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
+        return 0;
+      }
+      case 'cluster check': {
+        let t: Topology;
+        try {
+          t = readTopology(name!);
+        } catch (e) {
+          if (!(e instanceof TopologyError)) throw e;
+          // A compiler's way: one problem per line, each with file, line, column and field.
+          if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
+          process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}):\n${e.message}\n`);
+          return 1;
+        }
+        if (json) out(JSON.stringify({ valid: true, topology: t }));
+        else out(describeTopology(t));
         return 0;
       }
       case 'host info': {

@@ -1,3 +1,4 @@
+import { WORKLOAD_DATA_GPA, MAX_MEMORY_BYTES } from './layout.js';
 /** VM states as WMI Msvm_ComputerSystem.EnabledState numbers (REFERENCE / ARCHITECTURE §6). */
 export const EnabledState = {
   Running: 2,
@@ -71,3 +72,30 @@ export function formatBytes(n: number): string {
 }
 
 export const VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+/** Processor settings limits (Set-VMProcessor): reserve and maximum in %, a relative weight. */
+export const PROCESSOR_LIMITS = {
+  reserve: { min: 0, max: 100 },
+  maximum: { min: 1, max: 100 },
+  weight: { min: 1, max: 10000 },
+} as const;
+
+/**
+ * Why a workload does not fit the VM's memory, or null. memdirty's pages start at
+ * WORKLOAD_DATA_GPA and must stay below the device area (the top quarter of guest memory); the
+ * advice never points past the largest VM.
+ */
+export function workloadFitError(workload: string, memoryBytes: number): string | null {
+  const wl = parseWorkload(workload);
+  if (!wl) return `workload "${workload}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`;
+  if (wl.name !== 'memdirty' || WORKLOAD_DATA_GPA + wl.arg <= memoryBytes - memoryBytes / 4) return null;
+  const needs = `workload "${workload}" needs ${formatBytes(WORKLOAD_DATA_GPA + wl.arg)} of guest memory below the device area (the top quarter)`;
+  const MiB = 1024 * 1024;
+  const least = Math.ceil(((WORKLOAD_DATA_GPA + wl.arg) * 4) / 3 / MiB) * MiB;
+  if (least > MAX_MEMORY_BYTES) {
+    const most = MAX_MEMORY_BYTES - MAX_MEMORY_BYTES / 4 - WORKLOAD_DATA_GPA;
+    return `${needs}, more than the largest VM (${formatBytes(MAX_MEMORY_BYTES)}) has: use at most memdirty:${formatBytes(most)}`;
+  }
+  return `${needs}; give the VM --memory ${formatBytes(least)} or more`;
+}
+

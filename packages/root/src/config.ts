@@ -16,8 +16,9 @@ import * as nodeFs from 'node:fs';
 import { join } from 'node:path';
 import {
   decodeDeviceEntries, defaultDevices, DEVICE_CLASSES, type DeviceEntry,
-  MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes,
+  MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes, workloadFitError, PROCESSOR_LIMITS,
 } from '@hvlab/protocol';
+export { workloadFitError, PROCESSOR_LIMITS };
 import { describeIoError } from '@hvlab/runtime';
 
 export const VM_CONFIG_VERSION = 1;
@@ -69,12 +70,6 @@ export class MgmtFailure extends Error {
 
 const invalid = (m: string): MgmtFailure => new MgmtFailure('InvalidArgument', m);
 
-/** Processor settings limits (Set-VMProcessor): reserve and maximum in %, a relative weight. */
-export const PROCESSOR_LIMITS = {
-  reserve: { min: 0, max: 100 },
-  maximum: { min: 1, max: 100 },
-  weight: { min: 1, max: 10000 },
-} as const;
 export const MAX_RTC_OFFSET_S = 10 * 365 * 86400;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -83,25 +78,6 @@ export function validateName(name: unknown): string {
     throw invalid(`VM name ${JSON.stringify(name)} is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
   return name;
-}
-
-/**
- * Why a workload does not fit the VM's memory, or null. memdirty's pages start at
- * WORKLOAD_DATA_GPA and must stay below the device area (the top quarter of guest memory); the
- * advice never points past the largest VM.
- */
-export function workloadFitError(workload: string, memoryBytes: number): string | null {
-  const wl = parseWorkload(workload);
-  if (!wl) return `workload "${workload}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`;
-  if (wl.name !== 'memdirty' || WORKLOAD_DATA_GPA + wl.arg <= memoryBytes - memoryBytes / 4) return null;
-  const needs = `workload "${workload}" needs ${formatBytes(WORKLOAD_DATA_GPA + wl.arg)} of guest memory below the device area (the top quarter)`;
-  const MiB = 1024 * 1024;
-  const least = Math.ceil(((WORKLOAD_DATA_GPA + wl.arg) * 4) / 3 / MiB) * MiB;
-  if (least > MAX_MEMORY_BYTES) {
-    const most = MAX_MEMORY_BYTES - MAX_MEMORY_BYTES / 4 - WORKLOAD_DATA_GPA;
-    return `${needs}, more than the largest VM (${formatBytes(MAX_MEMORY_BYTES)}) has: use at most memdirty:${formatBytes(most)}`;
-  }
-  return `${needs}; give the VM --memory ${formatBytes(least)} or more`;
 }
 
 export function buildConfig(args: Record<string, unknown>): VmConfig {

@@ -1,0 +1,172 @@
+/**
+ * The topology file's checking decoder: a full example decodes to what it says (YAML and JSON
+ * alike), defaults fill what is left out, every typo is refused with its line, column and field
+ * (all problems at once), and no input, random or mutated, makes it throw anything but
+ * TopologyError (seeded fuzz).
+ */
+import { expect } from 'chai';
+import { seededRandom } from '@hvlab/protocol';
+import { parseTopology, parseDuration, parseRate, parseLoss, TopologyError, type TopologyProblem } from '../src/index.js';
+
+const EXAMPLE = `# a three-host lab
+name: lab
+hosts:
+  h1: { lps: 2, memory: 1G }
+  h2: { lps: 1 }
+  h3: {}
+links:
+  - endpoints: [h1, h2]
+    delay: 20ms
+    jitter: 2ms
+    rate: 1gbit
+    loss: 0.1%
+  - endpoints: [h2, h3]
+vms:
+  web:
+    host: h1
+    memory: 64M
+    vps: 2
+    workload: counter
+    processor: { reserve: 10, maximum: 80, weight: 200 }
+  db: { host: h2, workload: sleep:50 }
+  batch: { host: h3, memory: 32M, workload: idle, ha: true }
+switches: {}
+`;
+
+function problems(text: string): TopologyProblem[] {
+  try {
+    parseTopology(text, 'lab.yaml');
+  } catch (e) {
+    expect(e).to.be.instanceOf(TopologyError);
+    return (e as TopologyError).problems;
+  }
+  throw new Error('the topology was accepted');
+}
+
+describe('topology files', () => {
+  it('decodes a full example: hosts, links with their impairments, VMs with defaults filled in', () => {
+    const t = parseTopology(EXAMPLE, 'lab.yaml');
+    expect(t.name).to.equal('lab');
+    expect(t.hosts).to.deep.equal([
+      { name: 'h1', lps: 2, memoryBytes: 1024 ** 3 },
+      { name: 'h2', lps: 1, memoryBytes: null },
+      { name: 'h3', lps: null, memoryBytes: null },
+    ]);
+    expect(t.links).to.deep.equal([
+      { a: 'h1', b: 'h2', impairments: { delayMs: 20, jitterMs: 2, rateBps: 1e9, lossPercent: 0.1 } },
+      { a: 'h2', b: 'h3', impairments: {} },
+    ]);
+    expect(t.vms).to.deep.equal([
+      { name: 'web', host: 'h1', memoryBytes: 64 * 1024 ** 2, vps: 2, workload: 'counter', processor: { reserve: 10, maximum: 80, weight: 200 }, ha: false },
+      { name: 'db', host: 'h2', memoryBytes: 64 * 1024 ** 2, vps: 1, workload: 'sleep:50', processor: { reserve: 0, maximum: 100, weight: 100 }, ha: false },
+      { name: 'batch', host: 'h3', memoryBytes: 32 * 1024 ** 2, vps: 1, workload: 'idle', processor: { reserve: 0, maximum: 100, weight: 100 }, ha: true },
+    ]);
+  });
+
+  it('reads the same topology written as JSON', () => {
+    const json = JSON.stringify({
+      name: 'lab', hosts: { h1: { lps: 2, memory: '1G' }, h2: { lps: 1 }, h3: {} },
+      links: [{ endpoints: ['h1', 'h2'], delay: '20ms', jitter: '2ms', rate: '1gbit', loss: '0.1%' }, { endpoints: ['h2', 'h3'] }],
+      vms: {
+        web: { host: 'h1', memory: '64M', vps: 2, workload: 'counter', processor: { reserve: 10, maximum: 80, weight: 200 } },
+        db: { host: 'h2', workload: 'sleep:50' }, batch: { host: 'h3', memory: '32M', workload: 'idle', ha: true },
+      },
+      switches: {},
+    }, null, 2);
+    expect(parseTopology(json, 'lab.json')).to.deep.equal(parseTopology(EXAMPLE));
+  });
+
+  it('refuses an unknown field, a VM on an unknown host and a negative delay, naming line, column and field, all at once', () => {
+    const text = EXAMPLE.replace('    delay: 20ms', '    delay: -5ms').replace('  db: { host: h2,', '  db: { host: h9,').replace('    vps: 2', '    vsp: 2');
+    const ps = problems(text);
+    const by = (field: string): TopologyProblem => {
+      const p = ps.find((x) => x.field === field);
+      if (!p) throw new Error(`no problem for ${field} in ${JSON.stringify(ps)}`);
+      return p;
+    };
+    expect(by('links[0].delay')).to.include({ line: 9, column: 12 });
+    expect(by('links[0].delay').message).to.match(/out of range/);
+    expect(by('vms.db.host')).to.include({ line: 21 });
+    expect(by('vms.db.host').message).to.match(/"h9" is not a host of this cluster \(hosts: h1, h2, h3\)/);
+    expect(by('vms.web.vsp')).to.include({ line: 18, column: 5 });
+    expect(by('vms.web.vsp').message).to.match(/not a field here/);
+    expect(ps).to.have.length(3);
+    // The message a user sees names file, line and field.
+    try {
+      parseTopology(text, 'lab.yaml');
+    } catch (e) {
+      expect((e as Error).message).to.include('lab.yaml:21:');
+      expect((e as Error).message).to.include('vms.db.host:');
+    }
+  });
+
+  it('refuses what would not work later: bad names, duplicate and self links, missing fields, bad units, a host over its memory budget, reserved sections with content', () => {
+    const cases: Array<[string, string, RegExp]> = [
+      ['name: lab\nhosts: {}\n', 'hosts', /at least one host/],
+      ['hosts: { h1: {} }\n', 'name', /missing/],
+      ['name: "a b"\nhosts: { h1: {} }\n', 'name', /letters, digits/],
+      ['name: lab\nhosts: { H1: {} }\n', 'hosts.H1', /lowercase/],
+      ['name: lab\nhosts: { averyverylonghostname: {} }\n', 'hosts.averyverylonghostname', /1-10/],
+      ['name: lab\nhosts: { h1: { lps: 0 } }\n', 'hosts.h1.lps', /whole number from 1/],
+      ['name: lab\nhosts: { h1: {}, h2: {} }\nlinks: [{ endpoints: [h1, h1] }]\n', 'links[0].endpoints', /two different hosts/],
+      ['name: lab\nhosts: { h1: {}, h2: {} }\nlinks: [{ endpoints: [h1, h2] }, { endpoints: [h2, h1] }]\n', 'links[1].endpoints', /already linked/],
+      ['name: lab\nhosts: { h1: {}, h2: {} }\nlinks: [{ delay: 5ms }]\n', 'links[0].endpoints', /missing/],
+      ['name: lab\nhosts: { h1: {}, h2: {} }\nlinks: [{ endpoints: [h1, h2], rate: 10mbps }]\n', 'links[0].rate', /a rate such as 100mbit/],
+      ['name: lab\nhosts: { h1: {}, h2: {} }\nlinks: [{ endpoints: [h1, h2], rate: 0 }]\n', 'links[0].rate', /above 0/],
+      ['name: lab\nhosts: { h1: {}, h2: {} }\nlinks: [{ endpoints: [h1, h2], loss: 120% }]\n', 'links[0].loss', /at most 100/],
+      ['name: lab\nhosts: { h1: {} }\nvms: { a: { memory: 64M } }\n', 'vms.a.host', /missing/],
+      ['name: lab\nhosts: { h1: {} }\nvms: { a: { host: h1, memory: 1K } }\n', 'vms.a.memory', /multiple of 4K from 2M/],
+      ['name: lab\nhosts: { h1: {} }\nvms: { a: { host: h1, workload: dance } }\n', 'vms.a.workload', /unknown/],
+      ['name: lab\nhosts: { h1: {} }\nvms: { a: { host: h1, processor: { reserve: 50, maximum: 20 } } }\n', 'vms.a.processor', /above maximum/],
+      ['name: lab\nhosts: { h1: {} }\nvms: { a: { host: h1, ha: yes } }\n', 'vms.a.ha', /true or false/],
+      ['name: lab\nhosts: { h1: { memory: 100M } }\nvms: { a: { host: h1 }, b: { host: h1 } }\n', 'hosts.h1.memory', /need 128M, more than its 100M/],
+      ['name: lab\nhosts: { h1: {} }\nswitches: { s1: {} }\n', 'switches', /not supported yet/],
+      ['name: lab\nname: lab2\nhosts: { h1: {} }\n', 'name', /twice/],
+    ];
+    for (const [text, field, re] of cases) {
+      const ps = problems(text);
+      const p = ps.find((x) => x.field === field);
+      expect(p, `${JSON.stringify(text)}: no problem for ${field} in ${JSON.stringify(ps)}`).to.not.equal(undefined);
+      expect(p!.message, text).to.match(re);
+      expect(p!.line, `${text}: a line`).to.be.greaterThan(0);
+    }
+  });
+
+  it('refuses what is not a topology at all: not YAML, not a map, too large', () => {
+    expect(problems('name: [unclosed\n')[0]!.line).to.be.greaterThan(0);
+    expect(problems('- a\n- b\n')[0]!.message).to.match(/is a map/);
+    expect(problems('')[0]!.message).to.match(/is a map/);
+    expect(problems('x'.repeat(2 * 1024 * 1024))[0]!.message).to.match(/at most/);
+  });
+
+  it('reads durations, rates and loss as tc users write them', () => {
+    expect([parseDuration('20ms'), parseDuration('1.5s'), parseDuration('250us'), parseDuration('7'), parseDuration('x')]).to.deep.equal([20, 1500, 0.25, 7, null]);
+    expect([parseRate('1gbit'), parseRate('100mbit'), parseRate('64kbit'), parseRate('9600bit'), parseRate('5'), parseRate('1MB')]).to.deep.equal([1e9, 1e8, 64e3, 9600, 5, null]);
+    expect([parseLoss('0.1%'), parseLoss(2), parseLoss('3'), parseLoss('x%')]).to.deep.equal([0.1, 2, 3, null]);
+  });
+
+  it('never throws anything but TopologyError on random or mutated input (seeded, 3000 cases)', () => {
+    const next = seededRandom(0x70b0);
+    const alphabet = 'name:hosts:links:vms:h1h2{}[],- \n#"\'0123456789msgbitkM%&*!|>';
+    let accepted = 0;
+    for (let i = 0; i < 3000; i++) {
+      let text: string;
+      if (next() < 0.6) {
+        const chars = EXAMPLE.split('');
+        const edits = 1 + Math.floor(next() * 4);
+        for (let e = 0; e < edits; e++) chars[Math.floor(next() * chars.length)] = alphabet[Math.floor(next() * alphabet.length)]!;
+        text = chars.join('');
+      } else {
+        text = Array.from({ length: Math.floor(next() * 200) }, () => alphabet[Math.floor(next() * alphabet.length)]).join('');
+      }
+      try {
+        parseTopology(text);
+        accepted++;
+      } catch (e) {
+        expect(e, JSON.stringify(text)).to.be.instanceOf(TopologyError);
+        expect((e as TopologyError).problems.length).to.be.greaterThan(0);
+      }
+    }
+    expect(accepted, 'some mutations still decode').to.be.greaterThan(0);
+  });
+});
