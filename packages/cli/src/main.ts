@@ -21,7 +21,9 @@ import {
   type DebugHypercallResult, type HostInfo, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { parseTopology, TopologyError, MAX_TOPOLOGY_BYTES, type Topology } from '@hvlab/cluster';
+import {
+  parseTopology, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
+} from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
 export class UsageError extends Error {}
@@ -75,8 +77,9 @@ const TEN_YEARS_S = 10 * 365 * 86400;
 const HOME_OPTION: OptionSpec = { name: 'home', value: 'DIR', help: 'the state directory (default: HVLAB_HOME, else ~/.hvlab)' };
 const HELP_OPTION: OptionSpec = { name: 'help', short: 'h', help: 'show this help' };
 const JSON_OPTION: OptionSpec = { name: 'json', help: 'print the result as JSON' };
+const HOST_OPTION: OptionSpec = { name: 'host', value: 'NAME', help: 'aim the command at host NAME of the cluster that is up in this home', check: nonEmpty('host') };
 /** Accepted before the command as well as after it. */
-const GLOBAL_OPTIONS = [HOME_OPTION, HELP_OPTION, JSON_OPTION];
+const GLOBAL_OPTIONS = [HOME_OPTION, HOST_OPTION, HELP_OPTION, JSON_OPTION];
 
 const vmName = (words: string[], help: string, options: OptionSpec[] = [], json = true): CommandSpec => ({ words, args: 'NAME', min: 1, max: 1, options, json, group: 'VMs', help });
 
@@ -95,6 +98,12 @@ export const COMMANDS: CommandSpec[] = [
     words: ['cluster', 'check'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
     help: 'check a topology file (YAML or JSON: hosts, links, VMs) and show what it describes; every problem is named with its line and field',
   },
+  {
+    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
+    help: 'bring up every host of a topology file and start its VMs on the hosts it names; returns when all are Running (hosts share this machine\'s loopback so far)',
+  },
+  { words: ['cluster', 'status'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'the cluster\'s hosts (state, LPs, VMs), its links and how hosts reach each other' },
+  { words: ['cluster', 'down'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'bring down every host of the cluster; leaves no process, socket or shm file' },
   { words: ['host', 'info'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'host id, memory mode (shared/private), pids' },
   { words: ['ps'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'every process of the host: role, vm, pid' },
   {
@@ -152,7 +161,10 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'weight', value: 'W', help: 'relative weight against other VMs, 1-10000 (default 100)', check: wholeIn('weight', 1, 10000) },
     ],
   },
-  { words: ['vm', 'list'], args: '', min: 0, max: 0, json: true, group: 'VMs', options: [], help: 'name, state, partition, VPs, memory, uptime, progress, CPU % (of one LP) (Get-VM)' },
+  {
+    words: ['vm', 'list'], args: '', min: 0, max: 0, json: true, group: 'VMs', help: 'name, state, partition, VPs, memory, uptime, progress, CPU % (of one LP) (Get-VM)',
+    options: [{ name: 'all', help: 'every VM of every host of the cluster, with its host' }],
+  },
   vmName(['vm', 'status'], 'guest facts: progress, steps, LP occupancy, CMOS time, intercepts'),
   {
     ...vmName(['vm', 'peek'], 'read guest memory: a hex dump, or the raw bytes into a file', [], false),
@@ -193,7 +205,7 @@ function commandName(spec: CommandSpec): string {
 }
 
 function optionsOf(spec: CommandSpec): OptionSpec[] {
-  return [...spec.options, ...(spec.json ? [JSON_OPTION] : []), HOME_OPTION, HELP_OPTION];
+  return [...spec.options, ...(spec.json ? [JSON_OPTION] : []), HOME_OPTION, ...(spec.words[0] === 'cluster' ? [] : [HOST_OPTION]), HELP_OPTION];
 }
 
 function optionHead(o: OptionSpec): string {
@@ -576,18 +588,26 @@ function readTopology(file: string): Topology {
   return parseTopology(text, file);
 }
 
+/** Runs a cluster operation; its ClusterError becomes a one-line CLI error. */
+async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof ClusterError) throw new CliError(e.message);
+    throw e;
+  }
+}
+
+function describeImpairments(i: Topology['links'][number]['impairments']): string {
+  const parts = [i.delayMs !== undefined ? `delay ${i.delayMs}ms` : '', i.jitterMs !== undefined ? `jitter ${i.jitterMs}ms` : '', i.rateBps !== undefined ? `rate ${i.rateBps} bit/s` : '', i.lossPercent !== undefined ? `loss ${i.lossPercent}%` : ''].filter(Boolean);
+  return parts.join(', ') || 'unimpaired';
+}
+
 function describeTopology(t: Topology): string {
   const mib = (n: number): string => formatBytes(n);
   const lines = [`cluster ${t.name}: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.links.length} link${t.links.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'}`, ''];
   lines.push(table([['HOST', 'LPS', 'MEMORY', 'VMS'], ...t.hosts.map((h) => [h.name, h.lps === null ? 'all' : String(h.lps), h.memoryBytes === null ? '-' : mib(h.memoryBytes), t.vms.filter((v) => v.host === h.name).map((v) => v.name).join(', ') || '-'])]));
-  if (t.links.length > 0) {
-    const imp = (l: Topology['links'][number]): string => {
-      const i = l.impairments;
-      const parts = [i.delayMs !== undefined ? `delay ${i.delayMs}ms` : '', i.jitterMs !== undefined ? `jitter ${i.jitterMs}ms` : '', i.rateBps !== undefined ? `rate ${i.rateBps} bit/s` : '', i.lossPercent !== undefined ? `loss ${i.lossPercent}%` : ''].filter(Boolean);
-      return parts.join(', ') || 'unimpaired';
-    };
-    lines.push('', table([['LINK', 'IMPAIRMENTS'], ...t.links.map((l) => [`${l.a} - ${l.b}`, imp(l)])]));
-  }
+  if (t.links.length > 0) lines.push('', table([['LINK', 'IMPAIRMENTS'], ...t.links.map((l) => [`${l.a} - ${l.b}`, describeImpairments(l.impairments)])]));
   if (t.vms.length > 0) lines.push('', table([['VM', 'HOST', 'MEMORY', 'VPS', 'WORKLOAD'], ...t.vms.map((v) => [v.name, v.host, mib(v.memoryBytes), String(v.vps), v.workload])]));
   return lines.join('\n');
 }
@@ -631,7 +651,16 @@ export async function run(argv: string[]): Promise<number> {
       return 0;
     }
     if (p.home === null && process.env.HVLAB_HOME === '') throw new UsageError('HVLAB_HOME is set but empty: unset it or give a directory');
-    const paths = hostPaths(resolveHome(p.home));
+    let paths = hostPaths(resolveHome(p.home));
+    const aimed = p.options.get('host');
+    if (typeof aimed === 'string') {
+      try {
+        paths = clusterHostPaths(paths.home, aimed);
+      } catch (e) {
+        if (e instanceof ClusterError) throw new CliError(e.message);
+        throw e;
+      }
+    }
     const json = p.json;
     const opt = (n: string): string | undefined => {
       const v = p.options.get(n);
@@ -671,6 +700,41 @@ export async function run(argv: string[]): Promise<number> {
         }
         if (json) out(JSON.stringify({ valid: true, topology: t }));
         else out(describeTopology(t));
+        return 0;
+      }
+      case 'cluster up': {
+        let t: Topology;
+        try {
+          t = readTopology(name!);
+        } catch (e) {
+          if (!(e instanceof TopologyError)) throw e;
+          if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
+          process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);
+          return 1;
+        }
+        const t0 = Date.now();
+        await clusterCall(() => clusterUp(paths.home, t, readFileSync(name!, 'utf8'), resolve(name!), { progress: json ? undefined : (l) => out(l) }));
+        const st = await clusterCall(() => clusterStatus(paths.home));
+        if (json) out(JSON.stringify(st));
+        else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);
+        return 0;
+      }
+      case 'cluster status': {
+        const st = await clusterCall(() => clusterStatus(paths.home));
+        if (json) out(JSON.stringify(st));
+        else {
+          out(`cluster ${st.name}, ${st.mode} (${st.modeReason})\n`);
+          out(table([['HOST', 'STATE', 'HOST ID', 'LPS', 'VMS', 'HOME'], ...st.hosts.map((h) => [h.name, h.state, h.hostId ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms), h.home])]));
+          if (st.links.length > 0) {
+            out('\n' + table([['LINK', 'IMPAIRMENTS', 'APPLIED'], ...st.links.map((l) => [`${l.a} - ${l.b}`, describeImpairments(l.impairments), l.applied ? 'yes' : 'not yet (no link layer)'])]));
+          }
+        }
+        return 0;
+      }
+      case 'cluster down': {
+        const r = await clusterDown(paths.home);
+        if (json) out(JSON.stringify(r));
+        else out(r.name === null && r.hosts.length === 0 ? 'no cluster was up' : `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'})`);
         return 0;
       }
       case 'host info': {
@@ -769,14 +833,17 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'vm list': {
-        const vms = await connect().request<VmInfo[]>('vmList');
+        const all = flag('all');
+        if (all && typeof aimed === 'string') throw new UsageError('--all lists every host of the cluster: give --all or --host, not both');
+        const vms: Array<VmInfo & { host?: string }> = all ? await clusterCall(() => clusterVms(paths.home)) : await connect().request<VmInfo[]>('vmList');
         if (json) out(JSON.stringify(vms));
         else if (vms.length === 0) out('no VMs');
         else {
-          out(table([['NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => v.state === 'Invalid'
-            ? [v.name, v.state, '-', '-', '-', '-', '-', '-', '-']
+          const hostCol = (v: { host?: string }): string[] => (all ? [v.host ?? '-'] : []);
+          out(table([[...(all ? ['HOST'] : []), 'NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => v.state === 'Invalid'
+            ? [...hostCol(v), v.name, v.state, '-', '-', '-', '-', '-', '-', '-']
             : [
-              v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
+              ...hostCol(v), v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
               `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
             ])]));
           // A config VMMS could not read is kept, never overwritten: say why, one line each.

@@ -1,0 +1,138 @@
+/**
+ * Clusters with real processes (issue 11, first steps: hosts side by side on loopback). A 2-host
+ * topology comes up with its VMs Running on the hosts the file names; `vm list --all` shows them
+ * with their hosts; `--host` aims a command at one host; `cluster status` shows both hosts and the
+ * mode; `cluster down` leaves no process, /dev/shm file or cluster state. A topology with typos is
+ * refused before anything starts. A CLI killed half way through `cluster up` leaves nothing that
+ * `cluster down` does not remove.
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { VmInfo } from '@hvlab/protocol';
+import { hostProcesses, sweepHost } from '@hvlab/host';
+import { hostPaths } from '@hvlab/runtime';
+import { TestHost, shmFiles, sleep, eventually } from './harness.js';
+
+const cli = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
+
+const LAB = `name: lab
+hosts:
+  h1: { lps: 1 }
+  h2: { lps: 1 }
+links:
+  - endpoints: [h1, h2]
+    delay: 20ms
+vms:
+  a: { host: h1, memory: 16M, workload: idle }
+  b: { host: h2, memory: 16M, workload: counter }
+  c: { host: h2, memory: 16M, workload: idle, processor: { weight: 300 } }
+`;
+
+/** The host ids of every host home under the cluster (read from their records). */
+function clusterHostIds(home: string, seen: Set<string>): Set<string> {
+  try {
+    for (const h of readdirSync(join(home, 'cluster', 'hosts'))) {
+      try {
+        seen.add((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', h, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
+      } catch { /* not up (yet) */ }
+    }
+  } catch { /* no cluster */ }
+  return seen;
+}
+
+function leftovers(ids: Set<string>): { pids: number[]; shm: string[] } {
+  return { pids: [...ids].flatMap((id) => hostProcesses(id)), shm: [...ids].flatMap((id) => shmFiles(id)) };
+}
+
+describe('clusters on one machine', function () {
+  this.timeout(180000);
+  let h: TestHost;
+  const ids = new Set<string>();
+  beforeEach(() => {
+    h = new TestHost();
+    ids.clear();
+  });
+  afterEach(async () => {
+    clusterHostIds(h.home, ids);
+    await h.run('cluster', 'down');
+    for (const id of ids) for (const d of ['h1', 'h2', 'h3']) sweepHost(hostPaths(join(h.home, 'cluster', 'hosts', d)), id);
+    await eventually(() => leftovers(ids).pids.length === 0, 5000);
+    await h.destroy();
+  });
+
+  it('comes up from a topology file: VMs run on the hosts it names, --all and --host aim, status shows it, down leaves nothing', async () => {
+    const file = join(h.home, 'lab.yaml');
+    writeFileSync(file, LAB);
+    const up = await h.run('cluster', 'up', file);
+    expect(up.code, up.stderr).to.equal(0);
+    expect(up.stdout).to.match(/cluster lab is up: 2 hosts, 3 VMs Running/);
+    clusterHostIds(h.home, ids);
+    expect(ids.size).to.equal(2);
+
+    const all = await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all');
+    expect(all.map((v) => `${v.host}/${v.name}/${v.state}`).sort()).to.deep.equal(['h1/a/Running', 'h2/b/Running', 'h2/c/Running']);
+    expect(all.find((v) => v.name === 'c')!.processor.weight).to.equal(300);
+
+    const onH2 = await h.json<VmInfo[]>('--host', 'h2', 'vm', 'list');
+    expect(onH2.map((v) => v.name).sort()).to.deep.equal(['b', 'c']);
+    const onH1 = await h.json<VmInfo[]>('vm', 'list', '--host', 'h1');
+    expect(onH1.map((v) => v.name)).to.deep.equal(['a']);
+    const aimed = await h.run('--host', 'h1', 'vm', 'stop', 'a');
+    expect(aimed.code, aimed.stderr).to.equal(0);
+    expect((await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all')).find((v) => v.name === 'a')!.state).to.equal('Off');
+    const unknown = await h.run('--host', 'h9', 'vm', 'list');
+    expect(unknown.code).to.equal(1);
+    expect(unknown.stderr).to.match(/cluster lab has no host "h9" \(hosts: h1, h2\)/);
+
+    const st = await h.json<{ name: string; mode: string; hosts: Array<{ name: string; state: string; vms: number }>; links: Array<{ a: string; b: string; impairments: { delayMs?: number } }> }>('cluster', 'status');
+    expect(st.name).to.equal('lab');
+    expect(st.mode).to.equal('loopback');
+    expect(st.hosts.map((x) => `${x.name}:${x.state}:${x.vms}`)).to.deep.equal(['h1:up:1', 'h2:up:2']);
+    expect(st.links).to.deep.equal([{ a: 'h1', b: 'h2', impairments: { delayMs: 20 }, applied: false }]);
+
+    const again = await h.run('cluster', 'up', file);
+    expect(again.code).to.equal(1);
+    expect(again.stderr).to.match(/a cluster \(lab\) is already up/);
+
+    const down = await h.run('cluster', 'down');
+    expect(down.code, down.stderr).to.equal(0);
+    expect(down.stdout).to.match(/cluster lab is down/);
+    await eventually(() => leftovers(ids).pids.length === 0, 5000);
+    expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
+  });
+
+  it('refuses a topology with typos before anything starts, naming line and field', async () => {
+    const file = join(h.home, 'bad.yaml');
+    writeFileSync(file, LAB.replace('b: { host: h2,', 'b: { host: h3,').replace('delay: 20ms', 'delay: -20ms'));
+    const r = await h.run('cluster', 'up', file);
+    expect(r.code).to.equal(1);
+    expect(r.stderr).to.include(`${file}:7:12: links[0].delay:`);
+    expect(r.stderr).to.include(`${file}:10:14: vms.b.host: "h3" is not a host of this cluster`);
+    expect(r.stderr).to.match(/nothing was started/);
+    expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
+  });
+
+  it('a CLI killed half way through cluster up leaves nothing that cluster down does not remove', async () => {
+    const file = join(h.home, 'lab.yaml');
+    writeFileSync(file, LAB.replace('vms:', 'vms:\n  d: { host: h1, memory: 16M, workload: idle }\n  e: { host: h1, memory: 16M, workload: idle }'));
+    const child = spawn(process.execPath, [cli, 'cluster', 'up', file], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    // Kill it once a host is up and before everything is.
+    const upAlready = await eventually(() => clusterHostIds(h.home, ids).size > 0, 30000);
+    expect(upAlready, 'a host came up').to.equal(true);
+    child.kill('SIGKILL');
+    await exited;
+    await sleep(200);
+    clusterHostIds(h.home, ids);
+    const down = await h.run('cluster', 'down');
+    expect(down.code, down.stderr).to.equal(0);
+    clusterHostIds(h.home, ids);
+    await eventually(() => leftovers(ids).pids.length === 0, 5000);
+    expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
+  });
+});
