@@ -1,10 +1,11 @@
 /**
- * Clusters with real processes (issue 11, first steps: hosts side by side on loopback). A 2-host
- * topology comes up with its VMs Running on the hosts the file names; `vm list --all` shows them
- * with their hosts; `--host` aims a command at one host; `cluster status` shows both hosts and the
- * mode; `cluster down` leaves no process, /dev/shm file or cluster state. A topology with typos is
- * refused before anything starts. A CLI killed half way through `cluster up` leaves nothing that
- * `cluster down` does not remove.
+ * Clusters with real processes (issue 11, first steps). A 2-host topology comes up with its VMs
+ * Running on the hosts the file names, each host in its own network namespace where allowed (its
+ * hypervisor and VMWPs are in it); `vm list --all` shows them with their hosts; `--host` aims a
+ * command at one host; `cluster status` shows both hosts, their addresses and the mode; `cluster
+ * down` leaves no process, /dev/shm file, namespace, veth, bridge or cluster state. Loopback mode
+ * says why. A topology with typos is refused before anything starts. A CLI killed half way
+ * through `cluster up` leaves nothing that `cluster down` does not remove.
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
@@ -14,6 +15,8 @@ import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 import { hostPaths } from '@hvlab/runtime';
+import { clusterTag, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
+import { spawnSync } from 'node:child_process';
 import { TestHost, shmFiles, sleep, eventually } from './harness.js';
 
 const cli = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -45,6 +48,11 @@ function clusterHostIds(home: string, seen: Set<string>): Set<string> {
 
 function leftovers(ids: Set<string>): { pids: number[]; shm: string[] } {
   return { pids: [...ids].flatMap((id) => hostProcesses(id)), shm: [...ids].flatMap((id) => shmFiles(id)) };
+}
+
+/** The network namespace a process is in, by name (`ip netns identify`), or '' for the root namespace. */
+function netnsOf(pid: number): string {
+  return (spawnSync('ip', ['netns', 'identify', String(pid)], { encoding: 'utf8' }).stdout ?? '').trim();
 }
 
 describe('clusters on one machine', function () {
@@ -87,10 +95,22 @@ describe('clusters on one machine', function () {
     expect(unknown.code).to.equal(1);
     expect(unknown.stderr).to.match(/cluster lab has no host "h9" \(hosts: h1, h2\)/);
 
-    const st = await h.json<{ name: string; mode: string; hosts: Array<{ name: string; state: string; vms: number }>; links: Array<{ a: string; b: string; impairments: { delayMs?: number } }> }>('cluster', 'status');
+    type Status = { name: string; mode: string; hosts: Array<{ name: string; state: string; vms: number; netns: string | null; address: string; info: { pids: { hypervisor: number } } }>; links: Array<{ a: string; b: string; impairments: { delayMs?: number } }> };
+    const st = await h.json<Status>('cluster', 'status');
     expect(st.name).to.equal('lab');
-    expect(st.mode).to.equal('loopback');
     expect(st.hosts.map((x) => `${x.name}:${x.state}:${x.vms}`)).to.deep.equal(['h1:up:1', 'h2:up:2']);
+    // Where the system allows it (root with CAP_NET_ADMIN, as here), each host runs in its own namespace.
+    expect(st.mode).to.equal(namespacesAvailable().ok ? 'namespaces' : 'loopback');
+    if (st.mode === 'namespaces') {
+      const running = (await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all')).filter((v) => v.state === 'Running');
+      for (const host of st.hosts) {
+        expect(host.netns).to.equal(`hvlab-${clusterTag(h.home)}-${host.name}`);
+        expect(netnsOf(host.info.pids.hypervisor), `the hypervisor of ${host.name}`).to.equal(host.netns);
+        const vm = running.find((v) => v.host === host.name && v.pids?.vmwp);
+        if (vm?.pids?.vmwp) expect(netnsOf(vm.pids.vmwp), `the VMWP of ${vm.name}`).to.equal(host.netns);
+      }
+      expect(new Set(st.hosts.map((x) => x.address)).size).to.equal(2);
+    }
     expect(st.links).to.deep.equal([{ a: 'h1', b: 'h2', impairments: { delayMs: 20 }, applied: false }]);
 
     const again = await h.run('cluster', 'up', file);
@@ -102,7 +122,27 @@ describe('clusters on one machine', function () {
     expect(down.stdout).to.match(/cluster lab is down/);
     await eventually(() => leftovers(ids).pids.length === 0, 5000);
     expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
+  });
+
+  it('runs on loopback addresses where namespaces are not allowed, and says why', async () => {
+    const lo = new TestHost({ HVLAB_CLUSTER_NETNS: 'off' });
+    try {
+      const file = join(lo.home, 'one.yaml');
+      writeFileSync(file, 'name: one\nhosts:\n  h1: { lps: 1 }\nvms:\n  a: { host: h1, memory: 16M, workload: idle }\n');
+      await lo.ok('cluster', 'up', file);
+      clusterHostIds(lo.home, ids);
+      const st = await lo.json<{ mode: string; modeReason: string; hosts: Array<{ netns: string | null; address: string }> }>('cluster', 'status');
+      expect(st.mode).to.equal('loopback');
+      expect(st.modeReason).to.match(/HVLAB_CLUSTER_NETNS=off/);
+      expect(st.hosts[0]!.netns).to.equal(null);
+      expect(st.hosts[0]!.address).to.match(/^127\./);
+      await lo.ok('cluster', 'down');
+    } finally {
+      await lo.run('cluster', 'down');
+      await lo.destroy();
+    }
   });
 
   it('refuses a topology with typos before anything starts, naming line and field', async () => {
@@ -133,6 +173,7 @@ describe('clusters on one machine', function () {
     clusterHostIds(h.home, ids);
     await eventually(() => leftovers(ids).pids.length === 0, 5000);
     expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
   });
 });

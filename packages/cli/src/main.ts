@@ -723,8 +723,8 @@ export async function run(argv: string[]): Promise<number> {
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else {
-          out(`cluster ${st.name}, ${st.mode} (${st.modeReason})\n`);
-          out(table([['HOST', 'STATE', 'HOST ID', 'LPS', 'VMS', 'HOME'], ...st.hosts.map((h) => [h.name, h.state, h.hostId ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms), h.home])]));
+          out(`cluster ${st.name}: ${st.mode}${st.bridge ? ` on bridge ${st.bridge}` : ''}, ${st.subnet} (${st.modeReason})\n`);
+          out(table([['HOST', 'STATE', 'HOST ID', 'ADDRESS', 'NAMESPACE', 'LPS', 'VMS', 'HOME'], ...st.hosts.map((h) => [h.name, h.state, h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms), h.home])]));
           if (st.links.length > 0) {
             out('\n' + table([['LINK', 'IMPAIRMENTS', 'APPLIED'], ...st.links.map((l) => [`${l.a} - ${l.b}`, describeImpairments(l.impairments), l.applied ? 'yes' : 'not yet (no link layer)'])]));
           }
@@ -734,7 +734,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'cluster down': {
         const r = await clusterDown(paths.home);
         if (json) out(JSON.stringify(r));
-        else out(r.name === null && r.hosts.length === 0 ? 'no cluster was up' : `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'})`);
+        else out(r.name === null && r.hosts.length === 0 ? 'no cluster was up' : `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'}${r.network ? `; removed ${r.network} namespaces and interfaces` : ''})`);
         return 0;
       }
       case 'host info': {

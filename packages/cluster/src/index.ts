@@ -5,3 +5,4 @@
  */
 export * from './topology.js';
 export * from './lab.js';
+export * from './netns.js';

@@ -3,10 +3,12 @@
  * topology, each with its own home under `<HVLAB_HOME>/cluster/hosts/<name>`, brought up and down
  * as a whole.
  *
- * What is built so far (issue 11, first steps): hosts side by side on loopback, each reachable by
- * its own management socket; VMs created and started on the host the file names. Not built yet:
- * network namespaces per host, host-to-host traffic through hvlab's link layer (the links'
- * impairments are read and shown, not applied), CURVE keys, `--join`.
+ * What is built so far (issue 11, first steps): each host in its own network namespace on one
+ * bridge where root with CAP_NET_ADMIN allows it (netns.ts), else side by side on loopback; each
+ * is managed through its own management socket (a unix socket: it crosses namespaces); VMs are
+ * created and started on the host the file names. Not built yet: host-to-host traffic through
+ * hvlab's link layer (the links' impairments are read and shown, not applied), CURVE keys,
+ * `--join`.
  *
  * The cluster record (`cluster/cluster.json`) holds the topology's own text and is written
  * before any host starts, so `cluster down` finds everything even when the CLI that ran
@@ -19,6 +21,7 @@ import { formatBytes, type HostInfo, type VmInfo } from '@hvlab/protocol';
 import { hostPaths, type HostPaths } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
+import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork } from './netns.js';
 
 export const CLUSTER_RECORD_VERSION = 1;
 
@@ -27,13 +30,19 @@ export interface ClusterRecord {
   name: string;
   /** The topology file as given to `cluster up`. */
   file: string;
+  /** How the hosts were placed: 'namespaces' or 'loopback', and why. */
+  mode: 'namespaces' | 'loopback';
+  modeReason: string;
   /** Its text: the record's topology is this, checked again on every read. */
   source: string;
   createdAt: string;
 }
 
-/** How the hosts reach each other (only loopback so far). */
-export const CLUSTER_MODE = { mode: 'loopback', reason: 'network namespaces per host are not built yet: every host listens on this machine\'s loopback' } as const;
+/** The network of the cluster of `home` as it would be made now (namespaces where allowed). */
+export function clusterNetwork(home: string, topology: Topology): ClusterNetwork {
+  const avail = namespacesAvailable();
+  return planNetwork(home, topology.hosts.map((h) => h.name), avail.ok ? 'namespaces' : 'loopback', avail.ok ? avail.reason : `loopback addresses: ${avail.reason}`);
+}
 
 export class ClusterError extends Error {
   override name = 'ClusterError';
@@ -68,7 +77,8 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
     throw new ClusterError(`the cluster record ${file} is not JSON; run "hvlab cluster down" to clean up`);
   }
   const o = v as Partial<ClusterRecord> | null;
-  if (!o || typeof o !== 'object' || o.version !== CLUSTER_RECORD_VERSION || typeof o.name !== 'string' || typeof o.file !== 'string' || typeof o.source !== 'string' || typeof o.createdAt !== 'string') {
+  if (!o || typeof o !== 'object' || o.version !== CLUSTER_RECORD_VERSION || typeof o.name !== 'string' || typeof o.file !== 'string' || typeof o.source !== 'string' || typeof o.createdAt !== 'string'
+    || (o.mode !== 'namespaces' && o.mode !== 'loopback') || typeof o.modeReason !== 'string') {
     throw new ClusterError(`the cluster record ${file} is not one this hvlab wrote; run "hvlab cluster down" to clean up`);
   }
   let topology: Topology;
@@ -135,14 +145,18 @@ export async function clusterUp(home: string, topology: Topology, source: string
   })() : null;
   if (existing !== null) throw new ClusterError(`a cluster (${existing}) is already up for ${home}; run "hvlab cluster down" first`);
   const say = opts.progress ?? (() => {});
-  writeRecord(home, { version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString() });
+  const net = clusterNetwork(home, topology);
+  writeRecord(home, { version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason });
   const clients: MgmtClient[] = [];
   try {
+    setupNetwork(net);
+    if (net.mode === 'namespaces') say(`network: ${net.hosts.length} namespaces on bridge ${net.bridge} (${net.subnet})`);
     // Hosts start side by side; each host's VMs then start one after another on it.
     await Promise.all(topology.hosts.map(async (h) => {
       const paths = hostPaths(clusterHostHome(home, h.name));
-      const rec = await up(paths, { lps: h.lps, env: opts.env });
-      say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LPs)`);
+      const hn = net.hosts.find((x) => x.name === h.name)!;
+      const rec = await up(paths, { lps: h.lps, env: { ...opts.env, HVLAB_HOST_ADDRESS: hn.address }, netns: hn.netns });
+      say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LPs, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
       const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
       clients.push(c);
       for (const vm of topology.vms.filter((v) => v.host === h.name)) {
@@ -160,7 +174,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
 }
 
 /** Brings down every host of the cluster of `home` (recorded or found on disk) and removes the cluster's state. */
-export async function clusterDown(home: string): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }> }> {
+export async function clusterDown(home: string): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number }> {
   let name: string | null = null;
   const names = new Set<string>();
   try {
@@ -179,8 +193,10 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
     const r = await down(paths);
     return { name: n, hostId: r.hostId, graceful: r.graceful };
   }));
+  // The network goes last (its namespaces held the hosts), found by its tag whatever made it.
+  const removed = teardownNetwork(clusterTag(home));
   rmSync(clusterDir(home), { recursive: true, force: true });
-  return { name, hosts };
+  return { name, hosts, network: removed };
 }
 
 /**
@@ -205,6 +221,9 @@ async function settleStartingHost(paths: HostPaths): Promise<void> {
 export interface ClusterHostStatus {
   name: string;
   home: string;
+  /** The host's address (in its namespace, or a loopback address) and its namespace. */
+  address: string;
+  netns: string | null;
   state: 'up' | 'down';
   hostId: string | null;
   lps: number | null;
@@ -215,8 +234,10 @@ export interface ClusterHostStatus {
 
 export interface ClusterStatus {
   name: string;
-  mode: string;
+  mode: 'namespaces' | 'loopback';
   modeReason: string;
+  bridge: string | null;
+  subnet: string;
   hosts: ClusterHostStatus[];
   links: Array<{ a: string; b: string; impairments: Topology['links'][number]['impairments']; applied: boolean }>;
 }
@@ -238,13 +259,15 @@ async function ask<T>(paths: HostPaths, op: 'hostInfo' | 'vmList'): Promise<T | 
 export async function clusterStatus(home: string): Promise<ClusterStatus> {
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}; run "hvlab cluster up FILE"`);
+  const net = planNetwork(home, c.topology.hosts.map((h) => h.name), c.record.mode, c.record.modeReason);
   const hosts = await Promise.all(c.topology.hosts.map(async (h): Promise<ClusterHostStatus> => {
     const paths = hostPaths(clusterHostHome(home, h.name));
     const info = await ask<HostInfo>(paths, 'hostInfo');
-    return { name: h.name, home: paths.home, state: info ? 'up' : 'down', hostId: info?.hostId ?? readHost(paths)?.hostId ?? null, lps: info?.lps ?? h.lps, vms: info?.vms ?? 0, info };
+    const hn = net.hosts.find((x) => x.name === h.name)!;
+    return { name: h.name, home: paths.home, address: hn.address, netns: hn.netns, state: info ? 'up' : 'down', hostId: info?.hostId ?? readHost(paths)?.hostId ?? null, lps: info?.lps ?? h.lps, vms: info?.vms ?? 0, info };
   }));
   return {
-    name: c.topology.name, mode: CLUSTER_MODE.mode, modeReason: CLUSTER_MODE.reason, hosts,
+    name: c.topology.name, mode: net.mode, modeReason: net.reason, bridge: net.bridge, subnet: net.subnet, hosts,
     // The link layer is not built yet: impairments are shown as the file has them, not applied.
     links: c.topology.links.map((l) => ({ a: l.a, b: l.b, impairments: l.impairments, applied: false })),
   };

@@ -50,6 +50,8 @@ export interface UpOptions {
   warm?: number;
   /** Extra environment for the host's processes (tests shorten IC periods this way). */
   env?: Record<string, string>;
+  /** Run the host in this network namespace (`ip netns exec`; a cluster's host). */
+  netns?: string | null;
 }
 
 export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRecord> {
@@ -66,7 +68,10 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
   const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0) };
   const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
-  const hv = spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });
+  // In a namespace, `ip netns exec` execs node in place: the pid is the hypervisor's.
+  const hv = opts.netns
+    ? spawn('ip', ['netns', 'exec', opts.netns, process.execPath, ...nodeArgsFor(entries.hypervisor)], { detached: true, stdio: ['ignore', 'pipe', errFd], env })
+    : spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });
   closeSync(errFd);
   try {
     const line = await new Promise<string>((resolve, reject) => {
