@@ -192,9 +192,9 @@ describe('the hvlab command', function () {
     it('an option the command does not have is refused, not ignored', () => refuse(['up', '--hosts', '3'], /^hvlab: unknown option --hosts for "up" /));
 
     it('an unknown option before the command is refused, naming the nearest global option', () =>
-      refuse(['--host', 'h2', 'vm', 'new', 'x'], /^hvlab: unknown option --host before the command \(did you mean --home\?\)$/));
+      refuse(['--hots', 'h2', 'vm', 'new', 'x'], /^hvlab: unknown option --hots before the command \(did you mean --host\?\)$/));
 
-    it('an unknown flag at the end of the line is a usage line, not a stack trace', () => refuse(['vm', 'list', '--all'], /^hvlab: unknown option --all for "vm list"/));
+    it('an unknown flag at the end of the line is a usage line, not a stack trace', () => refuse(['vm', 'list', '--every'], /^hvlab: unknown option --every for "vm list"/));
 
     it('an option that needs a value and has none at the end of the line is named', () =>
       refuse(['vm', 'peek', 'alpha', '--len', '8', '--gpa'], /^hvlab: option --gpa of "vm peek" needs a value \(ADDR\)$/));
