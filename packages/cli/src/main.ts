@@ -94,16 +94,6 @@ export const COMMANDS: CommandSpec[] = [
     ],
   },
   { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
-  {
-    words: ['cluster', 'check'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
-    help: 'check a topology file (YAML or JSON: hosts, links, VMs) and show what it describes; every problem is named with its line and field',
-  },
-  {
-    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
-    help: 'bring up every host of a topology file and start its VMs on the hosts it names; returns when all are Running (hosts share this machine\'s loopback so far)',
-  },
-  { words: ['cluster', 'status'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'the cluster\'s hosts (state, LPs, VMs), its links and how hosts reach each other' },
-  { words: ['cluster', 'down'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'bring down every host of the cluster; leaves no process, socket or shm file' },
   { words: ['host', 'info'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'host id, memory mode (shared/private), pids' },
   { words: ['ps'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'every process of the host: role, vm, pid' },
   {
@@ -124,6 +114,16 @@ export const COMMANDS: CommandSpec[] = [
       },
     ],
   },
+  {
+    words: ['cluster', 'check'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
+    help: 'check a topology file (YAML or JSON: hosts, links, VMs) and show what it describes; every problem is named with its line and field',
+  },
+  {
+    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
+    help: 'bring up every host of a topology file (each in its own network namespace where allowed) and start its VMs on the hosts it names; returns when all are Running',
+  },
+  { words: ['cluster', 'status'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'the cluster\'s hosts (state, address, namespace, LPs, VMs), its links and how hosts reach each other' },
+  { words: ['cluster', 'down'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'bring down every host of the cluster; leaves no process, socket, shm file, namespace or interface' },
   {
     words: ['vm', 'new'], args: 'NAME', min: 1, max: 1, json: true, group: 'VMs', help: 'create a VM (New-VM); it starts Off',
     options: [
@@ -250,7 +250,7 @@ function wrap(text: string, width: number, indent: string): string {
 
 /** `hvlab --help`: every command with every option, grouped. */
 export function fullHelp(): string {
-  const out = ['hvlab — the Hyper-V architecture as real processes', '', 'Usage: hvlab [--home DIR] COMMAND [ARGUMENTS] [OPTIONS]'];
+  const out = ['hvlab — the Hyper-V architecture as real processes', '', 'Usage: hvlab [--home DIR] [--host NAME] COMMAND [ARGUMENTS] [OPTIONS]'];
   let group = '';
   for (const spec of COMMANDS) {
     if (spec.group !== group) {
@@ -264,9 +264,10 @@ export function fullHelp(): string {
   }
   out.push(
     '',
-    'Options go after the command; --home, --json and --help may also come before it. Put -- before',
-    'arguments that start with a dash. "hvlab COMMAND --help" describes each option.',
-    'HVLAB_HOME (default ~/.hvlab) or --home selects the state directory. HVLAB_DEBUG=1 shows stacks.',
+    'Options go after the command; --home, --host, --json and --help may also come before it. Put --',
+    'before arguments that start with a dash. "hvlab COMMAND --help" describes each option.',
+    'HVLAB_HOME (default ~/.hvlab) or --home selects the state directory; --host NAME aims a command at',
+    'one host of the cluster that is up there. HVLAB_DEBUG=1 shows stacks.',
     'Exit codes: 0 done, 1 refused or failed, 2 the command line was not understood, 3 a debug',
     'hypercall returned a status other than SUCCESS.',
   );
