@@ -189,7 +189,7 @@ describe('the hvlab command', function () {
     it('a mistyped option names itself and the nearest option of the command', () =>
       refuse(['vm', 'new', 'y', '--memroy', '32M'], /^hvlab: unknown option --memroy for "vm new" \(did you mean --memory\?\)$/));
 
-    it('an option the command does not have is refused, not ignored', () => refuse(['up', '--hosts', '3'], /^hvlab: unknown option --hosts for "up" /));
+    it('an option the command does not have is refused, not ignored', () => refuse(['up', '--nodes', '3'], /^hvlab: unknown option --nodes for "up" /));
 
     it('an unknown option before the command is refused, naming the nearest global option', () =>
       refuse(['--hots', 'h2', 'vm', 'new', 'x'], /^hvlab: unknown option --hots before the command \(did you mean --host\?\)$/));

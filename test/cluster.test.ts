@@ -145,6 +145,25 @@ describe('clusters on one machine', function () {
     }
   });
 
+  it('up --hosts N is a cluster of N fully linked hosts without a file; --host makes VMs on one', async () => {
+    await h.ok('up', '--hosts', '2', '--lps', '1');
+    clusterHostIds(h.home, ids);
+    const st = await h.json<{ name: string; hosts: Array<{ name: string; state: string }>; links: Array<{ a: string; b: string }> }>('cluster', 'status');
+    expect(st.hosts.map((x) => `${x.name}:${x.state}`)).to.deep.equal(['h1:up', 'h2:up']);
+    expect(st.links.map((l) => `${l.a}-${l.b}`)).to.deep.equal(['h1-h2']);
+    await h.ok('--host', 'h2', 'vm', 'new', 'x', '--memory', '16M', '--workload', 'idle');
+    await h.ok('--host', 'h2', 'vm', 'start', 'x');
+    const all = await h.json<Array<{ name: string; host: string; state: string }>>('vm', 'list', '--all');
+    expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['h2/x/Running']);
+    const r = await h.run('up', '--hosts', '2', '--warm', '1');
+    expect(r.code).to.equal(2);
+    expect(r.stderr).to.match(/--hosts brings up a cluster/);
+    await h.ok('cluster', 'down');
+    await eventually(() => leftovers(ids).pids.length === 0, 5000);
+    expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('refuses a topology with typos before anything starts, naming line and field', async () => {
     const file = join(h.home, 'bad.yaml');
     writeFileSync(file, LAB.replace('b: { host: h2,', 'b: { host: h3,').replace('delay: 20ms', 'delay: -20ms'));

@@ -22,7 +22,7 @@ import {
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import {
-  parseTopology, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -91,6 +91,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'lps', value: 'N', help: 'logical processors (default: every CPU)', check: wholeIn('lps', 1, 256, '1 to 256 logical processors') },
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
       { name: 'warm', value: 'N', help: 'keep N VM worker processes started ahead of need, so "vm start" skips process start-up (default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
+      { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
     ],
   },
   { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
@@ -675,6 +676,17 @@ export async function run(argv: string[]): Promise<number> {
         const lps = opt('lps');
         const transport = (opt('vmbus-transport') ?? 'shm') as 'shm' | 'remote';
         const warm = opt('warm');
+        const hostsN = opt('hosts');
+        if (hostsN !== undefined) {
+          if (transport !== 'shm' || warm !== undefined) throw new UsageError('--hosts brings up a cluster: --vmbus-transport and --warm are for one host');
+          const source = meshTopologySource(Number(hostsN), lps === undefined ? null : Number(lps));
+          const t = parseTopology(source, `--hosts ${hostsN}`);
+          await clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l) }));
+          const st = await clusterCall(() => clusterStatus(paths.home));
+          if (json) out(JSON.stringify(st));
+          else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
+          return 0;
+        }
         const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm) });
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');

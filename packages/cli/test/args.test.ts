@@ -77,7 +77,7 @@ describe('the hvlab command line', () => {
     expect(refusal(['vm', 'new', 'y', '--memroy', '32M']).message).to.equal('unknown option --memroy for "vm new" (did you mean --memory?)');
     expect(refusal(['vm', 'set-processor', 'y', '--wieght', '5']).message).to.equal('unknown option --wieght for "vm set-processor" (did you mean --weight?)');
     expect(refusal(['--hots', 'h2', 'vm', 'new', 'x']).message).to.equal('unknown option --hots before the command (did you mean --host?)');
-    expect(refusal(['up', '--hosts', '3']).message).to.equal('unknown option --hosts for "up" (did you mean --host?)');
+    expect(refusal(['up', '--hostz', '3']).message).to.equal('unknown option --hostz for "up" (did you mean --hosts?)');
     expect(refusal(['vm', 'list', '-x'])).to.be.instanceOf(UsageError);
     expect(refusal(['vm', 'list', '-x']).message).to.match(/^unknown option -x for "vm list"/);
   });

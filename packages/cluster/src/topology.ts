@@ -415,3 +415,18 @@ export function parseTopology(text: string, file = 'topology'): Topology {
   }
   return { name, hosts, links, vms };
 }
+
+/**
+ * The topology `hvlab up --hosts N` stands for: hosts h1..hN (each with `lps` LPs, or every CPU),
+ * a full mesh of unimpaired links, no VMs. Returned as text, so it goes through the same checker
+ * and into the cluster record like a file.
+ */
+export function meshTopologySource(n: number, lps: number | null, name = 'mesh'): string {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_HOSTS) throw new TopologyError('--hosts', [{ line: 0, column: 0, field: 'hosts', message: `--hosts takes 1 to ${MAX_HOSTS} hosts` }]);
+  const hosts = Array.from({ length: n }, (_, i) => `h${i + 1}`);
+  const lines = [`name: ${name}`, 'hosts:', ...hosts.map((h) => `  ${h}: ${lps === null ? '{}' : `{ lps: ${lps} }`}`)];
+  const links: string[] = [];
+  for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) links.push(`  - endpoints: [${hosts[i]}, ${hosts[j]}]`);
+  lines.push(links.length > 0 ? 'links:' : 'links: []', ...links);
+  return `${lines.join('\n')}\n`;
+}
