@@ -113,6 +113,13 @@ describe('clusters on one machine', function () {
     }
     expect(st.links).to.deep.equal([{ a: 'h1', b: 'h2', impairments: { delayMs: 20 }, applied: false }]);
 
+    // The picture of the running cluster carries the hosts' addresses; --out writes it.
+    const dot = await h.ok('cluster', 'graph', '--dot');
+    for (const host of st.hosts) expect(dot).to.include(host.address);
+    const svgFile = join(h.home, 'lab.svg');
+    await h.ok('cluster', 'graph', '--out', svgFile);
+    expect(readFileSync(svgFile, 'utf8')).to.match(/^<svg [^]*<\/svg>\n$/);
+
     const again = await h.run('cluster', 'up', file);
     expect(again.code).to.equal(1);
     expect(again.stderr).to.match(/a cluster \(lab\) is already up/);

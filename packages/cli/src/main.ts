@@ -22,7 +22,7 @@ import {
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import {
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -122,6 +122,14 @@ export const COMMANDS: CommandSpec[] = [
   {
     words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
     help: 'bring up every host of a topology file (each in its own network namespace where allowed) and start its VMs on the hosts it names; returns when all are Running',
+  },
+  {
+    words: ['cluster', 'graph'], args: '[FILE]', min: 0, max: 1, json: false, group: 'Clusters',
+    help: 'a picture of the hosts, links and VMs of the running cluster, or of FILE: SVG (default) or Graphviz DOT',
+    options: [
+      { name: 'out', value: 'PATH', help: 'write it to PATH instead of printing it', check: nonEmpty('out') },
+      { name: 'dot', help: 'Graphviz DOT instead of SVG' },
+    ],
   },
   { words: ['cluster', 'status'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'the cluster\'s hosts (state, address, namespace, LPs, VMs), its links and how hosts reach each other' },
   { words: ['cluster', 'down'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'bring down every host of the cluster; leaves no process, socket, shm file, namespace or interface' },
@@ -730,6 +738,37 @@ export async function run(argv: string[]): Promise<number> {
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);
+        return 0;
+      }
+      case 'cluster graph': {
+        let t: Topology;
+        let places: Map<string, { address: string; netns: string | null }> | undefined;
+        if (name !== undefined) {
+          try {
+            t = readTopology(name);
+          } catch (e) {
+            if (!(e instanceof TopologyError)) throw e;
+            process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}):\n${e.message}\n`);
+            return 1;
+          }
+        } else {
+          const c = await clusterCall(async () => readCluster(paths.home));
+          if (!c) throw new CliError(`no cluster is up for ${paths.home}: give a topology FILE, or run "hvlab cluster up FILE" first`);
+          t = c.topology;
+          const st = await clusterCall(() => clusterStatus(paths.home));
+          places = new Map(st.hosts.map((x) => [x.name, { address: x.address, netns: x.netns }]));
+        }
+        const picture = flag('dot') ? topologyDot(t, places) : topologySvg(t, places);
+        const target = opt('out');
+        if (target === undefined) process.stdout.write(picture);
+        else {
+          try {
+            writeFileSync(target, picture);
+          } catch (e) {
+            throw new CliError(`cannot write ${target}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'its directory does not exist' : (e as Error).message}`);
+          }
+          out(`wrote ${flag('dot') ? 'DOT' : 'SVG'} of cluster ${t.name} to ${target}`);
+        }
         return 0;
       }
       case 'cluster status': {

@@ -6,3 +6,4 @@
 export * from './topology.js';
 export * from './lab.js';
 export * from './netns.js';
+export * from './graph.js';

@@ -5,6 +5,9 @@
  * TopologyError (seeded fuzz).
  */
 import { expect } from 'chai';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { seededRandom } from '@hvlab/protocol';
 import { parseTopology, parseDuration, parseRate, parseLoss, TopologyError, type TopologyProblem } from '../src/index.js';
 
@@ -137,6 +140,13 @@ describe('topology files', () => {
     expect(problems('- a\n- b\n')[0]!.message).to.match(/is a map/);
     expect(problems('')[0]!.message).to.match(/is a map/);
     expect(problems('x'.repeat(2 * 1024 * 1024))[0]!.message).to.match(/at most/);
+  });
+
+  it('the examples in the repository check', () => {
+    const dir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'examples');
+    const files = readdirSync(dir).filter((f) => /\.(ya?ml|json)$/.test(f));
+    expect(files.length).to.be.greaterThan(0);
+    for (const f of files) expect(parseTopology(readFileSync(join(dir, f), 'utf8'), f).hosts.length, f).to.be.greaterThan(0);
   });
 
   it('reads durations, rates and loss as tc users write them', () => {
