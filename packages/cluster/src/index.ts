@@ -7,3 +7,4 @@ export * from './topology.js';
 export * from './lab.js';
 export * from './netns.js';
 export * from './graph.js';
+export * from './link.js';

@@ -1,0 +1,230 @@
+/**
+ * hvlab's link layer: a TCP proxy that applies one link's impairments in user space, because
+ * this kernel has no `netem` qdisc. Host-to-host traffic of a cluster is meant to pass one proxy
+ * per direction of each link (not wired to hosts yet: see lab.ts).
+ *
+ * Each direction of each connection is modelled as a link with a queue:
+ *   - rate: a chunk of n bytes occupies the link for n·8/rate s after the previous one left it
+ *     (a token bucket with no burst), so a bulk transfer runs at the rate;
+ *   - delay and jitter: each chunk then travels `delay ± jitter` (jitter drawn uniformly from a
+ *     seeded generator); a stream is never reordered, so a chunk leaves no earlier than the one
+ *     before it;
+ *   - loss: a TCP stream cannot lose bytes, so a lost chunk costs what TCP pays for it, a
+ *     retransmission timeout (200 ms, Linux's minimum RTO, plus twice the delay) before it
+ *     arrives; whatever follows it waits behind it;
+ *   - cut: nothing is delivered while the link is cut; what was sent waits and flows on heal (as
+ *     TCP retransmits through a short outage).
+ * Impairments are set independently (`set({ delayMs })` keeps the rate) and take effect for what
+ * is sent from then on. The same seed gives the same draws in the same order.
+ */
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { seededRandom } from '@hvlab/protocol';
+import type { LinkImpairments } from './topology.js';
+
+/** Linux's minimum retransmission timeout (ms): what a lost segment costs a TCP stream at least. */
+export const MIN_RTO_MS = 200;
+/** Queued bytes per direction past which the sender is paused (backpressure). */
+export const LINK_QUEUE_BYTES = 1024 * 1024;
+
+export interface LinkState extends LinkImpairments {
+  cut: boolean;
+  seed: number;
+}
+
+export interface LinkStats {
+  connections: number;
+  bytes: [number, number];
+  chunks: [number, number];
+  lost: number;
+}
+
+interface Pending {
+  chunk: Buffer;
+  at: number;
+}
+
+/** One direction of one connection: the queue, the link's busy-until time and the release timer. */
+class Direction {
+  private readonly queue: Pending[] = [];
+  private queued = 0;
+  private linkFreeAt = 0;
+  private lastRelease = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private paused = false;
+
+  constructor(
+    private readonly link: LinkProxy,
+    private readonly from: Socket,
+    private readonly to: Socket,
+    private readonly dir: 0 | 1,
+  ) {
+    from.on('data', (chunk: Buffer) => this.accept(chunk));
+    from.on('end', () => this.flushThenEnd());
+  }
+
+  private ending = false;
+
+  private accept(chunk: Buffer): void {
+    const now = performance.now();
+    const st = this.link.state;
+    let at = now;
+    if (st.rateBps !== undefined && st.rateBps > 0) {
+      this.linkFreeAt = Math.max(this.linkFreeAt, now) + (chunk.length * 8 * 1000) / st.rateBps;
+      at = this.linkFreeAt;
+    }
+    at += this.link.drawDelay();
+    if (this.link.drawLoss()) at += MIN_RTO_MS + 2 * (st.delayMs ?? 0);
+    // A stream is never reordered.
+    at = Math.max(at, this.lastRelease);
+    this.lastRelease = at;
+    this.queue.push({ chunk, at });
+    this.queued += chunk.length;
+    this.link.stats.bytes[this.dir] += chunk.length;
+    this.link.stats.chunks[this.dir]++;
+    if (this.queued > LINK_QUEUE_BYTES && !this.paused) {
+      this.paused = true;
+      this.from.pause();
+    }
+    this.schedule();
+  }
+
+  /** Arms the timer for the head of the queue (nothing while the link is cut). */
+  schedule(): void {
+    if (this.timer || this.queue.length === 0 || this.link.state.cut) return;
+    const wait = Math.max(0, this.queue[0]!.at - performance.now());
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.release();
+    }, wait);
+  }
+
+  private release(): void {
+    if (this.link.state.cut) return;
+    const now = performance.now();
+    while (this.queue.length > 0 && this.queue[0]!.at <= now + 0.5) {
+      const p = this.queue.shift()!;
+      this.queued -= p.chunk.length;
+      if (!this.to.destroyed) this.to.write(p.chunk);
+    }
+    if (this.paused && this.queued <= LINK_QUEUE_BYTES / 2) {
+      this.paused = false;
+      this.from.resume();
+    }
+    if (this.queue.length === 0 && this.ending) this.to.end();
+    this.schedule();
+  }
+
+  private flushThenEnd(): void {
+    this.ending = true;
+    if (this.queue.length === 0) this.to.end();
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.queue.length = 0;
+  }
+}
+
+/** A TCP proxy from a listening address to a target, applying one link's impairments both ways. */
+export class LinkProxy {
+  state: LinkState;
+  readonly stats: LinkStats = { connections: 0, bytes: [0, 0], chunks: [0, 0], lost: 0 };
+  private server: Server | null = null;
+  private readonly conns = new Set<{ a: Socket; b: Socket; dirs: Direction[] }>();
+  private random: () => number;
+
+  constructor(private readonly target: { host: string; port: number }, impairments: LinkImpairments = {}, seed = 1) {
+    this.state = { ...impairments, cut: false, seed };
+    this.random = seededRandom(seed);
+  }
+
+  /** Listens on `host` (port 0: any); resolves with the port. */
+  listen(host = '127.0.0.1', port = 0): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const server = createServer((a) => this.accept(a));
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        this.server = server;
+        resolve((server.address() as { port: number }).port);
+      });
+    });
+  }
+
+  private accept(a: Socket): void {
+    a.setNoDelay(true);
+    const b = connect(this.target.port, this.target.host);
+    b.setNoDelay(true);
+    const entry = { a, b, dirs: [] as Direction[] };
+    entry.dirs.push(new Direction(this, a, b, 0), new Direction(this, b, a, 1));
+    this.conns.add(entry);
+    this.stats.connections++;
+    const drop = (): void => {
+      for (const d of entry.dirs) d.close();
+      a.destroy();
+      b.destroy();
+      this.conns.delete(entry);
+    };
+    a.on('error', drop);
+    b.on('error', drop);
+    a.on('close', drop);
+    b.on('close', drop);
+  }
+
+  /** Sets impairments, each independently: what is not named keeps its value; `null` clears one. */
+  set(change: { [K in keyof LinkImpairments]?: number | null } & { seed?: number }): void {
+    for (const k of ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const) {
+      if (!(k in change)) continue;
+      const v = change[k];
+      if (v === null || v === undefined) delete this.state[k];
+      else this.state[k] = v;
+    }
+    if (change.seed !== undefined) {
+      this.state.seed = change.seed;
+      this.random = seededRandom(change.seed);
+    }
+  }
+
+  /** Every impairment cleared and the link healed. */
+  reset(): void {
+    this.state = { cut: false, seed: this.state.seed };
+    this.heal();
+  }
+
+  cut(): void {
+    this.state.cut = true;
+  }
+
+  heal(): void {
+    this.state.cut = false;
+    for (const c of this.conns) for (const d of c.dirs) d.schedule();
+  }
+
+  /** The delay of the next chunk: delay ± jitter (ms, never below 0). */
+  drawDelay(): number {
+    const d = this.state.delayMs ?? 0;
+    const j = this.state.jitterMs ?? 0;
+    return Math.max(0, j > 0 ? d + (this.random() * 2 - 1) * j : d);
+  }
+
+  /** Whether the next chunk is lost (and so retransmitted). */
+  drawLoss(): boolean {
+    const p = this.state.lossPercent ?? 0;
+    if (p <= 0) return false;
+    const lost = this.random() * 100 < p;
+    if (lost) this.stats.lost++;
+    return lost;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.conns) {
+      for (const d of c.dirs) d.close();
+      c.a.destroy();
+      c.b.destroy();
+    }
+    this.conns.clear();
+    const s = this.server;
+    this.server = null;
+    if (s) await new Promise((r) => s.close(() => r(undefined)));
+  }
+}

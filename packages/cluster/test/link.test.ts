@@ -1,0 +1,144 @@
+/**
+ * The link layer's TCP proxy (link.ts) on loopback: a delayed link delays a round trip by twice
+ * its one-way delay (within 20 %), a rate limits a bulk transfer to it (within 20 %), a cut link
+ * delivers nothing until it heals and then delivers what waited, impairments are set independently,
+ * the same seed draws the same jitter and loss, and closing leaves no socket.
+ */
+import { expect } from 'chai';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { LinkProxy } from '../src/index.js';
+
+/** An echo server on loopback. */
+async function echoServer(): Promise<{ server: Server; port: number }> {
+  const server = createServer((s) => s.pipe(s));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return { server, port: (server.address() as { port: number }).port };
+}
+
+function open(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () => resolve(s));
+    s.setNoDelay(true);
+    s.once('error', reject);
+  });
+}
+
+/** Median round trip (ms) of `n` one-byte pings on `s`. */
+async function pingMedian(s: Socket, n: number): Promise<number> {
+  const rts: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await new Promise<void>((r) => {
+      s.once('data', () => r());
+      s.write('x');
+    });
+    rts.push(performance.now() - t0);
+  }
+  rts.sort((a, b) => a - b);
+  return rts[Math.floor(n / 2)]!;
+}
+
+describe('link layer (a TCP proxy with impairments)', function () {
+  this.timeout(30000);
+  let echo: { server: Server; port: number };
+  let link: LinkProxy;
+  beforeEach(async () => {
+    echo = await echoServer();
+  });
+  afterEach(async () => {
+    await link?.close();
+    await new Promise((r) => echo.server.close(r));
+  });
+
+  it('delays a round trip by twice the one-way delay (within 20 %), against a direct one', async () => {
+    const direct = await open(echo.port);
+    const base = await pingMedian(direct, 5);
+    direct.destroy();
+    link = new LinkProxy({ host: '127.0.0.1', port: echo.port }, { delayMs: 60 });
+    const s = await open(await link.listen());
+    const rt = await pingMedian(s, 7);
+    s.destroy();
+    expect(rt - base, `round trip ${rt.toFixed(1)} ms, direct ${base.toFixed(2)} ms`).to.be.within(0.8 * 120, 1.2 * 120);
+  });
+
+  it('limits a bulk transfer to the link\'s rate (within 20 %)', async () => {
+    // A sink that says when it has every byte.
+    const total = 1024 * 1024;
+    let got = 0;
+    let done: () => void = () => {};
+    const finished = new Promise<void>((r) => (done = r));
+    const sink = createServer((c) => c.on('data', (d: Buffer) => {
+      got += d.length;
+      if (got >= total) done();
+    }));
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
+    try {
+      link = new LinkProxy({ host: '127.0.0.1', port: (sink.address() as { port: number }).port }, { rateBps: 8e6 });
+      const s = await open(await link.listen());
+      const t0 = performance.now();
+      s.write(Buffer.alloc(total, 7));
+      await finished;
+      const s1 = (performance.now() - t0) / 1000;
+      s.destroy();
+      // 1 MiB at 8 Mbit/s: 1.049 s.
+      expect(s1, `${s1.toFixed(3)} s`).to.be.within(0.8 * 1.049, 1.2 * 1.049);
+    } finally {
+      await link.close();
+      await new Promise((r) => sink.close(r));
+    }
+  });
+
+  it('a cut link delivers nothing until it heals, then what waited', async () => {
+    link = new LinkProxy({ host: '127.0.0.1', port: echo.port });
+    const s = await open(await link.listen());
+    expect(await pingMedian(s, 1)).to.be.below(1000);
+    link.cut();
+    let answered = false;
+    const answer = new Promise<void>((r) => s.once('data', () => {
+      answered = true;
+      r();
+    }));
+    s.write('y');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(answered, 'nothing crosses a cut link').to.equal(false);
+    link.heal();
+    await answer;
+    expect(answered).to.equal(true);
+    s.destroy();
+  });
+
+  it('sets impairments independently, resets them, and draws the same jitter and loss from the same seed', () => {
+    link = new LinkProxy({ host: '127.0.0.1', port: echo.port }, {}, 42);
+    link.set({ delayMs: 20 });
+    link.set({ rateBps: 1e6 });
+    expect(link.state).to.include({ delayMs: 20, rateBps: 1e6 });
+    link.set({ delayMs: null });
+    expect(link.state.delayMs).to.equal(undefined);
+    expect(link.state.rateBps).to.equal(1e6);
+    link.reset();
+    expect(link.state).to.deep.equal({ cut: false, seed: 42 });
+    const draws = (seed: number): string => {
+      const l = new LinkProxy({ host: '127.0.0.1', port: 1 }, { delayMs: 10, jitterMs: 5, lossPercent: 30 }, seed);
+      return Array.from({ length: 20 }, () => `${l.drawDelay().toFixed(3)}/${l.drawLoss()}`).join(' ');
+    };
+    expect(draws(7)).to.equal(draws(7));
+    expect(draws(7)).to.not.equal(draws(8));
+    const d = draws(7).split(' ').map((x) => Number(x.split('/')[0]));
+    expect(Math.min(...d)).to.be.at.least(5);
+    expect(Math.max(...d)).to.be.at.most(15);
+  });
+
+  it('closing drops its connections and stops listening', async () => {
+    link = new LinkProxy({ host: '127.0.0.1', port: echo.port });
+    const port = await link.listen();
+    const s = await open(port);
+    const closed = new Promise((r) => s.once('close', r));
+    await link.close();
+    await closed;
+    const refused = await open(port).then((x) => {
+      x.destroy();
+      return false;
+    }, () => true);
+    expect(refused, 'nothing listens after close').to.equal(true);
+  });
+});
