@@ -1,0 +1,54 @@
+/**
+ * The cluster record on disk (cluster/cluster.json) is an edge too: whatever it holds, reading it
+ * gives the cluster or a ClusterError naming the file, never anything else (seeded fuzz over random
+ * bytes, random JSON and valid records with one field replaced).
+ */
+import { expect } from 'chai';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { seededRandom } from '@hvlab/protocol';
+import { ClusterError, readCluster, clusterRecordFile, clusterDir } from '../src/index.js';
+
+const SOURCE = 'name: lab\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M }\n';
+const GOOD = { version: 1, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test' };
+
+describe('the cluster record', () => {
+  let home: string;
+  beforeEach(() => {
+    home = mkdtempSync(join(tmpdir(), 'hvlab-rec-'));
+    mkdirSync(clusterDir(home), { recursive: true });
+  });
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+  it('reads back a record it wrote, and is null without one', () => {
+    expect(readCluster(join(home, 'none'))).to.equal(null);
+    writeFileSync(clusterRecordFile(home), JSON.stringify(GOOD));
+    const c = readCluster(home)!;
+    expect(c.topology.hosts.map((h) => h.name)).to.deep.equal(['h1', 'h2']);
+    expect(c.record.mode).to.equal('loopback');
+  });
+
+  it('never throws anything but ClusterError, whatever the file holds (seeded, 1500 cases)', () => {
+    const next = seededRandom(0xc1);
+    const values: unknown[] = [null, 0, -1, 1.5, '', 'x', true, [], {}, { toString: 1 }, 'name: other\nhosts: { h1: {} }\n', SOURCE.replace('h2: {}', 'h2: { lps: 0 }')];
+    for (let i = 0; i < 1500; i++) {
+      let text: string;
+      const r = next();
+      if (r < 0.3) text = Buffer.from(Array.from({ length: Math.floor(next() * 80) }, () => Math.floor(next() * 256))).toString('latin1');
+      else if (r < 0.5) text = JSON.stringify(values[Math.floor(next() * values.length)]);
+      else {
+        const keys = Object.keys(GOOD);
+        const k = keys[Math.floor(next() * keys.length)]!;
+        text = JSON.stringify({ ...GOOD, [k]: values[Math.floor(next() * values.length)] });
+      }
+      writeFileSync(clusterRecordFile(home), text);
+      try {
+        readCluster(home);
+      } catch (e) {
+        expect(e, text).to.be.instanceOf(ClusterError);
+        expect((e as Error).message).to.include(clusterRecordFile(home));
+      }
+    }
+  });
+});
