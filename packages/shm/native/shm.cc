@@ -198,9 +198,9 @@ void ReapChild(const FunctionCallbackInfo<Value>& args) {
 // (a zombie counts), and it names that process, not a pid number that may be reused. libuv
 // watches it with epoll like any socket, so a watch costs nothing until the process dies.
 
-struct PidWatch {
-  uv_poll_t poll;
-  int fd = -1;
+// What a watch that calls back into JavaScript holds (the pid and the word watches alike): its
+// id, the function and context to call, and its environment cleanup hook.
+struct JsWatch {
   int32_t id = 0;
   Isolate* isolate = nullptr;
   v8::Global<v8::Context> context;
@@ -209,15 +209,20 @@ struct PidWatch {
   // Set by the environment's cleanup hook (a worker thread or the process ending): call done(arg) once closed.
   void (*done)(void*) = nullptr;
   void* doneArg = nullptr;
+  virtual ~JsWatch() = default;
 };
 
-// Watches by id, per thread (each worker thread has its own event loop and isolate).
-thread_local std::unordered_map<int32_t, PidWatch*> watches;
-thread_local int32_t nextWatchId = 1;
+// Binds a new watch to the calling thread's context and `fn`, and gives it the next id.
+void BindJs(JsWatch* w, Isolate* isolate, Local<v8::Function> fn, int32_t& nextId) {
+  w->id = nextId++;
+  if (nextId <= 0) nextId = 1;
+  w->isolate = isolate;
+  w->context.Reset(isolate, isolate->GetCurrentContext());
+  w->callback.Reset(isolate, fn);
+}
 
-void OnWatchClosed(uv_handle_t* h) {
-  PidWatch* w = static_cast<PidWatch*>(h->data);
-  if (w->fd >= 0) close(w->fd);
+// Frees a watch whose libuv handle has closed, and tells a waiting cleanup hook.
+void ReleaseJs(JsWatch* w) {
   void (*done)(void*) = w->done;
   void* doneArg = w->doneArg;
   if (done == nullptr && w->cleanup) node::RemoveEnvironmentCleanupHook(std::move(w->cleanup));
@@ -227,6 +232,42 @@ void OnWatchClosed(uv_handle_t* h) {
   if (done != nullptr) done(doneArg);
 }
 
+// Calls the watch's function; `before` (the pid watch closing itself) runs once the function is in
+// hand and before the call, which may unwatch.
+void CallJs(JsWatch* w, void (*before)(JsWatch*) = nullptr) {
+  Isolate* isolate = w->isolate;
+  v8::HandleScope scope(isolate);
+  Local<v8::Context> context = w->context.Get(isolate);
+  Local<v8::Function> fn = w->callback.Get(isolate);
+  if (before != nullptr) before(w);
+  v8::Context::Scope contextScope(context);
+  node::MakeCallback(isolate, context->Global(), fn, 0, nullptr, node::async_context{0, 0});
+}
+
+// The environment's cleanup hook for a watch of type W closed by Close.
+template <class W, void (*Close)(W*)>
+void JsWatchCleanupHook(void* arg, void (*done)(void*), void* doneArg) {
+  W* w = static_cast<W*>(arg);
+  w->done = done;
+  w->doneArg = doneArg;
+  Close(w);
+}
+
+struct PidWatch : JsWatch {
+  uv_poll_t poll;
+  int fd = -1;
+};
+
+// Watches by id, per thread (each worker thread has its own event loop and isolate).
+thread_local std::unordered_map<int32_t, PidWatch*> watches;
+thread_local int32_t nextWatchId = 1;
+
+void OnWatchClosed(uv_handle_t* h) {
+  PidWatch* w = static_cast<PidWatch*>(h->data);
+  if (w->fd >= 0) close(w->fd);
+  ReleaseJs(w);
+}
+
 // Stops and closes a watch (it is freed once libuv has closed the handle).
 void CloseWatch(PidWatch* w) {
   watches.erase(w->id);
@@ -234,23 +275,10 @@ void CloseWatch(PidWatch* w) {
   uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnWatchClosed);
 }
 
-void WatchCleanupHook(void* arg, void (*done)(void*), void* doneArg) {
-  PidWatch* w = static_cast<PidWatch*>(arg);
-  w->done = done;
-  w->doneArg = doneArg;
-  CloseWatch(w);
-}
-
 void OnPidfdReadable(uv_poll_t* h, int /*status*/, int /*events*/) {
   // Readable means exited; an error on the descriptor cannot be told apart from it, so it counts too.
-  PidWatch* w = static_cast<PidWatch*>(h->data);
-  Isolate* isolate = w->isolate;
-  v8::HandleScope scope(isolate);
-  Local<v8::Context> context = w->context.Get(isolate);
-  Local<v8::Function> fn = w->callback.Get(isolate);
-  CloseWatch(w);
-  v8::Context::Scope contextScope(context);
-  node::MakeCallback(isolate, context->Global(), fn, 0, nullptr, node::async_context{0, 0});
+  // A pid watch fires once: it closes itself before calling.
+  CallJs(static_cast<PidWatch*>(h->data), [](JsWatch* w) { CloseWatch(static_cast<PidWatch*>(w)); });
 }
 
 // watchPid(pid, callback) -> id: calls callback() once when process `pid` has exited. The watch
@@ -277,18 +305,14 @@ void WatchPid(const FunctionCallbackInfo<Value>& args) {
     Throw(isolate, std::string("uv_poll_init on a pidfd: ") + uv_strerror(r), 0); return;
   }
   w->poll.data = w;
-  w->id = nextWatchId++;
-  if (nextWatchId <= 0) nextWatchId = 1;
-  w->isolate = isolate;
-  w->context.Reset(isolate, isolate->GetCurrentContext());
-  w->callback.Reset(isolate, args[1].As<v8::Function>());
+  BindJs(w, isolate, args[1].As<v8::Function>(), nextWatchId);
   r = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, OnPidfdReadable);
   if (r != 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnWatchClosed);
     Throw(isolate, std::string("uv_poll_start on a pidfd: ") + uv_strerror(r), 0); return;
   }
   uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
-  w->cleanup = node::AddEnvironmentCleanupHook(isolate, WatchCleanupHook, w);
+  w->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<PidWatch, CloseWatch>, w);
   watches[w->id] = w;
   args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
 }
@@ -310,7 +334,7 @@ void UnwatchPid(const FunctionCallbackInfo<Value>& args) {
 // futex that another process wakes, at the cost of one thread hop, without blocking. Wakes that
 // arrive while a callback is pending coalesce into that callback: the callback reads what changed.
 
-struct WordWatch {
+struct WordWatch : JsWatch {
   uv_async_t async;
   pthread_t thread;
   bool threadStarted = false;
@@ -319,13 +343,6 @@ struct WordWatch {
   // The word's value when the watch was made: a change right after watchWord returns is a change.
   int32_t initial = 0;
   std::atomic<bool> stop{false};
-  int32_t id = 0;
-  Isolate* isolate = nullptr;
-  v8::Global<v8::Context> context;
-  v8::Global<v8::Function> callback;
-  node::AsyncCleanupHookHandle cleanup;
-  void (*done)(void*) = nullptr;
-  void* doneArg = nullptr;
 };
 
 thread_local std::unordered_map<int32_t, WordWatch*> wordWatches;
@@ -347,14 +364,7 @@ void* WordWatchThread(void* arg) {
 }
 
 void OnWordWatchClosed(uv_handle_t* h) {
-  WordWatch* w = static_cast<WordWatch*>(h->data);
-  void (*done)(void*) = w->done;
-  void* doneArg = w->doneArg;
-  if (done == nullptr && w->cleanup) node::RemoveEnvironmentCleanupHook(std::move(w->cleanup));
-  w->context.Reset();
-  w->callback.Reset();
-  delete w;
-  if (done != nullptr) done(doneArg);
+  ReleaseJs(static_cast<WordWatch*>(h->data));
 }
 
 // Stops the thread (wakes it and joins: it only ever sleeps in the futex) and closes the handle.
@@ -369,22 +379,9 @@ void CloseWordWatch(WordWatch* w) {
   uv_close(reinterpret_cast<uv_handle_t*>(&w->async), OnWordWatchClosed);
 }
 
-void WordWatchCleanupHook(void* arg, void (*done)(void*), void* doneArg) {
-  WordWatch* w = static_cast<WordWatch*>(arg);
-  w->done = done;
-  w->doneArg = doneArg;
-  CloseWordWatch(w);
-}
-
 void OnWordChanged(uv_async_t* h) {
   WordWatch* w = static_cast<WordWatch*>(h->data);
-  if (w->stop.load()) return;
-  Isolate* isolate = w->isolate;
-  v8::HandleScope scope(isolate);
-  Local<v8::Context> context = w->context.Get(isolate);
-  Local<v8::Function> fn = w->callback.Get(isolate);
-  v8::Context::Scope contextScope(context);
-  node::MakeCallback(isolate, context->Global(), fn, 0, nullptr, node::async_context{0, 0});
+  if (!w->stop.load()) CallJs(w);
 }
 
 // watchWord(sab, index, callback) -> id: calls callback() (on this thread's event loop) after Int32
@@ -407,11 +404,7 @@ void WatchWord(const FunctionCallbackInfo<Value>& args) {
   }
   w->async.data = w;
   uv_unref(reinterpret_cast<uv_handle_t*>(&w->async));
-  w->id = nextWordWatchId++;
-  if (nextWordWatchId <= 0) nextWordWatchId = 1;
-  w->isolate = isolate;
-  w->context.Reset(isolate, isolate->GetCurrentContext());
-  w->callback.Reset(isolate, args[2].As<v8::Function>());
+  BindJs(w, isolate, args[2].As<v8::Function>(), nextWordWatchId);
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 64 * 1024);
@@ -422,7 +415,7 @@ void WatchWord(const FunctionCallbackInfo<Value>& args) {
     Throw(isolate, "watchWord: pthread_create", r); return;
   }
   w->threadStarted = true;
-  w->cleanup = node::AddEnvironmentCleanupHook(isolate, WordWatchCleanupHook, w);
+  w->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<WordWatch, CloseWordWatch>, w);
   wordWatches[w->id] = w;
   args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
 }
