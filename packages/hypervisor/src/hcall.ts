@@ -27,6 +27,7 @@ interface PageSession {
 
 export class HcService {
   private readonly stateI32: Int32Array;
+  private readonly bellI32: Int32Array;
   private readonly port: MessagePort;
   private readonly pages = new Map<string, PageSession>();
   private hv: Hypervisor | null = null;
@@ -41,6 +42,7 @@ export class HcService {
   constructor(private readonly hostId: string, readonly bellName: string, private readonly bell: SharedArrayBuffer, private readonly logError: (o: object, m: string) => void) {
     const state = new SharedArrayBuffer(HC_STATE_BYTES);
     this.stateI32 = new Int32Array(state);
+    this.bellI32 = new Int32Array(bell);
     const { port1, port2 } = new MessageChannel();
     this.threadData = { state, port: port2 };
     this.port = port1;
@@ -54,9 +56,8 @@ export class HcService {
 
   private post(m: ToHcThread): void {
     this.port.postMessage(m);
-    const bell = new Int32Array(this.bell);
-    Atomics.add(bell, SchedRegion.hcRings >> 2, 1);
-    Atomics.add(bell, SchedRegion.doorbell >> 2, 1);
+    Atomics.add(this.bellI32, SchedRegion.hcRings >> 2, 1);
+    Atomics.add(this.bellI32, SchedRegion.doorbell >> 2, 1);
     futexWake(this.bell, SchedRegion.doorbell >> 2);
   }
 

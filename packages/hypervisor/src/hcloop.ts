@@ -19,7 +19,7 @@
  * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HC_INPUT_OFFSET, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, VpPage, Dispatch, PROBE_VECTOR_MIN, pushHcEvent, type HcEvent,
+  HcWord, HC_INPUT_OFFSET, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
@@ -63,11 +63,16 @@ interface ChildRoute {
   masked: boolean;
   vector: number;
   autoEoi: boolean;
-  vp: Int32Array;
-  vpRegion: SharedArrayBuffer;
+  target: VpTarget;
+}
+/** A VP that interrupts are pended on (pendInterrupt's arguments). */
+interface VpTarget {
   apic: VirtualApicView;
-  dispatchIdx: number;
-  probeIdx: number;
+  region: SharedArrayBuffer;
+  offset: number;
+}
+function vpTarget(region: SharedArrayBuffer, offset: number): VpTarget {
+  return { apic: new VirtualApicView(new Int32Array(region), offset), region, offset };
 }
 interface RootRoute {
   kind: 'root';
@@ -82,13 +87,15 @@ interface SessionRec {
   sid: string;
   region: SharedArrayBuffer;
   i32: Int32Array;
+  /** The page as f64 words (AssertVirtualInterrupt's partition id). */
+  f64: Float64Array;
   /** The last request number taken. */
   taken: number;
   /** Messages and intercepts that did not fit in the event queue yet, in order. */
   backlog: HcEvent[];
   routes: Map<number, ChildRoute | RootRoute>;
   /** AssertVirtualInterrupt targets by "partition:vp". */
-  vps: Map<string, { epoch: number; vp: Int32Array; vpRegion: SharedArrayBuffer; apic: VirtualApicView; dispatchIdx: number; probeIdx: number }>;
+  vps: Map<string, { epoch: number; target: VpTarget }>;
 }
 
 /** Completes call `seq` on a session's page (`region`) with `status`, and wakes the caller the way it waits. */
@@ -123,7 +130,7 @@ export class HcLoop {
         const i32 = new Int32Array(m.region);
         // A fresh page: its first call is request 1, even if it was published before this thread
         // (still starting, say) learned of the session.
-        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, taken: 0, routes: new Map(), vps: new Map(), backlog: [] });
+        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, f64: new Float64Array(m.region), taken: 0, routes: new Map(), vps: new Map(), backlog: [] });
         break;
       }
       case 'sessionGone':
@@ -136,11 +143,9 @@ export class HcLoop {
         if (r.kind === 'root') {
           s.routes.set(m.connectionId, { kind: 'root', epoch: m.epoch, owner: r.ownerSession, portId: r.portId, flagCount: r.flagCount, sender: r.sender });
         } else {
-          const vp = new Int32Array(r.vpRegion);
           s.routes.set(m.connectionId, {
             kind: 'child', epoch: m.epoch, flags: new Int32Array(r.memory), flagsWord: r.flagsOffset >> 2, flagCount: r.flagCount, masked: r.masked,
-            vector: r.vector, autoEoi: r.autoEoi, vp, vpRegion: r.vpRegion, apic: new VirtualApicView(vp, r.vpOffset),
-            dispatchIdx: (r.vpOffset + VpPage.dispatch) >> 2, probeIdx: (r.vpOffset + VpPage.probeAssertNs) >> 3,
+            vector: r.vector, autoEoi: r.autoEoi, target: vpTarget(r.vpRegion, r.vpOffset),
           });
         }
         break;
@@ -148,11 +153,7 @@ export class HcLoop {
       case 'interruptRoute': {
         const s = this.sessions.get(m.sid);
         if (!s) break;
-        const vp = new Int32Array(m.vpRegion);
-        s.vps.set(`${m.partitionId}:${m.vpIndex}`, {
-          epoch: m.epoch, vp, vpRegion: m.vpRegion, apic: new VirtualApicView(vp, m.vpOffset),
-          dispatchIdx: (m.vpOffset + VpPage.dispatch) >> 2, probeIdx: (m.vpOffset + VpPage.probeAssertNs) >> 3,
-        });
+        s.vps.set(`${m.partitionId}:${m.vpIndex}`, { epoch: m.epoch, target: vpTarget(m.vpRegion, m.vpOffset) });
         break;
       }
       case 'event': {
@@ -220,17 +221,15 @@ export class HcLoop {
     const i32 = s.i32;
     if (Atomics.load(i32, HcWord.inLen) !== 16) return false;
     const base = HC_INPUT_OFFSET >> 2;
-    const partitionId = new Float64Array(s.region, HC_INPUT_OFFSET, 1)[0];
+    const partitionId = s.f64[HC_INPUT_OFFSET >> 3]!;
     const vpIndex = Atomics.load(i32, base + 2) >>> 0;
     const vector = Atomics.load(i32, base + 3) >>> 0;
     // Anything out of range goes to the main thread, which explains it.
     if (vector < 16 || vector > 255 || !Number.isSafeInteger(partitionId)) return false;
     const r = s.vps.get(`${partitionId}:${vpIndex}`);
     if (!r || r.epoch !== Atomics.load(this.state, HcStateWord.epoch)) return false;
-    if (vector >= PROBE_VECTOR_MIN) new BigInt64Array(r.vpRegion)[r.probeIdx] = process.hrtime.bigint();
-    r.apic.assert(vector, false);
-    const d = Atomics.load(r.vp, r.dispatchIdx);
-    if (d !== Dispatch.Granted && d !== Dispatch.Preempt) this.wantSchedule = true;
+    const t = r.target;
+    if (pendInterrupt(t.apic, t.region, t.offset, vector, false)) this.wantSchedule = true;
     Atomics.add(this.state, HcStateWord.fastCalls, 1);
     completeHcCall(s.region, i32, seq, HvStatus.SUCCESS);
     return true;
@@ -256,13 +255,7 @@ export class HcLoop {
     } else {
       const bit = 1 << (flag & 31);
       const old = Atomics.or(r.flags, r.flagsWord + (flag >>> 5), bit);
-      if ((old & bit) === 0 && !r.masked) {
-        if (r.vector >= PROBE_VECTOR_MIN) new BigInt64Array(r.vpRegion)[r.probeIdx] = process.hrtime.bigint();
-        r.apic.assert(r.vector, r.autoEoi);
-        const d = Atomics.load(r.vp, r.dispatchIdx);
-        // A VP that holds its LP takes it at its next step boundary; any other needs the scheduler.
-        if (d !== Dispatch.Granted && d !== Dispatch.Preempt) this.wantSchedule = true;
-      }
+      if ((old & bit) === 0 && !r.masked && pendInterrupt(r.target.apic, r.target.region, r.target.offset, r.vector, r.autoEoi)) this.wantSchedule = true;
     }
     Atomics.add(this.state, HcStateWord.fastCalls, 1);
     completeHcCall(s.region, i32, seq, HvStatus.SUCCESS);

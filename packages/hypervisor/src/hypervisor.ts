@@ -36,9 +36,9 @@ import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
-  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES, PROBE_VECTOR_MIN,
+  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
   vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
-  decodeIoInterceptRecord, VpRegisterNames, Dispatch,
+  decodeIoInterceptRecord, VpRegisterNames, pendInterrupt,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
@@ -1118,20 +1118,11 @@ export class Hypervisor {
     this.opts.scheduler.ring();
   }
 
-  /**
-   * Pends `vector` on a VP's virtual APIC and lets the scheduler wake it. False without an APIC.
-   * A VP that holds its LP (dispatch word Granted, or Preempt: it will be Ready, not halted) takes
-   * the interrupt at its next step boundary, so the scheduler is not rung for it. That is safe
-   * against a VP halting at the same moment: it publishes Halt after setting IRR here was visible
-   * or not, and then rings; the scheduler reads IRR after that ring and wakes it.
-   */
+  /** Pends `vector` on a VP's virtual APIC and lets the scheduler wake it (pendInterrupt). False without an APIC. */
   assertVector(p: Partition, vpIndex: number, vector: number, autoEoi: boolean): boolean {
-    if (!p.vpI32 || !this.opts.scheduler) return false;
+    if (!p.vpI32 || !p.vpRegion || !this.opts.scheduler) return false;
     const off = vpPageOffset(vpIndex);
-    if (vector >= PROBE_VECTOR_MIN) new BigInt64Array(p.vpRegion!, off + VpPage.probeAssertNs, 1)[0] = process.hrtime.bigint();
-    new VirtualApicView(p.vpI32, off).assert(vector, autoEoi);
-    const d = Atomics.load(p.vpI32, (off + VpPage.dispatch) >> 2);
-    if (d !== Dispatch.Granted && d !== Dispatch.Preempt) this.opts.scheduler.ring();
+    if (pendInterrupt(new VirtualApicView(p.vpI32, off), p.vpRegion, off, vector, autoEoi)) this.opts.scheduler.ring();
     return true;
   }
 

@@ -36,6 +36,7 @@
  * queue's reader checks every entry (`drainHcEvents`).
  */
 import { HvCall, HvStatus, VpRegisterNames, MAX_MESSAGE_PAYLOAD, type VpRegisterName } from './hypercall.js';
+import { SchedRegion, SCHED_REGION_BYTES } from './vpage.js';
 
 export const HC_PAGE_BYTES = 4096;
 /** A session's region: the hypercall page and the event-queue page. */
@@ -66,10 +67,10 @@ export const HC_MAX_REGISTERS = Math.min((HC_INPUT_MAX - 16) / 16, HC_OUTPUT_MAX
 /** The calls a session may make through its page. */
 export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt];
 
-/** The host doorbell region (the scheduler region): the bell, and the count of hypercall rings. */
-export const HC_BELL_BYTES = 4096;
-export const HC_BELL_WORD = 0;
-export const HC_RING_WORD = 1;
+/** The host doorbell region is the scheduler region: its bell, and its count of hypercall rings. */
+export const HC_BELL_BYTES = SCHED_REGION_BYTES;
+export const HC_BELL_WORD = SchedRegion.doorbell >> 2;
+export const HC_RING_WORD = SchedRegion.hcRings >> 2;
 
 // ---- the event queue (page 1) ----------------------------------------------------------------
 // A single-producer, single-consumer ring of what the hypervisor delivers to the session without
@@ -294,7 +295,8 @@ export type HcDecoded = { ok: true; call: HcCall } | { ok: false; status: number
 
 /**
  * The hypervisor's checking decoder of a published call: `code` and `inLen` from the page's words,
- * `bytes` the input area. Never throws; a call that does not decode gets INVALID_HYPERCALL_CODE
+ * `bytes` the input area, copied out of the shared page by the caller (a PostMessage payload is a
+ * view of it). Never throws; a call that does not decode gets INVALID_HYPERCALL_CODE
  * (a code that cannot come through a page) or INVALID_HYPERCALL_INPUT, with the reason.
  */
 export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): HcDecoded {
@@ -313,7 +315,8 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
       const size = dv.getUint32(12, true);
       if (size > MAX_MESSAGE_PAYLOAD) return bad(`payload size ${size} exceeds ${MAX_MESSAGE_PAYLOAD}`);
       if (inLen !== 16 + size) return bad(`a PostMessage input of payload size ${size} is ${16 + size} bytes, not ${inLen}`);
-      const payload = bytes.slice(16, 16 + size);
+      // A view: the caller decodes its own copy of the page (one copy per call).
+      const payload = bytes.subarray(16, 16 + size);
       return { ok: true, call: { code, input: { connectionId: dv.getUint32(0, true), messageType: dv.getUint32(8, true), payload } } };
     }
     case HvCall.AssertVirtualInterrupt: {

@@ -182,6 +182,22 @@ export class VirtualApicView {
   }
 }
 
+/**
+ * The hypervisor's side of an interrupt to a VP (its main thread and its scheduler thread alike):
+ * pends `vector` on the VP's virtual APIC, stamping the interrupt-latency probe of `bench sched`
+ * when the vector is one, and says whether the scheduler must look. A VP that holds its LP
+ * (dispatch word Granted, or Preempt: it will be Ready, not halted) takes the vector at its next
+ * step boundary, so it needs no scheduling pass. That is safe against a VP halting at the same
+ * moment: it publishes Halt after this IRR write was visible or not, then rings, and the scheduler
+ * reads IRR after that ring.
+ */
+export function pendInterrupt(apic: VirtualApicView, region: SharedArrayBuffer, pageOffset: number, vector: number, autoEoi: boolean): boolean {
+  if (vector >= PROBE_VECTOR_MIN) new BigInt64Array(region, pageOffset + VpPage.probeAssertNs, 1)[0] = process.hrtime.bigint();
+  apic.assert(vector, autoEoi);
+  const d = Atomics.load(apic.words, (pageOffset + VpPage.dispatch) >> 2);
+  return d !== Dispatch.Granted && d !== Dispatch.Preempt;
+}
+
 // ---- synthetic timers -----------------------------------------------------------------------
 export const STIMER_COUNT = 4;
 /** Config bits (REFERENCE): 0 enable, 1 periodic, 3 lazy, 4-11 vector, 12 direct mode, 16-19 SINT. */

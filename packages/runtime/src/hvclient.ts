@@ -362,7 +362,6 @@ export class HvClient {
     const reps = Atomics.load(page.i32, HcWord.reps);
     const outLen = Atomics.load(page.i32, HcWord.outLen);
     const output = status === HvStatus.SUCCESS ? decodeHcOutput(code, input, outLen, page.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX)) : null;
-    if (status === HvStatus.SUCCESS && code === HvCall.CreatePort) this.notePort(input);
     this.pageBusy = false;
     if (this.queue.length > 0) queueMicrotask(() => this.pump());
     return { status, statusName: hvStatusName(status), reps: Math.max(0, reps), output };
