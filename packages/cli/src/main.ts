@@ -22,7 +22,7 @@ import {
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import {
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -585,17 +585,32 @@ function formatLog(line: string): string | null {
 
 const debugOn = (): boolean => process.env.HVLAB_DEBUG === '1';
 
-/** Reads and checks a topology file: CliError when it cannot be read, TopologyError naming every problem. */
-function readTopology(file: string): Topology {
-  let text: string;
+/**
+ * Reads and checks a topology file once: the topology and the text it came from, or the
+ * TopologyError naming every problem. CliError when the file cannot be read.
+ */
+function loadTopology(file: string): { topology: Topology; source: string } | TopologyError {
+  let source: string;
   try {
     if (statSync(file).size > MAX_TOPOLOGY_BYTES) throw new CliError(`${file} is larger than ${MAX_TOPOLOGY_BYTES} bytes: not a topology file`);
-    text = readFileSync(file, 'utf8');
+    source = readFileSync(file, 'utf8');
   } catch (e) {
     if (e instanceof CliError) throw e;
     throw new CliError(`cannot read the topology file ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message}`);
   }
-  return parseTopology(text, file);
+  try {
+    return { topology: parseTopology(source, file), source };
+  } catch (e) {
+    if (e instanceof TopologyError) return e;
+    throw e;
+  }
+}
+
+/** Refuses a topology a compiler's way: one problem per line, each with file, line, column and field; exit 1. */
+function refuseTopology(e: TopologyError, json: boolean, after = ''): number {
+  if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
+  process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'})${after}:\n${e.message}\n`);
+  return 1;
 }
 
 /** Runs a cluster operation; its ClusterError becomes a one-line CLI error. */
@@ -608,16 +623,11 @@ async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-function describeImpairments(i: Topology['links'][number]['impairments']): string {
-  const parts = [i.delayMs !== undefined ? `delay ${i.delayMs}ms` : '', i.jitterMs !== undefined ? `jitter ${i.jitterMs}ms` : '', i.rateBps !== undefined ? `rate ${i.rateBps} bit/s` : '', i.lossPercent !== undefined ? `loss ${i.lossPercent}%` : ''].filter(Boolean);
-  return parts.join(', ') || 'unimpaired';
-}
-
 function describeTopology(t: Topology): string {
   const mib = (n: number): string => formatBytes(n);
   const lines = [`cluster ${t.name}: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.links.length} link${t.links.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'}`, ''];
   lines.push(table([['HOST', 'LPS', 'MEMORY', 'VMS'], ...t.hosts.map((h) => [h.name, h.lps === null ? 'all' : String(h.lps), h.memoryBytes === null ? '-' : mib(h.memoryBytes), t.vms.filter((v) => v.host === h.name).map((v) => v.name).join(', ') || '-'])]));
-  if (t.links.length > 0) lines.push('', table([['LINK', 'IMPAIRMENTS'], ...t.links.map((l) => [`${l.a} - ${l.b}`, describeImpairments(l.impairments)])]));
+  if (t.links.length > 0) lines.push('', table([['LINK', 'IMPAIRMENTS'], ...t.links.map((l) => [`${l.a} - ${l.b}`, impairmentsText(l.impairments) || 'unimpaired'])]));
   if (t.vms.length > 0) lines.push('', table([['VM', 'HOST', 'MEMORY', 'VPS', 'WORKLOAD'], ...t.vms.map((v) => [v.name, v.host, mib(v.memoryBytes), String(v.vps), v.workload])]));
   return lines.join('\n');
 }
@@ -709,32 +719,18 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'cluster check': {
-        let t: Topology;
-        try {
-          t = readTopology(name!);
-        } catch (e) {
-          if (!(e instanceof TopologyError)) throw e;
-          // A compiler's way: one problem per line, each with file, line, column and field.
-          if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
-          process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}):\n${e.message}\n`);
-          return 1;
-        }
-        if (json) out(JSON.stringify({ valid: true, topology: t }));
-        else out(describeTopology(t));
+        const r = loadTopology(name!);
+        if (r instanceof TopologyError) return refuseTopology(r, json);
+        if (json) out(JSON.stringify({ valid: true, topology: r.topology }));
+        else out(describeTopology(r.topology));
         return 0;
       }
       case 'cluster up': {
-        let t: Topology;
-        try {
-          t = readTopology(name!);
-        } catch (e) {
-          if (!(e instanceof TopologyError)) throw e;
-          if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
-          process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);
-          return 1;
-        }
+        const r = loadTopology(name!);
+        if (r instanceof TopologyError) return refuseTopology(r, json, '; nothing was started');
+        const t = r.topology;
         const t0 = Date.now();
-        await clusterCall(() => clusterUp(paths.home, t, readFileSync(name!, 'utf8'), resolve(name!), { progress: json ? undefined : (l) => out(l) }));
+        await clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l) }));
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);
@@ -744,13 +740,9 @@ export async function run(argv: string[]): Promise<number> {
         let t: Topology;
         let places: Map<string, { address: string; netns: string | null }> | undefined;
         if (name !== undefined) {
-          try {
-            t = readTopology(name);
-          } catch (e) {
-            if (!(e instanceof TopologyError)) throw e;
-            process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}):\n${e.message}\n`);
-            return 1;
-          }
+          const r = loadTopology(name);
+          if (r instanceof TopologyError) return refuseTopology(r, false);
+          t = r.topology;
         } else {
           const c = await clusterCall(async () => readCluster(paths.home));
           if (!c) throw new CliError(`no cluster is up for ${paths.home}: give a topology FILE, or run "hvlab cluster up FILE" first`);
@@ -778,7 +770,7 @@ export async function run(argv: string[]): Promise<number> {
           out(`cluster ${st.name}: ${st.mode}${st.bridge ? ` on bridge ${st.bridge}` : ''}, ${st.subnet} (${st.modeReason})\n`);
           out(table([['HOST', 'STATE', 'HOST ID', 'ADDRESS', 'NAMESPACE', 'LPS', 'VMS', 'HOME'], ...st.hosts.map((h) => [h.name, h.state, h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms), h.home])]));
           if (st.links.length > 0) {
-            out('\n' + table([['LINK', 'IMPAIRMENTS', 'APPLIED'], ...st.links.map((l) => [`${l.a} - ${l.b}`, describeImpairments(l.impairments), l.applied ? 'yes' : 'not yet (no link layer)'])]));
+            out('\n' + table([['LINK', 'IMPAIRMENTS', 'APPLIED'], ...st.links.map((l) => [`${l.a} - ${l.b}`, impairmentsText(l.impairments) || 'unimpaired', l.applied ? 'yes' : 'not yet (no link layer)'])]));
           }
         }
         return 0;

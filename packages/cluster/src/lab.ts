@@ -136,14 +136,13 @@ async function createVm(c: MgmtClient, vm: TopologyVm): Promise<void> {
  * rethrown.
  */
 export async function clusterUp(home: string, topology: Topology, source: string, file: string, opts: ClusterUpOptions = {}): Promise<void> {
-  const existing = existsSync(clusterRecordFile(home)) ? (() => {
+  if (existsSync(clusterRecordFile(home))) {
+    let name = '?';
     try {
-      return readCluster(home)?.topology.name ?? '?';
-    } catch {
-      return '?';
-    }
-  })() : null;
-  if (existing !== null) throw new ClusterError(`a cluster (${existing}) is already up for ${home}; run "hvlab cluster down" first`);
+      name = readCluster(home)?.topology.name ?? '?';
+    } catch { /* unreadable: still a cluster here */ }
+    throw new ClusterError(`a cluster (${name}) is already up for ${home}; run "hvlab cluster down" first`);
+  }
   const say = opts.progress ?? (() => {});
   const net = clusterNetwork(home, topology);
   writeRecord(home, { version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason });
