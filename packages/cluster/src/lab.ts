@@ -15,10 +15,10 @@
  * `cluster up` was killed half way; it is decoded by re-checking that text (`parseTopology`).
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatBytes, type HostInfo, type VmInfo } from '@hvlab/protocol';
-import { hostPaths, type HostPaths } from '@hvlab/runtime';
+import { hostPaths, writeFileAtomic, type HostPaths } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
 import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork } from './netns.js';
@@ -93,17 +93,8 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
 }
 
 function writeRecord(home: string, rec: ClusterRecord): void {
-  const file = clusterRecordFile(home);
   mkdirSync(clusterDir(home), { recursive: true });
-  const tmp = `${file}.tmp`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, JSON.stringify(rec, null, 2) + '\n');
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
+  writeFileAtomic(clusterRecordFile(home), JSON.stringify(rec, null, 2) + '\n');
 }
 
 /** The home of host `name` of the cluster that is up in `home`; a ClusterError naming the hosts when there is none. */

@@ -10,3 +10,4 @@ export * from './zmq.js';
 export * from './hvclient.js';
 export * from './ipc.js';
 export * from './vmwp-link.js';
+export * from './files.js';

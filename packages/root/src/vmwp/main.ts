@@ -17,7 +17,7 @@
  * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, renameSync, writeFileSync, rmSync, openSync, fsyncSync, closeSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
@@ -25,7 +25,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
+import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
@@ -86,15 +86,11 @@ const record: VmwpRecord = {
 function writeRecord(): void {
   try {
     mkdirSync(paths.vmwpDir, { recursive: true, mode: 0o700 });
-    const tmp = `${recordFile}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(record) + '\n', { mode: 0o600 });
-    const fd = openSync(tmp, 'r');
-    try { fsyncSync(fd); } finally { closeSync(fd); }
-    renameSync(tmp, recordFile);
+    // Written at every step of a start: no directory fsync on that path (a root re-attaching reads what is there).
+    writeFileAtomic(recordFile, JSON.stringify(record) + '\n', { syncDir: false });
   } catch (e) {
     // A full disk must not take the VM down; the root still has the control link while it lives.
     log.error({ err: e }, 'could not write the worker record');
-    rmSync(`${recordFile}.tmp-${process.pid}`, { force: true });
   }
 }
 

@@ -1,0 +1,31 @@
+/** writeFileAtomic: the file has the new text and mode, no temp file stays, and a failed write leaves no temp file. */
+import { expect } from 'chai';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../src/index.js';
+
+describe('writeFileAtomic', () => {
+  let dir: string;
+  beforeEach(() => (dir = mkdtempSync(join(tmpdir(), 'hvlab-atomic-'))));
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('replaces a file whole, with its mode, and leaves no temp file', () => {
+    const f = join(dir, 'r.json');
+    writeFileSync(f, 'old');
+    writeFileAtomic(f, 'new\n');
+    expect(readFileSync(f, 'utf8')).to.equal('new\n');
+    expect(statSync(f).mode & 0o777).to.equal(0o600);
+    expect(readdirSync(dir)).to.deep.equal(['r.json']);
+  });
+
+  it('a failed write throws and leaves what was there, without a temp file', () => {
+    // Renaming a file over a non-empty directory fails.
+    const d = join(dir, 'sub');
+    mkdirSync(d);
+    writeFileSync(join(d, 'keep'), 'k');
+    expect(() => writeFileAtomic(d, 'x')).to.throw();
+    expect(readdirSync(dir)).to.deep.equal(['sub']);
+    expect(readFileSync(join(d, 'keep'), 'utf8')).to.equal('k');
+  });
+});
