@@ -1,9 +1,9 @@
 /**
- * Clusters with real processes (issue 11, first steps). A 2-host topology comes up with its VMs
+ * Clusters with real processes (issue 11). A 3-host topology comes up with its VMs
  * Running on the hosts the file names, each host in its own network namespace where allowed (its
  * hypervisor and VMWPs are in it); `vm list --all` shows them with their hosts; `--host` aims a
- * command at one host; `cluster status` shows both hosts, their addresses and the mode; `cluster
- * down` leaves no process, /dev/shm file, namespace, veth, bridge or cluster state. Loopback mode
+ * command at one host; `cluster status` shows the hosts, their addresses, the mode and the links
+ * the fabric applies; `cluster down` leaves no process (the fabric's included), /dev/shm file, namespace, veth, bridge or cluster state. Loopback mode
  * says why. A topology with typos is refused before anything starts. A CLI killed half way
  * through `cluster up` leaves nothing that `cluster down` does not remove.
  */
@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 import { hostPaths } from '@hvlab/runtime';
-import { clusterTag, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
+import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
 import { spawnSync } from 'node:child_process';
 import { TestHost, shmFiles, sleep, eventually } from './harness.js';
 
@@ -25,13 +25,16 @@ const LAB = `name: lab
 hosts:
   h1: { lps: 1 }
   h2: { lps: 1 }
+  h3: { lps: 1 }
 links:
   - endpoints: [h1, h2]
     delay: 20ms
+  - endpoints: [h2, h3]
 vms:
   a: { host: h1, memory: 16M, workload: idle }
   b: { host: h2, memory: 16M, workload: counter }
   c: { host: h2, memory: 16M, workload: idle, processor: { weight: 300 } }
+  d: { host: h3, memory: 16M, workload: idle }
 `;
 
 /** The host ids of every host home under the cluster (read from their records). */
@@ -46,8 +49,9 @@ function clusterHostIds(home: string, seen: Set<string>): Set<string> {
   return seen;
 }
 
-function leftovers(ids: Set<string>): { pids: number[]; shm: string[] } {
-  return { pids: [...ids].flatMap((id) => hostProcesses(id)), shm: [...ids].flatMap((id) => shmFiles(id)) };
+/** Processes and /dev/shm files of the hosts `ids`, and the fabric of the cluster of `home` if it still runs. */
+function leftovers(ids: Set<string>, home?: string): { pids: number[]; shm: string[] } {
+  return { pids: [...ids].flatMap((id) => hostProcesses(id)).concat(home ? fabricPids(home) : []), shm: [...ids].flatMap((id) => shmFiles(id)) };
 }
 
 /** The network namespace a process is in, by name (`ip netns identify`), or '' for the root namespace. */
@@ -67,7 +71,8 @@ describe('clusters on one machine', function () {
     clusterHostIds(h.home, ids);
     await h.run('cluster', 'down');
     for (const id of ids) for (const d of ['h1', 'h2', 'h3']) sweepHost(hostPaths(join(h.home, 'cluster', 'hosts', d)), id);
-    await eventually(() => leftovers(ids).pids.length === 0, 5000);
+    for (const pid of fabricPids(h.home)) process.kill(pid, 'SIGKILL');
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
     await h.destroy();
   });
 
@@ -76,12 +81,13 @@ describe('clusters on one machine', function () {
     writeFileSync(file, LAB);
     const up = await h.run('cluster', 'up', file);
     expect(up.code, up.stderr).to.equal(0);
-    expect(up.stdout).to.match(/cluster lab is up: 2 hosts, 3 VMs Running/);
+    expect(up.stdout).to.match(/cluster lab is up: 3 hosts, 4 VMs Running/);
     clusterHostIds(h.home, ids);
-    expect(ids.size).to.equal(2);
+    expect(ids.size).to.equal(3);
+    expect(fabricPids(h.home).length, 'one fabric').to.equal(1);
 
     const all = await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all');
-    expect(all.map((v) => `${v.host}/${v.name}/${v.state}`).sort()).to.deep.equal(['h1/a/Running', 'h2/b/Running', 'h2/c/Running']);
+    expect(all.map((v) => `${v.host}/${v.name}/${v.state}`).sort()).to.deep.equal(['h1/a/Running', 'h2/b/Running', 'h2/c/Running', 'h3/d/Running']);
     expect(all.find((v) => v.name === 'c')!.processor.weight).to.equal(300);
 
     const onH2 = await h.json<VmInfo[]>('--host', 'h2', 'vm', 'list');
@@ -93,12 +99,12 @@ describe('clusters on one machine', function () {
     expect((await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all')).find((v) => v.name === 'a')!.state).to.equal('Off');
     const unknown = await h.run('--host', 'h9', 'vm', 'list');
     expect(unknown.code).to.equal(1);
-    expect(unknown.stderr).to.match(/cluster lab has no host "h9" \(hosts: h1, h2\)/);
+    expect(unknown.stderr).to.match(/cluster lab has no host "h9" \(hosts: h1, h2, h3\)/);
 
-    type Status = { name: string; mode: string; hosts: Array<{ name: string; state: string; vms: number; netns: string | null; address: string; info: { pids: { hypervisor: number } } }>; links: Array<{ a: string; b: string; impairments: { delayMs?: number } }> };
+    type Status = { name: string; mode: string; hosts: Array<{ name: string; state: string; vms: number; netns: string | null; address: string; member: boolean; info: { pids: { hypervisor: number } } }>; links: Array<{ a: string; b: string; delayMs?: number; applied: boolean; cut: boolean }> };
     const st = await h.json<Status>('cluster', 'status');
     expect(st.name).to.equal('lab');
-    expect(st.hosts.map((x) => `${x.name}:${x.state}:${x.vms}`)).to.deep.equal(['h1:up:1', 'h2:up:2']);
+    expect(st.hosts.map((x) => `${x.name}:${x.state}:${x.vms}:${x.member}`)).to.deep.equal(['h1:up:1:true', 'h2:up:2:true', 'h3:up:1:true']);
     // Where the system allows it (root with CAP_NET_ADMIN, as here), each host runs in its own namespace.
     expect(st.mode).to.equal(namespacesAvailable().ok ? 'namespaces' : 'loopback');
     if (st.mode === 'namespaces') {
@@ -109,9 +115,15 @@ describe('clusters on one machine', function () {
         const vm = running.find((v) => v.host === host.name && v.pids?.vmwp);
         if (vm?.pids?.vmwp) expect(netnsOf(vm.pids.vmwp), `the VMWP of ${vm.name}`).to.equal(host.netns);
       }
-      expect(new Set(st.hosts.map((x) => x.address)).size).to.equal(2);
+      expect(new Set(st.hosts.map((x) => x.address)).size).to.equal(3);
     }
-    expect(st.links).to.deep.equal([{ a: 'h1', b: 'h2', impairments: { delayMs: 20 }, applied: false }]);
+    // The fabric applies the file's links, and only those (h1 and h3 are not linked).
+    expect(st.links.map((l) => ({ a: l.a, b: l.b, delayMs: l.delayMs, applied: l.applied, cut: l.cut }))).to.deep.equal([
+      { a: 'h1', b: 'h2', delayMs: 20, applied: true, cut: false }, { a: 'h2', b: 'h3', delayMs: undefined, applied: true, cut: false },
+    ]);
+    const noLink = await h.run('link', 'probe', 'h1', 'h3');
+    expect(noLink.code).to.equal(1);
+    expect(noLink.stderr).to.match(/h1 has no link to h3 \(peers: h2\)/);
 
     // The picture of the running cluster carries the hosts' addresses; --out writes it.
     const dot = await h.ok('cluster', 'graph', '--dot');
@@ -127,8 +139,8 @@ describe('clusters on one machine', function () {
     const down = await h.run('cluster', 'down');
     expect(down.code, down.stderr).to.equal(0);
     expect(down.stdout).to.match(/cluster lab is down/);
-    await eventually(() => leftovers(ids).pids.length === 0, 5000);
-    expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
   });
@@ -145,7 +157,10 @@ describe('clusters on one machine', function () {
       expect(st.modeReason).to.match(/HVLAB_CLUSTER_NETNS=off/);
       expect(st.hosts[0]!.netns).to.equal(null);
       expect(st.hosts[0]!.address).to.match(/^127\./);
+      // On loopback too, hosts reach each other through the fabric's links.
+      expect(fabricPids(lo.home).length).to.equal(1);
       await lo.ok('cluster', 'down');
+      expect(fabricPids(lo.home)).to.deep.equal([]);
     } finally {
       await lo.run('cluster', 'down');
       await lo.destroy();
@@ -166,25 +181,25 @@ describe('clusters on one machine', function () {
     expect(r.code).to.equal(2);
     expect(r.stderr).to.match(/--hosts brings up a cluster/);
     await h.ok('cluster', 'down');
-    await eventually(() => leftovers(ids).pids.length === 0, 5000);
-    expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
   it('refuses a topology with typos before anything starts, naming line and field', async () => {
     const file = join(h.home, 'bad.yaml');
-    writeFileSync(file, LAB.replace('b: { host: h2,', 'b: { host: h3,').replace('delay: 20ms', 'delay: -20ms'));
+    writeFileSync(file, LAB.replace('b: { host: h2,', 'b: { host: h4,').replace('delay: 20ms', 'delay: -20ms'));
     const r = await h.run('cluster', 'up', file);
     expect(r.code).to.equal(1);
-    expect(r.stderr).to.include(`${file}:7:12: links[0].delay:`);
-    expect(r.stderr).to.include(`${file}:10:14: vms.b.host: "h3" is not a host of this cluster`);
+    expect(r.stderr).to.include(`${file}:8:12: links[0].delay:`);
+    expect(r.stderr).to.include(`${file}:12:14: vms.b.host: "h4" is not a host of this cluster`);
     expect(r.stderr).to.match(/nothing was started/);
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
   });
 
   it('a CLI killed half way through cluster up leaves nothing that cluster down does not remove', async () => {
     const file = join(h.home, 'lab.yaml');
-    writeFileSync(file, LAB.replace('vms:', 'vms:\n  d: { host: h1, memory: 16M, workload: idle }\n  e: { host: h1, memory: 16M, workload: idle }'));
+    writeFileSync(file, LAB.replace('vms:', 'vms:\n  x: { host: h1, memory: 16M, workload: idle }\n  y: { host: h1, memory: 16M, workload: idle }'));
     const child = spawn(process.execPath, [cli, 'cluster', 'up', file], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: 'ignore' });
     const exited = new Promise((r) => child.once('exit', r));
     // Kill it once a host is up and before everything is.
@@ -197,8 +212,8 @@ describe('clusters on one machine', function () {
     const down = await h.run('cluster', 'down');
     expect(down.code, down.stderr).to.equal(0);
     clusterHostIds(h.home, ids);
-    await eventually(() => leftovers(ids).pids.length === 0, 5000);
-    expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
   });

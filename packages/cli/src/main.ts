@@ -17,12 +17,12 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostPaths, pidAlive, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  formatBytes, MAX_VPS_PER_PARTITION, parseSize,
-  type DebugHypercallResult, type HostInfo, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
+  formatBytes, MAX_VPS_PER_PARTITION, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import {
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostPaths, clusterUp, clusterDown, clusterStatus, clusterVms, type Topology,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterUp, clusterDown, clusterStatus, clusterVms, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -81,6 +81,21 @@ const HOST_OPTION: OptionSpec = { name: 'host', value: 'NAME', help: 'aim the co
 /** Accepted before the command as well as after it. */
 const GLOBAL_OPTIONS = [HOME_OPTION, HOST_OPTION, HELP_OPTION, JSON_OPTION];
 
+const LISTEN_OPTION: OptionSpec = {
+  name: 'listen', value: 'IP', check: nonEmpty('listen'),
+  help: 'where the cluster\'s fabric listens: 0.0.0.0 (or an address of this machine) lets hosts of other machines join (default: this machine only)',
+};
+const inRange = (n: number | null, lo: number, hi: number): boolean => n !== null && Number.isFinite(n) && n >= lo && n <= hi;
+const durationCheck = (opt: string) => (v: string): string | null => (v === 'none' || inRange(parseDuration(v), 0, LINK_MAX_DELAY_MS) ? null : `--${opt} ${v} is invalid: a duration from 0 to 60s such as 20ms or 1.5s, or none`);
+const LINK_IMPAIRMENT_OPTIONS: OptionSpec[] = [
+  { name: 'delay', value: 'TIME', help: 'added to each round trip (half each way), e.g. 20ms; none clears it', check: durationCheck('delay') },
+  { name: 'jitter', value: 'TIME', help: '± this on the round trip, e.g. 2ms; none clears it', check: durationCheck('jitter') },
+  { name: 'rate', value: 'RATE', help: 'each direction\'s rate, e.g. 100mbit or 1gbit; none clears it', check: (v) => (v === 'none' || inRange(parseRate(v), 1, LINK_MAX_RATE_BPS) ? null : `--rate ${v} is invalid: a rate such as 100mbit, 1gbit or 500kbit, or none`) },
+  { name: 'loss', value: 'PERCENT', help: 'chunks lost (and retransmitted, as TCP does), e.g. 0.1%; none clears it', check: (v) => (v === 'none' || inRange(parseLoss(v), 0, 100) ? null : `--loss ${v} is invalid: a percentage from 0 to 100 such as 0.1%, or none`) },
+  { name: 'seed', value: 'N', help: 'restart the link\'s jitter and loss draws from seed N, so a run repeats', check: wholeIn('seed', 0, 0xffffffff) },
+];
+const linkPair = (verb: string, help: string, options: OptionSpec[] = []): CommandSpec => ({ words: ['link', verb], args: 'HOST HOST', min: 2, max: 2, json: true, group: 'Clusters', options, help });
+
 const vmName = (words: string[], help: string, options: OptionSpec[] = [], json = true): CommandSpec => ({ words, args: 'NAME', min: 1, max: 1, options, json, group: 'VMs', help });
 
 export const COMMANDS: CommandSpec[] = [
@@ -92,6 +107,11 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
       { name: 'warm', value: 'N', help: 'keep N VM worker processes started ahead of need, so "vm start" skips process start-up (default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
       { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
+      LISTEN_OPTION,
+      { name: 'join', value: 'ADDRESS[:PORT]', help: 'join the cluster whose fabric is there (see "cluster status" on its machine) as one more host; needs --key', check: nonEmpty('join') },
+      { name: 'key', value: 'FILE', help: 'with --join: the cluster\'s key file (cluster/cluster.key of its home), copied there by you', check: nonEmpty('key') },
+      { name: 'name', value: 'NAME', help: 'with --join: this host\'s name in the cluster (default: j and random letters)', check: nonEmpty('name') },
+      { name: 'address', value: 'IP', help: 'with --join: the address the cluster reaches this host by (default: this machine\'s address towards the fabric)', check: nonEmpty('address') },
     ],
   },
   { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
@@ -120,7 +140,7 @@ export const COMMANDS: CommandSpec[] = [
     help: 'check a topology file (YAML or JSON: hosts, links, VMs) and show what it describes; every problem is named with its line and field',
   },
   {
-    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [],
+    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [LISTEN_OPTION],
     help: 'bring up every host of a topology file (each in its own network namespace where allowed) and start its VMs on the hosts it names; returns when all are Running',
   },
   {
@@ -133,6 +153,15 @@ export const COMMANDS: CommandSpec[] = [
   },
   { words: ['cluster', 'status'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'the cluster\'s hosts (state, address, namespace, LPs, VMs), its links and how hosts reach each other' },
   { words: ['cluster', 'down'], args: '', min: 0, max: 0, json: true, group: 'Clusters', options: [], help: 'bring down every host of the cluster; leaves no process, socket, shm file, namespace or interface' },
+  linkPair('set', 'set impairments of the link between two hosts, each independently (what is not given keeps its value)', LINK_IMPAIRMENT_OPTIONS),
+  linkPair('cut', 'cut the link between two hosts: nothing crosses it until "link heal" (what was sent waits, as TCP retransmits)'),
+  linkPair('heal', 'heal a cut link: what waited flows on'),
+  { words: ['link', 'reset'], args: '[HOST HOST]', min: 0, max: 2, json: true, group: 'Clusters', options: [], help: 'clear every impairment of a link (or of every link) and heal it' },
+  linkPair('probe', 'measure the link from the first host to the second: round trips and a bulk transfer, through the link (or --direct past it)', [
+    { name: 'pings', value: 'N', help: 'round trips (default 10)', check: wholeIn('pings', 0, 10000) },
+    { name: 'bytes', value: 'SIZE', help: 'bytes of a bulk transfer, e.g. 4M (default 0: none)', check: (v) => (parseSize(v) === null ? `--bytes ${v} is invalid: a size such as 4M or 512K` : null) },
+    { name: 'direct', help: 'to the peer\'s own address, past the link layer (a baseline)' },
+  ]),
   {
     words: ['vm', 'new'], args: 'NAME', min: 1, max: 1, json: true, group: 'VMs', help: 'create a VM (New-VM); it starts Off',
     options: [
@@ -632,6 +661,23 @@ function describeTopology(t: Topology): string {
   return lines.join('\n');
 }
 
+/** `cluster status` as tables: hosts, links with what the fabric applies now, heartbeats. */
+function statusText(st: ClusterStatus): string {
+  const lines = [`cluster ${st.name}: ${st.mode}${st.bridge ? ` on bridge ${st.bridge}` : ''}, ${st.subnet} (${st.modeReason})`];
+  lines.push(`fabric: ${st.fabric.state}${st.fabric.state === 'up' ? ` at ${st.fabric.address}, pid ${st.fabric.pid}` : ` (${st.fabric.error})`}${st.fabric.refused ? `; refused ${st.fabric.refused} connection${st.fabric.refused === 1 ? '' : 's'} without the key` : ''}`);
+  if (st.join) lines.push(`join from another machine: hvlab up --join ${st.join} --key <a copy of ${st.keyFile}>`);
+  lines.push('', table([['HOST', 'STATE', 'JOINED', 'HOST ID', 'ADDRESS', 'NAMESPACE', 'LPS', 'VMS', 'HEARTBEATS'], ...st.hosts.map((h) => [
+    h.name, h.state, h.member ? `${h.memberFresh ? 'yes' : 'lost'}${h.origin === 'file' ? '' : ' (remote)'}` : 'no', h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms),
+    (h.info?.cluster?.peers ?? []).map((p) => `${p.name} ${p.state}${p.rttMs !== null && p.state === 'up' ? ` ${p.rttMs.toFixed(1)}ms` : p.missed ? ` (${p.missed} missed)` : ''}`).join(', ') || '-',
+  ])]));
+  if (st.links.length > 0) {
+    lines.push('', table([['LINK', 'IMPAIRMENTS', 'STATE', 'SEED', 'BYTES A>B / B>A', 'APPLIED'], ...st.links.map((l) => [
+      `${l.a} - ${l.b}`, impairmentsText(l) || 'unimpaired', l.cut ? 'cut' : 'up', String(l.seed), `${formatBytes(l.bytes[0])} / ${formatBytes(l.bytes[1])}`, l.applied ? 'yes' : 'no (the fabric does not answer)',
+    ])]));
+  }
+  return lines.join('\n');
+}
+
 function debugLine(s: string): void {
   if (debugOn()) process.stderr.write(`hvlab: debug: ${s}\n`);
 }
@@ -673,13 +719,15 @@ export async function run(argv: string[]): Promise<number> {
     if (p.home === null && process.env.HVLAB_HOME === '') throw new UsageError('HVLAB_HOME is set but empty: unset it or give a directory');
     let paths = hostPaths(resolveHome(p.home));
     const aimed = p.options.get('host');
+    // A host that joined from another machine is reached over CURVE TCP (its management API).
+    let remote: { name: string; endpoint: string; socket: Record<string, unknown> } | null = null;
     if (typeof aimed === 'string') {
-      try {
-        paths = clusterHostPaths(paths.home, aimed);
-      } catch (e) {
-        if (e instanceof ClusterError) throw new CliError(e.message);
-        throw e;
-      }
+      const target = await clusterCall(() => clusterHostTarget(paths.home, aimed));
+      if (target.kind === 'local') paths = target.paths;
+      else remote = target;
+    }
+    if (remote && ['up', 'down', 'logs'].includes(commandName(p.spec))) {
+      throw new CliError(`${remote.name} joined the cluster from another machine: run "${commandName(p.spec)}" there`);
     }
     const json = p.json;
     const opt = (n: string): string | undefined => {
@@ -688,18 +736,30 @@ export async function run(argv: string[]): Promise<number> {
     };
     const flag = (n: string): boolean => p.options.get(n) === true;
     const [name] = p.args;
-    const connect = (): MgmtClient => (client = needHost(paths));
+    const connect = (): MgmtClient => (client = remote ? new MgmtClient(remote.endpoint, { socket: remote.socket, debug: debugOn() ? debugLine : undefined }) : needHost(paths));
     switch (commandName(p.spec)) {
       case 'up': {
         const lps = opt('lps');
         const transport = (opt('vmbus-transport') ?? 'shm') as 'shm' | 'remote';
         const warm = opt('warm');
         const hostsN = opt('hosts');
+        const joinAt = opt('join');
+        for (const o of ['key', 'name', 'address']) if (opt(o) !== undefined && joinAt === undefined) throw new UsageError(`--${o} goes with --join`);
+        if (opt('listen') !== undefined && hostsN === undefined) throw new UsageError('--listen goes with --hosts (or "cluster up")');
+        if (joinAt !== undefined) {
+          if (hostsN !== undefined || transport !== 'shm' || warm !== undefined) throw new UsageError('--join brings up one host of a cluster: --hosts, --vmbus-transport and --warm do not go with it');
+          const keyFile = opt('key');
+          if (keyFile === undefined) throw new UsageError('--join needs --key FILE, the cluster\'s key file');
+          const j = await clusterCall(() => joinHost(paths, { join: joinAt, keyFile, name: opt('name'), address: opt('address'), lps: lps === undefined ? null : Number(lps) }));
+          if (json) out(JSON.stringify(j));
+          else out(`host ${j.hostId} is up and joined the cluster at ${j.fabric} as ${j.name} (${j.address}); "hvlab down" here takes it out`);
+          return 0;
+        }
         if (hostsN !== undefined) {
           if (transport !== 'shm' || warm !== undefined) throw new UsageError('--hosts brings up a cluster: --vmbus-transport and --warm are for one host');
           const source = meshTopologySource(Number(hostsN), lps === undefined ? null : Number(lps));
           const t = parseTopology(source, `--hosts ${hostsN}`);
-          await clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l) }));
+          await clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), listen: opt('listen') }));
           const st = await clusterCall(() => clusterStatus(paths.home));
           if (json) out(JSON.stringify(st));
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
@@ -730,7 +790,7 @@ export async function run(argv: string[]): Promise<number> {
         if (r instanceof TopologyError) return refuseTopology(r, json, '; nothing was started');
         const t = r.topology;
         const t0 = Date.now();
-        await clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l) }));
+        await clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l), listen: opt('listen') }));
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);
@@ -766,19 +826,65 @@ export async function run(argv: string[]): Promise<number> {
       case 'cluster status': {
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
-        else {
-          out(`cluster ${st.name}: ${st.mode}${st.bridge ? ` on bridge ${st.bridge}` : ''}, ${st.subnet} (${st.modeReason})\n`);
-          out(table([['HOST', 'STATE', 'HOST ID', 'ADDRESS', 'NAMESPACE', 'LPS', 'VMS', 'HOME'], ...st.hosts.map((h) => [h.name, h.state, h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms), h.home])]));
-          if (st.links.length > 0) {
-            out('\n' + table([['LINK', 'IMPAIRMENTS', 'APPLIED'], ...st.links.map((l) => [`${l.a} - ${l.b}`, impairmentsText(l.impairments) || 'unimpaired', l.applied ? 'yes' : 'not yet (no link layer)'])]));
-          }
-        }
+        else out(statusText(st));
         return 0;
       }
       case 'cluster down': {
         const r = await clusterDown(paths.home);
         if (json) out(JSON.stringify(r));
         else out(r.name === null && r.hosts.length === 0 ? 'no cluster was up' : `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'}${r.network ? `; removed ${r.network} namespaces and interfaces` : ''})`);
+        return 0;
+      }
+      case 'link set': {
+        const change: Record<string, number | null> = {};
+        const dur = (o: string): void => {
+          const v = opt(o);
+          if (v !== undefined) change[`${o}Ms`] = v === 'none' ? null : parseDuration(v)!;
+        };
+        dur('delay');
+        dur('jitter');
+        const rate = opt('rate');
+        if (rate !== undefined) change.rateBps = rate === 'none' ? null : parseRate(rate)!;
+        const loss = opt('loss');
+        if (loss !== undefined) change.lossPercent = loss === 'none' ? null : parseLoss(loss)!;
+        const seed = opt('seed');
+        if (seed !== undefined) change.seed = Number(seed);
+        if (Object.keys(change).length === 0) throw new UsageError('link set needs at least one of --delay, --jitter, --rate, --loss, --seed');
+        const l = await clusterCall(() => linkSet(paths.home, p.args[0]!, p.args[1]!, change));
+        if (json) out(JSON.stringify(l));
+        else out(`link ${l.a} - ${l.b}: ${impairmentsText(l) || 'unimpaired'}${l.cut ? ', cut' : ''} (seed ${l.seed})`);
+        return 0;
+      }
+      case 'link cut':
+      case 'link heal': {
+        const cut = commandName(p.spec) === 'link cut';
+        const l = await clusterCall(() => (cut ? linkCut : linkHeal)(paths.home, p.args[0]!, p.args[1]!));
+        if (json) out(JSON.stringify(l));
+        else out(`link ${l.a} - ${l.b} is ${l.cut ? 'cut' : 'up'}`);
+        return 0;
+      }
+      case 'link reset': {
+        if (p.args.length === 1) throw new UsageError('link reset takes both ends of a link, or none (every link)');
+        const ls = await clusterCall(() => linkReset(paths.home, p.args[0] ?? null, p.args[1] ?? null));
+        if (json) out(JSON.stringify(ls));
+        else out(`reset ${ls.length} link${ls.length === 1 ? '' : 's'}: ${ls.map((l) => `${l.a} - ${l.b}`).join(', ') || 'none'}`);
+        return 0;
+      }
+      case 'link probe': {
+        const [from, to] = p.args as [string, string];
+        const target = await clusterCall(() => clusterHostTarget(paths.home, from));
+        client = target.kind === 'local' ? needHost(target.paths) : new MgmtClient(target.endpoint, { socket: target.socket });
+        const bytes = opt('bytes') === undefined ? 0 : parseSize(opt('bytes')!)!;
+        const pings = opt('pings') === undefined ? 10 : Number(opt('pings'));
+        const r = await client.request<LinkProbeResult>('linkProbe', { peer: to, pings, bytes, direct: flag('direct') }, 600000);
+        if (json) out(JSON.stringify(r));
+        else {
+          const sorted = [...r.rttMs].sort((a, b) => a - b);
+          const q = (f: number): string => (sorted.length ? `${sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))]!.toFixed(2)} ms` : '-');
+          out(`${r.from} -> ${r.peer} ${r.direct ? 'directly' : 'through the link'} (${r.via}):`);
+          out(`  round trips: ${r.rttMs.length} of ${r.rttMs.length + r.lostPings}, p50 ${q(0.5)}, min ${q(0)}, max ${q(0.999)}`);
+          if (r.bytes > 0) out(`  bulk: ${formatBytes(r.bytes)} in ${r.seconds.toFixed(3)} s = ${(r.bitsPerSecond / 1e6).toFixed(1)} Mbit/s`);
+        }
         return 0;
       }
       case 'host info': {

@@ -8,3 +8,4 @@ export * from './lab.js';
 export * from './netns.js';
 export * from './graph.js';
 export * from './link.js';
+export * from './fabric.js';

@@ -3,27 +3,34 @@
  * topology, each with its own home under `<HVLAB_HOME>/cluster/hosts/<name>`, brought up and down
  * as a whole.
  *
- * What is built so far (issue 11, first steps): each host in its own network namespace on one
- * bridge where root with CAP_NET_ADMIN allows it (netns.ts), else side by side on loopback; each
- * is managed through its own management socket (a unix socket: it crosses namespaces); VMs are
- * created and started on the host the file names. Not built yet: host-to-host traffic through
- * hvlab's link layer (the links' impairments are read and shown, not applied), CURVE keys,
- * `--join`.
+ * Each host runs in its own network namespace on one bridge where root with CAP_NET_ADMIN allows
+ * it (netns.ts), else side by side on loopback addresses; each is managed through its own
+ * management socket (a unix socket: it crosses namespaces); VMs are created and started on the
+ * host the file names. `cluster up` also makes the cluster's CURVE key pair (`cluster/cluster.key`)
+ * and starts its fabric (fabric.ts), which holds the links: each host's root joins the fabric and
+ * reaches its peers only through their links' ports. Hosts of other machines join with
+ * `hvlab up --join ADDRESS --key FILE` (joinHost) and are reached over CURVE TCP.
  *
  * The cluster record (`cluster/cluster.json`) holds the topology's own text and is written
  * before any host starts, so `cluster down` finds everything even when the CLI that ran
  * `cluster up` was killed half way; it is decoded by re-checking that text (`parseTopology`).
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { formatBytes, type HostInfo, type VmInfo } from '@hvlab/protocol';
-import { hostPaths, writeFileAtomic, type HostPaths } from '@hvlab/runtime';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import {
+  CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
+  type FabricStatus, type HostInfo, type LinkChange, type LinkView, type VmInfo,
+} from '@hvlab/protocol';
+import {
+  curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
+} from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
 import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork } from './netns.js';
 
-export const CLUSTER_RECORD_VERSION = 1;
+export const CLUSTER_RECORD_VERSION = 2;
 
 export interface ClusterRecord {
   version: number;
@@ -36,6 +43,10 @@ export interface ClusterRecord {
   /** Its text: the record's topology is this, checked again on every read. */
   source: string;
   createdAt: string;
+  /** Where the fabric listens (the gateway, or an address given with --listen, e.g. 0.0.0.0), its port, and the address this machine's hosts reach it by. */
+  listen: string;
+  fabricPort: number;
+  gateway: string;
 }
 
 /** The network of the cluster of `home` as it would be made now (namespaces where allowed). */
@@ -56,6 +67,14 @@ export function clusterRecordFile(home: string): string {
 }
 export function clusterHostHome(home: string, host: string): string {
   return join(clusterDir(home), 'hosts', host);
+}
+/** The cluster's CURVE key pair: what a host of another machine needs to join (`up --join ADDRESS --key FILE`). */
+export function clusterKeyFile(home: string): string {
+  return join(clusterDir(home), 'cluster.key');
+}
+/** Written by the fabric once it serves: its pid and port. */
+export function fabricFile(home: string): string {
+  return join(clusterDir(home), 'fabric.json');
 }
 
 /**
@@ -78,7 +97,8 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
   }
   const o = v as Partial<ClusterRecord> | null;
   if (!o || typeof o !== 'object' || o.version !== CLUSTER_RECORD_VERSION || typeof o.name !== 'string' || typeof o.file !== 'string' || typeof o.source !== 'string' || typeof o.createdAt !== 'string'
-    || (o.mode !== 'namespaces' && o.mode !== 'loopback') || typeof o.modeReason !== 'string') {
+    || (o.mode !== 'namespaces' && o.mode !== 'loopback') || typeof o.modeReason !== 'string'
+    || !isIpv4(o.listen) || !isIpv4(o.gateway) || typeof o.fabricPort !== 'number' || !Number.isInteger(o.fabricPort) || o.fabricPort < 0 || o.fabricPort > 65535) {
     throw new ClusterError(`the cluster record ${file} is not one this hvlab wrote; run "hvlab cluster down" to clean up`);
   }
   let topology: Topology;
@@ -97,14 +117,21 @@ function writeRecord(home: string, rec: ClusterRecord): void {
   writeFileAtomic(clusterRecordFile(home), JSON.stringify(rec, null, 2) + '\n');
 }
 
-/** The home of host `name` of the cluster that is up in `home`; a ClusterError naming the hosts when there is none. */
-export function clusterHostPaths(home: string, name: string): HostPaths {
+/** How to reach one host of a cluster: its home on this machine, or its CURVE management endpoint (a joined host). */
+export type ClusterHostTarget =
+  | { kind: 'local'; paths: HostPaths }
+  | { kind: 'remote'; name: string; endpoint: string; socket: Record<string, unknown> };
+
+/** Host `name` of the cluster that is up in `home`; a ClusterError naming the hosts when there is none. */
+export async function clusterHostTarget(home: string, name: string): Promise<ClusterHostTarget> {
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}: --host names a host of a cluster ("hvlab cluster up FILE")`);
-  if (!c.topology.hosts.some((h) => h.name === name)) {
-    throw new ClusterError(`cluster ${c.topology.name} has no host "${name}" (hosts: ${c.topology.hosts.map((h) => h.name).join(', ')})`);
-  }
-  return hostPaths(clusterHostHome(home, name));
+  if (c.topology.hosts.some((h) => h.name === name)) return { kind: 'local', paths: hostPaths(clusterHostHome(home, name)) };
+  const st = await fabricStatus(home).catch(() => null);
+  const m = st?.members.find((x) => x.name === name && !x.local);
+  if (m) return { kind: 'remote', name, endpoint: `tcp://${m.address}:${m.mgmtPort}`, socket: curveClientOptions(readClusterKey(clusterKeyFile(home))) };
+  const names = [...c.topology.hosts.map((h) => h.name), ...(st?.members.filter((x) => !x.local).map((x) => x.name) ?? [])];
+  throw new ClusterError(`cluster ${c.topology.name} has no host "${name}" (hosts: ${names.join(', ')})${st ? '' : '; its fabric does not answer, so hosts that joined from other machines are not known'}`);
 }
 
 export interface ClusterUpOptions {
@@ -112,6 +139,10 @@ export interface ClusterUpOptions {
   progress?: (line: string) => void;
   /** Extra environment for every host's processes. */
   env?: Record<string, string>;
+  /** Where the fabric listens (default: the cluster's gateway, this machine only); 0.0.0.0 lets hosts of other machines join. */
+  listen?: string;
+  /** The fabric's port (default 7740). */
+  fabricPort?: number;
 }
 
 async function createVm(c: MgmtClient, vm: TopologyVm): Promise<void> {
@@ -136,16 +167,27 @@ export async function clusterUp(home: string, topology: Topology, source: string
   }
   const say = opts.progress ?? (() => {});
   const net = clusterNetwork(home, topology);
-  writeRecord(home, { version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason });
+  const listen = opts.listen ?? net.gateway;
+  if (!isIpv4(listen)) throw new ClusterError(`--listen takes an IPv4 address (0.0.0.0 for every address), not "${listen}"`);
+  writeRecord(home, {
+    version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason,
+    listen, fabricPort: opts.fabricPort ?? DEFAULT_FABRIC_PORT, gateway: net.gateway,
+  });
   const clients: MgmtClient[] = [];
   try {
     setupNetwork(net);
     if (net.mode === 'namespaces') say(`network: ${net.hosts.length} namespaces on bridge ${net.bridge} (${net.subnet})`);
+    writeClusterKey(clusterKeyFile(home), makeClusterKey(topology.name));
+    const port = await startFabric(home);
+    say(`fabric: links on ${listen}:${port}`);
     // Hosts start side by side; each host's VMs then start one after another on it.
     await Promise.all(topology.hosts.map(async (h) => {
       const paths = hostPaths(clusterHostHome(home, h.name));
       const hn = net.hosts.find((x) => x.name === h.name)!;
-      const rec = await up(paths, { lps: h.lps, env: { ...opts.env, HVLAB_HOST_ADDRESS: hn.address }, netns: hn.netns });
+      const member = {
+        HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
+      };
+      const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns });
       say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LPs, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
       const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
       clients.push(c);
@@ -154,6 +196,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
         say(`VM ${vm.name} is Running on ${h.name}`);
       }
     }));
+    await waitJoined(home, topology.hosts.map((h) => h.name), 15000);
   } catch (e) {
     for (const c of clients) c.close();
     say(`cluster up failed (${(e as Error).message}); bringing everything down`);
@@ -183,6 +226,7 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
     const r = await down(paths);
     return { name: n, hostId: r.hostId, graceful: r.graceful };
   }));
+  await stopFabric(home);
   // The network goes last (its namespaces held the hosts), found by its tag whatever made it.
   const removed = teardownNetwork(clusterTag(home));
   rmSync(clusterDir(home), { recursive: true, force: true });
@@ -210,16 +254,27 @@ async function settleStartingHost(paths: HostPaths): Promise<void> {
 
 export interface ClusterHostStatus {
   name: string;
-  home: string;
-  /** The host's address (in its namespace, or a loopback address) and its namespace. */
+  /** Its home on this machine; null for a host that joined from another machine. */
+  home: string | null;
+  /** The host's address (in its namespace, a loopback address, or its own machine's) and its namespace. */
   address: string;
   netns: string | null;
+  /** Started by this machine's `cluster up` ('file'), or joined with `up --join`. */
+  origin: 'file' | 'joined';
   state: 'up' | 'down';
+  /** Whether the fabric has it as a member, and whether it refreshed within the last 10 heartbeat periods. */
+  member: boolean;
+  memberFresh: boolean;
   hostId: string | null;
   lps: number | null;
   vms: number;
   /** The host's own answer, when it is up. */
   info: HostInfo | null;
+}
+
+export interface ClusterLinkStatus extends LinkView {
+  /** From the fabric (applied to traffic now); false when the fabric does not answer and these are the file's. */
+  applied: boolean;
 }
 
 export interface ClusterStatus {
@@ -228,15 +283,236 @@ export interface ClusterStatus {
   modeReason: string;
   bridge: string | null;
   subnet: string;
+  /** Where hosts of other machines join: `hvlab up --join <join> --key <keyFile>` (null: this machine only). */
+  join: string | null;
+  keyFile: string;
+  fabric: { state: 'up' | 'down'; address: string; pid: number | null; refused: number; error: string | null };
   hosts: ClusterHostStatus[];
-  links: Array<{ a: string; b: string; impairments: Topology['links'][number]['impairments']; applied: boolean }>;
+  links: ClusterLinkStatus[];
 }
 
+// ---- the fabric ---------------------------------------------------------------------------------
+
+/** Pids of processes that are the fabric of `home` (found by their environment, whatever started them). */
+export function fabricPids(home: string): number[] {
+  const out: number[] = [];
+  const mark = `HVLAB_FABRIC_HOME=${home}`;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const env = readFileSync(`/proc/${d}/environ`, 'latin1').split('\0');
+      if (env.includes(mark) && pidAlive(Number(d))) out.push(Number(d));
+    } catch { /* gone, or not ours to read */ }
+  }
+  return out;
+}
+
+/** Starts the fabric of the cluster recorded in `home`; resolves with its control port. */
+async function startFabric(home: string): Promise<number> {
+  const logDir = join(clusterDir(home), 'log');
+  mkdirSync(logDir, { recursive: true });
+  const errFd = openSync(join(logDir, 'fabric-stderr.log'), 'a');
+  const child = spawn(process.execPath, [...nodeArgsFor(entries.fabric), home], {
+    detached: true, stdio: ['ignore', 'pipe', errFd], env: { ...process.env, HVLAB_FABRIC_HOME: home },
+  });
+  closeSync(errFd);
+  const line = await new Promise<string>((res) => {
+    let buf = '';
+    const t = setTimeout(() => res('timeout'), 15000);
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('\n')) {
+        clearTimeout(t);
+        res(buf.slice(0, buf.indexOf('\n')));
+      }
+    });
+    child.once('exit', (code, sig) => {
+      clearTimeout(t);
+      res(`exited (${sig ?? `exit code ${code}`})`);
+    });
+  });
+  child.stdout!.destroy();
+  child.unref();
+  if (line !== 'ready') {
+    let why = '';
+    try {
+      why = readFileSync(join(logDir, 'fabric-stderr.log'), 'utf8').trim().split('\n').slice(-3).join(' ');
+    } catch { /* none */ }
+    throw new ClusterError(`the cluster's fabric did not start: ${line}${why ? `: ${why}` : ''}`);
+  }
+  const f = readFabricFile(home);
+  if (!f) throw new ClusterError('the cluster\'s fabric started but wrote no fabric.json');
+  return f.port;
+}
+
+function readFabricFile(home: string): { pid: number; port: number } | null {
+  try {
+    const v = JSON.parse(readFileSync(fabricFile(home), 'utf8')) as { pid?: unknown; port?: unknown } | null;
+    if (!v || typeof v.pid !== 'number' || typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) return null;
+    return { pid: v.pid, port: v.port };
+  } catch {
+    return null;
+  }
+}
+
+/** Ends the fabric of `home` (TERM, then KILL after 2 s). */
+async function stopFabric(home: string): Promise<void> {
+  const pids = fabricPids(home);
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch { /* gone */ }
+  }
+  for (let i = 0; i < 40 && pids.some(pidAlive); i++) await new Promise((r) => setTimeout(r, 50));
+  for (const pid of pids.filter(pidAlive)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch { /* gone */ }
+  }
+}
+
+/** One request to the fabric of the cluster up in `home`. */
+async function fabricCall(home: string, body: Record<string, unknown>, timeoutMs = 5000): Promise<unknown> {
+  const c = readCluster(home);
+  if (!c) throw new ClusterError(`no cluster is up for ${home}; run "hvlab cluster up FILE"`);
+  const f = readFabricFile(home);
+  if (!f) throw new ClusterError(`the cluster's fabric has not started (no ${fabricFile(home)}); run "hvlab cluster down" and up again`);
+  const client = new RpcClient(`tcp://${c.record.gateway}:${f.port}`, curveClientOptions(readClusterKey(clusterKeyFile(home))));
+  try {
+    return await client.call(body, timeoutMs, CLUSTER_WIRE_VERSION);
+  } catch (e) {
+    if (e instanceof RpcFailure) {
+      if (e.code === 'Timeout') throw new ClusterError(`the cluster's fabric (pid ${f.pid}, ${c.record.gateway}:${f.port}) did not answer within ${timeoutMs} ms`);
+      throw new ClusterError(e.message);
+    }
+    throw e;
+  } finally {
+    client.close();
+  }
+}
+
+/** The fabric's view: members, links with their impairments and counters. */
+export async function fabricStatus(home: string): Promise<FabricStatus> {
+  const d = decodeFabricStatus(await fabricCall(home, { op: 'status' }));
+  if (!d.ok) throw new ClusterError(`the fabric's status does not decode: ${d.message}`);
+  return d.value;
+}
+
+/** Waits until every one of `names` has joined the fabric. */
+async function waitJoined(home: string, names: string[], timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  let missing = names;
+  while (Date.now() < until) {
+    const st = await fabricStatus(home).catch(() => null);
+    if (st) {
+      missing = names.filter((n) => !st.members.some((m) => m.name === n));
+      if (missing.length === 0) return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new ClusterError(`host${missing.length === 1 ? '' : 's'} ${missing.join(', ')} did not join the cluster's fabric within ${timeoutMs / 1000} s (see their root.log)`);
+}
+
+function linkOf(v: unknown): LinkView {
+  const d = decodeLinkResult(v);
+  if (!d.ok) throw new ClusterError(`the fabric's answer does not decode: ${d.message}`);
+  return d.value;
+}
+
+/** Sets a link's impairments, each independently (`null` clears one; a seed restarts its draws). */
+export async function linkSet(home: string, a: string, b: string, change: LinkChange): Promise<LinkView> {
+  return linkOf(await fabricCall(home, { op: 'linkSet', a, b, change }));
+}
+export async function linkCut(home: string, a: string, b: string): Promise<LinkView> {
+  return linkOf(await fabricCall(home, { op: 'linkCut', a, b }));
+}
+export async function linkHeal(home: string, a: string, b: string): Promise<LinkView> {
+  return linkOf(await fabricCall(home, { op: 'linkHeal', a, b }));
+}
+/** Clears every impairment and heals: of the link a–b, or of every link. */
+export async function linkReset(home: string, a: string | null = null, b: string | null = null): Promise<LinkView[]> {
+  const r = await fabricCall(home, { op: 'linkReset', a, b }) as { reset?: unknown } | null;
+  if (!r || !Array.isArray(r.reset)) throw new ClusterError('the fabric\'s answer to reset does not decode');
+  return r.reset.map(linkOf);
+}
+
+// ---- a host of another machine ------------------------------------------------------------------
+
+/** The key file a joined host keeps in its home (a copy of the one it was given). */
+export function memberKeyFile(paths: HostPaths): string {
+  return join(paths.home, 'member.key');
+}
+
+/** This machine's address on the route to `address` (what a fabric there reaches this host by). */
+export function sourceAddressFor(address: string): string | null {
+  const r = spawnSync('ip', ['-4', 'route', 'get', address], { encoding: 'utf8', timeout: 5000 });
+  const m = /\bsrc (\d+\.\d+\.\d+\.\d+)/.exec(r.stdout ?? '');
+  return m ? m[1]! : null;
+}
+
+export interface JoinOptions {
+  /** The fabric's ADDRESS:PORT (port 7740 when left out). */
+  join: string;
+  keyFile: string;
+  /** This host's name in the cluster (default: j + the host id's first digits). */
+  name?: string;
+  /** The address the fabric reaches this host by (default: this machine's source address towards the fabric). */
+  address?: string;
+  lps?: number | null;
+  env?: Record<string, string>;
+}
+
+/** Brings up a host in `paths` that joins the cluster whose fabric is at `opts.join`; resolves once it has joined. */
+export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ hostId: string; name: string; address: string; fabric: string }> {
+  const m = /^(\d+\.\d+\.\d+\.\d+)(?::(\d+))?$/.exec(opts.join);
+  if (!m || !isIpv4(m[1]) || (m[2] !== undefined && (Number(m[2]) < 1 || Number(m[2]) > 65535))) throw new ClusterError(`--join takes the fabric's ADDRESS[:PORT] (IPv4), not "${opts.join}"`);
+  const fabric = `${m[1]}:${m[2] ?? DEFAULT_FABRIC_PORT}`;
+  const key = readClusterKey(resolve(opts.keyFile));
+  const address = opts.address ?? sourceAddressFor(m[1]!);
+  if (!address || !isIpv4(address)) throw new ClusterError(`no address of this machine reaches ${m[1]}; give --address`);
+  const name = opts.name ?? `j${Math.floor(Math.random() * 1e6).toString(36)}`.slice(0, 10);
+  if (!/^[a-z][a-z0-9-]{0,9}$/.test(name)) throw new ClusterError(`--name must be a host name (a lower-case letter, then letters, digits or "-", at most 10), not "${name}"`);
+  // Check the key and the fabric before starting anything.
+  const probe = new RpcClient(`tcp://${fabric}`, curveClientOptions(key));
+  try {
+    await probe.call({ op: 'status' }, 5000, CLUSTER_WIRE_VERSION);
+  } catch (e) {
+    throw new ClusterError(`the cluster's fabric at ${fabric} did not answer with this key (${(e as Error).message}): check the address and that ${opts.keyFile} is the cluster's key`);
+  } finally {
+    probe.close();
+  }
+  mkdirSync(paths.home, { recursive: true });
+  copyFileSync(resolve(opts.keyFile), memberKeyFile(paths));
+  const rec = await up(paths, {
+    lps: opts.lps ?? null,
+    env: { ...opts.env, HVLAB_HOST_ADDRESS: address, HVLAB_CLUSTER_FABRIC: fabric, HVLAB_CLUSTER_KEY: memberKeyFile(paths), HVLAB_CLUSTER_HOST: name, HVLAB_CLUSTER_LOCAL: '0' },
+  });
+  const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
+  try {
+    for (let i = 0; i < 100; i++) {
+      const info = await c.request<HostInfo>('hostInfo', {}, 5000);
+      if (info.cluster?.fabricState === 'joined') return { hostId: rec.hostId, name, address, fabric };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    c.close();
+  }
+  await down(paths);
+  throw new ClusterError(`the host started but did not join the cluster at ${fabric} within 10 s (see ${paths.logDir}/root.log); it was brought down again`);
+}
+
+// ---- status --------------------------------------------------------------------------------------
+
 /** Asks one host of a cluster something; null when it is down or does not answer in time. */
-async function ask<T>(paths: HostPaths, op: 'hostInfo' | 'vmList'): Promise<T | null> {
-  const rec = readHost(paths);
-  if (!hostRunning(rec)) return null;
-  const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec! });
+async function ask<T>(target: ClusterHostTarget, op: 'hostInfo' | 'vmList'): Promise<T | null> {
+  let c: MgmtClient;
+  if (target.kind === 'local') {
+    const rec = readHost(target.paths);
+    if (!hostRunning(rec)) return null;
+    c = new MgmtClient(target.paths.mgmtEndpoint, { watch: rec! });
+  } else {
+    c = new MgmtClient(target.endpoint, { socket: target.socket });
+  }
   try {
     return await c.request<T>(op, {}, 5000);
   } catch {
@@ -246,30 +522,61 @@ async function ask<T>(paths: HostPaths, op: 'hostInfo' | 'vmList'): Promise<T | 
   }
 }
 
+/** Every host of the cluster: the file's, then those that joined (as the fabric knows them). */
+function targets(home: string, topology: Topology, st: FabricStatus | null): Array<{ name: string; target: ClusterHostTarget }> {
+  const out: Array<{ name: string; target: ClusterHostTarget }> = topology.hosts.map((h) => ({ name: h.name, target: { kind: 'local', paths: hostPaths(clusterHostHome(home, h.name)) } }));
+  if (st) {
+    const socket = curveClientOptions(readClusterKey(clusterKeyFile(home)));
+    for (const m of st.members) if (!m.local) out.push({ name: m.name, target: { kind: 'remote', name: m.name, endpoint: `tcp://${m.address}:${m.mgmtPort}`, socket } });
+  }
+  return out;
+}
+
 export async function clusterStatus(home: string): Promise<ClusterStatus> {
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}; run "hvlab cluster up FILE"`);
   const net = planNetwork(home, c.topology.hosts.map((h) => h.name), c.record.mode, c.record.modeReason);
-  const hosts = await Promise.all(c.topology.hosts.map(async (h): Promise<ClusterHostStatus> => {
-    const paths = hostPaths(clusterHostHome(home, h.name));
-    const info = await ask<HostInfo>(paths, 'hostInfo');
-    const hn = net.hosts.find((x) => x.name === h.name)!;
-    return { name: h.name, home: paths.home, address: hn.address, netns: hn.netns, state: info ? 'up' : 'down', hostId: info?.hostId ?? readHost(paths)?.hostId ?? null, lps: info?.lps ?? h.lps, vms: info?.vms ?? 0, info };
+  let st: FabricStatus | null = null;
+  let fabricError: string | null = null;
+  try {
+    st = await fabricStatus(home);
+  } catch (e) {
+    fabricError = (e as Error).message;
+  }
+  const hosts = await Promise.all(targets(home, c.topology, st).map(async ({ name, target }): Promise<ClusterHostStatus> => {
+    const info = await ask<HostInfo>(target, 'hostInfo');
+    const m = st?.members.find((x) => x.name === name) ?? null;
+    const hn = net.hosts.find((x) => x.name === name);
+    const fileHost = c.topology.hosts.find((h) => h.name === name);
+    return {
+      name, home: target.kind === 'local' ? target.paths.home : null, address: hn?.address ?? m?.address ?? '?', netns: hn?.netns ?? null,
+      origin: fileHost ? 'file' : 'joined', state: info ? 'up' : 'down', member: m !== null, memberFresh: m !== null && m.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN,
+      hostId: info?.hostId ?? (target.kind === 'local' ? readHost(target.paths)?.hostId ?? null : null), lps: info?.lps ?? fileHost?.lps ?? m?.lps ?? null, vms: info?.vms ?? 0, info,
+    };
   }));
+  const links: ClusterLinkStatus[] = st
+    ? st.links.map((l) => ({ ...l, applied: true }))
+    : c.topology.links.map((l) => ({ a: l.a, b: l.b, ...l.impairments, cut: false, seed: 0, bytes: [0, 0] as [number, number], lost: 0, connections: 0, applied: false }));
+  const f = readFabricFile(home);
+  const port = f?.port ?? c.record.fabricPort;
+  // Where another machine joins: the --listen address (0.0.0.0: any address of this machine); none when the fabric listens on the gateway only.
+  const join = c.record.listen === c.record.gateway ? null : c.record.listen === '0.0.0.0' ? `<an address of this machine>:${port}` : `${c.record.listen}:${port}`;
   return {
-    name: c.topology.name, mode: net.mode, modeReason: net.reason, bridge: net.bridge, subnet: net.subnet, hosts,
-    // The link layer is not built yet: impairments are shown as the file has them, not applied.
-    links: c.topology.links.map((l) => ({ a: l.a, b: l.b, impairments: l.impairments, applied: false })),
+    name: c.topology.name, mode: net.mode, modeReason: net.reason, bridge: net.bridge, subnet: net.subnet,
+    join, keyFile: clusterKeyFile(home),
+    fabric: { state: st ? 'up' : 'down', address: `${c.record.gateway}:${port}`, pid: f?.pid ?? null, refused: st?.refused ?? 0, error: fabricError },
+    hosts, links,
   };
 }
 
-/** Every VM of every host of the cluster, with the host it runs on (`host`). */
+/** Every VM of every host of the cluster (joined hosts too), with the host it runs on (`host`). */
 export async function clusterVms(home: string): Promise<Array<VmInfo & { host: string }>> {
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}: "vm list --all" lists the VMs of a cluster ("hvlab cluster up FILE")`);
-  const per = await Promise.all(c.topology.hosts.map(async (h) => {
-    const list = await ask<VmInfo[]>(hostPaths(clusterHostHome(home, h.name)), 'vmList');
-    return (list ?? []).map((vm) => ({ ...vm, host: h.name }));
+  const st = await fabricStatus(home).catch(() => null);
+  const per = await Promise.all(targets(home, c.topology, st).map(async ({ name, target }) => {
+    const list = await ask<VmInfo[]>(target, 'vmList');
+    return (list ?? []).map((vm) => ({ ...vm, host: name }));
   }));
   return per.flat();
 }

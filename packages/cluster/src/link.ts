@@ -1,16 +1,19 @@
 /**
- * hvlab's link layer: a TCP proxy that applies one link's impairments in user space, because
- * this kernel has no `netem` qdisc. Host-to-host traffic of a cluster is meant to pass one proxy
- * per direction of each link (not wired to hosts yet: see lab.ts).
+ * hvlab's link layer: TCP proxies that apply a link's impairments in user space, because this
+ * kernel has no `netem` qdisc. A `Link` holds one link's impairments, seed and counters; a
+ * `LinkProxy` listens for one direction of it (connections from host a to host b) and forwards to
+ * the target host's port. The cluster's fabric (fabric.ts) holds one Link per linked pair of hosts
+ * and one LinkProxy per direction, so every byte between two hosts passes one.
  *
  * Each direction of each connection is modelled as a link with a queue:
  *   - rate: a chunk of n bytes occupies the link for n·8/rate s after the previous one left it
  *     (a token bucket with no burst), so a bulk transfer runs at the rate;
- *   - delay and jitter: each chunk then travels `delay ± jitter` (jitter drawn uniformly from a
- *     seeded generator); a stream is never reordered, so a chunk leaves no earlier than the one
- *     before it;
+ *   - delay and jitter are round-trip figures, as ping shows them (and as containerlab's netem on
+ *     one end gives them): each chunk travels `(delay ± jitter) / 2` each way (jitter drawn
+ *     uniformly from a seeded generator), so a request and its answer take `delay` more; a
+ *     stream is never reordered, so a chunk leaves no earlier than the one before it;
  *   - loss: a TCP stream cannot lose bytes, so a lost chunk costs what TCP pays for it, a
- *     retransmission timeout (200 ms, Linux's minimum RTO, plus twice the delay) before it
+ *     retransmission timeout (200 ms, Linux's minimum RTO, plus the round-trip delay) before it
  *     arrives; whatever follows it waits behind it;
  *   - cut: nothing is delivered while the link is cut; what was sent waits and flows on heal (as
  *     TCP retransmits through a short outage).
@@ -19,7 +22,7 @@
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { seededRandom } from '@hvlab/protocol';
-import type { LinkImpairments } from './topology.js';
+import type { LinkImpairments, LinkChange, LinkView } from '@hvlab/protocol';
 
 /** Linux's minimum retransmission timeout (ms): what a lost segment costs a TCP stream at least. */
 export const MIN_RTO_MS = 200;
@@ -50,10 +53,11 @@ class Direction {
   private linkFreeAt = 0;
   private lastRelease = 0;
   private timer: NodeJS.Timeout | null = null;
+  private immediate = false;
   private paused = false;
 
   constructor(
-    private readonly link: LinkProxy,
+    private readonly link: Link,
     private readonly from: Socket,
     private readonly to: Socket,
     private readonly dir: 0 | 1,
@@ -73,14 +77,19 @@ class Direction {
       at = this.linkFreeAt;
     }
     at += this.link.drawDelay();
-    if (this.link.drawLoss()) at += MIN_RTO_MS + 2 * (st.delayMs ?? 0);
+    if (this.link.drawLoss()) at += MIN_RTO_MS + (st.delayMs ?? 0);
     // A stream is never reordered.
     at = Math.max(at, this.lastRelease);
     this.lastRelease = at;
-    this.queue.push({ chunk, at });
-    this.queued += chunk.length;
     this.link.stats.bytes[this.dir] += chunk.length;
     this.link.stats.chunks[this.dir]++;
+    // Due now, nothing ahead of it, link up: straight through (a timer costs at least 1 ms).
+    if (at <= now && this.queue.length === 0 && !this.link.state.cut) {
+      if (!this.to.destroyed) this.to.write(chunk);
+      return;
+    }
+    this.queue.push({ chunk, at });
+    this.queued += chunk.length;
     if (this.queued > LINK_QUEUE_BYTES && !this.paused) {
       this.paused = true;
       this.from.pause();
@@ -91,7 +100,18 @@ class Direction {
   /** Arms the timer for the head of the queue (nothing while the link is cut). */
   schedule(): void {
     if (this.timer || this.queue.length === 0 || this.link.state.cut) return;
-    const wait = Math.max(0, this.queue[0]!.at - performance.now());
+    const wait = this.queue[0]!.at - performance.now();
+    if (wait < 1) {
+      // Node's timers have a 1 ms floor: what is due within it goes on the next turn.
+      const t = setImmediate(() => {
+        this.timer = null;
+        this.release();
+      });
+      this.timer = t as unknown as NodeJS.Timeout;
+      this.immediate = true;
+      return;
+    }
+    this.immediate = false;
     this.timer = setTimeout(() => {
       this.timer = null;
       this.release();
@@ -101,7 +121,7 @@ class Direction {
   private release(): void {
     if (this.link.state.cut) return;
     const now = performance.now();
-    while (this.queue.length > 0 && this.queue[0]!.at <= now + 0.5) {
+    while (this.queue.length > 0 && this.queue[0]!.at <= now + 0.25) {
       const p = this.queue.shift()!;
       this.queued -= p.chunk.length;
       if (!this.to.destroyed) this.to.write(p.chunk);
@@ -120,59 +140,30 @@ class Direction {
   }
 
   close(): void {
-    if (this.timer) clearTimeout(this.timer);
+    if (this.timer) {
+      if (this.immediate) clearImmediate(this.timer as unknown as NodeJS.Immediate);
+      else clearTimeout(this.timer);
+    }
     this.timer = null;
     this.queue.length = 0;
   }
 }
 
-/** A TCP proxy from a listening address to a target, applying one link's impairments both ways. */
-export class LinkProxy {
+/** One link between two hosts: its impairments, its seeded draws, its counters and its proxies. */
+export class Link {
   state: LinkState;
   readonly stats: LinkStats = { connections: 0, bytes: [0, 0], chunks: [0, 0], lost: 0 };
-  private server: Server | null = null;
-  private readonly conns = new Set<{ a: Socket; b: Socket; dirs: Direction[] }>();
   private random: () => number;
+  /** Directions of live connections, rescheduled on heal. */
+  readonly live = new Set<{ dirs: Direction[] }>();
 
-  constructor(private readonly target: { host: string; port: number }, impairments: LinkImpairments = {}, seed = 1) {
+  constructor(readonly a: string, readonly b: string, impairments: LinkImpairments = {}, seed = 1) {
     this.state = { ...impairments, cut: false, seed };
     this.random = seededRandom(seed);
   }
 
-  /** Listens on `host` (port 0: any); resolves with the port. */
-  listen(host = '127.0.0.1', port = 0): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const server = createServer((a) => this.accept(a));
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        this.server = server;
-        resolve((server.address() as { port: number }).port);
-      });
-    });
-  }
-
-  private accept(a: Socket): void {
-    a.setNoDelay(true);
-    const b = connect(this.target.port, this.target.host);
-    b.setNoDelay(true);
-    const entry = { a, b, dirs: [] as Direction[] };
-    entry.dirs.push(new Direction(this, a, b, 0), new Direction(this, b, a, 1));
-    this.conns.add(entry);
-    this.stats.connections++;
-    const drop = (): void => {
-      for (const d of entry.dirs) d.close();
-      a.destroy();
-      b.destroy();
-      this.conns.delete(entry);
-    };
-    a.on('error', drop);
-    b.on('error', drop);
-    a.on('close', drop);
-    b.on('close', drop);
-  }
-
   /** Sets impairments, each independently: what is not named keeps its value; `null` clears one. */
-  set(change: { [K in keyof LinkImpairments]?: number | null } & { seed?: number }): void {
+  set(change: LinkChange): void {
     for (const k of ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const) {
       if (!(k in change)) continue;
       const v = change[k];
@@ -185,7 +176,7 @@ export class LinkProxy {
     }
   }
 
-  /** Every impairment cleared and the link healed. */
+  /** Every impairment cleared and the link healed (the seed stays). */
   reset(): void {
     this.state = { cut: false, seed: this.state.seed };
     this.heal();
@@ -197,14 +188,14 @@ export class LinkProxy {
 
   heal(): void {
     this.state.cut = false;
-    for (const c of this.conns) for (const d of c.dirs) d.schedule();
+    for (const c of this.live) for (const d of c.dirs) d.schedule();
   }
 
-  /** The delay of the next chunk: delay ± jitter (ms, never below 0). */
+  /** One direction's delay of the next chunk: half of `delay ± jitter` (ms, never below 0). */
   drawDelay(): number {
     const d = this.state.delayMs ?? 0;
     const j = this.state.jitterMs ?? 0;
-    return Math.max(0, j > 0 ? d + (this.random() * 2 - 1) * j : d);
+    return Math.max(0, j > 0 ? d + (this.random() * 2 - 1) * j : d) / 2;
   }
 
   /** Whether the next chunk is lost (and so retransmitted). */
@@ -216,11 +207,69 @@ export class LinkProxy {
     return lost;
   }
 
+  view(): LinkView {
+    const v: LinkView = { a: this.a, b: this.b, cut: this.state.cut, seed: this.state.seed, bytes: [this.stats.bytes[0], this.stats.bytes[1]], lost: this.stats.lost, connections: this.stats.connections };
+    for (const k of ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const) if (this.state[k] !== undefined) v[k] = this.state[k];
+    return v;
+  }
+}
+
+/**
+ * One direction of a link: a TCP proxy from a listening address to a target. Bytes from the
+ * connecting side count as direction `dir` of the link (0: a→b, 1: b→a), the answers as the other.
+ */
+export class LinkProxy {
+  private server: Server | null = null;
+  private readonly conns = new Set<{ a: Socket; b: Socket; dirs: Direction[] }>();
+
+  constructor(readonly link: Link, readonly target: { host: string; port: number }, private readonly dir: 0 | 1 = 0) {}
+
+  /** Listens on `host` (port 0: any); resolves with the port. */
+  listen(host = '127.0.0.1', port = 0): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const server = createServer((a) => this.accept(a));
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        this.server = server;
+        server.on('error', () => undefined);
+        resolve((server.address() as { port: number }).port);
+      });
+    });
+  }
+
+  get port(): number | null {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a.port : null;
+  }
+
+  private accept(a: Socket): void {
+    a.setNoDelay(true);
+    const b = connect(this.target.port, this.target.host);
+    b.setNoDelay(true);
+    const back = (1 - this.dir) as 0 | 1;
+    const entry = { a, b, dirs: [new Direction(this.link, a, b, this.dir), new Direction(this.link, b, a, back)] };
+    this.conns.add(entry);
+    this.link.live.add(entry);
+    this.link.stats.connections++;
+    const drop = (): void => {
+      for (const d of entry.dirs) d.close();
+      a.destroy();
+      b.destroy();
+      this.conns.delete(entry);
+      this.link.live.delete(entry);
+    };
+    a.on('error', drop);
+    b.on('error', drop);
+    a.on('close', drop);
+    b.on('close', drop);
+  }
+
   async close(): Promise<void> {
     for (const c of this.conns) {
       for (const d of c.dirs) d.close();
       c.a.destroy();
       c.b.destroy();
+      this.link.live.delete(c);
     }
     this.conns.clear();
     const s = this.server;

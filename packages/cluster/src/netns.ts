@@ -25,6 +25,8 @@ export interface ClusterNetwork {
   tag: string;
   bridge: string | null;
   subnet: string;
+  /** This machine's address on the cluster's network (the bridge's, or a loopback one): the fabric listens there. */
+  gateway: string;
   hosts: HostNetwork[];
 }
 
@@ -73,10 +75,10 @@ export function planNetwork(home: string, hosts: readonly string[], mode: 'names
   if (mode === 'loopback') {
     const n = parseInt(tag, 16);
     const base = `127.${100 + (n % 100)}.${(n >> 8) & 0xff}`;
-    return { mode, reason, tag, bridge: null, subnet: `${base}.0/24`, hosts: hosts.map((name, i) => ({ name, netns: null, address: `${base}.${10 + i}` })) };
+    return { mode, reason, tag, bridge: null, subnet: `${base}.0/24`, gateway: `${base}.1`, hosts: hosts.map((name, i) => ({ name, netns: null, address: `${base}.${10 + i}` })) };
   }
   const { base, subnet } = subnetOf(tag);
-  return { mode, reason, tag, bridge: `hvbr-${tag}`, subnet, hosts: hosts.map((name, i) => ({ name, netns: `hvlab-${tag}-${name}`, address: `${base}.${10 + i}` })) };
+  return { mode, reason, tag, bridge: `hvbr-${tag}`, subnet, gateway: `${base}.1`, hosts: hosts.map((name, i) => ({ name, netns: `hvlab-${tag}-${name}`, address: `${base}.${10 + i}` })) };
 }
 
 /** Makes the namespaces, veths, bridge and addresses of `net` (mode namespaces). Undoes what it made when a step fails. */

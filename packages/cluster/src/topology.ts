@@ -9,7 +9,7 @@
  *     h2: {}
  *   links:
  *     - endpoints: [h1, h2]
- *       delay: 20ms                    # one way; each impairment is optional
+ *       delay: 20ms                    # added to each round trip (half each way); each is optional
  *       jitter: 2ms
  *       rate: 1gbit                    # bit, kbit, mbit, gbit (per second), as tc spells them
  *       loss: 0.1%
@@ -24,7 +24,7 @@
  */
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
-  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
+  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
 
 /** Host names become parts of namespace and interface names (15 bytes at most in Linux). */
@@ -39,14 +39,7 @@ export const DEFAULT_VM = { memory: '64M', vps: 1, workload: 'counter' } as cons
 /** Largest topology file (bytes). */
 export const MAX_TOPOLOGY_BYTES = 1024 * 1024;
 
-export interface LinkImpairments {
-  delayMs?: number;
-  jitterMs?: number;
-  /** Bits per second. */
-  rateBps?: number;
-  /** Percent of packets, 0–100. */
-  lossPercent?: number;
-}
+export type { LinkImpairments } from '@hvlab/protocol';
 
 export interface TopologyHost {
   name: string;

@@ -1,12 +1,12 @@
 /**
- * The link layer's TCP proxy (link.ts) on loopback: a delayed link delays a round trip by twice
- * its one-way delay (within 20 %), a rate limits a bulk transfer to it (within 20 %), a cut link
+ * The link layer's TCP proxy (link.ts) on loopback: a delayed link delays a round trip by its
+ * delay (within 20 %), both directions of a link share its impairments, a rate limits a bulk transfer to it (within 20 %), a cut link
  * delivers nothing until it heals and then delivers what waited, impairments are set independently,
  * the same seed draws the same jitter and loss, and closing leaves no socket.
  */
 import { expect } from 'chai';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { LinkProxy } from '../src/index.js';
+import { Link, LinkProxy } from '../src/index.js';
 
 /** An echo server on loopback. */
 async function echoServer(): Promise<{ server: Server; port: number }> {
@@ -42,6 +42,7 @@ describe('link layer (a TCP proxy with impairments)', function () {
   this.timeout(30000);
   let echo: { server: Server; port: number };
   let link: LinkProxy;
+  const proxy = (port: number, imp: ConstructorParameters<typeof Link>[2] = {}, seed = 1): LinkProxy => new LinkProxy(new Link('h1', 'h2', imp, seed), { host: '127.0.0.1', port });
   beforeEach(async () => {
     echo = await echoServer();
   });
@@ -50,15 +51,26 @@ describe('link layer (a TCP proxy with impairments)', function () {
     await new Promise((r) => echo.server.close(r));
   });
 
-  it('delays a round trip by twice the one-way delay (within 20 %), against a direct one', async () => {
+  it('delays a round trip by the link\'s delay (within 20 %), against a direct one', async () => {
     const direct = await open(echo.port);
     const base = await pingMedian(direct, 5);
     direct.destroy();
-    link = new LinkProxy({ host: '127.0.0.1', port: echo.port }, { delayMs: 60 });
+    link = proxy(echo.port, { delayMs: 60 });
     const s = await open(await link.listen());
     const rt = await pingMedian(s, 7);
     s.destroy();
-    expect(rt - base, `round trip ${rt.toFixed(1)} ms, direct ${base.toFixed(2)} ms`).to.be.within(0.8 * 120, 1.2 * 120);
+    expect(rt - base, `round trip ${rt.toFixed(1)} ms, direct ${base.toFixed(2)} ms`).to.be.within(0.8 * 60, 1.2 * 60);
+    // The other direction of the same link, through its own proxy, pays the same.
+    const back = new LinkProxy(link.link, { host: '127.0.0.1', port: echo.port }, 1);
+    try {
+      const s2 = await open(await back.listen());
+      const rt2 = await pingMedian(s2, 5);
+      s2.destroy();
+      expect(rt2 - base).to.be.within(0.8 * 60, 1.2 * 60);
+      expect(link.link.stats.bytes[0] + link.link.stats.bytes[1]).to.be.at.least(24);
+    } finally {
+      await back.close();
+    }
   });
 
   it('limits a bulk transfer to the link\'s rate (within 20 %)', async () => {
@@ -73,7 +85,7 @@ describe('link layer (a TCP proxy with impairments)', function () {
     }));
     await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
     try {
-      link = new LinkProxy({ host: '127.0.0.1', port: (sink.address() as { port: number }).port }, { rateBps: 8e6 });
+      link = proxy((sink.address() as { port: number }).port, { rateBps: 8e6 });
       const s = await open(await link.listen());
       const t0 = performance.now();
       s.write(Buffer.alloc(total, 7));
@@ -89,10 +101,10 @@ describe('link layer (a TCP proxy with impairments)', function () {
   });
 
   it('a cut link delivers nothing until it heals, then what waited', async () => {
-    link = new LinkProxy({ host: '127.0.0.1', port: echo.port });
+    link = proxy(echo.port);
     const s = await open(await link.listen());
     expect(await pingMedian(s, 1)).to.be.below(1000);
-    link.cut();
+    link.link.cut();
     let answered = false;
     const answer = new Promise<void>((r) => s.once('data', () => {
       answered = true;
@@ -101,24 +113,25 @@ describe('link layer (a TCP proxy with impairments)', function () {
     s.write('y');
     await new Promise((r) => setTimeout(r, 300));
     expect(answered, 'nothing crosses a cut link').to.equal(false);
-    link.heal();
+    link.link.heal();
     await answer;
     expect(answered).to.equal(true);
     s.destroy();
   });
 
   it('sets impairments independently, resets them, and draws the same jitter and loss from the same seed', () => {
-    link = new LinkProxy({ host: '127.0.0.1', port: echo.port }, {}, 42);
-    link.set({ delayMs: 20 });
-    link.set({ rateBps: 1e6 });
-    expect(link.state).to.include({ delayMs: 20, rateBps: 1e6 });
-    link.set({ delayMs: null });
-    expect(link.state.delayMs).to.equal(undefined);
-    expect(link.state.rateBps).to.equal(1e6);
-    link.reset();
-    expect(link.state).to.deep.equal({ cut: false, seed: 42 });
+    const l0 = new Link('h1', 'h2', {}, 42);
+    l0.set({ delayMs: 20 });
+    l0.set({ rateBps: 1e6 });
+    expect(l0.state).to.include({ delayMs: 20, rateBps: 1e6 });
+    l0.set({ delayMs: null });
+    expect(l0.state.delayMs).to.equal(undefined);
+    expect(l0.state.rateBps).to.equal(1e6);
+    expect(l0.view()).to.deep.include({ a: 'h1', b: 'h2', rateBps: 1e6, cut: false, seed: 42 });
+    l0.reset();
+    expect(l0.state).to.deep.equal({ cut: false, seed: 42 });
     const draws = (seed: number): string => {
-      const l = new LinkProxy({ host: '127.0.0.1', port: 1 }, { delayMs: 10, jitterMs: 5, lossPercent: 30 }, seed);
+      const l = new Link('h1', 'h2', { delayMs: 20, jitterMs: 10, lossPercent: 30 }, seed);
       return Array.from({ length: 20 }, () => `${l.drawDelay().toFixed(3)}/${l.drawLoss()}`).join(' ');
     };
     expect(draws(7)).to.equal(draws(7));
@@ -129,7 +142,7 @@ describe('link layer (a TCP proxy with impairments)', function () {
   });
 
   it('closing drops its connections and stops listening', async () => {
-    link = new LinkProxy({ host: '127.0.0.1', port: echo.port });
+    link = proxy(echo.port);
     const port = await link.listen();
     const s = await open(port);
     const closed = new Promise((r) => s.once('close', r));

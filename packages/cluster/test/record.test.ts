@@ -11,7 +11,7 @@ import { seededRandom } from '@hvlab/protocol';
 import { ClusterError, readCluster, clusterRecordFile, clusterDir } from '../src/index.js';
 
 const SOURCE = 'name: lab\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M }\n';
-const GOOD = { version: 1, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test' };
+const GOOD = { version: 2, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test', listen: '127.1.2.1', fabricPort: 7740, gateway: '127.1.2.1' };
 
 describe('the cluster record', () => {
   let home: string;

@@ -179,5 +179,7 @@ export async function down(paths: HostPaths): Promise<{ hostId: string | null; g
     c.close();
   }
   const s = sweepHost(paths, rec.hostId);
+  // A host that joined a cluster kept a copy of the cluster's key: it goes with the host.
+  rmSync(join(paths.home, 'member.key'), { force: true });
   return { hostId: rec.hostId, graceful, ...s };
 }

@@ -11,7 +11,7 @@
  */
 import { encode, decodeMgmtResponse, MGMT_API_VERSION, type MgmtAnswer, type MgmtOp } from '@hvlab/protocol';
 export { decodeMgmtResponse, type MgmtAnswer };
-import { dealer, pidAlive, SendQueue, type zmq } from '@hvlab/runtime';
+import { dealer, pidAlive, SendQueue, zmq } from '@hvlab/runtime';
 
 export class MgmtCallError extends Error {
   constructor(readonly code: string, message: string) {
@@ -31,6 +31,8 @@ export interface MgmtClientOptions {
   checkEveryMs?: number;
   /** Receives one line per request sent, for HVLAB_DEBUG tracing. */
   debug?: ((line: string) => void) | undefined;
+  /** Extra options of the DEALER, e.g. CURVE for a host of a cluster on another machine (runtime's curveClientOptions). */
+  socket?: Record<string, unknown>;
 }
 
 interface Pending {
@@ -56,7 +58,7 @@ export class MgmtClient {
     this.watch = opts.watch ?? null;
     this.checkEveryMs = opts.checkEveryMs ?? 250;
     this.debug = opts.debug;
-    this.sock = dealer();
+    this.sock = opts.socket ? new zmq.Dealer({ linger: 0, sendHighWaterMark: 100000, receiveHighWaterMark: 100000, ...opts.socket } as never) : dealer();
     this.sock.connect(endpoint);
     this.q = new SendQueue(this.sock);
     void this.loop();

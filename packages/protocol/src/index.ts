@@ -22,3 +22,4 @@ export * from './vmwp.js';
 export * from './devices.js';
 export * from './hcpage.js';
 export * from './random.js';
+export * from './cluster.js';

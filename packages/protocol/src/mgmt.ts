@@ -21,6 +21,7 @@ import { describeValue, isPlainObject, checkPlainData } from './hvwire.js';
 import { MAX_VPS_PER_PARTITION } from './hypercall.js';
 import { VM_NAME_RE } from './vm.js';
 import { decode } from './wire.js';
+import { CLUSTER_HOST_RE, type PeerHealth } from './cluster.js';
 
 export const MGMT_API_VERSION = 1;
 
@@ -34,12 +35,15 @@ export const MGMT_STRING_MAX = 4096;
 export const MGMT_PEEK_MAX_BYTES = 16 * 1024 * 1024;
 /** Longest stop timeout (`vmStop` `timeoutS`), seconds. */
 export const MGMT_STOP_TIMEOUT_MAX_S = 3600;
+/** Most round trips and bytes one `linkProbe` makes. */
+export const LINK_PROBE_MAX_PINGS = 10_000;
+export const LINK_PROBE_MAX_BYTES = 4 * 1024 * 1024 * 1024;
 /** Largest CMOS clock offset (`vmNew` `rtcOffset`): ten years of seconds. */
 export const MGMT_RTC_OFFSET_MAX_S = 10 * 365 * 86400;
 
 export const MGMT_OPS = [
   'ping', 'hostInfo', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
-  'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown',
+  'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown', 'linkProbe',
 ] as const;
 export type MgmtOp = (typeof MGMT_OPS)[number];
 
@@ -86,6 +90,11 @@ export type MgmtArgs = {
   /** `call` is a name (CreatePartition) or a code (0x40); VMMS parses it. `as` names a running VM. */
   debugHypercall: { call: string; as?: string | null; input?: Record<string, unknown> };
   shutdown: MgmtNoArgs;
+  /**
+   * Round trips and a bulk transfer from this host to cluster peer `peer` through their link
+   * (`direct`: to the peer's own address, past the link layer, as a baseline).
+   */
+  linkProbe: { peer: string; pings?: number; bytes?: number; direct?: boolean; timeoutMs?: number };
 };
 
 /** A checked request: its `args` have exactly the shape of its `op`. */
@@ -348,6 +357,17 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     put(out, 'input', r.optPlainMap('input'));
     return out;
   },
+  linkProbe: (a) => {
+    const r = a(['peer', 'pings', 'bytes', 'direct', 'timeoutMs']);
+    const peer = r.string('peer', 10, 1);
+    if (!CLUSTER_HOST_RE.test(peer)) throw new ArgumentRejected(`linkProbe argument "peer" must be a host name (lower-case letter, then letters, digits or "-", at most 10)`);
+    const out: MgmtArgs['linkProbe'] = { peer };
+    put(out, 'pings', r.optWhole('pings', 0, LINK_PROBE_MAX_PINGS, true));
+    put(out, 'bytes', r.optWhole('bytes', 0, LINK_PROBE_MAX_BYTES, true));
+    put(out, 'direct', r.optBoolean('direct'));
+    put(out, 'timeoutMs', r.optWhole('timeoutMs', 1, 600_000, true));
+    return out;
+  },
 };
 
 /**
@@ -472,6 +492,37 @@ export interface HostInfo {
   hypercallPath?: 'page' | 'socket';
   /** How many times the hypervisor's supervisor restarted a dead root partition process. */
   rootRestarts?: number;
+  /** The cluster this host is a member of, or null. */
+  cluster?: HostClusterInfo | null;
+}
+
+export interface HostClusterInfo {
+  cluster: string;
+  name: string;
+  address: string;
+  /** Where the fabric was reached, and whether the last join or refresh got an answer. */
+  fabric: string;
+  fabricState: 'joined' | 'joining' | 'unreachable';
+  /** Heartbeats to each peer through its link. */
+  peers: PeerHealth[];
+  /** Connections refused for want of the cluster's key. */
+  refused: number;
+}
+
+/** What `linkProbe` measured. */
+export interface LinkProbeResult {
+  from: string;
+  peer: string;
+  /** The address and port the probe went to (the fabric's port for the link, or the peer's own). */
+  via: string;
+  direct: boolean;
+  /** Each round trip (ms), in order; a ping that got no answer within the timeout is not here. */
+  rttMs: number[];
+  lostPings: number;
+  bytes: number;
+  seconds: number;
+  /** The bulk transfer's rate (bit/s), 0 without one. */
+  bitsPerSecond: number;
 }
 
 export interface VmStateEvent {

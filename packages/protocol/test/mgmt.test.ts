@@ -45,6 +45,8 @@ const CLI_REQUESTS: Array<[MgmtOp, Record<string, unknown>]> = [
   ['vmList', {}],
   ['ps', {}],
   ['shutdown', {}],
+  ['linkProbe', { peer: 'h2', pings: 10, bytes: 0, direct: false }],
+  ['linkProbe', { peer: 'h2' }],
   ['vmNew', { name: 'a' }],
   ['vmNew', { name: 'a', memory: '16M', vps: '2', workload: 'counter:500', rtcOffset: '-3600' }],
   ['vmStart', { name: 'a' }],

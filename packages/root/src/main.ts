@@ -15,7 +15,8 @@ import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo } from '@hvlab/proto
 import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine } from '@hvlab/runtime';
 import { memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
-import { MgmtServer } from './mgmt.js';
+import { MgmtServer, type MgmtHandler } from './mgmt.js';
+import { ClusterMember, memberConfigFromEnv } from './member.js';
 import { Vmms } from './vmms.js';
 
 
@@ -66,6 +67,7 @@ async function exit(reason: string, code = 0, hostDown = false): Promise<void> {
       else vmms?.killAll();
     } catch { /* going anyway */ }
   }
+  await member?.close();
   server?.close();
   vmms?.close();
   vid.close();
@@ -82,7 +84,8 @@ process.on('SIGINT', () => void exit('SIGINT'));
 
 const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
 const store = new ConfigStore(paths.vmDir);
-server = new MgmtServer(async (op, args) => {
+let member: ClusterMember | null = null;
+const handler: MgmtHandler = async (op, args) => {
   const v = vmms!;
   switch (op) {
     case 'ping': return { pong: true, hostId };
@@ -92,7 +95,7 @@ server = new MgmtServer(async (op, args) => {
         memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
         lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
-        rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket',
+        rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', cluster: member?.info() ?? null,
       };
       return info;
     }
@@ -119,14 +122,31 @@ server = new MgmtServer(async (op, args) => {
         await exit('shutdown requested', 0, true);
       })(), 10);
       return { stopping: true };
+    case 'linkProbe':
+      if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
+      return await member.probe(args);
     default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
   }
-}, (e) => log.error({ err: e }, 'management request failed'));
+};
+server = new MgmtServer(handler, (e) => log.error({ err: e }, 'management request failed'));
 vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm });
 // A restarted root finds the VMs that kept running while it was away.
 await vmms.reattach();
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
-log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm }, 'root ready');
+// A host of a cluster joins it and serves its peers (member.ts); a wrong configuration is logged
+// and the host runs on alone rather than failing (its supervisor would only restart it again).
+try {
+  const cfg = memberConfigFromEnv(process.env, lps);
+  if (cfg) {
+    member = new ClusterMember(cfg, log, handler);
+    await member.start();
+  }
+} catch (e) {
+  log.error({ err: e }, 'cannot take part in the cluster; the host runs alone');
+  await member?.close();
+  member = null;
+}
+log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm, cluster: member !== null }, 'root ready');
 process.stdout.write('ready\n');
 vmms.startWarmPool();
 await server.serve();

@@ -46,9 +46,9 @@ function messageOf(e: unknown): string {
 }
 
 export class MgmtServer {
-  private readonly sock = router();
+  private readonly sock: zmq.Router;
   private readonly pub = new zmq.Publisher({ linger: 0 });
-  private readonly q = new SendQueue(this.sock);
+  private readonly q: SendQueue;
   private readonly pq = new SendQueue(this.pub);
   private closed = false;
   /** Requests handed to the handler and not yet answered. */
@@ -58,15 +58,22 @@ export class MgmtServer {
   /** The newest queued send; the queue is FIFO, so when it settles every earlier one has. */
   private lastSend: Promise<void> = Promise.resolve();
 
-  constructor(private readonly handle: MgmtHandler, private readonly onError: (e: Error) => void) {
+  /**
+   * `socket`: extra options of the ROUTER, e.g. CURVE for the TCP management socket that a
+   * cluster's members and CLIs on other machines reach (runtime's curveServerOptions).
+   */
+  constructor(private readonly handle: MgmtHandler, private readonly onError: (e: Error) => void, socket?: Record<string, unknown>) {
+    this.sock = socket ? new zmq.Router({ linger: 0, mandatory: true, sendHighWaterMark: 100000, receiveHighWaterMark: 100000, ...socket } as never) : router();
+    this.q = new SendQueue(this.sock);
     this.sock.maxMessageSize = TRANSPORT_MAX_BYTES;
     // Never wait for a peer whose queue is full: its answer is dropped, everyone else's goes on.
     this.sock.sendTimeout = 0;
   }
 
-  async bind(endpoint: string, eventsEndpoint: string): Promise<void> {
+  /** Binds the request socket, and the event socket when `eventsEndpoint` is given. */
+  async bind(endpoint: string, eventsEndpoint?: string): Promise<void> {
     await this.sock.bind(endpoint);
-    await this.pub.bind(eventsEndpoint);
+    if (eventsEndpoint !== undefined) await this.pub.bind(eventsEndpoint);
   }
 
   publish(ev: VmStateEvent): void {

@@ -11,3 +11,5 @@ export * from './hvclient.js';
 export * from './ipc.js';
 export * from './vmwp-link.js';
 export * from './files.js';
+export * from './curve.js';
+export * from './rpc.js';

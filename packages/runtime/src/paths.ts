@@ -91,6 +91,8 @@ export const entries = {
   root: entry('root', 'main'),
   vmwp: entry('root', 'vmwp', 'main'),
   partition: entry('guest', 'main'),
+  /** A cluster's fabric (its links), one per cluster. */
+  fabric: entry('cluster', 'fabric-main'),
 };
 export const REPO_ROOT = repoRoot;
 

@@ -1,0 +1,212 @@
+/**
+ * The cluster's fabric: one process per cluster (started by `cluster up`, ended by `cluster down`)
+ * that holds the links between its hosts, as a switch holds cables. For each linked pair of
+ * member hosts it holds one `Link` (impairments, seed, counters) and a `LinkProxy` per direction,
+ * listening on the fabric's address; a host reaches a peer only through the port of their link
+ * (its peer book), so every byte between two hosts passes the link layer.
+ *
+ * Its control socket (ZeroMQ TCP with CURVE: only holders of the cluster's key get in) takes:
+ *   - `join` from a host's root when it starts (the hosts of the file, and hosts of other machines
+ *     that ran `hvlab up --join`), answered with the host's peer book;
+ *   - `peers` from each member every heartbeat period: its heartbeat table in, its peer book out
+ *     (so a member learns of hosts that joined later);
+ *   - `status`, `linkSet`, `linkCut`, `linkHeal`, `linkReset` from the CLI.
+ * Links come from the topology file; a host that joins later is linked to every member, unimpaired.
+ * Each link's seed is fixed by its two names unless set, so the same file repeats the same draws.
+ */
+import { createHash } from 'node:crypto';
+import {
+  decodeFabricRequest, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
+} from '@hvlab/protocol';
+import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
+import { Link, LinkProxy } from './link.js';
+import type { TopologyLink } from './topology.js';
+
+export interface FabricOptions {
+  cluster: string;
+  key: ClusterKey;
+  /** The address the control socket and every link's proxies listen on. */
+  listen: string;
+  /** The control socket's port (0: any). */
+  port: number;
+  /** The file's links; hosts of the file not linked there cannot reach each other. */
+  links: TopologyLink[];
+  /** The file's hosts (they are linked as the file says; any other host is linked to every member). */
+  fileHosts: string[];
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
+}
+
+/** The default seed of the link between a and b: fixed by the names, so a file repeats its draws. */
+export function linkSeed(a: string, b: string): number {
+  const [x, y] = a < b ? [a, b] : [b, a];
+  return createHash('sha1').update(`${x}|${y}`).digest().readUInt32BE(0);
+}
+
+interface Member {
+  name: string;
+  address: string;
+  peerPort: number;
+  mgmtPort: number;
+  lps: number;
+  local: boolean;
+  lastSeen: number;
+  health: PeerHealth[];
+}
+
+const pairKey = (a: string, b: string): string => (a < b ? `${a}|${b}` : `${b}|${a}`);
+
+export class Fabric {
+  private readonly server: RpcServer<FabricRequest>;
+  private readonly members = new Map<string, Member>();
+  private readonly links = new Map<string, Link>();
+  /** `from>to` → the proxy `from` connects to to reach `to`. */
+  private readonly proxies = new Map<string, LinkProxy>();
+  private readonly fileHosts: Set<string>;
+  private boundPort = 0;
+
+  constructor(private readonly opts: FabricOptions) {
+    this.fileHosts = new Set(opts.fileHosts);
+    for (const l of opts.links) this.links.set(pairKey(l.a, l.b), new Link(l.a < l.b ? l.a : l.b, l.a < l.b ? l.b : l.a, l.impairments, linkSeed(l.a, l.b)));
+    this.server = new RpcServer(decodeFabricRequest, (r) => this.handle(r), curveServerOptions(opts.key));
+  }
+
+  /** Binds the control socket; resolves with its port. */
+  async start(): Promise<number> {
+    await startZapHandler(this.opts.key, (address, why) => this.opts.log?.('refused a connection', { address, why }));
+    const ep = `tcp://${this.opts.listen}:${this.opts.port}`;
+    await this.server.bind(ep);
+    const last = this.server.sock.lastEndpoint ?? ep;
+    this.boundPort = Number(/:(\d+)$/.exec(last)?.[1] ?? this.opts.port);
+    void this.server.serve();
+    return this.boundPort;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  private link(a: string, b: string): Link {
+    const l = this.links.get(pairKey(a, b));
+    if (!l) {
+      const known = [...this.links.values()].map((x) => `${x.a}-${x.b}`).join(', ') || 'none';
+      throw new RpcFailure('NotFound', `no link between ${a} and ${b} (links: ${known})`);
+    }
+    return l;
+  }
+
+  /** Makes the proxies of every link of `name` whose other end is a member (again, if its address changed). */
+  private async wire(name: string): Promise<void> {
+    for (const l of this.links.values()) {
+      if (l.a !== name && l.b !== name) continue;
+      const other = l.a === name ? l.b : l.a;
+      if (!this.members.has(other)) continue;
+      for (const [from, to] of [[name, other], [other, name]] as const) {
+        const target = this.members.get(to)!;
+        const k = `${from}>${to}`;
+        const old = this.proxies.get(k);
+        if (old && old.target.host === target.address && old.target.port === target.peerPort) continue;
+        this.proxies.delete(k);
+        await old?.close();
+        // Direction 0 of a link is a→b.
+        const p = new LinkProxy(l, { host: target.address, port: target.peerPort }, from === l.a ? 0 : 1);
+        await p.listen(this.opts.listen, 0);
+        this.proxies.set(k, p);
+      }
+    }
+  }
+
+  private book(name: string): { cluster: string; peers: PeerBookEntry[] } {
+    const peers: PeerBookEntry[] = [];
+    for (const [k, p] of this.proxies) {
+      const [from, to] = k.split('>') as [string, string];
+      const m = this.members.get(to);
+      if (from === name && p.port !== null && m) peers.push({ name: to, port: p.port, address: m.address, peerPort: m.peerPort });
+    }
+    peers.sort((x, y) => (x.name < y.name ? -1 : 1));
+    return { cluster: this.opts.cluster, peers };
+  }
+
+  private async handle(r: FabricRequest): Promise<unknown> {
+    switch (r.op) {
+      case 'join': {
+        const m = this.members.get(r.name);
+        if (!m && this.members.size >= 64) throw new RpcFailure('Full', 'the cluster has 64 members');
+        if (m && m.local !== r.local) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name}`);
+        if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
+        this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: m?.health ?? [] });
+        if (!this.fileHosts.has(r.name)) {
+          // A joined host is linked to every member.
+          for (const other of this.members.keys()) {
+            if (other !== r.name && !this.links.has(pairKey(r.name, other))) {
+              const [a, b] = r.name < other ? [r.name, other] : [other, r.name];
+              this.links.set(pairKey(a, b), new Link(a, b, {}, linkSeed(a, b)));
+            }
+          }
+        }
+        await this.wire(r.name);
+        this.opts.log?.('host joined', { host: r.name, address: r.address, local: r.local });
+        return this.book(r.name);
+      }
+      case 'peers': {
+        const m = this.members.get(r.name);
+        if (!m) throw new RpcFailure('NotMember', `${r.name} has not joined cluster ${this.opts.cluster}`);
+        m.lastSeen = Date.now();
+        m.health = r.health;
+        return this.book(r.name);
+      }
+      case 'leave': {
+        const m = this.members.get(r.name);
+        if (!m) return { left: false };
+        this.members.delete(r.name);
+        for (const [k, p] of [...this.proxies]) {
+          const [from, to] = k.split('>');
+          if (from === r.name || to === r.name) {
+            this.proxies.delete(k);
+            await p.close();
+          }
+        }
+        if (!this.fileHosts.has(r.name)) for (const [k, l] of [...this.links]) if (l.a === r.name || l.b === r.name) this.links.delete(k);
+        this.opts.log?.('host left', { host: r.name });
+        return { left: true };
+      }
+      case 'status':
+        return this.status();
+      case 'linkSet': {
+        const l = this.link(r.a, r.b);
+        l.set(r.change);
+        this.opts.log?.('link set', { a: l.a, b: l.b, change: r.change });
+        return l.view();
+      }
+      case 'linkCut':
+      case 'linkHeal': {
+        const l = this.link(r.a, r.b);
+        if (r.op === 'linkCut') l.cut();
+        else l.heal();
+        this.opts.log?.(r.op === 'linkCut' ? 'link cut' : 'link healed', { a: l.a, b: l.b });
+        return l.view();
+      }
+      case 'linkReset': {
+        if ((r.a === null) !== (r.b === null)) throw new RpcFailure('InvalidArgument', 'reset names both ends of a link, or none (every link)');
+        const ls = r.a !== null ? [this.link(r.a, r.b!)] : [...this.links.values()];
+        for (const l of ls) l.reset();
+        this.opts.log?.('links reset', { links: ls.length });
+        return { reset: ls.map((l) => l.view()) };
+      }
+    }
+  }
+
+  status(): FabricStatus {
+    const now = Date.now();
+    const members: FabricMember[] = [...this.members.values()].map((m) => ({
+      name: m.name, address: m.address, peerPort: m.peerPort, mgmtPort: m.mgmtPort, lps: m.lps, local: m.local, lastSeenMs: now - m.lastSeen, peers: m.health,
+    }));
+    const links: LinkView[] = [...this.links.values()].map((l) => l.view());
+    return { cluster: this.opts.cluster, members, links, refused: zapRefused() };
+  }
+
+  async close(): Promise<void> {
+    this.server.close();
+    for (const p of this.proxies.values()) await p.close();
+    this.proxies.clear();
+  }
+}

@@ -1,0 +1,438 @@
+/**
+ * What hosts of a cluster say to each other and to the cluster's fabric (the process that holds
+ * the links), over ZeroMQ TCP with CURVE. Every frame is a msgpack map `{ v, id, op, ...args }`
+ * answered by `{ id, ok, result | error }` (the management API's answer shape). Nothing between
+ * hosts is trusted: each request, each answer's result and the cluster key file are decoded once,
+ * here, by a checking decoder that returns a typed value or a sentence, never throws, and never
+ * calls a method of a decoded value.
+ *
+ * Two services:
+ *   - the fabric (`FabricRequest`): a host joins, refreshes its peer book (which doubles as its
+ *     keep-alive), and the CLI reads the cluster's status and sets, cuts, heals and resets links;
+ *   - a host's peer service (`PeerRequest`): heartbeats (`ping`) and bulk bytes (`sink`), which
+ *     pass the link layer like every byte between two hosts.
+ */
+import { isPlainObject } from './hvwire.js';
+import { decode } from './wire.js';
+
+export const CLUSTER_WIRE_VERSION = 1;
+/** Largest frame either service reads (a sink chunk and its envelope). */
+export const CLUSTER_FRAME_MAX_BYTES = 2 * 1024 * 1024;
+/** Largest sink chunk. */
+export const SINK_CHUNK_MAX_BYTES = 1024 * 1024;
+/** A host name, as topology files have them (it becomes part of interface names). */
+export const CLUSTER_HOST_RE = /^[a-z][a-z0-9-]{0,9}$/;
+/** Hosts a cluster holds at most (file hosts and joined ones). */
+export const CLUSTER_MAX_MEMBERS = 64;
+/** The ZAP domain of every CURVE socket of a cluster. */
+export const CLUSTER_ZAP_DOMAIN = 'hvlab-cluster';
+/** Heartbeat period and how many missed heartbeats make a peer down (Hyper-V failover clustering: 1 s, 10). */
+export const HEARTBEAT_MS = 1000;
+export const HEARTBEAT_MISSES_DOWN = 10;
+/** Default TCP ports of a host's cluster services and of the fabric. */
+export const DEFAULT_PEER_PORT = 7742;
+export const DEFAULT_MGMT_TCP_PORT = 7741;
+export const DEFAULT_FABRIC_PORT = 7740;
+/** Longest delay or jitter a link takes (ms), and the largest rate (bit/s). */
+export const LINK_MAX_DELAY_MS = 60_000;
+export const LINK_MAX_RATE_BPS = 1e12;
+
+/** One link's impairments; each is optional (absent: not impaired that way). */
+export interface LinkImpairments {
+  /** Added to every round trip, as ping shows it: half each way. */
+  delayMs?: number;
+  /** ± this on the round trip, drawn per chunk (half each way). */
+  jitterMs?: number;
+  /** Bits per second, each direction. */
+  rateBps?: number;
+  /** Percent of chunks lost (and retransmitted, as TCP does), 0–100. */
+  lossPercent?: number;
+}
+export const IMPAIRMENT_KEYS = ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const;
+
+/** A link as the fabric holds it now. */
+export interface LinkView extends LinkImpairments {
+  a: string;
+  b: string;
+  cut: boolean;
+  seed: number;
+  /** Bytes and chunks each way (a→b, b→a), connections made, chunks lost. */
+  bytes: [number, number];
+  lost: number;
+  connections: number;
+}
+
+export interface FabricMember {
+  name: string;
+  address: string;
+  peerPort: number;
+  mgmtPort: number;
+  lps: number;
+  /** Started by this machine's `cluster up` (else joined with `up --join`). */
+  local: boolean;
+  /** ms since its last join or peer-book refresh. */
+  lastSeenMs: number;
+  /** Its heartbeat table, as it last reported it. */
+  peers: PeerHealth[];
+}
+
+/** What one host knows of one peer from heartbeats. */
+export interface PeerHealth {
+  name: string;
+  state: 'up' | 'down' | 'unknown';
+  /** The last heartbeat's round trip (ms), null before one came back. */
+  rttMs: number | null;
+  /** Heartbeats in a row without an answer. */
+  missed: number;
+}
+
+/** An entry of a host's peer book: the peer and the fabric port that reaches it through their link. */
+export interface PeerBookEntry {
+  name: string;
+  port: number;
+  /** The peer's own address and peer-service port (for a probe that bypasses the link, as a baseline). */
+  address: string;
+  peerPort: number;
+}
+
+export interface FabricStatus {
+  cluster: string;
+  members: FabricMember[];
+  links: LinkView[];
+  refused: number;
+}
+
+export type LinkChange = { [K in keyof LinkImpairments]?: number | null } & { seed?: number };
+
+export type FabricRequest =
+  | { v: number; id: number; op: 'join'; name: string; address: string; peerPort: number; mgmtPort: number; lps: number; local: boolean }
+  | { v: number; id: number; op: 'peers'; name: string; health: PeerHealth[] }
+  | { v: number; id: number; op: 'status' }
+  | { v: number; id: number; op: 'linkSet'; a: string; b: string; change: LinkChange }
+  | { v: number; id: number; op: 'linkCut' | 'linkHeal'; a: string; b: string }
+  | { v: number; id: number; op: 'linkReset'; a: string | null; b: string | null }
+  | { v: number; id: number; op: 'leave'; name: string };
+
+export type PeerRequest =
+  | { v: number; id: number; op: 'ping'; from: string; t: number }
+  | { v: number; id: number; op: 'sink'; from: string; data: Uint8Array };
+
+export type Decoded<T> = { ok: true; value: T } | { ok: false; id: number; message: string };
+
+const own = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
+
+class Bad extends Error {}
+
+/** Field readers over one decoded map: each throws Bad with a sentence naming the field. */
+class Fields {
+  constructor(private readonly o: Record<string, unknown>, private readonly what: string) {}
+  only(allowed: readonly string[]): void {
+    for (const k of Object.keys(this.o)) if (!allowed.includes(k)) throw new Bad(`${this.what}: unknown field "${k.length > 32 ? `${k.slice(0, 32)}…` : k}"`);
+  }
+  private has(k: string): boolean {
+    return own(this.o, k) && this.o[k] !== undefined && this.o[k] !== null;
+  }
+  str(k: string, max: number, re?: RegExp): string {
+    const v = own(this.o, k) ? this.o[k] : undefined;
+    if (typeof v !== 'string' || v.length === 0 || v.length > max || (re && !re.test(v))) throw new Bad(`${this.what}: "${k}" must be ${re ? 'a valid name' : `a string of 1 to ${max} characters`}`);
+    return v;
+  }
+  optStr(k: string, max: number, re?: RegExp): string | null {
+    return this.has(k) ? this.str(k, max, re) : null;
+  }
+  num(k: string, min: number, max: number, whole = true): number {
+    const v = own(this.o, k) ? this.o[k] : undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max || (whole && !Number.isInteger(v))) throw new Bad(`${this.what}: "${k}" must be ${whole ? 'a whole number' : 'a number'} from ${min} to ${max}`);
+    return v;
+  }
+  bool(k: string): boolean {
+    const v = own(this.o, k) ? this.o[k] : undefined;
+    if (typeof v !== 'boolean') throw new Bad(`${this.what}: "${k}" must be true or false`);
+    return v;
+  }
+  bytes(k: string, max: number): Uint8Array {
+    const v = own(this.o, k) ? this.o[k] : undefined;
+    if (!(v instanceof Uint8Array) || v.length > max) throw new Bad(`${this.what}: "${k}" must be bytes, at most ${max}`);
+    return v;
+  }
+  list<T>(k: string, max: number, each: (v: unknown, i: number) => T): T[] {
+    const v = own(this.o, k) ? this.o[k] : undefined;
+    if (!Array.isArray(v) || v.length > max) throw new Bad(`${this.what}: "${k}" must be a list of at most ${max}`);
+    return v.map(each);
+  }
+  map(k: string): Record<string, unknown> {
+    const v = own(this.o, k) ? this.o[k] : undefined;
+    if (!isPlainObject(v)) throw new Bad(`${this.what}: "${k}" must be a map`);
+    return v;
+  }
+}
+
+function fieldsOf(v: unknown, what: string): Fields {
+  if (!isPlainObject(v)) throw new Bad(`${what} must be a map`);
+  return new Fields(v, what);
+}
+
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+/** A dotted IPv4 address. */
+export function isIpv4(s: unknown): s is string {
+  return typeof s === 'string' && IPV4_RE.test(s);
+}
+
+function hostName(f: Fields, k: string): string {
+  return f.str(k, 10, CLUSTER_HOST_RE);
+}
+
+function decodeHealth(v: unknown, i: number): PeerHealth {
+  const f = fieldsOf(v, `health[${i}]`);
+  f.only(['name', 'state', 'rttMs', 'missed']);
+  const state = f.str('state', 8);
+  if (state !== 'up' && state !== 'down' && state !== 'unknown') throw new Bad(`health[${i}]: "state" must be up, down or unknown`);
+  const rtt = (v as Record<string, unknown>).rttMs;
+  return { name: hostName(f, 'name'), state, rttMs: rtt === null || rtt === undefined ? null : f.num('rttMs', 0, 3_600_000, false), missed: f.num('missed', 0, Number.MAX_SAFE_INTEGER) };
+}
+
+/** A link change: each impairment a number in range, or null to clear it; and an optional seed. */
+export function decodeLinkChange(v: unknown): Decoded<LinkChange> {
+  return catching(() => linkChangeOf(v));
+}
+
+function linkChangeOf(v: unknown): LinkChange {
+  const f = fieldsOf(v, 'change');
+  f.only([...IMPAIRMENT_KEYS, 'seed']);
+  const o = v as Record<string, unknown>;
+  const out: LinkChange = {};
+  const limits: Record<(typeof IMPAIRMENT_KEYS)[number], [number, number]> = {
+    delayMs: [0, LINK_MAX_DELAY_MS], jitterMs: [0, LINK_MAX_DELAY_MS], rateBps: [1, LINK_MAX_RATE_BPS], lossPercent: [0, 100],
+  };
+  for (const k of IMPAIRMENT_KEYS) {
+    if (!own(o, k) || o[k] === undefined) continue;
+    out[k] = o[k] === null ? null : f.num(k, limits[k][0], limits[k][1], false);
+  }
+  if (own(o, 'seed') && o.seed !== undefined && o.seed !== null) out.seed = f.num('seed', 0, 0xffffffff);
+  return out;
+}
+
+/** Reads the envelope (`v`, `id`, `op`) of a frame; the id is 0 when none could be read. */
+function envelope(bytes: Uint8Array, ops: readonly string[]): { o: Record<string, unknown>; f: Fields; id: number; op: string } {
+  if (bytes.length > CLUSTER_FRAME_MAX_BYTES) throw new Bad(`a frame of ${bytes.length} bytes is over ${CLUSTER_FRAME_MAX_BYTES}`);
+  let v: unknown;
+  try {
+    v = decode(bytes);
+  } catch {
+    throw new Bad('not msgpack');
+  }
+  const f = fieldsOf(v, 'a request');
+  const o = v as Record<string, unknown>;
+  const id = typeof o.id === 'number' && Number.isSafeInteger(o.id) && o.id > 0 ? o.id : 0;
+  if (id === 0) throw new Bad('a request needs a positive whole "id"');
+  if (o.v !== CLUSTER_WIRE_VERSION) throw Object.assign(new Bad(`cluster wire version ${typeof o.v === 'number' ? o.v : '?'} is not ${CLUSTER_WIRE_VERSION}`), { id });
+  const op = typeof o.op === 'string' && ops.includes(o.op) ? o.op : null;
+  if (op === null) throw Object.assign(new Bad(`unknown operation${typeof o.op === 'string' ? ` "${o.op.slice(0, 32)}"` : ''}`), { id });
+  return { o, f, id, op };
+}
+
+function catching<T>(fn: () => T): Decoded<T> {
+  try {
+    return { ok: true, value: fn() };
+  } catch (e) {
+    if (e instanceof Bad) return { ok: false, id: (e as { id?: number }).id ?? 0, message: e.message };
+    throw e;
+  }
+}
+
+const FABRIC_OPS = ['join', 'peers', 'status', 'linkSet', 'linkCut', 'linkHeal', 'linkReset', 'leave'] as const;
+
+/** The fabric's one checking decoder of a request frame. */
+export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
+  let id = 0;
+  return catching(() => {
+    const env = envelope(bytes, FABRIC_OPS);
+    id = env.id;
+    try {
+      const { f } = env;
+      const base = { v: CLUSTER_WIRE_VERSION, id };
+      switch (env.op as (typeof FABRIC_OPS)[number]) {
+        case 'join':
+          f.only(['v', 'id', 'op', 'name', 'address', 'peerPort', 'mgmtPort', 'lps', 'local']);
+          {
+            const address = f.str('address', 15);
+            if (!isIpv4(address)) throw new Bad('join: "address" must be an IPv4 address');
+            return { ...base, op: 'join', name: hostName(f, 'name'), address, peerPort: f.num('peerPort', 1, 65535), mgmtPort: f.num('mgmtPort', 1, 65535), lps: f.num('lps', 1, 1024), local: f.bool('local') };
+          }
+        case 'peers':
+          f.only(['v', 'id', 'op', 'name', 'health']);
+          return { ...base, op: 'peers', name: hostName(f, 'name'), health: f.list('health', CLUSTER_MAX_MEMBERS, decodeHealth) };
+        case 'status':
+          f.only(['v', 'id', 'op']);
+          return { ...base, op: 'status' };
+        case 'linkSet':
+          f.only(['v', 'id', 'op', 'a', 'b', 'change']);
+          return { ...base, op: 'linkSet', a: hostName(f, 'a'), b: hostName(f, 'b'), change: linkChangeOf(f.map('change')) };
+        case 'linkCut':
+        case 'linkHeal':
+          f.only(['v', 'id', 'op', 'a', 'b']);
+          return { ...base, op: env.op as 'linkCut' | 'linkHeal', a: hostName(f, 'a'), b: hostName(f, 'b') };
+        case 'linkReset':
+          f.only(['v', 'id', 'op', 'a', 'b']);
+          return { ...base, op: 'linkReset', a: f.optStr('a', 10, CLUSTER_HOST_RE), b: f.optStr('b', 10, CLUSTER_HOST_RE) };
+        case 'leave':
+          f.only(['v', 'id', 'op', 'name']);
+          return { ...base, op: 'leave', name: hostName(f, 'name') };
+      }
+    } catch (e) {
+      if (e instanceof Bad) (e as { id?: number }).id = id;
+      throw e;
+    }
+  });
+}
+
+/** A host's peer service's one checking decoder of a request frame. */
+export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
+  let id = 0;
+  return catching(() => {
+    const env = envelope(bytes, ['ping', 'sink']);
+    id = env.id;
+    try {
+      const { f } = env;
+      if (env.op === 'ping') {
+        f.only(['v', 'id', 'op', 'from', 't']);
+        return { v: CLUSTER_WIRE_VERSION, id, op: 'ping', from: hostName(f, 'from'), t: f.num('t', 0, Number.MAX_SAFE_INTEGER, false) };
+      }
+      f.only(['v', 'id', 'op', 'from', 'data']);
+      return { v: CLUSTER_WIRE_VERSION, id, op: 'sink', from: hostName(f, 'from'), data: f.bytes('data', SINK_CHUNK_MAX_BYTES) };
+    } catch (e) {
+      if (e instanceof Bad) (e as { id?: number }).id = id;
+      throw e;
+    }
+  });
+}
+
+function decodeLinkView(v: unknown, i: number): LinkView {
+  const f = fieldsOf(v, `links[${i}]`);
+  f.only(['a', 'b', ...IMPAIRMENT_KEYS, 'cut', 'seed', 'bytes', 'lost', 'connections']);
+  const change = linkChangeOf(Object.fromEntries(IMPAIRMENT_KEYS.filter((k) => own(v as object, k)).map((k) => [k, (v as Record<string, unknown>)[k]])));
+  const out: LinkView = {
+    a: hostName(f, 'a'), b: hostName(f, 'b'), cut: f.bool('cut'), seed: f.num('seed', 0, 0xffffffff),
+    bytes: f.list('bytes', 2, (x) => (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 ? x : 0)) as [number, number],
+    lost: f.num('lost', 0, Number.MAX_SAFE_INTEGER), connections: f.num('connections', 0, Number.MAX_SAFE_INTEGER),
+  };
+  if (out.bytes.length !== 2) throw new Bad(`links[${i}]: "bytes" must be two counts`);
+  for (const k of IMPAIRMENT_KEYS) if (typeof change[k] === 'number') out[k] = change[k] as number;
+  return out;
+}
+
+function decodeMember(v: unknown, i: number): FabricMember {
+  const f = fieldsOf(v, `members[${i}]`);
+  f.only(['name', 'address', 'peerPort', 'mgmtPort', 'lps', 'local', 'lastSeenMs', 'peers']);
+  const address = f.str('address', 15);
+  if (!isIpv4(address)) throw new Bad(`members[${i}]: "address" must be an IPv4 address`);
+  return {
+    name: hostName(f, 'name'), address, peerPort: f.num('peerPort', 1, 65535), mgmtPort: f.num('mgmtPort', 1, 65535), lps: f.num('lps', 1, 1024),
+    local: f.bool('local'), lastSeenMs: f.num('lastSeenMs', 0, Number.MAX_SAFE_INTEGER, false), peers: f.list('peers', CLUSTER_MAX_MEMBERS, decodeHealth),
+  };
+}
+
+/** The fabric's `status` result, checked. */
+export function decodeFabricStatus(v: unknown): Decoded<FabricStatus> {
+  return catching(() => {
+    const f = fieldsOf(v, 'fabric status');
+    f.only(['cluster', 'members', 'links', 'refused']);
+    return { cluster: f.str('cluster', 64), members: f.list('members', CLUSTER_MAX_MEMBERS, decodeMember), links: f.list('links', CLUSTER_MAX_MEMBERS * CLUSTER_MAX_MEMBERS, decodeLinkView), refused: f.num('refused', 0, Number.MAX_SAFE_INTEGER) };
+  });
+}
+
+/** One link's view (a `linkSet`/`linkCut`/`linkHeal` result), checked. */
+export function decodeLinkResult(v: unknown): Decoded<LinkView> {
+  return catching(() => decodeLinkView(v, 0));
+}
+
+/** The fabric's answer to `join` and `peers`: the cluster's name and the host's peer book. */
+export function decodePeerBook(v: unknown): Decoded<{ cluster: string; peers: PeerBookEntry[] }> {
+  return catching(() => {
+    const f = fieldsOf(v, 'peer book');
+    f.only(['cluster', 'peers']);
+    return {
+      cluster: f.str('cluster', 64),
+      peers: f.list('peers', CLUSTER_MAX_MEMBERS, (p, i) => {
+        const g = fieldsOf(p, `peers[${i}]`);
+        g.only(['name', 'port', 'address', 'peerPort']);
+        const address = g.str('address', 15);
+        if (!isIpv4(address)) throw new Bad(`peers[${i}]: "address" must be an IPv4 address`);
+        return { name: hostName(g, 'name'), port: g.num('port', 1, 65535), address, peerPort: g.num('peerPort', 1, 65535) };
+      }),
+    };
+  });
+}
+
+// ---- the cluster key file ----------------------------------------------------------------------
+
+/** The cluster's CURVE key pair, shared by its members: holding the secret key is membership. */
+export interface ClusterKey {
+  version: 1;
+  cluster: string;
+  /** Z85, 40 characters each. */
+  publicKey: string;
+  secretKey: string;
+}
+
+const Z85_RE = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+export const CLUSTER_KEY_MAX_BYTES = 4096;
+
+/** The one checking decoder of a cluster key file's text. */
+export function decodeClusterKey(text: string): Decoded<ClusterKey> {
+  return catching(() => {
+    if (text.length > CLUSTER_KEY_MAX_BYTES) throw new Bad(`a key file is at most ${CLUSTER_KEY_MAX_BYTES} bytes`);
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      throw new Bad('a key file is JSON, as "cluster up" writes it');
+    }
+    const f = fieldsOf(v, 'the key file');
+    f.only(['version', 'cluster', 'publicKey', 'secretKey']);
+    if ((v as Record<string, unknown>).version !== 1) throw new Bad('the key file: "version" must be 1');
+    const publicKey = f.str('publicKey', 40);
+    const secretKey = f.str('secretKey', 40);
+    if (!Z85_RE.test(publicKey) || !Z85_RE.test(secretKey)) throw new Bad('the key file: "publicKey" and "secretKey" must be Z85 CURVE keys (40 characters)');
+    return { version: 1, cluster: f.str('cluster', 64), publicKey, secretKey };
+  });
+}
+
+// ---- ZAP (RFC 27) requests, as libzmq hands them to a handler ------------------------------------
+
+export interface ZapRequest {
+  requestId: Uint8Array;
+  domain: string;
+  address: string;
+  mechanism: string;
+  /** CURVE: the client's long-term public key (32 bytes). */
+  clientKey: Uint8Array | null;
+}
+
+/** A ZAP request's frames, checked; null when they are not one. */
+export function decodeZapRequest(frames: readonly Uint8Array[]): ZapRequest | null {
+  if (frames.length < 6 || frames.length > 8) return null;
+  const text = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
+  if (text(frames[0]!) !== '1.0') return null;
+  if (frames[1]!.length > 255 || frames[2]!.length > 255 || frames[3]!.length > 255) return null;
+  const mechanism = text(frames[5]!);
+  const key = mechanism === 'CURVE' && frames.length === 7 && frames[6]!.length === 32 ? frames[6]! : null;
+  return { requestId: frames[1]!, domain: text(frames[2]!), address: text(frames[3]!), mechanism, clientKey: key };
+}
+
+/** Z85 decoding of a 40-character CURVE key into its 32 bytes; null when it is not one. */
+export function z85Decode(s: string): Uint8Array | null {
+  if (!Z85_RE.test(s)) return null;
+  const alphabet = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 8; i++) {
+    let v = 0;
+    for (let j = 0; j < 5; j++) v = v * 85 + alphabet.indexOf(s[i * 5 + j]!);
+    if (v > 0xffffffff) return null;
+    out[i * 4] = (v >>> 24) & 0xff;
+    out[i * 4 + 1] = (v >>> 16) & 0xff;
+    out[i * 4 + 2] = (v >>> 8) & 0xff;
+    out[i * 4 + 3] = v & 0xff;
+  }
+  return out;
+}

@@ -1,0 +1,101 @@
+/**
+ * The cluster wire (cluster.ts): each decoder takes what a member really sends and refuses the rest
+ * with a sentence; none throws on anything (seeded fuzz of frames, mutated valid frames, results of
+ * any shape, key files and ZAP frames); a decoded value never carries a field it did not check.
+ */
+import { expect } from 'chai';
+import {
+  decodeFabricRequest, decodePeerRequest, decodeFabricStatus, decodePeerBook, decodeLinkResult, decodeClusterKey, decodeZapRequest, decodeLinkChange,
+  encode, seededRandom, z85Decode, CLUSTER_FRAME_MAX_BYTES,
+} from '../src/index.js';
+
+const ok = { v: 1, id: 7 };
+const KEY = { version: 1, cluster: 'lab', publicKey: 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7', secretKey: 'JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6' };
+
+describe('cluster wire', () => {
+  it('decodes what members send', () => {
+    const join = decodeFabricRequest(encode({ ...ok, op: 'join', name: 'h1', address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true }));
+    expect(join).to.deep.equal({ ok: true, value: { ...ok, op: 'join', name: 'h1', address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true } });
+    const set = decodeFabricRequest(encode({ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { delayMs: 20, rateBps: null, seed: 9 } }));
+    expect(set.ok && set.value).to.deep.include({ op: 'linkSet', change: { delayMs: 20, rateBps: null, seed: 9 } });
+    const reset = decodeFabricRequest(encode({ ...ok, op: 'linkReset', a: null, b: null }));
+    expect(reset.ok && reset.value).to.deep.include({ a: null, b: null });
+    const peers = decodeFabricRequest(encode({ ...ok, op: 'peers', name: 'h2', health: [{ name: 'h1', state: 'up', rttMs: 0.4, missed: 0 }] }));
+    expect(peers.ok).to.equal(true);
+    const ping = decodePeerRequest(encode({ ...ok, op: 'ping', from: 'h1', t: 12 }));
+    expect(ping).to.deep.equal({ ok: true, value: { ...ok, op: 'ping', from: 'h1', t: 12 } });
+    const sink = decodePeerRequest(encode({ ...ok, op: 'sink', from: 'h1', data: Buffer.alloc(10) }));
+    expect(sink.ok && sink.value.op === 'sink' && sink.value.data.length).to.equal(10);
+    expect(decodeClusterKey(JSON.stringify(KEY))).to.deep.equal({ ok: true, value: KEY });
+    expect(z85Decode(KEY.publicKey)?.length).to.equal(32);
+  });
+
+  it('refuses what is not, with a sentence and the id when one could be read', () => {
+    const cases: Array<[unknown, RegExp, number]> = [
+      [{ ...ok, op: 'join', name: 'H1', address: '10.1.2.3', peerPort: 1, mgmtPort: 1, lps: 1, local: true }, /"name" must be a valid name/, 7],
+      [{ ...ok, op: 'join', name: 'h1', address: '10.1.2.300', peerPort: 1, mgmtPort: 1, lps: 1, local: true }, /IPv4/, 7],
+      [{ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { delayMs: -1 } }, /"delayMs" must be a number from 0/, 7],
+      [{ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { bogus: 1 } }, /unknown field "bogus"/, 7],
+      [{ ...ok, op: 'status', extra: 1 }, /unknown field "extra"/, 7],
+      [{ ...ok, op: 'nope' }, /unknown operation "nope"/, 7],
+      [{ v: 2, id: 3, op: 'status' }, /version 2 is not 1/, 3],
+      [{ v: 1, op: 'status' }, /positive whole "id"/, 0],
+      [[1, 2], /must be a map/, 0],
+    ];
+    for (const [v, re, id] of cases) {
+      const d = decodeFabricRequest(encode(v));
+      expect(d.ok, JSON.stringify(v)).to.equal(false);
+      if (!d.ok) {
+        expect(d.message).to.match(re);
+        expect(d.id).to.equal(id);
+      }
+    }
+    expect(decodeFabricRequest(Buffer.alloc(CLUSTER_FRAME_MAX_BYTES + 1)).ok).to.equal(false);
+    expect(decodePeerRequest(encode({ ...ok, op: 'sink', from: 'h1', data: 'text' })).ok).to.equal(false);
+    expect(decodeClusterKey('{"version":1,"cluster":"x","publicKey":"short","secretKey":"short"}').ok).to.equal(false);
+    expect(decodeClusterKey('not json').ok).to.equal(false);
+    expect(decodeLinkChange({ lossPercent: 101 }).ok).to.equal(false);
+    expect(decodeLinkChange({ lossPercent: 1 })).to.deep.equal({ ok: true, value: { lossPercent: 1 } });
+  });
+
+  it('never throws on anything (seeded fuzz: random and mutated frames, results of any shape, key files, ZAP frames)', () => {
+    const next = seededRandom(0xc105);
+    const valid = [
+      encode({ ...ok, op: 'join', name: 'h1', address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true }),
+      encode({ ...ok, op: 'peers', name: 'h2', health: [{ name: 'h1', state: 'up', rttMs: 0.4, missed: 0 }] }),
+      encode({ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { delayMs: 20 } }),
+      encode({ ...ok, op: 'ping', from: 'h1', t: 1 }),
+      encode({ ...ok, op: 'sink', from: 'h1', data: Buffer.alloc(8) }),
+    ];
+    const status = { cluster: 'lab', members: [{ name: 'h1', address: '10.0.0.1', peerPort: 1, mgmtPort: 2, lps: 1, local: true, lastSeenMs: 3, peers: [] }], links: [{ a: 'h1', b: 'h2', cut: false, seed: 1, bytes: [1, 2], lost: 0, connections: 1, delayMs: 5 }], refused: 0 };
+    expect(decodeFabricStatus(status).ok).to.equal(true);
+    expect(decodePeerBook({ cluster: 'lab', peers: [{ name: 'h2', port: 4000, address: '10.0.0.2', peerPort: 7742 }] }).ok).to.equal(true);
+    const shapes: unknown[] = [null, 1, 'x', [], {}, { toString: 5 }, Buffer.alloc(3), { cluster: 1 }, status, { ...status, members: [null] }, { ...status, links: [{ ...status.links[0], bytes: [1] }] }];
+    for (let i = 0; i < 5000; i++) {
+      const pick = valid[Math.floor(next() * valid.length)]!;
+      const b = Buffer.from(pick);
+      for (let k = 0; k < 1 + Math.floor(next() * 4); k++) b[Math.floor(next() * b.length)] = Math.floor(next() * 256);
+      const rnd = Buffer.alloc(Math.floor(next() * 64));
+      for (let k = 0; k < rnd.length; k++) rnd[k] = Math.floor(next() * 256);
+      for (const f of [b, rnd]) {
+        expect(() => decodeFabricRequest(f)).to.not.throw();
+        expect(() => decodePeerRequest(f)).to.not.throw();
+        expect(() => decodeZapRequest([f, f, f, f, f, f, f])).to.not.throw();
+        expect(() => decodeClusterKey(f.toString('latin1'))).to.not.throw();
+      }
+      const shape = shapes[Math.floor(next() * shapes.length)];
+      expect(() => decodeFabricStatus(shape)).to.not.throw();
+      expect(() => decodePeerBook(shape)).to.not.throw();
+      expect(() => decodeLinkResult(shape)).to.not.throw();
+    }
+  });
+
+  it('reads ZAP requests as libzmq frames them, and nothing else', () => {
+    const f = (s: string): Buffer => Buffer.from(s);
+    const key = Buffer.alloc(32, 1);
+    expect(decodeZapRequest([f('1.0'), f('7'), f('hvlab-cluster'), f('10.0.0.1'), f(''), f('CURVE'), key])).to.deep.include({ domain: 'hvlab-cluster', address: '10.0.0.1', mechanism: 'CURVE' });
+    expect(decodeZapRequest([f('1.0'), f('7'), f(''), f(''), f(''), f('NULL')])!.clientKey).to.equal(null);
+    expect(decodeZapRequest([f('2.0'), f('7'), f(''), f(''), f(''), f('NULL')])).to.equal(null);
+    expect(decodeZapRequest([f('1.0')])).to.equal(null);
+  });
+});

@@ -1,0 +1,257 @@
+/**
+ * A host's membership of a cluster, run by its root (as Hyper-V's cluster service runs in the
+ * root partition). Configured by the environment that `cluster up` or `up --join` gives the host:
+ *   HVLAB_CLUSTER_FABRIC  the fabric's address:port     HVLAB_CLUSTER_KEY   the key file
+ *   HVLAB_CLUSTER_HOST    this host's name              HVLAB_HOST_ADDRESS  this host's address
+ *   HVLAB_CLUSTER_LOCAL   1 for a host of the file      HVLAB_PEER_PORT, HVLAB_MGMT_TCP_PORT
+ *
+ * It serves, with CURVE (only holders of the cluster's key get in):
+ *   - the peer service on address:peerPort: heartbeats (`ping`) and bulk bytes (`sink`) from peers;
+ *   - the management API on address:mgmtPort, for CLIs on other machines (`--host` of a joined host);
+ * and it joins the fabric, then every heartbeat period (1 s) refreshes its peer book (reporting
+ * its heartbeat table) and pings every peer through the port of their link. A peer is down after
+ * 10 heartbeats in a row without an answer (Hyper-V's same-subnet default). Until the fabric
+ * answers a join, the host keeps trying; it runs its VMs regardless.
+ */
+import {
+  CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
+  decodePeerBook, decodePeerRequest, isIpv4,
+  type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type PeerBookEntry, type PeerHealth, type PeerRequest,
+} from '@hvlab/protocol';
+import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
+import type { Logger } from 'pino';
+import { MgmtFailure } from './config.js';
+import { MgmtServer, type MgmtHandler } from './mgmt.js';
+
+export interface MemberConfig {
+  host: string;
+  address: string;
+  fabric: string;
+  key: ClusterKey;
+  local: boolean;
+  peerPort: number;
+  mgmtPort: number;
+  lps: number;
+}
+
+/** The membership configuration in `env`, or null when this host is not a cluster's; throws a sentence when it is wrong. */
+export function memberConfigFromEnv(env: NodeJS.ProcessEnv, lps: number): MemberConfig | null {
+  const fabric = env.HVLAB_CLUSTER_FABRIC;
+  if (!fabric) return null;
+  const host = env.HVLAB_CLUSTER_HOST ?? '';
+  const address = env.HVLAB_HOST_ADDRESS ?? '';
+  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(fabric);
+  if (!m || !isIpv4(m[1]) || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new Error(`HVLAB_CLUSTER_FABRIC must be ADDRESS:PORT, not "${fabric}"`);
+  if (!/^[a-z][a-z0-9-]{0,9}$/.test(host)) throw new Error(`HVLAB_CLUSTER_HOST must be a host name, not "${host}"`);
+  if (!isIpv4(address)) throw new Error(`HVLAB_HOST_ADDRESS must be an IPv4 address, not "${address}"`);
+  const port = (v: string | undefined, d: number, what: string): number => {
+    if (v === undefined || v === '') return d;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`${what} must be a TCP port, not "${v}"`);
+    return n;
+  };
+  return {
+    host, address, fabric, key: readClusterKey(env.HVLAB_CLUSTER_KEY ?? ''), local: env.HVLAB_CLUSTER_LOCAL === '1',
+    peerPort: port(env.HVLAB_PEER_PORT, DEFAULT_PEER_PORT, 'HVLAB_PEER_PORT'), mgmtPort: port(env.HVLAB_MGMT_TCP_PORT, DEFAULT_MGMT_TCP_PORT, 'HVLAB_MGMT_TCP_PORT'), lps,
+  };
+}
+
+interface Peer {
+  entry: PeerBookEntry;
+  client: RpcClient;
+  health: PeerHealth;
+}
+
+/** Bytes of one bulk chunk, and chunks in flight, of a probe. */
+const PROBE_CHUNK = 256 * 1024;
+const PROBE_WINDOW = 8;
+
+export class ClusterMember {
+  private readonly peerServer: RpcServer<PeerRequest>;
+  private readonly mgmtTcp: MgmtServer;
+  private readonly fabric: RpcClient;
+  private readonly peers = new Map<string, Peer>();
+  private timer: NodeJS.Timeout | null = null;
+  private cluster = '';
+  private fabricState: HostClusterInfo['fabricState'] = 'joining';
+  private joined = false;
+  private closed = false;
+  private tickRunning = false;
+
+  constructor(private readonly cfg: MemberConfig, private readonly log: Logger, mgmt: MgmtHandler) {
+    this.peerServer = new RpcServer(decodePeerRequest, (r) => this.servePeer(r), curveServerOptions(cfg.key));
+    this.mgmtTcp = new MgmtServer(mgmt, (e) => log.error({ err: e }, 'remote management request failed'), curveServerOptions(cfg.key));
+    this.fabric = new RpcClient(`tcp://${cfg.fabric}`, curveClientOptions(cfg.key));
+  }
+
+  async start(): Promise<void> {
+    await startZapHandler(this.cfg.key, (address, why) => this.log.warn({ address, why }, 'refused a connection without the cluster\'s key'));
+    await this.peerServer.bind(`tcp://${this.cfg.address}:${this.cfg.peerPort}`);
+    await this.mgmtTcp.bind(`tcp://${this.cfg.address}:${this.cfg.mgmtPort}`);
+    void this.peerServer.serve();
+    void this.mgmtTcp.serve();
+    this.log.info({ host: this.cfg.host, address: this.cfg.address, fabric: this.cfg.fabric }, 'cluster member serving');
+    void this.tick();
+    this.timer = setInterval(() => void this.tick(), HEARTBEAT_MS);
+  }
+
+  private servePeer(r: PeerRequest): unknown {
+    if (r.op === 'ping') return { pong: this.cfg.host, t: r.t };
+    return { n: r.data.length };
+  }
+
+  /** One heartbeat period: join or refresh the peer book, then ping every peer. */
+  private async tick(): Promise<void> {
+    if (this.tickRunning || this.closed) return;
+    this.tickRunning = true;
+    try {
+      await this.refresh();
+      for (const p of this.peers.values()) void this.heartbeat(p);
+    } finally {
+      this.tickRunning = false;
+    }
+  }
+
+  private async refresh(): Promise<void> {
+    const body = this.joined
+      ? { op: 'peers', name: this.cfg.host, health: [...this.peers.values()].map((p) => p.health) }
+      : { op: 'join', name: this.cfg.host, address: this.cfg.address, peerPort: this.cfg.peerPort, mgmtPort: this.cfg.mgmtPort, lps: this.cfg.lps, local: this.cfg.local };
+    let result: unknown;
+    try {
+      result = await this.fabric.call(body, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
+    } catch (e) {
+      if (e instanceof RpcFailure && e.code === 'NotMember') this.joined = false;
+      if (this.fabricState !== 'unreachable' && this.joined) this.log.warn({ err: (e as Error).message }, 'the cluster fabric did not answer');
+      if (this.joined) this.fabricState = 'unreachable';
+      else if (e instanceof RpcFailure && e.code !== 'Timeout') {
+        this.fabricState = 'unreachable';
+        this.log.error({ err: e.message }, 'the cluster fabric refused this host');
+      }
+      return;
+    }
+    const d = decodePeerBook(result);
+    if (!d.ok) {
+      this.log.warn({ err: d.message }, 'the fabric sent a peer book that does not decode');
+      return;
+    }
+    if (!this.joined) this.log.info({ cluster: d.value.cluster, peers: d.value.peers.map((p) => p.name) }, 'joined the cluster');
+    this.joined = true;
+    this.fabricState = 'joined';
+    this.cluster = d.value.cluster;
+    this.applyBook(d.value.peers);
+  }
+
+  private applyBook(book: PeerBookEntry[]): void {
+    const names = new Set(book.map((b) => b.name));
+    for (const [n, p] of this.peers) {
+      if (!names.has(n)) {
+        p.client.close();
+        this.peers.delete(n);
+      }
+    }
+    const host = /^(\d+\.\d+\.\d+\.\d+):/.exec(this.cfg.fabric)![1];
+    for (const b of book) {
+      const old = this.peers.get(b.name);
+      if (old && old.entry.port === b.port) {
+        old.entry = b;
+        continue;
+      }
+      old?.client.close();
+      // The link's port is on the fabric, at the address this host reaches the fabric by.
+      this.peers.set(b.name, { entry: b, client: new RpcClient(`tcp://${host}:${b.port}`, curveClientOptions(this.cfg.key)), health: old?.health ?? { name: b.name, state: 'unknown', rttMs: null, missed: 0 } });
+    }
+  }
+
+  private async heartbeat(p: Peer): Promise<void> {
+    const t0 = performance.now();
+    try {
+      await p.client.call({ op: 'ping', from: this.cfg.host, t: Date.now() }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
+      const was = p.health.state;
+      p.health = { name: p.entry.name, state: 'up', rttMs: Math.round((performance.now() - t0) * 1000) / 1000, missed: 0 };
+      if (was === 'down') this.log.info({ peer: p.entry.name }, 'peer is up again');
+    } catch {
+      const missed = p.health.missed + 1;
+      const state = missed >= HEARTBEAT_MISSES_DOWN ? 'down' : p.health.state;
+      if (state === 'down' && p.health.state !== 'down') this.log.warn({ peer: p.entry.name, missed }, 'peer is down');
+      p.health = { ...p.health, missed, state };
+    }
+  }
+
+  info(): HostClusterInfo {
+    return {
+      cluster: this.cluster, name: this.cfg.host, address: this.cfg.address, fabric: this.cfg.fabric, fabricState: this.fabricState,
+      peers: [...this.peers.values()].map((p) => p.health).sort((a, b) => (a.name < b.name ? -1 : 1)), refused: zapRefused(),
+    };
+  }
+
+  /** Round trips and a bulk transfer to a peer, through its link (or directly, past it). */
+  async probe(args: MgmtArgs['linkProbe']): Promise<LinkProbeResult> {
+    // A peer that joined since the last refresh is in the fabric's book already: ask now.
+    if (!this.peers.has(args.peer)) await this.refresh();
+    const p = this.peers.get(args.peer);
+    if (!p) throw new MgmtFailure('NotFound', `${this.cfg.host} has no link to ${args.peer}${this.peers.size ? ` (peers: ${[...this.peers.keys()].join(', ')})` : this.joined ? ' (it has no peers)' : ' (it has not joined its cluster yet)'}`);
+    const direct = args.direct === true;
+    const fabricHost = /^(\d+\.\d+\.\d+\.\d+):/.exec(this.cfg.fabric)![1];
+    const via = direct ? `${p.entry.address}:${p.entry.peerPort}` : `${fabricHost}:${p.entry.port}`;
+    const timeoutMs = args.timeoutMs ?? 5000;
+    const c = new RpcClient(`tcp://${via}`, curveClientOptions(this.cfg.key));
+    const call = (body: Record<string, unknown>): Promise<unknown> => c.call(body, timeoutMs, CLUSTER_WIRE_VERSION);
+    try {
+      // The connection (and its CURVE handshake) first, not counted.
+      try {
+        await call({ op: 'ping', from: this.cfg.host, t: Date.now() });
+      } catch (e) {
+        throw new MgmtFailure('Unreachable', `${args.peer} did not answer through ${direct ? 'its own address' : 'the link'} (${via}) within ${timeoutMs} ms: ${(e as Error).message}`);
+      }
+      const rttMs: number[] = [];
+      let lostPings = 0;
+      for (let i = 0; i < (args.pings ?? 10); i++) {
+        const t0 = performance.now();
+        try {
+          await call({ op: 'ping', from: this.cfg.host, t: Date.now() });
+          rttMs.push(Math.round((performance.now() - t0) * 1000) / 1000);
+        } catch {
+          lostPings++;
+        }
+      }
+      const bytes = args.bytes ?? 0;
+      let seconds = 0;
+      if (bytes > 0) {
+        const chunk = Buffer.alloc(Math.min(PROBE_CHUNK, SINK_CHUNK_MAX_BYTES, bytes), 0x5a);
+        let sent = 0;
+        const t0 = performance.now();
+        const inFlight = new Set<Promise<unknown>>();
+        try {
+          while (sent < bytes) {
+            const n = Math.min(chunk.length, bytes - sent);
+            sent += n;
+            const pr = call({ op: 'sink', from: this.cfg.host, data: n === chunk.length ? chunk : chunk.subarray(0, n) });
+            inFlight.add(pr);
+            void pr.then(() => inFlight.delete(pr), () => inFlight.delete(pr));
+            if (inFlight.size >= PROBE_WINDOW) await Promise.race(inFlight);
+          }
+          await Promise.all(inFlight);
+        } catch (e) {
+          throw new MgmtFailure('Unreachable', `the bulk transfer to ${args.peer} did not finish: ${(e as Error).message}`);
+        }
+        seconds = (performance.now() - t0) / 1000;
+      }
+      return { from: this.cfg.host, peer: args.peer, via, direct, rttMs, lostPings, bytes, seconds, bitsPerSecond: seconds > 0 ? (bytes * 8) / seconds : 0 };
+    } finally {
+      c.close();
+    }
+  }
+
+  /** Leaves the cluster (telling the fabric, at most 300 ms) and closes every socket. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    if (this.joined) await this.fabric.call({ op: 'leave', name: this.cfg.host }, 300, CLUSTER_WIRE_VERSION).catch(() => undefined);
+    for (const p of this.peers.values()) p.client.close();
+    this.peerServer.close();
+    this.mgmtTcp.close();
+    this.fabric.close();
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * CURVE for a cluster's host-to-host and remote management sockets. A cluster has one key pair
+ * (`cluster up` makes it; `up --join` is given its file): every member's server sockets use it as
+ * their server key, every member's clients use it as their client key, and a ZAP handler lets a
+ * client in only when it proves it holds that key pair. So holding the key file is membership, and a
+ * peer without it is refused: without CURVE it fails the handshake, with another key pair ZAP
+ * answers 400 (the client sees `handshake:error:auth`).
+ *
+ * libzmq asks the ZAP handler of its context (one per process, at `inproc://zeromq.zap.01`)
+ * about every connection to a socket that has a ZAP domain, and, once a handler exists, about
+ * NULL-mechanism connections too: those (this process's own unix sockets, reachable only through
+ * the host's socket directory) are let through as before; CURVE ones must be in the cluster's
+ * domain and carry the cluster's key.
+ */
+import { chmodSync, readFileSync } from 'node:fs';
+import { decodeClusterKey, decodeZapRequest, z85Decode, CLUSTER_ZAP_DOMAIN, CLUSTER_KEY_MAX_BYTES, type ClusterKey } from '@hvlab/protocol';
+import { zmq } from './zmq.js';
+import { writeFileAtomic } from './files.js';
+
+export class ClusterKeyError extends Error {
+  override name = 'ClusterKeyError';
+}
+
+/** A new key pair for cluster `cluster`. */
+export function makeClusterKey(cluster: string): ClusterKey {
+  const kp = zmq.curveKeyPair();
+  return { version: 1, cluster, publicKey: kp.publicKey, secretKey: kp.secretKey };
+}
+
+/** Writes a key file readable by its owner only. */
+export function writeClusterKey(file: string, key: ClusterKey): void {
+  writeFileAtomic(file, JSON.stringify(key, null, 2) + '\n');
+  chmodSync(file, 0o600);
+}
+
+/** Reads and checks a key file; a ClusterKeyError naming the file and what is wrong. */
+export function readClusterKey(file: string): ClusterKey {
+  let text: string;
+  try {
+    const buf = readFileSync(file);
+    if (buf.length > CLUSTER_KEY_MAX_BYTES) throw new ClusterKeyError(`${file} is not a cluster key file (${buf.length} bytes)`);
+    text = buf.toString('utf8');
+  } catch (e) {
+    if (e instanceof ClusterKeyError) throw e;
+    throw new ClusterKeyError(`cannot read the cluster key file ${file}: ${(e as Error).message}`);
+  }
+  const d = decodeClusterKey(text);
+  if (!d.ok) throw new ClusterKeyError(`${file} is not a cluster key file: ${d.message}`);
+  return d.value;
+}
+
+/** Options of a CURVE server socket of the cluster. */
+export function curveServerOptions(key: ClusterKey): { curveServer: true; curveSecretKey: string; curvePublicKey: string; zapDomain: string } {
+  return { curveServer: true, curveSecretKey: key.secretKey, curvePublicKey: key.publicKey, zapDomain: CLUSTER_ZAP_DOMAIN };
+}
+
+/** Options of a CURVE client socket of the cluster (the server's key is the cluster's). */
+export function curveClientOptions(key: ClusterKey): { curveServerKey: string; curvePublicKey: string; curveSecretKey: string } {
+  return { curveServerKey: key.publicKey, curvePublicKey: key.publicKey, curveSecretKey: key.secretKey };
+}
+
+/** This process's ZAP handler, once started. */
+let zap: { sock: zmq.Reply; allowed: Uint8Array; refused: number; onRefuse: ((address: string, why: string) => void) | null } | null = null;
+
+/**
+ * Starts this process's ZAP handler for `key` (once; a second call with the same key is a no-op).
+ * `onRefuse` hears each refused connection (its address and why).
+ */
+export async function startZapHandler(key: ClusterKey, onRefuse?: (address: string, why: string) => void): Promise<void> {
+  const allowed = z85Decode(key.publicKey);
+  if (!allowed) throw new ClusterKeyError('the cluster key is not a Z85 CURVE key');
+  if (zap) {
+    zap.allowed = allowed;
+    zap.onRefuse = onRefuse ?? zap.onRefuse;
+    return;
+  }
+  const sock = new zmq.Reply({ linger: 0 });
+  await sock.bind('inproc://zeromq.zap.01');
+  zap = { sock, allowed, refused: 0, onRefuse: onRefuse ?? null };
+  void serveZap(zap);
+}
+
+/** Connections refused by this process's ZAP handler. */
+export function zapRefused(): number {
+  return zap?.refused ?? 0;
+}
+
+export function stopZapHandler(): void {
+  zap?.sock.close();
+  zap = null;
+}
+
+async function serveZap(z: NonNullable<typeof zap>): Promise<void> {
+  const ok = (id: Uint8Array): Buffer[] => [Buffer.from('1.0'), Buffer.from(id), Buffer.from('200'), Buffer.from('OK'), Buffer.alloc(0), Buffer.alloc(0)];
+  const no = (id: Uint8Array, why: string): Buffer[] => [Buffer.from('1.0'), Buffer.from(id), Buffer.from('400'), Buffer.from(why), Buffer.alloc(0), Buffer.alloc(0)];
+  try {
+    for await (const frames of z.sock) {
+      const r = decodeZapRequest(frames);
+      let answer: Buffer[];
+      if (!r) {
+        // Not a ZAP request: a REP socket must still answer; deny with an empty id.
+        answer = no(new Uint8Array(0), 'malformed ZAP request');
+      } else if (r.mechanism === 'NULL' && r.domain !== CLUSTER_ZAP_DOMAIN) {
+        answer = ok(r.requestId);
+      } else if (r.mechanism === 'CURVE' && r.domain === CLUSTER_ZAP_DOMAIN && r.clientKey !== null && Buffer.from(r.clientKey).equals(Buffer.from(z.allowed))) {
+        answer = ok(r.requestId);
+      } else {
+        const why = r.mechanism !== 'CURVE' ? `${r.mechanism.slice(0, 16)} mechanism` : 'not the cluster\'s key';
+        z.refused++;
+        z.onRefuse?.(r.address, why);
+        answer = no(r.requestId, why);
+      }
+      await z.sock.send(answer);
+    }
+  } catch {
+    /* closed */
+  }
+}

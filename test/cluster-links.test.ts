@@ -1,0 +1,276 @@
+/**
+ * Host-to-host traffic of a cluster with real processes (issue 11): three hosts, each in its own
+ * network namespace where allowed, reach each other only through the fabric's links. Heartbeats
+ * flow between every pair; a link's delay delays a host-to-host round trip by that delay and its
+ * rate limits a bulk transfer to it (each within 20 %, against the same link unimpaired in the same
+ * run); impairments are set independently and reset; a cut link stops traffic (heartbeats are
+ * missed) while other links carry on, and a heal restores it; a peer without the cluster's key is
+ * refused by a host's peer service, its remote management socket and the fabric. Then a host of
+ * "another machine" (a second pair of network namespaces, sharing nothing but the join address and a
+ * copy of the key file) joins and is a host like any other; `cluster down` and `down` leave nothing.
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
+import { hostProcesses } from '@hvlab/host';
+import { zmq } from '@hvlab/runtime';
+import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
+import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+
+const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
+
+type Status = {
+  fabric: { state: string; refused: number; address: string };
+  hosts: Array<{ name: string; state: string; address: string; member: boolean; origin: string; hostId: string; info: HostInfo | null }>;
+  links: Array<{ a: string; b: string; delayMs?: number; rateBps?: number; cut: boolean; seed: number; applied: boolean }>;
+};
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** What a client with `opts` hears from `endpoint`: an answer, an authentication error, or nothing. */
+async function knock(endpoint: string, opts: Record<string, unknown>): Promise<'answered' | 'auth-refused' | 'no-answer'> {
+  const d = new zmq.Dealer({ linger: 0, ...opts } as never);
+  let refused = false;
+  d.events.on('handshake:error:auth', () => (refused = true));
+  d.connect(endpoint);
+  d.receiveTimeout = 1500;
+  try {
+    await d.send(encode({ v: 1, id: 1, op: 'status' }));
+    await d.receive();
+    return 'answered';
+  } catch {
+    return refused ? 'auth-refused' : 'no-answer';
+  } finally {
+    d.close();
+  }
+}
+
+describe('cluster links: host-to-host traffic through the link layer', function () {
+  this.timeout(240000);
+  const h = new TestHost();
+  const ids = new Set<string>();
+  let st: Status;
+
+  before(async () => {
+    await h.ok('up', '--hosts', '3', '--lps', '1');
+    st = await h.json<Status>('cluster', 'status');
+    for (const x of st.hosts) ids.add(x.hostId);
+  });
+  after(async () => {
+    await h.run('cluster', 'down');
+    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0, 5000);
+    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+    expect(fabricPids(h.home), 'fabric left').to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+    await h.destroy();
+  });
+
+  const probe = (from: string, to: string, ...more: string[]): Promise<LinkProbeResult> => h.json<LinkProbeResult>('link', 'probe', from, to, ...more);
+
+  it('every host heartbeats every other through its link', async () => {
+    const ok = await eventually(async () => {
+      const s = await h.json<Status>('cluster', 'status');
+      return s.hosts.every((x) => x.info?.cluster?.peers.length === 2 && x.info.cluster.peers.every((p) => p.state === 'up'));
+    }, 15000);
+    expect(ok, 'all heartbeats up').to.equal(true);
+    const s = await h.json<Status>('cluster', 'status');
+    expect(s.fabric.state).to.equal('up');
+    expect(s.links.map((l) => `${l.a}-${l.b}`)).to.deep.equal(['h1-h2', 'h1-h3', 'h2-h3']);
+    // Heartbeats crossed every link, both ways.
+    const links = (await h.json<Status>('cluster', 'status')).links as unknown as Array<{ bytes: [number, number] }>;
+    for (const l of links) expect(l.bytes[0] > 0 && l.bytes[1] > 0, 'bytes both ways').to.equal(true);
+  });
+
+  it('a link\'s delay delays a host-to-host round trip by that delay (within 20 %), set independently of its rate', async () => {
+    const base = median((await probe('h1', 'h2', '--pings', '9')).rttMs);
+    const set = await h.json<{ delayMs: number }>('link', 'set', 'h1', 'h2', '--delay', '60ms');
+    expect(set.delayMs).to.equal(60);
+    const r = await probe('h1', 'h2', '--pings', '9');
+    expect(r.via).to.match(/^\d+\.\d+\.\d+\.\d+:\d+$/);
+    expect(r.direct).to.equal(false);
+    expect(median(r.rttMs) - base, `round trip ${median(r.rttMs)} ms against ${base} ms unimpaired`).to.be.within(48, 72);
+    // The other direction of the link pays the same; another link does not.
+    expect(median((await probe('h2', 'h1', '--pings', '5')).rttMs) - base).to.be.within(48, 72);
+    expect(median((await probe('h1', 'h3', '--pings', '5')).rttMs)).to.be.below(30);
+    // Setting the rate keeps the delay; clearing the delay keeps the rate.
+    const both = await h.json<{ delayMs?: number; rateBps?: number }>('link', 'set', 'h1', 'h2', '--rate', '1gbit');
+    expect(both).to.include({ delayMs: 60, rateBps: 1e9 });
+    const rateOnly = await h.json<{ delayMs?: number; rateBps?: number }>('link', 'set', 'h2', 'h1', '--delay', 'none');
+    expect(rateOnly.delayMs).to.equal(undefined);
+    expect(rateOnly.rateBps).to.equal(1e9);
+    await h.ok('link', 'reset', 'h1', 'h2');
+  });
+
+  it('a link\'s rate limits a bulk transfer to it (within 20 %)', async () => {
+    const free = await probe('h1', 'h2', '--pings', '1', '--bytes', '8M');
+    await h.ok('link', 'set', 'h1', 'h2', '--rate', '16mbit');
+    const r = await probe('h1', 'h2', '--pings', '1', '--bytes', '3M');
+    expect(r.bitsPerSecond, `${(r.bitsPerSecond / 1e6).toFixed(1)} Mbit/s at 16mbit; ${(free.bitsPerSecond / 1e6).toFixed(0)} Mbit/s unimpaired`).to.be.within(0.8 * 16e6, 1.2 * 16e6);
+    expect(free.bitsPerSecond).to.be.above(2 * 16e6);
+    const reset = await h.json<Array<{ a: string; rateBps?: number }>>('link', 'reset');
+    expect(reset.length).to.equal(3);
+    expect(reset.every((l) => l.rateBps === undefined)).to.equal(true);
+  });
+
+  it('a cut link stops traffic and heartbeats while other links carry on; a heal restores it', async () => {
+    const cut = await h.json<{ cut: boolean }>('link', 'cut', 'h1', 'h2');
+    expect(cut.cut).to.equal(true);
+    const through = await h.run('link', 'probe', 'h1', 'h2', '--pings', '1');
+    expect(through.code).to.equal(1);
+    expect(through.stderr).to.match(/h2 did not answer through the link/);
+    expect((await probe('h1', 'h3', '--pings', '3')).rttMs.length).to.equal(3);
+    const missed = await eventually(async () => {
+      const info = await h.json<HostInfo>('--host', 'h1', 'host', 'info');
+      return (info.cluster?.peers.find((p) => p.name === 'h2')?.missed ?? 0) >= 2;
+    }, 10000);
+    expect(missed, 'h1 misses h2\'s heartbeats').to.equal(true);
+    const h3 = await h.json<HostInfo>('--host', 'h1', 'host', 'info');
+    expect(h3.cluster!.peers.find((p) => p.name === 'h3')).to.include({ state: 'up', missed: 0 });
+    await h.ok('link', 'heal', 'h1', 'h2');
+    expect((await probe('h1', 'h2', '--pings', '3')).rttMs.length).to.equal(3);
+    const back = await eventually(async () => {
+      const info = await h.json<HostInfo>('--host', 'h1', 'host', 'info');
+      return info.cluster?.peers.find((p) => p.name === 'h2')?.missed === 0;
+    }, 10000);
+    expect(back, 'heartbeats answered again').to.equal(true);
+  });
+
+  it('a seed fixes a link\'s draws; an unknown link or a bad value is refused', async () => {
+    expect((await h.json<{ seed: number }>('link', 'set', 'h2', 'h3', '--seed', '42')).seed).to.equal(42);
+    const unknown = await h.run('link', 'cut', 'h1', 'h9');
+    expect(unknown.code).to.equal(1);
+    expect(unknown.stderr).to.match(/no link between h1 and h9/);
+    const bad = await h.run('link', 'set', 'h1', 'h2', '--delay', '-5ms');
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.match(/--delay -5ms is invalid/);
+    const none = await h.run('link', 'set', 'h1', 'h2');
+    expect(none.code).to.equal(2);
+    expect(none.stderr).to.match(/needs at least one of/);
+  });
+
+  it('refuses a peer without the cluster\'s key: the peer service, remote management and the fabric', async () => {
+    const key = JSON.parse(readFileSync(join(h.home, 'cluster', 'cluster.key'), 'utf8')) as { publicKey: string; secretKey: string };
+    const stranger = zmq.curveKeyPair();
+    const h1 = st.hosts.find((x) => x.name === 'h1')!;
+    const fabric = `tcp://${st.fabric.address}`;
+    for (const ep of [`tcp://${h1.address}:${DEFAULT_PEER_PORT}`, `tcp://${h1.address}:${DEFAULT_MGMT_TCP_PORT}`, fabric]) {
+      expect(await knock(ep, { curveServerKey: key.publicKey, curvePublicKey: stranger.publicKey, curveSecretKey: stranger.secretKey }), `${ep} with another key`).to.equal('auth-refused');
+      expect(await knock(ep, {}), `${ep} without CURVE`).to.equal('no-answer');
+    }
+    // With the key, the fabric answers (the same client code, so the refusals above are the key's doing).
+    expect(await knock(fabric, { curveServerKey: key.publicKey, curvePublicKey: key.publicKey, curveSecretKey: key.secretKey })).to.equal('answered');
+    // A member with the key that sends garbage gets answers, and ends nothing (seeded frames).
+    const next = seededRandom(0xfab);
+    const pidBefore = fabricPids(h.home);
+    for (const ep of [fabric, `tcp://${h1.address}:${DEFAULT_PEER_PORT}`]) {
+      const d = new zmq.Dealer({ linger: 0, curveServerKey: key.publicKey, curvePublicKey: key.publicKey, curveSecretKey: key.secretKey } as never);
+      d.connect(ep);
+      d.receiveTimeout = 3000;
+      for (let i = 0; i < 200; i++) {
+        const f = Buffer.alloc(Math.floor(next() * 48));
+        for (let k = 0; k < f.length; k++) f[k] = Math.floor(next() * 256);
+        await d.send(i % 2 ? f : encode({ v: 1, id: i + 1, op: i % 4 === 0 ? 'linkSet' : 'sink', a: 'h1', b: 7, change: { delayMs: 'x' }, from: 'H', data: 3 }));
+      }
+      const answers: Array<{ ok?: unknown; error?: { code?: unknown } }> = [];
+      for (let i = 0; i < 200; i++) answers.push(decode((await d.receive())[0]!));
+      d.close();
+      expect(answers.every((a) => a.ok === false && a.error?.code === 'BadRequest'), `${ep}: every garbage frame answered BadRequest`).to.equal(true);
+    }
+    expect(fabricPids(h.home)).to.deep.equal(pidBefore);
+    expect((await probe('h2', 'h1', '--pings', '2')).rttMs.length).to.equal(2);
+    const s = await h.json<Status>('cluster', 'status');
+    // ZAP counts the clients that offered another key (one without CURVE fails before it asks).
+    expect(s.fabric.refused).to.be.at.least(1);
+    expect(s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.refused).to.be.at.least(2);
+  });
+
+  it('a host of another machine joins with --join and --key and is a host like any other', async function () {
+    if (!namespacesAvailable().ok) this.skip();
+    // Two network namespaces stand in for two machines, joined by one veth pair.
+    const tag = clusterTag(h.home);
+    const [ma, mb] = [`hvlab-${tag}-ma`, `hvlab-${tag}-mb`];
+    const ip = (...a: string[]): void => {
+      const r = spawnSync('ip', a, { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`ip ${a.join(' ')}: ${r.stderr}`);
+    };
+    const a = new TestHost();
+    const bDir = mkdtempSync(join(tmpdir(), 'hvlab-machine-b-'));
+    const bHome = join(bDir, 'home');
+    const cli = (ns: string, home: string, ...args: string[]): { code: number; stdout: string; stderr: string } => {
+      const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, CLI, ...args], { encoding: 'utf8', env: { ...process.env, HVLAB_HOME: home }, timeout: 120000 });
+      return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    };
+    let bId: string | null = null;
+    try {
+      ip('netns', 'add', ma);
+      ip('netns', 'add', mb);
+      ip('link', 'add', `hv${tag}-ma`, 'type', 'veth', 'peer', 'name', `hv${tag}-mb`);
+      ip('link', 'set', `hv${tag}-ma`, 'netns', ma);
+      ip('link', 'set', `hv${tag}-mb`, 'netns', mb);
+      ip('-n', ma, 'addr', 'add', '10.199.77.1/24', 'dev', `hv${tag}-ma`);
+      ip('-n', mb, 'addr', 'add', '10.199.77.2/24', 'dev', `hv${tag}-mb`);
+      for (const [ns, dev] of [[ma, `hv${tag}-ma`], [mb, `hv${tag}-mb`]] as const) {
+        ip('-n', ns, 'link', 'set', dev, 'up');
+        ip('-n', ns, 'link', 'set', 'lo', 'up');
+      }
+      // Machine A: a one-host cluster whose fabric listens on every address.
+      const up = cli(ma, a.home, 'up', '--hosts', '1', '--lps', '1', '--listen', '0.0.0.0');
+      expect(up.code, up.stderr).to.equal(0);
+      const stA = JSON.parse(cli(ma, a.home, 'cluster', 'status', '--json').stdout) as Status & { join: string };
+      expect(stA.join).to.match(/:7740$/);
+      ids.add(stA.hosts[0]!.hostId);
+      // Machine B gets the join address and a copy of the key file, nothing else.
+      copyFileSync(join(a.home, 'cluster', 'cluster.key'), join(bDir, 'lab.key'));
+      const wrongKey = join(bDir, 'wrong.key');
+      copyFileSync(join(h.home, 'cluster', 'cluster.key'), wrongKey);
+      const refused = cli(mb, bHome, 'up', '--join', '10.199.77.1', '--key', wrongKey, '--name', 'far');
+      expect(refused.code).to.equal(1);
+      expect(refused.stderr).to.match(/did not answer with this key/);
+      const join_ = cli(mb, bHome, 'up', '--join', '10.199.77.1:7740', '--key', join(bDir, 'lab.key'), '--name', 'far', '--json');
+      expect(join_.code, join_.stderr).to.equal(0);
+      const j = JSON.parse(join_.stdout) as { hostId: string; name: string; address: string };
+      bId = j.hostId;
+      ids.add(j.hostId);
+      expect(j).to.include({ name: 'far', address: '10.199.77.2' });
+      // From machine A, far is a host of the cluster: status, --host, vm list --all, its link.
+      const joined = await eventually(() => {
+        const s = JSON.parse(cli(ma, a.home, 'cluster', 'status', '--json').stdout) as Status;
+        const far = s.hosts.find((x) => x.name === 'far');
+        return far?.state === 'up' && far.origin === 'joined' && far.info?.cluster?.peers.some((p) => p.name === 'h1' && p.state === 'up') === true;
+      }, 15000);
+      expect(joined, 'far is up, joined, and heartbeats h1').to.equal(true);
+      expect(cli(ma, a.home, '--host', 'far', 'vm', 'new', 'v', '--memory', '16M', '--workload', 'idle').code).to.equal(0);
+      const started = cli(ma, a.home, '--host', 'far', 'vm', 'start', 'v');
+      expect(started.code, started.stderr).to.equal(0);
+      const all = JSON.parse(cli(ma, a.home, 'vm', 'list', '--all', '--json').stdout) as Array<VmInfo & { host: string }>;
+      expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['far/v/Running']);
+      const lk = cli(ma, a.home, 'link', 'set', 'h1', 'far', '--delay', '40ms', '--json');
+      expect(lk.code, lk.stderr).to.equal(0);
+      const pr = JSON.parse(cli(ma, a.home, 'link', 'probe', 'far', 'h1', '--pings', '5', '--json').stdout) as LinkProbeResult;
+      expect(median(pr.rttMs)).to.be.within(35, 60);
+      const lifecycle = cli(ma, a.home, '--host', 'far', 'down');
+      expect(lifecycle.code).to.equal(1);
+      expect(lifecycle.stderr).to.match(/joined the cluster from another machine: run "down" there/);
+      // Machine B leaves; machine A's cluster goes down.
+      expect(cli(mb, bHome, 'down').code).to.equal(0);
+      expect(cli(ma, a.home, 'cluster', 'down').code).to.equal(0);
+      await eventually(() => [...ids].filter((id) => id === bId || id === stA.hosts[0]!.hostId).every((id) => hostProcesses(id).length === 0) && fabricPids(a.home).length === 0, 5000);
+      expect(hostProcesses(bId)).to.deep.equal([]);
+      expect(fabricPids(a.home)).to.deep.equal([]);
+    } finally {
+      cli(mb, bHome, 'down');
+      cli(ma, a.home, 'cluster', 'down');
+      spawnSync('ip', ['netns', 'del', ma]);
+      spawnSync('ip', ['netns', 'del', mb]);
+      await a.destroy();
+      rmSync(bDir, { recursive: true, force: true });
+    }
+    expect(networkLeftovers(clusterTag(a.home))).to.deep.equal({ namespaces: [], links: [] });
+    await sleep(0);
+  });
+});
