@@ -230,6 +230,20 @@ const expectations: Record<string, (out: string) => void> = {
     const [target, running] = numbersAfter(out, 'idle VMs started one after another', 2);
     expect(running, 'VMs Running in the many-VMs part').to.equal(target);
   },
+  cluster: (out) => {
+    const [seconds, vms] = numbersAfter(out, 'time to all Running', 2);
+    expect(seconds, 'seconds to all Running').to.be.greaterThan(0);
+    expect(vms, 'VMs Running').to.equal(6);
+    for (const way of ['through link', 'direct']) {
+      const [p50, p99] = numbersAfter(out, `round trip p50, p99 ms ${way}`, 2);
+      expect(p50, `round trip ${way}`).to.be.greaterThan(0);
+      expect(p99).to.be.at.least(p50!);
+      const [mbps] = numbersAfter(out, `bulk Mbit/s ${way}`, 1);
+      expect(mbps, `bulk ${way}`).to.be.greaterThan(0);
+    }
+    ratio(out, 'ratio link / direct round trip (p50)');
+    ratio(out, 'ratio link / direct throughput');
+  },
 };
 
 describe('benchmarks (quick mode)', function () {

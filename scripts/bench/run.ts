@@ -13,6 +13,7 @@ const benchmarks: Record<string, () => Promise<{ main: BenchMain }>> = {
   vmbus: () => import('./vmbus.js'),
   sched: () => import('./sched.js'),
   host: () => import('./host.js'),
+  cluster: () => import('./cluster.js'),
 };
 
 const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json] [--quick]`;

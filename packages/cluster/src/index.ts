@@ -1,7 +1,8 @@
 /**
- * @hvlab/cluster — many hosts from one topology file (issue 11). So far: the topology file's
- * format and its checking decoder (topology.ts), and clusters of hosts side by side on this
- * machine's loopback (lab.ts).
+ * @hvlab/cluster — many hosts from one topology file (issue 11): the topology file's format and
+ * its checking decoder (topology.ts), clusters of hosts in network namespaces or on loopback
+ * (lab.ts, netns.ts), the link layer (link.ts) held by the cluster's fabric process (fabric.ts,
+ * fabric-main.ts), hosts of other machines joining (lab.ts `joinHost`), and pictures (graph.ts).
  */
 export * from './topology.js';
 export * from './lab.js';

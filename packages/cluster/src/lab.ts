@@ -145,11 +145,31 @@ export interface ClusterUpOptions {
   fabricPort?: number;
 }
 
+/** VMs a host starts at once during `cluster up` (each start is mostly waiting on processes). */
+const START_CONCURRENCY = 3;
+
 async function createVm(c: MgmtClient, vm: TopologyVm): Promise<void> {
   await c.request('vmNew', { name: vm.name, memory: formatBytes(vm.memoryBytes), vps: vm.vps, workload: vm.workload });
   const p = vm.processor;
   if (p.reserve !== 0 || p.maximum !== 100 || p.weight !== 100) await c.request('vmSetProcessor', { name: vm.name, reserve: p.reserve, maximum: p.maximum, weight: p.weight });
-  await c.request('vmStart', { name: vm.name }, 60000);
+}
+
+/** Starts `vms` on one host, START_CONCURRENCY at a time; the first failure is thrown once every start in flight settled. */
+async function startVms(c: MgmtClient, vms: TopologyVm[], started: (vm: TopologyVm) => void): Promise<void> {
+  const queue = [...vms];
+  let failure: unknown = null;
+  const worker = async (): Promise<void> => {
+    for (let vm = queue.shift(); vm && failure === null; vm = queue.shift()) {
+      try {
+        await c.request('vmStart', { name: vm.name }, 60000);
+        started(vm);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(START_CONCURRENCY, vms.length) }, worker));
+  if (failure !== null) throw failure;
 }
 
 /**
@@ -191,10 +211,9 @@ export async function clusterUp(home: string, topology: Topology, source: string
       say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LPs, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
       const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
       clients.push(c);
-      for (const vm of topology.vms.filter((v) => v.host === h.name)) {
-        await createVm(c, vm);
-        say(`VM ${vm.name} is Running on ${h.name}`);
-      }
+      const vms = topology.vms.filter((v) => v.host === h.name);
+      for (const vm of vms) await createVm(c, vm);
+      await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`));
     }));
     await waitJoined(home, topology.hosts.map((h) => h.name), 15000);
   } catch (e) {

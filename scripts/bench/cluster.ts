@@ -1,0 +1,134 @@
+/**
+ * `pnpm bench cluster [--json] [--quick]`: a cluster on this machine, against baselines measured in
+ * the same run.
+ *
+ *  (a) start: `cluster up` of a generated file, 3 hosts × 10 VMs (`idle`, 16M), each host in its own
+ *      network namespace where allowed; the time until every VM is Running (and every host joined
+ *      the fabric).
+ *  (b) latency: round trips (`ping` frames, CURVE, the heartbeat's path) from h1 to h2 through their
+ *      unimpaired link (the fabric's proxy) against the same round trips to h2's own address, past
+ *      the link layer: the same ZeroMQ TCP client and server in the same processes, one hop fewer.
+ *  (c) throughput: a bulk transfer (`sink` frames of 256 KiB, 8 in flight) the same two ways.
+ *
+ * --quick (or HVLAB_BENCH_QUICK=1): 3 hosts × 2 VMs, fewer round trips and bytes, for CI.
+ * Everything lives under a temporary HVLAB_HOME; the cluster is brought down afterwards whatever
+ * happens, and the run fails if any process, /dev/shm file or namespace is left.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { HostInfo, LinkProbeResult } from '../../packages/protocol/src/index.js';
+import { hostPaths } from '../../packages/runtime/src/paths.js';
+import { MgmtClient, hostProcesses, readHost } from '@hvlab/host';
+import { clusterDown, clusterHostHome, clusterStatus, clusterTag, clusterUp, fabricPids, networkLeftovers, parseTopology } from '@hvlab/cluster';
+import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+
+interface Plan {
+  vmsPerHost: number;
+  pings: number;
+  bytes: number;
+}
+const FULL: Plan = { vmsPerHost: 10, pings: 500, bytes: 64 * 1024 * 1024 };
+const QUICK: Plan = { vmsPerHost: 2, pings: 30, bytes: 8 * 1024 * 1024 };
+const HOSTS = 3;
+
+interface Result {
+  quick: boolean;
+  mode: string;
+  hosts: number;
+  vms: number;
+  startSeconds: number;
+  rtt: { linkP50Ms: number; directP50Ms: number; linkP99Ms: number; directP99Ms: number; ratio: number };
+  throughput: { linkMbps: number; directMbps: number; ratio: number };
+  disturbance: Disturbance;
+}
+
+function topology(vmsPerHost: number): string {
+  const hosts = Array.from({ length: HOSTS }, (_, i) => `h${i + 1}`);
+  const lines = ['name: bench', 'hosts:', ...hosts.map((h) => `  ${h}: { lps: 2 }`), 'links:'];
+  for (let i = 0; i < HOSTS; i++) for (let j = i + 1; j < HOSTS; j++) lines.push(`  - endpoints: [${hosts[i]}, ${hosts[j]}]`);
+  lines.push('vms:');
+  for (const h of hosts) for (let k = 0; k < vmsPerHost; k++) lines.push(`  ${h}v${k}: { host: ${h}, memory: 16M, workload: idle }`);
+  return lines.join('\n') + '\n';
+}
+
+async function probe(home: string, direct: boolean, plan: Plan): Promise<LinkProbeResult> {
+  const paths = hostPaths(clusterHostHome(home, 'h1'));
+  const c = new MgmtClient(paths.mgmtEndpoint, { watch: readHost(paths)! });
+  try {
+    return await c.request<LinkProbeResult>('linkProbe', { peer: 'h2', pings: plan.pings, bytes: plan.bytes, direct }, 600_000);
+  } finally {
+    c.close();
+  }
+}
+
+function table(r: Result): string {
+  const lines = [
+    `cluster bench: ${r.hosts} hosts x ${r.vms / r.hosts} VMs (${r.mode})`,
+    `time to all Running                  ${r.startSeconds.toFixed(2)} s  (${r.vms} VMs; aim: 30 VMs in 10 s)`,
+    `round trip p50, p99 ms through link  ${r.rtt.linkP50Ms.toFixed(3)} ${r.rtt.linkP99Ms.toFixed(3)}`,
+    `round trip p50, p99 ms direct        ${r.rtt.directP50Ms.toFixed(3)} ${r.rtt.directP99Ms.toFixed(3)}`,
+    `ratio link / direct round trip (p50) ${r.rtt.ratio.toFixed(2)}  (aim: at most 1.5)`,
+    `bulk Mbit/s through link             ${r.throughput.linkMbps.toFixed(0)}`,
+    `bulk Mbit/s direct                   ${r.throughput.directMbps.toFixed(0)}`,
+    `ratio link / direct throughput       ${r.throughput.ratio.toFixed(2)}  (aim: at least 0.7)`,
+    disturbanceLine(r.disturbance),
+  ];
+  if (r.quick) lines.push(QUICK_NOTE);
+  return lines.join('\n');
+}
+
+export async function main(args: string[]): Promise<void> {
+  const quick = quickRequested(args);
+  const json = args.includes('--json');
+  const plan = quick ? QUICK : FULL;
+  const home = mkdtempSync(join(tmpdir(), 'hvlab-bench-cluster-'));
+  const hostIds: string[] = [];
+  const dist = disturbanceTracker(hostIds);
+  const say = (l: string): void => void process.stderr.write(`[bench cluster] ${l}\n`);
+  try {
+    const source = topology(plan.vmsPerHost);
+    const t = parseTopology(source, 'bench.yaml');
+    dist.sample();
+    const t0 = performance.now();
+    await clusterUp(home, t, source, 'bench.yaml', { progress: (l) => (l.startsWith('host ') ? say(l) : undefined) });
+    const startSeconds = (performance.now() - t0) / 1000;
+    const st = await clusterStatus(home);
+    for (const h of st.hosts) if (h.hostId) hostIds.push(h.hostId);
+    say(`${t.vms.length} VMs Running on ${st.hosts.length} hosts in ${startSeconds.toFixed(2)} s (hosts ${hostIds.join(', ')})`);
+    const running = st.hosts.reduce((n, h) => n + ((h.info as HostInfo | null)?.vms ?? 0), 0);
+    if (running !== t.vms.length) throw new Error(`${running} of ${t.vms.length} VMs are on the hosts`);
+    dist.sample();
+    // Alternate the two ways twice, so that drift on a shared machine hits both alike.
+    const link: LinkProbeResult[] = [];
+    const direct: LinkProbeResult[] = [];
+    for (let i = 0; i < 2; i++) {
+      link.push(await probe(home, false, { ...plan, bytes: plan.bytes / 2 }));
+      direct.push(await probe(home, true, { ...plan, bytes: plan.bytes / 2 }));
+    }
+    dist.sample();
+    const rtts = (rs: LinkProbeResult[]): number[] => rs.flatMap((r) => r.rttMs);
+    const mbps = (rs: LinkProbeResult[]): number => (rs.reduce((n, r) => n + r.bytes, 0) * 8) / rs.reduce((s, r) => s + r.seconds, 0) / 1e6;
+    const r: Result = {
+      quick, mode: st.mode, hosts: st.hosts.length, vms: t.vms.length, startSeconds: round(startSeconds, 3),
+      rtt: {
+        linkP50Ms: round(percentile(rtts(link), 0.5), 3), directP50Ms: round(percentile(rtts(direct), 0.5), 3),
+        linkP99Ms: round(percentile(rtts(link), 0.99), 3), directP99Ms: round(percentile(rtts(direct), 0.99), 3),
+        ratio: round(percentile(rtts(link), 0.5) / percentile(rtts(direct), 0.5), 3),
+      },
+      throughput: { linkMbps: round(mbps(link), 1), directMbps: round(mbps(direct), 1), ratio: round(mbps(link) / mbps(direct), 3) },
+      disturbance: dist.value,
+    };
+    process.stdout.write(`${json ? JSON.stringify(r) : table(r)}\n`);
+  } finally {
+    await clusterDown(home);
+    const left = networkLeftovers(clusterTag(home));
+    const fabric = fabricPids(home);
+    rmSync(home, { recursive: true, force: true });
+    if (left.namespaces.length + left.links.length > 0 || fabric.length > 0) {
+      process.stderr.write(`[bench cluster] WARNING: left behind: ${[...left.namespaces, ...left.links, ...fabric.map((p) => `fabric pid ${p}`)].join(', ')}\n`);
+      process.exitCode = 1;
+    }
+    await reportLeftovers('cluster', new Set(hostIds.flatMap((id) => hostProcesses(id))), hostIds);
+  }
+}
