@@ -231,7 +231,7 @@ const expectations: Record<string, (out: string) => void> = {
     expect(running, 'VMs Running in the many-VMs part').to.equal(target);
   },
   cluster: (out) => {
-    const [seconds, vms] = numbersAfter(out, 'time to all Running', 2);
+    const [seconds, vms] = numbersAfter(out, 'time to all Running (s, VMs)', 2);
     expect(seconds, 'seconds to all Running').to.be.greaterThan(0);
     expect(vms, 'VMs Running').to.equal(6);
     for (const way of ['through link', 'direct']) {

@@ -65,7 +65,7 @@ async function probe(home: string, direct: boolean, plan: Plan): Promise<LinkPro
 function table(r: Result): string {
   const lines = [
     `cluster bench: ${r.hosts} hosts x ${r.vms / r.hosts} VMs (${r.mode})`,
-    `time to all Running                  ${r.startSeconds.toFixed(2)} s  (${r.vms} VMs; aim: 30 VMs in 10 s)`,
+    `time to all Running (s, VMs)         ${r.startSeconds.toFixed(2)} ${r.vms}  (aim: 30 VMs in 10 s)`,
     `round trip p50, p99 ms through link  ${r.rtt.linkP50Ms.toFixed(3)} ${r.rtt.linkP99Ms.toFixed(3)}`,
     `round trip p50, p99 ms direct        ${r.rtt.directP50Ms.toFixed(3)} ${r.rtt.directP99Ms.toFixed(3)}`,
     `ratio link / direct round trip (p50) ${r.rtt.ratio.toFixed(2)}  (aim: at most 1.5)`,

@@ -42,13 +42,8 @@ export function linkSeed(a: string, b: string): number {
   return createHash('sha1').update(`${x}|${y}`).digest().readUInt32BE(0);
 }
 
-interface Member {
-  name: string;
-  address: string;
-  peerPort: number;
-  mgmtPort: number;
-  lps: number;
-  local: boolean;
+/** A member as the fabric holds it: what it said when it joined, when it was last heard, its heartbeats. */
+interface Member extends Omit<FabricMember, 'lastSeenMs' | 'peers'> {
   lastSeen: number;
   health: PeerHealth[];
 }
