@@ -19,7 +19,7 @@ import { DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode, encode, seededRandom,
 import { hostProcesses } from '@hvlab/host';
 import { zmq } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
-import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+import { TestHost, eventually, shmFiles } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
 
@@ -271,6 +271,5 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       rmSync(bDir, { recursive: true, force: true });
     }
     expect(networkLeftovers(clusterTag(a.home))).to.deep.equal({ namespaces: [], links: [] });
-    await sleep(0);
   });
 });

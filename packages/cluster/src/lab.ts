@@ -20,7 +20,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
-  CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
+  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
   type FabricStatus, type HostInfo, type LinkChange, type LinkView, type VmInfo,
 } from '@hvlab/protocol';
 import {
@@ -364,10 +364,10 @@ async function startFabric(home: string): Promise<number> {
   return f.port;
 }
 
-function readFabricFile(home: string): { pid: number; port: number } | null {
+export function readFabricFile(home: string): { pid: number; port: number } | null {
   try {
     const v = JSON.parse(readFileSync(fabricFile(home), 'utf8')) as { pid?: unknown; port?: unknown } | null;
-    if (!v || typeof v.pid !== 'number' || typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) return null;
+    if (!v || typeof v !== 'object' || typeof v.pid !== 'number' || !Number.isSafeInteger(v.pid) || v.pid < 1 || typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) return null;
     return { pid: v.pid, port: v.port };
   } catch {
     return null;
@@ -490,7 +490,7 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
   const address = opts.address ?? sourceAddressFor(m[1]!);
   if (!address || !isIpv4(address)) throw new ClusterError(`no address of this machine reaches ${m[1]}; give --address`);
   const name = opts.name ?? `j${Math.floor(Math.random() * 1e6).toString(36)}`.slice(0, 10);
-  if (!/^[a-z][a-z0-9-]{0,9}$/.test(name)) throw new ClusterError(`--name must be a host name (a lower-case letter, then letters, digits or "-", at most 10), not "${name}"`);
+  if (!CLUSTER_HOST_RE.test(name)) throw new ClusterError(`--name must be a host name (a lower-case letter, then letters, digits or "-", at most 10), not "${name}"`);
   // Check the key and the fabric before starting anything.
   const probe = new RpcClient(`tcp://${fabric}`, curveClientOptions(key));
   try {

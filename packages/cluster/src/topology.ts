@@ -24,16 +24,16 @@
  */
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
-  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
+  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
 
 /** Host names become parts of namespace and interface names (15 bytes at most in Linux). */
-export const HOST_NAME_RE = /^[a-z][a-z0-9-]{0,9}$/;
+export const HOST_NAME_RE = CLUSTER_HOST_RE;
 export const CLUSTER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 export const MAX_HOSTS = 32;
 export const MAX_LPS = 256;
 /** Longest delay or jitter on a link (ms). */
-export const MAX_LINK_DELAY_MS = 60_000;
+export const MAX_LINK_DELAY_MS = LINK_MAX_DELAY_MS;
 /** The default VM shape, as `vm new` has it. */
 export const DEFAULT_VM = { memory: '64M', vps: 1, workload: 'counter' } as const;
 /** Largest topology file (bytes). */

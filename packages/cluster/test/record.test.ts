@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
-import { ClusterError, readCluster, clusterRecordFile, clusterDir } from '../src/index.js';
+import { ClusterError, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile } from '../src/index.js';
 
 const SOURCE = 'name: lab\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M }\n';
 const GOOD = { version: 2, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test', listen: '127.1.2.1', fabricPort: 7740, gateway: '127.1.2.1' };
@@ -49,6 +49,30 @@ describe('the cluster record', () => {
         expect(e, text).to.be.instanceOf(ClusterError);
         expect((e as Error).message).to.include(clusterRecordFile(home));
       }
+    }
+  });
+  it('reads the fabric\'s pid file only when it is one, and never throws (seeded, 1500 cases)', () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-fab-'));
+    try {
+      mkdirSync(clusterDir(home), { recursive: true });
+      expect(readFabricFile(home)).to.equal(null);
+      writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, port: 7740, listen: '10.0.0.1' }));
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740 });
+      const next = seededRandom(0xfab1);
+      const texts = ['null', '[]', '"x"', '{"pid":-1,"port":1}', '{"pid":1,"port":70000}', '{"pid":1.5,"port":1}', '{"pid":1}', '{'];
+      for (let i = 0; i < 1500; i++) {
+        let t = texts[Math.floor(next() * texts.length)]!;
+        if (next() < 0.5) {
+          const b = Buffer.from(JSON.stringify({ pid: 5, port: 80 }));
+          b[Math.floor(next() * b.length)] = Math.floor(next() * 256);
+          t = b.toString('latin1');
+        }
+        writeFileSync(fabricFile(home), t);
+        const r = readFabricFile(home);
+        if (r !== null) expect(Number.isSafeInteger(r.pid) && r.pid > 0 && r.port >= 1 && r.port <= 65535).to.equal(true);
+      }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
     }
   });
 });

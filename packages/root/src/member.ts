@@ -14,7 +14,7 @@
  * answers a join, the host keeps trying; it runs its VMs regardless.
  */
 import {
-  CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
+  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
@@ -26,7 +26,9 @@ import { MgmtServer, type MgmtHandler } from './mgmt.js';
 export interface MemberConfig {
   host: string;
   address: string;
+  /** The fabric's ADDRESS:PORT, and its address alone (where the links' ports are too). */
   fabric: string;
+  fabricHost: string;
   key: ClusterKey;
   local: boolean;
   peerPort: number;
@@ -42,7 +44,7 @@ export function memberConfigFromEnv(env: NodeJS.ProcessEnv, lps: number): Member
   const address = env.HVLAB_HOST_ADDRESS ?? '';
   const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(fabric);
   if (!m || !isIpv4(m[1]) || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new Error(`HVLAB_CLUSTER_FABRIC must be ADDRESS:PORT, not "${fabric}"`);
-  if (!/^[a-z][a-z0-9-]{0,9}$/.test(host)) throw new Error(`HVLAB_CLUSTER_HOST must be a host name, not "${host}"`);
+  if (!CLUSTER_HOST_RE.test(host)) throw new Error(`HVLAB_CLUSTER_HOST must be a host name, not "${host}"`);
   if (!isIpv4(address)) throw new Error(`HVLAB_HOST_ADDRESS must be an IPv4 address, not "${address}"`);
   const port = (v: string | undefined, d: number, what: string): number => {
     if (v === undefined || v === '') return d;
@@ -51,7 +53,7 @@ export function memberConfigFromEnv(env: NodeJS.ProcessEnv, lps: number): Member
     return n;
   };
   return {
-    host, address, fabric, key: readClusterKey(env.HVLAB_CLUSTER_KEY ?? ''), local: env.HVLAB_CLUSTER_LOCAL === '1',
+    host, address, fabric, fabricHost: m[1]!, key: readClusterKey(env.HVLAB_CLUSTER_KEY ?? ''), local: env.HVLAB_CLUSTER_LOCAL === '1',
     peerPort: port(env.HVLAB_PEER_PORT, DEFAULT_PEER_PORT, 'HVLAB_PEER_PORT'), mgmtPort: port(env.HVLAB_MGMT_TCP_PORT, DEFAULT_MGMT_TCP_PORT, 'HVLAB_MGMT_TCP_PORT'), lps,
   };
 }
@@ -149,7 +151,6 @@ export class ClusterMember {
         this.peers.delete(n);
       }
     }
-    const host = /^(\d+\.\d+\.\d+\.\d+):/.exec(this.cfg.fabric)![1];
     for (const b of book) {
       const old = this.peers.get(b.name);
       if (old && old.entry.port === b.port) {
@@ -158,7 +159,7 @@ export class ClusterMember {
       }
       old?.client.close();
       // The link's port is on the fabric, at the address this host reaches the fabric by.
-      this.peers.set(b.name, { entry: b, client: new RpcClient(`tcp://${host}:${b.port}`, curveClientOptions(this.cfg.key)), health: old?.health ?? { name: b.name, state: 'unknown', rttMs: null, missed: 0 } });
+      this.peers.set(b.name, { entry: b, client: new RpcClient(`tcp://${this.cfg.fabricHost}:${b.port}`, curveClientOptions(this.cfg.key)), health: old?.health ?? { name: b.name, state: 'unknown', rttMs: null, missed: 0 } });
     }
   }
 
@@ -191,8 +192,7 @@ export class ClusterMember {
     const p = this.peers.get(args.peer);
     if (!p) throw new MgmtFailure('NotFound', `${this.cfg.host} has no link to ${args.peer}${this.peers.size ? ` (peers: ${[...this.peers.keys()].join(', ')})` : this.joined ? ' (it has no peers)' : ' (it has not joined its cluster yet)'}`);
     const direct = args.direct === true;
-    const fabricHost = /^(\d+\.\d+\.\d+\.\d+):/.exec(this.cfg.fabric)![1];
-    const via = direct ? `${p.entry.address}:${p.entry.peerPort}` : `${fabricHost}:${p.entry.port}`;
+    const via = direct ? `${p.entry.address}:${p.entry.peerPort}` : `${this.cfg.fabricHost}:${p.entry.port}`;
     const timeoutMs = args.timeoutMs ?? 5000;
     const c = new RpcClient(`tcp://${via}`, curveClientOptions(this.cfg.key));
     const call = (body: Record<string, unknown>): Promise<unknown> => c.call(body, timeoutMs, CLUSTER_WIRE_VERSION);
