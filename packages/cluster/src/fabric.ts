@@ -16,7 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import {
-  decodeFabricRequest, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
+  decodeFabricRequest, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
 import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
@@ -126,7 +126,10 @@ export class Fabric {
       case 'join': {
         const m = this.members.get(r.name);
         if (!m && this.members.size >= 64) throw new RpcFailure('Full', 'the cluster has 64 members');
-        if (m && m.local !== r.local) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name}`);
+        // A member that joins again (its root restarted) comes from the same place; another host
+        // may take a name only once its holder has gone quiet (10 heartbeat periods).
+        const held = m && (m.address !== r.address || m.peerPort !== r.peerPort) && Date.now() - m.lastSeen < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
+        if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
         this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: m?.health ?? [] });
         if (!this.fileHosts.has(r.name)) {

@@ -1,0 +1,62 @@
+/**
+ * The fabric in-process, on loopback: a host that joins gets a peer book with the ports of its
+ * links only; a host of the file is linked as the file says and a joined host to every member; a
+ * name held by a live member is refused to a host elsewhere but taken back by the same host (a
+ * restarted root); links are set, cut and reset by name, and an unknown link is refused by name.
+ */
+import { expect } from 'chai';
+import { CLUSTER_WIRE_VERSION, decodeFabricStatus, decodePeerBook } from '@hvlab/protocol';
+import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
+import { Fabric } from '../src/index.js';
+
+describe('the fabric (in-process, loopback)', function () {
+  this.timeout(20000);
+  const key = makeClusterKey('t');
+  let fabric: Fabric;
+  let c: RpcClient;
+  const call = (body: Record<string, unknown>): Promise<unknown> => c.call(body, 3000, CLUSTER_WIRE_VERSION);
+  const join = (name: string, address: string, local: boolean): Promise<unknown> => call({ op: 'join', name, address, peerPort: 7742, mgmtPort: 7741, lps: 1, local });
+
+  before(async () => {
+    fabric = new Fabric({ cluster: 't', key, listen: '127.0.0.1', port: 0, links: [{ a: 'h1', b: 'h2', impairments: { delayMs: 10 } }], fileHosts: ['h1', 'h2', 'h3'] });
+    const port = await fabric.start();
+    c = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+  });
+  after(async () => {
+    c.close();
+    await fabric.close();
+  });
+
+  it('links hosts as the file says, a joined host to every member, and names every link it refuses', async () => {
+    const b1 = decodePeerBook(await join('h1', '127.0.0.11', true));
+    expect(b1.ok && b1.value.peers).to.deep.equal([]);
+    await join('h2', '127.0.0.12', true);
+    await join('h3', '127.0.0.13', true);
+    const again = decodePeerBook(await call({ op: 'peers', name: 'h1', health: [] }));
+    expect(again.ok && again.value.peers.map((p) => `${p.name}@${p.address}`)).to.deep.equal(['h2@127.0.0.12']);
+    const far = decodePeerBook(await join('far', '127.0.0.20', false));
+    expect(far.ok && far.value.peers.map((p) => p.name)).to.deep.equal(['h1', 'h2', 'h3']);
+    const st = decodeFabricStatus(await call({ op: 'status' }));
+    expect(st.ok && st.value.links.map((l) => `${l.a}-${l.b}${l.delayMs ? `:${l.delayMs}` : ''}`)).to.deep.equal(['h1-h2:10', 'far-h1', 'far-h2', 'far-h3']);
+    await call({ op: 'linkSet', a: 'h2', b: 'h1', change: { rateBps: 1e6 } });
+    const cut = await call({ op: 'linkCut', a: 'far', b: 'h3' }) as { cut: boolean };
+    expect(cut.cut).to.equal(true);
+    const reset = await call({ op: 'linkReset', a: null, b: null }) as { reset: Array<{ cut: boolean; delayMs?: number }> };
+    expect(reset.reset.every((l) => !l.cut && l.delayMs === undefined)).to.equal(true);
+    const err = await call({ op: 'linkCut', a: 'h1', b: 'h3' }).catch((e: RpcFailure) => e);
+    expect(err).to.be.instanceOf(RpcFailure);
+    expect((err as RpcFailure).message).to.match(/no link between h1 and h3/);
+  });
+
+  it('refuses a name held by a live member to a host elsewhere, and gives it back to the same host', async () => {
+    const taken = await join('far', '127.0.0.99', false).catch((e: RpcFailure) => e);
+    expect((taken as RpcFailure).code).to.equal('AlreadyExists');
+    const fileName = await join('h1', '127.0.0.98', false).catch((e: RpcFailure) => e);
+    expect((fileName as RpcFailure).code).to.equal('AlreadyExists');
+    expect(decodePeerBook(await join('far', '127.0.0.20', false)).ok).to.equal(true);
+    await call({ op: 'leave', name: 'far' });
+    const st = decodeFabricStatus(await call({ op: 'status' }));
+    expect(st.ok && st.value.members.map((m) => m.name).sort()).to.deep.equal(['h1', 'h2', 'h3']);
+    expect(st.ok && st.value.links.length).to.equal(1);
+  });
+});
