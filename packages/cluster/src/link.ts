@@ -55,6 +55,8 @@ class Direction {
   private timer: NodeJS.Timeout | null = null;
   private immediate = false;
   private paused = false;
+  /** The target's socket is full (the kernel's buffer and Node's): reading waits for 'drain'. */
+  private writeBlocked = false;
 
   constructor(
     private readonly link: Link,
@@ -64,6 +66,19 @@ class Direction {
   ) {
     from.on('data', (chunk: Buffer) => this.accept(chunk));
     from.on('end', () => this.flushThenEnd());
+    to.on('drain', () => {
+      this.writeBlocked = false;
+      if (!this.paused) from.resume();
+    });
+  }
+
+  /** Writes to the target; a target that does not keep up pauses the sender, so nothing piles up here. */
+  private send(chunk: Buffer): void {
+    if (this.to.destroyed) return;
+    if (!this.to.write(chunk) && !this.writeBlocked) {
+      this.writeBlocked = true;
+      this.from.pause();
+    }
   }
 
   private ending = false;
@@ -85,7 +100,7 @@ class Direction {
     this.link.stats.chunks[this.dir]++;
     // Due now, nothing ahead of it, link up: straight through (a timer costs at least 1 ms).
     if (at <= now && this.queue.length === 0 && !this.link.state.cut) {
-      if (!this.to.destroyed) this.to.write(chunk);
+      this.send(chunk);
       return;
     }
     this.queue.push({ chunk, at });
@@ -124,11 +139,11 @@ class Direction {
     while (this.queue.length > 0 && this.queue[0]!.at <= now + 0.25) {
       const p = this.queue.shift()!;
       this.queued -= p.chunk.length;
-      if (!this.to.destroyed) this.to.write(p.chunk);
+      this.send(p.chunk);
     }
     if (this.paused && this.queued <= LINK_QUEUE_BYTES / 2) {
       this.paused = false;
-      this.from.resume();
+      if (!this.writeBlocked) this.from.resume();
     }
     if (this.queue.length === 0 && this.ending) this.to.end();
     this.schedule();

@@ -154,4 +154,26 @@ describe('link layer (a TCP proxy with impairments)', function () {
     }, () => true);
     expect(refused, 'nothing listens after close').to.equal(true);
   });
+  it('a target that does not read stops the sender instead of piling bytes up in the proxy', async () => {
+    const held: Socket[] = [];
+    const stuck = createServer((c) => {
+      c.pause();
+      held.push(c);
+    });
+    await new Promise<void>((r) => stuck.listen(0, '127.0.0.1', () => r()));
+    try {
+      link = proxy((stuck.address() as { port: number }).port);
+      const s = await open(await link.listen());
+      const total = 64 * 1024 * 1024;
+      s.write(Buffer.alloc(total, 1));
+      await new Promise((r) => setTimeout(r, 1000));
+      // Kernel buffers hold a few MiB on each hop; the rest must still be with the sender.
+      expect(s.writableLength, `${s.writableLength} bytes still with the sender`).to.be.above(total / 2);
+      s.destroy();
+    } finally {
+      for (const c of held) c.destroy();
+      await link.close();
+      await new Promise((r) => stuck.close(r));
+    }
+  });
 });
