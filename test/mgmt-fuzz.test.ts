@@ -108,7 +108,7 @@ function safeToSend(parts: Buffer[]): boolean {
   return false; // shutdown, vmStart, vmNew
 }
 
-/** msgpack nested `depth` lists deep around nil, built by hand (the encoder would recurse). */
+/** msgpack nested `depth` lists deep around nil, built by hand (the encoder would recurse). Past 64 levels the codec refuses a frame before decoding it (wire.ts), so what is refused does not depend on the stack. */
 const deepList = (depth: number): Buffer => Buffer.concat([Buffer.alloc(depth, 0x91), Buffer.of(0xc0)]);
 
 /** A request map whose `args` value is raw msgpack bytes. */

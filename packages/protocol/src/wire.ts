@@ -16,7 +16,90 @@ const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'big
 export function encode(value: unknown): Buffer {
   return Buffer.from(packr.pack(value));
 }
+/**
+ * Containers nested deeper than this are refused before msgpackr sees the frame. msgpackr reads
+ * recursively, so without a bound whether a deep frame decodes (or fails with a RangeError)
+ * depends on the stack left at the call and on which of its frames V8 has optimised: the same
+ * bytes could decode in one process and not in another. Checked inputs are far shallower
+ * (hypercall inputs at most INPUT_MAX_DEPTH, 16).
+ */
+export const MSGPACK_MAX_DEPTH = 64;
+
+/** msgpackr's extensions that read the value after them (Error, Set, RegExp): each nests one level. */
+const READING_EXTENSIONS = new Set([0x65, 0x73, 0x78]);
+/** msgpackr's record definitions: a frame may define records and then nest them one byte a level. */
+const RECORD_EXTENSION = 0x72;
+
+/**
+ * Whether `buf` holds msgpack values nested deeper than `max`, or record definitions (which nest
+ * without showing it), found without recursion: one pass over the tokens, string, binary and
+ * extension bodies skipped by their lengths, an extension that reads the value after it counted as
+ * a level. A frame that ends early is not judged here: msgpackr reports that.
+ */
+export function msgpackTooDeep(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): boolean {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  // Values still to read in each open container, innermost last.
+  const open: number[] = [];
+  let p = 0;
+  const n = buf.length;
+  while (p < n) {
+    const t = buf[p++]!;
+    let items = -1; // a container's values, or -1 for a scalar
+    let skip = 0;
+    if (t <= 0x7f || t >= 0xe0 || (t >= 0xc0 && t <= 0xc3)) skip = 0;
+    else if (t <= 0x8f) items = (t & 0x0f) * 2;
+    else if (t <= 0x9f) items = t & 0x0f;
+    else if (t <= 0xbf) skip = t & 0x1f;
+    else {
+      const need = (k: number): boolean => p + k <= n;
+      switch (t) {
+        case 0xc4: case 0xd9: if (!need(1)) return false; skip = 1 + buf[p]!; break;
+        case 0xc5: case 0xda: if (!need(2)) return false; skip = 2 + v.getUint16(p); break;
+        case 0xc6: case 0xdb: if (!need(4)) return false; skip = 4 + v.getUint32(p); break;
+        case 0xc7: if (!need(1)) return false; skip = 2 + buf[p]!; break;
+        case 0xc8: if (!need(2)) return false; skip = 3 + v.getUint16(p); break;
+        case 0xc9: if (!need(4)) return false; skip = 5 + v.getUint32(p); break;
+        case 0xca: skip = 4; break;
+        case 0xcb: skip = 8; break;
+        case 0xcc: case 0xd0: skip = 1; break;
+        case 0xcd: case 0xd1: skip = 2; break;
+        case 0xce: case 0xd2: skip = 4; break;
+        case 0xcf: case 0xd3: skip = 8; break;
+        case 0xd4: skip = 2; break;
+        case 0xd5: skip = 3; break;
+        case 0xd6: skip = 5; break;
+        case 0xd7: skip = 9; break;
+        case 0xd8: skip = 17; break;
+        case 0xdc: if (!need(2)) return false; items = v.getUint16(p); skip = 2; break;
+        case 0xdd: if (!need(4)) return false; items = v.getUint32(p); skip = 4; break;
+        case 0xde: if (!need(2)) return false; items = v.getUint16(p) * 2; skip = 2; break;
+        case 0xdf: if (!need(4)) return false; items = v.getUint32(p) * 2; skip = 4; break;
+        default: return false; // 0xc1 (never used): msgpackr refuses it
+      }
+    }
+    if (t >= 0xc7 && t <= 0xc9 || t >= 0xd4 && t <= 0xd8) {
+      // The extension's type byte: after the length for ext 8/16/32, first for fixext.
+      const at = t === 0xc7 ? p + 1 : t === 0xc8 ? p + 2 : t === 0xc9 ? p + 4 : p;
+      if (at >= n) return false;
+      const type = buf[at]!;
+      if (type === RECORD_EXTENSION) return true;
+      if (READING_EXTENSIONS.has(type)) items = 1;
+    }
+    p += skip;
+    // This value fills a slot of the container it is in.
+    if (open.length > 0) open[open.length - 1]!--;
+    if (items > 0) {
+      open.push(items);
+      if (open.length > max) return true;
+    }
+    while (open.length > 0 && open[open.length - 1] === 0) open.pop();
+    if (open.length === 0 && items <= 0) return false; // the top-level value is complete
+  }
+  return false;
+}
+
 export function decode<T = unknown>(buf: Uint8Array): T {
+  if (msgpackTooDeep(buf)) throw new RangeError(`msgpack nested deeper than ${MSGPACK_MAX_DEPTH} levels, or with record definitions`);
   return packr.unpack(buf) as T;
 }
 
