@@ -25,6 +25,9 @@
 #include <pthread.h>
 #include <atomic>
 #include <memory>
+#include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
+#include <vector>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -514,6 +517,137 @@ void CopyBytes(const FunctionCallbackInfo<Value>& args) {
   std::memmove(dst + dstOff, src + srcOff, len);
 }
 
+// ---- kernel dirty-page tracking: userfaultfd write-protect (async) + PAGEMAP_SCAN -------------
+// Debian's headers predate both (REFERENCE, "Dirty-page tracking on this kernel"): define them.
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+struct HvPmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct HvPageRegion {
+  uint64_t start, end, categories;
+};
+constexpr uint64_t kPmScanWpMatching = 1 << 0;
+constexpr uint64_t kPmScanCheckWpAsync = 1 << 1;
+constexpr uint64_t kPageIsWritten = 1 << 1;
+#define HV_PAGEMAP_SCAN _IOWR('f', 16, struct HvPmScanArg)
+
+struct WpTracker {
+  int uffd = -1;
+  int pagemap = -1;
+  uintptr_t start = 0;
+  size_t length = 0;
+  // Keeps the mapping alive while it is tracked.
+  std::shared_ptr<BackingStore> store;
+};
+std::unordered_map<int32_t, std::unique_ptr<WpTracker>> wpTrackers;
+int32_t nextWpId = 1;
+
+void CloseTracker(WpTracker* t) {
+  if (t->uffd >= 0) close(t->uffd);
+  if (t->pagemap >= 0) close(t->pagemap);
+  t->uffd = t->pagemap = -1;
+}
+
+// wpTrack(sab) -> id. Registers the whole mapping behind `sab` (this process's mapping) with a
+// userfaultfd in async write-protect mode and protects it: from now on the kernel marks every
+// page written through this mapping (by any thread of this process), without a fault reaching us.
+void WpTrack(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsSharedArrayBuffer()) { Throw(isolate, "wpTrack(sab) takes a SharedArrayBuffer", 0); return; }
+  Local<SharedArrayBuffer> sab = args[0].As<SharedArrayBuffer>();
+  auto t = std::make_unique<WpTracker>();
+  t->store = sab->GetBackingStore();
+  t->start = reinterpret_cast<uintptr_t>(sab->Data());
+  t->length = sab->ByteLength();
+  long page = sysconf(_SC_PAGESIZE);
+  if (t->length == 0 || t->start % page != 0 || t->length % page != 0) { Throw(isolate, "wpTrack: the buffer is not a whole number of pages at a page boundary", 0); return; }
+  t->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  if (t->uffd < 0) { Throw(isolate, "userfaultfd", errno); return; }
+  struct uffdio_api api;
+  std::memset(&api, 0, sizeof api);
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_WP_ASYNC;
+  if (ioctl(t->uffd, UFFDIO_API, &api) != 0) { int e = errno; CloseTracker(t.get()); Throw(isolate, "UFFDIO_API (async write-protect)", e); return; }
+  struct uffdio_register reg;
+  std::memset(&reg, 0, sizeof reg);
+  reg.range.start = t->start;
+  reg.range.len = t->length;
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(t->uffd, UFFDIO_REGISTER, &reg) != 0) { int e = errno; CloseTracker(t.get()); Throw(isolate, "UFFDIO_REGISTER (write-protect)", e); return; }
+  struct uffdio_writeprotect wp;
+  std::memset(&wp, 0, sizeof wp);
+  wp.range.start = t->start;
+  wp.range.len = t->length;
+  wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+  if (ioctl(t->uffd, UFFDIO_WRITEPROTECT, &wp) != 0) { int e = errno; CloseTracker(t.get()); Throw(isolate, "UFFDIO_WRITEPROTECT", e); return; }
+  t->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (t->pagemap < 0) { int e = errno; CloseTracker(t.get()); Throw(isolate, "open /proc/self/pagemap", e); return; }
+  int32_t id = nextWpId++;
+  wpTrackers[id] = std::move(t);
+  args.GetReturnValue().Set(id);
+}
+
+// wpHarvest(id, bitmap: Int32Array) -> pages. Fetch-and-clear: every page written since the last
+// harvest (or since wpTrack) is OR-ed into `bitmap` (bit p & 31 of word p >> 5 for page p of the
+// mapping) and write-protected again, in one PAGEMAP_SCAN walk per batch of regions.
+void WpHarvest(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 2 || !args[0]->IsInt32() || !args[1]->IsInt32Array()) { Throw(isolate, "wpHarvest(id, bitmap) takes a tracker id and an Int32Array", 0); return; }
+  auto it = wpTrackers.find(args[0].As<v8::Int32>()->Value());
+  if (it == wpTrackers.end() || it->second->uffd < 0) { Throw(isolate, "wpHarvest: no such tracker", 0); return; }
+  WpTracker* t = it->second.get();
+  Local<v8::Int32Array> arr = args[1].As<v8::Int32Array>();
+  size_t pages = t->length / static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (arr->Length() * 32 < pages) { Throw(isolate, "wpHarvest: the bitmap has fewer bits than the mapping has pages", 0); return; }
+  uint32_t* bits = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(arr->Buffer()->Data()) + arr->ByteOffset());
+  const uint64_t pageSize = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  std::vector<HvPageRegion> vec(512);
+  uint64_t cursor = t->start;
+  const uint64_t end = t->start + t->length;
+  double found = 0;
+  while (cursor < end) {
+    HvPmScanArg a;
+    std::memset(&a, 0, sizeof a);
+    a.size = sizeof a;
+    a.flags = kPmScanWpMatching | kPmScanCheckWpAsync;
+    a.start = cursor;
+    a.end = end;
+    a.vec = reinterpret_cast<uint64_t>(vec.data());
+    a.vec_len = vec.size();
+    a.category_mask = kPageIsWritten;
+    a.return_mask = kPageIsWritten;
+    long n = ioctl(t->pagemap, HV_PAGEMAP_SCAN, &a);
+    if (n < 0) { Throw(isolate, "PAGEMAP_SCAN", errno); return; }
+    for (long i = 0; i < n; i++) {
+      for (uint64_t p = (vec[i].start - t->start) / pageSize, last = (vec[i].end - t->start) / pageSize; p < last; p++) {
+        bits[p >> 5] |= 1u << (p & 31);
+        found++;
+      }
+    }
+    if (a.walk_end <= cursor) break;
+    cursor = a.walk_end;
+  }
+  args.GetReturnValue().Set(found);
+}
+
+// wpUntrack(id) -> boolean. Closing the userfaultfd unregisters the range.
+void WpUntrack(const FunctionCallbackInfo<Value>& args) {
+  if (args.Length() < 1 || !args[0]->IsInt32()) { args.GetReturnValue().Set(false); return; }
+  auto it = wpTrackers.find(args[0].As<v8::Int32>()->Value());
+  if (it == wpTrackers.end()) { args.GetReturnValue().Set(false); return; }
+  CloseTracker(it->second.get());
+  wpTrackers.erase(it);
+  args.GetReturnValue().Set(true);
+}
+
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
@@ -540,4 +674,10 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, UnwatchWord)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "copyBytes").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, CopyBytes)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "wpTrack").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WpTrack)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "wpHarvest").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WpHarvest)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "wpUntrack").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WpUntrack)->GetFunction(context).ToLocalChecked()).Check();
 }

@@ -31,6 +31,9 @@ interface Addon {
   copyBytes?: CopyBytes;
   watchWord?(sab: SharedArrayBuffer, index: number, onChange: () => void): number;
   unwatchWord?(id: number): boolean;
+  wpTrack?(sab: SharedArrayBuffer): number;
+  wpHarvest?(id: number, bitmap: Int32Array): number;
+  wpUntrack?(id: number): boolean;
 }
 
 /** This package's directory, from src/ (sources) or dist/src/ (compiled) alike. */
@@ -402,4 +405,76 @@ export const copyBytes: CopyBytes = nativeCopy ?? copyBytesPortable;
 /** True when `copyBytes` is the addon's memmove (false: the portable Uint8Array.set fallback). */
 export function copyBytesIsNative(): boolean {
   return nativeCopy !== null;
+}
+
+// ---- kernel dirty-page tracking ------------------------------------------------------------------
+
+/**
+ * Dirty pages of a mapping, tracked by the kernel (ARCHITECTURE §8): the mapping behind a
+ * SharedArrayBuffer is registered with a userfaultfd in async write-protect mode, so every write
+ * through it, by any thread of this process and by any means (a typed array, Atomics, a native
+ * copy), marks its page in the page table without a fault reaching user space; `harvest` reads
+ * and re-arms those marks with one `PAGEMAP_SCAN` walk (fetch-and-clear). Registration is per
+ * process and per mapping: writes through another process's mapping of the same file are not
+ * seen (that process must log them). Use it from the thread that opened it.
+ */
+export class KernelDirtyTracker {
+  #id: number;
+  readonly pages: number;
+  private constructor(id: number, pages: number) {
+    this.#id = id;
+    this.pages = pages;
+  }
+
+  /** Starts tracking the mapping of `sab` (every page write-protected, nothing dirty yet). */
+  static open(sab: SharedArrayBuffer): KernelDirtyTracker {
+    const a = need();
+    if (!a.wpTrack) throw new ShmError('kernel dirty tracking needs a newer build of the shm addon');
+    try {
+      return new KernelDirtyTracker(a.wpTrack(sab), sab.byteLength / PAGE_SIZE);
+    } catch (e) {
+      throw new ShmError(`kernel dirty tracking is unavailable: ${(e as Error).message}`);
+    }
+  }
+
+  /** ORs the pages written since the last harvest into `bitmap` (bit p & 31 of word p >> 5) and re-protects them; returns how many. */
+  harvest(bitmap: Int32Array): number {
+    if (this.#id === 0) throw new ShmError('the dirty tracker is closed');
+    if (bitmap.length * 32 < this.pages) throw new ShmError(`a bitmap of ${bitmap.length} words cannot hold ${this.pages} pages`);
+    return need().wpHarvest!(this.#id, bitmap);
+  }
+
+  close(): void {
+    if (this.#id !== 0) addon?.wpUntrack?.(this.#id);
+    this.#id = 0;
+  }
+}
+
+let kernelDirtyProbe: string | null | undefined;
+/**
+ * Why kernel dirty tracking cannot be used here, or null when it can (probed once, on a small
+ * private mapping: userfaultfd with async write-protect and PAGEMAP_SCAN both work).
+ */
+export function kernelDirtyTrackingUnavailableReason(): string | null {
+  if (kernelDirtyProbe !== undefined) return kernelDirtyProbe;
+  if (!addon) return (kernelDirtyProbe = `shared memory is unavailable: ${loadError}`);
+  if (process.env.HVLAB_DIRTY_TRACKING === 'bitmap') return (kernelDirtyProbe = 'disabled by HVLAB_DIRTY_TRACKING=bitmap');
+  try {
+    const name = `hvlab-wpprobe-${process.pid}-${Date.now()}`;
+    const sab = addon.map(name, 4 * PAGE_SIZE, true);
+    addon.unlink(name);
+    const t = KernelDirtyTracker.open(sab);
+    try {
+      const bits = new Int32Array(1);
+      new Uint8Array(sab)[2 * PAGE_SIZE] = 1;
+      t.harvest(bits);
+      if (bits[0] !== 4) return (kernelDirtyProbe = `PAGEMAP_SCAN reported pages 0x${(bits[0]! >>> 0).toString(16)} for a write to page 2`);
+    } finally {
+      t.close();
+    }
+    kernelDirtyProbe = null;
+  } catch (e) {
+    kernelDirtyProbe = (e as Error).message;
+  }
+  return kernelDirtyProbe;
 }

@@ -1,0 +1,96 @@
+/**
+ * Kernel dirty-page tracking (userfaultfd async write-protect + PAGEMAP_SCAN) on /dev/shm
+ * mappings: writes that bypass every hvlab API (a plain typed array, Atomics, a native copy, a
+ * worker thread's store) are reported; a harvest clears what it reports; writes through another
+ * process's mapping of the same file are not (that is why the root logs its own writes).
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { copyBytes, createRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, shmAvailable, unlinkRegion } from '../src/index.js';
+
+const PAGE = 4096;
+const pagesOf = (bm: Int32Array): number[] => {
+  const out: number[] = [];
+  for (let w = 0; w < bm.length; w++) for (let b = 0; b < 32; b++) if ((bm[w]! >>> b) & 1) out.push(w * 32 + b);
+  return out;
+};
+
+describe('KernelDirtyTracker', function () {
+  const name = `hvlab-test-wp-${process.pid}`;
+  let sab: SharedArrayBuffer;
+  let t: KernelDirtyTracker;
+  const bm = new Int32Array(256 / 32);
+  const harvest = (): number[] => {
+    bm.fill(0);
+    const n = t.harvest(bm);
+    const pages = pagesOf(bm);
+    expect(n).to.equal(pages.length);
+    return pages;
+  };
+
+  before(function () {
+    if (!shmAvailable()) this.skip();
+    // On this machine's kernel it works (REFERENCE); a failure to probe is a failure here.
+    expect(kernelDirtyTrackingUnavailableReason()).to.equal(null);
+  });
+  beforeEach(() => {
+    sab = createRegion(name, 256 * PAGE);
+    t = KernelDirtyTracker.open(sab);
+  });
+  afterEach(() => {
+    t?.close();
+    unlinkRegion(name);
+  });
+
+  it('reports nothing before a write, then exactly the pages written by a plain typed array, Atomics and a native copy', () => {
+    expect(harvest()).to.deep.equal([]);
+    new Uint8Array(sab)[3 * PAGE + 17] = 1;
+    Atomics.add(new Int32Array(sab), (40 * PAGE) / 4, 1);
+    copyBytes(sab, 100 * PAGE + PAGE - 2, new Uint8Array([1, 2, 3, 4]), 0, 4); // spans pages 100 and 101
+    new DataView(sab).setFloat64(255 * PAGE + PAGE - 8, 1.5, true);
+    expect(harvest()).to.deep.equal([3, 40, 100, 101, 255]);
+  });
+
+  it('clears what it reports (fetch-and-clear) and catches the next write to the same page', () => {
+    const u8 = new Uint8Array(sab);
+    u8[7 * PAGE] = 1;
+    expect(harvest()).to.deep.equal([7]);
+    expect(harvest()).to.deep.equal([]);
+    u8[7 * PAGE + 1] = 2;
+    expect(harvest()).to.deep.equal([7]);
+  });
+
+  it('does not report reads', () => {
+    const u8 = new Uint8Array(sab);
+    let sum = 0;
+    for (let p = 0; p < 256; p++) sum += u8[p * PAGE]!;
+    expect(sum).to.equal(0);
+    expect(harvest()).to.deep.equal([]);
+  });
+
+  it('reports writes made by another thread of the process through the same mapping', async () => {
+    const w = new Worker('const { workerData, parentPort } = require("node:worker_threads"); new Uint8Array(workerData)[9 * 4096] = 9; new Int32Array(workerData)[(200 * 4096) / 4] = 1; parentPort.postMessage("done");', { eval: true, workerData: sab });
+    await new Promise((resolve, reject) => {
+      w.once('message', resolve);
+      w.once('error', reject);
+    });
+    await w.terminate();
+    expect(harvest()).to.deep.equal([9, 200]);
+  });
+
+  it('does not see writes through another process\'s mapping (those must be logged by that process)', () => {
+    const addon = join(import.meta.dirname, '..', 'build', 'Release', 'hvlab_shm.node');
+    const r = spawnSync(process.execPath, ['-e', `const a = require(${JSON.stringify(addon)}); new Uint8Array(a.map(${JSON.stringify(name)}, 0, false))[5 * 4096] = 5;`], { encoding: 'utf8' });
+    expect(r.status, r.stderr).to.equal(0);
+    expect(new Uint8Array(sab)[5 * PAGE]).to.equal(5);
+    expect(harvest()).to.deep.equal([]);
+  });
+
+  it('refuses a bitmap too small for the mapping and a closed tracker', () => {
+    expect(() => t.harvest(new Int32Array(1))).to.throw(/cannot hold 256 pages/);
+    t.close();
+    expect(() => t.harvest(bm)).to.throw(/closed/);
+  });
+});
