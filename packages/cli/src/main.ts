@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostPaths, pidAlive, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  formatBytes, MAX_VPS_PER_PARTITION, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
@@ -192,6 +192,22 @@ export const COMMANDS: CommandSpec[] = [
   vmName(['vm', 'save'], 'write memory, VP/APIC/SynIC/timer and device state; the VM becomes Saved (Save-VM)'),
   vmName(['vm', 'delete'], 'remove an Off VM and its files (Remove-VM)'),
   {
+    ...vmName(['vm', 'move'], 'live-migrate a running VM to another host of the cluster (Move-VM): pre-copy with kernel dirty tracking; shows passes, transferred/remaining, dirty rate, expected downtime'),
+    group: 'Live migration',
+    options: [
+      { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: nonEmpty('to') },
+      { name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M (default: as fast as the link allows)', check: (v) => (parseSize(v) === null ? `--bandwidth ${v} is invalid: bytes per second such as 100M or 512K` : null) },
+      { name: 'downtime-limit', value: 'TIME', help: 'the blackout to aim for, e.g. 300ms (default, as QEMU)', check: (v) => (inRange(parseDuration(v), 1, 3_600_000) ? null : `--downtime-limit ${v} is invalid: a duration such as 300ms or 1s`) },
+      { name: 'max-passes', value: 'N', help: 'pre-copy passes at most before the blackout (default 10)', check: wholeIn('max-passes', 1, 1000) },
+      { name: 'compress', help: 'compress pages (deflate); zero pages are never sent in full anyway' },
+      { name: 'auto-converge', help: 'throttle the VM when a pass does not shrink the dirty set (20 %, +10 %, at most 99 %, as QEMU)' },
+      { name: 'postcopy', help: 'switch to the destination early and fetch missing pages on demand (not built yet: refused)' },
+      { name: 'offline', help: 'stop-and-copy: suspend, copy everything once, resume there (the baseline)' },
+    ],
+  },
+  { ...vmName(['vm', 'move-status'], 'the VM\'s current or last migration through this host, with QEMU\'s query-migrate names'), group: 'Live migration' },
+  { ...vmName(['vm', 'move-cancel'], 'abort a migration safely in any phase before the switch-over: the VM stays where it was'), group: 'Live migration' },
+  {
     ...vmName(['vm', 'set-processor'], 'Set-VMProcessor, on a running or stopped VM'),
     options: [
       { name: 'reserve', value: 'R', help: '% of one LP guaranteed to each VP, 0-100', check: wholeIn('reserve', 0, 100) },
@@ -232,6 +248,15 @@ export const COMMANDS: CommandSpec[] = [
     options: [{ name: 'as', value: 'VM', help: 'call as this VM\'s partition (default: the root)', check: nonEmpty('as') }],
   },
 ];
+
+/** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
+function migrationLine(st: MigrationStats): string {
+  const total = Math.max(1, st.ram.total);
+  const pct = Math.min(100, Math.round((st.ram['normal-bytes'] + st.ram.duplicate * st.ram['page-size']) / total * 100));
+  const width = 20;
+  const bar = '#'.repeat(Math.round((pct / 100) * width)).padEnd(width, '.');
+  return `${st.vm} → ${st.to} [${bar}] ${st.status} pass ${st.pass}: sent ${formatBytes(st.ram.transferred)}, remaining ${formatBytes(st.ram.remaining)}, dirty ${st.ram['dirty-pages-rate']} pages/s, expected downtime ${st['expected-downtime']} ms${st['throttle-percentage'] ? `, throttle ${st['throttle-percentage']} %` : ''}`;
+}
 
 const GROUP_NOTES: Record<string, string> = {
   VMs: 'Hyper-V: New-VM, Start-VM, Stop-VM, Suspend-VM, Resume-VM, Save-VM, Get-VM, Remove-VM',
@@ -999,6 +1024,61 @@ export async function run(argv: string[]): Promise<number> {
           // A config VMMS could not read is kept, never overwritten: say why, one line each.
           for (const v of vms.filter((x) => x.state === 'Invalid')) out(`${v.name}: invalid configuration: ${v.lastStateReason ?? 'unreadable'}`);
         }
+        return 0;
+      }
+      case 'vm move': {
+        const c = connect();
+        const dl = opt('downtime-limit');
+        const args = {
+          name, to: opt('to'), bandwidthBps: opt('bandwidth') === undefined ? undefined : parseSize(opt('bandwidth')!)!,
+          downtimeLimitMs: dl === undefined ? undefined : Math.max(1, Math.round(parseDuration(dl)!)), maxPasses: opt('max-passes') === undefined ? undefined : Number(opt('max-passes')),
+          compress: flag('compress') || undefined, autoConverge: flag('auto-converge') || undefined, postcopy: flag('postcopy') || undefined, offline: flag('offline') || undefined,
+        };
+        let done = false;
+        const moving = c.request<MigrationStats>('vmMove', args, 24 * 3600 * 1000).finally(() => {
+          done = true;
+        });
+        if (!json) {
+          let last = '';
+          const tty = process.stderr.isTTY;
+          while (!done) {
+            await Promise.race([moving.catch(() => undefined), new Promise((r) => setTimeout(r, 250))]);
+            if (done) break;
+            const st = await c.request<MigrationStats>('vmMoveStatus', { name }, 5000).catch(() => null);
+            if (!st || st.status === 'completed') continue;
+            const line = migrationLine(st);
+            if (line === last) continue;
+            last = line;
+            if (tty) process.stderr.write(`\r\x1b[K${line}`);
+            else process.stderr.write(`${line}\n`);
+          }
+          if (tty && last) process.stderr.write('\r\x1b[K');
+        }
+        const st = await moving;
+        if (json) out(JSON.stringify(st));
+        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${formatBytes(st.ram.transferred)} sent for ${formatBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
+        else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}; it runs on ${st.from}\n`);
+        return st.status === 'completed' ? 0 : 1;
+      }
+      case 'vm move-status': {
+        const st = await connect().request<MigrationStats>('vmMoveStatus', { name });
+        if (json) out(JSON.stringify(st));
+        else {
+          out(table([
+            ['vm', st.vm], ['from → to', `${st.from} → ${st.to}`], ['method', st.method], ['status', st.status + (st['error-desc'] ? ` (${st['error-desc']})` : '')],
+            ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ['downtime', `${st.downtime} ms`], ['expected-downtime', `${st['expected-downtime']} ms`],
+            ['pass', String(st.pass)], ['dirty tracking', st['dirty-tracking']],
+            ['ram transferred', formatBytes(st.ram.transferred)], ['ram remaining', formatBytes(st.ram.remaining)], ['ram total', formatBytes(st.ram.total)],
+            ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
+            ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],
+            ['postcopy-requests', String(st.ram['postcopy-requests'])], ['compression ratio', String(st['compression-ratio'])], ['throttle', `${st['throttle-percentage']} %`],
+          ]));
+        }
+        return 0;
+      }
+      case 'vm move-cancel': {
+        const st = await connect().request<MigrationStats>('vmMoveCancel', { name });
+        out(json ? JSON.stringify(st) : `cancelling the migration of VM ${st.vm} to ${st.to} (it was ${st.status}); "hvlab vm move-status ${st.vm}" shows its end`);
         return 0;
       }
       case 'vm save': {

@@ -6,7 +6,7 @@
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
 import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
-import { openRegion, privateRegion } from '@hvlab/shm';
+import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
 import { GuestMemory } from './memory.js';
@@ -62,6 +62,36 @@ process.on('disconnect', () => void exit('the VMWP is gone', 1));
 process.on('SIGTERM', () => void exit('SIGTERM', 1));
 
 let firmware: Uint8Array | null = null;
+/**
+ * Live migration's dirty tracking of this process's mapping of guest memory (the VP threads write
+ * through it): the kernel's, when userfaultfd works here; otherwise none, and the VMWP relies on
+ * the dirty bitmap that GuestMemory keeps.
+ */
+let tracker: KernelDirtyTracker | null = null;
+function dirtyRequest(op: unknown): unknown {
+  if (!kernel) throw new Error('the guest has not booted');
+  const sab = kernel.mem.share().memory;
+  switch (op) {
+    case 'start': {
+      tracker?.close();
+      tracker = null;
+      const why = kernelDirtyTrackingUnavailableReason();
+      if (why === null) tracker = KernelDirtyTracker.open(sab);
+      return { mode: tracker ? 'kernel' : 'bitmap', reason: why };
+    }
+    case 'harvest': {
+      const bitmap = new Int32Array(Math.ceil(sab.byteLength / PAGE / 32));
+      const pages = tracker ? tracker.harvest(bitmap) : 0;
+      return { pages, bitmap };
+    }
+    case 'stop':
+      tracker?.close();
+      tracker = null;
+      return true;
+    default:
+      throw new Error(`unknown dirty-tracking operation ${String(op).slice(0, 32)}`);
+  }
+}
 const rpc = new IpcRpc(process, async (m) => {
   switch (m.t) {
     case 'firmware':
@@ -79,6 +109,8 @@ const rpc = new IpcRpc(process, async (m) => {
     case 'thaw':
       kernel?.thaw();
       return true;
+    case 'dirty':
+      return dirtyRequest(m.op);
     case 'hypercall': {
       const r = await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
       return r;

@@ -115,7 +115,26 @@ export type FabricRequest =
 
 export type PeerRequest =
   | { v: number; id: number; op: 'ping'; from: string; t: number }
-  | { v: number; id: number; op: 'sink'; from: string; data: Uint8Array };
+  | { v: number; id: number; op: 'sink'; from: string; data: Uint8Array }
+  | MigPeerRequest;
+
+/**
+ * Live migration's stream, from the source's VMWP to the destination's peer service, through
+ * their link (protocol/src/migrate.ts has the page batch and the options): `migSetup` (the VM's
+ * config as its config file has it, checked by the destination's config decoder), `migPages` (a
+ * page batch), `migState` (the saved-state tree of every component, as JSON), `migCommit`,
+ * `migAbort`. `mig` is the migration's id.
+ */
+export type MigPeerRequest =
+  | { v: number; id: number; op: 'migSetup'; from: string; mig: string; config: Record<string, unknown>; options: Record<string, unknown> }
+  | { v: number; id: number; op: 'migPages'; from: string; mig: string; data: Uint8Array }
+  | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array }
+  | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: Record<string, unknown> | null }
+  | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string };
+/** A migration id: what the source's root made up for it. */
+export const MIG_ID_RE = /^[a-z0-9-]{8,64}$/;
+/** Largest saved-state tree a migState carries. */
+export const MIG_STATE_MAX_BYTES = 1024 * 1024;
 
 export type Decoded<T> = { ok: true; value: T } | { ok: false; id: number; message: string };
 
@@ -290,10 +309,32 @@ export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
 export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
   let id = 0;
   return catching(() => {
-    const env = envelope(bytes, ['ping', 'sink']);
+    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migState', 'migCommit', 'migAbort']);
     id = env.id;
     try {
       const { f } = env;
+      if (env.op.startsWith('mig')) {
+        const v = CLUSTER_WIRE_VERSION;
+        const from = hostName(f, 'from');
+        const mig = f.str('mig', 64, MIG_ID_RE);
+        switch (env.op) {
+          case 'migSetup':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'config', 'options']);
+            return { v, id, op: 'migSetup', from, mig, config: f.map('config'), options: f.map('options') };
+          case 'migPages':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'data']);
+            return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
+          case 'migState':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
+            return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
+          case 'migCommit':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
+            return { v, id, op: 'migCommit', from, mig, stats: env.o.stats === undefined || env.o.stats === null ? null : f.map('stats') };
+          default:
+            f.only(['v', 'id', 'op', 'from', 'mig', 'reason']);
+            return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512) };
+        }
+      }
       if (env.op === 'ping') {
         f.only(['v', 'id', 'op', 'from', 't']);
         return { v: CLUSTER_WIRE_VERSION, id, op: 'ping', from: hostName(f, 'from'), t: f.num('t', 0, Number.MAX_SAFE_INTEGER, false) };

@@ -23,3 +23,4 @@ export * from './devices.js';
 export * from './hcpage.js';
 export * from './random.js';
 export * from './cluster.js';
+export * from './migrate.js';

@@ -44,6 +44,7 @@ export const MGMT_RTC_OFFSET_MAX_S = 10 * 365 * 86400;
 export const MGMT_OPS = [
   'ping', 'hostInfo', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
   'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown', 'linkProbe',
+  'vmMove', 'vmMoveStatus', 'vmMoveCancel',
 ] as const;
 export type MgmtOp = (typeof MGMT_OPS)[number];
 
@@ -95,6 +96,13 @@ export type MgmtArgs = {
    * (`direct`: to the peer's own address, past the link layer, as a baseline).
    */
   linkProbe: { peer: string; pings?: number; bytes?: number; direct?: boolean; timeoutMs?: number };
+  /** Move-VM to host `to` of the cluster (options: protocol/src/migrate.ts; missing ones take the defaults). */
+  vmMove: {
+    name: string; to: string; bandwidthBps?: number; downtimeLimitMs?: number; maxPasses?: number;
+    compress?: boolean; autoConverge?: boolean; postcopy?: boolean; offline?: boolean;
+  };
+  vmMoveStatus: MgmtVmArgs;
+  vmMoveCancel: MgmtVmArgs;
 };
 
 /** A checked request: its `args` have exactly the shape of its `op`. */
@@ -366,6 +374,22 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     put(out, 'bytes', r.optWhole('bytes', 0, LINK_PROBE_MAX_BYTES, true));
     put(out, 'direct', r.optBoolean('direct'));
     put(out, 'timeoutMs', r.optWhole('timeoutMs', 1, 600_000, true));
+    return out;
+  },
+  vmMoveStatus: vmOnly(),
+  vmMoveCancel: vmOnly(),
+  vmMove: (a) => {
+    const r = a(['name', 'to', 'bandwidthBps', 'downtimeLimitMs', 'maxPasses', 'compress', 'autoConverge', 'postcopy', 'offline']);
+    const to = r.string('to', 10, 1);
+    if (!CLUSTER_HOST_RE.test(to)) throw new ArgumentRejected('vmMove argument "to" must be a host name (lower-case letter, then letters, digits or "-", at most 10)');
+    const out: MgmtArgs['vmMove'] = { name: r.vmName(), to };
+    put(out, 'bandwidthBps', r.optWhole('bandwidthBps', 0, 1e12, true));
+    put(out, 'downtimeLimitMs', r.optWhole('downtimeLimitMs', 1, 3_600_000, true));
+    put(out, 'maxPasses', r.optWhole('maxPasses', 1, 1000, true));
+    put(out, 'compress', r.optBoolean('compress'));
+    put(out, 'autoConverge', r.optBoolean('autoConverge'));
+    put(out, 'postcopy', r.optBoolean('postcopy'));
+    put(out, 'offline', r.optBoolean('offline'));
     return out;
   },
 };

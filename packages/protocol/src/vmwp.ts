@@ -24,12 +24,22 @@ export type VmwpRequest =
   | { t: 'turnOff'; reason: string }
   | { t: 'ic'; enable: string | null; disable: string | null }
   | { t: 'kvp'; op: 'set' | 'get' | 'delete' | 'list'; pool: string; key: string | null; value: string | null }
-  | { t: 'shutdown'; timeoutS: number };
+  | { t: 'shutdown'; timeoutS: number }
+  /** Live migration, source: move the VM through `endpoint` (the link to `to`) with the cluster key. */
+  | { t: 'migOut'; mig: string; from: string; to: string; endpoint: string; key: { cluster: string; publicKey: string; secretKey: string }; config: Record<string, unknown>; options: Record<string, unknown> }
+  | { t: 'migCancel'; reason: string }
+  /** Live migration, destination (a VMWP started `incoming`): a page batch, then the saved-state tree. */
+  | { t: 'migPages'; data: Uint8Array }
+  | { t: 'migState'; state: Uint8Array };
 
 export type VmwpNote =
   | { t: 'booted'; partitionId: number; partitionPid: number | null }
   | { t: 'failed'; message: string }
-  | { t: 'exiting'; reason: string; guestShutdown: boolean };
+  | { t: 'exiting'; reason: string; guestShutdown: boolean }
+  /** An incoming VMWP has built the partition and devices and takes pages. */
+  | { t: 'incomingReady'; partitionId: number }
+  /** A migration's statistics (protocol/src/migrate.ts), as they change. */
+  | { t: 'migProgress'; stats: Record<string, unknown> };
 
 /** What a VMWP says about its VM when a (new) root attaches. */
 export interface VmwpDescription {
@@ -120,6 +130,19 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
       return { t, op, pool: str(b, 'pool', false, 32)!, key: str(b, 'key', true, 2048), value: str(b, 'value', true, 8192) };
     }
     case 'shutdown': return { t, timeoutS: int(b, 'timeoutS', 1, 3600) };
+    case 'migOut': {
+      if (!isObj(b.key) || !isObj(b.config) || !isObj(b.options)) throw new VmwpDecodeError('fields key, config and options must be maps');
+      const key = { cluster: str(b.key, 'cluster', false, 64)!, publicKey: str(b.key, 'publicKey', false, 40)!, secretKey: str(b.key, 'secretKey', false, 40)! };
+      return { t, mig: str(b, 'mig', false, 64)!, from: str(b, 'from', false, 64)!, to: str(b, 'to', false, 64)!, endpoint: str(b, 'endpoint', false, 200)!, key, config: b.config, options: b.options };
+    }
+    case 'migCancel': return { t, reason: str(b, 'reason', false, 512)! };
+    case 'migPages':
+    case 'migState': {
+      const k = t === 'migPages' ? 'data' : 'state';
+      const v = b[k];
+      if (!(v instanceof Uint8Array) || v.length > 2 * 1024 * 1024) throw new VmwpDecodeError(`field ${k} is not bytes of at most 2 MiB`);
+      return t === 'migPages' ? { t, data: v } : { t, state: v };
+    }
     default: throw new VmwpDecodeError(`request type ${typeof t === 'string' ? JSON.stringify(t.slice(0, 40)) : typeof t} is unknown`);
   }
 }
@@ -129,6 +152,10 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
     case 'booted': return { t: 'booted', partitionId: int(b, 'partitionId', 2, 0x7fffffff), partitionPid: b.partitionPid === null ? null : int(b, 'partitionPid', 1, 0x7fffffff) };
     case 'failed': return { t: 'failed', message: str(b, 'message', false, MAX_STR)! };
     case 'exiting': return { t: 'exiting', reason: str(b, 'reason', false, MAX_STR)!, guestShutdown: bool(b, 'guestShutdown') };
+    case 'incomingReady': return { t: 'incomingReady', partitionId: int(b, 'partitionId', 2, 0x7fffffff) };
+    case 'migProgress':
+      if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
+      return { t: 'migProgress', stats: b.stats };
     default: throw new VmwpDecodeError('note type is unknown');
   }
 }

@@ -122,6 +122,12 @@ const handler: MgmtHandler = async (op, args) => {
         await exit('shutdown requested', 0, true);
       })(), 10);
       return { stopping: true };
+    case 'vmMove': {
+      const { name, to, ...options } = args;
+      return await v.move({ name, to, options });
+    }
+    case 'vmMoveStatus': return v.moveStatus(args.name);
+    case 'vmMoveCancel': return v.moveCancel(args.name);
     case 'linkProbe':
       if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
       return await member.probe(args);
@@ -139,10 +145,14 @@ try {
   const cfg = memberConfigFromEnv(process.env, lps);
   if (cfg) {
     member = new ClusterMember(cfg, log, handler);
+    const m = member;
+    member.onMigration = (r) => vmms!.incoming(r);
+    vmms.cluster = m;
     await member.start();
   }
 } catch (e) {
   log.error({ err: e }, 'cannot take part in the cluster; the host runs alone');
+  vmms.cluster = null;
   await member?.close();
   member = null;
 }

@@ -16,7 +16,7 @@
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
   decodePeerBook, decodePeerRequest, isIpv4,
-  type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type PeerBookEntry, type PeerHealth, type PeerRequest,
+  type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
 import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
 import type { Logger } from 'pino';
@@ -97,9 +97,33 @@ export class ClusterMember {
     this.timer = setInterval(() => void this.tick(), HEARTBEAT_MS);
   }
 
+  /** Where live migrations into this host go (VMMS); unset, they are refused. */
+  onMigration: ((r: MigPeerRequest) => Promise<unknown>) | null = null;
+
   private servePeer(r: PeerRequest): unknown {
     if (r.op === 'ping') return { pong: this.cfg.host, t: r.t };
-    return { n: r.data.length };
+    if (r.op === 'sink') return { n: r.data.length };
+    if (!this.onMigration) throw new RpcFailure('Unavailable', `${this.cfg.host} takes no migrations`);
+    return this.onMigration(r);
+  }
+
+  get name(): string {
+    return this.cfg.host;
+  }
+
+  get key(): ClusterKey {
+    return this.cfg.key;
+  }
+
+  /**
+   * Where this host reaches `peer` through their link (the fabric's port of it), for a migration
+   * stream; throws a MgmtFailure naming the peers when there is no such link.
+   */
+  async linkTo(peer: string): Promise<{ endpoint: string; direct: string }> {
+    if (!this.peers.has(peer)) await this.refresh();
+    const p = this.peers.get(peer);
+    if (!p) throw new MgmtFailure('NotFound', `${this.cfg.host} has no link to host "${peer}"${this.peers.size ? ` (peers: ${[...this.peers.keys()].join(', ')})` : this.joined ? ' (it has no peers)' : ' (it has not joined its cluster yet)'}`);
+    return { endpoint: `tcp://${this.cfg.fabricHost}:${p.entry.port}`, direct: `tcp://${p.entry.address}:${p.entry.peerPort}` };
   }
 
   /** One heartbeat period: join or refresh the peer book, then ping every peer. */

@@ -15,6 +15,8 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  DEFAULT_MAX_MIGRATIONS, MIG_PAGE, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
+  type ClusterKey, type MigPeerRequest, type MigrationOptions, type MigrationStats,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
@@ -22,7 +24,7 @@ import {
   entries, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
-import { buildConfig, ConfigStore, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
+import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
 import type { VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import type { IcEntry } from './vmwp/devices.js';
 import { MAX_WARM, WarmPool } from './warm.js';
@@ -53,7 +55,35 @@ interface VmRecord {
   startCancelled: string | null;
   /** Why the VM's config file cannot be used (state Invalid), or null. */
   invalid: string | null;
+  /** A live migration into this host (destination), until it is committed. */
+  incoming: Incoming | null;
+  /** A live migration of this VM to another host (source), queued or running. */
+  moving: { mig: string; to: string; started: boolean; cancel: (why: string) => void } | null;
 }
+
+interface Incoming {
+  mig: string;
+  from: string;
+  options: MigrationOptions;
+  ready: { resolve: () => void; reject: (e: Error) => void } | null;
+  started: boolean;
+  lastSeen: number;
+  watchdog: NodeJS.Timeout | null;
+  startedAt: number;
+}
+
+/** What VMMS needs of the host's cluster membership to move VMs. */
+export interface MigrationCluster {
+  readonly name: string;
+  readonly key: ClusterKey;
+  linkTo(peer: string): Promise<{ endpoint: string }>;
+}
+
+/** An incoming migration whose stream is silent this long (before the state came) is dropped (HVLAB_MIGRATION_IDLE_MS for tests). */
+const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
+/** After the destination runs the VM, the source must commit within this, or the copy here goes. */
+const INCOMING_COMMIT_MS = 15000;
+const MIGRATION_MAX_MS = 24 * 3600 * 1000;
 
 export interface VmmsOptions {
   home: string;
@@ -68,6 +98,8 @@ export interface VmmsOptions {
   vmbusTransport: 'shm' | 'remote';
   /** VM workers to keep started ahead of need (`hvlab up --warm N`); 0 keeps none. */
   warm?: number;
+  /** Live migrations from this host at once (more wait in a queue); default 2, as Hyper-V. */
+  maxMigrations?: number;
 }
 
 export const DEFAULT_STOP_TIMEOUT_S = 30;
@@ -86,11 +118,22 @@ function linkFailure(e: unknown, what: string): MgmtFailure {
 
 export class Vmms {
   private readonly vms = new Map<string, VmRecord>();
+  /** The host's cluster membership, when it has one (live migration needs it). */
+  cluster: MigrationCluster | null = null;
+  /** The last migration of each VM name this host took part in (source or destination), for move-status. */
+  private readonly moves = new Map<string, MigrationStats>();
+  /** Migrations from this host running now, and those waiting for a slot (Hyper-V: 2 at once). */
+  private movesRunning = 0;
+  private readonly moveQueue: Array<() => void> = [];
+  readonly maxMigrations: number;
+  /** Migrations this host committed as destination (an abort that arrives later is answered "committed"). */
+  private readonly committed = new Set<string>();
   private readonly paths;
   private warm: WarmPool | null = null;
 
   constructor(private readonly o: VmmsOptions) {
     this.paths = hostPaths(o.home);
+    this.maxMigrations = o.maxMigrations ?? DEFAULT_MAX_MIGRATIONS;
     const { valid, invalid } = o.store.loadAll();
     for (const c of valid) {
       const r = this.record(c);
@@ -144,7 +187,7 @@ export class Vmms {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
-      restoring: false, invalid: null, startCancelled: null,
+      restoring: false, invalid: null, startCancelled: null, incoming: null, moving: null,
     };
   }
 
@@ -230,6 +273,13 @@ export class Vmms {
     } else if (n.t === 'exiting') {
       r.exitReason = n.reason;
       r.guestShutdown = n.guestShutdown;
+    } else if (n.t === 'incomingReady') {
+      r.partitionId = n.partitionId;
+      r.incoming?.ready?.resolve();
+      if (r.incoming) r.incoming.ready = null;
+    } else if (n.t === 'migProgress') {
+      const known = this.moves.get(r.config.name);
+      this.moves.set(r.config.name, { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) });
     }
   }
 
@@ -711,6 +761,244 @@ export class Vmms {
     }
     this.setState(r, to, on ? 'paused' : 'resumed');
     return this.info(r, null);
+  }
+
+  // ---- live migration ---------------------------------------------------------------------
+
+  private async moveSlot(r: VmRecord): Promise<void> {
+    if (this.movesRunning < this.maxMigrations) {
+      this.movesRunning++;
+      return;
+    }
+    await new Promise<void>((resolve, reject) => {
+      const go = (): void => {
+        this.movesRunning++;
+        resolve();
+      };
+      this.moveQueue.push(go);
+      r.moving!.cancel = (why) => {
+        const i = this.moveQueue.indexOf(go);
+        if (i >= 0) this.moveQueue.splice(i, 1);
+        reject(new MgmtFailure('Cancelled', why));
+      };
+    });
+  }
+
+  private releaseMoveSlot(): void {
+    this.movesRunning--;
+    this.moveQueue.shift()?.();
+  }
+
+  /**
+   * Move-VM: live-migrates a running VM to host `to` of the cluster. The VM's worker runs the
+   * migration (vmwp/migrate.ts) through the link to `to`; this waits for its end and returns its
+   * statistics. Completed: the VM is the destination's, and nothing of it stays here. Failed or
+   * cancelled: it runs on here, unchanged. At most `maxMigrations` run at once; more wait.
+   */
+  async move(args: { name: unknown; to: unknown; options?: unknown }): Promise<MigrationStats> {
+    const r = this.get(args.name);
+    const name = r.config.name;
+    const cluster = this.cluster;
+    if (!cluster) throw new MgmtFailure('InvalidState', `cannot move VM "${name}": this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")`);
+    const to = typeof args.to === 'string' ? args.to : '';
+    if (!to) throw new MgmtFailure('InvalidArgument', 'a move needs a destination host (--to HOST)');
+    if (to === cluster.name) throw new MgmtFailure('InvalidArgument', `VM "${name}" is on ${to} already`);
+    const options = decodeMigrationOptions(args.options);
+    if (typeof options === 'string') throw new MgmtFailure('InvalidArgument', options);
+    if (options.postcopy) throw new MgmtFailure('InvalidArgument', 'post-copy migration is not built yet: use pre-copy (the default), --auto-converge or --offline');
+    if (r.moving) throw new MgmtFailure('InvalidState', `VM "${name}" is being moved to ${r.moving.to} already`);
+    this.requireState(r, [EnabledState.Running], 'move');
+    const mig = randomBytes(8).toString('hex');
+    const total = dirtyBitmapGpa(r.config.memoryBytes);
+    const queued: MigrationStats = {
+      vm: name, from: cluster.name, to, method: options.offline ? 'offline' : options.postcopy ? 'postcopy' : 'precopy', status: 'queued',
+      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(total), pass: 0, 'compression-ratio': 1,
+      'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date().toISOString(),
+    };
+    this.moves.set(name, queued);
+    r.moving = { mig, to, started: false, cancel: () => undefined };
+    const fail = (status: 'failed' | 'cancelled', why: string): MigrationStats => {
+      const st: MigrationStats = { ...(this.moves.get(name) ?? queued), status, 'error-desc': why };
+      this.moves.set(name, st);
+      return st;
+    };
+    try {
+      try {
+        await this.moveSlot(r);
+      } catch (e) {
+        return fail('cancelled', (e as Error).message);
+      }
+      try {
+        if (this.stateOf(r) !== EnabledState.Running || !r.link) return fail('failed', `VM "${name}" is ${vmStateName(r.state)}`);
+        const link = await cluster.linkTo(to).catch((e) => {
+          throw new MgmtFailure('NotFound', (e as Error).message);
+        });
+        const l = r.link;
+        r.moving.started = true;
+        r.moving.cancel = (why) => void l.request({ t: 'migCancel', reason: why }, 5000).catch(() => undefined);
+        this.o.log.info({ vm: name, to, mig, options }, 'moving VM');
+        const key = { cluster: cluster.key.cluster, publicKey: cluster.key.publicKey, secretKey: cluster.key.secretKey };
+        const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
+        this.moves.set(name, stats);
+        if (stats.status === 'completed') {
+          // The worker leaves by itself; the VM is the destination's: nothing of it stays here.
+          r.expectingExit = true;
+          r.reason = `moved to ${to}`;
+          for (let i = 0; i < 250 && r.vmwpPid !== null; i++) await new Promise((res) => setTimeout(res, 20));
+          if (r.vmwpPid !== null) await this.kill(r, `moved to ${to}`);
+          for (let i = 0; i < 100 && r.state !== EnabledState.Off; i++) await new Promise((res) => setTimeout(res, 20));
+          this.o.store.remove(name);
+          discardSavedState(this.o.vmDir, name);
+          this.vms.delete(name);
+          this.o.log.info({ vm: name, to, downtimeMs: stats.downtime, totalMs: stats['total-time'] }, 'VM moved away');
+        }
+        return stats;
+      } catch (e) {
+        return fail('failed', (e as Error).message);
+      } finally {
+        this.releaseMoveSlot();
+      }
+    } finally {
+      r.moving = null;
+    }
+  }
+
+  /** The statistics of the VM's current or last migration through this host. */
+  moveStatus(name: unknown): MigrationStats {
+    const n = validateName(name);
+    const st = this.moves.get(n);
+    if (!st) throw new MgmtFailure('NotFound', `VM "${n}" has no migration on this host`);
+    return st;
+  }
+
+  /** Move-cancel: safe in every phase before the commit (the VM stays here, the destination drops its attempt). */
+  moveCancel(name: unknown): MigrationStats {
+    const r = this.get(name);
+    if (!r.moving) throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is not being moved`);
+    r.moving.cancel('cancelled by the user');
+    return this.moves.get(r.config.name)!;
+  }
+
+  /** The destination's side of a migration (requests of the source's VMWP through the peer service). */
+  async incoming(req: MigPeerRequest): Promise<unknown> {
+    if (req.op === 'migSetup') return await this.incomingSetup(req);
+    const r = [...this.vms.values()].find((x) => x.incoming?.mig === req.mig);
+    if (req.op === 'migAbort') {
+      if (this.committed.has(req.mig)) return { committed: true };
+      if (!r || r.incoming?.from !== req.from) return { aborted: false };
+      await this.dropIncoming(r, `the source aborted: ${req.reason}`);
+      return { aborted: true };
+    }
+    if (req.op === 'migCommit' && this.committed.has(req.mig)) return { committed: true };
+    if (!r || !r.incoming || r.incoming.from !== req.from) throw new MgmtFailure('NotFound', `no incoming migration ${req.mig} from ${req.from} on this host`);
+    const inc = r.incoming;
+    inc.lastSeen = Date.now();
+    const link = this.linkOf(r, 'migrate into');
+    switch (req.op) {
+      case 'migPages':
+        return await link.request({ t: 'migPages', data: req.data }, 30000).catch((e) => {
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        });
+      case 'migState': {
+        inc.started = true;
+        try {
+          await link.request({ t: 'migState', state: req.state }, 60000);
+        } catch (e) {
+          void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        }
+        this.setState(r, EnabledState.Running, `migrated from ${inc.from}`);
+        // The source lets its copy go only on a commit; without one, this copy goes.
+        if (inc.watchdog) clearInterval(inc.watchdog);
+        inc.watchdog = setTimeout(() => void this.dropIncoming(r, `no commit from ${inc.from} within ${INCOMING_COMMIT_MS / 1000} s`), INCOMING_COMMIT_MS);
+        return { running: true };
+      }
+      case 'migCommit': {
+        if (!inc.started || r.state !== EnabledState.Running) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" does not run here`);
+        // The VM is this host's now: its config goes on disk.
+        this.saveConfig(r.config, true);
+        if (inc.watchdog) clearTimeout(inc.watchdog);
+        r.incoming = null;
+        this.committed.add(req.mig);
+        const st = this.moves.get(r.config.name);
+        // The source's statistics, as it had them at the commit (checked for shape only: they are shown, never acted on).
+        const theirs = req.stats && typeof req.stats.vm === 'string' && typeof req.stats.ram === 'object' ? (req.stats as unknown as MigrationStats) : null;
+        if (st) this.moves.set(r.config.name, { ...st, ...(theirs ?? {}), status: 'completed', 'total-time': theirs?.['total-time'] ?? Date.now() - inc.startedAt });
+        this.o.log.info({ vm: r.config.name, from: req.from, mig: req.mig }, 'migrated VM committed');
+        return { committed: true };
+      }
+    }
+    throw new MgmtFailure('InvalidArgument', 'unknown migration request');
+  }
+
+  private async incomingSetup(req: Extract<MigPeerRequest, { op: 'migSetup' }>): Promise<unknown> {
+    const named = typeof req.config.name === 'string' ? req.config.name : '';
+    const c = decodeVmConfig(req.config, named);
+    if (typeof c === 'string') throw new MgmtFailure('InvalidArgument', `the config of the VM migrating from ${req.from} is refused: ${c}`);
+    const options = decodeMigrationOptions(req.options);
+    if (typeof options === 'string') throw new MgmtFailure('InvalidArgument', options);
+    const known = this.vms.get(c.name);
+    if (known) throw new MgmtFailure('AlreadyExists', `host ${this.cluster?.name ?? this.o.hostId} has a VM "${c.name}" already`);
+    if (this.o.vmbusTransport !== 'shm') throw new MgmtFailure('InvalidState', 'this host runs without shared memory: it cannot take a live migration');
+    const r = this.record(c);
+    const inc: Incoming = { mig: req.mig, from: req.from, options, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now() };
+    r.incoming = inc;
+    this.vms.set(c.name, r);
+    this.moves.set(c.name, {
+      vm: c.name, from: req.from, to: this.cluster?.name ?? this.o.hostId, method: options.offline ? 'offline' : options.postcopy ? 'postcopy' : 'precopy', status: 'active',
+      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(dirtyBitmapGpa(c.memoryBytes)), pass: 0, 'compression-ratio': 1,
+      'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date().toISOString(),
+    });
+    this.setState(r, EnabledState.Starting, `incoming migration from ${req.from}`);
+    const ready = new Promise<void>((resolve, reject) => {
+      inc.ready = { resolve, reject };
+    });
+    ready.catch(() => undefined);
+    try {
+      const cfg: VmwpConfig = {
+        home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: c.name, id: c.id,
+        memoryBytes: c.memoryBytes, vps: c.vps, workload: c.workload, processor: c.processor,
+        rtcOffsetS: c.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore: false, incoming: true,
+        devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport,
+      };
+      const ticket = await this.o.vid.ticket();
+      const secret = randomBytes(24).toString('hex');
+      const start: VmwpStartInput = { config: cfg, ticket, secret };
+      const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
+      const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv() });
+      closeSync(errFd);
+      child.stdin!.on('error', () => undefined);
+      child.stdin!.end(JSON.stringify(start) + '\n');
+      child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
+      await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(c.id), secret, true);
+      await Promise.race([ready, new Promise((_, rej) => setTimeout(() => rej(new Error('the worker did not build the VM within 30 s')), 30000))]);
+    } catch (e) {
+      await this.dropIncoming(r, `setup failed: ${(e as Error).message}`);
+      throw new MgmtFailure('StartFailed', `host ${this.cluster?.name ?? this.o.hostId} could not set up VM "${c.name}": ${(e as Error).message}`);
+    }
+    // A source that goes silent (killed, link cut) before the state leaves nothing here.
+    inc.watchdog = setInterval(() => {
+      if (!inc.started && Date.now() - inc.lastSeen > INCOMING_IDLE_MS) void this.dropIncoming(r, `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
+    }, 1000);
+    this.o.log.info({ vm: c.name, from: req.from, mig: req.mig }, 'incoming migration set up');
+    return { ready: true };
+  }
+
+  /** Drops an incoming migration's attempt: its worker, partition and record; nothing of it stays. */
+  private async dropIncoming(r: VmRecord, why: string): Promise<void> {
+    const inc = r.incoming;
+    if (!inc) return;
+    r.incoming = null;
+    if (inc.watchdog) {
+      clearInterval(inc.watchdog);
+      clearTimeout(inc.watchdog);
+    }
+    inc.ready?.reject(new Error(why));
+    this.o.log.warn({ vm: r.config.name, from: inc.from, why }, 'incoming migration dropped');
+    const st = this.moves.get(r.config.name);
+    if (st) this.moves.set(r.config.name, { ...st, status: 'failed', 'error-desc': why });
+    await this.kill(r, `incoming migration dropped: ${why}`);
+    if (this.vms.get(r.config.name) === r) this.vms.delete(r.config.name);
   }
 
   /** Remove-VM: exactly `vms/NAME.json` and `vms/NAME.saved` go (an Invalid VM may be deleted). */

@@ -648,6 +648,35 @@ void WpUntrack(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(true);
 }
 
+// zeroPages(sab, firstPage, count, out: Uint8Array) -> zeros. out[i] = 1 when page firstPage + i
+// (4 KiB) of the buffer is all zero bytes, else 0; returns how many were zero. Read-only.
+void ZeroPages(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 4 || !args[0]->IsSharedArrayBuffer() || !args[1]->IsUint32() || !args[2]->IsUint32() || !args[3]->IsUint8Array()) {
+    ThrowType(isolate, "zeroPages(sab, firstPage, count, out) takes a SharedArrayBuffer, two whole numbers and a Uint8Array");
+    return;
+  }
+  Local<SharedArrayBuffer> sab = args[0].As<SharedArrayBuffer>();
+  size_t first = args[1].As<v8::Uint32>()->Value();
+  size_t count = args[2].As<v8::Uint32>()->Value();
+  Local<v8::Uint8Array> out = args[3].As<v8::Uint8Array>();
+  if ((first + count) * 4096 > sab->ByteLength() || out->Length() < count) { ThrowRange(isolate, "zeroPages: the pages lie outside the buffer or the output is too short"); return; }
+  const uint64_t* base = reinterpret_cast<const uint64_t*>(static_cast<const uint8_t*>(sab->Data()) + first * 4096);
+  uint8_t* o = count == 0 ? nullptr : static_cast<uint8_t*>(out->Buffer()->Data()) + out->ByteOffset();
+  uint32_t zeros = 0;
+  for (size_t p = 0; p < count; p++) {
+    const uint64_t* w = base + p * 512;
+    uint64_t acc = 0;
+    for (int i = 0; i < 512; i += 8) {
+      acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+      if (acc != 0) break;
+    }
+    o[p] = acc == 0 ? 1 : 0;
+    zeros += acc == 0 ? 1 : 0;
+  }
+  args.GetReturnValue().Set(zeros);
+}
+
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
@@ -674,6 +703,8 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, UnwatchWord)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "copyBytes").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, CopyBytes)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "zeroPages").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, ZeroPages)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "wpTrack").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, WpTrack)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "wpHarvest").ToLocalChecked(),

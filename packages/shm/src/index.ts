@@ -31,6 +31,7 @@ interface Addon {
   copyBytes?: CopyBytes;
   watchWord?(sab: SharedArrayBuffer, index: number, onChange: () => void): number;
   unwatchWord?(id: number): boolean;
+  zeroPages?(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array): number;
   wpTrack?(sab: SharedArrayBuffer): number;
   wpHarvest?(id: number, bitmap: Int32Array): number;
   wpUntrack?(id: number): boolean;
@@ -477,4 +478,25 @@ export function kernelDirtyTrackingUnavailableReason(): string | null {
     kernelDirtyProbe = (e as Error).message;
   }
   return kernelDirtyProbe;
+}
+
+/**
+ * Marks in `out[i]` (1 or 0) whether 4 KiB page `firstPage + i` of `sab` is all zeros, for
+ * `count` pages; returns how many are. Native when the addon is loaded (a word-wide scan that
+ * stops at the first non-zero word), else a portable loop.
+ */
+export function zeroPages(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array): number {
+  if (!Number.isSafeInteger(firstPage) || !Number.isSafeInteger(count) || firstPage < 0 || count < 0 || (firstPage + count) * PAGE_SIZE > sab.byteLength || out.length < count) {
+    throw new RangeError(`zeroPages: pages ${firstPage}+${count} lie outside the buffer or the output is too short`);
+  }
+  if (addon?.zeroPages) return addon.zeroPages(sab, firstPage, count, out);
+  const w = new Int32Array(sab, firstPage * PAGE_SIZE, count * (PAGE_SIZE / 4));
+  let zeros = 0;
+  for (let p = 0; p < count; p++) {
+    let acc = 0;
+    for (let i = p * 1024, end = i + 1024; i < end && acc === 0; i++) acc |= w[i]!;
+    out[p] = acc === 0 ? 1 : 0;
+    zeros += acc === 0 ? 1 : 0;
+  }
+  return zeros;
 }

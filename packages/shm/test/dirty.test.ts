@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { copyBytes, createRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, shmAvailable, unlinkRegion } from '../src/index.js';
+import { copyBytes, createRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, shmAvailable, unlinkRegion, zeroPages } from '../src/index.js';
 
 const PAGE = 4096;
 const pagesOf = (bm: Int32Array): number[] => {
@@ -92,5 +92,23 @@ describe('KernelDirtyTracker', function () {
     expect(() => t.harvest(new Int32Array(1))).to.throw(/cannot hold 256 pages/);
     t.close();
     expect(() => t.harvest(bm)).to.throw(/closed/);
+  });
+});
+
+describe('zeroPages', () => {
+  it('tells zero pages from others, native and portable alike, and refuses ranges outside the buffer', () => {
+    const sab = new SharedArrayBuffer(8 * 4096);
+    const u8 = new Uint8Array(sab);
+    u8[1 * 4096] = 1;
+    u8[3 * 4096 + 4095] = 2;
+    u8[6 * 4096 + 2048] = 3;
+    const out = new Uint8Array(8);
+    expect(zeroPages(sab, 0, 8, out)).to.equal(5);
+    expect([...out]).to.deep.equal([1, 0, 1, 0, 1, 1, 0, 1]);
+    const part = new Uint8Array(3);
+    expect(zeroPages(sab, 2, 3, part)).to.equal(2);
+    expect([...part]).to.deep.equal([1, 0, 1]);
+    expect(() => zeroPages(sab, 6, 3, out)).to.throw(RangeError);
+    expect(() => zeroPages(sab, 0, 8, new Uint8Array(4))).to.throw(RangeError);
   });
 });

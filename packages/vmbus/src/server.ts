@@ -20,6 +20,7 @@ import {
   VMBUS_MESSAGE_CONNECTION_ID_4, MAX_CHANNELS, OFFER_FLAG_REMOTE_TRANSPORT, type ChannelMessage,
 } from '@hvlab/protocol';
 import type { GpadlWindow } from './gpadl.js';
+import type { DirtyLog } from './transport.js';
 import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
 import type { RemoteHub } from './remote.js';
 import {
@@ -76,6 +77,13 @@ export interface VmbusServerEnv {
   unmapGpadl(gpadl: number): Promise<void>;
   /** Set when every channel must use the remote transport. */
   remote: RemoteHub | null;
+  /**
+   * Where this side logs its own writes into guest memory (ring indices and packets), for live
+   * migration's dirty set: the guest's own writes are tracked by the kernel in the guest's
+   * process, these are not (they go through another mapping), so they are logged here, as QEMU
+   * logs DMA.
+   */
+  dirty?: DirtyLog;
   log: VmbusLog;
 }
 
@@ -395,7 +403,7 @@ export class VmbusServer {
         if (off < 2 || pages - off < 2) throw new Error(`downstream ring offset ${off} leaves no room for two rings in ${pages} pages`);
         const inbound = g.window.ringRegion(0, off);
         const out = g.window.ringRegion(off, pages - off);
-        transport = new ShmTransport(out, inbound, () => this.env.signalGuest(ch.relid), name);
+        transport = new ShmTransport(out, inbound, () => this.env.signalGuest(ch.relid), name, this.env.dirty ?? null);
         ch.gpadl = m.ringGpadlHandle;
         ch.ringOffset = off;
       }
@@ -564,7 +572,7 @@ export class VmbusServer {
         const inbound = w.ringRegion(0, c.downstreamRingPageOffset);
         const out = w.ringRegion(c.downstreamRingPageOffset, w.pfns.length - c.downstreamRingPageOffset);
         const relid = c.relid;
-        rings.set(relid, new ShmTransport(out, inbound, () => this.env.signalGuest(relid), `${this.env.name}/${deviceOf.get(relid)!.name}`));
+        rings.set(relid, new ShmTransport(out, inbound, () => this.env.signalGuest(relid), `${this.env.name}/${deviceOf.get(relid)!.name}`, this.env.dirty ?? null));
       }
     } catch (e) {
       for (const h of windows.keys()) await this.env.unmapGpadl(h).catch(() => undefined);

@@ -22,7 +22,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  DEVICE_CLASSES, HvStatus, InterceptAccess, InterceptType, PortType, ROOT_PARTITION_ID, VMBUS_CHANNEL_MESSAGE_TYPE,
+  DEVICE_CLASSES, dirtyBitmapWords, markDirtyRange, HvStatus, InterceptAccess, InterceptType, PortType, ROOT_PARTITION_ID, VMBUS_CHANNEL_MESSAGE_TYPE,
   type DeviceClass, type DeviceEntry, type MapGpadlOutput, type IcServiceInfo,
 } from '@hvlab/protocol';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -88,6 +88,7 @@ export class VmDevices {
   private readonly eventPorts = new Set<number>();
   private readonly ports = new Map<number, Built>();
   private memory: SharedArrayBuffer | null = null;
+  private dirtyWords: Int32Array | null = null;
   private readonly partitionId: number;
   private readonly vid: HvClient;
 
@@ -106,6 +107,13 @@ export class VmDevices {
       mapGpadl: (gpadl, owner, pfns) => this.mapGpadl(gpadl, owner, pfns),
       unmapGpadl: async (gpadl) => {
         await this.vid.call('UnmapGpadl', { partitionId, gpadl });
+      },
+      dirty: {
+        markDirty: (gpa, length) => {
+          if (!this.memory) return;
+          this.dirtyWords ??= dirtyBitmapWords(this.memory);
+          markDirtyRange(this.dirtyWords, gpa, length);
+        },
       },
     });
   }

@@ -23,7 +23,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
+  decodeMigrationOptions, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
@@ -32,7 +32,8 @@ import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
 import { VmDevices } from './devices.js';
-import { readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
+import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
+import { applyPageBatch, MigrationOut, type MigrationSource } from './migrate.js';
 
 
 /**
@@ -115,6 +116,7 @@ const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
       runningSince = Date.now();
       log.info('guest reported boot');
       control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
+      for (const w of bootWaiters.splice(0)) w.resolve();
     }
   } else if (n.k === 'rootevent') {
     devices?.onRootEvent(n.portId, n.sender);
@@ -247,6 +249,22 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       return true;
     case 'save':
       return await save();
+    case 'migOut':
+      return await migrateOut(req);
+    case 'migCancel':
+      if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
+      migration.cancel(req.reason);
+      return true;
+    case 'migPages':
+      if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+      if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+      try {
+        return applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data);
+      } catch (e) {
+        throw new VmwpFailure('InvalidArgument', `a page batch is refused: ${(e as Error).message}`);
+      }
+    case 'migState':
+      return await migrateInState(req.state);
     case 'turnOff':
       setTimeout(() => void exit(req.reason), 10);
       return true;
@@ -278,14 +296,14 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
 }, log);
 
 /**
- * Save: suspend the partition, wait until every VP has left its LP at a step boundary, have the
+ * Freeze: suspend the partition, wait until every VP has left its LP at a step boundary, have the
  * guest kernel park its interrupt handling and write its own state (VMBus client, drivers, KVP
- * pools) into guest memory, then take memory, every VP and every device in one step (no await in
- * between, so no device timer can write a ring between the memory copy and the device states).
- * The VM stays suspended; VMMS turns it off. Any failure resumes it.
+ * pools) into guest memory, and wait until the VMBus server is between steps. The VM then stands
+ * still except for device timers, whose ring writes go to the dirty log. `capture` (synchronous)
+ * then takes every VP and device in one step with whatever memory the caller copies in the same
+ * step. Any failure thaws the VM.
  */
-async function save(): Promise<{ bytes: number; ms: number }> {
-  if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
+async function freeze(): Promise<SavedVpState[]> {
   const d = vmDevices();
   const t0 = Date.now();
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 1 });
@@ -307,28 +325,127 @@ async function save(): Promise<{ bytes: number; ms: number }> {
       if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
       await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
     }
-    const mem = new Uint8Array(memory.buffer).slice();
-    const processor: ProcessorState = { version: 1, ...cfg.processor };
-    const components = { ...d.save(), processor };
-    const state: SavedVm = {
-      version: SAVED_STATE_VERSION,
-      savedAt: new Date().toISOString(),
-      vm: { name: cfg.name, id: cfg.id, memoryBytes: cfg.memoryBytes, vps: cfg.vps, workload: cfg.workload },
-      memory: { file: 'memory.bin', bytes: mem.length, sha256: sha256(mem) },
-      partition: { referenceTime: vps[0]?.referenceTime ?? 0, vps },
-      components,
-    };
-    writeSavedState(cfg.vmDir, cfg.name, state, mem);
-    saved = true;
-    suspended = true;
-    log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(components).length }, 'VM saved');
-    return { bytes: mem.length, ms: Date.now() - t0 };
+    return vps;
   } catch (e) {
     if (quiesced) await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
     await hv.call('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 0 }).catch(() => undefined);
     throw e;
   }
 }
+
+/** Undoes `freeze`: the guest kernel takes interrupts again and the VPs run. */
+async function thaw(): Promise<void> {
+  await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
+  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 0 });
+}
+
+/** The saved-state tree of a frozen VM, memory aside (synchronous: one step with the caller's memory copy). */
+function capture(vps: SavedVpState[], memoryDigest: string): SavedVm {
+  const processor: ProcessorState = { version: 1, ...cfg.processor };
+  const components = { ...vmDevices().save(), processor };
+  return {
+    version: SAVED_STATE_VERSION,
+    savedAt: new Date().toISOString(),
+    vm: { name: cfg.name, id: cfg.id, memoryBytes: cfg.memoryBytes, vps: cfg.vps, workload: cfg.workload },
+    memory: { file: 'memory.bin', bytes: cfg.memoryBytes, sha256: memoryDigest },
+    partition: { referenceTime: vps[0]?.referenceTime ?? 0, vps },
+    components,
+  };
+}
+
+/**
+ * Save: freeze, then take memory, every VP and every device in one step (no await in between, so
+ * no device timer can write a ring between the memory copy and the device states). The VM stays
+ * suspended; VMMS turns it off. Any failure resumes it.
+ */
+async function save(): Promise<{ bytes: number; ms: number }> {
+  if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
+  const t0 = Date.now();
+  const vps = await freeze();
+  try {
+    const mem = new Uint8Array(memory.buffer).slice();
+    const state = capture(vps, sha256(mem));
+    writeSavedState(cfg.vmDir, cfg.name, state, mem);
+    saved = true;
+    suspended = true;
+    log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(state.components).length }, 'VM saved');
+    return { bytes: mem.length, ms: Date.now() - t0 };
+  } catch (e) {
+    await thaw().catch(() => undefined);
+    throw e;
+  }
+}
+
+// ---- live migration --------------------------------------------------------------------------
+
+let migration: MigrationOut | null = null;
+
+async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<MigrationStats> {
+  if (!memory || !childRpc || !booted) throw new VmwpFailure('InvalidState', 'a live migration needs a running VM on shared memory');
+  if (migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is being migrated already`);
+  const options = decodeMigrationOptions(req.options);
+  if (typeof options === 'string') throw new VmwpFailure('InvalidArgument', options);
+  const rpc = childRpc;
+  let frozenVps: SavedVpState[] = [];
+  const m = new MigrationOut({
+    memory: memory.buffer as SharedArrayBuffer, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
+    dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, 10000)) as MigrationSource['dirty'],
+    freeze: async () => {
+      frozenVps = await freeze();
+    },
+    capture: () => capture(frozenVps, '0'.repeat(64)) as unknown as Record<string, unknown>,
+    thaw,
+    throttle: async (cap) => {
+      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cap ?? cfg.processor.maximum });
+    },
+    progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
+  }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, key: { version: 1, ...req.key }, config: req.config, options });
+  migration = m;
+  try {
+    const stats = await m.run();
+    if (stats.status === 'completed') {
+      // The destination runs the VM and has committed: this copy goes.
+      setTimeout(() => void exit(`migrated to ${req.to}`, 0), 50);
+    }
+    return stats;
+  } finally {
+    migration = null;
+  }
+}
+
+/** Destination: pages arrive before the state; the VM is built and waits (memory empty, no partition process yet). */
+let incomingReady = false;
+let incomingStarted = false;
+
+async function migrateInState(bytes: Uint8Array): Promise<{ running: true }> {
+  if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+  if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+  let tree: unknown;
+  try {
+    tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new VmwpFailure('InvalidArgument', 'the migrated state is not JSON');
+  }
+  const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
+  if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
+  const restoring = devices.decodeSaved(state.components);
+  incomingStarted = true;
+  for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] });
+  devices.restoreDevices(restoring.devices);
+  await devices.attach({ restoring: restoring.vmbus });
+  const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
+  new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
+  new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+  const up = new Promise<void>((resolve, reject) => {
+    bootWaiters.push({ resolve, reject });
+  });
+  startPartitionProcess(created!.token);
+  await up;
+  log.info({ savedAt: state.savedAt }, 'migrated VM runs');
+  return { running: true };
+}
+const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+let created: { partitionId: number; token: string } | null = null;
 
 function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
   const page = new Uint8Array(PAGE);
@@ -354,7 +471,7 @@ async function build(): Promise<void> {
   // Check a saved state before building anything, so a bad one fails the start cleanly.
   const restoreFrom = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id }) : null;
   const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, ticket: input.ticket, role: 'vmwp', vm: cfg.name });
-  const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
+  created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
   partitionId = created.partitionId;
   record.partitionId = partitionId;
   writeRecord();
@@ -392,20 +509,37 @@ async function build(): Promise<void> {
       log.info({ savedAt: restoreFrom.state.savedAt }, 'restoring saved state');
     }
   }
+  if (cfg.incoming) {
+    // A migration's destination: memory arrives in pages, then the state (migrateInState).
+    if (!memory) throw new Error('an incoming migration needs shared memory (this host runs on process-private memory)');
+    incomingReady = true;
+    control.note({ t: 'incomingReady', partitionId });
+    log.info({ partitionId }, 'waiting for the migrated VM');
+    return;
+  }
   await devices.attach(restoring ? { restoring: restoring.vmbus } : {});
   const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
   if (restoreFrom) new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
   if (memory) new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+  startPartitionProcess(created.token);
+  if (session.memoryMode !== 'shared') await childRpc!.request({ t: 'firmware', page: fw });
+  log.info({ partitionId, partitionPid: child!.pid, memoryMode: session.memoryMode }, 'VM built');
+}
+
+/** Hands the partition to the prestarted partition process (or a new one) and watches it. */
+function startPartitionProcess(token: string): void {
   // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
   // never into an environment.
-  child = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
-  child.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token: created.token }) + '\n');
-  childRpc = new IpcRpc(child, async () => {
+  const child0 = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
+  child = child0;
+  child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token }) + '\n');
+  childRpc = new IpcRpc(child0, async () => {
     throw new Error('the VMWP takes no requests from the guest');
   });
-  record.partitionPid = child.pid ?? null;
+  record.partitionPid = child0.pid ?? null;
   writeRecord();
-  child.on('exit', (code, signal) => {
+  child0.on('exit', (code, signal) => {
+    for (const w of bootWaiters.splice(0)) w.reject(new Error(`the partition process exited (${signal ?? code}) before the guest ran`));
     if (exiting) return;
     if (code === 0) {
       // The guest shut itself down (the shutdown integration service asked it to).
@@ -416,8 +550,6 @@ async function build(): Promise<void> {
     log.warn({ code, signal }, 'partition process exited');
     void exit(signal ? `the partition process was killed (${signal})` : `the partition process exited with code ${code}`, 1);
   });
-  if (session.memoryMode !== 'shared') await childRpc.request({ t: 'firmware', page: fw });
-  log.info({ partitionId, partitionPid: child.pid, memoryMode: session.memoryMode }, 'VM built');
 }
 
 writeRecord();

@@ -17,6 +17,8 @@ export interface VmwpConfig {
   /** The VM's devices (protocol/src/devices.ts), and how VMBus carries packets on this host. */
   devices: DeviceEntry[];
   vmbusTransport: 'shm' | 'remote';
+  /** A live migration's destination: build the partition and devices, then take pages and state over the control link. */
+  incoming?: boolean;
 }
 
 /** The one line VMMS writes on a new VMWP's stdin. */
@@ -68,6 +70,7 @@ export function decodeVmwpStartInput(text: string): VmwpStartInput {
   if (typeof devices === 'string') throw new Error(devices);
   if (typeof c.restore !== 'boolean') throw new Error('field restore is not a boolean');
   if (c.vmbusTransport !== 'shm' && c.vmbusTransport !== 'remote') throw new Error('field vmbusTransport is not shm or remote');
+  if (c.incoming !== undefined && typeof c.incoming !== 'boolean') throw new Error('field incoming is not a boolean');
   return {
     ticket: str(top, 'ticket', 256),
     secret: str(top, 'secret', 256),
@@ -76,7 +79,7 @@ export function decodeVmwpStartInput(text: string): VmwpStartInput {
       memoryBytes: int(c, 'memoryBytes', 4096, Number.MAX_SAFE_INTEGER), vps: int(c, 'vps', 1, 64), workload: str(c, 'workload', 64),
       processor: { reserve: int(p, 'reserve', 0, 100), maximum: int(p, 'maximum', 1, 100), weight: int(p, 'weight', 1, 10000) },
       rtcOffsetS: int(c, 'rtcOffsetS', -(10 * 365 * 86400), 10 * 365 * 86400), vmDir: str(c, 'vmDir'), restore: c.restore,
-      devices, vmbusTransport: c.vmbusTransport,
+      devices, vmbusTransport: c.vmbusTransport, incoming: c.incoming === true,
     },
   };
 }

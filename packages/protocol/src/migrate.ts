@@ -1,0 +1,225 @@
+/**
+ * Live migration's wire formats (ARCHITECTURE §8): the options of a move, the statistics with
+ * QEMU's `query-migrate` names, and the page batch that carries guest memory from the source's
+ * VMWP to the destination's.
+ *
+ * A page batch is binary, little-endian:
+ *   u32 magic "HVMP" · u32 count · count entries of { u32 pfn · u8 kind · u8 0 · u16 0 · u32 len · len bytes }
+ * kinds: 0 zero page (len 0: the destination zeroes it), 1 raw (len 4096), 2 deflate-raw compressed
+ * (len < 4096; it must inflate to exactly 4096 bytes), 3 duplicate (len 4: u32 index of an earlier
+ * raw or compressed entry of the same batch whose bytes this page repeats). `decodePageBatch` is
+ * the one checking decoder; a batch it refuses changes no memory.
+ */
+
+export const MIG_PAGE = 4096;
+export const MIG_BATCH_MAGIC = 0x504d5648; // "HVMP"
+/** Most pages one batch carries (a raw batch is then ~1 MiB, under the cluster frame limit). */
+export const MIG_BATCH_MAX_PAGES = 256;
+export const MIG_ENTRY_HEADER = 12;
+
+export const PageKind = { Zero: 0, Raw: 1, Deflate: 2, Dup: 3 } as const;
+export type PageKindValue = (typeof PageKind)[keyof typeof PageKind];
+
+export interface PageEntry {
+  pfn: number;
+  kind: PageKindValue;
+  /** Raw: the page; Deflate: the compressed bytes; Zero: empty; Dup: empty (see `dupOf`). */
+  data: Uint8Array;
+  /** Dup: the index in the batch of the entry it repeats. */
+  dupOf?: number;
+}
+
+export function encodePageBatch(entries: readonly PageEntry[]): Uint8Array {
+  let size = 8;
+  for (const e of entries) size += MIG_ENTRY_HEADER + (e.kind === PageKind.Dup ? 4 : e.kind === PageKind.Zero ? 0 : e.data.length);
+  const out = new Uint8Array(size);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, MIG_BATCH_MAGIC, true);
+  dv.setUint32(4, entries.length, true);
+  let o = 8;
+  for (const e of entries) {
+    dv.setUint32(o, e.pfn, true);
+    dv.setUint8(o + 4, e.kind);
+    const len = e.kind === PageKind.Dup ? 4 : e.kind === PageKind.Zero ? 0 : e.data.length;
+    dv.setUint32(o + 8, len, true);
+    o += MIG_ENTRY_HEADER;
+    if (e.kind === PageKind.Dup) dv.setUint32(o, e.dupOf ?? 0, true);
+    else if (len > 0) out.set(e.data, o);
+    o += len;
+  }
+  return out;
+}
+
+/**
+ * Checks a page batch for a memory of `pageLimit` pages: magic, count, every entry's kind, length
+ * and page number, duplicates pointing back at a page with bytes, nothing left over. Returns the
+ * entries (views into `bytes`) or a sentence.
+ */
+export function decodePageBatch(bytes: Uint8Array, pageLimit: number): PageEntry[] | string {
+  if (!(bytes instanceof Uint8Array)) return 'a page batch must be bytes';
+  if (bytes.length < 8) return `a page batch of ${bytes.length} bytes is shorter than its header`;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (dv.getUint32(0, true) !== MIG_BATCH_MAGIC) return 'a page batch must start with "HVMP"';
+  const count = dv.getUint32(4, true);
+  if (count > MIG_BATCH_MAX_PAGES) return `a page batch of ${count} pages is over ${MIG_BATCH_MAX_PAGES}`;
+  const out: PageEntry[] = [];
+  let o = 8;
+  for (let i = 0; i < count; i++) {
+    if (o + MIG_ENTRY_HEADER > bytes.length) return `page entry ${i} is cut short`;
+    const pfn = dv.getUint32(o, true);
+    const kind = dv.getUint8(o + 4);
+    const len = dv.getUint32(o + 8, true);
+    if (dv.getUint8(o + 5) !== 0 || dv.getUint16(o + 6, true) !== 0) return `page entry ${i} has reserved bytes set`;
+    if (pfn >= pageLimit) return `page entry ${i} names page ${pfn}, outside the ${pageLimit} pages of guest memory`;
+    o += MIG_ENTRY_HEADER;
+    if (len > bytes.length - o) return `page entry ${i} says ${len} bytes, more than the batch holds`;
+    const data = bytes.subarray(o, o + len);
+    o += len;
+    switch (kind) {
+      case PageKind.Zero:
+        if (len !== 0) return `zero page entry ${i} carries ${len} bytes`;
+        out.push({ pfn, kind, data });
+        break;
+      case PageKind.Raw:
+        if (len !== MIG_PAGE) return `raw page entry ${i} carries ${len} bytes, not ${MIG_PAGE}`;
+        out.push({ pfn, kind, data });
+        break;
+      case PageKind.Deflate:
+        if (len === 0 || len >= MIG_PAGE + 64) return `compressed page entry ${i} carries ${len} bytes`;
+        out.push({ pfn, kind, data });
+        break;
+      case PageKind.Dup: {
+        if (len !== 4) return `duplicate page entry ${i} carries ${len} bytes, not 4`;
+        const of = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
+        const src = out[of];
+        if (of >= i || !src || (src.kind !== PageKind.Raw && src.kind !== PageKind.Deflate)) return `duplicate page entry ${i} points at entry ${of}, which is not an earlier page with bytes`;
+        out.push({ pfn, kind, data: new Uint8Array(0), dupOf: of });
+        break;
+      }
+      default:
+        return `page entry ${i} has unknown kind ${kind}`;
+    }
+  }
+  if (o !== bytes.length) return `a page batch has ${bytes.length - o} bytes after its last entry`;
+  return out;
+}
+
+/** Whether a 4 KiB page (at `offset` of `u8`, 8-byte aligned) is all zeros. */
+export function isZeroPage(words: BigUint64Array, pageIndex: number): boolean {
+  const base = pageIndex * (MIG_PAGE / 8);
+  for (let i = 0; i < MIG_PAGE / 8; i++) if (words[base + i] !== 0n) return false;
+  return true;
+}
+
+// ---- options ----------------------------------------------------------------------------------
+
+export interface MigrationOptions {
+  /** Bytes per second the stream may use; 0 = as fast as the link allows. */
+  bandwidthBps: number;
+  /** The blackout the source aims for (QEMU's downtime-limit, default 300 ms). */
+  downtimeLimitMs: number;
+  compress: boolean;
+  autoConverge: boolean;
+  postcopy: boolean;
+  /** Stop-and-copy: suspend first, copy everything once (the baseline). */
+  offline: boolean;
+  /** Pre-copy passes before the blackout at the latest (the first full copy is pass 1). */
+  maxPasses: number;
+}
+
+export const MIGRATION_DEFAULTS: MigrationOptions = {
+  bandwidthBps: 0, downtimeLimitMs: 300, compress: false, autoConverge: false, postcopy: false, offline: false, maxPasses: 10,
+};
+/** Hyper-V's default of simultaneous live migrations per host. */
+export const DEFAULT_MAX_MIGRATIONS = 2;
+/** QEMU's auto-converge: initial throttle, increment, maximum (percent). */
+export const AUTO_CONVERGE = { initial: 20, increment: 10, max: 99 } as const;
+
+const own = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
+
+/** Checks move options (from a CLI, a peer or an experiment file); missing ones take the defaults. Returns a sentence when one is wrong. */
+export function decodeMigrationOptions(v: unknown): MigrationOptions | string {
+  if (v === undefined || v === null) return { ...MIGRATION_DEFAULTS };
+  if (typeof v !== 'object' || Array.isArray(v)) return 'migration options must be a map';
+  const o = v as Record<string, unknown>;
+  const out: MigrationOptions = { ...MIGRATION_DEFAULTS };
+  for (const k of Object.keys(o)) if (!own(MIGRATION_DEFAULTS, k)) return `unknown migration option "${k.slice(0, 32)}"`;
+  const num = (k: 'bandwidthBps' | 'downtimeLimitMs' | 'maxPasses', min: number, max: number): string | null => {
+    const x = o[k];
+    if (x === undefined || x === null) return null;
+    if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max || !Number.isInteger(x)) return `migration option ${k} must be a whole number from ${min} to ${max}`;
+    out[k] = x;
+    return null;
+  };
+  const bool = (k: 'compress' | 'autoConverge' | 'postcopy' | 'offline'): string | null => {
+    const x = o[k];
+    if (x === undefined || x === null) return null;
+    if (typeof x !== 'boolean') return `migration option ${k} must be true or false`;
+    out[k] = x;
+    return null;
+  };
+  const err = num('bandwidthBps', 0, 1e12) ?? num('downtimeLimitMs', 1, 3_600_000) ?? num('maxPasses', 1, 1000)
+    ?? bool('compress') ?? bool('autoConverge') ?? bool('postcopy') ?? bool('offline');
+  if (err) return err;
+  if (out.offline && (out.postcopy || out.autoConverge)) return 'an offline move cannot also be post-copy or auto-converge';
+  return out;
+}
+
+// ---- statistics (QEMU's query-migrate names) ------------------------------------------------------
+
+export type MigrationState = 'queued' | 'setup' | 'active' | 'postcopy-active' | 'completed' | 'failed' | 'cancelled';
+
+export interface MigrationRam {
+  transferred: number;
+  remaining: number;
+  total: number;
+  duplicate: number;
+  skipped: number;
+  normal: number;
+  'normal-bytes': number;
+  'dirty-pages-rate': number;
+  mbps: number;
+  'dirty-sync-count': number;
+  'pages-per-second': number;
+  'postcopy-requests': number;
+  'page-size': number;
+}
+
+export interface MigrationPass {
+  pass: number;
+  /** Pages sent in this pass (zero pages counted), and the dirty set found at its end. */
+  pages: number;
+  dirtyPages: number;
+  ms: number;
+  /** ms since the migration began, at the end of the pass. */
+  at: number;
+}
+
+export interface MigrationStats {
+  vm: string;
+  from: string;
+  to: string;
+  method: 'precopy' | 'postcopy' | 'offline';
+  status: MigrationState;
+  'total-time': number;
+  'setup-time': number;
+  downtime: number;
+  'expected-downtime': number;
+  ram: MigrationRam;
+  /** Extras beyond QEMU's: the current pass, compression ratio (raw ÷ sent), throttle, dirty tracking, passes. */
+  pass: number;
+  'compression-ratio': number;
+  'throttle-percentage': number;
+  'dirty-tracking': 'kernel' | 'bitmap';
+  passes: MigrationPass[];
+  'error-desc'?: string;
+  options: MigrationOptions;
+  startedAt: string;
+}
+
+export function emptyRam(totalBytes: number): MigrationRam {
+  return {
+    transferred: 0, remaining: totalBytes, total: totalBytes, duplicate: 0, skipped: 0, normal: 0, 'normal-bytes': 0, 'dirty-pages-rate': 0, mbps: 0,
+    'dirty-sync-count': 0, 'pages-per-second': 0, 'postcopy-requests': 0, 'page-size': MIG_PAGE,
+  };
+}

@@ -1,0 +1,458 @@
+/**
+ * Live migration inside a VMWP (ARCHITECTURE §8): the source's pre-copy engine and the
+ * destination's page sink.
+ *
+ * Source (`migrateOut`). The VMWP maps guest memory and drives the whole move; its root only
+ * gives it the destination (the link's port on the fabric and the cluster key) and relays
+ * progress. Steps, as Hyper-V and Clark et al.:
+ *   1. setup: `migSetup` makes the destination's root build the partition and devices from the
+ *      VM's config (its VMWP waits, memory empty);
+ *   2. pre-copy: pass 1 sends every page, zero pages as a marker; each later pass sends the pages
+ *      dirtied meanwhile. The dirty set is the union of the kernel's (userfaultfd async
+ *      write-protect on the partition process's mapping, read with PAGEMAP_SCAN: writes that
+ *      bypass every hvlab API are caught) and the shared dirty bitmap, where this process logs
+ *      its own writes into guest memory (VSP ring writes) as QEMU logs DMA. It stops when the
+ *      dirty set fits the downtime limit at the bandwidth measured, or after `maxPasses`;
+ *      auto-converge throttles the VM through the scheduler's cap when a pass does not shrink
+ *      the dirty set (QEMU: 20 %, +10 %, at most 99 %);
+ *   3. blackout: the VM is frozen at a step boundary exactly as for Save-VM, the last dirty pages
+ *      and the SynIC pages (which the hypervisor writes) go, then the saved-state tree of every
+ *      component (`migState`); the destination restores it, starts the VM and answers once the
+ *      guest runs; the source then commits (`migCommit`) and only then lets its VM go.
+ * Any failure before the commit (destination gone, link cut, cancel) aborts the destination's
+ * attempt and thaws the VM here, with nothing lost: the source never changed its own memory.
+ *
+ * Offline (`--offline`, stop-and-copy): frozen first, every page sent once, then the state.
+ */
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import {
+  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_PAGES, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
+  harvestDirtyPages, simpGpa, siefpGpa,
+  type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
+} from '@hvlab/protocol';
+import { curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
+import { copyBytes, zeroPages } from '@hvlab/shm';
+
+/** Batches in flight on the stream (each up to MIG_BATCH_MAX_PAGES pages). */
+const WINDOW = 4;
+const SETUP_TIMEOUT_MS = 30000;
+/** A batch not acknowledged within this fails the move (a cut link holds data rather than refusing it). */
+const PAGES_TIMEOUT_MS = 10000;
+const STATE_TIMEOUT_MS = 60000;
+const COMMIT_TIMEOUT_MS = 5000;
+
+export class MigrationCancelled extends Error {
+  override name = 'MigrationCancelled';
+}
+
+/** What the engine needs of its VMWP. */
+export interface MigrationSource {
+  memory: SharedArrayBuffer;
+  memoryBytes: number;
+  vps: number;
+  log: Logger;
+  /** The partition process's dirty tracking: 'start' → mode; 'harvest' → its bitmap; 'stop'. */
+  dirty(op: 'start'): Promise<{ mode: 'kernel' | 'bitmap'; reason: string | null }>;
+  dirty(op: 'harvest'): Promise<{ pages: number; bitmap: Int32Array }>;
+  dirty(op: 'stop'): Promise<unknown>;
+  /** Stops the VM at a step boundary (as Save-VM does before it copies). */
+  freeze(): Promise<void>;
+  /** The frozen VM's saved-state tree without memory; synchronous, so it is one step with the last page copy. */
+  capture(): Record<string, unknown>;
+  /** Undoes `freeze` (the VM runs on). */
+  thaw(): Promise<void>;
+  /** Sets the scheduler's cap of the VM (percent), for auto-converge; null restores its own. */
+  throttle(capPercent: number | null): Promise<void>;
+  progress(stats: MigrationStats): void;
+}
+
+export interface MigrateOutRequest {
+  mig: string;
+  vm: string;
+  from: string;
+  to: string;
+  endpoint: string;
+  key: ClusterKey;
+  config: Record<string, unknown>;
+  options: MigrationOptions;
+}
+
+/** A token bucket for `--bandwidth` (bytes per second; 0 = none). */
+class Pacer {
+  private allowance = 0;
+  private last = performance.now();
+  constructor(private readonly bps: number) {}
+  async take(bytes: number): Promise<void> {
+    if (this.bps <= 0) return;
+    const now = performance.now();
+    this.allowance = Math.min(this.bps / 4, this.allowance + ((now - this.last) / 1000) * this.bps);
+    this.last = now;
+    this.allowance -= bytes;
+    if (this.allowance < 0) await new Promise((r) => setTimeout(r, Math.ceil((-this.allowance / this.bps) * 1000)));
+  }
+}
+
+export class MigrationOut {
+  readonly stats: MigrationStats;
+  private cancelled: string | null = null;
+  private client: RpcClient | null = null;
+  private readonly t0 = performance.now();
+  private readonly guestPages: number;
+  private readonly zeroMap = new Uint8Array(MIG_BATCH_MAX_PAGES);
+  private readonly inFlight = new Set<Promise<void>>();
+  private streamError: Error | null = null;
+  private pacer: Pacer;
+  /** Wire bytes and pages acknowledged, and when, for the bandwidth estimate. */
+  private rawBytes = 0;
+  private sentBytes = 0;
+  private throttle = 0;
+  private frozen = false;
+
+  constructor(private readonly src: MigrationSource, private readonly req: MigrateOutRequest) {
+    this.guestPages = dirtyBitmapGpa(src.memoryBytes) / MIG_PAGE;
+    this.pacer = new Pacer(req.options.bandwidthBps);
+    this.stats = {
+      vm: req.vm, from: req.from, to: req.to, method: req.options.offline ? 'offline' : req.options.postcopy ? 'postcopy' : 'precopy', status: 'setup',
+      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(this.guestPages * MIG_PAGE), pass: 0, 'compression-ratio': 1,
+      'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options: req.options, startedAt: new Date().toISOString(),
+    };
+  }
+
+  cancel(why = 'cancelled'): void {
+    if (this.cancelled !== null) return;
+    this.cancelled = why;
+    this.src.log.warn({ why }, 'migration cancel requested');
+    // Whatever waits on the stream stops waiting now.
+    this.client?.close();
+  }
+
+  private elapsed(): number {
+    return Math.round(performance.now() - this.t0);
+  }
+
+  private check(): void {
+    if (this.cancelled !== null) throw new MigrationCancelled(this.cancelled);
+  }
+
+  private async call(body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+    try {
+      return await this.client!.call({ from: this.req.from, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
+    } catch (e) {
+      this.check();
+      throw e;
+    }
+  }
+
+  private report(): void {
+    this.stats['total-time'] = this.elapsed();
+    this.src.progress(structuredClone(this.stats));
+  }
+
+  /** Bytes per second the stream has achieved so far (raw page bytes carried, zero pages free). */
+  private bandwidth(): number {
+    const s = (performance.now() - this.t0 - this.stats['setup-time']) / 1000;
+    return s > 0 ? Math.max(1, (this.stats.ram.transferred) / s) : 1;
+  }
+
+  /** The next batch of `pages` from index `i` on (zero pages as markers, others copied now); returns it and the next index. */
+  private nextBatch(pages: ArrayLike<number>, i: number): [PageEntry[], number] {
+    const mem = this.src.memory;
+    const ram = this.stats.ram;
+    const batch: PageEntry[] = [];
+    // A run of consecutive pages is zero-scanned at once.
+    while (batch.length < MIG_BATCH_MAX_PAGES && i < pages.length) {
+      const first = pages[i]!;
+      let run = 1;
+      while (run < MIG_BATCH_MAX_PAGES - batch.length && i + run < pages.length && pages[i + run] === first + run) run++;
+      zeroPages(mem, first, run, this.zeroMap);
+      for (let k = 0; k < run; k++) {
+        const pfn = first + k;
+        if (this.zeroMap[k]) {
+          batch.push({ pfn, kind: PageKind.Zero, data: new Uint8Array(0) });
+          ram.duplicate++;
+          continue;
+        }
+        const page = new Uint8Array(MIG_PAGE);
+        copyBytes(page, 0, mem, pfn * MIG_PAGE, MIG_PAGE);
+        batch.push({ pfn, kind: PageKind.Raw, data: page });
+        ram.normal++;
+      }
+      i += run;
+    }
+    return [batch, i];
+  }
+
+  /** Compresses what pays (deflate, fastest level); a page that does not shrink goes raw. */
+  private compress(batch: PageEntry[]): void {
+    if (!this.req.options.compress) return;
+    for (const e of batch) {
+      if (e.kind !== PageKind.Raw) continue;
+      const z = deflateRawSync(e.data, { level: 1 });
+      if (z.length < MIG_PAGE - 64) {
+        e.kind = PageKind.Deflate;
+        e.data = z;
+      }
+    }
+  }
+
+  private async sendBatch(batch: PageEntry[]): Promise<void> {
+    const ram = this.stats.ram;
+    this.compress(batch);
+    const data = encodePageBatch(batch);
+    const raw = batch.filter((e) => e.kind !== PageKind.Zero).length * MIG_PAGE;
+    await this.pacer.take(data.length);
+    const p: Promise<void> = this.call({ op: 'migPages', data }, PAGES_TIMEOUT_MS).then(() => {
+      ram.transferred += data.length;
+      ram['normal-bytes'] += raw;
+      this.rawBytes += raw;
+      this.sentBytes += data.length;
+    }, (e: Error) => {
+      this.streamError ??= new Error(`the stream to ${this.req.to} failed: ${e.message}`);
+    }).finally(() => this.inFlight.delete(p));
+    this.inFlight.add(p);
+    while (this.inFlight.size >= WINDOW) await Promise.race(this.inFlight);
+    if (this.streamError) throw this.streamError;
+  }
+
+  private async drain(): Promise<void> {
+    await Promise.all(this.inFlight);
+    if (this.streamError) throw this.streamError;
+    this.check();
+  }
+
+  /** Sends the pages listed (ascending page numbers), each read just before its batch goes. */
+  private async sendPages(pages: ArrayLike<number>): Promise<number> {
+    let sent = 0;
+    for (let i = 0; i < pages.length;) {
+      this.check();
+      const [batch, next] = this.nextBatch(pages, i);
+      i = next;
+      sent += batch.length;
+      await this.sendBatch(batch);
+    }
+    await this.drain();
+    return sent;
+  }
+
+  /** Copies the pages listed now, all of them (one synchronous step), for sending afterwards. */
+  private snapshot(pages: ArrayLike<number>): PageEntry[][] {
+    const out: PageEntry[][] = [];
+    for (let i = 0; i < pages.length;) {
+      const [batch, next] = this.nextBatch(pages, i);
+      out.push(batch);
+      i = next;
+    }
+    return out;
+  }
+
+  private async sendSnapshot(batches: PageEntry[][]): Promise<number> {
+    let sent = 0;
+    for (const b of batches) {
+      this.check();
+      sent += b.length;
+      await this.sendBatch(b);
+    }
+    await this.drain();
+    return sent;
+  }
+
+  /** The dirty set since the last harvest: the kernel's (partition process) ∪ the shared bitmap (this process's own writes, and the guest kernel's marks). */
+  private async harvest(): Promise<number[]> {
+    const { bitmap } = await this.src.dirty('harvest');
+    return this.withShared(bitmap);
+  }
+
+  /** ORs the shared bitmap into `bitmap` (fetch-and-clear) and lists the pages of guest memory set in it. */
+  private withShared(bitmap: Int32Array): number[] {
+    const shared = dirtyBitmapWords(this.src.memory);
+    const words = Math.min(bitmap.length, shared.length);
+    for (let w = 0; w < words; w++) {
+      if (shared[w] !== 0) bitmap[w]! |= Atomics.exchange(shared, w, 0);
+    }
+    this.stats.ram['dirty-sync-count']++;
+    const pages = harvestDirtyPages(bitmap);
+    // The dirty bitmap's own pages are the destination's, never sent.
+    let n = pages.length;
+    while (n > 0 && pages[n - 1]! >= this.guestPages) n--;
+    pages.length = n;
+    return pages;
+  }
+
+  private recordPass(pass: number, pages: number, dirty: number, startedAt: number): void {
+    const now = this.elapsed();
+    const p: MigrationPass = { pass, pages, dirtyPages: dirty, ms: now - startedAt, at: now };
+    this.stats.passes.push(p);
+    const secs = Math.max(0.001, p.ms / 1000);
+    this.stats.ram['dirty-pages-rate'] = Math.round(dirty / secs);
+    this.stats.ram['pages-per-second'] = Math.round(pages / secs);
+    this.stats.ram.mbps = Math.round(((this.stats.ram.transferred * 8) / 1e6 / Math.max(0.001, (now - this.stats['setup-time']) / 1000)) * 100) / 100;
+    this.stats.ram.remaining = dirty * MIG_PAGE;
+    this.stats['expected-downtime'] = Math.round(((dirty * MIG_PAGE) / this.bandwidth()) * 1000);
+    this.stats['compression-ratio'] = this.sentBytes > 0 ? Math.round((this.rawBytes / Math.max(1, this.sentBytes - 0)) * 100) / 100 : 1;
+  }
+
+  async run(): Promise<MigrationStats> {
+    const { options } = this.req;
+    const log = this.src.log;
+    this.client = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
+    let tracking = false;
+    let blackoutAt = 0;
+    try {
+      await this.call({ op: 'migSetup', config: this.req.config, options }, SETUP_TIMEOUT_MS).catch((e) => {
+        throw new Error(`the destination ${this.req.to} did not set up: ${(e as Error).message}`);
+      });
+      this.stats['setup-time'] = this.elapsed();
+      this.stats.status = 'active';
+      this.check();
+      const all = Array.from({ length: this.guestPages }, (_, i) => i);
+      if (options.offline) {
+        blackoutAt = performance.now();
+        await this.doFreeze();
+        this.stats.pass = 1;
+        const t = this.elapsed();
+        this.report();
+        this.stateTree = this.src.capture();
+        const n = await this.sendSnapshot(this.snapshot(all));
+        this.recordPass(1, n, 0, t);
+      } else {
+        const mode = await this.src.dirty('start');
+        tracking = true;
+        this.stats['dirty-tracking'] = mode.mode;
+        // Forget what the shared bitmap held before: pass 1 sends everything.
+        harvestDirtyPages(dirtyBitmapWords(this.src.memory));
+        let toSend: number[] = all;
+        let prevDirty = Infinity;
+        for (let pass = 1; ; pass++) {
+          this.stats.pass = pass;
+          const t = this.elapsed();
+          this.report();
+          const n = await this.sendPages(toSend);
+          const dirty = await this.harvest();
+          this.recordPass(pass, n, dirty.length, t);
+          this.report();
+          const expectMs = ((dirty.length * MIG_PAGE) / this.bandwidth()) * 1000;
+          log.info({ pass, sent: n, dirty: dirty.length, expectMs: Math.round(expectMs), throttle: this.throttle }, 'pre-copy pass');
+          if (expectMs <= options.downtimeLimitMs || pass >= options.maxPasses) {
+            toSend = dirty;
+            break;
+          }
+          if (options.autoConverge && dirty.length >= prevDirty * 0.5 && pass >= 2) {
+            this.throttle = this.throttle === 0 ? AUTO_CONVERGE.initial : Math.min(AUTO_CONVERGE.max, this.throttle + AUTO_CONVERGE.increment);
+            this.stats['throttle-percentage'] = this.throttle;
+            await this.src.throttle(100 - this.throttle);
+          }
+          prevDirty = dirty.length;
+          toSend = dirty;
+        }
+        // Blackout.
+        blackoutAt = performance.now();
+        await this.doFreeze();
+        // The guest is parked: its last writes are in the kernel's log now.
+        const { bitmap } = await this.src.dirty('harvest');
+        // One synchronous step: device states, the pages this process dirtied, and their copies.
+        this.stateTree = this.src.capture();
+        const last = new Set(toSend);
+        for (const p of this.withShared(bitmap)) last.add(p);
+        // The hypervisor writes the SynIC pages; they go whatever the logs say.
+        for (let vp = 0; vp < this.src.vps; vp++) for (const gpa of [simpGpa(vp), siefpGpa(vp)]) if (gpa / MIG_PAGE < this.guestPages) last.add(gpa / MIG_PAGE);
+        const final = [...last].sort((a, b) => a - b);
+        const t = this.elapsed();
+        const n = await this.sendSnapshot(this.snapshot(final));
+        this.recordPass(this.stats.pass + 1, n, 0, t);
+      }
+      this.check();
+      const state = Buffer.from(JSON.stringify(this.stateTree));
+      try {
+        await this.call({ op: 'migState', state }, STATE_TIMEOUT_MS);
+      } catch (e) {
+        throw new Error(`the destination ${this.req.to} did not start the VM: ${(e as Error).message}`);
+      }
+      this.stats.downtime = Math.round(performance.now() - blackoutAt);
+      // The destination runs the VM; it keeps it only once committed.
+      let committed = false;
+      for (let i = 0; i < 3 && !committed; i++) {
+        try {
+          this.stats.downtime = Math.round(performance.now() - blackoutAt);
+          await this.call({ op: 'migCommit', stats: { ...this.stats, status: 'completed', 'total-time': this.elapsed() } }, COMMIT_TIMEOUT_MS);
+          committed = true;
+        } catch (e) {
+          log.warn({ err: (e as Error).message, attempt: i + 1 }, 'commit not acknowledged');
+        }
+      }
+      if (!committed) {
+        // An abort the destination answers "committed" means the commit did arrive.
+        const a = await this.call({ op: 'migAbort', reason: 'no commit acknowledgement' }, COMMIT_TIMEOUT_MS).catch(() => null) as { committed?: boolean } | null;
+        if (a?.committed !== true) throw new Error(`the destination ${this.req.to} did not acknowledge the commit`);
+      }
+      this.stats.status = 'completed';
+      this.stats.ram.remaining = 0;
+      this.stats['expected-downtime'] = this.stats.downtime;
+      this.report();
+      log.info({ to: this.req.to, totalMs: this.stats['total-time'], downtimeMs: this.stats.downtime, bytes: this.stats.ram.transferred, passes: this.stats.passes.length }, 'migration completed');
+      return this.stats;
+    } catch (e) {
+      const cancelled = e instanceof MigrationCancelled;
+      this.stats.status = cancelled ? 'cancelled' : 'failed';
+      this.stats['error-desc'] = cancelled ? `cancelled: ${(e as Error).message}` : (e as Error).message;
+      log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
+      // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
+      const abort = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
+      const answer = await abort.call({ from: this.req.from, mig: this.req.mig, op: 'migAbort', reason: this.stats['error-desc'].slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION).catch(() => null) as { committed?: boolean } | null;
+      abort.close();
+      if (answer?.committed === true) {
+        // Too late to go back: the destination had the commit and runs the VM. It is moved.
+        delete this.stats['error-desc'];
+        this.stats.status = 'completed';
+        this.stats.ram.remaining = 0;
+        this.report();
+        log.info({ to: this.req.to }, 'migration completed (the destination had the commit before the cancel or failure)');
+        return this.stats;
+      }
+      if (this.frozen) await this.src.thaw().catch((u) => log.error({ err: u }, 'could not thaw the VM after a failed migration'));
+      this.frozen = false;
+      this.report();
+      return this.stats;
+    } finally {
+      if (this.throttle > 0 && this.stats.status !== 'completed') await this.src.throttle(null).catch(() => undefined);
+      if (tracking) await this.src.dirty('stop').catch(() => undefined);
+      this.client.close();
+      this.stats['total-time'] = this.elapsed();
+    }
+  }
+
+  private stateTree: Record<string, unknown> = {};
+  private async doFreeze(): Promise<void> {
+    this.check();
+    await this.src.freeze();
+    this.frozen = true;
+  }
+}
+
+/** The destination's side: checks a page batch and writes it into guest memory (nothing when it does not decode). */
+export function applyPageBatch(memory: SharedArrayBuffer, memoryBytes: number, data: Uint8Array): number {
+  const pages = dirtyBitmapGpa(memoryBytes) / MIG_PAGE;
+  const d = decodePageBatch(data, pages);
+  if (typeof d === 'string') throw new Error(d);
+  // Inflate everything first, so a bad compressed page changes nothing.
+  const bytes: (Uint8Array | null)[] = d.map((e) => {
+    if (e.kind === PageKind.Raw) return e.data;
+    if (e.kind !== PageKind.Deflate) return null;
+    let out: Buffer;
+    try {
+      out = inflateRawSync(e.data, { maxOutputLength: MIG_PAGE });
+    } catch (x) {
+      throw new Error(`compressed page ${e.pfn} does not inflate: ${(x as Error).message}`);
+    }
+    if (out.length !== MIG_PAGE) throw new Error(`compressed page ${e.pfn} inflates to ${out.length} bytes, not ${MIG_PAGE}`);
+    return out;
+  });
+  const u8 = new Uint8Array(memory);
+  d.forEach((e, i) => {
+    const src = e.kind === PageKind.Dup ? bytes[e.dupOf!]! : bytes[i];
+    if (src) copyBytes(memory, e.pfn * MIG_PAGE, src, 0, MIG_PAGE);
+    else u8.fill(0, e.pfn * MIG_PAGE, (e.pfn + 1) * MIG_PAGE);
+  });
+  return d.length;
+}
+
+export { RpcFailure };
