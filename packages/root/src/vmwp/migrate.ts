@@ -391,9 +391,10 @@ export class MigrationOut {
       log.info({ to: this.req.to, totalMs: this.stats['total-time'], downtimeMs: this.stats.downtime, bytes: this.stats.ram.transferred, passes: this.stats.passes.length }, 'migration completed');
       return this.stats;
     } catch (e) {
-      const cancelled = e instanceof MigrationCancelled;
+      // A cancel closes the stream, so what fails first may be a send: it is still a cancel.
+      const cancelled = e instanceof MigrationCancelled || this.cancelled !== null;
       this.stats.status = cancelled ? 'cancelled' : 'failed';
-      this.stats['error-desc'] = cancelled ? `cancelled: ${(e as Error).message}` : (e as Error).message;
+      this.stats['error-desc'] = cancelled ? `cancelled: ${this.cancelled ?? (e as Error).message}` : (e as Error).message;
       log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
       // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
       const abort = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
