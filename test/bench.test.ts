@@ -244,6 +244,21 @@ const expectations: Record<string, (out: string) => void> = {
     ratio(out, 'ratio link / direct round trip (p50)');
     ratio(out, 'ratio link / direct throughput');
   },
+  migrate: (out) => {
+    const [mbs] = numbersAfter(out, 'link bandwidth MB/s (baseline)', 1);
+    expect(mbs, 'link bandwidth').to.be.greaterThan(0);
+    const downs = out.split('\n').filter((l) => l.trim().startsWith('downtime p50, p99, max ms'));
+    expect(downs, 'two downtime rows').to.have.length(2);
+    for (const l of downs) {
+      const [p50, p99] = l.trim().slice('downtime p50, p99, max ms'.length).trim().split(/\s+/).map(Number);
+      expect(p50, l).to.be.greaterThan(0);
+      expect(p99!, l).to.be.at.least(p50!);
+    }
+    expect(out).to.match(/^idle VM \(\d+ MiB, 2 moves, 0 failed\)/m);
+    expect(out).to.match(/^memdirty VM \(\d+ MiB, 2 moves, 0 failed\)/m);
+    ratio(out, 'ratio total / model');
+    ratio(out, 'ratio bytes sent / RAM');
+  },
 };
 
 describe('benchmarks (quick mode)', function () {

@@ -14,6 +14,7 @@ const benchmarks: Record<string, () => Promise<{ main: BenchMain }>> = {
   sched: () => import('./sched.js'),
   host: () => import('./host.js'),
   cluster: () => import('./cluster.js'),
+  migrate: () => import('./migrate.js'),
 };
 
 const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json] [--quick]`;

@@ -1,0 +1,172 @@
+/**
+ * `pnpm bench migrate [--json] [--quick]`: live migration between two hosts of a cluster on this
+ * machine (network namespaces where allowed), against a baseline measured in the same run.
+ *
+ *  baseline: the link's bandwidth, a bulk transfer h1 → h2 through their link (linkProbe), so
+ *            the model of a move is RAM ÷ that bandwidth (every page sent once, nothing else);
+ *  idle:     an idle VM (256 MiB; quick 64 MiB) moved back and forth ≥ 5 times (quick 2):
+ *            downtime p50/p99, total time against the model, bytes sent against RAM;
+ *  memdirty: a memdirty VM (QEMU's migration-test guest, 32 MiB dirtied in a loop on 2 VPs;
+ *            quick 8 MiB) the same way, with pre-copy's defaults (downtime limit 300 ms).
+ * Aims (issue 12): idle downtime ≤ 10 ms p50; total ≤ 1.2× the model; an idle VM sends ≤ 5 % of its RAM.
+ *
+ * The cluster lives under a temporary HVLAB_HOME and is brought down whatever happens; the run
+ * fails if any process, /dev/shm file or namespace is left.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LinkProbeResult, MigrationStats } from '../../packages/protocol/src/index.js';
+import { hostPaths } from '../../packages/runtime/src/paths.js';
+import { MgmtClient, hostProcesses, readHost } from '@hvlab/host';
+import { clusterDown, clusterHostHome, clusterStatus, clusterTag, clusterUp, fabricPids, networkLeftovers, parseTopology } from '@hvlab/cluster';
+import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+
+interface Plan {
+  idleMemory: string;
+  dirtyMemory: string;
+  dirtyBytes: string;
+  moves: number;
+  probeBytes: number;
+}
+const FULL: Plan = { idleMemory: '256M', dirtyMemory: '256M', dirtyBytes: '32M', moves: 6, probeBytes: 64 * 1024 * 1024 };
+const QUICK: Plan = { idleMemory: '64M', dirtyMemory: '64M', dirtyBytes: '8M', moves: 2, probeBytes: 8 * 1024 * 1024 };
+
+interface Series {
+  vm: string;
+  memoryBytes: number;
+  moves: number;
+  downtimeMs: { p50: number; p99: number; max: number };
+  totalMs: { p50: number; max: number };
+  modelMs: number;
+  totalVsModel: number;
+  bytesVsRam: number;
+  passes: number;
+  failed: number;
+}
+
+interface Result {
+  quick: boolean;
+  mode: string;
+  linkMBps: number;
+  idle: Series;
+  memdirty: Series;
+  disturbance: Disturbance;
+}
+
+const TOPOLOGY = 'name: migbench\nhosts:\n  h1: { lps: 2 }\n  h2: { lps: 2 }\nlinks:\n  - endpoints: [h1, h2]\n';
+
+function client(home: string, host: string): MgmtClient {
+  const paths = hostPaths(clusterHostHome(home, host));
+  return new MgmtClient(paths.mgmtEndpoint, { watch: readHost(paths)! });
+}
+
+async function series(home: string, vm: string, memory: string, workload: string, vps: number, moves: number, linkBps: number, say: (l: string) => void): Promise<Series> {
+  const c1 = client(home, 'h1');
+  const c2 = client(home, 'h2');
+  const on = { h1: c1, h2: c2 };
+  const stats: MigrationStats[] = [];
+  let failed = 0;
+  try {
+    await c1.request('vmNew', { name: vm, memory, vps, workload });
+    await c1.request('vmStart', { name: vm });
+    await new Promise((r) => setTimeout(r, 1000));
+    let at: 'h1' | 'h2' = 'h1';
+    for (let i = 0; i < moves; i++) {
+      const to: 'h1' | 'h2' = at === 'h1' ? 'h2' : 'h1';
+      const st = await on[at].request<MigrationStats>('vmMove', { name: vm, to }, 600_000);
+      if (st.status !== 'completed') {
+        failed++;
+        say(`${vm}: move ${i + 1} ${at} → ${to} ${st.status}: ${st['error-desc'] ?? ''}`);
+        continue;
+      }
+      stats.push(st);
+      say(`${vm}: move ${i + 1} ${at} → ${to}: total ${st['total-time']} ms, downtime ${st.downtime} ms, ${st.passes.length} passes, ${st.ram.transferred} bytes`);
+      at = to;
+      // Let the guest run a little on its new host before the next move.
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    await on[at].request('vmTurnOff', { name: vm }).catch(() => undefined);
+    await on[at].request('vmDelete', { name: vm }).catch(() => undefined);
+  } finally {
+    c1.close();
+    c2.close();
+  }
+  if (stats.length === 0) throw new Error(`no move of ${vm} completed`);
+  const ram = stats[0]!.ram.total;
+  const modelMs = (ram / linkBps) * 1000;
+  const down = stats.map((s) => s.downtime);
+  const total = stats.map((s) => s['total-time']);
+  return {
+    vm, memoryBytes: ram, moves: stats.length,
+    downtimeMs: { p50: round(percentile(down, 0.5), 1), p99: round(percentile(down, 0.99), 1), max: Math.max(...down) },
+    totalMs: { p50: round(percentile(total, 0.5), 1), max: Math.max(...total) },
+    modelMs: round(modelMs, 1),
+    totalVsModel: round(percentile(total, 0.5) / modelMs, 3),
+    bytesVsRam: round(percentile(stats.map((s) => s.ram.transferred), 0.5) / ram, 4),
+    passes: round(percentile(stats.map((s) => s.passes.length), 0.5), 1),
+    failed,
+  };
+}
+
+function table(r: Result): string {
+  const row = (s: Series, label: string): string[] => [
+    `${label} (${(s.memoryBytes / 1048576).toFixed(0)} MiB, ${s.moves} moves, ${s.failed} failed)`,
+    `  downtime p50, p99, max ms            ${s.downtimeMs.p50} ${s.downtimeMs.p99} ${s.downtimeMs.max}${label === 'idle VM' ? '  (aim: p50 at most 10)' : ''}`,
+    `  total time p50 ms, model ms          ${s.totalMs.p50} ${s.modelMs}`,
+    `  ratio total / model                  ${s.totalVsModel.toFixed(3)}  (aim: at most 1.2)`,
+    `  ratio bytes sent / RAM               ${s.bytesVsRam.toFixed(4)}${label === 'idle VM' ? '  (aim: at most 0.05)' : ''}`,
+    `  passes p50                           ${s.passes}`,
+  ];
+  const lines = [
+    `migrate bench: 2 hosts (${r.mode}); model = RAM / link bandwidth measured in this run`,
+    `link bandwidth MB/s (baseline)         ${r.linkMBps.toFixed(1)}`,
+    ...row(r.idle, 'idle VM'),
+    ...row(r.memdirty, 'memdirty VM'),
+    disturbanceLine(r.disturbance),
+  ];
+  if (r.quick) lines.push(QUICK_NOTE);
+  return lines.join('\n');
+}
+
+export async function main(args: string[]): Promise<void> {
+  const quick = quickRequested(args);
+  const json = args.includes('--json');
+  const plan = quick ? QUICK : FULL;
+  const home = mkdtempSync(join(tmpdir(), 'hvlab-bench-migrate-'));
+  const hostIds: string[] = [];
+  const dist = disturbanceTracker(hostIds);
+  const say = (l: string): void => void process.stderr.write(`[bench migrate] ${l}\n`);
+  try {
+    const t = parseTopology(TOPOLOGY, 'migbench.yaml');
+    await clusterUp(home, t, TOPOLOGY, 'migbench.yaml', {});
+    const st = await clusterStatus(home);
+    for (const h of st.hosts) if (h.hostId) hostIds.push(h.hostId);
+    dist.sample();
+    const c = client(home, 'h1');
+    let probe: LinkProbeResult;
+    try {
+      probe = await c.request<LinkProbeResult>('linkProbe', { peer: 'h2', pings: 5, bytes: plan.probeBytes }, 600_000);
+    } finally {
+      c.close();
+    }
+    const linkBps = probe.bitsPerSecond / 8;
+    say(`link h1 → h2: ${(linkBps / 1e6).toFixed(1)} MB/s`);
+    const idle = await series(home, 'idle', plan.idleMemory, 'idle', 1, plan.moves, linkBps, say);
+    dist.sample();
+    const memdirty = await series(home, 'md', plan.dirtyMemory, `memdirty:${plan.dirtyBytes}`, 2, plan.moves, linkBps, say);
+    dist.sample();
+    const r: Result = { quick, mode: st.mode, linkMBps: round(linkBps / 1e6, 2), idle, memdirty, disturbance: dist.value };
+    process.stdout.write(`${json ? JSON.stringify(r) : table(r)}\n`);
+  } finally {
+    await clusterDown(home);
+    const left = networkLeftovers(clusterTag(home));
+    const fabric = fabricPids(home);
+    rmSync(home, { recursive: true, force: true });
+    if (left.namespaces.length + left.links.length > 0 || fabric.length > 0) {
+      process.stderr.write(`[bench migrate] WARNING: left behind: ${[...left.namespaces, ...left.links, ...fabric.map((p) => `fabric pid ${p}`)].join(', ')}\n`);
+      process.exitCode = 1;
+    }
+    await reportLeftovers('migrate', new Set(hostIds.flatMap((id) => hostProcesses(id))), hostIds);
+  }
+}
