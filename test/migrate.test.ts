@@ -118,7 +118,7 @@ describe('live migration between two hosts', function () {
     expect(here.status).to.equal('completed');
   });
 
-  for (const [label, opts] of [['pre-copy', []], ['compressed', ['--compress']], ['auto-converged', ['--auto-converge', '--downtime-limit', '1ms', '--max-passes', '6']]] as const) {
+  for (const [label, opts] of [['pre-copy', []], ['compressed', ['--compress']], ['auto-converged', ['--auto-converge', '--downtime-limit', '1ms', '--max-passes', '6']], ['post-copy', ['--postcopy']]] as const) {
     it(`a memdirty VM moved with ${label} passes QEMU's migration-test check on the destination`, async () => {
       const name = `md-${label.slice(0, 4)}`;
       await h.ok('--host', 'h1', 'vm', 'new', name, '--memory', '64M', '--vps', '2', '--workload', 'memdirty:8M');
@@ -132,6 +132,8 @@ describe('live migration between two hosts', function () {
       expect(st.ram['dirty-sync-count']).to.be.at.least(2);
       if (label === 'compressed') expect(st['compression-ratio']).to.be.greaterThan(1);
       if (label === 'auto-converged') expect(st['throttle-percentage']).to.be.at.least(20);
+      // Post-copy: the guest ran at h2 before its dirty pages were there, and asked for some.
+      if (label === 'post-copy') expect(st.ram['postcopy-requests'], 'pages the guest asked for').to.be.greaterThan(0);
       await sleep(300);
       await memdirtyCheck('h2', name, 8 * 1024 * 1024);
       await h.ok('--host', 'h2', 'vm', 'turn-off', name);
@@ -162,6 +164,26 @@ describe('live migration between two hosts', function () {
     expect(await eventually(() => nothingOnH2('kd'), 10000), 'nothing of it at h2').to.equal(true);
     await memdirtyCheck('h1', 'kd', 16 * 1024 * 1024);
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'kd');
+  });
+
+  it('the destination\'s worker killed during post-copy: the VM is lost, and both hosts say so plainly', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'pl', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'pl');
+    await sleep(500);
+    const moving = move('pl', '--postcopy', '--bandwidth', '2M');
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'pl').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'pl');
+    expect(w, 'the destination\'s worker').to.not.equal(undefined);
+    process.kill(w!.pid, 'SIGKILL');
+    const m = await moving;
+    expect(m.code).to.equal(1);
+    expect(m.stats!.status).to.equal('failed');
+    expect(m.stats!['error-desc']).to.match(/post-copy failed after the switch-over, so the VM is lost/);
+    // The source's copy is stale and is not run again: Off, saying why; nothing at h2.
+    expect(await eventually(async () => (await vmOn('h1', 'pl'))?.state === 'Off', 10000)).to.equal(true);
+    expect((await vmOn('h1', 'pl'))!.lastStateReason).to.match(/lost in post-copy/);
+    expect(await eventually(() => nothingOnH2('pl'), 10000), 'nothing of it at h2').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'delete', 'pl');
   });
 
   it('a link cut during pre-copy fails the move cleanly: the VM stays on the source; after the heal nothing of the attempt is left at the destination', async () => {

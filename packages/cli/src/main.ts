@@ -201,7 +201,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'max-passes', value: 'N', help: 'pre-copy passes at most before the blackout (default 10)', check: wholeIn('max-passes', 1, 1000) },
       { name: 'compress', help: 'compress pages (deflate); zero pages are never sent in full anyway' },
       { name: 'auto-converge', help: 'throttle the VM when a pass does not shrink the dirty set (20 %, +10 %, at most 99 %, as QEMU)' },
-      { name: 'postcopy', help: 'switch to the destination early and fetch missing pages on demand (not built yet: refused)' },
+      { name: 'postcopy', help: 'switch to the destination after one full pass; the pages dirtied since come on demand (userfaultfd) and in the background. If either host dies before every page is there, the VM is lost' },
       { name: 'offline', help: 'stop-and-copy: suspend, copy everything once, resume there (the baseline)' },
     ],
   },
@@ -919,6 +919,7 @@ export async function run(argv: string[]): Promise<number> {
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
           ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? 'hypercall pages (shared memory)' : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
           ['VMs', String(info.vms)], ['started', info.startedAt], ['management API', `v${info.apiVersion}`],
+          ...(info.dirtyTracking ? [['dirty-page tracking', info.dirtyTracking.mode === 'kernel' ? 'kernel (userfaultfd write-protect + PAGEMAP_SCAN)' : `guest bitmap (${info.dirtyTracking.reason ?? 'the kernel\'s is unavailable'})`]] : []),
         ]));
         return 0;
       }

@@ -2,7 +2,8 @@
  * @hvlab/cluster — many hosts from one topology file (issue 11): the topology file's format and
  * its checking decoder (topology.ts), clusters of hosts in network namespaces or on loopback
  * (lab.ts, netns.ts), the link layer (link.ts) held by the cluster's fabric process (fabric.ts,
- * fabric-main.ts), hosts of other machines joining (lab.ts `joinHost`), and pictures (graph.ts).
+ * fabric-main.ts), hosts of other machines joining (lab.ts `joinHost`), pictures (graph.ts), and
+ * experiments run on a cluster with their reports and hand-written SVG plots (experiment.ts, plot.ts).
  */
 export * from './topology.js';
 export * from './lab.js';
@@ -10,3 +11,5 @@ export * from './netns.js';
 export * from './graph.js';
 export * from './link.js';
 export * from './fabric.js';
+export * from './experiment.js';
+export * from './plot.js';

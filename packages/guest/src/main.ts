@@ -6,7 +6,7 @@
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
 import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
-import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason } from '@hvlab/shm';
+import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
 import { GuestMemory } from './memory.js';
@@ -68,6 +68,8 @@ let firmware: Uint8Array | null = null;
  * the dirty bitmap that GuestMemory keeps.
  */
 let tracker: KernelDirtyTracker | null = null;
+/** Post-copy: missing pages of guest memory are asked of the VMWP until it says all are here. */
+let postcopy: PostcopyFaults | null = null;
 function dirtyRequest(op: unknown): unknown {
   if (!kernel) throw new Error('the guest has not booted');
   const sab = kernel.mem.share().memory;
@@ -111,6 +113,11 @@ const rpc = new IpcRpc(process, async (m) => {
       return true;
     case 'dirty':
       return dirtyRequest(m.op);
+    case 'postcopyDone':
+      // Every page is here: missing-page handling ends.
+      postcopy?.close();
+      postcopy = null;
+      return true;
     case 'hypercall': {
       const r = await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
       return r;
@@ -124,7 +131,10 @@ try {
   const session = await hv.connect({ partitionId, token, role: 'partition', vm });
   let mem: GuestMemory;
   if (session.memoryMode === 'shared' && session.memoryRegion) {
-    mem = new GuestMemory(openRegion(session.memoryRegion));
+    const sab = openRegion(session.memoryRegion);
+    // Before anything reads guest memory: a page post-copy has not brought yet stops its reader until it is here.
+    if (input.postcopyControl) postcopy = PostcopyFaults.open(sab, openRegion(input.postcopyControl));
+    mem = new GuestMemory(sab);
   } else {
     mem = new GuestMemory(privateRegion(session.memoryBytes));
     // The VMWP cannot see private memory; it hands over the firmware page through the pipe.

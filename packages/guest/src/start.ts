@@ -12,6 +12,8 @@ export interface PartitionStartInput {
   partitionId: number;
   vm: string;
   token: string;
+  /** Post-copy: the control region (shared with the VMWP) through which missing pages are asked for. */
+  postcopyControl?: string;
 }
 
 export function decodePartitionStartInput(text: string): PartitionStartInput {
@@ -23,7 +25,7 @@ export function decodePartitionStartInput(text: string): PartitionStartInput {
   }
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('the start-up input is not a map');
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!['home', 'hostId', 'hvPid', 'partitionId', 'vm', 'token'].includes(k)) throw new Error(`the start-up input has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
+  for (const k of Object.keys(o)) if (!['home', 'hostId', 'hvPid', 'partitionId', 'vm', 'token', 'postcopyControl'].includes(k)) throw new Error(`the start-up input has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
   const str = (k: string, max: number): string => {
     const x = o[k];
     if (typeof x !== 'string' || x.length === 0 || x.length > max) throw new Error(`field ${k} is not a string of 1 to ${max} characters`);
@@ -34,5 +36,7 @@ export function decodePartitionStartInput(text: string): PartitionStartInput {
     if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) throw new Error(`field ${k} is not an integer from ${min} to ${max}`);
     return x;
   };
-  return { home: str('home', 4096), hostId: str('hostId', 64), hvPid: int('hvPid', 1, 0x7fffffff), partitionId: int('partitionId', 1, 0xffffffff), vm: str('vm', 64), token: str('token', 256) };
+  const out: PartitionStartInput = { home: str('home', 4096), hostId: str('hostId', 64), hvPid: int('hvPid', 1, 0x7fffffff), partitionId: int('partitionId', 1, 0xffffffff), vm: str('vm', 64), token: str('token', 256) };
+  if (o.postcopyControl !== undefined) out.postcopyControl = str('postcopyControl', 200);
+  return out;
 }

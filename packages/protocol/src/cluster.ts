@@ -130,9 +130,15 @@ export type MigPeerRequest =
   | { v: number; id: number; op: 'migPages'; from: string; mig: string; data: Uint8Array }
   | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array }
   | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: Record<string, unknown> | null }
-  | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string };
+  | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string }
+  /** Post-copy's switch-over: the state, and the bitmap of pages the destination does not have yet (fetched on demand). */
+  | { v: number; id: number; op: 'migSwitch'; from: string; mig: string; state: Uint8Array; missing: Uint8Array }
+  /** Post-copy: the pages the destination's guest waits for (long poll, at most `waitMs`). */
+  | { v: number; id: number; op: 'migPull'; from: string; mig: string; waitMs: number };
 /** A migration id: what the source's root made up for it. */
 export const MIG_ID_RE = /^[a-z0-9-]{8,64}$/;
+/** Largest missing-page bitmap (16 GiB of guest memory). */
+export const MIG_MISSING_MAX_BYTES = (16 * 1024 ** 3) / 4096 / 8;
 /** Largest saved-state tree a migState carries. */
 export const MIG_STATE_MAX_BYTES = 1024 * 1024;
 
@@ -309,7 +315,7 @@ export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
 export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
   let id = 0;
   return catching(() => {
-    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migState', 'migCommit', 'migAbort']);
+    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull']);
     id = env.id;
     try {
       const { f } = env;
@@ -327,6 +333,12 @@ export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
           case 'migState':
             f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
             return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
+          case 'migSwitch':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'missing']);
+            return { v, id, op: 'migSwitch', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), missing: f.bytes('missing', MIG_MISSING_MAX_BYTES) };
+          case 'migPull':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
+            return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
           case 'migCommit':
             f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
             return { v, id, op: 'migCommit', from, mig, stats: env.o.stats === undefined || env.o.stats === null ? null : f.map('stats') };

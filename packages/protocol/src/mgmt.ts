@@ -518,6 +518,12 @@ export interface HostInfo {
   rootRestarts?: number;
   /** The cluster this host is a member of, or null. */
   cluster?: HostClusterInfo | null;
+  /**
+   * How live migration finds dirty pages here: `kernel` (userfaultfd async write-protect and
+   * PAGEMAP_SCAN on the partition's mapping) or `bitmap` (the dirty bitmap the guest kernel's
+   * GuestMemory keeps, when the kernel's cannot be used: `reason` says why).
+   */
+  dirtyTracking?: { mode: 'kernel' | 'bitmap'; reason: string | null };
 }
 
 export interface HostClusterInfo {

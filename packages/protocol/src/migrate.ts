@@ -6,7 +6,7 @@
  * A page batch is binary, little-endian:
  *   u32 magic "HVMP" · u32 count · count entries of { u32 pfn · u8 kind · u8 0 · u16 0 · u32 len · len bytes }
  * kinds: 0 zero page (len 0: the destination zeroes it), 1 raw (len 4096), 2 deflate-raw compressed
- * (len < 4096; it must inflate to exactly 4096 bytes), 3 duplicate (len 4: u32 index of an earlier
+ * (1 to 4159 bytes; the destination refuses one that does not inflate to exactly 4096), 3 duplicate (len 4: u32 index of an earlier
  * raw or compressed entry of the same batch whose bytes this page repeats). `decodePageBatch` is
  * the one checking decoder; a batch it refuses changes no memory.
  */
@@ -140,7 +140,7 @@ const own = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.c
 /** Checks move options (from a CLI, a peer or an experiment file); missing ones take the defaults. Returns a sentence when one is wrong. */
 export function decodeMigrationOptions(v: unknown): MigrationOptions | string {
   if (v === undefined || v === null) return { ...MIGRATION_DEFAULTS };
-  if (typeof v !== 'object' || Array.isArray(v)) return 'migration options must be a map';
+  if (typeof v !== 'object' || Array.isArray(v) || (Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null)) return 'migration options must be a map';
   const o = v as Record<string, unknown>;
   const out: MigrationOptions = { ...MIGRATION_DEFAULTS };
   for (const k of Object.keys(o)) if (!own(MIGRATION_DEFAULTS, k)) return `unknown migration option "${k.slice(0, 32)}"`;
@@ -148,7 +148,7 @@ export function decodeMigrationOptions(v: unknown): MigrationOptions | string {
     const x = o[k];
     if (x === undefined || x === null) return null;
     if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max || !Number.isInteger(x)) return `migration option ${k} must be a whole number from ${min} to ${max}`;
-    out[k] = x;
+    out[k] = x + 0; // no -0
     return null;
   };
   const bool = (k: 'compress' | 'autoConverge' | 'postcopy' | 'offline'): string | null => {

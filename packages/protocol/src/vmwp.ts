@@ -10,6 +10,7 @@
  * `hello` with the VMWP's secret (from its record file in the run directory, mode 0600); the VMWP
  * answers nothing else before that. Every frame is decoded once, here, by a checking decoder.
  */
+import { isPlainObject } from './hvwire.js';
 import { decode } from './wire.js';
 
 export type VmwpRequest =
@@ -30,7 +31,11 @@ export type VmwpRequest =
   | { t: 'migCancel'; reason: string }
   /** Live migration, destination (a VMWP started `incoming`): a page batch, then the saved-state tree. */
   | { t: 'migPages'; data: Uint8Array }
-  | { t: 'migState'; state: Uint8Array };
+  | { t: 'migState'; state: Uint8Array }
+  /** Post-copy, destination: switch over (state + bitmap of the pages still to come), then pulls for what the guest waits on. */
+  | { t: 'migSwitch'; state: Uint8Array; missing: Uint8Array }
+  | { t: 'migPull'; waitMs: number }
+  | { t: 'migDone' };
 
 export type VmwpNote =
   | { t: 'booted'; partitionId: number; partitionPid: number | null }
@@ -84,7 +89,8 @@ export class VmwpDecodeError extends Error {
   }
 }
 
-const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+/** A plain map (msgpack also decodes dates, sets, errors and typed arrays, which are no maps). */
+const isObj = (v: unknown): v is Record<string, unknown> => isPlainObject(v);
 const MAX_STR = 4096;
 
 function str(o: Record<string, unknown>, k: string, nullable = false, max = MAX_STR): string | null {
@@ -133,9 +139,23 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
     case 'migOut': {
       if (!isObj(b.key) || !isObj(b.config) || !isObj(b.options)) throw new VmwpDecodeError('fields key, config and options must be maps');
       const key = { cluster: str(b.key, 'cluster', false, 64)!, publicKey: str(b.key, 'publicKey', false, 40)!, secretKey: str(b.key, 'secretKey', false, 40)! };
-      return { t, mig: str(b, 'mig', false, 64)!, from: str(b, 'from', false, 64)!, to: str(b, 'to', false, 64)!, endpoint: str(b, 'endpoint', false, 200)!, key, config: b.config, options: b.options };
+      const named = (k: string, re: RegExp): string => {
+        const v = str(b, k, false, 64)!;
+        if (!re.test(v)) throw new VmwpDecodeError(`field ${k} is not a valid ${k === 'mig' ? 'migration id' : 'host name'}`);
+        return v;
+      };
+      return { t, mig: named('mig', /^[a-z0-9-]{8,64}$/), from: named('from', /^[a-z][a-z0-9-]{0,9}$/), to: named('to', /^[a-z][a-z0-9-]{0,9}$/), endpoint: str(b, 'endpoint', false, 200)!, key, config: b.config, options: b.options };
     }
     case 'migCancel': return { t, reason: str(b, 'reason', false, 512)! };
+    case 'migSwitch': {
+      const st = b.state;
+      const mi = b.missing;
+      if (!(st instanceof Uint8Array) || st.length > 2 * 1024 * 1024) throw new VmwpDecodeError('field state is not bytes of at most 2 MiB');
+      if (!(mi instanceof Uint8Array) || mi.length > 512 * 1024) throw new VmwpDecodeError('field missing is not bytes of at most 512 KiB');
+      return { t, state: st, missing: mi };
+    }
+    case 'migPull': return { t, waitMs: int(b, 'waitMs', 0, 5000) };
+    case 'migDone': return { t };
     case 'migPages':
     case 'migState': {
       const k = t === 'migPages' ? 'data' : 'state';

@@ -13,7 +13,7 @@ import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo } from '@hvlab/protocol';
 import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine } from '@hvlab/runtime';
-import { memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
+import { kernelDirtyTrackingUnavailableReason, memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
 import { ClusterMember, memberConfigFromEnv } from './member.js';
@@ -85,6 +85,11 @@ process.on('SIGINT', () => void exit('SIGINT'));
 const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
 const store = new ConfigStore(paths.vmDir);
 let member: ClusterMember | null = null;
+/** Probed once: whether userfaultfd's async write-protect works here (the partitions use it when it does). */
+const dirtyTracking = (): NonNullable<HostInfo['dirtyTracking']> => {
+  const reason = kernelDirtyTrackingUnavailableReason();
+  return { mode: reason === null ? 'kernel' : 'bitmap', reason };
+};
 const handler: MgmtHandler = async (op, args) => {
   const v = vmms!;
   switch (op) {
@@ -96,6 +101,7 @@ const handler: MgmtHandler = async (op, args) => {
         lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
         rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', cluster: member?.info() ?? null,
+        dirtyTracking: dirtyTracking(),
       };
       return info;
     }

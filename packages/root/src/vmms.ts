@@ -70,6 +70,8 @@ interface Incoming {
   lastSeen: number;
   watchdog: NodeJS.Timeout | null;
   startedAt: number;
+  /** Post-copy has switched over: the guest runs here while its pages still arrive. */
+  postcopy: boolean;
 }
 
 /** What VMMS needs of the host's cluster membership to move VMs. */
@@ -805,7 +807,6 @@ export class Vmms {
     if (to === cluster.name) throw new MgmtFailure('InvalidArgument', `VM "${name}" is on ${to} already`);
     const options = decodeMigrationOptions(args.options);
     if (typeof options === 'string') throw new MgmtFailure('InvalidArgument', options);
-    if (options.postcopy) throw new MgmtFailure('InvalidArgument', 'post-copy migration is not built yet: use pre-copy (the default), --auto-converge or --offline');
     if (r.moving) throw new MgmtFailure('InvalidState', `VM "${name}" is being moved to ${r.moving.to} already`);
     this.requireState(r, [EnabledState.Running], 'move');
     const mig = randomBytes(8).toString('hex');
@@ -913,8 +914,30 @@ export class Vmms {
         inc.watchdog = setTimeout(() => void this.dropIncoming(r, `no commit from ${inc.from} within ${INCOMING_COMMIT_MS / 1000} s`), INCOMING_COMMIT_MS);
         return { running: true };
       }
+      case 'migSwitch': {
+        inc.started = true;
+        inc.postcopy = true;
+        try {
+          await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
+        } catch (e) {
+          void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        }
+        this.setState(r, EnabledState.Running, `migrated from ${inc.from} (post-copy: pages still arriving)`);
+        const st = this.moves.get(r.config.name);
+        if (st) this.moves.set(r.config.name, { ...st, status: 'postcopy-active' });
+        return { running: true };
+      }
+      case 'migPull':
+        return await link.request({ t: 'migPull', waitMs: req.waitMs }, req.waitMs + 10000).catch((e) => {
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        });
       case 'migCommit': {
         if (!inc.started || r.state !== EnabledState.Running) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" does not run here`);
+        // Post-copy: every page must be here before the guest stops asking for them.
+        if (inc.postcopy) await link.request({ t: 'migDone' }, 10000).catch((e) => {
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        });
         // The VM is this host's now: its config goes on disk.
         this.saveConfig(r.config, true);
         if (inc.watchdog) clearTimeout(inc.watchdog);
@@ -941,7 +964,7 @@ export class Vmms {
     if (known) throw new MgmtFailure('AlreadyExists', `host ${this.cluster?.name ?? this.o.hostId} has a VM "${c.name}" already`);
     if (this.o.vmbusTransport !== 'shm') throw new MgmtFailure('InvalidState', 'this host runs without shared memory: it cannot take a live migration');
     const r = this.record(c);
-    const inc: Incoming = { mig: req.mig, from: req.from, options, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now() };
+    const inc: Incoming = { mig: req.mig, from: req.from, options, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false };
     r.incoming = inc;
     this.vms.set(c.name, r);
     this.moves.set(c.name, {
@@ -978,7 +1001,11 @@ export class Vmms {
     }
     // A source that goes silent (killed, link cut) before the state leaves nothing here.
     inc.watchdog = setInterval(() => {
-      if (!inc.started && Date.now() - inc.lastSeen > INCOMING_IDLE_MS) void this.dropIncoming(r, `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
+      if ((!inc.started || inc.postcopy) && Date.now() - inc.lastSeen > INCOMING_IDLE_MS) {
+        void this.dropIncoming(r, inc.postcopy
+          ? `post-copy failed: the source ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s while pages were missing, so the VM is lost`
+          : `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
+      }
     }, 1000);
     this.o.log.info({ vm: c.name, from: req.from, mig: req.mig }, 'incoming migration set up');
     return { ready: true };

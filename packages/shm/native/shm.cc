@@ -28,6 +28,8 @@
 #include <sys/ioctl.h>
 #include <linux/userfaultfd.h>
 #include <vector>
+#include <poll.h>
+#include <thread>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -677,6 +679,158 @@ void ZeroPages(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(zeros);
 }
 
+// ---- post-copy: missing pages of a mapping fetched on demand -----------------------------------
+// The partition process registers its mapping of guest memory with a userfaultfd in MISSING mode.
+// A page that is not in the file's page cache (post-copy punched it out, or never had it) then
+// stops the thread that touches it, in the kernel, and a native thread here (never JS: the JS
+// thread may be the one stopped) posts its page number to a shared control region and waits. The
+// VMWP, in another process, gets the page from the source and writes it through its own mapping
+// (into the page cache); the thread here sees it resident (mincore) and wakes the stopped thread,
+// whose access then finds the page. Control region (Int32 words): 0 requests posted (futex),
+// 1 pages served (futex, bumped by the VMWP), 2 stop, 3 faults seen, 16.. a ring of 1024 page numbers.
+constexpr int kPcReq = 0, kPcServed = 1, kPcStop = 2, kPcFaults = 3, kPcRing = 16, kPcRingLen = 1024;
+
+struct PostcopyTracker {
+  int uffd = -1;
+  uintptr_t start = 0;
+  size_t length = 0;
+  std::shared_ptr<BackingStore> mem;
+  std::shared_ptr<BackingStore> ctlStore;
+  int32_t* ctl = nullptr;
+  std::thread thread;
+};
+std::unordered_map<int32_t, std::unique_ptr<PostcopyTracker>> pcTrackers;
+int32_t nextPcId = 1;
+
+long FutexShared(int32_t* addr, int op, int32_t val, const struct timespec* ts) {
+  return syscall(SYS_futex, addr, op, val, ts, nullptr, 0);
+}
+
+bool Resident(uintptr_t addr) {
+  unsigned char v = 0;
+  if (mincore(reinterpret_cast<void*>(addr), 4096, &v) != 0) return false;
+  return (v & 1) != 0;
+}
+
+void WakeRange(int uffd, uintptr_t addr) {
+  struct uffdio_range r;
+  r.start = addr;
+  r.len = 4096;
+  ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+void PostcopyLoop(PostcopyTracker* t) {
+  std::vector<uintptr_t> pending;
+  std::atomic_ref<int32_t> stop(t->ctl[kPcStop]);
+  std::atomic_ref<int32_t> req(t->ctl[kPcReq]);
+  std::atomic_ref<int32_t> served(t->ctl[kPcServed]);
+  std::atomic_ref<int32_t> faults(t->ctl[kPcFaults]);
+  while (stop.load() == 0) {
+    struct pollfd pfd = { t->uffd, POLLIN, 0 };
+    int ready = poll(&pfd, 1, pending.empty() ? 50 : 0);
+    bool posted = false;
+    if (ready > 0) {
+      struct uffd_msg msgs[16];
+      ssize_t n = read(t->uffd, msgs, sizeof msgs);
+      for (ssize_t i = 0; n > 0 && i < n / static_cast<ssize_t>(sizeof(struct uffd_msg)); i++) {
+        if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+        uintptr_t addr = static_cast<uintptr_t>(msgs[i].arg.pagefault.address) & ~static_cast<uintptr_t>(4095);
+        if (addr < t->start || addr >= t->start + t->length) continue;
+        faults.fetch_add(1);
+        if (Resident(addr)) { WakeRange(t->uffd, addr); continue; }
+        int32_t k = req.load();
+        t->ctl[kPcRing + (static_cast<uint32_t>(k) % kPcRingLen)] = static_cast<int32_t>((addr - t->start) / 4096);
+        req.store(k + 1);
+        pending.push_back(addr);
+        posted = true;
+      }
+    }
+    if (posted) FutexShared(&t->ctl[kPcReq], FUTEX_WAKE, INT32_MAX, nullptr);
+    if (!pending.empty()) {
+      int32_t seen = served.load();
+      struct timespec ts = { 0, 2 * 1000 * 1000 };
+      FutexShared(&t->ctl[kPcServed], FUTEX_WAIT, seen, &ts);
+      for (size_t i = 0; i < pending.size();) {
+        if (Resident(pending[i])) {
+          WakeRange(t->uffd, pending[i]);
+          pending[i] = pending.back();
+          pending.pop_back();
+        } else {
+          i++;
+        }
+      }
+    }
+  }
+}
+
+void ClosePostcopy(PostcopyTracker* t) {
+  if (t->ctl) {
+    std::atomic_ref<int32_t>(t->ctl[kPcStop]).store(1);
+    FutexShared(&t->ctl[kPcServed], FUTEX_WAKE, INT32_MAX, nullptr);
+  }
+  if (t->thread.joinable()) t->thread.join();
+  if (t->uffd >= 0) close(t->uffd);
+  t->uffd = -1;
+}
+
+// postcopyTrack(memory: SharedArrayBuffer, ctl: SharedArrayBuffer) -> id
+void PostcopyTrack(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 2 || !args[0]->IsSharedArrayBuffer() || !args[1]->IsSharedArrayBuffer()) { Throw(isolate, "postcopyTrack(memory, control) takes two SharedArrayBuffers", 0); return; }
+  Local<SharedArrayBuffer> mem = args[0].As<SharedArrayBuffer>();
+  Local<SharedArrayBuffer> ctl = args[1].As<SharedArrayBuffer>();
+  if (ctl->ByteLength() < (kPcRing + kPcRingLen) * 4) { Throw(isolate, "postcopyTrack: the control region is too small", 0); return; }
+  auto t = std::make_unique<PostcopyTracker>();
+  t->mem = mem->GetBackingStore();
+  t->ctlStore = ctl->GetBackingStore();
+  t->ctl = static_cast<int32_t*>(ctl->Data());
+  t->start = reinterpret_cast<uintptr_t>(mem->Data());
+  t->length = mem->ByteLength();
+  if (t->length == 0 || t->start % 4096 != 0 || t->length % 4096 != 0) { Throw(isolate, "postcopyTrack: the memory is not whole pages", 0); return; }
+  t->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (t->uffd < 0) { Throw(isolate, "userfaultfd", errno); return; }
+  struct uffdio_api api;
+  std::memset(&api, 0, sizeof api);
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_MISSING_SHMEM;
+  if (ioctl(t->uffd, UFFDIO_API, &api) != 0) { int e = errno; close(t->uffd); Throw(isolate, "UFFDIO_API (missing shmem)", e); return; }
+  struct uffdio_register reg;
+  std::memset(&reg, 0, sizeof reg);
+  reg.range.start = t->start;
+  reg.range.len = t->length;
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(t->uffd, UFFDIO_REGISTER, &reg) != 0) { int e = errno; close(t->uffd); Throw(isolate, "UFFDIO_REGISTER (missing)", e); return; }
+  PostcopyTracker* raw = t.get();
+  raw->thread = std::thread(PostcopyLoop, raw);
+  int32_t id = nextPcId++;
+  pcTrackers[id] = std::move(t);
+  args.GetReturnValue().Set(id);
+}
+
+// postcopyUntrack(id) -> boolean: stops the thread and closes the userfaultfd (missing pages then
+// read as zeros: call it only once every page is there).
+void PostcopyUntrack(const FunctionCallbackInfo<Value>& args) {
+  if (args.Length() < 1 || !args[0]->IsInt32()) { args.GetReturnValue().Set(false); return; }
+  auto it = pcTrackers.find(args[0].As<v8::Int32>()->Value());
+  if (it == pcTrackers.end()) { args.GetReturnValue().Set(false); return; }
+  ClosePostcopy(it->second.get());
+  pcTrackers.erase(it);
+  args.GetReturnValue().Set(true);
+}
+
+// discardPages(sab, firstPage, count) -> undefined: punches the pages out of the shared file
+// (MADV_REMOVE), so the next touch through any mapping of it finds them missing.
+void DiscardPages(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 3 || !args[0]->IsSharedArrayBuffer() || !args[1]->IsUint32() || !args[2]->IsUint32()) { ThrowType(isolate, "discardPages(sab, firstPage, count) takes a SharedArrayBuffer and two whole numbers"); return; }
+  Local<SharedArrayBuffer> sab = args[0].As<SharedArrayBuffer>();
+  size_t first = args[1].As<v8::Uint32>()->Value();
+  size_t count = args[2].As<v8::Uint32>()->Value();
+  if ((first + count) * 4096 > sab->ByteLength()) { ThrowRange(isolate, "discardPages: the pages lie outside the buffer"); return; }
+  if (count == 0) return;
+  if (madvise(static_cast<uint8_t*>(sab->Data()) + first * 4096, count * 4096, MADV_REMOVE) != 0) { Throw(isolate, "madvise(MADV_REMOVE)", errno); return; }
+}
+
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
@@ -705,6 +859,12 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, CopyBytes)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "zeroPages").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, ZeroPages)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "postcopyTrack").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, PostcopyTrack)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "postcopyUntrack").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, PostcopyUntrack)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "discardPages").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, DiscardPages)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "wpTrack").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, WpTrack)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "wpHarvest").ToLocalChecked(),

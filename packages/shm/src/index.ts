@@ -33,6 +33,9 @@ interface Addon {
   unwatchWord?(id: number): boolean;
   zeroPages?(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array): number;
   wpTrack?(sab: SharedArrayBuffer): number;
+  postcopyTrack?(memory: SharedArrayBuffer, control: SharedArrayBuffer): number;
+  postcopyUntrack?(id: number): boolean;
+  discardPages?(sab: SharedArrayBuffer, firstPage: number, count: number): void;
   wpHarvest?(id: number, bitmap: Int32Array): number;
   wpUntrack?(id: number): boolean;
 }
@@ -499,4 +502,55 @@ export function zeroPages(sab: SharedArrayBuffer, firstPage: number, count: numb
     zeros += acc === 0 ? 1 : 0;
   }
   return zeros;
+}
+
+// ---- post-copy: missing pages fetched on demand ------------------------------------------------
+
+/**
+ * The control region shared by a partition process (whose native fault thread posts requests)
+ * and its VMWP (which serves them): Int32 words. `requests` counts page numbers posted to the ring
+ * (a futex the VMWP watches); `served` is bumped by the VMWP after it wrote pages (a futex the fault
+ * thread waits on); `stop`; `faults` seen; the ring of page numbers starts at word `ring`.
+ */
+export const PostcopyControl = { requests: 0, served: 1, stop: 2, faults: 3, ring: 16, ringLength: 1024 } as const;
+export const POSTCOPY_CONTROL_BYTES = 2 * PAGE_SIZE;
+
+/**
+ * Missing pages of this process's mapping of `memory`, fetched on demand (post-copy): the mapping
+ * is registered with a userfaultfd in MISSING mode, and a native thread (not JS, which may be the
+ * thread that stopped) posts the page number of each missing page touched to `control` and wakes
+ * the stopped thread once the page is in the file (written by another process). `close` only once
+ * every page is there: afterwards a missing page reads as zeros.
+ */
+export class PostcopyFaults {
+  #id: number;
+  private constructor(id: number) {
+    this.#id = id;
+  }
+
+  static open(memory: SharedArrayBuffer, control: SharedArrayBuffer): PostcopyFaults {
+    const a = need();
+    if (!a.postcopyTrack) throw new ShmError('post-copy needs a newer build of the shm addon');
+    if (control.byteLength < POSTCOPY_CONTROL_BYTES) throw new ShmError(`a post-copy control region needs ${POSTCOPY_CONTROL_BYTES} bytes`);
+    try {
+      return new PostcopyFaults(a.postcopyTrack(memory, control));
+    } catch (e) {
+      throw new ShmError(`post-copy fault handling is unavailable: ${(e as Error).message}`);
+    }
+  }
+
+  close(): void {
+    if (this.#id !== 0) addon?.postcopyUntrack?.(this.#id);
+    this.#id = 0;
+  }
+}
+
+/** Punches pages out of the shared file behind `sab` (MADV_REMOVE): the next touch through any mapping finds them missing. */
+export function discardPages(sab: SharedArrayBuffer, firstPage: number, count: number): void {
+  if (!Number.isSafeInteger(firstPage) || !Number.isSafeInteger(count) || firstPage < 0 || count < 0 || (firstPage + count) * PAGE_SIZE > sab.byteLength) {
+    throw new RangeError(`discardPages: pages ${firstPage}+${count} lie outside the buffer`);
+  }
+  const a = need();
+  if (!a.discardPages) throw new ShmError('discarding pages needs a newer build of the shm addon');
+  a.discardPages(sab, firstPage, count);
 }

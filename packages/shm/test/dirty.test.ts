@@ -8,7 +8,8 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { copyBytes, createRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, shmAvailable, unlinkRegion, zeroPages } from '../src/index.js';
+import { copyBytes, createRegion, discardPages, futexWake, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, openRegion, PostcopyControl, PostcopyFaults, POSTCOPY_CONTROL_BYTES, shmAvailable, unlinkRegion, zeroPages } from '../src/index.js';
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const PAGE = 4096;
 const pagesOf = (bm: Int32Array): number[] => {
@@ -110,5 +111,49 @@ describe('zeroPages', () => {
     expect([...part]).to.deep.equal([1, 0, 1]);
     expect(() => zeroPages(sab, 6, 3, out)).to.throw(RangeError);
     expect(() => zeroPages(sab, 0, 8, new Uint8Array(4))).to.throw(RangeError);
+  });
+});
+
+describe('PostcopyFaults', function () {
+  before(function () {
+    if (!shmAvailable()) this.skip();
+  });
+
+  it('stops a thread that touches a missing page until another mapping fills it, then the thread reads the new bytes; present pages never wait', async () => {
+    const name = `hvlab-test-pc-${process.pid}`;
+    const mem = createRegion(name, 64 * 4096);
+    try {
+      const other = openRegion(name); // the VMWP's mapping, in the real thing another process
+      const ctl = new SharedArrayBuffer(POSTCOPY_CONTROL_BYTES);
+      const c = new Int32Array(ctl);
+      new Uint8Array(other)[1 * 4096] = 11; // present before
+      discardPages(other, 5, 1);
+      const pc = PostcopyFaults.open(mem, ctl);
+      try {
+        // A worker reads page 1 (present) then page 7 (missing); it stops at page 7.
+        const w = new Worker('const { workerData, parentPort } = require("node:worker_threads"); const u = new Uint8Array(workerData); parentPort.postMessage(["a", u[4096]]); parentPort.postMessage(["b", u[7 * 4096 + 3]]);', { eval: true, workerData: mem });
+        const got: Array<[string, number]> = [];
+        w.on('message', (m: [string, number]) => got.push(m));
+        // The request for page 7 arrives in the ring.
+        const t0 = Date.now();
+        while (Atomics.load(c, PostcopyControl.requests) < 1 && Date.now() - t0 < 5000) await sleep(5);
+        expect(Atomics.load(c, PostcopyControl.requests)).to.equal(1);
+        expect(c[PostcopyControl.ring]).to.equal(7);
+        await sleep(50);
+        expect(got).to.deep.equal([['a', 11]]);
+        // Serve it: write through the other mapping, bump `served`.
+        new Uint8Array(other)[7 * 4096 + 3] = 42;
+        Atomics.add(c, PostcopyControl.served, 1);
+        futexWake(ctl, PostcopyControl.served);
+        while (got.length < 2 && Date.now() - t0 < 5000) await sleep(5);
+        expect(got).to.deep.equal([['a', 11], ['b', 42]]);
+        expect(Atomics.load(c, PostcopyControl.faults)).to.be.at.least(1);
+        await w.terminate();
+      } finally {
+        pc.close();
+      }
+    } finally {
+      unlinkRegion(name);
+    }
   });
 });

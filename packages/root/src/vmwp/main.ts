@@ -17,16 +17,16 @@
  * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
+  decodeMigrationOptions, dirtyBitmapGpa, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
 import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
-import { openRegion } from '@hvlab/shm';
+import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
@@ -142,6 +142,7 @@ async function exit(reason: string, code = 0, guestShutdown = false): Promise<vo
     await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
   }
   devices?.close();
+  postcopyIn?.close();
   if (partitionId && pidAlive(cfg.hvPid)) {
     await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
     await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
@@ -167,6 +168,12 @@ async function kernelInfo(): Promise<{ running: number; maxRunning: number; rtcF
 async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
   if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > cfg.memoryBytes) {
     throw new VmwpFailure('InvalidArgument', `GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
+  }
+  if (postcopyIn) {
+    // A read through this mapping of a page post-copy has not brought would fill it with zeros.
+    for (let p = Math.floor(gpa / PAGE); p * PAGE < gpa + len; p++) {
+      if (postcopyIn.isMissing(p)) throw new VmwpFailure('Unavailable', `page 0x${p.toString(16)} has not arrived yet (post-copy in progress)`);
+    }
   }
   if (memory) return new Uint8Array(memory.buffer, gpa, len).slice();
   if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
@@ -255,16 +262,33 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
       migration.cancel(req.reason);
       return true;
-    case 'migPages':
+    case 'migPages': {
       if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
-      if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+      if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+      let written: number[];
       try {
-        return applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data);
+        written = applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data, postcopyIn ? (pfn) => postcopyIn!.isMissing(pfn) : null, postcopyIn?.fd ?? null);
       } catch (e) {
         throw new VmwpFailure('InvalidArgument', `a page batch is refused: ${(e as Error).message}`);
       }
+      postcopyIn?.arrived(written);
+      return written.length;
+    }
     case 'migState':
       return await migrateInState(req.state);
+    case 'migSwitch':
+      return await migrateInSwitch(req.state, req.missing);
+    case 'migPull':
+      if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
+      return await postcopyIn.pull(req.waitMs);
+    case 'migDone':
+      if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
+      if (postcopyIn.remaining > 0) throw new VmwpFailure('InvalidState', `${postcopyIn.remaining} pages have not arrived yet`);
+      await childRpc?.request({ t: 'postcopyDone' }, 5000);
+      postcopyIn.close();
+      log.info({ requests: postcopyIn.requests }, 'post-copy done: every page is here');
+      postcopyIn = null;
+      return true;
     case 'turnOff':
       setTimeout(() => void exit(req.reason), 10);
       return true;
@@ -406,6 +430,9 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
     if (stats.status === 'completed') {
       // The destination runs the VM and has committed: this copy goes.
       setTimeout(() => void exit(`migrated to ${req.to}`, 0), 50);
+    } else if (m.switched) {
+      // Post-copy failed after the switch-over: this copy is stale and must never run again.
+      setTimeout(() => void exit(`lost in post-copy to ${req.to}: ${stats['error-desc'] ?? 'failed'}`, 1), 50);
     }
     return stats;
   } finally {
@@ -417,7 +444,121 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
 let incomingReady = false;
 let incomingStarted = false;
 
-async function migrateInState(bytes: Uint8Array): Promise<{ running: true }> {
+/**
+ * Post-copy at the destination: which pages are still missing, what the guest waits for (its
+ * partition process's fault thread posts page numbers to a shared control region), and the pages
+ * as they arrive (each written once: a page the guest has is never overwritten).
+ */
+class PostcopyIn {
+  readonly region: string;
+  /** The guest memory file, written page by page (see applyPageBatch). */
+  readonly fd: number;
+  private readonly ctl: Int32Array;
+  private readonly missing: Uint8Array;
+  remaining = 0;
+  requests = 0;
+  private lastRequest = 0;
+  private readonly wanted: number[] = [];
+  private waiter: (() => void) | null = null;
+  private readonly unwatch: () => void;
+
+  constructor(missingBits: Uint8Array, pages: number) {
+    this.missing = new Uint8Array(missingBits);
+    for (let p = 0; p < pages; p++) if (this.isMissing(p)) this.remaining++;
+    this.region = `hvlab-${cfg.hostId}-p${partitionId}-pc`;
+    unlinkRegion(this.region);
+    const sab = createRegion(this.region, POSTCOPY_CONTROL_BYTES);
+    this.ctl = new Int32Array(sab);
+    this.unwatch = watchWord(sab, PostcopyControl.requests, () => this.onRequests());
+    this.fd = openSync(`/dev/shm/hvlab-${cfg.hostId}-p${partitionId}-mem`, 'r+');
+  }
+
+  isMissing(pfn: number): boolean {
+    return ((this.missing[pfn >>> 3] ?? 0) & (1 << (pfn & 7))) !== 0;
+  }
+
+  /** Punches the missing pages out of the file (pass 1 put stale copies there). */
+  discard(mem: SharedArrayBuffer, pages: number): void {
+    for (let p = 0; p < pages;) {
+      if (!this.isMissing(p)) {
+        p++;
+        continue;
+      }
+      let n = 1;
+      while (p + n < pages && this.isMissing(p + n)) n++;
+      discardPages(mem, p, n);
+      p += n;
+    }
+  }
+
+  private onRequests(): void {
+    const upto = Atomics.load(this.ctl, PostcopyControl.requests);
+    for (; this.lastRequest < upto; this.lastRequest++) {
+      const pfn = this.ctl[PostcopyControl.ring + (this.lastRequest % PostcopyControl.ringLength)]!;
+      this.requests++;
+      if (this.isMissing(pfn)) this.wanted.push(pfn);
+    }
+    if (this.wanted.length) this.waiter?.();
+  }
+
+  arrived(pfns: number[]): void {
+    for (const p of pfns) {
+      if (!this.isMissing(p)) continue;
+      this.missing[p >>> 3]! &= ~(1 << (p & 7));
+      this.remaining--;
+    }
+    Atomics.add(this.ctl, PostcopyControl.served, 1);
+    futexWake(this.ctl.buffer as SharedArrayBuffer, PostcopyControl.served);
+  }
+
+  /** The pages the guest waits for (still missing), waiting up to `waitMs` for one. */
+  async pull(waitMs: number): Promise<{ pfns: number[]; remaining: number; requests: number }> {
+    this.onRequests();
+    if (!this.wanted.some((p) => this.isMissing(p)) && waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          this.waiter = null;
+          resolve();
+        }, waitMs);
+        this.waiter = () => {
+          clearTimeout(t);
+          this.waiter = null;
+          resolve();
+        };
+      });
+    }
+    const pfns = [...new Set(this.wanted.splice(0).filter((p) => this.isMissing(p)))].slice(0, MIG_BATCH_MAX_PAGES);
+    return { pfns, remaining: this.remaining, requests: this.requests };
+  }
+
+  close(): void {
+    this.unwatch();
+    unlinkRegion(this.region);
+    try {
+      closeSync(this.fd);
+    } catch { /* closed */ }
+  }
+}
+let postcopyIn: PostcopyIn | null = null;
+
+async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number }> {
+  if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+  const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
+  if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
+  const pc = new PostcopyIn(missing, pages);
+  pc.discard(memory.buffer as SharedArrayBuffer, pages);
+  postcopyIn = pc;
+  try {
+    await migrateInState(state, pc.region);
+  } catch (e) {
+    pc.close();
+    postcopyIn = null;
+    throw e;
+  }
+  return { running: true, missing: pc.remaining };
+}
+
+async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
   if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
   if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
   let tree: unknown;
@@ -439,7 +580,7 @@ async function migrateInState(bytes: Uint8Array): Promise<{ running: true }> {
   const up = new Promise<void>((resolve, reject) => {
     bootWaiters.push({ resolve, reject });
   });
-  startPartitionProcess(created!.token);
+  startPartitionProcess(created!.token, postcopyControl);
   await up;
   log.info({ savedAt: state.savedAt }, 'migrated VM runs');
   return { running: true };
@@ -527,12 +668,12 @@ async function build(): Promise<void> {
 }
 
 /** Hands the partition to the prestarted partition process (or a new one) and watches it. */
-function startPartitionProcess(token: string): void {
+function startPartitionProcess(token: string, postcopyControl?: string): void {
   // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
   // never into an environment.
   const child0 = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
   child = child0;
-  child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token }) + '\n');
+  child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(postcopyControl ? { postcopyControl } : {}) }) + '\n');
   childRpc = new IpcRpc(child0, async () => {
     throw new Error('the VMWP takes no requests from the guest');
   });

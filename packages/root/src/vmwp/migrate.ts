@@ -24,15 +24,17 @@
  *
  * Offline (`--offline`, stop-and-copy): frozen first, every page sent once, then the state.
  */
+import { writeSync } from 'node:fs';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import {
   AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_PAGES, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
-  harvestDirtyPages, simpGpa, siefpGpa,
+  harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
 } from '@hvlab/protocol';
 import { curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
 
+const ZERO_PAGE = new Uint8Array(MIG_PAGE);
 /** Batches in flight on the stream (each up to MIG_BATCH_MAX_PAGES pages). */
 const WINDOW = 4;
 const SETUP_TIMEOUT_MS = 30000;
@@ -90,6 +92,17 @@ class Pacer {
     this.allowance -= bytes;
     if (this.allowance < 0) await new Promise((r) => setTimeout(r, Math.ceil((-this.allowance / this.bps) * 1000)));
   }
+}
+
+/** Pages below this are the firmware, kernel, task and SynIC pages the host side reads: sent before post-copy's switch-over. */
+const EAGER_PAGES = WORKLOAD_DATA_GPA / MIG_PAGE;
+
+/** The GPADL pages of a saved VMBus server (the VSPs' rings): the destination's devices read them before the guest runs. */
+function gpadlPages(tree: Record<string, unknown>): Set<number> {
+  const out = new Set<number>();
+  const gs = ((tree.components as Record<string, unknown> | undefined)?.vmbus as { gpadls?: unknown } | undefined)?.gpadls;
+  if (Array.isArray(gs)) for (const g of gs) for (const p of (g as { pfns?: unknown }).pfns as number[] ?? []) if (Number.isSafeInteger(p)) out.add(p);
+  return out;
 }
 
 export class MigrationOut {
@@ -332,6 +345,11 @@ export class MigrationOut {
           this.report();
           const expectMs = ((dirty.length * MIG_PAGE) / this.bandwidth()) * 1000;
           log.info({ pass, sent: n, dirty: dirty.length, expectMs: Math.round(expectMs), throttle: this.throttle }, 'pre-copy pass');
+          if (options.postcopy) {
+            // Post-copy switches over after the first full pass: what is dirty now comes on demand.
+            toSend = dirty;
+            break;
+          }
           if (expectMs <= options.downtimeLimitMs || pass >= options.maxPasses) {
             toSend = dirty;
             break;
@@ -344,6 +362,7 @@ export class MigrationOut {
           prevDirty = dirty.length;
           toSend = dirty;
         }
+        if (options.postcopy) return await this.postcopy(toSend);
         // Blackout.
         blackoutAt = performance.now();
         await this.doFreeze();
@@ -391,6 +410,7 @@ export class MigrationOut {
       log.info({ to: this.req.to, totalMs: this.stats['total-time'], downtimeMs: this.stats.downtime, bytes: this.stats.ram.transferred, passes: this.stats.passes.length }, 'migration completed');
       return this.stats;
     } catch (e) {
+      if (this.switched) return this.lost(e as Error);
       // A cancel closes the stream, so what fails first may be a send: it is still a cancel.
       const cancelled = e instanceof MigrationCancelled || this.cancelled !== null;
       this.stats.status = cancelled ? 'cancelled' : 'failed';
@@ -421,6 +441,121 @@ export class MigrationOut {
     }
   }
 
+  /**
+   * Post-copy: freeze, copy the dirty set in one step with the device states, send the pages the
+   * host side reads before the guest runs (low pages, rings), then switch over with a bitmap of the
+   * rest; the destination's guest runs and asks for pages it touches (pulled here with a long
+   * poll, sent first) while the rest is pushed behind them. Once all are there, commit.
+   */
+  private async postcopy(dirty: number[]): Promise<MigrationStats> {
+    const src = this.src;
+    const stats = this.stats;
+    const blackoutAt = performance.now();
+    await this.doFreeze();
+    const { bitmap } = await src.dirty('harvest');
+    this.stateTree = src.capture();
+    const set = new Set(dirty);
+    for (const p of this.withShared(bitmap)) set.add(p);
+    for (let vp = 0; vp < src.vps; vp++) for (const gpa of [simpGpa(vp), siefpGpa(vp)]) set.add(gpa / MIG_PAGE);
+    const rings = gpadlPages(this.stateTree);
+    const all = [...set].filter((p) => p < this.guestPages).sort((a, b) => a - b);
+    const eager = all.filter((p) => p < EAGER_PAGES || rings.has(p));
+    const later = all.filter((p) => !(p < EAGER_PAGES || rings.has(p)));
+    // One synchronous step with the capture: the copies of every page still to go.
+    const eagerBatches: PageEntry[][] = this.snapshot(eager);
+    const pending = new Map<number, PageEntry>();
+    for (const b of this.snapshot(later)) for (const e of b) pending.set(e.pfn, e);
+    await this.sendSnapshot(eagerBatches);
+    const missing = new Uint8Array(Math.ceil(this.guestPages / 8));
+    for (const p of pending.keys()) missing[p >>> 3]! |= 1 << (p & 7);
+    const t = this.elapsed();
+    // The destination's guest starts during the switch and asks for pages at once: pulls are
+    // served from now on, while the switch is still being answered.
+    let switchDone = false;
+    let switchError: Error | null = null;
+    const switching = this.call({ op: 'migSwitch', state: Buffer.from(JSON.stringify(this.stateTree)), missing }, STATE_TIMEOUT_MS).then(() => {
+      switchDone = true;
+      this.switched = true;
+      stats.downtime = Math.round(performance.now() - blackoutAt);
+      stats.status = 'postcopy-active';
+      stats.ram.remaining = pending.size * MIG_PAGE;
+      this.report();
+      src.log.info({ eager: eager.length, missing: pending.size, downtimeMs: stats.downtime }, 'post-copy switched over: the VM runs at the destination');
+    }, (e: Error) => {
+      switchError = new Error(`the destination ${this.req.to} did not start the VM: ${e.message}`);
+    });
+    let pulling = true;
+    const puller = (async () => {
+      while (pulling && pending.size > 0 && switchError === null) {
+        let r: { pfns?: unknown };
+        try {
+          r = await this.call({ op: 'migPull', waitMs: 200 }, PAGES_TIMEOUT_MS) as { pfns?: unknown };
+        } catch (e) {
+          // Before the destination has taken the switch, it may not know the pull yet.
+          if (!switchDone && switchError === null) {
+            await new Promise((res) => setTimeout(res, 10));
+            continue;
+          }
+          throw e;
+        }
+        const want = (Array.isArray(r?.pfns) ? r.pfns : []).filter((p): p is number => typeof p === 'number' && pending.has(p));
+        if (want.length === 0) continue;
+        stats.ram['postcopy-requests'] += want.length;
+        const batch = want.map((p) => pending.get(p)!);
+        for (const p of want) pending.delete(p);
+        await this.sendBatch(batch);
+      }
+    })();
+    puller.catch(() => undefined);
+    await switching;
+    if (switchError !== null) {
+      pulling = false;
+      await puller.catch(() => undefined);
+      throw switchError;
+    }
+    // Push the rest behind what the guest asks for.
+    try {
+      while (pending.size > 0) {
+        this.check();
+        const batch: PageEntry[] = [];
+        for (const [p, e] of pending) {
+          batch.push(e);
+          pending.delete(p);
+          if (batch.length >= MIG_BATCH_MAX_PAGES) break;
+        }
+        await this.sendBatch(batch);
+        stats.ram.remaining = pending.size * MIG_PAGE;
+        this.report();
+      }
+      await this.drain();
+    } finally {
+      pulling = false;
+    }
+    await puller;
+    await this.drain();
+    this.recordPass(stats.pass + 1, eager.length + later.length, 0, t);
+    await this.call({ op: 'migCommit', stats: { ...stats, status: 'completed', 'total-time': this.elapsed() } }, STATE_TIMEOUT_MS).catch((e: Error) => {
+      throw new Error(`the destination ${this.req.to} did not confirm that every page arrived: ${e.message}`);
+    });
+    stats.status = 'completed';
+    stats.ram.remaining = 0;
+    this.report();
+    src.log.info({ to: this.req.to, totalMs: stats['total-time'], downtimeMs: stats.downtime, requests: stats.ram['postcopy-requests'] }, 'post-copy migration completed');
+    return stats;
+  }
+
+  /** A failure after post-copy's switch-over: the VM's memory is split between two hosts; it is lost. */
+  private lost(e: Error): MigrationStats {
+    const stats = this.stats;
+    stats.status = 'failed';
+    stats['error-desc'] = `post-copy failed after the switch-over, so the VM is lost (part of its memory was only here, part only there): ${e.message}`;
+    this.src.log.error({ err: e.message }, 'post-copy failed: the VM is lost');
+    this.report();
+    return stats;
+  }
+
+  /** Post-copy has switched over: from here a failure loses the VM (QEMU says so too). */
+  switched = false;
   private stateTree: Record<string, unknown> = {};
   private async doFreeze(): Promise<void> {
     this.check();
@@ -429,8 +564,12 @@ export class MigrationOut {
   }
 }
 
-/** The destination's side: checks a page batch and writes it into guest memory (nothing when it does not decode). */
-export function applyPageBatch(memory: SharedArrayBuffer, memoryBytes: number, data: Uint8Array): number {
+/**
+ * The destination's side: checks a page batch and writes it into guest memory (nothing when it
+ * does not decode). `accept` (post-copy) picks the pages still missing: a page the guest already
+ * has — and may have written since — is never overwritten by a late copy.
+ */
+export function applyPageBatch(memory: SharedArrayBuffer, memoryBytes: number, data: Uint8Array, accept: ((pfn: number) => boolean) | null = null, fd: number | null = null): number[] {
   const pages = dirtyBitmapGpa(memoryBytes) / MIG_PAGE;
   const d = decodePageBatch(data, pages);
   if (typeof d === 'string') throw new Error(d);
@@ -448,12 +587,21 @@ export function applyPageBatch(memory: SharedArrayBuffer, memoryBytes: number, d
     return out;
   });
   const u8 = new Uint8Array(memory);
+  const written: number[] = [];
   d.forEach((e, i) => {
+    if (accept && !accept(e.pfn)) return;
     const src = e.kind === PageKind.Dup ? bytes[e.dupOf!]! : bytes[i];
-    if (src) copyBytes(memory, e.pfn * MIG_PAGE, src, 0, MIG_PAGE);
+    if (fd !== null) {
+      // Post-copy: the guest may touch the page at any moment. A write through the file holds the
+      // page locked until all of it is there, so the guest never sees it half written (a store
+      // through a mapping would make it present, zero-filled, at its first byte).
+      const page = src ?? ZERO_PAGE;
+      if (writeSync(fd, page, 0, MIG_PAGE, e.pfn * MIG_PAGE) !== MIG_PAGE) throw new Error(`page ${e.pfn} was written short`);
+    } else if (src) copyBytes(memory, e.pfn * MIG_PAGE, src, 0, MIG_PAGE);
     else u8.fill(0, e.pfn * MIG_PAGE, (e.pfn + 1) * MIG_PAGE);
+    written.push(e.pfn);
   });
-  return d.length;
+  return written;
 }
 
 export { RpcFailure };

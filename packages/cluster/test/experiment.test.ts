@@ -1,0 +1,468 @@
+/**
+ * Experiments without processes: the experiment file's checking decoder (a full example decodes
+ * to what it says, YAML and JSON alike; defaults fill what is left out; every mistake is refused
+ * with its line, column and field, all at once; a kind not built yet is refused by name; no input
+ * makes it throw anything but ExperimentError), the run loop against a fake pair of hosts (a
+ * refused method is recorded as unsupported and skipped, a failed move or VM is recorded, every VM
+ * made is deleted), the summary, and the report's files: CSV, Markdown and well-formed SVG plots.
+ */
+import { expect } from 'chai';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
+import {
+  CSV_COLUMNS, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  resultsCsv, resultsMarkdown, runMoves, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun, type ExperimentSpec,
+} from '../src/index.js';
+
+const EXAMPLE = `# pre-copy against stop-and-copy
+name: precopy-vs-offline
+kind: migration
+seed: 7
+cluster: new
+from: h1
+to: h2
+vm: { memory: 256M, vps: 2, workload: memdirty:32M }
+link: { rate: 1gbit, delay: 2ms, loss: 0% }
+methods: [offline, precopy, precopy+compress, precopy+autoconverge, postcopy]
+options: { downtimeLimit: 300ms, maxPasses: 10, bandwidth: 0 }
+repetitions: 3
+`;
+
+function problems(text: string): ExperimentProblem[] {
+  try {
+    parseExperiment(text, 'exp.yaml');
+  } catch (e) {
+    expect(e).to.be.instanceOf(ExperimentError);
+    return (e as ExperimentError).problems;
+  }
+  throw new Error('the experiment was accepted');
+}
+
+/** A well-formedness check of XML: tags nest and close, attributes are quoted, no bare < or & in text or values. */
+function wellFormed(xml: string): string | null {
+  const body = xml.replace(/^<\?xml[^?]*\?>\s*/, '');
+  const stack: string[] = [];
+  const re = /<(\/?)([A-Za-z][\w:.-]*)((?:\s+[\w:.-]+="[^"<]*")*)\s*(\/?)>/g;
+  let last = 0;
+  const textOk = (t: string): boolean => !/[<>]/.test(t) && !/&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);)/.test(t);
+  for (let m = re.exec(body); m; m = re.exec(body)) {
+    const between = body.slice(last, m.index);
+    if (!textOk(between)) return `bad text before offset ${m.index}: ${JSON.stringify(between.slice(0, 60))}`;
+    if (!textOk(m[3]!.replace(/="/g, '').replace(/"/g, ''))) return `bad attribute in ${m[0]}`;
+    last = m.index + m[0].length;
+    if (m[1]) {
+      if (stack.pop() !== m[2]) return `</${m[2]}> closes nothing open`;
+    } else if (!m[4]) stack.push(m[2]!);
+    if (stack.length === 0 && last < body.trimEnd().length) return `content after the root element at ${last}`;
+  }
+  if (stack.length > 0) return `unclosed: ${stack.join(', ')}`;
+  if (body.slice(last).trim() !== '') return 'text after the last tag';
+  return null;
+}
+
+function pass(n: number, dirty: number, at: number): MigrationPass {
+  return { pass: n, pages: 1000, dirtyPages: dirty, ms: 100, at };
+}
+
+/** Statistics of a move as a host returns them. */
+function stats(method: 'precopy' | 'offline' | 'postcopy', status: MigrationStats['status'], total: number, downtime: number, transferred: number, passes: MigrationPass[], error?: string): MigrationStats {
+  return {
+    vm: 'x', from: 'h1', to: 'h2', method, status, 'total-time': total, 'setup-time': 5, downtime, 'expected-downtime': 0,
+    ram: { ...emptyRam(64 * 1024 * 1024), transferred, remaining: 0, duplicate: 12000, normal: 4000 }, pass: passes.length, 'compression-ratio': 1, 'throttle-percentage': 0,
+    'dirty-tracking': 'kernel', passes, options: { ...MIGRATION_DEFAULTS }, startedAt: '2026-12-01T00:00:00.000Z', ...(error ? { 'error-desc': error } : {}),
+  };
+}
+
+describe('experiment files', () => {
+  it('decodes the full example to what it says', () => {
+    const s = parseExperiment(EXAMPLE, 'exp.yaml');
+    expect(s).to.deep.include({
+      file: 'exp.yaml', name: 'precopy-vs-offline', kind: 'migration', seed: 7, cluster: 'new', from: 'h1', to: 'h2', lps: 2,
+      vm: { memoryBytes: 256 * 1024 * 1024, vps: 2, workload: 'memdirty:32M' },
+      link: { rateBps: 1e9, delayMs: 2, lossPercent: 0 },
+      methods: ['offline', 'precopy', 'precopy+compress', 'precopy+autoconverge', 'postcopy'],
+      options: { downtimeLimitMs: 300, maxPasses: 10, bandwidthBps: 0 },
+      repetitions: 3, warmupMs: 1000, probeBytes: null, moveTimeoutMs: 600_000,
+    });
+    expect(s.source).to.equal(EXAMPLE);
+  });
+
+  it('reads the same experiment written as JSON', () => {
+    const json = JSON.stringify({
+      name: 'precopy-vs-offline', kind: 'migration', seed: 7, cluster: 'new', from: 'h1', to: 'h2',
+      vm: { memory: '256M', vps: 2, workload: 'memdirty:32M' }, link: { rate: '1gbit', delay: '2ms', loss: '0%' },
+      methods: ['offline', 'precopy', 'precopy+compress', 'precopy+autoconverge', 'postcopy'],
+      options: { downtimeLimit: '300ms', maxPasses: 10, bandwidth: 0 }, repetitions: 3,
+    }, null, 2);
+    const { source: _a, ...fromJson } = parseExperiment(json, 'exp.yaml');
+    const { source: _b, ...fromYaml } = parseExperiment(EXAMPLE, 'exp.yaml');
+    expect(fromJson).to.deep.equal(fromYaml);
+  });
+
+  it('fills in defaults: kind migration, seed 1, a new cluster h1 → h2, the default VM, the link as it is, 3 repetitions', () => {
+    const s = parseExperiment('name: small\nmethods: [precopy]\n');
+    expect(s).to.deep.include({
+      kind: 'migration', seed: 1, cluster: 'new', from: 'h1', to: 'h2', lps: 2, vm: { memoryBytes: 64 * 1024 * 1024, vps: 1, workload: 'counter' },
+      link: null, options: {}, repetitions: 3, warmupMs: 1000, probeBytes: null,
+    });
+    // An existing cluster's hosts keep their LPs; a wide VM gets as many LPs as VPs in a new one.
+    expect(parseExperiment('name: e\ncluster: existing\nfrom: a\nto: b\nmethods: [offline]\n').lps).to.equal(null);
+    expect(parseExperiment('name: w\nvm: { vps: 4 }\nmethods: [offline]\n').lps).to.equal(4);
+    // Bandwidth as a rate in bits, durations in seconds, a probe size or none.
+    const o = parseExperiment('name: o\nmethods: [precopy]\noptions: { bandwidth: 800mbit, downtimeLimit: 0.5s }\nwarmup: 2s\nprobe: 8M\nmoveTimeout: 90s\n');
+    expect(o.options).to.deep.equal({ bandwidthBps: 100e6, downtimeLimitMs: 500 });
+    expect([o.warmupMs, o.probeBytes, o.moveTimeoutMs]).to.deep.equal([2000, 8 * 1024 * 1024, 90_000]);
+    expect(parseExperiment('name: o\nmethods: [precopy]\nprobe: 0\n').probeBytes).to.equal(0);
+  });
+
+  it('spells methods one way: a base, then +compress, then +autoconverge', () => {
+    expect(parseMethod('PreCopy + AutoConverge + compress')).to.deep.equal({ method: 'precopy+compress+autoconverge', options: { compress: true, autoConverge: true } });
+    expect(parseMethod('offline')).to.deep.equal({ method: 'offline', options: { offline: true } });
+    expect(parseMethod('postcopy')).to.deep.equal({ method: 'postcopy', options: { postcopy: true } });
+    expect(parseMethod('hybrid')).to.match(/not a method/);
+    expect(parseMethod('precopy+turbo')).to.match(/not a modifier/);
+    expect(parseMethod('precopy+compress+compress')).to.match(/twice/);
+  });
+
+  it('refuses an unknown field, a bad method, a bad link rate and a workload that does not fit, naming line, column and field, all at once', () => {
+    const text = EXAMPLE
+      .replace('vm: { memory: 256M, vps: 2, workload: memdirty:32M }', 'vm: { memory: 16M, vps: 2, workload: memdirty:32M }')
+      .replace('link: { rate: 1gbit,', 'link: { rate: 10mbps,')
+      .replace('methods: [offline, precopy,', 'methods: [offline, precopy+turbo,')
+      .replace('repetitions: 3', 'repetitions: 3\nrepetition: 4');
+    const ps = problems(text);
+    const by = (field: string): ExperimentProblem => {
+      const p = ps.find((x) => x.field === field);
+      if (!p) throw new Error(`no problem for ${field} in ${JSON.stringify(ps)}`);
+      return p;
+    };
+    expect(by('vm.workload')).to.include({ line: 8 });
+    expect(by('vm.workload').message).to.match(/needs .* of guest memory/);
+    expect(by('link.rate')).to.include({ line: 9, column: 15 });
+    expect(by('link.rate').message).to.match(/a rate such as 100mbit/);
+    expect(by('methods[1]')).to.include({ line: 10, column: 20 });
+    expect(by('methods[1]').message).to.match(/"\+turbo" is not a modifier/);
+    expect(by('repetition')).to.include({ line: 13, column: 1 });
+    expect(by('repetition').message).to.match(/not a field here/);
+    expect(ps).to.have.length(4);
+    // The message a user sees names file, line and field, one problem a line, in file order.
+    try {
+      parseExperiment(text, 'exp.yaml');
+    } catch (e) {
+      const lines = (e as Error).message.split('\n');
+      expect(lines).to.have.length(4);
+      expect(lines[0]).to.match(/^exp\.yaml:8:\d+: vm\.workload: /);
+      expect(lines[3]).to.match(/^exp\.yaml:13:1: repetition: /);
+    }
+  });
+
+  it('refuses what would not work once running: missing fields, bad names, same host twice, repeated or conflicting methods, bad ranges', () => {
+    const cases: Array<[string, string, RegExp]> = [
+      ['methods: [precopy]\n', 'name', /missing/],
+      ['name: x\n', 'methods', /missing/],
+      ['name: x\nmethods: []\n', 'methods', /at least one/],
+      ['name: "a b"\nmethods: [precopy]\n', 'name', /letters, digits/],
+      ['name: x\nmethods: [precopy]\nfrom: H1\n', 'from', /host name/],
+      ['name: x\nmethods: [precopy]\nfrom: h2\n', 'to', /both h2/],
+      ['name: x\nmethods: [precopy, precopy]\n', 'methods[1]', /listed twice/],
+      ['name: x\nmethods: [precopy+compress, precopy + compress]\n', 'methods[1]', /listed twice/],
+      ['name: x\nmethods: [offline+autoconverge]\n', 'methods[0]', /offline move cannot also be/],
+      ['name: x\nmethods: [7]\n', 'methods[0]', /must be a method/],
+      ['name: x\nmethods: [precopy]\ncluster: shared\n', 'cluster', /new .* or existing/],
+      ['name: x\nmethods: [precopy]\ncluster: existing\nlps: 2\n', 'lps', /cluster: new/],
+      ['name: x\nmethods: [precopy]\nseed: -1\n', 'seed', /whole number from 0/],
+      ['name: x\nmethods: [precopy]\nrepetitions: 0\n', 'repetitions', /from 1 to 1000/],
+      ['name: x\nmethods: [precopy]\nvm: { memory: 1K }\n', 'vm.memory', /multiple of 4K from 2M/],
+      ['name: x\nmethods: [precopy]\nvm: { vps: 0 }\n', 'vm.vps', /whole number from 1/],
+      ['name: x\nmethods: [precopy]\nvm: { workload: dance }\n', 'vm.workload', /unknown/],
+      ['name: x\nmethods: [precopy]\nvm: { cpus: 2 }\n', 'vm.cpus', /not a field here/],
+      ['name: x\nmethods: [precopy]\nlink: { rate: 0 }\n', 'link.rate', /above 0/],
+      ['name: x\nmethods: [precopy]\nlink: { loss: 120% }\n', 'link.loss', /at most 100/],
+      ['name: x\nmethods: [precopy]\nlink: { delay: fast }\n', 'link.delay', /a duration/],
+      ['name: x\nmethods: [precopy]\nlink: [1gbit]\n', 'link', /must be a map/],
+      ['name: x\nmethods: [precopy]\noptions: { maxPasses: 0 }\n', 'options.maxPasses', /from 1 to 1000/],
+      ['name: x\nmethods: [precopy]\noptions: { downtimeLimit: 0ms }\n', 'options.downtimeLimit', /above 0/],
+      ['name: x\nmethods: [precopy]\noptions: { bandwidth: lots }\n', 'options.bandwidth', /bytes per second/],
+      ['name: x\nmethods: [precopy]\noptions: { postcopy: true }\n', 'options.postcopy', /not a field here/],
+      ['name: x\nmethods: [precopy]\nprobe: 1K\n', 'probe', /from 64K/],
+      ['name: x\nmethods: [precopy]\nmoveTimeout: 10ms\n', 'moveTimeout', /at least 1000ms/],
+      ['name: x\nname: y\nmethods: [precopy]\n', 'name', /twice/],
+    ];
+    for (const [text, field, re] of cases) {
+      const ps = problems(text);
+      const p = ps.find((x) => x.field === field);
+      expect(p, `${JSON.stringify(text)}: no problem for ${field} in ${JSON.stringify(ps)}`).to.not.equal(undefined);
+      expect(p!.message, text).to.match(re);
+      expect(p!.line, `${text}: a line`).to.be.greaterThan(0);
+    }
+  });
+
+  it('refuses a kind it does not run by name, and only that: faults is for issue 13', () => {
+    const faults = problems('name: f\nkind: faults\nfaults: [cut]\n');
+    expect(faults).to.have.length(1);
+    expect(faults[0]).to.include({ field: 'kind', line: 2, column: 7 });
+    expect(faults[0]!.message).to.match(/kind "faults" is not supported yet \(issue 13\)/);
+    const other = problems('name: f\nkind: benchmark\nmethods: [precopy]\n');
+    expect(other[0]!.message).to.match(/"benchmark" is not a kind of experiment: use migration/);
+  });
+
+  it('refuses what is not an experiment at all: not YAML, not a map, too large, unreadable', () => {
+    expect(problems('name: [unclosed\n')[0]!.line).to.be.greaterThan(0);
+    expect(problems('- a\n- b\n')[0]!.message).to.match(/is a map/);
+    expect(problems('')[0]!.message).to.match(/is a map/);
+    expect(problems('x'.repeat(2 * 1024 * 1024))[0]!.message).to.match(/at most/);
+    const missing = loadExperiment('/nonexistent/exp.yaml');
+    expect(missing).to.be.instanceOf(ExperimentError);
+    expect((missing as ExperimentError).message).to.match(/does not exist/);
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-unit-'));
+    try {
+      writeFileSync(join(dir, 'ok.yaml'), EXAMPLE);
+      writeFileSync(join(dir, 'bad.json'), '{"name": "b", "methods": ["warp"]}');
+      expect((loadExperiment(join(dir, 'ok.yaml')) as ExperimentSpec).name).to.equal('precopy-vs-offline');
+      const bad = loadExperiment(join(dir, 'bad.json')) as ExperimentError;
+      expect(bad.problems[0]).to.include({ field: 'methods[0]', line: 1 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('never throws anything but ExperimentError on random or mutated input (seeded, 3000 cases)', () => {
+    const next = seededRandom(0xe4e1);
+    const alphabet = 'name:kind:methods:vm:link:h1h2{}[],+- \n#"\'0123456789msgbitkM%&*!|>precopy';
+    let accepted = 0;
+    for (let i = 0; i < 3000; i++) {
+      let text: string;
+      if (next() < 0.6) {
+        const chars = EXAMPLE.split('');
+        const edits = 1 + Math.floor(next() * 4);
+        for (let e = 0; e < edits; e++) chars[Math.floor(next() * chars.length)] = alphabet[Math.floor(next() * alphabet.length)]!;
+        text = chars.join('');
+      } else {
+        text = Array.from({ length: Math.floor(next() * 200) }, () => alphabet[Math.floor(next() * alphabet.length)]).join('');
+      }
+      try {
+        parseExperiment(text);
+        accepted++;
+      } catch (e) {
+        expect(e, JSON.stringify(text)).to.be.instanceOf(ExperimentError);
+        expect((e as ExperimentError).problems.length).to.be.greaterThan(0);
+      }
+    }
+    expect(accepted, 'some mutations still decode').to.be.greaterThan(0);
+  });
+});
+
+describe('experiment runs against a fake pair of hosts', () => {
+  /** Hosts that hold VMs by name: moves do what `outcome` says for the method. */
+  function fakeHosts(outcome: (args: Record<string, unknown>, n: number) => MigrationStats | Error, failCreate: (name: string) => boolean = () => false) {
+    const where = new Map<string, string>();
+    const created: string[] = [];
+    const requests: Array<Record<string, unknown>> = [];
+    let moves = 0;
+    const driver: ExperimentDriver = {
+      async createVm(name) {
+        created.push(name);
+        where.set(name, 'h1');
+        if (failCreate(name)) throw new Error(`VM "${name}" did not start: StartFailed`);
+      },
+      async move(args) {
+        requests.push(args);
+        const r = outcome(args, moves++);
+        if (r instanceof Error) throw r;
+        if (r.status === 'completed') where.set(String(args.name), 'h2');
+        return r;
+      },
+      async removeVm(name) {
+        const host = where.get(name) ?? null;
+        where.delete(name);
+        return host;
+      },
+    };
+    return { driver, where, created, requests };
+  }
+
+  const spec = (text: string): ExperimentSpec => parseExperiment(text, 'exp.yaml');
+
+  it('records a refused method as refused, skips its other repetitions, and deletes every VM it made', async () => {
+    const s = spec('name: cmp\nmethods: [offline, precopy+compress, postcopy]\noptions: { maxPasses: 5 }\nrepetitions: 2\n');
+    const f = fakeHosts((args, n) => {
+      if (args.postcopy) return new MoveRefused('InvalidArgument', 'post-copy migration is not built yet: use pre-copy (the default), --auto-converge or --offline');
+      return stats(args.offline ? 'offline' : 'precopy', 'completed', 1000 + n, 10 + n, 1e6, [pass(1, 50, 500), pass(2, 5, 900)]);
+    });
+    const lines: string[] = [];
+    const runs = await runMoves(s, f.driver, { progress: (l) => lines.push(l), sleep: async () => {}, tag: 'beef' });
+    expect(runs.map((r) => `${r.method}/${r.repetition}:${r.status}`)).to.deep.equal(['offline/1:completed', 'offline/2:completed', 'precopy+compress/1:completed', 'precopy+compress/2:completed', 'postcopy/1:refused']);
+    const refused = runs[4]!;
+    expect(refused).to.include({ errorCode: 'InvalidArgument', stats: null, endedOn: 'h1' });
+    expect(refused.error).to.match(/post-copy migration is not built yet/);
+    // Every VM made was deleted, wherever it ended; names are unique valid VM names.
+    expect(f.where.size).to.equal(0);
+    expect(runs.map((r) => r.endedOn)).to.deep.equal(['h2', 'h2', 'h2', 'h2', 'h1']);
+    expect(new Set(f.created).size).to.equal(5);
+    for (const n of f.created) expect(VM_NAME_RE.test(n), n).to.equal(true);
+    expect(f.created[2]).to.equal('cmp-precopy-compress-r1-beef');
+    // The method's options and the file's go to every move.
+    expect(f.requests[0]).to.deep.equal({ name: 'cmp-offline-r1-beef', to: 'h2', maxPasses: 5, offline: true });
+    expect(f.requests[2]).to.deep.equal({ name: 'cmp-precopy-compress-r1-beef', to: 'h2', maxPasses: 5, compress: true });
+    expect(lines.some((l) => /postcopy: refused as unsupported; its other 1 repetition skipped/.test(l))).to.equal(true);
+    const sum = summarize(s.methods, runs, 64e6);
+    expect(sum.map((m) => [m.method, m.runs, m.completed, m.failed, m.refused, m.unsupported])).to.deep.equal([
+      ['offline', 2, 2, 0, 0, false], ['precopy+compress', 2, 2, 0, 0, false], ['postcopy', 1, 0, 1, 1, true],
+    ]);
+    expect(sum[2]!.totalMs).to.equal(null);
+  });
+
+  it('records a failed move, a VM that did not start and an error, and goes on; a refusal that is not about the method does not skip', async () => {
+    const s = spec('name: f\nmethods: [precopy]\nrepetitions: 4\n');
+    const f = fakeHosts((_a, n) => (n === 0
+      ? stats('precopy', 'failed', 300, 0, 1e5, [pass(1, 10, 200)], 'the link to h2 was cut')
+      : n === 1 ? new MoveRefused('InvalidState', 'VM is being moved to h2 already')
+        : stats('precopy', 'completed', 900, 12, 2e6, [pass(1, 30, 600)])), (name) => name.includes('-r3-'));
+    const runs = await runMoves(s, f.driver, { sleep: async () => {} });
+    expect(runs.map((r) => r.status)).to.deep.equal(['failed', 'refused', 'error', 'completed']);
+    expect(runs[0]!.error).to.equal('the link to h2 was cut');
+    expect(runs[0]!.stats!.status).to.equal('failed');
+    expect(runs[2]!.error).to.match(/did not start/);
+    expect(f.where.size, 'every VM deleted, the one that did not start too').to.equal(0);
+    const [m] = summarize(s.methods, runs, null);
+    expect(m).to.deep.include({ runs: 4, completed: 1, failed: 3, refused: 1, unsupported: false, totalVsModel: null });
+    expect(m!.errors).to.have.length(3);
+  });
+
+  it('stops before the next run once aborted', async () => {
+    const s = spec('name: a\nmethods: [precopy, offline]\nrepetitions: 3\n');
+    const ac = new AbortController();
+    const f = fakeHosts(() => {
+      ac.abort();
+      return stats('precopy', 'completed', 1, 1, 1, []);
+    });
+    const runs = await runMoves(s, f.driver, { sleep: async () => {}, signal: ac.signal });
+    expect(runs).to.have.length(1);
+    expect(f.where.size).to.equal(0);
+  });
+});
+
+describe('experiment reports', () => {
+  /** A report of three methods: two completed twice each, one unsupported. */
+  function report(): ExperimentReport {
+    const s = parseExperiment(EXAMPLE.replace('methods: [offline, precopy, precopy+compress, precopy+autoconverge, postcopy]', 'methods: [offline, precopy, postcopy]'), 'exp.yaml');
+    const run = (method: string, repetition: number, st: MigrationStats | null, status: ExperimentRun['status'], error: string | null = null): ExperimentRun => ({
+      method, repetition, vm: `v-${method}-${repetition}`, status, error, errorCode: status === 'refused' ? 'InvalidArgument' : null, request: {}, stats: st,
+      startedAt: '2026-12-01T00:00:00.000Z', endedOn: 'h2', cleanupError: null,
+    });
+    const runs = [
+      run('offline', 1, stats('offline', 'completed', 2400, 2400, 40e6, [pass(1, 0, 2400)]), 'completed'),
+      run('offline', 2, stats('offline', 'completed', 2600, 2600, 41e6, [pass(1, 0, 2600)]), 'completed'),
+      run('precopy', 1, stats('precopy', 'completed', 3100, 40, 60e6, [pass(1, 8000, 2000), pass(2, 3000, 2700), pass(3, 900, 3000)]), 'completed'),
+      run('precopy', 2, stats('precopy', 'failed', 900, 0, 9e6, [pass(1, 8000, 900)], 'the destination\'s worker exited, "unexpectedly", with code 1'), 'failed', 'the destination\'s worker exited, "unexpectedly", with code 1'),
+      run('postcopy', 1, null, 'refused', 'post-copy migration is not built yet'),
+    ];
+    return {
+      version: 1, name: s.name, kind: 'migration', seed: s.seed, spec: s, startedAt: '2026-12-01T00:00:00.000Z', endedAt: '2026-12-01T00:01:00.000Z', out: '/tmp/x',
+      cluster: { mode: 'new', home: '/tmp/h', network: 'namespaces', hosts: [{ name: 'h1', hostId: 'abc123' }, { name: 'h2', hostId: 'def456' }] },
+      link: { from: 'h1', to: 'h2', impairments: s.link, probe: null, probeError: null, bandwidthBytesPerSecond: 100e6, modelMs: 2684.4 },
+      runs, summary: summarize(s.methods, runs, 100e6), aborted: false, cleanup: [], files: [],
+    };
+  }
+
+  it('summarizes each method over its completed runs: total p50 and mean, downtime p50 and p99, bytes, passes, failures', () => {
+    const [off, pre, post] = report().summary;
+    expect(off).to.deep.include({ runs: 2, completed: 2, failed: 0 });
+    expect(off!.totalMs).to.deep.equal({ p50: 2400, p99: 2600, mean: 2500, min: 2400, max: 2600 });
+    expect(off!.downtimeMs!.p99).to.equal(2600);
+    expect(off!.transferredBytes!.p50).to.equal(40e6);
+    expect(off!.totalVsModel).to.equal(Number((2400 / ((64 * 1024 * 1024) / 100e6 * 1000)).toFixed(3)));
+    expect(pre).to.deep.include({ runs: 2, completed: 1, failed: 1, refused: 0, unsupported: false });
+    expect(pre!.passes!.p50).to.equal(3);
+    expect(post).to.deep.include({ completed: 0, refused: 1, unsupported: true, downtimeMs: null });
+  });
+
+  it('CSV: the header, then one row per run with its numbers, a failed run\'s error quoted', () => {
+    const csv = resultsCsv(report()).split('\r\n');
+    expect(csv[0]).to.equal('method,repetition,status,total_ms,setup_ms,downtime_ms,transferred_bytes,ram_bytes,passes,zero_pages,normal_pages,compression_ratio,throttle_pct,error');
+    expect(csv[0]!.split(',')).to.deep.equal([...CSV_COLUMNS]);
+    expect(csv).to.have.length(7);
+    expect(csv[1]).to.equal(`offline,1,completed,2400,5,2400,40000000,${64 * 1024 * 1024},1,12000,4000,1,0,`);
+    expect(csv[4]).to.equal(`precopy,2,failed,900,5,0,9000000,${64 * 1024 * 1024},1,12000,4000,1,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
+    expect(csv[5]).to.equal('postcopy,1,refused,,,,,,,,,,,post-copy migration is not built yet');
+    expect(csv[6]).to.equal('');
+  });
+
+  it('Markdown: the setup, a row per method (unsupported said so), the runs that did not complete, and links to the plots', () => {
+    const text = resultsMarkdown(report());
+    expect(text).to.match(/^# Experiment precopy-vs-offline\n/);
+    expect(text).to.include('- link h1 – h2: delay 2ms, rate 1gbit, loss 0% (seed 7)');
+    expect(text).to.include('- measured bandwidth h1 → h2: 100.0 MB/s');
+    expect(text).to.include('| offline | 2 | 2400 ms | 2400 ms | 2600 ms | 38.1 MiB | 1 |');
+    expect(text).to.match(/\| postcopy \| 1 \| — \| — \| — \| — \| — \| — \| 1 \(unsupported\) \|/);
+    expect(text).to.include('| precopy | 2 | failed | the destination\'s worker exited, "unexpectedly", with code 1 |');
+    for (const f of ['total-time.svg', 'downtime.svg', 'transferred.svg', 'dirty-set.svg', 'results.json', 'results.csv']) expect(text).to.include(`(${f})`);
+  });
+
+  it('SVG plots are well-formed, with a title, axes, labels and a legend; a bar per method, a polyline per method with passes', () => {
+    const r = report();
+    const plots = experimentPlots(r);
+    expect(Object.keys(plots).sort()).to.deep.equal(['dirty-set.svg', 'downtime.svg', 'total-time.svg', 'transferred.svg']);
+    for (const [f, svg] of Object.entries(plots)) {
+      expect(wellFormed(svg), f).to.equal(null);
+      expect(svg, f).to.include('<svg xmlns="http://www.w3.org/2000/svg"');
+      expect(svg, f).to.include('<title>precopy-vs-offline: ');
+      expect(svg, f).to.include('class="legend"');
+      expect(svg, f).to.include('class="y-axis"');
+      for (const m of ['offline', 'precopy', 'postcopy']) expect(svg, `${f}: ${m}`).to.match(new RegExp(`>${m}( \\(repetition \\d\\))?( \\(no data\\))?<`));
+    }
+    const total = plots['total-time.svg'];
+    expect(total.match(/<rect [^>]*fill="#(?!ffffff|fafafa|999)/g)).to.have.length(2);
+    expect(total).to.include('>unsupported<');
+    expect(total).to.include('>model: RAM ÷ bandwidth<');
+    expect(total).to.include('>total time (ms)<');
+    const dirty = plots['dirty-set.svg'];
+    expect(dirty.match(/<polyline /g)).to.have.length(2);
+    expect(dirty).to.include('>time since the move began (ms)<');
+    expect(dirty).to.include('>postcopy (no data)<');
+    // The precopy line is its completed first repetition: three passes.
+    expect(dirty).to.include('>precopy (repetition 1)<');
+  });
+
+  it('escapes every text of a chart, and draws empty charts without failing', () => {
+    const bar = barChartSvg({ title: 'a <b> & "c"', yLabel: 'ms & more', bars: [{ label: '<x>', value: 3, min: 1, max: 5 }, { label: "it's", value: null, note: 'n/a & <none>' }] });
+    expect(wellFormed(bar)).to.equal(null);
+    expect(bar).to.include('a &lt;b&gt; &amp; &quot;c&quot;');
+    expect(bar).to.include('&lt;x&gt;');
+    expect(bar).to.not.match(/<text[^>]*>[^<]*[>&](?!amp;|lt;|gt;|quot;|apos;)[^<]*<\/text>/);
+    expect(escapeXml('\u0001ok\u001f')).to.equal('ok');
+    expect(wellFormed(barChartSvg({ title: 'none', yLabel: 'y', bars: [] }))).to.equal(null);
+    const line = lineChartSvg({ title: 'none', xLabel: 'x', yLabel: 'y', series: [{ label: 'a&b', points: [] }] });
+    expect(wellFormed(line)).to.equal(null);
+    expect(line).to.include('>no data<');
+    expect(line).to.include('a&amp;b (no data)');
+  });
+
+  it('axes take round steps from zero past the largest value', () => {
+    expect(niceScale(2684)).to.deep.include({ max: 3000, step: 500 });
+    expect(niceScale(0.37).ticks).to.deep.equal([0, 0.1, 0.2, 0.3, 0.4]);
+    expect(niceScale(0)).to.deep.include({ max: 1 });
+    expect(niceScale(1e6).max).to.equal(1e6);
+    expect(niceScale(96).ticks).to.deep.equal([0, 20, 40, 60, 80, 100]);
+  });
+
+  it('writes every file of the report into its directory; results.json is the report', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-unit-'));
+    try {
+      const r = report();
+      const files = writeReport(r, join(dir, 'out'));
+      expect(files).to.deep.equal([...REPORT_FILES]);
+      expect(readdirSync(join(dir, 'out')).sort()).to.deep.equal([...REPORT_FILES].sort());
+      const back = JSON.parse(readFileSync(join(dir, 'out', 'results.json'), 'utf8')) as ExperimentReport;
+      expect(back.runs).to.have.length(5);
+      expect(back.runs[2]!.stats!.passes).to.have.length(3);
+      expect(back.summary.map((m) => m.method)).to.deep.equal(['offline', 'precopy', 'postcopy']);
+      expect(back.spec.source).to.include('name: precopy-vs-offline');
+      expect(back.files).to.deep.equal([...REPORT_FILES]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,342 @@
+/**
+ * Live migration's wire (migrate.ts, the mig* ops of cluster.ts and of vmwp.ts): each decoder takes what a source or destination
+ * sends and refuses the rest (batches and options with a sentence, peer frames with `ok: false`, VMWP frames with VmwpDecodeError);
+ * seeded fuzz shows none throws anything else, and that an accepted page batch is consistent (and re-encodes to the same bytes).
+ */
+import { expect } from 'chai';
+import { deflateRawSync } from 'node:zlib';
+import {
+  encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE,
+  type PageEntry,
+} from '../src/index.js';
+
+const E = new Uint8Array(0);
+const page = (seed: number): Uint8Array => Uint8Array.from({ length: MIG_PAGE }, (_, i) => (i * 31 + seed) & 0xff);
+const rnd = (next: () => number, n: number): Uint8Array => Uint8Array.from({ length: n }, () => Math.floor(next() * 256));
+/** A copy of `b` with the little-endian value `v` (`width` bytes) at `off`. */
+function patch(b: Uint8Array, off: number, v: number, width: 1 | 2 | 4 = 4): Uint8Array {
+  const c = b.slice();
+  const dv = new DataView(c.buffer);
+  ({ 1: () => dv.setUint8(off, v), 2: () => dv.setUint16(off, v, true), 4: () => dv.setUint32(off, v, true) })[width]();
+  return c;
+}
+/** 1–3 flips, inserts or deletes, at a `hot` offset (headers) some of the time. */
+function mutate(next: () => number, src: Uint8Array, hot: number[] = []): Uint8Array {
+  const b = Array.from(src);
+  for (let k = 0, n = 1 + Math.floor(next() * 3); k < n; k++) {
+    const pos = Math.min(b.length, hot.length > 0 && next() < 0.6 ? hot[Math.floor(next() * hot.length)]! : Math.floor(next() * (b.length + 1)));
+    const op = Math.floor(next() * 3);
+    if (op === 0 && b.length > 0) b[Math.min(pos, b.length - 1)] = next() < 0.5 ? Math.floor(next() * 256) : b[Math.min(pos, b.length - 1)]! ^ (1 << Math.floor(next() * 8));
+    else if (op === 1) b.splice(pos, 0, Math.floor(next() * 256));
+    else b.splice(pos, 1);
+  }
+  return Uint8Array.from(b);
+}
+/** What an accepted batch must be: pages in range, kinds and lengths consistent, and the same bytes when encoded again. */
+function expectConsistent(r: PageEntry[], bytes: Uint8Array, limit: number): void {
+  let size = 8;
+  r.forEach((e, i) => {
+    expect(e.pfn).to.be.a('number').below(limit);
+    expect(e.data).to.be.instanceOf(Uint8Array);
+    size += MIG_ENTRY_HEADER + (e.kind === PageKind.Dup ? 4 : e.data.length);
+    if (e.kind === PageKind.Zero) expect(e.data.length).to.equal(0);
+    else if (e.kind === PageKind.Raw) expect(e.data.length).to.equal(MIG_PAGE);
+    else if (e.kind === PageKind.Deflate) expect(e.data.length).to.be.within(1, MIG_PAGE + 63);
+    else if (e.kind === PageKind.Dup) {
+      expect(e.data.length).to.equal(0);
+      expect(e.dupOf).to.be.a('number').below(i);
+      expect(r[e.dupOf!]!.kind).to.be.oneOf([PageKind.Raw, PageKind.Deflate]);
+    } else expect.fail(`kind ${String(e.kind)}`);
+  });
+  expect(size).to.equal(bytes.length);
+  expect(Buffer.from(encodePageBatch(r)).equals(Buffer.from(bytes))).to.equal(true);
+}
+
+describe('migration page batches', function () {
+  this.timeout(20_000); // the seeded fuzz, under mocha's default 2 s when run without the repository's config
+  const raw = page(1);
+  const def = deflateRawSync(page(2));
+  const entries: PageEntry[] = [
+    { pfn: 0, kind: PageKind.Zero, data: E }, { pfn: 1, kind: PageKind.Raw, data: raw }, { pfn: 2, kind: PageKind.Deflate, data: def },
+    { pfn: 3, kind: PageKind.Dup, data: E, dupOf: 1 }, { pfn: 63, kind: PageKind.Dup, data: E, dupOf: 2 },
+  ];
+
+  it('round-trips zero, raw, deflate and duplicate entries', () => {
+    const b = encodePageBatch(entries);
+    expect(b.length).to.equal(8 + 5 * MIG_ENTRY_HEADER + MIG_PAGE + def.length + 8);
+    const d = decodePageBatch(b, 64);
+    expect(d).to.deep.equal(entries.map((e) => ({ ...e, data: Uint8Array.from(e.data) })));
+    expectConsistent(d as PageEntry[], b, 64);
+    // A view at an offset (a pooled Buffer), the empty batch, a full batch, the largest compressed entry.
+    expect(decodePageBatch(Buffer.concat([Buffer.alloc(3), b]).subarray(3), 64)).to.have.length(5);
+    expect(decodePageBatch(encodePageBatch([]), 1)).to.deep.equal([]);
+    const full = Array.from({ length: MIG_BATCH_MAX_PAGES }, (_, i): PageEntry => ({ pfn: i, kind: PageKind.Zero, data: E }));
+    expect(decodePageBatch(encodePageBatch(full), MIG_BATCH_MAX_PAGES)).to.have.length(MIG_BATCH_MAX_PAGES);
+    expect(decodePageBatch(encodePageBatch([{ pfn: 0, kind: PageKind.Deflate, data: new Uint8Array(MIG_PAGE + 63) }]), 1)).to.have.length(1);
+  });
+
+  it('refuses what is not a batch, with a sentence', () => {
+    const one = (e: Partial<PageEntry>): Uint8Array => encodePageBatch([{ pfn: 1, kind: PageKind.Zero, data: E, ...e }]);
+    const five = one({ kind: PageKind.Deflate, data: new Uint8Array(5) });
+    const r0: PageEntry = { pfn: 0, kind: PageKind.Raw, data: raw };
+    const z0: PageEntry = { pfn: 0, kind: PageKind.Zero, data: E };
+    const dup = (dupOf: number): PageEntry => ({ pfn: 1, kind: PageKind.Dup, data: E, dupOf });
+    const cases: Array<[Uint8Array, RegExp]> = [
+      [patch(encodePageBatch(entries), 0, 0x504d5649), /must start with "HVMP"/], [new Uint8Array(7), /7 bytes is shorter than its header/],
+      [patch(encodePageBatch([]), 4, MIG_BATCH_MAX_PAGES + 1), /257 pages is over 256/],
+      [one({ pfn: 64 }), /entry 0 names page 64, outside the 64 pages/], [one({ pfn: 0xffffffff }), /names page 4294967295/],
+      [one({ kind: PageKind.Raw, data: new Uint8Array(100) }), /raw page entry 0 carries 100 bytes, not 4096/],
+      [patch(five, 12, PageKind.Zero, 1), /zero page entry 0 carries 5 bytes/], [patch(five, 12, PageKind.Dup, 1), /duplicate page entry 0 carries 5 bytes, not 4/],
+      [patch(one({}), 12, PageKind.Deflate, 1), /compressed page entry 0 carries 0 bytes/],
+      [one({ kind: PageKind.Deflate, data: new Uint8Array(MIG_PAGE + 64) }), /compressed page entry 0 carries 4160 bytes/],
+      [encodePageBatch([{ ...dup(1), pfn: 0 }, r0]), /entry 0 points at entry 1, which is not an earlier page with bytes/], // forward
+      [encodePageBatch([r0, dup(1)]), /entry 1 points at entry 1/], [encodePageBatch([z0, dup(0)]), /entry 1 points at entry 0/], // itself, a zero page
+      [encodePageBatch([r0, dup(0), dup(1)]), /entry 2 points at entry 1/], // another duplicate
+      [patch(one({}), 13, 1, 1), /entry 0 has reserved bytes set/], [patch(one({}), 14, 0x100, 2), /entry 0 has reserved bytes set/],
+      [Buffer.concat([one({}), Buffer.alloc(1)]), /has 1 bytes after its last entry/],
+      [one({ kind: PageKind.Raw, data: raw }).subarray(0, 8 + MIG_ENTRY_HEADER + MIG_PAGE - 1), /entry 0 says 4096 bytes, more than the batch holds/],
+      [one({}).subarray(0, 8 + 5), /page entry 0 is cut short/], [patch(one({}), 4, 2), /page entry 1 is cut short/],
+      [patch(one({}), 12, 4, 1), /entry 0 has unknown kind 4/],
+    ];
+    for (const [b, re] of cases) expect(decodePageBatch(b, 64)).to.be.a('string').that.matches(re);
+    expect(decodePageBatch('HVMP' as unknown as Uint8Array, 64)).to.equal('a page batch must be bytes');
+  });
+
+  it('never throws on random or mutated batches, and what it accepts is consistent (seeded fuzz)', () => {
+    const next = seededRandom(0x419e);
+    let accepted = 0;
+    for (let it = 0; it < 3000; it++) {
+      const limit = 1 + Math.floor(next() * 64);
+      const es: PageEntry[] = [];
+      for (let i = 0, n = Math.floor(next() * 8); i < n; i++) {
+        const pfn = Math.floor(next() * limit);
+        const kind = Math.floor(next() * 4);
+        const sources = es.flatMap((e, j) => (e.kind === PageKind.Raw || e.kind === PageKind.Deflate ? [j] : []));
+        if (kind === PageKind.Raw && next() < 0.3) es.push({ pfn, kind, data: rnd(next, MIG_PAGE) });
+        else if (kind === PageKind.Deflate) es.push({ pfn, kind, data: rnd(next, 1 + Math.floor(next() * 40)) });
+        else if (kind === PageKind.Dup && sources.length > 0) es.push({ pfn, kind, data: E, dupOf: sources[Math.floor(next() * sources.length)]! });
+        else es.push({ pfn, kind: PageKind.Zero, data: E });
+      }
+      const valid = encodePageBatch(es);
+      const hot = [0, 4];
+      for (let i = 0, o = 8; i < es.length; o += MIG_ENTRY_HEADER + (es[i]!.kind === PageKind.Dup ? 4 : es[i]!.data.length), i++) hot.push(o, o + 4, o + 5, o + 8, o + MIG_ENTRY_HEADER);
+      const noise = rnd(next, Math.floor(next() * 80));
+      if (noise.length >= 8 && next() < 0.7) noise.set([0x48, 0x56, 0x4d, 0x50, Math.floor(next() * 4), 0, 0, 0]);
+      for (const b of [valid, mutate(next, valid, hot), noise]) {
+        let r: PageEntry[] | string = '';
+        expect(() => { r = decodePageBatch(b, limit); }).to.not.throw();
+        if (b === valid) expect(r, r as string).to.be.an('array');
+        if (typeof r === 'string') expect(r.length).to.be.greaterThan(0);
+        else {
+          expect(r).to.be.an('array');
+          expectConsistent(r, b, limit);
+          if (b !== valid) accepted++;
+        }
+      }
+    }
+    expect(accepted).to.be.greaterThan(50); // the mutations reach past the header checks
+  });
+});
+
+describe('migration options', function () {
+  this.timeout(20_000);
+  it('takes the defaults for what is missing, and valid values', () => {
+    expect(decodeMigrationOptions(undefined)).to.deep.equal(MIGRATION_DEFAULTS);
+    expect(decodeMigrationOptions(undefined)).to.not.equal(MIGRATION_DEFAULTS); // a copy
+    expect(decodeMigrationOptions(null)).to.deep.equal(MIGRATION_DEFAULTS);
+    expect(decodeMigrationOptions({})).to.deep.equal(MIGRATION_DEFAULTS);
+    expect(decodeMigrationOptions({ maxPasses: null, compress: undefined })).to.deep.equal(MIGRATION_DEFAULTS);
+    const v = { bandwidthBps: 125_000_000, downtimeLimitMs: 50, compress: true, autoConverge: true, postcopy: true, offline: false, maxPasses: 30 };
+    expect(decodeMigrationOptions(v)).to.deep.equal(v);
+    expect(decodeMigrationOptions({ offline: true, compress: true })).to.deep.equal({ ...MIGRATION_DEFAULTS, offline: true, compress: true });
+    expect(decodeMigrationOptions({ bandwidthBps: 1e12, downtimeLimitMs: 3_600_000, maxPasses: 1000 })).to.deep.include({ bandwidthBps: 1e12, downtimeLimitMs: 3_600_000, maxPasses: 1000 });
+    expect(decodeMigrationOptions({ bandwidthBps: 0, downtimeLimitMs: 1, maxPasses: 1 })).to.deep.include({ bandwidthBps: 0, downtimeLimitMs: 1, maxPasses: 1 });
+  });
+
+  it('refuses unknown keys, wrong types, out-of-range and fractional numbers, and offline with post-copy or auto-converge', () => {
+    const cases: Array<[unknown, RegExp]> = [
+      ['fast', /must be a map/], [5, /must be a map/], [[], /must be a map/],
+      [{ bogus: 1 }, /unknown migration option "bogus"/], [JSON.parse('{"__proto__":{}}'), /unknown migration option "__proto__"/],
+      [{ [`${'k'.repeat(40)}`]: 1 }, new RegExp(`unknown migration option "${'k'.repeat(32)}"$`)],
+      [{ bandwidthBps: '1' }, /bandwidthBps must be a whole number from 0 to 1000000000000/], [{ bandwidthBps: -1 }, /bandwidthBps/], [{ bandwidthBps: 1e12 + 1 }, /bandwidthBps/],
+      [{ downtimeLimitMs: 0 }, /downtimeLimitMs must be a whole number from 1 to 3600000/], [{ downtimeLimitMs: 3_600_001 }, /downtimeLimitMs/], [{ downtimeLimitMs: true }, /downtimeLimitMs/],
+      [{ maxPasses: 1.5 }, /maxPasses must be a whole number from 1 to 1000/], [{ maxPasses: NaN }, /maxPasses/], [{ maxPasses: Infinity }, /maxPasses/], [{ maxPasses: 1001 }, /maxPasses/],
+      [{ compress: 1 }, /compress must be true or false/], [{ offline: 'yes' }, /offline must be true or false/], [{ postcopy: {} }, /postcopy/], [{ autoConverge: [] }, /autoConverge/],
+      [{ offline: true, postcopy: true }, /an offline move cannot also be post-copy or auto-converge/], [{ offline: true, autoConverge: true }, /offline move cannot/],
+    ];
+    for (const [v, re] of cases) expect(decodeMigrationOptions(v), JSON.stringify(v)).to.be.a('string').that.matches(re);
+  });
+
+  it('never throws on JSON-ish values, and what it accepts is in range (seeded fuzz)', () => {
+    const next = seededRandom(0x0b75);
+    const keys = [...Object.keys(MIGRATION_DEFAULTS), 'x', 'toString', '__proto__', ''];
+    const atoms = [null, undefined, true, false, 0, -0, 1, -1, 1.5, 300, 1000, 1001, 1e12, 1e13, NaN, Infinity, -Infinity, '', '1', 'true'];
+    const value = (d: number): unknown => {
+      const r = next();
+      if (d > 2 || r < 0.6) return atoms[Math.floor(next() * atoms.length)];
+      if (r < 0.7) return Array.from({ length: Math.floor(next() * 3) }, () => value(d + 1));
+      return Object.fromEntries(Array.from({ length: Math.floor(next() * 4) }, () => [keys[Math.floor(next() * keys.length)]!, value(d + 1)]));
+    };
+    let accepted = 0;
+    for (let i = 0; i < 4000; i++) {
+      const v = next() < 0.5 ? value(0) : Object.fromEntries(Object.keys(MIGRATION_DEFAULTS).filter(() => next() < 0.3).map((k) => [k, value(2)]));
+      let r: unknown;
+      expect(() => { r = decodeMigrationOptions(v); }).to.not.throw();
+      if (typeof r === 'string') continue;
+      accepted++;
+      const o = r as typeof MIGRATION_DEFAULTS;
+      expect(Object.keys(o)).to.have.members(Object.keys(MIGRATION_DEFAULTS));
+      for (const [k, lo, hi] of [['bandwidthBps', 0, 1e12], ['downtimeLimitMs', 1, 3_600_000], ['maxPasses', 1, 1000]] as const) expect(Number.isInteger(o[k]) && o[k] >= lo && o[k] <= hi, k).to.equal(true);
+      for (const k of ['compress', 'autoConverge', 'postcopy', 'offline'] as const) expect(o[k]).to.be.a('boolean');
+      expect(o.offline && (o.postcopy || o.autoConverge)).to.equal(false);
+      if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) if (x !== null && x !== undefined) expect(o[k as keyof typeof o], k).to.equal(x);
+    }
+    expect(accepted).to.be.greaterThan(100);
+  });
+});
+
+describe('migration peer frames', function () {
+  this.timeout(20_000);
+  const env = { v: 1, id: 9 };
+  const who = { from: 'h1', mig: 'mig-0123abcd' };
+  const frames = {
+    migSetup: { ...env, op: 'migSetup', ...who, config: { name: 'vm1', memoryMb: 64 }, options: { compress: true } },
+    migPages: { ...env, op: 'migPages', ...who, data: Buffer.from(encodePageBatch([{ pfn: 0, kind: PageKind.Zero, data: E }])) },
+    migState: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}') },
+    migCommit: { ...env, op: 'migCommit', ...who, stats: { downtime: 12 } },
+    migAbort: { ...env, op: 'migAbort', ...who, reason: 'cancelled by the operator' },
+  };
+  const value = (f: Record<string, unknown>): Record<string, unknown> => {
+    const d = decodePeerRequest(encode(f));
+    expect(d.ok, d.ok ? '' : d.message).to.equal(true);
+    return d.ok ? d.value as unknown as Record<string, unknown> : {};
+  };
+
+  it('decodes each op to exactly its fields', () => {
+    for (const f of [frames.migSetup, frames.migCommit, frames.migAbort]) expect(value(f)).to.deep.equal(f);
+    for (const [f, k] of [[frames.migPages, 'data'], [frames.migState, 'state']] as const) {
+      const v = value(f);
+      expect(Object.keys(v)).to.have.members(Object.keys(f));
+      expect(v[k]).to.be.instanceOf(Uint8Array);
+      expect(Buffer.from(v[k] as Uint8Array).equals((f as Record<string, unknown>)[k] as Buffer)).to.equal(true);
+    }
+    expect(value({ ...frames.migCommit, stats: null }).stats).to.equal(null);
+    const { stats: _, ...noStats } = frames.migCommit;
+    expect(value(noStats)).to.deep.equal({ ...noStats, stats: null });
+    expect(value({ ...frames.migAbort, from: 'a-long-nm0', mig: '01234567' })).to.deep.include({ from: 'a-long-nm0', mig: '01234567' });
+    expect(value({ ...frames.migAbort, mig: 'a'.repeat(64) }).mig).to.equal('a'.repeat(64));
+    expect((value({ ...frames.migState, state: Buffer.alloc(MIG_STATE_MAX_BYTES) }).state as Uint8Array).length).to.equal(MIG_STATE_MAX_BYTES);
+  });
+
+  it('refuses unknown fields, bad ids and names, and wrong or over-size payloads, with the id', () => {
+    const cases: Array<[Record<string, unknown>, RegExp]> = [
+      [{ ...frames.migSetup, extra: 1 }, /unknown field "extra"/], [{ ...frames.migPages, config: {} }, /unknown field "config"/],
+      [{ ...frames.migSetup, config: [1] }, /"config" must be a map/], [{ ...frames.migSetup, options: undefined }, /"options" must be a map/],
+      [{ ...frames.migSetup, config: new Date(0) }, /"config" must be a map/],
+      [{ ...frames.migPages, data: 'text' }, /"data" must be bytes/], [{ ...frames.migPages, data: [1, 2] }, /"data" must be bytes/],
+      [{ ...frames.migPages, data: Buffer.alloc(SINK_CHUNK_MAX_BYTES + 64 * 1024 + 1) }, /"data" must be bytes, at most 1114112/],
+      [{ ...frames.migState, state: Buffer.alloc(MIG_STATE_MAX_BYTES + 1) }, /"state" must be bytes, at most 1048576/], [{ ...frames.migState, state: '{}' }, /"state" must be bytes/],
+      [{ ...frames.migCommit, stats: 5 }, /"stats" must be a map/], [{ ...frames.migCommit, stats: [] }, /"stats" must be a map/],
+      [{ ...frames.migAbort, reason: '' }, /"reason" must be a string of 1 to 512/], [{ ...frames.migAbort, reason: 'x'.repeat(513) }, /"reason"/], [{ ...frames.migAbort, reason: undefined }, /"reason"/],
+      ...['short', '0123456', 'a'.repeat(65), 'MIG-0123ABCD', 'mig_0123abcd', 'mig 0123abcd', 5, null].map((mig): [Record<string, unknown>, RegExp] => [{ ...frames.migPages, mig }, /"mig" must be a valid name/]),
+      ...['H1', '1h', 'h'.repeat(11), '', 'h_1', 7].map((from): [Record<string, unknown>, RegExp] => [{ ...frames.migState, from }, /"from" must be a valid name/]),
+      [{ ...frames.migAbort, v: 2 }, /cluster wire version 2 is not 1/],
+    ];
+    for (const [f, re] of cases) {
+      const d = decodePeerRequest(encode(f));
+      expect(d.ok, `${String(f.op)} ${re}`).to.equal(false);
+      if (!d.ok) expect([d.id, re.test(d.message)], d.message).to.deep.equal([9, true]);
+    }
+    const noId = decodePeerRequest(encode({ ...frames.migAbort, id: 0 }));
+    expect(noId.ok === false && noId.id).to.equal(0);
+  });
+
+  it('never throws on mutated migration frames (seeded fuzz)', () => {
+    const next = seededRandom(0x316e);
+    const valid = Object.values(frames).map((f) => encode(f));
+    let accepted = 0;
+    for (let i = 0; i < 4000; i++) {
+      const b = mutate(next, valid[Math.floor(next() * valid.length)]!);
+      let d: ReturnType<typeof decodePeerRequest> | undefined;
+      expect(() => { d = decodePeerRequest(b); }).to.not.throw();
+      if (!d!.ok) expect(typeof d!.message === 'string' && d!.message !== '' && typeof d!.id === 'number').to.equal(true);
+      else if (d!.value.op.startsWith('mig')) {
+        const v = d!.value as { mig: string; from: string; id: number };
+        expect(MIG_ID_RE.test(v.mig) && CLUSTER_HOST_RE.test(v.from) && v.id > 0, JSON.stringify(v)).to.equal(true);
+        accepted++;
+      }
+    }
+    expect(accepted).to.be.greaterThan(100);
+  });
+});
+
+describe('migration VMWP frames', function () {
+  this.timeout(20_000);
+  const key = { cluster: 'lab', publicKey: 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7', secretKey: 'JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6' };
+  const migOut = { t: 'migOut', mig: 'mig-0123abcd', from: 'h1', to: 'h2', endpoint: 'tcp://127.0.0.1:40001', key, config: { name: 'vm1' }, options: { postcopy: true } };
+  const req = (body: Record<string, unknown>, id = 5): Record<string, unknown> => ({ t: 'req', id, body });
+  const note = (body: Record<string, unknown>): Record<string, unknown> => ({ t: 'note', body });
+  const throwsVmwp = (frame: unknown, re: RegExp, id: number | null, label: string): void => {
+    let err: unknown;
+    try { decodeVmwpFrame(encode(frame)); } catch (e) { err = e; }
+    expect(err, label).to.be.instanceOf(VmwpDecodeError);
+    expect((err as VmwpDecodeError).message, label).to.match(re);
+    expect((err as VmwpDecodeError).id, label).to.equal(id);
+  };
+
+  it('decodes migration requests and notes', () => {
+    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), note({ t: 'incomingReady', partitionId: 2 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } })]) {
+      expect(decodeVmwpFrame(encode(f))).to.deep.equal(f);
+    }
+    expect(decodeVmwpFrame(encode(req({ ...migOut, key: { ...key, extra: 1 } })))).to.deep.equal(req(migOut)); // the key is rebuilt from its three fields
+    for (const [t, k] of [['migPages', 'data'], ['migState', 'state']] as const) {
+      const f = decodeVmwpFrame(encode(req({ t, [k]: Buffer.from([1, 2, 3]) })));
+      expect(f.t === 'req' && f.id).to.equal(5);
+      const body = (f as { body: Record<string, unknown> }).body;
+      expect(Object.keys(body)).to.have.members(['t', k]);
+      expect(Array.from(body[k] as Uint8Array)).to.deep.equal([1, 2, 3]);
+    }
+    expect(decodeVmwpFrame(encode(note({ t: 'incomingReady', partitionId: 0x7fffffff })))).to.deep.include({ t: 'note' });
+  });
+
+  it('throws VmwpDecodeError on missing or wrong fields, with the id when one could be read', () => {
+    const cases: Array<[unknown, RegExp, number | null, string]> = [
+      [req({ ...migOut, key: undefined }), /fields key, config and options must be maps/, 5, 'no key'],
+      [req({ ...migOut, config: [] }), /must be maps/, 5, 'config list'], [req({ ...migOut, options: Buffer.alloc(1) }), /must be maps/, 5, 'options bytes'],
+      [req({ ...migOut, key: { ...key, publicKey: 'x'.repeat(41) } }), /field publicKey is not a string of at most 40/, 5, 'long public key'],
+      [req({ ...migOut, key: { ...key, cluster: undefined } }), /field cluster is missing/, 5, 'no cluster'],
+      [req({ ...migOut, endpoint: undefined }), /field endpoint is missing/, 5, 'no endpoint'], [req({ ...migOut, endpoint: 'x'.repeat(201) }), /field endpoint/, 5, 'long endpoint'],
+      [req({ ...migOut, mig: 'm'.repeat(65) }), /field mig is not a string of at most 64/, 5, 'long mig'], [req({ ...migOut, to: 7 }), /field to is not a string/, 5, 'to number'],
+      [req({ t: 'migCancel' }), /field reason is missing/, 5, 'no reason'], [req({ t: 'migCancel', reason: 'r'.repeat(513) }), /field reason/, 5, 'long reason'],
+      [req({ t: 'migPages', data: 'x' }), /field data is not bytes of at most 2 MiB/, 5, 'data string'],
+      [req({ t: 'migPages', data: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field data is not bytes/, 5, 'data over 2 MiB'],
+      [req({ t: 'migState', state: [1, 2] }), /field state is not bytes of at most 2 MiB/, 5, 'state list'], [req({ t: 'migState' }), /field state/, 5, 'no state'],
+      [note({ t: 'incomingReady', partitionId: 1 }), /field partitionId is not an integer from 2 to 2147483647/, null, 'partition 1'],
+      [note({ t: 'incomingReady', partitionId: 2.5 }), /field partitionId/, null, 'partition 2.5'], [note({ t: 'incomingReady' }), /field partitionId/, null, 'no partition'],
+      [note({ t: 'migProgress', stats: null }), /field stats is not a map/, null, 'stats null'], [note({ t: 'migProgress', stats: [1] }), /field stats is not a map/, null, 'stats list'],
+      [note({ t: 'migProgress', stats: Buffer.alloc(2) }), /field stats is not a map/, null, 'stats bytes'],
+      [{ t: 'req', body: { t: 'migCancel', reason: 'r' } }, /a request needs an id/, null, 'no id'], [{ t: 'req', id: 3, body: 'migCancel' }, /a request needs a body map/, 3, 'body string'],
+      [note({ t: 'migBogus' }), /note type is unknown/, null, 'unknown note'],
+    ];
+    for (const [f, re, id, label] of cases) throwsVmwp(f, re, id, label);
+  });
+
+  it('only ever throws VmwpDecodeError on mutated or random frames (seeded fuzz)', () => {
+    const next = seededRandom(0x7f3d);
+    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }),
+      note({ t: 'incomingReady', partitionId: 3 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } })].map((f) => encode(f));
+    let decoded = 0;
+    for (let i = 0; i < 4000; i++) {
+      for (const b of [mutate(next, valid[Math.floor(next() * valid.length)]!), rnd(next, Math.floor(next() * 48))]) {
+        try {
+          expect(decodeVmwpFrame(b).t).to.be.oneOf(['req', 'res', 'note']);
+          decoded++;
+        } catch (e) {
+          expect(e, String(e)).to.be.instanceOf(VmwpDecodeError);
+        }
+      }
+    }
+    expect(decoded).to.be.greaterThan(100);
+  });
+});
