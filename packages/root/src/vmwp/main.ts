@@ -34,6 +34,7 @@ import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig 
 import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 import { applyPageBatch, MigrationOut, type MigrationSource } from './migrate.js';
+import { PagePool } from './compress.js';
 
 
 /**
@@ -143,6 +144,7 @@ async function exit(reason: string, code = 0, guestShutdown = false): Promise<vo
   }
   devices?.close();
   postcopyIn?.close();
+  void inflatePool?.close().catch(() => undefined);
   if (partitionId && pidAlive(cfg.hvPid)) {
     await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
     await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
@@ -267,7 +269,7 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
       let written: number[];
       try {
-        written = applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data, postcopyIn ? (pfn) => postcopyIn!.isMissing(pfn) : null, postcopyIn?.fd ?? null);
+        written = await applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data, postcopyIn ? (pfn) => postcopyIn!.isMissing(pfn) : null, postcopyIn?.fd ?? null, (pages) => (inflatePool ??= new PagePool()).inflate(pages));
       } catch (e) {
         throw new VmwpFailure('InvalidArgument', `a page batch is refused: ${(e as Error).message}`);
       }
@@ -286,6 +288,8 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       if (postcopyIn.remaining > 0) throw new VmwpFailure('InvalidState', `${postcopyIn.remaining} pages have not arrived yet`);
       await childRpc?.request({ t: 'postcopyDone' }, 5000);
       postcopyIn.close();
+      void inflatePool?.close().catch(() => undefined);
+      inflatePool = null;
       log.info({ requests: postcopyIn.requests }, 'post-copy done: every page is here');
       postcopyIn = null;
       return true;
@@ -540,6 +544,8 @@ class PostcopyIn {
   }
 }
 let postcopyIn: PostcopyIn | null = null;
+/** Inflates compressed pages of an incoming migration (made on the first compressed page). */
+let inflatePool: PagePool | null = null;
 
 async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number }> {
   if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
@@ -582,6 +588,11 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   });
   startPartitionProcess(created!.token, postcopyControl);
   await up;
+  if (!postcopyControl) {
+    // Every page is here: the pool's threads are not needed any more.
+    void inflatePool?.close().catch(() => undefined);
+    inflatePool = null;
+  }
   log.info({ savedAt: state.savedAt }, 'migrated VM runs');
   return { running: true };
 }

@@ -25,7 +25,7 @@
  * Offline (`--offline`, stop-and-copy): frozen first, every page sent once, then the state.
  */
 import { writeSync } from 'node:fs';
-import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { inflateRawSync } from 'node:zlib';
 import {
   AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_PAGES, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
@@ -33,6 +33,7 @@ import {
 } from '@hvlab/protocol';
 import { curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
+import { PagePool } from './compress.js';
 
 const ZERO_PAGE = new Uint8Array(MIG_PAGE);
 /** Batches in flight on the stream (each up to MIG_BATCH_MAX_PAGES pages). */
@@ -113,6 +114,7 @@ export class MigrationOut {
   private readonly guestPages: number;
   private readonly zeroMap = new Uint8Array(MIG_BATCH_MAX_PAGES);
   private readonly inFlight = new Set<Promise<void>>();
+  private pool: PagePool | null = null;
   private streamError: Error | null = null;
   private pacer: Pacer;
   /** Wire bytes and pages acknowledged, and when, for the bandwidth estimate. */
@@ -195,22 +197,25 @@ export class MigrationOut {
     return [batch, i];
   }
 
-  /** Compresses what pays (deflate, fastest level); a page that does not shrink goes raw. */
-  private compress(batch: PageEntry[]): void {
+  /** Compresses what pays (deflate, fastest level, on the worker pool); a page that does not shrink goes raw. */
+  private async compress(batch: PageEntry[]): Promise<void> {
     if (!this.req.options.compress) return;
-    for (const e of batch) {
-      if (e.kind !== PageKind.Raw) continue;
-      const z = deflateRawSync(e.data, { level: 1 });
-      if (z.length < MIG_PAGE - 64) {
-        e.kind = PageKind.Deflate;
-        e.data = z;
-      }
-    }
+    const raw = batch.filter((e) => e.kind === PageKind.Raw);
+    if (raw.length === 0) return;
+    this.pool ??= new PagePool();
+    const z = await this.pool.deflate(raw.map((e) => e.data));
+    raw.forEach((e, i) => {
+      const c = z[i];
+      if (!c) return;
+      e.kind = PageKind.Deflate;
+      e.data = c;
+    });
   }
 
   private async sendBatch(batch: PageEntry[]): Promise<void> {
     const ram = this.stats.ram;
-    this.compress(batch);
+    await this.compress(batch);
+    this.check();
     const data = encodePageBatch(batch);
     const raw = batch.filter((e) => e.kind !== PageKind.Zero).length * MIG_PAGE;
     await this.pacer.take(data.length);
@@ -436,6 +441,8 @@ export class MigrationOut {
     } finally {
       if (this.throttle > 0 && this.stats.status !== 'completed') await this.src.throttle(null).catch(() => undefined);
       if (tracking) await this.src.dirty('stop').catch(() => undefined);
+      await this.pool?.close().catch(() => undefined);
+      this.pool = null;
       this.client.close();
       this.stats['total-time'] = this.elapsed();
     }
@@ -569,23 +576,32 @@ export class MigrationOut {
  * does not decode). `accept` (post-copy) picks the pages still missing: a page the guest already
  * has — and may have written since — is never overwritten by a late copy.
  */
-export function applyPageBatch(memory: SharedArrayBuffer, memoryBytes: number, data: Uint8Array, accept: ((pfn: number) => boolean) | null = null, fd: number | null = null): number[] {
+export async function applyPageBatch(
+  memory: SharedArrayBuffer, memoryBytes: number, data: Uint8Array, accept: ((pfn: number) => boolean) | null = null, fd: number | null = null,
+  inflate: ((pages: Uint8Array[]) => Promise<Uint8Array[]>) | null = null,
+): Promise<number[]> {
   const pages = dirtyBitmapGpa(memoryBytes) / MIG_PAGE;
   const d = decodePageBatch(data, pages);
   if (typeof d === 'string') throw new Error(d);
-  // Inflate everything first, so a bad compressed page changes nothing.
-  const bytes: (Uint8Array | null)[] = d.map((e) => {
-    if (e.kind === PageKind.Raw) return e.data;
-    if (e.kind !== PageKind.Deflate) return null;
-    let out: Buffer;
-    try {
-      out = inflateRawSync(e.data, { maxOutputLength: MIG_PAGE });
-    } catch (x) {
-      throw new Error(`compressed page ${e.pfn} does not inflate: ${(x as Error).message}`);
+  // Inflate everything first (on the pool when there is one), so a bad compressed page changes nothing.
+  const packed = d.filter((e) => e.kind === PageKind.Deflate);
+  const inflated = new Map<PageEntry, Uint8Array>();
+  if (packed.length > 0 && inflate) {
+    const out = await inflate(packed.map((e) => e.data));
+    packed.forEach((e, i) => inflated.set(e, out[i]!));
+  } else {
+    for (const e of packed) {
+      let out: Buffer;
+      try {
+        out = inflateRawSync(e.data, { maxOutputLength: MIG_PAGE });
+      } catch (x) {
+        throw new Error(`compressed page ${e.pfn} does not inflate: ${(x as Error).message}`);
+      }
+      if (out.length !== MIG_PAGE) throw new Error(`compressed page ${e.pfn} inflates to ${out.length} bytes, not ${MIG_PAGE}`);
+      inflated.set(e, out);
     }
-    if (out.length !== MIG_PAGE) throw new Error(`compressed page ${e.pfn} inflates to ${out.length} bytes, not ${MIG_PAGE}`);
-    return out;
-  });
+  }
+  const bytes: (Uint8Array | null)[] = d.map((e) => (e.kind === PageKind.Raw ? e.data : e.kind === PageKind.Deflate ? inflated.get(e)! : null));
   const u8 = new Uint8Array(memory);
   const written: number[] = [];
   d.forEach((e, i) => {

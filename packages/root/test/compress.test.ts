@@ -1,0 +1,76 @@
+/**
+ * The page-compression pool (vmwp/compress.ts) and the destination's batch applier (applyPageBatch):
+ * pages deflated on the pool inflate back byte for byte; a page that does not shrink goes raw; a
+ * compressed page that does not inflate to exactly 4096 bytes fails the whole batch and changes no
+ * memory; post-copy's filter writes only the pages still missing.
+ */
+import { expect } from 'chai';
+import { deflateRawSync } from 'node:zlib';
+import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
+import { PagePool } from '../src/vmwp/compress.js';
+import { applyPageBatch } from '../src/vmwp/migrate.js';
+
+const page = (seed: number, random = false): Uint8Array => {
+  const p = new Uint8Array(4096);
+  let x = seed * 2654435761;
+  for (let i = 0; i < 4096; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    p[i] = random ? x >>> 24 : (seed + (i >> 8)) & 0xff;
+  }
+  return p;
+};
+
+describe('page compression pool', function () {
+  this.timeout(30000);
+  const pool = new PagePool();
+  after(async () => await pool.close());
+
+  it('deflates compressible pages and inflates them back byte for byte; random pages stay raw', async () => {
+    const pages = [...Array.from({ length: 40 }, (_, i) => page(i)), page(99, true)];
+    const z = await pool.deflate(pages);
+    expect(z).to.have.length(41);
+    expect(z[40], 'a random page does not shrink').to.equal(null);
+    for (let i = 0; i < 40; i++) expect(z[i]!.length).to.be.below(4096 - 64);
+    const back = await pool.inflate(z.slice(0, 40) as Uint8Array[]);
+    for (let i = 0; i < 40; i++) expect(Buffer.compare(Buffer.from(back[i]!), Buffer.from(pages[i]!))).to.equal(0);
+  });
+
+  it('names a compressed page that does not inflate to a whole page', async () => {
+    const good = deflateRawSync(page(1));
+    const short = deflateRawSync(new Uint8Array(100));
+    let err: Error | null = null;
+    await pool.inflate([good, short]).catch((e: Error) => (err = e));
+    expect(err!.message).to.match(/compressed page 1 of the batch does not inflate to 4096 bytes/);
+    err = null;
+    await pool.inflate([new Uint8Array([1, 2, 3])]).catch((e: Error) => (err = e));
+    expect(err).to.not.equal(null);
+  });
+
+  it('applies a batch (raw, zero, compressed on the pool, duplicate) and changes nothing when one page is bad', async () => {
+    const mem = new SharedArrayBuffer(64 * 4096 + 4096);
+    const u8 = new Uint8Array(mem);
+    u8.fill(7, 3 * 4096, 4 * 4096);
+    const entries: PageEntry[] = [
+      { pfn: 2, kind: PageKind.Raw, data: page(2) },
+      { pfn: 3, kind: PageKind.Zero, data: new Uint8Array(0) },
+      { pfn: 4, kind: PageKind.Deflate, data: deflateRawSync(page(4)) },
+      { pfn: 5, kind: PageKind.Dup, data: new Uint8Array(0), dupOf: 0 }, // entry 0's bytes (page 2)
+    ];
+    const written = await applyPageBatch(mem, mem.byteLength, encodePageBatch(entries), null, null, (p) => pool.inflate(p));
+    expect(written).to.deep.equal([2, 3, 4, 5]);
+    expect(Buffer.compare(Buffer.from(u8.subarray(2 * 4096, 3 * 4096)), Buffer.from(page(2)))).to.equal(0);
+    expect(u8.subarray(3 * 4096, 4 * 4096).every((b) => b === 0)).to.equal(true);
+    expect(Buffer.compare(Buffer.from(u8.subarray(4 * 4096, 5 * 4096)), Buffer.from(page(4)))).to.equal(0);
+    expect(Buffer.compare(Buffer.from(u8.subarray(5 * 4096, 6 * 4096)), Buffer.from(page(2)))).to.equal(0);
+    const before = Buffer.from(u8);
+    const bad = encodePageBatch([{ pfn: 9, kind: PageKind.Raw, data: page(9) }, { pfn: 10, kind: PageKind.Deflate, data: deflateRawSync(new Uint8Array(10)) }]);
+    let err: Error | null = null;
+    await applyPageBatch(mem, mem.byteLength, bad, null, null, (p) => pool.inflate(p)).catch((e: Error) => (err = e));
+    expect(err).to.not.equal(null);
+    expect(Buffer.compare(Buffer.from(u8), before), 'no memory changed').to.equal(0);
+    // Post-copy: only pages still missing are written.
+    const only = await applyPageBatch(mem, mem.byteLength, encodePageBatch([{ pfn: 20, kind: PageKind.Raw, data: page(20) }, { pfn: 21, kind: PageKind.Raw, data: page(21) }]), (pfn) => pfn === 21);
+    expect(only).to.deep.equal([21]);
+    expect(u8[20 * 4096]).to.equal(0);
+  });
+});
