@@ -211,11 +211,18 @@ describe('live migration between two hosts', function () {
     }
     // Two run at once (Hyper-V's default); the third waits in the queue.
     const moves = ['q1', 'q2', 'q3'].map((n) => move(n, '--bandwidth', '2M'));
-    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'q3').catch(() => null))?.status === 'queued', 10000)).to.equal(true);
-    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'q1').catch(() => null))?.status === 'active', 20000)).to.equal(true);
-    await h.ok('--host', 'h1', 'vm', 'move-cancel', 'q3');
-    await h.ok('--host', 'h1', 'vm', 'move-cancel', 'q1');
-    await h.ok('--host', 'h1', 'vm', 'move-cancel', 'q2');
+    const status = async (n: string): Promise<string | undefined> => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', n).catch(() => null))?.status;
+    // Whichever asked last waits; the other two copy.
+    let queued = '';
+    let copying: string[] = [];
+    expect(await eventually(async () => {
+      const st = await Promise.all(['q1', 'q2', 'q3'].map(async (n) => [n, await status(n)] as const));
+      queued = st.find(([, s]) => s === 'queued')?.[0] ?? '';
+      copying = st.filter(([, s]) => s === 'active').map(([n]) => n);
+      return queued !== '' && copying.length === 2;
+    }, 20000), 'one queued, two copying').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'move-cancel', queued);
+    for (const n of copying) await h.ok('--host', 'h1', 'vm', 'move-cancel', n);
     const [r1, r2, r3] = await Promise.all(moves);
     for (const r of [r1!, r2!, r3!]) {
       expect(r.code).to.equal(1);
