@@ -62,6 +62,10 @@ process.on('disconnect', () => void exit('the VMWP is gone', 1));
 process.on('SIGTERM', () => void exit('SIGTERM', 1));
 
 let firmware: Uint8Array | null = null;
+/** Set while a held partition waits for its `go`. */
+let release: ((postcopyControl: string | undefined) => void) | null = null;
+const go = input.hold ? new Promise<string | undefined>((r) => (release = r)) : null;
+if (input.hold) prestartVpThreads(Math.max(0, (input.vps ?? 1) - 1));
 /**
  * Live migration's dirty tracking of this process's mapping of guest memory (the VP threads write
  * through it): the kernel's, when userfaultfd works here; otherwise none, and the VMWP relies on
@@ -113,6 +117,15 @@ const rpc = new IpcRpc(process, async (m) => {
       return true;
     case 'dirty':
       return dirtyRequest(m.op);
+    case 'go': {
+      // A held partition (a migration's destination) starts its guest now.
+      if (!release) throw new Error('this partition is not held');
+      const pc = m.postcopyControl;
+      if (pc !== undefined && (typeof pc !== 'string' || pc.length === 0 || pc.length > 200)) throw new Error('postcopyControl must be a region name');
+      release(pc as string | undefined);
+      release = null;
+      return true;
+    }
     case 'postcopyDone':
       // Every page is here: missing-page handling ends.
       postcopy?.close();
@@ -132,8 +145,11 @@ try {
   let mem: GuestMemory;
   if (session.memoryMode === 'shared' && session.memoryRegion) {
     const sab = openRegion(session.memoryRegion);
+    // Held (a migration's destination): everything is ready; the guest's memory is not final until `go`.
+    if (go) rpc.note({ t: 'held' });
+    const postcopyControl = go ? await go : input.postcopyControl;
     // Before anything reads guest memory: a page post-copy has not brought yet stops its reader until it is here.
-    if (input.postcopyControl) postcopy = PostcopyFaults.open(sab, openRegion(input.postcopyControl));
+    if (postcopyControl) postcopy = PostcopyFaults.open(sab, openRegion(postcopyControl));
     mem = new GuestMemory(sab);
   } else {
     mem = new GuestMemory(privateRegion(session.memoryBytes));

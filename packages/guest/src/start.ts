@@ -14,6 +14,13 @@ export interface PartitionStartInput {
   token: string;
   /** Post-copy: the control region (shared with the VMWP) through which missing pages are asked for. */
   postcopyControl?: string;
+  /**
+   * A live migration's destination: get ready (hypervisor session, memory mapped, `vps` VP threads
+   * loaded) and wait for the VMWP's `go` (which may name a post-copy control region) before the
+   * guest kernel reads anything: the blackout then pays none of the start-up.
+   */
+  hold?: boolean;
+  vps?: number;
 }
 
 export function decodePartitionStartInput(text: string): PartitionStartInput {
@@ -25,7 +32,7 @@ export function decodePartitionStartInput(text: string): PartitionStartInput {
   }
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('the start-up input is not a map');
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!['home', 'hostId', 'hvPid', 'partitionId', 'vm', 'token', 'postcopyControl'].includes(k)) throw new Error(`the start-up input has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
+  for (const k of Object.keys(o)) if (!['home', 'hostId', 'hvPid', 'partitionId', 'vm', 'token', 'postcopyControl', 'hold', 'vps'].includes(k)) throw new Error(`the start-up input has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
   const str = (k: string, max: number): string => {
     const x = o[k];
     if (typeof x !== 'string' || x.length === 0 || x.length > max) throw new Error(`field ${k} is not a string of 1 to ${max} characters`);
@@ -38,5 +45,10 @@ export function decodePartitionStartInput(text: string): PartitionStartInput {
   };
   const out: PartitionStartInput = { home: str('home', 4096), hostId: str('hostId', 64), hvPid: int('hvPid', 1, 0x7fffffff), partitionId: int('partitionId', 1, 0xffffffff), vm: str('vm', 64), token: str('token', 256) };
   if (o.postcopyControl !== undefined) out.postcopyControl = str('postcopyControl', 200);
+  if (o.hold !== undefined) {
+    if (o.hold !== true) throw new Error('field hold is not true');
+    out.hold = true;
+    out.vps = int('vps', 1, 64);
+  }
   return out;
 }

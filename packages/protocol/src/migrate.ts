@@ -13,8 +13,10 @@
 
 export const MIG_PAGE = 4096;
 export const MIG_BATCH_MAGIC = 0x504d5648; // "HVMP"
-/** Most pages one batch carries (a raw batch is then ~1 MiB, under the cluster frame limit). */
+/** Most pages with bytes (raw, compressed, duplicate) one batch carries: a raw batch is then ~1 MiB, under the cluster frame limit. */
 export const MIG_BATCH_MAX_PAGES = 256;
+/** Most entries one batch carries (zero pages are 12-byte markers, so an idle VM's batch holds many). */
+export const MIG_BATCH_MAX_ENTRIES = 4096;
 export const MIG_ENTRY_HEADER = 12;
 
 export const PageKind = { Zero: 0, Raw: 1, Deflate: 2, Dup: 3 } as const;
@@ -61,8 +63,9 @@ export function decodePageBatch(bytes: Uint8Array, pageLimit: number): PageEntry
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (dv.getUint32(0, true) !== MIG_BATCH_MAGIC) return 'a page batch must start with "HVMP"';
   const count = dv.getUint32(4, true);
-  if (count > MIG_BATCH_MAX_PAGES) return `a page batch of ${count} pages is over ${MIG_BATCH_MAX_PAGES}`;
+  if (count > MIG_BATCH_MAX_ENTRIES) return `a page batch of ${count} entries is over ${MIG_BATCH_MAX_ENTRIES}`;
   const out: PageEntry[] = [];
+  let withBytes = 0;
   let o = 8;
   for (let i = 0; i < count; i++) {
     if (o + MIG_ENTRY_HEADER > bytes.length) return `page entry ${i} is cut short`;
@@ -75,6 +78,7 @@ export function decodePageBatch(bytes: Uint8Array, pageLimit: number): PageEntry
     if (len > bytes.length - o) return `page entry ${i} says ${len} bytes, more than the batch holds`;
     const data = bytes.subarray(o, o + len);
     o += len;
+    if (kind !== PageKind.Zero && ++withBytes > MIG_BATCH_MAX_PAGES) return `a page batch carries more than ${MIG_BATCH_MAX_PAGES} pages with bytes`;
     switch (kind) {
       case PageKind.Zero:
         if (len !== 0) return `zero page entry ${i} carries ${len} bytes`;
@@ -213,6 +217,8 @@ export interface MigrationStats {
   'dirty-tracking': 'kernel' | 'bitmap';
   passes: MigrationPass[];
   'error-desc'?: string;
+  /** Where the downtime went (ms): stopping the VM at a step boundary, the last pages, the destination's start of the guest. */
+  blackout?: { freeze: number; pages: number; start: number };
   options: MigrationOptions;
   startedAt: string;
 }

@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
   encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
-  PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE,
+  PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE,
   type PageEntry,
 } from '../src/index.js';
 
@@ -84,7 +84,8 @@ describe('migration page batches', function () {
     const dup = (dupOf: number): PageEntry => ({ pfn: 1, kind: PageKind.Dup, data: E, dupOf });
     const cases: Array<[Uint8Array, RegExp]> = [
       [patch(encodePageBatch(entries), 0, 0x504d5649), /must start with "HVMP"/], [new Uint8Array(7), /7 bytes is shorter than its header/],
-      [patch(encodePageBatch([]), 4, MIG_BATCH_MAX_PAGES + 1), /257 pages is over 256/],
+      [patch(encodePageBatch([]), 4, MIG_BATCH_MAX_ENTRIES + 1), /4097 entries is over 4096/],
+      [encodePageBatch(Array.from({ length: MIG_BATCH_MAX_PAGES + 1 }, (_, i): PageEntry => ({ pfn: i % 64, kind: PageKind.Raw, data: new Uint8Array(MIG_PAGE) }))), /more than 256 pages with bytes/],
       [one({ pfn: 64 }), /entry 0 names page 64, outside the 64 pages/], [one({ pfn: 0xffffffff }), /names page 4294967295/],
       [one({ kind: PageKind.Raw, data: new Uint8Array(100) }), /raw page entry 0 carries 100 bytes, not 4096/],
       [patch(five, 12, PageKind.Zero, 1), /zero page entry 0 carries 5 bytes/], [patch(five, 12, PageKind.Dup, 1), /duplicate page entry 0 carries 5 bytes, not 4/],

@@ -666,7 +666,28 @@ void ZeroPages(const FunctionCallbackInfo<Value>& args) {
   const uint64_t* base = reinterpret_cast<const uint64_t*>(static_cast<const uint8_t*>(sab->Data()) + first * 4096);
   uint8_t* o = count == 0 ? nullptr : static_cast<uint8_t*>(out->Buffer()->Data()) + out->ByteOffset();
   uint32_t zeros = 0;
+  // With the file behind the buffer (fd >= 0), holes are zero without reading them: a read through
+  // a shared mapping would allocate every page of a hole (an idle VM's whole memory).
+  int fd = args.Length() > 4 && args[4]->IsInt32() ? args[4].As<v8::Int32>()->Value() : -1;
+  std::vector<uint8_t> hole;
+  if (fd >= 0) {
+    hole.assign(count, 0);
+    off_t pos = static_cast<off_t>(first * 4096);
+    const off_t end = static_cast<off_t>((first + count) * 4096);
+    while (pos < end) {
+      off_t d = lseek(fd, pos, SEEK_DATA);
+      if (d < 0 || d >= end) {
+        for (off_t q = pos; q < end; q += 4096) hole[(q / 4096) - first] = 1;
+        break;
+      }
+      for (off_t q = pos; q + 4096 <= d; q += 4096) hole[(q / 4096) - first] = 1;
+      off_t h = lseek(fd, d, SEEK_HOLE);
+      if (h < 0 || h > end) h = end;
+      pos = h > d ? (h + 4095) / 4096 * 4096 : d + 4096;
+    }
+  }
   for (size_t p = 0; p < count; p++) {
+    if (fd >= 0 && hole[p]) { o[p] = 1; zeros++; continue; }
     const uint64_t* w = base + p * 512;
     uint64_t acc = 0;
     for (int i = 0; i < 512; i += 8) {

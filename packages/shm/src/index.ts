@@ -31,7 +31,7 @@ interface Addon {
   copyBytes?: CopyBytes;
   watchWord?(sab: SharedArrayBuffer, index: number, onChange: () => void): number;
   unwatchWord?(id: number): boolean;
-  zeroPages?(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array): number;
+  zeroPages?(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array, fd?: number): number;
   wpTrack?(sab: SharedArrayBuffer): number;
   postcopyTrack?(memory: SharedArrayBuffer, control: SharedArrayBuffer): number;
   postcopyUntrack?(id: number): boolean;
@@ -486,13 +486,15 @@ export function kernelDirtyTrackingUnavailableReason(): string | null {
 /**
  * Marks in `out[i]` (1 or 0) whether 4 KiB page `firstPage + i` of `sab` is all zeros, for
  * `count` pages; returns how many are. Native when the addon is loaded (a word-wide scan that
- * stops at the first non-zero word), else a portable loop.
+ * stops at the first non-zero word), else a portable loop. Given `fd`, an open descriptor of the
+ * file mapped by `sab`, the file's holes count as zero without being read (reading a hole through
+ * a shared mapping allocates the page).
  */
-export function zeroPages(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array): number {
+export function zeroPages(sab: SharedArrayBuffer, firstPage: number, count: number, out: Uint8Array, fd = -1): number {
   if (!Number.isSafeInteger(firstPage) || !Number.isSafeInteger(count) || firstPage < 0 || count < 0 || (firstPage + count) * PAGE_SIZE > sab.byteLength || out.length < count) {
     throw new RangeError(`zeroPages: pages ${firstPage}+${count} lie outside the buffer or the output is too short`);
   }
-  if (addon?.zeroPages) return addon.zeroPages(sab, firstPage, count, out);
+  if (addon?.zeroPages) return addon.zeroPages(sab, firstPage, count, out, fd);
   const w = new Int32Array(sab, firstPage * PAGE_SIZE, count * (PAGE_SIZE / 4));
   let zeros = 0;
   for (let p = 0; p < count; p++) {

@@ -6,6 +6,7 @@
  */
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
+import { closeSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { copyBytes, createRegion, discardPages, futexWake, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, openRegion, PostcopyControl, PostcopyFaults, POSTCOPY_CONTROL_BYTES, shmAvailable, unlinkRegion, zeroPages } from '../src/index.js';
@@ -110,6 +111,30 @@ describe('zeroPages', () => {
     expect(zeroPages(sab, 2, 3, part)).to.equal(2);
     expect([...part]).to.deep.equal([1, 0, 1]);
     expect(() => zeroPages(sab, 6, 3, out)).to.throw(RangeError);
+  });
+
+  it('given the file, counts its holes as zero without reading (allocating) them', function () {
+    if (!shmAvailable()) this.skip();
+    const name = `hvlab-test-zp-${process.pid}`;
+    const sab = createRegion(name, 64 * 4096);
+    try {
+      const u8 = new Uint8Array(sab);
+      u8[10 * 4096 + 5] = 1;
+      u8[11 * 4096] = 0; // written, but zero: data, not a hole
+      const fd = openSync(`/dev/shm/${name}`, 'r');
+      try {
+        const out = new Uint8Array(64);
+        expect(zeroPages(sab, 0, 64, out, fd)).to.equal(63);
+        expect(out[10]).to.equal(0);
+        expect(out.filter((x) => x === 1).length).to.equal(63);
+        // The holes were not read through the mapping: still holes (not resident in the file).
+        expect(statSync(`/dev/shm/${name}`).blocks * 512).to.be.at.most(2 * 4096);
+      } finally {
+        closeSync(fd);
+      }
+    } finally {
+      unlinkRegion(name);
+    }
     expect(() => zeroPages(sab, 0, 8, new Uint8Array(4))).to.throw(RangeError);
   });
 });

@@ -140,6 +140,20 @@ export class VmDevices {
    * device, and — unless the VMBus server is being restored — offers every enabled VMBus device.
    */
   async attach(opts: { restoring?: VmbusServerState } = {}): Promise<void> {
+    await this.prepare();
+    for (const b of this.built) if (b.entry.enabled && b.device.vmbus) await this.server.addDevice(b.device.vmbus);
+    if (opts.restoring) await this.server.restore(opts.restoring);
+  }
+
+  private prepared = false;
+  /**
+   * What attaching needs that no saved state changes (the hub, the message ports, the port-I/O
+   * intercepts): a migration's destination does it before the blackout, so `attach` then only
+   * restores the VMBus server.
+   */
+  async prepare(): Promise<void> {
+    if (this.prepared) return;
+    this.prepared = true;
     if (this.hub) {
       await this.hub.bind();
       this.hub.admit(this.partitionId, this.token);
@@ -159,8 +173,6 @@ export class VmDevices {
         await this.vid.must('InstallIntercept', { partitionId: this.partitionId, type: InterceptType.IoPortRange, access: InterceptAccess.Read | InterceptAccess.Write, port, portEnd });
       }
     }
-    for (const b of this.built) if (b.entry.enabled && b.device.vmbus) await this.server.addDevice(b.device.vmbus);
-    if (opts.restoring) await this.server.restore(opts.restoring);
   }
 
   /** An intercepted port access: the value read (0 for a write), or null when no device has the port. */

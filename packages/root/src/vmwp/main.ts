@@ -17,7 +17,7 @@
  * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
@@ -269,11 +269,14 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
       let written: number[];
       try {
-        written = await applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data, postcopyIn ? (pfn) => postcopyIn!.isMissing(pfn) : null, postcopyIn?.fd ?? null, (pages) => (inflatePool ??= new PagePool()).inflate(pages));
+        // Post-copy: a page is taken (no longer missing) in the same synchronous step that writes
+        // it, so a second copy of it, or a request for it, can never overwrite what the guest wrote since.
+        const pc = postcopyIn;
+        written = await applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, req.data, pc ? (pfn) => pc.take(pfn) : null, pc?.fd ?? null, (pages) => (inflatePool ??= new PagePool()).inflate(pages), (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
       } catch (e) {
         throw new VmwpFailure('InvalidArgument', `a page batch is refused: ${(e as Error).message}`);
       }
-      postcopyIn?.arrived(written);
+      if (written.length) postcopyIn?.served();
       return written.length;
     }
     case 'migState':
@@ -415,8 +418,14 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
   if (typeof options === 'string') throw new VmwpFailure('InvalidArgument', options);
   const rpc = childRpc;
   let frozenVps: SavedVpState[] = [];
+  let memoryFd = -1;
+  try {
+    memoryFd = openSync(`/dev/shm/hvlab-${cfg.hostId}-p${partitionId}-mem`, 'r');
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'cannot open the guest memory file: every page will be read');
+  }
   const m = new MigrationOut({
-    memory: memory.buffer as SharedArrayBuffer, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
+    memory: memory.buffer as SharedArrayBuffer, memoryFd, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
     dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, 10000)) as MigrationSource['dirty'],
     freeze: async () => {
       frozenVps = await freeze();
@@ -441,11 +450,14 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
     return stats;
   } finally {
     migration = null;
+    if (memoryFd >= 0) closeSync(memoryFd);
   }
 }
 
 /** Destination: pages arrive before the state; the VM is built and waits (memory empty, no partition process yet). */
 let incomingReady = false;
+/** Called when the held partition process says it is ready. */
+let partitionHeld: (() => void) | null = null;
 let incomingStarted = false;
 
 /**
@@ -466,7 +478,7 @@ class PostcopyIn {
   private waiter: (() => void) | null = null;
   private readonly unwatch: () => void;
 
-  constructor(missingBits: Uint8Array, pages: number) {
+  constructor(missingBits: Uint8Array, private readonly pages: number, private readonly touched: Uint8Array) {
     this.missing = new Uint8Array(missingBits);
     for (let p = 0; p < pages; p++) if (this.isMissing(p)) this.remaining++;
     this.region = `hvlab-${cfg.hostId}-p${partitionId}-pc`;
@@ -497,20 +509,33 @@ class PostcopyIn {
 
   private onRequests(): void {
     const upto = Atomics.load(this.ctl, PostcopyControl.requests);
+    let zeroed = false;
     for (; this.lastRequest < upto; this.lastRequest++) {
       const pfn = this.ctl[PostcopyControl.ring + (this.lastRequest % PostcopyControl.ringLength)]!;
       this.requests++;
       if (this.isMissing(pfn)) this.wanted.push(pfn);
+      else if (pfn >= 0 && pfn < this.pages && !this.touched[pfn]) {
+        // Neither missing nor ever written here: a zero page (zero pages are markers only, never
+        // written). Its first touch makes it, as a fresh VM's memory would be. A page written
+        // here is never zeroed: the request for it was made before its bytes landed.
+        this.touched[pfn] = 1;
+        if (writeSync(this.fd, ZERO_PAGE, 0, PAGE, pfn * PAGE) === PAGE) zeroed = true;
+      }
     }
+    if (zeroed) this.served();
     if (this.wanted.length) this.waiter?.();
   }
 
-  arrived(pfns: number[]): void {
-    for (const p of pfns) {
-      if (!this.isMissing(p)) continue;
-      this.missing[p >>> 3]! &= ~(1 << (p & 7));
-      this.remaining--;
-    }
+  /** Whether page `pfn` is still missing; if so it is no longer (its bytes are being written now, in the same step). */
+  take(pfn: number): boolean {
+    if (!this.isMissing(pfn)) return false;
+    this.missing[pfn >>> 3]! &= ~(1 << (pfn & 7));
+    this.remaining--;
+    return true;
+  }
+
+  /** Pages were written: the partition's fault thread looks again. */
+  served(): void {
     Atomics.add(this.ctl, PostcopyControl.served, 1);
     futexWake(this.ctl.buffer as SharedArrayBuffer, PostcopyControl.served);
   }
@@ -544,6 +569,9 @@ class PostcopyIn {
   }
 }
 let postcopyIn: PostcopyIn | null = null;
+const ZERO_PAGE = new Uint8Array(PAGE);
+/** Pages of an incoming migration's memory written so far (a zero page for one never written needs no write). */
+let incomingTouched: Uint8Array | null = null;
 /** Inflates compressed pages of an incoming migration (made on the first compressed page). */
 let inflatePool: PagePool | null = null;
 
@@ -551,7 +579,7 @@ async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<
   if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
   const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
   if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
-  const pc = new PostcopyIn(missing, pages);
+  const pc = new PostcopyIn(missing, pages, (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
   pc.discard(memory.buffer as SharedArrayBuffer, pages);
   postcopyIn = pc;
   try {
@@ -567,6 +595,7 @@ async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<
 async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
   if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
   if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+  const t0 = performance.now();
   let tree: unknown;
   try {
     tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
@@ -578,22 +607,28 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   const restoring = devices.decodeSaved(state.components);
   incomingStarted = true;
   for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] });
+  const tVps = performance.now();
   devices.restoreDevices(restoring.devices);
   await devices.attach({ restoring: restoring.vmbus });
+  const tDevices = performance.now();
   const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
   new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
   new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
   const up = new Promise<void>((resolve, reject) => {
     bootWaiters.push({ resolve, reject });
   });
-  startPartitionProcess(created!.token, postcopyControl);
+  // The partition process waits, ready, since the setup: let it go.
+  await childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
+  const tGo = performance.now();
   await up;
+  const tUp = performance.now();
   if (!postcopyControl) {
     // Every page is here: the pool's threads are not needed any more.
     void inflatePool?.close().catch(() => undefined);
     inflatePool = null;
   }
-  log.info({ savedAt: state.savedAt }, 'migrated VM runs');
+  const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
+  log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), devicesMs: ms(tVps, tDevices), goMs: ms(tDevices, tGo), guestMs: ms(tGo, tUp) }, 'migrated VM runs');
   return { running: true };
 }
 const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
@@ -664,6 +699,13 @@ async function build(): Promise<void> {
   if (cfg.incoming) {
     // A migration's destination: memory arrives in pages, then the state (migrateInState).
     if (!memory) throw new Error('an incoming migration needs shared memory (this host runs on process-private memory)');
+    // The devices' ports and intercepts now, and the partition process gets ready (session, memory,
+    // VP threads) and waits for `go`; the setup answers once both are, so the blackout pays neither.
+    await devices.prepare();
+    const held = new Promise<void>((resolve) => (partitionHeld = resolve));
+    startPartitionProcess(created.token, { hold: true, vps: cfg.vps });
+    await Promise.race([held, new Promise((r) => setTimeout(r, 20000))]);
+    partitionHeld = null;
     incomingReady = true;
     control.note({ t: 'incomingReady', partitionId });
     log.info({ partitionId }, 'waiting for the migrated VM');
@@ -673,20 +715,22 @@ async function build(): Promise<void> {
   const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
   if (restoreFrom) new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
   if (memory) new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
-  startPartitionProcess(created.token);
+  startPartitionProcess(created.token, null);
   if (session.memoryMode !== 'shared') await childRpc!.request({ t: 'firmware', page: fw });
   log.info({ partitionId, partitionPid: child!.pid, memoryMode: session.memoryMode }, 'VM built');
 }
 
 /** Hands the partition to the prestarted partition process (or a new one) and watches it. */
-function startPartitionProcess(token: string, postcopyControl?: string): void {
+function startPartitionProcess(token: string, extra: { hold: true; vps: number } | null = null): void {
   // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
   // never into an environment.
   const child0 = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
   child = child0;
-  child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(postcopyControl ? { postcopyControl } : {}) }) + '\n');
+  child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(extra ?? {}) }) + '\n');
   childRpc = new IpcRpc(child0, async () => {
     throw new Error('the VMWP takes no requests from the guest');
+  }, (note) => {
+    if (note.t === 'held') partitionHeld?.();
   });
   record.partitionPid = child0.pid ?? null;
   writeRecord();

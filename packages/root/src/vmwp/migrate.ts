@@ -27,7 +27,7 @@
 import { writeSync } from 'node:fs';
 import { inflateRawSync } from 'node:zlib';
 import {
-  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_PAGES, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
+  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
 } from '@hvlab/protocol';
@@ -51,6 +51,8 @@ export class MigrationCancelled extends Error {
 /** What the engine needs of its VMWP. */
 export interface MigrationSource {
   memory: SharedArrayBuffer;
+  /** The file behind `memory`, read-only (its holes are zero pages nobody needs to read), or -1. */
+  memoryFd: number;
   memoryBytes: number;
   vps: number;
   log: Logger;
@@ -174,12 +176,14 @@ export class MigrationOut {
     const mem = this.src.memory;
     const ram = this.stats.ram;
     const batch: PageEntry[] = [];
-    // A run of consecutive pages is zero-scanned at once.
-    while (batch.length < MIG_BATCH_MAX_PAGES && i < pages.length) {
+    let withBytes = 0;
+    // A run of consecutive pages is zero-scanned at once; the batch ends at 256 pages with bytes or 4096 entries.
+    while (withBytes < MIG_BATCH_MAX_PAGES && batch.length < MIG_BATCH_MAX_ENTRIES && i < pages.length) {
       const first = pages[i]!;
       let run = 1;
-      while (run < MIG_BATCH_MAX_PAGES - batch.length && i + run < pages.length && pages[i + run] === first + run) run++;
-      zeroPages(mem, first, run, this.zeroMap);
+      const room = Math.min(MIG_BATCH_MAX_PAGES - withBytes, MIG_BATCH_MAX_ENTRIES - batch.length);
+      while (run < room && i + run < pages.length && pages[i + run] === first + run) run++;
+      zeroPages(mem, first, run, this.zeroMap, this.src.memoryFd);
       for (let k = 0; k < run; k++) {
         const pfn = first + k;
         if (this.zeroMap[k]) {
@@ -191,6 +195,7 @@ export class MigrationOut {
         copyBytes(page, 0, mem, pfn * MIG_PAGE, MIG_PAGE);
         batch.push({ pfn, kind: PageKind.Raw, data: page });
         ram.normal++;
+        withBytes++;
       }
       i += run;
     }
@@ -315,6 +320,7 @@ export class MigrationOut {
     this.client = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
     let tracking = false;
     let blackoutAt = 0;
+    let frozenAt = 0;
     try {
       await this.call({ op: 'migSetup', config: this.req.config, options }, SETUP_TIMEOUT_MS).catch((e) => {
         throw new Error(`the destination ${this.req.to} did not set up: ${(e as Error).message}`);
@@ -326,6 +332,7 @@ export class MigrationOut {
       if (options.offline) {
         blackoutAt = performance.now();
         await this.doFreeze();
+        frozenAt = performance.now();
         this.stats.pass = 1;
         const t = this.elapsed();
         this.report();
@@ -371,6 +378,7 @@ export class MigrationOut {
         // Blackout.
         blackoutAt = performance.now();
         await this.doFreeze();
+        frozenAt = performance.now();
         // The guest is parked: its last writes are in the kernel's log now.
         const { bitmap } = await this.src.dirty('harvest');
         // One synchronous step: device states, the pages this process dirtied, and their copies.
@@ -385,13 +393,16 @@ export class MigrationOut {
         this.recordPass(this.stats.pass + 1, n, 0, t);
       }
       this.check();
+      const sentAt = performance.now();
       const state = Buffer.from(JSON.stringify(this.stateTree));
       try {
         await this.call({ op: 'migState', state }, STATE_TIMEOUT_MS);
       } catch (e) {
         throw new Error(`the destination ${this.req.to} did not start the VM: ${(e as Error).message}`);
       }
-      this.stats.downtime = Math.round(performance.now() - blackoutAt);
+      const ranAt = performance.now();
+      this.stats.downtime = Math.round(ranAt - blackoutAt);
+      if (frozenAt > 0) this.stats.blackout = { freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(ranAt - sentAt) };
       // The destination runs the VM; it keeps it only once committed.
       let committed = false;
       for (let i = 0; i < 3 && !committed; i++) {
@@ -579,6 +590,7 @@ export class MigrationOut {
 export async function applyPageBatch(
   memory: SharedArrayBuffer, memoryBytes: number, data: Uint8Array, accept: ((pfn: number) => boolean) | null = null, fd: number | null = null,
   inflate: ((pages: Uint8Array[]) => Promise<Uint8Array[]>) | null = null,
+  touched: Uint8Array | null = null,
 ): Promise<number[]> {
   const pages = dirtyBitmapGpa(memoryBytes) / MIG_PAGE;
   const d = decodePageBatch(data, pages);
@@ -614,7 +626,9 @@ export async function applyPageBatch(
       const page = src ?? ZERO_PAGE;
       if (writeSync(fd, page, 0, MIG_PAGE, e.pfn * MIG_PAGE) !== MIG_PAGE) throw new Error(`page ${e.pfn} was written short`);
     } else if (src) copyBytes(memory, e.pfn * MIG_PAGE, src, 0, MIG_PAGE);
-    else u8.fill(0, e.pfn * MIG_PAGE, (e.pfn + 1) * MIG_PAGE);
+    else if (!touched || touched[e.pfn]) u8.fill(0, e.pfn * MIG_PAGE, (e.pfn + 1) * MIG_PAGE);
+    // (A zero page never written here is zero already: not touching it keeps it unallocated.)
+    if (touched && (src || fd !== null)) touched[e.pfn] = 1;
     written.push(e.pfn);
   });
   return written;
