@@ -22,6 +22,7 @@ import {
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import {
+  runExperiment, loadExperiment, ExperimentError,
   parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterUp, clusterDown, clusterStatus, clusterVms, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
 } from '@hvlab/cluster';
 
@@ -203,6 +204,14 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'auto-converge', help: 'throttle the VM when a pass does not shrink the dirty set (20 %, +10 %, at most 99 %, as QEMU)' },
       { name: 'postcopy', help: 'switch to the destination after one full pass; the pages dirtied since come on demand (userfaultfd) and in the background. If either host dies before every page is there, the VM is lost' },
       { name: 'offline', help: 'stop-and-copy: suspend, copy everything once, resume there (the baseline)' },
+    ],
+  },
+  {
+    words: ['experiment', 'run'], args: 'FILE', min: 1, max: 1, json: true, group: 'Live migration',
+    help: 'run a migration experiment file: methods × repetitions moved between two hosts (a new cluster, or the one up here), written as results.json, results.csv, results.md and SVG plots',
+    options: [
+      { name: 'out', value: 'DIR', help: 'where the report goes (default ./experiment-NAME-TIMESTAMP)', check: nonEmpty('out') },
+      { name: 'check', help: 'only check the file, naming the line and field of every problem; run nothing' },
     ],
   },
   { ...vmName(['vm', 'move-status'], 'the VM\'s current or last migration through this host, with QEMU\'s query-migrate names'), group: 'Live migration' },
@@ -1060,6 +1069,49 @@ export async function run(argv: string[]): Promise<number> {
         else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${formatBytes(st.ram.transferred)} sent for ${formatBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
         else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}; it runs on ${st.from}\n`);
         return st.status === 'completed' ? 0 : 1;
+      }
+      case 'experiment run': {
+        const file = name!;
+        if (flag('check')) {
+          const spec = loadExperiment(file);
+          if (spec instanceof ExperimentError) {
+            process.stderr.write(`hvlab: ${file} is not a valid experiment (${spec.problems.length} problem${spec.problems.length === 1 ? '' : 's'}):\n${spec.message}\n`);
+            return 1;
+          }
+          out(json ? JSON.stringify({ valid: true, spec }) : `${file}: experiment ${spec.name} (${spec.kind}): ${spec.methods.join(', ')} × ${spec.repetitions}, VM ${formatBytes(spec.vm.memoryBytes)} ${spec.vm.workload} on ${spec.from} → ${spec.to} (cluster: ${spec.cluster})`);
+          return 0;
+        }
+        // Ctrl-C or a kill ends the run in flight, and everything it made is still taken down and reported.
+        const ac = new AbortController();
+        const stop = (): void => ac.abort();
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+        let report;
+        try {
+          // A new cluster goes in a temporary home of its own; an existing one is this home's.
+          const spec = loadExperiment(file);
+          const home = !(spec instanceof ExperimentError) && spec.cluster === 'existing' ? paths.home : undefined;
+          report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal }));
+        } catch (e) {
+          if (e instanceof ExperimentError) {
+            process.stderr.write(`hvlab: ${file} is not a valid experiment (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);
+            return 1;
+          }
+          throw e;
+        } finally {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+        }
+        if (json) out(JSON.stringify(report));
+        else {
+          const ms = (v: number | undefined): string => (v === undefined ? '-' : `${Math.round(v)}`);
+          out(table([
+            ['METHOD', 'RUNS', 'DONE', 'TOTAL P50 MS', 'DOWNTIME P50/P99 MS', 'SENT P50', 'TOTAL/MODEL'],
+            ...report.summary.map((m) => [m.method, String(m.runs), m.unsupported ? 'unsupported' : String(m.completed), ms(m.totalMs?.p50), m.downtimeMs ? `${ms(m.downtimeMs.p50)}/${ms(m.downtimeMs.p99)}` : '-', m.transferredBytes ? formatBytes(m.transferredBytes.p50) : '-', m.totalVsModel === null ? '-' : m.totalVsModel.toFixed(2)]),
+          ]));
+          out(`report in ${report.out}: ${report.files.join(', ')}${report.aborted ? ' (stopped early)' : ''}${report.cleanup.length ? `; cleanup problems: ${report.cleanup.join('; ')}` : ''}`);
+        }
+        return report.aborted || report.cleanup.length > 0 ? 1 : 0;
       }
       case 'vm move-status': {
         const st = await connect().request<MigrationStats>('vmMoveStatus', { name });

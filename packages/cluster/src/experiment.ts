@@ -773,11 +773,13 @@ export function resultsMarkdown(report: ExperimentReport): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** The bar of one method: median, whisker min–max, or a note why there is none. */
-function methodBar(m: MethodSummary, pick: (m: MethodSummary) => Spread | null): Bar {
+const MiB = 1024 * 1024;
+
+/** The bar of one method (values ÷ `unit`): median, whisker min–max, or a note why there is none. */
+function methodBar(m: MethodSummary, pick: (m: MethodSummary) => Spread | null, unit = 1): Bar {
   const sp = pick(m);
   const note = m.unsupported ? 'unsupported' : m.runs === 0 ? 'not run' : 'all failed';
-  return sp ? { label: m.method, value: sp.p50, min: sp.min, max: sp.max, sublabel: `n=${m.completed}${m.failed ? `, ${m.failed} failed` : ''}` } : { label: m.method, value: null, note, sublabel: `n=0 of ${m.runs}` };
+  return sp ? { label: m.method, value: sp.p50 / unit, min: sp.min / unit, max: sp.max / unit, sublabel: `n=${m.completed}${m.failed ? `, ${m.failed} failed` : ''}` } : { label: m.method, value: null, note, sublabel: `n=0 of ${m.runs}` };
 }
 
 /** The SVG plots of a report, by file name. */
@@ -789,7 +791,7 @@ export function experimentPlots(report: ExperimentReport): Record<'total-time.sv
   const series = report.summary.map((m) => {
     const mine = report.runs.filter((r) => r.method === m.method && r.stats && r.stats.passes.length > 0);
     const first = mine.find((r) => r.status === 'completed') ?? mine[0];
-    return { label: first ? `${m.method} (repetition ${first.repetition})` : m.method, points: (first?.stats?.passes ?? []).map((p): [number, number] => [p.at, p.dirtyPages]) };
+    return { label: first ? `${m.method} (repetition ${first.repetition}${first.status === 'completed' ? '' : `, ${first.status}`})` : m.method, points: (first?.stats?.passes ?? []).map((p): [number, number] => [p.at, p.dirtyPages]) };
   });
   return {
     'total-time.svg': barChartSvg({
@@ -801,10 +803,11 @@ export function experimentPlots(report: ExperimentReport): Record<'total-time.sv
       title: title('downtime (blackout) of a move'), yLabel: 'downtime (ms)', format: fmtMs, legend,
       bars: report.summary.map((m) => methodBar(m, (x) => x.downtimeMs)),
     }),
+    // In MiB, so the axis steps are round in the unit its labels use.
     'transferred.svg': barChartSvg({
-      title: title('bytes sent per move'), yLabel: 'bytes sent', format: formatBinaryBytes, legend,
-      bars: report.summary.map((m) => methodBar(m, (x) => x.transferredBytes)),
-      reference: { value: report.spec.vm.memoryBytes, label: 'the VM\'s memory' },
+      title: title('bytes sent per move'), yLabel: 'sent (MiB)', format: (v) => `${formatNumber(v)} MiB`, legend,
+      bars: report.summary.map((m) => methodBar(m, (x) => x.transferredBytes, MiB)),
+      reference: { value: report.spec.vm.memoryBytes / MiB, label: 'the VM\'s memory' },
     }),
     'dirty-set.svg': lineChartSvg({
       title: title('dirty set at the end of each pass'), xLabel: 'time since the move began (ms)', yLabel: 'dirty pages', series,

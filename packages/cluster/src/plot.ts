@@ -17,15 +17,15 @@ export function escapeXml(s: string): string {
 }
 
 /**
- * An axis from 0 to at least `max` in about `ticks` steps of 1, 2, 2.5 or 5 times a power of ten.
+ * An axis from 0 to at least `max` in `ticks` (at most one more) steps of 1, 2, 2.5 or 5 times a power of ten.
  * A `max` of 0 or less (or not finite) gives 0 to 1.
  */
 export function niceScale(max: number, ticks = 5): { max: number; step: number; ticks: number[] } {
   if (!Number.isFinite(max) || max <= 0) max = 1;
   const raw = max / ticks;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const norm = raw / mag;
-  const step = (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10) * mag;
+  // The finest round step that needs at most one step more than asked for.
+  const step = [1, 2, 2.5, 5, 10].map((c) => c * mag).find((s) => max / s <= ticks + 1)!;
   const n = Math.ceil(max / step - 1e-9);
   // Multiplying (not adding) keeps tick values free of accumulated rounding.
   const values = Array.from({ length: n + 1 }, (_, i) => Number((i * step).toPrecision(12)));
@@ -64,6 +64,11 @@ function svgOpen(width: number, height: number, title: string): string[] {
     `  <rect x="0" y="0" width="${Math.round(width)}" height="${Math.round(height)}" fill="#ffffff"/>`,
     `  <text x="16" y="24" font-size="15" font-weight="bold">${escapeXml(title)}</text>`,
   ];
+}
+
+/** Where the plot area starts: room for the y axis's label and its widest tick label. */
+function axisLeft(ticks: number[], format: (v: number) => string): number {
+  return Math.max(72, 38 + Math.max(...ticks.map((t) => textWidth(format(t)))));
 }
 
 /** Horizontal grid lines with their labels on the left, and the label of the y axis turned upright. */
@@ -113,15 +118,15 @@ export function barChartSvg(c: BarChart): string {
   const slot = Math.max(84, ...c.bars.map((b) => Math.max(textWidth(b.label), textWidth(b.sublabel ?? ''), textWidth(b.note ?? 'no data')) + 20));
   const legendLines = [legend.bar, legend.whisker, ...(ref ? [ref.label] : [])];
   const legendW = Math.max(...legendLines.map(textWidth)) + 48;
-  const left = 84;
+  const tallest = Math.max(0, ...c.bars.flatMap((b) => [b.value ?? 0, b.max ?? 0]), ref?.value ?? 0);
+  const scale = niceScale(tallest * 1.08);
+  const left = axisLeft(scale.ticks, format);
   const top = 48;
   const plotW = slot * Math.max(1, c.bars.length);
   const plotH = 260;
   const bottom = 56;
   const width = left + plotW + 24 + legendW + 16;
   const height = top + plotH + bottom;
-  const tallest = Math.max(0, ...c.bars.flatMap((b) => [b.value ?? 0, b.max ?? 0]), ref?.value ?? 0);
-  const scale = niceScale(tallest * 1.08);
   const y = (v: number): number => top + plotH - (Math.max(0, v) / scale.max) * plotH;
   const base = top + plotH;
 
@@ -200,16 +205,16 @@ export function lineChartSvg(c: LineChart): string {
   const formatY = c.formatY ?? formatNumber;
   const labels = c.series.map((s) => (s.points.length === 0 ? `${s.label} (no data)` : s.label));
   const legendW = Math.max(80, ...labels.map(textWidth)) + 44;
-  const left = 84;
+  const pts = c.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  const xs = niceScale(Math.max(0, ...pts.map(([x]) => x)) * 1.02, 6);
+  const ys = niceScale(Math.max(0, ...pts.map(([, y]) => y)) * 1.05);
+  const left = axisLeft(ys.ticks, formatY);
   const top = 48;
   const plotW = 520;
   const plotH = 280;
   const bottom = 52;
   const width = left + plotW + 24 + legendW + 16;
   const height = top + plotH + bottom;
-  const pts = c.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-  const xs = niceScale(Math.max(0, ...pts.map(([x]) => x)) * 1.02, 6);
-  const ys = niceScale(Math.max(0, ...pts.map(([, y]) => y)) * 1.05);
   const px = (x: number): number => left + (Math.max(0, x) / xs.max) * plotW;
   const py = (y: number): number => top + plotH - (Math.max(0, y) / ys.max) * plotH;
   const base = top + plotH;

@@ -76,6 +76,16 @@ function stats(method: 'precopy' | 'offline' | 'postcopy', status: MigrationStat
 }
 
 describe('experiment files', () => {
+  it('the experiment examples in the repository check', () => {
+    const dir = join(import.meta.dirname, '..', '..', '..', 'examples', 'experiments');
+    const files = readdirSync(dir).filter((f) => /\.(ya?ml|json)$/.test(f));
+    expect(files.length).to.be.greaterThan(0);
+    for (const f of files) {
+      const spec = loadExperiment(join(dir, f));
+      expect(spec instanceof ExperimentError ? spec.message : '', f).to.equal('');
+    }
+  });
+
   it('decodes the full example to what it says', () => {
     const s = parseExperiment(EXAMPLE, 'exp.yaml');
     expect(s).to.deep.include({

@@ -1,0 +1,103 @@
+/**
+ * An experiment with real processes: `runExperiment` brings up two hosts under a temporary
+ * HVLAB_HOME, sets their link's rate, measures it, moves a memdirty VM offline and with pre-copy
+ * once each, writes results.json, results.csv, results.md and the four SVG plots, and leaves
+ * nothing: no host process, /dev/shm file, fabric, namespace or temporary home.
+ */
+import { expect } from 'chai';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { hostProcesses } from '@hvlab/host';
+import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
+import { eventually, shmFiles } from './harness.js';
+
+const EXPERIMENT = `name: e2e-small
+kind: migration
+seed: 11
+cluster: new
+vm: { memory: 32M, vps: 1, workload: memdirty:4M }
+link: { rate: 200mbit, delay: 1ms }
+methods: [offline, precopy]
+options: { maxPasses: 6 }
+repetitions: 1
+warmup: 500ms
+`;
+
+const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => d.startsWith('hvlab-experiment-'));
+
+describe('experiment run with real processes', function () {
+  this.timeout(300000);
+  const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-e2e-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('moves a memdirty VM offline and with pre-copy over a rate-limited link, writes every file of the report, and leaves nothing', async () => {
+    const file = join(dir, 'small.yaml');
+    writeFileSync(file, EXPERIMENT);
+    const homesBefore = new Set(tempHomes());
+    const lines: string[] = [];
+    const out = join(dir, 'out');
+    let report: ExperimentReport | null = null;
+    try {
+      report = await runExperiment(file, { out, progress: (l) => lines.push(l) });
+    } finally {
+      // Whatever happened, its temporary home is gone.
+      expect(tempHomes().filter((d) => !homesBefore.has(d)), `temporary homes left (progress: ${lines.join(' | ')})`).to.deep.equal([]);
+    }
+    const r = report!;
+
+    // Nothing is left of the cluster it brought up.
+    const ids = r.cluster.hosts.map((h) => h.hostId).filter((x): x is string => x !== null);
+    expect(ids, 'both hosts had ids').to.have.length(2);
+    await eventually(() => ids.every((id) => hostProcesses(id).length === 0) && fabricPids(r.cluster.home).length === 0, 5000);
+    expect(ids.flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+    expect(ids.flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+    expect(fabricPids(r.cluster.home), 'fabric left').to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(r.cluster.home))).to.deep.equal({ namespaces: [], links: [] });
+    expect(existsSync(r.cluster.home), 'the temporary home').to.equal(false);
+    expect(r.cleanup).to.deep.equal([]);
+
+    // The link was set and measured: at most its rate (with slack for the measurement).
+    expect(r.link.impairments).to.deep.equal({ rateBps: 200e6, delayMs: 1 });
+    expect(r.link.probe, `probe error: ${r.link.probeError}`).to.not.equal(null);
+    expect(r.link.bandwidthBytesPerSecond!).to.be.above(0).and.at.most(1.3 * 200e6 / 8);
+    expect(r.link.modelMs!).to.be.above(0);
+
+    // One run per method, both completed, with their statistics.
+    expect(r.runs.map((x) => `${x.method}:${x.status}`), JSON.stringify(r.runs.map((x) => x.error))).to.deep.equal(['offline:completed', 'precopy:completed']);
+    const [off, pre] = r.runs;
+    expect(off!.stats!.method).to.equal('offline');
+    expect(pre!.stats!.method).to.equal('precopy');
+    expect(pre!.request).to.include({ maxPasses: 6, to: 'h2' });
+    for (const x of r.runs) {
+      expect(x.endedOn, `${x.vm} ended on the destination`).to.equal('h2');
+      expect(x.stats!.passes.length).to.be.at.least(1);
+      expect(x.stats!.ram.total).to.be.at.least(16 * 1024 * 1024);
+      expect(x.stats!.ram.transferred).to.be.above(0);
+      expect(x.cleanupError).to.equal(null);
+    }
+    expect(r.summary.map((m) => [m.method, m.runs, m.completed, m.failed])).to.deep.equal([['offline', 1, 1, 0], ['precopy', 1, 1, 0]]);
+
+    // The files.
+    expect(r.out).to.equal(out);
+    expect(readdirSync(out).sort()).to.deep.equal([...REPORT_FILES].sort());
+    const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ExperimentReport;
+    expect(json.runs.map((x) => x.stats!['total-time'])).to.deep.equal(r.runs.map((x) => x.stats!['total-time']));
+    expect(json.spec.source).to.equal(EXPERIMENT);
+    const csv = readFileSync(join(out, 'results.csv'), 'utf8').trimEnd().split('\r\n');
+    expect(csv).to.have.length(3);
+    expect(csv[1]).to.match(/^offline,1,completed,\d+/);
+    expect(csv[2]).to.match(/^precopy,1,completed,\d+/);
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    expect(md).to.match(/^\| offline \| 1 \| \d/m);
+    expect(md).to.match(/^\| precopy \| 1 \| \d/m);
+    for (const f of REPORT_FILES.filter((x) => x.endsWith('.svg'))) {
+      const svg = readFileSync(join(out, f), 'utf8');
+      expect(svg, f).to.match(/^<\?xml version="1.0" encoding="UTF-8"\?>\n<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+      expect(svg.trimEnd().endsWith('</svg>'), f).to.equal(true);
+      expect(svg.match(/<g[ >]/g)!.length, `${f}: groups balanced`).to.equal(svg.match(/<\/g>/g)!.length);
+    }
+    expect(lines.some((l) => /^link h1 → h2: [\d.]+ MB\/s measured/.test(l)), lines.join('\n')).to.equal(true);
+    expect(lines.some((l) => /^precopy 1\/1: completed in \d+ ms/.test(l))).to.equal(true);
+  });
+});
