@@ -514,9 +514,10 @@ class PostcopyIn {
       const pfn = this.ctl[PostcopyControl.ring + (this.lastRequest % PostcopyControl.ringLength)]!;
       this.requests++;
       if (this.isMissing(pfn)) this.wanted.push(pfn);
-      else if (pfn >= 0 && pfn < this.pages && !this.touched[pfn]) {
+      else if (pfn >= 0 && pfn < this.touched.length && !this.touched[pfn]) {
         // Neither missing nor ever written here: a zero page (zero pages are markers only, never
-        // written). Its first touch makes it, as a fresh VM's memory would be. A page written
+        // written), or a page of the dirty bitmap above guest memory (never sent). Its first touch
+        // makes it, as a fresh VM's memory would be. A page written
         // here is never zeroed: the request for it was made before its bytes landed.
         this.touched[pfn] = 1;
         if (writeSync(this.fd, ZERO_PAGE, 0, PAGE, pfn * PAGE) === PAGE) zeroed = true;
