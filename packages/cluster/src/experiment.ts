@@ -43,7 +43,8 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
+import { problem, readYamlMap, scalar, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
@@ -116,14 +117,7 @@ export interface ExperimentSpec {
   moveTimeoutMs: number;
 }
 
-export interface ExperimentProblem {
-  /** 1-based; 0 when the problem has no place in the file (unreadable, empty). */
-  line: number;
-  column: number;
-  /** The field's path, e.g. `vm.memory`, `methods[2]`. */
-  field: string;
-  message: string;
-}
+export type ExperimentProblem = FileProblem;
 
 export class ExperimentError extends Error {
   override name = 'ExperimentError';
@@ -162,21 +156,7 @@ export function moveArguments(spec: Pick<ExperimentSpec, 'options' | 'to'>, meth
 
 // ---- the decoder --------------------------------------------------------------------------------
 
-interface Ctx {
-  problems: ExperimentProblem[];
-  lines: LineCounter;
-}
-
-function where(ctx: Ctx, node: Node | Pair | null | undefined): { line: number; column: number } {
-  const range = (node as { range?: [number, number, number] } | null)?.range ?? ((node as Pair | null)?.key as { range?: [number, number, number] } | null)?.range;
-  if (!range) return { line: 0, column: 0 };
-  const p = ctx.lines.linePos(range[0]);
-  return { line: p.line, column: p.col };
-}
-
-function problem(ctx: Ctx, node: Node | Pair | null | undefined, field: string, message: string): void {
-  ctx.problems.push({ ...where(ctx, node), field, message });
-}
+type Ctx = CheckCtx;
 
 /** A map's fields by key (value node and pair); problems for a non-map, a repeated key or a key not in `allowed`. */
 function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowed: readonly string[]): Map<string, { v: Node | null; p: Pair }> {
@@ -201,9 +181,6 @@ function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowe
   return out;
 }
 
-function scalar(node: Node | null): unknown {
-  return node && isScalar(node) ? node.value : undefined;
-}
 
 /** The node to point at for a field: its value, else its key. */
 const at = (f: { v: Node | null; p: Pair }): Node | Pair => f.v ?? f.p;
@@ -277,25 +254,9 @@ const HOST_RULE = 'a host name is 1-10 lower-case letters, digits or "-", starti
  * in problems. Throws ExperimentError with every problem found; never anything else.
  */
 export function parseExperiment(text: string, file = 'experiment'): ExperimentSpec {
-  const lines = new LineCounter();
-  const ctx: Ctx = { problems: [], lines };
-  if (typeof text !== 'string' || text.length > MAX_EXPERIMENT_BYTES) {
-    throw new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `an experiment file is text of at most ${MAX_EXPERIMENT_BYTES} bytes` }]);
-  }
-  let doc;
-  try {
-    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false, strict: true });
-  } catch (e) {
-    throw new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `not YAML: ${(e as Error).message}` }]);
-  }
-  if (doc.errors.length > 0) {
-    throw new ExperimentError(file, doc.errors.map((e) => {
-      const p = lines.linePos(e.pos[0]);
-      return { line: p.line, column: p.col, field: '', message: `not valid YAML: ${e.message.split('\n')[0]!}` };
-    }));
-  }
-  const root = doc.contents as Node | null;
-  if (!root || !isMap(root)) throw new ExperimentError(file, [{ ...where(ctx, root), field: '', message: 'an experiment is a map with name, kind, methods, …' }]);
+  const read = readYamlMap(text, MAX_EXPERIMENT_BYTES, { tooBig: `an experiment file is text of at most ${MAX_EXPERIMENT_BYTES} bytes`, notMap: 'an experiment is a map with name, kind, methods, …' });
+  if (Array.isArray(read)) throw new ExperimentError(file, read);
+  const { ctx, root } = read;
 
   // The kind decides which fields belong, so a kind this runner does not know is the only problem named.
   let kind: ExperimentKind = 'migration';

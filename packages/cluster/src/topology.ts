@@ -22,7 +22,8 @@
  * and empty they are accepted, anything in them is refused as not supported yet. A VM's `ha` flag
  * is reserved too (a boolean, not acted on yet).
  */
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
+import { problem, readYamlMap, scalar, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
@@ -73,14 +74,7 @@ export interface Topology {
   vms: TopologyVm[];
 }
 
-export interface TopologyProblem {
-  /** 1-based; 0 when the problem has no place in the file (an empty file). */
-  line: number;
-  column: number;
-  /** The field's path, e.g. `vms.web.host`. */
-  field: string;
-  message: string;
-}
+export type TopologyProblem = FileProblem;
 
 export class TopologyError extends Error {
   override name = 'TopologyError';
@@ -119,21 +113,7 @@ export function parseLoss(text: string | number): number | null {
 
 // ---- the decoder -------------------------------------------------------------------------------
 
-interface Ctx {
-  problems: TopologyProblem[];
-  lines: LineCounter;
-}
-
-function where(ctx: Ctx, node: Node | Pair | null | undefined): { line: number; column: number } {
-  const range = (node as { range?: [number, number, number] } | null)?.range ?? ((node as Pair | null)?.key as { range?: [number, number, number] } | null)?.range;
-  if (!range) return { line: 0, column: 0 };
-  const p = ctx.lines.linePos(range[0]);
-  return { line: p.line, column: p.col };
-}
-
-function problem(ctx: Ctx, node: Node | Pair | null | undefined, field: string, message: string): void {
-  ctx.problems.push({ ...where(ctx, node), field, message });
-}
+type Ctx = CheckCtx;
 
 /** The entries of a map node as [key, value node, pair]; a problem and [] when it is not a map. */
 function entries(ctx: Ctx, node: Node | null | undefined, field: string, allowed: readonly string[] | null): Array<[string, Node | null, Pair]> {
@@ -166,9 +146,6 @@ function entries(ctx: Ctx, node: Node | null | undefined, field: string, allowed
   return out;
 }
 
-function scalar(node: Node | null): unknown {
-  return node && isScalar(node) ? node.value : undefined;
-}
 
 function wholeNumber(ctx: Ctx, node: Node | null, field: string, min: number, max: number): number | null {
   const v = scalar(node);
@@ -218,25 +195,9 @@ const PROCESSOR_FIELDS = ['reserve', 'maximum', 'weight'] as const;
  * every problem found; never anything else.
  */
 export function parseTopology(text: string, file = 'topology'): Topology {
-  const lines = new LineCounter();
-  const ctx: Ctx = { problems: [], lines };
-  if (typeof text !== 'string' || text.length > MAX_TOPOLOGY_BYTES) {
-    throw new TopologyError(file, [{ line: 0, column: 0, field: '', message: `a topology file is text of at most ${MAX_TOPOLOGY_BYTES} bytes` }]);
-  }
-  let doc;
-  try {
-    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false, strict: true });
-  } catch (e) {
-    throw new TopologyError(file, [{ line: 0, column: 0, field: '', message: `not YAML: ${(e as Error).message}` }]);
-  }
-  if (doc.errors.length > 0) {
-    throw new TopologyError(file, doc.errors.map((e) => {
-      const at = lines.linePos(e.pos[0]);
-      return { line: at.line, column: at.col, field: '', message: `not valid YAML: ${e.message.split('\n')[0]!}` };
-    }));
-  }
-  const root = doc.contents as Node | null;
-  if (!root || !isMap(root)) throw new TopologyError(file, [{ ...where(ctx, root), field: '', message: 'a topology is a map with name, hosts, links and vms' }]);
+  const read = readYamlMap(text, MAX_TOPOLOGY_BYTES, { tooBig: `a topology file is text of at most ${MAX_TOPOLOGY_BYTES} bytes`, notMap: 'a topology is a map with name, hosts, links and vms' });
+  if (Array.isArray(read)) throw new TopologyError(file, read);
+  const { ctx, root } = read;
   const top = new Map(entries(ctx, root, '', TOP_FIELDS).map(([k, v, p]) => [k, { v, p }]));
 
   let name = '';

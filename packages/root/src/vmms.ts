@@ -264,6 +264,27 @@ export class Vmms {
     await r.link.request({ t: 'hello', secret }, 10000);
   }
 
+  /**
+   * Starts the VM's worker with its config on stdin and attaches to it. The worker must not share
+   * the root's fate: no pipe it depends on after start-up (stdin carries one line, then closes;
+   * stderr is a file), no IPC channel. It stays in the host's session, though (not detached): Linux
+   * autogroups CPU time by session, and a session per VM would change how VMs and the hypervisor's
+   * scheduler thread share the machine's cores. A warm worker is taken if the pool has one (its
+   * code and its partition process are loaded already).
+   */
+  private async spawnWorker(r: VmRecord, cfg: VmwpConfig, ticket: string): Promise<void> {
+    const secret = randomBytes(24).toString('hex');
+    const start: VmwpStartInput = { config: cfg, ticket, secret };
+    const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
+    const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv() });
+    closeSync(errFd);
+    child.stdin!.on('error', () => undefined);
+    child.stdin!.end(JSON.stringify(start) + '\n');
+    // While this root lives it reaps the worker; a re-attached root relies on the pid watch.
+    child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
+    await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(cfg.id), secret, true);
+  }
+
   private onNote(r: VmRecord, n: VmwpNote): void {
     if (n.t === 'booted') {
       r.partitionId = n.partitionId;
@@ -481,21 +502,7 @@ export class Vmms {
       };
       const ticket = await this.o.vid.ticket();
       if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
-      const secret = randomBytes(24).toString('hex');
-      const start: VmwpStartInput = { config: cfg, ticket, secret };
-      const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-      // The worker must not share the root's fate: no pipe it depends on after start-up (stdin
-      // carries one line, then closes; stderr is a file), no IPC channel. It stays in the host's
-      // session, though (not detached): Linux autogroups CPU time by session, and a session per VM
-      // would change how VMs and the hypervisor's scheduler thread share the machine's cores.
-      // A warm worker if the pool has one (its code and its partition process are loaded already).
-      const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv() });
-      closeSync(errFd);
-      child.stdin!.on('error', () => undefined);
-      child.stdin!.end(JSON.stringify(start) + '\n');
-      // While this root lives it reaps the worker; a re-attached root relies on the pid watch.
-      child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
-      await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(r.config.id), secret, true);
+      await this.spawnWorker(r, cfg, ticket);
       await booted;
     } catch (e) {
       r.expectingExit = true;
@@ -985,15 +992,7 @@ export class Vmms {
         devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport,
       };
       const ticket = await this.o.vid.ticket();
-      const secret = randomBytes(24).toString('hex');
-      const start: VmwpStartInput = { config: cfg, ticket, secret };
-      const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-      const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv() });
-      closeSync(errFd);
-      child.stdin!.on('error', () => undefined);
-      child.stdin!.end(JSON.stringify(start) + '\n');
-      child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
-      await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(c.id), secret, true);
+      await this.spawnWorker(r, cfg, ticket);
       await Promise.race([ready, new Promise((_, rej) => setTimeout(() => rej(new Error('the worker did not build the VM within 30 s')), 30000))]);
     } catch (e) {
       await this.dropIncoming(r, `setup failed: ${(e as Error).message}`);
