@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
 import { PagePool } from '../src/vmwp/compress.js';
-import { applyPageBatch } from '../src/vmwp/migrate.js';
+import { applyPageBatch, postcopyRequests } from '../src/vmwp/migrate.js';
 
 const page = (seed: number, random = false): Uint8Array => {
   const p = new Uint8Array(4096);
@@ -72,5 +72,42 @@ describe('page compression pool', function () {
     const only = await applyPageBatch(mem, mem.byteLength, encodePageBatch([{ pfn: 20, kind: PageKind.Raw, data: page(20) }, { pfn: 21, kind: PageKind.Raw, data: page(21) }]), (pfn) => pfn === 21);
     expect(only).to.deep.equal([21]);
     expect(u8[20 * 4096]).to.equal(0);
+  });
+});
+
+describe('post-copy requests from the control region', () => {
+  const R = { requests: 0, ring: 16, ringLength: 8 };
+  const region = (): Int32Array => new Int32Array(16 + 8);
+
+  it('reads what was posted since the last read, in order, and wraps around the ring', () => {
+    const c = region();
+    for (let k = 0; k < 5; k++) c[16 + k] = 100 + k;
+    c[0] = 5;
+    expect(postcopyRequests(c, 0, R)).to.deep.equal({ pfns: [100, 101, 102, 103, 104], next: 5 });
+    for (let k = 5; k < 11; k++) c[16 + (k % 8)] = 100 + k;
+    c[0] = 11;
+    expect(postcopyRequests(c, 5, R)).to.deep.equal({ pfns: [105, 106, 107, 108, 109, 110], next: 11 });
+    expect(postcopyRequests(c, 11, R)).to.deep.equal({ pfns: [], next: 11 });
+  });
+
+  it('never loops more than a ring, whatever an untrusted partition writes to the count', () => {
+    const c = region();
+    c[0] = 0x7fffffff;
+    const far = postcopyRequests(c, 0, R);
+    expect(far.pfns).to.have.length(8);
+    expect(far.next).to.equal(0x7fffffff);
+    c[0] = -5; // went backwards
+    expect(postcopyRequests(c, 100, R)).to.deep.equal({ pfns: [], next: -5 });
+    c[0] = 3;
+    expect(postcopyRequests(c, -5, R).pfns).to.have.length(8);
+    // A seeded fuzz of counts and ring contents: bounded, never throws.
+    let x = 12345;
+    for (let i = 0; i < 2000; i++) {
+      x = (x * 1103515245 + 12345) >>> 0;
+      c[0] = x | 0;
+      for (let k = 16; k < 24; k++) c[k] = (x * k) | 0;
+      const r = postcopyRequests(c, (x >>> 7) | 0, R);
+      expect(r.pfns.length).to.be.at.most(8);
+    }
   });
 });

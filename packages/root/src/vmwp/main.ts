@@ -33,7 +33,7 @@ import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
 import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
-import { applyPageBatch, MigrationOut, type MigrationSource } from './migrate.js';
+import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
 
 
@@ -508,12 +508,14 @@ class PostcopyIn {
   }
 
   private onRequests(): void {
-    const upto = Atomics.load(this.ctl, PostcopyControl.requests);
+    const { pfns, next } = postcopyRequests(this.ctl, this.lastRequest, PostcopyControl);
+    this.lastRequest = next;
     let zeroed = false;
-    for (; this.lastRequest < upto; this.lastRequest++) {
-      const pfn = this.ctl[PostcopyControl.ring + (this.lastRequest % PostcopyControl.ringLength)]!;
+    for (const pfn of pfns) {
       this.requests++;
-      if (this.isMissing(pfn)) this.wanted.push(pfn);
+      if (this.isMissing(pfn)) {
+        if (this.wanted.length < PostcopyControl.ringLength) this.wanted.push(pfn);
+      }
       else if (pfn >= 0 && pfn < this.touched.length && !this.touched[pfn]) {
         // Neither missing nor ever written here: a zero page (zero pages are markers only, never
         // written), or a page of the dirty bitmap above guest memory (never sent). Its first touch

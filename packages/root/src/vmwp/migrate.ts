@@ -583,6 +583,22 @@ export class MigrationOut {
 }
 
 /**
+ * Reads the page numbers a partition process posted to its post-copy control region since
+ * `last` (the count already read). The region is written by an untrusted process: a count that
+ * went backwards restarts from it, one that ran more than a ring ahead loses the oldest (the ring
+ * kept only the last `ringLength`), and every page number is returned as it is, for the caller to
+ * check against guest memory. Never loops more than one ring's length.
+ */
+export function postcopyRequests(ctl: Int32Array, last: number, ring: { requests: number; ring: number; ringLength: number }): { pfns: number[]; next: number } {
+  const upto = Atomics.load(ctl, ring.requests);
+  if (upto <= last) return { pfns: [], next: upto };
+  const from = upto - last > ring.ringLength ? upto - ring.ringLength : last;
+  const pfns: number[] = [];
+  for (let k = from; k < upto; k++) pfns.push(ctl[ring.ring + (((k % ring.ringLength) + ring.ringLength) % ring.ringLength)]!);
+  return { pfns, next: upto };
+}
+
+/**
  * The destination's side: checks a page batch and writes it into guest memory (nothing when it
  * does not decode). `accept` (post-copy) picks the pages still missing: a page the guest already
  * has — and may have written since — is never overwritten by a late copy.
