@@ -14,14 +14,14 @@
  * Everything lives under a temporary HVLAB_HOME; the cluster is brought down afterwards whatever
  * happens, and the run fails if any process, /dev/shm file or namespace is left.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HostInfo, LinkProbeResult } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
-import { MgmtClient, hostProcesses, readHost } from '@hvlab/host';
-import { clusterDown, clusterHostHome, clusterStatus, clusterTag, clusterUp, fabricPids, networkLeftovers, parseTopology } from '@hvlab/cluster';
-import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { MgmtClient, readHost } from '@hvlab/host';
+import { clusterHostHome, clusterStatus, clusterUp, parseTopology } from '@hvlab/cluster';
+import { percentile, QUICK_NOTE, quickRequested, round, clusterTeardown, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 
 interface Plan {
   vmsPerHost: number;
@@ -121,14 +121,6 @@ export async function main(args: string[]): Promise<void> {
     };
     process.stdout.write(`${json ? JSON.stringify(r) : table(r)}\n`);
   } finally {
-    await clusterDown(home);
-    const left = networkLeftovers(clusterTag(home));
-    const fabric = fabricPids(home);
-    rmSync(home, { recursive: true, force: true });
-    if (left.namespaces.length + left.links.length > 0 || fabric.length > 0) {
-      process.stderr.write(`[bench cluster] WARNING: left behind: ${[...left.namespaces, ...left.links, ...fabric.map((p) => `fabric pid ${p}`)].join(', ')}\n`);
-      process.exitCode = 1;
-    }
-    await reportLeftovers('cluster', new Set(hostIds.flatMap((id) => hostProcesses(id))), hostIds);
+    await clusterTeardown('cluster', home, hostIds);
   }
 }

@@ -8,6 +8,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { hostProcesses } from '@hvlab/host';
+import { clusterDown, clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
+import { rmSync } from 'node:fs';
 
 /**
  * Quick mode (`--quick`, or HVLAB_BENCH_QUICK=1 in the environment): the same code path with few
@@ -130,4 +132,20 @@ export async function reportLeftovers(bench: string, tracked: Set<number>, hostI
   } else {
     process.stderr.write(`${nothingLeftLine(bench, hostIds)}\n`);
   }
+}
+
+/**
+ * Takes down a benchmark's cluster and its temporary home, then fails the run (exit code 1) when
+ * anything is left: a namespace, an interface, the fabric, a host process or a /dev/shm file.
+ */
+export async function clusterTeardown(bench: string, home: string, hostIds: string[]): Promise<void> {
+  await clusterDown(home);
+  const left = networkLeftovers(clusterTag(home));
+  const fabric = fabricPids(home);
+  rmSync(home, { recursive: true, force: true });
+  if (left.namespaces.length + left.links.length > 0 || fabric.length > 0) {
+    process.stderr.write(`[bench ${bench}] WARNING: left behind: ${[...left.namespaces, ...left.links, ...fabric.map((p) => `fabric pid ${p}`)].join(', ')}\n`);
+    process.exitCode = 1;
+  }
+  await reportLeftovers(bench, new Set(hostIds.flatMap((id) => hostProcesses(id))), hostIds);
 }

@@ -13,14 +13,14 @@
  * The cluster lives under a temporary HVLAB_HOME and is brought down whatever happens; the run
  * fails if any process, /dev/shm file or namespace is left.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LinkProbeResult, MigrationStats } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
-import { MgmtClient, hostProcesses, readHost } from '@hvlab/host';
-import { clusterDown, clusterHostHome, clusterStatus, clusterTag, clusterUp, fabricPids, networkLeftovers, parseTopology } from '@hvlab/cluster';
-import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { MgmtClient, readHost } from '@hvlab/host';
+import { clusterHostHome, clusterStatus, clusterUp, parseTopology } from '@hvlab/cluster';
+import { percentile, QUICK_NOTE, quickRequested, round, clusterTeardown, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 
 interface Plan {
   idleMemory: string;
@@ -159,14 +159,6 @@ export async function main(args: string[]): Promise<void> {
     const r: Result = { quick, mode: st.mode, linkMBps: round(linkBps / 1e6, 2), idle, memdirty, disturbance: dist.value };
     process.stdout.write(`${json ? JSON.stringify(r) : table(r)}\n`);
   } finally {
-    await clusterDown(home);
-    const left = networkLeftovers(clusterTag(home));
-    const fabric = fabricPids(home);
-    rmSync(home, { recursive: true, force: true });
-    if (left.namespaces.length + left.links.length > 0 || fabric.length > 0) {
-      process.stderr.write(`[bench migrate] WARNING: left behind: ${[...left.namespaces, ...left.links, ...fabric.map((p) => `fabric pid ${p}`)].join(', ')}\n`);
-      process.exitCode = 1;
-    }
-    await reportLeftovers('migrate', new Set(hostIds.flatMap((id) => hostProcesses(id))), hostIds);
+    await clusterTeardown('migrate', home, hostIds);
   }
 }

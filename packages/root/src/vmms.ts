@@ -15,8 +15,8 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DEFAULT_MAX_MIGRATIONS, MIG_PAGE, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
-  type ClusterKey, type MigPeerRequest, type MigrationOptions, type MigrationStats,
+  DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
+  type ClusterKey, type MigPeerRequest, type MigrationStats,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
@@ -64,7 +64,6 @@ interface VmRecord {
 interface Incoming {
   mig: string;
   from: string;
-  options: MigrationOptions;
   ready: { resolve: () => void; reject: (e: Error) => void } | null;
   started: boolean;
   lastSeen: number;
@@ -971,7 +970,7 @@ export class Vmms {
     if (known) throw new MgmtFailure('AlreadyExists', `host ${this.cluster?.name ?? this.o.hostId} has a VM "${c.name}" already`);
     if (this.o.vmbusTransport !== 'shm') throw new MgmtFailure('InvalidState', 'this host runs without shared memory: it cannot take a live migration');
     const r = this.record(c);
-    const inc: Incoming = { mig: req.mig, from: req.from, options, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false };
+    const inc: Incoming = { mig: req.mig, from: req.from, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false };
     r.incoming = inc;
     this.vms.set(c.name, r);
     this.moves.set(c.name, {

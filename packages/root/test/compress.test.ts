@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
 import { PagePool } from '../src/vmwp/compress.js';
-import { applyPageBatch, postcopyRequests } from '../src/vmwp/migrate.js';
+import { applyPageBatch, checkDirtyAnswer, postcopyRequests } from '../src/vmwp/migrate.js';
 
 const page = (seed: number, random = false): Uint8Array => {
   const p = new Uint8Array(4096);
@@ -108,6 +108,17 @@ describe('post-copy requests from the control region', () => {
       for (let k = 16; k < 24; k++) c[k] = (x * k) | 0;
       const r = postcopyRequests(c, (x >>> 7) | 0, R);
       expect(r.pfns.length).to.be.at.most(8);
+    }
+  });
+});
+
+describe('the partition\'s dirty-harvest answer', () => {
+  it('is taken only as a bitmap of one bit per page of the memory; anything else fails with a sentence', () => {
+    const mem = 64 * 4096;
+    const ok = new Int32Array(2);
+    expect(checkDirtyAnswer({ pages: 0, bitmap: ok }, mem)).to.equal(ok);
+    for (const bad of [null, 7, 'x', {}, { bitmap: new Int32Array(3) }, { bitmap: new Uint32Array(2) }, { bitmap: [0, 0] }, { bitmap: new Int32Array(1) }, Object.create(null)]) {
+      expect(() => checkDirtyAnswer(bad, mem)).to.throw(/is not a bitmap of 2 words/);
     }
   });
 });

@@ -89,6 +89,12 @@ export class VmDevices {
   private readonly ports = new Map<number, Built>();
   private memory: SharedArrayBuffer | null = null;
   private dirtyWords: Int32Array | null = null;
+  /**
+   * Whether this side's ring writes go to the dirty log: only while a live migration tracks dirty
+   * pages (a migration's pass 1 copies everything, so nothing written before it is needed), so the
+   * ring path pays nothing the rest of the time.
+   */
+  dirtyLogging = false;
   private readonly partitionId: number;
   private readonly vid: HvClient;
 
@@ -110,7 +116,7 @@ export class VmDevices {
       },
       dirty: {
         markDirty: (gpa, length) => {
-          if (!this.memory) return;
+          if (!this.dirtyLogging || !this.memory) return;
           this.dirtyWords ??= dirtyBitmapWords(this.memory);
           markDirtyRange(this.dirtyWords, gpa, length);
         },

@@ -438,6 +438,8 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
     progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
   }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, key: { version: 1, ...req.key }, config: req.config, options });
   migration = m;
+  const d = vmDevices();
+  d.dirtyLogging = true;
   try {
     const stats = await m.run();
     if (stats.status === 'completed') {
@@ -450,6 +452,7 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
     return stats;
   } finally {
     migration = null;
+    d.dirtyLogging = false;
     if (memoryFd >= 0) closeSync(memoryFd);
   }
 }

@@ -31,7 +31,7 @@ import {
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
 } from '@hvlab/protocol';
-import { curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
+import { curveClientOptions, RpcClient, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
 import { PagePool } from './compress.js';
 
@@ -57,8 +57,8 @@ export interface MigrationSource {
   vps: number;
   log: Logger;
   /** The partition process's dirty tracking: 'start' → mode; 'harvest' → its bitmap; 'stop'. */
-  dirty(op: 'start'): Promise<{ mode: 'kernel' | 'bitmap'; reason: string | null }>;
-  dirty(op: 'harvest'): Promise<{ pages: number; bitmap: Int32Array }>;
+  dirty(op: 'start'): Promise<unknown>;
+  dirty(op: 'harvest'): Promise<unknown>;
   dirty(op: 'stop'): Promise<unknown>;
   /** Stops the VM at a step boundary (as Save-VM does before it copies). */
   freeze(): Promise<void>;
@@ -281,8 +281,12 @@ export class MigrationOut {
 
   /** The dirty set since the last harvest: the kernel's (partition process) ∪ the shared bitmap (this process's own writes, and the guest kernel's marks). */
   private async harvest(): Promise<number[]> {
-    const { bitmap } = await this.src.dirty('harvest');
-    return this.withShared(bitmap);
+    return this.withShared(await this.kernelDirty());
+  }
+
+  /** The partition process's dirty bitmap (it is untrusted: anything but a bitmap of this memory's size fails the move). */
+  private async kernelDirty(): Promise<Int32Array> {
+    return checkDirtyAnswer(await this.src.dirty('harvest'), this.src.memoryBytes);
   }
 
   /** ORs the shared bitmap into `bitmap` (fetch-and-clear) and lists the pages of guest memory set in it. */
@@ -342,7 +346,8 @@ export class MigrationOut {
       } else {
         const mode = await this.src.dirty('start');
         tracking = true;
-        this.stats['dirty-tracking'] = mode.mode;
+        // The partition says which tracking it runs (an answer that is neither counts as the bitmap).
+        this.stats['dirty-tracking'] = (mode as { mode?: unknown } | null)?.mode === 'kernel' ? 'kernel' : 'bitmap';
         // Forget what the shared bitmap held before: pass 1 sends everything.
         harvestDirtyPages(dirtyBitmapWords(this.src.memory));
         let toSend: number[] = all;
@@ -380,7 +385,7 @@ export class MigrationOut {
         await this.doFreeze();
         frozenAt = performance.now();
         // The guest is parked: its last writes are in the kernel's log now.
-        const { bitmap } = await this.src.dirty('harvest');
+        const bitmap = await this.kernelDirty();
         // One synchronous step: device states, the pages this process dirtied, and their copies.
         this.stateTree = this.src.capture();
         const last = new Set(toSend);
@@ -470,7 +475,7 @@ export class MigrationOut {
     const stats = this.stats;
     const blackoutAt = performance.now();
     await this.doFreeze();
-    const { bitmap } = await src.dirty('harvest');
+    const bitmap = await this.kernelDirty();
     this.stateTree = src.capture();
     const set = new Set(dirty);
     for (const p of this.withShared(bitmap)) set.add(p);
@@ -583,6 +588,18 @@ export class MigrationOut {
 }
 
 /**
+ * Checks the partition process's answer to a dirty harvest: `{ bitmap }`, an Int32Array of one bit
+ * per page of `memoryBytes`. Throws a sentence for anything else (the move then fails and the VM
+ * runs on where it is).
+ */
+export function checkDirtyAnswer(v: unknown, memoryBytes: number): Int32Array {
+  const words = Math.ceil(memoryBytes / MIG_PAGE / 32);
+  const bitmap = v !== null && typeof v === 'object' ? (v as { bitmap?: unknown }).bitmap : undefined;
+  if (!(bitmap instanceof Int32Array) || bitmap.length !== words) throw new Error(`the partition's dirty log is not a bitmap of ${words} words`);
+  return bitmap;
+}
+
+/**
  * Reads the page numbers a partition process posted to its post-copy control region since
  * `last` (the count already read). The region is written by an untrusted process: a count that
  * went backwards restarts from it, one that ran more than a ring ahead loses the oldest (the ring
@@ -650,4 +667,3 @@ export async function applyPageBatch(
   return written;
 }
 
-export { RpcFailure };
