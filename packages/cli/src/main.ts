@@ -21,6 +21,11 @@ import {
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
+import { FAULT_KINDS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
+import {
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
+  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
+} from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
   parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterUp, clusterDown, clusterStatus, clusterVms, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
@@ -70,6 +75,14 @@ const wholeIn = (opt: string, lo: number, hi: number, what = `a whole number fro
 const oneOf = (opt: string, values: readonly string[], verb = 'is invalid: use') => (v: string): string | null =>
   values.includes(v) ? null : `--${opt} ${v} ${verb} ${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}`;
 const nonEmpty = (opt: string) => (v: string): string | null => (v === '' ? `--${opt} is empty` : null);
+const probability = (opt: string) => (v: string): string | null => (/^(0(\.\d+)?|1(\.0+)?|\.\d+)$/.test(v) ? null : `--${opt} ${v} is invalid: a probability from 0 to 1, e.g. 0.2`);
+const durationOpt = (opt: string) => (v: string): string | null => (parseDurationMs(v) === null ? `--${opt} ${v} is invalid: a duration such as 20ms or 1s` : null);
+/** A duration with an optional sign ("-2s", "+500ms") in ms, or null. */
+function signedDurationMs(v: string): number | null {
+  const m = /^([+-]?)(.*)$/.exec(v.trim())!;
+  const ms = parseDurationMs(m[2]!);
+  return ms === null ? null : m[1] === '-' ? -ms : ms;
+}
 
 const IC_SERVICES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
 const LOG_ROLES = ['hypervisor', 'root', 'vmwp', 'partition'] as const;
@@ -208,9 +221,12 @@ export const COMMANDS: CommandSpec[] = [
   },
   {
     words: ['experiment', 'run'], args: 'FILE', min: 1, max: 1, json: true, group: 'Live migration',
-    help: 'run a migration experiment file: methods × repetitions moved between two hosts (a new cluster, or the one up here), written as results.json, results.csv, results.md and SVG plots',
+    help: 'run an experiment file. kind: migration — methods × repetitions moved between two hosts, written as results.json, results.csv, results.md and SVG plots. '
+      + 'kind: faults — workloads under a schedule of faults (explicit, or drawn from a seed), with checkers (liveness, progress, isolation, memory, cleanup, recovery time), written as results.json, results.md, timeline.svg and samples.csv. '
+      + 'Either on a new cluster or the one up here',
     options: [
       { name: 'out', value: 'DIR', help: 'where the report goes (default ./experiment-NAME-TIMESTAMP)', check: nonEmpty('out') },
+      { name: 'seed', value: 'N', help: 'kind: faults: draw the random schedule from this seed instead of the file\'s (the report names it, so a run replays)', check: wholeIn('seed', 0, 4294967295) },
       { name: 'check', help: 'only check the file, naming the line and field of every problem; run nothing' },
     ],
   },
@@ -251,12 +267,188 @@ export const COMMANDS: CommandSpec[] = [
     options: [{ name: 'pool', value: 'external|guest|auto', help: 'the pool (default external)', check: oneOf('pool', ['external', 'guest', 'auto']) }],
   },
   {
+    words: ['fault', 'inject'], args: 'KIND', min: 1, max: 1, json: true, group: 'Faults',
+    help: `inject one fault for a while (it is undone at its end, by "fault clear", by "down", and when its target vanishes). KIND: ${FAULT_KINDS.join(', ')}. `
+      + 'E.g. hvlab fault inject pause --target vm:web --for 5s; hvlab fault inject vmbus --target vm:web --channel heartbeat --drop 0.5 --for 10s; hvlab fault inject partition --target cluster --shape majority --for 20s',
+    options: [
+      { name: 'target', value: 'T', required: true, help: 'vm:NAME, host:NAME, host-of:VM, link:A-B, cluster, vms:SEL or hosts:SEL (SEL: one, minority, majority, all; drawn from --seed)', check: (v) => { const t = parseTarget(v); return t.ok ? null : t.message; } },
+      { name: 'for', value: 'TIME', required: true, help: 'how long, e.g. 5s, 250ms, 2m (a fault without an end is refused; kill and bitflip take 0)', check: (v) => (parseDurationMs(v) === null ? `--for ${v} is invalid: a duration such as 5s or 250ms` : null) },
+      { name: 'role', value: 'ROLE', help: 'kill and pause: partition (default for VMs), vmwp, root (default for hosts) or hypervisor', check: oneOf('role', [...PROCESS_ROLES]) },
+      { name: 'restart', help: 'kill: start the killed VM again when the fault ends' },
+      { name: 'channel', value: 'NAME', help: 'vmbus: only this channel (heartbeat, kvp, shutdown, timesync; default every channel)', check: nonEmpty('channel') },
+      { name: 'drop', value: 'P', help: 'vmbus: probability 0-1 of dropping a packet', check: probability('drop') },
+      { name: 'duplicate', value: 'P', help: 'vmbus: probability of duplicating a packet', check: probability('duplicate') },
+      { name: 'reorder', value: 'P', help: 'vmbus: probability of holding a packet back behind the next', check: probability('reorder') },
+      { name: 'corrupt', value: 'P', help: 'vmbus: probability of flipping a byte of a packet', check: probability('corrupt') },
+      { name: 'signal-drop', value: 'P', help: 'vmbus: probability of dropping a signal', check: probability('signal-drop') },
+      { name: 'signal-delay', value: 'TIME', help: 'vmbus: delay every signal this long', check: durationOpt('signal-delay') },
+      { name: 'delay', value: 'TIME', help: 'vmbus: delay every packet; interrupt-delay: delay every interrupt; link: round-trip delay (as ping shows it)', check: durationOpt('delay') },
+      { name: 'jitter', value: 'TIME', help: 'link: delay jitter', check: durationOpt('jitter') },
+      { name: 'rate', value: 'RATE', help: 'link: rate, e.g. 10mbit', check: (v) => (parseRate(v) === null ? `--rate ${v} is invalid: e.g. 10mbit, 1gbit` : null) },
+      { name: 'loss', value: 'PCT', help: 'link: % of chunks lost (each retransmitted later)', check: (v) => (parseLoss(v) === null ? `--loss ${v} is invalid: a percentage such as 5%` : null) },
+      { name: 'cut', help: 'link: cut it' },
+      { name: 'shape', value: 'S', help: `partition: ${PARTITION_SHAPES.join(', ')} (default one)`, check: oneOf('shape', [...PARTITION_SHAPES]) },
+      { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s` : null) },
+      { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (/^-?\d+$/.test(v) ? null : `--skew ${v} is invalid: whole ppm, e.g. 100000`) },
+      { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, e.g. 0,1 (default all)', check: (v) => (/^\d+(,\d+)*$/.test(v) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
+      { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: wholeIn('lps', 1, 1024) },
+      { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte (default: the first byte of a page of the workload\'s data)', check: (v) => (/^(0x[0-9a-f]+|\d+)$/i.test(v) ? null : `--gpa ${v} is not an address`) },
+      { name: 'mask', value: 'BITS', help: 'bitflip: the bits to flip, 1-255 (default one bit drawn from --seed)', check: wholeIn('mask', 1, 255) },
+      { name: 'seed', value: 'N', help: 'draws (a selector\'s pick, packet fates) come from this seed', check: wholeIn('seed', 0, 4294967295) },
+      { name: 'id', value: 'ID', help: 'the fault\'s id (default f1, f2, …)', check: nonEmpty('id') },
+      { name: 'wait', help: 'stay until the fault ends (Ctrl-C ends it at once)' },
+    ],
+  },
+  {
+    words: ['fault', 'list'], args: '', min: 0, max: 0, json: true, group: 'Faults', help: 'the faults active now: id, kind, target, what they hit, time left',
+    options: [{ name: 'all', help: 'also the faults that ended (this nemesis\'s life; faults/log.jsonl has every one)' }],
+  },
+  { words: ['fault', 'clear'], args: '[ID]', min: 0, max: 1, json: true, group: 'Faults', options: [], help: 'end a fault (or every fault) now, undoing it; also undoes what a nemesis that died left behind' },
+  {
     words: ['debug', 'hypercall'], args: 'CALL [FIELD=VALUE …]', min: 1, max: Infinity, json: true, group: 'Debugging',
     help: 'one hypercall as the root or as a VM\'s partition. Values: 12, 0x40, hex:00ff…, len:N (N zero bytes), text:abc, true, false, or a string. '
       + 'E.g. hvlab debug hypercall --as vm1 PostMessage connectionId=1 messageType=1 payload=len:241',
     options: [{ name: 'as', value: 'VM', help: 'call as this VM\'s partition (default: the root)', check: nonEmpty('as') }],
   },
 ];
+
+/** `experiment run FILE` for a file of kind: faults (the chaos runner of @hvlab/faults). */
+async function runChaos(file: string, home: string, opt: (n: string) => string | undefined, flag: (n: string) => boolean, json: boolean): Promise<number> {
+  const seed = opt('seed') === undefined ? undefined : Number(opt('seed'));
+  const spec = loadChaosExperiment(file);
+  if (spec instanceof ChaosExperimentError) {
+    process.stderr.write(`hvlab: ${file} is not a valid experiment (${spec.problems.length} problem${spec.problems.length === 1 ? '' : 's'})${flag('check') ? '' : '; nothing was started'}:\n${spec.message}\n`);
+    return 1;
+  }
+  if (flag('check')) {
+    const useSeed = seed ?? spec.seed;
+    if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: spec.cluster === 'new' ? plannedSchedule(spec, useSeed) : null }));
+    else {
+      out(`${file}: chaos experiment ${spec.name}: ${spec.cluster === 'new' ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
+      if (spec.cluster === 'new') for (const f of plannedSchedule(spec, useSeed)) out(`  ${scheduleLine(f)}`);
+      else out('  (the random part is drawn against the cluster when it runs)');
+    }
+    return 0;
+  }
+  // Ctrl-C or a kill ends the run: its faults are cleared, what it made is taken down, and the report is still written.
+  const ac = new AbortController();
+  const stop = (): void => ac.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  let report;
+  try {
+    report = await clusterCall(() => runChaosExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home: spec.cluster === 'existing' ? home : undefined, signal: ac.signal, seed }));
+  } catch (e) {
+    if (e instanceof ChaosExperimentError) {
+      process.stderr.write(`hvlab: ${file} is not a valid experiment (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+  if (json) out(JSON.stringify(report));
+  else {
+    out(table(chaosCheckRows(report)));
+    out('');
+    out(table(chaosFaultRows(report)));
+    out(`seed ${report.seed} (replay: --seed ${report.seed}); report in ${report.out}: ${report.files.join(', ')}${report.aborted ? ' (stopped early)' : ''}`);
+  }
+  return report.held && !report.aborted ? 0 : 1;
+}
+
+/** 1500 → "1.5s", 250 → "250ms". */
+function formatMs(ms: number): string {
+  return ms >= 1000 && ms % 100 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
+/** The request `fault inject KIND` stands for; an option that KIND does not take is refused. */
+function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | undefined, flag: (n: string) => boolean): FaultRequest {
+  const takes: Record<FaultKind, string[]> = {
+    kill: ['role', 'restart'], pause: ['role'],
+    vmbus: ['channel', 'drop', 'duplicate', 'reorder', 'corrupt', 'signal-drop', 'signal-delay', 'delay'],
+    'interrupt-delay': ['delay'], clock: ['offset', 'skew'], 'vp-stall': ['vps'], 'lp-shrink': ['lps'],
+    link: ['delay', 'jitter', 'rate', 'loss', 'cut'], partition: ['shape'], bitflip: ['gpa', 'mask'],
+  };
+  const kindOptions = ['role', 'restart', 'channel', 'drop', 'duplicate', 'reorder', 'corrupt', 'signal-drop', 'signal-delay', 'delay', 'jitter', 'rate', 'loss', 'cut', 'shape', 'offset', 'skew', 'vps', 'lps', 'gpa', 'mask'];
+  for (const o of kindOptions) {
+    if ((opt(o) !== undefined || flag(o)) && !takes[kind].includes(o)) throw new UsageError(`a ${kind} fault takes no --${o}${takes[kind].length ? ` (it takes ${takes[kind].map((x) => `--${x}`).join(', ')})` : ''}`);
+  }
+  const params: Record<string, unknown> = {};
+  const num = (o: string, key: string): void => {
+    const v = opt(o);
+    if (v !== undefined) params[key] = Number(v);
+  };
+  const dur = (o: string, key: string): void => {
+    const v = opt(o);
+    if (v !== undefined) params[key] = parseDurationMs(v)!;
+  };
+  switch (kind) {
+    case 'kill':
+      if (flag('restart')) params.restart = true;
+      break;
+    case 'vmbus':
+      if (opt('channel') !== undefined) params.channel = opt('channel');
+      num('drop', 'drop');
+      num('duplicate', 'duplicate');
+      num('reorder', 'reorder');
+      num('corrupt', 'corrupt');
+      num('signal-drop', 'signalDrop');
+      dur('signal-delay', 'signalDelayMs');
+      dur('delay', 'delayMs');
+      break;
+    case 'interrupt-delay':
+      dur('delay', 'delayMs');
+      if (params.delayMs === undefined) throw new UsageError('an interrupt-delay fault needs --delay TIME');
+      break;
+    case 'clock':
+      if (opt('offset') !== undefined) params.offsetMs = signedDurationMs(opt('offset')!);
+      num('skew', 'skewPpm');
+      if (params.offsetMs === undefined && params.skewPpm === undefined) throw new UsageError('a clock fault needs --offset TIME and/or --skew PPM');
+      break;
+    case 'vp-stall':
+      if (opt('vps') !== undefined) params.vps = opt('vps');
+      break;
+    case 'lp-shrink':
+      num('lps', 'lps');
+      if (params.lps === undefined) throw new UsageError('an lp-shrink fault needs --lps N');
+      break;
+    case 'link':
+      dur('delay', 'delayMs');
+      dur('jitter', 'jitterMs');
+      if (opt('rate') !== undefined) params.rateBps = parseRate(opt('rate')!);
+      if (opt('loss') !== undefined) params.lossPercent = parseLoss(opt('loss')!);
+      if (flag('cut')) params.cut = true;
+      break;
+    case 'partition':
+      if (opt('shape') !== undefined) params.shape = opt('shape');
+      break;
+    case 'bitflip':
+      if (opt('gpa') !== undefined) params.gpa = Number(opt('gpa'));
+      num('mask', 'mask');
+      break;
+    case 'pause':
+      break;
+  }
+  const req: FaultRequest = { kind, target: opt('target')!, forMs: parseDurationMs(opt('for')!)!, params };
+  if (opt('role') !== undefined) req.role = opt('role') as FaultRequest['role'];
+  if (opt('seed') !== undefined) req.seed = Number(opt('seed'));
+  if (opt('id') !== undefined) req.id = opt('id');
+  return req;
+}
+
+/** `fault list`: one row per fault. */
+function faultTable(list: FaultRecord[]): string {
+  const now = Date.now();
+  return table([
+    ['ID', 'KIND', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER'],
+    ...list.map((f) => [
+      f.id, f.kind, f.target + (f.role ? ` (${f.role})` : ''), f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary,
+      f.state === 'active' ? 'active' : `${f.state}: ${f.endReason ?? ''}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
+    ]),
+  ]);
+}
 
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
 function migrationLine(st: MigrationStats): string {
@@ -277,7 +469,7 @@ function commandName(spec: CommandSpec): string {
 }
 
 function optionsOf(spec: CommandSpec): OptionSpec[] {
-  return [...spec.options, ...(spec.json ? [JSON_OPTION] : []), HOME_OPTION, ...(spec.words[0] === 'cluster' ? [] : [HOST_OPTION]), HELP_OPTION];
+  return [...spec.options, ...(spec.json ? [JSON_OPTION] : []), HOME_OPTION, ...(spec.words[0] === 'cluster' || spec.words[0] === 'fault' ? [] : [HOST_OPTION]), HELP_OPTION];
 }
 
 function optionHead(o: OptionSpec): string {
@@ -807,6 +999,8 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'down': {
+        // Faults first: nothing stays injected (and no paused process holds the teardown up).
+        await stopNemesis(paths.home);
         const r = await down(paths);
         if (json) out(JSON.stringify(r));
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
@@ -864,10 +1058,80 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'cluster down': {
+        await stopNemesis(paths.home);
         const r = await clusterDown(paths.home);
         if (json) out(JSON.stringify(r));
         else out(r.name === null && r.hosts.length === 0 ? 'no cluster was up' : `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'}${r.network ? `; removed ${r.network} namespaces and interfaces` : ''})`);
         return 0;
+      }
+      case 'fault inject': {
+        const kind = name as FaultKind;
+        if (!(FAULT_KINDS as readonly string[]).includes(kind)) throw new ValueError(`unknown fault kind "${name}": ${FAULT_KINDS.join(', ')}`);
+        const req = faultRequestFromOptions(kind, opt, flag);
+        const nem = await NemesisClient.connect(paths.home);
+        try {
+          const owner = flag('wait') ? `cli-${process.pid}-${Date.now()}` : null;
+          if (owner) req.owner = owner;
+          const rec = await nem.inject(req).catch((e: unknown) => {
+            throw e instanceof NemesisError ? new CliError(e.message) : e;
+          });
+          if (json && !owner) out(JSON.stringify(rec));
+          else if (!json) out(`fault ${rec.id}: ${rec.kind} on ${rec.resolved.summary} for ${formatMs(rec.forMs)}${rec.kind === 'kill' || rec.kind === 'bitflip' ? '' : `, until ${new Date(rec.endsAt).toISOString().slice(11, 23)}`}${owner ? '' : ' ("hvlab fault list" shows it, "hvlab fault clear" ends it)'}`);
+          if (!owner) return 0;
+          // --wait: hold the lease until the fault ends; Ctrl-C or a kill ends it (the lease lapses at worst).
+          let stop = false;
+          const onSig = (): void => void (stop = true);
+          process.once('SIGINT', onSig);
+          process.once('SIGTERM', onSig);
+          try {
+            for (;;) {
+              await new Promise((r) => setTimeout(r, Math.min(OWNER_RENEW_MS, 200)));
+              if (stop) {
+                await nem.clear(null, { owner });
+                break;
+              }
+              await nem.renew(owner).catch(() => undefined);
+              const all = await nem.list({ all: true });
+              const me = all.find((f) => f.id === rec.id);
+              if (!me || me.state !== 'active') {
+                if (json) out(JSON.stringify(me ?? rec));
+                else out(`fault ${rec.id} ended (${me?.endReason ?? 'gone'})${me?.error ? `: ${me.error}` : ''}`);
+                break;
+              }
+            }
+          } finally {
+            process.off('SIGINT', onSig);
+            process.off('SIGTERM', onSig);
+          }
+          return 0;
+        } finally {
+          nem.close();
+        }
+      }
+      case 'fault list': {
+        const nem = await NemesisClient.connect(paths.home);
+        try {
+          const list = await nem.list({ all: flag('all') });
+          if (json) out(JSON.stringify(list));
+          else if (list.length === 0) out(flag('all') ? 'no fault since the nemesis started' : 'no fault is active');
+          else out(faultTable(list));
+          return 0;
+        } finally {
+          nem.close();
+        }
+      }
+      case 'fault clear': {
+        const nem = await NemesisClient.connect(paths.home);
+        try {
+          const ended = await nem.clear(name ?? null).catch((e: unknown) => {
+            throw e instanceof NemesisError ? new CliError(e.message) : e;
+          });
+          if (json) out(JSON.stringify(ended));
+          else out(ended.length === 0 ? 'no fault was active' : `ended ${ended.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary})`).join(', ')}`);
+          return 0;
+        } finally {
+          nem.close();
+        }
       }
       case 'link set': {
         const change: Record<string, number | null> = {};
@@ -1072,6 +1336,8 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'experiment run': {
         const file = name!;
+        if (experimentKindOf(file) === 'faults') return await runChaos(file, paths.home, opt, flag, json);
+        if (opt('seed') !== undefined) throw new UsageError('--seed is for experiments of kind: faults (a migration experiment takes its seed from the file)');
         if (flag('check')) {
           const spec = loadExperiment(file);
           if (spec instanceof ExperimentError) {

@@ -2,7 +2,7 @@
  * Experiments: a file that says what to measure, a runner that measures it on a cluster of this
  * machine, and the report it writes. `hvlab experiment run FILE [--out DIR] [--json]`.
  *
- * kind: migration (the only kind so far; issue 13 adds kind: faults) compares live-migration
+ * kind: migration (kind: faults is @hvlab/faults's chaos runner) compares live-migration
  * methods between two hosts the way the pre-copy and post-copy papers do: for each method and
  * repetition a fresh VM is made on `from`, started, left to warm up, moved to `to` with that
  * method, its statistics (QEMU's query-migrate names, protocol/src/migrate.ts) kept, and turned
@@ -60,7 +60,8 @@ import { barChartSvg, formatBinaryBytes, formatNumber, lineChartSvg, type Bar } 
 export const MAX_EXPERIMENT_BYTES = 1024 * 1024;
 /** The kinds of experiment this runner knows, and those planned (refused with a pointer). */
 export const EXPERIMENT_KINDS = ['migration'] as const;
-const PLANNED_KINDS: Record<string, string> = { faults: 'issue 13' };
+/** Kinds another package runs (`hvlab experiment run` sends each file to its runner). */
+const OTHER_RUNNERS: Record<string, string> = { faults: "@hvlab/faults's chaos runner" };
 export type ExperimentKind = (typeof EXPERIMENT_KINDS)[number];
 
 /** A method's base and its modifiers, as written in `methods` (`precopy+compress`). */
@@ -264,9 +265,9 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
   if (kindPair) {
     const k = scalar((kindPair.value as Node | null) ?? null);
     if (!EXPERIMENT_KINDS.includes(k as ExperimentKind)) {
-      const planned = typeof k === 'string' ? PLANNED_KINDS[k] : undefined;
-      const message = planned
-        ? `kind "${k}" is not supported yet (${planned}); this hvlab runs ${EXPERIMENT_KINDS.join(', ')} experiments`
+      const other = typeof k === 'string' ? OTHER_RUNNERS[k] : undefined;
+      const message = other
+        ? `kind "${k}" is run by ${other} ("hvlab experiment run" sends it there); this parser reads ${EXPERIMENT_KINDS.join(', ')} experiments`
         : `${JSON.stringify(k ?? null)} is not a kind of experiment: use ${EXPERIMENT_KINDS.join(', ')}`;
       throw new ExperimentError(file, [{ ...where(ctx, (kindPair.value as Node | null) ?? (kindPair as Pair)), field: 'kind', message }]);
     }

@@ -54,9 +54,10 @@ export function formatBinaryBytes(v: number): string {
 
 const f1 = (x: number): string => x.toFixed(1);
 /** Width of `s` at 12 px sans-serif, roughly (7 px a character), for layout. */
-const textWidth = (s: string): number => s.length * 7;
+export const textWidth = (s: string): number => s.length * 7;
 
-function svgOpen(width: number, height: number, title: string): string[] {
+/** The opening lines of a chart: the XML declaration, the svg element, its title (also drawn, top left) and a white background. */
+export function svgOpen(width: number, height: number, title: string): string[] {
   return [
     '<?xml version="1.0" encoding="UTF-8"?>',
     `<svg xmlns="http://www.w3.org/2000/svg" width="${Math.round(width)}" height="${Math.round(height)}" viewBox="0 0 ${Math.round(width)} ${Math.round(height)}" font-family="sans-serif" font-size="12">`,

@@ -209,11 +209,11 @@ describe('experiment files', () => {
     }
   });
 
-  it('refuses a kind it does not run by name, and only that: faults is for issue 13', () => {
+  it('refuses a kind it does not run by name, and only that: faults goes to the chaos runner', () => {
     const faults = problems('name: f\nkind: faults\nfaults: [cut]\n');
     expect(faults).to.have.length(1);
     expect(faults[0]).to.include({ field: 'kind', line: 2, column: 7 });
-    expect(faults[0]!.message).to.match(/kind "faults" is not supported yet \(issue 13\)/);
+    expect(faults[0]!.message).to.match(/kind "faults" is run by @hvlab\/faults's chaos runner/);
     const other = problems('name: f\nkind: benchmark\nmethods: [precopy]\n');
     expect(other[0]!.message).to.match(/"benchmark" is not a kind of experiment: use migration/);
   });

@@ -8,12 +8,18 @@
  * a jump. Host clocks remain only in host-side waits (polling a page, a shutdown timeout) that put
  * nothing into guest state.
  *
+ * A clock fault (ARCHITECTURE §9: the partition properties FaultClockOffsetUs and
+ * FaultClockSkewPpm) is the hypervisor's too: it applies the offset to the base and writes the
+ * skew beside it (`VpRegionClock`), and every reader — these VP threads, the kernel, the
+ * hypervisor's scheduler thread (timers) and its GetVpRegisters(ReferenceTime) — computes the same
+ * reference time from those words (`ReferenceClockView`).
+ *
  * `GuestWallClock` starts from the CMOS real-time clock (which a VM can be configured to have
  * wrong, `--rtc-offset`) and then runs on reference time; only the time-sync integration service
  * brings it to host time. Its base lives in the guest kernel page, so a saved VM resumes with the
  * clock it had — behind by the time it spent saved, until time sync fixes it.
  */
-import { KERNEL_PAGE_GPA, KernelPage, VpRegionHeader, referenceTime } from '@hvlab/protocol';
+import { KERNEL_PAGE_GPA, KernelPage, ReferenceClockView } from '@hvlab/protocol';
 import type { GuestMemory } from './memory.js';
 
 /** A source of the partition's reference time (100 ns units). */
@@ -22,23 +28,24 @@ export interface ReferenceTimeSource {
 }
 
 /**
- * The partition's reference time read from its VP region. The base is loaded on every call, not
- * cached: a restore (SetVpState) or a move rewrites it while the guest may already be running.
+ * The partition's reference time read from its VP region. The clock words are loaded on every
+ * call, not cached: a restore (SetVpState), a move or a clock fault rewrites them while the guest
+ * may already be running.
  */
 export class ReferenceClock implements ReferenceTimeSource {
-  private readonly base: BigInt64Array;
+  private readonly view: ReferenceClockView;
 
   constructor(vpRegion: SharedArrayBuffer, private readonly hostNs: () => bigint = () => process.hrtime.bigint()) {
-    this.base = new BigInt64Array(vpRegion, VpRegionHeader.refBaseNs, 1);
+    this.view = new ReferenceClockView(vpRegion);
   }
 
   now(): number {
-    return referenceTime(Atomics.load(this.base, 0), this.hostNs());
+    return this.view.now(this.hostNs());
   }
 
-  /** Makes reference time read `ref` now (local mode, where the guest keeps the region itself). */
+  /** Makes reference time read `ref` now (local mode, where the guest keeps the region itself; no skew there). */
   continueFrom(ref: number): void {
-    Atomics.store(this.base, 0, this.hostNs() - BigInt(Math.max(0, Math.floor(ref))) * 100n);
+    this.view.publish({ baseNs: this.hostNs() - BigInt(Math.max(0, Math.floor(ref))) * 100n, skewPpm: 0, skewSinceNs: 0n });
   }
 }
 

@@ -30,6 +30,17 @@
  *
  * Guest-created state is capped (see partition.ts for the numbers): queued SynIC messages,
  * ports, connections, GPADL windows, intercepts, partitions and sessions.
+ *
+ * Faults (ARCHITECTURE §9) it enforces, each undone completely by setting it back to 0 and gone
+ * with its partition: per child partition, through SetPartitionProperty (PartitionProperty's
+ * Fault* codes, see hypercall.ts) — an interrupt delay (what this thread would pend on a VP's APIC
+ * goes to the scheduler thread, which pends it that late; no fast path of the hypercall thread is
+ * handed out for a delayed partition; without a scheduler the interrupt notification is sent
+ * late), stalled VPs, and a clock offset and skew (the VP region's clock words, which every reader
+ * of reference time uses); and per host, through the root's `setLps` control op, fewer logical
+ * processors for a while, restored by a timer held here, so that it ends even if the root dies.
+ * Saved VP state holds the true reference time and true timer expirations: a VM saved or moved
+ * during a fault does not carry it along.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import {
@@ -37,13 +48,13 @@ import {
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
-  vpRegionBytes, vpPageOffset, vpRunStateName, referenceTime, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
-  decodeIoInterceptRecord, VpRegisterNames, pendInterrupt,
-  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp,
+  vpRegionBytes, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
+  decodeIoInterceptRecord, VpRegisterNames, pendInterrupt, checkPartitionPropertyValue, decodeHvCtlArgs, ReferenceClockView, referenceTimeAt, decodeStimerConfig,
+  type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp, type ReferenceClockWords,
 } from '@hvlab/protocol';
 import { createRegion, unlinkRegion, memoryMode as shmMode } from '@hvlab/shm';
 import {
-  Partition, VirtualProcessor, GPA_READ, GPA_WRITE, GPA_EXECUTE, MAX_PORTS_PER_PARTITION, MAX_CONNECTIONS_PER_PARTITION,
+  Partition, VirtualProcessor, type PartitionFaults, GPA_READ, GPA_WRITE, GPA_EXECUTE, MAX_PORTS_PER_PARTITION, MAX_CONNECTIONS_PER_PARTITION,
   MAX_GPADLS_PER_PARTITION, MAX_GPADL_PAGES_PER_PARTITION, MAX_INTERCEPTS_PER_PARTITION, type Port, type PendingIntercept,
 } from './partition.js';
 import { SynIc } from './synic.js';
@@ -58,6 +69,9 @@ export const MAX_SESSIONS_PER_CHILD = 64;
 export const MAX_ROOT_SESSIONS = 1024;
 /** Partitions the hypervisor holds, the root included. */
 export const MAX_PARTITIONS = 1024;
+const CONTROL_OPS: readonly HvCtlOp[] = ['stats', 'ticket', 'shutdown', 'setLps'];
+/** Interrupt notifications one partition may have held back by its interrupt delay (private memory); past this they go at once. */
+export const MAX_DELAYED_NOTES = 4096;
 
 /** The main thread's handle on the scheduler thread (absent in socket-free unit tests). */
 export interface SchedulerLink {
@@ -278,6 +292,8 @@ export class Hypervisor {
   /** Separate budgets, so refused children cannot crowd the root's failures out of the log. */
   private readonly logLimits: Record<'child' | 'root' | 'session' | 'defect', LogLimiter>;
   readonly stats = { hypercalls: 0, failed: 0 };
+  /** An LP shrink in force (setLps): how many LPs, until when (opts.now ms), and the timer that ends it. */
+  private lpShrink: { lps: number; untilMs: number; timer: ReturnType<typeof setTimeout> } | null = null;
 
   constructor(private readonly opts: HypervisorOptions) {
     this.hostId = opts.hostId;
@@ -413,33 +429,98 @@ export class Hypervisor {
   }
 
   /**
-   * A control request of a session: `stats` and `ticket`; `shutdown` is acknowledged here and
-   * carried out by the caller. Only root-partition sessions may control the hypervisor.
+   * A control request of a session: `stats`, `ticket` and `setLps` (with `args`); `shutdown` is
+   * acknowledged here and carried out by the caller. Only root-partition sessions may control the
+   * hypervisor. Never throws: a bad op or bad arguments get `{error}`.
    */
-  control(sessionId: string, op: HvCtlOp): unknown {
+  control(sessionId: string, op: HvCtlOp, args?: unknown): unknown {
     const s = this.sessions.get(sessionId);
     if (!s || s.partitionId !== ROOT_PARTITION_ID) return { error: 'only the root may control the hypervisor' };
+    if (!(CONTROL_OPS as readonly unknown[]).includes(op)) return { error: 'unknown control op' };
+    // decodeHvClientMsg checked them; in-process callers get the same checks.
+    const a = decodeHvCtlArgs(op, args);
+    if (typeof a === 'string') return { error: a };
     switch (op) {
       case 'stats':
-        return { stats: this.stats, partitions: this.listPartitions(), memoryMode: this.memoryMode, lps: this.lps, hypercallPages: this.opts.pageStats?.() ?? null };
+        return {
+          stats: this.stats, partitions: this.listPartitions(), memoryMode: this.memoryMode, lps: this.lps, lpsBoot: this.lps, lpsCurrent: this.lpsCurrent,
+          lpShrink: this.lpShrinkInfo(), hypercallPages: this.opts.pageStats?.() ?? null,
+        };
       case 'ticket':
         return this.issueTicket(sessionId);
       case 'shutdown':
         return { ok: true };
+      case 'setLps':
+        return this.setLps(a?.lps ?? 0, a?.forMs ?? 0);
       default:
         return { error: 'unknown control op' };
     }
   }
 
+  /** The host's logical processors as it booted (null without a scheduler). */
   get lps(): number | null {
     return this.opts.scheduler?.lps ?? null;
   }
 
-  listPartitions(): Array<{ id: number; name: string; state: string; vps: number; memoryBytes: number; suspended: boolean; sessions: number; scheduled: boolean; cpu: { percent: number; vps: VpStats[] } }> {
+  /** The logical processors the scheduler grants now (fewer while an LP shrink lasts). */
+  get lpsCurrent(): number | null {
+    return this.lpShrink?.lps ?? this.lps;
+  }
+
+  private lpShrinkInfo(): { lps: number; remainingMs: number } | null {
+    return this.lpShrink ? { lps: this.lpShrink.lps, remainingMs: Math.max(0, this.lpShrink.untilMs - this.now()) } : null;
+  }
+
+  /**
+   * The LP-shrink fault: the scheduler grants only the first `lps` LPs (VPs on the others are
+   * preempted and run on these) for `forMs`, then all of them again, by a timer held here. `lps`
+   * equal to the boot count, or `forMs` 0, restores them at once; a new shrink replaces the one in
+   * force.
+   */
+  private setLps(lps: number, forMs: number): unknown {
+    const boot = this.lps;
+    const sched = this.opts.scheduler;
+    if (boot === null || !sched) return { error: 'this hypervisor schedules no VPs (private memory), so it has no logical processors to take away' };
+    if (!Number.isInteger(lps) || lps < 1 || lps > boot) return { error: `lps must be from 1 to the host's ${boot} logical processors, not ${lps}` };
+    const was = this.lpShrink;
+    if (was) clearTimeout(was.timer);
+    this.lpShrink = null;
+    if (lps === boot || forMs <= 0) {
+      sched.post({ t: 'lps', lps: boot });
+      sched.ring();
+      if (was) this.opts.log?.info({ lps: boot }, 'logical processors restored (setLps)');
+      return { ok: true, lpsBoot: boot, lpsCurrent: boot, lpShrink: null };
+    }
+    const timer = setTimeout(() => this.endLpShrink(timer), forMs);
+    timer.unref?.();
+    this.lpShrink = { lps, untilMs: this.now() + forMs, timer };
+    sched.post({ t: 'lps', lps });
+    sched.ring();
+    this.opts.log?.info({ lps, lpsBoot: boot, forMs }, 'logical processors taken away (setLps)');
+    return { ok: true, lpsBoot: boot, lpsCurrent: lps, lpShrink: this.lpShrinkInfo() };
+  }
+
+  /** The LP shrink's time is up: every LP is granted again. */
+  private endLpShrink(timer: ReturnType<typeof setTimeout>): void {
+    if (this.lpShrink?.timer !== timer) return;
+    this.lpShrink = null;
+    const sched = this.opts.scheduler;
+    if (!sched) return;
+    sched.post({ t: 'lps', lps: sched.lps });
+    sched.ring();
+    this.opts.log?.info({ lps: sched.lps }, 'logical processors restored (the LP shrink ended)');
+  }
+
+  listPartitions(): Array<{
+    id: number; name: string; state: string; vps: number; memoryBytes: number; suspended: boolean; sessions: number; scheduled: boolean; cpu: { percent: number; vps: VpStats[] };
+    faults: Omit<PartitionFaults, 'clockSkewSinceNs'>;
+  }> {
     return [...this.partitions.values()].map((p) => {
       const st = this.vpStats(p);
+      const f = p.faults;
       return {
         id: p.id, name: p.name, state: p.state, vps: p.vps.size, memoryBytes: p.memoryBytes, suspended: p.suspended,
+        faults: { interruptDelayUs: f.interruptDelayUs, stalledVps: f.stalledVps, clockOffsetUs: f.clockOffsetUs, clockSkewPpm: f.clockSkewPpm },
         sessions: this.sessionCount(p.id),
         scheduled: p.vpRegion !== null, cpu: { percent: st.cpuPercent, vps: st.vps },
       };
@@ -522,7 +603,8 @@ export class Hypervisor {
       return { kind: 'root', ownerSession: port.ownerSession, portId: port.portId, flagCount: port.flagCount, sender: caller.id };
     }
     const vp = target.vps.get(port.vpIndex);
-    if (!vp || !target.memory || !target.vpRegion || !this.opts.scheduler || !vp.synic.enabled) return null;
+    // A delayed partition's interrupts go through this object (assertVector), never a fast path.
+    if (!vp || !target.memory || !target.vpRegion || !this.opts.scheduler || !vp.synic.enabled || target.faults.interruptDelayUs > 0) return null;
     const page = synicPageGpa(vp.synic.siefp);
     if (page === null || page + 4096 > target.memoryBytes) return null;
     const reg = vp.synic.sint[port.sint];
@@ -546,7 +628,7 @@ export class Hypervisor {
       const p = this.child(caller, partitionId);
       this.inState(p, PartitionState.Initialized);
       const vp = this.vp(p, vpIndex);
-      if (!p.vpRegion || !this.opts.scheduler) return null;
+      if (!p.vpRegion || !this.opts.scheduler || p.faults.interruptDelayUs > 0) return null;
       return { vpRegion: p.vpRegion, vpOffset: vpPageOffset(vp.index) };
     } catch {
       return null;
@@ -665,6 +747,7 @@ export class Hypervisor {
         const p = this.child(caller, int(input, 'partitionId'));
         this.inState(p, PartitionState.Initialized);
         p.state = PartitionState.Finalized;
+        this.dropDelayedNotes(p);
         for (const vp of p.vps.values()) vp.synic.discard();
         p.vps.clear();
         this.toScheduler(p, { t: 'removePartition', id: p.id });
@@ -688,16 +771,21 @@ export class Hypervisor {
           case PartitionProperty.CpuReserve: return ok({ value: p.cpuReserve });
           case PartitionProperty.CpuCap: return ok({ value: p.cpuCap });
           case PartitionProperty.CpuWeight: return ok({ value: p.cpuWeight });
+          case PartitionProperty.FaultInterruptDelayUs: return ok({ value: p.faults.interruptDelayUs });
+          case PartitionProperty.FaultStalledVps: return ok({ value: p.faults.stalledVps });
+          case PartitionProperty.FaultClockOffsetUs: return ok({ value: p.faults.clockOffsetUs });
+          case PartitionProperty.FaultClockSkewPpm: return ok({ value: p.faults.clockSkewPpm });
           default: throw new Fail(HvStatus.UNKNOWN_PROPERTY, `unknown property ${partitionPropertyName(prop)}`);
         }
       }
       case HvCall.SetPartitionProperty: {
         const id = int(input, 'partitionId');
         const prop = int(input, 'property');
-        const known = [PartitionProperty.Suspend, PartitionProperty.CpuReserve, PartitionProperty.CpuCap, PartitionProperty.CpuWeight] as number[];
-        // The value's shape depends on the property: a 64-bit mask for privileges, else an integer.
+        // The value's shape depends on the property: a 64-bit mask for privileges, else an integer
+        // (signed only for the clock faults). Its shape is checked before the target, its range after.
         const mask = prop === PartitionProperty.PrivilegeFlags ? privilegeMaskOf(input.value) : null;
-        const v = known.includes(prop) ? int(input, 'value') : 0;
+        const checked = mask === null ? checkPartitionPropertyValue(prop, input.value) : null;
+        if (checked && !checked.ok && checked.status === HvStatus.INVALID_HYPERCALL_INPUT) throw new Fail(checked.status, checked.reason);
         const p = this.child(caller, id);
         if (mask !== null) {
           if (mask < 0n || mask > 0xffff_ffff_ffff_ffffn) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, 'privilege mask out of range');
@@ -706,11 +794,13 @@ export class Hypervisor {
           p.privileges = mask;
           return ok();
         }
-        if (!known.includes(prop)) throw new Fail(HvStatus.UNKNOWN_PROPERTY, `unknown property ${partitionPropertyName(prop)}`);
+        const c = checked!; // every property but PrivilegeFlags has an integer value
+        if (!c.ok && c.status === HvStatus.UNKNOWN_PROPERTY) throw new Fail(c.status, c.reason);
+        if (prop === PartitionProperty.Suspend) this.inState(p, PartitionState.Initialized);
+        if (!c.ok) throw new Fail(c.status, c.reason);
+        const v = c.value;
         switch (prop) {
           case PartitionProperty.Suspend: {
-            this.inState(p, PartitionState.Initialized);
-            if (v !== 0 && v !== 1) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, 'suspend is 0 or 1');
             const was = p.suspended;
             p.suspended = v === 1;
             if (was !== p.suspended) {
@@ -720,19 +810,19 @@ export class Hypervisor {
             return ok();
           }
           case PartitionProperty.CpuReserve:
-            range('reserve', v, 0, 100, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
             p.cpuReserve = v;
             this.toScheduler(p, { t: 'props', id: p.id, reserve: v / 100 });
             return ok();
           case PartitionProperty.CpuCap:
-            range('cap', v, 0, 100, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
             p.cpuCap = v;
             this.toScheduler(p, { t: 'props', id: p.id, cap: v / 100 });
             return ok();
-          default:
-            range('weight', v, 1, 10000, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
+          case PartitionProperty.CpuWeight:
             p.cpuWeight = v;
             this.toScheduler(p, { t: 'props', id: p.id, weight: v });
+            return ok();
+          default:
+            this.setFault(p, prop, v);
             return ok();
         }
       }
@@ -1015,7 +1105,7 @@ export class Hypervisor {
     if (n === 'Siefp') return sy.siefp;
     if (n === 'Eom') return 0;
     if (n.startsWith('Sint')) return sy.sint[Number(n.slice(4))];
-    if (n === 'ReferenceTime') return Math.max(0, referenceTime(p.refBaseNs));
+    if (n === 'ReferenceTime') return Math.max(0, this.referenceTimeOf(p));
     if (n === 'InterceptSuspend') return vp.interceptPending ? 1 : 0;
     const off = vpPageOffset(vp.index);
     if (p.vpI32 && p.vpF64) {
@@ -1107,8 +1197,105 @@ export class Hypervisor {
     dv.setUint32(VpRegionHeader.magic, VP_REGION_MAGIC, true);
     dv.setUint32(VpRegionHeader.vpCount, MAX_VPS_PER_PARTITION, true);
     p.refBaseNs = process.hrtime.bigint();
-    new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
+    this.publishClock(p);
     this.toScheduler(p, { t: 'addPartition', id: p.id, region: p.vpRegion, suspended: p.suspended, weight: p.cpuWeight, reserve: p.cpuReserve / 100, cap: p.cpuCap / 100 });
+  }
+
+  // ---- faults -------------------------------------------------------------------------------
+
+  /**
+   * Sets one of a partition's faults to `v` (checked against the property's range). Anything but 0
+   * needs an Initialized partition, and, for stalls and clock faults, one whose VPs this
+   * hypervisor schedules (else nothing would enforce it); 0 is taken in any state.
+   */
+  private setFault(p: Partition, prop: number, v: number): void {
+    const f = p.faults;
+    if (v !== 0) {
+      this.inState(p, PartitionState.Initialized);
+      if (prop !== PartitionProperty.FaultInterruptDelayUs && (!p.vpRegion || !this.opts.scheduler)) {
+        throw new Fail(HvStatus.INVALID_PARTITION_STATE, `the VPs of partition ${p.id} are not scheduled by the hypervisor (private memory): ${partitionPropertyName(prop)} could not be enforced`);
+      }
+    }
+    switch (prop) {
+      case PartitionProperty.FaultInterruptDelayUs:
+        if (f.interruptDelayUs === v) return;
+        f.interruptDelayUs = v;
+        // Undone at once: held-back notifications go now (the scheduler pends its held-back interrupts).
+        if (v === 0) this.flushDelayedNotes(p);
+        break;
+      case PartitionProperty.FaultStalledVps:
+        if (f.stalledVps === v) return;
+        f.stalledVps = v;
+        break;
+      case PartitionProperty.FaultClockOffsetUs:
+      case PartitionProperty.FaultClockSkewPpm: {
+        const now = process.hrtime.bigint();
+        const before = this.clockDisplacement(p, now);
+        if (prop === PartitionProperty.FaultClockOffsetUs) {
+          // Reference time never goes below 0 by a step back: at most as far back as it has run.
+          const without = this.referenceTimeOf(p, now) - f.clockOffsetUs * 10;
+          if (without + v * 10 < 0) throw new Fail(HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, `a step of ${v} µs would take the reference time of partition ${p.id} below 0 (it is ${Math.floor(without / 10)} µs)`);
+          f.clockOffsetUs = v;
+        } else {
+          f.clockSkewPpm = v;
+          f.clockSkewSinceNs = v === 0 ? 0n : now;
+        }
+        this.publishClock(p);
+        // A change is a step of reference time (a new skew starts its product from 0): periodic
+        // timers keep their period across it instead of stalling or catching up (sched-thread.ts).
+        const step = this.clockDisplacement(p, now) - before;
+        if (step !== 0) this.toScheduler(p, { t: 'clockStep', id: p.id, stepRef: step });
+        this.opts.log?.info({ partition: p.id, offsetUs: f.clockOffsetUs, skewPpm: f.clockSkewPpm, stepUs: step / 10 }, 'partition clock fault changed');
+        return;
+      }
+      default:
+        throw new Fail(HvStatus.UNKNOWN_PROPERTY, `unknown property ${partitionPropertyName(prop)}`);
+    }
+    this.toScheduler(p, { t: 'faults', id: p.id, interruptDelayNs: f.interruptDelayUs * 1000, stalledVps: f.stalledVps });
+    this.opts.log?.info({ partition: p.id, interruptDelayUs: f.interruptDelayUs, stalledVps: f.stalledVps }, 'partition faults changed');
+  }
+
+  /** The clock words every reader of the partition's reference time computes it from (offset in the base). */
+  private clockWords(p: Partition): ReferenceClockWords {
+    const f = p.faults;
+    return { baseNs: p.refBaseNs - BigInt(f.clockOffsetUs) * 1000n, skewPpm: f.clockSkewPpm, skewSinceNs: f.clockSkewSinceNs };
+  }
+
+  /** Writes the partition's clock words into its VP region, where the guest and the scheduler thread read them. */
+  private publishClock(p: Partition): void {
+    if (p.vpRegion) new ReferenceClockView(p.vpRegion).publish(this.clockWords(p));
+  }
+
+  /** The partition's reference time as its guest sees it (clock faults included), from this thread's own copy of the words. */
+  private referenceTimeOf(p: Partition, nowNs: bigint = process.hrtime.bigint()): number {
+    const w = this.clockWords(p);
+    return referenceTimeAt(w.baseNs, w.skewPpm, w.skewSinceNs, nowNs);
+  }
+
+  /** How far the partition's reference time is from its true reference time now (100 ns units). */
+  private clockDisplacement(p: Partition, nowNs: bigint = process.hrtime.bigint()): number {
+    return this.referenceTimeOf(p, nowNs) - this.trueReferenceTime(p, nowNs);
+  }
+
+  /** The partition's true reference time (no clock fault): what saved state records. */
+  private trueReferenceTime(p: Partition, nowNs: bigint = process.hrtime.bigint()): number {
+    return referenceTimeAt(p.refBaseNs, 0, 0n, nowNs);
+  }
+
+  /** Sends the interrupt notifications held back by the interrupt delay now (the delay was cleared). */
+  private flushDelayedNotes(p: Partition): void {
+    const held = [...p.delayedNotes];
+    p.delayedNotes.clear();
+    for (const [t, send] of held) {
+      clearTimeout(t);
+      send();
+    }
+  }
+
+  /** Drops the notifications held back for a partition that is going away. */
+  private dropDelayedNotes(p: Partition): void {
+    for (const t of p.delayedNotes.keys()) clearTimeout(t);
+    p.delayedNotes.clear();
   }
 
   /** Posts to the scheduler thread and rings it: it sleeps until rung when nothing is due. */
@@ -1121,6 +1308,11 @@ export class Hypervisor {
   /** Pends `vector` on a VP's virtual APIC and lets the scheduler wake it (pendInterrupt). False without an APIC. */
   assertVector(p: Partition, vpIndex: number, vector: number, autoEoi: boolean): boolean {
     if (!p.vpI32 || !p.vpRegion || !this.opts.scheduler) return false;
+    if (p.faults.interruptDelayUs > 0) {
+      // The scheduler thread pends it when the delay has passed.
+      this.toScheduler(p, { t: 'interrupt', id: p.id, index: vpIndex, vector, autoEoi });
+      return true;
+    }
     const off = vpPageOffset(vpIndex);
     if (pendInterrupt(new VirtualApicView(p.vpI32, off), p.vpRegion, off, vector, autoEoi)) this.opts.scheduler.ring();
     return true;
@@ -1131,7 +1323,20 @@ export class Hypervisor {
     const vp = p.vps.get(vpIndex);
     const reg = vp?.synic.sint[sint] ?? 0;
     if (vp && !sintMasked(reg) && this.assertVector(p, vpIndex, sintVector(reg), (reg & SINT_AUTO_EOI) !== 0)) return;
-    this.notifyPartition(p, { k: 'sint', vp: vpIndex, sint, ...extra });
+    const msg: HvServerMsg = { k: 'sint', vp: vpIndex, sint, ...extra };
+    const delayMs = p.faults.interruptDelayUs / 1000;
+    if (delayMs <= 0 || p.delayedNotes.size >= MAX_DELAYED_NOTES) {
+      this.notifyPartition(p, msg);
+      return;
+    }
+    // No virtual APIC (private memory): the notification is the interrupt, and it goes late.
+    const send = (): void => {
+      p.delayedNotes.delete(timer);
+      if (p.state !== PartitionState.Deleted) this.notifyPartition(p, msg);
+    };
+    const timer = setTimeout(send, delayMs);
+    timer.unref?.();
+    p.delayedNotes.set(timer, send);
   }
 
   /**
@@ -1189,11 +1394,19 @@ export class Hypervisor {
     let runState = 'Absent';
     if (p.vpI32 && p.vpF64) {
       apic = new VirtualApicView(p.vpI32, off).snapshot();
+      // Saved are true expirations: without the interrupt delay's push of direct timers, and periodic
+      // timers in true reference time, as the saved reference time is (see restoreVp).
+      const shift = Math.round(p.faults.interruptDelayUs * 10);
+      const disp = this.clockDisplacement(p);
       for (let t = 0; t < STIMER_COUNT; t++) {
+        const config = Atomics.load(p.vpI32, ((off + VpPage.stimerConfig) >> 2) + t) >>> 0;
+        const cfg = decodeStimerConfig(config);
+        const next = finiteOrZero(p.vpF64[((off + VpPage.stimerNext) >> 3) + t]);
+        const back = (cfg.direct ? shift : 0) + (cfg.periodic ? disp : 0);
         timers.push({
-          config: Atomics.load(p.vpI32, ((off + VpPage.stimerConfig) >> 2) + t) >>> 0,
+          config,
           count: finiteOrZero(p.vpF64[((off + VpPage.stimerCount) >> 3) + t]),
-          nextExpiry: finiteOrZero(p.vpF64[((off + VpPage.stimerNext) >> 3) + t]),
+          nextExpiry: next > 0 && back !== 0 ? Math.max(1, next - back) : next,
         });
       }
       registers.Rax = clampU53(p.vpF64[(off + VpPage.rax) >> 3]);
@@ -1206,7 +1419,8 @@ export class Hypervisor {
       apic,
       synic: { scontrol: vp.synic.scontrol, simp: vp.synic.simp, siefp: vp.synic.siefp, sint: [...vp.synic.sint], queued: vp.synic.savedQueue() },
       timers,
-      referenceTime: clampU53(this.readRegister(p, vp, 'ReferenceTime')),
+      // The true reference time: a clock fault is the partition's here, not the VM's to carry along.
+      referenceTime: clampU53(this.trueReferenceTime(p)),
       runState,
       intercept: ic ? { messageType: ic.messageType, port: ic.port, access: ic.access, size: ic.size, value: ic.value, rip: ic.rip } : null,
     };
@@ -1226,8 +1440,9 @@ export class Hypervisor {
     const problem = vp.synic.restoreProblem(queued);
     if (problem !== null) throw new Fail(HvStatus.INVALID_PARAMETER, `saved VP state: ${problem}`);
     // Reference time continues from the saved value: time stands still while a VM is saved.
+    // (The true reference time; a clock fault of this partition stays in force on top of it.)
     p.refBaseNs = process.hrtime.bigint() - BigInt(st.referenceTime) * 100n;
-    if (p.vpRegion) new BigInt64Array(p.vpRegion, 0, 2)[VpRegionHeader.refBaseNs >> 3] = p.refBaseNs;
+    this.publishClock(p);
     for (const [k, v] of regs) this.writeRegister(p, vp, k, v);
     vp.synic.sint.splice(0, SINT_COUNT, ...st.synic.sint);
     vp.synic.scontrol = st.synic.scontrol;
@@ -1236,10 +1451,12 @@ export class Hypervisor {
     const off = vpPageOffset(vp.index);
     if (p.vpI32 && p.vpF64) {
       new VirtualApicView(p.vpI32, off).load(st.apic);
+      // Saved periodic expirations are in true reference time: into this partition's, clock fault included.
+      const disp = this.clockDisplacement(p);
       st.timers.forEach((t, i) => {
         Atomics.store(p.vpI32!, ((off + VpPage.stimerConfig) >> 2) + i, t.config | 0);
         p.vpF64![((off + VpPage.stimerCount) >> 3) + i] = t.count;
-        p.vpF64![((off + VpPage.stimerNext) >> 3) + i] = t.nextExpiry;
+        p.vpF64![((off + VpPage.stimerNext) >> 3) + i] = t.nextExpiry > 0 && disp !== 0 && decodeStimerConfig(t.config).periodic ? Math.max(1, t.nextExpiry + disp) : t.nextExpiry;
       });
       this.opts.scheduler?.post({ t: 'timersRestored', id: p.id, index: vp.index });
       this.opts.scheduler?.ring();
@@ -1322,6 +1539,7 @@ export class Hypervisor {
 
   private destroy(p: Partition): void {
     p.state = PartitionState.Deleted;
+    this.dropDelayedNotes(p);
     if (p.memoryRegion) unlinkRegion(p.memoryRegion);
     if (p.vpRegionName) {
       this.toScheduler(p, { t: 'removePartition', id: p.id });
@@ -1353,6 +1571,8 @@ export class Hypervisor {
 
   /** Removes every partition (unlinking its memory) — at hypervisor exit. */
   shutdown(reason: string): void {
+    if (this.lpShrink) clearTimeout(this.lpShrink.timer);
+    this.lpShrink = null;
     for (const p of [...this.partitions.values()]) {
       if (p.id === ROOT_PARTITION_ID) continue;
       this.notifyPartition(p, { k: 'bye', reason });

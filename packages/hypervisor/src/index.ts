@@ -19,6 +19,11 @@
  * 100 µs floor. Sessions: the root's token is rotated each time the supervisor (main.ts) starts a
  * root and reaches it over a pipe; VMWPs open root sessions with one-time tickets (30 s); a session
  * whose pid is gone is dropped.
+ *
+ * Faults (ARCHITECTURE §9; hvlab extensions): per child partition, the properties
+ * FaultInterruptDelayUs, FaultStalledVps, FaultClockOffsetUs and FaultClockSkewPpm (hypercall.ts),
+ * each undone by setting it to 0 and gone with its partition; per host, the root's control op
+ * `setLps` (fewer LPs for a while, restored by the hypervisor's own timer).
  */
 export { Hypervisor, type HypervisorOptions, type Session } from './hypervisor.js';
 export { HypervisorServer } from './server.js';

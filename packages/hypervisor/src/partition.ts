@@ -66,6 +66,17 @@ export interface Intercept {
   ownerSession: string;
 }
 
+/** A partition's faults (see PartitionProperty.Fault* for what each does). */
+export interface PartitionFaults {
+  interruptDelayUs: number;
+  /** Bit mask of stalled VP indexes 0..52. */
+  stalledVps: number;
+  clockOffsetUs: number;
+  clockSkewPpm: number;
+  /** hrtime at which the skew was set (0n while there is none). */
+  clockSkewSinceNs: bigint;
+}
+
 export class Partition {
   state: PartitionState = PartitionState.Created;
   readonly vps = new Map<number, VirtualProcessor>();
@@ -95,8 +106,12 @@ export class Partition {
   vpRegionName: string | null = null;
   vpI32: Int32Array | null = null;
   vpF64: Float64Array | null = null;
-  /** hrtime at which the partition's reference time was 0 (moved by a restore). */
+  /** hrtime at which the partition's true reference time was 0 (moved by a restore; clock faults apply on top). */
   refBaseNs = process.hrtime.bigint();
+  /** Faults the hypervisor enforces (PartitionProperty.Fault*; 0: off). */
+  readonly faults: PartitionFaults = { interruptDelayUs: 0, stalledVps: 0, clockOffsetUs: 0, clockSkewPpm: 0, clockSkewSinceNs: 0n };
+  /** Interrupt notifications held back by the interrupt delay where there is no scheduler (private memory). */
+  readonly delayedNotes = new Map<ReturnType<typeof setTimeout>, () => void>();
   /** Samples of summed VP run time, for the measured CPU percentage. */
   readonly cpuSamples: Array<{ at: number; runMs: number[] }> = [];
 

@@ -19,13 +19,27 @@
  * still do is ring the doorbell in a loop: each ring costs one pass, paid for by the guest's own
  * spinning (a per-partition doorbell would let the scheduler throttle it).
  *
+ * Faults it enforces (ARCHITECTURE §9; the main thread posts them as partition properties change):
+ *   - interrupt delay: what the main thread would pend on a VP's APIC comes here instead
+ *     (`interrupt`) and is pended that much later, as are IPIs between the partition's VPs; its
+ *     direct-mode synthetic timers' expirations (VpPage.stimerNext, which the running VP fires by
+ *     itself too) are pushed back by the delay, so whoever fires them fires them late. At most
+ *     MAX_DELAYED_INTERRUPTS wait per partition (past that an interrupt is pended at once: never
+ *     lost); clearing the delay pends what waits at once and brings the timers back;
+ *   - stalled VPs: not dispatched (SchedulerCore's `stalled`);
+ *   - fewer LPs (`lps`): SchedulerCore.setActiveLps;
+ *   - clock faults: read from the VP region's clock words like every other reader of the
+ *     partition's reference time (`ReferenceClockView`); a skewed clock's timer deadlines are
+ *     turned into host time at its rate, and a step (`clockStep`) moves armed periodic timers
+ *     with it.
+ *
  * `SchedulerLoop` is the thread's body without the thread, so tests can drive passes in-process
  * with a plain SharedArrayBuffer as the VP region.
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
-  Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, VpRegionHeader, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
-  referenceTime, decodeIoInterceptRecord, effectiveStimerPeriod, nextPeriodicExpiry, StimerNextView,
+  Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
+  decodeIoInterceptRecord, effectiveStimerPeriod, nextPeriodicExpiry, StimerNextView, ReferenceClockView, pendInterrupt, FAULT_STALL_MAX_VP,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
@@ -42,6 +56,14 @@ export type ToScheduler =
   /** SetVpState restored a VP stopped in an intercept: it stays suspended until interceptDone. */
   | { t: 'interceptRestored'; id: number; index: number }
   | { t: 'timersRestored'; id: number; index: number }
+  /** The partition's faults as they are now (PartitionProperty.FaultInterruptDelayUs, FaultStalledVps). */
+  | { t: 'faults'; id: number; interruptDelayNs: number; stalledVps: number }
+  /** An interrupt the main thread holds back by the partition's interrupt delay: pend it that much after this arrives. */
+  | { t: 'interrupt'; id: number; index: number; vector: number; autoEoi: boolean }
+  /** The partition's reference time stepped by `stepRef` (100 ns units; a clock fault changed): periodic timers move with it. */
+  | { t: 'clockStep'; id: number; stepRef: number }
+  /** Grant only the first `lps` LPs (the boot count: all of them). */
+  | { t: 'lps'; lps: number }
   | { t: 'stop' };
 
 export type FromScheduler =
@@ -69,19 +91,40 @@ interface VpRec {
   seen: Array<{ raw: number; count: number }>;
   /** Reference time of each timer's last expiration (spacing floor). */
   lastFire: number[];
+  /** How far (reference time) each timer's expiration in VpPage.stimerNext is pushed back by the interrupt delay. */
+  shift: number[];
 }
+
+/** An interrupt waiting out its partition's interrupt delay. */
+interface DelayedInterrupt {
+  due: number;
+  index: number;
+  vector: number;
+  autoEoi: boolean;
+}
+
+/** Interrupts one partition may have waiting out its delay; past this they are pended at once. */
+export const MAX_DELAYED_INTERRUPTS = 4096;
 
 interface PartRec {
   id: number;
   region: SharedArrayBuffer;
   i32: Int32Array;
   f64: Float64Array;
-  refBase: bigint;
-  big: BigInt64Array;
+  /** The partition's reference time (the header's clock words). */
+  clock: ReferenceClockView;
   /** The whole region as i64 words (release stamps). */
   big2: BigInt64Array;
-  props: { weight: number; reserve: number; cap: number; suspended: boolean };
+  props: { weight: number; reserve: number; cap: number; suspended: boolean; stalledVps: number };
   vps: Map<number, VpRec>;
+  /** The interrupt delay (ns; 0: off) and what waits it out, in arrival order. */
+  delayNs: number;
+  delayed: DelayedInterrupt[];
+}
+
+/** Whether VP `index` is in a FaultStalledVps mask (bits 0..52 of a safe integer). */
+export function stalledIn(mask: number, index: number): boolean {
+  return index >= 0 && index <= FAULT_STALL_MAX_VP && Math.floor(mask / 2 ** index) % 2 === 1;
 }
 
 const STATE_CODE: Record<VpSchedState, number> = {
@@ -122,9 +165,88 @@ export class SchedulerLoop {
   }
 
   private refNow(p: PartRec): number {
-    // Re-read the base each time: a restore moves it.
-    p.refBase = p.big[VpRegionHeader.refBaseNs >> 3];
-    return referenceTime(p.refBase);
+    // Re-read the clock words each time: a restore or a clock fault moves them.
+    return p.clock.now();
+  }
+
+  /** Host ns until reference time `ahead` (100 ns units) from now has passed, at the partition's clock rate. */
+  private hostNsFor(p: PartRec, ahead: number): number {
+    return (Math.max(0, ahead) * 100) / p.clock.rate();
+  }
+
+  /** The interrupt delay in reference time (100 ns units). */
+  private delayRef(p: PartRec): number {
+    return Math.round(p.delayNs / 100);
+  }
+
+  /**
+   * Pends `vector` on VP `index` of `p`, or, while the partition's interrupts are delayed, queues
+   * it to be pended `delayNs` after `now` (at once when the queue is full: late, never lost).
+   */
+  private interrupt(p: PartRec, index: number, vector: number, autoEoi: boolean, now: number): void {
+    const v = p.vps.get(index);
+    if (!v) return;
+    if (p.delayNs > 0 && p.delayed.length < MAX_DELAYED_INTERRUPTS) {
+      p.delayed.push({ due: now + p.delayNs, index, vector, autoEoi });
+      return;
+    }
+    pendInterrupt(v.apic, p.region, v.off, vector, autoEoi);
+  }
+
+  /** Pends the delayed interrupts of `p` that are due at `now` (all of them with `all`); returns the next one's due time, or Infinity. */
+  private deliverDelayed(p: PartRec, now: number, all = false): number {
+    if (p.delayed.length === 0) return Infinity;
+    let next = Infinity;
+    const keep: DelayedInterrupt[] = [];
+    for (const d of p.delayed) {
+      if (all || d.due <= now) {
+        const v = p.vps.get(d.index);
+        if (v) pendInterrupt(v.apic, p.region, v.off, d.vector, d.autoEoi);
+      } else {
+        keep.push(d);
+        next = Math.min(next, d.due);
+      }
+    }
+    p.delayed = keep;
+    return next;
+  }
+
+  /**
+   * Moves VP `v`'s armed periodic timers by a step of the partition's reference time, so that they
+   * keep firing once a period across it (a step back would stall them for its length, a step
+   * forward would make them catch up). One-shot timers stay: their expirations are the guest's
+   * absolute deadlines, and a clock that jumps makes them early or late, which is the fault.
+   */
+  private stepTimers(p: PartRec, v: VpRec, step: number): void {
+    for (let t = 0; t < STIMER_COUNT; t++) {
+      if (Number.isFinite(v.lastFire[t])) v.lastFire[t] += step;
+      if (!decodeStimerConfig(Atomics.load(p.i32, ((v.off + VpPage.stimerConfig) >> 2) + t)).periodic) continue;
+      for (let tries = 0; tries < 4; tries++) {
+        const next = v.next.get(t);
+        if (!(next > 0) || !Number.isFinite(next)) break;
+        if (v.next.advance(t, next, Math.max(1, next + step))) break;
+      }
+    }
+  }
+
+  /**
+   * Pushes each armed direct-mode timer's expiration of VP `v` back to the partition's current
+   * interrupt delay (from whatever it was pushed back by before), by compare-exchange against the
+   * VP firing it meanwhile. Message-mode timers are not pushed back: their messages are delayed.
+   */
+  private shiftTimers(p: PartRec, v: VpRec): void {
+    const delay = this.delayRef(p);
+    for (let t = 0; t < STIMER_COUNT; t++) {
+      const direct = decodeStimerConfig(Atomics.load(p.i32, ((v.off + VpPage.stimerConfig) >> 2) + t)).direct;
+      const want = direct ? delay : 0;
+      if (v.shift[t] === want) continue;
+      for (let tries = 0; tries < 4; tries++) {
+        const next = v.next.get(t);
+        if (!(next > 0) || !Number.isFinite(next)) break;
+        if (v.next.advance(t, next, Math.max(1, next - v.shift[t] + want))) break;
+      }
+      v.shift[t] = want;
+    }
   }
 
   handle(m: ToScheduler, now: number): void {
@@ -133,10 +255,9 @@ export class SchedulerLoop {
     switch (m.t) {
       case 'addPartition': {
         const i32 = new Int32Array(m.region);
-        const big = new BigInt64Array(m.region, 0, 2);
         parts.set(m.id, {
-          id: m.id, region: m.region, i32, f64: new Float64Array(m.region), big, big2: new BigInt64Array(m.region),
-          refBase: big[VpRegionHeader.refBaseNs >> 3], props: { weight: m.weight, reserve: m.reserve, cap: m.cap, suspended: m.suspended }, vps: new Map(),
+          id: m.id, region: m.region, i32, f64: new Float64Array(m.region), clock: new ReferenceClockView(m.region), big2: new BigInt64Array(m.region),
+          props: { weight: m.weight, reserve: m.reserve, cap: m.cap, suspended: m.suspended, stalledVps: 0 }, vps: new Map(), delayNs: 0, delayed: [],
         });
         break;
       }
@@ -156,9 +277,11 @@ export class SchedulerLoop {
         if (!p || p.vps.has(m.index)) break;
         const off = vpPageOffset(m.index);
         const sched = core.add(m.id, m.index, p.props, now);
+        if (stalledIn(p.props.stalledVps, m.index)) core.setSuspended(sched, true, now, 'stall');
         p.vps.set(m.index, {
           sched, off, apic: new VirtualApicView(p.i32, off), next: new StimerNextView(p.region, off), timerGen: Atomics.load(p.i32, (off + VpPage.timerGen) >> 2),
           seen: Array.from({ length: STIMER_COUNT }, () => ({ raw: 0, count: 0 })), lastFire: new Array<number>(STIMER_COUNT).fill(-Infinity),
+          shift: new Array<number>(STIMER_COUNT).fill(0),
         });
         break;
       }
@@ -168,6 +291,7 @@ export class SchedulerLoop {
         if (!p || !v) break;
         core.remove(v.sched);
         p.vps.delete(m.index);
+        p.delayed = p.delayed.filter((d) => d.index !== m.index);
         break;
       }
       case 'props': {
@@ -202,9 +326,45 @@ export class SchedulerLoop {
         if (p && v) {
           v.timerGen = Atomics.load(p.i32, (v.off + VpPage.timerGen) >> 2);
           for (let t = 0; t < STIMER_COUNT; t++) v.seen[t] = { raw: Atomics.load(p.i32, ((v.off + VpPage.stimerConfig) >> 2) + t), count: p.f64[((v.off + VpPage.stimerCount) >> 3) + t] };
+          // The saved expirations are true ones (GetVpState takes the delay out): push them back again.
+          v.shift.fill(0);
+          this.shiftTimers(p, v);
         }
         break;
       }
+      case 'faults': {
+        const p = parts.get(m.id);
+        if (!p) break;
+        const delayNs = Number.isFinite(m.interruptDelayNs) && m.interruptDelayNs > 0 ? m.interruptDelayNs : 0;
+        if (delayNs !== p.delayNs) {
+          p.delayNs = delayNs;
+          // Undone at once: what waits is pended now. A changed delay applies to what comes next.
+          if (delayNs === 0) this.deliverDelayed(p, now, true);
+          for (const v of p.vps.values()) this.shiftTimers(p, v);
+        }
+        const mask = Number.isSafeInteger(m.stalledVps) && m.stalledVps > 0 ? m.stalledVps : 0;
+        if (mask !== p.props.stalledVps) {
+          p.props.stalledVps = mask;
+          for (const v of p.vps.values()) {
+            const on = stalledIn(mask, v.sched.index);
+            if (on !== v.sched.stalled) core.setSuspended(v.sched, on, now, 'stall');
+          }
+        }
+        break;
+      }
+      case 'interrupt': {
+        const p = parts.get(m.id);
+        if (p && Number.isInteger(m.vector) && m.vector >= 16 && m.vector <= 255) this.interrupt(p, m.index, m.vector, m.autoEoi === true, now);
+        break;
+      }
+      case 'clockStep': {
+        const p = parts.get(m.id);
+        if (p && Number.isFinite(m.stepRef) && m.stepRef !== 0) for (const v of p.vps.values()) this.stepTimers(p, v, m.stepRef);
+        break;
+      }
+      case 'lps':
+        core.setActiveLps(m.lps);
+        break;
       case 'stop':
         this.running = false;
         break;
@@ -235,7 +395,9 @@ export class SchedulerLoop {
           next = count;
         }
       }
-      v.next.set(t, next);
+      // A direct timer's interrupt is delayed by arming it that much later (see shiftTimers).
+      v.shift[t] = next > 0 && cfg.direct ? this.delayRef(p) : 0;
+      v.next.set(t, next > 0 ? next + v.shift[t] : 0);
     }
   }
 
@@ -266,11 +428,14 @@ export class SchedulerLoop {
         continue;
       }
       if (cfg.direct && vpFiresOwn) continue;
+      // Reference time went back (a restore, or a guest that moved its base): the spacing floor
+      // counts from now, instead of holding the timer until the old time comes round again.
+      if (v.lastFire[t] > ref) v.lastFire[t] = ref;
       if (next <= ref) {
         // Spacing floor: no timer fires twice within MIN_STIMER_PERIOD of reference time.
         const notBefore = v.lastFire[t] + MIN_STIMER_PERIOD;
         if (ref < notBefore) {
-          earliest = Math.min(earliest, now + (notBefore - ref) * 100);
+          earliest = Math.min(earliest, now + this.hostNsFor(p, notBefore - ref));
           continue;
         }
         if (cfg.direct && v.apic.pending(cfg.vector)) {
@@ -286,6 +451,7 @@ export class SchedulerLoop {
           if (!v.next.advance(t, next, after)) continue; // the VP fired it itself, or re-armed it
           v.lastFire[t] = ref;
           if (cfg.direct) {
+            // Already as late as the interrupt delay wants (its expiration was pushed back).
             v.apic.assert(cfg.vector);
           } else {
             this.out({ t: 'timer', id: p.id, index: s.index, timer: t, sint: cfg.sint, expiration: next, delivery: ref });
@@ -296,7 +462,7 @@ export class SchedulerLoop {
         }
       }
       // A timer still behind (catching up) comes again no sooner than the spacing floor allows.
-      if (next > 0) earliest = Math.min(earliest, now + Math.max(0, Math.max(next, v.lastFire[t] + MIN_STIMER_PERIOD) - ref) * 100);
+      if (next > 0) earliest = Math.min(earliest, now + this.hostNsFor(p, Math.max(next, v.lastFire[t] + MIN_STIMER_PERIOD) - ref));
     }
     return earliest;
   }
@@ -307,7 +473,7 @@ export class SchedulerLoop {
     return period === null ? 0 : nextPeriodicExpiry(due, period, ref, lazy);
   }
 
-  private deliverIpi(p: PartRec, v: VpRec): void {
+  private deliverIpi(p: PartRec, v: VpRec, now: number): void {
     const base = v.off;
     const vector = Atomics.load(p.i32, (base + VpPage.icrVector) >> 2) & 0xff;
     const lo = Atomics.load(p.i32, (base + VpPage.icrTargetsLo) >> 2) >>> 0;
@@ -316,7 +482,9 @@ export class SchedulerLoop {
       for (const t of p.vps.values()) {
         const i = t.sched.index;
         const hit = i < 32 ? (lo >>> i) & 1 : (hi >>> (i - 32)) & 1;
-        if (hit) t.apic.assert(vector);
+        if (!hit) continue;
+        if (p.delayNs > 0) this.interrupt(p, i, vector, false, now);
+        else t.apic.assert(vector);
       }
     }
     Atomics.store(p.i32, (base + VpPage.icrBusy) >> 2, 0);
@@ -332,6 +500,7 @@ export class SchedulerLoop {
     const core = this.core;
     let timerDeadline = Infinity;
     for (const p of this.parts.values()) {
+      this.deliverDelayed(p, now);
       for (const v of p.vps.values()) {
         const s = v.sched;
         const di = dispatchIdx(v);
@@ -368,9 +537,11 @@ export class SchedulerLoop {
           v.timerGen = gen;
           this.reloadTimers(p, v);
         }
-        if (Atomics.load(p.i32, (v.off + VpPage.icrBusy) >> 2) === 1) this.deliverIpi(p, v);
+        if (Atomics.load(p.i32, (v.off + VpPage.icrBusy) >> 2) === 1) this.deliverIpi(p, v, now);
       }
       for (const v of p.vps.values()) timerDeadline = Math.min(timerDeadline, this.runTimers(p, v, now));
+      // Delayed interrupts (IPIs of this pass among them) come due too.
+      for (const d of p.delayed) timerDeadline = Math.min(timerDeadline, d.due);
       // Halted VPs with something to take become Ready.
       for (const v of p.vps.values()) if (v.sched.halted && v.apic.deliverable() >= 0) core.wake(v.sched, now);
     }

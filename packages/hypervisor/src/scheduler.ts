@@ -14,6 +14,11 @@
  *     VP, so sleeping banks no credit.
  * Quantum-based: a VP keeps its LP for a quantum, then yields it if anyone else is waiting.
  * A halted VP holds no LP.
+ *
+ * Faults (ARCHITECTURE §9): a stalled VP (PartitionProperty.FaultStalledVps) is not dispatched,
+ * like a suspended one; and the LPs in use can shrink to the first `activeLps` (the root's
+ * `setLps`): a VP on an LP past them is preempted, and only those LPs are granted until they grow
+ * back.
  */
 
 export const DEFAULT_QUANTUM_NS = 10_000_000;
@@ -30,6 +35,8 @@ export interface SchedVp {
   capped: boolean;
   partitionSuspended: boolean;
   interceptSuspended: boolean;
+  /** Stalled by a fault (FaultStalledVps): not dispatched until cleared. */
+  stalled: boolean;
   /** LP index while it holds one (including while a preemption is pending), else -1. */
   lp: number;
   preempting: boolean;
@@ -65,7 +72,10 @@ export interface SchedulerOptions {
 }
 
 export class SchedulerCore {
+  /** The LPs the scheduler was made with (the host's boot count). */
   readonly lps: number;
+  /** The LPs it grants now: the first `activeLps` of them (setActiveLps). */
+  private active: number;
   readonly quantumNs: number;
   readonly periodNs: number;
   private readonly vps = new Map<string, SchedVp>();
@@ -76,6 +86,7 @@ export class SchedulerCore {
   constructor(o: SchedulerOptions) {
     if (!Number.isInteger(o.lps) || o.lps < 1) throw new Error(`logical processor count ${o.lps} is invalid`);
     this.lps = o.lps;
+    this.active = o.lps;
     this.quantumNs = o.quantumNs ?? DEFAULT_QUANTUM_NS;
     this.periodNs = o.periodNs ?? DEFAULT_PERIOD_NS;
     this.lpOwner = new Array<SchedVp | null>(o.lps).fill(null);
@@ -97,9 +108,21 @@ export class SchedulerCore {
     return this.lpOwner;
   }
 
+  get activeLps(): number {
+    return this.active;
+  }
+
+  /**
+   * Grants only the first `n` LPs (1..lps; anything else is clamped) from the next tick on; VPs on
+   * the others are preempted there. `lps` restores them all.
+   */
+  setActiveLps(n: number): void {
+    this.active = Number.isInteger(n) ? Math.min(this.lps, Math.max(1, n)) : this.lps;
+  }
+
   add(partitionId: number, index: number, props: { weight: number; reserve: number; cap: number; suspended: boolean }, now: number): SchedVp {
     const vp: SchedVp = {
-      partitionId, index, absent: true, halted: false, capped: false, partitionSuspended: props.suspended, interceptSuspended: false,
+      partitionId, index, absent: true, halted: false, capped: false, partitionSuspended: props.suspended, interceptSuspended: false, stalled: false,
       lp: -1, preempting: false, weight: props.weight, reserve: props.reserve, cap: props.cap,
       vruntime: this.minVruntime, usedInPeriod: 0, grantedAt: 0, lastChargeAt: now,
       runNs: 0, readyNs: 0, waitNs: 0, dispatches: 0, stateSince: now, shownState: 'Absent',
@@ -122,13 +145,13 @@ export class SchedulerCore {
   }
 
   private runnable(vp: SchedVp): boolean {
-    return !vp.absent && !vp.halted && !vp.capped && !vp.partitionSuspended && !vp.interceptSuspended;
+    return !vp.absent && !vp.halted && !vp.capped && !vp.partitionSuspended && !vp.interceptSuspended && !vp.stalled;
   }
 
   private stateOf(vp: SchedVp): VpSchedState {
     if (vp.lp >= 0) return 'Running';
     if (vp.absent) return 'Absent';
-    if (vp.partitionSuspended || vp.interceptSuspended) return 'Suspended';
+    if (vp.partitionSuspended || vp.interceptSuspended || vp.stalled) return 'Suspended';
     if (vp.halted || vp.capped) return 'Waiting';
     return 'Ready';
   }
@@ -179,9 +202,10 @@ export class SchedulerCore {
     this.account(vp, now);
   }
 
-  setSuspended(vp: SchedVp, on: boolean, now: number, kind: 'partition' | 'intercept' = 'partition'): void {
+  setSuspended(vp: SchedVp, on: boolean, now: number, kind: 'partition' | 'intercept' | 'stall' = 'partition'): void {
     if (kind === 'partition') vp.partitionSuspended = on;
-    else vp.interceptSuspended = on;
+    else if (kind === 'intercept') vp.interceptSuspended = on;
+    else vp.stalled = on;
     this.account(vp, now);
   }
 
@@ -230,7 +254,8 @@ export class SchedulerCore {
     if (minVr !== Infinity) this.minVruntime = Math.max(this.minVruntime, minVr);
 
     const waiting = [...this.vps.values()].filter((v) => v.lp < 0 && this.runnable(v)).sort((a, b) => this.order(a, b));
-    const freeLps = this.lpOwner.filter((o) => o === null).length;
+    let freeLps = 0;
+    for (let lp = 0; lp < this.active; lp++) if (this.lpOwner[lp] === null) freeLps++;
     let reservedWaiting = Math.max(0, waiting.filter((v) => this.reservedNow(v)).length - freeLps);
     // Waiting VPs that the free LPs will not absorb: only these justify ending a quantum.
     let excessWaiting = Math.max(0, waiting.length - freeLps);
@@ -242,7 +267,7 @@ export class SchedulerCore {
       if (budget <= 0) {
         vp.capped = true;
         take = true;
-      } else if (vp.partitionSuspended || vp.interceptSuspended || vp.halted) {
+      } else if (vp.partitionSuspended || vp.interceptSuspended || vp.stalled || vp.halted || vp.lp >= this.active) {
         take = true;
       } else if (now - vp.grantedAt >= this.quantumNs && excessWaiting > 0 && this.order(waiting[waiting.length - excessWaiting], vp) <= 0) {
         excessWaiting--;
@@ -263,7 +288,7 @@ export class SchedulerCore {
     }
     // Free LPs go to the best waiting VPs.
     let next = 0;
-    for (let lp = 0; lp < this.lps && next < waiting.length; lp++) {
+    for (let lp = 0; lp < this.active && next < waiting.length; lp++) {
       if (this.lpOwner[lp] !== null) continue;
       const vp = waiting[next++];
       if (vp.cap < 1 && vp.usedInPeriod >= vp.cap * this.periodNs) {

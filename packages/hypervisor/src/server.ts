@@ -225,7 +225,7 @@ export class HypervisorServer {
           return { reply: { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output } };
         }
         case 'ctl': {
-          const result = this.hv.control(sid, m.op);
+          const result = this.hv.control(sid, m.op, m.args);
           const granted = m.op === 'shutdown' && !(result as { error?: string }).error;
           return { reply: { k: 'ctlr', id: m.id, result }, after: granted ? () => this.onShutdownRequest() : undefined };
         }

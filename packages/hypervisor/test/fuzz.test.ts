@@ -238,11 +238,12 @@ describe('hypervisor fuzz (in-process, fast-check)', function () {
       role: fc.oneof(fc.string(), hostileValue), vm: fc.oneof(fc.string(), hostileValue), pid: fc.oneof(fc.constantFrom(process.pid, 0, -1), hostileValue),
     }, { requiredKeys: [] });
     let i = 0;
-    fc.assert(fc.property(helloArb, fc.oneof(fc.constantFrom('stats', 'ticket', 'shutdown'), hostileValue), (m, op) => {
+    const argsArb = fc.oneof(fc.constant(undefined), hostileValue, fc.record({ lps: fc.oneof(fc.integer({ min: -2, max: 4 }), hostileValue), forMs: fc.oneof(fc.integer({ min: -1, max: 50 }), hostileValue) }, { requiredKeys: [] }));
+    fc.assert(fc.property(helloArb, fc.oneof(fc.constantFrom('stats', 'ticket', 'shutdown', 'setLps'), hostileValue), argsArb, (m, op, args) => {
       const r = lab.hv.hello(`h${i++}`, m as never);
       expect(['welcome', 'reject']).to.include(r.k);
-      expect(() => lab.hv.control('r1', op as never)).to.not.throw();
-      expect(() => lab.hv.control(`h${i - 1}`, op as never)).to.not.throw();
+      expect(() => lab.hv.control('r1', op as never, args)).to.not.throw();
+      expect(() => lab.hv.control(`h${i - 1}`, op as never, args)).to.not.throw();
     }), { numRuns: 1000, seed: 4 });
     expect(hvCallName(HvCall.GetPartitionId)).to.equal('GetPartitionId');
     stillWorks(lab);

@@ -14,7 +14,7 @@
  * A decoder returns a typed value or an error sentence; it never throws, and never calls a
  * method of a decoded value (a msgpack map can carry a `toString` that is not a function).
  */
-import { decode, type HvClientMsg, type HvCtlOp, type HvServerMsg } from './wire.js';
+import { decode, type HvClientMsg, type HvCtlArgs, type HvCtlOp, type HvServerMsg, type HvSetLpsArgs } from './wire.js';
 
 /** Largest frame the hypervisor accepts (the socket drops bigger ones before they are read). */
 export const HV_FRAME_MAX_BYTES = 1024 * 1024;
@@ -25,7 +25,11 @@ export const HELLO_VM_MAX = 64;
 /** Nesting and value-count bounds of a hypercall input (a 4096-page MapGpadl is ~4100 values). */
 export const INPUT_MAX_DEPTH = 16;
 export const INPUT_MAX_VALUES = 65536;
-const HV_CTL_OPS: readonly HvCtlOp[] = ['shutdown', 'stats', 'ticket'];
+const HV_CTL_OPS: readonly HvCtlOp[] = ['shutdown', 'stats', 'ticket', 'setLps'];
+/** The longest `setLps` (ms): a day, as faults.ts's FAULT_MAX_MS (an LP shrink without an end is refused). */
+export const HV_SET_LPS_MAX_MS = 24 * 3600 * 1000;
+/** The most logical processors a host may have (and so `setLps` may name). */
+export const HV_MAX_LPS = 1024;
 /** Linux pid_t is a signed 32-bit integer; 0 and negatives name process groups, never a process. */
 const PID_MAX = 0x7fffffff;
 
@@ -139,13 +143,15 @@ export function checkHvClientMsg(v: unknown): HvClientDecoded {
   if (!isUint(id, Number.MAX_SAFE_INTEGER)) return { ok: false, error: fieldError(k === 'hc' ? 'hypercall' : 'control', 'id', id, 'a non-negative integer') };
   const fail = (error: string): HvClientDecoded => ({ ok: false, error, id });
   if (k === 'ctl') {
-    const bad = unknownKeys(v, ['k', 'id', 'op'], 'control message');
+    const bad = unknownKeys(v, ['k', 'id', 'op', 'args'], 'control message');
     if (bad) return fail(bad);
     const op = v.op;
     if (typeof op !== 'string' || !(HV_CTL_OPS as readonly string[]).includes(op)) {
       return fail(typeof op === 'string' ? `unknown control op ${JSON.stringify(op.slice(0, 32))} (known: ${HV_CTL_OPS.join(', ')})` : fieldError('control', 'op', op, 'an op name'));
     }
-    return { ok: true, msg: { k: 'ctl', id, op: op as HvCtlOp } };
+    const args = decodeHvCtlArgs(op as HvCtlOp, v.args);
+    if (typeof args === 'string') return fail(args);
+    return { ok: true, msg: args === undefined ? { k: 'ctl', id, op: op as HvCtlOp } : { k: 'ctl', id, op: op as HvCtlOp, args } };
   }
   const bad = unknownKeys(v, ['k', 'id', 'code', 'fast', 'repCount', 'repStart', 'input'], 'hypercall');
   if (bad) return fail(bad);
@@ -162,6 +168,28 @@ export function checkHvClientMsg(v: unknown): HvClientDecoded {
   if (repCount !== undefined) msg.repCount = repCount;
   if (repStart !== undefined) msg.repStart = repStart;
   return { ok: true, msg };
+}
+
+/**
+ * Checks a control op's arguments: `setLps` needs `{lps, forMs}` (whole numbers, lps 1..1024,
+ * forMs 0..24 h; the hypervisor checks lps against its boot count); every other op takes none
+ * (absent, null or an empty map). Returns the arguments (undefined for none) or an error sentence.
+ * Never throws.
+ */
+export function decodeHvCtlArgs(op: HvCtlOp, args: unknown): HvCtlArgs | undefined | string {
+  const none = args === undefined || args === null;
+  if (op !== 'setLps') {
+    if (none || (isPlainObject(args) && Object.keys(args).length === 0)) return undefined;
+    return `control op ${op} takes no arguments, not ${describeValue(args)}`;
+  }
+  if (!isPlainObject(args)) return `control op setLps needs arguments {lps, forMs}, not ${describeValue(args)}`;
+  const bad = unknownKeys(args, ['lps', 'forMs'], 'setLps arguments');
+  if (bad) return bad;
+  const { lps, forMs } = args;
+  if (!isUint(lps, HV_MAX_LPS) || lps < 1) return fieldError('setLps', 'lps', lps, `a whole number of logical processors from 1 to ${HV_MAX_LPS}`);
+  if (!isUint(forMs, HV_SET_LPS_MAX_MS)) return fieldError('setLps', 'forMs', forMs, `a whole number of ms from 0 to ${HV_SET_LPS_MAX_MS} (an LP shrink without an end is refused)`);
+  const out: HvSetLpsArgs = { lps, forMs };
+  return { lps: out.lps, forMs: out.forMs };
 }
 
 function decodeFrame(bytes: unknown): { ok: true; value: unknown } | { ok: false; error: string } {
@@ -268,4 +296,102 @@ export function decodeIoInterceptRecord(port: number, access: number, size: numb
   if (port + size - 1 > 0xffff) return `a ${size}-byte access at port 0x${port.toString(16)} runs past 0xffff`;
   const mask = size === 4 ? 0xffffffff : (1 << (size * 8)) - 1;
   return { port, access, size, value: access === 2 ? ((value >>> 0) & mask) >>> 0 : 0 };
+}
+
+// ---- the partition's reference clock in the VP region's header page -----------------------------
+
+/**
+ * The clock-fault words of the VP region's header page (byte offsets), after
+ * `VpRegionHeader.refBaseNs` (0x08), which holds the base with the clock offset already applied:
+ *   - `seq` (i32): a sequence count, odd while the hypervisor rewrites the clock words;
+ *   - `skewPpm` (i32): the skew in parts per million (0: none);
+ *   - `skewSinceNs` (i64): host CLOCK_MONOTONIC ns at which the skew was set.
+ * Reference time (100 ns units) = ((now - refBaseNs) + (now - skewSinceNs) x skewPpm / 10^6) / 100.
+ * The hypervisor's main thread is the only writer (`publishReferenceClock`); its scheduler thread
+ * and the guest's VP threads read them (`readReferenceTime`). The guest can write the page too:
+ * a reader never spins on it (a few tries, then what it read) and clamps what it reads, so a
+ * guest that scribbles here confuses only its own time.
+ */
+export const VpRegionClock = { seq: 0x10, skewPpm: 0x14, skewSinceNs: 0x18 } as const;
+/** The header's refBaseNs, as an i64 index (VpRegionHeader.refBaseNs >> 3). */
+const REF_BASE_I64 = 1;
+const SKEW_MIN_PPM = -900_000;
+const SKEW_MAX_PPM = 10_000_000;
+
+/**
+ * Reference time (100 ns units) at host time `nowNs` for a clock with base `baseNs` (offset
+ * applied) and a skew of `skewPpm` since `skewSinceNs`. Time before the skew was set is not
+ * skewed; a skew outside -900,000..10,000,000 ppm counts as its nearest bound. Negative before the
+ * base (a guest that wrote its base into the future; the hypervisor refuses an offset that would
+ * take it there), as `referenceTime` is: it keeps running, so a timer still comes due.
+ */
+export function referenceTimeAt(baseNs: bigint, skewPpm: number, skewSinceNs: bigint, nowNs: bigint): number {
+  let ns = nowNs - baseNs;
+  if (skewPpm !== 0 && Number.isInteger(skewPpm)) {
+    const ppm = Math.min(SKEW_MAX_PPM, Math.max(SKEW_MIN_PPM, skewPpm));
+    const since = nowNs - skewSinceNs;
+    if (since > 0n) ns += (since * BigInt(ppm)) / 1_000_000n;
+  }
+  return Number(ns / 100n);
+}
+
+/** How fast reference time runs against the host clock under a skew (at least 0.1). */
+export function referenceRate(skewPpm: number): number {
+  return Number.isInteger(skewPpm) ? 1 + Math.min(SKEW_MAX_PPM, Math.max(SKEW_MIN_PPM, skewPpm)) / 1e6 : 1;
+}
+
+/** The clock words of a VP region's header page, as read at one moment. */
+export interface ReferenceClockWords {
+  baseNs: bigint;
+  skewPpm: number;
+  skewSinceNs: bigint;
+}
+
+/**
+ * Reads a VP region's clock words consistently (a sequence lock of at most 4 tries: a guest that
+ * keeps the count odd gets what the last try read). Never throws.
+ */
+export function readReferenceClock(i32: Int32Array, i64: BigInt64Array): ReferenceClockWords {
+  let out: ReferenceClockWords = { baseNs: 0n, skewPpm: 0, skewSinceNs: 0n };
+  for (let i = 0; i < 4; i++) {
+    const s1 = Atomics.load(i32, VpRegionClock.seq >> 2);
+    const baseNs = Atomics.load(i64, REF_BASE_I64);
+    const skewPpm = Atomics.load(i32, VpRegionClock.skewPpm >> 2);
+    const skewSinceNs = skewPpm !== 0 ? Atomics.load(i64, VpRegionClock.skewSinceNs >> 3) : 0n;
+    out = { baseNs, skewPpm, skewSinceNs };
+    if ((s1 & 1) === 0 && Atomics.load(i32, VpRegionClock.seq >> 2) === s1) break;
+  }
+  return out;
+}
+
+/** A partition's reference time read from its VP region (`region`: the whole region, or at least its header page). */
+export class ReferenceClockView {
+  readonly i32: Int32Array;
+  readonly i64: BigInt64Array;
+  constructor(region: SharedArrayBuffer) {
+    this.i32 = new Int32Array(region, 0, 8);
+    this.i64 = new BigInt64Array(region, 0, 4);
+  }
+  words(): ReferenceClockWords {
+    return readReferenceClock(this.i32, this.i64);
+  }
+  /** Reference time (100 ns units) at host time `nowNs`. */
+  now(nowNs: bigint = process.hrtime.bigint()): number {
+    const w = this.words();
+    return referenceTimeAt(w.baseNs, w.skewPpm, w.skewSinceNs, nowNs);
+  }
+  /** Reference time runs this many times as fast as the host clock. */
+  rate(): number {
+    return referenceRate(Atomics.load(this.i32, VpRegionClock.skewPpm >> 2));
+  }
+  /** Writes the clock words (the hypervisor's main thread; a local-mode guest on its private region). */
+  publish(w: ReferenceClockWords): void {
+    const seq = VpRegionClock.seq >> 2;
+    const s = Atomics.load(this.i32, seq);
+    Atomics.store(this.i32, seq, (s | 1) === s ? s + 2 : s + 1); // odd: being written
+    Atomics.store(this.i64, REF_BASE_I64, w.baseNs);
+    Atomics.store(this.i64, VpRegionClock.skewSinceNs >> 3, w.skewSinceNs);
+    Atomics.store(this.i32, VpRegionClock.skewPpm >> 2, w.skewPpm);
+    Atomics.add(this.i32, seq, 1); // even: done
+  }
 }

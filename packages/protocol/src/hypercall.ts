@@ -123,11 +123,90 @@ export const PartitionProperty = {
   CpuReserve: 0x00020001,
   CpuCap: 0x00020002,
   CpuWeight: 0x00020003,
+  // hvlab extensions (0x00090000 and up; not in the TLFS): faults the hypervisor enforces on a
+  // child partition (ARCHITECTURE §9), set by its parent (the VMWP) and read like any property.
+  // Each is off at 0, and setting it back to 0 undoes it completely; a deleted partition takes
+  // its faults with it. Setting one to anything but 0 needs an Initialized partition whose VPs
+  // the hypervisor schedules (shared memory), except the interrupt delay, which is enforced on
+  // notifications too.
+  /**
+   * Every interrupt to the partition's VPs arrives this many µs later (0..60,000,000; 0: off):
+   * SynIC message and event interrupts, AssertVirtualInterrupt, IPIs between its VPs, and its
+   * direct-mode synthetic timers, whose expirations are pushed back by the delay (message-mode
+   * timers arrive as SynIC messages, delayed as those). Setting it to 0 delivers what is held
+   * back at once, and brings the timers back to their expirations.
+   */
+  FaultInterruptDelayUs: 0x00090001,
+  /**
+   * VPs that are not dispatched (a bit mask of VP indexes 0..52, a safe integer; 0: none): like
+   * Suspend, per VP. A stalled VP that holds an LP is preempted; the others keep running.
+   */
+  FaultStalledVps: 0x00090002,
+  /**
+   * A step of the partition's reference time, in µs, SIGNED (-604,800,000,000..604,800,000,000,
+   * ±7 days; 0: none). The only property that takes a negative value.
+   */
+  FaultClockOffsetUs: 0x00090003,
+  /**
+   * A skew of the partition's reference time in parts per million, SIGNED (-900,000..10,000,000;
+   * 0: none): from the moment it is set, reference time runs (1 + ppm/10^6) times as fast.
+   * Reference time = true reference time + offset + skew x (host time since the skew was set);
+   * setting a new skew starts that product again from 0. With both clock faults back at 0 the
+   * partition is on its true reference time again (it may jump back: that is the fault's nature).
+   * Every change of either is a step of reference time: armed periodic synthetic timers move with
+   * it (they keep their period), one-shot timers do not (their expirations are the guest's
+   * deadlines: a step forward makes them early, a step back late). Saved VP state (GetVpState)
+   * records the true reference time and periodic expirations in it, without either clock fault;
+   * SetVpState on a partition with a clock fault puts them back into its faulted time.
+   */
+  FaultClockSkewPpm: 0x00090004,
 } as const;
 export type PartitionPropertyName = keyof typeof PartitionProperty;
 const propNames = new Map<number, PartitionPropertyName>(Object.entries(PartitionProperty).map(([k, v]) => [v, k as PartitionPropertyName]));
 export function partitionPropertyName(code: number): string {
   return propNames.get(code) ?? `0x${code.toString(16).padStart(8, '0')}`;
+}
+
+/** FaultInterruptDelayUs's largest value: 60 s (faults.ts FAULT_MAX_DELAY_MS, in µs). */
+export const FAULT_MAX_INTERRUPT_DELAY_US = 60_000_000;
+/** FaultStalledVps covers VPs 0..52: the mask is a safe integer. */
+export const FAULT_STALL_MAX_VP = 52;
+/** FaultClockOffsetUs's bound either way: 7 days (faults.ts CLOCK_MAX_OFFSET_MS, in µs). */
+export const FAULT_MAX_CLOCK_OFFSET_US = 7 * 24 * 3600 * 1_000_000;
+/** FaultClockSkewPpm's range (faults.ts CLOCK_SKEW_MIN_PPM/CLOCK_SKEW_MAX_PPM). */
+export const FAULT_CLOCK_SKEW_MIN_PPM = -900_000;
+export const FAULT_CLOCK_SKEW_MAX_PPM = 10_000_000;
+
+/** The range of each property whose value is a plain integer (PrivilegeFlags is a 64-bit mask instead). */
+const PROPERTY_RANGES: ReadonlyMap<number, readonly [number, number]> = new Map<number, readonly [number, number]>([
+  [PartitionProperty.Suspend, [0, 1]],
+  [PartitionProperty.CpuReserve, [0, 100]],
+  [PartitionProperty.CpuCap, [0, 100]],
+  [PartitionProperty.CpuWeight, [1, 10000]],
+  [PartitionProperty.FaultInterruptDelayUs, [0, FAULT_MAX_INTERRUPT_DELAY_US]],
+  [PartitionProperty.FaultStalledVps, [0, Number.MAX_SAFE_INTEGER]],
+  [PartitionProperty.FaultClockOffsetUs, [-FAULT_MAX_CLOCK_OFFSET_US, FAULT_MAX_CLOCK_OFFSET_US]],
+  [PartitionProperty.FaultClockSkewPpm, [FAULT_CLOCK_SKEW_MIN_PPM, FAULT_CLOCK_SKEW_MAX_PPM]],
+]);
+
+export type PartitionPropertyValue = { ok: true; value: number } | { ok: false; status: number; reason: string };
+
+/**
+ * Checks the value of SetPartitionProperty for an integer property (every one but
+ * PrivilegeFlags): UNKNOWN_PROPERTY for a property that is not one, INVALID_HYPERCALL_INPUT for a
+ * value that is not a safe integer (a number or a bigint), PROPERTY_VALUE_OUT_OF_RANGE outside the
+ * property's range (negative values only for FaultClockOffsetUs and FaultClockSkewPpm). Never
+ * throws and never calls a method of the value.
+ */
+export function checkPartitionPropertyValue(property: number, value: unknown): PartitionPropertyValue {
+  const range = PROPERTY_RANGES.get(property);
+  if (!range) return { ok: false, status: HvStatus.UNKNOWN_PROPERTY, reason: `unknown property ${typeof property === 'number' && Number.isSafeInteger(property) ? partitionPropertyName(property) : '?'}` };
+  if (value === undefined || value === null) return { ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT, reason: 'missing field value' };
+  const n = typeof value === 'bigint' ? (value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : NaN) : value;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n)) return { ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT, reason: 'field value is not an integer' };
+  const [min, max] = range;
+  if (n < min || n > max) return { ok: false, status: HvStatus.PROPERTY_VALUE_OUT_OF_RANGE, reason: `${partitionPropertyName(property)}=${n} is out of range ${min}..${max}` };
+  return { ok: true, value: n };
 }
 
 export const PartitionState = { Created: 'Created', Initialized: 'Initialized', Finalized: 'Finalized', Deleted: 'Deleted' } as const;

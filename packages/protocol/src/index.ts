@@ -24,3 +24,4 @@ export * from './hcpage.js';
 export * from './random.js';
 export * from './cluster.js';
 export * from './migrate.js';
+export * from './faults.js';

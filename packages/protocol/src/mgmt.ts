@@ -22,6 +22,7 @@ import { MAX_VPS_PER_PARTITION } from './hypercall.js';
 import { VM_NAME_RE } from './vm.js';
 import { decode } from './wire.js';
 import { CLUSTER_HOST_RE, type PeerHealth } from './cluster.js';
+import { decodeHostFaultSpec, FAULT_ID_RE, FAULT_MAX_MS, type HostFaultSpec } from './faults.js';
 
 export const MGMT_API_VERSION = 1;
 
@@ -44,7 +45,7 @@ export const MGMT_RTC_OFFSET_MAX_S = 10 * 365 * 86400;
 export const MGMT_OPS = [
   'ping', 'hostInfo', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
   'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown', 'linkProbe',
-  'vmMove', 'vmMoveStatus', 'vmMoveCancel',
+  'vmMove', 'vmMoveStatus', 'vmMoveCancel', 'faultSet', 'faultClear', 'faultList',
 ] as const;
 export type MgmtOp = (typeof MGMT_OPS)[number];
 
@@ -103,6 +104,16 @@ export type MgmtArgs = {
   };
   vmMoveStatus: MgmtVmArgs;
   vmMoveCancel: MgmtVmArgs;
+  /**
+   * A fault this host enforces (faults.ts; the nemesis asks): of VM `vm` (through its worker) or,
+   * with `vm` absent, of the host (lp-shrink, through the hypervisor). It ends by itself after
+   * `forMs`; a second one with the same id replaces it.
+   */
+  faultSet: { id: string; vm?: string; spec: HostFaultSpec; forMs: number };
+  /** Ends fault `id` (absent: every fault) of VM `vm` (absent: of the host and all its VMs) now. */
+  faultClear: { id?: string; vm?: string };
+  /** The faults this host enforces now. */
+  faultList: MgmtNoArgs;
 };
 
 /** A checked request: its `args` have exactly the shape of its `op`. */
@@ -264,6 +275,22 @@ class ArgReader {
     return this.optString(name, 32, 1);
   }
 
+  /** A fault spec (faults.ts), checked by its own decoder. */
+  faultSpec(name: string): HostFaultSpec {
+    const v = this.get(name);
+    if (v === undefined) return this.need<HostFaultSpec>(name, 'a fault spec', undefined);
+    const d = decodeHostFaultSpec(v);
+    if (!d.ok) throw new ArgumentRejected(`${this.op} argument "${name}": ${d.message}`);
+    return d.value;
+  }
+
+  /** A fault id (faults.ts FAULT_ID_RE). */
+  optFaultId(name: string): string | undefined {
+    const v = this.optString(name, 64, 1);
+    if (v !== undefined && !FAULT_ID_RE.test(v)) this.fail(name, v, 'a fault id (letters, digits, dots, dashes, underscores)');
+    return v;
+  }
+
   /** A map of plain data (hypercall input): checked for depth and size, not field by field. */
   optPlainMap(name: string): Record<string, unknown> | undefined {
     const v = this.get(name);
@@ -378,6 +405,24 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
   },
   vmMoveStatus: vmOnly(),
   vmMoveCancel: vmOnly(),
+  faultList: noArgs(),
+  faultSet: (a) => {
+    const r = a(['id', 'vm', 'spec', 'forMs']);
+    const id = r.optFaultId('id') ?? r.fail('id', undefined, 'a fault id');
+    const out: MgmtArgs['faultSet'] = { id, spec: r.faultSpec('spec'), forMs: r.whole('forMs', 0, FAULT_MAX_MS, false) };
+    put(out, 'vm', r.optVmName('vm'));
+    if (out.spec.kind === 'lp-shrink' && out.vm !== undefined) throw new ArgumentRejected('faultSet: lp-shrink is a fault of the host: it takes no "vm"');
+    if (out.spec.kind !== 'lp-shrink' && out.vm === undefined) throw new ArgumentRejected(`faultSet: a ${out.spec.kind} fault needs "vm"`);
+    if (out.spec.kind !== 'bitflip' && out.forMs === 0) throw new ArgumentRejected('faultSet: a fault without an end is refused: "forMs" must be above 0');
+    return out;
+  },
+  faultClear: (a) => {
+    const r = a(['id', 'vm']);
+    const out: MgmtArgs['faultClear'] = {};
+    put(out, 'id', r.optFaultId('id'));
+    put(out, 'vm', r.optVmName('vm'));
+    return out;
+  },
   vmMove: (a) => {
     const r = a(['name', 'to', 'bandwidthBps', 'downtimeLimitMs', 'maxPasses', 'compress', 'autoConverge', 'postcopy', 'offline']);
     const to = r.string('to', 10, 1);

@@ -9,8 +9,13 @@
  * notes the VMWP pushes to the attached root `{t:'note', body}`. The first request of a root must be
  * `hello` with the VMWP's secret (from its record file in the run directory, mode 0600); the VMWP
  * answers nothing else before that. Every frame is decoded once, here, by a checking decoder.
+ *
+ * Faults (ARCHITECTURE §9): `faultSet` applies a VM fault (faults.ts's VmFaultSpec) for `forMs`
+ * and the VMWP ends it by itself; `faultClear` ends one or all at once; `faultList` lists them;
+ * the note `faultEnded` tells the root each one that ended, with its counters.
  */
 import { isPlainObject } from './hvwire.js';
+import { checkFaultDuration, decodeVmFaultSpec, FAULT_ID_RE, INSTANT_FAULT_KINDS, type VmFaultKind, type VmFaultSpec } from './faults.js';
 import { decode } from './wire.js';
 
 export type VmwpRequest =
@@ -35,7 +40,45 @@ export type VmwpRequest =
   /** Post-copy, destination: switch over (state + bitmap of the pages still to come), then pulls for what the guest waits on. */
   | { t: 'migSwitch'; state: Uint8Array; missing: Uint8Array }
   | { t: 'migPull'; waitMs: number }
-  | { t: 'migDone' };
+  | { t: 'migDone' }
+  /**
+   * Applies a fault now; the VMWP ends it after `forMs` (bitflip: instantaneous, `forMs` may be 0).
+   * A fault with the same id is replaced. Answer: a `VmwpFaultApplied`.
+   */
+  | { t: 'faultSet'; id: string; spec: VmFaultSpec; forMs: number }
+  /** Ends fault `id` (null: every fault) at once. Answer: `{ cleared: string[] }` (the ids ended; none is no error). */
+  | { t: 'faultClear'; id: string | null }
+  /** Answer: `VmwpFaultInfo[]`, the active faults. */
+  | { t: 'faultList' };
+
+/** Counters of a fault: for vmbus, packets and signals; for others, an empty map. */
+export type VmwpFaultStats = Record<string, unknown>;
+
+/** What `faultSet` answers. */
+export interface VmwpFaultApplied {
+  id: string;
+  kind: VmFaultKind;
+  /** ms since 1970. */
+  startedAt: number;
+  endsAt: number;
+  /** vmbus: the names of the channels it applies to (all of the VM's when its channel is null); else empty. */
+  channels: string[];
+  /** What the VMWP did, by kind (vmbus: {}, interrupt-delay: {delayUs}, clock: {offsetUs, skewPpm}, vp-stall: {vps, mask}, bitflip: {gpa, mask, before, after}). */
+  applied: Record<string, unknown>;
+  /** The id of a fault it replaced (same id, or the same kind for interrupt-delay, clock, vp-stall), or null. */
+  replaced: string | null;
+}
+
+/** One line of `faultList`. */
+export interface VmwpFaultInfo {
+  id: string;
+  kind: VmFaultKind;
+  spec: VmFaultSpec;
+  startedAt: number;
+  endsAt: number;
+  channels: string[];
+  stats: VmwpFaultStats;
+}
 
 export type VmwpNote =
   | { t: 'booted'; partitionId: number; partitionPid: number | null }
@@ -44,7 +87,12 @@ export type VmwpNote =
   /** An incoming VMWP has built the partition and devices and takes pages. */
   | { t: 'incomingReady'; partitionId: number }
   /** A migration's statistics (protocol/src/migrate.ts), as they change. */
-  | { t: 'migProgress'; stats: Record<string, unknown> };
+  | { t: 'migProgress'; stats: Record<string, unknown> }
+  /**
+   * A fault ended: its time was up (`expired`) or it was ended early (`cleared`: by faultClear, by a
+   * faultSet that replaced it, or before a save or a migration; `why` says which). `stats` as in faultList.
+   */
+  | { t: 'faultEnded'; id: string; kind: string; reason: 'expired' | 'cleared'; why: string; stats: VmwpFaultStats };
 
 /** What a VMWP says about its VM when a (new) root attaches. */
 export interface VmwpDescription {
@@ -113,6 +161,12 @@ function bool(o: Record<string, unknown>, k: string): boolean {
   return v;
 }
 
+function faultId(o: Record<string, unknown>, k: string): string {
+  const v = o[k];
+  if (typeof v !== 'string' || !FAULT_ID_RE.test(v)) throw new VmwpDecodeError(`field ${k} is not a fault id (letters, digits, '.', '_' or '-', at most 64)`);
+  return v;
+}
+
 function decodeRequest(b: Record<string, unknown>): VmwpRequest {
   const t = b.t;
   switch (t) {
@@ -155,6 +209,17 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
       return { t, state: st, missing: mi };
     }
     case 'migPull': return { t, waitMs: int(b, 'waitMs', 0, 5000) };
+    case 'faultSet': {
+      const id = faultId(b, 'id');
+      const spec = decodeVmFaultSpec(b.spec);
+      if (!spec.ok) throw new VmwpDecodeError(`field spec: ${spec.message}`);
+      const forMs = b.forMs;
+      const bad = checkFaultDuration(forMs, INSTANT_FAULT_KINDS.includes(spec.value.kind));
+      if (bad !== null) throw new VmwpDecodeError(`field forMs: ${bad}`);
+      return { t, id, spec: spec.value, forMs: forMs as number };
+    }
+    case 'faultClear': return { t, id: b.id === null || b.id === undefined ? null : faultId(b, 'id') };
+    case 'faultList': return { t };
     case 'migDone': return { t };
     case 'migPages':
     case 'migState': {
@@ -176,6 +241,12 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
     case 'migProgress':
       if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
       return { t: 'migProgress', stats: b.stats };
+    case 'faultEnded': {
+      const reason = b.reason;
+      if (reason !== 'expired' && reason !== 'cleared') throw new VmwpDecodeError('field reason is not expired or cleared');
+      if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
+      return { t: 'faultEnded', id: faultId(b, 'id'), kind: str(b, 'kind', false, 32)!, reason, why: str(b, 'why', false, 512)!, stats: b.stats };
+    }
     default: throw new VmwpDecodeError('note type is unknown');
   }
 }

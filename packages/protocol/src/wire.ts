@@ -111,11 +111,23 @@ export type HvHello = { k: 'hello'; partitionId: number; role: string; vm: strin
   | { token: string; ticket?: undefined }
   | { ticket: string; token?: undefined }
 );
-export type HvCtlOp = 'shutdown' | 'stats' | 'ticket';
+/**
+ * Control ops (root sessions only): `stats`, `ticket`, `shutdown`, and `setLps` (args
+ * `HvSetLpsArgs`), which makes the scheduler use only the first `lps` logical processors for
+ * `forMs` ms, after which the hypervisor restores the host's boot count by itself.
+ */
+export type HvCtlOp = 'shutdown' | 'stats' | 'ticket' | 'setLps';
+/** `setLps`'s arguments: `lps` 1..the boot count (the boot count restores at once), `forMs` 0..24 h (0 restores at once). */
+export interface HvSetLpsArgs {
+  lps: number;
+  forMs: number;
+}
+/** A control op's arguments, per op (checked by `decodeHvCtlArgs`); ops without arguments take none. */
+export type HvCtlArgs = Record<string, number>;
 export type HvClientMsg =
   | HvHello
   | { k: 'hc'; id: number; code: number; fast?: boolean; repCount?: number; repStart?: number; input: Record<string, unknown> }
-  | { k: 'ctl'; id: number; op: HvCtlOp };
+  | { k: 'ctl'; id: number; op: HvCtlOp; args?: HvCtlArgs };
 export type HvServerMsg =
   | {
     k: 'welcome'; partitionId: number; hostId: string; memoryMode: 'shared' | 'private'; memoryRegion: string | null; memoryBytes: number;

@@ -10,6 +10,8 @@ import { Packr } from 'msgpackr';
 import {
   decodeHvClientMsg, decodeHvServerMsg, checkPlainData, decodeSavedVpState, decodeIoInterceptRecord, effectiveStimerPeriod, encode,
   MIN_STIMER_PERIOD, HV_FRAME_MAX_BYTES, INPUT_MAX_DEPTH, MAX_QUEUED_MESSAGES_PER_SINT, HvMessageType,
+  decodeHvCtlArgs, HV_SET_LPS_MAX_MS, HV_MAX_LPS, ReferenceClockView, VpRegionClock, VpRegionHeader, referenceTimeAt, referenceRate,
+  checkPartitionPropertyValue, PartitionProperty, HvStatus, hvStatusName,
   type SavedVpState, type SavedVpStateV1, type SavedVpStateV2,
 } from '../src/index.js';
 
@@ -118,6 +120,42 @@ describe('hypervisor edge decoders', () => {
       refused({ ...hc, extra: 1 }, /unknown field "extra"/);
       refused({ ...hello, extra: 1 }, /unknown field/);
       refused({ k: 'ctl', id: 1, op: 'reboot' }, /unknown control op/);
+    });
+
+    it('takes setLps with {lps, forMs} as whole numbers in range, and other control ops with no arguments', () => {
+      expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000 } })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000 } } });
+      expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { forMs: 0, lps: HV_MAX_LPS } }).ok).to.equal(true);
+      expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { lps: 2, forMs: HV_SET_LPS_MAX_MS } }).ok).to.equal(true);
+      expect(ok({ k: 'ctl', id: 4, op: 'stats', args: {} })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 4, op: 'stats' } });
+      expect(ok({ k: 'ctl', id: 4, op: 'stats', args: null })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 4, op: 'stats' } });
+      const bad: Array<[unknown, RegExp]> = [
+        [undefined, /needs arguments/], [null, /needs arguments/], [[1, 2], /needs arguments/], [hostile, /unknown field "toString"/],
+        [{ lps: 0, forMs: 1 }, /lps/], [{ lps: HV_MAX_LPS + 1, forMs: 1 }, /lps/], [{ lps: 1.5, forMs: 1 }, /lps/], [{ lps: -1, forMs: 1 }, /lps/],
+        [{ lps: '2', forMs: 1 }, /lps/], [{ lps: 2n, forMs: 1 }, /lps/], [{ lps: 1, forMs: -1 }, /forMs/], [{ lps: 1, forMs: 0.5 }, /forMs/],
+        [{ lps: 1, forMs: HV_SET_LPS_MAX_MS + 1 }, /without an end/], [{ lps: 1, forMs: NaN }, /forMs/], [{ lps: 1 }, /forMs/],
+        [{ lps: 1, forMs: 1, until: 5 }, /unknown field "until"/],
+      ];
+      for (const [args, pattern] of bad) {
+        const error = refused({ k: 'ctl', id: 9, op: 'setLps', args }, pattern);
+        expect((ok({ k: 'ctl', id: 9, op: 'setLps', args }) as { id?: number }).id, error).to.equal(9);
+      }
+      refused({ k: 'ctl', id: 4, op: 'stats', args: { lps: 1 } }, /takes no arguments/);
+      refused({ k: 'ctl', id: 4, op: 'ticket', args: 7 }, /takes no arguments/);
+    });
+
+    it('decodeHvCtlArgs never throws and takes only what setLps can use, for random arguments', () => {
+      const arb = fc.oneof(
+        fc.record({ lps: fc.oneof(fc.integer(), fc.double(), fc.string(), fc.bigInt(), fc.constant(hostile)), forMs: fc.oneof(fc.integer(), fc.double(), fc.constant(null)) }, { requiredKeys: [] }),
+        fc.anything({ withBigInt: true, withTypedArray: true }),
+      );
+      fc.assert(fc.property(fc.constantFrom('setLps', 'stats', 'ticket', 'shutdown'), arb, (op, args) => {
+        const r = decodeHvCtlArgs(op as 'setLps', args);
+        if (typeof r === 'string' || r === undefined) return;
+        expect(op).to.equal('setLps');
+        expect(Object.keys(r).sort()).to.deep.equal(['forMs', 'lps']);
+        expect(Number.isInteger(r.lps) && r.lps >= 1 && r.lps <= HV_MAX_LPS).to.equal(true);
+        expect(Number.isInteger(r.forMs) && r.forMs >= 0 && r.forMs <= HV_SET_LPS_MAX_MS).to.equal(true);
+      }), { numRuns: 3000, seed: 13 });
     });
 
     it('refuses empty, oversized, truncated and trailing-garbage frames, and msgpack that is not a map', () => {
@@ -311,6 +349,73 @@ describe('hypervisor edge decoders', () => {
       expect(effectiveStimerPeriod(1e-300)).to.equal(MIN_STIMER_PERIOD);
       expect(effectiveStimerPeriod(10_000)).to.equal(10_000);
       for (const c of [0, -1, NaN, Infinity, -Infinity]) expect(effectiveStimerPeriod(c)).to.equal(null);
+    });
+  });
+
+  describe('fault property values (checkPartitionPropertyValue)', () => {
+    it('takes negative values only for the clock faults, refuses non-integers as input and unknown properties, and never throws', () => {
+      const st = (property: number, value: unknown): string => {
+        const r = checkPartitionPropertyValue(property, value);
+        return r.ok ? `ok ${r.value}` : hvStatusName(r.status);
+      };
+      expect(st(PartitionProperty.FaultClockOffsetUs, -5)).to.equal('ok -5');
+      expect(st(PartitionProperty.FaultClockSkewPpm, -900_000)).to.equal('ok -900000');
+      expect(st(PartitionProperty.FaultClockSkewPpm, -900_001)).to.equal('PROPERTY_VALUE_OUT_OF_RANGE');
+      expect(st(PartitionProperty.FaultInterruptDelayUs, -1)).to.equal('PROPERTY_VALUE_OUT_OF_RANGE');
+      expect(st(PartitionProperty.FaultStalledVps, -1)).to.equal('PROPERTY_VALUE_OUT_OF_RANGE');
+      expect(st(PartitionProperty.FaultInterruptDelayUs, 0.5)).to.equal('INVALID_HYPERCALL_INPUT');
+      expect(st(PartitionProperty.FaultStalledVps, 2n ** 53n)).to.equal('INVALID_HYPERCALL_INPUT');
+      expect(st(PartitionProperty.FaultStalledVps, 2n ** 53n - 1n)).to.equal(`ok ${Number.MAX_SAFE_INTEGER}`);
+      expect(st(PartitionProperty.PrivilegeFlags, 1)).to.equal('UNKNOWN_PROPERTY'); // a mask, checked apart
+      expect(st(0x00090000, 0)).to.equal('UNKNOWN_PROPERTY');
+      fc.assert(fc.property(fc.oneof(fc.integer(), fc.constantFrom(...Object.values(PartitionProperty))), fc.anything({ withBigInt: true }), (p, v) => {
+        const r = checkPartitionPropertyValue(p, v);
+        if (r.ok) expect(Number.isSafeInteger(r.value)).to.equal(true);
+        else expect([HvStatus.UNKNOWN_PROPERTY, HvStatus.INVALID_HYPERCALL_INPUT, HvStatus.PROPERTY_VALUE_OUT_OF_RANGE]).to.include(r.status);
+      }), { numRuns: 3000, seed: 13 });
+    });
+  });
+
+  describe('the reference clock words of the VP region', () => {
+    const region = (): SharedArrayBuffer => new SharedArrayBuffer(4096);
+
+    it('reference time = ((now - base) + (now - since) x ppm / 10^6) / 100, unskewed before the skew was set', () => {
+      const base = 1_000_000_000_000n;
+      expect(referenceTimeAt(base, 0, 0n, base + 12_345_600n)).to.equal(123_456);
+      expect(referenceTimeAt(base, 1_000_000, base + 1_000_000_000n, base + 2_000_000_000n)).to.equal(30_000_000); // 1 s plain + 1 s at twice the rate
+      expect(referenceTimeAt(base, -500_000, base, base + 1_000_000_000n)).to.equal(5_000_000);
+      expect(referenceTimeAt(base, 1_000_000, base + 5n, base)).to.equal(0); // before the skew: none
+      expect(referenceTimeAt(base, 99_000_000, base, base + 100n)).to.equal(11); // a skew past its bound counts as the bound
+      expect(referenceRate(10_000_000)).to.equal(11);
+      expect(referenceRate(-900_000)).to.be.closeTo(0.1, 1e-12);
+      expect(referenceRate(-5_000_000)).to.be.closeTo(0.1, 1e-12);
+      expect(referenceRate(0.5)).to.equal(1);
+    });
+
+    it('what the writer publishes, the reader reads; the base stays where VpRegionHeader puts it', () => {
+      const r = region();
+      const v = new ReferenceClockView(r);
+      v.publish({ baseNs: 123n, skewPpm: -7, skewSinceNs: 456n });
+      expect(v.words()).to.deep.equal({ baseNs: 123n, skewPpm: -7, skewSinceNs: 456n });
+      expect(new BigInt64Array(r, VpRegionHeader.refBaseNs, 1)[0]).to.equal(123n);
+      expect(Atomics.load(new Int32Array(r), VpRegionClock.seq >> 2) % 2, 'the sequence count is even after a write').to.equal(0);
+      expect(v.now(123n + 1000n + 1n)).to.equal(10);
+    });
+
+    it('never waits on a sequence count a guest keeps odd, and never throws whatever the words hold', () => {
+      const r = region();
+      const v = new ReferenceClockView(r);
+      Atomics.store(new Int32Array(r), VpRegionClock.seq >> 2, 1);
+      v.publish({ baseNs: 5n, skewPpm: 0, skewSinceNs: 0n });
+      Atomics.store(new Int32Array(r), VpRegionClock.seq >> 2, 3); // odd, and stays so
+      expect(v.words().baseNs).to.equal(5n);
+      fc.assert(fc.property(fc.array(fc.integer({ min: -0x80000000, max: 0x7fffffff }), { minLength: 8, maxLength: 8 }), fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }), (words, now) => {
+        const rr = region();
+        new Int32Array(rr).set(words);
+        const t = new ReferenceClockView(rr).now(now);
+        expect(Number.isFinite(t)).to.equal(true);
+        expect(Number.isFinite(new ReferenceClockView(rr).rate())).to.equal(true);
+      }), { numRuns: 2000, seed: 13 });
     });
   });
 });

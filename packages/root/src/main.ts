@@ -9,6 +9,7 @@
  * `shutdown` request (hvlab down) stops the VMs; if the hypervisor goes away, everything of the
  * host goes with it.
  */
+import { HostFaults } from './host-faults.js';
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo } from '@hvlab/protocol';
@@ -84,6 +85,8 @@ process.on('SIGINT', () => void exit('SIGINT'));
 
 const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
 const store = new ConfigStore(paths.vmDir);
+// lp-shrink: the hypervisor takes LPs away and gives them back after forMs by itself.
+const hostFaults = new HostFaults((n, forMs) => vid.ctl('setLps', { lps: n, forMs }), lps, (msg, fields) => log.info(fields, msg));
 let member: ClusterMember | null = null;
 /** Probed once: whether userfaultfd's async write-protect works here (the partitions use it when it does). */
 const dirtyTracking = (): NonNullable<HostInfo['dirtyTracking']> => {
@@ -134,6 +137,15 @@ const handler: MgmtHandler = async (op, args) => {
     }
     case 'vmMoveStatus': return v.moveStatus(args.name);
     case 'vmMoveCancel': return v.moveCancel(args.name);
+    case 'faultSet':
+      if (args.spec.kind === 'lp-shrink') return await hostFaults.set(args.id, args.spec.lps, args.forMs);
+      return await v.faultSet(args.vm!, args.id, args.spec, args.forMs);
+    case 'faultClear': {
+      if (args.vm !== undefined) return await v.faultClear(args.vm, args.id ?? null);
+      const host = await hostFaults.clear(args.id ?? null);
+      return { cleared: [...host, ...(await v.faultClearAll(args.id ?? null))] };
+    }
+    case 'faultList': return { host: hostFaults.list(), vms: await v.faultList() };
     case 'linkProbe':
       if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
       return await member.probe(args);

@@ -16,7 +16,7 @@ import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
-  type ClusterKey, type MigPeerRequest, type MigrationStats,
+  type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
@@ -1086,6 +1086,49 @@ export class Vmms {
     if (!Number.isSafeInteger(l) || l < 1 || l > 16 * 1024 * 1024) throw new MgmtFailure('InvalidArgument', `length ${String(len)} is invalid: 1 to 16 MiB`);
     if (g + l > r.config.memoryBytes) throw new MgmtFailure('InvalidArgument', `GPA range 0x${g.toString(16)}+${l} is outside VM "${r.config.name}"'s ${r.config.memoryBytes} bytes`);
     return await this.linkOf(r, 'read the memory of').request<Uint8Array>({ t: 'peek', gpa: g, len: l }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+  }
+
+  /**
+   * A fault in VM `name` (faults.ts: the nemesis asks through `faultSet`): handed to its worker,
+   * which applies it and ends it by itself after `forMs`. Refused while the VM moves (a fault
+   * does not travel with it) or is not Running or Paused.
+   */
+  async faultSet(name: string, id: string, spec: VmFaultSpec, forMs: number): Promise<unknown> {
+    const r = this.get(name);
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'inject a fault into');
+    if (r.moving || r.incoming) throw new MgmtFailure('InvalidState', `cannot inject a fault into VM "${r.config.name}": it is moving between hosts`);
+    const res = await this.linkOf(r, 'inject a fault into').request({ t: 'faultSet', id, spec, forMs }, 10_000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+    this.o.log.info({ vm: r.config.name, fault: id, kind: spec.kind, forMs }, 'fault injected');
+    return res;
+  }
+
+  /** Ends fault `id` (null: all) of VM `name` now; a VM without a worker has none. */
+  async faultClear(name: string, id: string | null): Promise<unknown> {
+    const r = this.get(name);
+    if (!r.link) return { cleared: [] };
+    return await r.link.request({ t: 'faultClear', id }, 10_000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+  }
+
+  /** Ends every fault of every VM (null id) or fault `id` wherever it is. */
+  async faultClearAll(id: string | null): Promise<string[]> {
+    const out: string[] = [];
+    for (const r of this.vms.values()) {
+      if (!r.link) continue;
+      const a = (await r.link.request({ t: 'faultClear', id }, 5000).catch(() => null)) as { cleared?: unknown } | null;
+      if (a && Array.isArray(a.cleared)) for (const x of a.cleared) if (typeof x === 'string') out.push(`${r.config.name}/${x}`);
+    }
+    return out;
+  }
+
+  /** Every VM's active faults. */
+  async faultList(): Promise<Array<{ vm: string; faults: unknown }>> {
+    const out: Array<{ vm: string; faults: unknown }> = [];
+    for (const r of this.vms.values()) {
+      if (!r.link) continue;
+      const f = await r.link.request({ t: 'faultList' }, 5000).catch(() => null);
+      if (Array.isArray(f) && f.length) out.push({ vm: r.config.name, faults: f });
+    }
+    return out;
   }
 
   /** Starts the warm pool (after a restart's re-attach, so it does not compete with it). */

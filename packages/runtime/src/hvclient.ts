@@ -13,7 +13,7 @@
 import {
   decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
   HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, HC_PAGE_BYTES, HcEventWord, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
-  type HvCallName, type HvClientMsg, type HvCtlOp, type HvServerMsg, type HypercallInputs,
+  type HvCallName, type HvClientMsg, type HvCtlArgs, type HvCtlOp, type HvServerMsg, type HypercallInputs,
 } from '@hvlab/protocol';
 import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
 import { watchPid } from './anchor.js';
@@ -478,11 +478,28 @@ export class HvClient {
     return r.output as T;
   }
 
-  /** A control request (root sessions only); resolves with its result, which may be `{error}`. */
-  async ctl(op: HvCtlOp, timeoutMs = this.ctlTimeoutMs): Promise<unknown> {
+  /**
+   * A control request (root sessions only); resolves with its result, which may be `{error}`.
+   * `args`: the op's arguments (`setLps`: `{lps, forMs}`); a number there is the timeout (ms).
+   */
+  async ctl(op: HvCtlOp, args?: HvCtlArgs | number, timeoutMs?: number): Promise<unknown> {
+    const timeout = typeof args === 'number' ? args : timeoutMs ?? this.ctlTimeoutMs;
     const id = this.nextId++;
-    const m = await this.request(id, { k: 'ctl', id, op }, timeoutMs, `control request ${op}`);
+    const msg: HvClientMsg = typeof args === 'object' && args !== null ? { k: 'ctl', id, op, args } : { k: 'ctl', id, op };
+    const m = await this.request(id, msg, timeout, `control request ${op}`);
     return m.k === 'ctlr' ? m.result : null;
+  }
+
+  /**
+   * The LP-shrink fault: the host's scheduler uses only its first `lps` logical processors for
+   * `forMs` ms, then all of them again by itself (the hypervisor holds the deadline). `lps` equal to
+   * the boot count, or `forMs` 0, restores them at once. Throws with the hypervisor's reason when
+   * it refuses.
+   */
+  async setLps(lps: number, forMs: number, timeoutMs?: number): Promise<{ lpsBoot: number; lpsCurrent: number; lpShrink: { lps: number; remainingMs: number } | null }> {
+    const r = (await this.ctl('setLps', { lps, forMs }, timeoutMs)) as { ok?: unknown; error?: unknown; lpsBoot?: number; lpsCurrent?: number; lpShrink?: { lps: number; remainingMs: number } | null } | null;
+    if (!r || r.ok !== true) throw new Error(`the hypervisor refused setLps: ${r && typeof r.error === 'string' ? r.error : 'no answer'}`);
+    return { lpsBoot: r.lpsBoot ?? lps, lpsCurrent: r.lpsCurrent ?? lps, lpShrink: r.lpShrink ?? null };
   }
 
   /** A one-time ticket that opens one more root-partition session (valid once, for 30 s). */

@@ -93,6 +93,8 @@ export const entries = {
   partition: entry('guest', 'main'),
   /** A cluster's fabric (its links), one per cluster. */
   fabric: entry('cluster', 'fabric-main'),
+  /** The nemesis of a home (its faults), one per home, started on demand. */
+  nemesis: entry('faults', 'nemesis-main'),
 };
 export const REPO_ROOT = repoRoot;
 

@@ -9,7 +9,8 @@
  * transport runs on a `FrameLink`/`FrameListener` (`link.ts`; ZeroMQ in `zmq-link.ts`, the only
  * file that touches it, and an in-process `MemoryFrameNetwork` for tests), frames are decoded once
  * by `decodeRemoteFrame` (`frames.ts`), faults are injected by wrapping a link, a listener or a
- * signal function (`faults.ts`), and a ring user logs its own writes into the rings' memory through
+ * signal function, and — for the fault API — every channel end a server opens, with faults that
+ * are switched on and off on the live channel (`faults.ts`: VmbusFaultInjector), and a ring user logs its own writes into the rings' memory through
  * a `DirtyLog` (the guest's GuestMemory, for live migration) without vmbus importing the guest.
  * Server and client save to and restore from plain versioned data (`state.ts`: VmbusServerState,
  * VmbusClientState and their checking decoders), so a restored VM keeps its open channels and

@@ -7,13 +7,15 @@
  * negotiation, offers, GPADLs, rings, credits — is the production code.
  *
  * Fault injection wraps, never patches: `faults` puts a FaultyLink on the guest's remote link and a
- * FaultyListener on the hub, and wraps the signal functions of the shared-memory transport.
+ * FaultyListener on the hub, and wraps the signal functions of the shared-memory transport; a
+ * `VmbusFaultInjector` (`faults.injector`) is given to the server and wraps its channel ends, as in
+ * the VMWP.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GpadlWindow } from './gpadl.js';
-import { FaultyLink, FaultyListener, type LinkFaults, type SignalFault } from './faults.js';
+import { FaultyLink, FaultyListener, type LinkFaults, type SignalFault, type VmbusFaultInjector } from './faults.js';
 import type { FrameNetwork } from './link.js';
 import { RemoteHub, RemoteLink } from './remote.js';
 import { VmbusServer, type VmbusLog } from './server.js';
@@ -38,6 +40,8 @@ export interface LoopbackOptions {
     /** On the guest's signals to the host, and the host's to the guest (shared-memory transport). */
     toHost?: SignalFault;
     toGuest?: SignalFault;
+    /** The host's fault injector (the fault API's vmbus faults), given to the server and the hub. */
+    injector?: VmbusFaultInjector;
   };
   /** The guest's dirty log (its own writes into `memory`). */
   guestDirty?: DirtyLog;
@@ -81,7 +85,9 @@ export class VmbusLoopback {
       const endpoint = this.dir ? `ipc://${join(this.dir, 'vmbus')}` : `memory://loopback-${++memoryEndpoints}`;
       const listener = frames.listen(endpoint);
       const hostLink = faults.hostLink;
-      this.hub = new RemoteHub(endpoint, log, hostLink ? new FaultyListener(listener, () => hostLink) : listener);
+      const injector = faults.injector;
+      const linked = hostLink ? new FaultyListener(listener, () => hostLink) : listener;
+      this.hub = new RemoteHub(endpoint, log, injector ? new FaultyListener(linked, () => injector.linkFaults) : linked);
     } else {
       this.hub = null;
     }
@@ -93,6 +99,7 @@ export class VmbusLoopback {
       name: 'loopback',
       remote: this.hub,
       log,
+      ...(faults.injector ? { faults: faults.injector } : {}),
       post: async (payload) => {
         const copy = payload.slice();
         this.toGuest.push(copy);

@@ -10,6 +10,10 @@
  * over ZeroMQ instead of rings; the guest then opens with GPADL 0 and states its window in the
  * first four bytes of the OPENCHANNEL user data.
  *
+ * Fault injection (faults.ts): given a `VmbusFaultInjector` (`env.faults`), the server wraps every
+ * channel end it opens in the injector's FaultyTransport and passes its signals to and from the
+ * guest through it; nothing else of the server knows about faults.
+ *
  * Save and restore (state.ts): `save()` returns the bus as plain data; `restore()` on a fresh
  * server whose devices were added (but, the guest not having asked, not offered) rebuilds the
  * channels over the same ring memory and hands each device its channel through `reopen`. The
@@ -23,6 +27,7 @@ import type { GpadlWindow } from './gpadl.js';
 import type { DirtyLog } from './transport.js';
 import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js';
 import type { RemoteHub } from './remote.js';
+import type { VmbusFaultInjector } from './faults.js';
 import {
   decodeVmbusServerState, loadPacket, savePacket, saveFault, VmbusStateError, MAX_SAVED_CHANNELS,
   type SavedServerChannel, type VmbusServerState,
@@ -84,6 +89,8 @@ export interface VmbusServerEnv {
    * logs DMA.
    */
   dirty?: DirtyLog;
+  /** Wraps every channel end and its signals (faults.ts); without it nothing is wrapped. */
+  faults?: VmbusFaultInjector;
   log: VmbusLog;
 }
 
@@ -95,6 +102,8 @@ interface ServerChannel {
   state: ChannelState;
   connectionId: number;
   channel: VmbusChannel | null;
+  /** The rings under `channel` (shared-memory transport), which the guest's signals drain. */
+  rings: ShmTransport | null;
   gpadl: number;
   /** Of the current opening: OPENCHANNEL's open id, ring page offset and remote window. */
   openId: number;
@@ -198,8 +207,19 @@ export class VmbusServer {
 
   /** The guest signalled channel `relid`. */
   onSignal(relid: number): void {
-    const t = this.channels.get(relid)?.channel?.transport;
-    if (t instanceof ShmTransport) t.onSignal();
+    const ch = this.channels.get(relid);
+    const rings = ch?.channel ? ch.rings : null;
+    if (!rings) return;
+    const f = this.env.faults;
+    if (f) f.signalIn(relid, () => rings.onSignal());
+    else rings.onSignal();
+  }
+
+  /** Signals the guest for channel `relid` (through the fault injector, if any). */
+  private signalGuest(relid: number): void {
+    const f = this.env.faults;
+    if (f) f.signalOut(relid, () => this.env.signalGuest(relid));
+    else this.env.signalGuest(relid);
   }
 
   private serialize(fn: () => Promise<void>): Promise<void> {
@@ -323,7 +343,7 @@ export class VmbusServer {
     if ([...this.channels.values()].some((c) => c.device === device && c.state !== 'rescinded')) return;
     const relid = this.nextRelid();
     const connectionId = await this.env.channelConnection(relid);
-    this.channels.set(relid, { relid, device, state: 'offered', connectionId, channel: null, gpadl: 0, openId: 0, ringOffset: 0, remoteWindow: 0, opens: 0, faults: 0, lastFault: null });
+    this.channels.set(relid, { relid, device, state: 'offered', connectionId, channel: null, rings: null, gpadl: 0, openId: 0, ringOffset: 0, remoteWindow: 0, opens: 0, faults: 0, lastFault: null });
     await this.send({
       type: 'OfferChannel', interfaceType: device.interfaceType, interfaceInstance: device.interfaceInstance,
       flags: this.env.remote ? OFFER_FLAG_REMOTE_TRANSPORT : 0, mmioMegabytes: 0, userDefined: new Uint8Array(120),
@@ -403,7 +423,7 @@ export class VmbusServer {
         if (off < 2 || pages - off < 2) throw new Error(`downstream ring offset ${off} leaves no room for two rings in ${pages} pages`);
         const inbound = g.window.ringRegion(0, off);
         const out = g.window.ringRegion(off, pages - off);
-        transport = new ShmTransport(out, inbound, () => this.env.signalGuest(ch.relid), name, this.env.dirty ?? null);
+        transport = new ShmTransport(out, inbound, () => this.signalGuest(ch.relid), name, this.env.dirty ?? null);
         ch.gpadl = m.ringGpadlHandle;
         ch.ringOffset = off;
       }
@@ -425,7 +445,9 @@ export class VmbusServer {
 
   /** Wires an open channel to its device and starts it; `saved` when it comes back from a saved state. */
   private startChannel(ch: ServerChannel, transport: PacketTransport, saved: SavedServerChannel | null): void {
-    const channel = new VmbusChannel(ch.relid, this.channelName(ch), transport);
+    ch.rings = transport instanceof ShmTransport ? transport : null;
+    const wrapped = this.env.faults ? this.env.faults.wrap(ch.relid, ch.device.name, transport) : transport;
+    const channel = new VmbusChannel(ch.relid, this.channelName(ch), wrapped);
     ch.channel = channel;
     ch.state = 'open';
     if (saved) {
@@ -458,6 +480,7 @@ export class VmbusServer {
     if (!ch.channel) return;
     const c = ch.channel;
     ch.channel = null;
+    ch.rings = null;
     ch.gpadl = 0;
     ch.openId = 0;
     ch.ringOffset = 0;
@@ -572,7 +595,7 @@ export class VmbusServer {
         const inbound = w.ringRegion(0, c.downstreamRingPageOffset);
         const out = w.ringRegion(c.downstreamRingPageOffset, w.pfns.length - c.downstreamRingPageOffset);
         const relid = c.relid;
-        rings.set(relid, new ShmTransport(out, inbound, () => this.env.signalGuest(relid), `${this.env.name}/${deviceOf.get(relid)!.name}`, this.env.dirty ?? null));
+        rings.set(relid, new ShmTransport(out, inbound, () => this.signalGuest(relid), `${this.env.name}/${deviceOf.get(relid)!.name}`, this.env.dirty ?? null));
       }
     } catch (e) {
       for (const h of windows.keys()) await this.env.unmapGpadl(h).catch(() => undefined);
@@ -587,7 +610,7 @@ export class VmbusServer {
     for (const c of s.channels) {
       const open = c.state === 'open';
       const ch: ServerChannel = {
-        relid: c.relid, device: deviceOf.get(c.relid)!, state: open ? 'offered' : c.state, connectionId: c.connectionId, channel: null,
+        relid: c.relid, device: deviceOf.get(c.relid)!, state: open ? 'offered' : c.state, connectionId: c.connectionId, channel: null, rings: null,
         gpadl: c.ringGpadl, openId: c.openId, ringOffset: c.downstreamRingPageOffset, remoteWindow: c.remoteWindow,
         opens: c.opens, faults: c.faults, lastFault: c.lastFault === '' ? null : c.lastFault,
       };

@@ -45,6 +45,11 @@ export interface PacketTransport {
   send(type: number, flags: number, transId: bigint, payload: Uint8Array): boolean;
   attach(events: TransportEvents): void;
   close(): void;
+  /**
+   * Packets this transport took but has not put on the wire yet (a fault wrapper's held-back
+   * packets, faults.ts), oldest first: a saved state keeps them with the channel's queue.
+   */
+  heldPackets?(): Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }>;
 }
 
 /** A channel end over two rings in shared memory. `onSignal()` is the interrupt entry. */
@@ -234,11 +239,11 @@ export class VmbusChannel {
   }
 
   /**
-   * Copies of the packets waiting for ring space (or credit), oldest first, for a saved state.
-   * Reads only: the queue is untouched.
+   * Copies of the packets waiting for ring space (or credit), oldest first, for a saved state:
+   * those the transport holds (a fault wrapper's), then the channel's queue. Reads only.
    */
   queuedPackets(): Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }> {
-    return this.queue.map((p) => ({ type: p.type, flags: p.flags, transId: p.transId, payload: p.payload.slice() }));
+    return [...(this.transport.heldPackets?.() ?? []), ...this.queue.map((p) => ({ type: p.type, flags: p.flags, transId: p.transId, payload: p.payload.slice() }))];
   }
 
   /**

@@ -12,6 +12,11 @@
  * (vmwp.exe), and a VMMS restart stops no VM; hvlab does the same, and a device fault also takes
  * down only its own VM.
  *
+ * Faults (the fault API's `vmbus` kind, vmwp/faults.ts): the VMBus server is given a
+ * `VmbusFaultInjector` that wraps each channel end it opens and its signals, and the remote hub's
+ * listener is wrapped in a FaultyListener for the credit grants; with no fault active every call
+ * passes straight through.
+ *
  * Saved state: one component per device ("device/<id>") and one for the VMBus server ("vmbus");
  * a restore puts every device back, then the VMBus server with its channels open on the same
  * rings, so the guest's integration services carry on without negotiating again.
@@ -27,7 +32,9 @@ import {
 } from '@hvlab/protocol';
 import type { HvClient, Logger } from '@hvlab/runtime';
 import { openRegion } from '@hvlab/shm';
-import { decodeVmbusServerState, GpadlWindow, RemoteHub, VmbusServer, type VmbusServerState } from '@hvlab/vmbus';
+import {
+  decodeVmbusServerState, FaultyListener, GpadlWindow, RemoteHub, VmbusFaultInjector, VmbusServer, ZmqFrameListener, type VmbusServerState,
+} from '@hvlab/vmbus';
 import { loadDeviceClass, type VirtualDevice } from '@hvlab/vsp';
 import { hostConnectionId } from './shared.js';
 
@@ -82,6 +89,8 @@ export interface VmDevicesOptions {
 /** One VM's devices, its VMBus and its port-I/O bus. */
 export class VmDevices {
   readonly server: VmbusServer;
+  /** The VMBus faults of this VM (vmwp/faults.ts sets and ends them). */
+  readonly faults = new VmbusFaultInjector();
   /** The token the guest presents to the remote hub, and the hub's endpoint (boot page). */
   readonly token = randomBytes(16).toString('hex');
   private readonly hub: RemoteHub | null;
@@ -102,9 +111,13 @@ export class VmDevices {
     const partitionId = (this.partitionId = o.partitionId);
     this.vid = o.vid;
     const l = o.log.child({ partition: partitionId });
-    this.hub = o.remote ? new RemoteHub(o.remote.endpoint, l) : null;
+    if (o.remote) {
+      const endpoint = o.remote.endpoint;
+      const listener = new ZmqFrameListener(endpoint, { onError: (e) => l.warn({ err: String(e) }, 'remote VMBus listener error') });
+      this.hub = new RemoteHub(endpoint, l, new FaultyListener(listener, () => this.faults.linkFaults));
+    } else this.hub = null;
     this.server = new VmbusServer({
-      partitionId, name: o.vm, remote: this.hub, log: l,
+      partitionId, name: o.vm, remote: this.hub, log: l, faults: this.faults,
       post: async (payload) => (await this.vid.call('PostMessage', { connectionId: hostConnectionId(partitionId, 1), messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
       signalGuest: (relid) => {
         void this.vid.call('SignalEvent', { connectionId: hostConnectionId(partitionId, 2), flagNumber: relid }).catch(() => undefined);
@@ -230,6 +243,11 @@ export class VmDevices {
       return true;
     }
     return false;
+  }
+
+  /** The names of this VM's VMBus channels (its VMBus devices', enabled or not), as faults name them. */
+  vmbusNames(): string[] {
+    return this.built.filter((b) => b.device.vmbus).map((b) => b.device.vmbus!.name);
   }
 
   /** The device of a class (every class the VMWP asks for by name has one instance at most). */

@@ -8,7 +8,8 @@
  * (never the root's token): CreatePartition, privileges and CPU properties, InitializePartition,
  * MapGpaPages, CreateVp, the control ports; it writes the boot page as firmware, hosts the VM's
  * devices (devices.ts: the VMBus server with the integration services, the CMOS clock on its
- * port-I/O bus), starts the child partition process, and saves and restores the VM.
+ * port-I/O bus), starts the child partition process, saves and restores the VM, and enforces the
+ * VM's faults (faults.ts: set, timed and undone here, so a fault ends even if its root is gone).
  *
  * Start-up input arrives on stdin as one JSON line `{config, ticket, secret}` (nothing secret in
  * the environment, which any process of the same user can read in /proc/PID/environ).
@@ -35,6 +36,7 @@ import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
+import { flipGuestByte, VmFaultTable } from './faults.js';
 
 
 /**
@@ -142,6 +144,7 @@ async function exit(reason: string, code = 0, guestShutdown = false): Promise<vo
     child.kill('SIGKILL');
     await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
   }
+  faults.dispose();
   devices?.close();
   postcopyIn?.close();
   void inflatePool?.close().catch(() => undefined);
@@ -218,6 +221,16 @@ async function kvp(req: Extract<VmwpRequest, { t: 'kvp' }>): Promise<unknown> {
     throw e;
   }
 }
+
+/** The VM's faults (faults.ts): none while it moves, all ended before a save or a migration. */
+const faults = new VmFaultTable({
+  vm: cfg.name, vps: cfg.vps, log,
+  setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
+  flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false),
+  vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
+  refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
+  note: (n) => control.note(n),
+});
 
 const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, async (req) => {
   switch (req.t) {
@@ -312,6 +325,12 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
     }
     case 'kvp':
       return await kvp(req);
+    case 'faultSet':
+      return await faults.set(req.id, req.spec, req.forMs);
+    case 'faultClear':
+      return await faults.clear(req.id);
+    case 'faultList':
+      return faults.list();
     case 'shutdown': {
       const d = vmDevices().ofClass('shutdown');
       const sd = d?.device.vmbus;
@@ -391,6 +410,7 @@ function capture(vps: SavedVpState[], memoryDigest: string): SavedVm {
  */
 async function save(): Promise<{ bytes: number; ms: number }> {
   if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
+  await faults.endAll('the VM is being saved');
   const t0 = Date.now();
   const vps = await freeze();
   try {
@@ -441,6 +461,8 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
   const d = vmDevices();
   d.dirtyLogging = true;
   try {
+    // A fault does not travel with the VM: every one ends now (and none is set until the move ends).
+    await faults.endAll(`the VM is being migrated to ${req.to}`);
     const stats = await m.run();
     if (stats.status === 'completed') {
       // The destination runs the VM and has committed: this copy goes.

@@ -1,6 +1,8 @@
 /**
  * Heartbeat provider: asks the guest every `intervalMs` with a sequence number the guest
- * increments. One request is outstanding at a time (a frozen guest is not flooded). The service is
+ * increments. One request is outstanding at a time (a frozen guest is not flooded); one not
+ * answered within `lostAfterMs` is given up and asked again, so a request or answer that was lost
+ * (a lossy channel, an injected fault) does not silence the heartbeat for good. The service is
  * "OK" while answers keep coming, "LostCommunication" once none came for `lostAfterMs` after
  * contact, "NoContact" before negotiation or while the channel is closed.
  */
@@ -70,7 +72,7 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
     if (this.asked !== null || !this.isOpen) return;
     const asked = this.sequence;
     this.asked = asked;
-    this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), 0)
+    this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), this.lostAfterMs)
       .then((a) => this.answered(asked, a))
       .catch(() => undefined)
       .finally(() => {

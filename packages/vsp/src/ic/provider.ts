@@ -17,6 +17,10 @@ import type { IcProviderState } from './state.js';
 export type IcServiceName = 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
 export type IcStatusText = 'OK' | 'NoContact' | 'LostCommunication';
 
+/** How long the host waits for the guest's answer to a negotiation, and then until it asks again. */
+export const NEGOTIATE_TIMEOUT_MS = 10000;
+export const NEGOTIATE_RETRY_MS = 2000;
+
 /** How long a request restored from a saved state waits for its answer. */
 export const RESTORED_ANSWER_TIMEOUT_MS = 10000;
 
@@ -92,8 +96,17 @@ export abstract class IcProvider implements VmbusDevice {
     this.negotiated = null;
     this.stats.opens++;
     channel.onPacket = (type, flags, transId, payload) => this.onPacket(type, transId, payload);
+    this.negotiate(channel, 0);
+  }
+
+  /**
+   * Negotiates on `channel`. A failure (no answer, or one that does not decode: a lossy channel, an
+   * injected VMBus fault) is tried again every NEGOTIATE_RETRY_MS while the channel stays open, so a
+   * negotiation that met a fault does not leave the service without contact until the next open.
+   */
+  private negotiate(channel: VmbusChannel, failures: number): void {
     const offer: Negotiate = { framework: FRAMEWORK_VERSIONS, message: this.messageVersions };
-    this.request(IcMessageType.Negotiate, encodeNegotiate(offer), 10000)
+    this.request(IcMessageType.Negotiate, encodeNegotiate(offer), NEGOTIATE_TIMEOUT_MS)
       .then((a) => {
         if (a.header.status !== IcStatus.OK) throw new IcRequestError(`the guest found no common ${this.service} version`, a.header.status);
         const n = decodeNegotiate(a.body);
@@ -105,7 +118,15 @@ export abstract class IcProvider implements VmbusDevice {
         this.log.info({ service: this.service, framework: `${fw!.major}.${fw!.minor}`, message: `${msg!.major}.${msg!.minor}` }, 'integration service negotiated');
         this.onNegotiated();
       })
-      .catch((e) => this.log.warn({ service: this.service, err: (e as Error).message }, 'integration service negotiation failed'));
+      .catch((e) => {
+        if (this.channel !== channel || !channel.open || this.negotiated) return;
+        // Logged once per opening: a guest without the service would otherwise fill the log.
+        if (failures === 0) this.log.warn({ service: this.service, err: (e as Error).message }, 'integration service negotiation failed; trying again while the channel is open');
+        const t = setTimeout(() => {
+          if (this.channel === channel && channel.open && !this.negotiated) this.negotiate(channel, failures + 1);
+        }, NEGOTIATE_RETRY_MS);
+        t.unref?.();
+      });
   }
 
   close(): void {

@@ -1,0 +1,712 @@
+/**
+ * The chaos experiment file (`kind: faults`, issue 13) and its one checking decoder.
+ *
+ *   name: chaos-basic             # names the report, the cluster (cluster: new) and the faults' owner
+ *   kind: faults
+ *   seed: 7                       # every draw starts from it (`--seed N` overrides it)
+ *   cluster: new                  # new: hosts h1..hN (full mesh) brought up for the run and down after;
+ *                                 # existing: the cluster up in HVLAB_HOME (its hosts and links)
+ *   hosts: 3                      # cluster: new only (default 3)
+ *   lps: 2                        # cluster: new only: LPs per host (default 2)
+ *   duration: 45s                 # from the first fault's clock start to the end of the schedule
+ *   sample: 400ms                 # how often every VM's progress and heartbeat are read (default 400ms)
+ *   workloads:                    # VMs made and started for the run, deleted after
+ *     - { name: c1, host: h1, workload: counter, memory: 32M, vps: 1 }
+ *     - { name: md, host: h2, workload: "memdirty:8M", memory: 32M }
+ *   faults:                       # explicit faults: at an offset, for a while (`for` is required)
+ *     - { at: 5s, kind: pause, target: vm:c1, for: 3s }
+ *     - { at: 9s, kind: vmbus, target: vm:c2, for: 4s, channel: heartbeat, drop: 1 }
+ *     - { at: 15s, kind: partition, target: cluster, for: 5s, shape: one }
+ *     - { at: 28s, kind: kill, target: vm:c3, role: partition, for: 2s, restart: true }
+ *   random:                       # and/or faults drawn from the seed
+ *     count: 3
+ *     kinds: [pause, vmbus, link] # default: every kind but bitflip
+ *     for: [1s, 3s]               # each one's duration, drawn between these
+ *     between: [30s, 44s]         # each one starts and ends in this window (default: 1s to duration)
+ *     targets: [vm:c1, link:h1-h2] # only these (default: every VM, host and link of the cluster)
+ *   checks:                       # all on by default; false turns one off
+ *     liveness: 10s               # every VM's heartbeat OK again within this after its fault ends
+ *     isolation: 3s               # longest stall of a VM or host no fault touched
+ *     progress: true              # a counter never goes backwards or restarts
+ *     memory: true                # memdirty's check on every memdirty VM, paused at the end
+ *     cleanup: true               # nothing left: processes, /dev/shm, namespaces, active faults
+ *
+ * A fault's parameters sit beside its fields, named as the nemesis names them (types.ts
+ * `FaultRequest.params`); durations (`delayMs: 50ms`), rates (`rateBps: 10mbit`) and percentages
+ * (`lossPercent: 5%`) may be written with their units. Every problem is reported at once with its
+ * line, column and field (`ChaosExperimentError`), before anything starts; a fault without an end,
+ * a target of the wrong kind, a name the run does not have, or a fault that ends after the run
+ * are all refused.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import {
+  CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, INSTANT_FAULT_KINDS, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
+  VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError,
+  type FaultKind, type ProcessRole,
+} from '@hvlab/protocol';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate } from '@hvlab/cluster';
+import type { PartitionShape } from './types.js';
+import { checkFaultRequest, parseTarget, type Target } from './request.js';
+
+/** Largest experiment file (bytes). */
+export const MAX_CHAOS_FILE_BYTES = 1024 * 1024;
+/** Most faults in a schedule (explicit and drawn together). */
+export const MAX_SCHEDULE_FAULTS = 1000;
+/** Longest experiment. */
+export const MAX_CHAOS_DURATION_MS = 24 * 3600 * 1000;
+
+export const CHAOS_DEFAULTS = {
+  seed: 1, cluster: 'new' as const, hosts: 3, lps: 2, durationMs: 30_000, sampleMs: 400,
+  livenessMs: 10_000, isolationStallMs: 3_000,
+};
+
+/** Kinds a random schedule draws from when `kinds` is not given (bitflip is a planted violation: asked for by name only). */
+export const RANDOM_DEFAULT_KINDS: readonly FaultKind[] = FAULT_KINDS.filter((k) => k !== 'bitflip');
+
+/** The fewest hosts each partition shape takes (resolve.ts partitionCuts). */
+export const PARTITION_MIN_HOSTS: Record<PartitionShape, number> = { one: 2, majority: 2, 'minority-third': 2, bridge: 3, ring: 4 };
+
+export interface ChaosWorkload {
+  name: string;
+  host: string;
+  workload: string;
+  memoryBytes: number;
+  vps: number;
+}
+
+/** One explicit fault of the file. */
+export interface ChaosFaultSpec {
+  atMs: number;
+  kind: FaultKind;
+  target: string;
+  role: ProcessRole | null;
+  forMs: number;
+  params: Record<string, unknown>;
+  /** The draws' seed (a selector's pick, a vmbus fault's fates); null: drawn from the experiment's seed. */
+  seed: number | null;
+}
+
+export interface ChaosRandomSpec {
+  count: number;
+  kinds: FaultKind[];
+  forMs: [number, number];
+  /** Each drawn fault starts and ends within [from, to] (ms from the start). */
+  betweenMs: [number, number];
+  /** Only these targets (concrete: vm:X, host:H, link:A-B, cluster); null: every one of the run's world. */
+  targets: string[] | null;
+}
+
+export interface ChaosChecks {
+  /** Bound (ms) for a VM's heartbeat to be OK again after its fault ends; null: not checked. */
+  livenessMs: number | null;
+  /** Longest stall (ms) of a VM or host that no fault touched at the time; null: not checked. */
+  isolationStallMs: number | null;
+  progress: boolean;
+  memory: boolean;
+  cleanup: boolean;
+}
+
+/** A checked chaos experiment file. */
+export interface ChaosSpec {
+  /** The file as given, and its text (kept in the report, so a run can be repeated from it). */
+  file: string;
+  source: string;
+  name: string;
+  kind: 'faults';
+  seed: number;
+  cluster: 'new' | 'existing';
+  /** Hosts (h1..hN) and LPs of each of a new cluster; null with cluster: existing. */
+  hosts: number | null;
+  lps: number | null;
+  durationMs: number;
+  sampleMs: number;
+  workloads: ChaosWorkload[];
+  faults: ChaosFaultSpec[];
+  random: ChaosRandomSpec | null;
+  checks: ChaosChecks;
+}
+
+export interface ChaosProblem {
+  /** 1-based; 0 when the problem has no place in the file (unreadable, empty). */
+  line: number;
+  column: number;
+  field: string;
+  message: string;
+}
+
+export class ChaosExperimentError extends Error {
+  override name = 'ChaosExperimentError';
+  constructor(readonly file: string, readonly problems: ChaosProblem[]) {
+    super(problems.map((p) => `${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`).join('\n'));
+  }
+}
+
+/** The hosts, links and VMs a schedule is drawn against, each sorted (so draws do not depend on the order things were listed or answered). */
+export interface ChaosWorld {
+  hosts: string[];
+  /** [a, b] with a < b. */
+  links: Array<[string, string]>;
+  vms: Array<{ name: string; host: string; workload: string }>;
+}
+
+/** The world of a spec: for cluster: new its hosts h1..hN in a full mesh; for existing the hosts and links given (from the cluster's status). */
+export function chaosWorld(spec: Pick<ChaosSpec, 'hosts' | 'workloads'>, existing?: { hosts: readonly string[]; links: ReadonlyArray<readonly [string, string]> }): ChaosWorld {
+  const hosts = existing ? [...existing.hosts].sort() : Array.from({ length: spec.hosts ?? CHAOS_DEFAULTS.hosts }, (_, i) => `h${i + 1}`).sort();
+  const links: Array<[string, string]> = [];
+  if (existing) {
+    for (const [a, b] of existing.links) links.push(a < b ? [a, b] : [b, a]);
+  } else {
+    for (let i = 0; i < hosts.length; i++) for (let j = i + 1; j < hosts.length; j++) links.push([hosts[i]!, hosts[j]!]);
+  }
+  links.sort((x, y) => (x[0] === y[0] ? (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0) : x[0] < y[0] ? -1 : 1));
+  const vms = spec.workloads.map((w) => ({ name: w.name, host: w.host, workload: w.workload })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return { hosts, links, vms };
+}
+
+/** The link `A-B` of `text` between two of `hosts` (host names may hold "-": every split is tried), as [a, b] sorted; null if none. */
+export function linkOf(text: string, hosts: readonly string[]): [string, string] | null {
+  for (let i = text.indexOf('-'); i > 0; i = text.indexOf('-', i + 1)) {
+    const a = text.slice(0, i);
+    const b = text.slice(i + 1);
+    if (a !== b && hosts.includes(a) && hosts.includes(b)) return a < b ? [a, b] : [b, a];
+  }
+  return null;
+}
+
+// ---- parameters ---------------------------------------------------------------------------------
+
+/** Parameters that may be written with units in a file, and how they become the nemesis's numbers. */
+const MS_PARAMS = new Set(['delayMs', 'jitterMs', 'signalDelayMs', 'offsetMs']);
+
+/** A signed duration: "-5s", "250ms", or a number of ms. */
+function signedMs(v: unknown): number | null {
+  if (typeof v === 'number') return Number.isFinite(v) ? Math.round(v) : null;
+  if (typeof v !== 'string') return null;
+  const t = v.trim();
+  const neg = t.startsWith('-');
+  const ms = parseDurationMs(neg ? t.slice(1) : t);
+  return ms === null ? null : neg ? -ms : ms;
+}
+
+/** One parameter as written → the nemesis's value (units taken off), or a sentence. */
+function paramValue(k: string, v: unknown): { ok: true; value: unknown } | { ok: false; message: string } {
+  if (MS_PARAMS.has(k) && typeof v === 'string') {
+    const ms = signedMs(v);
+    return ms === null ? { ok: false, message: 'must be a duration such as 50ms or 2s' } : { ok: true, value: ms };
+  }
+  if (k === 'rateBps' && typeof v === 'string') {
+    const r = parseRate(v);
+    return r === null ? { ok: false, message: 'must be a rate such as 10mbit (bits per second)' } : { ok: true, value: Math.round(r) };
+  }
+  if (k === 'lossPercent' && typeof v === 'string') {
+    const r = parseLoss(v);
+    return r === null ? { ok: false, message: 'must be a percentage such as 5%' } : { ok: true, value: r };
+  }
+  return { ok: true, value: v };
+}
+
+/** Whether the target names things the run has: VMs of the workloads; for a new cluster, its hosts and links. */
+function targetWorldError(t: Target, vms: readonly string[], hosts: readonly string[] | null): string | null {
+  if ((t.t === 'vm' || t.t === 'host-of') && !vms.includes(t.vm)) return `VM ${t.vm} is not one of the workloads (${vms.join(', ') || 'none'})`;
+  if (t.t === 'vms' && vms.length === 0) return 'there are no workloads to select from';
+  if (hosts === null) return null;
+  if (t.t === 'host' && !hosts.includes(t.host)) return `host ${t.host} is not a host of the cluster (${hosts.join(', ')})`;
+  if (t.t === 'link' && !linkOf(t.text, hosts)) return `link:${t.text} is not a link between two hosts of the cluster (${hosts.join(', ')})`;
+  if (t.t === 'cluster' && hosts.length < 2) return 'a partition needs at least 2 hosts';
+  return null;
+}
+
+// ---- the decoder --------------------------------------------------------------------------------
+
+interface Ctx {
+  problems: ChaosProblem[];
+  lines: LineCounter;
+}
+type Field = { v: Node | null; p: Pair };
+
+function where(ctx: Ctx, node: Node | Pair | null | undefined): { line: number; column: number } {
+  const range = (node as { range?: [number, number, number] } | null)?.range ?? ((node as Pair | null)?.key as { range?: [number, number, number] } | null)?.range;
+  if (!range) return { line: 0, column: 0 };
+  const p = ctx.lines.linePos(range[0]);
+  return { line: p.line, column: p.col };
+}
+function problem(ctx: Ctx, node: Node | Pair | null | undefined, field: string, message: string): void {
+  ctx.problems.push({ ...where(ctx, node), field, message });
+}
+const scalar = (node: Node | null): unknown => (node && isScalar(node) ? node.value : undefined);
+const at = (f: Field): Node | Pair => f.v ?? f.p;
+
+/** A map's fields by key; problems for a non-map, a repeated key, or a key not in `allowed` (null: any key). */
+function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowed: readonly string[] | null): Map<string, Field> {
+  const out = new Map<string, Field>();
+  if (node === null || node === undefined || (isScalar(node) && node.value === null)) return out;
+  if (!isMap(node)) {
+    problem(ctx, node, field, 'must be a map (name: value)');
+    return out;
+  }
+  for (const pair of (node as YAMLMap).items) {
+    const k = pair.key;
+    if (!isScalar(k) || typeof k.value !== 'string') {
+      problem(ctx, pair as Pair, field, 'a key must be a name');
+      continue;
+    }
+    const key = k.value;
+    const path = field ? `${field}.${key}` : key;
+    if (out.has(key)) problem(ctx, k, path, 'appears twice');
+    else if (allowed && !allowed.includes(key)) problem(ctx, k, path, `is not a field here (fields: ${allowed.join(', ')})`);
+    else out.set(key, { v: (pair.value as Node | null) ?? null, p: pair as Pair });
+  }
+  return out;
+}
+
+function wholeNumber(ctx: Ctx, f: Field, field: string, min: number, max: number): number | null {
+  const v = scalar(f.v);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    problem(ctx, at(f), field, `must be a whole number from ${min} to ${max}`);
+    return null;
+  }
+  return v;
+}
+
+function duration(ctx: Ctx, f: Field, field: string, min: number, max: number): number | null {
+  const v = scalar(f.v);
+  const ms = typeof v === 'number' ? (Number.isFinite(v) ? Math.round(v) : null) : typeof v === 'string' ? parseDurationMs(v) : null;
+  if (ms === null) {
+    problem(ctx, at(f), field, 'must be a duration such as 5s, 250ms or 2m');
+    return null;
+  }
+  if (ms < min || ms > max) {
+    problem(ctx, at(f), field, `${JSON.stringify(v)} is out of range: from ${fmtMs(min)} to ${fmtMs(max)}`);
+    return null;
+  }
+  return ms;
+}
+
+/** A pair of durations [a, b] with a <= b. */
+function durationPair(ctx: Ctx, f: Field, field: string, min: number, max: number): [number, number] | null {
+  if (!f.v || !isSeq(f.v) || f.v.items.length !== 2) {
+    problem(ctx, at(f), field, 'must be two durations [least, most], e.g. [1s, 3s]');
+    return null;
+  }
+  const [a, b] = f.v.items.map((item, i) => duration(ctx, { v: item as Node, p: f.p }, `${field}[${i}]`, min, max));
+  if (a === null || a === undefined || b === null || b === undefined) return null;
+  if (a > b) {
+    problem(ctx, at(f), field, `the first (${fmtMs(a)}) is more than the second (${fmtMs(b)})`);
+    return null;
+  }
+  return [a, b];
+}
+
+const fmtMs = (ms: number): string => (ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`);
+
+const TOP_FIELDS = ['name', 'kind', 'seed', 'cluster', 'hosts', 'lps', 'duration', 'sample', 'workloads', 'faults', 'random', 'checks'] as const;
+const WORKLOAD_FIELDS = ['name', 'host', 'workload', 'memory', 'vps'] as const;
+const FAULT_FIELDS = ['at', 'kind', 'target', 'for', 'role', 'seed', 'params'] as const;
+const RANDOM_FIELDS = ['count', 'kinds', 'for', 'between', 'targets'] as const;
+const CHECK_FIELDS = ['liveness', 'isolation', 'progress', 'memory', 'cleanup'] as const;
+const HOST_RULE = 'a host name is 1-10 lower-case letters, digits or "-", starting with a letter';
+
+/** The parameters of one fault (the `params:` map and the fields beside the fault's own), units taken off; each with its node. */
+function faultParams(ctx: Ctx, fields: Map<string, Field>, field: string): { params: Record<string, unknown>; nodes: Map<string, [Field, string]> } {
+  const params: Record<string, unknown> = {};
+  const nodes = new Map<string, [Field, string]>();
+  const given: Array<[string, Field, string]> = [];
+  for (const [k, f] of fields) if (!(FAULT_FIELDS as readonly string[]).includes(k)) given.push([k, f, `${field}.${k}`]);
+  const nested = fields.get('params');
+  if (nested) for (const [k, f] of fieldsOf(ctx, nested.v, `${field}.params`, null)) given.push([k, f, `${field}.params.${k}`]);
+  for (const [k, f, path] of given) {
+    if (nodes.has(k)) {
+      problem(ctx, f.p.key as Node, path, 'appears twice');
+      continue;
+    }
+    nodes.set(k, [f, path]);
+    const raw = f.v && isSeq(f.v) ? f.v.items.map((x) => scalar(x as Node)) : scalar(f.v);
+    const v = paramValue(k, raw);
+    if (v.ok) params[k] = v.value;
+    else problem(ctx, at(f), path, v.message);
+  }
+  return { params, nodes };
+}
+
+/**
+ * Decodes and checks a chaos experiment file's text (YAML, or JSON, which is YAML too); `file`
+ * names it in problems. Throws ChaosExperimentError with every problem found; never anything else.
+ */
+export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSpec {
+  const lines = new LineCounter();
+  const ctx: Ctx = { problems: [], lines };
+  if (typeof text !== 'string' || text.length > MAX_CHAOS_FILE_BYTES) throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `an experiment file is text of at most ${MAX_CHAOS_FILE_BYTES} bytes` }]);
+  let doc;
+  try {
+    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false, strict: true });
+  } catch (e) {
+    throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `not YAML: ${(e as Error).message}` }]);
+  }
+  if (doc.errors.length > 0) {
+    throw new ChaosExperimentError(file, doc.errors.map((e) => {
+      const p = lines.linePos(e.pos[0]);
+      return { line: p.line, column: p.col, field: '', message: `not valid YAML: ${e.message.split('\n')[0]!}` };
+    }));
+  }
+  const root = doc.contents as Node | null;
+  if (!root || !isMap(root)) throw new ChaosExperimentError(file, [{ ...where(ctx, root), field: '', message: 'an experiment is a map with name, kind, workloads, faults, …' }]);
+
+  const top = fieldsOf(ctx, root, '', TOP_FIELDS);
+  const spec: ChaosSpec = {
+    file, source: text, name: '', kind: 'faults', seed: CHAOS_DEFAULTS.seed, cluster: CHAOS_DEFAULTS.cluster, hosts: null, lps: null,
+    durationMs: CHAOS_DEFAULTS.durationMs, sampleMs: CHAOS_DEFAULTS.sampleMs, workloads: [], faults: [], random: null,
+    checks: { livenessMs: CHAOS_DEFAULTS.livenessMs, isolationStallMs: CHAOS_DEFAULTS.isolationStallMs, progress: true, memory: true, cleanup: true },
+  };
+
+  const kind = top.get('kind');
+  if (!kind) problem(ctx, root, 'kind', 'is missing: a chaos experiment says kind: faults');
+  else if (scalar(kind.v) !== 'faults') problem(ctx, at(kind), 'kind', `${JSON.stringify(scalar(kind.v) ?? null)} is not this runner's kind: a chaos experiment is kind: faults`);
+
+  const n = top.get('name');
+  if (!n) problem(ctx, root, 'name', 'is missing: every experiment has a name (it names the report, the cluster and the faults\' owner)');
+  else {
+    const v = scalar(n.v);
+    if (typeof v !== 'string' || !CLUSTER_NAME_RE.test(v)) problem(ctx, at(n), 'name', `${v === undefined || v === null ? 'is empty' : `${JSON.stringify(v)} is not valid`}: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit`);
+    else spec.name = v;
+  }
+
+  const seed = top.get('seed');
+  if (seed) spec.seed = wholeNumber(ctx, seed, 'seed', 0, 0xffffffff) ?? spec.seed;
+
+  const cl = top.get('cluster');
+  if (cl) {
+    const v = scalar(cl.v);
+    if (v !== 'new' && v !== 'existing') problem(ctx, at(cl), 'cluster', 'must be new (bring up hosts h1..hN for the run) or existing (the cluster up in HVLAB_HOME)');
+    else spec.cluster = v;
+  }
+  for (const k of ['hosts', 'lps'] as const) {
+    const f = top.get(k);
+    if (!f) continue;
+    if (spec.cluster === 'existing') problem(ctx, f.p, k, `is for cluster: new; an existing cluster keeps its own ${k === 'hosts' ? 'hosts' : 'LPs'}`);
+    else spec[k] = wholeNumber(ctx, f, k, 1, k === 'hosts' ? MAX_HOSTS : MAX_LPS);
+  }
+  if (spec.cluster === 'new') {
+    spec.hosts ??= CHAOS_DEFAULTS.hosts;
+    spec.lps ??= CHAOS_DEFAULTS.lps;
+  }
+  const hostNames = spec.cluster === 'new' ? Array.from({ length: spec.hosts ?? 0 }, (_, i) => `h${i + 1}`) : null;
+
+  const dur = top.get('duration');
+  if (dur) spec.durationMs = duration(ctx, dur, 'duration', 1000, MAX_CHAOS_DURATION_MS) ?? spec.durationMs;
+  const smp = top.get('sample');
+  if (smp) spec.sampleMs = duration(ctx, smp, 'sample', 100, 10_000) ?? spec.sampleMs;
+
+  // Workloads.
+  const wl = top.get('workloads');
+  if (!wl) problem(ctx, root, 'workloads', 'is missing: list the VMs to run, e.g. - { name: c1, host: h1, workload: counter }');
+  else if (!wl.v || !isSeq(wl.v) || wl.v.items.length === 0) problem(ctx, at(wl), 'workloads', 'must be a list of at least one VM');
+  else {
+    wl.v.items.forEach((item, i) => {
+      const field = `workloads[${i}]`;
+      const fs = fieldsOf(ctx, item as Node, field, WORKLOAD_FIELDS);
+      if (!isMap(item)) return;
+      const w: ChaosWorkload = { name: '', host: '', workload: DEFAULT_VM.workload, memoryBytes: parseSize(DEFAULT_VM.memory)!, vps: DEFAULT_VM.vps };
+      const nm = fs.get('name');
+      const nv = nm ? scalar(nm.v) : undefined;
+      if (!nm) problem(ctx, item as Node, `${field}.name`, 'is missing: every VM has a name');
+      else if (typeof nv !== 'string' || !VM_NAME_RE.test(nv)) problem(ctx, at(nm), `${field}.name`, 'must be a VM name: 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit');
+      else if (spec.workloads.some((x) => x.name === nv)) problem(ctx, at(nm), `${field}.name`, `VM ${nv} is listed twice`);
+      else w.name = nv;
+      const h = fs.get('host');
+      const hv = h ? scalar(h.v) : undefined;
+      if (!h) problem(ctx, item as Node, `${field}.host`, 'is missing: say which host the VM runs on');
+      else if (typeof hv !== 'string' || !CLUSTER_HOST_RE.test(hv)) problem(ctx, at(h), `${field}.host`, HOST_RULE);
+      else if (hostNames && !hostNames.includes(hv)) problem(ctx, at(h), `${field}.host`, `host ${hv} is not a host of the cluster (${hostNames.join(', ')})`);
+      else w.host = hv;
+      const mem = fs.get('memory');
+      if (mem) {
+        const v = scalar(mem.v);
+        const bytes = typeof v === 'number' ? v : typeof v === 'string' ? parseSize(v) : null;
+        if (bytes === null || !Number.isSafeInteger(bytes) || bytes % 4096 !== 0 || bytes < MIN_MEMORY_BYTES || bytes > MAX_MEMORY_BYTES) problem(ctx, at(mem), `${field}.memory`, `must be a size such as 64M, a multiple of 4K from ${formatBytes(MIN_MEMORY_BYTES)} to ${formatBytes(MAX_MEMORY_BYTES)}`);
+        else w.memoryBytes = bytes;
+      }
+      const vps = fs.get('vps');
+      if (vps) w.vps = wholeNumber(ctx, vps, `${field}.vps`, 1, MAX_VPS_PER_PARTITION) ?? w.vps;
+      const wk = fs.get('workload');
+      if (wk) {
+        const v = scalar(wk.v);
+        if (typeof v !== 'string' || parseWorkload(v) === null) problem(ctx, at(wk), `${field}.workload`, 'must be a workload such as counter, sleep, spin or memdirty:8M');
+        else w.workload = v;
+      }
+      const fit = workloadFitError(w.workload, w.memoryBytes);
+      if (fit) problem(ctx, wk ? at(wk) : (item as Node), `${field}.workload`, fit);
+      if (w.name && w.host) spec.workloads.push(w);
+    });
+  }
+  const vmNames = spec.workloads.map((w) => w.name);
+
+  // Checks (read before the faults: the liveness bound is the default gap at the end).
+  const checks = top.get('checks');
+  if (checks) {
+    for (const [k, f] of fieldsOf(ctx, checks.v, 'checks', CHECK_FIELDS)) {
+      const v = scalar(f.v);
+      const field = `checks.${k}`;
+      if (k === 'liveness' || k === 'isolation') {
+        const key = k === 'liveness' ? 'livenessMs' : 'isolationStallMs';
+        if (v === false) spec.checks[key] = null;
+        else if (v === true) { /* the default */ } else spec.checks[key] = duration(ctx, f, field, 100, 3_600_000) ?? spec.checks[key];
+      } else if (typeof v !== 'boolean') problem(ctx, at(f), field, 'must be true or false');
+      else spec.checks[k as 'progress' | 'memory' | 'cleanup'] = v;
+    }
+  }
+
+  // Explicit faults.
+  const faults = top.get('faults');
+  if (faults) {
+    if (!faults.v || !isSeq(faults.v)) problem(ctx, at(faults), 'faults', 'must be a list of faults, e.g. - { at: 5s, kind: pause, target: vm:c1, for: 3s }');
+    else {
+      faults.v.items.forEach((item, i) => {
+        const field = `faults[${i}]`;
+        const fs = fieldsOf(ctx, item as Node, field, null);
+        if (!isMap(item)) return;
+        const k = fs.get('kind');
+        const kv = k ? scalar(k.v) : undefined;
+        if (!k) return problem(ctx, item as Node, `${field}.kind`, `is missing: a fault has a kind (${FAULT_KINDS.join(', ')})`);
+        if (typeof kv !== 'string' || !(FAULT_KINDS as readonly string[]).includes(kv)) return problem(ctx, at(k), `${field}.kind`, `${JSON.stringify(kv ?? null)} is not a fault kind (${FAULT_KINDS.join(', ')})`);
+        const kind = kv as FaultKind;
+        const instant = INSTANT_FAULT_KINDS.includes(kind);
+        const f: ChaosFaultSpec = { atMs: 0, kind, target: '', role: null, forMs: 0, params: {}, seed: null };
+        let ok = true;
+        const atF = fs.get('at');
+        if (!atF) {
+          problem(ctx, item as Node, `${field}.at`, 'is missing: when the fault starts (e.g. at: 5s)');
+          ok = false;
+        } else {
+          const v = duration(ctx, atF, `${field}.at`, 0, MAX_CHAOS_DURATION_MS);
+          if (v === null) ok = false;
+          else f.atMs = v;
+        }
+        const forF = fs.get('for');
+        if (!forF) {
+          problem(ctx, item as Node, `${field}.for`, `is missing: a fault without an end is refused (say how long, e.g. for: 3s${instant ? `; a ${kind} fault's for is the window its recovery is measured in` : ''})`);
+          ok = false;
+        } else {
+          const v = duration(ctx, forF, `${field}.for`, instant ? 0 : 1, FAULT_MAX_MS);
+          if (v === null) ok = false;
+          else f.forMs = v;
+        }
+        const roleF = fs.get('role');
+        if (roleF) {
+          const v = scalar(roleF.v);
+          if (typeof v !== 'string' || !(PROCESS_ROLES as readonly string[]).includes(v)) {
+            problem(ctx, at(roleF), `${field}.role`, `must be a process role: ${PROCESS_ROLES.join(', ')}`);
+            ok = false;
+          } else f.role = v as ProcessRole;
+        }
+        const tF = fs.get('target');
+        if (!tF) {
+          problem(ctx, item as Node, `${field}.target`, 'is missing: what the fault hits (e.g. vm:c1, host:h2, link:h1-h2, cluster)');
+          ok = false;
+        } else {
+          const v = scalar(tF.v);
+          const t = parseTarget(v);
+          const why = !t.ok ? t.message : targetWorldError(t.value, vmNames, hostNames);
+          if (why) {
+            problem(ctx, at(tF), `${field}.target`, why);
+            ok = false;
+          } else f.target = v as string;
+        }
+        const sF = fs.get('seed');
+        if (sF) f.seed = wholeNumber(ctx, sF, `${field}.seed`, 0, 0xffffffff);
+        const before = ctx.problems.length;
+        const { params, nodes } = faultParams(ctx, fs, field);
+        f.params = params;
+        if (ctx.problems.length > before) ok = false;
+        else if (ok) {
+          // The one check of a fault request (request.ts), as the nemesis will make it; its sentence points at what it names.
+          const req: Record<string, unknown> = { kind, target: f.target, forMs: f.forMs, params, ...(f.role ? { role: f.role } : {}), ...(f.seed !== null ? { seed: f.seed } : {}) };
+          const c = checkFaultRequest(req);
+          const shape = kind === 'partition' ? String(params.shape ?? 'one') : null;
+          const few = shape && hostNames && hostNames.length < (PARTITION_MIN_HOSTS[shape as PartitionShape] ?? 2) ? `shape ${shape} needs at least ${PARTITION_MIN_HOSTS[shape as PartitionShape]} hosts (the cluster has ${hostNames.length})` : null;
+          if (!c.ok || few) {
+            const message = c.ok ? few! : c.message;
+            const named = /"([A-Za-z]+)"/.exec(message)?.[1] ?? (/^(\w+):/.exec(message.replace(/^[a-z-]+: /, ''))?.[1]);
+            const node = named && nodes.has(named) ? at(nodes.get(named)![0]) : /^target|target/.test(message) && tF ? at(tF) : /role/.test(message) && roleF ? at(roleF) : few && nodes.has('shape') ? at(nodes.get('shape')![0]) : (item as Node);
+            const path = named && nodes.has(named) ? nodes.get(named)![1] : field;
+            problem(ctx, node, path, message);
+            ok = false;
+          } else f.params = c.value.params ?? params;
+        }
+        if (ok && f.atMs + f.forMs > spec.durationMs) problem(ctx, forF ? at(forF) : (item as Node), `${field}.for`, `the fault ends at ${fmtMs(f.atMs + f.forMs)}, after the experiment's duration (${fmtMs(spec.durationMs)})`);
+        else if (ok) spec.faults.push(f);
+      });
+    }
+  }
+
+  // The random schedule.
+  const rnd = top.get('random');
+  if (rnd) {
+    const fs = fieldsOf(ctx, rnd.v, 'random', RANDOM_FIELDS);
+    const r: ChaosRandomSpec = { count: 0, kinds: [...RANDOM_DEFAULT_KINDS], forMs: [1000, 3000], betweenMs: [Math.min(1000, spec.durationMs), spec.durationMs], targets: null };
+    let ok = rnd.v !== null && isMap(rnd.v);
+    if (!ok && fs.size === 0 && (rnd.v === null || isScalar(rnd.v))) problem(ctx, at(rnd), 'random', 'must be a map: count, kinds, for, between, targets');
+    const c = fs.get('count');
+    if (!c) {
+      problem(ctx, at(rnd), 'random.count', 'is missing: how many faults to draw');
+      ok = false;
+    } else {
+      const v = wholeNumber(ctx, c, 'random.count', 1, MAX_SCHEDULE_FAULTS);
+      if (v === null) ok = false;
+      else r.count = v;
+    }
+    const ks = fs.get('kinds');
+    if (ks) {
+      if (!ks.v || !isSeq(ks.v) || ks.v.items.length === 0) {
+        problem(ctx, at(ks), 'random.kinds', `must be a list of fault kinds (${FAULT_KINDS.join(', ')})`);
+        ok = false;
+      } else {
+        r.kinds = [];
+        ks.v.items.forEach((item, i) => {
+          const v = scalar(item as Node);
+          if (typeof v !== 'string' || !(FAULT_KINDS as readonly string[]).includes(v)) {
+            problem(ctx, item as Node, `random.kinds[${i}]`, `${JSON.stringify(v ?? null)} is not a fault kind (${FAULT_KINDS.join(', ')})`);
+            ok = false;
+          } else if (r.kinds.includes(v as FaultKind)) {
+            problem(ctx, item as Node, `random.kinds[${i}]`, `${v} is listed twice`);
+            ok = false;
+          } else r.kinds.push(v as FaultKind);
+        });
+      }
+    }
+    const fr = fs.get('for');
+    if (fr) {
+      const v = durationPair(ctx, fr, 'random.for', 1, FAULT_MAX_MS);
+      if (v) r.forMs = v;
+      else ok = false;
+    }
+    const bw = fs.get('between');
+    if (bw) {
+      const v = durationPair(ctx, bw, 'random.between', 0, spec.durationMs);
+      if (v) r.betweenMs = v;
+      else ok = false;
+    }
+    const tg = fs.get('targets');
+    if (tg) {
+      if (!tg.v || !isSeq(tg.v) || tg.v.items.length === 0) {
+        problem(ctx, at(tg), 'random.targets', 'must be a list of targets (vm:NAME, host:NAME, link:A-B, cluster)');
+        ok = false;
+      } else {
+        r.targets = [];
+        tg.v.items.forEach((item, i) => {
+          const v = scalar(item as Node);
+          const t = parseTarget(v);
+          const why = !t.ok ? t.message
+            : t.value.t === 'vms' || t.value.t === 'hosts' || t.value.t === 'host-of' ? 'a random schedule names its targets (vm:NAME, host:NAME, link:A-B, cluster); its draws pick among them'
+            : targetWorldError(t.value, vmNames, hostNames);
+          if (why) {
+            problem(ctx, item as Node, `random.targets[${i}]`, why);
+            ok = false;
+          } else if (r.targets!.includes(v as string)) {
+            problem(ctx, item as Node, `random.targets[${i}]`, `${String(v)} is listed twice`);
+            ok = false;
+          } else r.targets!.push(v as string);
+        });
+      }
+    }
+    if (ok) {
+      const [b0, b1] = r.betweenMs;
+      if (b1 - b0 < r.forMs[1]) {
+        problem(ctx, bw ? at(bw) : fr ? at(fr) : at(rnd), bw ? 'random.between' : 'random.for', `the window ${fmtMs(b0)}–${fmtMs(b1)} is shorter than the longest fault drawn (${fmtMs(r.forMs[1])})`);
+        ok = false;
+      }
+      // Every kind asked for needs something to hit.
+      if (ok && spec.workloads.length > 0) {
+        const world = chaosWorld(spec);
+        if (spec.cluster === 'new') {
+          for (const k of r.kinds) {
+            if (randomCandidates(k, world, r.targets).length === 0) {
+              problem(ctx, ks ? at(ks) : at(rnd), 'random.kinds', `nothing for a ${k} fault to hit${r.targets ? ' among random.targets' : ''}${k === 'partition' || k === 'link' ? ' (it needs at least 2 hosts)' : ''}`);
+              ok = false;
+            }
+          }
+        }
+      }
+    }
+    if (ok) spec.random = r;
+  }
+  if (spec.faults.length + (spec.random?.count ?? 0) > MAX_SCHEDULE_FAULTS) problem(ctx, at(rnd ?? faults!), 'faults', `a schedule holds at most ${MAX_SCHEDULE_FAULTS} faults`);
+
+  if (ctx.problems.length > 0) {
+    ctx.problems.sort((a, b) => a.line - b.line || a.column - b.column);
+    throw new ChaosExperimentError(file, ctx.problems);
+  }
+  return spec;
+}
+
+/**
+ * The concrete targets a random fault of `kind` can hit in `world` (restricted to `only` when given),
+ * sorted: VMs for a VM's faults and kill/pause; hosts for lp-shrink and kill/pause (hypervisor or
+ * root); links; the cluster for a partition (with at least 2 hosts).
+ */
+export function randomCandidates(kind: FaultKind, world: ChaosWorld, only: readonly string[] | null): string[] {
+  const vms = world.vms.map((v) => `vm:${v.name}`);
+  const hosts = world.hosts.map((h) => `host:${h}`);
+  const links = world.links.map(([a, b]) => `link:${a}-${b}`);
+  let all: string[];
+  switch (kind) {
+    case 'kill':
+      all = vms;
+      break;
+    case 'pause':
+      all = [...vms, ...hosts];
+      break;
+    case 'lp-shrink':
+      all = hosts;
+      break;
+    case 'link':
+      all = links;
+      break;
+    case 'partition':
+      all = world.hosts.length >= 2 ? ['cluster'] : [];
+      break;
+    default:
+      all = vms;
+  }
+  const out = only ? all.filter((t) => only.includes(t) || (t.startsWith('link:') && only.some((o) => o.startsWith('link:') && sameLink(o.slice(5), t.slice(5), world.hosts)))) : all;
+  return [...out].sort();
+}
+
+function sameLink(a: string, b: string, hosts: readonly string[]): boolean {
+  const x = linkOf(a, hosts);
+  const y = linkOf(b, hosts);
+  return x !== null && y !== null && x[0] === y[0] && x[1] === y[1];
+}
+
+/** The kind a file says it is (`kind:` of its root map), without checking anything else; null if it says none or cannot be read. */
+export function experimentKindOf(file: string): string | null {
+  try {
+    if (statSync(file).size > MAX_CHAOS_FILE_BYTES) return null;
+    const doc = parseDocument(readFileSync(file, 'utf8'), { uniqueKeys: false, prettyErrors: false });
+    const root = doc.contents as Node | null;
+    if (!root || !isMap(root)) return null;
+    const p = (root as YAMLMap).items.find((x) => isScalar(x.key) && x.key.value === 'kind');
+    const v = p ? scalar((p.value as Node | null) ?? null) : undefined;
+    return typeof v === 'string' ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Reads and checks a chaos experiment file: its spec, or a ChaosExperimentError (unreadable, too large, or invalid). */
+export function loadChaosExperiment(file: string): ChaosSpec | ChaosExperimentError {
+  let text: string;
+  try {
+    if (statSync(file).size > MAX_CHAOS_FILE_BYTES) return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `the file is larger than ${MAX_CHAOS_FILE_BYTES} bytes: not an experiment file` }]);
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
+    return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
+  }
+  try {
+    return parseChaosExperiment(text, file);
+  } catch (e) {
+    if (e instanceof ChaosExperimentError) return e;
+    throw e;
+  }
+}

@@ -1,0 +1,468 @@
+/**
+ * The chaos experiment runner (`hvlab experiment run FILE` for `kind: faults`, issue 13): a
+ * cluster (brought up for the run, or the one up in HVLAB_HOME), the file's workload VMs made and
+ * started, a schedule of faults (chaos-spec.ts, schedule.ts) injected through the home's nemesis
+ * at their offsets while every VM's progress and heartbeat and every host's answers are read a few
+ * times a second, then the checkers (checkers.ts) over what was read and the report (report.ts).
+ *
+ * The faults are owned by the run (`owner`, a name unique to it) and the run renews that lease
+ * every second, so a runner that is killed has every fault undone by the nemesis within
+ * OWNER_LEASE_MS. Ctrl-C (the AbortSignal) stops the schedule, clears the run's faults, tears
+ * down and still writes the report. At the end the run clears its faults, waits (up to the
+ * liveness bound) for what they touched to recover, pauses each memdirty VM and reads its memory
+ * for the memory check, deletes its VMs (an existing cluster) or brings the cluster down (a new
+ * one: the nemesis first, as `cluster down` does), looks for anything left, and writes the report.
+ *
+ * Readings from the hosts are values from other processes: each is read by a checking function
+ * that takes what it understands and reports the rest as unknown; none throws.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { MGMT_PEEK_MAX_BYTES, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
+import { resolveHome } from '@hvlab/runtime';
+import { MgmtCallError, MgmtClient, hostProcesses } from '@hvlab/host';
+import {
+  ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp,
+  type RunExperimentOptions,
+} from '@hvlab/cluster';
+import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
+import { NemesisClient, nemesisPids, stopNemesis } from './client.js';
+import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
+import { drawSchedule, faultRequest, scheduleLine, type ScheduledFault } from './schedule.js';
+import {
+  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
+  type Observation, type VmSample,
+} from './checkers.js';
+import { CHAOS_REPORT_VERSION, writeChaosReport, type ChaosReport } from './report.js';
+
+export interface RunChaosOptions extends RunExperimentOptions {
+  /** Overrides the file's seed (`--seed N`): the schedule is drawn from it, and the report names it. */
+  seed?: number;
+}
+
+/** How long a host has to answer a reading (vmList waits up to 2 s on a VM's worker). */
+const LIST_TIMEOUT_MS = 3000;
+const INFO_TIMEOUT_MS = 2000;
+const IC_TIMEOUT_MS = 1500;
+/** How long the VMs have to report a heartbeat OK before the schedule starts anyway. */
+const WARMUP_MAX_MS = 30_000;
+/** How long the leftovers of a new cluster have to go after it is down (processes die asynchronously). */
+const CLEANUP_WAIT_MS = 10_000;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+/** Sleeps until epoch `t` or the signal; resolves false when aborted. */
+function sleepUntil(t: number, signal?: AbortSignal): Promise<boolean> {
+  if (signal?.aborted) return Promise.resolve(false);
+  const ms = t - Date.now();
+  if (ms <= 0) return Promise.resolve(true);
+  return new Promise((res) => {
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      res(ok);
+    };
+    const onAbort = (): void => done(false);
+    const timer = setTimeout(() => done(true), ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+// ---- readings: checking functions over the hosts' answers -------------------------------------
+
+/** One VM of a `vmList` answer, as far as it can be read: its state and progress counter. */
+export function vmReading(list: unknown, vm: string): { listed: boolean; state: string | null; progress: number | null } {
+  if (!Array.isArray(list)) return { listed: false, state: null, progress: null };
+  for (const v of list as unknown[]) {
+    if (!isPlainObject(v) || v.name !== vm) continue;
+    const state = typeof v.state === 'string' && v.state.length <= 32 ? v.state : null;
+    const w = v.workload;
+    const p = isPlainObject(w) ? w.progress : null;
+    return { listed: true, state, progress: typeof p === 'number' && Number.isFinite(p) ? p : null };
+  }
+  return { listed: false, state: null, progress: null };
+}
+
+/** The heartbeat service's status in a `vmIc` answer (OK, NoContact, LostCommunication), or null. */
+export function heartbeatStatus(ic: unknown): string | null {
+  if (!Array.isArray(ic)) return null;
+  for (const s of ic as unknown[]) {
+    if (isPlainObject(s) && s.service === 'heartbeat') return typeof s.status === 'string' && /^[A-Za-z]{1,32}$/.test(s.status) ? s.status : null;
+  }
+  return null;
+}
+
+/** Heartbeats each peer missed in a row, from a `hostInfo` answer; null when it has no cluster part. */
+export function peersMissed(info: unknown): Record<string, number> | null {
+  if (!isPlainObject(info) || !isPlainObject(info.cluster) || !Array.isArray(info.cluster.peers)) return null;
+  const out: Record<string, number> = {};
+  for (const p of info.cluster.peers as unknown[]) {
+    if (isPlainObject(p) && typeof p.name === 'string' && p.name.length <= 64 && typeof p.missed === 'number' && Number.isInteger(p.missed) && p.missed >= 0) out[p.name] = p.missed;
+  }
+  return out;
+}
+
+/** Management clients of a cluster's hosts (no process watch: a root restarted by a kill fault is reached again at the same socket). */
+async function hostClients(home: string, hosts: readonly string[]): Promise<Map<string, MgmtClient>> {
+  const out = new Map<string, MgmtClient>();
+  for (const name of hosts) {
+    const t = await clusterHostTarget(home, name);
+    out.set(name, t.kind === 'remote' ? new MgmtClient(t.endpoint, { socket: t.socket }) : new MgmtClient(t.paths.mgmtEndpoint));
+  }
+  return out;
+}
+
+/** Reads every VM's progress and heartbeat and every host's answer, each host on its own loop. */
+export class Sampler {
+  readonly vms: VmSample[] = [];
+  readonly hosts: HostSample[] = [];
+  private stopped = false;
+  private loops: Array<Promise<void>> = [];
+  private wake: Array<() => void> = [];
+
+  constructor(private readonly clients: Map<string, MgmtClient>, private readonly vmsOf: Map<string, string[]>, private readonly periodMs: number) {}
+
+  start(): void {
+    for (const host of this.clients.keys()) this.loops.push(this.loop(host));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const w of this.wake.splice(0)) w();
+    await Promise.all(this.loops);
+  }
+
+  /** The latest reading of each VM. */
+  latest(): Map<string, VmSample> {
+    const m = new Map<string, VmSample>();
+    for (const s of this.vms) m.set(s.vm, s);
+    return m;
+  }
+
+  private async loop(host: string): Promise<void> {
+    while (!this.stopped) {
+      const began = Date.now();
+      await this.read(host).catch(() => undefined);
+      const wait = began + this.periodMs - Date.now();
+      if (wait > 0 && !this.stopped) {
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, wait);
+          this.wake.push(() => {
+            clearTimeout(t);
+            r();
+          });
+        });
+      }
+    }
+  }
+
+  private async read(host: string): Promise<void> {
+    const c = this.clients.get(host)!;
+    const [list, info] = await Promise.all([
+      c.request('vmList', {}, LIST_TIMEOUT_MS).then((v) => ({ v }), () => null),
+      c.request('hostInfo', {}, INFO_TIMEOUT_MS).then((v) => ({ v }), () => null),
+    ]);
+    const t = Date.now();
+    this.hosts.push({ t, host, answered: list !== null || info !== null, peersMissed: info ? peersMissed(info.v) : null });
+    await Promise.all((this.vmsOf.get(host) ?? []).map(async (vm) => {
+      const r = list ? vmReading(list.v, vm) : null;
+      const hb = r?.listed ? await c.request('vmIc', { name: vm }, IC_TIMEOUT_MS).then(heartbeatStatus, () => null) : null;
+      this.vms.push({ t, vm, host, answered: list !== null, state: r ? (r.listed ? r.state : 'NotListed') : null, progress: r?.progress ?? null, heartbeat: hb });
+    }));
+  }
+}
+
+// ---- the run ------------------------------------------------------------------------------------
+
+/** The owner of a run's faults: the experiment's name and a random tag (unique to the run). */
+export function runOwner(name: string): string {
+  return `chaos-${name}-${randomBytes(3).toString('hex')}`;
+}
+
+/** Turns VM `name` off and deletes it on `c`; gone already is done. */
+async function removeVm(c: MgmtClient, name: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await c.request('vmTurnOff', { name }, 60_000).catch((e: unknown) => {
+        if (!(e instanceof MgmtCallError && e.code === 'InvalidState')) throw e;
+      });
+      await c.request('vmDelete', { name }, 60_000);
+      return;
+    } catch (e) {
+      if (e instanceof MgmtCallError && e.code === 'NotFound') return;
+      if (!(e instanceof MgmtCallError && e.code === 'InvalidState') || i >= 20) throw e;
+      await sleep(500);
+    }
+  }
+}
+
+/** Reads the data of a memdirty VM (paused first, so it holds still): its bytes, or why not. */
+async function readMemdirty(c: MgmtClient, vm: string, bytes: number): Promise<{ bytes: Uint8Array | null; error: string | null }> {
+  try {
+    await c.request('vmPause', { name: vm }, 30_000);
+    const out = new Uint8Array(bytes);
+    for (let off = 0; off < bytes; off += MGMT_PEEK_MAX_BYTES) {
+      const len = Math.min(MGMT_PEEK_MAX_BYTES, bytes - off);
+      const got = await c.request('vmPeek', { name: vm, gpa: WORKLOAD_DATA_GPA + off, len }, 60_000);
+      if (!(got instanceof Uint8Array) || got.length !== len) return { bytes: null, error: `vmPeek answered ${got instanceof Uint8Array ? `${got.length} bytes` : 'something that is not bytes'} for ${len}` };
+      out.set(got, off);
+    }
+    return { bytes: out, error: null };
+  } catch (e) {
+    return { bytes: null, error: message(e) };
+  }
+}
+
+/**
+ * Runs the chaos experiment of `file` and writes its report to `opts.out`; resolves with the
+ * report. A file that does not check throws its ChaosExperimentError before anything starts; a
+ * cluster that cannot be brought up (or, for cluster: existing, is not there) throws its
+ * ClusterError. Everything after that is recorded, not thrown: whatever happens, the run's faults
+ * are cleared, its VMs deleted or its cluster brought down, and the report written.
+ */
+export async function runChaosExperiment(file: string, opts: RunChaosOptions = {}): Promise<ChaosReport> {
+  const spec = loadChaosExperiment(file);
+  if (spec instanceof ChaosExperimentError) throw spec;
+  const seed = opts.seed ?? spec.seed;
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: 'seed', message: `--seed must be a whole number from 0 to 4294967295, not ${seed}` }]);
+  const say = opts.progress ?? (() => {});
+  const signal = opts.signal;
+  const started = new Date();
+  const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
+  mkdirSync(out, { recursive: true });
+  const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-chaos-')) : null;
+  const home = resolveHome(tempHome ?? opts.home ?? null);
+  const owner = runOwner(spec.name);
+  const report: ChaosReport = {
+    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
+    cluster: { mode: spec.cluster, home, network: null, hosts: [] }, world: chaosWorld(spec), faults: [], refused: [],
+    samples: { vms: [], hosts: [], periodMs: spec.sampleMs, vmReadings: 0, hostReadings: 0 }, checks: [], recovery: [], held: false, aborted: false, cleanup: [], files: [],
+  };
+  const graceMs = spec.checks.livenessMs ?? 10_000;
+  let broughtUp = false;
+  let clients = new Map<string, MgmtClient>();
+  let sampler: Sampler | null = null;
+  let nemesis: NemesisClient | null = null;
+  let renew: NodeJS.Timeout | null = null;
+  const made: string[] = [];
+  const injected: FaultRecord[] = [];
+  const memReads: Array<{ vm: string; bytes: Uint8Array | null; error: string | null }> = [];
+  let activeAtEnd: FaultRecord[] | string | null = null;
+  // The cluster: a failure to bring it up (or to find it) is thrown, with nothing of the run left.
+  try {
+    if (spec.cluster === 'new') {
+      const source = meshTopologySource(spec.hosts!, spec.lps, spec.name);
+      say(`bringing up ${spec.hosts} hosts (${spec.lps} LPs each) under ${home}`);
+      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
+      broughtUp = true;
+    } else if (!readCluster(home)) {
+      throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
+    }
+  } catch (e) {
+    if (tempHome) {
+      await clusterDown(home).catch(() => undefined);
+      rmSync(tempHome, { recursive: true, force: true });
+    }
+    throw e;
+  }
+  try {
+    const st = await clusterStatus(home);
+    report.cluster.network = st.mode;
+    report.cluster.hosts = st.hosts.map((h) => ({ name: h.name, hostId: h.hostId }));
+    const world: ChaosWorld = spec.cluster === 'new' ? chaosWorld(spec) : chaosWorld(spec, { hosts: st.hosts.map((h) => h.name), links: st.links.map((l) => [l.a, l.b] as const) });
+    report.world = world;
+    const missing = spec.workloads.filter((w) => !world.hosts.includes(w.host));
+    if (missing.length > 0) throw new ClusterError(`cluster ${st.name} has no host ${missing.map((w) => `${w.host} (for ${w.name})`).join(', ')}; its hosts: ${world.hosts.join(', ')}`);
+    report.schedule = drawSchedule(seed, spec, world);
+    say(`seed ${seed}: ${report.schedule.length} fault${report.schedule.length === 1 ? '' : 's'} over ${spec.durationMs / 1000} s`);
+    for (const f of report.schedule) say(`  ${scheduleLine(f)}`);
+
+    clients = await hostClients(home, world.hosts);
+    // The workloads: made and started, each host's one after another, the hosts side by side.
+    await Promise.all(world.hosts.map(async (h) => {
+      const c = clients.get(h)!;
+      for (const w of spec.workloads.filter((x) => x.host === h)) {
+        if (signal?.aborted) return;
+        await c.request('vmNew', { name: w.name, memory: formatBytes(w.memoryBytes), vps: w.vps, workload: w.workload }, 60_000);
+        made.push(w.name);
+        await c.request('vmStart', { name: w.name }, 120_000);
+        say(`VM ${w.name} (${w.workload}) is running on ${h}`);
+      }
+    }));
+    const vmsOf = new Map(world.hosts.map((h) => [h, spec.workloads.filter((w) => w.host === h).map((w) => w.name)]));
+    sampler = new Sampler(clients, vmsOf, spec.sampleMs);
+    sampler.start();
+
+    // Every VM's heartbeat OK (its integration services up) before the first fault.
+    const warm = Date.now() + WARMUP_MAX_MS;
+    while (!signal?.aborted && Date.now() < warm) {
+      const last = sampler.latest();
+      if (spec.workloads.every((w) => last.get(w.name)?.heartbeat === 'OK')) break;
+      await sleepUntil(Date.now() + 200, signal);
+    }
+    const notOk = spec.workloads.filter((w) => sampler!.latest().get(w.name)?.heartbeat !== 'OK').map((w) => w.name);
+    if (notOk.length > 0 && !signal?.aborted) say(`WARNING: no OK heartbeat from ${notOk.join(', ')} after ${WARMUP_MAX_MS / 1000} s; starting anyway`);
+
+    nemesis = await NemesisClient.connect(home);
+    const nem = nemesis;
+    await nem.renew(owner);
+    renew = setInterval(() => void nem.renew(owner).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`)), OWNER_RENEW_MS);
+
+    // The schedule.
+    report.t0 = Date.now();
+    say(`schedule started; faults owned by ${owner} (undone within ${OWNER_LEASE_MS / 1000} s if this run is killed)`);
+    const pending: Array<Promise<void>> = [];
+    for (const f of report.schedule) {
+      if (!(await sleepUntil(report.t0 + f.atMs, signal))) break;
+      const asked = Date.now();
+      pending.push(nem.inject(faultRequest(f, owner)).then(
+        (rec) => {
+          injected.push(rec);
+          say(`${f.id} at +${((rec.startedAt - report.t0) / 1000).toFixed(1)}s: ${f.kind} ${rec.resolved.summary} for ${f.forMs / 1000} s`);
+        },
+        (e: unknown) => {
+          report.refused.push({ id: `${owner}.${f.id}`, at: asked, error: message(e) });
+          say(`${f.id} (${f.kind} ${f.target}) was refused: ${message(e)}`);
+        },
+      ));
+    }
+    await sleepUntil(report.t0 + spec.durationMs, signal);
+    await Promise.all(pending);
+    report.aborted = signal?.aborted === true;
+
+    // Whatever is still active ends now; then what the faults touched has the liveness bound to come back.
+    const cleared = await nem.clear(null, { owner }).catch((e: unknown) => {
+      report.cleanup.push(`the run's faults could not be cleared: ${message(e)}`);
+      return [] as FaultRecord[];
+    });
+    if (cleared.length > 0) say(`cleared ${cleared.length} fault${cleared.length === 1 ? '' : 's'} still active: ${cleared.map((f) => f.id).join(', ')}`);
+    if (!report.aborted) {
+      const until = Date.now() + graceMs;
+      say(`waiting up to ${graceMs / 1000} s for what the faults touched to recover`);
+      while (Date.now() < until && !signal?.aborted) {
+        const recs = await nem.list({ all: true }).then((l) => l.filter((f) => f.owner === owner)).catch(() => injected);
+        const obs: Observation = { t0: report.t0, t1: Date.now(), world, vms: sampler.vms, hosts: sampler.hosts, faults: recs };
+        const failed = new Set(recs.filter((f) => f.state === 'failed').map((f) => f.id));
+        if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id))) break;
+        await sleepUntil(Date.now() + 500, signal);
+      }
+      report.aborted = signal?.aborted === true;
+    }
+    await sampler.stop();
+    report.t1 = Date.now();
+    const all = await nem.list({ all: true }).catch(() => null);
+    const byId = new Map(injected.map((f) => [f.id, f]));
+    for (const f of all ?? []) if (f.owner === owner) byId.set(f.id, f);
+    report.faults = [...byId.values()].sort((a, b) => a.startedAt - b.startedAt);
+
+    // Memory: each memdirty VM paused and read.
+    if (spec.checks.memory) {
+      for (const w of spec.workloads) {
+        const wl = parseWorkload(w.workload);
+        if (wl?.name !== 'memdirty') continue;
+        const r = await readMemdirty(clients.get(w.host)!, w.name, wl.arg);
+        memReads.push({ vm: w.name, ...r });
+      }
+    }
+    if (renew) clearInterval(renew);
+    renew = null;
+    // Nothing injected may be left: a new cluster's nemesis has no active fault at all; on an existing one, none of the run's.
+    activeAtEnd = await nem.list().then((l) => (spec.cluster === 'new' ? l : l.filter((f) => f.owner === owner)), (e: unknown) => message(e));
+  } catch (e) {
+    // A failure once the cluster is up is recorded: everything is still taken down and the report written.
+    report.cleanup.push(`the run stopped: ${message(e)}`);
+    say(`ERROR: ${message(e)}`);
+  } finally {
+    if (renew) clearInterval(renew);
+    if (sampler) await sampler.stop();
+    if (nemesis) {
+      await nemesis.clear(null, { owner }).catch(() => undefined);
+      nemesis.close();
+    }
+  }
+
+  // Teardown: the run's VMs (an existing cluster), or the whole cluster (a new one), then what is left.
+  const cleanupObs: CleanupObservation = { hostProcesses: null, shmFiles: null, network: null, activeFaults: activeAtEnd, nemesisPids: null, fabricPids: null, vmsLeft: null, homeLeft: null, problems: [] };
+  if (!broughtUp) {
+    for (const w of spec.workloads.filter((x) => made.includes(x.name))) {
+      const c = clients.get(w.host);
+      if (c) await removeVm(c, w.name).catch((e: unknown) => void report.cleanup.push(`VM ${w.name} was not deleted: ${message(e)}`));
+    }
+    cleanupObs.vmsLeft = [];
+    for (const [h, c] of clients) {
+      const list = await c.request('vmList', {}, 10_000).catch(() => null);
+      for (const w of spec.workloads) if (w.host === h && vmReading(list, w.name).listed) cleanupObs.vmsLeft.push(w.name);
+    }
+  }
+  for (const c of clients.values()) c.close();
+  if (broughtUp || tempHome) {
+    try {
+      await stopNemesis(home);
+      const d = await clusterDown(home);
+      if (broughtUp) say(`cluster ${d.name ?? spec.name} is down`);
+    } catch (e) {
+      report.cleanup.push(`the cluster under ${home} was not brought down: ${message(e)}`);
+    }
+  }
+  if (broughtUp) {
+    const ids = report.cluster.hosts.filter((h) => h.hostId !== null) as Array<{ name: string; hostId: string }>;
+    const look = (): CleanupObservation => ({
+      ...cleanupObs,
+      hostProcesses: ids.map((h) => ({ host: h.name, hostId: h.hostId, pids: hostProcesses(h.hostId) })),
+      shmFiles: shmFilesOf(ids.map((h) => h.hostId)),
+      network: networkLeftovers(clusterTag(home)),
+      nemesisPids: nemesisPids(home),
+      fabricPids: fabricPids(home),
+    });
+    let seen = look();
+    for (const until = Date.now() + CLEANUP_WAIT_MS; Date.now() < until && leftSomething(seen); seen = look()) await sleep(200);
+    Object.assign(cleanupObs, seen);
+  }
+  if (tempHome) {
+    rmSync(tempHome, { recursive: true, force: true });
+    if (existsSync(tempHome)) cleanupObs.homeLeft = tempHome;
+  }
+  cleanupObs.problems = [...report.cleanup];
+  for (const c of report.cleanup) say(`WARNING: ${c}`);
+
+  // The checks over what was read.
+  const obs: Observation = { t0: report.t0, t1: report.t1, world: report.world, vms: sampler?.vms ?? [], hosts: sampler?.hosts ?? [], faults: report.faults };
+  const c = spec.checks;
+  const checks: CheckResult[] = [
+    c.livenessMs !== null ? checkLiveness(obs, c.livenessMs) : skippedCheck('liveness', 'turned off in the file'),
+    c.progress ? checkProgress(obs, graceMs) : skippedCheck('progress', 'turned off in the file'),
+    c.isolationStallMs !== null ? checkIsolation(obs, c.isolationStallMs, graceMs) : skippedCheck('isolation', 'turned off in the file'),
+    c.memory ? checkMemory(memReads) : skippedCheck('memory', 'turned off in the file'),
+    c.cleanup ? checkCleanup(cleanupObs) : skippedCheck('cleanup', 'turned off in the file'),
+  ];
+  report.checks = checks;
+  report.recovery = recoveryTimes(obs);
+  report.held = checks.every((x) => x.held);
+  report.samples = { ...summarizeSamples(obs), periodMs: spec.sampleMs, vmReadings: obs.vms.length, hostReadings: obs.hosts.length };
+  report.endedAt = new Date().toISOString();
+  writeChaosReport(report, out, { vms: obs.vms, hosts: obs.hosts });
+  for (const x of checks) say(`${x.name}: ${x.skipped ? 'skipped' : x.held ? 'held' : 'VIOLATED'} (${x.summary})`);
+  say(`report in ${out}`);
+  return report;
+}
+
+function shmFilesOf(hostIds: readonly string[]): string[] {
+  try {
+    return readdirSync('/dev/shm').filter((f) => hostIds.some((id) => f.startsWith(`hvlab-${id}-`)));
+  } catch {
+    return [];
+  }
+}
+
+function leftSomething(o: CleanupObservation): boolean {
+  return (o.hostProcesses ?? []).some((h) => h.pids.length > 0) || (o.shmFiles ?? []).length > 0 || (o.nemesisPids ?? []).length > 0 || (o.fabricPids ?? []).length > 0
+    || (o.network !== null && o.network.namespaces.length + o.network.links.length > 0);
+}
+
+/** The schedule a spec with a new cluster draws from `seed` (for `--check`, and to compare with a report's). */
+export function plannedSchedule(spec: ChaosSpec, seed = spec.seed): ScheduledFault[] {
+  return drawSchedule(seed, spec, chaosWorld(spec));
+}

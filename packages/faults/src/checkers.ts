@@ -1,0 +1,619 @@
+/**
+ * The checkers of a chaos experiment (issue 13), Jepsen's way: the run records what it saw (every
+ * VM's progress counter and heartbeat status, every host's answers and peers, every fault's
+ * record from the nemesis), and pure functions judge the record afterwards. Each returns whether
+ * its property held, with evidence: the violations (each a sentence with the VM, the values and
+ * the times, as seconds from the schedule's start) or, when it held, what it looked at.
+ *
+ *   liveness   every VM a fault touched has its heartbeat OK again within the bound after the fault
+ *              ends, and every VM's last heartbeat is OK
+ *   progress   a counter never goes backwards (a restart shows as a drop), except where a kill
+ *              fault restarted that VM
+ *   isolation  a VM or host no fault touched at the time kept making progress: no stall longer
+ *              than the bound outside the windows of the faults that touched it
+ *   memory     memdirty's check (QEMU's migration-test guest): every page's first byte equals the
+ *              previous page's, except at most one place where it is one less
+ *   cleanup    nothing left: processes, /dev/shm files, namespaces, active faults, the nemesis and
+ *              the fabric (a new cluster), the run's VMs (an existing one)
+ * and the recovery time of each fault: from its end until every VM it touched progresses again
+ * with its heartbeat OK (or, for a link or partition, until the hosts hear each other again).
+ *
+ * What a fault touched is read from its record (`resolved`): a VM's own faults and its partition's
+ * or worker's kill or pause touch that VM; a hypervisor's kill or pause and an lp-shrink touch the
+ * host and every VM on it; a root's kill or pause touches the host (its management API), not its
+ * VMs, which must run on; a link or partition touches no VM's progress. A sample the host did not
+ * answer (its root paused, say) is unknown: it never counts as a stall by itself, though the same
+ * counter on both sides of a gap does.
+ */
+import type { FaultRecord } from './types.js';
+import type { ChaosWorld } from './chaos-spec.js';
+
+/** One reading of one VM. `answered` false: its host did not answer in time (unknown, not a stall). */
+export interface VmSample {
+  /** Epoch ms when the answer came. */
+  t: number;
+  vm: string;
+  host: string;
+  answered: boolean;
+  /** VmInfo.state (Running, Off, …); null: not answered, or the VM is not listed. */
+  state: string | null;
+  progress: number | null;
+  /** The heartbeat integration service's status (OK, NoContact, LostCommunication); null: unknown. */
+  heartbeat: string | null;
+}
+
+/** One reading of one host: did its management API answer, and how many heartbeats to each peer went unanswered in a row. */
+export interface HostSample {
+  t: number;
+  host: string;
+  answered: boolean;
+  peersMissed: Record<string, number> | null;
+}
+
+/** What a run recorded, for the checkers. */
+export interface Observation {
+  /** Epoch ms of the schedule's start (offsets are from here) and of the last sample. */
+  t0: number;
+  t1: number;
+  world: ChaosWorld;
+  vms: VmSample[];
+  hosts: HostSample[];
+  faults: FaultRecord[];
+}
+
+export type CheckName = 'liveness' | 'progress' | 'isolation' | 'memory' | 'cleanup';
+
+export interface CheckResult {
+  name: CheckName;
+  held: boolean;
+  /** Not run (turned off in the file, or nothing to check); `held` is then true. */
+  skipped: boolean;
+  /** One line: what held, or how many violations. */
+  summary: string;
+  /** The violations when it did not hold; what was looked at when it did. */
+  evidence: string[];
+  /** What could not be judged (no answer in a window, a memory that could not be read). */
+  unknown: string[];
+}
+
+/** Most evidence lines kept per check (the count says how many there were). */
+export const MAX_EVIDENCE = 40;
+
+/** "+12.3s": an epoch time as seconds from `t0`. */
+export function rel(t0: number, t: number): string {
+  const s = (t - t0) / 1000;
+  return `${s < 0 ? '-' : '+'}${Math.abs(s).toFixed(1)}s`;
+}
+const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+const fmt = (n: number): string => n.toLocaleString('en-US');
+
+function result(name: CheckName, violations: string[], held: string[], unknown: string[], summaryHeld: string, skipped = false): CheckResult {
+  const ok = violations.length === 0;
+  const evidence = ok ? held : violations;
+  const trimmed = evidence.length > MAX_EVIDENCE ? [...evidence.slice(0, MAX_EVIDENCE), `… and ${evidence.length - MAX_EVIDENCE} more`] : evidence;
+  return {
+    name, held: ok, skipped, evidence: trimmed, unknown: unknown.slice(0, MAX_EVIDENCE),
+    summary: ok ? summaryHeld : `${violations.length} violation${violations.length === 1 ? '' : 's'}`,
+  };
+}
+
+export function skippedCheck(name: CheckName, why: string): CheckResult {
+  return { name, held: true, skipped: true, summary: `not checked: ${why}`, evidence: [], unknown: [] };
+}
+
+// ---- what a fault touched -----------------------------------------------------------------------
+
+export interface FaultEffect {
+  /** VMs whose progress or heartbeat the fault may stop. */
+  vms: string[];
+  /** Hosts whose management API the fault may silence (or slow). */
+  hosts: string[];
+  links: Array<[string, string]>;
+  /** Epoch ms: the fault's window (to: its end, or the end of the record when it never ended). */
+  from: number;
+  to: number;
+}
+
+/** What fault `f` touched in `world`, and when (a fault that never ended lasts until `t1`). */
+export function faultEffect(f: FaultRecord, world: ChaosWorld, t1: number): FaultEffect {
+  const r = f.resolved;
+  const vms = new Set<string>();
+  const hosts = new Set<string>();
+  const vmsOn = (h: string): string[] => world.vms.filter((v) => v.host === h).map((v) => v.name);
+  switch (f.kind) {
+    case 'kill':
+    case 'pause': {
+      // Processes, as resolved; a record without them (it failed early) is read from its role and target.
+      const procs = r.processes.length > 0
+        ? r.processes.map((p) => ({ role: p.role, host: p.host, vm: p.vm }))
+        : [...r.vms.map((v) => ({ role: f.role ?? 'partition', host: v.host, vm: v.vm as string | null })), ...(r.vms.length === 0 ? r.hosts.map((h) => ({ role: f.role ?? 'root', host: h, vm: null })) : [])];
+      for (const p of procs) {
+        if (p.role === 'partition' || p.role === 'vmwp') {
+          if (p.vm) vms.add(p.vm);
+        } else if (p.role === 'hypervisor') {
+          hosts.add(p.host);
+          for (const v of vmsOn(p.host)) vms.add(v);
+        } else hosts.add(p.host);
+      }
+      break;
+    }
+    case 'lp-shrink':
+      for (const h of r.hosts) {
+        hosts.add(h);
+        for (const v of vmsOn(h)) vms.add(v);
+      }
+      break;
+    case 'link':
+    case 'partition':
+      break;
+    default:
+      for (const v of r.vms) vms.add(v.vm);
+  }
+  return {
+    vms: [...vms].sort(), hosts: [...hosts].sort(), links: r.links.map(([a, b]): [string, string] => (a < b ? [a, b] : [b, a])),
+    from: f.startedAt, to: f.endedAt ?? Math.max(t1, f.endsAt),
+  };
+}
+
+/** A fault's name in evidence: its id without its owner's prefix (a run's `<owner>.f3` is f3). */
+export function faultName(f: Pick<FaultRecord, 'id' | 'owner'>): string {
+  return f.owner && f.id.startsWith(`${f.owner}.`) && f.id.length > f.owner.length + 1 ? f.id.slice(f.owner.length + 1) : f.id;
+}
+
+/** The fault's end as the checkers use it: when it ended, else (still active when the record was taken) null. */
+const endOf = (f: FaultRecord): number | null => f.endedAt;
+
+/** Whether `f` restarted VM `vm` (a kill of its partition, worker or host's hypervisor). */
+function restarts(f: FaultRecord, vm: string, e: FaultEffect): boolean {
+  return f.kind === 'kill' && e.vms.includes(vm);
+}
+
+function byVm(samples: readonly VmSample[]): Map<string, VmSample[]> {
+  const m = new Map<string, VmSample[]>();
+  for (const s of samples) {
+    let l = m.get(s.vm);
+    if (!l) m.set(s.vm, (l = []));
+    l.push(s);
+  }
+  for (const l of m.values()) l.sort((a, b) => a.t - b.t);
+  return m;
+}
+
+const known = (s: VmSample): boolean => s.answered && s.progress !== null;
+
+// ---- recovery -----------------------------------------------------------------------------------
+
+export interface RecoveryTime {
+  id: string;
+  kind: string;
+  target: string;
+  /** Epoch ms of the fault's end (null: it never ended while the run watched). */
+  endedAt: number | null;
+  /** What it touched: VMs, hosts (by management API), links. */
+  affected: string[];
+  /** From the fault's end until everything it touched was well again (ms); null: not seen within the run. */
+  recoveredMs: number | null;
+  /** How each part came back, or why it is not known. */
+  detail: string;
+}
+
+/** When VM `vm` (samples `l`) progresses again after `e` (a sample above the one before it), and its heartbeat is OK; null: not seen. */
+function vmBackAt(l: readonly VmSample[], e: number): { progress: number | null; heartbeat: number | null; counts: boolean } {
+  let progress: number | null = null;
+  let heartbeat: number | null = null;
+  let prev: VmSample | null = null;
+  const counts = l.some(known);
+  for (const s of l) {
+    if (s.t >= e) {
+      if (progress === null && prev && known(s) && s.progress! > prev.progress!) progress = s.t;
+      if (heartbeat === null && s.answered && s.heartbeat === 'OK') heartbeat = s.t;
+      if ((progress !== null || !counts) && heartbeat !== null) break;
+    }
+    if (known(s)) prev = s;
+  }
+  return { progress, heartbeat, counts };
+}
+
+/** When the link a–b carries heartbeats both ways again after `e` (each side's latest heartbeat to the other answered). */
+function linkBackAt(hosts: readonly HostSample[], a: string, b: string, e: number): number | null {
+  let seenA: number | null = null;
+  let seenB: number | null = null;
+  for (const s of hosts) {
+    if (s.t < e || !s.answered || !s.peersMissed) continue;
+    if (seenA === null && s.host === a && s.peersMissed[b] === 0) seenA = s.t;
+    if (seenB === null && s.host === b && s.peersMissed[a] === 0) seenB = s.t;
+    if (seenA !== null && seenB !== null) return Math.max(seenA, seenB);
+  }
+  return null;
+}
+
+/** The recovery time of every fault (see the module comment). */
+export function recoveryTimes(obs: Observation): RecoveryTime[] {
+  const vmSamples = byVm(obs.vms);
+  const hostSamples = [...obs.hosts].sort((x, y) => x.t - y.t);
+  return obs.faults.map((f) => {
+    const eff = faultEffect(f, obs.world, obs.t1);
+    const affected = [...eff.vms.map((v) => `vm:${v}`), ...eff.hosts.map((h) => `host:${h}`), ...eff.links.map(([a, b]) => `link:${a}-${b}`)];
+    const base = { id: f.id, kind: f.kind, target: f.target, endedAt: f.endedAt, affected };
+    const e = endOf(f);
+    if (f.state === 'failed') return { ...base, recoveredMs: null, detail: `the fault failed${f.error ? `: ${f.error}` : ''}` };
+    if (e === null) return { ...base, recoveredMs: null, detail: 'the fault had not ended when the run stopped watching' };
+    const parts: string[] = [];
+    let worst = 0;
+    let unknown = false;
+    for (const vm of eff.vms) {
+      const b = vmBackAt(vmSamples.get(vm) ?? [], e);
+      const pieces = [b.counts ? `progressing ${b.progress === null ? 'not seen' : `after ${secs(b.progress - e)}`}` : null, `heartbeat OK ${b.heartbeat === null ? 'not seen' : `after ${secs(b.heartbeat - e)}`}`].filter(Boolean);
+      parts.push(`${vm}: ${pieces.join(', ')}`);
+      if ((b.counts && b.progress === null) || b.heartbeat === null) unknown = true;
+      else worst = Math.max(worst, (b.counts ? Math.max(b.progress!, b.heartbeat) : b.heartbeat) - e);
+    }
+    for (const h of eff.hosts) {
+      const s = hostSamples.find((x) => x.host === h && x.t >= e && x.answered);
+      parts.push(`host ${h} answering ${s ? `after ${secs(s.t - e)}` : 'not seen'}`);
+      if (!s) unknown = true;
+      else worst = Math.max(worst, s.t - e);
+    }
+    for (const [a, b] of eff.links) {
+      const t = linkBackAt(hostSamples, a, b, e);
+      parts.push(`${a} and ${b} hearing each other ${t === null ? 'not seen' : `after ${secs(t - e)}`}`);
+      if (t === null) unknown = true;
+      else worst = Math.max(worst, t - e);
+    }
+    if (parts.length === 0) return { ...base, recoveredMs: null, detail: 'it touched nothing the run watches' };
+    return { ...base, recoveredMs: unknown ? null : Math.round(worst), detail: parts.join('; ') };
+  });
+}
+
+// ---- liveness -----------------------------------------------------------------------------------
+
+/**
+ * Every VM a fault touched has its heartbeat OK within `boundMs` after the fault ends, and every
+ * VM's last answered heartbeat is OK. A window the run did not watch to its end is unknown.
+ */
+export function checkLiveness(obs: Observation, boundMs: number): CheckResult {
+  const vmSamples = byVm(obs.vms);
+  const bad: string[] = [];
+  const good: string[] = [];
+  const unknown: string[] = [];
+  const t = (x: number): string => rel(obs.t0, x);
+  for (const f of obs.faults) {
+    if (f.state === 'failed') continue;
+    const eff = faultEffect(f, obs.world, obs.t1);
+    const e = endOf(f);
+    for (const vm of eff.vms) {
+      const what = `${vm} after ${faultName(f)} (${f.kind} ${f.target})`;
+      if (e === null) {
+        bad.push(`${what}: the fault was still active at ${t(obs.t1)}, the end of the run`);
+        continue;
+      }
+      const l = vmSamples.get(vm) ?? [];
+      const ok = l.find((s) => s.t >= e && s.t <= e + boundMs && s.answered && s.heartbeat === 'OK');
+      if (ok) {
+        good.push(`${what}: heartbeat OK ${secs(ok.t - e)} after the fault ended at ${t(e)}`);
+        continue;
+      }
+      const after = l.filter((s) => s.t >= e && s.answered && s.heartbeat !== null);
+      const last = after[after.length - 1];
+      if (obs.t1 < e + boundMs) {
+        unknown.push(`${what}: the run ended ${secs(obs.t1 - e)} after the fault ended at ${t(e)}, before the ${secs(boundMs)} bound, without an OK heartbeat${last ? ` (last: ${last.heartbeat} at ${t(last.t)})` : ''}`);
+        continue;
+      }
+      const later = l.find((s) => s.t > e + boundMs && s.answered && s.heartbeat === 'OK');
+      bad.push(`${what}: heartbeat not OK within ${secs(boundMs)} of the fault's end at ${t(e)}${after.length === 0 ? ' (no answer at all)' : ` (${after.filter((s) => s.t <= e + boundMs).map((s) => s.heartbeat).filter((v, i, a) => a.indexOf(v) === i).join(', ') || 'no answer'} until ${t(e + boundMs)})`}${later ? `; OK only at ${t(later.t)}` : '; never OK again'}`);
+    }
+  }
+  // The end: every VM's last answered heartbeat is OK (a VM still within a fault's bound is judged above).
+  for (const v of obs.world.vms) {
+    const l = (vmSamples.get(v.name) ?? []).filter((s) => s.answered && s.heartbeat !== null);
+    const last = l[l.length - 1];
+    if (!last) {
+      unknown.push(`${v.name}: no heartbeat status was read during the run`);
+      continue;
+    }
+    const recent = obs.faults.some((f) => f.endedAt !== null && faultEffect(f, obs.world, obs.t1).vms.includes(v.name) && obs.t1 < f.endedAt + boundMs);
+    if (last.heartbeat !== 'OK' && !recent) bad.push(`${v.name}: its heartbeat was ${last.heartbeat} at the end of the run (${t(last.t)})`);
+    else if (last.heartbeat === 'OK') good.push(`${v.name}: heartbeat OK at the end (${t(last.t)})`);
+  }
+  return result('liveness', bad, good, unknown, `every VM's heartbeat was OK within ${secs(boundMs)} of its faults' ends and at the end`);
+}
+
+// ---- progress -----------------------------------------------------------------------------------
+
+/**
+ * A counter never goes backwards: a drop between two readings of a VM is a violation (a restart,
+ * or progress lost), unless a kill fault that touched that VM was under way between them (until
+ * `graceMs` after its end, when a restarted VM may still be coming up).
+ */
+export function checkProgress(obs: Observation, graceMs: number): CheckResult {
+  const bad: string[] = [];
+  const good: string[] = [];
+  const t = (x: number): string => rel(obs.t0, x);
+  const kills = obs.faults.filter((f) => f.kind === 'kill').map((f) => ({ f, e: faultEffect(f, obs.world, obs.t1) }));
+  const vmSamples = byVm(obs.vms);
+  for (const v of obs.world.vms) {
+    const l = (vmSamples.get(v.name) ?? []).filter(known);
+    if (l.length === 0) {
+      good.push(`${v.name}: no progress counter was read (workload ${v.workload})`);
+      continue;
+    }
+    let drops = 0;
+    let excused = 0;
+    for (let i = 1; i < l.length; i++) {
+      const a = l[i - 1]!;
+      const b = l[i]!;
+      if (b.progress! >= a.progress!) continue;
+      const k = kills.find(({ f, e }) => restarts(f, v.name, e) && a.t <= (f.endedAt ?? obs.t1) + graceMs && b.t >= f.startedAt);
+      if (k) {
+        excused++;
+        good.push(`${v.name}: counter went from ${fmt(a.progress!)} to ${fmt(b.progress!)} between ${t(a.t)} and ${t(b.t)}, restarted by ${faultName(k.f)} (kill ${k.f.target})`);
+        continue;
+      }
+      drops++;
+      bad.push(`${v.name}: counter went back from ${fmt(a.progress!)} to ${fmt(b.progress!)} between ${t(a.t)} and ${t(b.t)} (the VM restarted or lost progress, and no kill fault explains it)`);
+    }
+    if (drops === 0) good.push(`${v.name}: ${l.length} readings, ${fmt(l[0]!.progress!)} → ${fmt(l[l.length - 1]!.progress!)}${excused ? `, ${excused} restart${excused === 1 ? '' : 's'} by a kill fault` : ', never backwards'}`);
+  }
+  return result('progress', bad, good, [], 'no counter went backwards except where a kill fault restarted its VM');
+}
+
+// ---- isolation ----------------------------------------------------------------------------------
+
+type Span = [number, number];
+
+/** The longest piece of [a, b] outside every span of `excused` (sorted or not). */
+export function longestOutside(a: number, b: number, excused: readonly Span[]): Span | null {
+  const ex = excused.filter(([x, y]) => y > a && x < b).sort((p, q) => p[0] - q[0]);
+  let best: Span | null = null;
+  let cur = a;
+  for (const [x, y] of ex) {
+    if (x > cur && (!best || x - cur > best[1] - best[0])) best = [cur, Math.min(x, b)];
+    cur = Math.max(cur, y);
+    if (cur >= b) break;
+  }
+  if (cur < b && (!best || b - cur > best[1] - best[0])) best = [cur, b];
+  return best;
+}
+
+/** The states of a VM that make progress (or may, Paused being asked for only by the memory check at the end). */
+const RUNNING_STATES = new Set(['Running']);
+
+/**
+ * VMs and hosts kept making progress whenever no fault touched them: a VM's counter never stayed
+ * the same (between two readings) for longer than `stallMs` outside the windows of the faults that
+ * touched it (each until `graceMs` after its end), and it was never seen not running there; a
+ * host's management API never went unanswered for longer than `stallMs` outside its faults'
+ * windows. Readings without an answer are unknown: only the same counter on both sides of a gap
+ * is a stall.
+ */
+export function checkIsolation(obs: Observation, stallMs: number, graceMs: number): CheckResult {
+  const bad: string[] = [];
+  const good: string[] = [];
+  const unknown: string[] = [];
+  const t = (x: number): string => rel(obs.t0, x);
+  const effects = obs.faults.map((f) => ({ f, e: faultEffect(f, obs.world, obs.t1) }));
+  const vmSamples = byVm(obs.vms);
+  for (const v of obs.world.vms) {
+    const mine = effects.filter(({ e }) => e.vms.includes(v.name));
+    const excused: Span[] = mine.map(({ e }) => [e.from, e.to + graceMs]);
+    const l = vmSamples.get(v.name) ?? [];
+    const k = l.filter(known);
+    let worst = 0;
+    let violations = 0;
+    // Runs of equal readings.
+    for (let i = 0; i < k.length;) {
+      let j = i;
+      while (j + 1 < k.length && k[j + 1]!.progress === k[i]!.progress) j++;
+      const [a, b] = [k[i]!.t, k[j]!.t];
+      const piece = longestOutside(a, b, excused);
+      const len = piece ? piece[1] - piece[0] : 0;
+      worst = Math.max(worst, len);
+      if (len > stallMs) {
+        violations++;
+        bad.push(`${v.name} (no fault touched it then): counter stayed at ${fmt(k[i]!.progress!)} for ${secs(len)}, from ${t(piece![0])} to ${t(piece![1])} (bound ${secs(stallMs)})`);
+      }
+      i = j + 1;
+    }
+    // Seen not running outside its faults' windows.
+    for (const s of l) {
+      if (!s.answered || s.state === null || RUNNING_STATES.has(s.state)) continue;
+      if (excused.some(([x, y]) => s.t >= x && s.t <= y)) continue;
+      violations++;
+      bad.push(`${v.name} (no fault touched it then): ${s.state} at ${t(s.t)}`);
+      break;
+    }
+    // Long stretches without an answer are unknown, said as such.
+    let gapFrom: number | null = null;
+    let longestGap: Span | null = null;
+    for (const s of l) {
+      if (!s.answered && gapFrom === null) gapFrom = s.t;
+      if (s.answered && gapFrom !== null) {
+        if (!longestGap || s.t - gapFrom > longestGap[1] - longestGap[0]) longestGap = [gapFrom, s.t];
+        gapFrom = null;
+      }
+    }
+    if (longestGap && longestGap[1] - longestGap[0] > stallMs) unknown.push(`${v.name}: no answer from its host from ${t(longestGap[0])} to ${t(longestGap[1])} (unknown, not counted as a stall)`);
+    if (violations === 0) {
+      good.push(k.length === 0
+        ? `${v.name}: no progress counter was read (workload ${v.workload})`
+        : `${v.name}: longest stall outside its faults' windows ${secs(worst)} over ${k.length} readings${mine.length ? ` (${mine.map(({ f }) => faultName(f)).join(', ')} excused)` : ''}`);
+    }
+  }
+  const hostSamples = [...obs.hosts].sort((a, b) => a.t - b.t);
+  for (const h of obs.world.hosts) {
+    const excused: Span[] = effects.filter(({ e }) => e.hosts.includes(h)).map(({ e }) => [e.from, e.to + graceMs]);
+    const l = hostSamples.filter((s) => s.host === h);
+    let lastAnswer: number | null = null;
+    let worst = 0;
+    let violations = 0;
+    for (let i = 0; i < l.length; i++) {
+      const s = l[i]!;
+      if (!s.answered) continue;
+      if (lastAnswer !== null && i > 0 && !l[i - 1]!.answered) {
+        const piece = longestOutside(lastAnswer, s.t, excused);
+        const len = piece ? piece[1] - piece[0] : 0;
+        worst = Math.max(worst, len);
+        if (len > stallMs) {
+          violations++;
+          bad.push(`host ${h} (no fault touched it then): its management API did not answer for ${secs(len)}, from ${t(piece![0])} to ${t(piece![1])} (bound ${secs(stallMs)})`);
+        }
+      }
+      lastAnswer = s.t;
+    }
+    if (l.length > 0 && !l[l.length - 1]!.answered && lastAnswer !== null) {
+      const piece = longestOutside(lastAnswer, l[l.length - 1]!.t, excused);
+      if (piece && piece[1] - piece[0] > stallMs) {
+        violations++;
+        bad.push(`host ${h} (no fault touched it then): its management API stopped answering at ${t(piece[0])} and had not answered by ${t(piece[1])}`);
+      }
+    }
+    if (violations === 0 && l.length > 0) good.push(`host ${h}: longest silence outside its faults' windows ${secs(worst)} over ${l.length} readings`);
+  }
+  return result('isolation', bad, good, unknown, `nothing no fault touched stalled for more than ${secs(stallMs)}`);
+}
+
+// ---- memory -------------------------------------------------------------------------------------
+
+export interface MemdirtyVerdict {
+  held: boolean;
+  pages: number;
+  /** Places where a page is one less than the previous one (at most one is allowed: the pass in progress). */
+  steps: number;
+  /** Pages that break the pattern (first 10). */
+  badPages: number[];
+  badCount: number;
+  /** The first page was written at least once (a guest that never ran would pass otherwise). */
+  dirtied: boolean;
+  message: string;
+}
+
+/**
+ * QEMU's migration-test check on the bytes of a memdirty workload's data (from GPA 0x100000): the
+ * guest adds one to the first byte of every page in turn, pass after pass, so each page's first
+ * byte equals the previous page's except at most one place (where the pass is) where it is one
+ * less. A lost or stale page, or a flipped bit, breaks the pattern.
+ */
+export function memdirtyCheck(bytes: Uint8Array, pageSize = 4096): MemdirtyVerdict {
+  const pages = Math.floor(bytes.length / pageSize);
+  let steps = 0;
+  const bad: number[] = [];
+  let badCount = 0;
+  for (let p = 1; p < pages; p++) {
+    const prev = bytes[(p - 1) * pageSize]!;
+    const cur = bytes[p * pageSize]!;
+    if (cur === prev) continue;
+    if (cur === ((prev - 1) & 0xff)) steps++;
+    else {
+      badCount++;
+      if (bad.length < 10) bad.push(p);
+    }
+  }
+  const dirtied = pages > 0 && bytes[0] !== 0;
+  const held = badCount === 0 && steps <= 1 && dirtied;
+  const message = held
+    ? `${pages} pages follow the pattern (${steps} step${steps === 1 ? '' : 's'}, first byte ${bytes[0]})`
+    : !dirtied ? 'the first page was never written (the workload did not run)'
+    : badCount > 0 ? `${badCount} page${badCount === 1 ? '' : 's'} break the pattern (first: ${bad.map((p) => `page ${p} = ${bytes[p * pageSize]} after ${bytes[(p - 1) * pageSize]}`).slice(0, 3).join(', ')})`
+    : `${steps} places where a page is one less than the previous one (at most 1 is allowed)`;
+  return { held, pages, steps, badPages: bad, badCount, dirtied, message };
+}
+
+/** The memory check over the memdirty VMs read at the end (each its bytes, or why they could not be read). */
+export function checkMemory(reads: ReadonlyArray<{ vm: string; bytes: Uint8Array | null; error: string | null }>): CheckResult {
+  if (reads.length === 0) return skippedCheck('memory', 'no memdirty workload');
+  const bad: string[] = [];
+  const good: string[] = [];
+  const unknown: string[] = [];
+  for (const r of reads) {
+    if (!r.bytes) {
+      unknown.push(`${r.vm}: its memory could not be read: ${r.error ?? 'no reason given'}`);
+      continue;
+    }
+    const v = memdirtyCheck(r.bytes);
+    (v.held ? good : bad).push(`${r.vm}: ${v.message}`);
+  }
+  if (good.length === 0 && bad.length === 0) bad.push(`no memdirty VM could be read (${unknown.length})`);
+  return result('memory', bad, good, unknown, 'every memdirty VM\'s memory follows the pattern');
+}
+
+// ---- cleanup ------------------------------------------------------------------------------------
+
+/** What was left after the run, as the runner looked (null: not looked at, e.g. an existing cluster's processes). */
+export interface CleanupObservation {
+  /** Processes of each host the run brought up. */
+  hostProcesses: Array<{ host: string; hostId: string; pids: number[] }> | null;
+  shmFiles: string[] | null;
+  network: { namespaces: string[]; links: string[] } | null;
+  /** Active faults: the run's own (an existing cluster), or every one (a new cluster); a string: the nemesis could not be asked. */
+  activeFaults: FaultRecord[] | string | null;
+  nemesisPids: number[] | null;
+  fabricPids: number[] | null;
+  /** The run's VMs still listed on some host (an existing cluster). */
+  vmsLeft: string[] | null;
+  /** The temporary home, if it is still there. */
+  homeLeft: string | null;
+  /** What the teardown itself said went wrong. */
+  problems: string[];
+}
+
+export function checkCleanup(o: CleanupObservation): CheckResult {
+  const bad: string[] = [...o.problems];
+  const good: string[] = [];
+  if (o.hostProcesses) {
+    const left = o.hostProcesses.filter((h) => h.pids.length > 0);
+    for (const h of left) bad.push(`host ${h.host} (${h.hostId}): processes left: ${h.pids.join(', ')}`);
+    if (left.length === 0) good.push(`no process of hosts ${o.hostProcesses.map((h) => h.host).join(', ')}`);
+  }
+  if (o.shmFiles) {
+    if (o.shmFiles.length > 0) bad.push(`/dev/shm files left: ${o.shmFiles.slice(0, 10).join(', ')}${o.shmFiles.length > 10 ? ` and ${o.shmFiles.length - 10} more` : ''}`);
+    else good.push('no /dev/shm file');
+  }
+  if (o.network) {
+    if (o.network.namespaces.length + o.network.links.length > 0) bad.push(`network left: namespaces ${o.network.namespaces.join(', ') || 'none'}; links ${o.network.links.join(', ') || 'none'}`);
+    else good.push('no namespace or veth');
+  }
+  if (typeof o.activeFaults === 'string') bad.push(`the nemesis could not be asked for its active faults: ${o.activeFaults}`);
+  else if (o.activeFaults) {
+    if (o.activeFaults.length > 0) bad.push(`faults still active: ${o.activeFaults.map((f) => `${f.id} (${f.kind} ${f.target})`).join(', ')}`);
+    else good.push('no active fault');
+  }
+  if (o.nemesisPids) {
+    if (o.nemesisPids.length > 0) bad.push(`nemesis left running: pid ${o.nemesisPids.join(', ')}`);
+    else good.push('no nemesis process');
+  }
+  if (o.fabricPids) {
+    if (o.fabricPids.length > 0) bad.push(`fabric left running: pid ${o.fabricPids.join(', ')}`);
+    else good.push('no fabric process');
+  }
+  if (o.vmsLeft) {
+    if (o.vmsLeft.length > 0) bad.push(`VMs of the run left: ${o.vmsLeft.join(', ')}`);
+    else good.push('no VM of the run');
+  }
+  if (o.homeLeft) bad.push(`the temporary home ${o.homeLeft} is still there`);
+  return result('cleanup', bad, good, [], 'nothing was left behind');
+}
+
+// ---- a summary of the samples -------------------------------------------------------------------
+
+export interface SampleSummary {
+  vms: Array<{ vm: string; host: string; samples: number; unanswered: number; heartbeatOk: number; firstProgress: number | null; lastProgress: number | null }>;
+  hosts: Array<{ host: string; samples: number; unanswered: number }>;
+}
+
+export function summarizeSamples(obs: Pick<Observation, 'world' | 'vms' | 'hosts'>): SampleSummary {
+  const vmSamples = byVm(obs.vms);
+  return {
+    vms: obs.world.vms.map((v) => {
+      const l = vmSamples.get(v.name) ?? [];
+      const k = l.filter(known);
+      return {
+        vm: v.name, host: v.host, samples: l.length, unanswered: l.filter((s) => !s.answered).length, heartbeatOk: l.filter((s) => s.heartbeat === 'OK').length,
+        firstProgress: k[0]?.progress ?? null, lastProgress: k[k.length - 1]?.progress ?? null,
+      };
+    }),
+    hosts: obs.world.hosts.map((h) => {
+      const l = obs.hosts.filter((s) => s.host === h);
+      return { host: h, samples: l.length, unanswered: l.filter((s) => !s.answered).length };
+    }),
+  };
+}

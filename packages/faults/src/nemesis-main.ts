@@ -1,0 +1,86 @@
+/**
+ * Entry of a home's nemesis: `node nemesis-main.js HOME`. Started on demand by the first client
+ * (client.ts `startNemesis`, detached, in its own session so a killed CLI does not take it along);
+ * undoes whatever a nemesis before it left (active.json), binds `faults/nemesis.sock`, writes
+ * `faults/nemesis.json` (pid, endpoint) and prints "ready".
+ *
+ * It leaves, after ending every fault, on SIGTERM/SIGINT or a `stop` request (`hvlab down`,
+ * `cluster down`), when the home has no host or cluster any more, and by itself once it has had no
+ * active fault, no owner with a lease and no request for IDLE_EXIT_MS.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { processLogger, RpcFailure, RpcServer, writeFileAtomic } from '@hvlab/runtime';
+import { decodeNemesisRequest, type NemesisRequest } from './wire.js';
+import { FaultRefused, faultsDir, Nemesis } from './nemesis.js';
+import { nemesisEndpoint, nemesisFile } from './client.js';
+
+const IDLE_EXIT_MS = Number(process.env.HVLAB_NEMESIS_IDLE_MS ?? '') || 30_000;
+
+const home = process.argv[2] ?? process.env.HVLAB_NEMESIS_HOME ?? '';
+const log = processLogger(faultsDir(home), 'nemesis.log', { role: 'nemesis' });
+process.title = `hvlab-nemesis ${home}`;
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the nemesis keeps serving)'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the nemesis keeps serving)'));
+
+const nemesis = new Nemesis({ home, log: (msg, fields) => log.info(fields ?? {}, msg) });
+const recovered = await nemesis.recoverLeftovers();
+if (recovered) log.info({ recovered }, 'undid faults left by a nemesis before this one');
+
+let leaving = false;
+let server: RpcServer<NemesisRequest> | null = null;
+async function leave(why: string): Promise<void> {
+  if (leaving) return;
+  leaving = true;
+  log.info({ why }, 'nemesis leaving: ending every fault');
+  nemesis.stopWatch();
+  await Promise.race([nemesis.clear(null, null, why === 'the home has no host any more' ? 'target-gone' : 'cleared').catch(() => []), new Promise((r) => setTimeout(r, 8000))]);
+  server?.close();
+  rmSync(nemesisFile(home), { force: true });
+  rmSync(join(faultsDir(home), 'nemesis.sock'), { force: true });
+  process.exit(0);
+}
+
+server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
+  try {
+    switch (req.op) {
+      case 'inject':
+        return await nemesis.inject(req.req);
+      case 'list':
+        nemesis.lastActivity = Date.now();
+        return nemesis.list(req.all);
+      case 'clear':
+        return await nemesis.clear(req.fault, req.owner);
+      case 'renew':
+        nemesis.renew(req.owner);
+        return { ok: true };
+      case 'stop':
+        setTimeout(() => void leave('asked to stop'), 10);
+        return { stopping: true, active: nemesis.activeCount };
+    }
+  } catch (e) {
+    if (e instanceof FaultRefused) throw new RpcFailure('Refused', e.message);
+    throw e;
+  }
+});
+try {
+  rmSync(join(faultsDir(home), 'nemesis.sock'), { force: true });
+  await server.bind(nemesisEndpoint(home));
+} catch (e) {
+  log.error({ err: e }, 'cannot bind');
+  process.stderr.write(`the nemesis cannot listen on ${nemesisEndpoint(home)}: ${(e as Error).message}\n`);
+  process.exit(1);
+}
+void server.serve();
+writeFileAtomic(nemesisFile(home), JSON.stringify({ pid: process.pid, endpoint: nemesisEndpoint(home), startedAt: new Date().toISOString() }) + '\n');
+nemesis.startWatch();
+log.info({ endpoint: nemesisEndpoint(home) }, 'nemesis ready');
+process.stdout.write('ready\n');
+
+process.on('SIGTERM', () => void leave('SIGTERM'));
+process.on('SIGINT', () => void leave('SIGINT'));
+setInterval(() => {
+  if (leaving) return;
+  if (!nemesis.homeAlive()) void leave('the home has no host any more');
+  else if (nemesis.activeCount === 0 && nemesis.liveOwners === 0 && Date.now() - nemesis.lastActivity > IDLE_EXIT_MS) void leave('idle');
+}, 1000);

@@ -1,0 +1,233 @@
+/**
+ * Resolving a target against the world (pure: no I/O, so it is tested without processes). A
+ * selector's pick and a partition's shape are drawn from the fault's seed over names in sorted
+ * order, so the same seed against the same cluster hits the same members.
+ *
+ * Partition shapes (Jepsen's nemeses, over the links the cluster has):
+ *   one             one host cut off from every other
+ *   majority        a majority and a minority that cannot reach each other
+ *   minority-third  a third (at least one host) cut off from the rest
+ *   ring            every host reaches a majority, but no two the same one (4 hosts or more)
+ *   bridge          two halves joined only through one host (3 hosts or more)
+ */
+import { seededRandom, type ProcessRole } from '@hvlab/protocol';
+import type { Target } from './request.js';
+import type { FaultResolved, PartitionShape, TargetSelector } from './types.js';
+import type { World, WorldProcess } from './world.js';
+
+export class ResolveError extends Error {
+  override name = 'ResolveError';
+}
+
+/** `items` shuffled by `rnd` (Fisher–Yates on a copy). */
+function shuffled<T>(items: readonly T[], rnd: () => number): T[] {
+  const a = [...items];
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+/** How many of `n` a selector takes. */
+export function selectCount(sel: TargetSelector, n: number): number {
+  switch (sel) {
+    case 'one': return Math.min(1, n);
+    case 'minority': return n === 0 ? 0 : Math.max(1, Math.floor((n - 1) / 2));
+    case 'majority': return Math.floor(n / 2) + 1 > n ? n : Math.floor(n / 2) + 1;
+    case 'all': return n;
+  }
+}
+
+/** `sel` of `names` (sorted first), drawn from `seed`. */
+export function pick(names: readonly string[], sel: TargetSelector, seed: number): string[] {
+  const sorted = [...names].sort();
+  return shuffled(sorted, seededRandom(seed)).slice(0, selectCount(sel, sorted.length)).sort();
+}
+
+const pairKey = (a: string, b: string): string => (a < b ? `${a}|${b}` : `${b}|${a}`);
+
+/**
+ * The links a partition of `shape` cuts among `hosts`, as pairs, given the links that exist.
+ * Also returns the groups it made, for the record.
+ */
+export function partitionCuts(shape: PartitionShape, hosts: readonly string[], links: ReadonlyArray<readonly [string, string]>, seed: number): { cuts: Array<[string, string]>; groups: string[][] } {
+  const n = hosts.length;
+  if (n < 2) throw new ResolveError(`a partition needs at least 2 hosts (the cluster has ${n})`);
+  const order = shuffled([...hosts].sort(), seededRandom(seed));
+  const reach = new Set<string>();
+  let groups: string[][];
+  const allow = (a: string, b: string): void => void reach.add(pairKey(a, b));
+  const within = (g: string[]): void => {
+    for (const a of g) for (const b of g) if (a !== b) allow(a, b);
+  };
+  switch (shape) {
+    case 'one':
+      groups = [[order[0]!], order.slice(1)];
+      groups.forEach(within);
+      break;
+    case 'majority': {
+      const m = Math.floor(n / 2) + 1;
+      groups = [order.slice(0, m), order.slice(m)];
+      groups.forEach(within);
+      break;
+    }
+    case 'minority-third': {
+      const k = Math.max(1, Math.floor(n / 3));
+      groups = [order.slice(0, k), order.slice(k)];
+      groups.forEach(within);
+      break;
+    }
+    case 'bridge': {
+      if (n < 3) throw new ResolveError(`a bridge needs at least 3 hosts (the cluster has ${n})`);
+      const bridge = order[0]!;
+      const rest = order.slice(1);
+      const half = Math.ceil(rest.length / 2);
+      const a = [bridge, ...rest.slice(0, half)];
+      const b = [bridge, ...rest.slice(half)];
+      groups = [a, b];
+      within(a);
+      within(b);
+      break;
+    }
+    case 'ring': {
+      if (n < 4) throw new ResolveError(`a ring of majorities needs at least 4 hosts (the cluster has ${n}); with fewer, every host sees every other`);
+      // Each host reaches the hosts within `d` places on the ring: 2d + 1 of n, a majority.
+      const m = Math.floor(n / 2) + 1;
+      const d = Math.ceil((m - 1) / 2);
+      groups = [];
+      for (let i = 0; i < n; i++) {
+        const g = [order[i]!];
+        for (let k = 1; k <= d; k++) {
+          g.push(order[(i + k) % n]!, order[(i - k + n) % n]!);
+          allow(order[i]!, order[(i + k) % n]!);
+        }
+        groups.push([...new Set(g)].sort());
+      }
+      break;
+    }
+  }
+  const cuts: Array<[string, string]> = [];
+  for (const [a, b] of links) if (!reach.has(pairKey(a, b))) cuts.push(a < b ? [a, b] : [b, a]);
+  cuts.sort((x, y) => (x.join() < y.join() ? -1 : 1));
+  return { cuts, groups: groups.map((g) => [...g].sort()) };
+}
+
+/** The process of `role` of VM `vm` (partition, vmwp) or of host `hostId` (root, hypervisor). */
+function processOf(world: World, hostName: string, role: ProcessRole, vm: string | null): WorldProcess | undefined {
+  const host = world.hosts.find((h) => h.name === hostName);
+  if (!host?.hostId) return undefined;
+  return world.processes.find((p) => p.hostId === host.hostId && p.role === role && (role === 'root' || role === 'hypervisor' || p.vm === vm));
+}
+
+export interface Resolution extends FaultResolved {
+  /** The processes with their start times (process faults). */
+  procs: WorldProcess[];
+  /** Partition faults: the groups made. */
+  groups?: string[][];
+}
+
+function hostOfVm(world: World, vm: string): string {
+  const on = world.vms.filter((v) => v.vm === vm);
+  if (on.length === 0) throw new ResolveError(`VM ${vm} is not running on any host${world.vms.length ? ` (running: ${[...new Set(world.vms.map((v) => v.vm))].join(', ')})` : ' (no VM runs)'}`);
+  return on[0]!.host;
+}
+
+function checkHost(world: World, name: string): void {
+  const h = world.hosts.find((x) => x.name === name);
+  if (!h) throw new ResolveError(`there is no host ${name} (hosts: ${world.hosts.map((x) => x.name).join(', ') || 'none'})`);
+  if (!h.hostId) throw new ResolveError(`host ${name} is not up`);
+}
+
+/** What a fault of `kind` on `target` hits now. Throws ResolveError with a sentence. */
+export function resolveTarget(world: World, kind: string, target: Target, role: ProcessRole | null, seed: number, params: Record<string, unknown>): Resolution {
+  const out: Resolution = { summary: '', hosts: [], vms: [], processes: [], links: [], procs: [] };
+  const processFault = kind === 'kill' || kind === 'pause';
+  let vms: Array<{ host: string; vm: string }> = [];
+  let hosts: string[] = [];
+  switch (target.t) {
+    case 'vm':
+      vms = [{ host: hostOfVm(world, target.vm), vm: target.vm }];
+      break;
+    case 'vms': {
+      const names = [...new Set(world.vms.map((v) => v.vm))];
+      if (names.length === 0) throw new ResolveError('no VM runs, so vms:' + target.select + ' selects nothing');
+      vms = pick(names, target.select, seed).map((vm) => ({ host: hostOfVm(world, vm), vm }));
+      break;
+    }
+    case 'host':
+      checkHost(world, target.host);
+      hosts = [target.host];
+      break;
+    case 'host-of':
+      hosts = [hostOfVm(world, target.vm)];
+      break;
+    case 'hosts': {
+      const up = world.hosts.filter((h) => h.hostId).map((h) => h.name);
+      if (up.length === 0) throw new ResolveError('no host is up');
+      hosts = pick(up, target.select, seed);
+      break;
+    }
+    case 'link': {
+      // Host names may hold dashes: of the ways to split the text, the one the cluster has a link for.
+      const splits: Array<[string, string]> = [];
+      for (let j = 1; j < target.text.length - 1; j++) if (target.text[j] === '-') splits.push([target.text.slice(0, j), target.text.slice(j + 1)]);
+      const has = (a: string, b: string): boolean => world.links.some((x) => (x.a === a && x.b === b) || (x.a === b && x.b === a));
+      const [a0, b0] = splits.find(([a, b]) => has(a, b)) ?? [target.a, target.b];
+      checkHost(world, a0);
+      checkHost(world, b0);
+      const l = world.links.find((x) => (x.a === a0 && x.b === b0) || (x.a === b0 && x.b === a0));
+      if (!l) throw new ResolveError(`there is no link between ${a0} and ${b0}${world.links.length ? ` (links: ${world.links.map((x) => `${x.a}-${x.b}`).join(', ')})` : ' (no cluster fabric answers)'}`);
+      out.links = [[l.a, l.b]];
+      out.hosts = [l.a, l.b];
+      out.summary = `link ${l.a}-${l.b}`;
+      return out;
+    }
+    case 'cluster': {
+      const names = world.hosts.filter((h) => h.hostId).map((h) => h.name);
+      const p = partitionCuts((params.shape as PartitionShape | undefined) ?? 'one', names, world.links.map((l) => [l.a, l.b] as const), seed);
+      if (p.cuts.length === 0) throw new ResolveError(`a ${String(params.shape ?? 'one')} partition of these hosts cuts no link the cluster has`);
+      out.links = p.cuts;
+      out.hosts = names;
+      out.groups = p.groups;
+      out.summary = `${String(params.shape ?? 'one')} partition ${p.groups.map((g) => `{${g.join(',')}}`).join(' ')} (cuts ${p.cuts.map((c) => c.join('-')).join(', ')})`;
+      return out;
+    }
+  }
+  if (processFault) {
+    const r: ProcessRole = role ?? (vms.length ? 'partition' : 'root');
+    if (vms.length && (r === 'partition' || r === 'vmwp')) {
+      for (const v of vms) {
+        const p = processOf(world, v.host, r, v.vm);
+        if (!p) throw new ResolveError(`VM ${v.vm} on ${v.host} has no ${r} process`);
+        out.procs.push(p);
+      }
+      out.vms = vms;
+      out.hosts = [...new Set(vms.map((v) => v.host))];
+    } else {
+      const hs = vms.length ? [...new Set(vms.map((v) => v.host))] : hosts;
+      for (const h of hs) {
+        const p = processOf(world, h, r, null);
+        if (!p) throw new ResolveError(`host ${h} has no ${r} process`);
+        out.procs.push(p);
+      }
+      out.hosts = hs;
+      // Every VM of those hosts is affected by a host process's fault.
+      out.vms = world.vms.filter((v) => hs.includes(v.host));
+    }
+    const hostNameOf = (id: string): string => world.hosts.find((h) => h.hostId === id)?.name ?? id;
+    out.processes = out.procs.map((p) => ({ host: hostNameOf(p.hostId), role: p.role, vm: p.vm, pid: p.pid }));
+    out.summary = out.processes.map((p) => `${p.role}${p.vm ? ` of ${p.vm}` : ''} on ${p.host} (pid ${p.pid})`).join(', ');
+    return out;
+  }
+  if (vms.length) {
+    out.vms = vms;
+    out.hosts = [...new Set(vms.map((v) => v.host))];
+    out.summary = vms.map((v) => `VM ${v.vm} on ${v.host}`).join(', ');
+  } else {
+    out.hosts = hosts;
+    out.vms = world.vms.filter((v) => hosts.includes(v.host));
+    out.summary = hosts.map((h) => `host ${h}`).join(', ');
+  }
+  return out;
+}

@@ -1,0 +1,155 @@
+/**
+ * A chaos experiment's schedule: the file's explicit faults and those drawn from its seed, as
+ * one list of faults at offsets against concrete targets (`drawSchedule`).
+ *
+ * The draw is a pure function of the seed, the file and the world (the run's hosts, links and
+ * VMs, each sorted by name), so the same seed and the same file give the same faults at the same
+ * offsets against the same targets, with the same parameters and the same per-fault seeds: a
+ * failing run replays from the `seed` its report names. Everything random comes from one
+ * `seededRandom(seed)` stream, consumed in a fixed order; the explicit faults' seeds come from
+ * streams of their own, so adding a random section does not change them.
+ *
+ * Random faults are drawn so that two never overlap on the same resource (a target; every link
+ * and partition fault shares the network, so one never heals what another cut), and each one
+ * starts and ends inside `random.between`. What a drawn fault does is taken from a small menu per
+ * kind that a healthy cluster recovers from (kills restart their VM; vmbus faults drop, delay,
+ * duplicate or reorder; link faults cut, delay or lose); corrupting packets and flipping bits are
+ * for explicit faults.
+ */
+import { seededRandom, type FaultKind, type ProcessRole } from '@hvlab/protocol';
+import { PARTITION_SHAPES, type FaultRequest } from './types.js';
+import { PARTITION_MIN_HOSTS, randomCandidates, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
+
+/** One fault of a schedule. */
+export interface ScheduledFault {
+  /** f1, f2, … in the order they start. */
+  id: string;
+  source: 'explicit' | 'random';
+  /** Offset from the schedule's start (ms). */
+  atMs: number;
+  kind: FaultKind;
+  target: string;
+  role: ProcessRole | null;
+  forMs: number;
+  params: Record<string, unknown>;
+  /** The fault's own draws (a selector's pick, a vmbus fault's fates). */
+  seed: number;
+}
+
+/** Random faults start on this grid (ms), so a schedule reads well. */
+export const SCHEDULE_GRID_MS = 100;
+/** Tries to place a random fault where it overlaps nothing on its resource before it is placed anyway. */
+const PLACE_TRIES = 32;
+
+const u32 = (r: () => number): number => Math.floor(r() * 0x1_0000_0000) >>> 0;
+const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.min(xs.length - 1, Math.floor(r() * xs.length))]!;
+/** A whole number in [lo, hi], on `grid`. */
+const between = (r: () => number, lo: number, hi: number, grid = 1): number => {
+  const a = Math.ceil(lo / grid);
+  const b = Math.floor(hi / grid);
+  return b <= a ? a * grid : (a + Math.floor(r() * (b - a + 1))) * grid;
+};
+const round2 = (x: number): number => Math.round(x * 100) / 100;
+
+/** The seed of explicit fault `i` (its own stream: independent of the random section). */
+export function explicitFaultSeed(seed: number, i: number): number {
+  return u32(seededRandom((seed ^ Math.imul(0x9e3779b9, i + 1)) >>> 0));
+}
+
+/** What a fault of `kind` on `target` occupies: two faults on one resource never overlap in a drawn schedule. */
+export function faultResource(kind: FaultKind, target: string): string {
+  return kind === 'link' || kind === 'partition' ? 'network' : target;
+}
+
+/** The role and parameters of a random fault of `kind` on `target`, drawn from `r`. */
+function drawFault(r: () => number, kind: FaultKind, target: string, world: ChaosWorld): { role: ProcessRole | null; params: Record<string, unknown> } {
+  const onHost = target.startsWith('host:');
+  switch (kind) {
+    case 'kill':
+      return { role: pick(r, ['partition', 'vmwp'] as const), params: { restart: true } };
+    case 'pause':
+      return { role: onHost ? pick(r, ['root', 'hypervisor'] as const) : pick(r, ['partition', 'vmwp'] as const), params: {} };
+    case 'vmbus': {
+      const channel = pick(r, [null, 'heartbeat'] as const);
+      const menu = pick(r, ['drop', 'delay', 'duplicate', 'reorder', 'signalDrop'] as const);
+      const p: Record<string, unknown> = { channel };
+      if (menu === 'delay') Object.assign(p, { delay: 1, delayMs: between(r, 20, 200, 10) });
+      else p[menu] = round2(0.3 + r() * 0.7);
+      return { role: null, params: p };
+    }
+    case 'interrupt-delay':
+      return { role: null, params: { delayMs: between(r, 1, 20) } };
+    case 'clock': {
+      const sign = r() < 0.5 ? -1 : 1;
+      return { role: null, params: { offsetMs: sign * between(r, 1000, 60_000, 1000) } };
+    }
+    case 'vp-stall':
+      return { role: null, params: {} };
+    case 'lp-shrink':
+      return { role: null, params: { lps: 1 } };
+    case 'link': {
+      const menu = pick(r, ['cut', 'delay', 'loss'] as const);
+      if (menu === 'cut') return { role: null, params: { cut: true } };
+      if (menu === 'delay') return { role: null, params: { delayMs: between(r, 50, 300, 10), jitterMs: between(r, 0, 20) } };
+      return { role: null, params: { lossPercent: between(r, 10, 50) } };
+    }
+    case 'partition': {
+      const shapes = PARTITION_SHAPES.filter((x) => PARTITION_MIN_HOSTS[x] <= world.hosts.length);
+      return { role: null, params: { shape: pick(r, shapes) } };
+    }
+    case 'bitflip':
+      return { role: null, params: {} };
+  }
+}
+
+/**
+ * The schedule of `spec` with seed `seed` in `world`: the explicit faults, then `random.count`
+ * drawn ones, sorted by offset (explicit first at equal offsets, then as drawn) and numbered
+ * f1, f2, …. Deterministic: the same arguments give a deep-equal result.
+ */
+export function drawSchedule(seed: number, spec: Pick<ChaosSpec, 'faults' | 'random' | 'durationMs'>, world: ChaosWorld): Array<ScheduledFault> {
+  const out: Array<Omit<ScheduledFault, 'id'>> = spec.faults.map((f, i) => ({
+    source: 'explicit', atMs: f.atMs, kind: f.kind, target: f.target, role: f.role, forMs: f.forMs, params: { ...f.params }, seed: f.seed ?? explicitFaultSeed(seed, i),
+  }));
+  const rnd = spec.random;
+  if (rnd) {
+    const r = seededRandom(seed);
+    const busy = out.map((f) => ({ res: faultResource(f.kind, f.target), from: f.atMs, to: f.atMs + f.forMs }));
+    for (let n = 0; n < rnd.count; n++) {
+      const kind = pick(r, rnd.kinds);
+      const targets = randomCandidates(kind, world, rnd.targets);
+      if (targets.length === 0) continue;
+      const forMs = between(r, rnd.forMs[0], rnd.forMs[1], SCHEDULE_GRID_MS);
+      // Where it overlaps nothing on its resource, if such a place is found in a few draws.
+      let target = '';
+      let atMs = 0;
+      for (let tries = 0; tries < PLACE_TRIES; tries++) {
+        target = pick(r, targets);
+        atMs = between(r, rnd.betweenMs[0], rnd.betweenMs[1] - forMs, SCHEDULE_GRID_MS);
+        const res = faultResource(kind, target);
+        if (!busy.some((b) => b.res === res && b.from < atMs + forMs && atMs < b.to)) break;
+      }
+      const { role, params } = drawFault(r, kind, target, world);
+      busy.push({ res: faultResource(kind, target), from: atMs, to: atMs + forMs });
+      out.push({ source: 'random', atMs, kind, target, role, forMs, params, seed: u32(r) });
+    }
+  }
+  // A stable sort: explicit faults keep the file's order at equal offsets, drawn ones their draw order.
+  return out
+    .map((f, i) => ({ f, i }))
+    .sort((a, b) => a.f.atMs - b.f.atMs || a.i - b.i)
+    .map(({ f }, i) => ({ id: `f${i + 1}`, ...f }));
+}
+
+/** The nemesis's request for a scheduled fault of run `owner` (its id: `<owner>.<fault id>`). */
+export function faultRequest(f: ScheduledFault, owner: string): FaultRequest {
+  const req: FaultRequest = { kind: f.kind, target: f.target, forMs: f.forMs, params: { ...f.params }, owner, seed: f.seed, id: `${owner}.${f.id}` };
+  if (f.role !== null) req.role = f.role;
+  return req;
+}
+
+/** One line for a scheduled fault: "f3 +15.0s partition cluster for 5s (shape one)". */
+export function scheduleLine(f: ScheduledFault): string {
+  const params = Object.entries(f.params).map(([k, v]) => `${k} ${v === null ? 'all' : String(v)}`).join(', ');
+  return `${f.id} +${(f.atMs / 1000).toFixed(1)}s ${f.kind}${f.role ? ` (${f.role})` : ''} ${f.target} for ${f.forMs / 1000}s${params ? ` (${params})` : ''}${f.source === 'random' ? ' [drawn]' : ''}`;
+}

@@ -1,0 +1,75 @@
+/**
+ * The nemesis's socket (ZeroMQ ipc in the home's 0700 `faults` directory): each frame is a
+ * msgpack map `{ v, id, op, ... }` answered `{ id, ok, result | error }` (runtime's RpcServer).
+ * This is an edge: `decodeNemesisRequest` is its one checking decoder; it never throws.
+ *
+ *   inject { req }               a FaultRequest (checked again by checkFaultRequest)
+ *   list   { all }               active faults (all: also ended ones)
+ *   clear  { fault, owner }      end faults now: one (fault), an owner's, or all (both null)
+ *   renew  { owner }             an owner's lease
+ *   stop   {}                    clear everything and exit
+ */
+import { decode, isPlainObject } from '@hvlab/protocol';
+import { checkFaultRequest } from './request.js';
+import type { FaultRequest } from './types.js';
+
+export const NEMESIS_WIRE_VERSION = 1;
+export const NEMESIS_FRAME_MAX_BYTES = 64 * 1024;
+
+export type NemesisRequest =
+  | { v: number; id: number; op: 'inject'; req: FaultRequest }
+  | { v: number; id: number; op: 'list'; all: boolean }
+  | { v: number; id: number; op: 'clear'; fault: string | null; owner: string | null }
+  | { v: number; id: number; op: 'renew'; owner: string }
+  | { v: number; id: number; op: 'stop' };
+
+const OPS = ['inject', 'list', 'clear', 'renew', 'stop'] as const;
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/;
+
+export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: NemesisRequest } | { ok: false; id: number; message: string } {
+  if (bytes.length > NEMESIS_FRAME_MAX_BYTES) return { ok: false, id: 0, message: `a frame of ${bytes.length} bytes is over ${NEMESIS_FRAME_MAX_BYTES}` };
+  let v: unknown;
+  try {
+    v = decode(bytes);
+  } catch {
+    return { ok: false, id: 0, message: 'not msgpack' };
+  }
+  if (!isPlainObject(v)) return { ok: false, id: 0, message: 'a request must be a map' };
+  const id = typeof v.id === 'number' && Number.isSafeInteger(v.id) && v.id > 0 ? v.id : 0;
+  if (id === 0) return { ok: false, id: 0, message: 'a request needs a positive whole "id"' };
+  const fail = (message: string): { ok: false; id: number; message: string } => ({ ok: false, id, message });
+  if (v.v !== NEMESIS_WIRE_VERSION) return fail(`nemesis wire version ${typeof v.v === 'number' ? v.v : '?'} is not ${NEMESIS_WIRE_VERSION}`);
+  const op = v.op;
+  if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) return fail(`unknown operation${typeof op === 'string' ? ` "${op.slice(0, 32)}"` : ''} (known: ${OPS.join(', ')})`);
+  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner'], stop: [] };
+  for (const k of Object.keys(v)) if (!['v', 'id', 'op', ...allowed[op]!].includes(k)) return fail(`${op}: unknown field "${k.slice(0, 32)}"`);
+  const name = (k: string, nullable: boolean): string | null | Error => {
+    const x = v[k];
+    if ((x === undefined || x === null) && nullable) return null;
+    if (typeof x !== 'string' || !NAME_RE.test(x)) return new Error(`${op}: "${k}" must be a name`);
+    return x;
+  };
+  switch (op as (typeof OPS)[number]) {
+    case 'inject': {
+      const r = checkFaultRequest(v.req);
+      return r.ok ? { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'inject', req: r.value } } : fail(r.message);
+    }
+    case 'list':
+      if (v.all !== undefined && typeof v.all !== 'boolean') return fail('list: "all" must be true or false');
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'list', all: v.all === true } };
+    case 'clear': {
+      const fault = name('fault', true);
+      const owner = name('owner', true);
+      if (fault instanceof Error) return fail(fault.message);
+      if (owner instanceof Error) return fail(owner.message);
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'clear', fault, owner } };
+    }
+    case 'renew': {
+      const owner = name('owner', false);
+      if (owner instanceof Error || owner === null) return fail(owner instanceof Error ? owner.message : 'renew needs an owner');
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner } };
+    }
+    case 'stop':
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'stop' } };
+  }
+}

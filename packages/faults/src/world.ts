@@ -1,0 +1,146 @@
+/**
+ * What a home holds right now, as the nemesis needs it to resolve a target: its hosts (a
+ * cluster's, or the one host of a plain `hvlab up`), the processes of each by role, the VMs that
+ * run (found from their processes, so a paused or dead root does not hide them), and the
+ * cluster's links. Processes are found by the titles hvlab's processes set for themselves
+ * (`hvlab-partition HOSTID VM`, `hvlab-vmwp HOSTID VM`, `hvlab-root HOSTID`,
+ * `hvlab-hypervisor HOSTID`), each with its start time, so a signal never reaches a recycled pid.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import type { LinkView, ProcessRole } from '@hvlab/protocol';
+import { hostPaths, type HostPaths } from '@hvlab/runtime';
+import { readHost } from '@hvlab/host';
+import { clusterHostHome, fabricStatus, readCluster } from '@hvlab/cluster';
+
+/** The name of the one host of a home without a cluster. */
+export const LONE_HOST = 'local';
+
+export interface WorldHost {
+  name: string;
+  hostId: string | null;
+  paths: HostPaths;
+}
+
+export interface WorldProcess {
+  hostId: string;
+  role: ProcessRole;
+  vm: string | null;
+  pid: number;
+  /** Start time in clock ticks since boot (/proc/PID/stat field 22): a pid with another start is another process. */
+  start: number;
+}
+
+export interface World {
+  cluster: string | null;
+  hosts: WorldHost[];
+  processes: WorldProcess[];
+  /** Running VMs: those with a VMWP (a warm, unclaimed worker is none). */
+  vms: Array<{ host: string; vm: string }>;
+  links: LinkView[];
+}
+
+/** A process's start time, or null if it is gone. */
+export function processStart(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // The command may hold spaces and parentheses: fields start after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const v = Number(rest[19]);
+    return Number.isFinite(v) ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+/** True if `pid` is the process that started at `start`. */
+export function sameProcess(pid: number, start: number): boolean {
+  return processStart(pid) === start;
+}
+
+/** A process's state letter (R, S, T for stopped, Z, …), or null if gone. */
+export function processState(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) || null;
+  } catch {
+    return null;
+  }
+}
+
+const TITLE_RE = /^hvlab-(hypervisor|root|vmwp|partition) (\S+)(?: (\S+))?/;
+
+/** Every hvlab host process on this machine whose host id is in `hostIds`. */
+export function scanProcesses(hostIds: ReadonlySet<string>): WorldProcess[] {
+  const out: WorldProcess[] = [];
+  let dirs: string[];
+  try {
+    dirs = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const d of dirs) {
+    if (!/^\d+$/.test(d)) continue;
+    let cmd: string;
+    try {
+      cmd = readFileSync(`/proc/${d}/cmdline`, 'latin1');
+    } catch {
+      continue;
+    }
+    if (!cmd.startsWith('hvlab-')) continue;
+    const m = TITLE_RE.exec(cmd.replace(/\0+/g, ' ').trim());
+    if (!m || !hostIds.has(m[2]!)) continue;
+    const role = m[1] as ProcessRole;
+    const vm = role === 'vmwp' || role === 'partition' ? (m[3] ?? null) : null;
+    // A warm worker (and its partition process) belongs to no VM yet.
+    if ((role === 'vmwp' || role === 'partition') && (vm === null || vm === '(warm)' || vm === '(starting)')) continue;
+    const pid = Number(d);
+    const start = processStart(pid);
+    if (start === null) continue;
+    out.push({ hostId: m[2]!, role, vm, pid, start });
+  }
+  return out;
+}
+
+/** The hosts of `home`: a cluster's (those on this machine), else its one host if it has one. */
+export function worldHosts(home: string): { cluster: string | null; hosts: WorldHost[] } {
+  const c = readCluster(home);
+  if (c) {
+    return {
+      cluster: c.topology.name,
+      hosts: c.topology.hosts.map((h) => {
+        const paths = hostPaths(clusterHostHome(home, h.name));
+        return { name: h.name, hostId: readHost(paths)?.hostId ?? null, paths };
+      }),
+    };
+  }
+  const paths = hostPaths(home);
+  const rec = readHost(paths);
+  return { cluster: null, hosts: rec ? [{ name: LONE_HOST, hostId: rec.hostId, paths }] : [] };
+}
+
+/** True if the home still has a cluster or a host (the nemesis leaves when it has neither). */
+export function homeAlive(home: string): boolean {
+  try {
+    return worldHosts(home).hosts.length > 0;
+  } catch {
+    // A record that does not decode is still a cluster to clean up.
+    return true;
+  }
+}
+
+/** The whole picture; the links are asked of the fabric (none without a cluster, or if it does not answer). */
+export async function readWorld(home: string): Promise<World> {
+  const { cluster, hosts } = worldHosts(home);
+  const ids = new Map(hosts.filter((h) => h.hostId).map((h) => [h.hostId!, h.name]));
+  const processes = scanProcesses(new Set(ids.keys()));
+  const vms: Array<{ host: string; vm: string }> = [];
+  for (const p of processes) {
+    if (p.role !== 'vmwp' || !p.vm) continue;
+    const host = ids.get(p.hostId)!;
+    if (!vms.some((x) => x.vm === p.vm && x.host === host)) vms.push({ host, vm: p.vm });
+  }
+  vms.sort((a, b) => (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : a.host < b.host ? -1 : 1));
+  let links: LinkView[] = [];
+  if (cluster) links = await fabricStatus(home).then((s) => s.links, () => []);
+  return { cluster, hosts, processes, vms, links };
+}

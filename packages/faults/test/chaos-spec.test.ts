@@ -1,0 +1,254 @@
+/**
+ * Chaos experiment files and their schedules, without processes: the shipped example checks and
+ * decodes to what it says; defaults fill what is left out; every mistake is refused with its line,
+ * column and field, all at once (a fault without an end, a target of the wrong kind or naming
+ * nothing of the run, a parameter that is not the kind's, a fault ending after the run, a random
+ * window too short); no input makes the checker throw anything but ChaosExperimentError (seeded
+ * fuzz). The schedule: the same seed and file draw deep-equal schedules, another seed another
+ * one; drawn faults stay in their window, never overlap on a resource, and target only what the
+ * world has; explicit faults keep their seeds whatever the random section says.
+ */
+import { expect } from 'chai';
+import { join } from 'node:path';
+import { FAULT_KINDS, seededRandom } from '@hvlab/protocol';
+import {
+  ChaosExperimentError, chaosWorld, checkFaultRequest, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule,
+  randomCandidates, type ChaosProblem, type ChaosSpec,
+} from '../src/index.js';
+
+const EXAMPLE_FILE = join(import.meta.dirname, '..', '..', '..', 'scripts', 'experiments', 'chaos-basic.yaml');
+
+const SMALL = `name: small
+kind: faults
+seed: 5
+hosts: 3
+duration: 30s
+workloads:
+  - { name: a, host: h1 }
+  - { name: b, host: h2, workload: "memdirty:4M", memory: 16M }
+faults:
+  - { at: 2s, kind: pause, target: vm:a, for: 3s }
+  - { at: 6s, kind: link, target: link:h1-h3, for: 2s, delayMs: 50ms, lossPercent: 5% }
+  - { at: 9s, kind: kill, target: vm:b, role: vmwp, for: 1s, restart: true }
+random:
+  count: 6
+  for: [1s, 2s]
+  between: [12s, 28s]
+`;
+
+function problems(text: string): ChaosProblem[] {
+  try {
+    parseChaosExperiment(text, 'chaos.yaml');
+  } catch (e) {
+    expect(e).to.be.instanceOf(ChaosExperimentError);
+    return (e as ChaosExperimentError).problems;
+  }
+  throw new Error('the experiment was accepted');
+}
+
+const parse = (text: string): ChaosSpec => parseChaosExperiment(text, 'chaos.yaml');
+
+describe('chaos experiment files', () => {
+  it('the shipped example checks: 3 hosts, four workloads, five explicit faults and three drawn ones, every check on', () => {
+    const s = loadChaosExperiment(EXAMPLE_FILE);
+    if (s instanceof ChaosExperimentError) throw s;
+    expect(s).to.include({ name: 'chaos-basic', kind: 'faults', seed: 42, cluster: 'new', hosts: 3, lps: 2, durationMs: 45_000, sampleMs: 400 });
+    expect(s.workloads.map((w) => `${w.name}@${w.host}:${w.workload}`)).to.deep.equal(['c1@h1:counter', 'c2@h2:counter', 'c3@h3:counter', 'md@h2:memdirty:8M']);
+    expect(s.faults.map((f) => f.kind)).to.deep.equal(['pause', 'vmbus', 'partition', 'lp-shrink', 'kill']);
+    expect(s.faults[1]!.params).to.deep.equal({ channel: 'heartbeat', drop: 1 });
+    expect(s.faults[4]!.params).to.deep.equal({ restart: true });
+    expect(s.random).to.deep.equal({ count: 3, kinds: ['pause', 'vmbus', 'link'], forMs: [1000, 3000], betweenMs: [32_000, 42_000], targets: null });
+    expect(s.checks).to.deep.equal({ livenessMs: 10_000, isolationStallMs: 3000, progress: true, memory: true, cleanup: true });
+    const sched = plannedSchedule(s);
+    expect(sched).to.have.length(8);
+    // Every fault of the schedule is one the nemesis's own check takes.
+    for (const f of sched) {
+      const c = checkFaultRequest(faultRequest(f, 'chaos-basic-abc123'));
+      expect(c.ok, `${f.id}: ${c.ok ? '' : c.message}`).to.equal(true);
+    }
+    expect(experimentKindOf(EXAMPLE_FILE)).to.equal('faults');
+  });
+
+  it('decodes units in parameters and fills defaults: seed 1, a new cluster of 3 hosts with 2 LPs, 30 s, every check on', () => {
+    const s = parse('name: d\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nfaults: [{ at: 1s, kind: link, target: link:h1-h2, for: 2s, delayMs: 20ms, jitterMs: 1s, rateBps: 10mbit, lossPercent: "2.5%" }]\n');
+    expect(s).to.include({ seed: 1, cluster: 'new', hosts: 3, lps: 2, durationMs: 30_000, sampleMs: 400 });
+    expect(s.workloads).to.deep.equal([{ name: 'a', host: 'h1', workload: 'counter', memoryBytes: 64 * 1024 * 1024, vps: 1 }]);
+    expect(s.faults[0]!.params).to.deep.equal({ delayMs: 20, jitterMs: 1000, rateBps: 10_000_000, lossPercent: 2.5 });
+    expect(s.random).to.equal(null);
+    const off = parse('name: d\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nchecks: { liveness: false, isolation: 5s, memory: false }\n');
+    expect(off.checks).to.deep.equal({ livenessMs: null, isolationStallMs: 5000, progress: true, memory: false, cleanup: true });
+  });
+
+  it('refuses a fault without an end, naming the line and column of the fault', () => {
+    const p = problems('name: x\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nfaults:\n  - { at: 1s, kind: pause, target: vm:a }\n');
+    expect(p).to.have.length(1);
+    expect(p[0]).to.include({ field: 'faults[0].for', line: 5, column: 5 });
+    expect(p[0]!.message).to.match(/a fault without an end is refused/);
+  });
+
+  it('reports every problem at once, each with its line, column and field', () => {
+    const text = [
+      'name: bad name',                                                        // 1
+      'kind: faults',                                                          // 2
+      'hosts: 2',                                                              // 3
+      'duration: 10s',                                                         // 4
+      'workloads:',                                                            // 5
+      '  - { name: a, host: h9 }',                                             // 6
+      '  - { name: b, host: h1, workload: warp }',                             // 7
+      'faults:',                                                               // 8
+      '  - { at: 1s, kind: vmbus, target: host:h1, for: 2s, drop: 1 }',        // 9
+      '  - { at: 1s, kind: pause, target: vm:nope, for: 2s }',                 // 10
+      '  - { at: 1s, kind: lp-shrink, target: host:h1, for: 2s, lps: 1, x: 3 }', // 11
+      '  - { at: 8s, kind: pause, target: vm:b, for: 5s }',                    // 12
+      '  - { at: 1s, kind: partition, target: cluster, for: 2s, shape: ring }', // 13
+      '  - { at: 1s, kind: warp, target: vm:b, for: 2s }',                     // 14
+      'random: { count: 2, for: [1s, 9s], between: [2s, 8s] }',                // 15
+      'colour: blue',                                                          // 16
+    ].join('\n');
+    const p = problems(text);
+    const at = (field: string): ChaosProblem | undefined => p.find((x) => x.field === field);
+    expect(at('name')).to.include({ line: 1, column: 7 });
+    expect(at('workloads[0].host')).to.include({ line: 6, column: 22 });
+    expect(at('workloads[0].host')!.message).to.match(/h9 is not a host of the cluster \(h1, h2\)/);
+    expect(at('workloads[1].workload')).to.include({ line: 7 });
+    expect(p.find((x) => x.line === 9)!.message).to.match(/vmbus fault hits a VM/);
+    expect(at('faults[1].target')!.message).to.match(/VM nope is not one of the workloads/);
+    expect(p.find((x) => x.line === 11)!.message).to.match(/no parameter "x"/);
+    expect(p.find((x) => x.line === 11)!.field).to.equal('faults[2].x');
+    expect(at('faults[3].for')!.message).to.match(/ends at 13s, after the experiment's duration \(10s\)/);
+    expect(p.find((x) => x.line === 13)!.message).to.match(/ring needs at least 4 hosts/);
+    expect(at('faults[5].kind')!.message).to.match(/"warp" is not a fault kind/);
+    expect(at('random.between')!.message).to.match(/shorter than the longest fault drawn/);
+    expect(at('colour')).to.include({ line: 16, column: 1 });
+    // Sorted by place.
+    expect(p.map((x) => x.line)).to.deep.equal([...p.map((x) => x.line)].sort((a, b) => a - b));
+  });
+
+  it('refuses the wrong kind, a missing name and workloads, and unknown random kinds or targets', () => {
+    expect(problems('name: m\nkind: migration\nworkloads: [{ name: a, host: h1 }]\n').map((x) => x.field)).to.deep.equal(['kind']);
+    const p = problems('kind: faults\n');
+    expect(p.map((x) => x.field).sort()).to.deep.equal(['name', 'workloads']);
+    const r = problems('name: r\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nrandom: { count: 2, kinds: [pause, melt], targets: [vm:zz, vms:one] }\n');
+    expect(r.map((x) => x.field)).to.deep.equal(['random.kinds[1]', 'random.targets[0]', 'random.targets[1]']);
+    expect(problems('name: r\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nrandom: { for: [1s, 2s] }\n').map((x) => x.field)).to.deep.equal(['random.count']);
+    expect(problems('name: e\nkind: faults\ncluster: existing\nhosts: 3\nworkloads: [{ name: a, host: h1 }]\n').map((x) => x.field)).to.deep.equal(['hosts']);
+  });
+
+  it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
+    const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
+    expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });
+    expect(s.faults[0]!.target).to.equal('link:zz-yy');
+  });
+
+  it('never throws anything but ChaosExperimentError on random or mutated input (seeded, 1000 cases)', () => {
+    const next = seededRandom(0xc4a05);
+    const alphabet = 'name:kind:faults:workloads:random:at:for:target:vm:host:link:h1h2{}[],+- \n#"\'0123456789msk%&*!|>pause';
+    let accepted = 0;
+    for (let i = 0; i < 1000; i++) {
+      let text: string;
+      if (next() < 0.7) {
+        const chars = SMALL.split('');
+        const edits = 1 + Math.floor(next() * 4);
+        for (let e = 0; e < edits; e++) chars[Math.floor(next() * chars.length)] = alphabet[Math.floor(next() * alphabet.length)]!;
+        text = chars.join('');
+      } else text = Array.from({ length: Math.floor(next() * 200) }, () => alphabet[Math.floor(next() * alphabet.length)]).join('');
+      try {
+        parseChaosExperiment(text);
+        accepted++;
+      } catch (e) {
+        expect(e, JSON.stringify(text)).to.be.instanceOf(ChaosExperimentError);
+        expect((e as ChaosExperimentError).problems.length).to.be.greaterThan(0);
+      }
+    }
+    expect(accepted, 'some mutations still decode').to.be.greaterThan(0);
+  });
+
+  it('a file that cannot be read is a problem, not a throw', () => {
+    const e = loadChaosExperiment('/nonexistent/chaos.yaml');
+    expect(e).to.be.instanceOf(ChaosExperimentError);
+    expect((e as ChaosExperimentError).message).to.match(/does not exist/);
+    expect(experimentKindOf('/nonexistent/chaos.yaml')).to.equal(null);
+  });
+});
+
+describe('chaos schedules', () => {
+  const spec = parse(SMALL);
+  const world = chaosWorld(spec);
+
+  it('the same seed and file draw deep-equal schedules; another seed draws another', () => {
+    const a = drawSchedule(5, spec, world);
+    const b = drawSchedule(5, parse(SMALL), chaosWorld(parse(SMALL)));
+    expect(a).to.deep.equal(b);
+    expect(JSON.parse(JSON.stringify(a))).to.deep.equal(a);
+    const c = drawSchedule(6, spec, world);
+    expect(c).to.not.deep.equal(a);
+    expect(c.filter((f) => f.source === 'random').map((f) => [f.atMs, f.kind, f.target])).to.not.deep.equal(a.filter((f) => f.source === 'random').map((f) => [f.atMs, f.kind, f.target]));
+  });
+
+  it('the world is sorted, so the order workloads are listed in does not change the draw', () => {
+    const swapped = parse(SMALL.replace('  - { name: a, host: h1 }\n  - { name: b, host: h2, workload: "memdirty:4M", memory: 16M }', '  - { name: b, host: h2, workload: "memdirty:4M", memory: 16M }\n  - { name: a, host: h1 }'));
+    expect(drawSchedule(5, swapped, chaosWorld(swapped))).to.deep.equal(drawSchedule(5, spec, world));
+  });
+
+  it('numbers faults f1… in order of start; explicit ones as written, drawn ones inside their window, on the grid, on targets the world has', () => {
+    for (let seed = 0; seed < 50; seed++) {
+      const s = drawSchedule(seed, spec, world);
+      expect(s.map((f) => f.id)).to.deep.equal(s.map((_, i) => `f${i + 1}`));
+      expect(s.map((f) => f.atMs)).to.deep.equal([...s.map((f) => f.atMs)].sort((x, y) => x - y));
+      const explicit = s.filter((f) => f.source === 'explicit');
+      expect(explicit.map((f) => `${f.atMs} ${f.kind} ${f.target} ${f.role}`)).to.deep.equal(['2000 pause vm:a null', '6000 link link:h1-h3 null', '9000 kill vm:b vmwp']);
+      const drawn = s.filter((f) => f.source === 'random');
+      expect(drawn).to.have.length(6);
+      for (const f of drawn) {
+        expect(f.atMs).to.be.at.least(12_000);
+        expect(f.atMs + f.forMs).to.be.at.most(28_000);
+        expect(f.forMs).to.be.within(1000, 2000);
+        expect(f.atMs % 100).to.equal(0);
+        expect(f.kind).to.not.equal('bitflip');
+        expect(randomCandidates(f.kind, world, null)).to.include(f.target);
+        const c = checkFaultRequest(faultRequest(f, 'o'));
+        expect(c.ok, `seed ${seed} ${f.id} ${f.kind}: ${c.ok ? '' : c.message}`).to.equal(true);
+        if (f.kind === 'kill') expect(f.params.restart).to.equal(true);
+      }
+    }
+  });
+
+  it('drawn faults never overlap on one resource when there is room (the network is one resource for links and partitions)', () => {
+    const roomy = parse(SMALL.replace('count: 6', 'count: 4').replace('between: [12s, 28s]', 'between: [12s, 300s]').replace('duration: 30s', 'duration: 300s'));
+    for (let seed = 0; seed < 50; seed++) {
+      const s = drawSchedule(seed, roomy, chaosWorld(roomy));
+      for (const x of s) {
+        for (const y of s) {
+          if (x === y || faultResource(x.kind, x.target) !== faultResource(y.kind, y.target)) continue;
+          expect(x.atMs < y.atMs + y.forMs && y.atMs < x.atMs + x.forMs, `seed ${seed}: ${x.id} and ${y.id} overlap on ${faultResource(x.kind, x.target)}`).to.equal(false);
+        }
+      }
+    }
+  });
+
+  it('explicit faults keep their seeds whatever the random section draws; a seed in the file is kept', () => {
+    const without = parse(SMALL.replace(/random:[\s\S]*$/, ''));
+    const a = drawSchedule(5, spec, world).filter((f) => f.source === 'explicit');
+    const b = drawSchedule(5, without, chaosWorld(without));
+    expect(a.map((f) => f.seed)).to.deep.equal(b.map((f) => f.seed));
+    expect(new Set(a.map((f) => f.seed)).size).to.equal(3);
+    const seeded = parse(SMALL.replace('for: 3s }', 'for: 3s, seed: 77 }'));
+    expect(drawSchedule(5, seeded, world)[0]!.seed).to.equal(77);
+  });
+
+  it('random targets restrict the draw; every kind draws only targets it takes; a partition needs two hosts', () => {
+    const only = parse(SMALL.replace('between: [12s, 28s]', 'between: [12s, 28s]\n  kinds: [pause, link]\n  targets: [vm:b, link:h2-h3]'));
+    for (let seed = 0; seed < 30; seed++) {
+      for (const f of drawSchedule(seed, only, chaosWorld(only)).filter((x) => x.source === 'random')) expect(['vm:b', 'link:h2-h3']).to.include(f.target);
+    }
+    for (const k of FAULT_KINDS) {
+      for (const t of randomCandidates(k, world, null)) {
+        const c = checkFaultRequest({ kind: k, target: t, forMs: 1000, params: k === 'link' ? { cut: true } : k === 'lp-shrink' ? { lps: 1 } : k === 'interrupt-delay' ? { delayMs: 1 } : k === 'clock' ? { offsetMs: 5 } : k === 'vmbus' ? { drop: 1 } : {} });
+        expect(c.ok, `${k} ${t}: ${c.ok ? '' : c.message}`).to.equal(true);
+      }
+    }
+    expect(randomCandidates('partition', chaosWorld({ hosts: 1, workloads: [] }), null)).to.deep.equal([]);
+    expect(linkOf('a-b-c', ['a-b', 'c'])).to.deep.equal(['a-b', 'c']);
+    expect(linkOf('h1-h9', ['h1', 'h2'])).to.equal(null);
+  });
+});

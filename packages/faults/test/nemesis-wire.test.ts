@@ -1,0 +1,115 @@
+/**
+ * The nemesis's inputs (request.ts, wire.ts, protocol's fault specs and the root's faultSet
+ * arguments): each takes what a client really sends and refuses the rest with a sentence; none
+ * throws on anything (seeded fuzz of random and mutated frames and specs).
+ */
+import { expect } from 'chai';
+import { decodeHostFaultSpec, decodeMgmtArgs, decodeVmFaultSpec, encode, seededRandom } from '@hvlab/protocol';
+import { checkFaultRequest, decodeNemesisRequest, parseTarget } from '../src/index.js';
+
+const req = { kind: 'pause', target: 'vm:web', forMs: 5000 };
+
+describe('fault requests and the nemesis wire', () => {
+  it('takes the requests the CLI and experiments send', () => {
+    expect(checkFaultRequest(req)).to.deep.equal({ ok: true, value: { ...req, params: {} } });
+    const vmbus = checkFaultRequest({ kind: 'vmbus', target: 'vm:web', forMs: 1000, params: { channel: 'heartbeat', drop: 0.5, delayMs: '20' } });
+    expect(vmbus.ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'link', target: 'link:h1-h2', forMs: 1000, params: { delayMs: 50, jitterMs: 5 } }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'partition', target: 'cluster', forMs: 1000, params: { shape: 'majority' } }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'kill', target: 'vms:one', forMs: 0, role: 'vmwp', params: { restart: true }, seed: 3, owner: 'run-1:x' }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'lp-shrink', target: 'host-of:web', forMs: 2000, params: { lps: 1 } }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'clock', target: 'vm:a', forMs: 2000, params: { offsetMs: -2000 } }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'bitflip', target: 'vm:a', forMs: 0 }).ok).to.equal(true);
+    expect(parseTarget('link:h1-h2')).to.deep.equal({ ok: true, value: { t: 'link', a: 'h1', b: 'h2', text: 'h1-h2' } });
+  });
+
+  it('refuses what is not a bounded, well-aimed fault, with a sentence', () => {
+    const cases: Array<[unknown, RegExp]> = [
+      [{ ...req, forMs: undefined }, /without an end is refused/],
+      [{ ...req, forMs: 0 }, /without an end is refused/],
+      [{ ...req, forMs: 1e12 }, /24 h/],
+      [{ ...req, kind: 'meteor' }, /unknown fault kind "meteor"/],
+      [{ ...req, target: 'vm' }, /KIND:NAME/],
+      [{ ...req, target: 'planet:x' }, /unknown kind of target/],
+      [{ ...req, target: 'vms:most' }, /one, minority, majority, all/],
+      [{ ...req, kind: 'vmbus', target: 'host:h1', params: { drop: 1 } }, /hits a VM/],
+      [{ ...req, kind: 'vmbus', params: {} }, /at least one probability/],
+      [{ ...req, kind: 'vmbus', params: { drop: 2 } }, /"drop" must be a number from 0 to 1/],
+      [{ ...req, kind: 'link', target: 'link:h1-h2', params: {} }, /give an impairment/],
+      [{ ...req, kind: 'link', target: 'link:h1-h2', params: { cut: true, delayMs: 3 } }, /cut link carries nothing/],
+      [{ ...req, kind: 'partition', target: 'cluster', params: { shape: 'donut' } }, /shape must be one of/],
+      [{ ...req, kind: 'pause', target: 'host:h1', role: 'partition' }, /belongs to a VM/],
+      [{ ...req, kind: 'vmbus', role: 'root', params: { drop: 1 } }, /takes no role/],
+      [{ ...req, params: { drop: 1 } }, /pause fault has no parameter "drop"/],
+      [{ ...req, extra: 1 }, /unknown field "extra"/],
+      [{ ...req, kind: 'lp-shrink', target: 'host:h1', params: { lps: 0 } }, /"lps" must be/],
+      [null, /must be a map/],
+    ];
+    for (const [v, re] of cases) {
+      const r = checkFaultRequest(v);
+      expect(r.ok, JSON.stringify(v)).to.equal(false);
+      if (!r.ok) expect(r.message, JSON.stringify(v)).to.match(re);
+    }
+  });
+
+  it('the wire decodes its five operations and refuses the rest with the id', () => {
+    const ok = { v: 1, id: 4 };
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'inject', req }))).to.deep.equal({ ok: true, value: { ...ok, op: 'inject', req: { ...req, params: {} } } });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'clear', fault: null, owner: 'x' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'clear', fault: null, owner: 'x' } });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'list' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'list', all: false } });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run' })).ok).to.equal(true);
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'stop' })).ok).to.equal(true);
+    const bad = decodeNemesisRequest(encode({ ...ok, op: 'inject', req: { ...req, forMs: -1 } }));
+    expect(bad).to.deep.include({ ok: false, id: 4 });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'renew' }))).to.deep.include({ ok: false, id: 4 });
+    expect(decodeNemesisRequest(encode({ v: 2, id: 4, op: 'list' }))).to.deep.include({ ok: false, id: 4 });
+    expect(decodeNemesisRequest(Buffer.from([0xc1]))).to.deep.include({ ok: false, id: 0 });
+  });
+
+  it('the root\'s faultSet arguments carry a checked spec', () => {
+    const a = decodeMgmtArgs('faultSet', { id: 'f1', vm: 'web', spec: { kind: 'vmbus', drop: 0.5 }, forMs: 100 });
+    expect(a.ok && a.args.spec.kind).to.equal('vmbus');
+    expect(decodeMgmtArgs('faultSet', { id: 'f1', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 100 }).ok).to.equal(true);
+    expect(decodeMgmtArgs('faultSet', { id: 'f1', vm: 'web', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 100 }).ok).to.equal(false);
+    expect(decodeMgmtArgs('faultSet', { id: 'f1', vm: 'web', spec: { kind: 'vmbus', drop: 0.5 }, forMs: 0 }).ok).to.equal(false);
+    expect(decodeMgmtArgs('faultSet', { id: 'f1', vm: 'web', spec: { kind: 'bitflip', gpa: 4096 }, forMs: 0 }).ok).to.equal(true);
+    expect(decodeMgmtArgs('faultSet', { id: 'f 1', vm: 'web', spec: { kind: 'bitflip', gpa: 4096 }, forMs: 0 }).ok).to.equal(false);
+    expect(decodeVmFaultSpec({ kind: 'lp-shrink', lps: 1 }).ok).to.equal(false);
+    expect(decodeVmFaultSpec({ kind: 'vp-stall', vps: [0, 0, 1] })).to.deep.equal({ ok: true, value: { kind: 'vp-stall', vps: [0, 1] } });
+    expect(decodeHostFaultSpec({ kind: 'clock', offsetMs: 0, skewPpm: 0 }).ok).to.equal(false);
+  });
+
+  it('never throws on anything (seeded fuzz: random and mutated frames, specs of any shape)', () => {
+    const next = seededRandom(0xfa17);
+    const atoms: unknown[] = [null, undefined, 0, -1, 1.5, 2 ** 60, NaN, '', 'x', 'vm:web', 'cluster', true, [], [1, 'a'], {}, { toString: 5 }, Buffer.from([1, 2])];
+    const any = (depth: number): unknown => {
+      const r = next();
+      if (depth > 2 || r < 0.5) return atoms[Math.floor(next() * atoms.length)];
+      if (r < 0.75) return Array.from({ length: Math.floor(next() * 4) }, () => any(depth + 1));
+      const o: Record<string, unknown> = {};
+      const keys = ['kind', 'target', 'forMs', 'params', 'role', 'owner', 'seed', 'id', 'drop', 'delayMs', 'vps', 'gpa', 'lps', 'shape', 'op', 'v', 'req', 'fault', 'all'];
+      for (let i = 0; i < 4; i++) o[keys[Math.floor(next() * keys.length)]!] = any(depth + 1);
+      return o;
+    };
+    const valid = encode({ v: 1, id: 3, op: 'inject', req: { kind: 'vmbus', target: 'vm:web', forMs: 1000, params: { drop: 0.5 } } });
+    for (let i = 0; i < 3000; i++) {
+      const v = any(0);
+      expect(() => checkFaultRequest(v)).to.not.throw();
+      expect(() => decodeVmFaultSpec(v)).to.not.throw();
+      expect(() => decodeHostFaultSpec(v)).to.not.throw();
+      expect(() => decodeMgmtArgs('faultSet', v)).to.not.throw();
+      expect(() => parseTarget(v)).to.not.throw();
+      let frame: Uint8Array;
+      try {
+        frame = encode({ v: 1, id: 1, op: ['inject', 'list', 'clear', 'renew', 'stop'][i % 5], req: v, fault: v, owner: v, all: v });
+      } catch {
+        continue;
+      }
+      expect(() => decodeNemesisRequest(frame)).to.not.throw();
+      const m = Buffer.from(valid);
+      for (let k = 0; k < 3; k++) m[Math.floor(next() * m.length)] = Math.floor(next() * 256);
+      expect(() => decodeNemesisRequest(m)).to.not.throw();
+      expect(() => decodeNemesisRequest(m.subarray(0, Math.floor(next() * m.length)))).to.not.throw();
+    }
+  });
+});

@@ -1,0 +1,89 @@
+/**
+ * Resolving targets (resolve.ts) against a world without processes: selectors draw the same
+ * members from the same seed; each partition shape cuts what Jepsen's nemesis of that name cuts;
+ * a target that is not there is a sentence.
+ */
+import { expect } from 'chai';
+import { hostPaths } from '@hvlab/runtime';
+import { parseTarget, partitionCuts, pick, resolveTarget, ResolveError, selectCount, type World } from '../src/index.js';
+
+const hosts = ['h1', 'h2', 'h3', 'h4', 'h5'];
+const mesh = (names: string[]): Array<[string, string]> => names.flatMap((a, i) => names.slice(i + 1).map((b) => [a, b] as [string, string]));
+const link = (a: string, b: string) => ({ a, b, cut: false, seed: 1, bytes: [0, 0] as [number, number], lost: 0, connections: 0 });
+
+function world(): World {
+  return {
+    cluster: 'c', hosts: hosts.slice(0, 3).map((n, i) => ({ name: n, hostId: `id${i}`, paths: hostPaths(`/tmp/x/${n}`) })),
+    processes: [
+      { hostId: 'id0', role: 'hypervisor', vm: null, pid: 100, start: 1 }, { hostId: 'id0', role: 'root', vm: null, pid: 101, start: 1 },
+      { hostId: 'id0', role: 'vmwp', vm: 'web', pid: 102, start: 1 }, { hostId: 'id0', role: 'partition', vm: 'web', pid: 103, start: 1 },
+      { hostId: 'id1', role: 'root', vm: null, pid: 201, start: 1 }, { hostId: 'id1', role: 'vmwp', vm: 'db', pid: 202, start: 1 },
+      { hostId: 'id1', role: 'partition', vm: 'db', pid: 203, start: 1 },
+    ],
+    vms: [{ host: 'h2', vm: 'db' }, { host: 'h1', vm: 'web' }],
+    links: mesh(['h1', 'h2', 'h3']).map(([a, b]) => link(a, b)),
+  };
+}
+const t = (s: string) => {
+  const r = parseTarget(s);
+  if (!r.ok) throw new Error(r.message);
+  return r.value;
+};
+
+describe('resolving fault targets', () => {
+  it('selectors take one, a minority, a majority or all, the same members for the same seed', () => {
+    expect([1, 2, 3, 4, 5].map((n) => selectCount('minority', n))).to.deep.equal([1, 1, 1, 1, 2]);
+    expect([1, 2, 3, 4, 5].map((n) => selectCount('majority', n))).to.deep.equal([1, 2, 2, 3, 3]);
+    expect(pick(hosts, 'majority', 7)).to.deep.equal(pick([...hosts].reverse(), 'majority', 7));
+    const seen = new Set<string>();
+    for (let s = 0; s < 40; s++) seen.add(pick(hosts, 'one', s).join());
+    expect(seen.size, 'different seeds pick different members').to.be.greaterThan(2);
+  });
+
+  it('partition shapes cut what they should, and only links the cluster has', () => {
+    const all = mesh(hosts);
+    const one = partitionCuts('one', hosts, all, 1);
+    expect(one.groups.map((g) => g.length).sort()).to.deep.equal([1, 4]);
+    expect(one.cuts).to.have.length(4);
+    const maj = partitionCuts('majority', hosts, all, 1);
+    expect(maj.groups.map((g) => g.length).sort()).to.deep.equal([2, 3]);
+    expect(maj.cuts).to.have.length(6);
+    const third = partitionCuts('minority-third', hosts, all, 1);
+    expect(third.groups.map((g) => g.length).sort()).to.deep.equal([1, 4]);
+    // Ring: every host keeps exactly 2 of its 4 links (reaches a majority of 3 with itself), and no two hosts see the same majority.
+    const ring = partitionCuts('ring', hosts, all, 1);
+    expect(ring.cuts).to.have.length(5);
+    for (const h of hosts) expect(all.filter(([a, b]) => (a === h || b === h) && !ring.cuts.some(([x, y]) => x === a && y === b))).to.have.length(2);
+    expect(new Set(ring.groups.map((g) => g.join())).size).to.equal(5);
+    // Bridge: the bridge host keeps every link; the two halves lose theirs to each other.
+    const br = partitionCuts('bridge', hosts, all, 1);
+    const bridge = br.groups[0]!.filter((h) => br.groups[1]!.includes(h));
+    expect(bridge).to.have.length(1);
+    expect(br.cuts.some(([a, b]) => a === bridge[0] || b === bridge[0])).to.equal(false);
+    expect(br.cuts).to.have.length(4);
+    // Only existing links: a chain h1-h2-h3 cut at one.
+    expect(partitionCuts('one', ['h1', 'h2', 'h3'], [['h1', 'h2'], ['h2', 'h3']], 5).cuts.length).to.be.within(1, 2);
+    expect(() => partitionCuts('ring', ['h1', 'h2', 'h3'], mesh(['h1', 'h2', 'h3']), 1)).to.throw(ResolveError, /at least 4 hosts/);
+    expect(partitionCuts('majority', hosts, all, 9)).to.deep.equal(partitionCuts('majority', hosts, all, 9));
+  });
+
+  it('finds the processes, VMs and links a target means', () => {
+    const w = world();
+    expect(resolveTarget(w, 'pause', t('vm:web'), null, 1, {}).processes).to.deep.equal([{ host: 'h1', role: 'partition', vm: 'web', pid: 103 }]);
+    expect(resolveTarget(w, 'kill', t('vm:db'), 'vmwp', 1, {}).processes).to.deep.equal([{ host: 'h2', role: 'vmwp', vm: 'db', pid: 202 }]);
+    const root = resolveTarget(w, 'pause', t('host-of:web'), null, 1, {});
+    expect(root.processes).to.deep.equal([{ host: 'h1', role: 'root', vm: null, pid: 101 }]);
+    expect(root.vms).to.deep.equal([{ host: 'h1', vm: 'web' }]);
+    expect(resolveTarget(w, 'pause', t('vm:web'), 'hypervisor', 1, {}).processes[0]!.pid).to.equal(100);
+    expect(resolveTarget(w, 'vmbus', t('vms:all'), null, 1, {}).vms.map((v) => v.vm)).to.deep.equal(['db', 'web']);
+    expect(resolveTarget(w, 'link', t('link:h2-h1'), null, 1, {}).links).to.deep.equal([['h1', 'h2']]);
+    // Dashed names: the split the cluster has a link for.
+    const w2: World = { ...w, hosts: [...w.hosts, { name: 'my-h1', hostId: 'id9', paths: hostPaths('/tmp/x/my') }], links: [...w.links, link('my-h1', 'h2')] };
+    expect(resolveTarget(w2, 'link', t('link:my-h1-h2'), null, 1, {}).links).to.deep.equal([['my-h1', 'h2']]);
+    expect(resolveTarget(w, 'partition', t('cluster'), null, 1, { shape: 'one' }).links).to.have.length(2);
+    expect(() => resolveTarget(w, 'pause', t('vm:nope'), null, 1, {})).to.throw(ResolveError, /VM nope is not running on any host \(running: db, web\)/);
+    expect(() => resolveTarget(w, 'pause', t('host:h9'), null, 1, {})).to.throw(ResolveError, /no host h9/);
+    expect(() => resolveTarget(w, 'pause', t('host:h3'), null, 1, {})).to.throw(ResolveError, /host h3 has no root process/);
+    expect(() => resolveTarget(w, 'link', t('link:h1-h9'), null, 1, {})).to.throw(ResolveError, /no host h9/);
+  });
+});

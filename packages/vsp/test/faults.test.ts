@@ -1,0 +1,156 @@
+/**
+ * The integration services under the fault API's VMBus faults (vmbus/src/faults.ts), host and
+ * guest halves joined in process with the VMWP's fault injector on the host's channel ends: a
+ * lost heartbeat request does not silence the heartbeat for good (it is asked again, and OK comes
+ * back once the fault ends); corrupted packets both ways are refused by the checking decoders of
+ * both halves, nothing throws and no channel closes, and every service works again once the
+ * fault ends; a negotiation that met a fault is tried again.
+ */
+import { expect } from 'chai';
+import { VmbusFault, VmbusFaultInjector, VmbusLoopback, type VmbusChannel, type VmbusDriver } from '@hvlab/vmbus';
+import type { IcClient } from '@hvlab/vsc';
+import { HeartbeatClient } from '@hvlab/vsc/heartbeat';
+import { KvpClient } from '@hvlab/vsc/kvp';
+import { ShutdownClient } from '@hvlab/vsc/shutdown';
+import { TimeSyncClient } from '@hvlab/vsc/timesync';
+import type { IcProvider } from '../src/index.js';
+import { HeartbeatProvider } from '../src/heartbeat/index.js';
+import { KvpProvider } from '../src/kvp/index.js';
+import { ShutdownProvider } from '../src/shutdown/index.js';
+import { TimeSyncProvider } from '../src/timesync/index.js';
+
+const quiet = { info: () => {}, warn: () => {} };
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+async function until(what: string, cond: () => boolean, ms = 15000): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(5);
+  }
+}
+
+/** A real VSC whose channel the test can see (to check it stayed open). */
+class TappedDriver implements VmbusDriver {
+  channel: VmbusChannel | null = null;
+  constructor(readonly inner: IcClient) {}
+  get name(): string { return this.inner.name; }
+  get interfaceType(): string { return this.inner.interfaceType; }
+  get ringBytes(): number { return this.inner.ringBytes; }
+  attach(ch: VmbusChannel): void {
+    this.channel = ch;
+    this.inner.attach(ch);
+  }
+  detach(): void {
+    this.channel = null;
+    this.inner.detach();
+  }
+}
+
+interface Guest {
+  lb: VmbusLoopback;
+  injector: VmbusFaultInjector;
+  providers: { heartbeat: HeartbeatProvider; shutdown: ShutdownProvider; timesync: TimeSyncProvider; kvp: KvpProvider };
+  taps: TappedDriver[];
+}
+
+async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector) => void): Promise<Guest> {
+  const injector = new VmbusFaultInjector();
+  before?.(injector);
+  const lb = new VmbusLoopback({ transport, faults: { injector } });
+  await lb.start();
+  const providers = {
+    heartbeat: new HeartbeatProvider(quiet, { intervalMs: 50, lostAfterMs: 400 }),
+    shutdown: new ShutdownProvider(quiet),
+    timesync: new TimeSyncProvider(quiet, 100),
+    kvp: new KvpProvider(quiet),
+  };
+  const clients: IcClient[] = [
+    new HeartbeatClient(), new ShutdownClient(() => {}), new TimeSyncClient({ now: () => Date.now(), adjust: () => {} }),
+    new KvpClient(() => ({ FullyQualifiedDomainName: 'guest1' })),
+  ];
+  const taps = clients.map((c) => new TappedDriver(c));
+  for (const t of taps) lb.client.register(t);
+  for (const p of Object.values(providers)) await lb.server.addDevice(p);
+  await lb.client.connect();
+  return { lb, injector, providers, taps };
+}
+
+const negotiated = (g: Guest): boolean => Object.values(g.providers).every((p: IcProvider) => p.negotiated !== null);
+
+for (const transport of ['shm', 'remote'] as const) {
+  describe(`integration services under VMBus faults (${transport} transport)`, function () {
+    this.timeout(60000);
+    let g: Guest;
+    afterEach(() => {
+      for (const p of Object.values(g.providers)) p.close();
+      g.lb.close();
+    });
+
+    it('a dropped heartbeat turns LostCommunication while the fault lasts, and OK again after it', async () => {
+      g = await boot(transport);
+      await until('negotiated', () => negotiated(g));
+      const hb = g.providers.heartbeat;
+      await until('heartbeats', () => hb.sequence >= 3n && hb.status() === 'OK');
+      const f = new VmbusFault({ channel: 'heartbeat', seed: 1, drop: 1 });
+      g.injector.set('hb', f);
+      await until('LostCommunication', () => hb.status() === 'LostCommunication');
+      const during = hb.sequence;
+      // Requests keep being asked again (each one lost), not one request forever.
+      await until('several requests dropped', () => f.stats.packets.dropped >= 3);
+      expect(hb.sequence).to.equal(during);
+      g.injector.remove('hb');
+      await until('OK again', () => hb.status() === 'OK' && hb.sequence > during);
+      expect(g.lb.server.channelInfo().find((c) => c.name === 'heartbeat')!.opens).to.equal(1);
+    });
+
+    it('corrupted packets on every channel both ways are refused without a throw or a closed channel, and every service works after', async () => {
+      g = await boot(transport);
+      await until('negotiated', () => negotiated(g));
+      const f = new VmbusFault({ channel: null, seed: 11, corrupt: 1 });
+      g.injector.set('c', f);
+      const kvpTries: Promise<unknown>[] = [];
+      for (let i = 0; i < 20; i++) {
+        kvpTries.push(g.providers.kvp.set('external', `k${i}`, `v${i}`).catch(() => 'refused'));
+        kvpTries.push(g.providers.kvp.get('external', `k${i}`).catch(() => 'refused'));
+      }
+      await Promise.all(kvpTries);
+      await until('corrupted packets on every channel', () => f.stats.packets.corrupted >= 100);
+      await sleep(300);
+      g.injector.remove('c');
+      // Nothing was closed on either side.
+      expect(g.lb.server.channelInfo().map((c) => [c.name, c.state, c.faults])).to.deep.equal([['heartbeat', 'open', 0], ['shutdown', 'open', 0], ['timesync', 'open', 0], ['kvp', 'open', 0]]);
+      expect(g.taps.every((t) => t.channel?.open === true)).to.equal(true);
+      // Every service works again.
+      const hb = g.providers.heartbeat;
+      const seq = hb.sequence;
+      await until('heartbeat OK', () => hb.status() === 'OK' && hb.sequence > seq);
+      await g.providers.kvp.set('external', 'after', 'yes');
+      expect(await g.providers.kvp.get('external', 'after')).to.equal('yes');
+      const samples = g.providers.timesync.samples;
+      await until('time samples', () => g.providers.timesync.samples > samples);
+    });
+  });
+}
+
+describe('integration-service negotiation under a VMBus fault', function () {
+  this.timeout(60000);
+  it('a negotiation whose request was lost is tried again while the channel is open', async () => {
+    let f: VmbusFault | null = null;
+    const g = await boot('shm', (i) => {
+      f = new VmbusFault({ channel: 'kvp', seed: 1, drop: 1 });
+      i.set('k', f);
+    });
+    try {
+      await until('the negotiation was dropped', () => f!.stats.packets.dropped >= 1);
+      await sleep(100);
+      expect(g.providers.kvp.negotiated).to.equal(null);
+      expect(g.providers.heartbeat.negotiated).to.not.equal(null);
+      g.injector.remove('k');
+      await until('kvp negotiated', () => g.providers.kvp.negotiated !== null, 30000);
+      await g.providers.kvp.set('external', 'a', 'b');
+    } finally {
+      for (const p of Object.values(g.providers)) p.close();
+      g.lb.close();
+    }
+  });
+});

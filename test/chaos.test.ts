@@ -1,0 +1,244 @@
+/**
+ * Chaos experiments with real processes (issue 13): `runChaosExperiment` brings up two hosts under
+ * a temporary HVLAB_HOME, runs counter and memdirty VMs, injects an explicit schedule through the
+ * nemesis (a VM's partition paused, the cluster partitioned, a VM killed and started again) while
+ * it reads every VM and host, and writes its report: each fault had its effect (the paused counter
+ * stood still while the others counted, the hosts' heartbeats to each other went unanswered during
+ * the partition, the killed VM's counter restarted) and ended, every check held, and nothing is
+ * left. A random schedule drawn from a seed given as an option is the one the report names, and a
+ * second draw with the same seed equals it. A runner killed in the middle of an experiment on an
+ * existing cluster has its faults undone by the nemesis within 10 s (its owner lease lapses).
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { hostProcesses } from '@hvlab/host';
+import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
+import {
+  CHAOS_REPORT_FILES, NemesisClient, OWNER_LEASE_MS, chaosWorld, drawSchedule, loadChaosExperiment, nemesisPids, plannedSchedule, processState, runChaosExperiment, type ChaosReport,
+  type ChaosSpec,
+} from '@hvlab/faults';
+import { TestHost, eventually, shmFiles } from './harness.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+const EXPLICIT = `name: e2e-chaos
+kind: faults
+seed: 3
+hosts: 2
+lps: 2
+duration: 14s
+sample: 300ms
+workloads:
+  - { name: c1, host: h1, workload: counter, memory: 16M }
+  - { name: c2, host: h2, workload: counter, memory: 16M }
+  - { name: md, host: h2, workload: "memdirty:4M", memory: 16M }
+faults:
+  - { at: 1s, kind: pause, target: vm:c1, for: 2s }
+  - { at: 4s, kind: partition, target: cluster, for: 2s, shape: one }
+  - { at: 7s, kind: kill, target: vm:c2, for: 1s, restart: true }
+checks: { liveness: 10s, isolation: 4s }
+`;
+
+const RANDOM = `name: e2e-random
+kind: faults
+seed: 1
+hosts: 2
+lps: 2
+duration: 10s
+sample: 400ms
+workloads:
+  - { name: r1, host: h1, workload: counter, memory: 16M }
+  - { name: r2, host: h2, workload: counter, memory: 16M }
+random:
+  count: 3
+  kinds: [pause, vmbus, link]
+  for: [1s, 2s]
+  between: [1s, 9s]
+`;
+
+const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => d.startsWith('hvlab-chaos-'));
+
+interface Row { t: number; kind: string; host: string; vm: string; answered: boolean; progress: number | null; peers: Record<string, number> }
+
+function readSamples(dir: string): Row[] {
+  return readFileSync(join(dir, 'samples.csv'), 'utf8').trimEnd().split('\r\n').slice(1).map((l) => {
+    const [t, kind, host, vm, answered, , progress, , peers] = l.split(',');
+    return {
+      t: Number(t), kind: kind!, host: host!, vm: vm!, answered: answered === 'true', progress: progress === '' ? null : Number(progress),
+      peers: Object.fromEntries((peers ?? '').split(' ').filter(Boolean).map((p) => [p.split(':')[0], Number(p.split(':')[1])])),
+    };
+  });
+}
+
+/** Nothing of the cluster of a report is left: processes, /dev/shm files, namespaces, the fabric, the nemesis, its temporary home. */
+async function nothingLeft(r: ChaosReport): Promise<void> {
+  const ids = r.cluster.hosts.map((x) => x.hostId).filter((x): x is string => x !== null);
+  expect(ids, 'both hosts had ids').to.have.length(2);
+  await eventually(() => ids.every((id) => hostProcesses(id).length === 0) && fabricPids(r.cluster.home).length === 0 && nemesisPids(r.cluster.home).length === 0, 5000);
+  expect(ids.flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+  expect(ids.flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+  expect(fabricPids(r.cluster.home), 'fabric left').to.deep.equal([]);
+  expect(nemesisPids(r.cluster.home), 'nemesis left').to.deep.equal([]);
+  expect(networkLeftovers(clusterTag(r.cluster.home))).to.deep.equal({ namespaces: [], links: [] });
+  expect(existsSync(r.cluster.home), 'the temporary home').to.equal(false);
+}
+
+describe('chaos experiments with real processes', function () {
+  this.timeout(600000);
+  const dir = mkdtempSync(join(tmpdir(), 'hvlab-chaos-e2e-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('an explicit schedule on two new hosts: each fault has its effect and ends, every check holds, the report is written, nothing is left', async () => {
+    const file = join(dir, 'explicit.yaml');
+    writeFileSync(file, EXPLICIT);
+    const homesBefore = new Set(tempHomes());
+    const lines: string[] = [];
+    const out = join(dir, 'explicit');
+    let report: ChaosReport | null = null;
+    try {
+      report = await runChaosExperiment(file, { out, progress: (l) => lines.push(l) });
+    } finally {
+      expect(tempHomes().filter((d) => !homesBefore.has(d)), `temporary homes left (progress: ${lines.join(' | ')})`).to.deep.equal([]);
+    }
+    const r = report!;
+    const why = `progress:\n${lines.join('\n')}\nchecks: ${JSON.stringify(r.checks, null, 1)}`;
+    await nothingLeft(r);
+
+    // The report: its files, the seed and the schedule.
+    expect(readdirSync(out).sort()).to.deep.equal([...CHAOS_REPORT_FILES].sort());
+    const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
+    expect(json.seed).to.equal(3);
+    expect(json.schedule.map((f) => `${f.id} ${f.kind} ${f.target}`)).to.deep.equal(['f1 pause vm:c1', 'f2 partition cluster', 'f3 kill vm:c2']);
+    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('**5 of 5 checks held.**');
+    expect(readFileSync(join(out, 'timeline.svg'), 'utf8')).to.match(/^<\?xml[\s\S]*<\/svg>\n$/);
+
+    // Every check held; every fault started and ended on its own, none refused.
+    expect(r.checks.map((c) => `${c.name}:${c.held}:${c.skipped}`), why).to.deep.equal(['liveness:true:false', 'progress:true:false', 'isolation:true:false', 'memory:true:false', 'cleanup:true:false']);
+    expect(r.refused, why).to.deep.equal([]);
+    expect(r.faults.map((f) => `${f.id.slice(r.owner.length + 1)}:${f.state}:${f.endReason}`), why).to.deep.equal(['f1:ended:expired', 'f2:ended:expired', 'f3:ended:expired']);
+    for (const f of r.faults) expect(f.endedAt! - f.startedAt, `${f.id} lasted at least its time`).to.be.at.least(f.forMs);
+    for (const x of r.recovery) expect(x.recoveredMs, `${x.id} recovered: ${x.detail}`).to.not.equal(null);
+
+    // Each fault had its effect, seen in the readings.
+    const rows = readSamples(out);
+    const [pause, part, kill] = r.faults;
+    const during = (vm: string, f: typeof pause): number[] => rows.filter((x) => x.kind === 'vm' && x.vm === vm && x.progress !== null && x.t >= f!.startedAt - r.t0 + 300 && x.t <= f!.endedAt! - r.t0 - 100).map((x) => x.progress!);
+    const c1 = during('c1', pause);
+    const c2 = during('c2', pause);
+    expect(c1.length, 'c1 was read while paused').to.be.at.least(2);
+    expect(new Set(c1).size, `c1's counter stood still while its partition was stopped: ${c1.join(' ')}`).to.equal(1);
+    expect(c2[c2.length - 1]!, 'c2 counted meanwhile').to.be.above(c2[0]!);
+    const missed = rows.filter((x) => x.kind === 'host' && x.t >= part!.startedAt - r.t0 && x.t <= part!.endedAt! - r.t0).map((x) => x.peers[x.host === 'h1' ? 'h2' : 'h1'] ?? 0);
+    expect(Math.max(...missed), 'the hosts\' heartbeats to each other went unanswered during the partition').to.be.at.least(1);
+    for (const host of ['h1', 'h2']) {
+      const heard = rows.filter((x) => x.kind === 'host' && x.host === host && x.t > part!.endedAt! - r.t0).map((x) => x.peers[host === 'h1' ? 'h2' : 'h1']);
+      expect(heard.includes(0), `${host} heard its peer again after the partition: ${heard.join(' ')}`).to.equal(true);
+    }
+    expect(r.checks.find((c) => c.name === 'progress')!.evidence.join('\n'), 'c2 restarted by the kill').to.match(/c2: counter went from [\d,]+ to [\d,]+ .*restarted by f3 \(kill vm:c2\)/);
+    expect(r.checks.find((c) => c.name === 'memory')!.evidence[0]).to.match(/^md: 1024 pages follow the pattern/);
+  });
+
+  it('a random schedule drawn from a seed given to the run: the report names the seed, and a second draw with that seed equals its schedule', async () => {
+    const file = join(dir, 'random.yaml');
+    writeFileSync(file, RANDOM);
+    const lines: string[] = [];
+    const out = join(dir, 'random');
+    const r = await runChaosExperiment(file, { out, seed: 4242, progress: (l) => lines.push(l) });
+    await nothingLeft(r);
+    const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
+    expect(json.seed).to.equal(4242);
+    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('--seed 4242');
+    const spec = loadChaosExperiment(file) as ChaosSpec;
+    expect(json.schedule).to.have.length(3);
+    expect(json.schedule.every((f) => f.source === 'random')).to.equal(true);
+    expect(json.schedule).to.deep.equal(drawSchedule(4242, spec, chaosWorld(spec)));
+    expect(json.schedule).to.deep.equal(plannedSchedule(spec, 4242));
+    expect(json.schedule).to.not.deep.equal(plannedSchedule(spec, 1));
+    // What was drawn is what was injected, and all of it ended.
+    expect(r.faults.map((f) => [f.id.slice(r.owner.length + 1), f.kind, f.target, f.seed]), lines.join('\n')).to.deep.equal(json.schedule.filter((f) => !r.refused.some((x) => x.id.endsWith(`.${f.id}`))).map((f) => [f.id, f.kind, f.target, f.seed]));
+    expect(r.faults.every((f) => f.endedAt !== null)).to.equal(true);
+    expect(r.checks.find((c) => c.name === 'cleanup')!.held, JSON.stringify(r.checks.find((c) => c.name === 'cleanup'))).to.equal(true);
+  });
+
+  it('stopped by its signal (Ctrl-C) in the middle of a fault: the fault is cleared at once, the cluster goes, the report is still written', async () => {
+    const file = join(dir, 'aborted.yaml');
+    writeFileSync(file, 'name: e2e-abort\nkind: faults\nhosts: 2\nduration: 120s\nworkloads: [{ name: a1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:a1, for: 100s }\n  - { at: 110s, kind: link, target: link:h1-h2, for: 5s, cut: true }\n');
+    const ac = new AbortController();
+    const lines: string[] = [];
+    const out = join(dir, 'aborted');
+    const started = Date.now();
+    const r = await runChaosExperiment(file, {
+      out, signal: ac.signal,
+      progress: (l) => {
+        lines.push(l);
+        if (/^f1 at /.test(l)) setTimeout(() => ac.abort(), 1000);
+      },
+    });
+    expect(Date.now() - started, `it did not wait for the schedule: ${lines.join(' | ')}`).to.be.below(100_000);
+    expect(r.aborted).to.equal(true);
+    expect(r.faults.map((f) => [f.kind, f.endReason]), lines.join('\n')).to.deep.equal([['pause', 'cleared']]);
+    expect(r.faults[0]!.endedAt! - r.faults[0]!.startedAt).to.be.below(100_000);
+    expect(readdirSync(out).sort()).to.deep.equal([...CHAOS_REPORT_FILES].sort());
+    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('(**stopped early**)');
+    expect(r.checks.find((c) => c.name === 'cleanup')!.held, JSON.stringify(r.checks)).to.equal(true);
+    await nothingLeft(r);
+  });
+
+  describe('a runner killed in the middle', () => {
+    const h = new TestHost();
+    const ids = new Set<string>();
+    before(async () => {
+      await h.ok('up', '--hosts', '2');
+      const st = await h.json<{ hosts: Array<{ hostId: string }> }>('cluster', 'status');
+      for (const x of st.hosts) ids.add(x.hostId);
+    });
+    after(async () => {
+      await h.run('cluster', 'down');
+      await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 5000);
+      expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+      expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+      expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
+      expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+      await h.destroy();
+    });
+
+    it(`has every fault it injected undone within 10 s (its owner lease lapses after ${OWNER_LEASE_MS / 1000} s)`, async () => {
+      const file = join(dir, 'killed.yaml');
+      writeFileSync(file, 'name: killed\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: k1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:k1, for: 100s }\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 100s, delayMs: 200ms }\n');
+      const code = `import { runChaosExperiment } from '@hvlab/faults';\nawait runChaosExperiment(${JSON.stringify(file)}, { out: ${JSON.stringify(join(dir, 'killed'))}, home: process.env.HVLAB_HOME, progress: (l) => console.log(l) });\n`;
+      const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=hvlab-source', '--input-type=module', '-e', code], { cwd: repo, env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      child.stdout.on('data', (d) => (output += d));
+      child.stderr.on('data', (d) => (output += d));
+      const exited = new Promise<void>((r) => child.on('exit', () => r()));
+      try {
+        expect(await eventually(() => /f1 at /.test(output) && /f2 at /.test(output), 120_000), `both faults were injected: ${output}`).to.equal(true);
+      } catch (e) {
+        child.kill('SIGKILL');
+        throw e;
+      }
+      const nem = await NemesisClient.connect(h.home);
+      try {
+        const active = await nem.list();
+        expect(active.map((f) => f.kind).sort(), output).to.deep.equal(['link', 'pause']);
+        const pid = active.find((f) => f.kind === 'pause')!.resolved.processes[0]!.pid;
+        expect(processState(pid), 'k1\'s partition is stopped').to.equal('T');
+        child.kill('SIGKILL');
+        await exited;
+        const killedAt = Date.now();
+        expect(await eventually(async () => (await nem.list()).length === 0, 10_000), 'every fault ended within 10 s').to.equal(true);
+        const took = Date.now() - killedAt;
+        expect(processState(pid), 'k1\'s partition runs again').to.not.equal('T');
+        const ended = (await nem.list({ all: true })).filter((f) => active.some((a) => a.id === f.id));
+        expect(ended.map((f) => f.endReason), `ended after ${took} ms`).to.deep.equal(['owner-gone', 'owner-gone']);
+      } finally {
+        nem.close();
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+    });
+  });
+});

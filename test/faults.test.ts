@@ -1,0 +1,178 @@
+/**
+ * Fault injection with real processes (issue 13): each fault the nemesis enforces itself (pause,
+ * kill, link impairments, partitions) has its effect, ends on time and leaves nothing; a fault
+ * ends when its target vanishes, when it is cleared, when the CLI that held it is killed, and when
+ * the cluster goes down. (The faults VMs and hypervisors enforce: faults-vm.test.ts.)
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { HostInfo, LinkProbeResult, VmInfo } from '@hvlab/protocol';
+import { hostProcesses } from '@hvlab/host';
+import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
+import { nemesisPids, processState, type FaultRecord } from '@hvlab/faults';
+import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+
+type Status = { hosts: Array<{ name: string; hostId: string }> };
+
+describe('faults: processes, links and partitions (real processes)', function () {
+  this.timeout(300000);
+  const h = new TestHost();
+  const ids = new Set<string>();
+
+  const list = async (host: string): Promise<VmInfo[]> => await h.json<VmInfo[]>('--host', host, 'vm', 'list');
+  const vmOn = async (host: string, name: string): Promise<VmInfo | undefined> => (await list(host)).find((v) => v.name === name);
+  const progress = async (host: string, name: string): Promise<number> => (await vmOn(host, name))?.workload.progress ?? -1;
+  const faults = async (all = false): Promise<FaultRecord[]> => await h.json<FaultRecord[]>('fault', 'list', ...(all ? ['--all'] : []));
+  const inject = async (...args: string[]): Promise<FaultRecord> => await h.json<FaultRecord>('fault', 'inject', ...args);
+  const ended = async (id: string): Promise<FaultRecord | undefined> => (await faults(true)).find((f) => f.id === id && f.state !== 'active');
+  const peersOf = async (host: string): Promise<Record<string, number>> => {
+    const info = await h.json<HostInfo>('--host', host, 'host', 'info');
+    return Object.fromEntries((info.cluster?.peers ?? []).map((p) => [p.name, p.missed]));
+  };
+
+  before(async () => {
+    await h.ok('up', '--hosts', '3');
+    const st = await h.json<Status>('cluster', 'status');
+    for (const x of st.hosts) ids.add(x.hostId);
+    await h.ok('--host', 'h1', 'vm', 'new', 'web', '--workload', 'counter');
+    await h.ok('--host', 'h2', 'vm', 'new', 'db', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'web');
+    await h.ok('--host', 'h2', 'vm', 'start', 'db');
+    expect(await eventually(async () => (await progress('h1', 'web')) > 200 && (await progress('h2', 'db')) > 200, 15000)).to.equal(true);
+  });
+
+  after(async () => {
+    await h.run('cluster', 'down');
+    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 10000);
+    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+    expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+    await h.destroy();
+  });
+
+  it('pause stops a VM\'s partition process for its duration, the other VM runs on, and it ends on time, logged', async () => {
+    // Long enough for two reads of a stopped VM (each waits out the guest's kernel info, ~2.5 s).
+    const f = await inject('pause', '--target', 'vm:web', '--for', '10s');
+    expect(f.state).to.equal('active');
+    expect(f.resolved.processes).to.have.length(1);
+    const pid = f.resolved.processes[0]!.pid;
+    expect(f.resolved.processes[0]).to.deep.include({ host: 'h1', role: 'partition', vm: 'web' });
+    expect(processState(pid), 'stopped').to.equal('T');
+    const listed = await faults();
+    expect(listed.map((x) => x.id)).to.deep.equal([f.id]);
+    const w0 = await progress('h1', 'web');
+    const d0 = await progress('h2', 'db');
+    await sleep(1000);
+    expect(await progress('h1', 'web'), 'the paused VM made no progress').to.equal(w0);
+    expect(await progress('h2', 'db'), 'the other VM did').to.be.greaterThan(d0 + 100);
+    expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
+    const e = (await ended(f.id))!;
+    expect(e.endReason).to.equal('expired');
+    expect(e.endedAt! - e.startedAt).to.be.at.least(10000);
+    expect(processState(pid)).to.not.equal('T');
+    expect(await eventually(async () => (await progress('h1', 'web')) > w0 + 100, 10000), 'it runs again').to.equal(true);
+    const log = readFileSync(join(h.home, 'faults', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string; reason?: string });
+    expect(log.filter((l) => l.id === f.id).map((l) => `${l.event}${l.reason ? `:${l.reason}` : ''}`)).to.deep.equal(['start', 'end:expired']);
+  });
+
+  it('kill with restart kills a VM\'s partition process and starts the VM again when the fault ends (its counter restarts)', async () => {
+    const before = await progress('h2', 'db');
+    const f = await inject('kill', '--target', 'vm:db', '--restart', '--for', '1s');
+    const pid = f.resolved.processes[0]!.pid;
+    expect(await eventually(() => processState(pid) === null, 5000), 'the process is gone').to.equal(true);
+    expect(await eventually(async () => (await ended(f.id)) !== undefined, 30000)).to.equal(true);
+    expect((await ended(f.id))!.error).to.equal(null);
+    expect(await eventually(async () => (await vmOn('h2', 'db'))?.state === 'Running', 20000), 'running again').to.equal(true);
+    const p = await progress('h2', 'db');
+    expect(p, 'a fresh counter').to.be.below(before);
+  });
+
+  it('a link delay (a round-trip figure, as ping shows it) makes the round trip between two hosts grow by the delay, and the link is as before after', async () => {
+    const rtt = async (): Promise<number> => {
+      const r = await h.json<LinkProbeResult>('link', 'probe', 'h1', 'h2', '--pings', '5');
+      return [...r.rttMs].sort((a, b) => a - b)[Math.floor(r.rttMs.length / 2)]!;
+    };
+    const base = await rtt();
+    const f = await inject('link', '--target', 'link:h1-h2', '--delay', '150ms', '--for', '6s');
+    expect(f.resolved.links).to.deep.equal([['h1', 'h2']]);
+    const during = await rtt();
+    expect(during, `round trip ${during} ms against ${base} ms`).to.be.at.least(base + 150 - 5);
+    await h.ok('fault', 'clear', f.id);
+    expect((await ended(f.id))?.endReason).to.equal('cleared');
+    const st = await h.json<{ links: Array<{ a: string; b: string; delayMs?: number | null; cut: boolean }> }>('cluster', 'status');
+    const l = st.links.find((x) => x.a === 'h1' && x.b === 'h2')!;
+    expect(l.delayMs ?? null).to.equal(null);
+    expect(await rtt()).to.be.below(base + 100);
+  });
+
+  it('a partition cuts one host off: its heartbeats to the others stop (missed ones count up) while the others still hear each other; healed at its end', async () => {
+    const f = await inject('partition', '--target', 'cluster', '--shape', 'one', '--for', '10s', '--seed', '7');
+    const groups = (f.effect as { groups: string[][] }).groups;
+    const alone = groups.find((g) => g.length === 1)![0]!;
+    const others = groups.find((g) => g.length === 2)!;
+    expect(f.resolved.links).to.have.length(2);
+    expect(await eventually(async () => {
+      const p = await peersOf(alone);
+      return others.every((o) => (p[o] ?? 0) >= 2);
+    }, 8000), `${alone} misses heartbeats of ${others.join(', ')}`).to.equal(true);
+    const q = await peersOf(others[0]!);
+    expect(q[others[1]!], 'the two others still hear each other').to.equal(0);
+    expect(q[alone]).to.be.at.least(1);
+    expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
+    expect(await eventually(async () => Object.values(await peersOf(alone)).every((m) => m === 0), 10000), 'heartbeats flow again').to.equal(true);
+    const again = await inject('partition', '--target', 'cluster', '--shape', 'one', '--for', '1s', '--seed', '7');
+    expect((again.effect as { groups: string[][] }).groups, 'the same seed draws the same partition').to.deep.equal(groups);
+  });
+
+  it('a fault whose target vanished is ended as target-gone, not left stuck', async () => {
+    const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'web');
+    expect(await eventually(async () => (await ended(f.id))?.endReason === 'target-gone', 10000)).to.equal(true);
+    expect(await faults()).to.deep.equal([]);
+    await h.ok('--host', 'h1', 'vm', 'start', 'web');
+  });
+
+  it('killing the CLI that holds a fault (--wait) undoes it within 10 s', async () => {
+    const cli = resolve('packages/cli/bin/hvlab.mjs');
+    const c = spawn(process.execPath, [cli, 'fault', 'inject', 'pause', '--target', 'host:h3', '--role', 'root', '--for', '120s', '--wait'], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: 'ignore' });
+    expect(await eventually(async () => (await faults()).length === 1, 15000)).to.equal(true);
+    const f = (await faults())[0]!;
+    const pid = f.resolved.processes[0]!.pid;
+    expect(processState(pid)).to.equal('T');
+    c.kill('SIGKILL');
+    const t0 = Date.now();
+    expect(await eventually(async () => (await ended(f.id))?.endReason === 'owner-gone', 10000), 'ended as owner-gone').to.equal(true);
+    expect(Date.now() - t0).to.be.below(10000);
+    expect(processState(pid)).to.not.equal('T');
+  });
+
+  it('fault clear ends every fault at once; cluster down with a fault active leaves nothing (checked in after)', async () => {
+    await inject('pause', '--target', 'vm:db', '--for', '60s');
+    await inject('link', '--target', 'link:h2-h3', '--cut', '--for', '60s');
+    expect(await faults()).to.have.length(2);
+    const out = await h.ok('fault', 'clear');
+    expect(out).to.match(/^ended f\d+ \(pause/);
+    expect(await faults()).to.deep.equal([]);
+    await inject('pause', '--target', 'host:h2', '--role', 'root', '--for', '60s');
+  });
+
+  it('refuses what it cannot do, clearly', async () => {
+    const r1 = await h.run('fault', 'inject', 'pause', '--target', 'vm:nope', '--for', '1s');
+    expect(r1.code).to.equal(1);
+    expect(r1.stderr).to.match(/VM nope is not running on any host/);
+    const r2 = await h.run('fault', 'inject', 'pause', '--target', 'vm:web');
+    expect(r2.code).to.equal(2);
+    expect(r2.stderr).to.match(/--for/);
+    const r3 = await h.run('fault', 'inject', 'pause', '--target', 'vm:web', '--for', '1s', '--drop', '0.5');
+    expect(r3.code).to.equal(2);
+    expect(r3.stderr).to.match(/a pause fault takes no --drop/);
+    const r4 = await h.run('fault', 'inject', 'link', '--target', 'link:h1-h9', '--cut', '--for', '1s');
+    expect(r4.stderr).to.match(/no host h9/);
+    const r5 = await h.run('fault', 'clear', 'f999');
+    expect(r5.code).to.equal(1);
+    expect(r5.stderr).to.match(/no active fault f999/);
+  });
+});
