@@ -13,3 +13,4 @@ export * from './link.js';
 export * from './fabric.js';
 export * from './experiment.js';
 export * from './plot.js';
+export * from './yaml-check.js';

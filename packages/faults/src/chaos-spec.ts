@@ -39,13 +39,13 @@
  * are all refused.
  */
 import { readFileSync, statSync } from 'node:fs';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
   CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, INSTANT_FAULT_KINDS, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate, problem, readYamlMap, scalar, where, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, parseTarget, type Target } from './request.js';
 
@@ -219,22 +219,9 @@ function targetWorldError(t: Target, vms: readonly string[], hosts: readonly str
 
 // ---- the decoder --------------------------------------------------------------------------------
 
-interface Ctx {
-  problems: ChaosProblem[];
-  lines: LineCounter;
-}
+type Ctx = CheckCtx;
 type Field = { v: Node | null; p: Pair };
 
-function where(ctx: Ctx, node: Node | Pair | null | undefined): { line: number; column: number } {
-  const range = (node as { range?: [number, number, number] } | null)?.range ?? ((node as Pair | null)?.key as { range?: [number, number, number] } | null)?.range;
-  if (!range) return { line: 0, column: 0 };
-  const p = ctx.lines.linePos(range[0]);
-  return { line: p.line, column: p.col };
-}
-function problem(ctx: Ctx, node: Node | Pair | null | undefined, field: string, message: string): void {
-  ctx.problems.push({ ...where(ctx, node), field, message });
-}
-const scalar = (node: Node | null): unknown => (node && isScalar(node) ? node.value : undefined);
 const at = (f: Field): Node | Pair => f.v ?? f.p;
 
 /** A map's fields by key; problems for a non-map, a repeated key, or a key not in `allowed` (null: any key). */
@@ -334,23 +321,9 @@ function faultParams(ctx: Ctx, fields: Map<string, Field>, field: string): { par
  * names it in problems. Throws ChaosExperimentError with every problem found; never anything else.
  */
 export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSpec {
-  const lines = new LineCounter();
-  const ctx: Ctx = { problems: [], lines };
-  if (typeof text !== 'string' || text.length > MAX_CHAOS_FILE_BYTES) throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `an experiment file is text of at most ${MAX_CHAOS_FILE_BYTES} bytes` }]);
-  let doc;
-  try {
-    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false, strict: true });
-  } catch (e) {
-    throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `not YAML: ${(e as Error).message}` }]);
-  }
-  if (doc.errors.length > 0) {
-    throw new ChaosExperimentError(file, doc.errors.map((e) => {
-      const p = lines.linePos(e.pos[0]);
-      return { line: p.line, column: p.col, field: '', message: `not valid YAML: ${e.message.split('\n')[0]!}` };
-    }));
-  }
-  const root = doc.contents as Node | null;
-  if (!root || !isMap(root)) throw new ChaosExperimentError(file, [{ ...where(ctx, root), field: '', message: 'an experiment is a map with name, kind, workloads, faults, …' }]);
+  const read = readYamlMap(text, MAX_CHAOS_FILE_BYTES, { tooBig: `an experiment file is text of at most ${MAX_CHAOS_FILE_BYTES} bytes`, notMap: 'an experiment is a map with name, kind, workloads, faults, …' });
+  if (Array.isArray(read)) throw new ChaosExperimentError(file, read);
+  const { ctx, root } = read;
 
   const top = fieldsOf(ctx, root, '', TOP_FIELDS);
   const spec: ChaosSpec = {

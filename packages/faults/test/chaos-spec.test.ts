@@ -52,12 +52,12 @@ describe('chaos experiment files', () => {
   it('the shipped example checks: 3 hosts, four workloads, five explicit faults and three drawn ones, every check on', () => {
     const s = loadChaosExperiment(EXAMPLE_FILE);
     if (s instanceof ChaosExperimentError) throw s;
-    expect(s).to.include({ name: 'chaos-basic', kind: 'faults', seed: 42, cluster: 'new', hosts: 3, lps: 2, durationMs: 45_000, sampleMs: 400 });
+    expect(s).to.include({ name: 'chaos-basic', kind: 'faults', seed: 42, cluster: 'new', hosts: 3, lps: 2, durationMs: 47_000, sampleMs: 400 });
     expect(s.workloads.map((w) => `${w.name}@${w.host}:${w.workload}`)).to.deep.equal(['c1@h1:counter', 'c2@h2:counter', 'c3@h3:counter', 'md@h2:memdirty:8M']);
     expect(s.faults.map((f) => f.kind)).to.deep.equal(['pause', 'vmbus', 'partition', 'lp-shrink', 'kill']);
     expect(s.faults[1]!.params).to.deep.equal({ channel: 'heartbeat', drop: 1 });
     expect(s.faults[4]!.params).to.deep.equal({ restart: true });
-    expect(s.random).to.deep.equal({ count: 3, kinds: ['pause', 'vmbus', 'link'], forMs: [1000, 3000], betweenMs: [32_000, 42_000], targets: null });
+    expect(s.random).to.deep.equal({ count: 3, kinds: ['pause', 'vmbus', 'link'], forMs: [1000, 3000], betweenMs: [35_000, 43_000], targets: null });
     expect(s.checks).to.deep.equal({ livenessMs: 10_000, isolationStallMs: 3000, progress: true, memory: true, cleanup: true });
     const sched = plannedSchedule(s);
     expect(sched).to.have.length(8);
