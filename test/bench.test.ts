@@ -259,6 +259,31 @@ const expectations: Record<string, (out: string) => void> = {
     ratio(out, 'ratio total / model');
     ratio(out, 'ratio bytes sent / RAM');
   },
+  faults: (out) => {
+    // KVP get round trips: n, p50, p99, mean under each condition
+    for (const row of ['no fault on the VM (baseline)', 'a vmbus fault on another channel (heartbeat)', 'a never-firing vmbus fault on kvp itself']) {
+      const [n] = numbersAfter(out, row, 4);
+      expect(n, row).to.be.greaterThan(0);
+    }
+    numbersAfter(out, /^kvp with a delay fault of \d+ ms/, 4);
+    ratio(out, 'ratio other channel / none (p50)');
+    ratio(out, 'ratio never-firing on kvp / none (p50)');
+    ratio(out, 'ratio (delayed - none) / delay (p50)');
+    // Pauses: n, p50, max; every pause was seen stopped and seen running again.
+    for (const row of ['request sent to process seen stopped', 'inject round trip', 'seen stopped', 'seen running again after the due end', 'recorded endedAt - startedAt']) numbersAfter(out, row, 3);
+    for (const row of ['ratio seen stopped / requested (p50, max)', 'ratio recorded / requested (p50, max)']) {
+      numbersAfter(out, row, 2);
+      ratio(out, row);
+    }
+    // A killed --wait CLI's fault ended because its owner was gone (not because it expired).
+    const [kills] = numbersAfter(out, 'kill -9 of a --wait CLI to its fault ended, ms', 3);
+    expect(kills, 'CLIs killed').to.be.greaterThan(0);
+    expect(out).to.match(/^kill -9 of a --wait CLI to its fault ended, ms .*\(owner-gone\)$/m);
+    numbersAfter(out, /^ratio to the lease of \d+ ms \(p50, max\)/, 2);
+    for (const row of ['list (baseline)', 'inject pause (nemesis signals it)', 'inject vmbus (through the root and the VMWP)', 'readWorld in this process (one per inject)']) numbersAfter(out, row, 4);
+    ratio(out, 'ratio inject pause / list (p50)');
+    ratio(out, 'ratio inject vmbus / list (p50)');
+  },
 };
 
 describe('benchmarks (quick mode)', function () {

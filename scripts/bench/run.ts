@@ -15,6 +15,7 @@ const benchmarks: Record<string, () => Promise<{ main: BenchMain }>> = {
   host: () => import('./host.js'),
   cluster: () => import('./cluster.js'),
   migrate: () => import('./migrate.js'),
+  faults: () => import('./faults.js'),
 };
 
 const usage = `usage: pnpm bench <${Object.keys(benchmarks).join('|')}> [--json] [--quick]`;
