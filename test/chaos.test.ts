@@ -241,4 +241,37 @@ describe('chaos experiments with real processes', function () {
       }
     });
   });
+  it('a planted violation, through the CLI: a bit flipped by a bitflip fault in the memdirty guest fails the memory check; the run exits 1 and the report says which check and why', async () => {
+    const file = join(dir, 'planted.yaml');
+    writeFileSync(file, `name: e2e-planted
+kind: faults
+seed: 9
+hosts: 2
+lps: 1
+duration: 5s
+sample: 400ms
+workloads:
+  - { name: c1, host: h1, workload: counter, memory: 16M }
+  - { name: md, host: h2, workload: "memdirty:4M", memory: 16M }
+faults:
+  - { at: 2s, kind: bitflip, target: vm:md, for: 0s }
+checks: { liveness: 10s, isolation: 4s }
+`);
+    const out = join(dir, 'planted');
+    const h = new TestHost();
+    try {
+      const r = await h.run('experiment', 'run', file, '--out', out, '--json');
+      expect(r.code, r.stderr).to.equal(1);
+      const rep = JSON.parse(r.stdout) as ChaosReport;
+      expect(rep.held).to.equal(false);
+      const byName = Object.fromEntries(rep.checks.map((c) => [c.name, c]));
+      expect(byName.memory!.held, JSON.stringify(byName.memory)).to.equal(false);
+      expect(byName.memory!.evidence.join('\n')).to.match(/md: .*breaks? the pattern/);
+      for (const other of ['liveness', 'progress', 'isolation', 'cleanup']) expect(byName[other]!.held, `${other}: ${JSON.stringify(byName[other])}`).to.equal(true);
+      expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('**4 of 5 checks held.**');
+      await nothingLeft(rep);
+    } finally {
+      await h.destroy();
+    }
+  });
 });

@@ -513,7 +513,7 @@ export function memdirtyCheck(bytes: Uint8Array, pageSize = 4096): MemdirtyVerdi
   const message = held
     ? `${pages} pages follow the pattern (${steps} step${steps === 1 ? '' : 's'}, first byte ${bytes[0]})`
     : !dirtied ? 'the first page was never written (the workload did not run)'
-    : badCount > 0 ? `${badCount} page${badCount === 1 ? '' : 's'} break the pattern (first: ${bad.map((p) => `page ${p} = ${bytes[p * pageSize]} after ${bytes[(p - 1) * pageSize]}`).slice(0, 3).join(', ')})`
+    : badCount > 0 ? `${badCount} page${badCount === 1 ? ' breaks' : 's break'} the pattern (first: ${bad.map((p) => `page ${p} = ${bytes[p * pageSize]} after ${bytes[(p - 1) * pageSize]}`).slice(0, 3).join(', ')})`
     : `${steps} places where a page is one less than the previous one (at most 1 is allowed)`;
   return { held, pages, steps, badPages: bad, badCount, dirtied, message };
 }
