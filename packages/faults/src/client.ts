@@ -1,26 +1,77 @@
 /**
  * Reaching a home's nemesis: `NemesisClient.connect(home)` finds it from `faults/nemesis.json`
  * (pid and start checked) or starts it (one at a time, under `faults/nemesis.lock`), then speaks
- * the nemesis's wire (wire.ts) through runtime's RpcClient. `stopNemesis(home)` ends every fault
- * and the process; if the nemesis is dead but left faults in active.json, it undoes them here.
+ * the nemesis's wire (wire.ts) through runtime's RpcClient. A client notices when the nemesis it
+ * speaks to dies (its warden starts another, which undoes what the dead one held): a list, renew
+ * or clear of everything is asked again of the new one, an inject fails with a sentence.
+ * `stopNemesis(home)` ends every fault, the nemesis and its warden; if the nemesis is dead but left
+ * faults in active.json, it undoes them here. Nothing of the nemesis is left after it: no process,
+ * no socket.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { entries, nodeArgsFor, pidAlive, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import type { FaultRecord, FaultRequest } from './types.js';
+import { processStart } from './world.js';
 
 export function nemesisFile(home: string): string {
   return join(faultsDir(home), 'nemesis.json');
 }
 
-/** The nemesis's socket: in the home's faults directory, or under /tmp when that path is too long for a Unix socket. */
-export function nemesisEndpoint(home: string): string {
+/** Longest socket path used as it is (a Unix socket's path has at most 107 bytes). */
+const SOCKET_PATH_MAX = 100;
+
+/**
+ * The nemesis's socket file: in the home's faults directory (0700), or, when that path is too long
+ * for a Unix socket, in a directory of its own under the temp dir, named from the home
+ * (`nemesisSocketDir` makes and checks it: never a name in /tmp itself that any user could take first).
+ */
+export function nemesisSocketPath(home: string): string {
   const p = join(faultsDir(home), 'nemesis.sock');
-  if (p.length <= 100) return `ipc://${p}`;
-  return `ipc:///tmp/hvlab-nemesis-${createHash('sha1').update(home).digest('hex').slice(0, 16)}.sock`;
+  if (p.length <= SOCKET_PATH_MAX) return p;
+  return join(tmpdir(), `hvlab-nemesis-${createHash('sha1').update(home).digest('hex').slice(0, 16)}`, 'sock');
+}
+
+export function nemesisEndpoint(home: string): string {
+  return `ipc://${nemesisSocketPath(home)}`;
+}
+
+/**
+ * Makes the directory of the nemesis's socket if it is one of its own under the temp dir, and
+ * checks that it is this user's, a real directory and closed to others (another user could have
+ * made it first, to listen in the nemesis's place); throws a sentence if not.
+ */
+export function nemesisSocketDir(home: string): void {
+  const dir = dirname(nemesisSocketPath(home));
+  if (dir === faultsDir(home)) return;
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  const st = lstatSync(dir);
+  const uid = process.getuid?.() ?? st.uid;
+  if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0) {
+    throw new Error(`${dir} (the nemesis's socket directory) is not a directory of this user closed to others: remove it`);
+  }
+}
+
+/** Removes the nemesis's socket (and its directory under the temp dir, if it is this user's); for a nemesis that is gone. */
+export function removeNemesisSocket(home: string): void {
+  const p = nemesisSocketPath(home);
+  const dir = dirname(p);
+  if (dir === faultsDir(home)) {
+    rmSync(p, { force: true });
+    return;
+  }
+  try {
+    const st = lstatSync(dir);
+    if (st.isDirectory() && st.uid === (process.getuid?.() ?? st.uid)) rmSync(dir, { recursive: true, force: true });
+  } catch { /* not there */ }
 }
 
 /** The running nemesis of `home`: its pid, or null. */
@@ -35,10 +86,18 @@ export function nemesisPid(home: string): number | null {
   }
 }
 
-/** Pids of every nemesis process of `home` (by title), for leak checks. */
+/** Pids of every nemesis process of `home` and of its warden (by title), for leak checks. */
 export function nemesisPids(home: string): number[] {
+  return [...titled(`hvlab-nemesis ${home}`), ...wardenPids(home)];
+}
+
+/** Pids of the nemesis's warden of `home` (nemesis-warden.ts). */
+export function wardenPids(home: string): number[] {
+  return titled(`hvlab-nemesis-warden ${home}`);
+}
+
+function titled(want: string): number[] {
   const out: number[] = [];
-  const want = `hvlab-nemesis ${home}`;
   for (const d of listDir('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
@@ -124,34 +183,75 @@ export class NemesisError extends Error {
 }
 
 export class NemesisClient {
-  private constructor(private readonly rpc: RpcClient, readonly home: string) {}
+  private constructor(private rpc: RpcClient, readonly home: string, private pid: number, private start: number | null) {}
 
   /** Connects to the home's nemesis, starting it if needed. */
   static async connect(home: string): Promise<NemesisClient> {
-    await startNemesis(home);
-    return new NemesisClient(new RpcClient(nemesisEndpoint(home)), home);
+    const pid = await startNemesis(home);
+    return new NemesisClient(new RpcClient(nemesisEndpoint(home)), home, pid, processStart(pid));
   }
 
-  private async call<T>(body: Record<string, unknown>, timeoutMs = 60_000): Promise<T> {
+  /** True while the nemesis this client speaks to is the same process. */
+  private alive(): boolean {
+    return this.start !== null && processStart(this.pid) === this.start;
+  }
+
+  /** One call, failing early (code Gone) if the nemesis dies while it waits. */
+  private once<T>(body: Record<string, unknown>, timeoutMs: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const watch = setInterval(() => {
+        if (this.alive()) return;
+        clearInterval(watch);
+        reject(new NemesisError('Gone', `the nemesis of ${this.home} (pid ${this.pid}) ended while it was asked to ${String(body.op)}`));
+      }, 250);
+      this.rpc.call(body, timeoutMs).then(
+        (v) => {
+          clearInterval(watch);
+          resolve(v as T);
+        },
+        (e: unknown) => {
+          clearInterval(watch);
+          reject(e instanceof RpcFailure ? new NemesisError(e.code, e.message) : e);
+        },
+      );
+    });
+  }
+
+  /**
+   * A call; if the nemesis died meanwhile, a call that may be asked twice (list, renew, clear of
+   * everything) is asked again of the one that takes its place (which has undone what the dead
+   * one held); any other fails with a sentence.
+   */
+  private async call<T>(body: Record<string, unknown>, timeoutMs = 60_000, again = false): Promise<T> {
     try {
-      return (await this.rpc.call(body, timeoutMs)) as T;
+      return await this.once<T>(body, timeoutMs);
     } catch (e) {
-      if (e instanceof RpcFailure) throw new NemesisError(e.code, e.message);
-      throw e;
+      const gone = e instanceof NemesisError && (e.code === 'Gone' || (e.code === 'Timeout' && !this.alive()));
+      if (!gone) throw e;
+      if (!again) throw new NemesisError('Gone', `the nemesis of ${this.home} ended while it was asked to ${String(body.op)}; what it held was undone ("hvlab fault list --all" shows it)`);
+      await this.reconnect();
+      return await this.once<T>(body, timeoutMs);
     }
+  }
+
+  private async reconnect(): Promise<void> {
+    this.rpc.close();
+    this.pid = await startNemesis(this.home);
+    this.start = processStart(this.pid);
+    this.rpc = new RpcClient(nemesisEndpoint(this.home));
   }
 
   inject(req: FaultRequest): Promise<FaultRecord> {
     return this.call({ op: 'inject', req });
   }
   list(opts: { all?: boolean } = {}): Promise<FaultRecord[]> {
-    return this.call({ op: 'list', all: opts.all === true }, 10_000);
+    return this.call({ op: 'list', all: opts.all === true }, 10_000, true);
   }
   clear(id: string | null, opts: { owner?: string } = {}): Promise<FaultRecord[]> {
-    return this.call({ op: 'clear', fault: id, owner: opts.owner ?? null });
+    return this.call({ op: 'clear', fault: id, owner: opts.owner ?? null }, 60_000, id === null);
   }
   async renew(owner: string): Promise<void> {
-    await this.call({ op: 'renew', owner }, 5000);
+    await this.call({ op: 'renew', owner }, 5000, true);
   }
   close(): void {
     this.rpc.close();
@@ -159,11 +259,18 @@ export class NemesisClient {
 }
 
 /**
- * Ends every fault of `home` and its nemesis (for `down`): asks it to stop, waits up to 10 s,
- * kills it if it will not go, and undoes what it left. Resolves with how many faults were ended.
+ * Ends every fault of `home`, its nemesis and its warden (for `down`): asks the nemesis to stop,
+ * waits up to 10 s, kills it if it will not go, undoes what it left and takes its socket away.
+ * Resolves with how many faults were ended.
  */
 export async function stopNemesis(home: string): Promise<number> {
   let ended = 0;
+  // The warden first: it would start another nemesis for faults this one leaves.
+  for (const p of wardenPids(home)) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch { /* gone */ }
+  }
   const pid = nemesisPid(home);
   if (pid) {
     const rpc = new RpcClient(nemesisEndpoint(home));
@@ -188,5 +295,6 @@ export async function stopNemesis(home: string): Promise<number> {
   }
   if (existsSync(activeFile(home))) ended += await new Nemesis({ home }).recoverLeftovers();
   rmSync(nemesisFile(home), { force: true });
+  removeNemesisSocket(home);
   return ended;
 }

@@ -6,14 +6,18 @@
  *
  * It leaves, after ending every fault, on SIGTERM/SIGINT or a `stop` request (`hvlab down`,
  * `cluster down`), when the home has no host or cluster any more, and by itself once it has had no
- * active fault, no owner with a lease and no request for IDLE_EXIT_MS.
+ * active fault, no owner with a lease and no request for IDLE_EXIT_MS; it takes its socket with it.
+ * Beside it runs its warden (nemesis-warden.ts; started again if it goes), which starts a new
+ * nemesis to undo what this one held if this one is killed.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { processLogger, RpcFailure, RpcServer, writeFileAtomic } from '@hvlab/runtime';
+import { fileURLToPath } from 'node:url';
+import { entries, nodeArgsFor, processLogger, RpcFailure, RpcServer, writeFileAtomic } from '@hvlab/runtime';
 import { decodeNemesisRequest, type NemesisRequest } from './wire.js';
 import { FaultRefused, faultsDir, Nemesis } from './nemesis.js';
-import { nemesisEndpoint, nemesisFile } from './client.js';
+import { nemesisEndpoint, nemesisFile, nemesisSocketDir, removeNemesisSocket } from './client.js';
+import { processStart } from './world.js';
 
 const IDLE_EXIT_MS = Number(process.env.HVLAB_NEMESIS_IDLE_MS ?? '') || 30_000;
 
@@ -37,8 +41,24 @@ async function leave(why: string): Promise<void> {
   await Promise.race([nemesis.clear(null, null, why === 'the home has no host any more' ? 'target-gone' : 'cleared').catch(() => []), new Promise((r) => setTimeout(r, 8000))]);
   server?.close();
   rmSync(nemesisFile(home), { force: true });
-  rmSync(join(faultsDir(home), 'nemesis.sock'), { force: true });
+  removeNemesisSocket(home);
   process.exit(0);
+}
+
+/** Starts the warden unless it runs (again, if it was killed): it watches this process by pid and start time. */
+let warden: ChildProcess | null = null;
+function startWarden(): void {
+  if (warden && warden.exitCode === null && warden.signalCode === null) return;
+  try {
+    const self = import.meta.url.endsWith('.ts') ? 'nemesis-warden.ts' : 'nemesis-warden.js';
+    const args = [home, String(process.pid), String(processStart(process.pid) ?? 0), JSON.stringify(nodeArgsFor(entries.nemesis))];
+    const w = spawn(process.execPath, [...nodeArgsFor(fileURLToPath(new URL(`./${self}`, import.meta.url))), ...args], { detached: true, stdio: 'ignore' });
+    warden = w;
+    w.on('error', (e) => log.warn({ err: e }, 'the warden did not start'));
+    w.unref();
+  } catch (e) {
+    log.warn({ err: e }, 'the warden did not start');
+  }
 }
 
 server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
@@ -64,7 +84,8 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
   }
 });
 try {
-  rmSync(join(faultsDir(home), 'nemesis.sock'), { force: true });
+  removeNemesisSocket(home);
+  nemesisSocketDir(home);
   await server.bind(nemesisEndpoint(home));
 } catch (e) {
   log.error({ err: e }, 'cannot bind');
@@ -74,6 +95,7 @@ try {
 void server.serve();
 writeFileAtomic(nemesisFile(home), JSON.stringify({ pid: process.pid, endpoint: nemesisEndpoint(home), startedAt: new Date().toISOString() }) + '\n');
 nemesis.startWatch();
+startWarden();
 log.info({ endpoint: nemesisEndpoint(home) }, 'nemesis ready');
 process.stdout.write('ready\n');
 
@@ -81,6 +103,7 @@ process.on('SIGTERM', () => void leave('SIGTERM'));
 process.on('SIGINT', () => void leave('SIGINT'));
 setInterval(() => {
   if (leaving) return;
+  startWarden();
   if (!nemesis.homeAlive()) void leave('the home has no host any more');
   else if (nemesis.activeCount === 0 && nemesis.liveOwners === 0 && Date.now() - nemesis.lastActivity > IDLE_EXIT_MS) void leave('idle');
 }, 1000);

@@ -11,27 +11,38 @@
  *
  * Every start and end goes to `faults/log.jsonl`; the active set (with what undoing needs: the
  * pids and start times of stopped processes, each link's state before) is written to
- * `faults/active.json` at every change, so a nemesis that died is cleaned up after by the next one
- * (`recoverLeftovers`), which `fault clear` and `down` start.
+ * `faults/active.json` at every change (and before a change is made, so a nemesis killed half-way
+ * leaves what it did there too), so a nemesis that died is cleaned up after by the next one
+ * (`recoverLeftovers`), which its warden (nemesis-warden.ts), `fault clear` and `down` start. Fault
+ * ids go on from the last one in the log, so the log never names two faults alike.
+ *
+ * Changes are queued one at a time (`serial`), but what waits on another process that a fault may
+ * have stopped — a root asked to set or clear a VM's or a host's fault — runs outside the queue:
+ * otherwise a fault injected into a VM of a host whose root is paused would hold up the end of
+ * that very pause (and of every other fault) for the call's whole timeout.
  *
  * How each kind is enforced:
  *   kill, pause     signals from here (pid and start time checked first: never a recycled pid);
  *                   kill with restart starts a killed VM again when the fault ends
  *   vmbus, interrupt-delay, clock, vp-stall, bitflip
- *                   the VM's worker, through its host's root (`faultSet`, `faultClear`)
- *   lp-shrink       the hypervisor, through the root
- *   link, partition the cluster's fabric (set/cut, and heal/set back to the state before)
+ *                   the VM's worker, through its host's root (`faultSet`, `faultClear`); a VM has
+ *                   one interrupt-delay, clock and vp-stall fault at a time (each is one setting)
+ *   lp-shrink       the hypervisor, through the root; one at a time per host
+ *   link, partition the cluster's fabric (set/cut, and heal/set back to the state before: only
+ *                   what the fault set and still holds, so a change made by hand meanwhile stays)
  */
-import { appendFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, closeSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type HostFaultSpec, type LinkChange, type LinkView } from '@hvlab/protocol';
+import {
+  FAULT_ID_RE, FAULT_KINDS, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
+} from '@hvlab/protocol';
 import { writeFileAtomic } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
-import { linkCut, linkHeal, linkSet } from '@hvlab/cluster';
+import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, type FaultRecord, type FaultRequest } from './types.js';
-import { homeAlive, processState, readWorld, sameProcess, scanProcesses, type World, type WorldProcess } from './world.js';
+import { homeAlive, processState, readWorld, sameProcess, type World, type WorldProcess } from './world.js';
 
 export class FaultRefused extends Error {
   override name = 'FaultRefused';
@@ -51,8 +62,8 @@ export function faultLogFile(home: string): string {
 interface Undo {
   /** Processes stopped by a pause (SIGCONT at the end, if still the same process). */
   stopped: WorldProcess[];
-  /** Links set or cut, with their state before. */
-  links: Array<{ a: string; b: string; cut: boolean; before: LinkChange; wasCut: boolean }>;
+  /** Links set or cut, with their state before and (a set) what the fault made them. */
+  links: Array<{ a: string; b: string; cut: boolean; before: LinkChange; wasCut: boolean; set?: LinkChange }>;
   /** Faults handed to a root: undone by faultClear there. */
   hostFaults: Array<{ host: string; vm: string | null }>;
   /** VMs to start again when a kill with restart ends. */
@@ -65,6 +76,59 @@ interface Active {
   timer: NodeJS.Timeout | null;
   /** Processes a pause or kill hit (their vanishing ends a pause). */
   procs: WorldProcess[];
+  /**
+   * What the fault lives in: each VM's worker (a VM's faults), each host's hypervisor (lp-shrink).
+   * When none of them is the same process any more (the VM was turned off, restarted or moved
+   * away; the host went down), the fault is over: target-gone.
+   */
+  holders: WorldProcess[];
+  /** Being applied through a root, outside the queue (see the header). */
+  pending: boolean;
+  /** Ended while it was being applied: undone as soon as that is over. */
+  cancelled: FaultEndReason | null;
+  /** Resolves when the pending part is over (applied, failed or cancelled). */
+  settled: Promise<void>;
+  settle: () => void;
+}
+
+/** Kinds a root enforces (applied outside the queue). */
+const REMOTE_KINDS: readonly FaultKind[] = ['vmbus', 'interrupt-delay', 'clock', 'vp-stall', 'bitflip', 'lp-shrink'];
+/** Kinds that are one setting of a VM: one fault of each per VM at a time (a second would silently replace the first). */
+const VM_EXCLUSIVE_KINDS: readonly FaultKind[] = ['interrupt-delay', 'clock', 'vp-stall'];
+/** How much of the end of the log is read for the last fault id. */
+const LOG_TAIL_BYTES = 4 * 1024 * 1024;
+
+/** The highest number N of a fault id fN in the home's log and active file (0 if none). */
+export function lastFaultNumber(home: string): number {
+  let max = 0;
+  for (const f of [faultLogFile(home), activeFile(home)]) {
+    let text = '';
+    try {
+      const fd = openSync(f, 'r');
+      try {
+        const size = fstatSync(fd).size;
+        const n = Math.min(size, LOG_TAIL_BYTES);
+        const buf = Buffer.alloc(n);
+        readSync(fd, buf, 0, n, size - n);
+        text = buf.toString('utf8');
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      continue;
+    }
+    for (const m of text.matchAll(/"id":"f(\d{1,15})"/g)) max = Math.max(max, Number(m[1]));
+  }
+  return max;
+}
+
+/** A fault record's bookkeeping, not yet pending or settled. */
+function newActive(rec: FaultRecord, procs: WorldProcess[], holders: WorldProcess[], pending: boolean): Active {
+  let settle: () => void = () => {};
+  const settled = new Promise<void>((r) => (settle = r));
+  const act: Active = { rec, undo: { stopped: [], links: [], hostFaults: [], restart: [] }, timer: null, procs, holders, pending, cancelled: null, settled, settle };
+  if (!pending) settle();
+  return act;
 }
 
 export interface NemesisOptions {
@@ -87,7 +151,11 @@ export class Nemesis {
   private readonly active = new Map<string, Active>();
   private readonly ended: FaultRecord[] = [];
   private readonly owners = new Map<string, number>();
-  private next = 1;
+  /** Faults a nemesis before this one left, undone at start: reported by the first `clear` of everything. */
+  private recovered: FaultRecord[] = [];
+  /** Ids whose end is still being undone through a root (not to be reused until it is over). */
+  private readonly ending = new Set<string>();
+  private next: number;
   private readonly say: (msg: string, fields?: Record<string, unknown>) => void;
   private readonly now: () => number;
   /** Serialises changes (inject, end) so the active file and the links never race. */
@@ -101,6 +169,7 @@ export class Nemesis {
     this.now = opts.now ?? Date.now;
     this.lastActivity = this.now();
     mkdirSync(faultsDir(this.home), { recursive: true, mode: 0o700 });
+    this.next = lastFaultNumber(this.home) + 1;
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -168,12 +237,21 @@ export class Nemesis {
   inject(req: FaultRequest): Promise<FaultRecord> {
     this.lastActivity = this.now();
     if (req.owner) this.renew(req.owner);
-    return this.serial(() => this.doInject(req));
+    return this.serial(() => this.begin(req)).then(async ({ act, world }) => {
+      if (act.pending) await this.applyRemote(world, act);
+      return act.rec;
+    });
   }
 
-  private async doInject(req: FaultRequest): Promise<FaultRecord> {
+  /**
+   * In the queue: resolves the target, checks it against the active faults, and applies what the
+   * nemesis does itself (signals, links). A fault a root enforces is entered as pending and is
+   * applied by `applyRemote`, outside the queue.
+   */
+  private async begin(req: FaultRequest): Promise<{ act: Active; world: World }> {
     const id = req.id ?? `f${this.next++}`;
     if (this.active.has(id)) throw new FaultRefused(`fault ${id} is active already`);
+    if (this.ending.has(id)) throw new FaultRefused(`fault ${id} is still ending; use another id`);
     const seed = req.seed ?? seedOf(id);
     const target = parseTarget(req.target);
     if (!target.ok) throw new FaultRefused(target.message);
@@ -193,33 +271,100 @@ export class Nemesis {
       params: { ...(req.params ?? {}) }, owner: req.owner ?? null, seed, forMs: req.forMs, resolved,
       state: 'active', startedAt: start, endsAt: start + req.forMs, endedAt: null, endReason: null, error: null, effect: groups ? { groups } : null,
     };
-    // One fault at a time per process and per link: undoing overlapping ones could not be right.
+    // One fault at a time per process, per link, per VM setting and per host's LPs: undoing
+    // overlapping ones could not be right (the first to end would undo the other too).
     for (const a of this.active.values()) {
       if (procs.some((p) => a.procs.some((q) => q.pid === p.pid && a.rec.kind === 'pause'))) throw new FaultRefused(`that process is paused by fault ${a.rec.id} already`);
-      const busy = a.undo.links.map((l) => `${l.a}|${l.b}`);
+      const busy = a.rec.kind === 'link' || a.rec.kind === 'partition' ? a.rec.resolved.links.map(([x, y]) => `${x}|${y}`) : [];
       const clash = resolved.links.find(([x, y]) => busy.includes(`${x}|${y}`) || busy.includes(`${y}|${x}`));
       if (clash) throw new FaultRefused(`link ${clash.join('-')} is held by fault ${a.rec.id} already`);
+      if (VM_EXCLUSIVE_KINDS.includes(req.kind) && a.rec.kind === req.kind) {
+        const vm = a.rec.resolved.vms.find((v) => resolved.vms.some((w) => w.vm === v.vm && w.host === v.host))?.vm;
+        if (vm !== undefined) throw new FaultRefused(`VM ${vm} has a ${req.kind} fault already (${a.rec.id}); a VM takes one at a time (clear it first)`);
+      }
+      if (req.kind === 'lp-shrink' && a.rec.kind === 'lp-shrink') {
+        const h = a.rec.resolved.hosts.find((x) => resolved.hosts.includes(x));
+        if (h !== undefined) throw new FaultRefused(`host ${h} has an lp-shrink fault already (${a.rec.id}); a host takes one at a time (clear it first)`);
+      }
     }
-    const undo: Undo = { stopped: [], links: [], hostFaults: [], restart: [] };
-    const act: Active = { rec, undo, timer: null, procs };
-    try {
-      await this.apply(world, rec, procs, undo);
-    } catch (e) {
-      // Whatever part did start is undone; the fault is recorded as failed.
-      await this.undoAll(world, act).catch(() => undefined);
-      rec.state = 'failed';
-      rec.error = errText(e);
-      rec.endedAt = this.now();
-      rec.endReason = 'failed';
-      this.ended.push(rec);
-      this.event('failed', rec, { error: rec.error });
-      throw e instanceof FaultRefused ? e : new FaultRefused(`fault ${id} (${req.kind} on ${rec.resolved.summary}) failed: ${rec.error}`);
+    const hostIdOf = (name: string): string | null => world.hosts.find((h) => h.name === name)?.hostId ?? null;
+    const holders: WorldProcess[] = [];
+    if (req.kind === 'lp-shrink') {
+      for (const h of resolved.hosts) {
+        const hv = world.processes.find((p) => p.role === 'hypervisor' && p.hostId === hostIdOf(h));
+        if (hv) holders.push(hv);
+      }
+    } else if (REMOTE_KINDS.includes(req.kind)) {
+      for (const v of resolved.vms) {
+        const w = world.processes.find((p) => p.role === 'vmwp' && p.vm === v.vm && p.hostId === hostIdOf(v.host));
+        if (w) holders.push(w);
+      }
     }
+    const act = newActive(rec, procs, holders, REMOTE_KINDS.includes(req.kind));
+    // Entered before anything is applied (and written down as it goes): a nemesis killed
+    // half-way leaves what it did in active.json.
     this.active.set(id, act);
+    if (act.pending) {
+      this.persist();
+      return { act, world };
+    }
+    try {
+      await this.apply(world, rec, procs, act.undo);
+    } catch (e) {
+      this.active.delete(id);
+      throw await this.failed(world, act, e);
+    }
+    this.commit(act);
+    return { act, world };
+  }
+
+  /** The fault is on: written down, logged, and timed. */
+  private commit(act: Active): void {
     this.persist();
-    this.event('start', rec);
-    act.timer = setTimeout(() => void this.end(id, 'expired'), Math.max(0, rec.endsAt - this.now()));
-    return rec;
+    this.event('start', act.rec);
+    act.timer = setTimeout(() => void this.end(act.rec.id, 'expired'), Math.max(0, act.rec.endsAt - this.now()));
+  }
+
+  /** Undoes whatever part of `act` started and records it as failed; answers the error to throw. */
+  private async failed(world: World | null, act: Active, e: unknown): Promise<FaultRefused> {
+    const rec = act.rec;
+    await this.undoAll(world, act).catch(() => undefined);
+    this.persist();
+    rec.state = 'failed';
+    rec.error = errText(e);
+    rec.endedAt = this.now();
+    rec.endReason = 'failed';
+    this.pushEnded(rec);
+    this.event('failed', rec, { error: rec.error });
+    return e instanceof FaultRefused ? e : new FaultRefused(`fault ${rec.id} (${rec.kind} on ${rec.resolved.summary}) failed: ${rec.error}`);
+  }
+
+  /**
+   * Applies a pending fault through its roots, outside the queue, then commits it. If it was
+   * ended meanwhile, whoever ended it waits for `settled` and ends it then.
+   */
+  private async applyRemote(world: World, act: Active): Promise<void> {
+    const rec = act.rec;
+    try {
+      // Its time starts when it is applied, not while a root kept it waiting.
+      rec.startedAt = this.now();
+      rec.endsAt = rec.startedAt + rec.forMs;
+      await this.apply(world, rec, act.procs, act.undo);
+    } catch (e) {
+      await this.serial(async () => {
+        this.active.delete(rec.id);
+        this.persist();
+      });
+      act.pending = false;
+      act.settle();
+      // Undone outside the queue too (it asks the roots).
+      throw await this.failed(world, act, e);
+    }
+    await this.serial(async () => {
+      act.pending = false;
+      this.commit(act);
+    });
+    act.settle();
   }
 
   private async apply(world: World, rec: FaultRecord, procs: WorldProcess[], undo: Undo): Promise<void> {
@@ -228,8 +373,10 @@ export class Nemesis {
       case 'pause':
         for (const x of procs) {
           if (!sameProcess(x.pid, x.start)) throw new FaultRefused(`pid ${x.pid} (${x.role}) is gone`);
-          process.kill(x.pid, 'SIGSTOP');
+          // Written down before the signal: a nemesis killed right after it leaves the undo behind.
           undo.stopped.push(x);
+          this.persist();
+          process.kill(x.pid, 'SIGSTOP');
         }
         return;
       case 'kill':
@@ -260,8 +407,12 @@ export class Nemesis {
         if (!spec.ok) throw new FaultRefused(spec.message);
         const effects: Record<string, unknown> = {};
         for (const v of rec.resolved.vms) {
+          // Written down first: if the answer is lost, clearing an id the worker does not hold is no error.
+          if (rec.kind !== 'bitflip') {
+            undo.hostFaults.push({ host: v.host, vm: v.vm });
+            this.persist();
+          }
           effects[v.vm] = await this.hostCall(world, v.host, 'faultSet', { id: rec.id, vm: v.vm, spec: spec.value, forMs: rec.forMs });
-          if (rec.kind !== 'bitflip') undo.hostFaults.push({ host: v.host, vm: v.vm });
         }
         rec.effect = effects;
         return;
@@ -271,8 +422,9 @@ export class Nemesis {
         if (!spec.ok) throw new FaultRefused(spec.message);
         const effects: Record<string, unknown> = {};
         for (const h of rec.resolved.hosts) {
-          effects[h] = await this.hostCall(world, h, 'faultSet', { id: rec.id, vm: null, spec: spec.value as HostFaultSpec, forMs: rec.forMs });
           undo.hostFaults.push({ host: h, vm: null });
+          this.persist();
+          effects[h] = await this.hostCall(world, h, 'faultSet', { id: rec.id, vm: null, spec: spec.value as HostFaultSpec, forMs: rec.forMs });
         }
         rec.effect = effects;
         return;
@@ -283,13 +435,20 @@ export class Nemesis {
           const was = world.links.find((l) => (l.a === a && l.b === b) || (l.a === b && l.b === a));
           const before = impairmentsOf(was);
           const cut = rec.kind === 'partition' || p.cut === true;
-          undo.links.push({ a, b, cut, before, wasCut: was?.cut === true });
+          const entry: Undo['links'][number] = { a, b, cut, before, wasCut: was?.cut === true };
+          undo.links.push(entry);
+          this.persist();
           if (cut) await linkCut(this.home, a, b);
           else {
             const change: LinkChange = {};
-            for (const k of ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const) if (typeof p[k] === 'number') change[k] = p[k];
+            for (const k of IMPAIRMENT_KEYS) if (typeof p[k] === 'number') change[k] = p[k];
             change.seed = rec.seed;
-            await linkSet(this.home, a, b, change);
+            const view = await linkSet(this.home, a, b, change);
+            // What the link holds now for what the fault set: at the end, only what still holds it is set back.
+            const set: LinkChange = { seed: view.seed };
+            for (const k of IMPAIRMENT_KEYS) if (k in change) set[k] = view[k] ?? null;
+            entry.set = set;
+            this.persist();
           }
         }
         return;
@@ -299,6 +458,11 @@ export class Nemesis {
 
   /** Undoes what `act` did; collects (does not throw on) what could not be undone. */
   private async undoAll(world: World | null, act: Active): Promise<string[]> {
+    return [...(await this.undoLocal(act)), ...(await this.undoRemote(world, act))];
+  }
+
+  /** The nemesis's own part of an undo: stopped processes continued, links healed and set back. */
+  private async undoLocal(act: Active): Promise<string[]> {
     const problems: string[] = [];
     const u = act.undo;
     for (const x of u.stopped) {
@@ -310,15 +474,27 @@ export class Nemesis {
       }
     }
     u.stopped = [];
+    let now: LinkView[] | null = null;
     for (const l of u.links) {
       try {
         if (l.cut && !l.wasCut) await linkHeal(this.home, l.a, l.b);
-        if (!l.cut) await linkSet(this.home, l.a, l.b, l.before);
+        if (!l.cut) {
+          now ??= await fabricStatus(this.home).then((s) => s.links, () => []);
+          const change = restoreChange(l, now.find((x) => (x.a === l.a && x.b === l.b) || (x.a === l.b && x.b === l.a)));
+          if (Object.keys(change).length > 0) await linkSet(this.home, l.a, l.b, change);
+        }
       } catch (e) {
         problems.push(`link ${l.a}-${l.b}: ${errText(e)}`);
       }
     }
     u.links = [];
+    return problems;
+  }
+
+  /** The roots' part of an undo: faults handed to them cleared (their own deadlines end them anyway). */
+  private async undoRemote(world: World | null, act: Active): Promise<string[]> {
+    const problems: string[] = [];
+    const u = act.undo;
     if (u.hostFaults.length) {
       const w = world ?? (await readWorld(this.home).catch(() => null));
       for (const h of u.hostFaults) {
@@ -334,6 +510,11 @@ export class Nemesis {
       u.hostFaults = [];
     }
     return problems;
+  }
+
+  private pushEnded(rec: FaultRecord): void {
+    this.ended.push(rec);
+    if (this.ended.length > 1000) this.ended.splice(0, this.ended.length - 1000);
   }
 
   /**
@@ -373,41 +554,65 @@ export class Nemesis {
     }
   }
 
-  /** Ends fault `id` now (`reason`), undoing it. */
-  end(id: string, reason: FaultEndReason): Promise<FaultRecord | null> {
-    return this.serial(async () => {
+  /**
+   * Ends fault `id` now (`reason`), undoing it: its own part in the queue (a stopped process is
+   * continued at once), a root's part after it (see the header). A fault still being applied is
+   * ended as soon as that is over.
+   */
+  async end(id: string, reason: FaultEndReason): Promise<FaultRecord | null> {
+    const first = this.active.get(id);
+    if (first?.pending) {
+      first.cancelled ??= reason;
+      await first.settled;
+      if (this.active.get(id) === first) return await this.end(id, reason);
+      return first.rec.state === 'ended' ? first.rec : null;
+    }
+    const taken = await this.serial(async () => {
       const act = this.active.get(id);
       if (!act) return null;
+      if (act.pending) return 'pending' as const;
       if (act.timer) clearTimeout(act.timer);
-      const restart = act.undo.restart;
-      act.undo.restart = [];
-      const problems = await this.undoAll(null, act);
       this.active.delete(id);
-      const rec = act.rec;
-      this.restartAll(rec, restart);
-      rec.state = 'ended';
-      rec.endedAt = this.now();
-      rec.endReason = reason;
-      if (problems.length) rec.error = problems.join('; ');
-      this.ended.push(rec);
-      if (this.ended.length > 1000) this.ended.splice(0, this.ended.length - 1000);
+      this.ending.add(id);
+      const problems = await this.undoLocal(act);
       this.persist();
-      this.event('end', rec, { reason, ...(problems.length ? { problems } : {}) });
-      this.lastActivity = this.now();
-      return rec;
+      return { act, problems };
     });
+    if (taken === null) return null;
+    // A new fault of that id began meanwhile: ended once it is applied.
+    if (taken === 'pending') return await this.end(id, reason);
+    const { act, problems } = taken;
+    const restart = act.undo.restart;
+    act.undo.restart = [];
+    try {
+      problems.push(...(await this.undoRemote(null, act)));
+    } finally {
+      this.ending.delete(id);
+    }
+    const rec = act.rec;
+    this.restartAll(rec, restart);
+    rec.state = 'ended';
+    rec.endedAt = this.now();
+    rec.endReason = reason;
+    if (problems.length) rec.error = problems.join('; ');
+    this.pushEnded(rec);
+    this.event('end', rec, { reason, ...(problems.length ? { problems } : {}) });
+    this.lastActivity = this.now();
+    return rec;
   }
 
-  /** Ends faults now: one, an owner's, or all. */
+  /** Ends faults now: one, an owner's, or all (which also reports what was undone of a nemesis before this one). */
   async clear(fault: string | null, owner: string | null, reason: FaultEndReason = 'cleared'): Promise<FaultRecord[]> {
     this.lastActivity = this.now();
     const ids = [...this.active.values()].filter((a) => (fault === null || a.rec.id === fault) && (owner === null || a.rec.owner === owner)).map((a) => a.rec.id);
     if (fault !== null && ids.length === 0 && !this.active.has(fault)) throw new FaultRefused(`no active fault ${fault}${this.active.size ? ` (active: ${[...this.active.keys()].join(', ')})` : ''}`);
     const out: FaultRecord[] = [];
-    for (const id of ids) {
-      const r = await this.end(id, reason);
-      if (r) out.push(r);
+    if (fault === null && owner === null) {
+      out.push(...this.recovered);
+      this.recovered = [];
     }
+    const ended = await Promise.all(ids.map((id) => this.end(id, reason)));
+    for (const r of ended) if (r) out.push(r);
     if (owner) this.owners.delete(owner);
     return out;
   }
@@ -420,22 +625,16 @@ export class Nemesis {
       this.owners.delete(owner);
       const mine = [...this.active.values()].filter((a) => a.rec.owner === owner);
       if (mine.length) this.say('owner lease lapsed: ending its faults', { owner, faults: mine.map((a) => a.rec.id) });
-      for (const a of mine) await this.end(a.rec.id, 'owner-gone');
+      await Promise.all(mine.map((a) => this.end(a.rec.id, 'owner-gone')));
     }
-    if (this.active.size === 0) return;
-    let alive: Set<string> | null = null;
     for (const a of [...this.active.values()]) {
+      if (a.pending) continue;
       const r = a.rec;
       if (r.kind === 'pause') {
         if (a.undo.stopped.length > 0 && a.undo.stopped.every((x) => !sameProcess(x.pid, x.start))) await this.end(r.id, 'target-gone');
-      } else if (r.kind !== 'kill' && r.kind !== 'lp-shrink' && r.kind !== 'link' && r.kind !== 'partition' && r.resolved.vms.length > 0) {
-        // A VM fault whose every VM has no worker any more (turned off, moved, killed).
-        if (!alive) {
-          const { hosts } = await readWorld(this.home).catch(() => ({ hosts: [] as World['hosts'] }));
-          const ids = new Set(hosts.map((h) => h.hostId).filter((x): x is string => x !== null));
-          alive = new Set(scanProcesses(ids).filter((p) => p.role === 'vmwp' && p.vm).map((p) => p.vm!));
-        }
-        if (r.resolved.vms.every((v) => !alive!.has(v.vm))) await this.end(r.id, 'target-gone');
+      } else if (a.holders.length > 0 && a.holders.every((x) => !sameProcess(x.pid, x.start))) {
+        // Every VM's worker (or host's hypervisor) it lived in is gone: turned off, restarted, moved away, down.
+        await this.end(r.id, 'target-gone');
       }
     }
   }
@@ -481,28 +680,79 @@ export class Nemesis {
       rmSync(activeFile(this.home), { force: true });
       return 0;
     }
-    if (!Array.isArray(list)) return 0;
+    if (!Array.isArray(list)) {
+      rmSync(activeFile(this.home), { force: true });
+      return 0;
+    }
     let n = 0;
     for (const item of list as unknown[]) {
-      const o = item as { rec?: FaultRecord; undo?: Undo } | null;
-      if (!o || typeof o !== 'object' || !o.rec || !o.undo || typeof o.rec.id !== 'string') continue;
-      const undo: Undo = {
-        stopped: Array.isArray(o.undo.stopped) ? o.undo.stopped.filter((x) => x && Number.isInteger(x.pid) && x.pid > 1 && Number.isFinite(x.start)) : [],
-        links: Array.isArray(o.undo.links) ? o.undo.links.filter((l) => l && typeof l.a === 'string' && typeof l.b === 'string') : [],
-        hostFaults: Array.isArray(o.undo.hostFaults) ? o.undo.hostFaults.filter((h) => h && typeof h.host === 'string') : [],
+      if (!isPlainObject(item) || !isPlainObject(item.undo)) continue;
+      const rec = leftoverRecord(item.rec);
+      if (!rec) continue;
+      const o = item.undo;
+      const act = newActive(rec, [], [], false);
+      act.undo = {
+        stopped: Array.isArray(o.stopped) ? (o.stopped as unknown[]).filter((x): x is WorldProcess => isPlainObject(x) && Number.isInteger(x.pid) && (x.pid as number) > 1 && Number.isFinite(x.start)) : [],
+        links: Array.isArray(o.links) ? (o.links as unknown[]).filter((l): l is Undo['links'][number] => isPlainObject(l) && typeof l.a === 'string' && typeof l.b === 'string' && isPlainObject(l.before)) : [],
+        hostFaults: Array.isArray(o.hostFaults) ? (o.hostFaults as unknown[]).filter((h): h is Undo['hostFaults'][number] => isPlainObject(h) && typeof h.host === 'string' && (h.vm === null || typeof h.vm === 'string')) : [],
         restart: [],
       };
-      const act: Active = { rec: o.rec, undo, timer: null, procs: [] };
       const problems = await this.undoAll(null, act).catch((e: unknown) => [errText(e)]);
       n++;
+      rec.state = 'ended';
+      rec.endedAt = this.now();
+      rec.endReason = 'cleared';
+      rec.error = ['undone after the nemesis that held it was gone', ...problems].join('; ');
+      this.recovered.push(rec);
+      this.pushEnded(rec);
       try {
-        appendFileSync(faultLogFile(this.home), JSON.stringify({ time: new Date(this.now()).toISOString(), event: 'end', id: o.rec.id, kind: o.rec.kind, target: o.rec.target, reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) }) + '\n');
+        appendFileSync(faultLogFile(this.home), JSON.stringify({ time: new Date(this.now()).toISOString(), event: 'end', id: rec.id, kind: rec.kind, target: rec.target, reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) }) + '\n');
       } catch { /* logged below */ }
-      this.say('undid a fault a previous nemesis left', { id: o.rec.id, problems });
+      this.say('undid a fault a previous nemesis left', { id: rec.id, problems });
     }
     rmSync(activeFile(this.home), { force: true });
     return n;
   }
+}
+
+/** A fault record read back from active.json (a file: checked, never trusted), or null. */
+function leftoverRecord(v: unknown): FaultRecord | null {
+  if (!isPlainObject(v) || typeof v.id !== 'string' || !FAULT_ID_RE.test(v.id)) return null;
+  const kind = (FAULT_KINDS as readonly string[]).includes(v.kind as string) ? (v.kind as FaultKind) : null;
+  if (!kind) return null;
+  const num = (x: unknown): number => (typeof x === 'number' && Number.isFinite(x) ? x : 0);
+  const r = isPlainObject(v.resolved) ? v.resolved : {};
+  const names = (x: unknown): string[] => (Array.isArray(x) ? (x as unknown[]).filter((y): y is string => typeof y === 'string') : []);
+  return {
+    id: v.id, kind, target: typeof v.target === 'string' ? v.target.slice(0, 160) : '?', role: null,
+    params: isPlainObject(v.params) ? v.params : {}, owner: typeof v.owner === 'string' ? v.owner : null, seed: num(v.seed), forMs: num(v.forMs),
+    resolved: {
+      summary: typeof r.summary === 'string' ? r.summary.slice(0, 400) : '?', hosts: names(r.hosts),
+      vms: Array.isArray(r.vms) ? (r.vms as unknown[]).filter((x): x is { host: string; vm: string } => isPlainObject(x) && typeof x.host === 'string' && typeof x.vm === 'string') : [],
+      processes: [], links: [],
+    },
+    state: 'active', startedAt: num(v.startedAt), endsAt: num(v.endsAt), endedAt: null, endReason: null, error: null, effect: null,
+  };
+}
+
+const IMPAIRMENT_KEYS = ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const;
+
+/**
+ * What sets link `l` back at a fault's end, given the link `now`: each impairment the fault set
+ * goes back to what it was before only if the link still holds what the fault made it (a change
+ * made by hand meanwhile, or a `link reset`, stays); what the fault did not set is not touched.
+ * A record without `set` (an older nemesis's) sets everything back. Without `now` (the fabric did
+ * not answer), everything the fault set is set back.
+ */
+export function restoreChange(l: { before: LinkChange; set?: LinkChange }, now: LinkView | undefined): LinkChange {
+  if (!l.set) return { ...l.before };
+  const out: LinkChange = {};
+  for (const k of IMPAIRMENT_KEYS) {
+    if (!(k in l.set)) continue;
+    if (!now || (now[k] ?? null) === (l.set[k] ?? null)) out[k] = l.before[k] ?? null;
+  }
+  if (l.before.seed !== undefined && (!now || now.seed === l.set.seed)) out.seed = l.before.seed;
+  return out;
 }
 
 function impairmentsOf(l: LinkView | undefined): LinkChange {

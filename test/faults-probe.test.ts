@@ -1,0 +1,253 @@
+/**
+ * Fault injection under attack (issue 13's review): what an adversarial or careless user does to
+ * the nemesis, with real processes. A fault ends on time even while another waits on a process it
+ * stopped; a nemesis killed with -9 has what it held undone without anyone running a command (its
+ * warden), and a CLI that held a fault through it says so and exits cleanly; faults that would
+ * silently replace each other are refused; fault ids stay unique across nemeses; a VM fault ends
+ * as target-gone when its VM moves away; a link fault's end keeps what was changed by hand
+ * meanwhile; the nemesis's socket never sits in /tmp itself and never outlives it.
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { LinkView } from '@hvlab/protocol';
+import { hostProcesses } from '@hvlab/host';
+import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
+import { faultsDir, nemesisPids, nemesisSocketPath, processState, startNemesis, wardenPids, type FaultRecord } from '@hvlab/faults';
+import { TestHost, eventually, shmFiles } from './harness.js';
+
+const cli = resolve('packages/cli/bin/hvlab.mjs');
+
+function nemesisPidOf(home: string): number {
+  return (JSON.parse(readFileSync(join(faultsDir(home), 'nemesis.json'), 'utf8')) as { pid: number }).pid;
+}
+
+function kill9(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch { /* gone */ }
+}
+
+function faultTools(h: TestHost): {
+  faults: (all?: boolean) => Promise<FaultRecord[]>;
+  inject: (...args: string[]) => Promise<FaultRecord>;
+  ended: (id: string) => Promise<FaultRecord | undefined>;
+} {
+  const faults = async (all = false): Promise<FaultRecord[]> => await h.json<FaultRecord[]>('fault', 'list', ...(all ? ['--all'] : []));
+  return {
+    faults,
+    inject: async (...args: string[]): Promise<FaultRecord> => await h.json<FaultRecord>('fault', 'inject', ...args),
+    ended: async (id: string): Promise<FaultRecord | undefined> => (await faults(true)).find((f) => f.id === id && f.state !== 'active'),
+  };
+}
+
+describe('faults under attack: one host (real processes)', function () {
+  this.timeout(300000);
+  const h = new TestHost();
+  const { faults, inject, ended } = faultTools(h);
+  let hostId = '';
+  const partitionOf = (vm: string): number => {
+    const pid = hostProcesses(hostId).find((x) => readFileSync(`/proc/${x}/cmdline`, 'latin1').startsWith(`hvlab-partition ${hostId} ${vm}`));
+    expect(pid, `the partition process of ${vm}`).to.not.equal(undefined);
+    return pid!;
+  };
+
+  before(async () => {
+    await h.ok('up', '--lps', '2');
+    hostId = h.hostId;
+    for (const vm of ['web', 'db']) {
+      await h.ok('vm', 'new', vm, '--workload', 'counter');
+      await h.ok('vm', 'start', vm);
+    }
+  });
+
+  after(async () => {
+    await h.destroy();
+    expect(await eventually(() => hostProcesses(hostId).length === 0 && nemesisPids(h.home).length === 0, 10000), 'nothing left').to.equal(true);
+    expect(shmFiles(hostId)).to.deep.equal([]);
+  });
+
+  it('a pause of a host\'s root ends on time although a fault injected into one of its VMs waits for that root meanwhile', async () => {
+    const p = await inject('pause', '--target', 'host:local', '--for', '2s');
+    const root = p.resolved.processes[0]!.pid;
+    expect(processState(root)).to.equal('T');
+    // The root answers this one only once it runs again: the pause's end must not wait behind it.
+    const r = await h.run('fault', 'inject', 'clock', '--target', 'vm:web', '--offset', '1s', '--for', '2s', '--json');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(processState(root)).to.not.equal('T');
+    const e = await ended(p.id);
+    expect(e?.endReason).to.equal('expired');
+    // Before, it ended only after the clock fault's call to the stopped root timed out (10 s).
+    expect(e!.endedAt! - e!.startedAt, 'the pause lasted about its 2 s, not the 10 s the other call may wait').to.be.below(10000);
+    await h.ok('fault', 'clear');
+  });
+
+  it('a second clock, interrupt-delay or vp-stall fault on one VM, or lp-shrink on one host, is refused (it would silently replace the first)', async () => {
+    const c = await inject('clock', '--target', 'vm:web', '--skew', '1000', '--for', '60s');
+    const again = await h.run('fault', 'inject', 'clock', '--target', 'vm:web', '--offset', '1s', '--for', '5s');
+    expect(again.code).to.equal(1);
+    expect(again.stderr).to.match(new RegExp(`VM web has a clock fault already \\(${c.id}\\)`));
+    await inject('clock', '--target', 'vm:db', '--skew', '1000', '--for', '60s'); // another VM: fine
+    await inject('interrupt-delay', '--target', 'vm:web', '--delay', '1ms', '--for', '60s'); // another kind: fine
+    const l = await inject('lp-shrink', '--target', 'host:local', '--lps', '1', '--for', '60s');
+    const l2 = await h.run('fault', 'inject', 'lp-shrink', '--target', 'host-of:db', '--lps', '1', '--for', '5s');
+    expect(l2.code).to.equal(1);
+    expect(l2.stderr).to.match(new RegExp(`host local has an lp-shrink fault already \\(${l.id}\\)`));
+    expect((await faults()).map((f) => f.kind).sort()).to.deep.equal(['clock', 'clock', 'interrupt-delay', 'lp-shrink']);
+    await h.ok('fault', 'clear');
+    expect(await faults()).to.deep.equal([]);
+  });
+
+  it('a nemesis killed with -9 while it holds a pause: the process is continued with no command run (its warden), the record says why, and fault ids go on', async () => {
+    const f = await inject('pause', '--target', 'vm:web', '--for', '120s');
+    const pid = f.resolved.processes[0]!.pid;
+    expect(processState(pid)).to.equal('T');
+    expect(await eventually(() => wardenPids(h.home).length === 1, 5000), 'a warden watches the nemesis').to.equal(true);
+    kill9(nemesisPidOf(h.home));
+    // Only /proc is read here: nothing asks a nemesis for anything.
+    expect(await eventually(() => processState(pid) !== 'T', 15000), 'continued').to.equal(true);
+    const e = await ended(f.id);
+    expect(e?.endReason).to.equal('cleared');
+    expect(e?.error).to.match(/undone after the nemesis that held it was gone/);
+    const next = await inject('pause', '--target', 'vm:web', '--for', '1s');
+    expect(next.id).to.not.equal(f.id);
+    const starts = readFileSync(join(faultsDir(h.home), 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string }).filter((l) => l.event === 'start').map((l) => l.id);
+    expect(new Set(starts).size, `fault ids in the log: ${starts.join(', ')}`).to.equal(starts.length);
+    expect(await eventually(async () => (await ended(next.id)) !== undefined, 10000)).to.equal(true);
+  });
+
+  it('a CLI holding a fault (--wait) whose nemesis is killed says the fault ended, exits 0, and the process runs again', async () => {
+    const pid = partitionOf('db');
+    const c = spawn(process.execPath, [cli, 'fault', 'inject', 'pause', '--target', 'vm:db', '--for', '120s', '--wait'], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number>((r) => c.on('close', (code) => r(code ?? -1)));
+    expect(await eventually(() => processState(pid) === 'T', 60000), 'paused').to.equal(true);
+    kill9(nemesisPidOf(h.home));
+    const code = await exited;
+    expect(code, err).to.equal(0);
+    expect(out).to.match(/ended \(cleared\): undone after the nemesis that held it was gone/);
+    expect(processState(pid)).to.not.equal('T');
+  });
+
+  it('down after the nemesis and its warden were both killed holding a pause leaves no nemesis socket (and nothing else: after)', async () => {
+    await inject('pause', '--target', 'vm:web', '--for', '120s');
+    // Stopped first, so that it cannot start another warden between the two kills.
+    const nem = nemesisPidOf(h.home);
+    process.kill(nem, 'SIGSTOP');
+    for (const p of wardenPids(h.home)) kill9(p);
+    kill9(nem);
+    expect(await eventually(() => nemesisPids(h.home).length === 0, 5000)).to.equal(true);
+    expect(existsSync(nemesisSocketPath(h.home)), 'the dead nemesis left its socket').to.equal(true);
+    await h.ok('down');
+    expect(existsSync(nemesisSocketPath(h.home)), 'socket left after down').to.equal(false);
+    expect(existsSync(join(faultsDir(h.home), 'active.json'))).to.equal(false);
+  });
+});
+
+describe('faults under attack: a home too long for a socket path', function () {
+  this.timeout(60000);
+  const base = mkdtempSync(join(tmpdir(), 'hvlab-test-'));
+  const home = join(base, 'x'.repeat(100));
+
+  after(() => {
+    for (const p of nemesisPids(home)) kill9(p);
+    rmSync(base, { recursive: true, force: true });
+    // Only the nemesis's own directory (never the temp dir itself).
+    const dir = dirname(nemesisSocketPath(home));
+    if (/^hvlab-nemesis-[0-9a-f]{16}$/.test(basename(dir))) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the nemesis listens in a 0700 directory of its own under the temp dir, and takes it away when it leaves', async () => {
+    const sock = nemesisSocketPath(home);
+    expect(dirname(sock).startsWith(tmpdir())).to.equal(true);
+    expect(dirname(sock)).to.not.equal(tmpdir());
+    await startNemesis(home);
+    const st = lstatSync(dirname(sock));
+    expect(st.isDirectory()).to.equal(true);
+    expect(st.mode & 0o777).to.equal(0o700);
+    expect(lstatSync(sock).isSocket()).to.equal(true);
+    // Nothing is up in that home, so it leaves at once.
+    expect(await eventually(() => nemesisPids(home).length === 0, 10000), 'the nemesis left').to.equal(true);
+    expect(existsSync(sock), 'its socket left behind').to.equal(false);
+    expect(existsSync(dirname(sock)), 'its directory left behind').to.equal(false);
+  });
+
+  it('refuses a socket directory that is not a directory of this user closed to others (taken first by someone else)', async () => {
+    const dir = dirname(nemesisSocketPath(home));
+    symlinkSync(base, dir);
+    try {
+      let msg = '';
+      await startNemesis(home).catch((e: unknown) => (msg = (e as Error).message));
+      expect(msg).to.match(/is not a directory of this user closed to others/);
+      expect(nemesisPids(home)).to.deep.equal([]);
+    } finally {
+      rmSync(dir, { force: true });
+    }
+  });
+});
+
+describe('faults under attack: a cluster (real processes)', function () {
+  this.timeout(300000);
+  const h = new TestHost();
+  const { inject, ended } = faultTools(h);
+  const ids = new Set<string>();
+  const link = async (): Promise<LinkView> => (await h.json<{ links: LinkView[] }>('cluster', 'status')).links.find((l) => l.a === 'h1' && l.b === 'h2')!;
+
+  before(async () => {
+    await h.ok('up', '--hosts', '2');
+    const st = await h.json<{ hosts: Array<{ hostId: string }> }>('cluster', 'status');
+    for (const x of st.hosts) ids.add(x.hostId);
+    await h.ok('--host', 'h1', 'vm', 'new', 'web', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'web');
+  });
+
+  after(async () => {
+    await h.run('cluster', 'down');
+    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 10000);
+    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+    expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
+    expect(existsSync(nemesisSocketPath(h.home)), 'nemesis socket left').to.equal(false);
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+    await h.destroy();
+  });
+
+  it('a VM fault ends as target-gone when its VM moves to another host (the fault does not travel with it)', async () => {
+    const f = await inject('vmbus', '--target', 'vm:web', '--drop', '0.2', '--for', '120s');
+    expect(f.resolved.vms).to.deep.equal([{ host: 'h1', vm: 'web' }]);
+    await h.ok('--host', 'h1', 'vm', 'move', 'web', '--to', 'h2');
+    expect(await eventually(async () => (await ended(f.id))?.endReason === 'target-gone', 10000), 'ended as target-gone').to.equal(true);
+  });
+
+  it('a link fault\'s end sets back only what it set and still holds: what was changed by hand meanwhile stays', async () => {
+    await h.ok('link', 'set', 'h1', 'h2', '--delay', '7ms');
+    const f = await inject('link', '--target', 'link:h1-h2', '--delay', '50ms', '--for', '60s');
+    await h.ok('link', 'set', 'h1', 'h2', '--jitter', '2ms'); // not the fault's
+    await h.ok('fault', 'clear', f.id);
+    let l = await link();
+    expect([l.delayMs, l.jitterMs]).to.deep.equal([7, 2]);
+    const g = await inject('link', '--target', 'link:h1-h2', '--delay', '40ms', '--for', '60s');
+    await h.ok('link', 'set', 'h1', 'h2', '--delay', '3ms'); // the fault's, changed by hand
+    await h.ok('fault', 'clear', g.id);
+    l = await link();
+    expect([l.delayMs, l.jitterMs]).to.deep.equal([3, 2]);
+    await h.ok('link', 'reset', 'h1', 'h2');
+  });
+
+  it('a partition held by a nemesis killed with -9 is healed by its warden, with no command run', async () => {
+    const f = await inject('partition', '--target', 'cluster', '--for', '120s');
+    expect((await link()).cut).to.equal(true);
+    expect(await eventually(() => wardenPids(h.home).length === 1, 5000)).to.equal(true);
+    kill9(nemesisPidOf(h.home));
+    const t0 = Date.now();
+    // The link is read from the fabric (not the nemesis) until it is whole.
+    expect(await eventually(async () => !(await link()).cut, 15000), 'healed').to.equal(true);
+    expect(Date.now() - t0).to.be.below(f.forMs);
+    expect((await ended(f.id))?.endReason).to.equal('cleared');
+  });
+});
