@@ -274,4 +274,38 @@ checks: { liveness: 10s, isolation: 4s }
       await h.destroy();
     }
   });
+  it('a run on its own new cluster killed with SIGKILL mid-fault: its faults end, and its cluster goes down and its temporary home is removed (the run\'s lease on it lapses)', async () => {
+    const file = join(dir, 'killed.yaml');
+    writeFileSync(file, `name: e2e-killed
+kind: faults
+seed: 5
+hosts: 2
+lps: 1
+duration: 60s
+workloads:
+  - { name: k1, host: h1, workload: counter, memory: 16M }
+faults:
+  - { at: 1s, kind: pause, target: vm:k1, for: 50s }
+`);
+    const cli = resolve(repo, 'packages/cli/bin/hvlab.mjs');
+    const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', join(dir, 'killed')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    const exited = new Promise<void>((r) => child.on('exit', () => r()));
+    let home = '';
+    const ids: string[] = [];
+    try {
+      expect(await eventually(() => /f1 at /.test(output), 120_000), `the fault was injected: ${output}`).to.equal(true);
+      home = /under (\/\S+)/.exec(output)![1]!;
+      for (const n of ['h1', 'h2']) ids.push((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    const gone = (): boolean => !existsSync(home) && ids.every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0 && nemesisPids(home).length === 0;
+    expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${ids.flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}, nemesis ${nemesisPids(home).join(' ')}`).to.equal(true);
+    expect(ids.flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
+  });
 });

@@ -247,6 +247,14 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   let sampler: Sampler | null = null;
   let nemesis: NemesisClient | null = null;
   let renew: NodeJS.Timeout | null = null;
+  /** The lease on a temporary cluster (see below), held until the run takes it down itself. */
+  let homeLease: { client: NemesisClient; timer: NodeJS.Timeout } | null = null;
+  const endHomeLease = (): void => {
+    if (!homeLease) return;
+    clearInterval(homeLease.timer);
+    homeLease.client.close();
+    homeLease = null;
+  };
   const made: string[] = [];
   const injected: FaultRecord[] = [];
   const memReads: Array<{ vm: string; bytes: Uint8Array | null; error: string | null }> = [];
@@ -258,11 +266,21 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       say(`bringing up ${spec.hosts} hosts (${spec.lps} LPs each) under ${home}`);
       await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
       broughtUp = true;
+      if (tempHome) {
+        // From now on, until its own teardown, the run holds a lease on its temporary cluster: if
+        // this process is killed (even with SIGKILL), the nemesis ends its faults, takes the cluster
+        // down and removes the home.
+        const c = await NemesisClient.connect(home);
+        await c.renew(`${owner}.home`, { teardown: true });
+        homeLease = { client: c, timer: setInterval(() => void c.renew(`${owner}.home`, { teardown: true }).catch(() => undefined), OWNER_RENEW_MS) };
+      }
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
     }
   } catch (e) {
+    endHomeLease();
     if (tempHome) {
+      await stopNemesis(home).catch(() => 0);
       await clusterDown(home).catch(() => undefined);
       rmSync(tempHome, { recursive: true, force: true });
     }
@@ -398,6 +416,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     }
   }
   for (const c of clients.values()) c.close();
+  endHomeLease();
   if (broughtUp || tempHome) {
     try {
       await stopNemesis(home);

@@ -250,8 +250,12 @@ export class NemesisClient {
   clear(id: string | null, opts: { owner?: string } = {}): Promise<FaultRecord[]> {
     return this.call({ op: 'clear', fault: id, owner: opts.owner ?? null }, 60_000, id === null);
   }
-  async renew(owner: string): Promise<void> {
-    await this.call({ op: 'renew', owner }, 5000, true);
+  /**
+   * Renews `owner`'s lease. With `teardown`, a lease that lapses also takes the home's cluster down
+   * and removes the home (a run's temporary cluster, so a killed run leaves nothing).
+   */
+  async renew(owner: string, opts: { teardown?: boolean } = {}): Promise<void> {
+    await this.call({ op: 'renew', owner, teardown: opts.teardown === true }, 5000, true);
   }
   close(): void {
     this.rpc.close();

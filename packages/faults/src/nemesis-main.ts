@@ -7,6 +7,8 @@
  * It leaves, after ending every fault, on SIGTERM/SIGINT or a `stop` request (`hvlab down`,
  * `cluster down`), when the home has no host or cluster any more, and by itself once it has had no
  * active fault, no owner with a lease and no request for IDLE_EXIT_MS; it takes its socket with it.
+ * An owner that renews with `teardown` (a chaos run on a temporary cluster) takes more with it when
+ * its lease lapses: the cluster goes down and the home is removed.
  * Beside it runs its warden (nemesis-warden.ts; started again if it goes), which starts a new
  * nemesis to undo what this one held if this one is killed.
  */
@@ -18,6 +20,7 @@ import { decodeNemesisRequest, type NemesisRequest } from './wire.js';
 import { FaultRefused, faultsDir, Nemesis } from './nemesis.js';
 import { nemesisEndpoint, nemesisFile, nemesisSocketDir, removeNemesisSocket } from './client.js';
 import { processStart } from './world.js';
+import { clusterDown } from '@hvlab/cluster';
 
 const IDLE_EXIT_MS = Number(process.env.HVLAB_NEMESIS_IDLE_MS ?? '') || 30_000;
 
@@ -44,6 +47,30 @@ async function leave(why: string): Promise<void> {
   removeNemesisSocket(home);
   process.exit(0);
 }
+
+/**
+ * An owner that brought its cluster up for itself (a chaos run's temporary home) is gone: its
+ * faults have ended; the cluster goes down and the home is removed, then this nemesis leaves (a
+ * run killed with SIGKILL leaves nothing behind).
+ */
+nemesis.onTeardown = (owner) => {
+  if (leaving) return;
+  leaving = true;
+  void (async () => {
+    log.info({ owner }, 'the owner of this home is gone: taking its cluster down and removing the home');
+    nemesis.stopWatch();
+    await nemesis.clear(null, null, 'owner-gone').catch(() => []);
+    try {
+      await clusterDown(home);
+    } catch (e) {
+      log.error({ err: e }, 'the cluster did not go down');
+    }
+    server?.close();
+    removeNemesisSocket(home);
+    rmSync(home, { recursive: true, force: true });
+    process.exit(0);
+  })();
+};
 
 /** Starts the warden unless it runs (again, if it was killed): it watches this process by pid and start time. */
 let warden: ChildProcess | null = null;
@@ -72,7 +99,7 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
       case 'clear':
         return await nemesis.clear(req.fault, req.owner);
       case 'renew':
-        nemesis.renew(req.owner);
+        nemesis.renew(req.owner, req.teardown);
         return { ok: true };
       case 'stop':
         setTimeout(() => void leave('asked to stop'), 10);

@@ -211,10 +211,16 @@ export class Nemesis {
     return all ? [...this.ended, ...act] : act;
   }
 
-  renew(owner: string): void {
+  renew(owner: string, teardown = false): void {
     this.lastActivity = this.now();
     this.owners.set(owner, this.now());
+    if (teardown) this.teardownOwners.add(owner);
   }
+
+  /** Owners whose lapsed lease takes the home down (a run's temporary cluster). */
+  private readonly teardownOwners = new Set<string>();
+  /** Called when such an owner's lease lapsed, after its faults ended (nemesis-main takes the home down). */
+  onTeardown: ((owner: string) => void) | null = null;
 
   /** A client for host `name`'s management API (fresh each time: a client whose host died stays broken). */
   private mgmt(world: World, name: string): MgmtClient {
@@ -626,6 +632,10 @@ export class Nemesis {
       const mine = [...this.active.values()].filter((a) => a.rec.owner === owner);
       if (mine.length) this.say('owner lease lapsed: ending its faults', { owner, faults: mine.map((a) => a.rec.id) });
       await Promise.all(mine.map((a) => this.end(a.rec.id, 'owner-gone')));
+      if (this.teardownOwners.delete(owner)) {
+        this.say('owner lease lapsed: taking down the cluster it brought up', { owner });
+        this.onTeardown?.(owner);
+      }
     }
     for (const a of [...this.active.values()]) {
       if (a.pending) continue;

@@ -6,7 +6,8 @@
  *   inject { req }               a FaultRequest (checked again by checkFaultRequest)
  *   list   { all }               active faults (all: also ended ones)
  *   clear  { fault, owner }      end faults now: one (fault), an owner's, or all (both null)
- *   renew  { owner }             an owner's lease
+ *   renew  { owner, teardown }   an owner's lease (teardown: when it lapses, the home's cluster
+ *                                goes down and the home is removed: a run's temporary cluster)
  *   stop   {}                    clear everything and exit
  */
 import { decode, isPlainObject } from '@hvlab/protocol';
@@ -20,7 +21,7 @@ export type NemesisRequest =
   | { v: number; id: number; op: 'inject'; req: FaultRequest }
   | { v: number; id: number; op: 'list'; all: boolean }
   | { v: number; id: number; op: 'clear'; fault: string | null; owner: string | null }
-  | { v: number; id: number; op: 'renew'; owner: string }
+  | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean }
   | { v: number; id: number; op: 'stop' };
 
 const OPS = ['inject', 'list', 'clear', 'renew', 'stop'] as const;
@@ -41,7 +42,7 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
   if (v.v !== NEMESIS_WIRE_VERSION) return fail(`nemesis wire version ${typeof v.v === 'number' ? v.v : '?'} is not ${NEMESIS_WIRE_VERSION}`);
   const op = v.op;
   if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) return fail(`unknown operation${typeof op === 'string' ? ` "${op.slice(0, 32)}"` : ''} (known: ${OPS.join(', ')})`);
-  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner'], stop: [] };
+  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner', 'teardown'], stop: [] };
   for (const k of Object.keys(v)) if (!['v', 'id', 'op', ...allowed[op]!].includes(k)) return fail(`${op}: unknown field "${k.slice(0, 32)}"`);
   const name = (k: string, nullable: boolean): string | null | Error => {
     const x = v[k];
@@ -67,7 +68,8 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
     case 'renew': {
       const owner = name('owner', false);
       if (owner instanceof Error || owner === null) return fail(owner instanceof Error ? owner.message : 'renew needs an owner');
-      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner } };
+      if (v.teardown !== undefined && v.teardown !== null && typeof v.teardown !== 'boolean') return fail('renew: "teardown" must be true or false');
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner, teardown: v.teardown === true } };
     }
     case 'stop':
       return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'stop' } };

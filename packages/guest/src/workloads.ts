@@ -105,22 +105,40 @@ export class TaskTable {
     this.mem.atomicStore32(TaskTable.at(i, Task.state), TaskState.Sleeping);
   }
 
+  /**
+   * The longest a task of its kind ever sleeps (reference time, 100 ns units): a counter two of
+   * its periods. A sleeper due further ahead than that went to sleep before reference time stepped
+   * back (a clock fault undone, say), and waiting for its wake-up time would stall it for the
+   * whole step; it is due now instead, as a kernel re-arms its timers when its clock is set back.
+   */
+  private maxSleep(i: number): number {
+    if (this.kind(i) !== TaskKind.Counter) return Infinity;
+    const rate = this.field(i, Task.a);
+    return 2 * Math.max(10, 1000 / (rate > 0 ? rate : 1)) * 10_000;
+  }
+
+  /** When sleeper `i` is due, given `now` (a wake-up past its kind's longest sleep is due now). */
+  private dueAt(i: number, now: number): number {
+    const at = this.field(i, Task.wakeAt);
+    return now >= 0 && at - now > this.maxSleep(i) ? now : at;
+  }
+
   /** Wakes sleepers due by `now` (and, with `kind`, every sleeper of that kind). Returns how many. */
   wakeDue(now: number, kind = 0): number {
     let n = 0;
     for (let i = 0; i < MAX_TASKS; i++) {
       if (this.state(i) !== TaskState.Sleeping) continue;
-      if (this.field(i, Task.wakeAt) <= now || (kind !== 0 && this.kind(i) === kind)) {
+      if (this.dueAt(i, now) <= now || (kind !== 0 && this.kind(i) === kind)) {
         if (this.mem.cas32(TaskTable.at(i, Task.state), TaskState.Sleeping, TaskState.Runnable) === TaskState.Sleeping) n++;
       }
     }
     return n;
   }
 
-  /** The earliest finite wake-up time among sleepers, or Infinity. */
-  earliestWake(): number {
+  /** The earliest finite wake-up time among sleepers, or Infinity; given `now`, one past its kind's longest sleep counts as `now`. */
+  earliestWake(now = -1): number {
     let t = Infinity;
-    for (let i = 0; i < MAX_TASKS; i++) if (this.state(i) === TaskState.Sleeping) t = Math.min(t, this.field(i, Task.wakeAt));
+    for (let i = 0; i < MAX_TASKS; i++) if (this.state(i) === TaskState.Sleeping) t = Math.min(t, this.dueAt(i, now));
     return t;
   }
 
@@ -189,7 +207,8 @@ export class TaskTable {
         const periodMs = Math.max(10, 1000 / rate);
         // At most 50 ms, or two of the task's own periods for slow rates.
         const clamp = Math.max(500_000, 2 * periodMs * 10_000);
-        if (last > 0) credit += (Math.min(now - last, clamp) * rate) / 10_000_000;
+        // Reference time that stepped back (a clock fault undone) adds nothing, and takes nothing away.
+        if (last > 0 && now > last) credit += (Math.min(now - last, clamp) * rate) / 10_000_000;
         this.setField(i, Task.b, now);
         const n = Math.floor(credit);
         if (n > 0) {

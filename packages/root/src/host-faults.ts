@@ -37,7 +37,13 @@ export class HostFaults {
   /** Ends the host's fault (if `id` is null or its id); resolves with the ids ended. */
   async clear(id: string | null): Promise<string[]> {
     const c = this.current;
-    if (!c || (id !== null && c.id !== id)) return [];
+    if (!c) {
+      // A root that restarted has no record of a shrink the hypervisor still holds: give every
+      // LP back anyway (harmless when none is taken).
+      await this.setLps(this.bootLps, 0).catch(() => undefined);
+      return [];
+    }
+    if (id !== null && c.id !== id) return [];
     clearTimeout(c.timer);
     this.current = null;
     await this.setLps(this.bootLps, 0);
