@@ -23,7 +23,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, activeFile, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
 } from '@hvlab/faults';
 import {
@@ -360,7 +360,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
 
 /** 1500 → "1.5s", 250 → "250ms". */
 function formatMs(ms: number): string {
-  return ms >= 1000 && ms % 100 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+  return ms >= 1000 ? `${Number((ms / 1000).toFixed(1))}s` : `${Math.round(ms)}ms`;
 }
 
 /** The request `fault inject KIND` stands for; an option that KIND does not take is refused. */
@@ -445,7 +445,7 @@ function faultTable(list: FaultRecord[]): string {
     ['ID', 'KIND', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER'],
     ...list.map((f) => [
       f.id, f.kind, f.target + (f.role ? ` (${f.role})` : ''), f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary,
-      f.state === 'active' ? 'active' : `${f.state}: ${f.endReason ?? ''}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
+      f.state === 'active' || f.state === 'failed' || !f.endReason ? f.state : `${f.state}: ${f.endReason}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
     ]),
   ]);
 }
@@ -1109,6 +1109,12 @@ export async function run(argv: string[]): Promise<number> {
         }
       }
       case 'fault list': {
+        // No nemesis and nothing it left: nothing is injected (and listing starts nothing).
+        if (nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
+          if (json) out('[]');
+          else out(`no fault is active${flag('all') ? ` (no nemesis runs; ${join(paths.home, 'faults', 'log.jsonl')} has every fault there was)` : ''}`);
+          return 0;
+        }
         const nem = await NemesisClient.connect(paths.home);
         try {
           const list = await nem.list({ all: flag('all') });
