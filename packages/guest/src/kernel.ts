@@ -27,7 +27,7 @@ import { PageAllocator } from './pages.js';
 import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
-import { CTL_SUSPENDED, stopVpThreads, type VpStart } from './vp.js';
+import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
 
 /**
  * Kernels whose VP threads may be asleep in a futex with no timeout. process.exit joins worker
@@ -241,15 +241,12 @@ export class GuestKernel {
       this.mem.atomicStore32(k + KernelPage.running, 0);
       this.mem.atomicStore32(k + KernelPage.idleLo, 0);
       this.mem.atomicStore32(k + KernelPage.idleHi, 0);
-      if (this.local) {
-        // Local mode keeps the synthetic timers in this process's own VP region, which did not
-        // survive the save: forget what the kernel page says is armed, so the VPs arm them again.
-        for (let vp = 0; vp < MAX_VPS_PER_PARTITION; vp++) {
-          this.mem.setF64(k + KernelPage.deadlineArmed + vp * 8, 0);
-          this.mem.setU32(k + KernelPage.sliceArmed + vp * 4, 0);
-        }
-        new TaskTable(this.mem).timersLost();
-      }
+      // The VPs program their deadline and slice timers again rather than trust the kernel page's
+      // note of what they armed (forgetArmedTimers says why).
+      forgetArmedTimers(this.mem);
+      // Local mode keeps the synthetic timers in this process's own VP region, which did not
+      // survive the save: the sleep workload's periodic tick goes too.
+      if (this.local) new TaskTable(this.mem).timersLost();
     }
     const online: Promise<void>[] = [];
     for (let vp = 0; vp < this.boot.vpCount; vp++) {

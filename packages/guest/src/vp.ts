@@ -20,7 +20,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VirtualApicView, SchedRegion, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
-  PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, StimerNextView, effectiveStimerPeriod, nextPeriodicExpiry,
+  MAX_VPS_PER_PARTITION, PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, StimerNextView, effectiveStimerPeriod, nextPeriodicExpiry,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { readRtc } from '@hvlab/vsc/cmos';
@@ -64,6 +64,25 @@ export function stopVpThreads(control: SharedArrayBuffer, wake: () => void, time
     if (live <= 0) return true;
     if (Date.now() >= end) return false;
     Atomics.wait(ctl, CTL_LIVE, live, 1);
+  }
+}
+
+/**
+ * Resume (a restored or migrated VM, before its VPs start): forgets the kernel page's note of the
+ * deadline and slice timer each VP armed, so that each programs them again — its deadline at its
+ * first halt, its slice with its first task — as a kernel reprograms its clock-event device on
+ * resume. The note only spares a VP rewriting a timer it armed itself; after a restore the timers
+ * are what the saved VP state holds, and that need not match it: a one-shot deadline that expired
+ * as the hypervisor took its snapshot of the frozen VP (it reads the APIC, then the timers, while
+ * its scheduler thread fires them) comes back expired with its interrupt neither pending nor
+ * taken. Trusting the note, that VP would halt for good with its sleepers due (a moved counter VM
+ * stopped counting). Re-arming a deadline that is already due fires it at once; a wake-up too
+ * many finds nothing due and is harmless.
+ */
+export function forgetArmedTimers(mem: GuestMemory): void {
+  for (let vp = 0; vp < MAX_VPS_PER_PARTITION; vp++) {
+    mem.setF64(KERNEL_PAGE_GPA + KernelPage.deadlineArmed + vp * 8, 0);
+    mem.setU32(KERNEL_PAGE_GPA + KernelPage.sliceArmed + vp * 4, 0);
   }
 }
 
@@ -430,7 +449,8 @@ export class VpThread {
   /** Nothing to run: arm the deadline timer for the earliest sleeper and give the LP back. */
   private halt(): void {
     this.armSlice(false);
-    const wake = this.tasks.earliestWake();
+    // Given now, a sleeper due past its longest sleep (reference time stepped back) is due now.
+    const wake = this.tasks.earliestWake(this.now());
     this.armDeadline(Number.isFinite(wake) ? Math.max(1, wake) : 0);
     this.setIdle(true);
     if (!this.local) this.ownTimers();

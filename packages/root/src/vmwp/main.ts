@@ -363,7 +363,8 @@ async function freeze(): Promise<SavedVpState[]> {
     for (;;) {
       vps = [];
       for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
-      if (vps.every((v) => v.runState !== 'Running')) break;
+      // Suspended, not merely "not Running": only a scheduler pass that took the suspend shows it (a VP shown Waiting may be dispatched by a pass under way).
+      if (vps.every((v) => v.runState === 'Suspended' || v.runState === 'Absent')) break;
       if (Date.now() - t0 > 10000) throw new Error('a VP did not stop at a step boundary within 10 s');
       await new Promise((r) => setTimeout(r, 5));
     }
