@@ -5,6 +5,8 @@
 import { loadavg } from 'node:os';
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { sweepHost } from '@hvlab/host';
+import type { HostPaths } from '../../packages/runtime/src/paths.js';
 import { shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { hostProcesses } from '@hvlab/host';
@@ -148,4 +150,39 @@ export async function clusterTeardown(bench: string, home: string, hostIds: stri
     process.exitCode = 1;
   }
   await reportLeftovers(bench, new Set(hostIds.flatMap((id) => hostProcesses(id))), hostIds);
+}
+
+/** Host ids of the processes started under `home`, including those of an `up` still in flight. */
+export function hostIdsUnder(home: string): string[] {
+  const ids = new Set<string>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const env = `\0${readFileSync(`/proc/${d}/environ`, 'latin1')}`;
+      if (!env.includes(`\0HVLAB_HOME=${home}\0`)) continue;
+      const m = /\0HVLAB_HOST_ID=([^\0]+)\0/.exec(env);
+      if (m) ids.add(m[1]!);
+    } catch { /* gone or not ours */ }
+  }
+  return [...ids];
+}
+
+/**
+ * Sweeps every host that ran under `home` (adding their ids to `hostIds`); after a signal
+ * (`untilQuiet`), again until nothing has run there for a second (an `up` in flight).
+ */
+export async function sweepHome(home: string, paths: HostPaths, hostIds: string[], untilQuiet: boolean): Promise<void> {
+  const adopt = (): string[] => {
+    const found = hostIdsUnder(home);
+    for (const id of found) if (!hostIds.includes(id)) hostIds.push(id);
+    return found;
+  };
+  adopt();
+  for (const id of hostIds) sweepHost(paths, id);
+  for (let quiet = 0, i = 0; untilQuiet && quiet < 10 && i < 100; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const found = adopt();
+    quiet = found.length === 0 ? quiet + 1 : 0;
+    for (const id of found) sweepHost(paths, id);
+  }
 }

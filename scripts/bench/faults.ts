@@ -46,7 +46,7 @@ import type { IcServiceInfo, VmInfo } from '../../packages/protocol/src/index.js
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { MgmtClient, down, readHost, sweepHost, up } from '@hvlab/host';
 import { NemesisClient, OWNER_LEASE_MS, nemesisPids, processState, readWorld, stopNemesis, type FaultRecord, type FaultRequest } from '@hvlab/faults';
-import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome } from './common.js';
 
 interface Plan {
   /** VMBus part: interleaved rounds, each one block of `block` round trips per condition. */
@@ -173,20 +173,6 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - t;
 }
 
-/** Host ids of processes running under `home` (an `up` in flight when a signal came). */
-function hostIdsUnder(home: string): string[] {
-  const ids = new Set<string>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
-    try {
-      const env = `\0${readFileSync(`/proc/${d}/environ`, 'latin1')}`;
-      if (!env.includes(`\0HVLAB_HOME=${home}\0`)) continue;
-      const m = /\0HVLAB_HOST_ID=([^\0]+)\0/.exec(env);
-      if (m) ids.add(m[1]!);
-    } catch { /* gone or not ours */ }
-  }
-  return [...ids];
-}
 
 /**
  * Watches `pid` from /proc every ~1 ms from now: when it is first seen stopped (state T), and
@@ -301,20 +287,8 @@ export async function main(args: string[]): Promise<void> {
       } catch (e) {
         progress(`down failed: ${(e as Error).message}`);
       }
-      const adopt = (): string[] => {
-        const found = hostIdsUnder(home);
-        for (const id of found) if (!hostIds.includes(id)) hostIds.push(id);
-        return found;
-      };
-      adopt();
-      for (const id of hostIds) sweepHost(paths, id);
       // After a signal, sweep until nothing has run under our home for a second.
-      for (let quiet = 0, i = 0; aborting && quiet < 10 && i < 100; i++) {
-        await sleep(100);
-        const found = adopt();
-        quiet = found.length === 0 ? quiet + 1 : 0;
-        for (const id of found) sweepHost(paths, id);
-      }
+      await sweepHome(home, paths, hostIds, aborting);
       // stopNemesis ends it; one still here (or started since) is a leak: killed, and the run fails.
       const nemeses = nemesisPids(home);
       if (nemeses.length > 0) {

@@ -31,7 +31,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome } from './common.js';
 import { EnabledState, type VmInfo } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -208,20 +208,6 @@ function pssStats(kib: number[]): PssStats {
   };
 }
 
-/** Host ids of the processes started under `home`, including those of an `up` still in flight. */
-function hostIdsUnder(home: string): string[] {
-  const ids = new Set<string>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
-    try {
-      const env = `\0${readFileSync(`/proc/${d}/environ`, 'latin1')}`;
-      if (!env.includes(`\0HVLAB_HOME=${home}\0`)) continue;
-      const m = /\0HVLAB_HOST_ID=([^\0]+)\0/.exec(env);
-      if (m) ids.add(m[1]!);
-    } catch { /* gone or not ours */ }
-  }
-  return [...ids];
-}
 
 // ---- output -------------------------------------------------------------------------------------
 
@@ -310,20 +296,8 @@ export async function main(args: string[]): Promise<void> {
       } catch (e) {
         progress(`down failed: ${(e as Error).message}`);
       }
-      const adopt = (): string[] => {
-        const found = hostIdsUnder(home);
-        for (const id of found) if (!hostIds.includes(id)) hostIds.push(id);
-        return found;
-      };
-      adopt();
-      for (const id of hostIds) sweepHost(paths, id);
       // After a signal, sweep until nothing has run under our home for a second.
-      for (let quiet = 0, i = 0; aborting && quiet < 10 && i < 100; i++) {
-        await sleep(100);
-        const found = adopt();
-        quiet = found.length === 0 ? quiet + 1 : 0;
-        for (const id of found) sweepHost(paths, id);
-      }
+      await sweepHome(home, paths, hostIds, aborting);
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(home, { recursive: true, force: true });
       for (const c of baseline) if (c.pid !== undefined) tracked.add(c.pid);
