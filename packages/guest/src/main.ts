@@ -5,7 +5,7 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { hostPaths, processLogger, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
+import { hostPaths, processLogger, prewarmProcess, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
@@ -18,6 +18,12 @@ prestartVpThreads(1);
 // Load every guest driver's code while waiting to be assigned (a warm or prestarted process then
 // boots without module loading); the kernel's own load later finds them in the module cache.
 for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) void loadDriverClass(cls).catch(() => undefined);
+// The hypervisor's socket, connected while waiting (the VMWP's environment names it), and the
+// first run of the codecs and the logger paid now (runtime/src/prewarm.ts says why).
+const earlyEndpoint = process.env.HVLAB_HV_ENDPOINT || null;
+const earlyHv = earlyEndpoint ? new HvClient(earlyEndpoint, (n) => onHvNotification(n)) : null;
+earlyHv?.preconnect();
+prewarmProcess();
 let input: PartitionStartInput;
 try {
   input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));
@@ -50,11 +56,14 @@ async function exit(reason: string, code = 0): Promise<void> {
 
 // Interrupts are handled one at a time, in order, as a VP would take them.
 let chain: Promise<void> = Promise.resolve();
-const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
+function onHvNotification(n: Notification): void {
   if (n.k === 'sint') chain = chain.then(() => kernel?.onSint(n.vp, n.sint, n.slot, n.flag)).catch((e) => log.error({ err: e }, 'interrupt handling failed'));
   else if (n.k === 'suspend') kernel?.setSuspended(n.suspended);
   else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`, 1);
-});
+}
+// The early client, unless it was connected to another hypervisor than the one of this VM's home.
+if (earlyHv && earlyEndpoint !== paths.hvEndpoint) earlyHv.close();
+const hv = earlyHv && earlyEndpoint === paths.hvEndpoint ? earlyHv : new HvClient(paths.hvEndpoint, (n) => onHvNotification(n));
 
 // Exit code 0 means "the guest shut down"; every other way out is non-zero.
 watchPids([hvPid], () => void exit('the hypervisor is gone', 1));

@@ -14,7 +14,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, siefpGpa, synicPageRegister, type HvServerMsg,
+  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, PartitionProperty, siefpGpa, synicPageRegister, type HvServerMsg,
 } from '@hvlab/protocol';
 import { HvClient, type Notification } from '@hvlab/runtime';
 import { openRegion, futexWake, wordWatchAvailable, shmAvailable } from '@hvlab/shm';
@@ -147,17 +147,63 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     const c = await root();
     const { id } = await child(c, 0x503);
     const pageBefore = c.counts.page;
-    // Not awaited one by one: the port must exist before the connection, the connection before the signal.
+    const socketBefore = c.counts.socket;
+    // Not awaited one by one: the port (made over the socket: `fast` keeps a call off the page) must
+    // exist before the connection, the connection before the signal; the weight set on the page
+    // must be there when the socket reads it.
     const results = await Promise.all([
       c.call('SetVpRegisters', { partitionId: id, vpIndex: 0, values: { Rax: 77, Rip: 2 ** 40 } }),
-      c.call('CreatePort', { partitionId: id, portId: 10, type: PortType.Event, vpIndex: 0, sint: 3, flagCount: 1 }),
+      c.raw(HvCall.CreatePort, { partitionId: id, portId: 10, type: PortType.Event, vpIndex: 0, sint: 3, flagCount: 1 }, { fast: false }),
       c.call('ConnectPort', { partitionId: 1, connectionId: 0x504, portPartitionId: id, portId: 10 }),
       c.call('SignalEvent', { connectionId: 0x504, flagNumber: 0 }),
       c.call('GetVpRegisters', { partitionId: id, vpIndex: 0, names: ['Rax', 'Rip', 'Scontrol'] }),
+      c.call('SetPartitionProperty', { partitionId: id, property: PartitionProperty.CpuWeight, value: 777 }),
+      c.call('GetPartitionProperty', { partitionId: id, property: PartitionProperty.CpuWeight }),
     ]);
-    expect(results.map((r) => r.statusName)).to.deep.equal(['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']);
+    expect(results.map((r) => r.statusName)).to.deep.equal(Array(7).fill('SUCCESS'));
     expect(results[4].output).to.deep.equal({ values: { Rax: 77, Rip: 2 ** 40, Scontrol: 1 } });
-    expect(c.counts.page - pageBefore).to.equal(3);
+    expect(results[6].output).to.deep.equal({ value: 777 });
+    expect(c.counts.page - pageBefore).to.equal(5);
+    expect(c.counts.socket - socketBefore).to.equal(2);
+  });
+
+  it('the control calls of a VM build and its channels go through the page, with the statuses the socket gives', async () => {
+    const c = await root();
+    const viaSocket = await root(() => {}, { noPage: true });
+    const pageBefore = c.counts.page;
+    const socketBefore = c.counts.socket;
+    const { partitionId } = await c.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * MiB, name: 'build' });
+    for (const p of [PartitionProperty.CpuReserve, PartitionProperty.CpuCap, PartitionProperty.CpuWeight]) {
+      expect((await c.call('SetPartitionProperty', { partitionId, property: p, value: 100 })).statusName).to.equal('SUCCESS');
+    }
+    await c.must('InitializePartition', { partitionId });
+    await c.must('MapGpaPages', { partitionId, gpaPage: 0, pageCount: 512 });
+    await c.must('CreateVp', { partitionId, vpIndex: 0 });
+    await c.must('InstallIntercept', { partitionId, type: 0, access: 3, port: 0x70 });
+    await c.must('CreatePort', { partitionId, portId: 3, type: PortType.Message, vpIndex: 0, sint: 2 });
+    await c.must('ConnectPort', { partitionId: 1, connectionId: 0x777, portPartitionId: partitionId, portId: 3 });
+    const map = await c.must<{ region: string; pages: number }>('MapGpadl', { partitionId, gpadl: 0x10, owner: 1, pfns: [100, 101, 102] });
+    expect(map).to.deep.equal({ region: server.hv.partition(partitionId)!.memoryRegion, pages: 3 });
+    expect(server.hv.partition(partitionId)!.gpadls.get(0x10)?.pfns).to.deep.equal([100, 101, 102]);
+    await c.must('UnmapGpadl', { partitionId, gpadl: 0x10 });
+    expect(server.hv.partition(partitionId)!.gpadls.has(0x10)).to.equal(false);
+    expect(c.counts.page - pageBefore, 'every call but CreatePartition').to.equal(11);
+    expect(c.counts.socket - socketBefore).to.equal(1);
+    // Refusals carry the same status on both paths (the reason text only comes over the socket).
+    const bad: Array<[string, Record<string, unknown>]> = [
+      ['CreatePort', { partitionId, portId: 3, type: PortType.Message, vpIndex: 0, sint: 2 }],
+      ['CreatePort', { partitionId, portId: 4, type: PortType.Event, vpIndex: 0, sint: 2 }],
+      ['ConnectPort', { partitionId: 1, connectionId: 0x778, portPartitionId: partitionId, portId: 99 }],
+      ['SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: 0 }],
+      ['MapGpadl', { partitionId, gpadl: 0x11, owner: 1, pfns: [1 << 20] }],
+      ['CreateVp', { partitionId: 999, vpIndex: 0 }],
+    ];
+    for (const [name, input] of bad) {
+      const a = await c.raw(HvCall[name as keyof typeof HvCall], input);
+      const b = await viaSocket.raw(HvCall[name as keyof typeof HvCall], input);
+      expect(a.statusName, name).to.not.equal('SUCCESS');
+      expect(a.statusName, name).to.equal(b.statusName);
+    }
   });
 
   it('a page written with nonsense gets an error status, and the hypervisor goes on serving', async () => {
@@ -189,6 +235,22 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     await d.must('CreatePort', { partitionId: 1, portId: 0x700, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
     await d.must('ConnectPort', { partitionId: 1, connectionId: 0x700, portPartitionId: 1, portId: 0x700 });
     expect((await d.call('SignalEvent', { connectionId: 0x700, flagNumber: 0 })).statusName).to.equal('SUCCESS');
+  });
+
+  it('a client connected ahead of its hello (a warm worker) opens its session later and uses its page; one never used closes cleanly', async () => {
+    const c = new HvClient(`ipc://${join(dir, 'hv')}`);
+    clients.push(c);
+    c.preconnect();
+    c.preconnect();
+    const idle = new HvClient(`ipc://${join(dir, 'nobody-listens')}`);
+    idle.preconnect();
+    idle.close();
+    await new Promise((r) => setTimeout(r, 50));
+    await c.connect({ partitionId: 1, token, role: 'test', vm: null });
+    expect(c.paged).to.equal(true);
+    const { flags } = await child(c, 0x506);
+    expect((await c.call('SignalEvent', { connectionId: 0x506, flagNumber: 2 })).statusName).to.equal('SUCCESS');
+    expect(flags[0]).to.equal(1 << 2);
   });
 
   it('a client that refuses pages uses the socket; closing the hypervisor removes every page', async () => {

@@ -27,7 +27,14 @@
  *   Set/GetVpRegisters: f64 partitionId (-1: self), u32 vpIndex, u32 count, then per register
  *                   u32 name (index into VpRegisterNames), u32 reserved, f64 value (Set only;
  *                   a non-negative integer below 2^53)                         16 + 16 * count bytes
- * Output (GetVpRegisters only): one f64 per register asked for, in order.
+ *   The control calls of a VM's build and of its channels' set-up (FIELD_CALLS below:
+ *   InitializePartition, SetPartitionProperty, MapGpaPages, CreateVp, InstallIntercept,
+ *   CreatePort, ConnectPort, MapGpadl, UnmapGpadl): u32 present (bit i: field i is given),
+ *   u32 pfnCount (MapGpadl's page list; 0 otherwise), one f64 per field of the call in its order
+ *   (0 when not given; every value an integer of at most 53 bits), then pfnCount f64 pfns.
+ *                                                            8 + 8 * (fields + pfnCount) bytes
+ * Output: GetVpRegisters: one f64 per register asked for, in order. MapGpadl: u32 pages, u32 the
+ * length of the partition memory region's name, that name (UTF-8). Every other call: none.
  * Register values are f64 rather than the TLFS's 128-bit slots, because hvlab registers are
  * integers below 2^53 (as in the msgpack form); names are indices, not the TLFS's numbering.
  *
@@ -64,8 +71,30 @@ export const HC_OUTPUT_MAX = HC_PAGE_BYTES - HC_OUTPUT_OFFSET;
 /** Registers one Set/GetVpRegisters may carry on the page. */
 export const HC_MAX_REGISTERS = Math.min((HC_INPUT_MAX - 16) / 16, HC_OUTPUT_MAX / 8);
 
+/**
+ * The calls whose input is a list of integer fields, with the fields in their order on the page
+ * (`optional`: fields a caller may leave out). Their inputs are otherwise checked by the
+ * hypervisor exactly as over the socket; a caller's input with any other field, or a value that is
+ * not an integer of at most 53 bits, goes over the socket instead (where the hypervisor explains).
+ * They came to the page because a VM start makes ~30 of them: over the socket each was a ZeroMQ
+ * round trip and two msgpack codings (issue 10's "binary inputs on that page").
+ */
+export const FIELD_CALLS: ReadonlyMap<number, { readonly fields: readonly string[]; readonly optional: readonly string[]; readonly pfns?: true }> = new Map([
+  [HvCall.InitializePartition, { fields: ['partitionId'], optional: [] }],
+  [HvCall.SetPartitionProperty, { fields: ['partitionId', 'property', 'value'], optional: [] }],
+  [HvCall.MapGpaPages, { fields: ['partitionId', 'gpaPage', 'pageCount', 'flags'], optional: ['flags'] }],
+  [HvCall.CreateVp, { fields: ['partitionId', 'vpIndex'], optional: [] }],
+  [HvCall.InstallIntercept, { fields: ['partitionId', 'type', 'access', 'port', 'portEnd'], optional: ['port', 'portEnd'] }],
+  [HvCall.CreatePort, { fields: ['partitionId', 'portId', 'type', 'sint', 'vpIndex', 'flagCount'], optional: ['flagCount'] }],
+  [HvCall.ConnectPort, { fields: ['partitionId', 'connectionId', 'portPartitionId', 'portId'], optional: [] }],
+  [HvCall.MapGpadl, { fields: ['partitionId', 'gpadl', 'owner'], optional: [], pfns: true }],
+  [HvCall.UnmapGpadl, { fields: ['partitionId', 'gpadl'], optional: [] }],
+]);
+/** Pfns one MapGpadl may carry on the page (a longer list goes over the socket). */
+export const HC_MAX_GPADL_PFNS = Math.floor((HC_INPUT_MAX - 8 - 3 * 8) / 8);
+
 /** The calls a session may make through its page. */
-export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt];
+export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, ...FIELD_CALLS.keys()];
 
 /** The host doorbell region is the scheduler region: its bell, and its count of hypercall rings. */
 export const HC_BELL_BYTES = SCHED_REGION_BYTES;
@@ -220,7 +249,83 @@ export type HcCall =
   | { code: typeof HvCall.PostMessage; input: { connectionId: number; messageType: number; payload: Uint8Array } }
   | { code: typeof HvCall.AssertVirtualInterrupt; input: { partitionId: number; vpIndex: number; vector: number } }
   | { code: typeof HvCall.SetVpRegisters; input: { partitionId: number; vpIndex: number; values: Record<string, number> } }
-  | { code: typeof HvCall.GetVpRegisters; input: { partitionId: number; vpIndex: number; names: string[] } };
+  | { code: typeof HvCall.GetVpRegisters; input: { partitionId: number; vpIndex: number; names: string[] } }
+  /** One of FIELD_CALLS: its fields as given (and MapGpadl's `pfns`). */
+  | { code: FieldCallCode; input: Record<string, number | number[]> };
+
+type FieldCallCode =
+  | typeof HvCall.InitializePartition | typeof HvCall.SetPartitionProperty | typeof HvCall.MapGpaPages | typeof HvCall.CreateVp
+  | typeof HvCall.InstallIntercept | typeof HvCall.CreatePort | typeof HvCall.ConnectPort | typeof HvCall.MapGpadl | typeof HvCall.UnmapGpadl;
+
+const safeInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
+
+/** Writes a FIELD_CALLS input; null when it cannot go through the page (see FIELD_CALLS). */
+function encodeFieldInput(code: number, input: Record<string, unknown>, dv: DataView): number | null {
+  const shape = FIELD_CALLS.get(code);
+  if (!shape) return null;
+  const known = shape.pfns ? [...shape.fields, 'pfns'] : shape.fields;
+  for (const k of Object.keys(input)) if (input[k] !== undefined && !known.includes(k)) return null;
+  let pfns: number[] = [];
+  if (shape.pfns) {
+    const p = input.pfns;
+    if (!Array.isArray(p) || p.length > HC_MAX_GPADL_PFNS || !p.every(safeInt)) return null;
+    pfns = p;
+  }
+  const len = 8 + 8 * (shape.fields.length + pfns.length);
+  if (len > dv.byteLength) return null;
+  let present = 0;
+  for (let i = 0; i < shape.fields.length; i++) {
+    const v = input[shape.fields[i]];
+    if (v === undefined) {
+      if (!shape.optional.includes(shape.fields[i])) return null;
+      dv.setFloat64(8 + i * 8, 0, true);
+      continue;
+    }
+    if (!safeInt(v)) return null;
+    present |= 1 << i;
+    dv.setFloat64(8 + i * 8, v, true);
+  }
+  dv.setUint32(0, present, true);
+  dv.setUint32(4, pfns.length, true);
+  pfns.forEach((pfn, j) => dv.setFloat64(8 + (shape.fields.length + j) * 8, pfn, true));
+  return len;
+}
+
+/** Reads a FIELD_CALLS input, checked (the hypervisor then checks each value as over the socket). */
+function decodeFieldInput(code: number, inLen: number, dv: DataView): HcDecoded {
+  const bad = (error: string): HcDecoded => ({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT, error });
+  const shape = FIELD_CALLS.get(code)!;
+  const nf = shape.fields.length;
+  if (inLen < 8) return bad(`a field call's input is at least 8 bytes, not ${inLen}`);
+  const present = dv.getUint32(0, true);
+  const pfnCount = dv.getUint32(4, true);
+  if (present >>> nf !== 0) return bad('a field bit past the call\'s fields is set');
+  if (!shape.pfns && pfnCount !== 0) return bad('a page list on a call that takes none');
+  if (pfnCount > HC_MAX_GPADL_PFNS) return bad(`${pfnCount} pfns exceed the page's ${HC_MAX_GPADL_PFNS}`);
+  if (inLen !== 8 + 8 * (nf + pfnCount)) return bad(`${nf} fields and ${pfnCount} pfns take ${8 + 8 * (nf + pfnCount)} bytes, not ${inLen}`);
+  const input: Record<string, number | number[]> = {};
+  for (let i = 0; i < nf; i++) {
+    const name = shape.fields[i];
+    const v = dv.getFloat64(8 + i * 8, true);
+    if ((present & (1 << i)) === 0) {
+      if (!shape.optional.includes(name)) return bad(`missing field ${name}`);
+      if (!Object.is(v, 0)) return bad(`field ${name} is not given but its slot is not zero`);
+      continue;
+    }
+    if (!Number.isSafeInteger(v)) return bad(`field ${name} is not an integer`);
+    input[name] = v;
+  }
+  if (shape.pfns) {
+    const pfns: number[] = [];
+    for (let j = 0; j < pfnCount; j++) {
+      const v = dv.getFloat64(8 + (nf + j) * 8, true);
+      if (!Number.isSafeInteger(v)) return bad('a pfn is not an integer');
+      pfns.push(v);
+    }
+    input.pfns = pfns;
+  }
+  return { ok: true, call: { code: code as FieldCallCode, input } };
+}
 
 const regIndex = new Map<string, number>(VpRegisterNames.map((n, i) => [n, i]));
 
@@ -287,7 +392,7 @@ export function encodeHcInput(code: number, input: Record<string, unknown>, byte
       return 16 + names.length * 16;
     }
     default:
-      return null;
+      return encodeFieldInput(code, input, dv);
   }
 }
 
@@ -353,6 +458,7 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
       return { ok: true, call: { code, input: { partitionId, vpIndex, names } } };
     }
   }
+  if (FIELD_CALLS.has(code)) return decodeFieldInput(code, inLen, dv);
   return { ok: false, status: HvStatus.INVALID_HYPERCALL_CODE, error: 'unreachable' };
 }
 
@@ -361,6 +467,17 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
  * the byte length, or null when it does not fit or is not what the call returns.
  */
 export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array): number | null {
+  if (call.code === HvCall.MapGpadl) {
+    const o = output as { region?: unknown; pages?: unknown } | null;
+    if (typeof o?.region !== 'string' || !safeInt(o.pages) || o.pages < 0 || o.pages > 0xffffffff) return null;
+    const name = new TextEncoder().encode(o.region);
+    if (8 + name.length > bytes.length) return null;
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    dv.setUint32(0, o.pages, true);
+    dv.setUint32(4, name.length, true);
+    bytes.set(name, 8);
+    return 8 + name.length;
+  }
   if (call.code !== HvCall.GetVpRegisters) return 0;
   const values = (output as { values?: unknown } | null)?.values;
   if (typeof values !== 'object' || values === null) return null;
@@ -376,6 +493,19 @@ export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array)
 
 /** The caller's reading of an output area (what the hypervisor wrote, checked). */
 export function decodeHcOutput(code: number, input: Record<string, unknown>, outLen: number, bytes: Uint8Array): unknown {
+  if (code === HvCall.MapGpadl) {
+    if (!Number.isInteger(outLen) || outLen < 8 || outLen > bytes.length) return null;
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, outLen);
+    const n = dv.getUint32(4, true);
+    if (8 + n !== outLen) return null;
+    let region: string;
+    try {
+      region = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + n));
+    } catch {
+      return null;
+    }
+    return { region, pages: dv.getUint32(0, true) };
+  }
   if (code !== HvCall.GetVpRegisters) return null;
   const names = input.names as string[];
   if (!Number.isInteger(outLen) || outLen !== names.length * 8 || outLen > bytes.length) return null;

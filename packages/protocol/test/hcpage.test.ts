@@ -8,7 +8,8 @@
 import { expect } from 'chai';
 import {
   HvCall, HvStatus, HC_INPUT_MAX, HC_REGION_BYTES, HC_EVENT_SLOTS, HC_PAGE_BYTES, HC_EVENT_BASE, HC_EVENT_ENTRY_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD,
-  encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, seededRandom, type HcCall, type HcEvent,
+  encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, seededRandom, FIELD_CALLS, HC_MAX_GPADL_PFNS, HC_OUTPUT_MAX,
+  HC_PAGE_CALLS, type HcCall, type HcEvent,
 } from '../src/index.js';
 
 function roundTrip(code: number, input: Record<string, unknown>): HcCall {
@@ -35,6 +36,75 @@ describe('hypercall page codecs', () => {
     const out = new Uint8Array(64);
     const n = encodeHcOutput(get, { values: { Rax: 9, Sint3: 0x10031 } }, out);
     expect(decodeHcOutput(HvCall.GetVpRegisters, { names: ['Rax', 'Sint3'] }, n!, out)).to.deep.equal({ values: { Rax: 9, Sint3: 0x10031 } });
+  });
+
+  it('the control calls of a VM build survive encode and decode with their fields, optional ones left out, and MapGpadl its pfns and output', () => {
+    expect(roundTrip(HvCall.CreatePort, { partitionId: 1, portId: 0x10203, type: 2, sint: 2, vpIndex: 0, flagCount: 2048 }).input)
+      .to.deep.equal({ partitionId: 1, portId: 0x10203, type: 2, sint: 2, vpIndex: 0, flagCount: 2048 });
+    expect(roundTrip(HvCall.CreatePort, { partitionId: 4, portId: 1, type: 1, sint: 2, vpIndex: 0 }).input).to.deep.equal({ partitionId: 4, portId: 1, type: 1, sint: 2, vpIndex: 0 });
+    expect(roundTrip(HvCall.ConnectPort, { partitionId: 1, connectionId: 0x20001, portPartitionId: 4, portId: 2 }).input).to.deep.equal({ partitionId: 1, connectionId: 0x20001, portPartitionId: 4, portId: 2 });
+    // A signed property value (a clock fault's offset) and the largest integer a field carries.
+    expect(roundTrip(HvCall.SetPartitionProperty, { partitionId: 3, property: 0x90003, value: -5_000_000 }).input).to.deep.equal({ partitionId: 3, property: 0x90003, value: -5_000_000 });
+    expect(roundTrip(HvCall.MapGpaPages, { partitionId: 3, gpaPage: 0, pageCount: 2 ** 53 - 1 }).input).to.deep.equal({ partitionId: 3, gpaPage: 0, pageCount: 2 ** 53 - 1 });
+    expect(roundTrip(HvCall.InstallIntercept, { partitionId: 3, type: 1, access: 3, port: 0x70, portEnd: 0x71 }).input).to.deep.equal({ partitionId: 3, type: 1, access: 3, port: 0x70, portEnd: 0x71 });
+    for (const code of [HvCall.InitializePartition, HvCall.CreateVp, HvCall.UnmapGpadl]) {
+      const input = Object.fromEntries(FIELD_CALLS.get(code)!.fields.map((f, i) => [f, i + 1]));
+      expect(roundTrip(code, input).input).to.deep.equal(input);
+    }
+    const pfns = Array.from({ length: HC_MAX_GPADL_PFNS }, (_, i) => 4000 + i);
+    const map = roundTrip(HvCall.MapGpadl, { partitionId: 3, gpadl: 0xe1e10, owner: 7, pfns });
+    expect(map.input).to.deep.equal({ partitionId: 3, gpadl: 0xe1e10, owner: 7, pfns });
+    const out = new Uint8Array(HC_OUTPUT_MAX);
+    const n = encodeHcOutput(map, { region: 'hvlab-abc-p3-mem', pages: pfns.length }, out);
+    expect(decodeHcOutput(HvCall.MapGpadl, {}, n!, out)).to.deep.equal({ region: 'hvlab-abc-p3-mem', pages: pfns.length });
+    // A garbled output is read as none, never as a wrong name.
+    expect(decodeHcOutput(HvCall.MapGpadl, {}, n! + 1, out)).to.equal(null);
+    out[8] = 0xff;
+    expect(decodeHcOutput(HvCall.MapGpadl, {}, n!, out)).to.equal(null);
+    for (const code of FIELD_CALLS.keys()) expect(HC_PAGE_CALLS).to.include(code);
+  });
+
+  it('a field call the page cannot carry is left to the socket: an unknown field, a missing one, a non-integer, too many pfns', () => {
+    const buf = new Uint8Array(HC_INPUT_MAX);
+    expect(encodeHcInput(HvCall.CreatePort, { partitionId: 1, portId: 1, type: 1, sint: 2, vpIndex: 0, colour: 1 }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.CreatePort, { partitionId: 1, portId: 1, type: 1, sint: 2 }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.ConnectPort, { partitionId: 1, connectionId: 1.5, portPartitionId: 4, portId: 2 }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.ConnectPort, { partitionId: 1, connectionId: 2n, portPartitionId: 4, portId: 2 }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.SetPartitionProperty, { partitionId: 1, property: 0x10001, value: { Rax: 1 } }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.MapGpadl, { partitionId: 1, gpadl: 1, owner: 1, pfns: Array(HC_MAX_GPADL_PFNS + 1).fill(1) }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.MapGpadl, { partitionId: 1, gpadl: 1, owner: 1, pfns: [1, 'x'] }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.MapGpadl, { partitionId: 1, gpadl: 1, owner: 1 }, buf)).to.equal(null);
+  });
+
+  it('the decoder refuses a field call with a missing field, a stray field bit, a non-integer, a dirty empty slot, or the wrong length', () => {
+    const buf = new Uint8Array(HC_INPUT_MAX);
+    const dv = new DataView(buf.buffer);
+    const n = encodeHcInput(HvCall.ConnectPort, { partitionId: 1, connectionId: 9, portPartitionId: 4, portId: 2 }, buf)!;
+    const refused = (code: number, len: number): void => {
+      expect(decodeHcCall(code, len, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    };
+    refused(HvCall.ConnectPort, n - 8);
+    refused(HvCall.ConnectPort, 4);
+    dv.setUint32(0, 0b0111, true);
+    refused(HvCall.ConnectPort, n);
+    dv.setUint32(0, 0b11111, true);
+    refused(HvCall.ConnectPort, n);
+    dv.setUint32(0, 0b1111, true);
+    dv.setFloat64(8, 0.25, true);
+    refused(HvCall.ConnectPort, n);
+    dv.setFloat64(8, 1, true);
+    dv.setUint32(4, 3, true);
+    refused(HvCall.ConnectPort, n + 24);
+    dv.setUint32(4, 0, true);
+    expect(decodeHcCall(HvCall.ConnectPort, n, buf).ok).to.equal(true);
+    const m = encodeHcInput(HvCall.CreatePort, { partitionId: 1, portId: 1, type: 1, sint: 2, vpIndex: 0 }, buf)!;
+    dv.setFloat64(8 + 5 * 8, 7, true);
+    refused(HvCall.CreatePort, m);
+    const g = encodeHcInput(HvCall.MapGpadl, { partitionId: 1, gpadl: 1, owner: 1, pfns: [5, 6] }, buf)!;
+    dv.setFloat64(8 + 4 * 8, Number.POSITIVE_INFINITY, true);
+    refused(HvCall.MapGpadl, g);
+    dv.setUint32(4, HC_MAX_GPADL_PFNS + 1, true);
+    refused(HvCall.MapGpadl, 8 + 8 * (3 + HC_MAX_GPADL_PFNS + 1));
   });
 
   it('what cannot go through a page is left to the socket (encode says null)', () => {
@@ -79,7 +149,7 @@ describe('hypercall page codecs', () => {
   it('random pages never make the decoder throw (seeded fuzz, 20000 cases)', () => {
     const next = seededRandom(0x5eed);
     const buf = new Uint8Array(HC_INPUT_MAX);
-    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, 0, 0xffff, -1];
+    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, ...FIELD_CALLS.keys(), 0, 0xffff, -1];
     let ok = 0;
     const valid: Array<[number, Record<string, unknown>]> = [
       [HvCall.SignalEvent, { connectionId: 3, flagNumber: 1 }],
@@ -87,6 +157,9 @@ describe('hypercall page codecs', () => {
       [HvCall.SetVpRegisters, { partitionId: -1, vpIndex: 0, values: { Eom: 0, Rip: 5 } }],
       [HvCall.GetVpRegisters, { partitionId: 2, vpIndex: 1, names: ['Rax', 'Rip', 'Sint0'] }],
       [HvCall.AssertVirtualInterrupt, { partitionId: 2, vpIndex: 0, vector: 0x40 }],
+      [HvCall.CreatePort, { partitionId: 1, portId: 5, type: 2, sint: 2, vpIndex: 0, flagCount: 16 }],
+      [HvCall.MapGpadl, { partitionId: 2, gpadl: 1, owner: 3, pfns: [10, 11, 12] }],
+      [HvCall.SetPartitionProperty, { partitionId: 2, property: 0x10001, value: -3 }],
     ];
     for (let i = 0; i < 20000; i++) {
       let code: number;
@@ -195,6 +268,13 @@ describe('hypercall page codecs', () => {
       for (let k = 0; k < out.length; k++) out[k] = Math.floor(next() * 256);
       const v = decodeHcOutput(HvCall.GetVpRegisters, { names: ['Rax', 'Rip'] }, Math.floor(next() * 40) - 4, out);
       expect(v === null || typeof v === 'object').to.equal(true);
+      // MapGpadl's output: a name length that may or may not match (small lengths make matches likely).
+      if (next() < 0.5) new DataView(out.buffer, out.byteOffset).setUint32(4, Math.floor(next() * 8), true);
+      const g = decodeHcOutput(HvCall.MapGpadl, {}, Math.floor(next() * 24) - 4, out) as { region: string; pages: number } | null;
+      if (g !== null) {
+        expect(g.region).to.be.a('string');
+        expect(Number.isInteger(g.pages)).to.equal(true);
+      }
     }
     expect(taken, 'some random entries are well-formed').to.be.greaterThan(0);
   });

@@ -275,7 +275,7 @@ export class Vmms {
     const secret = randomBytes(24).toString('hex');
     const start: VmwpStartInput = { config: cfg, ticket, secret };
     const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-    const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv() });
+    const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_HV_ENDPOINT: this.paths.hvEndpoint }) });
     closeSync(errFd);
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(JSON.stringify(start) + '\n');
@@ -1134,7 +1134,7 @@ export class Vmms {
   /** Starts the warm pool (after a restart's re-attach, so it does not compete with it). */
   startWarmPool(): void {
     if (!this.o.warm || this.warm) return;
-    this.warm = new WarmPool({ size: Math.min(this.o.warm, MAX_WARM), stderrLog: join(this.paths.logDir, 'stderr.log'), log: this.o.log });
+    this.warm = new WarmPool({ size: Math.min(this.o.warm, MAX_WARM), stderrLog: join(this.paths.logDir, 'stderr.log'), hvEndpoint: this.paths.hvEndpoint, log: this.o.log });
   }
 
   processes(): ProcessInfo[] {

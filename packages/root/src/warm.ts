@@ -14,17 +14,26 @@ import { closeSync, openSync } from 'node:fs';
 import { entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
 
 export const MAX_WARM = 64;
+/**
+ * How long the pool waits after a claim before it starts a replacement (ms), restarted by every
+ * claim. A replacement loads two processes' code (~0.2 s of CPU); started at once, it ran beside
+ * the very start that claimed its predecessor and took a share of this 2-core machine's CPU from it.
+ */
+export const REFILL_DELAY_MS = 300;
 
 export interface WarmPoolOptions {
   size: number;
   /** The host's stderr log (a file descriptor is opened per worker). */
   stderrLog: string;
+  /** The hypervisor's socket, which a waiting worker and its partition process connect to ahead of need. */
+  hvEndpoint: string;
   log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void };
 }
 
 export class WarmPool {
   private readonly ready: ChildProcess[] = [];
   private closed = false;
+  private refill: NodeJS.Timeout | null = null;
   /** Workers that died while waiting, in a row: past a few the pool stops refilling (something is broken). */
   private failures = 0;
   readonly stats = { started: 0, claimed: 0, died: 0 };
@@ -49,11 +58,21 @@ export class WarmPool {
       c.removeAllListeners('exit');
       this.stats.claimed++;
       this.failures = 0;
-      setImmediate(() => this.fill());
+      this.fillLater();
       return c;
     }
-    setImmediate(() => this.fill());
+    this.fillLater();
     return null;
+  }
+
+  /** Refills once claims have paused for REFILL_DELAY_MS. */
+  private fillLater(): void {
+    if (this.refill) clearTimeout(this.refill);
+    this.refill = setTimeout(() => {
+      this.refill = null;
+      this.fill();
+    }, REFILL_DELAY_MS);
+    this.refill.unref();
   }
 
   private fill(): void {
@@ -61,7 +80,7 @@ export class WarmPool {
       let c: ChildProcess;
       try {
         const errFd = openSync(this.o.stderrLog, 'a');
-        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1' }) });
+        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1', HVLAB_HV_ENDPOINT: this.o.hvEndpoint }) });
         closeSync(errFd);
       } catch (e) {
         this.failures = 5;
@@ -87,6 +106,8 @@ export class WarmPool {
   /** Ends every waiting worker (their partition processes follow when their pipes close). */
   close(): void {
     this.closed = true;
+    if (this.refill) clearTimeout(this.refill);
+    this.refill = null;
     for (const c of this.ready.splice(0)) {
       c.removeAllListeners('exit');
       try { c.kill('SIGKILL'); } catch { /* gone */ }

@@ -133,8 +133,13 @@ export class HvClient {
     this.callTimeoutMs = opts.callTimeoutMs ?? 10000;
     this.ctlTimeoutMs = opts.ctlTimeoutMs ?? 10000;
     this.noPage = opts.noPage ?? process.env.HVLAB_HCPAGE === 'off';
-    const pid = opts.watchPid;
-    if (pid !== undefined) this.unwatch = watchPid(pid, () => this.hypervisorGone(pid), opts.watchIntervalMs);
+    if (opts.watchPid !== undefined) this.watchHypervisor(opts.watchPid, opts.watchIntervalMs);
+  }
+
+  /** Fails every call once process `pid` (the hypervisor) has ended (for a client made before its pid was known). */
+  watchHypervisor(pid: number, intervalMs?: number): void {
+    if (this.unwatch || this.closed) return;
+    this.unwatch = watchPid(pid, () => this.hypervisorGone(pid), intervalMs);
   }
 
   private hypervisorGone(pid: number): void {
@@ -160,10 +165,23 @@ export class HvClient {
     w?.reject(e);
   }
 
-  async connect(hello: HvHelloInput, timeoutMs = 5000): Promise<HvSession> {
-    if (this.gone) throw this.gone;
+  private linked = false;
+
+  /**
+   * Connects the socket and starts reading, without opening a session: a process started ahead of
+   * need (a warm VMWP, a prestarted partition process) pays ZeroMQ's context, its I/O thread and
+   * the connection before it is given a VM; `connect` then only says hello. Idempotent.
+   */
+  preconnect(): void {
+    if (this.linked || this.closed) return;
+    this.linked = true;
     this.sock.connect(this.endpoint);
     void this.receiveLoop();
+  }
+
+  async connect(hello: HvHelloInput, timeoutMs = 5000): Promise<HvSession> {
+    if (this.gone) throw this.gone;
+    this.preconnect();
     const reply = await new Promise<HvServerMsg>((resolve, reject) => {
       const t = setTimeout(() => {
         this.welcome = null;

@@ -13,3 +13,4 @@ export * from './vmwp-link.js';
 export * from './files.js';
 export * from './curve.js';
 export * from './rpc.js';
+export * from './prewarm.js';

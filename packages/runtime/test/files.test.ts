@@ -10,14 +10,16 @@ describe('writeFileAtomic', () => {
   beforeEach(() => (dir = mkdtempSync(join(tmpdir(), 'hvlab-atomic-'))));
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('replaces a file whole, with its mode, and leaves no temp file', () => {
-    const f = join(dir, 'r.json');
-    writeFileSync(f, 'old');
-    writeFileAtomic(f, 'new\n');
-    expect(readFileSync(f, 'utf8')).to.equal('new\n');
-    expect(statSync(f).mode & 0o777).to.equal(0o600);
-    expect(readdirSync(dir)).to.deep.equal(['r.json']);
-  });
+  for (const durable of [true, false]) {
+    it(`replaces a file whole, with its mode, and leaves no temp file${durable ? '' : ' (durable: false, no fsync)'}`, () => {
+      const f = join(dir, 'r.json');
+      writeFileSync(f, 'old');
+      writeFileAtomic(f, 'new\n', { durable });
+      expect(readFileSync(f, 'utf8')).to.equal('new\n');
+      expect(statSync(f).mode & 0o777).to.equal(0o600);
+      expect(readdirSync(dir)).to.deep.equal(['r.json']);
+    });
+  }
 
   it('a failed write throws and leaves what was there, without a temp file', () => {
     // Renaming a file over a non-empty directory fails.

@@ -220,7 +220,7 @@ export class VmDevices {
   private async mapGpadl(gpadl: number, owner: number, pfns: number[]): Promise<GpadlWindow> {
     const r = await this.vid.call('MapGpadl', { partitionId: this.partitionId, gpadl, owner, pfns });
     if (r.status !== HvStatus.SUCCESS) throw new Error(`${r.statusName}: ${(r.output as { reason?: string } | null)?.reason ?? 'refused'}`);
-    const out = r.output as MapGpadlOutput;
+    const out = (r.output ?? {}) as Partial<MapGpadlOutput>;
     if (out.region && !this.memory) this.memory = openRegion(out.region);
     return new GpadlWindow(gpadl, owner, pfns, out.region ? this.memory : null);
   }

@@ -26,7 +26,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, dirtyBitmapGpa, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { entries, pidAlive, hostPaths, processLogger, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
+import { entries, pidAlive, hostPaths, processLogger, prewarmProcess, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
@@ -55,6 +55,12 @@ if (process.env.HVLAB_VMWP_WARM === '1') process.title = `hvlab-vmwp ${process.e
 const prestarted = spawnPartition();
 // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
 for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
+// The hypervisor's socket, connected while waiting (the root names it: HVLAB_HV_ENDPOINT), and
+// the first run of the codecs and the logger paid now (runtime/src/prewarm.ts says why).
+const earlyEndpoint = process.env.HVLAB_HV_ENDPOINT || null;
+const earlyHv = earlyEndpoint ? new HvClient(earlyEndpoint, (n) => onHvNotification(n)) : null;
+earlyHv?.preconnect();
+prewarmProcess();
 
 const input = decodeVmwpStartInput(await readStdinLine('the start-up input'));
 const cfg: VmwpConfig = input.config;
@@ -90,8 +96,9 @@ const record: VmwpRecord = {
 function writeRecord(): void {
   try {
     mkdirSync(paths.vmwpDir, { recursive: true, mode: 0o700 });
-    // Written at every step of a start: no directory fsync on that path (a root re-attaching reads what is there).
-    writeFileAtomic(recordFile, JSON.stringify(record) + '\n', { syncDir: false });
+    // Written at every step of a start, and it describes live processes (a power cut leaves none):
+    // atomic, but no fsync (three of them cost ~30 ms of a VM start). A root re-attaching reads what is there.
+    writeFileAtomic(recordFile, JSON.stringify(record) + '\n', { durable: false });
   } catch (e) {
     // A full disk must not take the VM down; the root still has the control link while it lives.
     log.error({ err: e }, 'could not write the worker record');
@@ -111,7 +118,8 @@ async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promis
   await hv.must('SetVpRegisters', { partitionId, vpIndex: n.vpIndex, values });
 }
 
-const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
+/** What the hypervisor delivers to this worker's session. */
+function onHvNotification(n: Notification): void {
   if (n.k === 'rootmsg') {
     if (devices?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
     if (n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId && !booted) {
@@ -128,7 +136,11 @@ const hv = new HvClient(paths.hvEndpoint, (n: Notification) => {
   } else if (n.k === 'bye') {
     void exit(`hypervisor: ${n.reason}`, 1);
   }
-}, { watchPid: cfg.hvPid });
+}
+// The early client, unless the root named another hypervisor than the one this VM's home has.
+if (earlyHv && earlyEndpoint !== paths.hvEndpoint) earlyHv.close();
+const hv = earlyHv && earlyEndpoint === paths.hvEndpoint ? earlyHv : new HvClient(paths.hvEndpoint, (n) => onHvNotification(n));
+hv.watchHypervisor(cfg.hvPid);
 
 async function exit(reason: string, code = 0, guestShutdown = false): Promise<void> {
   if (exiting) return;
