@@ -9,7 +9,19 @@
  * cycle. Every edge passes the value to a checking decoder (for the hypervisor socket:
  * `hvwire.ts`) before anything reads it.
  */
-import { Packr } from 'msgpackr';
+import { createRequire } from 'node:module';
+import type { Packr as PackrType } from 'msgpackr';
+
+/*
+ * msgpackr is loaded through its CommonJS build, with its native string extractor
+ * (msgpackr-extract) turned off: every process of a host imports this module at start-up, and
+ * measured here the ESM entry with the native extractor took 34 ms to load against 10.5 ms for
+ * this. The extractor only speeds up decoding many long strings; hvlab's messages are small.
+ * The environment variable is msgpackr's own switch, read once when it loads; a value the user
+ * set is kept.
+ */
+process.env.MSGPACKR_NATIVE_ACCELERATION_DISABLED ??= 'true';
+const { Packr } = createRequire(import.meta.url)('msgpackr') as { Packr: typeof PackrType };
 
 const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'bigint', useBigInt64: true, structuredClone: false } as ConstructorParameters<typeof Packr>[0]);
 
