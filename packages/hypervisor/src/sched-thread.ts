@@ -414,6 +414,11 @@ export class SchedulerLoop {
    */
   private runTimers(p: PartRec, v: VpRec, now: number): number {
     let earliest = Infinity;
+    // A suspended partition's timers do not fire: what comes due meanwhile fires at the pass that
+    // resumes it. A save reads a frozen VP's APIC and then its timers (GetVpState on the main
+    // thread); an expiry fired between the two reads came back as a timer already advanced and an
+    // interrupt in neither, and a one-shot deadline was lost with it (a migrated VM that stopped).
+    if (p.props.suspended) return earliest;
     const ref = this.refNow(p);
     const s = v.sched;
     const vpFiresOwn = s.lp >= 0 && !s.preempting;

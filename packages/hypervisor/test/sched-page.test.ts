@@ -287,6 +287,19 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     for (let k = 0; k < delivered.length; k++) expect(delivered[k]).to.equal(t.first + k * t.period);
   });
 
+  it('a suspended partition\'s due timer does not fire (a save reads a stable VP), and fires at the pass that resumes it', async () => {
+    const t = await haltedVpWithTimer({ lazy: true });
+    t.loop.handle({ t: 'suspend', id: 3, on: true }, t.now());
+    t.setRef(t.first + 2.5 * t.period);
+    for (let i = 0; i < 3; i++) t.loop.pass(t.now());
+    expect(t.apic.pending(0x40), 'no interrupt while suspended').to.equal(false);
+    expect(t.next.get(2), 'still armed for the expiration that came due').to.equal(t.first);
+    t.loop.handle({ t: 'suspend', id: 3, on: false }, t.now());
+    t.loop.pass(t.now());
+    expect(t.apic.pending(0x40)).to.equal(true);
+    expect(t.next.get(2)).to.equal(t.first + 3 * t.period);
+  });
+
   it('a lazy periodic timer skips the periods it missed and stays on its grid', async () => {
     const t = await haltedVpWithTimer({ lazy: true });
     t.setRef(t.first + 3.5 * t.period);
