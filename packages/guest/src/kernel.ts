@@ -28,6 +28,7 @@ import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
+import { takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
 
 /**
  * Kernels whose VP threads may be asleep in a futex with no timeout. process.exit joins worker
@@ -43,28 +44,9 @@ process.on('exit', () => {
  * A VP thread's entry: compiled, vp.js itself; from sources, a plain-JS shim that registers tsx in
  * the thread first (worker threads do not inherit their process's loader).
  */
-const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-thread.mjs', import.meta.url) : new URL('./vp.js', import.meta.url);
-
-/** VP threads started ahead of need (their code loaded), waiting for their VpStart. */
-const spareVpThreads: Worker[] = [];
-
-/** Starts `n` VP threads now, so that a guest's VPs start without waiting for a thread to load. */
-export function prestartVpThreads(n: number): void {
-  for (let i = 0; i < n; i++) {
-    const w = new Worker(VP_THREAD_ENTRY, { workerData: { prestart: true }, name: 'vp-spare' });
-    w.unref();
-    // A spare that fails to load is dropped; start() then creates a thread of its own.
-    w.once('error', () => {
-      const i = spareVpThreads.indexOf(w);
-      if (i >= 0) spareVpThreads.splice(i, 1);
-    });
-    spareVpThreads.push(w);
-  }
-}
-
 /** A VP thread for `start`: a spare one if there is one, else a new one. */
 function vpThread(start: VpStart, vp: number): Worker {
-  const spare = spareVpThreads.shift();
+  const spare = takeSpareVpThread();
   if (spare) {
     spare.ref();
     spare.postMessage({ t: 'start', start });

@@ -10,11 +10,12 @@ import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnava
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
 import { GuestMemory } from './memory.js';
-import { GuestKernel, prestartVpThreads } from './kernel.js';
+import { GuestKernel } from './kernel.js';
+import { prestartFirstVpThread, prestartVpThreads } from './spare.js';
 import { decodePartitionStartInput, type PartitionStartInput } from './start.js';
 
 process.title = 'hvlab-partition (starting)';
-prestartVpThreads(1);
+prestartFirstVpThread();
 // Load every guest driver's code while waiting to be assigned (a warm or prestarted process then
 // boots without module loading); the kernel's own load later finds them in the module cache.
 for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) void loadDriverClass(cls).catch(() => undefined);

@@ -89,8 +89,10 @@ function entry(pkg: string, ...path: string[]): string {
 export const entries = {
   hypervisor: entry('hypervisor', 'main'),
   root: entry('root', 'main'),
-  vmwp: entry('root', 'vmwp', 'main'),
-  partition: entry('guest', 'main'),
+  /** boot.ts starts the partition process, then loads main.ts. */
+  vmwp: entry('root', 'vmwp', 'boot'),
+  /** boot.ts starts the first VP thread, then loads main.ts. */
+  partition: entry('guest', 'boot'),
   /** A cluster's fabric (its links), one per cluster. */
   fabric: entry('cluster', 'fabric-main'),
   /** The nemesis of a home (its faults), one per home, started on demand. */

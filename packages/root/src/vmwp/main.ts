@@ -17,7 +17,7 @@
  * When it exits, even by kill -9, its child partition process sees the pipe close and leaves; the
  * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -26,7 +26,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, dirtyBitmapGpa, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { entries, pidAlive, hostPaths, processLogger, prewarmProcess, watchPids, HvClient, IpcRpc, vmProcessArgs, vmProcessEnv, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
+import { pidAlive, hostPaths, processLogger, prewarmProcess, watchPids, HvClient, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
@@ -37,22 +37,12 @@ import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VER
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
 import { flipGuestByte, VmFaultTable } from './faults.js';
+import { prestartedPartition, spawnPartition } from './prestart.js';
 
 
-/**
- * The partition process starts now, before this worker has even read its own start-up input, so
- * the two load their code at the same time (VM start is mostly process and module start-up); it
- * waits, its code and a VP thread loaded, for the line `build()` writes once the partition exists.
- */
-function spawnPartition(): ChildProcess {
-  const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env: vmProcessEnv() });
-  p.stdin!.on('error', () => undefined);
-  p.on('error', () => undefined);
-  return p;
-}
 // A warm worker (root/src/warm.ts) waits here, code loaded, until a VM start claims it.
 if (process.env.HVLAB_VMWP_WARM === '1') process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
-const prestarted = spawnPartition();
+const prestarted = prestartedPartition();
 // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
 for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
 // The hypervisor's socket, connected while waiting (the root names it: HVLAB_HV_ENDPOINT), and

@@ -1,0 +1,44 @@
+/**
+ * VP threads started ahead of need: a worker thread that has loaded the VP code and waits for its
+ * VpStart, so a guest's VPs start without waiting for a thread to load. Kept apart from the kernel
+ * (it imports nothing but worker_threads) so that the partition process's entry (boot.ts) can start
+ * one before it loads anything else, and the thread loads its code while the process loads its own.
+ */
+import { Worker } from 'node:worker_threads';
+
+export const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-thread.mjs', import.meta.url) : new URL('./vp.js', import.meta.url);
+
+const spareVpThreads: Worker[] = [];
+
+/** Starts `n` VP threads now. */
+export function prestartVpThreads(n: number): void {
+  for (let i = 0; i < n; i++) {
+    const w = new Worker(VP_THREAD_ENTRY, { workerData: { prestart: true }, name: 'vp-spare' });
+    w.unref();
+    // A spare that fails to load is dropped; the kernel then creates a thread of its own.
+    w.once('error', () => {
+      const i = spareVpThreads.indexOf(w);
+      if (i >= 0) spareVpThreads.splice(i, 1);
+    });
+    spareVpThreads.push(w);
+  }
+}
+
+let first = false;
+
+/** The process's first spare VP thread, once (the entry starts it; main.ts again, as a no-op, or when it is the entry). */
+export function prestartFirstVpThread(): void {
+  if (first) return;
+  first = true;
+  prestartVpThreads(1);
+}
+
+/** Takes a spare VP thread (it is the caller's from now on), or null when none is left. */
+export function takeSpareVpThread(): Worker | null {
+  return spareVpThreads.shift() ?? null;
+}
+
+/** How many spare VP threads there are. */
+export function spareVpThreadCount(): number {
+  return spareVpThreads.length;
+}
