@@ -42,6 +42,10 @@ describe('the warm pool of VM workers (real processes)', function () {
       expect(await eventually(() => /^hvlab-vmwp \w+ \(warm\)/.test(cmdline(pid)), 10000), `warm worker ${pid} is named: ${cmdline(pid)}`).to.equal(true);
       expect(await eventually(() => childrenOf(pid).length === 1, 10000), `warm worker ${pid} has its partition process`).to.equal(true);
     }
+    // And once both have loaded their code, the pool lists it as ready to be claimed.
+    expect(await eventually(async () => (ps = await h.json<ProcessInfo[]>('ps')).filter((p) => p.vm === null && p.role === 'vmwp' && p.warm === 'ready').length === 2, 20000), JSON.stringify(ps)).to.equal(true);
+    const table = await h.ok('ps');
+    expect(table).to.match(/vmwp\s+- \(warm, ready\)/);
     await h.ok('vm', 'new', 'w1', '--memory', '16M', '--workload', 'counter');
     await h.ok('vm', 'start', 'w1');
     const v = (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w1')!;

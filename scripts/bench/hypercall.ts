@@ -248,12 +248,13 @@ async function measureZmqEcho(endpoint: string, plan: Plan): Promise<{ stats: La
   }
 }
 
-/** Waits until the host's warm pool holds `n` workers (`ps` lists them with no VM). */
+/** Waits until the host's warm pool holds `n` loaded workers (`ps` lists them with no VM, warm: ready). */
 async function warmPoolFull(mgmt: MgmtClient, n: number): Promise<void> {
   const t0 = Date.now();
   for (;;) {
-    const ps = await mgmt.request<Array<{ role: string; vm: string | null }>>('ps', {});
-    if (ps.filter((p) => p.role === 'vmwp' && p.vm === null).length >= n) return;
+    const ps = await mgmt.request<Array<{ role: string; vm: string | null; warm?: string }>>('ps', {});
+    // Loaded ones: a worker still loading its code would make the start a cold one.
+    if (ps.filter((p) => p.role === 'vmwp' && p.vm === null && p.warm === 'ready').length >= n) return;
     if (Date.now() - t0 > 30000) throw new Error(`the warm pool did not reach ${n} workers within 30 s`);
     await new Promise((r) => setTimeout(r, 50));
   }

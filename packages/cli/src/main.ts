@@ -1228,7 +1228,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'ps': {
         const ps = await connect().request<ProcessInfo[]>('ps');
         if (json) out(JSON.stringify(ps));
-        else out(table([['ROLE', 'VM', 'PID'], ...ps.map((x) => [x.role, x.vm ?? '-', String(x.pid)])]));
+        else out(table([['ROLE', 'VM', 'PID'], ...ps.map((x) => [x.role, x.vm ?? (x.warm ? `- (warm, ${x.warm})` : '-'), String(x.pid)])]));
         return 0;
       }
       case 'vm new': {

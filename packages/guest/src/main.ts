@@ -27,6 +27,11 @@ earlyHv?.preconnect();
 prewarmProcess();
 let input: PartitionStartInput;
 try {
+  // Loaded: a warm VMWP waits for this before it calls itself ready (a raw message, which the
+  // VMWP's request link ignores).
+  try {
+    process.send?.({ loaded: true });
+  } catch { /* no channel: nobody asks */ }
   input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));
 } catch (e) {
   // The VMWP went away before it assigned this process, or sent something else: nothing to run.

@@ -1139,7 +1139,7 @@ export class Vmms {
 
   processes(): ProcessInfo[] {
     const out: ProcessInfo[] = [];
-    for (const pid of this.warm?.pids ?? []) out.push({ role: 'vmwp', vm: null, pid });
+    for (const w of this.warm?.workers ?? []) out.push({ role: 'vmwp', vm: null, pid: w.pid, warm: w.loaded ? 'ready' : 'loading' });
     for (const r of this.vms.values()) {
       if (r.vmwpPid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwpPid });
       if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });

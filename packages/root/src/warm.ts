@@ -50,12 +50,27 @@ export class WarmPool {
     return this.ready.map((c) => c.pid!).filter((p) => p > 0);
   }
 
-  /** A warm worker to give a VM to (taken out of the pool), or null when none is ready. */
+  /** The waiting workers, each with whether it has said it is loaded. */
+  get workers(): Array<{ pid: number; loaded: boolean }> {
+    return this.ready.filter((c) => (c.pid ?? 0) > 0).map((c) => ({ pid: c.pid!, loaded: this.loaded.has(c) }));
+  }
+
+  /** Workers that have said "ready" (their code and their partition process's are loaded). */
+  private readonly loaded = new WeakSet<ChildProcess>();
+
+  /**
+   * A warm worker to give a VM to (taken out of the pool), or null when none is waiting. A loaded
+   * one first; one still loading is still ahead of a worker started now.
+   */
   take(): ChildProcess | null {
+    const i = this.ready.findIndex((c) => this.loaded.has(c));
+    if (i > 0) this.ready.unshift(...this.ready.splice(i, 1));
     while (this.ready.length > 0) {
       const c = this.ready.shift()!;
       if (c.exitCode !== null || c.signalCode !== null || !c.stdin?.writable) continue;
       c.removeAllListeners('exit');
+      // It writes nothing more there; the root keeps no pipe it would depend on.
+      c.stdout?.destroy();
       this.stats.claimed++;
       this.failures = 0;
       this.fillLater();
@@ -80,7 +95,7 @@ export class WarmPool {
       let c: ChildProcess;
       try {
         const errFd = openSync(this.o.stderrLog, 'a');
-        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1', HVLAB_HV_ENDPOINT: this.o.hvEndpoint }) });
+        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'pipe', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1', HVLAB_HV_ENDPOINT: this.o.hvEndpoint }) });
         closeSync(errFd);
       } catch (e) {
         this.failures = 5;
@@ -89,6 +104,17 @@ export class WarmPool {
       }
       c.stdin!.on('error', () => undefined);
       c.on('error', () => undefined);
+      // Its one line on stdout: "ready", once it and its partition process have loaded their code.
+      const out = c.stdout!;
+      out.on('error', () => undefined);
+      let said = '';
+      out.on('data', (b: Buffer) => {
+        said = (said + b.toString('latin1')).slice(-64);
+        if (said.includes('ready\n')) {
+          this.loaded.add(c);
+          out.destroy();
+        }
+      });
       this.stats.started++;
       c.once('exit', (code, signal) => {
         const i = this.ready.indexOf(c);

@@ -37,7 +37,7 @@ import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VER
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
 import { flipGuestByte, VmFaultTable } from './faults.js';
-import { prestartedPartition, spawnPartition } from './prestart.js';
+import { prestartedPartition, prestartedPartitionLoaded, spawnPartition } from './prestart.js';
 
 
 // A warm worker (root/src/warm.ts) waits here, code loaded, until a VM start claims it.
@@ -51,6 +51,14 @@ const earlyEndpoint = process.env.HVLAB_HV_ENDPOINT || null;
 const earlyHv = earlyEndpoint ? new HvClient(earlyEndpoint, (n) => onHvNotification(n)) : null;
 earlyHv?.preconnect();
 prewarmProcess();
+// A warm worker tells the pool (one line on stdout, the only one it ever writes there) once it and
+// its partition process have their code loaded: a start that claims it then pays no loading.
+if (process.env.HVLAB_VMWP_WARM === '1') {
+  process.stdout.on('error', () => undefined);
+  void prestartedPartitionLoaded(30000).then((loaded) => {
+    if (loaded) process.stdout.write('ready\n');
+  });
+}
 
 const input = decodeVmwpStartInput(await readStdinLine('the start-up input'));
 const cfg: VmwpConfig = input.config;
