@@ -253,7 +253,9 @@ export class RingWriter {
     const need = PACKET_DESCRIPTOR_BYTES + padded + PACKET_TRAILER_BYTES;
     if ((type & 0xffff) !== type) throw new RangeError(`packet type ${type} is not a 16-bit value`);
     if (flags !== 0 && flags !== PACKET_FLAG_COMPLETION_REQUESTED) throw new RangeError(`packet flags ${flags} are invalid: only 0 and 1 (completion requested) are defined`);
-    if (typeof transId !== 'bigint' || transId < 0n || transId > MAX_U64) throw new RangeError(`transaction id ${String(transId)} is not a 64-bit unsigned value`);
+    // 0n (no completion expected) is the common id: one comparison instead of three (BigInt comparisons are builtin calls).
+    const zeroId = transId === 0n;
+    if (!zeroId && (typeof transId !== 'bigint' || transId < 0n || transId > MAX_U64)) throw new RangeError(`transaction id ${String(transId)} is not a 64-bit unsigned value`);
     if (need > this.maxPacket) {
       throw new RangeError(`a packet with ${payloadLen} payload bytes takes ${need} bytes, more than ring "${this.name}" can ever hold (${this.maxPacket})`);
     }
@@ -281,7 +283,10 @@ export class RingWriter {
     u32[i + 1] = ((need - PACKET_TRAILER_BYTES) >>> 3) | (flags << 16);
     i += 2;
     if (i === words) i = 0;
-    if (transId <= MAX_U32_BIG) {
+    if (zeroId) {
+      u32[i] = 0;
+      u32[i + 1] = 0;
+    } else if (transId <= MAX_U32_BIG) {
       u32[i] = Number(transId);
       u32[i + 1] = 0;
     } else {
@@ -462,8 +467,12 @@ export class RingReader {
   }
 
   private transIdAt(r: number): bigint {
-    const p = r + 8;
-    return this.dv.getBigUint64(p === this.dataBytes ? 0 : p, true);
+    let p = r + 8;
+    if (p === this.dataBytes) p = 0;
+    // An id of 0 (no completion expected) without allocating a BigInt.
+    const u32 = this.u32;
+    if (u32[p >>> 2] === 0 && u32[(p >>> 2) + 1] === 0) return 0n;
+    return this.dv.getBigUint64(p, true);
   }
 
   /** Publishes read index `to` (advanced from `from`) and notes whether free space crossed pending_send_sz. */

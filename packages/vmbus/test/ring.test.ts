@@ -458,6 +458,32 @@ describe('vmbus ring', () => {
       expect(writer.tryWrite(6, 0, (1n << 64n) - 1n, new Uint8Array(128 - 8 - 24))).to.equal('signal');
     });
 
+    it('transaction id 0 (the fast paths) replaces whatever bytes were there, also split by the wrap, and a Number 0 is refused', () => {
+      const { region, ctrl, data, dv } = makeRing(256);
+      const writer = new RingWriter(region);
+      const reader = new RingReader(region);
+      expect(() => writer.tryWrite(6, 0, 0 as unknown as bigint, new Uint8Array(8))).to.throw(RangeError, /transaction id/);
+      expect(Atomics.load(ctrl, W)).to.equal(0);
+      // Stale id bytes in every slot, then packets with id 0 at offsets where the id is contiguous,
+      // where it is the first word after the wrap, and a high-only and a low-only id in between.
+      data.fill(0xff);
+      const ids: bigint[] = [];
+      const drain = (): number => reader.drain((_t, _f, id) => ids.push(id));
+      for (const [at, id] of [[0, 0n], [256 - 8, 0n], [64, 1n << 32n], [128, 7n], [256 - 8, 0n]] as const) {
+        startAt(ctrl, at);
+        put(writer, pattern(8, at), 6, 0, id);
+        const slot = (at + 8) % 256;
+        expect(dv.getBigUint64(slot, true)).to.equal(id);
+        expect(drain()).to.equal(1);
+      }
+      expect(ids).to.deep.equal([0n, 0n, 1n << 32n, 7n, 0n]);
+      // A reader never takes a non-zero id for 0 (7n above has only the low word set; here only the high one).
+      startAt(ctrl, 0);
+      put(writer, pattern(8, 1), 6, 0, 0n);
+      dv.setUint32(12, 1, true);
+      expect(reader.read()!.transId).to.equal(1n << 32n);
+    });
+
     it('a writer reports an invalid read or write index as a RingError naming the ring', () => {
       const { region, ctrl } = makeRing(256);
       const writer = new RingWriter(region, 'kvp in');
