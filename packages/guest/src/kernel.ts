@@ -431,8 +431,11 @@ export class GuestKernel {
     if (type !== 0) {
       const size = Math.min(this.mem.u8(slotGpa + MsgHeader.payloadSize), MAX_MESSAGE_PAYLOAD);
       const payload = this.mem.read(slotGpa + MESSAGE_HEADER_SIZE, size);
-      const pending = (this.mem.u8(slotGpa + MsgHeader.flags) & MSG_FLAG_PENDING) !== 0;
-      this.mem.atomicStore32(typeGpa, 0);
+      // Free the slot, then read MessagePending, as Linux's vmbus_signal_eom does: read before the
+      // slot is free, the flag could be set just after (a message queued behind this one) and the
+      // EOM that delivers it never sent. The exchange is the barrier between the two.
+      this.mem.atomicExchange32(typeGpa, 0);
+      const pending = ((this.mem.atomicLoad32(slotGpa + 4) >>> ((MsgHeader.flags - 4) * 8)) & MSG_FLAG_PENDING) !== 0;
       if (type === VMBUS_CHANNEL_MESSAGE_TYPE && sint === GUEST_SINT) this.vmbus?.onMessage(payload);
       const st = STATUS_PAGE_GPA;
       this.mem.fill(st + StatusPage.lastMessage, MAX_MESSAGE_PAYLOAD, 0);

@@ -89,8 +89,14 @@ export class SynIc {
     if (this.memory) {
       const mem = this.memory;
       if (mem.getUint32(slotOff + MsgHeader.type, true) !== 0) {
-        mem.setUint8(slotOff + MsgHeader.flags, mem.getUint8(slotOff + MsgHeader.flags) | MSG_FLAG_PENDING);
-        return;
+        // The slot is taken: say a message is pending (an atomic OR into the header word that holds
+        // the flags byte), then look at the slot again. A guest frees the slot and then reads the
+        // flag (Linux's vmbus_signal_eom): had it freed the slot after our first look and read the
+        // flag before we set it, it would not EOM and the message would wait for good. Either it
+        // sees the flag and EOMs, or we see the free slot here and deliver.
+        const head = new Int32Array(mem.buffer, mem.byteOffset + slotOff, 2);
+        Atomics.or(head, 1, MSG_FLAG_PENDING << ((MsgHeader.flags - 4) * 8));
+        if (Atomics.load(head, 0) !== 0) return;
       }
       const m = q.shift()!;
       this.budget.queued--;
