@@ -243,6 +243,7 @@ export class GuestKernel {
       });
       w.on('message', (m: { t?: string; vp?: number; sint?: number }) => {
         if (m?.t === 'sint') this.interrupts = this.interrupts.then(() => this.onSint(Number(m.vp), Number(m.sint))).catch((e) => this.log.error({ err: e }, 'interrupt handling failed'));
+        else if (m?.t === 'rtc') this.rtcRead?.();
       });
       online.push(new Promise((resolve) => w.once('message', () => resolve())));
       this.workers.push(w);
@@ -252,7 +253,17 @@ export class GuestKernel {
     if (!resume && !this.local) {
       // A host-side wait for VP 0's CMOS read (polling guest memory): nothing of it enters guest state.
       const t0 = Date.now();
-      while (this.mem.f64(k + KernelPage.rtcFromCmosMs) === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 2));
+      // VP 0 says when it has read it (a look every 50 ms as well, in case that word is lost).
+      while (this.mem.f64(k + KernelPage.rtcFromCmosMs) === 0 && Date.now() - t0 < 5000) {
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 50);
+          this.rtcRead = () => {
+            clearTimeout(t);
+            r();
+          };
+        });
+        this.rtcRead = null;
+      }
       const rtc = this.mem.f64(k + KernelPage.rtcFromCmosMs);
       if (rtc > 0) {
         this.clock.set(rtc + (this.boot.rtcMs % 1000));
@@ -270,6 +281,8 @@ export class GuestKernel {
   }
 
   private interrupts: Promise<void> = Promise.resolve();
+  /** Set while start() waits for VP 0's CMOS read. */
+  private rtcRead: (() => void) | null = null;
 
   private newVmbusClient(): VmbusClient {
     return new VmbusClient({

@@ -404,6 +404,8 @@ export class VpThread {
       if (s.vpIndex === 0 && this.mem.atomicLoad32(VpThread.k(KernelPage.rtcRequest)) === 1) {
         this.mem.setF64(VpThread.k(KernelPage.rtcFromCmosMs), readRtc((port, access, size, value) => this.io(port, access, size, value)) || -1);
         this.mem.atomicStore32(VpThread.k(KernelPage.rtcRequest), 0);
+        // The kernel's main thread waits for this (the value is in its page already).
+        parentPort?.postMessage({ t: 'rtc', vp: s.vpIndex });
         continue;
       }
       if (this.cur >= 0 && this.sliceDue && this.tasks.anyRunnable()) {
