@@ -82,6 +82,13 @@ describe('a host of real processes (shared memory)', function () {
     expect(root.output.partitionId).to.equal(1);
   });
 
+  it('debug hypercall shows the reason of a refusal, also for a call that goes through the hypercall page elsewhere', async () => {
+    const r = await h.run('debug', 'hypercall', 'ConnectPort', 'partitionId=1', 'connectionId=77', 'portPartitionId=1', 'portId=4242', '--json');
+    const out = JSON.parse(r.stdout) as { statusName: string; output: { reason?: string } | null };
+    expect(out.statusName).to.equal('INVALID_PORT_ID');
+    expect(out.output?.reason).to.match(/no port 4242/);
+  });
+
   it('PostMessage with more than 240 bytes gets INVALID_PARAMETER, and 240 bytes succeed', async () => {
     const big = JSON.parse((await h.run('debug', 'hypercall', '--as', 'beta', 'PostMessage', 'connectionId=1', 'messageType=2', 'payload=len:241', '--json')).stdout);
     expect(big.statusName).to.equal('INVALID_PARAMETER');

@@ -119,7 +119,7 @@ export const COMMANDS: CommandSpec[] = [
     options: [
       { name: 'lps', value: 'N', help: 'logical processors (default: every CPU)', check: wholeIn('lps', 1, 256, '1 to 256 logical processors') },
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
-      { name: 'warm', value: 'N', help: 'keep N VM worker processes started ahead of need, so "vm start" skips process start-up (default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
+      { name: 'warm', value: 'N', help: 'keep N VM worker processes started ahead of need, so "vm start" skips process start-up ("ps" shows them loading or ready; default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
       { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
       LISTEN_OPTION,
       { name: 'join', value: 'ADDRESS[:PORT]', help: 'join the cluster whose fabric is there (see "cluster status" on its machine) as one more host; needs --key', check: nonEmpty('join') },

@@ -147,7 +147,8 @@ const rpc = new IpcRpc(process, async (m) => {
       postcopy = null;
       return true;
     case 'hypercall': {
-      const r = await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>);
+      // `hvlab debug hypercall --as`: over the socket, so a refusal comes with its reason.
+      const r = await hv.raw(Number(m.code), (m.input ?? {}) as Record<string, unknown>, { fast: false });
       return r;
     }
     default:

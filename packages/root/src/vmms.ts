@@ -1159,7 +1159,9 @@ export class Vmms {
       as = r.config.name;
       res = await this.linkOf(r, 'issue a hypercall as').request<HypercallResult>({ t: 'hypercall', asChild: true, code, input }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     } else {
-      res = await this.o.vid.raw(code, input);
+      // Over the socket (`fast: false` keeps a call off the hypercall page), so a refusal comes
+      // back with the hypervisor's reason, which a debugging tool is for.
+      res = await this.o.vid.raw(code, input, { fast: false });
     }
     return { call: hvCallName(code), as, status: res.status, statusName: hvStatusName(res.status), output: res.output };
   }

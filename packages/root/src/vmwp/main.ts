@@ -273,7 +273,7 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
         if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
         return await childRpc.request({ t: 'hypercall', code: req.code, input: req.input });
       }
-      return await hv.raw(req.code, req.input);
+      return await hv.raw(req.code, req.input, { fast: false }); // over the socket: refusals with their reason
     case 'processor':
       await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: req.reserve });
       await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: req.maximum });
