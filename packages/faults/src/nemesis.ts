@@ -154,7 +154,8 @@ export class Nemesis {
   /** Faults a nemesis before this one left, undone at start: reported by the first `clear` of everything. */
   private recovered: FaultRecord[] = [];
   /** Ids whose end is still being undone through a root (not to be reused until it is over). */
-  private readonly ending = new Set<string>();
+  /** Faults being undone: out of `active`, not yet in `ended`; `list` shows them as active until they are. */
+  private readonly ending = new Map<string, FaultRecord>();
   private next: number;
   private readonly say: (msg: string, fields?: Record<string, unknown>) => void;
   private readonly now: () => number;
@@ -207,7 +208,10 @@ export class Nemesis {
   }
 
   list(all: boolean): FaultRecord[] {
-    const act = [...this.active.values()].map((a) => a.rec);
+    // A fault whose undo is under way (a root asked to clear it) is still listed, as active: it is
+    // not undone yet, and a caller waiting for the list to empty must not see it vanish between
+    // the two lists.
+    const act = [...[...this.active.values()].map((a) => a.rec), ...this.ending.values()];
     return all ? [...this.ended, ...act] : act;
   }
 
@@ -579,7 +583,7 @@ export class Nemesis {
       if (act.pending) return 'pending' as const;
       if (act.timer) clearTimeout(act.timer);
       this.active.delete(id);
-      this.ending.add(id);
+      this.ending.set(id, act.rec);
       const problems = await this.undoLocal(act);
       this.persist();
       return { act, problems };

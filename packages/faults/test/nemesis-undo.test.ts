@@ -69,4 +69,33 @@ describe('nemesis bookkeeping', () => {
       }
     }
   });
+
+  it('a fault whose undo is under way stays listed as active until it is ended, never missing from both lists', async () => {
+    const n = new Nemesis({ home });
+    // An active fault with nothing to undo locally (as the nemesis holds one after an inject).
+    const rec = (await (async () => {
+      writeFileSync(activeFile(home), JSON.stringify([{ rec: { id: 'f5', kind: 'pause', target: 'vm:a' }, undo: {} }]));
+      const probe = new Nemesis({ home });
+      await probe.recoverLeftovers();
+      return probe.list(true)[0]!;
+    })());
+    Object.assign(rec, { state: 'active', endedAt: null, endReason: null, error: null });
+    const undo = { stopped: [], links: [], hostFaults: [], restart: [] };
+    (n as unknown as { active: Map<string, unknown> }).active.set('f5', { rec, undo, timer: null, procs: [], holders: [], pending: false, cancelled: null, settled: Promise.resolve(), settle: () => {} });
+    // The roots' part of the undo (a faultClear to each root) takes its time here.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    (n as unknown as { undoRemote: () => Promise<string[]> }).undoRemote = async () => {
+      await gate;
+      return [];
+    };
+    const clearing = n.clear(null, null);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(n.list(false).map((r) => [r.id, r.state]), 'still being undone').to.deep.equal([['f5', 'active']]);
+    expect(n.list(true).map((r) => r.id)).to.deep.equal(['f5']);
+    release();
+    expect((await clearing).map((r) => [r.id, r.state])).to.deep.equal([['f5', 'ended']]);
+    expect(n.list(false)).to.deep.equal([]);
+    expect(n.list(true).map((r) => [r.id, r.state])).to.deep.equal([['f5', 'ended']]);
+  });
 });
