@@ -5,7 +5,7 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { hostPaths, processLogger, prewarmProcess, watchPids, HvClient, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
+import { hostPaths, processLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
@@ -20,10 +20,9 @@ prestartFirstVpThread();
 // boots without module loading); the kernel's own load later finds them in the module cache.
 for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) void loadDriverClass(cls).catch(() => undefined);
 // The hypervisor's socket, connected while waiting (the VMWP's environment names it), and the
-// first run of the codecs and the logger paid now (runtime/src/prewarm.ts says why).
-const earlyEndpoint = process.env.HVLAB_HV_ENDPOINT || null;
-const earlyHv = earlyEndpoint ? new HvClient(earlyEndpoint, (n) => onHvNotification(n)) : null;
-earlyHv?.preconnect();
+// first run of the codecs and the logger paid now (runtime/src/prewarm.ts says why): this process
+// waits for its VMWP to build the partition either way.
+const earlyHv = earlyHvClient((n) => onHvNotification(n));
 prewarmProcess();
 let input: PartitionStartInput;
 try {
@@ -67,9 +66,7 @@ function onHvNotification(n: Notification): void {
   else if (n.k === 'suspend') kernel?.setSuspended(n.suspended);
   else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`, 1);
 }
-// The early client, unless it was connected to another hypervisor than the one of this VM's home.
-if (earlyHv && earlyEndpoint !== paths.hvEndpoint) earlyHv.close();
-const hv = earlyHv && earlyEndpoint === paths.hvEndpoint ? earlyHv : new HvClient(paths.hvEndpoint, (n) => onHvNotification(n));
+const hv = hvClientFor(paths.hvEndpoint, earlyHv, (n) => onHvNotification(n));
 
 // Exit code 0 means "the guest shut down"; every other way out is non-zero.
 watchPids([hvPid], () => void exit('the hypervisor is gone', 1));

@@ -37,8 +37,3 @@ export function prestartFirstVpThread(): void {
 export function takeSpareVpThread(): Worker | null {
   return spareVpThreads.shift() ?? null;
 }
-
-/** How many spare VP threads there are. */
-export function spareVpThreadCount(): number {
-  return spareVpThreads.length;
-}

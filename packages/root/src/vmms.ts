@@ -21,7 +21,7 @@ import {
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
-  entries, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
+  entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -275,7 +275,7 @@ export class Vmms {
     const secret = randomBytes(24).toString('hex');
     const start: VmwpStartInput = { config: cfg, ticket, secret };
     const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-    const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_HV_ENDPOINT: this.paths.hvEndpoint }) });
+    const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { [HV_ENDPOINT_ENV]: this.paths.hvEndpoint }) });
     closeSync(errFd);
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(JSON.stringify(start) + '\n');

@@ -11,7 +11,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
+import { entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
 
 export const MAX_WARM = 64;
 /**
@@ -30,6 +30,16 @@ export interface WarmPoolOptions {
   log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void };
 }
 
+/**
+ * Reads a warm worker's stdout, on which it writes one line, "ready", once loaded. `seen` is what
+ * was kept of the earlier bytes (at most a line's worth): anything else a worker writes, of any
+ * length, is ignored and keeps nothing more.
+ */
+export function readyLine(seen: string, chunk: Uint8Array): { seen: string; ready: boolean } {
+  const all = seen + Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('latin1');
+  return { seen: all.slice(-16), ready: all.includes('ready\n') };
+}
+
 export class WarmPool {
   private readonly ready: ChildProcess[] = [];
   private closed = false;
@@ -44,10 +54,6 @@ export class WarmPool {
 
   get size(): number {
     return this.ready.length;
-  }
-
-  get pids(): number[] {
-    return this.ready.map((c) => c.pid!).filter((p) => p > 0);
   }
 
   /** The waiting workers, each with whether it has said it is loaded. */
@@ -95,7 +101,7 @@ export class WarmPool {
       let c: ChildProcess;
       try {
         const errFd = openSync(this.o.stderrLog, 'a');
-        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'pipe', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1', HVLAB_HV_ENDPOINT: this.o.hvEndpoint }) });
+        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'pipe', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1', [HV_ENDPOINT_ENV]: this.o.hvEndpoint }) });
         closeSync(errFd);
       } catch (e) {
         this.failures = 5;
@@ -109,8 +115,9 @@ export class WarmPool {
       out.on('error', () => undefined);
       let said = '';
       out.on('data', (b: Buffer) => {
-        said = (said + b.toString('latin1')).slice(-64);
-        if (said.includes('ready\n')) {
+        const r = readyLine(said, b);
+        said = r.seen;
+        if (r.ready) {
           this.loaded.add(c);
           out.destroy();
         }

@@ -18,6 +18,7 @@ import {
 import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
 import { watchPid } from './anchor.js';
 import { dealer, SendQueue, type zmq } from './zmq.js';
+import { HV_ENDPOINT_ENV } from './paths.js';
 
 export interface HypercallResult<T = unknown> {
   status: number;
@@ -104,6 +105,26 @@ export const PAGE_SYNC_WAIT_MS = 2;
 /** How long that caller watches the page before it sleeps in the futex (ms). */
 export const PAGE_SPIN_MS = 0.02;
 
+/**
+ * A client connected ahead of need to the hypervisor that HV_ENDPOINT_ENV names, or null when the
+ * environment names none: a VM process started before it knows its VM (a warm or prestarted one)
+ * pays the connection while it waits. `hvClientFor` later keeps it or replaces it.
+ */
+export function earlyHvClient(onNotify: (n: Notification) => void): HvClient | null {
+  const endpoint = process.env[HV_ENDPOINT_ENV];
+  if (!endpoint) return null;
+  const c = new HvClient(endpoint, onNotify);
+  c.preconnect();
+  return c;
+}
+
+/** `early` if it was connected to `endpoint`; otherwise (closing `early`) a new client for it. */
+export function hvClientFor(endpoint: string, early: HvClient | null, onNotify: (n: Notification) => void): HvClient {
+  if (early && early.endpointName === endpoint) return early;
+  early?.close();
+  return new HvClient(endpoint, onNotify);
+}
+
 export class HvClient {
   private readonly sock: zmq.Dealer;
   private readonly q: SendQueue;
@@ -126,6 +147,11 @@ export class HvClient {
   private readonly rootPorts = new Set<number>();
   /** Calls carried by the page, and by the socket (for `hvlab debug` and the benches). */
   readonly counts = { page: 0, socket: 0 };
+
+  /** The hypervisor socket this client talks to. */
+  get endpointName(): string {
+    return this.endpoint;
+  }
 
   constructor(private readonly endpoint: string, private readonly onNotify: (n: Notification) => void = () => {}, opts: HvClientOptions = {}) {
     this.sock = dealer();

@@ -100,6 +100,12 @@ export const entries = {
 };
 export const REPO_ROOT = repoRoot;
 
+/**
+ * The environment variable by which the root names its hypervisor's socket to the VM processes it
+ * starts (and a VMWP to its partition process), so they connect ahead of need (HvClient.preconnect).
+ */
+export const HV_ENDPOINT_ENV = 'HVLAB_HV_ENDPOINT';
+
 /** Shared-memory names of a host all start with this, so a sweep can find them. */
 export function shmPrefix(hostId: string): string {
   return `hvlab-${hostId}-`;

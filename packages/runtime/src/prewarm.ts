@@ -8,14 +8,14 @@
  * is paid here, while the process waits, on throwaway values that touch nothing shared: a logger
  * that writes nowhere, codec round trips of messages like the ones a start sends.
  *
- * `extra` runs more warm-ups of the caller's own (its protocol codecs); a warm-up that throws is
- * ignored, since warming is an optimisation and must never stop the process.
+ * A warm-up that throws is ignored (runBestEffort): warming is an optimisation and must never
+ * stop the process.
  */
 import pino from 'pino';
 import { decode, encode, decodeHvServerMsg, decodeChannelMessage, encodeChannelMessage, type ChannelMessage } from '@hvlab/protocol';
 
-export function prewarmProcess(extra: Array<() => void> = []): void {
-  const steps: Array<() => void> = [
+export function prewarmProcess(): void {
+  runBestEffort([
     () => void new Date().toISOString(),
     () => {
       const sink = { write: (_s: string): void => undefined };
@@ -39,11 +39,14 @@ export function prewarmProcess(extra: Array<() => void> = []): void {
       ];
       for (const m of msgs) decodeChannelMessage(encodeChannelMessage(m));
     },
-    ...extra,
-  ];
+  ]);
+}
+
+/** Runs every step in order; one that throws neither escapes nor stops the ones after it. */
+export function runBestEffort(steps: ReadonlyArray<() => void>): void {
   for (const step of steps) {
     try {
       step();
-    } catch { /* warming is best effort */ }
+    } catch { /* best effort */ }
   }
 }

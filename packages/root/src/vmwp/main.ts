@@ -26,7 +26,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, dirtyBitmapGpa, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { pidAlive, hostPaths, processLogger, prewarmProcess, watchPids, HvClient, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
+import { pidAlive, hostPaths, processLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
@@ -45,15 +45,14 @@ if (process.env.HVLAB_VMWP_WARM === '1') process.title = `hvlab-vmwp ${process.e
 const prestarted = prestartedPartition();
 // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
 for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
-// The hypervisor's socket, connected while waiting (the root names it: HVLAB_HV_ENDPOINT), and
-// the first run of the codecs and the logger paid now (runtime/src/prewarm.ts says why).
-const earlyEndpoint = process.env.HVLAB_HV_ENDPOINT || null;
-const earlyHv = earlyEndpoint ? new HvClient(earlyEndpoint, (n) => onHvNotification(n)) : null;
-earlyHv?.preconnect();
-prewarmProcess();
-// A warm worker tells the pool (one line on stdout, the only one it ever writes there) once it and
-// its partition process have their code loaded: a start that claims it then pays no loading.
+// The hypervisor's socket, connected while waiting for the start-up input (the root names it).
+const earlyHv = earlyHvClient((n) => onHvNotification(n));
 if (process.env.HVLAB_VMWP_WARM === '1') {
+  // A warm worker waits for a claim: it pays the first run of the codecs and the logger now
+  // (runtime/src/prewarm.ts says why); a cold one has its input waiting and pays them in its start.
+  prewarmProcess();
+  // It tells the pool (one line on stdout, the only one it ever writes there) once it and its
+  // partition process have their code loaded: a start that claims it then pays no loading.
   process.stdout.on('error', () => undefined);
   void prestartedPartitionLoaded(30000).then((loaded) => {
     if (loaded) process.stdout.write('ready\n');
@@ -135,9 +134,7 @@ function onHvNotification(n: Notification): void {
     void exit(`hypervisor: ${n.reason}`, 1);
   }
 }
-// The early client, unless the root named another hypervisor than the one this VM's home has.
-if (earlyHv && earlyEndpoint !== paths.hvEndpoint) earlyHv.close();
-const hv = earlyHv && earlyEndpoint === paths.hvEndpoint ? earlyHv : new HvClient(paths.hvEndpoint, (n) => onHvNotification(n));
+const hv = hvClientFor(paths.hvEndpoint, earlyHv, (n) => onHvNotification(n));
 hv.watchHypervisor(cfg.hvPid);
 
 async function exit(reason: string, code = 0, guestShutdown = false): Promise<void> {
