@@ -9,11 +9,11 @@
  */
 import { expect } from 'chai';
 import { MESSAGE_HEADER_SIZE, MSG_FLAG_PENDING, MsgHeader, simpGpa, MESSAGE_SLOT_SIZE } from '@hvlab/protocol';
-import type { HvClient, Logger } from '@hvlab/runtime';
+import type { HvClient } from '@hvlab/runtime';
 import { GuestKernel } from '../src/kernel.js';
 import { GuestMemory } from '../src/memory.js';
+import { quiet } from './stub-hv.js';
 
-const quiet = { info() {}, warn() {}, error() {}, debug() {}, child() { return quiet; } } as unknown as Logger;
 const SINT = 5;
 const slotGpa = simpGpa(0) + SINT * MESSAGE_SLOT_SIZE;
 

@@ -8,19 +8,17 @@
  */
 import { expect } from 'chai';
 import {
-  BOOT_INFO_GPA, BOOT_MAGIC, BootInfo, KERNEL_PAGE_GPA, KernelPage, MAX_VPS_PER_PARTITION, STATUS_PAGE_GPA, StatusPage,
-  VMBUS_CHANNEL_MESSAGE_TYPE, VpRegionHeader, WORKLOAD_PAGE_GPA, WorkloadPage, decodeChannelMessage, encodeChannelMessage, vpRegionBytes,
-  type ChannelMessage,
+  BOOT_INFO_GPA, BootInfo, KERNEL_PAGE_GPA, KernelPage, MAX_VPS_PER_PARTITION, STATUS_PAGE_GPA, StatusPage,
+  VpRegionHeader, vpRegionBytes,
 } from '@hvlab/protocol';
-import type { HvClient, Logger } from '@hvlab/runtime';
+import type { HvClient } from '@hvlab/runtime';
 import { GuestWallClock, ReferenceClock } from '../src/clock.js';
 import { GuestKernel } from '../src/kernel.js';
 import { GuestMemory } from '../src/memory.js';
+import { bootPage, counter, quiet, stubHv, until } from './stub-hv.js';
 
 const MiB = 1024 * 1024;
 /** The guest's connection to its VMWP (the Booted message goes there, not to VMBus). */
-const CONTROL_CONNECTION = 0x100;
-const quiet = { info() {}, warn() {}, error() {}, debug() {}, child() { return quiet; } } as unknown as Logger;
 
 function vpRegionWithBase(baseNs: bigint): SharedArrayBuffer {
   const r = new SharedArrayBuffer(vpRegionBytes(MAX_VPS_PER_PARTITION));
@@ -102,53 +100,6 @@ describe('guest time runs on reference time', () => {
       await Promise.all(kernels.splice(0).map((k) => k.stop().catch(() => undefined)));
     });
 
-    /** A hypervisor stand-in: reference time on request, every other call succeeds, VMBus says hello and offers nothing. */
-    function stubHv(referenceTime: () => number): { hv: HvClient; bind: (k: GuestKernel) => void } {
-      let kernel: GuestKernel | null = null;
-      const reply = (m: ChannelMessage): ChannelMessage | null => {
-        if (m.type === 'InitiateContact') return { type: 'VersionResponse', versionSupported: true, connectionState: 0, messageConnectionId: 4 };
-        if (m.type === 'RequestOffers') return { type: 'AllOffersDelivered' };
-        if (m.type === 'Unload') return { type: 'UnloadResponse' };
-        return null;
-      };
-      const ok = (output: unknown = {}): unknown => ({ status: 0, statusName: 'SUCCESS', output });
-      const hv = {
-        async call(name: string, input: { connectionId?: number; messageType?: number; payload?: Uint8Array }) {
-          if (name === 'GetVpRegisters') return ok({ values: { ReferenceTime: referenceTime() } });
-          if (name === 'PostMessage' && input.connectionId !== CONTROL_CONNECTION && input.messageType === VMBUS_CHANNEL_MESSAGE_TYPE) {
-            const r = reply(decodeChannelMessage(input.payload!));
-            if (r) setImmediate(() => kernel?.vmbus?.onMessage(encodeChannelMessage(r)));
-          }
-          return ok();
-        },
-        async must() {
-          return {};
-        },
-      } as unknown as HvClient;
-      return { hv, bind: (k) => (kernel = k) };
-    }
-
-    function bootPage(mem: GuestMemory, resume: boolean): void {
-      const b = BOOT_INFO_GPA;
-      mem.setU32(b + BootInfo.magic, BOOT_MAGIC);
-      mem.setU32(b + BootInfo.vpCount, 1);
-      mem.setU64(b + BootInfo.memoryBytes, BigInt(mem.size));
-      mem.setU32(b + BootInfo.controlConnectionId, CONTROL_CONNECTION);
-      mem.setU64(b + BootInfo.workloadArg, 1000n);
-      mem.write(b + BootInfo.workloadName, new TextEncoder().encode('counter\0'));
-      mem.setF64(b + BootInfo.rtcMs, 1_600_000_000_000);
-      mem.setU32(b + BootInfo.resume, resume ? 1 : 0);
-    }
-
-    const counter = (mem: GuestMemory): number => Number(mem.atomicLoad64(WORKLOAD_PAGE_GPA + WorkloadPage.counter));
-
-    async function until(what: string, cond: () => boolean, ms = 10000): Promise<void> {
-      const t0 = Date.now();
-      while (!cond()) {
-        if (Date.now() - t0 > ms) throw new Error(`${what} did not happen within ${ms} ms`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
 
     it('boots on the hypervisor\'s reference time, then resumes from it: the counter goes on at once and the clock does not jump', async () => {
       const memA = new GuestMemory(new SharedArrayBuffer(8 * MiB));
