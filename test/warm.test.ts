@@ -1,12 +1,16 @@
 /**
- * The warm pool (`hvlab up --warm N`, root/src/warm.ts): VM workers started ahead of need, each
- * with its partition process loaded, that `vm start` claims; the pool refills; nothing of it
- * outlives `down`, and a root that dies takes its waiting workers with it (the new root starts a
- * new pool).
+ * The warm pool (`hvlab up --warm N --warm-memory SIZE`, root/src/warm.ts): booted VMs without an
+ * owner, each a VMWP with its partition process and a guest that has booted (VMBus and all); `vm
+ * start` of a VM of the pool's shape claims one, which takes the VM's name, workload and processor
+ * settings and keeps the template's device instance ids (so a save and restore still finds its
+ * channels). A VM of another shape starts cold. The pool refills; a worker that dies waiting has its
+ * partition deleted; nothing of it outlives `down`, and a root that dies takes its waiting workers
+ * with it (the new root starts a new pool and keeps the claimed VMs' partitions).
  */
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
-import type { ProcessInfo, VmInfo } from '@hvlab/protocol';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PartitionProperty, type HostInfo, type ProcessInfo, type VmInfo } from '@hvlab/protocol';
 import { pidAlive } from '@hvlab/runtime';
 import { TestHost, eventually } from './harness.js';
 
@@ -19,48 +23,97 @@ function childrenOf(pid: number): number[] {
     return [];
   }
 }
+/** The partitions of host `hostId` that have guest memory: their /dev/shm regions' ids. */
+function memoryRegions(hostId: string): number[] {
+  return readdirSync('/dev/shm').map((f) => new RegExp(`^hvlab-${hostId}-p(\\d+)-mem$`).exec(f)).filter((m) => m !== null).map((m) => Number(m![1])).sort((a, b) => a - b);
+}
 
-describe('the warm pool of VM workers (real processes)', function () {
-  this.timeout(120000);
+describe('the warm pool of booted VMs (real processes)', function () {
+  this.timeout(180000);
   const h = new TestHost();
   after(() => h.destroyLeavingNothing());
-
-  it('keeps N workers with their partition processes; a start claims one and the pool refills', async () => {
-    await h.ok('up', '--lps', '1', '--warm', '2');
+  let hostId = '';
+  const ready = async (n: number): Promise<ProcessInfo[]> => {
     let ps: ProcessInfo[] = [];
-    expect(await eventually(async () => warmPids((ps = await h.json<ProcessInfo[]>('ps'))).length === 2, 10000), JSON.stringify(ps)).to.equal(true);
-    const warm = warmPids(ps);
-    const cmdline = (pid: number): string => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'latin1');
-      } catch {
-        return '';
-      }
-    };
-    for (const pid of warm) {
-      // Once its code is loaded, a warm worker names itself and has started its partition process.
-      expect(await eventually(() => /^hvlab-vmwp \w+ \(warm\)/.test(cmdline(pid)), 10000), `warm worker ${pid} is named: ${cmdline(pid)}`).to.equal(true);
-      expect(await eventually(() => childrenOf(pid).length === 1, 10000), `warm worker ${pid} has its partition process`).to.equal(true);
-    }
-    // And once both have loaded their code, the pool lists it as ready to be claimed.
-    expect(await eventually(async () => (ps = await h.json<ProcessInfo[]>('ps')).filter((p) => p.vm === null && p.role === 'vmwp' && p.warm === 'ready').length === 2, 20000), JSON.stringify(ps)).to.equal(true);
-    const table = await h.ok('ps');
-    expect(table).to.match(/vmwp\s+- \(warm, ready\)/);
+    const ok = await eventually(async () => (ps = await h.json<ProcessInfo[]>('ps')).filter((p) => p.vm === null && p.role === 'vmwp' && p.warm === 'ready').length === n && warmPids(ps).length === n, 30000);
+    expect(ok, `${n} booted warm workers: ${JSON.stringify(ps)}`).to.equal(true);
+    return ps;
+  };
+  const cap = async (partitionId: number): Promise<number> =>
+    (await h.json<{ output: { value: number } }>('debug', 'hypercall', 'GetPartitionProperty', `partitionId=${partitionId}`, `property=${PartitionProperty.CpuCap}`)).output.value;
+
+  it('keeps N booted workers; a start of their shape claims one, Running as that VM at once, and the pool refills', async () => {
+    await h.ok('up', '--lps', '1', '--warm', '2', '--warm-memory', '16M');
+    hostId = (await h.json<HostInfo>('host', 'info')).hostId;
+    const warm = warmPids(await ready(2));
+    for (const pid of warm) expect(childrenOf(pid), `warm worker ${pid} has its partition process`).to.have.length(1);
+    expect(await h.ok('ps')).to.match(/vmwp\s+- \(warm, ready\)/);
+    // Two booted guests: two partitions with memory, and no VM yet.
+    expect(memoryRegions(hostId)).to.have.length(2);
+    expect(await h.json<VmInfo[]>('vm', 'list')).to.deep.equal([]);
     await h.ok('vm', 'new', 'w1', '--memory', '16M', '--workload', 'counter');
+    await h.ok('vm', 'set-processor', 'w1', '--maximum', '50');
     await h.ok('vm', 'start', 'w1');
     const v = (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w1')!;
     expect(v.state).to.equal('Running');
     expect(warm, 'the VM runs in a worker of the pool').to.include(v.pids.vmwp);
-    expect(childrenOf(v.pids.vmwp!), 'and in the partition process that worker had started').to.deep.equal([v.pids.partition]);
-    expect(await eventually(async () => warmPids(await h.json<ProcessInfo[]>('ps')).length === 2, 10000), 'the pool refills').to.equal(true);
+    expect(childrenOf(v.pids.vmwp!), 'and in the partition process that worker had booted').to.deep.equal([v.pids.partition]);
+    // It is that VM now: the guest reports its name and runs its workload, with its processor cap.
+    const auto = await h.json<Array<{ key: string; value: string }>>('vm', 'kvp', 'w1', 'list', '--pool', 'auto');
+    expect(auto.find((e) => e.key === 'FullyQualifiedDomainName')?.value).to.equal('w1');
+    const guest = await h.json<Array<{ key: string; value: string }>>('vm', 'kvp', 'w1', 'list', '--pool', 'guest');
+    expect(guest.find((e) => e.key === 'hvlab.workload')?.value).to.equal('counter');
+    expect(await cap(v.partitionId!)).to.equal(50);
     const st = await h.json<{ progress: number }>('vm', 'status', 'w1');
-    expect(await eventually(async () => (await h.json<{ progress: number }>('vm', 'status', 'w1')).progress > st.progress, 5000), 'the VM runs').to.equal(true);
+    expect(await eventually(async () => (await h.json<{ progress: number }>('vm', 'status', 'w1')).progress > st.progress, 5000), 'the VM counts').to.equal(true);
+    const ic = await h.json<Array<{ service: string; status: string }>>('vm', 'ic', 'w1');
+    expect(ic.filter((s) => s.status === 'OK').map((s) => s.service).sort()).to.deep.equal(['heartbeat', 'kvp', 'shutdown', 'timesync']);
+    // It logs as w1, and its config keeps the template's device instance seed.
+    const logs = join(h.paths.logDir);
+    expect(readFileSync(join(logs, 'vmwp-w1.log'), 'utf8')).to.match(/claimed: the booted template is this VM/);
+    expect(existsSync(join(logs, 'partition-w1.log'))).to.equal(true);
+    expect(await eventually(() => /"instanceSeed"/.test(readFileSync(join(h.paths.vmDir, 'w1.json'), 'utf8')), 5000), 'the config has the seed').to.equal(true);
+    expect(await eventually(async () => warmPids(await h.json<ProcessInfo[]>('ps')).length === 2, 10000), 'the pool refills').to.equal(true);
+    // Saved and restored: the restored devices must find the guest's channels by their instance ids.
+    await h.ok('vm', 'save', 'w1');
+    await h.ok('vm', 'start', 'w1');
+    const after = await h.json<{ progress: number }>('vm', 'status', 'w1');
+    expect(after.progress, 'it went on from where it was saved').to.be.at.least(st.progress);
+    expect(await eventually(async () => (await h.json<Array<{ service: string; status: string }>>('vm', 'ic', 'w1')).every((s) => s.status === 'OK'), 10000), 'integration services OK after the restore').to.equal(true);
   });
 
-  it('a root that dies takes its waiting workers and their partition processes with it; the new root starts a new pool', async () => {
-    const before = warmPids(await h.json<ProcessInfo[]>('ps'));
+  it('a VM of another shape starts cold and leaves the pool as it was', async () => {
+    const before = warmPids(await ready(2));
+    await h.ok('vm', 'new', 'big', '--memory', '32M', '--workload', 'idle');
+    await h.ok('vm', 'start', 'big');
+    const v = (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'big')!;
+    expect(v.state).to.equal('Running');
+    expect(before).not.to.include(v.pids.vmwp);
+    expect(warmPids(await h.json<ProcessInfo[]>('ps')).sort()).to.deep.equal([...before].sort());
+    await h.ok('vm', 'turn-off', 'big');
+    await h.ok('vm', 'delete', 'big');
+  });
+
+  it('a waiting worker that dies has its partition deleted and is replaced', async () => {
+    const before = warmPids(await ready(2));
+    const regions = memoryRegions(hostId);
+    const victim = before[0]!;
+    const child = childrenOf(victim)[0]!;
+    process.kill(victim, 'SIGKILL');
+    expect(await eventually(() => !pidAlive(child), 10000), 'its partition process left').to.equal(true);
+    expect(await eventually(() => memoryRegions(hostId).length === regions.length - 1, 10000), `its partition's memory went: ${memoryRegions(hostId)} from ${regions}`).to.equal(true);
+    const now = warmPids(await ready(2));
+    expect(now).not.to.include(victim);
+  });
+
+  it('a root that dies takes its waiting workers and their partition processes with it; the new root starts a new pool and keeps the claimed VM', async () => {
+    const pool = warmPids(await ready(2));
+    await h.ok('vm', 'new', 'w2', '--memory', '16M', '--workload', 'counter');
+    await h.ok('vm', 'start', 'w2');
+    const w2 = (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w2')!;
+    expect(pool, 'w2 took a booted worker').to.include(w2.pids.vmwp);
+    const before = warmPids(await ready(2));
     const partitions = before.flatMap(childrenOf);
-    expect(before).to.have.length(2);
     expect(partitions).to.have.length(2);
     const rec = JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { root: number } };
     process.kill(rec.pids.root, 'SIGKILL');
@@ -71,10 +124,16 @@ describe('the warm pool of VM workers (real processes)', function () {
       if (r.code !== 0) return false;
       after = warmPids(JSON.parse(r.stdout) as ProcessInfo[]);
       return after.length === 2;
-    }, 20000), 'a new pool').to.equal(true);
+    }, 30000), 'a new pool').to.equal(true);
     expect(after.some((p) => before.includes(p))).to.equal(false);
-    // The running VM was not part of the pool and kept running.
-    expect((await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w1')!.state).to.equal('Running');
+    // The claimed VM runs in a partition named for its template; the new root does not take it for an orphan.
+    expect(await eventually(async () => (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w2')?.state === 'Running', 10000), 'w2 re-attached').to.equal(true);
+    const now = (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w2')!;
+    expect(now.partitionId).to.equal(w2.partitionId);
+    expect(memoryRegions(hostId)).to.include(w2.partitionId);
+    const st = await h.json<{ progress: number }>('vm', 'status', 'w2');
+    expect(await eventually(async () => (await h.json<{ progress: number }>('vm', 'status', 'w2')).progress > st.progress, 5000), 'it still counts').to.equal(true);
     await h.ok('down');
+    expect(memoryRegions(hostId)).to.deep.equal([]);
   });
 });

@@ -46,6 +46,8 @@ interface Plan {
 const FULL: Plan = { n: 5000, warmup: 500, vmRuns: 5, spawnRuns: 5 };
 /** Workers in the warm pool for the warm-start runs. */
 const WARM = 2;
+/** The VMs the starts make (and so the warm pool's shape). */
+const VM_MEMORY = '16M';
 const QUICK: Plan = { n: 200, warmup: 20, vmRuns: 1, spawnRuns: 2 };
 const LPS = 2;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -270,7 +272,7 @@ async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number 
       if (warm > 0) await warmPoolFull(mgmt, warm);
       // new -> Running, as the issue defines VM start time.
       const t0 = process.hrtime.bigint();
-      await mgmt.request<VmInfo>('vmNew', { name: 'b1', memory: '16M', workload: 'idle' });
+      await mgmt.request<VmInfo>('vmNew', { name: 'b1', memory: VM_MEMORY, workload: 'idle' });
       const info = await mgmt.request<VmInfo>('vmStart', { name: 'b1' });
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       track(info.pids.vmwp);
@@ -433,7 +435,7 @@ export async function main(args: string[]): Promise<void> {
 
     // (b'') VM start from the warm pool (`up --warm`).
     progress(`bringing a host up with a warm pool of ${WARM} workers`);
-    const recW = await up(paths, { lps: LPS, warm: WARM });
+    const recW = await up(paths, { lps: LPS, warm: WARM, warmMemory: VM_MEMORY });
     upHostId = recW.hostId;
     ourHosts.push(recW.hostId);
     disturbance.sample();

@@ -119,7 +119,8 @@ export const COMMANDS: CommandSpec[] = [
     options: [
       { name: 'lps', value: 'N', help: 'logical processors (default: every CPU)', check: wholeIn('lps', 1, 256, '1 to 256 logical processors') },
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
-      { name: 'warm', value: 'N', help: 'keep N VM worker processes started ahead of need, so "vm start" skips process start-up ("ps" shows them loading or ready; default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
+      { name: 'warm', value: 'N', help: 'keep N booted VMs without an owner: "vm start" of a VM of their shape (--warm-memory, 1 VP, the default devices) takes one instead of booting ("ps" shows them booting or ready; default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
+      { name: 'warm-memory', value: 'SIZE', help: 'with --warm: the memory of the warm VMs, as "vm new --memory" takes it (default 64M)', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
       { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
       LISTEN_OPTION,
       { name: 'join', value: 'ADDRESS[:PORT]', help: 'join the cluster whose fabric is there (see "cluster status" on its machine) as one more host; needs --key', check: nonEmpty('join') },
@@ -968,6 +969,8 @@ export async function run(argv: string[]): Promise<number> {
         const lps = opt('lps');
         const transport = (opt('vmbus-transport') ?? 'shm') as 'shm' | 'remote';
         const warm = opt('warm');
+        const warmMemory = opt('warm-memory');
+        if (warmMemory !== undefined && warm === undefined) throw new UsageError('--warm-memory goes with --warm');
         const hostsN = opt('hosts');
         const joinAt = opt('join');
         for (const o of ['key', 'name', 'address']) if (opt(o) !== undefined && joinAt === undefined) throw new UsageError(`--${o} goes with --join`);
@@ -991,7 +994,7 @@ export async function run(argv: string[]): Promise<number> {
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
           return 0;
         }
-        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm) });
+        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory });
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));

@@ -92,7 +92,8 @@ export function scanProcesses(hostIds: ReadonlySet<string>): WorldProcess[] {
     const role = m[1] as ProcessRole;
     const vm = role === 'vmwp' || role === 'partition' ? (m[3] ?? null) : null;
     // A warm worker (and its partition process) belongs to no VM yet.
-    if ((role === 'vmwp' || role === 'partition') && (vm === null || vm === '(warm)' || vm === '(starting)')) continue;
+    // A booted warm worker's partition process goes by its template's name, `~warm-…`, which no VM can have.
+    if ((role === 'vmwp' || role === 'partition') && (vm === null || vm.startsWith('(') || vm.startsWith('~'))) continue;
     const pid = Number(d);
     const start = processStart(pid);
     if (start === null) continue;

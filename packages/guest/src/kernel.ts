@@ -14,7 +14,7 @@ import {
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
   KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset,
+  vpRegionBytes, vpPageOffset, MAX_TASKS,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -127,7 +127,7 @@ export class GuestKernel {
   /** Called once the guest has shut down (VPs stopped, VMBus unloaded). */
   onShutdown: (why: string) => void = () => {};
 
-  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private readonly hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
+  constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
     this.local = regions.vp === null || regions.sched === null;
     if (this.local) {
       // Local mode: a process-private VP region with its own reference base, which start() moves
@@ -279,6 +279,29 @@ export class GuestKernel {
     if (r.status !== HvStatus.SUCCESS) throw new Error(`could not tell the root it booted: ${r.statusName}`);
     this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload, resumed: resume, scheduled: !this.local }, resume ? 'guest resumed' : 'guest booted');
   }
+
+  /**
+   * A booted warm worker's guest becomes a VM's (root/src/warm.ts, at its claim): the VM's name
+   * (the host name it reports through KVP), its workload, made on the task table that the idle
+   * template left empty, and its boot time. The VPs are halted with nothing to run; the VMWP
+   * wakes them once this has returned (they look for tasks after every interrupt).
+   */
+  assign(o: { hostName: string; workload: string; arg: number }): void {
+    if (!this.boot || this.mem.u32(STATUS_PAGE_GPA + StatusPage.bootState) < BootState.Running) throw new Error('the guest has not booted');
+    if (this.assigned) throw new Error('the guest was given its VM already');
+    if (this.boot.workload !== 'idle') throw new Error(`the guest runs workload ${this.boot.workload}, not a template's idle one`);
+    const tasks = new TaskTable(this.mem);
+    for (let i = 0; i < MAX_TASKS; i++) if (tasks.kind(i) !== 0) throw new Error('the template has tasks');
+    this.assigned = true;
+    this.hostName = o.hostName;
+    this.boot = { ...this.boot, workload: o.workload, workloadArg: o.arg };
+    tasks.create(o.workload, o.arg, this.boot.vpCount);
+    this.mem.setF64(STATUS_PAGE_GPA + StatusPage.bootTimeMs, this.clock.now());
+    const k = this.drivers.get('kvp')?.vmbus;
+    if (k instanceof KvpClient) k.guest.set('hvlab.workload', o.workload);
+    this.log.info({ workload: o.workload }, 'guest assigned to its VM');
+  }
+  private assigned = false;
 
   private interrupts: Promise<void> = Promise.resolve();
   /** Set while start() waits for VP 0's CMOS read. */

@@ -5,9 +5,9 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { hostPaths, processLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
+import { hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
-import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES } from '@hvlab/protocol';
+import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
 import { GuestMemory } from './memory.js';
 import { GuestKernel } from './kernel.js';
@@ -26,11 +26,6 @@ const earlyHv = earlyHvClient((n) => onHvNotification(n));
 prewarmProcess();
 let input: PartitionStartInput;
 try {
-  // Loaded: a warm VMWP waits for this before it calls itself ready (a raw message, which the
-  // VMWP's request link ignores).
-  try {
-    process.send?.({ loaded: true });
-  } catch { /* no channel: nobody asks */ }
   input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));
 } catch (e) {
   // The VMWP went away before it assigned this process, or sent something else: nothing to run.
@@ -40,7 +35,9 @@ try {
 const { home, hostId, hvPid, partitionId, vm, token } = input;
 process.title = `hvlab-partition ${hostId} ${vm}`;
 const paths = hostPaths(home);
-const log = processLogger(paths.logDir, `partition-${vm}.log`, { host: hostId, role: 'partition', vm, partition: partitionId });
+// Movable: a booted warm worker's guest logs as its template until it is given its VM ('assign').
+const logger = movableProcessLogger(paths.logDir, `partition-${vm}.log`, { host: hostId, role: 'partition', vm, partition: partitionId });
+const log = logger.log;
 // Nothing the host sends may end the guest: log what escapes and keep running.
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception in the guest kernel'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection in the guest kernel'));
@@ -136,6 +133,21 @@ const rpc = new IpcRpc(process, async (m) => {
       if (pc !== undefined && (typeof pc !== 'string' || pc.length === 0 || pc.length > 200)) throw new Error('postcopyControl must be a region name');
       release(pc as string | undefined);
       release = null;
+      return true;
+    }
+    case 'assign': {
+      // A booted warm worker's guest becomes a VM's (the VMWP's claim): checked, then handed to the kernel.
+      if (!kernel) throw new Error('the guest has not booted');
+      const name = m.vm;
+      const workload = m.workload;
+      const arg = m.arg;
+      if (typeof name !== 'string' || name.length === 0 || name.length > 64) throw new Error('assign: vm must be a name of 1 to 64 characters');
+      if (typeof workload !== 'string' || workload.length === 0 || workload.length >= WORKLOAD_NAME_BYTES) throw new Error(`assign: workload must be a name of 1 to ${WORKLOAD_NAME_BYTES - 1} characters`);
+      if (typeof arg !== 'number' || !Number.isSafeInteger(arg) || arg < 0) throw new Error('assign: arg must be a whole number');
+      kernel.assign({ hostName: name, workload, arg });
+      logger.moveTo(`partition-${name}.log`, { host: hostId, role: 'partition', vm: name, partition: partitionId });
+      process.title = `hvlab-partition ${hostId} ${name}`;
+      log.info({ template: vm }, 'given its VM');
       return true;
     }
     case 'postcopyDone':

@@ -542,8 +542,8 @@ export interface ProcessInfo {
   role: 'hypervisor' | 'root' | 'vmwp' | 'partition';
   vm: string | null;
   pid: number;
-  /** A worker of the warm pool (no VM yet): still loading its code and its partition process's, or ready to be claimed. */
-  warm?: 'loading' | 'ready';
+  /** A worker of the warm pool (no VM yet): still booting its template's guest, or booted and ready to be claimed. */
+  warm?: 'booting' | 'ready';
 }
 
 export interface HostInfo {

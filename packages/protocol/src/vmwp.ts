@@ -120,6 +120,8 @@ export interface VmwpRecord {
   partitionId: number | null;
   partitionPid: number | null;
   startedAt: string;
+  /** The seed of the VM's device instance ids when not its id (a VM that took a booted warm worker). */
+  instanceSeed?: string;
   /** Set just before the VMWP exits: why, and whether the guest shut itself down. */
   exit: { reason: string; guestShutdown: boolean; at: string } | null;
 }
@@ -302,6 +304,7 @@ export function decodeVmwpRecord(v: unknown): VmwpRecord {
     partitionId: v.partitionId === null ? null : int(v, 'partitionId', 2, 0x7fffffff),
     partitionPid: v.partitionPid === null ? null : int(v, 'partitionPid', 1, 0x7fffffff),
     startedAt: str(v, 'startedAt', false, 64)!,
+    ...(v.instanceSeed === undefined ? {} : { instanceSeed: str(v, 'instanceSeed', false, 64)! }),
     exit,
   };
 }

@@ -42,6 +42,12 @@ export interface VmConfig {
   integrationServices?: Partial<Record<IcConfigName, boolean>>;
   /** Seconds the firmware's real-time clock is off host time at power-on (a clock-skew knob). */
   rtcOffsetS?: number;
+  /**
+   * What the VM's device instance ids derive from (deviceInstanceId), when not its id: a VM
+   * started from a booted warm worker keeps the instance ids that worker's guest was offered (its
+   * template's seed), as a clone keeps its snapshot's devices; saves and moves keep them.
+   */
+  instanceSeed?: string;
   createdAt: string;
 }
 
@@ -156,7 +162,7 @@ function text(o: Record<string, unknown>, k: string, max = 256): string {
  */
 export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string {
   try {
-    const o = plainMap(v, 'the file', ['version', 'id', 'name', 'memoryBytes', 'vps', 'workload', 'processor', 'devices', 'integrationServices', 'rtcOffsetS', 'createdAt']);
+    const o = plainMap(v, 'the file', ['version', 'id', 'name', 'memoryBytes', 'vps', 'workload', 'processor', 'devices', 'integrationServices', 'rtcOffsetS', 'instanceSeed', 'createdAt']);
     if (o.version === undefined) throw new ConfigFieldError('field "version" is missing');
     if (o.version !== VM_CONFIG_VERSION) throw new ConfigFieldError(`field "version" is ${shown(o.version)}; this host reads version ${VM_CONFIG_VERSION}`);
     const id = text(o, 'id', 64);
@@ -196,6 +202,11 @@ export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string 
       out.devices = d;
     }
     if (o.rtcOffsetS !== undefined) out.rtcOffsetS = wholeNumber(o, 'rtcOffsetS', 'rtcOffsetS', -MAX_RTC_OFFSET_S, MAX_RTC_OFFSET_S, 'whole seconds within ±10 years');
+    if (o.instanceSeed !== undefined) {
+      const seed = text(o, 'instanceSeed', 64);
+      if (!UUID_RE.test(seed)) throw new ConfigFieldError(`field "instanceSeed" is ${shown(seed)}, not a UUID`);
+      out.instanceSeed = seed;
+    }
     // Keep the file's key order, so a rewrite of an unchanged config is byte for byte the same.
     return Object.fromEntries(Object.keys(o).map((k) => [k, out[k as keyof VmConfig]])) as unknown as VmConfig;
   } catch (e) {

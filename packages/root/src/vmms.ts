@@ -25,7 +25,7 @@ import {
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
-import type { VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
+import type { VmwpClaim, VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import type { IcEntry } from './vmwp/devices.js';
 import { MAX_WARM, WarmPool } from './warm.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
@@ -97,8 +97,10 @@ export interface VmmsOptions {
   /** HVLAB_HOME/vms: configs and saved states. */
   vmDir: string;
   vmbusTransport: 'shm' | 'remote';
-  /** VM workers to keep started ahead of need (`hvlab up --warm N`); 0 keeps none. */
+  /** Booted VM workers to keep ahead of need (`hvlab up --warm N`); 0 keeps none. */
   warm?: number;
+  /** The memory size of the warm pool's VMs (`--warm-memory`, as `vm new --memory` takes it; default 64M). */
+  warmMemory?: string;
   /** Live migrations from this host at once (more wait in a queue); default 2, as Hyper-V. */
   maxMigrations?: number;
 }
@@ -271,17 +273,47 @@ export class Vmms {
    * scheduler thread share the machine's cores. A warm worker is taken if the pool has one (its
    * code and its partition process are loaded already).
    */
-  private async spawnWorker(r: VmRecord, cfg: VmwpConfig, ticket: string): Promise<void> {
-    const secret = randomBytes(24).toString('hex');
-    const start: VmwpStartInput = { config: cfg, ticket, secret };
+  private async spawnWorker(r: VmRecord, cfg: VmwpConfig, ticket: () => Promise<string>, cancelled: () => void): Promise<void> {
+    const w = this.warm?.take(cfg) ?? null;
+    if (w) {
+      // A booted warm worker becomes this VM: its guest keeps the device instance ids it was
+      // offered, so the VM's config takes the template's seed (saves and moves keep it).
+      const claim: VmwpClaim = { config: { ...cfg, instanceSeed: w.seed } };
+      r.config = { ...r.config, instanceSeed: w.seed };
+      this.persistSeedSoon(r);
+      const child = w.child;
+      child.stdin!.end(JSON.stringify(claim) + '\n');
+      child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
+      await this.attachWorker(r, child.pid!, w.endpoint, w.secret, true);
+      return;
+    }
+    const start: VmwpStartInput = { config: cfg, ticket: await ticket(), secret: randomBytes(24).toString('hex') };
+    cancelled();
     const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-    const child = this.warm?.take() ?? spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { [HV_ENDPOINT_ENV]: this.paths.hvEndpoint }) });
+    const child = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { [HV_ENDPOINT_ENV]: this.paths.hvEndpoint }) });
     closeSync(errFd);
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(JSON.stringify(start) + '\n');
     // While this root lives it reaps the worker; a re-attached root relies on the pid watch.
     child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
-    await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(cfg.id), secret, true);
+    await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(cfg.id), start.secret, true);
+  }
+
+  /**
+   * Writes a VM's config with the instance seed it took from a warm worker, after the start has
+   * answered (a config write is an fsync). Until then the seed is in memory and in the worker's
+   * record, which a root that re-attaches reads (reattach).
+   */
+  private persistSeedSoon(r: VmRecord): void {
+    setImmediate(() => {
+      const now = this.vms.get(r.config.name);
+      if (now !== r || r.invalid !== null) return;
+      try {
+        this.o.store.save(r.config);
+      } catch (e) {
+        this.o.log.error({ vm: r.config.name, err: e }, 'could not write the config with its device instance seed');
+      }
+    });
   }
 
   private onNote(r: VmRecord, n: VmwpNote): void {
@@ -375,6 +407,8 @@ export class Vmms {
       files = readdirSync(this.paths.vmwpDir).filter((f) => f.endsWith('.json'));
     } catch { /* none yet */ }
     const owned = new Set<string>();
+    // By id as well: a VM that took a booted warm worker runs in a partition named for its template.
+    const ownedIds = new Set<number>();
     for (const f of files) {
       const file = join(this.paths.vmwpDir, f);
       let rec: VmwpRecord;
@@ -398,6 +432,12 @@ export class Vmms {
         continue;
       }
       owned.add(rec.name);
+      if (rec.partitionId !== null) ownedIds.add(rec.partitionId);
+      if (rec.instanceSeed && r.config.instanceSeed !== rec.instanceSeed) {
+        // The previous root gave this VM a warm worker's seed and died before writing its config.
+        r.config = { ...r.config, instanceSeed: rec.instanceSeed };
+        this.persistSeedSoon(r);
+      }
       r.partitionId = rec.partitionId;
       r.partitionPid = rec.partitionPid;
       try {
@@ -450,7 +490,7 @@ export class Vmms {
     // Partitions whose worker is gone are orphans: the root's VID deletes them.
     const stats = (await this.o.vid.ctl('stats').catch(() => null)) as { partitions?: Array<{ id: number; name: string }> } | null;
     for (const p of stats?.partitions ?? []) {
-      if (p.id === 1 || owned.has(p.name)) continue;
+      if (p.id === 1 || owned.has(p.name) || ownedIds.has(p.id)) continue;
       this.o.log.warn({ partition: p.id, name: p.name }, 'deleting an orphaned partition');
       await this.o.vid.call('FinalizePartition', { partitionId: p.id }, 1000).catch(() => undefined);
       await this.o.vid.call('DeletePartition', { partitionId: p.id }, 1000).catch(() => undefined);
@@ -499,9 +539,12 @@ export class Vmms {
         rtcOffsetS: r.config.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore,
         devices: vmDevices(r.config), vmbusTransport: this.o.vmbusTransport,
       };
-      const ticket = await this.o.vid.ticket();
-      if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
-      await this.spawnWorker(r, cfg, ticket);
+      if (r.config.instanceSeed) cfg.instanceSeed = r.config.instanceSeed;
+      const checkCancelled = (): void => {
+        if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
+      };
+      checkCancelled();
+      await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), checkCancelled);
       await booted;
     } catch (e) {
       r.expectingExit = true;
@@ -988,10 +1031,9 @@ export class Vmms {
         home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: c.name, id: c.id,
         memoryBytes: c.memoryBytes, vps: c.vps, workload: c.workload, processor: c.processor,
         rtcOffsetS: c.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore: false, incoming: true,
-        devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport,
+        devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport, ...(c.instanceSeed ? { instanceSeed: c.instanceSeed } : {}),
       };
-      const ticket = await this.o.vid.ticket();
-      await this.spawnWorker(r, cfg, ticket);
+      await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), () => undefined);
       await Promise.race([ready, new Promise((_, rej) => setTimeout(() => rej(new Error('the worker did not build the VM within 30 s')), 30000))]);
     } catch (e) {
       await this.dropIncoming(r, `setup failed: ${(e as Error).message}`);
@@ -1134,12 +1176,33 @@ export class Vmms {
   /** Starts the warm pool (after a restart's re-attach, so it does not compete with it). */
   startWarmPool(): void {
     if (!this.o.warm || this.warm) return;
-    this.warm = new WarmPool({ size: Math.min(this.o.warm, MAX_WARM), stderrLog: join(this.paths.logDir, 'stderr.log'), hvEndpoint: this.paths.hvEndpoint, log: this.o.log });
+    let memory = this.o.warmMemory ?? '64M';
+    let d: VmConfig;
+    try {
+      d = buildConfig({ name: 'warm', memory });
+    } catch (e) {
+      this.o.log.warn({ memory, err: (e as Error).message }, 'the warm pool\'s memory size is invalid; using 64M');
+      memory = '64M';
+      d = buildConfig({ name: 'warm', memory });
+    }
+    // The shape `vm new NAME --memory SIZE` makes: a VM of it, started, claims a booted worker.
+    const shape: VmwpConfig = {
+      home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: 'warm', id: d.id, memoryBytes: d.memoryBytes, vps: d.vps, workload: 'idle',
+      processor: d.processor, rtcOffsetS: d.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore: false, devices: vmDevices(d), vmbusTransport: this.o.vmbusTransport,
+    };
+    this.warm = new WarmPool({
+      size: Math.min(this.o.warm, MAX_WARM), shape, ticket: () => this.o.vid.ticket(), endpoint: (id) => this.paths.vmwpEndpoint(id),
+      deletePartition: async (partitionId) => {
+        await this.o.vid.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
+        await this.o.vid.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
+      },
+      stderrLog: join(this.paths.logDir, 'stderr.log'), hvEndpoint: this.paths.hvEndpoint, log: this.o.log,
+    });
   }
 
   processes(): ProcessInfo[] {
     const out: ProcessInfo[] = [];
-    for (const w of this.warm?.workers ?? []) out.push({ role: 'vmwp', vm: null, pid: w.pid, warm: w.loaded ? 'ready' : 'loading' });
+    for (const w of this.warm?.workers ?? []) out.push({ role: 'vmwp', vm: null, pid: w.pid, warm: w.booted ? 'ready' : 'booting' });
     for (const r of this.vms.values()) {
       if (r.vmwpPid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwpPid });
       if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });

@@ -1,28 +1,48 @@
 /**
- * The warm pool: VMWP processes started ahead of need, each with its partition process (which a
- * VMWP starts the moment it starts) and that partition's first VP thread, all with their code
- * loaded, waiting for a start-up line on stdin. `vm start` claims one instead of starting
- * processes, as Firecracker restores from a snapshot instead of booting; the pool refills behind
- * it. `hvlab up --warm N` keeps N (0, the default, keeps none).
+ * The warm pool: booted VMs without an owner, as Firecracker restores a snapshot instead of
+ * booting. Each worker is a VMWP that builds a partition of the pool's shape (memory, VPs,
+ * devices: `hvlab up --warm N --warm-memory SIZE`), boots its guest with nothing to run (the CMOS
+ * read, the VP threads, VMBus negotiated and every channel open), and waits. `vm start` of a VM of
+ * that shape claims one (vmms.ts): the worker and its guest take the VM's name, workload and
+ * processor settings, and the VM is Running without a boot. A VM of another shape starts cold.
+ * The pool refills behind a claim, once claims pause.
  *
- * A warm worker holds nothing of a VM and no secret: it is given its VM, ticket and secret only
- * when claimed. Its stdin is a pipe from this root, so when the root dies it reads end-of-file
- * and leaves, and its partition process with it; the restarted root starts a new pool.
+ * What a claimed VM keeps of its template: its memory's boot-time contents (the same as any boot
+ * of that shape), its device instance ids (derived from the template's seed, which the VM's config
+ * takes, so saves and moves keep them) and its reference time, which counts from the template's
+ * boot (a KVP uptime includes the wait in the pool).
+ *
+ * A warm worker's stdin is a pipe from this root: it carries the first line (template config,
+ * ticket, secret) at once and the claim later. When the root dies the worker reads end-of-file and
+ * leaves, deleting its partition; the restarted root deletes what is left (orphaned partitions)
+ * and starts a new pool. A worker that dies while waiting has its partition deleted here.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
+import { sameShape, type VmwpConfig, type VmwpStartInput } from './vmwp/shared.js';
 
 export const MAX_WARM = 64;
 /**
  * How long the pool waits after a claim before it starts a replacement (ms), restarted by every
- * claim. A replacement loads two processes' code (~0.2 s of CPU); started at once, it ran beside
- * the very start that claimed its predecessor and took a share of this 2-core machine's CPU from it.
+ * claim. A replacement loads two processes' code and boots a guest (~0.5 s of CPU); started at
+ * once, it would run beside the very start that claimed its predecessor on this 2-core machine.
  */
 export const REFILL_DELAY_MS = 300;
+/** A line a worker writes on stdout is at most this long; longer ones are not the pool's. */
+const MAX_LINE = 64;
 
 export interface WarmPoolOptions {
   size: number;
+  /** The config every worker boots; its name and id are each worker's own (see `fill`). */
+  shape: VmwpConfig;
+  /** A one-time ticket for a worker's root-partition hypervisor session. */
+  ticket: () => Promise<string>;
+  /** The control link endpoint of a worker whose template has this id. */
+  endpoint: (id: string) => string;
+  /** Deletes a partition whose worker died unclaimed. */
+  deletePartition: (partitionId: number) => Promise<void>;
   /** The host's stderr log (a file descriptor is opened per worker). */
   stderrLog: string;
   /** The hypervisor's socket, which a waiting worker and its partition process connect to ahead of need. */
@@ -30,18 +50,57 @@ export interface WarmPoolOptions {
   log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void };
 }
 
+/** What a worker says on stdout: its partition's id once made, and "ready" once its guest booted. */
+export type WarmEvent = { t: 'partition'; id: number } | { t: 'ready' };
+
 /**
- * Reads a warm worker's stdout, on which it writes one line, "ready", once loaded. `seen` is what
- * was kept of the earlier bytes (at most a line's worth): anything else a worker writes, of any
- * length, is ignored and keeps nothing more.
+ * Reads a warm worker's stdout lines (`partition N`, `ready`). Anything else a worker writes, of
+ * any length, is ignored and never makes the kept text grow past MAX_LINE.
  */
-export function readyLine(seen: string, chunk: Uint8Array): { seen: string; ready: boolean } {
-  const all = seen + Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('latin1');
-  return { seen: all.slice(-16), ready: all.includes('ready\n') };
+export class WarmLines {
+  private line = '';
+  private overlong = false;
+
+  feed(chunk: Uint8Array): WarmEvent[] {
+    const out: WarmEvent[] = [];
+    const text = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('latin1');
+    let at = 0;
+    for (;;) {
+      const nl = text.indexOf('\n', at);
+      const part = text.slice(at, nl < 0 ? text.length : nl);
+      if (!this.overlong) {
+        this.line += part;
+        if (this.line.length > MAX_LINE) {
+          this.overlong = true;
+          this.line = '';
+        }
+      }
+      if (nl < 0) break;
+      if (!this.overlong) {
+        const m = /^partition ([1-9]\d{0,9})$/.exec(this.line);
+        if (this.line === 'ready') out.push({ t: 'ready' });
+        else if (m && Number(m[1]) <= 0x7fffffff) out.push({ t: 'partition', id: Number(m[1]) });
+      }
+      this.line = '';
+      this.overlong = false;
+      at = nl + 1;
+    }
+    return out;
+  }
+}
+
+/** A worker of the pool: its process, template id (the device instance seed), control link and secret. */
+export interface WarmWorker {
+  child: ChildProcess;
+  seed: string;
+  secret: string;
+  endpoint: string;
+  partitionId: number | null;
+  booted: boolean;
 }
 
 export class WarmPool {
-  private readonly ready: ChildProcess[] = [];
+  private readonly waiting: WarmWorker[] = [];
   private closed = false;
   private refill: NodeJS.Timeout | null = null;
   /** Workers that died while waiting, in a row: past a few the pool stops refilling (something is broken). */
@@ -53,34 +112,36 @@ export class WarmPool {
   }
 
   get size(): number {
-    return this.ready.length;
+    return this.waiting.length;
   }
 
-  /** The waiting workers, each with whether it has said it is loaded. */
-  get workers(): Array<{ pid: number; loaded: boolean }> {
-    return this.ready.filter((c) => (c.pid ?? 0) > 0).map((c) => ({ pid: c.pid!, loaded: this.loaded.has(c) }));
+  get shape(): VmwpConfig {
+    return this.o.shape;
   }
 
-  /** Workers that have said "ready" (their code and their partition process's are loaded). */
-  private readonly loaded = new WeakSet<ChildProcess>();
+  /** The waiting workers, each with whether its guest has booted. */
+  get workers(): Array<{ pid: number; booted: boolean }> {
+    return this.waiting.filter((w) => (w.child.pid ?? 0) > 0).map((w) => ({ pid: w.child.pid!, booted: w.booted }));
+  }
 
   /**
-   * A warm worker to give a VM to (taken out of the pool), or null when none is waiting. A loaded
-   * one first; one still loading is still ahead of a worker started now.
+   * A worker for a VM of `cfg` (taken out of the pool), or null when the VM is not of the pool's
+   * shape or none is waiting. A booted one first; one still booting is still ahead of a cold start.
    */
-  take(): ChildProcess | null {
-    const i = this.ready.findIndex((c) => this.loaded.has(c));
-    if (i > 0) this.ready.unshift(...this.ready.splice(i, 1));
-    while (this.ready.length > 0) {
-      const c = this.ready.shift()!;
-      if (c.exitCode !== null || c.signalCode !== null || !c.stdin?.writable) continue;
-      c.removeAllListeners('exit');
+  take(cfg: VmwpConfig): WarmWorker | null {
+    if (!sameShape(cfg, this.o.shape)) return null;
+    const i = this.waiting.findIndex((w) => w.booted);
+    if (i > 0) this.waiting.unshift(...this.waiting.splice(i, 1));
+    while (this.waiting.length > 0) {
+      const w = this.waiting.shift()!;
+      if (w.child.exitCode !== null || w.child.signalCode !== null || !w.child.stdin?.writable) continue;
+      w.child.removeAllListeners('exit');
       // It writes nothing more there; the root keeps no pipe it would depend on.
-      c.stdout?.destroy();
+      w.child.stdout?.destroy();
       this.stats.claimed++;
       this.failures = 0;
       this.fillLater();
-      return c;
+      return w;
     }
     this.fillLater();
     return null;
@@ -97,7 +158,8 @@ export class WarmPool {
   }
 
   private fill(): void {
-    while (!this.closed && this.failures < 5 && this.ready.length < this.o.size) {
+    while (!this.closed && this.failures < 5 && this.waiting.length < this.o.size) {
+      const seed = randomUUID();
       let c: ChildProcess;
       try {
         const errFd = openSync(this.o.stderrLog, 'a');
@@ -108,31 +170,41 @@ export class WarmPool {
         this.o.log.warn({ err: (e as Error).message }, 'could not start a warm VM worker; the pool stays empty');
         return;
       }
+      const w: WarmWorker = { child: c, seed, secret: randomBytes(24).toString('hex'), endpoint: this.o.endpoint(seed), partitionId: null, booted: false };
       c.stdin!.on('error', () => undefined);
       c.on('error', () => undefined);
-      // Its one line on stdout: "ready", once it and its partition process have loaded their code.
       const out = c.stdout!;
       out.on('error', () => undefined);
-      let said = '';
+      const lines = new WarmLines();
       out.on('data', (b: Buffer) => {
-        const r = readyLine(said, b);
-        said = r.seen;
-        if (r.ready) {
-          this.loaded.add(c);
-          out.destroy();
+        for (const ev of lines.feed(b)) {
+          if (ev.t === 'partition' && w.partitionId === null) w.partitionId = ev.id;
+          else if (ev.t === 'ready') w.booted = true;
         }
       });
       this.stats.started++;
       c.once('exit', (code, signal) => {
-        const i = this.ready.indexOf(c);
+        if (w.partitionId !== null) void this.o.deletePartition(w.partitionId).catch(() => undefined);
+        const i = this.waiting.indexOf(w);
         if (i < 0) return;
-        this.ready.splice(i, 1);
+        this.waiting.splice(i, 1);
         this.stats.died++;
         this.failures++;
         this.o.log.warn({ pid: c.pid, code, signal }, 'a warm VM worker died while waiting');
-        setTimeout(() => this.fill(), 200 * this.failures).unref();
+        if (!this.closed) setTimeout(() => this.fill(), 200 * this.failures).unref();
       });
-      this.ready.push(c);
+      this.waiting.push(w);
+      // Its first line: the template (a name no VM can have, `~`, and the seed as its id).
+      void this.o.ticket().then(
+        (ticket) => {
+          const first: VmwpStartInput = { config: { ...this.o.shape, name: `~warm-${seed.slice(0, 8)}`, id: seed }, ticket, secret: w.secret, template: true };
+          c.stdin!.write(JSON.stringify(first) + '\n');
+        },
+        (e: unknown) => {
+          this.o.log.warn({ err: (e as Error).message }, 'no ticket for a warm VM worker');
+          c.kill('SIGKILL');
+        },
+      );
     }
   }
 
@@ -141,9 +213,8 @@ export class WarmPool {
     this.closed = true;
     if (this.refill) clearTimeout(this.refill);
     this.refill = null;
-    for (const c of this.ready.splice(0)) {
-      c.removeAllListeners('exit');
-      try { c.kill('SIGKILL'); } catch { /* gone */ }
+    for (const w of this.waiting.splice(0)) {
+      try { w.child.kill('SIGKILL'); } catch { /* gone */ }
     }
   }
 }

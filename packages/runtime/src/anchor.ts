@@ -103,3 +103,53 @@ export async function readStdinLine(what: string, maxBytes = 1 << 20): Promise<s
   }
   throw new Error(`${what} did not arrive on stdin`);
 }
+
+/**
+ * Reads the lines a parent writes on this process's stdin one at a time, for a process that is
+ * given a second line later (a booted warm worker's claim). `next` rejects once stdin ends or a
+ * line passes `maxBytes`; `close` lets go of stdin.
+ */
+export class StdinLines {
+  private buf = '';
+  private ended = false;
+  private waiter: (() => void) | null = null;
+  private readonly onData = (b: Buffer): void => {
+    this.buf += b.toString('utf8');
+    this.wake();
+  };
+  private readonly onEnd = (): void => {
+    this.ended = true;
+    this.wake();
+  };
+
+  constructor(private readonly maxBytes = 1 << 20) {
+    process.stdin.on('data', this.onData);
+    process.stdin.on('end', this.onEnd);
+    process.stdin.on('close', this.onEnd);
+    process.stdin.on('error', this.onEnd);
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  async next(what: string): Promise<string> {
+    for (;;) {
+      const nl = this.buf.indexOf('\n');
+      if (nl >= 0) {
+        const line = this.buf.slice(0, nl);
+        this.buf = this.buf.slice(nl + 1);
+        return line;
+      }
+      if (this.ended || this.buf.length > this.maxBytes) throw new Error(`${what} did not arrive on stdin`);
+      await new Promise<void>((r) => (this.waiter = r));
+    }
+  }
+
+  close(): void {
+    process.stdin.off('data', this.onData);
+    process.stdin.destroy();
+  }
+}

@@ -206,25 +206,47 @@ export class LogFile {
  * Never throws, not even when the directory cannot be made (lines are dropped until it can).
  */
 export function processLogger(logDir: string, file: string, bindings: Record<string, unknown>, o: LogFileOptions = {}): Logger {
+  return movableProcessLogger(logDir, file, bindings, o).log;
+}
+
+/**
+ * processLogger whose file and bindings can change later (`moveTo`): a booted warm worker logs as
+ * its template until it is claimed, then as the VM it became, with every logger it handed out
+ * (devices, channels) following. The bindings come from a pino mixin, so lines carry the current ones.
+ */
+export function movableProcessLogger(logDir: string, file: string, bindings: Record<string, unknown>, o: LogFileOptions = {}): { log: Logger; moveTo: (file: string, bindings: Record<string, unknown>) => void } {
   const io = o.io ?? nodeLogIo;
   try {
     io.mkdir(logDir);
   } catch { /* the LogFile drops and counts lines until the directory exists */ }
-  const dest = new LogFile(join(logDir, file), { ...o, io });
+  let current: Record<string, unknown> = { ...bindings };
+  let dest = new LogFile(join(logDir, file), { ...o, io });
   const options: LoggerOptions = {
     // An unknown level would make pino throw; a typo in the environment must not stop a process.
     level: Object.hasOwn(pino.levels.values, process.env.HVLAB_LOG_LEVEL ?? '') ? process.env.HVLAB_LOG_LEVEL : 'info',
-    base: { pid: process.pid, ...bindings },
+    base: { pid: process.pid },
+    mixin: () => current,
     timestamp: pino.stdTimeFunctions.isoTime,
   };
   // The drop line is formatted by a twin logger with the same options, so it looks like any
   // other line of this process (level, time, pid, bindings); it is written whatever the level.
   let formatted = '';
   const twin = pino({ ...options, level: 'warn' }, { write: (s: string) => { formatted = s; } });
-  dest.formatDropLine = (dropped, code, msg) => {
+  const formatDropLine = (dropped: number, code: string, msg: string): string => {
     formatted = '';
     twin.warn({ dropped, error: code }, msg);
     return formatted;
   };
-  return pino(options, dest);
+  dest.formatDropLine = formatDropLine;
+  const log = pino(options, { write: (s: string) => dest.write(s), flushSync: () => dest.flushSync(), flush: (cb?: (err?: Error) => void) => dest.flush(cb) } as unknown as LogFile);
+  return {
+    log,
+    moveTo: (next, b) => {
+      const old = dest;
+      dest = new LogFile(join(logDir, next), { ...o, io });
+      dest.formatDropLine = formatDropLine;
+      current = { ...b };
+      old.close();
+    },
+  };
 }

@@ -24,46 +24,49 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, dirtyBitmapGpa, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
+  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { pidAlive, hostPaths, processLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, readStdinLine, type Notification } from '@hvlab/runtime';
+import { pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
-import { controlPortId, hostConnectionId, decodeVmwpStartInput, type VmwpConfig } from './shared.js';
+import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type VmwpConfig } from './shared.js';
 import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
 import { flipGuestByte, VmFaultTable } from './faults.js';
-import { prestartedPartition, prestartedPartitionLoaded, spawnPartition } from './prestart.js';
+import { prestartedPartition, spawnPartition } from './prestart.js';
 
 
-// A warm worker (root/src/warm.ts) waits here, code loaded, until a VM start claims it.
-if (process.env.HVLAB_VMWP_WARM === '1') process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
+// A warm worker (root/src/warm.ts) builds and boots its template's guest, then waits until a VM
+// start claims it (the end of this file).
+const warm = process.env.HVLAB_VMWP_WARM === '1';
+if (warm) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
 const prestarted = prestartedPartition();
 // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
 for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
 // The hypervisor's socket, connected while waiting for the start-up input (the root names it).
 const earlyHv = earlyHvClient((n) => onHvNotification(n));
-if (process.env.HVLAB_VMWP_WARM === '1') {
-  // A warm worker waits for a claim: it pays the first run of the codecs and the logger now
+if (warm) {
+  // A warm worker pays the first run of the codecs and the logger ahead of its claim
   // (runtime/src/prewarm.ts says why); a cold one has its input waiting and pays them in its start.
   prewarmProcess();
-  // It tells the pool (one line on stdout, the only one it ever writes there) once it and its
-  // partition process have their code loaded: a start that claims it then pays no loading.
   process.stdout.on('error', () => undefined);
-  void prestartedPartitionLoaded(30000).then((loaded) => {
-    if (loaded) process.stdout.write('ready\n');
-  });
 }
 
-const input = decodeVmwpStartInput(await readStdinLine('the start-up input'));
-const cfg: VmwpConfig = input.config;
-process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
+const stdin = new StdinLines();
+const input = decodeVmwpStartInput(await stdin.next('the start-up input'));
+/** A booted warm worker: its config is its template's until a claim gives it a VM's. */
+const template = input.template === true;
+if (!template) stdin.close();
+let claimed = !template;
+let cfg: VmwpConfig = input.config;
+process.title = template ? `hvlab-vmwp ${cfg.hostId} (warm, booting)` : `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
 const paths = hostPaths(cfg.home);
-const log = processLogger(paths.logDir, `vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+const logger = movableProcessLogger(paths.logDir, `vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+const log = logger.log;
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the worker keeps its VM)'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the worker keeps its VM)'));
 const envMs = (name: string, dflt: number): number => {
@@ -85,12 +88,14 @@ let intercepts = 0;
 
 // ---- the record a re-attaching root reads -----------------------------------------------------
 
-const recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
+let recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
 const record: VmwpRecord = {
   version: 1, name: cfg.name, id: cfg.id, pid: process.pid, endpoint: paths.vmwpEndpoint(cfg.id), secret: input.secret,
   partitionId: null, partitionPid: null, startedAt: new Date().toISOString(), exit: null,
 };
 function writeRecord(): void {
+  // A warm worker has no VM yet; the root that started it kills it if it goes away.
+  if (!claimed) return;
   try {
     mkdirSync(paths.vmwpDir, { recursive: true, mode: 0o700 });
     // Written at every step of a start, and it describes live processes (a power cut leaves none):
@@ -121,9 +126,12 @@ function onHvNotification(n: Notification): void {
     if (devices?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
     if (n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId && !booted) {
       booted = true;
-      runningSince = Date.now();
       log.info('guest reported boot');
-      control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
+      // A booted warm worker's guest is not a VM's yet: the claim says it booted (claimAs).
+      if (claimed) {
+        runningSince = Date.now();
+        control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
+      }
       for (const w of bootWaiters.splice(0)) w.resolve();
     }
   } else if (n.k === 'rootevent') {
@@ -231,7 +239,10 @@ async function kvp(req: Extract<VmwpRequest, { t: 'kvp' }>): Promise<unknown> {
 
 /** The VM's faults (faults.ts): none while it moves, all ended before a save or a migration. */
 const faults = new VmFaultTable({
-  vm: cfg.name, vps: cfg.vps, log,
+  get vm() {
+    return cfg.name;
+  },
+  vps: cfg.vps, log,
   setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
   flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false),
   vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
@@ -698,6 +709,8 @@ async function build(): Promise<void> {
   partitionId = created.partitionId;
   record.partitionId = partitionId;
   writeRecord();
+  // The pool deletes a warm worker's partition if the worker dies before it is claimed.
+  if (!claimed) process.stdout.write(`partition ${partitionId}\n`);
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.PrivilegeFlags, value: ENLIGHTENED_CHILD_PRIVILEGES });
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: cfg.processor.reserve });
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cfg.processor.maximum });
@@ -716,7 +729,7 @@ async function build(): Promise<void> {
   const remote = cfg.vmbusTransport === 'remote' || session.memoryMode !== 'shared';
   if (restoreFrom && session.memoryMode !== 'shared') throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
   devices = await VmDevices.create({
-    partitionId, vm: cfg.name, vmId: cfg.id, vid: hv, remote: remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, entries: cfg.devices, log, rtcOffsetS: cfg.rtcOffsetS,
+    partitionId, vm: cfg.name, vmId: cfg.instanceSeed ?? cfg.id, vid: hv, remote: remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, entries: cfg.devices, log, rtcOffsetS: cfg.rtcOffsetS,
     timing: { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) },
   });
   const restoring = restoreFrom ? devices.decodeSaved(restoreFrom.state.components) : null;
@@ -784,10 +797,89 @@ function startPartitionProcess(token: string, extra: { hold: true; vps: number }
   });
 }
 
-writeRecord();
-await control.bind();
-build().catch((e) => {
+function buildFailed(e: unknown): void {
   log.error({ err: e }, 'VM build failed');
   control.note({ t: 'failed', message: (e as Error).message });
   void exit(`build failed: ${(e as Error).message}`, 2);
-});
+}
+
+/**
+ * A booted warm worker becomes the VM of `next` (root/src/warm.ts): the VMWP and the guest take
+ * its name, the guest its workload (made on the idle template's empty task table) and the
+ * partition its processor settings; then the halted VPs are woken to look for their tasks, and the
+ * root hears that the VM booted. Its memory, VPs, devices and VMBus channels are the template's,
+ * so the device instance ids are too (the root gives the VM the template's seed).
+ */
+async function claimAs(next: VmwpConfig): Promise<void> {
+  if (!sameShape(next, cfg)) throw new Error(`VM "${next.name}" is not of this warm worker's shape`);
+  if (next.instanceSeed !== (cfg.instanceSeed ?? cfg.id)) throw new Error(`VM "${next.name}" does not carry this warm worker's device instance seed`);
+  const wl = parseWorkload(next.workload);
+  if (!wl) throw new Error(`workload "${next.workload}" is not one this guest runs`);
+  if (!childRpc) throw new Error('the template has no partition process');
+  const from = cfg;
+  cfg = next;
+  claimed = true;
+  logger.moveTo(`vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+  process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
+  record.name = cfg.name;
+  record.id = cfg.id;
+  record.instanceSeed = cfg.instanceSeed;
+  recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
+  writeRecord();
+  const p = cfg.processor;
+  if (p.reserve !== from.processor.reserve) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: p.reserve });
+  if (p.maximum !== from.processor.maximum) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: p.maximum });
+  if (p.weight !== from.processor.weight) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: p.weight });
+  if (memory) {
+    // The firmware page names the workload the guest runs (what a saved state or a look at it shows).
+    const b = new Uint8Array(memory.buffer, BOOT_INFO_GPA, PAGE);
+    b.fill(0, BootInfo.workloadName, BootInfo.workloadName + WORKLOAD_NAME_BYTES);
+    b.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
+    memory.setBigUint64(BOOT_INFO_GPA + BootInfo.workloadArg, BigInt(wl.arg), true);
+  }
+  await childRpc.request({ t: 'assign', vm: cfg.name, workload: wl.name, arg: wl.arg }, 10000);
+  for (let vp = 0; vp < cfg.vps; vp++) await hv.must('AssertVirtualInterrupt', { partitionId, vpIndex: vp, vector: GuestVector.Reschedule });
+  runningSince = Date.now();
+  log.info({ template: from.name, partitionId }, 'claimed: the booted template is this VM');
+  control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
+}
+
+/** A booted warm worker: build and boot the template, say so, wait for the claim. */
+async function runTemplate(): Promise<void> {
+  try {
+    // Bound first: the root that claims this worker says hello the moment it has written the claim.
+    await control.bind();
+    const up = new Promise<void>((resolve, reject) => bootWaiters.push({ resolve, reject }));
+    await build();
+    await up;
+  } catch (e) {
+    buildFailed(e);
+    return;
+  }
+  process.title = `hvlab-vmwp ${cfg.hostId} (warm)`;
+  log.info({ partitionId }, 'template booted; waiting for a claim');
+  process.stdout.write('ready\n');
+  let next: VmwpConfig;
+  try {
+    next = decodeVmwpClaim(await stdin.next('the claim')).config;
+  } catch (e) {
+    // Its root went away (stdin closed) or wrote nonsense: nobody will claim it.
+    void exit(`not claimed: ${(e as Error).message}`, 0);
+    return;
+  }
+  stdin.close();
+  try {
+    await claimAs(next);
+  } catch (e) {
+    log.error({ err: e, vm: next.name }, 'claim failed');
+    control.note({ t: 'failed', message: (e as Error).message });
+    void exit(`claim failed: ${(e as Error).message}`, 2);
+  }
+}
+
+if (template) void runTemplate();
+else {
+  writeRecord();
+  await control.bind();
+  build().catch(buildFailed);
+}

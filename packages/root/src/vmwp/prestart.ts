@@ -17,29 +17,9 @@ export function spawnPartition(): ChildProcess {
 }
 
 let first: ChildProcess | null = null;
-let firstLoaded: Promise<boolean> | null = null;
 
 /** The partition process this VMWP started first (started by the first call). */
 export function prestartedPartition(): ChildProcess {
-  if (!first) {
-    const p = spawnPartition();
-    first = p;
-    // It says `{ loaded: true }` once its code is loaded and it waits for its start-up line.
-    firstLoaded = new Promise<boolean>((resolve) => {
-      const onMessage = (m: unknown): void => {
-        if ((m as { loaded?: unknown } | null)?.loaded !== true) return;
-        p.off('message', onMessage);
-        resolve(true);
-      };
-      p.on('message', onMessage);
-      p.once('exit', () => resolve(false));
-    });
-  }
+  first ??= spawnPartition();
   return first;
-}
-
-/** Whether the first partition process has loaded its code (false: it exited, or `timeoutMs` passed). */
-export function prestartedPartitionLoaded(timeoutMs: number): Promise<boolean> {
-  prestartedPartition();
-  return Promise.race([firstLoaded!, new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs).unref())]);
 }

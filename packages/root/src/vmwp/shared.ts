@@ -19,6 +19,18 @@ export interface VmwpConfig {
   vmbusTransport: 'shm' | 'remote';
   /** A live migration's destination: build the partition and devices, then take pages and state over the control link. */
   incoming?: boolean;
+  /** What the device instance ids derive from, when not `id` (VmConfig.instanceSeed). */
+  instanceSeed?: string;
+}
+
+/**
+ * Whether a VM of `a` can run in a guest booted for `b` (a booted warm worker's template): the
+ * same memory, VPs, devices, VMBus transport and firmware clock, and neither a restore nor a
+ * migration's destination. Name, id, workload and processor settings are given at the claim.
+ */
+export function sameShape(a: VmwpConfig, b: VmwpConfig): boolean {
+  return a.memoryBytes === b.memoryBytes && a.vps === b.vps && a.vmbusTransport === b.vmbusTransport && a.rtcOffsetS === b.rtcOffsetS &&
+    !a.restore && !b.restore && !a.incoming && !b.incoming && JSON.stringify(a.devices) === JSON.stringify(b.devices);
 }
 
 /** The one line VMMS writes on a new VMWP's stdin. */
@@ -28,6 +40,19 @@ export interface VmwpStartInput {
   ticket: string;
   /** What a root must present on the worker's control link (also kept in its 0600 record). */
   secret: string;
+  /**
+   * A booted warm worker (root/src/warm.ts): build and boot this config's guest (its workload
+   * idle), then wait for a second line, the claim (VmwpClaim), that makes it a VM's.
+   */
+  template?: boolean;
+}
+
+/**
+ * The second line a booted warm worker reads: the VM it becomes. Its control link keeps the
+ * secret of its first line, which the pool kept for the root that claims it.
+ */
+export interface VmwpClaim {
+  config: VmwpConfig;
 }
 /** Root-partition port receiving a child's control messages (unique per child). */
 export function controlPortId(partitionId: number): number {
@@ -43,43 +68,56 @@ export function hostConnectionId(partitionId: number, port: number): number {
  * every field's type and range. Throws an Error naming the first bad field.
  */
 export function decodeVmwpStartInput(text: string): VmwpStartInput {
+  const top = parseLine(text, 'the start-up input');
+  if (top.template !== undefined && typeof top.template !== 'boolean') throw new Error('field template is not a boolean');
+  return { ticket: str(top, 'ticket', 256), secret: str(top, 'secret', 256), config: decodeConfig(top.config), ...(top.template === true ? { template: true } : {}) };
+}
+
+/** Checks a booted warm worker's claim line, as decodeVmwpStartInput checks the first. */
+export function decodeVmwpClaim(text: string): VmwpClaim {
+  const top = parseLine(text, 'the claim');
+  return { config: decodeConfig(top.config) };
+}
+
+function parseLine(text: string, what: string): Record<string, unknown> {
   let v: unknown;
   try {
     v = JSON.parse(text);
   } catch {
-    throw new Error('the start-up input is not JSON');
+    throw new Error(`${what} is not JSON`);
   }
-  const obj = (x: unknown, what: string): Record<string, unknown> => {
-    if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new Error(`${what} is not a map`);
-    return x as Record<string, unknown>;
-  };
-  const str = (o: Record<string, unknown>, k: string, max = 4096): string => {
-    const x = o[k];
-    if (typeof x !== 'string' || x.length === 0 || x.length > max) throw new Error(`field ${k} is not a string of 1 to ${max} characters`);
-    return x;
-  };
-  const int = (o: Record<string, unknown>, k: string, min: number, max: number): number => {
-    const x = o[k];
-    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) throw new Error(`field ${k} is not an integer from ${min} to ${max}`);
-    return x;
-  };
-  const top = obj(v, 'the start-up input');
-  const c = obj(top.config, 'field config');
+  return obj(v, what);
+}
+function obj(x: unknown, what: string): Record<string, unknown> {
+  if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new Error(`${what} is not a map`);
+  return x as Record<string, unknown>;
+}
+function str(o: Record<string, unknown>, k: string, max = 4096): string {
+  const x = o[k];
+  if (typeof x !== 'string' || x.length === 0 || x.length > max) throw new Error(`field ${k} is not a string of 1 to ${max} characters`);
+  return x;
+}
+function int(o: Record<string, unknown>, k: string, min: number, max: number): number {
+  const x = o[k];
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) throw new Error(`field ${k} is not an integer from ${min} to ${max}`);
+  return x;
+}
+
+function decodeConfig(x: unknown): VmwpConfig {
+  const c = obj(x, 'field config');
   const p = obj(c.processor, 'field config.processor');
   const devices = decodeDeviceEntries(c.devices, 'field config.devices');
   if (typeof devices === 'string') throw new Error(devices);
   if (typeof c.restore !== 'boolean') throw new Error('field restore is not a boolean');
   if (c.vmbusTransport !== 'shm' && c.vmbusTransport !== 'remote') throw new Error('field vmbusTransport is not shm or remote');
   if (c.incoming !== undefined && typeof c.incoming !== 'boolean') throw new Error('field incoming is not a boolean');
-  return {
-    ticket: str(top, 'ticket', 256),
-    secret: str(top, 'secret', 256),
-    config: {
-      home: str(c, 'home'), hostId: str(c, 'hostId', 64), hvPid: int(c, 'hvPid', 1, 0x7fffffff), name: str(c, 'name', 64), id: str(c, 'id', 64),
-      memoryBytes: int(c, 'memoryBytes', 4096, Number.MAX_SAFE_INTEGER), vps: int(c, 'vps', 1, 64), workload: str(c, 'workload', 64),
-      processor: { reserve: int(p, 'reserve', 0, 100), maximum: int(p, 'maximum', 1, 100), weight: int(p, 'weight', 1, 10000) },
-      rtcOffsetS: int(c, 'rtcOffsetS', -(10 * 365 * 86400), 10 * 365 * 86400), vmDir: str(c, 'vmDir'), restore: c.restore,
-      devices, vmbusTransport: c.vmbusTransport, incoming: c.incoming === true,
-    },
+  const cfg: VmwpConfig = {
+    home: str(c, 'home'), hostId: str(c, 'hostId', 64), hvPid: int(c, 'hvPid', 1, 0x7fffffff), name: str(c, 'name', 64), id: str(c, 'id', 64),
+    memoryBytes: int(c, 'memoryBytes', 4096, Number.MAX_SAFE_INTEGER), vps: int(c, 'vps', 1, 64), workload: str(c, 'workload', 64),
+    processor: { reserve: int(p, 'reserve', 0, 100), maximum: int(p, 'maximum', 1, 100), weight: int(p, 'weight', 1, 10000) },
+    rtcOffsetS: int(c, 'rtcOffsetS', -(10 * 365 * 86400), 10 * 365 * 86400), vmDir: str(c, 'vmDir'), restore: c.restore,
+    devices, vmbusTransport: c.vmbusTransport, incoming: c.incoming === true,
   };
+  if (c.instanceSeed !== undefined) cfg.instanceSeed = str(c, 'instanceSeed', 64);
+  return cfg;
 }
