@@ -225,7 +225,8 @@ export function movableProcessLogger(logDir: string, file: string, bindings: Rec
     // An unknown level would make pino throw; a typo in the environment must not stop a process.
     level: Object.hasOwn(pino.levels.values, process.env.HVLAB_LOG_LEVEL ?? '') ? process.env.HVLAB_LOG_LEVEL : 'info',
     base: { pid: process.pid },
-    mixin: () => current,
+    // A fresh object each line: pino merges the line's own fields into what the mixin returns.
+    mixin: () => ({ ...current }),
     timestamp: pino.stdTimeFunctions.isoTime,
   };
   // The drop line is formatted by a twin logger with the same options, so it looks like any

@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import { closeSync, fstatSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { processLogger, type LogIo } from '../src/log.js';
+import { movableProcessLogger, processLogger, type LogIo } from '../src/log.js';
 
 const BINDINGS = { host: 'h0', role: 'root', partition: 1 };
 
@@ -76,6 +76,31 @@ describe('process logger', () => {
     expect(ls.map((l) => l.msg)).to.deep.equal(['one', 'two']);
     for (const l of ls) expect(l).to.include({ host: 'h0', role: 'root', partition: 1, pid: process.pid });
     expect(ls[0].vm).to.equal('a');
+  });
+
+  it('keeps each line\'s own fields to that line (the bindings come from a mixin that pino merges into)', () => {
+    const log = processLogger(dir, 'root.log', BINDINGS);
+    log.info({ a: 1 }, 'one');
+    log.info({ b: 2 }, 'two');
+    log.info('three');
+    const ls = lines(join(dir, 'root.log'));
+    expect(ls[1]).to.not.have.property('a');
+    expect(ls[2]).to.not.have.property('a');
+    expect(ls[2]).to.not.have.property('b');
+  });
+
+  it('a movable logger moves to another file with other bindings, child loggers too', () => {
+    const m = movableProcessLogger(dir, 'vmwp-~warm-1.log', { host: 'h0', role: 'vmwp', vm: '~warm-1' });
+    const child = m.log.child({ partition: 3 });
+    m.log.info('booted');
+    m.moveTo('vmwp-w1.log', { host: 'h0', role: 'vmwp', vm: 'w1' });
+    m.log.info('claimed');
+    child.info('from a child made before the move');
+    const before = lines(join(dir, 'vmwp-~warm-1.log'));
+    const after = lines(join(dir, 'vmwp-w1.log'));
+    expect(before.map((l) => [l.msg, l.vm])).to.deep.equal([['booted', '~warm-1']]);
+    expect(after.map((l) => [l.msg, l.vm])).to.deep.equal([['claimed', 'w1'], ['from a child made before the move', 'w1']]);
+    expect(after[1].partition).to.equal(3);
   });
 
   it('does not throw when every write fails with ENOSPC (a full disk: /dev/full)', () => {
