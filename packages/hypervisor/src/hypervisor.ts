@@ -752,7 +752,12 @@ export class Hypervisor {
         p.vps.clear();
         this.toScheduler(p, { t: 'removePartition', id: p.id });
         this.notifyPartition(p, { k: 'bye', reason: 'partition finalized' });
-        for (const [sid, ss] of this.sessions) if (ss.partitionId === p.id) this.sessions.delete(sid);
+        for (const [sid, ss] of this.sessions) {
+          if (ss.partitionId !== p.id) continue;
+          this.sessions.delete(sid);
+          // Its hypercall page goes with it (as at DeletePartition and when its process ends).
+          this.opts.onSessionClosed?.(sid);
+        }
         return ok();
       }
       case HvCall.DeletePartition: {

@@ -106,6 +106,22 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     expect((await c.call('AssertVirtualInterrupt', { partitionId: id, vpIndex: 5, vector: 0x40 })).statusName).to.equal('INVALID_VP_INDEX');
   });
 
+  it('FinalizePartition closes the partition\'s own sessions and removes their pages', async () => {
+    const c = await root();
+    const { partitionId, token: childToken } = await c.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: 2 * MiB, name: 'fin' });
+    await c.must('InitializePartition', { partitionId });
+    const pages = (): string[] => readdirSync('/dev/shm').filter((f) => f.startsWith(`hvlab-${hostId}-hc-`));
+    const before = pages();
+    const g = new HvClient(`ipc://${join(dir, 'hv')}`, () => {});
+    clients.push(g);
+    await g.connect({ partitionId, token: childToken, role: 'partition', vm: 'fin' });
+    expect(g.paged).to.equal(true);
+    const withChild = pages();
+    expect(withChild.length).to.equal(before.length + 1);
+    await c.must('FinalizePartition', { partitionId });
+    expect(pages().sort()).to.deep.equal([...before].sort());
+  });
+
   it('a route made stale by a change is not used: SynIC off, then SignalEvent fails as it must', async () => {
     const c = await root();
     const { id, flags } = await child(c, 0x502);
