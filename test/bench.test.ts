@@ -203,11 +203,12 @@ const expectations: Record<string, (out: string) => void> = {
   },
   sched: (out) => {
     // n, lost, p50, p99, max
-    for (const row of ['to a halted VP (sleep:1000)', 'to a running VP (spin)']) {
+    for (const row of ['to a halted VP (sleep:1000), page', 'to a running VP (spin), page', 'to a halted VP, socket', 'floor: futex wake of an idle thread']) {
       const [n] = numbersAfter(out, row, 5);
       expect(n, row).to.be.greaterThan(0);
     }
     ratio(out, 'ratio halted / running (p50)');
+    ratio(out, 'ratio halted / idle-wake floor (p50)');
     // ticks, ticks/s, p50, p99, max
     numbersAfter(out, /^\|actual - ideal\|, \d+ samples/, 5);
     ratio(out, 'ratio ticks/s / nominal');

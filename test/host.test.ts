@@ -89,6 +89,18 @@ describe('a host of real processes (shared memory)', function () {
     expect(out.output?.reason).to.match(/no port 4242/);
   });
 
+  it('debug hypercall --page goes through the root\'s hypercall page: the same statuses, no reason text; not with --as', async () => {
+    const vm = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
+    const ok = JSON.parse((await h.run('debug', 'hypercall', '--page', 'ConnectPort', 'partitionId=1', 'connectionId=77', 'portPartitionId=1', 'portId=4242', '--json')).stdout) as { statusName: string; output: unknown };
+    expect(ok.statusName).to.equal('INVALID_PORT_ID');
+    expect(ok.output ?? null, 'a refusal through the page carries no reason').to.equal(null);
+    const bad = JSON.parse((await h.run('debug', 'hypercall', '--page', 'AssertVirtualInterrupt', `partitionId=${vm.partitionId}`, 'vpIndex=9', 'vector=0xf0', '--json')).stdout) as { statusName: string };
+    expect(bad.statusName).to.equal('INVALID_VP_INDEX');
+    const r = await h.run('debug', 'hypercall', '--page', '--as', 'alpha', 'GetPartitionId');
+    expect(r.code).to.equal(2);
+    expect(r.stderr).to.match(/--page is for the root/);
+  });
+
   it('PostMessage with more than 240 bytes gets INVALID_PARAMETER, and 240 bytes succeed', async () => {
     const big = JSON.parse((await h.run('debug', 'hypercall', '--as', 'beta', 'PostMessage', 'connectionId=1', 'messageType=2', 'payload=len:241', '--json')).stdout);
     expect(big.statusName).to.equal('INVALID_PARAMETER');

@@ -43,6 +43,11 @@ describe('the warm pool of booted VMs (real processes)', function () {
     (await h.json<{ output: { value: number } }>('debug', 'hypercall', 'GetPartitionProperty', `partitionId=${partitionId}`, `property=${PartitionProperty.CpuCap}`)).output.value;
 
   it('keeps N booted workers; a start of their shape claims one, Running as that VM at once, and the pool refills', async () => {
+    // A size `vm new --memory` would refuse is refused before anything starts.
+    const bad = await h.run('up', '--warm', '1', '--warm-memory', '12345');
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.match(/--warm-memory 12345 is invalid/);
+    expect((await h.run('ps')).code, 'no host came up').to.not.equal(0);
     await h.ok('up', '--lps', '1', '--warm', '2', '--warm-memory', '16M');
     hostId = (await h.json<HostInfo>('host', 'info')).hostId;
     const warm = warmPids(await ready(2));

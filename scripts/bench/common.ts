@@ -3,7 +3,7 @@
  * benchmark leaves no child process and no /dev/shm file behind.
  */
 import { loadavg } from 'node:os';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { sweepHost } from '@hvlab/host';
 import type { HostPaths } from '../../packages/runtime/src/paths.js';
@@ -185,4 +185,46 @@ export async function sweepHome(home: string, paths: HostPaths, hostIds: string[
     quiet = found.length === 0 ? quiet + 1 : 0;
     for (const id of found) sweepHost(paths, id);
   }
+}
+
+/** A child we spawned ourselves; keeps the tail of its stderr for error messages. */
+export interface Owned {
+  child: ChildProcess;
+  what: string;
+  stderr: () => string;
+}
+
+export function spawnOwned(what: string, args: string[], env: NodeJS.ProcessEnv): Owned {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let tail = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    tail = (tail + d.toString()).slice(-4000);
+  });
+  child.on('error', () => undefined); // reported through waitReady / exit
+  return { child, what, stderr: () => tail };
+}
+
+/** Resolves with what follows "ready" on the child's first such line (a token, or ''). */
+export function waitReady(o: Owned, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onExit = (code: number | null, sig: NodeJS.Signals | null): void => {
+      clearTimeout(t);
+      reject(new Error(`the ${o.what} exited during start-up (${sig ?? `exit code ${code}`})${o.stderr() ? `:\n${o.stderr()}` : ''}`));
+    };
+    const t = setTimeout(() => {
+      o.child.off('exit', onExit);
+      reject(new Error(`the ${o.what} did not print "ready" within ${timeoutMs / 1000} s${o.stderr() ? `:\n${o.stderr()}` : ''}`));
+    }, timeoutMs);
+    o.child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const m = /^ready(?: (\S+))?$/m.exec(buf);
+      if (m && buf.includes('\n', m.index)) {
+        clearTimeout(t);
+        o.child.off('exit', onExit);
+        resolve(m[1] ?? '');
+      }
+    });
+    o.child.once('exit', onExit);
+  });
 }

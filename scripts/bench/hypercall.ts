@@ -26,7 +26,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, spawnOwned, waitReady, type Disturbance, type Owned } from './common.js';
 import { decode, encode, EnabledState, HvCall, HvStatus, siefpGpa, synicPageRegister, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -110,48 +110,6 @@ async function timeRoundTrips(warmup: number, n: number, once: () => Promise<voi
 
 function progress(msg: string): void {
   process.stderr.write(`[bench hypercall] ${msg}\n`);
-}
-
-/** A child we spawned ourselves; keeps the tail of its stderr for error messages. */
-interface Owned {
-  child: ChildProcess;
-  what: string;
-  stderr: () => string;
-}
-
-function spawnOwned(what: string, args: string[], env: NodeJS.ProcessEnv): Owned {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  let tail = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    tail = (tail + d.toString()).slice(-4000);
-  });
-  child.on('error', () => undefined); // reported through waitReady / exit
-  return { child, what, stderr: () => tail };
-}
-
-/** Resolves with what follows "ready" on the child's first such line (a token, or ''). */
-function waitReady(o: Owned, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const onExit = (code: number | null, sig: NodeJS.Signals | null): void => {
-      clearTimeout(t);
-      reject(new Error(`the ${o.what} exited during start-up (${sig ?? `exit code ${code}`})${o.stderr() ? `:\n${o.stderr()}` : ''}`));
-    };
-    const t = setTimeout(() => {
-      o.child.off('exit', onExit);
-      reject(new Error(`the ${o.what} did not print "ready" within ${timeoutMs / 1000} s${o.stderr() ? `:\n${o.stderr()}` : ''}`));
-    }, timeoutMs);
-    o.child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const m = /^ready(?: (\S+))?$/m.exec(buf);
-      if (m && buf.includes('\n', m.index)) {
-        clearTimeout(t);
-        o.child.off('exit', onExit);
-        resolve(m[1] ?? '');
-      }
-    });
-    o.child.once('exit', onExit);
-  });
 }
 
 // ---- the measurements ---------------------------------------------------------------------------

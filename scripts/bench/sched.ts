@@ -3,13 +3,18 @@
  * one part after the other, each with only the VM it needs.
  *
  *  (a) interrupt latency (host with LPS_LATENCY LPs): the root asserts a probe vector (>= 0xF0) on
- *      VP 0 of a VM with AssertVirtualInterrupt through the management API's debug hypercall; the
+ *      VP 0 of a VM with AssertVirtualInterrupt through the management API's debug hypercall (through
+ *      the root's hypercall page, as its hot-path calls go, and for the halted VP also through the
+ *      hypervisor's socket, whose main thread rings the scheduler thread); the
  *      hypervisor stamps VpPage.probeAssertNs when it pends the vector, the guest VP stamps
  *      VpPage.probeTakenNs when it takes it (both CLOCK_MONOTONIC). We map the VM's VP region
  *      (/dev/shm/hvlab-<host>-p<id>-vp) read-only in spirit and wait for probeTakenNs to change
  *      before the next assertion. Latency = taken - asserted, `n` per case:
  *        - halted VP: workload `sleep:1000` (the VP halts between ticks once a second);
- *        - running VP: workload `spin` (the VP holds its LP and runs work units).
+ *        - running VP: workload `spin` (the VP holds its LP and runs work units);
+ *        - the floor: a thread of another process asleep in a futex (idle-wake.ts), woken after the
+ *          same few ms of idle. Waking a thread whose CPU went idle costs that much on this machine
+ *          (a VM whose idle vCPUs halt), and a halted VP's thread is such a thread.
  *  (b) timer jitter: workload `sleep:1` arms synthetic timer 2 periodic at 1 ms; every tick the VP
  *      writes (actual - ideal k-th period) in 100 ns units to the ring at JITTER_RING_GPA and counts
  *      ticks at KERNEL_PAGE_GPA + KernelPage.jitterCount. We read both with vmPeek every
@@ -31,18 +36,21 @@
  * killed, its /dev/shm files and socket directory are removed, and the run fails if anything is
  * left behind.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome } from './common.js';
+import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome, spawnOwned, stopOwned, waitReady } from './common.js';
 import {
   EnabledState, HvStatus, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
   vpPageOffset, type VmInfo,
 } from '../../packages/protocol/src/index.js';
 import { hostPaths, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
-import { openRegion } from '../../packages/shm/src/index.js';
+import { createRegion, futexWake, openRegion, unlinkRegion } from '../../packages/shm/src/index.js';
+import { nodeArgsFor } from '../../packages/runtime/src/paths.js';
 import { MgmtClient } from '@hvlab/host';
 import { SPIN_ITERATIONS } from '../../packages/guest/src/workloads.js';
 import { down, sweepHost, up } from '@hvlab/host';
@@ -78,7 +86,13 @@ export interface ProbeStats {
 
 export interface SchedBenchResult {
   bench: 'sched';
-  interruptLatency: { haltedVp: ProbeStats; runningVp: ProbeStats };
+  /**
+   * haltedVp and runningVp: asserted through the root's hypercall page, as a root's hot-path calls
+   * go (the scheduler thread pends the vector and schedules in one step); haltedVpSocket: through
+   * the hypervisor's socket, whose main thread pends it and rings the scheduler thread;
+   * idleWakeFloor: a bare futex wake of a thread in another process after the same idle time.
+   */
+  interruptLatency: { haltedVp: ProbeStats; runningVp: ProbeStats; haltedVpSocket: ProbeStats; idleWakeFloor: ProbeStats };
   timerJitter1ms: {
     p50Us: number; p99Us: number; maxUs: number; meanUs: number; samples: number; ticks: number; ticksPerS: number;
     /** 1 / ticksPerS: the period the ticks actually came at. */
@@ -93,7 +107,7 @@ export interface SchedBenchResult {
     /** VmInfo.cpu.percent at the end of the window (the scheduler's last second), null when the host does not report it. */
     vmCpuPercent: number | null;
   };
-  ratios: { spinVmVsThread: number; haltedVsRunningP50: number; ticksPerSVsNominal: number };
+  ratios: { spinVmVsThread: number; haltedVsRunningP50: number; haltedVsIdleWakeP50: number; ticksPerSVsNominal: number };
   /** Other hvlab hosts' processes seen on this machine at the start of each part (most of them), and the 1-min load then. */
   disturbance: Disturbance;
   /** The windows this run used (quick: --quick's short ones). */
@@ -108,6 +122,7 @@ function progress(msg: string): void {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const here = dirname(fileURLToPath(import.meta.url));
 
 const hrNs = (): bigint => process.hrtime.bigint();
 
@@ -187,7 +202,7 @@ class Host {
 // ---- the measurements ---------------------------------------------------------------------------
 
 /** Asserts the probe vector on VP 0 `warmup + n` times; one sample per assertion the VP took. */
-async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: number): Promise<ProbeStats> {
+async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: number, page: boolean): Promise<ProbeStats> {
   const off = vpPageOffset(0);
   const asserted = new BigInt64Array(vm.vpRegion, off + VpPage.probeAssertNs, 1);
   const taken = new BigInt64Array(vm.vpRegion, off + VpPage.probeTakenNs, 1);
@@ -198,7 +213,7 @@ async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: numbe
     const before = Atomics.load(taken, 0);
     const beforeAssert = Atomics.load(asserted, 0);
     const r = await host.request<{ status: number; statusName: string }>('debugHypercall', {
-      call: 'AssertVirtualInterrupt', as: null, input: { partitionId, vpIndex: 0, vector: PROBE_VECTOR },
+      call: 'AssertVirtualInterrupt', as: null, input: { partitionId, vpIndex: 0, vector: PROBE_VECTOR }, ...(page ? { page: true } : {}),
     });
     if (r.status !== HvStatus.SUCCESS) throw new Error(`AssertVirtualInterrupt on ${vm.name} returned ${r.statusName}`);
     const deadline = Date.now() + PROBE_TIMEOUT_MS;
@@ -227,6 +242,45 @@ async function measureProbes(host: Host, vm: RunningVm, warmup: number, n: numbe
     n: samples.length,
     lost,
   };
+}
+
+/**
+ * The floor under the halted-VP latency on this machine: a thread of another process asleep in the
+ * shm addon's futex (idle-wake.ts), woken after the same few ms of idle as a probe's halted VP;
+ * latency = its wake-up stamp - ours just before futexWake (both CLOCK_MONOTONIC).
+ */
+async function measureIdleWake(warmup: number, n: number, track: (pid: number | null | undefined) => void): Promise<ProbeStats> {
+  const name = `hvlab-bench-idlewake-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const sab = createRegion(name, 4096);
+  const w = new Int32Array(sab);
+  const stamp = new BigInt64Array(sab, 8, 1);
+  const o = spawnOwned('idle-wake thread', [...nodeArgsFor(join(here, 'idle-wake.ts')), name], { ...process.env });
+  track(o.child.pid);
+  const samples: number[] = [];
+  let lost = 0;
+  try {
+    await waitReady(o, 20000);
+    for (let i = 1; i <= warmup + n; i++) {
+      await sleep(2);
+      const t0 = hrNs();
+      Atomics.store(w, 0, i);
+      futexWake(sab, 0);
+      const deadline = Date.now() + PROBE_TIMEOUT_MS;
+      while (Atomics.load(w, 1) !== i && Date.now() < deadline) await sleep(1);
+      if (Atomics.load(w, 1) !== i) {
+        lost++;
+        continue;
+      }
+      if (i > warmup) samples.push(Number(stamp[0]! - t0) / 1000);
+    }
+  } finally {
+    Atomics.store(w, 0, -1);
+    futexWake(sab, 0);
+    await stopOwned(o, 3000);
+    unlinkRegion(name);
+  }
+  if (samples.length === 0) throw new Error('the idle-wake thread never woke');
+  return { p50Us: round(percentile(samples, 0.5), 1), p99Us: round(percentile(samples, 0.99), 1), maxUs: round(Math.max(...samples), 1), n: samples.length, lost };
 }
 
 /** Reads the jitter ring and tick count every `jitterPollMs`; keeps every sample not yet seen. */
@@ -347,9 +401,12 @@ function table(r: SchedBenchResult): string {
   ];
   const row = (name: string, s: ProbeStats): string =>
     `${pad(name, 44)}${num(s.n, 6)}${num(s.lost, 6)}${num(s.p50Us, 10)}${num(s.p99Us, 10)}${num(s.maxUs, 10)}`;
-  lines.push(row('  to a halted VP (sleep:1000)', r.interruptLatency.haltedVp));
-  lines.push(row('  to a running VP (spin)', r.interruptLatency.runningVp));
+  lines.push(row('  to a halted VP (sleep:1000), page', r.interruptLatency.haltedVp));
+  lines.push(row('  to a running VP (spin), page', r.interruptLatency.runningVp));
+  lines.push(row('  to a halted VP, socket', r.interruptLatency.haltedVpSocket));
+  lines.push(row('  floor: futex wake of an idle thread', r.interruptLatency.idleWakeFloor));
   lines.push(`${pad('  ratio halted / running (p50)', 44)}${num(r.ratios.haltedVsRunningP50, 12)}`);
+  lines.push(`${pad('  ratio halted / idle-wake floor (p50)', 44)}${num(r.ratios.haltedVsIdleWakeP50, 12)}`);
   lines.push('');
   const j = r.timerJitter1ms;
   lines.push(`${pad(`timer jitter, stimer2 periodic ${TICK_PERIOD_MS} ms`, 44)}${num('ticks', 6)}${num('tick/s', 8)}${num('p50 µs', 10)}${num('p99 µs', 10)}${num('max µs', 10)}`);
@@ -427,15 +484,20 @@ export async function main(args: string[]): Promise<void> {
 
     checkQuiet('interrupt latency (halted)');
     let vm = await host.startVm('sched-halted', 'sleep:1000');
-    progress(`interrupt latency to a halted VP: ${plan.n} probes (after ${plan.warmup} warm-up)`);
-    const haltedVp = await measureProbes(host, vm, plan.warmup, plan.n);
+    progress(`interrupt latency to a halted VP through the page: ${plan.n} probes (after ${plan.warmup} warm-up)`);
+    const haltedVp = await measureProbes(host, vm, plan.warmup, plan.n, true);
+    progress(`interrupt latency to a halted VP through the socket: ${plan.n} probes (after ${plan.warmup} warm-up)`);
+    const haltedVpSocket = await measureProbes(host, vm, plan.warmup, plan.n, false);
     await host.offVm(vm);
+    checkQuiet('idle-wake floor');
+    progress(`the floor: ${plan.n} futex wakes of an idle thread (after ${plan.warmup} warm-up)`);
+    const idleWakeFloor = await measureIdleWake(plan.warmup, plan.n, host.track);
 
     checkQuiet('interrupt latency (running)');
     vm = await host.startVm('sched-running', 'spin');
     await sleep(200);
     progress(`interrupt latency to a running VP: ${plan.n} probes (after ${plan.warmup} warm-up)`);
-    const runningVp = await measureProbes(host, vm, plan.warmup, plan.n);
+    const runningVp = await measureProbes(host, vm, plan.warmup, plan.n, true);
     await host.offVm(vm);
 
     checkQuiet('timer jitter');
@@ -460,12 +522,13 @@ export async function main(args: string[]): Promise<void> {
     const ratio = round(vmSpin.unitsPerS / threadUnitsPerS, 3);
     const result: SchedBenchResult = {
       bench: 'sched',
-      interruptLatency: { haltedVp, runningVp },
+      interruptLatency: { haltedVp, runningVp, haltedVpSocket, idleWakeFloor },
       timerJitter1ms,
       overhead: { vmUnitsPerS: vmSpin.unitsPerS, threadUnitsPerS, ratio, vpRunShare: vmSpin.vpRunShare, vmCpuPercent: vmSpin.cpuPercent },
       ratios: {
         spinVmVsThread: ratio,
         haltedVsRunningP50: round(haltedVp.p50Us / runningVp.p50Us, 2),
+        haltedVsIdleWakeP50: round(haltedVp.p50Us / idleWakeFloor.p50Us, 2),
         ticksPerSVsNominal: round(timerJitter1ms.ticksPerS / (1000 / TICK_PERIOD_MS), 3),
       },
       disturbance,

@@ -309,7 +309,10 @@ export const COMMANDS: CommandSpec[] = [
     words: ['debug', 'hypercall'], args: 'CALL [FIELD=VALUE …]', min: 1, max: Infinity, json: true, group: 'Debugging',
     help: 'one hypercall as the root or as a VM\'s partition. Values: 12, 0x40, hex:00ff…, len:N (N zero bytes), text:abc, true, false, or a string. '
       + 'E.g. hvlab debug hypercall --as vm1 PostMessage connectionId=1 messageType=1 payload=len:241',
-    options: [{ name: 'as', value: 'VM', help: 'call as this VM\'s partition (default: the root)', check: nonEmpty('as') }],
+    options: [
+      { name: 'as', value: 'VM', help: 'call as this VM\'s partition (default: the root)', check: nonEmpty('as') },
+      { name: 'page', help: 'as the root, through its hypercall page where the call has a page form, as its hot-path calls go (a refusal then has no reason text)' },
+    ],
   },
 ];
 
@@ -1449,7 +1452,8 @@ export async function run(argv: string[]): Promise<number> {
           if (eq <= 0) throw new UsageError(`"${kv}" is not FIELD=VALUE`);
           input[kv.slice(0, eq)] = parseValue(kv.slice(eq + 1));
         }
-        const r = await connect().request<DebugHypercallResult>('debugHypercall', { call, as: opt('as') ?? null, input });
+        if (flag('page') && opt('as') !== undefined) throw new UsageError('--page is for the root\'s own calls; leave out --as');
+        const r = await connect().request<DebugHypercallResult>('debugHypercall', { call, as: opt('as') ?? null, input, ...(flag('page') ? { page: true } : {}) });
         if (json) out(JSON.stringify(r, jsonReplacer));
         else out(`${r.call} as ${r.as}: ${r.statusName} (0x${r.status.toString(16)})${r.output !== null && r.output !== undefined ? `  ${JSON.stringify(r.output, jsonReplacer)}` : ''}`);
         return r.status === 0 ? 0 : 3;

@@ -13,6 +13,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { entries, nodeArgsFor, pidAlive, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
+import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
 import { MgmtClient } from './mgmt-client.js';
 
 export type { HostRecord };
@@ -56,6 +57,13 @@ export interface UpOptions {
 }
 
 export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRecord> {
+  if (opts.warmMemory !== undefined) {
+    // Checked here as `vm new --memory` is checked by the root: the root reads this at its start only.
+    const b = parseSize(opts.warmMemory);
+    if (b === null || b % 4096 !== 0 || b < MIN_MEMORY_BYTES || b > MAX_MEMORY_BYTES) {
+      throw new HostError(`--warm-memory ${opts.warmMemory} is invalid: a size from 2M to 16G in whole 4 KiB pages, e.g. 64M`);
+    }
+  }
   const holder = lockHolder(paths);
   if (holder !== null) {
     const rec = readHost(paths);

@@ -90,7 +90,8 @@ export type MgmtArgs = {
   );
   ps: MgmtNoArgs;
   /** `call` is a name (CreatePartition) or a code (0x40); VMMS parses it. `as` names a running VM. */
-  debugHypercall: { call: string; as?: string | null; input?: Record<string, unknown> };
+  /** `page`: through the root's hypercall page (the hot path's way), not its socket; a refusal then carries no reason. */
+  debugHypercall: { call: string; as?: string | null; input?: Record<string, unknown>; page?: boolean };
   shutdown: MgmtNoArgs;
   /**
    * Round trips and a bulk transfer from this host to cluster peer `peer` through their link
@@ -386,10 +387,11 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     return out;
   },
   debugHypercall: (a) => {
-    const r = a(['call', 'as', 'input']);
+    const r = a(['call', 'as', 'input', 'page']);
     const out: MgmtArgs['debugHypercall'] = { call: r.string('call', 64, 1) };
     put(out, 'as', r.optVmName('as'));
     put(out, 'input', r.optPlainMap('input'));
+    put(out, 'page', r.optBoolean('page'));
     return out;
   },
   linkProbe: (a) => {

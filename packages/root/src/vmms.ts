@@ -273,19 +273,21 @@ export class Vmms {
    * scheduler thread share the machine's cores. A warm worker is taken if the pool has one (its
    * code and its partition process are loaded already).
    */
-  private async spawnWorker(r: VmRecord, cfg: VmwpConfig, ticket: () => Promise<string>, cancelled: () => void): Promise<void> {
+  /** Returns the device instance seed of the booted warm worker it claimed, or null when it started one. */
+  private async spawnWorker(r: VmRecord, cfg: VmwpConfig, ticket: () => Promise<string>, cancelled: () => void): Promise<string | null> {
     const w = this.warm?.take(cfg) ?? null;
     if (w) {
       // A booted warm worker becomes this VM: its guest keeps the device instance ids it was
-      // offered, so the VM's config takes the template's seed (saves and moves keep it).
+      // offered, so the VM takes the template's seed once it runs (start).
       const claim: VmwpClaim = { config: { ...cfg, instanceSeed: w.seed } };
-      r.config = { ...r.config, instanceSeed: w.seed };
-      this.persistSeedSoon(r);
+      // Its partition is this VM's now: deleted with it if the worker dies before its record names it.
+      r.partitionId = w.partitionId;
+      w.onPartition = (id) => void (r.partitionId ??= id);
       const child = w.child;
       child.stdin!.end(JSON.stringify(claim) + '\n');
       child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
       await this.attachWorker(r, child.pid!, w.endpoint, w.secret, true);
-      return;
+      return w.seed;
     }
     const start: VmwpStartInput = { config: cfg, ticket: await ticket(), secret: randomBytes(24).toString('hex') };
     cancelled();
@@ -297,12 +299,13 @@ export class Vmms {
     // While this root lives it reaps the worker; a re-attached root relies on the pid watch.
     child.on('exit', (code, signal) => void this.onWorkerGone(r, child.pid!, { code, signal }));
     await this.attachWorker(r, child.pid!, this.paths.vmwpEndpoint(cfg.id), start.secret, true);
+    return null;
   }
 
   /**
-   * Writes a VM's config with the instance seed it took from a warm worker, after the start has
-   * answered (a config write is an fsync). Until then the seed is in memory and in the worker's
-   * record, which a root that re-attaches reads (reattach).
+   * Writes a VM's config with the instance seed it took from a warm worker, once the current
+   * request has answered (a config write is an fsync; called as the start returns). Until then the
+   * seed is in memory and in the worker's record, which a root that re-attaches reads (reattach).
    */
   private persistSeedSoon(r: VmRecord): void {
     setImmediate(() => {
@@ -532,6 +535,7 @@ export class Vmms {
     r.startCancelled = null;
     const booted = this.awaitBoot(r);
     booted.catch(() => undefined);
+    let claimedSeed: string | null = null;
     try {
       const cfg: VmwpConfig = {
         home: this.o.home, hostId: this.o.hostId, hvPid: this.o.hvPid, name: r.config.name, id: r.config.id,
@@ -544,7 +548,7 @@ export class Vmms {
         if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
       };
       checkCancelled();
-      await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), checkCancelled);
+      claimedSeed = await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), checkCancelled);
       await booted;
     } catch (e) {
       r.expectingExit = true;
@@ -574,6 +578,10 @@ export class Vmms {
       discardSavedState(this.o.vmDir, r.config.name);
     }
     r.restoring = false;
+    if (claimedSeed !== null && r.config.instanceSeed !== claimedSeed) {
+      r.config = { ...r.config, instanceSeed: claimedSeed };
+      this.persistSeedSoon(r);
+    }
     this.setState(r, EnabledState.Running, restore ? 'restored from saved state' : 'started');
     return this.info(r, null);
   }
@@ -1217,14 +1225,16 @@ export class Vmms {
     let res: HypercallResult;
     let as = 'root';
     if (args.as !== undefined && args.as !== null) {
+      if (args.page === true) throw new MgmtFailure('InvalidArgument', '--page is for the root\'s own calls: a VM\'s go through its partition process');
       const r = this.get(args.as);
       this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'issue a hypercall as');
       as = r.config.name;
       res = await this.linkOf(r, 'issue a hypercall as').request<HypercallResult>({ t: 'hypercall', asChild: true, code, input }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     } else {
       // Over the socket (`fast: false` keeps a call off the hypercall page), so a refusal comes
-      // back with the hypervisor's reason, which a debugging tool is for.
-      res = await this.o.vid.raw(code, input, { fast: false });
+      // back with the hypervisor's reason, which a debugging tool is for; through the page when
+      // asked (how a root's hot-path calls go, e.g. `bench sched`'s interrupt probe).
+      res = await this.o.vid.raw(code, input, args.page === true ? {} : { fast: false });
     }
     return { call: hvCallName(code), as, status: res.status, statusName: hvStatusName(res.status), output: res.output };
   }

@@ -78,8 +78,9 @@ export class WarmLines {
       if (nl < 0) break;
       if (!this.overlong) {
         const m = /^partition ([1-9]\d{0,9})$/.exec(this.line);
+        // A child's id: 2 and up (1 is the root partition).
         if (this.line === 'ready') out.push({ t: 'ready' });
-        else if (m && Number(m[1]) <= 0x7fffffff) out.push({ t: 'partition', id: Number(m[1]) });
+        else if (m && Number(m[1]) >= 2 && Number(m[1]) <= 0x7fffffff) out.push({ t: 'partition', id: Number(m[1]) });
       }
       this.line = '';
       this.overlong = false;
@@ -95,8 +96,13 @@ export interface WarmWorker {
   seed: string;
   secret: string;
   endpoint: string;
+  /** Its partition, once it has said which (it goes on saying after a claim: see onPartition). */
   partitionId: number | null;
+  /** Its first line (the template) is written: only then may a claim follow it. */
+  started: boolean;
   booted: boolean;
+  /** Told the partition id if it comes after the worker was taken (the VM then owns the partition). */
+  onPartition: ((id: number) => void) | null;
 }
 
 export class WarmPool {
@@ -132,12 +138,14 @@ export class WarmPool {
     if (!sameShape(cfg, this.o.shape)) return null;
     const i = this.waiting.findIndex((w) => w.booted);
     if (i > 0) this.waiting.unshift(...this.waiting.splice(i, 1));
-    while (this.waiting.length > 0) {
-      const w = this.waiting.shift()!;
+    for (let k = 0; k < this.waiting.length; k++) {
+      const w = this.waiting[k]!;
+      // Not yet given its template (a ticket is on its way): a claim must not become its first line.
+      if (!w.started) continue;
+      this.waiting.splice(k--, 1);
       if (w.child.exitCode !== null || w.child.signalCode !== null || !w.child.stdin?.writable) continue;
+      // Its partition is the VM's from now on: the root deletes it if the worker dies (vmms.ts).
       w.child.removeAllListeners('exit');
-      // It writes nothing more there; the root keeps no pipe it would depend on.
-      w.child.stdout?.destroy();
       this.stats.claimed++;
       this.failures = 0;
       this.fillLater();
@@ -170,7 +178,7 @@ export class WarmPool {
         this.o.log.warn({ err: (e as Error).message }, 'could not start a warm VM worker; the pool stays empty');
         return;
       }
-      const w: WarmWorker = { child: c, seed, secret: randomBytes(24).toString('hex'), endpoint: this.o.endpoint(seed), partitionId: null, booted: false };
+      const w: WarmWorker = { child: c, seed, secret: randomBytes(24).toString('hex'), endpoint: this.o.endpoint(seed), partitionId: null, started: false, booted: false, onPartition: null };
       c.stdin!.on('error', () => undefined);
       c.on('error', () => undefined);
       const out = c.stdout!;
@@ -178,8 +186,14 @@ export class WarmPool {
       const lines = new WarmLines();
       out.on('data', (b: Buffer) => {
         for (const ev of lines.feed(b)) {
-          if (ev.t === 'partition' && w.partitionId === null) w.partitionId = ev.id;
-          else if (ev.t === 'ready') w.booted = true;
+          if (ev.t === 'partition' && w.partitionId === null) {
+            w.partitionId = ev.id;
+            w.onPartition?.(ev.id);
+          } else if (ev.t === 'ready') {
+            w.booted = true;
+            // A worker that booted proves the pool works: deaths before it were not in a row.
+            this.failures = 0;
+          }
         }
       });
       this.stats.started++;
@@ -197,12 +211,15 @@ export class WarmPool {
       // Its first line: the template (a name no VM can have, `~`, and the seed as its id).
       void this.o.ticket().then(
         (ticket) => {
+          if (!this.waiting.includes(w)) return;
           const first: VmwpStartInput = { config: { ...this.o.shape, name: `~warm-${seed.slice(0, 8)}`, id: seed }, ticket, secret: w.secret, template: true };
           c.stdin!.write(JSON.stringify(first) + '\n');
+          w.started = true;
         },
         (e: unknown) => {
           this.o.log.warn({ err: (e as Error).message }, 'no ticket for a warm VM worker');
-          c.kill('SIGKILL');
+          // Never taken (it had no first line): nobody else holds it.
+          if (this.waiting.includes(w)) c.kill('SIGKILL');
         },
       );
     }

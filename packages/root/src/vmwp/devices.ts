@@ -164,6 +164,17 @@ export class VmDevices {
     if (opts.restoring) await this.server.restore(opts.restoring);
   }
 
+  /**
+   * A migration's destination, before the blackout: the event connections of the channels the
+   * VM most likely has, relids 1..N for its N VMBus devices (the order a first boot offers them
+   * in). A restore whose channels have other relids makes theirs as before; one never used is
+   * only a port nobody signals.
+   */
+  async prepareChannels(): Promise<void> {
+    const n = this.built.filter((b) => b.entry.enabled && b.device.vmbus).length;
+    for (let relid = 1; relid <= n; relid++) await this.channelConnection(relid);
+  }
+
   private prepared = false;
   /**
    * What attaching needs that no saved state changes (the hub, the message ports, the port-I/O

@@ -643,6 +643,7 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
   if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
   const t0 = performance.now();
+  const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
   let tree: unknown;
   try {
     tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
@@ -674,7 +675,6 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
     void inflatePool?.close().catch(() => undefined);
     inflatePool = null;
   }
-  const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
   log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), devicesMs: ms(tVps, tDevices), goMs: ms(tDevices, tGo), guestMs: ms(tGo, tUp) }, 'migrated VM runs');
   return { running: true };
 }
@@ -751,8 +751,10 @@ async function build(): Promise<void> {
     // The devices' ports and intercepts now, and the partition process gets ready (session, memory,
     // VP threads) and waits for `go`; the setup answers once both are, so the blackout pays neither.
     await devices.prepare();
+    await devices.prepareChannels();
     const held = new Promise<void>((resolve) => (partitionHeld = resolve));
     startPartitionProcess(created.token, { hold: true, vps: cfg.vps });
+    await warmRestorePath().catch((e) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'));
     await Promise.race([held, new Promise((r) => setTimeout(r, 20000))]);
     partitionHeld = null;
     incomingReady = true;
@@ -767,6 +769,23 @@ async function build(): Promise<void> {
   startPartitionProcess(created.token, null);
   if (session.memoryMode !== 'shared') await childRpc!.request({ t: 'firmware', page: fw });
   log.info({ partitionId, partitionPid: child!.pid, memoryMode: session.memoryMode }, 'VM built');
+}
+
+/**
+ * A migration's destination runs the code of its blackout once ahead, on its own fresh VM: each
+ * VP's state read and set back as it is (the never-run VP is unchanged), and the saved-state tree
+ * of its own devices through the same decoders as the source's will go. This process is new, so
+ * otherwise the blackout pays these paths' first run (lazy compilation, the first codec runs), on
+ * both sides of the SetVpState call: measured ~5 ms of a ~45 ms downtime.
+ */
+async function warmRestorePath(): Promise<void> {
+  const vps: SavedVpState[] = [];
+  for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
+  for (let v = 0; v < cfg.vps; v++) await hv.must('SetVpState', { partitionId, vpIndex: v, state: vps[v] });
+  const tree: unknown = JSON.parse(Buffer.from(JSON.stringify(capture(vps, ''))).toString('utf8'));
+  const st = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
+  if (typeof st === 'string') throw new Error(`its own state does not decode: ${st}`);
+  vmDevices().decodeSaved(st.components);
 }
 
 /** Hands the partition to the prestarted partition process (or a new one) and watches it. */
@@ -812,6 +831,7 @@ function buildFailed(e: unknown): void {
  */
 async function claimAs(next: VmwpConfig): Promise<void> {
   if (!sameShape(next, cfg)) throw new Error(`VM "${next.name}" is not of this warm worker's shape`);
+  if (next.home !== cfg.home || next.hostId !== cfg.hostId || next.hvPid !== cfg.hvPid || next.vmDir !== cfg.vmDir) throw new Error(`VM "${next.name}" is of another host`);
   if (next.instanceSeed !== (cfg.instanceSeed ?? cfg.id)) throw new Error(`VM "${next.name}" does not carry this warm worker's device instance seed`);
   const wl = parseWorkload(next.workload);
   if (!wl) throw new Error(`workload "${next.workload}" is not one this guest runs`);
