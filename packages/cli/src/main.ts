@@ -23,7 +23,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, activeFile, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
 } from '@hvlab/faults';
 import {
@@ -1369,7 +1369,16 @@ export async function run(argv: string[]): Promise<number> {
           // A new cluster goes in a temporary home of its own; an existing one is this home's.
           const spec = loadExperiment(file);
           const home = !(spec instanceof ExperimentError) && spec.cluster === 'existing' ? paths.home : undefined;
-          report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal }));
+          // A lease on the temporary cluster, held by this process: killed (even with SIGKILL), it
+          // leaves the cluster to the home's nemesis, which takes it down and removes the home.
+          const leaseHome = async (h: string): Promise<() => Promise<void>> => {
+            const lease = await holdHomeLease(h, `experiment-${process.pid}.home`);
+            return async () => {
+              lease.end();
+              await stopNemesis(h);
+            };
+          };
+          report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome }));
         } catch (e) {
           if (e instanceof ExperimentError) {
             process.stderr.write(`hvlab: ${file} is not a valid experiment (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);

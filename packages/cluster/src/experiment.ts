@@ -884,6 +884,13 @@ export interface RunExperimentOptions {
   home?: string;
   /** Stops after the run in flight (its move is cancelled); the report of the runs made is still written. */
   signal?: AbortSignal;
+  /**
+   * Holds a lease on the temporary cluster this run brings up, taken right after it is up: if this
+   * process is killed (even with SIGKILL), whoever holds the other end takes the cluster down and
+   * removes its home (the CLI passes the home nemesis's teardown lease, @hvlab/faults, which this
+   * package cannot import). Resolves with the release the run calls before its own teardown.
+   */
+  leaseHome?: (home: string) => Promise<() => Promise<void>>;
 }
 
 /** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
@@ -929,6 +936,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
     runs: [], summary: [], aborted: false, cleanup: [], files: [],
   };
   let broughtUp = false;
+  let release: (() => Promise<void>) | null = null;
   const clients: MgmtClient[] = [];
   /** The link as it was, to put back (cluster: existing). */
   let restore: LinkChange | null = null;
@@ -938,6 +946,13 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
       say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
       await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
       broughtUp = true;
+      if (tempHome && opts.leaseHome) {
+        try {
+          release = await opts.leaseHome(home);
+        } catch (e) {
+          say(`WARNING: no lease on the temporary cluster (${message(e)}): if this run is killed, take it down with "hvlab --home ${home} cluster down"`);
+        }
+      }
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
     }
@@ -992,6 +1007,8 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
     if (restore && !broughtUp) {
       await linkSet(home, spec.from, spec.to, restore).catch((e: unknown) => void report.cleanup.push(`the link ${spec.from} - ${spec.to} was not put back: ${message(e)}`));
     }
+    // The lease first, so that its holder does not take the cluster down under our own teardown.
+    if (release) await release().catch((e: unknown) => void report.cleanup.push(`the lease on the temporary cluster was not released: ${message(e)}`));
     if (broughtUp || tempHome) {
       try {
         const d = await clusterDown(home);

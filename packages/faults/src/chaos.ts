@@ -28,7 +28,7 @@ import {
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
-import { NemesisClient, nemesisPids, stopNemesis } from './client.js';
+import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis } from './client.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawSchedule, faultRequest, scheduleLine, type ScheduledFault } from './schedule.js';
 import {
@@ -248,11 +248,9 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   let nemesis: NemesisClient | null = null;
   let renew: NodeJS.Timeout | null = null;
   /** The lease on a temporary cluster (see below), held until the run takes it down itself. */
-  let homeLease: { client: NemesisClient; timer: NodeJS.Timeout } | null = null;
+  let homeLease: { end: () => void } | null = null;
   const endHomeLease = (): void => {
-    if (!homeLease) return;
-    clearInterval(homeLease.timer);
-    homeLease.client.close();
+    homeLease?.end();
     homeLease = null;
   };
   const made: string[] = [];
@@ -270,9 +268,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         // From now on, until its own teardown, the run holds a lease on its temporary cluster: if
         // this process is killed (even with SIGKILL), the nemesis ends its faults, takes the cluster
         // down and removes the home.
-        const c = await NemesisClient.connect(home);
-        await c.renew(`${owner}.home`, { teardown: true });
-        homeLease = { client: c, timer: setInterval(() => void c.renew(`${owner}.home`, { teardown: true }).catch(() => undefined), OWNER_RENEW_MS) };
+        homeLease = await holdHomeLease(home, `${owner}.home`);
       }
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { entries, nodeArgsFor, pidAlive, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
-import type { FaultRecord, FaultRequest } from './types.js';
+import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
 
 export function nemesisFile(home: string): string {
@@ -260,6 +260,32 @@ export class NemesisClient {
   close(): void {
     this.rpc.close();
   }
+}
+
+/**
+ * A teardown lease on the cluster of a temporary home, held by a run that brought the cluster up:
+ * renewed every OWNER_RENEW_MS until `end`. If the holder dies (even by SIGKILL) the lease lapses
+ * and the home's nemesis ends `owner`'s faults, takes the cluster down and removes the home. `end`
+ * only stops the renewals: the holder then tears down itself (stopNemesis, then the cluster).
+ */
+export async function holdHomeLease(home: string, owner: string): Promise<{ end: () => void }> {
+  const c = await NemesisClient.connect(home);
+  try {
+    await c.renew(owner, { teardown: true });
+  } catch (e) {
+    c.close();
+    throw e;
+  }
+  const timer = setInterval(() => void c.renew(owner, { teardown: true }).catch(() => undefined), OWNER_RENEW_MS);
+  let ended = false;
+  return {
+    end: () => {
+      if (ended) return;
+      ended = true;
+      clearInterval(timer);
+      c.close();
+    },
+  };
 }
 
 /**
