@@ -1,11 +1,16 @@
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
 import { TestHost, eventually, shmFiles, sleep } from './harness.js';
 import { hostProcesses } from '@hvlab/host';
 import { hostConnectionId } from '../packages/root/src/vmwp/shared.js';
 import { decode, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 const vmByName = (vms: VmInfo[], n: string): VmInfo => vms.find((v) => v.name === n)!;
 
@@ -80,6 +85,13 @@ describe('a host of real processes (shared memory)', function () {
     const root = JSON.parse((await h.run('debug', 'hypercall', 'GetPartitionId', '--json')).stdout);
     expect(root.statusName).to.equal('SUCCESS');
     expect(root.output.partitionId).to.equal(1);
+  });
+
+  it('host info says what the VM processes run: the bundles while they are fresh, else the compiled modules', async () => {
+    const info = await h.json<HostInfo>('host', 'info');
+    const fresh = spawnSync(process.execPath, [join(repo, 'scripts', 'bundle.mjs'), '--check'], { stdio: 'ignore' }).status === 0;
+    expect(info.code).to.equal(process.env.HVLAB_FROM_SOURCE === '1' ? 'sources' : fresh ? 'bundles' : 'compiled');
+    expect(await h.ok('host', 'info')).to.match(/VM processes run\s+(bundles|compiled modules|TypeScript sources)/);
   });
 
   it('debug hypercall shows the reason of a refusal, also for a call that goes through the hypercall page elsewhere', async () => {

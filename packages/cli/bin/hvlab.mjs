@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // The `hvlab` command, in this one process: it imports the compiled CLI (dist/, built by
-// `pnpm install`) and runs it. If the build is missing (a checkout whose install skipped scripts),
-// the first call builds it once with the TypeScript compiler the repository installed. With
+// `pnpm install`) and runs it, from its bundle (scripts/bundle.mjs: one file to load instead of a
+// hundred) while that is newer than every package's compiled output. If the build is missing (a
+// checkout whose install skipped scripts), the first call builds it once with the TypeScript
+// compiler the repository installed, and bundles it. With
 // HVLAB_FROM_SOURCE=1 it registers tsx in-process and runs the TypeScript sources instead (for
 // development; the processes it starts then run from sources too). Paths are resolved from this
 // file, not from the current directory, so the command works from anywhere, also through a
 // symlink on PATH (Node runs the symlink's target, so import.meta.url is here).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** One line on stderr (the stack too with HVLAB_DEBUG=1), then exit 1. */
@@ -36,6 +38,26 @@ if (process.env.HVLAB_FROM_SOURCE === '1') {
     const tsc = here('../../../node_modules/typescript/bin/tsc');
     const r = spawnSync(process.execPath, [tsc, '-b'], { cwd: repo, stdio: ['ignore', 'ignore', 'inherit'] });
     if (r.status !== 0 || !existsSync(entry)) fail('the build failed', new Error(`tsc -b in ${repo} exited with ${r.status ?? r.signal}`));
+    // Bundles are a speed-up only: without them every process runs from dist/.
+    spawnSync(process.execPath, [here('../../../scripts/bundle.mjs')], { cwd: repo, stdio: ['ignore', 'ignore', 'inherit'] });
+  }
+  const bundle = here('../dist/bundle/main.mjs');
+  if (process.env.HVLAB_BUNDLES !== 'off' && fresh(bundle)) entry = bundle;
+}
+
+/** Whether a bundle exists and is newer than every package's compiled output (runtime/src/paths.ts does the same). */
+function fresh(file) {
+  try {
+    const t = statSync(file).mtimeMs;
+    const packages = here('../../');
+    for (const p of readdirSync(packages)) {
+      try {
+        if (statSync(`${packages}${p}/dist/tsconfig.tsbuildinfo`).mtimeMs > t) return false;
+      } catch { /* not built */ }
+    }
+    return true;
+  } catch {
+    return false;
   }
 }
 let main;

@@ -563,6 +563,8 @@ export interface HostInfo {
   vmbusTransport: 'shm' | 'remote';
   /** How hypercalls on the hot paths travel: through per-session hypercall pages, or the hypervisor's socket. */
   hypercallPath?: 'page' | 'socket';
+  /** What the VM processes run: one bundle each, the compiled modules (no or stale bundles), or the sources through tsx. */
+  code?: 'bundles' | 'compiled' | 'sources';
   /** How many times the hypervisor's supervisor restarted a dead root partition process. */
   rootRestarts?: number;
   /** The cluster this host is a member of, or null. */

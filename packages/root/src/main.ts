@@ -13,7 +13,7 @@ import { HostFaults } from './host-faults.js';
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo } from '@hvlab/protocol';
-import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine } from '@hvlab/runtime';
+import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine, codeKind } from '@hvlab/runtime';
 import { kernelDirtyTrackingUnavailableReason, memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
@@ -104,7 +104,7 @@ const handler: MgmtHandler = async (op, args) => {
         lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
         rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', cluster: member?.info() ?? null,
-        dirtyTracking: dirtyTracking(),
+        dirtyTracking: dirtyTracking(), code: codeKind(),
       };
       return info;
     }

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { homedir, tmpdir } from 'node:os';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -85,20 +85,63 @@ function entry(pkg: string, ...path: string[]): string {
     : join(repoRoot, 'packages', pkg, 'dist', 'src', ...path.slice(0, last), `${path[last]}.js`);
 }
 
+/** The newest compiled output: every package's tsbuildinfo, which `tsc -b` rewrites when it emits. */
+function newestBuild(): number {
+  let t = 0;
+  try {
+    for (const p of readdirSync(join(repoRoot, 'packages'))) {
+      try {
+        t = Math.max(t, statSync(join(repoRoot, 'packages', p, 'dist', 'tsconfig.tsbuildinfo')).mtimeMs);
+      } catch { /* not built */ }
+    }
+  } catch { /* no packages directory: no bundle is used */ }
+  return t;
+}
+
+/**
+ * Which file starts a process: its bundle (scripts/bundle.mjs: one file instead of ~100 modules to
+ * resolve) while that is at least as new as `newestBuildMs`, the newest compiled output, else its
+ * compiled entry, so that a `tsc -b` after an edit never runs old code from a bundle.
+ */
+export function pickEntry(compiled: string, bundle: string, newestBuildMs: number): string {
+  try {
+    return statSync(bundle).mtimeMs >= newestBuildMs ? bundle : compiled;
+  } catch {
+    return compiled;
+  }
+}
+
+/** HVLAB_BUNDLES=off runs the compiled entries always (bundles are a speed-up only). */
+const BUNDLES_OFF = process.env.HVLAB_BUNDLES === 'off';
+let built: number | undefined;
+function bundleOr(compiled: string, pkg: string, file: string): string {
+  if (FROM_SOURCE || BUNDLES_OFF) return compiled;
+  return pickEntry(compiled, join(repoRoot, 'packages', pkg, 'dist', 'bundle', file), (built ??= newestBuild()));
+}
+
 /** Entry points of the processes of a host. */
 export const entries = {
-  hypervisor: entry('hypervisor', 'main'),
-  root: entry('root', 'main'),
+  hypervisor: bundleOr(entry('hypervisor', 'main'), 'hypervisor', 'hypervisor.mjs'),
+  root: bundleOr(entry('root', 'main'), 'root', 'root.mjs'),
   /** boot.ts starts the partition process, then loads main.ts. */
-  vmwp: entry('root', 'vmwp', 'boot'),
+  vmwp: bundleOr(entry('root', 'vmwp', 'boot'), 'root', 'vmwp.mjs'),
   /** boot.ts starts the first VP thread, then loads main.ts. */
-  partition: entry('guest', 'boot'),
+  partition: bundleOr(entry('guest', 'boot'), 'guest', 'partition.mjs'),
   /** A cluster's fabric (its links), one per cluster. */
   fabric: entry('cluster', 'fabric-main'),
   /** The nemesis of a home (its faults), one per home, started on demand. */
   nemesis: entry('faults', 'nemesis-main'),
 };
 export const REPO_ROOT = repoRoot;
+
+/**
+ * What a VM's processes run here (`host info`): `sources` (HVLAB_FROM_SOURCE=1, through tsx),
+ * `bundles`, or `compiled` (dist/ as tsc wrote it: no bundles, stale ones, or HVLAB_BUNDLES=off).
+ */
+export function codeKind(): 'sources' | 'bundles' | 'compiled' {
+  if (FROM_SOURCE) return 'sources';
+  return entries.vmwp.endsWith('.mjs') && entries.partition.endsWith('.mjs') ? 'bundles' : 'compiled';
+}
 
 /**
  * The environment variable by which the root names its hypervisor's socket to the VM processes it

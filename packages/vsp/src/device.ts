@@ -64,11 +64,25 @@ export class DeviceLoadError extends Error {
   override name = 'DeviceLoadError';
 }
 
+/**
+ * The host half of each device class, as literal imports (a bundler follows them; one built from a
+ * name at run time would load a second copy of every module beside a bundle).
+ */
+const HOST_HALVES: Record<DeviceClass, () => Promise<unknown>> = {
+  heartbeat: () => import('./heartbeat/index.js'),
+  shutdown: () => import('./shutdown/index.js'),
+  timesync: () => import('./timesync/index.js'),
+  kvp: () => import('./kvp/index.js'),
+  cmos: () => import('./cmos/index.js'),
+};
+
 /** Loads the host half of a device class by name. */
 export async function loadDeviceClass(cls: DeviceClass): Promise<DeviceModule> {
   let m: unknown;
   try {
-    m = await import(`@hvlab/vsp/${cls}`);
+    const load = Object.hasOwn(HOST_HALVES, cls) ? HOST_HALVES[cls] : undefined;
+    if (!load) throw new Error('no such class');
+    m = await load();
   } catch (e) {
     throw new DeviceLoadError(`device class "${cls}" has no host half (@hvlab/vsp/${cls}): ${(e as Error).message}`);
   }

@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+/**
+ * Bundles hvlab's processes from the compiled JavaScript (`tsc -b` first): `pnpm install`,
+ * `pnpm build` and `pnpm test` run it after the compiler.
+ *
+ *   packages/root/dist/bundle/vmwp.mjs                the VM worker process (root/src/vmwp/boot.ts)
+ *   packages/root/dist/bundle/compress-worker.js      its page-compression pool's worker
+ *   packages/root/dist/bundle/root.mjs                the root partition process (root/src/main.ts)
+ *   packages/guest/dist/bundle/partition.mjs          the child partition process (guest/src/boot.ts)
+ *   packages/guest/dist/bundle/vp.js                  a VP thread (guest/src/vp.ts)
+ *   packages/hypervisor/dist/bundle/hypervisor.mjs    the hypervisor (hypervisor/src/main.ts)
+ *   packages/hypervisor/dist/bundle/sched-thread.js   its scheduler thread
+ *   packages/cli/dist/bundle/main.mjs                 the `hvlab` command (bin/hvlab.mjs loads it)
+ *
+ * Why: a VM start is mostly module loading, in three isolates (VMWP, partition, VP thread), and
+ * Node's loader spends most of that resolving and reading ~100 files each (realpath, stat, package
+ * scopes, URLs): one file per isolate took a cold VMWP + partition from ~876 to ~660 ms of CPU.
+ *
+ * The workers sit beside their process's bundle under the names the code opens them by
+ * (`new URL('./vp.js', import.meta.url)` in guest/src/spare.ts, './compress-worker.js' in
+ * root/src/vmwp/compress.ts, './sched-thread.js' in hypervisor/src/server.ts). Native addons
+ * (@hvlab/shm, zeromq) and what loads by name at run time (msgpackr, through createRequire;
+ * piscina's workers) stay outside, resolved from the bundle's package as before. runtime/src/paths.ts takes a bundle only while it is newer than every
+ * package's compiled output, so a `tsc -b` after an edit never runs old code from a bundle.
+ *
+ * `node scripts/bundle.mjs --check` exits 1 when a bundle is missing or older than the compiled code.
+ */
+import { createRequire } from 'node:module';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const pkg = (...p) => join(repo, 'packages', ...p);
+
+/** Native addons, and what is loaded by name at run time (createRequire, worker files), stay outside. */
+const EXTERNAL = ['@hvlab/shm', 'zeromq', 'msgpackr', 'piscina'];
+/** Each bundle: its output and its compiled entry. */
+const BUNDLES = [
+  { out: pkg('root', 'dist', 'bundle', 'vmwp.mjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js') },
+  { out: pkg('root', 'dist', 'bundle', 'compress-worker.js'), entry: pkg('root', 'dist', 'src', 'vmwp', 'compress-worker.js') },
+  { out: pkg('root', 'dist', 'bundle', 'root.mjs'), entry: pkg('root', 'dist', 'src', 'main.js') },
+  { out: pkg('guest', 'dist', 'bundle', 'partition.mjs'), entry: pkg('guest', 'dist', 'src', 'boot.js') },
+  { out: pkg('guest', 'dist', 'bundle', 'vp.js'), entry: pkg('guest', 'dist', 'src', 'vp.js') },
+  { out: pkg('hypervisor', 'dist', 'bundle', 'hypervisor.mjs'), entry: pkg('hypervisor', 'dist', 'src', 'main.js') },
+  { out: pkg('hypervisor', 'dist', 'bundle', 'sched-thread.js'), entry: pkg('hypervisor', 'dist', 'src', 'sched-thread.js') },
+  { out: pkg('cli', 'dist', 'bundle', 'main.mjs'), entry: pkg('cli', 'dist', 'src', 'main.js') },
+];
+
+/** The newest compiled output: every package's tsbuildinfo, which `tsc -b` rewrites when it emits. */
+function newestBuildInfo() {
+  let t = 0;
+  for (const p of readdirSync(join(repo, 'packages'))) {
+    const f = pkg(p, 'dist', 'tsconfig.tsbuildinfo');
+    if (existsSync(f)) t = Math.max(t, statSync(f).mtimeMs);
+  }
+  return t;
+}
+
+if (process.argv.includes('--check')) {
+  const built = newestBuildInfo();
+  const stale = BUNDLES.filter((b) => !existsSync(b.out) || statSync(b.out).mtimeMs < built);
+  for (const b of stale) process.stderr.write(`bundle: ${b.out} is ${existsSync(b.out) ? 'older than the compiled code' : 'missing'}\n`);
+  process.exit(stale.length ? 1 : 0);
+}
+
+let esbuild;
+try {
+  esbuild = createRequire(join(repo, 'package.json'))('esbuild');
+} catch (e) {
+  // Without esbuild the processes run from dist/ as they are: slower to start, nothing else.
+  process.stderr.write(`bundle: esbuild is not installed (${e.message.split('\n')[0]}); the VM processes run unbundled\n`);
+  process.exit(0);
+}
+
+const missing = BUNDLES.filter((b) => !existsSync(b.entry));
+if (missing.length) {
+  process.stderr.write(`bundle: ${missing.map((b) => b.entry).join(', ')} missing: run "tsc -b" first\n`);
+  process.exit(1);
+}
+
+const t0 = performance.now();
+for (const dir of new Set(BUNDLES.map((b) => dirname(b.out)))) {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+}
+for (const b of BUNDLES) {
+  await esbuild.build({
+    entryPoints: [b.entry], outfile: b.out, bundle: true, platform: 'node', format: 'esm', target: 'node20',
+    external: EXTERNAL, logLevel: 'warning',
+    // Code that calls require() (CommonJS dependencies inside the bundle) gets one.
+    banner: { js: "import { createRequire as __hvlabCreateRequire } from 'node:module'; const require = __hvlabCreateRequire(import.meta.url);" },
+  });
+}
+process.stderr.write(`bundle: ${BUNDLES.length} bundles in ${Math.round(performance.now() - t0)} ms\n`);
