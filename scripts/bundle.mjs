@@ -80,16 +80,25 @@ if (missing.length) {
 }
 
 const t0 = performance.now();
-for (const dir of new Set(BUNDLES.map((b) => dirname(b.out)))) {
+const dirs = [...new Set(BUNDLES.map((b) => dirname(b.out)))];
+for (const dir of dirs) {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
 }
-for (const b of BUNDLES) {
-  await esbuild.build({
-    entryPoints: [b.entry], outfile: b.out, bundle: true, platform: 'node', format: 'esm', target: 'node20',
-    external: EXTERNAL, logLevel: 'warning',
-    // Code that calls require() (CommonJS dependencies inside the bundle) gets one.
-    banner: { js: "import { createRequire as __hvlabCreateRequire } from 'node:module'; const require = __hvlabCreateRequire(import.meta.url);" },
-  });
+try {
+  for (const b of BUNDLES) {
+    await esbuild.build({
+      entryPoints: [b.entry], outfile: b.out, bundle: true, platform: 'node', format: 'esm', target: 'node20',
+      external: EXTERNAL, logLevel: 'warning',
+      // Code that calls require() (CommonJS dependencies inside the bundle) gets one.
+      banner: { js: "import { createRequire as __hvlabCreateRequire } from 'node:module'; const require = __hvlabCreateRequire(import.meta.url);" },
+    });
+  }
+} catch (e) {
+  // All or none: a process bundle without its worker's bundle beside it would start threads that
+  // are not there. Without bundles every process runs from dist/, as it did before them.
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  process.stderr.write(`bundle: failed (${String(e?.message ?? e).split('\n')[0]}); the processes run unbundled\n`);
+  process.exit(0);
 }
 process.stderr.write(`bundle: ${BUNDLES.length} bundles in ${Math.round(performance.now() - t0)} ms\n`);
