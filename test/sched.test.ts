@@ -227,7 +227,10 @@ describe('VP scheduling over logical processors (real processes)', function () {
       }
       expect(bad, 'pages breaking the pattern').to.deep.equal([]);
       expect(steps, 'places where a page is one less than the previous').to.be.at.most(1);
-      expect(b[0], 'the pages were dirtied').to.not.equal(0);
+      // Dirtied at all: the guest's count of page writes (a page's byte wraps every 256 passes, so
+      // b[0] is 0 after a whole multiple of 256 of them: checking it failed ~1 run in 256).
+      const st = await h.json<{ progress: number }>('vm', 'status', 'md');
+      expect(st.progress, 'the pages were dirtied').to.be.above(1024);
       await h.ok('vm', 'turn-off', 'md');
     });
 
