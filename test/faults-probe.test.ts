@@ -127,6 +127,9 @@ describe('faults under attack: one host (real processes)', function () {
     c.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const exited = new Promise<number>((r) => c.on('close', (code) => r(code ?? -1)));
     expect(await eventually(() => processState(pid) === 'T', 60000), 'paused').to.equal(true);
+    // And the CLI has its answer (it holds the fault now): killed before it answers, the nemesis
+    // leaves the CLI a failed inject instead, which is another case (CI hit that window once).
+    expect(await eventually(() => /^fault \S+: pause on/m.test(out), 60000), `the CLI says it holds the fault: ${out} ${err}`).to.equal(true);
     kill9(nemesisPidOf(h.home));
     const code = await exited;
     expect(code, err).to.equal(0);
