@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { decodeVmwpStartInput } from '../src/vmwp/shared.js';
+import { decodeVmwpClaim, decodeVmwpStartInput } from '../src/vmwp/shared.js';
 
 const good = {
   ticket: 't', secret: 's',
@@ -24,6 +24,22 @@ describe('the VMWP start-up input decoder', () => {
   it('never throws anything but an Error on random or mutated input', () => {
     fc.assert(fc.property(fc.oneof(fc.string(), fc.jsonValue().map((v) => JSON.stringify(v)), fc.jsonValue().map((v) => JSON.stringify({ ...good, config: { ...good.config, processor: v } }))), (t) => {
       try { decodeVmwpStartInput(t); } catch (e) { expect(e).to.be.instanceOf(Error); }
+    }), { numRuns: 3000 });
+  });
+
+  it('a booted warm worker\'s lines: the template flag and the instance seed are checked, and the claim is decoded as the config is', () => {
+    expect(decodeVmwpStartInput(JSON.stringify({ ...good, template: true })).template).to.equal(true);
+    expect(decodeVmwpStartInput(JSON.stringify(good)).template).to.equal(undefined);
+    expect(() => decodeVmwpStartInput(JSON.stringify({ ...good, template: 'yes' }))).to.throw(/template/);
+    expect(decodeVmwpClaim(JSON.stringify({ config: { ...good.config, instanceSeed: 'seed' } })).config.instanceSeed).to.equal('seed');
+    expect(() => decodeVmwpClaim(JSON.stringify({ config: { ...good.config, instanceSeed: 7 } }))).to.throw(/instanceSeed/);
+    expect(() => decodeVmwpClaim(JSON.stringify({ config: { ...good.config, vps: 0 } }))).to.throw(/vps/);
+    expect(() => decodeVmwpClaim('null')).to.throw(/the claim is not a map/);
+  });
+
+  it('the claim decoder never throws anything but an Error on random or mutated input', () => {
+    fc.assert(fc.property(fc.oneof(fc.string(), fc.jsonValue().map((v) => JSON.stringify(v)), fc.jsonValue().map((v) => JSON.stringify({ config: { ...good.config, instanceSeed: v } })), fc.jsonValue().map((v) => JSON.stringify({ config: v }))), (t) => {
+      try { decodeVmwpClaim(t); } catch (e) { expect(e).to.be.instanceOf(Error); }
     }), { numRuns: 3000 });
   });
 });
