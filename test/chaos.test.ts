@@ -21,7 +21,7 @@ import {
   CHAOS_REPORT_FILES, NemesisClient, OWNER_LEASE_MS, chaosWorld, drawSchedule, loadChaosExperiment, nemesisPids, plannedSchedule, processState, runChaosExperiment, type ChaosReport,
   type ChaosSpec,
 } from '@hvlab/faults';
-import { TestHost, eventually, shmFiles } from './harness.js';
+import { TestHost, eventually, killExperimentRun, shmFiles } from './harness.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -287,22 +287,7 @@ workloads:
 faults:
   - { at: 1s, kind: pause, target: vm:k1, for: 50s }
 `);
-    const cli = resolve(repo, 'packages/cli/bin/hvlab.mjs');
-    const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', join(dir, 'killed')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    const exited = new Promise<void>((r) => child.on('exit', () => r()));
-    let home = '';
-    const ids: string[] = [];
-    try {
-      expect(await eventually(() => /f1 at /.test(output), 120_000), `the fault was injected: ${output}`).to.equal(true);
-      home = /under (\/\S+)/.exec(output)![1]!;
-      for (const n of ['h1', 'h2']) ids.push((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
-    } finally {
-      child.kill('SIGKILL');
-      await exited;
-    }
+    const { home, ids } = await killExperimentRun(file, join(dir, 'killed'), /f1 at /, 'the fault injection');
     const gone = (): boolean => !existsSync(home) && ids.every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0 && nemesisPids(home).length === 0;
     expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${ids.flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}, nemesis ${nemesisPids(home).join(' ')}`).to.equal(true);
     expect(ids.flatMap((id) => shmFiles(id))).to.deep.equal([]);

@@ -5,14 +5,12 @@
  * nothing: no host process, /dev/shm file, fabric, namespace or temporary home.
  */
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { hostProcesses } from '@hvlab/host';
 import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
-import { eventually, shmFiles } from './harness.js';
+import { eventually, killExperimentRun, shmFiles } from './harness.js';
 
 const EXPERIMENT = `name: e2e-small
 kind: migration
@@ -26,7 +24,6 @@ repetitions: 1
 warmup: 500ms
 `;
 
-const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => d.startsWith('hvlab-experiment-'));
 
 describe('experiment run with real processes', function () {
@@ -115,21 +112,7 @@ methods: [offline]
 repetitions: 50
 warmup: 200ms
 `);
-    const child = spawn(process.execPath, [resolve(repo, 'packages/cli/bin/hvlab.mjs'), 'experiment', 'run', file, '--out', join(dir, 'killed')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    const exited = new Promise<void>((r) => child.on('exit', () => r()));
-    let home = '';
-    const ids: string[] = [];
-    try {
-      expect(await eventually(() => /^offline 1\/50: completed/m.test(output), 120_000), `a move completed: ${output}`).to.equal(true);
-      home = /under (\/\S+)/.exec(output)![1]!;
-      for (const n of ['h1', 'h2']) ids.push((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
-    } finally {
-      child.kill('SIGKILL');
-      await exited;
-    }
+        const { home, ids } = await killExperimentRun(file, join(dir, 'killed'), /^offline 1\/50: completed/m, 'a move');
     const gone = (): boolean => !existsSync(home) && ids.every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0;
     expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${ids.flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}`).to.equal(true);
     expect(ids.flatMap((id) => shmFiles(id))).to.deep.equal([]);

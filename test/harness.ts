@@ -128,3 +128,27 @@ export function syncCli(home: string, ...args: string[]): CliResult {
   const r = spawnSync(process.execPath, [cli, ...args], { cwd: repo, env: { ...process.env, HVLAB_HOME: home }, encoding: 'utf8' });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
+
+/**
+ * Runs `hvlab experiment run FILE --out OUT` on a cluster of its own (hosts h1 and h2 under a
+ * temporary home), waits until its output matches `ready` (what `what` names), and kills it with
+ * SIGKILL. Resolves with the run's home and its hosts' ids, for the caller to check what is left.
+ */
+export async function killExperimentRun(file: string, out: string, ready: RegExp, what: string): Promise<{ home: string; ids: string[] }> {
+  const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  let home = '';
+  const ids: string[] = [];
+  try {
+    if (!(await eventually(() => ready.test(output), 120_000))) throw new Error(`${what} did not happen: ${output}`);
+    home = /under (\/\S+)/.exec(output)![1]!;
+    for (const n of ['h1', 'h2']) ids.push((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
+  return { home, ids };
+}
