@@ -26,9 +26,9 @@
  * `node scripts/bundle.mjs --check` exits 1 when a bundle is missing or older than the compiled code.
  */
 import { createRequire } from 'node:module';
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const pkg = (...p) => join(repo, 'packages', ...p);
@@ -47,18 +47,10 @@ const BUNDLES = [
   { out: pkg('cli', 'dist', 'bundle', 'main.mjs'), entry: pkg('cli', 'dist', 'src', 'main.js') },
 ];
 
-/** The newest compiled output: every package's tsbuildinfo, which `tsc -b` rewrites when it emits. */
-function newestBuildInfo() {
-  let t = 0;
-  for (const p of readdirSync(join(repo, 'packages'))) {
-    const f = pkg(p, 'dist', 'tsconfig.tsbuildinfo');
-    if (existsSync(f)) t = Math.max(t, statSync(f).mtimeMs);
-  }
-  return t;
-}
-
 if (process.argv.includes('--check')) {
-  const built = newestBuildInfo();
+  // The same test runtime/src/paths.ts makes before it takes a bundle.
+  const { newestBuild } = await import(pathToFileURL(pkg('runtime', 'dist', 'src', 'paths.js')).href);
+  const built = newestBuild();
   const stale = BUNDLES.filter((b) => !existsSync(b.out) || statSync(b.out).mtimeMs < built);
   for (const b of stale) process.stderr.write(`bundle: ${b.out} is ${existsSync(b.out) ? 'older than the compiled code' : 'missing'}\n`);
   process.exit(stale.length ? 1 : 0);

@@ -9,7 +9,7 @@
 // file, not from the current directory, so the command works from anywhere, also through a
 // symlink on PATH (Node runs the symlink's target, so import.meta.url is here).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** One line on stderr (the stack too with HVLAB_DEBUG=1), then exit 1. */
@@ -41,25 +41,14 @@ if (process.env.HVLAB_FROM_SOURCE === '1') {
     // Bundles are a speed-up only: without them every process runs from dist/.
     spawnSync(process.execPath, [here('../../../scripts/bundle.mjs')], { cwd: repo, stdio: ['ignore', 'ignore', 'inherit'] });
   }
-  const bundle = here('../dist/bundle/main.mjs');
-  if (process.env.HVLAB_BUNDLES !== 'off' && fresh(bundle)) entry = bundle;
-}
-
-/** Whether a bundle exists and is newer than every package's compiled output (runtime/src/paths.ts does the same). */
-function fresh(file) {
-  try {
-    const t = statSync(file).mtimeMs;
-    const packages = here('../../');
-    for (const p of readdirSync(packages)) {
-      try {
-        if (statSync(`${packages}${p}/dist/tsconfig.tsbuildinfo`).mtimeMs > t) return false;
-      } catch { /* not built */ }
-    }
-    return true;
-  } catch {
-    return false;
+  // The bundle while it is newer than every package's compiled output (runtime/src/paths.ts:
+  // paths.js imports nothing but Node's own modules).
+  if (process.env.HVLAB_BUNDLES !== 'off') {
+    const { newestBuild, pickEntry } = await import(pathToFileURL(here('../../runtime/dist/src/paths.js')).href);
+    entry = pickEntry(entry, here('../dist/bundle/main.mjs'), newestBuild());
   }
 }
+
 let main;
 try {
   ({ main } = await import(pathToFileURL(entry).href));

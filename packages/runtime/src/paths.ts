@@ -86,7 +86,7 @@ function entry(pkg: string, ...path: string[]): string {
 }
 
 /** The newest compiled output: every package's tsbuildinfo, which `tsc -b` rewrites when it emits. */
-function newestBuild(): number {
+export function newestBuild(): number {
   let t = 0;
   try {
     for (const p of readdirSync(join(repoRoot, 'packages'))) {
