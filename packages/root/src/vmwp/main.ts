@@ -681,18 +681,23 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
 const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
 let created: { partitionId: number; token: string } | null = null;
 
+/** The firmware page's workload fields (`page` is the page: a fresh one, or the guest's at BOOT_INFO_GPA). */
+function setFirmwareWorkload(page: Uint8Array, wl: { name: string; arg: number }): void {
+  new DataView(page.buffer, page.byteOffset, page.byteLength).setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
+  page.fill(0, BootInfo.workloadName, BootInfo.workloadName + WORKLOAD_NAME_BYTES);
+  page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
+}
+
 function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
   const page = new Uint8Array(PAGE);
   const dv = new DataView(page.buffer);
-  const wl = parseWorkload(cfg.workload)!;
   dv.setUint32(BootInfo.magic, BOOT_MAGIC, true);
   dv.setUint32(BootInfo.version, 1, true);
   dv.setUint32(BootInfo.partitionId, partitionId, true);
   dv.setUint32(BootInfo.vpCount, cfg.vps, true);
   dv.setBigUint64(BootInfo.memoryBytes, BigInt(cfg.memoryBytes), true);
   dv.setUint32(BootInfo.controlConnectionId, GUEST_CONTROL_CONNECTION_ID, true);
-  dv.setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
-  page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
+  setFirmwareWorkload(page, parseWorkload(cfg.workload)!);
   dv.setFloat64(BootInfo.rtcMs, Date.now() + cfg.rtcOffsetS * 1000, true);
   const endpoint = new TextEncoder().encode(vmbus.endpoint);
   if (endpoint.length >= VMBUS_ENDPOINT_BYTES) throw new Error(`VMBus endpoint ${vmbus.endpoint} is longer than ${VMBUS_ENDPOINT_BYTES - 1} bytes`);
@@ -852,10 +857,7 @@ async function claimAs(next: VmwpConfig): Promise<void> {
   if (p.weight !== from.processor.weight) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: p.weight });
   if (memory) {
     // The firmware page names the workload the guest runs (what a saved state or a look at it shows).
-    const b = new Uint8Array(memory.buffer, BOOT_INFO_GPA, PAGE);
-    b.fill(0, BootInfo.workloadName, BootInfo.workloadName + WORKLOAD_NAME_BYTES);
-    b.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
-    memory.setBigUint64(BOOT_INFO_GPA + BootInfo.workloadArg, BigInt(wl.arg), true);
+    setFirmwareWorkload(new Uint8Array(memory.buffer, BOOT_INFO_GPA, PAGE), wl);
   }
   await childRpc.request({ t: 'assign', vm: cfg.name, workload: wl.name, arg: wl.arg }, 10000);
   for (let vp = 0; vp < cfg.vps; vp++) await hv.must('AssertVirtualInterrupt', { partitionId, vpIndex: vp, vector: GuestVector.Reschedule });
