@@ -75,8 +75,14 @@ describe('the warm pool of booted VMs (real processes)', function () {
     expect(ic.filter((s) => s.status === 'OK').map((s) => s.service).sort()).to.deep.equal(['heartbeat', 'kvp', 'shutdown', 'timesync']);
     // It logs as w1, and its config keeps the template's device instance seed.
     const logs = join(h.paths.logDir);
-    expect(readFileSync(join(logs, 'vmwp-w1.log'), 'utf8')).to.match(/claimed: the booted template is this VM/);
-    expect(existsSync(join(logs, 'partition-w1.log'))).to.equal(true);
+    const vmwpLog = readFileSync(join(logs, 'vmwp-w1.log'), 'utf8');
+    expect(vmwpLog).to.match(/claimed: the booted template is this VM/);
+    // Its logs begin with the template's boot, and the template's own files are gone.
+    const template = (JSON.parse(vmwpLog.split('\n').find((l) => l.includes('claimed: the booted template'))!) as { template: string }).template;
+    expect(vmwpLog.indexOf('template booted; waiting for a claim')).to.be.within(0, vmwpLog.indexOf('claimed: the booted template'));
+    expect(readFileSync(join(logs, 'partition-w1.log'), 'utf8')).to.match(/given its VM/);
+    expect(existsSync(join(logs, `vmwp-${template}.log`)), 'the template VMWP log moved').to.equal(false);
+    expect(existsSync(join(logs, `partition-${template}.log`)), 'the template partition log moved').to.equal(false);
     expect(await eventually(() => /"instanceSeed"/.test(readFileSync(join(h.paths.vmDir, 'w1.json'), 'utf8')), 5000), 'the config has the seed').to.equal(true);
     expect(await eventually(async () => warmPids(await h.json<ProcessInfo[]>('ps')).length === 2, 10000), 'the pool refills').to.equal(true);
     // Saved and restored: the restored devices must find the guest's channels by their instance ids.

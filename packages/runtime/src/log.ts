@@ -8,7 +8,7 @@
  * next line, or a retry timer when nothing else is logged) one warning line says how many were
  * dropped and why. Writes stay synchronous so a line logged just before `process.exit` is on disk.
  */
-import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 
@@ -24,6 +24,11 @@ export interface LogIo {
   truncate(fd: number, len: number): void;
   close(fd: number): void;
   mkdir(dir: string): void;
+  /**
+   * Moves the file at `from` to `to`: a rename when `to` does not exist, else `from`'s bytes
+   * appended to `to` and `from` removed. Optional: a logger without it leaves `from` where it is.
+   */
+  adopt?(from: string, to: string): void;
 }
 
 export const nodeLogIo: LogIo = {
@@ -33,6 +38,14 @@ export const nodeLogIo: LogIo = {
   truncate: (fd, len) => ftruncateSync(fd, len),
   close: (fd) => closeSync(fd),
   mkdir: (dir) => mkdirSync(dir, { recursive: true }),
+  adopt: (from, to) => {
+    if (!existsSync(to)) {
+      renameSync(from, to);
+      return;
+    }
+    appendFileSync(to, readFileSync(from));
+    unlinkSync(from);
+  },
 };
 
 /** Error codes a log write meets, with the words strerror(3) gives them. */
@@ -213,6 +226,9 @@ export function processLogger(logDir: string, file: string, bindings: Record<str
  * processLogger whose file and bindings can change later (`moveTo`): a booted warm worker logs as
  * its template until it is claimed, then as the VM it became, with every logger it handed out
  * (devices, channels) following. The bindings come from a pino mixin, so lines carry the current ones.
+ * The lines written so far move with it (`LogIo.adopt`): the VM's log starts with its template's
+ * boot, after what earlier runs of the VM logged there, and no template's file is left behind
+ * (each warm start left two before). Writes are synchronous, so the old file is complete when it moves.
  */
 export function movableProcessLogger(logDir: string, file: string, bindings: Record<string, unknown>, o: LogFileOptions = {}): { log: Logger; moveTo: (file: string, bindings: Record<string, unknown>) => void } {
   const io = o.io ?? nodeLogIo;
@@ -220,7 +236,8 @@ export function movableProcessLogger(logDir: string, file: string, bindings: Rec
     io.mkdir(logDir);
   } catch { /* the LogFile drops and counts lines until the directory exists */ }
   let current: Record<string, unknown> = { ...bindings };
-  let dest = new LogFile(join(logDir, file), { ...o, io });
+  let path = join(logDir, file);
+  let dest = new LogFile(path, { ...o, io });
   const options: LoggerOptions = {
     // An unknown level would make pino throw; a typo in the environment must not stop a process.
     level: Object.hasOwn(pino.levels.values, process.env.HVLAB_LOG_LEVEL ?? '') ? process.env.HVLAB_LOG_LEVEL : 'info',
@@ -243,11 +260,17 @@ export function movableProcessLogger(logDir: string, file: string, bindings: Rec
   return {
     log,
     moveTo: (next, b) => {
-      const old = dest;
-      dest = new LogFile(join(logDir, next), { ...o, io });
+      const to = join(logDir, next);
+      dest.close();
+      if (to !== path) {
+        try {
+          io.adopt?.(path, to);
+        } catch { /* the old file stays where it is; the new one starts without it */ }
+      }
+      path = to;
+      dest = new LogFile(to, { ...o, io });
       dest.formatDropLine = formatDropLine;
       current = { ...b };
-      old.close();
     },
   };
 }

@@ -6,10 +6,10 @@
  * lines with the process's bindings on every line, even after a partial write.
  */
 import { expect } from 'chai';
-import { closeSync, fstatSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { movableProcessLogger, processLogger, type LogIo } from '../src/log.js';
+import { movableProcessLogger, nodeLogIo, processLogger, type LogIo } from '../src/log.js';
 
 const BINDINGS = { host: 'h0', role: 'root', partition: 1 };
 
@@ -96,11 +96,32 @@ describe('process logger', () => {
     m.moveTo('vmwp-w1.log', { host: 'h0', role: 'vmwp', vm: 'w1' });
     m.log.info('claimed');
     child.info('from a child made before the move');
-    const before = lines(join(dir, 'vmwp-~warm-1.log'));
+    // The template's lines moved with it: the VM's log starts with them, and no template file is left.
+    expect(existsSync(join(dir, 'vmwp-~warm-1.log'))).to.equal(false);
     const after = lines(join(dir, 'vmwp-w1.log'));
-    expect(before.map((l) => [l.msg, l.vm])).to.deep.equal([['booted', '~warm-1']]);
-    expect(after.map((l) => [l.msg, l.vm])).to.deep.equal([['claimed', 'w1'], ['from a child made before the move', 'w1']]);
-    expect(after[1].partition).to.equal(3);
+    expect(after.map((l) => [l.msg, l.vm])).to.deep.equal([['booted', '~warm-1'], ['claimed', 'w1'], ['from a child made before the move', 'w1']]);
+    expect(after[2].partition).to.equal(3);
+  });
+
+  it('a move into a log that exists appends the lines so far after what it holds', () => {
+    const earlier = processLogger(dir, 'vmwp-w2.log', { host: 'h0', role: 'vmwp', vm: 'w2' });
+    earlier.info('an earlier run');
+    const m = movableProcessLogger(dir, 'vmwp-~warm-2.log', { host: 'h0', role: 'vmwp', vm: '~warm-2' });
+    m.log.info('booted');
+    m.moveTo('vmwp-w2.log', { host: 'h0', role: 'vmwp', vm: 'w2' });
+    m.log.info('claimed');
+    expect(existsSync(join(dir, 'vmwp-~warm-2.log'))).to.equal(false);
+    expect(lines(join(dir, 'vmwp-w2.log')).map((l) => [l.msg, l.vm])).to.deep.equal([['an earlier run', 'w2'], ['booted', '~warm-2'], ['claimed', 'w2']]);
+  });
+
+  it('a move whose file cannot be carried over leaves it and goes on logging', () => {
+    const io: LogIo = { ...nodeLogIo, adopt: () => { throw Object.assign(new Error('EXDEV'), { code: 'EXDEV' }); } };
+    const m = movableProcessLogger(dir, 'vmwp-~warm-3.log', { host: 'h0', role: 'vmwp', vm: '~warm-3' }, { io });
+    m.log.info('booted');
+    expect(() => m.moveTo('vmwp-w3.log', { host: 'h0', role: 'vmwp', vm: 'w3' })).to.not.throw();
+    m.log.info('claimed');
+    expect(lines(join(dir, 'vmwp-~warm-3.log')).map((l) => l.msg)).to.deep.equal(['booted']);
+    expect(lines(join(dir, 'vmwp-w3.log')).map((l) => l.msg)).to.deep.equal(['claimed']);
   });
 
   it('does not throw when every write fails with ENOSPC (a full disk: /dev/full)', () => {
