@@ -116,6 +116,13 @@ export class GuestKernel {
   boot!: BootInfoValues;
   clock!: GuestWallClock;
   vmbus: VmbusClient | null = null;
+  /**
+   * A resume in progress: the VPs run (interrupts come) before the VMBus client is restored, and
+   * the host's side may be restoring too (root/src/vmwp/main.ts: migrateInState). VMBus messages
+   * and events then stay in the SynIC slot and flags, unconsumed, for the scan after the restore:
+   * consumed before it, with no client to take them, they would be lost.
+   */
+  private vmbusResuming = false;
   private remote: RemoteLink | null = null;
   private pages!: PageAllocator;
   /** One driver per device class with a VMBus channel (the registry in protocol/src/devices.ts). */
@@ -198,6 +205,7 @@ export class GuestKernel {
     const s = STATUS_PAGE_GPA;
     const k = KERNEL_PAGE_GPA;
     const resume = this.boot.resume && this.mem.u32(k + KernelPage.magic) === KERNEL_MAGIC;
+    this.vmbusResuming = resume;
     if (!resume) {
       this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);
       this.mem.setU32(s + StatusPage.version, 1);
@@ -375,6 +383,7 @@ export class GuestKernel {
     this.vmbus = this.newVmbusClient();
     this.registerDrivers(this.vmbus);
     await this.vmbus.restore(st.vmbus);
+    this.vmbusResuming = false;
     for (let vp = 0; vp < this.boot.vpCount; vp++) await this.onSint(vp, GUEST_SINT);
   }
 
@@ -462,6 +471,13 @@ export class GuestKernel {
   private async handleSint(vp: number, sint: number, slot?: Uint8Array, flag?: number): Promise<void> {
     const slotGpa = simpGpa(vp) + sint * MESSAGE_SLOT_SIZE;
     if (slot && slot.length === MESSAGE_SLOT_SIZE) this.mem.write(slotGpa, slot);
+    if (sint === GUEST_SINT && this.vmbusResuming) {
+      // Left for the scan after the restore: the message in its slot, the event as its flag.
+      if (flag !== undefined && flag >= 0 && flag < EVENT_FLAG_BYTES_PER_SINT * 8) {
+        this.mem.atomicOr32(siefpGpa(vp) + sint * EVENT_FLAG_BYTES_PER_SINT + (flag >>> 5) * 4, (1 << (flag & 31)) | 0);
+      }
+      return;
+    }
     const typeGpa = slotGpa + MsgHeader.type;
     const type = this.mem.atomicLoad32(typeGpa) >>> 0;
     if (type !== 0) {

@@ -8,9 +8,9 @@
  * moment, just before the guest frees the slot, and the guest must still send the EOM.
  */
 import { expect } from 'chai';
-import { MESSAGE_HEADER_SIZE, MSG_FLAG_PENDING, MsgHeader, simpGpa, MESSAGE_SLOT_SIZE } from '@hvlab/protocol';
+import { EVENT_FLAG_BYTES_PER_SINT, MESSAGE_HEADER_SIZE, MSG_FLAG_PENDING, MsgHeader, simpGpa, siefpGpa, MESSAGE_SLOT_SIZE, VMBUS_CHANNEL_MESSAGE_TYPE } from '@hvlab/protocol';
 import type { HvClient } from '@hvlab/runtime';
-import { GuestKernel } from '../src/kernel.js';
+import { GUEST_SINT, GuestKernel } from '../src/kernel.js';
 import { GuestMemory } from '../src/memory.js';
 import { quiet } from './stub-hv.js';
 
@@ -67,5 +67,37 @@ describe('SynIC message slot, guest side (EOM after freeing the slot)', () => {
     deliver(mem, 0x100, true);
     await kernel.onSint(0, SINT);
     expect(eoms()).to.equal(1);
+  });
+});
+
+describe('SynIC pages while a resumed guest restores its VMBus client', () => {
+  const vmbusSlot = simpGpa(0) + GUEST_SINT * MESSAGE_SLOT_SIZE;
+  const flags = siefpGpa(0) + GUEST_SINT * EVENT_FLAG_BYTES_PER_SINT;
+  const resuming = (k: GuestKernel, on: boolean): void => {
+    (k as unknown as { vmbusResuming: boolean }).vmbusResuming = on;
+  };
+
+  it('leaves VMBus messages and events for the scan after the restore, then takes them', async () => {
+    const { mem, kernel } = setup();
+    mem.write(vmbusSlot + MESSAGE_HEADER_SIZE, new Uint8Array([1, 2, 3, 4]));
+    mem.setU8(vmbusSlot + MsgHeader.payloadSize, 4);
+    mem.atomicStore32(vmbusSlot + MsgHeader.type, VMBUS_CHANNEL_MESSAGE_TYPE);
+    mem.atomicStore32(flags, 1 << 3); // relid 3, set by the hypervisor
+    resuming(kernel, true);
+    await kernel.onSint(0, GUEST_SINT);
+    // An event handed over with the interrupt (private memory) is kept as its flag.
+    await kernel.onSint(0, GUEST_SINT, undefined, 37);
+    expect(mem.atomicLoad32(vmbusSlot + MsgHeader.type), 'the message waits in its slot').to.equal(VMBUS_CHANNEL_MESSAGE_TYPE);
+    expect(mem.atomicLoad32(flags) >>> 0, 'relid 3 still flagged').to.equal(1 << 3);
+    expect(mem.atomicLoad32(flags + 4) >>> 0, 'relid 37 flagged').to.equal(1 << 5);
+    // Other SINTs are not held back.
+    deliver(mem, 0x100, false);
+    await kernel.onSint(0, SINT);
+    expect(mem.atomicLoad32(slotGpa + MsgHeader.type)).to.equal(0);
+    resuming(kernel, false);
+    await kernel.onSint(0, GUEST_SINT);
+    expect(mem.atomicLoad32(vmbusSlot + MsgHeader.type), 'taken after the restore').to.equal(0);
+    expect(mem.atomicLoad32(flags), 'flags taken').to.equal(0);
+    expect(mem.atomicLoad32(flags + 4)).to.equal(0);
   });
 });
