@@ -1,12 +1,13 @@
 /**
  * Which file starts a VM's process (pickEntry): its bundle while that is at least as new as the
- * newest compiled output, else the compiled entry (a stale or missing bundle never runs).
+ * newest compiled output, else the compiled entry (a stale or missing bundle never runs); and the
+ * names of a host's socket directory and worker sockets.
  */
 import { expect } from 'chai';
 import { mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pickEntry } from '../src/paths.js';
+import { hostPaths, pathHash, pickEntry } from '../src/paths.js';
 
 describe('paths: a bundle or the compiled entry', () => {
   let dir = '';
@@ -26,5 +27,26 @@ describe('paths: a bundle or the compiled entry', () => {
     expect(pickEntry(compiled, bundle, t.getTime() - 5000), 'built before the bundle').to.equal(bundle);
     expect(pickEntry(compiled, bundle, t.getTime()), 'built at the same time').to.equal(bundle);
     expect(pickEntry(compiled, bundle, t.getTime() + 5000), 'compiled again after the bundle').to.equal(compiled);
+  });
+});
+
+describe('paths: names derived from the home and the VM id', () => {
+  it('pathHash gives 12 hex digits, the same for the same string, others for others', () => {
+    const names = ['/root/.hvlab', '/root/.hvlab2', '/tmp/a', '/tmp/b', '', 'é', '/tmp/hvlab-home-1', '/tmp/hvlab-home-2'];
+    const hashes = names.map(pathHash);
+    for (const h of hashes) expect(h).to.match(/^[0-9a-f]{12}$/);
+    expect(new Set(hashes).size).to.equal(names.length);
+    expect(names.map(pathHash)).to.deep.equal(hashes);
+  });
+
+  it('no two of 20000 homes share a socket directory, and a VM id names its worker socket', () => {
+    const dirs = new Set<string>();
+    for (let i = 0; i < 20000; i++) dirs.add(hostPaths(`/tmp/hvlab-test-${i}`).sockDir);
+    expect(dirs.size).to.equal(20000);
+    const p = hostPaths('/tmp/x');
+    expect(p.vmwpEndpoint('a')).to.not.equal(p.vmwpEndpoint('b'));
+    expect(p.vmwpEndpoint('a')).to.equal(`ipc://${p.sockDir}/w-${pathHash('a')}`);
+    // ZeroMQ refuses ipc paths past ~107 bytes: the names stay short.
+    expect(p.vmwpEndpoint('0123456789abcdef0123456789abcdef').length).to.be.below(60 + tmpdir().length);
   });
 });
