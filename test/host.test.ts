@@ -269,7 +269,7 @@ describe('hvlab down of a host another build started', function () {
 
   it('also removes the socket directory the host record names when this build names it otherwise', async () => {
     await h.ok('up', '--lps', '1');
-    // As a host of a build that named it from a sha1 of the home would have recorded it.
+    // As a host of a build that named it otherwise would have recorded it.
     const old = join(tmpdir(), `hvlab-${randomBytes(6).toString('hex')}`);
     mkdirSync(old, { mode: 0o700 });
     writeFileSync(join(old, 'hv'), '');

@@ -188,8 +188,8 @@ export async function down(paths: HostPaths): Promise<{ hostId: string | null; g
     c.close();
   }
   const s = sweepHost(paths, rec.hostId);
-  // A host started by another build may have named its socket directory otherwise (before
-  // pathHash, a sha1 of the home): the one its record names goes too.
+  // A host started by another build may have named its socket directory otherwise: the one its
+  // record names goes too.
   const recorded = typeof rec.sockDir === 'string' ? rec.sockDir : '';
   if (recorded && recorded !== paths.sockDir && dirname(recorded) === tmpdir() && /^hvlab-[0-9a-f]{12}$/.test(basename(recorded))) rmSync(recorded, { recursive: true, force: true });
   // A host that joined a cluster kept a copy of the cluster's key: it goes with the host.

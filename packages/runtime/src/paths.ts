@@ -36,21 +36,46 @@ export function resolveHome(explicit?: string | null): string {
 }
 
 /**
- * 12 hex digits naming `s` in a path: FNV-1a over its UTF-8 bytes in two 32-bit lanes with
- * different offsets (48 bits kept). Not node:crypto's sha1, which it replaced: this module is in
+ * The first 12 hex digits of the SHA-1 of `s` (UTF-8): what names a host's socket directory and a
+ * worker's socket, the same names node:crypto's sha1 gave. Computed here because this module is in
  * every VM process's start, and loading node:crypto (~20 internal modules) cost a partition
- * process 6-10 ms of a cold start for two names. Names only; nothing here needs to resist an
- * adversary (the directories are made 0700).
+ * process 6-10 ms of a cold start for these two names. A name only, not a security measure.
  */
 export function pathHash(s: string): string {
-  const bytes = Buffer.from(s, 'utf8');
-  let a = 0x811c9dc5;
-  let b = 0x01000193 ^ 0x9e3779b9;
-  for (let i = 0; i < bytes.length; i++) {
-    a = Math.imul(a ^ bytes[i]!, 0x01000193);
-    b = Math.imul(b ^ bytes[i]!, 0x01000193) ^ (b >>> 15);
+  const msg = Buffer.from(s, 'utf8');
+  const padded = new Uint8Array((((msg.length + 8) >>> 6) + 1) << 6);
+  padded.set(msg);
+  padded[msg.length] = 0x80;
+  const dv = new DataView(padded.buffer);
+  const bits = msg.length * 8;
+  dv.setUint32(padded.length - 8, Math.floor(bits / 0x1_0000_0000));
+  dv.setUint32(padded.length - 4, bits >>> 0);
+  let h0 = 0x67452301, h1 = 0xefcdab89, h2 = 0x98badcfe, h3 = 0x10325476, h4 = 0xc3d2e1f0;
+  const w = new Int32Array(80);
+  for (let off = 0; off < padded.length; off += 64) {
+    for (let i = 0; i < 16; i++) w[i] = dv.getInt32(off + i * 4);
+    for (let i = 16; i < 80; i++) {
+      const x = w[i - 3]! ^ w[i - 8]! ^ w[i - 14]! ^ w[i - 16]!;
+      w[i] = (x << 1) | (x >>> 31);
+    }
+    let a = h0, b = h1, c = h2, d = h3, e = h4;
+    for (let i = 0; i < 80; i++) {
+      const f = i < 20 ? (b & c) | (~b & d) : i < 40 ? b ^ c ^ d : i < 60 ? (b & c) | (b & d) | (c & d) : b ^ c ^ d;
+      const k = i < 20 ? 0x5a827999 : i < 40 ? 0x6ed9eba1 : i < 60 ? 0x8f1bbcdc : 0xca62c1d6;
+      const t = (((a << 5) | (a >>> 27)) + f + e + k + w[i]!) | 0;
+      e = d;
+      d = c;
+      c = (b << 30) | (b >>> 2);
+      b = a;
+      a = t;
+    }
+    h0 = (h0 + a) | 0;
+    h1 = (h1 + b) | 0;
+    h2 = (h2 + c) | 0;
+    h3 = (h3 + d) | 0;
+    h4 = (h4 + e) | 0;
   }
-  return ((a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0')).slice(0, 12);
+  return [h0, h1, h2].map((h) => (h >>> 0).toString(16).padStart(8, '0')).join('').slice(0, 12);
 }
 
 export function hostPaths(home: string): HostPaths {

@@ -5,8 +5,10 @@
  */
 import { expect } from 'chai';
 import { mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { seededRandom } from '@hvlab/protocol';
 import { hostPaths, pathHash, pickEntry } from '../src/paths.js';
 
 describe('paths: a bundle or the compiled entry', () => {
@@ -31,12 +33,14 @@ describe('paths: a bundle or the compiled entry', () => {
 });
 
 describe('paths: names derived from the home and the VM id', () => {
-  it('pathHash gives 12 hex digits, the same for the same string, others for others', () => {
-    const names = ['/root/.hvlab', '/root/.hvlab2', '/tmp/a', '/tmp/b', '', 'é', '/tmp/hvlab-home-1', '/tmp/hvlab-home-2'];
-    const hashes = names.map(pathHash);
-    for (const h of hashes) expect(h).to.match(/^[0-9a-f]{12}$/);
-    expect(new Set(hashes).size).to.equal(names.length);
-    expect(names.map(pathHash)).to.deep.equal(hashes);
+  it("pathHash is the first 12 hex digits of node:crypto's sha1, for strings of every length and script", () => {
+    const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex').slice(0, 12);
+    const names = ['', 'a', 'abc', '/root/.hvlab', 'é', '日本語のホーム', '\u{1F600}'];
+    for (let n = 50; n <= 70; n++) names.push('x'.repeat(n)); // padding across a block boundary
+    names.push('y'.repeat(1000));
+    const rnd = seededRandom(7);
+    for (let i = 0; i < 300; i++) names.push(String.fromCodePoint(...Array.from({ length: Math.floor(rnd() * 130) }, () => Math.floor(rnd() * 0xd7ff) + 1)));
+    for (const s of names) expect(pathHash(s), JSON.stringify(s.slice(0, 20))).to.equal(sha1(s));
   });
 
   it('no two of 20000 homes share a socket directory, and a VM id names its worker socket', () => {
@@ -50,3 +54,4 @@ describe('paths: names derived from the home and the VM id', () => {
     expect(p.vmwpEndpoint('0123456789abcdef0123456789abcdef').length).to.be.below(60 + tmpdir().length);
   });
 });
+
