@@ -664,6 +664,8 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   const up = new Promise<void>((resolve, reject) => {
     bootWaiters.push({ resolve, reject });
   });
+  // Not awaited when the go or the restore fails first: its rejection then has nobody to take it.
+  up.catch(() => undefined);
   // The partition process waits, ready, since the setup: let it go, and restore the host's side of
   // VMBus (GPADL windows, rings, the devices' channels) while the guest restores its own. Neither
   // talks to the other to restore, and what crosses meanwhile waits: a guest message for the
