@@ -21,7 +21,8 @@
  * In one file, the ES module loader would first load everything the whole bundle imports (zeromq,
  * msgpackr, @hvlab/shm, pino's builtins), ~100 ms of a cold start, before that entry ran. Split,
  * the entry file imports only what it needs, and main.ts and the device classes load as chunks
- * (`vmwp-*.mjs`, `partition-*.mjs` beside the entry). Measured with time stamps in the processes
+ * (`vmwp-*.mjs`, `partition-*.mjs` beside the entry; a rebuild keeps the previous build's chunks
+ * for ten minutes, for processes that loaded its entry). Measured with time stamps in the processes
  * (5 cold starts each way, twice): the guest booted 493-498 ms after the root spawned the VMWP,
  * median, against 562-568 ms from one file.
  *
@@ -35,7 +36,7 @@
  * `node scripts/bundle.mjs --check` exits 1 when a bundle is missing or older than the compiled code.
  */
 import { createRequire } from 'node:module';
-import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -82,17 +83,21 @@ if (missing.length) {
 
 const t0 = performance.now();
 const dirs = [...new Set(BUNDLES.map((b) => dirname(b.out)))];
+// Built beside, then swapped in: a process starting meanwhile finds the old bundle whole.
+const staging = (dir) => `${dir}.new-${process.pid}`;
 for (const dir of dirs) {
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
+  // What a killed run left beside it goes first.
+  for (const f of readdirSync(dirname(dir))) if (f.startsWith(`${basename(dir)}.new-`) || f.startsWith(`${basename(dir)}.old-`)) rmSync(join(dirname(dir), f), { recursive: true, force: true });
+  mkdirSync(staging(dir), { recursive: true });
 }
 try {
   for (const b of BUNDLES) {
     const stem = basename(b.out).replace(/\.[^.]*$/, '');
+    const out = join(staging(dirname(b.out)), basename(b.out));
     await esbuild.build({
       ...(b.split
-        ? { entryPoints: { [stem]: b.entry }, outdir: dirname(b.out), outExtension: { '.js': extname(b.out) }, splitting: true, chunkNames: `${stem}-[name]-[hash]` }
-        : { entryPoints: [b.entry], outfile: b.out }),
+        ? { entryPoints: { [stem]: b.entry }, outdir: dirname(out), outExtension: { '.js': extname(out) }, splitting: true, chunkNames: `${stem}-[name]-[hash]` }
+        : { entryPoints: [b.entry], outfile: out }),
       bundle: true, platform: 'node', format: 'esm', target: 'node20',
       external: EXTERNAL, logLevel: 'warning',
       // Code that calls require() (CommonJS dependencies inside the bundle) gets one.
@@ -102,8 +107,24 @@ try {
 } catch (e) {
   // All or none: a process bundle without its worker's bundle beside it would start threads that
   // are not there. Without bundles every process runs from dist/, as it did before them.
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  for (const dir of dirs) {
+    rmSync(staging(dir), { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }
   process.stderr.write(`bundle: failed (${String(e?.message ?? e).split('\n')[0]}); the processes run unbundled\n`);
   process.exit(0);
+}
+for (const dir of dirs) {
+  // A split bundle's entry imports its chunks after it has started: a process that loaded the
+  // previous entry may still ask for the previous chunks (other hashes). Those of the last ten
+  // minutes stay one more build; older ones go.
+  for (const f of existsSync(dir) ? readdirSync(dir) : []) {
+    const was = join(dir, f);
+    if (/-[A-Z0-9]{8}\.m?js$/.test(f) && !existsSync(join(staging(dir), f)) && Date.now() - statSync(was).mtimeMs < 10 * 60_000) renameSync(was, join(staging(dir), f));
+  }
+  const old = `${dir}.old-${process.pid}`;
+  if (existsSync(dir)) renameSync(dir, old);
+  renameSync(staging(dir), dir);
+  rmSync(old, { recursive: true, force: true });
 }
 process.stderr.write(`bundle: ${BUNDLES.length} bundles in ${Math.round(performance.now() - t0)} ms\n`);

@@ -191,7 +191,11 @@ export async function down(paths: HostPaths): Promise<{ hostId: string | null; g
   // A host started by another build may have named its socket directory otherwise: the one its
   // record names goes too.
   const recorded = typeof rec.sockDir === 'string' ? rec.sockDir : '';
-  if (recorded && recorded !== paths.sockDir && dirname(recorded) === tmpdir() && /^hvlab-[0-9a-f]{12}$/.test(basename(recorded))) rmSync(recorded, { recursive: true, force: true });
+  if (recorded && recorded !== paths.sockDir && dirname(recorded) === tmpdir() && /^hvlab-[0-9a-f]{12}$/.test(basename(recorded))) {
+    try {
+      rmSync(recorded, { recursive: true, force: true });
+    } catch { /* another user's, or in use: it stays, and the host is down all the same */ }
+  }
   // A host that joined a cluster kept a copy of the cluster's key: it goes with the host.
   rmSync(join(paths.home, 'member.key'), { force: true });
   return { hostId: rec.hostId, graceful, ...s };

@@ -8,7 +8,7 @@
  * next line, or a retry timer when nothing else is logged) one warning line says how many were
  * dropped and why. Writes stay synchronous so a line logged just before `process.exit` is on disk.
  */
-import { appendFileSync, closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, fstatSync, ftruncateSync, linkSync, mkdirSync, openSync, readFileSync, statSync, truncateSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 
@@ -25,8 +25,9 @@ export interface LogIo {
   close(fd: number): void;
   mkdir(dir: string): void;
   /**
-   * Moves the file at `from` to `to`: a rename when `to` does not exist, else `from`'s bytes
-   * appended to `to` and `from` removed. Optional: a logger without it leaves `from` where it is.
+   * Moves the file at `from` to `to`: a link and an unlink when `to` does not exist, else `from`'s
+   * bytes appended to `to` (cut back if the append fails) and `from` removed. Optional: a logger
+   * without it leaves `from` where it is.
    */
   adopt?(from: string, to: string): void;
 }
@@ -39,11 +40,23 @@ export const nodeLogIo: LogIo = {
   close: (fd) => closeSync(fd),
   mkdir: (dir) => mkdirSync(dir, { recursive: true }),
   adopt: (from, to) => {
-    if (!existsSync(to)) {
-      renameSync(from, to);
+    try {
+      // A link fails if `to` exists, where a rename would replace a file someone may be writing.
+      linkSync(from, to);
+      unlinkSync(from);
       return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
-    appendFileSync(to, readFileSync(from));
+    const bytes = readFileSync(from);
+    const before = statSync(to).size;
+    try {
+      appendFileSync(to, bytes);
+    } catch (e) {
+      // Whole lines or none: a partial append (a full disk) is cut back, and `from` stays.
+      try { truncateSync(to, before); } catch { /* as it is */ }
+      throw e;
+    }
     unlinkSync(from);
   },
 };

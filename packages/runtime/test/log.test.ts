@@ -114,6 +114,14 @@ describe('process logger', () => {
     expect(lines(join(dir, 'vmwp-w2.log')).map((l) => [l.msg, l.vm])).to.deep.equal([['an earlier run', 'w2'], ['booted', '~warm-2'], ['claimed', 'w2']]);
   });
 
+  it('a move before anything was logged (no file yet) just goes on in the new file', () => {
+    const m = movableProcessLogger(dir, 'vmwp-~warm-4.log', { host: 'h0', role: 'vmwp', vm: '~warm-4' });
+    expect(() => m.moveTo('vmwp-w4.log', { host: 'h0', role: 'vmwp', vm: 'w4' })).to.not.throw();
+    m.log.info('claimed');
+    expect(existsSync(join(dir, 'vmwp-~warm-4.log'))).to.equal(false);
+    expect(lines(join(dir, 'vmwp-w4.log')).map((l) => l.msg)).to.deep.equal(['claimed']);
+  });
+
   it('a move whose file cannot be carried over leaves it and goes on logging', () => {
     const io: LogIo = { ...nodeLogIo, adopt: () => { throw Object.assign(new Error('EXDEV'), { code: 'EXDEV' }); } };
     const m = movableProcessLogger(dir, 'vmwp-~warm-3.log', { host: 'h0', role: 'vmwp', vm: '~warm-3' }, { io });

@@ -677,8 +677,16 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   const attaching = devices.attach({ restoring: restoring.vmbus });
   const [went, attached] = await Promise.allSettled([going, attaching]);
   // A failure here fails the migration; the root then drops this worker and its guest with it.
-  if (attached.status === 'rejected') throw attached.reason;
-  if (went.status === 'rejected') throw went.reason;
+  // A guest that was let go must stop before the source hears of the failure and runs its copy
+  // again: two copies of the VM must not run at once, even for the moments the drop takes.
+  if (attached.status === 'rejected') {
+    if (went.status === 'fulfilled') child?.kill('SIGKILL');
+    throw attached.reason;
+  }
+  if (went.status === 'rejected') {
+    child?.kill('SIGKILL');
+    throw went.reason;
+  }
   const tDevices = performance.now();
   await up;
   const tUp = performance.now();
