@@ -8,11 +8,11 @@
  * moment, just before the guest frees the slot, and the guest must still send the EOM.
  */
 import { expect } from 'chai';
-import { EVENT_FLAG_BYTES_PER_SINT, MESSAGE_HEADER_SIZE, MSG_FLAG_PENDING, MsgHeader, simpGpa, siefpGpa, MESSAGE_SLOT_SIZE, VMBUS_CHANNEL_MESSAGE_TYPE } from '@hvlab/protocol';
+import { BOOT_INFO_GPA, BootInfo, encodeChannelMessage, EVENT_FLAG_BYTES_PER_SINT, MESSAGE_HEADER_SIZE, MSG_FLAG_PENDING, MsgHeader, simpGpa, siefpGpa, MESSAGE_SLOT_SIZE, VMBUS_CHANNEL_MESSAGE_TYPE } from '@hvlab/protocol';
 import type { HvClient } from '@hvlab/runtime';
 import { GUEST_SINT, GuestKernel } from '../src/kernel.js';
 import { GuestMemory } from '../src/memory.js';
-import { quiet } from './stub-hv.js';
+import { bootPage, counter, quiet, stubHv, until } from './stub-hv.js';
 
 const SINT = 5;
 const slotGpa = simpGpa(0) + SINT * MESSAGE_SLOT_SIZE;
@@ -99,5 +99,38 @@ describe('SynIC pages while a resumed guest restores its VMBus client', () => {
     expect(mem.atomicLoad32(vmbusSlot + MsgHeader.type), 'taken after the restore').to.equal(0);
     expect(mem.atomicLoad32(flags), 'flags taken').to.equal(0);
     expect(mem.atomicLoad32(flags + 4)).to.equal(0);
+  });
+
+  it('a resume ends the hold: the message queued during the blackout reaches the restored VMBus client', async () => {
+    const memA = new GuestMemory(new SharedArrayBuffer(8 * 1024 * 1024));
+    bootPage(memA, false);
+    const stubA = stubHv(() => 5e9);
+    const a = new GuestKernel(memA, stubA.hv, quiet, true, 'g');
+    stubA.bind(a);
+    const kernels = [a];
+    try {
+      await a.start();
+      await until('counting before the save', () => counter(memA) >= 5);
+      await a.stop();
+      await a.quiesce();
+      const memB = new GuestMemory(new SharedArrayBuffer(8 * 1024 * 1024));
+      memB.write(0, memA.read(0, memA.size));
+      memB.setU32(BOOT_INFO_GPA + BootInfo.resume, 1);
+      // A message the host queued while the VM was frozen.
+      const m = encodeChannelMessage({ type: 'AllOffersDelivered' });
+      memB.write(vmbusSlot + MESSAGE_HEADER_SIZE, m);
+      memB.setU8(vmbusSlot + MsgHeader.payloadSize, m.length);
+      memB.atomicStore32(vmbusSlot + MsgHeader.type, VMBUS_CHANNEL_MESSAGE_TYPE);
+      const stubB = stubHv(() => a.referenceTime());
+      const b = new GuestKernel(memB, stubB.hv, quiet, true, 'g');
+      stubB.bind(b);
+      kernels.push(b);
+      await b.start();
+      expect((b as unknown as { vmbusResuming: boolean }).vmbusResuming).to.equal(false);
+      expect(memB.atomicLoad32(vmbusSlot + MsgHeader.type), 'the slot was taken').to.equal(0);
+      expect(b.vmbus!.stats.messages, 'by the restored client').to.equal(1);
+    } finally {
+      await Promise.all(kernels.map((k) => k.stop().catch(() => undefined)));
+    }
   });
 });
