@@ -1,8 +1,6 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
@@ -256,29 +254,6 @@ describe('a host of real processes (shared memory)', function () {
     expect(() => readdirSync(h.paths.sockDir)).to.throw();
     // The VM's configuration survives the host.
     expect(readdirSync(h.paths.vmDir)).to.deep.equal(['alpha.json']);
-  });
-});
-
-describe('hvlab down of a host another build started', function () {
-  this.timeout(60000);
-  const h = new TestHost();
-  after(async () => {
-    await h.destroy();
-    expect(h.leftovers()).to.deep.equal({ pids: [], shm: [] });
-  });
-
-  it('also removes the socket directory the host record names when this build names it otherwise', async () => {
-    await h.ok('up', '--lps', '1');
-    // As a host of a build that named it otherwise would have recorded it.
-    const old = join(tmpdir(), `hvlab-${randomBytes(6).toString('hex')}`);
-    mkdirSync(old, { mode: 0o700 });
-    writeFileSync(join(old, 'hv'), '');
-    const rec = JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { sockDir: string };
-    expect(rec.sockDir).to.equal(h.paths.sockDir);
-    writeFileSync(h.paths.hostFile, JSON.stringify({ ...rec, sockDir: old }));
-    await h.ok('down');
-    expect(existsSync(old), 'the recorded directory').to.equal(false);
-    expect(existsSync(h.paths.sockDir), "this build's directory").to.equal(false);
   });
 });
 

@@ -9,8 +9,8 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { entries, nodeArgsFor, pidAlive, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -188,14 +188,6 @@ export async function down(paths: HostPaths): Promise<{ hostId: string | null; g
     c.close();
   }
   const s = sweepHost(paths, rec.hostId);
-  // A host started by another build may have named its socket directory otherwise: the one its
-  // record names goes too.
-  const recorded = typeof rec.sockDir === 'string' ? rec.sockDir : '';
-  if (recorded && recorded !== paths.sockDir && dirname(recorded) === tmpdir() && /^hvlab-[0-9a-f]{12}$/.test(basename(recorded))) {
-    try {
-      rmSync(recorded, { recursive: true, force: true });
-    } catch { /* another user's, or in use: it stays, and the host is down all the same */ }
-  }
   // A host that joined a cluster kept a copy of the cluster's key: it goes with the host.
   rmSync(join(paths.home, 'member.key'), { force: true });
   return { hostId: rec.hostId, graceful, ...s };

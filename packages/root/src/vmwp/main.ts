@@ -679,13 +679,10 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   // A failure here fails the migration; the root then drops this worker and its guest with it.
   // A guest that was let go must stop before the source hears of the failure and runs its copy
   // again: two copies of the VM must not run at once, even for the moments the drop takes.
-  if (attached.status === 'rejected') {
-    if (went.status === 'fulfilled') child?.kill('SIGKILL');
-    throw attached.reason;
-  }
-  if (went.status === 'rejected') {
+  const failed = [attached, went].find((r) => r.status === 'rejected');
+  if (failed) {
     child?.kill('SIGKILL');
-    throw went.reason;
+    throw failed.reason;
   }
   const tDevices = performance.now();
   await up;
