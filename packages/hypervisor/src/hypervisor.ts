@@ -146,7 +146,7 @@ export type SignalRoute =
   | { kind: 'root'; ownerSession: string; portId: number; flagCount: number; sender: number }
   | {
       kind: 'child'; memory: SharedArrayBuffer; flagsOffset: number; flagCount: number; masked: boolean; vector: number; autoEoi: boolean;
-      vpRegion: SharedArrayBuffer; vpOffset: number;
+      vpRegion: SharedArrayBuffer; vpOffset: number; partitionId: number; vpIndex: number;
     };
 
 /** Calls after which every route still holds (they change no port, connection, SynIC register or partition). */
@@ -611,6 +611,7 @@ export class Hypervisor {
     return {
       kind: 'child', memory: target.memory, flagsOffset: page + port.sint * EVENT_FLAG_BYTES_PER_SINT, flagCount: port.flagCount,
       masked: sintMasked(reg), vector: sintVector(reg), autoEoi: (reg & SINT_AUTO_EOI) !== 0, vpRegion: target.vpRegion, vpOffset: vpPageOffset(vp.index),
+      partitionId: target.id, vpIndex: vp.index,
     };
   }
 

@@ -193,6 +193,43 @@ export class SchedulerLoop {
     pendInterrupt(v.apic, p.region, v.off, vector, autoEoi);
   }
 
+  /**
+   * The signalling path's shortcut (HcLoop's dispatch hook): an interrupt was just pended on VP
+   * `index` of partition `id`, which does not hold an LP. When the scheduler already took its halt
+   * (dispatch word Off), the vector is deliverable, the VP has no cap, and the policy has nothing
+   * else to decide (SchedulerCore.dispatchNow), the VP gets an LP and its thread is woken here, at
+   * once; otherwise false, and the scheduling pass decides. After true the caller must run a pass
+   * within a quantum (the deadlines a pass would compute for the running VP).
+   */
+  dispatchNow(id: number, index: number, now: number): boolean {
+    const p = this.parts.get(id);
+    const v = p?.vps.get(index);
+    if (!p || !v || p.delayNs > 0) return false;
+    const s = v.sched;
+    const di = dispatchIdx(v);
+    if (!s.halted || s.lp >= 0 || s.cap < 1 || Atomics.load(p.i32, di) !== Dispatch.Off || v.apic.deliverable() < 0) return false;
+    this.core.wake(s, now);
+    if (this.core.dispatchNow(s, now) < 0) return false;
+    Atomics.store(p.i32, di, Dispatch.Granted);
+    futexWake(p.region, di);
+    this.woke++;
+    this.publish(p, v, now);
+    return true;
+  }
+
+  /** Publishes VP `v`'s state and accounting for observers (stats, `hvlab top`). */
+  private publish(p: PartRec, v: VpRec, now: number): void {
+    const s = v.sched;
+    Atomics.store(p.i32, (v.off + VpPage.state) >> 2, STATE_CODE[s.shownState]);
+    const live = s.shownState === 'Running' ? now - s.stateSince : 0;
+    const fo = v.off >> 3;
+    p.f64[fo + (VpPage.runMs >> 3)] = (s.runNs + live) / 1e6;
+    p.f64[fo + (VpPage.readyMs >> 3)] = (s.readyNs + (s.shownState === 'Ready' ? now - s.stateSince : 0)) / 1e6;
+    p.f64[fo + (VpPage.waitMs >> 3)] = (s.waitNs + (s.shownState === 'Waiting' || s.shownState === 'Suspended' ? now - s.stateSince : 0)) / 1e6;
+    p.f64[fo + (VpPage.dispatches >> 3)] = s.dispatches;
+    p.f64[fo + (VpPage.accountedNs >> 3)] = now;
+  }
+
   /** Pends the delayed interrupts of `p` that are due at `now` (all of them with `all`); returns the next one's due time, or Infinity. */
   private deliverDelayed(p: PartRec, now: number, all = false): number {
     if (p.delayed.length === 0) return Infinity;
@@ -559,7 +596,7 @@ export class SchedulerLoop {
       const v = p.vps.get(vp.index)!;
       Atomics.compareExchange(p.i32, dispatchIdx(v), Dispatch.Granted, Dispatch.Preempt);
     }
-    this.woke = dec.grant.length;
+    this.woke += dec.grant.length;
     for (const g of dec.grant) {
       const p = this.parts.get(g.vp.partitionId)!;
       const v = p.vps.get(g.vp.index)!;
@@ -567,19 +604,7 @@ export class SchedulerLoop {
       futexWake(p.region, dispatchIdx(v));
     }
     // Publish states and accounting for observers (stats, `hvlab top`).
-    for (const p of this.parts.values()) {
-      for (const v of p.vps.values()) {
-        const s = v.sched;
-        Atomics.store(p.i32, (v.off + VpPage.state) >> 2, STATE_CODE[s.shownState]);
-        const live = s.shownState === 'Running' ? now - s.stateSince : 0;
-        const fo = v.off >> 3;
-        p.f64[fo + (VpPage.runMs >> 3)] = (s.runNs + live) / 1e6;
-        p.f64[fo + (VpPage.readyMs >> 3)] = (s.readyNs + (s.shownState === 'Ready' ? now - s.stateSince : 0)) / 1e6;
-        p.f64[fo + (VpPage.waitMs >> 3)] = (s.waitNs + (s.shownState === 'Waiting' || s.shownState === 'Suspended' ? now - s.stateSince : 0)) / 1e6;
-        p.f64[fo + (VpPage.dispatches >> 3)] = s.dispatches;
-        p.f64[fo + (VpPage.accountedNs >> 3)] = now;
-      }
-    }
+    for (const p of this.parts.values()) for (const v of p.vps.values()) this.publish(p, v, now);
     return Math.min(dec.deadline, timerDeadline);
   }
 }
@@ -603,7 +628,8 @@ export function runScheduler(data: SchedulerThreadData): void {
   const port = data.port;
   const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs }, (m) => port.postMessage(m));
   const hcPort = data.hc?.port ?? null;
-  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m)) : null;
+  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs())) : null;
+  const quantumNs = loop.core.quantumNs;
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;
@@ -621,20 +647,30 @@ export function runScheduler(data: SchedulerThreadData): void {
     }
     if (!loop.running) break;
     let served = 0;
+    loop.woke = 0;
     if (hc && hcPort) {
       for (let m = receiveMessageOnPort(hcPort); m; m = receiveMessageOnPort(hcPort)) hc.handle(m.message as ToHcThread);
-      served = hc.pass();
+      served = hc.pass(true);
       if (hc.wantSchedule) {
         hc.wantSchedule = false;
         schedule = true;
+      } else {
+        // Only VPs the hypercall pass dispatched itself: their callers go on now, and the pass
+        // (their deadlines) runs within a quantum, as after a grant, unless something else asks
+        // for it sooner. Running it here would hold this CPU while the woken VP thread needs one.
+        hc.completeDeferred();
+      }
+      if (hc.dispatched) {
+        hc.dispatched = false;
+        deadline = Math.min(deadline, nowNs() + quantumNs);
       }
     }
     if (((seen - lastBell) | 0) > ((hcSeen - lastHc) | 0)) schedule = true;
     lastBell = seen;
     lastHc = hcSeen;
     now = nowNs();
-    loop.woke = 0;
     if (schedule || now >= deadline) deadline = loop.pass(now);
+    hc?.completeDeferred();
     // Right after serving a hypercall, the next often follows within microseconds (a caller that
     // signals in a loop, a reply to a reply): watch the bell a little while before sleeping, as
     // KVM polls a halted vCPU, since waking a thread whose CPU went idle costs far more here.

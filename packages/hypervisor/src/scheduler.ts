@@ -222,6 +222,35 @@ export class SchedulerCore {
     return a.vruntime - b.vruntime;
   }
 
+  /**
+   * Dispatches `vp` (just woken by an interrupt) at once when the policy could decide nothing else:
+   * it is runnable, within its cap and its period, an active LP is free, and no other VP waits for
+   * one. Returns the LP it got, or -1 when the decision needs `tick` (which the caller runs anyway,
+   * after this, for the deadlines). This is the signalling path's shortcut to a halted VP: it is
+   * woken before the full pass, instead of after it.
+   */
+  dispatchNow(vp: SchedVp, now: number): number {
+    if (vp.lp >= 0 || !this.runnable(vp)) return -1;
+    if (this.periodStart === 0 || now - this.periodStart >= this.periodNs) return -1; // a roll-over is tick's
+    if (vp.cap < 1 && vp.usedInPeriod >= vp.cap * this.periodNs) return -1;
+    let lp = -1;
+    for (let i = 0; i < this.active; i++) {
+      if (this.lpOwner[i] === null) {
+        lp = i;
+        break;
+      }
+    }
+    if (lp < 0) return -1;
+    for (const o of this.vps.values()) if (o !== vp && o.lp < 0 && this.runnable(o)) return -1;
+    this.lpOwner[lp] = vp;
+    vp.lp = lp;
+    vp.grantedAt = now;
+    vp.lastChargeAt = now;
+    vp.dispatches++;
+    this.account(vp, now);
+    return lp;
+  }
+
   /** Runs the policy at `now`: period roll-over, budget and quantum checks, and dispatch. */
   tick(now: number): SchedDecisions {
     const out: SchedDecisions = { preempt: [], grant: [], deadline: Infinity };

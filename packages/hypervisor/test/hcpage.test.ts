@@ -309,6 +309,98 @@ describe('the hypercall pages server without a thread (HcLoop)', () => {
   });
 });
 
+describe('the hypercall pages server and the scheduler, without their thread', () => {
+  /**
+   * A scheduler (SchedulerLoop) with partition 5 of `vps` VPs, and a hypercall server (HcLoop)
+   * whose dispatch hook is that scheduler's, as the scheduler thread wires them; one session page
+   * with a route for AssertVirtualInterrupt on each VP.
+   */
+  async function wired(lps: number, vps: number) {
+    const { HcLoop, HC_STATE_BYTES } = await import('../src/hcloop.js');
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const { HC_REGION_BYTES, HcWord: W, HC_INPUT_OFFSET, HvCall: C, Dispatch: D, VpPage: P, vpPageOffset: off, vpRegionBytes } = await import('@hvlab/protocol');
+    const now = (): number => Number(process.hrtime.bigint());
+    const sched = new SchedulerLoop({ lps }, () => {});
+    const hc = new HcLoop(new SharedArrayBuffer(HC_STATE_BYTES), () => {}, (id, index) => sched.dispatchNow(id, index, now()));
+    const vpRegion = new SharedArrayBuffer(vpRegionBytes(vps));
+    const vp = new Int32Array(vpRegion);
+    sched.handle({ t: 'addPartition', id: 5, region: vpRegion, suspended: false, weight: 100, reserve: 0, cap: 1 }, now());
+    const page = new SharedArrayBuffer(HC_REGION_BYTES);
+    const i32 = new Int32Array(page);
+    hc.handle({ t: 'session', sid: 's', region: page });
+    for (let i = 0; i < vps; i++) {
+      sched.handle({ t: 'addVp', id: 5, index: i }, now());
+      hc.handle({ t: 'interruptRoute', sid: 's', partitionId: 5, vpIndex: i, epoch: 0, vpRegion, vpOffset: off(i) });
+    }
+    const disp = (i: number): number => Atomics.load(vp, (off(i) + P.dispatch) >> 2);
+    const setDisp = (i: number, d: number): void => void Atomics.store(vp, (off(i) + P.dispatch) >> 2, d);
+    let req = 0;
+    /** Publishes AssertVirtualInterrupt(5, `index`, `vector`) on the page; returns its request number. */
+    const assert = (index: number, vector: number): number => {
+      const f64 = new Float64Array(page);
+      f64[HC_INPUT_OFFSET >> 3] = 5;
+      Atomics.store(i32, (HC_INPUT_OFFSET >> 2) + 2, index);
+      Atomics.store(i32, (HC_INPUT_OFFSET >> 2) + 3, vector);
+      Atomics.store(i32, W.code, C.AssertVirtualInterrupt);
+      Atomics.store(i32, W.inLen, 16);
+      Atomics.store(i32, W.waiting, 1);
+      Atomics.store(i32, W.req, ++req);
+      return req;
+    };
+    const done = (): number => Atomics.load(i32, W.done);
+    return { sched, hc, now, disp, setDisp, assert, done, D };
+  }
+
+  it('wakes a halted VP from the call itself, before completing the call, when an LP is free', async () => {
+    const w = await wired(2, 1);
+    w.setDisp(0, w.D.Start);
+    w.sched.pass(w.now());
+    expect(w.disp(0), 'VP 0 started').to.equal(w.D.Granted);
+    w.setDisp(0, w.D.Halt);
+    w.sched.pass(w.now());
+    expect(w.disp(0), 'VP 0 halted').to.equal(w.D.Off);
+    const seq = w.assert(0, 0x40);
+    expect(w.hc.pass(true)).to.equal(1);
+    expect(w.disp(0), 'dispatched by the call, no scheduling pass').to.equal(w.D.Granted);
+    expect(w.hc.dispatched).to.equal(true);
+    expect(w.hc.wantSchedule, 'the pass is not needed now').to.equal(false);
+    expect(w.done(), 'the call waits for completeDeferred').to.not.equal(seq);
+    expect(w.hc.completeDeferred()).to.equal(1);
+    expect(w.done()).to.equal(seq);
+    // The pass that follows (within a quantum) finds the VP running and changes nothing.
+    w.sched.pass(w.now());
+    expect(w.disp(0)).to.equal(w.D.Granted);
+  });
+
+  it('leaves the decision to the scheduling pass when no LP is free, and completes the call after it', async () => {
+    const w = await wired(1, 2);
+    w.setDisp(0, w.D.Start);
+    w.setDisp(1, w.D.Start);
+    w.sched.pass(w.now());
+    const running = w.disp(0) === w.D.Granted ? 0 : 1;
+    const other = 1 - running;
+    expect(w.disp(running)).to.equal(w.D.Granted);
+    // The runner halts and the other gets the LP: now the first is halted and the only LP taken.
+    w.setDisp(running, w.D.Halt);
+    w.sched.pass(w.now());
+    expect(w.disp(other)).to.equal(w.D.Granted);
+    expect(w.disp(running)).to.equal(w.D.Off);
+    const seq = w.assert(running, 0x41);
+    w.hc.pass(true);
+    expect(w.disp(running), 'no LP was free: not dispatched by the call').to.equal(w.D.Off);
+    expect(w.hc.wantSchedule).to.equal(true);
+    expect(w.hc.dispatched).to.equal(false);
+    expect(w.done()).to.not.equal(seq);
+    w.sched.pass(w.now());
+    expect(w.hc.completeDeferred()).to.equal(1);
+    expect(w.done()).to.equal(seq);
+    // Ready behind the VP on the LP, and dispatched once that one halts.
+    w.setDisp(other, w.D.Halt);
+    w.sched.pass(w.now());
+    expect(w.disp(running)).to.equal(w.D.Granted);
+  });
+});
+
 describe('the hypercall pages server under random pages (fuzz)', () => {
   it('never throws, forwards or completes every request number once, and keeps its backlog bounded, whatever a session writes (seeded, 3000 rounds)', async () => {
     const { HcLoop, HC_STATE_BYTES, MAX_BACKLOG } = await import('../src/hcloop.js');
@@ -323,7 +415,7 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     // A route to a child that lives in a plain buffer, so SignalEvent can take the fast path.
     const mem = new SharedArrayBuffer(1 << 16);
     const vpRegion = new SharedArrayBuffer(1 << 16);
-    loop.handle({ t: 'route', sid: 'f', connectionId: 5, epoch: 0, route: { kind: 'child', memory: mem, flagsOffset: 4096, flagCount: 64, masked: false, vector: 0x31, autoEoi: true, vpRegion, vpOffset: 4096 } });
+    loop.handle({ t: 'route', sid: 'f', connectionId: 5, epoch: 0, route: { kind: 'child', memory: mem, flagsOffset: 4096, flagCount: 64, masked: false, vector: 0x31, autoEoi: true, vpRegion, vpOffset: 4096, partitionId: 7, vpIndex: 0 } });
     let a = 0x2545f491;
     const next = (): number => {
       a ^= a << 13;

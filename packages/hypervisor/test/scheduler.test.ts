@@ -529,4 +529,98 @@ describe('SchedulerCore (simulated clock)', () => {
     sim.runFor(500 * MS);
     for (const v of vps) expect(v.runNs + v.readyNs + v.waitNs, `VP ${v.index}`).to.equal(sim.now - start);
   });
+
+  describe('dispatchNow (the signalling path\'s shortcut to a halted VP)', () => {
+    /** Two identical simulations: VP 0 holds LP 0, VP 1 halted; then `setup` on both. */
+    function twins(lps: number, setup: (sim: Sim, vps: SchedVp[]) => void, props: Partial<VpProps>[] = []): Array<{ sim: Sim; vps: SchedVp[] }> {
+      return [0, 1].map(() => {
+        const sim = new Sim({ lps });
+        const vps = [0, 1].map((i) => sim.add(1, i, props[i] ?? {}));
+        sim.runFor(3 * MS);
+        const halted = vps.find((v) => v.lp >= 0 && v.index === 1) ?? vps[1];
+        if (halted.lp >= 0) sim.halt(halted);
+        else {
+          sim.runUntilCond(() => halted.lp >= 0 && !halted.preempting, 100 * MS, 'VP 1 running');
+          sim.halt(halted);
+        }
+        sim.runFor(2 * MS);
+        setup(sim, vps);
+        return { sim, vps };
+      });
+    }
+
+    it('gives a woken VP the free LP that the next tick would give it, and the tick after agrees', () => {
+      const [a, b] = twins(2, () => {});
+      expect(a.vps[1].halted).to.equal(true);
+      // a: the shortcut; b: wake then tick, as the pass does.
+      a.sim.core.wake(a.vps[1], a.sim.now);
+      const lp = a.sim.core.dispatchNow(a.vps[1], a.sim.now);
+      b.sim.wake(b.vps[1]);
+      expect(lp).to.equal(b.vps[1].lp).and.to.be.at.least(0);
+      expect(a.vps[1].shownState).to.equal('Running');
+      expect(a.vps[1].dispatches).to.equal(b.vps[1].dispatches);
+      a.sim.check();
+      const d = a.sim.tick();
+      expect(d.grant, 'the tick after grants nothing more').to.deep.equal([]);
+      expect(d.preempt, 'nor takes anything back').to.deep.equal([]);
+      // And both go on alike.
+      a.sim.runFor(50 * MS);
+      b.sim.runFor(50 * MS);
+      expect(a.vps.map((v) => v.lp)).to.deep.equal(b.vps.map((v) => v.lp));
+    });
+
+    it('declines (-1) when no active LP is free, when another VP waits, over its cap, and past the period end, and then takes nothing', () => {
+      const cases: Array<[string, number, (sim: Sim, vps: SchedVp[]) => void, Partial<VpProps>[]]> = [
+        ['no free LP', 1, () => {}, []],
+        ['LP 1 is not active', 2, (sim) => sim.core.setActiveLps(1), []],
+        ['another VP waits for an LP', 2, (sim, vps) => {
+          const third = sim.core.add(1, 2, { weight: 100, reserve: 0, cap: 1, suspended: false }, sim.now);
+          sim.core.wake(third, sim.now); // runnable, and no tick has given it the free LP yet
+          expect(vps[0].lp).to.be.at.least(0);
+        }, []],
+        ['its cap is spent', 2, (sim, vps) => void (vps[1].usedInPeriod = 0.3 * PERIOD), [{}, { cap: 0.25 }]],
+        ['the period ended (a roll-over is the tick\'s)', 2, (sim) => {
+          sim.now += PERIOD;
+        }, []],
+      ];
+      for (const [what, lps, setup, props] of cases) {
+        const [{ sim, vps }] = twins(lps, setup, props);
+        const owners = [...sim.core.lpOwners()];
+        sim.core.wake(vps[1], sim.now);
+        expect(sim.core.dispatchNow(vps[1], sim.now), what).to.equal(-1);
+        expect([...sim.core.lpOwners()], `${what}: no LP changed hands`).to.deep.equal(owners);
+        expect(vps[1].lp, what).to.equal(-1);
+      }
+    });
+
+    it('keeps the LP invariants through random halts, shortcut wakes, suspensions and caps (seeded)', () => {
+      const rand = rng(0xd15a7c);
+      const sim = new Sim({ lps: 2, ackDelayNs: 100 * US });
+      const vps: SchedVp[] = [];
+      for (let p = 1; p <= 2; p++) for (let i = 0; i < 3; i++) vps.push(sim.add(p, i, { weight: 1 + Math.floor(rand() * 500), cap: rand() < 0.3 ? 0.3 : 1 }));
+      let shortcuts = 0;
+      for (let round = 0; round < 3000; round++) {
+        sim.runFor(Math.floor(rand() * 3 * MS));
+        const vp = vps[Math.floor(rand() * vps.length)];
+        const r = rand();
+        if (r < 0.35 && vp.lp >= 0 && !vp.preempting) sim.halt(vp);
+        else if (r < 0.8 && vp.halted) {
+          const before = [...sim.core.lpOwners()];
+          const waiting = [...sim.core.all()].some((o) => o !== vp && o.lp < 0 && !o.halted && !o.capped && !o.partitionSuspended && !o.absent);
+          sim.core.wake(vp, sim.now);
+          const lp = sim.core.dispatchNow(vp, sim.now);
+          if (lp >= 0) {
+            shortcuts++;
+            expect(before[lp], 'the LP was free').to.equal(null);
+            expect(lp).to.be.below(sim.core.activeLps);
+            expect(waiting, 'nobody else was waiting').to.equal(false);
+            expect(vp.capped).to.equal(false);
+          }
+          sim.check();
+          sim.tick();
+        } else if (r < 0.9) sim.suspend(vp, !vp.partitionSuspended);
+      }
+      expect(shortcuts, 'the shortcut was taken').to.be.greaterThan(30);
+    });
+  });
 });
