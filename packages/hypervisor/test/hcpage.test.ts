@@ -335,15 +335,15 @@ describe('the hypercall pages server and the scheduler, without their thread', (
     const disp = (i: number): number => Atomics.load(vp, (off(i) + P.dispatch) >> 2);
     const setDisp = (i: number, d: number): void => void Atomics.store(vp, (off(i) + P.dispatch) >> 2, d);
     let req = 0;
-    /** Publishes AssertVirtualInterrupt(5, `index`, `vector`) on the page; returns its request number. */
-    const assert = (index: number, vector: number): number => {
+    /** Publishes AssertVirtualInterrupt(5, `index`, `vector`) by a caller waiting as `waiting` (HcWaiting); returns its request number. */
+    const assert = (index: number, vector: number, waiting = 2): number => {
       const f64 = new Float64Array(page);
       f64[HC_INPUT_OFFSET >> 3] = 5;
       Atomics.store(i32, (HC_INPUT_OFFSET >> 2) + 2, index);
       Atomics.store(i32, (HC_INPUT_OFFSET >> 2) + 3, vector);
       Atomics.store(i32, W.code, C.AssertVirtualInterrupt);
       Atomics.store(i32, W.inLen, 16);
-      Atomics.store(i32, W.waiting, 1);
+      Atomics.store(i32, W.waiting, waiting);
       Atomics.store(i32, W.req, ++req);
       return req;
     };
@@ -351,7 +351,21 @@ describe('the hypercall pages server and the scheduler, without their thread', (
     return { sched, hc, now, disp, setDisp, assert, done, D };
   }
 
-  it('wakes a halted VP from the call itself, before completing the call, when an LP is free', async () => {
+  it('completes the call of a caller that still watches the page first, then wakes the halted VP from the call itself', async () => {
+    const w = await wired(2, 1);
+    w.setDisp(0, w.D.Start);
+    w.sched.pass(w.now());
+    w.setDisp(0, w.D.Halt);
+    w.sched.pass(w.now());
+    expect(w.disp(0), 'VP 0 halted').to.equal(w.D.Off);
+    const seq = w.assert(0, 0x40, 1);
+    expect(w.hc.pass(true)).to.equal(1);
+    expect(w.done(), 'completed by the pass, nothing deferred').to.equal(seq);
+    expect(w.disp(0), 'and the VP dispatched').to.equal(w.D.Granted);
+    expect(w.hc.completeDeferred()).to.equal(0);
+  });
+
+  it('wakes a halted VP from the call itself, before completing the call of a caller asleep, when an LP is free', async () => {
     const w = await wired(2, 1);
     w.setDisp(0, w.D.Start);
     w.sched.pass(w.now());

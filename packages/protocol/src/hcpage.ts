@@ -14,10 +14,14 @@
  *   2. `Atomics.store(req, seq)` (seq = previous + 1), then ring the bell (see above);
  *   3. wait until `done == seq`; then `status`, `reps`, and the output are valid.
  * The hypervisor may first write `done = ~seq` (the call went to its main thread, a slower path: a
- * caller that blocks should stop blocking). A caller says how it waits in `waiting`: blocked on
- * `done` (1: the hypervisor wakes `done`), or in its event loop (0: the hypervisor increments
- * `attention` and wakes it). Each queued event also increments and wakes `attention`, so an event
- * loop waits on that one word (the shm addon's `watchWord`).
+ * caller that blocks should stop blocking). A caller says how it waits in `waiting`
+ * (HcWaiting): watching `done` (1: it sees the completion by itself, nothing need wake it), asleep
+ * on `done` (2: the hypervisor wakes `done`), or in its event loop (0: the hypervisor increments
+ * `attention` and wakes it). A blocking caller stores 2 before its last look at `done` and its
+ * futex wait, and the hypervisor stores `done` before it reads `waiting` (both sequentially
+ * consistent), so either the caller sees the completion or the hypervisor sees 2 and wakes it.
+ * Each queued event also increments and wakes `attention`, so an event loop waits on that one
+ * word (the shm addon's `watchWord`).
  *
  * Inputs, little-endian, after the TLFS layouts where there is one:
  *   SignalEvent:    u32 connectionId, u16 flagNumber, u16 reserved (0)                  8 bytes
@@ -63,6 +67,9 @@ export const HcWord = {
   /** 1 while the caller blocks on `done` (the completion wakes `done`), 0 while its event loop waits (it wakes `attention`). */
   waiting: 9,
 } as const;
+
+/** Values of HcWord.waiting: how the caller waits for the call it published (see the module comment). */
+export const HcWaiting = { EventLoop: 0, Watching: 1, Asleep: 2 } as const;
 
 export const HC_INPUT_OFFSET = 64;
 export const HC_INPUT_MAX = 2016;

@@ -11,7 +11,7 @@
  * process has ended (a pidfd watch; 0.2 s polling where there is none), with an error naming it.
  */
 import {
-  decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
+  decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HcWaiting, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
   HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, HC_PAGE_BYTES, HcEventWord, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
   type HvCallName, type HvClientMsg, type HvCtlArgs, type HvCtlOp, type HvServerMsg, type HypercallInputs,
 } from '@hvlab/protocol';
@@ -352,7 +352,7 @@ export class HvClient {
     const sync = code === HvCall.SignalEvent || code === HvCall.AssertVirtualInterrupt;
     Atomics.store(i32, HcWord.code, code);
     Atomics.store(i32, HcWord.inLen, inLen);
-    Atomics.store(i32, HcWord.waiting, sync ? 1 : 0);
+    Atomics.store(i32, HcWord.waiting, sync ? HcWaiting.Watching : HcWaiting.EventLoop);
     Atomics.store(i32, HcWord.req, seq);
     Atomics.add(page.bellI32, HC_RING_WORD, 1);
     Atomics.add(page.bellI32, HC_BELL_WORD, 1);
@@ -364,6 +364,8 @@ export class HvClient {
       // slept costs tens of microseconds to wake on an idle CPU here).
       const spinUntil = start + PAGE_SPIN_MS;
       while (Atomics.load(i32, HcWord.done) !== seq && Atomics.load(i32, HcWord.done) !== ~seq && performance.now() < spinUntil) { /* poll */ }
+      // Asleep from here: the hypervisor wakes `done` (it reads this after storing `done`).
+      Atomics.store(i32, HcWord.waiting, HcWaiting.Asleep);
       for (;;) {
         const d = Atomics.load(i32, HcWord.done);
         if (d === seq) return Promise.resolve(this.pageResult(page, code, input));
@@ -372,7 +374,7 @@ export class HvClient {
         if (left <= 0) break;
         futexWait(page.region, HcWord.done, d, left);
       }
-      Atomics.store(i32, HcWord.waiting, 0);
+      Atomics.store(i32, HcWord.waiting, HcWaiting.EventLoop);
       // Completed between the last look and the store: the hypervisor woke `done`, not `attention`.
       if (Atomics.load(i32, HcWord.done) === seq) return Promise.resolve(this.pageResult(page, code, input));
     }
