@@ -26,7 +26,7 @@ import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { futexWake, openRegion } from '../../packages/shm/src/index.js';
 import {
-  EVENT_FLAG_BYTES_PER_SINT, GuestVector, HvStatus, KERNEL_MAGIC, KERNEL_PAGE_GPA, KernelPage, MAX_VPS_PER_PARTITION, PAGE,
+  EVENT_FLAG_BYTES_PER_SINT, GuestVector, KERNEL_MAGIC, KERNEL_PAGE_GPA, KernelPage, MAX_VPS_PER_PARTITION, PAGE,
   SINT_AUTO_EOI, VpPage, siefpGpa, simpGpa, synicPageRegister, vpPageOffset,
 } from '../../packages/protocol/src/index.js';
 import { HvClient, type Notification } from '../../packages/runtime/src/hvclient.js';
@@ -335,14 +335,10 @@ async function shmEchoSignal(name: string, endpoint: string, partitionId: number
   let full = 0;
   let signals = 0;
   let hvError: Error | null = null;
+  // Posted, as the guest kernel signals (HvClient.signal); a failure is reported to onSignalFailed.
   const signal = (): void => {
     signals++;
-    hv.call('SignalEvent', { connectionId, flagNumber: 0 }).then(
-      (r) => {
-        if (r.status !== HvStatus.SUCCESS) hvError ??= new Error(`SignalEvent failed with ${r.statusName}`);
-      },
-      (e: unknown) => void (hvError ??= e as Error),
-    );
+    hv.signal(connectionId, 0);
   };
   const echo = (type: number, flags: number, transId: bigint, payload: Uint8Array): void => {
     let r;
@@ -372,7 +368,7 @@ async function shmEchoSignal(name: string, endpoint: string, partitionId: number
     // With VP scheduling a SINT arrives through the VP; a notification would be the fallback path.
     if (n.k === 'sint') onInterrupt(n.sint);
     else if (n.k === 'bye') process.exit(0);
-  });
+  }, { onSignalFailed: (f) => void (hvError ??= new Error(`SignalEvent failed with ${f.statusName}`)) });
   const session = await hv.connect({ partitionId, token, role: 'bench-vmbus', vm: null });
   const guest = await bootStandInGuest(hv, session, onInterrupt);
   mem = guest.mem;

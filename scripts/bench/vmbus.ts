@@ -44,7 +44,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 import {
-  ENLIGHTENED_CHILD_PRIVILEGES, HvStatus, MIN_MEMORY_BYTES, PAGE, PartitionProperty, PortType, ROOT_PARTITION_ID,
+  ENLIGHTENED_CHILD_PRIVILEGES, MIN_MEMORY_BYTES, PAGE, PartitionProperty, PortType, ROOT_PARTITION_ID,
 } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -672,14 +672,11 @@ async function shmSignalLatency(run: Run): Promise<SignalLatency> {
 
   let toChild = 0;
   let hvError: Error | null = null;
+  // Posted, as a VMWP signals its guest (HvClient.signal).
+  hv.onSignalFailed = (f) => void (hvError ??= new Error(`SignalEvent to the child failed with ${f.statusName}`));
   const signalChild = (): void => {
     toChild++;
-    hv.call('SignalEvent', { connectionId: ROOT_TO_CHILD_CONNECTION, flagNumber: 0 }).then(
-      (r) => {
-        if (r.status !== HvStatus.SUCCESS) hvError ??= new Error(`SignalEvent to the child failed with ${r.statusName}`);
-      },
-      (e: unknown) => void (hvError ??= e as Error),
-    );
+    hv.signal(ROOT_TO_CHILD_CONNECTION, 0);
   };
   const req = new Uint8Array(LATENCY_PAYLOAD);
   const dv = new DataView(req.buffer);

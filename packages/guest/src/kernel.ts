@@ -318,9 +318,7 @@ export class GuestKernel {
   private newVmbusClient(): VmbusClient {
     return new VmbusClient({
       post: async (connectionId, payload) => (await this.hv.call('PostMessage', { connectionId, messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
-      signal: (connectionId) => {
-        void this.hv.call('SignalEvent', { connectionId, flagNumber: 0 }).catch(() => undefined);
-      },
+      signal: (connectionId) => this.hv.signal(connectionId, 0),
       // The rings' own writes into guest memory go to the dirty log through `dirty`.
       memory: this.privateMemory ? null : this.mem.share().memory,
       dirty: this.mem,

@@ -5,7 +5,7 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
+import { hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
@@ -64,6 +64,7 @@ function onHvNotification(n: Notification): void {
   else if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`, 1);
 }
 const hv = hvClientFor(paths.hvEndpoint, earlyHv, (n) => onHvNotification(n));
+warnOnSignalFailures(hv, (o, m) => log.warn(o, m));
 
 // Exit code 0 means "the guest shut down"; every other way out is non-zero.
 watchPids([hvPid], () => void exit('the hypervisor is gone', 1));

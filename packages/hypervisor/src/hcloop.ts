@@ -117,7 +117,7 @@ export function completeHcCall(region: SharedArrayBuffer, i32: Int32Array, seq: 
   Atomics.store(i32, HcWord.outLen, outLen);
   Atomics.store(i32, HcWord.done, seq);
   const waiting = Atomics.load(i32, HcWord.waiting);
-  if (waiting === HcWaiting.Watching) return;
+  if (waiting === HcWaiting.Watching || waiting === HcWaiting.Posted) return;
   if (waiting === HcWaiting.Asleep) {
     futexWake(region, HcWord.done);
   } else {
@@ -271,11 +271,13 @@ export class HcLoop {
 
   /**
    * Completes a fast call with success; `target`: the VP without its LP that it pended an interrupt
-   * on (see `pass`). A caller still watching `done` is completed first: that costs a few stores, and
-   * it goes on at once instead of waiting for a CPU behind the VP it woke.
+   * on (see `pass`). A caller still watching `done`, or not waiting at all (a posted call), is
+   * completed first: that costs a few stores, and a watcher goes on at once instead of waiting for
+   * a CPU behind the VP it woke.
    */
   private complete(s: SessionRec, seq: number, target: VpTarget | null): void {
-    if (target && Atomics.load(s.i32, HcWord.waiting) === HcWaiting.Watching) {
+    const waiting = target ? Atomics.load(s.i32, HcWord.waiting) : HcWaiting.EventLoop;
+    if (target && (waiting === HcWaiting.Watching || waiting === HcWaiting.Posted)) {
       completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
       if (this.dispatch !== null && this.dispatch(target.partitionId, target.vpIndex)) this.dispatched = true;
       else this.wantSchedule = true;

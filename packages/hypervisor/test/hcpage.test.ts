@@ -93,7 +93,49 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     expect((await c.call('SignalEvent', { connectionId: 0x999, flagNumber: 0 })).statusName).to.equal('INVALID_CONNECTION_ID');
   });
 
-  it('AssertVirtualInterrupt through the page pends the vector on the VP\'s APIC, served by the thread after the first call', async () => {
+  it('a posted SignalEvent (signal) sets the flag without its caller waiting, keeps its place among calls, and reports failures', async () => {
+    const failures: Array<{ status: number | null; statusName: string; connectionId: number }> = [];
+    const c = await root();
+    c.onSignalFailed = (f) => void failures.push(f);
+    const { flags } = await child(c, 0x520);
+    // Posted one after another: each waits for the page behind the one before, none is lost.
+    for (const flag of [0, 7, 33]) c.signal(0x520, flag);
+    expect(c.counts.posted, 'the first went on the page at once').to.be.at.least(1);
+    // A call after them runs after them: by its answer every flag is set.
+    expect((await c.call('SignalEvent', { connectionId: 0x520, flagNumber: 10 })).statusName).to.equal('SUCCESS');
+    expect(flags[0]).to.equal((1 << 0) | (1 << 7) | (1 << 10));
+    expect(flags[1]).to.equal(1 << 1);
+    // A socket call (CreatePort is not a page call with these inputs) waits for a posted signal too.
+    c.signal(0x520, 9);
+    await c.must('CreatePort', { partitionId: 1, portId: 77, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+    expect(flags[0] & (1 << 9), 'flag 9 set before the socket call was answered').to.not.equal(0);
+    // Failures: a connection nobody made, and a flag past the port's count.
+    c.signal(0x999, 0);
+    c.signal(0x520, 40);
+    await c.call('SignalEvent', { connectionId: 0x520, flagNumber: 1 });
+    expect(failures.map((f) => [f.connectionId, f.statusName])).to.deep.equal([[0x999, 'INVALID_CONNECTION_ID'], [0x520, 'INVALID_PARAMETER']]);
+    expect(c.counts.postedFailed).to.equal(2);
+  });
+
+  it('posted signals queued behind a busy page: a repeat of one still to be published is dropped, others keep their order', async () => {
+    const c = await root();
+    const { flags } = await child(c, 0x530);
+    // A waited-for call makes the page busy; what is posted meanwhile queues behind it.
+    const busy = c.call('SignalEvent', { connectionId: 0x530, flagNumber: 1 });
+    const before = c.counts.posted;
+    c.signal(0x530, 2);
+    c.signal(0x530, 2);
+    c.signal(0x530, 3);
+    c.signal(0x530, 2);
+    await busy;
+    await c.call('SignalEvent', { connectionId: 0x530, flagNumber: 4 });
+    expect(flags[0]).to.equal((1 << 1) | (1 << 2) | (1 << 3) | (1 << 4));
+    // 2 and 3 were published; the repeats of 2 queued behind the first 2 were dropped. (The last 2
+    // came after 3 in the queue but repeats the queued 2, which is still to come: dropped too.)
+    expect(c.counts.posted - before).to.equal(2);
+  });
+
+    it('AssertVirtualInterrupt through the page pends the vector on the VP\'s APIC, served by the thread after the first call', async () => {
     const c = await root();
     const { id } = await child(c, 0x510);
     const region = server.hv.partition(id)!.vpRegion!;

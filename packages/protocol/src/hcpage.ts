@@ -16,8 +16,9 @@
  * The hypervisor may first write `done = ~seq` (the call went to its main thread, a slower path: a
  * caller that blocks should stop blocking). A caller says how it waits in `waiting`
  * (HcWaiting): watching `done` (1: it sees the completion by itself, nothing need wake it), asleep
- * on `done` (2: the hypervisor wakes `done`), or in its event loop (0: the hypervisor increments
- * `attention` and wakes it). A blocking caller stores 2 before its last look at `done` and its
+ * on `done` (2: the hypervisor wakes `done`), in its event loop (0: the hypervisor increments
+ * `attention` and wakes it), or not at all (3, a posted call: it looks at `done` before it next
+ * uses the page, and stores 0 first if it must wait for it). A blocking caller stores 2 before its last look at `done` and its
  * futex wait, and the hypervisor stores `done` before it reads `waiting` (both sequentially
  * consistent), so either the caller sees the completion or the hypervisor sees 2 and wakes it.
  * Each queued event also increments and wakes `attention`, so an event loop waits on that one
@@ -69,7 +70,7 @@ export const HcWord = {
 } as const;
 
 /** Values of HcWord.waiting: how the caller waits for the call it published (see the module comment). */
-export const HcWaiting = { EventLoop: 0, Watching: 1, Asleep: 2 } as const;
+export const HcWaiting = { EventLoop: 0, Watching: 1, Asleep: 2, Posted: 3 } as const;
 
 export const HC_INPUT_OFFSET = 64;
 export const HC_INPUT_MAX = 2016;

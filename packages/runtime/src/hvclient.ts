@@ -69,6 +69,8 @@ export interface HvClientOptions {
   ctlTimeoutMs?: number;
   /** Use the socket for every call even when the hypervisor offers a hypercall page (benches compare the two). */
   noPage?: boolean;
+  /** Told of each posted SignalEvent (`signal`) that did not succeed. */
+  onSignalFailed?: (f: SignalFailure) => void;
 }
 
 interface Pending {
@@ -87,12 +89,41 @@ interface Page {
   seq: number;
   /** The call on the page, waiting for its completion. */
   waiter: { seq: number; code: number; input: Record<string, unknown>; done: (r: HypercallResult) => void; fail: (e: Error) => void } | null;
+  /** The request number of a posted SignalEvent (`HvClient.signal`) not yet seen completed, else 0. */
+  posted: number;
+  /** What the posted call was, for its failure report. */
+  postedWhat: { connectionId: number; flagNumber: number } | null;
+  /** Frees the page from a posted call the hypervisor never completes (armed only while a call waits for the page). */
+  postedTimer: NodeJS.Timeout | null;
 }
 
 /** One call waiting for its turn (see HvClient.pump). */
 interface Queued {
   kind: 'socket' | 'page';
   start: () => void;
+  /** A posted SignalEvent's "connectionId:flagNumber": an identical one queued behind it adds nothing. */
+  posted?: string;
+}
+
+/**
+ * Reports the posted signals of `hv` that fail through `warn`: the first three, then every
+ * thousandth (a channel whose connection went stale fails each signal; its log should not grow
+ * with them).
+ */
+export function warnOnSignalFailures(hv: HvClient, warn: (obj: Record<string, unknown>, msg: string) => void): void {
+  hv.onSignalFailed = (f) => {
+    const n = hv.counts.postedFailed;
+    if (n <= 3 || n % 1000 === 0) warn({ ...f, failures: n }, 'a SignalEvent failed (posted: nobody waited for it)');
+  };
+}
+
+/** A posted SignalEvent that did not succeed (`HvClientOptions.onSignalFailed`). */
+export interface SignalFailure {
+  connectionId: number;
+  flagNumber: number;
+  /** The hypervisor's status, or null when it did not complete the call within the call timeout. */
+  status: number | null;
+  statusName: string;
 }
 
 /**
@@ -145,8 +176,10 @@ export class HvClient {
   private pageBusy = false;
   /** Root ports this session created: all are signalled when events were lost to a full event queue. */
   private readonly rootPorts = new Set<number>();
-  /** Calls carried by the page, and by the socket (for `hvlab debug` and the benches). */
-  readonly counts = { page: 0, socket: 0 };
+  /** Calls carried by the page, and by the socket (for `hvlab debug` and the benches); `posted`: signals among the page's, `postedFailed`: those that did not succeed. */
+  readonly counts = { page: 0, socket: 0, posted: 0, postedFailed: 0 };
+  /** Told of each posted SignalEvent (`signal`) that did not succeed (settable after construction). */
+  onSignalFailed: (f: SignalFailure) => void;
 
   /** The hypervisor socket this client talks to. */
   get endpointName(): string {
@@ -159,6 +192,7 @@ export class HvClient {
     this.callTimeoutMs = opts.callTimeoutMs ?? 10000;
     this.ctlTimeoutMs = opts.ctlTimeoutMs ?? 10000;
     this.noPage = opts.noPage ?? process.env.HVLAB_HCPAGE === 'off';
+    this.onSignalFailed = opts.onSignalFailed ?? (() => {});
     if (opts.watchPid !== undefined) this.watchHypervisor(opts.watchPid, opts.watchIntervalMs);
   }
 
@@ -177,6 +211,7 @@ export class HvClient {
   }
 
   private failAll(e: Error): void {
+    if (this.page?.posted) this.dropPosted(this.page);
     const pw = this.page?.waiter;
     if (pw && this.page) {
       this.page.waiter = null;
@@ -247,6 +282,7 @@ export class HvClient {
       const i32 = new Int32Array(region);
       const page: Page = {
         region, i32, u8: new Uint8Array(region), bell, bellI32: new Int32Array(bell), unwatch: () => {}, seq: Atomics.load(i32, HcWord.req), waiter: null,
+        posted: 0, postedWhat: null, postedTimer: null,
       };
       page.unwatch = watchWord(region, HcWord.attention, () => this.onAttention());
       this.page = page;
@@ -262,6 +298,7 @@ export class HvClient {
     if (!page) return;
     const w = page.waiter;
     if (w && Atomics.load(page.i32, HcWord.done) === w.seq) this.finishPageCall(page);
+    if (page.posted && this.settlePosted(page)) this.pump();
     const { overflowed } = drainHcEvents(page.i32, (e) => {
       if (e.kind === 'rootEvent') this.deliver({ k: 'rootevent', portId: e.portId, flagNumber: e.flag, sender: e.sender });
       else if (e.kind === 'rootMessage') this.deliver({ k: 'rootmsg', portId: e.portId, messageType: e.messageType, payload: e.payload, sender: e.sender });
@@ -294,11 +331,66 @@ export class HvClient {
     w.done(this.pageResult(page, w.code, w.input));
   }
 
+  /**
+   * Whether the page is taken: by a call in flight, or by a posted signal the hypervisor has not
+   * completed yet. A posted signal found completed frees it here; one not completed is asked to
+   * ring `attention` when it is (the waiting word goes from Posted to EventLoop, then `done` is
+   * read again: the hypervisor stores `done` before it reads `waiting`).
+   */
+  private pageHeld(): boolean {
+    if (!this.pageBusy) return false;
+    const page = this.page;
+    if (!page || !page.posted) return true;
+    if (this.settlePosted(page)) return false;
+    Atomics.store(page.i32, HcWord.waiting, HcWaiting.EventLoop);
+    if (this.settlePosted(page)) return false;
+    if (!page.postedTimer) {
+      const seq = page.posted;
+      page.postedTimer = setTimeout(() => {
+        page.postedTimer = null;
+        if (page.posted !== seq) return;
+        const what = page.postedWhat;
+        this.dropPosted(page);
+        this.postedFailed(what, null);
+        this.pump();
+      }, this.callTimeoutMs);
+    }
+    return true;
+  }
+
+  /** Frees the page from its posted signal if the hypervisor completed it (reporting a failure); false if not yet. */
+  private settlePosted(page: Page): boolean {
+    if (Atomics.load(page.i32, HcWord.done) !== page.posted) return false;
+    const what = page.postedWhat;
+    this.dropPosted(page);
+    const status = Atomics.load(page.i32, HcWord.status) >>> 0;
+    if (status !== HvStatus.SUCCESS) this.postedFailed(what, status);
+    return true;
+  }
+
+  private dropPosted(page: Page): void {
+    if (page.postedTimer) clearTimeout(page.postedTimer);
+    page.postedTimer = null;
+    page.posted = 0;
+    page.postedWhat = null;
+    this.pageBusy = false;
+  }
+
+  private postedFailed(what: { connectionId: number; flagNumber: number } | null, status: number | null): void {
+    this.counts.postedFailed++;
+    if (!what) return;
+    try {
+      this.onSignalFailed({ ...what, status, statusName: status === null ? 'no completion' : hvStatusName(status) });
+    } catch {
+      // The report's handler failing is its own.
+    }
+  }
+
   /** Starts queued calls in order: socket calls may overlap each other; a page call runs alone. */
   private pump(): void {
     while (this.queue.length > 0) {
       const head = this.queue[0];
-      if (head.kind === 'socket' ? this.pageBusy : this.pageBusy || this.socketCalls > 0) return;
+      if (head.kind === 'socket' ? this.pageHeld() : this.pageHeld() || this.socketCalls > 0) return;
       this.queue.shift();
       if (head.kind === 'socket') this.socketCalls++;
       else this.pageBusy = true;
@@ -311,7 +403,7 @@ export class HvClient {
    * else in turn. Null when the input cannot go through a page (the socket carries it).
    */
   private pageCall(page: Page, code: number, input: Record<string, unknown>, timeoutMs: number): Promise<HypercallResult> | null {
-    if (!this.pageBusy && this.queue.length === 0 && this.socketCalls === 0) {
+    if (this.queue.length === 0 && this.socketCalls === 0 && !this.pageHeld()) {
       const n = encodeHcInput(code, input, page.u8.subarray(HC_INPUT_OFFSET, HC_INPUT_OFFSET + HC_INPUT_MAX));
       if (n === null) return null;
       this.pageBusy = true;
@@ -512,6 +604,75 @@ export class HvClient {
     return { status: m.status, statusName: hvStatusName(m.status), reps: m.reps, output: m.output };
   }
 
+  /**
+   * SignalEvent, posted: published on the hypercall page and not waited for, as a VMBus endpoint
+   * signals its peer and goes on (Linux's vmbus_setevent ignores the hypercall's status). Each
+   * waited-for signal cost its caller a sleep and a wake-up (the hypervisor's thread takes tens of
+   * microseconds to answer when it was asleep), or a 20 µs spin. Order is kept: the call waits its
+   * turn behind queued calls, and the next call on the page waits for this one's completion. A
+   * signal not yet published that repeats one queued before it is dropped: the flag is the same
+   * and the earlier signal is still to come. A failure (a stale connection, say) is counted and
+   * given to `onSignalFailed`. Without a page it is an ordinary call through the socket.
+   */
+  signal(connectionId: number, flagNumber: number): void {
+    const page = this.page;
+    if (!page || this.gone || this.closed) {
+      this.call('SignalEvent', { connectionId, flagNumber }).then(
+        (r) => {
+          if (r.status !== HvStatus.SUCCESS) this.postedFailed({ connectionId, flagNumber }, r.status);
+        },
+        () => undefined,
+      );
+      return;
+    }
+    const key = `${connectionId}:${flagNumber}`;
+    if (this.queue.some((q) => q.posted === key)) return;
+    const publish = (p: Page): void => {
+      const n = encodeHcInput(HvCall.SignalEvent, { connectionId, flagNumber }, p.u8.subarray(HC_INPUT_OFFSET, HC_INPUT_OFFSET + HC_INPUT_MAX));
+      if (n === null) {
+        // Not a page input (a number out of range): the socket carries it and explains.
+        this.pageBusy = false;
+        this.call('SignalEvent', { connectionId, flagNumber }).then((r) => {
+          if (r.status !== HvStatus.SUCCESS) this.postedFailed({ connectionId, flagNumber }, r.status);
+        }, () => undefined);
+        return;
+      }
+      this.counts.page++;
+      this.counts.posted++;
+      const seq = (p.seq + 1) & 0x3fffffff || 1;
+      p.seq = seq;
+      p.posted = seq;
+      p.postedWhat = { connectionId, flagNumber };
+      const i32 = p.i32;
+      Atomics.store(i32, HcWord.code, HvCall.SignalEvent);
+      Atomics.store(i32, HcWord.inLen, n);
+      Atomics.store(i32, HcWord.waiting, HcWaiting.Posted);
+      Atomics.store(i32, HcWord.req, seq);
+      Atomics.add(p.bellI32, HC_RING_WORD, 1);
+      Atomics.add(p.bellI32, HC_BELL_WORD, 1);
+      futexWake(p.bell, HC_BELL_WORD);
+    };
+    if (this.queue.length === 0 && this.socketCalls === 0 && !this.pageHeld()) {
+      this.pageBusy = true;
+      publish(page);
+      return;
+    }
+    this.queue.push({
+      kind: 'page',
+      posted: key,
+      start: () => {
+        const p = this.page;
+        if (!p || this.gone || this.closed) {
+          this.pageBusy = false;
+          this.pump();
+          return;
+        }
+        publish(p);
+      },
+    });
+    this.pump();
+  }
+
   /** Issues a hypercall; resolves with its result whatever the status. */
   call<N extends keyof HypercallInputs & HvCallName>(name: N, input: HypercallInputs[N], timeoutMs?: number): Promise<HypercallResult> {
     return this.raw(HvCall[name], input as unknown as Record<string, unknown>, timeoutMs === undefined ? {} : { timeoutMs });
@@ -566,6 +727,7 @@ export class HvClient {
     this.page = null;
     if (page) {
       page.unwatch();
+      if (page.posted) this.dropPosted(page);
       const w = page.waiter;
       page.waiter = null;
       this.pageBusy = false;

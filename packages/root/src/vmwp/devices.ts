@@ -119,9 +119,7 @@ export class VmDevices {
     this.server = new VmbusServer({
       partitionId, name: o.vm, remote: this.hub, log: l, faults: this.faults,
       post: async (payload) => (await this.vid.call('PostMessage', { connectionId: hostConnectionId(partitionId, 1), messageType: VMBUS_CHANNEL_MESSAGE_TYPE, payload })).status,
-      signalGuest: (relid) => {
-        void this.vid.call('SignalEvent', { connectionId: hostConnectionId(partitionId, 2), flagNumber: relid }).catch(() => undefined);
-      },
+      signalGuest: (relid) => this.vid.signal(hostConnectionId(partitionId, 2), relid),
       channelConnection: (relid) => this.channelConnection(relid),
       mapGpadl: (gpadl, owner, pfns) => this.mapGpadl(gpadl, owner, pfns),
       unmapGpadl: async (gpadl) => {
