@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -173,6 +173,51 @@ describe('the hvlab command', function () {
       } finally {
         p.kill();
         await p.done;
+      }
+    });
+  });
+
+  describe('logs --follow', () => {
+    it('prints each new line once: appended, in a file that appears later, in a file linked to a new name, and in lines appended again', async () => {
+      const home2 = mkdtempSync(join(tmpdir(), 'hvlab-test-follow-'));
+      const logs = hostPaths(home2).logDir;
+      mkdirSync(logs, { recursive: true });
+      let n = 0;
+      const line = (msg: string, role = 'root'): string => JSON.stringify({ level: 30, time: `2024-01-01T00:00:${String(n++).padStart(2, '0')}.000Z`, role, msg }) + '\n';
+      const root = join(logs, 'root.log');
+      writeFileSync(root, line('before the command'));
+      const p = new BinProcess(['logs', '--follow'], { cwd: '/', env: { HVLAB_HOME: home2 } });
+      const count = (re: RegExp): number => p.stdout.split('\n').filter((l) => re.test(l)).length;
+      try {
+        expect(await p.until(/before the command/), p.stderr).to.equal(true);
+        // Appended to a file it had, in two writes: a half line waits for its newline.
+        const half = line('appended later');
+        appendFileSync(root, half.slice(0, 20));
+        appendFileSync(root, half.slice(20));
+        expect(await p.until(/appended later/)).to.equal(true);
+        // A file that was not there when it started (a VM started since), from its first line.
+        const tpl = join(logs, 'vmwp-tpl1.log');
+        writeFileSync(tpl, line('template line one', 'vmwp') + line('template line two', 'vmwp'));
+        expect(await p.until(/template line two/)).to.equal(true);
+        // A claimed template's file becomes the VM's (link, then unlink): nothing printed again.
+        const vmLog = join(logs, 'vmwp-web.log');
+        linkSync(tpl, vmLog);
+        unlinkSync(tpl);
+        appendFileSync(vmLog, line('the VM\'s own line', 'vmwp'));
+        expect(await p.until(/the VM's own line/)).to.equal(true);
+        // Where a link is not possible, the template's lines are appended to the VM's file: not printed again.
+        const other = join(logs, 'vmwp-db.log');
+        writeFileSync(other, line('db first', 'vmwp'));
+        expect(await p.until(/db first/)).to.equal(true);
+        appendFileSync(other, readFileSync(vmLog, 'utf8') + line('db after the append', 'vmwp'));
+        expect(await p.until(/db after the append/)).to.equal(true);
+        for (const msg of ['before the command', 'appended later', 'template line one', 'template line two', 'the VM\'s own line', 'db first', 'db after the append']) {
+          expect(count(new RegExp(msg)), `"${msg}" in:\n${p.stdout}`).to.equal(1);
+        }
+      } finally {
+        p.kill();
+        await p.done;
+        rmSync(home2, { recursive: true, force: true });
       }
     });
   });

@@ -12,7 +12,7 @@
  * the host refused or failed, 2 the command line could not be understood, 3 `debug hypercall`
  * returned a status other than SUCCESS.
  */
-import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostPaths, pidAlive, resolveHome, type HostPaths } from '@hvlab/runtime';
@@ -801,30 +801,76 @@ function checkWritable(file: string): void {
   if (existsSync(file) && statSync(file).isDirectory()) throw new CliError(`cannot write ${file}: it is a directory`);
 }
 
-async function followLogs(files: string[], filter: (line: string) => string | null): Promise<never> {
-  const pos = new Map<string, number>(files.map((f) => [f, existsSync(f) ? statSync(f).size : 0]));
-  const pump = (f: string): void => {
-    const start = pos.get(f) ?? 0;
-    const size = existsSync(f) ? statSync(f).size : 0;
-    if (size <= start) return;
-    pos.set(f, size);
-    const s = createReadStream(f, { start, end: size - 1, encoding: 'utf8' });
-    let buf = '';
-    s.on('data', (d) => (buf += d));
-    s.on('error', () => undefined); // the file went away between stat and read: the next pump sees it
-    s.on('end', () => {
-      for (const l of buf.split('\n')) {
-        const o = l && filter(l);
+/** The log files of a log directory (the raw stderr capture is not one). */
+function logFiles(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((f) => f.endsWith('.log') && f !== 'stderr.log').map((f) => join(dir, f));
+  } catch {
+    return [];
+  }
+}
+
+/** How many printed lines `logs --follow` remembers, so that a line it meets again is not printed twice. */
+const FOLLOW_SEEN_LINES = 20000;
+
+/**
+ * `logs --follow`: prints each line appended to a log file of `dir` from now on, in files that
+ * appear later too (a VM started after the command, a warm template's files taken over by the VM
+ * that claimed it). Files are tracked by inode, so a file renamed or linked to another name (how
+ * a claimed template's log becomes its VM's) goes on from where it was; and a line already
+ * printed (`printed` seeds them) is not printed again, which covers a template's lines appended
+ * to a VM's existing file when a link is not possible. Only whole lines are printed: a line still
+ * being written waits for its newline.
+ */
+async function followLogs(dir: string, read0: Map<string, number>, printed: string[], filter: (line: string) => string | null): Promise<never> {
+  const seen = new Set<string>(printed.slice(-FOLLOW_SEEN_LINES));
+  const pos = new Map<string, number>(read0);
+  const remember = (line: string): boolean => {
+    if (seen.has(line)) return false;
+    seen.add(line);
+    if (seen.size > FOLLOW_SEEN_LINES) seen.delete(seen.values().next().value as string);
+    return true;
+  };
+  const read = (f: string, key: string, start: number, size: number): void => {
+    let fd: number | null = null;
+    try {
+      fd = openSync(f, 'r');
+      const buf = Buffer.alloc(size - start);
+      const n = readSync(fd, buf, 0, buf.length, start);
+      const text = buf.subarray(0, n);
+      const end = text.lastIndexOf(0x0a);
+      if (end < 0) return;
+      pos.set(key, start + end + 1);
+      for (const l of text.subarray(0, end).toString('utf8').split('\n')) {
+        if (!l || !remember(l)) continue;
+        const o = filter(l);
         if (o) out(o);
       }
-    });
+    } catch {
+      // The file went away between the listing and the read: the next pass sees it gone.
+    } finally {
+      if (fd !== null) closeSync(fd);
+    }
   };
-  for (const f of files) {
-    try {
-      watch(f, () => pump(f)).on('error', () => undefined);
-    } catch { /* polled below */ }
-  }
-  setInterval(() => files.forEach(pump), 500);
+  const pass = (): void => {
+    for (const f of logFiles(dir)) {
+      let st;
+      try {
+        st = statSync(f);
+      } catch {
+        continue;
+      }
+      const key = `${st.dev}:${st.ino}`;
+      // A file that was not there when the command started is read from its start.
+      const start = pos.get(key) ?? 0;
+      if (st.size !== start) read(f, key, st.size < start ? 0 : start, st.size);
+    }
+  };
+  pass();
+  try {
+    watch(dir, () => pass()).on('error', () => undefined);
+  } catch { /* polled below */ }
+  setInterval(pass, 500);
   return await new Promise<never>(() => {});
 }
 
@@ -1472,7 +1518,7 @@ export async function run(argv: string[]): Promise<number> {
         const role = opt('role');
         const vm = opt('vm');
         if (!existsSync(paths.logDir)) throw new CliError(`no logs under ${paths.logDir}`);
-        const files = readdirSync(paths.logDir).filter((f) => f.endsWith('.log') && f !== 'stderr.log').map((f) => join(paths.logDir, f));
+        const files = logFiles(paths.logDir);
         const filter = (line: string): string | null => {
           try {
             const o = JSON.parse(line) as { role?: unknown; vm?: unknown } | null;
@@ -1485,15 +1531,30 @@ export async function run(argv: string[]): Promise<number> {
           return formatLog(line);
         };
         const lines: Array<{ t: string; s: string }> = [];
+        const raw: string[] = [];
+        // Where each file (by inode) was read to: its last whole line (--follow goes on from there).
+        const readTo = new Map<string, number>();
         for (const f of files) {
-          for (const l of readFileSync(f, 'utf8').split('\n')) {
+          let buf: Buffer;
+          let key: string;
+          try {
+            const st = statSync(f);
+            key = `${st.dev}:${st.ino}`;
+            buf = readFileSync(f);
+          } catch {
+            continue; // gone since the listing
+          }
+          const end = buf.lastIndexOf(0x0a) + 1;
+          readTo.set(key, end);
+          for (const l of buf.subarray(0, end).toString('utf8').split('\n')) {
+            if (l) raw.push(l);
             const s = l && filter(l);
             if (s) lines.push({ t: s.slice(0, 24), s });
           }
         }
         lines.sort((x, y) => (x.t < y.t ? -1 : x.t > y.t ? 1 : 0));
         for (const l of lines) out(l.s);
-        if (flag('follow')) await followLogs(files, filter);
+        if (flag('follow')) await followLogs(paths.logDir, readTo, raw, filter);
         return 0;
       }
       default:
