@@ -82,6 +82,8 @@ async function series(home: string, vm: string, memory: string, workload: string
       }
       stats.push(st);
       say(`${vm}: move ${i + 1} ${at} → ${to}: total ${st['total-time']} ms, downtime ${st.downtime} ms, ${st.passes.length} passes, ${st.ram.transferred} bytes`);
+      const b = st.blackout;
+      say(`  set-up ${st['setup-time']} ms; passes (pages sent/dirty after, ms): ${st.passes.map((p) => `${p.pages}/${p.dirtyPages}, ${Math.round(p.ms)}`).join('; ')}${st['stop-reason'] ? ` (${st['stop-reason']})` : ''}${b ? `; blackout: freeze ${b.freeze}, last pages ${b.pages}, start ${b.start} ms` : ''}`);
       at = to;
       // Let the guest run a little on its new host before the next move.
       await new Promise((r) => setTimeout(r, 300));

@@ -216,6 +216,12 @@ export interface MigrationStats {
   'throttle-percentage': number;
   'dirty-tracking': 'kernel' | 'bitmap';
   passes: MigrationPass[];
+  /**
+   * Why pre-copy ended its passes: the dirty set fit the downtime limit (`converged`), `maxPasses`
+   * (`max-passes`), or passes in a row that did not shrink it (`no-progress`: the guest dirties as
+   * fast as the link sends, and more passes would resend the same pages). Absent for other methods.
+   */
+  'stop-reason'?: 'converged' | 'max-passes' | 'no-progress';
   'error-desc'?: string;
   /** Where the downtime went (ms): stopping the VM at a step boundary, the last pages, the destination's start of the guest. */
   blackout?: { freeze: number; pages: number; start: number };

@@ -12,9 +12,12 @@
  *      write-protect on the partition process's mapping, read with PAGEMAP_SCAN: writes that
  *      bypass every hvlab API are caught) and the shared dirty bitmap, where this process logs
  *      its own writes into guest memory (VSP ring writes) as QEMU logs DMA. It stops when the
- *      dirty set fits the downtime limit at the bandwidth measured, or after `maxPasses`;
- *      auto-converge throttles the VM through the scheduler's cap when a pass does not shrink
- *      the dirty set (QEMU: 20 %, +10 %, at most 99 %);
+ *      dirty set fits the downtime limit at the bandwidth measured, or after `maxPasses`, or
+ *      (without auto-converge) once NO_PROGRESS_PASSES passes in a row left a dirty set more than
+ *      NO_PROGRESS_RATIO of the one before: the guest dirties as fast as the link sends, and
+ *      another pass would only resend the same pages (Xen's pre-copy likewise stops once it has
+ *      sent 3x the VM's memory); auto-converge throttles the VM through the scheduler's cap when
+ *      a pass does not shrink the dirty set (QEMU: 20 %, +10 %, at most 99 %);
  *   3. blackout: the VM is frozen at a step boundary exactly as for Save-VM, the last dirty pages
  *      and the SynIC pages (which the hypervisor writes) go, then the saved-state tree of every
  *      component (`migState`); the destination restores it, starts the VM and answers once the
@@ -43,6 +46,9 @@ const SETUP_TIMEOUT_MS = 30000;
 const PAGES_TIMEOUT_MS = 10000;
 const STATE_TIMEOUT_MS = 60000;
 const COMMIT_TIMEOUT_MS = 5000;
+/** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
+export const NO_PROGRESS_PASSES = 2;
+export const NO_PROGRESS_RATIO = 0.9;
 
 export class MigrationCancelled extends Error {
   override name = 'MigrationCancelled';
@@ -352,6 +358,7 @@ export class MigrationOut {
         harvestDirtyPages(dirtyBitmapWords(this.src.memory));
         let toSend: number[] = all;
         let prevDirty = Infinity;
+        let stalled = 0;
         for (let pass = 1; ; pass++) {
           this.stats.pass = pass;
           const t = this.elapsed();
@@ -361,13 +368,17 @@ export class MigrationOut {
           this.recordPass(pass, n, dirty.length, t);
           this.report();
           const expectMs = ((dirty.length * MIG_PAGE) / this.bandwidth()) * 1000;
+          stalled = dirty.length > prevDirty * NO_PROGRESS_RATIO ? stalled + 1 : 0;
           log.info({ pass, sent: n, dirty: dirty.length, expectMs: Math.round(expectMs), throttle: this.throttle }, 'pre-copy pass');
           if (options.postcopy) {
             // Post-copy switches over after the first full pass: what is dirty now comes on demand.
             toSend = dirty;
             break;
           }
-          if (expectMs <= options.downtimeLimitMs || pass >= options.maxPasses) {
+          const stop = expectMs <= options.downtimeLimitMs ? 'converged' : pass >= options.maxPasses ? 'max-passes' : !options.autoConverge && stalled >= NO_PROGRESS_PASSES ? 'no-progress' : null;
+          if (stop) {
+            this.stats['stop-reason'] = stop;
+            log.info({ pass, dirty: dirty.length, why: stop }, 'pre-copy ends');
             toSend = dirty;
             break;
           }
