@@ -50,7 +50,7 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     for (const f of readdirSync('/dev/shm')) if (f.startsWith(`hvlab-${hostId}-`)) rmSync(join('/dev/shm', f), { force: true });
   });
 
-  async function root(onNotify: (n: Notification) => void = () => {}, opts: { noPage?: boolean } = {}): Promise<HvClient> {
+  async function root(onNotify: (n: Notification) => void = () => {}, opts: { noPage?: boolean; callTimeoutMs?: number } = {}): Promise<HvClient> {
     const c = new HvClient(`ipc://${join(dir, 'hv')}`, onNotify, opts);
     clients.push(c);
     await c.connect({ partitionId: 1, token, role: 'test', vm: null });
@@ -115,6 +115,27 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     await c.call('SignalEvent', { connectionId: 0x520, flagNumber: 1 });
     expect(failures.map((f) => [f.connectionId, f.statusName])).to.deep.equal([[0x999, 'INVALID_CONNECTION_ID'], [0x520, 'INVALID_PARAMETER']]);
     expect(c.counts.postedFailed).to.equal(2);
+  });
+
+  it('a posted signal the hypervisor never completes frees the page after the call timeout, reported as "no completion"', async () => {
+    const failures: Array<{ status: number | null; statusName: string }> = [];
+    const c = await root(() => {}, { callTimeoutMs: 1500 });
+    c.onSignalFailed = (f) => void failures.push(f);
+    await child(c, 0x540);
+    // The thread that serves the pages stops: nothing on the page is completed from now on.
+    const sched = (server as unknown as { sched: { link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
+    sched.link.post({ t: 'stop' });
+    sched.link.ring();
+    await new Promise((r) => setTimeout(r, 100));
+    c.signal(0x540, 1);
+    // The next call waits for the page; the posted signal is given up after the timeout, then this
+    // call goes on the page and times out in turn.
+    const t0 = Date.now();
+    const err = await c.call('SignalEvent', { connectionId: 0x540, flagNumber: 2 }).then(() => null, (e: Error) => e);
+    expect(err?.message).to.match(/did not answer/);
+    expect(Date.now() - t0, 'two timeouts, one after the other').to.be.at.least(2900);
+    expect(failures).to.deep.equal([{ connectionId: 0x540, flagNumber: 1, status: null, statusName: 'no completion' }]);
+    expect(c.counts.postedFailed).to.equal(1);
   });
 
   it('posted signals queued behind a busy page: a repeat of one still to be published is dropped, others keep their order', async () => {
