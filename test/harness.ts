@@ -8,7 +8,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hostPaths } from '@hvlab/runtime';
+import { hostPaths, type HostPaths } from '@hvlab/runtime';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -22,9 +22,22 @@ export interface CliResult {
 }
 
 export class TestHost {
-  readonly home = mkdtempSync(join(tmpdir(), 'hvlab-test-'));
-  readonly paths = hostPaths(this.home);
+  private homeDir: string | null = null;
+  private pathsCache: HostPaths | null = null;
   private hostIds = new Set<string>();
+
+  /**
+   * The harness's HVLAB_HOME, made at first use: a describe block builds its TestHost when the
+   * file loads, and one whose tests a --grep leaves out never runs its `after`, so a home made
+   * then would be left behind.
+   */
+  get home(): string {
+    return (this.homeDir ??= mkdtempSync(join(tmpdir(), 'hvlab-test-')));
+  }
+
+  get paths(): HostPaths {
+    return (this.pathsCache ??= hostPaths(this.home));
+  }
 
   constructor(private readonly env: Record<string, string> = {}) {}
 
@@ -70,6 +83,7 @@ export class TestHost {
 
   /** Everything of the host: `hvlab down`, then a forced sweep of whatever is left. */
   async destroy(): Promise<void> {
+    if (this.homeDir === null) return; // never used
     this.noteHost();
     if (existsSync(this.paths.hostFile)) await this.run('down');
     for (const id of this.hostIds) sweepHost(this.paths, id);
