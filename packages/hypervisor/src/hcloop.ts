@@ -218,7 +218,7 @@ export class HcLoop {
    * before the caller, as a hypervisor sends its wake-up IPI before it returns from the hypercall.
    * On two cores the order decides who gets the idle CPU first; woken after the caller (whose
    * process goes on to answer its own caller), the halted VP waited behind it (bench sched, the
-   * halted VP through the page: p50 163.6 µs before this, 82-113 µs with it).
+   * halted VP through the page: p50 163.6 µs before this, 82-116 µs with it).
    */
   pass(defer = false): number {
     this.deferring = defer;
@@ -276,22 +276,13 @@ export class HcLoop {
    * a CPU behind the VP it woke.
    */
   private complete(s: SessionRec, seq: number, target: VpTarget | null): void {
-    const waiting = target ? Atomics.load(s.i32, HcWord.waiting) : HcWaiting.EventLoop;
-    if (target && (waiting === HcWaiting.Watching || waiting === HcWaiting.Posted)) {
-      completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
-      if (this.dispatch !== null && this.dispatch(target.partitionId, target.vpIndex)) this.dispatched = true;
-      else this.wantSchedule = true;
-      return;
-    }
-    if (target) {
-      if (this.dispatch !== null && this.dispatch(target.partitionId, target.vpIndex)) this.dispatched = true;
-      else this.wantSchedule = true;
-      if (this.deferring) {
-        this.deferred.push({ region: s.region, i32: s.i32, seq });
-        return;
-      }
-    }
-    completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
+    if (!target) return completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
+    const waiting = Atomics.load(s.i32, HcWord.waiting);
+    const first = waiting === HcWaiting.Watching || waiting === HcWaiting.Posted || !this.deferring;
+    if (first) completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
+    if (this.dispatch?.(target.partitionId, target.vpIndex)) this.dispatched = true;
+    else this.wantSchedule = true;
+    if (!first) this.deferred.push({ region: s.region, i32: s.i32, seq });
   }
 
   /** Completes the calls `pass(true)` held back; returns how many. */

@@ -196,8 +196,8 @@ export class SchedulerLoop {
   /**
    * The signalling path's shortcut (HcLoop's dispatch hook): an interrupt was just pended on VP
    * `index` of partition `id`, which does not hold an LP. When the scheduler already took its halt
-   * (dispatch word Off), the vector is deliverable, the VP has no cap, and the policy has nothing
-   * else to decide (SchedulerCore.dispatchNow), the VP gets an LP and its thread is woken here, at
+   * (dispatch word Off), the vector is deliverable and the policy has nothing else to decide
+   * (SchedulerCore.dispatchNow), the VP gets an LP and its thread is woken here, at
    * once; otherwise false, and the scheduling pass decides. After true the caller must run a pass
    * within a quantum (the deadlines a pass would compute for the running VP).
    */
@@ -207,7 +207,7 @@ export class SchedulerLoop {
     if (!p || !v || p.delayNs > 0) return false;
     const s = v.sched;
     const di = dispatchIdx(v);
-    if (!s.halted || s.lp >= 0 || s.cap < 1 || Atomics.load(p.i32, di) !== Dispatch.Off || v.apic.deliverable() < 0) return false;
+    if (!s.halted || s.lp >= 0 || Atomics.load(p.i32, di) !== Dispatch.Off || v.apic.deliverable() < 0) return false;
     this.core.wake(s, now);
     if (this.core.dispatchNow(s, now) < 0) return false;
     Atomics.store(p.i32, di, Dispatch.Granted);

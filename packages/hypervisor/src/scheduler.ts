@@ -224,31 +224,30 @@ export class SchedulerCore {
 
   /**
    * Dispatches `vp` (just woken by an interrupt) at once when the policy could decide nothing else:
-   * it is runnable, within its cap and its period, an active LP is free, and no other VP waits for
-   * one. Returns the LP it got, or -1 when the decision needs `tick` (which the caller runs anyway,
-   * after this, for the deadlines). This is the signalling path's shortcut to a halted VP: it is
-   * woken before the full pass, instead of after it.
+   * it is runnable and uncapped (a cap's budget end is a deadline only `tick` computes), the period
+   * has not ended, an active LP is free, and no other VP waits for one. Returns the LP it got, or
+   * -1 when the decision needs `tick`. The caller must tick within a quantum either way (the
+   * deadlines). This is the signalling path's shortcut to a halted VP: it is woken before the
+   * full pass, instead of after it.
    */
   dispatchNow(vp: SchedVp, now: number): number {
-    if (vp.lp >= 0 || !this.runnable(vp)) return -1;
+    if (vp.lp >= 0 || !this.runnable(vp) || vp.cap < 1) return -1;
     if (this.periodStart === 0 || now - this.periodStart >= this.periodNs) return -1; // a roll-over is tick's
-    if (vp.cap < 1 && vp.usedInPeriod >= vp.cap * this.periodNs) return -1;
-    let lp = -1;
-    for (let i = 0; i < this.active; i++) {
-      if (this.lpOwner[i] === null) {
-        lp = i;
-        break;
-      }
-    }
+    const lp = this.lpOwner.findIndex((o, i) => o === null && i < this.active);
     if (lp < 0) return -1;
     for (const o of this.vps.values()) if (o !== vp && o.lp < 0 && this.runnable(o)) return -1;
+    this.grant(vp, lp, now);
+    return lp;
+  }
+
+  /** Gives `vp` logical processor `lp` at `now`. */
+  private grant(vp: SchedVp, lp: number, now: number): void {
     this.lpOwner[lp] = vp;
     vp.lp = lp;
     vp.grantedAt = now;
     vp.lastChargeAt = now;
     vp.dispatches++;
     this.account(vp, now);
-    return lp;
   }
 
   /** Runs the policy at `now`: period roll-over, budget and quantum checks, and dispatch. */
@@ -326,12 +325,7 @@ export class SchedulerCore {
         lp--;
         continue;
       }
-      this.lpOwner[lp] = vp;
-      vp.lp = lp;
-      vp.grantedAt = now;
-      vp.lastChargeAt = now;
-      vp.dispatches++;
-      this.account(vp, now);
+      this.grant(vp, lp, now);
       out.grant.push({ vp, lp });
       const budget = vp.cap < 1 ? vp.cap * this.periodNs - vp.usedInPeriod : Infinity;
       out.deadline = Math.min(out.deadline, now + this.quantumNs, now + budget);

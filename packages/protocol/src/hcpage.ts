@@ -14,13 +14,13 @@
  *   2. `Atomics.store(req, seq)` (seq = previous + 1), then ring the bell (see above);
  *   3. wait until `done == seq`; then `status`, `reps`, and the output are valid.
  * The hypervisor may first write `done = ~seq` (the call went to its main thread, a slower path: a
- * caller that blocks should stop blocking). A caller says how it waits in `waiting`
- * (HcWaiting): watching `done` (1: it sees the completion by itself, nothing need wake it), asleep
- * on `done` (2: the hypervisor wakes `done`), in its event loop (0: the hypervisor increments
- * `attention` and wakes it), or not at all (3, a posted call: it looks at `done` before it next
- * uses the page, and stores 0 first if it must wait for it). A blocking caller stores 2 before its last look at `done` and its
- * futex wait, and the hypervisor stores `done` before it reads `waiting` (both sequentially
- * consistent), so either the caller sees the completion or the hypervisor sees 2 and wakes it.
+ * caller that blocks should stop blocking). A caller says how it waits in `waiting` (HcWaiting):
+ * watching `done` (1: it sees the completion by itself, nothing need wake it), asleep on `done`
+ * (2: the hypervisor wakes `done`), in its event loop (0: the hypervisor increments `attention`
+ * and wakes it), or not at all (3, a posted call: it looks at `done` before it next uses the page,
+ * and stores 0 first if it must wait for it). A caller changes `waiting` before its last look at
+ * `done`, and the hypervisor stores `done` before it reads `waiting` (both sequentially
+ * consistent), so either the caller sees the completion or the hypervisor sees how to wake it.
  * Each queued event also increments and wakes `attention`, so an event loop waits on that one
  * word (the shm addon's `watchWord`).
  *

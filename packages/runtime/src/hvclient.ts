@@ -616,15 +616,7 @@ export class HvClient {
    */
   signal(connectionId: number, flagNumber: number): void {
     const page = this.page;
-    if (!page || this.gone || this.closed) {
-      this.call('SignalEvent', { connectionId, flagNumber }).then(
-        (r) => {
-          if (r.status !== HvStatus.SUCCESS) this.postedFailed({ connectionId, flagNumber }, r.status);
-        },
-        () => undefined,
-      );
-      return;
-    }
+    if (!page || this.gone || this.closed) return this.signalByCall(connectionId, flagNumber);
     const key = `${connectionId}:${flagNumber}`;
     if (this.queue.some((q) => q.posted === key)) return;
     const publish = (p: Page): void => {
@@ -632,9 +624,7 @@ export class HvClient {
       if (n === null) {
         // Not a page input (a number out of range): the socket carries it and explains.
         this.pageBusy = false;
-        this.call('SignalEvent', { connectionId, flagNumber }).then((r) => {
-          if (r.status !== HvStatus.SUCCESS) this.postedFailed({ connectionId, flagNumber }, r.status);
-        }, () => undefined);
+        this.signalByCall(connectionId, flagNumber);
         return;
       }
       this.counts.page++;
@@ -671,6 +661,13 @@ export class HvClient {
       },
     });
     this.pump();
+  }
+
+  /** `signal` as an ordinary call (no page, or an input no page takes), its failure reported the same way. */
+  private signalByCall(connectionId: number, flagNumber: number): void {
+    this.call('SignalEvent', { connectionId, flagNumber }).then((r) => {
+      if (r.status !== HvStatus.SUCCESS) this.postedFailed({ connectionId, flagNumber }, r.status);
+    }, () => undefined);
   }
 
   /** Issues a hypercall; resolves with its result whatever the status. */
