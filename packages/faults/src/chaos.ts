@@ -20,7 +20,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MGMT_PEEK_MAX_BYTES, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
+import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
 import { resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, hostProcesses } from '@hvlab/host';
 import {
@@ -200,19 +200,22 @@ async function removeVm(c: MgmtClient, name: string): Promise<void> {
 }
 
 /** Reads the data of a memdirty VM (paused first, so it holds still): its bytes, or why not. */
-async function readMemdirty(c: MgmtClient, vm: string, bytes: number): Promise<{ bytes: Uint8Array | null; error: string | null }> {
+async function readMemdirty(c: MgmtClient, vm: string, bytes: number): Promise<{ bytes: Uint8Array | null; error: string | null; written: number | null }> {
   try {
     await c.request('vmPause', { name: vm }, 30_000);
+    // The guest's own count of page writes (its status page), which says what the first page holds.
+    const p = await c.request('vmPeek', { name: vm, gpa: STATUS_PAGE_GPA + StatusPage.progress, len: 8 }, 30_000);
+    const written = p instanceof Uint8Array && p.length === 8 ? Number(new DataView(p.buffer, p.byteOffset, 8).getBigUint64(0, true)) : null;
     const out = new Uint8Array(bytes);
     for (let off = 0; off < bytes; off += MGMT_PEEK_MAX_BYTES) {
       const len = Math.min(MGMT_PEEK_MAX_BYTES, bytes - off);
       const got = await c.request('vmPeek', { name: vm, gpa: WORKLOAD_DATA_GPA + off, len }, 60_000);
-      if (!(got instanceof Uint8Array) || got.length !== len) return { bytes: null, error: `vmPeek answered ${got instanceof Uint8Array ? `${got.length} bytes` : 'something that is not bytes'} for ${len}` };
+      if (!(got instanceof Uint8Array) || got.length !== len) return { bytes: null, error: `vmPeek answered ${got instanceof Uint8Array ? `${got.length} bytes` : 'something that is not bytes'} for ${len}`, written };
       out.set(got, off);
     }
-    return { bytes: out, error: null };
+    return { bytes: out, error: null, written };
   } catch (e) {
-    return { bytes: null, error: message(e) };
+    return { bytes: null, error: message(e), written: null };
   }
 }
 
@@ -255,7 +258,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   };
   const made: string[] = [];
   const injected: FaultRecord[] = [];
-  const memReads: Array<{ vm: string; bytes: Uint8Array | null; error: string | null }> = [];
+  const memReads: Array<{ vm: string; bytes: Uint8Array | null; error: string | null; written: number | null }> = [];
   let activeAtEnd: FaultRecord[] | string | null = null;
   // The cluster: a failure to bring it up (or to find it) is thrown, with nothing of the run left.
   try {

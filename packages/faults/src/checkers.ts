@@ -484,6 +484,11 @@ export interface MemdirtyVerdict {
   badCount: number;
   /** The first page was written at least once (a guest that never ran would pass otherwise). */
   dirtied: boolean;
+  /**
+   * With the guest's own count of page writes: the first page's byte is the number of passes begun
+   * (mod 256). Null without that count.
+   */
+  firstPageAgrees: boolean | null;
   message: string;
 }
 
@@ -493,7 +498,7 @@ export interface MemdirtyVerdict {
  * byte equals the previous page's except at most one place (where the pass is) where it is one
  * less. A lost or stale page, or a flipped bit, breaks the pattern.
  */
-export function memdirtyCheck(bytes: Uint8Array, pageSize = 4096): MemdirtyVerdict {
+export function memdirtyCheck(bytes: Uint8Array, pageSize = 4096, written: number | null = null): MemdirtyVerdict {
   const pages = Math.floor(bytes.length / pageSize);
   let steps = 0;
   const bad: number[] = [];
@@ -508,18 +513,23 @@ export function memdirtyCheck(bytes: Uint8Array, pageSize = 4096): MemdirtyVerdi
       if (bad.length < 10) bad.push(p);
     }
   }
-  const dirtied = pages > 0 && bytes[0] !== 0;
-  const held = badCount === 0 && steps <= 1 && dirtied;
+  // Without the guest's count, a first byte of 0 is taken for a guest that never ran; it is also
+  // right once every 256 passes, so the count, when known, decides instead.
+  const passes = written === null || pages === 0 ? null : Math.ceil(written / pages);
+  const dirtied = pages > 0 && (written === null ? bytes[0] !== 0 : written > 0);
+  const firstPageAgrees = passes === null ? null : bytes[0] === (passes & 0xff);
+  const held = badCount === 0 && steps <= 1 && dirtied && firstPageAgrees !== false;
   const message = held
     ? `${pages} pages follow the pattern (${steps} step${steps === 1 ? '' : 's'}, first byte ${bytes[0]})`
     : !dirtied ? 'the first page was never written (the workload did not run)'
     : badCount > 0 ? `${badCount} page${badCount === 1 ? ' breaks' : 's break'} the pattern (first: ${bad.map((p) => `page ${p} = ${bytes[p * pageSize]} after ${bytes[(p - 1) * pageSize]}`).slice(0, 3).join(', ')})`
-    : `${steps} places where a page is one less than the previous one (at most 1 is allowed)`;
-  return { held, pages, steps, badPages: bad, badCount, dirtied, message };
+    : steps > 1 ? `${steps} places where a page is one less than the previous one (at most 1 is allowed)`
+    : `the first page's byte is ${bytes[0]}, but the guest counted ${written} page writes: ${passes} passes, so ${passes! & 0xff} (mod 256)`;
+  return { held, pages, steps, badPages: bad, badCount, dirtied, firstPageAgrees, message };
 }
 
 /** The memory check over the memdirty VMs read at the end (each its bytes, or why they could not be read). */
-export function checkMemory(reads: ReadonlyArray<{ vm: string; bytes: Uint8Array | null; error: string | null }>): CheckResult {
+export function checkMemory(reads: ReadonlyArray<{ vm: string; bytes: Uint8Array | null; error: string | null; written?: number | null }>): CheckResult {
   if (reads.length === 0) return skippedCheck('memory', 'no memdirty workload');
   const bad: string[] = [];
   const good: string[] = [];
@@ -529,7 +539,7 @@ export function checkMemory(reads: ReadonlyArray<{ vm: string; bytes: Uint8Array
       unknown.push(`${r.vm}: its memory could not be read: ${r.error ?? 'no reason given'}`);
       continue;
     }
-    const v = memdirtyCheck(r.bytes);
+    const v = memdirtyCheck(r.bytes, 4096, r.written ?? null);
     (v.held ? good : bad).push(`${r.vm}: ${v.message}`);
   }
   if (good.length === 0 && bad.length === 0) bad.push(`no memdirty VM could be read (${unknown.length})`);

@@ -182,6 +182,14 @@ describe('chaos checkers', () => {
     for (let p = 401; p < 512; p++) two[p * page] = 5;
     expect(memdirtyCheck(two)).to.include({ held: false, steps: 2 });
     expect(memdirtyCheck(new Uint8Array(64 * page))).to.include({ held: false, dirtied: false });
+    // With the guest's count of page writes: mk() is 7 passes begun (6 whole, 300 pages into the 7th).
+    expect(memdirtyCheck(mk(), page, 6 * 512 + 300)).to.include({ held: true, firstPageAgrees: true });
+    const behind = memdirtyCheck(mk(), page, 7 * 512 + 300);
+    expect(behind).to.include({ held: false, firstPageAgrees: false });
+    expect(behind.message).to.match(/first page's byte is 7, but the guest counted 3884 page writes: 8 passes/);
+    // 256 whole passes: every first byte is 0 again, which is right with the count and wrong without.
+    expect(memdirtyCheck(new Uint8Array(64 * page), page, 256 * 64)).to.include({ held: true, dirtied: true });
+    expect(memdirtyCheck(new Uint8Array(64 * page), page, 0)).to.include({ held: false, dirtied: false });
     const check = checkMemory([{ vm: 'md', bytes: flipped, error: null }, { vm: 'ok', bytes: mk(), error: null }]);
     expect(check.held).to.equal(false);
     expect(check.evidence).to.have.length(1);
