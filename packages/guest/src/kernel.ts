@@ -133,6 +133,10 @@ export class GuestKernel {
   private shuttingDown = false;
   /** Called once the guest has shut down (VPs stopped, VMBus unloaded). */
   onShutdown: (why: string) => void = () => {};
+  /** Called once every VP thread runs (before a resumed kernel restores its VMBus client). */
+  onVpsOnline: () => void = () => {};
+  /** A fault for tests: a resumed kernel waits this long before it restores its VMBus client. */
+  resumeStallMs = 0;
 
   constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
     this.local = regions.vp === null || regions.sched === null;
@@ -258,6 +262,7 @@ export class GuestKernel {
     }
     await Promise.all(online);
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
+    this.onVpsOnline();
     if (!resume && !this.local) {
       // A host-side wait for VP 0's CMOS read (polling guest memory): nothing of it enters guest state.
       const t0 = Date.now();
@@ -278,6 +283,7 @@ export class GuestKernel {
         this.mem.setF64(s + StatusPage.bootTimeMs, this.clock.now());
       } else this.log.warn('no CMOS clock: using the firmware time');
     }
+    if (resume && this.resumeStallMs > 0) await new Promise((r) => setTimeout(r, this.resumeStallMs));
     if (resume) await this.resumeVmbus();
     else await this.startVmbus();
     this.mem.setU32(s + StatusPage.bootState, BootState.Running);

@@ -188,6 +188,12 @@ try {
   const regions = session.vpRegion && session.schedRegion ? { vp: openRegion(session.vpRegion), sched: openRegion(session.schedRegion) } : { vp: null, sched: null };
   kernel = new GuestKernel(mem, hv, log, session.memoryMode !== 'shared', vm, regions);
   kernel.onShutdown = (why) => void exit(why, 0);
+  // A migration's destination: its VMWP answers the source once the VPs run (QEMU's end of the
+  // downtime), and waits for 'booted' (the guest's VMBus client back) only before the commit.
+  if (go) kernel.onVpsOnline = () => rpc.note({ t: 'online' });
+  // Tests: a guest slow to resume (the commit of a migration then fails).
+  const stall = Number(process.env.HVLAB_GUEST_RESUME_STALL_MS);
+  if (Number.isSafeInteger(stall) && stall > 0) kernel.resumeStallMs = stall;
   await kernel.start();
   rpc.note({ t: 'booted' });
 } catch (e) {

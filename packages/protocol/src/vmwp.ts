@@ -34,9 +34,14 @@ export type VmwpRequest =
   /** Live migration, source: move the VM through `endpoint` (the link to `to`) with the cluster key. */
   | { t: 'migOut'; mig: string; from: string; to: string; endpoint: string; key: { cluster: string; publicKey: string; secretKey: string }; config: Record<string, unknown>; options: Record<string, unknown> }
   | { t: 'migCancel'; reason: string }
-  /** Live migration, destination (a VMWP started `incoming`): a page batch, then the saved-state tree. */
+  /**
+   * Live migration, destination (a VMWP started `incoming`): a page batch, then the saved-state
+   * tree (answered once the VPs run and the host's devices are back), then, before the commit,
+   * `migBooted`: answered once the guest kernel says it resumed (its VMBus client is back).
+   */
   | { t: 'migPages'; data: Uint8Array }
   | { t: 'migState'; state: Uint8Array }
+  | { t: 'migBooted'; waitMs: number }
   /** Post-copy, destination: switch over (state + bitmap of the pages still to come), then pulls for what the guest waits on. */
   | { t: 'migSwitch'; state: Uint8Array; missing: Uint8Array }
   | { t: 'migPull'; waitMs: number }
@@ -223,6 +228,7 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
     case 'faultClear': return { t, id: b.id === null || b.id === undefined ? null : faultId(b, 'id') };
     case 'faultList': return { t };
     case 'migDone': return { t };
+    case 'migBooted': return { t, waitMs: int(b, 'waitMs', 0, 60000) };
     case 'migPages':
     case 'migState': {
       const k = t === 'migPages' ? 'data' : 'state';

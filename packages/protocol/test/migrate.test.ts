@@ -287,7 +287,7 @@ describe('migration VMWP frames', function () {
   };
 
   it('decodes migration requests and notes', () => {
-    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), note({ t: 'incomingReady', partitionId: 2 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } })]) {
+    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } })]) {
       expect(decodeVmwpFrame(encode(f))).to.deep.equal(f);
     }
     expect(decodeVmwpFrame(encode(req({ ...migOut, key: { ...key, extra: 1 } })))).to.deep.equal(req(migOut)); // the key is rebuilt from its three fields
@@ -312,6 +312,7 @@ describe('migration VMWP frames', function () {
       [req({ t: 'migCancel' }), /field reason is missing/, 5, 'no reason'], [req({ t: 'migCancel', reason: 'r'.repeat(513) }), /field reason/, 5, 'long reason'],
       [req({ t: 'migPages', data: 'x' }), /field data is not bytes of at most 2 MiB/, 5, 'data string'],
       [req({ t: 'migPages', data: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field data is not bytes/, 5, 'data over 2 MiB'],
+      [req({ t: 'migBooted' }), /field waitMs/, 5, 'no waitMs'], [req({ t: 'migBooted', waitMs: 60001 }), /field waitMs/, 5, 'waitMs over 60 s'], [req({ t: 'migBooted', waitMs: -1 }), /field waitMs/, 5, 'negative waitMs'],
       [req({ t: 'migState', state: [1, 2] }), /field state is not bytes of at most 2 MiB/, 5, 'state list'], [req({ t: 'migState' }), /field state/, 5, 'no state'],
       [note({ t: 'incomingReady', partitionId: 1 }), /field partitionId is not an integer from 2 to 2147483647/, null, 'partition 1'],
       [note({ t: 'incomingReady', partitionId: 2.5 }), /field partitionId/, null, 'partition 2.5'], [note({ t: 'incomingReady' }), /field partitionId/, null, 'no partition'],
@@ -325,7 +326,7 @@ describe('migration VMWP frames', function () {
 
   it('only ever throws VmwpDecodeError on mutated or random frames (seeded fuzz)', () => {
     const next = seededRandom(0x7f3d);
-    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }),
+    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migBooted', waitMs: 5 }),
       note({ t: 'incomingReady', partitionId: 3 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } })].map((f) => encode(f));
     let decoded = 0;
     for (let i = 0; i < 4000; i++) {

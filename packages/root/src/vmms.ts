@@ -84,6 +84,8 @@ export interface MigrationCluster {
 const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
 /** After the destination runs the VM, the source must commit within this, or the copy here goes. */
 const INCOMING_COMMIT_MS = 15000;
+/** A migrated guest's kernel must say it resumed within this of the commit (the source's commit waits for that: migrate.ts COMMIT_TIMEOUT_MS). */
+const INCOMING_BOOT_MS = 10000;
 const MIGRATION_MAX_MS = 24 * 3600 * 1000;
 
 export interface VmmsOptions {
@@ -991,6 +993,15 @@ export class Vmms {
         });
       case 'migCommit': {
         if (!inc.started || r.state !== EnabledState.Running) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" does not run here`);
+        // The guest's kernel must have resumed (its VMBus client back) before the source lets its
+        // copy go. One that does not is stopped by its worker, and the attempt dropped here: the
+        // source, refused, runs its own copy on.
+        try {
+          await link.request({ t: 'migBooted', waitMs: INCOMING_BOOT_MS }, INCOMING_BOOT_MS + 5000);
+        } catch (e) {
+          void this.dropIncoming(r, `the migrated guest did not resume: ${(e as Error).message}`);
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        }
         // Post-copy: every page must be here before the guest stops asking for them.
         if (inc.postcopy) await link.request({ t: 'migDone' }, 10000).catch((e) => {
           throw linkFailure(e, `VM "${r.config.name}"`);

@@ -313,6 +313,8 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
     }
     case 'migState':
       return await migrateInState(req.state);
+    case 'migBooted':
+      return await migrateInBooted(req.waitMs);
     case 'migSwitch':
       return await migrateInSwitch(req.state, req.missing);
     case 'migPull':
@@ -640,11 +642,15 @@ async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<
   return { running: true, missing: pc.remaining };
 }
 
+const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
+/** The migrated guest's resume (set by migrateInState): resolves when its kernel reports Booted. */
+let incomingUp: Promise<void> | null = null;
+
 async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
   if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
   if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
   const t0 = performance.now();
-  const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
+  let tUp = 0;
   let tree: unknown;
   try {
     tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
@@ -665,8 +671,16 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   const up = new Promise<void>((resolve, reject) => {
     bootWaiters.push({ resolve, reject });
   });
-  // Not awaited when the go or the restore fails first: its rejection then has nobody to take it.
+  const online = new Promise<void>((resolve, reject) => {
+    onlineWaiters.push({ resolve, reject });
+  });
+  // Not awaited when the go or the restore fails first: their rejections then have nobody to take them.
   up.catch(() => undefined);
+  online.catch(() => undefined);
+  incomingUp = up.then(() => {
+    log.info({ guestMs: ms(tUp, performance.now()) }, 'migrated guest resumed (its VMBus client is back)');
+  });
+  incomingUp.catch(() => undefined);
   // The partition process waits, ready, since the setup: let it go, and restore the host's side of
   // VMBus (GPADL windows, rings, the devices' channels) while the guest restores its own. Neither
   // talks to the other to restore, and what crosses meanwhile waits: a guest message for the
@@ -686,17 +700,41 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
     throw failed.reason;
   }
   const tDevices = performance.now();
-  await up;
-  const tUp = performance.now();
+  // The VM runs once its VPs do, with the host's devices back: what QEMU calls the end of the
+  // downtime. The guest kernel restores its VMBus client on its own after that (and meanwhile
+  // leaves VMBus messages and events in its SynIC pages); the commit waits for it (migBooted).
+  await online;
+  tUp = performance.now();
   if (!postcopyControl) {
     // Every page is here: the pool's threads are not needed any more.
     void inflatePool?.close().catch(() => undefined);
     inflatePool = null;
   }
-  log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), guestMs: ms(tDevices, tUp) }, 'migrated VM runs');
+  log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
   return { running: true };
 }
+
+/**
+ * Before the commit: waits up to `waitMs` for the migrated guest's kernel to say it resumed. A
+ * guest that does not is stopped here, at once, before the source hears of it and runs its own
+ * copy again: two copies of the VM must never run together.
+ */
+async function migrateInBooted(waitMs: number): Promise<true> {
+  if (!incomingUp) throw new VmwpFailure('InvalidState', 'no migrated VM was started here');
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([incomingUp, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`its kernel did not resume within ${waitMs} ms`)), waitMs)))]);
+    return true;
+  } catch (e) {
+    child?.kill('SIGKILL');
+    throw new VmwpFailure('Unavailable', `the migrated guest is stopped: ${(e as Error).message}`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+/** Waiting for a held partition's VPs to run (its 'online' note). */
+const onlineWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
 let created: { partitionId: number; token: string } | null = null;
 
 /** The firmware page's workload fields (`page` is the page: a fresh one, or the guest's at BOOT_INFO_GPA). */
@@ -822,11 +860,12 @@ function startPartitionProcess(token: string, extra: { hold: true; vps: number }
     throw new Error('the VMWP takes no requests from the guest');
   }, (note) => {
     if (note.t === 'held') partitionHeld?.();
+    else if (note.t === 'online') for (const w of onlineWaiters.splice(0)) w.resolve();
   });
   record.partitionPid = child0.pid ?? null;
   writeRecord();
   child0.on('exit', (code, signal) => {
-    for (const w of bootWaiters.splice(0)) w.reject(new Error(`the partition process exited (${signal ?? code}) before the guest ran`));
+    for (const w of [...bootWaiters.splice(0), ...onlineWaiters.splice(0)]) w.reject(new Error(`the partition process exited (${signal ?? code}) before the guest ran`));
     if (exiting) return;
     if (code === 0) {
       // The guest shut itself down (the shutdown integration service asked it to).

@@ -20,8 +20,10 @@
  *      a pass does not shrink the dirty set (QEMU: 20 %, +10 %, at most 99 %);
  *   3. blackout: the VM is frozen at a step boundary exactly as for Save-VM, the last dirty pages
  *      and the SynIC pages (which the hypervisor writes) go, then the saved-state tree of every
- *      component (`migState`); the destination restores it, starts the VM and answers once the
- *      guest runs; the source then commits (`migCommit`) and only then lets its VM go.
+ *      component (`migState`); the destination restores it, starts the VM and answers once its
+ *      VPs run with the host's devices restored (the downtime ends there, as QEMU counts it); the
+ *      source then commits (`migCommit`), which the destination answers once the guest's kernel
+ *      says it resumed, and only then lets its VM go.
  * Any failure before the commit (destination gone, link cut, cancel) aborts the destination's
  * attempt and thaws the VM here, with nothing lost: the source never changed its own memory.
  *
@@ -34,7 +36,7 @@ import {
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
 } from '@hvlab/protocol';
-import { curveClientOptions, RpcClient, type Logger } from '@hvlab/runtime';
+import { curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
 import { PagePool } from './compress.js';
 
@@ -45,7 +47,8 @@ const SETUP_TIMEOUT_MS = 30000;
 /** A batch not acknowledged within this fails the move (a cut link holds data rather than refusing it). */
 const PAGES_TIMEOUT_MS = 10000;
 const STATE_TIMEOUT_MS = 60000;
-const COMMIT_TIMEOUT_MS = 5000;
+/** The destination answers a commit once its guest's kernel resumed, which it waits for up to 10 s (vmms.ts INCOMING_BOOT_MS). */
+const COMMIT_TIMEOUT_MS = 15000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
 export const NO_PROGRESS_PASSES = 2;
 export const NO_PROGRESS_RATIO = 0.9;
@@ -421,19 +424,21 @@ export class MigrationOut {
       if (frozenAt > 0) this.stats.blackout = { freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(ranAt - sentAt) };
       // The destination runs the VM; it keeps it only once committed.
       let committed = false;
-      for (let i = 0; i < 3 && !committed; i++) {
+      let refused: string | null = null;
+      for (let i = 0; i < 3 && !committed && refused === null; i++) {
         try {
-          this.stats.downtime = Math.round(performance.now() - blackoutAt);
           await this.call({ op: 'migCommit', stats: { ...this.stats, status: 'completed', 'total-time': this.elapsed() } }, COMMIT_TIMEOUT_MS);
           committed = true;
         } catch (e) {
+          // A lost message is sent again; an answer that refuses (the guest did not resume there) is final.
+          if (e instanceof RpcFailure && !['Timeout', 'SendFailed', 'Closed'].includes(e.code)) refused = e.message;
           log.warn({ err: (e as Error).message, attempt: i + 1 }, 'commit not acknowledged');
         }
       }
       if (!committed) {
         // An abort the destination answers "committed" means the commit did arrive.
-        const a = await this.call({ op: 'migAbort', reason: 'no commit acknowledgement' }, COMMIT_TIMEOUT_MS).catch(() => null) as { committed?: boolean } | null;
-        if (a?.committed !== true) throw new Error(`the destination ${this.req.to} did not acknowledge the commit`);
+        const a = await this.call({ op: 'migAbort', reason: refused ?? 'no commit acknowledgement' }, COMMIT_TIMEOUT_MS).catch(() => null) as { committed?: boolean } | null;
+        if (a?.committed !== true) throw new Error(refused !== null ? `the destination ${this.req.to} refused the commit: ${refused}` : `the destination ${this.req.to} did not acknowledge the commit`);
       }
       this.stats.status = 'completed';
       this.stats.ram.remaining = 0;
