@@ -14,7 +14,7 @@ import { PartitionProperty, type HostInfo, type ProcessInfo, type VmInfo } from 
 import { pidAlive } from '@hvlab/runtime';
 import { TestHost, eventually } from './harness.js';
 
-const warmPids = (ps: ProcessInfo[]): number[] => ps.filter((p) => p.role === 'vmwp' && p.vm === null).map((p) => p.pid);
+const warmPids = (ps: ProcessInfo[]): number[] => ps.filter((p) => p.role === 'vmwp' && p.vm === null && p.warm !== 'spare').map((p) => p.pid);
 /** The processes whose parent is `pid` (a warm VMWP's partition process). */
 function childrenOf(pid: number): number[] {
   try {

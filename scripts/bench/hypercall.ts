@@ -11,7 +11,10 @@
  *      scripts/bench/futex-echo.ts), and of a msgpack message of the hypercall's shape to a bare
  *      ZeroMQ ROUTER echo process (scripts/bench/zmq-echo.ts).
  *  (b) VM start: a whole host (`up`), one VM ("b1", 16M, idle workload) created, started, turned off and deleted
- *      RUNS times; vmStart returns once the VM is Running. Baseline: spawning `node -e 0` until it
+ *      RUNS times; vmStart returns once the VM is Running. Each start finds the host's spare worker
+ *      (root/src/spare.ts: its code loaded, no VM) loaded: the bench waits for it between runs. The
+ *      same on a host with `--spare 0`, where each start spawns its worker and partition process
+ *      (vmStartNoSpare), and with `--warm` (vmStartWarm). Baseline: spawning `node -e 0` until it
  *      exits.
  *
  * --quick (or HVLAB_BENCH_QUICK=1): the same steps with QUICK's counts, for CI.
@@ -72,12 +75,15 @@ export interface HypercallBenchResult {
   zmqEcho: LatencyStats;
   /** Of the page calls, how many the hypervisor's thread served itself. */
   pageCalls: { fast: number; forwarded: number };
+  /** With the host's spare worker loaded (the default host). */
   vmStart: { p50Ms: number; runs: number[] };
+  /** The same with `up --spare 0`: the start spawns its worker and partition process. */
+  vmStartNoSpare: { p50Ms: number; runs: number[] };
   /** The same with `up --warm`: the start claims a worker started ahead of need. */
   vmStartWarm: { p50Ms: number; runs: number[]; pool: number };
   nodeSpawn: { p50Ms: number };
   disturbance: Disturbance;
-  ratios: { hypercallVsFutexP50: number; hypercallVsZmqP50: number; socketHypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number; vmStartWarmVsNodeSpawnP50: number };
+  ratios: { hypercallVsFutexP50: number; hypercallVsZmqP50: number; socketHypercallVsZmqP50: number; vmStartVsNodeSpawnP50: number; vmStartNoSpareVsNodeSpawnP50: number; vmStartWarmVsNodeSpawnP50: number };
   quick: boolean;
 }
 
@@ -220,7 +226,30 @@ async function warmPoolFull(mgmt: MgmtClient, n: number): Promise<void> {
   }
 }
 
-async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number | null) => void, warm = 0): Promise<number[]> {
+/**
+ * Waits until the host has a spare worker that has had `SPARE_LOAD_MS` to load its code (`ps` lists
+ * a spare from its spawn; its load is ~0.4 s of CPU here), so a start finds it as a host at rest would.
+ */
+async function spareLoaded(mgmt: MgmtClient): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const ps = await mgmt.request<Array<{ role: string; vm: string | null; warm?: string; pid: number }>>('ps', {});
+    const spare = ps.find((p) => p.role === 'vmwp' && p.vm === null && p.warm === 'spare');
+    if (spare) {
+      if (!spareSince.has(spare.pid)) spareSince.set(spare.pid, Date.now());
+      const waited = Date.now() - spareSince.get(spare.pid)!;
+      if (waited >= SPARE_LOAD_MS) return;
+      await new Promise((r) => setTimeout(r, SPARE_LOAD_MS - waited));
+      continue;
+    }
+    if (Date.now() - t0 > 30000) throw new Error('the host had no spare worker within 30 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+const SPARE_LOAD_MS = 1500;
+const spareSince = new Map<number, number>();
+
+async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number | null) => void, warm = 0, spare = true): Promise<number[]> {
   const mgmt = new MgmtClient(paths.mgmtEndpoint);
   try {
     await mgmt.request('ping', {}, 10000);
@@ -228,6 +257,7 @@ async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number 
     for (let i = 0; i < plan.vmRuns; i++) {
       // From the warm pool: every start finds it full (it refills between runs, untimed).
       if (warm > 0) await warmPoolFull(mgmt, warm);
+      else if (spare) await spareLoaded(mgmt);
       // new -> Running, as the issue defines VM start time.
       const t0 = process.hrtime.bigint();
       await mgmt.request<VmInfo>('vmNew', { name: 'b1', memory: VM_MEMORY, workload: 'idle' });
@@ -283,8 +313,10 @@ function table(r: HypercallBenchResult, extra: { echoBytes: number; nodeRuns: nu
   lines.push('');
   lines.push(`${pad('start', 36)}${num('runs', 6)}${num('p50 ms', 10)}  runs ms`);
   lines.push(`${pad('vm new+start b1 (16M, idle) to Running', 36)}${num(r.vmStart.runs.length, 6)}${num(r.vmStart.p50Ms, 10)}  ${r.vmStart.runs.join(' ')}`);
+  lines.push(`${pad('  the same, no spare worker', 36)}${num(r.vmStartNoSpare.runs.length, 6)}${num(r.vmStartNoSpare.p50Ms, 10)}  ${r.vmStartNoSpare.runs.join(' ')}`);
   lines.push(`${pad('spawn `node -e 0` to exit', 36)}${num(extra.nodeRuns.length, 6)}${num(r.nodeSpawn.p50Ms, 10)}  ${extra.nodeRuns.join(' ')}`);
   lines.push(`${pad('  ratio vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartVsNodeSpawnP50, 16)}`);
+  lines.push(`${pad('  ratio, no spare worker', 36)}${num(r.ratios.vmStartNoSpareVsNodeSpawnP50, 16)}`);
   lines.push(`${pad(`vm new+start from a warm pool of ${r.vmStartWarm.pool}`, 36)}${num(r.vmStartWarm.runs.length, 6)}${num(r.vmStartWarm.p50Ms, 10)}  ${r.vmStartWarm.runs.join(' ')}`);
   lines.push(`${pad('  ratio warm vm start / node spawn (p50)', 36)}${num(r.ratios.vmStartWarmVsNodeSpawnP50, 16)}`);
   lines.push('', disturbanceLine(r.disturbance));
@@ -391,6 +423,18 @@ export async function main(args: string[]): Promise<void> {
     const d = await down(paths);
     if (!d.graceful) progress(`the host did not stop gracefully (killed ${d.killed}, unlinked ${d.shm} shm files)`);
 
+    // (b0) VM start without a spare worker (`up --spare 0`).
+    progress(`bringing a host up (${LPS} LPs) without a spare worker`);
+    const rec0 = await up(paths, { lps: LPS, spare: 0 });
+    upHostId = rec0.hostId;
+    ourHosts.push(rec0.hostId);
+    disturbance.sample();
+    tracked.add(rec0.pids.hypervisor).add(rec0.pids.root);
+    const noSpareRuns = await measureVmStart(paths, plan, (pid) => void (pid && tracked.add(pid)), 0, false);
+    progress('bringing the host down');
+    const d0 = await down(paths);
+    if (!d0.graceful) progress(`the host did not stop gracefully (killed ${d0.killed}, unlinked ${d0.shm} shm files)`);
+
     // (b'') VM start from the warm pool (`up --warm`).
     progress(`bringing a host up with a warm pool of ${WARM} workers`);
     const recW = await up(paths, { lps: LPS, warm: WARM, warmMemory: VM_MEMORY });
@@ -408,6 +452,7 @@ export async function main(args: string[]): Promise<void> {
     const nodeRuns = await measureNodeSpawn(plan);
 
     const vmP50 = percentile(vmRuns, 0.5);
+    const noSpareP50 = percentile(noSpareRuns, 0.5);
     const warmP50 = percentile(warmRuns, 0.5);
     const nodeP50 = percentile(nodeRuns, 0.5);
     const result: HypercallBenchResult = {
@@ -420,6 +465,7 @@ export async function main(args: string[]): Promise<void> {
       pageCalls,
       disturbance: disturbance.value,
       vmStart: { p50Ms: round(vmP50, 1), runs: vmRuns },
+      vmStartNoSpare: { p50Ms: round(noSpareP50, 1), runs: noSpareRuns },
       vmStartWarm: { p50Ms: round(warmP50, 1), runs: warmRuns, pool: WARM },
       nodeSpawn: { p50Ms: round(nodeP50, 1) },
       ratios: {
@@ -427,6 +473,7 @@ export async function main(args: string[]): Promise<void> {
         hypercallVsZmqP50: round(hypercall.p50Us / echo.stats.p50Us, 2),
         socketHypercallVsZmqP50: round(hypercallSocket.p50Us / echo.stats.p50Us, 2),
         vmStartVsNodeSpawnP50: round(vmP50 / nodeP50, 2),
+        vmStartNoSpareVsNodeSpawnP50: round(noSpareP50 / nodeP50, 2),
         vmStartWarmVsNodeSpawnP50: round(warmP50 / nodeP50, 2),
       },
       quick,

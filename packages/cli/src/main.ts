@@ -121,6 +121,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
       { name: 'warm', value: 'N', help: 'keep N booted VMs without an owner: "vm start" of a VM of their shape (--warm-memory, 1 VP, the default devices) takes one instead of booting ("ps" shows them booting or ready; default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
       { name: 'warm-memory', value: 'SIZE', help: 'with --warm: the memory of the warm VMs, as "vm new --memory" takes it (default 64M)', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
+      { name: 'spare', value: 'N', help: 'keep N VM workers with their code loaded and no VM: any "vm start", restore or incoming migration takes one instead of starting two processes ("ps" shows them as spare; default 1, 0 for none)', check: wholeIn('spare', 0, 8, '0 to 8 spare workers') },
       { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
       LISTEN_OPTION,
       { name: 'join', value: 'ADDRESS[:PORT]', help: 'join the cluster whose fabric is there (see "cluster status" on its machine) as one more host; needs --key', check: nonEmpty('join') },
@@ -1025,7 +1026,7 @@ export async function run(argv: string[]): Promise<number> {
         for (const o of ['key', 'name', 'address']) if (opt(o) !== undefined && joinAt === undefined) throw new UsageError(`--${o} goes with --join`);
         if (opt('listen') !== undefined && hostsN === undefined) throw new UsageError('--listen goes with --hosts (or "cluster up")');
         if (joinAt !== undefined) {
-          if (hostsN !== undefined || transport !== 'shm' || warm !== undefined) throw new UsageError('--join brings up one host of a cluster: --hosts, --vmbus-transport and --warm do not go with it');
+          if (hostsN !== undefined || transport !== 'shm' || warm !== undefined || opt('spare') !== undefined) throw new UsageError('--join brings up one host of a cluster: --hosts, --vmbus-transport, --warm and --spare do not go with it');
           const keyFile = opt('key');
           if (keyFile === undefined) throw new UsageError('--join needs --key FILE, the cluster\'s key file');
           const j = await clusterCall(() => joinHost(paths, { join: joinAt, keyFile, name: opt('name'), address: opt('address'), lps: lps === undefined ? null : Number(lps) }));
@@ -1034,7 +1035,7 @@ export async function run(argv: string[]): Promise<number> {
           return 0;
         }
         if (hostsN !== undefined) {
-          if (transport !== 'shm' || warm !== undefined) throw new UsageError('--hosts brings up a cluster: --vmbus-transport and --warm are for one host');
+          if (transport !== 'shm' || warm !== undefined || opt('spare') !== undefined) throw new UsageError('--hosts brings up a cluster: --vmbus-transport, --warm and --spare are for one host');
           const source = meshTopologySource(Number(hostsN), lps === undefined ? null : Number(lps));
           const t = parseTopology(source, `--hosts ${hostsN}`);
           await clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), listen: opt('listen') }));
@@ -1043,7 +1044,8 @@ export async function run(argv: string[]): Promise<number> {
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
           return 0;
         }
-        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory });
+        const spare = opt('spare');
+        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));
@@ -1281,7 +1283,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'ps': {
         const ps = await connect().request<ProcessInfo[]>('ps');
         if (json) out(JSON.stringify(ps));
-        else out(table([['ROLE', 'VM', 'PID'], ...ps.map((x) => [x.role, x.vm ?? (x.warm ? `- (warm, ${x.warm})` : '-'), String(x.pid)])]));
+        else out(table([['ROLE', 'VM', 'PID'], ...ps.map((x) => [x.role, x.vm ?? (x.warm === 'spare' ? '- (spare)' : x.warm ? `- (warm, ${x.warm})` : '-'), String(x.pid)])]));
         return 0;
       }
       case 'vm new': {

@@ -50,6 +50,8 @@ export interface UpOptions {
   /** Booted VMs without an owner the root keeps ahead of need (0 none), and their memory size (default 64M). */
   warm?: number;
   warmMemory?: string;
+  /** Loaded VM workers without a VM the root keeps for any start (default 1; 0 none). */
+  spare?: number;
   /** Extra environment for the host's processes (tests shorten IC periods this way). */
   env?: Record<string, string>;
   /** Run the host in this network namespace (`ip netns exec`; a cluster's host). */
@@ -75,7 +77,7 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   const hostId = randomBytes(3).toString('hex');
   mkdirSync(paths.logDir, { recursive: true });
   mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
-  const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0), ...(opts.warmMemory ? { HVLAB_WARM_MEMORY: opts.warmMemory } : {}) };
+  const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0), ...(opts.warmMemory ? { HVLAB_WARM_MEMORY: opts.warmMemory } : {}), ...(opts.spare !== undefined ? { HVLAB_SPARE: String(opts.spare) } : {}) };
   const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
   // In a namespace, `ip netns exec` execs node in place: the pid is the hypervisor's.
   const hv = opts.netns

@@ -544,8 +544,11 @@ export interface ProcessInfo {
   role: 'hypervisor' | 'root' | 'vmwp' | 'partition';
   vm: string | null;
   pid: number;
-  /** A worker of the warm pool (no VM yet): still booting its template's guest, or booted and ready to be claimed. */
-  warm?: 'booting' | 'ready';
+  /**
+   * A worker without a VM: of the warm pool (still booting its template's guest, or booted and
+   * ready to be claimed), or a spare (its code loaded, waiting for any start).
+   */
+  warm?: 'booting' | 'ready' | 'spare';
 }
 
 export interface HostInfo {

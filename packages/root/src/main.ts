@@ -28,6 +28,8 @@ const lps = Number(process.env.HVLAB_LPS ?? '1');
 const vmbusMode: 'shm' | 'remote' = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
 const restarts = Number(process.env.HVLAB_ROOT_RESTARTS ?? '0') || 0;
 const warm = Math.max(0, Math.min(64, Math.floor(Number(process.env.HVLAB_WARM ?? '0')) || 0));
+// Spare workers: 1 unless HVLAB_SPARE says otherwise (`hvlab up --spare N`).
+const spare = process.env.HVLAB_SPARE === undefined ? 1 : Math.max(0, Math.min(8, Math.floor(Number(process.env.HVLAB_SPARE)) || 0));
 process.title = `hvlab-root ${hostId}`;
 const paths = hostPaths(home);
 const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root', partition: ROOT_PARTITION_ID });
@@ -153,7 +155,7 @@ const handler: MgmtHandler = async (op, args) => {
   }
 };
 server = new MgmtServer(handler, (e) => log.error({ err: e }, 'management request failed'));
-vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY });
+vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY, spare });
 // A restarted root finds the VMs that kept running while it was away.
 await vmms.reattach();
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
@@ -174,7 +176,8 @@ try {
   await member?.close();
   member = null;
 }
-log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm, cluster: member !== null }, 'root ready');
+log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm, spare, cluster: member !== null }, 'root ready');
 process.stdout.write('ready\n');
 vmms.startWarmPool();
+vmms.startSpares();
 await server.serve();

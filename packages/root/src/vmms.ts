@@ -28,6 +28,7 @@ import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vm
 import type { VmwpClaim, VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import type { IcEntry } from './vmwp/devices.js';
 import { MAX_WARM, WarmPool } from './warm.js';
+import { MAX_SPARE, SpareWorkers } from './spare.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -103,6 +104,8 @@ export interface VmmsOptions {
   warm?: number;
   /** The memory size of the warm pool's VMs (`--warm-memory`, as `vm new --memory` takes it; default 64M). */
   warmMemory?: string;
+  /** Loaded VM workers without a VM to keep for cold starts and incoming migrations (`hvlab up --spare N`); 0 keeps none. */
+  spare?: number;
   /** Live migrations from this host at once (more wait in a queue); default 2, as Hyper-V. */
   maxMigrations?: number;
 }
@@ -135,6 +138,7 @@ export class Vmms {
   private readonly committed = new Set<string>();
   private readonly paths;
   private warm: WarmPool | null = null;
+  private spare: SpareWorkers | null = null;
 
   constructor(private readonly o: VmmsOptions) {
     this.paths = hostPaths(o.home);
@@ -293,9 +297,13 @@ export class Vmms {
     }
     const start: VmwpStartInput = { config: cfg, ticket: await ticket(), secret: randomBytes(24).toString('hex') };
     cancelled();
-    const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-    const child = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { [HV_ENDPOINT_ENV]: this.paths.hvEndpoint }) });
-    closeSync(errFd);
+    // A spare worker has its code (and its partition process's) loaded already; else a new one.
+    let child = this.spare?.take() ?? null;
+    if (!child) {
+      const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
+      child = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { [HV_ENDPOINT_ENV]: this.paths.hvEndpoint }) });
+      closeSync(errFd);
+    }
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(JSON.stringify(start) + '\n');
     // While this root lives it reaps the worker; a re-attached root relies on the pid watch.
@@ -1192,6 +1200,12 @@ export class Vmms {
     return out;
   }
 
+  /** Starts the spare workers (after a restart's re-attach, so they do not compete with it). */
+  startSpares(): void {
+    if (!this.o.spare || this.spare) return;
+    this.spare = new SpareWorkers({ size: Math.min(this.o.spare, MAX_SPARE), stderrLog: join(this.paths.logDir, 'stderr.log'), hvEndpoint: this.paths.hvEndpoint, log: this.o.log });
+  }
+
   /** Starts the warm pool (after a restart's re-attach, so it does not compete with it). */
   startWarmPool(): void {
     if (!this.o.warm || this.warm) return;
@@ -1222,6 +1236,7 @@ export class Vmms {
   processes(): ProcessInfo[] {
     const out: ProcessInfo[] = [];
     for (const w of this.warm?.workers ?? []) out.push({ role: 'vmwp', vm: null, pid: w.pid, warm: w.booted ? 'ready' : 'booting' });
+    for (const pid of this.spare?.pids ?? []) out.push({ role: 'vmwp', vm: null, pid, warm: 'spare' });
     for (const r of this.vms.values()) {
       if (r.vmwpPid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwpPid });
       if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });
@@ -1253,6 +1268,7 @@ export class Vmms {
   /** The hypervisor is gone: nothing can be torn down politely; kill every worker and partition. */
   killAll(): void {
     this.warm?.close();
+    this.spare?.close();
     for (const r of this.vms.values()) {
       r.expectingExit = true;
       for (const pid of [r.vmwpPid, r.partitionPid]) {
@@ -1267,12 +1283,14 @@ export class Vmms {
 
   async shutdownAll(): Promise<void> {
     this.warm?.close();
+    this.spare?.close();
     await Promise.all([...this.vms.values()].filter((r) => r.vmwpPid !== null).map((r) => this.kill(r, 'host shutting down')));
   }
 
   /** This root is leaving but the host is not: let go of the workers, which keep their VMs. */
   close(): void {
     this.warm?.close();
+    this.spare?.close();
     for (const r of this.vms.values()) {
       r.stopWatch?.();
       r.link?.close();

@@ -43,21 +43,29 @@ import { prestartedPartition, spawnPartition } from './prestart.js';
 // A warm worker (root/src/warm.ts) builds and boots its template's guest, then waits until a VM
 // start claims it (the end of this file).
 const warm = process.env.HVLAB_VMWP_WARM === '1';
+// A spare worker (root/src/spare.ts) loads its code, then waits for any start's input.
+const spare = process.env.HVLAB_VMWP_SPARE === '1';
 if (warm) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
+else if (spare) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (spare)`;
 const prestarted = prestartedPartition();
 // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
 for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
 // The hypervisor's socket, connected while waiting for the start-up input (the root names it).
 const earlyHv = earlyHvClient((n) => onHvNotification(n));
-if (warm) {
-  // A warm worker pays the first run of the codecs and the logger ahead of its claim
+if (warm || spare) {
+  // A warm or spare worker pays the first run of the codecs and the logger ahead of its claim
   // (runtime/src/prewarm.ts says why); a cold one has its input waiting and pays them in its start.
   prewarmProcess();
   process.stdout.on('error', () => undefined);
 }
 
 const stdin = new StdinLines();
-const input = decodeVmwpStartInput(await stdin.next('the start-up input'));
+const line = await stdin.next('the start-up input').catch((e: Error) => {
+  // A spare whose root went away before any start took it: nothing was made, nothing to say.
+  if (spare) process.exit(0);
+  throw e;
+});
+const input = decodeVmwpStartInput(line);
 /** A booted warm worker: its config is its template's until a claim gives it a VM's. */
 const template = input.template === true;
 if (!template) stdin.close();
