@@ -29,7 +29,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exited, percentile, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, spawnOwned, waitReady, type Disturbance, type Owned } from './common.js';
+import { exited, percentile, spareLoaded, QUICK_NOTE, quickRequested, round, stopOwned, reportLeftovers, disturbanceTracker, disturbanceLine, spawnOwned, waitReady, type Disturbance, type Owned } from './common.js';
 import { decode, encode, EnabledState, HvCall, HvStatus, siefpGpa, synicPageRegister, type HvClientMsg, type VmInfo } from '../../packages/protocol/src/index.js';
 import { entries, hostPaths, nodeArgsFor, type HostPaths } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
@@ -225,29 +225,6 @@ async function warmPoolFull(mgmt: MgmtClient, n: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
 }
-
-/**
- * Waits until the host has a spare worker that has had `SPARE_LOAD_MS` to load its code (`ps` lists
- * a spare from its spawn; its load is ~0.4 s of CPU here), so a start finds it as a host at rest would.
- */
-async function spareLoaded(mgmt: MgmtClient): Promise<void> {
-  const t0 = Date.now();
-  for (;;) {
-    const ps = await mgmt.request<Array<{ role: string; vm: string | null; warm?: string; pid: number }>>('ps', {});
-    const spare = ps.find((p) => p.role === 'vmwp' && p.vm === null && p.warm === 'spare');
-    if (spare) {
-      if (!spareSince.has(spare.pid)) spareSince.set(spare.pid, Date.now());
-      const waited = Date.now() - spareSince.get(spare.pid)!;
-      if (waited >= SPARE_LOAD_MS) return;
-      await new Promise((r) => setTimeout(r, SPARE_LOAD_MS - waited));
-      continue;
-    }
-    if (Date.now() - t0 > 30000) throw new Error('the host had no spare worker within 30 s');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-const SPARE_LOAD_MS = 1500;
-const spareSince = new Map<number, number>();
 
 async function measureVmStart(paths: HostPaths, plan: Plan, track: (pid: number | null) => void, warm = 0, spare = true): Promise<number[]> {
   const mgmt = new MgmtClient(paths.mgmtEndpoint);

@@ -9,6 +9,8 @@
  *  memdirty: a memdirty VM (QEMU's migration-test guest, 32 MiB dirtied in a loop on 2 VPs;
  *            quick 8 MiB) the same way, with pre-copy's defaults (downtime limit 300 ms).
  * Aims (issue 12): idle downtime ≤ 10 ms p50; total ≤ 1.2× the model; an idle VM sends ≤ 5 % of its RAM.
+ * Each move starts once both hosts' spare workers (root/src/spare.ts) have loaded, as on hosts at
+ * rest: the destination takes its spare for the incoming VM, and the two hosts share this machine.
  *
  * The cluster lives under a temporary HVLAB_HOME and is brought down whatever happens; the run
  * fails if any process, /dev/shm file or namespace is left.
@@ -20,7 +22,7 @@ import type { LinkProbeResult, MigrationStats } from '../../packages/protocol/sr
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { clusterHostHome, clusterStatus, clusterUp, parseTopology } from '@hvlab/cluster';
-import { percentile, QUICK_NOTE, quickRequested, round, clusterTeardown, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { percentile, spareLoaded, QUICK_NOTE, quickRequested, round, clusterTeardown, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 
 interface Plan {
   idleMemory: string;
@@ -73,6 +75,7 @@ async function series(home: string, vm: string, memory: string, workload: string
     await new Promise((r) => setTimeout(r, 1000));
     let at: 'h1' | 'h2' = 'h1';
     for (let i = 0; i < moves; i++) {
+      await Promise.all([spareLoaded(c1), spareLoaded(c2)]);
       const to: 'h1' | 'h2' = at === 'h1' ? 'h2' : 'h1';
       const st = await on[at].request<MigrationStats>('vmMove', { name: vm, to }, 600_000);
       if (st.status !== 'completed') {
@@ -85,7 +88,10 @@ async function series(home: string, vm: string, memory: string, workload: string
       const b = st.blackout;
       say(`  set-up ${st['setup-time']} ms; passes (pages sent/dirty after, ms): ${st.passes.map((p) => `${p.pages}/${p.dirtyPages}, ${Math.round(p.ms)}`).join('; ')}${st['stop-reason'] ? ` (${st['stop-reason']})` : ''}${b ? `; blackout: freeze ${b.freeze}, last pages ${b.pages}, start ${b.start} ms` : ''}`);
       at = to;
-      // Let the guest run a little on its new host before the next move.
+      // Let the guest run a little on its new host before the next move. The next move also waits
+      // for each host's spare worker, replaced after this move, to load: both hosts share this
+      // machine's 2 CPUs, so a replacement loading on one would run beside the next move's blackout
+      // on the other, which two machines would not see.
       await new Promise((r) => setTimeout(r, 300));
     }
     await on[at].request('vmTurnOff', { name: vm }).catch(() => undefined);

@@ -128,7 +128,8 @@ export type PeerRequest =
 export type MigPeerRequest =
   | { v: number; id: number; op: 'migSetup'; from: string; mig: string; config: Record<string, unknown>; options: Record<string, unknown> }
   | { v: number; id: number; op: 'migPages'; from: string; mig: string; data: Uint8Array }
-  | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array }
+  /** The saved-state tree, with the blackout's last page batch when there is one (one round trip fewer). */
+  | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array; pages: Uint8Array | null }
   | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: Record<string, unknown> | null }
   | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string }
   /** Post-copy's switch-over: the state, and the bitmap of pages the destination does not have yet (fetched on demand). */
@@ -331,8 +332,8 @@ export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
             f.only(['v', 'id', 'op', 'from', 'mig', 'data']);
             return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
           case 'migState':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
-            return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
+            f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'pages']);
+            return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), pages: env.o.pages === undefined || env.o.pages === null ? null : f.bytes('pages', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
           case 'migSwitch':
             f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'missing']);
             return { v, id, op: 'migSwitch', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), missing: f.bytes('missing', MIG_MISSING_MAX_BYTES) };

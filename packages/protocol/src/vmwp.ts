@@ -40,7 +40,7 @@ export type VmwpRequest =
    * `migBooted`: answered once the guest kernel says it resumed (its VMBus client is back).
    */
   | { t: 'migPages'; data: Uint8Array }
-  | { t: 'migState'; state: Uint8Array }
+  | { t: 'migState'; state: Uint8Array; pages: Uint8Array | null }
   | { t: 'migBooted'; waitMs: number }
   /** Post-copy, destination: switch over (state + bitmap of the pages still to come), then pulls for what the guest waits on. */
   | { t: 'migSwitch'; state: Uint8Array; missing: Uint8Array }
@@ -234,7 +234,10 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
       const k = t === 'migPages' ? 'data' : 'state';
       const v = b[k];
       if (!(v instanceof Uint8Array) || v.length > 2 * 1024 * 1024) throw new VmwpDecodeError(`field ${k} is not bytes of at most 2 MiB`);
-      return t === 'migPages' ? { t, data: v } : { t, state: v };
+      if (t === 'migPages') return { t, data: v };
+      const pages = b.pages;
+      if (pages !== undefined && pages !== null && (!(pages instanceof Uint8Array) || pages.length > 2 * 1024 * 1024)) throw new VmwpDecodeError('field pages is not bytes of at most 2 MiB');
+      return { t, state: v, pages: pages instanceof Uint8Array ? pages : null };
     }
     default: throw new VmwpDecodeError(`request type ${typeof t === 'string' ? JSON.stringify(t.slice(0, 40)) : typeof t} is unknown`);
   }

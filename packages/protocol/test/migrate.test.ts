@@ -205,6 +205,7 @@ describe('migration peer frames', function () {
     migSetup: { ...env, op: 'migSetup', ...who, config: { name: 'vm1', memoryMb: 64 }, options: { compress: true } },
     migPages: { ...env, op: 'migPages', ...who, data: Buffer.from(encodePageBatch([{ pfn: 0, kind: PageKind.Zero, data: E }])) },
     migState: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}') },
+    migStatePages: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}'), pages: Buffer.from(encodePageBatch([{ pfn: 3, kind: PageKind.Zero, data: E }])) },
     migCommit: { ...env, op: 'migCommit', ...who, stats: { downtime: 12 } },
     migAbort: { ...env, op: 'migAbort', ...who, reason: 'cancelled by the operator' },
   };
@@ -216,12 +217,16 @@ describe('migration peer frames', function () {
 
   it('decodes each op to exactly its fields', () => {
     for (const f of [frames.migSetup, frames.migCommit, frames.migAbort]) expect(value(f)).to.deep.equal(f);
-    for (const [f, k] of [[frames.migPages, 'data'], [frames.migState, 'state']] as const) {
+    const withPages = frames.migStatePages;
+    for (const [f, k] of [[frames.migPages, 'data'], [frames.migState, 'state'], [withPages, 'state'], [withPages, 'pages']] as const) {
       const v = value(f);
-      expect(Object.keys(v)).to.have.members(Object.keys(f));
+      expect(Object.keys(v)).to.have.members(f.op === 'migState' ? [...Object.keys(frames.migState), 'pages'] : Object.keys(f));
       expect(v[k]).to.be.instanceOf(Uint8Array);
       expect(Buffer.from(v[k] as Uint8Array).equals((f as Record<string, unknown>)[k] as Buffer)).to.equal(true);
     }
+    // The state without the blackout's last batch (none was dirty), absent or nil.
+    expect(value(frames.migState).pages).to.equal(null);
+    expect(value({ ...frames.migState, pages: null }).pages).to.equal(null);
     expect(value({ ...frames.migCommit, stats: null }).stats).to.equal(null);
     const { stats: _, ...noStats } = frames.migCommit;
     expect(value(noStats)).to.deep.equal({ ...noStats, stats: null });
@@ -238,6 +243,7 @@ describe('migration peer frames', function () {
       [{ ...frames.migPages, data: 'text' }, /"data" must be bytes/], [{ ...frames.migPages, data: [1, 2] }, /"data" must be bytes/],
       [{ ...frames.migPages, data: Buffer.alloc(SINK_CHUNK_MAX_BYTES + 64 * 1024 + 1) }, /"data" must be bytes, at most 1114112/],
       [{ ...frames.migState, state: Buffer.alloc(MIG_STATE_MAX_BYTES + 1) }, /"state" must be bytes, at most 1048576/], [{ ...frames.migState, state: '{}' }, /"state" must be bytes/],
+      [{ ...frames.migState, pages: 'text' }, /"pages" must be bytes/], [{ ...frames.migState, pages: Buffer.alloc(SINK_CHUNK_MAX_BYTES + 64 * 1024 + 1) }, /"pages" must be bytes, at most 1114112/],
       [{ ...frames.migCommit, stats: 5 }, /"stats" must be a map/], [{ ...frames.migCommit, stats: [] }, /"stats" must be a map/],
       [{ ...frames.migAbort, reason: '' }, /"reason" must be a string of 1 to 512/], [{ ...frames.migAbort, reason: 'x'.repeat(513) }, /"reason"/], [{ ...frames.migAbort, reason: undefined }, /"reason"/],
       ...['short', '0123456', 'a'.repeat(65), 'MIG-0123ABCD', 'mig_0123abcd', 'mig 0123abcd', 5, null].map((mig): [Record<string, unknown>, RegExp] => [{ ...frames.migPages, mig }, /"mig" must be a valid name/]),
@@ -295,9 +301,12 @@ describe('migration VMWP frames', function () {
       const f = decodeVmwpFrame(encode(req({ t, [k]: Buffer.from([1, 2, 3]) })));
       expect(f.t === 'req' && f.id).to.equal(5);
       const body = (f as { body: Record<string, unknown> }).body;
-      expect(Object.keys(body)).to.have.members(['t', k]);
+      expect(Object.keys(body)).to.have.members(t === 'migState' ? ['t', k, 'pages'] : ['t', k]);
       expect(Array.from(body[k] as Uint8Array)).to.deep.equal([1, 2, 3]);
+      if (t === 'migState') expect(body.pages).to.equal(null);
     }
+    const both = decodeVmwpFrame(encode(req({ t: 'migState', state: Buffer.from([1]), pages: Buffer.from([4, 5]) })));
+    expect(Array.from((both as { body: { pages: Uint8Array } }).body.pages)).to.deep.equal([4, 5]);
     expect(decodeVmwpFrame(encode(note({ t: 'incomingReady', partitionId: 0x7fffffff })))).to.deep.include({ t: 'note' });
   });
 
@@ -314,6 +323,8 @@ describe('migration VMWP frames', function () {
       [req({ t: 'migPages', data: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field data is not bytes/, 5, 'data over 2 MiB'],
       [req({ t: 'migBooted' }), /field waitMs/, 5, 'no waitMs'], [req({ t: 'migBooted', waitMs: 60001 }), /field waitMs/, 5, 'waitMs over 60 s'], [req({ t: 'migBooted', waitMs: -1 }), /field waitMs/, 5, 'negative waitMs'],
       [req({ t: 'migState', state: [1, 2] }), /field state is not bytes of at most 2 MiB/, 5, 'state list'], [req({ t: 'migState' }), /field state/, 5, 'no state'],
+      [req({ t: 'migState', state: Buffer.from('{}'), pages: 'x' }), /field pages is not bytes of at most 2 MiB/, 5, 'pages string'],
+      [req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field pages/, 5, 'pages over 2 MiB'],
       [note({ t: 'incomingReady', partitionId: 1 }), /field partitionId is not an integer from 2 to 2147483647/, null, 'partition 1'],
       [note({ t: 'incomingReady', partitionId: 2.5 }), /field partitionId/, null, 'partition 2.5'], [note({ t: 'incomingReady' }), /field partitionId/, null, 'no partition'],
       [note({ t: 'migProgress', stats: null }), /field stats is not a map/, null, 'stats null'], [note({ t: 'migProgress', stats: [1] }), /field stats is not a map/, null, 'stats list'],
@@ -326,7 +337,7 @@ describe('migration VMWP frames', function () {
 
   it('only ever throws VmwpDecodeError on mutated or random frames (seeded fuzz)', () => {
     const next = seededRandom(0x7f3d);
-    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migBooted', waitMs: 5 }),
+    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(24, 2) }), req({ t: 'migBooted', waitMs: 5 }),
       note({ t: 'incomingReady', partitionId: 3 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } })].map((f) => encode(f));
     let decoded = 0;
     for (let i = 0; i < 4000; i++) {

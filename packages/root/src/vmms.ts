@@ -72,6 +72,8 @@ interface Incoming {
   startedAt: number;
   /** Post-copy has switched over: the guest runs here while its pages still arrive. */
   postcopy: boolean;
+  /** Lets the spare workers refill again (the attempt was committed or dropped). */
+  releaseSpare: (() => void) | null;
 }
 
 /** What VMMS needs of the host's cluster membership to move VMs. */
@@ -558,8 +560,14 @@ export class Vmms {
         if (r.startCancelled !== null) throw new MgmtFailure('StartFailed', `VM "${r.config.name}" was ${r.startCancelled} while starting`);
       };
       checkCancelled();
-      claimedSeed = await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), checkCancelled);
-      await booted;
+      // A spare's replacement loads once this start is done, not beside it.
+      const releaseSpare = this.spare?.hold() ?? null;
+      try {
+        claimedSeed = await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), checkCancelled);
+        await booted;
+      } finally {
+        releaseSpare?.();
+      }
     } catch (e) {
       r.expectingExit = true;
       if (r.vmwpPid !== null) {
@@ -970,7 +978,7 @@ export class Vmms {
       case 'migState': {
         inc.started = true;
         try {
-          await link.request({ t: 'migState', state: req.state }, 60000);
+          await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
         } catch (e) {
           void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
           throw linkFailure(e, `VM "${r.config.name}"`);
@@ -1018,6 +1026,7 @@ export class Vmms {
         this.saveConfig(r.config, true);
         if (inc.watchdog) clearTimeout(inc.watchdog);
         r.incoming = null;
+        inc.releaseSpare?.();
         this.committed.add(req.mig);
         const st = this.moves.get(r.config.name);
         // The source's statistics, as it had them at the commit (checked for shape only: they are shown, never acted on).
@@ -1040,7 +1049,8 @@ export class Vmms {
     if (known) throw new MgmtFailure('AlreadyExists', `host ${this.cluster?.name ?? this.o.hostId} has a VM "${c.name}" already`);
     if (this.o.vmbusTransport !== 'shm') throw new MgmtFailure('InvalidState', 'this host runs without shared memory: it cannot take a live migration');
     const r = this.record(c);
-    const inc: Incoming = { mig: req.mig, from: req.from, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false };
+    // A spare's replacement loads once the migration is committed or dropped, not during its blackout.
+    const inc: Incoming = { mig: req.mig, from: req.from, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false, releaseSpare: this.spare?.hold() ?? null };
     r.incoming = inc;
     this.vms.set(c.name, r);
     this.moves.set(c.name, {
@@ -1083,6 +1093,7 @@ export class Vmms {
     const inc = r.incoming;
     if (!inc) return;
     r.incoming = null;
+    inc.releaseSpare?.();
     if (inc.watchdog) {
       clearInterval(inc.watchdog);
       clearTimeout(inc.watchdog);

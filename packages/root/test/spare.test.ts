@@ -79,6 +79,34 @@ describe('spare workers', function () {
     expect(pidAlive(c.pid!), 'a taken spare is not closed with the others').to.equal(true);
   });
 
+  it('a hold (a start, an incoming migration) keeps the replacement from loading until it is released, then the refill delay runs', async () => {
+    const s = new SpareWorkers({ size: 1, stderrLog: '/dev/null', hvEndpoint: 'ipc:///nowhere', log, spawnWorker: standIn });
+    try {
+      const release = s.hold();
+      const again = s.hold();
+      taken.push(s.take()!);
+      await new Promise((r) => setTimeout(r, SPARE_REFILL_DELAY_MS * 3));
+      expect(s.pids, 'held: no replacement').to.deep.equal([]);
+      release();
+      release(); // once counts
+      await new Promise((r) => setTimeout(r, SPARE_REFILL_DELAY_MS * 2));
+      expect(s.pids, 'still held by the second hold').to.deep.equal([]);
+      const t0 = Date.now();
+      again();
+      expect(await until(() => s.pids.length === 1), 'refilled once released').to.equal(true);
+      expect(Date.now() - t0).to.be.at.least(SPARE_REFILL_DELAY_MS - 20);
+      // during() holds for the length of the work.
+      taken.push(s.take()!);
+      await s.during(async () => {
+        await new Promise((r) => setTimeout(r, SPARE_REFILL_DELAY_MS * 2));
+        expect(s.pids).to.deep.equal([]);
+      });
+      expect(await until(() => s.pids.length === 1)).to.equal(true);
+    } finally {
+      s.close();
+    }
+  });
+
   it('a spawn that throws leaves no spare and says so; take then answers null', () => {
     const s = new SpareWorkers({ size: 1, stderrLog: '/dev/null', hvEndpoint: 'ipc:///nowhere', log, spawnWorker: () => { throw new Error('EAGAIN'); } });
     try {

@@ -226,19 +226,27 @@ export class MigrationOut {
     });
   }
 
-  private async sendBatch(batch: PageEntry[]): Promise<void> {
-    const ram = this.stats.ram;
+  /** A batch made ready to go: compressed where that pays, encoded, and its bytes taken from the pacer. */
+  private async encodeBatch(batch: PageEntry[]): Promise<{ data: Uint8Array; raw: number }> {
     await this.compress(batch);
     this.check();
     const data = encodePageBatch(batch);
-    const raw = batch.filter((e) => e.kind !== PageKind.Zero).length * MIG_PAGE;
     await this.pacer.take(data.length);
-    const p: Promise<void> = this.call({ op: 'migPages', data }, PAGES_TIMEOUT_MS).then(() => {
-      ram.transferred += data.length;
-      ram['normal-bytes'] += raw;
-      this.rawBytes += raw;
-      this.sentBytes += data.length;
-    }, (e: Error) => {
+    return { data, raw: batch.filter((e) => e.kind !== PageKind.Zero).length * MIG_PAGE };
+  }
+
+  /** Counts a batch the destination took. */
+  private sent(b: { data: Uint8Array; raw: number }): void {
+    const ram = this.stats.ram;
+    ram.transferred += b.data.length;
+    ram['normal-bytes'] += b.raw;
+    this.rawBytes += b.raw;
+    this.sentBytes += b.data.length;
+  }
+
+  private async sendBatch(batch: PageEntry[]): Promise<void> {
+    const b = await this.encodeBatch(batch);
+    const p: Promise<void> = this.call({ op: 'migPages', data: b.data }, PAGES_TIMEOUT_MS).then(() => this.sent(b), (e: Error) => {
       this.streamError ??= new Error(`the stream to ${this.req.to} failed: ${e.message}`);
     }).finally(() => this.inFlight.delete(p));
     this.inFlight.add(p);
@@ -334,6 +342,8 @@ export class MigrationOut {
     let tracking = false;
     let blackoutAt = 0;
     let frozenAt = 0;
+    /** The blackout's last page batch, sent with the state. */
+    let lastBatch: PageEntry[] | null = null;
     try {
       await this.call({ op: 'migSetup', config: this.req.config, options }, SETUP_TIMEOUT_MS).catch((e) => {
         throw new Error(`the destination ${this.req.to} did not set up: ${(e as Error).message}`);
@@ -350,7 +360,9 @@ export class MigrationOut {
         const t = this.elapsed();
         this.report();
         this.stateTree = this.src.capture();
-        const n = await this.sendSnapshot(this.snapshot(all));
+        const batches = this.snapshot(all);
+        lastBatch = batches.pop() ?? null;
+        const n = await this.sendSnapshot(batches) + (lastBatch?.length ?? 0);
         this.recordPass(1, n, 0, t);
       } else {
         const mode = await this.src.dirty('start');
@@ -408,17 +420,23 @@ export class MigrationOut {
         for (let vp = 0; vp < this.src.vps; vp++) for (const gpa of [simpGpa(vp), siefpGpa(vp)]) if (gpa / MIG_PAGE < this.guestPages) last.add(gpa / MIG_PAGE);
         const final = [...last].sort((a, b) => a - b);
         const t = this.elapsed();
-        const n = await this.sendSnapshot(this.snapshot(final));
+        const batches = this.snapshot(final);
+        lastBatch = batches.pop() ?? null;
+        const n = await this.sendSnapshot(batches) + (lastBatch?.length ?? 0);
         this.recordPass(this.stats.pass + 1, n, 0, t);
       }
       this.check();
+      // The last batch goes with the state: the destination writes it first, and the blackout
+      // saves the round trip it would take on its own (the batches before it are all written).
+      const tail = lastBatch ? await this.encodeBatch(lastBatch) : null;
       const sentAt = performance.now();
       const state = Buffer.from(JSON.stringify(this.stateTree));
       try {
-        await this.call({ op: 'migState', state }, STATE_TIMEOUT_MS);
+        await this.call({ op: 'migState', state, pages: tail?.data ?? null }, STATE_TIMEOUT_MS);
       } catch (e) {
         throw new Error(`the destination ${this.req.to} did not start the VM: ${(e as Error).message}`);
       }
+      if (tail) this.sent(tail);
       const ranAt = performance.now();
       this.stats.downtime = Math.round(ranAt - blackoutAt);
       if (frozenAt > 0) this.stats.blackout = { freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(ranAt - sentAt) };
