@@ -312,7 +312,7 @@ describe('live migration whose guest does not resume at the destination', functi
   this.timeout(180000);
   // The source hears "running" once the destination's VPs run; the guest's kernel restores its
   // VMBus client after that, and the commit waits for it. Here every resumed guest kernel stalls
-  // (a test fault of the partition process), past the 10 s the commit waits.
+  // (a test fault of the partition process), past the 8 s the commit waits.
   const h = new TestHost({ HVLAB_GUEST_RESUME_STALL_MS: '60000' });
   const ids = new Set<string>();
   const vm = async (host: string, name: string): Promise<VmInfo | undefined> => (await h.json<VmInfo[]>('--host', host, 'vm', 'list')).find((v) => v.name === name);
@@ -338,7 +338,7 @@ describe('live migration whose guest does not resume at the destination', functi
     expect(r.code).to.equal(1);
     const st = JSON.parse(r.stdout) as MigrationStats;
     expect(st.status).to.equal('failed');
-    expect(st['error-desc']).to.match(/refused the commit: .*the migrated guest is stopped: its kernel did not resume within 10000 ms/);
+    expect(st['error-desc']).to.match(/refused the commit: .*the migrated guest is stopped: its kernel did not resume within 8000 ms/);
     // The source thawed its own copy: Running, counting on from its value (no jump back, no restart).
     const s = await vm('h1', 'sr');
     expect(s?.state).to.equal('Running');

@@ -142,6 +142,12 @@ export const MIG_ID_RE = /^[a-z0-9-]{8,64}$/;
 export const MIG_MISSING_MAX_BYTES = (16 * 1024 ** 3) / 4096 / 8;
 /** Largest saved-state tree a migState carries. */
 export const MIG_STATE_MAX_BYTES = 1024 * 1024;
+/**
+ * The error code of a destination's refusal of a commit because the migrated guest's kernel did
+ * not resume there (its copy is stopped by then): final, where other errors of a commit may be a
+ * lost message and are sent again.
+ */
+export const MIG_GUEST_NOT_RESUMED = 'GuestNotResumed';
 
 export type Decoded<T> = { ok: true; value: T } | { ok: false; id: number; message: string };
 

@@ -17,11 +17,11 @@ import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
-  EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
+  EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
-  entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, VmwpControlClient, VmwpLinkError,
+  entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, RpcFailure, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -74,6 +74,8 @@ interface Incoming {
   postcopy: boolean;
   /** Lets the spare workers refill again (the attempt was committed or dropped). */
   releaseSpare: (() => void) | null;
+  /** The commit under way, which a repeated commit waits for. */
+  committing?: Promise<{ committed: true }> | null;
 }
 
 /** What VMMS needs of the host's cluster membership to move VMs. */
@@ -87,8 +89,8 @@ export interface MigrationCluster {
 const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
 /** After the destination runs the VM, the source must commit within this, or the copy here goes. */
 const INCOMING_COMMIT_MS = 15000;
-/** A migrated guest's kernel must say it resumed within this of the commit (the source's commit waits for that: migrate.ts COMMIT_TIMEOUT_MS). */
-const INCOMING_BOOT_MS = 10000;
+/** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
+const INCOMING_BOOT_MS = 8000;
 const MIGRATION_MAX_MS = 24 * 3600 * 1000;
 
 export interface VmmsOptions {
@@ -138,6 +140,8 @@ export class Vmms {
   readonly maxMigrations: number;
   /** Migrations this host committed as destination (an abort that arrives later is answered "committed"). */
   private readonly committed = new Set<string>();
+  /** Migrations whose commit this host refused because the guest did not resume: a repeated commit gets the same refusal. */
+  private readonly notResumed = new Map<string, string>();
   private readonly paths;
   private warm: WarmPool | null = null;
   private spare: SpareWorkers | null = null;
@@ -966,6 +970,8 @@ export class Vmms {
       return { aborted: true };
     }
     if (req.op === 'migCommit' && this.committed.has(req.mig)) return { committed: true };
+    const refusal = req.op === 'migCommit' ? this.notResumed.get(req.mig) : undefined;
+    if (refusal !== undefined) throw new RpcFailure(MIG_GUEST_NOT_RESUMED, refusal);
     if (!r || !r.incoming || r.incoming.from !== req.from) throw new MgmtFailure('NotFound', `no incoming migration ${req.mig} from ${req.from} on this host`);
     const inc = r.incoming;
     inc.lastSeen = Date.now();
@@ -986,7 +992,12 @@ export class Vmms {
         this.setState(r, EnabledState.Running, `migrated from ${inc.from}`);
         // The source lets its copy go only on a commit; without one, this copy goes.
         if (inc.watchdog) clearInterval(inc.watchdog);
-        inc.watchdog = setTimeout(() => void this.dropIncoming(r, `no commit from ${inc.from} within ${INCOMING_COMMIT_MS / 1000} s`), INCOMING_COMMIT_MS);
+        const noCommit = (): void => {
+          // A commit under way ends in bounded time (its waits are bounded): look again then.
+          if (inc.committing) inc.watchdog = setTimeout(noCommit, 1000);
+          else void this.dropIncoming(r, `no commit from ${inc.from} within ${INCOMING_COMMIT_MS / 1000} s`);
+        };
+        inc.watchdog = setTimeout(noCommit, INCOMING_COMMIT_MS);
         return { running: true };
       }
       case 'migSwitch': {
@@ -1009,31 +1020,12 @@ export class Vmms {
         });
       case 'migCommit': {
         if (!inc.started || r.state !== EnabledState.Running) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" does not run here`);
-        // The guest's kernel must have resumed (its VMBus client back) before the source lets its
-        // copy go. One that does not is stopped by its worker, and the attempt dropped here: the
-        // source, refused, runs its own copy on.
-        try {
-          await link.request({ t: 'migBooted', waitMs: INCOMING_BOOT_MS }, INCOMING_BOOT_MS + 5000);
-        } catch (e) {
-          void this.dropIncoming(r, `the migrated guest did not resume: ${(e as Error).message}`);
-          throw linkFailure(e, `VM "${r.config.name}"`);
-        }
-        // Post-copy: every page must be here before the guest stops asking for them.
-        if (inc.postcopy) await link.request({ t: 'migDone' }, 10000).catch((e) => {
-          throw linkFailure(e, `VM "${r.config.name}"`);
+        // A commit sent again while the first is under way (its answer late or lost) gets the
+        // first's outcome; one sent again after a failure tries again.
+        inc.committing ??= this.commitIncoming(r, inc, req, link).finally(() => {
+          inc.committing = null;
         });
-        // The VM is this host's now: its config goes on disk.
-        this.saveConfig(r.config, true);
-        if (inc.watchdog) clearTimeout(inc.watchdog);
-        r.incoming = null;
-        inc.releaseSpare?.();
-        this.committed.add(req.mig);
-        const st = this.moves.get(r.config.name);
-        // The source's statistics, as it had them at the commit (checked for shape only: they are shown, never acted on).
-        const theirs = req.stats && typeof req.stats.vm === 'string' && typeof req.stats.ram === 'object' ? (req.stats as unknown as MigrationStats) : null;
-        if (st) this.moves.set(r.config.name, { ...st, ...(theirs ?? {}), status: 'completed', 'total-time': theirs?.['total-time'] ?? Date.now() - inc.startedAt });
-        this.o.log.info({ vm: r.config.name, from: req.from, mig: req.mig }, 'migrated VM committed');
-        return { committed: true };
+        return await inc.committing;
       }
     }
     throw new MgmtFailure('InvalidArgument', 'unknown migration request');
@@ -1086,6 +1078,40 @@ export class Vmms {
     }, 1000);
     this.o.log.info({ vm: c.name, from: req.from, mig: req.mig }, 'incoming migration set up');
     return { ready: true };
+  }
+
+  /** The destination's commit of an incoming migration (see incoming's migCommit). */
+  private async commitIncoming(r: VmRecord, inc: Incoming, req: Extract<MigPeerRequest, { op: 'migCommit' }>, link: VmwpControlClient): Promise<{ committed: true }> {
+    // The guest's kernel must have resumed (its VMBus client back) before the source lets its
+    // copy go. One that does not is stopped by its worker, the attempt is dropped here, and the
+    // refusal says so with its own code: the source, refused, runs its own copy on.
+    try {
+      await link.request({ t: 'migBooted', waitMs: INCOMING_BOOT_MS }, INCOMING_BOOT_MS + 5000);
+    } catch (e) {
+      const why = `VM "${r.config.name}": ${(e as Error).message}`;
+      this.notResumed.set(req.mig, why);
+      if (this.notResumed.size > 64) this.notResumed.delete(this.notResumed.keys().next().value!);
+      await this.dropIncoming(r, `the migrated guest did not resume: ${(e as Error).message}`);
+      throw new RpcFailure(MIG_GUEST_NOT_RESUMED, why);
+    }
+    // Post-copy: every page must be here before the guest stops asking for them.
+    if (inc.postcopy) await link.request({ t: 'migDone' }, 10000).catch((e) => {
+      throw linkFailure(e, `VM "${r.config.name}"`);
+    });
+    // Dropped meanwhile (the source aborted, say): too late to commit.
+    if (r.incoming !== inc || this.vms.get(r.config.name) !== r) throw new MgmtFailure('InvalidState', `the incoming migration of VM "${r.config.name}" was dropped while it was being committed`);
+    // The VM is this host's now: its config goes on disk.
+    this.saveConfig(r.config, true);
+    if (inc.watchdog) clearTimeout(inc.watchdog);
+    r.incoming = null;
+    inc.releaseSpare?.();
+    this.committed.add(req.mig);
+    const st = this.moves.get(r.config.name);
+    // The source's statistics, as it had them at the commit (checked for shape only: they are shown, never acted on).
+    const theirs = req.stats && typeof req.stats.vm === 'string' && typeof req.stats.ram === 'object' ? (req.stats as unknown as MigrationStats) : null;
+    if (st) this.moves.set(r.config.name, { ...st, ...(theirs ?? {}), status: 'completed', 'total-time': theirs?.['total-time'] ?? Date.now() - inc.startedAt });
+    this.o.log.info({ vm: r.config.name, from: req.from, mig: req.mig }, 'migrated VM committed');
+    return { committed: true };
   }
 
   /** Drops an incoming migration's attempt: its worker, partition and record; nothing of it stays. */

@@ -32,7 +32,7 @@
 import { writeSync } from 'node:fs';
 import { inflateRawSync } from 'node:zlib';
 import {
-  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
+  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_GUEST_NOT_RESUMED, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
 } from '@hvlab/protocol';
@@ -47,8 +47,12 @@ const SETUP_TIMEOUT_MS = 30000;
 /** A batch not acknowledged within this fails the move (a cut link holds data rather than refusing it). */
 const PAGES_TIMEOUT_MS = 10000;
 const STATE_TIMEOUT_MS = 60000;
-/** The destination answers a commit once its guest's kernel resumed, which it waits for up to 10 s (vmms.ts INCOMING_BOOT_MS). */
-const COMMIT_TIMEOUT_MS = 15000;
+/**
+ * Each commit attempt's wait (3 attempts). The destination answers once its guest's kernel resumed,
+ * which it waits for up to 8 s (vmms.ts INCOMING_BOOT_MS); an attempt sent again meanwhile gets
+ * the first one's answer, so the three together outlast that wait.
+ */
+const COMMIT_TIMEOUT_MS = 5000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
 export const NO_PROGRESS_PASSES = 2;
 export const NO_PROGRESS_RATIO = 0.9;
@@ -432,7 +436,7 @@ export class MigrationOut {
       const sentAt = performance.now();
       const state = Buffer.from(JSON.stringify(this.stateTree));
       try {
-        await this.call({ op: 'migState', state, pages: tail?.data ?? null }, STATE_TIMEOUT_MS);
+        await this.call({ op: 'migState', state, ...(tail ? { pages: tail.data } : {}) }, STATE_TIMEOUT_MS);
       } catch (e) {
         throw new Error(`the destination ${this.req.to} did not start the VM: ${(e as Error).message}`);
       }
@@ -448,8 +452,9 @@ export class MigrationOut {
           await this.call({ op: 'migCommit', stats: { ...this.stats, status: 'completed', 'total-time': this.elapsed() } }, COMMIT_TIMEOUT_MS);
           committed = true;
         } catch (e) {
-          // A lost message is sent again; an answer that refuses (the guest did not resume there) is final.
-          if (e instanceof RpcFailure && !['Timeout', 'SendFailed', 'Closed'].includes(e.code)) refused = e.message;
+          // A lost message is sent again; the refusal of a guest that did not resume there (its copy
+          // stopped by then) is final. Anything else may have left the destination running its copy.
+          if (e instanceof RpcFailure && e.code === MIG_GUEST_NOT_RESUMED) refused = e.message;
           log.warn({ err: (e as Error).message, attempt: i + 1 }, 'commit not acknowledged');
         }
       }
