@@ -17,14 +17,35 @@ import { TestHost, eventually, shmFiles, sleep } from './harness.js';
 
 type Status = { hosts: Array<{ name: string; hostId: string }> };
 
+/** Brings up a 2-host cluster on `h` before the block's tests, and after them takes it down and checks nothing is left. */
+function twoHosts(h: TestHost): void {
+  const ids = new Set<string>();
+  before(async () => {
+    await h.ok('up', '--hosts', '2');
+    for (const x of (await h.json<Status>('cluster', 'status')).hosts) ids.add(x.hostId);
+  });
+  after(async () => {
+    await h.run('cluster', 'down');
+    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0, 5000);
+    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+    await h.destroy();
+  });
+}
+
+/** VM `name` as host `host` lists it, if it does. */
+async function listedVm(h: TestHost, host: string, name: string): Promise<VmInfo | undefined> {
+  return (await h.json<VmInfo[]>('--host', host, 'vm', 'list')).find((v) => v.name === name);
+}
+
 describe('live migration between two hosts', function () {
   this.timeout(300000);
   // An attempt whose source went silent is dropped after 8 s here (30 s by default), so the cut-link test ends sooner.
   const h = new TestHost({ HVLAB_MIGRATION_IDLE_MS: '8000' });
-  const ids = new Set<string>();
 
   const list = async (host: string): Promise<VmInfo[]> => await h.json<VmInfo[]>('--host', host, 'vm', 'list');
-  const vmOn = async (host: string, name: string): Promise<VmInfo | undefined> => (await list(host)).find((v) => v.name === name);
+  const vmOn = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
   const progress = async (host: string, name: string): Promise<number> => (await vmOn(host, name))?.workload.progress ?? -1;
   const move = async (name: string, ...opts: string[]): Promise<{ code: number; stats: MigrationStats | null; stderr: string }> => {
     const r = await h.run('--host', 'h1', 'vm', 'move', name, '--to', 'h2', '--json', ...opts);
@@ -51,20 +72,7 @@ describe('live migration between two hosts', function () {
     return !vms.some((v) => v.name === name) && !ps.some((p) => p.vm === name);
   };
 
-  before(async () => {
-    await h.ok('up', '--hosts', '2');
-    const st = await h.json<Status>('cluster', 'status');
-    for (const x of st.hosts) ids.add(x.hostId);
-  });
-
-  after(async () => {
-    await h.run('cluster', 'down');
-    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0, 5000);
-    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
-    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
-    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
-    await h.destroy();
-  });
+  twoHosts(h);
 
   it('a counter VM moves and keeps counting without a restart or a jump; its integration services are OK there; nothing of it stays on the source', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'cnt', '--workload', 'counter');
@@ -269,20 +277,8 @@ describe('live migration where the kernel\'s dirty tracking is not used', functi
   this.timeout(180000);
   // HVLAB_DIRTY_TRACKING=bitmap stands in for a kernel without userfaultfd's async write-protect.
   const h = new TestHost({ HVLAB_DIRTY_TRACKING: 'bitmap' });
-  const ids = new Set<string>();
 
-  before(async () => {
-    await h.ok('up', '--hosts', '2');
-    for (const x of (await h.json<Status>('cluster', 'status')).hosts) ids.add(x.hostId);
-  });
-
-  after(async () => {
-    await h.run('cluster', 'down');
-    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0), 5000);
-    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
-    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
-    await h.destroy();
-  });
+  twoHosts(h);
 
   it('host info says so, and a memdirty VM moved with the guest kernel\'s dirty bitmap still passes QEMU\'s check', async () => {
     const info = await h.json<{ dirtyTracking?: { mode: string; reason: string | null } }>('--host', 'h1', 'host', 'info');
@@ -299,7 +295,7 @@ describe('live migration where the kernel\'s dirty tracking is not used', functi
     expect(st.passes.length).to.be.at.least(2);
     await sleep(300);
     await h.ok('--host', 'h2', 'vm', 'pause', 'mdb');
-    const written = (await h.json<VmInfo[]>('--host', 'h2', 'vm', 'list')).find((v) => v.name === 'mdb')?.workload.progress ?? -1;
+    const written = (await listedVm(h, 'h2', 'mdb'))?.workload.progress ?? -1;
     const out = join(h.home, 'mdb.bin');
     await h.ok('--host', 'h2', 'vm', 'peek', 'mdb', '--gpa', '0x100000', '--len', String(8 * 1024 * 1024), '--out', out);
     const v = checkMemdirty(readFileSync(out), 4096, written);
@@ -314,21 +310,9 @@ describe('live migration whose guest does not resume at the destination', functi
   // VMBus client after that, and the commit waits for it. Here every resumed guest kernel stalls
   // (a test fault of the partition process), past the 8 s the commit waits.
   const h = new TestHost({ HVLAB_GUEST_RESUME_STALL_MS: '60000' });
-  const ids = new Set<string>();
-  const vm = async (host: string, name: string): Promise<VmInfo | undefined> => (await h.json<VmInfo[]>('--host', host, 'vm', 'list')).find((v) => v.name === name);
+  const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
 
-  before(async () => {
-    await h.ok('up', '--hosts', '2');
-    for (const x of (await h.json<Status>('cluster', 'status')).hosts) ids.add(x.hostId);
-  });
-
-  after(async () => {
-    await h.run('cluster', 'down');
-    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0), 5000);
-    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
-    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
-    await h.destroy();
-  });
+  twoHosts(h);
 
   it('the commit is refused: the destination stops its copy, the VM runs on at the source from where it was, nothing stays at the destination', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'sr', '--memory', '32M', '--workload', 'counter');

@@ -9,17 +9,9 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import type { ProcessInfo, VmInfo } from '@hvlab/protocol';
 import { pidAlive } from '@hvlab/runtime';
-import { TestHost, eventually } from './harness.js';
+import { TestHost, childrenOf, eventually } from './harness.js';
 
 const spares = (ps: ProcessInfo[]): number[] => ps.filter((p) => p.role === 'vmwp' && p.vm === null && p.warm === 'spare').map((p) => p.pid);
-/** The processes whose parent is `pid` (a spare's partition process). */
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 describe('spare VM workers (real processes)', function () {
   this.timeout(120000);

@@ -12,17 +12,9 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PartitionProperty, type HostInfo, type ProcessInfo, type VmInfo } from '@hvlab/protocol';
 import { pidAlive } from '@hvlab/runtime';
-import { TestHost, eventually } from './harness.js';
+import { TestHost, childrenOf, eventually } from './harness.js';
 
 const warmPids = (ps: ProcessInfo[]): number[] => ps.filter((p) => p.role === 'vmwp' && p.vm === null && p.warm !== 'spare').map((p) => p.pid);
-/** The processes whose parent is `pid` (a warm VMWP's partition process). */
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 /** The partitions of host `hostId` that have guest memory: their /dev/shm regions' ids. */
 function memoryRegions(hostId: string): number[] {
   return readdirSync('/dev/shm').map((f) => new RegExp(`^hvlab-${hostId}-p(\\d+)-mem$`).exec(f)).filter((m) => m !== null).map((m) => Number(m![1])).sort((a, b) => a - b);

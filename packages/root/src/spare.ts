@@ -11,9 +11,8 @@
  * process follows when its pipe closes); it has made nothing that would need cleaning up.
  * `hvlab up --spare N` sets how many (default 1; 0: every start spawns its worker).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
+import type { ChildProcess } from 'node:child_process';
+import { spawnVmwp } from './worker-spawn.js';
 
 export const MAX_SPARE = 8;
 /**
@@ -111,20 +110,11 @@ export class SpareWorkers {
     this.refill.unref();
   }
 
-  private spawnDefault(): ChildProcess {
-    const errFd = openSync(this.o.stderrLog, 'a');
-    try {
-      return spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_SPARE: '1', [HV_ENDPOINT_ENV]: this.o.hvEndpoint }) });
-    } finally {
-      closeSync(errFd);
-    }
-  }
-
   private fill(): void {
     while (!this.closed && this.failures < 5 && this.waiting.length < this.o.size) {
       let c: ChildProcess;
       try {
-        c = (this.o.spawnWorker ?? (() => this.spawnDefault()))();
+        c = (this.o.spawnWorker ?? (() => spawnVmwp({ stderrLog: this.o.stderrLog, hvEndpoint: this.o.hvEndpoint, stdout: 'ignore', env: { HVLAB_VMWP_SPARE: '1' } })))();
       } catch (e) {
         this.failures = 5;
         this.o.log.warn({ err: (e as Error).message }, 'could not start a spare VM worker; every start spawns its own');

@@ -10,9 +10,8 @@
  * partition. Nothing here waits on a dead worker: the link fails pending requests once its pid is
  * gone.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
@@ -21,7 +20,7 @@ import {
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
 } from '@hvlab/protocol';
 import {
-  entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv, pidAlive, watchPid, hostPaths, RpcFailure, VmwpControlClient, VmwpLinkError,
+  pidAlive, watchPid, hostPaths, RpcFailure, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -29,6 +28,7 @@ import type { VmwpClaim, VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import type { IcEntry } from './vmwp/devices.js';
 import { MAX_WARM, WarmPool } from './warm.js';
 import { MAX_SPARE, SpareWorkers } from './spare.js';
+import { spawnVmwp } from './worker-spawn.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -304,12 +304,7 @@ export class Vmms {
     const start: VmwpStartInput = { config: cfg, ticket: await ticket(), secret: randomBytes(24).toString('hex') };
     cancelled();
     // A spare worker has its code (and its partition process's) loaded already; else a new one.
-    let child = this.spare?.take() ?? null;
-    if (!child) {
-      const errFd = openSync(join(this.paths.logDir, 'stderr.log'), 'a');
-      child = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'ignore', errFd], env: vmProcessEnv(process.env, { [HV_ENDPOINT_ENV]: this.paths.hvEndpoint }) });
-      closeSync(errFd);
-    }
+    const child = this.spare?.take() ?? spawnVmwp({ stderrLog: join(this.paths.logDir, 'stderr.log'), hvEndpoint: this.paths.hvEndpoint, stdout: 'ignore' });
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(JSON.stringify(start) + '\n');
     // While this root lives it reaps the worker; a re-attached root relies on the pid watch.

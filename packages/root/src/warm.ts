@@ -17,10 +17,9 @@
  * leaves, deleting its partition; the restarted root deletes what is left (orphaned partitions)
  * and starts a new pool. A worker that dies while waiting has its partition deleted here.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { closeSync, openSync } from 'node:fs';
-import { entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
+import { spawnVmwp } from './worker-spawn.js';
 import { sameShape, type VmwpConfig, type VmwpStartInput } from './vmwp/shared.js';
 
 export const MAX_WARM = 64;
@@ -170,9 +169,7 @@ export class WarmPool {
       const seed = randomUUID();
       let c: ChildProcess;
       try {
-        const errFd = openSync(this.o.stderrLog, 'a');
-        c = spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', 'pipe', errFd], env: vmProcessEnv(process.env, { HVLAB_VMWP_WARM: '1', [HV_ENDPOINT_ENV]: this.o.hvEndpoint }) });
-        closeSync(errFd);
+        c = spawnVmwp({ stderrLog: this.o.stderrLog, hvEndpoint: this.o.hvEndpoint, stdout: 'pipe', env: { HVLAB_VMWP_WARM: '1' } });
       } catch (e) {
         this.failures = 5;
         this.o.log.warn({ err: (e as Error).message }, 'could not start a warm VM worker; the pool stays empty');

@@ -300,6 +300,16 @@ export class MigrationOut {
     return sent;
   }
 
+  /**
+   * The frozen VM's pages listed, copied now: every batch but the last is sent (and answered); the
+   * last is kept to go with the state. `pages` counts them all.
+   */
+  private async sendFrozen(pages: ArrayLike<number>): Promise<{ pages: number; last: PageEntry[] | null }> {
+    const batches = this.snapshot(pages);
+    const last = batches.pop() ?? null;
+    return { pages: await this.sendSnapshot(batches) + (last?.length ?? 0), last };
+  }
+
   /** The dirty set since the last harvest: the kernel's (partition process) ∪ the shared bitmap (this process's own writes, and the guest kernel's marks). */
   private async harvest(): Promise<number[]> {
     return this.withShared(await this.kernelDirty());
@@ -364,10 +374,9 @@ export class MigrationOut {
         const t = this.elapsed();
         this.report();
         this.stateTree = this.src.capture();
-        const batches = this.snapshot(all);
-        lastBatch = batches.pop() ?? null;
-        const n = await this.sendSnapshot(batches) + (lastBatch?.length ?? 0);
-        this.recordPass(1, n, 0, t);
+        const sent = await this.sendFrozen(all);
+        lastBatch = sent.last;
+        this.recordPass(1, sent.pages, 0, t);
       } else {
         const mode = await this.src.dirty('start');
         tracking = true;
@@ -424,10 +433,9 @@ export class MigrationOut {
         for (let vp = 0; vp < this.src.vps; vp++) for (const gpa of [simpGpa(vp), siefpGpa(vp)]) if (gpa / MIG_PAGE < this.guestPages) last.add(gpa / MIG_PAGE);
         const final = [...last].sort((a, b) => a - b);
         const t = this.elapsed();
-        const batches = this.snapshot(final);
-        lastBatch = batches.pop() ?? null;
-        const n = await this.sendSnapshot(batches) + (lastBatch?.length ?? 0);
-        this.recordPass(this.stats.pass + 1, n, 0, t);
+        const sent = await this.sendFrozen(final);
+        lastBatch = sent.last;
+        this.recordPass(this.stats.pass + 1, sent.pages, 0, t);
       }
       this.check();
       // The last batch goes with the state: the destination writes it first, and the blackout
