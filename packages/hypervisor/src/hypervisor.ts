@@ -72,6 +72,10 @@ export const MAX_PARTITIONS = 1024;
 const CONTROL_OPS: readonly HvCtlOp[] = ['stats', 'ticket', 'shutdown', 'setLps'];
 /** Interrupt notifications one partition may have held back by its interrupt delay (private memory); past this they go at once. */
 export const MAX_DELAYED_NOTES = 4096;
+/** While someone asks about CPU %, VP run time is sampled this often, so each answer covers about the last second. */
+export const CPU_SAMPLE_MS = 1000;
+/** ...for this long after the last question; an idle host is not woken for it otherwise. */
+export const CPU_WATCH_MS = 30_000;
 
 /** The main thread's handle on the scheduler thread (absent in socket-free unit tests). */
 export interface SchedulerLink {
@@ -515,6 +519,7 @@ export class Hypervisor {
     id: number; name: string; state: string; vps: number; memoryBytes: number; suspended: boolean; sessions: number; scheduled: boolean; cpu: { percent: number; vps: VpStats[] };
     faults: Omit<PartitionFaults, 'clockSkewSinceNs'>;
   }> {
+    this.watchCpu();
     return [...this.partitions.values()].map((p) => {
       const st = this.vpStats(p);
       const f = p.faults;
@@ -1203,6 +1208,9 @@ export class Hypervisor {
     dv.setUint32(VpRegionHeader.magic, VP_REGION_MAGIC, true);
     dv.setUint32(VpRegionHeader.vpCount, MAX_VPS_PER_PARTITION, true);
     p.refBaseNs = process.hrtime.bigint();
+    // Run time starts at 0 with the VPs (the scheduler thread counts it): the first CPU % is since now.
+    p.cpuSamples.length = 0;
+    p.cpuSamples.push({ at: Date.now(), runMs: [] });
     this.publishClock(p);
     this.toScheduler(p, { t: 'addPartition', id: p.id, region: p.vpRegion, suspended: p.suspended, weight: p.cpuWeight, reserve: p.cpuReserve / 100, cap: p.cpuCap / 100 });
   }
@@ -1507,9 +1515,39 @@ export class Hypervisor {
     for (const vp of p.vps.values()) if (vp.intercept && !vp.intercept.delivered) this.deliverIntercept(p, vp, vp.intercept);
   }
 
-  /** Takes a run-time sample of every scheduled partition (the server calls this every CPU_SAMPLE_MS). */
+  /** Takes a run-time sample of every scheduled partition. */
   sampleCpu(): void {
     for (const p of this.partitions.values()) if (p.vpI32) this.vpStats(p);
+  }
+
+  private cpuWatch: { timer: NodeJS.Timeout; until: number } | null = null;
+
+  /**
+   * A question about CPU % came: sample every CPU_SAMPLE_MS for the next CPU_WATCH_MS, so that a
+   * watcher's next questions (`top`, `vm list` in a loop) get about a second's window. The first
+   * answer after a quiet spell covers the time since the last sample (since the VPs were created,
+   * for a VM never asked about): an average, not a stale number.
+   */
+  private watchCpu(): void {
+    const until = Date.now() + CPU_WATCH_MS;
+    if (this.cpuWatch) {
+      this.cpuWatch.until = until;
+      return;
+    }
+    const timer = setInterval(() => {
+      if (!this.cpuWatch || Date.now() > this.cpuWatch.until) {
+        clearInterval(timer);
+        this.cpuWatch = null;
+        return;
+      }
+      try {
+        this.sampleCpu();
+      } catch (e) {
+        this.opts.log?.warn({ err: (e as Error).message }, 'sampling VP run time failed');
+      }
+    }, CPU_SAMPLE_MS);
+    timer.unref();
+    this.cpuWatch = { timer, until };
   }
 
   /**
@@ -1527,7 +1565,7 @@ export class Hypervisor {
     while (s.length > 2 && now - s[1].at >= 1000) s.shift();
     const base = s[0];
     const dt = now - base.at;
-    const pct = (i: number): number => (dt > 0 && base.runMs[i] !== undefined ? Math.max(0, Math.round(((runMs[i] - base.runMs[i]) / dt) * 1000) / 10) : 0);
+    const pct = (i: number): number => (dt > 0 ? Math.max(0, Math.round(((runMs[i] - (base.runMs[i] ?? 0)) / dt) * 1000) / 10) : 0);
     const vps = idx.map((index, i) => {
       const off = vpPageOffset(index);
       return {

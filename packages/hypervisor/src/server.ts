@@ -29,12 +29,6 @@ const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-th
 
 /** How often a session's pid is checked (ms) where it must be polled (no pidfd). */
 export const SESSION_SWEEP_MS = 1000;
-/**
- * How often VP run time is sampled for CPU % (ms). A question samples too, and CPU % is taken
- * over the last second of samples, so this only keeps a baseline ready: once a second is enough,
- * and an idle host wakes less.
- */
-export const CPU_SAMPLE_MS = 1000;
 /** Answers handed to ZeroMQ and not yet taken; past this, answers are dropped (and counted). */
 export const MAX_SENDS_IN_FLIGHT = 4096;
 
@@ -130,14 +124,6 @@ export class HypervisorServer {
     };
     process.once('exit', stopOnExit);
     this.sched = { worker, region, link, stopOnExit, doorbell };
-    // Sample VP run time continuously so a CPU % is ready at the first question.
-    setInterval(() => {
-      try {
-        this.hv.sampleCpu();
-      } catch (e) {
-        this.logError({ err: e }, 'sampling VP run time failed');
-      }
-    }, CPU_SAMPLE_MS).unref();
     return link;
   }
 

@@ -11,5 +11,6 @@
  */
 export * from './device.js';
 export * from './ic/provider.js';
+export * from './ic/ticker.js';
 export * from './ic/state.js';
 export * from './ic/device.js';

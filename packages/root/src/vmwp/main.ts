@@ -29,6 +29,7 @@ import {
 import { pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
+import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type VmwpConfig } from './shared.js';
@@ -807,7 +808,7 @@ async function build(): Promise<void> {
   if (restoreFrom && session.memoryMode !== 'shared') throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
   devices = await VmDevices.create({
     partitionId, vm: cfg.name, vmId: cfg.instanceSeed ?? cfg.id, vid: hv, remote: remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, entries: cfg.devices, log, rtcOffsetS: cfg.rtcOffsetS,
-    timing: { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', 1000), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) },
+    timing: { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', HEARTBEAT_INTERVAL_MS), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) },
   });
   const restoring = restoreFrom ? devices.decodeSaved(restoreFrom.state.components) : null;
   if (session.memoryMode === 'shared') {

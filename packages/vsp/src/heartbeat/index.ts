@@ -1,15 +1,18 @@
 /**
  * Heartbeat provider: asks the guest every `intervalMs` with a sequence number the guest
- * increments. One request is outstanding at a time (a frozen guest is not flooded); one not
+ * increments. The defaults are Hyper-V's (Msvm_HeartbeatComponentSettingData: Interval 2000 ms,
+ * Latency 1000 ms, ErrorThreshold 2): the service turns LostCommunication once ErrorThreshold
+ * beats went unanswered and the next one's Latency has passed, 5 s after the last answer. One request is outstanding at a time (a frozen guest is not flooded); one not
  * answered within `lostAfterMs` is given up and asked again, so a request or answer that was lost
  * (a lossy channel, an injected fault) does not silence the heartbeat for good. The service is
  * "OK" while answers keep coming, "LostCommunication" once none came for `lostAfterMs` after
  * contact, "NoContact" before negotiation or while the channel is closed.
  */
 import { IcGuid, IcMessageType, IcStatus, IcError, type IcVersion } from '@hvlab/protocol';
-import { decodeHeartbeat, encodeHeartbeat } from '@hvlab/protocol/heartbeat';
+import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_INTERVAL_MS, heartbeatLostAfterMs } from '@hvlab/protocol/heartbeat';
 import type { DeviceContext, VirtualDevice } from '../device.js';
 import { icDevice, type IcService } from '../ic/device.js';
+import { icTicker } from '../ic/ticker.js';
 import { IcProvider, type IcAnswer, type IcLog, type IcStatusText } from '../ic/provider.js';
 import { decodeHeartbeatState, type HeartbeatState } from './state.js';
 
@@ -18,21 +21,22 @@ export interface HeartbeatOptions {
   lostAfterMs?: number;
 }
 
+
 export class HeartbeatProvider extends IcProvider implements IcService<HeartbeatState> {
   readonly service = 'heartbeat' as const;
   readonly interfaceType = IcGuid.heartbeat;
   readonly messageType = IcMessageType.Heartbeat;
   protected readonly messageVersions: IcVersion[] = [{ major: 3, minor: 0 }, { major: 1, minor: 0 }];
   sequence = 0n;
-  private timer: NodeJS.Timeout | null = null;
+  private stopTicks: (() => void) | null = null;
   private asked: bigint | null = null;
   private readonly intervalMs: number;
   private readonly lostAfterMs: number;
 
   constructor(log: IcLog, opts: HeartbeatOptions = {}) {
     super(log);
-    this.intervalMs = opts.intervalMs ?? 1000;
-    this.lostAfterMs = opts.lostAfterMs ?? Math.max(3000, this.intervalMs * 3);
+    this.intervalMs = opts.intervalMs ?? HEARTBEAT_INTERVAL_MS;
+    this.lostAfterMs = opts.lostAfterMs ?? heartbeatLostAfterMs(this.intervalMs);
   }
 
   override status(): IcStatusText {
@@ -43,13 +47,13 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
 
   protected override onNegotiated(): void {
     this.beat();
-    this.timer = setInterval(() => this.beat(), this.intervalMs);
-    this.timer.unref?.();
+    this.stopTicks?.();
+    this.stopTicks = icTicker.every(this.intervalMs, 0, () => this.beat());
   }
 
   protected override onClosed(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    this.stopTicks?.();
+    this.stopTicks = null;
     this.asked = null;
   }
 
