@@ -15,7 +15,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
+import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { zmq } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
@@ -39,7 +39,7 @@ async function knock(endpoint: string, opts: Record<string, unknown>): Promise<'
   d.connect(endpoint);
   d.receiveTimeout = 1500;
   try {
-    await d.send(encode({ v: 1, id: 1, op: 'status' }));
+    await d.send(encode({ v: CLUSTER_WIRE_VERSION, id: 1, op: 'status' }));
     await d.receive();
     return 'answered';
   } catch {
@@ -174,7 +174,7 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       for (let i = 0; i < 200; i++) {
         const f = Buffer.alloc(Math.floor(next() * 48));
         for (let k = 0; k < f.length; k++) f[k] = Math.floor(next() * 256);
-        await d.send(i % 2 ? f : encode({ v: 1, id: i + 1, op: i % 4 === 0 ? 'linkSet' : 'sink', a: 'h1', b: 7, change: { delayMs: 'x' }, from: 'H', data: 3 }));
+        await d.send(i % 2 ? f : encode({ v: CLUSTER_WIRE_VERSION, id: i + 1, op: i % 4 === 0 ? 'linkSet' : 'sink', a: 'h1', b: 7, change: { delayMs: 'x' }, from: 'H', data: 3 }));
       }
       const answers: Array<{ ok?: unknown; error?: { code?: unknown } }> = [];
       for (let i = 0; i < 200; i++) answers.push(decode((await d.receive())[0]!));

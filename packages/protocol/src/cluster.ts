@@ -15,7 +15,12 @@
 import { isPlainObject } from './hvwire.js';
 import { decode } from './wire.js';
 
-export const CLUSTER_WIRE_VERSION = 1;
+/**
+ * The envelope's `v`. 2: migState may carry the last page batch (`pages`), which a version-1 host
+ * refuses; a host refuses any other version's frames with a sentence naming both, so hosts of
+ * different versions do not form a cluster rather than fail in the middle of a migration.
+ */
+export const CLUSTER_WIRE_VERSION = 2;
 /** Largest frame either service reads (a sink chunk and its envelope). */
 export const CLUSTER_FRAME_MAX_BYTES = 2 * 1024 * 1024;
 /** Largest sink chunk. */

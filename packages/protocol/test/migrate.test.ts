@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
   encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
-  PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE,
+  PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type PageEntry,
 } from '../src/index.js';
 
@@ -199,7 +199,7 @@ describe('migration options', function () {
 
 describe('migration peer frames', function () {
   this.timeout(20_000);
-  const env = { v: 1, id: 9 };
+  const env = { v: CLUSTER_WIRE_VERSION, id: 9 };
   const who = { from: 'h1', mig: 'mig-0123abcd' };
   const frames = {
     migSetup: { ...env, op: 'migSetup', ...who, config: { name: 'vm1', memoryMb: 64 }, options: { compress: true } },
@@ -248,7 +248,7 @@ describe('migration peer frames', function () {
       [{ ...frames.migAbort, reason: '' }, /"reason" must be a string of 1 to 512/], [{ ...frames.migAbort, reason: 'x'.repeat(513) }, /"reason"/], [{ ...frames.migAbort, reason: undefined }, /"reason"/],
       ...['short', '0123456', 'a'.repeat(65), 'MIG-0123ABCD', 'mig_0123abcd', 'mig 0123abcd', 5, null].map((mig): [Record<string, unknown>, RegExp] => [{ ...frames.migPages, mig }, /"mig" must be a valid name/]),
       ...['H1', '1h', 'h'.repeat(11), '', 'h_1', 7].map((from): [Record<string, unknown>, RegExp] => [{ ...frames.migState, from }, /"from" must be a valid name/]),
-      [{ ...frames.migAbort, v: 2 }, /cluster wire version 2 is not 1/],
+      [{ ...frames.migAbort, v: 1 }, /cluster wire version 1 is not 2/],
     ];
     for (const [f, re] of cases) {
       const d = decodePeerRequest(encode(f));
