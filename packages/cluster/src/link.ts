@@ -19,9 +19,19 @@
  *     TCP retransmits through a short outage).
  * Impairments are set independently (`set({ delayMs })` keeps the rate) and take effect for what
  * is sent from then on. The same seed gives the same draws in the same order.
+ *
+ * A connection of a link with no impairment and no cut is carried in the kernel: two splice pumps
+ * of the shm addon (one per direction, each a native thread moving bytes socket → pipe → socket),
+ * so its bytes never enter this process — what a cable does, at a fraction of the CPU of reading
+ * and writing them here (on this 2-core machine a JavaScript proxy halved a bulk transfer's rate).
+ * Setting an impairment or cutting the link stops the pumps and hands each connection to the
+ * user-space path above, with what a pump held (at most 64 KiB) queued first; once the link is
+ * clean again and a connection has nothing queued or unsent, it goes back to the kernel. Without
+ * the addon (or with HVLAB_LINK_SPLICE=0) every connection takes the user-space path.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { seededRandom } from '@hvlab/protocol';
+import { splicePumpAvailable, startSplicePump, type SplicePump } from '@hvlab/shm';
 import type { LinkImpairments, LinkChange, LinkView } from '@hvlab/protocol';
 
 /** Linux's minimum retransmission timeout (ms): what a lost segment costs a TCP stream at least. */
@@ -58,18 +68,40 @@ class Direction {
   /** The target's socket is full (the kernel's buffer and Node's): reading waits for 'drain'. */
   private writeBlocked = false;
 
+  private readonly onData = (chunk: Buffer): void => this.accept(chunk);
+  private readonly onEnd = (): void => this.flushThenEnd();
+  private readonly onDrain = (): void => {
+    this.writeBlocked = false;
+    if (!this.paused) this.from.resume();
+  };
+
   constructor(
     private readonly link: Link,
     private readonly from: Socket,
     private readonly to: Socket,
     private readonly dir: 0 | 1,
   ) {
-    from.on('data', (chunk: Buffer) => this.accept(chunk));
-    from.on('end', () => this.flushThenEnd());
-    to.on('drain', () => {
-      this.writeBlocked = false;
-      if (!this.paused) from.resume();
-    });
+    from.on('data', this.onData);
+    from.on('end', this.onEnd);
+    to.on('drain', this.onDrain);
+  }
+
+  /** Nothing queued, nothing waiting in the target's socket, the stream not ended: the connection may go to the kernel. */
+  get idle(): boolean {
+    return this.queue.length === 0 && this.timer === null && !this.ending && !this.writeBlocked && this.to.writableLength === 0 && this.from.readableLength === 0;
+  }
+
+  /** Takes this direction's listeners off the sockets (the connection goes to the kernel). */
+  detach(): void {
+    this.close();
+    this.from.off('data', this.onData);
+    this.from.off('end', this.onEnd);
+    this.to.off('drain', this.onDrain);
+  }
+
+  /** Bytes a stopped pump had read and not delivered: they travel the link as if sent now. */
+  takeOver(chunk: Buffer): void {
+    if (chunk.length > 0) this.accept(chunk);
   }
 
   /** Writes to the target; a target that does not keep up pauses the sender, so nothing piles up here. */
@@ -83,7 +115,7 @@ class Direction {
 
   private ending = false;
 
-  private accept(chunk: Buffer): void {
+  accept(chunk: Buffer): void {
     const now = performance.now();
     const st = this.link.state;
     let at = now;
@@ -96,8 +128,7 @@ class Direction {
     // A stream is never reordered.
     at = Math.max(at, this.lastRelease);
     this.lastRelease = at;
-    this.link.stats.bytes[this.dir] += chunk.length;
-    this.link.stats.chunks[this.dir]++;
+    this.link.count(this.dir, chunk.length, 1);
     // Due now, nothing ahead of it, link up: straight through (a timer costs at least 1 ms).
     if (at <= now && this.queue.length === 0 && !this.link.state.cut) {
       this.send(chunk);
@@ -167,10 +198,36 @@ class Direction {
 /** One link between two hosts: its impairments, its seeded draws, its counters and its proxies. */
 export class Link {
   state: LinkState;
-  readonly stats: LinkStats = { connections: 0, bytes: [0, 0], chunks: [0, 0], lost: 0 };
+  private readonly counters: LinkStats = { connections: 0, bytes: [0, 0], chunks: [0, 0], lost: 0 };
   private random: () => number;
-  /** Directions of live connections, rescheduled on heal. */
-  readonly live = new Set<{ dirs: Direction[] }>();
+  /** Live connections: rescheduled on heal, moved between the kernel and user space on changes. */
+  readonly live = new Set<LiveConnection>();
+
+  /** The counters, with what the kernel's pumps have carried so far. */
+  get stats(): LinkStats {
+    for (const c of this.live) c.syncCounters();
+    return this.counters;
+  }
+
+  /** No impairment and no cut: connections may be carried in the kernel. */
+  clean(): boolean {
+    const st = this.state;
+    return !st.cut && !(st.delayMs! > 0) && !(st.jitterMs! > 0) && !(st.rateBps! > 0) && !(st.lossPercent! > 0);
+  }
+
+  /** Adds to the counters of direction `dir` (0: a→b). */
+  count(dir: 0 | 1, bytes: number, chunks: number): void {
+    this.counters.bytes[dir] += bytes;
+    this.counters.chunks[dir] += chunks;
+  }
+
+  countConnection(): void {
+    this.counters.connections++;
+  }
+
+  private changed(): void {
+    for (const c of [...this.live]) c.linkChanged();
+  }
 
   constructor(readonly a: string, readonly b: string, impairments: LinkImpairments = {}, seed = 1) {
     this.state = { ...impairments, cut: false, seed };
@@ -189,6 +246,7 @@ export class Link {
       this.state.seed = change.seed;
       this.random = seededRandom(change.seed);
     }
+    this.changed();
   }
 
   /** Every impairment cleared and the link healed (the seed stays). */
@@ -199,11 +257,13 @@ export class Link {
 
   cut(): void {
     this.state.cut = true;
+    this.changed();
   }
 
   heal(): void {
     this.state.cut = false;
     for (const c of this.live) for (const d of c.dirs) d.schedule();
+    this.changed();
   }
 
   /** One direction's delay of the next chunk: half of `delay ± jitter` (ms, never below 0). */
@@ -218,7 +278,7 @@ export class Link {
     const p = this.state.lossPercent ?? 0;
     if (p <= 0) return false;
     const lost = this.random() * 100 < p;
-    if (lost) this.stats.lost++;
+    if (lost) this.counters.lost++;
     return lost;
   }
 
@@ -229,20 +289,223 @@ export class Link {
   }
 }
 
+/** What a Link knows of a live connection. */
+export interface LiveConnection {
+  dirs: Direction[];
+  /** Folds what the kernel carried since the last call into the link's counters. */
+  syncCounters(): void;
+  /** The link's impairments or cut changed. */
+  linkChanged(): void;
+}
+
+/** Whether clean links' connections are carried in the kernel here (the addon's pumps, not turned off). */
+export function kernelLinksAvailable(): boolean {
+  return process.env.HVLAB_LINK_SPLICE !== '0' && splicePumpAvailable();
+}
+
+/** How often a connection that could not go back to the kernel (bytes in flight) looks again (ms). */
+const KERNEL_RETRY_MS = 50;
+
+/**
+ * Stops Node reading `s` now. pause() alone does not: Node goes on reading into the paused
+ * stream's buffer until its high-water mark, which would take bytes from under a pump. This does
+ * what Node itself does at the high-water mark (net.js onStreamRead); resume() reads again.
+ */
+function stopReading(s: Socket): void {
+  const h = (s as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+  if (h && h.reading && typeof h.readStop === 'function') {
+    h.reading = false;
+    h.readStop();
+  }
+}
+
+const fdOf = (s: Socket): number | null => {
+  const fd = (s as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+};
+
+/**
+ * One proxied connection: `a` (accepted from the connecting host) and `b` (to the target), carried
+ * by two pumps in the kernel while the link is clean, else by two Directions here.
+ */
+class Connection implements LiveConnection {
+  dirs: Direction[] = [];
+  private pumps: [SplicePump, SplicePump] | null = null;
+  /** Pump bytes and chunks already folded into the link's counters, per direction. */
+  private folded: Array<[number, number]> = [[0, 0], [0, 0]];
+  private retry: NodeJS.Timeout | null = null;
+  private closed = false;
+  private readonly back: 0 | 1;
+
+  constructor(
+    private readonly link: Link,
+    readonly a: Socket,
+    readonly b: Socket,
+    private readonly dir: 0 | 1,
+    private readonly onClosed: (c: Connection) => void,
+  ) {
+    this.back = (1 - dir) as 0 | 1;
+  }
+
+  /** Both sockets are connected and paused, nothing read yet: starts carrying bytes. */
+  start(): void {
+    if (this.closed) return;
+    if (this.link.clean() && this.toKernel()) return;
+    this.toUser([Buffer.alloc(0), Buffer.alloc(0)]);
+  }
+
+  syncCounters(): void {
+    if (!this.pumps) return;
+    this.pumps.forEach((p, i) => this.fold(i, p.stats()));
+  }
+
+  private fold(i: number, st: { bytes: number; chunks: number }): void {
+    const d = i === 0 ? this.dir : this.back;
+    const f = this.folded[i]!;
+    this.link.count(d, st.bytes - f[0], st.chunks - f[1]);
+    f[0] = st.bytes;
+    f[1] = st.chunks;
+  }
+
+  linkChanged(): void {
+    if (this.closed) return;
+    if (this.pumps && !this.link.clean()) {
+      this.leaveKernel();
+    } else if (!this.pumps && this.link.clean()) {
+      this.tryKernel();
+    }
+  }
+
+  /** Starts the pumps; false (nothing changed) when the sockets cannot be had. */
+  private toKernel(): boolean {
+    if (!kernelLinksAvailable()) return false;
+    const fa = fdOf(this.a);
+    const fb = fdOf(this.b);
+    stopReading(this.a);
+    stopReading(this.b);
+    if (fa === null || fb === null || this.a.readableLength !== 0 || this.b.readableLength !== 0 || this.a.writableLength !== 0 || this.b.writableLength !== 0) return false;
+    let first: SplicePump | null = null;
+    try {
+      first = startSplicePump(fa, fb, () => this.pumpDone());
+      const second = startSplicePump(fb, fa, () => this.pumpDone());
+      this.pumps = [first, second];
+      this.folded = [[0, 0], [0, 0]];
+      return true;
+    } catch {
+      if (first) this.deliver(first.stop().leftover, this.b);
+      return false;
+    }
+  }
+
+  /** Writes what a pump held straight to `to` (no Direction yet: a failed start). */
+  private deliver(chunk: Buffer, to: Socket): void {
+    if (chunk.length > 0 && !to.destroyed) to.write(chunk);
+  }
+
+  /** Stops the pumps; returns what each held, and whether its input had ended. */
+  private stopPumps(): Array<{ leftover: Buffer; ended: boolean; failed: boolean }> {
+    const pumps = this.pumps;
+    this.pumps = null;
+    if (!pumps) return [];
+    return pumps.map((p, i) => {
+      const st = p.stop();
+      this.fold(i, st);
+      return { leftover: st.leftover, ended: st.state === 'ended', failed: st.state === 'failed' };
+    });
+  }
+
+  private pumpDone(): void {
+    if (!this.pumps || this.closed) return;
+    const st = this.pumps.map((p) => p.stats());
+    if (st.some((x) => x.state === 'failed')) {
+      this.close();
+    } else if (st.every((x) => x.state === 'ended')) {
+      // Both ways ended and delivered, each output shut down: the connection is over.
+      this.close();
+    }
+  }
+
+  /** The link changed under the kernel's pumps: the connection goes to user space, with what they held first. */
+  private leaveKernel(): void {
+    const held = this.stopPumps();
+    if (held.some((h) => h.failed)) {
+      this.close();
+      return;
+    }
+    if (held.some((h) => h.ended)) {
+      // One way has ended and its output is shut down: what is left of the connection is finished
+      // here, by the user-space path for the way still open.
+      this.toUser(held.map((h) => h.leftover), held.map((h) => h.ended));
+      return;
+    }
+    this.toUser(held.map((h) => h.leftover));
+  }
+
+  private toUser(held: Buffer[], ended: boolean[] = [false, false]): void {
+    const [fwd, rev] = [new Direction(this.link, this.a, this.b, this.dir), new Direction(this.link, this.b, this.a, this.back)];
+    this.dirs = [fwd, rev];
+    if (ended[0]) fwd.detach();
+    if (ended[1]) rev.detach();
+    fwd.takeOver(held[0] ?? Buffer.alloc(0));
+    rev.takeOver(held[1] ?? Buffer.alloc(0));
+    if (!ended[0]) this.a.resume();
+    if (!ended[1]) this.b.resume();
+    this.everEnded = this.everEnded || ended.some(Boolean);
+  }
+
+  /** A connection that lost a way once stays in user space. */
+  private everEnded = false;
+
+  /** Back to the kernel once both Directions have nothing in flight; else looks again shortly. */
+  private tryKernel(): void {
+    if (this.retry || this.closed || this.pumps || this.everEnded || !kernelLinksAvailable()) return;
+    if (this.dirs.every((d) => d.idle)) {
+      for (const d of this.dirs) d.detach();
+      this.a.pause();
+      this.b.pause();
+      // pause() stops reading at once; a chunk read meanwhile stays in the stream's buffer.
+      if (this.toKernel()) {
+        this.dirs = [];
+        return;
+      }
+      this.toUser([Buffer.alloc(0), Buffer.alloc(0)]);
+    }
+    this.retry = setTimeout(() => {
+      this.retry = null;
+      if (this.link.clean()) this.tryKernel();
+    }, KERNEL_RETRY_MS);
+    this.retry.unref();
+  }
+
+  /** Stops whatever carries the bytes (the pumps first: they use the sockets' fds), then destroys both sockets. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
+    this.stopPumps();
+    for (const d of this.dirs) d.close();
+    this.a.destroy();
+    this.b.destroy();
+    this.onClosed(this);
+  }
+}
+
 /**
  * One direction of a link: a TCP proxy from a listening address to a target. Bytes from the
  * connecting side count as direction `dir` of the link (0: a→b, 1: b→a), the answers as the other.
  */
 export class LinkProxy {
   private server: Server | null = null;
-  private readonly conns = new Set<{ a: Socket; b: Socket; dirs: Direction[] }>();
+  private readonly conns = new Set<Connection>();
 
   constructor(readonly link: Link, readonly target: { host: string; port: number }, private readonly dir: 0 | 1 = 0) {}
 
   /** Listens on `host` (port 0: any); resolves with the port. */
   listen(host = '127.0.0.1', port = 0): Promise<number> {
     return new Promise((resolve, reject) => {
-      const server = createServer((a) => this.accept(a));
+      // Accepted sockets are not read until the target answers: their bytes wait in the kernel.
+      const server = createServer({ pauseOnConnect: true }, (a) => this.accept(a));
       server.once('error', reject);
       server.listen(port, host, () => {
         this.server = server;
@@ -257,22 +520,30 @@ export class LinkProxy {
     return a && typeof a === 'object' ? a.port : null;
   }
 
+  /** Connections open now, and how many of them the kernel carries (tests, status). */
+  connectionCount(): { all: number; kernel: number } {
+    let kernel = 0;
+    for (const c of this.conns) if (c.dirs.length === 0) kernel++;
+    return { all: this.conns.size, kernel };
+  }
+
   private accept(a: Socket): void {
     a.setNoDelay(true);
     const b = connect(this.target.port, this.target.host);
     b.setNoDelay(true);
-    const back = (1 - this.dir) as 0 | 1;
-    const entry = { a, b, dirs: [new Direction(this.link, a, b, this.dir), new Direction(this.link, b, a, back)] };
-    this.conns.add(entry);
-    this.link.live.add(entry);
-    this.link.stats.connections++;
-    const drop = (): void => {
-      for (const d of entry.dirs) d.close();
-      a.destroy();
-      b.destroy();
-      this.conns.delete(entry);
-      this.link.live.delete(entry);
-    };
+    const c = new Connection(this.link, a, b, this.dir, (gone) => {
+      this.conns.delete(gone);
+      this.link.live.delete(gone);
+    });
+    this.conns.add(c);
+    this.link.live.add(c);
+    this.link.countConnection();
+    // Paused before Node's first read of it, so the pumps (or the Directions) see every byte.
+    b.once('connect', () => {
+      b.pause();
+      c.start();
+    });
+    const drop = (): void => c.close();
     a.on('error', drop);
     b.on('error', drop);
     a.on('close', drop);
@@ -280,12 +551,7 @@ export class LinkProxy {
   }
 
   async close(): Promise<void> {
-    for (const c of this.conns) {
-      for (const d of c.dirs) d.close();
-      c.a.destroy();
-      c.b.destroy();
-      this.link.live.delete(c);
-    }
+    for (const c of [...this.conns]) c.close();
     this.conns.clear();
     const s = this.server;
     this.server = null;

@@ -2,11 +2,15 @@
  * The link layer's TCP proxy (link.ts) on loopback: a delayed link delays a round trip by its
  * delay (within 20 %), both directions of a link share its impairments, a rate limits a bulk transfer to it (within 20 %), a cut link
  * delivers nothing until it heals and then delivers what waited, impairments are set independently,
- * the same seed draws the same jitter and loss, and closing leaves no socket.
+ * the same seed draws the same jitter and loss, and closing leaves no socket. A clean link's
+ * connections are carried in the kernel (the addon's splice pumps) and counted; an impairment set
+ * mid-stream takes them to user space and clearing it brings them back, without a byte lost or
+ * reordered; HVLAB_LINK_SPLICE=0 keeps them in user space.
  */
 import { expect } from 'chai';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { Link, LinkProxy } from '../src/index.js';
+import { randomBytes } from 'node:crypto';
+import { Link, LinkProxy, kernelLinksAvailable } from '../src/index.js';
 
 /** An echo server on loopback. */
 async function echoServer(): Promise<{ server: Server; port: number }> {
@@ -175,5 +179,98 @@ describe('link layer (a TCP proxy with impairments)', function () {
       await link.close();
       await new Promise((r) => stuck.close(r));
     }
+  });
+  describe('in the kernel', () => {
+    before(function () {
+      if (!kernelLinksAvailable()) this.skip();
+    });
+    const until = async (what: string, cond: () => boolean, ms = 10_000): Promise<void> => {
+      const t0 = Date.now();
+      while (!cond()) {
+        if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    /** Echoes `data` through `s` in 64 KiB writes, calling `during(fraction)` as it goes; resolves with what came back. */
+    const echoThrough = async (s: Socket, data: Buffer, during: (sentFraction: number) => void = () => {}): Promise<Buffer> => {
+      const back: Buffer[] = [];
+      let got = 0;
+      const all = new Promise<void>((r) => s.on('data', (d: Buffer) => {
+        back.push(d);
+        got += d.length;
+        if (got >= data.length) r();
+      }));
+      for (let off = 0; off < data.length; off += 65536) {
+        if (!s.write(data.subarray(off, off + 65536))) await new Promise((r) => s.once('drain', r));
+        during(off / data.length);
+        if ((off / 65536) % 16 === 0) await new Promise((r) => setImmediate(r));
+      }
+      await all;
+      return Buffer.concat(back);
+    };
+
+    it('carries a clean link\'s connection in the kernel, and counts what it carried', async () => {
+      link = proxy(echo.port);
+      const s = await open(await link.listen());
+      const data = randomBytes(2 * 1024 * 1024);
+      const back = await echoThrough(s, data);
+      expect(back.equals(data)).to.equal(true);
+      expect(link.connectionCount()).to.deep.equal({ all: 1, kernel: 1 });
+      const st = link.link.stats;
+      expect(st.bytes).to.deep.equal([data.length, data.length]);
+      expect(st.chunks[0]).to.be.above(0);
+      expect(link.link.view().bytes).to.deep.equal([data.length, data.length]);
+      s.destroy();
+      await until('the proxy drops the closed connection', () => link.connectionCount().all === 0);
+    });
+
+    it('an impairment set mid-stream takes it to user space, and clearing it brings it back, without a byte lost or reordered', async () => {
+      link = proxy(echo.port);
+      const s = await open(await link.listen());
+      const data = randomBytes(24 * 1024 * 1024);
+      const modes: string[] = [];
+      let step = 0;
+      const back = await echoThrough(s, data, (f) => {
+        if (step === 0 && f >= 0.25) {
+          step = 1;
+          link.link.set({ delayMs: 2 });
+          modes.push(`set ${link.connectionCount().kernel}`);
+        } else if (step === 1 && f >= 0.5) {
+          step = 2;
+          link.link.set({ delayMs: null });
+          modes.push('cleared');
+        } else if (step === 2 && f >= 0.6) {
+          step = 3;
+          link.link.cut();
+          modes.push(`cut ${link.connectionCount().kernel}`);
+          setTimeout(() => link.link.heal(), 100);
+        }
+      });
+      expect(modes).to.deep.equal(['set 0', 'cleared', 'cut 0']);
+      expect(back.length).to.equal(data.length);
+      expect(back.equals(data), 'every byte, in order').to.equal(true);
+      await until('back in the kernel once clean and idle', () => link.connectionCount().kernel === 1);
+      const more = randomBytes(1024 * 1024);
+      expect((await echoThrough(s, more)).equals(more)).to.equal(true);
+      // Each way carried everything once (the link counts what it carried, in the kernel or here).
+      const st = link.link.stats;
+      expect(st.bytes).to.deep.equal([data.length + more.length, data.length + more.length]);
+      s.destroy();
+    });
+
+    it('HVLAB_LINK_SPLICE=0 keeps connections in user space', async () => {
+      const was = process.env.HVLAB_LINK_SPLICE;
+      process.env.HVLAB_LINK_SPLICE = '0';
+      try {
+        link = proxy(echo.port);
+        const s = await open(await link.listen());
+        expect(await pingMedian(s, 3)).to.be.below(1000);
+        expect(link.connectionCount()).to.deep.equal({ all: 1, kernel: 0 });
+        s.destroy();
+      } finally {
+        if (was === undefined) delete process.env.HVLAB_LINK_SPLICE;
+        else process.env.HVLAB_LINK_SPLICE = was;
+      }
+    });
   });
 });

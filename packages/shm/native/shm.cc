@@ -30,6 +30,7 @@
 #include <vector>
 #include <poll.h>
 #include <thread>
+#include <sys/socket.h>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -852,7 +853,237 @@ void DiscardPages(const FunctionCallbackInfo<Value>& args) {
   if (madvise(static_cast<uint8_t*>(sab->Data()) + first * 4096, count * 4096, MADV_REMOVE) != 0) { Throw(isolate, "madvise(MADV_REMOVE)", errno); return; }
 }
 
+// ---- splice pumps: one direction of a TCP proxy, in the kernel ----------------------------------
+// A native thread moves bytes from one socket to another through a pipe with splice(2), so the
+// bytes never enter the process: what an unimpaired link of the cluster's fabric does with each
+// direction of each connection. The sockets stay Node's (their fds are borrowed; Node must not read
+// or write them while the pump runs, and must stop the pump before it closes them). The pipe holds
+// at most one 64 KiB chunk: when stopped, the pump hands what is still in it back to JavaScript,
+// which delivers it itself. At the input's end the pump flushes the pipe, shuts the output down for
+// writing (the FIN goes on) and stops; on an error it stops. Either way the owning thread's event
+// loop calls the callback, and splicePumpStop collects the outcome.
+
+struct SplicePump : JsWatch {
+  uv_async_t async;
+  pthread_t thread;
+  bool threadStarted = false;
+  int in = -1;
+  int out = -1;
+  int pipeR = -1;
+  int pipeW = -1;
+  int stopFd = -1;
+  std::atomic<bool> stop{false};
+  // 0 running, 1 ended (input closed, everything delivered, output shut down), 2 failed
+  std::atomic<int> state{0};
+  std::atomic<int> err{0};
+  std::atomic<int64_t> bytes{0};
+  std::atomic<int64_t> chunks{0};
+  size_t inPipe = 0;  // the thread's; read by others only after join
+  bool closing = false;
+};
+
+thread_local std::unordered_map<int32_t, SplicePump*> pumps;
+thread_local int32_t nextPumpId = 1;
+
+// Waits until `fd` has `events` or the pump is asked to stop; false on stop.
+bool PumpWait(SplicePump* p, int fd, short events) {
+  for (;;) {
+    if (p->stop.load()) return false;
+    struct pollfd fds[2] = { { fd, events, 0 }, { p->stopFd, POLLIN, 0 } };
+    int r = poll(fds, 2, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return !p->stop.load();
+    if (fds[1].revents != 0 || p->stop.load()) return false;
+    return true;  // readable/writable, or an error or hang-up the next splice reports
+  }
+}
+
+void PumpFinish(SplicePump* p, int state, int err) {
+  p->err.store(err);
+  p->state.store(state);
+  uv_async_send(&p->async);
+}
+
+void PumpLoop(SplicePump* p);
+
+void* PumpThread(void* arg) {
+  PumpLoop(static_cast<SplicePump*>(arg));
+  return nullptr;
+}
+
+void PumpLoop(SplicePump* p) {
+  for (;;) {
+    if (p->inPipe == 0) {
+      if (!PumpWait(p, p->in, POLLIN)) return;
+      ssize_t n = splice(p->in, nullptr, p->pipeW, nullptr, 64 * 1024, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n == 0) {
+        shutdown(p->out, SHUT_WR);
+        PumpFinish(p, 1, 0);
+        return;
+      }
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) continue;
+        PumpFinish(p, 2, errno);
+        return;
+      }
+      p->inPipe += static_cast<size_t>(n);
+      p->chunks.fetch_add(1);
+    }
+    while (p->inPipe > 0) {
+      ssize_t m = splice(p->pipeR, nullptr, p->out, nullptr, p->inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (m > 0) {
+        p->inPipe -= static_cast<size_t>(m);
+        p->bytes.fetch_add(m);
+        continue;
+      }
+      if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
+        if (!PumpWait(p, p->out, POLLOUT)) return;
+        continue;
+      }
+      PumpFinish(p, 2, m < 0 ? errno : EPIPE);
+      return;
+    }
+  }
+}
+
+void OnPumpClosed(uv_handle_t* h) {
+  ReleaseJs(static_cast<SplicePump*>(h->data));
+}
+
+// Stops and joins the thread, and closes the pipe and the handle; `leftover` (may be null) gets
+// the bytes still in the pipe.
+void ClosePump(SplicePump* p, std::vector<char>* leftover) {
+  pumps.erase(p->id);
+  p->stop.store(true);
+  if (p->stopFd >= 0) {
+    uint64_t one = 1;
+    ssize_t w = write(p->stopFd, &one, sizeof one);
+    (void)w;
+  }
+  if (p->threadStarted) {
+    pthread_join(p->thread, nullptr);
+    p->threadStarted = false;
+  }
+  if (leftover != nullptr && p->inPipe > 0) {
+    leftover->resize(p->inPipe);
+    size_t got = 0;
+    while (got < p->inPipe) {
+      ssize_t r = read(p->pipeR, leftover->data() + got, p->inPipe - got);
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    leftover->resize(got);
+  }
+  for (int* fd : { &p->pipeR, &p->pipeW, &p->stopFd }) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+  if (!p->closing) {
+    p->closing = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&p->async), OnPumpClosed);
+  }
+}
+
+void ClosePumpForCleanup(SplicePump* p) {
+  ClosePump(p, nullptr);
+}
+
+void OnPumpDone(uv_async_t* h) {
+  SplicePump* p = static_cast<SplicePump*>(h->data);
+  if (!p->stop.load()) CallJs(p);
+}
+
+bool FdIsSocket(int fd) {
+  struct stat st;
+  return fd >= 0 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+// splicePump(inFd, outFd, onDone) -> id: starts moving bytes from socket inFd to socket outFd.
+void SplicePumpStart(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 3 || !args[0]->IsInt32() || !args[1]->IsInt32() || !args[2]->IsFunction()) {
+    Throw(isolate, "splicePump(inFd, outFd, onDone) takes two file descriptors and a function", 0); return;
+  }
+  int in = args[0].As<v8::Int32>()->Value();
+  int out = args[1].As<v8::Int32>()->Value();
+  if (!FdIsSocket(in) || !FdIsSocket(out) || in == out) { Throw(isolate, "splicePump: both ends must be two different open sockets", 0); return; }
+  uv_loop_t* loop = node::GetCurrentEventLoop(isolate);
+  if (loop == nullptr) { Throw(isolate, "splicePump: no event loop in this thread", 0); return; }
+  int pp[2];
+  if (pipe2(pp, O_NONBLOCK | O_CLOEXEC) != 0) { Throw(isolate, "splicePump: pipe2", errno); return; }
+  int efd = static_cast<int>(syscall(SYS_eventfd2, 0, O_NONBLOCK | O_CLOEXEC));
+  if (efd < 0) { int e = errno; close(pp[0]); close(pp[1]); Throw(isolate, "splicePump: eventfd", e); return; }
+  SplicePump* p = new SplicePump();
+  p->in = in;
+  p->out = out;
+  p->pipeR = pp[0];
+  p->pipeW = pp[1];
+  p->stopFd = efd;
+  int r = uv_async_init(loop, &p->async, OnPumpDone);
+  if (r != 0) {
+    close(pp[0]); close(pp[1]); close(efd);
+    delete p;
+    Throw(isolate, std::string("uv_async_init: ") + uv_strerror(r), 0); return;
+  }
+  p->async.data = p;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&p->async));
+  BindJs(p, isolate, args[2].As<v8::Function>(), nextPumpId);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  r = pthread_create(&p->thread, &attr, PumpThread, p);
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    ClosePump(p, nullptr);
+    Throw(isolate, "splicePump: pthread_create", r); return;
+  }
+  p->threadStarted = true;
+  p->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<SplicePump, ClosePumpForCleanup>, p);
+  pumps[p->id] = p;
+  args.GetReturnValue().Set(v8::Integer::New(isolate, p->id));
+}
+
+Local<Object> PumpReport(Isolate* isolate, SplicePump* p, const std::vector<char>* leftover) {
+  Local<v8::Context> ctx = isolate->GetCurrentContext();
+  Local<Object> o = Object::New(isolate);
+  int st = p->state.load();
+  const char* name = st == 0 ? "running" : st == 1 ? "ended" : "failed";
+  o->Set(ctx, String::NewFromUtf8(isolate, "state").ToLocalChecked(), String::NewFromUtf8(isolate, name).ToLocalChecked()).Check();
+  o->Set(ctx, String::NewFromUtf8(isolate, "errno").ToLocalChecked(), v8::Integer::New(isolate, p->err.load())).Check();
+  o->Set(ctx, String::NewFromUtf8(isolate, "bytes").ToLocalChecked(), v8::Number::New(isolate, static_cast<double>(p->bytes.load()))).Check();
+  o->Set(ctx, String::NewFromUtf8(isolate, "chunks").ToLocalChecked(), v8::Number::New(isolate, static_cast<double>(p->chunks.load()))).Check();
+  if (leftover != nullptr) {
+    Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(isolate, leftover->size());
+    if (!leftover->empty()) std::memcpy(ab->Data(), leftover->data(), leftover->size());
+    o->Set(ctx, String::NewFromUtf8(isolate, "leftover").ToLocalChecked(), v8::Uint8Array::New(ab, 0, leftover->size())).Check();
+  }
+  return o;
+}
+
+// splicePumpStats(id) -> { state, errno, bytes, chunks } or null.
+void SplicePumpStats(const FunctionCallbackInfo<Value>& args) {
+  if (args.Length() < 1 || !args[0]->IsInt32()) { args.GetReturnValue().SetNull(); return; }
+  auto it = pumps.find(args[0].As<v8::Int32>()->Value());
+  if (it == pumps.end()) { args.GetReturnValue().SetNull(); return; }
+  args.GetReturnValue().Set(PumpReport(args.GetIsolate(), it->second, nullptr));
+}
+
+// splicePumpStop(id) -> { state, errno, bytes, chunks, leftover } or null: the pump no longer
+// touches either socket when this returns.
+void SplicePumpStop(const FunctionCallbackInfo<Value>& args) {
+  if (args.Length() < 1 || !args[0]->IsInt32()) { args.GetReturnValue().SetNull(); return; }
+  auto it = pumps.find(args[0].As<v8::Int32>()->Value());
+  if (it == pumps.end()) { args.GetReturnValue().SetNull(); return; }
+  SplicePump* p = it->second;
+  std::vector<char> leftover;
+  ClosePump(p, &leftover);
+  // The pump is freed by its handle's close callback, which runs on a later turn of the loop.
+  Local<Object> report = PumpReport(args.GetIsolate(), p, &leftover);
+  args.GetReturnValue().Set(report);
+}
+
 }  // namespace
+
 
 NODE_MODULE_INIT(/* exports, module, context */) {
   Isolate* isolate = context->GetIsolate();
@@ -892,4 +1123,10 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, WpHarvest)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "wpUntrack").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, WpUntrack)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "splicePump").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, SplicePumpStart)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "splicePumpStats").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, SplicePumpStats)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "splicePumpStop").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, SplicePumpStop)->GetFunction(context).ToLocalChecked()).Check();
 }

@@ -38,6 +38,9 @@ interface Addon {
   discardPages?(sab: SharedArrayBuffer, firstPage: number, count: number): void;
   wpHarvest?(id: number, bitmap: Int32Array): number;
   wpUntrack?(id: number): boolean;
+  splicePump?(inFd: number, outFd: number, onDone: () => void): number;
+  splicePumpStats?(id: number): SplicePumpStats | null;
+  splicePumpStop?(id: number): (SplicePumpStats & { leftover: Uint8Array }) | null;
 }
 
 /** This package's directory, from src/ (sources) or dist/src/ (compiled) alike. */
@@ -555,4 +558,66 @@ export function discardPages(sab: SharedArrayBuffer, firstPage: number, count: n
   const a = need();
   if (!a.discardPages) throw new ShmError('discarding pages needs a newer build of the shm addon');
   a.discardPages(sab, firstPage, count);
+}
+
+// ---- splice pumps -------------------------------------------------------------------------------
+
+/** A pump's outcome so far: `ended` (its input closed, everything delivered, its output shut down for writing) or `failed` (errno). */
+export interface SplicePumpStats {
+  state: 'running' | 'ended' | 'failed';
+  errno: number;
+  /** Bytes delivered to the output, and reads from the input. */
+  bytes: number;
+  chunks: number;
+}
+
+/** A running pump: `stats()` reads its counters; `stop()` stops it and returns what it had read and not yet delivered. */
+export interface SplicePump {
+  stats(): SplicePumpStats;
+  stop(): SplicePumpStats & { leftover: Buffer };
+}
+
+/** Whether `startSplicePump` works here (the addon is loaded and has pumps). */
+export function splicePumpAvailable(): boolean {
+  return typeof addon?.splicePump === 'function' && typeof addon.splicePumpStop === 'function' && typeof addon.splicePumpStats === 'function';
+}
+
+/**
+ * Moves bytes from socket `inFd` to socket `outFd` in the kernel (splice(2) through a pipe, on a
+ * native thread), until the input ends (the output is then shut down for writing) or either fails;
+ * `onDone` is called on this thread's event loop when that happens. The fds stay their owners':
+ * nothing else may read `inFd` or write `outFd` while the pump runs, and the pump must be stopped
+ * before either is closed. `stop()` is idempotent; after it the pump touches neither socket, and
+ * it returns the bytes it had read and not delivered (at most 64 KiB), which the caller delivers.
+ * Throws ShmError without the addon (see splicePumpAvailable) or when the fds are not two sockets.
+ */
+export function startSplicePump(inFd: number, outFd: number, onDone: () => void): SplicePump {
+  const a = need();
+  if (!splicePumpAvailable()) throw new ShmError('the native addon predates splice pumps (rebuild it)');
+  let last: (SplicePumpStats & { leftover: Buffer }) | null = null;
+  let id: number;
+  try {
+    id = a.splicePump!(inFd, outFd, () => {
+      try {
+        onDone();
+      } catch (e) {
+        // Called from native code: an exception there would end the process.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    });
+  } catch (e) {
+    throw new ShmError((e as Error).message);
+  }
+  return {
+    stats: () => last ?? a.splicePumpStats!(id) ?? { state: 'failed', errno: 0, bytes: 0, chunks: 0 },
+    stop: () => {
+      if (last) return { ...last, leftover: Buffer.alloc(0) };
+      const r = a.splicePumpStop!(id);
+      const leftover = r ? Buffer.from(r.leftover.buffer, r.leftover.byteOffset, r.leftover.byteLength) : Buffer.alloc(0);
+      last = { state: r?.state ?? 'failed', errno: r?.errno ?? 0, bytes: r?.bytes ?? 0, chunks: r?.chunks ?? 0, leftover };
+      return last;
+    },
+  };
 }
