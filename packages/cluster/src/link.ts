@@ -99,9 +99,9 @@ class Direction {
     this.to.off('drain', this.onDrain);
   }
 
-  /** Bytes a stopped pump had read and not delivered: they travel the link as if sent now. */
+  /** Bytes a stopped pump had read and not delivered (counted as a chunk by it): they travel the link as if sent now. */
   takeOver(chunk: Buffer): void {
-    if (chunk.length > 0) this.accept(chunk);
+    if (chunk.length > 0) this.accept(chunk, false);
   }
 
   /** Writes to the target; a target that does not keep up pauses the sender, so nothing piles up here. */
@@ -113,9 +113,10 @@ class Direction {
     }
   }
 
-  private ending = false;
+  /** The sender's side has ended: what is queued goes, then the target's side is ended. */
+  ending = false;
 
-  accept(chunk: Buffer): void {
+  accept(chunk: Buffer, newChunk = true): void {
     const now = performance.now();
     const st = this.link.state;
     let at = now;
@@ -128,7 +129,7 @@ class Direction {
     // A stream is never reordered.
     at = Math.max(at, this.lastRelease);
     this.lastRelease = at;
-    this.link.count(this.dir, chunk.length, 1);
+    this.link.count(this.dir, chunk.length, newChunk ? 1 : 0);
     // Due now, nothing ahead of it, link up: straight through (a timer costs at least 1 ms).
     if (at <= now && this.queue.length === 0 && !this.link.state.cut) {
       this.send(chunk);
@@ -312,11 +313,15 @@ const KERNEL_RETRY_MS = 50;
  * what Node itself does at the high-water mark (net.js onStreamRead); resume() reads again.
  */
 function stopReading(s: Socket): void {
-  const h = (s as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+  const x = s as unknown as { _handle?: { reading?: boolean; readStop?: () => number }; _readableState?: { reading?: boolean } };
+  const h = x._handle;
   if (h && h.reading && typeof h.readStop === 'function') {
     h.reading = false;
     h.readStop();
   }
+  // A read the stream was waiting for is off too: else resume() would wait for it for ever and
+  // never start the handle again (Readable.read skips _read while `reading`).
+  if (x._readableState) x._readableState.reading = false;
 }
 
 const fdOf = (s: Socket): number | null => {
@@ -347,9 +352,17 @@ class Connection implements LiveConnection {
     this.back = (1 - dir) as 0 | 1;
   }
 
+  private started = false;
+
+  /** Where the bytes go now: the kernel's pumps, the Directions here, or nowhere yet (the target is still connecting). */
+  get mode(): 'kernel' | 'user' | 'starting' {
+    return this.pumps ? 'kernel' : this.started ? 'user' : 'starting';
+  }
+
   /** Both sockets are connected and paused, nothing read yet: starts carrying bytes. */
   start(): void {
-    if (this.closed) return;
+    if (this.closed || this.started) return;
+    this.started = true;
     if (this.link.clean() && this.toKernel()) return;
     this.toUser([Buffer.alloc(0), Buffer.alloc(0)]);
   }
@@ -368,7 +381,8 @@ class Connection implements LiveConnection {
   }
 
   linkChanged(): void {
-    if (this.closed) return;
+    // Before the target answers there is nothing to move: start() looks at the link then.
+    if (this.closed || !this.started) return;
     if (this.pumps && !this.link.clean()) {
       this.leaveKernel();
     } else if (!this.pumps && this.link.clean()) {
@@ -392,7 +406,12 @@ class Connection implements LiveConnection {
       this.folded = [[0, 0], [0, 0]];
       return true;
     } catch {
-      if (first) this.deliver(first.stop().leftover, this.b);
+      if (first) {
+        const st = first.stop();
+        this.folded = [[0, 0], [0, 0]];
+        this.fold(0, st);
+        this.deliver(st.leftover, this.b);
+      }
       return false;
     }
   }
@@ -428,7 +447,8 @@ class Connection implements LiveConnection {
   /** The link changed under the kernel's pumps: the connection goes to user space, with what they held first. */
   private leaveKernel(): void {
     const held = this.stopPumps();
-    if (held.some((h) => h.failed)) {
+    // Failed, or over both ways already (the pumps' call-back had not run yet): nothing to carry.
+    if (held.some((h) => h.failed) || held.every((h) => h.ended)) {
       this.close();
       return;
     }
@@ -459,6 +479,11 @@ class Connection implements LiveConnection {
   /** Back to the kernel once both Directions have nothing in flight; else looks again shortly. */
   private tryKernel(): void {
     if (this.retry || this.closed || this.pumps || this.everEnded || !kernelLinksAvailable()) return;
+    if (this.dirs.some((d) => d.ending)) {
+      // Half closed here: it finishes in user space (and no timer looks at it again).
+      this.everEnded = true;
+      return;
+    }
     if (this.dirs.every((d) => d.idle)) {
       for (const d of this.dirs) d.detach();
       this.a.pause();
@@ -523,7 +548,7 @@ export class LinkProxy {
   /** Connections open now, and how many of them the kernel carries (tests, status). */
   connectionCount(): { all: number; kernel: number } {
     let kernel = 0;
-    for (const c of this.conns) if (c.dirs.length === 0) kernel++;
+    for (const c of this.conns) if (c.mode === 'kernel') kernel++;
     return { all: this.conns.size, kernel };
   }
 

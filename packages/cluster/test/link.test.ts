@@ -195,17 +195,22 @@ describe('link layer (a TCP proxy with impairments)', function () {
     const echoThrough = async (s: Socket, data: Buffer, during: (sentFraction: number) => void = () => {}): Promise<Buffer> => {
       const back: Buffer[] = [];
       let got = 0;
-      const all = new Promise<void>((r) => s.on('data', (d: Buffer) => {
-        back.push(d);
-        got += d.length;
-        if (got >= data.length) r();
-      }));
+      let onData: (d: Buffer) => void = () => {};
+      const all = new Promise<void>((r) => {
+        onData = (d: Buffer): void => {
+          back.push(d);
+          got += d.length;
+          if (got >= data.length) r();
+        };
+        s.on('data', onData);
+      });
       for (let off = 0; off < data.length; off += 65536) {
         if (!s.write(data.subarray(off, off + 65536))) await new Promise((r) => s.once('drain', r));
         during(off / data.length);
         if ((off / 65536) % 16 === 0) await new Promise((r) => setImmediate(r));
       }
       await all;
+      s.off('data', onData);
       return Buffer.concat(back);
     };
 
@@ -256,6 +261,26 @@ describe('link layer (a TCP proxy with impairments)', function () {
       const st = link.link.stats;
       expect(st.bytes).to.deep.equal([data.length + more.length, data.length + more.length]);
       s.destroy();
+    });
+
+    it('goes to user space and back again, twice, carrying every byte each time', async () => {
+      link = proxy(echo.port);
+      const s = await open(await link.listen());
+      const round = async (want: number): Promise<void> => {
+        const d = randomBytes(1024 * 1024);
+        expect((await echoThrough(s, d)).equals(d)).to.equal(true);
+        expect(link.connectionCount().kernel).to.equal(want);
+      };
+      await round(1);
+      for (let i = 0; i < 2; i++) {
+        link.link.set({ delayMs: 2 });
+        await round(0);
+        link.link.set({ delayMs: null });
+        await until(`back in the kernel (${i + 1})`, () => link.connectionCount().kernel === 1);
+        await round(1);
+      }
+      s.destroy();
+      await until('the proxy drops the closed connection', () => link.connectionCount().all === 0);
     });
 
     it('HVLAB_LINK_SPLICE=0 keeps connections in user space', async () => {

@@ -885,16 +885,17 @@ struct SplicePump : JsWatch {
 thread_local std::unordered_map<int32_t, SplicePump*> pumps;
 thread_local int32_t nextPumpId = 1;
 
-// Waits until `fd` has `events` or the pump is asked to stop; false on stop.
-bool PumpWait(SplicePump* p, int fd, short events) {
+// Waits until `fd` has `events` (or an error or hang-up, which the next splice reports): 1; the
+// pump is asked to stop: 0; poll itself fails: -1 (errno set).
+int PumpWait(SplicePump* p, int fd, short events) {
   for (;;) {
-    if (p->stop.load()) return false;
+    if (p->stop.load()) return 0;
     struct pollfd fds[2] = { { fd, events, 0 }, { p->stopFd, POLLIN, 0 } };
     int r = poll(fds, 2, -1);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return !p->stop.load();
-    if (fds[1].revents != 0 || p->stop.load()) return false;
-    return true;  // readable/writable, or an error or hang-up the next splice reports
+    if (r < 0) return -1;
+    if (fds[1].revents != 0 || p->stop.load()) return 0;
+    return 1;
   }
 }
 
@@ -914,7 +915,9 @@ void* PumpThread(void* arg) {
 void PumpLoop(SplicePump* p) {
   for (;;) {
     if (p->inPipe == 0) {
-      if (!PumpWait(p, p->in, POLLIN)) return;
+      int w = PumpWait(p, p->in, POLLIN);
+      if (w < 0) PumpFinish(p, 2, errno);
+      if (w <= 0) return;
       ssize_t n = splice(p->in, nullptr, p->pipeW, nullptr, 64 * 1024, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n == 0) {
         shutdown(p->out, SHUT_WR);
@@ -937,7 +940,9 @@ void PumpLoop(SplicePump* p) {
         continue;
       }
       if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
-        if (!PumpWait(p, p->out, POLLOUT)) return;
+        int w = PumpWait(p, p->out, POLLOUT);
+        if (w < 0) PumpFinish(p, 2, errno);
+        if (w <= 0) return;
         continue;
       }
       PumpFinish(p, 2, m < 0 ? errno : EPIPE);
@@ -974,7 +979,7 @@ void ClosePump(SplicePump* p, std::vector<char>* leftover) {
     }
     leftover->resize(got);
   }
-  for (int* fd : { &p->pipeR, &p->pipeW, &p->stopFd }) {
+  for (int* fd : { &p->pipeR, &p->pipeW, &p->stopFd, &p->in, &p->out }) {
     if (*fd >= 0) close(*fd);
     *fd = -1;
   }
@@ -1009,19 +1014,30 @@ void SplicePumpStart(const FunctionCallbackInfo<Value>& args) {
   if (!FdIsSocket(in) || !FdIsSocket(out) || in == out) { Throw(isolate, "splicePump: both ends must be two different open sockets", 0); return; }
   uv_loop_t* loop = node::GetCurrentEventLoop(isolate);
   if (loop == nullptr) { Throw(isolate, "splicePump: no event loop in this thread", 0); return; }
+  // The pump works on its own duplicates of the two fds: whatever the owner does with its fds, the
+  // pump's stay the same sockets until it stops (never a number reused for another file). Both
+  // are made non-blocking (the flag is shared with the owner's fds; Node's are already).
+  int din = fcntl(in, F_DUPFD_CLOEXEC, 3);
+  if (din < 0) { Throw(isolate, "splicePump: dup", errno); return; }
+  int dout = fcntl(out, F_DUPFD_CLOEXEC, 3);
+  if (dout < 0) { int e = errno; close(din); Throw(isolate, "splicePump: dup", e); return; }
+  for (int fd : { din, dout }) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK) == 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  }
   int pp[2];
-  if (pipe2(pp, O_NONBLOCK | O_CLOEXEC) != 0) { Throw(isolate, "splicePump: pipe2", errno); return; }
+  if (pipe2(pp, O_NONBLOCK | O_CLOEXEC) != 0) { int e = errno; close(din); close(dout); Throw(isolate, "splicePump: pipe2", e); return; }
   int efd = static_cast<int>(syscall(SYS_eventfd2, 0, O_NONBLOCK | O_CLOEXEC));
-  if (efd < 0) { int e = errno; close(pp[0]); close(pp[1]); Throw(isolate, "splicePump: eventfd", e); return; }
+  if (efd < 0) { int e = errno; close(pp[0]); close(pp[1]); close(din); close(dout); Throw(isolate, "splicePump: eventfd", e); return; }
   SplicePump* p = new SplicePump();
-  p->in = in;
-  p->out = out;
+  p->in = din;
+  p->out = dout;
   p->pipeR = pp[0];
   p->pipeW = pp[1];
   p->stopFd = efd;
   int r = uv_async_init(loop, &p->async, OnPumpDone);
   if (r != 0) {
-    close(pp[0]); close(pp[1]); close(efd);
+    close(pp[0]); close(pp[1]); close(efd); close(din); close(dout);
     delete p;
     Throw(isolate, std::string("uv_async_init: ") + uv_strerror(r), 0); return;
   }

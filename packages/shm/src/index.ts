@@ -585,9 +585,9 @@ export function splicePumpAvailable(): boolean {
 /**
  * Moves bytes from socket `inFd` to socket `outFd` in the kernel (splice(2) through a pipe, on a
  * native thread), until the input ends (the output is then shut down for writing) or either fails;
- * `onDone` is called on this thread's event loop when that happens. The fds stay their owners':
- * nothing else may read `inFd` or write `outFd` while the pump runs, and the pump must be stopped
- * before either is closed. `stop()` is idempotent; after it the pump touches neither socket, and
+ * `onDone` is called on this thread's event loop when that happens. The pump works on duplicates
+ * of the fds (made non-blocking), closed when it stops: nothing else may read `inFd` or write
+ * `outFd` while it runs, and a socket closed by its owner meanwhile stays open until then. `stop()` is idempotent; after it the pump touches neither socket, and
  * it returns the bytes it had read and not delivered (at most 64 KiB), which the caller delivers.
  * Throws ShmError without the addon (see splicePumpAvailable) or when the fds are not two sockets.
  */
