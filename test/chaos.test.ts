@@ -117,7 +117,7 @@ describe('chaos experiments with real processes', function () {
     const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
     expect(json.seed).to.equal(3);
     expect(json.schedule.map((f) => `${f.id} ${f.kind} ${f.target}`)).to.deep.equal(['f1 pause vm:c1', 'f2 partition cluster', 'f3 kill vm:c2']);
-    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('**5 of 5 checks held.**');
+    expect(readFileSync(join(out, 'results.md'), 'utf8'), why).to.include('**5 of 5 checks held.**');
     expect(readFileSync(join(out, 'timeline.svg'), 'utf8')).to.match(/^<\?xml[\s\S]*<\/svg>\n$/);
 
     // Every check held; every fault started and ended on its own, none refused.
