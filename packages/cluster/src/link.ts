@@ -340,6 +340,9 @@ class Connection implements LiveConnection {
   private folded: Array<[number, number]> = [[0, 0], [0, 0]];
   private retry: NodeJS.Timeout | null = null;
   private closed = false;
+  private started = false;
+  /** A connection that lost a way once stays in user space. */
+  private everEnded = false;
   private readonly back: 0 | 1;
 
   constructor(
@@ -352,8 +355,6 @@ class Connection implements LiveConnection {
     this.back = (1 - dir) as 0 | 1;
   }
 
-  private started = false;
-
   /** Where the bytes go now: the kernel's pumps, the Directions here, or nowhere yet (the target is still connecting). */
   get mode(): 'kernel' | 'user' | 'starting' {
     return this.pumps ? 'kernel' : this.started ? 'user' : 'starting';
@@ -364,7 +365,7 @@ class Connection implements LiveConnection {
     if (this.closed || this.started) return;
     this.started = true;
     if (this.link.clean() && this.toKernel()) return;
-    this.toUser([Buffer.alloc(0), Buffer.alloc(0)]);
+    this.toUser();
   }
 
   syncCounters(): void {
@@ -410,15 +411,11 @@ class Connection implements LiveConnection {
         const st = first.stop();
         this.folded = [[0, 0], [0, 0]];
         this.fold(0, st);
-        this.deliver(st.leftover, this.b);
+        // No Direction yet: what it held goes straight on, before anything the Directions send.
+        if (st.leftover.length > 0 && !this.b.destroyed) this.b.write(st.leftover);
       }
       return false;
     }
-  }
-
-  /** Writes what a pump held straight to `to` (no Direction yet: a failed start). */
-  private deliver(chunk: Buffer, to: Socket): void {
-    if (chunk.length > 0 && !to.destroyed) to.write(chunk);
   }
 
   /** Stops the pumps; returns what each held, and whether its input had ended. */
@@ -436,12 +433,8 @@ class Connection implements LiveConnection {
   private pumpDone(): void {
     if (!this.pumps || this.closed) return;
     const st = this.pumps.map((p) => p.stats());
-    if (st.some((x) => x.state === 'failed')) {
-      this.close();
-    } else if (st.every((x) => x.state === 'ended')) {
-      // Both ways ended and delivered, each output shut down: the connection is over.
-      this.close();
-    }
+    // A way failed, or both ended (delivered, each output shut down): the connection is over.
+    if (st.some((x) => x.state === 'failed') || st.every((x) => x.state === 'ended')) this.close();
   }
 
   /** The link changed under the kernel's pumps: the connection goes to user space, with what they held first. */
@@ -452,29 +445,22 @@ class Connection implements LiveConnection {
       this.close();
       return;
     }
-    if (held.some((h) => h.ended)) {
-      // One way has ended and its output is shut down: what is left of the connection is finished
-      // here, by the user-space path for the way still open.
-      this.toUser(held.map((h) => h.leftover), held.map((h) => h.ended));
-      return;
-    }
-    this.toUser(held.map((h) => h.leftover));
+    // A way that has ended (its output shut down) gets no Direction: the other finishes here.
+    this.toUser(held.map((h) => h.leftover), held.map((h) => h.ended));
   }
 
-  private toUser(held: Buffer[], ended: boolean[] = [false, false]): void {
+  /** Two Directions carry the connection, after what the pumps held (`held`); none for a way that `ended`. */
+  private toUser(held: Buffer[] = [], ended: boolean[] = [false, false]): void {
     const [fwd, rev] = [new Direction(this.link, this.a, this.b, this.dir), new Direction(this.link, this.b, this.a, this.back)];
     this.dirs = [fwd, rev];
     if (ended[0]) fwd.detach();
     if (ended[1]) rev.detach();
-    fwd.takeOver(held[0] ?? Buffer.alloc(0));
-    rev.takeOver(held[1] ?? Buffer.alloc(0));
+    if (held[0]) fwd.takeOver(held[0]);
+    if (held[1]) rev.takeOver(held[1]);
     if (!ended[0]) this.a.resume();
     if (!ended[1]) this.b.resume();
     this.everEnded = this.everEnded || ended.some(Boolean);
   }
-
-  /** A connection that lost a way once stays in user space. */
-  private everEnded = false;
 
   /** Back to the kernel once both Directions have nothing in flight; else looks again shortly. */
   private tryKernel(): void {
@@ -486,14 +472,14 @@ class Connection implements LiveConnection {
     }
     if (this.dirs.every((d) => d.idle)) {
       for (const d of this.dirs) d.detach();
+      // Paused for the Directions to come if the pumps cannot start (toKernel stops the reading).
       this.a.pause();
       this.b.pause();
-      // pause() stops reading at once; a chunk read meanwhile stays in the stream's buffer.
       if (this.toKernel()) {
         this.dirs = [];
         return;
       }
-      this.toUser([Buffer.alloc(0), Buffer.alloc(0)]);
+      this.toUser();
     }
     this.retry = setTimeout(() => {
       this.retry = null;

@@ -4,6 +4,8 @@
  * must not break, without any clock thresholds:
  *   - observers still see accounting up to now: `listPartitions` adds the time since the last
  *     publication (VpPage.accountedNs) to the total of the state the VP is shown in;
+ *   - a CPU % asked for after a quiet spell (nothing samples run time unasked) averages since the
+ *     last sample, or since the VPs were created;
  *   - a process whose scheduler thread sleeps with no timeout can still exit: process.exit joins
  *     worker threads, so the server asks the thread to stop as the process exits.
  */
@@ -82,6 +84,16 @@ describe('an idle hypervisor sleeps', function () {
       const v = vp0(c.id);
       expect(v.runMs).to.be.at.least(2007);
       expect([v.readyMs, v.waitMs]).to.deep.equal([3, 5]);
+    });
+
+    it('the first CPU % after a quiet spell is the average since the VPs were created, not 0 (nothing sampled it meanwhile)', async () => {
+      const c = lab.child({ vps: 1 });
+      await new Promise((r) => setTimeout(r, 400));
+      // 100 ms of run time in the ~400 ms since the VP region was made: about 25 %.
+      publish(c.id, VpRunState.Waiting, { run: 100, ready: 0, wait: 300 }, Infinity);
+      const pct = lab.hv.listPartitions().find((p) => p.id === c.id)!.cpu.percent;
+      expect(pct).to.be.above(0);
+      expect(pct).to.be.at.most(25.5);
     });
 
     it('accounting that was never published (or that a guest zeroed) is shown as it is', () => {

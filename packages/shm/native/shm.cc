@@ -340,6 +340,16 @@ void UnwatchPid(const FunctionCallbackInfo<Value>& args) {
 // futex that another process wakes, at the cost of one thread hop, without blocking. Wakes that
 // arrive while a callback is pending coalesce into that callback: the callback reads what changed.
 
+// Starts a native thread with a 64 KiB stack (it never runs JavaScript); pthread_create's result.
+int StartSmallThread(pthread_t* t, void* (*fn)(void*), void* arg) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  int r = pthread_create(t, &attr, fn, arg);
+  pthread_attr_destroy(&attr);
+  return r;
+}
+
 struct WordWatch : JsWatch {
   uv_async_t async;
   pthread_t thread;
@@ -411,11 +421,7 @@ void WatchWord(const FunctionCallbackInfo<Value>& args) {
   w->async.data = w;
   uv_unref(reinterpret_cast<uv_handle_t*>(&w->async));
   BindJs(w, isolate, args[2].As<v8::Function>(), nextWordWatchId);
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 64 * 1024);
-  r = pthread_create(&w->thread, &attr, WordWatchThread, w);
-  pthread_attr_destroy(&attr);
+  r = StartSmallThread(&w->thread, WordWatchThread, w);
   if (r != 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&w->async), OnWordWatchClosed);
     Throw(isolate, "watchWord: pthread_create", r); return;
@@ -1044,11 +1050,7 @@ void SplicePumpStart(const FunctionCallbackInfo<Value>& args) {
   p->async.data = p;
   uv_unref(reinterpret_cast<uv_handle_t*>(&p->async));
   BindJs(p, isolate, args[2].As<v8::Function>(), nextPumpId);
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 64 * 1024);
-  r = pthread_create(&p->thread, &attr, PumpThread, p);
-  pthread_attr_destroy(&attr);
+  r = StartSmallThread(&p->thread, PumpThread, p);
   if (r != 0) {
     ClosePump(p, nullptr);
     Throw(isolate, "splicePump: pthread_create", r); return;

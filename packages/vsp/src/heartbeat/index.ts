@@ -2,9 +2,10 @@
  * Heartbeat provider: asks the guest every `intervalMs` with a sequence number the guest
  * increments. The defaults are Hyper-V's (Msvm_HeartbeatComponentSettingData: Interval 2000 ms,
  * Latency 1000 ms, ErrorThreshold 2): the service turns LostCommunication once ErrorThreshold
- * beats went unanswered and the next one's Latency has passed, 5 s after the last answer. One request is outstanding at a time (a frozen guest is not flooded); one not
- * answered within `lostAfterMs` is given up and asked again, so a request or answer that was lost
- * (a lossy channel, an injected fault) does not silence the heartbeat for good. The service is
+ * beats went unanswered and the next one's Latency has passed, 5 s after the last answer. One
+ * request is outstanding at a time (a frozen guest is not flooded); one not answered within
+ * `lostAfterMs` is given up and asked again, so a request or answer that was lost (a lossy
+ * channel, an injected fault) does not silence the heartbeat for good. The service is
  * "OK" while answers keep coming, "LostCommunication" once none came for `lostAfterMs` after
  * contact, "NoContact" before negotiation or while the channel is closed.
  */
@@ -20,7 +21,6 @@ export interface HeartbeatOptions {
   intervalMs?: number;
   lostAfterMs?: number;
 }
-
 
 export class HeartbeatProvider extends IcProvider implements IcService<HeartbeatState> {
   readonly service = 'heartbeat' as const;

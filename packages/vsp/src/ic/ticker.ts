@@ -63,8 +63,9 @@ export class IcTicker {
     this.timerAt = Infinity;
     const now = this.now();
     const cutoff = now + SLOP_MS;
-    if ([...this.jobs].some((j) => j.due <= cutoff)) {
-      for (const j of [...this.jobs]) {
+    const jobs = [...this.jobs];
+    if (jobs.some((j) => j.due <= cutoff)) {
+      for (const j of jobs) {
         if (!this.jobs.has(j) || j.due - j.earlyMs > cutoff) continue;
         j.due += j.periodMs;
         if (j.due <= now) j.due = now + j.periodMs;
