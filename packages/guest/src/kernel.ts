@@ -14,7 +14,7 @@ import {
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
   KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset, MAX_TASKS,
+  vpRegionBytes, vpPageOffset, MAX_TASKS, VpRunState,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -183,6 +183,14 @@ export class GuestKernel {
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'no reference time from the hypervisor: guest time starts at 0');
     }
+  }
+
+  /**
+   * Loads every driver class's module ahead (a migration's held destination, before its `go`):
+   * the kernel's start then finds them loaded instead of importing five modules in the blackout.
+   */
+  static async preloadDrivers(): Promise<void> {
+    for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) await loadDriverClass(cls);
   }
 
   /** Creates one driver per device class that has a VMBus channel, from the registry. */
@@ -427,6 +435,32 @@ export class GuestKernel {
     const json = new TextEncoder().encode(JSON.stringify({ version: 1, vmbus: body.vmbus, pages: this.pages.save(), drivers }));
     parkState(this.mem, json, pfn, pages);
     return { bytes: json.length };
+  }
+
+  /**
+   * Waits until the hypervisor's scheduler has taken a suspension of the partition: every VP page
+   * shows Suspended (or Absent). The VMWP asks right after its Suspend call is answered, so the
+   * save needs no second question to the hypervisor to learn the VPs stopped. The scheduler takes
+   * a suspension on its next pass, usually within a few hundred µs: looked at at once, then each
+   * millisecond. A pass takes the hypervisor's messages in order, so a page still showing an
+   * earlier suspension (one a thaw has not yet lifted) stays true: the thaw and the new suspension
+   * are taken by the same pass and the VPs never run in between.
+   */
+  async vpsSuspended(timeoutMs: number): Promise<void> {
+    if (this.local) throw new Error('the VPs are not scheduled by the hypervisor (no VP region): their suspension cannot be seen');
+    const i32 = new Int32Array(this.vpRegion);
+    const stopped = (): boolean => {
+      for (let vp = 0; vp < this.boot.vpCount; vp++) {
+        const st = Atomics.load(i32, (vpPageOffset(vp) + VpPage.state) >> 2);
+        if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;
+      }
+      return true;
+    };
+    const t0 = Date.now();
+    while (!stopped()) {
+      if (Date.now() - t0 > timeoutMs) throw new Error(`a VP did not stop at a step boundary within ${timeoutMs / 1000} s`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   /** A save was called off: let interrupts in again (the parked copy is simply left unused). */

@@ -119,9 +119,14 @@ const rpc = new IpcRpc(process, async (m) => {
       if (!kernel) throw new Error('the guest has not booted');
       return kernel.mem.read(Number(m.gpa), Number(m.len));
     }
-    case 'quiesce':
+    case 'quiesce': {
+      // afterSuspend: the VMWP's Suspend was answered; wait here until the scheduler took it.
+      // harvest: the dirty set of this mapping comes with the answer (a migration's last pass).
       if (!kernel) throw new Error('the guest has not booted');
-      return await kernel.quiesce();
+      if (m.afterSuspend === true) await kernel.vpsSuspended(10000);
+      const q = await kernel.quiesce();
+      return m.harvest === true ? { ...q, dirty: dirtyRequest('harvest') } : q;
+    }
     case 'thaw':
       kernel?.thaw();
       return true;
@@ -172,7 +177,10 @@ try {
   if (session.memoryMode === 'shared' && session.memoryRegion) {
     const sab = openRegion(session.memoryRegion);
     // Held (a migration's destination): everything is ready; the guest's memory is not final until `go`.
-    if (go) rpc.note({ t: 'held' });
+    if (go) {
+      await GuestKernel.preloadDrivers().catch((e) => log.warn({ err: (e as Error).message }, 'the drivers could not be loaded ahead'));
+      rpc.note({ t: 'held' });
+    }
     const postcopyControl = go ? await go : input.postcopyControl;
     // Before anything reads guest memory: a page post-copy has not brought yet stops its reader until it is here.
     if (postcopyControl) postcopy = PostcopyFaults.open(sab, openRegion(postcopyControl));

@@ -326,6 +326,91 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     await until(() => b.drvs.every((d) => d.channel !== null));
     expect(b.devs.map((d) => d.opens)).to.deep.equal([1, 1]);
   });
+
+  it('windows mapped ahead of a restore (premap) are the ones it uses, and it maps nothing again', async () => {
+    const a = pair('shm');
+    open.push(a.lb);
+    await addDevices(a);
+    await a.lb.client.connect();
+    await until(() => a.drvs.every((d) => d.channel !== null));
+    a.lb.holdGuestSignals = true;
+    a.hold.host = true;
+    a.drvs[0].channel!.send(PacketType.DataInband, 0, 1n, text('unread'));
+    await turns();
+    await a.lb.server.whenIdle();
+    await a.lb.client.whenIdle();
+    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
+    const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
+    new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
+    const nextFreePage = a.lb.nextFreePage;
+    open.splice(open.indexOf(a.lb), 1);
+    a.lb.close();
+
+    const b = pair('shm', { memory, nextFreePage });
+    open.push(b.lb);
+    await addDevices(b);
+    await b.lb.server.premap(saved.server);
+    expect([...b.lb.mapped.keys()].sort(), 'every saved GPADL mapped ahead').to.deep.equal(saved.server.gpadls.map((g) => g.gpadl).sort());
+    // Forget them here: a restore that mapped again would put them back.
+    b.lb.mapped.clear();
+    await b.lb.server.restore(saved.server);
+    await b.lb.client.restore(saved.client);
+    expect(b.lb.mapped.size, 'no GPADL mapped a second time').to.equal(0);
+    await until(() => b.devs[0].got.length === 1);
+    expect(b.devs[0].got).to.deep.equal(['unread']);
+    b.drvs[1].channel!.send(PacketType.DataInband, 0, 2n, text('after'));
+    await until(() => b.devs[1].got.length === 1);
+    expect(b.devs[1].got).to.deep.equal(['after']);
+    let err: unknown = null;
+    await b.lb.server.premap(saved.server).catch((e: unknown) => { err = e; });
+    expect(err, 'a server that restored is not fresh').to.be.instanceOf(VmbusStateError);
+    expect((err as Error).message).to.match(/not fresh/);
+  });
+
+  it('a restore unmaps the windows mapped ahead that its state does not name', async () => {
+    const a = pair('shm');
+    open.push(a.lb);
+    await addDevices(a);
+    const before = throughDisk(a.lb.server.save(), a.lb.client.save());
+    await a.lb.client.connect();
+    await until(() => a.drvs.every((d) => d.channel !== null));
+    await a.lb.server.whenIdle();
+    const after = throughDisk(a.lb.server.save(), a.lb.client.save());
+    expect(after.server.gpadls.length).to.equal(2);
+    const b = pair('shm');
+    open.push(b.lb);
+    await addDevices(b);
+    await b.lb.server.premap(after.server);
+    expect(b.lb.mapped.size).to.equal(2);
+    // Another state comes (here one saved before the guest connected: no GPADLs).
+    await b.lb.server.restore(before.server);
+    expect(b.lb.mapped.size, 'the windows nobody took are unmapped').to.equal(0);
+    await b.lb.client.restore(before.client);
+    await b.lb.client.connect();
+    await until(() => b.drvs.every((d) => d.channel !== null));
+    expect(b.lb.mapped.size, 'the guest made its GPADLs again').to.equal(2);
+  });
+
+  it('a premap that fails maps nothing', async () => {
+    const a = pair('shm');
+    open.push(a.lb);
+    await addDevices(a);
+    await a.lb.client.connect();
+    await until(() => a.drvs.every((d) => d.channel !== null));
+    await a.lb.server.whenIdle();
+    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
+    // A smaller partition that holds the lower GPADL's pages but not the higher one's: the first
+    // maps, the second is refused, and the first must be unmapped again.
+    const tops = saved.server.gpadls.map((g) => Math.max(...g.pfns)).sort((x, y) => x - y);
+    expect(tops[0]).to.be.lessThan(tops[1]!);
+    const small = new VmbusLoopback({ transport: 'shm', memory: new SharedArrayBuffer((tops[0]! + 1) * 4096) });
+    open.push(small);
+    let err: unknown = null;
+    await small.server.premap(saved.server).catch((e: unknown) => { err = e; });
+    expect(err).to.be.instanceOf(VmbusStateError);
+    expect((err as Error).message).to.match(/outside the partition/);
+    expect(small.mapped.size).to.equal(0);
+  });
 });
 
 describe('VMBus saved-state decoders', () => {

@@ -163,6 +163,15 @@ export class VmDevices {
   }
 
   /**
+   * A restore's hypervisor calls ahead of `attach({ restoring })` (VmbusServer.premap): run
+   * alongside the VPs' restore, before the guest may run.
+   */
+  async premap(restoring: VmbusServerState): Promise<void> {
+    await this.prepare();
+    await this.server.premap(restoring);
+  }
+
+  /**
    * A migration's destination, before the blackout: the event connections of the channels the
    * VM most likely has, relids 1..N for its N VMBus devices (the order a first boot offers them
    * in). A restore whose channels have other relids makes theirs as before; one never used is

@@ -365,41 +365,43 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
 }, log);
 
 /**
- * Freeze: suspend the partition, wait until every VP has left its LP at a step boundary, have the
- * guest kernel park its interrupt handling and write its own state (VMBus client, drivers, KVP
- * pools) into guest memory, and wait until the VMBus server is between steps. The VM then stands
- * still except for device timers, whose ring writes go to the dirty log. `capture` (synchronous)
- * then takes every VP and device in one step with whatever memory the caller copies in the same
- * step. Any failure thaws the VM.
+ * Freeze: suspend the partition; then the partition process waits until its VP pages show every
+ * VP off its LP at a step boundary (the scheduler takes a suspension on its next pass), parks
+ * the guest kernel's interrupt handling and has it write its own state (VMBus client, drivers, KVP
+ * pools) into guest memory, and, with `harvest`, reads its dirty log, all in one request; then
+ * every VP's state comes in one round trip (the calls share a wake-up of the hypervisor), and the
+ * VMBus server must be between steps. The VM then stands still except for device timers, whose
+ * ring writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one
+ * step with whatever memory the caller copies in the same step. Any failure thaws the VM.
+ *
+ * Before, the VMWP asked the hypervisor for the VP states until they showed Suspended (a round
+ * trip and a 1 ms sleep each), then the partition process to park, then for its dirty log: four
+ * to six wake-ups of other processes, ~40 % of an idle VM's migration downtime.
  */
-async function freeze(): Promise<SavedVpState[]> {
+async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: unknown }> {
   const d = vmDevices();
-  const t0 = Date.now();
+  const rpc = childRpc;
+  if (!rpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
   await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 1 });
-  let quiesced = false;
+  let asked = false;
   try {
-    let vps: SavedVpState[] = [];
-    for (;;) {
-      vps = [];
-      for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
-      // Suspended, not merely "not Running": only a scheduler pass that took the suspend shows it (a VP shown Waiting may be dispatched by a pass under way).
-      if (vps.every((v) => v.runState === 'Suspended' || v.runState === 'Absent')) break;
-      if (Date.now() - t0 > 10000) throw new Error('a VP did not stop at a step boundary within 10 s');
-      // The scheduler's thread takes the suspend on its next pass, usually within a few hundred
-      // µs: look again soon (a migration's downtime includes this wait; 5 ms here cost it ~4 ms).
-      await new Promise((r) => setTimeout(r, 1));
-    }
-    if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
-    await childRpc.request({ t: 'quiesce' }, 10000);
-    quiesced = true;
+    // Asked is enough to thaw on a failure: a kernel that parked and then failed would stay parked
+    // (a thaw is harmless when nothing is parked).
+    asked = true;
+    const q = await rpc.request({ t: 'quiesce', afterSuspend: true, harvest }, 15000);
+    const vps = await Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v })));
+    // The partition process saw every VP page show the suspension; the hypervisor reads the same
+    // pages. Anything else is a partition process that lied, and the save would not hold.
+    const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
+    if (running >= 0) throw new Error(`VP ${running} is ${vps[running]!.runState}, not suspended, after the partition process said all were`);
     // The VMBus server must be between steps (no offer or open half done) when it is saved.
     for (let i = 0; !d.server.idle; i++) {
       if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
       await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
     }
-    return vps;
+    return { vps, dirty: harvest && q !== null && typeof q === 'object' ? (q as { dirty?: unknown }).dirty : undefined };
   } catch (e) {
-    if (quiesced) await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
+    if (asked) await rpc.request({ t: 'thaw' }, 5000).catch(() => undefined);
     await hv.call('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: 0 }).catch(() => undefined);
     throw e;
   }
@@ -434,7 +436,7 @@ async function save(): Promise<{ bytes: number; ms: number }> {
   if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
   await faults.endAll('the VM is being saved');
   const t0 = Date.now();
-  const vps = await freeze();
+  const { vps } = await freeze();
   try {
     const mem = new Uint8Array(memory.buffer).slice();
     const state = capture(vps, sha256(mem));
@@ -469,8 +471,10 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
   const m = new MigrationOut({
     memory: memory.buffer as SharedArrayBuffer, memoryFd, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
     dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, 10000)) as MigrationSource['dirty'],
-    freeze: async () => {
-      frozenVps = await freeze();
+    freeze: async (harvest) => {
+      const f = await freeze(harvest);
+      frozenVps = f.vps;
+      return f.dirty;
     },
     capture: () => capture(frozenVps, '0'.repeat(64)) as unknown as Record<string, unknown>,
     thaw,
@@ -666,6 +670,7 @@ let incomingUp: Promise<void> | null = null;
 async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
   if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
   if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+  const devs = devices;
   const t0 = performance.now();
   let tUp = 0;
   let tree: unknown;
@@ -676,13 +681,22 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   }
   const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
   if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
-  const restoring = devices.decodeSaved(state.components);
+  const restoring = devs.decodeSaved(state.components);
   incomingStarted = true;
-  for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] });
+  // The VPs' states, and the VMBus server's GPADL windows and event connections (premap): every
+  // call at once, so they share one wake-up of the hypervisor (one after the other they were 5-6
+  // round trips). The server signals the guest only in `attach`, after this: a signal must not
+  // land in an APIC that SetVpState then overwrites.
+  const restored = await Promise.allSettled([
+    ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
+    devs.premap(restoring.vmbus),
+  ]);
+  const refused = restored.find((r) => r.status === 'rejected');
+  if (refused) throw refused.reason;
   const tVps = performance.now();
-  devices.restoreDevices(restoring.devices);
+  devs.restoreDevices(restoring.devices);
   // The endpoint and token are the hub's, bound at the setup (devices.prepare).
-  const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
+  const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
   new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
   new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
   const up = new Promise<void>((resolve, reject) => {
@@ -699,14 +713,14 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   });
   incomingUp.catch(() => undefined);
   // The partition process waits, ready, since the setup: let it go, and restore the host's side of
-  // VMBus (GPADL windows, rings, the devices' channels) while the guest restores its own. Neither
-  // talks to the other to restore, and what crosses meanwhile waits: a guest message for the
-  // VMBus server queues behind the restore (the server serializes both), a signal for a channel
-  // not yet started is covered by the drain its start makes, and the guest leaves VMBus messages
-  // and events in its SynIC pages until its client is back (kernel.ts: vmbusResuming). Sequential,
-  // the restore cost ~5-6 ms of a ~40 ms downtime before the guest was let go.
+  // VMBus (rings, the devices' channels: the windows are mapped) while the guest restores its own.
+  // Neither talks to the other to restore, and what crosses meanwhile waits: a guest message for
+  // the VMBus server queues behind the restore (the server serializes both, and attach reaches
+  // the restore through microtasks only, before any message can arrive), a signal for a channel not yet started is covered by the drain its
+  // start makes, and the guest leaves VMBus messages and events in its SynIC pages until its
+  // client is back (kernel.ts: vmbusResuming).
   const going = childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
-  const attaching = devices.attach({ restoring: restoring.vmbus });
+  const attaching = devs.attach({ restoring: restoring.vmbus });
   const [went, attached] = await Promise.allSettled([going, attaching]);
   // A failure here fails the migration; the root then drops this worker and its guest with it.
   // A guest that was let go must stop before the source hears of the failure and runs its copy
