@@ -25,7 +25,7 @@
  * so its bytes never enter this process — what a cable does, at a fraction of the CPU of reading
  * and writing them here (on this 2-core machine a JavaScript proxy halved a bulk transfer's rate).
  * Setting an impairment or cutting the link stops the pumps and hands each connection to the
- * user-space path above, with what a pump held (at most 64 KiB) queued first; once the link is
+ * user-space path above, with what a pump held (at most 1 MiB) queued first; once the link is
  * clean again and a connection has nothing queued or unsent, it goes back to the kernel. Without
  * the addon (or with HVLAB_LINK_SPLICE=0) every connection takes the user-space path.
  */

@@ -569,6 +569,8 @@ export interface SplicePumpStats {
   /** Bytes delivered to the output, and reads from the input. */
   bytes: number;
   chunks: number;
+  /** Bytes taken from the input: `read - bytes` is what the pump holds. */
+  read: number;
 }
 
 /** A running pump: `stats()` reads its counters; `stop()` stops it and returns what it had read and not yet delivered. */
@@ -588,7 +590,7 @@ export function splicePumpAvailable(): boolean {
  * `onDone` is called on this thread's event loop when that happens. The pump works on duplicates
  * of the fds (made non-blocking), closed when it stops: nothing else may read `inFd` or write
  * `outFd` while it runs, and a socket closed by its owner meanwhile stays open until then. `stop()` is idempotent; after it the pump touches neither socket, and
- * it returns the bytes it had read and not delivered (at most 64 KiB), which the caller delivers.
+ * it returns the bytes it had read and not delivered (at most the pipe's capacity, 1 MiB), which the caller delivers.
  * Throws ShmError without the addon (see splicePumpAvailable) or when the fds are not two sockets.
  */
 export function startSplicePump(inFd: number, outFd: number, onDone: () => void): SplicePump {
@@ -611,12 +613,12 @@ export function startSplicePump(inFd: number, outFd: number, onDone: () => void)
     throw new ShmError((e as Error).message);
   }
   return {
-    stats: () => last ?? a.splicePumpStats!(id) ?? { state: 'failed', errno: 0, bytes: 0, chunks: 0 },
+    stats: () => last ?? a.splicePumpStats!(id) ?? { state: 'failed', errno: 0, bytes: 0, chunks: 0, read: 0 },
     stop: () => {
       if (last) return { ...last, leftover: Buffer.alloc(0) };
       const r = a.splicePumpStop!(id);
       const leftover = r ? Buffer.from(r.leftover.buffer, r.leftover.byteOffset, r.leftover.byteLength) : Buffer.alloc(0);
-      last = { state: r?.state ?? 'failed', errno: r?.errno ?? 0, bytes: r?.bytes ?? 0, chunks: r?.chunks ?? 0, leftover };
+      last = { state: r?.state ?? 'failed', errno: r?.errno ?? 0, bytes: r?.bytes ?? 0, chunks: r?.chunks ?? 0, read: r?.read ?? 0, leftover };
       return last;
     },
   };
