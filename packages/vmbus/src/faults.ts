@@ -374,6 +374,16 @@ export class FaultyTransport implements PacketTransport {
     return this.inner.kind;
   }
 
+  get setPolled(): ((on: boolean) => void) | undefined {
+    const inner = this.inner;
+    return inner.setPolled ? (on) => inner.setPolled!(on) : undefined;
+  }
+
+  get poll(): (() => void) | undefined {
+    const inner = this.inner;
+    return inner.poll ? () => inner.poll!() : undefined;
+  }
+
   get activeFaults(): readonly VmbusFault[] {
     return this.faults;
   }

@@ -50,6 +50,14 @@ export interface PacketTransport {
    * packets, faults.ts), oldest first: a saved state keeps them with the channel's queue.
    */
   heldPackets?(): Array<{ type: number; flags: number; transId: bigint; payload: Uint8Array }>;
+  /**
+   * Polled mode (rings only): the reader keeps interrupt_mask set, so the peer never signals for
+   * what it writes, and `poll()` drains; off, the reader unmasks and drains what came meanwhile.
+   * For a host side that reads on its own clock (the integration services' periodic answers).
+   */
+  setPolled?(on: boolean): void;
+  /** Drains what has arrived (polled mode). */
+  poll?(): void;
 }
 
 /** A channel end over two rings in shared memory. `onSignal()` is the interrupt entry. */
@@ -65,6 +73,8 @@ export class ShmTransport implements PacketTransport {
   private readonly outWrite: Uint32Array;
   private readonly outData: number;
   signalsSent = 0;
+  /** Polled mode: interrupt_mask stays set (see PacketTransport.setPolled). */
+  private polled = false;
 
   constructor(private readonly out: RingRegion, private readonly inbound: RingRegion, private readonly signalPeer: () => void, name = 'channel', private readonly dirty: DirtyLog | null = null) {
     this.writer = new RingWriter(out, `${name} out`);
@@ -127,6 +137,22 @@ export class ShmTransport implements PacketTransport {
     this.signalPeer();
   }
 
+  setPolled(on: boolean): void {
+    if (this.polled === on || this.closed) return;
+    this.polled = on;
+    if (on) {
+      this.reader.mask();
+      this.dirty?.markDirty(this.inbound.byteOffset, CONTROL_FIELDS_BYTES);
+    } else {
+      // Unmasks and drains what came while nobody was told.
+      this.onSignal();
+    }
+  }
+
+  poll(): void {
+    this.onSignal();
+  }
+
   /** The peer signalled (or a poll): drain inbound packets, then tell a blocked sender about room. */
   onSignal(): void {
     if (this.closed || !this.events || this.draining) return;
@@ -136,7 +162,7 @@ export class ShmTransport implements PacketTransport {
       do {
         this.reader.drain(this.events.packet);
         if (this.closed) return;
-      } while (this.reader.unmask());
+      } while (!this.polled && this.reader.unmask());
       if (this.reader.takeWriterSignal()) this.signal();
     } catch (e) {
       if (e instanceof RingError) {
@@ -224,6 +250,22 @@ export class VmbusChannel {
 
   get open(): boolean {
     return this.isOpen;
+  }
+
+  /**
+   * Polled mode, where the transport has it (rings; see PacketTransport.setPolled): the peer does
+   * not signal for what it writes, and `poll()` reads it. Returns false where it has not (a remote
+   * transport: packets come as they arrive).
+   */
+  setPolled(on: boolean): boolean {
+    if (!this.transport.setPolled || !this.transport.poll) return false;
+    if (this.isOpen) this.transport.setPolled(on);
+    return true;
+  }
+
+  /** Reads what has arrived (polled mode). */
+  poll(): void {
+    if (this.isOpen) this.transport.poll?.();
   }
 
   /** Sends a packet now, or queues it until the ring has room. Throws when closed or when the queue is full. */

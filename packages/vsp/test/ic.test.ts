@@ -95,6 +95,37 @@ async function bootGuest(transport: 'shm' | 'remote', skewMs = 0): Promise<Guest
   return { lb, providers, clients, taps, shutdowns, clock };
 }
 
+describe('periodic integration services over rings', function () {
+  this.timeout(30000);
+  it("heartbeat and time sync answers signal nobody: they are read on the worker's ticks and count from when the request went", async () => {
+    let toHost = 0;
+    const lb = new VmbusLoopback({ transport: 'shm', faults: { toHost: (deliver) => { toHost++; deliver(); } } });
+    await lb.start();
+    const heartbeat = new HeartbeatProvider(quiet, { intervalMs: 50, lostAfterMs: 400 });
+    const timesync = new TimeSyncProvider(quiet, 100);
+    try {
+      lb.client.register(new HeartbeatClient());
+      lb.client.register(new TimeSyncClient(new TestClock(0)));
+      await lb.server.addDevice(heartbeat);
+      await lb.server.addDevice(timesync);
+      await lb.client.connect();
+      await until(() => heartbeat.negotiated !== null && timesync.negotiated !== null && heartbeat.sequence >= 2n && timesync.samples >= 1);
+      const signalsBefore = toHost;
+      const seq = heartbeat.sequence;
+      const samples = timesync.samples;
+      await until(() => heartbeat.sequence >= seq + 6n && timesync.samples >= samples + 3);
+      expect(toHost - signalsBefore, 'guest-to-host signals while 6 beats and 3 samples were answered').to.equal(0);
+      expect(heartbeat.status()).to.equal('OK');
+      // Counted from when the request went: never later than the answer came.
+      expect(heartbeat.lastAnswerAt!).to.be.at.most(Date.now());
+    } finally {
+      heartbeat.close();
+      timesync.close();
+      lb.close();
+    }
+  });
+});
+
 for (const transport of ['shm', 'remote'] as const) {
   describe(`integration services over the ${transport} transport`, function () {
     this.timeout(60000);

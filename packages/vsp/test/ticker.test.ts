@@ -84,6 +84,25 @@ describe('IcTicker (integration services on one timer)', () => {
     t.clear();
   });
 
+  it('runs its pollers at each wake-up, before the jobs, and never wakes for them alone', () => {
+    const { t, clock, wakes, runUntil } = fakeTicker();
+    const order: string[] = [];
+    const stopPoll = t.poll(() => order.push(`poll@${clock.ms}`));
+    t.poll(() => {
+      throw new Error('a broken poller');
+    });
+    expect(t.nextAt, 'a poller alone arms nothing').to.equal(Infinity);
+    t.every(100, 0, () => order.push(`job@${clock.ms}`));
+    runUntil(clock.ms + 250);
+    expect(order).to.deep.equal(['poll@1100', 'job@1100', 'poll@1200', 'job@1200']);
+    expect(wakes()).to.equal(2);
+    stopPoll();
+    order.length = 0;
+    runUntil(clock.ms + 100);
+    expect(order).to.deep.equal(['job@1300']);
+    t.clear();
+  });
+
   it('refuses a period that is not a positive number', () => {
     const t = new IcTicker();
     for (const p of [0, -1, Number.NaN, Infinity]) expect(() => t.every(p, 0, () => {})).to.throw(RangeError);

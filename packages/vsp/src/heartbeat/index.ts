@@ -30,6 +30,8 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
   sequence = 0n;
   private stopTicks: (() => void) | null = null;
   private asked: bigint | null = null;
+  /** Beats sent (a settled request frees `asked` only if no later beat was sent). */
+  private beats = 0;
   private readonly intervalMs: number;
   private readonly lostAfterMs: number;
 
@@ -41,14 +43,23 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
 
   override status(): IcStatusText {
     if (!this.negotiated || !this.isOpen) return 'NoContact';
+    this.readAnswers();
     const last = this.lastAnswerAt ?? 0;
     return Date.now() - last <= this.lostAfterMs ? 'OK' : 'LostCommunication';
   }
 
   protected override onNegotiated(): void {
+    this.pollAnswers();
     this.beat();
     this.stopTicks?.();
     this.stopTicks = icTicker.every(this.intervalMs, 0, () => this.beat());
+  }
+
+  /** Read at a tick (polled) or as it comes: the next beat, in the same tick, may ask at once. */
+  protected override onAnswer(type: number, a: IcAnswer): void {
+    if (type !== IcMessageType.Heartbeat || this.asked === null) return;
+    this.answered(this.asked, a);
+    this.asked = null;
   }
 
   protected override onClosed(): void {
@@ -76,11 +87,12 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
     if (this.asked !== null || !this.isOpen) return;
     const asked = this.sequence;
     this.asked = asked;
+    const beat = ++this.beats;
+    // The answer is taken by onAnswer; a request that fails or times out frees the next beat.
     this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), this.lostAfterMs)
-      .then((a) => this.answered(asked, a))
       .catch(() => undefined)
       .finally(() => {
-        if (this.asked === asked) this.asked = null;
+        if (this.beats === beat) this.asked = null;
       });
   }
 

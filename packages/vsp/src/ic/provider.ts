@@ -13,6 +13,7 @@ import {
 import { PacketType, type VmbusChannel, type VmbusDevice } from '@hvlab/vmbus';
 import { randomUUID } from 'node:crypto';
 import type { IcProviderState } from './state.js';
+import { icTicker } from './ticker.js';
 
 export type IcServiceName = 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
 export type IcStatusText = 'OK' | 'NoContact' | 'LostCommunication';
@@ -48,6 +49,8 @@ interface Pending {
   resolve: (a: IcAnswer) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout | null;
+  /** When the request went (Date.now()); absent for one restored from a saved state. */
+  sentAt?: number;
 }
 
 export abstract class IcProvider implements VmbusDevice {
@@ -64,6 +67,8 @@ export abstract class IcProvider implements VmbusDevice {
   lastAnswerAt: number | null = null;
   readonly stats = { requests: 0, answers: 0, rejected: 0, opens: 0 };
   private readonly pending = new Map<bigint, Pending>();
+  /** Stops polled mode (see pollAnswers); null when answers signal. */
+  private stopPolling: (() => void) | null = null;
   private nextTransId = 1n;
   private nextIcTransaction = 0;
 
@@ -91,7 +96,45 @@ export abstract class IcProvider implements VmbusDevice {
     return {};
   }
 
+  /** Whether the guest's answers are read on the worker's ticks rather than signalled (pollAnswers). */
+  protected get polled(): boolean {
+    return this.stopPolling !== null;
+  }
+
+  /**
+   * For a service whose requests are periodic (heartbeat, time sync), once negotiated: the host's
+   * side of the ring keeps interrupt_mask set, so the guest's answers wake nobody (a signal
+   * through the hypervisor, the worker's watcher thread and its event loop: three of the ~8
+   * wake-ups of an idle VM's heartbeat); they are read at each tick of the worker's ticker, before
+   * the next requests go, and when a service reads its status. A request's answer then counts as
+   * heard when the request was sent (it came after that): never later than it was. Over a remote
+   * transport (no rings) answers come as they arrive.
+   */
+  protected pollAnswers(): void {
+    const ch = this.channel;
+    if (!ch || this.stopPolling || !ch.setPolled(true)) return;
+    const stop = icTicker.poll(() => {
+      if (this.channel === ch) ch.poll();
+    });
+    this.stopPolling = () => {
+      stop();
+      ch.setPolled(false);
+    };
+  }
+
+  /** Reads what the guest answered since the last tick (polled mode; nothing otherwise). */
+  protected readAnswers(): void {
+    if (this.stopPolling) this.channel?.poll();
+  }
+
+  private endPolling(): void {
+    const stop = this.stopPolling;
+    this.stopPolling = null;
+    stop?.();
+  }
+
   open(channel: VmbusChannel): void {
+    this.endPolling();
     this.channel = channel;
     this.negotiated = null;
     this.stats.opens++;
@@ -130,6 +173,7 @@ export abstract class IcProvider implements VmbusDevice {
   }
 
   close(): void {
+    this.endPolling();
     this.channel = null;
     this.negotiated = null;
     for (const p of this.pending.values()) {
@@ -148,6 +192,7 @@ export abstract class IcProvider implements VmbusDevice {
    * in flight (restored by `restoreIc`), and carry on as after negotiation — no new negotiation.
    */
   reopen(channel: VmbusChannel): void {
+    this.endPolling();
     this.channel = channel;
     channel.onPacket = (type, flags, transId, payload) => this.onPacket(type, transId, payload);
     // A restored guest that answered before the save counts as heard from now, not never.
@@ -156,6 +201,9 @@ export abstract class IcProvider implements VmbusDevice {
       this.onNegotiated();
     }
   }
+
+  /** Every answer to a request of this session, as it is read (before its promise settles). */
+  protected onAnswer(_type: number, _answer: IcAnswer): void {}
 
   /** An answer to a request made before the VM was saved (its caller is gone); services that care override this. */
   protected onRestoredAnswer(_type: number, _answer: IcAnswer): void {}
@@ -209,7 +257,7 @@ export abstract class IcProvider implements VmbusDevice {
     const msg = this.negotiated?.message ?? this.messageVersions[0];
     const header: IcHeader = { framework: fw, message: msg, type, status: 0, transactionId: this.nextIcTransaction++ & 0xff, flags: IcFlags.Transaction | IcFlags.Request };
     return new Promise<IcAnswer>((resolve, reject) => {
-      const p: Pending = { type, resolve, reject, timer: null };
+      const p: Pending = { type, resolve, reject, timer: null, sentAt: Date.now() };
       if (timeoutMs > 0) {
         p.timer = setTimeout(() => {
           this.pending.delete(transId);
@@ -250,8 +298,10 @@ export abstract class IcProvider implements VmbusDevice {
     this.pending.delete(transId);
     if (p.timer) clearTimeout(p.timer);
     this.stats.answers++;
-    this.lastAnswerAt = Date.now();
+    this.lastAnswerAt = this.polled && p.sentAt !== undefined ? Math.max(this.lastAnswerAt ?? 0, p.sentAt) : Date.now();
     // The body is a view into the ring: copy before it outlives this call.
-    p.resolve({ header: h, body: msg.body.slice() });
+    const answer = { header: h, body: msg.body.slice() };
+    this.onAnswer(p.type, answer);
+    p.resolve(answer);
   }
 }

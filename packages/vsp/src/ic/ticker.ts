@@ -22,6 +22,7 @@ interface Job {
 
 export class IcTicker {
   private readonly jobs = new Set<Job>();
+  private readonly pollers = new Set<() => void>();
   private timer: NodeJS.Timeout | null = null;
   private timerAt = Infinity;
 
@@ -41,6 +42,17 @@ export class IcTicker {
     };
   }
 
+  /**
+   * Calls `fn` at each wake-up of the ticker, before the jobs: a polled channel's reads (its
+   * answers to the previous period's requests, read before the next requests go). It never wakes
+   * the ticker by itself. Returns the function that stops it.
+   */
+  poll(fn: () => void): () => void {
+    const entry = (): void => fn();
+    this.pollers.add(entry);
+    return () => void this.pollers.delete(entry);
+  }
+
   /** How many jobs are scheduled (tests). */
   get size(): number {
     return this.jobs.size;
@@ -51,9 +63,10 @@ export class IcTicker {
     return this.timerAt;
   }
 
-  /** Drops every job. */
+  /** Drops every job and poller. */
   clear(): void {
     this.jobs.clear();
+    this.pollers.clear();
     this.arm();
   }
 
@@ -65,6 +78,13 @@ export class IcTicker {
     const cutoff = now + SLOP_MS;
     const jobs = [...this.jobs];
     if (jobs.some((j) => j.due <= cutoff)) {
+      for (const p of [...this.pollers]) {
+        try {
+          p();
+        } catch {
+          // As a job: one that throws must not stop the others.
+        }
+      }
       for (const j of jobs) {
         if (!this.jobs.has(j) || j.due - j.earlyMs > cutoff) continue;
         j.due += j.periodMs;

@@ -38,6 +38,7 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
   }
 
   protected override onNegotiated(): void {
+    this.pollAnswers();
     this.send(TimeSyncFlags.Sync);
     this.stopTicks?.();
     // A sample carries the time it was taken at, so one sent up to a quarter period early (with
@@ -55,7 +56,9 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
     const hostMs = Date.now();
     const ref = referenceTime();
     const body = encodeTimeSync({ parentTime: msToFiletime(hostMs), referenceTime: ref, flags, leapFlags: 0, stratum: 2 });
-    this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs))
+    // Polled, the answer is read at a later tick: up to a period later (when no other service
+    // ticks more often), so it may take two periods and a second before it counts as lost.
+    this.request(IcMessageType.TimeSync, body, this.polled ? 2 * this.intervalMs + 1000 : Math.max(2000, this.intervalMs))
       .then((a) => {
         if (a.header.status !== IcStatus.OK) return;
         try {
