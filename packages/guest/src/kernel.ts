@@ -14,7 +14,7 @@ import {
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
   KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset, MAX_TASKS, VpRunState,
+  vpRegionBytes, vpPageOffset, MAX_TASKS, VpRunState, VpRegionHeader,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -186,8 +186,9 @@ export class GuestKernel {
   }
 
   /**
-   * Loads every driver class's module ahead (a migration's held destination, before its `go`):
-   * the kernel's start then finds them loaded instead of importing five modules in the blackout.
+   * Waits until every driver class's module is loaded (their loading starts with the process,
+   * main.ts): a migration's held destination says it is ready only then, so the kernel's start
+   * in the blackout never waits on an import still under way.
    */
   static async preloadDrivers(): Promise<void> {
     for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) await loadDriverClass(cls);
@@ -438,18 +439,20 @@ export class GuestKernel {
   }
 
   /**
-   * Waits until the hypervisor's scheduler has taken a suspension of the partition: every VP page
-   * shows Suspended (or Absent). The VMWP asks right after its Suspend call is answered, so the
-   * save needs no second question to the hypervisor to learn the VPs stopped. The scheduler takes
-   * a suspension on its next pass, usually within a few hundred µs: looked at at once, then each
-   * millisecond. A pass takes the hypervisor's messages in order, so a page still showing an
-   * earlier suspension (one a thaw has not yet lifted) stays true: the thaw and the new suspension
-   * are taken by the same pass and the VPs never run in between.
+   * Waits until the hypervisor's scheduler has taken the partition's latest suspension and every
+   * VP page shows Suspended (or Absent). The VMWP asks right after its Suspend call is answered, so
+   * the save needs no second question to the hypervisor to learn the VPs stopped. The scheduler
+   * takes a suspension on its next pass, usually within a few hundred µs: looked at at once, then
+   * each millisecond. The suspension's number (VpRegionHeader.suspendAsked, set before the call
+   * was answered) must be taken first: until then a page may still show an earlier suspension
+   * that a thaw has lifted since, with the VP running again.
    */
   async vpsSuspended(timeoutMs: number): Promise<void> {
     if (this.local) throw new Error('the VPs are not scheduled by the hypervisor (no VP region): their suspension cannot be seen');
     const i32 = new Int32Array(this.vpRegion);
+    const asked = Atomics.load(i32, VpRegionHeader.suspendAsked >> 2);
     const stopped = (): boolean => {
+      if (((Atomics.load(i32, VpRegionHeader.suspendTaken >> 2) - asked) | 0) < 0) return false;
       for (let vp = 0; vp < this.boot.vpCount; vp++) {
         const st = Atomics.load(i32, (vpPageOffset(vp) + VpPage.state) >> 2);
         if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;

@@ -816,7 +816,13 @@ export class Hypervisor {
             p.suspended = v === 1;
             if (was !== p.suspended) {
               this.notifyPartition(p, { k: 'suspend', suspended: p.suspended });
-              this.toScheduler(p, { t: 'suspend', id: p.id, on: p.suspended });
+              // A suspension's number, in the VP region for the partition process to wait on (VpRegionHeader.suspendAsked).
+              let seq = 0;
+              if (p.suspended && p.vpI32) {
+                seq = (Atomics.load(p.vpI32, VpRegionHeader.suspendAsked >> 2) + 1) | 0 || 1;
+                Atomics.store(p.vpI32, VpRegionHeader.suspendAsked >> 2, seq);
+              }
+              this.toScheduler(p, { t: 'suspend', id: p.id, on: p.suspended, seq });
             }
             return ok();
           }

@@ -40,6 +40,7 @@ import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_
 import {
   Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
   decodeIoInterceptRecord, effectiveStimerPeriod, nextPeriodicExpiry, StimerNextView, ReferenceClockView, pendInterrupt, FAULT_STALL_MAX_VP,
+  VpRegionHeader,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
@@ -51,7 +52,8 @@ export type ToScheduler =
   | { t: 'addVp'; id: number; index: number }
   | { t: 'removeVp'; id: number; index: number }
   | { t: 'props'; id: number; weight?: number; reserve?: number; cap?: number }
-  | { t: 'suspend'; id: number; on: boolean }
+  /** `seq`: the suspension's number (VpRegionHeader.suspendAsked) when `on`, stored as taken after the next pass. */
+  | { t: 'suspend'; id: number; on: boolean; seq?: number }
   | { t: 'interceptDone'; id: number; index: number }
   /** SetVpState restored a VP stopped in an intercept: it stays suspended until interceptDone. */
   | { t: 'interceptRestored'; id: number; index: number }
@@ -117,6 +119,8 @@ interface PartRec {
   big2: BigInt64Array;
   props: { weight: number; reserve: number; cap: number; suspended: boolean; stalledVps: number };
   vps: Map<number, VpRec>;
+  /** A suspension applied and not yet published as taken (VpRegionHeader.suspendTaken); 0: none. */
+  suspendTaken?: number;
   /** The interrupt delay (ns; 0: off) and what waits it out, in arrival order. */
   delayNs: number;
   delayed: DelayedInterrupt[];
@@ -345,6 +349,7 @@ export class SchedulerLoop {
         if (!p) break;
         p.props.suspended = m.on;
         for (const v of p.vps.values()) core.setSuspended(v.sched, m.on, now, 'partition');
+        if (m.on && typeof m.seq === 'number' && m.seq !== 0) p.suspendTaken = m.seq;
         break;
       }
       case 'interceptDone': {
@@ -605,6 +610,12 @@ export class SchedulerLoop {
     }
     // Publish states and accounting for observers (stats, `hvlab top`).
     for (const p of this.parts.values()) for (const v of p.vps.values()) this.publish(p, v, now);
+    // Then a suspension applied before this pass is taken: every page shows its state since.
+    for (const p of this.parts.values()) {
+      if (!p.suspendTaken) continue;
+      Atomics.store(p.i32, VpRegionHeader.suspendTaken >> 2, p.suspendTaken);
+      p.suspendTaken = 0;
+    }
     return Math.min(dec.deadline, timerDeadline);
   }
 }

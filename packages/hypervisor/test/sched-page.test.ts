@@ -16,6 +16,7 @@ import fc from 'fast-check';
 import { readdirSync, readFileSync } from 'node:fs';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import {
+  VpRunState,
   Dispatch, VpPage, VpRegionHeader, stimerConfig, vpPageOffset, vpRegionBytes, referenceTime, SchedRegion,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
@@ -298,6 +299,49 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     t.loop.pass(t.now());
     expect(t.apic.pending(0x40)).to.equal(true);
     expect(t.next.get(2)).to.equal(t.first + 3 * t.period);
+  });
+
+  it("a suspension is published as taken only by the pass after it, when every page shows it; a thaw in the same turn never lets a stale page pass", async () => {
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const region = new SharedArrayBuffer(vpRegionBytes(VPS));
+    const i32 = new Int32Array(region);
+    const now = (): number => Number(process.hrtime.bigint());
+    const loop = new SchedulerLoop({ lps: 1 }, () => undefined);
+    loop.handle({ t: 'addPartition', id: 3, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, now());
+    loop.handle({ t: 'addVp', id: 3, index: 0 }, now());
+    const off = vpPageOffset(0);
+    const d = (off + VpPage.dispatch) >> 2;
+    const state = (): number => Atomics.load(i32, (off + VpPage.state) >> 2);
+    const taken = (): number => Atomics.load(i32, VpRegionHeader.suspendTaken >> 2);
+    Atomics.store(i32, d, Dispatch.Start);
+    loop.pass(now());
+    expect(Atomics.load(i32, d)).to.equal(Dispatch.Granted);
+    // A VP that holds its LP when suspended: taken at the next pass, shown Suspended once it gives the LP up.
+    loop.handle({ t: 'suspend', id: 3, on: true, seq: 1 }, now());
+    expect(taken(), 'not before a pass').to.equal(0);
+    loop.pass(now());
+    expect(taken()).to.equal(1);
+    Atomics.store(i32, d, Dispatch.Halt);
+    loop.pass(now());
+    expect(state()).to.equal(VpRunState.Suspended);
+    // A thaw, then a new suspension, taken by one turn: the VP is never granted in between, and
+    // the second suspension is taken with its page showing Suspended.
+    Atomics.store(i32, d, Dispatch.Start);
+    loop.handle({ t: 'suspend', id: 3, on: false }, now());
+    loop.handle({ t: 'suspend', id: 3, on: true, seq: 2 }, now());
+    loop.pass(now());
+    expect(taken()).to.equal(2);
+    expect(Atomics.load(i32, d), 'not granted').to.not.equal(Dispatch.Granted);
+    expect(state()).to.equal(VpRunState.Suspended);
+    // A thaw taken by a pass lets the VP run; a suspension after it is taken only by a later pass.
+    loop.handle({ t: 'suspend', id: 3, on: false }, now());
+    loop.pass(now());
+    expect(Atomics.load(i32, d)).to.equal(Dispatch.Granted);
+    expect(state()).to.equal(VpRunState.Running);
+    loop.handle({ t: 'suspend', id: 3, on: true, seq: 3 }, now());
+    expect(taken(), 'the page still shows Running, and the count says the suspension is not taken').to.equal(2);
+    loop.pass(now());
+    expect(taken()).to.equal(3);
   });
 
   it('a lazy periodic timer skips the periods it missed and stays on its grid', async () => {

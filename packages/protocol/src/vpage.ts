@@ -23,6 +23,16 @@ export const VpRegionHeader = {
   vpCount: 0x04, // u32
   /** i64: hrtime (CLOCK_MONOTONIC ns) at which reference time was 0. */
   refBaseNs: 0x08,
+  // 0x10-0x1f: the clock-fault words (VpRegionClock, hvwire.ts).
+  /**
+   * i32: the count of the partition's suspensions the hypervisor's main thread has set (a
+   * Suspend of 1 that suspends it), and the count its scheduler has taken: stored at the end of
+   * the first scheduling pass after it applied that suspension, when every VP page shows its
+   * state since. A VP page showing Suspended while taken equals asked is not an earlier
+   * suspension's (a thaw the scheduler had not yet taken may have let the VP run since).
+   */
+  suspendAsked: 0x20,
+  suspendTaken: 0x24,
 } as const;
 
 export function vpRegionBytes(maxVps: number): number {

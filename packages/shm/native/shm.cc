@@ -864,7 +864,7 @@ void DiscardPages(const FunctionCallbackInfo<Value>& args) {
 // bytes never enter the process: what an unimpaired link of the cluster's fabric does with each
 // direction of each connection. The sockets stay Node's (their fds are borrowed; Node must not read
 // or write them while the pump runs, and must stop the pump before it closes them). The pipe holds
-// at most one chunk (its capacity: 1 MiB, or 64 KiB where the system refuses more): when stopped, the pump hands what is still in it back to JavaScript,
+// at most one chunk (its capacity: 1 MiB for root, else 64 KiB past the first few pumps): when stopped, the pump hands what is still in it back to JavaScript,
 // which delivers it itself. At the input's end the pump flushes the pipe, shuts the output down for
 // writing (the FIN goes on) and stops; on an error it stops. Either way the owning thread's event
 // loop calls the callback, and splicePumpStop collects the outcome.
@@ -887,10 +887,16 @@ struct SplicePump : JsWatch {
   std::atomic<int64_t> read{0};  // bytes taken from the input (read - bytes is what the pipe holds)
   size_t inPipe = 0;  // the thread's; read by others only after join
   size_t pipeCap = 64 * 1024;  // what one splice into the pipe asks for (the pipe's capacity)
+  bool bigPipe = false;        // counted in bigPipes (see SplicePumpStart)
   bool closing = false;
 };
 
 thread_local std::unordered_map<int32_t, SplicePump*> pumps;
+// Pumps of this process whose pipe was made 1 MiB. An unprivileged user's pipes all count against
+// one budget (pipe-user-pages-soft, 64 MiB by default), and a user over it gets 8 KiB pipes
+// everywhere: without CAP_SYS_RESOURCE only the first few pumps get a big pipe.
+std::atomic<int> bigPipes{0};
+constexpr int kUnprivilegedBigPipes = 8;
 thread_local int32_t nextPumpId = 1;
 
 // Waits until `fd` has `events` (or an error or hang-up, which the next splice reports): 1; the
@@ -999,6 +1005,10 @@ void ClosePump(SplicePump* p, std::vector<char>* leftover) {
     if (*fd >= 0) close(*fd);
     *fd = -1;
   }
+  if (p->bigPipe) {
+    p->bigPipe = false;
+    bigPipes.fetch_sub(1);
+  }
   if (!p->closing) {
     p->closing = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&p->async), OnPumpClosed);
@@ -1044,13 +1054,31 @@ void SplicePumpStart(const FunctionCallbackInfo<Value>& args) {
   int pp[2];
   if (pipe2(pp, O_NONBLOCK | O_CLOEXEC) != 0) { int e = errno; close(din); close(dout); Throw(isolate, "splicePump: pipe2", e); return; }
   // A larger pipe moves a busy stream in fewer, larger chunks (each chunk is two splices and, when
-  // the input runs dry, a poll): up to 1 MiB, the default pipe-max-size; 64 KiB where refused.
-  int cap = fcntl(pp[1], F_SETPIPE_SZ, 1024 * 1024);
+  // the input runs dry, a poll): 1 MiB, the default pipe-max-size, for root (whose pipes no budget
+  // limits) or for the first kUnprivilegedBigPipes pumps of another user; otherwise, or where the
+  // system refuses, the pipe stays as made (64 KiB unless the user is over its budget already).
+  int cap = -1;
+  bool counted = false;
+  if (geteuid() == 0) {
+    cap = fcntl(pp[1], F_SETPIPE_SZ, 1024 * 1024);
+  } else if (bigPipes.fetch_add(1) < kUnprivilegedBigPipes) {
+    cap = fcntl(pp[1], F_SETPIPE_SZ, 1024 * 1024);
+    counted = cap > 0;
+    if (!counted) bigPipes.fetch_sub(1);
+  } else {
+    bigPipes.fetch_sub(1);
+  }
   if (cap < 0) cap = fcntl(pp[1], F_GETPIPE_SZ);
   int efd = static_cast<int>(syscall(SYS_eventfd2, 0, O_NONBLOCK | O_CLOEXEC));
-  if (efd < 0) { int e = errno; close(pp[0]); close(pp[1]); close(din); close(dout); Throw(isolate, "splicePump: eventfd", e); return; }
+  if (efd < 0) {
+    int e = errno;
+    close(pp[0]); close(pp[1]); close(din); close(dout);
+    if (counted) bigPipes.fetch_sub(1);
+    Throw(isolate, "splicePump: eventfd", e); return;
+  }
   SplicePump* p = new SplicePump();
   if (cap > 0) p->pipeCap = static_cast<size_t>(cap);
+  p->bigPipe = counted;
   p->in = din;
   p->out = dout;
   p->pipeR = pp[0];
@@ -1059,6 +1087,7 @@ void SplicePumpStart(const FunctionCallbackInfo<Value>& args) {
   int r = uv_async_init(loop, &p->async, OnPumpDone);
   if (r != 0) {
     close(pp[0]); close(pp[1]); close(efd); close(din); close(dout);
+    if (counted) bigPipes.fetch_sub(1);
     delete p;
     Throw(isolate, std::string("uv_async_init: ") + uv_strerror(r), 0); return;
   }

@@ -563,9 +563,8 @@ export class VmbusServer {
 
   /**
    * A restore's calls to the hypervisor, ahead of it: maps the saved state's GPADLs and makes its
-   * channels' event connections, every call issued at once (they share one wake-up of the
-   * hypervisor instead of one round trip each: 4-13 ms of a migration's downtime with five
-   * channels). Nothing here touches the guest, so a migration's destination runs it alongside the
+   * channels' event connections (those a migration's destination made at its setup are there
+   * already), the calls issued together rather than one after the other. Nothing here touches the guest, so a migration's destination runs it alongside the
    * VPs' restore, before the guest may run; `restore` then takes these windows and has nothing to
    * wait for. A window the restore does not take (another state came, or it failed) is unmapped
    * by it. Throws what the state or a call refused, with what it mapped unmapped again.
@@ -577,22 +576,35 @@ export class VmbusServer {
     if (this.closed || this.version !== null || this.channels.size > 0 || this.gpadls.size > 0 || this.premapped.size > 0) {
       throw new VmbusStateError(`${who} cannot map ahead of a restore: it is not fresh`);
     }
-    const made = await Promise.allSettled(s.gpadls.map(async (g) => this.premapped.set(g.gpadl, await this.env.mapGpadl(g.gpadl, g.owner, g.pfns))));
-    const conns = await Promise.allSettled(s.channels.filter((c) => c.state !== 'rescinded').map((c) => this.env.channelConnection(c.relid)));
-    const failed = [...made, ...conns].find((r) => r.status === 'rejected');
+    const calls = await Promise.allSettled([
+      ...s.gpadls.map(async (g) => void this.premapped.set(g.gpadl, await this.env.mapGpadl(g.gpadl, g.owner, g.pfns))),
+      ...s.channels.filter((c) => c.state !== 'rescinded').map(async (c) => void (await this.env.channelConnection(c.relid))),
+    ]);
+    const failed = calls.find((r) => r.status === 'rejected');
     if (failed) {
       await this.dropPremapped();
       throw new VmbusStateError(`${who} cannot restore: ${(failed.reason as Error).message}`);
     }
   }
 
-  private async dropPremapped(): Promise<void> {
+  /** Unmaps the windows `premap` made that no restore took (a restore does it itself, and so does `shutdown`). */
+  async dropPremapped(): Promise<void> {
     const handles = [...this.premapped.keys()];
     this.premapped.clear();
     await Promise.all(handles.map((h) => this.env.unmapGpadl(h).catch(() => undefined)));
   }
 
   private async restoreNow(saved: VmbusServerState): Promise<void> {
+    try {
+      await this.restoreChecked(saved);
+    } catch (e) {
+      // A restore that failed keeps nothing: not even what was mapped ahead of it.
+      await this.dropPremapped();
+      throw e;
+    }
+  }
+
+  private async restoreChecked(saved: VmbusServerState): Promise<void> {
     const who = `the VMBus server of partition ${this.env.partitionId}`;
     const s = decodeVmbusServerState(saved);
     if (typeof s === 'string') throw new VmbusStateError(`${who} cannot restore: ${s}`);
@@ -628,7 +640,7 @@ export class VmbusServer {
         }
       }
       await this.dropPremapped();
-      // Every call at once: they share one wake-up of the hypervisor.
+      // The calls go together rather than one after the other.
       const maps = await Promise.allSettled(s.gpadls.filter((g) => !windows.has(g.gpadl)).map(async (g) => windows.set(g.gpadl, await this.env.mapGpadl(g.gpadl, g.owner, g.pfns))));
       const mapFailed = maps.find((r) => r.status === 'rejected');
       if (mapFailed) throw mapFailed.reason;
@@ -683,6 +695,7 @@ export class VmbusServer {
   /** The partition is going away: close everything without talking to the guest. */
   shutdown(): void {
     this.closed = true;
+    void this.dropPremapped();
     for (const ch of this.channels.values()) this.closeChannel(ch, 'partition gone');
     this.channels.clear();
     this.gpadls.clear();

@@ -391,6 +391,31 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     expect(b.lb.mapped.size, 'the guest made its GPADLs again').to.equal(2);
   });
 
+  it('a restore that fails its checks unmaps what was mapped ahead of it', async () => {
+    const a = pair('shm');
+    open.push(a.lb);
+    await addDevices(a);
+    await a.lb.client.connect();
+    await until(() => a.drvs.every((d) => d.channel !== null));
+    await a.lb.server.whenIdle();
+    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
+    const b = pair('shm');
+    open.push(b.lb);
+    await b.lb.start();
+    await b.lb.server.addDevice(b.devs[0]); // "other" is missing: the restore refuses the state
+    await b.lb.server.premap(saved.server);
+    expect(b.lb.mapped.size).to.equal(2);
+    let err: unknown = null;
+    await b.lb.server.restore(saved.server).catch((e: unknown) => { err = e; });
+    expect((err as Error).message).to.match(/no device was added for channel 2/);
+    expect(b.lb.mapped.size, 'nothing stays mapped').to.equal(0);
+    // And the server is fresh again: it can be mapped ahead and restored once its devices are there.
+    await b.lb.server.addDevice(b.devs[1]);
+    await b.lb.server.premap(saved.server);
+    await b.lb.server.restore(saved.server);
+    expect(b.lb.mapped.size).to.equal(2);
+  });
+
   it('a premap that fails maps nothing', async () => {
     const a = pair('shm');
     open.push(a.lb);

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { encodeIcMessage, encodeNegotiate, IcFlags, IcMessageType, IcStatus } from '@hvlab/protocol';
-import { encodeHeartbeat } from '@hvlab/protocol/heartbeat';
+import { decodeIcMessage, encodeIcMessage, encodeNegotiate, IcFlags, IcMessageType, IcStatus } from '@hvlab/protocol';
+import { decodeHeartbeat, encodeHeartbeat } from '@hvlab/protocol/heartbeat';
 import { encodeKvp, KvpOperation, KvpPool } from '@hvlab/protocol/kvp';
 import { encodeShutdown, type ShutdownRequest } from '@hvlab/protocol/shutdown';
 import { encodeTimeSync, msToFiletime } from '@hvlab/protocol/timesync';
@@ -97,7 +97,7 @@ async function bootGuest(transport: 'shm' | 'remote', skewMs = 0): Promise<Guest
 
 describe('periodic integration services over rings', function () {
   this.timeout(30000);
-  it("heartbeat and time sync answers signal nobody: they are read on the worker's ticks and count from when the request went", async () => {
+  it("heartbeat and time sync answers signal nobody: they are read on the worker's ticks", async () => {
     let toHost = 0;
     const lb = new VmbusLoopback({ transport: 'shm', faults: { toHost: (deliver) => { toHost++; deliver(); } } });
     await lb.start();
@@ -116,12 +116,95 @@ describe('periodic integration services over rings', function () {
       await until(() => heartbeat.sequence >= seq + 6n && timesync.samples >= samples + 3);
       expect(toHost - signalsBefore, 'guest-to-host signals while 6 beats and 3 samples were answered').to.equal(0);
       expect(heartbeat.status()).to.equal('OK');
-      // Counted from when the request went: never later than the answer came.
-      expect(heartbeat.lastAnswerAt!).to.be.at.most(Date.now());
     } finally {
       heartbeat.close();
       timesync.close();
       lb.close();
+    }
+  });
+});
+
+/**
+ * A heartbeat channel without rings: its guest answers each request `latencyMs` after it was sent,
+ * into an inbox that `poll()` reads when polled (as a ring would hold it), straight away otherwise.
+ * `answering` false: a silent guest.
+ */
+function fakeHeartbeatChannel(canPoll: boolean, latencyMs: number, answering: { on: boolean }): VmbusChannel {
+  const inbox: Array<[bigint, Uint8Array]> = [];
+  let polled = false;
+  const timers = new Set<NodeJS.Timeout>();
+  const ch = {
+    open: true,
+    onPacket: (_t: number, _f: number, _id: bigint, _p: Uint8Array): void => {},
+    send(_type: number, _flags: number, transId: bigint, payload: Uint8Array): void {
+      if (!answering.on) return;
+      const m = decodeIcMessage(payload);
+      const answer = encodeIcMessage({ ...m.header, status: IcStatus.OK, flags: IcFlags.Transaction | IcFlags.Response }, encodeHeartbeat(decodeHeartbeat(m.body).sequence + 1n));
+      const t = setTimeout(() => {
+        timers.delete(t);
+        if (polled) inbox.push([transId, answer]);
+        else ch.onPacket(PacketType.DataInband, 0, transId, answer);
+      }, latencyMs);
+      timers.add(t);
+    },
+    setPolled(on: boolean): boolean {
+      if (!canPoll) return false;
+      polled = on;
+      return true;
+    },
+    poll(): void {
+      for (const [id, p] of inbox.splice(0)) ch.onPacket(PacketType.DataInband, 0, id, p);
+    },
+    close(): void {
+      for (const t of timers) clearTimeout(t);
+    },
+  };
+  return ch as unknown as VmbusChannel;
+}
+
+describe('heartbeat status, answers read on ticks or as they come', function () {
+  this.timeout(30000);
+  async function statuses(canPoll: boolean, latencyMs: number, silentAfterMs = Infinity): Promise<{ ok: number; lost: number; lostAfterSilenceMs: number | null }> {
+    const hb = new HeartbeatProvider(quiet, { intervalMs: 100, lostAfterMs: 250 });
+    hb.negotiated = { framework: { major: 3, minor: 0 }, message: { major: 3, minor: 0 } };
+    const answering = { on: true };
+    const ch = fakeHeartbeatChannel(canPoll, latencyMs, answering);
+    hb.reopen(ch);
+    const counts = { ok: 0, lost: 0, lostAfterSilenceMs: null as number | null };
+    const t0 = Date.now();
+    try {
+      while (Date.now() - t0 < 2500) {
+        await new Promise((r) => setTimeout(r, 7));
+        const t = Date.now() - t0;
+        if (t >= silentAfterMs) answering.on = false;
+        if (t < 500) continue;
+        const st = hb.status();
+        if (st === 'OK') counts.ok++;
+        else {
+          counts.lost++;
+          if (t >= silentAfterMs && counts.lostAfterSilenceMs === null) counts.lostAfterSilenceMs = t - silentAfterMs;
+        }
+      }
+    } finally {
+      hb.close();
+      (ch as unknown as { close(): void }).close();
+    }
+    return counts;
+  }
+
+  it('a guest answering later than one interval (within the lost time) is never flagged, polled or not', async () => {
+    for (const canPoll of [true, false]) {
+      const c = await statuses(canPoll, 150);
+      expect(c.lost, `${canPoll ? 'polled' : 'signalled'}: ${JSON.stringify(c)}`).to.equal(0);
+      expect(c.ok).to.be.greaterThan(100);
+    }
+  });
+
+  it('a guest that falls silent turns LostCommunication within the lost time and one tick, polled or not', async () => {
+    for (const canPoll of [true, false]) {
+      const c = await statuses(canPoll, 10, 1200);
+      expect(c.lostAfterSilenceMs, `${canPoll ? 'polled' : 'signalled'}: ${JSON.stringify(c)}`).to.not.equal(null);
+      expect(c.lostAfterSilenceMs!, `${canPoll ? 'polled' : 'signalled'}`).to.be.within(150, 250 + 100 + 150);
     }
   });
 });

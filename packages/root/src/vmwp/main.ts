@@ -683,16 +683,19 @@ async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Prom
   if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
   const restoring = devs.decodeSaved(state.components);
   incomingStarted = true;
-  // The VPs' states, and the VMBus server's GPADL windows and event connections (premap): every
-  // call at once, so they share one wake-up of the hypervisor (one after the other they were 5-6
-  // round trips). The server signals the guest only in `attach`, after this: a signal must not
-  // land in an APIC that SetVpState then overwrites.
+  // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
+  // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
+  // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
+  // SetVpState then overwrites.
   const restored = await Promise.allSettled([
     ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
     devs.premap(restoring.vmbus),
   ]);
   const refused = restored.find((r) => r.status === 'rejected');
-  if (refused) throw refused.reason;
+  if (refused) {
+    await devs.server.dropPremapped();
+    throw refused.reason;
+  }
   const tVps = performance.now();
   devs.restoreDevices(restoring.devices);
   // The endpoint and token are the hub's, bound at the setup (devices.prepare).

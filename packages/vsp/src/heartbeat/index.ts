@@ -89,7 +89,7 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
     this.asked = asked;
     const beat = ++this.beats;
     // The answer is taken by onAnswer; a request that fails or times out frees the next beat.
-    this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), this.lostAfterMs)
+    this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), this.lostAfterMs + this.pollSlackMs(this.intervalMs))
       .catch(() => undefined)
       .finally(() => {
         if (this.beats === beat) this.asked = null;

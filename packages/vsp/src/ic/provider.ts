@@ -49,8 +49,6 @@ interface Pending {
   resolve: (a: IcAnswer) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout | null;
-  /** When the request went (Date.now()); absent for one restored from a saved state. */
-  sentAt?: number;
 }
 
 export abstract class IcProvider implements VmbusDevice {
@@ -106,9 +104,9 @@ export abstract class IcProvider implements VmbusDevice {
    * side of the ring keeps interrupt_mask set, so the guest's answers wake nobody (a signal
    * through the hypervisor, the worker's watcher thread and its event loop: three of the ~8
    * wake-ups of an idle VM's heartbeat); they are read at each tick of the worker's ticker, before
-   * the next requests go, and when a service reads its status. A request's answer then counts as
-   * heard when the request was sent (it came after that): never later than it was. Over a remote
-   * transport (no rings) answers come as they arrive.
+   * the next requests go, and when a service reads its status. An answer counts as heard when it
+   * is read: at most a tick after it came, so a service judges silence over a tick more (see
+   * `pollSlackMs`). Over a remote transport (no rings) answers come as they arrive.
    */
   protected pollAnswers(): void {
     const ch = this.channel;
@@ -120,6 +118,15 @@ export abstract class IcProvider implements VmbusDevice {
       stop();
       ch.setPolled(false);
     };
+  }
+
+  /**
+   * How much later than it came an answer may be read: the given period (the service's own, which
+   * the worker's ticks are never further apart than) when polled, 0 otherwise. A request waits this
+   * much longer for its answer, so that one that came just before its time is not thrown away.
+   */
+  protected pollSlackMs(periodMs: number): number {
+    return this.stopPolling ? periodMs : 0;
   }
 
   /** Reads what the guest answered since the last tick (polled mode; nothing otherwise). */
@@ -257,7 +264,7 @@ export abstract class IcProvider implements VmbusDevice {
     const msg = this.negotiated?.message ?? this.messageVersions[0];
     const header: IcHeader = { framework: fw, message: msg, type, status: 0, transactionId: this.nextIcTransaction++ & 0xff, flags: IcFlags.Transaction | IcFlags.Request };
     return new Promise<IcAnswer>((resolve, reject) => {
-      const p: Pending = { type, resolve, reject, timer: null, sentAt: Date.now() };
+      const p: Pending = { type, resolve, reject, timer: null };
       if (timeoutMs > 0) {
         p.timer = setTimeout(() => {
           this.pending.delete(transId);
@@ -298,7 +305,7 @@ export abstract class IcProvider implements VmbusDevice {
     this.pending.delete(transId);
     if (p.timer) clearTimeout(p.timer);
     this.stats.answers++;
-    this.lastAnswerAt = this.polled && p.sentAt !== undefined ? Math.max(this.lastAnswerAt ?? 0, p.sentAt) : Date.now();
+    this.lastAnswerAt = Date.now();
     // The body is a view into the ring: copy before it outlives this call.
     const answer = { header: h, body: msg.body.slice() };
     this.onAnswer(p.type, answer);

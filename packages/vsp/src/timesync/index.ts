@@ -56,9 +56,9 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
     const hostMs = Date.now();
     const ref = referenceTime();
     const body = encodeTimeSync({ parentTime: msToFiletime(hostMs), referenceTime: ref, flags, leapFlags: 0, stratum: 2 });
-    // Polled, the answer is read at a later tick: up to a period later (when no other service
-    // ticks more often), so it may take two periods and a second before it counts as lost.
-    this.request(IcMessageType.TimeSync, body, this.polled ? 2 * this.intervalMs + 1000 : Math.max(2000, this.intervalMs))
+    // Polled, the answer is read at a later tick, up to a period later (when no other service
+    // ticks more often).
+    this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs) + this.pollSlackMs(this.intervalMs))
       .then((a) => {
         if (a.header.status !== IcStatus.OK) return;
         try {
