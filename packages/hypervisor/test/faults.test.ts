@@ -24,7 +24,7 @@ import {
   Dispatch, HvCall, HvStatus, PartitionProperty, PortType, ROOT_PARTITION_ID, PARTITION_ID_SELF, ENLIGHTENED_CHILD_PRIVILEGES,
   VpPage, VirtualApicView, ReferenceClockView, MsgHeader, simpGpa, siefpGpa, synicPageRegister, stimerConfig, vpPageOffset, hvStatusName,
   FAULT_MAX_INTERRUPT_DELAY_US, FAULT_MAX_CLOCK_OFFSET_US, FAULT_MAX_MS, CLOCK_MAX_OFFSET_MS, CLOCK_SKEW_MIN_PPM, CLOCK_SKEW_MAX_PPM,
-  FAULT_MAX_DELAY_MS, FAULT_CLOCK_SKEW_MIN_PPM, FAULT_CLOCK_SKEW_MAX_PPM, HV_SET_LPS_MAX_MS,
+  FAULT_MAX_DELAY_MS, FAULT_CLOCK_SKEW_MIN_PPM, FAULT_CLOCK_SKEW_MAX_PPM, HV_SET_LPS_MAX_MS, VpRegionHeader,
   type HvServerMsg, type SavedVpStateV2,
 } from '@hvlab/protocol';
 import { HvClient } from '@hvlab/runtime';
@@ -750,5 +750,34 @@ describe('faults the hypervisor enforces', function () {
       await c.must('SignalEvent', { connectionId: 0x900, flagNumber: 1 });
       expect(apic.pending(0x31)).to.equal(true);
     });
+  });
+});
+
+describe('suspensions numbered in the VP region (a save waits for its own)', () => {
+  it('each Suspend that suspends is numbered before it is answered; the scheduler marks it taken after its next pass', () => {
+    const { lab, link } = labWithLoop();
+    try {
+      const c = lab.child({ vps: 1 });
+      const p = part(lab, c);
+      const asked = (): number => Atomics.load(p.vpI32!, VpRegionHeader.suspendAsked >> 2);
+      const taken = (): number => Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2);
+      startVp(p, 0);
+      link.passNow();
+      setProp(lab, c, PartitionProperty.Suspend, 1);
+      expect([asked(), taken()]).to.deep.equal([1, 0]);
+      link.passNow();
+      expect(taken()).to.equal(1);
+      // Suspended already: no new number.
+      setProp(lab, c, PartitionProperty.Suspend, 1);
+      expect(asked()).to.equal(1);
+      setProp(lab, c, PartitionProperty.Suspend, 0);
+      link.passNow();
+      setProp(lab, c, PartitionProperty.Suspend, 1);
+      expect([asked(), taken()]).to.deep.equal([2, 1]);
+      link.passNow();
+      expect(taken()).to.equal(2);
+    } finally {
+      lab.close();
+    }
   });
 });
