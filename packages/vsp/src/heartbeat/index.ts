@@ -49,7 +49,6 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
   }
 
   protected override onNegotiated(): void {
-    this.pollAnswers();
     this.beat();
     this.stopTicks?.();
     this.stopTicks = icTicker.every(this.intervalMs, 0, () => this.beat());
@@ -60,6 +59,8 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
     if (type !== IcMessageType.Heartbeat || this.asked === null) return;
     this.answered(this.asked, a);
     this.asked = null;
+    // The first answer comes as it is signalled (the status is OK at once); then they are read on ticks.
+    if (!this.polled) this.pollAnswers();
   }
 
   protected override onClosed(): void {

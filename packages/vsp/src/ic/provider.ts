@@ -100,7 +100,7 @@ export abstract class IcProvider implements VmbusDevice {
   }
 
   /**
-   * For a service whose requests are periodic (heartbeat, time sync), once negotiated: the host's
+   * For a service whose requests are periodic (heartbeat, time sync), after its first answer: the host's
    * side of the ring keeps interrupt_mask set, so the guest's answers wake nobody (a signal
    * through the hypervisor, the worker's watcher thread and its event loop: three of the ~8
    * wake-ups of an idle VM's heartbeat); they are read at each tick of the worker's ticker, before

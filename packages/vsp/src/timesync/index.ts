@@ -38,7 +38,6 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
   }
 
   protected override onNegotiated(): void {
-    this.pollAnswers();
     this.send(TimeSyncFlags.Sync);
     this.stopTicks?.();
     // A sample carries the time it was taken at, so one sent up to a quarter period early (with
@@ -60,6 +59,9 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
     // ticks more often).
     this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs) + this.pollSlackMs(this.intervalMs))
       .then((a) => {
+        // The first answer comes as it is signalled (the offset is known at once); then they are
+        // read on ticks, which with a long period and no heartbeat may be a period later.
+        if (!this.polled) this.pollAnswers();
         if (a.header.status !== IcStatus.OK) return;
         try {
           const t = decodeTimeSync(a.body);
