@@ -185,15 +185,6 @@ export class GuestKernel {
     }
   }
 
-  /**
-   * Waits until every driver class's module is loaded (their loading starts with the process,
-   * main.ts): a migration's held destination says it is ready only then, so the kernel's start
-   * in the blackout never waits on an import still under way.
-   */
-  static async preloadDrivers(): Promise<void> {
-    for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) await loadDriverClass(cls);
-  }
-
   /** Creates one driver per device class that has a VMBus channel, from the registry. */
   private async loadDrivers(): Promise<void> {
     for (const cls of DEVICE_CLASS_NAMES) {

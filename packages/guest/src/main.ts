@@ -18,7 +18,9 @@ process.title = 'hvlab-partition (starting)';
 prestartFirstVpThread();
 // Load every guest driver's code while waiting to be assigned (a warm or prestarted process then
 // boots without module loading); the kernel's own load later finds them in the module cache.
-for (const cls of DEVICE_CLASS_NAMES) if (DEVICE_CLASSES[cls].vmbus) void loadDriverClass(cls).catch(() => undefined);
+// A migration's held destination waits for them before it says it is ready, so the kernel's start
+// in the blackout never waits on an import still under way.
+const driversLoaded = Promise.allSettled(DEVICE_CLASS_NAMES.filter((cls) => DEVICE_CLASSES[cls].vmbus).map((cls) => loadDriverClass(cls)));
 // The hypervisor's socket, connected while waiting (the VMWP's environment names it), and the
 // first run of the codecs and the logger paid now (runtime/src/prewarm.ts says why): this process
 // waits for its VMWP to build the partition either way.
@@ -178,7 +180,7 @@ try {
     const sab = openRegion(session.memoryRegion);
     // Held (a migration's destination): everything is ready; the guest's memory is not final until `go`.
     if (go) {
-      await GuestKernel.preloadDrivers().catch((e) => log.warn({ err: (e as Error).message }, 'the drivers could not be loaded ahead'));
+      await driversLoaded;
       rpc.note({ t: 'held' });
     }
     const postcopyControl = go ? await go : input.postcopyControl;

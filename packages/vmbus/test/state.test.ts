@@ -115,12 +115,18 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     for (const lb of open.splice(0)) lb.close();
   });
 
-  it('a restored pair keeps its channels and unread packets and exchanges no channel message', async () => {
+  /** A pair over rings with its devices added and every channel open (closed after the test). */
+  async function connected(): Promise<Pair> {
     const a = pair('shm');
     open.push(a.lb);
     await addDevices(a);
     await a.lb.client.connect();
     await until(() => a.drvs.every((d) => d.channel !== null));
+    return a;
+  }
+
+  it('a restored pair keeps its channels and unread packets and exchanges no channel message', async () => {
+    const a = await connected();
     const [dev] = a.devs;
     const [drv, otherDrv] = a.drvs;
     drv.channel!.send(PacketType.DataInband, 0, 1n, text('before'));
@@ -196,11 +202,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
   });
 
   it('a restored pair can close and unload as usual', async () => {
-    const a = pair('shm');
-    open.push(a.lb);
-    await addDevices(a);
-    await a.lb.client.connect();
-    await until(() => a.drvs.every((d) => d.channel !== null));
+    const a = await connected();
     const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
     const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
     new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
@@ -249,11 +251,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
   });
 
   it('a device or driver that cannot reopen is opened or attached instead', async () => {
-    const a = pair('shm');
-    open.push(a.lb);
-    await addDevices(a);
-    await a.lb.client.connect();
-    await until(() => a.drvs.every((d) => d.channel !== null));
+    const a = await connected();
     const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
     const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
     new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
@@ -268,11 +266,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
   });
 
   it('restore refuses a state whose device was not added, and keeps nothing', async () => {
-    const a = pair('shm');
-    open.push(a.lb);
-    await addDevices(a);
-    await a.lb.client.connect();
-    await until(() => a.drvs.every((d) => d.channel !== null));
+    const a = await connected();
     const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
     const b = pair('shm');
     open.push(b.lb);
@@ -328,11 +322,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
   });
 
   it('windows mapped ahead of a restore (premap) are the ones it uses, and it maps nothing again', async () => {
-    const a = pair('shm');
-    open.push(a.lb);
-    await addDevices(a);
-    await a.lb.client.connect();
-    await until(() => a.drvs.every((d) => d.channel !== null));
+    const a = await connected();
     a.lb.holdGuestSignals = true;
     a.hold.host = true;
     a.drvs[0].channel!.send(PacketType.DataInband, 0, 1n, text('unread'));
@@ -392,11 +382,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
   });
 
   it('a restore that fails its checks unmaps what was mapped ahead of it', async () => {
-    const a = pair('shm');
-    open.push(a.lb);
-    await addDevices(a);
-    await a.lb.client.connect();
-    await until(() => a.drvs.every((d) => d.channel !== null));
+    const a = await connected();
     await a.lb.server.whenIdle();
     const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
     const b = pair('shm');
@@ -417,11 +403,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
   });
 
   it('a premap that fails maps nothing', async () => {
-    const a = pair('shm');
-    open.push(a.lb);
-    await addDevices(a);
-    await a.lb.client.connect();
-    await until(() => a.drvs.every((d) => d.channel !== null));
+    const a = await connected();
     await a.lb.server.whenIdle();
     const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
     // A smaller partition that holds the lower GPADL's pages but not the higher one's: the first
