@@ -5,7 +5,7 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
+import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
@@ -26,6 +26,8 @@ const driversLoaded = Promise.allSettled(DEVICE_CLASS_NAMES.filter((cls) => DEVI
 // waits for its VMWP to build the partition either way.
 const earlyHv = earlyHvClient((n) => onHvNotification(n));
 prewarmProcess();
+// Loaded: what this process compiles from now on, it compiles on first call (boot.ts).
+eagerCompile(false);
 let input: PartitionStartInput;
 try {
   input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));

@@ -13,6 +13,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { spawnVmwp } from './worker-spawn.js';
+import { EAGER_COMPILE_ENV } from '@hvlab/runtime';
 
 export const MAX_SPARE = 8;
 /**
@@ -114,7 +115,7 @@ export class SpareWorkers {
     while (!this.closed && this.failures < 5 && this.waiting.length < this.o.size) {
       let c: ChildProcess;
       try {
-        c = (this.o.spawnWorker ?? (() => spawnVmwp({ stderrLog: this.o.stderrLog, hvEndpoint: this.o.hvEndpoint, stdout: 'ignore', env: { HVLAB_VMWP_SPARE: '1' } })))();
+        c = (this.o.spawnWorker ?? (() => spawnVmwp({ stderrLog: this.o.stderrLog, hvEndpoint: this.o.hvEndpoint, stdout: 'ignore', env: { HVLAB_VMWP_SPARE: '1', [EAGER_COMPILE_ENV]: '1' } })))();
       } catch (e) {
         this.failures = 5;
         this.o.log.warn({ err: (e as Error).message }, 'could not start a spare VM worker; every start spawns its own');

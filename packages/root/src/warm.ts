@@ -20,6 +20,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { spawnVmwp } from './worker-spawn.js';
+import { EAGER_COMPILE_ENV } from '@hvlab/runtime';
 import { sameShape, type VmwpConfig, type VmwpStartInput } from './vmwp/shared.js';
 
 export const MAX_WARM = 64;
@@ -169,7 +170,7 @@ export class WarmPool {
       const seed = randomUUID();
       let c: ChildProcess;
       try {
-        c = spawnVmwp({ stderrLog: this.o.stderrLog, hvEndpoint: this.o.hvEndpoint, stdout: 'pipe', env: { HVLAB_VMWP_WARM: '1' } });
+        c = spawnVmwp({ stderrLog: this.o.stderrLog, hvEndpoint: this.o.hvEndpoint, stdout: 'pipe', env: { HVLAB_VMWP_WARM: '1', [EAGER_COMPILE_ENV]: '1' } });
       } catch (e) {
         this.failures = 5;
         this.o.log.warn({ err: (e as Error).message }, 'could not start a warm VM worker; the pool stays empty');

@@ -5,12 +5,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
+import { EAGER_COMPILE_ENV, entries, HV_ENDPOINT_ENV, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime';
 
 export function spawnVmwp(o: { stderrLog: string; hvEndpoint: string; stdout: 'ignore' | 'pipe'; env?: Record<string, string> }): ChildProcess {
   const errFd = openSync(o.stderrLog, 'a');
   try {
-    return spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', o.stdout, errFd], env: vmProcessEnv(process.env, { ...o.env, [HV_ENDPOINT_ENV]: o.hvEndpoint }) });
+    return spawn(process.execPath, vmProcessArgs(entries.vmwp), { stdio: ['pipe', o.stdout, errFd], env: vmProcessEnv(process.env, { [EAGER_COMPILE_ENV]: '', ...o.env, [HV_ENDPOINT_ENV]: o.hvEndpoint }) });
   } finally {
     closeSync(errFd);
   }

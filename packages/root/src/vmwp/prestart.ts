@@ -6,11 +6,17 @@
  * so the VMWP's entry (boot.ts) spawns the partition process before it loads the worker itself.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime/paths';
+import { EAGER_COMPILE_ENV, entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime/paths';
 
-/** A new partition process, waiting for its start-up line on stdin (an IPC channel to this VMWP). */
-export function spawnPartition(): ChildProcess {
-  const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env: vmProcessEnv() });
+/**
+ * A new partition process, waiting for its start-up line on stdin (an IPC channel to this VMWP).
+ * `ahead`: started ahead of need (by a spare or warm worker), it compiles its code eagerly.
+ */
+export function spawnPartition(ahead = false): ChildProcess {
+  const env = vmProcessEnv();
+  delete env[EAGER_COMPILE_ENV];
+  if (ahead) env[EAGER_COMPILE_ENV] = '1';
+  const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env });
   p.stdin!.on('error', () => undefined);
   p.on('error', () => undefined);
   return p;
@@ -20,6 +26,6 @@ let first: ChildProcess | null = null;
 
 /** The partition process this VMWP started first (started by the first call). */
 export function prestartedPartition(): ChildProcess {
-  first ??= spawnPartition();
+  first ??= spawnPartition(process.env[EAGER_COMPILE_ENV] === '1');
   return first;
 }
