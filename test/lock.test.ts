@@ -4,10 +4,10 @@
  * not let a second host (and a second copy of every VM) start on the same home.
  */
 import { expect } from 'chai';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
-import { TestHost } from './harness.js';
+import { eventually, shmFiles, TestHost } from './harness.js';
 
 describe('one host per home', function () {
   this.timeout(120000);
@@ -37,5 +37,42 @@ describe('one host per home', function () {
     expect(r.stderr).to.match(/a host is already up/);
     // Nothing new was started, and the old host's processes are all still there.
     expect(hostProcesses(id).length).to.equal(before);
+  });
+});
+
+describe('a host whose home is removed under it', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('a lock file removed alone is written again, naming the same hypervisor, and up is still refused', async () => {
+    await h.ok('up', '--lps', '1');
+    const hv = (JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { hypervisor: number } }).pids.hypervisor;
+    rmSync(h.paths.lockFile);
+    // Created exclusively, then its pid written: wait for the pid.
+    const owner = (): number => {
+      try {
+        return Number(readFileSync(h.paths.lockFile, 'utf8').trim());
+      } catch {
+        return 0;
+      }
+    };
+    expect(await eventually(() => owner() !== 0, 10000), 'the lock file is back').to.equal(true);
+    expect(owner()).to.equal(hv);
+    const r = await h.run('up', '--lps', '1');
+    expect(r.code).to.equal(1);
+    expect(r.stderr).to.match(/a host is already up/);
+  });
+
+  it('goes down with its VMs: no process, /dev/shm file or socket directory is left, and the home is not made again', async () => {
+    await h.ok('vm', 'new', 'gone', '--memory', '8M');
+    await h.ok('vm', 'start', 'gone');
+    const id = h.hostId;
+    const sockDir = h.paths.sockDir;
+    expect(hostProcesses(id).length, 'hypervisor, root, the VM\'s two processes').to.be.greaterThanOrEqual(4);
+    expect(shmFiles(id)).to.not.deep.equal([]);
+    rmSync(h.home, { recursive: true, force: true });
+    const gone = await eventually(() => hostProcesses(id).length === 0 && shmFiles(id).length === 0 && !existsSync(sockDir) && !existsSync(h.home), 30000);
+    expect(gone, `left: processes ${hostProcesses(id).join(', ')}; shm ${shmFiles(id).join(', ')}; socket dir ${existsSync(sockDir)}; home ${existsSync(h.home)}`).to.equal(true);
   });
 });

@@ -11,7 +11,7 @@
  * Prints "ready" once the first root is ready, or "locked PID" when another host holds the home.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { entries, hostPaths, nodeArgsFor, pidAlive, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
@@ -91,9 +91,67 @@ async function exit(reason: string, code = 0): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
   rmSync(paths.lockFile, { force: true });
+  if (homeLost) {
+    // Nobody is left to clean up after a host whose home went (guardHome): its socket directory
+    // (outside the home), and what its processes wrote into the home as they went down (the
+    // workers' records recreate run/). The home itself goes only if that leaves it empty.
+    rmSync(paths.sockDir, { recursive: true, force: true });
+    rmSync(paths.runDir, { recursive: true, force: true });
+    try {
+      rmdirSync(paths.home);
+    } catch { /* not empty: someone else's files */ }
+  }
   process.exit(code);
 }
 server.onShutdownRequest = () => void exit('shutdown requested by the root');
+
+/**
+ * The lock is this host's claim on its home, and its home is how anyone finds it: `hvlab down`
+ * reads `run/host.json`. A home removed under a running host (an `rm -rf` of a temporary home, a
+ * test's clean-up, a tmp reaper) would leave a host nothing can reach again, every process, socket
+ * and /dev/shm file of it an orphan. inotify on the lock file says when it goes (a watch, no
+ * polling: an idle host stays asleep). With the run directory gone too the host goes down as on
+ * SIGTERM (its VMs with it) and takes its socket directory, which lives outside the home; with the
+ * home still there only the lock went, and it is written again.
+ */
+let homeLost = false;
+function guardHome(): void {
+  let w: ReturnType<typeof watch>;
+  try {
+    w = watch(paths.lockFile, { persistent: false });
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'cannot watch the lock file: a removed home will not take this host down');
+    return;
+  }
+  w.on('error', () => undefined);
+  w.on('change', () => {
+    if (exiting || existsSync(paths.lockFile)) return;
+    w.close();
+    // A recursive removal takes the files before their directories: look once it is done.
+    setTimeout(() => {
+      if (exiting) return;
+      if (!existsSync(paths.runDir)) {
+        homeLost = true;
+        log.error({ home: paths.home }, 'the home was removed under this host: going down');
+        void exit(`its home ${paths.home} was removed`).catch(() => undefined);
+        return;
+      }
+      try {
+        const holder = takeLock();
+        if (holder !== null) {
+          log.error({ holder }, 'the lock file was removed and another hypervisor took the home: going down');
+          void exit(`hypervisor ${holder} took the home`);
+          return;
+        }
+        log.warn('the lock file was removed: written again');
+      } catch (e) {
+        log.error({ err: (e as Error).message }, 'the lock file was removed and cannot be written again');
+      }
+      guardHome();
+    }, 200).unref();
+  });
+}
+guardHome();
 process.on('SIGTERM', () => void exit('SIGTERM'));
 process.on('SIGINT', () => void exit('SIGINT'));
 // Nothing a peer sends may end the host: log what escapes and keep serving.
