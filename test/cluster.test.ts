@@ -9,7 +9,7 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
@@ -216,5 +216,21 @@ describe('clusters on one machine', function () {
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
+  });
+
+  it('a cluster whose home is removed under it goes down by itself: hosts, fabric, network, /dev/shm files, and the home is not made again', async () => {
+    const file = join(h.home, 'two.yaml');
+    writeFileSync(file, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M, workload: idle }\n');
+    await h.ok('cluster', 'up', file);
+    clusterHostIds(h.home, ids);
+    expect(ids.size).to.equal(2);
+    const home = h.home;
+    const tag = clusterTag(home);
+    expect(fabricPids(home).length, 'the fabric runs').to.equal(1);
+    if (namespacesAvailable().ok) expect(networkLeftovers(tag).namespaces.length, 'a namespace per host').to.equal(2);
+    rmSync(home, { recursive: true, force: true });
+    const net = (): number => networkLeftovers(tag).namespaces.length + networkLeftovers(tag).links.length;
+    const gone = await eventually(() => leftovers(ids, home).pids.length === 0 && leftovers(ids).shm.length === 0 && net() === 0 && !existsSync(home), 30000);
+    expect(gone, `left: ${JSON.stringify({ ...leftovers(ids, home), network: networkLeftovers(tag), home: existsSync(home) })}`).to.equal(true);
   });
 });

@@ -5,12 +5,15 @@
  * HVLAB_FABRIC_HOME=HOME marks the process, so `cluster down` finds it even without that file.
  *
  * It leaves on SIGTERM/SIGINT, and by itself when the cluster record is gone (a home removed
- * under it), so it cannot outlive its cluster for long.
+ * under it), so it cannot outlive its cluster for long. In that case it also removes the cluster's
+ * network (namespaces, veths, bridge: found by the tag of the home's path), which nobody else would
+ * now: each host goes down by itself when its home goes (hypervisor/src/main.ts, guardHome).
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
+import { clusterTag, teardownNetwork } from './netns.js';
 import { clusterDir, clusterKeyFile, clusterRecordFile, fabricFile, readCluster } from './lab.js';
 
 const home = process.argv[2] ?? process.env.HVLAB_FABRIC_HOME ?? '';
@@ -43,15 +46,21 @@ log.info({ port, listen: c.record.listen }, 'fabric ready');
 process.stdout.write('ready\n');
 
 let leaving = false;
-async function leave(why: string): Promise<void> {
+async function leave(why: string, orphaned = false): Promise<void> {
   if (leaving) return;
   leaving = true;
   log.info({ why }, 'fabric exiting');
   await Promise.race([fabric.close(), new Promise((r) => setTimeout(r, 1000))]);
+  if (orphaned) {
+    // The namespaces may still hold hosts on their way down: a deleted namespace lives on until
+    // its last process leaves, and a cluster whose home is gone needs its links no more.
+    const n = teardownNetwork(clusterTag(home));
+    log.info({ removed: n }, 'the cluster\'s network is removed');
+  }
   process.exit(0);
 }
 process.on('SIGTERM', () => void leave('SIGTERM'));
 process.on('SIGINT', () => void leave('SIGINT'));
 setInterval(() => {
-  if (!existsSync(clusterRecordFile(home))) void leave('the cluster record is gone');
+  if (!existsSync(clusterRecordFile(home))) void leave('the cluster record is gone', true);
 }, 2000);

@@ -108,7 +108,13 @@ function writeRecord(): void {
   // A warm worker has no VM yet; the root that started it kills it if it goes away.
   if (!claimed) return;
   try {
-    mkdirSync(paths.vmwpDir, { recursive: true, mode: 0o700 });
+    // Not recursive: the hypervisor makes run/ at its start, and a home removed under the host
+    // (which then goes down: hypervisor/src/main.ts, guardHome) must not be made again by a record.
+    try {
+      mkdirSync(paths.vmwpDir, { mode: 0o700 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
     // Written at every step of a start, and it describes live processes (a power cut leaves none):
     // atomic, but no fsync (three of them cost ~30 ms of a VM start). A root re-attaching reads what is there.
     writeFileAtomic(recordFile, JSON.stringify(record) + '\n', { durable: false });
