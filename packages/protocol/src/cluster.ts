@@ -127,12 +127,15 @@ export type PeerRequest =
  * Live migration's stream, from the source's VMWP to the destination's peer service, through
  * their link (protocol/src/migrate.ts has the page batch and the options): `migSetup` (the VM's
  * config as its config file has it, checked by the destination's config decoder), `migPages` (a
- * page batch), `migState` (the saved-state tree of every component, as JSON), `migCommit`,
+ * page batch), `migPremap` (the running guest's GPADLs, mapped ahead of the blackout), `migState`
+ * (the saved-state tree of every component, as JSON), `migCommit`,
  * `migAbort`. `mig` is the migration's id.
  */
 export type MigPeerRequest =
   | { v: number; id: number; op: 'migSetup'; from: string; mig: string; config: Record<string, unknown>; options: Record<string, unknown> }
   | { v: number; id: number; op: 'migPages'; from: string; mig: string; data: Uint8Array }
+  /** The guest's GPADLs while it runs (a VMBus server state as JSON), for the destination to map ahead of the blackout. */
+  | { v: number; id: number; op: 'migPremap'; from: string; mig: string; state: Uint8Array }
   /** The saved-state tree, with the blackout's last page batch when there is one (one round trip fewer). */
   | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array; pages: Uint8Array | null }
   | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: Record<string, unknown> | null }
@@ -327,7 +330,7 @@ export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
 export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
   let id = 0;
   return catching(() => {
-    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull']);
+    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migPremap', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull']);
     id = env.id;
     try {
       const { f } = env;
@@ -342,6 +345,9 @@ export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
           case 'migPages':
             f.only(['v', 'id', 'op', 'from', 'mig', 'data']);
             return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
+          case 'migPremap':
+            f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
+            return { v, id, op: 'migPremap', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
           case 'migState':
             f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'pages']);
             return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), pages: env.o.pages === undefined || env.o.pages === null ? null : f.bytes('pages', SINK_CHUNK_MAX_BYTES + 64 * 1024) };

@@ -40,6 +40,8 @@ export type VmwpRequest =
    * `migBooted`: answered once the guest kernel says it resumed (its VMBus client is back).
    */
   | { t: 'migPages'; data: Uint8Array }
+  /** The source guest's GPADLs (VmbusServer.gpadlHint, as JSON), mapped ahead of the blackout; answer: whether they were. */
+  | { t: 'migPremap'; state: Uint8Array }
   | { t: 'migState'; state: Uint8Array; pages: Uint8Array | null }
   | { t: 'migBooted'; waitMs: number }
   /** Post-copy, destination: switch over (state + bitmap of the pages still to come), then pulls for what the guest waits on. */
@@ -230,11 +232,13 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
     case 'migDone': return { t };
     case 'migBooted': return { t, waitMs: int(b, 'waitMs', 0, 60000) };
     case 'migPages':
+    case 'migPremap':
     case 'migState': {
       const k = t === 'migPages' ? 'data' : 'state';
       const v = b[k];
       if (!(v instanceof Uint8Array) || v.length > 2 * 1024 * 1024) throw new VmwpDecodeError(`field ${k} is not bytes of at most 2 MiB`);
       if (t === 'migPages') return { t, data: v };
+      if (t === 'migPremap') return { t, state: v };
       const pages = b.pages;
       if (pages !== undefined && pages !== null && (!(pages instanceof Uint8Array) || pages.length > 2 * 1024 * 1024)) throw new VmwpDecodeError('field pages is not bytes of at most 2 MiB');
       return { t, state: v, pages: pages instanceof Uint8Array ? pages : null };

@@ -205,6 +205,7 @@ describe('migration peer frames', function () {
     migSetup: { ...env, op: 'migSetup', ...who, config: { name: 'vm1', memoryMb: 64 }, options: { compress: true } },
     migPages: { ...env, op: 'migPages', ...who, data: Buffer.from(encodePageBatch([{ pfn: 0, kind: PageKind.Zero, data: E }])) },
     migState: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}') },
+    migPremap: { ...env, op: 'migPremap', ...who, state: Buffer.from('{"gpadls":[]}') },
     migStatePages: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}'), pages: Buffer.from(encodePageBatch([{ pfn: 3, kind: PageKind.Zero, data: E }])) },
     migCommit: { ...env, op: 'migCommit', ...who, stats: { downtime: 12 } },
     migAbort: { ...env, op: 'migAbort', ...who, reason: 'cancelled by the operator' },
@@ -218,7 +219,7 @@ describe('migration peer frames', function () {
   it('decodes each op to exactly its fields', () => {
     for (const f of [frames.migSetup, frames.migCommit, frames.migAbort]) expect(value(f)).to.deep.equal(f);
     const withPages = frames.migStatePages;
-    for (const [f, k] of [[frames.migPages, 'data'], [frames.migState, 'state'], [withPages, 'state'], [withPages, 'pages']] as const) {
+    for (const [f, k] of [[frames.migPages, 'data'], [frames.migPremap, 'state'], [frames.migState, 'state'], [withPages, 'state'], [withPages, 'pages']] as const) {
       const v = value(f);
       expect(Object.keys(v)).to.have.members(f.op === 'migState' ? [...Object.keys(frames.migState), 'pages'] : Object.keys(f));
       expect(v[k]).to.be.instanceOf(Uint8Array);
@@ -243,6 +244,8 @@ describe('migration peer frames', function () {
       [{ ...frames.migPages, data: 'text' }, /"data" must be bytes/], [{ ...frames.migPages, data: [1, 2] }, /"data" must be bytes/],
       [{ ...frames.migPages, data: Buffer.alloc(SINK_CHUNK_MAX_BYTES + 64 * 1024 + 1) }, /"data" must be bytes, at most 1114112/],
       [{ ...frames.migState, state: Buffer.alloc(MIG_STATE_MAX_BYTES + 1) }, /"state" must be bytes, at most 1048576/], [{ ...frames.migState, state: '{}' }, /"state" must be bytes/],
+      [{ ...frames.migPremap, state: Buffer.alloc(MIG_STATE_MAX_BYTES + 1) }, /"state" must be bytes, at most 1048576/], [{ ...frames.migPremap, state: {} }, /"state" must be bytes/],
+      [{ ...frames.migPremap, pages: Buffer.from([1]) }, /unknown field "pages"/],
       [{ ...frames.migState, pages: 'text' }, /"pages" must be bytes/], [{ ...frames.migState, pages: Buffer.alloc(SINK_CHUNK_MAX_BYTES + 64 * 1024 + 1) }, /"pages" must be bytes, at most 1114112/],
       [{ ...frames.migCommit, stats: 5 }, /"stats" must be a map/], [{ ...frames.migCommit, stats: [] }, /"stats" must be a map/],
       [{ ...frames.migAbort, reason: '' }, /"reason" must be a string of 1 to 512/], [{ ...frames.migAbort, reason: 'x'.repeat(513) }, /"reason"/], [{ ...frames.migAbort, reason: undefined }, /"reason"/],
@@ -297,7 +300,7 @@ describe('migration VMWP frames', function () {
       expect(decodeVmwpFrame(encode(f))).to.deep.equal(f);
     }
     expect(decodeVmwpFrame(encode(req({ ...migOut, key: { ...key, extra: 1 } })))).to.deep.equal(req(migOut)); // the key is rebuilt from its three fields
-    for (const [t, k] of [['migPages', 'data'], ['migState', 'state']] as const) {
+    for (const [t, k] of [['migPages', 'data'], ['migPremap', 'state'], ['migState', 'state']] as const) {
       const f = decodeVmwpFrame(encode(req({ t, [k]: Buffer.from([1, 2, 3]) })));
       expect(f.t === 'req' && f.id).to.equal(5);
       const body = (f as { body: Record<string, unknown> }).body;
@@ -323,6 +326,8 @@ describe('migration VMWP frames', function () {
       [req({ t: 'migPages', data: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field data is not bytes/, 5, 'data over 2 MiB'],
       [req({ t: 'migBooted' }), /field waitMs/, 5, 'no waitMs'], [req({ t: 'migBooted', waitMs: 60001 }), /field waitMs/, 5, 'waitMs over 60 s'], [req({ t: 'migBooted', waitMs: -1 }), /field waitMs/, 5, 'negative waitMs'],
       [req({ t: 'migState', state: [1, 2] }), /field state is not bytes of at most 2 MiB/, 5, 'state list'], [req({ t: 'migState' }), /field state/, 5, 'no state'],
+      [req({ t: 'migPremap', state: 'x' }), /field state is not bytes of at most 2 MiB/, 5, 'hint string'], [req({ t: 'migPremap' }), /field state/, 5, 'no hint'],
+      [req({ t: 'migPremap', state: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field state/, 5, 'hint over 2 MiB'],
       [req({ t: 'migState', state: Buffer.from('{}'), pages: 'x' }), /field pages is not bytes of at most 2 MiB/, 5, 'pages string'],
       [req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field pages/, 5, 'pages over 2 MiB'],
       [note({ t: 'incomingReady', partitionId: 1 }), /field partitionId is not an integer from 2 to 2147483647/, null, 'partition 1'],

@@ -976,6 +976,11 @@ export class Vmms {
         return await link.request({ t: 'migPages', data: req.data }, 30000).catch((e) => {
           throw linkFailure(e, `VM "${r.config.name}"`);
         });
+      case 'migPremap':
+        // A hint: the blackout maps whatever this did not.
+        return await link.request({ t: 'migPremap', state: req.state }, 10000).catch((e) => {
+          throw linkFailure(e, `VM "${r.config.name}"`);
+        });
       case 'migState': {
         inc.started = true;
         try {

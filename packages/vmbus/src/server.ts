@@ -516,27 +516,7 @@ export class VmbusServer {
     const who = `the VMBus server of partition ${this.env.partitionId}`;
     if (this.pending > 0) throw new VmbusStateError(`${who} is handling ${this.pending} steps; save it when idle (await whenIdle() with the VPs suspended)`);
     if (this.channels.size > MAX_SAVED_CHANNELS) throw new VmbusStateError(`${who} has ${this.channels.size} channels; a saved state holds at most ${MAX_SAVED_CHANNELS}`);
-    const channels = [...this.channels.values()].map((ch): SavedServerChannel => {
-      const open = ch.state === 'open' && ch.channel !== null;
-      return {
-        relid: ch.relid, interfaceType: ch.device.interfaceType, interfaceInstance: ch.device.interfaceInstance,
-        state: ch.state === 'open' && !open ? 'offered' : ch.state, connectionId: ch.connectionId,
-        transport: open ? ch.channel!.transport.kind : 'none',
-        ringGpadl: open ? ch.gpadl : 0, downstreamRingPageOffset: open ? ch.ringOffset : 0,
-        openId: open ? ch.openId : 0, remoteWindow: open ? ch.remoteWindow : 0,
-        opens: ch.opens, faults: ch.faults, lastFault: saveFault(ch.lastFault),
-        packetsIn: ch.channel?.stats.packetsIn ?? 0, packetsOut: ch.channel?.stats.packetsOut ?? 0,
-        queued: open ? ch.channel!.queuedPackets().map(savePacket) : [],
-      };
-    });
-    const state: VmbusServerState = {
-      version: 1,
-      negotiatedVersion: this.version ?? 0,
-      messageConnectionId: this.messageConnectionId,
-      offersRequested: this.offersRequested,
-      channels,
-      gpadls: [...this.gpadls].map(([gpadl, g]) => ({ gpadl, relid: g.relid, owner: g.window.owner, pfns: [...g.window.pfns] })),
-    };
+    const state = this.saveNow(true);
     // What save() returns, restore() takes: check it now rather than at the restore.
     const checked = decodeVmbusServerState(state);
     if (typeof checked === 'string') throw new VmbusStateError(`${who} cannot be saved: ${checked}`);
@@ -560,24 +540,78 @@ export class VmbusServer {
 
   /** GPADL windows `premap` made for the restore to come, by handle. */
   private readonly premapped = new Map<number, GpadlWindow>();
+  /** Premaps run one after the other (a migration's hint, then its blackout's state). */
+  private premapTail: Promise<void> = Promise.resolve();
+
+  /**
+   * The GPADLs the guest has now (with its channels, without their packets), for `premap` on the other
+   * side of a live migration long before its blackout: a running guest keeps its GPADLs (its
+   * channels' rings), so the blackout's `premap` then finds them mapped and only checks them. One
+   * the guest made or tore down meanwhile is mapped or unmapped there.
+   */
+  gpadlHint(): VmbusServerState {
+    return this.saveNow(false);
+  }
+
+  /** The server's state as it is; `queued`: with the packets its channels hold (a save), or none (a hint). */
+  private saveNow(queued: boolean): VmbusServerState {
+    const channels = [...this.channels.values()].map((ch): SavedServerChannel => {
+      const open = ch.state === 'open' && ch.channel !== null;
+      return {
+        relid: ch.relid, interfaceType: ch.device.interfaceType, interfaceInstance: ch.device.interfaceInstance,
+        state: ch.state === 'open' && !open ? 'offered' : ch.state, connectionId: ch.connectionId,
+        transport: open ? ch.channel!.transport.kind : 'none',
+        ringGpadl: open ? ch.gpadl : 0, downstreamRingPageOffset: open ? ch.ringOffset : 0,
+        openId: open ? ch.openId : 0, remoteWindow: open ? ch.remoteWindow : 0,
+        opens: ch.opens, faults: ch.faults, lastFault: saveFault(ch.lastFault),
+        packetsIn: ch.channel?.stats.packetsIn ?? 0, packetsOut: ch.channel?.stats.packetsOut ?? 0,
+        queued: open && queued ? ch.channel!.queuedPackets().map(savePacket) : [],
+      };
+    });
+    return {
+      version: 1,
+      negotiatedVersion: this.version ?? 0,
+      messageConnectionId: this.messageConnectionId,
+      offersRequested: this.offersRequested,
+      channels,
+      gpadls: [...this.gpadls].map(([gpadl, g]) => ({ gpadl, relid: g.relid, owner: g.window.owner, pfns: [...g.window.pfns] })),
+    };
+  }
 
   /**
    * A restore's calls to the hypervisor, ahead of it: maps the saved state's GPADLs and makes its
    * channels' event connections (those a migration's destination made at its setup are there
-   * already), the calls issued together rather than one after the other. Nothing here touches the guest, so a migration's destination runs it alongside the
-   * VPs' restore, before the guest may run; `restore` then takes these windows and has nothing to
-   * wait for. A window the restore does not take (another state came, or it failed) is unmapped
-   * by it. Throws what the state or a call refused, with what it mapped unmapped again.
+   * already), the calls issued together rather than one after the other. Nothing here touches the
+   * guest, so a migration's destination runs it alongside the VPs' restore, before the guest may
+   * run; `restore` then takes these windows and has nothing to wait for. A window the restore does
+   * not take (another state came, or it failed) is unmapped by it. A premap after another (a
+   * migration's `gpadlHint` first) keeps the windows of the same pages and owner, unmaps the
+   * others, and maps what is missing. Throws what the state or a call refused, with everything
+   * mapped ahead unmapped again.
    */
-  async premap(saved: VmbusServerState): Promise<void> {
+  premap(saved: VmbusServerState): Promise<void> {
+    const run = this.premapTail.then(() => this.premapNow(saved));
+    this.premapTail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async premapNow(saved: VmbusServerState): Promise<void> {
     const who = `the VMBus server of partition ${this.env.partitionId}`;
     const s = decodeVmbusServerState(saved);
     if (typeof s === 'string') throw new VmbusStateError(`${who} cannot restore: ${s}`);
-    if (this.closed || this.version !== null || this.channels.size > 0 || this.gpadls.size > 0 || this.premapped.size > 0) {
+    if (this.closed || this.version !== null || this.channels.size > 0 || this.gpadls.size > 0) {
       throw new VmbusStateError(`${who} cannot map ahead of a restore: it is not fresh`);
     }
+    const kept = new Set<number>();
+    for (const g of s.gpadls) {
+      const w = this.premapped.get(g.gpadl);
+      if (w && w.owner === g.owner && samePages(w, g.pfns)) kept.add(g.gpadl);
+    }
+    const stale = [...this.premapped.keys()].filter((h) => !kept.has(h));
+    for (const h of stale) this.premapped.delete(h);
+    await Promise.all(stale.map((h) => this.env.unmapGpadl(h).catch(() => undefined)));
     const calls = await Promise.allSettled([
-      ...s.gpadls.map(async (g) => void this.premapped.set(g.gpadl, await this.env.mapGpadl(g.gpadl, g.owner, g.pfns))),
+      ...s.gpadls.filter((g) => !kept.has(g.gpadl)).map(async (g) => void this.premapped.set(g.gpadl, await this.env.mapGpadl(g.gpadl, g.owner, g.pfns))),
       ...s.channels.filter((c) => c.state !== 'rescinded').map(async (c) => void (await this.env.channelConnection(c.relid))),
     ]);
     const failed = calls.find((r) => r.status === 'rejected');
@@ -631,7 +665,6 @@ export class VmbusServer {
     const rings = new Map<number, ShmTransport>();
     try {
       // Windows mapped ahead (premap) for exactly these pages are taken; any other is unmapped first.
-      const samePages = (w: GpadlWindow, pfns: readonly number[]): boolean => w.pfns.length === pfns.length && w.pfns.every((p, i) => p === pfns[i]);
       for (const g of s.gpadls) {
         const w = this.premapped.get(g.gpadl);
         if (w && w.owner === g.owner && samePages(w, g.pfns)) {
@@ -700,4 +733,9 @@ export class VmbusServer {
     this.channels.clear();
     this.gpadls.clear();
   }
+}
+
+/** Whether a window covers exactly these pages, in this order. */
+function samePages(w: GpadlWindow, pfns: readonly number[]): boolean {
+  return w.pfns.length === pfns.length && w.pfns.every((p, i) => p === pfns[i]);
 }

@@ -357,6 +357,46 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     expect((err as Error).message).to.match(/not fresh/);
   });
 
+  it('a migration maps the running guest\'s GPADLs ahead (gpadlHint); the blackout\'s premap keeps those that match and maps nothing twice', async () => {
+    const a = await connected();
+    // Taken while the guest runs, as a migration's source does before its first pass.
+    const hint = a.lb.server.gpadlHint();
+    expect(hint.channels.every((c) => c.queued.length === 0)).to.equal(true);
+    await a.lb.server.whenIdle();
+    await a.lb.client.whenIdle();
+    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
+    expect(hint.gpadls).to.deep.equal(saved.server.gpadls);
+    const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
+    new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
+    const nextFreePage = a.lb.nextFreePage;
+    open.splice(open.indexOf(a.lb), 1);
+    a.lb.close();
+
+    const b = pair('shm', { memory, nextFreePage });
+    open.push(b.lb);
+    await addDevices(b);
+    // The hint as if the guest changed its GPADLs afterwards: the first one's pages reordered, and one
+    // more GPADL (made and torn down since) is in the hint only.
+    const [g0, g1] = hint.gpadls;
+    const moved = { ...hint, gpadls: [{ ...g0!, pfns: [...g0!.pfns].reverse() }, g1!, { gpadl: 0x999, relid: g1!.relid, owner: g1!.owner, pfns: [g1!.pfns[0]!] }] };
+    expect(decodeVmbusServerState(moved), 'the changed hint is a valid state').to.not.be.a('string');
+    await b.lb.server.premap(moved);
+    expect([...b.lb.mapped.keys()].sort((x, y) => x - y)).to.deep.equal([g0!.gpadl, g1!.gpadl, 0x999].sort((x, y) => x - y));
+    const keptPfns = b.lb.mapped.get(g1!.gpadl);
+    // The blackout's state: the same GPADLs as the guest had at the save.
+    await b.lb.server.premap(saved.server);
+    expect([...b.lb.mapped.keys()].sort((x, y) => x - y), 'the GPADL the state does not name is unmapped').to.deep.equal(saved.server.gpadls.map((g) => g.gpadl).sort((x, y) => x - y));
+    expect(b.lb.mapped.get(g0!.gpadl), 'the moved one is mapped again over its saved pages').to.deep.equal(g0!.pfns);
+    expect(b.lb.mapped.get(g1!.gpadl), 'the matching one is kept, not mapped again').to.equal(keptPfns);
+    b.lb.mapped.clear();
+    await b.lb.server.restore(saved.server);
+    await b.lb.client.restore(saved.client);
+    expect(b.lb.mapped.size, 'the restore maps nothing again').to.equal(0);
+    b.drvs[1].channel!.send(PacketType.DataInband, 0, 2n, text('after'));
+    await until(() => b.devs[1].got.length === 1);
+    expect(b.devs[1].got).to.deep.equal(['after']);
+  });
+
   it('a restore unmaps the windows mapped ahead that its state does not name', async () => {
     const a = pair('shm');
     open.push(a.lb);

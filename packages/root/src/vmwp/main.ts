@@ -33,6 +33,7 @@ import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type VmwpConfig } from './shared.js';
+import type { VmbusServerState } from '@hvlab/vmbus';
 import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
@@ -315,6 +316,8 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
       return true;
     case 'migPages':
       return await migrateInPages(req.data);
+    case 'migPremap':
+      return await migrateInPremap(req.state);
     case 'migState':
       // The blackout's last page batch may come with the state: written first.
       if (req.pages) await migrateInPages(req.pages);
@@ -490,6 +493,7 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
       await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cap ?? cfg.processor.maximum });
     },
     progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
+    gpadlHint: () => vmDevices().server.gpadlHint(),
   }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, key: { version: 1, ...req.key }, config: req.config, options });
   migration = m;
   const d = vmDevices();
@@ -669,6 +673,30 @@ async function migrateInPages(data: Uint8Array): Promise<number> {
   }
   if (written.length) postcopyIn?.served();
   return written.length;
+}
+
+/**
+ * Before the blackout: the source guest's GPADLs (its channels' rings: VmbusServer.gpadlHint),
+ * mapped now, so the blackout's premap finds them and maps only what changed since. A hint
+ * refused or failed maps nothing and costs nothing but the blackout's maps: false.
+ */
+async function migrateInPremap(bytes: Uint8Array): Promise<boolean> {
+  if (!cfg.incoming || !incomingReady || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+  if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+  let tree: unknown;
+  try {
+    tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new VmwpFailure('InvalidArgument', 'the GPADL hint is not JSON');
+  }
+  try {
+    await devices.premap(tree as VmbusServerState);
+    log.info({ gpadls: Array.isArray((tree as { gpadls?: unknown }).gpadls) ? (tree as { gpadls: unknown[] }).gpadls.length : 0 }, 'GPADLs mapped ahead of the blackout');
+    return true;
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'the GPADLs could not be mapped ahead: the blackout maps them');
+    return false;
+  }
 }
 
 const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
