@@ -75,4 +75,23 @@ describe('a host whose home is removed under it', function () {
     const gone = await eventually(() => hostProcesses(id).length === 0 && shmFiles(id).length === 0 && !existsSync(sockDir) && !existsSync(h.home), 30000);
     expect(gone, `left: processes ${hostProcesses(id).join(', ')}; shm ${shmFiles(id).join(', ')}; socket dir ${existsSync(sockDir)}; home ${existsSync(h.home)}`).to.equal(true);
   });
+
+  it('up at once after the home was removed under a running host waits for that host to go, then starts its own', async () => {
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 'first', '--memory', '8M');
+    await h.ok('vm', 'start', 'first');
+    const old = h.hostId;
+    rmSync(h.home, { recursive: true, force: true });
+    // The same path at once: the new host's socket directory is the old one's (named after it).
+    await h.ok('up', '--lps', '1');
+    const fresh = h.hostId;
+    expect(fresh).to.not.equal(old);
+    expect(hostProcesses(old), 'the old host is gone').to.deep.equal([]);
+    expect(shmFiles(old)).to.deep.equal([]);
+    // The new host answers on its sockets, and runs a VM.
+    await h.ok('vm', 'new', 'second', '--memory', '8M');
+    await h.ok('vm', 'start', 'second');
+    const vms = await h.json<Array<{ name: string; state: string }>>('vm', 'list');
+    expect(vms.map((v) => [v.name, v.state])).to.deep.equal([['second', 'Running']]);
+  });
 });

@@ -51,9 +51,11 @@ async function leave(why: string, orphaned = false): Promise<void> {
   leaving = true;
   log.info({ why }, 'fabric exiting');
   await Promise.race([fabric.close(), new Promise((r) => setTimeout(r, 1000))]);
-  if (orphaned) {
-    // The namespaces may still hold hosts on their way down: a deleted namespace lives on until
-    // its last process leaves, and a cluster whose home is gone needs its links no more.
+  // A cluster whose home is gone needs its network no more (the namespaces may still hold hosts
+  // on their way down: a deleted namespace lives on until its last process leaves). Unless a new
+  // cluster is made on the same path meanwhile: its record is written before its network, and the
+  // network's names come from the path, so a record there now means the network is not ours.
+  if (orphaned && c!.record.mode === 'namespaces' && !existsSync(clusterRecordFile(home))) {
     const n = teardownNetwork(clusterTag(home));
     log.info({ removed: n }, 'the cluster\'s network is removed');
   }

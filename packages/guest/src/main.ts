@@ -26,8 +26,9 @@ const driversLoaded = Promise.allSettled(DEVICE_CLASS_NAMES.filter((cls) => DEVI
 // waits for its VMWP to build the partition either way.
 const earlyHv = earlyHvClient((n) => onHvNotification(n));
 prewarmProcess();
-// Loaded: what this process compiles from now on, it compiles on first call (boot.ts).
-eagerCompile(false);
+// Loaded, the drivers too (they compile as their imports complete): what this process compiles
+// from then on, it compiles on first call (boot.ts).
+void driversLoaded.finally(() => eagerCompile(false));
 let input: PartitionStartInput;
 try {
   input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));

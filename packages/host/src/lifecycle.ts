@@ -66,10 +66,23 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
       throw new HostError(`--warm-memory ${opts.warmMemory} is invalid: a size from 2M to 16G in whole 4 KiB pages, e.g. 64M`);
     }
   }
-  const holder = lockHolder(paths);
-  if (holder !== null) {
+  const refuseIfHeld = (): void => {
+    const holder = lockHolder(paths);
+    if (holder === null) return;
     const rec = readHost(paths);
     throw new HostError(`a host is already up for ${paths.home} (host ${rec?.hostId ?? '?'}, hypervisor pid ${holder}); run "hvlab down" first`);
+  };
+  refuseIfHeld();
+  // A hypervisor of this home without its lock is one starting (another `up`: it takes the lock
+  // in a moment) or a host whose home was removed under it, going down by itself (guardHome):
+  // its socket directory, named after the home's path, is this home's, so let it go first.
+  for (let i = 0; i < 100 && homeHypervisors(paths.home).length > 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    refuseIfHeld();
+  }
+  const lingering = homeHypervisors(paths.home);
+  if (lingering.length > 0) {
+    throw new HostError(`a hypervisor of ${paths.home} still runs without its lock (pid ${lingering.join(', ')}): its home was removed under it and it has not gone down in 10 s; kill it first`);
   }
   const stale = readHost(paths);
   if (stale) sweepHost(paths, stale.hostId); // leftovers of a crashed host
@@ -126,6 +139,22 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
 }
 
 /** Pids of every process whose environment names this host. */
+/** Hypervisors started for `home` (their HVLAB_HOME), whatever lock they hold: their pids. */
+export function homeHypervisors(home: string): number[] {
+  const out: number[] = [];
+  let pids: string[] = [];
+  try {
+    pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch { /* no /proc */ }
+  for (const d of pids) {
+    try {
+      if (!readFileSync(`/proc/${d}/cmdline`, 'latin1').startsWith('hvlab-hypervisor')) continue;
+      if (readFileSync(`/proc/${d}/environ`, 'latin1').split('\0').includes(`HVLAB_HOME=${home}`)) out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
 export function hostProcesses(hostId: string): number[] {
   const out: number[] = [];
   for (const d of readdirSync('/proc')) {

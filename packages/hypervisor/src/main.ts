@@ -11,7 +11,7 @@
  * Prints "ready" once the first root is ready, or "locked PID" when another host holds the home.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, watch, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { entries, hostPaths, nodeArgsFor, pidAlive, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
@@ -42,6 +42,7 @@ function takeLock(): number | null {
     try {
       owner = Number(readFileSync(paths.lockFile, 'utf8').trim());
     } catch { /* vanished: retry */ }
+    if (owner === process.pid) return null;
     if (owner > 0 && pidAlive(owner) && isHypervisor(owner)) return owner;
     if (owner === 0 && attempt === 0) {
       // Just created by a racing hypervisor that has not written its pid yet.
@@ -82,7 +83,11 @@ async function exit(reason: string, code = 0): Promise<void> {
   exiting = true;
   log.info({ reason }, 'hypervisor exiting');
   await server.close(reason);
-  rmSync(join(paths.sockDir, 'hv'), { force: true });
+  // Another host may hold this home's paths by now (guardHome): what is shared goes only while
+  // the lock is this host's, or nobody's.
+  const ours = lockIsOurs();
+  const taken = !ours && otherHolder() !== null;
+  if (!taken) rmSync(join(paths.sockDir, 'hv'), { force: true });
   // Reap workers re-parented to us that are exiting with the host, so none is left a zombie of
   // PID 1 (which in a container may never reap).
   for (let i = 0; i < 40; i++) {
@@ -90,66 +95,113 @@ async function exit(reason: string, code = 0): Promise<void> {
     if (childPids().every((p) => p === root?.pid)) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  rmSync(paths.lockFile, { force: true });
-  if (homeLost) {
-    // Nobody is left to clean up after a host whose home went (guardHome): its socket directory
-    // (outside the home), and what its processes wrote into the home as they went down (the
-    // workers' records recreate run/). The home itself goes only if that leaves it empty.
+  if (ours) rmSync(paths.lockFile, { force: true });
+  if (homeLost && !taken) {
+    // Nobody is left to clean up after a host whose home went: its socket directory (outside the
+    // home), and the directories its processes may have made again as they went down, if empty
+    // (never anything in them: they may be a new host's by now).
     rmSync(paths.sockDir, { recursive: true, force: true });
-    rmSync(paths.runDir, { recursive: true, force: true });
-    try {
-      rmdirSync(paths.home);
-    } catch { /* not empty: someone else's files */ }
+    for (const d of [paths.vmwpDir, paths.logDir, paths.runDir, paths.home]) {
+      try {
+        rmdirSync(d);
+      } catch { /* not empty, or not there */ }
+    }
   }
   process.exit(code);
 }
 server.onShutdownRequest = () => void exit('shutdown requested by the root');
 
+/** A directory's identity (device and inode), or null when it is not there. */
+function identityOf(p: string): string | null {
+  try {
+    const st = statSync(p);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+/** Whether the home's lock names this process. */
+function lockIsOurs(): boolean {
+  try {
+    return Number(readFileSync(paths.lockFile, 'utf8').trim()) === process.pid;
+  } catch {
+    return false;
+  }
+}
+/** A live hypervisor other than this one that holds the home's lock, or null. */
+function otherHolder(): number | null {
+  try {
+    const owner = Number(readFileSync(paths.lockFile, 'utf8').trim());
+    return owner > 0 && owner !== process.pid && pidAlive(owner) && isHypervisor(owner) ? owner : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * The lock is this host's claim on its home, and its home is how anyone finds it: `hvlab down`
  * reads `run/host.json`. A home removed under a running host (an `rm -rf` of a temporary home, a
- * test's clean-up, a tmp reaper) would leave a host nothing can reach again, every process, socket
- * and /dev/shm file of it an orphan. inotify on the lock file says when it goes (a watch, no
- * polling: an idle host stays asleep). With the run directory gone too the host goes down as on
- * SIGTERM (its VMs with it) and takes its socket directory, which lives outside the home; with the
- * home still there only the lock went, and it is written again.
+ * test's clean-up) would leave a host nothing can reach again, every process, socket and /dev/shm
+ * file of it an orphan. inotify on the run directory says when anything in it, or it, goes (a
+ * watch, no polling: an idle host stays asleep); the host then looks, once the changes settle:
+ * - the run directory is gone, or is another directory now (the same path made again: its
+ *   identity is not the one this host made): the home is lost, and the host goes down as on
+ *   SIGTERM, its VMs with it, and takes its socket directory (outside the home) unless another
+ *   host holds the path's lock by then;
+ * - only the lock went (the run directory and the host record are there): it is written again;
+ * - the lock and the host record went but the directory is still there: a removal under way,
+ *   most likely; the host looks again, and writes the lock again only after 10 s of that.
  */
+const runIdentity = identityOf(paths.runDir);
 let homeLost = false;
+let guardTimer: NodeJS.Timeout | null = null;
+let lockless = 0;
 function guardHome(): void {
-  let w: ReturnType<typeof watch>;
   try {
-    w = watch(paths.lockFile, { persistent: false });
+    const w = watch(paths.runDir, { persistent: false });
+    w.on('change', () => checkHome());
+    // A watch that ends (its directory removed, inotify's limits) looks at once.
+    w.on('error', () => {
+      w.close();
+      checkHome();
+    });
   } catch (e) {
-    log.warn({ err: (e as Error).message }, 'cannot watch the lock file: a removed home will not take this host down');
-    return;
+    log.warn({ err: (e as Error).message }, 'cannot watch the run directory: a removed home will not take this host down');
   }
-  w.on('error', () => undefined);
-  w.on('change', () => {
-    if (exiting || existsSync(paths.lockFile)) return;
-    w.close();
-    // A recursive removal takes the files before their directories: look once it is done.
-    setTimeout(() => {
-      if (exiting) return;
-      if (!existsSync(paths.runDir)) {
-        homeLost = true;
-        log.error({ home: paths.home }, 'the home was removed under this host: going down');
-        void exit(`its home ${paths.home} was removed`).catch(() => undefined);
-        return;
-      }
-      try {
-        const holder = takeLock();
-        if (holder !== null) {
-          log.error({ holder }, 'the lock file was removed and another hypervisor took the home: going down');
-          void exit(`hypervisor ${holder} took the home`);
-          return;
-        }
-        log.warn('the lock file was removed: written again');
-      } catch (e) {
-        log.error({ err: (e as Error).message }, 'the lock file was removed and cannot be written again');
-      }
-      guardHome();
-    }, 200).unref();
-  });
+}
+function checkHome(): void {
+  if (exiting || guardTimer !== null) return;
+  guardTimer = setTimeout(() => {
+    guardTimer = null;
+    if (exiting) return;
+    if (identityOf(paths.runDir) !== runIdentity) {
+      homeLost = true;
+      log.error({ home: paths.home }, 'the home was removed under this host: going down');
+      void exit(`its home ${paths.home} was removed`).catch(() => undefined);
+      return;
+    }
+    if (lockIsOurs()) {
+      lockless = 0;
+      return;
+    }
+    const other = otherHolder();
+    if (other !== null) {
+      log.error({ holder: other }, 'another hypervisor holds this home\'s lock: going down');
+      void exit(`hypervisor ${other} took the home`).catch(() => undefined);
+      return;
+    }
+    if (!existsSync(paths.hostFile) && ++lockless < 50) {
+      checkHome();
+      return;
+    }
+    lockless = 0;
+    try {
+      if (takeLock() === null) log.warn('the lock file was removed: written again');
+    } catch (e) {
+      log.error({ err: (e as Error).message }, 'the lock file was removed and cannot be written again');
+    }
+  }, 200);
+  guardTimer.unref();
 }
 guardHome();
 process.on('SIGTERM', () => void exit('SIGTERM'));

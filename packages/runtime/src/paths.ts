@@ -236,7 +236,10 @@ export function vmProcessArgs(file: string): string[] {
  * blackout (the destination's restore and, on its next move, the same process's freeze), where
  * the code runs once per process. Such a process turns lazy compilation off while it loads its
  * code (`eagerCompile(true)` before its entry imports main.ts) and on again before it waits for
- * its input (`eagerCompile(false)`): what it loads meanwhile is compiled to bytecode at once.
+ * its input and once its device classes or drivers have loaded (`eagerCompile(false)`): what it
+ * loads meanwhile is compiled to bytecode at once. V8 drops bytecode that has not run for a few
+ * major collections, so the gain holds for a process's first work after it waits (a start, a
+ * migration's destination) more than for a VM that has run a while (its next move's freeze).
  *
  * Measured on this 2-core machine (`bench migrate`-like moves of an idle 256 MiB VM, 10 moves
  * per run, three runs each way, alternated): downtime p50 27.5 / 37.5 / 31 ms eager against

@@ -51,7 +51,7 @@ if (warm) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`
 else if (spare) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (spare)`;
 const prestarted = prestartedPartition();
 // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
-for (const cls of DEVICE_CLASS_NAMES) void loadDeviceClass(cls).catch(() => undefined);
+const deviceClassesLoaded = Promise.allSettled(DEVICE_CLASS_NAMES.map((cls) => loadDeviceClass(cls)));
 // The hypervisor's socket, connected while waiting for the start-up input (the root names it).
 const earlyHv = earlyHvClient((n) => onHvNotification(n));
 if (warm || spare) {
@@ -61,8 +61,9 @@ if (warm || spare) {
   process.stdout.on('error', () => undefined);
 }
 
-// Loaded: what this process compiles from now on, it compiles on first call (boot.ts).
-eagerCompile(false);
+// Loaded, the device classes too (they compile as their imports complete): what this process
+// compiles from then on, it compiles on first call (boot.ts).
+void deviceClassesLoaded.finally(() => eagerCompile(false));
 const stdin = new StdinLines();
 const line = await stdin.next('the start-up input').catch((e: Error) => {
   // A spare whose root went away before any start took it: nothing was made, nothing to say.
