@@ -13,19 +13,34 @@ import { EAGER_COMPILE_ENV, entries, vmProcessArgs, vmProcessEnv } from '@hvlab/
  * `ahead`: started ahead of need (by a spare or warm worker), it compiles its code eagerly.
  */
 export function spawnPartition(ahead = false): ChildProcess {
-  const env = vmProcessEnv();
-  delete env[EAGER_COMPILE_ENV];
-  if (ahead) env[EAGER_COMPILE_ENV] = '1';
+  const env = partitionEnv(process.env, ahead);
   const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env });
   p.stdin!.on('error', () => undefined);
   p.on('error', () => undefined);
   return p;
 }
 
+/**
+ * A partition process's environment: this worker's (`vmProcessEnv`), with HVLAB_EAGER_COMPILE set
+ * only when it is started ahead of need (a spare's or warm worker's first one); any other (a
+ * replacement on a start's path) compiles lazily whatever this worker's environment says.
+ */
+export function partitionEnv(base: NodeJS.ProcessEnv, ahead: boolean): NodeJS.ProcessEnv {
+  const env = vmProcessEnv(base);
+  delete env[EAGER_COMPILE_ENV];
+  if (ahead) env[EAGER_COMPILE_ENV] = '1';
+  return env;
+}
+
+/** Whether this worker was started ahead of need (the root's spare or warm pool sets the variable). */
+export function aheadOfNeed(env: NodeJS.ProcessEnv): boolean {
+  return env[EAGER_COMPILE_ENV] === '1';
+}
+
 let first: ChildProcess | null = null;
 
 /** The partition process this VMWP started first (started by the first call). */
 export function prestartedPartition(): ChildProcess {
-  first ??= spawnPartition(process.env[EAGER_COMPILE_ENV] === '1');
+  first ??= spawnPartition(aheadOfNeed(process.env));
   return first;
 }
