@@ -4,7 +4,7 @@
  * not let a second host (and a second copy of every VM) start on the same home.
  */
 import { expect } from 'chai';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { eventually, shmFiles, TestHost } from './harness.js';
@@ -74,6 +74,17 @@ describe('a host whose home is removed under it', function () {
     rmSync(h.home, { recursive: true, force: true });
     const gone = await eventually(() => hostProcesses(id).length === 0 && shmFiles(id).length === 0 && !existsSync(sockDir) && !existsSync(h.home), 30000);
     expect(gone, `left: processes ${hostProcesses(id).join(', ')}; shm ${shmFiles(id).join(', ')}; socket dir ${existsSync(sockDir)}; home ${existsSync(h.home)}`).to.equal(true);
+  });
+
+  it('a home removed and its run directory made again at once (as a reopened log file would) is still a removed home', async () => {
+    await h.ok('up', '--lps', '1');
+    const id = h.hostId;
+    rmSync(h.home, { recursive: true, force: true });
+    // The same path at once, before the host looks: an inode number may be reused for it.
+    mkdirSync(h.paths.runDir, { recursive: true });
+    const gone = await eventually(() => hostProcesses(id).length === 0 && shmFiles(id).length === 0, 30000);
+    expect(gone, `left: processes ${hostProcesses(id).join(', ')}; shm ${shmFiles(id).join(', ')}`).to.equal(true);
+    expect(existsSync(h.paths.lockFile), 'no lock was written into the new directory').to.equal(false);
   });
 
   it('up at once after the home was removed under a running host waits for that host to go, then starts its own', async () => {

@@ -138,7 +138,6 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   }
 }
 
-/** Pids of every process whose environment names this host. */
 /** Hypervisors started for `home` (their HVLAB_HOME), whatever lock they hold: their pids. */
 export function homeHypervisors(home: string): number[] {
   const out: number[] = [];
@@ -155,6 +154,7 @@ export function homeHypervisors(home: string): number[] {
   return out;
 }
 
+/** Pids of every process whose environment names this host. */
 export function hostProcesses(hostId: string): number[] {
   const out: number[] = [];
   for (const d of readdirSync('/proc')) {

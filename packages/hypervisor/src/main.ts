@@ -11,7 +11,7 @@
  * Prints "ready" once the first root is ready, or "locked PID" when another host holds the home.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { entries, hostPaths, nodeArgsFor, pidAlive, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
@@ -111,13 +111,28 @@ async function exit(reason: string, code = 0): Promise<void> {
 }
 server.onShutdownRequest = () => void exit('shutdown requested by the root');
 
-/** A directory's identity (device and inode), or null when it is not there. */
-function identityOf(p: string): string | null {
+/**
+ * The run directory this host made, held open for the host's life: while a descriptor is open its
+ * inode cannot be reused, so a directory made again at the path (by a new `up`, or by a log file
+ * of this host's own processes reopened after the removal) never passes for it, and a removed one
+ * reads as having no links.
+ */
+const runFd = openSync(paths.runDir, 'r');
+const runStat = fstatSync(runFd);
+/** Whether the run directory this host made was removed, or another is at its path now. */
+function runDirLost(): boolean {
   try {
-    const st = statSync(p);
-    return `${st.dev}:${st.ino}`;
+    if (fstatSync(runFd).nlink === 0) return true;
   } catch {
-    return null;
+    return true;
+  }
+  try {
+    const now = statSync(paths.runDir);
+    return now.dev !== runStat.dev || now.ino !== runStat.ino;
+  } catch (e) {
+    // Gone; any other failure (a permission changed) is no proof of a removal.
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' || code === 'ENOTDIR';
   }
 }
 /** Whether the home's lock names this process. */
@@ -144,15 +159,14 @@ function otherHolder(): number | null {
  * test's clean-up) would leave a host nothing can reach again, every process, socket and /dev/shm
  * file of it an orphan. inotify on the run directory says when anything in it, or it, goes (a
  * watch, no polling: an idle host stays asleep); the host then looks, once the changes settle:
- * - the run directory is gone, or is another directory now (the same path made again: its
- *   identity is not the one this host made): the home is lost, and the host goes down as on
+ * - the run directory is gone, or is another directory now (the same path made again: not the
+ *   inode this host holds open): the home is lost, and the host goes down as on
  *   SIGTERM, its VMs with it, and takes its socket directory (outside the home) unless another
  *   host holds the path's lock by then;
  * - only the lock went (the run directory and the host record are there): it is written again;
  * - the lock and the host record went but the directory is still there: a removal under way,
  *   most likely; the host looks again, and writes the lock again only after 10 s of that.
  */
-const runIdentity = identityOf(paths.runDir);
 let homeLost = false;
 let guardTimer: NodeJS.Timeout | null = null;
 let lockless = 0;
@@ -174,7 +188,7 @@ function checkHome(): void {
   guardTimer = setTimeout(() => {
     guardTimer = null;
     if (exiting) return;
-    if (identityOf(paths.runDir) !== runIdentity) {
+    if (runDirLost()) {
       homeLost = true;
       log.error({ home: paths.home }, 'the home was removed under this host: going down');
       void exit(`its home ${paths.home} was removed`).catch(() => undefined);
@@ -196,7 +210,12 @@ function checkHome(): void {
     }
     lockless = 0;
     try {
-      if (takeLock() === null) log.warn('the lock file was removed: written again');
+      const holder = takeLock();
+      if (holder === null) log.warn('the lock file was removed: written again');
+      else {
+        log.error({ holder }, 'another hypervisor took this home\'s lock: going down');
+        void exit(`hypervisor ${holder} took the home`).catch(() => undefined);
+      }
     } catch (e) {
       log.error({ err: (e as Error).message }, 'the lock file was removed and cannot be written again');
     }
