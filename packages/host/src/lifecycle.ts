@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { entries, nodeArgsFor, pidAlive, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
 import { MgmtClient } from './mgmt-client.js';
@@ -37,11 +37,7 @@ export function hostRunning(rec: HostRecord | null): boolean {
 
 /** The pid holding the home's lock, if it is a live hvlab hypervisor. */
 export function lockHolder(paths: HostPaths): number | null {
-  try {
-    const pid = Number(readFileSync(paths.lockFile, 'utf8').trim());
-    if (pid > 0 && pidAlive(pid) && readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-hypervisor')) return pid;
-  } catch { /* no lock */ }
-  return null;
+  return lockHolderOf(paths.lockFile);
 }
 
 export interface UpOptions {
@@ -140,28 +136,26 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
 
 /** Hypervisors started for `home` (their HVLAB_HOME), whatever lock they hold: their pids. */
 export function homeHypervisors(home: string): number[] {
-  const out: number[] = [];
-  let pids: string[] = [];
-  try {
-    pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
-  } catch { /* no /proc */ }
-  for (const d of pids) {
-    try {
-      if (!readFileSync(`/proc/${d}/cmdline`, 'latin1').startsWith('hvlab-hypervisor')) continue;
-      if (readFileSync(`/proc/${d}/environ`, 'latin1').split('\0').includes(`HVLAB_HOME=${home}`)) out.push(Number(d));
-    } catch { /* gone */ }
-  }
-  return out;
+  return processesWithEnv(`HVLAB_HOME=${home}`).filter(isHypervisorPid);
 }
 
 /** Pids of every process whose environment names this host. */
 export function hostProcesses(hostId: string): number[] {
+  return processesWithEnv(`HVLAB_HOST_ID=${hostId}`);
+}
+
+/** Pids of every other process whose environment holds `entry` (NAME=value) exactly. */
+function processesWithEnv(entry: string): number[] {
   const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
+  let pids: string[] = [];
+  try {
+    pids = readdirSync('/proc');
+  } catch { /* no /proc */ }
+  for (const d of pids) {
     if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
     try {
       const env = readFileSync(`/proc/${d}/environ`, 'latin1');
-      if (env.includes(`\0HVLAB_HOST_ID=${hostId}\0`) || env.startsWith(`HVLAB_HOST_ID=${hostId}\0`)) out.push(Number(d));
+      if (env.includes(`\0${entry}\0`) || env.startsWith(`${entry}\0`)) out.push(Number(d));
     } catch { /* gone or not ours */ }
   }
   return out;

@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entries, hostPaths, nodeArgsFor, pidAlive, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
+import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -38,12 +38,9 @@ function takeLock(): number | null {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
-    let owner = 0;
-    try {
-      owner = Number(readFileSync(paths.lockFile, 'utf8').trim());
-    } catch { /* vanished: retry */ }
+    const owner = lockOwner(paths.lockFile);
     if (owner === process.pid) return null;
-    if (owner > 0 && pidAlive(owner) && isHypervisor(owner)) return owner;
+    if (owner > 0 && isHypervisorPid(owner)) return owner;
     if (owner === 0 && attempt === 0) {
       // Just created by a racing hypervisor that has not written its pid yet.
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
@@ -52,13 +49,6 @@ function takeLock(): number | null {
     rmSync(paths.lockFile, { force: true });
   }
   throw new Error(`cannot take the lock ${paths.lockFile}`);
-}
-function isHypervisor(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-hypervisor');
-  } catch {
-    return false;
-  }
 }
 
 const holder = takeLock();
@@ -136,21 +126,11 @@ function runDirLost(): boolean {
   }
 }
 /** Whether the home's lock names this process. */
-function lockIsOurs(): boolean {
-  try {
-    return Number(readFileSync(paths.lockFile, 'utf8').trim()) === process.pid;
-  } catch {
-    return false;
-  }
-}
+const lockIsOurs = (): boolean => lockOwner(paths.lockFile) === process.pid;
 /** A live hypervisor other than this one that holds the home's lock, or null. */
 function otherHolder(): number | null {
-  try {
-    const owner = Number(readFileSync(paths.lockFile, 'utf8').trim());
-    return owner > 0 && owner !== process.pid && pidAlive(owner) && isHypervisor(owner) ? owner : null;
-  } catch {
-    return null;
-  }
+  const holder = lockHolderOf(paths.lockFile);
+  return holder === process.pid ? null : holder;
 }
 
 /**

@@ -27,6 +27,32 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/** Whether `pid` is a live hvlab hypervisor (its title, not a reused pid of another program). */
+export function isHypervisorPid(pid: number): boolean {
+  if (!pidAlive(pid)) return false;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-hypervisor');
+  } catch {
+    return false;
+  }
+}
+
+/** The pid a home's lock file names (0: no lock, or not a pid). */
+export function lockOwner(lockFile: string): number {
+  try {
+    const pid = Number(readFileSync(lockFile, 'utf8').trim());
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The live hypervisor that holds a home's lock, or null (none, or a stale lock). */
+export function lockHolderOf(lockFile: string): number | null {
+  const pid = lockOwner(lockFile);
+  return pid > 0 && isHypervisorPid(pid) ? pid : null;
+}
+
 /** How often a polled watch checks its pid (ms): only where no pidfd can be had. */
 export const PID_POLL_MS = 200;
 

@@ -125,6 +125,25 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     return a;
   }
 
+  /**
+   * A's guest memory copied into a new pair with its devices added, as a migration's destination
+   * gets it; A is closed (idle first, saved through disk): the new pair and what A saved.
+   */
+  async function moveToNewPair(a: Pair): Promise<{ b: Pair; saved: ReturnType<typeof throughDisk> }> {
+    await a.lb.server.whenIdle();
+    await a.lb.client.whenIdle();
+    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
+    const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
+    new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
+    const nextFreePage = a.lb.nextFreePage;
+    open.splice(open.indexOf(a.lb), 1);
+    a.lb.close();
+    const b = pair('shm', { memory, nextFreePage });
+    open.push(b.lb);
+    await addDevices(b);
+    return { b, saved };
+  }
+
   it('a restored pair keeps its channels and unread packets and exchanges no channel message', async () => {
     const a = await connected();
     const [dev] = a.devs;
@@ -327,18 +346,7 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     a.hold.host = true;
     a.drvs[0].channel!.send(PacketType.DataInband, 0, 1n, text('unread'));
     await turns();
-    await a.lb.server.whenIdle();
-    await a.lb.client.whenIdle();
-    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
-    const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
-    new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
-    const nextFreePage = a.lb.nextFreePage;
-    open.splice(open.indexOf(a.lb), 1);
-    a.lb.close();
-
-    const b = pair('shm', { memory, nextFreePage });
-    open.push(b.lb);
-    await addDevices(b);
+    const { b, saved } = await moveToNewPair(a);
     await b.lb.server.premap(saved.server);
     expect([...b.lb.mapped.keys()].sort(), 'every saved GPADL mapped ahead').to.deep.equal(saved.server.gpadls.map((g) => g.gpadl).sort());
     // Forget them here: a restore that mapped again would put them back.
@@ -362,19 +370,8 @@ describe('VMBus save and restore (in-process host and guest)', function () {
     // Taken while the guest runs, as a migration's source does before its first pass.
     const hint = a.lb.server.gpadlHint();
     expect(hint.channels.every((c) => c.queued.length === 0)).to.equal(true);
-    await a.lb.server.whenIdle();
-    await a.lb.client.whenIdle();
-    const saved = throughDisk(a.lb.server.save(), a.lb.client.save());
+    const { b, saved } = await moveToNewPair(a);
     expect(hint.gpadls).to.deep.equal(saved.server.gpadls);
-    const memory = new SharedArrayBuffer(a.lb.memory.byteLength);
-    new Uint8Array(memory).set(new Uint8Array(a.lb.memory));
-    const nextFreePage = a.lb.nextFreePage;
-    open.splice(open.indexOf(a.lb), 1);
-    a.lb.close();
-
-    const b = pair('shm', { memory, nextFreePage });
-    open.push(b.lb);
-    await addDevices(b);
     // The hint as if the guest changed its GPADLs afterwards: the first one's pages reordered, and one
     // more GPADL (made and torn down since) is in the hint only.
     const [g0, g1] = hint.gpadls;
