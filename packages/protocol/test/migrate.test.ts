@@ -342,7 +342,7 @@ describe('migration VMWP frames', function () {
 
   it('only ever throws VmwpDecodeError on mutated or random frames (seeded fuzz)', () => {
     const next = seededRandom(0x7f3d);
-    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(24, 2) }), req({ t: 'migBooted', waitMs: 5 }),
+    const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(24, 2) }), req({ t: 'migPremap', state: Buffer.from('{"gpadls":[]}') }), req({ t: 'migBooted', waitMs: 5 }),
       note({ t: 'incomingReady', partitionId: 3 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } })].map((f) => encode(f));
     let decoded = 0;
     for (let i = 0; i < 4000; i++) {
