@@ -44,7 +44,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome, spawnOwned, stopOwned, waitReady } from './common.js';
 import {
-  EnabledState, HvStatus, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
+  EnabledState, HvStatus, VpRunState, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
   vpPageOffset, type VmInfo,
 } from '../../packages/protocol/src/index.js';
 import { hostPaths, type HostPaths } from '../../packages/runtime/src/paths.js';
@@ -102,7 +102,7 @@ export interface SchedBenchResult {
     vmUnitsPerS: number;
     threadUnitsPerS: number;
     ratio: number;
-    /** Share of the window VP 0 held an LP (VpPage.runMs, published by the scheduler at least every 50 ms, so ±2 %). */
+    /** Share of the window VP 0 held an LP (VpPage.runMs brought up to now from VpPage.accountedNs, as observers do). */
     vpRunShare: number | null;
     /** VmInfo.cpu.percent at the end of the window (the scheduler's last second), null when the host does not report it. */
     vmCpuPercent: number | null;
@@ -331,14 +331,25 @@ async function measureJitter(host: Host, vm: RunningVm, plan: Plan): Promise<Sch
 
 async function measureVmSpin(host: Host, vm: RunningVm, plan: Plan): Promise<{ unitsPerS: number; vpRunShare: number | null; cpuPercent: number | null }> {
   await sleep(plan.overheadWarmupMs);
-  const runMs = new Float64Array(vm.vpRegion, vpPageOffset(0) + VpPage.runMs, 1);
+  // The scheduler publishes runMs at its passes only (none at all while a VP runs alone, uncapped,
+  // with nobody waiting): the time since VpPage.accountedNs counts in the shown state, as every
+  // observer adds it (the hypervisor's vpStats).
+  const off = vpPageOffset(0);
+  const f64 = new Float64Array(vm.vpRegion);
+  const i32 = new Int32Array(vm.vpRegion);
+  const runMs = (): number => {
+    const base = f64[(off + VpPage.runMs) >> 3]!;
+    const at = f64[(off + VpPage.accountedNs) >> 3]!;
+    const running = Atomics.load(i32, (off + VpPage.state) >> 2) === VpRunState.Running;
+    return base + (running && at > 0 ? Math.max(0, Number(process.hrtime.bigint()) - at) / 1e6 : 0);
+  };
   const a = await host.units(vm.name);
-  const run0 = runMs[0]!;
+  const run0 = runMs();
   await sleep(plan.overheadMs);
   const b = await host.units(vm.name);
-  const run1 = runMs[0]!;
+  const run1 = runMs();
   const s = Number(b.atNs - a.atNs) / 1e9;
-  // runMs is refreshed by the scheduler at least every 50 ms; 0 means it never published it.
+  // 0 means the scheduler never published the VP's accounting.
   const vpRunShare = run1 > 0 ? round((run1 - run0) / 1000 / s, 3) : null;
   return { unitsPerS: round((b.units - a.units) / s, 1), vpRunShare, cpuPercent: b.cpuPercent === null ? null : round(b.cpuPercent, 1) };
 }

@@ -18,7 +18,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import {
-  Dispatch, VpPage, VirtualApicView, SchedRegion, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
+  Dispatch, VpPage, VpRegionHeader, VirtualApicView, SchedRegion, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
   MAX_VPS_PER_PARTITION, PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, StimerNextView, effectiveStimerPeriod, nextPeriodicExpiry,
 } from '@hvlab/protocol';
@@ -104,6 +104,8 @@ export class VpThread {
   private cur = -1;
   private lastPick = -1;
   private sliceDue = false;
+  /** A timer MSR was written since the last ring: the next halt rings, so the scheduler picks it up. */
+  private timersWritten = false;
 
   constructor(private readonly s: VpStart) {
     this.mem = new GuestMemory(s.memory);
@@ -131,6 +133,7 @@ export class VpThread {
   }
 
   private ring(): void {
+    this.timersWritten = false;
     if (!this.s.sched) return;
     Atomics.add(new Int32Array(this.s.sched), SchedRegion.doorbell >> 2, 1);
     futexWake(this.s.sched, SchedRegion.doorbell >> 2);
@@ -171,10 +174,29 @@ export class VpThread {
     // the scheduler may hand the LP to another VP at once.
     this.leaveLp();
     this.stampRelease();
+    let acked = false;
     if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Granted, why) !== Dispatch.Granted) {
-      Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, why);
+      acked = Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, why) === Dispatch.Preempt;
     }
-    this.ring();
+    // A halt needs no ring while no other VP waits for an LP (VpRegionHeader.haltRing): the
+    // scheduler takes it at its next pass, and an idle VM costs it one wake-up per interrupt, not
+    // two. The flag is read after the halt is stored (see the scheduler's side in its pass). A halt
+    // that answers a preemption always rings: the scheduler waits for it (a suspension, a cap); so
+    // does one after a timer MSR write (the deadline for its sleepers, say): the scheduler picks
+    // timers up at a pass. A timer armed before stays on the scheduler's deadlines, so it fires
+    // for a VP that halted quietly.
+    if (why !== Dispatch.Halt || acked || this.timersWritten || Atomics.load(this.i32, VpRegionHeader.haltRing >> 2) !== 0) {
+      this.ring();
+      return;
+    }
+    // A quiet halt: the scheduler does not know yet, so nobody else looks at this VP's interrupts
+    // and direct timers until its next pass. One that came since halt() looked would be left
+    // pending: a signaller that saw Granted (it asserts, then reads the dispatch word) did not
+    // dispatch, and a pass that saw Granted leaves a due direct timer to the VP. This VP stored its
+    // halt before it looks again, so it sees what they stored: it fires its due timers, and with an
+    // interrupt to take it takes its halt back and runs on, unless the scheduler took it first.
+    if (!this.local) this.ownTimers();
+    if (this.apic.deliverable() >= 0) Atomics.compareExchange(this.i32, this.disp, Dispatch.Halt, Dispatch.Granted);
   }
 
   /** Blocks until the hypervisor dispatches this VP. False when asked to stop. */
@@ -205,6 +227,7 @@ export class VpThread {
     // The old expiration goes first, so that neither this VP nor the scheduler fires it under the
     // new MSRs; the scheduler arms the timer again when it sees timerGen move.
     if (!this.local) this.timers.set(t, 0);
+    this.timersWritten = true;
     this.f64[((this.off + VpPage.stimerCount) >> 3) + t] = count;
     Atomics.store(this.i32, ((this.off + VpPage.stimerConfig) >> 2) + t, config);
     Atomics.add(this.i32, (this.off + VpPage.timerGen) >> 2, 1);

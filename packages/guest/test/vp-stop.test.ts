@@ -10,7 +10,8 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Dispatch } from '@hvlab/protocol';
+import { Dispatch, PROBE_VECTOR_MIN, SchedRegion, VirtualApicView, VpPage, VpRegionHeader, vpPageOffset } from '@hvlab/protocol';
+import { futexWake } from '@hvlab/shm';
 import { CTL_LIVE, stopVpThreads } from '../src/vp.js';
 import { startLoneVp } from './fixtures/vp-start.js';
 
@@ -34,7 +35,9 @@ function futexWaiters(expected: number): Array<{ tid: number; timeout: bigint }>
     }
     const f = sc.split(' ');
     if (Number(f[0]) !== nr || f.length < 5) continue;
-    if ((BigInt(f[2]!) & 0x7fn) !== 0n || Number(BigInt.asIntN(32, BigInt(f[3]!))) !== expected) continue;
+    // FUTEX_WAIT (0) without FUTEX_PRIVATE_FLAG (128): the addon's shared futex, not one of
+    // Node's or glibc's private ones, which may wait for the same value.
+    if ((BigInt(f[2]!) & 0xffn) !== 0n || Number(BigInt.asIntN(32, BigInt(f[3]!))) !== expected) continue;
     out.push({ tid: Number(t), timeout: BigInt(f[4]!) });
   }
   return out;
@@ -73,6 +76,87 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
       expect(code, stderr).to.equal(0);
     } finally {
       if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    }
+  });
+
+  it('a VP that halts rings the scheduler only while its region asks for it (haltRing), and its halt is on its dispatch word either way', async function () {
+    if (FUTEX_NR[process.arch] === undefined) this.skip();
+    const vp = await startLoneVp();
+    const i32 = new Int32Array(vp.start.vpRegion);
+    const disp = (vpPageOffset(0) + VpPage.dispatch) >> 2;
+    const bell = new Int32Array(vp.start.sched!);
+    const rings = (): number => Atomics.load(bell, SchedRegion.doorbell >> 2);
+    const asleepOn = async (value: number): Promise<void> => {
+      while (futexWaiters(value).length === 0) await new Promise((r) => setTimeout(r, 5));
+    };
+    /** Grants the LP as the scheduler does; the idle VP finds nothing to run and halts. */
+    const grantAndHalt = async (): Promise<void> => {
+      Atomics.store(i32, disp, Dispatch.Granted);
+      futexWake(vp.start.vpRegion, disp);
+      while (Atomics.load(i32, disp) !== Dispatch.Halt) await new Promise((r) => setTimeout(r, 5));
+      await asleepOn(Dispatch.Halt); // past its ring, if it rang
+    };
+    try {
+      await asleepOn(Dispatch.Start);
+      const asked = rings();
+      expect(asked, 'the ring that asked for an LP').to.equal(1);
+      await grantAndHalt();
+      expect(rings(), 'rings after a halt with haltRing 0').to.equal(asked);
+      Atomics.store(i32, VpRegionHeader.haltRing >> 2, 1);
+      await grantAndHalt();
+      expect(rings(), 'rings after a halt with haltRing 1').to.equal(asked + 1);
+      Atomics.store(i32, VpRegionHeader.haltRing >> 2, 0);
+      await grantAndHalt();
+      expect(rings(), 'rings after a halt with haltRing 0 again').to.equal(asked + 1);
+    } finally {
+      stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
+    }
+  });
+
+  it('an interrupt asserted while a VP halts without a ring is never left pending: the VP takes it, or its halt is seen by the signaller (seeded random timing)', async function () {
+    if (FUTEX_NR[process.arch] === undefined) this.skip();
+    this.timeout(120000);
+    const vp = await startLoneVp();
+    const i32 = new Int32Array(vp.start.vpRegion);
+    const disp = (vpPageOffset(0) + VpPage.dispatch) >> 2;
+    const apic = new VirtualApicView(i32, vpPageOffset(0));
+    const taken = new BigInt64Array(vp.start.vpRegion, vpPageOffset(0) + VpPage.probeTakenNs, 1);
+    const grant = (): void => {
+      Atomics.store(i32, disp, Dispatch.Granted);
+      futexWake(vp.start.vpRegion, disp);
+    };
+    let seed = 12345;
+    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    let byVp = 0;
+    let bySignaller = 0;
+    try {
+      while (futexWaiters(Dispatch.Start).length === 0) await new Promise((r) => setTimeout(r, 5));
+      for (let i = 0; i < 300; i++) {
+        const before = Atomics.load(taken, 0);
+        grant(); // the idle VP finds nothing to run and halts quietly (haltRing is 0)
+        const until = process.hrtime.bigint() + BigInt(Math.floor(rnd() * 300_000));
+        while (process.hrtime.bigint() < until) { /* a random moment of its halt */ }
+        // The signalling path: assert, then read the dispatch word; dispatch only a VP that is not on its LP.
+        apic.assert(PROBE_VECTOR_MIN);
+        const d = Atomics.load(i32, disp);
+        if (d === Dispatch.Halt && Atomics.compareExchange(i32, disp, Dispatch.Halt, Dispatch.Off) === Dispatch.Halt) {
+          bySignaller++;
+          grant();
+        } else byVp++;
+        for (;;) {
+          if (Atomics.load(taken, 0) !== before) break;
+          const stuck = Atomics.load(i32, disp) === Dispatch.Halt && apic.pending(PROBE_VECTOR_MIN) && futexWaiters(Dispatch.Halt).length > 0;
+          expect(stuck, `round ${i}: the VP sleeps in its halt with the interrupt pending, and the signaller saw ${d === Dispatch.Halt ? 'Halt' : 'Granted'}`).to.equal(false);
+          await new Promise((r) => setImmediate(r));
+        }
+        // Back to a quiet halt before the next round.
+        while (!(Atomics.load(i32, disp) === Dispatch.Halt && futexWaiters(Dispatch.Halt).length > 0)) await new Promise((r) => setTimeout(r, 1));
+      }
+      expect(byVp + bySignaller).to.equal(300);
+    } finally {
+      stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
     }
   });
 });

@@ -136,7 +136,7 @@ export class HcLoop {
    * not dispatch it: the scheduling pass must run before the held-back completions (see `pass`).
    */
   wantSchedule = false;
-  /** Set when the dispatch hook dispatched a VP: the scheduling pass is due within a quantum, not now. */
+  /** Set when the dispatch hook dispatched a VP: no scheduling pass is due for it (see runScheduler). */
   dispatched = false;
   private deferring = false;
   private readonly deferred: Array<{ region: SharedArrayBuffer; i32: Int32Array; seq: number }> = [];

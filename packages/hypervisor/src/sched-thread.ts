@@ -3,8 +3,19 @@
  * (`SchedulerCore`), the synthetic timers and IPI delivery, and talks to the VP threads of every
  * partition only through their shared VP pages and shared futexes, so a dispatch or a preemption
  * costs a futex wake, not a message. It sleeps on the host's doorbell word until the next
- * deadline (quantum end, budget exhaustion, period end or timer expiry) or until someone rings;
- * with no VP running or ready and no timer armed there is no deadline, and it sleeps until a ring.
+ * deadline (a quantum's end while a VP waits for an LP, budget exhaustion, a period's end while
+ * caps or waiting VPs make it matter, a timer expiry) or until someone rings; VPs that run alone,
+ * uncapped, with none waiting set no deadline, and with no timer armed it sleeps until a ring.
+ *
+ * Quiet halts: while no VP waits for an LP, a VP that halts does not ring (VpRegionHeader.haltRing,
+ * which each pass keeps up to date): it stores its release stamp and Dispatch.Halt, and the next
+ * pass (or the signalling path's dispatch of that VP) takes the halt, charged until the stamp. An
+ * idle VM's interrupt then costs this thread one wake-up, not two, and a VP running alone costs it
+ * none (it woke at every quantum's end before). What a halted VP needs while the scheduler still
+ * thinks it runs is covered on both sides: the pass keeps a running VP's direct timers among its
+ * deadlines (it fires them if the VP halted meanwhile); the VP looks at its timers and interrupts
+ * again after it stored its halt (vp.ts `release`), and rings when it wrote a timer or answers a
+ * preemption.
  *
  * The main thread sends it configuration over a MessagePort (read synchronously with
  * receiveMessageOnPort, then the doorbell is rung); it sends back what needs the main thread:
@@ -135,8 +146,6 @@ const STATE_CODE: Record<VpSchedState, number> = {
   Absent: VpRunState.Absent, Ready: VpRunState.Ready, Running: VpRunState.Running, Waiting: VpRunState.Waiting, Suspended: VpRunState.Suspended,
 };
 
-/** How far before the scheduler noticed a release a VP's own release stamp may be believed. */
-const RELEASE_SLACK_NS = 500_000;
 
 function nowNs(): number {
   return Number(process.hrtime.bigint());
@@ -160,12 +169,16 @@ export class SchedulerLoop {
   }
 
   /**
-   * When VP `v` left its LP: what it reported, but never before its grant and at most
-   * RELEASE_SLACK_NS before the scheduler saw it, so a lying guest gains little.
+   * When VP `v` left its LP: what it reported, but never before the scheduler last charged it as
+   * running (its grant, or a pass that saw it hold the LP), so a lying guest gains at most the time
+   * since the scheduler last looked. A VP halts without a ring while no other VP waits for an LP
+   * (VpRegionHeader.haltRing), and its halt is taken at the next pass, seconds later on an idle
+   * host: its own stamp is what keeps the run time right. The look is at least every quantum
+   * while another VP waits, and at the budget's end for a capped VP.
    */
   private releaseTime(p: PartRec, v: VpRec, now: number): number {
     const reported = Number(p.big2[(v.off + VpPage.releasedNs) >> 3]);
-    return Math.max(v.sched.grantedAt, now - RELEASE_SLACK_NS, Math.min(now, reported));
+    return Math.max(v.sched.grantedAt, v.sched.lastChargeAt, Math.min(now, Number.isFinite(reported) ? reported : now));
   }
 
   private refNow(p: PartRec): number {
@@ -211,6 +224,10 @@ export class SchedulerLoop {
     if (!p || !v || p.delayNs > 0) return false;
     const s = v.sched;
     const di = dispatchIdx(v);
+    // A halt the VP made without a ring (no VP waited for an LP then) is taken here, as a pass would.
+    if (s.lp >= 0 && !s.preempting && Atomics.load(p.i32, di) === Dispatch.Halt && Atomics.compareExchange(p.i32, di, Dispatch.Halt, Dispatch.Off) === Dispatch.Halt) {
+      this.core.released(s, this.releaseTime(p, v, now), 'halted');
+    }
     if (!s.halted || s.lp >= 0 || Atomics.load(p.i32, di) !== Dispatch.Off || v.apic.deliverable() < 0) return false;
     this.core.wake(s, now);
     if (this.core.dispatchNow(s, now) < 0) return false;
@@ -474,7 +491,13 @@ export class SchedulerLoop {
         v.next.advance(t, next, 0);
         continue;
       }
-      if (cfg.direct && vpFiresOwn) continue;
+      if (cfg.direct && vpFiresOwn) {
+        // The VP fires it itself at a step boundary, and before it halts. But a VP that halts
+        // without a ring (VpRegionHeader.haltRing) is seen halted only by a pass: look when this
+        // timer comes due, and that pass fires it if the VP halted meanwhile.
+        if (next > ref) earliest = Math.min(earliest, now + this.hostNsFor(p, next - ref));
+        continue;
+      }
       // Reference time went back (a restore, or a guest that moved its base): the spacing floor
       // counts from now, instead of holding the timer until the old time comes round again.
       if (v.lastFire[t] > ref) v.lastFire[t] = ref;
@@ -616,7 +639,19 @@ export class SchedulerLoop {
       Atomics.store(p.i32, VpRegionHeader.suspendTaken >> 2, p.suspendTaken);
       p.suspendTaken = 0;
     }
-    return Math.min(dec.deadline, timerDeadline);
+    // Whether a VP that halts must ring: only while another waits for an LP. Otherwise it halts
+    // quietly (its dispatch word alone), and the next pass or dispatch takes the halt: on an idle
+    // host, one wake-up of this thread per interrupt instead of two. The flag is stored before the
+    // dispatch words are read again, and a VP stores its halt before it reads the flag, so one of
+    // the two sees the other: a halt that missed the flag is found here and taken at once.
+    const ring = dec.waiting > 0 ? 1 : 0;
+    let missed = false;
+    for (const p of this.parts.values()) {
+      if (Atomics.load(p.i32, VpRegionHeader.haltRing >> 2) !== ring) Atomics.store(p.i32, VpRegionHeader.haltRing >> 2, ring);
+      if (ring === 0) continue;
+      for (const v of p.vps.values()) if (v.sched.lp >= 0 && Atomics.load(p.i32, dispatchIdx(v)) === Dispatch.Halt) missed = true;
+    }
+    return missed ? now : Math.min(dec.deadline, timerDeadline);
   }
 }
 
@@ -640,7 +675,6 @@ export function runScheduler(data: SchedulerThreadData): void {
   const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs }, (m) => port.postMessage(m));
   const hcPort = data.hc?.port ?? null;
   const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs())) : null;
-  const quantumNs = loop.core.quantumNs;
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;
@@ -671,10 +705,10 @@ export function runScheduler(data: SchedulerThreadData): void {
         // for it sooner. Running it here would hold this CPU while the woken VP thread needs one.
         hc.completeDeferred();
       }
-      if (hc.dispatched) {
-        hc.dispatched = false;
-        deadline = Math.min(deadline, nowNs() + quantumNs);
-      }
+      // A VP the hypercall pass dispatched itself needs no pass within a quantum: dispatchNow
+      // grants only to an uncapped VP while none waits and the period runs, and such a VP has no
+      // deadline (SchedulerCore.tick). Its halt comes without a ring and is taken at the next pass.
+      hc.dispatched = false;
     }
     if (((seen - lastBell) | 0) > ((hcSeen - lastHc) | 0)) schedule = true;
     lastBell = seen;

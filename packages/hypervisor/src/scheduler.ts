@@ -63,6 +63,11 @@ export interface SchedDecisions {
   grant: Array<{ vp: SchedVp; lp: number }>;
   /** When the scheduler must run again at the latest (ns); Infinity: not before something changes. */
   deadline: number;
+  /**
+   * Runnable VPs still without an LP after this tick (they wait for a preemption or a release):
+   * while there are any, a VP that halts must tell the scheduler at once (sched-thread.ts).
+   */
+  waiting: number;
 }
 
 export interface SchedulerOptions {
@@ -252,7 +257,7 @@ export class SchedulerCore {
 
   /** Runs the policy at `now`: period roll-over, budget and quantum checks, and dispatch. */
   tick(now: number): SchedDecisions {
-    const out: SchedDecisions = { preempt: [], grant: [], deadline: Infinity };
+    const out: SchedDecisions = { preempt: [], grant: [], deadline: Infinity, waiting: 0 };
     if (this.periodStart === 0) this.periodStart = now;
     for (const vp of this.vps.values()) if (vp.lp >= 0) this.charge(vp, now);
     if (now - this.periodStart >= this.periodNs) {
@@ -266,17 +271,6 @@ export class SchedulerCore {
       }
     }
     const periodEnd = this.periodStart + this.periodNs;
-    // The period's end matters only while a VP runs, waits for an LP or waits out its cap. With all
-    // of them halted, suspended or absent there is no deadline (the scheduler sleeps until rung):
-    // the roll-over above catches up at the next tick, as if it had ticked at every period's end.
-    let periodMatters = false;
-    for (const vp of this.vps.values()) {
-      if (vp.capped || vp.lp >= 0 || this.runnable(vp)) {
-        periodMatters = true;
-        break;
-      }
-    }
-    out.deadline = periodMatters ? periodEnd : Infinity;
     let minVr = Infinity;
     for (const vp of this.vps.values()) if (this.runnable(vp) || vp.lp >= 0) minVr = Math.min(minVr, vp.vruntime);
     if (minVr !== Infinity) this.minVruntime = Math.max(this.minVruntime, minVr);
@@ -287,6 +281,8 @@ export class SchedulerCore {
     let reservedWaiting = Math.max(0, waiting.filter((v) => this.reservedNow(v)).length - freeLps);
     // Waiting VPs that the free LPs will not absorb: only these justify ending a quantum.
     let excessWaiting = Math.max(0, waiting.length - freeLps);
+    /** How many VPs wait for an LP after this tick's grants (preemptions free theirs later). */
+    const waitingAfter = excessWaiting;
     // Running VPs: out of budget, suspended, or at the end of their quantum with someone waiting.
     for (const vp of this.vps.values()) {
       if (vp.lp < 0 || vp.preempting) continue;
@@ -312,7 +308,9 @@ export class SchedulerCore {
         if (vp.capped) this.account(vp, now);
         continue;
       }
-      out.deadline = Math.min(out.deadline, vp.grantedAt + this.quantumNs, now + budget);
+      // The quantum's end matters only to a VP that waits for this LP; one that starts waiting
+      // later rings the scheduler, and the quantum is over by then or ends at its own deadline.
+      out.deadline = Math.min(out.deadline, now + budget, waitingAfter > 0 ? vp.grantedAt + this.quantumNs : Infinity);
     }
     // Free LPs go to the best waiting VPs.
     let next = 0;
@@ -328,9 +326,17 @@ export class SchedulerCore {
       this.grant(vp, lp, now);
       out.grant.push({ vp, lp });
       const budget = vp.cap < 1 ? vp.cap * this.periodNs - vp.usedInPeriod : Infinity;
-      out.deadline = Math.min(out.deadline, now + this.quantumNs, now + budget);
+      out.deadline = Math.min(out.deadline, now + budget, waitingAfter > 0 ? now + this.quantumNs : Infinity);
     }
     for (const vp of this.vps.values()) this.account(vp, now);
+    out.waiting = waiting.length - next;
+    // The period's end matters only while a VP still waits for an LP (reserves decide who gets
+    // one), waits out its cap, or runs under a cap. Otherwise there is no deadline for it (the
+    // scheduler sleeps until rung, even while uncapped VPs run): the roll-over above catches up at
+    // the next tick, as if it had ticked at every period's end.
+    let periodMatters = out.waiting > 0;
+    for (const vp of this.vps.values()) if (vp.capped || (vp.lp >= 0 && vp.cap < 1)) periodMatters = true;
+    if (periodMatters) out.deadline = Math.min(out.deadline, periodEnd);
     return out;
   }
 }

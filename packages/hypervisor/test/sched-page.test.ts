@@ -17,7 +17,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import {
   VpRunState,
-  Dispatch, VpPage, VpRegionHeader, stimerConfig, vpPageOffset, vpRegionBytes, referenceTime, SchedRegion,
+  Dispatch, VpPage, VpRegionHeader, VirtualApicView, stimerConfig, vpPageOffset, vpRegionBytes, referenceTime, SchedRegion,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { FromScheduler, ToScheduler } from '../src/sched-thread.js';
@@ -364,7 +364,7 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     const deadline = t.loop.pass(now);
     expect(t.apic.pending(0x40)).to.equal(false);
     expect(t.next.get(2)).to.equal(t.first);
-    expect(deadline - now, 'the next deadline (quantum), not the due timer').to.be.above(1_000_000);
+    expect(deadline - now, 'no deadline for the due timer (the VP runs alone: none at all)').to.be.above(1_000_000);
   });
 
   it('an expiration the VP advanced first is not delivered again by the scheduler', async () => {
@@ -394,6 +394,86 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     loop.handle({ t: 'interceptDone', id: 3, index: 0 }, now());
     loop.pass(now());
     expect(Atomics.load(i32, d)).to.equal(Dispatch.Granted);
+  });
+
+  describe('halts without a ring (VpRegionHeader.haltRing)', () => {
+    const MS_NS = 1_000_000;
+    async function twoVps(lps: number) {
+      const { SchedulerLoop } = await import('../src/sched-thread.js');
+      const region = new SharedArrayBuffer(vpRegionBytes(VPS));
+      const i32 = new Int32Array(region);
+      const f64 = new Float64Array(region);
+      const t0 = Number(process.hrtime.bigint());
+      new BigInt64Array(region, 0, 2)[VpRegionHeader.refBaseNs >> 3] = BigInt(t0);
+      const loop = new SchedulerLoop({ lps }, () => undefined);
+      loop.handle({ t: 'addPartition', id: 3, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, t0);
+      loop.handle({ t: 'addVp', id: 3, index: 0 }, t0);
+      loop.handle({ t: 'addVp', id: 3, index: 1 }, t0);
+      const d = (vp: number): number => (vpPageOffset(vp) + VpPage.dispatch) >> 2;
+      const ring = (): number => Atomics.load(i32, VpRegionHeader.haltRing >> 2);
+      const runMs = (vp: number): number => f64[(vpPageOffset(vp) + VpPage.runMs) >> 3]!;
+      const state = (vp: number): number => Atomics.load(i32, (vpPageOffset(vp) + VpPage.state) >> 2);
+      /** What a VP thread does when it halts, at host time `at`: its release stamp, then Halt. */
+      const quietHalt = (vp: number, at: number): void => {
+        new BigInt64Array(region, vpPageOffset(vp) + VpPage.releasedNs, 1)[0] = BigInt(at);
+        Atomics.store(i32, d(vp), Dispatch.Halt);
+      };
+      return { loop, region, i32, t0, d, ring, runMs, state, quietHalt };
+    }
+
+    it('a VP running alone asks for no ring, and its quiet halt is taken by the next pass, charged until its own release stamp', async () => {
+      const t = await twoVps(1);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      expect(t.loop.pass(t.t0), 'no deadline for a VP running alone, uncapped').to.equal(Infinity);
+      expect(Atomics.load(t.i32, t.d(0))).to.equal(Dispatch.Granted);
+      expect(t.ring(), 'haltRing while nobody waits').to.equal(0);
+      // It halts 2 ms after the grant; the scheduler looks 5 s later (the next interrupt, say).
+      t.quietHalt(0, t.t0 + 2 * MS_NS);
+      t.loop.pass(t.t0 + 5000 * MS_NS);
+      expect(Atomics.load(t.i32, t.d(0)), 'the halt taken').to.equal(Dispatch.Off);
+      expect(t.state(0)).to.equal(VpRunState.Waiting);
+      expect(t.runMs(0), 'run time: until the release stamp, not until the pass').to.be.closeTo(2, 1e-6);
+    });
+
+    it("asks for a ring while another VP waits for the LP, and for none once the halted VP's LP went to it", async () => {
+      const t = await twoVps(1);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      t.loop.pass(t.t0);
+      Atomics.store(t.i32, t.d(1), Dispatch.Start);
+      const deadline = t.loop.pass(t.t0 + MS_NS);
+      expect(Atomics.load(t.i32, t.d(1)), 'VP 1 waits: one LP').to.not.equal(Dispatch.Granted);
+      expect(t.ring(), 'haltRing while VP 1 waits').to.equal(1);
+      expect(deadline, 'the quantum matters now').to.be.below(Infinity);
+      // VP 0 halts and rings (the flag says so): VP 1 gets the LP, and nobody waits any more.
+      t.quietHalt(0, t.t0 + 2 * MS_NS);
+      t.loop.pass(t.t0 + 3 * MS_NS);
+      expect(Atomics.load(t.i32, t.d(1))).to.equal(Dispatch.Granted);
+      expect(t.ring(), 'haltRing once nobody waits').to.equal(0);
+    });
+
+    it('a lying release stamp is believed back only to the last pass that saw the VP on its LP', async () => {
+      const t = await twoVps(1);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      t.loop.pass(t.t0);
+      t.loop.pass(t.t0 + 50 * MS_NS); // sees it running: charged until here
+      t.quietHalt(0, t.t0 + MS_NS); // claims it left after 1 ms
+      t.loop.pass(t.t0 + 60 * MS_NS);
+      expect(t.runMs(0)).to.be.closeTo(50, 1e-6);
+    });
+
+    it('the signalling path (dispatchNow) takes a quiet halt and dispatches the VP again for its interrupt', async () => {
+      const t = await twoVps(2);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      t.loop.pass(t.t0);
+      t.quietHalt(0, t.t0 + MS_NS);
+      const apic = new VirtualApicView(t.i32, vpPageOffset(0));
+      apic.assert(0x31);
+      expect(t.loop.dispatchNow(3, 0, t.t0 + 3 * MS_NS), 'dispatched').to.equal(true);
+      expect(Atomics.load(t.i32, t.d(0))).to.equal(Dispatch.Granted);
+      // It ran 1 ms, then waited 2 ms until the interrupt.
+      t.loop.pass(t.t0 + 4 * MS_NS);
+      expect(t.runMs(0)).to.be.closeTo(2, 1e-6);
+    });
   });
 
   it('never throws, passes on only well-formed intercepts, and does not ask to run again at once pass after pass', async () => {

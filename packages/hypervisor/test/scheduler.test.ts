@@ -406,13 +406,25 @@ describe('SchedulerCore (simulated clock)', () => {
     expect(da / S).to.be.closeTo(1 / 3, 0.03);
   });
 
-  it('asks for no deadline while every VP is halted, suspended or absent, and for the period end while one waits out its cap', () => {
+  it('asks for no deadline while every VP is halted, suspended, absent or running uncapped with none waiting, for the quantum while one waits, and for the period end while one waits out its cap', () => {
     const sim = new Sim({ lps: 1 });
     sim.core.add(2, 0, { weight: 100, reserve: 0, cap: 1, suspended: false }, sim.now);
     expect(sim.tick().deadline, 'only an absent VP').to.equal(Infinity);
     const a = sim.add(1, 0);
-    expect(sim.tick().deadline, 'a runnable VP').to.be.below(Infinity);
-    sim.runUntilCond(() => a.lp >= 0 && !a.preempting, 100 * MS, 'VP 1/0 running');
+    const first = sim.tick();
+    expect(first.grant.map((g) => g.vp), 'the runnable VP got the LP').to.deep.equal([a]);
+    // Alone and uncapped, a running VP needs no look from the scheduler until something rings.
+    expect(first.deadline, 'a VP running alone, uncapped').to.equal(Infinity);
+    expect(first.waiting, 'VPs still waiting for an LP').to.equal(0);
+    // A second VP waiting for the one LP: the quantum's end matters, and waiting says so.
+    const b = sim.add(4, 0);
+    const both = sim.tick();
+    expect(both.waiting, 'VPs still waiting for an LP').to.equal(1);
+    expect(both.deadline, 'a VP waits for the LP').to.be.above(sim.now).and.at.most(a.grantedAt + QUANTUM);
+    sim.runUntilCond(() => b.lp >= 0 && !b.preempting, 100 * MS, 'VP 4/0 running after a quantum of VP 1/0');
+    sim.halt(b);
+    sim.runUntilCond(() => a.lp >= 0 && !a.preempting, 100 * MS, 'VP 1/0 running again');
+    expect(sim.tick().deadline, 'the other VP halted').to.equal(Infinity);
     sim.halt(a);
     expect(sim.tick().deadline, 'the VP halted').to.equal(Infinity);
     sim.wake(a);
@@ -422,6 +434,8 @@ describe('SchedulerCore (simulated clock)', () => {
     expect(sim.tick().deadline, 'the VP suspended').to.equal(Infinity);
     // A capped VP must be let go at the next period: that deadline stays.
     const c = sim.add(3, 0, { cap: 0.1 });
+    sim.runUntilCond(() => c.lp >= 0 && !c.preempting, 100 * MS, 'VP 3/0 running');
+    expect(sim.tick().deadline, 'a capped VP running: its budget ends').to.be.above(sim.now).and.at.most(sim.now + 0.1 * PERIOD);
     sim.runUntilCond(() => c.capped && c.lp < 0, 200 * MS, 'VP 3/0 spending its budget');
     const d = sim.tick().deadline;
     expect(d, 'a capped VP').to.be.above(sim.now).and.below(sim.now + PERIOD + 1);

@@ -33,6 +33,14 @@ export const VpRegionHeader = {
    */
   suspendAsked: 0x20,
   suspendTaken: 0x24,
+  /**
+   * i32, scheduler-written: 1 while a VP that halts must ring the scheduler's doorbell (another VP
+   * of the host waits for an LP), 0 while it halts quietly: it stores Dispatch.Halt (after its
+   * release stamp) and the scheduler takes the halt at its next pass or dispatch of that VP. A VP
+   * reads it after storing the halt; the scheduler looks at the dispatch words again after storing
+   * it. A guest that writes it only changes when its own halts are seen.
+   */
+  haltRing: 0x28,
 } as const;
 
 export function vpRegionBytes(maxVps: number): number {
