@@ -221,12 +221,9 @@ describe('TaskTable', () => {
     });
 
     for (const rate of [1000, 50, 20, 7, 1]) {
-      const slow = rate < 20;
-      // SRC BUG (see the report) for rates below 20/s: the task sleeps max(10 ms, 1000/rate ms)
-      // between steps, but each step credits at most 50 ms of elapsed time, so a rate under 20/s
-      // counts only rate x 50 ms per period (7/s counts 2.45/s; 1/s counts once every 20 s).
-      // The rate < 20 cases are expected to fail until that is fixed.
-      it(`following its own wake-up times at ${rate}/s, it adds rate x elapsed time (within one count)${slow ? ' [fails: src bug]' : ''}`, () => {
+      // Below 20/s the task sleeps longer than the 50 ms a step credits after a gap (1000/rate ms):
+      // a step that follows its own wake-up time credits its whole period (7/s once counted 2.45/s).
+      it(`following its own wake-up times at ${rate}/s, it adds rate x elapsed time (within one count)`, () => {
         const { mem, tt } = makeTable();
         tt.create('counter', rate, 1);
         const i = tt.claim(0, -1);
