@@ -44,7 +44,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome, spawnOwned, stopOwned, waitReady } from './common.js';
 import {
-  EnabledState, HvStatus, VpRunState, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
+  EnabledState, HvStatus, vpAccounting, JITTER_RING_ENTRIES, JITTER_RING_GPA, KERNEL_PAGE_GPA, KernelPage, PROBE_VECTOR_MIN, VpPage,
   vpPageOffset, type VmInfo,
 } from '../../packages/protocol/src/index.js';
 import { hostPaths, type HostPaths } from '../../packages/runtime/src/paths.js';
@@ -332,17 +332,11 @@ async function measureJitter(host: Host, vm: RunningVm, plan: Plan): Promise<Sch
 async function measureVmSpin(host: Host, vm: RunningVm, plan: Plan): Promise<{ unitsPerS: number; vpRunShare: number | null; cpuPercent: number | null }> {
   await sleep(plan.overheadWarmupMs);
   // The scheduler publishes runMs at its passes only (none at all while a VP runs alone, uncapped,
-  // with nobody waiting): the time since VpPage.accountedNs counts in the shown state, as every
-  // observer adds it (the hypervisor's vpStats).
+  // with nobody waiting): read it as every observer does (vpAccounting, as the hypervisor's vpStats).
   const off = vpPageOffset(0);
   const f64 = new Float64Array(vm.vpRegion);
   const i32 = new Int32Array(vm.vpRegion);
-  const runMs = (): number => {
-    const base = f64[(off + VpPage.runMs) >> 3]!;
-    const at = f64[(off + VpPage.accountedNs) >> 3]!;
-    const running = Atomics.load(i32, (off + VpPage.state) >> 2) === VpRunState.Running;
-    return base + (running && at > 0 ? Math.max(0, Number(process.hrtime.bigint()) - at) / 1e6 : 0);
-  };
+  const runMs = (): number => vpAccounting(i32, f64, off, Number(process.hrtime.bigint())).runMs;
   const a = await host.units(vm.name);
   const run0 = runMs();
   await sleep(plan.overheadMs);

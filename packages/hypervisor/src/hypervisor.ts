@@ -47,7 +47,7 @@ import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
-  VpRegionHeader, VpPage, Dispatch, VirtualApicView, VP_REGION_MAGIC, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
+  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
   vpRegionBytes, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames, pendInterrupt, checkPartitionPropertyValue, decodeHvCtlArgs, ReferenceClockView, referenceTimeAt, decodeStimerConfig,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp, type ReferenceClockWords,
@@ -254,37 +254,6 @@ function clampU53(x: number): number {
   return Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
 }
 /** A guest-writable f64 as a time or count: finite and >= 0, else 0. */
-/**
- * A VP's accounting from its page, brought up to `nowNs`: the scheduler publishes it only when it
- * runs, and it sleeps while nothing is due, so the time since (VpPage.accountedNs) is added to the
- * shown state's total.
- */
-function vpAccounting(i32: Int32Array, f64: Float64Array, off: number, nowNs: number): { state: string; runMs: number; readyMs: number; waitMs: number } {
-  let state = vpRunStateName(Atomics.load(i32, (off + VpPage.state) >> 2));
-  const at = finiteOrZero(f64[(off + VpPage.accountedNs) >> 3]);
-  const since = at > 0 ? Math.max(0, (nowNs - at) / 1e6) : 0;
-  const total = (field: number, shown: boolean): number => finiteOrZero(f64[(off + field) >> 3]) + (shown ? since : 0);
-  if (state === 'Running' && at > 0 && Atomics.load(i32, (off + VpPage.dispatch) >> 2) === Dispatch.Halt) {
-    // Halted without a ring (VpRegionHeader.haltRing), not yet taken by the scheduler: it ran
-    // until its release stamp (bounded to what has passed since the accounting) and waits since.
-    const stamp = Number(new BigInt64Array(i32.buffer, off + VpPage.releasedNs, 1)[0]);
-    const ran = Math.min(since, Math.max(0, (stamp - at) / 1e6));
-    state = 'Waiting';
-    return {
-      state,
-      runMs: total(VpPage.runMs, false) + ran,
-      readyMs: total(VpPage.readyMs, false),
-      waitMs: total(VpPage.waitMs, false) + (since - ran),
-    };
-  }
-  return {
-    state,
-    runMs: total(VpPage.runMs, state === 'Running'),
-    readyMs: total(VpPage.readyMs, state === 'Ready'),
-    waitMs: total(VpPage.waitMs, state === 'Waiting' || state === 'Suspended'),
-  };
-}
-
 function finiteOrZero(x: number): number {
   return Number.isFinite(x) && x >= 0 ? x : 0;
 }

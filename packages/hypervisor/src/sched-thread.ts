@@ -178,7 +178,15 @@ export class SchedulerLoop {
    */
   private releaseTime(p: PartRec, v: VpRec, now: number): number {
     const reported = Number(p.big2[(v.off + VpPage.releasedNs) >> 3]);
-    return Math.max(v.sched.grantedAt, v.sched.lastChargeAt, Math.min(now, Number.isFinite(reported) ? reported : now));
+    // lastChargeAt is the grant's time or later (a grant charges from it).
+    return Math.max(v.sched.lastChargeAt, Math.min(now, reported));
+  }
+
+  /** Takes a halt the VP stored in its dispatch word (Halt -> Off), charged until its release. */
+  private takeHalt(p: PartRec, v: VpRec, now: number): void {
+    const s = v.sched;
+    if (s.lp >= 0 || !s.halted) this.core.released(s, s.lp >= 0 ? this.releaseTime(p, v, now) : now, 'halted');
+    Atomics.compareExchange(p.i32, dispatchIdx(v), Dispatch.Halt, Dispatch.Off);
   }
 
   private refNow(p: PartRec): number {
@@ -225,9 +233,7 @@ export class SchedulerLoop {
     const s = v.sched;
     const di = dispatchIdx(v);
     // A halt the VP made without a ring (no VP waited for an LP then) is taken here, as a pass would.
-    if (s.lp >= 0 && !s.preempting && Atomics.load(p.i32, di) === Dispatch.Halt && Atomics.compareExchange(p.i32, di, Dispatch.Halt, Dispatch.Off) === Dispatch.Halt) {
-      this.core.released(s, this.releaseTime(p, v, now), 'halted');
-    }
+    if (s.lp >= 0 && !s.preempting && Atomics.load(p.i32, di) === Dispatch.Halt) this.takeHalt(p, v, now);
     if (!s.halted || s.lp >= 0 || Atomics.load(p.i32, di) !== Dispatch.Off || v.apic.deliverable() < 0) return false;
     this.core.wake(s, now);
     if (this.core.dispatchNow(s, now) < 0) return false;
@@ -581,8 +587,7 @@ export class SchedulerLoop {
         if (s.lp >= 0 && d === Dispatch.Off) {
           core.released(s, this.releaseTime(p, v, now), 'preempted');
         } else if (d === Dispatch.Halt) {
-          if (s.lp >= 0 || !s.halted) core.released(s, s.lp >= 0 ? this.releaseTime(p, v, now) : now, 'halted');
-          Atomics.compareExchange(p.i32, di, Dispatch.Halt, Dispatch.Off);
+          this.takeHalt(p, v, now);
         } else if (d === Dispatch.Intercept) {
           core.released(s, s.lp >= 0 ? this.releaseTime(p, v, now) : now, 'intercept');
           Atomics.compareExchange(p.i32, di, Dispatch.Intercept, Dispatch.Off);

@@ -104,6 +104,39 @@ export function vpRunStateName(n: number): VpRunStateName {
   return (['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'] as const)[n] ?? 'Absent';
 }
 
+/** A guest-writable f64 as a time: finite and >= 0, else 0. */
+function timeOrZero(x: number | undefined): number {
+  return x !== undefined && Number.isFinite(x) && x >= 0 ? x : 0;
+}
+
+/**
+ * A VP's accounting read from its page (at byte offset `off` of the VP region `i32`/`f64` view),
+ * brought up to `nowNs` (CLOCK_MONOTONIC): the scheduler publishes it only when it runs, and it
+ * sleeps while nothing is due, so the time since VpPage.accountedNs is added to the shown state's
+ * total. A VP that halted without a ring (VpRegionHeader.haltRing), not yet taken by the
+ * scheduler, ran until its release stamp (bounded to the time since) and waits since. Every field
+ * is guest-writable: anything out of range reads as 0.
+ */
+export function vpAccounting(i32: Int32Array, f64: Float64Array, off: number, nowNs: number): { state: VpRunStateName; runMs: number; readyMs: number; waitMs: number } {
+  const shown = vpRunStateName(Atomics.load(i32, (off + VpPage.state) >> 2));
+  const at = timeOrZero(f64[(off + VpPage.accountedNs) >> 3]);
+  const since = at > 0 ? Math.max(0, (nowNs - at) / 1e6) : 0;
+  const base = (field: number): number => timeOrZero(f64[(off + field) >> 3]);
+  let ran = shown === 'Running' ? since : 0;
+  let state = shown;
+  if (shown === 'Running' && at > 0 && Atomics.load(i32, (off + VpPage.dispatch) >> 2) === Dispatch.Halt) {
+    const stamp = Number(new BigInt64Array(i32.buffer, i32.byteOffset + off + VpPage.releasedNs, 1)[0]);
+    ran = Math.min(since, Math.max(0, (stamp - at) / 1e6));
+    state = 'Waiting';
+  }
+  return {
+    state,
+    runMs: base(VpPage.runMs) + ran,
+    readyMs: base(VpPage.readyMs) + (state === 'Ready' ? since : 0),
+    waitMs: base(VpPage.waitMs) + (state === 'Waiting' || state === 'Suspended' ? since - ran : 0),
+  };
+}
+
 /** Scheduler region (byte offsets). */
 /**
  * The host's scheduler region (mapped by every partition process and hypercall session): the
