@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Worker } from 'node:worker_threads';
 import {
   HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, PartitionProperty, siefpGpa, synicPageRegister, type HvServerMsg,
 } from '@hvlab/protocol';
@@ -118,11 +119,13 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     const c = await root(() => {}, { callTimeoutMs: 1500 });
     c.onSignalFailed = (f) => void failures.push(f);
     const { id } = await child(c, 0x540);
-    // The thread that serves the pages stops: nothing on the page is completed from now on.
-    const sched = (server as unknown as { sched: { link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
+    // The thread that serves the pages stops: nothing on the page is completed from now on. Waited
+    // for until it has exited (a thread slow to get a CPU could otherwise still complete the signal).
+    const sched = (server as unknown as { sched: { worker: Worker; link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
+    const exited = new Promise<boolean>((r) => sched.worker.once('exit', () => r(true)));
     sched.link.post({ t: 'stop' });
     sched.link.ring();
-    await new Promise((r) => setTimeout(r, 100));
+    expect(await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 20000))]), 'the page thread exited').to.equal(true);
     c.signal(0x540, 1);
     // A socket call (the main thread still serves those) is not sent while the signal before it
     // is not complete: order is kept across the two paths.

@@ -159,9 +159,9 @@ describe('PostcopyFaults', function () {
         const w = new Worker('const { workerData, parentPort } = require("node:worker_threads"); const u = new Uint8Array(workerData); parentPort.postMessage(["a", u[4096]]); parentPort.postMessage(["b", u[7 * 4096 + 3]]);', { eval: true, workerData: mem });
         const got: Array<[string, number]> = [];
         w.on('message', (m: [string, number]) => got.push(m));
-        // The request for page 7 arrives in the ring.
+        // The request for page 7 arrives in the ring (once the worker has started: a liveness bound).
         const t0 = Date.now();
-        while (Atomics.load(c, PostcopyControl.requests) < 1 && Date.now() - t0 < 5000) await sleep(5);
+        while (Atomics.load(c, PostcopyControl.requests) < 1 && Date.now() - t0 < 15000) await sleep(5);
         expect(Atomics.load(c, PostcopyControl.requests)).to.equal(1);
         expect(c[PostcopyControl.ring]).to.equal(7);
         await sleep(50);
@@ -170,7 +170,9 @@ describe('PostcopyFaults', function () {
         new Uint8Array(other)[7 * 4096 + 3] = 42;
         Atomics.add(c, PostcopyControl.served, 1);
         futexWake(ctl, PostcopyControl.served);
-        while (got.length < 2 && Date.now() - t0 < 5000) await sleep(5);
+        // Its own bound, not what the worker's start left of the first one.
+        const t1 = Date.now();
+        while (got.length < 2 && Date.now() - t1 < 15000) await sleep(5);
         expect(got).to.deep.equal([['a', 11], ['b', 42]]);
         expect(Atomics.load(c, PostcopyControl.faults)).to.be.at.least(1);
         await w.terminate();

@@ -89,8 +89,17 @@ describe('splice pumps', function () {
     // Nobody reads b.far: the kernel's buffers fill and the pump holds a chunk.
     const data = randomBytes(16 * 1024 * 1024);
     a.near.write(data);
-    await until('the pump fills the output', () => pump.stats().bytes > 0 && pump.stats().read > pump.stats().bytes);
-    await new Promise((r) => setTimeout(r, 100));
+    // Full: nothing moves any more (the same counts at 20 looks in a row, 100 ms or more) while the
+    // pump holds bytes it read. A pump still moving bytes (a slow machine) may hold none at a stop.
+    let last = '';
+    let same = 0;
+    await until('the pump stalls with its output full', () => {
+      const s = pump.stats();
+      const now = `${s.read}/${s.bytes}`;
+      same = now === last ? same + 1 : 0;
+      last = now;
+      return same >= 20 && s.bytes > 0 && s.read > s.bytes;
+    }, 20_000);
     const st = pump.stop();
     expect(st.state).to.equal('running');
     expect(st.leftover.length).to.be.within(1, 1024 * 1024);

@@ -142,6 +142,8 @@ describe('integration-service negotiation under a VMBus fault', function () {
     });
     try {
       await until('the negotiation was dropped', () => f!.stats.packets.dropped >= 1);
+      // Another channel negotiates meanwhile (in its own time: waited for, not assumed of 100 ms).
+      await until('the heartbeat negotiated while kvp\'s requests are dropped', () => g.providers.heartbeat.negotiated !== null);
       await sleep(100);
       expect(g.providers.kvp.negotiated).to.equal(null);
       expect(g.providers.heartbeat.negotiated).to.not.equal(null);

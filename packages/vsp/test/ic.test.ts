@@ -127,23 +127,34 @@ describe('periodic integration services over rings', function () {
 /**
  * A heartbeat channel without rings: its guest answers each request `latencyMs` after it was sent,
  * into an inbox that `poll()` reads when polled (as a ring would hold it), straight away otherwise.
- * `answering` false: a silent guest.
+ * `answering.on` false: a silent guest. `answering.handedAt` is when the provider was last handed
+ * an answer that came in time (by the host clock the provider reads too): within `timelyMs` of its
+ * request, so that its request cannot have timed out yet.
  */
-function fakeHeartbeatChannel(canPoll: boolean, latencyMs: number, answering: { on: boolean }): VmbusChannel {
-  const inbox: Array<[bigint, Uint8Array]> = [];
+function fakeHeartbeatChannel(canPoll: boolean, latencyMs: number, answering: { on: boolean; handedAt: number | null; timely: number }, timelyMs: number): VmbusChannel {
+  const inbox: Array<[bigint, Uint8Array, number]> = [];
   let polled = false;
   const timers = new Set<NodeJS.Timeout>();
+  const hand = (transId: bigint, answer: Uint8Array, sentAt: number): void => {
+    const now = Date.now();
+    if (now - sentAt <= timelyMs) {
+      answering.handedAt = now;
+      answering.timely++;
+    }
+    ch.onPacket(PacketType.DataInband, 0, transId, answer);
+  };
   const ch = {
     open: true,
     onPacket: (_t: number, _f: number, _id: bigint, _p: Uint8Array): void => {},
     send(_type: number, _flags: number, transId: bigint, payload: Uint8Array): void {
       if (!answering.on) return;
+      const sentAt = Date.now();
       const m = decodeIcMessage(payload);
       const answer = encodeIcMessage({ ...m.header, status: IcStatus.OK, flags: IcFlags.Transaction | IcFlags.Response }, encodeHeartbeat(decodeHeartbeat(m.body).sequence + 1n));
       const t = setTimeout(() => {
         timers.delete(t);
-        if (polled) inbox.push([transId, answer]);
-        else ch.onPacket(PacketType.DataInband, 0, transId, answer);
+        if (polled) inbox.push([transId, answer, sentAt]);
+        else hand(transId, answer, sentAt);
       }, latencyMs);
       timers.add(t);
     },
@@ -153,7 +164,7 @@ function fakeHeartbeatChannel(canPoll: boolean, latencyMs: number, answering: { 
       return true;
     },
     poll(): void {
-      for (const [id, p] of inbox.splice(0)) ch.onPacket(PacketType.DataInband, 0, id, p);
+      for (const [id, p, sentAt] of inbox.splice(0)) hand(id, p, sentAt);
     },
     close(): void {
       for (const t of timers) clearTimeout(t);
@@ -164,13 +175,24 @@ function fakeHeartbeatChannel(canPoll: boolean, latencyMs: number, answering: { 
 
 describe('heartbeat status, answers read on ticks or as they come', function () {
   this.timeout(30000);
-  async function statuses(canPoll: boolean, latencyMs: number, silentAfterMs = Infinity): Promise<{ ok: number; lost: number; lostAfterSilenceMs: number | null }> {
-    const hb = new HeartbeatProvider(quiet, { intervalMs: 100, lostAfterMs: 250 });
+  const INTERVAL_MS = 100;
+  const LOST_AFTER_MS = 250;
+  /**
+   * Samples the status every 7 ms from 0.5 s to 2.5 s. A sample that is not OK is `lost`; it is a
+   * `wrong` one when the guest had handed the provider an answer that came in time less than the
+   * lost time before (the provider must then say OK, however late the event loop ran). A guest
+   * answering 1.5 intervals late is answered every 2 intervals, 50 ms inside the lost time: a
+   * stall of the busy test process longer than that delays the guest's answer too, and is a lost
+   * sample but not a wrong one. (An answer handed after its request may have timed out, later than
+   * the lost time less 20 ms, is not counted as in time: the provider may drop it.)
+   */
+  async function statuses(canPoll: boolean, latencyMs: number, silentAfterMs = Infinity): Promise<{ ok: number; lost: number; wrong: number; timely: number; lostAfterSilenceMs: number | null }> {
+    const hb = new HeartbeatProvider(quiet, { intervalMs: INTERVAL_MS, lostAfterMs: LOST_AFTER_MS });
     hb.negotiated = { framework: { major: 3, minor: 0 }, message: { major: 3, minor: 0 } };
-    const answering = { on: true };
-    const ch = fakeHeartbeatChannel(canPoll, latencyMs, answering);
+    const answering = { on: true, handedAt: null as number | null, timely: 0 };
+    const ch = fakeHeartbeatChannel(canPoll, latencyMs, answering, LOST_AFTER_MS - 20);
     hb.reopen(ch);
-    const counts = { ok: 0, lost: 0, lostAfterSilenceMs: null as number | null };
+    const counts = { ok: 0, lost: 0, wrong: 0, timely: 0, lostAfterSilenceMs: null as number | null };
     const t0 = Date.now();
     try {
       while (Date.now() - t0 < 2500) {
@@ -179,9 +201,12 @@ describe('heartbeat status, answers read on ticks or as they come', function () 
         if (t >= silentAfterMs) answering.on = false;
         if (t < 500) continue;
         const st = hb.status();
+        // Read after the status: never earlier than the provider's own clock reading.
+        const now = Date.now();
         if (st === 'OK') counts.ok++;
         else {
           counts.lost++;
+          if (answering.handedAt !== null && now - answering.handedAt <= LOST_AFTER_MS) counts.wrong++;
           if (t >= silentAfterMs && counts.lostAfterSilenceMs === null) counts.lostAfterSilenceMs = t - silentAfterMs;
         }
       }
@@ -189,22 +214,30 @@ describe('heartbeat status, answers read on ticks or as they come', function () 
       hb.close();
       (ch as unknown as { close(): void }).close();
     }
+    counts.timely = answering.timely;
     return counts;
   }
 
   it('a guest answering later than one interval (within the lost time) is never flagged, polled or not', async () => {
     for (const canPoll of [true, false]) {
-      const c = await statuses(canPoll, 150);
-      expect(c.lost, `${canPoll ? 'polled' : 'signalled'}: ${JSON.stringify(c)}`).to.equal(0);
-      expect(c.ok).to.be.greaterThan(100);
+      const c = await statuses(canPoll, 1.5 * INTERVAL_MS);
+      const what = `${canPoll ? 'polled' : 'signalled'}: ${JSON.stringify(c)}`;
+      expect(c.wrong, `flagged though an answer came less than the lost time before; ${what}`).to.equal(0);
+      expect(c.timely, what).to.be.at.least(5);
+      expect(c.ok, what).to.be.greaterThan(100);
     }
   });
 
   it('a guest that falls silent turns LostCommunication within the lost time and one tick, polled or not', async () => {
     for (const canPoll of [true, false]) {
       const c = await statuses(canPoll, 10, 1200);
-      expect(c.lostAfterSilenceMs, `${canPoll ? 'polled' : 'signalled'}: ${JSON.stringify(c)}`).to.not.equal(null);
-      expect(c.lostAfterSilenceMs!, `${canPoll ? 'polled' : 'signalled'}`).to.be.within(150, 250 + 100 + 150);
+      const what = `${canPoll ? 'polled' : 'signalled'}: ${JSON.stringify(c)}`;
+      expect(c.lostAfterSilenceMs, what).to.not.equal(null);
+      // Not before the lost time after its last answer (checked at every sample)...
+      expect(c.wrong, `flagged though an answer came less than the lost time before; ${what}`).to.equal(0);
+      expect(c.timely, what).to.be.at.least(5);
+      // ...and not later than the lost time, a tick and some slack after it fell silent.
+      expect(c.lostAfterSilenceMs!, what).to.be.at.most(LOST_AFTER_MS + INTERVAL_MS + 150);
     }
   });
 });
