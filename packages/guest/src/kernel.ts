@@ -14,7 +14,7 @@ import {
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
   KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset, MAX_TASKS, VpRunState, VpRegionHeader,
+  vpRegionBytes, vpPageOffset, MAX_TASKS,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -29,6 +29,7 @@ import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
 import { takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
+import { waitForSuspension } from './suspension.js';
 
 /**
  * Kernels whose VP threads may be asleep in a futex with no timeout. process.exit joins worker
@@ -137,6 +138,9 @@ export class GuestKernel {
   onVpsOnline: () => void = () => {};
   /** A fault for tests: a resumed kernel waits this long before it restores its VMBus client. */
   resumeStallMs = 0;
+  /** Thaws so far: a wait for a suspension ends when one comes (vpsSuspended). */
+  private thaws = 0;
+  private wakeSuspensionWait: (() => void) | null = null;
 
   constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
     this.local = regions.vp === null || regions.sched === null;
@@ -430,35 +434,23 @@ export class GuestKernel {
   }
 
   /**
-   * Waits until the hypervisor's scheduler has taken the partition's latest suspension and every
-   * VP page shows Suspended (or Absent). The VMWP asks right after its Suspend call is answered, so
-   * the save needs no second question to the hypervisor to learn the VPs stopped. The scheduler
-   * takes a suspension on its next pass, usually within a few hundred µs: looked at at once, then
-   * each millisecond. The suspension's number (VpRegionHeader.suspendAsked, set before the call
-   * was answered) must be taken first: until then a page may still show an earlier suspension
-   * that a thaw has lifted since, with the VP running again.
+   * Waits until the scheduler has taken suspension number `seq` and every VP page shows it
+   * (waitForSuspension). A thaw meanwhile (the VMWP gave up) ends the wait with an error.
    */
-  async vpsSuspended(timeoutMs: number): Promise<void> {
+  async vpsSuspended(seq: number, timeoutMs: number): Promise<void> {
     if (this.local) throw new Error('the VPs are not scheduled by the hypervisor (no VP region): their suspension cannot be seen');
-    const i32 = new Int32Array(this.vpRegion);
-    const asked = Atomics.load(i32, VpRegionHeader.suspendAsked >> 2);
-    const stopped = (): boolean => {
-      if (((Atomics.load(i32, VpRegionHeader.suspendTaken >> 2) - asked) | 0) < 0) return false;
-      for (let vp = 0; vp < this.boot.vpCount; vp++) {
-        const st = Atomics.load(i32, (vpPageOffset(vp) + VpPage.state) >> 2);
-        if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;
-      }
-      return true;
-    };
-    const t0 = Date.now();
-    while (!stopped()) {
-      if (Date.now() - t0 > timeoutMs) throw new Error(`a VP did not stop at a step boundary within ${timeoutMs / 1000} s`);
-      await new Promise((r) => setTimeout(r, 1));
-    }
+    const thaws = this.thaws;
+    await waitForSuspension(this.vpRegion, this.boot.vpCount, seq, {
+      timeoutMs,
+      calledOff: () => this.thaws !== thaws,
+      onSleep: (wake) => (this.wakeSuspensionWait = wake),
+    });
   }
 
   /** A save was called off: let interrupts in again (the parked copy is simply left unused). */
   thaw(): void {
+    this.thaws++;
+    this.wakeSuspensionWait?.();
     const p = this.parked;
     this.parked = null;
     p?.open();

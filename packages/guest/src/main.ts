@@ -125,10 +125,13 @@ const rpc = new IpcRpc(process, async (m) => {
       return kernel.mem.read(Number(m.gpa), Number(m.len));
     }
     case 'quiesce': {
-      // afterSuspend: the VMWP's Suspend was answered; wait here until the scheduler took it.
-      // harvest: the dirty set of this mapping comes with the answer (a migration's last pass).
+      // suspension: the number of the VMWP's Suspend call, made beside this request: wait here
+      // until the scheduler took it (kernel.vpsSuspended). harvest: the dirty set of this mapping
+      // comes with the answer (a migration's last pass).
       if (!kernel) throw new Error('the guest has not booted');
-      if (m.afterSuspend === true) await kernel.vpsSuspended(10000);
+      const seq = m.suspension;
+      if (seq !== undefined && (typeof seq !== 'number' || !Number.isInteger(seq) || seq === 0 || (seq | 0) !== seq)) throw new Error('quiesce: suspension must be a non-zero 32-bit integer');
+      if (seq !== undefined) await kernel.vpsSuspended(seq, 10000);
       const q = await kernel.quiesce();
       return m.harvest === true ? { ...q, dirty: dirtyRequest('harvest') } : q;
     }

@@ -805,6 +805,8 @@ export class Hypervisor {
                 Atomics.store(p.vpI32, VpRegionHeader.suspendAsked >> 2, seq);
               }
               this.toScheduler(p, { t: 'suspend', id: p.id, on: p.suspended, seq });
+              // The suspension's number goes back to the caller, which waits for it to be taken.
+              if (seq !== 0) return ok({ seq });
             }
             return ok();
           }

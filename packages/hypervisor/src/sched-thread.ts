@@ -642,6 +642,7 @@ export class SchedulerLoop {
     for (const p of this.parts.values()) {
       if (!p.suspendTaken) continue;
       Atomics.store(p.i32, VpRegionHeader.suspendTaken >> 2, p.suspendTaken);
+      futexWake(p.region, VpRegionHeader.suspendTaken >> 2); // the partition process may sleep on it (guest waitForSuspension)
       p.suspendTaken = 0;
     }
     // Whether a VP that halts must ring: only while another waits for an LP. Otherwise it halts

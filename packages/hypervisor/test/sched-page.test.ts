@@ -150,6 +150,8 @@ describe('the scheduler thread and the guest-writable VP page', function () {
   it('a periodic timer with a period of 1 (100 ns) fires at most once per 100 µs of reference time', async () => {
     const ref0 = s.ref();
     s.setTimer(0, stimerConfig({ enable: true, periodic: true, sint: 2 }), 1);
+    // Firing at all is a liveness matter (the thread must get a CPU): waited for, not assumed of 300 ms.
+    await s.until(() => s.timerFires() > 0, 10000, 'the first expiration');
     await sleep(300);
     const fires = s.timerFires();
     const elapsed = s.ref() - ref0;
@@ -214,9 +216,12 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
   /**
    * One partition with VP 0 on a SchedulerLoop whose reference time the test sets (it moves the
    * region's reference base), VP 0 started and then halted, and a periodic direct-mode timer 2
-   * (vector 0x40, 1 ms) armed.
+   * (vector 0x40, `period` in 100 ns units, 1 ms unless given) armed. The reference time a test
+   * sets runs on with the host clock until the pass reads it, and a pause of this busy process can
+   * fall between the two: a test whose outcome depends on where in a period the pass lands sets a
+   * time mid-period and uses a long period (100 ms), so that such a pause cannot cross a boundary.
    */
-  async function haltedVpWithTimer(o: { lazy: boolean }) {
+  async function haltedVpWithTimer(o: { lazy: boolean; period?: number }) {
     const { SchedulerLoop } = await import('../src/sched-thread.js');
     const { VirtualApicView, StimerNextView } = await import('@hvlab/protocol');
     const region = new SharedArrayBuffer(vpRegionBytes(VPS));
@@ -240,7 +245,7 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
       loop.pass(now());
     };
     halt();
-    const period = 10_000;
+    const period = o.period ?? 10_000;
     Atomics.store(i32, ((off + VpPage.stimerConfig) >> 2) + 2, stimerConfig({ enable: true, periodic: true, lazy: o.lazy, direct: true, vector: 0x40 }));
     f64[((off + VpPage.stimerCount) >> 3) + 2] = period;
     Atomics.add(i32, (off + VpPage.timerGen) >> 2, 1);
@@ -250,6 +255,9 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     expect(first, 'armed one period after the time it was written').to.be.above(1_000_000 + period - 1);
     return { loop, i32, d, apic: new VirtualApicView(i32, off), next, first, period, setRef, halt, now };
   }
+
+  /** 100 ms in 100 ns units: half a period is far longer than any pause between setting a time and the pass. */
+  const LONG_PERIOD = 1_000_000;
 
   it('a periodic timer stays on its grid and delivers every period it missed, one interrupt each, once the VP took the previous', async () => {
     const t = await haltedVpWithTimer({ lazy: false });
@@ -289,7 +297,7 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
   });
 
   it('a suspended partition\'s due timer does not fire (a save reads a stable VP), and fires at the pass that resumes it', async () => {
-    const t = await haltedVpWithTimer({ lazy: true });
+    const t = await haltedVpWithTimer({ lazy: true, period: LONG_PERIOD });
     t.loop.handle({ t: 'suspend', id: 3, on: true }, t.now());
     t.setRef(t.first + 2.5 * t.period);
     for (let i = 0; i < 3; i++) t.loop.pass(t.now());
@@ -342,10 +350,32 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
     expect(taken(), 'the page still shows Running, and the count says the suspension is not taken').to.equal(2);
     loop.pass(now());
     expect(taken()).to.equal(3);
+    // The partition process may sleep on the count (waitForSuspension): the pass that publishes one
+    // wakes the word. A word watch sleeps in the futex until a wake; without one it would never call.
+    const { watchWord, wordWatchAvailable } = await import('@hvlab/shm');
+    if (!wordWatchAvailable()) return;
+    let calls = 0;
+    const unwatch = watchWord(region, VpRegionHeader.suspendTaken >> 2, () => calls++);
+    try {
+      loop.handle({ t: 'suspend', id: 3, on: false }, now());
+      loop.pass(now());
+      await new Promise((r) => setTimeout(r, 100)); // the watch's thread asleep on the word
+      loop.handle({ t: 'suspend', id: 3, on: true, seq: 4 }, now());
+      for (let i = 0; i < 3 && taken() !== 4; i++) {
+        Atomics.store(i32, d, Dispatch.Halt);
+        loop.pass(now());
+      }
+      expect(taken()).to.equal(4);
+      const t0 = Date.now();
+      while (calls === 0 && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 5));
+      expect(calls, 'the watch was woken').to.be.at.least(1);
+    } finally {
+      unwatch();
+    }
   });
 
   it('a lazy periodic timer skips the periods it missed and stays on its grid', async () => {
-    const t = await haltedVpWithTimer({ lazy: true });
+    const t = await haltedVpWithTimer({ lazy: true, period: LONG_PERIOD });
     t.setRef(t.first + 3.5 * t.period);
     t.loop.pass(t.now());
     expect(t.apic.pending(0x40)).to.equal(true);
@@ -368,7 +398,7 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
   });
 
   it('an expiration the VP advanced first is not delivered again by the scheduler', async () => {
-    const t = await haltedVpWithTimer({ lazy: false });
+    const t = await haltedVpWithTimer({ lazy: false, period: LONG_PERIOD });
     t.setRef(t.first + 100);
     // The VP (before it halted, say) claimed the expiration and asserted the vector itself.
     expect(t.next.advance(2, t.first, t.first + t.period)).to.equal(true);

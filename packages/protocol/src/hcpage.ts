@@ -471,8 +471,9 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
 }
 
 /**
- * Writes a call's output into the output area: GetVpRegisters's values, in the order asked. Returns
- * the byte length, or null when it does not fit or is not what the call returns.
+ * Writes a call's output into the output area: GetVpRegisters's values, in the order asked; MapGpadl's region;
+ * a suspending Suspend's number (SetPartitionProperty). Returns the byte length, or null when it does not fit
+ * or is not what the call returns.
  */
 export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array): number | null {
   if (call.code === HvCall.MapGpadl) {
@@ -485,6 +486,14 @@ export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array)
     dv.setUint32(4, name.length, true);
     bytes.set(name, 8);
     return 8 + name.length;
+  }
+  if (call.code === HvCall.SetPartitionProperty) {
+    // A Suspend that suspended answers its number (an int32), every other one nothing.
+    const seq = (output as { seq?: unknown } | null)?.seq;
+    if (seq === undefined) return 0;
+    if (typeof seq !== 'number' || (seq | 0) !== seq || bytes.length < 4) return null;
+    new DataView(bytes.buffer, bytes.byteOffset, 4).setInt32(0, seq, true);
+    return 4;
   }
   if (call.code !== HvCall.GetVpRegisters) return 0;
   const values = (output as { values?: unknown } | null)?.values;
@@ -513,6 +522,10 @@ export function decodeHcOutput(code: number, input: Record<string, unknown>, out
       return null;
     }
     return { region, pages: dv.getUint32(0, true) };
+  }
+  if (code === HvCall.SetPartitionProperty) {
+    if (outLen !== 4 || bytes.length < 4) return null;
+    return { seq: new DataView(bytes.buffer, bytes.byteOffset, 4).getInt32(0, true) };
   }
   if (code !== HvCall.GetVpRegisters) return null;
   const names = input.names as string[];

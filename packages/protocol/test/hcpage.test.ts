@@ -64,6 +64,21 @@ describe('hypercall page codecs', () => {
     for (const code of FIELD_CALLS.keys()) expect(HC_PAGE_CALLS).to.include(code);
   });
 
+  it('a Suspend that suspends answers its number through the page (an int32, wrapped ones too); other property calls answer nothing', () => {
+    const call = roundTrip(HvCall.SetPartitionProperty, { partitionId: 4, property: 0x10000, value: 1 });
+    const out = new Uint8Array(HC_OUTPUT_MAX);
+    for (const seq of [1, 7, 0x7fffffff, -0x80000000, -5]) {
+      const n = encodeHcOutput(call, { seq }, out);
+      expect(n).to.equal(4);
+      expect(decodeHcOutput(HvCall.SetPartitionProperty, {}, n!, out)).to.deep.equal({ seq });
+    }
+    expect(encodeHcOutput(call, null, out), 'no output').to.equal(0);
+    expect(decodeHcOutput(HvCall.SetPartitionProperty, {}, 0, out)).to.equal(null);
+    // What the hypervisor never answers is not written, and a length that is not 4 is read as no number.
+    for (const seq of [1.5, 2 ** 31, '3', null]) expect(encodeHcOutput(call, { seq }, out), String(seq)).to.equal(null);
+    for (const len of [-1, 1, 3, 5, 8]) expect(decodeHcOutput(HvCall.SetPartitionProperty, {}, len, out), String(len)).to.equal(null);
+  });
+
   it('a field call the page cannot carry is left to the socket: an unknown field, a missing one, a non-integer, too many pfns', () => {
     const buf = new Uint8Array(HC_INPUT_MAX);
     expect(encodeHcInput(HvCall.CreatePort, { partitionId: 1, portId: 1, type: 1, sint: 2, vpIndex: 0, colour: 1 }, buf)).to.equal(null);
@@ -270,6 +285,8 @@ describe('hypercall page codecs', () => {
       expect(v === null || typeof v === 'object').to.equal(true);
       // MapGpadl's output: a name length that may or may not match (small lengths make matches likely).
       if (next() < 0.5) new DataView(out.buffer, out.byteOffset).setUint32(4, Math.floor(next() * 8), true);
+      const s = decodeHcOutput(HvCall.SetPartitionProperty, {}, Math.floor(next() * 12) - 4, out) as { seq: number } | null;
+      if (s !== null) expect((s.seq | 0) === s.seq).to.equal(true);
       const g = decodeHcOutput(HvCall.MapGpadl, {}, Math.floor(next() * 24) - 4, out) as { region: string; pages: number } | null;
       if (g !== null) {
         expect(g.region).to.be.a('string');

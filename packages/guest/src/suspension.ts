@@ -1,0 +1,65 @@
+/**
+ * The partition process's wait for a suspension of its VPs (a save's or a live migration's freeze).
+ */
+import { VpPage, VpRegionHeader, VpRunState, vpPageOffset } from '@hvlab/protocol';
+import { watchWord, wordWatchAvailable } from '@hvlab/shm';
+
+export interface SuspensionWait {
+  timeoutMs: number;
+  /** True once the wait is called off (a thaw): it then ends with an error. */
+  calledOff: () => boolean;
+  /** Given the function that ends the current sleep early (null once the wait is over), for whoever calls the wait off. */
+  onSleep?: (wake: (() => void) | null) => void;
+}
+
+/**
+ * Waits until the scheduler has taken suspension number `seq` (VpRegionHeader.suspendTaken has
+ * reached it, in int32 arithmetic) and every VP page of the `vpCount` shows its VP suspended or
+ * absent. The VMWP asks for this with the number its Suspend call will get, sent beside that call,
+ * so the wait may begin before the hypervisor has even counted the suspension: the number is
+ * given, never read here (a suspension read here might be an earlier one the scheduler has not yet
+ * seen thawed, its VP pages still showing Suspended). The scheduler wakes the word when it stores
+ * it, and a word watch brings that to this event loop; without the addon, or while a VP page still
+ * lags behind the count, a look each millisecond.
+ */
+export async function waitForSuspension(vpRegion: SharedArrayBuffer, vpCount: number, seq: number, o: SuspensionWait): Promise<void> {
+  const i32 = new Int32Array(vpRegion);
+  const taken = (): boolean => ((Atomics.load(i32, VpRegionHeader.suspendTaken >> 2) - seq) | 0) >= 0;
+  const stopped = (): boolean => {
+    if (!taken()) return false;
+    for (let vp = 0; vp < vpCount; vp++) {
+      const st = Atomics.load(i32, (vpPageOffset(vp) + VpPage.state) >> 2);
+      if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;
+    }
+    return true;
+  };
+  if (stopped()) return;
+  let wake: (() => void) | null = null;
+  let unwatch: (() => void) | null = null;
+  if (wordWatchAvailable()) {
+    try {
+      unwatch = watchWord(vpRegion, VpRegionHeader.suspendTaken >> 2, () => wake?.());
+    } catch { /* no watch: the looks below */ }
+  }
+  try {
+    const t0 = Date.now();
+    while (!stopped()) {
+      if (o.calledOff()) throw new Error('the suspension was called off');
+      if (Date.now() - t0 > o.timeoutMs) throw new Error(`a VP did not stop at a step boundary within ${o.timeoutMs / 1000} s`);
+      // Until the number is taken, the watch's wake (and a look each 20 ms: a wait called off, or
+      // a number that never comes, must still end); after it, a look each millisecond.
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, unwatch && !taken() ? 20 : 1);
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+        o.onSleep?.(wake);
+      });
+      wake = null;
+    }
+  } finally {
+    o.onSleep?.(null);
+    unwatch?.();
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * The partition process's wait for a suspension by its number (waitForSuspension): what the VMWP's
+ * freeze relies on when it sends its request beside the Suspend call instead of after its answer.
+ */
+import { expect } from 'chai';
+import { VpPage, VpRegionHeader, VpRunState, vpPageOffset, vpRegionBytes } from '@hvlab/protocol';
+import { futexWake, wordWatchAvailable } from '@hvlab/shm';
+import { waitForSuspension } from '../src/suspension.js';
+
+const VPS = 2;
+function region(): { sab: SharedArrayBuffer; i32: Int32Array; setTaken: (n: number, wake?: boolean) => void; setState: (vp: number, s: number) => void } {
+  const sab = new SharedArrayBuffer(vpRegionBytes(VPS));
+  const i32 = new Int32Array(sab);
+  return {
+    sab, i32,
+    setTaken: (n, wake = true) => {
+      Atomics.store(i32, VpRegionHeader.suspendTaken >> 2, n);
+      if (wake) futexWake(sab, VpRegionHeader.suspendTaken >> 2);
+    },
+    setState: (vp, s) => Atomics.store(i32, (vpPageOffset(vp) + VpPage.state) >> 2, s),
+  };
+}
+/** Whether `p` settled within `ms` (a liveness bound, never a speed). */
+async function settles(p: Promise<unknown>, ms: number): Promise<'resolved' | 'rejected' | 'pending'> {
+  return await Promise.race([p.then(() => 'resolved' as const, () => 'rejected' as const), new Promise<'pending'>((r) => setTimeout(() => r('pending'), ms))]);
+}
+const never = (): boolean => false;
+
+describe('waiting for a suspension by its number (waitForSuspension)', function () {
+  this.timeout(30000);
+
+  it('pages showing Suspended under an earlier number are not this suspension: it waits until its own number is taken', async () => {
+    const r = region();
+    // Suspension 4 was taken and every page still shows it (a thaw the scheduler has not yet seen).
+    r.setTaken(4, false);
+    r.setState(0, VpRunState.Suspended);
+    r.setState(1, VpRunState.Suspended);
+    const w = waitForSuspension(r.sab, VPS, 5, { timeoutMs: 20000, calledOff: never });
+    expect(await settles(w, 150), 'number 4 does not satisfy a wait for 5').to.equal('pending');
+    r.setTaken(5);
+    expect(await settles(w, 15000)).to.equal('resolved');
+  });
+
+  it('waits for every VP page too, and takes an absent VP as stopped', async () => {
+    const r = region();
+    r.setTaken(1);
+    r.setState(0, VpRunState.Running);
+    r.setState(1, VpRunState.Absent);
+    const w = waitForSuspension(r.sab, VPS, 1, { timeoutMs: 20000, calledOff: never });
+    expect(await settles(w, 100)).to.equal('pending');
+    r.setState(0, VpRunState.Suspended); // no wake: the page is looked at again
+    expect(await settles(w, 15000)).to.equal('resolved');
+  });
+
+  it('counts in 32-bit arithmetic: a number that wrapped past 2^31 is still later than the one before it', async () => {
+    const r = region();
+    r.setState(0, VpRunState.Suspended);
+    r.setState(1, VpRunState.Suspended);
+    r.setTaken(0x7fffffff, false);
+    const wrapped = (0x7fffffff + 1) | 0;
+    const w = waitForSuspension(r.sab, VPS, wrapped, { timeoutMs: 20000, calledOff: never });
+    expect(await settles(w, 100)).to.equal('pending');
+    r.setTaken(wrapped);
+    expect(await settles(w, 15000)).to.equal('resolved');
+    // Already taken: at once.
+    await waitForSuspension(r.sab, VPS, 0x7fffffff, { timeoutMs: 0, calledOff: never });
+  });
+
+  it('the scheduler\'s wake of the count ends the sleep (with the addon), and a wait called off ends with an error', async function () {
+    const r = region();
+    r.setState(0, VpRunState.Suspended);
+    r.setState(1, VpRunState.Suspended);
+    let woken: (() => void) | null = null;
+    let sleeps = 0;
+    let off = false;
+    const w = waitForSuspension(r.sab, VPS, 9, { timeoutMs: 20000, calledOff: () => off, onSleep: (wake) => { if (wake) sleeps++; woken = wake; } });
+    await new Promise((res) => setTimeout(res, 100));
+    expect(woken, 'asleep, with a way to be woken').to.be.a('function');
+    if (wordWatchAvailable()) {
+      // Each sleep lasts 20 ms unless woken: over 100 ms, a handful, not one per millisecond.
+      expect(sleeps).to.be.within(1, 10);
+    }
+    off = true;
+    woken!();
+    const err = await w.then(() => null, (e: Error) => e);
+    expect(err?.message).to.match(/called off/);
+    expect(woken, 'no sleeper left').to.equal(null);
+  });
+
+  it('a number that never comes ends at the timeout with a sentence', async () => {
+    const r = region();
+    const err = await waitForSuspension(r.sab, VPS, 3, { timeoutMs: 50, calledOff: never }).then(() => null, (e: Error) => e);
+    expect(err?.message).to.match(/did not stop at a step boundary within 0.05 s/);
+  });
+});
