@@ -83,12 +83,23 @@ describe('VP scheduling over logical processors (real processes)', function () {
       await h.ok('vm', 'new', 'sl', '--memory', '8M', '--workload', 'sleep');
       await h.ok('vm', 'start', 'sl');
       await sleep(1500);
-      const { delta, after } = await work(h, ['sl'], 2000);
-      const v = after.find((x) => x.name === 'sl')!;
-      expect(v.cpu, 'cpu reported').to.not.equal(null);
-      expect(v.cpu!.percent).to.be.below(2);
-      // Default 50 ms period: about 40 wake-ups in 2 s; at least three quarters of them arrived.
-      expect(delta.sl).to.be.above(30);
+      // Default 50 ms period: about 40 wake-ups in 2 s; at least three quarters of them arrived, at
+      // under 2 % of an LP. A VP's run time counts from its dispatch until it gives the LP back, so
+      // a host busy with other work (the VP thread waiting for a CPU of the machine after its wake)
+      // inflates it: up to three 2 s windows are looked at, and one must show both. A VM that spins
+      // or polls does in none.
+      const seen: Array<{ percent: number; wakes: number }> = [];
+      for (let i = 0; i < 3; i++) {
+        const { delta, after } = await work(h, ['sl'], 2000);
+        const v = after.find((x) => x.name === 'sl')!;
+        expect(v.cpu, 'cpu reported').to.not.equal(null);
+        seen.push({ percent: v.cpu!.percent, wakes: delta.sl });
+        if (v.cpu!.percent < 2 && delta.sl > 30) break;
+      }
+      const last = seen.at(-1)!;
+      const what = seen.map((x) => `${x.percent} % and ${x.wakes} wake-ups`).join('; ');
+      expect(last.percent, what).to.be.below(2);
+      expect(last.wakes, what).to.be.above(30);
       await h.ok('vm', 'turn-off', 'sl');
     });
 

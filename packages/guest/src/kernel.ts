@@ -29,7 +29,7 @@ import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
 import { takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
-import { waitForSuspension } from './suspension.js';
+import { waitForSuspension } from '@hvlab/runtime';
 
 /**
  * Kernels whose VP threads may be asleep in a futex with no timeout. process.exit joins worker

@@ -14,3 +14,4 @@ export * from './files.js';
 export * from './curve.js';
 export * from './rpc.js';
 export * from './prewarm.js';
+export * from './suspension.js';

@@ -26,7 +26,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, dirtyBitmapGpa, GuestVector, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
-import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
+import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, waitForSuspension, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
@@ -408,6 +408,22 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
  * at its pages each millisecond: sent together, with the number and the wake, the freeze of an
  * idle VM's move took ~7.5 ms at the median instead of ~9.5 (16 moves each, alternating builds).
  */
+/**
+ * The partition's VP region (the hypervisor's name for it), mapped here to watch a suspension be
+ * taken; null where it cannot be (private memory, no scheduler): the freeze then waits for the
+ * partition process's answer.
+ */
+let vpRegion: SharedArrayBuffer | null | undefined;
+function vpRegionOfPartition(): SharedArrayBuffer | null {
+  if (vpRegion !== undefined) return vpRegion;
+  try {
+    vpRegion = openRegion(`hvlab-${cfg.hostId}-p${partitionId}-vp`);
+  } catch {
+    vpRegion = null;
+  }
+  return vpRegion;
+}
+
 async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: unknown }> {
   const d = vmDevices();
   const rpc = childRpc;
@@ -426,10 +442,19 @@ async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: un
     await setSuspend(true);
     const got = suspensionSeq !== before ? suspensionSeq : wasSuspended ? before : null;
     if (got !== expected) throw new Error(`the partition's suspension is number ${got ?? '(none)'}, not ${expected} as expected: one this worker did not make (the next try expects the hypervisor's number)`);
+    // The VPs' states as soon as the suspension is taken, read here from the VP region too, while
+    // the partition process parks its kernel (without the region: after its answer).
+    const region = vpRegionOfPartition();
+    const getStates = (): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v })));
+    let vps: SavedVpState[] | null = null;
+    if (region) {
+      await waitForSuspension(region, cfg.vps, expected, { timeoutMs: 10000, calledOff: () => false });
+      vps = await getStates();
+    }
     const q = await quiescing;
-    const vps = await Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v })));
-    // The partition process saw every VP page show the suspension; the hypervisor reads the same
-    // pages. Anything else is a partition process that lied, and the save would not hold.
+    vps ??= await getStates();
+    // The partition process and this process saw every VP page show the suspension; the hypervisor
+    // reads the same pages. Anything else is a guest that wrote its pages, and the save would not hold.
     const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
     if (running >= 0) throw new Error(`VP ${running} is ${vps[running]!.runState}, not suspended, after the partition process said all were`);
     // The VMBus server must be between steps (no offer or open half done) when it is saved.

@@ -1,5 +1,6 @@
 /**
- * The partition process's wait for a suspension of its VPs (a save's or a live migration's freeze).
+ * The wait for a suspension of a partition's VPs (a save's or a live migration's freeze), by the
+ * partition process and by its VMWP.
  */
 import { VpPage, VpRegionHeader, VpRunState, vpPageOffset } from '@hvlab/protocol';
 import { watchWord, wordWatchAvailable } from '@hvlab/shm';
