@@ -395,9 +395,10 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
  * its VP pages show every VP off its LP at a step boundary under that suspension's number (the
  * scheduler takes a suspension on its next pass and wakes the count it publishes), park the guest
  * kernel's interrupt handling and have it write its own state (VMBus client, drivers, KVP pools)
- * into guest memory, and, with `harvest`, read its dirty log, all in one request; then every VP's
- * state comes in one round trip (the calls share a wake-up of the hypervisor), and the VMBus
- * server must be between steps. The VM then stands still except for device timers, whose ring
+ * into guest memory, and, with `harvest`, read its dirty log, all in one request. This process
+ * watches the same count in the VP region and reads every VP's state (the calls share a wake-up of
+ * the hypervisor) as soon as the suspension is taken, while the partition process parks; and the
+ * VMBus server must be between steps. The VM then stands still except for device timers, whose ring
  * writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one step
  * with whatever memory the caller copies in the same step. Any failure thaws the VM.
  *
