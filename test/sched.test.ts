@@ -258,5 +258,27 @@ describe('VP scheduling over logical processors (real processes)', function () {
       expect(again.lastStateReason).to.equal('started');
       await h.ok('vm', 'turn-off', 'tmp');
     });
+
+    it('a suspension the worker did not make fails a save cleanly: the VM runs on, and the next save works', async () => {
+      await h.ok('vm', 'new', 'sus', '--memory', '16M', '--workload', 'counter:1000');
+      await h.ok('vm', 'start', 'sus');
+      const info = (): Promise<VmInfo> => h.json<VmInfo[]>('vm', 'list').then((l) => l.find((v) => v.name === 'sus')!);
+      const pid = (await info()).partitionId;
+      expect(pid).to.be.a('number');
+      // The root suspends the partition behind its worker's back (Suspend is property 0x20000).
+      const r = await h.run('debug', 'hypercall', 'SetPartitionProperty', `partitionId=${pid}`, `property=${0x20000}`, 'value=1', '--json');
+      expect(JSON.parse(r.stdout).statusName, r.stdout + r.stderr).to.equal('SUCCESS');
+      const bad = await h.run('vm', 'save', 'sus');
+      expect(bad.code, bad.stdout).to.not.equal(0);
+      expect(bad.stdout + bad.stderr).to.match(/suspended already.*did not make/);
+      // Not frozen, not saved: the failed freeze resumed it, and it counts on.
+      const p0 = (await info()).workload.progress ?? 0;
+      expect(await eventually(async () => ((await info()).workload.progress ?? 0) > p0 + 200, 10000), 'it counts on').to.equal(true);
+      expect((await info()).state).to.equal('Running');
+      // The worker learned the number it missed: the next save freezes and saves.
+      const saved = await h.json<VmInfo>('vm', 'save', 'sus');
+      expect(saved.state).to.equal('Saved');
+      await h.ok('vm', 'turn-off', 'sus');
+    });
   });
 });

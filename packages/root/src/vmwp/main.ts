@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
+  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
 import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, waitForSuspension, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
@@ -442,7 +442,13 @@ async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: un
   try {
     await setSuspend(true);
     const got = suspensionSeq !== before ? suspensionSeq : wasSuspended ? before : null;
-    if (got !== expected) throw new Error(`the partition's suspension is number ${got ?? '(none)'}, not ${expected} as expected: one this worker did not make (the next try expects the hypervisor's number)`);
+    if (got !== expected) {
+      // Suspended already by someone else (no number answered): the count in the VP region says
+      // which number that was, so that the next try expects the one after it.
+      const region = got === null ? vpRegionOfPartition() : null;
+      if (region) suspensionSeq = Atomics.load(new Int32Array(region), VpRegionHeader.suspendAsked >> 2);
+      throw new Error(`the partition's suspension is number ${got ?? '(none: it was suspended already)'}, not ${expected} as expected: one this worker did not make, so the VM was not frozen; try again`);
+    }
     // The VPs' states as soon as the suspension is taken, read here from the VP region too, while
     // the partition process parks its kernel (without the region: after its answer).
     const region = vpRegionOfPartition();
