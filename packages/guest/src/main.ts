@@ -130,7 +130,7 @@ const rpc = new IpcRpc(process, async (m) => {
       // comes with the answer (a migration's last pass).
       if (!kernel) throw new Error('the guest has not booted');
       const seq = m.suspension;
-      if (seq !== undefined && (typeof seq !== 'number' || !Number.isInteger(seq) || seq === 0 || (seq | 0) !== seq)) throw new Error('quiesce: suspension must be a non-zero 32-bit integer');
+      if (seq !== undefined && (typeof seq !== 'number' || (seq | 0) !== seq || seq === 0)) throw new Error('quiesce: suspension must be a non-zero 32-bit integer');
       if (seq !== undefined) await kernel.vpsSuspended(seq, 10000);
       const q = await kernel.quiesce();
       return m.harvest === true ? { ...q, dirty: dirtyRequest('harvest') } : q;

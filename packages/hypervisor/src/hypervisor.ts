@@ -48,7 +48,7 @@ import {
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
-  vpRegionBytes, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
+  vpRegionBytes, vpRegionName, memoryRegionName, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames, pendInterrupt, checkPartitionPropertyValue, decodeHvCtlArgs, ReferenceClockView, referenceTimeAt, decodeStimerConfig,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp, type ReferenceClockWords,
 } from '@hvlab/protocol';
@@ -717,7 +717,7 @@ export class Hypervisor {
         const p = this.child(caller, int(input, 'partitionId'));
         this.inState(p, PartitionState.Created);
         if (this.memoryMode === 'shared') {
-          const region = `hvlab-${this.hostId}-p${p.id}-mem`;
+          const region = memoryRegionName(this.hostId, p.id);
           try {
             p.memory = createRegion(region, p.memoryBytes);
           } catch (e) {
@@ -1185,7 +1185,7 @@ export class Hypervisor {
   // ---- scheduling, interrupts, timers, intercepts -------------------------------------------
 
   private createVpRegion(p: Partition): void {
-    const name = `hvlab-${this.hostId}-p${p.id}-vp`;
+    const name = vpRegionName(this.hostId, p.id);
     try {
       p.vpRegion = createRegion(name, vpRegionBytes(MAX_VPS_PER_PARTITION));
     } catch (e) {

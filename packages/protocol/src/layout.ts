@@ -13,6 +13,10 @@
  *   top      the dirty bitmap: the last `dirtyBitmapPages(memoryBytes)` pages (see below)
  */
 export const PAGE = 4096;
+/** The name of partition `partitionId`'s guest memory region on host `hostId` (its /dev/shm file is /dev/shm/NAME). */
+export function memoryRegionName(hostId: string, partitionId: number): string {
+  return `hvlab-${hostId}-p${partitionId}-mem`;
+}
 export const BOOT_INFO_GPA = 0x0;
 export const STATUS_PAGE_GPA = 0x1000;
 export const WORKLOAD_PAGE_GPA = 0x2000;

@@ -43,6 +43,11 @@ export const VpRegionHeader = {
   haltRing: 0x28,
 } as const;
 
+/** The name of partition `partitionId`'s VP region on host `hostId` (made by its hypervisor, opened by its partition process and VMWP). */
+export function vpRegionName(hostId: string, partitionId: number): string {
+  return `hvlab-${hostId}-p${partitionId}-vp`;
+}
+
 export function vpRegionBytes(maxVps: number): number {
   return VP_PAGE_BYTES * (1 + maxVps);
 }

@@ -5,6 +5,7 @@
 import { expect } from 'chai';
 import { VpPage, VpRegionHeader, VpRunState, vpPageOffset, vpRegionBytes } from '@hvlab/protocol';
 import { futexWake, wordWatchAvailable } from '@hvlab/shm';
+import { seededRandom } from '@hvlab/protocol';
 import { waitForSuspension } from '../src/suspension.js';
 
 const VPS = 2;
@@ -66,7 +67,7 @@ describe('waiting for a suspension by its number (waitForSuspension)', function 
     await waitForSuspension(r.sab, VPS, 0x7fffffff, { timeoutMs: 0, calledOff: never });
   });
 
-  it('the scheduler\'s wake of the count ends the sleep (with the addon), and a wait called off ends with an error', async function () {
+  it('sleeps on the count (with the addon, a handful of sleeps in 100 ms, not one per millisecond), and a wait called off ends with an error', async () => {
     const r = region();
     r.setState(0, VpRunState.Suspended);
     r.setState(1, VpRunState.Suspended);
@@ -85,6 +86,25 @@ describe('waiting for a suspension by its number (waitForSuspension)', function 
     const err = await w.then(() => null, (e: Error) => e);
     expect(err?.message).to.match(/called off/);
     expect(woken, 'no sleeper left').to.equal(null);
+  });
+
+  it('a VP region with random words (it is guest-writable) only ever ends the wait or times it out (seeded, 300 regions)', async () => {
+    const next = seededRandom(0x5e9);
+    let ended = 0;
+    for (let round = 0; round < 300; round++) {
+      const r = region();
+      const words = Math.min(r.i32.length, 2048);
+      for (let k = 0; k < 64; k++) Atomics.store(r.i32, Math.floor(next() * words), Math.floor(next() * 2 ** 32) | 0);
+      // The words the wait reads, set to anything (small values make matches likely).
+      for (const idx of [VpRegionHeader.suspendTaken >> 2, (vpPageOffset(0) + VpPage.state) >> 2, (vpPageOffset(1) + VpPage.state) >> 2]) {
+        Atomics.store(r.i32, idx, next() < 0.5 ? Math.floor(next() * 6) : Math.floor(next() * 2 ** 32) | 0);
+      }
+      const seq = next() < 0.5 ? Math.floor(next() * 6) - 1 || 1 : Math.floor(next() * 2 ** 32) | 0 || 1;
+      const err = await waitForSuspension(r.sab, VPS, seq, { timeoutMs: 0, calledOff: never }).then(() => null, (e: Error) => e);
+      if (err === null) ended++;
+      else expect(err.message).to.match(/did not stop at a step boundary/);
+    }
+    expect(ended, 'some random regions show the suspension').to.be.greaterThan(0);
   });
 
   it('a number that never comes ends at the timeout with a sentence', async () => {

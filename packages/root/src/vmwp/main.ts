@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
+  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
 } from '@hvlab/protocol';
 import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, waitForSuspension, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
@@ -391,6 +391,22 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
 }, log);
 
 /**
+ * The partition's VP region (the hypervisor's name for it), mapped here to watch a suspension be
+ * taken; null where it cannot be (private memory, no scheduler): the freeze then waits for the
+ * partition process's answer.
+ */
+let vpRegion: SharedArrayBuffer | null | undefined;
+function vpRegionOfPartition(): SharedArrayBuffer | null {
+  if (vpRegion !== undefined) return vpRegion;
+  try {
+    vpRegion = openRegion(vpRegionName(cfg.hostId, partitionId));
+  } catch {
+    vpRegion = null;
+  }
+  return vpRegion;
+}
+
+/**
  * Freeze: suspend the partition and, beside that call, ask the partition process to wait until
  * its VP pages show every VP off its LP at a step boundary under that suspension's number (the
  * scheduler takes a suspension on its next pass and wakes the count it publishes), park the guest
@@ -409,22 +425,6 @@ const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, 
  * at its pages each millisecond: sent together, with the number and the wake, the freeze of an
  * idle VM's move took ~7.5 ms at the median instead of ~9.5 (16 moves each, alternating builds).
  */
-/**
- * The partition's VP region (the hypervisor's name for it), mapped here to watch a suspension be
- * taken; null where it cannot be (private memory, no scheduler): the freeze then waits for the
- * partition process's answer.
- */
-let vpRegion: SharedArrayBuffer | null | undefined;
-function vpRegionOfPartition(): SharedArrayBuffer | null {
-  if (vpRegion !== undefined) return vpRegion;
-  try {
-    vpRegion = openRegion(`hvlab-${cfg.hostId}-p${partitionId}-vp`);
-  } catch {
-    vpRegion = null;
-  }
-  return vpRegion;
-}
-
 async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: unknown }> {
   const d = vmDevices();
   const rpc = childRpc;
@@ -534,7 +534,7 @@ async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<M
   let frozenVps: SavedVpState[] = [];
   let memoryFd = -1;
   try {
-    memoryFd = openSync(`/dev/shm/hvlab-${cfg.hostId}-p${partitionId}-mem`, 'r');
+    memoryFd = openSync(`/dev/shm/${memoryRegionName(cfg.hostId, partitionId)}`, 'r');
   } catch (e) {
     log.warn({ err: (e as Error).message }, 'cannot open the guest memory file: every page will be read');
   }
@@ -608,7 +608,7 @@ class PostcopyIn {
     const sab = createRegion(this.region, POSTCOPY_CONTROL_BYTES);
     this.ctl = new Int32Array(sab);
     this.unwatch = watchWord(sab, PostcopyControl.requests, () => this.onRequests());
-    this.fd = openSync(`/dev/shm/hvlab-${cfg.hostId}-p${partitionId}-mem`, 'r+');
+    this.fd = openSync(`/dev/shm/${memoryRegionName(cfg.hostId, partitionId)}`, 'r+');
   }
 
   isMissing(pfn: number): boolean {
@@ -924,7 +924,7 @@ async function build(): Promise<void> {
   });
   const restoring = restoreFrom ? devices.decodeSaved(restoreFrom.state.components) : null;
   if (session.memoryMode === 'shared') {
-    const region = `hvlab-${cfg.hostId}-p${partitionId}-mem`;
+    const region = memoryRegionName(cfg.hostId, partitionId);
     memory = new DataView(openRegion(region));
     if (restoreFrom) {
       // Restore: memory byte for byte (the guest kernel's own state is in it), then each VP's
