@@ -4,7 +4,7 @@
  * worker's record, which holds its control secret, is 0600.
  */
 import { expect } from 'chai';
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ProcessInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
@@ -12,7 +12,10 @@ import { TestHost, eventually } from './harness.js';
 
 describe('secrets of a running host', function () {
   this.timeout(120000);
-  const h = new TestHost();
+  // A variable every process start pays for and hvlab never uses (runtime/src/paths.ts,
+  // UNUSED_START_ENV): set for the CLI, it reaches none of the host's processes.
+  const caFile = '/etc/ssl/certs/ca-certificates.crt';
+  const h = new TestHost({ NODE_EXTRA_CA_CERTS: existsSync(caFile) ? caFile : '/dev/null' });
   after(() => h.destroyLeavingNothing());
 
   it('no hypervisor, root, VMWP or partition process (the spare worker\'s too) has a token, ticket or secret in its environment', async () => {
@@ -31,6 +34,15 @@ describe('secrets of a running host', function () {
       const names = env.map((e) => e.split('=')[0]).filter((n) => n.startsWith('HVLAB_'));
       const role = ps.find((p) => p.pid === pid)?.role ?? 'the spare\'s partition process';
       expect(names.filter((n) => /TOKEN|TICKET|SECRET|CONFIG/.test(n)), `${role} environment`).to.deep.equal([]);
+    }
+  });
+
+  it('no process of the host gets NODE_EXTRA_CA_CERTS, which the CLI had: each would parse the CA bundle at its start', () => {
+    const pids = hostProcesses(h.hostId);
+    expect(pids.length).to.equal(6);
+    for (const pid of pids) {
+      const names = readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').map((e) => e.split('=')[0]);
+      expect(names, `process ${pid}`).to.include('HVLAB_HOST_ID').and.not.include('NODE_EXTRA_CA_CERTS');
     }
   });
 

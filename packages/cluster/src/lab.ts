@@ -24,7 +24,7 @@ import {
   type FabricStatus, type HostInfo, type LinkChange, type LinkView, type VmInfo,
 } from '@hvlab/protocol';
 import {
-  curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
+  curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
@@ -332,7 +332,7 @@ async function startFabric(home: string): Promise<number> {
   mkdirSync(logDir, { recursive: true });
   const errFd = openSync(join(logDir, 'fabric-stderr.log'), 'a');
   const child = spawn(process.execPath, [...nodeArgsFor(entries.fabric), home], {
-    detached: true, stdio: ['ignore', 'pipe', errFd], env: { ...process.env, HVLAB_FABRIC_HOME: home },
+    detached: true, stdio: ['ignore', 'pipe', errFd], env: processEnv(process.env, { HVLAB_FABRIC_HOME: home }),
   });
   closeSync(errFd);
   const line = await new Promise<string>((res) => {

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { entries, nodeArgsFor, pidAlive, RpcClient, RpcFailure } from '@hvlab/runtime';
+import { entries, nodeArgsFor, pidAlive, processEnv, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
@@ -146,7 +146,7 @@ export async function startNemesis(home: string): Promise<number> {
     const again = nemesisPid(home);
     if (again) return again;
     const child = spawn(process.execPath, [...nodeArgsFor(entries.nemesis), home], {
-      detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HVLAB_NEMESIS_HOME: home },
+      detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: processEnv(process.env, { HVLAB_NEMESIS_HOME: home }),
     });
     let err = '';
     child.stderr!.on('data', (b: Buffer) => (err += b.toString()));

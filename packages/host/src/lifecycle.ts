@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
 import { MgmtClient } from './mgmt-client.js';
@@ -86,7 +86,7 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   const hostId = randomBytes(3).toString('hex');
   mkdirSync(paths.logDir, { recursive: true });
   mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
-  const env = { ...process.env, ...opts.env, HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0), ...(opts.warmMemory ? { HVLAB_WARM_MEMORY: opts.warmMemory } : {}), ...(opts.spare !== undefined ? { HVLAB_SPARE: String(opts.spare) } : {}) };
+  const env = { ...processEnv(process.env, opts.env), HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0), ...(opts.warmMemory ? { HVLAB_WARM_MEMORY: opts.warmMemory } : {}), ...(opts.spare !== undefined ? { HVLAB_SPARE: String(opts.spare) } : {}) };
   const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
   // In a namespace, `ip netns exec` execs node in place: the pid is the hypervisor's.
   const hv = opts.netns

@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processLogger, type HostRecord } from '@hvlab/runtime';
+import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -236,7 +236,7 @@ let restarts = 0;
 function startRoot(): Promise<void> {
   const token = server.hv.rotateRootToken();
   const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
-  const env = { ...process.env, HVLAB_HV_PID: String(process.pid), HVLAB_ROOT_RESTARTS: String(restarts) };
+  const env = processEnv(process.env, { HVLAB_HV_PID: String(process.pid), HVLAB_ROOT_RESTARTS: String(restarts) });
   const child = spawn(process.execPath, nodeArgsFor(entries.root), { stdio: ['pipe', 'pipe', errFd], env });
   closeSync(errFd);
   root = child;

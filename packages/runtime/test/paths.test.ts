@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
-import { hostPaths, pathHash, pickEntry } from '../src/paths.js';
+import { hostPaths, pathHash, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
 
 describe('paths: a bundle or the compiled entry', () => {
   let dir = '';
@@ -82,5 +82,16 @@ describe('paths: eager compilation of code loaded ahead of need', () => {
     // 200 functions compiled against a module's top level alone.
     expect(m.eager, `eager ${m.eager} B, lazy ${m.lazy} B`).to.be.greaterThan(20 * Math.max(m.lazy, 64));
     expect(m.firstCall, 'a lazy function compiled on its first call').to.be.greaterThan(0);
+  });
+});
+
+describe('paths: the environment of the processes hvlab starts', () => {
+  it('drops NODE_EXTRA_CA_CERTS (read at every start, never used), keeps the rest, extra over base', () => {
+    const base = { PATH: '/bin', NODE_EXTRA_CA_CERTS: '/etc/ssl/certs/ca-certificates.crt', A: '1' };
+    expect(processEnv(base, { A: '2', B: '3' })).to.deep.equal({ PATH: '/bin', A: '2', B: '3' });
+    expect(processEnv(base, { NODE_EXTRA_CA_CERTS: '/x' })).to.not.have.property('NODE_EXTRA_CA_CERTS');
+    expect(base.NODE_EXTRA_CA_CERTS, 'the caller\'s object untouched').to.equal('/etc/ssl/certs/ca-certificates.crt');
+    const vm = vmProcessEnv(base, { C: '4' });
+    expect(vm).to.include({ PATH: '/bin', MALLOC_ARENA_MAX: '2', C: '4' }).and.not.have.property('NODE_EXTRA_CA_CERTS');
   });
 });
