@@ -18,7 +18,6 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
   const h = new TestHost();
   let mgmt: MgmtClient;
 
-  const vm = async (name: string): Promise<VmInfo> => (await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === name)!;
   const progress = async (name: string): Promise<number> => (await mgmt.request<VmInfo[]>('vmList')).find((v) => v.name === name)?.workload.progress ?? -1;
   const faults = async (all = false): Promise<FaultRecord[]> => await h.json<FaultRecord[]>('fault', 'list', ...(all ? ['--all'] : []));
   const inject = async (...args: string[]): Promise<FaultRecord> => await h.json<FaultRecord>('fault', 'inject', ...args);
@@ -124,18 +123,27 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     await h.ok('vm', 'new', 's2', '--workload', 'spin');
     await h.ok('vm', 'start', 's1');
     await h.ok('vm', 'start', 's2');
+    /** The two VMs' CPU % together (of one LP), as the hypervisor counts it over about the last second, 1.5 s from now. */
     const cpu = async (): Promise<number> => {
       await sleep(1500);
-      return ((await vm('s1')).cpu?.percent ?? 0) + ((await vm('s2')).cpu?.percent ?? 0);
+      const l = await h.json<VmInfo[]>('vm', 'list');
+      return ['s1', 's2'].reduce((a, n) => a + (l.find((v) => v.name === n)?.cpu?.percent ?? 0), 0);
     };
-    const before = await cpu();
-    const f = await inject('lp-shrink', '--target', 'host:local', '--lps', '1', '--for', '8s');
+    // The better of two windows: the first can reach back to before s2 ran, or be disturbed.
+    const before = Math.max(await cpu(), await cpu());
+    // 12 s: room for up to three windows below (and the list) on a slow machine before it ends.
+    const f = await inject('lp-shrink', '--target', 'host:local', '--lps', '1', '--for', '12s');
     expect(f.effect).to.not.equal(null);
-    const during = await cpu();
-    expect(during, `${during} % of an LP on one LP, ${before} % on two`).to.be.below(before * 0.75);
     const listed = await mgmt.request<{ host: Array<{ id: string; lps: number }> }>('faultList');
     expect(listed.host.map((x) => [x.id, x.lps])).to.deep.equal([[f.id, 1]]);
-    expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
+    // Up to three windows, stopped at the first below 3/4 of before: the hypervisor's window
+    // reaches about a second back, so the first one can still hold time from before the shrink
+    // (a slow inject), and a busy machine can disturb one; an LP not taken away shows in none.
+    const during: number[] = [];
+    do during.push(await cpu());
+    while (during.length < 3 && during.at(-1)! >= before * 0.75);
+    expect(during.at(-1)!, `${during.join(', ')} % of an LP on one LP, ${before} % on two`).to.be.below(before * 0.75);
+    expect(await eventually(async () => (await ended(f.id)) !== undefined, 20000)).to.equal(true);
     expect(await eventually(async () => (await cpu()) > before * 0.75, 15000), 'both LPs back').to.equal(true);
     expect(await eventually(nothingInjected, 5000)).to.equal(true);
     await h.ok('vm', 'turn-off', 's1');
