@@ -87,16 +87,32 @@ describe('cluster links: host-to-host traffic through the link layer', function 
   });
 
   it('a link\'s delay delays a host-to-host round trip by that delay (within 20 %), set independently of its rate', async () => {
-    const base = median((await probe('h1', 'h2', '--pings', '9')).rttMs);
-    const set = await h.json<{ delayMs: number }>('link', 'set', 'h1', 'h2', '--delay', '60ms');
-    expect(set.delayMs).to.equal(60);
-    const r = await probe('h1', 'h2', '--pings', '9');
-    expect(r.via).to.match(/^\d+\.\d+\.\d+\.\d+:\d+$/);
-    expect(r.direct).to.equal(false);
-    expect(median(r.rttMs) - base, `round trip ${median(r.rttMs)} ms against ${base} ms unimpaired`).to.be.within(48, 72);
-    // The other direction of the link pays the same; another link does not.
-    expect(median((await probe('h2', 'h1', '--pings', '5')).rttMs) - base).to.be.within(48, 72);
-    expect(median((await probe('h1', 'h3', '--pings', '5')).rttMs)).to.be.below(30);
+    // A round: the link unimpaired (median of 9 pings), then with 60 ms of delay both ways, and
+    // another link. The delay is applied by the fabric's timers in user space, so a busy machine
+    // (the fabric or a host waiting for a CPU during several pings) can move one round's medians
+    // by more than 12 ms; up to three rounds are made, stopped at the first that holds. A link
+    // whose delay is wrong, or not applied, is wrong in every round.
+    type Round = { base: number; there: number; back: number; other: number };
+    const rounds: Round[] = [];
+    const holds = (x: Round): boolean => x.there - x.base >= 48 && x.there - x.base <= 72 && x.back - x.base >= 48 && x.back - x.base <= 72 && x.other < 30;
+    do {
+      if (rounds.length > 0) await h.ok('link', 'reset', 'h1', 'h2');
+      const base = median((await probe('h1', 'h2', '--pings', '9')).rttMs);
+      const set = await h.json<{ delayMs: number }>('link', 'set', 'h1', 'h2', '--delay', '60ms');
+      expect(set.delayMs).to.equal(60);
+      const r = await probe('h1', 'h2', '--pings', '9');
+      expect(r.via).to.match(/^\d+\.\d+\.\d+\.\d+:\d+$/);
+      expect(r.direct).to.equal(false);
+      // The other direction of the link pays the same; another link does not.
+      const back = median((await probe('h2', 'h1', '--pings', '5')).rttMs);
+      const other = median((await probe('h1', 'h3', '--pings', '5')).rttMs);
+      rounds.push({ base, there: median(r.rttMs), back, other });
+    } while (rounds.length < 3 && !holds(rounds.at(-1)!));
+    const x = rounds.at(-1)!;
+    const msg = `rounds (ms: unimpaired, h1-h2 and h2-h1 at 60 ms, h1-h3): ${rounds.map((y) => `${y.base} ${y.there} ${y.back} ${y.other}`).join('; ')}`;
+    expect(x.there - x.base, msg).to.be.within(48, 72);
+    expect(x.back - x.base, msg).to.be.within(48, 72);
+    expect(x.other, msg).to.be.below(30);
     // Setting the rate keeps the delay; clearing the delay keeps the rate.
     const both = await h.json<{ delayMs?: number; rateBps?: number }>('link', 'set', 'h1', 'h2', '--rate', '1gbit');
     expect(both).to.include({ delayMs: 60, rateBps: 1e9 });
@@ -107,11 +123,18 @@ describe('cluster links: host-to-host traffic through the link layer', function 
   });
 
   it('a link\'s rate limits a bulk transfer to it (within 20 %)', async () => {
-    const free = await probe('h1', 'h2', '--pings', '1', '--bytes', '8M');
+    // Up to three transfers each, stopped at the first that holds: a busy machine can slow one
+    // (the fabric or the host waiting for a CPU), while a rate not applied is wrong in every one.
+    const free: number[] = [];
+    do free.push((await probe('h1', 'h2', '--pings', '1', '--bytes', '8M')).bitsPerSecond);
+    while (free.length < 3 && !(free.at(-1)! > 2 * 16e6));
     await h.ok('link', 'set', 'h1', 'h2', '--rate', '16mbit');
-    const r = await probe('h1', 'h2', '--pings', '1', '--bytes', '3M');
-    expect(r.bitsPerSecond, `${(r.bitsPerSecond / 1e6).toFixed(1)} Mbit/s at 16mbit; ${(free.bitsPerSecond / 1e6).toFixed(0)} Mbit/s unimpaired`).to.be.within(0.8 * 16e6, 1.2 * 16e6);
-    expect(free.bitsPerSecond).to.be.above(2 * 16e6);
+    const limited: number[] = [];
+    do limited.push((await probe('h1', 'h2', '--pings', '1', '--bytes', '3M')).bitsPerSecond);
+    while (limited.length < 3 && !(limited.at(-1)! >= 0.8 * 16e6 && limited.at(-1)! <= 1.2 * 16e6));
+    const mbit = (xs: number[]): string => xs.map((b) => (b / 1e6).toFixed(1)).join(', ');
+    expect(limited.at(-1)!, `${mbit(limited)} Mbit/s at 16mbit; ${mbit(free)} Mbit/s unimpaired`).to.be.within(0.8 * 16e6, 1.2 * 16e6);
+    expect(free.at(-1)!, `${mbit(free)} Mbit/s unimpaired`).to.be.above(2 * 16e6);
     const reset = await h.json<Array<{ a: string; rateBps?: number }>>('link', 'reset');
     expect(reset.length).to.equal(3);
     expect(reset.every((l) => l.rateBps === undefined)).to.equal(true);
@@ -251,8 +274,12 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['far/v/Running']);
       const lk = cli(ma, a.home, 'link', 'set', 'h1', 'far', '--delay', '40ms', '--json');
       expect(lk.code, lk.stderr).to.equal(0);
-      const pr = JSON.parse(cli(ma, a.home, 'link', 'probe', 'far', 'h1', '--pings', '5', '--json').stdout) as LinkProbeResult;
-      expect(median(pr.rttMs)).to.be.within(35, 60);
+      // Up to three probes, stopped at the first whose median is in range (a busy machine can
+      // lift one probe's median; a delay not applied, or wrong, is out of range in every one).
+      const rtts: number[] = [];
+      do rtts.push(median((JSON.parse(cli(ma, a.home, 'link', 'probe', 'far', 'h1', '--pings', '5', '--json').stdout) as LinkProbeResult).rttMs));
+      while (rtts.length < 3 && !(rtts.at(-1)! >= 35 && rtts.at(-1)! <= 60));
+      expect(rtts.at(-1)!, `medians ${rtts.join(', ')} ms at 40 ms`).to.be.within(35, 60);
       const lifecycle = cli(ma, a.home, '--host', 'far', 'down');
       expect(lifecycle.code).to.equal(1);
       expect(lifecycle.stderr).to.match(/joined the cluster from another machine: run "down" there/);
