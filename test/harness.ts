@@ -152,6 +152,24 @@ export async function eventually(cond: () => boolean | Promise<boolean>, ms: num
   }
 }
 
+/**
+ * Waits until a ZeroMQ subscription is in effect. A subscriber's subscription reaches the
+ * publisher some time after connect (on a busy machine, any time), and until then what is
+ * published is lost to it; nothing tells the subscriber when it arrived except a message. So:
+ * run `probe` (something that makes the publisher publish a message the caller's reader notes,
+ * and that leaves things as they were), then give the message a second to come, until `heard()`
+ * says it came. Returns whether it did within `ms`.
+ */
+export async function untilHeard(heard: () => boolean, probe: () => Promise<unknown>, ms = 20000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!heard()) {
+    if (Date.now() > end) return false;
+    await probe();
+    await eventually(heard, 1000);
+  }
+  return true;
+}
+
 export function syncCli(home: string, ...args: string[]): CliResult {
   const r = spawnSync(process.execPath, [cli, ...args], { cwd: repo, env: { ...process.env, HVLAB_HOME: home }, encoding: 'utf8' });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };

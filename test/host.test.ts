@@ -4,7 +4,7 @@ import { readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
-import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+import { TestHost, eventually, shmFiles, sleep, untilHeard } from './harness.js';
 import { hostProcesses } from '@hvlab/host';
 import { hostConnectionId } from '../packages/root/src/vmwp/shared.js';
 import { decode, type VmStateEvent } from '@hvlab/protocol';
@@ -157,15 +157,22 @@ describe('a host of real processes (shared memory)', function () {
     sub.connect(h.paths.eventsEndpoint);
     sub.subscribe('vm');
     const seen: VmStateEvent[] = [];
+    let heardBeta = false;
     const reading = (async () => {
       for await (const [, body] of sub) {
         const ev = decode<VmStateEvent>(body);
+        if (ev.vm === 'beta') heardBeta = true;
         if (ev.vm === 'alpha') seen.push(ev);
         if (seen.length >= 4) break;
       }
     })();
     try {
-      await sleep(200); // let the subscription reach the publisher
+      // The subscription is in effect once an event of beta (paused and resumed, as a probe) arrives.
+      const probe = async (): Promise<void> => {
+        await h.ok('vm', 'pause', 'beta');
+        await h.ok('vm', 'resume', 'beta');
+      };
+      expect(await untilHeard(() => heardBeta, probe), 'the subscriber hears the events socket').to.equal(true);
       await h.ok('vm', 'pause', 'alpha');
       await h.ok('vm', 'resume', 'alpha');
       await Promise.race([reading, sleep(10000)]);

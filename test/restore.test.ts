@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { decode, type IcServiceInfo, type KvpEntry, type VmInfo, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
-import { TestHost, sleep } from './harness.js';
+import { TestHost, sleep, untilHeard } from './harness.js';
 
 describe('turning a VM off while it resumes from a saved state', function () {
   this.timeout(120000);
@@ -21,9 +21,6 @@ describe('turning a VM off while it resumes from a saved state', function () {
     await h.ok('vm', 'new', 'r', '--memory', '8M');
     await h.ok('vm', 'start', 'r');
     await sleep(300);
-    await h.ok('vm', 'save', 'r');
-    const saved = join(h.paths.vmDir, 'r.saved');
-    expect(existsSync(saved)).to.equal(true);
 
     // Turn it off the moment VMMS says Starting, from a client already connected.
     const sub = new zmq.Subscriber({ linger: 0 });
@@ -31,9 +28,11 @@ describe('turning a VM off while it resumes from a saved state', function () {
     sub.subscribe('vm');
     const client = new MgmtClient(h.paths.mgmtEndpoint, { watch: readHost(h.paths) });
     let turnedOffIn: string | null = null;
+    let heard = false;
     const watcher = (async () => {
       for await (const [, body] of sub) {
         const ev = decode<VmStateEvent>(body);
+        heard = true;
         if (ev.vm === 'r' && ev.state === 'Starting') {
           const v = await client.request<VmInfo>('vmTurnOff', { name: 'r' });
           turnedOffIn = v.state;
@@ -41,8 +40,17 @@ describe('turning a VM off while it resumes from a saved state', function () {
         }
       }
     })();
+    const saved = join(h.paths.vmDir, 'r.saved');
     try {
-      await sleep(200); // let the subscription reach the publisher
+      // The subscription is in effect once an event arrives: r, still running, is paused and
+      // resumed as a probe until one does; then it is saved.
+      const probe = async (): Promise<void> => {
+        await h.ok('vm', 'pause', 'r');
+        await h.ok('vm', 'resume', 'r');
+      };
+      expect(await untilHeard(() => heard, probe), 'the subscriber hears the events socket').to.equal(true);
+      await h.ok('vm', 'save', 'r');
+      expect(existsSync(saved)).to.equal(true);
       const start = await h.run('vm', 'start', 'r');
       await Promise.race([watcher, sleep(15000)]);
       expect(turnedOffIn, 'the turn-off answered').to.equal('Off');

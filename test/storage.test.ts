@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { decode, type HostInfo, type VmInfo, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
-import { TestHost, eventually, sleep } from './harness.js';
+import { TestHost, eventually, sleep, untilHeard } from './harness.js';
 
 /** Writes `file` until the disk answers ENOSPC, down to single bytes, so the disk is truly full. */
 function fillDisk(file: string): number {
@@ -170,7 +170,6 @@ describe('a root that dies while a VM resumes from its saved state', function ()
     await h.ok('up', '--lps', '1');
     await h.ok('vm', 'new', 'r', '--memory', '8M');
     await h.ok('vm', 'start', 'r');
-    await h.ok('vm', 'save', 'r');
     const rootPid = (await h.json<HostInfo>('host', 'info')).pids.root;
 
     // kill -9 the root the moment it says Starting: it has handed the saved state to a worker
@@ -178,9 +177,11 @@ describe('a root that dies while a VM resumes from its saved state', function ()
     const sub = new zmq.Subscriber({ linger: 0 });
     sub.connect(h.paths.eventsEndpoint);
     sub.subscribe('vm');
+    let heard = false;
     const watcher = (async () => {
       for await (const [, body] of sub) {
         const ev = decode<VmStateEvent>(body);
+        heard = true;
         if (ev.vm === 'r' && ev.state === 'Starting') {
           process.kill(rootPid, 'SIGKILL');
           return true;
@@ -189,7 +190,14 @@ describe('a root that dies while a VM resumes from its saved state', function ()
       return false;
     })();
     try {
-      await sleep(200); // let the subscription reach the publisher
+      // The subscription is in effect once an event arrives: r, still running, is paused and
+      // resumed as a probe until one does; then it is saved.
+      const probe = async (): Promise<void> => {
+        await h.ok('vm', 'pause', 'r');
+        await h.ok('vm', 'resume', 'r');
+      };
+      expect(await untilHeard(() => heard, probe), 'the subscriber hears the events socket').to.equal(true);
+      await h.ok('vm', 'save', 'r');
       const start = await h.run('vm', 'start', 'r');
       expect(await Promise.race([watcher, sleep(15000).then(() => false)]), 'the root was killed while Starting').to.equal(true);
       expect(start.code, 'the start did not complete').to.not.equal(0);
