@@ -129,8 +129,20 @@ describe('live migration between two hosts', function () {
     const st = m.stats!;
     expect(st.status).to.equal('completed');
     expect(st['stop-reason']).to.equal('no-progress');
-    // Pass 1 (everything), then the dirty set: the same 8 MiB each pass, twice in a row, then the blackout's.
-    expect(st.passes.length, st.passes.map((p) => p.dirtyPages).join(' ')).to.be.within(4, 12);
+    // The rule, checked on the passes' own dirty sets rather than on how many there were:
+    // pre-copy stops at the first pass that is the second in a row to leave a dirty set more than
+    // 90 % of the one before; the blackout's pass follows. How many passes that takes is up to the
+    // machine: the guest dirties its 8 MiB faster than a pass sends them, so two such passes in a
+    // row (4 passes in all) is the least, but a guest kept off a CPU for part of a pass leaves that
+    // pass a smaller dirty set and the count starts again, so a bound on the count (it was 12)
+    // could fail on a busy machine while the rule held.
+    const dirty = st.passes.map((p) => p.dirtyPages);
+    const pre = dirty.slice(0, -1);
+    const stalled = (i: number): boolean => i >= 1 && pre[i]! > 0.9 * pre[i - 1]!;
+    const what = `dirty pages after each pass: ${dirty.join(' ')}`;
+    expect(pre.findIndex((_, i) => stalled(i) && stalled(i - 1)), `pre-copy stops at the first second pass in a row that did not shrink the dirty set; ${what}`).to.equal(pre.length - 1);
+    expect(st.passes.length, what).to.be.at.least(4);
+    expect(pre.length, `stopped before --max-passes; ${what}`).to.be.below(30);
     await sleep(300);
     await memdirtyCheck('h2', name, 8 * 1024 * 1024);
     await h.ok('--host', 'h2', 'vm', 'turn-off', name);
