@@ -536,7 +536,8 @@ export function fullHelp(): string {
     'Options go after the command; --home, --host, --json and --help may also come before it. Put --',
     'before arguments that start with a dash. "hvlab COMMAND --help" describes each option.',
     'HVLAB_HOME (default ~/.hvlab) or --home selects the state directory; --host NAME aims a command at',
-    'one host of the cluster that is up there. HVLAB_DEBUG=1 shows stacks.',
+    'one host of the cluster that is up there. HVLAB_DEBUG=1 shows stacks. "hvlab --version" prints',
+    'the version of hvlab and of the Node that runs it.',
     'Exit codes: 0 done, 1 refused or failed, 2 the command line was not understood, 3 a debug',
     'hypercall returned a status other than SUCCESS.',
   );
@@ -664,8 +665,17 @@ function helpFor(argv: string[]): string | null {
   return spec ? commandHelp(spec) : fullHelp();
 }
 
+/** hvlab's version: packages/cli/package.json's (cli/test/args.test.ts checks that the two agree). */
+export const HVLAB_VERSION = '0.1.0';
+/** What `hvlab --version` prints: hvlab's version and the Node that runs it (both matter in a bug report). */
+export function versionText(): string {
+  return `hvlab ${HVLAB_VERSION} (node ${process.version}, ${process.platform}-${process.arch})`;
+}
+
 /** Parses a command line against COMMANDS. Throws UsageError or ValueError; sends nothing. */
 export function parseCommandLine(argv: string[]): ParsedCommand {
+  // `hvlab --version` (or -V), alone: as every command-line tool answers it.
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) return { kind: 'help', text: versionText() };
   const help = helpFor(argv);
   if (help !== null) return { kind: 'help', text: help };
   const options = new Map<string, string | true>();

@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, fullHelp, parseCommandLine, usageOf, UsageError, ValueError, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -148,6 +148,16 @@ describe('the hvlab command line', () => {
     expect(parseCommandLine(['--help'])).to.deep.equal({ kind: 'help', text: fullHelp() });
     expect(parseCommandLine([])).to.deep.equal({ kind: 'help', text: fullHelp() });
     expect(parseCommandLine(['vm', 'kvp', 'a', 'set', 'k', '--', '--help'])).to.have.property('kind', 'run');
+  });
+
+  it('answers --version (or -V) alone with the version of hvlab, package.json\'s, and of Node; elsewhere it is an unknown option', () => {
+    const pkg = JSON.parse(readFileSync(join(repo, 'packages', 'cli', 'package.json'), 'utf8')) as { version: string };
+    expect(HVLAB_VERSION).to.equal(pkg.version);
+    expect(versionText()).to.equal(`hvlab ${pkg.version} (node ${process.version}, ${process.platform}-${process.arch})`);
+    expect(parseCommandLine(['--version'])).to.deep.equal({ kind: 'help', text: versionText() });
+    expect(parseCommandLine(['-V'])).to.deep.equal({ kind: 'help', text: versionText() });
+    expect(refusal(['vm', 'list', '--version'])).to.be.instanceOf(UsageError);
+    expect(fullHelp()).to.include('hvlab --version');
   });
 
   it('lists every command with every option in the help, and each option in the command\'s help', () => {
