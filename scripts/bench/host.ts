@@ -33,7 +33,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome } from './common.js';
 import { EnabledState, type VmInfo } from '../../packages/protocol/src/index.js';
-import { hostPaths } from '../../packages/runtime/src/paths.js';
+import { hostPaths, processEnv } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { MgmtClient, down, hostProcesses, sweepHost, up } from '@hvlab/host';
 
@@ -319,7 +319,8 @@ export async function main(args: string[]): Promise<void> {
     checkQuiet('the baseline');
     progress(`baseline: ${count} \`node -e '${BASELINE_SCRIPT}'\` processes, CPU over ${plan.windowMs / 1000} s`);
     for (let i = 0; i < count; i++) {
-      const c = spawn(process.execPath, ['-e', BASELINE_SCRIPT], { stdio: 'ignore' });
+      // In the environment hvlab gives its own processes (processEnv): the same start-up, the same memory.
+      const c = spawn(process.execPath, ['-e', BASELINE_SCRIPT], { stdio: 'ignore', env: processEnv() });
       c.on('error', () => undefined);
       baseline.push(c);
     }
