@@ -52,14 +52,16 @@ const EXTERNAL = ['@hvlab/shm', 'zeromq', 'msgpackr', 'piscina'];
  * the files it re-exports) for the names it exports (cjs-module-lexer), hot enough that V8
  * optimises the scanner's functions while a VM process starts. Measured here (20 starts each,
  * alternated): `import('zeromq')` cost 39 ms of CPU over a bare start, `require('zeromq')` 25.
- * Every host process, VM process and CLI run loads zeromq.
+ * Every host process, VM process and CLI run loads zeromq. (piscina is CommonJS too; the VMWP
+ * loads it with createRequire when a migration first compresses: root/src/vmwp/compress.ts.)
  */
 const EXTERNAL_CJS = ['zeromq'];
 /** esbuild plugin: an import of an `EXTERNAL_CJS` package becomes a module of the bundle that requires it. */
 const requireCjsExternals = {
   name: 'require-cjs-externals',
   setup(build) {
-    const filter = new RegExp(`^(${EXTERNAL_CJS.map((n) => n.replace(/[/.]/g, '\\$&')).join('|')})$`);
+    // The package and its subpaths (`zeromq/v5-compat`): all of them stay outside the bundle.
+    const filter = new RegExp(`^(${EXTERNAL_CJS.map((n) => n.replace(/[/.]/g, '\\$&')).join('|')})(/.*)?$`);
     build.onResolve({ filter }, (args) => (args.kind === 'require-call' ? { path: args.path, external: true } : { path: args.path, namespace: 'cjs-external' }));
     build.onLoad({ filter: /.*/, namespace: 'cjs-external' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});`, loader: 'js' }));
   },
