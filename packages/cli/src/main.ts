@@ -691,6 +691,7 @@ export function parseCommandLine(argv: string[]): ParsedCommand {
     }
     if (tok === '--') throw words.length === 0 ? new UsageError('a command is missing before "--"; see "hvlab --help"') : new UsageError(`"${words[0]}" needs a subcommand before "--": ${listOr(subcommandsOf(words[0]) ?? [])}`);
     if (looksLikeOption(tok)) {
+      if (words.length === 0 && (tok === '--version' || tok === '-V')) throw new UsageError(`${tok} goes alone: "hvlab --version"`);
       i = readOption(argv, i, GLOBAL_OPTIONS, null, options);
       continue;
     }

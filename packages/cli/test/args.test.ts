@@ -157,6 +157,11 @@ describe('the hvlab command line', () => {
     expect(parseCommandLine(['--version'])).to.deep.equal({ kind: 'help', text: versionText() });
     expect(parseCommandLine(['-V'])).to.deep.equal({ kind: 'help', text: versionText() });
     expect(refusal(['vm', 'list', '--version'])).to.be.instanceOf(UsageError);
+    for (const argv of [['--json', '--version'], ['--version', '--json'], ['--home', '/x', '-V']]) {
+      const e = refusal(argv);
+      expect(e, argv.join(' ')).to.be.instanceOf(UsageError);
+      expect(e.message, argv.join(' ')).to.match(/^(--version|-V) goes alone: "hvlab --version"$/);
+    }
     expect(fullHelp()).to.include('hvlab --version');
   });
 
