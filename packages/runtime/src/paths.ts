@@ -216,16 +216,22 @@ export function nodeArgsFor(file: string): string[] {
 
 /**
  * Node flags and environment of the processes there are one or two of per VM (VMWP, partition):
- * a 1 MiB young-generation semi-space instead of V8's 16 MiB and two malloc arenas instead of one
- * per thread. Each VM's processes allocate little and often sit idle; measured with `bench host`
- * (8 idle VMs) this takes PSS per VM from 41.2 to 39.7 MiB, and no test or bench got slower.
- * And garbage collection on the thread that allocates (--single-threaded-gc): with a 1 MiB young
- * generation an idle VM's heartbeat traffic scavenges every few seconds, and each scavenge woke
- * V8's four helper threads in each process (~1.5 wakes/s each, per thread's context switches):
- * 8 idle VMs took 2.65-2.76 % of one CPU in all with it against 3.83-4.55 % without, and 4 cold
- * starts each way showed no difference in start time or CPU beyond the machine's noise.
+ * two malloc arenas instead of one per thread (`vmProcessEnv`), and garbage collection on the
+ * thread that allocates (--single-threaded-gc): each scavenge woke V8's four helper threads in each
+ * process (~1.5 wakes/s each, per thread's context switches): 8 idle VMs took 2.65-2.76 % of one
+ * CPU in all with it against 3.83-4.55 % without, and 4 cold starts each way showed no difference
+ * in start time or CPU beyond the machine's noise.
+ *
+ * No --max-semi-space-size (it was 1 MiB, for PSS). With it, Node's own modules (child_process
+ * for the IPC channel, crypto, zlib, ...) loaded as if from source in every VM process: `require`
+ * of those three took 23-25 ms of CPU against 7 without it (20 starts each), with no garbage
+ * collection in either. V8 accepts a code cache only under the flags it was made with, and
+ * Node's built-in code cache was evidently refused. Measured without it (spare VMWP + partition, all threads, 6 starts each way): partition
+ * 278-302 ms against 298-354, VMWP 216-226 against 231-281; `bench host` with 8 idle VMs: PSS per
+ * VM 34.4-34.5 MiB against 35.4-35.6, idle CPU 1.90-1.96 % against 2.21-2.27, 50 starts p50
+ * 362-416 ms against 453-475.
  */
-export const VM_PROCESS_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded-gc'];
+export const VM_PROCESS_NODE_FLAGS: readonly string[] = ['--single-threaded-gc'];
 export function vmProcessArgs(file: string): string[] {
   return [...VM_PROCESS_NODE_FLAGS, ...nodeArgsFor(file)];
 }
