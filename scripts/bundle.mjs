@@ -31,8 +31,9 @@
  * root/src/vmwp/compress.ts, './sched-thread.js' in hypervisor/src/server.ts). Native addons
  * (@hvlab/shm, zeromq) and what loads by name at run time (msgpackr, through createRequire;
  * piscina's workers) stay outside, resolved from the bundle's package as before; zeromq, a
- * CommonJS package, is loaded with `require` (EXTERNAL_CJS says why). runtime/src/paths.ts takes a bundle only while it is newer than every
- * package's compiled output, so a `tsc -b` after an edit never runs old code from a bundle.
+ * CommonJS package, is loaded with `require` (EXTERNAL_CJS says why). runtime/src/paths.ts takes
+ * a bundle only while it is newer than every package's compiled output, so a `tsc -b` after an
+ * edit never runs old code from a bundle.
  *
  * `node scripts/bundle.mjs --check` exits 1 when a bundle is missing or older than the compiled code.
  */

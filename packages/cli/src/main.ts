@@ -674,8 +674,6 @@ export function versionText(): string {
 
 /** Parses a command line against COMMANDS. Throws UsageError or ValueError; sends nothing. */
 export function parseCommandLine(argv: string[]): ParsedCommand {
-  // `hvlab --version` (or -V), alone: as every command-line tool answers it.
-  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) return { kind: 'help', text: versionText() };
   const help = helpFor(argv);
   if (help !== null) return { kind: 'help', text: help };
   const options = new Map<string, string | true>();
@@ -691,7 +689,11 @@ export function parseCommandLine(argv: string[]): ParsedCommand {
     }
     if (tok === '--') throw words.length === 0 ? new UsageError('a command is missing before "--"; see "hvlab --help"') : new UsageError(`"${words[0]}" needs a subcommand before "--": ${listOr(subcommandsOf(words[0]) ?? [])}`);
     if (looksLikeOption(tok)) {
-      if (words.length === 0 && (tok === '--version' || tok === '-V')) throw new UsageError(`${tok} goes alone: "hvlab --version"`);
+      // `hvlab --version` (or -V), alone, as every command-line tool answers it; after a command it is unknown.
+      if (words.length === 0 && (tok === '--version' || tok === '-V')) {
+        if (argv.length === 1) return { kind: 'help', text: versionText() };
+        throw new UsageError(`${tok} goes alone: "hvlab --version"`);
+      }
       i = readOption(argv, i, GLOBAL_OPTIONS, null, options);
       continue;
     }

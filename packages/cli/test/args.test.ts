@@ -150,7 +150,7 @@ describe('the hvlab command line', () => {
     expect(parseCommandLine(['vm', 'kvp', 'a', 'set', 'k', '--', '--help'])).to.have.property('kind', 'run');
   });
 
-  it('answers --version (or -V) alone with the version of hvlab, package.json\'s, and of Node; elsewhere it is an unknown option', () => {
+  it('answers --version (or -V) alone with the version of hvlab, package.json\'s, and of Node; with other options it must go alone, after a command it is unknown', () => {
     const pkg = JSON.parse(readFileSync(join(repo, 'packages', 'cli', 'package.json'), 'utf8')) as { version: string };
     expect(HVLAB_VERSION).to.equal(pkg.version);
     expect(versionText()).to.equal(`hvlab ${pkg.version} (node ${process.version}, ${process.platform}-${process.arch})`);

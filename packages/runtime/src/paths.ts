@@ -226,10 +226,10 @@ export function nodeArgsFor(file: string): string[] {
  * for the IPC channel, crypto, zlib, ...) loaded as if from source in every VM process: `require`
  * of those three took 23-25 ms of CPU against 7 without it (20 starts each), with no garbage
  * collection in either. V8 accepts a code cache only under the flags it was made with, and
- * Node's built-in code cache was evidently refused. Measured without it (spare VMWP + partition, all threads, 6 starts each way): partition
- * 278-302 ms against 298-354, VMWP 216-226 against 231-281; `bench host` with 8 idle VMs: PSS per
- * VM 34.4-34.5 MiB against 35.4-35.6, idle CPU 1.90-1.96 % against 2.21-2.27, 50 starts p50
- * 362-416 ms against 453-475.
+ * Node's built-in code cache was evidently refused. Measured without it (spare VMWP + partition,
+ * CPU of all threads, 6 starts each way): partition 278-302 ms against 298-354, VMWP 216-226
+ * against 231-281; `bench host` with 8 idle VMs: PSS per VM 34.4-34.5 MiB against 35.4-35.6,
+ * idle CPU 1.90-1.96 % against 2.21-2.27, 50 starts p50 362-416 ms against 453-475.
  */
 export const VM_PROCESS_NODE_FLAGS: readonly string[] = ['--single-threaded-gc'];
 export function vmProcessArgs(file: string): string[] {
