@@ -216,12 +216,16 @@ const expectations: Record<string, (out: string) => void> = {
     ratio(out, 'ratio VM / thread');
   },
   host: (out) => {
-    // processes, % of one CPU, schedstat ms, schedstat %
-    const [procs] = numbersAfter(out, 'host processes (all)', 4);
+    // processes, % of one CPU, schedstat ms, schedstat %, runs/s
+    const [procs] = numbersAfter(out, 'host processes (all)', 5);
     expect(procs, 'host processes measured').to.be.greaterThan(0);
-    for (const role of ['hypervisor', 'root', 'vmwp', 'partition']) numbersAfter(out, role, 4);
-    numbersAfter(out, 'baseline: `node -e` with a 1 s timer', 4);
+    for (const role of ['hypervisor', 'root', 'vmwp', 'partition']) numbersAfter(out, role, 5);
+    // The second window, with heartbeat and time sync turned off on every VM, was measured.
+    const [offProcs] = numbersAfter(out, 'same host, heartbeat and time sync off', 5);
+    expect(offProcs, 'host processes measured with the periodic services off').to.equal(procs);
+    numbersAfter(out, 'baseline: `node -e` with a 1 s timer', 5);
     ratio(out, 'ratio host / baseline (schedstat)');
+    ratio(out, 'ratio CPU per thread run, host / baseline');
     // n, mean, min, max MiB
     const [vms] = numbersAfter(out, 'VM (VMWP + partition)', 4);
     expect(vms, 'VMs whose PSS was measured').to.be.greaterThan(0);

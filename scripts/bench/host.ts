@@ -13,7 +13,13 @@
  *        - CPU from /proc/PID/stat (utime + stime of all its threads, in clock ticks), as % of one
  *          CPU, and per role; beside it the same from /proc/PID/task/TID/schedstat (run time in ns,
  *          finer than a tick; the ratio against the baseline uses this one);
- *        - PSS per VM: the VMWP's plus the partition's, from /proc/PID/smaps_rollup.
+ *        - PSS per VM: the VMWP's plus the partition's, from /proc/PID/smaps_rollup;
+ *        - how often a thread of them was put on a CPU (schedstat's run count, per second): on an
+ *          idle host, its wake-ups.
+ *  (b') the same processes over a second window once heartbeat and time sync are off on every VM
+ *      (`vmIc`): the integration services that exchange packets periodically, at Hyper-V's
+ *      default periods (2 s, 5 s). What is left is hvlab's own cost of idle VMs; the difference
+ *      is the guest-visible traffic.
  *  (c) many VMs (skipped with --many 0): more idle VMs are started on the same host until MANY
  *      are Running, to show a host holds them; how many made it, and the start times.
  *
@@ -65,6 +71,11 @@ export interface CpuStats {
   /** Run time of every thread from /proc/PID/task/TID/schedstat over the window (ms), and as % of one CPU. */
   schedstatMs: number;
   schedstatPercent: number;
+  /**
+   * Times a thread of these processes was put on a CPU, per second (the third field of schedstat,
+   * summed over threads): on an idle host nearly every one is a wake-up from a wait.
+   */
+  runsPerS: number;
 }
 
 export interface PssStats {
@@ -81,6 +92,13 @@ export interface HostBenchResult {
   windowMs: number;
   /** CPU of every process of the idle host, and per role. */
   hostCpu: CpuStats & { perVmPercent: number; byRole: Record<Role, CpuStats> };
+  /**
+   * The same host over a second window, once heartbeat and time sync (the integration services
+   * that exchange packets periodically: Hyper-V's defaults, a heartbeat every 2 s and a time
+   * sample every 5 s) were turned off on every VM: hvlab's own cost of idle VMs, without the
+   * guest-visible traffic. Null in a run that could not turn them off (reported).
+   */
+  hostCpuNoPeriodicIc: (CpuStats & { perVmPercent: number }) | null;
   /** The same number of `node -e` processes with a 1 s timer. */
   baselineCpu: CpuStats;
   pss: { perVm: PssStats; vmwp: PssStats; partition: PssStats; hypervisorMiB: number; rootMiB: number; bareNode: PssStats };
@@ -88,6 +106,8 @@ export interface HostBenchResult {
   ratios: {
     /** Host CPU / baseline CPU, both from schedstat (a tick is too coarse for the baseline). */
     cpuVsBaseline: number;
+    /** CPU per run of a thread (schedstat ms / runs), host against baseline: what a wake-up costs here against an empty timer's. */
+    msPerRunVsBaseline: number;
     /** PSS per VM / PSS of two bare node processes (a VM is two processes). */
     pssPerVmVsTwoBareNodes: number;
   };
@@ -111,19 +131,22 @@ const CLK_TCK = ((): number => {
 })();
 
 /** CPU a process has used so far: ticks from /proc/PID/stat, ns summed over its threads' schedstat. */
-function cpuOf(pid: number): { ticks: number; ns: number } | null {
+function cpuOf(pid: number): { ticks: number; ns: number; runs: number } | null {
   try {
     const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
     const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
     // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the state field.
     const ticks = Number(f[11]) + Number(f[12]);
     let ns = 0;
+    let runs = 0;
     for (const t of readdirSync(`/proc/${pid}/task`)) {
       try {
-        ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'latin1').split(' ')[0]);
+        const f = readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'latin1').split(' ');
+        ns += Number(f[0]);
+        runs += Number(f[2]);
       } catch { /* thread gone */ }
     }
-    return { ticks, ns };
+    return { ticks, ns, runs };
   } catch {
     return null;
   }
@@ -153,25 +176,27 @@ function roleOf(pid: number): Role | null {
  * counts for nothing (and is reported: an idle host starts and ends none).
  */
 async function measureCpu(pids: number[], windowMs: number, groupOf: (pid: number) => string | null = () => null): Promise<{ all: CpuStats; groups: Map<string, CpuStats>; missing: number }> {
-  const before = new Map<number, { ticks: number; ns: number }>();
+  const before = new Map<number, { ticks: number; ns: number; runs: number }>();
   for (const p of pids) {
     const c = cpuOf(p);
     if (c) before.set(p, c);
   }
   const t0 = process.hrtime.bigint();
   await sleep(windowMs);
-  const after = new Map<number, { ticks: number; ns: number }>();
+  const after = new Map<number, { ticks: number; ns: number; runs: number }>();
   for (const p of pids) {
     const c = cpuOf(p);
     if (c) after.set(p, c);
   }
   const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
-  const acc = new Map<string, { n: number; ticks: number; ns: number }>();
-  const add = (key: string, ticks: number, ns: number): void => {
-    const a = acc.get(key) ?? { n: 0, ticks: 0, ns: 0 };
+  const acc = new Map<string, { n: number; ticks: number; ns: number; runs: number }>();
+  const add = (key: string, ticks: number, ns: number, runs: number): void => {
+    const a = acc.get(key) ?? { n: 0, ticks: 0, ns: 0, runs: 0 };
     a.n++;
     a.ticks += ticks;
     a.ns += ns;
+    // A thread that ended during the window takes its runs with it: never count below zero.
+    a.runs += Math.max(0, runs);
     acc.set(key, a);
   };
   let missing = 0;
@@ -182,19 +207,25 @@ async function measureCpu(pids: number[], windowMs: number, groupOf: (pid: numbe
       missing++;
       continue;
     }
-    add('', a.ticks - b.ticks, a.ns - b.ns);
+    add('', a.ticks - b.ticks, a.ns - b.ns, a.runs - b.runs);
     const g = groupOf(p);
-    if (g !== null) add(g, a.ticks - b.ticks, a.ns - b.ns);
+    if (g !== null) add(g, a.ticks - b.ticks, a.ns - b.ns, a.runs - b.runs);
   }
-  const stats = (a: { n: number; ticks: number; ns: number } | undefined): CpuStats => ({
+  const stats = (a: { n: number; ticks: number; ns: number; runs: number } | undefined): CpuStats => ({
     processes: a?.n ?? 0,
     percent: round(((a?.ticks ?? 0) / CLK_TCK / wallS) * 100, 3),
     schedstatMs: round((a?.ns ?? 0) / 1e6, 2),
     schedstatPercent: round(((a?.ns ?? 0) / 1e9 / wallS) * 100, 3),
+    runsPerS: round((a?.runs ?? 0) / wallS, 1),
   });
   const groups = new Map<string, CpuStats>();
   for (const k of acc.keys()) if (k !== '') groups.set(k, stats(acc.get(k)));
   return { all: stats(acc.get('')), groups, missing };
+}
+
+/** CPU per run of a thread over a window (ms): CPU ms per second / runs per second. */
+function msPerRun(c: CpuStats): number {
+  return c.runsPerS > 0 ? (c.schedstatPercent * 10) / c.runsPerS : 0;
 }
 
 function pssStats(kib: number[]): PssStats {
@@ -216,13 +247,18 @@ function table(r: HostBenchResult): string {
   const num = (x: number | string, w: number): string => String(x).padStart(w);
   const lines: string[] = [];
   lines.push(`idle host: ${r.vms} VMs (${WORKLOAD}, ${VM_MEMORY}), ${r.lps} LPs, CPU over ${r.windowMs / 1000} s`);
-  lines.push(`${pad('cpu', 44)}${num('procs', 6)}${num('% of 1 CPU', 12)}${num('schedstat ms', 14)}${num('schedstat %', 13)}`);
-  const row = (name: string, c: CpuStats): string => `${pad(name, 44)}${num(c.processes, 6)}${num(c.percent, 12)}${num(c.schedstatMs, 14)}${num(c.schedstatPercent, 13)}`;
+  lines.push(`${pad('cpu', 44)}${num('procs', 6)}${num('% of 1 CPU', 12)}${num('schedstat ms', 14)}${num('schedstat %', 13)}${num('runs/s', 9)}`);
+  const row = (name: string, c: CpuStats): string => `${pad(name, 44)}${num(c.processes, 6)}${num(c.percent, 12)}${num(c.schedstatMs, 14)}${num(c.schedstatPercent, 13)}${num(c.runsPerS, 9)}`;
   lines.push(row('host processes (all)', r.hostCpu));
   for (const role of ROLES) lines.push(row(`  ${role}`, r.hostCpu.byRole[role]));
   lines.push(`${pad('  per VM (host / VMs)', 44)}${num('', 6)}${num(r.hostCpu.perVmPercent, 12)}`);
+  if (r.hostCpuNoPeriodicIc) {
+    lines.push(row('same host, heartbeat and time sync off', r.hostCpuNoPeriodicIc));
+    lines.push(`${pad('  per VM (host / VMs)', 44)}${num('', 6)}${num(r.hostCpuNoPeriodicIc.perVmPercent, 12)}`);
+  } else lines.push('same host, heartbeat and time sync off: not measured (see above)');
   lines.push(row('baseline: `node -e` with a 1 s timer', r.baselineCpu));
   lines.push(`${pad('  ratio host / baseline (schedstat)', 44)}${num(r.ratios.cpuVsBaseline, 18)}`);
+  lines.push(`${pad('  ratio CPU per thread run, host / baseline', 44)}${num(r.ratios.msPerRunVsBaseline, 18)}`);
   lines.push('');
   lines.push(`${pad('memory (PSS, smaps_rollup)', 44)}${num('n', 6)}${num('mean MiB', 12)}${num('min MiB', 14)}${num('max MiB', 13)}`);
   const prow = (name: string, p: PssStats): string => `${pad(name, 44)}${num(p.n, 6)}${num(p.meanMiB, 12)}${num(p.minMiB, 14)}${num(p.maxMiB, 13)}`;
@@ -374,6 +410,23 @@ export async function main(args: string[]): Promise<void> {
     const hostCpu = await measureCpu(pids, plan.windowMs, (p) => roles.get(p) ?? null);
     if (hostCpu.missing > 0) progress(`WARNING: ${hostCpu.missing} host processes came or went during the window`);
 
+    // (b') the same host with the periodic integration services off: what is left is hvlab's own.
+    let hostCpuNoPeriodicIc: HostBenchResult['hostCpuNoPeriodicIc'] = null;
+    try {
+      for (let i = 0; i < plan.vms; i++) {
+        for (const svc of ['heartbeat', 'timesync']) await m.request('vmIc', { name: `idle${i + 1}`, enable: null, disable: svc }, 10_000);
+      }
+      // The last exchanges under way finish (a tick's answers, the services' close) before the window.
+      await sleep(Math.min(2000, plan.settleMs));
+      checkQuiet('the window without periodic integration services');
+      progress(`heartbeat and time sync off on every VM: measuring the host's ${pids.length} processes for ${plan.windowMs / 1000} s again`);
+      const off = await measureCpu(pids, plan.windowMs);
+      if (off.missing > 0) progress(`WARNING: ${off.missing} host processes came or went during the window`);
+      hostCpuNoPeriodicIc = { ...off.all, perVmPercent: round(off.all.percent / plan.vms, 3) };
+    } catch (e) {
+      progress(`WARNING: could not turn the periodic integration services off (${(e as Error).message}); that window is not measured`);
+    }
+
     // (c) many VMs on the same host.
     let many: HostBenchResult['many'] = null;
     if (plan.many > plan.vms) {
@@ -416,11 +469,13 @@ export async function main(args: string[]): Promise<void> {
       lps: LPS,
       windowMs: plan.windowMs,
       hostCpu: { ...hostCpu.all, perVmPercent: round(hostCpu.all.percent / plan.vms, 3), byRole },
+      hostCpuNoPeriodicIc,
       baselineCpu: baseCpu.all,
       pss: { perVm, vmwp: pssStats(vmwpKiB), partition: pssStats(partKiB), hypervisorMiB: round(hvKiB / 1024, 1), rootMiB: round(rootKiB / 1024, 1), bareNode },
       many,
       ratios: {
         cpuVsBaseline: round(hostCpu.all.schedstatMs / Math.max(baseCpu.all.schedstatMs, 0.001), 1),
+        msPerRunVsBaseline: round(msPerRun(hostCpu.all) / Math.max(msPerRun(baseCpu.all), 1e-6), 2),
         pssPerVmVsTwoBareNodes: round(perVm.meanMiB / (2 * bareNode.meanMiB), 2),
       },
       disturbance,
