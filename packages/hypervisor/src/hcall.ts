@@ -133,7 +133,13 @@ export class HcService {
       if (!d.ok) {
         status = d.status;
       } else {
-        const r = hv.hypercall(m.sid, d.call.code, d.call.input as unknown as Record<string, unknown>);
+        // A SignalEvent with more flags (hvlab's extension, hcpage.ts) is one TLFS call per flag,
+        // in order, up to the first that fails: its status is the call's.
+        const calls = d.call.code === HvCall.SignalEvent && d.call.input.moreFlags
+          ? [d.call.input.flagNumber, ...d.call.input.moreFlags].map((flagNumber) => ({ connectionId: (d.call.input as { connectionId: number }).connectionId, flagNumber }))
+          : [d.call.input as unknown as Record<string, unknown>];
+        let r = hv.hypercall(m.sid, d.call.code, calls[0]!);
+        for (let i = 1; i < calls.length && r.status === HvStatus.SUCCESS; i++) r = hv.hypercall(m.sid, d.call.code, calls[i]!);
         status = r.status;
         reps = r.reps;
         if (r.status === HvStatus.SUCCESS) {

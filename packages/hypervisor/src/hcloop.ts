@@ -14,12 +14,12 @@
  * SignalEvent without a current route, goes to the main thread (`fwd` on the page, then a message),
  * which serves it with the hypervisor's tables and completes it on the page.
  *
- * A page is written by an untrusted session: the thread reads only `req`, `code`, `inLen` and an
- * 8-byte SignalEvent input, takes each request number once, and whatever those words hold, a call
+ * A page is written by an untrusted session: the thread reads only `req`, `code`, `inLen` and a
+ * SignalEvent input (8 bytes, and 4 per flag beyond the first: hvlab's extension, hcpage.ts), takes each request number once, and whatever those words hold, a call
  * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HcWaiting, HC_INPUT_OFFSET, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,
+  HcWord, HcWaiting, HC_INPUT_OFFSET, HC_SIGNAL_MORE_MAX, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
@@ -138,6 +138,8 @@ export class HcLoop {
   wantSchedule = false;
   /** Set when the dispatch hook dispatched a VP: no scheduling pass is due for it (see runScheduler). */
   dispatched = false;
+  /** A SignalEvent's flag numbers, reused from call to call. */
+  private readonly flagScratch: number[] = [];
   private deferring = false;
   private readonly deferred: Array<{ region: SharedArrayBuffer; i32: Int32Array; seq: number }> = [];
 
@@ -298,23 +300,37 @@ export class HcLoop {
     const i32 = s.i32;
     const code = Atomics.load(i32, HcWord.code);
     if (code === HvCall.AssertVirtualInterrupt) return this.fastInterrupt(s, seq);
-    if (code !== HvCall.SignalEvent || Atomics.load(i32, HcWord.inLen) !== 8) return false;
-    const w0 = Atomics.load(i32, HC_INPUT_OFFSET >> 2);
-    const w1 = Atomics.load(i32, (HC_INPUT_OFFSET >> 2) + 1);
-    if ((w1 >>> 16) !== 0) return false; // reserved bits: the main thread explains
+    if (code !== HvCall.SignalEvent) return false;
+    const inLen = Atomics.load(i32, HcWord.inLen);
+    const base = HC_INPUT_OFFSET >> 2;
+    const w0 = Atomics.load(i32, base);
+    const w1 = Atomics.load(i32, base + 1);
+    // The flags beyond the first (hvlab's extension, hcpage.ts); a count or a length that does
+    // not add up goes to the main thread, which explains it.
+    const more = w1 >>> 16;
+    if (more > HC_SIGNAL_MORE_MAX || inLen !== 8 + 4 * more) return false;
     const connectionId = w0 >>> 0;
-    const flag = w1 & 0xffff;
     const r = s.routes.get(connectionId);
-    if (!r || r.epoch !== Atomics.load(this.state, HcStateWord.epoch) || flag >= r.flagCount) return false;
+    if (!r || r.epoch !== Atomics.load(this.state, HcStateWord.epoch)) return false;
+    // Each word read once, all checked before any flag is set: the call is served whole or forwarded.
+    const flags = this.flagScratch;
+    flags.length = 0;
+    flags.push(w1 & 0xffff);
+    for (let i = 0; i < more; i++) flags.push(Atomics.load(i32, base + 2 + i) >>> 0);
+    for (const f of flags) if (f >= r.flagCount) return false;
     let halted: VpTarget | null = null;
     if (r.kind === 'root') {
       const owner = this.sessions.get(r.owner);
       if (!owner) return false;
-      this.queueEvent(owner, { kind: 'rootEvent', portId: r.portId, sender: r.sender, flag });
+      for (const flag of flags) this.queueEvent(owner, { kind: 'rootEvent', portId: r.portId, sender: r.sender, flag });
     } else {
-      const bit = 1 << (flag & 31);
-      const old = Atomics.or(r.flags, r.flagsWord + (flag >>> 5), bit);
-      if ((old & bit) === 0 && !r.masked && pendInterrupt(r.target.apic, r.target.region, r.target.offset, r.vector, r.autoEoi)) halted = r.target;
+      // Every flag first, then the SINT once: the guest's VP takes it and scans them all.
+      let raise = false;
+      for (const flag of flags) {
+        const bit = 1 << (flag & 31);
+        if ((Atomics.or(r.flags, r.flagsWord + (flag >>> 5), bit) & bit) === 0) raise = true;
+      }
+      if (raise && !r.masked && pendInterrupt(r.target.apic, r.target.region, r.target.offset, r.vector, r.autoEoi)) halted = r.target;
     }
     Atomics.add(this.state, HcStateWord.fastCalls, 1);
     this.complete(s, seq, halted);

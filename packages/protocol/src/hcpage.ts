@@ -25,7 +25,15 @@
  * word (the shm addon's `watchWord`).
  *
  * Inputs, little-endian, after the TLFS layouts where there is one:
- *   SignalEvent:    u32 connectionId, u16 flagNumber, u16 reserved (0)                  8 bytes
+ *   SignalEvent:    u32 connectionId, u16 flagNumber, u16 more, then `more` u32 flag numbers
+ *                   (each below 2^16) of the same connection               8 + 4 * more bytes
+ *                   `more` is the TLFS's reserved field (0: the TLFS call). Above 0 it is hvlab's
+ *                   extension, at most HC_SIGNAL_MORE_MAX: the signals a caller made in one go
+ *                   (the integration services' tick writes a heartbeat and a time sample) go as
+ *                   one call, the flags set in order and the SINT raised once, where the second
+ *                   waited for the first's completion (a wake-up of the caller, and of the
+ *                   hypervisor and the guest's VP again). Served as one TLFS call per flag, in
+ *                   order, up to the first that fails, whose status is the call's.
  *   PostMessage:    u32 connectionId, u32 reserved (0), u32 messageType, u32 payloadSize,
  *                   payload (at most 240 bytes)                                   16 + size bytes
  *   AssertVirtualInterrupt: f64 partitionId, u32 vpIndex, u32 vector                    16 bytes
@@ -76,6 +84,8 @@ export const HC_INPUT_OFFSET = 64;
 export const HC_INPUT_MAX = 2016;
 export const HC_OUTPUT_OFFSET = HC_INPUT_OFFSET + HC_INPUT_MAX;
 export const HC_OUTPUT_MAX = HC_PAGE_BYTES - HC_OUTPUT_OFFSET;
+/** Flags a SignalEvent on the page may carry beyond its first (see the module comment). */
+export const HC_SIGNAL_MORE_MAX = 15;
 /** Registers one Set/GetVpRegisters may carry on the page. */
 export const HC_MAX_REGISTERS = Math.min((HC_INPUT_MAX - 16) / 16, HC_OUTPUT_MAX / 8);
 
@@ -253,7 +263,8 @@ export function drainHcEvents(i32: Int32Array, onEvent: (e: HcEvent) => void): {
 // ---- inputs --------------------------------------------------------------------------------
 
 export type HcCall =
-  | { code: typeof HvCall.SignalEvent; input: { connectionId: number; flagNumber: number } }
+  /** `moreFlags`: hvlab's extension (see the module comment); absent for the TLFS call. */
+  | { code: typeof HvCall.SignalEvent; input: { connectionId: number; flagNumber: number; moreFlags?: number[] } }
   | { code: typeof HvCall.PostMessage; input: { connectionId: number; messageType: number; payload: Uint8Array } }
   | { code: typeof HvCall.AssertVirtualInterrupt; input: { partitionId: number; vpIndex: number; vector: number } }
   | { code: typeof HvCall.SetVpRegisters; input: { partitionId: number; vpIndex: number; values: Record<string, number> } }
@@ -348,10 +359,13 @@ export function encodeHcInput(code: number, input: Record<string, unknown>, byte
   switch (code) {
     case HvCall.SignalEvent: {
       if (!u32(input.connectionId) || !u32(input.flagNumber) || input.flagNumber > 0xffff) return null;
+      const more = input.moreFlags === undefined ? [] : input.moreFlags;
+      if (!Array.isArray(more) || more.length > HC_SIGNAL_MORE_MAX || more.some((f) => !u32(f) || f > 0xffff) || bytes.length < 8 + 4 * more.length) return null;
       dv.setUint32(0, input.connectionId, true);
       dv.setUint16(4, input.flagNumber, true);
-      dv.setUint16(6, 0, true);
-      return 8;
+      dv.setUint16(6, more.length, true);
+      for (let i = 0; i < more.length; i++) dv.setUint32(8 + 4 * i, more[i] as number, true);
+      return 8 + 4 * more.length;
     }
     case HvCall.PostMessage: {
       const p = input.payload;
@@ -419,9 +433,22 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
   const dv = new DataView(bytes.buffer, bytes.byteOffset, inLen);
   switch (code) {
     case HvCall.SignalEvent:
-      if (inLen !== 8) return bad(`a SignalEvent input is 8 bytes, not ${inLen}`);
-      if (dv.getUint16(6, true) !== 0) return bad('reserved bits are set');
-      return { ok: true, call: { code, input: { connectionId: dv.getUint32(0, true), flagNumber: dv.getUint16(4, true) } } };
+    {
+      if (inLen < 8) return bad(`a SignalEvent input is at least 8 bytes, not ${inLen}`);
+      const more = dv.getUint16(6, true);
+      if (more > HC_SIGNAL_MORE_MAX) return bad(`a SignalEvent carries at most ${HC_SIGNAL_MORE_MAX} more flags, not ${more}`);
+      if (inLen !== 8 + 4 * more) return bad(`a SignalEvent input with ${more} more flags is ${8 + 4 * more} bytes, not ${inLen}`);
+      const connectionId = dv.getUint32(0, true);
+      const flagNumber = dv.getUint16(4, true);
+      if (more === 0) return { ok: true, call: { code, input: { connectionId, flagNumber } } };
+      const moreFlags: number[] = [];
+      for (let i = 0; i < more; i++) {
+        const f = dv.getUint32(8 + 4 * i, true);
+        if (f > 0xffff) return bad(`flag number ${f} is past 65535`);
+        moreFlags.push(f);
+      }
+      return { ok: true, call: { code, input: { connectionId, flagNumber, moreFlags } } };
+    }
     case HvCall.PostMessage: {
       if (inLen < 16) return bad(`a PostMessage input is at least 16 bytes, not ${inLen}`);
       if (dv.getUint32(4, true) !== 0) return bad('reserved bits are set');

@@ -21,6 +21,7 @@ export * from './vpage.js';
 export * from './vmwp.js';
 export * from './devices.js';
 export * from './hcpage.js';
+export * from './signal-hold.js';
 export * from './random.js';
 export * from './cluster.js';
 export * from './migrate.js';

@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import {
   HvCall, HvStatus, HC_INPUT_MAX, HC_REGION_BYTES, HC_EVENT_SLOTS, HC_PAGE_BYTES, HC_EVENT_BASE, HC_EVENT_ENTRY_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD,
   encodeHcInput, decodeHcCall, encodeHcOutput, decodeHcOutput, pushHcEvent, drainHcEvents, seededRandom, FIELD_CALLS, HC_MAX_GPADL_PFNS, HC_OUTPUT_MAX,
-  HC_PAGE_CALLS, type HcCall, type HcEvent,
+  HC_PAGE_CALLS, HC_SIGNAL_MORE_MAX, type HcCall, type HcEvent,
 } from '../src/index.js';
 
 function roundTrip(code: number, input: Record<string, unknown>): HcCall {
@@ -24,6 +24,11 @@ function roundTrip(code: number, input: Record<string, unknown>): HcCall {
 describe('hypercall page codecs', () => {
   it('SignalEvent, PostMessage, SetVpRegisters and GetVpRegisters survive encode and decode', () => {
     expect(roundTrip(HvCall.SignalEvent, { connectionId: 0x12345, flagNumber: 7 }).input).to.deep.equal({ connectionId: 0x12345, flagNumber: 7 });
+    // hvlab's extension: more flags of the same connection in one call.
+    const more = Array.from({ length: HC_SIGNAL_MORE_MAX }, (_, i) => 0xffff - i);
+    expect(roundTrip(HvCall.SignalEvent, { connectionId: 9, flagNumber: 1, moreFlags: more }).input).to.deep.equal({ connectionId: 9, flagNumber: 1, moreFlags: more });
+    // An empty list is the TLFS call.
+    expect(roundTrip(HvCall.SignalEvent, { connectionId: 9, flagNumber: 1, moreFlags: [] }).input).to.deep.equal({ connectionId: 9, flagNumber: 1 });
     const payload = Uint8Array.from({ length: MAX_MESSAGE_PAYLOAD }, (_, i) => i & 0xff);
     const pm = roundTrip(HvCall.PostMessage, { connectionId: 4, messageType: 0x10, payload }).input as { payload: Uint8Array; messageType: number };
     expect([...pm.payload]).to.deep.equal([...payload]);
@@ -127,6 +132,9 @@ describe('hypercall page codecs', () => {
     expect(encodeHcInput(HvCall.CreatePartition, {}, buf)).to.equal(null);
     expect(encodeHcInput(HvCall.SignalEvent, { connectionId: -1, flagNumber: 0 }, buf)).to.equal(null);
     expect(encodeHcInput(HvCall.SignalEvent, { connectionId: 1, flagNumber: 0x10000 }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.SignalEvent, { connectionId: 1, flagNumber: 0, moreFlags: [0x10000] }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.SignalEvent, { connectionId: 1, flagNumber: 0, moreFlags: new Array(HC_SIGNAL_MORE_MAX + 1).fill(1) }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.SignalEvent, { connectionId: 1, flagNumber: 0, moreFlags: 3 }, buf)).to.equal(null);
     expect(encodeHcInput(HvCall.PostMessage, { connectionId: 1, messageType: 1, payload: new Uint8Array(MAX_MESSAGE_PAYLOAD + 1) }, buf)).to.equal(null);
     expect(encodeHcInput(HvCall.SetVpRegisters, { partitionId: 1, vpIndex: 0, values: { NoSuch: 1 } }, buf)).to.equal(null);
     expect(encodeHcInput(HvCall.SetVpRegisters, { partitionId: 1, vpIndex: 0, values: { Rax: -1 } }, buf)).to.equal(null);
@@ -140,8 +148,15 @@ describe('hypercall page codecs', () => {
     expect(decodeHcCall(HvCall.SignalEvent, 7, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
     expect(decodeHcCall(HvCall.SignalEvent, -1, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
     expect(decodeHcCall(HvCall.SignalEvent, HC_INPUT_MAX + 1, buf)).to.include({ ok: false });
+    // One more flag announced, none given (or two given), too many announced, a flag past 16 bits.
     dv.setUint16(6, 1, true);
     expect(decodeHcCall(HvCall.SignalEvent, 8, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    expect(decodeHcCall(HvCall.SignalEvent, 16, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    expect(decodeHcCall(HvCall.SignalEvent, 12, buf)).to.include({ ok: true });
+    dv.setUint32(8, 0x10000, true);
+    expect(decodeHcCall(HvCall.SignalEvent, 12, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    dv.setUint16(6, HC_SIGNAL_MORE_MAX + 1, true);
+    expect(decodeHcCall(HvCall.SignalEvent, 8 + 4 * (HC_SIGNAL_MORE_MAX + 1), buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
     buf.fill(0);
     dv.setUint32(12, MAX_MESSAGE_PAYLOAD + 1, true);
     expect(decodeHcCall(HvCall.PostMessage, 16 + MAX_MESSAGE_PAYLOAD + 1, buf)).to.include({ ok: false });
@@ -168,6 +183,7 @@ describe('hypercall page codecs', () => {
     let ok = 0;
     const valid: Array<[number, Record<string, unknown>]> = [
       [HvCall.SignalEvent, { connectionId: 3, flagNumber: 1 }],
+      [HvCall.SignalEvent, { connectionId: 3, flagNumber: 1, moreFlags: [2, 7, 300] }],
       [HvCall.PostMessage, { connectionId: 3, messageType: 1, payload: new Uint8Array(20) }],
       [HvCall.SetVpRegisters, { partitionId: -1, vpIndex: 0, values: { Eom: 0, Rip: 5 } }],
       [HvCall.GetVpRegisters, { partitionId: 2, vpIndex: 1, names: ['Rax', 'Rip', 'Sint0'] }],

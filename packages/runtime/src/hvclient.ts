@@ -14,6 +14,7 @@ import {
   decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HcWaiting, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
   HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, HC_PAGE_BYTES, HcEventWord, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
   type HvCallName, type HvClientMsg, type HvCtlArgs, type HvCtlOp, type HvServerMsg, type HypercallInputs,
+  HC_SIGNAL_MORE_MAX, signalsHeld, whenReleased,
 } from '@hvlab/protocol';
 import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
 import { watchPid } from './anchor.js';
@@ -174,6 +175,8 @@ export class HvClient {
   private readonly queue: Queued[] = [];
   private socketCalls = 0;
   private pageBusy = false;
+  /** Flags signalled during a holdSignals step, per connection: sent when it ends (releaseHeldSignals). */
+  private readonly heldSignals = new Map<number, Set<number>>();
   /** Root ports this session created: all are signalled when events were lost to a full event queue. */
   private readonly rootPorts = new Set<number>();
   /** Calls carried by the page, and by the socket (for `hvlab debug` and the benches); `posted`: signals among the page's, `postedFailed`: those that did not succeed. */
@@ -615,16 +618,48 @@ export class HvClient {
    * given to `onSignalFailed`. Without a page it is an ordinary call through the socket.
    */
   signal(connectionId: number, flagNumber: number): void {
+    // Inside a holdSignals step (the integration services' tick), the flags wait for its end and
+    // go as one call per connection (hvlab's SignalEvent with more flags, hcpage.ts).
+    if (signalsHeld() && this.page && !this.gone && !this.closed) {
+      let flags = this.heldSignals.get(connectionId);
+      if (!flags) {
+        if (this.heldSignals.size === 0) whenReleased(() => this.releaseHeldSignals());
+        flags = new Set();
+        this.heldSignals.set(connectionId, flags);
+      }
+      flags.add(flagNumber);
+      return;
+    }
+    this.signalFlags(connectionId, [flagNumber]);
+  }
+
+  /** Sends the signals held since the step began: per connection, its flags in as few calls as the page takes. */
+  private releaseHeldSignals(): void {
+    const held = [...this.heldSignals];
+    this.heldSignals.clear();
+    for (const [connectionId, set] of held) {
+      const flags = [...set];
+      for (let i = 0; i < flags.length; i += HC_SIGNAL_MORE_MAX + 1) this.signalFlags(connectionId, flags.slice(i, i + HC_SIGNAL_MORE_MAX + 1));
+    }
+  }
+
+  /** `signal` for one or more flags of a connection (at most 1 + HC_SIGNAL_MORE_MAX), posted as one call. */
+  private signalFlags(connectionId: number, flags: number[]): void {
     const page = this.page;
-    if (!page || this.gone || this.closed) return this.signalByCall(connectionId, flagNumber);
-    const key = `${connectionId}:${flagNumber}`;
+    if (!page || this.gone || this.closed) {
+      for (const f of flags) this.signalByCall(connectionId, f);
+      return;
+    }
+    const flagNumber = flags[0]!;
+    const key = `${connectionId}:${flags.join(',')}`;
     if (this.queue.some((q) => q.posted === key)) return;
     const publish = (p: Page): void => {
-      const n = encodeHcInput(HvCall.SignalEvent, { connectionId, flagNumber }, p.u8.subarray(HC_INPUT_OFFSET, HC_INPUT_OFFSET + HC_INPUT_MAX));
+      const input = flags.length > 1 ? { connectionId, flagNumber, moreFlags: flags.slice(1) } : { connectionId, flagNumber };
+      const n = encodeHcInput(HvCall.SignalEvent, input, p.u8.subarray(HC_INPUT_OFFSET, HC_INPUT_OFFSET + HC_INPUT_MAX));
       if (n === null) {
         // Not a page input (a number out of range): the socket carries it and explains.
         this.pageBusy = false;
-        this.signalByCall(connectionId, flagNumber);
+        for (const f of flags) this.signalByCall(connectionId, f);
         return;
       }
       this.counts.page++;

@@ -6,6 +6,7 @@
  */
 import { expect } from 'chai';
 import { HEARTBEAT_INTERVAL_MS, heartbeatLostAfterMs } from '@hvlab/protocol/heartbeat';
+import { signalsHeld, whenReleased } from '@hvlab/protocol';
 import { IcTicker } from '../src/ic/ticker.js';
 
 function fakeTicker(): { t: IcTicker; clock: { ms: number }; wakes: () => number; runUntil: (end: number) => void } {
@@ -113,5 +114,32 @@ describe('IcTicker (integration services on one timer)', () => {
     expect(HEARTBEAT_INTERVAL_MS).to.equal(2000);
     expect(heartbeatLostAfterMs(2000)).to.equal(5000);
     expect(heartbeatLostAfterMs(50)).to.equal(3000);
+  });
+  it('holds the signals of a wake-up until its jobs and pollers have all run, then sends them once', () => {
+    const { t, runUntil } = fakeTicker();
+    const log: string[] = [];
+    const signal = (what: string): void => {
+      // As the hypercall client does: a signal made while held waits for the release.
+      if (signalsHeld()) whenReleased(() => log.push(`sent ${what}`));
+      else log.push(`sent ${what} at once`);
+    };
+    t.poll(() => {
+      log.push(`poll held=${signalsHeld()}`);
+      signal('poll');
+    });
+    t.every(2000, 0, () => {
+      log.push('beat');
+      signal('beat');
+    });
+    t.every(2000, 0, () => {
+      log.push('sample');
+      signal('sample');
+      throw new Error('a job that throws does not lose the held signals');
+    });
+    runUntil(3100);
+    expect(log).to.deep.equal(['poll held=true', 'beat', 'sample', 'sent poll', 'sent beat', 'sent sample']);
+    expect(signalsHeld(), 'nothing held after the wake-up').to.equal(false);
+    signal('later');
+    expect(log.at(-1)).to.equal('sent later at once');
   });
 });

@@ -9,6 +9,7 @@
  * time it was due, not from when it ran, so its average period stays `periodMs`. A job that fell
  * behind (a blocked event loop) runs once and counts its next period from now.
  */
+import { holdSignals } from '@hvlab/protocol';
 
 /** Node may fire a timer a little before its time by this clock: within this, a job is due. */
 const SLOP_MS = 2;
@@ -77,26 +78,32 @@ export class IcTicker {
     const now = this.now();
     const cutoff = now + SLOP_MS;
     const jobs = [...this.jobs];
-    if (jobs.some((j) => j.due <= cutoff)) {
-      for (const p of [...this.pollers]) {
-        try {
-          p();
-        } catch {
-          // As a job: one that throws must not stop the others.
-        }
-      }
-      for (const j of jobs) {
-        if (!this.jobs.has(j) || j.due - j.earlyMs > cutoff) continue;
-        j.due += j.periodMs;
-        if (j.due <= now) j.due = now + j.periodMs;
-        try {
-          j.fn();
-        } catch {
-          // A service's tick handles its own errors; one that throws must not stop the others.
-        }
+    // The wake-up's packets go out together: every job writes its own, and the signals for them
+    // wait for the end of the step (holdSignals), so the guest is signalled once for all (one
+    // hypercall with every channel's flag), instead of once per service: the second signal waited
+    // for the first's completion, a wake-up of this process, the hypervisor's thread and the VP.
+    if (jobs.some((j) => j.due <= cutoff)) holdSignals(() => this.runDue(jobs, now, cutoff));
+    this.arm();
+  }
+
+  private runDue(jobs: Job[], now: number, cutoff: number): void {
+    for (const p of [...this.pollers]) {
+      try {
+        p();
+      } catch {
+        // As a job: one that throws must not stop the others.
       }
     }
-    this.arm();
+    for (const j of jobs) {
+      if (!this.jobs.has(j) || j.due - j.earlyMs > cutoff) continue;
+      j.due += j.periodMs;
+      if (j.due <= now) j.due = now + j.periodMs;
+      try {
+        j.fn();
+      } catch {
+        // A service's tick handles its own errors; one that throws must not stop the others.
+      }
+    }
   }
 
   private arm(): void {
