@@ -134,14 +134,23 @@ export class HcService {
         status = d.status;
       } else {
         // A SignalEvent with more flags (hvlab's extension, hcpage.ts) is one TLFS call per flag,
-        // in order, up to the first that fails: its status is the call's.
+        // in order, every one of them: a flag that fails does not keep the next channels' flags
+        // from being set. The first failure's status is the call's, and `reps` says which flag
+        // it was (its index), for the caller's report.
         const calls = d.call.code === HvCall.SignalEvent && d.call.input.moreFlags
           ? [d.call.input.flagNumber, ...d.call.input.moreFlags].map((flagNumber) => ({ connectionId: (d.call.input as { connectionId: number }).connectionId, flagNumber }))
           : [d.call.input as unknown as Record<string, unknown>];
         let r = hv.hypercall(m.sid, d.call.code, calls[0]!);
-        for (let i = 1; i < calls.length && r.status === HvStatus.SUCCESS; i++) r = hv.hypercall(m.sid, d.call.code, calls[i]!);
+        let failedAt = r.status === HvStatus.SUCCESS ? -1 : 0;
+        for (let i = 1; i < calls.length; i++) {
+          const ri = hv.hypercall(m.sid, d.call.code, calls[i]!);
+          if (ri.status !== HvStatus.SUCCESS && failedAt < 0) {
+            failedAt = i;
+            r = ri;
+          }
+        }
         status = r.status;
-        reps = r.reps;
+        reps = calls.length > 1 && failedAt >= 0 ? failedAt : r.reps;
         if (r.status === HvStatus.SUCCESS) {
           const n = encodeHcOutput(d.call, r.output, p.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX));
           if (n === null) status = HvStatus.INSUFFICIENT_BUFFERS;

@@ -5,8 +5,8 @@
  * session's page for a call it has not taken yet (`HcLoop.pass`).
  *
  * It carries out SignalEvent itself when it holds a current route for the connection (see
- * Hypervisor.signalRoute): it sets the event flag in the target's SIEF page and pends the SINT's
- * vector on the target VP's virtual APIC (ringing the scheduler when that VP does not hold its LP),
+ * Hypervisor.signalRoute): it sets the event flags in the target's SIEF page and pends the SINT's
+ * vector on the target VP's virtual APIC once (ringing the scheduler when that VP does not hold its LP),
  * or queues the event on the root port owner's event page. Routes come from the main thread, which
  * makes one each time it serves a SignalEvent, and each carries the route epoch it was made in: the
  * main thread bumps the epoch word whenever ports, connections, SynIC registers, partitions or
@@ -322,7 +322,8 @@ export class HcLoop {
     if (r.kind === 'root') {
       const owner = this.sessions.get(r.owner);
       if (!owner) return false;
-      for (const flag of flags) this.queueEvent(owner, { kind: 'rootEvent', portId: r.portId, sender: r.sender, flag });
+      // Each flag once: a session repeating one would only fill the owner's queue sooner.
+      for (let i = 0; i < flags.length; i++) if (flags.indexOf(flags[i]!) === i) this.queueEvent(owner, { kind: 'rootEvent', portId: r.portId, sender: r.sender, flag: flags[i]! });
     } else {
       // Every flag first, then the SINT once: the guest's VP takes it and scans them all.
       let raise = false;

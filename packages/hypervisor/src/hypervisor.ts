@@ -1021,6 +1021,9 @@ export class Hypervisor {
         return ok();
       }
       case HvCall.SignalEvent: {
+        // More flags in one call is the hypercall page's extension (hcpage.ts), served there one
+        // flag at a time; through the socket it would set the first flag only: refused.
+        if (input.moreFlags !== undefined) throw new Fail(HvStatus.INVALID_HYPERCALL_INPUT, 'moreFlags is for the hypercall page only: signal each flag');
         const connectionId = int(input, 'connectionId');
         const flag = int(input, 'flagNumber');
         range('connectionId', connectionId, 0, 0xffffffff);

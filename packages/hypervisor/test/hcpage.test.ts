@@ -116,7 +116,7 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
   });
 
   it('signals held through a step go as one call per connection with every flag, served by the main thread first and the thread after', async () => {
-    const failures: Array<{ statusName: string; connectionId: number }> = [];
+    const failures: Array<{ statusName: string; connectionId: number; flagNumber: number }> = [];
     const c = await root();
     c.onSignalFailed = (f) => void failures.push(f);
     const { flags } = await child(c, 0x560);
@@ -147,13 +147,19 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     await c.call('SignalEvent', { connectionId: 0x560, flagNumber: 21 });
     expect(c.counts.posted - before).to.equal(2);
     expect(flags[0] & 0xfffff).to.equal(0xfffff);
+    // A bad flag fails its call but keeps no other flag from being set, before or after it; the
+    // failure names the bad flag.
     holdSignals(() => {
       c.signal(0x560, 30);
       c.signal(0x560, 40);
+      c.signal(0x560, 31);
     });
     await c.call('SignalEvent', { connectionId: 0x560, flagNumber: 22 });
     expect(flags[0] & (1 << 30), 'the flag before the bad one is set').to.not.equal(0);
-    expect(failures.map((f) => [f.connectionId, f.statusName])).to.deep.equal([[0x560, 'INVALID_PARAMETER']]);
+    expect(flags[0] & (1 << 31), 'the flag after the bad one is set').to.not.equal(0);
+    expect(failures.map((f) => [f.connectionId, f.flagNumber, f.statusName])).to.deep.equal([[0x560, 40, 'INVALID_PARAMETER']]);
+    // Through the socket there is no such call: refused, not half done.
+    expect((await c.raw(HvCall.SignalEvent, { connectionId: 0x560, flagNumber: 0, moreFlags: [1] }, { fast: false })).statusName).to.equal('INVALID_HYPERCALL_INPUT');
   });
 
   it('a socket call waits for a posted signal; one the hypervisor never completes frees the page after the call timeout, reported as "no completion"', async () => {
@@ -547,6 +553,7 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     };
     let completed = 0;
     let multi = 0;
+    let more = 0;
     let req = 0;
     for (let round = 0; round < 3000; round++) {
       // Scribble on a few words of either page, then publish a request (sometimes a plausible SignalEvent).
@@ -558,7 +565,7 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
         Atomics.store(i32, 17, (next() >>> 0) % 80);
       } else if (round % 3 === 1) {
         // A SignalEvent with more flags (hvlab's extension): counts, lengths and flags, right or not.
-        const more = (next() >>> 0) % 18;
+        more = (next() >>> 0) % 18;
         Atomics.store(i32, W.code, 0x5d);
         Atomics.store(i32, W.inLen, next() % 4 === 0 ? (next() >>> 0) % 100 : 8 + 4 * more);
         Atomics.store(i32, 16, 5);
@@ -568,10 +575,16 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
       req = (req + 1) | 0;
       Atomics.store(i32, W.req, req);
       const before = forwarded.length;
+      const flagsBefore = [...new Int32Array(mem, 4096, 64)];
       loop.pass();
+      const flagsAfter = [...new Int32Array(mem, 4096, 64)];
+      // No flag at or past the port's count (64: two words) is ever set.
+      expect(flagsAfter.slice(2).every((w) => w === 0), 'a flag past the port was set').to.equal(true);
+      // A call forwarded to the main thread set nothing here.
+      if (Atomics.load(i32, W.done) !== req) expect(flagsAfter, 'a forwarded call changed flags').to.deep.equal(flagsBefore);
       if (Atomics.load(i32, W.done) === req) {
         completed++;
-        if (round % 3 === 1) multi++;
+        if (round % 3 === 1 && more > 0) multi++;
       } else expect(forwarded.length, `request ${req} was neither completed nor forwarded`).to.equal(before + 1);
       // Events keep coming whatever the session did to its queue.
       loop.handle({ t: 'event', sid: 'f', ev: { kind: 'rootMessage', portId: 1, sender: 2, messageType: 1, payload: new Uint8Array(next() & 0xff) } });

@@ -32,8 +32,10 @@
  *                   (the integration services' tick writes a heartbeat and a time sample) go as
  *                   one call, the flags set in order and the SINT raised once, where the second
  *                   waited for the first's completion (a wake-up of the caller, and of the
- *                   hypervisor and the guest's VP again). Served as one TLFS call per flag, in
- *                   order, up to the first that fails, whose status is the call's.
+ *                   hypervisor and the guest's VP again). The hypervisor's thread sets every flag
+ *                   and raises the SINT once; its main thread (a connection's first use) serves one
+ *                   TLFS call per flag, in order, all of them: the first failure's status is the
+ *                   call's, and `reps` is that flag's index.
  *   PostMessage:    u32 connectionId, u32 reserved (0), u32 messageType, u32 payloadSize,
  *                   payload (at most 240 bytes)                                   16 + size bytes
  *   AssertVirtualInterrupt: f64 partitionId, u32 vpIndex, u32 vector                    16 bytes

@@ -92,8 +92,8 @@ interface Page {
   waiter: { seq: number; code: number; input: Record<string, unknown>; done: (r: HypercallResult) => void; fail: (e: Error) => void } | null;
   /** The request number of a posted SignalEvent (`HvClient.signal`) not yet seen completed, else 0. */
   posted: number;
-  /** What the posted call was, for its failure report. */
-  postedWhat: { connectionId: number; flagNumber: number } | null;
+  /** What the posted call was, for its failure report: its connection and every flag it carried. */
+  postedWhat: { connectionId: number; flagNumber: number; flags?: number[] } | null;
   /** Frees the page from a posted call the hypervisor never completes (armed only while a call waits for the page). */
   postedTimer: NodeJS.Timeout | null;
 }
@@ -102,7 +102,7 @@ interface Page {
 interface Queued {
   kind: 'socket' | 'page';
   start: () => void;
-  /** A posted SignalEvent's "connectionId:flagNumber": an identical one queued behind it adds nothing. */
+  /** A posted SignalEvent's "connectionId:flag,flag,…": an identical one queued behind it adds nothing. */
   posted?: string;
 }
 
@@ -367,7 +367,12 @@ export class HvClient {
     const what = page.postedWhat;
     this.dropPosted(page);
     const status = Atomics.load(page.i32, HcWord.status) >>> 0;
-    if (status !== HvStatus.SUCCESS) this.postedFailed(what, status);
+    if (status !== HvStatus.SUCCESS) {
+      // A call with several flags says which failed first in `reps` (its index).
+      const at = Atomics.load(page.i32, HcWord.reps);
+      const flag = what?.flags && at >= 0 && at < what.flags.length ? what.flags[at]! : what?.flagNumber;
+      this.postedFailed(what && flag !== undefined ? { connectionId: what.connectionId, flagNumber: flag } : null, status);
+    }
     return true;
   }
 
@@ -379,11 +384,11 @@ export class HvClient {
     this.pageBusy = false;
   }
 
-  private postedFailed(what: { connectionId: number; flagNumber: number } | null, status: number | null): void {
+  private postedFailed(what: { connectionId: number; flagNumber: number; flags?: number[] } | null, status: number | null): void {
     this.counts.postedFailed++;
     if (!what) return;
     try {
-      this.onSignalFailed({ ...what, status, statusName: status === null ? 'no completion' : hvStatusName(status) });
+      this.onSignalFailed({ connectionId: what.connectionId, flagNumber: what.flagNumber, status, statusName: status === null ? 'no completion' : hvStatusName(status) });
     } catch {
       // The report's handler failing is its own.
     }
@@ -615,7 +620,9 @@ export class HvClient {
    * turn behind queued calls, and the next call on the page waits for this one's completion. A
    * signal not yet published that repeats one queued before it is dropped: the flag is the same
    * and the earlier signal is still to come. A failure (a stale connection, say) is counted and
-   * given to `onSignalFailed`. Without a page it is an ordinary call through the socket.
+   * given to `onSignalFailed`. Without a page it is an ordinary call through the socket. Inside a
+   * `holdSignals` step the flag waits for the step's end, and each connection's flags then go as
+   * one call (hcpage.ts: SignalEvent with more flags), so `counts.posted` counts calls.
    */
   signal(connectionId: number, flagNumber: number): void {
     // Inside a holdSignals step (the integration services' tick), the flags wait for its end and
@@ -639,7 +646,13 @@ export class HvClient {
     this.heldSignals.clear();
     for (const [connectionId, set] of held) {
       const flags = [...set];
-      for (let i = 0; i < flags.length; i += HC_SIGNAL_MORE_MAX + 1) this.signalFlags(connectionId, flags.slice(i, i + HC_SIGNAL_MORE_MAX + 1));
+      for (let i = 0; i < flags.length; i += HC_SIGNAL_MORE_MAX + 1) {
+        try {
+          this.signalFlags(connectionId, flags.slice(i, i + HC_SIGNAL_MORE_MAX + 1));
+        } catch {
+          // One connection's failure must not lose the others' flags (signalFlags reports its own).
+        }
+      }
     }
   }
 
@@ -667,7 +680,7 @@ export class HvClient {
       const seq = (p.seq + 1) & 0x3fffffff || 1;
       p.seq = seq;
       p.posted = seq;
-      p.postedWhat = { connectionId, flagNumber };
+      p.postedWhat = flags.length > 1 ? { connectionId, flagNumber, flags } : { connectionId, flagNumber };
       const i32 = p.i32;
       Atomics.store(i32, HcWord.code, HvCall.SignalEvent);
       Atomics.store(i32, HcWord.inLen, n);
