@@ -137,9 +137,10 @@ export class HcService {
         // in order, every one of them: a flag that fails does not keep the next channels' flags
         // from being set. The first failure's status is the call's, and `reps` says which flag
         // it was (its index), for the caller's report.
-        const calls = d.call.code === HvCall.SignalEvent && d.call.input.moreFlags
-          ? [d.call.input.flagNumber, ...d.call.input.moreFlags].map((flagNumber) => ({ connectionId: (d.call.input as { connectionId: number }).connectionId, flagNumber }))
-          : [d.call.input as unknown as Record<string, unknown>];
+        const c = d.call;
+        const calls = c.code === HvCall.SignalEvent && c.input.moreFlags
+          ? [c.input.flagNumber, ...c.input.moreFlags].map((flagNumber) => ({ connectionId: c.input.connectionId, flagNumber }))
+          : [c.input as unknown as Record<string, unknown>];
         let r = hv.hypercall(m.sid, d.call.code, calls[0]!);
         let failedAt = r.status === HvStatus.SUCCESS ? -1 : 0;
         for (let i = 1; i < calls.length; i++) {

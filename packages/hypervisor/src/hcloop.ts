@@ -6,8 +6,8 @@
  *
  * It carries out SignalEvent itself when it holds a current route for the connection (see
  * Hypervisor.signalRoute): it sets the event flags in the target's SIEF page and pends the SINT's
- * vector on the target VP's virtual APIC once (ringing the scheduler when that VP does not hold its LP),
- * or queues the event on the root port owner's event page. Routes come from the main thread, which
+ * vector on the target VP's virtual APIC once (ringing the scheduler when that VP does not hold
+ * its LP), or queues the events on the root port owner's event page. Routes come from the main thread, which
  * makes one each time it serves a SignalEvent, and each carries the route epoch it was made in: the
  * main thread bumps the epoch word whenever ports, connections, SynIC registers, partitions or
  * sessions may have changed, and a route from an older epoch is not used. Every other call, and a
@@ -15,8 +15,10 @@
  * which serves it with the hypervisor's tables and completes it on the page.
  *
  * A page is written by an untrusted session: the thread reads only `req`, `code`, `inLen` and a
- * SignalEvent input (8 bytes, and 4 per flag beyond the first: hvlab's extension, hcpage.ts), takes each request number once, and whatever those words hold, a call
- * either completes with a status or goes to the main thread, which decodes it with decodeHcCall.
+ * SignalEvent input (8 bytes, and 4 per flag beyond the first: hvlab's extension, hcpage.ts), or
+ * an AssertVirtualInterrupt input (16 bytes), each word once; it takes each request number once,
+ * and whatever those words hold, a call either completes with a status or goes to the main
+ * thread, which decodes it with decodeHcCall.
  */
 import {
   HcWord, HcWaiting, HC_INPUT_OFFSET, HC_SIGNAL_MORE_MAX, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,

@@ -121,7 +121,7 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     c.onSignalFailed = (f) => void failures.push(f);
     const { flags } = await child(c, 0x560);
     for (const round of [0, 1]) {
-      const before = { posted: c.counts.posted, page: c.counts.page };
+      const before = { posted: c.counts.posted };
       const st0 = await pageStats(c);
       holdSignals(() => {
         for (const flag of round === 0 ? [2, 34, 2, 9] : [3, 35]) c.signal(0x560, flag);

@@ -93,7 +93,7 @@ interface Page {
   /** The request number of a posted SignalEvent (`HvClient.signal`) not yet seen completed, else 0. */
   posted: number;
   /** What the posted call was, for its failure report: its connection and every flag it carried. */
-  postedWhat: { connectionId: number; flagNumber: number; flags?: number[] } | null;
+  postedWhat: { connectionId: number; flags: number[] } | null;
   /** Frees the page from a posted call the hypervisor never completes (armed only while a call waits for the page). */
   postedTimer: NodeJS.Timeout | null;
 }
@@ -354,7 +354,7 @@ export class HvClient {
         if (page.posted !== seq) return;
         const what = page.postedWhat;
         this.dropPosted(page);
-        this.postedFailed(what, null);
+        this.postedFailed(what && { connectionId: what.connectionId, flagNumber: what.flags[0]! }, null);
         this.pump();
       }, this.callTimeoutMs);
     }
@@ -370,8 +370,7 @@ export class HvClient {
     if (status !== HvStatus.SUCCESS) {
       // A call with several flags says which failed first in `reps` (its index).
       const at = Atomics.load(page.i32, HcWord.reps);
-      const flag = what?.flags && at >= 0 && at < what.flags.length ? what.flags[at]! : what?.flagNumber;
-      this.postedFailed(what && flag !== undefined ? { connectionId: what.connectionId, flagNumber: flag } : null, status);
+      this.postedFailed(what && { connectionId: what.connectionId, flagNumber: what.flags[at >= 0 && at < what.flags.length ? at : 0]! }, status);
     }
     return true;
   }
@@ -384,11 +383,11 @@ export class HvClient {
     this.pageBusy = false;
   }
 
-  private postedFailed(what: { connectionId: number; flagNumber: number; flags?: number[] } | null, status: number | null): void {
+  private postedFailed(what: { connectionId: number; flagNumber: number } | null, status: number | null): void {
     this.counts.postedFailed++;
     if (!what) return;
     try {
-      this.onSignalFailed({ connectionId: what.connectionId, flagNumber: what.flagNumber, status, statusName: status === null ? 'no completion' : hvStatusName(status) });
+      this.onSignalFailed({ ...what, status, statusName: status === null ? 'no completion' : hvStatusName(status) });
     } catch {
       // The report's handler failing is its own.
     }
@@ -680,7 +679,7 @@ export class HvClient {
       const seq = (p.seq + 1) & 0x3fffffff || 1;
       p.seq = seq;
       p.posted = seq;
-      p.postedWhat = flags.length > 1 ? { connectionId, flagNumber, flags } : { connectionId, flagNumber };
+      p.postedWhat = { connectionId, flags };
       const i32 = p.i32;
       Atomics.store(i32, HcWord.code, HvCall.SignalEvent);
       Atomics.store(i32, HcWord.inLen, n);
