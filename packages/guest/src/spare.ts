@@ -26,11 +26,27 @@ export function prestartVpThreads(n: number): void {
 
 let first = false;
 
-/** The process's first spare VP thread, once (the entry starts it; main.ts again, as a no-op, or when it is the entry). */
-export function prestartFirstVpThread(): void {
-  if (first) return;
+/**
+ * The process's first spare VP thread, once (the entry starts it; main.ts again, as a no-op, or
+ * when it is the entry). Resolves once that thread has started running JavaScript (Node's start-up
+ * of the thread is done), has failed, or has exited, and at once on a second call.
+ */
+export function prestartFirstVpThread(): Promise<void> {
+  if (first) return Promise.resolve();
   first = true;
   prestartVpThreads(1);
+  const w = spareVpThreads[0];
+  if (!w) return Promise.resolve();
+  // The thread is unref'd (a spare keeps no process alive); while someone waits for it, it is held.
+  w.ref();
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      w.off('online', done).off('error', done).off('exit', done);
+      w.unref();
+      resolve();
+    };
+    w.on('online', done).on('error', done).on('exit', done);
+  });
 }
 
 /** Takes a spare VP thread (it is the caller's from now on), or null when none is left. */

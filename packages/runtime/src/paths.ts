@@ -262,6 +262,22 @@ export function eagerCompile(on: boolean): void {
   setFlagsFromString(on ? '--no-lazy' : '--lazy');
 }
 /**
+ * `eagerCompile(true)` once `loads` have settled (each may fail: what failed loads again, and
+ * fails again, where the code needs it). The entry of a process started ahead of need passes what
+ * is not hvlab's own: the Node modules its code imports, its dependencies outside the bundle, and
+ * the start of a worker thread it made. V8 accepts a code cache only under the flags it was made
+ * with, so while `--no-lazy` is set every code cache is refused, Node's own included: its modules
+ * that are not in its start-up snapshot, and a worker thread's start-up, then compile from source,
+ * eagerly, in every thread of the process (the flag is the isolate group's). Measured with one
+ * worker thread whose start-up overlapped the flag (`node --cpu-prof`, two runs each way): Node's
+ * internal module compiles in that thread took 58-60 ms against 19. Loaded first, they compile
+ * lazily from Node's cache, and only hvlab's code is compiled eagerly, as intended.
+ */
+export async function eagerCompileAfter(loads: ReadonlyArray<Promise<unknown>>): Promise<void> {
+  await Promise.allSettled(loads);
+  eagerCompile(true);
+}
+/**
  * Set (to 1) in the environment of a partition process its VMWP starts ahead of need, and in a
  * spare or warm VMWP's: such a process compiles its code eagerly (`eagerCompile`).
  */

@@ -83,6 +83,22 @@ describe('paths: eager compilation of code loaded ahead of need', () => {
     expect(m.eager, `eager ${m.eager} B, lazy ${m.lazy} B`).to.be.greaterThan(20 * Math.max(m.lazy, 64));
     expect(m.firstCall, 'a lazy function compiled on its first call').to.be.greaterThan(0);
   });
+
+  it('eagerCompileAfter turns it on only once every load settled, a failed one too; a code cache made lazily is refused while it is on', () => {
+    const probe = fileURLToPath(new URL('./fixtures/eager-probe.ts', import.meta.url));
+    const r = spawnSync(process.execPath, ['--no-flush-bytecode', '--expose-gc', '--import', 'tsx', probe, dir, 'after'], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(r.status, r.stderr).to.equal(0);
+    const m = JSON.parse(r.stdout) as { whileWaiting: number; afterLoads: number; cacheRefusedWhenEager: boolean; cacheAcceptedWhenLazy: boolean; n2: number };
+    expect(m.n2).to.equal(400);
+    expect(m.afterLoads, `after ${m.afterLoads} B, while waiting ${m.whileWaiting} B`).to.be.greaterThan(20 * Math.max(m.whileWaiting, 64));
+    // Why the entries load Node's modules and the rest first (paths.ts, eagerCompileAfter).
+    expect(m.cacheAcceptedWhenLazy, 'the cache under the flags it was made with').to.equal(true);
+    expect(m.cacheRefusedWhenEager, 'the same cache with --no-lazy set').to.equal(true);
+  });
 });
 
 describe('paths: the environment of the processes hvlab starts', () => {

@@ -3,11 +3,19 @@
  * process loads its code while this one loads the worker (main.ts): on a cold VM start the
  * partition process used to start only once the worker's own modules had loaded.
  */
-import { EAGER_COMPILE_ENV, eagerCompile } from '@hvlab/runtime/paths';
+import { EAGER_COMPILE_ENV, eagerCompileAfter } from '@hvlab/runtime/paths';
 import { prestartedPartition } from './prestart.js';
 
 prestartedPartition();
 // A spare or warm worker compiles the worker's code as it loads it (paths.ts, eagerCompile says
-// why); main.ts turns lazy compilation back on before it waits for its start-up input.
-if (process.env[EAGER_COMPILE_ENV] === '1') eagerCompile(true);
+// why); main.ts turns lazy compilation back on before it waits for its start-up input. Node's
+// modules and the dependencies outside the bundle load first, lazily, from Node's code cache
+// (eagerCompileAfter says why).
+if (process.env[EAGER_COMPILE_ENV] === '1') {
+  await eagerCompileAfter([
+    import('node:assert'), import('node:buffer'), import('node:child_process'), import('node:crypto'), import('node:diagnostics_channel'), import('node:events'),
+    import('node:fs'), import('node:module'), import('node:os'), import('node:path'), import('node:url'), import('node:util'), import('node:worker_threads'),
+    import('node:zlib'), import('zeromq'), import('msgpackr'), import('@hvlab/shm'),
+  ]);
+}
 await import('./main.js');
