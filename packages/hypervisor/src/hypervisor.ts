@@ -397,12 +397,17 @@ export class Hypervisor {
    */
   expireSessions(alive: (pid: number) => boolean): Session[] {
     const gone: Session[] = [];
+    // A process holds several sessions (a VMWP one per connection): each pid is asked once.
+    const known = new Map<number, boolean>();
     for (const s of [...this.sessions.values()]) {
-      let live = true;
-      try {
-        live = alive(s.pid);
-      } catch {
-        live = true; // cannot tell: keep it, the next sweep asks again
+      let live = known.get(s.pid);
+      if (live === undefined) {
+        try {
+          live = alive(s.pid);
+        } catch {
+          live = true; // cannot tell: keep it, the next sweep asks again
+        }
+        known.set(s.pid, live);
       }
       if (live) continue;
       this.sessions.delete(s.id);

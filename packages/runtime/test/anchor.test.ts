@@ -5,6 +5,9 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pidAlive, watchPid, watchPids } from '../src/anchor.js';
 
 let children: ChildProcess[] = [];
@@ -52,6 +55,35 @@ describe('the anchor watch (watchPid, watchPids)', () => {
     await other;
     await new Promise((r) => setImmediate(r));
     expect(calls).to.equal(0);
+  });
+
+  it('pidAlive: a zombie is gone though it answers signal 0; a live process whose name holds ") Z " is alive', async () => {
+    // `sleep 0` becomes a child of the exec'd `sleep 60`, which never reaps it.
+    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(parent);
+    const zombie = Number(await new Promise<string>((r) => parent.stdout!.once('data', (d: Buffer) => r(d.toString()))));
+    let state = '';
+    for (let i = 0; i < 500 && state !== 'Z'; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
+      state = stat.charAt(stat.lastIndexOf(')') + 2);
+    }
+    expect(state, 'the child is a zombie').to.equal('Z');
+    expect(() => process.kill(zombie, 0), 'a zombie answers signal 0').to.not.throw();
+    expect(pidAlive(zombie)).to.equal(false);
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-anchor-'));
+    try {
+      const odd = join(dir, 'a) Z (b');
+      copyFileSync('/bin/sleep', odd);
+      chmodSync(odd, 0o755);
+      const c = spawn(odd, ['60'], { stdio: 'ignore' });
+      children.push(c);
+      await new Promise((r) => c.once('spawn', r));
+      expect(pidAlive(c.pid!)).to.equal(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(pidAlive(parent.pid!)).to.equal(true);
   });
 
   it('a pid that is not a process counts as gone', async () => {
