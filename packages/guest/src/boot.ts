@@ -3,20 +3,20 @@
  * anything else, so the thread loads the VP code while this thread loads the kernel (main.ts):
  * on a cold VM start both used to load one after the other, and the VPs waited ~90 ms for theirs.
  */
-import { EAGER_COMPILE_ENV, eagerCompileAfter } from '@hvlab/runtime/paths';
+import { EAGER_COMPILE_ENV, eagerCompileAfter, loadMsgpackr } from '@hvlab/runtime/paths';
 import { prestartFirstVpThread } from './spare.js';
 
-const vpThreadStarted = prestartFirstVpThread();
+const vpThreadLoaded = prestartFirstVpThread();
 // The partition process of a spare or warm worker compiles the kernel's code as it loads it
 // (runtime/src/paths.ts, eagerCompile); main.ts turns lazy compilation back on before it waits.
-// The VP thread's start-up, Node's modules and the dependencies outside the bundle load first,
-// lazily, from Node's code cache (eagerCompileAfter says why).
+// The VP thread (all of its load), Node's modules and the dependencies outside the bundle load
+// first, as by default, Node's from its code cache (eagerCompileAfter says why).
 if (process.env[EAGER_COMPILE_ENV] === '1') {
   await eagerCompileAfter([
-    vpThreadStarted,
+    vpThreadLoaded,
     import('node:assert'), import('node:buffer'), import('node:diagnostics_channel'), import('node:events'), import('node:fs'), import('node:module'),
     import('node:os'), import('node:path'), import('node:url'), import('node:util'), import('node:worker_threads'),
-    import('zeromq'), import('msgpackr'), import('@hvlab/shm'),
+    import('zeromq'), loadMsgpackr(import.meta.url), import('@hvlab/shm'),
   ]);
 }
 await import('./main.js');

@@ -261,7 +261,15 @@ export class GuestKernel {
         if (m?.t === 'sint') this.interrupts = this.interrupts.then(() => this.onSint(Number(m.vp), Number(m.sint))).catch((e) => this.log.error({ err: e }, 'interrupt handling failed'));
         else if (m?.t === 'rtc') this.rtcRead?.();
       });
-      online.push(new Promise((resolve) => w.once('message', () => resolve())));
+      // Its 'online' (a spare taken before it said it had loaded may say that first).
+      online.push(new Promise((resolve) => {
+        const onMessage = (m: { t?: unknown } | null): void => {
+          if (m?.t !== 'online') return;
+          w.off('message', onMessage);
+          resolve();
+        };
+        w.on('message', onMessage);
+      }));
       this.workers.push(w);
     }
     await Promise.all(online);

@@ -10,16 +10,21 @@ export const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-t
 
 const spareVpThreads: Worker[] = [];
 
+/** What a spare VP thread posts once its code has loaded and it waits for its VpStart (vp.ts). */
+export const VP_THREAD_LOADED = 'loaded';
+
 /** Starts `n` VP threads now. */
 export function prestartVpThreads(n: number): void {
   for (let i = 0; i < n; i++) {
     const w = new Worker(VP_THREAD_ENTRY, { workerData: { prestart: true }, name: 'vp-spare' });
     w.unref();
-    // A spare that fails to load is dropped; the kernel then creates a thread of its own.
-    w.once('error', () => {
+    // A spare that fails to load, or ends, is dropped; the kernel then creates a thread of its own.
+    const drop = (): void => {
       const i = spareVpThreads.indexOf(w);
       if (i >= 0) spareVpThreads.splice(i, 1);
-    });
+    };
+    w.once('error', drop);
+    w.once('exit', drop);
     spareVpThreads.push(w);
   }
 }
@@ -28,8 +33,9 @@ let first = false;
 
 /**
  * The process's first spare VP thread, once (the entry starts it; main.ts again, as a no-op, or
- * when it is the entry). Resolves once that thread has started running JavaScript (Node's start-up
- * of the thread is done), has failed, or has exited, and at once on a second call.
+ * when it is the entry). Resolves once that thread has loaded its code (Node's start-up of the
+ * thread, its module loader and the VP code, all compiled as they are by default), has failed, or
+ * has exited; at once on a second call.
  */
 export function prestartFirstVpThread(): Promise<void> {
   if (first) return Promise.resolve();
@@ -40,12 +46,16 @@ export function prestartFirstVpThread(): Promise<void> {
   // The thread is unref'd (a spare keeps no process alive); while someone waits for it, it is held.
   w.ref();
   return new Promise<void>((resolve) => {
+    const loaded = (m: { t?: unknown } | null): void => {
+      if (m?.t === VP_THREAD_LOADED) done();
+    };
     const done = (): void => {
-      w.off('online', done).off('error', done).off('exit', done);
-      w.unref();
+      w.off('message', loaded).off('error', done).off('exit', done);
+      // Taken meanwhile (a kernel that did not wait for it), the thread is its taker's to hold.
+      if (spareVpThreads.includes(w)) w.unref();
       resolve();
     };
-    w.on('online', done).on('error', done).on('exit', done);
+    w.on('message', loaded).on('error', done).on('exit', done);
   });
 }
 

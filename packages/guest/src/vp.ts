@@ -27,6 +27,7 @@ import { readRtc } from '@hvlab/vsc/cmos';
 import { ReferenceClock } from './clock.js';
 import { GuestMemory, type GuestMemoryHandle } from './memory.js';
 import { TaskTable } from './workloads.js';
+import { VP_THREAD_LOADED } from './spare.js';
 
 export interface VpStart {
   memory: GuestMemoryHandle;
@@ -499,4 +500,6 @@ else if (parentPort && (workerData as { prestart?: boolean } | null)?.prestart) 
   parentPort.once('message', (m: { t?: string; start?: VpStart }) => {
     if (m?.t === 'start' && m.start?.vpRegion) new VpThread(m.start).run();
   });
+  // Loaded: the partition process's entry waits for this before it compiles eagerly (spare.ts).
+  parentPort.postMessage({ t: VP_THREAD_LOADED });
 }

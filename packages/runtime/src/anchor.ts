@@ -16,12 +16,13 @@ export function pidAlive(pid: number): boolean {
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
-  // A zombie (exited, not yet reaped) still answers signal 0; it is not alive. Orphans re-parented
-  // to a PID 1 that never reaps would otherwise look alive forever.
+  // A zombie (exited, not yet reaped; Z, or X while it is being reaped) still answers signal 0; it
+  // is not alive. Orphans re-parented to a PID 1 that never reaps would otherwise look alive forever.
   try {
     const stat = procStat(pid);
     const close = stat.lastIndexOf(')');
-    return stat.charAt(close + 2) !== 'Z';
+    const state = stat.charAt(close + 2);
+    return state !== 'Z' && state !== 'X';
   } catch {
     return true;
   }

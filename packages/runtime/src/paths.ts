@@ -8,6 +8,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
+import { createRequire } from 'node:module';
 
 export interface HostPaths {
   home: string;
@@ -268,7 +269,7 @@ export function eagerCompile(on: boolean): void {
  * the start of a worker thread it made. V8 accepts a code cache only under the flags it was made
  * with, so while `--no-lazy` is set every code cache is refused, Node's own included: its modules
  * that are not in its start-up snapshot, and a worker thread's start-up, then compile from source,
- * eagerly, in every thread of the process (the flag is the isolate group's). Measured with one
+ * eagerly, in every thread of the process (V8's flags are the process's). Measured with one
  * worker thread whose start-up overlapped the flag (`node --cpu-prof`, two runs each way): Node's
  * internal module compiles in that thread took 58-60 ms against 19. Loaded first, they compile
  * lazily from Node's cache, and only hvlab's code is compiled eagerly, as intended.
@@ -276,6 +277,18 @@ export function eagerCompile(on: boolean): void {
 export async function eagerCompileAfter(loads: ReadonlyArray<Promise<unknown>>): Promise<void> {
   await Promise.allSettled(loads);
   eagerCompile(true);
+}
+/**
+ * msgpackr as protocol/src/wire.ts loads it, for `eagerCompileAfter`: its CommonJS build, with
+ * its native extractor off unless the user set the switch (wire.ts says why), required from `from`
+ * (the caller's import.meta.url, beside wire.ts in a bundle). An `import('msgpackr')` would load
+ * its ES module build, a second copy that nothing of hvlab uses.
+ */
+export function loadMsgpackr(from: string): Promise<unknown> {
+  return new Promise((resolve) => {
+    process.env.MSGPACKR_NATIVE_ACCELERATION_DISABLED ??= 'true';
+    resolve(createRequire(from)('msgpackr'));
+  });
 }
 /**
  * Set (to 1) in the environment of a partition process its VMWP starts ahead of need, and in a

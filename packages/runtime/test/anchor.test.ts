@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pidAlive, watchPid, watchPids } from '../src/anchor.js';
@@ -58,32 +58,55 @@ describe('the anchor watch (watchPid, watchPids)', () => {
   });
 
   it('pidAlive: a zombie is gone though it answers signal 0; a live process whose name holds ") Z " is alive', async () => {
-    // `sleep 0` becomes a child of the exec'd `sleep 60`, which never reaps it.
-    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // The background `read` becomes a child of the exec'd `sleep 60`, which never reaps it. It
+    // ends only when we close fd 3, after the shell has become `sleep` (so the shell cannot reap it).
+    const parent = spawn('sh', ['-c', 'read _ <&3 & echo $!; exec sleep 60 3<&-'], { stdio: ['ignore', 'pipe', 'ignore', 'pipe'] });
     children.push(parent);
     const zombie = Number(await new Promise<string>((r) => parent.stdout!.once('data', (d: Buffer) => r(d.toString()))));
-    let state = '';
-    for (let i = 0; i < 500 && state !== 'Z'; i++) {
-      await new Promise((r) => setTimeout(r, 10));
+    const comm = (pid: number): string => {
+      try {
+        return readFileSync(`/proc/${pid}/comm`, 'latin1').trim();
+      } catch {
+        return '';
+      }
+    };
+    for (let i = 0; i < 2000 && comm(parent.pid!) !== 'sleep'; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(comm(parent.pid!), 'the shell became sleep').to.equal('sleep');
+    (parent.stdio[3] as NodeJS.WritableStream).end();
+    const state = (): string => {
       const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
-      state = stat.charAt(stat.lastIndexOf(')') + 2);
-    }
-    expect(state, 'the child is a zombie').to.equal('Z');
+      return stat.charAt(stat.lastIndexOf(')') + 2);
+    };
+    for (let i = 0; i < 2000 && state() !== 'Z'; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(state(), 'the child is a zombie').to.equal('Z');
     expect(() => process.kill(zombie, 0), 'a zombie answers signal 0').to.not.throw();
     expect(pidAlive(zombie)).to.equal(false);
+    // A process named "a) Z (b" (a link's name is the process's): its state is after the last ")".
     const dir = mkdtempSync(join(tmpdir(), 'hvlab-anchor-'));
     try {
       const odd = join(dir, 'a) Z (b');
-      copyFileSync('/bin/sleep', odd);
-      chmodSync(odd, 0o755);
-      const c = spawn(odd, ['60'], { stdio: 'ignore' });
+      symlinkSync(process.execPath, odd);
+      const c = spawn(odd, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' });
       children.push(c);
-      await new Promise((r) => c.once('spawn', r));
+      await new Promise((resolve, reject) => c.once('spawn', resolve).once('error', reject));
+      for (let i = 0; i < 2000 && comm(c.pid!) !== 'a) Z (b'; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(comm(c.pid!)).to.equal('a) Z (b');
       expect(pidAlive(c.pid!)).to.equal(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
     expect(pidAlive(parent.pid!)).to.equal(true);
+  });
+
+  it('pidAlive opens and closes: no descriptor is left after many calls, for a live, a dead and a missing pid', () => {
+    const fds = (): number => readdirSync('/proc/self/fd').length;
+    const before = fds();
+    for (let i = 0; i < 2000; i++) {
+      pidAlive(process.pid);
+      pidAlive(1);
+      pidAlive(0x7ffffffe);
+    }
+    expect(fds()).to.equal(before);
   });
 
   it('a pid that is not a process counts as gone', async () => {

@@ -3,7 +3,7 @@
  * process loads its code while this one loads the worker (main.ts): on a cold VM start the
  * partition process used to start only once the worker's own modules had loaded.
  */
-import { EAGER_COMPILE_ENV, eagerCompileAfter } from '@hvlab/runtime/paths';
+import { EAGER_COMPILE_ENV, eagerCompileAfter, loadMsgpackr } from '@hvlab/runtime/paths';
 import { prestartedPartition } from './prestart.js';
 
 prestartedPartition();
@@ -15,7 +15,7 @@ if (process.env[EAGER_COMPILE_ENV] === '1') {
   await eagerCompileAfter([
     import('node:assert'), import('node:buffer'), import('node:child_process'), import('node:crypto'), import('node:diagnostics_channel'), import('node:events'),
     import('node:fs'), import('node:module'), import('node:os'), import('node:path'), import('node:url'), import('node:util'), import('node:worker_threads'),
-    import('node:zlib'), import('zeromq'), import('msgpackr'), import('@hvlab/shm'),
+    import('node:zlib'), import('zeromq'), loadMsgpackr(import.meta.url), import('@hvlab/shm'),
   ]);
 }
 await import('./main.js');
