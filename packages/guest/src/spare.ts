@@ -43,16 +43,15 @@ export function prestartFirstVpThread(): Promise<void> {
   prestartVpThreads(1);
   const w = spareVpThreads[0];
   if (!w) return Promise.resolve();
-  // The thread is unref'd (a spare keeps no process alive); while someone waits for it, it is held.
-  w.ref();
+  // The thread is unref'd (a spare keeps no process alive). While this waits, its 'message'
+  // listener holds the thread's port, and so the process; removed, it holds nothing again, and a
+  // kernel that took the thread meanwhile holds it as it does any (spare.test.ts checks both).
   return new Promise<void>((resolve) => {
     const loaded = (m: { t?: unknown } | null): void => {
       if (m?.t === VP_THREAD_LOADED) done();
     };
     const done = (): void => {
       w.off('message', loaded).off('error', done).off('exit', done);
-      // Taken meanwhile (a kernel that did not wait for it), the thread is its taker's to hold.
-      if (spareVpThreads.includes(w)) w.unref();
       resolve();
     };
     w.on('message', loaded).on('error', done).on('exit', done);

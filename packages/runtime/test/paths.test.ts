@@ -68,15 +68,19 @@ describe('paths: eager compilation of code loaded ahead of need', () => {
   // Measured in a child of its own (fixtures/eager-probe.ts): in this busy process V8 may flush
   // old bytecode or free dead scripts between two readings, and a reading could shrink (CI saw
   // "eager -258056 B" once).
-  it('compiles every function of what loads while it is on, and only on first call once it is off again', () => {
-    const probe = fileURLToPath(new URL('./fixtures/eager-probe.ts', import.meta.url));
-    const r = spawnSync(process.execPath, ['--no-flush-bytecode', '--expose-gc', '--import', 'tsx', probe, dir], {
+  function probe<T>(...args: string[]): T {
+    const fixture = fileURLToPath(new URL('./fixtures/eager-probe.ts', import.meta.url));
+    const r = spawnSync(process.execPath, ['--no-flush-bytecode', '--expose-gc', '--import', 'tsx', fixture, dir, ...args], {
       cwd: fileURLToPath(new URL('..', import.meta.url)),
       encoding: 'utf8',
       timeout: 120_000,
     });
     expect(r.status, r.stderr).to.equal(0);
-    const m = JSON.parse(r.stdout) as { eager: number; lazy: number; firstCall: number; r: string; n: number };
+    return JSON.parse(r.stdout) as T;
+  }
+
+  it('compiles every function of what loads while it is on, and only on first call once it is off again', () => {
+    const m = probe<{ eager: number; lazy: number; firstCall: number; r: string; n: number }>();
     expect(m.n).to.equal(200);
     expect(m.r).to.equal('15l8l8');
     // 200 functions compiled against a module's top level alone.
@@ -85,14 +89,7 @@ describe('paths: eager compilation of code loaded ahead of need', () => {
   });
 
   it('eagerCompileAfter turns it on only once every load settled, a failed one too; a code cache made lazily is refused while it is on', () => {
-    const probe = fileURLToPath(new URL('./fixtures/eager-probe.ts', import.meta.url));
-    const r = spawnSync(process.execPath, ['--no-flush-bytecode', '--expose-gc', '--import', 'tsx', probe, dir, 'after'], {
-      cwd: fileURLToPath(new URL('..', import.meta.url)),
-      encoding: 'utf8',
-      timeout: 120_000,
-    });
-    expect(r.status, r.stderr).to.equal(0);
-    const m = JSON.parse(r.stdout) as { whileWaiting: number; afterLoads: number; cacheRefusedWhenEager: boolean; cacheAcceptedWhenLazy: boolean; n2: number };
+    const m = probe<{ whileWaiting: number; afterLoads: number; cacheRefusedWhenEager: boolean; cacheAcceptedWhenLazy: boolean; n2: number }>('after');
     expect(m.n2).to.equal(400);
     expect(m.afterLoads, `after ${m.afterLoads} B, while waiting ${m.whileWaiting} B`).to.be.greaterThan(20 * Math.max(m.whileWaiting, 64));
     // Why the entries load Node's modules and the rest first (paths.ts, eagerCompileAfter).
