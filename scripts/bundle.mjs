@@ -3,11 +3,13 @@
  * Bundles hvlab's processes from the compiled JavaScript (`tsc -b` first): `pnpm install`,
  * `pnpm build` and `pnpm test` run it after the compiler.
  *
- *   packages/root/dist/bundle/vmwp.mjs                the VM worker process (root/src/vmwp/boot.ts)
+ *   packages/root/dist/bundle/vmwp.mjs                the VM worker process (root/src/vmwp/boot.ts):
+ *                                                     a launcher; vmwp.cjs and vmwp.cjs.cache beside it
  *   packages/root/dist/bundle/compress-worker.js      its page-compression pool's worker
  *   packages/root/dist/bundle/root.mjs                the root partition process (root/src/main.ts)
- *   packages/guest/dist/bundle/partition.mjs          the child partition process (guest/src/boot.ts)
- *   packages/guest/dist/bundle/vp.js                  a VP thread (guest/src/vp.ts)
+ *   packages/guest/dist/bundle/partition.mjs          the child partition process (guest/src/boot.ts),
+ *                                                     as vmwp.mjs: partition.cjs and its cache beside it
+ *   packages/guest/dist/bundle/vp.js                  a VP thread (guest/src/vp.ts): vp.cjs and its cache
  *   packages/hypervisor/dist/bundle/hypervisor.mjs    the hypervisor (hypervisor/src/main.ts)
  *   packages/hypervisor/dist/bundle/sched-thread.js   its scheduler thread
  *   packages/cli/dist/bundle/main.mjs                 the `hvlab` command (bin/hvlab.mjs loads it)
@@ -16,15 +18,14 @@
  * Node's loader spends most of that resolving and reading ~100 files each (realpath, stat, package
  * scopes, URLs): one file per isolate took a cold VMWP + partition from ~876 to ~660 ms of CPU.
  *
- * The VMWP and the partition process are split where their entry (boot.ts) imports the rest
- * (`split`): an entry starts the partition process or the first VP thread, then imports main.ts.
- * In one file, the ES module loader would first load everything the whole bundle imports (zeromq,
- * msgpackr, @hvlab/shm, pino's builtins), ~100 ms of a cold start, before that entry ran. Split,
- * the entry file imports only what it needs, and main.ts and the device classes load as chunks
- * (`vmwp-*.mjs`, `partition-*.mjs` beside the entry; a rebuild keeps the previous build's chunks
- * for ten minutes, for processes that loaded its entry). Measured with time stamps in the processes
- * (5 cold starts each way, twice): the guest booted 493-498 ms after the root spawned the VMWP,
- * median, against 562-568 ms from one file.
+ * The processes there are one or two of per VM (the VMWP, the partition process, its VP threads)
+ * run from V8's code cache (`cached`): each is a CommonJS file (`vmwp.cjs`, `partition.cjs`,
+ * `vp.cjs`) with its cache beside it (`*.cjs.cache`, made here, every function compiled to
+ * bytecode), started through a small launcher under the name the process was always started by
+ * (`vmwp.mjs`, `partition.mjs`, `vp.js`). A cold VM start compiled ~400 ms of JavaScript in its
+ * processes before; runtime/src/code-cache.ts says how and why. A CommonJS bundle initialises a
+ * module reached only through `import()` when the import runs, so an entry (boot.ts) still starts
+ * the partition process or the first VP thread before the rest of its code runs.
  *
  * The workers sit beside their process's bundle under the names the code opens them by
  * (`new URL('./vp.js', import.meta.url)` in guest/src/spare.ts, './compress-worker.js' in
@@ -37,9 +38,10 @@
  *
  * `node scripts/bundle.mjs --check` exits 1 when a bundle is missing or older than the compiled code.
  */
+import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
-import { basename, dirname, extname, join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -67,17 +69,37 @@ const requireCjsExternals = {
     build.onLoad({ filter: /.*/, namespace: 'cjs-external' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});`, loader: 'js' }));
   },
 };
-/** Each bundle: its output and its compiled entry. */
+/**
+ * Each bundle: its output and its compiled entry. `cached`: a CommonJS bundle run from V8's code
+ * cache by a launcher at `out` (above); `preload` names the ES-module-only packages it requires,
+ * which the launcher imports first (Node 20 cannot `require` an ES module).
+ */
+const CACHED = { preload: ['@hvlab/shm'] };
 const BUNDLES = [
-  { out: pkg('root', 'dist', 'bundle', 'vmwp.mjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), split: true },
+  { out: pkg('root', 'dist', 'bundle', 'vmwp.mjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: CACHED },
   { out: pkg('root', 'dist', 'bundle', 'compress-worker.js'), entry: pkg('root', 'dist', 'src', 'vmwp', 'compress-worker.js') },
   { out: pkg('root', 'dist', 'bundle', 'root.mjs'), entry: pkg('root', 'dist', 'src', 'main.js') },
-  { out: pkg('guest', 'dist', 'bundle', 'partition.mjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), split: true },
-  { out: pkg('guest', 'dist', 'bundle', 'vp.js'), entry: pkg('guest', 'dist', 'src', 'vp.js') },
+  { out: pkg('guest', 'dist', 'bundle', 'partition.mjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), cached: CACHED },
+  { out: pkg('guest', 'dist', 'bundle', 'vp.js'), entry: pkg('guest', 'dist', 'src', 'vp.js'), cached: CACHED },
   { out: pkg('hypervisor', 'dist', 'bundle', 'hypervisor.mjs'), entry: pkg('hypervisor', 'dist', 'src', 'main.js') },
   { out: pkg('hypervisor', 'dist', 'bundle', 'sched-thread.js'), entry: pkg('hypervisor', 'dist', 'src', 'sched-thread.js') },
   { out: pkg('cli', 'dist', 'bundle', 'main.mjs'), entry: pkg('cli', 'dist', 'src', 'main.js') },
 ];
+/**
+ * Makes a bundle ASCII, so V8 holds its source as a one-byte string (code-cache.ts, readBundle;
+ * Node's loader reads a module's file the same way):
+ * esbuild escapes every other character in the code it prints (its default charset), but copies
+ * the comments it keeps as they are, and one "µ" in a comment made the whole source two-byte.
+ * What is left after esbuild is in comments, where an escape is as readable.
+ */
+function asciiOnly(file) {
+  const src = readFileSync(file, 'utf8');
+  const ascii = src.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+  if (ascii !== src) writeFileSync(file, ascii);
+}
+/** The CommonJS file of a cached bundle, beside its launcher. */
+const cjsOf = (out) => out.replace(/\.[^.]*$/, '.cjs');
+const CODE_CACHE_JS = pkg('runtime', 'dist', 'src', 'code-cache.js');
 
 if (process.argv.includes('--check')) {
   // The same test runtime/src/paths.ts makes before it takes a bundle.
@@ -114,17 +136,48 @@ for (const dir of dirs) {
 }
 try {
   for (const b of BUNDLES) {
-    const stem = basename(b.out).replace(/\.[^.]*$/, '');
     const out = join(staging(dirname(b.out)), basename(b.out));
+    if (b.cached) {
+      await esbuild.build({
+        entryPoints: [b.entry], outfile: cjsOf(out), bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: EXTERNAL, logLevel: 'warning',
+        // The launcher's URL stands where the sources say `import.meta.url` (code-cache.ts).
+        define: { 'import.meta.url': '__hvlabImportMetaUrl' },
+        // paths.ts's `import.meta.resolve` serves processes run from sources (tsx) only, never a bundle.
+        logOverride: { 'empty-import-meta': 'silent' },
+      });
+      asciiOnly(cjsOf(out));
+      // The launcher: the code-cache runner, the packages to preload, the bundle.
+      const preload = b.cached.preload.map((n) => `${JSON.stringify(n)}: await import(${JSON.stringify(n)})`).join(', ');
+      await esbuild.build({
+        stdin: {
+          contents: `// Runs ${basename(cjsOf(out))} from V8's code cache (scripts/bundle.mjs, runtime/src/code-cache.ts).\n`
+            + `import { runCachedBundle } from ${JSON.stringify(CODE_CACHE_JS)};\n`
+            + `runCachedBundle(new URL(${JSON.stringify(`./${basename(cjsOf(out))}`)}, import.meta.url), import.meta.url, { ${preload} });\n`,
+          resolveDir: dirname(b.entry), sourcefile: basename(out), loader: 'js',
+        },
+        outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', external: EXTERNAL, logLevel: 'warning',
+      });
+      continue;
+    }
     await esbuild.build({
-      ...(b.split
-        ? { entryPoints: { [stem]: b.entry }, outdir: dirname(out), outExtension: { '.js': extname(out) }, splitting: true, chunkNames: `${stem}-[name]-[hash]` }
-        : { entryPoints: [b.entry], outfile: out }),
+      entryPoints: [b.entry], outfile: out,
       bundle: true, platform: 'node', format: 'esm', target: 'node20',
       external: EXTERNAL.filter((n) => !EXTERNAL_CJS.includes(n)), plugins: [requireCjsExternals], logLevel: 'warning',
       // Code that calls require() (CommonJS dependencies inside the bundle) gets one.
       banner: { js: "import { createRequire as __hvlabCreateRequire } from 'node:module'; const require = __hvlabCreateRequire(import.meta.url);" },
     });
+    asciiOnly(out);
+  }
+  // The code caches, made in a fresh Node with the flags the VM processes run with: V8 refuses a
+  // cache made under other flags. A cache that cannot be made is left out: its bundle compiles as
+  // it runs, as before caches (the process says `absent`).
+  const cached = BUNDLES.filter((b) => b.cached).map((b) => cjsOf(join(staging(dirname(b.out)), basename(b.out))));
+  const { VM_PROCESS_NODE_FLAGS } = await import(pathToFileURL(pkg('runtime', 'dist', 'src', 'paths.js')).href);
+  const maker = `import { makeCodeCache } from ${JSON.stringify(pathToFileURL(CODE_CACHE_JS).href)}; for (const f of process.argv.slice(1)) makeCodeCache(f);`;
+  const r = spawnSync(process.execPath, [...VM_PROCESS_NODE_FLAGS, '--input-type=module', '-e', maker, ...cached], { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) {
+    for (const f of cached) rmSync(`${f}.cache`, { force: true });
+    process.stderr.write(`bundle: the code caches could not be made (${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}); those processes compile as they run\n`);
   }
 } catch (e) {
   // All or none: a process bundle without its worker's bundle beside it would start threads that
@@ -137,13 +190,6 @@ try {
   process.exit(0);
 }
 for (const dir of dirs) {
-  // A split bundle's entry imports its chunks after it has started: a process that loaded the
-  // previous entry may still ask for the previous chunks (other hashes). Those of the last ten
-  // minutes stay one more build; older ones go.
-  for (const f of existsSync(dir) ? readdirSync(dir) : []) {
-    const was = join(dir, f);
-    if (/-[A-Z0-9]{8}\.m?js$/.test(f) && !existsSync(join(staging(dir), f)) && Date.now() - statSync(was).mtimeMs < 10 * 60_000) renameSync(was, join(staging(dir), f));
-  }
   const old = `${dir}.old-${process.pid}`;
   if (existsSync(dir)) renameSync(dir, old);
   renameSync(staging(dir), dir);

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
@@ -93,6 +93,25 @@ describe('a host of real processes (shared memory)', function () {
     const fresh = spawnSync(process.execPath, [join(repo, 'scripts', 'bundle.mjs'), '--check'], { stdio: 'ignore' }).status === 0;
     expect(info.code).to.equal(process.env.HVLAB_FROM_SOURCE === '1' ? 'sources' : fresh ? 'bundles' : 'compiled');
     expect(await h.ok('host', 'info')).to.match(/VM processes run\s+(bundles|compiled modules|TypeScript sources)/);
+  });
+
+  it("the VM processes run from V8's code cache when they run from bundles: the VMWP, the partition process and its first VP thread say so", async () => {
+    const info = await h.json<HostInfo>('host', 'info');
+    const logged = (file: string, msg: string): Record<string, unknown> => {
+      const lines = readFileSync(join(h.paths.logDir, file), 'utf8').split('\n').filter((l) => l.includes(`"msg":"${msg}"`));
+      expect(lines, `${file}: "${msg}"`).to.have.length.greaterThan(0);
+      return JSON.parse(lines[0]!) as Record<string, unknown>;
+    };
+    const vmwp = logged('vmwp-alpha.log', 'guest reported boot').codeCache;
+    const partition = logged('partition-alpha.log', 'guest booted').codeCache;
+    if (info.code === 'bundles') {
+      expect(vmwp).to.equal('accepted');
+      expect(partition).to.deep.equal({ process: 'accepted', vp: 'accepted' });
+    } else {
+      // Compiled modules or sources: no launcher, no cache.
+      expect(vmwp).to.equal(null);
+      expect(partition).to.deep.equal({ process: null, vp: null });
+    }
   });
 
   it('debug hypercall shows the reason of a refusal, also for a call that goes through the hypercall page elsewhere', async () => {

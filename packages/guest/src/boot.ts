@@ -11,12 +11,19 @@ const vpThreadLoaded = prestartFirstVpThread();
 // (runtime/src/paths.ts, eagerCompile); main.ts turns lazy compilation back on before it waits.
 // The VP thread (all of its load), Node's modules and the dependencies outside the bundle load
 // first, as by default, Node's from its code cache (eagerCompileAfter says why).
-if (process.env[EAGER_COMPILE_ENV] === '1') {
-  await eagerCompileAfter([
-    vpThreadLoaded,
-    import('node:assert'), import('node:buffer'), import('node:diagnostics_channel'), import('node:events'), import('node:fs'), import('node:module'),
-    import('node:os'), import('node:path'), import('node:url'), import('node:util'), import('node:worker_threads'),
-    import('zeromq'), loadMsgpackr(import.meta.url), import('@hvlab/shm'),
-  ]);
+async function boot(): Promise<void> {
+  if (process.env[EAGER_COMPILE_ENV] === '1') {
+    await eagerCompileAfter([
+      vpThreadLoaded,
+      import('node:assert'), import('node:buffer'), import('node:diagnostics_channel'), import('node:events'), import('node:fs'), import('node:module'),
+      import('node:os'), import('node:path'), import('node:url'), import('node:util'), import('node:worker_threads'),
+      import('zeromq'), loadMsgpackr(import.meta.url), import('@hvlab/shm'),
+    ]);
+  }
+  await (await import('./main.js')).runPartition();
 }
-await import('./main.js');
+// No top-level await: the process may run as a CommonJS bundle (runtime/src/code-cache.ts).
+boot().catch((e: unknown) => {
+  process.stderr.write(`hvlab partition: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+});

@@ -28,7 +28,8 @@ import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
-import { takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
+import { firstVpThreadCodeCache, takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
+import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 import { waitForSuspension } from '@hvlab/runtime';
 
 /**
@@ -303,7 +304,11 @@ export class GuestKernel {
     new DataView(payload.buffer).setUint32(0, this.boot.vpCount, true);
     const r = await this.hv.call('PostMessage', { connectionId: this.boot.controlConnectionId, messageType: GuestControlMessage.Booted, payload });
     if (r.status !== HvStatus.SUCCESS) throw new Error(`could not tell the root it booted: ${r.statusName}`);
-    this.log.info({ vps: this.boot.vpCount, workload: this.boot.workload, resumed: resume, scheduled: !this.local }, resume ? 'guest resumed' : 'guest booted');
+    this.log.info({
+      vps: this.boot.vpCount, workload: this.boot.workload, resumed: resume, scheduled: !this.local,
+      // Whether this process and its first VP thread ran from V8's code cache (runtime/src/code-cache.ts).
+      codeCache: { process: codeCacheStatus() ?? null, vp: firstVpThreadCodeCache() },
+    }, resume ? 'guest resumed' : 'guest booted');
   }
 
   /**

@@ -30,6 +30,13 @@ export function prestartVpThreads(n: number): void {
 }
 
 let first = false;
+/** What the first VP thread said of its code cache (runtime/src/code-cache.ts), once it has loaded. */
+let firstCodeCache: string | null = null;
+
+/** The code-cache status the process's first VP thread reported; null before it loaded, or without a cache. */
+export function firstVpThreadCodeCache(): string | null {
+  return firstCodeCache;
+}
 
 /**
  * The process's first spare VP thread, once (the entry starts it; main.ts again, as a no-op, or
@@ -47,8 +54,10 @@ export function prestartFirstVpThread(): Promise<void> {
   // listener holds the thread's port, and so the process; removed, it holds nothing again, and a
   // kernel that took the thread meanwhile holds it as it does any (spare.test.ts checks both).
   return new Promise<void>((resolve) => {
-    const loaded = (m: { t?: unknown } | null): void => {
-      if (m?.t === VP_THREAD_LOADED) done();
+    const loaded = (m: { t?: unknown; codeCache?: unknown } | null): void => {
+      if (m?.t !== VP_THREAD_LOADED) return;
+      if (typeof m.codeCache === 'string' && m.codeCache.length <= 16) firstCodeCache = m.codeCache;
+      done();
     };
     const done = (): void => {
       w.off('message', loaded).off('error', done).off('exit', done);

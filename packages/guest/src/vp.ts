@@ -28,6 +28,7 @@ import { ReferenceClock } from './clock.js';
 import { GuestMemory, type GuestMemoryHandle } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { VP_THREAD_LOADED } from './spare.js';
+import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 export interface VpStart {
   memory: GuestMemoryHandle;
@@ -500,6 +501,7 @@ else if (parentPort && (workerData as { prestart?: boolean } | null)?.prestart) 
   parentPort.once('message', (m: { t?: string; start?: VpStart }) => {
     if (m?.t === 'start' && m.start?.vpRegion) new VpThread(m.start).run();
   });
-  // Loaded: the partition process's entry waits for this before it compiles eagerly (spare.ts).
-  parentPort.postMessage({ t: VP_THREAD_LOADED });
+  // Loaded: the partition process's entry waits for this before it compiles eagerly (spare.ts);
+  // what became of this thread's code cache goes with it (the kernel logs it).
+  parentPort.postMessage({ t: VP_THREAD_LOADED, codeCache: codeCacheStatus() ?? null });
 }

@@ -40,1054 +40,1062 @@ import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } 
 import { PagePool } from './compress.js';
 import { flipGuestByte, VmFaultTable } from './faults.js';
 import { prestartedPartition, spawnPartition } from './prestart.js';
+import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
-
-// A warm worker (root/src/warm.ts) builds and boots its template's guest, then waits until a VM
-// start claims it (the end of this file).
-const warm = process.env.HVLAB_VMWP_WARM === '1';
-// A spare worker (root/src/spare.ts) loads its code, then waits for any start's input.
-const spare = process.env.HVLAB_VMWP_SPARE === '1';
-if (warm) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
-else if (spare) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (spare)`;
-const prestarted = prestartedPartition();
-// Load every device class's host half while waiting to be assigned (see the guest's main.ts).
-const deviceClassesLoaded = Promise.allSettled(DEVICE_CLASS_NAMES.map((cls) => loadDeviceClass(cls)));
-// The hypervisor's socket, connected while waiting for the start-up input (the root names it).
-const earlyHv = earlyHvClient((n) => onHvNotification(n));
-if (warm || spare) {
-  // A warm or spare worker pays the first run of the codecs and the logger ahead of its claim
-  // (runtime/src/prewarm.ts says why); a cold one has its input waiting and pays them in its start.
-  prewarmProcess();
-  process.stdout.on('error', () => undefined);
-}
-
-// Loaded, the device classes too (they compile as their imports complete): what this process
-// compiles from then on, it compiles on first call (boot.ts).
-void deviceClassesLoaded.finally(() => eagerCompile(false));
-const stdin = new StdinLines();
-const line = await stdin.next('the start-up input').catch((e: Error) => {
-  // A spare whose root went away before any start took it: nothing was made, nothing to say.
-  if (spare) process.exit(0);
-  throw e;
-});
-const input = decodeVmwpStartInput(line);
-/** A booted warm worker: its config is its template's until a claim gives it a VM's. */
-const template = input.template === true;
-if (!template) stdin.close();
-let claimed = !template;
-let cfg: VmwpConfig = input.config;
-process.title = template ? `hvlab-vmwp ${cfg.hostId} (warm, booting)` : `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
-const paths = hostPaths(cfg.home);
-const logger = movableProcessLogger(paths.logDir, `vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
-const log = logger.log;
-process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the worker keeps its VM)'));
-process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the worker keeps its VM)'));
-const envMs = (name: string, dflt: number): number => {
-  const v = Number(process.env[name]);
-  return Number.isFinite(v) && v >= 50 ? v : dflt;
-};
-
-let partitionId = 0;
-let child: ChildProcess | null = null;
-let childRpc: IpcRpc | null = null;
-let memory: DataView | null = null;
-let booted = false;
-let runningSince: number | null = null;
-let suspended = false;
 /**
- * The partition's suspension as this worker last set it (no other caller sets it), and the number
- * of its latest suspension: the hypervisor answers a Suspend that suspends with it
- * (VpRegionHeader.suspendAsked). freeze() tells the partition process which number to wait for
- * without waiting for that answer first.
+ * The worker process, run by its entry (boot.ts) once its partition process is under way. A
+ * function rather than top-level code with `await`s, so that the process can run as a CommonJS
+ * bundle from V8's code cache (runtime/src/code-cache.ts says why).
  */
-let partitionSuspended = false;
-let suspensionSeq = 0;
-async function setSuspend(on: boolean): Promise<void> {
-  const r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 });
-  const seq = r !== null && typeof r === 'object' ? r.seq : undefined;
-  if (on && typeof seq === 'number' && (seq | 0) === seq && seq !== 0) suspensionSeq = seq;
-  partitionSuspended = on;
-}
-let saved = false;
-let exiting = false;
-let devices: VmDevices | null = null;
-let intercepts = 0;
-
-// ---- the record a re-attaching root reads -----------------------------------------------------
-
-let recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
-const record: VmwpRecord = {
-  version: 1, name: cfg.name, id: cfg.id, pid: process.pid, endpoint: paths.vmwpEndpoint(cfg.id), secret: input.secret,
-  partitionId: null, partitionPid: null, startedAt: new Date().toISOString(), exit: null,
-};
-function writeRecord(): void {
-  // A warm worker has no VM yet; the root that started it kills it if it goes away.
-  if (!claimed) return;
-  try {
-    // Not recursive: the hypervisor makes run/ at its start, and a home removed under the host
-    // (which then goes down: hypervisor/src/main.ts, guardHome) must not be made again by a record.
-    try {
-      mkdirSync(paths.vmwpDir, { mode: 0o700 });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    // Written at every step of a start, and it describes live processes (a power cut leaves none):
-    // atomic, but no fsync (three of them cost ~30 ms of a VM start). A root re-attaching reads what is there.
-    writeFileAtomic(recordFile, JSON.stringify(record) + '\n', { durable: false });
-  } catch (e) {
-    // A full disk must not take the VM down; the root still has the control link while it lives.
-    log.error({ err: e }, 'could not write the worker record');
+export async function runWorker(): Promise<void> {
+  // A warm worker (root/src/warm.ts) builds and boots its template's guest, then waits until a VM
+  // start claims it (the end of this file).
+  const warm = process.env.HVLAB_VMWP_WARM === '1';
+  // A spare worker (root/src/spare.ts) loads its code, then waits for any start's input.
+  const spare = process.env.HVLAB_VMWP_SPARE === '1';
+  if (warm) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (warm)`;
+  else if (spare) process.title = `hvlab-vmwp ${process.env.HVLAB_HOST_ID ?? ''} (spare)`;
+  const prestarted = prestartedPartition();
+  // Load every device class's host half while waiting to be assigned (see the guest's main.ts).
+  const deviceClassesLoaded = Promise.allSettled(DEVICE_CLASS_NAMES.map((cls) => loadDeviceClass(cls)));
+  // The hypervisor's socket, connected while waiting for the start-up input (the root names it).
+  const earlyHv = earlyHvClient((n) => onHvNotification(n));
+  if (warm || spare) {
+    // A warm or spare worker pays the first run of the codecs and the logger ahead of its claim
+    // (runtime/src/prewarm.ts says why); a cold one has its input waiting and pays them in its start.
+    prewarmProcess();
+    process.stdout.on('error', () => undefined);
   }
-}
 
-// ---- hypervisor session ----------------------------------------------------------------------
-
-/** An intercepted port access of our partition: emulate it, write the result, resume the VP. */
-async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promise<void> {
-  const write = n.access === 2;
-  // A port no device claims reads as all ones, as on a bus with nothing behind the port.
-  const result = devices?.portAccess(n.port, write, n.value, 1) ?? 0xff;
-  intercepts++;
-  const values: Record<string, number> = { Rip: n.rip + 1, InterceptSuspend: 0 };
-  if (!write) values.Rax = result >>> 0;
-  await hv.must('SetVpRegisters', { partitionId, vpIndex: n.vpIndex, values });
-}
-
-/** What the hypervisor delivers to this worker's session. */
-function onHvNotification(n: Notification): void {
-  if (n.k === 'rootmsg') {
-    if (devices?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
-    if (n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId && !booted) {
-      booted = true;
-      log.info('guest reported boot');
-      // A booted warm worker's guest is not a VM's yet: the claim says it booted (claimAs).
-      if (claimed) {
-        runningSince = Date.now();
-        control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
-      }
-      for (const w of bootWaiters.splice(0)) w.resolve();
-    }
-  } else if (n.k === 'rootevent') {
-    devices?.onRootEvent(n.portId, n.sender);
-  } else if (n.k === 'intercept' && n.partitionId === partitionId) {
-    onIntercept(n).catch((e) => log.error({ err: e, port: n.port }, 'intercept handling failed'));
-  } else if (n.k === 'bye') {
-    void exit(`hypervisor: ${n.reason}`, 1);
-  }
-}
-const hv = hvClientFor(paths.hvEndpoint, earlyHv, (n) => onHvNotification(n));
-warnOnSignalFailures(hv, (o, m) => log.warn(o, m));
-hv.watchHypervisor(cfg.hvPid);
-
-async function exit(reason: string, code = 0, guestShutdown = false): Promise<void> {
-  if (exiting) return;
-  exiting = true;
-  log.info({ reason }, 'vmwp exiting');
-  record.exit = { reason, guestShutdown, at: new Date().toISOString() };
-  writeRecord();
-  control.note({ t: 'exiting', reason, guestShutdown });
-  if (prestarted !== child && prestarted.exitCode === null) prestarted.kill('SIGKILL');
-  if (child && child.exitCode === null && child.signalCode === null) {
-    // Reap the partition process ourselves rather than leave a zombie.
-    const gone = new Promise((r) => child!.once('exit', r));
-    child.kill('SIGKILL');
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
-  }
-  faults.dispose();
-  devices?.close();
-  postcopyIn?.close();
-  void inflatePool?.close().catch(() => undefined);
-  if (partitionId && pidAlive(cfg.hvPid)) {
-    await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
-    await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
-  }
-  hv.close();
-  childRpc?.close();
-  // Give the exit note a moment to leave before the socket closes.
-  await new Promise((r) => setTimeout(r, 20));
-  control.close();
-  process.exit(code);
-}
-
-watchPids([cfg.hvPid], () => void exit('the hypervisor is gone', 1));
-process.on('SIGTERM', () => void exit('SIGTERM'));
-
-/** What the guest kernel page says: LP occupancy (now and most ever) and the CMOS time it read. */
-async function kernelInfo(): Promise<{ running: number; maxRunning: number; rtcFromCmosMs: number }> {
-  const k = await readGuest(KERNEL_PAGE_GPA, 0x40);
-  const dv = new DataView(k.buffer, k.byteOffset, k.byteLength);
-  return { running: dv.getInt32(KernelPage.running, true), maxRunning: dv.getInt32(KernelPage.maxRunning, true), rtcFromCmosMs: dv.getFloat64(KernelPage.rtcFromCmosMs, true) };
-}
-
-async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
-  if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > cfg.memoryBytes) {
-    throw new VmwpFailure('InvalidArgument', `GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
-  }
-  if (postcopyIn) {
-    // A read through this mapping of a page post-copy has not brought would fill it with zeros.
-    for (let p = Math.floor(gpa / PAGE); p * PAGE < gpa + len; p++) {
-      if (postcopyIn.isMissing(p)) throw new VmwpFailure('Unavailable', `page 0x${p.toString(16)} has not arrived yet (post-copy in progress)`);
-    }
-  }
-  if (memory) return new Uint8Array(memory.buffer, gpa, len).slice();
-  if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
-  return await childRpc.request<Uint8Array>({ t: 'read', gpa, len });
-}
-
-function vmDevices(): VmDevices {
-  if (!devices) throw new VmwpFailure('InvalidState', 'the VM has no devices yet');
-  return devices;
-}
-
-async function kvp(req: Extract<VmwpRequest, { t: 'kvp' }>): Promise<unknown> {
-  const d = vmDevices().ofClass('kvp');
-  if (!d) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" has no KVP device`);
-  if (!d.entry.enabled) throw new VmwpFailure('InvalidState', `the KVP integration service of VM "${cfg.name}" is disabled`);
-  if (!['external', 'guest', 'auto'].includes(req.pool)) throw new VmwpFailure('InvalidArgument', `KVP pool "${req.pool}" is unknown: use external, guest or auto`);
-  const pool = req.pool as KvpPoolName;
-  const k = d.device.vmbus;
-  if (!(k instanceof KvpProvider)) throw new VmwpFailure('InvalidState', `the KVP device of VM "${cfg.name}" is not a KVP provider`);
-  try {
-    switch (req.op) {
-      case 'set':
-        await k.set(pool, req.key ?? '', req.value ?? '');
-        return { pool, key: req.key, value: req.value };
-      case 'get': {
-        const value = await k.get(pool, req.key ?? '');
-        if (value === null) throw new VmwpFailure('NotFound', `VM "${cfg.name}" has no KVP key "${req.key}" in the ${pool} pool`);
-        return { pool, key: req.key, value };
-      }
-      case 'delete': {
-        if (!(await k.delete(pool, req.key ?? ''))) throw new VmwpFailure('NotFound', `VM "${cfg.name}" has no KVP key "${req.key}" in the ${pool} pool`);
-        return { pool, key: req.key, deleted: true };
-      }
-      default:
-        return (await k.list(pool)).map((e) => ({ pool, ...e }));
-    }
-  } catch (e) {
-    if (e instanceof KvpInputError) throw new VmwpFailure('InvalidArgument', e.message);
-    if (e instanceof IcRequestError) throw new VmwpFailure('Unavailable', `VM "${cfg.name}": ${e.message}`);
+  // Loaded, the device classes too (they compile as their imports complete): what this process
+  // compiles from then on, it compiles on first call (boot.ts).
+  void deviceClassesLoaded.finally(() => eagerCompile(false));
+  const stdin = new StdinLines();
+  const line = await stdin.next('the start-up input').catch((e: Error) => {
+    // A spare whose root went away before any start took it: nothing was made, nothing to say.
+    if (spare) process.exit(0);
     throw e;
+  });
+  const input = decodeVmwpStartInput(line);
+  /** A booted warm worker: its config is its template's until a claim gives it a VM's. */
+  const template = input.template === true;
+  if (!template) stdin.close();
+  let claimed = !template;
+  let cfg: VmwpConfig = input.config;
+  process.title = template ? `hvlab-vmwp ${cfg.hostId} (warm, booting)` : `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
+  const paths = hostPaths(cfg.home);
+  const logger = movableProcessLogger(paths.logDir, `vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+  const log = logger.log;
+  process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the worker keeps its VM)'));
+  process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the worker keeps its VM)'));
+  const envMs = (name: string, dflt: number): number => {
+    const v = Number(process.env[name]);
+    return Number.isFinite(v) && v >= 50 ? v : dflt;
+  };
+
+  let partitionId = 0;
+  let child: ChildProcess | null = null;
+  let childRpc: IpcRpc | null = null;
+  let memory: DataView | null = null;
+  let booted = false;
+  let runningSince: number | null = null;
+  let suspended = false;
+  /**
+   * The partition's suspension as this worker last set it (no other caller sets it), and the number
+   * of its latest suspension: the hypervisor answers a Suspend that suspends with it
+   * (VpRegionHeader.suspendAsked). freeze() tells the partition process which number to wait for
+   * without waiting for that answer first.
+   */
+  let partitionSuspended = false;
+  let suspensionSeq = 0;
+  async function setSuspend(on: boolean): Promise<void> {
+    const r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 });
+    const seq = r !== null && typeof r === 'object' ? r.seq : undefined;
+    if (on && typeof seq === 'number' && (seq | 0) === seq && seq !== 0) suspensionSeq = seq;
+    partitionSuspended = on;
   }
-}
+  let saved = false;
+  let exiting = false;
+  let devices: VmDevices | null = null;
+  let intercepts = 0;
 
-/** The VM's faults (faults.ts): none while it moves, all ended before a save or a migration. */
-const faults = new VmFaultTable({
-  get vm() {
-    return cfg.name;
-  },
-  vps: cfg.vps, log,
-  setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
-  flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false),
-  vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
-  refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
-  note: (n) => control.note(n),
-});
+  // ---- the record a re-attaching root reads -----------------------------------------------------
 
-const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, async (req) => {
-  switch (req.t) {
-    case 'describe': {
-      const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore };
-      return d;
-    }
-    case 'status': {
-      if (!booted) return { booted: false, progress: null };
-      const page = await readGuest(STATUS_PAGE_GPA, 0x40);
-      const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
-      return {
-        booted: dv.getUint32(StatusPage.bootState, true) >= BootState.Running,
-        progress: Number(dv.getBigUint64(StatusPage.progress, true)),
-        steps: Number(dv.getBigUint64(StatusPage.steps, true)),
-        messagesReceived: dv.getUint32(StatusPage.messagesReceived, true),
-        eventsReceived: dv.getUint32(StatusPage.eventsReceived, true),
-        intercepts,
-        kernel: await kernelInfo(),
-      };
-    }
-    case 'peek':
-      return await readGuest(req.gpa, req.len);
-    case 'suspend':
-      await setSuspend(req.value);
-      suspended = req.value;
-      return true;
-    case 'hypercall':
-      if (req.asChild) {
-        if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
-        return await childRpc.request({ t: 'hypercall', code: req.code, input: req.input });
+  let recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
+  const record: VmwpRecord = {
+    version: 1, name: cfg.name, id: cfg.id, pid: process.pid, endpoint: paths.vmwpEndpoint(cfg.id), secret: input.secret,
+    partitionId: null, partitionPid: null, startedAt: new Date().toISOString(), exit: null,
+  };
+  function writeRecord(): void {
+    // A warm worker has no VM yet; the root that started it kills it if it goes away.
+    if (!claimed) return;
+    try {
+      // Not recursive: the hypervisor makes run/ at its start, and a home removed under the host
+      // (which then goes down: hypervisor/src/main.ts, guardHome) must not be made again by a record.
+      try {
+        mkdirSync(paths.vmwpDir, { mode: 0o700 });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
-      return await hv.raw(req.code, req.input, { fast: false }); // over the socket: refusals with their reason
-    case 'processor':
-      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: req.reserve });
-      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: req.maximum });
-      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: req.weight });
+      // Written at every step of a start, and it describes live processes (a power cut leaves none):
+      // atomic, but no fsync (three of them cost ~30 ms of a VM start). A root re-attaching reads what is there.
+      writeFileAtomic(recordFile, JSON.stringify(record) + '\n', { durable: false });
+    } catch (e) {
+      // A full disk must not take the VM down; the root still has the control link while it lives.
+      log.error({ err: e }, 'could not write the worker record');
+    }
+  }
+
+  // ---- hypervisor session ----------------------------------------------------------------------
+
+  /** An intercepted port access of our partition: emulate it, write the result, resume the VP. */
+  async function onIntercept(n: Extract<Notification, { k: 'intercept' }>): Promise<void> {
+    const write = n.access === 2;
+    // A port no device claims reads as all ones, as on a bus with nothing behind the port.
+    const result = devices?.portAccess(n.port, write, n.value, 1) ?? 0xff;
+    intercepts++;
+    const values: Record<string, number> = { Rip: n.rip + 1, InterceptSuspend: 0 };
+    if (!write) values.Rax = result >>> 0;
+    await hv.must('SetVpRegisters', { partitionId, vpIndex: n.vpIndex, values });
+  }
+
+  /** What the hypervisor delivers to this worker's session. */
+  function onHvNotification(n: Notification): void {
+    if (n.k === 'rootmsg') {
+      if (devices?.onRootMessage(n.portId, n.messageType, n.payload, n.sender)) return;
+      if (n.portId === controlPortId(partitionId) && n.messageType === GuestControlMessage.Booted && n.sender === partitionId && !booted) {
+        booted = true;
+        // codeCache: whether this process ran from V8's code cache (runtime/src/code-cache.ts).
+        log.info({ codeCache: codeCacheStatus() ?? null }, 'guest reported boot');
+        // A booted warm worker's guest is not a VM's yet: the claim says it booted (claimAs).
+        if (claimed) {
+          runningSince = Date.now();
+          control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
+        }
+        for (const w of bootWaiters.splice(0)) w.resolve();
+      }
+    } else if (n.k === 'rootevent') {
+      devices?.onRootEvent(n.portId, n.sender);
+    } else if (n.k === 'intercept' && n.partitionId === partitionId) {
+      onIntercept(n).catch((e) => log.error({ err: e, port: n.port }, 'intercept handling failed'));
+    } else if (n.k === 'bye') {
+      void exit(`hypervisor: ${n.reason}`, 1);
+    }
+  }
+  const hv = hvClientFor(paths.hvEndpoint, earlyHv, (n) => onHvNotification(n));
+  warnOnSignalFailures(hv, (o, m) => log.warn(o, m));
+  hv.watchHypervisor(cfg.hvPid);
+
+  async function exit(reason: string, code = 0, guestShutdown = false): Promise<void> {
+    if (exiting) return;
+    exiting = true;
+    log.info({ reason }, 'vmwp exiting');
+    record.exit = { reason, guestShutdown, at: new Date().toISOString() };
+    writeRecord();
+    control.note({ t: 'exiting', reason, guestShutdown });
+    if (prestarted !== child && prestarted.exitCode === null) prestarted.kill('SIGKILL');
+    if (child && child.exitCode === null && child.signalCode === null) {
+      // Reap the partition process ourselves rather than leave a zombie.
+      const gone = new Promise((r) => child!.once('exit', r));
+      child.kill('SIGKILL');
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
+    }
+    faults.dispose();
+    devices?.close();
+    postcopyIn?.close();
+    void inflatePool?.close().catch(() => undefined);
+    if (partitionId && pidAlive(cfg.hvPid)) {
+      await hv.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
+      await hv.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
+    }
+    hv.close();
+    childRpc?.close();
+    // Give the exit note a moment to leave before the socket closes.
+    await new Promise((r) => setTimeout(r, 20));
+    control.close();
+    process.exit(code);
+  }
+
+  watchPids([cfg.hvPid], () => void exit('the hypervisor is gone', 1));
+  process.on('SIGTERM', () => void exit('SIGTERM'));
+
+  /** What the guest kernel page says: LP occupancy (now and most ever) and the CMOS time it read. */
+  async function kernelInfo(): Promise<{ running: number; maxRunning: number; rtcFromCmosMs: number }> {
+    const k = await readGuest(KERNEL_PAGE_GPA, 0x40);
+    const dv = new DataView(k.buffer, k.byteOffset, k.byteLength);
+    return { running: dv.getInt32(KernelPage.running, true), maxRunning: dv.getInt32(KernelPage.maxRunning, true), rtcFromCmosMs: dv.getFloat64(KernelPage.rtcFromCmosMs, true) };
+  }
+
+  async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > cfg.memoryBytes) {
+      throw new VmwpFailure('InvalidArgument', `GPA range 0x${gpa.toString(16)}+${len} is outside the VM's ${cfg.memoryBytes} bytes`);
+    }
+    if (postcopyIn) {
+      // A read through this mapping of a page post-copy has not brought would fill it with zeros.
+      for (let p = Math.floor(gpa / PAGE); p * PAGE < gpa + len; p++) {
+        if (postcopyIn.isMissing(p)) throw new VmwpFailure('Unavailable', `page 0x${p.toString(16)} has not arrived yet (post-copy in progress)`);
+      }
+    }
+    if (memory) return new Uint8Array(memory.buffer, gpa, len).slice();
+    if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
+    return await childRpc.request<Uint8Array>({ t: 'read', gpa, len });
+  }
+
+  function vmDevices(): VmDevices {
+    if (!devices) throw new VmwpFailure('InvalidState', 'the VM has no devices yet');
+    return devices;
+  }
+
+  async function kvp(req: Extract<VmwpRequest, { t: 'kvp' }>): Promise<unknown> {
+    const d = vmDevices().ofClass('kvp');
+    if (!d) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" has no KVP device`);
+    if (!d.entry.enabled) throw new VmwpFailure('InvalidState', `the KVP integration service of VM "${cfg.name}" is disabled`);
+    if (!['external', 'guest', 'auto'].includes(req.pool)) throw new VmwpFailure('InvalidArgument', `KVP pool "${req.pool}" is unknown: use external, guest or auto`);
+    const pool = req.pool as KvpPoolName;
+    const k = d.device.vmbus;
+    if (!(k instanceof KvpProvider)) throw new VmwpFailure('InvalidState', `the KVP device of VM "${cfg.name}" is not a KVP provider`);
+    try {
+      switch (req.op) {
+        case 'set':
+          await k.set(pool, req.key ?? '', req.value ?? '');
+          return { pool, key: req.key, value: req.value };
+        case 'get': {
+          const value = await k.get(pool, req.key ?? '');
+          if (value === null) throw new VmwpFailure('NotFound', `VM "${cfg.name}" has no KVP key "${req.key}" in the ${pool} pool`);
+          return { pool, key: req.key, value };
+        }
+        case 'delete': {
+          if (!(await k.delete(pool, req.key ?? ''))) throw new VmwpFailure('NotFound', `VM "${cfg.name}" has no KVP key "${req.key}" in the ${pool} pool`);
+          return { pool, key: req.key, deleted: true };
+        }
+        default:
+          return (await k.list(pool)).map((e) => ({ pool, ...e }));
+      }
+    } catch (e) {
+      if (e instanceof KvpInputError) throw new VmwpFailure('InvalidArgument', e.message);
+      if (e instanceof IcRequestError) throw new VmwpFailure('Unavailable', `VM "${cfg.name}": ${e.message}`);
+      throw e;
+    }
+  }
+
+  /** The VM's faults (faults.ts): none while it moves, all ended before a save or a migration. */
+  const faults = new VmFaultTable({
+    get vm() {
+      return cfg.name;
+    },
+    vps: cfg.vps, log,
+    setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
+    flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false),
+    vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
+    refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
+    note: (n) => control.note(n),
+  });
+
+  const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, async (req) => {
+    switch (req.t) {
+      case 'describe': {
+        const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore };
+        return d;
+      }
+      case 'status': {
+        if (!booted) return { booted: false, progress: null };
+        const page = await readGuest(STATUS_PAGE_GPA, 0x40);
+        const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+        return {
+          booted: dv.getUint32(StatusPage.bootState, true) >= BootState.Running,
+          progress: Number(dv.getBigUint64(StatusPage.progress, true)),
+          steps: Number(dv.getBigUint64(StatusPage.steps, true)),
+          messagesReceived: dv.getUint32(StatusPage.messagesReceived, true),
+          eventsReceived: dv.getUint32(StatusPage.eventsReceived, true),
+          intercepts,
+          kernel: await kernelInfo(),
+        };
+      }
+      case 'peek':
+        return await readGuest(req.gpa, req.len);
+      case 'suspend':
+        await setSuspend(req.value);
+        suspended = req.value;
+        return true;
+      case 'hypercall':
+        if (req.asChild) {
+          if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
+          return await childRpc.request({ t: 'hypercall', code: req.code, input: req.input });
+        }
+        return await hv.raw(req.code, req.input, { fast: false }); // over the socket: refusals with their reason
+      case 'processor':
+        await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: req.reserve });
+        await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: req.maximum });
+        await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: req.weight });
+        return true;
+      case 'save':
+        return await save();
+      case 'migOut':
+        return await migrateOut(req);
+      case 'migCancel':
+        if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
+        migration.cancel(req.reason);
+        return true;
+      case 'migPages':
+        return await migrateInPages(req.data);
+      case 'migPremap':
+        return await migrateInPremap(req.state);
+      case 'migState':
+        // The blackout's last page batch may come with the state: written first.
+        if (req.pages) await migrateInPages(req.pages);
+        return await migrateInState(req.state);
+      case 'migBooted':
+        return await migrateInBooted(req.waitMs);
+      case 'migSwitch':
+        return await migrateInSwitch(req.state, req.missing);
+      case 'migPull':
+        if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
+        return await postcopyIn.pull(req.waitMs);
+      case 'migDone':
+        if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
+        if (postcopyIn.remaining > 0) throw new VmwpFailure('InvalidState', `${postcopyIn.remaining} pages have not arrived yet`);
+        await childRpc?.request({ t: 'postcopyDone' }, 5000);
+        postcopyIn.close();
+        void inflatePool?.close().catch(() => undefined);
+        inflatePool = null;
+        log.info({ requests: postcopyIn.requests }, 'post-copy done: every page is here');
+        postcopyIn = null;
+        return true;
+      case 'turnOff':
+        setTimeout(() => void exit(req.reason), 10);
+        return true;
+      case 'ic': {
+        const i = vmDevices();
+        for (const [svc, on] of [[req.enable, true], [req.disable, false]] as const) {
+          if (svc === null) continue;
+          if (!isDeviceClass(svc) || !(INTEGRATION_SERVICES as readonly string[]).includes(svc)) throw new VmwpFailure('InvalidArgument', `integration service "${svc}" is unknown: use ${INTEGRATION_SERVICES.join(', ')}`);
+          if (!i.ofClass(svc)) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" has no ${svc} device`);
+          await i.setEnabled(svc, on);
+          log.info({ service: svc, enabled: on }, 'integration service changed');
+        }
+        return i.ic();
+      }
+      case 'kvp':
+        return await kvp(req);
+      case 'faultSet':
+        return await faults.set(req.id, req.spec, req.forMs);
+      case 'faultClear':
+        return await faults.clear(req.id);
+      case 'faultList':
+        return faults.list();
+      case 'shutdown': {
+        const d = vmDevices().ofClass('shutdown');
+        const sd = d?.device.vmbus;
+        if (!d?.entry.enabled || !(sd instanceof ShutdownProvider) || !sd.negotiated) throw new VmwpFailure('Unavailable', 'the shutdown integration service is not available');
+        try {
+          await sd.shutdown({ answerTimeoutMs: Math.min(req.timeoutS * 1000, 10000), timeoutSeconds: req.timeoutS });
+        } catch (e) {
+          throw new VmwpFailure('Unavailable', (e as Error).message);
+        }
+        return true;
+      }
+    }
+  }, log);
+
+  /**
+   * The partition's VP region (the hypervisor's name for it), mapped here to watch a suspension be
+   * taken; null where it cannot be (private memory, no scheduler): the freeze then waits for the
+   * partition process's answer.
+   */
+  let vpRegion: SharedArrayBuffer | null | undefined;
+  function vpRegionOfPartition(): SharedArrayBuffer | null {
+    if (vpRegion !== undefined) return vpRegion;
+    try {
+      vpRegion = openRegion(vpRegionName(cfg.hostId, partitionId));
+    } catch {
+      vpRegion = null;
+    }
+    return vpRegion;
+  }
+
+  /**
+   * Freeze: suspend the partition and, beside that call, ask the partition process to wait until
+   * its VP pages show every VP off its LP at a step boundary under that suspension's number (the
+   * scheduler takes a suspension on its next pass and wakes the count it publishes), park the guest
+   * kernel's interrupt handling and have it write its own state (VMBus client, drivers, KVP pools)
+   * into guest memory, and, with `harvest`, read its dirty log, all in one request. This process
+   * watches the same count in the VP region and reads every VP's state (the calls share a wake-up of
+   * the hypervisor) as soon as the suspension is taken, while the partition process parks; and the
+   * VMBus server must be between steps. The VM then stands still except for device timers, whose ring
+   * writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one step
+   * with whatever memory the caller copies in the same step. Any failure thaws the VM.
+   *
+   * Before, the VMWP asked the hypervisor for the VP states until they showed Suspended (a round
+   * trip and a 1 ms sleep each), then the partition process to park, then for its dirty log: four
+   * to six wake-ups of other processes, ~40 % of an idle VM's migration downtime. Then the request
+   * to the partition process went after the Suspend call's answer, and the partition process looked
+   * at its pages each millisecond: sent together, with the number and the wake, the freeze of an
+   * idle VM's move took ~7.5 ms at the median instead of ~9.5 (16 moves each, alternating builds).
+   */
+  async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: unknown }> {
+    const d = vmDevices();
+    const rpc = childRpc;
+    if (!rpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
+    // The Suspend call and the partition process's request go together: the partition process waits
+    // for the suspension by its number, which it gets from here, not from the answer (the answer is
+    // checked against it below). A number not as expected (a suspension this worker did not make)
+    // fails the freeze; the next one expects the number the hypervisor gave.
+    const wasSuspended = partitionSuspended;
+    const before = suspensionSeq;
+    const expected = wasSuspended ? before : ((before + 1) | 0) || 1;
+    // A kernel that parked and then failed would stay parked: a failure thaws (harmless when nothing is parked).
+    const quiescing = rpc.request({ t: 'quiesce', suspension: expected, harvest }, 15000);
+    quiescing.catch(() => undefined);
+    try {
+      await setSuspend(true);
+      const got = suspensionSeq !== before ? suspensionSeq : wasSuspended ? before : null;
+      if (got !== expected) {
+        // Suspended already by someone else (no number answered): the count in the VP region says
+        // which number that was, so that the next try expects the one after it.
+        const region = got === null ? vpRegionOfPartition() : null;
+        if (region) suspensionSeq = Atomics.load(new Int32Array(region), VpRegionHeader.suspendAsked >> 2);
+        throw new Error(`the partition's suspension is number ${got ?? '(none: it was suspended already)'}, not ${expected} as expected: one this worker did not make, so the VM was not frozen; try again`);
+      }
+      // The VPs' states as soon as the suspension is taken, read here from the VP region too, while
+      // the partition process parks its kernel (without the region: after its answer).
+      const region = vpRegionOfPartition();
+      const getStates = (): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v })));
+      let vps: SavedVpState[] | null = null;
+      if (region) {
+        await waitForSuspension(region, cfg.vps, expected, { timeoutMs: 10000, calledOff: () => false });
+        vps = await getStates();
+      }
+      const q = await quiescing;
+      vps ??= await getStates();
+      // The partition process and this process saw every VP page show the suspension; the hypervisor
+      // reads the same pages. Anything else is a guest that wrote its pages, and the save would not hold.
+      const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
+      if (running >= 0) throw new Error(`VP ${running} is ${vps[running]!.runState}, not suspended, after the partition process said all were`);
+      // The VMBus server must be between steps (no offer or open half done) when it is saved.
+      for (let i = 0; !d.server.idle; i++) {
+        if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
+        await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
+      }
+      return { vps, dirty: harvest && q !== null && typeof q === 'object' ? (q as { dirty?: unknown }).dirty : undefined };
+    } catch (e) {
+      await rpc.request({ t: 'thaw' }, 5000).catch(() => undefined);
+      await setSuspend(false).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Undoes `freeze`: the guest kernel takes interrupts again and the VPs run. */
+  async function thaw(): Promise<void> {
+    await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
+    await setSuspend(false);
+  }
+
+  /** The saved-state tree of a frozen VM, memory aside (synchronous: one step with the caller's memory copy). */
+  function capture(vps: SavedVpState[], memoryDigest: string): SavedVm {
+    const processor: ProcessorState = { version: 1, ...cfg.processor };
+    const components = { ...vmDevices().save(), processor };
+    return {
+      version: SAVED_STATE_VERSION,
+      savedAt: new Date().toISOString(),
+      vm: { name: cfg.name, id: cfg.id, memoryBytes: cfg.memoryBytes, vps: cfg.vps, workload: cfg.workload },
+      memory: { file: 'memory.bin', bytes: cfg.memoryBytes, sha256: memoryDigest },
+      partition: { referenceTime: vps[0]?.referenceTime ?? 0, vps },
+      components,
+    };
+  }
+
+  /**
+   * Save: freeze, then take memory, every VP and every device in one step (no await in between, so
+   * no device timer can write a ring between the memory copy and the device states). The VM stays
+   * suspended; VMMS turns it off. Any failure resumes it.
+   */
+  async function save(): Promise<{ bytes: number; ms: number }> {
+    if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
+    await faults.endAll('the VM is being saved');
+    const t0 = Date.now();
+    const { vps } = await freeze();
+    try {
+      const mem = new Uint8Array(memory.buffer).slice();
+      const state = capture(vps, sha256(mem));
+      writeSavedState(cfg.vmDir, cfg.name, state, mem);
+      saved = true;
+      suspended = true;
+      log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(state.components).length }, 'VM saved');
+      return { bytes: mem.length, ms: Date.now() - t0 };
+    } catch (e) {
+      await thaw().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  // ---- live migration --------------------------------------------------------------------------
+
+  let migration: MigrationOut | null = null;
+
+  async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<MigrationStats> {
+    if (!memory || !childRpc || !booted) throw new VmwpFailure('InvalidState', 'a live migration needs a running VM on shared memory');
+    if (migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is being migrated already`);
+    const options = decodeMigrationOptions(req.options);
+    if (typeof options === 'string') throw new VmwpFailure('InvalidArgument', options);
+    const rpc = childRpc;
+    let frozenVps: SavedVpState[] = [];
+    let memoryFd = -1;
+    try {
+      memoryFd = openSync(`/dev/shm/${memoryRegionName(cfg.hostId, partitionId)}`, 'r');
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'cannot open the guest memory file: every page will be read');
+    }
+    const m = new MigrationOut({
+      memory: memory.buffer as SharedArrayBuffer, memoryFd, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
+      dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, 10000)) as MigrationSource['dirty'],
+      freeze: async (harvest) => {
+        const f = await freeze(harvest);
+        frozenVps = f.vps;
+        return f.dirty;
+      },
+      capture: () => capture(frozenVps, '0'.repeat(64)) as unknown as Record<string, unknown>,
+      thaw,
+      throttle: async (cap) => {
+        await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cap ?? cfg.processor.maximum });
+      },
+      progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
+      gpadlHint: () => vmDevices().server.gpadlHint(),
+    }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, key: { version: 1, ...req.key }, config: req.config, options });
+    migration = m;
+    const d = vmDevices();
+    d.dirtyLogging = true;
+    try {
+      // A fault does not travel with the VM: every one ends now (and none is set until the move ends).
+      await faults.endAll(`the VM is being migrated to ${req.to}`);
+      const stats = await m.run();
+      if (stats.status === 'completed') {
+        // The destination runs the VM and has committed: this copy goes.
+        setTimeout(() => void exit(`migrated to ${req.to}`, 0), 50);
+      } else if (m.switched) {
+        // Post-copy failed after the switch-over: this copy is stale and must never run again.
+        setTimeout(() => void exit(`lost in post-copy to ${req.to}: ${stats['error-desc'] ?? 'failed'}`, 1), 50);
+      }
+      return stats;
+    } finally {
+      migration = null;
+      d.dirtyLogging = false;
+      if (memoryFd >= 0) closeSync(memoryFd);
+    }
+  }
+
+  /** Destination: pages arrive before the state; the VM is built and waits (memory empty, no partition process yet). */
+  let incomingReady = false;
+  /** Called when the held partition process says it is ready. */
+  let partitionHeld: (() => void) | null = null;
+  let incomingStarted = false;
+
+  /**
+   * Post-copy at the destination: which pages are still missing, what the guest waits for (its
+   * partition process's fault thread posts page numbers to a shared control region), and the pages
+   * as they arrive (each written once: a page the guest has is never overwritten).
+   */
+  class PostcopyIn {
+    readonly region: string;
+    /** The guest memory file, written page by page (see applyPageBatch). */
+    readonly fd: number;
+    private readonly ctl: Int32Array;
+    private readonly missing: Uint8Array;
+    remaining = 0;
+    requests = 0;
+    private lastRequest = 0;
+    private readonly wanted: number[] = [];
+    private waiter: (() => void) | null = null;
+    private readonly unwatch: () => void;
+
+    constructor(missingBits: Uint8Array, private readonly pages: number, private readonly touched: Uint8Array) {
+      this.missing = new Uint8Array(missingBits);
+      for (let p = 0; p < pages; p++) if (this.isMissing(p)) this.remaining++;
+      this.region = `hvlab-${cfg.hostId}-p${partitionId}-pc`;
+      unlinkRegion(this.region);
+      const sab = createRegion(this.region, POSTCOPY_CONTROL_BYTES);
+      this.ctl = new Int32Array(sab);
+      this.unwatch = watchWord(sab, PostcopyControl.requests, () => this.onRequests());
+      this.fd = openSync(`/dev/shm/${memoryRegionName(cfg.hostId, partitionId)}`, 'r+');
+    }
+
+    isMissing(pfn: number): boolean {
+      return ((this.missing[pfn >>> 3] ?? 0) & (1 << (pfn & 7))) !== 0;
+    }
+
+    /** Punches the missing pages out of the file (pass 1 put stale copies there). */
+    discard(mem: SharedArrayBuffer, pages: number): void {
+      for (let p = 0; p < pages;) {
+        if (!this.isMissing(p)) {
+          p++;
+          continue;
+        }
+        let n = 1;
+        while (p + n < pages && this.isMissing(p + n)) n++;
+        discardPages(mem, p, n);
+        p += n;
+      }
+    }
+
+    private onRequests(): void {
+      const { pfns, next } = postcopyRequests(this.ctl, this.lastRequest, PostcopyControl);
+      this.lastRequest = next;
+      let zeroed = false;
+      for (const pfn of pfns) {
+        this.requests++;
+        if (this.isMissing(pfn)) {
+          if (this.wanted.length < PostcopyControl.ringLength) this.wanted.push(pfn);
+        }
+        else if (pfn >= 0 && pfn < this.touched.length && !this.touched[pfn]) {
+          // Neither missing nor ever written here: a zero page (zero pages are markers only, never
+          // written), or a page of the dirty bitmap above guest memory (never sent). Its first touch
+          // makes it, as a fresh VM's memory would be. A page written
+          // here is never zeroed: the request for it was made before its bytes landed.
+          this.touched[pfn] = 1;
+          if (writeSync(this.fd, ZERO_PAGE, 0, PAGE, pfn * PAGE) === PAGE) zeroed = true;
+        }
+      }
+      if (zeroed) this.served();
+      if (this.wanted.length) this.waiter?.();
+    }
+
+    /** Whether page `pfn` is still missing; if so it is no longer (its bytes are being written now, in the same step). */
+    take(pfn: number): boolean {
+      if (!this.isMissing(pfn)) return false;
+      this.missing[pfn >>> 3]! &= ~(1 << (pfn & 7));
+      this.remaining--;
       return true;
-    case 'save':
-      return await save();
-    case 'migOut':
-      return await migrateOut(req);
-    case 'migCancel':
-      if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
-      migration.cancel(req.reason);
+    }
+
+    /** Pages were written: the partition's fault thread looks again. */
+    served(): void {
+      Atomics.add(this.ctl, PostcopyControl.served, 1);
+      futexWake(this.ctl.buffer as SharedArrayBuffer, PostcopyControl.served);
+    }
+
+    /** The pages the guest waits for (still missing), waiting up to `waitMs` for one. */
+    async pull(waitMs: number): Promise<{ pfns: number[]; remaining: number; requests: number }> {
+      this.onRequests();
+      if (!this.wanted.some((p) => this.isMissing(p)) && waitMs > 0) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            this.waiter = null;
+            resolve();
+          }, waitMs);
+          this.waiter = () => {
+            clearTimeout(t);
+            this.waiter = null;
+            resolve();
+          };
+        });
+      }
+      const pfns = [...new Set(this.wanted.splice(0).filter((p) => this.isMissing(p)))].slice(0, MIG_BATCH_MAX_PAGES);
+      return { pfns, remaining: this.remaining, requests: this.requests };
+    }
+
+    close(): void {
+      this.unwatch();
+      unlinkRegion(this.region);
+      try {
+        closeSync(this.fd);
+      } catch { /* closed */ }
+    }
+  }
+  let postcopyIn: PostcopyIn | null = null;
+  const ZERO_PAGE = new Uint8Array(PAGE);
+  /** Pages of an incoming migration's memory written so far (a zero page for one never written needs no write). */
+  let incomingTouched: Uint8Array | null = null;
+  /** Inflates compressed pages of an incoming migration (made on the first compressed page). */
+  let inflatePool: PagePool | null = null;
+
+  async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number }> {
+    if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+    const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
+    if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
+    const pc = new PostcopyIn(missing, pages, (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
+    pc.discard(memory.buffer as SharedArrayBuffer, pages);
+    postcopyIn = pc;
+    try {
+      await migrateInState(state, pc.region);
+    } catch (e) {
+      pc.close();
+      postcopyIn = null;
+      throw e;
+    }
+    return { running: true, missing: pc.remaining };
+  }
+
+  /** A page batch of an incoming migration, written into guest memory: the number of pages written. */
+  async function migrateInPages(data: Uint8Array): Promise<number> {
+    if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+    if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+    let written: number[];
+    try {
+      // Post-copy: a page is taken (no longer missing) in the same synchronous step that writes
+      // it, so a second copy of it, or a request for it, can never overwrite what the guest wrote since.
+      const pc = postcopyIn;
+      written = await applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, data, pc ? (pfn) => pc.take(pfn) : null, pc?.fd ?? null, (pages) => (inflatePool ??= new PagePool()).inflate(pages), (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
+    } catch (e) {
+      throw new VmwpFailure('InvalidArgument', `a page batch is refused: ${(e as Error).message}`);
+    }
+    if (written.length) postcopyIn?.served();
+    return written.length;
+  }
+
+  /**
+   * Before the blackout: the source guest's GPADLs (its channels' rings: VmbusServer.gpadlHint),
+   * mapped now, so the blackout's premap finds them and maps only what changed since. A hint
+   * refused or failed maps nothing and costs nothing but the blackout's maps: false.
+   */
+  async function migrateInPremap(bytes: Uint8Array): Promise<boolean> {
+    if (!cfg.incoming || !incomingReady || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+    if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+    let tree: unknown;
+    try {
+      tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    } catch {
+      throw new VmwpFailure('InvalidArgument', 'the GPADL hint is not JSON');
+    }
+    try {
+      await devices.premap(tree as VmbusServerState);
+      log.info({ gpadls: Array.isArray((tree as { gpadls?: unknown }).gpadls) ? (tree as { gpadls: unknown[] }).gpadls.length : 0 }, 'GPADLs mapped ahead of the blackout');
       return true;
-    case 'migPages':
-      return await migrateInPages(req.data);
-    case 'migPremap':
-      return await migrateInPremap(req.state);
-    case 'migState':
-      // The blackout's last page batch may come with the state: written first.
-      if (req.pages) await migrateInPages(req.pages);
-      return await migrateInState(req.state);
-    case 'migBooted':
-      return await migrateInBooted(req.waitMs);
-    case 'migSwitch':
-      return await migrateInSwitch(req.state, req.missing);
-    case 'migPull':
-      if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
-      return await postcopyIn.pull(req.waitMs);
-    case 'migDone':
-      if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
-      if (postcopyIn.remaining > 0) throw new VmwpFailure('InvalidState', `${postcopyIn.remaining} pages have not arrived yet`);
-      await childRpc?.request({ t: 'postcopyDone' }, 5000);
-      postcopyIn.close();
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'the GPADLs could not be mapped ahead: the blackout maps them');
+      return false;
+    }
+  }
+
+  const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
+  /** The migrated guest's resume (set by migrateInState): resolves when its kernel reports Booted. */
+  let incomingUp: Promise<void> | null = null;
+
+  async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
+    if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+    if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
+    const devs = devices;
+    const t0 = performance.now();
+    let tUp = 0;
+    let tree: unknown;
+    try {
+      tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    } catch {
+      throw new VmwpFailure('InvalidArgument', 'the migrated state is not JSON');
+    }
+    const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
+    if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
+    const restoring = devs.decodeSaved(state.components);
+    incomingStarted = true;
+    // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
+    // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
+    // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
+    // SetVpState then overwrites.
+    const restored = await Promise.allSettled([
+      ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
+      devs.premap(restoring.vmbus),
+    ]);
+    const refused = restored.find((r) => r.status === 'rejected');
+    if (refused) {
+      await devs.server.dropPremapped();
+      throw refused.reason;
+    }
+    const tVps = performance.now();
+    devs.restoreDevices(restoring.devices);
+    // The endpoint and token are the hub's, bound at the setup (devices.prepare).
+    const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
+    new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
+    new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+    const up = new Promise<void>((resolve, reject) => {
+      bootWaiters.push({ resolve, reject });
+    });
+    const online = new Promise<void>((resolve, reject) => {
+      onlineWaiters.push({ resolve, reject });
+    });
+    // Not awaited when the go or the restore fails first: their rejections then have nobody to take them.
+    up.catch(() => undefined);
+    online.catch(() => undefined);
+    incomingUp = up.then(() => {
+      log.info({ guestMs: ms(tUp, performance.now()) }, 'migrated guest resumed (its VMBus client is back)');
+    });
+    incomingUp.catch(() => undefined);
+    // The partition process waits, ready, since the setup: let it go, and restore the host's side of
+    // VMBus (rings, the devices' channels: the windows are mapped) while the guest restores its own.
+    // Neither talks to the other to restore, and what crosses meanwhile waits: a guest message for
+    // the VMBus server queues behind the restore (the server serializes both, and attach reaches
+    // the restore through microtasks only, before any message can arrive), a signal for a channel not yet started is covered by the drain its
+    // start makes, and the guest leaves VMBus messages and events in its SynIC pages until its
+    // client is back (kernel.ts: vmbusResuming).
+    const going = childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
+    const attaching = devs.attach({ restoring: restoring.vmbus });
+    const [went, attached] = await Promise.allSettled([going, attaching]);
+    // A failure here fails the migration; the root then drops this worker and its guest with it.
+    // A guest that was let go must stop before the source hears of the failure and runs its copy
+    // again: two copies of the VM must not run at once, even for the moments the drop takes.
+    const failed = [attached, went].find((r) => r.status === 'rejected');
+    if (failed) {
+      child?.kill('SIGKILL');
+      throw failed.reason;
+    }
+    const tDevices = performance.now();
+    // The VM runs once its VPs do, with the host's devices back: what QEMU calls the end of the
+    // downtime. The guest kernel restores its VMBus client on its own after that (and meanwhile
+    // leaves VMBus messages and events in its SynIC pages); the commit waits for it (migBooted).
+    await online;
+    tUp = performance.now();
+    if (!postcopyControl) {
+      // Every page is here: the pool's threads are not needed any more.
       void inflatePool?.close().catch(() => undefined);
       inflatePool = null;
-      log.info({ requests: postcopyIn.requests }, 'post-copy done: every page is here');
-      postcopyIn = null;
-      return true;
-    case 'turnOff':
-      setTimeout(() => void exit(req.reason), 10);
-      return true;
-    case 'ic': {
-      const i = vmDevices();
-      for (const [svc, on] of [[req.enable, true], [req.disable, false]] as const) {
-        if (svc === null) continue;
-        if (!isDeviceClass(svc) || !(INTEGRATION_SERVICES as readonly string[]).includes(svc)) throw new VmwpFailure('InvalidArgument', `integration service "${svc}" is unknown: use ${INTEGRATION_SERVICES.join(', ')}`);
-        if (!i.ofClass(svc)) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" has no ${svc} device`);
-        await i.setEnabled(svc, on);
-        log.info({ service: svc, enabled: on }, 'integration service changed');
-      }
-      return i.ic();
     }
-    case 'kvp':
-      return await kvp(req);
-    case 'faultSet':
-      return await faults.set(req.id, req.spec, req.forMs);
-    case 'faultClear':
-      return await faults.clear(req.id);
-    case 'faultList':
-      return faults.list();
-    case 'shutdown': {
-      const d = vmDevices().ofClass('shutdown');
-      const sd = d?.device.vmbus;
-      if (!d?.entry.enabled || !(sd instanceof ShutdownProvider) || !sd.negotiated) throw new VmwpFailure('Unavailable', 'the shutdown integration service is not available');
-      try {
-        await sd.shutdown({ answerTimeoutMs: Math.min(req.timeoutS * 1000, 10000), timeoutSeconds: req.timeoutS });
-      } catch (e) {
-        throw new VmwpFailure('Unavailable', (e as Error).message);
-      }
-      return true;
-    }
-  }
-}, log);
-
-/**
- * The partition's VP region (the hypervisor's name for it), mapped here to watch a suspension be
- * taken; null where it cannot be (private memory, no scheduler): the freeze then waits for the
- * partition process's answer.
- */
-let vpRegion: SharedArrayBuffer | null | undefined;
-function vpRegionOfPartition(): SharedArrayBuffer | null {
-  if (vpRegion !== undefined) return vpRegion;
-  try {
-    vpRegion = openRegion(vpRegionName(cfg.hostId, partitionId));
-  } catch {
-    vpRegion = null;
-  }
-  return vpRegion;
-}
-
-/**
- * Freeze: suspend the partition and, beside that call, ask the partition process to wait until
- * its VP pages show every VP off its LP at a step boundary under that suspension's number (the
- * scheduler takes a suspension on its next pass and wakes the count it publishes), park the guest
- * kernel's interrupt handling and have it write its own state (VMBus client, drivers, KVP pools)
- * into guest memory, and, with `harvest`, read its dirty log, all in one request. This process
- * watches the same count in the VP region and reads every VP's state (the calls share a wake-up of
- * the hypervisor) as soon as the suspension is taken, while the partition process parks; and the
- * VMBus server must be between steps. The VM then stands still except for device timers, whose ring
- * writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one step
- * with whatever memory the caller copies in the same step. Any failure thaws the VM.
- *
- * Before, the VMWP asked the hypervisor for the VP states until they showed Suspended (a round
- * trip and a 1 ms sleep each), then the partition process to park, then for its dirty log: four
- * to six wake-ups of other processes, ~40 % of an idle VM's migration downtime. Then the request
- * to the partition process went after the Suspend call's answer, and the partition process looked
- * at its pages each millisecond: sent together, with the number and the wake, the freeze of an
- * idle VM's move took ~7.5 ms at the median instead of ~9.5 (16 moves each, alternating builds).
- */
-async function freeze(harvest = false): Promise<{ vps: SavedVpState[]; dirty: unknown }> {
-  const d = vmDevices();
-  const rpc = childRpc;
-  if (!rpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
-  // The Suspend call and the partition process's request go together: the partition process waits
-  // for the suspension by its number, which it gets from here, not from the answer (the answer is
-  // checked against it below). A number not as expected (a suspension this worker did not make)
-  // fails the freeze; the next one expects the number the hypervisor gave.
-  const wasSuspended = partitionSuspended;
-  const before = suspensionSeq;
-  const expected = wasSuspended ? before : ((before + 1) | 0) || 1;
-  // A kernel that parked and then failed would stay parked: a failure thaws (harmless when nothing is parked).
-  const quiescing = rpc.request({ t: 'quiesce', suspension: expected, harvest }, 15000);
-  quiescing.catch(() => undefined);
-  try {
-    await setSuspend(true);
-    const got = suspensionSeq !== before ? suspensionSeq : wasSuspended ? before : null;
-    if (got !== expected) {
-      // Suspended already by someone else (no number answered): the count in the VP region says
-      // which number that was, so that the next try expects the one after it.
-      const region = got === null ? vpRegionOfPartition() : null;
-      if (region) suspensionSeq = Atomics.load(new Int32Array(region), VpRegionHeader.suspendAsked >> 2);
-      throw new Error(`the partition's suspension is number ${got ?? '(none: it was suspended already)'}, not ${expected} as expected: one this worker did not make, so the VM was not frozen; try again`);
-    }
-    // The VPs' states as soon as the suspension is taken, read here from the VP region too, while
-    // the partition process parks its kernel (without the region: after its answer).
-    const region = vpRegionOfPartition();
-    const getStates = (): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v })));
-    let vps: SavedVpState[] | null = null;
-    if (region) {
-      await waitForSuspension(region, cfg.vps, expected, { timeoutMs: 10000, calledOff: () => false });
-      vps = await getStates();
-    }
-    const q = await quiescing;
-    vps ??= await getStates();
-    // The partition process and this process saw every VP page show the suspension; the hypervisor
-    // reads the same pages. Anything else is a guest that wrote its pages, and the save would not hold.
-    const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
-    if (running >= 0) throw new Error(`VP ${running} is ${vps[running]!.runState}, not suspended, after the partition process said all were`);
-    // The VMBus server must be between steps (no offer or open half done) when it is saved.
-    for (let i = 0; !d.server.idle; i++) {
-      if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
-      await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
-    }
-    return { vps, dirty: harvest && q !== null && typeof q === 'object' ? (q as { dirty?: unknown }).dirty : undefined };
-  } catch (e) {
-    await rpc.request({ t: 'thaw' }, 5000).catch(() => undefined);
-    await setSuspend(false).catch(() => undefined);
-    throw e;
-  }
-}
-
-/** Undoes `freeze`: the guest kernel takes interrupts again and the VPs run. */
-async function thaw(): Promise<void> {
-  await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
-  await setSuspend(false);
-}
-
-/** The saved-state tree of a frozen VM, memory aside (synchronous: one step with the caller's memory copy). */
-function capture(vps: SavedVpState[], memoryDigest: string): SavedVm {
-  const processor: ProcessorState = { version: 1, ...cfg.processor };
-  const components = { ...vmDevices().save(), processor };
-  return {
-    version: SAVED_STATE_VERSION,
-    savedAt: new Date().toISOString(),
-    vm: { name: cfg.name, id: cfg.id, memoryBytes: cfg.memoryBytes, vps: cfg.vps, workload: cfg.workload },
-    memory: { file: 'memory.bin', bytes: cfg.memoryBytes, sha256: memoryDigest },
-    partition: { referenceTime: vps[0]?.referenceTime ?? 0, vps },
-    components,
-  };
-}
-
-/**
- * Save: freeze, then take memory, every VP and every device in one step (no await in between, so
- * no device timer can write a ring between the memory copy and the device states). The VM stays
- * suspended; VMMS turns it off. Any failure resumes it.
- */
-async function save(): Promise<{ bytes: number; ms: number }> {
-  if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
-  await faults.endAll('the VM is being saved');
-  const t0 = Date.now();
-  const { vps } = await freeze();
-  try {
-    const mem = new Uint8Array(memory.buffer).slice();
-    const state = capture(vps, sha256(mem));
-    writeSavedState(cfg.vmDir, cfg.name, state, mem);
-    saved = true;
-    suspended = true;
-    log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(state.components).length }, 'VM saved');
-    return { bytes: mem.length, ms: Date.now() - t0 };
-  } catch (e) {
-    await thaw().catch(() => undefined);
-    throw e;
-  }
-}
-
-// ---- live migration --------------------------------------------------------------------------
-
-let migration: MigrationOut | null = null;
-
-async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<MigrationStats> {
-  if (!memory || !childRpc || !booted) throw new VmwpFailure('InvalidState', 'a live migration needs a running VM on shared memory');
-  if (migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is being migrated already`);
-  const options = decodeMigrationOptions(req.options);
-  if (typeof options === 'string') throw new VmwpFailure('InvalidArgument', options);
-  const rpc = childRpc;
-  let frozenVps: SavedVpState[] = [];
-  let memoryFd = -1;
-  try {
-    memoryFd = openSync(`/dev/shm/${memoryRegionName(cfg.hostId, partitionId)}`, 'r');
-  } catch (e) {
-    log.warn({ err: (e as Error).message }, 'cannot open the guest memory file: every page will be read');
-  }
-  const m = new MigrationOut({
-    memory: memory.buffer as SharedArrayBuffer, memoryFd, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
-    dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, 10000)) as MigrationSource['dirty'],
-    freeze: async (harvest) => {
-      const f = await freeze(harvest);
-      frozenVps = f.vps;
-      return f.dirty;
-    },
-    capture: () => capture(frozenVps, '0'.repeat(64)) as unknown as Record<string, unknown>,
-    thaw,
-    throttle: async (cap) => {
-      await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cap ?? cfg.processor.maximum });
-    },
-    progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
-    gpadlHint: () => vmDevices().server.gpadlHint(),
-  }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, key: { version: 1, ...req.key }, config: req.config, options });
-  migration = m;
-  const d = vmDevices();
-  d.dirtyLogging = true;
-  try {
-    // A fault does not travel with the VM: every one ends now (and none is set until the move ends).
-    await faults.endAll(`the VM is being migrated to ${req.to}`);
-    const stats = await m.run();
-    if (stats.status === 'completed') {
-      // The destination runs the VM and has committed: this copy goes.
-      setTimeout(() => void exit(`migrated to ${req.to}`, 0), 50);
-    } else if (m.switched) {
-      // Post-copy failed after the switch-over: this copy is stale and must never run again.
-      setTimeout(() => void exit(`lost in post-copy to ${req.to}: ${stats['error-desc'] ?? 'failed'}`, 1), 50);
-    }
-    return stats;
-  } finally {
-    migration = null;
-    d.dirtyLogging = false;
-    if (memoryFd >= 0) closeSync(memoryFd);
-  }
-}
-
-/** Destination: pages arrive before the state; the VM is built and waits (memory empty, no partition process yet). */
-let incomingReady = false;
-/** Called when the held partition process says it is ready. */
-let partitionHeld: (() => void) | null = null;
-let incomingStarted = false;
-
-/**
- * Post-copy at the destination: which pages are still missing, what the guest waits for (its
- * partition process's fault thread posts page numbers to a shared control region), and the pages
- * as they arrive (each written once: a page the guest has is never overwritten).
- */
-class PostcopyIn {
-  readonly region: string;
-  /** The guest memory file, written page by page (see applyPageBatch). */
-  readonly fd: number;
-  private readonly ctl: Int32Array;
-  private readonly missing: Uint8Array;
-  remaining = 0;
-  requests = 0;
-  private lastRequest = 0;
-  private readonly wanted: number[] = [];
-  private waiter: (() => void) | null = null;
-  private readonly unwatch: () => void;
-
-  constructor(missingBits: Uint8Array, private readonly pages: number, private readonly touched: Uint8Array) {
-    this.missing = new Uint8Array(missingBits);
-    for (let p = 0; p < pages; p++) if (this.isMissing(p)) this.remaining++;
-    this.region = `hvlab-${cfg.hostId}-p${partitionId}-pc`;
-    unlinkRegion(this.region);
-    const sab = createRegion(this.region, POSTCOPY_CONTROL_BYTES);
-    this.ctl = new Int32Array(sab);
-    this.unwatch = watchWord(sab, PostcopyControl.requests, () => this.onRequests());
-    this.fd = openSync(`/dev/shm/${memoryRegionName(cfg.hostId, partitionId)}`, 'r+');
+    log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
+    return { running: true };
   }
 
-  isMissing(pfn: number): boolean {
-    return ((this.missing[pfn >>> 3] ?? 0) & (1 << (pfn & 7))) !== 0;
-  }
-
-  /** Punches the missing pages out of the file (pass 1 put stale copies there). */
-  discard(mem: SharedArrayBuffer, pages: number): void {
-    for (let p = 0; p < pages;) {
-      if (!this.isMissing(p)) {
-        p++;
-        continue;
-      }
-      let n = 1;
-      while (p + n < pages && this.isMissing(p + n)) n++;
-      discardPages(mem, p, n);
-      p += n;
-    }
-  }
-
-  private onRequests(): void {
-    const { pfns, next } = postcopyRequests(this.ctl, this.lastRequest, PostcopyControl);
-    this.lastRequest = next;
-    let zeroed = false;
-    for (const pfn of pfns) {
-      this.requests++;
-      if (this.isMissing(pfn)) {
-        if (this.wanted.length < PostcopyControl.ringLength) this.wanted.push(pfn);
-      }
-      else if (pfn >= 0 && pfn < this.touched.length && !this.touched[pfn]) {
-        // Neither missing nor ever written here: a zero page (zero pages are markers only, never
-        // written), or a page of the dirty bitmap above guest memory (never sent). Its first touch
-        // makes it, as a fresh VM's memory would be. A page written
-        // here is never zeroed: the request for it was made before its bytes landed.
-        this.touched[pfn] = 1;
-        if (writeSync(this.fd, ZERO_PAGE, 0, PAGE, pfn * PAGE) === PAGE) zeroed = true;
-      }
-    }
-    if (zeroed) this.served();
-    if (this.wanted.length) this.waiter?.();
-  }
-
-  /** Whether page `pfn` is still missing; if so it is no longer (its bytes are being written now, in the same step). */
-  take(pfn: number): boolean {
-    if (!this.isMissing(pfn)) return false;
-    this.missing[pfn >>> 3]! &= ~(1 << (pfn & 7));
-    this.remaining--;
-    return true;
-  }
-
-  /** Pages were written: the partition's fault thread looks again. */
-  served(): void {
-    Atomics.add(this.ctl, PostcopyControl.served, 1);
-    futexWake(this.ctl.buffer as SharedArrayBuffer, PostcopyControl.served);
-  }
-
-  /** The pages the guest waits for (still missing), waiting up to `waitMs` for one. */
-  async pull(waitMs: number): Promise<{ pfns: number[]; remaining: number; requests: number }> {
-    this.onRequests();
-    if (!this.wanted.some((p) => this.isMissing(p)) && waitMs > 0) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          this.waiter = null;
-          resolve();
-        }, waitMs);
-        this.waiter = () => {
-          clearTimeout(t);
-          this.waiter = null;
-          resolve();
-        };
-      });
-    }
-    const pfns = [...new Set(this.wanted.splice(0).filter((p) => this.isMissing(p)))].slice(0, MIG_BATCH_MAX_PAGES);
-    return { pfns, remaining: this.remaining, requests: this.requests };
-  }
-
-  close(): void {
-    this.unwatch();
-    unlinkRegion(this.region);
+  /**
+   * Before the commit: waits up to `waitMs` for the migrated guest's kernel to say it resumed. A
+   * guest that does not is stopped here, at once, before the source hears of it and runs its own
+   * copy again: two copies of the VM must never run together.
+   */
+  async function migrateInBooted(waitMs: number): Promise<true> {
+    if (!incomingUp) throw new VmwpFailure('InvalidState', 'no migrated VM was started here');
+    let timer: NodeJS.Timeout | undefined;
     try {
-      closeSync(this.fd);
-    } catch { /* closed */ }
-  }
-}
-let postcopyIn: PostcopyIn | null = null;
-const ZERO_PAGE = new Uint8Array(PAGE);
-/** Pages of an incoming migration's memory written so far (a zero page for one never written needs no write). */
-let incomingTouched: Uint8Array | null = null;
-/** Inflates compressed pages of an incoming migration (made on the first compressed page). */
-let inflatePool: PagePool | null = null;
-
-async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number }> {
-  if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
-  const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
-  if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
-  const pc = new PostcopyIn(missing, pages, (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
-  pc.discard(memory.buffer as SharedArrayBuffer, pages);
-  postcopyIn = pc;
-  try {
-    await migrateInState(state, pc.region);
-  } catch (e) {
-    pc.close();
-    postcopyIn = null;
-    throw e;
-  }
-  return { running: true, missing: pc.remaining };
-}
-
-/** A page batch of an incoming migration, written into guest memory: the number of pages written. */
-async function migrateInPages(data: Uint8Array): Promise<number> {
-  if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
-  if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
-  let written: number[];
-  try {
-    // Post-copy: a page is taken (no longer missing) in the same synchronous step that writes
-    // it, so a second copy of it, or a request for it, can never overwrite what the guest wrote since.
-    const pc = postcopyIn;
-    written = await applyPageBatch(memory.buffer as SharedArrayBuffer, cfg.memoryBytes, data, pc ? (pfn) => pc.take(pfn) : null, pc?.fd ?? null, (pages) => (inflatePool ??= new PagePool()).inflate(pages), (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
-  } catch (e) {
-    throw new VmwpFailure('InvalidArgument', `a page batch is refused: ${(e as Error).message}`);
-  }
-  if (written.length) postcopyIn?.served();
-  return written.length;
-}
-
-/**
- * Before the blackout: the source guest's GPADLs (its channels' rings: VmbusServer.gpadlHint),
- * mapped now, so the blackout's premap finds them and maps only what changed since. A hint
- * refused or failed maps nothing and costs nothing but the blackout's maps: false.
- */
-async function migrateInPremap(bytes: Uint8Array): Promise<boolean> {
-  if (!cfg.incoming || !incomingReady || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
-  if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
-  let tree: unknown;
-  try {
-    tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch {
-    throw new VmwpFailure('InvalidArgument', 'the GPADL hint is not JSON');
-  }
-  try {
-    await devices.premap(tree as VmbusServerState);
-    log.info({ gpadls: Array.isArray((tree as { gpadls?: unknown }).gpadls) ? (tree as { gpadls: unknown[] }).gpadls.length : 0 }, 'GPADLs mapped ahead of the blackout');
-    return true;
-  } catch (e) {
-    log.warn({ err: (e as Error).message }, 'the GPADLs could not be mapped ahead: the blackout maps them');
-    return false;
-  }
-}
-
-const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
-/** The migrated guest's resume (set by migrateInState): resolves when its kernel reports Booted. */
-let incomingUp: Promise<void> | null = null;
-
-async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
-  if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
-  if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
-  const devs = devices;
-  const t0 = performance.now();
-  let tUp = 0;
-  let tree: unknown;
-  try {
-    tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch {
-    throw new VmwpFailure('InvalidArgument', 'the migrated state is not JSON');
-  }
-  const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
-  if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
-  const restoring = devs.decodeSaved(state.components);
-  incomingStarted = true;
-  // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
-  // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
-  // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
-  // SetVpState then overwrites.
-  const restored = await Promise.allSettled([
-    ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
-    devs.premap(restoring.vmbus),
-  ]);
-  const refused = restored.find((r) => r.status === 'rejected');
-  if (refused) {
-    await devs.server.dropPremapped();
-    throw refused.reason;
-  }
-  const tVps = performance.now();
-  devs.restoreDevices(restoring.devices);
-  // The endpoint and token are the hub's, bound at the setup (devices.prepare).
-  const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
-  new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
-  new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
-  const up = new Promise<void>((resolve, reject) => {
-    bootWaiters.push({ resolve, reject });
-  });
-  const online = new Promise<void>((resolve, reject) => {
-    onlineWaiters.push({ resolve, reject });
-  });
-  // Not awaited when the go or the restore fails first: their rejections then have nobody to take them.
-  up.catch(() => undefined);
-  online.catch(() => undefined);
-  incomingUp = up.then(() => {
-    log.info({ guestMs: ms(tUp, performance.now()) }, 'migrated guest resumed (its VMBus client is back)');
-  });
-  incomingUp.catch(() => undefined);
-  // The partition process waits, ready, since the setup: let it go, and restore the host's side of
-  // VMBus (rings, the devices' channels: the windows are mapped) while the guest restores its own.
-  // Neither talks to the other to restore, and what crosses meanwhile waits: a guest message for
-  // the VMBus server queues behind the restore (the server serializes both, and attach reaches
-  // the restore through microtasks only, before any message can arrive), a signal for a channel not yet started is covered by the drain its
-  // start makes, and the guest leaves VMBus messages and events in its SynIC pages until its
-  // client is back (kernel.ts: vmbusResuming).
-  const going = childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
-  const attaching = devs.attach({ restoring: restoring.vmbus });
-  const [went, attached] = await Promise.allSettled([going, attaching]);
-  // A failure here fails the migration; the root then drops this worker and its guest with it.
-  // A guest that was let go must stop before the source hears of the failure and runs its copy
-  // again: two copies of the VM must not run at once, even for the moments the drop takes.
-  const failed = [attached, went].find((r) => r.status === 'rejected');
-  if (failed) {
-    child?.kill('SIGKILL');
-    throw failed.reason;
-  }
-  const tDevices = performance.now();
-  // The VM runs once its VPs do, with the host's devices back: what QEMU calls the end of the
-  // downtime. The guest kernel restores its VMBus client on its own after that (and meanwhile
-  // leaves VMBus messages and events in its SynIC pages); the commit waits for it (migBooted).
-  await online;
-  tUp = performance.now();
-  if (!postcopyControl) {
-    // Every page is here: the pool's threads are not needed any more.
-    void inflatePool?.close().catch(() => undefined);
-    inflatePool = null;
-  }
-  log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
-  return { running: true };
-}
-
-/**
- * Before the commit: waits up to `waitMs` for the migrated guest's kernel to say it resumed. A
- * guest that does not is stopped here, at once, before the source hears of it and runs its own
- * copy again: two copies of the VM must never run together.
- */
-async function migrateInBooted(waitMs: number): Promise<true> {
-  if (!incomingUp) throw new VmwpFailure('InvalidState', 'no migrated VM was started here');
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([incomingUp, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`its kernel did not resume within ${waitMs} ms`)), waitMs)))]);
-    return true;
-  } catch (e) {
-    child?.kill('SIGKILL');
-    throw new VmwpFailure('Unavailable', `the migrated guest is stopped: ${(e as Error).message}`);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
-/** Waiting for a held partition's VPs to run (its 'online' note). */
-const onlineWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
-let created: { partitionId: number; token: string } | null = null;
-
-/** The firmware page's workload fields (`page` is the page: a fresh one, or the guest's at BOOT_INFO_GPA). */
-function setFirmwareWorkload(page: Uint8Array, wl: { name: string; arg: number }): void {
-  new DataView(page.buffer, page.byteOffset, page.byteLength).setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
-  page.fill(0, BootInfo.workloadName, BootInfo.workloadName + WORKLOAD_NAME_BYTES);
-  page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
-}
-
-function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
-  const page = new Uint8Array(PAGE);
-  const dv = new DataView(page.buffer);
-  dv.setUint32(BootInfo.magic, BOOT_MAGIC, true);
-  dv.setUint32(BootInfo.version, 1, true);
-  dv.setUint32(BootInfo.partitionId, partitionId, true);
-  dv.setUint32(BootInfo.vpCount, cfg.vps, true);
-  dv.setBigUint64(BootInfo.memoryBytes, BigInt(cfg.memoryBytes), true);
-  dv.setUint32(BootInfo.controlConnectionId, GUEST_CONTROL_CONNECTION_ID, true);
-  setFirmwareWorkload(page, parseWorkload(cfg.workload)!);
-  dv.setFloat64(BootInfo.rtcMs, Date.now() + cfg.rtcOffsetS * 1000, true);
-  const endpoint = new TextEncoder().encode(vmbus.endpoint);
-  if (endpoint.length >= VMBUS_ENDPOINT_BYTES) throw new Error(`VMBus endpoint ${vmbus.endpoint} is longer than ${VMBUS_ENDPOINT_BYTES - 1} bytes`);
-  page.set(endpoint, BootInfo.vmbusEndpoint);
-  page.set(new TextEncoder().encode(vmbus.token).subarray(0, VMBUS_TOKEN_BYTES - 1), BootInfo.vmbusToken);
-  return page;
-}
-
-async function build(): Promise<void> {
-  // Check a saved state before building anything, so a bad one fails the start cleanly.
-  const restoreFrom = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id }) : null;
-  const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, ticket: input.ticket, role: 'vmwp', vm: cfg.name });
-  created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
-  partitionId = created.partitionId;
-  record.partitionId = partitionId;
-  writeRecord();
-  // The pool deletes a warm worker's partition if the worker dies before it is claimed.
-  if (!claimed) process.stdout.write(`partition ${partitionId}\n`);
-  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.PrivilegeFlags, value: ENLIGHTENED_CHILD_PRIVILEGES });
-  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: cfg.processor.reserve });
-  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cfg.processor.maximum });
-  await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: cfg.processor.weight });
-  await hv.must('InitializePartition', { partitionId });
-  await hv.must('MapGpaPages', { partitionId, gpaPage: 0, pageCount: cfg.memoryBytes / PAGE });
-  for (let vp = 0; vp < cfg.vps; vp++) await hv.must('CreateVp', { partitionId, vpIndex: vp });
-  // Guest -> root control port (owned by this session) and root -> guest message/event ports.
-  await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId), type: PortType.Message, vpIndex: 0, sint: 0 });
-  await hv.must('ConnectPort', { partitionId, connectionId: GUEST_CONTROL_CONNECTION_ID, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });
-  await hv.must('CreatePort', { partitionId, portId: 1, type: PortType.Message, vpIndex: 0, sint: 2 });
-  await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
-  await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });
-  await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 2), portPartitionId: partitionId, portId: 2 });
-  // The VM's devices (its config's list), with this worker's VMBus server and port-I/O bus.
-  const remote = cfg.vmbusTransport === 'remote' || session.memoryMode !== 'shared';
-  if (restoreFrom && session.memoryMode !== 'shared') throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
-  devices = await VmDevices.create({
-    partitionId, vm: cfg.name, vmId: cfg.instanceSeed ?? cfg.id, vid: hv, remote: remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, entries: cfg.devices, log, rtcOffsetS: cfg.rtcOffsetS,
-    timing: { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', HEARTBEAT_INTERVAL_MS), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) },
-  });
-  const restoring = restoreFrom ? devices.decodeSaved(restoreFrom.state.components) : null;
-  if (session.memoryMode === 'shared') {
-    const region = memoryRegionName(cfg.hostId, partitionId);
-    memory = new DataView(openRegion(region));
-    if (restoreFrom) {
-      // Restore: memory byte for byte (the guest kernel's own state is in it), then each VP's
-      // registers, APIC, SynIC and timers, then every device and the VMBus channels.
-      new Uint8Array(memory.buffer).set(restoreFrom.memory);
-      for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: restoreFrom.state.partition.vps[i] });
-      devices.restoreDevices(restoring!.devices);
-      log.info({ savedAt: restoreFrom.state.savedAt }, 'restoring saved state');
+      await Promise.race([incomingUp, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`its kernel did not resume within ${waitMs} ms`)), waitMs)))]);
+      return true;
+    } catch (e) {
+      child?.kill('SIGKILL');
+      throw new VmwpFailure('Unavailable', `the migrated guest is stopped: ${(e as Error).message}`);
+    } finally {
+      clearTimeout(timer);
     }
   }
-  if (cfg.incoming) {
-    // A migration's destination: memory arrives in pages, then the state (migrateInState).
-    if (!memory) throw new Error('an incoming migration needs shared memory (this host runs on process-private memory)');
-    // The devices' ports and intercepts now, and the partition process gets ready (session, memory,
-    // VP threads) and waits for `go`; the setup answers once both are, so the blackout pays neither.
-    await devices.prepare();
-    await devices.prepareChannels();
-    const held = new Promise<void>((resolve) => (partitionHeld = resolve));
-    startPartitionProcess(created.token, { hold: true, vps: cfg.vps });
-    await warmRestorePath().catch((e) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'));
-    await Promise.race([held, new Promise((r) => setTimeout(r, 20000))]);
-    partitionHeld = null;
-    incomingReady = true;
-    control.note({ t: 'incomingReady', partitionId });
-    log.info({ partitionId }, 'waiting for the migrated VM');
-    return;
+  const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Waiting for a held partition's VPs to run (its 'online' note). */
+  const onlineWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  let created: { partitionId: number; token: string } | null = null;
+
+  /** The firmware page's workload fields (`page` is the page: a fresh one, or the guest's at BOOT_INFO_GPA). */
+  function setFirmwareWorkload(page: Uint8Array, wl: { name: string; arg: number }): void {
+    new DataView(page.buffer, page.byteOffset, page.byteLength).setBigUint64(BootInfo.workloadArg, BigInt(wl.arg), true);
+    page.fill(0, BootInfo.workloadName, BootInfo.workloadName + WORKLOAD_NAME_BYTES);
+    page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
   }
-  await devices.attach(restoring ? { restoring: restoring.vmbus } : {});
-  const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
-  if (restoreFrom) new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
-  if (memory) new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
-  startPartitionProcess(created.token, null);
-  if (session.memoryMode !== 'shared') await childRpc!.request({ t: 'firmware', page: fw });
-  log.info({ partitionId, partitionPid: child!.pid, memoryMode: session.memoryMode }, 'VM built');
-}
 
-/**
- * A migration's destination runs the code of its blackout once ahead, on its own fresh VM: each
- * VP's state read and set back as it is (the never-run VP is unchanged), and the saved-state tree
- * of its own devices through the same decoders as the source's will go. This process is new, so
- * otherwise the blackout pays these paths' first run (lazy compilation, the first codec runs), on
- * both sides of the SetVpState call: measured ~5 ms of a ~45 ms downtime.
- */
-async function warmRestorePath(): Promise<void> {
-  const vps: SavedVpState[] = [];
-  for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
-  for (let v = 0; v < cfg.vps; v++) await hv.must('SetVpState', { partitionId, vpIndex: v, state: vps[v] });
-  const tree: unknown = JSON.parse(Buffer.from(JSON.stringify(capture(vps, ''))).toString('utf8'));
-  const st = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
-  if (typeof st === 'string') throw new Error(`its own state does not decode: ${st}`);
-  vmDevices().decodeSaved(st.components);
-}
+  function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
+    const page = new Uint8Array(PAGE);
+    const dv = new DataView(page.buffer);
+    dv.setUint32(BootInfo.magic, BOOT_MAGIC, true);
+    dv.setUint32(BootInfo.version, 1, true);
+    dv.setUint32(BootInfo.partitionId, partitionId, true);
+    dv.setUint32(BootInfo.vpCount, cfg.vps, true);
+    dv.setBigUint64(BootInfo.memoryBytes, BigInt(cfg.memoryBytes), true);
+    dv.setUint32(BootInfo.controlConnectionId, GUEST_CONTROL_CONNECTION_ID, true);
+    setFirmwareWorkload(page, parseWorkload(cfg.workload)!);
+    dv.setFloat64(BootInfo.rtcMs, Date.now() + cfg.rtcOffsetS * 1000, true);
+    const endpoint = new TextEncoder().encode(vmbus.endpoint);
+    if (endpoint.length >= VMBUS_ENDPOINT_BYTES) throw new Error(`VMBus endpoint ${vmbus.endpoint} is longer than ${VMBUS_ENDPOINT_BYTES - 1} bytes`);
+    page.set(endpoint, BootInfo.vmbusEndpoint);
+    page.set(new TextEncoder().encode(vmbus.token).subarray(0, VMBUS_TOKEN_BYTES - 1), BootInfo.vmbusToken);
+    return page;
+  }
 
-/** Hands the partition to the prestarted partition process (or a new one) and watches it. */
-function startPartitionProcess(token: string, extra: { hold: true; vps: number } | null = null): void {
-  // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
-  // never into an environment.
-  const child0 = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
-  child = child0;
-  child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(extra ?? {}) }) + '\n');
-  childRpc = new IpcRpc(child0, async () => {
-    throw new Error('the VMWP takes no requests from the guest');
-  }, (note) => {
-    if (note.t === 'held') partitionHeld?.();
-    else if (note.t === 'online') for (const w of onlineWaiters.splice(0)) w.resolve();
-  });
-  record.partitionPid = child0.pid ?? null;
-  writeRecord();
-  child0.on('exit', (code, signal) => {
-    for (const w of [...bootWaiters.splice(0), ...onlineWaiters.splice(0)]) w.reject(new Error(`the partition process exited (${signal ?? code}) before the guest ran`));
-    if (exiting) return;
-    if (code === 0) {
-      // The guest shut itself down (the shutdown integration service asked it to).
-      log.info('the guest shut down');
-      void exit('shut down by the guest', 0, true);
+  async function build(): Promise<void> {
+    // Check a saved state before building anything, so a bad one fails the start cleanly.
+    const restoreFrom = cfg.restore ? readSavedState(cfg.vmDir, cfg.name, { memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id }) : null;
+    const session = await hv.connect({ partitionId: ROOT_PARTITION_ID, ticket: input.ticket, role: 'vmwp', vm: cfg.name });
+    created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: cfg.memoryBytes, name: cfg.name });
+    partitionId = created.partitionId;
+    record.partitionId = partitionId;
+    writeRecord();
+    // The pool deletes a warm worker's partition if the worker dies before it is claimed.
+    if (!claimed) process.stdout.write(`partition ${partitionId}\n`);
+    await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.PrivilegeFlags, value: ENLIGHTENED_CHILD_PRIVILEGES });
+    await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: cfg.processor.reserve });
+    await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cfg.processor.maximum });
+    await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: cfg.processor.weight });
+    await hv.must('InitializePartition', { partitionId });
+    await hv.must('MapGpaPages', { partitionId, gpaPage: 0, pageCount: cfg.memoryBytes / PAGE });
+    for (let vp = 0; vp < cfg.vps; vp++) await hv.must('CreateVp', { partitionId, vpIndex: vp });
+    // Guest -> root control port (owned by this session) and root -> guest message/event ports.
+    await hv.must('CreatePort', { partitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId), type: PortType.Message, vpIndex: 0, sint: 0 });
+    await hv.must('ConnectPort', { partitionId, connectionId: GUEST_CONTROL_CONNECTION_ID, portPartitionId: ROOT_PARTITION_ID, portId: controlPortId(partitionId) });
+    await hv.must('CreatePort', { partitionId, portId: 1, type: PortType.Message, vpIndex: 0, sint: 2 });
+    await hv.must('CreatePort', { partitionId, portId: 2, type: PortType.Event, vpIndex: 0, sint: 2, flagCount: 2048 });
+    await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 1), portPartitionId: partitionId, portId: 1 });
+    await hv.must('ConnectPort', { partitionId: ROOT_PARTITION_ID, connectionId: hostConnectionId(partitionId, 2), portPartitionId: partitionId, portId: 2 });
+    // The VM's devices (its config's list), with this worker's VMBus server and port-I/O bus.
+    const remote = cfg.vmbusTransport === 'remote' || session.memoryMode !== 'shared';
+    if (restoreFrom && session.memoryMode !== 'shared') throw new Error('restoring a saved state needs shared memory (this host runs on process-private memory)');
+    devices = await VmDevices.create({
+      partitionId, vm: cfg.name, vmId: cfg.instanceSeed ?? cfg.id, vid: hv, remote: remote ? { endpoint: paths.vmbusEndpointFor(partitionId) } : null, entries: cfg.devices, log, rtcOffsetS: cfg.rtcOffsetS,
+      timing: { heartbeatMs: envMs('HVLAB_IC_HEARTBEAT_MS', HEARTBEAT_INTERVAL_MS), timesyncMs: envMs('HVLAB_IC_TIMESYNC_MS', 5000) },
+    });
+    const restoring = restoreFrom ? devices.decodeSaved(restoreFrom.state.components) : null;
+    if (session.memoryMode === 'shared') {
+      const region = memoryRegionName(cfg.hostId, partitionId);
+      memory = new DataView(openRegion(region));
+      if (restoreFrom) {
+        // Restore: memory byte for byte (the guest kernel's own state is in it), then each VP's
+        // registers, APIC, SynIC and timers, then every device and the VMBus channels.
+        new Uint8Array(memory.buffer).set(restoreFrom.memory);
+        for (let i = 0; i < cfg.vps; i++) await hv.must('SetVpState', { partitionId, vpIndex: i, state: restoreFrom.state.partition.vps[i] });
+        devices.restoreDevices(restoring!.devices);
+        log.info({ savedAt: restoreFrom.state.savedAt }, 'restoring saved state');
+      }
+    }
+    if (cfg.incoming) {
+      // A migration's destination: memory arrives in pages, then the state (migrateInState).
+      if (!memory) throw new Error('an incoming migration needs shared memory (this host runs on process-private memory)');
+      // The devices' ports and intercepts now, and the partition process gets ready (session, memory,
+      // VP threads) and waits for `go`; the setup answers once both are, so the blackout pays neither.
+      await devices.prepare();
+      await devices.prepareChannels();
+      const held = new Promise<void>((resolve) => (partitionHeld = resolve));
+      startPartitionProcess(created.token, { hold: true, vps: cfg.vps });
+      await warmRestorePath().catch((e) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'));
+      await Promise.race([held, new Promise((r) => setTimeout(r, 20000))]);
+      partitionHeld = null;
+      incomingReady = true;
+      control.note({ t: 'incomingReady', partitionId });
+      log.info({ partitionId }, 'waiting for the migrated VM');
       return;
     }
-    log.warn({ code, signal }, 'partition process exited');
-    void exit(signal ? `the partition process was killed (${signal})` : `the partition process exited with code ${code}`, 1);
-  });
-}
-
-function buildFailed(e: unknown): void {
-  log.error({ err: e }, 'VM build failed');
-  control.note({ t: 'failed', message: (e as Error).message });
-  void exit(`build failed: ${(e as Error).message}`, 2);
-}
-
-/**
- * A booted warm worker becomes the VM of `next` (root/src/warm.ts): the VMWP and the guest take
- * its name, the guest its workload (made on the idle template's empty task table) and the
- * partition its processor settings; then the halted VPs are woken to look for their tasks, and the
- * root hears that the VM booted. Its memory, VPs, devices and VMBus channels are the template's,
- * so the device instance ids are too (the root gives the VM the template's seed).
- */
-async function claimAs(next: VmwpConfig): Promise<void> {
-  if (!sameShape(next, cfg)) throw new Error(`VM "${next.name}" is not of this warm worker's shape`);
-  if (next.home !== cfg.home || next.hostId !== cfg.hostId || next.hvPid !== cfg.hvPid || next.vmDir !== cfg.vmDir) throw new Error(`VM "${next.name}" is of another host`);
-  if (next.instanceSeed !== (cfg.instanceSeed ?? cfg.id)) throw new Error(`VM "${next.name}" does not carry this warm worker's device instance seed`);
-  const wl = parseWorkload(next.workload);
-  if (!wl) throw new Error(`workload "${next.workload}" is not one this guest runs`);
-  if (!childRpc) throw new Error('the template has no partition process');
-  const from = cfg;
-  cfg = next;
-  claimed = true;
-  logger.moveTo(`vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
-  process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
-  record.name = cfg.name;
-  record.id = cfg.id;
-  record.instanceSeed = cfg.instanceSeed;
-  recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
-  writeRecord();
-  const p = cfg.processor;
-  if (p.reserve !== from.processor.reserve) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: p.reserve });
-  if (p.maximum !== from.processor.maximum) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: p.maximum });
-  if (p.weight !== from.processor.weight) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: p.weight });
-  if (memory) {
-    // The firmware page names the workload the guest runs (what a saved state or a look at it shows).
-    setFirmwareWorkload(new Uint8Array(memory.buffer, BOOT_INFO_GPA, PAGE), wl);
+    await devices.attach(restoring ? { restoring: restoring.vmbus } : {});
+    const fw = firmwarePage({ endpoint: devices.endpoint || paths.vmbusEndpointFor(partitionId), token: devices.token });
+    if (restoreFrom) new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
+    if (memory) new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+    startPartitionProcess(created.token, null);
+    if (session.memoryMode !== 'shared') await childRpc!.request({ t: 'firmware', page: fw });
+    log.info({ partitionId, partitionPid: child!.pid, memoryMode: session.memoryMode }, 'VM built');
   }
-  await childRpc.request({ t: 'assign', vm: cfg.name, workload: wl.name, arg: wl.arg }, 10000);
-  for (let vp = 0; vp < cfg.vps; vp++) await hv.must('AssertVirtualInterrupt', { partitionId, vpIndex: vp, vector: GuestVector.Reschedule });
-  runningSince = Date.now();
-  log.info({ template: from.name, partitionId }, 'claimed: the booted template is this VM');
-  control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
-}
 
-/** A booted warm worker: build and boot the template, say so, wait for the claim. */
-async function runTemplate(): Promise<void> {
-  try {
-    // Bound first: the root that claims this worker says hello the moment it has written the claim.
-    await control.bind();
-    const up = new Promise<void>((resolve, reject) => bootWaiters.push({ resolve, reject }));
-    await build();
-    await up;
-  } catch (e) {
-    buildFailed(e);
-    return;
+  /**
+   * A migration's destination runs the code of its blackout once ahead, on its own fresh VM: each
+   * VP's state read and set back as it is (the never-run VP is unchanged), and the saved-state tree
+   * of its own devices through the same decoders as the source's will go. This process is new, so
+   * otherwise the blackout pays these paths' first run (lazy compilation, the first codec runs), on
+   * both sides of the SetVpState call: measured ~5 ms of a ~45 ms downtime.
+   */
+  async function warmRestorePath(): Promise<void> {
+    const vps: SavedVpState[] = [];
+    for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
+    for (let v = 0; v < cfg.vps; v++) await hv.must('SetVpState', { partitionId, vpIndex: v, state: vps[v] });
+    const tree: unknown = JSON.parse(Buffer.from(JSON.stringify(capture(vps, ''))).toString('utf8'));
+    const st = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
+    if (typeof st === 'string') throw new Error(`its own state does not decode: ${st}`);
+    vmDevices().decodeSaved(st.components);
   }
-  process.title = `hvlab-vmwp ${cfg.hostId} (warm)`;
-  log.info({ partitionId }, 'template booted; waiting for a claim');
-  process.stdout.write('ready\n');
-  let next: VmwpConfig;
-  try {
-    next = decodeVmwpClaim(await stdin.next('the claim')).config;
-  } catch (e) {
-    // Its root went away (stdin closed) or wrote nonsense: nobody will claim it.
-    void exit(`not claimed: ${(e as Error).message}`, 0);
-    return;
+
+  /** Hands the partition to the prestarted partition process (or a new one) and watches it. */
+  function startPartitionProcess(token: string, extra: { hold: true; vps: number } | null = null): void {
+    // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
+    // never into an environment.
+    const child0 = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
+    child = child0;
+    child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(extra ?? {}) }) + '\n');
+    childRpc = new IpcRpc(child0, async () => {
+      throw new Error('the VMWP takes no requests from the guest');
+    }, (note) => {
+      if (note.t === 'held') partitionHeld?.();
+      else if (note.t === 'online') for (const w of onlineWaiters.splice(0)) w.resolve();
+    });
+    record.partitionPid = child0.pid ?? null;
+    writeRecord();
+    child0.on('exit', (code, signal) => {
+      for (const w of [...bootWaiters.splice(0), ...onlineWaiters.splice(0)]) w.reject(new Error(`the partition process exited (${signal ?? code}) before the guest ran`));
+      if (exiting) return;
+      if (code === 0) {
+        // The guest shut itself down (the shutdown integration service asked it to).
+        log.info('the guest shut down');
+        void exit('shut down by the guest', 0, true);
+        return;
+      }
+      log.warn({ code, signal }, 'partition process exited');
+      void exit(signal ? `the partition process was killed (${signal})` : `the partition process exited with code ${code}`, 1);
+    });
   }
-  stdin.close();
-  try {
-    await claimAs(next);
-  } catch (e) {
-    log.error({ err: e, vm: next.name }, 'claim failed');
+
+  function buildFailed(e: unknown): void {
+    log.error({ err: e }, 'VM build failed');
     control.note({ t: 'failed', message: (e as Error).message });
-    void exit(`claim failed: ${(e as Error).message}`, 2);
+    void exit(`build failed: ${(e as Error).message}`, 2);
   }
-}
 
-if (template) void runTemplate();
-else {
-  writeRecord();
-  await control.bind();
-  build().catch(buildFailed);
+  /**
+   * A booted warm worker becomes the VM of `next` (root/src/warm.ts): the VMWP and the guest take
+   * its name, the guest its workload (made on the idle template's empty task table) and the
+   * partition its processor settings; then the halted VPs are woken to look for their tasks, and the
+   * root hears that the VM booted. Its memory, VPs, devices and VMBus channels are the template's,
+   * so the device instance ids are too (the root gives the VM the template's seed).
+   */
+  async function claimAs(next: VmwpConfig): Promise<void> {
+    if (!sameShape(next, cfg)) throw new Error(`VM "${next.name}" is not of this warm worker's shape`);
+    if (next.home !== cfg.home || next.hostId !== cfg.hostId || next.hvPid !== cfg.hvPid || next.vmDir !== cfg.vmDir) throw new Error(`VM "${next.name}" is of another host`);
+    if (next.instanceSeed !== (cfg.instanceSeed ?? cfg.id)) throw new Error(`VM "${next.name}" does not carry this warm worker's device instance seed`);
+    const wl = parseWorkload(next.workload);
+    if (!wl) throw new Error(`workload "${next.workload}" is not one this guest runs`);
+    if (!childRpc) throw new Error('the template has no partition process');
+    const from = cfg;
+    cfg = next;
+    claimed = true;
+    logger.moveTo(`vmwp-${cfg.name}.log`, { host: cfg.hostId, role: 'vmwp', vm: cfg.name });
+    process.title = `hvlab-vmwp ${cfg.hostId} ${cfg.name}`;
+    record.name = cfg.name;
+    record.id = cfg.id;
+    record.instanceSeed = cfg.instanceSeed;
+    recordFile = join(paths.vmwpDir, `${cfg.name}.json`);
+    writeRecord();
+    const p = cfg.processor;
+    if (p.reserve !== from.processor.reserve) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuReserve, value: p.reserve });
+    if (p.maximum !== from.processor.maximum) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: p.maximum });
+    if (p.weight !== from.processor.weight) await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: p.weight });
+    if (memory) {
+      // The firmware page names the workload the guest runs (what a saved state or a look at it shows).
+      setFirmwareWorkload(new Uint8Array(memory.buffer, BOOT_INFO_GPA, PAGE), wl);
+    }
+    await childRpc.request({ t: 'assign', vm: cfg.name, workload: wl.name, arg: wl.arg }, 10000);
+    for (let vp = 0; vp < cfg.vps; vp++) await hv.must('AssertVirtualInterrupt', { partitionId, vpIndex: vp, vector: GuestVector.Reschedule });
+    runningSince = Date.now();
+    log.info({ template: from.name, partitionId }, 'claimed: the booted template is this VM');
+    control.note({ t: 'booted', partitionId, partitionPid: child?.pid ?? null });
+  }
+
+  /** A booted warm worker: build and boot the template, say so, wait for the claim. */
+  async function runTemplate(): Promise<void> {
+    try {
+      // Bound first: the root that claims this worker says hello the moment it has written the claim.
+      await control.bind();
+      const up = new Promise<void>((resolve, reject) => bootWaiters.push({ resolve, reject }));
+      await build();
+      await up;
+    } catch (e) {
+      buildFailed(e);
+      return;
+    }
+    process.title = `hvlab-vmwp ${cfg.hostId} (warm)`;
+    log.info({ partitionId }, 'template booted; waiting for a claim');
+    process.stdout.write('ready\n');
+    let next: VmwpConfig;
+    try {
+      next = decodeVmwpClaim(await stdin.next('the claim')).config;
+    } catch (e) {
+      // Its root went away (stdin closed) or wrote nonsense: nobody will claim it.
+      void exit(`not claimed: ${(e as Error).message}`, 0);
+      return;
+    }
+    stdin.close();
+    try {
+      await claimAs(next);
+    } catch (e) {
+      log.error({ err: e, vm: next.name }, 'claim failed');
+      control.note({ t: 'failed', message: (e as Error).message });
+      void exit(`claim failed: ${(e as Error).message}`, 2);
+    }
+  }
+
+  if (template) void runTemplate();
+  else {
+    writeRecord();
+    await control.bind();
+    build().catch(buildFailed);
+  }
 }
