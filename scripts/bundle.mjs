@@ -71,20 +71,49 @@ const requireCjsExternals = {
 };
 /**
  * Each bundle: its output and its compiled entry. `cached`: a CommonJS bundle run from V8's code
- * cache by a launcher at `out` (above); `preload` names the ES-module-only packages it requires,
- * which the launcher imports first (Node 20 cannot `require` an ES module).
+ * cache by a launcher at `out` (above): `preload` names the ES-module-only packages it requires,
+ * which the launcher imports first (Node 20 cannot `require` an ES module). Its cache is made
+ * under the Node flags of a VM's processes: V8 refuses a cache made under other flags.
+ *
+ * Only the VM processes are cached. The CLI was tried (alternated, 12 calls each, `vm list`): an
+ * eager cache of 1.2 MB took as long to deserialize as a call compiles lazily (223-233 ms of CPU
+ * a call, 228-238 without a cache, 210-221 with a top-level-only cache: within the noise).
  */
-const CACHED = { preload: ['@hvlab/shm'] };
+const VM_CACHED = { preload: ['@hvlab/shm'] };
 const BUNDLES = [
-  { out: pkg('root', 'dist', 'bundle', 'vmwp.mjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: CACHED },
+  { out: pkg('root', 'dist', 'bundle', 'vmwp.mjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: VM_CACHED },
   { out: pkg('root', 'dist', 'bundle', 'compress-worker.js'), entry: pkg('root', 'dist', 'src', 'vmwp', 'compress-worker.js') },
   { out: pkg('root', 'dist', 'bundle', 'root.mjs'), entry: pkg('root', 'dist', 'src', 'main.js') },
-  { out: pkg('guest', 'dist', 'bundle', 'partition.mjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), cached: CACHED },
-  { out: pkg('guest', 'dist', 'bundle', 'vp.js'), entry: pkg('guest', 'dist', 'src', 'vp.js'), cached: CACHED },
+  { out: pkg('guest', 'dist', 'bundle', 'partition.mjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), cached: VM_CACHED },
+  { out: pkg('guest', 'dist', 'bundle', 'vp.js'), entry: pkg('guest', 'dist', 'src', 'vp.js'), cached: VM_CACHED },
   { out: pkg('hypervisor', 'dist', 'bundle', 'hypervisor.mjs'), entry: pkg('hypervisor', 'dist', 'src', 'main.js') },
   { out: pkg('hypervisor', 'dist', 'bundle', 'sched-thread.js'), entry: pkg('hypervisor', 'dist', 'src', 'sched-thread.js') },
   { out: pkg('cli', 'dist', 'bundle', 'main.mjs'), entry: pkg('cli', 'dist', 'src', 'main.js') },
 ];
+/**
+ * In a cached bundle, msgpackr is part of the bundle, so its code comes from the cache too (it was
+ * compiled from source in every process: ~15-20 ms of a VM process's start). The sources load it
+ * with `createRequire(...)('msgpackr')` (protocol/src/wire.ts and runtime/src/paths.ts say why),
+ * which esbuild cannot follow; in a CommonJS bundle a plain `require("msgpackr")` does the same,
+ * so the call is rewritten to that, and esbuild bundles msgpackr's CommonJS build, as Node
+ * would have loaded it. The environment switch above the call in wire.ts stays above it: a
+ * `require` is not hoisted. msgpackr's native extractor stays outside (that switch turns it off).
+ */
+const MSGPACKR_LOAD = /createRequire\([^()]*\)\((['"])msgpackr\1\)/g;
+const bundleMsgpackr = {
+  name: 'bundle-msgpackr',
+  setup(build) {
+    build.onLoad({ filter: /[\\/]dist[\\/]src[\\/](wire|paths)\.js$/ }, (args) => {
+      const src = readFileSync(args.path, 'utf8');
+      const out = src.replace(MSGPACKR_LOAD, 'require("msgpackr")');
+      if (out === src) throw new Error(`${args.path}: no createRequire(...)('msgpackr') to rewrite (see bundleMsgpackr)`);
+      return { contents: out, loader: 'js' };
+    });
+  },
+};
+/** What stays outside a cached bundle: msgpackr does not (bundleMsgpackr), its native extractor does. */
+const CACHED_EXTERNAL = [...EXTERNAL.filter((n) => n !== 'msgpackr'), 'msgpackr-extract'];
+
 /**
  * Makes a bundle ASCII, so V8 holds its source as a one-byte string (code-cache.ts, readBundle;
  * Node's loader reads a module's file the same way):
@@ -139,7 +168,8 @@ try {
     const out = join(staging(dirname(b.out)), basename(b.out));
     if (b.cached) {
       await esbuild.build({
-        entryPoints: [b.entry], outfile: cjsOf(out), bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: EXTERNAL, logLevel: 'warning',
+        entryPoints: [b.entry], outfile: cjsOf(out), bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: CACHED_EXTERNAL,
+        plugins: [bundleMsgpackr], logLevel: 'warning',
         // The launcher's URL stands where the sources say `import.meta.url` (code-cache.ts).
         define: { 'import.meta.url': '__hvlabImportMetaUrl' },
         // paths.ts's `import.meta.resolve` serves processes run from sources (tsx) only, never a bundle.
@@ -148,11 +178,12 @@ try {
       asciiOnly(cjsOf(out));
       // The launcher: the code-cache runner, the packages to preload, the bundle.
       const preload = b.cached.preload.map((n) => `${JSON.stringify(n)}: await import(${JSON.stringify(n)})`).join(', ');
+      const run = `runCachedBundle(new URL(${JSON.stringify(`./${basename(cjsOf(out))}`)}, import.meta.url), import.meta.url, { ${preload} })`;
       await esbuild.build({
         stdin: {
           contents: `// Runs ${basename(cjsOf(out))} from V8's code cache (scripts/bundle.mjs, runtime/src/code-cache.ts).\n`
             + `import { runCachedBundle } from ${JSON.stringify(CODE_CACHE_JS)};\n`
-            + `runCachedBundle(new URL(${JSON.stringify(`./${basename(cjsOf(out))}`)}, import.meta.url), import.meta.url, { ${preload} });\n`,
+            + `${run};\n`,
           resolveDir: dirname(b.entry), sourcefile: basename(out), loader: 'js',
         },
         outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', external: EXTERNAL, logLevel: 'warning',

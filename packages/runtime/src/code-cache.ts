@@ -173,8 +173,9 @@ function readCodeCache(file: string, digest: Buffer): { status: CodeCacheStatus;
  * code sees as `import.meta.url`: the launcher sits beside the bundle under the name the process
  * was always started by. `preloaded` are the ES-module-only packages the bundle requires (Node 20
  * cannot `require` an ES module): the launcher imports them first and `require` returns them.
+ * Returns the status and what the bundle exports (`module.exports`).
  */
-export function runCachedBundle(bundleUrl: URL, launcherUrl: string, preloaded: Record<string, unknown> = {}): CodeCacheStatus {
+export function runCachedBundle(bundleUrl: URL, launcherUrl: string, preloaded: Record<string, unknown> = {}): { status: CodeCacheStatus; exports: Record<string, unknown> } {
   const path = fileURLToPath(bundleUrl);
   const { bytes: sourceBytes, source } = readBundle(path);
   const { status: found, payload } = readCodeCache(codeCachePath(path), sourceDigest(sourceBytes));
@@ -185,9 +186,9 @@ export function runCachedBundle(bundleUrl: URL, launcherUrl: string, preloaded: 
   const require = Object.assign((id: string): unknown => (Object.hasOwn(preloaded, id) ? preloaded[id] : nodeRequire(id)), {
     resolve: nodeRequire.resolve, cache: nodeRequire.cache, main: undefined,
   });
-  const module = { exports: {} as unknown, id: path, filename: path, loaded: false };
+  const module = { exports: {} as Record<string, unknown>, id: path, filename: path, loaded: false };
   const fn = script.runInThisContext() as (...a: unknown[]) => void;
   fn.call(module.exports, module.exports, require, module, path, dirname(path), launcherUrl);
   module.loaded = true;
-  return status;
+  return { status, exports: module.exports };
 }

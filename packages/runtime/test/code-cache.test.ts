@@ -101,7 +101,7 @@ describe('code cache: running a bundle', function () {
     expect(r.status, r.stderr).to.equal(0);
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
   }
-  type Ran = { status: string; recorded: string; ran: { value: string; dirname: string; meta: string; preloaded: number; sep: string; thisIsExports: boolean; exported: boolean } };
+  type Ran = { status: string; recorded: string; exports: unknown; ran: { value: string; dirname: string; meta: string; preloaded: number; sep: string; thisIsExports: boolean; exported: boolean } };
   const run = (): Ran => child<Ran>([], 'run', bundle);
   // Functions never called, so an eager cache has more in it than the top level. (As esbuild writes
   // them: V8 leaves a wrapper of nothing but function declarations uncompiled even with --no-lazy.)
@@ -121,6 +121,7 @@ describe('code cache: running a bundle', function () {
     expect(r.status).to.equal('absent');
     expect(r.recorded).to.equal('absent');
     expect(r.ran).to.deep.equal({ value: 'one', dirname: dir, meta: 'file:///launcher/here.mjs', preloaded: 42, sep: '/', thisIsExports: true, exported: true });
+    expect(r.exports).to.deep.equal({ ok: true });
   });
 
   it('runs it from the cache made for it (V8 accepts it under the default flags), which holds the functions never called too', () => {
