@@ -3,13 +3,13 @@
  * Bundles hvlab's processes from the compiled JavaScript (`tsc -b` first): `pnpm install`,
  * `pnpm build` and `pnpm test` run it after the compiler.
  *
- *   packages/root/dist/bundle/vmwp.mjs                the VM worker process (root/src/vmwp/boot.ts):
- *                                                     a launcher; vmwp.cjs and vmwp.cjs.cache beside it
+ *   packages/root/dist/bundle/vmwp.cjs                the VM worker process (root/src/vmwp/boot.ts):
+ *                                                     a launcher; vmwp.bundle.cjs and its .cache beside it
  *   packages/root/dist/bundle/compress-worker.js      its page-compression pool's worker
  *   packages/root/dist/bundle/root.mjs                the root partition process (root/src/main.ts)
- *   packages/guest/dist/bundle/partition.mjs          the child partition process (guest/src/boot.ts),
- *                                                     as vmwp.mjs: partition.cjs and its cache beside it
- *   packages/guest/dist/bundle/vp.js                  a VP thread (guest/src/vp.ts): vp.cjs and its cache
+ *   packages/guest/dist/bundle/partition.cjs          the child partition process (guest/src/boot.ts),
+ *                                                     as vmwp.cjs: partition.bundle.cjs and its cache
+ *   packages/guest/dist/bundle/vp.cjs                 a VP thread (guest/src/vp.ts): vp.bundle.cjs and its cache
  *   packages/hypervisor/dist/bundle/hypervisor.mjs    the hypervisor (hypervisor/src/main.ts)
  *   packages/hypervisor/dist/bundle/sched-thread.js   its scheduler thread
  *   packages/cli/dist/bundle/main.mjs                 the `hvlab` command (bin/hvlab.mjs loads it)
@@ -19,16 +19,16 @@
  * scopes, URLs): one file per isolate took a cold VMWP + partition from ~876 to ~660 ms of CPU.
  *
  * The processes there are one or two of per VM (the VMWP, the partition process, its VP threads)
- * run from V8's code cache (`cached`): each is a CommonJS file (`vmwp.cjs`, `partition.cjs`,
- * `vp.cjs`) with its cache beside it (`*.cjs.cache`, made here, every function compiled to
- * bytecode), started through a small launcher under the name the process was always started by
- * (`vmwp.mjs`, `partition.mjs`, `vp.js`). A cold VM start compiled ~400 ms of JavaScript in its
+ * run from V8's code cache (`cached`): each is a CommonJS file (`vmwp.bundle.cjs`,
+ * `partition.bundle.cjs`, `vp.bundle.cjs`) with its cache beside it (`*.cache`, made here, every
+ * function compiled to bytecode), started through a small CommonJS launcher (`vmwp.cjs`,
+ * `partition.cjs`, `vp.cjs`). A cold VM start compiled ~400 ms of JavaScript in its
  * processes before; runtime/src/code-cache.ts says how and why. A CommonJS bundle initialises a
  * module reached only through `import()` when the import runs, so an entry (boot.ts) still starts
  * the partition process or the first VP thread before the rest of its code runs.
  *
  * The workers sit beside their process's bundle under the names the code opens them by
- * (`new URL('./vp.js', import.meta.url)` in guest/src/spare.ts, './compress-worker.js' in
+ * (`VP_THREAD_ENTRY` in guest/src/spare.ts, './compress-worker.js' in
  * root/src/vmwp/compress.ts, './sched-thread.js' in hypervisor/src/server.ts). Native addons
  * (@hvlab/shm, zeromq) and what loads by name at run time (msgpackr, through createRequire;
  * piscina's workers) stay outside, resolved from the bundle's package as before; zeromq, a
@@ -70,22 +70,23 @@ const requireCjsExternals = {
   },
 };
 /**
- * Each bundle: its output and its compiled entry. `cached`: a CommonJS bundle run from V8's code
- * cache by a launcher at `out` (above): `preload` names the ES-module-only packages it requires,
- * which the launcher imports first (Node 20 cannot `require` an ES module). Its cache is made
- * under the Node flags of a VM's processes: V8 refuses a cache made under other flags.
+ * Each bundle: its output and its compiled entry. `cached`: a CommonJS bundle (`bundleOf(out)`)
+ * run from V8's code cache by a CommonJS launcher at `out` (above). Its cache is made under the
+ * Node flags of a VM's processes: V8 refuses a cache made under other flags. Everything such a
+ * bundle loads is CommonJS (what is outside it: zeromq, piscina; `@hvlab/shm` and msgpackr are in
+ * it), so its process never starts Node's ES module loader: ~20 ms of each VM process's start
+ * (the launcher, and `@hvlab/shm` compiled from source, went through it as ES modules).
  *
  * Only the VM processes are cached. The CLI was tried (alternated, 12 calls each, `vm list`): an
  * eager cache of 1.2 MB took as long to deserialize as a call compiles lazily (223-233 ms of CPU
  * a call, 228-238 without a cache, 210-221 with a top-level-only cache: within the noise).
  */
-const VM_CACHED = { preload: ['@hvlab/shm'] };
 const BUNDLES = [
-  { out: pkg('root', 'dist', 'bundle', 'vmwp.mjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: VM_CACHED },
+  { out: pkg('root', 'dist', 'bundle', 'vmwp.cjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: true },
   { out: pkg('root', 'dist', 'bundle', 'compress-worker.js'), entry: pkg('root', 'dist', 'src', 'vmwp', 'compress-worker.js') },
   { out: pkg('root', 'dist', 'bundle', 'root.mjs'), entry: pkg('root', 'dist', 'src', 'main.js') },
-  { out: pkg('guest', 'dist', 'bundle', 'partition.mjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), cached: VM_CACHED },
-  { out: pkg('guest', 'dist', 'bundle', 'vp.js'), entry: pkg('guest', 'dist', 'src', 'vp.js'), cached: VM_CACHED },
+  { out: pkg('guest', 'dist', 'bundle', 'partition.cjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), cached: true },
+  { out: pkg('guest', 'dist', 'bundle', 'vp.cjs'), entry: pkg('guest', 'dist', 'src', 'vp.js'), cached: true },
   { out: pkg('hypervisor', 'dist', 'bundle', 'hypervisor.mjs'), entry: pkg('hypervisor', 'dist', 'src', 'main.js') },
   { out: pkg('hypervisor', 'dist', 'bundle', 'sched-thread.js'), entry: pkg('hypervisor', 'dist', 'src', 'sched-thread.js') },
   { out: pkg('cli', 'dist', 'bundle', 'main.mjs'), entry: pkg('cli', 'dist', 'src', 'main.js') },
@@ -111,8 +112,12 @@ const bundleMsgpackr = {
     });
   },
 };
-/** What stays outside a cached bundle: msgpackr does not (bundleMsgpackr), its native extractor does. */
-const CACHED_EXTERNAL = [...EXTERNAL.filter((n) => n !== 'msgpackr'), 'msgpackr-extract'];
+/**
+ * What stays outside a cached bundle: the CommonJS packages with native addons or workers of their
+ * own (zeromq, piscina) and msgpackr's native extractor. msgpackr is in it (bundleMsgpackr), and so
+ * is `@hvlab/shm`'s JavaScript (its addon stays a file: shm finds its package through the resolver).
+ */
+const CACHED_EXTERNAL = ['zeromq', 'piscina', 'msgpackr-extract'];
 
 /**
  * Makes a bundle ASCII, so V8 holds its source as a one-byte string (code-cache.ts, readBundle;
@@ -126,8 +131,8 @@ function asciiOnly(file) {
   const ascii = src.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
   if (ascii !== src) writeFileSync(file, ascii);
 }
-/** The CommonJS file of a cached bundle, beside its launcher. */
-const cjsOf = (out) => out.replace(/\.[^.]*$/, '.cjs');
+/** The CommonJS bundle of a cached bundle's launcher: `vmwp.cjs` runs `vmwp.bundle.cjs`. */
+const bundleOf = (out) => out.replace(/\.cjs$/, '.bundle.cjs');
 const CODE_CACHE_JS = pkg('runtime', 'dist', 'src', 'code-cache.js');
 
 if (process.argv.includes('--check')) {
@@ -168,25 +173,25 @@ try {
     const out = join(staging(dirname(b.out)), basename(b.out));
     if (b.cached) {
       await esbuild.build({
-        entryPoints: [b.entry], outfile: cjsOf(out), bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: CACHED_EXTERNAL,
+        entryPoints: [b.entry], outfile: bundleOf(out), bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: CACHED_EXTERNAL,
         plugins: [bundleMsgpackr], logLevel: 'warning',
         // The launcher's URL stands where the sources say `import.meta.url` (code-cache.ts).
         define: { 'import.meta.url': '__hvlabImportMetaUrl' },
         // paths.ts's `import.meta.resolve` serves processes run from sources (tsx) only, never a bundle.
         logOverride: { 'empty-import-meta': 'silent' },
       });
-      asciiOnly(cjsOf(out));
-      // The launcher: the code-cache runner, the packages to preload, the bundle.
-      const preload = b.cached.preload.map((n) => `${JSON.stringify(n)}: await import(${JSON.stringify(n)})`).join(', ');
-      const run = `runCachedBundle(new URL(${JSON.stringify(`./${basename(cjsOf(out))}`)}, import.meta.url), import.meta.url, { ${preload} })`;
+      asciiOnly(bundleOf(out));
+      // The launcher: the code-cache runner and the call, CommonJS too.
       await esbuild.build({
         stdin: {
-          contents: `// Runs ${basename(cjsOf(out))} from V8's code cache (scripts/bundle.mjs, runtime/src/code-cache.ts).\n`
+          contents: `// Runs ${basename(bundleOf(out))} from V8's code cache (scripts/bundle.mjs, runtime/src/code-cache.ts).\n`
+            + `import { pathToFileURL } from 'node:url';\n`
             + `import { runCachedBundle } from ${JSON.stringify(CODE_CACHE_JS)};\n`
-            + `${run};\n`,
+            + `const self = pathToFileURL(__filename);\n`
+            + `runCachedBundle(new URL(${JSON.stringify(`./${basename(bundleOf(out))}`)}, self), self.href);\n`,
           resolveDir: dirname(b.entry), sourcefile: basename(out), loader: 'js',
         },
-        outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', external: EXTERNAL, logLevel: 'warning',
+        outfile: out, bundle: true, platform: 'node', format: 'cjs', target: 'node20', logLevel: 'warning',
       });
       continue;
     }
@@ -202,7 +207,7 @@ try {
   // The code caches, made in a fresh Node with the flags the VM processes run with: V8 refuses a
   // cache made under other flags. A cache that cannot be made is left out: its bundle compiles as
   // it runs, as before caches (the process says `absent`).
-  const cached = BUNDLES.filter((b) => b.cached).map((b) => cjsOf(join(staging(dirname(b.out)), basename(b.out))));
+  const cached = BUNDLES.filter((b) => b.cached).map((b) => bundleOf(join(staging(dirname(b.out)), basename(b.out))));
   const { VM_PROCESS_NODE_FLAGS } = await import(pathToFileURL(pkg('runtime', 'dist', 'src', 'paths.js')).href);
   const maker = `import { makeCodeCache } from ${JSON.stringify(pathToFileURL(CODE_CACHE_JS).href)}; for (const f of process.argv.slice(1)) makeCodeCache(f);`;
   const r = spawnSync(process.execPath, [...VM_PROCESS_NODE_FLAGS, '--input-type=module', '-e', maker, ...cached], { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });

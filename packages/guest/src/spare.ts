@@ -6,7 +6,10 @@
  */
 import { Worker } from 'node:worker_threads';
 
-export const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-thread.mjs', import.meta.url) : new URL('./vp.js', import.meta.url);
+/** The VP thread's entry: beside the sources, the compiled module or, in a bundle (whose launcher this URL is then: scripts/bundle.mjs), its launcher. */
+export const VP_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./vp-thread.mjs', import.meta.url)
+  : import.meta.url.endsWith('.cjs') ? new URL('./vp.cjs', import.meta.url)
+    : new URL('./vp.js', import.meta.url);
 
 const spareVpThreads: Worker[] = [];
 

@@ -7,9 +7,9 @@
  * most of it functions compiled on their first call. Node 20 keeps a code cache for its own
  * modules only (`module.enableCompileCache` came in Node 22), and V8 takes a cache for a classic
  * script (`vm.Script`), not for an ES module without `--experimental-vm-modules`. So the bundles
- * that start per VM are CommonJS files (`*.cjs`, scripts/bundle.mjs), each run by a small ES module
- * launcher under the process's usual name (`vmwp.mjs`, `partition.mjs`, `vp.js`) through
- * `runCachedBundle`, with the cache beside it (`*.cjs.cache`).
+ * that start per VM are CommonJS files (`vmwp.bundle.cjs`, `partition.bundle.cjs`, `vp.bundle.cjs`:
+ * scripts/bundle.mjs), each run by a small CommonJS launcher (`vmwp.cjs`, ...) through
+ * `runCachedBundle`, with the cache beside it (`*.bundle.cjs.cache`).
  *
  * The cache is made eagerly: `makeCodeCache` compiles with V8's `--no-lazy`, so every function of
  * the bundle has bytecode, then turns lazy compilation back on before it serializes. V8 stamps a
@@ -170,25 +170,19 @@ function readCodeCache(file: string, digest: Buffer): { status: CodeCacheStatus;
 /**
  * Runs a CommonJS bundle from its code cache (or from source when there is none that checks out)
  * and records what became of the cache (code-cache-status.ts). `launcherUrl` is what the bundle's
- * code sees as `import.meta.url`: the launcher sits beside the bundle under the name the process
- * was always started by. `preloaded` are the ES-module-only packages the bundle requires (Node 20
- * cannot `require` an ES module): the launcher imports them first and `require` returns them.
- * Returns the status and what the bundle exports (`module.exports`).
+ * code sees as `import.meta.url`: the launcher sits beside the bundle. Returns the status and what
+ * the bundle exports (`module.exports`).
  */
-export function runCachedBundle(bundleUrl: URL, launcherUrl: string, preloaded: Record<string, unknown> = {}): { status: CodeCacheStatus; exports: Record<string, unknown> } {
+export function runCachedBundle(bundleUrl: URL, launcherUrl: string): { status: CodeCacheStatus; exports: Record<string, unknown> } {
   const path = fileURLToPath(bundleUrl);
   const { bytes: sourceBytes, source } = readBundle(path);
   const { status: found, payload } = readCodeCache(codeCachePath(path), sourceDigest(sourceBytes));
   const script = compile(path, source, payload);
   const status: CodeCacheStatus = payload ? (script.cachedDataRejected === true ? 'rejected' : 'accepted') : found;
   setCodeCacheStatus(status);
-  const nodeRequire = createRequire(path);
-  const require = Object.assign((id: string): unknown => (Object.hasOwn(preloaded, id) ? preloaded[id] : nodeRequire(id)), {
-    resolve: nodeRequire.resolve, cache: nodeRequire.cache, main: undefined,
-  });
   const module = { exports: {} as Record<string, unknown>, id: path, filename: path, loaded: false };
   const fn = script.runInThisContext() as (...a: unknown[]) => void;
-  fn.call(module.exports, module.exports, require, module, path, dirname(path), launcherUrl);
+  fn.call(module.exports, module.exports, createRequire(path), module, path, dirname(path), launcherUrl);
   module.loaded = true;
   return { status, exports: module.exports };
 }

@@ -168,9 +168,9 @@ export const entries = {
   hypervisor: bundleOr(entry('hypervisor', 'main'), 'hypervisor', 'hypervisor.mjs'),
   root: bundleOr(entry('root', 'main'), 'root', 'root.mjs'),
   /** boot.ts starts the partition process, then loads main.ts. */
-  vmwp: bundleOr(entry('root', 'vmwp', 'boot'), 'root', 'vmwp.mjs'),
+  vmwp: bundleOr(entry('root', 'vmwp', 'boot'), 'root', 'vmwp.cjs'),
   /** boot.ts starts the first VP thread, then loads main.ts. */
-  partition: bundleOr(entry('guest', 'boot'), 'guest', 'partition.mjs'),
+  partition: bundleOr(entry('guest', 'boot'), 'guest', 'partition.cjs'),
   /** A cluster's fabric (its links), one per cluster. */
   fabric: entry('cluster', 'fabric-main'),
   /** The nemesis of a home (its faults), one per home, started on demand. */
@@ -184,7 +184,7 @@ export const REPO_ROOT = repoRoot;
  */
 export function codeKind(): 'sources' | 'bundles' | 'compiled' {
   if (FROM_SOURCE) return 'sources';
-  return entries.vmwp.endsWith('.mjs') && entries.partition.endsWith('.mjs') ? 'bundles' : 'compiled';
+  return entries.vmwp.endsWith('.cjs') && entries.partition.endsWith('.cjs') ? 'bundles' : 'compiled';
 }
 
 /**

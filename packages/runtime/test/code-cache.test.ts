@@ -101,26 +101,26 @@ describe('code cache: running a bundle', function () {
     expect(r.status, r.stderr).to.equal(0);
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
   }
-  type Ran = { status: string; recorded: string; exports: unknown; ran: { value: string; dirname: string; meta: string; preloaded: number; sep: string; thisIsExports: boolean; exported: boolean } };
+  type Ran = { status: string; recorded: string; exports: unknown; ran: { value: string; dirname: string; meta: string; sep: string; thisIsExports: boolean; exported: boolean } };
   const run = (): Ran => child<Ran>([], 'run', bundle);
   // Functions never called, so an eager cache has more in it than the top level. (As esbuild writes
   // them: V8 leaves a wrapper of nothing but function declarations uncompiled even with --no-lazy.)
   const source = (value: string): string => [
     "'use strict';",
     ...Array.from({ length: 50 }, (_, i) => `var unused${i} = function (x) { return x * ${i} + ${JSON.stringify(value)}.length; };`),
-    `globalThis.ran = { value: ${JSON.stringify(value)}, dirname: __dirname, meta: __hvlabImportMetaUrl, preloaded: require('preloaded-package').answer,`,
+    `globalThis.ran = { value: ${JSON.stringify(value)}, dirname: __dirname, meta: __hvlabImportMetaUrl,`,
     "  sep: require('node:path').sep, thisIsExports: this === exports, exported: false };",
     'module.exports = { ok: true };',
     'globalThis.ran.exported = module.exports.ok === true;',
     '',
   ].join('\n');
 
-  it('runs a bundle without a cache as CommonJS (its require, the preloaded packages, __dirname, import.meta.url) and says absent', () => {
+  it('runs a bundle without a cache as CommonJS (its require, exports, __dirname, import.meta.url) and says absent', () => {
     writeFileSync(bundle, source('one'));
     const r = run();
     expect(r.status).to.equal('absent');
     expect(r.recorded).to.equal('absent');
-    expect(r.ran).to.deep.equal({ value: 'one', dirname: dir, meta: 'file:///launcher/here.mjs', preloaded: 42, sep: '/', thisIsExports: true, exported: true });
+    expect(r.ran).to.deep.equal({ value: 'one', dirname: dir, meta: 'file:///launcher/here.cjs', sep: '/', thisIsExports: true, exported: true });
     expect(r.exports).to.deep.equal({ ok: true });
   });
 

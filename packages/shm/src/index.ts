@@ -43,8 +43,15 @@ interface Addon {
   splicePumpStop?(id: number): (SplicePumpStats & { leftover: Uint8Array }) | null;
 }
 
-/** This package's directory, from src/ (sources) or dist/src/ (compiled) alike. */
+/**
+ * This package's directory, from src/ (sources) or dist/src/ (compiled) alike. Bundled into a VM
+ * process's bundle (scripts/bundle.mjs), this module's URL is the bundle's: the package resolver
+ * finds this package from there (every package that bundles it depends on it).
+ */
 function findPkgDir(): string {
+  try {
+    return dirname(createRequire(import.meta.url).resolve('@hvlab/shm/package.json'));
+  } catch { /* not resolvable from here: walk up */ }
   let d = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(d, 'package.json')) && dirname(d) !== d) d = dirname(d);
   return d;
