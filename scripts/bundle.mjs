@@ -6,11 +6,11 @@
  *   packages/root/dist/bundle/vmwp.cjs                the VM worker process (root/src/vmwp/boot.ts):
  *                                                     a launcher; vmwp.bundle.cjs and its .cache beside it
  *   packages/root/dist/bundle/compress-worker.js      its page-compression pool's worker
- *   packages/root/dist/bundle/root.cjs                the root partition process (root/src/main.ts), as vmwp.cjs
+ *   packages/root/dist/bundle/root.mjs                the root partition process (root/src/main.ts)
  *   packages/guest/dist/bundle/partition.cjs          the child partition process (guest/src/boot.ts),
  *                                                     as vmwp.cjs: partition.bundle.cjs and its cache
  *   packages/guest/dist/bundle/vp.cjs                 a VP thread (guest/src/vp.ts): vp.bundle.cjs and its cache
- *   packages/hypervisor/dist/bundle/hypervisor.cjs    the hypervisor (hypervisor/src/main.ts), as vmwp.cjs
+ *   packages/hypervisor/dist/bundle/hypervisor.mjs    the hypervisor (hypervisor/src/main.ts)
  *   packages/hypervisor/dist/bundle/sched-thread.js   its scheduler thread
  *   packages/cli/dist/bundle/main.mjs                 the `hvlab` command (bin/hvlab.mjs loads it)
  *
@@ -18,9 +18,9 @@
  * Node's loader spends most of that resolving and reading ~100 files each (realpath, stat, package
  * scopes, URLs): one file per isolate took a cold VMWP + partition from ~876 to ~660 ms of CPU.
  *
- * A host's processes (the hypervisor, the root, and per VM the VMWP, the partition process and its
- * VP threads) run from V8's code cache (`cached`): each is a CommonJS file (`vmwp.bundle.cjs`,
- * `partition.bundle.cjs`, `vp.bundle.cjs`, ...) with its cache beside it (`*.cache`, made here, every
+ * The processes there are one or two of per VM (the VMWP, the partition process, its VP threads)
+ * run from V8's code cache (`cached`): each is a CommonJS file (`vmwp.bundle.cjs`,
+ * `partition.bundle.cjs`, `vp.bundle.cjs`) with its cache beside it (`*.cache`, made here, every
  * function compiled to bytecode), started through a small CommonJS launcher (`vmwp.cjs`,
  * `partition.cjs`, `vp.cjs`). A cold VM start compiled ~400 ms of JavaScript in its
  * processes before; runtime/src/code-cache.ts says how and why. A CommonJS bundle initialises a
@@ -72,27 +72,22 @@ const requireCjsExternals = {
 /**
  * Each bundle: its output and its compiled entry. `cached`: a CommonJS bundle (`bundleOf(out)`)
  * run from V8's code cache by a CommonJS launcher at `out` (above). Its cache is made under the
- * Node flags of a VM's processes: V8 refuses a cache made under other flags (the hypervisor and
- * the root run without `--single-threaded-gc`, which V8 leaves out of the flags it compares: they
- * say `accepted` too, test/host.test.ts). Everything such a
+ * Node flags of a VM's processes: V8 refuses a cache made under other flags. Everything such a
  * bundle loads is CommonJS (what is outside it: zeromq, piscina; `@hvlab/shm` and msgpackr are in
  * it), so its process never starts Node's ES module loader: ~20 ms of each VM process's start
  * (the launcher, and `@hvlab/shm` compiled from source, went through it as ES modules).
  *
- * A host's processes are cached (the hypervisor and the root too: one each per host, but every
- * `up` and every host of a cluster starts them); its worker threads other than the VP threads
- * (the scheduler, the compression pool) are not: one per host, or only while a migration
- * compresses. The CLI was tried (alternated, 12 calls each, `vm list`): an
+ * Only the VM processes are cached. The CLI was tried (alternated, 12 calls each, `vm list`): an
  * eager cache of 1.2 MB took as long to deserialize as a call compiles lazily (223-233 ms of CPU
  * a call, 228-238 without a cache, 210-221 with a top-level-only cache: within the noise).
  */
 const BUNDLES = [
   { out: pkg('root', 'dist', 'bundle', 'vmwp.cjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: true },
   { out: pkg('root', 'dist', 'bundle', 'compress-worker.js'), entry: pkg('root', 'dist', 'src', 'vmwp', 'compress-worker.js') },
-  { out: pkg('root', 'dist', 'bundle', 'root.cjs'), entry: pkg('root', 'dist', 'src', 'main.js'), cached: true },
+  { out: pkg('root', 'dist', 'bundle', 'root.mjs'), entry: pkg('root', 'dist', 'src', 'main.js') },
   { out: pkg('guest', 'dist', 'bundle', 'partition.cjs'), entry: pkg('guest', 'dist', 'src', 'boot.js'), cached: true },
   { out: pkg('guest', 'dist', 'bundle', 'vp.cjs'), entry: pkg('guest', 'dist', 'src', 'vp.js'), cached: true },
-  { out: pkg('hypervisor', 'dist', 'bundle', 'hypervisor.cjs'), entry: pkg('hypervisor', 'dist', 'src', 'main.js'), cached: true },
+  { out: pkg('hypervisor', 'dist', 'bundle', 'hypervisor.mjs'), entry: pkg('hypervisor', 'dist', 'src', 'main.js') },
   { out: pkg('hypervisor', 'dist', 'bundle', 'sched-thread.js'), entry: pkg('hypervisor', 'dist', 'src', 'sched-thread.js') },
   { out: pkg('cli', 'dist', 'bundle', 'main.mjs'), entry: pkg('cli', 'dist', 'src', 'main.js') },
 ];

@@ -16,7 +16,6 @@ import { join } from 'node:path';
 import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
-import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 const home = process.env.HVLAB_HOME!;
 const hostId = process.env.HVLAB_HOST_ID!;
@@ -62,7 +61,7 @@ mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
 const log = processLogger(paths.logDir, 'hypervisor.log', { host: hostId, role: 'hypervisor' });
 const mode = memoryMode();
 const subreaper = becomeChildSubreaper();
-log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined, subreaper, pidWatch: pidWatchFallback() ? `polling (${pidWatchFallback()})` : 'pidfd', codeCache: codeCacheStatus() ?? null }, 'hypervisor starting');
+log.info({ lps, memoryMode: mode, reason: shmUnavailableReason() || undefined, subreaper, pidWatch: pidWatchFallback() ? `polling (${pidWatchFallback()})` : 'pidfd' }, 'hypervisor starting');
 
 const server = new HypervisorServer({ hostId, memoryMode: mode, log, lps: Number.isInteger(lps) && lps > 0 ? lps : 1 });
 let exiting = false;
@@ -289,20 +288,13 @@ process.on('SIGCHLD', () => {
   reapOrphans(own);
 });
 
-// Not top-level awaits: the process may run as a CommonJS bundle (runtime/src/code-cache.ts).
-async function start(): Promise<void> {
-  await server.bind(paths.hvEndpoint);
-  void server.serve();
-  try {
-    await startRoot();
-  } catch (e) {
-    log.error({ err: e }, 'the first root partition did not start');
-    process.stdout.write(`failed ${(e as Error).message}\n`);
-    await exit('the root partition did not start', 1);
-  }
-  process.stdout.write('ready\n');
+await server.bind(paths.hvEndpoint);
+void server.serve();
+try {
+  await startRoot();
+} catch (e) {
+  log.error({ err: e }, 'the first root partition did not start');
+  process.stdout.write(`failed ${(e as Error).message}\n`);
+  await exit('the root partition did not start', 1);
 }
-start().catch((e: unknown) => {
-  process.stderr.write(`hvlab hypervisor: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-  process.exit(1);
-});
+process.stdout.write('ready\n');

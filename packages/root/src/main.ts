@@ -19,176 +19,165 @@ import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
 import { ClusterMember, memberConfigFromEnv } from './member.js';
 import { Vmms } from './vmms.js';
-import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
-/**
- * The root partition process. A function rather than top-level code with `await`s, so that the
- * process can run as a CommonJS bundle from V8's code cache (runtime/src/code-cache.ts says why).
- */
-async function runRoot(): Promise<void> {
-  const home = process.env.HVLAB_HOME!;
-  const hostId = process.env.HVLAB_HOST_ID!;
-  const hvPid = Number(process.env.HVLAB_HV_PID);
-  const lps = Number(process.env.HVLAB_LPS ?? '1');
-  const vmbusMode: 'shm' | 'remote' = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
-  const restarts = Number(process.env.HVLAB_ROOT_RESTARTS ?? '0') || 0;
-  const warm = Math.max(0, Math.min(64, Math.floor(Number(process.env.HVLAB_WARM ?? '0')) || 0));
-  // Spare workers: 1 unless HVLAB_SPARE says otherwise (`hvlab up --spare N`).
-  const spare = process.env.HVLAB_SPARE === undefined ? 1 : Math.max(0, Math.min(8, Math.floor(Number(process.env.HVLAB_SPARE)) || 0));
-  process.title = `hvlab-root ${hostId}`;
-  const paths = hostPaths(home);
-  const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root', partition: ROOT_PARTITION_ID });
-  // Nothing a client sends may end the root: log what escapes and keep serving.
-  process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the root keeps serving)'));
-  process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the root keeps serving)'));
-  const rootToken = (await readStdinLine('the root token', 4096)).trim();
-  const startedAt = new Date().toISOString();
 
-  const vid = new HvClient(paths.hvEndpoint, (n) => {
-    if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
-  }, { watchPid: hvPid });
-  let server: MgmtServer | null = null;
-  let vmms: Vmms | null = null;
-  let exiting = false;
+const home = process.env.HVLAB_HOME!;
+const hostId = process.env.HVLAB_HOST_ID!;
+const hvPid = Number(process.env.HVLAB_HV_PID);
+const lps = Number(process.env.HVLAB_LPS ?? '1');
+const vmbusMode: 'shm' | 'remote' = process.env.HVLAB_VMBUS_TRANSPORT === 'remote' ? 'remote' : 'shm';
+const restarts = Number(process.env.HVLAB_ROOT_RESTARTS ?? '0') || 0;
+const warm = Math.max(0, Math.min(64, Math.floor(Number(process.env.HVLAB_WARM ?? '0')) || 0));
+// Spare workers: 1 unless HVLAB_SPARE says otherwise (`hvlab up --spare N`).
+const spare = process.env.HVLAB_SPARE === undefined ? 1 : Math.max(0, Math.min(8, Math.floor(Number(process.env.HVLAB_SPARE)) || 0));
+process.title = `hvlab-root ${hostId}`;
+const paths = hostPaths(home);
+const log = processLogger(paths.logDir, 'root.log', { host: hostId, role: 'root', partition: ROOT_PARTITION_ID });
+// Nothing a client sends may end the root: log what escapes and keep serving.
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the root keeps serving)'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the root keeps serving)'));
+const rootToken = (await readStdinLine('the root token', 4096)).trim();
+const startedAt = new Date().toISOString();
 
-  /** Removes what the host left in /dev/shm and the socket directory (only when the host stops). */
-  function sweep(): void {
-    for (const f of (() => { try { return readdirSync('/dev/shm'); } catch { return []; } })()) {
-      if (f.startsWith(shmPrefix(hostId))) {
-        try { unlinkRegion(f); } catch { rmSync(join('/dev/shm', f), { force: true }); }
-      }
+const vid = new HvClient(paths.hvEndpoint, (n) => {
+  if (n.k === 'bye') void exit(`hypervisor: ${n.reason}`);
+}, { watchPid: hvPid });
+let server: MgmtServer | null = null;
+let vmms: Vmms | null = null;
+let exiting = false;
+
+/** Removes what the host left in /dev/shm and the socket directory (only when the host stops). */
+function sweep(): void {
+  for (const f of (() => { try { return readdirSync('/dev/shm'); } catch { return []; } })()) {
+    if (f.startsWith(shmPrefix(hostId))) {
+      try { unlinkRegion(f); } catch { rmSync(join('/dev/shm', f), { force: true }); }
     }
-    rmSync(paths.sockDir, { recursive: true, force: true });
   }
-
-  /**
-   * Leaves. A root that exits on a signal leaves every VM running (its supervisor starts a new root
-   * that re-attaches); `hostDown` stops the VMs and sweeps the host's files.
-   */
-  async function exit(reason: string, code = 0, hostDown = false): Promise<void> {
-    if (exiting) return;
-    exiting = true;
-    log.info({ reason, hostDown }, 'root exiting');
-    if (hostDown) {
-      try {
-        if (pidAlive(hvPid)) await Promise.race([vmms?.shutdownAll(), new Promise((r) => setTimeout(r, 4000))]);
-        else vmms?.killAll();
-      } catch { /* going anyway */ }
-    }
-    await member?.close();
-    server?.close();
-    vmms?.close();
-    vid.close();
-    if (hostDown) sweep();
-    process.exit(code);
-  }
-
-  watchPids([hvPid], () => {
-    vmms?.killAll();
-    void exit('the hypervisor is gone', 1, true);
-  });
-  process.on('SIGTERM', () => void exit('SIGTERM'));
-  process.on('SIGINT', () => void exit('SIGINT'));
-
-  const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
-  const store = new ConfigStore(paths.vmDir);
-  // lp-shrink: the hypervisor takes LPs away and gives them back after forMs by itself.
-  const hostFaults = new HostFaults((n, forMs) => vid.ctl('setLps', { lps: n, forMs }), lps, (msg, fields) => log.info(fields, msg));
-  let member: ClusterMember | null = null;
-  /** Probed once: whether userfaultfd's async write-protect works here (the partitions use it when it does). */
-  const dirtyTracking = (): NonNullable<HostInfo['dirtyTracking']> => {
-    const reason = kernelDirtyTrackingUnavailableReason();
-    return { mode: reason === null ? 'kernel' : 'bitmap', reason };
-  };
-  const handler: MgmtHandler = async (op, args) => {
-    const v = vmms!;
-    switch (op) {
-      case 'ping': return { pong: true, hostId };
-      case 'hostInfo': {
-        const info: HostInfo = {
-          hostId, home: paths.home, apiVersion: MGMT_API_VERSION, memoryMode: session.memoryMode,
-          memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
-          lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
-          vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
-          rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', cluster: member?.info() ?? null,
-          dirtyTracking: dirtyTracking(), code: codeKind(),
-        };
-        return info;
-      }
-      case 'vmNew': return v.newVm(args);
-      case 'vmStart': return await v.start(args.name);
-      case 'vmStop': return await v.stop(args.name, { force: args.force, timeoutS: args.timeoutS });
-      case 'vmTurnOff': return await v.turnOff(args.name, 'turned off');
-      case 'vmIc': return await v.ic(args.name, { enable: args.enable, disable: args.disable });
-      case 'vmKvp': return await v.kvp(args.name, args);
-      case 'vmPause': return await v.pause(args.name);
-      case 'vmSave': return await v.save(args.name);
-      case 'vmStatus': return await v.status(args.name);
-      case 'vmSetProcessor': return await v.setProcessor(args.name, args);
-      case 'vmResume': return await v.resume(args.name);
-      case 'vmDelete': return v.delete(args.name);
-      case 'vmList': return await v.list();
-      case 'vmPeek': return await v.peek(args.name, args.gpa, args.len);
-      case 'ps': return [{ role: 'hypervisor', vm: null, pid: hvPid }, { role: 'root', vm: null, pid: process.pid }, ...v.processes()];
-      case 'debugHypercall': return await v.debugHypercall(args);
-      case 'shutdown':
-        setTimeout(() => void (async () => {
-          await v.shutdownAll();
-          await vid.ctl('shutdown').catch(() => undefined);
-          await exit('shutdown requested', 0, true);
-        })(), 10);
-        return { stopping: true };
-      case 'vmMove': {
-        const { name, to, ...options } = args;
-        return await v.move({ name, to, options });
-      }
-      case 'vmMoveStatus': return v.moveStatus(args.name);
-      case 'vmMoveCancel': return v.moveCancel(args.name);
-      case 'faultSet':
-        if (args.spec.kind === 'lp-shrink') return await hostFaults.set(args.id, args.spec.lps, args.forMs);
-        return await v.faultSet(args.vm!, args.id, args.spec, args.forMs);
-      case 'faultClear': {
-        if (args.vm !== undefined) return await v.faultClear(args.vm, args.id ?? null);
-        const host = await hostFaults.clear(args.id ?? null);
-        return { cleared: [...host, ...(await v.faultClearAll(args.id ?? null))] };
-      }
-      case 'faultList': return { host: hostFaults.list(), vms: await v.faultList() };
-      case 'linkProbe':
-        if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
-        return await member.probe(args);
-      default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
-    }
-  };
-  server = new MgmtServer(handler, (e) => log.error({ err: e }, 'management request failed'));
-  vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY, spare });
-  // A restarted root finds the VMs that kept running while it was away.
-  await vmms.reattach();
-  await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
-  // A host of a cluster joins it and serves its peers (member.ts); a wrong configuration is logged
-  // and the host runs on alone rather than failing (its supervisor would only restart it again).
-  try {
-    const cfg = memberConfigFromEnv(process.env, lps);
-    if (cfg) {
-      member = new ClusterMember(cfg, log, handler);
-      const m = member;
-      member.onMigration = (r) => vmms!.incoming(r);
-      vmms.cluster = m;
-      await member.start();
-    }
-  } catch (e) {
-    log.error({ err: e }, 'cannot take part in the cluster; the host runs alone');
-    vmms.cluster = null;
-    await member?.close();
-    member = null;
-  }
-  log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm, spare, cluster: member !== null, codeCache: codeCacheStatus() ?? null }, 'root ready');
-  process.stdout.write('ready\n');
-  vmms.startWarmPool();
-  vmms.startSpares();
-  await server.serve();
+  rmSync(paths.sockDir, { recursive: true, force: true });
 }
 
-runRoot().catch((e: unknown) => {
-  process.stderr.write(`hvlab root: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-  process.exit(1);
+/**
+ * Leaves. A root that exits on a signal leaves every VM running (its supervisor starts a new root
+ * that re-attaches); `hostDown` stops the VMs and sweeps the host's files.
+ */
+async function exit(reason: string, code = 0, hostDown = false): Promise<void> {
+  if (exiting) return;
+  exiting = true;
+  log.info({ reason, hostDown }, 'root exiting');
+  if (hostDown) {
+    try {
+      if (pidAlive(hvPid)) await Promise.race([vmms?.shutdownAll(), new Promise((r) => setTimeout(r, 4000))]);
+      else vmms?.killAll();
+    } catch { /* going anyway */ }
+  }
+  await member?.close();
+  server?.close();
+  vmms?.close();
+  vid.close();
+  if (hostDown) sweep();
+  process.exit(code);
+}
+
+watchPids([hvPid], () => {
+  vmms?.killAll();
+  void exit('the hypervisor is gone', 1, true);
 });
+process.on('SIGTERM', () => void exit('SIGTERM'));
+process.on('SIGINT', () => void exit('SIGINT'));
+
+const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
+const store = new ConfigStore(paths.vmDir);
+// lp-shrink: the hypervisor takes LPs away and gives them back after forMs by itself.
+const hostFaults = new HostFaults((n, forMs) => vid.ctl('setLps', { lps: n, forMs }), lps, (msg, fields) => log.info(fields, msg));
+let member: ClusterMember | null = null;
+/** Probed once: whether userfaultfd's async write-protect works here (the partitions use it when it does). */
+const dirtyTracking = (): NonNullable<HostInfo['dirtyTracking']> => {
+  const reason = kernelDirtyTrackingUnavailableReason();
+  return { mode: reason === null ? 'kernel' : 'bitmap', reason };
+};
+const handler: MgmtHandler = async (op, args) => {
+  const v = vmms!;
+  switch (op) {
+    case 'ping': return { pong: true, hostId };
+    case 'hostInfo': {
+      const info: HostInfo = {
+        hostId, home: paths.home, apiVersion: MGMT_API_VERSION, memoryMode: session.memoryMode,
+        memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
+        lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
+        vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
+        rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', cluster: member?.info() ?? null,
+        dirtyTracking: dirtyTracking(), code: codeKind(),
+      };
+      return info;
+    }
+    case 'vmNew': return v.newVm(args);
+    case 'vmStart': return await v.start(args.name);
+    case 'vmStop': return await v.stop(args.name, { force: args.force, timeoutS: args.timeoutS });
+    case 'vmTurnOff': return await v.turnOff(args.name, 'turned off');
+    case 'vmIc': return await v.ic(args.name, { enable: args.enable, disable: args.disable });
+    case 'vmKvp': return await v.kvp(args.name, args);
+    case 'vmPause': return await v.pause(args.name);
+    case 'vmSave': return await v.save(args.name);
+    case 'vmStatus': return await v.status(args.name);
+    case 'vmSetProcessor': return await v.setProcessor(args.name, args);
+    case 'vmResume': return await v.resume(args.name);
+    case 'vmDelete': return v.delete(args.name);
+    case 'vmList': return await v.list();
+    case 'vmPeek': return await v.peek(args.name, args.gpa, args.len);
+    case 'ps': return [{ role: 'hypervisor', vm: null, pid: hvPid }, { role: 'root', vm: null, pid: process.pid }, ...v.processes()];
+    case 'debugHypercall': return await v.debugHypercall(args);
+    case 'shutdown':
+      setTimeout(() => void (async () => {
+        await v.shutdownAll();
+        await vid.ctl('shutdown').catch(() => undefined);
+        await exit('shutdown requested', 0, true);
+      })(), 10);
+      return { stopping: true };
+    case 'vmMove': {
+      const { name, to, ...options } = args;
+      return await v.move({ name, to, options });
+    }
+    case 'vmMoveStatus': return v.moveStatus(args.name);
+    case 'vmMoveCancel': return v.moveCancel(args.name);
+    case 'faultSet':
+      if (args.spec.kind === 'lp-shrink') return await hostFaults.set(args.id, args.spec.lps, args.forMs);
+      return await v.faultSet(args.vm!, args.id, args.spec, args.forMs);
+    case 'faultClear': {
+      if (args.vm !== undefined) return await v.faultClear(args.vm, args.id ?? null);
+      const host = await hostFaults.clear(args.id ?? null);
+      return { cleared: [...host, ...(await v.faultClearAll(args.id ?? null))] };
+    }
+    case 'faultList': return { host: hostFaults.list(), vms: await v.faultList() };
+    case 'linkProbe':
+      if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
+      return await member.probe(args);
+    default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
+  }
+};
+server = new MgmtServer(handler, (e) => log.error({ err: e }, 'management request failed'));
+vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY, spare });
+// A restarted root finds the VMs that kept running while it was away.
+await vmms.reattach();
+await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
+// A host of a cluster joins it and serves its peers (member.ts); a wrong configuration is logged
+// and the host runs on alone rather than failing (its supervisor would only restart it again).
+try {
+  const cfg = memberConfigFromEnv(process.env, lps);
+  if (cfg) {
+    member = new ClusterMember(cfg, log, handler);
+    const m = member;
+    member.onMigration = (r) => vmms!.incoming(r);
+    vmms.cluster = m;
+    await member.start();
+  }
+} catch (e) {
+  log.error({ err: e }, 'cannot take part in the cluster; the host runs alone');
+  vmms.cluster = null;
+  await member?.close();
+  member = null;
+}
+log.info({ memoryMode: memoryMode(), vms: vmms.count(), restarts, warm, spare, cluster: member !== null }, 'root ready');
+process.stdout.write('ready\n');
+vmms.startWarmPool();
+vmms.startSpares();
+await server.serve();

@@ -7,7 +7,7 @@
  * most of it functions compiled on their first call. Node 20 keeps a code cache for its own
  * modules only (`module.enableCompileCache` came in Node 22), and V8 takes a cache for a classic
  * script (`vm.Script`), not for an ES module without `--experimental-vm-modules`. So the bundles
- * of a host's processes are CommonJS files (`vmwp.bundle.cjs`, `partition.bundle.cjs`, `vp.bundle.cjs`:
+ * that start per VM are CommonJS files (`vmwp.bundle.cjs`, `partition.bundle.cjs`, `vp.bundle.cjs`:
  * scripts/bundle.mjs), each run by a small CommonJS launcher (`vmwp.cjs`, ...) through
  * `runCachedBundle`, with the cache beside it (`*.bundle.cjs.cache`).
  *

@@ -165,8 +165,8 @@ function bundleOr(compiled: string, pkg: string, file: string): string {
 
 /** Entry points of the processes of a host. */
 export const entries = {
-  hypervisor: bundleOr(entry('hypervisor', 'main'), 'hypervisor', 'hypervisor.cjs'),
-  root: bundleOr(entry('root', 'main'), 'root', 'root.cjs'),
+  hypervisor: bundleOr(entry('hypervisor', 'main'), 'hypervisor', 'hypervisor.mjs'),
+  root: bundleOr(entry('root', 'main'), 'root', 'root.mjs'),
   /** boot.ts starts the partition process, then loads main.ts. */
   vmwp: bundleOr(entry('root', 'vmwp', 'boot'), 'root', 'vmwp.cjs'),
   /** boot.ts starts the first VP thread, then loads main.ts. */
