@@ -77,7 +77,10 @@ const requireCjsExternals = {
  * it), so its process never starts Node's ES module loader: ~20 ms of each VM process's start
  * (the launcher, and `@hvlab/shm` compiled from source, went through it as ES modules).
  *
- * Only the VM processes are cached. The CLI was tried (alternated, 12 calls each, `vm list`): an
+ * Only the VM processes are cached. The hypervisor and the root were tried too (cached, CommonJS,
+ * alternated with the build before, 8 `up --spare 0` each way): `up` took 518-595 ms against
+ * 493-629, the hypervisor 230-270 ms of CPU against 220-340, the root 130-170 against 140-190:
+ * no difference, so they stay ES module bundles. The CLI was tried (alternated, 12 calls each, `vm list`): an
  * eager cache of 1.2 MB took as long to deserialize as a call compiles lazily (223-233 ms of CPU
  * a call, 228-238 without a cache, 210-221 with a top-level-only cache: within the noise).
  */
