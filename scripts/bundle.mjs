@@ -156,11 +156,13 @@ try {
   process.exit(0);
 }
 
-const missing = BUNDLES.filter((b) => !existsSync(b.entry));
+const missing = [...BUNDLES.map((b) => b.entry), CODE_CACHE_JS].filter((f) => !existsSync(f));
 if (missing.length) {
-  process.stderr.write(`bundle: ${missing.map((b) => b.entry).join(', ')} missing: run "tsc -b" first\n`);
+  process.stderr.write(`bundle: ${missing.join(', ')} missing: run "tsc -b" first\n`);
   process.exit(1);
 }
+/** The name the code-cache runner gives `import.meta.url` in a bundle's wrapper. */
+const { BUNDLE_IMPORT_META_URL } = await import(pathToFileURL(CODE_CACHE_JS).href);
 
 const t0 = performance.now();
 const dirs = [...new Set(BUNDLES.map((b) => dirname(b.out)))];
@@ -179,7 +181,7 @@ try {
         entryPoints: [b.entry], outfile: bundleOf(out), bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: CACHED_EXTERNAL,
         plugins: [bundleMsgpackr], logLevel: 'warning',
         // The launcher's URL stands where the sources say `import.meta.url` (code-cache.ts).
-        define: { 'import.meta.url': '__hvlabImportMetaUrl' },
+        define: { 'import.meta.url': BUNDLE_IMPORT_META_URL },
         // paths.ts's `import.meta.resolve` serves processes run from sources (tsx) only, never a bundle.
         logOverride: { 'empty-import-meta': 'silent' },
       });
