@@ -248,6 +248,8 @@ const expectations: Record<string, (out: string) => void> = {
     }
     ratio(out, 'ratio link / direct round trip (p50)');
     ratio(out, 'ratio link / direct throughput');
+    const [first] = numbersAfter(out, "the link's first transfer, Mbit/s", 1);
+    expect(first, "the link's first (warm-up) transfer").to.be.greaterThan(0);
   },
   migrate: (out) => {
     const [mbs] = numbersAfter(out, 'link bandwidth MB/s (baseline)', 1);
