@@ -29,9 +29,10 @@
  *
  * The workers sit beside their process's bundle under the names the code opens them by
  * (`VP_THREAD_ENTRY` in guest/src/spare.ts, './compress-worker.js' in
- * root/src/vmwp/compress.ts, './sched-thread.js' in hypervisor/src/server.ts). Native addons
- * (@hvlab/shm, zeromq) and what loads by name at run time (msgpackr, through createRequire;
- * piscina's workers) stay outside, resolved from the bundle's package as before; zeromq, a
+ * root/src/vmwp/compress.ts, './sched-thread.js' in hypervisor/src/server.ts). In the ES module
+ * bundles, native addons (@hvlab/shm, zeromq) and what loads by name at run time (msgpackr,
+ * through createRequire; piscina's workers) stay outside, resolved from the bundle's package as
+ * before (the cached bundles carry @hvlab/shm's JavaScript and msgpackr: CACHED_EXTERNAL); zeromq, a
  * CommonJS package, is loaded with `require` (EXTERNAL_CJS says why). runtime/src/paths.ts takes
  * a bundle only while it is newer than every package's compiled output, so a `tsc -b` after an
  * edit never runs old code from a bundle.
@@ -80,9 +81,10 @@ const requireCjsExternals = {
  * Only the VM processes are cached. The hypervisor and the root were tried too (cached, CommonJS,
  * alternated with the build before, 8 `up --spare 0` each way): `up` took 518-595 ms against
  * 493-629, the hypervisor 230-270 ms of CPU against 220-340, the root 130-170 against 140-190:
- * no difference, so they stay ES module bundles. The CLI was tried (alternated, 12 calls each, `vm list`): an
- * eager cache of 1.2 MB took as long to deserialize as a call compiles lazily (223-233 ms of CPU
- * a call, 228-238 without a cache, 210-221 with a top-level-only cache: within the noise).
+ * no difference, so they stay ES module bundles. The CLI was tried (alternated, 12 calls each,
+ * `vm list`): an eager cache of 1.2 MB took as long to deserialize as a call compiles lazily
+ * (223-233 ms of CPU a call, 228-238 without a cache, 210-221 with a top-level-only cache: within
+ * the noise).
  */
 const BUNDLES = [
   { out: pkg('root', 'dist', 'bundle', 'vmwp.cjs'), entry: pkg('root', 'dist', 'src', 'vmwp', 'boot.js'), cached: true },

@@ -42,7 +42,7 @@ if (process.env.HVLAB_FROM_SOURCE === '1') {
     spawnSync(process.execPath, [here('../../../scripts/bundle.mjs')], { cwd: repo, stdio: ['ignore', 'ignore', 'inherit'] });
   }
   // The bundle while it is newer than every package's compiled output (runtime/src/paths.ts:
-  // paths.js imports nothing but Node's own modules).
+  // paths.js imports nothing but Node's own modules and code-cache-status.js, which imports nothing).
   if (process.env.HVLAB_BUNDLES !== 'off') {
     const { newestBuild, pickEntry } = await import(pathToFileURL(here('../../runtime/dist/src/paths.js')).href);
     entry = pickEntry(entry, here('../dist/bundle/main.mjs'), newestBuild());

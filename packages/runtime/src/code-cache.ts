@@ -28,7 +28,7 @@
  * written by the same build: whoever can change it can change the bundle.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { isAscii } from 'node:buffer';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
@@ -37,6 +37,7 @@ import { setFlagsFromString } from 'node:v8';
 import { Script } from 'node:vm';
 import { crc32 } from 'node:zlib';
 import { setCodeCacheStatus, type CodeCacheStatus } from './code-cache-status.js';
+import { writeFileAtomic } from './files.js';
 
 /** "HVLABCC" and a NUL: the first bytes of a cache file. */
 export const CODE_CACHE_MAGIC = Buffer.from('HVLABCC\0', 'latin1');
@@ -127,7 +128,7 @@ function compile(path: string, source: string, cachedData?: Buffer): Script {
 
 /**
  * Compiles a bundle with its functions to bytecode and writes its cache beside it (whole or not at
- * all: through a temporary file and a rename). Called by scripts/bundle.mjs, in a fresh Node
+ * all: writeFileAtomic). Called by scripts/bundle.mjs, in a fresh Node
  * process with the flags the bundle's processes run with. Returns the cache file's size.
  *
  * V8's `--no-lazy` compiles the functions its parse reaches. (It left a wrapper of nothing but
@@ -146,15 +147,8 @@ export function makeCodeCache(bundlePath: string): number {
     setFlagsFromString('--lazy');
   }
   const file = encodeCodeCache(sourceDigest(bytes), script.createCachedData());
-  const out = codeCachePath(bundlePath);
-  const tmp = `${out}.tmp-${process.pid}`;
-  try {
-    writeFileSync(tmp, file);
-    renameSync(tmp, out);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
-  }
+  // A build product beside the bundle, readable as the bundle is; a torn file fails its CRC-32.
+  writeFileAtomic(codeCachePath(bundlePath), file, { mode: 0o644, durable: false });
   return file.length;
 }
 

@@ -11,13 +11,14 @@
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
-export function writeFileAtomic(file: string, text: string, opts: { mode?: number; syncDir?: boolean; durable?: boolean } = {}): void {
+export function writeFileAtomic(file: string, text: string | Uint8Array, opts: { mode?: number; syncDir?: boolean; durable?: boolean } = {}): void {
   const mode = opts.mode ?? 0o600;
   const tmp = `${file}.tmp-${process.pid}`;
   try {
     const fd = openSync(tmp, 'w', mode);
     try {
-      writeSync(fd, text);
+      if (typeof text === 'string') writeSync(fd, text);
+      else for (let at = 0; at < text.length;) at += writeSync(fd, text, at);
       if (opts.durable !== false) fsyncSync(fd);
     } finally {
       closeSync(fd);

@@ -9,6 +9,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { createRequire } from 'node:module';
+import { codeCacheStatus } from './code-cache-status.js';
 
 export interface HostPaths {
   home: string;
@@ -263,7 +264,8 @@ export function eagerCompile(on: boolean): void {
   setFlagsFromString(on ? '--no-lazy' : '--lazy');
 }
 /**
- * `eagerCompile(true)` once `loads` have settled (each may fail: what failed loads again, and
+ * `eagerCompile(true)` once `loads` have settled, unless the process runs from a code cache V8
+ * accepted (each load may fail: what failed loads again, and
  * fails again, where the code needs it). The entry of a process started ahead of need passes what
  * is not hvlab's own: the Node modules its code imports, its dependencies outside the bundle, and
  * the start of a worker thread it made. V8 accepts a code cache only under the flags it was made
@@ -276,6 +278,9 @@ export function eagerCompile(on: boolean): void {
  */
 export async function eagerCompileAfter(loads: ReadonlyArray<Promise<unknown>>): Promise<void> {
   await Promise.allSettled(loads);
+  // Run from a code cache V8 took (code-cache.ts), every function of hvlab's is bytecode already:
+  // the flag would compile nothing of it, and only make V8 refuse Node's own caches meanwhile.
+  if (codeCacheStatus() === 'accepted') return;
   eagerCompile(true);
 }
 /**
