@@ -15,6 +15,11 @@
  *                                               credit, from "go" to "stop" on stdin (throughput)
  *   zmq-echo <endpoint> <partitionId> <token> <window>
  *                                               answers every packet of a RemoteLink channel
+ *   loop-wake <region> <pid> <fd>               its event loop watches word 0 of the region both
+ *                                               ways the hypervisor can wake a session's loop: a
+ *                                               word watch, and process <pid>'s wake descriptor <fd>;
+ *                                               answers each new number in word 0 by storing it in
+ *                                               word 1 and waking that; leaves when stdin closes
  *
  * The shm roles map the region the parent created (layout: `benchRings`), print "ready" and wait
  * for `CTL_GO` in the region's first page; they stop at `CTL_STOP`, publish their counters in that
@@ -24,7 +29,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { futexWake, openRegion } from '../../packages/shm/src/index.js';
+import { futexWake, openRegion, watchWakeFd, watchWord } from '../../packages/shm/src/index.js';
 import {
   EVENT_FLAG_BYTES_PER_SINT, GuestVector, KERNEL_MAGIC, KERNEL_PAGE_GPA, KernelPage, MAX_VPS_PER_PARTITION, PAGE,
   SINT_AUTO_EOI, VpPage, siefpGpa, simpGpa, synicPageRegister, vpPageOffset,
@@ -469,6 +474,30 @@ function zmqEcho(endpoint: string, partitionId: number, token: string, window: n
   process.stdout.write('ready\n');
 }
 
+/** An event loop woken by a word watch or by a wake descriptor, whichever the parent uses for each number. */
+function loopWake(name: string, pid: number, fd: number): void {
+  const sab = openRegion(name);
+  const w = new Int32Array(sab);
+  let answered = Atomics.load(w, 0);
+  const onWake = (): void => {
+    const v = Atomics.load(w, 0);
+    if (v === answered) return;
+    answered = v;
+    Atomics.store(w, 1, v);
+    futexWake(sab, 1);
+  };
+  const stopWord = watchWord(sab, 0, onWake);
+  const stopFd = watchWakeFd(pid, fd, onWake);
+  // Something must keep the loop alive (the watches do not): stdin, which the parent closes.
+  process.stdin.resume();
+  process.stdin.on('end', () => {
+    stopWord();
+    stopFd();
+    process.exit(0);
+  });
+  process.stdout.write('ready\n');
+}
+
 async function main(argv: string[]): Promise<void> {
   const [role, ...a] = argv;
   switch (role) {
@@ -482,8 +511,10 @@ async function main(argv: string[]): Promise<void> {
       return zmqSender(a[0] ?? fail('endpoint missing'), num(a[1], 'partition id'), a[2] ?? fail('token missing'), num(a[3], 'payload size'), num(a[4], 'window'));
     case 'zmq-echo':
       return zmqEcho(a[0] ?? fail('endpoint missing'), num(a[1], 'partition id'), a[2] ?? fail('token missing'), num(a[3], 'window'));
+    case 'loop-wake':
+      return loopWake(a[0] ?? fail('region missing'), num(a[1], 'pid'), num(a[2], 'descriptor'));
     default:
-      fail(`unknown role "${String(role)}" (shm-writer | shm-echo-poll | shm-echo-signal | zmq-sender | zmq-echo)`);
+      fail(`unknown role "${String(role)}" (shm-writer | shm-echo-poll | shm-echo-signal | zmq-sender | zmq-echo | loop-wake)`);
   }
 }
 

@@ -27,7 +27,12 @@
  *         the halted VP -> VP takes the interrupt -> main thread drains, as in a running VM. A writer
  *         whose tryWrite says 'signal' issues SignalEvent; a reader sleeps until the interrupt (or
  *         the rootevent), then drains masked and re-checks;
- *     (b) zmq: the same packets over RemoteHub/RemoteLink.
+ *     (b) zmq: the same packets over RemoteHub/RemoteLink;
+ *     (c) the event-loop wake-up under (a')'s last hop, on its own: a number stored in a shared word
+ *         here, the other process's event loop woken to answer it (it stores the number back and
+ *         wakes our futex), the two ways the hypervisor wakes a session's loop, one sample each in
+ *         turn: a word watch (the addon's watcher thread, then the loop: two wake-ups) and a wake
+ *         descriptor (an eventfd of ours the loop polls: one).
  *
  * --quick (or HVLAB_BENCH_QUICK=1): every part above with QUICK's durations and counts, for CI.
  *
@@ -49,7 +54,9 @@ import {
 import { entries, hostPaths, nodeArgsFor, shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { HvClient, type Notification } from '../../packages/runtime/src/hvclient.js';
-import { copyBytes, copyBytesIsNative, createRegion, memoryMode, shmUnavailableReason, unlinkRegion } from '../../packages/shm/src/index.js';
+import {
+  closeWakeFd, copyBytes, copyBytesIsNative, createRegion, futexWait, futexWake, memoryMode, openWakeFd, shmUnavailableReason, signalWakeFd, unlinkRegion, wakeFdAvailable,
+} from '../../packages/shm/src/index.js';
 import { initRing, NATIVE_COPY_MIN, packetBytes, PacketType, RingReader, RingWriter } from '../../packages/vmbus/src/ring.js';
 import { RemoteHub, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
 import { sweepHost } from '@hvlab/host';
@@ -113,6 +120,12 @@ export interface PollLatency extends Latency {
   /** Back-off naps over the whole ping-pong (0 with --spin). */
   naps: { parent: number; child: number };
 }
+/** (c): a word watch's and a wake descriptor's wake-up of another process's event loop, interleaved; `ratio` = descriptor p50 / word p50. */
+export interface LoopWake {
+  word: Latency;
+  descriptor: Latency;
+  ratio: number;
+}
 export interface SignalLatency extends Latency {
   /** SignalEvent calls per round trip, each direction (1 = every packet went through the hypervisor). */
   signalsPerRoundTrip: { toChild: number; toParent: number };
@@ -137,7 +150,7 @@ export interface VmbusBenchResult {
   };
   /** Smallest payload the ring writer copies with the addon (NATIVE_COPY_MIN). */
   nativeCopyMin: number;
-  latencyUs: { shmPoll: PollLatency | null; shmSignal: SignalLatency | null; zmq: Latency };
+  latencyUs: { shmPoll: PollLatency | null; shmSignal: SignalLatency | null; zmq: Latency; loopWake: LoopWake | null };
   /** nativeVsV8Shared16k: addon copyBytes bytes/s / Uint8Array.set bytes/s into a SAB at 16 KiB. */
   ratios: { shmVsZmq64: number | null; shmVsMemcpy16k: number | null; nativeVsV8Shared16k: number | null };
   aims: { shmVsZmq64: number; shmVsMemcpy16k: number };
@@ -714,6 +727,50 @@ async function shmSignalLatency(run: Run): Promise<SignalLatency> {
   return { ...latency(samples), signalsPerRoundTrip: { toChild: round(toChild / total, 3), toParent: round(done.signals / total, 3) } };
 }
 
+/** (c): the other process's event loop woken by a word watch or by our wake descriptor, one sample each in turn. */
+async function loopWakeLatency(run: Run): Promise<LoopWake> {
+  const wake = openWakeFd();
+  if (!wake) throw new Error('no wake descriptor could be made here');
+  const { name, buffer } = run.region('loop-wake', 4096);
+  const w = new Int32Array(buffer);
+  const child = run.spawn('event-loop waker', ['loop-wake', name, String(process.pid), String(wake.fd)]);
+  try {
+    await waitLine(child, 'ready', 20000);
+    run.unlink(name);
+    const word: number[] = [];
+    const descriptor: number[] = [];
+    const total = 2 * (run.plan.warmup + run.plan.n);
+    let lastYield = performance.now();
+    for (let i = 1; i <= total; i++) {
+      const byWord = (i & 1) === 0;
+      const t0 = process.hrtime.bigint();
+      Atomics.store(w, 0, i);
+      if (byWord) futexWake(buffer, 0);
+      else signalWakeFd(wake.id);
+      // Blocking here is what a hypervisor thread does; the child answers within microseconds.
+      while (Atomics.load(w, 1) !== i) {
+        if (futexWait(buffer, 1, Atomics.load(w, 1), STUCK_MS) === 'timed-out' && Atomics.load(w, 1) !== i) {
+          throw new Error(`the event-loop waker did not answer ${i} within ${STUCK_MS / 1000} s${exited(child.child) ? `; ${whyGone(child)}` : ''}`);
+        }
+      }
+      const ns = Number(process.hrtime.bigint() - t0);
+      if (i > 2 * run.plan.warmup) (byWord ? word : descriptor).push(ns);
+      if (performance.now() - lastYield >= YIELD_MS) {
+        await yieldNow();
+        if (exited(child.child)) throw new Error(whyGone(child));
+        lastYield = performance.now();
+      }
+    }
+    const a = latency(word);
+    const b = latency(descriptor);
+    return { word: a, descriptor: b, ratio: round(b.p50 / a.p50, 2) };
+  } finally {
+    child.child.stdin!.end();
+    await run.stop(child);
+    closeWakeFd(wake.id);
+  }
+}
+
 async function zmqLatency(run: Run): Promise<Latency> {
   const hub = await run.getHub();
   const { partitionId, token } = run.admit(hub);
@@ -805,8 +862,14 @@ function table(r: VmbusBenchResult): string {
   lrow('shm ring, SignalEvent through the hypervisor', sig);
   if (sig) lines.push(`  (SignalEvent calls per round trip: ${sig.signalsPerRoundTrip.toChild} to the child, ${sig.signalsPerRoundTrip.toParent} back)`);
   lrow('zmq RemoteHub/Link', r.latencyUs.zmq);
+  const lw = r.latencyUs.loopWake;
+  if (lw) {
+    lrow('wake of an event loop, word watch (2 wake-ups)', lw.word);
+    lrow('  same, wake descriptor (1 wake-up)', lw.descriptor);
+  }
   if (r.latencyUs.shmPoll) lines.push(`  ratio zmq / shm polling (p50): ${round(r.latencyUs.zmq.p50 / r.latencyUs.shmPoll.p50, 1)}`);
   if (sig) lines.push(`  ratio shm signalled / zmq (p50): ${round(sig.p50 / r.latencyUs.zmq.p50, 2)}`);
+  if (lw) lines.push(`  ratio wake descriptor / word watch (p50, interleaved): ${lw.ratio}`);
   lines.push('');
   const aim = (name: string, v: number | null, target: number, met: boolean | null, what: string): void => {
     if (v === null) lines.push(`${name} = skipped (no shared memory); aim >= ${target}: not measured`);
@@ -894,6 +957,7 @@ export async function main(args: string[]): Promise<void> {
     // 2. latency
     let shmPoll: PollLatency | null = null;
     let shmSignal: SignalLatency | null = null;
+    let loopWake: LoopWake | null = null;
     if (shared) {
       progress(`shm ring ping-pong, polling (${plan.warmup} + ${plan.n} round trips)`);
       shmPoll = await shmPollLatency(run);
@@ -906,6 +970,10 @@ export async function main(args: string[]): Promise<void> {
       progress(`shm ring ping-pong, signals through the hypervisor (${plan.warmup} + ${plan.n} round trips)`);
       shmSignal = await shmSignalLatency(run);
     }
+    if (shared && wakeFdAvailable()) {
+      progress(`event-loop wake-ups, word watch and wake descriptor in turn (${plan.warmup} + ${plan.n} each)`);
+      loopWake = await loopWakeLatency(run);
+    }
 
     const shmVsZmq64 = shm ? round(shm[64]!.pps / zmq[64]!.pps, 2) : null;
     const shmVsMemcpy16k = shm ? round(shm[16384]!.mbps / memcpy[16384]!.mbps, 3) : null;
@@ -915,7 +983,7 @@ export async function main(args: string[]): Promise<void> {
       memoryMode: mode,
       throughput: { shm, zmq, memcpy, memcpyShared, memcpySharedNative },
       nativeCopyMin: NATIVE_COPY_MIN,
-      latencyUs: { shmPoll, shmSignal, zmq: zmqLat },
+      latencyUs: { shmPoll, shmSignal, zmq: zmqLat, loopWake },
       ratios: { shmVsZmq64, shmVsMemcpy16k, nativeVsV8Shared16k },
       aims: { ...AIMS },
       met: {

@@ -14,15 +14,22 @@ import {
   HC_REGION_BYTES, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX, HcWord, HvCall, HvStatus, SchedRegion,
   decodeHcCall, encodeHcOutput, type HcEvent,
 } from '@hvlab/protocol';
-import { createRegion, unlinkRegion, futexWake } from '@hvlab/shm';
+import { createRegion, unlinkRegion, futexWake, openWakeFd, closeWakeFd } from '@hvlab/shm';
 import type { Hypervisor } from './hypervisor.js';
-import { HcStateWord, HC_STATE_BYTES, completeHcCall, type FromHcThread, type ToHcThread, type HcThreadData } from './hcloop.js';
+import { HcStateWord, HC_STATE_BYTES, completeHcCall, type PageRef, type FromHcThread, type ToHcThread, type HcThreadData } from './hcloop.js';
 
-interface PageSession {
+interface PageSession extends PageRef {
   name: string;
-  region: SharedArrayBuffer;
-  i32: Int32Array;
   u8: Uint8Array;
+  /** The wake descriptor's number in this process (`hcWake` in the welcome), or -1. */
+  wakeFd: number;
+}
+
+/** A session's page as the welcome names it: the region, and the wake descriptor its event loop may poll. */
+export interface OpenedPage {
+  region: string;
+  /** This process's pid and the descriptor's number (watchWakeFd's arguments); null: none could be made. */
+  wake: { pid: number; fd: number } | null;
 }
 
 export class HcService {
@@ -66,9 +73,15 @@ export class HcService {
     Atomics.add(this.stateI32, HcStateWord.epoch, 1);
   }
 
-  /** Makes session `sid`'s page; returns its region name, or null when it could not be made. */
-  openSession(sid: string): string | null {
-    if (this.closed || this.pages.has(sid)) return this.pages.get(sid)?.name ?? null;
+  /**
+   * Makes session `sid`'s page and its wake descriptor; returns what the welcome names, or null
+   * when the page could not be made (the session then uses the socket). Without a descriptor the
+   * session's event loop is woken through the `attention` word.
+   */
+  openSession(sid: string): OpenedPage | null {
+    if (this.closed) return null;
+    const open = this.pages.get(sid);
+    if (open) return { region: open.name, wake: open.wakeFd >= 0 ? { pid: process.pid, fd: open.wakeFd } : null };
     const name = `hvlab-${this.hostId}-hc-${randomBytes(8).toString('hex')}`;
     let region: SharedArrayBuffer;
     try {
@@ -77,9 +90,10 @@ export class HcService {
       this.logError({ err: e }, 'a hypercall page could not be made; the session uses the socket');
       return null;
     }
-    this.pages.set(sid, { name, region, i32: new Int32Array(region), u8: new Uint8Array(region) });
-    this.post({ t: 'session', sid, region });
-    return name;
+    const wake = openWakeFd();
+    this.pages.set(sid, { name, region, i32: new Int32Array(region), u8: new Uint8Array(region), wake: wake?.id ?? 0, wakeFd: wake?.fd ?? -1 });
+    this.post({ t: 'session', sid, region, wake: wake?.id ?? 0 });
+    return { region: name, wake: wake ? { pid: process.pid, fd: wake.fd } : null };
   }
 
   hasPage(sid: string): boolean {
@@ -92,6 +106,8 @@ export class HcService {
     this.pages.delete(sid);
     this.post({ t: 'sessionGone', sid });
     unlinkRegion(p.name);
+    // The scheduler thread may still signal it until it reads sessionGone: a closed id is ignored.
+    if (p.wake > 0) closeWakeFd(p.wake);
   }
 
   /** An event for a root port owned by session `sid`, or an intercept for it (it has a page). */
@@ -164,7 +180,7 @@ export class HcService {
       this.logError({ err: e }, 'serving a hypercall page failed');
       status = HvStatus.OPERATION_DENIED;
     }
-    completeHcCall(p.region, p.i32, m.seq, status, reps, outLen);
+    completeHcCall(p, m.seq, status, reps, outLen);
   }
 
   private installInterruptRoute(sid: string, partitionId: number, vpIndex: number): void {
@@ -187,7 +203,10 @@ export class HcService {
     if (this.closed) return;
     this.closed = true;
     this.port.close();
-    for (const p of this.pages.values()) unlinkRegion(p.name);
+    for (const p of this.pages.values()) {
+      unlinkRegion(p.name);
+      if (p.wake > 0) closeWakeFd(p.wake);
+    }
     this.pages.clear();
   }
 }

@@ -21,9 +21,9 @@
  * thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HcWaiting, HC_INPUT_OFFSET, HC_SIGNAL_MORE_MAX, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,
+  HcWord, HcWaiting, HcWakeBy, HC_INPUT_OFFSET, HC_SIGNAL_MORE_MAX, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,
 } from '@hvlab/protocol';
-import { futexWake } from '@hvlab/shm';
+import { futexWake, signalWakeFd } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
 
 /**
@@ -36,7 +36,8 @@ export const HC_STATE_BYTES = 16;
 export const MAX_BACKLOG = 4096;
 
 export type ToHcThread =
-  | { t: 'session'; sid: string; region: SharedArrayBuffer }
+  /** `wake`: the session's wake descriptor (an id of this process's, 0: none). */
+  | { t: 'session'; sid: string; region: SharedArrayBuffer; wake: number }
   | { t: 'sessionGone'; sid: string }
   | { t: 'route'; sid: string; connectionId: number; epoch: number; route: SignalRoute }
   /** AssertVirtualInterrupt by session `sid` on VP `vpIndex` of partition `partitionId` lands in that VP's APIC. */
@@ -93,10 +94,8 @@ interface RootRoute {
   sender: number;
 }
 
-interface SessionRec {
+interface SessionRec extends PageRef {
   sid: string;
-  region: SharedArrayBuffer;
-  i32: Int32Array;
   /** The page as f64 words (AssertVirtualInterrupt's partition id). */
   f64: Float64Array;
   /** The last request number taken. */
@@ -109,23 +108,43 @@ interface SessionRec {
 }
 
 /**
- * Completes call `seq` on a session's page (`region`) with `status`, and wakes the caller the way
- * it waits: nothing to wake while it watches `done` (the completion costs a few stores, no system
- * call), a futex wake while it sleeps on `done`, `attention` for its event loop.
+ * A session's page as both threads hold it: the region, its words, and the session's wake
+ * descriptor (an id of this process's, `signalWakeFd`; 0 when it has none).
  */
-export function completeHcCall(region: SharedArrayBuffer, i32: Int32Array, seq: number, status: number, reps = 0, outLen = 0): void {
+export interface PageRef {
+  region: SharedArrayBuffer;
+  i32: Int32Array;
+  wake: number;
+}
+
+/**
+ * Tells the session's event loop to look at its page: `attention` counts up and the loop's watcher
+ * is woken, through the session's wake descriptor when the session polls that (HcWord.wakeBy: one
+ * wake-up, of the loop itself), through the word's futex otherwise (its watcher thread, which
+ * then wakes the loop). `wakeBy` is the session's word: a session that claims the descriptor
+ * without polling it only loses its own wake-ups.
+ */
+export function wakeAttention(p: PageRef): void {
+  Atomics.add(p.i32, HcWord.attention, 1);
+  if (p.wake > 0 && Atomics.load(p.i32, HcWord.wakeBy) === HcWakeBy.Descriptor) signalWakeFd(p.wake);
+  else futexWake(p.region, HcWord.attention);
+}
+
+/**
+ * Completes call `seq` on a session's page with `status`, and wakes the caller the way it waits:
+ * nothing to wake while it watches `done` (the completion costs a few stores, no system call), a
+ * futex wake while it sleeps on `done`, `attention` for its event loop.
+ */
+export function completeHcCall(p: PageRef, seq: number, status: number, reps = 0, outLen = 0): void {
+  const i32 = p.i32;
   Atomics.store(i32, HcWord.status, status);
   Atomics.store(i32, HcWord.reps, reps);
   Atomics.store(i32, HcWord.outLen, outLen);
   Atomics.store(i32, HcWord.done, seq);
   const waiting = Atomics.load(i32, HcWord.waiting);
   if (waiting === HcWaiting.Watching || waiting === HcWaiting.Posted) return;
-  if (waiting === HcWaiting.Asleep) {
-    futexWake(region, HcWord.done);
-  } else {
-    Atomics.add(i32, HcWord.attention, 1);
-    futexWake(region, HcWord.attention);
-  }
+  if (waiting === HcWaiting.Asleep) futexWake(p.region, HcWord.done);
+  else wakeAttention(p);
 }
 
 /** The thread's state and one pass, without the thread (tests drive it in-process). */
@@ -143,7 +162,7 @@ export class HcLoop {
   /** A SignalEvent's flag numbers, reused from call to call. */
   private readonly flagScratch: number[] = [];
   private deferring = false;
-  private readonly deferred: Array<{ region: SharedArrayBuffer; i32: Int32Array; seq: number }> = [];
+  private readonly deferred: Array<{ page: PageRef; seq: number }> = [];
 
   constructor(state: SharedArrayBuffer, private readonly out: (m: FromHcThread) => void, private readonly dispatch: DispatchHook | null = null) {
     this.state = new Int32Array(state);
@@ -155,7 +174,7 @@ export class HcLoop {
         const i32 = new Int32Array(m.region);
         // A fresh page: its first call is request 1, even if it was published before this thread
         // (still starting, say) learned of the session.
-        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, f64: new Float64Array(m.region), taken: 0, routes: new Map(), vps: new Map(), backlog: [] });
+        this.sessions.set(m.sid, { sid: m.sid, region: m.region, i32, wake: m.wake, f64: new Float64Array(m.region), taken: 0, routes: new Map(), vps: new Map(), backlog: [] });
         break;
       }
       case 'sessionGone':
@@ -207,8 +226,7 @@ export class HcLoop {
       owner.backlog.push(ev);
       Atomics.store(owner.i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog, 1);
     }
-    Atomics.add(owner.i32, HcWord.attention, 1);
-    futexWake(owner.region, HcWord.attention);
+    wakeAttention(owner);
   }
 
   /**
@@ -250,8 +268,7 @@ export class HcLoop {
     if (moved === 0) return;
     s.backlog.splice(0, moved);
     if (s.backlog.length === 0) Atomics.store(s.i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog, 0);
-    Atomics.add(s.i32, HcWord.attention, 1);
-    futexWake(s.region, HcWord.attention);
+    wakeAttention(s);
   }
 
   /** AssertVirtualInterrupt with a current route: pends the vector; false to forward the call. */
@@ -280,19 +297,19 @@ export class HcLoop {
    * a CPU behind the VP it woke.
    */
   private complete(s: SessionRec, seq: number, target: VpTarget | null): void {
-    if (!target) return completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
+    if (!target) return completeHcCall(s, seq, HvStatus.SUCCESS);
     const waiting = Atomics.load(s.i32, HcWord.waiting);
     const first = waiting === HcWaiting.Watching || waiting === HcWaiting.Posted || !this.deferring;
-    if (first) completeHcCall(s.region, s.i32, seq, HvStatus.SUCCESS);
+    if (first) completeHcCall(s, seq, HvStatus.SUCCESS);
     if (this.dispatch?.(target.partitionId, target.vpIndex)) this.dispatched = true;
     else this.wantSchedule = true;
-    if (!first) this.deferred.push({ region: s.region, i32: s.i32, seq });
+    if (!first) this.deferred.push({ page: s, seq });
   }
 
   /** Completes the calls `pass(true)` held back; returns how many. */
   completeDeferred(): number {
     const n = this.deferred.length;
-    for (const d of this.deferred) completeHcCall(d.region, d.i32, d.seq, HvStatus.SUCCESS);
+    for (const d of this.deferred) completeHcCall(d.page, d.seq, HvStatus.SUCCESS);
     this.deferred.length = 0;
     return n;
   }

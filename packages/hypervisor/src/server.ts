@@ -202,7 +202,7 @@ export class HypervisorServer {
           if (reply.k === 'welcome') {
             this.watchSessionPid(m.pid);
             const page = this.hc?.openSession(sid);
-            if (page && this.hc) return { reply: { ...reply, hcRegion: page, hcBell: this.hc.bellName } };
+            if (page && this.hc) return { reply: { ...reply, hcRegion: page.region, hcBell: this.hc.bellName, ...(page.wake ? { hcWake: page.wake } : {}) } };
           }
           return { reply };
         }

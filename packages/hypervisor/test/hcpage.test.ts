@@ -52,7 +52,7 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     for (const f of readdirSync('/dev/shm')) if (f.startsWith(`hvlab-${hostId}-`)) rmSync(join('/dev/shm', f), { force: true });
   });
 
-  async function root(onNotify: (n: Notification) => void = () => {}, opts: { noPage?: boolean; callTimeoutMs?: number } = {}): Promise<HvClient> {
+  async function root(onNotify: (n: Notification) => void = () => {}, opts: { noPage?: boolean; noWakeFd?: boolean; callTimeoutMs?: number } = {}): Promise<HvClient> {
     const c = new HvClient(`ipc://${join(dir, 'hv')}`, onNotify, opts);
     clients.push(c);
     await c.connect({ partitionId: 1, token, role: 'test', vm: null });
@@ -251,27 +251,30 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     expect(flags[0] & (1 << 3)).to.equal(1 << 3);
   });
 
-  it("an event for another session's root port arrives on that session's event page, in order, with its sender", async () => {
-    const got: Array<Extract<HvServerMsg, { k: 'rootevent' }>> = [];
-    const owner = await root((n) => {
-      if (n.k === 'rootevent') got.push(n);
+  for (const watch of ['descriptor', 'word'] as const) {
+    it(`an event for another session's root port arrives on that session's event page, in order, with its sender (the page watched through its ${watch})`, async () => {
+      const got: Array<Extract<HvServerMsg, { k: 'rootevent' }>> = [];
+      const owner = await root((n) => {
+        if (n.k === 'rootevent') got.push(n);
+      }, { noWakeFd: watch === 'word' });
+      expect(owner.pageWatch).to.equal(watch);
+      const caller = await root();
+      await owner.must('CreatePort', { partitionId: 1, portId: 0x601, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+      await owner.must('CreatePort', { partitionId: 1, portId: 0x602, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
+      await caller.must('ConnectPort', { partitionId: 1, connectionId: 0x601, portPartitionId: 1, portId: 0x601 });
+      await caller.must('ConnectPort', { partitionId: 1, connectionId: 0x602, portPartitionId: 1, portId: 0x602 });
+      const sent: number[] = [];
+      for (let i = 0; i < 50; i++) {
+        const port = i % 3 === 0 ? 0x602 : 0x601;
+        sent.push(port);
+        expect((await caller.call('SignalEvent', { connectionId: port, flagNumber: 0 })).statusName).to.equal('SUCCESS');
+      }
+      for (let i = 0; i < 200 && got.length < 50; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(got.map((e) => e.portId)).to.deep.equal(sent);
+      expect(got.every((e) => e.sender === 1 && e.flagNumber === 0)).to.equal(true);
+      expect((await pageStats(caller)).fastCalls).to.be.at.least(48);
     });
-    const caller = await root();
-    await owner.must('CreatePort', { partitionId: 1, portId: 0x601, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
-    await owner.must('CreatePort', { partitionId: 1, portId: 0x602, type: PortType.Event, vpIndex: 0, sint: 0, flagCount: 1 });
-    await caller.must('ConnectPort', { partitionId: 1, connectionId: 0x601, portPartitionId: 1, portId: 0x601 });
-    await caller.must('ConnectPort', { partitionId: 1, connectionId: 0x602, portPartitionId: 1, portId: 0x602 });
-    const sent: number[] = [];
-    for (let i = 0; i < 50; i++) {
-      const port = i % 3 === 0 ? 0x602 : 0x601;
-      sent.push(port);
-      expect((await caller.call('SignalEvent', { connectionId: port, flagNumber: 0 })).statusName).to.equal('SUCCESS');
-    }
-    for (let i = 0; i < 200 && got.length < 50; i++) await new Promise((r) => setTimeout(r, 5));
-    expect(got.map((e) => e.portId)).to.deep.equal(sent);
-    expect(got.every((e) => e.sender === 1 && e.flagNumber === 0)).to.equal(true);
-    expect((await pageStats(caller)).fastCalls).to.be.at.least(48);
-  });
+  }
 
   it('register calls round-trip through the page, and socket and page calls keep their order', async () => {
     const c = await root();
@@ -407,7 +410,7 @@ describe('the hypercall pages server without a thread (HcLoop)', () => {
     const loop = new HcLoop(new SharedArrayBuffer(HC_STATE_BYTES), () => {});
     const region = new SharedArrayBuffer(HC_REGION_BYTES);
     const i32 = new Int32Array(region);
-    loop.handle({ t: 'session', sid: 's1', region });
+    loop.handle({ t: 'session', sid: 's1', region, wake: 0 });
     const payload = (n: number): Uint8Array => Uint8Array.from({ length: 200 }, (_, i) => (i + n) & 0xff);
     for (let n = 0; n < 100; n++) loop.handle({ t: 'event', sid: 's1', ev: { kind: 'rootMessage', portId: 9, sender: 2, messageType: 1, payload: payload(n) } });
     expect(Atomics.load(i32, (HC_PAGE_BYTES >> 2) + HcEventWord.backlog)).to.equal(1);
@@ -441,7 +444,7 @@ describe('the hypercall pages server and the scheduler, without their thread', (
     sched.handle({ t: 'addPartition', id: 5, region: vpRegion, suspended: false, weight: 100, reserve: 0, cap: 1 }, now());
     const page = new SharedArrayBuffer(HC_REGION_BYTES);
     const i32 = new Int32Array(page);
-    hc.handle({ t: 'session', sid: 's', region: page });
+    hc.handle({ t: 'session', sid: 's', region: page, wake: 0 });
     for (let i = 0; i < vps; i++) {
       sched.handle({ t: 'addVp', id: 5, index: i }, now());
       hc.handle({ t: 'interruptRoute', sid: 's', partitionId: 5, vpIndex: i, epoch: 0, vpRegion, vpOffset: off(i) });
@@ -539,7 +542,7 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     });
     const region = new SharedArrayBuffer(HC_REGION_BYTES);
     const i32 = new Int32Array(region);
-    loop.handle({ t: 'session', sid: 'f', region });
+    loop.handle({ t: 'session', sid: 'f', region, wake: 0 });
     // A route to a child that lives in a plain buffer, so SignalEvent can take the fast path.
     const mem = new SharedArrayBuffer(1 << 16);
     const vpRegion = new SharedArrayBuffer(1 << 16);

@@ -22,7 +22,8 @@
  * `done`, and the hypervisor stores `done` before it reads `waiting` (both sequentially
  * consistent), so either the caller sees the completion or the hypervisor sees how to wake it.
  * Each queued event also increments and wakes `attention`, so an event loop waits on that one
- * word (the shm addon's `watchWord`).
+ * word (the shm addon's `watchWord`), or on the session's wake descriptor (`wakeBy`, below), which
+ * the hypervisor signals instead once the session says it polls it.
  *
  * Inputs, little-endian, after the TLFS layouts where there is one:
  *   SignalEvent:    u32 connectionId, u16 flagNumber, u16 more, then `more` u32 flag numbers
@@ -77,7 +78,17 @@ export const HcWord = {
   repCount: 8,
   /** 1 while the caller blocks on `done` (the completion wakes `done`), 0 while its event loop waits (it wakes `attention`). */
   waiting: 9,
+  /** How the session's event loop is woken for `attention` (HcWakeBy): the session's word, read by the hypervisor. */
+  wakeBy: 10,
 } as const;
+
+/**
+ * Values of HcWord.wakeBy. Futex (0, a new page): the hypervisor wakes the `attention` word (the
+ * session's watcher thread sleeps on it, then wakes the event loop). Descriptor (1): the session's
+ * event loop polls its copy of the wake descriptor named in the welcome (`hcWake`), and the
+ * hypervisor signals that instead: one wake-up where the futex costs two.
+ */
+export const HcWakeBy = { Futex: 0, Descriptor: 1 } as const;
 
 /** Values of HcWord.waiting: how the caller waits for the call it published (see the module comment). */
 export const HcWaiting = { EventLoop: 0, Watching: 1, Asleep: 2, Posted: 3 } as const;

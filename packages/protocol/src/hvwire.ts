@@ -226,6 +226,11 @@ export function decodeHvServerMsg(bytes: Uint8Array): HvServerDecoded {
     case 'welcome':
       if (!int(v.partitionId) || !str(v.hostId) || (v.memoryMode !== 'shared' && v.memoryMode !== 'private') || !strOrNull(v.memoryRegion) || !int(v.memoryBytes) || !strOrNull(v.vpRegion) || !strOrNull(v.schedRegion)) return bad('malformed welcome');
       if ((v.hcRegion !== undefined || v.hcBell !== undefined) && (!str(v.hcRegion) || !str(v.hcBell))) return bad('malformed welcome: hcRegion and hcBell come together, as names');
+      if (v.hcWake !== undefined) {
+        const w = v.hcWake;
+        if (v.hcRegion === undefined) return bad('malformed welcome: hcWake without hcRegion');
+        if (!isPlainObject(w) || !int(w.pid) || w.pid < 1 || w.pid > 0x7fffffff || !int(w.fd) || w.fd < 0 || w.fd > 0x7fffffff) return bad('malformed welcome: hcWake is { pid, fd }, a pid and a descriptor number');
+      }
       break;
     case 'reject':
     case 'bye':

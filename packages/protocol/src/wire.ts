@@ -147,6 +147,8 @@ export type HvServerMsg =
     vpRegion?: string | null; schedRegion?: string | null;
     /** The session's hypercall-page region and the host's hypercall doorbell region (see hcpage.ts); absent: calls use the socket. */
     hcRegion?: string; hcBell?: string;
+    /** The session's wake descriptor (with hcRegion): the hypervisor's pid and the descriptor's number there, for the shm addon's watchWakeFd (HcWord.wakeBy). */
+    hcWake?: { pid: number; fd: number };
   }
   | { k: 'reject'; reason: string }
   | { k: 'hr'; id: number; status: number; reps: number; output: unknown }

@@ -197,6 +197,19 @@ describe('hypervisor edge decoders', () => {
         expect(decodeHvServerMsg(encode(m)).ok, JSON.stringify(m)).to.equal(false);
       }
     });
+
+    it('takes a welcome\'s wake descriptor only as { pid, fd } beside a hypercall page', () => {
+      const w = { k: 'welcome', partitionId: 1, hostId: 'h', memoryMode: 'shared', memoryRegion: null, memoryBytes: 0, hcRegion: 'r', hcBell: 'b' };
+      const good = { ...w, hcWake: { pid: 4242, fd: 17 } };
+      expect(decodeHvServerMsg(encode(good))).to.deep.equal({ ok: true, msg: good });
+      for (const hcWake of [null, 5, 'x', [], { pid: 0, fd: 3 }, { pid: 1, fd: -1 }, { pid: 1.5, fd: 3 }, { pid: 2 ** 31, fd: 3 }, { pid: 1, fd: 2 ** 31 }, { pid: 1 }, { fd: 3 }, hostile]) {
+        const r = decodeHvServerMsg(encode({ ...w, hcWake }));
+        expect(r.ok, JSON.stringify(hcWake)).to.equal(false);
+        if (!r.ok) expect(r.error).to.match(/hcWake/);
+      }
+      const noPage = { k: 'welcome', partitionId: 1, hostId: 'h', memoryMode: 'shared', memoryRegion: null, memoryBytes: 0, hcWake: { pid: 4242, fd: 17 } };
+      expect(decodeHvServerMsg(encode(noPage)).ok).to.equal(false);
+    });
   });
 
   describe('checkPlainData', () => {

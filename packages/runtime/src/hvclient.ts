@@ -11,12 +11,12 @@
  * process has ended (a pidfd watch; 0.2 s polling where there is none), with an error naming it.
  */
 import {
-  decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HcWaiting, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
+  decodeHvServerMsg, encode, HvCall, hvStatusName, HvStatus, HcWord, HcWaiting, HcWakeBy, HC_PAGE_CALLS, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX,
   HC_REGION_BYTES, HC_BELL_BYTES, HC_BELL_WORD, HC_RING_WORD, HC_PAGE_BYTES, HcEventWord, ROOT_PARTITION_ID, encodeHcInput, decodeHcOutput, drainHcEvents,
   type HvCallName, type HvClientMsg, type HvCtlArgs, type HvCtlOp, type HvServerMsg, type HypercallInputs,
   HC_SIGNAL_MORE_MAX, signalsHeld, whenReleased,
 } from '@hvlab/protocol';
-import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable } from '@hvlab/shm';
+import { openRegion, futexWait, futexWake, watchWord, wordWatchAvailable, watchWakeFd, wakeFdAvailable } from '@hvlab/shm';
 import { watchPid } from './anchor.js';
 import { dealer, SendQueue, type zmq } from './zmq.js';
 import { HV_ENDPOINT_ENV } from './paths.js';
@@ -70,6 +70,11 @@ export interface HvClientOptions {
   ctlTimeoutMs?: number;
   /** Use the socket for every call even when the hypervisor offers a hypercall page (benches compare the two). */
   noPage?: boolean;
+  /**
+   * Watch the hypercall page through its `attention` word even when the hypervisor offers a wake
+   * descriptor (benches compare the two; default: the environment's HVLAB_WAKE_FD=0).
+   */
+  noWakeFd?: boolean;
   /** Told of each posted SignalEvent (`signal`) that did not succeed. */
   onSignalFailed?: (f: SignalFailure) => void;
 }
@@ -170,6 +175,9 @@ export class HvClient {
   private readonly callTimeoutMs: number;
   private readonly ctlTimeoutMs: number;
   private readonly noPage: boolean;
+  private readonly noWakeFd: boolean;
+  /** How the hypercall page is watched: its wake descriptor, its `attention` word, or not at all (no page). */
+  pageWatch: 'descriptor' | 'word' | null = null;
   session: HvSession | null = null;
   private page: Page | null = null;
   private readonly queue: Queued[] = [];
@@ -195,6 +203,7 @@ export class HvClient {
     this.callTimeoutMs = opts.callTimeoutMs ?? 10000;
     this.ctlTimeoutMs = opts.ctlTimeoutMs ?? 10000;
     this.noPage = opts.noPage ?? process.env.HVLAB_HCPAGE === 'off';
+    this.noWakeFd = opts.noWakeFd ?? process.env.HVLAB_WAKE_FD === '0';
     this.onSignalFailed = opts.onSignalFailed ?? (() => {});
     if (opts.watchPid !== undefined) this.watchHypervisor(opts.watchPid, opts.watchIntervalMs);
   }
@@ -268,7 +277,7 @@ export class HvClient {
     if (reply.k === 'bad') throw new Error(`the hypervisor could not read the hello: ${reply.reason}`);
     if (reply.k !== 'welcome') throw new Error(`unexpected hypervisor reply ${reply.k}`);
     this.session = { partitionId: reply.partitionId, hostId: reply.hostId, memoryMode: reply.memoryMode, memoryRegion: reply.memoryRegion, memoryBytes: reply.memoryBytes, vpRegion: reply.vpRegion ?? null, schedRegion: reply.schedRegion ?? null };
-    if (reply.hcRegion && reply.hcBell && !this.noPage) this.openPage(reply.hcRegion, reply.hcBell);
+    if (reply.hcRegion && reply.hcBell && !this.noPage) this.openPage(reply.hcRegion, reply.hcBell, reply.hcWake ?? null);
     return this.session;
   }
 
@@ -277,7 +286,14 @@ export class HvClient {
     return this.page !== null;
   }
 
-  private openPage(regionName: string, bellName: string): void {
+  /**
+   * Maps the session's hypercall page and watches it from the event loop: through the session's
+   * wake descriptor (`wake`, the hypervisor's eventfd, which this process copies with pidfd_getfd)
+   * when it can, so the hypervisor's signal wakes the loop itself; otherwise through the
+   * `attention` word, whose watcher thread wakes the loop (a second wake-up, tens of microseconds
+   * on a virtual machine whose idle CPUs halt).
+   */
+  private openPage(regionName: string, bellName: string, wake: { pid: number; fd: number } | null): void {
     if (!wordWatchAvailable()) return;
     try {
       const region = openRegion(regionName, HC_REGION_BYTES);
@@ -287,12 +303,32 @@ export class HvClient {
         region, i32, u8: new Uint8Array(region), bell, bellI32: new Int32Array(bell), unwatch: () => {}, seq: Atomics.load(i32, HcWord.req), waiter: null,
         posted: 0, postedWhat: null, postedTimer: null,
       };
-      page.unwatch = watchWord(region, HcWord.attention, () => this.onAttention());
+      page.unwatch = this.watchPage(region, i32, wake);
       this.page = page;
     } catch {
       // No page (a region that vanished, no addon): every call uses the socket.
       this.page = null;
     }
+  }
+
+  /** Starts the page's watch (see openPage); returns what stops it. Throws when neither way works. */
+  private watchPage(region: SharedArrayBuffer, i32: Int32Array, wake: { pid: number; fd: number } | null): () => void {
+    if (wake && wakeFdAvailable() && !this.noWakeFd) {
+      try {
+        const stop = watchWakeFd(wake.pid, wake.fd, () => this.onAttention());
+        Atomics.store(i32, HcWord.wakeBy, HcWakeBy.Descriptor);
+        this.pageWatch = 'descriptor';
+        // Whatever the hypervisor woke the word for before it read wakeBy: looked at once, here.
+        setImmediate(() => this.onAttention());
+        return stop;
+      } catch {
+        // Not allowed to take the descriptor here (a security module, an old kernel): the word.
+      }
+    }
+    Atomics.store(i32, HcWord.wakeBy, HcWakeBy.Futex);
+    const stop = watchWord(region, HcWord.attention, () => this.onAttention());
+    this.pageWatch = 'word';
+    return stop;
   }
 
   /** The hypervisor completed a call or queued events: finish the one, deliver the others. */

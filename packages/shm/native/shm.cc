@@ -31,9 +31,14 @@
 #include <poll.h>
 #include <thread>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
+#include <mutex>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
 #endif
 
 namespace {
@@ -439,6 +444,189 @@ void UnwatchWord(const FunctionCallbackInfo<Value>& args) {
   auto it = wordWatches.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
   if (it == wordWatches.end()) { args.GetReturnValue().Set(false); return; }
   CloseWordWatch(it->second);
+  args.GetReturnValue().Set(true);
+}
+
+// ---- wake descriptors: another process's event loop, woken with one write ----------------------
+// A word watch costs two wake-ups of sleeping threads (its own thread, then the event loop); on a
+// virtual machine whose idle CPUs halt, each is tens of microseconds. An eventfd that the other
+// process's event loop polls costs one. The waker makes the eventfd (wakeFdOpen) and names it to
+// the watcher by (its pid, the descriptor number); the watcher takes its own copy with
+// pidfd_getfd (Linux 5.6+; it needs the rights of ptrace attach, which a process of the same user
+// has unless a security module says otherwise: the caller falls back to a word watch) and polls it
+// in its event loop (watchWakeFd). The waker's threads signal by id through one table for the
+// process under a mutex, so a signal racing a close never writes to a descriptor number the
+// process has since reused for something else.
+
+std::mutex wakeFdsMutex;
+std::unordered_map<int32_t, int> wakeFds;
+int32_t nextWakeFdId = 1;
+
+// wakeFdOpen() -> { id, fd }: a new non-blocking eventfd of this process, signalled by id.
+void WakeFdOpen(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) { Throw(isolate, "eventfd", errno); return; }
+  int32_t id;
+  {
+    std::lock_guard<std::mutex> lock(wakeFdsMutex);
+    id = nextWakeFdId++;
+    if (nextWakeFdId <= 0) nextWakeFdId = 1;
+    wakeFds[id] = fd;
+  }
+  Local<v8::Context> context = isolate->GetCurrentContext();
+  Local<Object> out = Object::New(isolate);
+  out->Set(context, String::NewFromUtf8(isolate, "id").ToLocalChecked(), v8::Integer::New(isolate, id)).Check();
+  out->Set(context, String::NewFromUtf8(isolate, "fd").ToLocalChecked(), v8::Integer::New(isolate, fd)).Check();
+  args.GetReturnValue().Set(out);
+}
+
+int32_t WakeFdId(const FunctionCallbackInfo<Value>& args, const char* what) {
+  if (args.Length() < 1 || !args[0]->IsNumber()) {
+    Throw(args.GetIsolate(), std::string(what) + "(id) needs a wake descriptor's id", 0);
+    return 0;
+  }
+  double d = args[0].As<v8::Number>()->Value();
+  return (d >= 1 && d <= INT_MAX) ? static_cast<int32_t>(d) : -1;
+}
+
+// wakeFdSignal(id) -> false when no such descriptor is open (closed meanwhile): adds 1 to it, which
+// makes it readable for whoever polls it. Any thread of the process.
+void WakeFdSignal(const FunctionCallbackInfo<Value>& args) {
+  int32_t id = WakeFdId(args, "wakeFdSignal");
+  if (id == 0) return;
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(wakeFdsMutex);
+    auto it = wakeFds.find(id);
+    if (it != wakeFds.end()) {
+      found = true;
+      uint64_t one = 1;
+      // EAGAIN only when the counter would pass 2^64-2: it is readable already.
+      ssize_t r = write(it->second, &one, sizeof one);
+      (void)r;
+    }
+  }
+  args.GetReturnValue().Set(found);
+}
+
+// wakeFdClose(id) -> whether it was open. Copies other processes took stay valid (and silent).
+void WakeFdClose(const FunctionCallbackInfo<Value>& args) {
+  int32_t id = WakeFdId(args, "wakeFdClose");
+  if (id == 0) return;
+  int fd = -1;
+  {
+    std::lock_guard<std::mutex> lock(wakeFdsMutex);
+    auto it = wakeFds.find(id);
+    if (it != wakeFds.end()) {
+      fd = it->second;
+      wakeFds.erase(it);
+      close(fd);
+    }
+  }
+  args.GetReturnValue().Set(fd >= 0);
+}
+
+struct FdWatch : JsWatch {
+  uv_poll_t poll;
+  int fd = -1;
+};
+
+thread_local std::unordered_map<int32_t, FdWatch*> fdWatches;
+thread_local int32_t nextFdWatchId = 1;
+
+void OnFdWatchClosed(uv_handle_t* h) {
+  FdWatch* w = static_cast<FdWatch*>(h->data);
+  if (w->fd >= 0) close(w->fd);
+  ReleaseJs(w);
+}
+
+void CloseFdWatch(FdWatch* w) {
+  fdWatches.erase(w->id);
+  uv_poll_stop(&w->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdWatchClosed);
+}
+
+void OnWakeFdReadable(uv_poll_t* h, int status, int /*events*/) {
+  FdWatch* w = static_cast<FdWatch*>(h->data);
+  // One read takes the whole count (the descriptor is not a semaphore): readable again only
+  // after the next signal. Signals that came meanwhile coalesce into this call.
+  uint64_t v;
+  ssize_t r = read(w->fd, &v, sizeof v);
+  (void)r;
+  (void)status;
+  CallJs(w);
+}
+
+// Whether `fd` (of this process) is an eventfd: its /proc link names the anonymous inode.
+bool IsEventFd(int fd) {
+  char path[64];
+  char link[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, link, sizeof link - 1);
+  if (n < 0) return false;
+  link[n] = 0;
+  return strcmp(link, "anon_inode:[eventfd]") == 0;
+}
+
+// watchWakeFd(pid, fd, callback) -> id: takes a copy of descriptor `fd` of process `pid`, which
+// must be an eventfd, and calls callback() on this thread's event loop each time it is signalled
+// (signals that arrive while a call is pending coalesce). Does not keep the loop alive. Throws with
+// errno (ESRCH: no such process; EBADF: no such descriptor; EPERM: not allowed here; ENOSYS: too
+// old a kernel; EINVAL: not an eventfd).
+void WatchWakeFd(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 3 || !args[0]->IsNumber() || !args[1]->IsNumber() || !args[2]->IsFunction()) {
+    Throw(isolate, "watchWakeFd(pid, fd, callback) takes a pid, a descriptor number and a function", 0); return;
+  }
+  double pid = args[0].As<v8::Number>()->Value();
+  double target = args[1].As<v8::Number>()->Value();
+  if (!(pid >= 1 && pid <= INT_MAX) || pid != static_cast<double>(static_cast<int>(pid))) { Throw(isolate, "watchWakeFd: pid out of range", 0); return; }
+  if (!(target >= 0 && target <= INT_MAX) || target != static_cast<double>(static_cast<int>(target))) { Throw(isolate, "watchWakeFd: descriptor out of range", 0); return; }
+  uv_loop_t* loop = node::GetCurrentEventLoop(isolate);
+  if (loop == nullptr) { Throw(isolate, "watchWakeFd: no event loop in this thread", 0); return; }
+  long pidfd = syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
+  if (pidfd < 0) { Throw(isolate, "pidfd_open", errno); return; }
+  long fd = syscall(SYS_pidfd_getfd, static_cast<int>(pidfd), static_cast<int>(target), 0);
+  int err = errno;
+  close(static_cast<int>(pidfd));
+  if (fd < 0) { Throw(isolate, "pidfd_getfd", err); return; }
+  if (!IsEventFd(static_cast<int>(fd))) {
+    close(static_cast<int>(fd));
+    Throw(isolate, "watchWakeFd: the descriptor is not an eventfd", EINVAL); return;
+  }
+  // The copy shares the waker's file description: non-blocking already when the waker made it
+  // with wakeFdOpen; made so here otherwise, as a read in the event loop must never block.
+  int flags = fcntl(static_cast<int>(fd), F_GETFL);
+  if (flags >= 0 && !(flags & O_NONBLOCK)) fcntl(static_cast<int>(fd), F_SETFL, flags | O_NONBLOCK);
+  FdWatch* w = new FdWatch();
+  w->fd = static_cast<int>(fd);
+  int r = uv_poll_init(loop, &w->poll, w->fd);
+  if (r != 0) {
+    close(w->fd);
+    delete w;
+    Throw(isolate, std::string("uv_poll_init on an eventfd: ") + uv_strerror(r), 0); return;
+  }
+  w->poll.data = w;
+  BindJs(w, isolate, args[2].As<v8::Function>(), nextFdWatchId);
+  r = uv_poll_start(&w->poll, UV_READABLE, OnWakeFdReadable);
+  if (r != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdWatchClosed);
+    Throw(isolate, std::string("uv_poll_start on an eventfd: ") + uv_strerror(r), 0); return;
+  }
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  w->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<FdWatch, CloseFdWatch>, w);
+  fdWatches[w->id] = w;
+  args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
+}
+
+// unwatchWakeFd(id) -> true when the watch was active (no callback after this returns).
+void UnwatchWakeFd(const FunctionCallbackInfo<Value>& args) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, "unwatchWakeFd(id) needs a watch id", 0); return; }
+  auto it = fdWatches.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
+  if (it == fdWatches.end()) { args.GetReturnValue().Set(false); return; }
+  CloseFdWatch(it->second);
   args.GetReturnValue().Set(true);
 }
 
@@ -1192,4 +1380,14 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, SplicePumpStats)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "splicePumpStop").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, SplicePumpStop)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "wakeFdOpen").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WakeFdOpen)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "wakeFdSignal").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WakeFdSignal)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "wakeFdClose").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WakeFdClose)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "watchWakeFd").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, WatchWakeFd)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "unwatchWakeFd").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, UnwatchWakeFd)->GetFunction(context).ToLocalChecked()).Check();
 }

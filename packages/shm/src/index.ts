@@ -41,6 +41,11 @@ interface Addon {
   splicePump?(inFd: number, outFd: number, onDone: () => void): number;
   splicePumpStats?(id: number): SplicePumpStats | null;
   splicePumpStop?(id: number): (SplicePumpStats & { leftover: Uint8Array }) | null;
+  wakeFdOpen?(): { id: number; fd: number };
+  wakeFdSignal?(id: number): boolean;
+  wakeFdClose?(id: number): boolean;
+  watchWakeFd?(pid: number, fd: number, onWake: () => void): number;
+  unwatchWakeFd?(id: number): boolean;
 }
 
 /**
@@ -209,6 +214,84 @@ export function watchWord(sab: SharedArrayBuffer, index: number, onChange: () =>
       });
     }
   });
+  let live = true;
+  return () => {
+    if (!live) return;
+    live = false;
+    unwatch(id);
+  };
+}
+
+/**
+ * A wake descriptor: an eventfd of this process that another process's event loop polls
+ * (`watchWakeFd`), so one write wakes that loop where a word watch wakes a thread and then the loop
+ * (two wake-ups of sleeping threads, each tens of microseconds on a virtual machine whose idle
+ * CPUs halt). `fd` is what the other side needs, with this process's pid; `id` is what
+ * `signalWakeFd` takes, from any thread of this process (a worker gets the number, not the object).
+ */
+export interface WakeFd {
+  readonly id: number;
+  readonly fd: number;
+}
+
+/** Whether wake descriptors can be made and watched here (the addon is loaded and has them). */
+export function wakeFdAvailable(): boolean {
+  return typeof addon?.wakeFdOpen === 'function' && typeof addon.watchWakeFd === 'function';
+}
+
+/** A new wake descriptor; null when this process cannot make one (no addon, no eventfd). */
+export function openWakeFd(): WakeFd | null {
+  if (!addon?.wakeFdOpen) return null;
+  try {
+    const { id, fd } = addon.wakeFdOpen();
+    return { id, fd };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Signals wake descriptor `id` of this process: its watchers' callbacks run. A descriptor closed
+ * meanwhile (or an id never handed out) is ignored; the number of a closed descriptor is never
+ * written to, so a signal racing a close cannot reach whatever the process opened next.
+ */
+export function signalWakeFd(id: number): void {
+  addon?.wakeFdSignal?.(id);
+}
+
+/** Closes wake descriptor `id` of this process (the copies its watchers took stay open, silent). */
+export function closeWakeFd(id: number): void {
+  addon?.wakeFdClose?.(id);
+}
+
+/**
+ * Calls `onWake` on this thread's event loop each time process `pid` signals its wake descriptor
+ * `fd` (signals that arrive while a call is pending coalesce into it, so `onWake` must read
+ * whatever it looks for). The watch takes its own copy of the descriptor (pidfd_getfd: the rights
+ * of ptrace attach over `pid`) and does not keep the process alive. Returns the function that
+ * stops it (no call after it returns). Throws ShmError when the descriptor cannot be taken or is
+ * not an eventfd: the caller then watches a word instead.
+ */
+export function watchWakeFd(pid: number, fd: number, onWake: () => void): () => void {
+  const a = need();
+  if (!a.watchWakeFd || !a.unwatchWakeFd) throw new ShmError('the native addon predates wake descriptors (rebuild it)');
+  if (typeof onWake !== 'function') throw new ShmError('watchWakeFd needs a function to call');
+  const unwatch = a.unwatchWakeFd;
+  let id: number;
+  try {
+    id = a.watchWakeFd(pid, fd, () => {
+      try {
+        onWake();
+      } catch (e) {
+        // The callback runs from native code: an exception there would end the process.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    });
+  } catch (e) {
+    rethrow(e, `cannot watch descriptor ${fd} of process ${pid}`);
+  }
   let live = true;
   return () => {
     if (!live) return;
