@@ -196,6 +196,10 @@ const expectations: Record<string, (out: string) => void> = {
       expect(back, 'SignalEvent calls per round trip back').to.be.greaterThan(0);
       ratio(out, 'ratio zmq / shm polling (p50):');
       ratio(out, 'ratio shm signalled / zmq (p50):');
+      // The two ways the hypervisor wakes a session's event loop, measured in turn.
+      numbersAfter(out, 'wake of an event loop, word watch (2 wake-ups)', 3);
+      numbersAfter(out, 'same, wake descriptor (1 wake-up)', 3);
+      ratio(out, 'ratio wake descriptor / word watch (p50, interleaved):');
       ratio(out, 'shmVsZmq64 =');
       ratio(out, 'shmVsMemcpy16k =');
       ratio(out, 'nativeVsV8Shared16k =');
