@@ -10,7 +10,7 @@
  */
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Worker } from 'node:worker_threads';
@@ -384,6 +384,33 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     const { flags } = await child(c, 0x506);
     expect((await c.call('SignalEvent', { connectionId: 0x506, flagNumber: 2 })).statusName).to.equal('SUCCESS');
     expect(flags[0]).to.equal(1 << 2);
+  });
+
+  it("no wake descriptor outlives its session: each paged session's eventfd is closed with it, here and in the client", async () => {
+    // Every open eventfd of this process by its kernel id (fdinfo's eventfd-id), which, unlike a
+    // descriptor number, is never reused. This process holds both ends of each session (the
+    // hypervisor's descriptor and the client's copy), besides ZeroMQ's own eventfds.
+    const eventfds = (): Set<string> => {
+      const ids = new Set<string>();
+      for (const fd of readdirSync('/proc/self/fd')) {
+        try {
+          const id = /^eventfd-id:\s*(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+          if (id) ids.add(id[1]!);
+        } catch { /* the directory's own descriptor, gone by now */ }
+      }
+      return ids;
+    };
+    const before = eventfds();
+    const many = await Promise.all(Array.from({ length: 8 }, () => root()));
+    expect(many.every((c) => c.pageWatch === 'descriptor')).to.equal(true);
+    const during = eventfds();
+    expect([...during].filter((id) => !before.has(id)).length).to.be.at.least(8);
+    for (const c of many) c.close();
+    clients.length = 0;
+    await server.close('test');
+    const leftOver = (): string[] => [...eventfds()].filter((id) => !before.has(id));
+    for (let i = 0; i < 100 && leftOver().length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(leftOver()).to.deep.equal([]);
   });
 
   it('a client that refuses pages uses the socket; closing the hypervisor removes every page', async () => {
