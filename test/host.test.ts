@@ -95,6 +95,16 @@ describe('a host of real processes (shared memory)', function () {
     expect(await h.ok('host', 'info')).to.match(/VM processes run\s+(bundles|compiled modules|TypeScript sources)/);
   });
 
+  it('host info says how the hypervisor wakes the root for its page: through a wake descriptor here (pidfd_getfd works as root)', async () => {
+    const info = await h.json<HostInfo>('host', 'info');
+    if (info.memoryMode !== 'shared' || info.hypercallPath !== 'page') {
+      expect(info.hypercallWake ?? null).to.equal(null);
+      return;
+    }
+    expect(info.hypercallWake).to.equal(process.env.HVLAB_WAKE_FD === '0' ? 'word' : 'descriptor');
+    expect(await h.ok('host', 'info')).to.match(/hypercall pages \(shared memory\), events through a (wake descriptor|word watch)/);
+  });
+
   it("the VM processes run from V8's code cache when they run from bundles: the VMWP, the partition process and its first VP thread say so", async () => {
     const info = await h.json<HostInfo>('host', 'info');
     const logged = (file: string, msg: string): Record<string, unknown> => {

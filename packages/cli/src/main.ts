@@ -1263,7 +1263,7 @@ export async function run(argv: string[]): Promise<number> {
         if (json) out(JSON.stringify(info));
         else out(table([
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
-          ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? 'hypercall pages (shared memory)' : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
+          ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? `hypercall pages (shared memory)${info.hypercallWake === 'descriptor' ? ', events through a wake descriptor' : info.hypercallWake === 'word' ? ', events through a word watch' : ''}` : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
           ['VMs', String(info.vms)], ['started', info.startedAt], ['management API', `v${info.apiVersion}`],
           ...(info.code ? [['VM processes run', info.code === 'bundles' ? 'bundles (dist/bundle)' : info.code === 'sources' ? 'TypeScript sources (HVLAB_FROM_SOURCE=1)' : 'compiled modules (no fresh bundles: "pnpm build" makes them)']] : []),
           ...(info.dirtyTracking ? [['dirty-page tracking', info.dirtyTracking.mode === 'kernel' ? 'kernel (userfaultfd write-protect + PAGEMAP_SCAN)' : `guest bitmap (${info.dirtyTracking.reason ?? 'the kernel\'s is unavailable'})`]] : []),

@@ -566,6 +566,12 @@ export interface HostInfo {
   vmbusTransport: 'shm' | 'remote';
   /** How hypercalls on the hot paths travel: through per-session hypercall pages, or the hypervisor's socket. */
   hypercallPath?: 'page' | 'socket';
+  /**
+   * How the hypervisor wakes the root's event loop for its page (completions, events): the
+   * session's wake descriptor (one wake-up), the page's `attention` word (its watcher thread, then
+   * the loop: two), or null without a page. The VM processes' sessions choose the same way.
+   */
+  hypercallWake?: 'descriptor' | 'word' | null;
   /** What the VM processes run: one bundle each, the compiled modules (no or stale bundles), or the sources through tsx. */
   code?: 'bundles' | 'compiled' | 'sources';
   /** How many times the hypervisor's supervisor restarted a dead root partition process. */

@@ -105,7 +105,7 @@ const handler: MgmtHandler = async (op, args) => {
         memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
         lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
-        rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', cluster: member?.info() ?? null,
+        rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', hypercallWake: vid.pageWatch, cluster: member?.info() ?? null,
         dirtyTracking: dirtyTracking(), code: codeKind(),
       };
       return info;
