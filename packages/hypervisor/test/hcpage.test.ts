@@ -19,7 +19,7 @@ import {
   HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, PartitionProperty, siefpGpa, synicPageRegister, type HvServerMsg,
 } from '@hvlab/protocol';
 import { HvClient, type Notification } from '@hvlab/runtime';
-import { openRegion, futexWake, wordWatchAvailable, shmAvailable } from '@hvlab/shm';
+import { openRegion, futexWake, wordWatchAvailable, shmAvailable, openWakeFd, closeWakeFd } from '@hvlab/shm';
 import { HypervisorServer } from '../src/index.js';
 
 const MiB = 1024 * 1024;
@@ -569,7 +569,10 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     });
     const region = new SharedArrayBuffer(HC_REGION_BYTES);
     const i32 = new Int32Array(region);
-    loop.handle({ t: 'session', sid: 'f', region, wake: 0 });
+    // A real wake descriptor (where this process can make one), so whatever the session writes in
+    // `wakeBy` picks one way of waking it or the other.
+    const wake = openWakeFd();
+    loop.handle({ t: 'session', sid: 'f', region, wake: wake?.id ?? 0 });
     // A route to a child that lives in a plain buffer, so SignalEvent can take the fast path.
     const mem = new SharedArrayBuffer(1 << 16);
     const vpRegion = new SharedArrayBuffer(1 << 16);
@@ -588,6 +591,8 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     for (let round = 0; round < 3000; round++) {
       // Scribble on a few words of either page, then publish a request (sometimes a plausible SignalEvent).
       for (let k = 0; k < 8; k++) Atomics.store(i32, (next() >>> 0) % (HC_REGION_BYTES >> 2), next());
+      // How to wake the session: either value, or anything else.
+      Atomics.store(i32, W.wakeBy, round % 4 === 3 ? next() : round & 1);
       if (round % 3 === 0) {
         Atomics.store(i32, W.code, 0x5d);
         Atomics.store(i32, W.inLen, 8);
@@ -624,5 +629,11 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     expect(multi, 'some SignalEvents with more flags took the fast path').to.be.greaterThan(0);
     const backlog = (loop as unknown as { sessions: Map<string, { backlog: unknown[] }> }).sessions.get('f')!.backlog.length;
     expect(backlog).to.be.at.most(MAX_BACKLOG);
+    if (wake) {
+      // The descriptor was signalled (the rounds that said so): its count is readable here.
+      const count = /^eventfd-count:\s*(\w+)/m.exec(readFileSync(`/proc/self/fdinfo/${wake.fd}`, 'utf8'));
+      expect(Number.parseInt(count![1]!, 16), 'the wake descriptor was signalled').to.be.greaterThan(0);
+      closeWakeFd(wake.id);
+    }
   });
 });

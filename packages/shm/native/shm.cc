@@ -264,32 +264,76 @@ void JsWatchCleanupHook(void* arg, void (*done)(void*), void* doneArg) {
   Close(w);
 }
 
-struct PidWatch : JsWatch {
+// A descriptor polled in the calling thread's event loop (pidfds and wake descriptors alike). The
+// watch owns the descriptor (closed with it) and sits in its kind's registry, by id, per thread
+// (each worker thread has its own event loop and isolate).
+struct FdWatch;
+using FdWatches = std::unordered_map<int32_t, FdWatch*>;
+struct FdWatch : JsWatch {
   uv_poll_t poll;
   int fd = -1;
+  FdWatches* registry = nullptr;
 };
 
-// Watches by id, per thread (each worker thread has its own event loop and isolate).
-thread_local std::unordered_map<int32_t, PidWatch*> watches;
-thread_local int32_t nextWatchId = 1;
+thread_local FdWatches pidWatches;
+thread_local int32_t nextPidWatchId = 1;
 
-void OnWatchClosed(uv_handle_t* h) {
-  PidWatch* w = static_cast<PidWatch*>(h->data);
+void OnFdWatchClosed(uv_handle_t* h) {
+  FdWatch* w = static_cast<FdWatch*>(h->data);
   if (w->fd >= 0) close(w->fd);
   ReleaseJs(w);
 }
 
 // Stops and closes a watch (it is freed once libuv has closed the handle).
-void CloseWatch(PidWatch* w) {
-  watches.erase(w->id);
+void CloseFdWatch(FdWatch* w) {
+  w->registry->erase(w->id);
   uv_poll_stop(&w->poll);
-  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnWatchClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdWatchClosed);
+}
+
+// Polls `fd` (which the watch then owns: closed on every path) for `events` in this thread's loop,
+// calling `fn` through `onReady`; unref'd, closed with the environment. Returns the watch's id, or
+// 0 after throwing (`what` names the descriptor in the message).
+int32_t StartFdWatch(Isolate* isolate, uv_loop_t* loop, int fd, Local<v8::Function> fn, int events, uv_poll_cb onReady,
+                     FdWatches& registry, int32_t& nextId, const char* what) {
+  FdWatch* w = new FdWatch();
+  w->fd = fd;
+  w->registry = &registry;
+  int r = uv_poll_init(loop, &w->poll, fd);
+  if (r != 0) {
+    close(fd);
+    delete w;
+    Throw(isolate, std::string("uv_poll_init on ") + what + ": " + uv_strerror(r), 0);
+    return 0;
+  }
+  w->poll.data = w;
+  BindJs(w, isolate, fn, nextId);
+  r = uv_poll_start(&w->poll, events, onReady);
+  if (r != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdWatchClosed);
+    Throw(isolate, std::string("uv_poll_start on ") + what + ": " + uv_strerror(r), 0);
+    return 0;
+  }
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  w->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<FdWatch, CloseFdWatch>, w);
+  registry[w->id] = w;
+  return w->id;
+}
+
+// unwatch<Kind>(id) of `registry`: true when the watch was still active (no callback after this).
+void UnwatchFd(const FunctionCallbackInfo<Value>& args, FdWatches& registry, const char* what) {
+  Isolate* isolate = args.GetIsolate();
+  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, std::string(what) + "(id) needs a watch id", 0); return; }
+  auto it = registry.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
+  if (it == registry.end()) { args.GetReturnValue().Set(false); return; }
+  CloseFdWatch(it->second);
+  args.GetReturnValue().Set(true);
 }
 
 void OnPidfdReadable(uv_poll_t* h, int /*status*/, int /*events*/) {
   // Readable means exited; an error on the descriptor cannot be told apart from it, so it counts too.
   // A pid watch fires once: it closes itself before calling.
-  CallJs(static_cast<PidWatch*>(h->data), [](JsWatch* w) { CloseWatch(static_cast<PidWatch*>(w)); });
+  CallJs(static_cast<FdWatch*>(h->data), [](JsWatch* w) { CloseFdWatch(static_cast<FdWatch*>(w)); });
 }
 
 // watchPid(pid, callback) -> id: calls callback() once when process `pid` has exited. The watch
@@ -307,35 +351,14 @@ void WatchPid(const FunctionCallbackInfo<Value>& args) {
   if (loop == nullptr) { Throw(isolate, "watchPid: no event loop in this thread", 0); return; }
   long fd = syscall(SYS_pidfd_open, static_cast<pid_t>(d), 0);
   if (fd < 0) { Throw(isolate, "pidfd_open", errno); return; }
-  PidWatch* w = new PidWatch();
-  w->fd = static_cast<int>(fd);
-  int r = uv_poll_init(loop, &w->poll, w->fd);
-  if (r != 0) {
-    close(w->fd);
-    delete w;
-    Throw(isolate, std::string("uv_poll_init on a pidfd: ") + uv_strerror(r), 0); return;
-  }
-  w->poll.data = w;
-  BindJs(w, isolate, args[1].As<v8::Function>(), nextWatchId);
-  r = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, OnPidfdReadable);
-  if (r != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnWatchClosed);
-    Throw(isolate, std::string("uv_poll_start on a pidfd: ") + uv_strerror(r), 0); return;
-  }
-  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
-  w->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<PidWatch, CloseWatch>, w);
-  watches[w->id] = w;
-  args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
+  int32_t id = StartFdWatch(isolate, loop, static_cast<int>(fd), args[1].As<v8::Function>(), UV_READABLE | UV_DISCONNECT, OnPidfdReadable,
+                            pidWatches, nextPidWatchId, "a pidfd");
+  if (id != 0) args.GetReturnValue().Set(v8::Integer::New(isolate, id));
 }
 
 // unwatchPid(id) -> true when the watch was still active (its callback will not be called).
 void UnwatchPid(const FunctionCallbackInfo<Value>& args) {
-  Isolate* isolate = args.GetIsolate();
-  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, "unwatchPid(id) needs a watch id", 0); return; }
-  auto it = watches.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
-  if (it == watches.end()) { args.GetReturnValue().Set(false); return; }
-  CloseWatch(it->second);
-  args.GetReturnValue().Set(true);
+  UnwatchFd(args, pidWatches, "unwatchPid");
 }
 
 // ---- word watches: a shared futex word, watched from the event loop -----------------------------
@@ -527,25 +550,8 @@ void WakeFdClose(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(fd >= 0);
 }
 
-struct FdWatch : JsWatch {
-  uv_poll_t poll;
-  int fd = -1;
-};
-
-thread_local std::unordered_map<int32_t, FdWatch*> fdWatches;
-thread_local int32_t nextFdWatchId = 1;
-
-void OnFdWatchClosed(uv_handle_t* h) {
-  FdWatch* w = static_cast<FdWatch*>(h->data);
-  if (w->fd >= 0) close(w->fd);
-  ReleaseJs(w);
-}
-
-void CloseFdWatch(FdWatch* w) {
-  fdWatches.erase(w->id);
-  uv_poll_stop(&w->poll);
-  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdWatchClosed);
-}
+thread_local FdWatches wakeWatches;
+thread_local int32_t nextWakeWatchId = 1;
 
 void OnWakeFdReadable(uv_poll_t* h, int status, int /*events*/) {
   FdWatch* w = static_cast<FdWatch*>(h->data);
@@ -599,35 +605,14 @@ void WatchWakeFd(const FunctionCallbackInfo<Value>& args) {
   // with wakeFdOpen; made so here otherwise, as a read in the event loop must never block.
   int flags = fcntl(static_cast<int>(fd), F_GETFL);
   if (flags >= 0 && !(flags & O_NONBLOCK)) fcntl(static_cast<int>(fd), F_SETFL, flags | O_NONBLOCK);
-  FdWatch* w = new FdWatch();
-  w->fd = static_cast<int>(fd);
-  int r = uv_poll_init(loop, &w->poll, w->fd);
-  if (r != 0) {
-    close(w->fd);
-    delete w;
-    Throw(isolate, std::string("uv_poll_init on an eventfd: ") + uv_strerror(r), 0); return;
-  }
-  w->poll.data = w;
-  BindJs(w, isolate, args[2].As<v8::Function>(), nextFdWatchId);
-  r = uv_poll_start(&w->poll, UV_READABLE, OnWakeFdReadable);
-  if (r != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdWatchClosed);
-    Throw(isolate, std::string("uv_poll_start on an eventfd: ") + uv_strerror(r), 0); return;
-  }
-  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
-  w->cleanup = node::AddEnvironmentCleanupHook(isolate, JsWatchCleanupHook<FdWatch, CloseFdWatch>, w);
-  fdWatches[w->id] = w;
-  args.GetReturnValue().Set(v8::Integer::New(isolate, w->id));
+  int32_t id = StartFdWatch(isolate, loop, static_cast<int>(fd), args[2].As<v8::Function>(), UV_READABLE, OnWakeFdReadable,
+                            wakeWatches, nextWakeWatchId, "an eventfd");
+  if (id != 0) args.GetReturnValue().Set(v8::Integer::New(isolate, id));
 }
 
 // unwatchWakeFd(id) -> true when the watch was active (no callback after this returns).
 void UnwatchWakeFd(const FunctionCallbackInfo<Value>& args) {
-  Isolate* isolate = args.GetIsolate();
-  if (args.Length() < 1 || !args[0]->IsNumber()) { Throw(isolate, "unwatchWakeFd(id) needs a watch id", 0); return; }
-  auto it = fdWatches.find(static_cast<int32_t>(args[0].As<v8::Number>()->Value()));
-  if (it == fdWatches.end()) { args.GetReturnValue().Set(false); return; }
-  CloseFdWatch(it->second);
-  args.GetReturnValue().Set(true);
+  UnwatchFd(args, wakeWatches, "unwatchWakeFd");
 }
 
 // ---- copyBytes: memcpy between any two buffers ---------------------------------------------------

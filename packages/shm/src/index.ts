@@ -204,16 +204,27 @@ export function watchWord(sab: SharedArrayBuffer, index: number, onChange: () =>
   if (!a.watchWord || !a.unwatchWord) throw new ShmError('the native addon predates word watches (rebuild it)');
   if (typeof onChange !== 'function') throw new ShmError('watchWord needs a function to call');
   const unwatch = a.unwatchWord;
-  const id = a.watchWord(sab, index, () => {
+  return unwatchOnce(unwatch, a.watchWord(sab, index, fromNative(onChange)));
+}
+
+/**
+ * `fn` as a callback for native code: an exception there would end the process, so one thrown
+ * by `fn` is rethrown from a microtask instead (an uncaught exception as from any callback).
+ */
+function fromNative(fn: () => void): () => void {
+  return () => {
     try {
-      onChange();
+      fn();
     } catch (e) {
-      // The callback runs from native code: an exception there would end the process.
       queueMicrotask(() => {
         throw e;
       });
     }
-  });
+  };
+}
+
+/** The function that stops native watch `id` with `unwatch`, once however often it is called. */
+function unwatchOnce(unwatch: (id: number) => boolean, id: number): () => void {
   let live = true;
   return () => {
     if (!live) return;
@@ -279,25 +290,11 @@ export function watchWakeFd(pid: number, fd: number, onWake: () => void): () => 
   const unwatch = a.unwatchWakeFd;
   let id: number;
   try {
-    id = a.watchWakeFd(pid, fd, () => {
-      try {
-        onWake();
-      } catch (e) {
-        // The callback runs from native code: an exception there would end the process.
-        queueMicrotask(() => {
-          throw e;
-        });
-      }
-    });
+    id = a.watchWakeFd(pid, fd, fromNative(onWake));
   } catch (e) {
     rethrow(e, `cannot watch descriptor ${fd} of process ${pid}`);
   }
-  let live = true;
-  return () => {
-    if (!live) return;
-    live = false;
-    unwatch(id);
-  };
+  return unwatchOnce(unwatch, id);
 }
 
 /**
@@ -689,16 +686,7 @@ export function startSplicePump(inFd: number, outFd: number, onDone: () => void)
   let last: (SplicePumpStats & { leftover: Buffer }) | null = null;
   let id: number;
   try {
-    id = a.splicePump!(inFd, outFd, () => {
-      try {
-        onDone();
-      } catch (e) {
-        // Called from native code: an exception there would end the process.
-        queueMicrotask(() => {
-          throw e;
-        });
-      }
-    });
+    id = a.splicePump!(inFd, outFd, fromNative(onDone));
   } catch (e) {
     throw new ShmError((e as Error).message);
   }

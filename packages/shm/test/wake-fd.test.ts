@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { closeWakeFd, createRegion, futexWake, openWakeFd, signalWakeFd, unlinkRegion, wakeFdAvailable, watchWakeFd, PAGE_SIZE, ShmError } from '../src/index.js';
+import { withUncaughtCaptured } from './uncaught.js';
 
 const WAKER = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'wake-waker.ts');
 const name = `hvlab-ut-wake-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -60,30 +61,25 @@ describe('wake descriptors (an eventfd polled by another process\'s event loop)'
     const wake = openWakeFd();
     expect(wake).to.not.equal(null);
     let calls = 0;
-    const errors: unknown[] = [];
-    const onErr = (e: unknown): void => void errors.push(e);
-    process.prependListener('uncaughtException', onErr);
-    const listeners = process.listeners('uncaughtException').filter((l) => l !== onErr);
-    for (const l of listeners) process.off('uncaughtException', l);
     try {
-      const stop = watchWakeFd(process.pid, wake!.fd, () => {
-        calls++;
-        throw new Error('callback failed');
+      await withUncaughtCaptured(async (errors) => {
+        const stop = watchWakeFd(process.pid, wake!.fd, () => {
+          calls++;
+          throw new Error('callback failed');
+        });
+        signalWakeFd(wake!.id);
+        for (let i = 0; i < 200 && calls === 0; i++) await sleep(5);
+        await sleep(5);
+        expect(calls).to.equal(1);
+        expect(errors).to.have.length(1);
+        stop();
+        stop(); // twice is harmless
+        signalWakeFd(wake!.id);
+        await sleep(50);
+        expect(calls).to.equal(1);
       });
-      signalWakeFd(wake!.id);
-      for (let i = 0; i < 200 && calls === 0; i++) await sleep(5);
-      await sleep(5);
-      expect(calls).to.equal(1);
-      expect(errors).to.have.length(1);
-      stop();
-      stop(); // twice is harmless
-      signalWakeFd(wake!.id);
-      await sleep(50);
-      expect(calls).to.equal(1);
     } finally {
       closeWakeFd(wake!.id);
-      process.off('uncaughtException', onErr);
-      for (const l of listeners) process.on('uncaughtException', l);
     }
   });
 

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRegion, futexWake, unlinkRegion, watchWord, wordWatchAvailable, PAGE_SIZE } from '../src/index.js';
+import { withUncaughtCaptured } from './uncaught.js';
 
 const WAKER = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'word-waker.ts');
 const name = `hvlab-ut-word-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -51,12 +52,7 @@ describe('watchWord (shared futex word, watched from the event loop)', function 
     const sab = createRegion(name, PAGE_SIZE);
     const w = new Int32Array(sab);
     let calls = 0;
-    const errors: unknown[] = [];
-    const onErr = (e: unknown): void => void errors.push(e);
-    process.prependListener('uncaughtException', onErr);
-    const listeners = process.listeners('uncaughtException').filter((l) => l !== onErr);
-    for (const l of listeners) process.off('uncaughtException', l);
-    try {
+    await withUncaughtCaptured(async (errors) => {
       const stop = watchWord(sab, 3, () => {
         calls++;
         throw new Error('callback failed');
@@ -73,10 +69,7 @@ describe('watchWord (shared futex word, watched from the event loop)', function 
       futexWake(sab, 3);
       await new Promise((r) => setTimeout(r, 50));
       expect(calls).to.equal(1);
-    } finally {
-      process.off('uncaughtException', onErr);
-      for (const l of listeners) process.on('uncaughtException', l);
-    }
+    });
   });
 
   it('refuses a word outside the buffer and a missing callback', () => {
