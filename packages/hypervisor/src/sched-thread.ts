@@ -665,8 +665,54 @@ function dispatchIdx(v: VpRec): number {
   return (v.off + VpPage.dispatch) >> 2;
 }
 
-/** How long the thread watches the bell after serving a hypercall before it sleeps (ns). */
-export const HC_POLL_NS = 25_000;
+/**
+ * How long the thread watches the bell after serving hypercalls before it sleeps (ns): at least
+ * HC_POLL_BASE_NS, at most HC_POLL_MAX_NS (KVM's halt_poll_ns default), as BellPoll adapts it.
+ */
+export const HC_POLL_BASE_NS = 25_000;
+export const HC_POLL_MAX_NS = 200_000;
+
+/**
+ * The bell poll after a pass that served hypercalls, adapted as KVM adapts a vCPU's halt polling:
+ * when the next hypercall came after the poll gave up but within HC_POLL_MAX_NS of the poll's
+ * start, a longer poll would have caught it, and the window doubles; when it came later than that,
+ * the window halves (never below HC_POLL_BASE_NS). So hypercalls that keep coming (a VMBus
+ * ping-pong: a signal, its answer's signal) find the thread awake and cost no wake-up of it, and a
+ * host whose hypercalls come farther apart (idle VMs: a heartbeat now and then) polls the base
+ * window only.
+ *
+ * After a pass that woke a VP thread the thread polls only while the window is above the base,
+ * i.e. while hypercalls stream: on two cores the woken thread may need this CPU, and a lone
+ * interrupt to a halted VP is served sooner without the poll (bench sched, the halted VP through
+ * the page: p50 152-166 µs polling, 136-156 not). In a stream the poll pays: the answer to the
+ * signal that woke the VP comes back within the window (bench vmbus, the signalled round trip:
+ * p50 44-57 µs polling after such passes, 97-101 not, in runs of the same hour).
+ */
+export class BellPoll {
+  /** The window now (ns). */
+  ns = HC_POLL_BASE_NS;
+  /** When the last poll started, if it gave up (ns); -1 when it caught a ring or none gave up since. */
+  private gaveUpFrom = -1;
+
+  /** A pass served hypercalls at `now` (ns): learns from how long they took to come. */
+  served(now: number): void {
+    if (this.gaveUpFrom < 0) return;
+    const waited = now - this.gaveUpFrom;
+    this.gaveUpFrom = -1;
+    if (waited <= HC_POLL_MAX_NS) this.ns = Math.min(HC_POLL_MAX_NS, this.ns * 2);
+    else this.ns = Math.max(HC_POLL_BASE_NS, this.ns / 2);
+  }
+
+  /** The window for a poll after a pass that served hypercalls; `woke`: the pass woke a VP thread. 0: no poll. */
+  window(woke: boolean): number {
+    return woke && this.ns <= HC_POLL_BASE_NS ? 0 : this.ns;
+  }
+
+  /** A poll (or none, window 0) that started at `from` ended; `caught`: a ring ended it. */
+  ended(from: number, caught: boolean): void {
+    this.gaveUpFrom = caught ? -1 : from;
+  }
+}
 
 /**
  * The thread's loop. Each wake-up it serves the hypercall pages (when the host has them), then
@@ -684,6 +730,7 @@ export function runScheduler(data: SchedulerThreadData): void {
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;
+  const bellPoll = new BellPoll();
   let lastBell = Atomics.load(bell, bellIdx) - 1; // the first turn runs a pass
   let lastHc = Atomics.load(bell, hcIdx);
   let deadline = 0;
@@ -702,6 +749,7 @@ export function runScheduler(data: SchedulerThreadData): void {
     if (hc && hcPort) {
       for (let m = receiveMessageOnPort(hcPort); m; m = receiveMessageOnPort(hcPort)) hc.handle(m.message as ToHcThread);
       served = hc.pass(true);
+      if (served > 0) bellPoll.served(now);
       if (hc.wantSchedule) {
         hc.wantSchedule = false;
         schedule = true;
@@ -722,14 +770,20 @@ export function runScheduler(data: SchedulerThreadData): void {
     now = nowNs();
     if (schedule || now >= deadline) deadline = loop.pass(now);
     hc?.completeDeferred();
-    // Right after serving a hypercall, the next often follows within microseconds (a caller that
-    // signals in a loop, a reply to a reply): watch the bell a little while before sleeping, as
-    // KVM polls a halted vCPU, since waking a thread whose CPU went idle costs far more here.
-    // Not when the pass just woke a VP thread: on two cores that thread may need this CPU
-    // (measured: an interrupt to a halted VP through the page, p50 152-166 µs polling, 136-156 not).
-    if (served > 0 && loop.woke === 0) {
-      const until = nowNs() + HC_POLL_NS;
-      while (Atomics.load(bell, bellIdx) === seen && nowNs() < until) { /* poll */ }
+    // Right after serving hypercalls, the next often follows within microseconds (a caller that
+    // signals in a loop, a reply to a reply): watch the bell a while before sleeping, as KVM polls
+    // a halted vCPU, since waking a thread on another CPU costs far more here (BellPoll).
+    if (served > 0) {
+      const from = nowNs();
+      const until = from + bellPoll.window(loop.woke !== 0);
+      let caught = false;
+      while (nowNs() < until) {
+        if (Atomics.load(bell, bellIdx) !== seen) {
+          caught = true;
+          break;
+        }
+      }
+      bellPoll.ended(from, caught);
     }
     // Asleep until the next deadline, or until someone rings (a VP that halts, a hypercall, a
     // message from the main thread): with nothing due, no timeout at all. Observers extrapolate
