@@ -203,6 +203,9 @@ const expectations: Record<string, (out: string) => void> = {
       ratio(out, 'shmVsZmq64 =');
       ratio(out, 'shmVsMemcpy16k =');
       ratio(out, 'nativeVsV8Shared16k =');
+      // The signalled round trip's aim, from the two round trips of the same run.
+      ratio(out, 'signalled64 =');
+      expect(out).to.match(/zmqVsSignalled = \d+(\.\d+)? .*aim <= 50 µs and >= 3: (MET|NOT met) in this run/);
     }
   },
   sched: (out) => {
