@@ -47,6 +47,7 @@
  * `SchedulerLoop` is the thread's body without the thread, so tests can drive passes in-process
  * with a plain SharedArrayBuffer as the VP region.
  */
+import { availableParallelism } from 'node:os';
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
@@ -180,6 +181,22 @@ export class SchedulerLoop {
     const reported = Number(p.big2[(v.off + VpPage.releasedNs) >> 3]);
     // lastChargeAt is the grant's time or later (a grant charges from it).
     return Math.max(v.sched.lastChargeAt, Math.min(now, reported));
+  }
+
+  /**
+   * VPs that hold an LP, still say Granted in their dispatch word (not halted quietly since) and
+   * were granted it at least `minNs` before `now`: VP threads that run work, not ones that took an
+   * interrupt and are about to halt.
+   */
+  busyVps(now: number, minNs: number): number {
+    let n = 0;
+    for (const vp of this.core.lpOwners()) {
+      if (!vp || now - vp.grantedAt < minNs) continue;
+      const p = this.parts.get(vp.partitionId);
+      const v = p?.vps.get(vp.index);
+      if (p && v && Atomics.load(p.i32, dispatchIdx(v)) === Dispatch.Granted) n++;
+    }
+    return n;
   }
 
   /** Takes a halt the VP stored in its dispatch word (Halt -> Off), charged until its release. */
@@ -681,6 +698,10 @@ export const HC_POLL_MAX_NS = 200_000;
  * host whose hypercalls come farther apart (idle VMs: a heartbeat now and then) polls the base
  * window only.
  *
+ * The thread does not poll while VP threads that run work (SchedulerLoop.busyVps) leave no CPU of
+ * the machine free for it: they need the CPUs more (KVM stops polling when another task wants the
+ * CPU).
+ *
  * After a pass that woke a VP thread the thread polls only while the window is above the base,
  * i.e. while hypercalls stream: on two cores the woken thread may need this CPU, and a lone
  * interrupt to a halted VP is served sooner without the poll (bench sched, the halted VP through
@@ -703,9 +724,12 @@ export class BellPoll {
     else this.ns = Math.max(HC_POLL_BASE_NS, this.ns / 2);
   }
 
-  /** The window for a poll after a pass that served hypercalls; `woke`: the pass woke a VP thread. 0: no poll. */
-  window(woke: boolean): number {
-    return woke && this.ns <= HC_POLL_BASE_NS ? 0 : this.ns;
+  /**
+   * The window for a poll after a pass that served hypercalls (0: no poll); `woke`: the pass woke a
+   * VP thread; `contended`: VP threads that run work take every CPU but one (or all).
+   */
+  window(woke: boolean, contended = false): number {
+    return contended || (woke && this.ns <= HC_POLL_BASE_NS) ? 0 : this.ns;
   }
 
   /** A poll (or none, window 0) that started at `from` ended; `caught`: a ring ended it. */
@@ -731,6 +755,7 @@ export function runScheduler(data: SchedulerThreadData): void {
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;
   const bellPoll = new BellPoll();
+  const hostCpus = availableParallelism();
   let lastBell = Atomics.load(bell, bellIdx) - 1; // the first turn runs a pass
   let lastHc = Atomics.load(bell, hcIdx);
   let deadline = 0;
@@ -775,7 +800,7 @@ export function runScheduler(data: SchedulerThreadData): void {
     // a halted vCPU, since waking a thread on another CPU costs far more here (BellPoll).
     if (served > 0) {
       const from = nowNs();
-      const until = from + bellPoll.window(loop.woke !== 0);
+      const until = from + bellPoll.window(loop.woke !== 0, loop.busyVps(from, HC_POLL_MAX_NS) >= hostCpus - 1);
       let caught = false;
       while (nowNs() < until) {
         if (Atomics.load(bell, bellIdx) !== seen) {

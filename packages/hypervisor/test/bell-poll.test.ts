@@ -1,9 +1,11 @@
 /**
  * The scheduler thread's bell poll after hypercalls (BellPoll) adapts as KVM's halt polling does.
- * Times here are the numbers the thread would pass (ns); nothing waits on a clock.
+ * Times here are the numbers the thread would pass (ns); nothing waits on a clock. Also what stops
+ * the poll: VP threads that run work (SchedulerLoop.busyVps).
  */
 import { expect } from 'chai';
-import { BellPoll, HC_POLL_BASE_NS, HC_POLL_MAX_NS } from '../src/sched-thread.js';
+import { Dispatch, VpPage, vpPageOffset, vpRegionBytes } from '@hvlab/protocol';
+import { BellPoll, HC_POLL_BASE_NS, HC_POLL_MAX_NS, SchedulerLoop } from '../src/sched-thread.js';
 
 /** One turn of the thread: a pass served calls at `at`, then a poll that gave up (or caught a ring). */
 function turn(p: BellPoll, at: number, woke: boolean, caught = false): number {
@@ -67,5 +69,37 @@ describe('BellPoll: the bell poll after hypercalls', () => {
       expect(p.window(true)).to.equal(0);
     }
     expect([...windows]).to.deep.equal([HC_POLL_BASE_NS]);
+  });
+
+  it('does not poll while VP threads that run work leave no CPU for it, whatever the window', () => {
+    const p = new BellPoll();
+    let t = 0;
+    for (let i = 0; i < 5; i++, t += 50_000) turn(p, t, false);
+    expect(p.window(false)).to.equal(HC_POLL_MAX_NS);
+    expect(p.window(true)).to.equal(HC_POLL_MAX_NS);
+    expect(p.window(false, true)).to.equal(0);
+    expect(p.window(true, true)).to.equal(0);
+  });
+});
+
+describe('SchedulerLoop.busyVps: VP threads that run work', () => {
+  it('counts a VP granted its LP long enough ago and still running, not one just granted or halted since', () => {
+    const region = new SharedArrayBuffer(vpRegionBytes(2));
+    const i32 = new Int32Array(region);
+    const loop = new SchedulerLoop({ lps: 2 }, () => undefined);
+    const t0 = Number(process.hrtime.bigint());
+    loop.handle({ t: 'addPartition', id: 5, region, suspended: false, weight: 100, reserve: 0, cap: 1 }, t0);
+    const d = [0, 1].map((i) => (vpPageOffset(i) + VpPage.dispatch) >> 2);
+    for (const i of [0, 1]) {
+      loop.handle({ t: 'addVp', id: 5, index: i }, t0);
+      Atomics.store(i32, d[i]!, Dispatch.Start);
+    }
+    loop.pass(t0);
+    expect(d.map((w) => Atomics.load(i32, w))).to.deep.equal([Dispatch.Granted, Dispatch.Granted]);
+    expect(loop.busyVps(t0 + 100_000, 200_000), 'granted 100 µs ago').to.equal(0);
+    expect(loop.busyVps(t0 + 300_000, 200_000), 'granted 300 µs ago, both running').to.equal(2);
+    // VP 1 halts quietly (no ring, no pass yet): it still holds its LP in the scheduler's books.
+    Atomics.store(i32, d[1]!, Dispatch.Halt);
+    expect(loop.busyVps(t0 + 300_000, 200_000), 'one halted since').to.equal(1);
   });
 });
