@@ -6,6 +6,8 @@
  * deadline (a quantum's end while a VP waits for an LP, budget exhaustion, a period's end while
  * caps or waiting VPs make it matter, a timer expiry) or until someone rings; VPs that run alone,
  * uncapped, with none waiting set no deadline, and with no timer armed it sleeps until a ring.
+ * After serving hypercalls it watches the bell a while first (BellPoll: KVM's adaptive halt
+ * polling, for the hypercall pages).
  *
  * Quiet halts: while no VP waits for an LP, a VP that halts does not ring (VpRegionHeader.haltRing,
  * which each pass keeps up to date): it stores its release stamp and Dispatch.Halt, and the next
