@@ -5,7 +5,7 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, type Notification } from '@hvlab/runtime';
+import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, StdinEndedError, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
@@ -39,7 +39,9 @@ export async function runPartition(): Promise<void> {
   try {
     input = decodePartitionStartInput(await readStdinLine('the start-up input', 16384));
   } catch (e) {
-    // The VMWP went away before it assigned this process, or sent something else: nothing to run.
+    // The VMWP went away before it assigned this process (a spare's end when its host goes down):
+    // nothing to run and nothing wrong. Anything else it sent is a fault, said on stderr.
+    if (e instanceof StdinEndedError) process.exit(0);
     process.stderr.write(`hvlab partition: ${(e as Error).message}\n`);
     process.exit(1);
   }

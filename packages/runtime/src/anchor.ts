@@ -133,8 +133,22 @@ export function pidWatchFallback(): string {
 }
 
 /**
+ * Stdin closed before a single byte came: the parent went away (or let go) without a word, as the
+ * VMWP of a spare partition process does when the host goes down before any VM claimed it. Not a
+ * fault of the process reading: it has nothing to do and may end quietly.
+ */
+export class StdinEndedError extends Error {
+  constructor(what: string) {
+    super(`stdin closed before ${what} arrived`);
+    this.name = 'StdinEndedError';
+  }
+}
+
+/**
  * Reads the first line a parent wrote on this process's stdin (how secrets reach hvlab's processes:
- * a pipe, never the environment, which /proc/PID/environ shows), then lets go of stdin.
+ * a pipe, never the environment, which /proc/PID/environ shows), then lets go of stdin. Throws
+ * StdinEndedError when stdin closes with nothing written, an Error when it closes mid-line or the
+ * line passes `maxBytes`.
  */
 export async function readStdinLine(what: string, maxBytes = 1 << 20): Promise<string> {
   let buf = '';
@@ -147,6 +161,7 @@ export async function readStdinLine(what: string, maxBytes = 1 << 20): Promise<s
     }
     if (buf.length > maxBytes) break;
   }
+  if (buf.length === 0) throw new StdinEndedError(what);
   throw new Error(`${what} did not arrive on stdin`);
 }
 
