@@ -187,13 +187,13 @@ export class SchedulerLoop {
 
   /**
    * VPs that hold an LP, still say Granted in their dispatch word (not halted quietly since) and
-   * were granted it at least `minNs` before `now`: VP threads that run work, not ones that took an
-   * interrupt and are about to halt.
+   * have held it for `minNs` or more at `now` (through fresh quanta too): VP threads that run
+   * work, not ones that took an interrupt and are about to halt.
    */
   busyVps(now: number, minNs: number): number {
     let n = 0;
     for (const vp of this.core.lpOwners()) {
-      if (!vp || now - vp.grantedAt < minNs) continue;
+      if (!vp || now - vp.heldSince < minNs) continue;
       const p = this.parts.get(vp.partitionId);
       const v = p?.vps.get(vp.index);
       if (p && v && Atomics.load(p.i32, dispatchIdx(v)) === Dispatch.Granted) n++;
@@ -702,7 +702,8 @@ export const HC_POLL_MAX_NS = 200_000;
  *
  * The thread does not poll while VP threads that run work (SchedulerLoop.busyVps) leave no CPU of
  * the machine free for it: they need the CPUs more (KVM stops polling when another task wants the
- * CPU).
+ * CPU); such a turn teaches the window nothing (`skipped`). A poll never runs past the
+ * scheduler's next deadline.
  *
  * After a pass that woke a VP thread the thread polls only while the window is above the base,
  * i.e. while hypercalls stream: on two cores the woken thread may need this CPU, and a lone
@@ -726,17 +727,22 @@ export class BellPoll {
     else this.ns = Math.max(HC_POLL_BASE_NS, this.ns / 2);
   }
 
-  /**
-   * The window for a poll after a pass that served hypercalls (0: no poll); `woke`: the pass woke a
-   * VP thread; `contended`: VP threads that run work take every CPU but one (or all).
-   */
-  window(woke: boolean, contended = false): number {
-    return contended || (woke && this.ns <= HC_POLL_BASE_NS) ? 0 : this.ns;
+  /** The window for a poll after a pass that served hypercalls (0: no poll); `woke`: the pass woke a VP thread. */
+  window(woke: boolean): number {
+    return woke && this.ns <= HC_POLL_BASE_NS ? 0 : this.ns;
   }
 
   /** A poll (or none, window 0) that started at `from` ended; `caught`: a ring ended it. */
   ended(from: number, caught: boolean): void {
     this.gaveUpFrom = caught ? -1 : from;
+  }
+
+  /**
+   * No poll was possible (VP threads that run work took the CPUs): the next call teaches the
+   * window nothing, so it is as it was when the contention ends.
+   */
+  skipped(): void {
+    this.gaveUpFrom = -1;
   }
 }
 
@@ -800,17 +806,23 @@ export function runScheduler(data: SchedulerThreadData): void {
     // Right after serving hypercalls, the next often follows within microseconds (a caller that
     // signals in a loop, a reply to a reply): watch the bell a while before sleeping, as KVM polls
     // a halted vCPU, since waking a thread on another CPU costs far more here (BellPoll).
+    // The poll ends by the next deadline at the latest (a timer, a quantum's end): the pass below
+    // runs it on time.
     if (served > 0) {
       const from = nowNs();
-      const until = from + bellPoll.window(loop.woke !== 0, loop.busyVps(from, HC_POLL_MAX_NS) >= hostCpus - 1);
-      let caught = false;
-      while (nowNs() < until) {
-        if (Atomics.load(bell, bellIdx) !== seen) {
-          caught = true;
-          break;
+      if (loop.busyVps(from, HC_POLL_MAX_NS) >= hostCpus - 1) {
+        bellPoll.skipped();
+      } else {
+        const until = Math.min(from + bellPoll.window(loop.woke !== 0), deadline);
+        let caught = false;
+        while (nowNs() < until) {
+          if (Atomics.load(bell, bellIdx) !== seen) {
+            caught = true;
+            break;
+          }
         }
+        bellPoll.ended(from, caught);
       }
-      bellPoll.ended(from, caught);
     }
     // Asleep until the next deadline, or until someone rings (a VP that halts, a hypercall, a
     // message from the main thread): with nothing due, no timeout at all. Observers extrapolate

@@ -46,6 +46,8 @@ export interface SchedVp {
   vruntime: number;
   usedInPeriod: number;
   grantedAt: number;
+  /** When it took the LP it holds (a fresh quantum moves grantedAt, not this). */
+  heldSince: number;
   lastChargeAt: number;
   /** Accounting, ns. */
   runNs: number;
@@ -129,7 +131,7 @@ export class SchedulerCore {
     const vp: SchedVp = {
       partitionId, index, absent: true, halted: false, capped: false, partitionSuspended: props.suspended, interceptSuspended: false, stalled: false,
       lp: -1, preempting: false, weight: props.weight, reserve: props.reserve, cap: props.cap,
-      vruntime: this.minVruntime, usedInPeriod: 0, grantedAt: 0, lastChargeAt: now,
+      vruntime: this.minVruntime, usedInPeriod: 0, grantedAt: 0, heldSince: 0, lastChargeAt: now,
       runNs: 0, readyNs: 0, waitNs: 0, dispatches: 0, stateSince: now, shownState: 'Absent',
     };
     this.vps.set(SchedulerCore.key(partitionId, index), vp);
@@ -250,6 +252,7 @@ export class SchedulerCore {
     this.lpOwner[lp] = vp;
     vp.lp = lp;
     vp.grantedAt = now;
+    vp.heldSince = now;
     vp.lastChargeAt = now;
     vp.dispatches++;
     this.account(vp, now);

@@ -71,14 +71,18 @@ describe('BellPoll: the bell poll after hypercalls', () => {
     expect([...windows]).to.deep.equal([HC_POLL_BASE_NS]);
   });
 
-  it('does not poll while VP threads that run work leave no CPU for it, whatever the window', () => {
+  it('learns nothing from turns it could not poll (VP threads that ran work took the CPUs)', () => {
     const p = new BellPoll();
     let t = 0;
-    for (let i = 0; i < 5; i++, t += 50_000) turn(p, t, false);
-    expect(p.window(false)).to.equal(HC_POLL_MAX_NS);
-    expect(p.window(true)).to.equal(HC_POLL_MAX_NS);
-    expect(p.window(false, true)).to.equal(0);
-    expect(p.window(true, true)).to.equal(0);
+    for (let i = 0; i < 10; i++, t += 50_000) {
+      p.served(t);
+      p.skipped();
+    }
+    expect(p.ns, 'calls 50 µs apart, none polled for').to.equal(HC_POLL_BASE_NS);
+    turn(p, t, false);
+    expect(p.ns).to.equal(HC_POLL_BASE_NS);
+    turn(p, (t += 50_000), false);
+    expect(p.ns, 'learning again once it polls').to.equal(2 * HC_POLL_BASE_NS);
   });
 });
 
@@ -98,8 +102,13 @@ describe('SchedulerLoop.busyVps: VP threads that run work', () => {
     expect(d.map((w) => Atomics.load(i32, w))).to.deep.equal([Dispatch.Granted, Dispatch.Granted]);
     expect(loop.busyVps(t0 + 100_000, 200_000), 'granted 100 µs ago').to.equal(0);
     expect(loop.busyVps(t0 + 300_000, 200_000), 'granted 300 µs ago, both running').to.equal(2);
+    // A pass past a quantum's end with nobody waiting gives them fresh quanta: they still hold their LPs.
+    const later = t0 + 50_000_000;
+    loop.pass(later);
+    expect(d.map((w) => Atomics.load(i32, w))).to.deep.equal([Dispatch.Granted, Dispatch.Granted]);
+    expect(loop.busyVps(later + 1_000, 200_000), 'running for 50 ms through a fresh quantum').to.equal(2);
     // VP 1 halts quietly (no ring, no pass yet): it still holds its LP in the scheduler's books.
     Atomics.store(i32, d[1]!, Dispatch.Halt);
-    expect(loop.busyVps(t0 + 300_000, 200_000), 'one halted since').to.equal(1);
+    expect(loop.busyVps(later + 1_000, 200_000), 'one halted since').to.equal(1);
   });
 });

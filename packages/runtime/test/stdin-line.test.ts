@@ -13,11 +13,12 @@ const repo = resolve(here, '..', '..', '..');
 
 function run(input: string | null): Promise<Record<string, unknown>> {
   return new Promise((res, rej) => {
-    const c = spawn(process.execPath, ['--import', 'tsx', join(here, 'fixtures', 'stdin-line.ts')], { cwd: repo, stdio: ['pipe', 'pipe', 'inherit'] });
+    const c = spawn(process.execPath, ['--conditions=hvlab-source', '--import', 'tsx', join(here, 'fixtures', 'stdin-line.ts')], { cwd: repo, stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
     c.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')));
     c.on('error', rej);
-    c.on('exit', () => {
+    // 'close': stdout has ended too ('exit' may come before its last bytes).
+    c.on('close', () => {
       try {
         res(JSON.parse(out.trim()) as Record<string, unknown>);
       } catch {
