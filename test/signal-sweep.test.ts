@@ -1,0 +1,47 @@
+/**
+ * An interrupted test run leaves nothing behind (test/signal-sweep.ts): an inner mocha run brings a
+ * host up and waits; Ctrl-C's SIGINT to it (as a terminal sends it) takes the host down before the
+ * run exits. Its only time bounds are mocha's timeout and the waits' own limits.
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { hostPaths } from '@hvlab/runtime';
+import { hostProcesses, sweepHost } from '@hvlab/host';
+import { eventually, shmFiles } from './harness.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+describe('an interrupted test run', () => {
+  it('takes down the hosts its tests brought up (SIGINT to mocha), leaving no process and no /dev/shm file', async function () {
+    this.timeout(120000);
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-sweep-'));
+    const mocha = spawn(process.execPath, [
+      join(repo, 'node_modules', 'mocha', 'bin', 'mocha.js'), '--no-config', '--node-option', 'import=tsx', '--node-option', 'conditions=hvlab-source',
+      '--require', 'test/signal-sweep.ts', '--timeout', '0', 'test/fixtures/sweep-inner.spec.ts',
+    ], { cwd: repo, env: { ...process.env, SWEEP_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    mocha.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')));
+    mocha.stderr.on('data', (b: Buffer) => (out += b.toString('utf8')));
+    const exited = new Promise<void>((r) => mocha.once('close', () => r()));
+    let hostId: string | null = null;
+    try {
+      expect(await eventually(() => /UP \d+/.test(out), 90000), `the inner run brought no host up: ${out}`).to.equal(true);
+      expect(out).to.match(/UP 0/);
+      hostId = (JSON.parse(readFileSync(hostPaths(home).hostFile, 'utf8')) as { hostId: string }).hostId;
+      expect(hostProcesses(hostId).length, 'the host runs').to.be.greaterThan(0);
+      mocha.kill('SIGINT');
+      await exited;
+      expect(out).to.contain(`taking down the host at ${home}`);
+      expect(hostProcesses(hostId), 'processes of the host').to.deep.equal([]);
+      expect(shmFiles(hostId), '/dev/shm files of the host').to.deep.equal([]);
+    } finally {
+      if (mocha.exitCode === null && mocha.signalCode === null) mocha.kill('SIGKILL');
+      if (hostId) sweepHost(hostPaths(home), hostId);
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,71 @@
+/**
+ * Loaded before any test (.mocharc.json `require`): a test run that is interrupted (Ctrl-C, or
+ * SIGTERM from a CI runner or a `kill`) takes down every hvlab host and cluster its tests started
+ * before it exits, since the tests' own `after` hooks never run then. The run marks its children
+ * with HVLAB_TEST_RUN=<its pid>, which every process they start inherits (hvlab passes its
+ * environment on); on the signal, each hvlab process that carries this run's mark names its home
+ * (HVLAB_HOME): a home inside a cluster's goes down with `cluster down`, any other with `down`, and
+ * whatever of this run still runs after that is killed. A run killed with SIGKILL cannot do this.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const cli = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
+const mark = `HVLAB_TEST_RUN=${process.pid}`;
+process.env.HVLAB_TEST_RUN = String(process.pid);
+
+/** This run's processes (but this one) and the HVLAB_HOME each names. */
+export function markedProcesses(runMark = mark): Array<{ pid: number; home: string | null }> {
+  const out: Array<{ pid: number; home: string | null }> = [];
+  for (const d of readdirSync('/proc')) {
+    const pid = Number(d);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    let env: string[];
+    try {
+      env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    if (!env.includes(runMark)) continue;
+    const home = env.find((e) => e.startsWith('HVLAB_HOME='))?.slice('HVLAB_HOME='.length) ?? null;
+    out.push({ pid, home });
+  }
+  return out;
+}
+
+/** The cluster home a host's home sits in (…/cluster/hosts/NAME inside it), or null. */
+function clusterHomeOf(home: string): string | null {
+  for (let d = home, i = 0; i < 6 && dirname(d) !== d; i++, d = dirname(d)) {
+    if (existsSync(join(d, 'cluster.json'))) return d;
+  }
+  return null;
+}
+
+function sweep(): void {
+  const procs = markedProcesses();
+  const homes = new Set<string>();
+  for (const p of procs) if (p.home) homes.add(clusterHomeOf(p.home) ?? p.home);
+  for (const home of homes) {
+    const cluster = existsSync(join(home, 'cluster.json'));
+    process.stderr.write(`test run interrupted: taking down ${cluster ? 'the cluster' : 'the host'} at ${home}\n`);
+    spawnSync(process.execPath, [cli, '--home', home, ...(cluster ? ['cluster', 'down'] : ['down'])], { stdio: 'ignore', timeout: 30000, env: { ...process.env, HVLAB_TEST_RUN: '' } });
+  }
+  for (const p of markedProcesses()) {
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch { /* gone */ }
+  }
+}
+
+for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  process.once(sig, () => {
+    try {
+      sweep();
+    } finally {
+      process.exit(code);
+    }
+  });
+}
