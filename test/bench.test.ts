@@ -196,6 +196,9 @@ const expectations: Record<string, (out: string) => void> = {
       expect(back, 'SignalEvent calls per round trip back').to.be.greaterThan(0);
       ratio(out, 'ratio zmq / shm polling (p50):');
       ratio(out, 'ratio shm signalled / zmq (p50):');
+      // The same round trip with the hypervisor's bell poll kept at its base, for the ratio beside it.
+      numbersAfter(out, 'same, bell poll at its 25 µs base', 3);
+      ratio(out, 'ratio adaptive bell poll / base poll (p50):');
       // The two ways the hypervisor wakes a session's event loop, measured in turn.
       numbersAfter(out, 'wake of an event loop, word watch (2 wake-ups)', 3);
       numbersAfter(out, 'same, wake descriptor (1 wake-up)', 3);

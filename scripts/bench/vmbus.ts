@@ -86,6 +86,8 @@ const STUCK_MS = 5000;
  * (the ZeroMQ round trip's p50 / the signalled one's, same run) at least that.
  */
 const AIMS = { shmVsZmq64: 20, shmVsMemcpy16k: 0.5, signalledP50Us: 50, zmqVsSignalled: 3 } as const;
+/** The hypervisor's bell poll at its base for the comparison row (HVLAB_HC_POLL_MAX_US; sched-thread.ts BellPoll). */
+const BASE_POLL_US = 25;
 /** Port and connection ids in our own hypervisor (nothing else uses it). */
 const ROOT_EVENT_PORT = 0x7e0001;
 const CHILD_EVENT_PORT = 1;
@@ -153,7 +155,8 @@ export interface VmbusBenchResult {
   };
   /** Smallest payload the ring writer copies with the addon (NATIVE_COPY_MIN). */
   nativeCopyMin: number;
-  latencyUs: { shmPoll: PollLatency | null; shmSignal: SignalLatency | null; zmq: Latency; loopWake: LoopWake | null };
+  /** shmSignalBasePoll: the signalled round trip with the hypervisor's bell poll kept at its base (HVLAB_HC_POLL_MAX_US). */
+  latencyUs: { shmPoll: PollLatency | null; shmSignal: SignalLatency | null; shmSignalBasePoll: SignalLatency | null; zmq: Latency; loopWake: LoopWake | null };
   /** nativeVsV8Shared16k: addon copyBytes bytes/s / Uint8Array.set bytes/s into a SAB at 16 KiB. */
   /** zmqVsSignalled: the ZeroMQ round trip's p50 / the signalled ring round trip's p50. */
   ratios: { shmVsZmq64: number | null; shmVsMemcpy16k: number | null; nativeVsV8Shared16k: number | null; zmqVsSignalled: number | null };
@@ -386,17 +389,27 @@ class Run {
     return { partitionId, token };
   }
 
-  async startHypervisor(): Promise<HvClient> {
+  /** Starts this run's hypervisor (`env`: more of its environment); one at a time (stopHypervisor). */
+  async startHypervisor(env: Record<string, string> = {}): Promise<HvClient> {
     progress(`starting a hypervisor (home ${this.dir}, sockets ${this.paths.sockDir}, host ${this.hostId})`);
     mkdirSync(this.paths.sockDir, { recursive: true, mode: 0o700 });
     this.hvProc = spawnOwned('hypervisor', [...nodeArgsFor(join(here, 'bare-hypervisor.ts')), this.paths.sockDir, this.hostId, String(LPS)], {
-      ...this.env(), HVLAB_HOME: this.dir,
+      ...this.env(), HVLAB_HOME: this.dir, ...env,
     });
     if (this.hvProc.child.pid !== undefined) this.tracked.add(this.hvProc.child.pid);
     const rootToken = (await waitLine(this.hvProc, 'ready ', 20000)).slice('ready '.length);
     this.hv = new HvClient(this.paths.hvEndpoint, (n) => this.hvNotify(n));
     await this.hv.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'bench', vm: null });
     return this.hv;
+  }
+
+  /** Stops the hypervisor and sweeps whatever of this run's host it left (its regions, the partitions' memory). */
+  async stopHypervisor(): Promise<void> {
+    this.hv?.close();
+    this.hv = null;
+    await stopOwned(this.hvProc);
+    this.hvProc = null;
+    sweepHost(this.paths, this.hostId);
   }
 
   cleanup(): Promise<void> {
@@ -664,8 +677,9 @@ async function shmPollLatency(run: Run): Promise<PollLatency> {
   return { ...latency(samples), naps: { parent: backoff.naps, child: done.naps } };
 }
 
-async function shmSignalLatency(run: Run): Promise<SignalLatency> {
-  const hv = await run.startHypervisor();
+/** `hvEnv`: the hypervisor's environment beyond the run's (HVLAB_HC_POLL_MAX_US for the base-poll row). */
+async function shmSignalLatency(run: Run, hvEnv: Record<string, string> = {}): Promise<SignalLatency> {
+  const hv = await run.startHypervisor(hvEnv);
   // A child partition the way a VMWP builds one; the child programs its SynIC itself, as a guest does.
   const created = await hv.must<{ partitionId: number; token: string }>('CreatePartition', { memoryBytes: MIN_MEMORY_BYTES, name: 'vmbus-bench' });
   const pid = created.partitionId;
@@ -729,6 +743,7 @@ async function shmSignalLatency(run: Run): Promise<SignalLatency> {
   const done = parseDone(await waitLine(child, 'done ', 10000));
   await run.stop(child);
   const total = run.plan.warmup + run.plan.n;
+  await run.stopHypervisor();
   return { ...latency(samples), signalsPerRoundTrip: { toChild: round(toChild / total, 3), toParent: round(done.signals / total, 3) } };
 }
 
@@ -866,6 +881,8 @@ function table(r: VmbusBenchResult): string {
   const sig = r.latencyUs.shmSignal;
   lrow('shm ring, SignalEvent through the hypervisor', sig);
   if (sig) lines.push(`  (SignalEvent calls per round trip: ${sig.signalsPerRoundTrip.toChild} to the child, ${sig.signalsPerRoundTrip.toParent} back)`);
+  const basePoll = r.latencyUs.shmSignalBasePoll;
+  lrow(`  same, bell poll at its ${BASE_POLL_US} µs base`, basePoll);
   lrow('zmq RemoteHub/Link', r.latencyUs.zmq);
   const lw = r.latencyUs.loopWake;
   if (lw) {
@@ -874,6 +891,7 @@ function table(r: VmbusBenchResult): string {
   }
   if (r.latencyUs.shmPoll) lines.push(`  ratio zmq / shm polling (p50): ${round(r.latencyUs.zmq.p50 / r.latencyUs.shmPoll.p50, 1)}`);
   if (sig) lines.push(`  ratio shm signalled / zmq (p50): ${round(sig.p50 / r.latencyUs.zmq.p50, 2)}`);
+  if (sig && basePoll) lines.push(`  ratio adaptive bell poll / base poll (p50): ${round(sig.p50 / basePoll.p50, 2)}`);
   if (lw) lines.push(`  ratio wake descriptor / word watch (p50, interleaved): ${lw.ratio}`);
   lines.push('');
   const aim = (name: string, v: number | null, target: number, met: boolean | null, what: string): void => {
@@ -967,6 +985,7 @@ export async function main(args: string[]): Promise<void> {
     // 2. latency
     let shmPoll: PollLatency | null = null;
     let shmSignal: SignalLatency | null = null;
+    let shmSignalBasePoll: SignalLatency | null = null;
     let loopWake: LoopWake | null = null;
     if (shared) {
       progress(`shm ring ping-pong, polling (${plan.warmup} + ${plan.n} round trips)`);
@@ -979,6 +998,8 @@ export async function main(args: string[]): Promise<void> {
     if (shared) {
       progress(`shm ring ping-pong, signals through the hypervisor (${plan.warmup} + ${plan.n} round trips)`);
       shmSignal = await shmSignalLatency(run);
+      progress(`the same with the bell poll at its ${BASE_POLL_US} µs base (HVLAB_HC_POLL_MAX_US=${BASE_POLL_US}: the rule before it adapted)`);
+      shmSignalBasePoll = await shmSignalLatency(run, { HVLAB_HC_POLL_MAX_US: String(BASE_POLL_US) });
     }
     if (shared && wakeFdAvailable()) {
       progress(`event-loop wake-ups, word watch and wake descriptor in turn (${plan.warmup} + ${plan.n} each)`);
@@ -994,7 +1015,7 @@ export async function main(args: string[]): Promise<void> {
       memoryMode: mode,
       throughput: { shm, zmq, memcpy, memcpyShared, memcpySharedNative },
       nativeCopyMin: NATIVE_COPY_MIN,
-      latencyUs: { shmPoll, shmSignal, zmq: zmqLat, loopWake },
+      latencyUs: { shmPoll, shmSignal, shmSignalBasePoll, zmq: zmqLat, loopWake },
       ratios: { shmVsZmq64, shmVsMemcpy16k, nativeVsV8Shared16k, zmqVsSignalled },
       aims: { ...AIMS },
       met: {

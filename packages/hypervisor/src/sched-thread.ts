@@ -94,6 +94,8 @@ export interface SchedulerThreadData {
   hc?: HcThreadData;
   quantumNs?: number;
   periodNs?: number;
+  /** BellPoll's longest window (ns); HC_POLL_MAX_NS when absent. */
+  hcPollMaxNs?: number;
 }
 
 interface VpRec {
@@ -715,6 +717,12 @@ export const HC_POLL_MAX_NS = 200_000;
 export class BellPoll {
   /** The window now (ns). */
   ns = HC_POLL_BASE_NS;
+  /**
+   * `maxNs`: the longest window (HC_POLL_MAX_NS unless the host says otherwise: HVLAB_HC_POLL_MAX_US).
+   * At the base or below, the window never grows: the thread polls the base after a pass that
+   * woke no VP and not at all after one that did, as before the poll adapted.
+   */
+  constructor(readonly maxNs = HC_POLL_MAX_NS) {}
   /** When the last poll started, if it gave up (ns); -1 when it caught a ring or none gave up since. */
   private gaveUpFrom = -1;
 
@@ -723,7 +731,7 @@ export class BellPoll {
     if (this.gaveUpFrom < 0) return;
     const waited = now - this.gaveUpFrom;
     this.gaveUpFrom = -1;
-    if (waited <= HC_POLL_MAX_NS) this.ns = Math.min(HC_POLL_MAX_NS, this.ns * 2);
+    if (waited <= this.maxNs) this.ns = Math.max(HC_POLL_BASE_NS, Math.min(this.maxNs, this.ns * 2));
     else this.ns = Math.max(HC_POLL_BASE_NS, this.ns / 2);
   }
 
@@ -762,7 +770,7 @@ export function runScheduler(data: SchedulerThreadData): void {
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;
-  const bellPoll = new BellPoll();
+  const bellPoll = new BellPoll(data.hcPollMaxNs ?? HC_POLL_MAX_NS);
   const hostCpus = availableParallelism();
   let lastBell = Atomics.load(bell, bellIdx) - 1; // the first turn runs a pass
   let lastHc = Atomics.load(bell, hcIdx);
@@ -810,7 +818,7 @@ export function runScheduler(data: SchedulerThreadData): void {
     // runs it on time.
     if (served > 0) {
       const from = nowNs();
-      if (loop.busyVps(from, HC_POLL_MAX_NS) >= hostCpus - 1) {
+      if (loop.busyVps(from, bellPoll.maxNs) >= hostCpus - 1) {
         bellPoll.skipped();
       } else {
         const until = Math.min(from + bellPoll.window(loop.woke !== 0), deadline);

@@ -24,6 +24,18 @@ import { Hypervisor, LogLimiter, type HvLog, type HypervisorOptions, type Schedu
 import type { FromScheduler, SchedulerThreadData, ToScheduler } from './sched-thread.js';
 import { HcService } from './hcall.js';
 
+/**
+ * HVLAB_HC_POLL_MAX_US: the longest bell poll of the scheduler thread after hypercalls (µs, a
+ * whole number from 0 to 10000; BellPoll), like KVM's halt_poll_ns. 25 or less keeps the window
+ * at its 25 µs base (the rule before it adapted). Null (the default, 200 µs) when unset or not such
+ * a number.
+ */
+export function hcPollMaxNs(v: string | undefined): number | null {
+  if (v === undefined || !/^\d{1,5}$/.test(v.trim())) return null;
+  const us = Number(v.trim());
+  return us <= 10_000 ? us * 1000 : null;
+}
+
 /** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
 const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
 
@@ -92,6 +104,8 @@ export class HypervisorServer {
     // no second thread to run the scheduling pass.
     if (pages) this.hc = new HcService(hostId, region, doorbell, (o, m) => this.logError(o, m));
     const data: SchedulerThreadData = { lps, doorbell, port: port2, hc: this.hc?.threadData };
+    const pollMaxNs = hcPollMaxNs(process.env.HVLAB_HC_POLL_MAX_US);
+    if (pollMaxNs !== null) data.hcPollMaxNs = pollMaxNs;
     const transfer = this.hc ? [port2, this.hc.threadData.port] : [port2];
     const worker = new Worker(SCHED_THREAD_ENTRY, { workerData: { scheduler: data }, transferList: transfer, name: 'scheduler' });
     worker.on('error', (e) => {

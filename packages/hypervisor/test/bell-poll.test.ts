@@ -6,6 +6,7 @@
 import { expect } from 'chai';
 import { Dispatch, VpPage, vpPageOffset, vpRegionBytes } from '@hvlab/protocol';
 import { BellPoll, HC_POLL_BASE_NS, HC_POLL_MAX_NS, SchedulerLoop } from '../src/sched-thread.js';
+import { hcPollMaxNs } from '../src/server.js';
 
 /** One turn of the thread: a pass served calls at `at`, then a poll that gave up (or caught a ring). */
 function turn(p: BellPoll, at: number, woke: boolean, caught = false): number {
@@ -83,6 +84,33 @@ describe('BellPoll: the bell poll after hypercalls', () => {
     expect(p.ns).to.equal(HC_POLL_BASE_NS);
     turn(p, (t += 50_000), false);
     expect(p.ns, 'learning again once it polls').to.equal(2 * HC_POLL_BASE_NS);
+  });
+});
+
+describe('the longest bell poll (HVLAB_HC_POLL_MAX_US)', () => {
+  it('at the base, the window never grows: the base after a pass that woke no VP, no poll after one that did', () => {
+    const p = new BellPoll(HC_POLL_BASE_NS);
+    let t = 0;
+    for (let i = 0; i < 20; i++, t += 30_000) {
+      expect(turn(p, t, i % 2 === 0)).to.equal(i % 2 === 0 ? 0 : HC_POLL_BASE_NS);
+    }
+    expect(p.ns).to.equal(HC_POLL_BASE_NS);
+  });
+
+  it('a larger one lets the window grow to it, and calls farther apart than it shrink it', () => {
+    const p = new BellPoll(800_000);
+    let t = 0;
+    for (let i = 0; i < 8; i++, t += 500_000) turn(p, t, false);
+    expect(p.ns).to.equal(800_000);
+    for (let i = 0; i < 8; i++) turn(p, (t += 2_000_000), false);
+    expect(p.ns).to.equal(HC_POLL_BASE_NS);
+  });
+
+  it('reads whole microseconds from 0 to 10000, and nothing else', () => {
+    expect(hcPollMaxNs('25')).to.equal(25_000);
+    expect(hcPollMaxNs(' 400 ')).to.equal(400_000);
+    expect(hcPollMaxNs('0')).to.equal(0);
+    for (const bad of [undefined, '', '-5', '1e3', '12.5', '20000', 'abc', '99999999']) expect(hcPollMaxNs(bad), String(bad)).to.equal(null);
   });
 });
 
