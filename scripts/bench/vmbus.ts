@@ -26,7 +26,9 @@
  *         a signal to the child goes SignalEvent -> event flag + virtual APIC -> scheduler dispatches
  *         the halted VP -> VP takes the interrupt -> main thread drains, as in a running VM. A writer
  *         whose tryWrite says 'signal' issues SignalEvent; a reader sleeps until the interrupt (or
- *         the rootevent), then drains masked and re-checks;
+ *         the rootevent), then drains masked and re-checks. Run twice, each with a hypervisor of its
+ *         own: as the host runs it, then with the scheduler thread's bell poll kept at its 25 µs base
+ *         (HVLAB_HC_POLL_MAX_US=25, the rule before the poll adapted), for the ratio of the two;
  *     (b) zmq: the same packets over RemoteHub/RemoteLink;
  *     (c) the event-loop wake-up under (a')'s last hop, on its own: a number stored in a shared word
  *         here, the other process's event loop woken to answer it (it stores the number back and

@@ -711,20 +711,21 @@ export const HC_POLL_MAX_NS = 200_000;
  * i.e. while hypercalls stream: on two cores the woken thread may need this CPU, and a lone
  * interrupt to a halted VP is served sooner without the poll (bench sched, the halted VP through
  * the page: p50 152-166 µs polling, 136-156 not). In a stream the poll pays: the answer to the
- * signal that woke the VP comes back within the window (bench vmbus, the signalled round trip:
- * p50 44-57 µs polling after such passes, 97-101 not, in runs of the same hour).
+ * signal that woke the VP comes back within the window (bench vmbus prints the signalled round
+ * trip both ways in one run: 54 µs p50 adapting against 91.8 at the base, in a full run).
  */
 export class BellPoll {
   /** The window now (ns). */
   ns = HC_POLL_BASE_NS;
+  /** When the last poll started, if it gave up (ns); -1 when it caught a ring or none gave up since. */
+  private gaveUpFrom = -1;
+
   /**
    * `maxNs`: the longest window (HC_POLL_MAX_NS unless the host says otherwise: HVLAB_HC_POLL_MAX_US).
    * At the base or below, the window never grows: the thread polls the base after a pass that
    * woke no VP and not at all after one that did, as before the poll adapted.
    */
   constructor(readonly maxNs = HC_POLL_MAX_NS) {}
-  /** When the last poll started, if it gave up (ns); -1 when it caught a ring or none gave up since. */
-  private gaveUpFrom = -1;
 
   /** A pass served hypercalls at `now` (ns): learns from how long they took to come. */
   served(now: number): void {

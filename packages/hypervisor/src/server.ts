@@ -104,8 +104,10 @@ export class HypervisorServer {
     // no second thread to run the scheduling pass.
     if (pages) this.hc = new HcService(hostId, region, doorbell, (o, m) => this.logError(o, m));
     const data: SchedulerThreadData = { lps, doorbell, port: port2, hc: this.hc?.threadData };
-    const pollMaxNs = hcPollMaxNs(process.env.HVLAB_HC_POLL_MAX_US);
+    const pollMaxUs = process.env.HVLAB_HC_POLL_MAX_US;
+    const pollMaxNs = hcPollMaxNs(pollMaxUs);
     if (pollMaxNs !== null) data.hcPollMaxNs = pollMaxNs;
+    else if (pollMaxUs !== undefined) this.log?.warn({ HVLAB_HC_POLL_MAX_US: pollMaxUs.slice(0, 32) }, 'HVLAB_HC_POLL_MAX_US is not a whole number of µs from 0 to 10000: the bell poll keeps its default (200 µs)');
     const transfer = this.hc ? [port2, this.hc.threadData.port] : [port2];
     const worker = new Worker(SCHED_THREAD_ENTRY, { workerData: { scheduler: data }, transferList: transfer, name: 'scheduler' });
     worker.on('error', (e) => {
