@@ -219,6 +219,12 @@ const expectations: Record<string, (out: string) => void> = {
     }
     ratio(out, 'ratio halted / running (p50)');
     ratio(out, 'ratio halted / idle-wake floor (p50)');
+    // The comparison host, whose scheduler thread keeps its CPU after a wake-up, was measured too.
+    const [noYield] = numbersAfter(out, 'same, scheduler keeps its CPU after a wake', 5);
+    expect(noYield, 'probes on the host without the yield').to.be.greaterThan(0);
+    ratio(out, 'ratio halted, yield / no yield (p50)');
+    expect(out).to.match(/^haltedVp = \d+(\.\d+)? µs p50 .*aim <= 50 µs: (MET|NOT met) in this run$/m);
+    expect(out).to.match(/^ticksPerS = \d+(\.\d+)? .*aim >= 995: (MET|NOT met) in this run$/m);
     // ticks, ticks/s, p50, p99, max
     numbersAfter(out, /^\|actual - ideal\|, \d+ samples/, 5);
     ratio(out, 'ratio ticks/s / nominal');

@@ -11,6 +11,9 @@
  *      (/dev/shm/hvlab-<host>-p<id>-vp) read-only in spirit and wait for probeTakenNs to change
  *      before the next assertion. Latency = taken - asserted, `n` per case:
  *        - halted VP: workload `sleep:1000` (the VP halts between ticks once a second);
+ *        - the same on a second host whose scheduler thread does not yield its CPU to the VP
+ *          threads it wakes (HVLAB_WAKE_YIELD=0; sched-thread.ts SchedulerLoop.yieldOnWake), for
+ *          the ratio of the two;
  *        - running VP: workload `spin` (the VP holds its LP and runs work units);
  *        - the floor: a thread of another process asleep in a futex (idle-wake.ts), woken after the
  *          same few ms of idle. Waking a thread whose CPU went idle costs that much on this machine
@@ -74,6 +77,8 @@ const LPS_LATENCY = 2;
 const LPS_OVERHEAD = 1;
 const TICK_PERIOD_MS = 1;
 const VM_MEMORY = '16M';
+/** The aims this bench reports (issue 10). */
+const AIMS = { haltedP50Us: 50, ticksPerS: 995 } as const;
 
 export interface ProbeStats {
   p50Us: number;
@@ -92,7 +97,11 @@ export interface SchedBenchResult {
    * the hypervisor's socket, whose main thread pends it and rings the scheduler thread;
    * idleWakeFloor: a bare futex wake of a thread in another process after the same idle time.
    */
-  interruptLatency: { haltedVp: ProbeStats; runningVp: ProbeStats; haltedVpSocket: ProbeStats; idleWakeFloor: ProbeStats };
+  interruptLatency: {
+    haltedVp: ProbeStats; runningVp: ProbeStats; haltedVpSocket: ProbeStats; idleWakeFloor: ProbeStats;
+    /** haltedVp on a host started with HVLAB_WAKE_YIELD=0: the scheduler thread keeps its CPU after a wake-up. */
+    haltedVpNoYield: ProbeStats;
+  };
   timerJitter1ms: {
     p50Us: number; p99Us: number; maxUs: number; meanUs: number; samples: number; ticks: number; ticksPerS: number;
     /** 1 / ticksPerS: the period the ticks actually came at. */
@@ -107,7 +116,9 @@ export interface SchedBenchResult {
     /** VmInfo.cpu.percent at the end of the window (the scheduler's last second), null when the host does not report it. */
     vmCpuPercent: number | null;
   };
-  ratios: { spinVmVsThread: number; haltedVsRunningP50: number; haltedVsIdleWakeP50: number; ticksPerSVsNominal: number };
+  ratios: { spinVmVsThread: number; haltedVsRunningP50: number; haltedVsIdleWakeP50: number; haltedYieldVsNoYieldP50: number; ticksPerSVsNominal: number };
+  /** The issue's aims, judged in this run: interrupt to a halted VP p50 <= 50 µs; >= 995 ticks/s. */
+  met: { haltedVp: boolean; ticks: boolean };
   /** Other hvlab hosts' processes seen on this machine at the start of each part (most of them), and the 1-min load then. */
   disturbance: Disturbance;
   /** The windows this run used (quick: --quick's short ones). */
@@ -141,9 +152,10 @@ class Host {
 
   constructor(readonly paths: HostPaths, readonly track: (pid: number | null | undefined) => void, readonly hostIds: string[]) {}
 
-  async up(lps: number): Promise<void> {
-    progress(`bringing a host up (${lps} LP${lps === 1 ? '' : 's'})`);
-    const rec = await up(this.paths, { lps });
+  /** `env`: more of the host's environment (HVLAB_WAKE_YIELD for the comparison row). */
+  async up(lps: number, env: Record<string, string> = {}): Promise<void> {
+    progress(`bringing a host up (${lps} LP${lps === 1 ? '' : 's'}${Object.keys(env).length > 0 ? `, ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}` : ''})`);
+    const rec = await up(this.paths, { lps, env });
     this.hostId = rec.hostId;
     this.hostIds.push(rec.hostId);
     this.track(rec.pids.hypervisor);
@@ -407,17 +419,22 @@ function table(r: SchedBenchResult): string {
   const row = (name: string, s: ProbeStats): string =>
     `${pad(name, 44)}${num(s.n, 6)}${num(s.lost, 6)}${num(s.p50Us, 10)}${num(s.p99Us, 10)}${num(s.maxUs, 10)}`;
   lines.push(row('  to a halted VP (sleep:1000), page', r.interruptLatency.haltedVp));
+  lines.push(row('  same, scheduler keeps its CPU after a wake', r.interruptLatency.haltedVpNoYield));
   lines.push(row('  to a running VP (spin), page', r.interruptLatency.runningVp));
   lines.push(row('  to a halted VP, socket', r.interruptLatency.haltedVpSocket));
   lines.push(row('  floor: futex wake of an idle thread', r.interruptLatency.idleWakeFloor));
   lines.push(`${pad('  ratio halted / running (p50)', 44)}${num(r.ratios.haltedVsRunningP50, 12)}`);
   lines.push(`${pad('  ratio halted / idle-wake floor (p50)', 44)}${num(r.ratios.haltedVsIdleWakeP50, 12)}`);
+  lines.push(`${pad('  ratio halted, yield / no yield (p50)', 44)}${num(r.ratios.haltedYieldVsNoYieldP50, 12)}`);
   lines.push('');
   const j = r.timerJitter1ms;
   lines.push(`${pad(`timer jitter, stimer2 periodic ${TICK_PERIOD_MS} ms`, 44)}${num('ticks', 6)}${num('tick/s', 8)}${num('p50 µs', 10)}${num('p99 µs', 10)}${num('max µs', 10)}`);
   lines.push(`${pad(`  |actual - ideal|, ${j.samples} samples`, 44)}${num(j.ticks, 6)}${num(j.ticksPerS, 8)}${num(j.p50Us, 10)}${num(j.p99Us, 10)}${num(j.maxUs, 10)}`);
   lines.push(`${pad(`  mean tick interval µs (nominal ${TICK_PERIOD_MS * 1000})`, 44)}${num(j.meanIntervalUs, 12)}`);
   lines.push(`${pad('  ratio ticks/s / nominal', 44)}${num(r.ratios.ticksPerSVsNominal, 12)}`);
+  lines.push('');
+  lines.push(`haltedVp = ${r.interruptLatency.haltedVp.p50Us} µs p50 (interrupt to a halted VP through the page); aim <= ${AIMS.haltedP50Us} µs: ${r.met.haltedVp ? 'MET' : 'NOT met'} in this run`);
+  lines.push(`ticksPerS = ${j.ticksPerS} (1 ms periodic timer); aim >= ${AIMS.ticksPerS}: ${r.met.ticks ? 'MET' : 'NOT met'} in this run`);
   lines.push('');
   const o = r.overhead;
   lines.push(`${pad(`spin work (${LPS_OVERHEAD} LP, 1 VM, ${r.windows.overheadMs / 1000} s)`, 44)}${num('units/s', 12)}${num('VP run share', 14)}${num('VM cpu %', 10)}`);
@@ -512,6 +529,15 @@ export async function main(args: string[]): Promise<void> {
     await host.offVm(vm);
     await host.down();
 
+    // (a) again on a host whose scheduler thread keeps its CPU after waking a VP: the comparison row.
+    await host.up(LPS_LATENCY, { HVLAB_WAKE_YIELD: '0' });
+    checkQuiet('interrupt latency (halted, no yield)');
+    vm = await host.startVm('sched-halted-noyield', 'sleep:1000');
+    progress(`the same without the scheduler's yield: ${plan.n} probes (after ${plan.warmup} warm-up)`);
+    const haltedVpNoYield = await measureProbes(host, vm, plan.warmup, plan.n, true);
+    await host.offVm(vm);
+    await host.down();
+
     // (c) on a host with one LP and one VM.
     await host.up(LPS_OVERHEAD);
     checkQuiet('spin VM rate');
@@ -527,15 +553,17 @@ export async function main(args: string[]): Promise<void> {
     const ratio = round(vmSpin.unitsPerS / threadUnitsPerS, 3);
     const result: SchedBenchResult = {
       bench: 'sched',
-      interruptLatency: { haltedVp, runningVp, haltedVpSocket, idleWakeFloor },
+      interruptLatency: { haltedVp, runningVp, haltedVpSocket, idleWakeFloor, haltedVpNoYield },
       timerJitter1ms,
       overhead: { vmUnitsPerS: vmSpin.unitsPerS, threadUnitsPerS, ratio, vpRunShare: vmSpin.vpRunShare, vmCpuPercent: vmSpin.cpuPercent },
       ratios: {
         spinVmVsThread: ratio,
         haltedVsRunningP50: round(haltedVp.p50Us / runningVp.p50Us, 2),
         haltedVsIdleWakeP50: round(haltedVp.p50Us / idleWakeFloor.p50Us, 2),
+        haltedYieldVsNoYieldP50: round(haltedVp.p50Us / haltedVpNoYield.p50Us, 2),
         ticksPerSVsNominal: round(timerJitter1ms.ticksPerS / (1000 / TICK_PERIOD_MS), 3),
       },
+      met: { haltedVp: haltedVp.p50Us <= AIMS.haltedP50Us, ticks: timerJitter1ms.ticksPerS >= AIMS.ticksPerS },
       disturbance,
       windows: { overheadMs: plan.overheadMs, jitterMs: plan.jitterMs },
       quick,

@@ -423,6 +423,9 @@ export class VpThread {
       } else if (Atomics.load(this.i32, this.disp) !== Dispatch.Granted || !this.onLp) {
         if (!this.waitForLp()) break;
         this.setIdle(false);
+        // Back from a halt: the interrupt that woke this VP first, as a CPU that leaves HLT vectors
+        // to it before anything else; its own due timers (and what they assert) come next.
+        this.takeInterrupts();
       }
       if (!this.local) this.ownTimers();
       this.takeInterrupts();

@@ -96,6 +96,8 @@ export interface SchedulerThreadData {
   periodNs?: number;
   /** BellPoll's longest window (ns); HC_POLL_MAX_NS when absent. */
   hcPollMaxNs?: number;
+  /** SchedulerLoop's `yieldOnWake`; true when absent. */
+  wakeYield?: boolean;
 }
 
 interface VpRec {
@@ -160,6 +162,8 @@ export interface SchedulerLoopOptions {
   lps: number;
   quantumNs?: number;
   periodNs?: number;
+  /** Whether a dispatch hands this thread's CPU to the VP thread it woke (see `yieldOnWake`); true when absent. */
+  yieldOnWake?: boolean;
 }
 
 /** The scheduler thread's state and one pass of its loop (see the module comment). */
@@ -168,9 +172,23 @@ export class SchedulerLoop {
   private readonly parts = new Map<number, PartRec>();
   /** False once the main thread asked it to stop. */
   running = true;
+  /**
+   * After waking the VP threads it dispatched (the signalling path's one, or a pass's last), this
+   * thread yields its CPU (futexWake's `yieldCpu`), as a hypervisor enters the VP it dispatched on
+   * the LP it runs on instead of finishing its own accounting first. The kernel often queues the
+   * woken VP thread behind this one; a wake-up sent to another CPU instead costs 25-40 µs on this
+   * 2-CPU virtual machine, and the thread then waited for the bookkeeping below and the loop's
+   * turn. bench sched measures the interrupt to a halted VP both ways in one run: with the yield
+   * its p50 was 0.33-0.79 of the other's in six runs of seven (31.8-59.2 µs against 60-99.4), 1.15
+   * in one. A VP that halts again at once gives the CPU straight back;
+   * one that runs on shares it with this thread as the kernel decides, as it did before.
+   * HVLAB_WAKE_YIELD=0 turns it off (bench sched compares both).
+   */
+  private readonly yieldOnWake: boolean;
 
   constructor(o: SchedulerLoopOptions, private readonly out: (m: FromScheduler) => void) {
     this.core = new SchedulerCore({ lps: o.lps, quantumNs: o.quantumNs, periodNs: o.periodNs });
+    this.yieldOnWake = o.yieldOnWake ?? true;
   }
 
   /**
@@ -253,13 +271,23 @@ export class SchedulerLoop {
     if (!p || !v || p.delayNs > 0) return false;
     const s = v.sched;
     const di = dispatchIdx(v);
-    // A halt the VP made without a ring (no VP waited for an LP then) is taken here, as a pass would.
-    if (s.lp >= 0 && !s.preempting && Atomics.load(p.i32, di) === Dispatch.Halt) this.takeHalt(p, v, now);
-    if (!s.halted || s.lp >= 0 || Atomics.load(p.i32, di) !== Dispatch.Off || v.apic.deliverable() < 0) return false;
+    const d = Atomics.load(p.i32, di);
+    // A halt the VP made without a ring (no VP waited for an LP then): the scheduler has not taken
+    // it, so the VP still holds its LP here. The dispatch takes it, as a pass would.
+    const quiet = d === Dispatch.Halt && s.lp >= 0 && !s.preempting;
+    if (!quiet && (d !== Dispatch.Off || !s.halted || s.lp >= 0)) return false;
+    if (v.apic.deliverable() < 0) return false;
+    const lp = this.core.lpForNow(s, now, quiet);
+    if (lp < 0) return false;
+    // The VP's thread first: its wake-up is what costs here (tens of microseconds to another CPU),
+    // and the bookkeeping below, a few microseconds of code that ran last milliseconds ago, then
+    // overlaps it instead of coming before it. A VP that took its quiet halt back itself (it saw
+    // the vector) changed the word: the pass sorts that out.
+    if (Atomics.compareExchange(p.i32, di, d, Dispatch.Granted) !== d) return false;
+    futexWake(p.region, di, 0x7fffffff, this.yieldOnWake);
+    if (quiet) this.core.released(s, this.releaseTime(p, v, now), 'halted');
     this.core.wake(s, now);
-    if (this.core.dispatchNow(s, now) < 0) return false;
-    Atomics.store(p.i32, di, Dispatch.Granted);
-    futexWake(p.region, di);
+    this.core.grantNow(s, lp, now);
     this.woke++;
     this.publish(p, v, now);
     return true;
@@ -651,11 +679,12 @@ export class SchedulerLoop {
       Atomics.compareExchange(p.i32, dispatchIdx(v), Dispatch.Granted, Dispatch.Preempt);
     }
     this.woke += dec.grant.length;
-    for (const g of dec.grant) {
+    for (let i = 0; i < dec.grant.length; i++) {
+      const g = dec.grant[i]!;
       const p = this.parts.get(g.vp.partitionId)!;
       const v = p.vps.get(g.vp.index)!;
       Atomics.store(p.i32, dispatchIdx(v), Dispatch.Granted);
-      futexWake(p.region, dispatchIdx(v));
+      futexWake(p.region, dispatchIdx(v), 0x7fffffff, this.yieldOnWake && i === dec.grant.length - 1);
     }
     // Publish states and accounting for observers (stats, `hvlab top`).
     for (const p of this.parts.values()) for (const v of p.vps.values()) this.publish(p, v, now);
@@ -765,7 +794,7 @@ export class BellPoll {
  */
 export function runScheduler(data: SchedulerThreadData): void {
   const port = data.port;
-  const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs }, (m) => port.postMessage(m));
+  const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs, yieldOnWake: data.wakeYield }, (m) => port.postMessage(m));
   const hcPort = data.hc?.port ?? null;
   const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs())) : null;
   const bell = new Int32Array(data.doorbell);

@@ -238,13 +238,40 @@ export class SchedulerCore {
    * full pass, instead of after it.
    */
   dispatchNow(vp: SchedVp, now: number): number {
-    if (vp.lp >= 0 || !this.runnable(vp) || vp.cap < 1) return -1;
+    if (vp.lp >= 0 || !this.runnable(vp)) return -1;
+    const lp = this.lpForNow(vp, now, false);
+    if (lp >= 0) this.grant(vp, lp, now);
+    return lp;
+  }
+
+  /**
+   * The LP `dispatchNow` would give `vp` at `now` once woken, or -1; changes nothing. With
+   * `releasing`, `vp` still holds the LP it halted on (a halt the scheduler has not taken yet) and
+   * counts as off it. The signalling path decides with this, wakes the VP's thread, and only then
+   * does the bookkeeping (`released`, `wake`, `grantNow` with this LP), which then overlaps the
+   * wake-up instead of coming before it.
+   */
+  lpForNow(vp: SchedVp, now: number, releasing: boolean): number {
+    if ((vp.lp >= 0 && !releasing) || vp.cap < 1) return -1;
+    if (vp.capped || vp.partitionSuspended || vp.interceptSuspended || vp.stalled) return -1;
     if (this.periodStart === 0 || now - this.periodStart >= this.periodNs) return -1; // a roll-over is tick's
-    const lp = this.lpOwner.findIndex((o, i) => o === null && i < this.active);
+    let lp = -1;
+    for (let i = 0; i < this.active && i < this.lpOwner.length; i++) {
+      const o = this.lpOwner[i];
+      if (o === null || o === vp) {
+        lp = i;
+        break;
+      }
+    }
     if (lp < 0) return -1;
     for (const o of this.vps.values()) if (o !== vp && o.lp < 0 && this.runnable(o)) return -1;
-    this.grant(vp, lp, now);
     return lp;
+  }
+
+  /** Gives `vp`, woken and off any LP, the LP `lpForNow` just chose for it (nothing changed since). */
+  grantNow(vp: SchedVp, lp: number, now: number): void {
+    if (vp.lp >= 0 || this.lpOwner[lp] !== null) throw new Error(`LP ${lp} is not free for VP ${vp.index} of partition ${vp.partitionId}`);
+    this.grant(vp, lp, now);
   }
 
   /** Gives `vp` logical processor `lp` at `now`. */

@@ -36,6 +36,15 @@ export function hcPollMaxNs(v: string | undefined): number | null {
   return us <= 10_000 ? us * 1000 : null;
 }
 
+/**
+ * HVLAB_WAKE_YIELD: 1 (the default) or 0; whether the scheduler thread yields its CPU to the VP
+ * threads it wakes (SchedulerLoop's `yieldOnWake`). Null when not 0 or 1.
+ */
+export function wakeYield(v: string | undefined): boolean | null {
+  const t = v?.trim();
+  return t === '1' ? true : t === '0' ? false : null;
+}
+
 /** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
 const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
 
@@ -108,6 +117,10 @@ export class HypervisorServer {
     const pollMaxNs = hcPollMaxNs(pollMaxUs);
     if (pollMaxNs !== null) data.hcPollMaxNs = pollMaxNs;
     else if (pollMaxUs !== undefined) this.log?.warn({ HVLAB_HC_POLL_MAX_US: pollMaxUs.slice(0, 32) }, 'HVLAB_HC_POLL_MAX_US is not a whole number of µs from 0 to 10000: the bell poll keeps its default (200 µs)');
+    const yieldEnv = process.env.HVLAB_WAKE_YIELD;
+    const yieldOn = wakeYield(yieldEnv);
+    if (yieldOn !== null) data.wakeYield = yieldOn;
+    else if (yieldEnv !== undefined) this.log?.warn({ HVLAB_WAKE_YIELD: yieldEnv.slice(0, 32) }, 'HVLAB_WAKE_YIELD is neither 0 nor 1: the scheduler thread yields to the VPs it wakes (the default)');
     const transfer = this.hc ? [port2, this.hc.threadData.port] : [port2];
     const worker = new Worker(SCHED_THREAD_ENTRY, { workerData: { scheduler: data }, transferList: transfer, name: 'scheduler' });
     worker.on('error', (e) => {

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { Dispatch, VpPage, vpPageOffset, vpRegionBytes } from '@hvlab/protocol';
 import { BellPoll, HC_POLL_BASE_NS, HC_POLL_MAX_NS, SchedulerLoop } from '../src/sched-thread.js';
-import { hcPollMaxNs } from '../src/server.js';
+import { hcPollMaxNs, wakeYield } from '../src/server.js';
 
 /** One turn of the thread: a pass served calls at `at`, then a poll that gave up (or caught a ring). */
 function turn(p: BellPoll, at: number, woke: boolean, caught = false): number {
@@ -111,6 +111,14 @@ describe('the longest bell poll (HVLAB_HC_POLL_MAX_US)', () => {
     expect(hcPollMaxNs(' 400 ')).to.equal(400_000);
     expect(hcPollMaxNs('0')).to.equal(0);
     for (const bad of [undefined, '', '-5', '1e3', '12.5', '20000', 'abc', '99999999']) expect(hcPollMaxNs(bad), String(bad)).to.equal(null);
+  });
+});
+
+describe('the yield after a wake-up (HVLAB_WAKE_YIELD)', () => {
+  it('reads 1 and 0, and nothing else', () => {
+    expect(wakeYield('1')).to.equal(true);
+    expect(wakeYield(' 0 ')).to.equal(false);
+    for (const bad of [undefined, '', 'yes', 'true', '2', '01', '-1']) expect(wakeYield(bad), String(bad)).to.equal(null);
   });
 });
 

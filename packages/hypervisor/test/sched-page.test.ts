@@ -504,6 +504,45 @@ describe('SchedulerLoop (the scheduler thread without the thread)', () => {
       t.loop.pass(t.t0 + 4 * MS_NS);
       expect(t.runMs(0)).to.be.closeTo(2, 1e-6);
     });
+
+    it('the signalling path decides before it touches anything: a quiet halt it cannot dispatch is left for the pass', async () => {
+      // Nothing deliverable: no vector pended.
+      let t = await twoVps(2);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      t.loop.pass(t.t0);
+      t.quietHalt(0, t.t0 + MS_NS);
+      expect(t.loop.dispatchNow(3, 0, t.t0 + 2 * MS_NS), 'nothing to take').to.equal(false);
+      expect(Atomics.load(t.i32, t.d(0)), 'the halt is not taken here').to.equal(Dispatch.Halt);
+      t.loop.pass(t.t0 + 3 * MS_NS);
+      expect(Atomics.load(t.i32, t.d(0)), 'the pass takes it').to.equal(Dispatch.Off);
+      expect(t.runMs(0), 'charged until its release stamp').to.be.closeTo(1, 1e-6);
+
+      // Another VP waits for the only LP: the decision is the pass's, which gives it that LP.
+      t = await twoVps(1);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      t.loop.pass(t.t0);
+      Atomics.store(t.i32, t.d(1), Dispatch.Start);
+      t.loop.pass(t.t0 + MS_NS);
+      t.quietHalt(0, t.t0 + 2 * MS_NS);
+      new VirtualApicView(t.i32, vpPageOffset(0)).assert(0x31);
+      expect(t.loop.dispatchNow(3, 0, t.t0 + 3 * MS_NS), 'VP 1 waits').to.equal(false);
+      expect(Atomics.load(t.i32, t.d(0))).to.equal(Dispatch.Halt);
+      t.loop.pass(t.t0 + 4 * MS_NS);
+      expect(Atomics.load(t.i32, t.d(1)), 'VP 1 got the LP').to.equal(Dispatch.Granted);
+      expect(Atomics.load(t.i32, t.d(0)), 'VP 0, woken, waits its turn').to.not.equal(Dispatch.Granted);
+      expect(t.state(0)).to.equal(VpRunState.Ready);
+
+      // The VP saw the vector and took its halt back itself (Halt -> Granted): it runs on, charged throughout.
+      t = await twoVps(2);
+      Atomics.store(t.i32, t.d(0), Dispatch.Start);
+      t.loop.pass(t.t0);
+      new VirtualApicView(t.i32, vpPageOffset(0)).assert(0x31);
+      Atomics.store(t.i32, t.d(0), Dispatch.Granted);
+      expect(t.loop.dispatchNow(3, 0, t.t0 + 2 * MS_NS), 'it runs').to.equal(false);
+      expect(Atomics.load(t.i32, t.d(0))).to.equal(Dispatch.Granted);
+      t.loop.pass(t.t0 + 3 * MS_NS);
+      expect(t.runMs(0)).to.be.closeTo(3, 1e-6);
+    });
   });
 
   it('never throws, passes on only well-formed intercepts, and does not ask to run again at once pass after pass', async () => {

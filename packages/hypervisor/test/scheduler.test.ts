@@ -607,6 +607,40 @@ describe('SchedulerCore (simulated clock)', () => {
       }
     });
 
+    it('lpForNow names the LP without taking it; with `releasing`, a VP still on the LP it halted on counts as off it', () => {
+      const [{ sim, vps }] = twins(2, () => {});
+      expect(vps[1].halted).to.equal(true);
+      const owners = [...sim.core.lpOwners()];
+      const fields = { ...vps[1] };
+      const lp = sim.core.lpForNow(vps[1], sim.now, false);
+      expect(lp, 'a free LP').to.be.at.least(0);
+      expect([...sim.core.lpOwners()], 'no LP changed hands').to.deep.equal(owners);
+      expect({ ...vps[1] }, 'the VP is as it was').to.deep.equal(fields);
+      sim.core.wake(vps[1], sim.now);
+      sim.core.grantNow(vps[1], lp, sim.now);
+      expect(vps[1].lp).to.equal(lp);
+      expect(vps[1].shownState).to.equal('Running');
+      sim.check();
+      expect(() => sim.core.grantNow(vps[0], lp, sim.now), 'an LP that is taken').to.throw(/not free/);
+
+      // One LP, held by VP 0, which halted without the scheduler taking it yet (a quiet halt).
+      const one = new Sim({ lps: 1 });
+      const a = one.add(1, 0, {});
+      one.runFor(3 * MS);
+      expect(a.lp).to.equal(0);
+      expect(one.core.lpForNow(a, one.now, false), 'it holds its LP').to.equal(-1);
+      expect(one.core.lpForNow(a, one.now, true), 'its own LP, once released').to.equal(0);
+      expect(a.lp, 'still held: lpForNow takes nothing').to.equal(0);
+      one.core.released(a, one.now, 'halted');
+      one.core.wake(a, one.now);
+      one.core.grantNow(a, 0, one.now);
+      expect(a.lp).to.equal(0);
+      one.check();
+      // With another VP ready for that LP, the decision is the tick's.
+      one.add(1, 1, {});
+      expect(one.core.lpForNow(a, one.now, true), 'another VP waits').to.equal(-1);
+    });
+
     it('keeps the LP invariants through random halts, shortcut wakes, suspensions and caps (seeded)', () => {
       const rand = rng(0xd15a7c);
       const sim = new Sim({ lps: 2, ackDelayNs: 100 * US });
@@ -621,8 +655,12 @@ describe('SchedulerCore (simulated clock)', () => {
         else if (r < 0.8 && vp.halted) {
           const before = [...sim.core.lpOwners()];
           const waiting = [...sim.core.all()].some((o) => o !== vp && o.lp < 0 && !o.halted && !o.capped && !o.partitionSuspended && !o.absent);
+          // What the signalling path decides with before it wakes the VP: the same answer, and nothing changed.
+          const predicted = sim.core.lpForNow(vp, sim.now, false);
+          expect([...sim.core.lpOwners()], 'lpForNow changed no LP').to.deep.equal(before);
           sim.core.wake(vp, sim.now);
           const lp = sim.core.dispatchNow(vp, sim.now);
+          expect(lp, 'lpForNow named the LP dispatchNow gave').to.equal(predicted);
           if (lp >= 0) {
             shortcuts++;
             expect(before[lp], 'the LP was free').to.equal(null);

@@ -18,6 +18,7 @@
 #include <ctime>
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unordered_map>
@@ -180,6 +181,7 @@ void FutexWake(const FunctionCallbackInfo<Value>& args) {
   if (args.Length() >= 3 && args[2]->IsNumber()) count = static_cast<int>(args[2].As<v8::Number>()->Value());
   long r = syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
   if (r < 0) { Throw(isolate, "futex wake", errno); return; }
+  if (r > 0 && args.Length() >= 4 && args[3]->IsTrue()) sched_yield();
   args.GetReturnValue().Set(v8::Integer::New(isolate, static_cast<int32_t>(r)));
 }
 

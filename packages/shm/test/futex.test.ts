@@ -1,6 +1,6 @@
 /**
  * Unit tests of the shared futex of @hvlab/shm: futexWait's three outcomes, word validation, and a
- * wake that crosses processes: a child (test/fixtures/futex-waiter.ts, forked with `--import tsx`)
+ * wake that crosses processes (also with futexWake's yield): a child (test/fixtures/futex-waiter.ts, forked with `--import tsx`)
  * maps a /dev/shm region and blocks in futexWait; this process stores a new value and wakes it.
  *
  * The parent wakes only once the child is really asleep in the futex call on that word (read from
@@ -184,6 +184,22 @@ describe('futexWait / futexWake', () => {
     expect(futexWake(sab, WORD, 1), 'waiters woken').to.equal(1);
     const r = await w.report;
     expect(r).to.deep.equal({ result: 'ok', value: 0x5678 });
+  });
+
+  it('futexWake with the yield wakes the same waiter, and with nobody to wake returns 0 without yielding', async () => {
+    const name = regionName();
+    const sab = createRegion(name, PAGE_SIZE);
+    const words = new Int32Array(sab);
+    const WORD = 3;
+    const READY = 7;
+    Atomics.store(words, WORD, 11);
+    expect(futexWake(sab, WORD, 1, true), 'nobody asleep yet').to.equal(0);
+    const w = startWaiter(name, WORD, 11, READY);
+    await until(w, () => Atomics.load(words, READY) === 1, 'mapping the region');
+    await until(w, () => blockedInFutex(w.proc.pid!, WORD * 4, 11), 'blocking in futexWait');
+    Atomics.store(words, WORD, 12);
+    expect(futexWake(sab, WORD, 1, true), 'waiters woken').to.equal(1);
+    expect(await w.report).to.deep.equal({ result: 'ok', value: 12 });
   });
 
   it("a child that finds the word already changed gets 'not-equal' and does not block", async () => {
