@@ -11,6 +11,8 @@
  * A warm-up that throws is ignored (runBestEffort): warming is an optimisation and must never
  * stop the process.
  */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import pino from 'pino';
 import { decode, encode, decodeHvServerMsg, decodeChannelMessage, encodeChannelMessage, type ChannelMessage } from '@hvlab/protocol';
 
@@ -49,4 +51,37 @@ export function runBestEffort(steps: ReadonlyArray<() => void>): void {
       step();
     } catch { /* best effort */ }
   }
+}
+
+type GcFunction = () => void;
+let gcFunction: GcFunction | null | undefined;
+
+/**
+ * A full garbage collection now, before a phase that must not pause (a live migration's blackout),
+ * where one would otherwise come due: V8 finishes the marking that allocation started, and on
+ * the VM processes (--single-threaded-gc) that runs on this thread. Node exposes `gc` only with
+ * --expose-gc, which a process can set for contexts made after it; the VM processes do not start
+ * with it, so that their start keeps V8's code cache (see VM_PROCESS_NODE_FLAGS). Returns the
+ * milliseconds it took, or null where it cannot be done (nothing happens then).
+ */
+export function collectGarbage(): number | null {
+  if (gcFunction === undefined) {
+    gcFunction = null;
+    try {
+      const g = (globalThis as { gc?: unknown }).gc;
+      if (typeof g === 'function') gcFunction = g as GcFunction;
+      else {
+        setFlagsFromString('--expose-gc');
+        const made: unknown = runInNewContext('gc');
+        if (typeof made === 'function') gcFunction = made as GcFunction;
+      }
+    } catch {
+      gcFunction = null;
+    }
+  }
+  if (!gcFunction) return null;
+  const t0 = performance.now();
+  // Without arguments: a full, synchronous collection (Node 20's `gc({ type: 'major' })` ran a scavenge).
+  gcFunction();
+  return performance.now() - t0;
 }
