@@ -443,11 +443,16 @@ export async function runWorker(): Promise<void> {
     const wasSuspended = partitionSuspended;
     const before = suspensionSeq;
     const expected = wasSuspended ? before : ((before + 1) | 0) || 1;
+    // The Suspend call first: the VMWP's own path (the call, the scheduler's pass, the VP states)
+    // is the longer one, and sending the request to the partition process costs its IPC a few
+    // hundred microseconds of this thread.
+    const suspending = setSuspend(true);
+    suspending.catch(() => undefined);
     // A kernel that parked and then failed would stay parked: a failure thaws (harmless when nothing is parked).
     const quiescing = rpc.request({ t: 'quiesce', suspension: expected, harvest }, 15000);
     quiescing.catch(() => undefined);
     try {
-      await setSuspend(true);
+      await suspending;
       const got = suspensionSeq !== before ? suspensionSeq : wasSuspended ? before : null;
       if (got !== expected) {
         // Suspended already by someone else (no number answered): the count in the VP region says
@@ -799,7 +804,6 @@ export async function runWorker(): Promise<void> {
       throw refused.reason;
     }
     const tVps = performance.now();
-    devs.restoreDevices(restoring.devices);
     // The endpoint and token are the hub's, bound at the setup (devices.prepare).
     const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
     new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
@@ -824,8 +828,14 @@ export async function runWorker(): Promise<void> {
     // the restore through microtasks only, before any message can arrive), a signal for a channel not yet started is covered by the drain its
     // start makes, and the guest leaves VMBus messages and events in its SynIC pages until its
     // client is back (kernel.ts: vmbusResuming).
+    // The go first (the guest's start is the longer path), then, in this same synchronous step, the
+    // host's devices: the guest's port I/O reaches them through this event loop, so none can come
+    // before they are restored. A device that refuses its state fails the move below like attach.
     const going = childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
-    const attaching = devs.attach({ restoring: restoring.vmbus });
+    const attaching = (async (): Promise<void> => {
+      devs.restoreDevices(restoring.devices);
+      await devs.attach({ restoring: restoring.vmbus });
+    })();
     const [went, attached] = await Promise.allSettled([going, attaching]);
     // A failure here fails the migration; the root then drops this worker and its guest with it.
     // A guest that was let go must stop before the source hears of the failure and runs its copy
