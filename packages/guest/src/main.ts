@@ -6,7 +6,7 @@
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
 import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, StdinEndedError, type Notification } from '@hvlab/runtime';
-import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults } from '@hvlab/shm';
+import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults, watchWord, wordWatchAvailable } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
 import { GuestMemory } from './memory.js';
@@ -121,6 +121,33 @@ export async function runPartition(): Promise<void> {
         throw new Error(`unknown dirty-tracking operation ${String(op).slice(0, 32)}`);
     }
   }
+  /**
+   * A held partition's other way to be let go: word 0 of the VMWP's go region becomes 1 (a go with
+   * no post-copy control region). True when the word is watched; the VMWP then uses it instead of
+   * the IPC message, and unlinks the region once this process has said it is held.
+   */
+  function watchGoWord(name: string | undefined): boolean {
+    if (!name || !wordWatchAvailable()) return false;
+    try {
+      const words = new Int32Array(openRegion(name));
+      let unwatch: (() => void) | null = null;
+      const look = (): void => {
+        if (Atomics.load(words, 0) !== 1) return;
+        unwatch?.();
+        unwatch = null;
+        if (release) {
+          release(undefined);
+          release = null;
+        }
+      };
+      unwatch = watchWord(words.buffer as SharedArrayBuffer, 0, look);
+      look();
+      return true;
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'the go word cannot be watched: the VMWP sends its go as a message');
+      return false;
+    }
+  }
   const rpc = new IpcRpc(process, async (m) => {
     switch (m.t) {
       case 'firmware':
@@ -195,7 +222,7 @@ export async function runPartition(): Promise<void> {
       // Held (a migration's destination): everything is ready; the guest's memory is not final until `go`.
       if (go) {
         await driversLoaded;
-        rpc.note({ t: 'held' });
+        rpc.note({ t: 'held', goWord: watchGoWord(input.goRegion) });
       }
       const postcopyControl = go ? await go : input.postcopyControl;
       // Before anything reads guest memory: a page post-copy has not brought yet stops its reader until it is here.

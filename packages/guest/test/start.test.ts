@@ -19,11 +19,19 @@ describe('the partition start-up input decoder', () => {
     expect(() => decodePartitionStartInput('[1]')).to.throw(/not a map/);
   });
 
+  it('takes a held partition\'s go region, and refuses one without hold or of the wrong type', () => {
+    const held = { ...good, hold: true, vps: 2, goRegion: 'hvlab-abc123-p3-go' };
+    expect(decodePartitionStartInput(JSON.stringify(held))).to.deep.equal(held);
+    expect(() => decodePartitionStartInput(JSON.stringify({ ...good, goRegion: 'hvlab-abc123-p3-go' }))).to.throw(/goRegion needs hold/);
+    for (const v of ['', 'x'.repeat(201), 7, null]) expect(() => decodePartitionStartInput(JSON.stringify({ ...held, goRegion: v })), String(v)).to.throw(/field goRegion/);
+  });
+
   it('never throws anything but an Error on random or mutated input', () => {
     const text = fc.oneof(
       fc.string(),
       fc.jsonValue().map((v) => JSON.stringify(v)),
       fc.tuple(fc.constantFrom(...Object.keys(good)), fc.jsonValue()).map(([k, v]) => JSON.stringify({ ...good, [k]: v })),
+      fc.tuple(fc.constantFrom('hold', 'vps', 'goRegion'), fc.jsonValue()).map(([k, v]) => JSON.stringify({ ...good, hold: true, vps: 1, goRegion: 'r', [k]: v })),
     );
     fc.assert(fc.property(text, (t) => {
       try {
