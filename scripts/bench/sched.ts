@@ -502,7 +502,7 @@ export async function main(args: string[]): Promise<void> {
 
   try {
     // (a) + (b) on a host with LPS_LATENCY LPs, one VM at a time.
-    await host.up(LPS_LATENCY);
+    await host.up(LPS_LATENCY, { HVLAB_WAKE_YIELD: '1' });
 
     checkQuiet('interrupt latency (halted)');
     let vm = await host.startVm('sched-halted', 'sleep:1000');

@@ -87,6 +87,8 @@ export async function runPartition(): Promise<void> {
   let firmware: Uint8Array | null = null;
   /** Set while a held partition waits for its `go`. */
   let release: ((postcopyControl: string | undefined) => void) | null = null;
+  /** Ends the watch of the go word (set while it is watched). */
+  let stopGoWatch: (() => void) | null = null;
   const go = input.hold ? new Promise<string | undefined>((r) => (release = r)) : null;
   if (input.hold) prestartVpThreads(Math.max(0, (input.vps ?? 1) - 1));
   /**
@@ -130,17 +132,19 @@ export async function runPartition(): Promise<void> {
     if (!name || !wordWatchAvailable()) return false;
     try {
       const words = new Int32Array(openRegion(name));
-      let unwatch: (() => void) | null = null;
       const look = (): void => {
         if (Atomics.load(words, 0) !== 1) return;
-        unwatch?.();
-        unwatch = null;
+        stopGoWatch?.();
         if (release) {
           release(undefined);
           release = null;
         }
       };
-      unwatch = watchWord(words.buffer as SharedArrayBuffer, 0, look);
+      const unwatch = watchWord(words.buffer as SharedArrayBuffer, 0, look);
+      stopGoWatch = () => {
+        unwatch();
+        stopGoWatch = null;
+      };
       look();
       return true;
     } catch (e) {
@@ -182,6 +186,7 @@ export async function runPartition(): Promise<void> {
         if (pc !== undefined && (typeof pc !== 'string' || pc.length === 0 || pc.length > 200)) throw new Error('postcopyControl must be a region name');
         release(pc as string | undefined);
         release = null;
+        stopGoWatch?.();
         return true;
       }
       case 'assign': {

@@ -56,7 +56,7 @@ import {
   decodeIoInterceptRecord, effectiveStimerPeriod, nextPeriodicExpiry, StimerNextView, ReferenceClockView, pendInterrupt, FAULT_STALL_MAX_VP,
   VpRegionHeader,
 } from '@hvlab/protocol';
-import { futexWait, futexWake } from '@hvlab/shm';
+import { futexWait, futexWake, yieldCpu } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
 import { HcLoop, type HcThreadData, type ToHcThread } from './hcloop.js';
 
@@ -173,8 +173,8 @@ export class SchedulerLoop {
   /** False once the main thread asked it to stop. */
   running = true;
   /**
-   * After waking the VP threads it dispatched (the signalling path's one, or a pass's last), this
-   * thread yields its CPU (futexWake's `yieldCpu`), as a hypervisor enters the VP it dispatched on
+   * After waking a VP thread it dispatched from a halt (the signalling path's one at once, a pass's
+   * once at its end), this thread yields its CPU (sched_yield), as a hypervisor enters the VP it dispatched on
    * the LP it runs on instead of finishing its own accounting first. The kernel often queues the
    * woken VP thread behind this one; a wake-up sent to another CPU instead costs 25-40 µs on this
    * 2-CPU virtual machine, and the thread then waited for the bookkeeping below and the loop's
@@ -287,7 +287,8 @@ export class SchedulerLoop {
     futexWake(p.region, di, 0x7fffffff, this.yieldOnWake);
     if (quiet) this.core.released(s, this.releaseTime(p, v, now), 'halted');
     this.core.wake(s, now);
-    this.core.grantNow(s, lp, now);
+    // lpForNow's LP is free (nothing ran in between); were it not, the pass sorts the VP out.
+    if (!this.core.grantNow(s, lp, now)) return false;
     this.woke++;
     this.publish(p, v, now);
     return true;
@@ -627,6 +628,8 @@ export class SchedulerLoop {
   pass(now: number): number {
     const core = this.core;
     let timerDeadline = Infinity;
+    /** VPs this pass woke from a halt (an interrupt or a timer): the yield below is for them. */
+    const wokeFromHalt = new Set<SchedVp>();
     for (const p of this.parts.values()) {
       this.deliverDelayed(p, now);
       for (const v of p.vps.values()) {
@@ -670,7 +673,11 @@ export class SchedulerLoop {
       // Delayed interrupts (IPIs of this pass among them) come due too.
       for (const d of p.delayed) timerDeadline = Math.min(timerDeadline, d.due);
       // Halted VPs with something to take become Ready.
-      for (const v of p.vps.values()) if (v.sched.halted && v.apic.deliverable() >= 0) core.wake(v.sched, now);
+      for (const v of p.vps.values()) {
+        if (!v.sched.halted || v.apic.deliverable() < 0) continue;
+        core.wake(v.sched, now);
+        wokeFromHalt.add(v.sched);
+      }
     }
     const dec = core.tick(now);
     for (const vp of dec.preempt) {
@@ -679,12 +686,13 @@ export class SchedulerLoop {
       Atomics.compareExchange(p.i32, dispatchIdx(v), Dispatch.Granted, Dispatch.Preempt);
     }
     this.woke += dec.grant.length;
-    for (let i = 0; i < dec.grant.length; i++) {
-      const g = dec.grant[i]!;
+    let yieldAfter = false;
+    for (const g of dec.grant) {
       const p = this.parts.get(g.vp.partitionId)!;
       const v = p.vps.get(g.vp.index)!;
       Atomics.store(p.i32, dispatchIdx(v), Dispatch.Granted);
-      futexWake(p.region, dispatchIdx(v), 0x7fffffff, this.yieldOnWake && i === dec.grant.length - 1);
+      futexWake(p.region, dispatchIdx(v));
+      if (wokeFromHalt.has(g.vp)) yieldAfter = true;
     }
     // Publish states and accounting for observers (stats, `hvlab top`).
     for (const p of this.parts.values()) for (const v of p.vps.values()) this.publish(p, v, now);
@@ -707,6 +715,9 @@ export class SchedulerLoop {
       if (ring === 0) continue;
       for (const v of p.vps.values()) if (v.sched.lp >= 0 && Atomics.load(p.i32, dispatchIdx(v)) === Dispatch.Halt) missed = true;
     }
+    // Once, after the halt-ring flag: to a VP this pass woke from a halt and granted (not to VPs a
+    // quantum's end rotates, which run work and would hold this thread off for a time slice).
+    if (yieldAfter && this.yieldOnWake) yieldCpu();
     return missed ? now : Math.min(dec.deadline, timerDeadline);
   }
 }

@@ -268,10 +268,15 @@ export class SchedulerCore {
     return lp;
   }
 
-  /** Gives `vp`, woken and off any LP, the LP `lpForNow` just chose for it (nothing changed since). */
-  grantNow(vp: SchedVp, lp: number, now: number): void {
-    if (vp.lp >= 0 || this.lpOwner[lp] !== null) throw new Error(`LP ${lp} is not free for VP ${vp.index} of partition ${vp.partitionId}`);
+  /**
+   * Gives `vp`, woken and off any LP, the LP `lpForNow` just chose for it (nothing changed since).
+   * False, changing nothing, when that LP is not free after all: the caller leaves it to `tick`
+   * (this runs on the scheduler thread, which must never throw).
+   */
+  grantNow(vp: SchedVp, lp: number, now: number): boolean {
+    if (vp.lp >= 0 || lp < 0 || lp >= this.lpOwner.length || this.lpOwner[lp] !== null) return false;
     this.grant(vp, lp, now);
+    return true;
   }
 
   /** Gives `vp` logical processor `lp` at `now`. */

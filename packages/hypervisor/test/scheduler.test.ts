@@ -617,11 +617,13 @@ describe('SchedulerCore (simulated clock)', () => {
       expect([...sim.core.lpOwners()], 'no LP changed hands').to.deep.equal(owners);
       expect({ ...vps[1] }, 'the VP is as it was').to.deep.equal(fields);
       sim.core.wake(vps[1], sim.now);
-      sim.core.grantNow(vps[1], lp, sim.now);
+      expect(sim.core.grantNow(vps[1], lp, sim.now)).to.equal(true);
       expect(vps[1].lp).to.equal(lp);
       expect(vps[1].shownState).to.equal('Running');
       sim.check();
-      expect(() => sim.core.grantNow(vps[0], lp, sim.now), 'an LP that is taken').to.throw(/not free/);
+      const held = [...sim.core.lpOwners()];
+      expect(sim.core.grantNow(vps[0], lp, sim.now), 'an LP that is taken').to.equal(false);
+      expect([...sim.core.lpOwners()], 'and nothing changed').to.deep.equal(held);
 
       // One LP, held by VP 0, which halted without the scheduler taking it yet (a quiet halt).
       const one = new Sim({ lps: 1 });
@@ -633,7 +635,7 @@ describe('SchedulerCore (simulated clock)', () => {
       expect(a.lp, 'still held: lpForNow takes nothing').to.equal(0);
       one.core.released(a, one.now, 'halted');
       one.core.wake(a, one.now);
-      one.core.grantNow(a, 0, one.now);
+      expect(one.core.grantNow(a, 0, one.now)).to.equal(true);
       expect(a.lp).to.equal(0);
       one.check();
       // With another VP ready for that LP, the decision is the tick's.

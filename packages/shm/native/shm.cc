@@ -185,6 +185,12 @@ void FutexWake(const FunctionCallbackInfo<Value>& args) {
   args.GetReturnValue().Set(v8::Integer::New(isolate, static_cast<int32_t>(r)));
 }
 
+// yieldCpu(): sched_yield(), for a thread that woke another and has only bookkeeping left.
+void YieldCpu(const FunctionCallbackInfo<Value>& args) {
+  (void)args;
+  sched_yield();
+}
+
 // setChildSubreaper() -> true: orphaned descendants are re-parented to this process instead of
 // init, so the host's anchor can reap the workers of a root partition that died (PID 1 of a
 // container often never reaps, and a zombie still answers kill(pid, 0)).
@@ -1333,6 +1339,8 @@ NODE_MODULE_INIT(/* exports, module, context */) {
                v8::FunctionTemplate::New(isolate, FutexWait)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "futexWake").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, FutexWake)->GetFunction(context).ToLocalChecked()).Check();
+  exports->Set(context, String::NewFromUtf8(isolate, "yieldCpu").ToLocalChecked(),
+               v8::FunctionTemplate::New(isolate, YieldCpu)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "setChildSubreaper").ToLocalChecked(),
                v8::FunctionTemplate::New(isolate, SetChildSubreaper)->GetFunction(context).ToLocalChecked()).Check();
   exports->Set(context, String::NewFromUtf8(isolate, "reapChild").ToLocalChecked(),

@@ -26,6 +26,7 @@ interface Addon {
   unlink(name: string): boolean;
   futexWait(sab: SharedArrayBuffer, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out';
   futexWake(sab: SharedArrayBuffer, index: number, count: number, yieldCpu: boolean): number;
+  yieldCpu?(): void;
   setChildSubreaper?(): boolean;
   reapChild?(pid: number): boolean;
   copyBytes?: CopyBytes;
@@ -191,6 +192,11 @@ export function futexWait(sab: SharedArrayBuffer, index: number, expected: numbe
 export function futexWake(sab: SharedArrayBuffer, index: number, count = 0x7fffffff, yieldCpu = false): number {
   if (addon) return addon.futexWake(sab, index, count, yieldCpu);
   return Atomics.notify(new Int32Array(sab), index, count);
+}
+
+/** sched_yield: lets a thread the kernel queued behind this one on its CPU run first (see futexWake's `yieldCpu`); a no-op without the addon. */
+export function yieldCpu(): void {
+  addon?.yieldCpu?.();
 }
 
 /** Whether `watchWord` works here (the addon is loaded and has word watches). */

@@ -47,6 +47,9 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
  * function rather than top-level code with `await`s, so that the process can run as a CommonJS
  * bundle from V8's code cache (runtime/src/code-cache.ts says why).
  */
+/** How long a migrated guest's VPs may take to run after its go (migrateInState). */
+const ONLINE_TIMEOUT_MS = 10000;
+
 export async function runWorker(): Promise<void> {
   // A warm worker (root/src/warm.ts) builds and boots its template's guest, then waits until a VM
   // start claims it (the end of this file).
@@ -857,7 +860,15 @@ export async function runWorker(): Promise<void> {
     // The VM runs once its VPs do, with the host's devices back: what QEMU calls the end of the
     // downtime. The guest kernel restores its VMBus client on its own after that (and meanwhile
     // leaves VMBus messages and events in its SynIC pages); the commit waits for it (migBooted).
-    await online;
+    // A partition process that took its go and is alive but whose VPs never come online (wedged)
+    // fails the move here, stopped first, as a failed go did; one that died fails the wait at once.
+    let onlineTimer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (onlineTimer = setTimeout(() => r('late'), ONLINE_TIMEOUT_MS)));
+    const came = await Promise.race([online.then(() => 'online' as const), late]).finally(() => clearTimeout(onlineTimer));
+    if (came === 'late') {
+      child?.kill('SIGKILL');
+      throw new Error(`the migrated guest's VPs did not run within ${ONLINE_TIMEOUT_MS / 1000} s of its go`);
+    }
     tUp = performance.now();
     if (!postcopyControl) {
       // Every page is here: the pool's threads are not needed any more.
@@ -978,14 +989,16 @@ export async function runWorker(): Promise<void> {
       } catch (e) {
         log.warn({ err: (e as Error).message }, 'no go word: the go is sent as a message');
       }
-      startPartitionProcess(created.token, { hold: true, vps: cfg.vps, ...(goSab ? { goRegion } : {}) });
-      await warmRestorePath().catch((e) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'));
-      const watched = await Promise.race([held, new Promise<false>((r) => setTimeout(() => r(false), 20000))]);
-      partitionHeld = null;
-      if (goSab) {
-        unlinkRegion(goRegion);
-        if (watched) goWord = new Int32Array(goSab);
+      let watched = false;
+      try {
+        startPartitionProcess(created.token, { hold: true, vps: cfg.vps, ...(goSab ? { goRegion } : {}) });
+        await warmRestorePath().catch((e) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'));
+        watched = await Promise.race([held, new Promise<false>((r) => setTimeout(() => r(false), 20000))]);
+      } finally {
+        partitionHeld = null;
+        if (goSab) unlinkRegion(goRegion);
       }
+      if (goSab && watched) goWord = new Int32Array(goSab);
       incomingReady = true;
       control.note({ t: 'incomingReady', partitionId });
       log.info({ partitionId }, 'waiting for the migrated VM');
@@ -1025,10 +1038,9 @@ export async function runWorker(): Promise<void> {
    * The go through the word: stored, then woken. Nothing answers it; the guest's VPs say they run
    * (`online`), and a partition process that died fails that wait.
    */
-  function goByWord(words: Int32Array): Promise<void> {
+  async function goByWord(words: Int32Array): Promise<void> {
     Atomics.store(words, 0, 1);
     futexWake(words.buffer as SharedArrayBuffer, 0);
-    return Promise.resolve();
   }
 
   /** Hands the partition to the prestarted partition process (or a new one) and watches it. */

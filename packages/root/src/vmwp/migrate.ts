@@ -662,7 +662,6 @@ export class MigrationOut {
   /** Post-copy has switched over: from here a failure loses the VM (QEMU says so too). */
   switched = false;
   private stateTree: Record<string, unknown> = {};
-  /** Freezes the VM; with `harvest`, returns the partition's dirty log read once its VPs stopped. */
   /**
    * A full garbage collection while the VM still runs, just before it is frozen. The passes
    * allocate their batches, and a major collection often came due in the blackout: a GC observer
@@ -670,13 +669,16 @@ export class MigrationOut {
    * moves, on this process's own thread (--single-threaded-gc), and the freeze's GetVpState or
    * the destination's answer waited for it; with this, none in six. Taken here, it costs the move
    * 15-30 ms of total time instead of milliseconds of its downtime (12 moves each way, alternated:
-   * downtime p50 19.5 ms against 22).
+   * downtime p50 19.5 ms against 22). It blocks this event loop meanwhile (the guest's port I/O
+   * waits), and V8 may refuse its code cache for modules this process loads after it (the flag
+   * changes); a worker whose VM moved exits, so only one whose move failed pays that.
    */
   private collectBeforeBlackout(): void {
     const ms = collectGarbage();
     if (ms !== null) this.src.log.info({ gcMs: Math.round(ms * 10) / 10 }, 'garbage collected before the blackout');
   }
 
+  /** Freezes the VM; with `harvest`, returns the partition's dirty log read once its VPs stopped. */
   private async doFreeze(harvest: true): Promise<Int32Array>;
   private async doFreeze(harvest: false): Promise<void>;
   private async doFreeze(harvest: boolean): Promise<Int32Array | void> {
