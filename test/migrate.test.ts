@@ -4,7 +4,9 @@
  * VMs moved with pre-copy, compression and auto-converge pass QEMU's migration-test check on the
  * destination; the destination's worker killed during pre-copy, a cut link, and move-cancel (while
  * queued and while copying) each leave the VM running on the source with its counter intact, and
- * nothing of the destination's attempt; a completed move leaves nothing of the VM on the source.
+ * nothing of the destination's attempt; so do a guest that does not resume (the commit refused)
+ * and one whose VPs do not run within 10 s of its go; a completed move leaves nothing of the VM on
+ * the source.
  */
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
@@ -342,5 +344,32 @@ describe('live migration whose guest does not resume at the destination', functi
     expect(await eventually(async () => ((await vm('h1', 'sr'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
     expect(await eventually(async () => (await vm('h2', 'sr')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'sr'), 10000), 'nothing of it at h2').to.equal(true);
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'sr');
+  });
+});
+
+describe('live migration whose guest does not start at the destination', function () {
+  this.timeout(180000);
+  // The destination's VMWP lets its held guest go and waits for its VPs to run; here every held
+  // guest stalls after its go (a test fault of the partition process), past the 10 s it waits.
+  const h = new TestHost({ HVLAB_GUEST_GO_STALL_MS: '60000' });
+  const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
+
+  twoHosts(h);
+
+  it('the move fails: the destination stops its copy, the VM runs on at the source from where it was, nothing stays at the destination', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'gs', '--memory', '32M', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'gs');
+    expect(await eventually(async () => ((await vm('h1', 'gs'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+    const r = await h.run('--host', 'h1', 'vm', 'move', 'gs', '--to', 'h2', '--json');
+    expect(r.code).to.equal(1);
+    const st = JSON.parse(r.stdout) as MigrationStats;
+    expect(st.status).to.equal('failed');
+    expect(st['error-desc']).to.match(/did not run within 10 s of its go/);
+    const s = await vm('h1', 'gs');
+    expect(s?.state).to.equal('Running');
+    const p = s!.workload.progress!;
+    expect(await eventually(async () => ((await vm('h1', 'gs'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
+    expect(await eventually(async () => (await vm('h2', 'gs')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'gs'), 10000), 'nothing of it at h2').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'gs');
   });
 });

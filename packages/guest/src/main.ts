@@ -230,6 +230,9 @@ export async function runPartition(): Promise<void> {
         rpc.note({ t: 'held', goWord: watchGoWord(input.goRegion) });
       }
       const postcopyControl = go ? await go : input.postcopyControl;
+      // Tests: a held guest that does not start after its go (its VMWP then fails the move).
+      const goStall = Number(process.env.HVLAB_GUEST_GO_STALL_MS);
+      if (go && Number.isSafeInteger(goStall) && goStall > 0) await new Promise((r) => setTimeout(r, goStall));
       // Before anything reads guest memory: a page post-copy has not brought yet stops its reader until it is here.
       if (postcopyControl) postcopy = PostcopyFaults.open(sab, openRegion(postcopyControl));
       mem = new GuestMemory(sab);
