@@ -318,58 +318,46 @@ describe('live migration where the kernel\'s dirty tracking is not used', functi
   });
 });
 
-describe('live migration whose guest does not resume at the destination', function () {
-  this.timeout(180000);
-  // The source hears "running" once the destination's VPs run; the guest's kernel restores its
-  // VMBus client after that, and the commit waits for it. Here every resumed guest kernel stalls
-  // (a test fault of the partition process), past the 8 s the commit waits.
-  const h = new TestHost({ HVLAB_GUEST_RESUME_STALL_MS: '60000' });
-  const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
+/**
+ * A move whose guest fails at the destination under a test fault of the partition process (`env`,
+ * on every host of a fresh cluster): the move fails with `error`, the destination stops its copy,
+ * the VM runs on at the source from where it was, and nothing of it stays at the destination.
+ */
+function guestFailsAtDestination(title: string, env: Record<string, string>, it1: string, error: RegExp): void {
+  describe(title, function () {
+    this.timeout(180000);
+    const h = new TestHost(env);
+    const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
 
-  twoHosts(h);
+    twoHosts(h);
 
-  it('the commit is refused: the destination stops its copy, the VM runs on at the source from where it was, nothing stays at the destination', async () => {
-    await h.ok('--host', 'h1', 'vm', 'new', 'sr', '--memory', '32M', '--workload', 'counter');
-    await h.ok('--host', 'h1', 'vm', 'start', 'sr');
-    expect(await eventually(async () => ((await vm('h1', 'sr'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
-    const r = await h.run('--host', 'h1', 'vm', 'move', 'sr', '--to', 'h2', '--json');
-    expect(r.code).to.equal(1);
-    const st = JSON.parse(r.stdout) as MigrationStats;
-    expect(st.status).to.equal('failed');
-    expect(st['error-desc']).to.match(/refused the commit: .*the migrated guest is stopped: its kernel did not resume within 8000 ms/);
-    // The source thawed its own copy: Running, counting on from its value (no jump back, no restart).
-    const s = await vm('h1', 'sr');
-    expect(s?.state).to.equal('Running');
-    const p = s!.workload.progress!;
-    expect(await eventually(async () => ((await vm('h1', 'sr'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
-    expect(await eventually(async () => (await vm('h2', 'sr')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'sr'), 10000), 'nothing of it at h2').to.equal(true);
-    await h.ok('--host', 'h1', 'vm', 'turn-off', 'sr');
+    it(`${it1}: the destination stops its copy, the VM runs on at the source from where it was, nothing stays at the destination`, async () => {
+      await h.ok('--host', 'h1', 'vm', 'new', 'sr', '--memory', '32M', '--workload', 'counter');
+      await h.ok('--host', 'h1', 'vm', 'start', 'sr');
+      expect(await eventually(async () => ((await vm('h1', 'sr'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+      const r = await h.run('--host', 'h1', 'vm', 'move', 'sr', '--to', 'h2', '--json');
+      expect(r.code).to.equal(1);
+      const st = JSON.parse(r.stdout) as MigrationStats;
+      expect(st.status).to.equal('failed');
+      expect(st['error-desc']).to.match(error);
+      // The source thawed its own copy: Running, counting on from its value (no jump back, no restart).
+      const s = await vm('h1', 'sr');
+      expect(s?.state).to.equal('Running');
+      const p = s!.workload.progress!;
+      expect(await eventually(async () => ((await vm('h1', 'sr'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
+      expect(await eventually(async () => (await vm('h2', 'sr')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'sr'), 10000), 'nothing of it at h2').to.equal(true);
+      await h.ok('--host', 'h1', 'vm', 'turn-off', 'sr');
+    });
   });
-});
+}
 
-describe('live migration whose guest does not start at the destination', function () {
-  this.timeout(180000);
-  // The destination's VMWP lets its held guest go and waits for its VPs to run; here every held
-  // guest stalls after its go (a test fault of the partition process), past the 10 s it waits.
-  const h = new TestHost({ HVLAB_GUEST_GO_STALL_MS: '60000' });
-  const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
+// The source hears "running" once the destination's VPs run; the guest's kernel restores its
+// VMBus client after that, and the commit waits for it. Here every resumed guest kernel stalls,
+// past the 8 s the commit waits.
+guestFailsAtDestination('live migration whose guest does not resume at the destination', { HVLAB_GUEST_RESUME_STALL_MS: '60000' }, 'the commit is refused',
+  /refused the commit: .*the migrated guest is stopped: its kernel did not resume within 8000 ms/);
 
-  twoHosts(h);
-
-  it('the move fails: the destination stops its copy, the VM runs on at the source from where it was, nothing stays at the destination', async () => {
-    await h.ok('--host', 'h1', 'vm', 'new', 'gs', '--memory', '32M', '--workload', 'counter');
-    await h.ok('--host', 'h1', 'vm', 'start', 'gs');
-    expect(await eventually(async () => ((await vm('h1', 'gs'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
-    const r = await h.run('--host', 'h1', 'vm', 'move', 'gs', '--to', 'h2', '--json');
-    expect(r.code).to.equal(1);
-    const st = JSON.parse(r.stdout) as MigrationStats;
-    expect(st.status).to.equal('failed');
-    expect(st['error-desc']).to.match(/did not run within 10 s of its go/);
-    const s = await vm('h1', 'gs');
-    expect(s?.state).to.equal('Running');
-    const p = s!.workload.progress!;
-    expect(await eventually(async () => ((await vm('h1', 'gs'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
-    expect(await eventually(async () => (await vm('h2', 'gs')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'gs'), 10000), 'nothing of it at h2').to.equal(true);
-    await h.ok('--host', 'h1', 'vm', 'turn-off', 'gs');
-  });
-});
+// The destination's VMWP lets its held guest go and waits for its VPs to run; here every held
+// guest stalls after its go, past the 10 s it waits.
+guestFailsAtDestination('live migration whose guest does not start at the destination', { HVLAB_GUEST_GO_STALL_MS: '60000' }, 'the move fails',
+  /did not run within 10 s of its go/);

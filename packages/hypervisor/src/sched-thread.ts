@@ -173,18 +173,19 @@ export class SchedulerLoop {
   /** False once the main thread asked it to stop. */
   running = true;
   /**
-   * After waking a VP thread it dispatched from a halt (the signalling path's one at once, a pass's
-   * once at its end), this thread yields its CPU (sched_yield), as a hypervisor enters the VP it dispatched on
-   * the LP it runs on instead of finishing its own accounting first. The kernel often queues the
-   * woken VP thread behind this one; a wake-up sent to another CPU instead costs 25-40 µs on this
-   * 2-CPU virtual machine, and the thread then waited for the bookkeeping below and the loop's
-   * turn. bench sched measures the interrupt to a halted VP both ways in one run: with the yield
-   * its p50 was 0.33-0.79 of the other's in six runs of seven (31.8-59.2 µs against 60-99.4), 1.15
-   * in one. A VP that halts again at once gives the CPU straight back;
-   * one that runs on shares it with this thread as the kernel decides, as it did before.
-   * HVLAB_WAKE_YIELD=0 turns it off (bench sched compares both).
+   * After waking a VP thread it dispatched from a halt (the signalling path's one at once, a
+   * pass's once at its end), this thread yields its CPU (sched_yield), as a hypervisor enters the
+   * VP it dispatched on the LP it runs on instead of finishing its own accounting first. The kernel
+   * often queues the woken VP thread behind this one; a wake-up sent to another CPU instead costs
+   * 25-40 µs on this 2-CPU virtual machine, and the thread then waited for the bookkeeping and the
+   * loop's turn. bench sched measures the interrupt to a halted VP both ways in one run: with the
+   * yield its p50 was 0.33-0.79 of the other's in nine runs of ten (31.8-59.2 µs against 60-99.4),
+   * 1.15 in one. A VP that halts again at once gives the CPU straight back; one that runs on shares
+   * it with this thread as the kernel decides, as it did before. HVLAB_WAKE_YIELD=0 turns it off.
    */
   private readonly yieldOnWake: boolean;
+  /** The VPs the current pass woke from a halt (kept, cleared each pass): its yield is for them. */
+  private readonly wokeFromHalt = new Set<SchedVp>();
 
   constructor(o: SchedulerLoopOptions, private readonly out: (m: FromScheduler) => void) {
     this.core = new SchedulerCore({ lps: o.lps, quantumNs: o.quantumNs, periodNs: o.periodNs });
@@ -284,7 +285,8 @@ export class SchedulerLoop {
     // overlaps it instead of coming before it. A VP that took its quiet halt back itself (it saw
     // the vector) changed the word: the pass sorts that out.
     if (Atomics.compareExchange(p.i32, di, d, Dispatch.Granted) !== d) return false;
-    futexWake(p.region, di, 0x7fffffff, this.yieldOnWake);
+    futexWake(p.region, di);
+    if (this.yieldOnWake) yieldCpu();
     if (quiet) this.core.released(s, this.releaseTime(p, v, now), 'halted');
     this.core.wake(s, now);
     // lpForNow's LP is free (nothing ran in between); were it not, the pass sorts the VP out.
@@ -628,8 +630,8 @@ export class SchedulerLoop {
   pass(now: number): number {
     const core = this.core;
     let timerDeadline = Infinity;
-    /** VPs this pass woke from a halt (an interrupt or a timer): the yield below is for them. */
-    const wokeFromHalt = new Set<SchedVp>();
+    const wokeFromHalt = this.wokeFromHalt;
+    wokeFromHalt.clear();
     for (const p of this.parts.values()) {
       this.deliverDelayed(p, now);
       for (const v of p.vps.values()) {
@@ -718,6 +720,7 @@ export class SchedulerLoop {
     // Once, after the halt-ring flag: to a VP this pass woke from a halt and granted (not to VPs a
     // quantum's end rotates, which run work and would hold this thread off for a time slice).
     if (yieldAfter && this.yieldOnWake) yieldCpu();
+    wokeFromHalt.clear();
     return missed ? now : Math.min(dec.deadline, timerDeadline);
   }
 }

@@ -152,7 +152,12 @@ export class SchedulerCore {
   }
 
   private runnable(vp: SchedVp): boolean {
-    return !vp.absent && !vp.halted && !vp.capped && !vp.partitionSuspended && !vp.interceptSuspended && !vp.stalled;
+    return !vp.absent && !vp.halted && this.runnableOnceWoken(vp);
+  }
+
+  /** Runnable but for a halt (or the thread not started yet): what `wake` clears. */
+  private runnableOnceWoken(vp: SchedVp): boolean {
+    return !vp.capped && !vp.partitionSuspended && !vp.interceptSuspended && !vp.stalled;
   }
 
   private stateOf(vp: SchedVp): VpSchedState {
@@ -252,8 +257,7 @@ export class SchedulerCore {
    * wake-up instead of coming before it.
    */
   lpForNow(vp: SchedVp, now: number, releasing: boolean): number {
-    if ((vp.lp >= 0 && !releasing) || vp.cap < 1) return -1;
-    if (vp.capped || vp.partitionSuspended || vp.interceptSuspended || vp.stalled) return -1;
+    if ((vp.lp >= 0 && !releasing) || vp.cap < 1 || !this.runnableOnceWoken(vp)) return -1;
     if (this.periodStart === 0 || now - this.periodStart >= this.periodNs) return -1; // a roll-over is tick's
     let lp = -1;
     for (let i = 0; i < this.active && i < this.lpOwner.length; i++) {

@@ -181,11 +181,11 @@ void FutexWake(const FunctionCallbackInfo<Value>& args) {
   if (args.Length() >= 3 && args[2]->IsNumber()) count = static_cast<int>(args[2].As<v8::Number>()->Value());
   long r = syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
   if (r < 0) { Throw(isolate, "futex wake", errno); return; }
-  if (r > 0 && args.Length() >= 4 && args[3]->IsTrue()) sched_yield();
   args.GetReturnValue().Set(v8::Integer::New(isolate, static_cast<int32_t>(r)));
 }
 
-// yieldCpu(): sched_yield(), for a thread that woke another and has only bookkeeping left.
+// yieldCpu(): sched_yield(), for a thread that woke another and has only bookkeeping left: a
+// woken thread the kernel queued behind it on its CPU runs first.
 void YieldCpu(const FunctionCallbackInfo<Value>& args) {
   (void)args;
   sched_yield();

@@ -25,7 +25,7 @@ interface Addon {
   map(name: string, size: number, create: boolean): SharedArrayBuffer;
   unlink(name: string): boolean;
   futexWait(sab: SharedArrayBuffer, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out';
-  futexWake(sab: SharedArrayBuffer, index: number, count: number, yieldCpu: boolean): number;
+  futexWake(sab: SharedArrayBuffer, index: number, count: number): number;
   yieldCpu?(): void;
   setChildSubreaper?(): boolean;
   reapChild?(pid: number): boolean;
@@ -181,20 +181,18 @@ export function futexWait(sab: SharedArrayBuffer, index: number, expected: numbe
   return Atomics.wait(new Int32Array(sab), index, expected, timeoutMs < 0 ? Infinity : timeoutMs);
 }
 
-/**
- * Wakes up to `count` threads blocked in futexWait on word `index` (in any process, with the addon).
- * With `yieldCpu`, a thread that woke one then yields its CPU in the same native call
- * (sched_yield): for a waker with only bookkeeping left before it sleeps. The kernel often queues
- * the woken thread behind its waker, and a wake-up that has to go to another CPU instead costs
- * tens of microseconds on a small virtual machine; yielding runs it at once, here. A no-op
- * without the addon.
- */
-export function futexWake(sab: SharedArrayBuffer, index: number, count = 0x7fffffff, yieldCpu = false): number {
-  if (addon) return addon.futexWake(sab, index, count, yieldCpu);
+/** Wakes up to `count` threads blocked in futexWait on word `index` (in any process, with the addon). */
+export function futexWake(sab: SharedArrayBuffer, index: number, count = 0x7fffffff): number {
+  if (addon) return addon.futexWake(sab, index, count);
   return Atomics.notify(new Int32Array(sab), index, count);
 }
 
-/** sched_yield: lets a thread the kernel queued behind this one on its CPU run first (see futexWake's `yieldCpu`); a no-op without the addon. */
+/**
+ * sched_yield: for a thread that just woke another and has only bookkeeping left before it sleeps.
+ * The kernel often queues the woken thread behind its waker, and a wake-up that has to go to
+ * another CPU instead costs tens of microseconds on a small virtual machine; yielding runs it at
+ * once, here. A no-op without the addon.
+ */
 export function yieldCpu(): void {
   addon?.yieldCpu?.();
 }

@@ -42,14 +42,14 @@ import { flipGuestByte, VmFaultTable } from './faults.js';
 import { prestartedPartition, spawnPartition } from './prestart.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
+/** How long a migrated guest's VPs may take to run after its go (migrateInState). */
+const ONLINE_TIMEOUT_MS = 10000;
+
 /**
  * The worker process, run by its entry (boot.ts) once its partition process is under way. A
  * function rather than top-level code with `await`s, so that the process can run as a CommonJS
  * bundle from V8's code cache (runtime/src/code-cache.ts says why).
  */
-/** How long a migrated guest's VPs may take to run after its go (migrateInState). */
-const ONLINE_TIMEOUT_MS = 10000;
-
 export async function runWorker(): Promise<void> {
   // A warm worker (root/src/warm.ts) builds and boots its template's guest, then waits until a VM
   // start claims it (the end of this file).
