@@ -160,6 +160,7 @@ function validFrames(p: number, token: string): Array<Record<string, unknown>> {
     hc(HvCall.MapGpadl, { partitionId: p, gpadl: 7, owner: 1, pfns: [1, 2, 3] }),
     hc(HvCall.UnmapGpadl, { partitionId: p, gpadl: 7 }),
     hc(HvCall.GetVpState, { partitionId: p, vpIndex: 0 }),
+    hc(HvCall.GetVpState, { partitionId: p, vpIndex: 0, afterSuspension: 1 }),
     hc(HvCall.SetVpState, { partitionId: p, vpIndex: 0, state: { registers: {}, apic: { irr: [0, 0, 0, 0, 0, 0, 0, 0], isr: [0, 0, 0, 0, 0, 0, 0, 0], aeoi: [0, 0, 0, 0, 0, 0, 0, 0], tpr: 0 }, synic: { scontrol: 0, simp: 0, siefp: 0, sint: new Array(16).fill(65536) }, timers: [], referenceTime: 5, runState: 'Ready', interceptPending: false } }),
     hc(HvCall.InstallIntercept, { partitionId: p, type: 0, access: 1, port: 0x60 }),
   ];

@@ -139,6 +139,12 @@ export class GuestKernel {
   onVpsOnline: () => void = () => {};
   /** A fault for tests: a resumed kernel waits this long before it restores its VMBus client. */
   resumeStallMs = 0;
+  /**
+   * A migrated VM released by its go word at Start (GoWord): the region, which the VP threads
+   * wait on for Run, and Run's arrival, which the kernel waits for after its VPs are online and
+   * before it talks to the host (its VMBus client's resume).
+   */
+  runGate: { word: SharedArrayBuffer; ran: Promise<void> } | null = null;
   /** Thaws so far: a wait for a suspension ends when one comes (vpsSuspended). */
   private thaws = 0;
   private wakeSuspensionWait: (() => void) | null = null;
@@ -251,7 +257,7 @@ export class GuestKernel {
     for (let vp = 0; vp < this.boot.vpCount; vp++) {
       const start: VpStart = {
         memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
-        vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT },
+        vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT }, runGate: this.runGate?.word ?? null,
       };
       const w = vpThread(start, vp);
       w.on('error', (e) => {
@@ -276,6 +282,7 @@ export class GuestKernel {
     await Promise.all(online);
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
     this.onVpsOnline();
+    if (this.runGate) await this.runGate.ran;
     if (!resume && !this.local) {
       // A host-side wait for VP 0's CMOS read (polling guest memory): nothing of it enters guest state.
       const t0 = Date.now();

@@ -7,7 +7,7 @@
  */
 import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, StdinEndedError, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults, watchWord, wordWatchAvailable } from '@hvlab/shm';
-import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES } from '@hvlab/protocol';
+import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES, GoWord } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
 import { GuestMemory } from './memory.js';
 import { GuestKernel } from './kernel.js';
@@ -87,6 +87,9 @@ export async function runPartition(): Promise<void> {
   let firmware: Uint8Array | null = null;
   /** Set while a held partition waits for its `go`. */
   let release: ((postcopyControl: string | undefined) => void) | null = null;
+  /** The go word's region, once the word released this held partition (GoWord: the VPs wait for Run). */
+  let runGate: SharedArrayBuffer | null = null;
+  const runWaiters: (() => void)[] = [];
   /** Ends the watch of the go word (set while it is watched). */
   let stopGoWatch: (() => void) | null = null;
   const go = input.hold ? new Promise<string | undefined>((r) => (release = r)) : null;
@@ -133,12 +136,17 @@ export async function runPartition(): Promise<void> {
     try {
       const words = new Int32Array(openRegion(name));
       const look = (): void => {
-        if (Atomics.load(words, 0) !== 1) return;
-        stopGoWatch?.();
+        const v = Atomics.load(words, 0);
+        if (v !== GoWord.Start && v !== GoWord.Run) return;
         if (release) {
+          // Released by the word: the VPs and the kernel's talk with the host wait for Run.
+          runGate = words.buffer as SharedArrayBuffer;
           release(undefined);
           release = null;
         }
+        if (v !== GoWord.Run) return;
+        stopGoWatch?.();
+        for (const r of runWaiters.splice(0)) r();
       };
       const unwatch = watchWord(words.buffer as SharedArrayBuffer, 0, look);
       stopGoWatch = () => {
@@ -250,6 +258,10 @@ export async function runPartition(): Promise<void> {
     // A migration's destination: its VMWP answers the source once the VPs run (QEMU's end of the
     // downtime), and waits for 'booted' (the guest's VMBus client back) only before the commit.
     if (go) kernel.onVpsOnline = () => rpc.note({ t: 'online' });
+    if (runGate) {
+      const gate = runGate;
+      kernel.runGate = { word: gate, ran: Atomics.load(new Int32Array(gate), 0) === GoWord.Run ? Promise.resolve() : new Promise<void>((r) => runWaiters.push(r)) };
+    }
     // Tests: a guest slow to resume (the commit of a migration then fails).
     const stall = Number(process.env.HVLAB_GUEST_RESUME_STALL_MS);
     if (Number.isSafeInteger(stall) && stall > 0) kernel.resumeStallMs = stall;

@@ -20,7 +20,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import {
   Dispatch, VpPage, VpRegionHeader, VirtualApicView, SchedRegion, StimerConfig, stimerConfig, vpPageOffset, decodeStimerConfig,
   KERNEL_PAGE_GPA, KernelPage, Task, TaskKind, GuestVector, GUEST_SLICE_100NS, JITTER_RING_GPA, JITTER_RING_ENTRIES,
-  MAX_VPS_PER_PARTITION, PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, StimerNextView, effectiveStimerPeriod, nextPeriodicExpiry,
+  MAX_VPS_PER_PARTITION, PROBE_VECTOR_MIN, STIMER_COUNT, STATUS_PAGE_GPA, StatusPage, StimerNextView, effectiveStimerPeriod, nextPeriodicExpiry, GoWord,
 } from '@hvlab/protocol';
 import { futexWait, futexWake } from '@hvlab/shm';
 import { readRtc } from '@hvlab/vsc/cmos';
@@ -41,6 +41,11 @@ export interface VpStart {
   vpCount: number;
   /** Vectors whose interrupts the kernel's main thread services (SINTs): vector -> SINT. */
   sintVectors: Record<number, number>;
+  /**
+   * A migrated VM's go region (GoWord), when the word released its partition process: the VP says
+   * it is online, then waits for Run before it asks for an LP (its state is not set before).
+   */
+  runGate?: SharedArrayBuffer | null;
 }
 
 export const CTL_STOP = 0;
@@ -199,6 +204,20 @@ export class VpThread {
     // interrupt to take it takes its halt back and runs on, unless the scheduler took it first.
     if (!this.local) this.ownTimers();
     if (this.apic.deliverable() >= 0) Atomics.compareExchange(this.i32, this.disp, Dispatch.Halt, Dispatch.Granted);
+  }
+
+  /**
+   * Blocks until the go word says Run (GoWord). False when asked to stop: the stopper wakes the
+   * dispatch word, not this one, so the wait looks at the stop word every 20 ms.
+   */
+  private waitForRun(gate: SharedArrayBuffer): boolean {
+    const w = new Int32Array(gate);
+    while (!this.stopped()) {
+      const v = Atomics.load(w, 0);
+      if (v === GoWord.Run) return true;
+      futexWait(gate, 0, v, 20);
+    }
+    return false;
   }
 
   /** Blocks until the hypervisor dispatches this VP. False when asked to stop. */
@@ -407,6 +426,7 @@ export class VpThread {
   private loop(): void {
     const s = this.s;
     parentPort?.postMessage({ t: 'online', vp: s.vpIndex });
+    if (s.runGate && !this.waitForRun(s.runGate)) return;
     if (this.local) {
       Atomics.store(this.i32, this.disp, Dispatch.Granted);
     } else {

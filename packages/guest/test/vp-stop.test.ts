@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Dispatch, PROBE_VECTOR_MIN, SchedRegion, VirtualApicView, VpPage, VpRegionHeader, vpPageOffset } from '@hvlab/protocol';
+import { Dispatch, GoWord, PROBE_VECTOR_MIN, SchedRegion, VirtualApicView, VpPage, VpRegionHeader, vpPageOffset } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import { CTL_LIVE, stopVpThreads } from '../src/vp.js';
 import { startLoneVp } from './fixtures/vp-start.js';
@@ -63,6 +63,48 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
       await vp.stopped;
     } finally {
       stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
+    }
+  });
+
+  it('a migrated VM\'s VP released at Start says it is online, then waits for Run before it asks for an LP', async function () {
+    if (FUTEX_NR[process.arch] === undefined) this.skip();
+    const gate = new SharedArrayBuffer(4096);
+    Atomics.store(new Int32Array(gate), 0, GoWord.Start);
+    const vp = await startLoneVp({ runGate: gate });
+    const dispatchWord = (vpPageOffset(0) + VpPage.dispatch) >> 2;
+    try {
+      // Online, and in its wait for Run: a shared futex wait for the value Start (with a timeout, to
+      // look at the stop word), and its dispatch word not yet written.
+      while (!futexWaiters(GoWord.Start).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
+      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'the dispatch word before Run').to.equal(0);
+      // A value other than Run is not a go either.
+      Atomics.store(new Int32Array(gate), 0, 7);
+      futexWake(gate, 0);
+      while (!futexWaiters(7).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
+      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'the dispatch word after a stray value').to.equal(0);
+      Atomics.store(new Int32Array(gate), 0, GoWord.Run);
+      futexWake(gate, 0);
+      // Run: the VP asks for its LP (and then waits on its dispatch word, as any VP nobody grants).
+      while (Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord) !== Dispatch.Start) await new Promise((r) => setTimeout(r, 5));
+      expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
+      await vp.stopped;
+    } finally {
+      stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
+    }
+  });
+
+  it('a VP still waiting for Run is stopped by stopVpThreads (it looks at the stop word while it waits)', async () => {
+    const gate = new SharedArrayBuffer(4096);
+    Atomics.store(new Int32Array(gate), 0, GoWord.Start);
+    const vp = await startLoneVp({ runGate: gate });
+    try {
+      expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
+      expect(Atomics.load(new Int32Array(vp.start.control), CTL_LIVE)).to.equal(0);
+      await vp.stopped;
+      expect(Atomics.load(new Int32Array(vp.start.vpRegion), (vpPageOffset(0) + VpPage.dispatch) >> 2), 'it never asked for an LP').to.equal(0);
+    } finally {
       await vp.worker.terminate();
     }
   });

@@ -18,9 +18,9 @@
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { encode, decodeHvClientMsg, HvStatus, SchedRegion, SCHED_REGION_BYTES, HV_FRAME_MAX_BYTES, type HvClientMsg, type HvServerMsg } from '@hvlab/protocol';
-import { router, pidAlive, watchPid, SendQueue, type zmq } from '@hvlab/runtime';
+import { router, pidAlive, watchPid, waitForSuspension, SendQueue, type zmq } from '@hvlab/runtime';
 import { createRegion, unlinkRegion, futexWake, shmAvailable } from '@hvlab/shm';
-import { Hypervisor, LogLimiter, type HvLog, type HypervisorOptions, type SchedulerLink } from './hypervisor.js';
+import { Hypervisor, LogLimiter, SUSPENSION_WAIT_MS, type HvLog, type HypervisorOptions, type HypercallOutcome, type SchedulerLink } from './hypervisor.js';
 import type { FromScheduler, SchedulerThreadData, ToScheduler } from './sched-thread.js';
 import { HcService } from './hcall.js';
 
@@ -45,6 +45,8 @@ export function wakeYield(v: string | undefined): boolean | null {
   return t === '1' ? true : t === '0' ? false : null;
 }
 
+/** GetVpState calls one session may have waiting for a suspension (a root's VMWP makes one per VP). */
+const MAX_WAITING_CALLS = 1024;
 /** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
 const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
 
@@ -62,6 +64,10 @@ export class HypervisorServer {
   private stopping = false;
   /** A watch on the process each hello named, by pid: its end drops its sessions. */
   private readonly pidWatches = new Map<number, () => void>();
+  /** GetVpState calls waiting for a suspension, per session (answerOnceSuspended). */
+  private readonly waitingCalls = new Map<string, number>();
+  /** The waits for a suspension, per partition (its VP region): the number, and the calls it answers. */
+  private readonly suspensionWaits = new Map<SharedArrayBuffer, { seq: number; calls: (() => void)[] }>();
   private sendsInFlight = 0;
   /** Answers and notifications dropped because too many sends were pending. */
   droppedSends = 0;
@@ -219,7 +225,7 @@ export class HypervisorServer {
    * The one answer to one frame from session `sid` (`parts`: the frame's message parts after the
    * routing id). Never throws. `after` runs once the answer is on its way (a shutdown request).
    */
-  answer(sid: string, parts: Buffer[]): { reply: HvServerMsg; after?: () => void } {
+  answer(sid: string, parts: Buffer[]): { reply: HvServerMsg | null; after?: () => void } {
     if (parts.length !== 1) return this.bad(sid, `a frame must be one message part, not ${parts.length}`);
     const d = decodeHvClientMsg(parts[0]);
     if (!d.ok) return this.bad(sid, d.error, d.id);
@@ -237,6 +243,10 @@ export class HypervisorServer {
         }
         case 'hc': {
           const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart });
+          if (r.wait) {
+            this.answerOnceSuspended(sid, m, r.wait);
+            return { reply: null };
+          }
           return { reply: { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output } };
         }
         case 'ctl': {
@@ -255,6 +265,50 @@ export class HypervisorServer {
     return this.bad(sid, 'unhandled message');
   }
 
+  /**
+   * A GetVpState that waits for a suspension (Hypervisor: `afterSuspension`): answered once the
+   * scheduler has taken it (its wake of the VP region's count reaches this event loop through a
+   * word watch, one per partition and suspension however many VPs ask), or after
+   * SUSPENSION_WAIT_MS, by the same call made again with `noWait`, which then answers. A session
+   * has at most MAX_WAITING_CALLS calls waiting; one more is made again at once (refused unless the
+   * suspension is taken by then).
+   */
+  private answerOnceSuspended(sid: string, m: Extract<HvClientMsg, { k: 'hc' }>, wait: NonNullable<HypercallOutcome['wait']>): void {
+    const again = (): void => {
+      if (this.stopping) return;
+      const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart, noWait: true });
+      this.push(sid, { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output });
+    };
+    const n = this.waitingCalls.get(sid) ?? 0;
+    if (n >= MAX_WAITING_CALLS) return again();
+    this.waitingCalls.set(sid, n + 1);
+    const call = (): void => {
+      const left = (this.waitingCalls.get(sid) ?? 1) - 1;
+      if (left > 0) this.waitingCalls.set(sid, left);
+      else this.waitingCalls.delete(sid);
+      again();
+    };
+    const w = this.suspensionWaits.get(wait.vpRegion);
+    if (w && w.seq === wait.seq) {
+      w.calls.push(call);
+      return;
+    }
+    const calls = [call];
+    this.suspensionWaits.set(wait.vpRegion, { seq: wait.seq, calls });
+    void waitForSuspension(wait.vpRegion, wait.vpCount, wait.seq, { timeoutMs: SUSPENSION_WAIT_MS, calledOff: () => this.stopping })
+      .catch(() => undefined)
+      .then(() => {
+        if (this.suspensionWaits.get(wait.vpRegion)?.calls === calls) this.suspensionWaits.delete(wait.vpRegion);
+        for (const c of calls) {
+          try {
+            c();
+          } catch (e) {
+            this.logError({ err: e }, 'answering a GetVpState that waited failed');
+          }
+        }
+      });
+  }
+
   private bad(sid: string, reason: string, id?: number): { reply: HvServerMsg } {
     this.badFrameCount++;
     const dropped = this.badFrames.take();
@@ -268,7 +322,7 @@ export class HypervisorServer {
         try {
           const sid = idFrame.toString('hex');
           const { reply, after } = this.answer(sid, parts);
-          this.push(sid, reply);
+          if (reply) this.push(sid, reply);
           after?.();
         } catch (e) {
           this.logError({ err: e }, 'serving a frame failed');

@@ -712,6 +712,24 @@ describe('faults the hypervisor enforces', function () {
       await until(async () => ((await c.ctl('stats')) as { lpsCurrent: number }).lpsCurrent === 2, 10000, 'the LPs coming back');
     });
 
+    it('a GetVpState sent right behind a Suspend on the socket, with its number, is answered once the scheduler has taken it (one wait for every VP)', async () => {
+      const c = await root();
+      const { partitionId } = await c.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * MiB, name: 's' });
+      await c.must('InitializePartition', { partitionId });
+      for (let vpIndex = 0; vpIndex < 3; vpIndex++) await c.must('CreateVp', { partitionId, vpIndex });
+      const p = server.hv.partition(partitionId)!;
+      const input = { partitionId, property: PartitionProperty.Suspend, value: 1 };
+      const suspending = c.raw(HvCall.SetPartitionProperty, input, { fast: false });
+      const states = Promise.all([0, 1, 2].map((vpIndex) => c.must<SavedVpStateV2>('GetVpState', { partitionId, vpIndex, afterSuspension: 1 })));
+      expect(((await suspending).output as { seq: number }).seq).to.equal(1);
+      // Answered after the scheduler's pass took the suspension (no VP thread runs here: each VP is absent).
+      expect((await states).map((s) => s.runState)).to.deep.equal(['Absent', 'Absent', 'Absent']);
+      expect(Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2)).to.equal(1);
+      // A number that is not the partition's is refused at once, with the reason.
+      const wrong = await c.raw(HvCall.GetVpState, { partitionId, vpIndex: 0, afterSuspension: 5 });
+      expect([hvStatusName(wrong.status), (wrong.output as { reason: string }).reason]).to.deep.equal(['INVALID_PARTITION_STATE', 'suspension 5 is not the partition\'s current one (that is 1)']);
+    });
+
     it('a delayed partition\'s SignalEvent through the hypercall page is not taken by the fast path, and its interrupt arrives only after the delay', async function () {
       if (!wordWatchAvailable()) this.skip();
       const c = await root();
@@ -776,6 +794,48 @@ describe('suspensions numbered in the VP region (a save waits for its own)', () 
       expect([asked(), taken()]).to.deep.equal([2, 1]);
       link.passNow();
       expect(taken()).to.equal(2);
+    } finally {
+      lab.close();
+    }
+  });
+
+  it('GetVpState with afterSuspension waits until the scheduler has taken that suspension, and refuses a number that is not the partition\'s', () => {
+    const { lab, link } = labWithLoop();
+    try {
+      const c = lab.child({ vps: 2 });
+      const p = part(lab, c);
+      startVp(p, 0);
+      startVp(p, 1);
+      link.passNow();
+      const get = (after: unknown, noWait = false) => lab.hv.hypercall('r1', HvCall.GetVpState, { partitionId: c.id, vpIndex: 1, afterSuspension: after }, noWait ? { noWait: true } : {});
+      const status = (after: unknown, noWait = false): string => hvStatusName(get(after, noWait).status);
+      // Running: there is no suspension to wait for.
+      expect(status(1)).to.equal('INVALID_PARTITION_STATE');
+      setProp(lab, c, PartitionProperty.Suspend, 1);
+      for (const bad of [0, 2 ** 31, -(2 ** 31) - 1]) expect(status(bad), `afterSuspension ${bad}`).to.equal('INVALID_PARAMETER');
+      for (const bad of [1.5, 'x', [1], {}]) expect(status(bad), `afterSuspension ${show(bad)}`).to.equal('INVALID_HYPERCALL_INPUT');
+      expect(status(2), 'a number the partition has not had').to.equal('INVALID_PARTITION_STATE');
+      // Asked, not yet taken: the answer waits (the server makes the call again once it is taken).
+      const w = get(1);
+      expect([hvStatusName(w.status), w.output]).to.deep.equal(['SUCCESS', null]);
+      expect(w.wait && { seq: w.wait.seq, vpCount: w.wait.vpCount, region: w.wait.vpRegion === p.vpRegion }).to.deep.equal({ seq: 1, vpCount: 2, region: true });
+      expect(status(1, true), 'made again after the wait, still not taken').to.equal('INVALID_VP_STATE');
+      // The pass takes the suspension, but the VPs still hold their LPs until they give them back.
+      link.passNow();
+      expect(Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2)).to.equal(1);
+      expect(get(1).wait?.seq, 'a VP still on its LP').to.equal(1);
+      ackPreemptions(p, 2);
+      link.passNow();
+      const r = get(1);
+      expect(r.wait).to.equal(undefined);
+      expect((r.output as SavedVpStateV2).runState).to.equal('Suspended');
+      // A later suspension has a new number: the old one is no longer the partition's.
+      setProp(lab, c, PartitionProperty.Suspend, 0);
+      link.passNow();
+      expect(status(1), 'after the thaw').to.equal('INVALID_PARTITION_STATE');
+      setProp(lab, c, PartitionProperty.Suspend, 1);
+      expect(status(1), 'the thawed one').to.equal('INVALID_PARTITION_STATE');
+      expect(get(2).wait?.seq).to.equal(2);
     } finally {
       lab.close();
     }

@@ -82,6 +82,7 @@ function validInputs(p: number, victim: number, conn: number): Array<{ code: num
     { code: HvCall.MapGpadl, input: { partitionId: p, gpadl: 0xe1e10, owner: 1, pfns: [0, 1, 2, 3] } },
     { code: HvCall.UnmapGpadl, input: { partitionId: p, gpadl: 0xe1e10 } },
     { code: HvCall.GetVpState, input: { partitionId: p, vpIndex: 0 } },
+    { code: HvCall.GetVpState, input: { partitionId: p, vpIndex: 0, afterSuspension: 1 } },
     { code: HvCall.SetVpState, input: { partitionId: p, vpIndex: 0, state } },
     { code: HvCall.SetVpState, input: { partitionId: p, vpIndex: 0, state: stateV1 } },
   ];

@@ -269,7 +269,8 @@ export interface HypercallInputs {
   /** Grants the root a window on `pfns` of a child (one GPADL of channel `owner`). */
   MapGpadl: { partitionId: number; gpadl: number; owner: number; pfns: number[] };
   UnmapGpadl: { partitionId: number; gpadl: number };
-  GetVpState: { partitionId: number; vpIndex: number };
+  /** `afterSuspension`: hvlab's extension, the number of the caller's suspension of the partition; answered once the scheduler has taken it. */
+  GetVpState: { partitionId: number; vpIndex: number; afterSuspension?: number };
   SetVpState: { partitionId: number; vpIndex: number; state: SavedVpState };
 }
 

@@ -104,6 +104,22 @@ export const Dispatch = {
 
 /** Scheduler states (REFERENCE "Scheduling"); Absent = created but its thread never started. */
 export const VpRunState = { Absent: 0, Ready: 1, Running: 2, Waiting: 3, Suspended: 4 } as const;
+
+/**
+ * Whether the scheduler has taken suspension number `seq` of a partition (its VP region's
+ * suspendTaken has reached it, in int32 arithmetic) and the pages of VPs `vps` all show their VP
+ * suspended or absent: their state then stands still until a thaw. Read from the VP region, where
+ * the scheduler writes these words (the guest maps it too: one that writes them fools only the
+ * save of itself).
+ */
+export function suspensionTaken(vpRegion: Int32Array, seq: number, vps: Iterable<number>): boolean {
+  if (((Atomics.load(vpRegion, VpRegionHeader.suspendTaken >> 2) - seq) | 0) < 0) return false;
+  for (const vp of vps) {
+    const st = Atomics.load(vpRegion, (vpPageOffset(vp) + VpPage.state) >> 2);
+    if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;
+  }
+  return true;
+}
 export type VpRunStateName = 'Absent' | 'Ready' | 'Running' | 'Waiting' | 'Suspended';
 export function vpRunStateName(n: number): VpRunStateName {
   return (['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'] as const)[n] ?? 'Absent';

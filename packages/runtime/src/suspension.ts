@@ -1,8 +1,8 @@
 /**
  * The wait for a suspension of a partition's VPs (a save's or a live migration's freeze), by the
- * partition process and by its VMWP.
+ * partition process and by the hypervisor (a GetVpState with `afterSuspension`).
  */
-import { VpPage, VpRegionHeader, VpRunState, vpPageOffset } from '@hvlab/protocol';
+import { VpRegionHeader, suspensionTaken } from '@hvlab/protocol';
 import { watchWord, wordWatchAvailable } from '@hvlab/shm';
 
 export interface SuspensionWait {
@@ -16,8 +16,9 @@ export interface SuspensionWait {
 /**
  * Waits until the scheduler has taken suspension number `seq` (VpRegionHeader.suspendTaken has
  * reached it, in int32 arithmetic) and every VP page of the `vpCount` shows its VP suspended or
- * absent. The VMWP asks for this with the number its Suspend call will get, sent beside that call,
- * so the wait may begin before the hypervisor has even counted the suspension: the number is
+ * absent. The partition process waits for this with the number the VMWP's Suspend call will get,
+ * sent beside that call, so the wait may begin before the hypervisor has even counted the
+ * suspension (the hypervisor waits too, for a GetVpState given the number): the number is
  * given, never read here (a suspension read here might be an earlier one the scheduler has not yet
  * seen thawed, its VP pages still showing Suspended). The scheduler wakes the word when it stores
  * it, and a word watch brings that to this event loop; without the addon, or while a VP page still
@@ -26,14 +27,8 @@ export interface SuspensionWait {
 export async function waitForSuspension(vpRegion: SharedArrayBuffer, vpCount: number, seq: number, o: SuspensionWait): Promise<void> {
   const i32 = new Int32Array(vpRegion);
   const taken = (): boolean => ((Atomics.load(i32, VpRegionHeader.suspendTaken >> 2) - seq) | 0) >= 0;
-  const stopped = (): boolean => {
-    if (!taken()) return false;
-    for (let vp = 0; vp < vpCount; vp++) {
-      const st = Atomics.load(i32, (vpPageOffset(vp) + VpPage.state) >> 2);
-      if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;
-    }
-    return true;
-  };
+  const vps = Array.from({ length: vpCount }, (_, i) => i);
+  const stopped = (): boolean => suspensionTaken(i32, seq, vps);
   if (stopped()) return;
   let wake: (() => void) | null = null;
   let unwatch: (() => void) | null = null;

@@ -24,9 +24,9 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest,
+  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, GoWord, HvCall, HvStatus,
 } from '@hvlab/protocol';
-import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, waitForSuspension, type Notification } from '@hvlab/runtime';
+import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, HypercallError, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
@@ -111,8 +111,15 @@ export async function runWorker(): Promise<void> {
    */
   let partitionSuspended = false;
   let suspensionSeq = 0;
-  async function setSuspend(on: boolean): Promise<void> {
-    const r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 });
+  /** `viaSocket`: the call goes over the hypervisor's socket, not the hypercall page, so that a call sent behind it on the socket finds it made (freeze). */
+  async function setSuspend(on: boolean, viaSocket = false): Promise<void> {
+    const input = { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 };
+    let r: { seq?: unknown } | null;
+    if (viaSocket) {
+      const res = await hv.raw(HvCall.SetPartitionProperty, input, { fast: false });
+      if (res.status !== HvStatus.SUCCESS) throw new HypercallError('SetPartitionProperty', res.status);
+      r = res.output as { seq?: unknown } | null;
+    } else r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', input);
     const seq = r !== null && typeof r === 'object' ? r.seq : undefined;
     if (on && typeof seq === 'number' && (seq | 0) === seq && seq !== 0) suspensionSeq = seq;
     partitionSuspended = on;
@@ -448,9 +455,18 @@ export async function runWorker(): Promise<void> {
     const expected = wasSuspended ? before : ((before + 1) | 0) || 1;
     // The Suspend call first: the VMWP's own path (the call, the scheduler's pass, the VP states)
     // is the longer one, and sending the request to the partition process costs its IPC a few
-    // hundred microseconds of this thread.
-    const suspending = setSuspend(true);
+    // hundred microseconds of this thread. With the VP region, the Suspend goes over the socket and
+    // the VPs' states right behind it with the suspension's number: the hypervisor answers them once
+    // its scheduler has taken it (GetVpState's afterSuspension), so they are read while the
+    // partition process parks. They were a wait here for the suspension's count in the VP region,
+    // then a round trip of their own: ~0.9 ms of an idle VM's ~10 ms downtime.
+    const region = vpRegionOfPartition();
+    const getStates = (after?: number): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, ...(after ? { afterSuspension: after } : {}) })));
+    const suspending = setSuspend(true, region !== null);
     suspending.catch(() => undefined);
+    // A number not as expected fails the freeze below, and the hypervisor refuses these calls then.
+    const states = region ? getStates(expected) : null;
+    states?.catch(() => undefined);
     // A kernel that parked and then failed would stay parked: a failure thaws (harmless when nothing is parked).
     const quiescing = rpc.request({ t: 'quiesce', suspension: expected, harvest }, 15000);
     quiescing.catch(() => undefined);
@@ -460,23 +476,18 @@ export async function runWorker(): Promise<void> {
       if (got !== expected) {
         // Suspended already by someone else (no number answered): the count in the VP region says
         // which number that was, so that the next try expects the one after it.
-        const region = got === null ? vpRegionOfPartition() : null;
-        if (region) suspensionSeq = Atomics.load(new Int32Array(region), VpRegionHeader.suspendAsked >> 2);
+        const r = got === null ? vpRegionOfPartition() : null;
+        if (r) suspensionSeq = Atomics.load(new Int32Array(r), VpRegionHeader.suspendAsked >> 2);
         throw new Error(`the partition's suspension is number ${got ?? '(none: it was suspended already)'}, not ${expected} as expected: one this worker did not make, so the VM was not frozen; try again`);
       }
-      // The VPs' states as soon as the suspension is taken, read here from the VP region too, while
-      // the partition process parks its kernel (without the region: after its answer).
-      const region = vpRegionOfPartition();
-      const getStates = (): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v })));
-      let vps: SavedVpState[] | null = null;
-      if (region) {
-        await waitForSuspension(region, cfg.vps, expected, { timeoutMs: 10000, calledOff: () => false });
-        vps = await getStates();
-      }
+      // The VPs' states as soon as the suspension is taken, while the partition process parks its
+      // kernel (without the region: after its answer).
+      let vps: SavedVpState[] | null = states ? await states : null;
       const q = await quiescing;
       vps ??= await getStates();
-      // The partition process and this process saw every VP page show the suspension; the hypervisor
-      // reads the same pages. Anything else is a guest that wrote its pages, and the save would not hold.
+      // The hypervisor (or, without the region, the partition process) saw every VP page show the
+      // suspension, and saveVp reads the same pages. Anything else is a guest that wrote its pages,
+      // and the save would not hold.
       const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
       if (running >= 0) throw new Error(`VP ${running} is ${vps[running]!.runState}, not suspended, after the partition process said all were`);
       // The VMBus server must be between steps (no offer or open half done) when it is saved.
@@ -597,9 +608,9 @@ export async function runWorker(): Promise<void> {
   let partitionHeld: ((goWord: boolean) => void) | null = null;
   /**
    * A held partition's go word (word 0 of a one-page region of this process's, the partition
-   * process watching it): set, the guest starts. Null when the partition process does not watch it
-   * (no word watch there): then the go is the IPC message, as with post-copy, whose go names its
-   * control region. The message took 1.12 ms p50 from this process to the guest's start in the
+   * process watching it): at GoWord.Start the guest starts, at GoWord.Run its VPs run. Null when
+   * the partition process does not watch it (no word watch there): then the go is the IPC message,
+   * as with post-copy, whose go names its control region. The message took 1.12 ms p50 from this process to the guest's start in the
    * blackout, the word 0.48 ms (guest/src/start.ts, goRegion).
    */
   let goWord: Int32Array | null = null;
@@ -791,34 +802,12 @@ export async function runWorker(): Promise<void> {
     const devs = devices;
     const t0 = performance.now();
     let tUp = 0;
-    let tree: unknown;
-    try {
-      tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
-    } catch {
-      throw new VmwpFailure('InvalidArgument', 'the migrated state is not JSON');
-    }
-    const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
-    if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
-    const restoring = devs.decodeSaved(state.components);
-    incomingStarted = true;
-    // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
-    // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
-    // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
-    // SetVpState then overwrites.
-    const restored = await Promise.allSettled([
-      ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
-      devs.premap(restoring.vmbus),
-    ]);
-    const refused = restored.find((r) => r.status === 'rejected');
-    if (refused) {
-      await devs.server.dropPremapped();
-      throw refused.reason;
-    }
-    const tVps = performance.now();
-    // The endpoint and token are the hub's, bound at the setup (devices.prepare).
+    // The firmware page says "resume"; the endpoint and token are the hub's, bound at the setup
+    // (devices.prepare). Written before any go: the kernel reads it as it starts.
     const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
     new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
     new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+    // Waiting before any go: the partition process's notes of them may come at once.
     const up = new Promise<void>((resolve, reject) => {
       bootWaiters.push({ resolve, reject });
     });
@@ -832,21 +821,76 @@ export async function runWorker(): Promise<void> {
       log.info({ guestMs: ms(tUp, performance.now()) }, 'migrated guest resumed (its VMBus client is back)');
     });
     incomingUp.catch(() => undefined);
-    // The partition process waits, ready, since the setup: let it go, and restore the host's side of
-    // VMBus (rings, the devices' channels: the windows are mapped) while the guest restores its own.
-    // Neither talks to the other to restore, and what crosses meanwhile waits: a guest message for
-    // the VMBus server queues behind the restore (the server serializes both, and attach reaches
-    // the restore through microtasks only, before any message can arrive), a signal for a channel not yet started is covered by the drain its
-    // start makes, and the guest leaves VMBus messages and events in its SynIC pages until its
-    // client is back (kernel.ts: vmbusResuming).
-    // The go first (the guest's start is the longer path), then, in this same synchronous step, the
-    // host's devices: the guest's port I/O reaches them through this event loop, so none can come
-    // before they are restored. A device that refuses its state fails the move below like attach.
-    const going = goWord && !postcopyControl ? goByWord(goWord) : childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
-    const attaching = (async (): Promise<void> => {
-      devs.restoreDevices(restoring.devices);
-      await devs.attach({ restoring: restoring.vmbus });
-    })();
+    // With the go word, the go comes in two steps (GoWord). Start now: every page is written, and
+    // the partition process starts its kernel and VP threads while this process decodes the state
+    // and sets the VPs' (the guest's start was ~2 ms of the blackout after SetVpState). The VPs ask
+    // for no LP and the kernel does not talk to the host before Run, stored below once the VPs and
+    // the devices have their state. Without the word (post-copy, or no word watch there), the go is
+    // one message, sent once the VPs have their state, as before.
+    const staged = goWord !== null && !postcopyControl;
+    let restoring: ReturnType<VmDevices['decodeSaved']>;
+    let savedAt: string;
+    try {
+      if (staged) {
+        incomingStarted = true;
+        goByWord(goWord!, GoWord.Start);
+      }
+      let tree: unknown;
+      try {
+        tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
+      } catch {
+        throw new VmwpFailure('InvalidArgument', 'the migrated state is not JSON');
+      }
+      const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
+      if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
+      restoring = devs.decodeSaved(state.components);
+      savedAt = state.savedAt;
+      incomingStarted = true;
+      // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
+      // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
+      // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
+      // SetVpState then overwrites.
+      const restored = await Promise.allSettled([
+        ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
+        devs.premap(restoring.vmbus),
+      ]);
+      const refused = restored.find((r) => r.status === 'rejected');
+      if (refused) {
+        await devs.server.dropPremapped();
+        throw refused.reason;
+      }
+    } catch (e) {
+      // A guest told to start never runs a VP: it goes with the failure (the root drops this worker).
+      if (staged) child?.kill('SIGKILL');
+      throw e;
+    }
+    const tVps = performance.now();
+    // Restore the host's side of VMBus (rings, the devices' channels: the windows are mapped)
+    // while the guest restores its own. Neither talks to the other to restore, and what crosses
+    // meanwhile waits: a guest message for the VMBus server queues behind the restore (the server
+    // serializes both, and attach reaches the restore through microtasks only, before any message
+    // can arrive: the guest sends none before its go, or before Run), a signal for a channel not yet
+    // started is covered by the drain its start makes, and the guest leaves VMBus messages and
+    // events in its SynIC pages until its client is back (kernel.ts: vmbusResuming).
+    // The host's devices first, in the same synchronous step as the go (or Run): the guest's port
+    // I/O reaches them through this event loop, so none can come before they are restored. A device
+    // that refuses its state fails the move below like attach, and then no VP has run.
+    let going: Promise<unknown>;
+    let attaching: Promise<void>;
+    if (staged) {
+      going = Promise.resolve();
+      attaching = (async (): Promise<void> => {
+        devs.restoreDevices(restoring.devices);
+        goByWord(goWord!, GoWord.Run);
+        await devs.attach({ restoring: restoring.vmbus });
+      })();
+    } else {
+      going = childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
+      attaching = (async (): Promise<void> => {
+        devs.restoreDevices(restoring.devices);
+        await devs.attach({ restoring: restoring.vmbus });
+      })();
+    }
     const [went, attached] = await Promise.allSettled([going, attaching]);
     // A failure here fails the migration; the root then drops this worker and its guest with it.
     // A guest that was let go must stop before the source hears of the failure and runs its copy
@@ -875,7 +919,7 @@ export async function runWorker(): Promise<void> {
       void inflatePool?.close().catch(() => undefined);
       inflatePool = null;
     }
-    log.info({ savedAt: state.savedAt, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
+    log.info({ savedAt, staged, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
     return { running: true };
   }
 
@@ -1035,11 +1079,12 @@ export async function runWorker(): Promise<void> {
   }
 
   /**
-   * The go through the word: stored, then woken. Nothing answers it; the guest's VPs say they run
-   * (`online`), and a partition process that died fails that wait.
+   * A step of the go through the word (GoWord: Start, then Run): stored, then woken (the
+   * partition process's watch of it and, for Run, its VP threads). Nothing answers it; the guest's
+   * VPs say they are online, and a partition process that died fails that wait.
    */
-  async function goByWord(words: Int32Array): Promise<void> {
-    Atomics.store(words, 0, 1);
+  function goByWord(words: Int32Array, step: (typeof GoWord)[keyof typeof GoWord]): void {
+    Atomics.store(words, 0, step);
     futexWake(words.buffer as SharedArrayBuffer, 0);
   }
 
