@@ -27,7 +27,7 @@ import { initRing, RING_CONTROL_BYTES, type RingRegion } from './ring.js';
 import { ShmTransport, VmbusChannel, type DirtyLog, type PacketTransport } from './transport.js';
 import type { RemoteLink } from './remote.js';
 import {
-  decodeVmbusClientState, loadPacket, savePacket, VmbusStateError, MAX_SAVED_CHANNELS,
+  decodeVmbusClientState, checkedClientState, loadPacket, savePacket, VmbusStateError, MAX_SAVED_CHANNELS,
   type SavedClientChannel, type VmbusClientState,
 } from './state.js';
 
@@ -376,7 +376,7 @@ export class VmbusClient {
   }
 
   private async restoreNow(saved: VmbusClientState): Promise<void> {
-    const s = decodeVmbusClientState(saved);
+    const s = checkedClientState(saved);
     if (typeof s === 'string') throw new VmbusStateError(`the VMBus client cannot restore: ${s}`);
     if (this.version !== null || this.offers.size > 0 || this.attached.size > 0 || this.waiters.length > 0) {
       throw new VmbusStateError('the VMBus client cannot restore: it is not fresh (connected, or it has offers or channels)');

@@ -29,7 +29,7 @@ import { ShmTransport, VmbusChannel, type PacketTransport } from './transport.js
 import type { RemoteHub } from './remote.js';
 import type { VmbusFaultInjector } from './faults.js';
 import {
-  decodeVmbusServerState, loadPacket, savePacket, saveFault, VmbusStateError, MAX_SAVED_CHANNELS,
+  decodeVmbusServerState, checkedServerState, loadPacket, savePacket, saveFault, VmbusStateError, MAX_SAVED_CHANNELS,
   type SavedServerChannel, type VmbusServerState,
 } from './state.js';
 
@@ -597,7 +597,7 @@ export class VmbusServer {
 
   private async premapNow(saved: VmbusServerState): Promise<void> {
     const who = `the VMBus server of partition ${this.env.partitionId}`;
-    const s = decodeVmbusServerState(saved);
+    const s = checkedServerState(saved);
     if (typeof s === 'string') throw new VmbusStateError(`${who} cannot restore: ${s}`);
     if (this.closed || this.version !== null || this.channels.size > 0 || this.gpadls.size > 0) {
       throw new VmbusStateError(`${who} cannot map ahead of a restore: it is not fresh`);
@@ -640,7 +640,7 @@ export class VmbusServer {
 
   private async restoreChecked(saved: VmbusServerState): Promise<void> {
     const who = `the VMBus server of partition ${this.env.partitionId}`;
-    const s = decodeVmbusServerState(saved);
+    const s = checkedServerState(saved);
     if (typeof s === 'string') throw new VmbusStateError(`${who} cannot restore: ${s}`);
     if (this.closed || this.version !== null || this.channels.size > 0 || this.gpadls.size > 0 || this.pendingGpadls.size > 0) {
       throw new VmbusStateError(`${who} cannot restore: it is not fresh (connected, or it has channels or GPADLs)`);

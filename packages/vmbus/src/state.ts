@@ -279,9 +279,33 @@ const SERVER_CHANNEL_KEYS = [
   'openId', 'remoteWindow', 'opens', 'faults', 'lastFault', 'packetsIn', 'packetsOut', 'queued',
 ] as const;
 
+/**
+ * The states the two decoders below returned: fresh copies that only their callers hold, checked
+ * already. `checkedServerState` and `checkedClientState` take such a one as it is instead of
+ * decoding it a second time (a migration's destination decodes the state it received, then maps
+ * its GPADLs and restores from it: three decodes of one state in the blackout, each the first run
+ * of cold code in a new process). Anything else is decoded as before. Holders do not change them.
+ */
+const decoded = new WeakSet<object>();
+
+function remember<T>(r: T | string): T | string {
+  if (typeof r === 'object' && r !== null) decoded.add(r);
+  return r;
+}
+
+/** `v` as a checked server state: as it is when it came from decodeVmbusServerState, else decoded now. */
+export function checkedServerState(v: unknown): VmbusServerState | string {
+  return typeof v === 'object' && v !== null && decoded.has(v) ? (v as VmbusServerState) : decodeVmbusServerState(v);
+}
+
+/** `v` as a checked client state: as it is when it came from decodeVmbusClientState, else decoded now. */
+export function checkedClientState(v: unknown): VmbusClientState | string {
+  return typeof v === 'object' && v !== null && decoded.has(v) ? (v as VmbusClientState) : decodeVmbusClientState(v);
+}
+
 /** Checks a parsed server state; returns a fresh copy or the field that is wrong as a sentence. Never throws. */
 export function decodeVmbusServerState(v: unknown): VmbusServerState | string {
-  return catching(() => {
+  return remember(catching(() => {
     const top = map(v, 'the server state', ['version', 'negotiatedVersion', 'messageConnectionId', 'offersRequested', 'channels', 'gpadls']);
     const path = 'the server state';
     version1(top, path);
@@ -356,14 +380,14 @@ export function decodeVmbusServerState(v: unknown): VmbusServerState | string {
     }
     if (negotiatedVersion === 0 && (channels.length > 0 || offersRequested)) throw new FieldError('negotiatedVersion is 0 (not connected), but there are channels or offers were requested');
     return { version: 1 as const, negotiatedVersion, messageConnectionId, offersRequested, channels, gpadls };
-  });
+  }));
 }
 
 const CLIENT_CHANNEL_KEYS = ['relid', 'interfaceType', 'transport', 'open', 'gpadl', 'pfn', 'pages', 'openId', 'remoteWindow', 'packetsIn', 'packetsOut', 'queued'] as const;
 
 /** Checks a parsed client state; returns a fresh copy or the field that is wrong as a sentence. Never throws. */
 export function decodeVmbusClientState(v: unknown): VmbusClientState | string {
-  return catching(() => {
+  return remember(catching(() => {
     const path = 'the client state';
     const top = map(v, path, ['version', 'negotiatedVersion', 'messageConnectionId', 'allOffersDelivered', 'nextGpadl', 'nextOpenId', 'offers', 'channels']);
     version1(top, path);
@@ -416,5 +440,5 @@ export function decodeVmbusClientState(v: unknown): VmbusClientState | string {
     }
     if (negotiatedVersion === 0 && (offers.length > 0 || allOffersDelivered)) throw new FieldError('negotiatedVersion is 0 (not connected), but there are offers');
     return { version: 1 as const, negotiatedVersion, messageConnectionId, allOffersDelivered, nextGpadl, nextOpenId, offers, channels };
-  });
+  }));
 }

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import {
-  MemoryFrameNetwork, PacketType, VmbusLoopback, VmbusStateError, decodeVmbusClientState, decodeVmbusServerState,
+  MemoryFrameNetwork, PacketType, VmbusLoopback, VmbusStateError, decodeVmbusClientState, decodeVmbusServerState, checkedClientState, checkedServerState,
   MAX_SAVED_CHANNELS, type VmbusChannel, type VmbusClientState, type VmbusDevice, type VmbusDriver, type VmbusServerState,
 } from '../src/index.js';
 
@@ -480,6 +480,23 @@ describe('VMBus saved-state decoders', () => {
     expect(d).to.deep.equal(s);
     expect(d).not.to.equal(s);
     expect(decodeVmbusClientState(client())).to.deep.equal(client());
+  });
+
+  it('a state the decoder returned is taken as it is (checked once); anything else is decoded, and refused when it is wrong', () => {
+    const d = decodeVmbusServerState(server());
+    expect(checkedServerState(d), 'the decoder\'s own copy').to.equal(d);
+    const raw = server();
+    const again = checkedServerState(raw);
+    expect(again, 'a state from elsewhere: decoded into a fresh copy').to.deep.equal(raw);
+    expect(again).not.to.equal(raw);
+    // An equal-looking object is not the decoder's: it is checked, and a bad one is refused.
+    const bad = { ...(d as VmbusServerState), negotiatedVersion: 7 };
+    expect(checkedServerState(bad)).to.match(/negotiatedVersion/);
+    const c = decodeVmbusClientState(client());
+    expect(checkedClientState(c)).to.equal(c);
+    expect(checkedClientState({ ...(c as VmbusClientState), nextOpenId: -1 })).to.match(/nextOpenId/);
+    // A refusal is a sentence, never remembered as a state.
+    expect(checkedServerState(null)).to.be.a('string');
   });
 
   it('rejects unknown versions, non-finite numbers, unknown and missing fields and huge lists with a sentence naming the field', () => {

@@ -802,11 +802,8 @@ export async function runWorker(): Promise<void> {
     const devs = devices;
     const t0 = performance.now();
     let tUp = 0;
-    // The firmware page says "resume"; the endpoint and token are the hub's, bound at the setup
-    // (devices.prepare). Written before any go: the kernel reads it as it starts.
-    const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
-    new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
-    new Uint8Array(memory.buffer).set(fw, BOOT_INFO_GPA);
+    // The firmware page says "resume" (made at the setup). Written before any go: the kernel reads it as it starts.
+    new Uint8Array(memory.buffer).set(incomingFirmware ?? resumeFirmwarePage(devs), BOOT_INFO_GPA);
     // Waiting before any go: the partition process's notes of them may come at once.
     const up = new Promise<void>((resolve, reject) => {
       bootWaiters.push({ resolve, reject });
@@ -953,6 +950,18 @@ export async function runWorker(): Promise<void> {
     page.set(new TextEncoder().encode(wl.name).subarray(0, WORKLOAD_NAME_BYTES - 1), BootInfo.workloadName);
   }
 
+  /**
+   * A migrated VM's firmware page: "resume", with the hub's endpoint and token (bound at the setup,
+   * devices.prepare). Its RTC time is unused: a resumed kernel keeps its clock.
+   */
+  function resumeFirmwarePage(devs: VmDevices): Uint8Array {
+    const fw = firmwarePage({ endpoint: devs.endpoint || paths.vmbusEndpointFor(partitionId), token: devs.token });
+    new DataView(fw.buffer).setUint32(BootInfo.resume, 1, true);
+    return fw;
+  }
+  /** An incoming migration's firmware page, made at the setup so that the blackout only copies it in. */
+  let incomingFirmware: Uint8Array | null = null;
+
   function firmwarePage(vmbus: { endpoint: string; token: string }): Uint8Array {
     const page = new Uint8Array(PAGE);
     const dv = new DataView(page.buffer);
@@ -1022,6 +1031,7 @@ export async function runWorker(): Promise<void> {
       // VP threads) and waits for `go`; the setup answers once both are, so the blackout pays neither.
       await devices.prepare();
       await devices.prepareChannels();
+      incomingFirmware = resumeFirmwarePage(devices);
       const held = new Promise<boolean>((resolve) => (partitionHeld = resolve));
       // The go word's region: mapped by the partition process before it says it is held, and
       // unlinked here then (both keep their mappings; `down` sweeps it if this process dies first).
