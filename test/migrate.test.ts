@@ -357,7 +357,7 @@ function guestFailsAtDestination(title: string, env: Record<string, string>, it1
 guestFailsAtDestination('live migration whose guest does not resume at the destination', { HVLAB_GUEST_RESUME_STALL_MS: '60000' }, 'the commit is refused',
   /refused the commit: .*the migrated guest is stopped: its kernel did not resume within 8000 ms/);
 
-// The destination's VMWP lets its held guest go and waits for its VPs to run; here every held
-// guest stalls after its go, past the 10 s it waits.
+// The destination's VMWP lets its held guest go and waits for its VP threads to be online; here
+// every held guest stalls after its go, past the 10 s it waits.
 guestFailsAtDestination('live migration whose guest does not start at the destination', { HVLAB_GUEST_GO_STALL_MS: '60000' }, 'the move fails',
-  /did not run within 10 s of its go/);
+  /VP threads were not online within 10 s of its go/);

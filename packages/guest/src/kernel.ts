@@ -135,7 +135,10 @@ export class GuestKernel {
   private shuttingDown = false;
   /** Called once the guest has shut down (VPs stopped, VMBus unloaded). */
   onShutdown: (why: string) => void = () => {};
-  /** Called once every VP thread runs (before a resumed kernel restores its VMBus client). */
+  /**
+   * Called once every VP thread is online (before a resumed kernel restores its VMBus client). With
+   * a run gate they then wait for Run, so this comes before they run.
+   */
   onVpsOnline: () => void = () => {};
   /** A fault for tests: a resumed kernel waits this long before it restores its VMBus client. */
   resumeStallMs = 0;
@@ -210,6 +213,8 @@ export class GuestKernel {
   }
 
   async start(): Promise<void> {
+    // Local mode reads reference time before its VPs start; a migrated guest's is set by SetVpState, before Run.
+    if (this.runGate && this.local) throw new Error('a migrated guest needs scheduled VPs (a VP region and the host\'s scheduler)');
     kernelsWithVps.add(this);
     await this.loadDrivers();
     if (this.local) await this.syncLocalReferenceTime();
@@ -220,6 +225,9 @@ export class GuestKernel {
     const s = STATUS_PAGE_GPA;
     const k = KERNEL_PAGE_GPA;
     const resume = this.boot.resume && this.mem.u32(k + KernelPage.magic) === KERNEL_MAGIC;
+    // A migrated guest (released by its go word) resumes: a fresh boot would set its VPs' registers
+    // before Run, beside the VMWP's SetVpState. One whose kernel page says otherwise fails here.
+    if (this.runGate && !resume) throw new Error('a migrated guest must resume, but its memory holds no saved kernel');
     this.vmbusResuming = resume;
     if (!resume) {
       this.mem.setU32(s + StatusPage.magic, STATUS_MAGIC);

@@ -127,8 +127,9 @@ export async function runPartition(): Promise<void> {
     }
   }
   /**
-   * A held partition's other way to be let go: word 0 of the VMWP's go region becomes 1 (a go with
-   * no post-copy control region). True when the word is watched; the VMWP then uses it instead of
+   * A held partition's other way to be let go: word 0 of the VMWP's go region becomes GoWord.Start
+   * (a go with no post-copy control region: the kernel and its VP threads start), then GoWord.Run
+   * (the VPs run, and the kernel may talk to the host). True when the word is watched; the VMWP then uses it instead of
    * the IPC message, and unlinks the region once this process has said it is held.
    */
   function watchGoWord(name: string | undefined): boolean {
@@ -255,7 +256,8 @@ export async function runPartition(): Promise<void> {
     const regions = session.vpRegion && session.schedRegion ? { vp: openRegion(session.vpRegion), sched: openRegion(session.schedRegion) } : { vp: null, sched: null };
     kernel = new GuestKernel(mem, hv, log, session.memoryMode !== 'shared', vm, regions);
     kernel.onShutdown = (why) => void exit(why, 0);
-    // A migration's destination: its VMWP answers the source once the VPs run (QEMU's end of the
+    // A migration's destination: its VMWP answers the source once the VP threads are online and
+    // (with the go word) Run is stored, the host's devices restored (QEMU's end of the
     // downtime), and waits for 'booted' (the guest's VMBus client back) only before the commit.
     if (go) kernel.onVpsOnline = () => rpc.note({ t: 'online' });
     if (runGate) {

@@ -112,9 +112,10 @@ export interface HypercallOutcome {
   reps: number;
   output: unknown;
   /**
-   * GetVpState with `afterSuspension`, before the scheduler has taken that suspension: not
-   * answered yet. The server waits for it (at most SUSPENSION_WAIT_MS) and makes the call again
-   * with `noWait`, which answers.
+   * GetVpState with `afterSuspension` made with `mayWait`, before the scheduler has taken that
+   * suspension: not answered yet (status and output mean nothing). The server waits for it (at
+   * most SUSPENSION_WAIT_MS) and makes the call again without `mayWait`, which answers: refused
+   * when it is still not taken. A caller that does not pass `mayWait` never gets this.
    */
   wait?: { vpRegion: SharedArrayBuffer; vpCount: number; seq: number };
 }
@@ -539,7 +540,7 @@ export class Hypervisor {
   // ---- hypercalls -------------------------------------------------------------------------
 
   /** Runs one hypercall of a session. Never throws: every outcome is a status. */
-  hypercall(sessionId: string, code: number, input: Input, control: { repCount?: number; repStart?: number; noWait?: boolean } = {}): HypercallOutcome {
+  hypercall(sessionId: string, code: number, input: Input, control: { repCount?: number; repStart?: number; mayWait?: boolean; waited?: boolean } = {}): HypercallOutcome {
     this.stats.hypercalls++;
     const s = this.sessions.get(sessionId);
     const caller = s ? this.partitions.get(s.partitionId) : undefined;
@@ -708,7 +709,7 @@ export class Hypervisor {
   }
 
   /** The call itself; `gate` has checked the privilege. Each case reads shape, target, state, values in that order. */
-  private dispatch(caller: Partition, s: Session, code: number, input: Input, control: { repCount?: number; noWait?: boolean }): HypercallOutcome {
+  private dispatch(caller: Partition, s: Session, code: number, input: Input, control: { repCount?: number; mayWait?: boolean; waited?: boolean }): HypercallOutcome {
     const ok = (output: unknown = null, reps = 0): HypercallOutcome => ({ status: HvStatus.SUCCESS, reps, output });
     switch (code) {
       case HvCall.CreatePartition: {
@@ -818,6 +819,7 @@ export class Hypervisor {
                 seq = (Atomics.load(p.vpI32, VpRegionHeader.suspendAsked >> 2) + 1) | 0 || 1;
                 Atomics.store(p.vpI32, VpRegionHeader.suspendAsked >> 2, seq);
               }
+              p.suspendSeq = seq;
               this.toScheduler(p, { t: 'suspend', id: p.id, on: p.suspended, seq });
               // The suspension's number goes back to the caller, which waits for it to be taken.
               if (seq !== 0) return ok({ seq });
@@ -928,11 +930,11 @@ export class Hypervisor {
         if (after !== undefined) {
           if ((after | 0) !== after || after === 0) throw new Fail(HvStatus.INVALID_PARAMETER, `field afterSuspension=${after} is not a non-zero 32-bit integer`);
           if (!p.vpI32 || !p.vpRegion) throw new Fail(HvStatus.INVALID_PARTITION_STATE, 'the partition\'s VPs are not scheduled: there is no suspension to wait for');
-          const asked = Atomics.load(p.vpI32, VpRegionHeader.suspendAsked >> 2);
-          if (!p.suspended || asked !== after) throw new Fail(HvStatus.INVALID_PARTITION_STATE, `suspension ${after} is not the partition's current one (${p.suspended ? `that is ${asked}` : 'it is not suspended'})`);
+          // The number as this process gave it (the VP region's copy is guest-writable).
+          if (!p.suspended || p.suspendSeq !== after) throw new Fail(HvStatus.INVALID_PARTITION_STATE, `suspension ${after} is not the partition's current one (${p.suspended ? `that is ${p.suspendSeq}` : 'it is not suspended'})`);
           const vpCount = Math.max(...p.vps.keys()) + 1;
           if (!suspensionTaken(p.vpI32, after, p.vps.keys())) {
-            if (control.noWait) throw new Fail(HvStatus.INVALID_VP_STATE, `the partition's VPs did not stop under suspension ${after} within ${SUSPENSION_WAIT_MS / 1000} s`);
+            if (!control.mayWait) throw new Fail(HvStatus.INVALID_VP_STATE, `the partition's VPs have not stopped under suspension ${after}${control.waited ? ` within ${SUSPENSION_WAIT_MS / 1000} s` : ''}`);
             return { status: HvStatus.SUCCESS, reps: 0, output: null, wait: { vpRegion: p.vpRegion, vpCount, seq: after } };
           }
         }

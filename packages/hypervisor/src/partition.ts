@@ -97,6 +97,8 @@ export class Partition {
   /** Shared by the SynICs of all VPs: the partition's queued-message cap. */
   readonly messageBudget: MessageBudget = { queued: 0, max: MAX_QUEUED_MESSAGES_PER_PARTITION };
   suspended = false;
+  /** The number of the partition's current suspension (VpRegionHeader.suspendAsked as this process wrote it; the guest maps that word too), 0: none. */
+  suspendSeq = 0;
   cpuReserve = 0;
   cpuCap = 100;
   cpuWeight = 100;

@@ -223,7 +223,8 @@ export class HypervisorServer {
 
   /**
    * The one answer to one frame from session `sid` (`parts`: the frame's message parts after the
-   * routing id). Never throws. `after` runs once the answer is on its way (a shutdown request).
+   * routing id), or null when it comes later (a GetVpState that waits for a suspension:
+   * answerOnceSuspended). Never throws. `after` runs once the answer is on its way (a shutdown request).
    */
   answer(sid: string, parts: Buffer[]): { reply: HvServerMsg | null; after?: () => void } {
     if (parts.length !== 1) return this.bad(sid, `a frame must be one message part, not ${parts.length}`);
@@ -242,7 +243,7 @@ export class HypervisorServer {
           return { reply };
         }
         case 'hc': {
-          const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart });
+          const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart, mayWait: true });
           if (r.wait) {
             this.answerOnceSuspended(sid, m, r.wait);
             return { reply: null };
@@ -268,15 +269,17 @@ export class HypervisorServer {
   /**
    * A GetVpState that waits for a suspension (Hypervisor: `afterSuspension`): answered once the
    * scheduler has taken it (its wake of the VP region's count reaches this event loop through a
-   * word watch, one per partition and suspension however many VPs ask), or after
-   * SUSPENSION_WAIT_MS, by the same call made again with `noWait`, which then answers. A session
-   * has at most MAX_WAITING_CALLS calls waiting; one more is made again at once (refused unless the
-   * suspension is taken by then).
+   * word watch, one per partition and suspension however many VPs ask, so one that joins late
+   * waits less), or after SUSPENSION_WAIT_MS, by the same call made again without `mayWait`, which
+   * then answers. A session has at most MAX_WAITING_CALLS calls waiting; one more is made again at
+   * once (refused unless the suspension is taken by then). While these wait, the session's client
+   * holds its hypercall-page calls back (it makes them one at a time): a freezing VM's worker then
+   * signals nothing for the millisecond or two the suspension takes.
    */
   private answerOnceSuspended(sid: string, m: Extract<HvClientMsg, { k: 'hc' }>, wait: NonNullable<HypercallOutcome['wait']>): void {
     const again = (): void => {
       if (this.stopping) return;
-      const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart, noWait: true });
+      const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart, waited: true });
       this.push(sid, { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output });
     };
     const n = this.waitingCalls.get(sid) ?? 0;

@@ -807,8 +807,9 @@ describe('suspensions numbered in the VP region (a save waits for its own)', () 
       startVp(p, 0);
       startVp(p, 1);
       link.passNow();
-      const get = (after: unknown, noWait = false) => lab.hv.hypercall('r1', HvCall.GetVpState, { partitionId: c.id, vpIndex: 1, afterSuspension: after }, noWait ? { noWait: true } : {});
-      const status = (after: unknown, noWait = false): string => hvStatusName(get(after, noWait).status);
+      // As the socket's server makes it (mayWait); without mayWait the call never waits.
+      const get = (after: unknown, mayWait = true) => lab.hv.hypercall('r1', HvCall.GetVpState, { partitionId: c.id, vpIndex: 1, afterSuspension: after }, mayWait ? { mayWait: true } : {});
+      const status = (after: unknown, mayWait = true): string => hvStatusName(get(after, mayWait).status);
       // Running: there is no suspension to wait for.
       expect(status(1)).to.equal('INVALID_PARTITION_STATE');
       setProp(lab, c, PartitionProperty.Suspend, 1);
@@ -819,7 +820,12 @@ describe('suspensions numbered in the VP region (a save waits for its own)', () 
       const w = get(1);
       expect([hvStatusName(w.status), w.output]).to.deep.equal(['SUCCESS', null]);
       expect(w.wait && { seq: w.wait.seq, vpCount: w.wait.vpCount, region: w.wait.vpRegion === p.vpRegion }).to.deep.equal({ seq: 1, vpCount: 2, region: true });
-      expect(status(1, true), 'made again after the wait, still not taken').to.equal('INVALID_VP_STATE');
+      expect(status(1, false), 'made again after the wait (or by a caller that cannot wait), still not taken').to.equal('INVALID_VP_STATE');
+      // The number is the hypervisor's own: a guest that writes the VP region's copy changes nothing.
+      Atomics.store(p.vpI32!, VpRegionHeader.suspendAsked >> 2, 9);
+      expect(status(9), 'the number the guest wrote').to.equal('INVALID_PARTITION_STATE');
+      expect(get(1).wait?.seq, 'the number the hypervisor gave').to.equal(1);
+      Atomics.store(p.vpI32!, VpRegionHeader.suspendAsked >> 2, 1);
       // The pass takes the suspension, but the VPs still hold their LPs until they give them back.
       link.passNow();
       expect(Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2)).to.equal(1);

@@ -42,7 +42,10 @@ import { flipGuestByte, VmFaultTable } from './faults.js';
 import { prestartedPartition, spawnPartition } from './prestart.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
-/** How long a migrated guest's VPs may take to run after its go (migrateInState). */
+/**
+ * How long a migrated guest's VP threads may take to be online after its go (migrateInState): with
+ * the go word, after Start, where they then wait for Run; with the go message, after it.
+ */
 const ONLINE_TIMEOUT_MS = 10000;
 
 /**
@@ -428,10 +431,10 @@ export async function runWorker(): Promise<void> {
    * its VP pages show every VP off its LP at a step boundary under that suspension's number (the
    * scheduler takes a suspension on its next pass and wakes the count it publishes), park the guest
    * kernel's interrupt handling and have it write its own state (VMBus client, drivers, KVP pools)
-   * into guest memory, and, with `harvest`, read its dirty log, all in one request. This process
-   * watches the same count in the VP region and reads every VP's state (the calls share a wake-up of
-   * the hypervisor) as soon as the suspension is taken, while the partition process parks; and the
-   * VMBus server must be between steps. The VM then stands still except for device timers, whose ring
+   * into guest memory, and, with `harvest`, read its dirty log, all in one request. The VPs' states
+   * are asked for right behind the Suspend call, with its number: the hypervisor answers once its
+   * scheduler has taken the suspension, while the partition process parks (without the VP region,
+   * after the partition process's answer); and the VMBus server must be between steps. The VM then stands still except for device timers, whose ring
    * writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one step
    * with whatever memory the caller copies in the same step. Any failure thaws the VM.
    *
@@ -901,14 +904,16 @@ export async function runWorker(): Promise<void> {
     // The VM runs once its VPs do, with the host's devices back: what QEMU calls the end of the
     // downtime. The guest kernel restores its VMBus client on its own after that (and meanwhile
     // leaves VMBus messages and events in its SynIC pages); the commit waits for it (migBooted).
-    // A partition process that took its go and is alive but whose VPs never come online (wedged)
-    // fails the move here, stopped first, as a failed go did; one that died fails the wait at once.
+    // A partition process that took its go and is alive but whose VP threads never come online
+    // (wedged) fails the move here, stopped first, as a failed go did; one that died fails the wait
+    // at once. (With the go word they said so after Start, so by now this has mostly resolved: Run
+    // is stored, and a VP thread asks for its LP as soon as it sees it.)
     let onlineTimer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((r) => (onlineTimer = setTimeout(() => r('late'), ONLINE_TIMEOUT_MS)));
     const came = await Promise.race([online.then(() => 'online' as const), late]).finally(() => clearTimeout(onlineTimer));
     if (came === 'late') {
       child?.kill('SIGKILL');
-      throw new Error(`the migrated guest's VPs did not run within ${ONLINE_TIMEOUT_MS / 1000} s of its go`);
+      throw new Error(`the migrated guest's VP threads were not online within ${ONLINE_TIMEOUT_MS / 1000} s of its go`);
     }
     tUp = performance.now();
     if (!postcopyControl) {
