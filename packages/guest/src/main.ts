@@ -129,8 +129,9 @@ export async function runPartition(): Promise<void> {
   /**
    * A held partition's other way to be let go: word 0 of the VMWP's go region becomes GoWord.Start
    * (a go with no post-copy control region: the kernel and its VP threads start), then GoWord.Run
-   * (the VPs run, and the kernel may talk to the host). True when the word is watched; the VMWP then uses it instead of
-   * the IPC message, and unlinks the region once this process has said it is held.
+   * (the VPs run, and the kernel may talk to the host). True when the word is watched; the VMWP
+   * then uses it instead of the IPC message, and unlinks the region once this process has said it
+   * is held.
    */
   function watchGoWord(name: string | undefined): boolean {
     if (!name || !wordWatchAvailable()) return false;

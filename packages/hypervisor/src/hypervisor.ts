@@ -928,14 +928,14 @@ export class Hypervisor {
         const p = this.child(caller, id);
         const vp = this.vp(p, idx);
         if (after !== undefined) {
-          if ((after | 0) !== after || after === 0) throw new Fail(HvStatus.INVALID_PARAMETER, `field afterSuspension=${after} is not a non-zero 32-bit integer`);
           if (!p.vpI32 || !p.vpRegion) throw new Fail(HvStatus.INVALID_PARTITION_STATE, 'the partition\'s VPs are not scheduled: there is no suspension to wait for');
+          if (!p.suspended) throw new Fail(HvStatus.INVALID_PARTITION_STATE, 'the partition is not suspended');
+          if ((after | 0) !== after || after === 0) throw new Fail(HvStatus.INVALID_PARAMETER, `field afterSuspension=${after} is not a non-zero 32-bit integer`);
           // The number as this process gave it (the VP region's copy is guest-writable).
-          if (!p.suspended || p.suspendSeq !== after) throw new Fail(HvStatus.INVALID_PARTITION_STATE, `suspension ${after} is not the partition's current one (${p.suspended ? `that is ${p.suspendSeq}` : 'it is not suspended'})`);
-          const vpCount = Math.max(...p.vps.keys()) + 1;
+          if (p.suspendSeq !== after) throw new Fail(HvStatus.INVALID_PARTITION_STATE, `suspension ${after} is not the partition's current one (that is ${p.suspendSeq})`);
           if (!suspensionTaken(p.vpI32, after, p.vps.keys())) {
             if (!control.mayWait) throw new Fail(HvStatus.INVALID_VP_STATE, `the partition's VPs have not stopped under suspension ${after}${control.waited ? ` within ${SUSPENSION_WAIT_MS / 1000} s` : ''}`);
-            return { status: HvStatus.SUCCESS, reps: 0, output: null, wait: { vpRegion: p.vpRegion, vpCount, seq: after } };
+            return { status: HvStatus.SUCCESS, reps: 0, output: null, wait: { vpRegion: p.vpRegion, vpCount: Math.max(...p.vps.keys()) + 1, seq: after } };
           }
         }
         return ok(this.saveVp(p, vp));

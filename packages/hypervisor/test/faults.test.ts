@@ -719,12 +719,16 @@ describe('faults the hypervisor enforces', function () {
       for (let vpIndex = 0; vpIndex < 3; vpIndex++) await c.must('CreateVp', { partitionId, vpIndex });
       const p = server.hv.partition(partitionId)!;
       const input = { partitionId, property: PartitionProperty.Suspend, value: 1 };
-      const suspending = c.raw(HvCall.SetPartitionProperty, input, { fast: false });
+      const socket0 = c.counts.socket;
+      const page0 = c.counts.page;
+      // As the VMWP's freeze makes it: the Suspend over the socket (viaSocket), the reads right behind it.
+      const suspending = c.must<{ seq: number }>('SetPartitionProperty', input, { viaSocket: true });
       const states = Promise.all([0, 1, 2].map((vpIndex) => c.must<SavedVpStateV2>('GetVpState', { partitionId, vpIndex, afterSuspension: 1 })));
-      expect(((await suspending).output as { seq: number }).seq).to.equal(1);
+      expect((await suspending).seq).to.equal(1);
       // Answered after the scheduler's pass took the suspension (no VP thread runs here: each VP is absent).
       expect((await states).map((s) => s.runState)).to.deep.equal(['Absent', 'Absent', 'Absent']);
       expect(Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2)).to.equal(1);
+      expect([c.counts.socket - socket0, c.counts.page - page0], 'socket calls, page calls').to.deep.equal([4, 0]);
       // A number that is not the partition's is refused at once, with the reason.
       const wrong = await c.raw(HvCall.GetVpState, { partitionId, vpIndex: 0, afterSuspension: 5 });
       expect([hvStatusName(wrong.status), (wrong.output as { reason: string }).reason]).to.deep.equal(['INVALID_PARTITION_STATE', 'suspension 5 is not the partition\'s current one (that is 1)']);

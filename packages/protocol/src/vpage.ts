@@ -105,6 +105,11 @@ export const Dispatch = {
 /** Scheduler states (REFERENCE "Scheduling"); Absent = created but its thread never started. */
 export const VpRunState = { Absent: 0, Ready: 1, Running: 2, Waiting: 3, Suspended: 4 } as const;
 
+export type VpRunStateName = 'Absent' | 'Ready' | 'Running' | 'Waiting' | 'Suspended';
+export function vpRunStateName(n: number): VpRunStateName {
+  return (['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'] as const)[n] ?? 'Absent';
+}
+
 /**
  * Whether the scheduler has taken suspension number `seq` of a partition (its VP region's
  * suspendTaken has reached it, in int32 arithmetic) and the pages of VPs `vps` all show their VP
@@ -113,16 +118,17 @@ export const VpRunState = { Absent: 0, Ready: 1, Running: 2, Waiting: 3, Suspend
  * save of itself).
  */
 export function suspensionTaken(vpRegion: Int32Array, seq: number, vps: Iterable<number>): boolean {
-  if (((Atomics.load(vpRegion, VpRegionHeader.suspendTaken >> 2) - seq) | 0) < 0) return false;
+  if (!suspensionCounted(vpRegion, seq)) return false;
   for (const vp of vps) {
     const st = Atomics.load(vpRegion, (vpPageOffset(vp) + VpPage.state) >> 2);
     if (st !== VpRunState.Suspended && st !== VpRunState.Absent) return false;
   }
   return true;
 }
-export type VpRunStateName = 'Absent' | 'Ready' | 'Running' | 'Waiting' | 'Suspended';
-export function vpRunStateName(n: number): VpRunStateName {
-  return (['Absent', 'Ready', 'Running', 'Waiting', 'Suspended'] as const)[n] ?? 'Absent';
+
+/** Whether the VP region's suspendTaken has reached suspension number `seq` (int32 arithmetic: the count wraps). */
+export function suspensionCounted(vpRegion: Int32Array, seq: number): boolean {
+  return ((Atomics.load(vpRegion, VpRegionHeader.suspendTaken >> 2) - seq) | 0) >= 0;
 }
 
 /** A guest-writable f64 as a time: finite and >= 0, else 0. */

@@ -758,9 +758,13 @@ export class HvClient {
     return this.raw(HvCall[name], input as unknown as Record<string, unknown>, timeoutMs === undefined ? {} : { timeoutMs });
   }
 
-  /** Issues a hypercall and throws HypercallError unless it succeeds. */
-  async must<T = unknown, N extends keyof HypercallInputs & HvCallName = keyof HypercallInputs & HvCallName>(name: N, input: HypercallInputs[N]): Promise<T> {
-    const r = await this.call(name, input);
+  /**
+   * Issues a hypercall and throws HypercallError unless it succeeds. `viaSocket`: over the socket
+   * even when the call could go through the page, so that a socket call sent right behind it is
+   * served after it (the hypervisor serves the two paths apart).
+   */
+  async must<T = unknown, N extends keyof HypercallInputs & HvCallName = keyof HypercallInputs & HvCallName>(name: N, input: HypercallInputs[N], opts: { viaSocket?: boolean } = {}): Promise<T> {
+    const r = opts.viaSocket ? await this.raw(HvCall[name], input as unknown as Record<string, unknown>, { fast: false }) : await this.call(name, input);
     if (r.status !== HvStatus.SUCCESS) throw new HypercallError(name, r.status);
     return r.output as T;
   }

@@ -2,7 +2,7 @@
  * The wait for a suspension of a partition's VPs (a save's or a live migration's freeze), by the
  * partition process and by the hypervisor (a GetVpState with `afterSuspension`).
  */
-import { VpRegionHeader, suspensionTaken } from '@hvlab/protocol';
+import { VpRegionHeader, suspensionCounted, suspensionTaken } from '@hvlab/protocol';
 import { watchWord, wordWatchAvailable } from '@hvlab/shm';
 
 export interface SuspensionWait {
@@ -26,7 +26,7 @@ export interface SuspensionWait {
  */
 export async function waitForSuspension(vpRegion: SharedArrayBuffer, vpCount: number, seq: number, o: SuspensionWait): Promise<void> {
   const i32 = new Int32Array(vpRegion);
-  const taken = (): boolean => ((Atomics.load(i32, VpRegionHeader.suspendTaken >> 2) - seq) | 0) >= 0;
+  const taken = (): boolean => suspensionCounted(i32, seq);
   const vps = Array.from({ length: vpCount }, (_, i) => i);
   const stopped = (): boolean => suspensionTaken(i32, seq, vps);
   if (stopped()) return;

@@ -24,9 +24,9 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, GoWord, HvCall, HvStatus,
+  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, GoWord,
 } from '@hvlab/protocol';
-import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, HypercallError, type Notification } from '@hvlab/runtime';
+import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
@@ -116,13 +116,7 @@ export async function runWorker(): Promise<void> {
   let suspensionSeq = 0;
   /** `viaSocket`: the call goes over the hypervisor's socket, not the hypercall page, so that a call sent behind it on the socket finds it made (freeze). */
   async function setSuspend(on: boolean, viaSocket = false): Promise<void> {
-    const input = { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 };
-    let r: { seq?: unknown } | null;
-    if (viaSocket) {
-      const res = await hv.raw(HvCall.SetPartitionProperty, input, { fast: false });
-      if (res.status !== HvStatus.SUCCESS) throw new HypercallError('SetPartitionProperty', res.status);
-      r = res.output as { seq?: unknown } | null;
-    } else r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', input);
+    const r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 }, { viaSocket });
     const seq = r !== null && typeof r === 'object' ? r.seq : undefined;
     if (on && typeof seq === 'number' && (seq | 0) === seq && seq !== 0) suspensionSeq = seq;
     partitionSuspended = on;
@@ -434,8 +428,8 @@ export async function runWorker(): Promise<void> {
    * into guest memory, and, with `harvest`, read its dirty log, all in one request. The VPs' states
    * are asked for right behind the Suspend call, with its number: the hypervisor answers once its
    * scheduler has taken the suspension, while the partition process parks (without the VP region,
-   * after the partition process's answer); and the VMBus server must be between steps. The VM then stands still except for device timers, whose ring
-   * writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one step
+   * after the partition process's answer); and the VMBus server must be between steps. The VM then
+   * stands still except for device timers, whose ring writes go to the dirty log. `capture` (synchronous) then takes every VP and device in one step
    * with whatever memory the caller copies in the same step. Any failure thaws the VM.
    *
    * Before, the VMWP asked the hypervisor for the VP states until they showed Suspended (a round
@@ -613,8 +607,8 @@ export async function runWorker(): Promise<void> {
    * A held partition's go word (word 0 of a one-page region of this process's, the partition
    * process watching it): at GoWord.Start the guest starts, at GoWord.Run its VPs run. Null when
    * the partition process does not watch it (no word watch there): then the go is the IPC message,
-   * as with post-copy, whose go names its control region. The message took 1.12 ms p50 from this process to the guest's start in the
-   * blackout, the word 0.48 ms (guest/src/start.ts, goRegion).
+   * as with post-copy, whose go names its control region. The message took 1.12 ms p50 from this
+   * process to the guest's start in the blackout, the word 0.48 ms (guest/src/start.ts, goRegion).
    */
   let goWord: Int32Array | null = null;
   let incomingStarted = false;
@@ -800,13 +794,13 @@ export async function runWorker(): Promise<void> {
   let incomingUp: Promise<void> | null = null;
 
   async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
-    if (!cfg.incoming || !incomingReady || !memory || !devices) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+    if (!cfg.incoming || !incomingReady || !memory || !devices || !incomingFirmware) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
     const devs = devices;
     const t0 = performance.now();
     let tUp = 0;
     // The firmware page says "resume" (made at the setup). Written before any go: the kernel reads it as it starts.
-    new Uint8Array(memory.buffer).set(incomingFirmware ?? resumeFirmwarePage(devs), BOOT_INFO_GPA);
+    new Uint8Array(memory.buffer).set(incomingFirmware, BOOT_INFO_GPA);
     // Waiting before any go: the partition process's notes of them may come at once.
     const up = new Promise<void>((resolve, reject) => {
       bootWaiters.push({ resolve, reject });
@@ -830,11 +824,10 @@ export async function runWorker(): Promise<void> {
     const staged = goWord !== null && !postcopyControl;
     let restoring: ReturnType<VmDevices['decodeSaved']>;
     let savedAt: string;
+    // Started from here on: a second migState is refused, whatever happens to this one.
+    incomingStarted = true;
     try {
-      if (staged) {
-        incomingStarted = true;
-        goByWord(goWord!, GoWord.Start);
-      }
+      if (staged) goByWord(goWord!, GoWord.Start);
       let tree: unknown;
       try {
         tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
@@ -845,7 +838,6 @@ export async function runWorker(): Promise<void> {
       if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
       restoring = devs.decodeSaved(state.components);
       savedAt = state.savedAt;
-      incomingStarted = true;
       // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
       // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
       // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
