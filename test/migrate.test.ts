@@ -361,3 +361,9 @@ guestFailsAtDestination('live migration whose guest does not resume at the desti
 // every held guest stalls after its go, past the 10 s it waits.
 guestFailsAtDestination('live migration whose guest does not start at the destination', { HVLAB_GUEST_GO_STALL_MS: '60000' }, 'the move fails',
   /VP threads were not online within 10 s of its go/);
+
+// The destination sets the VPs' states as soon as they decode, and decodes the devices' states
+// meanwhile; here the source's state names a device the destination does not have, so the
+// destination refuses it with the VPs set and never run, and the source runs its copy on.
+guestFailsAtDestination('live migration whose state names a device the destination lacks', { HVLAB_MIGRATE_STOWAWAY: '1' }, 'the move fails',
+  /did not start the VM: .*component "device\/stowaway" belongs to no device of this VM/);

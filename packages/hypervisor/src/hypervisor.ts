@@ -812,7 +812,10 @@ export class Hypervisor {
             const was = p.suspended;
             p.suspended = v === 1;
             if (was !== p.suspended) {
-              this.notifyPartition(p, { k: 'suspend', suspended: p.suspended });
+              // A partition without a VP region runs its VPs itself and learns of its suspension from
+              // this note. A scheduled one learns it from its VP region (the scheduler takes it, and the
+              // region says so), so the note would only wake its process in a migration's freeze.
+              if (!p.vpRegion) this.notifyPartition(p, { k: 'suspend', suspended: p.suspended });
               // A suspension's number, in the VP region for the partition process to wait on (VpRegionHeader.suspendAsked).
               let seq = 0;
               if (p.suspended && p.vpI32) {

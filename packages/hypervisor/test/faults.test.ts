@@ -803,6 +803,32 @@ describe('suspensions numbered in the VP region (a save waits for its own)', () 
     }
   });
 
+  it('Suspend of a scheduled partition sends its sessions no note (its VP region says it); one without a VP region is told', () => {
+    const { lab } = labWithLoop();
+    try {
+      const c = lab.child({ vps: 1 });
+      expect(lab.hv.partition(c.id)?.vpRegion, 'scheduled').to.not.equal(null);
+      lab.ok('r1', HvCall.SetPartitionProperty, { partitionId: c.id, property: PartitionProperty.Suspend, value: 1 });
+      expect(lab.hv.partition(c.id)?.suspended).to.equal(true);
+      expect(Atomics.load(new Int32Array(lab.hv.partition(c.id)!.vpRegion!), VpRegionHeader.suspendAsked >> 2), 'the number is in the region').to.equal(1);
+      lab.ok('r1', HvCall.SetPartitionProperty, { partitionId: c.id, property: PartitionProperty.Suspend, value: 0 });
+      expect(lab.notes.filter((n) => n.msg.k === 'suspend')).to.deep.equal([]);
+    } finally {
+      lab.close();
+    }
+    // The same calls without a scheduler: the partition has no VP region, and its session hears of each change.
+    const plain = new Lab();
+    try {
+      const c = plain.child({ vps: 1 });
+      expect(plain.hv.partition(c.id)?.vpRegion ?? null, 'not scheduled').to.equal(null);
+      plain.ok('r1', HvCall.SetPartitionProperty, { partitionId: c.id, property: PartitionProperty.Suspend, value: 1 });
+      plain.ok('r1', HvCall.SetPartitionProperty, { partitionId: c.id, property: PartitionProperty.Suspend, value: 0 });
+      expect(plain.notes.filter((n) => n.msg.k === 'suspend').map((n) => n.msg)).to.deep.equal([{ k: 'suspend', suspended: true }, { k: 'suspend', suspended: false }]);
+    } finally {
+      plain.close();
+    }
+  });
+
   it('GetVpState with afterSuspension waits until the scheduler has taken that suspension, and refuses a number that is not the partition\'s', () => {
     const { lab, link } = labWithLoop();
     try {

@@ -836,17 +836,16 @@ export async function runWorker(): Promise<void> {
       }
       const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
       if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
+      // The VPs' states go to the hypervisor as soon as they are decoded, and the devices' states
+      // decode while it sets them; then the VMBus server's GPADL windows (premap; the event
+      // connections were made at the setup) go beside them. The server signals the guest only in
+      // `attach`, after this: a signal must not land in an APIC that SetVpState then overwrites. A
+      // device state refused here fails the move with the VPs set and never run (no Run is stored).
+      const vpsSet = Promise.allSettled(Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })));
       restoring = devs.decodeSaved(state.components);
       savedAt = state.savedAt;
-      // The VPs' states, and the VMBus server's GPADL windows (premap; the event connections were made
-      // at the setup): the calls go together, where they were 5-6 round trips one after the other. The
-      // server signals the guest only in `attach`, after this: a signal must not land in an APIC that
-      // SetVpState then overwrites.
-      const restored = await Promise.allSettled([
-        ...Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })),
-        devs.premap(restoring.vmbus),
-      ]);
-      const refused = restored.find((r) => r.status === 'rejected');
+      const [vpResults, premapped] = await Promise.all([vpsSet, Promise.allSettled([devs.premap(restoring.vmbus)])]);
+      const refused = [...vpResults, ...premapped].find((r) => r.status === 'rejected');
       if (refused) {
         await devs.server.dropPremapped();
         throw refused.reason;

@@ -478,7 +478,10 @@ export class MigrationOut {
       // saves the round trip it would take on its own (the batches before it are all written).
       const tail = lastBatch ? await this.encodeBatch(lastBatch) : null;
       const sentAt = performance.now();
-      const state = Buffer.from(JSON.stringify(this.stateTree));
+      // Tests: a component the destination has no device for, which it refuses once it has set the
+      // VPs' states (their restore goes ahead of the devices' decode there).
+      const tree = process.env.HVLAB_MIGRATE_STOWAWAY === '1' ? { ...this.stateTree, components: { ...(this.stateTree.components as Record<string, unknown>), 'device/stowaway': {} } } : this.stateTree;
+      const state = Buffer.from(JSON.stringify(tree));
       try {
         await this.call({ op: 'migState', state, ...(tail ? { pages: tail.data } : {}) }, STATE_TIMEOUT_MS);
       } catch (e) {
