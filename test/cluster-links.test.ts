@@ -19,7 +19,7 @@ import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode,
 import { hostProcesses } from '@hvlab/host';
 import { zmq } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
-import { TestHost, eventually, shmFiles } from './harness.js';
+import { TestHost, eventually, knock, shmFiles } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
 
@@ -30,24 +30,6 @@ type Status = {
 };
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-/** What a client with `opts` hears from `endpoint`: an answer, an authentication error, or nothing. */
-async function knock(endpoint: string, opts: Record<string, unknown>): Promise<'answered' | 'auth-refused' | 'no-answer'> {
-  const d = new zmq.Dealer({ linger: 0, ...opts } as never);
-  let refused = false;
-  d.events.on('handshake:error:auth', () => (refused = true));
-  d.connect(endpoint);
-  d.receiveTimeout = 1500;
-  try {
-    await d.send(encode({ v: CLUSTER_WIRE_VERSION, id: 1, op: 'status' }));
-    await d.receive();
-    return 'answered';
-  } catch {
-    return refused ? 'auth-refused' : 'no-answer';
-  } finally {
-    d.close();
-  }
-}
 
 describe('cluster links: host-to-host traffic through the link layer', function () {
   this.timeout(240000);

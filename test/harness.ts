@@ -8,7 +8,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hostPaths, type HostPaths } from '@hvlab/runtime';
+import { hostPaths, zmq, type HostPaths } from '@hvlab/runtime';
+import { CLUSTER_WIRE_VERSION, encode } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -197,4 +198,22 @@ export async function killExperimentRun(file: string, out: string, ready: RegExp
     await exited;
   }
   return { home, ids };
+}
+
+/** What a ZeroMQ client with `opts` (CURVE keys, or none) hears from `endpoint`: an answer, an authentication error, or nothing. */
+export async function knock(endpoint: string, opts: Record<string, unknown>): Promise<'answered' | 'auth-refused' | 'no-answer'> {
+  const d = new zmq.Dealer({ linger: 0, ...opts } as never);
+  let refused = false;
+  d.events.on('handshake:error:auth', () => (refused = true));
+  d.connect(endpoint);
+  d.receiveTimeout = 1500;
+  try {
+    await d.send(encode({ v: CLUSTER_WIRE_VERSION, id: 1, op: 'status' }));
+    await d.receive();
+    return 'answered';
+  } catch {
+    return refused ? 'auth-refused' : 'no-answer';
+  } finally {
+    d.close();
+  }
 }

@@ -11,11 +11,12 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { MigrationStats, VmInfo } from '@hvlab/protocol';
+import { CLUSTER_WIRE_VERSION, decode, encode, type MigrationStats, type VmInfo } from '@hvlab/protocol';
+import { zmq } from '@hvlab/runtime';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import { memdirtyCheck as checkMemdirty } from '@hvlab/faults';
-import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+import { TestHost, eventually, knock, shmFiles, sleep } from './harness.js';
 
 type Status = { hosts: Array<{ name: string; hostId: string }> };
 
@@ -91,6 +92,7 @@ describe('live migration between two hosts', function () {
     expect(st.from).to.equal('h1');
     expect(st.to).to.equal('h2');
     expect(st['dirty-tracking']).to.equal('kernel');
+    expect(st.stream, 'the pages and the state went to the destination worker\'s own socket').to.equal('worker');
     expect(st.downtime).to.be.greaterThan(0);
     expect(st.ram.total).to.be.greaterThan(60 * 1024 * 1024);
     // An idle-ish 64 MiB VM: nearly every page is zero and goes as a marker only.
@@ -118,6 +120,55 @@ describe('live migration between two hosts', function () {
     expect(there.downtime).to.equal(st.downtime);
     const here = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'cnt');
     expect(here.status).to.equal('completed');
+  });
+
+  it('the destination\'s worker takes the stream on a socket of its own: a peer without the cluster\'s key is refused, garbage and another migration\'s requests are answered with errors, and the move completes', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'sock', '--memory', '64M', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'sock');
+    // Slow enough (32 KB/s: the ~260 KB of pages that are not zero take ~8 s) that pre-copy is
+    // still going while the socket is knocked on, and fast enough that no batch waits 8 s.
+    const moving = move('sock', '--bandwidth', '32K');
+    const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-sock.log');
+    let at: { address: string; port: number } | null = null;
+    expect(await eventually(() => {
+      try {
+        const line = readFileSync(wlog, 'utf8').split('\n').find((l) => l.includes('the migration stream comes to this worker'));
+        if (line) at = JSON.parse(line) as { address: string; port: number };
+      } catch { /* not yet */ }
+      return at !== null;
+    }, 20000), 'the destination worker opened its stream socket').to.equal(true);
+    const ep = `tcp://${at!.address}:${at!.port}`;
+    const key = JSON.parse(readFileSync(join(h.home, 'cluster', 'cluster.key'), 'utf8')) as { publicKey: string; secretKey: string };
+    // With the key: garbage, a request of another migration and one that is not a stream's are answered, and end nothing.
+    const d = new zmq.Dealer({ linger: 0, curveServerKey: key.publicKey, curvePublicKey: key.publicKey, curveSecretKey: key.secretKey } as never);
+    d.connect(ep);
+    d.receiveTimeout = 5000;
+    try {
+      const ask = async (frame: Uint8Array): Promise<{ ok?: unknown; error?: { code?: unknown; message?: unknown } }> => {
+        await d.send(frame);
+        return decode((await d.receive())[0]!) as { ok?: unknown; error?: { code?: unknown; message?: unknown } };
+      };
+      expect((await ask(Buffer.from([0xc1, 1, 2]))).error?.code).to.equal('BadRequest');
+      const other = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 2, op: 'migPages', from: 'h1', mig: 'not-this-migration', data: Buffer.alloc(0) }));
+      expect(other.error?.code).to.equal('NotFound');
+      const ping = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 3, op: 'ping', from: 'h1', t: 1 }));
+      expect(ping.error?.code).to.equal('InvalidArgument');
+    } finally {
+      d.close();
+    }
+    const stranger = zmq.curveKeyPair();
+    expect(await knock(ep, { curveServerKey: key.publicKey, curvePublicKey: stranger.publicKey, curveSecretKey: stranger.secretKey }), 'another key').to.equal('auth-refused');
+    expect(await knock(ep, {}), 'no CURVE').to.equal('no-answer');
+    const m = await moving;
+    expect(m.code, m.stderr).to.equal(0);
+    expect(m.stats?.status).to.equal('completed');
+    expect(m.stats?.stream).to.equal('worker');
+    const p = await progress('h2', 'sock');
+    expect(await eventually(async () => (await progress('h2', 'sock')) > p + 100, 10000), 'it counts on at h2').to.equal(true);
+    expect(readFileSync(wlog, 'utf8')).to.match(/refused a connection to the migration stream without the cluster's key/);
+    // The socket is closed once the move is committed.
+    expect(await knock(ep, { curveServerKey: key.publicKey, curvePublicKey: key.publicKey, curveSecretKey: key.secretKey }), 'after the commit').to.equal('no-answer');
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'sock');
   });
 
   it('pre-copy that cannot converge stops once passes no longer shrink the dirty set, well before --max-passes', async () => {
@@ -361,6 +412,28 @@ guestFailsAtDestination('live migration whose guest does not resume at the desti
 // every held guest stalls after its go, past the 10 s it waits.
 guestFailsAtDestination('live migration whose guest does not start at the destination', { HVLAB_GUEST_GO_STALL_MS: '60000' }, 'the move fails',
   /VP threads were not online within 10 s of its go/);
+
+// A destination whose worker takes no stream of its own (a root or worker of the build before,
+// or HVLAB_MIGRATE_VIA_ROOT=1 as here): the pages and the state go through its root, as they did.
+describe('live migration through the destination\'s root', function () {
+  this.timeout(180000);
+  const h = new TestHost({ HVLAB_MIGRATE_VIA_ROOT: '1' });
+  twoHosts(h);
+
+  it('a counter VM moves and counts on at the destination, its stream through the root', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'vr', '--memory', '32M', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'vr');
+    expect(await eventually(async () => ((await listedVm(h, 'h1', 'vr'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+    const r = await h.run('--host', 'h1', 'vm', 'move', 'vr', '--to', 'h2', '--json');
+    expect(r.code, r.stderr).to.equal(0);
+    const st = JSON.parse(r.stdout) as MigrationStats;
+    expect(st.status).to.equal('completed');
+    expect(st.stream).to.equal('root');
+    const p = (await listedVm(h, 'h2', 'vr'))!.workload.progress!;
+    expect(await eventually(async () => ((await listedVm(h, 'h2', 'vr'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h2').to.equal(true);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'vr');
+  });
+});
 
 // The destination sets the VPs' states as soon as they decode, and decodes the devices' states
 // meanwhile; here the source's state names a device the destination does not have, so the

@@ -1470,6 +1470,7 @@ export async function run(argv: string[]): Promise<number> {
             ['vm', st.vm], ['from → to', `${st.from} → ${st.to}`], ['method', st.method], ['status', st.status + (st['error-desc'] ? ` (${st['error-desc']})` : '')],
             ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ['downtime', `${st.downtime} ms`], ['expected-downtime', `${st['expected-downtime']} ms`],
             ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
+            ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
             ['ram transferred', formatBytes(st.ram.transferred)], ['ram remaining', formatBytes(st.ram.remaining)], ['ram total', formatBytes(st.ram.total)],
             ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
             ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],

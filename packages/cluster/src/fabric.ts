@@ -10,13 +10,15 @@
  *     that ran `hvlab up --join`), answered with the host's peer book;
  *   - `peers` from each member every heartbeat period: its heartbeat table in, its peer book out
  *     (so a member learns of hosts that joined later);
- *   - `status`, `linkSet`, `linkCut`, `linkHeal`, `linkReset` from the CLI.
+ *   - `status`, `linkSet`, `linkCut`, `linkHeal`, `linkReset` from the CLI;
+ *   - `expose` and `unexpose` from a member: a port of its own, reachable from one peer through
+ *     their link (a live migration's destination worker's stream socket).
  * Links come from the topology file; a host that joins later is linked to every member, unimpaired.
  * Each link's seed is fixed by its two names unless set, so the same file repeats the same draws.
  */
 import { createHash } from 'node:crypto';
 import {
-  decodeFabricRequest, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
+  decodeFabricRequest, FABRIC_MAX_EXPOSED, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
 import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
@@ -56,6 +58,8 @@ export class Fabric {
   private readonly links = new Map<string, Link>();
   /** `from>to` → the proxy `from` connects to to reach `to`. */
   private readonly proxies = new Map<string, LinkProxy>();
+  /** The fabric's port → a port a member opened to one peer (`expose`), oldest first. */
+  private readonly exposed = new Map<number, { owner: string; from: string; proxy: LinkProxy }>();
   private readonly fileHosts: Set<string>;
   private boundPort = 0;
 
@@ -164,8 +168,29 @@ export class Fabric {
           }
         }
         if (!this.fileHosts.has(r.name)) for (const [k, l] of [...this.links]) if (l.a === r.name || l.b === r.name) this.links.delete(k);
+        for (const [port, e] of [...this.exposed]) if (e.owner === r.name || e.from === r.name) await this.closeExposed(port);
         this.opts.log?.('host left', { host: r.name });
         return { left: true };
+      }
+      case 'expose': {
+        const owner = this.members.get(r.name);
+        if (!owner) throw new RpcFailure('NotMember', `${r.name} has not joined cluster ${this.opts.cluster}`);
+        if (!this.members.has(r.from)) throw new RpcFailure('NotFound', `${r.from} is not a member of cluster ${this.opts.cluster}`);
+        const l = this.link(r.from, r.name);
+        const mine = [...this.exposed].filter(([, e]) => e.owner === r.name);
+        if (mine.length >= FABRIC_MAX_EXPOSED) await this.closeExposed(mine[0]![0]);
+        // The same direction of the link as its own port from `from`: the same impairments and counters.
+        const proxy = new LinkProxy(l, { host: owner.address, port: r.port }, r.from === l.a ? 0 : 1);
+        const port = await proxy.listen(this.opts.listen, 0);
+        this.exposed.set(port, { owner: r.name, from: r.from, proxy });
+        this.opts.log?.('port exposed', { host: r.name, to: r.from, port: r.port, via: port });
+        return { port };
+      }
+      case 'unexpose': {
+        const e = this.exposed.get(r.port);
+        if (!e || e.owner !== r.name) return { closed: false };
+        await this.closeExposed(r.port);
+        return { closed: true };
       }
       case 'status':
         return this.status();
@@ -202,9 +227,22 @@ export class Fabric {
     return { cluster: this.opts.cluster, members, links, refused: zapRefused() };
   }
 
+  private async closeExposed(port: number): Promise<void> {
+    const e = this.exposed.get(port);
+    if (!e) return;
+    this.exposed.delete(port);
+    await e.proxy.close();
+  }
+
+  /** Ports members opened with `expose`, with who opened them to whom. */
+  exposedPorts(): Array<{ port: number; owner: string; from: string; target: number }> {
+    return [...this.exposed].map(([port, e]) => ({ port, owner: e.owner, from: e.from, target: e.proxy.target.port }));
+  }
+
   async close(): Promise<void> {
     this.server.close();
     for (const p of this.proxies.values()) await p.close();
     this.proxies.clear();
+    for (const port of [...this.exposed.keys()]) await this.closeExposed(port);
   }
 }

@@ -5,7 +5,8 @@
  * restarted root); links are set, cut and reset by name, and an unknown link is refused by name.
  */
 import { expect } from 'chai';
-import { CLUSTER_WIRE_VERSION, decodeFabricStatus, decodePeerBook } from '@hvlab/protocol';
+import { connect, createServer, type Server } from 'node:net';
+import { CLUSTER_WIRE_VERSION, FABRIC_MAX_EXPOSED, decodeFabricStatus, decodePeerBook } from '@hvlab/protocol';
 import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { Fabric } from '../src/index.js';
 
@@ -58,5 +59,57 @@ describe('the fabric (in-process, loopback)', function () {
     const st = decodeFabricStatus(await call({ op: 'status' }));
     expect(st.ok && st.value.members.map((m) => m.name).sort()).to.deep.equal(['h1', 'h2', 'h3']);
     expect(st.ok && st.value.links.length).to.equal(1);
+  });
+
+  it('opens a member\'s own port to one linked peer through their link (expose), and closes it on unexpose, a ninth, or the member leaving', async () => {
+    // The member's socket: an echo server on h2's address.
+    const echo: Server = createServer((s) => s.pipe(s));
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.12', r));
+    const target = (echo.address() as { port: number }).port;
+    const roundTrip = (port: number): Promise<string> => new Promise((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      let got = '';
+      s.on('data', (d) => {
+        got += d.toString();
+        if (got === 'ping') s.end();
+      });
+      s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      s.on('close', () => resolve(got));
+      s.write('ping');
+    });
+    const linkBytes = async (): Promise<number> => {
+      const st = decodeFabricStatus(await call({ op: 'status' }));
+      const l = st.ok ? st.value.links.find((x) => x.a === 'h1' && x.b === 'h2') : undefined;
+      return (l?.bytes[0] ?? 0) + (l?.bytes[1] ?? 0);
+    };
+    try {
+      const before = await linkBytes();
+      const { port } = await call({ op: 'expose', name: 'h2', from: 'h1', port: target }) as { port: number };
+      expect(port).to.not.equal(target);
+      expect(await roundTrip(port)).to.equal('ping');
+      expect(await linkBytes(), 'the bytes crossed the h1-h2 link').to.be.greaterThan(before);
+      expect(fabric.exposedPorts()).to.deep.equal([{ port, owner: 'h2', from: 'h1', target }]);
+      // Only through a link: h3 has none to h2.
+      const unlinked = await call({ op: 'expose', name: 'h2', from: 'h3', port: target }).catch((e: RpcFailure) => e);
+      expect((unlinked as RpcFailure).message).to.match(/no link between h3 and h2/);
+      const stranger = await call({ op: 'expose', name: 'nobody', from: 'h1', port: target }).catch((e: RpcFailure) => e);
+      expect((stranger as RpcFailure).code).to.equal('NotMember');
+      // Another member cannot close it; its owner can.
+      expect(await call({ op: 'unexpose', name: 'h1', port })).to.deep.equal({ closed: false });
+      expect(await call({ op: 'unexpose', name: 'h2', port })).to.deep.equal({ closed: true });
+      expect(await roundTrip(port)).to.equal('ECONNREFUSED');
+      // At most FABRIC_MAX_EXPOSED a member: the oldest goes for a new one.
+      const ports: number[] = [];
+      for (let i = 0; i <= FABRIC_MAX_EXPOSED; i++) ports.push(((await call({ op: 'expose', name: 'h2', from: 'h1', port: target })) as { port: number }).port);
+      expect(fabric.exposedPorts().map((e) => e.port)).to.deep.equal(ports.slice(1));
+      expect(await roundTrip(ports[0]!)).to.equal('ECONNREFUSED');
+      expect(await roundTrip(ports[FABRIC_MAX_EXPOSED]!)).to.equal('ping');
+      // A member that leaves takes its ports with it.
+      await call({ op: 'leave', name: 'h2' });
+      expect(fabric.exposedPorts()).to.deep.equal([]);
+      expect(await roundTrip(ports[FABRIC_MAX_EXPOSED]!)).to.equal('ECONNREFUSED');
+    } finally {
+      echo.close();
+    }
   });
 });

@@ -116,7 +116,18 @@ export type FabricRequest =
   | { v: number; id: number; op: 'linkSet'; a: string; b: string; change: LinkChange }
   | { v: number; id: number; op: 'linkCut' | 'linkHeal'; a: string; b: string }
   | { v: number; id: number; op: 'linkReset'; a: string | null; b: string | null }
-  | { v: number; id: number; op: 'leave'; name: string };
+  | { v: number; id: number; op: 'leave'; name: string }
+  /**
+   * A member opens a port of its own (`port`, on its address) to one peer (`from`), through their
+   * link: the fabric answers `{ port }`, a port of its own that forwards there with the link's
+   * impairments, as the link's own port forwards to the member's peer service. A live migration's
+   * destination opens its worker's stream socket so (at most FABRIC_MAX_EXPOSED a member).
+   */
+  | { v: number; id: number; op: 'expose'; name: string; from: string; port: number }
+  /** Closes a port `expose` opened for member `name` (the fabric's port); `{ closed }`. */
+  | { v: number; id: number; op: 'unexpose'; name: string; port: number };
+/** Ports a member may have opened with `expose` at once (the oldest goes for a new one). */
+export const FABRIC_MAX_EXPOSED = 8;
 
 export type PeerRequest =
   | { v: number; id: number; op: 'ping'; from: string; t: number }
@@ -280,7 +291,7 @@ function catching<T>(fn: () => T): Decoded<T> {
   }
 }
 
-const FABRIC_OPS = ['join', 'peers', 'status', 'linkSet', 'linkCut', 'linkHeal', 'linkReset', 'leave'] as const;
+const FABRIC_OPS = ['join', 'peers', 'status', 'linkSet', 'linkCut', 'linkHeal', 'linkReset', 'leave', 'expose', 'unexpose'] as const;
 
 /** The fabric's one checking decoder of a request frame. */
 export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
@@ -318,6 +329,12 @@ export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
         case 'leave':
           f.only(['v', 'id', 'op', 'name']);
           return { ...base, op: 'leave', name: hostName(f, 'name') };
+        case 'expose':
+          f.only(['v', 'id', 'op', 'name', 'from', 'port']);
+          return { ...base, op: 'expose', name: hostName(f, 'name'), from: hostName(f, 'from'), port: f.num('port', 1, 65535) };
+        case 'unexpose':
+          f.only(['v', 'id', 'op', 'name', 'port']);
+          return { ...base, op: 'unexpose', name: hostName(f, 'name'), port: f.num('port', 1, 65535) };
       }
     } catch (e) {
       if (e instanceof Bad) (e as { id?: number }).id = id;

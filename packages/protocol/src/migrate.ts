@@ -227,6 +227,12 @@ export interface MigrationStats {
   'compression-ratio': number;
   'throttle-percentage': number;
   'dirty-tracking': 'kernel' | 'bitmap';
+  /**
+   * Where the pages and the state went at the destination: its worker's own stream socket
+   * (`worker`), or its root, which hands them to the worker (`root`: a destination without one).
+   * Set once the destination is set up.
+   */
+  stream?: 'worker' | 'root';
   passes: MigrationPass[];
   /**
    * Why pre-copy ended its passes: the dirty set fit the downtime limit (`converged`), `maxPasses`

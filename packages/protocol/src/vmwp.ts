@@ -91,8 +91,17 @@ export type VmwpNote =
   | { t: 'booted'; partitionId: number; partitionPid: number | null }
   | { t: 'failed'; message: string }
   | { t: 'exiting'; reason: string; guestShutdown: boolean }
-  /** An incoming VMWP has built the partition and devices and takes pages. */
-  | { t: 'incomingReady'; partitionId: number }
+  /**
+   * An incoming VMWP has built the partition and devices and takes pages: from the root, or on
+   * its own stream socket when it has one (`streamPort`, on the host's address).
+   */
+  | { t: 'incomingReady'; partitionId: number; streamPort: number | null }
+  /** The migration's stream reached the worker's socket (at most once a second): the source is alive. */
+  | { t: 'migSeen' }
+  /** The migrated VM runs here (said before the source hears it; `postcopy`: pages still arriving). */
+  | { t: 'migRunning'; postcopy: boolean }
+  /** The migrated VM did not start here; the worker stopped its guest. */
+  | { t: 'migFailed'; message: string }
   /** A migration's statistics (protocol/src/migrate.ts), as they change. */
   | { t: 'migProgress'; stats: Record<string, unknown> }
   /**
@@ -252,7 +261,10 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
     case 'booted': return { t: 'booted', partitionId: int(b, 'partitionId', 2, 0x7fffffff), partitionPid: b.partitionPid === null ? null : int(b, 'partitionPid', 1, 0x7fffffff) };
     case 'failed': return { t: 'failed', message: str(b, 'message', false, MAX_STR)! };
     case 'exiting': return { t: 'exiting', reason: str(b, 'reason', false, MAX_STR)!, guestShutdown: bool(b, 'guestShutdown') };
-    case 'incomingReady': return { t: 'incomingReady', partitionId: int(b, 'partitionId', 2, 0x7fffffff) };
+    case 'incomingReady': return { t: 'incomingReady', partitionId: int(b, 'partitionId', 2, 0x7fffffff), streamPort: b.streamPort === undefined || b.streamPort === null ? null : int(b, 'streamPort', 1, 65535) };
+    case 'migSeen': return { t: 'migSeen' };
+    case 'migRunning': return { t: 'migRunning', postcopy: bool(b, 'postcopy') };
+    case 'migFailed': return { t: 'migFailed', message: str(b, 'message', false, MAX_STR)! };
     case 'migProgress':
       if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
       return { t: 'migProgress', stats: b.stats };

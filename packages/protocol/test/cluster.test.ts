@@ -22,6 +22,8 @@ describe('cluster wire', () => {
     expect(reset.ok && reset.value).to.deep.include({ a: null, b: null });
     const peers = decodeFabricRequest(encode({ ...ok, op: 'peers', name: 'h2', health: [{ name: 'h1', state: 'up', rttMs: 0.4, missed: 0 }] }));
     expect(peers.ok).to.equal(true);
+    expect(decodeFabricRequest(encode({ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 40123 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'expose', name: 'h2', from: 'h1', port: 40123 } });
+    expect(decodeFabricRequest(encode({ ...ok, op: 'unexpose', name: 'h2', port: 40999 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'unexpose', name: 'h2', port: 40999 } });
     const ping = decodePeerRequest(encode({ ...ok, op: 'ping', from: 'h1', t: 12 }));
     expect(ping).to.deep.equal({ ok: true, value: { ...ok, op: 'ping', from: 'h1', t: 12 } });
     const sink = decodePeerRequest(encode({ ...ok, op: 'sink', from: 'h1', data: Buffer.alloc(10) }));
@@ -37,6 +39,10 @@ describe('cluster wire', () => {
       [{ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { delayMs: -1 } }, /"delayMs" must be a number from 0/, 7],
       [{ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { bogus: 1 } }, /unknown field "bogus"/, 7],
       [{ ...ok, op: 'status', extra: 1 }, /unknown field "extra"/, 7],
+      [{ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 0 }, /"port" must be a whole number from 1 to 65535/, 7],
+      [{ ...ok, op: 'expose', name: 'h2', from: 'H1', port: 80 }, /"from" must be a valid name/, 7],
+      [{ ...ok, op: 'expose', name: 'h2', port: 80 }, /"from"/, 7],
+      [{ ...ok, op: 'unexpose', name: 'h2', port: 65536 }, /"port" must be a whole number from 1 to 65535/, 7],
       [{ ...ok, op: 'nope' }, /unknown operation "nope"/, 7],
       [{ v: 1, id: 3, op: 'status' }, /version 1 is not 2/, 3], // a host from before migState carried pages
       [{ v: 3, id: 3, op: 'status' }, /version 3 is not 2/, 3],

@@ -296,7 +296,7 @@ describe('migration VMWP frames', function () {
   };
 
   it('decodes migration requests and notes', () => {
-    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } })]) {
+    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2, streamPort: null }), note({ t: 'incomingReady', partitionId: 2, streamPort: 40123 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } }), note({ t: 'migSeen' }), note({ t: 'migRunning', postcopy: false }), note({ t: 'migFailed', message: 'the state is refused' })]) {
       expect(decodeVmwpFrame(encode(f))).to.deep.equal(f);
     }
     expect(decodeVmwpFrame(encode(req({ ...migOut, key: { ...key, extra: 1 } })))).to.deep.equal(req(migOut)); // the key is rebuilt from its three fields
@@ -311,6 +311,8 @@ describe('migration VMWP frames', function () {
     const both = decodeVmwpFrame(encode(req({ t: 'migState', state: Buffer.from([1]), pages: Buffer.from([4, 5]) })));
     expect(Array.from((both as { body: { pages: Uint8Array } }).body.pages)).to.deep.equal([4, 5]);
     expect(decodeVmwpFrame(encode(note({ t: 'incomingReady', partitionId: 0x7fffffff })))).to.deep.include({ t: 'note' });
+    // A worker of the build before says no stream port: it takes its stream from the root.
+    expect(decodeVmwpFrame(encode(note({ t: 'incomingReady', partitionId: 3 })))).to.deep.equal(note({ t: 'incomingReady', partitionId: 3, streamPort: null }));
   });
 
   it('throws VmwpDecodeError on missing or wrong fields, with the id when one could be read', () => {
@@ -332,6 +334,9 @@ describe('migration VMWP frames', function () {
       [req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field pages/, 5, 'pages over 2 MiB'],
       [note({ t: 'incomingReady', partitionId: 1 }), /field partitionId is not an integer from 2 to 2147483647/, null, 'partition 1'],
       [note({ t: 'incomingReady', partitionId: 2.5 }), /field partitionId/, null, 'partition 2.5'], [note({ t: 'incomingReady' }), /field partitionId/, null, 'no partition'],
+      [note({ t: 'incomingReady', partitionId: 2, streamPort: 0 }), /field streamPort is not an integer from 1 to 65535/, null, 'port 0'],
+      [note({ t: 'incomingReady', partitionId: 2, streamPort: '80' }), /field streamPort/, null, 'port string'],
+      [note({ t: 'migRunning' }), /field postcopy/, null, 'running without postcopy'], [note({ t: 'migFailed', message: 7 }), /field message/, null, 'failed number'],
       [note({ t: 'migProgress', stats: null }), /field stats is not a map/, null, 'stats null'], [note({ t: 'migProgress', stats: [1] }), /field stats is not a map/, null, 'stats list'],
       [note({ t: 'migProgress', stats: Buffer.alloc(2) }), /field stats is not a map/, null, 'stats bytes'],
       [{ t: 'req', body: { t: 'migCancel', reason: 'r' } }, /a request needs an id/, null, 'no id'], [{ t: 'req', id: 3, body: 'migCancel' }, /a request needs a body map/, 3, 'body string'],
@@ -343,7 +348,7 @@ describe('migration VMWP frames', function () {
   it('only ever throws VmwpDecodeError on mutated or random frames (seeded fuzz)', () => {
     const next = seededRandom(0x7f3d);
     const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(24, 2) }), req({ t: 'migPremap', state: Buffer.from('{"gpadls":[]}') }), req({ t: 'migBooted', waitMs: 5 }),
-      note({ t: 'incomingReady', partitionId: 3 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } })].map((f) => encode(f));
+      note({ t: 'incomingReady', partitionId: 3, streamPort: 40000 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } }), note({ t: 'migRunning', postcopy: true }), note({ t: 'migFailed', message: 'x' })].map((f) => encode(f));
     let decoded = 0;
     for (let i = 0; i < 4000; i++) {
       for (const b of [mutate(next, valid[Math.floor(next() * valid.length)]!), rnd(next, Math.floor(next() * 48))]) {

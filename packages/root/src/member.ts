@@ -126,6 +126,28 @@ export class ClusterMember {
     return { endpoint: `tcp://${this.cfg.fabricHost}:${p.entry.port}`, direct: `tcp://${p.entry.address}:${p.entry.peerPort}` };
   }
 
+  /** This host's address (where its own sockets listen). */
+  get address(): string {
+    return this.cfg.address;
+  }
+
+  /**
+   * Opens `port` of this host's address to `peer` through their link (the fabric's `expose`):
+   * resolves with the fabric's port that forwards there, which the peer reaches at the fabric's
+   * address it knows. A live migration's destination opens its worker's stream socket so.
+   */
+  async expose(peer: string, port: number): Promise<number> {
+    const r = await this.fabric.call({ op: 'expose', name: this.cfg.host, from: peer, port }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
+    const p = r !== null && typeof r === 'object' ? (r as { port?: unknown }).port : undefined;
+    if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) throw new Error('the fabric answered expose without a port');
+    return p;
+  }
+
+  /** Closes a port `expose` opened (best effort: the fabric also closes it when this host leaves). */
+  async unexpose(fabricPort: number): Promise<void> {
+    await this.fabric.call({ op: 'unexpose', name: this.cfg.host, port: fabricPort }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION).catch(() => undefined);
+  }
+
   /** One heartbeat period: join or refresh the peer book, then ping every peer. */
   private async tick(): Promise<void> {
     if (this.tickRunning || this.closed) return;

@@ -76,6 +76,9 @@ interface Incoming {
   releaseSpare: (() => void) | null;
   /** The commit under way, which a repeated commit waits for. */
   committing?: Promise<{ committed: true }> | null;
+  /** The worker's own stream socket's port (incomingReady), and the fabric's port that opens it to the source. */
+  streamPort?: number | null;
+  exposed?: number | null;
 }
 
 /** What VMMS needs of the host's cluster membership to move VMs. */
@@ -83,6 +86,11 @@ export interface MigrationCluster {
   readonly name: string;
   readonly key: ClusterKey;
   linkTo(peer: string): Promise<{ endpoint: string }>;
+  /** This host's own address, where a migration's destination worker listens for its stream. */
+  readonly address: string;
+  /** Opens this host's `port` to `peer` through their link; the fabric's port that forwards there. */
+  expose(peer: string, port: number): Promise<number>;
+  unexpose(fabricPort: number): Promise<void>;
 }
 
 /** An incoming migration whose stream is silent this long (before the state came) is dropped (HVLAB_MIGRATION_IDLE_MS for tests). */
@@ -343,8 +351,16 @@ export class Vmms {
       r.guestShutdown = n.guestShutdown;
     } else if (n.t === 'incomingReady') {
       r.partitionId = n.partitionId;
+      if (r.incoming) r.incoming.streamPort = n.streamPort;
       r.incoming?.ready?.resolve();
       if (r.incoming) r.incoming.ready = null;
+    } else if (n.t === 'migSeen') {
+      if (r.incoming) r.incoming.lastSeen = Date.now();
+    } else if (n.t === 'migRunning') {
+      const inc = r.incoming;
+      if (inc && !inc.started) this.incomingRuns(r, inc, n.postcopy);
+    } else if (n.t === 'migFailed') {
+      if (r.incoming && !r.incoming.started) void this.dropIncoming(r, `the migrated VM did not start: ${n.message}`);
     } else if (n.t === 'migProgress') {
       const known = this.moves.get(r.config.name);
       this.moves.set(r.config.name, { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) });
@@ -981,37 +997,18 @@ export class Vmms {
         return await link.request({ t: 'migPremap', state: req.state }, 10000).catch((e) => {
           throw linkFailure(e, `VM "${r.config.name}"`);
         });
-      case 'migState': {
-        inc.started = true;
-        try {
-          await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
-        } catch (e) {
-          void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
-          throw linkFailure(e, `VM "${r.config.name}"`);
-        }
-        this.setState(r, EnabledState.Running, `migrated from ${inc.from}`);
-        // The source lets its copy go only on a commit; without one, this copy goes.
-        if (inc.watchdog) clearInterval(inc.watchdog);
-        const noCommit = (): void => {
-          // A commit under way ends in bounded time (its waits are bounded): look again then.
-          if (inc.committing) inc.watchdog = setTimeout(noCommit, 1000);
-          else void this.dropIncoming(r, `no commit from ${inc.from} within ${INCOMING_COMMIT_MS / 1000} s`);
-        };
-        inc.watchdog = setTimeout(noCommit, INCOMING_COMMIT_MS);
-        return { running: true };
-      }
+      case 'migState':
       case 'migSwitch': {
         inc.started = true;
-        inc.postcopy = true;
         try {
-          await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
+          if (req.op === 'migState') await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
+          else await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
         } catch (e) {
           void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
           throw linkFailure(e, `VM "${r.config.name}"`);
         }
-        this.setState(r, EnabledState.Running, `migrated from ${inc.from} (post-copy: pages still arriving)`);
-        const st = this.moves.get(r.config.name);
-        if (st) this.moves.set(r.config.name, { ...st, status: 'postcopy-active' });
+        // The worker's note said so already (it says it before it answers), unless it is of the build before.
+        if (r.state !== EnabledState.Running) this.incomingRuns(r, inc, req.op === 'migSwitch');
         return { running: true };
       }
       case 'migPull':
@@ -1019,6 +1016,10 @@ export class Vmms {
           throw linkFailure(e, `VM "${r.config.name}"`);
         });
       case 'migCommit': {
+        // With the stream at the worker's own socket, its note that the VM runs may still be on its
+        // way here: the worker's notes come before its answers on the control link, so one
+        // request's answer brings every note it sent before.
+        if (!inc.started && inc.exposed) await link.request({ t: 'status' }, 5000).catch(() => undefined);
         if (!inc.started || r.state !== EnabledState.Running) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" does not run here`);
         // A commit sent again while the first is under way (its answer late or lost) gets the
         // first's outcome; one sent again after a failure tries again.
@@ -1029,6 +1030,38 @@ export class Vmms {
       }
     }
     throw new MgmtFailure('InvalidArgument', 'unknown migration request');
+  }
+
+  /**
+   * The migrated VM runs here (its worker answered the state, on its own stream socket or through
+   * this root): Running, and a watchdog for the commit; post-copy: pages still arriving.
+   */
+  private incomingRuns(r: VmRecord, inc: Incoming, postcopy: boolean): void {
+    inc.started = true;
+    if (postcopy) {
+      // Post-copy: the source's silence is a lost VM now (the setup's watchdog says so), and the commit comes once every page is here.
+      inc.postcopy = true;
+      this.setState(r, EnabledState.Running, `migrated from ${inc.from} (post-copy: pages still arriving)`);
+      const st = this.moves.get(r.config.name);
+      if (st) this.moves.set(r.config.name, { ...st, status: 'postcopy-active' });
+      return;
+    }
+    this.setState(r, EnabledState.Running, `migrated from ${inc.from}`);
+    // The source lets its copy go only on a commit; without one, this copy goes.
+    if (inc.watchdog) clearInterval(inc.watchdog);
+    const noCommit = (): void => {
+      // A commit under way ends in bounded time (its waits are bounded): look again then.
+      if (inc.committing) inc.watchdog = setTimeout(noCommit, 1000);
+      else void this.dropIncoming(r, `no commit from ${inc.from} within ${INCOMING_COMMIT_MS / 1000} s`);
+    };
+    inc.watchdog = setTimeout(noCommit, INCOMING_COMMIT_MS);
+  }
+
+  /** Closes the fabric's port to an incoming worker's stream socket (the migration is over here). */
+  private unexposeIncoming(inc: Incoming): void {
+    const port = inc.exposed;
+    inc.exposed = null;
+    if (port) void this.cluster?.unexpose(port).catch(() => undefined);
   }
 
   private async incomingSetup(req: Extract<MigPeerRequest, { op: 'migSetup' }>): Promise<unknown> {
@@ -1061,6 +1094,7 @@ export class Vmms {
         memoryBytes: c.memoryBytes, vps: c.vps, workload: c.workload, processor: c.processor,
         rtcOffsetS: c.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore: false, incoming: true,
         devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport, ...(c.instanceSeed ? { instanceSeed: c.instanceSeed } : {}),
+        ...(this.cluster ? { incomingStream: { mig: req.mig, from: req.from, address: this.cluster.address, key: this.cluster.key } } : {}),
       };
       await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), () => undefined);
       await Promise.race([ready, new Promise((_, rej) => setTimeout(() => rej(new Error('the worker did not build the VM within 30 s')), 30000))]);
@@ -1076,8 +1110,20 @@ export class Vmms {
           : `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
       }
     }, 1000);
-    this.o.log.info({ vm: c.name, from: req.from, mig: req.mig }, 'incoming migration set up');
-    return { ready: true };
+    // The worker's own stream socket, opened to the source through their link: the source sends
+    // the pages and the state there (the setup, the commit and an abort still come here).
+    let port: number | null = null;
+    if (inc.streamPort && this.cluster) {
+      port = await this.cluster.expose(req.from, inc.streamPort).catch((e: unknown) => {
+        this.o.log.warn({ vm: c.name, err: (e as Error).message }, 'the fabric did not open the worker\'s stream socket: the stream comes through this root');
+        return null;
+      });
+      // Dropped meanwhile: the port goes with it.
+      if (port !== null && r.incoming !== inc) void this.cluster.unexpose(port).catch(() => undefined);
+      else inc.exposed = port;
+    }
+    this.o.log.info({ vm: c.name, from: req.from, mig: req.mig, stream: port !== null ? 'worker' : 'root' }, 'incoming migration set up');
+    return port !== null ? { ready: true, port } : { ready: true };
   }
 
   /** The destination's commit of an incoming migration (see incoming's migCommit). */
@@ -1105,6 +1151,7 @@ export class Vmms {
     if (inc.watchdog) clearTimeout(inc.watchdog);
     r.incoming = null;
     inc.releaseSpare?.();
+    this.unexposeIncoming(inc);
     this.committed.add(req.mig);
     const st = this.moves.get(r.config.name);
     // The source's statistics, as it had them at the commit (checked for shape only: they are shown, never acted on).
@@ -1120,6 +1167,7 @@ export class Vmms {
     if (!inc) return;
     r.incoming = null;
     inc.releaseSpare?.();
+    this.unexposeIncoming(inc);
     if (inc.watchdog) {
       clearInterval(inc.watchdog);
       clearTimeout(inc.watchdog);

@@ -24,15 +24,15 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, GoWord,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, type PeerRequest, GoWord,
 } from '@hvlab/protocol';
-import { eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
+import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
-import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type VmwpConfig } from './shared.js';
+import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type IncomingStream, type VmwpConfig } from './shared.js';
 import type { VmbusServerState } from '@hvlab/vmbus';
 import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
@@ -200,6 +200,7 @@ export async function runWorker(): Promise<void> {
     record.exit = { reason, guestShutdown, at: new Date().toISOString() };
     writeRecord();
     control.note({ t: 'exiting', reason, guestShutdown });
+    closeIncomingStream();
     if (prestarted !== child && prestarted.exitCode === null) prestarted.kill('SIGKILL');
     if (child && child.exitCode === null && child.signalCode === null) {
       // Reap the partition process ourselves rather than leave a zombie.
@@ -351,8 +352,12 @@ export async function runWorker(): Promise<void> {
         // The blackout's last page batch may come with the state: written first.
         if (req.pages) await migrateInPages(req.pages);
         return await migrateInState(req.state);
-      case 'migBooted':
-        return await migrateInBooted(req.waitMs);
+      case 'migBooted': {
+        const booted = await migrateInBooted(req.waitMs);
+        // The source commits through the root now; only post-copy still pulls pages.
+        if (!postcopyIn) closeIncomingStream();
+        return booted;
+      }
       case 'migSwitch':
         return await migrateInSwitch(req.state, req.missing);
       case 'migPull':
@@ -367,6 +372,7 @@ export async function runWorker(): Promise<void> {
         inflatePool = null;
         log.info({ requests: postcopyIn.requests }, 'post-copy done: every page is here');
         postcopyIn = null;
+        closeIncomingStream();
         return true;
       case 'turnOff':
         setTimeout(() => void exit(req.reason), 10);
@@ -749,6 +755,84 @@ export async function runWorker(): Promise<void> {
   }
 
   /** A page batch of an incoming migration, written into guest memory: the number of pages written. */
+  /** The migration stream's own socket (an incoming worker in a cluster), while it is open. */
+  let streamServer: RpcServer<PeerRequest> | null = null;
+  let streamSeenAt = 0;
+
+  /**
+   * A migration's destination in a cluster takes the stream itself, as Hyper-V's worker process
+   * moves the memory over the connection VMMS sets up: a CURVE socket of its own on the host's
+   * address (only holders of the cluster's key get in), which the root opens to the source
+   * through their link (the fabric's `expose`, so the link's impairments apply). The pages and the
+   * state then cross one hop fewer each way than through the root: the state's way in and the
+   * answer's way back were ~0.8 ms of an idle VM's ~10 ms blackout. The setup, the commit and the
+   * abort stay with the root. Returns the socket's port, or null (the stream then comes through the
+   * root, as before): HVLAB_MIGRATE_VIA_ROOT=1, or a socket that could not be made.
+   */
+  async function openIncomingStream(s: IncomingStream): Promise<number | null> {
+    if (process.env.HVLAB_MIGRATE_VIA_ROOT === '1') return null;
+    let server: RpcServer<PeerRequest> | null = null;
+    try {
+      await startZapHandler(s.key, (address, why) => log.warn({ address, why }, 'refused a connection to the migration stream without the cluster\'s key'));
+      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r), curveServerOptions(s.key));
+      await server.bind(`tcp://${s.address}:0`);
+      const port = Number(/:(\d+)$/.exec(server.sock.lastEndpoint ?? '')?.[1]);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`no port in ${server.sock.lastEndpoint ?? 'its endpoint'}`);
+      streamServer = server;
+      void server.serve();
+      log.info({ address: s.address, port }, 'the migration stream comes to this worker\'s own socket');
+      return port;
+    } catch (e) {
+      server?.close();
+      log.warn({ err: (e as Error).message }, 'no stream socket of its own: the migration stream comes through the root');
+      return null;
+    }
+  }
+
+  /** Ends the stream socket: the VM is this host's now, or the migration is over. */
+  function closeIncomingStream(): void {
+    streamServer?.close();
+    streamServer = null;
+  }
+
+  /**
+   * One request on the stream socket, decoded once (decodePeerRequest, as the root's peer service
+   * does): this migration's data only; its setup, commit and abort go to the root. The root hears
+   * that the source is alive (at most once a second), and whether the VM runs here, by notes sent
+   * before the answer, so it knows before the source can commit.
+   */
+  async function serveStream(s: IncomingStream, r: PeerRequest): Promise<unknown> {
+    if (r.op === 'ping' || r.op === 'sink') throw new RpcFailure('InvalidArgument', `${r.op} goes to the host's peer service, not to a migration's worker`);
+    if (r.mig !== s.mig || r.from !== s.from) throw new RpcFailure('NotFound', `no incoming migration ${r.mig} from ${r.from} on this worker`);
+    const now = Date.now();
+    if (now - streamSeenAt >= 1000) {
+      streamSeenAt = now;
+      control.note({ t: 'migSeen' });
+    }
+    switch (r.op) {
+      case 'migPages':
+        return await migrateInPages(r.data);
+      case 'migPremap':
+        return await migrateInPremap(r.state);
+      case 'migState':
+      case 'migSwitch':
+        try {
+          if (r.op === 'migState' && r.pages) await migrateInPages(r.pages);
+          const out = r.op === 'migState' ? await migrateInState(r.state) : await migrateInSwitch(r.state, r.missing);
+          control.note({ t: 'migRunning', postcopy: r.op === 'migSwitch' });
+          return out;
+        } catch (e) {
+          control.note({ t: 'migFailed', message: (e as Error).message });
+          throw e;
+        }
+      case 'migPull':
+        if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
+        return await postcopyIn.pull(r.waitMs);
+      default:
+        throw new RpcFailure('InvalidArgument', `${r.op} goes to the destination's root, not to its worker`);
+    }
+  }
+
   async function migrateInPages(data: Uint8Array): Promise<number> {
     if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
@@ -1049,8 +1133,9 @@ export async function runWorker(): Promise<void> {
         if (goSab) unlinkRegion(goRegion);
       }
       if (goSab && watched) goWord = new Int32Array(goSab);
+      const streamPort = cfg.incomingStream ? await openIncomingStream(cfg.incomingStream) : null;
       incomingReady = true;
-      control.note({ t: 'incomingReady', partitionId });
+      control.note({ t: 'incomingReady', partitionId, streamPort });
       log.info({ partitionId }, 'waiting for the migrated VM');
       return;
     }

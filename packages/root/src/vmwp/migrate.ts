@@ -133,6 +133,12 @@ export class MigrationOut {
   readonly stats: MigrationStats;
   private cancelled: string | null = null;
   private client: RpcClient | null = null;
+  /**
+   * The destination worker's own stream socket, when its root opened one (migSetup's `port`, on the
+   * fabric, through the same link): the pages and the state go there, one hop fewer each way than
+   * through its root; the setup, the commit and an abort go to its root.
+   */
+  private stream: RpcClient | null = null;
   private readonly t0 = performance.now();
   private readonly guestPages: number;
   private readonly zeroMap = new Uint8Array(MIG_BATCH_MAX_PAGES);
@@ -162,6 +168,7 @@ export class MigrationOut {
     this.src.log.warn({ why }, 'migration cancel requested');
     // Whatever waits on the stream stops waiting now.
     this.client?.close();
+    this.stream?.close();
   }
 
   private elapsed(): number {
@@ -194,8 +201,9 @@ export class MigrationOut {
   }
 
   private async call(body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+    const c = this.stream !== null && STREAM_OPS.has(body.op as string) ? this.stream : this.client!;
     try {
-      return await this.client!.call({ from: this.req.from, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
+      return await c.call({ from: this.req.from, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
     } catch (e) {
       this.check();
       throw e;
@@ -388,9 +396,13 @@ export class MigrationOut {
     /** The blackout's last page batch, sent with the state. */
     let lastBatch: PageEntry[] | null = null;
     try {
-      await this.call({ op: 'migSetup', config: this.req.config, options }, SETUP_TIMEOUT_MS).catch((e) => {
+      const setup = await this.call({ op: 'migSetup', config: this.req.config, options }, SETUP_TIMEOUT_MS).catch((e) => {
         throw new Error(`the destination ${this.req.to} did not set up: ${(e as Error).message}`);
       });
+      const port = streamPortOf(setup);
+      if (port !== null) this.stream = new RpcClient(this.req.endpoint.replace(/:\d+$/, `:${port}`), curveClientOptions(this.req.key));
+      this.stats.stream = port !== null ? 'worker' : 'root';
+      log.info({ stream: this.stats.stream }, 'the destination is set up');
       this.stats['setup-time'] = this.elapsed();
       this.stats.status = 'active';
       this.check();
@@ -546,6 +558,8 @@ export class MigrationOut {
       await this.pool?.close().catch(() => undefined);
       this.pool = null;
       this.client.close();
+      this.stream?.close();
+      this.stream = null;
       this.stats['total-time'] = this.elapsed();
     }
   }
@@ -697,6 +711,15 @@ export class MigrationOut {
  * per page of `memoryBytes`. Throws a sentence for anything else (the move then fails and the VM
  * runs on where it is).
  */
+/** What goes to the destination worker's own stream socket when it has one (the rest goes to its root). */
+const STREAM_OPS: ReadonlySet<string> = new Set(['migPages', 'migPremap', 'migState', 'migSwitch', 'migPull']);
+
+/** The port of the destination worker's stream socket in a migSetup answer (an untrusted peer's), or null: the stream then goes to its root. */
+export function streamPortOf(setup: unknown): number | null {
+  const p = setup !== null && typeof setup === 'object' ? (setup as { port?: unknown }).port : undefined;
+  return typeof p === 'number' && Number.isInteger(p) && p >= 1 && p <= 65535 ? p : null;
+}
+
 export function checkDirtyAnswer(v: unknown, memoryBytes: number): Int32Array {
   const words = Math.ceil(memoryBytes / MIG_PAGE / 32);
   const bitmap = v !== null && typeof v === 'object' ? (v as { bitmap?: unknown }).bitmap : undefined;

@@ -1,4 +1,4 @@
-import { decodeDeviceEntries, type DeviceEntry } from '@hvlab/protocol';
+import { CLUSTER_HOST_RE, MIG_ID_RE, decodeClusterKey, decodeDeviceEntries, isIpv4, type ClusterKey, type DeviceEntry } from '@hvlab/protocol';
 /** What VMMS and a VMWP agree on. */
 export interface VmwpConfig {
   home: string;
@@ -19,6 +19,12 @@ export interface VmwpConfig {
   vmbusTransport: 'shm' | 'remote';
   /** A live migration's destination: build the partition and devices, then take pages and state over the control link. */
   incoming?: boolean;
+  /**
+   * A live migration's destination in a cluster: the worker takes the migration's stream itself
+   * (`mig` from host `from`) on a CURVE socket of its own on `address` (the cluster's `key`), which
+   * the root opens to the source through their link. Without it, the stream comes through the root.
+   */
+  incomingStream?: IncomingStream;
   /** What the device instance ids derive from, when not `id` (VmConfig.instanceSeed). */
   instanceSeed?: string;
 }
@@ -31,6 +37,13 @@ export interface VmwpConfig {
 export function sameShape(a: VmwpConfig, b: VmwpConfig): boolean {
   return a.memoryBytes === b.memoryBytes && a.vps === b.vps && a.vmbusTransport === b.vmbusTransport && a.rtcOffsetS === b.rtcOffsetS &&
     !a.restore && !b.restore && !a.incoming && !b.incoming && JSON.stringify(a.devices) === JSON.stringify(b.devices);
+}
+
+export interface IncomingStream {
+  mig: string;
+  from: string;
+  address: string;
+  key: ClusterKey;
 }
 
 /** The one line VMMS writes on a new VMWP's stdin. */
@@ -119,5 +132,19 @@ function decodeConfig(x: unknown): VmwpConfig {
     devices, vmbusTransport: c.vmbusTransport, incoming: c.incoming === true,
   };
   if (c.instanceSeed !== undefined) cfg.instanceSeed = str(c, 'instanceSeed', 64);
+  if (c.incomingStream !== undefined) cfg.incomingStream = decodeIncomingStream(c.incomingStream);
   return cfg;
+}
+
+function decodeIncomingStream(x: unknown): IncomingStream {
+  const o = obj(x, 'field config.incomingStream');
+  const mig = str(o, 'mig', 64);
+  if (!MIG_ID_RE.test(mig)) throw new Error('field incomingStream.mig is not a migration id');
+  const from = str(o, 'from', 64);
+  if (!CLUSTER_HOST_RE.test(from)) throw new Error('field incomingStream.from is not a host name');
+  const address = str(o, 'address', 15);
+  if (!isIpv4(address)) throw new Error('field incomingStream.address is not an IPv4 address');
+  const key = decodeClusterKey(JSON.stringify(obj(o.key, 'field config.incomingStream.key')));
+  if (!key.ok) throw new Error(`field incomingStream.key: ${key.message}`);
+  return { mig, from, address, key: key.value };
 }
