@@ -136,6 +136,8 @@ export class Fabric {
         if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
         this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: m?.health ?? [] });
+        // A member that joins again (its root restarted) opened its ports in its earlier life: they go.
+        for (const [port, e] of [...this.exposed]) if (e.owner === r.name) await this.closeExposed(port);
         if (!this.fileHosts.has(r.name)) {
           // A joined host is linked to every member.
           for (const other of this.members.keys()) {

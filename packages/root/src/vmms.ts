@@ -95,6 +95,8 @@ export interface MigrationCluster {
 
 /** An incoming migration whose stream is silent this long (before the state came) is dropped (HVLAB_MIGRATION_IDLE_MS for tests). */
 const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
+/** How long an incoming worker's answer to the source gets to leave before a failed start drops the worker. */
+const MIG_FAILED_GRACE_MS = 250;
 /** After the destination runs the VM, the source must commit within this, or the copy here goes. */
 const INCOMING_COMMIT_MS = 15000;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
@@ -360,7 +362,14 @@ export class Vmms {
       const inc = r.incoming;
       if (inc && !inc.started) this.incomingRuns(r, inc, n.postcopy);
     } else if (n.t === 'migFailed') {
-      if (r.incoming && !r.incoming.started) void this.dropIncoming(r, `the migrated VM did not start: ${n.message}`);
+      // The worker says so just before it answers the source: the drop (which ends the worker) comes
+      // a moment later, so that its answer leaves first and the source hears why, not a timeout.
+      const inc = r.incoming;
+      if (inc && !inc.started) {
+        setTimeout(() => {
+          if (r.incoming === inc) void this.dropIncoming(r, `the migrated VM did not start: ${n.message}`);
+        }, MIG_FAILED_GRACE_MS).unref();
+      }
     } else if (n.t === 'migProgress') {
       const known = this.moves.get(r.config.name);
       this.moves.set(r.config.name, { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) });
