@@ -73,6 +73,8 @@ describe('cluster wire', () => {
       encode({ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { delayMs: 20 } }),
       encode({ ...ok, op: 'ping', from: 'h1', t: 1 }),
       encode({ ...ok, op: 'sink', from: 'h1', data: Buffer.alloc(8) }),
+      encode({ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 40123 }),
+      encode({ ...ok, op: 'unexpose', name: 'h2', port: 40123 }),
     ];
     const status = { cluster: 'lab', members: [{ name: 'h1', address: '10.0.0.1', peerPort: 1, mgmtPort: 2, lps: 1, local: true, lastSeenMs: 3, peers: [] }], links: [{ a: 'h1', b: 'h2', cut: false, seed: 1, bytes: [1, 2], lost: 0, connections: 1, delayMs: 5 }], refused: 0 };
     expect(decodeFabricStatus(status).ok).to.equal(true);
