@@ -1016,8 +1016,8 @@ export class Vmms {
           void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
           throw linkFailure(e, `VM "${r.config.name}"`);
         }
-        // The worker's note said so already (it says it before it answers), unless it is of the build before.
-        if (r.state !== EnabledState.Running) this.incomingRuns(r, inc, req.op === 'migSwitch');
+        // Through this root, the worker sends no migRunning note (it sends one only for what comes to its own socket).
+        this.incomingRuns(r, inc, req.op === 'migSwitch');
         return { running: true };
       }
       case 'migPull':

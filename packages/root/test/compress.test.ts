@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
 import { PagePool } from '../src/vmwp/compress.js';
-import { applyPageBatch, checkDirtyAnswer, postcopyRequests } from '../src/vmwp/migrate.js';
+import { applyPageBatch, checkDirtyAnswer, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
 
 const page = (seed: number, random = false): Uint8Array => {
   const p = new Uint8Array(4096);
@@ -119,6 +119,16 @@ describe('the partition\'s dirty-harvest answer', () => {
     expect(checkDirtyAnswer({ pages: 0, bitmap: ok }, mem)).to.equal(ok);
     for (const bad of [null, 7, 'x', {}, { bitmap: new Int32Array(3) }, { bitmap: new Uint32Array(2) }, { bitmap: [0, 0] }, { bitmap: new Int32Array(1) }, Object.create(null)]) {
       expect(() => checkDirtyAnswer(bad, mem)).to.throw(/is not a bitmap of 2 words/);
+    }
+  });
+});
+
+describe('the destination\'s setup answer (an untrusted peer\'s)', () => {
+  it('names a stream port only as a whole number from 1 to 65535; anything else means the stream goes to its root', () => {
+    expect(streamPortOf({ ready: true, port: 40123 })).to.equal(40123);
+    expect(streamPortOf({ ready: true, port: 65535 })).to.equal(65535);
+    for (const bad of [null, 7, 'x', {}, { ready: true }, { port: 0 }, { port: 65536 }, { port: 1.5 }, { port: '80' }, { port: Number.NaN }, { port: null }, Object.create(null), [80]]) {
+      expect(streamPortOf(bad), JSON.stringify(bad) ?? String(bad)).to.equal(null);
     }
   });
 });

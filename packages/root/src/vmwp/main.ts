@@ -299,7 +299,10 @@ export async function runWorker(): Promise<void> {
     note: (n) => control.note(n),
   });
 
-  const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, async (req) => {
+  const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, serveRequest, log);
+
+  /** One request of the root's control link (or, for a migration's data, of the stream socket: serveStream). */
+  async function serveRequest(req: VmwpRequest): Promise<unknown> {
     switch (req.t) {
       case 'describe': {
         const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore };
@@ -408,7 +411,7 @@ export async function runWorker(): Promise<void> {
         return true;
       }
     }
-  }, log);
+  }
 
   /**
    * The partition's VP region (the hypervisor's name for it), mapped here to watch a suspension be
@@ -754,7 +757,6 @@ export async function runWorker(): Promise<void> {
     return { running: true, missing: pc.remaining };
   }
 
-  /** A page batch of an incoming migration, written into guest memory: the number of pages written. */
   /** The migration stream's own socket (an incoming worker in a cluster), while it is open. */
   let streamServer: RpcServer<PeerRequest> | null = null;
   let streamSeenAt = 0;
@@ -809,30 +811,30 @@ export async function runWorker(): Promise<void> {
       streamSeenAt = now;
       control.note({ t: 'migSeen' });
     }
+    // The same requests as the root's forwarded ones, served by the same code.
     switch (r.op) {
       case 'migPages':
-        return await migrateInPages(r.data);
+        return await serveRequest({ t: 'migPages', data: r.data });
       case 'migPremap':
-        return await migrateInPremap(r.state);
+        return await serveRequest({ t: 'migPremap', state: r.state });
+      case 'migPull':
+        return await serveRequest({ t: 'migPull', waitMs: r.waitMs });
       case 'migState':
       case 'migSwitch':
         try {
-          if (r.op === 'migState' && r.pages) await migrateInPages(r.pages);
-          const out = r.op === 'migState' ? await migrateInState(r.state) : await migrateInSwitch(r.state, r.missing);
+          const out = await serveRequest(r.op === 'migState' ? { t: 'migState', state: r.state, pages: r.pages } : { t: 'migSwitch', state: r.state, missing: r.missing });
           control.note({ t: 'migRunning', postcopy: r.op === 'migSwitch' });
           return out;
         } catch (e) {
           control.note({ t: 'migFailed', message: (e as Error).message });
           throw e;
         }
-      case 'migPull':
-        if (!postcopyIn) throw new VmwpFailure('InvalidState', 'no post-copy runs here');
-        return await postcopyIn.pull(r.waitMs);
       default:
         throw new RpcFailure('InvalidArgument', `${r.op} goes to the destination's root, not to its worker`);
     }
   }
 
+  /** A page batch of an incoming migration, written into guest memory: the number of pages written. */
   async function migrateInPages(data: Uint8Array): Promise<number> {
     if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     if (incomingStarted && !postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
