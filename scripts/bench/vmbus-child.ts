@@ -38,6 +38,7 @@ import { HvClient, type Notification } from '../../packages/runtime/src/hvclient
 import { GuestMemory } from '../../packages/guest/src/memory.js';
 import { TaskTable } from '../../packages/guest/src/workloads.js';
 import type { VpStart } from '../../packages/guest/src/vp.js';
+import { SintLine } from '../../packages/guest/src/sint-line.js';
 import { PacketType, RingReader, RingWriter, RING_CONTROL_BYTES, type RingRegion } from '../../packages/vmbus/src/ring.js';
 import { RemoteLink, type RemoteTransport } from '../../packages/vmbus/src/remote.js';
 
@@ -298,8 +299,10 @@ async function bootStandInGuest(
   });
   const { stopVpThreads } = await import('../../packages/guest/src/vp.js');
   const control = new SharedArrayBuffer(16);
+  // The line the VP raises SINT 2 on, as the kernel's VPs do (null: a message per SINT, as there).
+  const line = SintLine.open(1, (_vp, sint) => onSint(sint));
   const start: VpStart = {
-    memory: mem.share(), vpRegion, sched, control, vpIndex: 0, vpCount: 1, sintVectors: { [BENCH_SINT_VECTOR]: BENCH_SINT },
+    memory: mem.share(), vpRegion, sched, control, vpIndex: 0, vpCount: 1, sintVectors: { [BENCH_SINT_VECTOR]: BENCH_SINT }, sintLine: line?.handle ?? null,
   };
   const worker = new Worker(new URL('../../packages/guest/src/vp-thread.mjs', import.meta.url), { workerData: start, name: 'vp0' });
   // A VP that crashes is a failed run, as it is a crashed guest (GuestKernel exits too).
@@ -323,6 +326,7 @@ async function bootStandInGuest(
     stopVpThreads(control, wake);
     await Promise.race([stopped, gone, sleep(2000)]);
     await worker.terminate();
+    line?.close();
   };
   return { mem, stop };
 }

@@ -28,6 +28,7 @@ import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
+import { SintLine } from './sint-line.js';
 import { firstVpThreadCodeCache, takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 import { waitForSuspension } from '@hvlab/runtime';
@@ -262,10 +263,15 @@ export class GuestKernel {
       if (this.local) new TaskTable(this.mem).timersLost();
     }
     const online: Promise<void>[] = [];
+    if (!this.sintLine) {
+      this.sintLine = SintLine.open(this.boot.vpCount, (vp, sint) => this.raised(vp, sint));
+      if (!this.sintLine) this.log.info({}, 'no wake descriptor here: the VP threads post each SINT as a message');
+    }
     for (let vp = 0; vp < this.boot.vpCount; vp++) {
       const start: VpStart = {
         memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
-        vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT }, runGate: this.runGate?.word ?? null,
+        vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT }, sintLine: this.sintLine?.handle ?? null,
+        runGate: this.runGate?.word ?? null,
       };
       const w = vpThread(start, vp);
       w.on('error', (e) => {
@@ -273,7 +279,7 @@ export class GuestKernel {
         process.exit(3);
       });
       w.on('message', (m: { t?: string; vp?: number; sint?: number }) => {
-        if (m?.t === 'sint') this.interrupts = this.interrupts.then(() => this.onSint(Number(m.vp), Number(m.sint))).catch((e) => this.log.error({ err: e }, 'interrupt handling failed'));
+        if (m?.t === 'sint') this.raised(Number(m.vp), Number(m.sint));
         else if (m?.t === 'rtc') this.rtcRead?.();
       });
       // Its 'online' (a spare taken before it said it had loaded may say that first).
@@ -350,6 +356,13 @@ export class GuestKernel {
   private assigned = false;
 
   private interrupts: Promise<void> = Promise.resolve();
+  /** Where the VP threads raise SINTs (null: they post a message each). */
+  private sintLine: SintLine | null = null;
+
+  /** A VP raised SINT `sint`: handled after the ones before it. */
+  private raised(vp: number, sint: number): void {
+    this.interrupts = this.interrupts.then(() => this.onSint(vp, sint)).catch((e) => this.log.error({ err: e }, 'interrupt handling failed'));
+  }
   /** Set while start() waits for VP 0's CMOS read. */
   private rtcRead: (() => void) | null = null;
 
@@ -593,6 +606,8 @@ export class GuestKernel {
     // A VP asleep in a futex cannot be terminated: have every one leave its loop first.
     this.stopVps();
     await Promise.all(this.workers.map((w) => w.terminate()));
+    this.sintLine?.close();
+    this.sintLine = null;
   }
 
   /**

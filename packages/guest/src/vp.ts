@@ -28,6 +28,7 @@ import { ReferenceClock } from './clock.js';
 import { GuestMemory, type GuestMemoryHandle } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { VP_THREAD_LOADED } from './spare.js';
+import { raiseSint, type SintLineHandle } from './sint-line.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 export interface VpStart {
@@ -41,6 +42,8 @@ export interface VpStart {
   vpCount: number;
   /** Vectors whose interrupts the kernel's main thread services (SINTs): vector -> SINT. */
   sintVectors: Record<number, number>;
+  /** The line those SINTs are raised on (sint-line.ts); absent or null: a 'sint' message each. */
+  sintLine?: SintLineHandle | null;
   /**
    * A migrated VM's go region (GoWord), when the word released its partition process: the VP says
    * it is online, then waits for Run before it asks for an LP (its state is not set before).
@@ -336,7 +339,8 @@ export class VpThread {
     }
     const sint = this.s.sintVectors[v];
     if (sint !== undefined) {
-      parentPort?.postMessage({ t: 'sint', vp: this.s.vpIndex, sint });
+      if (this.s.sintLine) raiseSint(this.s.sintLine, this.s.vpIndex, sint);
+      else parentPort?.postMessage({ t: 'sint', vp: this.s.vpIndex, sint });
       return;
     }
     const now = this.now();

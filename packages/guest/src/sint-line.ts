@@ -1,0 +1,99 @@
+/**
+ * The line a VP thread raises a SINT on for the kernel's main thread, which services SINTs (the
+ * VMBus driver and the integration services live on its event loop, as a Linux guest's run in its
+ * interrupt handler and the tasklets it schedules).
+ *
+ * A VP thread used to post each SINT as a worker message. A message costs the receiving loop more
+ * than the wake-up itself: the port's queue, the structured clone, the 'message' event. The line
+ * is one Int32 word per VP, a bit per SINT, in a SharedArrayBuffer, and a wake descriptor of this
+ * process that the main thread's loop polls (the same eventfd the hypervisor wakes a session's
+ * loop with). A VP sets its SINT's bit and signals the descriptor only when its word was 0: a
+ * non-zero word means a signal is out that the loop has not served yet, and the loop takes the
+ * whole word when it serves it, so a bit set before that is seen, and one set after it finds the
+ * word 0 and signals again. Two raises of one SINT before the loop looks make one call, as two
+ * edges of one interrupt line before the CPU takes it make one interrupt: the handler drains every
+ * event flag and the message slot of its SINT, whatever raised it.
+ *
+ * Measured on this 2-core machine (a worker waking its process's loop, which answers through a
+ * futex, 18000 samples after warm-up, four runs each way alternated): one CPU (taskset) p50
+ * 13.8-14.1 µs with a message, 10.9-11.5 with the line; two CPUs 49.6-50.1 against 45.4-47.4.
+ *
+ * Without the addon's wake descriptors (`openWakeFd` gives null, or this process may not take its
+ * own descriptor), `SintLine.open` gives null and the VP threads post messages as before.
+ */
+import { closeWakeFd, openWakeFd, signalWakeFd, watchWakeFd } from '@hvlab/shm';
+
+/** What a VP thread needs to raise SINTs on the line (it travels in VpStart: plain data). */
+export interface SintLineHandle {
+  /** The wake descriptor's id in this process (`signalWakeFd`). */
+  id: number;
+  /** One Int32 word per VP: bit s = SINT s raised and not yet served. */
+  pending: SharedArrayBuffer;
+}
+
+/** The number of SINTs of a SynIC (bits 0-15 of a VP's word). */
+const SINTS = 16;
+
+/** A VP thread's side: raises SINT `sint` of VP `vp`. */
+export function raiseSint(line: SintLineHandle, vp: number, sint: number): void {
+  const words = new Int32Array(line.pending);
+  if (vp < 0 || vp >= words.length || sint < 0 || sint >= SINTS) return;
+  if (Atomics.or(words, vp, 1 << sint) === 0) signalWakeFd(line.id);
+}
+
+/** The kernel's side: the line, watched on this thread's event loop. */
+export class SintLine {
+  private readonly words: Int32Array;
+  private closed = false;
+
+  private constructor(
+    readonly handle: SintLineHandle,
+    private readonly unwatch: () => void,
+  ) {
+    this.words = new Int32Array(handle.pending);
+  }
+
+  /**
+   * A line for `vpCount` VPs whose raised SINTs `onSint` gets on this thread's loop, in VP order
+   * and SINT order within a VP; null when this process cannot have one (see the module comment).
+   */
+  static open(vpCount: number, onSint: (vp: number, sint: number) => void): SintLine | null {
+    if (!Number.isInteger(vpCount) || vpCount < 1) return null;
+    const fd = openWakeFd();
+    if (!fd) return null;
+    const pending = new SharedArrayBuffer(4 * vpCount);
+    const words = new Int32Array(pending);
+    let line: SintLine | null = null;
+    const serve = (): void => {
+      if (line?.closed) return;
+      for (let vp = 0; vp < words.length; vp++) {
+        // Load first: most wake-ups concern one VP, and an exchange of a 0 word is a write for nothing.
+        if (Atomics.load(words, vp) === 0) continue;
+        const bits = Atomics.exchange(words, vp, 0);
+        for (let s = 0; s < SINTS; s++) if ((bits & (1 << s)) !== 0) onSint(vp, s);
+      }
+    };
+    let unwatch: () => void;
+    try {
+      unwatch = watchWakeFd(process.pid, fd.fd, serve);
+    } catch {
+      closeWakeFd(fd.id);
+      return null;
+    }
+    line = new SintLine({ id: fd.id, pending }, unwatch);
+    return line;
+  }
+
+  /** Stops watching and closes the descriptor; a VP's raise after this is lost (its signal is ignored). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.unwatch();
+    closeWakeFd(this.handle.id);
+  }
+
+  /** Whether a raised SINT waits for the loop (tests). */
+  pendingFor(vp: number): number {
+    return Atomics.load(this.words, vp);
+  }
+}

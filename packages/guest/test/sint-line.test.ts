@@ -1,0 +1,105 @@
+import { expect } from 'chai';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { Dispatch, GuestVector, VirtualApicView, VpPage, vpPageOffset } from '@hvlab/protocol';
+import { futexWake, wakeFdAvailable } from '@hvlab/shm';
+import { raiseSint, SintLine } from '../src/sint-line.js';
+import { stopVpThreads } from '../src/vp.js';
+import { startLoneVp } from './fixtures/vp-start.js';
+
+/** Resolves once `pred` holds, looking after each turn of the event loop (at most `turns` turns). */
+async function until(pred: () => boolean, turns = 2000): Promise<void> {
+  for (let i = 0; i < turns && !pred(); i++) await new Promise((r) => setTimeout(r, 1));
+  expect(pred(), 'the line did not call back').to.equal(true);
+}
+
+describe('SintLine: VP threads raise SINTs on the kernel thread\'s loop', function () {
+  before(function () {
+    if (!wakeFdAvailable()) this.skip();
+  });
+
+  it('calls back once per raised SINT, in VP and SINT order, for raises from another thread', async () => {
+    const got: Array<[number, number]> = [];
+    const line = SintLine.open(3, (vp, sint) => got.push([vp, sint]));
+    expect(line, 'a line could not be opened here').to.not.equal(null);
+    const w = new Worker(new URL('./sint-raiser.mjs', import.meta.url), { workerData: { line: line!.handle } });
+    try {
+      expect((await once(w, 'message'))[0]).to.equal('online');
+      w.postMessage([[2, 2], [0, 5], [2, 0]]);
+      expect((await once(w, 'message'))[0]).to.equal('raised');
+      await until(() => got.length >= 3);
+      expect(got).to.deep.equal([[0, 5], [2, 0], [2, 2]]);
+      // Served: the words are 0 again, and the next raise signals again.
+      expect([0, 1, 2].map((vp) => line!.pendingFor(vp))).to.deep.equal([0, 0, 0]);
+      got.length = 0;
+      w.postMessage([[1, 2]]);
+      await once(w, 'message');
+      await until(() => got.length >= 1);
+      expect(got).to.deep.equal([[1, 2]]);
+    } finally {
+      await w.terminate();
+      line!.close();
+    }
+  });
+
+  it('makes one call of two raises of one SINT before the loop looks (one interrupt line)', async () => {
+    const got: Array<[number, number]> = [];
+    const line = SintLine.open(1, (vp, sint) => got.push([vp, sint]))!;
+    try {
+      // Raised twice on this thread: the loop cannot look in between.
+      raiseSint(line.handle, 0, 2);
+      raiseSint(line.handle, 0, 2);
+      expect(line.pendingFor(0)).to.equal(1 << 2);
+      await until(() => got.length >= 1);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(got).to.deep.equal([[0, 2]]);
+    } finally {
+      line.close();
+    }
+  });
+
+  it('ignores a VP or SINT out of range and anything raised after close', async () => {
+    const got: Array<[number, number]> = [];
+    const line = SintLine.open(2, (vp, sint) => got.push([vp, sint]))!;
+    raiseSint(line.handle, 2, 1);
+    raiseSint(line.handle, -1, 1);
+    raiseSint(line.handle, 0, 16);
+    raiseSint(line.handle, 0, -1);
+    expect([line.pendingFor(0), line.pendingFor(1)]).to.deep.equal([0, 0]);
+    raiseSint(line.handle, 1, 3);
+    line.close();
+    raiseSint(line.handle, 0, 4);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(got).to.deep.equal([]);
+    line.close(); // twice is fine
+  });
+
+  for (const withLine of [true, false]) {
+    it(`a VP thread that takes a SINT's vector raises it ${withLine ? 'on the line, with no message' : 'as a message without a line'}`, async () => {
+      const got: Array<[number, number]> = [];
+      const line = withLine ? SintLine.open(1, (vp, sint) => got.push([vp, sint])) : null;
+      const vp = await startLoneVp({ sintVectors: { [GuestVector.Vmbus]: 2 }, sintLine: line?.handle ?? null });
+      const messages: Array<[number, number]> = [];
+      vp.worker.on('message', (m: { t?: string; vp?: number; sint?: number }) => m?.t === 'sint' && messages.push([Number(m.vp), Number(m.sint)]));
+      try {
+        // The VP waits for an LP (Dispatch.Start): pend the vector, then grant, as the scheduler does.
+        const i32 = new Int32Array(vp.start.vpRegion);
+        new VirtualApicView(i32, vpPageOffset(0)).assert(GuestVector.Vmbus);
+        Atomics.store(i32, (vpPageOffset(0) + VpPage.dispatch) >> 2, Dispatch.Granted);
+        futexWake(vp.start.vpRegion, (vpPageOffset(0) + VpPage.dispatch) >> 2);
+        await until(() => got.length + messages.length >= 1);
+        await new Promise((r) => setTimeout(r, 20));
+        expect(withLine ? got : messages).to.deep.equal([[0, 2]]);
+        expect(withLine ? messages : got).to.deep.equal([]);
+      } finally {
+        stopVpThreads(vp.start.control, vp.wake);
+        await vp.worker.terminate();
+        line?.close();
+      }
+    });
+  }
+
+  it('gives no line for a VP count that is not a positive whole number', () => {
+    for (const n of [0, -1, 1.5, Number.NaN]) expect(SintLine.open(n, () => undefined)).to.equal(null);
+  });
+});
