@@ -14,9 +14,11 @@
  * edges of one interrupt line before the CPU takes it make one interrupt: the handler drains every
  * event flag and the message slot of its SINT, whatever raised it.
  *
- * Measured on this 2-core machine (a worker waking its process's loop, which answers through a
- * futex, 18000 samples after warm-up, four runs each way alternated): one CPU (taskset) p50
- * 13.8-14.1 µs with a message, 10.9-11.5 with the line; two CPUs 49.6-50.1 against 45.4-47.4.
+ * Measured on this 2-core machine: a worker waking its process's loop, which answers through a
+ * futex (18000 round trips after warm-up per run, runs alternated): on one CPU (taskset, four runs
+ * each way) p50 13.8-14.1 µs with a message, 10.9-11.5 with the wake descriptor; on two (three
+ * runs each) 49.6-50.1 against 45.4-47.4. `bench vmbus`'s signalled ring round trip, seven full
+ * runs each way alternated: p50 median 45.7 µs against 50.3 with messages.
  *
  * Without the addon's wake descriptors (`openWakeFd` gives null, or this process may not take its
  * own descriptor), `SintLine.open` gives null and the VP threads post messages as before.
