@@ -23,7 +23,7 @@
  * Without the addon's wake descriptors (`openWakeFd` gives null, or this process may not take its
  * own descriptor), `SintLine.open` gives null and the VP threads post messages as before.
  */
-import { closeWakeFd, openWakeFd, signalWakeFd, watchWakeFd } from '@hvlab/shm';
+import { closeWakeFd, openWakeFd, signalWakeFd, watchWakeFd, type WakeFd } from '@hvlab/shm';
 
 /** What a VP thread needs to raise SINTs on the line (it travels in VpStart: plain data). */
 export interface SintLineHandle {
@@ -36,23 +36,28 @@ export interface SintLineHandle {
 /** The number of SINTs of a SynIC (bits 0-15 of a VP's word). */
 const SINTS = 16;
 
-/** A VP thread's side: raises SINT `sint` of VP `vp`. */
-export function raiseSint(line: SintLineHandle, vp: number, sint: number): void {
+/**
+ * A VP thread's side: the function that raises SINT `sint` of VP `vp` on `line` (its view of the
+ * words is made once, here, not on each interrupt). A VP or SINT out of range is ignored.
+ */
+export function sintRaiser(line: SintLineHandle): (vp: number, sint: number) => void {
   const words = new Int32Array(line.pending);
-  if (vp < 0 || vp >= words.length || sint < 0 || sint >= SINTS) return;
-  if (Atomics.or(words, vp, 1 << sint) === 0) signalWakeFd(line.id);
+  const id = line.id;
+  return (vp, sint) => {
+    if (vp < 0 || vp >= words.length || sint < 0 || sint >= SINTS) return;
+    if (Atomics.or(words, vp, 1 << sint) === 0) signalWakeFd(id);
+  };
 }
 
 /** The kernel's side: the line, watched on this thread's event loop. */
 export class SintLine {
+  readonly handle: SintLineHandle;
   private readonly words: Int32Array;
-  private closed = false;
+  private unwatch: (() => void) | null = null;
 
-  private constructor(
-    readonly handle: SintLineHandle,
-    private readonly unwatch: () => void,
-  ) {
-    this.words = new Int32Array(handle.pending);
+  private constructor(fd: WakeFd, vpCount: number, private readonly onSint: (vp: number, sint: number) => void) {
+    this.handle = { id: fd.id, pending: new SharedArrayBuffer(4 * vpCount) };
+    this.words = new Int32Array(this.handle.pending);
   }
 
   /**
@@ -63,38 +68,36 @@ export class SintLine {
     if (!Number.isInteger(vpCount) || vpCount < 1) return null;
     const fd = openWakeFd();
     if (!fd) return null;
-    const pending = new SharedArrayBuffer(4 * vpCount);
-    const words = new Int32Array(pending);
-    let line: SintLine | null = null;
-    const serve = (): void => {
-      if (line?.closed) return;
-      for (let vp = 0; vp < words.length; vp++) {
-        // Load first: most wake-ups concern one VP, and an exchange of a 0 word is a write for nothing.
-        if (Atomics.load(words, vp) === 0) continue;
-        const bits = Atomics.exchange(words, vp, 0);
-        for (let s = 0; s < SINTS; s++) if ((bits & (1 << s)) !== 0) onSint(vp, s);
-      }
-    };
-    let unwatch: () => void;
+    const line = new SintLine(fd, vpCount, onSint);
     try {
-      unwatch = watchWakeFd(process.pid, fd.fd, serve);
+      line.unwatch = watchWakeFd(process.pid, fd.fd, () => line.serve());
     } catch {
       closeWakeFd(fd.id);
       return null;
     }
-    line = new SintLine({ id: fd.id, pending }, unwatch);
     return line;
+  }
+
+  /** Takes every raised SINT, a VP's word at a time, and hands each to `onSint`. */
+  private serve(): void {
+    const words = this.words;
+    for (let vp = 0; vp < words.length && this.unwatch; vp++) {
+      // Load first: most wake-ups concern one VP, and an exchange of a 0 word is a write for nothing.
+      if (Atomics.load(words, vp) === 0) continue;
+      const bits = Atomics.exchange(words, vp, 0);
+      for (let s = 0; s < SINTS; s++) if ((bits & (1 << s)) !== 0) this.onSint(vp, s);
+    }
   }
 
   /** Stops watching and closes the descriptor; a VP's raise after this is lost (its signal is ignored). */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
+    if (!this.unwatch) return;
     this.unwatch();
+    this.unwatch = null;
     closeWakeFd(this.handle.id);
   }
 
-  /** Whether a raised SINT waits for the loop (tests). */
+  /** The SINT bits raised on VP `vp` that the loop has not taken yet (tests). */
   pendingFor(vp: number): number {
     return Atomics.load(this.words, vp);
   }

@@ -28,7 +28,7 @@ import { ReferenceClock } from './clock.js';
 import { GuestMemory, type GuestMemoryHandle } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { VP_THREAD_LOADED } from './spare.js';
-import { raiseSint, type SintLineHandle } from './sint-line.js';
+import { sintRaiser, type SintLineHandle } from './sint-line.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 export interface VpStart {
@@ -116,8 +116,11 @@ export class VpThread {
   private sliceDue = false;
   /** A timer MSR was written since the last ring: the next halt rings, so the scheduler picks it up. */
   private timersWritten = false;
+  /** Raises a SINT on the kernel's line (null: the VP posts a 'sint' message instead). */
+  private readonly raiseSint: ((vp: number, sint: number) => void) | null;
 
   constructor(private readonly s: VpStart) {
+    this.raiseSint = s.sintLine ? sintRaiser(s.sintLine) : null;
     this.mem = new GuestMemory(s.memory);
     this.i32 = new Int32Array(s.vpRegion);
     this.f64 = new Float64Array(s.vpRegion);
@@ -339,7 +342,7 @@ export class VpThread {
     }
     const sint = this.s.sintVectors[v];
     if (sint !== undefined) {
-      if (this.s.sintLine) raiseSint(this.s.sintLine, this.s.vpIndex, sint);
+      if (this.raiseSint) this.raiseSint(this.s.vpIndex, sint);
       else parentPort?.postMessage({ t: 'sint', vp: this.s.vpIndex, sint });
       return;
     }

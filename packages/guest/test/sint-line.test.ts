@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { Dispatch, GuestVector, VirtualApicView, VpPage, vpPageOffset } from '@hvlab/protocol';
 import { futexWake, wakeFdAvailable } from '@hvlab/shm';
-import { raiseSint, SintLine } from '../src/sint-line.js';
+import { SintLine, sintRaiser } from '../src/sint-line.js';
 import { stopVpThreads } from '../src/vp.js';
 import { startLoneVp } from './fixtures/vp-start.js';
 
@@ -46,12 +46,13 @@ describe('SintLine: VP threads raise SINTs on the kernel thread\'s loop', functi
   it('makes one call of two raises of one SINT before the loop looks (one interrupt line), in VP and SINT order', async () => {
     const got: Array<[number, number]> = [];
     const line = SintLine.open(2, (vp, sint) => got.push([vp, sint]))!;
+    const raiseSint = sintRaiser(line.handle);
     try {
       // Raised on this thread: the loop cannot look in between.
-      raiseSint(line.handle, 1, 3);
-      raiseSint(line.handle, 0, 2);
-      raiseSint(line.handle, 0, 2);
-      raiseSint(line.handle, 0, 1);
+      raiseSint(1, 3);
+      raiseSint(0, 2);
+      raiseSint(0, 2);
+      raiseSint(0, 1);
       expect(line.pendingFor(0)).to.equal((1 << 2) | (1 << 1));
       await until(() => got.length >= 3);
       await new Promise((r) => setTimeout(r, 20));
@@ -64,14 +65,15 @@ describe('SintLine: VP threads raise SINTs on the kernel thread\'s loop', functi
   it('ignores a VP or SINT out of range and anything raised after close', async () => {
     const got: Array<[number, number]> = [];
     const line = SintLine.open(2, (vp, sint) => got.push([vp, sint]))!;
-    raiseSint(line.handle, 2, 1);
-    raiseSint(line.handle, -1, 1);
-    raiseSint(line.handle, 0, 16);
-    raiseSint(line.handle, 0, -1);
+    const raiseSint = sintRaiser(line.handle);
+    raiseSint(2, 1);
+    raiseSint(-1, 1);
+    raiseSint(0, 16);
+    raiseSint(0, -1);
     expect([line.pendingFor(0), line.pendingFor(1)]).to.deep.equal([0, 0]);
-    raiseSint(line.handle, 1, 3);
+    raiseSint(1, 3);
     line.close();
-    raiseSint(line.handle, 0, 4);
+    raiseSint(0, 4);
     await new Promise((r) => setTimeout(r, 30));
     expect(got).to.deep.equal([]);
     line.close(); // twice is fine

@@ -4,9 +4,10 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { register } from 'tsx/esm/api';
 
 register();
-const { raiseSint } = await import('../src/sint-line.ts');
+const { sintRaiser } = await import('../src/sint-line.ts');
+const raise = sintRaiser(workerData.line);
 parentPort.on('message', (m) => {
-  for (const [vp, sint] of m) raiseSint(workerData.line, vp, sint);
+  for (const [vp, sint] of m) raise(vp, sint);
   parentPort.postMessage('raised');
 });
 parentPort.postMessage('online');
