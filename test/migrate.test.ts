@@ -94,6 +94,14 @@ describe('live migration between two hosts', function () {
     expect(st['dirty-tracking']).to.equal('kernel');
     expect(st.stream, 'the pages and the state went to the destination worker\'s own socket').to.equal('worker');
     expect(st.downtime).to.be.greaterThan(0);
+    // Where the blackout went: the destination's own part of the start, and the way there and back.
+    const b = st.blackout!;
+    expect(b, JSON.stringify(st)).to.be.an('object');
+    expect(b.destination, JSON.stringify(b)).to.be.a('number');
+    expect(b.destination!).to.be.within(0, b.start);
+    expect(b.transit!).to.be.at.least(0);
+    expect(Math.abs(b.destination! + b.transit! - b.start), JSON.stringify(b)).to.be.at.most(1);
+    expect(b.freeze + b.pages + b.start, JSON.stringify(st)).to.be.within(st.downtime - 2, st.downtime + 2);
     expect(st.ram.total).to.be.greaterThan(60 * 1024 * 1024);
     // An idle-ish 64 MiB VM: nearly every page is zero and goes as a marker only.
     expect(st.ram.transferred, 'bytes sent').to.be.below(st.ram.total * 0.05);
@@ -429,6 +437,8 @@ describe('live migration through the destination\'s root', function () {
     const st = JSON.parse(r.stdout) as MigrationStats;
     expect(st.status).to.equal('completed');
     expect(st.stream).to.equal('root');
+    // The worker's own time reaches the source through its root too.
+    expect(st.blackout?.destination, JSON.stringify(st.blackout)).to.be.a('number');
     const p = (await listedVm(h, 'h2', 'vr'))!.workload.progress!;
     expect(await eventually(async () => ((await listedVm(h, 'h2', 'vr'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h2').to.equal(true);
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'vr');

@@ -18,7 +18,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { LinkProbeResult, MigrationStats } from '../../packages/protocol/src/index.js';
+import { describeBlackout, type LinkProbeResult, type MigrationStats } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { clusterHostHome, clusterStatus, clusterUp, parseTopology } from '@hvlab/cluster';
@@ -88,7 +88,7 @@ async function series(home: string, vm: string, memory: string, workload: string
       stats.push(st);
       say(`${vm}: move ${i + 1} ${at} → ${to}: total ${st['total-time']} ms, downtime ${st.downtime} ms, ${st.passes.length} passes, ${st.ram.transferred} bytes`);
       const b = st.blackout;
-      say(`  set-up ${st['setup-time']} ms; passes (pages sent/dirty after, ms): ${st.passes.map((p) => `${p.pages}/${p.dirtyPages}, ${Math.round(p.ms)}`).join('; ')}${st['stop-reason'] ? ` (${st['stop-reason']})` : ''}${b ? `; blackout: freeze ${b.freeze}, last pages ${b.pages}, start ${b.start} ms` : ''}`);
+      say(`  set-up ${st['setup-time']} ms; passes (pages sent/dirty after, ms): ${st.passes.map((p) => `${p.pages}/${p.dirtyPages}, ${Math.round(p.ms)}`).join('; ')}${st['stop-reason'] ? ` (${st['stop-reason']})` : ''}${b ? `; blackout: ${describeBlackout(b)}` : ''}`);
       at = to;
       // Let the guest run a little on its new host before the next move. The next move also waits
       // for each host's spare worker, replaced after this move, to load: both hosts share this

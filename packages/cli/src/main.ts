@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostPaths, pidAlive, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  describeBlackout, formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
@@ -1471,6 +1471,7 @@ export async function run(argv: string[]): Promise<number> {
             ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ['downtime', `${st.downtime} ms`], ['expected-downtime', `${st['expected-downtime']} ms`],
             ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
             ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
+            ...(st.blackout ? [['blackout', describeBlackout(st.blackout)]] : []),
             ['ram transferred', formatBytes(st.ram.transferred)], ['ram remaining', formatBytes(st.ram.remaining)], ['ram total', formatBytes(st.ram.total)],
             ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
             ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],

@@ -241,10 +241,31 @@ export interface MigrationStats {
    */
   'stop-reason'?: 'converged' | 'max-passes' | 'no-progress';
   'error-desc'?: string;
-  /** Where the downtime went (ms): stopping the VM at a step boundary, the last pages, the destination's start of the guest. */
-  blackout?: { freeze: number; pages: number; start: number };
+  /**
+   * Where the downtime went (ms): stopping the VM at a step boundary (`freeze`), the last pages
+   * (`pages`), and from sending the state to the destination's answer that the VM runs (`start`).
+   * `start` splits into `destination`, the destination worker's own time from taking the state (with
+   * the last page batch) to the VM running there, as it reports it, and `transit`, the rest: the
+   * state's way there and the answer's way back (the link, and each end's event loop). Both are
+   * absent when the destination said nothing usable of its time.
+   */
+  blackout?: MigrationBlackout;
   options: MigrationOptions;
   startedAt: string;
+}
+
+export interface MigrationBlackout {
+  freeze: number;
+  pages: number;
+  start: number;
+  destination?: number;
+  transit?: number;
+}
+
+/** A blackout's account on one line: "freeze 3, last pages 1, start 6 ms (destination 4, transit 2)". */
+export function describeBlackout(b: MigrationBlackout): string {
+  const split = b.destination !== undefined && b.transit !== undefined ? ` (destination ${b.destination}, transit ${b.transit})` : '';
+  return `freeze ${b.freeze}, last pages ${b.pages}, start ${b.start} ms${split}`;
 }
 
 export function emptyRam(totalBytes: number): MigrationRam {

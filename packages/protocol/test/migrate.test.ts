@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type PageEntry,
 } from '../src/index.js';
@@ -137,6 +137,13 @@ describe('migration page batches', function () {
       }
     }
     expect(accepted).to.be.greaterThan(50); // the mutations reach past the header checks
+  });
+});
+
+describe('a blackout\'s account', () => {
+  it('gives the destination\'s part and the transit when the destination said its time, and not otherwise', () => {
+    expect(describeBlackout({ freeze: 3, pages: 1, start: 6, destination: 4, transit: 2 })).to.equal('freeze 3, last pages 1, start 6 ms (destination 4, transit 2)');
+    expect(describeBlackout({ freeze: 3, pages: 1, start: 6 })).to.equal('freeze 3, last pages 1, start 6 ms');
   });
 });
 

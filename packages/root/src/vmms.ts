@@ -1009,8 +1009,9 @@ export class Vmms {
       case 'migState':
       case 'migSwitch': {
         inc.started = true;
+        let answer: unknown;
         try {
-          if (req.op === 'migState') await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
+          if (req.op === 'migState') answer = await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
           else await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
         } catch (e) {
           void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
@@ -1018,7 +1019,9 @@ export class Vmms {
         }
         // Through this root, the worker sends no migRunning note (it sends one only for what comes to its own socket).
         this.incomingRuns(r, inc, req.op === 'migSwitch');
-        return { running: true };
+        // The worker's own time goes on to the source (which checks it: destinationMsOf).
+        const ms = answer !== null && typeof answer === 'object' ? (answer as { ms?: unknown }).ms : undefined;
+        return typeof ms === 'number' ? { running: true, ms } : { running: true };
       }
       case 'migPull':
         return await link.request({ t: 'migPull', waitMs: req.waitMs }, req.waitMs + 10000).catch((e) => {

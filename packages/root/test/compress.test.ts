@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
 import { PagePool } from '../src/vmwp/compress.js';
-import { applyPageBatch, checkDirtyAnswer, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
+import { applyPageBatch, checkDirtyAnswer, destinationMsOf, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
 
 const page = (seed: number, random = false): Uint8Array => {
   const p = new Uint8Array(4096);
@@ -130,5 +130,16 @@ describe('the destination\'s setup answer (an untrusted peer\'s)', () => {
     for (const bad of [null, 7, 'x', {}, { ready: true }, { port: 0 }, { port: 65536 }, { port: 1.5 }, { port: '80' }, { port: Number.NaN }, { port: null }, Object.create(null), [80]]) {
       expect(streamPortOf(bad), JSON.stringify(bad) ?? String(bad)).to.equal(null);
     }
+  });
+
+  it('says its own time in the state\'s answer only as a number from 0 to the source\'s time around it (1 ms over is rounding)', () => {
+    expect(destinationMsOf({ running: true, ms: 4.2 }, 6.1)).to.equal(4.2);
+    expect(destinationMsOf({ running: true, ms: 0 }, 6.1)).to.equal(0);
+    expect(destinationMsOf({ running: true, ms: 6.8 }, 6.1), 'rounding: the source\'s time').to.equal(6.1);
+    const hostile = { get ms(): number { throw new Error('no'); } };
+    for (const bad of [null, undefined, 7, 'x', {}, { running: true }, { ms: -0.1 }, { ms: 7.2 }, { ms: Number.NaN }, { ms: Infinity }, { ms: '4' }, { ms: null }, Object.create(null), [4]]) {
+      expect(destinationMsOf(bad, 6.1), JSON.stringify(bad) ?? String(bad)).to.equal(null);
+    }
+    expect(destinationMsOf(hostile, 6.1), 'a getter that throws').to.equal(null);
   });
 });

@@ -351,10 +351,14 @@ export async function runWorker(): Promise<void> {
         return await migrateInPages(req.data);
       case 'migPremap':
         return await migrateInPremap(req.state);
-      case 'migState':
-        // The blackout's last page batch may come with the state: written first.
+      case 'migState': {
+        // The blackout's last page batch may come with the state: written first. The answer says
+        // how long this worker took, for the source's account of the blackout (blackout.destination).
+        const t0 = performance.now();
         if (req.pages) await migrateInPages(req.pages);
-        return await migrateInState(req.state);
+        const out = await migrateInState(req.state);
+        return { ...out, ms: Math.round((performance.now() - t0) * 10) / 10 };
+      }
       case 'migBooted': {
         const booted = await migrateInBooted(req.waitMs);
         // The source commits through the root now; only post-copy still pulls pages.

@@ -494,15 +494,23 @@ export class MigrationOut {
       // VPs' states (their restore goes ahead of the devices' decode there).
       const tree = process.env.HVLAB_MIGRATE_STOWAWAY === '1' ? { ...this.stateTree, components: { ...(this.stateTree.components as Record<string, unknown>), 'device/stowaway': {} } } : this.stateTree;
       const state = Buffer.from(JSON.stringify(tree));
+      let answer: unknown;
       try {
-        await this.call({ op: 'migState', state, ...(tail ? { pages: tail.data } : {}) }, STATE_TIMEOUT_MS);
+        answer = await this.call({ op: 'migState', state, ...(tail ? { pages: tail.data } : {}) }, STATE_TIMEOUT_MS);
       } catch (e) {
         throw new Error(`the destination ${this.req.to} did not start the VM: ${(e as Error).message}`);
       }
       if (tail) this.sent(tail);
       const ranAt = performance.now();
       this.stats.downtime = Math.round(ranAt - blackoutAt);
-      if (frozenAt > 0) this.stats.blackout = { freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(ranAt - sentAt) };
+      if (frozenAt > 0) {
+        const start = ranAt - sentAt;
+        const there = destinationMsOf(answer, start);
+        this.stats.blackout = {
+          freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(start),
+          ...(there === null ? {} : { destination: Math.round(there), transit: Math.round(start - there) }),
+        };
+      }
       // The destination runs the VM; it keeps it only once committed.
       let committed = false;
       let refused: string | null = null;
@@ -711,6 +719,23 @@ export class MigrationOut {
  * per page of `memoryBytes`. Throws a sentence for anything else (the move then fails and the VM
  * runs on where it is).
  */
+/**
+ * The destination worker's own time (ms) in a migState answer (an untrusted peer's `{ running, ms }`),
+ * or null when it gives none that can be true: a number from 0 to `startMs`, the source's time from
+ * sending the state to the answer, which the destination's time lies within (up to 1 ms more is
+ * taken as rounding and read as `startMs`). Never throws: the VM runs at the destination by then.
+ */
+export function destinationMsOf(answer: unknown, startMs: number): number | null {
+  let ms: unknown;
+  try {
+    ms = answer !== null && typeof answer === 'object' ? (answer as { ms?: unknown }).ms : undefined;
+  } catch {
+    return null; // never from a decoded frame (plain data); the move must not fail on its account
+  }
+  if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0 || ms > startMs + 1) return null;
+  return Math.min(ms, startMs);
+}
+
 /** What goes to the destination worker's own stream socket when it has one (the rest goes to its root). */
 const STREAM_OPS: ReadonlySet<string> = new Set(['migPages', 'migPremap', 'migState', 'migSwitch', 'migPull']);
 
