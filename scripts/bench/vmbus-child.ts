@@ -1,10 +1,11 @@
 /**
  * The other process of the VMBus benchmark (scripts/bench/vmbus.ts). argv[2] picks the role:
  *
- *   shm-writer <region> <payloadBytes> [napAfterUs]
+ *   shm-writer <region> <payloadBytes> [napAfterUs] [burst]
  *                                               writes packets into ring A until told to stop,
  *                                               spinning when the ring is full (throughput); with
- *                                               napAfterUs > 0 it backs off as `Backoff` says
+ *                                               napAfterUs > 0 it backs off as `Backoff` says; it
+ *                                               stages `burst` packets (TP_BURST) per commit
  *   shm-echo-poll <region> [napAfterUs]        polls ring A and answers every packet in ring B
  *   shm-echo-signal <region> <hvEndpoint> <partitionId> <token> <connectionId>
  *                                               the same as a guest: programs its SynIC, runs the
@@ -62,6 +63,13 @@ export const CTL_SIGNALS = 51;
  * a CPU each, a side idles that long only when its peer was preempted. 0 = spin only.
  */
 export const NAP_AFTER_US = 200;
+
+/**
+ * Packets the throughput writer stages per commit of the write index (RingWriter.stage/commit, as
+ * OpenVMM's OutgoingRing::write and commit_write): a writer with packets ready publishes them once,
+ * as DPDK's virtio driver publishes its avail index once per burst. 1 = a commit per packet.
+ */
+export const TP_BURST = 4;
 export const NAP_US = 50;
 
 /** The back-off of one polling loop: call `idle()` when a poll found nothing, `busy()` when it did. */
@@ -202,7 +210,8 @@ function num(s: string | undefined, what: string): number {
  * Ring A writer: packets whose first 4 bytes are a sequence number, as fast as the ring takes them;
  * spins on 'full' (with the back-off unless napAfterUs is 0).
  */
-async function shmWriter(name: string, size: number, napAfterUs: number): Promise<void> {
+async function shmWriter(name: string, size: number, napAfterUs: number, burst: number): Promise<void> {
+  if (!Number.isInteger(burst) || burst < 1) fail(`burst ${burst} is not a whole number of packets from 1`);
   const { ctl, a } = mapBench(name, TP_RING_DATA_BYTES);
   const writer = new RingWriter(a, 'bench A out');
   const payload = new Uint8Array(size);
@@ -212,9 +221,13 @@ async function shmWriter(name: string, size: number, napAfterUs: number): Promis
   await waitGo(ctl);
   let seq = 0;
   let full = 0;
+  let staged = 0;
   let lastYield = performance.now();
   for (let iter = 1; ; iter++) {
     if ((iter & 0x3ff) === 0) {
+      // Nothing stays staged across a yield (the series lives within one synchronous step).
+      writer.commit();
+      staged = 0;
       if (Atomics.load(ctl, CTL_STOP) !== 0) break;
       const now = performance.now();
       if (now - lastYield >= YIELD_MS) {
@@ -224,11 +237,19 @@ async function shmWriter(name: string, size: number, napAfterUs: number): Promis
       }
     }
     dv.setUint32(0, seq, true);
-    if (writer.tryWrite(PacketType.DataInband, 0, 0n, payload) === 'full') {
+    // The reader polls: the commits' signal answers are not needed.
+    if (writer.stage(PacketType.DataInband, 0, 0n, payload) === 'full') {
+      // The reader makes room only for what it can see.
+      writer.commit();
+      staged = 0;
       full++;
       backoff.idle();
     } else {
       seq++;
+      if (++staged === burst) {
+        writer.commit();
+        staged = 0;
+      }
       backoff.busy();
     }
   }
@@ -506,7 +527,7 @@ async function main(argv: string[]): Promise<void> {
   const [role, ...a] = argv;
   switch (role) {
     case 'shm-writer':
-      return shmWriter(a[0] ?? fail('region missing'), num(a[1], 'payload size'), a[2] === undefined ? 0 : num(a[2], 'nap-after µs'));
+      return shmWriter(a[0] ?? fail('region missing'), num(a[1], 'payload size'), a[2] === undefined ? 0 : num(a[2], 'nap-after µs'), a[3] === undefined ? TP_BURST : num(a[3], 'burst'));
     case 'shm-echo-poll':
       return shmEchoPoll(a[0] ?? fail('region missing'), a[1] === undefined ? 0 : num(a[1], 'nap-after µs'));
     case 'shm-echo-signal':

@@ -4,7 +4,9 @@
  *
  *  1. Throughput, 64 B / 1 KiB / 16 KiB payloads, writer in a child process, reader here:
  *     (a) shm ring: a 256 KiB ring in a /dev/shm region; the reader drains in a tight loop and the
- *         writer spins on 'full' (both sides poll; no signals). A side that has found nothing to do
+ *         writer spins on 'full' (both sides poll; no signals). The writer stages TP_BURST packets
+ *         per commit of its write index (RingWriter.stage/commit); at 16 KiB the run is repeated
+ *         with a commit per packet (tryWrite), shown beside it. A side that has found nothing to do
  *         for 200 µs naps 50 µs at a time until it has (`Backoff`), so the two still make progress
  *         when other processes leave them one CPU to share; `--spin` turns that off (pure spinning);
  *     (b) zmq: RemoteHub here, RemoteLink in the child, one packet per message, credit flow control
@@ -64,7 +66,7 @@ import { RemoteHub, type RemoteTransport } from '../../packages/vmbus/src/remote
 import { sweepHost } from '@hvlab/host';
 import {
   BENCH_SINT, benchRegionBytes, benchRings, CTL_GO, CTL_PAGE_BYTES, CTL_STOP, PP_RING_DATA_BYTES,
-  SYNC_TRANS_ID, TP_RING_DATA_BYTES, Backoff, NAP_AFTER_US, NAP_US, type ChildDone,
+  SYNC_TRANS_ID, TP_BURST, TP_RING_DATA_BYTES, Backoff, NAP_AFTER_US, NAP_US, type ChildDone,
 } from './vmbus-child.js';
 
 const SIZES = [64, 1024, 16384] as const;
@@ -149,7 +151,10 @@ export interface VmbusBenchResult {
    * bytes or more (the ceiling of any ring in a SAB).
    */
   throughput: {
+    /** The ring with a writer that stages `ringBurst` packets per commit of its write index. */
     shm: BySize<ShmRate> | null;
+    /** The same at 16 KiB with a commit per packet (tryWrite), for comparison. */
+    shmPerPacket16k: ShmRate | null;
     zmq: BySize<ProcRate>;
     memcpy: BySize<Rate>;
     memcpyShared: BySize<Rate>;
@@ -157,11 +162,16 @@ export interface VmbusBenchResult {
   };
   /** Smallest payload the ring writer copies with the addon (NATIVE_COPY_MIN). */
   nativeCopyMin: number;
+  /** Packets the throughput writer stages per commit (TP_BURST). */
+  ringBurst: number;
   /** shmSignalBasePoll: the signalled round trip with the hypervisor's bell poll kept at its base (HVLAB_HC_POLL_MAX_US). */
   latencyUs: { shmPoll: PollLatency | null; shmSignal: SignalLatency | null; shmSignalBasePoll: SignalLatency | null; zmq: Latency; loopWake: LoopWake | null };
-  /** nativeVsV8Shared16k: addon copyBytes bytes/s / Uint8Array.set bytes/s into a SAB at 16 KiB. */
+  /**
+   * nativeVsV8Shared16k: addon copyBytes bytes/s / Uint8Array.set bytes/s into a SAB at 16 KiB;
+   * shmPerPacketVsMemcpy16k: shmVsMemcpy16k with a commit per packet (not an aim).
+   */
   /** zmqVsSignalled: the ZeroMQ round trip's p50 / the signalled ring round trip's p50. */
-  ratios: { shmVsZmq64: number | null; shmVsMemcpy16k: number | null; nativeVsV8Shared16k: number | null; zmqVsSignalled: number | null };
+  ratios: { shmVsZmq64: number | null; shmVsMemcpy16k: number | null; shmPerPacketVsMemcpy16k: number | null; nativeVsV8Shared16k: number | null; zmqVsSignalled: number | null };
   aims: { shmVsZmq64: number; shmVsMemcpy16k: number; signalledP50Us: number; zmqVsSignalled: number };
   /** signalled: p50 within signalledP50Us and zmqVsSignalled reached. */
   met: { shmVsZmq64: boolean | null; shmVsMemcpy16k: boolean | null; signalled: boolean | null };
@@ -458,14 +468,14 @@ function sequenceChecker(size: number, what: string): { fn: (type: number, flags
   };
 }
 
-async function shmThroughput(run: Run, size: number): Promise<ShmRate> {
+async function shmThroughput(run: Run, size: number, burst = TP_BURST): Promise<ShmRate> {
   const { name, buffer } = run.region(`tp${size}`, benchRegionBytes(TP_RING_DATA_BYTES));
   const { a } = benchRings(buffer, TP_RING_DATA_BYTES);
   initRing(a);
   const ctl = new Int32Array(buffer, 0, CTL_PAGE_BYTES >>> 2);
   const reader = new RingReader(a, 'bench A in');
   const check = sequenceChecker(size, `shm ${size} B`);
-  const child = run.spawn(`ring writer (${size} B)`, ['shm-writer', name, String(size), String(run.napAfterUs)]);
+  const child = run.spawn(`ring writer (${size} B)`, ['shm-writer', name, String(size), String(run.napAfterUs), String(burst)]);
   const backoff = new Backoff(run.napAfterUs);
   await waitLine(child, 'ready', 20000);
   run.unlink(name); // both sides have it mapped; nothing to leak from here on
@@ -864,7 +874,9 @@ function table(r: VmbusBenchResult): string {
       lines.push(`${pad(sizeName(s), 9)}${pad(name, 38)}${num(x.pps, 12)}${num(x.mbps, 10)}${num(round(x.mbps / m.mbps, 3), 11)}${cpu}${extra}`);
     };
     const shm = r.throughput.shm?.[s];
-    row('shm ring (both sides polling)', shm, shm ? `, ring full ${shm.writerFullPerPacket}x/packet, naps/s ${shm.napsPerS.reader}/${shm.napsPerS.writer}` : '');
+    row(`shm ring (both sides polling, ${r.ringBurst} per commit)`, shm, shm ? `, ring full ${shm.writerFullPerPacket}x/packet, naps/s ${shm.napsPerS.reader}/${shm.napsPerS.writer}` : '');
+    const one = s === 16384 ? r.throughput.shmPerPacket16k : null;
+    if (one) row('  same, a commit per packet', one, `, ring full ${one.writerFullPerPacket}x/packet`);
     row(`zmq RemoteHub/Link (${ZMQ_WINDOW / 1024} KiB credit)`, r.throughput.zmq[s]);
     row('memcpy (Uint8Array.set into ArrayBuffer)', m);
     row('  same into a SharedArrayBuffer', r.throughput.memcpyShared[s]);
@@ -901,7 +913,8 @@ function table(r: VmbusBenchResult): string {
     else lines.push(`${name} = ${v} (${what}); aim >= ${target}: ${met ? 'MET' : 'NOT met'} in this run`);
   };
   aim('shmVsZmq64', r.ratios.shmVsZmq64, AIMS.shmVsZmq64, r.met.shmVsZmq64, 'shm packets/s / zmq packets/s at 64 B');
-  aim('shmVsMemcpy16k', r.ratios.shmVsMemcpy16k, AIMS.shmVsMemcpy16k, r.met.shmVsMemcpy16k, 'shm bytes/s / memcpy bytes/s at 16 KiB');
+  aim('shmVsMemcpy16k', r.ratios.shmVsMemcpy16k, AIMS.shmVsMemcpy16k, r.met.shmVsMemcpy16k, `shm bytes/s / memcpy bytes/s at 16 KiB, ${r.ringBurst} packets per commit`);
+  if (r.ratios.shmPerPacketVsMemcpy16k !== null) lines.push(`shmPerPacketVsMemcpy16k = ${r.ratios.shmPerPacketVsMemcpy16k} (the same with a commit per packet; not an aim)`);
   if (sig && r.ratios.zmqVsSignalled !== null) {
     lines.push(`signalled64 = ${sig.p50} µs p50, zmqVsSignalled = ${r.ratios.zmqVsSignalled} (zmq round trip / signalled ring round trip, p50); aim <= ${AIMS.signalledP50Us} µs and >= ${AIMS.zmqVsSignalled}: ${r.met.signalled ? 'MET' : 'NOT met'} in this run`);
   } else {
@@ -959,6 +972,7 @@ export async function main(args: string[]): Promise<void> {
 
     // 1. throughput
     let shm: BySize<ShmRate> | null = null;
+    let shmPerPacket16k: ShmRate | null = null;
     if (shared) {
       shm = {};
       for (const s of SIZES) {
@@ -966,6 +980,9 @@ export async function main(args: string[]): Promise<void> {
         shm[s] = await shmThroughput(run, s);
         progress(`  ${shm[s]!.pps} packets/s, ${shm[s]!.mbps} MB/s`);
       }
+      progress('shm ring throughput, 16384 B payloads, a commit per packet');
+      shmPerPacket16k = await shmThroughput(run, 16384, 1);
+      progress(`  ${shmPerPacket16k.pps} packets/s, ${shmPerPacket16k.mbps} MB/s`);
     }
     const zmq: BySize<ProcRate> = {};
     for (const s of SIZES) {
@@ -1010,15 +1027,17 @@ export async function main(args: string[]): Promise<void> {
 
     const shmVsZmq64 = shm ? round(shm[64]!.pps / zmq[64]!.pps, 2) : null;
     const shmVsMemcpy16k = shm ? round(shm[16384]!.mbps / memcpy[16384]!.mbps, 3) : null;
+    const shmPerPacketVsMemcpy16k = shmPerPacket16k ? round(shmPerPacket16k.mbps / memcpy[16384]!.mbps, 3) : null;
     const nativeVsV8Shared16k = memcpySharedNative ? round(memcpySharedNative[16384]!.mbps / memcpyShared[16384]!.mbps, 2) : null;
     const zmqVsSignalled = shmSignal ? round(zmqLat.p50 / shmSignal.p50, 2) : null;
     const result: VmbusBenchResult = {
       bench: 'vmbus',
       memoryMode: mode,
-      throughput: { shm, zmq, memcpy, memcpyShared, memcpySharedNative },
+      throughput: { shm, shmPerPacket16k, zmq, memcpy, memcpyShared, memcpySharedNative },
       nativeCopyMin: NATIVE_COPY_MIN,
+      ringBurst: TP_BURST,
       latencyUs: { shmPoll, shmSignal, shmSignalBasePoll, zmq: zmqLat, loopWake },
-      ratios: { shmVsZmq64, shmVsMemcpy16k, nativeVsV8Shared16k, zmqVsSignalled },
+      ratios: { shmVsZmq64, shmVsMemcpy16k, shmPerPacketVsMemcpy16k, nativeVsV8Shared16k, zmqVsSignalled },
       aims: { ...AIMS },
       met: {
         shmVsZmq64: shmVsZmq64 === null ? null : shmVsZmq64 >= AIMS.shmVsZmq64,

@@ -7,7 +7,8 @@
  * (type, offset8, len8, flags, trans_id), the payload zero-padded to 8 bytes, and an 8-byte trailer
  * holding the packet's start offset in its upper 32 bits; everything wraps byte-wise at the end of
  * the data area. Key types: `RingRegion` (where a ring lives), `RingWriter.tryWrite` (one packet in,
- * answering 'ok' | 'signal' | 'full'), `RingReader.read` / `drain` (packets out, validated; any
+ * answering 'ok' | 'signal' | 'full'; or several with `stage` and one `commit`), `RingReader.read` /
+ * `drain` (packets out, validated; any
  * protocol violation by the peer is a `RingError` and faults the reader for good).
  *
  * Signalling follows Linux: the writer signals only when the reader left interrupts unmasked and the
@@ -17,7 +18,8 @@
  * `takeWriterSignal()`, the read that made the free space reach it. pending_send_sz is compared with
  * the writable bytes (free - 8), i.e. Linux's "free > pending_send_sz".
  *
- * Neither side keeps a private copy of its own index: every operation starts from the indices in
+ * Neither side keeps a private copy of its own index (but for a writer's staged series, which lives
+ * within one synchronous step): every operation starts from the indices in
  * the control page and validates them, so a writer or reader may be re-created at any time (the
  * writer remembers the last read index it saw as a lower bound of free space, to skip loading the
  * shared cache line when that suffices; re-initialising a ring in use needs new objects). A side
@@ -201,6 +203,10 @@ export class RingWriter {
    * free space it implies is a lower bound: when that is enough, tryWrite skips loading the index.
    */
   private lastRead = -1;
+  /** The write index after the packets staged and not yet committed, or -1 when none is staged. */
+  private staged = -1;
+  /** The published write index the staged series began at (the signal rule compares with it). */
+  private stagedFrom = 0;
 
   constructor(region: RingRegion, name?: string) {
     const dataBytes = checkRegion(region);
@@ -230,22 +236,46 @@ export class RingWriter {
     throw new RingError(this.name, `${what} ${hex(v)} is not below the data size ${hex(this.dataBytes)}`);
   }
 
-  /** Bytes that can be written now (0 if the ring is full), excluding the 8 bytes that keep it from ever being full. Throws RingError if the peer-controlled read index is invalid. */
+  /** Bytes that can be written now, after any staged packets (0 if the ring is full), excluding the 8 bytes that keep it from ever being full. Throws RingError if the peer-controlled read index is invalid. */
   freeBytes(): number {
     const D = this.dataBytes;
-    const w = this.ctrl[W]!;
-    if ((w & 7) !== 0 || w >= D) this.bad('write index', w);
+    let w = this.staged;
+    if (w < 0) {
+      w = this.ctrl[W]!;
+      if ((w & 7) !== 0 || w >= D) this.bad('write index', w);
+    }
     return rawFree(w, this.loadRead(), D) - 8;
   }
 
   /**
-   * Writes one packet (payload = payload followed by payload2 if given, zero-padded to 8).
-   * 'full': nothing written (pending_send_sz set when feature bit 0 is set); 'signal': written and
-   * the reader must be signalled; 'ok': written, no signal. Throws RangeError if the packet could
-   * never fit (packetBytes > dataBytes - 8) or type/flags/transId are out of range; RingError if the
-   * read index is invalid.
+   * Writes one packet (payload = payload followed by payload2 if given, zero-padded to 8) and
+   * publishes it, with any packets staged before it: `stage` and then `commit`.
+   * 'full': nothing written (pending_send_sz set when feature bit 0 is set; a series staged before
+   * stays staged, for the caller to commit); 'signal': written and the reader must be signalled;
+   * 'ok': written, no signal. Throws RangeError if the packet could never fit (packetBytes >
+   * dataBytes - 8) or type/flags/transId are out of range; RingError if an index is invalid.
    */
   tryWrite(type: number, flags: number, transId: bigint, payload: Uint8Array, payload2?: Uint8Array): WriteResult {
+    return this.stage(type, flags, transId, payload, payload2) === 'full' ? 'full' : this.commit();
+  }
+
+  /** True while packets are staged and not yet committed. */
+  get staging(): boolean {
+    return this.staged >= 0;
+  }
+
+  /**
+   * Writes one packet after those staged before it without publishing it: the reader sees none of
+   * the series until `commit`, which publishes the write index once and makes one signal decision
+   * for all of them (OpenVMM's OutgoingRing::write and commit_write). A writer with several packets
+   * ready saves a store to the control page's shared cache line per packet, and the line's trip to
+   * the reader's CPU and back. The series must be committed in the same synchronous step that
+   * staged it: nothing else looks at a ring's write index in between (a VMBus save, a drain of the
+   * other end on this thread). 'full': this packet did not fit (pending_send_sz set as for
+   * tryWrite), and the reader cannot make room for the series until it is committed. Throws as
+   * tryWrite does.
+   */
+  stage(type: number, flags: number, transId: bigint, payload: Uint8Array, payload2?: Uint8Array): 'ok' | 'full' {
     const len1 = payload.length;
     const len2 = payload2 === undefined ? 0 : payload2.length;
     const payloadLen = len1 + len2;
@@ -261,9 +291,14 @@ export class RingWriter {
     }
     const ctrl = this.ctrl;
     const D = this.dataBytes;
-    // write_index and pending_send_sz are only ever stored by the writer: plain loads suffice.
-    const w = ctrl[W]!;
-    if ((w & 7) !== 0 || w >= D) this.bad('write index', w);
+    // write_index and pending_send_sz are only ever stored by the writer: plain loads suffice. In
+    // a series, the packet goes after the staged ones.
+    let w = this.staged;
+    if (w < 0) {
+      w = ctrl[W]!;
+      if ((w & 7) !== 0 || w >= D) this.bad('write index', w);
+      this.stagedFrom = w;
+    }
     const cached = this.lastRead;
     if (cached < 0 || need > rawFree(w, cached, D) - 8) {
       if (need > rawFree(w, this.loadRead(), D) - 8) {
@@ -313,12 +348,25 @@ export class RingWriter {
     u32[(t >>> 2) + 1] = w;
     let nw = t + PACKET_TRAILER_BYTES;
     if (nw === D) nw = 0;
-    Atomics.store(ctrl, W, nw);
+    this.staged = nw;
+    return 'ok';
+  }
 
+  /**
+   * Publishes the staged packets (one store of write_index): 'signal' when the reader must be
+   * signalled (interrupts unmasked and the ring empty before the series), else 'ok' (also when
+   * nothing was staged). Throws RingError if the read index is invalid (the packets are published).
+   */
+  commit(): 'ok' | 'signal' {
+    const nw = this.staged;
+    if (nw < 0) return 'ok';
+    this.staged = -1;
+    const ctrl = this.ctrl;
+    Atomics.store(ctrl, W, nw);
     if (ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
     if (Atomics.load(ctrl, MASK) !== 0) return 'ok';
-    // Signal only if the reader had consumed everything before this packet (it may be about to sleep).
-    return this.loadRead() === w ? 'signal' : 'ok';
+    // Signal only if the reader had consumed everything before the series (it may be about to sleep).
+    return this.loadRead() === this.stagedFrom ? 'signal' : 'ok';
   }
 
   private copyIn(src: Uint8Array, pos: number): void {

@@ -39,10 +39,24 @@ export interface TransportEvents {
   fault: (e: Error) => void;
 }
 
+export interface OutboundPacket {
+  type: number;
+  flags: number;
+  transId: bigint;
+  payload: Uint8Array;
+}
+
 export interface PacketTransport {
   readonly kind: 'shm' | 'remote';
   /** Sends one packet; false when there is no room now (`writable` follows when there is). */
   send(type: number, flags: number, transId: bigint, payload: Uint8Array): boolean;
+  /**
+   * Sends `packets` in order, from the first, until one finds no room (`writable` follows then), as
+   * one burst: a ring publishes its write index and decides on a signal once for all of them
+   * (RingWriter.stage/commit). Returns how many went. Optional: a transport without it (a fault
+   * wrapper, which must see each packet) is sent to one packet at a time.
+   */
+  sendBurst?(packets: ReadonlyArray<OutboundPacket>): number;
   attach(events: TransportEvents): void;
   close(): void;
   /**
@@ -130,6 +144,36 @@ export class ShmTransport implements PacketTransport {
     }
     if (r === 'signal') this.signal();
     return true;
+  }
+
+  sendBurst(packets: ReadonlyArray<OutboundPacket>): number {
+    if (this.closed) return 0;
+    const w0 = this.outWrite[0]!;
+    const writer = this.writer;
+    let n = 0;
+    let r: 'ok' | 'signal';
+    try {
+      for (const p of packets) {
+        if (writer.stage(p.type, p.flags, p.transId, p.payload) === 'full') {
+          this.blocked = true;
+          break;
+        }
+        n++;
+      }
+      r = writer.commit();
+    } catch (e) {
+      if (e instanceof RingError) {
+        // As for send: the control fields may have been stored; the channel ends here.
+        if (this.dirty) this.logWrite(w0, false);
+        this.fail(e);
+        return 0;
+      }
+      throw e;
+    }
+    // A full ring stored pending_send_sz: the control fields are logged either way.
+    if (this.dirty) this.logWrite(w0, n > 0);
+    if (r === 'signal') this.signal();
+    return n;
   }
 
   private signal(): void {
@@ -301,6 +345,15 @@ export class VmbusChannel {
   }
 
   private flush(): void {
+    const burst = this.transport.sendBurst;
+    if (burst && this.queue.length > 1 && this.isOpen) {
+      // The queue in one burst (one publication of the ring's write index, one signal at most).
+      const n = burst.call(this.transport, this.queue);
+      this.queue.splice(0, n);
+      this.stats.packetsOut += n;
+      this.stats.queued = this.queue.length;
+      return;
+    }
     while (this.queue.length > 0 && this.isOpen) {
       const p = this.queue[0];
       if (!this.transport.send(p.type, p.flags, p.transId, p.payload)) break;

@@ -60,10 +60,11 @@ describe('ring writes reach a dirty log', () => {
     }
   });
 
-  it('property: every byte that changes while the guest side writes, drains or blocks is in a logged range', () => {
+  it('property: every byte that changes while the guest side writes (one packet or a burst), drains or blocks is in a logged range', () => {
     fc.assert(
       fc.property(fc.array(fc.oneof(
         fc.record({ op: fc.constant('guestSend' as const), len: fc.integer({ min: 0, max: 900 }) }),
+        fc.record({ op: fc.constant('guestBurst' as const), lens: fc.array(fc.integer({ min: 0, max: 700 }), { maxLength: 6 }) }),
         fc.record({ op: fc.constant('hostSend' as const), len: fc.integer({ min: 0, max: 900 }) }),
         fc.record({ op: fc.constant('guestDrain' as const) }),
         fc.record({ op: fc.constant('hostDrain' as const) }),
@@ -77,6 +78,7 @@ describe('ring writes reach a dirty log', () => {
             const before = mem.slice();
             log.ranges = [];
             if (o.op === 'guestSend') guest.send(PacketType.DataInband, 1, id++, new Uint8Array(o.len).fill(9));
+            else if (o.op === 'guestBurst') guest.sendBurst(o.lens.map((len) => ({ type: PacketType.DataInband, flags: 1, transId: id++, payload: new Uint8Array(len).fill(5) })));
             else guest.onSignal();
             for (let i = 0; i < mem.length; i++) {
               if (mem[i] !== before[i] && !log.covers(i)) expect.fail(`${o.op}: byte ${i} changed and was not logged`);

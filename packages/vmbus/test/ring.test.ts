@@ -191,7 +191,8 @@ describe('vmbus ring', () => {
 
   describe('model', () => {
     type Op =
-      | { k: 'write'; len: number; seed: number; type: number; flags: number; transId: bigint; split: number }
+      | { k: 'write' | 'stage'; len: number; seed: number; type: number; flags: number; transId: bigint; split: number }
+      | { k: 'commit' }
       | { k: 'read' }
       | { k: 'drain'; max: number | undefined }
       | { k: 'mask' }
@@ -208,7 +209,7 @@ describe('vmbus ring', () => {
       {
         weight: 5,
         arbitrary: fc.record({
-          k: fc.constant('write' as const),
+          k: fc.constantFrom('write' as const, 'write' as const, 'stage' as const),
           len: fc.oneof(
             { weight: 4, arbitrary: fc.nat(72) },
             { weight: 1, arbitrary: fc.nat(600) },
@@ -222,13 +223,14 @@ describe('vmbus ring', () => {
           split: fc.integer({ min: -1, max: NATIVE_COPY_MIN + 1200 }),
         }),
       },
+      { weight: 1, arbitrary: fc.constant({ k: 'commit' as const }) },
       { weight: 2, arbitrary: fc.constant({ k: 'read' as const }) },
       { weight: 2, arbitrary: fc.record({ k: fc.constant('drain' as const), max: fc.option(fc.nat(4), { nil: undefined }) }) },
       { weight: 1, arbitrary: fc.constant({ k: 'mask' as const }) },
       { weight: 1, arbitrary: fc.constant({ k: 'unmask' as const }) },
     );
 
-    it('random writes and reads on small rings behave like a FIFO with exact full, free-space, signal and pending_send_sz answers', function () {
+    it('random writes, staged series and reads on small rings behave like a FIFO with exact full, free-space, signal and pending_send_sz answers', function () {
       this.timeout(60000);
       fc.assert(
         fc.property(fc.integer({ min: 8, max: 640 }).map((x) => x * 8), fc.array(opArb, { minLength: 1, maxLength: 150, size: 'max' }), (D, ops) => {
@@ -240,11 +242,30 @@ describe('vmbus ring', () => {
           let w = 0;
           let masked = false;
           let pending = 0;
-          const free = (): number => D - 8 - used;
+          // A staged series: written, not yet published (the reader sees none of it).
+          let series: Sent[] = [];
+          let seriesUsed = 0;
+          const free = (): number => D - 8 - used - seriesUsed;
+          /** Publishes the series and `more` (the model's commit): the signal the writer must answer. */
+          const publish = (more: Sent[]): 'ok' | 'signal' => {
+            const all = [...series, ...more];
+            const signal = !masked && queue.length === 0 ? 'signal' : 'ok';
+            for (const x of all) {
+              queue.push(x);
+              used += x.bytes;
+              w = (w + x.bytes) % D;
+            }
+            series = [];
+            seriesUsed = 0;
+            pending = 0;
+            return signal;
+          };
 
           /** Takes the packets the reader returned off the model and checks them and the writer signal. */
           const consumed = (got: RingPacket[]): void => {
-            const before = free();
+            // The reader's view of free space: it cannot see a staged series.
+            const readerFree = (): number => D - 8 - used;
+            const before = readerFree();
             for (const p of got) {
               const want = queue.shift();
               expect(want, 'reader returned a packet never written').to.not.equal(undefined);
@@ -254,7 +275,7 @@ describe('vmbus ring', () => {
               expect(hexBytes(p.payload)).to.equal(hexBytes(want!.payload));
               used -= want!.bytes;
             }
-            const after = free();
+            const after = readerFree();
             const crossed = pending !== 0 && before < pending && pending <= after;
             expect(reader.takeWriterSignal(), `writer signal after reading ${got.length} (free ${before} -> ${after}, pending ${pending})`).to.equal(crossed);
             expect(reader.takeWriterSignal()).to.equal(false);
@@ -262,28 +283,40 @@ describe('vmbus ring', () => {
 
           for (const op of ops) {
             switch (op.k) {
-              case 'write': {
+              case 'write':
+              case 'stage': {
                 const payload = pattern(op.len, op.seed);
                 const split = op.split >= 0 && op.split <= op.len ? op.split : -1;
                 const a = split >= 0 ? payload.subarray(0, split) : payload;
                 const b = split >= 0 ? payload.subarray(split) : undefined;
                 const need = packetBytes(op.len);
                 if (need > D - 8) {
-                  expect(() => writer.tryWrite(op.type, op.flags, op.transId, a, b)).to.throw(RangeError);
+                  expect(() => (op.k === 'write' ? writer.tryWrite(op.type, op.flags, op.transId, a, b) : writer.stage(op.type, op.flags, op.transId, a, b))).to.throw(RangeError);
                   break;
                 }
                 expect(writer.freeBytes()).to.equal(free());
-                const res = writer.tryWrite(op.type, op.flags, op.transId, a, b);
+                const res = op.k === 'write' ? writer.tryWrite(op.type, op.flags, op.transId, a, b) : writer.stage(op.type, op.flags, op.transId, a, b);
+                const sent: Sent = { type: op.type, flags: op.flags, transId: op.transId, payload: padded(payload), bytes: need };
                 if (need > free()) {
+                  // Nothing written; a series staged before stays staged.
                   expect(res).to.equal('full');
                   pending = need;
+                } else if (op.k === 'write') {
+                  expect(res).to.equal(publish([sent]));
                 } else {
-                  expect(res).to.equal(!masked && queue.length === 0 ? 'signal' : 'ok');
-                  queue.push({ type: op.type, flags: op.flags, transId: op.transId, payload: padded(payload), bytes: need });
-                  used += need;
-                  w = (w + need) % D;
-                  pending = 0;
+                  expect(res).to.equal('ok');
+                  series.push(sent);
+                  seriesUsed += need;
                 }
+                expect(writer.staging).to.equal(series.length > 0);
+                expect(Atomics.load(ctrl, PENDING)).to.equal(pending);
+                break;
+              }
+              case 'commit': {
+                const res = writer.commit();
+                if (series.length === 0) expect(res).to.equal('ok');
+                else expect(res).to.equal(publish([]));
+                expect(writer.staging).to.equal(false);
                 expect(Atomics.load(ctrl, PENDING)).to.equal(pending);
                 break;
               }
