@@ -177,13 +177,15 @@ const expectations: Record<string, (out: string) => void> = {
     const shared = out.includes('memory mode shared');
     for (const size of ['64 B', '1 KiB', '16 KiB']) {
       // packets/s, MB/s, vs memcpy
-      if (shared) numbersAfter(out, `${size} shm ring (both sides polling)`, 3);
+      if (shared) numbersAfter(out, `${size} shm ring (both sides polling, 4 per commit)`, 3);
       numbersAfter(out, `${size} zmq RemoteHub/Link (256 KiB credit)`, 3);
       numbersAfter(out, `${size} memcpy (Uint8Array.set into ArrayBuffer)`, 3);
       numbersAfter(out, `${size} same into a SharedArrayBuffer`, 3);
       // The addon's copy (loaded whenever memory is shared), as the ring writes large payloads.
       if (shared) numbersAfter(out, `${size} same with copyBytes (native memmove)`, 3);
     }
+    // The 16 KiB run again with a commit per packet, beside the burst writer's.
+    if (shared) numbersAfter(out, '16 KiB   same, a commit per packet', 3);
     numbersAfter(out, 'zmq RemoteHub/Link', 3);
     if (shared) {
       numbersAfter(out, 'shm ring, polling', 3);
@@ -205,6 +207,7 @@ const expectations: Record<string, (out: string) => void> = {
       ratio(out, 'ratio wake descriptor / word watch (p50, interleaved):');
       ratio(out, 'shmVsZmq64 =');
       ratio(out, 'shmVsMemcpy16k =');
+      ratio(out, 'shmPerPacketVsMemcpy16k =');
       ratio(out, 'nativeVsV8Shared16k =');
       // The signalled round trip's aim, from the two round trips of the same run.
       ratio(out, 'signalled64 =');

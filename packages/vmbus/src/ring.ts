@@ -349,13 +349,18 @@ export class RingWriter {
     let nw = t + PACKET_TRAILER_BYTES;
     if (nw === D) nw = 0;
     this.staged = nw;
+    // This packet found room: the writer no longer waits for any (a later one of the series that
+    // does not fit sets pending_send_sz again, and the commit leaves it so).
+    if (ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
     return 'ok';
   }
 
   /**
    * Publishes the staged packets (one store of write_index): 'signal' when the reader must be
    * signalled (interrupts unmasked and the ring empty before the series), else 'ok' (also when
-   * nothing was staged). Throws RingError if the read index is invalid (the packets are published).
+   * nothing was staged). pending_send_sz stays as the last stage left it: a packet of the series
+   * that found no room keeps the reader's promise to signal when there is. Throws RingError if
+   * the read index is invalid (the packets are published).
    */
   commit(): 'ok' | 'signal' {
     const nw = this.staged;
@@ -363,7 +368,6 @@ export class RingWriter {
     this.staged = -1;
     const ctrl = this.ctrl;
     Atomics.store(ctrl, W, nw);
-    if (ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
     if (Atomics.load(ctrl, MASK) !== 0) return 'ok';
     // Signal only if the reader had consumed everything before the series (it may be about to sleep).
     return this.loadRead() === this.stagedFrom ? 'signal' : 'ok';

@@ -53,8 +53,9 @@ export interface PacketTransport {
   /**
    * Sends `packets` in order, from the first, until one finds no room (`writable` follows then), as
    * one burst: a ring publishes its write index and decides on a signal once for all of them
-   * (RingWriter.stage/commit). Returns how many went. Optional: a transport without it (a fault
-   * wrapper, which must see each packet) is sent to one packet at a time.
+   * (RingWriter.stage/commit). Returns how many went. A packet that could never fit ends the burst
+   * before it, and throws (as `send` does) when it is the first. Optional: a transport without it
+   * (a fault wrapper, which must see each packet) is sent to one packet at a time.
    */
   sendBurst?(packets: ReadonlyArray<OutboundPacket>): number;
   attach(events: TransportEvents): void;
@@ -168,7 +169,10 @@ export class ShmTransport implements PacketTransport {
         this.fail(e);
         return 0;
       }
-      throw e;
+      // A packet that could never fit (RangeError, nothing of it written): the ones before it go
+      // now, and it throws when it comes first, as a send of it would.
+      if (n === 0) throw e;
+      r = writer.commit();
     }
     // A full ring stored pending_send_sz: the control fields are logged either way.
     if (this.dirty) this.logWrite(w0, n > 0);

@@ -257,7 +257,6 @@ describe('vmbus ring', () => {
             }
             series = [];
             seriesUsed = 0;
-            pending = 0;
             return signal;
           };
 
@@ -302,9 +301,12 @@ describe('vmbus ring', () => {
                   expect(res).to.equal('full');
                   pending = need;
                 } else if (op.k === 'write') {
+                  // A packet that found room ends the writer's wait (pending_send_sz 0).
+                  pending = 0;
                   expect(res).to.equal(publish([sent]));
                 } else {
                   expect(res).to.equal('ok');
+                  pending = 0;
                   series.push(sent);
                   seriesUsed += need;
                 }
