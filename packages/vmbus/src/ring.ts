@@ -205,8 +205,13 @@ export class RingWriter {
   private lastRead = -1;
   /** The write index after the packets staged and not yet committed, or -1 when none is staged. */
   private staged = -1;
-  /** The published write index the staged series began at (the signal rule compares with it). */
+  /**
+   * The published write index the staged part of the series follows (where it began, or where a
+   * packet that found no room last published it): the commit's signal rule compares with it.
+   */
   private stagedFrom = 0;
+  /** A packet of the series that found no room published the part before it to a reader that may sleep: the commit signals. */
+  private owed = false;
 
   constructor(region: RingRegion, name?: string) {
     const dataBytes = checkRegion(region);
@@ -259,6 +264,29 @@ export class RingWriter {
     return this.stage(type, flags, transId, payload, payload2) === 'full' ? 'full' : this.commit();
   }
 
+  /**
+   * Throws the RangeError a write of this packet would (type, flags or transaction id out of range,
+   * or a packet this ring could never hold); else the bytes it takes in the ring. Writes nothing:
+   * for a sender that queues a packet to write later.
+   */
+  check(type: number, flags: number, transId: bigint, payloadLen: number): number {
+    const need = PACKET_DESCRIPTOR_BYTES + ((payloadLen + 7) & ~7) + PACKET_TRAILER_BYTES;
+    if ((type & 0xffff) !== type) throw new RangeError(`packet type ${type} is not a 16-bit value`);
+    if (flags !== 0 && flags !== PACKET_FLAG_COMPLETION_REQUESTED) throw new RangeError(`packet flags ${flags} are invalid: only 0 and 1 (completion requested) are defined`);
+    // 0n (no completion expected) is the common id: one comparison instead of three (BigInt comparisons are builtin calls).
+    if (transId !== 0n && (typeof transId !== 'bigint' || transId < 0n || transId > MAX_U64)) throw new RangeError(`transaction id ${String(transId)} is not a 64-bit unsigned value`);
+    if (need > this.maxPacket) {
+      throw new RangeError(`a packet with ${payloadLen} payload bytes takes ${need} bytes, more than ring "${this.name}" can ever hold (${this.maxPacket})`);
+    }
+    return need;
+  }
+
+  /** Drops a staged series unpublished (after a RingError: the ring is not to be written again). */
+  abort(): void {
+    this.staged = -1;
+    this.owed = false;
+  }
+
   /** True while packets are staged and not yet committed. */
   get staging(): boolean {
     return this.staged >= 0;
@@ -272,23 +300,16 @@ export class RingWriter {
    * the reader's CPU and back. The series must be committed in the same synchronous step that
    * staged it: nothing else looks at a ring's write index in between (a VMBus save, a drain of the
    * other end on this thread). 'full': this packet did not fit (pending_send_sz set as for
-   * tryWrite), and the reader cannot make room for the series until it is committed. Throws as
-   * tryWrite does.
+   * tryWrite); the packets staged before it are published then (the reader counts room by what it
+   * sees), and the commit still decides on the signal. Throws as tryWrite does.
    */
   stage(type: number, flags: number, transId: bigint, payload: Uint8Array, payload2?: Uint8Array): 'ok' | 'full' {
     const len1 = payload.length;
     const len2 = payload2 === undefined ? 0 : payload2.length;
     const payloadLen = len1 + len2;
     const padded = (payloadLen + 7) & ~7;
-    const need = PACKET_DESCRIPTOR_BYTES + padded + PACKET_TRAILER_BYTES;
-    if ((type & 0xffff) !== type) throw new RangeError(`packet type ${type} is not a 16-bit value`);
-    if (flags !== 0 && flags !== PACKET_FLAG_COMPLETION_REQUESTED) throw new RangeError(`packet flags ${flags} are invalid: only 0 and 1 (completion requested) are defined`);
-    // 0n (no completion expected) is the common id: one comparison instead of three (BigInt comparisons are builtin calls).
+    const need = this.check(type, flags, transId, payloadLen);
     const zeroId = transId === 0n;
-    if (!zeroId && (typeof transId !== 'bigint' || transId < 0n || transId > MAX_U64)) throw new RangeError(`transaction id ${String(transId)} is not a 64-bit unsigned value`);
-    if (need > this.maxPacket) {
-      throw new RangeError(`a packet with ${payloadLen} payload bytes takes ${need} bytes, more than ring "${this.name}" can ever hold (${this.maxPacket})`);
-    }
     const ctrl = this.ctrl;
     const D = this.dataBytes;
     // write_index and pending_send_sz are only ever stored by the writer: plain loads suffice. In
@@ -302,6 +323,16 @@ export class RingWriter {
     const cached = this.lastRead;
     if (cached < 0 || need > rawFree(w, cached, D) - 8) {
       if (need > rawFree(w, this.loadRead(), D) - 8) {
+        // The reader sees only what is published, and reports room by that (pending_send_sz): a
+        // staged series is published first, so that the room this writer waits for is the room the
+        // reader counts. Its signal decision stays with the commit.
+        if (this.staged >= 0 && this.staged !== this.stagedFrom) {
+          Atomics.store(ctrl, W, this.staged);
+          // As a commit would decide, but the signal waits for the commit: the reader had read
+          // everything before this part (it may be asleep) and has interrupts on.
+          if (Atomics.load(ctrl, MASK) === 0 && this.loadRead() === this.stagedFrom) this.owed = true;
+          this.stagedFrom = this.staged;
+        }
         if ((Atomics.load(ctrl, FEATURES) & RING_FEATURE_PENDING_SEND_SIZE) === 0) return 'full';
         // A writer retrying the same packet finds it stored already (and keeps the shared cache line clean).
         if (ctrl[PENDING] !== need) Atomics.store(ctrl, PENDING, need);
@@ -366,8 +397,13 @@ export class RingWriter {
     const nw = this.staged;
     if (nw < 0) return 'ok';
     this.staged = -1;
+    const owed = this.owed;
+    this.owed = false;
+    // Everything was published already (by a packet that found no room).
+    if (nw === this.stagedFrom) return owed ? 'signal' : 'ok';
     const ctrl = this.ctrl;
     Atomics.store(ctrl, W, nw);
+    if (owed) return 'signal';
     if (Atomics.load(ctrl, MASK) !== 0) return 'ok';
     // Signal only if the reader had consumed everything before the series (it may be about to sleep).
     return this.loadRead() === this.stagedFrom ? 'signal' : 'ok';

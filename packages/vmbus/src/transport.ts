@@ -58,6 +58,11 @@ export interface PacketTransport {
    * (a fault wrapper, which must see each packet) is sent to one packet at a time.
    */
   sendBurst?(packets: ReadonlyArray<OutboundPacket>): number;
+  /**
+   * Throws the RangeError `send` would throw for this packet (one this transport could never
+   * carry), writing nothing; for a channel that queues it to send later. Optional.
+   */
+  check?(type: number, flags: number, transId: bigint, payload: Uint8Array): void;
   attach(events: TransportEvents): void;
   close(): void;
   /**
@@ -131,8 +136,10 @@ export class ShmTransport implements PacketTransport {
       r = this.writer.tryWrite(type, flags, transId, payload);
     } catch (e) {
       if (e instanceof RingError) {
-        // The writer may have stored pending_send_sz before it found the bad index.
-        if (this.dirty) this.logWrite(w0, false);
+        // The writer may have stored pending_send_sz, or the packet and write_index (a bad read
+        // index found after the store), before it found the bad index: all of it goes to the log.
+        this.writer.abort();
+        this.logAll();
         this.fail(e);
         return false;
       }
@@ -153,9 +160,20 @@ export class ShmTransport implements PacketTransport {
     const writer = this.writer;
     let n = 0;
     let r: 'ok' | 'signal';
+    let refused: unknown = null;
     try {
       for (const p of packets) {
-        if (writer.stage(p.type, p.flags, p.transId, p.payload) === 'full') {
+        let got: 'ok' | 'full';
+        try {
+          got = writer.stage(p.type, p.flags, p.transId, p.payload);
+        } catch (e) {
+          if (e instanceof RingError) throw e;
+          // A packet that could never fit (RangeError; nothing of it written): the ones before it
+          // go now, and it throws when it comes first, as a send of it would.
+          refused = e;
+          break;
+        }
+        if (got === 'full') {
           this.blocked = true;
           break;
         }
@@ -164,20 +182,33 @@ export class ShmTransport implements PacketTransport {
       r = writer.commit();
     } catch (e) {
       if (e instanceof RingError) {
-        // As for send: the control fields may have been stored; the channel ends here.
-        if (this.dirty) this.logWrite(w0, false);
+        // The packets staged before the bad index may be in the ring (and write_index stored):
+        // the whole data area and the control fields go to the log. The channel ends here.
+        writer.abort();
+        this.logAll();
         this.fail(e);
         return 0;
       }
-      // A packet that could never fit (RangeError, nothing of it written): the ones before it go
-      // now, and it throws when it comes first, as a send of it would.
-      if (n === 0) throw e;
-      r = writer.commit();
+      throw e;
     }
+    if (refused !== null && n === 0) throw refused;
     // A full ring stored pending_send_sz: the control fields are logged either way.
     if (this.dirty) this.logWrite(w0, n > 0);
     if (r === 'signal') this.signal();
     return n;
+  }
+
+  /** The whole outbound ring, control fields and data, to the dirty log (after a RingError: what a write stored is not known). */
+  private logAll(): void {
+    const d = this.dirty;
+    if (!d) return;
+    d.markDirty(this.out.byteOffset, CONTROL_FIELDS_BYTES);
+    d.markDirty(this.outData, this.writer.dataBytes);
+  }
+
+  /** Throws the RangeError a send of this packet would (RingWriter.check), writing nothing. */
+  check(type: number, flags: number, transId: bigint, payload: Uint8Array): void {
+    this.writer.check(type, flags, transId, payload.length);
   }
 
   private signal(): void {
@@ -323,6 +354,9 @@ export class VmbusChannel {
       this.stats.packetsOut++;
       return;
     }
+    // A packet the transport could never carry is refused now, as an unqueued send of it is, not
+    // when it reaches the head of the queue (where it would hold up every packet behind it).
+    this.transport.check?.(type, flags, transId, payload);
     if (this.queue.length >= MAX_QUEUED_PACKETS) throw new ChannelClosedError(`channel ${this.name} (relid ${this.relid}) has ${this.queue.length} packets queued: the peer is not reading`);
     this.queue.push({ type, flags, transId, payload: payload.slice() });
     this.stats.queued = this.queue.length;
@@ -344,6 +378,8 @@ export class VmbusChannel {
   restoreQueue(packets: ReadonlyArray<{ type: number; flags: number; transId: bigint; payload: Uint8Array }>): void {
     if (this.started || this.queue.length > 0) throw new Error(`channel ${this.name} (relid ${this.relid}) can take a saved queue only before it starts, when its queue is empty`);
     if (packets.length > MAX_QUEUED_PACKETS) throw new ChannelClosedError(`channel ${this.name} (relid ${this.relid}): a saved queue of ${packets.length} packets is over ${MAX_QUEUED_PACKETS}`);
+    // A saved packet this transport could never carry is refused here, as a send of it would be.
+    for (const p of packets) this.transport.check?.(p.type, p.flags, p.transId, p.payload);
     for (const p of packets) this.queue.push({ type: p.type, flags: p.flags, transId: p.transId, payload: p.payload.slice() });
     this.stats.queued = this.queue.length;
   }

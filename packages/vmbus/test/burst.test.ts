@@ -4,11 +4,14 @@
  * signalled at most once; a channel's queue of packets waiting for room goes out as one burst.
  */
 import { expect } from 'chai';
-import { PacketType, RING_CONTROL_BYTES, RingControl, ShmTransport, VmbusChannel, initRing, packetBytes, type OutboundPacket, type RingRegion } from '../src/index.js';
+import {
+  PacketType, RING_CONTROL_BYTES, RingControl, RingReader, RingWriter, ShmTransport, VmbusChannel, initRing, packetBytes,
+  type DirtyLog, type OutboundPacket, type RingRegion,
+} from '../src/index.js';
 
 const DATA_BYTES = 4096;
 
-function pair(): {
+function pair(log: DirtyLog | null = null): {
   guest: ShmTransport; host: ShmTransport; hostGot: bigint[]; signalsToHost: () => number; signalsToGuest: () => number; writable: () => number; toHost: RingRegion;
 } {
   const ringBytes = RING_CONTROL_BYTES + DATA_BYTES;
@@ -21,9 +24,9 @@ function pair(): {
   let signalsToGuest = 0;
   let writable = 0;
   const hostGot: bigint[] = [];
-  const guest = new ShmTransport(toHost, toGuest, () => void signals++, 'guest');
+  const guest = new ShmTransport(toHost, toGuest, () => void signals++, 'guest', log);
   const host = new ShmTransport(toGuest, toHost, () => void signalsToGuest++, 'host');
-  guest.attach({ packet: () => {}, writable: () => void writable++, fault: (e) => { throw e; } });
+  guest.attach({ packet: () => {}, writable: () => void writable++, fault: () => {} });
   host.attach({ packet: (_t, _f, id) => void hostGot.push(id), writable: () => {}, fault: (e) => { throw e; } });
   return { guest, host, hostGot, signalsToHost: () => signals, signalsToGuest: () => signalsToGuest, writable: () => writable, toHost };
 }
@@ -62,6 +65,80 @@ describe('a burst of packets on a ring', () => {
     expect(() => guest.sendBurst(burst.slice(2))).to.throw(RangeError);
     host.onSignal();
     expect(hostGot).to.deep.equal([1n, 2n]);
+  });
+
+  it('a packet of a series that finds no room publishes the packets staged before it, so the reader tells the writer of the room it waits for', () => {
+    const D = 1024;
+    const region: RingRegion = { buffer: new SharedArrayBuffer(RING_CONTROL_BYTES + D), byteOffset: 0, byteLength: RING_CONTROL_BYTES + D };
+    initRing(region);
+    const writer = new RingWriter(region, 'w');
+    const reader = new RingReader(region, 'r');
+    const bytes = (total: number): Uint8Array => new Uint8Array(total - packetBytes(0));
+    expect(writer.tryWrite(6, 0, 1n, bytes(400))).to.equal('signal');
+    expect(writer.stage(6, 0, 2n, bytes(304))).to.equal('ok');
+    expect(writer.stage(6, 0, 3n, bytes(400))).to.equal('full');
+    // The reader reads the first packet while the series is still open: room for 400 bytes now,
+    // counted from what it sees (the staged packet is published).
+    expect(reader.read()!.transId).to.equal(1n);
+    expect(reader.takeWriterSignal(), 'the reader reports the room the writer waits for').to.equal(true);
+    expect(writer.commit()).to.equal('ok');
+    expect(reader.read()!.transId).to.equal(2n);
+    expect(writer.tryWrite(6, 0, 3n, bytes(400))).to.equal('signal');
+  });
+
+  it('a series published in parts by full rings still signals a reader that sleeps before the rest', () => {
+    const D = 1024;
+    const region: RingRegion = { buffer: new SharedArrayBuffer(RING_CONTROL_BYTES + D), byteOffset: 0, byteLength: RING_CONTROL_BYTES + D };
+    initRing(region);
+    const writer = new RingWriter(region, 'w');
+    const reader = new RingReader(region, 'r');
+    const bytes = (total: number): Uint8Array => new Uint8Array(total - packetBytes(0));
+    // A series whose first part goes out when the ring is full: the reader, asleep since before it, is owed a signal.
+    expect(writer.tryWrite(6, 0, 1n, bytes(504))).to.equal('signal');
+    reader.drain(() => {});
+    expect(writer.stage(6, 0, 2n, bytes(504))).to.equal('ok');
+    expect(writer.stage(6, 0, 3n, bytes(600))).to.equal('full');
+    expect(writer.commit(), 'the part published at the full ring went to a sleeping reader').to.equal('signal');
+    // The reader reads it all; a new series after that signals again at its commit.
+    expect(reader.drain(() => {})).to.equal(1);
+    expect(writer.stage(6, 0, 4n, bytes(600))).to.equal('ok');
+    expect(writer.commit()).to.equal('signal');
+  });
+
+  it('a bad read index met in the middle of a burst fails the transport, and every byte the burst wrote is in the dirty log', () => {
+    const ranges: Array<[number, number]> = [];
+    const log: DirtyLog = { markDirty: (o, n) => void ranges.push([o, n]) };
+    const { guest, toHost } = pair(log);
+    const all = new Uint8Array(toHost.buffer);
+    expect(guest.send(PacketType.DataInband, 0, 1n, new Uint8Array(8))).to.equal(true);
+    // The peer scribbles its read index; the first packet of the burst fits the free space the
+    // writer remembers, the second needs a fresh look at the index, which is bad.
+    new Uint32Array(toHost.buffer, toHost.byteOffset + RingControl.readIndex, 1)[0] = 3;
+    const before = all.slice();
+    ranges.length = 0;
+    const burst = [{ type: PacketType.DataInband, flags: 0, transId: 2n, payload: new Uint8Array(64).fill(0x5a) }, { type: PacketType.DataInband, flags: 0, transId: 3n, payload: new Uint8Array(DATA_BYTES - 200) }];
+    expect(guest.sendBurst(burst)).to.equal(0);
+    expect(guest.sendBurst(burst), 'the transport is failed').to.equal(0);
+    let changed = 0;
+    for (let i = 0; i < all.length; i++) {
+      if (all[i] === before[i]) continue;
+      changed++;
+      expect(ranges.some(([o, n]) => i >= o && i < o + n), `byte ${i} changed and was not logged`).to.equal(true);
+    }
+    expect(changed, 'the first packet was written into the data area').to.be.greaterThan(0);
+  });
+
+  it('a channel refuses a packet its ring could never hold when it is sent, also behind queued packets', () => {
+    const { guest } = pair();
+    const channel = new VmbusChannel(8, 'big', guest);
+    channel.start();
+    const len = 300;
+    const fit = Math.floor((DATA_BYTES - 8) / packetBytes(len));
+    for (let i = 1; i <= fit + 2; i++) channel.send(PacketType.DataInband, 0, BigInt(i), new Uint8Array(len));
+    expect(channel.stats.queued).to.equal(2);
+    expect(() => channel.send(PacketType.DataInband, 0, 99n, new Uint8Array(DATA_BYTES))).to.throw(RangeError);
+    expect(channel.stats.queued).to.equal(2);
+    expect(channel.open).to.equal(true);
   });
 
   it('an empty burst and a closed transport send nothing', () => {
