@@ -1,13 +1,14 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
 import { TestHost, eventually, shmFiles, sleep, untilHeard } from './harness.js';
-import { hostProcesses } from '@hvlab/host';
+import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
 import { hostConnectionId } from '../packages/root/src/vmwp/shared.js';
-import { decode, type VmStateEvent } from '@hvlab/protocol';
+import { decode, STATUS_PAGE_GPA, StatusPage, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -179,6 +180,39 @@ describe('a host of real processes (shared memory)', function () {
     const c = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'alpha');
     expect(c.state).to.equal('Running');
     expect(c.workload.progress!).to.be.greaterThan(b.workload.progress!);
+  });
+
+  it('a pause returns once the VPs have stopped: a memdirty guest\'s page writes hold still from the answer on', async () => {
+    await h.ok('vm', 'new', 'md', '--memory', '16M', '--workload', 'memdirty:1M');
+    await h.ok('vm', 'start', 'md');
+    const mgmt = new MgmtClient(h.paths.mgmtEndpoint, { watch: readHost(h.paths) });
+    let spinners: Worker[] = [];
+    const written = async (): Promise<bigint> => {
+      const b = await mgmt.request<Uint8Array>('vmPeek', { name: 'md', gpa: STATUS_PAGE_GPA + StatusPage.progress, len: 8 });
+      return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
+    };
+    try {
+      expect(await eventually(async () => (await written()) > 0n, 10000), 'the guest writes pages').to.equal(true);
+      // The guest writes pages as fast as it can; a pause that answered before its VP stopped
+      // would be caught here by a count that still moves (a VP finishes its step). Two threads
+      // spinning here take the CPUs from the VP thread, so it is slow to see the suspension, as
+      // on a busy machine (where a chaos run's memory check caught a count that moved on).
+      spinners = [0, 1].map(() => new Worker('const end = Date.now() + 20000; while (Date.now() < end);', { eval: true }));
+      for (let i = 0; i < 6; i++) {
+        await mgmt.request('vmPause', { name: 'md' });
+        const a = await written();
+        await sleep(30);
+        const b = await written();
+        expect(b, `pause ${i + 1}: the page-write count moved after the pause answered`).to.equal(a);
+        await mgmt.request('vmResume', { name: 'md' });
+        await sleep(20);
+      }
+    } finally {
+      for (const w of spinners) await w.terminate();
+      mgmt.close();
+      await h.ok('vm', 'turn-off', 'md');
+      await h.ok('vm', 'delete', 'md');
+    }
   });
 
   it('publishes state changes on the events socket (Pausing, Paused, Resuming, Running)', async () => {

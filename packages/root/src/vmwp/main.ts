@@ -324,10 +324,17 @@ export async function runWorker(): Promise<void> {
       }
       case 'peek':
         return await readGuest(req.gpa, req.len);
-      case 'suspend':
+      case 'suspend': {
+        const before = suspensionSeq;
         await setSuspend(req.value);
+        // A pause is done when the VPs have stopped, not when the hypervisor took the property:
+        // a VP in a step finishes it first (a memdirty guest writes ~1 ms more pages), and what is
+        // read of the paused VM must hold still. With the VP region, the VPs' states with the
+        // suspension's number come once every VP page shows it (as in freeze).
+        if (req.value && suspensionSeq !== before && vpRegionOfPartition()) await vpsStopped(suspensionSeq);
         suspended = req.value;
         return true;
+      }
       case 'hypercall':
         if (req.asChild) {
           if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
@@ -511,6 +518,13 @@ export async function runWorker(): Promise<void> {
       await setSuspend(false).catch(() => undefined);
       throw e;
     }
+  }
+
+  /** Waits until every VP shows suspension `seq` (the hypervisor answers GetVpState once they do, at most 5 s). */
+  async function vpsStopped(seq: number): Promise<void> {
+    const vps = await Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, afterSuspension: seq })));
+    const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
+    if (running >= 0) throw new VmwpFailure('Unavailable', `VP ${running} is ${vps[running]!.runState}, not suspended, after the pause`);
   }
 
   /** Undoes `freeze`: the guest kernel takes interrupts again and the VPs run. */
