@@ -212,6 +212,8 @@ export class RingWriter {
   private stagedFrom = 0;
   /** A packet of the series that found no room published the part before it to a reader that may sleep: the commit signals. */
   private owed = false;
+  /** The series' last packet found room: the commit clears pending_send_sz. */
+  private clearPending = false;
 
   constructor(region: RingRegion, name?: string) {
     const dataBytes = checkRegion(region);
@@ -285,6 +287,7 @@ export class RingWriter {
   abort(): void {
     this.staged = -1;
     this.owed = false;
+    this.clearPending = false;
   }
 
   /** True while packets are staged and not yet committed. */
@@ -333,6 +336,7 @@ export class RingWriter {
           if (Atomics.load(ctrl, MASK) === 0 && this.loadRead() === this.stagedFrom) this.owed = true;
           this.stagedFrom = this.staged;
         }
+        this.clearPending = false;
         if ((Atomics.load(ctrl, FEATURES) & RING_FEATURE_PENDING_SEND_SIZE) === 0) return 'full';
         // A writer retrying the same packet finds it stored already (and keeps the shared cache line clean).
         if (ctrl[PENDING] !== need) Atomics.store(ctrl, PENDING, need);
@@ -380,9 +384,10 @@ export class RingWriter {
     let nw = t + PACKET_TRAILER_BYTES;
     if (nw === D) nw = 0;
     this.staged = nw;
-    // This packet found room: the writer no longer waits for any (a later one of the series that
-    // does not fit sets pending_send_sz again, and the commit leaves it so).
-    if (ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
+    // This packet found room: the writer no longer waits for any. The commit clears
+    // pending_send_sz, after its store of write_index (one trip of the control page's cache line
+    // for both), unless a later packet of the series found no room and set it again.
+    this.clearPending = true;
     return 'ok';
   }
 
@@ -399,10 +404,16 @@ export class RingWriter {
     this.staged = -1;
     const owed = this.owed;
     this.owed = false;
-    // Everything was published already (by a packet that found no room).
-    if (nw === this.stagedFrom) return owed ? 'signal' : 'ok';
+    const clear = this.clearPending;
+    this.clearPending = false;
     const ctrl = this.ctrl;
+    // Everything was published already (by a packet that found no room).
+    if (nw === this.stagedFrom) {
+      if (clear && ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
+      return owed ? 'signal' : 'ok';
+    }
     Atomics.store(ctrl, W, nw);
+    if (clear && ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
     if (owed) return 'signal';
     if (Atomics.load(ctrl, MASK) !== 0) return 'ok';
     // Signal only if the reader had consumed everything before the series (it may be about to sleep).
