@@ -571,7 +571,11 @@ async function zmqThroughput(run: Run, size: number): Promise<ProcRate> {
     const done = parseDone(await waitLine(child, 'done ', 10000));
     if (fault) throw fault;
     if (checkError) throw checkError;
-    if (c1 - c0 === 0) throw new Error(`zmq ${size} B: no packets arrived in ${run.plan.measureMs} ms${exited(child.child) ? `; ${whyGone(child)}` : ''}`);
+    if (c1 - c0 === 0) {
+      // What each end saw, so a stall says where it was: the sender's count and credit waits, ours, the hub's refusals.
+      const seen = `the sender sent ${done.packets} and waited for credit ${done.full} times; ${c1} arrived in all; hub ${JSON.stringify(hub.stats)}`;
+      throw new Error(`zmq ${size} B: no packets arrived in ${run.plan.measureMs} ms (${seen})${exited(child.child) ? `; ${whyGone(child)}` : ''}`);
+    }
     return { ...rate(c1 - c0, size, t1 - t0), cpuShare: { reader: readerCpu, writer: done.cpuShare } };
   } finally {
     await run.stop(child);

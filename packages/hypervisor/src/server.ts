@@ -82,10 +82,8 @@ export class HypervisorServer {
   constructor(opts: Omit<HypervisorOptions, 'notify' | 'scheduler'> & { lps?: number }) {
     this.log = opts.log;
     this.badFrames = new LogLimiter(opts.now ?? Date.now);
+    // A send never waits (router(): ROUTER_SEND_OPTIONS), so no peer parks the answers queued behind it.
     this.sock = router();
-    // A send to a peer whose queue is full fails at once (EAGAIN, which SendQueue drops) rather
-    // than parking the one send zeromq.js allows per socket and every answer queued behind it.
-    this.sock.sendTimeout = 0;
     // ZeroMQ disconnects a peer whose frame is larger than any hypercall needs, before it is read.
     this.sock.maxMessageSize = HV_FRAME_MAX_BYTES;
     this.q = new SendQueue(this.sock);

@@ -22,7 +22,7 @@ import {
   decodeMgmtRequest, encode, MGMT_MAX_IN_FLIGHT,
   type MgmtCall, type MgmtError, type MgmtRequest, type MgmtResponse, type VmStateEvent,
 } from '@hvlab/protocol';
-import { router, SendQueue, zmq } from '@hvlab/runtime';
+import { ROUTER_SEND_OPTIONS, router, SendQueue, zmq } from '@hvlab/runtime';
 import { MgmtFailure } from './config.js';
 
 /**
@@ -63,11 +63,9 @@ export class MgmtServer {
    * cluster's members and CLIs on other machines reach (runtime's curveServerOptions).
    */
   constructor(private readonly handle: MgmtHandler, private readonly onError: (e: Error) => void, socket?: Record<string, unknown>) {
-    this.sock = socket ? new zmq.Router({ linger: 0, mandatory: true, sendHighWaterMark: 100000, receiveHighWaterMark: 100000, ...socket } as never) : router();
+    this.sock = socket ? new zmq.Router({ linger: 0, ...ROUTER_SEND_OPTIONS, sendHighWaterMark: 100000, receiveHighWaterMark: 100000, ...socket } as never) : router();
     this.q = new SendQueue(this.sock);
     this.sock.maxMessageSize = TRANSPORT_MAX_BYTES;
-    // Never wait for a peer whose queue is full: its answer is dropped, everyone else's goes on.
-    this.sock.sendTimeout = 0;
   }
 
   /** Binds the request socket, and the event socket when `eventsEndpoint` is given. */

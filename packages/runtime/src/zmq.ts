@@ -40,6 +40,17 @@ export class SendQueue {
 export function dealer(): zmq.Dealer {
   return new zmq.Dealer({ linger: 0, sendHighWaterMark: 100000, receiveHighWaterMark: 100000, reconnectInterval: 10, reconnectMaxInterval: 100 });
 }
+/**
+ * Options every ROUTER with `mandatory` needs: a send never waits. A mandatory ROUTER with no pipe
+ * that can take a message waits for one, and a peer that disconnects as we answer leaves its pipe
+ * terminating without the socket's descriptor ever saying when that ends (libzmq #2348, #2831):
+ * the send, and every send queued behind it on the socket, then waits forever (seen: a hub's credit
+ * to a sender that had just closed stopped every later channel of the hub). With no wait, that
+ * send fails at once (EAGAIN, or EHOSTUNREACH once the pipe is gone) and `SendQueue` drops it; so
+ * does a send to a live peer with a full queue (100000 messages it is not reading).
+ */
+export const ROUTER_SEND_OPTIONS = { mandatory: true, sendTimeout: 0 } as const;
+
 export function router(): zmq.Router {
-  return new zmq.Router({ linger: 0, mandatory: true, sendHighWaterMark: 100000, receiveHighWaterMark: 100000 });
+  return new zmq.Router({ linger: 0, ...ROUTER_SEND_OPTIONS, sendHighWaterMark: 100000, receiveHighWaterMark: 100000 });
 }

@@ -6,7 +6,7 @@
  * (maxMessageSize) before they are read. Sockets have linger 0 and a send queue, because
  * zeromq.js allows one pending send per socket.
  */
-import { SendQueue, zmq } from '@hvlab/runtime';
+import { ROUTER_SEND_OPTIONS, SendQueue, zmq } from '@hvlab/runtime';
 import { MAX_FRAME_BYTES } from './frames.js';
 import { FrameReceiver, type FrameHandler, type FrameLink, type FrameListener, type FrameNetwork } from './link.js';
 
@@ -107,7 +107,7 @@ export class ZmqFrameListener implements FrameListener {
   droppedForPeerLimit = 0;
 
   constructor(readonly endpoint: string, private readonly opts: ZmqLinkOptions = {}) {
-    this.sock = new zmq.Router({ linger: 0, mandatory: true, sendHighWaterMark: HIGH_WATER_MARK, receiveHighWaterMark: HIGH_WATER_MARK, maxMessageSize: MAX_FRAME_BYTES });
+    this.sock = new zmq.Router({ linger: 0, ...ROUTER_SEND_OPTIONS, sendHighWaterMark: HIGH_WATER_MARK, receiveHighWaterMark: HIGH_WATER_MARK, maxMessageSize: MAX_FRAME_BYTES });
     this.q = new SendQueue(this.sock);
   }
 
