@@ -293,6 +293,9 @@ export class VmbusChannel {
   onClose: () => void = () => {};
   readonly stats: ChannelStats = { packetsIn: 0, packetsOut: 0, queued: 0 };
 
+  private flushing = false;
+  private flushAgain = false;
+
   constructor(readonly relid: number, readonly name: string, readonly transport: PacketTransport) {}
 
   /**
@@ -384,7 +387,31 @@ export class VmbusChannel {
     this.stats.queued = this.queue.length;
   }
 
+  /**
+   * Sends the queue. A transport that says `writable` from within a send (a synchronous signal path)
+   * re-enters here before the outer call has taken the packets it sent off the queue: the inner
+   * call only asks for another round, so no packet goes twice. A round that sent nothing ends it
+   * (a transport that says `writable` with no room cannot make this spin).
+   */
   private flush(): void {
+    if (this.flushing) {
+      this.flushAgain = true;
+      return;
+    }
+    this.flushing = true;
+    try {
+      let sent = 0;
+      do {
+        this.flushAgain = false;
+        sent = this.flushOnce();
+      } while (this.flushAgain && sent > 0 && this.queue.length > 0 && this.isOpen);
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  /** One round of flush: how many packets went. */
+  private flushOnce(): number {
     const burst = this.transport.sendBurst;
     if (burst && this.queue.length > 1 && this.isOpen) {
       // The queue in one burst (one publication of the ring's write index, one signal at most).
@@ -392,15 +419,18 @@ export class VmbusChannel {
       this.queue.splice(0, n);
       this.stats.packetsOut += n;
       this.stats.queued = this.queue.length;
-      return;
+      return n;
     }
+    let n = 0;
     while (this.queue.length > 0 && this.isOpen) {
       const p = this.queue[0];
       if (!this.transport.send(p.type, p.flags, p.transId, p.payload)) break;
       this.queue.shift();
       this.stats.packetsOut++;
+      n++;
     }
     this.stats.queued = this.queue.length;
+    return n;
   }
 
   close(): void {

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import {
   PacketType, RING_CONTROL_BYTES, RingControl, RingReader, RingWriter, ShmTransport, VmbusChannel, initRing, packetBytes,
-  type DirtyLog, type OutboundPacket, type RingRegion,
+  type DirtyLog, type OutboundPacket, type PacketTransport, type RingRegion, type TransportEvents,
 } from '../src/index.js';
 
 const DATA_BYTES = 4096;
@@ -174,4 +174,55 @@ describe('a burst of packets on a ring', () => {
     expect(hostGot).to.deep.equal(Array.from({ length: fit + 6 }, (_, i) => BigInt(i + 1)));
     expect(channel.stats.packetsOut).to.equal(fit + 6);
   });
+});
+
+/** A transport that says `writable` from within its sends, as a synchronous signal path would. */
+class EagerTransport implements PacketTransport {
+  readonly kind = 'shm' as const;
+  readonly sent: bigint[] = [];
+  room = 0;
+  events: TransportEvents | null = null;
+  constructor(private readonly bursts: boolean) {
+    if (!bursts) this.sendBurst = undefined;
+  }
+  send(_type: number, _flags: number, transId: bigint): boolean {
+    if (this.room <= 0) return false;
+    this.room--;
+    this.sent.push(transId);
+    this.events!.writable();
+    return true;
+  }
+  sendBurst?(packets: ReadonlyArray<OutboundPacket>): number {
+    let n = 0;
+    for (const p of packets) {
+      if (this.room <= 0) break;
+      this.room--;
+      this.sent.push(p.transId);
+      n++;
+    }
+    this.events!.writable();
+    return n;
+  }
+  attach(events: TransportEvents): void {
+    this.events = events;
+  }
+  close(): void {}
+}
+
+describe('a channel whose transport says writable from within a send', () => {
+  for (const bursts of [true, false]) {
+    it(`sends each queued packet once (${bursts ? 'as a burst' : 'one at a time'})`, () => {
+      const t = new EagerTransport(bursts);
+      const ch = new VmbusChannel(1, 'eager', t);
+      ch.start();
+      for (let i = 1; i <= 5; i++) ch.send(PacketType.DataInband, 0, BigInt(i), new Uint8Array(8));
+      expect(t.sent, 'no room yet: all queued').to.deep.equal([]);
+      t.room = 3;
+      t.events!.writable();
+      expect(t.sent).to.deep.equal([1n, 2n, 3n]);
+      t.room = 10;
+      t.events!.writable();
+      expect(t.sent, 'each packet once, in order').to.deep.equal([1n, 2n, 3n, 4n, 5n]);
+    });
+  }
 });
