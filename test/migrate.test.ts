@@ -120,6 +120,10 @@ describe('live migration between two hosts', function () {
     const plog = readFileSync(join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'partition-cnt.log'), 'utf8');
     expect(plog).to.match(/guest resumed/);
     expect(plog).to.not.match(/guest booted/);
+    // The destination's worker ran the blackout's restore path once ahead, on its own fresh VM.
+    const wlog = readFileSync(join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-cnt.log'), 'utf8');
+    expect(wlog).to.match(/the restore path ran ahead of the blackout/);
+    expect(wlog).to.not.match(/could not be run ahead/);
     // Nothing of it on the source; move-status there and at the destination report it completed.
     expect(await vmOn('h1', 'cnt')).to.equal(undefined);
     expect((await h.json<Array<{ vm: string | null }>>('--host', 'h1', 'ps')).filter((x) => x.vm === 'cnt')).to.deep.equal([]);

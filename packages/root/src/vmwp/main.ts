@@ -534,6 +534,14 @@ export async function runWorker(): Promise<void> {
   }
 
   /** The saved-state tree of a frozen VM, memory aside (synchronous: one step with the caller's memory copy). */
+  /**
+   * The memory digest of a migrated state: its memory goes as pages, never as a file, so there is
+   * nothing to digest, but the saved-state decoder takes only 64 hex digits. The destination's run
+   * of its restore path ahead of the blackout (warmRestorePath) must use it too: with '' it failed
+   * at the decoder, and every blackout paid the device decoders' first run.
+   */
+  const MIGRATED_MEMORY_DIGEST = '0'.repeat(64);
+
   function capture(vps: SavedVpState[], memoryDigest: string): SavedVm {
     const processor: ProcessorState = { version: 1, ...cfg.processor };
     const components = { ...vmDevices().save(), processor };
@@ -596,7 +604,7 @@ export async function runWorker(): Promise<void> {
         frozenVps = f.vps;
         return f.dirty;
       },
-      capture: () => capture(frozenVps, '0'.repeat(64)) as unknown as Record<string, unknown>,
+      capture: () => capture(frozenVps, MIGRATED_MEMORY_DIGEST) as unknown as Record<string, unknown>,
       thaw,
       throttle: async (cap) => {
         await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cap ?? cfg.processor.maximum });
@@ -928,6 +936,8 @@ export async function runWorker(): Promise<void> {
     const staged = goWord !== null && !postcopyControl;
     let restoring: ReturnType<VmDevices['decodeSaved']>;
     let savedAt: string;
+    let tDecoded = t0;
+    let tDevicesDecoded = t0;
     // Started from here on: a second migState is refused, whatever happens to this one.
     incomingStarted = true;
     try {
@@ -940,6 +950,7 @@ export async function runWorker(): Promise<void> {
       }
       const state = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
       if (typeof state === 'string') throw new VmwpFailure('InvalidArgument', `the migrated state is refused: ${state}`);
+      tDecoded = performance.now();
       // The VPs' states go to the hypervisor as soon as they are decoded, and the devices' states
       // decode while it sets them; then the VMBus server's GPADL windows (premap; the event
       // connections were made at the setup) go beside them. The server signals the guest only in
@@ -947,6 +958,7 @@ export async function runWorker(): Promise<void> {
       // device state refused here fails the move with the VPs set and never run (no Run is stored).
       const vpsSet = Promise.allSettled(Array.from({ length: cfg.vps }, (_, i) => hv.must('SetVpState', { partitionId, vpIndex: i, state: state.partition.vps[i] })));
       restoring = devs.decodeSaved(state.components);
+      tDevicesDecoded = performance.now();
       savedAt = state.savedAt;
       const [vpResults, premapped] = await Promise.all([vpsSet, Promise.allSettled([devs.premap(restoring.vmbus)])]);
       const refused = [...vpResults, ...premapped].find((r) => r.status === 'rejected');
@@ -1016,7 +1028,7 @@ export async function runWorker(): Promise<void> {
       void inflatePool?.close().catch(() => undefined);
       inflatePool = null;
     }
-    log.info({ savedAt, staged, decodeAndVpsMs: ms(t0, tVps), goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
+    log.info({ savedAt, staged, decodeAndVpsMs: ms(t0, tVps), parseAndDecodeMs: ms(t0, tDecoded), devicesDecodeMs: ms(tDecoded, tDevicesDecoded), vpsAndPremapMs: ms(tDevicesDecoded, tVps), stateBytes: bytes.length, goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
     return { running: true };
   }
 
@@ -1146,7 +1158,10 @@ export async function runWorker(): Promise<void> {
       let watched = false;
       try {
         startPartitionProcess(created.token, { hold: true, vps: cfg.vps, ...(goSab ? { goRegion } : {}) });
-        await warmRestorePath().catch((e) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'));
+        await warmRestorePath().then(
+          () => log.info('the restore path ran ahead of the blackout'),
+          (e: unknown) => log.warn({ err: (e as Error).message }, 'the restore path could not be run ahead (the blackout pays its first run)'),
+        );
         watched = await Promise.race([held, new Promise<false>((r) => setTimeout(() => r(false), 20000))]);
       } finally {
         partitionHeld = null;
@@ -1183,7 +1198,7 @@ export async function runWorker(): Promise<void> {
     const vps: SavedVpState[] = [];
     for (let v = 0; v < cfg.vps; v++) vps.push(await hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }));
     for (let v = 0; v < cfg.vps; v++) await hv.must('SetVpState', { partitionId, vpIndex: v, state: vps[v] });
-    const tree: unknown = JSON.parse(Buffer.from(JSON.stringify(capture(vps, ''))).toString('utf8'));
+    const tree: unknown = JSON.parse(Buffer.from(JSON.stringify(capture(vps, MIGRATED_MEMORY_DIGEST))).toString('utf8'));
     const st = decodeSavedVm(tree, { name: cfg.name, memoryBytes: cfg.memoryBytes, vps: cfg.vps, id: cfg.id });
     if (typeof st === 'string') throw new Error(`its own state does not decode: ${st}`);
     vmDevices().decodeSaved(st.components);
