@@ -7,11 +7,17 @@ import * as zmq from 'zeromq';
 
 export { zmq };
 
-/** Serialises sends on one socket. */
+/**
+ * Serialises sends on one socket. A message ZeroMQ refuses for its peer (EHOSTUNREACH: the peer is
+ * gone; EAGAIN: its queue is full, or it is leaving) is dropped, and `onDrop` told of it.
+ */
 export class SendQueue {
   private tail: Promise<void> = Promise.resolve();
   private closed = false;
-  constructor(private readonly sock: zmq.Dealer | zmq.Router | zmq.Publisher) {}
+  constructor(
+    private readonly sock: zmq.Dealer | zmq.Router | zmq.Publisher,
+    private readonly onDrop?: (frames: Buffer | Buffer[], code: 'EAGAIN' | 'EHOSTUNREACH') => void,
+  ) {}
   send(frames: Buffer | Buffer[]): Promise<void> {
     const run = async (): Promise<void> => {
       if (this.closed || this.sock.closed) return;
@@ -19,7 +25,15 @@ export class SendQueue {
         await this.sock.send(frames as never);
       } catch (e) {
         const code = (e as { code?: string }).code;
-        if (code === 'EAGAIN' || code === 'EHOSTUNREACH' || this.sock.closed) return; // peer gone: drop
+        if (this.sock.closed) return;
+        if (code === 'EAGAIN' || code === 'EHOSTUNREACH') {
+          try {
+            this.onDrop?.(frames, code);
+          } catch {
+            // The drop stands; a handler's failure is not the sender's.
+          }
+          return;
+        }
         throw e;
       }
     };

@@ -106,7 +106,10 @@ describe('the anchor watch (watchPid, watchPids)', () => {
       pidAlive(1);
       pidAlive(0x7ffffffe);
     }
-    expect(fds()).to.equal(before);
+    // A leak leaves one descriptor per call (6000); a few may come and go meanwhile from what
+    // other test files loaded into this process (a socket library's threads), so exact equality
+    // failed when this file ran beside them.
+    expect(fds() - before).to.be.at.most(16);
   });
 
   it('a pid that is not a process counts as gone', async () => {

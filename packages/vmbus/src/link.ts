@@ -25,6 +25,12 @@ export interface FrameLink {
   send(frame: Uint8Array): void;
   /** Sets the receiver of the peer's frames (frames that arrived before it are delivered then). */
   onFrame(handler: FrameHandler): void;
+  /**
+   * Optional: tells `handler` once that the link lost a frame for a peer that is still there (it
+   * stopped reading and its queue is full); the link is closed then. Whatever the frame carried
+   * is gone, so the protocol above cannot go on over this link.
+   */
+  onLost?(handler: (why: string) => void): void;
   close(): void;
   readonly closed: boolean;
 }

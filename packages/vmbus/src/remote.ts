@@ -151,7 +151,7 @@ export class RemoteHub {
   private readonly early = new Map<number, Uint8Array[]>();
   private closed = false;
   private refusals = { second: 0, logged: 0 };
-  readonly stats = { badFrames: 0, refusedHellos: 0, unknownPeerFrames: 0 };
+  readonly stats = { badFrames: 0, refusedHellos: 0, unknownPeerFrames: 0, lostLinks: 0 };
 
   /** `listener`: the frame transport to serve on (default: a ZeroMQ ROUTER bound at `endpoint`). */
   constructor(readonly endpoint: string, private readonly log?: RemoteLog, listener?: FrameListener) {
@@ -159,7 +159,10 @@ export class RemoteHub {
   }
 
   async bind(): Promise<void> {
-    this.listener.onLink((link) => link.onFrame((f) => this.onFrame(link, f)));
+    this.listener.onLink((link) => {
+      link.onFrame((f) => this.onFrame(link, f));
+      link.onLost?.((why) => this.lost(link, why));
+    });
     await this.listener.bind();
   }
 
@@ -225,6 +228,23 @@ export class RemoteHub {
       if (f.relid === null) return this.refused({ partition: pid, err: f.error }, 'malformed remote VMBus frame dropped');
     }
     if (f.relid !== null) this.channels.get(`${pid}:${f.relid}`)?.onFrame(f);
+  }
+
+  /**
+   * A partition's link lost a frame (it stopped reading): every channel of it faults, as a bad ring
+   * would, since a lost packet or credit grant would stall it for good with nobody told. Its other
+   * partitions' links go on. It is heard again once it says hello on a new connection.
+   */
+  private lost(link: FrameLink, why: string): void {
+    const pid = this.partitionOf.get(link);
+    if (pid === undefined) return;
+    this.stats.lostLinks++;
+    this.partitionOf.delete(link);
+    if (this.peers.get(pid) === link) this.peers.delete(pid);
+    this.refused({ partition: pid, err: why }, 'remote VMBus link lost: its channels fault');
+    for (const [k, t] of [...this.channels]) {
+      if (k.startsWith(`${pid}:`)) t.onFrame({ kind: 'error', error: `the link to the guest was lost: ${why}`, relid: t.relid, generation: t.generation });
+    }
   }
 
   private hello(link: FrameLink, pid: number, token: string): void {

@@ -394,8 +394,9 @@ export class RingWriter {
   /**
    * Publishes the staged packets (one store of write_index): 'signal' when the reader must be
    * signalled (interrupts unmasked and the ring empty before the series), else 'ok' (also when
-   * nothing was staged). pending_send_sz stays as the last stage left it: a packet of the series
-   * that found no room keeps the reader's promise to signal when there is. Throws RingError if
+   * nothing was staged). pending_send_sz: cleared after the write index is stored if the series'
+   * last packet found room; left set if it found none (the reader's promise to signal when there
+   * is room stays). Throws RingError if
    * the read index is invalid (the packets are published).
    */
   commit(): 'ok' | 'signal' {

@@ -78,6 +78,7 @@ export class ZmqFrameLink implements FrameLink {
 class ZmqPeerLink implements FrameLink {
   readonly rx = new FrameReceiver();
   closed = false;
+  private lostHandler: ((why: string) => void) | null = null;
 
   constructor(private readonly route: Buffer, private readonly listener: ZmqFrameListener) {}
 
@@ -87,6 +88,18 @@ class ZmqPeerLink implements FrameLink {
 
   onFrame(handler: FrameHandler): void {
     this.rx.set(handler);
+  }
+
+  onLost(handler: (why: string) => void): void {
+    this.lostHandler = handler;
+  }
+
+  /** A frame for this peer was dropped while it is still connected: closed, and the owner told. */
+  lost(why: string): void {
+    if (this.closed) return;
+    const h = this.lostHandler;
+    this.close();
+    h?.(why);
   }
 
   close(): void {
@@ -108,7 +121,12 @@ export class ZmqFrameListener implements FrameListener {
 
   constructor(readonly endpoint: string, private readonly opts: ZmqLinkOptions = {}) {
     this.sock = new zmq.Router({ linger: 0, ...ROUTER_SEND_OPTIONS, sendHighWaterMark: HIGH_WATER_MARK, receiveHighWaterMark: HIGH_WATER_MARK, maxMessageSize: MAX_FRAME_BYTES });
-    this.q = new SendQueue(this.sock);
+    // A send never waits (ROUTER_SEND_OPTIONS): a frame for a peer whose queue is full is dropped
+    // at once, and that peer's link is lost with it (it stopped reading), never quietly thinned.
+    this.q = new SendQueue(this.sock, (frames, code) => {
+      if (code !== 'EAGAIN' || !Array.isArray(frames) || frames[0] === undefined) return;
+      this.peers.get(frames[0].toString('hex'))?.lost(`a frame for it was dropped: its queue is full (${HIGH_WATER_MARK} frames), the peer is not reading`);
+    });
   }
 
   onLink(handler: (link: FrameLink) => void): void {

@@ -533,7 +533,6 @@ export async function runWorker(): Promise<void> {
     await setSuspend(false);
   }
 
-  /** The saved-state tree of a frozen VM, memory aside (synchronous: one step with the caller's memory copy). */
   /**
    * The memory digest of a migrated state: its memory goes as pages, never as a file, so there is
    * nothing to digest, but the saved-state decoder takes only 64 hex digits. The destination's run
@@ -542,6 +541,7 @@ export async function runWorker(): Promise<void> {
    */
   const MIGRATED_MEMORY_DIGEST = '0'.repeat(64);
 
+  /** The saved-state tree of a frozen VM, memory aside (synchronous: one step with the caller's memory copy). */
   function capture(vps: SavedVpState[], memoryDigest: string): SavedVm {
     const processor: ProcessorState = { version: 1, ...cfg.processor };
     const components = { ...vmDevices().save(), processor };
