@@ -408,11 +408,9 @@ export class RingWriter {
     const clear = this.clearPending;
     this.clearPending = false;
     const ctrl = this.ctrl;
-    // Everything was published already (by a packet that found no room).
-    if (nw === this.stagedFrom) {
-      if (clear && ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
-      return owed ? 'signal' : 'ok';
-    }
+    // Everything was published already, by a packet that found no room (and was the last staged:
+    // one that found room after it would have moved past stagedFrom), so pending_send_sz stays.
+    if (nw === this.stagedFrom) return owed ? 'signal' : 'ok';
     Atomics.store(ctrl, W, nw);
     if (clear && ctrl[PENDING] !== 0) Atomics.store(ctrl, PENDING, 0);
     if (owed) return 'signal';

@@ -55,7 +55,8 @@ export interface PacketTransport {
    * one burst: a ring publishes its write index and decides on a signal once for all of them
    * (RingWriter.stage/commit). Returns how many went. A packet that could never fit ends the burst
    * before it, and throws (as `send` does) when it is the first. Optional: a transport without it
-   * (a fault wrapper, which must see each packet) is sent to one packet at a time.
+   * is sent to one packet at a time (a fault wrapper has it, and passes the burst on whole only
+   * while no fault is on).
    */
   sendBurst?(packets: ReadonlyArray<OutboundPacket>): number;
   /**

@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import {
-  PacketType, RING_CONTROL_BYTES, RingControl, RingReader, RingWriter, ShmTransport, VmbusChannel, initRing, packetBytes,
+  FaultyTransport, PacketType, RING_CONTROL_BYTES, RingControl, RingReader, RingWriter, ShmTransport, VmbusChannel, initRing, packetBytes,
   type DirtyLog, type OutboundPacket, type PacketTransport, type RingRegion, type TransportEvents,
 } from '../src/index.js';
 
@@ -149,9 +149,10 @@ describe('a burst of packets on a ring', () => {
     expect(guest.sendBurst(packets(1, 2, 8))).to.equal(0);
   });
 
-  it('a channel sends the packets queued while the ring was full as one burst, ahead of later ones, in order', () => {
+  for (const wrapped of [false, true]) {
+  it(`a channel sends the packets queued while the ring was full as one burst, ahead of later ones, in order${wrapped ? ' (behind a fault wrapper with no fault on, as every host-side channel is)' : ''}`, () => {
     const { guest, host, hostGot } = pair();
-    const channel = new VmbusChannel(7, 'burst', guest);
+    const channel = new VmbusChannel(7, 'burst', wrapped ? new FaultyTransport(guest, 7, 'burst') : guest);
     const bursts: number[] = [];
     const sendBurst = guest.sendBurst.bind(guest);
     guest.sendBurst = (p) => {
@@ -174,6 +175,7 @@ describe('a burst of packets on a ring', () => {
     expect(hostGot).to.deep.equal(Array.from({ length: fit + 6 }, (_, i) => BigInt(i + 1)));
     expect(channel.stats.packetsOut).to.equal(fit + 6);
   });
+  }
 });
 
 /** A transport that says `writable` from within its sends, as a synchronous signal path would. */
