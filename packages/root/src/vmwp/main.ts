@@ -38,7 +38,7 @@ import { VmDevices } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
-import { flipGuestByte, VmFaultTable } from './faults.js';
+import { flipGuestByte, VmFaultTable, type WhileStopped } from './faults.js';
 import { prestartedPartition, spawnPartition } from './prestart.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
@@ -121,6 +121,33 @@ export async function runWorker(): Promise<void> {
     if (on && typeof seq === 'number' && (seq | 0) === seq && seq !== 0) suspensionSeq = seq;
     partitionSuspended = on;
   }
+
+  /**
+   * Pauses (the root's `suspend`) and a bit flip's moment of stillness go one at a time: a flip
+   * that ran the VM again after a pause that came meanwhile would undo that pause.
+   */
+  let stillness: Promise<unknown> = Promise.resolve();
+  function oneAtATime<T>(f: () => Promise<T>): Promise<T> {
+    const run = stillness.then(f, f);
+    stillness = run.catch(() => undefined);
+    return run;
+  }
+  /**
+   * The fault table's WhileStopped: a running VM is suspended until every VP page shows the
+   * suspension (each VP stops at its step's end), `apply` runs, and the VM runs again. A VM paused
+   * already, or without a partition process or VP region (nothing to wait on), is left as it is.
+   */
+  const whileStopped: WhileStopped = (apply) => oneAtATime(async () => {
+    if (partitionSuspended || !childRpc || !vpRegionOfPartition()) return apply();
+    const before = suspensionSeq;
+    await setSuspend(true);
+    try {
+      if (suspensionSeq !== before) await vpsStopped(suspensionSeq);
+      return apply();
+    } finally {
+      await setSuspend(false);
+    }
+  });
   let saved = false;
   let exiting = false;
   let devices: VmDevices | null = null;
@@ -293,7 +320,7 @@ export async function runWorker(): Promise<void> {
     },
     vps: cfg.vps, log,
     setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
-    flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false),
+    flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false, whileStopped),
     vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
     refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
     note: (n) => control.note(n),
@@ -324,17 +351,18 @@ export async function runWorker(): Promise<void> {
       }
       case 'peek':
         return await readGuest(req.gpa, req.len);
-      case 'suspend': {
-        const before = suspensionSeq;
-        await setSuspend(req.value);
-        // A pause is done when the VPs have stopped, not when the hypervisor took the property:
-        // a VP in a step finishes it first (a memdirty guest writes ~1 ms more pages), and what is
-        // read of the paused VM must hold still. With the VP region, the VPs' states with the
-        // suspension's number come once every VP page shows it (as in freeze).
-        if (req.value && suspensionSeq !== before && vpRegionOfPartition()) await vpsStopped(suspensionSeq);
-        suspended = req.value;
-        return true;
-      }
+      case 'suspend':
+        return await oneAtATime(async () => {
+          const before = suspensionSeq;
+          await setSuspend(req.value);
+          // A pause is done when the VPs have stopped, not when the hypervisor took the property:
+          // a VP in a step finishes it first (a memdirty guest writes ~1 ms more pages), and what is
+          // read of the paused VM must hold still. With the VP region, the VPs' states with the
+          // suspension's number come once every VP page shows it (as in freeze).
+          if (req.value && suspensionSeq !== before && vpRegionOfPartition()) await vpsStopped(suspensionSeq);
+          suspended = req.value;
+          return true;
+        });
       case 'hypercall':
         if (req.asChild) {
           if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
