@@ -281,6 +281,10 @@ const expectations: Record<string, (out: string) => void> = {
       expect(p50, l).to.be.greaterThan(0);
       expect(p99!, l).to.be.at.least(p50!);
     }
+    const parts = out.split('\n').filter((l) => l.trim().startsWith('blackout parts p50 ms'));
+    expect(parts, 'two rows of blackout parts').to.have.length(2);
+    const n = '-?\\d+(\\.\\d+)?';
+    for (const l of parts) expect(l, 'every part measured').to.match(new RegExp(`freeze ${n}, pages ${n}, start ${n} \\(destination ${n}, transit ${n}\\)`));
     expect(out).to.match(/^idle VM \(\d+ MiB, 2 moves, 0 failed\)/m);
     expect(out).to.match(/^memdirty VM \(\d+ MiB, 2 moves, 0 failed\)/m);
     ratio(out, 'ratio total / model');

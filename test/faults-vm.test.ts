@@ -176,5 +176,22 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     const bad = await check();
     expect(bad.length, `pages breaking the pattern after a flip at 0x${gpa.toString(16)}`).to.be.greaterThan(0);
     expect(await eventually(nothingInjected, 5000)).to.equal(true);
+    // A flip stops a running guest for its moment and lets it run again; a paused one it leaves paused.
+    const info = async (): Promise<VmInfo> => (await mgmt.request<VmInfo[]>('vmList')).find((v) => v.name === 'md')!;
+    const g = 0x100000 + 7 * 4096;
+    const byte = async (): Promise<number> => new Uint8Array(await mgmt.request<Uint8Array>('vmPeek', { name: 'md', gpa: g, len: 1 }))[0]!;
+    const running = await progress('md');
+    await inject('bitflip', '--target', 'vm:md', '--for', '0', '--gpa', `0x${g.toString(16)}`, '--mask', '8');
+    expect((await info()).state).to.equal('Running');
+    expect(await eventually(async () => (await progress('md')) > running, 5000), 'the guest runs on after a flip').to.equal(true);
+    await h.ok('vm', 'pause', 'md');
+    const before = await byte();
+    const still = await progress('md');
+    await inject('bitflip', '--target', 'vm:md', '--for', '0', '--gpa', `0x${g.toString(16)}`, '--mask', '4');
+    expect(await byte(), 'the flip landed').to.equal(before ^ 4);
+    await sleep(300);
+    expect((await info()).state).to.equal('Paused');
+    expect([await byte(), await progress('md')], 'the paused guest stayed paused').to.deep.equal([before ^ 4, still]);
+    await h.ok('vm', 'resume', 'md');
   });
 });

@@ -18,7 +18,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describeBlackout, type LinkProbeResult, type MigrationStats } from '../../packages/protocol/src/index.js';
+import { describeBlackout, type LinkProbeResult, type MigrationBlackout, type MigrationStats } from '../../packages/protocol/src/index.js';
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { clusterHostHome, clusterStatus, clusterUp, parseTopology } from '@hvlab/cluster';
@@ -47,6 +47,12 @@ interface Series {
   bytesVsRam: number;
   passes: number;
   failed: number;
+  /**
+   * The blackout's parts, p50 over the moves that report them (ms): the source's freeze, its last
+   * pages, then the start (the state's round trip), of which the destination's own work and the
+   * rest (transit: the link both ways, and the messages' hops). Null where no move reported it.
+   */
+  blackoutMs: { freeze: number | null; pages: number | null; start: number | null; destination: number | null; transit: number | null };
 }
 
 interface Result {
@@ -116,7 +122,16 @@ async function series(home: string, vm: string, memory: string, workload: string
     bytesVsRam: round(percentile(stats.map((s) => s.ram.transferred), 0.5) / ram, 4),
     passes: round(percentile(stats.map((s) => s.passes.length), 0.5), 1),
     failed,
+    blackoutMs: {
+      freeze: blackoutP50(stats, 'freeze'), pages: blackoutP50(stats, 'pages'), start: blackoutP50(stats, 'start'),
+      destination: blackoutP50(stats, 'destination'), transit: blackoutP50(stats, 'transit'),
+    },
   };
+}
+
+function blackoutP50(stats: MigrationStats[], part: keyof MigrationBlackout): number | null {
+  const v = stats.map((s) => s.blackout?.[part]).filter((x): x is number => typeof x === 'number');
+  return v.length === 0 ? null : round(percentile(v, 0.5), 1);
 }
 
 function table(r: Result): string {
@@ -127,6 +142,7 @@ function table(r: Result): string {
     `  ratio total / model                  ${s.totalVsModel.toFixed(3)}  (aim: at most 1.2)`,
     `  ratio bytes sent / RAM               ${s.bytesVsRam.toFixed(4)}${label === 'idle VM' ? '  (aim: at most 0.05)' : ''}`,
     `  passes p50                           ${s.passes}`,
+    `  blackout parts p50 ms                freeze ${s.blackoutMs.freeze ?? '-'}, pages ${s.blackoutMs.pages ?? '-'}, start ${s.blackoutMs.start ?? '-'} (destination ${s.blackoutMs.destination ?? '-'}, transit ${s.blackoutMs.transit ?? '-'})`,
   ];
   const lines = [
     `migrate bench: 2 hosts (${r.mode}); model = RAM / link bandwidth measured in this run`,

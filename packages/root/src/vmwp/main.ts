@@ -149,6 +149,8 @@ export async function runWorker(): Promise<void> {
     }
   });
   let saved = false;
+  /** A save runs (from before its faults end until its freeze is done or failed). */
+  let saving = false;
   let exiting = false;
   let devices: VmDevices | null = null;
   let intercepts = 0;
@@ -322,7 +324,7 @@ export async function runWorker(): Promise<void> {
     setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
     flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false, whileStopped),
     vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
-    refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
+    refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : saving ? 'it is being saved' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
     note: (n) => control.note(n),
   });
 
@@ -590,20 +592,27 @@ export async function runWorker(): Promise<void> {
    */
   async function save(): Promise<{ bytes: number; ms: number }> {
     if (!memory) throw new VmwpFailure('InvalidState', 'saving needs shared memory (this host runs on process-private memory)');
-    await faults.endAll('the VM is being saved');
-    const t0 = Date.now();
-    const { vps } = await freeze();
+    // No fault may be set from here on (refusal): a bit flip's stop ends by letting the VM run,
+    // which would thaw the freeze below. The root refuses faults while it saves, too.
+    saving = true;
     try {
-      const mem = new Uint8Array(memory.buffer).slice();
-      const state = capture(vps, sha256(mem));
-      writeSavedState(cfg.vmDir, cfg.name, state, mem);
-      saved = true;
-      suspended = true;
-      log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(state.components).length }, 'VM saved');
-      return { bytes: mem.length, ms: Date.now() - t0 };
-    } catch (e) {
-      await thaw().catch(() => undefined);
-      throw e;
+      await faults.endAll('the VM is being saved');
+      const t0 = Date.now();
+      const { vps } = await freeze();
+      try {
+        const mem = new Uint8Array(memory.buffer).slice();
+        const state = capture(vps, sha256(mem));
+        writeSavedState(cfg.vmDir, cfg.name, state, mem);
+        saved = true;
+        suspended = true;
+        log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(state.components).length }, 'VM saved');
+        return { bytes: mem.length, ms: Date.now() - t0 };
+      } catch (e) {
+        await thaw().catch(() => undefined);
+        throw e;
+      }
+    } finally {
+      saving = false;
     }
   }
 
