@@ -137,16 +137,23 @@ export async function runWorker(): Promise<void> {
    * suspension (each VP stops at its step's end), `apply` runs, and the VM runs again. A VM paused
    * already, or without a partition process or VP region (nothing to wait on), is left as it is.
    */
-  const whileStopped: WhileStopped = (apply) => oneAtATime(async () => {
+  const whileStopped: WhileStopped = <T>(apply: () => T): Promise<T> => oneAtATime(async () => {
     if (partitionSuspended || !childRpc || !vpRegionOfPartition()) return apply();
     const before = suspensionSeq;
     await setSuspend(true);
+    let result: T;
     try {
       if (suspensionSeq !== before) await vpsStopped(suspensionSeq);
-      return apply();
-    } finally {
-      await setSuspend(false);
+      result = apply();
+    } catch (e) {
+      await setSuspend(false).catch(() => undefined);
+      throw e;
     }
+    // Applied: a VM that then cannot run again is said so, with the change made.
+    await setSuspend(false).catch((e: unknown) => {
+      throw new VmwpFailure('Unavailable', `it was done, but the VM could not be let run again: ${(e as Error).message}`);
+    });
+    return result;
   });
   let saved = false;
   /** A save runs (from before its faults end until its freeze is done or failed). */
