@@ -127,6 +127,33 @@ describe('hypercall page codecs', () => {
     refused(HvCall.MapGpadl, 8 + 8 * (3 + HC_MAX_GPADL_PFNS + 1));
   });
 
+  it('SetVpState carries its state in msgpack after the partition and VP; one too long for the page is left to the socket', () => {
+    const buf = new Uint8Array(HC_INPUT_MAX);
+    const state = { version: 1, registers: { Rip: 7, Rax: 2 ** 40 }, apic: { irr: [0, 5], isr: [] }, runState: 'Halted', nested: { list: [1.5, null, 'x'] } };
+    const n = encodeHcInput(HvCall.SetVpState, { partitionId: 3, vpIndex: 1, state }, buf)!;
+    expect(n).to.be.a('number');
+    const d = decodeHcCall(HvCall.SetVpState, n, buf);
+    expect(d.ok && d.call).to.deep.equal({ code: HvCall.SetVpState, input: { partitionId: 3, vpIndex: 1, state } });
+    expect(HC_PAGE_CALLS).to.include(HvCall.SetVpState);
+    // Too long: the socket carries it (a VP with a long queue of SynIC messages behind busy slots).
+    expect(encodeHcInput(HvCall.SetVpState, { partitionId: 3, vpIndex: 1, state: { pad: 'x'.repeat(HC_INPUT_MAX) } }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.SetVpState, { partitionId: 3, vpIndex: 1, state: null }, buf)).to.equal(null);
+    expect(encodeHcInput(HvCall.SetVpState, { partitionId: 0.5, vpIndex: 1, state }, buf)).to.equal(null);
+    // The decoder: a length that disagrees with the input's, a state that is not msgpack, a fractional partition id.
+    const dv = new DataView(buf.buffer);
+    expect(decodeHcCall(HvCall.SetVpState, n - 1, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    expect(decodeHcCall(HvCall.SetVpState, 15, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    dv.setUint32(12, 2, true);
+    buf.set([0x92, 0x01], 16); // an array of two with one element: cut short
+    expect(decodeHcCall(HvCall.SetVpState, 18, buf)).to.deep.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    expect((decodeHcCall(HvCall.SetVpState, 18, buf) as { error: string }).error).to.match(/the state is not msgpack/);
+    buf.set([0x92, 0x01, 0x02], 16);
+    dv.setUint32(12, 3, true);
+    expect(decodeHcCall(HvCall.SetVpState, 19, buf)).to.deep.include({ ok: true });
+    dv.setFloat64(0, 0.5, true);
+    expect(decodeHcCall(HvCall.SetVpState, 19, buf)).to.include({ ok: false });
+  });
+
   it('what cannot go through a page is left to the socket (encode says null)', () => {
     const buf = new Uint8Array(HC_INPUT_MAX);
     expect(encodeHcInput(HvCall.CreatePartition, {}, buf)).to.equal(null);
@@ -176,10 +203,10 @@ describe('hypercall page codecs', () => {
     expect(decodeHcCall(HvCall.SetVpRegisters, 32, buf)).to.include({ ok: false });
   });
 
-  it('random pages never make the decoder throw (seeded fuzz, 20000 cases)', () => {
+  it('random pages never make the decoder throw (seeded fuzz, 20000 cases; SetVpState states flipped inside their msgpack)', () => {
     const next = seededRandom(0x5eed);
     const buf = new Uint8Array(HC_INPUT_MAX);
-    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, ...FIELD_CALLS.keys(), 0, 0xffff, -1];
+    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, HvCall.SetVpState, ...FIELD_CALLS.keys(), 0, 0xffff, -1];
     let ok = 0;
     const valid: Array<[number, Record<string, unknown>]> = [
       [HvCall.SignalEvent, { connectionId: 3, flagNumber: 1 }],
@@ -188,6 +215,7 @@ describe('hypercall page codecs', () => {
       [HvCall.SetVpRegisters, { partitionId: -1, vpIndex: 0, values: { Eom: 0, Rip: 5 } }],
       [HvCall.GetVpRegisters, { partitionId: 2, vpIndex: 1, names: ['Rax', 'Rip', 'Sint0'] }],
       [HvCall.AssertVirtualInterrupt, { partitionId: 2, vpIndex: 0, vector: 0x40 }],
+      [HvCall.SetVpState, { partitionId: 2, vpIndex: 0, state: { version: 1, apic: { irr: [1, 2, 3], tpr: 0 }, synic: [{ sint: 2, masked: false }], runState: 'Running' } }],
       [HvCall.CreatePort, { partitionId: 1, portId: 5, type: 2, sint: 2, vpIndex: 0, flagCount: 16 }],
       [HvCall.MapGpadl, { partitionId: 2, gpadl: 1, owner: 3, pfns: [10, 11, 12] }],
       [HvCall.SetPartitionProperty, { partitionId: 2, property: 0x10001, value: -3 }],
