@@ -114,9 +114,9 @@ export async function runWorker(): Promise<void> {
    */
   let partitionSuspended = false;
   let suspensionSeq = 0;
-  /** `viaSocket`: the call goes over the hypervisor's socket, not the hypercall page, so that a call sent behind it on the socket finds it made (freeze). */
-  async function setSuspend(on: boolean, viaSocket = false): Promise<void> {
-    const r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 }, { viaSocket });
+  /** Suspends or resumes the partition (through the hypercall page); a Suspend that suspends answers its number (suspensionSeq). */
+  async function setSuspend(on: boolean): Promise<void> {
+    const r = await hv.must<{ seq?: unknown } | null>('SetPartitionProperty', { partitionId, property: PartitionProperty.Suspend, value: on ? 1 : 0 });
     const seq = r !== null && typeof r === 'object' ? r.seq : undefined;
     if (on && typeof seq === 'number' && (seq | 0) === seq && seq !== 0) suspensionSeq = seq;
     partitionSuspended = on;
@@ -509,14 +509,21 @@ export async function runWorker(): Promise<void> {
     const expected = wasSuspended ? before : ((before + 1) | 0) || 1;
     // The Suspend call first: the VMWP's own path (the call, the scheduler's pass, the VP states)
     // is the longer one, and sending the request to the partition process costs its IPC a few
-    // hundred microseconds of this thread. With the VP region, the Suspend goes over the socket and
-    // the VPs' states right behind it with the suspension's number: the hypervisor answers them once
-    // its scheduler has taken it (GetVpState's afterSuspension), so they are read while the
-    // partition process parks. They were a wait here for the suspension's count in the VP region,
-    // then a round trip of their own: ~0.9 ms of an idle VM's ~10 ms downtime.
+    // hundred microseconds of this thread. With the VP region, the VPs' states are asked for right
+    // behind the Suspend with the suspension's number: the hypervisor answers them once its
+    // scheduler has taken it (GetVpState's afterSuspension), so they are read while the partition
+    // process parks. They were a wait here for the suspension's count in the VP region, then a
+    // round trip of their own: ~0.9 ms of an idle VM's ~10 ms downtime.
+    //
+    // The Suspend goes through the hypercall page, and the client sends the GetVpState calls (over
+    // the socket) once it is made: the client keeps page and socket calls in order. Sent over the
+    // socket with the states pipelined behind it, the Suspend took 0.9-5.6 ms to reach the
+    // hypervisor while the blackout kept both CPUs busy (ZeroMQ's I/O threads on both sides had to
+    // run first). Through the page, 48 moves alternating in pairs of pairs: the freeze's median
+    // 5.0 and 6.0 ms against 6.5 and 8.0, the downtime's 16.5 and 19.0 against 18.5 and 22.5.
     const region = vpRegionOfPartition();
     const getStates = (after?: number): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, ...(after ? { afterSuspension: after } : {}) })));
-    const suspending = setSuspend(true, region !== null);
+    const suspending = setSuspend(true);
     suspending.catch(() => undefined);
     // A number not as expected fails the freeze below, and the hypervisor refuses these calls then.
     const states = region ? getStates(expected) : null;
