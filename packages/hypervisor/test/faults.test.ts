@@ -712,7 +712,7 @@ describe('faults the hypervisor enforces', function () {
       await until(async () => ((await c.ctl('stats')) as { lpsCurrent: number }).lpsCurrent === 2, 10000, 'the LPs coming back');
     });
 
-    it('a GetVpState sent right behind a Suspend on the socket, with its number, is answered once the scheduler has taken it (one wait for every VP)', async () => {
+    it('a GetVpState sent right behind a Suspend through the page, with its number, is answered once the scheduler has taken it (one wait for every VP)', async () => {
       const c = await root();
       const { partitionId } = await c.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * MiB, name: 's' });
       await c.must('InitializePartition', { partitionId });
@@ -721,14 +721,15 @@ describe('faults the hypervisor enforces', function () {
       const input = { partitionId, property: PartitionProperty.Suspend, value: 1 };
       const socket0 = c.counts.socket;
       const page0 = c.counts.page;
-      // As the VMWP's freeze makes it: the Suspend over the socket (viaSocket), the reads right behind it.
-      const suspending = c.must<{ seq: number }>('SetPartitionProperty', input, { viaSocket: true });
+      // As the VMWP's freeze makes it: the Suspend through the page, the reads right behind it over
+      // the socket (the client sends them once the page call is done: it keeps the two in order).
+      const suspending = c.must<{ seq: number }>('SetPartitionProperty', input);
       const states = Promise.all([0, 1, 2].map((vpIndex) => c.must<SavedVpStateV2>('GetVpState', { partitionId, vpIndex, afterSuspension: 1 })));
       expect((await suspending).seq).to.equal(1);
       // Answered after the scheduler's pass took the suspension (no VP thread runs here: each VP is absent).
       expect((await states).map((s) => s.runState)).to.deep.equal(['Absent', 'Absent', 'Absent']);
       expect(Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2)).to.equal(1);
-      expect([c.counts.socket - socket0, c.counts.page - page0], 'socket calls, page calls').to.deep.equal([4, 0]);
+      expect([c.counts.socket - socket0, c.counts.page - page0], 'socket calls, page calls').to.deep.equal([3, 1]);
       // A number that is not the partition's is refused at once, with the reason.
       const wrong = await c.raw(HvCall.GetVpState, { partitionId, vpIndex: 0, afterSuspension: 5 });
       expect([hvStatusName(wrong.status), (wrong.output as { reason: string }).reason]).to.deep.equal(['INVALID_PARTITION_STATE', 'suspension 5 is not the partition\'s current one (that is 1)']);

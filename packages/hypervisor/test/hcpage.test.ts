@@ -339,6 +339,38 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     }
   });
 
+  it('SetVpState goes through the page: a VP\'s state set on a fresh partition reads back the same; one too long goes over the socket; refusals match the socket\'s', async () => {
+    const c = await root();
+    const viaSocket = await root(() => {}, { noPage: true });
+    const a = await child(c, 0x901, false);
+    const saved = await c.must<Record<string, unknown>>('GetVpState', { partitionId: a.id, vpIndex: 0 });
+    const { partitionId: b } = await c.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * MiB, name: 'restored' });
+    await c.must('InitializePartition', { partitionId: b });
+    await c.must('CreateVp', { partitionId: b, vpIndex: 0 });
+    const page0 = c.counts.page;
+    const socket0 = c.counts.socket;
+    await c.must('SetVpState', { partitionId: b, vpIndex: 0, state: saved as never });
+    expect([c.counts.page - page0, c.counts.socket - socket0], 'page calls, socket calls').to.deep.equal([1, 0]);
+    const back = await c.must<Record<string, unknown>>('GetVpState', { partitionId: b, vpIndex: 0 });
+    expect((saved.synic as { scontrol: number }).scontrol, 'the state carries what child() set').to.equal(1);
+    expect(back.synic, 'the SynIC registers came through').to.deep.equal(saved.synic);
+    expect(back.registers).to.deep.equal(saved.registers);
+    // Refused states: the same status through the page and over the socket; one too long for the page takes the socket.
+    const cases: Array<[string, Record<string, unknown>]> = [
+      ['an unknown field', { ...saved, stowaway: 1 }],
+      ['a field of the wrong type', { ...saved, registers: 'none' }],
+      ['too long for the page', { ...saved, stowaway: 'x'.repeat(3000) }],
+    ];
+    for (const [what, state] of cases) {
+      const s0 = c.counts.socket;
+      const x = await c.raw(HvCall.SetVpState, { partitionId: b, vpIndex: 0, state });
+      const y = await viaSocket.raw(HvCall.SetVpState, { partitionId: b, vpIndex: 0, state });
+      expect(x.statusName, what).to.equal('INVALID_PARAMETER');
+      expect(x.statusName, what).to.equal(y.statusName);
+      expect(c.counts.socket - s0, `${what}: socket calls`).to.equal(what === 'too long for the page' ? 1 : 0);
+    }
+  });
+
   it('a page written with nonsense gets an error status, and the hypervisor goes on serving', async () => {
     const c = await root();
     // Write straight onto our own page, as a misbehaving session could, and ring.

@@ -760,8 +760,8 @@ export class HvClient {
 
   /**
    * Issues a hypercall and throws HypercallError unless it succeeds. `viaSocket`: over the socket
-   * even when the call could go through the page, so that a socket call sent right behind it is
-   * served after it (the hypervisor serves the two paths apart).
+   * even when the call could go through the page (tests of the socket path). Order needs no
+   * switch: a socket call made behind a page call is sent once the page call is done.
    */
   async must<T = unknown, N extends keyof HypercallInputs & HvCallName = keyof HypercallInputs & HvCallName>(name: N, input: HypercallInputs[N], opts: { viaSocket?: boolean } = {}): Promise<T> {
     const r = opts.viaSocket ? await this.raw(HvCall[name], input as unknown as Record<string, unknown>, { fast: false }) : await this.call(name, input);
