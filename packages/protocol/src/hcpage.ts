@@ -56,7 +56,8 @@
  *                   call took 1.5-15 ms (median 2.75) while both CPUs were busy, through the page
  *                   0.1-2.8 (median 1.45), 12 moves each, alternated in one cluster.
  * Output: GetVpRegisters: one f64 per register asked for, in order. MapGpadl: u32 pages, u32 the
- * length of the partition memory region's name, that name (UTF-8). Every other call: none.
+ * length of the partition memory region's name, that name (UTF-8). SetPartitionProperty Suspend that
+ * suspends: its number (i32). Every other call: none.
  * Register values are f64 rather than the TLFS's 128-bit slots, because hvlab registers are
  * integers below 2^53 (as in the msgpack form); names are indices, not the TLFS's numbering.
  *
