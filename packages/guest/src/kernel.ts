@@ -149,16 +149,8 @@ export class GuestKernel {
    * before it talks to the host (its VMBus client's resume).
    */
   runGate: { word: SharedArrayBuffer; ran: Promise<void> } | null = null;
-  /** Thaws so far: a wait for a suspension ends when one comes (vpsSuspended), and a quiesce asked before one does not park (quiesce). */
+  /** Thaws so far: a wait for a suspension ends when one comes (vpsSuspended). */
   private thaws = 0;
-  /** The thaws so far, for a quiesce request to name the moment it was asked. */
-  get thawCount(): number {
-    return this.thaws;
-  }
-  /** Whether interrupt handling is parked (a quiesce that no thaw has undone). */
-  get isParked(): boolean {
-    return this.parked !== null;
-  }
   private wakeSuspensionWait: (() => void) | null = null;
 
   constructor(readonly mem: GuestMemory, private readonly hv: HvClient, private readonly log: Logger, private readonly privateMemory: boolean, private hostName = 'hvlab-guest', private readonly regions: KernelRegions = { vp: null, sched: null }) {
@@ -449,13 +441,7 @@ export class GuestKernel {
    * (what is running finishes, what comes waits at the gate) and write the kernel's own state
    * into guest memory, where a resumed kernel finds it. `thaw` undoes it when the save fails.
    */
-  async quiesce(thawsAtRequest = this.thaws): Promise<{ bytes: number }> {
-    // A thaw that came after the request and before this point called the freeze off: parking now
-    // would leave the kernel parked with nobody to thaw it (the VMWP thawed already). It overtakes
-    // the request when the freeze fails fast: a Suspend through the hypercall page answers the
-    // worker within a fraction of a millisecond, while this process may still wait for the
-    // suspension (vpsSuspended) before it gets here.
-    if (this.thaws !== thawsAtRequest) throw new Error('the freeze was called off (thawed) before the kernel parked');
+  async quiesce(): Promise<{ bytes: number }> {
     if (!this.parked) {
       let open!: () => void;
       const gate = new Promise<void>((r) => { open = r; });

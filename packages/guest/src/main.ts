@@ -180,10 +180,8 @@ export async function runPartition(): Promise<void> {
         if (!kernel) throw new Error('the guest has not booted');
         const seq = m.suspension;
         if (seq !== undefined && (typeof seq !== 'number' || (seq | 0) !== seq || seq === 0)) throw new Error('quiesce: suspension must be a non-zero 32-bit integer');
-        // The thaws so far: one that comes while this waits calls the quiesce off (kernel.quiesce).
-        const thaws = kernel.thawCount;
         if (seq !== undefined) await kernel.vpsSuspended(seq, 10000);
-        const q = await kernel.quiesce(thaws);
+        const q = await kernel.quiesce();
         return m.harvest === true ? { ...q, dirty: dirtyRequest('harvest') } : q;
       }
       case 'thaw':

@@ -54,6 +54,10 @@ export async function waitForSuspension(vpRegion: SharedArrayBuffer, vpCount: nu
       });
       wake = null;
     }
+    // Called off while it slept and the VPs stopped meanwhile: still called off. Returning would
+    // let the partition process park its kernel after the thaw that called the freeze off, with
+    // nobody left to thaw it (a freeze that failed fast: CI saw the next save wait 15 s).
+    if (o.calledOff()) throw new Error('the suspension was called off');
   } finally {
     o.onSleep?.(null);
     unwatch?.();

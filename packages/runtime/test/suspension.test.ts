@@ -88,6 +88,23 @@ describe('waiting for a suspension by its number (waitForSuspension)', function 
     expect(woken, 'no sleeper left').to.equal(null);
   });
 
+  it('a wait called off while it slept ends with its error even when the VPs stopped meanwhile (the thaw overtook the quiesce)', async () => {
+    const r = region();
+    let woken: (() => void) | null = null;
+    let off = false;
+    const w = waitForSuspension(r.sab, VPS, 2, { timeoutMs: 20000, calledOff: () => off, onSleep: (wake) => { woken = wake; } });
+    await new Promise((res) => setTimeout(res, 50));
+    expect(woken, 'asleep').to.be.a('function');
+    // The thaw and the scheduler's pass land in the same sleep: the number taken, every VP stopped, and the wait called off.
+    r.setTaken(2, false);
+    r.setState(0, VpRunState.Suspended);
+    r.setState(1, VpRunState.Suspended);
+    off = true;
+    woken!();
+    const err = await w.then(() => null, (e: Error) => e);
+    expect(err?.message).to.match(/called off/);
+  });
+
   it('a VP region with random words (it is guest-writable) only ever ends the wait or times it out (seeded, 300 regions)', async () => {
     const next = seededRandom(0x5e9);
     let ended = 0;

@@ -143,7 +143,7 @@ export async function runWorker(): Promise<void> {
     await setSuspend(true);
     let result: T;
     try {
-      if (suspensionSeq !== before) await vpsStopped(suspensionSeq);
+      await stoppedSince(before);
       result = apply();
     } catch (e) {
       await setSuspend(false).catch(() => undefined);
@@ -366,9 +366,8 @@ export async function runWorker(): Promise<void> {
           await setSuspend(req.value);
           // A pause is done when the VPs have stopped, not when the hypervisor took the property:
           // a VP in a step finishes it first (a memdirty guest writes ~1 ms more pages), and what is
-          // read of the paused VM must hold still. With the VP region, the VPs' states with the
-          // suspension's number come once every VP page shows it (as in freeze).
-          if (req.value && suspensionSeq !== before && vpRegionOfPartition()) await vpsStopped(suspensionSeq);
+          // read of the paused VM must hold still.
+          if (req.value) await stoppedSince(before);
           suspended = req.value;
           return true;
         });
@@ -562,6 +561,15 @@ export async function runWorker(): Promise<void> {
       await setSuspend(false).catch(() => undefined);
       throw e;
     }
+  }
+
+  /**
+   * After a Suspend: waits until every VP shows the suspension it made, if it made one (the number
+   * moved past `before`) and there is a VP region to show it; with the region, the VPs' states
+   * with the suspension's number come once every VP page shows it (as in freeze).
+   */
+  async function stoppedSince(before: number): Promise<void> {
+    if (suspensionSeq !== before && vpRegionOfPartition()) await vpsStopped(suspensionSeq);
   }
 
   /** Waits until every VP shows suspension `seq` (the hypervisor answers GetVpState once they do, at most 5 s). */
