@@ -102,6 +102,13 @@ describe('live migration between two hosts', function () {
     expect(b.transit!).to.be.at.least(0);
     expect(Math.abs(b.destination! + b.transit! - b.start), JSON.stringify(b)).to.be.at.most(1);
     expect(b.freeze + b.pages + b.start, JSON.stringify(st)).to.be.within(st.downtime - 2, st.downtime + 2);
+    // The downtime ends at the destination's first dispatch of a VP, on the clock the hosts share;
+    // the answer's way back to the source comes after it.
+    expect(b.ack, JSON.stringify(b)).to.be.a('number');
+    expect(b.ack!).to.be.at.least(0);
+    expect(st['downtime-acked'], JSON.stringify(st)).to.be.a('number');
+    expect(st['downtime-acked']!).to.be.at.least(st.downtime);
+    expect(st.downtime + b.ack!, JSON.stringify(st)).to.be.within(st['downtime-acked']! - 2, st['downtime-acked']! + 2);
     expect(st.ram.total).to.be.greaterThan(60 * 1024 * 1024);
     // An idle-ish 64 MiB VM: nearly every page is zero and goes as a marker only.
     expect(st.ram.transferred, 'bytes sent').to.be.below(st.ram.total * 0.05);

@@ -1468,7 +1468,7 @@ export async function run(argv: string[]): Promise<number> {
         else {
           out(table([
             ['vm', st.vm], ['from → to', `${st.from} → ${st.to}`], ['method', st.method], ['status', st.status + (st['error-desc'] ? ` (${st['error-desc']})` : '')],
-            ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ['downtime', `${st.downtime} ms`], ['expected-downtime', `${st['expected-downtime']} ms`],
+            ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ['downtime', `${st.downtime} ms` + (typeof st['downtime-acked'] === 'number' && st['downtime-acked'] !== st.downtime ? ` (${st['downtime-acked']} ms until the source heard)` : '')], ['expected-downtime', `${st['expected-downtime']} ms`],
             ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
             ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
             ...(st.blackout ? [['blackout', describeBlackout(st.blackout)]] : []),

@@ -662,7 +662,7 @@ export interface ExperimentReport {
 export const REPORT_FILES = ['results.json', 'results.csv', 'results.md', 'total-time.svg', 'downtime.svg', 'transferred.svg', 'dirty-set.svg'] as const;
 
 export const CSV_COLUMNS = [
-  'method', 'repetition', 'status', 'total_ms', 'setup_ms', 'downtime_ms', 'transferred_bytes', 'ram_bytes', 'passes', 'zero_pages', 'normal_pages', 'compression_ratio', 'throttle_pct', 'error',
+  'method', 'repetition', 'status', 'total_ms', 'setup_ms', 'downtime_ms', 'downtime_acked_ms', 'transferred_bytes', 'ram_bytes', 'passes', 'zero_pages', 'normal_pages', 'compression_ratio', 'throttle_pct', 'error',
 ] as const;
 
 /** A CSV field (RFC 4180): quoted when it holds a comma, quote or line break. */
@@ -675,7 +675,7 @@ export function resultsCsv(report: Pick<ExperimentReport, 'runs'>): string {
   const rows = report.runs.map((r) => {
     const s = r.stats;
     return [
-      r.method, r.repetition, r.status, s?.['total-time'], s?.['setup-time'], s?.downtime, s?.ram.transferred, s?.ram.total, s?.passes.length, s?.ram.duplicate, s?.ram.normal,
+      r.method, r.repetition, r.status, s?.['total-time'], s?.['setup-time'], s?.downtime, s?.['downtime-acked'], s?.ram.transferred, s?.ram.total, s?.passes.length, s?.ram.duplicate, s?.ram.normal,
       s?.['compression-ratio'], s?.['throttle-percentage'], r.error,
     ].map(csvField).join(',');
   });

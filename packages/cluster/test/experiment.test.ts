@@ -69,7 +69,7 @@ function pass(n: number, dirty: number, at: number): MigrationPass {
 /** Statistics of a move as a host returns them. */
 function stats(method: 'precopy' | 'offline' | 'postcopy', status: MigrationStats['status'], total: number, downtime: number, transferred: number, passes: MigrationPass[], error?: string): MigrationStats {
   return {
-    vm: 'x', from: 'h1', to: 'h2', method, status, 'total-time': total, 'setup-time': 5, downtime, 'expected-downtime': 0,
+    vm: 'x', from: 'h1', to: 'h2', method, status, 'total-time': total, 'setup-time': 5, downtime, ...(status === 'completed' ? { 'downtime-acked': downtime + 3 } : {}), 'expected-downtime': 0,
     ram: { ...emptyRam(64 * 1024 * 1024), transferred, remaining: 0, duplicate: 12000, normal: 4000 }, pass: passes.length, 'compression-ratio': 1, 'throttle-percentage': 0,
     'dirty-tracking': 'kernel', passes, options: { ...MIGRATION_DEFAULTS }, startedAt: '2026-12-01T00:00:00.000Z', ...(error ? { 'error-desc': error } : {}),
   };
@@ -391,12 +391,12 @@ describe('experiment reports', () => {
 
   it('CSV: the header, then one row per run with its numbers, a failed run\'s error quoted', () => {
     const csv = resultsCsv(report()).split('\r\n');
-    expect(csv[0]).to.equal('method,repetition,status,total_ms,setup_ms,downtime_ms,transferred_bytes,ram_bytes,passes,zero_pages,normal_pages,compression_ratio,throttle_pct,error');
+    expect(csv[0]).to.equal('method,repetition,status,total_ms,setup_ms,downtime_ms,downtime_acked_ms,transferred_bytes,ram_bytes,passes,zero_pages,normal_pages,compression_ratio,throttle_pct,error');
     expect(csv[0]!.split(',')).to.deep.equal([...CSV_COLUMNS]);
     expect(csv).to.have.length(7);
-    expect(csv[1]).to.equal(`offline,1,completed,2400,5,2400,40000000,${64 * 1024 * 1024},1,12000,4000,1,0,`);
-    expect(csv[4]).to.equal(`precopy,2,failed,900,5,0,9000000,${64 * 1024 * 1024},1,12000,4000,1,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
-    expect(csv[5]).to.equal('postcopy,1,refused,,,,,,,,,,,post-copy migration is not built yet');
+    expect(csv[1]).to.equal(`offline,1,completed,2400,5,2400,2403,40000000,${64 * 1024 * 1024},1,12000,4000,1,0,`);
+    expect(csv[4]).to.equal(`precopy,2,failed,900,5,0,,9000000,${64 * 1024 * 1024},1,12000,4000,1,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
+    expect(csv[5]).to.equal('postcopy,1,refused,,,,,,,,,,,,post-copy migration is not built yet');
     expect(csv[6]).to.equal('');
   });
 

@@ -113,6 +113,8 @@ interface VpRec {
   lastFire: number[];
   /** How far (reference time) each timer's expiration in VpPage.stimerNext is pushed back by the interrupt delay. */
   shift: number[];
+  /** VpPage.firstRunNs is written (the VP was dispatched once). */
+  firstRunSeen?: boolean;
 }
 
 /** An interrupt waiting out its partition's interrupt delay. */
@@ -306,6 +308,11 @@ export class SchedulerLoop {
     p.f64[fo + (VpPage.readyMs >> 3)] = (s.readyNs + (s.shownState === 'Ready' ? now - s.stateSince : 0)) / 1e6;
     p.f64[fo + (VpPage.waitMs >> 3)] = (s.waitNs + (s.shownState === 'Waiting' || s.shownState === 'Suspended' ? now - s.stateSince : 0)) / 1e6;
     p.f64[fo + (VpPage.dispatches >> 3)] = s.dispatches;
+    // The first dispatch's time: a VP is published in the pass (or the dispatch) that grants it its LP, at its `now`.
+    if (s.dispatches > 0 && !v.firstRunSeen) {
+      v.firstRunSeen = true;
+      p.f64[fo + (VpPage.firstRunNs >> 3)] = now;
+    }
     p.f64[fo + (VpPage.accountedNs >> 3)] = now;
   }
 

@@ -776,6 +776,44 @@ describe('faults the hypervisor enforces', function () {
   });
 });
 
+describe('the first dispatch of a VP, on the hosts\' shared clock (VpPage.firstRunNs)', () => {
+  it('is the time of the pass that first grants the VP its LP, and later dispatches leave it', () => {
+    const { lab, link } = labWithLoop(1);
+    try {
+      const c = lab.child({ vps: 2 });
+      const p = part(lab, c);
+      const firstRun = (i: number): number => p.vpF64![(vpPageOffset(i) + VpPage.firstRunNs) >> 3]!;
+      link.pass(link.now + MS);
+      expect([firstRun(0), firstRun(1)], 'not dispatched: not asked for an LP').to.deep.equal([0, 0]);
+      startVp(p, 0);
+      startVp(p, 1);
+      const t1 = link.now + MS;
+      link.pass(t1);
+      // One LP: one VP runs, the other waits for it.
+      const ran = dispatch(p, 0) === Dispatch.Granted ? 0 : 1;
+      expect(dispatch(p, ran)).to.equal(Dispatch.Granted);
+      expect(firstRun(ran)).to.equal(t1);
+      expect(firstRun(1 - ran), 'the VP waiting for the LP has not run').to.equal(0);
+      // Its quantum ends: the other runs, and a later grant to the first leaves its first run as it was.
+      let t2 = 0;
+      for (let i = 0; i < 50 && firstRun(1 - ran) === 0; i++) {
+        ackPreemptions(p, 2);
+        t2 = link.now + 10 * MS;
+        link.pass(t2);
+      }
+      expect(firstRun(1 - ran), 'the other VP ran at the pass that granted it').to.equal(t2);
+      for (let i = 0; i < 20; i++) {
+        ackPreemptions(p, 2);
+        link.pass(link.now + 10 * MS);
+      }
+      expect(link.loop.core.get(c.id, ran)!.dispatches).to.be.above(1);
+      expect(firstRun(ran)).to.equal(t1);
+    } finally {
+      lab.close();
+    }
+  });
+});
+
 describe('suspensions numbered in the VP region (a save waits for its own)', () => {
   it('each Suspend that suspends is numbered before it is answered; the scheduler marks it taken after its next pass', () => {
     const { lab, link } = labWithLoop();

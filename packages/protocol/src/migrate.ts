@@ -219,7 +219,17 @@ export interface MigrationStats {
   status: MigrationState;
   'total-time': number;
   'setup-time': number;
+  /**
+   * Milliseconds the VM ran nowhere: from the source's freeze to the destination's first dispatch
+   * of one of its VPs, on the clock the hosts share (host-clock.ts); where they do not share one,
+   * until the destination's answer reached the source (`downtime-acked`).
+   */
   downtime: number;
+  /**
+   * From the source's freeze until the destination's answer that the VM runs reached the source:
+   * `downtime` and the answer's way back (what hvlab reported as the downtime before 2026-12-04).
+   */
+  'downtime-acked'?: number;
   'expected-downtime': number;
   ram: MigrationRam;
   /** Extras beyond QEMU's: the current pass, compression ratio (raw ÷ sent), throttle, dirty tracking, passes. */
@@ -247,7 +257,9 @@ export interface MigrationStats {
    * `start` splits into `destination`, the destination worker's own time from taking the state (with
    * the last page batch) to the VM running there, as it reports it, and `transit`, the rest: the
    * state's way there and the answer's way back (the link, and each end's event loop). Both are
-   * absent when the destination said nothing usable of its time.
+   * absent when the destination said nothing usable of its time. On the hosts' shared clock, `start`
+   * ends at the destination's first dispatch, `transit` is the state's way there only, and `ack`
+   * is the answer's way back (not part of the downtime).
    */
   blackout?: MigrationBlackout;
   options: MigrationOptions;
@@ -260,12 +272,45 @@ export interface MigrationBlackout {
   start: number;
   destination?: number;
   transit?: number;
+  ack?: number;
 }
 
-/** A blackout's account on one line: "freeze 3, last pages 1, start 6 ms (destination 4, transit 2)". */
+/** A blackout's account on one line: "freeze 3, last pages 1, start 6 ms (destination 4, transit 2), answer back 2 ms". */
 export function describeBlackout(b: MigrationBlackout): string {
   const split = b.destination !== undefined && b.transit !== undefined ? ` (destination ${b.destination}, transit ${b.transit})` : '';
-  return `freeze ${b.freeze}, last pages ${b.pages}, start ${b.start} ms${split}`;
+  return `freeze ${b.freeze}, last pages ${b.pages}, start ${b.start} ms${split}${b.ack !== undefined ? `, answer back ${b.ack} ms` : ''}`;
+}
+
+/**
+ * The destination's word on when the VM ran there (part of its answer to `migState` and
+ * `migSwitch`): the id of its clock (host-clock.ts) and that clock's CLOCK_MONOTONIC nanoseconds
+ * at the first dispatch of one of the VM's VPs.
+ */
+export interface RanAt {
+  clock: string;
+  ranAtNs: number;
+}
+
+/**
+ * The instant the VM ran at the destination, from its (untrusted) answer, on the source's own
+ * clock: only when the answer names the same clock (`clock`, the source's id; null: it has none)
+ * and puts the instant between the state's sending (`sentNs`) and the answer's arrival (`heardNs`),
+ * the bounds the source knows it lies within. Null otherwise: the source then counts the downtime
+ * until it heard the answer.
+ */
+export function ranAtOf(answer: unknown, clock: string | null, sentNs: number, heardNs: number): number | null {
+  if (clock === null || answer === null || typeof answer !== 'object') return null;
+  let theirs: unknown;
+  let at: unknown;
+  try {
+    theirs = (answer as { clock?: unknown }).clock;
+    at = (answer as { ranAtNs?: unknown }).ranAtNs;
+  } catch {
+    return null;
+  }
+  if (theirs !== clock || typeof at !== 'number' || !Number.isFinite(at)) return null;
+  if (at < sentNs || at > heardNs) return null;
+  return at;
 }
 
 export function emptyRam(totalBytes: number): MigrationRam {

@@ -76,6 +76,12 @@ export const VpPage = {
   probeAssertNs: 0x0a0, // i64, when the hypervisor asserted the probe vector
   probeTakenNs: 0x0a8, // i64, when the VP took it
   releasedNs: 0x0b0, // i64, when the VP last gave its LP back (guest-reported; the scheduler bounds it)
+  /**
+   * f64: host time (CLOCK_MONOTONIC ns) of the VP's first dispatch, written once by the scheduler (0:
+   * never dispatched). A migration's destination reads it for the instant its VM ran again (the end
+   * of the downtime); the guest can write it too, so a reader bounds it by what it knows.
+   */
+  firstRunNs: 0x0b8,
   runMs: 0x0c0, // f64 accounting, scheduler-written
   readyMs: 0x0c8,
   waitMs: 0x0d0,

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  describeBlackout, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type PageEntry,
 } from '../src/index.js';
@@ -144,6 +144,28 @@ describe('a blackout\'s account', () => {
   it('gives the destination\'s part and the transit when the destination said its time, and not otherwise', () => {
     expect(describeBlackout({ freeze: 3, pages: 1, start: 6, destination: 4, transit: 2 })).to.equal('freeze 3, last pages 1, start 6 ms (destination 4, transit 2)');
     expect(describeBlackout({ freeze: 3, pages: 1, start: 6 })).to.equal('freeze 3, last pages 1, start 6 ms');
+    expect(describeBlackout({ freeze: 3, pages: 1, start: 6, destination: 4, transit: 2, ack: 3 })).to.equal('freeze 3, last pages 1, start 6 ms (destination 4, transit 2), answer back 3 ms');
+  });
+});
+
+describe('the destination\'s word on when the VM ran there (ranAtOf)', () => {
+  const clock = '0b6f3a52-8f0e-4f6e-9a55-0c3d1f2e7a10';
+  const sent = 5_000_000_000;
+  const heard = 5_020_000_000;
+  it('is taken when it names the source\'s clock and lies between the state\'s sending and the answer\'s arrival', () => {
+    expect(ranAtOf({ running: true, ms: 4, clock, ranAtNs: sent + 9_000_000 }, clock, sent, heard)).to.equal(sent + 9_000_000);
+    expect(ranAtOf({ clock, ranAtNs: sent }, clock, sent, heard)).to.equal(sent);
+    expect(ranAtOf({ clock, ranAtNs: heard }, clock, sent, heard)).to.equal(heard);
+  });
+  it('is refused otherwise: another clock, none here, outside the bounds, not a number, or no answer to read', () => {
+    expect(ranAtOf({ clock: 'another-machine', ranAtNs: sent + 1 }, clock, sent, heard)).to.equal(null);
+    expect(ranAtOf({ clock, ranAtNs: sent + 1 }, null, sent, heard)).to.equal(null);
+    expect(ranAtOf({ clock, ranAtNs: sent - 1 }, clock, sent, heard), 'before the state was sent').to.equal(null);
+    expect(ranAtOf({ clock, ranAtNs: heard + 1 }, clock, sent, heard), 'after the answer came').to.equal(null);
+    for (const ranAtNs of [NaN, Infinity, '5010000000', null, undefined, 5n]) expect(ranAtOf({ clock, ranAtNs }, clock, sent, heard), String(ranAtNs)).to.equal(null);
+    for (const answer of [null, undefined, true, 7, 'x', [], { running: true }]) expect(ranAtOf(answer, clock, sent, heard)).to.equal(null);
+    const hostile = { get clock(): string { throw new Error('a getter that throws'); }, ranAtNs: sent + 1 };
+    expect(ranAtOf(hostile, clock, sent, heard)).to.equal(null);
   });
 });
 

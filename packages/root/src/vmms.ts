@@ -1012,16 +1012,21 @@ export class Vmms {
         let answer: unknown;
         try {
           if (req.op === 'migState') answer = await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
-          else await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
+          else answer = await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
         } catch (e) {
           void this.dropIncoming(r, `the migrated VM did not start: ${(e as Error).message}`);
           throw linkFailure(e, `VM "${r.config.name}"`);
         }
         // Through this root, the worker sends no migRunning note (it sends one only for what comes to its own socket).
         this.incomingRuns(r, inc, req.op === 'migSwitch');
-        // The worker's own time goes on to the source (which checks it: destinationMsOf).
-        const ms = answer !== null && typeof answer === 'object' ? (answer as { ms?: unknown }).ms : undefined;
-        return typeof ms === 'number' ? { running: true, ms } : { running: true };
+        // The worker's own time and its VM's first dispatch go on to the source (which checks them:
+        // destinationMsOf, ranAtOf).
+        const a = answer !== null && typeof answer === 'object' ? (answer as { ms?: unknown; clock?: unknown; ranAtNs?: unknown }) : {};
+        return {
+          running: true,
+          ...(typeof a.ms === 'number' ? { ms: a.ms } : {}),
+          ...(typeof a.clock === 'string' && typeof a.ranAtNs === 'number' ? { clock: a.clock, ranAtNs: a.ranAtNs } : {}),
+        };
       }
       case 'migPull':
         return await link.request({ t: 'migPull', waitMs: req.waitMs }, req.waitMs + 10000).catch((e) => {

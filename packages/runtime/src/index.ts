@@ -15,3 +15,4 @@ export * from './curve.js';
 export * from './rpc.js';
 export * from './prewarm.js';
 export * from './suspension.js';
+export * from './host-clock.js';

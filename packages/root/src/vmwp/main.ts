@@ -24,9 +24,9 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, type PeerRequest, GoWord,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, VpPage, vpPageOffset, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, type PeerRequest, GoWord,
 } from '@hvlab/protocol';
-import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
+import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
@@ -47,6 +47,8 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
  * the go word, after Start, where they then wait for Run; with the go message, after it.
  */
 const ONLINE_TIMEOUT_MS = 10000;
+/** How long a migrated VM's answer waits for its first VP dispatch to be seen (firstRunSince); the downtime then counts to the answer's arrival at the source. */
+const FIRST_RUN_WAIT_MS = 500;
 
 /**
  * The worker process, run by its entry (boot.ts) once its partition process is under way. A
@@ -398,9 +400,10 @@ export async function runWorker(): Promise<void> {
         // The blackout's last page batch may come with the state: written first. The answer says
         // how long this worker took, for the source's account of the blackout (blackout.destination).
         const t0 = performance.now();
+        const t0Ns = monoNs();
         if (req.pages) await migrateInPages(req.pages);
         const out = await migrateInState(req.state);
-        return { ...out, ms: Math.round((performance.now() - t0) * 10) / 10 };
+        return { ...out, ms: out.ranAtNs !== undefined ? Math.round((out.ranAtNs - t0Ns) / 1e5) / 10 : Math.round((performance.now() - t0) * 10) / 10 };
       }
       case 'migBooted': {
         const booted = await migrateInBooted(req.waitMs);
@@ -825,21 +828,22 @@ export async function runWorker(): Promise<void> {
   /** Inflates compressed pages of an incoming migration (made on the first compressed page). */
   let inflatePool: PagePool | null = null;
 
-  async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number }> {
+  async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number; clock?: string; ranAtNs?: number }> {
     if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
     if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
     const pc = new PostcopyIn(missing, pages, (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
     pc.discard(memory.buffer as SharedArrayBuffer, pages);
     postcopyIn = pc;
+    let out: Awaited<ReturnType<typeof migrateInState>>;
     try {
-      await migrateInState(state, pc.region);
+      out = await migrateInState(state, pc.region);
     } catch (e) {
       pc.close();
       postcopyIn = null;
       throw e;
     }
-    return { running: true, missing: pc.remaining };
+    return { ...out, missing: pc.remaining };
   }
 
   /** The migration stream's own socket (an incoming worker in a cluster), while it is open. */
@@ -964,12 +968,15 @@ export async function runWorker(): Promise<void> {
   /** The migrated guest's resume (set by migrateInState): resolves when its kernel reports Booted. */
   let incomingUp: Promise<void> | null = null;
 
-  async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true }> {
+  async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true; ms: number; clock?: string; ranAtNs?: number }> {
     if (!cfg.incoming || !incomingReady || !memory || !devices || !incomingFirmware) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
     const devs = devices;
     const t0 = performance.now();
+    const t0Ns = monoNs();
     let tUp = 0;
+    /** When the VPs were let run (Run stored, or the go sent): none ran before. */
+    let letRunNs = t0Ns;
     // The firmware page says "resume" (made at the setup). Written before any go: the kernel reads it as it starts.
     new Uint8Array(memory.buffer).set(incomingFirmware, BOOT_INFO_GPA);
     // Waiting before any go: the partition process's notes of them may come at once.
@@ -1047,10 +1054,12 @@ export async function runWorker(): Promise<void> {
       going = Promise.resolve();
       attaching = (async (): Promise<void> => {
         devs.restoreDevices(restoring.devices);
+        letRunNs = monoNs();
         goByWord(goWord!, GoWord.Run);
         await devs.attach({ restoring: restoring.vmbus });
       })();
     } else {
+      letRunNs = monoNs();
       going = childRpc!.request({ t: 'go', ...(postcopyControl ? { postcopyControl } : {}) }, 10000);
       attaching = (async (): Promise<void> => {
         devs.restoreDevices(restoring.devices);
@@ -1082,13 +1091,19 @@ export async function runWorker(): Promise<void> {
       throw new Error(`the migrated guest's VP threads were not online within ${ONLINE_TIMEOUT_MS / 1000} s of its go`);
     }
     tUp = performance.now();
+    // The end of the downtime, on the clock the hosts share: its VPs' first dispatch here.
+    const ranAtNs = await firstRunSince(letRunNs);
+    const clock = hostClockId();
     if (!postcopyControl) {
       // Every page is here: the pool's threads are not needed any more.
       void inflatePool?.close().catch(() => undefined);
       inflatePool = null;
     }
-    log.info({ savedAt, staged, decodeAndVpsMs: ms(t0, tVps), parseAndDecodeMs: ms(t0, tDecoded), devicesDecodeMs: ms(tDecoded, tDevicesDecoded), vpsAndPremapMs: ms(tDevicesDecoded, tVps), stateBytes: bytes.length, goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp) }, 'migrated VM runs');
-    return { running: true };
+    const ranMs = ranAtNs === null ? null : Math.round((ranAtNs - t0Ns) / 1e5) / 10;
+    log.info({ savedAt, staged, decodeAndVpsMs: ms(t0, tVps), parseAndDecodeMs: ms(t0, tDecoded), devicesDecodeMs: ms(tDecoded, tDevicesDecoded), vpsAndPremapMs: ms(tDevicesDecoded, tVps), stateBytes: bytes.length, goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp), ranMs }, 'migrated VM runs');
+    // `ms`: this worker's time from taking the state to the VM running (its first dispatch where
+    // known, else this answer), for the source's account of the blackout.
+    return { running: true, ms: ranMs ?? ms(t0, performance.now()), ...(ranAtNs !== null && clock !== null ? { clock, ranAtNs } : {}) };
   }
 
   /**
@@ -1096,6 +1111,34 @@ export async function runWorker(): Promise<void> {
    * guest that does not is stopped here, at once, before the source hears of it and runs its own
    * copy again: two copies of the VM must never run together.
    */
+  /**
+   * When the migrated VM ran here: the first dispatch of one of its VPs, as the scheduler wrote it
+   * in their pages (VpPage.firstRunNs), bounded below by `sinceNs` (no VP ran before it was let
+   * run) and above by now (the guest can write the field too). The VPs are let run before the
+   * host's devices finish restoring, so it is there when asked, mostly; else a look each
+   * millisecond, up to FIRST_RUN_WAIT_MS. Null without a VP region, or when none ran by then.
+   */
+  async function firstRunSince(sinceNs: number): Promise<number | null> {
+    const region = vpRegionOfPartition();
+    if (!region) return null;
+    const f64 = new Float64Array(region);
+    const look = (): number | null => {
+      let first = Infinity;
+      for (let v = 0; v < cfg.vps; v++) {
+        const t = f64[(vpPageOffset(v) + VpPage.firstRunNs) >> 3]!;
+        if (t > 0 && t < first) first = t;
+      }
+      return first === Infinity ? null : first;
+    };
+    const end = performance.now() + FIRST_RUN_WAIT_MS;
+    for (;;) {
+      const t = look();
+      if (t !== null) return Math.min(Math.max(t, sinceNs), monoNs());
+      if (performance.now() >= end) return null;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
   async function migrateInBooted(waitMs: number): Promise<true> {
     if (!incomingUp) throw new VmwpFailure('InvalidState', 'no migrated VM was started here');
     let timer: NodeJS.Timeout | undefined;

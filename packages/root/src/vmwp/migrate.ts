@@ -32,11 +32,11 @@
 import { writeSync } from 'node:fs';
 import { inflateRawSync } from 'node:zlib';
 import {
-  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_GUEST_NOT_RESUMED, MIG_PAGE, PageKind, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
+  AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_GUEST_NOT_RESUMED, MIG_PAGE, PageKind, ranAtOf, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
 } from '@hvlab/protocol';
-import { collectGarbage, curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
+import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
 import { PagePool } from './compress.js';
 
@@ -392,6 +392,7 @@ export class MigrationOut {
     this.client = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
     let tracking = false;
     let blackoutAt = 0;
+    let blackoutNs = 0;
     let frozenAt = 0;
     /** The blackout's last page batch, sent with the state. */
     let lastBatch: PageEntry[] | null = null;
@@ -414,6 +415,7 @@ export class MigrationOut {
         this.check();
         this.collectBeforeBlackout();
         blackoutAt = performance.now();
+        blackoutNs = monoNs();
         await this.doFreeze(false);
         frozenAt = performance.now();
         this.stats.pass = 1;
@@ -470,6 +472,7 @@ export class MigrationOut {
         if (options.postcopy) return await this.postcopy(toSend);
         // Blackout.
         blackoutAt = performance.now();
+        blackoutNs = monoNs();
         // The guest is parked, its last writes in the kernel's log: read with the freeze.
         const bitmap = await this.doFreeze(true);
         frozenAt = performance.now();
@@ -490,6 +493,7 @@ export class MigrationOut {
       // saves the round trip it would take on its own (the batches before it are all written).
       const tail = lastBatch ? await this.encodeBatch(lastBatch) : null;
       const sentAt = performance.now();
+      const sentNs = monoNs();
       // Tests: a component the destination has no device for, which it refuses once it has set the
       // VPs' states (their restore goes ahead of the devices' decode there).
       const tree = process.env.HVLAB_MIGRATE_STOWAWAY === '1' ? { ...this.stateTree, components: { ...(this.stateTree.components as Record<string, unknown>), 'device/stowaway': {} } } : this.stateTree;
@@ -502,13 +506,19 @@ export class MigrationOut {
       }
       if (tail) this.sent(tail);
       const ranAt = performance.now();
-      this.stats.downtime = Math.round(ranAt - blackoutAt);
+      const heardNs = monoNs();
+      // The downtime ends when a VP of the VM is dispatched at the destination, on the clock the
+      // hosts share; without it, when its answer came back here (which adds the answer's way back).
+      const ranAtNs = ranAtOf(answer, hostClockId(), sentNs, heardNs);
+      this.stats['downtime-acked'] = Math.round(ranAt - blackoutAt);
+      this.stats.downtime = ranAtNs === null ? this.stats['downtime-acked'] : Math.round((ranAtNs - blackoutNs) / 1e6);
       if (frozenAt > 0) {
-        const start = ranAt - sentAt;
+        const start = ranAtNs === null ? ranAt - sentAt : (ranAtNs - sentNs) / 1e6;
         const there = destinationMsOf(answer, start);
         this.stats.blackout = {
           freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(start),
           ...(there === null ? {} : { destination: Math.round(there), transit: Math.round(start - there) }),
+          ...(ranAtNs === null ? {} : { ack: Math.round((heardNs - ranAtNs) / 1e6) }),
         };
       }
       // The destination runs the VM; it keeps it only once committed.
@@ -582,6 +592,7 @@ export class MigrationOut {
     const src = this.src;
     const stats = this.stats;
     const blackoutAt = performance.now();
+    const blackoutNs = monoNs();
     const bitmap = await this.doFreeze(true);
     this.stateTree = src.capture();
     const set = new Set(dirty);
@@ -603,10 +614,13 @@ export class MigrationOut {
     // served from now on, while the switch is still being answered.
     let switchDone = false;
     let switchError: Error | null = null;
-    const switching = this.call({ op: 'migSwitch', state: Buffer.from(JSON.stringify(this.stateTree)), missing }, STATE_TIMEOUT_MS).then(() => {
+    const sentNs = monoNs();
+    const switching = this.call({ op: 'migSwitch', state: Buffer.from(JSON.stringify(this.stateTree)), missing }, STATE_TIMEOUT_MS).then((answer) => {
       switchDone = true;
       this.switched = true;
-      stats.downtime = Math.round(performance.now() - blackoutAt);
+      const ranAtNs = ranAtOf(answer, hostClockId(), sentNs, monoNs());
+      stats['downtime-acked'] = Math.round(performance.now() - blackoutAt);
+      stats.downtime = ranAtNs === null ? stats['downtime-acked'] : Math.round((ranAtNs - blackoutNs) / 1e6);
       stats.status = 'postcopy-active';
       stats.ram.remaining = pending.size * MIG_PAGE;
       this.report();
