@@ -14,7 +14,7 @@ import {
   MESSAGE_SLOT_SIZE, MESSAGE_HEADER_SIZE, MsgHeader, MSG_FLAG_PENDING, EVENT_FLAG_BYTES_PER_SINT, MAX_MESSAGE_PAYLOAD, SINT_COUNT,
   simpGpa, siefpGpa, synicPageRegister, HvStatus, GuestControlMessage, VMBUS_CHANNEL_MESSAGE_TYPE, VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, PAGE,
   KERNEL_PAGE_GPA, KERNEL_MAGIC, KernelPage, GuestVector, VpPage, SINT_AUTO_EOI, MAX_VPS_PER_PARTITION,
-  vpRegionBytes, vpPageOffset, MAX_TASKS,
+  vpRegionBytes, vpPageOffset, MAX_TASKS, GoWord,
 } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import type { HvClient, Logger } from '@hvlab/runtime';
@@ -27,7 +27,7 @@ import { PageAllocator } from './pages.js';
 import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
-import { CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
+import { CTL_HELD, CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
 import { SintLine } from './sint-line.js';
 import { firstVpThreadCodeCache, takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
@@ -56,6 +56,12 @@ function vpThread(start: VpStart, vp: number): Worker {
     return spare;
   }
   return new Worker(VP_THREAD_ENTRY, { workerData: start, name: `vp${vp}` });
+}
+
+/** Opens a run gate (GoWord) from the guest's side: Run, and the VP threads waiting there wake. */
+function openGate(gate: SharedArrayBuffer): void {
+  Atomics.store(new Int32Array(gate), 0, GoWord.Run);
+  futexWake(gate, 0);
 }
 
 /** SINT used for host->guest messages and events (VMBus uses SINT2 in Linux, auto-EOI). */
@@ -262,40 +268,21 @@ export class GuestKernel {
       // survive the save: the sleep workload's periodic tick goes too.
       if (this.local) new TaskTable(this.mem).timersLost();
     }
-    const online: Promise<void>[] = [];
-    if (!this.sintLine) {
-      this.sintLine = SintLine.open(this.boot.vpCount, (vp, sint) => this.raised(vp, sint));
-      if (!this.sintLine) this.log.info({}, 'no wake descriptor here: the VP threads post each SINT as a message');
+    if (this.armed) {
+      // Its VP threads came online while the partition was held (armVps), and wait at the gate.
+      if (this.armed.count !== this.boot.vpCount) throw new Error(`the firmware says ${this.boot.vpCount} VPs, but ${this.armed.count} VP threads were started ahead`);
+      await this.armed.online;
+      // The kernel page is as the VPs must find it: they may run once their gate opens. Let go by a
+      // message rather than the word, the gate is this kernel's to open (post-copy's fault handling
+      // is in place by now too).
+      Atomics.store(this.ctl, CTL_HELD, 0);
+      futexWake(this.control, CTL_HELD);
+      if (!this.runGate) openGate(this.armed.gate);
+    } else {
+      await this.spawnVps(this.boot.vpCount, this.runGate?.word ?? null);
+      this.onVpsOnline();
     }
-    for (let vp = 0; vp < this.boot.vpCount; vp++) {
-      const start: VpStart = {
-        memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
-        vpIndex: vp, vpCount: this.boot.vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT }, sintLine: this.sintLine?.handle ?? null,
-        runGate: this.runGate?.word ?? null,
-      };
-      const w = vpThread(start, vp);
-      w.on('error', (e) => {
-        this.log.error({ vp, err: e }, 'VP thread crashed');
-        process.exit(3);
-      });
-      w.on('message', (m: { t?: string; vp?: number; sint?: number }) => {
-        if (m?.t === 'sint') this.raised(Number(m.vp), Number(m.sint));
-        else if (m?.t === 'rtc') this.rtcRead?.();
-      });
-      // Its 'online' (a spare taken before it said it had loaded may say that first).
-      online.push(new Promise((resolve) => {
-        const onMessage = (m: { t?: unknown } | null): void => {
-          if (m?.t !== 'online') return;
-          w.off('message', onMessage);
-          resolve();
-        };
-        w.on('message', onMessage);
-      }));
-      this.workers.push(w);
-    }
-    await Promise.all(online);
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
-    this.onVpsOnline();
     if (this.runGate) await this.runGate.ran;
     if (!resume && !this.local) {
       // A host-side wait for VP 0's CMOS read (polling guest memory): nothing of it enters guest state.
@@ -434,6 +421,66 @@ export class GuestKernel {
     await this.vmbus.restore(st.vmbus);
     this.vmbusResuming = false;
     for (let vp = 0; vp < this.boot.vpCount; vp++) await this.onSint(vp, GUEST_SINT);
+  }
+
+  /** VP threads started ahead of the kernel (armVps): their count, their gate, and their coming online. */
+  private armed: { count: number; gate: SharedArrayBuffer; online: Promise<void> } | null = null;
+
+  /**
+   * A held partition (a migration's destination) starts its VP threads before its memory is
+   * final, so that none of that work falls in the blackout: each comes online and waits at the
+   * gate (`gate`, the VMWP's go region: GoWord) before it touches guest memory or asks for an LP.
+   * `onVpsOnline` is called once they all are. `start` then takes them instead of starting its
+   * own; let go by the go word, they run at its Run, else when `start` opens the gate.
+   *
+   * They started at the go word's Start before, in the blackout: the destination's worker saw them
+   * online 4-18 ms after the state's arrival (p50 ~6), after it had let the VPs run in half of the
+   * moves, and their start took the CPUs its own SetVpState calls needed.
+   */
+  armVps(vpCount: number, gate: SharedArrayBuffer): void {
+    if (this.armed || this.workers.length > 0) throw new Error('the VP threads are started already');
+    if (this.local) throw new Error('a held partition needs scheduled VPs (a VP region and the host\'s scheduler)');
+    // Held even past Run until `start` has done its part: Run may come before it (a slow start).
+    Atomics.store(this.ctl, CTL_HELD, 1);
+    const online = this.spawnVps(vpCount, gate);
+    this.armed = { count: vpCount, gate, online };
+    online.then(() => this.onVpsOnline(), () => undefined);
+  }
+
+  /** Starts a thread per VP (`gate`: each waits there for Run); resolves once every one said it is online. */
+  private spawnVps(vpCount: number, gate: SharedArrayBuffer | null): Promise<void> {
+    const online: Promise<void>[] = [];
+    if (!this.sintLine) {
+      this.sintLine = SintLine.open(vpCount, (vp, sint) => this.raised(vp, sint));
+      if (!this.sintLine) this.log.info({}, 'no wake descriptor here: the VP threads post each SINT as a message');
+    }
+    for (let vp = 0; vp < vpCount; vp++) {
+      const start: VpStart = {
+        memory: this.mem.share(), vpRegion: this.vpRegion, sched: this.local ? null : this.regions.sched, control: this.control,
+        vpIndex: vp, vpCount, sintVectors: { [GUEST_SINT_VECTOR]: GUEST_SINT }, sintLine: this.sintLine?.handle ?? null,
+        runGate: gate,
+      };
+      const w = vpThread(start, vp);
+      w.on('error', (e) => {
+        this.log.error({ vp, err: e }, 'VP thread crashed');
+        process.exit(3);
+      });
+      w.on('message', (m: { t?: string; vp?: number; sint?: number }) => {
+        if (m?.t === 'sint') this.raised(Number(m.vp), Number(m.sint));
+        else if (m?.t === 'rtc') this.rtcRead?.();
+      });
+      // Its 'online' (a spare taken before it said it had loaded may say that first).
+      online.push(new Promise((resolve) => {
+        const onMessage = (m: { t?: unknown } | null): void => {
+          if (m?.t !== 'online') return;
+          w.off('message', onMessage);
+          resolve();
+        };
+        w.on('message', onMessage);
+      }));
+      this.workers.push(w);
+    }
+    return Promise.all(online).then(() => undefined);
   }
 
   /**

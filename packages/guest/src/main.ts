@@ -133,8 +133,8 @@ export async function runPartition(): Promise<void> {
    * then uses it instead of the IPC message, and unlinks the region once this process has said it
    * is held.
    */
-  function watchGoWord(name: string | undefined): boolean {
-    if (!name || !wordWatchAvailable()) return false;
+  function watchGoWord(name: string | undefined): SharedArrayBuffer | null {
+    if (!name || !wordWatchAvailable()) return null;
     try {
       const words = new Int32Array(openRegion(name));
       const look = (): void => {
@@ -156,10 +156,10 @@ export async function runPartition(): Promise<void> {
         stopGoWatch = null;
       };
       look();
-      return true;
+      return words.buffer as SharedArrayBuffer;
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'the go word cannot be watched: the VMWP sends its go as a message');
-      return false;
+      return null;
     }
   }
   const rpc = new IpcRpc(process, async (m) => {
@@ -231,13 +231,30 @@ export async function runPartition(): Promise<void> {
 
   try {
     const session = await hv.connect({ partitionId, token, role: 'partition', vm });
+    const regions = session.vpRegion && session.schedRegion ? { vp: openRegion(session.vpRegion), sched: openRegion(session.schedRegion) } : { vp: null, sched: null };
+    const newKernel = (m: GuestMemory): GuestKernel => {
+      const k = new GuestKernel(m, hv, log, session.memoryMode !== 'shared', vm, regions);
+      k.onShutdown = (why) => void exit(why, 0);
+      // A migration's destination: its VMWP answers the source once the VPs ran, and waits for
+      // 'booted' (the guest's VMBus client back) only before the commit.
+      if (go) k.onVpsOnline = () => rpc.note({ t: 'online' });
+      return k;
+    };
     let mem: GuestMemory;
     if (session.memoryMode === 'shared' && session.memoryRegion) {
       const sab = openRegion(session.memoryRegion);
       // Held (a migration's destination): everything is ready; the guest's memory is not final until `go`.
       if (go) {
         await driversLoaded;
-        rpc.note({ t: 'held', goWord: watchGoWord(input.goRegion) });
+        const gate = watchGoWord(input.goRegion);
+        rpc.note({ t: 'held', goWord: gate !== null });
+        // Its VP threads start now, while the pages come, and wait at the go word's gate without
+        // touching guest memory (GuestKernel.armVps): none of that work falls in the blackout.
+        if (gate !== null && regions.vp !== null && process.env.HVLAB_GUEST_ARM_VPS !== '0') {
+          kernel = newKernel(new GuestMemory(sab));
+          kernel.armVps(Math.max(1, input.vps ?? 1), gate);
+          log.info({ vps: Math.max(1, input.vps ?? 1) }, 'VP threads started ahead of the go: they wait at its gate');
+        }
       }
       const postcopyControl = go ? await go : input.postcopyControl;
       // Tests: a held guest that does not start after its go (its VMWP then fails the move).
@@ -245,7 +262,7 @@ export async function runPartition(): Promise<void> {
       if (go && Number.isSafeInteger(goStall) && goStall > 0) await new Promise((r) => setTimeout(r, goStall));
       // Before anything reads guest memory: a page post-copy has not brought yet stops its reader until it is here.
       if (postcopyControl) postcopy = PostcopyFaults.open(sab, openRegion(postcopyControl));
-      mem = new GuestMemory(sab);
+      mem = kernel?.mem ?? new GuestMemory(sab);
     } else {
       mem = new GuestMemory(privateRegion(session.memoryBytes));
       // The VMWP cannot see private memory; it hands over the firmware page through the pipe.
@@ -254,13 +271,7 @@ export async function runPartition(): Promise<void> {
       if (firmware === null) throw new Error('no firmware page from the VMWP');
       mem.write(0, firmware as Uint8Array);
     }
-    const regions = session.vpRegion && session.schedRegion ? { vp: openRegion(session.vpRegion), sched: openRegion(session.schedRegion) } : { vp: null, sched: null };
-    kernel = new GuestKernel(mem, hv, log, session.memoryMode !== 'shared', vm, regions);
-    kernel.onShutdown = (why) => void exit(why, 0);
-    // A migration's destination: its VMWP answers the source once the VP threads are online and
-    // (with the go word) Run is stored, the host's devices restored (QEMU's end of the
-    // downtime), and waits for 'booted' (the guest's VMBus client back) only before the commit.
-    if (go) kernel.onVpsOnline = () => rpc.note({ t: 'online' });
+    kernel ??= newKernel(mem);
     if (runGate) {
       const gate = runGate;
       kernel.runGate = { word: gate, ran: Atomics.load(new Int32Array(gate), 0) === GoWord.Run ? Promise.resolve() : new Promise<void>((r) => runWaiters.push(r)) };

@@ -55,6 +55,12 @@ export const CTL_STOP = 0;
 export const CTL_SUSPENDED = 1;
 /** How many VP threads are inside their loop (each counts itself in and out). */
 export const CTL_LIVE = 2;
+/**
+ * 1 while VP threads started ahead of their kernel (GuestKernel.armVps) must not run yet, even
+ * past their run gate: the kernel clears it (and wakes the word) once its own start has put the
+ * kernel page as the VPs must find it. 0, the default, holds nobody.
+ */
+export const CTL_HELD = 3;
 
 /**
  * Asks the VP threads that share `control` to stop, and wakes them (`wake`: a futex wake on each
@@ -132,7 +138,6 @@ export class VpThread {
     this.tasks = new TaskTable(this.mem);
     this.local = s.sched === null;
     this.clock = new ReferenceClock(s.vpRegion);
-    this.cur = this.mem.atomicLoad32(KERNEL_PAGE_GPA + KernelPage.currentTask + s.vpIndex * 4);
   }
 
   /** Guest time: the partition's reference time (100 ns), never the host's clock. */
@@ -222,6 +227,15 @@ export class VpThread {
       const v = Atomics.load(w, 0);
       if (v === GoWord.Run) return true;
       futexWait(gate, 0, v, 20);
+    }
+    return false;
+  }
+
+  /** Blocks while the kernel holds its VPs (CTL_HELD). False when asked to stop. */
+  private waitWhileHeld(): boolean {
+    while (!this.stopped()) {
+      if (Atomics.load(this.ctl, CTL_HELD) === 0) return true;
+      futexWait(this.s.control, CTL_HELD, 1, 20);
     }
     return false;
   }
@@ -434,6 +448,10 @@ export class VpThread {
     const s = this.s;
     parentPort?.postMessage({ t: 'online', vp: s.vpIndex });
     if (s.runGate && !this.waitForRun(s.runGate)) return;
+    if (!this.waitWhileHeld()) return;
+    // Guest memory is read from here on: a VP started ahead of its migrated VM's memory (the
+    // kernel's armVps) touches none of it before Run.
+    this.cur = this.mem.atomicLoad32(KERNEL_PAGE_GPA + KernelPage.currentTask + s.vpIndex * 4);
     if (this.local) {
       Atomics.store(this.i32, this.disp, Dispatch.Granted);
     } else {

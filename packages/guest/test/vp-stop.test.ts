@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Dispatch, GoWord, PROBE_VECTOR_MIN, SchedRegion, VirtualApicView, VpPage, VpRegionHeader, vpPageOffset } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
-import { CTL_LIVE, stopVpThreads } from '../src/vp.js';
+import { CTL_HELD, CTL_LIVE, stopVpThreads } from '../src/vp.js';
 import { startLoneVp } from './fixtures/vp-start.js';
 
 const fixture = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'vp-start.ts');
@@ -91,6 +91,46 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
       await vp.stopped;
     } finally {
       stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
+    }
+  });
+
+  it('a VP started ahead of its kernel (CTL_HELD) waits past Run until the kernel lets it go, then asks for an LP', async function () {
+    if (FUTEX_NR[process.arch] === undefined) this.skip();
+    const gate = new SharedArrayBuffer(4096);
+    Atomics.store(new Int32Array(gate), 0, GoWord.Start);
+    const vp = await startLoneVp({ runGate: gate, held: true });
+    const dispatchWord = (vpPageOffset(0) + VpPage.dispatch) >> 2;
+    const ctl = new Int32Array(vp.start.control);
+    try {
+      Atomics.store(new Int32Array(gate), 0, GoWord.Run);
+      futexWake(gate, 0);
+      // Past the gate, and held: a futex wait on CTL_HELD for the value 1, its dispatch word not written.
+      while (!futexWaiters(1).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
+      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'the dispatch word while held').to.equal(0);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'still held after its timeouts').to.equal(0);
+      Atomics.store(ctl, CTL_HELD, 0);
+      futexWake(vp.start.control, CTL_HELD);
+      while (Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord) !== Dispatch.Start) await new Promise((r) => setTimeout(r, 5));
+      expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
+      await vp.stopped;
+    } finally {
+      stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
+    }
+  });
+
+  it('a held VP is stopped by stopVpThreads (it looks at the stop word while held)', async () => {
+    const gate = new SharedArrayBuffer(4096);
+    Atomics.store(new Int32Array(gate), 0, GoWord.Run);
+    const vp = await startLoneVp({ runGate: gate, held: true });
+    try {
+      expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
+      expect(Atomics.load(new Int32Array(vp.start.control), CTL_LIVE)).to.equal(0);
+      await vp.stopped;
+      expect(Atomics.load(new Int32Array(vp.start.vpRegion), (vpPageOffset(0) + VpPage.dispatch) >> 2), 'it never asked for an LP').to.equal(0);
+    } finally {
       await vp.worker.terminate();
     }
   });

@@ -47,8 +47,6 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
  * the go word, after Start, where they then wait for Run; with the go message, after it.
  */
 const ONLINE_TIMEOUT_MS = 10000;
-/** How long a migrated VM's answer waits for its first VP dispatch to be seen (firstRunSince); the downtime then counts to the answer's arrival at the source. */
-const FIRST_RUN_WAIT_MS = 500;
 
 /**
  * The worker process, run by its entry (boot.ts) once its partition process is under way. A
@@ -983,7 +981,9 @@ export async function runWorker(): Promise<void> {
     const up = new Promise<void>((resolve, reject) => {
       bootWaiters.push({ resolve, reject });
     });
-    const online = new Promise<void>((resolve, reject) => {
+    // A held partition process starts its VP threads while the pages come (GuestKernel.armVps):
+    // they are mostly online by now.
+    const online = partitionVpsOnline ? Promise.resolve() : new Promise<void>((resolve, reject) => {
       onlineWaiters.push({ resolve, reject });
     });
     // Not awaited when the go or the restore fails first: their rejections then have nobody to take them.
@@ -1091,8 +1091,14 @@ export async function runWorker(): Promise<void> {
       throw new Error(`the migrated guest's VP threads were not online within ${ONLINE_TIMEOUT_MS / 1000} s of its go`);
     }
     tUp = performance.now();
-    // The end of the downtime, on the clock the hosts share: its VPs' first dispatch here.
-    const ranAtNs = await firstRunSince(letRunNs);
+    // The end of the downtime, on the clock the hosts share: its VPs' first dispatch here. A guest
+    // whose VPs were let run and never ran (its VP threads, started ahead, wedged) fails the move
+    // here, stopped first, as one whose VP threads never came online does.
+    const ranAtNs = await firstRunSince(letRunNs, ONLINE_TIMEOUT_MS);
+    if (ranAtNs === 'late') {
+      child?.kill('SIGKILL');
+      throw new Error(`the migrated guest's VPs did not run within ${ONLINE_TIMEOUT_MS / 1000} s of its go`);
+    }
     const clock = hostClockId();
     if (!postcopyControl) {
       // Every page is here: the pool's threads are not needed any more.
@@ -1116,9 +1122,9 @@ export async function runWorker(): Promise<void> {
    * in their pages (VpPage.firstRunNs), bounded below by `sinceNs` (no VP ran before it was let
    * run) and above by now (the guest can write the field too). The VPs are let run before the
    * host's devices finish restoring, so it is there when asked, mostly; else a look each
-   * millisecond, up to FIRST_RUN_WAIT_MS. Null without a VP region, or when none ran by then.
+   * millisecond, up to `waitMs` ('late' when none ran by then). Null without a VP region.
    */
-  async function firstRunSince(sinceNs: number): Promise<number | null> {
+  async function firstRunSince(sinceNs: number, waitMs: number): Promise<number | null | 'late'> {
     const region = vpRegionOfPartition();
     if (!region) return null;
     const f64 = new Float64Array(region);
@@ -1130,11 +1136,11 @@ export async function runWorker(): Promise<void> {
       }
       return first === Infinity ? null : first;
     };
-    const end = performance.now() + FIRST_RUN_WAIT_MS;
+    const end = performance.now() + waitMs;
     for (;;) {
       const t = look();
       if (t !== null) return Math.min(Math.max(t, sinceNs), monoNs());
-      if (performance.now() >= end) return null;
+      if (performance.now() >= end) return 'late';
       await new Promise((r) => setTimeout(r, 1));
     }
   }
@@ -1155,6 +1161,8 @@ export async function runWorker(): Promise<void> {
   const bootWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   /** Waiting for a held partition's VPs to run (its 'online' note). */
   const onlineWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** The partition process said its VP threads are online (its 'online' note). */
+  let partitionVpsOnline = false;
   let created: { partitionId: number; token: string } | null = null;
 
   /** The firmware page's workload fields (`page` is the page: a fresh one, or the guest's at BOOT_INFO_GPA). */
@@ -1327,11 +1335,15 @@ export async function runWorker(): Promise<void> {
       throw new Error('the VMWP takes no requests from the guest');
     }, (note) => {
       if (note.t === 'held') partitionHeld?.(note.goWord === true);
-      else if (note.t === 'online') for (const w of onlineWaiters.splice(0)) w.resolve();
+      else if (note.t === 'online') {
+        partitionVpsOnline = true;
+        for (const w of onlineWaiters.splice(0)) w.resolve();
+      }
     });
     record.partitionPid = child0.pid ?? null;
     writeRecord();
     child0.on('exit', (code, signal) => {
+      partitionVpsOnline = false;
       for (const w of [...bootWaiters.splice(0), ...onlineWaiters.splice(0)]) w.reject(new Error(`the partition process exited (${signal ?? code}) before the guest ran`));
       if (exiting) return;
       if (code === 0) {
