@@ -12,10 +12,11 @@ import { randomBytes } from 'node:crypto';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
   HC_REGION_BYTES, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX, HcWord, HvCall, HvStatus, SchedRegion,
-  decodeHcCall, encodeHcOutput, type HcEvent,
+  decodeHcCall, encodeHcOutput, type HcCall, type HcEvent,
 } from '@hvlab/protocol';
+import { waitForSuspension } from '@hvlab/runtime';
 import { createRegion, unlinkRegion, futexWake, openWakeFd, closeWakeFd } from '@hvlab/shm';
-import type { Hypervisor } from './hypervisor.js';
+import { SUSPENSION_WAIT_MS, type Hypervisor, type HypercallOutcome } from './hypervisor.js';
 import { HcStateWord, HC_STATE_BYTES, completeHcCall, type PageRef, type FromHcThread, type ToHcThread, type HcThreadData } from './hcloop.js';
 
 interface PageSession extends PageRef {
@@ -157,7 +158,13 @@ export class HcService {
         const calls = c.code === HvCall.SignalEvent && c.input.moreFlags
           ? [c.input.flagNumber, ...c.input.moreFlags].map((flagNumber) => ({ connectionId: c.input.connectionId, flagNumber }))
           : [c.input as unknown as Record<string, unknown>];
-        let r = hv.hypercall(m.sid, d.call.code, calls[0]!);
+        // A GetVpState behind the caller's Suspend may wait for the scheduler to take it: the page
+        // stays the caller's meanwhile, and the call completes once it is taken (answerOnceSuspended).
+        let r = hv.hypercall(m.sid, d.call.code, calls[0]!, c.code === HvCall.GetVpState ? { mayWait: true } : {});
+        if (r.wait) {
+          this.answerOnceSuspended(m.sid, m.seq, p, d.call, r.wait);
+          return;
+        }
         let failedAt = r.status === HvStatus.SUCCESS ? -1 : 0;
         for (let i = 1; i < calls.length; i++) {
           const ri = hv.hypercall(m.sid, d.call.code, calls[i]!);
@@ -181,6 +188,36 @@ export class HcService {
       status = HvStatus.OPERATION_DENIED;
     }
     completeHcCall(p, m.seq, status, reps, outLen);
+  }
+
+  /**
+   * A GetVpState through the page that waits for a suspension (its `afterSuspension`): the same
+   * call is made again, without waiting, once the scheduler has taken it or after
+   * SUSPENSION_WAIT_MS (then it is refused unless taken by then), and completes the page, unless the
+   * caller gave up on it meanwhile (a later request number), its session went, or this closed.
+   * A page carries one call at a time, so a session has at most one such wait here.
+   */
+  private answerOnceSuspended(sid: string, seq: number, p: PageSession, call: HcCall, wait: NonNullable<HypercallOutcome['wait']>): void {
+    void waitForSuspension(wait.vpRegion, wait.vpCount, wait.seq, { timeoutMs: SUSPENSION_WAIT_MS, calledOff: () => this.closed })
+      .catch(() => undefined)
+      .then(() => {
+        const hv = this.hv;
+        if (this.closed || !hv || this.pages.get(sid) !== p || Atomics.load(p.i32, HcWord.req) !== seq) return;
+        let status: number = HvStatus.OPERATION_DENIED;
+        let outLen = 0;
+        try {
+          const r = hv.hypercall(sid, call.code, call.input as unknown as Record<string, unknown>, { waited: true });
+          status = r.status;
+          if (r.status === HvStatus.SUCCESS) {
+            const n = encodeHcOutput(call, r.output, p.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX));
+            if (n === null) status = HvStatus.INSUFFICIENT_BUFFERS;
+            else outLen = n;
+          }
+        } catch (e) {
+          this.logError({ err: e }, 'answering a GetVpState that waited failed');
+        }
+        completeHcCall(p, seq, status, 0, outLen);
+      });
   }
 
   private installInterruptRoute(sid: string, partitionId: number, vpIndex: number): void {

@@ -691,8 +691,8 @@ describe('faults the hypervisor enforces', function () {
       for (const f of readdirSync('/dev/shm')) if (f.startsWith(`hvlab-${hostId}-`)) rmSync(join('/dev/shm', f), { force: true });
       expect(readdirSync('/dev/shm').filter((f) => f.startsWith(`hvlab-${hostId}-`))).to.deep.equal([]);
     });
-    async function root(): Promise<HvClient> {
-      const c = new HvClient(`ipc://${join(dir, 'hv')}`);
+    async function root(opts: { noPage?: boolean } = {}): Promise<HvClient> {
+      const c = new HvClient(`ipc://${join(dir, 'hv')}`, () => {}, opts);
       clients.push(c);
       await c.connect({ partitionId: 1, token, role: 'test', vm: null });
       return c;
@@ -721,18 +721,21 @@ describe('faults the hypervisor enforces', function () {
       const input = { partitionId, property: PartitionProperty.Suspend, value: 1 };
       const socket0 = c.counts.socket;
       const page0 = c.counts.page;
-      // As the VMWP's freeze makes it: the Suspend through the page, the reads right behind it over
-      // the socket (the client sends them once the page call is done: it keeps the two in order).
+      // As the VMWP's freeze makes it: the Suspend through the page, the reads right behind it, one
+      // at a time through the page too (the first waits there until the suspension is taken).
       const suspending = c.must<{ seq: number }>('SetPartitionProperty', input);
       const states = Promise.all([0, 1, 2].map((vpIndex) => c.must<SavedVpStateV2>('GetVpState', { partitionId, vpIndex, afterSuspension: 1 })));
       expect((await suspending).seq).to.equal(1);
       // Answered after the scheduler's pass took the suspension (no VP thread runs here: each VP is absent).
       expect((await states).map((s) => s.runState)).to.deep.equal(['Absent', 'Absent', 'Absent']);
       expect(Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2)).to.equal(1);
-      expect([c.counts.socket - socket0, c.counts.page - page0], 'socket calls, page calls').to.deep.equal([3, 1]);
-      // A number that is not the partition's is refused at once, with the reason.
+      expect([c.counts.socket - socket0, c.counts.page - page0], 'socket calls, page calls').to.deep.equal([0, 4]);
+      // A number that is not the partition's is refused at once: the status through the page, the reason too over the socket.
       const wrong = await c.raw(HvCall.GetVpState, { partitionId, vpIndex: 0, afterSuspension: 5 });
-      expect([hvStatusName(wrong.status), (wrong.output as { reason: string }).reason]).to.deep.equal(['INVALID_PARTITION_STATE', 'suspension 5 is not the partition\'s current one (that is 1)']);
+      expect(hvStatusName(wrong.status)).to.equal('INVALID_PARTITION_STATE');
+      const viaSocket = await root({ noPage: true });
+      const said = await viaSocket.raw(HvCall.GetVpState, { partitionId, vpIndex: 0, afterSuspension: 5 });
+      expect([hvStatusName(said.status), (said.output as { reason: string }).reason]).to.deep.equal(['INVALID_PARTITION_STATE', 'suspension 5 is not the partition\'s current one (that is 1)']);
     });
 
     it('a delayed partition\'s SignalEvent through the hypercall page is not taken by the fast path, and its interrupt arrives only after the delay', async function () {

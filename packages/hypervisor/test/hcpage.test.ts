@@ -16,13 +16,22 @@ import { join } from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import {
   holdSignals,
-  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, PartitionProperty, siefpGpa, synicPageRegister, type HvServerMsg,
+  HvCall, HvStatus, HcWord, HC_INPUT_OFFSET, VirtualApicView, vpPageOffset, Dispatch, VpPage, HC_BELL_WORD, HC_RING_WORD, EVENT_FLAG_BYTES_PER_SINT, PortType, PartitionProperty, siefpGpa, synicPageRegister, type HvServerMsg,
 } from '@hvlab/protocol';
 import { HvClient, type Notification } from '@hvlab/runtime';
 import { openRegion, futexWake, wordWatchAvailable, shmAvailable, openWakeFd, closeWakeFd } from '@hvlab/shm';
 import { HypervisorServer } from '../src/index.js';
 
 const MiB = 1024 * 1024;
+
+/** Resolves once `f` holds (a look every 2 ms), or fails naming `what` after 5 s. */
+async function until(f: () => boolean, what: string): Promise<void> {
+  const end = Date.now() + 5000;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
 
 describe('hypercall pages (shared-memory hypercalls)', function () {
   this.timeout(30000);
@@ -368,6 +377,49 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
       expect(x.statusName, what).to.equal('INVALID_PARAMETER');
       expect(x.statusName, what).to.equal(y.statusName);
       expect(c.counts.socket - s0, `${what}: socket calls`).to.equal(what === 'too long for the page' ? 1 : 0);
+    }
+  });
+
+  it('GetVpState goes through the page with the socket\'s answer; one behind the caller\'s Suspend completes once the scheduler has taken it; refusals match the socket\'s', async () => {
+    const c = await root();
+    const viaSocket = await root(() => {}, { noPage: true });
+    const a = await child(c, 0x903, false);
+    const page0 = c.counts.page;
+    const socket0 = c.counts.socket;
+    const s = await c.must<Record<string, unknown>>('GetVpState', { partitionId: a.id, vpIndex: 0 });
+    expect([c.counts.page - page0, c.counts.socket - socket0], 'page calls, socket calls').to.deep.equal([1, 0]);
+    const t = await viaSocket.must<Record<string, unknown>>('GetVpState', { partitionId: a.id, vpIndex: 0 });
+    const { referenceTime: r1, ...s1 } = s;
+    const { referenceTime: r2, ...t1 } = t;
+    expect(s1, 'the same state as over the socket (the reference time moves on)').to.deep.equal(t1);
+    expect(r2 as number).to.be.at.least(r1 as number);
+    // Its VP runs: its thread asked for an LP (Dispatch.Start), and a plain ring (a props change) runs a pass.
+    const vp = server.hv.partition(a.id)!.vpI32!;
+    const disp = (vpPageOffset(0) + VpPage.dispatch) >> 2;
+    const pass = (): Promise<unknown> => viaSocket.must('SetPartitionProperty', { partitionId: a.id, property: PartitionProperty.CpuWeight, value: 100 });
+    Atomics.store(vp, disp, Dispatch.Start);
+    await pass();
+    await until(() => Atomics.load(vp, disp) === Dispatch.Granted, 'the VP granted its LP');
+    // Suspended through the page; the VP holds its LP until it gives it back, so the states wait.
+    const { seq } = await c.must<{ seq: number }>('SetPartitionProperty', { partitionId: a.id, property: PartitionProperty.Suspend, value: 1 });
+    expect(seq).to.be.a('number');
+    await until(() => Atomics.load(vp, disp) === Dispatch.Preempt, 'the VP asked to give its LP back');
+    const p1 = c.counts.page;
+    let answered = false;
+    const states = c.must<Record<string, unknown>>('GetVpState', { partitionId: a.id, vpIndex: 0, afterSuspension: seq }).finally(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(answered, 'not answered while the VP holds its LP').to.equal(false);
+    expect(c.counts.page - p1, 'it went through the page').to.equal(1);
+    Atomics.compareExchange(vp, disp, Dispatch.Preempt, Dispatch.Off);
+    await pass();
+    const st = await states;
+    expect(st.runState).to.equal('Suspended');
+    // Refusals carry the socket's status: a number that is not the current one, a VP that is not there.
+    for (const [what, input] of [['another suspension', { partitionId: a.id, vpIndex: 0, afterSuspension: seq + 5 }], ['no such VP', { partitionId: a.id, vpIndex: 9 }]] as const) {
+      const x = await c.raw(HvCall.GetVpState, input);
+      const y = await viaSocket.raw(HvCall.GetVpState, input);
+      expect(x.statusName, what).to.not.equal('SUCCESS');
+      expect(x.statusName, what).to.equal(y.statusName);
     }
   });
 

@@ -55,9 +55,14 @@
  *                   A migration's destination sets its VPs in the blackout: over the socket the
  *                   call took 1.5-15 ms (median 2.75) while both CPUs were busy, through the page
  *                   0.1-2.8 (median 1.45), 12 moves each, alternated in one cluster.
+ *   GetVpState:     f64 partitionId, u32 vpIndex, i32 afterSuspension (0: none; hvlab's extension,
+ *                   the number of the caller's Suspend: the call is answered once the scheduler
+ *                   has taken it, as over the socket)                                    16 bytes
  * Output: GetVpRegisters: one f64 per register asked for, in order. MapGpadl: u32 pages, u32 the
  * length of the partition memory region's name, that name (UTF-8). SetPartitionProperty Suspend that
- * suspends: its number (i32). Every other call: none.
+ * suspends: its number (i32). GetVpState: the VP's saved state in msgpack (the map the socket
+ * would carry), `outLen` bytes; one too long for the output area fails with INSUFFICIENT_BUFFERS,
+ * and the caller asks over the socket. Every other call: none.
  * Register values are f64 rather than the TLFS's 128-bit slots, because hvlab registers are
  * integers below 2^53 (as in the msgpack form); names are indices, not the TLFS's numbering.
  *
@@ -133,7 +138,7 @@ export const FIELD_CALLS: ReadonlyMap<number, { readonly fields: readonly string
 export const HC_MAX_GPADL_PFNS = Math.floor((HC_INPUT_MAX - 8 - 3 * 8) / 8);
 
 /** The calls a session may make through its page. */
-export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, HvCall.SetVpState, ...FIELD_CALLS.keys()];
+export const HC_PAGE_CALLS: readonly number[] = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, HvCall.SetVpState, HvCall.GetVpState, ...FIELD_CALLS.keys()];
 
 /** The host doorbell region is the scheduler region: its bell, and its count of hypercall rings. */
 export const HC_BELL_BYTES = SCHED_REGION_BYTES;
@@ -292,6 +297,7 @@ export type HcCall =
   | { code: typeof HvCall.GetVpRegisters; input: { partitionId: number; vpIndex: number; names: string[] } }
   /** The state as the msgpack decoder gave it: the hypervisor checks it as over the socket (decodeSavedVpState). */
   | { code: typeof HvCall.SetVpState; input: { partitionId: number; vpIndex: number; state: unknown } }
+  | { code: typeof HvCall.GetVpState; input: { partitionId: number; vpIndex: number; afterSuspension?: number } }
   /** One of FIELD_CALLS: its fields as given (and MapGpadl's `pfns`). */
   | { code: FieldCallCode; input: Record<string, number | number[]> };
 
@@ -426,6 +432,19 @@ export function encodeHcInput(code: number, input: Record<string, unknown>, byte
       bytes.set(packed, 16);
       return 16 + packed.length;
     }
+    case HvCall.GetVpState: {
+      const pid = input.partitionId;
+      const after = input.afterSuspension;
+      if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || !u32(input.vpIndex)) return null;
+      // A number the hypervisor would refuse (not a non-zero int32) goes over the socket, which says why.
+      if (after !== undefined && (typeof after !== 'number' || (after | 0) !== after || after === 0)) return null;
+      if (Object.keys(input).some((k) => input[k] !== undefined && k !== 'partitionId' && k !== 'vpIndex' && k !== 'afterSuspension')) return null;
+      if (bytes.length < 16) return null;
+      dv.setFloat64(0, pid, true);
+      dv.setUint32(8, input.vpIndex, true);
+      dv.setInt32(12, after === undefined ? 0 : after, true);
+      return 16;
+    }
     case HvCall.SetVpRegisters:
     case HvCall.GetVpRegisters: {
       const pid = input.partitionId;
@@ -520,6 +539,14 @@ export function decodeHcCall(code: number, inLen: number, bytes: Uint8Array): Hc
       }
       return { ok: true, call: { code, input: { partitionId, vpIndex: dv.getUint32(8, true), state } } };
     }
+    case HvCall.GetVpState: {
+      if (inLen !== 16) return bad(`a GetVpState input is 16 bytes, not ${inLen}`);
+      const partitionId = dv.getFloat64(0, true);
+      if (!Number.isSafeInteger(partitionId)) return bad('the partition id is not an integer');
+      const after = dv.getInt32(12, true);
+      const input = { partitionId, vpIndex: dv.getUint32(8, true), ...(after !== 0 ? { afterSuspension: after } : {}) };
+      return { ok: true, call: { code, input } };
+    }
     case HvCall.SetVpRegisters:
     case HvCall.GetVpRegisters: {
       if (inLen < 16) return bad(`a register call's input is at least 16 bytes, not ${inLen}`);
@@ -577,6 +604,19 @@ export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array)
     new DataView(bytes.buffer, bytes.byteOffset, 4).setInt32(0, seq, true);
     return 4;
   }
+  if (call.code === HvCall.GetVpState) {
+    // The state as the socket would carry it; one that does not fit fails the call (INSUFFICIENT_BUFFERS).
+    if (typeof output !== 'object' || output === null) return null;
+    let packed: Uint8Array;
+    try {
+      packed = encode(output);
+    } catch {
+      return null;
+    }
+    if (packed.length > bytes.length) return null;
+    bytes.set(packed, 0);
+    return packed.length;
+  }
   if (call.code !== HvCall.GetVpRegisters) return 0;
   const values = (output as { values?: unknown } | null)?.values;
   if (typeof values !== 'object' || values === null) return null;
@@ -608,6 +648,17 @@ export function decodeHcOutput(code: number, input: Record<string, unknown>, out
   if (code === HvCall.SetPartitionProperty) {
     if (outLen !== 4 || bytes.length < 4) return null;
     return { seq: new DataView(bytes.buffer, bytes.byteOffset, 4).getInt32(0, true) };
+  }
+  if (code === HvCall.GetVpState) {
+    // The hypervisor's map (its caller checks it, as it does the socket's): null when it does not decode.
+    if (!Number.isInteger(outLen) || outLen < 1 || outLen > bytes.length) return null;
+    try {
+      // A copy: the page is shared (and the decoder may hand strings to a TextDecoder, which takes no shared views).
+      const v = decode(bytes.slice(0, outLen));
+      return typeof v === 'object' && v !== null && !Array.isArray(v) ? v : null;
+    } catch {
+      return null;
+    }
   }
   if (code !== HvCall.GetVpRegisters) return null;
   const names = input.names as string[];

@@ -154,6 +154,39 @@ describe('hypercall page codecs', () => {
     expect(decodeHcCall(HvCall.SetVpState, 19, buf)).to.include({ ok: false });
   });
 
+  it('GetVpState carries the partition, the VP and the suspension it waits for; its output is the state in msgpack, or nothing when too long', () => {
+    const buf = new Uint8Array(HC_INPUT_MAX);
+    expect(HC_PAGE_CALLS).to.include(HvCall.GetVpState);
+    let n = encodeHcInput(HvCall.GetVpState, { partitionId: 3, vpIndex: 1, afterSuspension: -7 }, buf)!;
+    expect(n).to.equal(16);
+    expect(decodeHcCall(HvCall.GetVpState, n, buf)).to.deep.equal({ ok: true, call: { code: HvCall.GetVpState, input: { partitionId: 3, vpIndex: 1, afterSuspension: -7 } } });
+    n = encodeHcInput(HvCall.GetVpState, { partitionId: 3, vpIndex: 0 }, buf)!;
+    expect(decodeHcCall(HvCall.GetVpState, n, buf)).to.deep.equal({ ok: true, call: { code: HvCall.GetVpState, input: { partitionId: 3, vpIndex: 0 } } });
+    // What the hypervisor would refuse goes over the socket, which says why.
+    for (const bad of [{ afterSuspension: 0 }, { afterSuspension: 1.5 }, { afterSuspension: 2 ** 31 }, { afterSuspension: '3' }, { partitionId: 0.5 }, { vpIndex: -1 }, { stowaway: 1 }]) {
+      expect(encodeHcInput(HvCall.GetVpState, { partitionId: 3, vpIndex: 0, ...bad }, buf), JSON.stringify(bad)).to.equal(null);
+    }
+    expect(decodeHcCall(HvCall.GetVpState, 15, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    new DataView(buf.buffer).setFloat64(0, Number.NaN, true);
+    expect(decodeHcCall(HvCall.GetVpState, 16, buf)).to.include({ ok: false, status: HvStatus.INVALID_HYPERCALL_INPUT });
+    // Output: the map in msgpack, read back the same from a shared page; one too long does not fit.
+    const state = { version: 2, registers: { Rip: 7, Rax: 2 ** 40 }, apic: { irr: [0, 5], isr: [], tpr: 0 }, runState: 'Suspended', intercept: null, synic: { queued: [{ sint: 2, payload: 'x'.repeat(40) }] } };
+    const call: HcCall = { code: HvCall.GetVpState, input: { partitionId: 3, vpIndex: 0 } };
+    const out = new Uint8Array(new SharedArrayBuffer(HC_OUTPUT_MAX));
+    const len = encodeHcOutput(call, state, out)!;
+    expect(len).to.be.within(1, HC_OUTPUT_MAX);
+    expect(decodeHcOutput(HvCall.GetVpState, {}, len, out)).to.deep.equal(state);
+    expect(encodeHcOutput(call, { ...state, pad: 'x'.repeat(HC_OUTPUT_MAX) }, out)).to.equal(null);
+    expect(encodeHcOutput(call, null, out)).to.equal(null);
+    // A length past the area, or bytes that are not a map, read as nothing.
+    expect(decodeHcOutput(HvCall.GetVpState, {}, HC_OUTPUT_MAX + 1, out)).to.equal(null);
+    expect(decodeHcOutput(HvCall.GetVpState, {}, 0, out)).to.equal(null);
+    out.set([0x92, 0x01], 0);
+    expect(decodeHcOutput(HvCall.GetVpState, {}, 2, out)).to.equal(null);
+    out.set([0x92, 0x01, 0x02], 0);
+    expect(decodeHcOutput(HvCall.GetVpState, {}, 3, out), 'an array is not a state').to.equal(null);
+  });
+
   it('what cannot go through a page is left to the socket (encode says null)', () => {
     const buf = new Uint8Array(HC_INPUT_MAX);
     expect(encodeHcInput(HvCall.CreatePartition, {}, buf)).to.equal(null);
@@ -206,7 +239,7 @@ describe('hypercall page codecs', () => {
   it('random pages never make the decoder throw (seeded fuzz, 20000 cases; SetVpState states flipped inside their msgpack)', () => {
     const next = seededRandom(0x5eed);
     const buf = new Uint8Array(HC_INPUT_MAX);
-    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, HvCall.SetVpState, ...FIELD_CALLS.keys(), 0, 0xffff, -1];
+    const codes = [HvCall.SignalEvent, HvCall.PostMessage, HvCall.SetVpRegisters, HvCall.GetVpRegisters, HvCall.AssertVirtualInterrupt, HvCall.SetVpState, HvCall.GetVpState, ...FIELD_CALLS.keys(), 0, 0xffff, -1];
     let ok = 0;
     const valid: Array<[number, Record<string, unknown>]> = [
       [HvCall.SignalEvent, { connectionId: 3, flagNumber: 1 }],
@@ -216,6 +249,7 @@ describe('hypercall page codecs', () => {
       [HvCall.GetVpRegisters, { partitionId: 2, vpIndex: 1, names: ['Rax', 'Rip', 'Sint0'] }],
       [HvCall.AssertVirtualInterrupt, { partitionId: 2, vpIndex: 0, vector: 0x40 }],
       [HvCall.SetVpState, { partitionId: 2, vpIndex: 0, state: { version: 1, apic: { irr: [1, 2, 3], tpr: 0 }, synic: [{ sint: 2, masked: false }], runState: 'Running' } }],
+      [HvCall.GetVpState, { partitionId: 2, vpIndex: 1, afterSuspension: 9 }],
       [HvCall.CreatePort, { partitionId: 1, portId: 5, type: 2, sint: 2, vpIndex: 0, flagCount: 16 }],
       [HvCall.MapGpadl, { partitionId: 2, gpadl: 1, owner: 3, pfns: [10, 11, 12] }],
       [HvCall.SetPartitionProperty, { partitionId: 2, property: 0x10001, value: -3 }],
@@ -331,6 +365,10 @@ describe('hypercall page codecs', () => {
       if (next() < 0.5) new DataView(out.buffer, out.byteOffset).setUint32(4, Math.floor(next() * 8), true);
       const s = decodeHcOutput(HvCall.SetPartitionProperty, {}, Math.floor(next() * 12) - 4, out) as { seq: number } | null;
       if (s !== null) expect((s.seq | 0) === s.seq).to.equal(true);
+      // GetVpState's output: msgpack, garbled or not (a small map first, so that some decode).
+      if (next() < 0.3) out.set([0x81, 0xa1, 0x61, Math.floor(next() * 128)], 0);
+      const st = decodeHcOutput(HvCall.GetVpState, {}, Math.floor(next() * 40) - 4, out);
+      expect(st === null || (typeof st === 'object' && !Array.isArray(st))).to.equal(true);
       const g = decodeHcOutput(HvCall.MapGpadl, {}, Math.floor(next() * 24) - 4, out) as { region: string; pages: number } | null;
       if (g !== null) {
         expect(g.region).to.be.a('string');

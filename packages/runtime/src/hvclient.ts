@@ -617,7 +617,13 @@ export class HvClient {
       if (this.closed) throw new Error('hypervisor session is closed');
       if (HC_PAGE_CALLS.includes(code) && control.fast === undefined && control.repCount === undefined && control.repStart === undefined) {
         const viaPage = this.pageCall(this.page, code, input, timeoutMs);
-        if (viaPage) return viaPage;
+        if (viaPage && code !== HvCall.GetVpState) return viaPage;
+        if (viaPage) {
+          // A state too long for the output area (or one that did not decode) is asked for again
+          // over the socket, which carries any size.
+          const r = await viaPage;
+          if (r.status !== HvStatus.INSUFFICIENT_BUFFERS && (r.status !== HvStatus.SUCCESS || r.output !== null)) return r;
+        }
       }
       // In turn with page calls: the hypervisor serves the two paths apart, so order is kept here.
       await new Promise<void>((r) => {

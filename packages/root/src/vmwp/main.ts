@@ -515,12 +515,13 @@ export async function runWorker(): Promise<void> {
     // process parks. They were a wait here for the suspension's count in the VP region, then a
     // round trip of their own: ~0.9 ms of an idle VM's ~10 ms downtime.
     //
-    // The Suspend goes through the hypercall page, and the client sends the GetVpState calls (over
-    // the socket) once it is made: the client keeps page and socket calls in order. Sent over the
-    // socket with the states pipelined behind it, the Suspend took 0.9-5.6 ms to reach the
-    // hypervisor while the blackout kept both CPUs busy (ZeroMQ's I/O threads on both sides had to
-    // run first). Through the page, 48 moves alternating in pairs of pairs: the freeze's median
-    // 5.0 and 6.0 ms against 6.5 and 8.0, the downtime's 16.5 and 19.0 against 18.5 and 22.5.
+    // The Suspend goes through the hypercall page, and the GetVpState calls follow it there, one at
+    // a time (the first is answered once the suspension is taken). Sent over the socket with the
+    // states pipelined behind it, the Suspend took 0.9-5.6 ms to reach the hypervisor while the
+    // blackout kept both CPUs busy (ZeroMQ's I/O threads on both sides had to run first). Through
+    // the page, 48 moves alternating in pairs of pairs: the freeze's median 5.0 and 6.0 ms against
+    // 6.5 and 8.0, the downtime's 16.5 and 19.0 against 18.5 and 22.5. The states followed over
+    // the socket then, 1.3-7 ms after the Suspend's answer (p50 ~2.3, 22 moves).
     const region = vpRegionOfPartition();
     const getStates = (after?: number): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, ...(after ? { afterSuspension: after } : {}) })));
     const suspending = setSuspend(true);
