@@ -219,7 +219,11 @@ export class GuestKernel {
     }
   }
 
+  /** Whether `start` was called (a held partition's kernel exists before it, its VPs started ahead). */
+  started = false;
+
   async start(): Promise<void> {
+    this.started = true;
     // Local mode reads reference time before its VPs start; a migrated guest's is set by SetVpState, before Run.
     if (this.runGate && this.local) throw new Error('a migrated guest needs scheduled VPs (a VP region and the host\'s scheduler)');
     kernelsWithVps.add(this);
@@ -442,6 +446,7 @@ export class GuestKernel {
     if (this.local) throw new Error('a held partition needs scheduled VPs (a VP region and the host\'s scheduler)');
     // Held even past Run until `start` has done its part: Run may come before it (a slow start).
     Atomics.store(this.ctl, CTL_HELD, 1);
+    kernelsWithVps.add(this);
     const online = this.spawnVps(vpCount, gate);
     this.armed = { count: vpCount, gate, online };
     online.then(() => this.onVpsOnline(), () => undefined);
@@ -640,7 +645,12 @@ export class GuestKernel {
 
   /** Wakes VP threads blocked on their dispatch word (stop requests; local-mode interrupts). */
   private wakeVps(): void {
-    for (let vp = 0; vp < (this.boot?.vpCount ?? 0); vp++) {
+    // VP threads started ahead (armVps) may wait at their gate or held past it: woken there too.
+    if (this.armed) {
+      futexWake(this.armed.gate, 0);
+      futexWake(this.control, CTL_HELD);
+    }
+    for (let vp = 0; vp < (this.boot?.vpCount ?? this.armed?.count ?? 0); vp++) {
       const idx = (vpPageOffset(vp) + VpPage.dispatch) >> 2;
       if (this.local) Atomics.notify(new Int32Array(this.vpRegion), idx);
       else futexWake(this.vpRegion, idx);
@@ -649,7 +659,8 @@ export class GuestKernel {
   }
 
   async stop(): Promise<void> {
-    this.mem.atomicStore32(STATUS_PAGE_GPA + StatusPage.bootState, BootState.ShuttingDown);
+    // A kernel that never started (a held partition's, its VPs started ahead) has no status page of its own yet.
+    if (this.boot) this.mem.atomicStore32(STATUS_PAGE_GPA + StatusPage.bootState, BootState.ShuttingDown);
     // A VP asleep in a futex cannot be terminated: have every one leave its loop first.
     this.stopVps();
     await Promise.all(this.workers.map((w) => w.terminate()));

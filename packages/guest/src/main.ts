@@ -103,7 +103,7 @@ export async function runPartition(): Promise<void> {
   /** Post-copy: missing pages of guest memory are asked of the VMWP until it says all are here. */
   let postcopy: PostcopyFaults | null = null;
   function dirtyRequest(op: unknown): unknown {
-    if (!kernel) throw new Error('the guest has not booted');
+    if (!kernel?.started) throw new Error('the guest has not booted');
     const sab = kernel.mem.share().memory;
     switch (op) {
       case 'start': {
@@ -128,10 +128,11 @@ export async function runPartition(): Promise<void> {
   }
   /**
    * A held partition's other way to be let go: word 0 of the VMWP's go region becomes GoWord.Start
-   * (a go with no post-copy control region: the kernel and its VP threads start), then GoWord.Run
-   * (the VPs run, and the kernel may talk to the host). True when the word is watched; the VMWP
-   * then uses it instead of the IPC message, and unlinks the region once this process has said it
-   * is held.
+   * (a go with no post-copy control region: the kernel starts; its VP threads started when it was
+   * held, and wait at the word), then GoWord.Run (the VPs run, and the kernel may talk to the host).
+   * Returns the region (the VP threads' gate) when the word is watched, else null. When it is
+   * watched, the VMWP uses it instead of the IPC message, and unlinks the region once this process
+   * has said it is held.
    */
   function watchGoWord(name: string | undefined): SharedArrayBuffer | null {
     if (!name || !wordWatchAvailable()) return null;
@@ -170,14 +171,14 @@ export async function runPartition(): Promise<void> {
         firmware = m.page;
         return true;
       case 'read': {
-        if (!kernel) throw new Error('the guest has not booted');
+        if (!kernel?.started) throw new Error('the guest has not booted');
         return kernel.mem.read(Number(m.gpa), Number(m.len));
       }
       case 'quiesce': {
         // suspension: the number of the VMWP's Suspend call, made beside this request: wait here
         // until the scheduler took it (kernel.vpsSuspended). harvest: the dirty set of this mapping
         // comes with the answer (a migration's last pass).
-        if (!kernel) throw new Error('the guest has not booted');
+        if (!kernel?.started) throw new Error('the guest has not booted');
         const seq = m.suspension;
         if (seq !== undefined && (typeof seq !== 'number' || (seq | 0) !== seq || seq === 0)) throw new Error('quiesce: suspension must be a non-zero 32-bit integer');
         if (seq !== undefined) await kernel.vpsSuspended(seq, 10000);
@@ -201,7 +202,7 @@ export async function runPartition(): Promise<void> {
       }
       case 'assign': {
         // A booted warm worker's guest becomes a VM's (the VMWP's claim): checked, then handed to the kernel.
-        if (!kernel) throw new Error('the guest has not booted');
+        if (!kernel?.started) throw new Error('the guest has not booted');
         const name = m.vm;
         const workload = m.workload;
         const arg = m.arg;

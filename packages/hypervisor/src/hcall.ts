@@ -194,15 +194,17 @@ export class HcService {
    * A GetVpState through the page that waits for a suspension (its `afterSuspension`): the same
    * call is made again, without waiting, once the scheduler has taken it or after
    * SUSPENSION_WAIT_MS (then it is refused unless taken by then), and completes the page, unless the
-   * caller gave up on it meanwhile (a later request number), its session went, or this closed.
-   * A page carries one call at a time, so a session has at most one such wait here.
+   * caller gave up on it meanwhile (a later request number), its session went, or this closed:
+   * each of those also calls the wait off, so a session has at most one such wait here (a page
+   * carries one call at a time, and a wait whose call was given up ends at its next look).
    */
   private answerOnceSuspended(sid: string, seq: number, p: PageSession, call: HcCall, wait: NonNullable<HypercallOutcome['wait']>): void {
-    void waitForSuspension(wait.vpRegion, wait.vpCount, wait.seq, { timeoutMs: SUSPENSION_WAIT_MS, calledOff: () => this.closed })
+    const gone = (): boolean => this.closed || this.pages.get(sid) !== p || Atomics.load(p.i32, HcWord.req) !== seq;
+    void waitForSuspension(wait.vpRegion, wait.vpCount, wait.seq, { timeoutMs: SUSPENSION_WAIT_MS, calledOff: gone })
       .catch(() => undefined)
       .then(() => {
         const hv = this.hv;
-        if (this.closed || !hv || this.pages.get(sid) !== p || Atomics.load(p.i32, HcWord.req) !== seq) return;
+        if (!hv || gone()) return;
         let status: number = HvStatus.OPERATION_DENIED;
         let outLen = 0;
         try {

@@ -45,7 +45,7 @@ export function wakeYield(v: string | undefined): boolean | null {
   return t === '1' ? true : t === '0' ? false : null;
 }
 
-/** GetVpState calls one session may have waiting for a suspension (a root's VMWP makes one per VP). */
+/** GetVpState calls one session may have waiting for a suspension over the socket (a client without a hypercall page makes one per VP; with one, they wait on the page: hcall.ts). */
 const MAX_WAITING_CALLS = 1024;
 /** The scheduler thread's entry: compiled, sched-thread.js; from sources, a shim that registers tsx first. */
 const SCHED_THREAD_ENTRY = import.meta.url.endsWith('.ts') ? new URL('./sched-thread.mjs', import.meta.url) : new URL('./sched-thread.js', import.meta.url);
@@ -270,9 +270,9 @@ export class HypervisorServer {
    * word watch, one per partition and suspension however many VPs ask, so one that joins late
    * waits less), or after SUSPENSION_WAIT_MS, by the same call made again without `mayWait`, which
    * then answers. A session has at most MAX_WAITING_CALLS calls waiting; one more is made again at
-   * once (refused unless the suspension is taken by then). While these wait, the session's client
-   * holds its hypercall-page calls back (it makes them one at a time): a freezing VM's worker then
-   * signals nothing for the millisecond or two the suspension takes.
+   * once (refused unless the suspension is taken by then). A client with a hypercall page makes
+   * these calls through it instead (HcService.answerOnceSuspended), where the page carries one at a
+   * time: a freezing VM's worker then signals nothing for the millisecond or two the suspension takes.
    */
   private answerOnceSuspended(sid: string, m: Extract<HvClientMsg, { k: 'hc' }>, wait: NonNullable<HypercallOutcome['wait']>): void {
     const again = (): void => {

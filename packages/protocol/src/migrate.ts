@@ -21,12 +21,13 @@ export const MIG_ENTRY_HEADER = 12;
 
 /**
  * Word 0 of a held partition's go region (a page the destination's VMWP makes, named in the
- * partition process's start-up line as `goRegion`), in two steps. `Start`: the partition process
- * starts its kernel and VP threads on the memory that is there now; each VP thread says it is
- * online, then waits. `Run`: the VPs may ask for their LPs, and the kernel may talk to the host.
- * The VMWP stores `Start` as soon as the last pages are written and `Run` once every VP's state is
- * set and the devices have theirs, so the guest's start-up runs beside the state's decode and
- * SetVpState instead of after them. Any other value is not yet a go: the word is written by
+ * partition process's start-up line as `goRegion`), in two steps. The partition process starts its
+ * VP threads as soon as it is held with the word watched: each says it is online, then waits at
+ * the word (GuestKernel.armVps). `Start`: the partition process starts its kernel on the memory
+ * that is there now. `Run`: the VPs may ask for their LPs (once the kernel's start is done), and
+ * the kernel may talk to the host. The VMWP stores `Start` as soon as the last pages are written
+ * and `Run` once every VP's state is set and the devices have theirs, so the guest's start-up
+ * runs beside the state's decode and SetVpState instead of after them. Any other value is not yet a go: the word is written by
  * another process, and the partition process acts only on these two.
  */
 export const GoWord = { Start: 1, Run: 2 } as const;

@@ -43,8 +43,9 @@ import { prestartedPartition, spawnPartition } from './prestart.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 /**
- * How long a migrated guest's VP threads may take to be online after its go (migrateInState): with
- * the go word, after Start, where they then wait for Run; with the go message, after it.
+ * How long a migrated guest's VP threads may take to be online after its go, and its first VP to
+ * run after Run (migrateInState). With the go word they are mostly online before the blackout
+ * (started while the partition process was held); with the go message, after it.
  */
 const ONLINE_TIMEOUT_MS = 10000;
 
@@ -995,10 +996,10 @@ export async function runWorker(): Promise<void> {
     });
     incomingUp.catch(() => undefined);
     // With the go word, the go comes in two steps (GoWord). Start now: every page is written, and
-    // the partition process starts its kernel and VP threads while this process decodes the state
-    // and sets the VPs' (the guest's start was ~2 ms of the blackout after SetVpState). The VPs ask
-    // for no LP and the kernel does not talk to the host before Run, stored below once the VPs and
-    // the devices have their state. Without the word (post-copy, or no word watch there), the go is
+    // the partition process starts its kernel while this process decodes the state and sets the
+    // VPs' (its VP threads started while it was held, and wait at the word). The VPs ask for no LP
+    // and the kernel does not talk to the host before Run, stored below once the VPs and the
+    // devices have their state. Without the word (post-copy, or no word watch there), the go is
     // one message, sent once the VPs have their state, as before.
     const staged = goWord !== null && !postcopyControl;
     let restoring: ReturnType<VmDevices['decodeSaved']>;
@@ -1082,8 +1083,10 @@ export async function runWorker(): Promise<void> {
     // leaves VMBus messages and events in its SynIC pages); the commit waits for it (migBooted).
     // A partition process that took its go and is alive but whose VP threads never come online
     // (wedged) fails the move here, stopped first, as a failed go did; one that died fails the wait
-    // at once. (With the go word they said so after Start, so by now this has mostly resolved: Run
-    // is stored, and a VP thread asks for its LP as soon as it sees it.)
+    // at once. (With the go word they said so while it was held, so this has mostly resolved: Run
+    // is stored, and a VP thread asks for its LP once it sees it and the kernel's start is done.)
+    // A guest whose VPs never run after that fails below (firstRunSince), and one whose partition
+    // process died after its note is caught by the child's exit (the commit then fails).
     let onlineTimer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((r) => (onlineTimer = setTimeout(() => r('late'), ONLINE_TIMEOUT_MS)));
     const came = await Promise.race([online.then(() => 'online' as const), late]).finally(() => clearTimeout(onlineTimer));
@@ -1114,11 +1117,6 @@ export async function runWorker(): Promise<void> {
   }
 
   /**
-   * Before the commit: waits up to `waitMs` for the migrated guest's kernel to say it resumed. A
-   * guest that does not is stopped here, at once, before the source hears of it and runs its own
-   * copy again: two copies of the VM must never run together.
-   */
-  /**
    * When the migrated VM ran here: the first dispatch of one of its VPs, as the scheduler wrote it
    * in their pages (VpPage.firstRunNs), bounded below by `sinceNs` (no VP ran before it was let
    * run) and above by now (the guest can write the field too). The VPs are let run before the
@@ -1146,6 +1144,11 @@ export async function runWorker(): Promise<void> {
     }
   }
 
+  /**
+   * Before the commit: waits up to `waitMs` for the migrated guest's kernel to say it resumed. A
+   * guest that does not is stopped here, at once, before the source hears of it and runs its own
+   * copy again: two copies of the VM must never run together.
+   */
   async function migrateInBooted(waitMs: number): Promise<true> {
     if (!incomingUp) throw new VmwpFailure('InvalidState', 'no migrated VM was started here');
     let timer: NodeJS.Timeout | undefined;
@@ -1255,6 +1258,8 @@ export async function runWorker(): Promise<void> {
       await devices.prepare();
       await devices.prepareChannels();
       incomingFirmware = resumeFirmwarePage(devices);
+      // The clock id goes with the answer in the blackout: read now, not then.
+      hostClockId();
       const held = new Promise<boolean>((resolve) => (partitionHeld = resolve));
       // The go word's region: mapped by the partition process before it says it is held, and
       // unlinked here then (both keep their mappings; `down` sweeps it if this process dies first).
@@ -1318,7 +1323,7 @@ export async function runWorker(): Promise<void> {
   /**
    * A step of the go through the word (GoWord: Start, then Run): stored, then woken (the
    * partition process's watch of it and, for Run, its VP threads). Nothing answers it; the guest's
-   * VPs say they are online, and a partition process that died fails that wait.
+   * first VP to run says it was taken (firstRunSince), and a guest whose VPs never run fails that.
    */
   function goByWord(words: Int32Array, step: (typeof GoWord)[keyof typeof GoWord]): void {
     Atomics.store(words, 0, step);
