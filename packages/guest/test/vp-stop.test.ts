@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { Dispatch, GoWord, PROBE_VECTOR_MIN, SchedRegion, VirtualApicView, VpPage, VpRegionHeader, vpPageOffset } from '@hvlab/protocol';
 import { futexWake } from '@hvlab/shm';
 import { CTL_HELD, CTL_LIVE, stopVpThreads } from '../src/vp.js';
-import { startLoneVp } from './fixtures/vp-start.js';
+import { startLoneVp, type LoneVp } from './fixtures/vp-start.js';
 
 const fixture = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'vp-start.ts');
 /** The futex syscall number per architecture (as /proc/<pid>/task/<tid>/syscall shows it). */
@@ -67,28 +67,40 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
     }
   });
 
+  /** Resolves once `f` holds (a look every 5 ms). */
+  const until = async (f: () => boolean): Promise<void> => {
+    while (!f()) await new Promise((r) => setTimeout(r, 5));
+  };
+  /** A go region's word 0 set to `v`, and its waiters woken (as the VMWP's go does). */
+  const setGate = (gate: SharedArrayBuffer, v: number): void => {
+    Atomics.store(new Int32Array(gate), 0, v);
+    futexWake(gate, 0);
+  };
+  const dispatchOf = (vp: LoneVp): number => Atomics.load(new Int32Array(vp.start.vpRegion), (vpPageOffset(0) + VpPage.dispatch) >> 2);
+  /** Once the VP asked for its LP (Dispatch.Start, a ring nobody answers): stopped and joined. */
+  const askedThenStopped = async (vp: LoneVp): Promise<void> => {
+    await until(() => dispatchOf(vp) === Dispatch.Start);
+    expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
+    await vp.stopped;
+  };
+
   it('a migrated VM\'s VP released at Start says it is online, then waits for Run before it asks for an LP', async function () {
     if (FUTEX_NR[process.arch] === undefined) this.skip();
     const gate = new SharedArrayBuffer(4096);
-    Atomics.store(new Int32Array(gate), 0, GoWord.Start);
+    setGate(gate, GoWord.Start);
     const vp = await startLoneVp({ runGate: gate });
-    const dispatchWord = (vpPageOffset(0) + VpPage.dispatch) >> 2;
     try {
       // Online, and in its wait for Run: a shared futex wait for the value Start (with a timeout, to
       // look at the stop word), and its dispatch word not yet written.
-      while (!futexWaiters(GoWord.Start).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
-      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'the dispatch word before Run').to.equal(0);
+      await until(() => futexWaiters(GoWord.Start).some((w) => w.timeout > 0n));
+      expect(dispatchOf(vp), 'the dispatch word before Run').to.equal(0);
       // A value other than Run is not a go either.
-      Atomics.store(new Int32Array(gate), 0, 7);
-      futexWake(gate, 0);
-      while (!futexWaiters(7).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
-      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'the dispatch word after a stray value').to.equal(0);
-      Atomics.store(new Int32Array(gate), 0, GoWord.Run);
-      futexWake(gate, 0);
+      setGate(gate, 7);
+      await until(() => futexWaiters(7).some((w) => w.timeout > 0n));
+      expect(dispatchOf(vp), 'the dispatch word after a stray value').to.equal(0);
       // Run: the VP asks for its LP (and then waits on its dispatch word, as any VP nobody grants).
-      while (Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord) !== Dispatch.Start) await new Promise((r) => setTimeout(r, 5));
-      expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
-      await vp.stopped;
+      setGate(gate, GoWord.Run);
+      await askedThenStopped(vp);
     } finally {
       stopVpThreads(vp.start.control, vp.wake);
       await vp.worker.terminate();
@@ -98,23 +110,18 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
   it('a VP started ahead of its kernel (CTL_HELD) waits past Run until the kernel lets it go, then asks for an LP', async function () {
     if (FUTEX_NR[process.arch] === undefined) this.skip();
     const gate = new SharedArrayBuffer(4096);
-    Atomics.store(new Int32Array(gate), 0, GoWord.Start);
+    setGate(gate, GoWord.Start);
     const vp = await startLoneVp({ runGate: gate, held: true });
-    const dispatchWord = (vpPageOffset(0) + VpPage.dispatch) >> 2;
-    const ctl = new Int32Array(vp.start.control);
     try {
-      Atomics.store(new Int32Array(gate), 0, GoWord.Run);
-      futexWake(gate, 0);
+      setGate(gate, GoWord.Run);
       // Past the gate, and held: a futex wait on CTL_HELD for the value 1, its dispatch word not written.
-      while (!futexWaiters(1).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
-      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'the dispatch word while held').to.equal(0);
+      await until(() => futexWaiters(1).some((w) => w.timeout > 0n));
+      expect(dispatchOf(vp), 'the dispatch word while held').to.equal(0);
       await new Promise((r) => setTimeout(r, 50));
-      expect(Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord), 'still held after its timeouts').to.equal(0);
-      Atomics.store(ctl, CTL_HELD, 0);
+      expect(dispatchOf(vp), 'still held after its timeouts').to.equal(0);
+      Atomics.store(new Int32Array(vp.start.control), CTL_HELD, 0);
       futexWake(vp.start.control, CTL_HELD);
-      while (Atomics.load(new Int32Array(vp.start.vpRegion), dispatchWord) !== Dispatch.Start) await new Promise((r) => setTimeout(r, 5));
-      expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
-      await vp.stopped;
+      await askedThenStopped(vp);
     } finally {
       stopVpThreads(vp.start.control, vp.wake);
       await vp.worker.terminate();
@@ -124,15 +131,15 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
   it('a held VP is stopped by stopVpThreads (it looks at the stop word while held)', async function () {
     if (FUTEX_NR[process.arch] === undefined) this.skip();
     const gate = new SharedArrayBuffer(4096);
-    Atomics.store(new Int32Array(gate), 0, GoWord.Run);
+    setGate(gate, GoWord.Run);
     const vp = await startLoneVp({ runGate: gate, held: true });
     try {
       // Past its gate (Run already), in its held wait: a futex wait on CTL_HELD for the value 1.
-      while (!futexWaiters(1).some((w) => w.timeout > 0n)) await new Promise((r) => setTimeout(r, 5));
+      await until(() => futexWaiters(1).some((w) => w.timeout > 0n));
       expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
       expect(Atomics.load(new Int32Array(vp.start.control), CTL_LIVE)).to.equal(0);
       await vp.stopped;
-      expect(Atomics.load(new Int32Array(vp.start.vpRegion), (vpPageOffset(0) + VpPage.dispatch) >> 2), 'it never asked for an LP').to.equal(0);
+      expect(dispatchOf(vp), 'it never asked for an LP').to.equal(0);
     } finally {
       await vp.worker.terminate();
     }
