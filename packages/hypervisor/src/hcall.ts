@@ -19,6 +19,16 @@ import { createRegion, unlinkRegion, futexWake, openWakeFd, closeWakeFd } from '
 import { SUSPENSION_WAIT_MS, type Hypervisor, type HypercallOutcome } from './hypervisor.js';
 import { HcStateWord, HC_STATE_BYTES, completeHcCall, type PageRef, type FromHcThread, type ToHcThread, type HcThreadData } from './hcloop.js';
 
+/**
+ * A served call's status and output length: a success's output goes into the page's output area,
+ * and one that does not fit there fails the call with INSUFFICIENT_BUFFERS.
+ */
+function writeOutput(p: PageSession, call: HcCall, r: HypercallOutcome): [status: number, outLen: number] {
+  if (r.status !== HvStatus.SUCCESS) return [r.status, 0];
+  const n = encodeHcOutput(call, r.output, p.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX));
+  return n === null ? [HvStatus.INSUFFICIENT_BUFFERS, 0] : [HvStatus.SUCCESS, n];
+}
+
 interface PageSession extends PageRef {
   name: string;
   u8: Uint8Array;
@@ -173,12 +183,9 @@ export class HcService {
             r = ri;
           }
         }
-        status = r.status;
         reps = calls.length > 1 && failedAt >= 0 ? failedAt : r.reps;
+        [status, outLen] = writeOutput(p, d.call, r);
         if (r.status === HvStatus.SUCCESS) {
-          const n = encodeHcOutput(d.call, r.output, p.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX));
-          if (n === null) status = HvStatus.INSUFFICIENT_BUFFERS;
-          else outLen = n;
           if (d.call.code === HvCall.SignalEvent) this.installRoute(m.sid, d.call.input.connectionId);
           if (d.call.code === HvCall.AssertVirtualInterrupt) this.installInterruptRoute(m.sid, d.call.input.partitionId, d.call.input.vpIndex);
         }
@@ -208,13 +215,7 @@ export class HcService {
         let status: number = HvStatus.OPERATION_DENIED;
         let outLen = 0;
         try {
-          const r = hv.hypercall(sid, call.code, call.input as unknown as Record<string, unknown>, { waited: true });
-          status = r.status;
-          if (r.status === HvStatus.SUCCESS) {
-            const n = encodeHcOutput(call, r.output, p.u8.subarray(HC_OUTPUT_OFFSET, HC_OUTPUT_OFFSET + HC_OUTPUT_MAX));
-            if (n === null) status = HvStatus.INSUFFICIENT_BUFFERS;
-            else outLen = n;
-          }
+          [status, outLen] = writeOutput(p, call, hv.hypercall(sid, call.code, call.input as unknown as Record<string, unknown>, { waited: true }));
         } catch (e) {
           this.logError({ err: e }, 'answering a GetVpState that waited failed');
         }

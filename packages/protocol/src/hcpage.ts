@@ -375,6 +375,19 @@ function decodeFieldInput(code: number, inLen: number, dv: DataView): HcDecoded 
   return { ok: true, call: { code: code as FieldCallCode, input } };
 }
 
+/** `value` in msgpack into `bytes` from `at` on: its length, or null when it cannot be encoded or does not fit. */
+function packInto(value: unknown, bytes: Uint8Array, at: number): number | null {
+  let packed: Uint8Array;
+  try {
+    packed = encode(value);
+  } catch {
+    return null;
+  }
+  if (at + packed.length > bytes.length) return null;
+  bytes.set(packed, at);
+  return packed.length;
+}
+
 const regIndex = new Map<string, number>(VpRegisterNames.map((n, i) => [n, i]));
 
 /**
@@ -419,18 +432,12 @@ export function encodeHcInput(code: number, input: Record<string, unknown>, byte
       // the socket would carry it). A state too long for the page goes over the socket.
       const pid = input.partitionId;
       if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || !u32(input.vpIndex) || typeof input.state !== 'object' || input.state === null) return null;
-      let packed: Uint8Array;
-      try {
-        packed = encode(input.state);
-      } catch {
-        return null;
-      }
-      if (16 + packed.length > bytes.length) return null;
+      const n = packInto(input.state, bytes, 16);
+      if (n === null) return null;
       dv.setFloat64(0, pid, true);
       dv.setUint32(8, input.vpIndex, true);
-      dv.setUint32(12, packed.length, true);
-      bytes.set(packed, 16);
-      return 16 + packed.length;
+      dv.setUint32(12, n, true);
+      return 16 + n;
     }
     case HvCall.GetVpState: {
       const pid = input.partitionId;
@@ -607,15 +614,7 @@ export function encodeHcOutput(call: HcCall, output: unknown, bytes: Uint8Array)
   if (call.code === HvCall.GetVpState) {
     // The state as the socket would carry it; one that does not fit fails the call (INSUFFICIENT_BUFFERS).
     if (typeof output !== 'object' || output === null) return null;
-    let packed: Uint8Array;
-    try {
-      packed = encode(output);
-    } catch {
-      return null;
-    }
-    if (packed.length > bytes.length) return null;
-    bytes.set(packed, 0);
-    return packed.length;
+    return packInto(output, bytes, 0);
   }
   if (call.code !== HvCall.GetVpRegisters) return 0;
   const values = (output as { values?: unknown } | null)?.values;

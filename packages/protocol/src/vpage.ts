@@ -132,6 +132,21 @@ export function suspensionTaken(vpRegion: Int32Array, seq: number, vps: Iterable
   return true;
 }
 
+/**
+ * The first dispatch of any of VPs 0..`vpCount`-1 (VpPage.firstRunNs, CLOCK_MONOTONIC ns), read
+ * from a VP region the guest can write: a value that is not a positive finite number counts as
+ * never dispatched, and the result is bounded by `sinceNs` and `nowNs` (no VP ran before it was
+ * let run, or after now). Null while none has run.
+ */
+export function firstRunOf(vpRegion: Float64Array, vpCount: number, sinceNs: number, nowNs: number): number | null {
+  let first = Infinity;
+  for (let vp = 0; vp < vpCount; vp++) {
+    const t = vpRegion[(vpPageOffset(vp) + VpPage.firstRunNs) >> 3];
+    if (t !== undefined && Number.isFinite(t) && t > 0 && t < first) first = t;
+  }
+  return first === Infinity ? null : Math.min(Math.max(first, sinceNs), nowNs);
+}
+
 /** Whether the VP region's suspendTaken has reached suspension number `seq` (int32 arithmetic: the count wraps). */
 export function suspensionCounted(vpRegion: Int32Array, seq: number): boolean {
   return ((Atomics.load(vpRegion, VpRegionHeader.suspendTaken >> 2) - seq) | 0) >= 0;

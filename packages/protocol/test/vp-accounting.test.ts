@@ -4,7 +4,7 @@
  * publication, including a halt the VP made without a ring that the scheduler has not taken yet.
  */
 import { expect } from 'chai';
-import { Dispatch, VpPage, VpRunState, vpAccounting, vpPageOffset, vpRegionBytes } from '../src/index.js';
+import { Dispatch, VpPage, VpRunState, firstRunOf, seededRandom, vpAccounting, vpPageOffset, vpRegionBytes } from '../src/index.js';
 
 const MS = 1_000_000;
 
@@ -47,6 +47,36 @@ describe('vpAccounting: a VP page read as the scheduler left it, brought up to n
       const r = page(99, { runMs: bad, waitMs: bad, accountedNs: bad });
       const a = vpAccounting(r.i32, r.f64, r.off, T);
       expect(a).to.deep.equal({ state: 'Absent', runMs: 0, readyMs: 0, waitMs: 0 });
+    }
+  });
+});
+
+describe('firstRunOf: the first dispatch of a VM\'s VPs, read from their guest-writable pages', () => {
+  const at = (vp: number): number => (vpPageOffset(vp) + VpPage.firstRunNs) >> 3;
+  it('is the earliest VP\'s, bounded by when the VPs were let run and now; null while none ran', () => {
+    const f64 = new Float64Array(new SharedArrayBuffer(vpRegionBytes(3)));
+    expect(firstRunOf(f64, 3, 100, 1000)).to.equal(null);
+    f64[at(2)] = 500;
+    f64[at(1)] = 400;
+    expect(firstRunOf(f64, 3, 100, 1000)).to.equal(400);
+    expect(firstRunOf(f64, 2, 100, 1000), 'only the VPs asked about').to.equal(400);
+    expect(firstRunOf(f64, 1, 100, 1000)).to.equal(null);
+    expect(firstRunOf(f64, 3, 450, 1000), 'not before they were let run').to.equal(450);
+    expect(firstRunOf(f64, 3, 100, 300), 'not after now').to.equal(300);
+  });
+  it('takes whatever a guest wrote (seeded random words, NaN, infinities, negatives) without throwing, within its bounds', () => {
+    const next = seededRandom(0xf1a7);
+    const f64 = new Float64Array(new SharedArrayBuffer(vpRegionBytes(4)));
+    const u32 = new Uint32Array(f64.buffer);
+    const odd = [NaN, Infinity, -Infinity, -1, 0, -0, Number.MAX_VALUE, 5e-324];
+    for (let i = 0; i < 2000; i++) {
+      for (let vp = 0; vp < 4; vp++) {
+        const k = at(vp);
+        if (next() < 0.3) f64[k] = odd[Math.floor(next() * odd.length)]!;
+        else { u32[2 * k] = Math.floor(next() * 2 ** 32); u32[2 * k + 1] = Math.floor(next() * 2 ** 32); }
+      }
+      const t = firstRunOf(f64, 4, 1000, 2000);
+      if (t !== null) expect(t).to.be.within(1000, 2000);
     }
   });
 });

@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, VpPage, vpPageOffset, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, type PeerRequest, GoWord,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord,
 } from '@hvlab/protocol';
 import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
@@ -397,12 +397,11 @@ export async function runWorker(): Promise<void> {
         return await migrateInPremap(req.state);
       case 'migState': {
         // The blackout's last page batch may come with the state: written first. The answer says
-        // how long this worker took, for the source's account of the blackout (blackout.destination).
-        const t0 = performance.now();
-        const t0Ns = monoNs();
+        // how long this worker took from here, for the source's account of the blackout
+        // (blackout.destination).
+        const tookNs = monoNs();
         if (req.pages) await migrateInPages(req.pages);
-        const out = await migrateInState(req.state);
-        return { ...out, ms: out.ranAtNs !== undefined ? Math.round((out.ranAtNs - t0Ns) / 1e5) / 10 : Math.round((performance.now() - t0) * 10) / 10 };
+        return await migrateInState(req.state, undefined, tookNs);
       }
       case 'migBooted': {
         const booted = await migrateInBooted(req.waitMs);
@@ -828,7 +827,7 @@ export async function runWorker(): Promise<void> {
   /** Inflates compressed pages of an incoming migration (made on the first compressed page). */
   let inflatePool: PagePool | null = null;
 
-  async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number; clock?: string; ranAtNs?: number }> {
+  async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number } & Partial<RanAt>> {
     if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
     if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
@@ -968,7 +967,11 @@ export async function runWorker(): Promise<void> {
   /** The migrated guest's resume (set by migrateInState): resolves when its kernel reports Booted. */
   let incomingUp: Promise<void> | null = null;
 
-  async function migrateInState(bytes: Uint8Array, postcopyControl?: string): Promise<{ running: true; ms: number; clock?: string; ranAtNs?: number }> {
+  /**
+   * `tookNs`: when this worker took the state (CLOCK_MONOTONIC ns; before the last pages it came
+   * with were written), from which the answer's `ms` counts.
+   */
+  async function migrateInState(bytes: Uint8Array, postcopyControl?: string, tookNs = monoNs()): Promise<{ running: true; ms: number } & Partial<RanAt>> {
     if (!cfg.incoming || !incomingReady || !memory || !devices || !incomingFirmware) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
     if (incomingStarted) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
     const devs = devices;
@@ -1113,7 +1116,8 @@ export async function runWorker(): Promise<void> {
     log.info({ savedAt, staged, decodeAndVpsMs: ms(t0, tVps), parseAndDecodeMs: ms(t0, tDecoded), devicesDecodeMs: ms(tDecoded, tDevicesDecoded), vpsAndPremapMs: ms(tDevicesDecoded, tVps), stateBytes: bytes.length, goAndDevicesMs: ms(tVps, tDevices), vpsMs: ms(tDevices, tUp), ranMs }, 'migrated VM runs');
     // `ms`: this worker's time from taking the state to the VM running (its first dispatch where
     // known, else this answer), for the source's account of the blackout.
-    return { running: true, ms: ranMs ?? ms(t0, performance.now()), ...(ranAtNs !== null && clock !== null ? { clock, ranAtNs } : {}) };
+    const tookMs = Math.round(((ranAtNs ?? monoNs()) - tookNs) / 1e5) / 10;
+    return { running: true, ms: tookMs, ...(ranAtNs !== null && clock !== null ? { clock, ranAtNs } : {}) };
   }
 
   /**
@@ -1127,18 +1131,10 @@ export async function runWorker(): Promise<void> {
     const region = vpRegionOfPartition();
     if (!region) return null;
     const f64 = new Float64Array(region);
-    const look = (): number | null => {
-      let first = Infinity;
-      for (let v = 0; v < cfg.vps; v++) {
-        const t = f64[(vpPageOffset(v) + VpPage.firstRunNs) >> 3]!;
-        if (t > 0 && t < first) first = t;
-      }
-      return first === Infinity ? null : first;
-    };
     const end = performance.now() + waitMs;
     for (;;) {
-      const t = look();
-      if (t !== null) return Math.min(Math.max(t, sinceNs), monoNs());
+      const t = firstRunOf(f64, cfg.vps, sinceNs, monoNs());
+      if (t !== null) return t;
       if (performance.now() >= end) return 'late';
       await new Promise((r) => setTimeout(r, 1));
     }

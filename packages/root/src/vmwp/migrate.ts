@@ -391,9 +391,9 @@ export class MigrationOut {
     const log = this.src.log;
     this.client = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
     let tracking = false;
-    let blackoutAt = 0;
+    // The blackout's instants, on the clock the hosts share (CLOCK_MONOTONIC ns).
     let blackoutNs = 0;
-    let frozenAt = 0;
+    let frozenNs = 0;
     /** The blackout's last page batch, sent with the state. */
     let lastBatch: PageEntry[] | null = null;
     try {
@@ -414,10 +414,9 @@ export class MigrationOut {
         await premapped;
         this.check();
         this.collectBeforeBlackout();
-        blackoutAt = performance.now();
         blackoutNs = monoNs();
         await this.doFreeze(false);
-        frozenAt = performance.now();
+        frozenNs = monoNs();
         this.stats.pass = 1;
         const t = this.elapsed();
         this.report();
@@ -471,11 +470,10 @@ export class MigrationOut {
         this.collectBeforeBlackout();
         if (options.postcopy) return await this.postcopy(toSend);
         // Blackout.
-        blackoutAt = performance.now();
         blackoutNs = monoNs();
         // The guest is parked, its last writes in the kernel's log: read with the freeze.
         const bitmap = await this.doFreeze(true);
-        frozenAt = performance.now();
+        frozenNs = monoNs();
         // One synchronous step: device states, the pages this process dirtied, and their copies.
         this.stateTree = this.src.capture();
         const last = new Set(toSend);
@@ -492,7 +490,6 @@ export class MigrationOut {
       // The last batch goes with the state: the destination writes it first, and the blackout
       // saves the round trip it would take on its own (the batches before it are all written).
       const tail = lastBatch ? await this.encodeBatch(lastBatch) : null;
-      const sentAt = performance.now();
       const sentNs = monoNs();
       // Tests: a component the destination has no device for, which it refuses once it has set the
       // VPs' states (their restore goes ahead of the devices' decode there).
@@ -505,20 +502,16 @@ export class MigrationOut {
         throw new Error(`the destination ${this.req.to} did not start the VM: ${(e as Error).message}`);
       }
       if (tail) this.sent(tail);
-      const ranAt = performance.now();
       const heardNs = monoNs();
-      // The downtime ends when a VP of the VM is dispatched at the destination, on the clock the
-      // hosts share; without it, when its answer came back here (which adds the answer's way back).
-      const ranAtNs = ranAtOf(answer, hostClockId(), sentNs, heardNs);
-      this.stats['downtime-acked'] = Math.round(ranAt - blackoutAt);
-      this.stats.downtime = ranAtNs === null ? this.stats['downtime-acked'] : Math.round((ranAtNs - blackoutNs) / 1e6);
-      if (frozenAt > 0) {
-        const start = ranAtNs === null ? ranAt - sentAt : (ranAtNs - sentNs) / 1e6;
+      const ranAtNs = this.downtime(answer, blackoutNs, sentNs, heardNs);
+      if (frozenNs > 0) {
+        const ms = (a: number, b: number): number => (b - a) / 1e6;
+        const start = ms(sentNs, ranAtNs ?? heardNs);
         const there = destinationMsOf(answer, start);
         this.stats.blackout = {
-          freeze: Math.round(frozenAt - blackoutAt), pages: Math.round(sentAt - frozenAt), start: Math.round(start),
+          freeze: Math.round(ms(blackoutNs, frozenNs)), pages: Math.round(ms(frozenNs, sentNs)), start: Math.round(start),
           ...(there === null ? {} : { destination: Math.round(there), transit: Math.round(start - there) }),
-          ...(ranAtNs === null ? {} : { ack: Math.round((heardNs - ranAtNs) / 1e6) }),
+          ...(ranAtNs === null ? {} : { ack: Math.round(ms(ranAtNs, heardNs)) }),
         };
       }
       // The destination runs the VM; it keeps it only once committed.
@@ -591,7 +584,6 @@ export class MigrationOut {
   private async postcopy(dirty: number[]): Promise<MigrationStats> {
     const src = this.src;
     const stats = this.stats;
-    const blackoutAt = performance.now();
     const blackoutNs = monoNs();
     const bitmap = await this.doFreeze(true);
     this.stateTree = src.capture();
@@ -618,9 +610,7 @@ export class MigrationOut {
     const switching = this.call({ op: 'migSwitch', state: Buffer.from(JSON.stringify(this.stateTree)), missing }, STATE_TIMEOUT_MS).then((answer) => {
       switchDone = true;
       this.switched = true;
-      const ranAtNs = ranAtOf(answer, hostClockId(), sentNs, monoNs());
-      stats['downtime-acked'] = Math.round(performance.now() - blackoutAt);
-      stats.downtime = ranAtNs === null ? stats['downtime-acked'] : Math.round((ranAtNs - blackoutNs) / 1e6);
+      this.downtime(answer, blackoutNs, sentNs, monoNs());
       stats.status = 'postcopy-active';
       stats.ram.remaining = pending.size * MIG_PAGE;
       this.report();
@@ -715,6 +705,19 @@ export class MigrationOut {
   private collectBeforeBlackout(): void {
     const ms = collectGarbage();
     if (ms !== null) this.src.log.info({ gcMs: Math.round(ms * 10) / 10 }, 'garbage collected before the blackout');
+  }
+
+  /**
+   * Records the downtime (ms) of a switch-over that began at `blackoutNs`, whose state was sent at
+   * `sentNs` and answered at `heardNs`: to the destination's first dispatch of a VP, on the clock
+   * the hosts share (ranAtOf), else to the answer's arrival; `downtime-acked` is always the latter
+   * (it adds the answer's way back). Returns the first dispatch's instant, or null.
+   */
+  private downtime(answer: unknown, blackoutNs: number, sentNs: number, heardNs: number): number | null {
+    const ranAtNs = ranAtOf(answer, hostClockId(), sentNs, heardNs);
+    this.stats['downtime-acked'] = Math.round((heardNs - blackoutNs) / 1e6);
+    this.stats.downtime = Math.round(((ranAtNs ?? heardNs) - blackoutNs) / 1e6);
+    return ranAtNs;
   }
 
   /** Freezes the VM; with `harvest`, returns the partition's dirty log read once its VPs stopped. */
