@@ -712,9 +712,14 @@ export class MigrationOut {
    * `sentNs` and answered at `heardNs`: to the destination's first dispatch of a VP, on the clock
    * the hosts share (ranAtOf), else to the answer's arrival; `downtime-acked` is always the latter
    * (it adds the answer's way back). Returns the first dispatch's instant, or null.
+   *
+   * The instants go to the log as they are (CLOCK_MONOTONIC ns, the clock of every host of the
+   * cluster and of `perf sched record -k CLOCK_MONOTONIC`): a blackout's threads can then be read
+   * off a scheduler trace between them (README, "Where a blackout's time goes").
    */
   private downtime(answer: unknown, blackoutNs: number, sentNs: number, heardNs: number): number | null {
     const ranAtNs = ranAtOf(answer, hostClockId(), sentNs, heardNs);
+    this.src.log.info({ blackoutNs, sentNs, ranAtNs, heardNs }, 'blackout instants (CLOCK_MONOTONIC ns)');
     this.stats['downtime-acked'] = Math.round((heardNs - blackoutNs) / 1e6);
     this.stats.downtime = Math.round(((ranAtNs ?? heardNs) - blackoutNs) / 1e6);
     return ranAtNs;
