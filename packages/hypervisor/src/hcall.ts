@@ -9,7 +9,7 @@
  * the session closes and when the hypervisor exits.
  */
 import { randomBytes } from 'node:crypto';
-import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import {
   HC_REGION_BYTES, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_OUTPUT_MAX, HcWord, HvCall, HvStatus, SchedRegion,
   decodeHcCall, encodeHcOutput, type HcCall, type HcEvent,
@@ -29,8 +29,20 @@ function writeOutput(p: PageSession, call: HcCall, r: HypercallOutcome): [status
   return n === null ? [HvStatus.INSUFFICIENT_BUFFERS, 0] : [HvStatus.SUCCESS, n];
 }
 
+/**
+ * The calls after which the caller may suspend their partition through the scheduler thread (a
+ * VM's worker makes them as it builds the partition or takes a migrated one: its first Suspend,
+ * a migration's freeze, is then served there).
+ */
+const SUSPEND_ROUTE_CALLS: ReadonlySet<number> = new Set([HvCall.InitializePartition, HvCall.SetPartitionProperty, HvCall.CreateVp, HvCall.SetVpState, HvCall.GetVpState, HvCall.MapGpaPages]);
+
+/** `HVLAB_HC_FAST_SUSPEND=0`: every Suspend through a page goes to the main thread (for comparisons). */
+const FAST_SUSPEND = process.env.HVLAB_HC_FAST_SUSPEND !== '0';
+
 interface PageSession extends PageRef {
   name: string;
+  /** The partitions the thread was told this session may suspend (installSuspendRoute). */
+  suspendRoutes: Set<number>;
   u8: Uint8Array;
   /** The wake descriptor's number in this process (`hcWake` in the welcome), or -1. */
   wakeFd: number;
@@ -102,7 +114,7 @@ export class HcService {
       return null;
     }
     const wake = openWakeFd();
-    this.pages.set(sid, { name, region, i32: new Int32Array(region), u8: new Uint8Array(region), wake: wake?.id ?? 0, wakeFd: wake?.fd ?? -1 });
+    this.pages.set(sid, { name, region, i32: new Int32Array(region), u8: new Uint8Array(region), wake: wake?.id ?? 0, wakeFd: wake?.fd ?? -1, suspendRoutes: new Set() });
     this.post({ t: 'session', sid, region, wake: wake?.id ?? 0 });
     return { region: name, wake: wake ? { pid: process.pid, fd: wake.fd } : null };
   }
@@ -133,8 +145,21 @@ export class HcService {
     return { fastCalls: Atomics.load(this.stateI32, HcStateWord.fastCalls), forwarded: Atomics.load(this.stateI32, HcStateWord.forwarded) };
   }
 
+  /**
+   * Takes every message the thread sent that is still queued, now: a call over the socket that
+   * reads or changes what a message may be about to change (a partition's suspension, served on
+   * the thread) sees it first, as a later call through the page would.
+   */
+  drain(): void {
+    for (let r = receiveMessageOnPort(this.port); r; r = receiveMessageOnPort(this.port)) this.onForward(r.message as FromHcThread);
+  }
+
   /** A call the thread did not serve itself: serve it with the hypervisor's tables. Never throws. */
   private onForward(m: FromHcThread): void {
+    if (m.t === 'suspended') {
+      this.hv?.suspendedByThread(m.partitionId, m.on, m.seq);
+      return;
+    }
     if (m.t === 'undelivered') {
       try {
         this.onUndelivered(m.sid, m.ev);
@@ -186,6 +211,7 @@ export class HcService {
         reps = calls.length > 1 && failedAt >= 0 ? failedAt : r.reps;
         [status, outLen] = writeOutput(p, d.call, r);
         if (r.status === HvStatus.SUCCESS) {
+          if (SUSPEND_ROUTE_CALLS.has(d.call.code)) this.installSuspendRoute(m.sid, (d.call.input as { partitionId?: unknown }).partitionId);
           if (d.call.code === HvCall.SignalEvent) this.installRoute(m.sid, d.call.input.connectionId);
           if (d.call.code === HvCall.AssertVirtualInterrupt) this.installInterruptRoute(m.sid, d.call.input.partitionId, d.call.input.vpIndex);
         }
@@ -221,6 +247,19 @@ export class HcService {
         }
         completeHcCall(p, seq, status, 0, outLen);
       });
+  }
+
+  /**
+   * After a session's call on a partition it manages: the thread may serve that session's Suspend
+   * of it from now on (Hypervisor.suspendRoute says whether the call would be allowed). Sent once
+   * per session and partition.
+   */
+  private installSuspendRoute(sid: string, partitionId: unknown): void {
+    if (typeof partitionId !== 'number' || !FAST_SUSPEND) return;
+    const p = this.pages.get(sid);
+    if (!p || p.suspendRoutes.has(partitionId) || !this.hv?.suspendRoute(sid, partitionId)) return;
+    p.suspendRoutes.add(partitionId);
+    this.post({ t: 'suspendRoute', sid, partitionId });
   }
 
   private installInterruptRoute(sid: string, partitionId: number, vpIndex: number): void {

@@ -586,6 +586,53 @@ export class Hypervisor {
   }
 
   /**
+   * Whether session `sessionId` may suspend and resume partition `partitionId` through the
+   * scheduler thread (hcloop.ts, fastSuspend): its SetPartitionProperty Suspend would pass every
+   * check here (the privilege, the target its child or the caller the root, the target
+   * Initialized), and the target is scheduled with a VP region (its suspension is the scheduler's,
+   * and no note goes to its process). Revoked by nothing: a partition deleted leaves the scheduler,
+   * whose thread then sends the call here, where it is refused as before.
+   */
+  suspendRoute(sessionId: string, partitionId: number): boolean {
+    const p = this.routeTarget(sessionId, HvCall.SetPartitionProperty, partitionId);
+    return p !== null && p.vpRegion !== null && p.vpI32 !== null && this.opts.scheduler !== undefined;
+  }
+
+  /**
+   * The partition a route of session `sessionId`'s call `code` on `partitionId` may act on: the
+   * call's privilege held, the target the caller's child (or the caller the root), the target
+   * Initialized, checked as the call would; null otherwise.
+   */
+  private routeTarget(sessionId: string, code: number, partitionId: number): Partition | null {
+    const s = this.sessions.get(sessionId);
+    const caller = s ? this.partitions.get(s.partitionId) : undefined;
+    if (!s || !caller || caller.state === PartitionState.Deleted) return null;
+    try {
+      this.gate(caller, code);
+      const p = this.child(caller, partitionId);
+      this.inState(p, PartitionState.Initialized);
+      return p;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * The scheduler thread suspended (`on`) or resumed partition `id` for a page's call (fastSuspend):
+   * this object's view follows, as if it had served the call (`seq`: the suspension's number, 0 on
+   * a resume). The thread's message comes before any later call of that session reaches here. A
+   * partition finalized meanwhile (its scheduler entry goes with the next turn of the thread, so a
+   * Suspend in the same turn may still be served there) keeps the state it has here.
+   */
+  suspendedByThread(id: number, on: boolean, seq: number): void {
+    const p = this.partitions.get(id);
+    if (!p || p.state !== PartitionState.Initialized) return;
+    this.stats.hypercalls++;
+    p.suspended = on;
+    p.suspendSeq = on ? seq : 0;
+  }
+
+  /**
    * The route of SignalEvent on `connectionId` for session `sessionId`, or null when it cannot be
    * carried out without this object (no such session or connection, a port that is not an event
    * port, a target without shared memory, an enabled SIEF page or a virtual APIC, a root port
@@ -623,19 +670,10 @@ export class Hypervisor {
    * without this object. Checks as the call would; the vector is checked by the route's user.
    */
   interruptRoute(sessionId: string, partitionId: number, vpIndex: number): { vpRegion: SharedArrayBuffer; vpOffset: number } | null {
-    const s = this.sessions.get(sessionId);
-    const caller = s ? this.partitions.get(s.partitionId) : undefined;
-    if (!s || !caller || caller.state === PartitionState.Deleted) return null;
-    try {
-      this.gate(caller, HvCall.AssertVirtualInterrupt);
-      const p = this.child(caller, partitionId);
-      this.inState(p, PartitionState.Initialized);
-      const vp = this.vp(p, vpIndex);
-      if (!p.vpRegion || !this.opts.scheduler || p.faults.interruptDelayUs > 0) return null;
-      return { vpRegion: p.vpRegion, vpOffset: vpPageOffset(vp.index) };
-    } catch {
-      return null;
-    }
+    const p = this.routeTarget(sessionId, HvCall.AssertVirtualInterrupt, partitionId);
+    const vp = p?.vps.get(vpIndex);
+    if (!p || !vp || !p.vpRegion || !this.opts.scheduler || p.faults.interruptDelayUs > 0) return null;
+    return { vpRegion: p.vpRegion, vpOffset: vpPageOffset(vp.index) };
   }
 
   /** Privilege, checked before anything of the input is read. Unknown codes get INVALID_HYPERCALL_CODE. */

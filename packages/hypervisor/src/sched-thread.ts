@@ -268,6 +268,26 @@ export class SchedulerLoop {
    * once; otherwise false, and the scheduling pass decides. After true the caller must run a pass
    * within a quantum (the deadlines a pass would compute for the running VP).
    */
+  /**
+   * A partition's Suspend (`on`) or resume served on this thread (hcloop.ts, fastSuspend): applied
+   * as the main thread's `suspend` message is, with the suspension's number taken here; the next
+   * pass takes it. Null when the partition is not scheduled here.
+   */
+  suspendNow(id: number, on: boolean, now: number): { changed: boolean; seq: number } | null {
+    const p = this.parts.get(id);
+    if (!p) return null;
+    if (p.props.suspended === on) return { changed: false, seq: 0 };
+    // The suspension's number, as the main thread makes it (Hypervisor, SetPartitionProperty).
+    let seq = 0;
+    if (on) {
+      const w = VpRegionHeader.suspendAsked >> 2;
+      seq = (Atomics.load(p.i32, w) + 1) | 0 || 1;
+      Atomics.store(p.i32, w, seq);
+    }
+    this.handle({ t: 'suspend', id, on, seq }, now);
+    return { changed: true, seq };
+  }
+
   dispatchNow(id: number, index: number, now: number): boolean {
     const p = this.parts.get(id);
     const v = p?.vps.get(index);
@@ -817,7 +837,7 @@ export function runScheduler(data: SchedulerThreadData): void {
   const port = data.port;
   const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs, yieldOnWake: data.wakeYield }, (m) => port.postMessage(m));
   const hcPort = data.hc?.port ?? null;
-  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs())) : null;
+  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs()), (id, on) => loop.suspendNow(id, on, nowNs())) : null;
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;

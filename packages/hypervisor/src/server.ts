@@ -241,6 +241,8 @@ export class HypervisorServer {
           return { reply };
         }
         case 'hc': {
+          // What the scheduler thread served through the pages is known here first (a suspension).
+          this.hc?.drain();
           const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart, mayWait: true });
           if (r.wait) {
             this.answerOnceSuspended(sid, m, r.wait);
@@ -249,6 +251,7 @@ export class HypervisorServer {
           return { reply: { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output } };
         }
         case 'ctl': {
+          this.hc?.drain();
           const result = this.hv.control(sid, m.op, m.args);
           const granted = m.op === 'shutdown' && !(result as { error?: string }).error;
           return { reply: { k: 'ctlr', id: m.id, result }, after: granted ? () => this.onShutdownRequest() : undefined };

@@ -27,7 +27,7 @@ import {
   FAULT_MAX_DELAY_MS, FAULT_CLOCK_SKEW_MIN_PPM, FAULT_CLOCK_SKEW_MAX_PPM, HV_SET_LPS_MAX_MS, VpRegionHeader,
   type HvServerMsg, type SavedVpStateV2,
 } from '@hvlab/protocol';
-import { HvClient } from '@hvlab/runtime';
+import { HvClient, type HypercallResult } from '@hvlab/runtime';
 import { shmAvailable, wordWatchAvailable } from '@hvlab/shm';
 import { Lab, MiB, show, type Child } from './lab.js';
 import type { SchedulerLink } from '../src/hypervisor.js';
@@ -736,6 +736,50 @@ describe('faults the hypervisor enforces', function () {
       const viaSocket = await root({ noPage: true });
       const said = await viaSocket.raw(HvCall.GetVpState, { partitionId, vpIndex: 0, afterSuspension: 5 });
       expect([hvStatusName(said.status), (said.output as { reason: string }).reason]).to.deep.equal(['INVALID_PARTITION_STATE', 'suspension 5 is not the partition\'s current one (that is 1)']);
+    });
+
+    it('a Suspend through the page of a partition the session built through it is served by the scheduler thread, the main thread\'s view following; others go to the main thread as before', async () => {
+      const c = await root();
+      const { partitionId } = await c.must<{ partitionId: number }>('CreatePartition', { memoryBytes: 2 * MiB, name: 'q' });
+      await c.must('InitializePartition', { partitionId });
+      await c.must('CreateVp', { partitionId, vpIndex: 0 });
+      const p = server.hv.partition(partitionId)!;
+      const viaSocket = await root({ noPage: true });
+      const pages = async (): Promise<{ fastCalls: number; forwarded: number }> => ((await viaSocket.ctl('stats')) as { hypercallPages: { fastCalls: number; forwarded: number } }).hypercallPages;
+      const suspended = async (): Promise<unknown> => (await viaSocket.must<{ value: number }>('GetPartitionProperty', { partitionId, property: PartitionProperty.Suspend })).value;
+      const suspend = (client: typeof c, value: number): Promise<HypercallResult> => client.raw(HvCall.SetPartitionProperty, { partitionId, property: PartitionProperty.Suspend, value });
+      let s0 = await pages();
+      const on = await suspend(c, 1);
+      let s1 = await pages();
+      expect([hvStatusName(on.status), s1.fastCalls - s0.fastCalls, s1.forwarded - s0.forwarded], 'status, served there, forwarded').to.deep.equal(['SUCCESS', 1, 0]);
+      const seq = (on.output as { seq: number }).seq;
+      expect(seq).to.equal(Atomics.load(p.vpI32!, VpRegionHeader.suspendAsked >> 2));
+      await until(() => Atomics.load(p.vpI32!, VpRegionHeader.suspendTaken >> 2) === seq, 10000, 'the suspension taken');
+      // The main thread knows before it answers a later call, over the socket too.
+      expect(await suspended()).to.equal(1);
+      expect([p.suspended, p.suspendSeq]).to.deep.equal([true, seq]);
+      // Suspending what is suspended changes nothing and answers no number, as there.
+      s0 = await pages();
+      const again = await suspend(c, 1);
+      s1 = await pages();
+      expect([hvStatusName(again.status), again.output ?? null, s1.fastCalls - s0.fastCalls]).to.deep.equal(['SUCCESS', null, 1]);
+      const states = await c.must<SavedVpStateV2>('GetVpState', { partitionId, vpIndex: 0, afterSuspension: seq });
+      expect(states.runState).to.equal('Absent');
+      // A value the property does not take goes to the main thread, which refuses it as before.
+      s0 = await pages();
+      const bad = await suspend(c, 2);
+      s1 = await pages();
+      expect([hvStatusName(bad.status), s1.forwarded - s0.forwarded]).to.deep.equal(['PROPERTY_VALUE_OUT_OF_RANGE', 1]);
+      // The resume is served there too.
+      const off = await suspend(c, 0);
+      expect([hvStatusName(off.status), off.output ?? null, await suspended(), p.suspendSeq]).to.deep.equal(['SUCCESS', null, 0, 0]);
+      // A session that did not build the partition: its Suspend goes to the main thread, and the numbers go on.
+      const other = await root();
+      s0 = await pages();
+      const theirs = await suspend(other, 1);
+      s1 = await pages();
+      expect([hvStatusName(theirs.status), (theirs.output as { seq: number }).seq, s1.forwarded - s0.forwarded, s1.fastCalls - s0.fastCalls]).to.deep.equal(['SUCCESS', seq + 1, 1, 0]);
+      expect(await suspended()).to.equal(1);
     });
 
     it('a delayed partition\'s SignalEvent through the hypercall page is not taken by the fast path, and its interrupt arrives only after the delay', async function () {
