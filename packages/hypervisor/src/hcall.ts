@@ -241,6 +241,7 @@ export class HcService {
         let status: number = HvStatus.OPERATION_DENIED;
         let outLen = 0;
         try {
+          this.drain();
           [status, outLen] = writeOutput(p, call, hv.hypercall(sid, call.code, call.input as unknown as Record<string, unknown>, { waited: true }));
         } catch (e) {
           this.logError({ err: e }, 'answering a GetVpState that waited failed');

@@ -25,8 +25,9 @@
  * busy blackout on two CPUs.
  *
  * A page is written by an untrusted session: the thread reads only `req`, `code`, `inLen` and a
- * SignalEvent input (8 bytes, and 4 per flag beyond the first: hvlab's extension, hcpage.ts), or
- * an AssertVirtualInterrupt input (16 bytes), each word once; it takes each request number once,
+ * SignalEvent input (8 bytes, and 4 per flag beyond the first: hvlab's extension, hcpage.ts), an
+ * AssertVirtualInterrupt input (16 bytes), each word once, or a SetPartitionProperty input (one
+ * copy, through decodeHcCall); it takes each request number once,
  * and whatever those words hold, a call either completes with a status or goes to the main
  * thread, which decodes it with decodeHcCall.
  */
@@ -368,13 +369,13 @@ export class HcLoop {
       outLen = 4;
     }
     Atomics.add(this.state, HcStateWord.fastCalls, 1);
-    // The pass that takes the suspension runs this turn.
-    this.wantSchedule = true;
+    // The pass that takes the suspension (or runs the resumed VPs) runs this turn.
+    if (r.changed) this.wantSchedule = true;
     completeHcCall(s, seq, HvStatus.SUCCESS, 0, outLen);
     return true;
   }
 
-  /** Serves call `seq` here if it is a SignalEvent or AssertVirtualInterrupt with a current route; false to forward it. */
+  /** Serves call `seq` here if it is a SignalEvent, AssertVirtualInterrupt or Suspend with a current route; false to forward it. */
   private fast(s: SessionRec, seq: number): boolean {
     const i32 = s.i32;
     const code = Atomics.load(i32, HcWord.code);

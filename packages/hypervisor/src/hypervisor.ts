@@ -47,7 +47,7 @@ import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
-  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
+  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, takeSuspensionNumber, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
   vpRegionBytes, vpRegionName, memoryRegionName, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames, pendInterrupt, checkPartitionPropertyValue, decodeHvCtlArgs, ReferenceClockView, referenceTimeAt, decodeStimerConfig, suspensionTaken,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp, type ReferenceClockWords,
@@ -587,13 +587,15 @@ export class Hypervisor {
 
   /**
    * Whether session `sessionId` may suspend and resume partition `partitionId` through the
-   * scheduler thread (hcloop.ts, fastSuspend): its SetPartitionProperty Suspend would pass every
-   * check here (the privilege, the target its child or the caller the root, the target
+   * scheduler thread (hcloop.ts, fastSuspend): the session is the root's (whose privileges no call
+   * can take away), its SetPartitionProperty Suspend would pass every check here (the target
    * Initialized), and the target is scheduled with a VP region (its suspension is the scheduler's,
-   * and no note goes to its process). Revoked by nothing: a partition deleted leaves the scheduler,
-   * whose thread then sends the call here, where it is refused as before.
+   * and no note goes to its process). Nothing revokes the route: a partition finalized or deleted
+   * leaves the scheduler, whose thread then sends the call here, where it is refused as before.
    */
   suspendRoute(sessionId: string, partitionId: number): boolean {
+    // The root's sessions only: a child's privileges can be taken away, and this route has no epoch.
+    if (this.sessions.get(sessionId)?.partitionId !== ROOT_PARTITION_ID) return false;
     const p = this.routeTarget(sessionId, HvCall.SetPartitionProperty, partitionId);
     return p !== null && p.vpRegion !== null && p.vpI32 !== null && this.opts.scheduler !== undefined;
   }
@@ -628,6 +630,8 @@ export class Hypervisor {
     const p = this.partitions.get(id);
     if (!p || p.state !== PartitionState.Initialized) return;
     this.stats.hypercalls++;
+    // A suspension this thread numbered after the thread's (two callers at once) stays the current one.
+    if (on && p.suspended && p.suspendSeq !== 0 && ((p.suspendSeq - seq) | 0) > 0) return;
     p.suspended = on;
     p.suspendSeq = on ? seq : 0;
   }
@@ -856,10 +860,7 @@ export class Hypervisor {
               if (!p.vpRegion) this.notifyPartition(p, { k: 'suspend', suspended: p.suspended });
               // A suspension's number, in the VP region for the partition process to wait on (VpRegionHeader.suspendAsked).
               let seq = 0;
-              if (p.suspended && p.vpI32) {
-                seq = (Atomics.load(p.vpI32, VpRegionHeader.suspendAsked >> 2) + 1) | 0 || 1;
-                Atomics.store(p.vpI32, VpRegionHeader.suspendAsked >> 2, seq);
-              }
+              if (p.suspended && p.vpI32) seq = takeSuspensionNumber(p.vpI32);
               p.suspendSeq = seq;
               this.toScheduler(p, { t: 'suspend', id: p.id, on: p.suspended, seq });
               // The suspension's number goes back to the caller, which waits for it to be taken.

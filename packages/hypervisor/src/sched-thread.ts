@@ -54,7 +54,7 @@ import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_
 import {
   Dispatch, VpPage, VpRunState, VirtualApicView, SchedRegion, STIMER_COUNT, MIN_STIMER_PERIOD, decodeStimerConfig, vpPageOffset,
   decodeIoInterceptRecord, effectiveStimerPeriod, nextPeriodicExpiry, StimerNextView, ReferenceClockView, pendInterrupt, FAULT_STALL_MAX_VP,
-  VpRegionHeader,
+  VpRegionHeader, takeSuspensionNumber,
 } from '@hvlab/protocol';
 import { futexWait, futexWake, yieldCpu } from '@hvlab/shm';
 import { SchedulerCore, type SchedVp, type VpSchedState } from './scheduler.js';
@@ -141,6 +141,8 @@ interface PartRec {
   vps: Map<number, VpRec>;
   /** A suspension applied and not yet published as taken (VpRegionHeader.suspendTaken); 0: none. */
   suspendTaken?: number;
+  /** The newest suspension published as taken. */
+  lastTaken?: number;
   /** The interrupt delay (ns; 0: off) and what waits it out, in arrival order. */
   delayNs: number;
   delayed: DelayedInterrupt[];
@@ -261,14 +263,6 @@ export class SchedulerLoop {
   }
 
   /**
-   * The signalling path's shortcut (HcLoop's dispatch hook): an interrupt was just pended on VP
-   * `index` of partition `id`, which does not hold an LP. When the scheduler already took its halt
-   * (dispatch word Off), the vector is deliverable and the policy has nothing else to decide
-   * (SchedulerCore.dispatchNow), the VP gets an LP and its thread is woken here, at
-   * once; otherwise false, and the scheduling pass decides. After true the caller must run a pass
-   * within a quantum (the deadlines a pass would compute for the running VP).
-   */
-  /**
    * A partition's Suspend (`on`) or resume served on this thread (hcloop.ts, fastSuspend): applied
    * as the main thread's `suspend` message is, with the suspension's number taken here; the next
    * pass takes it. Null when the partition is not scheduled here.
@@ -278,16 +272,19 @@ export class SchedulerLoop {
     if (!p) return null;
     if (p.props.suspended === on) return { changed: false, seq: 0 };
     // The suspension's number, as the main thread makes it (Hypervisor, SetPartitionProperty).
-    let seq = 0;
-    if (on) {
-      const w = VpRegionHeader.suspendAsked >> 2;
-      seq = (Atomics.load(p.i32, w) + 1) | 0 || 1;
-      Atomics.store(p.i32, w, seq);
-    }
+    const seq = on ? takeSuspensionNumber(p.i32) : 0;
     this.handle({ t: 'suspend', id, on, seq }, now);
     return { changed: true, seq };
   }
 
+  /**
+   * The signalling path's shortcut (HcLoop's dispatch hook): an interrupt was just pended on VP
+   * `index` of partition `id`, which does not hold an LP. When the scheduler already took its halt
+   * (dispatch word Off), the vector is deliverable and the policy has nothing else to decide
+   * (SchedulerCore.dispatchNow), the VP gets an LP and its thread is woken here, at
+   * once; otherwise false, and the scheduling pass decides. After true the caller must run a pass
+   * within a quantum (the deadlines a pass would compute for the running VP).
+   */
   dispatchNow(id: number, index: number, now: number): boolean {
     const p = this.parts.get(id);
     const v = p?.vps.get(index);
@@ -728,7 +725,10 @@ export class SchedulerLoop {
     // Then a suspension applied before this pass is taken: every page shows its state since.
     for (const p of this.parts.values()) {
       if (!p.suspendTaken) continue;
-      Atomics.store(p.i32, VpRegionHeader.suspendTaken >> 2, p.suspendTaken);
+      // Never back to an older number (the main thread's and this thread's Suspends of one
+      // partition at once): what is published here counts only up, whatever the word holds.
+      if (p.lastTaken === undefined || ((p.suspendTaken - p.lastTaken) | 0) > 0) p.lastTaken = p.suspendTaken;
+      Atomics.store(p.i32, VpRegionHeader.suspendTaken >> 2, p.lastTaken);
       futexWake(p.region, VpRegionHeader.suspendTaken >> 2); // the partition process may sleep on it (guest waitForSuspension)
       p.suspendTaken = 0;
     }
@@ -837,7 +837,12 @@ export function runScheduler(data: SchedulerThreadData): void {
   const port = data.port;
   const loop = new SchedulerLoop({ lps: data.lps, quantumNs: data.quantumNs, periodNs: data.periodNs, yieldOnWake: data.wakeYield }, (m) => port.postMessage(m));
   const hcPort = data.hc?.port ?? null;
-  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs()), (id, on) => loop.suspendNow(id, on, nowNs())) : null;
+  const hc = data.hc && hcPort ? new HcLoop(data.hc.state, (m) => hcPort.postMessage(m), (id, index) => loop.dispatchNow(id, index, nowNs()), (id, on) => {
+    // What the main thread sent before (its own Suspends, a partition finalized) is applied first:
+    // the call is decided on the state as the main thread left it.
+    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToScheduler, nowNs());
+    return loop.suspendNow(id, on, nowNs());
+  }) : null;
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;

@@ -280,6 +280,7 @@ export class HypervisorServer {
   private answerOnceSuspended(sid: string, m: Extract<HvClientMsg, { k: 'hc' }>, wait: NonNullable<HypercallOutcome['wait']>): void {
     const again = (): void => {
       if (this.stopping) return;
+      this.hc?.drain();
       const r = this.hv.hypercall(sid, m.code, m.input, { repCount: m.repCount, repStart: m.repStart, waited: true });
       this.push(sid, { k: 'hr', id: m.id, status: r.status, reps: r.reps, output: r.output });
     };

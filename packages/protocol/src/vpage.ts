@@ -147,6 +147,26 @@ export function firstRunOf(vpRegion: Float64Array, vpCount: number, sinceNs: num
   return first === Infinity ? null : Math.min(Math.max(first, sinceNs), nowNs);
 }
 
+/**
+ * Takes the next suspension number of a partition (VpRegionHeader.suspendAsked: the last one
+ * given, int32, 0 skipped): the hypervisor's main thread and its scheduler thread both give them,
+ * so the word is advanced by compare-and-exchange and no number is given twice. The word lies in a
+ * region the partition process maps: after a few lost exchanges (a process writing it all along)
+ * the number is stored as it is, which only confuses that partition's own saves.
+ */
+export function takeSuspensionNumber(vpRegion: Int32Array): number {
+  const w = VpRegionHeader.suspendAsked >> 2;
+  for (let i = 0; ; i++) {
+    const cur = Atomics.load(vpRegion, w);
+    const next = ((cur + 1) | 0) || 1;
+    if (Atomics.compareExchange(vpRegion, w, cur, next) === cur) return next;
+    if (i >= 16) {
+      Atomics.store(vpRegion, w, next);
+      return next;
+    }
+  }
+}
+
 /** Whether the VP region's suspendTaken has reached suspension number `seq` (int32 arithmetic: the count wraps). */
 export function suspensionCounted(vpRegion: Int32Array, seq: number): boolean {
   return ((Atomics.load(vpRegion, VpRegionHeader.suspendTaken >> 2) - seq) | 0) >= 0;

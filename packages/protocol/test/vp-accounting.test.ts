@@ -4,7 +4,7 @@
  * publication, including a halt the VP made without a ring that the scheduler has not taken yet.
  */
 import { expect } from 'chai';
-import { Dispatch, VpPage, VpRunState, firstRunOf, seededRandom, vpAccounting, vpPageOffset, vpRegionBytes } from '../src/index.js';
+import { Dispatch, VpPage, VpRegionHeader, VpRunState, firstRunOf, seededRandom, suspensionCounted, takeSuspensionNumber, vpAccounting, vpPageOffset, vpRegionBytes } from '../src/index.js';
 
 const MS = 1_000_000;
 
@@ -78,5 +78,27 @@ describe('firstRunOf: the first dispatch of a VM\'s VPs, read from their guest-w
       const t = firstRunOf(f64, 4, 1000, 2000);
       if (t !== null) expect(t).to.be.within(1000, 2000);
     }
+  });
+});
+
+describe('takeSuspensionNumber and suspensionCounted: the numbers of a partition\'s suspensions', () => {
+  it('gives each number once, counting up from the word and skipping 0 where int32 wraps', () => {
+    const region = new Int32Array(new SharedArrayBuffer(vpRegionBytes(1)));
+    const w = VpRegionHeader.suspendAsked >> 2;
+    expect([takeSuspensionNumber(region), takeSuspensionNumber(region)]).to.deep.equal([1, 2]);
+    expect(Atomics.load(region, w)).to.equal(2);
+    Atomics.store(region, w, -1);
+    expect(takeSuspensionNumber(region), 'after -1 comes 1, not 0').to.equal(1);
+    Atomics.store(region, w, 0x7fffffff);
+    expect(takeSuspensionNumber(region), 'the count wraps').to.equal(-0x80000000);
+  });
+
+  it('counts a suspension taken once the taken word reaches it, across the wrap', () => {
+    const region = new Int32Array(new SharedArrayBuffer(vpRegionBytes(1)));
+    const t = VpRegionHeader.suspendTaken >> 2;
+    Atomics.store(region, t, 5);
+    expect([suspensionCounted(region, 4), suspensionCounted(region, 5), suspensionCounted(region, 6)]).to.deep.equal([true, true, false]);
+    Atomics.store(region, t, -0x80000000);
+    expect([suspensionCounted(region, 0x7fffffff), suspensionCounted(region, -0x7fffffff)]).to.deep.equal([true, false]);
   });
 });
