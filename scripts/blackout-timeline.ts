@@ -72,8 +72,8 @@ export function parseBlackouts(text: string): BlackoutInstants[] {
     const ranAtNs = r.ranAtNs === null ? null : instant(r.ranAtNs);
     if (blackoutNs === null || sentNs === null || heardNs === null || (r.ranAtNs !== null && ranAtNs === null)) continue;
     if (!(blackoutNs <= sentNs && sentNs <= heardNs) || (ranAtNs !== null && !(sentNs <= ranAtNs && ranAtNs <= heardNs))) continue;
-    const text32 = (x: unknown): string => (typeof x === 'string' ? x.slice(0, 64) : '?');
-    out.push({ vm: text32(r.vm), host: text32(r.host), blackoutNs, sentNs, ranAtNs, heardNs });
+    const text = (x: unknown): string => (typeof x === 'string' ? x.slice(0, 64) : '?');
+    out.push({ vm: text(r.vm), host: text(r.host), blackoutNs, sentNs, ranAtNs, heardNs });
   }
   return out;
 }

@@ -77,6 +77,23 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
     futexWake(gate, 0);
   };
   const dispatchOf = (vp: LoneVp): number => Atomics.load(new Int32Array(vp.start.vpRegion), (vpPageOffset(0) + VpPage.dispatch) >> 2);
+  /**
+   * A lone VP started behind a go region whose word 0 is `word` (and held past it with `held`),
+   * given to `body`; stopped and its worker ended after, whatever `body` did. Skipped where the
+   * futex the gate needs is not there.
+   */
+  const withGatedVp = async (ctx: Mocha.Context, word: number, held: boolean, body: (vp: LoneVp, gate: SharedArrayBuffer) => Promise<void>): Promise<void> => {
+    if (FUTEX_NR[process.arch] === undefined) ctx.skip();
+    const gate = new SharedArrayBuffer(4096);
+    setGate(gate, word);
+    const vp = await startLoneVp({ runGate: gate, ...(held ? { held: true } : {}) });
+    try {
+      await body(vp, gate);
+    } finally {
+      stopVpThreads(vp.start.control, vp.wake);
+      await vp.worker.terminate();
+    }
+  };
   /** Once the VP asked for its LP (Dispatch.Start, a ring nobody answers): stopped and joined. */
   const askedThenStopped = async (vp: LoneVp): Promise<void> => {
     await until(() => dispatchOf(vp) === Dispatch.Start);
@@ -85,11 +102,7 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
   };
 
   it('a migrated VM\'s VP released at Start says it is online, then waits for Run before it asks for an LP', async function () {
-    if (FUTEX_NR[process.arch] === undefined) this.skip();
-    const gate = new SharedArrayBuffer(4096);
-    setGate(gate, GoWord.Start);
-    const vp = await startLoneVp({ runGate: gate });
-    try {
+    await withGatedVp(this, GoWord.Start, false, async (vp, gate) => {
       // Online, and in its wait for Run: a shared futex wait for the value Start (with a timeout, to
       // look at the stop word), and its dispatch word not yet written.
       await until(() => futexWaiters(GoWord.Start).some((w) => w.timeout > 0n));
@@ -101,18 +114,11 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
       // Run: the VP asks for its LP (and then waits on its dispatch word, as any VP nobody grants).
       setGate(gate, GoWord.Run);
       await askedThenStopped(vp);
-    } finally {
-      stopVpThreads(vp.start.control, vp.wake);
-      await vp.worker.terminate();
-    }
+    });
   });
 
   it('a VP started ahead of its kernel (CTL_HELD) waits past Run until the kernel lets it go, then asks for an LP', async function () {
-    if (FUTEX_NR[process.arch] === undefined) this.skip();
-    const gate = new SharedArrayBuffer(4096);
-    setGate(gate, GoWord.Start);
-    const vp = await startLoneVp({ runGate: gate, held: true });
-    try {
+    await withGatedVp(this, GoWord.Start, true, async (vp, gate) => {
       setGate(gate, GoWord.Run);
       // Past the gate, and held: a futex wait on CTL_HELD for the value 1, its dispatch word not written.
       await until(() => futexWaiters(1).some((w) => w.timeout > 0n));
@@ -122,27 +128,18 @@ describe('a halted VP waits with no timeout, and is stopped by waking it', funct
       Atomics.store(new Int32Array(vp.start.control), CTL_HELD, 0);
       futexWake(vp.start.control, CTL_HELD);
       await askedThenStopped(vp);
-    } finally {
-      stopVpThreads(vp.start.control, vp.wake);
-      await vp.worker.terminate();
-    }
+    });
   });
 
   it('a held VP is stopped by stopVpThreads (it looks at the stop word while held)', async function () {
-    if (FUTEX_NR[process.arch] === undefined) this.skip();
-    const gate = new SharedArrayBuffer(4096);
-    setGate(gate, GoWord.Run);
-    const vp = await startLoneVp({ runGate: gate, held: true });
-    try {
+    await withGatedVp(this, GoWord.Run, true, async (vp) => {
       // Past its gate (Run already), in its held wait: a futex wait on CTL_HELD for the value 1.
       await until(() => futexWaiters(1).some((w) => w.timeout > 0n));
       expect(stopVpThreads(vp.start.control, vp.wake)).to.equal(true);
       expect(Atomics.load(new Int32Array(vp.start.control), CTL_LIVE)).to.equal(0);
       await vp.stopped;
       expect(dispatchOf(vp), 'it never asked for an LP').to.equal(0);
-    } finally {
-      await vp.worker.terminate();
-    }
+    });
   });
 
   it('a VP still waiting for Run is stopped by stopVpThreads (it looks at the stop word while it waits)', async () => {

@@ -646,10 +646,20 @@ describe('the hypercall pages server and the scheduler, without their thread', (
 describe('the hypercall pages server under random pages (fuzz)', () => {
   it('never throws, forwards or completes every request number once, and keeps its backlog bounded, whatever a session writes (seeded, 3000 rounds)', async () => {
     const { HcLoop, HC_STATE_BYTES, MAX_BACKLOG } = await import('../src/hcloop.js');
-    const { HC_REGION_BYTES, HcWord: W } = await import('@hvlab/protocol');
+    const { HC_REGION_BYTES, HcWord: W, HC_INPUT_OFFSET: IN, HC_OUTPUT_OFFSET: OUT, PartitionProperty: PP } = await import('@hvlab/protocol');
     const forwarded: number[] = [];
+    // Suspends of partition 9 (the session's suspend route) go to this stand-in for the scheduler,
+    // which suspends on 1 and resumes on 0 and numbers each suspension.
+    const suspendCalls: Array<{ id: number; on: boolean; changed: boolean; seq: number }> = [];
+    let suspendedNow = false;
+    let lastSeq = 0;
     const loop = new HcLoop(new SharedArrayBuffer(HC_STATE_BYTES), (m) => {
       if (m.t === 'call') forwarded.push(m.seq);
+    }, null, (id, on) => {
+      const r = suspendedNow === on ? { changed: false, seq: 0 } : { changed: true, seq: on ? ++lastSeq : 0 };
+      suspendedNow = on;
+      suspendCalls.push({ id, on, ...r });
+      return r;
     });
     const region = new SharedArrayBuffer(HC_REGION_BYTES);
     const i32 = new Int32Array(region);
@@ -661,6 +671,9 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     const mem = new SharedArrayBuffer(1 << 16);
     const vpRegion = new SharedArrayBuffer(1 << 16);
     loop.handle({ t: 'route', sid: 'f', connectionId: 5, epoch: 0, route: { kind: 'child', memory: mem, flagsOffset: 4096, flagCount: 64, masked: false, vector: 0x31, autoEoi: true, vpRegion, vpOffset: 4096, partitionId: 7, vpIndex: 0 } });
+    loop.handle({ t: 'suspendRoute', sid: 'f', partitionId: 9 });
+    const inF64 = new Float64Array(region, IN + 8, 3);
+    let suspends = 0;
     let a = 0x2545f491;
     const next = (): number => {
       a ^= a << 13;
@@ -690,10 +703,21 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
         Atomics.store(i32, 16, 5);
         Atomics.store(i32, 17, (more << 16) | ((next() >>> 0) % 80));
         for (let k = 0; k < more; k++) Atomics.store(i32, 18 + k, next() % 3 === 0 ? next() : (next() >>> 0) % 70);
+      } else if (next() % 2 === 0) {
+        // A SetPartitionProperty, mostly the Suspend of partition 9 (value 0 or 1), its fields,
+        // length and mask right or not: one of the scribbles may have hit it too.
+        Atomics.store(i32, W.code, 0x45);
+        Atomics.store(i32, W.inLen, next() % 5 === 0 ? (next() >>> 0) % 64 : 32);
+        Atomics.store(i32, IN >> 2, next() % 6 === 0 ? next() : 7);
+        Atomics.store(i32, (IN >> 2) + 1, next() % 6 === 0 ? next() : 0);
+        inF64[0] = next() % 6 === 0 ? next() / 7 : next() % 4 === 0 ? 7 : 9;
+        inF64[1] = next() % 6 === 0 ? next() : PP.Suspend;
+        inF64[2] = next() % 6 === 0 ? next() / 3 : (next() >>> 0) % 3;
       }
       req = (req + 1) | 0;
       Atomics.store(i32, W.req, req);
       const before = forwarded.length;
+      const callsBefore = suspendCalls.length;
       const flagsBefore = [...new Int32Array(mem, 4096, 64)];
       loop.pass();
       const flagsAfter = [...new Int32Array(mem, 4096, 64)];
@@ -704,13 +728,30 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
       if (Atomics.load(i32, W.done) === req) {
         completed++;
         if (round % 3 === 1 && more > 0) multi++;
-      } else expect(forwarded.length, `request ${req} was neither completed nor forwarded`).to.equal(before + 1);
+        if (Atomics.load(i32, W.code) === 0x45) {
+          // Served here only as the Suspend of partition 9 it was, with the answer the main thread gives.
+          suspends++;
+          expect(suspendCalls.length, 'one Suspend carried out').to.equal(callsBefore + 1);
+          const c = suspendCalls.at(-1)!;
+          expect(Atomics.load(i32, W.status)).to.equal(HvStatus.SUCCESS);
+          // Its number when it suspended, else nothing (as the main thread answers).
+          const numbered = c.changed && c.on;
+          expect(Atomics.load(i32, W.outLen)).to.equal(numbered ? 4 : 0);
+          if (numbered) expect(new DataView(region, OUT, 4).getInt32(0, true)).to.equal(c.seq);
+        } else expect(suspendCalls.length, 'nothing else carries out a Suspend').to.equal(callsBefore);
+      } else {
+        expect(suspendCalls.length, 'a forwarded call carried out no Suspend').to.equal(callsBefore);
+        expect(forwarded.length, `request ${req} was neither completed nor forwarded`).to.equal(before + 1);
+      }
       // Events keep coming whatever the session did to its queue.
       loop.handle({ t: 'event', sid: 'f', ev: { kind: 'rootMessage', portId: 1, sender: 2, messageType: 1, payload: new Uint8Array(next() & 0xff) } });
       loop.handle({ t: 'event', sid: 'f', ev: { kind: 'rootEvent', portId: 1, sender: 2, flag: 0 } });
     }
     expect(completed, 'some SignalEvents took the fast path').to.be.greaterThan(0);
     expect(multi, 'some SignalEvents with more flags took the fast path').to.be.greaterThan(0);
+    expect(suspends, 'some Suspends took the fast path').to.be.greaterThan(0);
+    expect(suspendCalls.every((c) => c.id === 9), 'only the routed partition was suspended').to.equal(true);
+    expect(suspendCalls.some((c) => c.changed && c.on) && suspendCalls.some((c) => c.changed && !c.on), 'both suspends and resumes').to.equal(true);
     const backlog = (loop as unknown as { sessions: Map<string, { backlog: unknown[] }> }).sessions.get('f')!.backlog.length;
     expect(backlog).to.be.at.most(MAX_BACKLOG);
     if (wake) {
