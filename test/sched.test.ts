@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { VmInfo } from '@hvlab/protocol';
+import type { IcServiceInfo, VmInfo } from '@hvlab/protocol';
 import { TestHost, eventually, sleep } from './harness.js';
 
 /** Progress of each named VM between two `vm list` snapshots taken `ms` apart (guest-side work). */
@@ -302,6 +302,12 @@ describe('VP scheduling over logical processors (real processes)', function () {
       const p0 = (await info()).workload.progress ?? 0;
       expect(await eventually(async () => ((await info()).workload.progress ?? 0) > p0 + 200, 10000), 'it counts on').to.equal(true);
       expect((await info()).state).to.equal('Running');
+      // The kernel's interrupt handling is not left parked either (a thaw that overtook the
+      // partition process's wait left it so, and the heartbeat stopped): the heartbeat rises.
+      const beat = async (): Promise<number> => (await h.json<IcServiceInfo[]>('vm', 'ic', 'sus')).find((e) => e.service === 'heartbeat')?.sequence ?? -1;
+      const b0 = await beat();
+      let b1 = b0;
+      expect(await eventually(async () => (b1 = await beat()) > b0, 15000), `heartbeat sequence ${b0} -> ${b1}`).to.equal(true);
       // The worker learned the number it missed: the next save freezes and saves.
       const saved = await h.json<VmInfo>('vm', 'save', 'sus');
       expect(saved.state).to.equal('Saved');

@@ -181,8 +181,7 @@ export async function runPartition(): Promise<void> {
         if (!kernel?.started) throw new Error('the guest has not booted');
         const seq = m.suspension;
         if (seq !== undefined && (typeof seq !== 'number' || (seq | 0) !== seq || seq === 0)) throw new Error('quiesce: suspension must be a non-zero 32-bit integer');
-        if (seq !== undefined) await kernel.vpsSuspended(seq, 10000);
-        const q = await kernel.quiesce();
+        const q = await kernel.quiesceAfter(seq, 10000);
         return m.harvest === true ? { ...q, dirty: dirtyRequest('harvest') } : q;
       }
       case 'thaw':

@@ -559,6 +559,8 @@ export async function runWorker(): Promise<void> {
       }
       return { vps, dirty: harvest && q !== null && typeof q === 'object' ? (q as { dirty?: unknown }).dirty : undefined };
     } catch (e) {
+      // Logged here: the caller's answer goes to a CLI that may be gone, and nothing else said why.
+      log.warn({ err: (e as Error).message, expected }, 'the freeze failed: the VM is thawed');
       await rpc.request({ t: 'thaw' }, 5000).catch(() => undefined);
       await setSuspend(false).catch(() => undefined);
       throw e;
