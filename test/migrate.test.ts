@@ -327,6 +327,17 @@ describe('live migration between two hosts', function () {
       copying = st.filter(([, s]) => s === 'active').map(([n]) => n);
       return queued !== '' && copying.length === 2;
     }, 20000), 'one queued, two copying').to.equal(true);
+    // While its move runs or waits, the VM's state is the move's: a pause (lost at the destination,
+    // or undone by a failed move's thaw) and a save (a second freeze) are refused.
+    for (const n of [queued, copying[0]!]) {
+      const p = await h.run('--host', 'h1', 'vm', 'pause', n);
+      expect(p.code, p.stdout).to.not.equal(0);
+      expect(p.stderr).to.include(`cannot pause VM "${n}": it is being moved to h2`);
+      const sv = await h.run('--host', 'h1', 'vm', 'save', n);
+      expect(sv.code, sv.stdout).to.not.equal(0);
+      expect(sv.stderr).to.include(`cannot save VM "${n}": it is being moved to h2`);
+      expect((await vmOn('h1', n))?.state, n).to.equal('Running');
+    }
     await h.ok('--host', 'h1', 'vm', 'move-cancel', queued);
     for (const n of copying) await h.ok('--host', 'h1', 'vm', 'move-cancel', n);
     const [r1, r2, r3] = await Promise.all(moves);

@@ -156,6 +156,32 @@ describe('a full HVLAB_HOME and bad VM files', function () {
     expect((await vm('s1')).state).to.equal('Running');
   });
 
+  it('a save of a Paused VM that fails on a full disk leaves it paused: it stands still until resumed', async () => {
+    if ((await h.run('host', 'info')).code !== 0) await h.ok('up', '--lps', '1'); // run alone (--grep)
+    await h.ok('vm', 'new', 'p1', '--memory', '8M', '--workload', 'counter:1000');
+    await h.ok('vm', 'start', 'p1');
+    expect(await progressing('p1')).to.equal(true);
+    await h.ok('vm', 'pause', 'p1');
+    const p0 = (await vm('p1')).workload.progress ?? 0;
+    expect(fillDisk(filler)).to.be.greaterThan(0);
+    try {
+      const r = await h.run('vm', 'save', 'p1');
+      expect(r.code, r.stdout).to.not.equal(0);
+      expect(r.stderr).to.match(/could not be saved: .*ENOSPC/);
+      // The failed save's thaw let it run before, while the root said Paused. A counter at 1000
+      // a second that ran in this second would have moved.
+      await sleep(1000);
+      const after = await vm('p1');
+      expect(after.state).to.equal('Paused');
+      expect(after.workload.progress ?? 0, 'the counter stood still').to.equal(p0);
+    } finally {
+      rmSync(filler);
+    }
+    await h.ok('vm', 'resume', 'p1');
+    expect(await progressing('p1'), 'resumed, it counts on').to.equal(true);
+    await h.ok('vm', 'turn-off', 'p1');
+  });
+
   it('a killed partition process is reported as such', async () => {
     const s1 = await vm('s1');
     process.kill(s1.pids.partition!, 'SIGKILL');

@@ -526,13 +526,22 @@ export class GuestKernel {
       const gate = new Promise<void>((r) => { open = r; });
       this.parked = { gate, open };
     }
-    await this.interrupts;
+    // The handlers past the gate finish; the ones queued behind them wait at it. (This waited for
+    // the whole queue of raised interrupts before, and one queued behind a handler then waited at
+    // this very gate: the quiesce hung until the VMWP gave up.)
+    const calledOff = (): void => {
+      if (this.thaws !== thaws) throw new Error('the freeze was called off (a thaw came) while the kernel parked');
+    };
     for (let i = 0; this.handling > 0; i++) {
       if (i > 5000) throw new Error('interrupt handling did not come to rest within 5 s');
       await new Promise((r) => setTimeout(r, 1));
+      calledOff();
     }
     if (!this.vmbus) throw new Error('VMBus is not up: nothing to save yet');
     await this.vmbus.whenIdle();
+    // Called off meanwhile: the gate is open again, and no copy may be written for a freeze nobody
+    // waits for (its pages would stay taken, and a later freeze's copy could land over it).
+    calledOff();
     // A save that was called off left its copy parked: give its pages back first.
     const parkedAt = parkedStateLocation(this.mem);
     if (parkedAt) {

@@ -72,4 +72,32 @@ describe('a freeze request and the thaw behind it, in the partition process', fu
     k.thaw();
     expect(k.isParked).to.equal(false);
   });
+
+  it('a thaw while it waits for handlers past the gate calls it off: the gate opens and no copy is written', async () => {
+    const { k, take } = scheduledKernel();
+    take(1);
+    const inner = k as unknown as { handling: number };
+    inner.handling = 1; // a SINT handler past the gate, still running
+    const q = k.quiesceAfter(1, 5000);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(k.isParked, 'the gate closed while the handler runs').to.equal(true);
+    k.thaw();
+    inner.handling = 0;
+    expect(await outcome(q)).to.match(/called off/);
+    expect(k.isParked).to.equal(false);
+  });
+
+  it('an interrupt queued behind the gate does not hold the freeze: only handlers past the gate are waited for', async () => {
+    const { k, take } = scheduledKernel();
+    take(1);
+    // The queue of raised interrupts, its next entry waiting at the gate (as one queued behind a
+    // handler that was still running when the gate closed does): it never settles while parked.
+    (k as unknown as { interrupts: Promise<void> }).interrupts = new Promise<void>(() => undefined);
+    const q = k.quiesceAfter(1, 5000);
+    // It gets as far as the kernel's own state (this kernel never started VMBus), instead of
+    // waiting for the queue until the VMWP gives up.
+    const r = await Promise.race([outcome(q), new Promise<string>((res) => setTimeout(() => res('still waiting after 3 s'), 3000))]);
+    expect(r).to.match(/VMBus is not up/);
+    k.thaw();
+  });
 });

@@ -59,7 +59,12 @@ interface VmRecord {
   /** A live migration into this host (destination), until it is committed. */
   incoming: Incoming | null;
   /** A live migration of this VM to another host (source), queued or running. */
-  moving: { mig: string; to: string; started: boolean; cancel: (why: string) => void } | null;
+  /**
+   * The VM's move from here: `cancel` reaches the phase it is in; `cancelled` keeps a cancel that
+   * came between two phases (the slot granted, the link to the destination still opening), which
+   * no phase's `cancel` could take, so that the next phase sees it instead of going on.
+   */
+  moving: { mig: string; to: string; started: boolean; cancel: (why: string) => void; cancelled: string | null } | null;
 }
 
 interface Incoming {
@@ -240,6 +245,18 @@ export class Vmms {
   private requireState(r: VmRecord, allowed: number[], action: string): void {
     if (!allowed.includes(r.state)) {
       throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is ${vmStateName(r.state)}`);
+    }
+  }
+
+  /**
+   * A move keeps the VM Running until its switch-over, and its worker freezes and thaws the VM
+   * itself: a pause meanwhile was lost at the destination (or undone by a failed move's thaw), and
+   * a save meanwhile was a second freeze beside the move's. Hyper-V refuses them too while a VM
+   * migrates.
+   */
+  private requireNotMoving(r: VmRecord, action: string): void {
+    if (r.moving) {
+      throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is being moved to ${r.moving.to} (wait for the move, or "hvlab vm move-cancel ${r.config.name}")`);
     }
   }
 
@@ -636,6 +653,7 @@ export class Vmms {
   async save(name: unknown): Promise<VmInfo> {
     const r = this.get(name);
     this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'save');
+    this.requireNotMoving(r, 'save');
     const from = r.state;
     const link = this.linkOf(r, 'save');
     this.setState(r, EnabledState.Saving, null);
@@ -852,6 +870,7 @@ export class Vmms {
       ? [EnabledState.Running, EnabledState.Pausing, EnabledState.Paused, 'pause']
       : [EnabledState.Paused, EnabledState.Resuming, EnabledState.Running, 'resume'];
     this.requireState(r, [from], verb);
+    this.requireNotMoving(r, verb);
     const link = this.linkOf(r, verb);
     this.setState(r, via, null);
     try {
@@ -916,7 +935,7 @@ export class Vmms {
       'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date().toISOString(),
     };
     this.moves.set(name, queued);
-    r.moving = { mig, to, started: false, cancel: () => undefined };
+    r.moving = { mig, to, started: false, cancel: () => undefined, cancelled: null };
     const fail = (status: 'failed' | 'cancelled', why: string): MigrationStats => {
       const st: MigrationStats = { ...(this.moves.get(name) ?? queued), status, 'error-desc': why };
       this.moves.set(name, st);
@@ -929,10 +948,13 @@ export class Vmms {
         return fail('cancelled', (e as Error).message);
       }
       try {
+        if (r.moving.cancelled !== null) return fail('cancelled', r.moving.cancelled);
         if (this.stateOf(r) !== EnabledState.Running || !r.link) return fail('failed', `VM "${name}" is ${vmStateName(r.state)}`);
         const link = await cluster.linkTo(to).catch((e) => {
           throw new MgmtFailure('NotFound', (e as Error).message);
         });
+        if (r.moving.cancelled !== null) return fail('cancelled', r.moving.cancelled);
+        if (this.stateOf(r) !== EnabledState.Running || !r.link) return fail('failed', `VM "${name}" is ${vmStateName(r.state)}`);
         const l = r.link;
         r.moving.started = true;
         r.moving.cancel = (why) => void l.request({ t: 'migCancel', reason: why }, 5000).catch(() => undefined);
@@ -975,6 +997,7 @@ export class Vmms {
   moveCancel(name: unknown): MigrationStats {
     const r = this.get(name);
     if (!r.moving) throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is not being moved`);
+    r.moving.cancelled ??= 'cancelled by the user';
     r.moving.cancel('cancelled by the user');
     return this.moves.get(r.config.name)!;
   }
@@ -1113,7 +1136,17 @@ export class Vmms {
         devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport, ...(c.instanceSeed ? { instanceSeed: c.instanceSeed } : {}),
         ...(this.cluster ? { incomingStream: { mig: req.mig, from: req.from, address: this.cluster.address, key: this.cluster.key } } : {}),
       };
-      await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), () => undefined);
+      // An abort from the source (a cancel during set-up) drops the migration while the worker
+      // starts: none may start after that, and one that started meanwhile goes too (it was left
+      // with no record, never reaped).
+      const dropped = (): void => {
+        if (r.incoming !== inc) throw new Error('the migration was dropped while its worker started');
+      };
+      await this.spawnWorker(r, cfg, () => this.o.vid.ticket(), dropped);
+      if (r.incoming !== inc) {
+        await this.kill(r, 'incoming migration dropped while its worker started');
+        dropped();
+      }
       await Promise.race([ready, new Promise((_, rej) => setTimeout(() => rej(new Error('the worker did not build the VM within 30 s')), 30000))]);
     } catch (e) {
       await this.dropIncoming(r, `setup failed: ${(e as Error).message}`);

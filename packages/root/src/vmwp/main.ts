@@ -114,6 +114,8 @@ export async function runWorker(): Promise<void> {
    * without waiting for that answer first.
    */
   let partitionSuspended = false;
+  /** Whether the VM was paused already when the last freeze began: its thaw leaves it paused. */
+  let pausedBeforeFreeze = false;
   let suspensionSeq = 0;
   /** Suspends or resumes the partition (through the hypercall page); a Suspend that suspends answers its number (suspensionSeq). */
   async function setSuspend(on: boolean): Promise<void> {
@@ -557,12 +559,14 @@ export async function runWorker(): Promise<void> {
         if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
         await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
       }
+      pausedBeforeFreeze = wasSuspended;
       return { vps, dirty: harvest && q !== null && typeof q === 'object' ? (q as { dirty?: unknown }).dirty : undefined };
     } catch (e) {
       // Logged here: the caller's answer goes to a CLI that may be gone, and nothing else said why.
       log.warn({ err: (e as Error).message, expected }, 'the freeze failed: the VM is thawed');
       await rpc.request({ t: 'thaw' }, 5000).catch(() => undefined);
-      await setSuspend(false).catch(() => undefined);
+      // A VM paused before the freeze stays paused (the root says Paused again).
+      if (!wasSuspended) await setSuspend(false).catch(() => undefined);
       throw e;
     }
   }
@@ -583,10 +587,13 @@ export async function runWorker(): Promise<void> {
     if (running >= 0) throw new VmwpFailure('Unavailable', `VP ${running} is ${vps[running]!.runState}, not suspended, after the pause`);
   }
 
-  /** Undoes `freeze`: the guest kernel takes interrupts again and the VPs run. */
+  /**
+   * Undoes `freeze`: the guest kernel takes interrupts again and the VPs run, unless the VM was
+   * paused before the freeze (a failed save of a Paused VM ran it while the root said Paused).
+   */
   async function thaw(): Promise<void> {
     await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
-    await setSuspend(false);
+    if (!pausedBeforeFreeze) await setSuspend(false);
   }
 
   /**
