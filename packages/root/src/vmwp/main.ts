@@ -370,7 +370,15 @@ export async function runWorker(): Promise<void> {
           // A pause is done when the VPs have stopped, not when the hypervisor took the property:
           // a VP in a step finishes it first (a memdirty guest writes ~1 ms more pages), and what is
           // read of the paused VM must hold still.
-          if (req.value) await stoppedSince(before);
+          if (req.value) {
+            try {
+              await stoppedSince(before);
+            } catch (e) {
+              // The pause failed and the root says Running again: so must the partition be.
+              await setSuspend(false).catch(() => undefined);
+              throw e;
+            }
+          }
           suspended = req.value;
           return true;
         });
