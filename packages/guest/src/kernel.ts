@@ -567,7 +567,7 @@ export class GuestKernel {
    * (waitForSuspension). A thaw meanwhile (the VMWP gave up), counted from `thaws` (the count
    * when the request came), ends the wait with an error.
    */
-  async vpsSuspended(seq: number, timeoutMs: number, thaws = this.thaws): Promise<void> {
+  private async vpsSuspended(seq: number, timeoutMs: number, thaws: number): Promise<void> {
     if (this.local) throw new Error('the VPs are not scheduled by the hypervisor (no VP region): their suspension cannot be seen');
     const calledOff = (): boolean => this.thaws !== thaws;
     await waitForSuspension(this.vpRegion, this.boot.vpCount, seq, {

@@ -948,14 +948,17 @@ export class Vmms {
         return fail('cancelled', (e as Error).message);
       }
       try {
-        if (r.moving.cancelled !== null) return fail('cancelled', r.moving.cancelled);
-        if (this.stateOf(r) !== EnabledState.Running || !r.link) return fail('failed', `VM "${name}" is ${vmStateName(r.state)}`);
+        // Before the link opens and again after (a cancel or a turn-off may come meanwhile).
+        const cannotGo = (): MigrationStats | null => r.moving!.cancelled !== null ? fail('cancelled', r.moving!.cancelled)
+          : this.stateOf(r) !== EnabledState.Running || !r.link ? fail('failed', `VM "${name}" is ${vmStateName(r.state)}`) : null;
+        const before = cannotGo();
+        if (before) return before;
         const link = await cluster.linkTo(to).catch((e) => {
           throw new MgmtFailure('NotFound', (e as Error).message);
         });
-        if (r.moving.cancelled !== null) return fail('cancelled', r.moving.cancelled);
-        if (this.stateOf(r) !== EnabledState.Running || !r.link) return fail('failed', `VM "${name}" is ${vmStateName(r.state)}`);
-        const l = r.link;
+        const after = cannotGo();
+        if (after) return after;
+        const l = r.link!; // cannotGo checked it
         r.moving.started = true;
         r.moving.cancel = (why) => void l.request({ t: 'migCancel', reason: why }, 5000).catch(() => undefined);
         this.o.log.info({ vm: name, to, mig, options }, 'moving VM');

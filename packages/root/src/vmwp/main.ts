@@ -114,8 +114,6 @@ export async function runWorker(): Promise<void> {
    * without waiting for that answer first.
    */
   let partitionSuspended = false;
-  /** Whether the VM was paused already when the last freeze began: its thaw leaves it paused. */
-  let pausedBeforeFreeze = false;
   let suspensionSeq = 0;
   /** Suspends or resumes the partition (through the hypercall page); a Suspend that suspends answers its number (suspensionSeq). */
   async function setSuspend(on: boolean): Promise<void> {
@@ -567,7 +565,6 @@ export async function runWorker(): Promise<void> {
         if (i > 100) throw new Error('the VMBus server did not come to rest within 10 s');
         await Promise.race([d.server.whenIdle(), new Promise((r) => setTimeout(r, 100))]);
       }
-      pausedBeforeFreeze = wasSuspended;
       return { vps, dirty: harvest && q !== null && typeof q === 'object' ? (q as { dirty?: unknown }).dirty : undefined };
     } catch (e) {
       // Logged here: the caller's answer goes to a CLI that may be gone, and nothing else said why.
@@ -596,12 +593,12 @@ export async function runWorker(): Promise<void> {
   }
 
   /**
-   * Undoes `freeze`: the guest kernel takes interrupts again and the VPs run, unless the VM was
-   * paused before the freeze (a failed save of a Paused VM ran it while the root said Paused).
+   * Undoes `freeze`: the guest kernel takes interrupts again and the VPs run, unless the root has
+   * the VM paused (`suspended`: a failed save of a Paused VM ran it while the root said Paused).
    */
   async function thaw(): Promise<void> {
     await childRpc?.request({ t: 'thaw' }, 5000).catch(() => undefined);
-    if (!pausedBeforeFreeze) await setSuspend(false);
+    if (!suspended) await setSuspend(false);
   }
 
   /**
