@@ -449,6 +449,14 @@ export class Vmms {
     r.partitionPid = null;
     r.booted?.(false, why);
     r.booted = null;
+    // A saved state marked consumed whose worker is gone, with no start of this root waiting to
+    // give it back (r.restoring): a worker resumed (or began to) from it, so it is used up, as the
+    // re-attach sweep decides for workers that died while no root was up. This covers a worker
+    // that dies while this root is re-attaching to it.
+    if (!r.restoring && r.invalid === null && isSavedStateConsumed(this.o.vmDir, r.config.name)) {
+      this.o.log.warn({ vm: r.config.name }, 'discarding a saved state that a VM already resumed from');
+      discardSavedState(this.o.vmDir, r.config.name);
+    }
     if (r.state !== EnabledState.Saved) this.setState(r, EnabledState.Off, why);
   }
 
@@ -534,6 +542,10 @@ export class Vmms {
         r.expectingExit = true;
         r.reason = 'turned off: the worker could not be re-attached';
         try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
+        // Not this root's: the sweeps below discard a saved state it resumed from and delete its
+        // partition now, before this root answers anyone, not when the pid watch notices.
+        owned.delete(r.config.name);
+        if (rec.partitionId !== null) ownedIds.delete(rec.partitionId);
       }
     }
     // A saved state marked consumed whose VM no worker runs: the VM resumed (or began to) from
