@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { IcServiceInfo, VmInfo } from '@hvlab/protocol';
 import { TestHost, eventually, sleep } from './harness.js';
@@ -185,6 +185,82 @@ describe('VP scheduling over logical processors (real processes)', function () {
       expect(cpu.vps).to.have.length(4);
       for (const vp of cpu.vps) expect(vp.runMs, `VP ${vp.index} ran`).to.be.above(0);
       await h.ok('vm', 'turn-off', 'quad');
+    });
+  });
+
+  describe('a worker that answers a pause or a save late', () => {
+    // The root tells its caller after 1.5 s (10 s and 120 s by default) and keeps waiting.
+    const h = new TestHost({ HVLAB_SUSPEND_ANSWER_MS: '1500', HVLAB_SAVE_ANSWER_MS: '1500' });
+    before(async () => {
+      await h.ok('up', '--lps', '2');
+    });
+    after(cleanup(h));
+    const info = (name: string): Promise<VmInfo> => h.json<VmInfo[]>('vm', 'list').then((l) => l.find((v) => v.name === name)!);
+    const workerPid = (name: string): number => (JSON.parse(readFileSync(join(h.paths.vmwpDir, `${name}.json`), 'utf8')) as { pid: number }).pid;
+
+    it('decides the VM\'s state by that answer: a pause the worker finishes after the caller gave up leaves the VM Paused, not Running behind the root\'s back', async () => {
+      await h.ok('vm', 'new', 'late', '--memory', '16M', '--workload', 'counter:1000');
+      await h.ok('vm', 'start', 'late');
+      const pid = workerPid('late');
+      process.kill(pid, 'SIGSTOP');
+      let resumed = false;
+      try {
+        const p = await h.run('vm', 'pause', 'late');
+        expect(p.code, p.stdout).to.not.equal(0);
+        expect(p.stdout + p.stderr).to.match(/did not finish within 1\.5 s: it stays Pausing until its worker answers/);
+        expect((await info('late')).state, 'it stays Pausing').to.equal('Pausing');
+        const again = await h.run('vm', 'resume', 'late');
+        expect(again.code, 'a resume is refused meanwhile').to.not.equal(0);
+        expect((await h.run('vm', 'save', 'late')).code, 'so is a save').to.not.equal(0);
+        process.kill(pid, 'SIGCONT');
+        resumed = true;
+      } finally {
+        if (!resumed) process.kill(pid, 'SIGCONT');
+      }
+      // The worker pauses once it runs, and the root says so.
+      expect(await eventually(async () => (await info('late')).state === 'Paused', 15000), 'Paused once the worker answered').to.equal(true);
+      const p0 = (await info('late')).workload.progress ?? 0;
+      await sleep(600);
+      expect((await info('late')).workload.progress, 'a Paused VM stands still').to.equal(p0);
+      await h.ok('vm', 'resume', 'late');
+      expect(await eventually(async () => ((await info('late')).workload.progress ?? 0) > p0 + 100, 10000), 'it counts on once resumed').to.equal(true);
+      await h.ok('vm', 'turn-off', 'late');
+    });
+
+    it('a save answered late ends Saved; one whose worker never answers can be turned off, and no saved state is left', async () => {
+      await h.ok('vm', 'new', 'slow', '--memory', '16M', '--workload', 'counter:1000');
+      await h.ok('vm', 'start', 'slow');
+      let pid = workerPid('slow');
+      process.kill(pid, 'SIGSTOP');
+      try {
+        const s = await h.run('vm', 'save', 'slow');
+        expect(s.code, s.stdout).to.not.equal(0);
+        expect(s.stdout + s.stderr).to.match(/did not finish within 1\.5 s: it stays Saving/);
+        expect((await info('slow')).state).to.equal('Saving');
+      } finally {
+        process.kill(pid, 'SIGCONT');
+      }
+      expect(await eventually(async () => (await info('slow')).state === 'Saved', 30000), 'Saved once the worker answered').to.equal(true);
+      const back = await h.json<VmInfo>('vm', 'start', 'slow');
+      expect(back.lastStateReason, 'it resumes from that saved state').to.equal('restored from saved state');
+
+      // A worker that stays stopped: the VM waits in Saving until it is turned off.
+      pid = workerPid('slow');
+      process.kill(pid, 'SIGSTOP');
+      try {
+        const s = await h.run('vm', 'save', 'slow');
+        expect(s.code).to.not.equal(0);
+        expect((await info('slow')).state).to.equal('Saving');
+        await h.ok('vm', 'turn-off', 'slow');
+      } finally {
+        try { process.kill(pid, 'SIGCONT'); } catch { /* gone: turned off */ }
+      }
+      const off = await info('slow');
+      expect(off.state).to.equal('Off');
+      expect(existsSync(join(h.paths.vmDir, 'slow.saved')), 'no saved state is left to resume').to.equal(false);
+      const fresh = await h.json<VmInfo>('vm', 'start', 'slow');
+      expect(fresh.lastStateReason, 'a fresh boot').to.equal('started');
+      await h.ok('vm', 'turn-off', 'slow');
     });
   });
 

@@ -107,6 +107,17 @@ const INCOMING_COMMIT_MS = 15000;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
 const INCOMING_BOOT_MS = 8000;
 const MIGRATION_MAX_MS = 24 * 3600 * 1000;
+/**
+ * How long a pause or resume (SUSPEND_ANSWER_MS), or a save (SAVE_ANSWER_MS), waits for the
+ * worker before its caller hears that it did not finish; the VM stays Pausing, Resuming or Saving
+ * until the worker answers, and that answer decides its state however late it comes
+ * (`untilAnswered`). HVLAB_SUSPEND_ANSWER_MS and HVLAB_SAVE_ANSWER_MS shorten them for tests.
+ */
+const answerMs = (env: string | undefined, dflt: number): number => (Number(env) >= 500 && Number(env) <= dflt ? Number(env) : dflt);
+const SUSPEND_ANSWER_MS = answerMs(process.env.HVLAB_SUSPEND_ANSWER_MS, 10000);
+const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
+/** A worker that answers a pause, resume or save with nothing for this long is wedged: its VM is turned off. */
+const WORKER_WEDGED_MS = 30 * 60 * 1000;
 
 export interface VmmsOptions {
   home: string;
@@ -669,16 +680,56 @@ export class Vmms {
     const from = r.state;
     const link = this.linkOf(r, 'save');
     this.setState(r, EnabledState.Saving, null);
-    try {
-      await link.request({ t: 'save' }, 120000);
-    } catch (e) {
-      discardSavedState(this.o.vmDir, r.config.name);
-      if (this.stateOf(r) === EnabledState.Saving) this.setState(r, from, null);
-      throw new MgmtFailure('SaveFailed', `VM "${r.config.name}" could not be saved: ${(e as Error).message}`);
-    }
-    await this.kill(r, 'saved');
-    this.setState(r, EnabledState.Saved, 'saved');
+    const settled = link.request({ t: 'save' }, WORKER_WEDGED_MS).then(
+      async () => {
+        if (this.stateOf(r) !== EnabledState.Saving) {
+          // Turned off while it saved: the saved state is not kept (as a turn-off of a Saved VM).
+          discardSavedState(this.o.vmDir, r.config.name);
+          throw new MgmtFailure('SaveFailed', `VM "${r.config.name}" was turned off while it was being saved`);
+        }
+        await this.kill(r, 'saved');
+        this.setState(r, EnabledState.Saved, 'saved');
+      },
+      async (e: unknown) => {
+        discardSavedState(this.o.vmDir, r.config.name);
+        if (e instanceof VmwpLinkError && e.timedOut) await this.wedged(r, 'save');
+        else if (this.stateOf(r) === EnabledState.Saving) this.setState(r, from, null);
+        throw new MgmtFailure('SaveFailed', `VM "${r.config.name}" could not be saved: ${(e as Error).message}`);
+      },
+    );
+    await this.untilAnswered(r, settled, SAVE_ANSWER_MS, 'save', EnabledState.Saving);
     return this.info(r, null);
+  }
+
+  /**
+   * Waits for what a worker's answer to a pause, resume or save settles (`settled`: the VM's state
+   * follows that answer whenever it comes, and nothing else sets it meanwhile: the VM stays in its
+   * transitional state `via`, which the other operations refuse, and only a turn-off leaves it).
+   * The caller hears within `ms`: the outcome, or a Timeout failure that says so. The root used
+   * to take a late answer for none and set the state back, while the worker could still finish:
+   * then the VM was paused (or saved and stopped) behind a root that said Running.
+   */
+  private async untilAnswered(r: VmRecord, settled: Promise<void>, ms: number, verb: string, via: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((res) => (timer = setTimeout(() => res('late'), ms)));
+    try {
+      if ((await Promise.race([settled.then(() => 'done' as const), late])) === 'done') return;
+    } finally {
+      clearTimeout(timer);
+    }
+    const name = r.config.name;
+    settled.then(
+      () => this.o.log.info({ vm: name, verb, state: vmStateName(r.state) }, 'a late answer to a request settled the VM\'s state'),
+      (e: unknown) => this.o.log.warn({ vm: name, verb, state: vmStateName(r.state), err: (e as Error).message }, 'a late answer to a request failed it'),
+    );
+    throw new MgmtFailure('Timeout', `the ${verb} of VM "${name}" did not finish within ${ms / 1000} s: it stays ${vmStateName(via)} until its worker answers (or "hvlab vm turn-off ${name}")`);
+  }
+
+  /** A worker that answered nothing to a pause, resume or save within WORKER_WEDGED_MS: its VM is turned off. */
+  private async wedged(r: VmRecord, verb: string): Promise<void> {
+    const why = `turned off: its worker answered no ${verb} within ${WORKER_WEDGED_MS / 60000} min`;
+    this.o.log.error({ vm: r.config.name, verb }, why);
+    if (r.vmwpPid !== null) await this.kill(r, why);
   }
 
   /** Set-VMProcessor: reserve %, maximum % and relative weight, on a stopped or running VM. */
@@ -749,7 +800,8 @@ export class Vmms {
       this.setState(r, EnabledState.Off, 'saved state discarded');
       return this.info(r, null);
     }
-    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting], 'turn off');
+    // Also from a pause, resume or save whose worker has not answered yet (untilAnswered).
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting, EnabledState.Pausing, EnabledState.Resuming, EnabledState.Saving], 'turn off');
     await this.kill(r, reason);
     return this.info(r, null);
   }
@@ -885,13 +937,17 @@ export class Vmms {
     this.requireNotMoving(r, verb);
     const link = this.linkOf(r, verb);
     this.setState(r, via, null);
-    try {
-      await link.request({ t: 'suspend', value: on });
-    } catch (e) {
-      if (this.stateOf(r) === via) this.setState(r, from, null);
-      throw linkFailure(e, `${verb} of VM "${r.config.name}" failed`);
-    }
-    this.setState(r, to, on ? 'paused' : 'resumed');
+    const settled = link.request({ t: 'suspend', value: on }, WORKER_WEDGED_MS).then(
+      () => {
+        if (this.stateOf(r) === via) this.setState(r, to, on ? 'paused' : 'resumed');
+      },
+      async (e: unknown) => {
+        if (e instanceof VmwpLinkError && e.timedOut) await this.wedged(r, verb);
+        else if (this.stateOf(r) === via) this.setState(r, from, null);
+        throw linkFailure(e, `${verb} of VM "${r.config.name}" failed`);
+      },
+    );
+    await this.untilAnswered(r, settled, SUSPEND_ANSWER_MS, verb, via);
     return this.info(r, null);
   }
 

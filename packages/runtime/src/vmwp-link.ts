@@ -16,8 +16,12 @@ export const EARLY_NOTES = 16;
 
 export class VmwpLinkError extends Error {
   override name = 'VmwpLinkError';
-  /** A management error code the VMWP chose (e.g. InvalidArgument), or null. */
-  constructor(message: string, readonly code: string | null = null) {
+  /**
+   * `code`: a management error code the VMWP chose (e.g. InvalidArgument), or null. `timedOut`:
+   * no answer came within the request's time (the worker may still act on it), as opposed to a
+   * refusal, a worker that is gone or a link that is closed.
+   */
+  constructor(message: string, readonly code: string | null = null, readonly timedOut = false) {
     super(message);
   }
 }
@@ -205,7 +209,7 @@ export class VmwpControlClient {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new VmwpLinkError(`the VM worker process did not answer "${body.t}" within ${timeoutMs / 1000} s`));
+        reject(new VmwpLinkError(`the VM worker process did not answer "${body.t}" within ${timeoutMs / 1000} s`, null, true));
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.q.send(encode({ t: 'req', id, body })).catch((e: Error) => {
