@@ -82,3 +82,54 @@ describe('a root partition that dies and comes back (real processes)', function 
     for (const n of ['c2', 's1', 's2']) expect(list.find((v) => v.name === n)!.state).to.equal('Running');
   });
 });
+
+describe('a root that dies while a pause it asked for still runs (real processes)', function () {
+  this.timeout(180000);
+  // The root tells its caller after 0.5 s (10 s by default), so that it can be killed while the
+  // worker still pauses (a pause whose VPs do not stop fails after 5 s in the worker).
+  const h = new TestHost({ HVLAB_SUSPEND_ANSWER_MS: '500' });
+
+  after(() => h.destroyLeavingNothing());
+
+  it('the new root waits for that pause as the old one would have: Pausing until it ends, then Paused, never Running behind a paused VM', async () => {
+    await h.ok('up', '--lps', '2');
+    await h.ok('vm', 'new', 'sp', '--memory', '16M', '--workload', 'spin');
+    await h.ok('vm', 'start', 'sp');
+    const vm = (): Promise<VmInfo | undefined> => h.json<VmInfo[]>('vm', 'list').then((l) => l.find((v) => v.name === 'sp'));
+    const { partition } = (await vm())!.pids;
+    expect(partition).to.be.a('number');
+    const rootPid = (await h.json<HostInfo>('host', 'info')).pids.root;
+    // A spinning VP on a stopped partition process cannot leave its LP: the pause waits.
+    process.kill(partition!, 'SIGSTOP');
+    let t0 = 0;
+    try {
+      const p = await h.run('vm', 'pause', 'sp');
+      t0 = Date.now();
+      expect(p.code).to.not.equal(0);
+      expect(p.stdout + p.stderr).to.match(/it stays Pausing until its worker answers/);
+      process.kill(rootPid, 'SIGKILL');
+      // The supervisor's new root re-attaches while the worker still waits for the VPs.
+      let seen = '';
+      const back = await eventually(async () => {
+        const r = await h.run('vm', 'list', '--json');
+        if (r.code !== 0) return false;
+        const v = (JSON.parse(r.stdout) as VmInfo[]).find((x) => x.name === 'sp');
+        seen = `${v?.state} (${v?.lastStateReason})`;
+        return true;
+      }, 20000);
+      expect(back, 'the new root answers').to.equal(true);
+      console.log(`      (the new root answered ${Date.now() - t0} ms after the caller heard; the worker's pause waits 5 s)`);
+      expect(seen, `the new root takes the pause in progress (${Date.now() - t0} ms after the caller heard)`).to.equal('Pausing (re-attached during a pause)');
+    } finally {
+      process.kill(partition!, 'SIGCONT');
+    }
+    // The VPs stop once their process runs: the pause ends, and the new root says Paused.
+    expect(await eventually(async () => (await vm())?.state === 'Paused', 15000), 'Paused once the worker said so').to.equal(true);
+    const p0 = (await vm())!.workload.progress;
+    await sleep(500);
+    expect((await vm())!.workload.progress, 'the paused VM stands still').to.equal(p0);
+    await h.ok('vm', 'resume', 'sp');
+    expect(await eventually(async () => ((await vm())!.workload.progress ?? 0) > (p0 ?? 0), 10000), 'it runs again once resumed').to.equal(true);
+    await h.ok('vm', 'turn-off', 'sp');
+  });
+});

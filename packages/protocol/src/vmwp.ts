@@ -108,7 +108,23 @@ export type VmwpNote =
    * A fault ended: its time was up (`expired`) or it was ended early (`cleared`: by faultClear, by a
    * faultSet that replaced it, or before a save or a migration; `why` says which). `stats` as in faultList.
    */
-  | { t: 'faultEnded'; id: string; kind: string; reason: 'expired' | 'cleared'; why: string; stats: VmwpFaultStats };
+  | { t: 'faultEnded'; id: string; kind: string; reason: 'expired' | 'cleared'; why: string; stats: VmwpFaultStats }
+  /**
+   * A pause, resume or save ended (`ok`: it did what was asked), with what the VM is now: its VPs
+   * suspended or not, and saved (waiting to be turned off). Said before the request's answer, for a
+   * root that re-attached while it ran (VmwpDescription.pending): the answer goes to the root that
+   * asked, which may be gone.
+   */
+  | { t: 'settled'; op: VmwpPendingOp; ok: boolean; suspended: boolean; saved: boolean };
+
+/** An operation of the root's that changes what a VM does, while the worker runs it. */
+export type VmwpPendingOp = 'pause' | 'resume' | 'save';
+const PENDING_OPS: ReadonlySet<unknown> = new Set<VmwpPendingOp>(['pause', 'resume', 'save']);
+
+/** A pending operation as a peer sent it (a description's `pending`, a note's `op`): null when it is none of them. */
+export function decodePendingOp(v: unknown): VmwpPendingOp | null {
+  return PENDING_OPS.has(v) ? (v as VmwpPendingOp) : null;
+}
 
 /** What a VMWP says about its VM when a (new) root attaches. */
 export interface VmwpDescription {
@@ -123,6 +139,8 @@ export interface VmwpDescription {
   runningSince: number | null;
   /** The restore came from a saved state that is now consumed. */
   restored: boolean;
+  /** A pause, resume or save running now (its end is a `settled` note); absent from older workers. */
+  pending?: VmwpPendingOp | null;
 }
 
 /** The record a VMWP keeps in the run directory (`run/vmwp/NAME.json`) so a new root finds it. */
@@ -273,6 +291,11 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
       if (reason !== 'expired' && reason !== 'cleared') throw new VmwpDecodeError('field reason is not expired or cleared');
       if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
       return { t: 'faultEnded', id: faultId(b, 'id'), kind: str(b, 'kind', false, 32)!, reason, why: str(b, 'why', false, 512)!, stats: b.stats };
+    }
+    case 'settled': {
+      const op = decodePendingOp(b.op);
+      if (op === null) throw new VmwpDecodeError('field op is not pause, resume or save');
+      return { t: 'settled', op, ok: bool(b, 'ok'), suspended: bool(b, 'suspended'), saved: bool(b, 'saved') };
     }
     default: throw new VmwpDecodeError('note type is unknown');
   }

@@ -17,7 +17,7 @@ import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
-  type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord,
+  type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
 } from '@hvlab/protocol';
 import {
   pidAlive, watchPid, hostPaths, RpcFailure, VmwpControlClient, VmwpLinkError,
@@ -65,6 +65,12 @@ interface VmRecord {
    * no phase's `cancel` could take, so that the next phase sees it instead of going on.
    */
   moving: { mig: string; to: string; started: boolean; cancel: (why: string) => void; cancelled: string | null } | null;
+  /**
+   * A pause, resume or save that a previous root asked for and the worker still ran when this root
+   * re-attached (VmwpDescription.pending): its `settled` note decides the state, as the answer
+   * would have for the root that asked.
+   */
+  adopted: VmwpPendingOp | null;
 }
 
 interface Incoming {
@@ -148,6 +154,11 @@ function placeholderConfig(name: string): VmConfig {
 }
 
 /** A worker's failure as a management error (keeps the worker's code when it gave one). */
+/** A request failed because its worker is gone (or its link closed), not by the worker's refusal or a timeout. */
+function workerGone(e: unknown): boolean {
+  return e instanceof VmwpLinkError && e.gone;
+}
+
 function linkFailure(e: unknown, what: string): MgmtFailure {
   if (e instanceof MgmtFailure) return e;
   if (e instanceof VmwpLinkError && e.code) return new MgmtFailure(e.code, e.message);
@@ -228,7 +239,7 @@ export class Vmms {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
-      restoring: false, invalid: null, startCancelled: null, incoming: null, moving: null,
+      restoring: false, invalid: null, startCancelled: null, incoming: null, moving: null, adopted: null,
     };
   }
 
@@ -257,6 +268,16 @@ export class Vmms {
     if (!allowed.includes(r.state)) {
       throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is ${vmStateName(r.state)}`);
     }
+  }
+
+  /**
+   * A config change reaches a running VM only in Running or Paused; in a state between two others
+   * (a start, a stop, or a pause, resume or save whose worker has not answered) it would change the
+   * file and not the VM, so it is refused.
+   */
+  private requireNotBetween(r: VmRecord, action: string): void {
+    const between: number[] = [EnabledState.Starting, EnabledState.Stopping, EnabledState.Pausing, EnabledState.Resuming, EnabledState.Saving];
+    if (between.includes(r.state)) throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}" now: it is ${vmStateName(r.state)}`);
   }
 
   /**
@@ -401,7 +422,27 @@ export class Vmms {
     } else if (n.t === 'migProgress') {
       const known = this.moves.get(r.config.name);
       this.moves.set(r.config.name, { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) });
+    } else if (n.t === 'settled') {
+      // Only for an operation this root adopted: one it asked for itself is settled by its answer.
+      if (r.adopted === n.op) void this.settleAdopted(r, n);
     }
+  }
+
+  /** The end of a pause, resume or save a previous root asked for (VmRecord.adopted): the VM's state follows it. */
+  private async settleAdopted(r: VmRecord, n: Extract<VmwpNote, { t: 'settled' }>): Promise<void> {
+    r.adopted = null;
+    const via = n.op === 'pause' ? EnabledState.Pausing : n.op === 'resume' ? EnabledState.Resuming : EnabledState.Saving;
+    // Turned off meanwhile (the only way out of these states): nothing to settle.
+    if (this.stateOf(r) !== via) return;
+    this.o.log.info({ vm: r.config.name, op: n.op, ok: n.ok }, 'an operation a previous root asked for ended');
+    if (n.op === 'save' && n.ok && n.saved) {
+      await this.kill(r, 'saved');
+      this.setState(r, EnabledState.Saved, 'saved');
+      return;
+    }
+    if (n.op === 'save') discardSavedState(this.o.vmDir, r.config.name);
+    const what = n.op === 'pause' ? 'paused' : n.op === 'resume' ? 'resumed' : 'saved';
+    this.setState(r, n.suspended ? EnabledState.Paused : EnabledState.Running, n.ok ? what : `not ${what}: it failed while no root watched`);
   }
 
   private recordFile(name: string): string {
@@ -521,11 +562,23 @@ export class Vmms {
         r.partitionId = d.partitionId || r.partitionId;
         r.partitionPid = d.partitionPid ?? r.partitionPid;
         r.runningSince = d.runningSince;
+        const pending = decodePendingOp(d.pending);
         if (d.saved) {
           // The root died between writing a saved state and turning the VM off: finish that.
           r.state = EnabledState.Saving;
           await this.kill(r, 'saved');
           this.setState(r, EnabledState.Saved, 'saved');
+        } else if (pending !== null && d.booted) {
+          // A pause, resume or save the previous root asked for is still running: its note (said
+          // before its answer, which went to that root) decides the state. One that ended between
+          // the description and this line said so already, and is asked for again.
+          r.adopted = pending;
+          const via = pending === 'pause' ? EnabledState.Pausing : pending === 'resume' ? EnabledState.Resuming : EnabledState.Saving;
+          this.setState(r, via, `re-attached during a ${pending}`);
+          const again = await r.link!.request<VmwpDescription>({ t: 'describe' }, 5000);
+          if (r.adopted === pending && decodePendingOp(again.pending) === null) {
+            void this.settleAdopted(r, { t: 'settled', op: pending, ok: pending === 'pause' ? again.suspended : pending === 'resume' ? !again.suspended : again.saved, suspended: again.suspended, saved: again.saved });
+          }
         } else if (!d.booted) {
           r.restoring = d.restored;
           this.setState(r, EnabledState.Starting, 're-attached while starting');
@@ -691,9 +744,11 @@ export class Vmms {
         this.setState(r, EnabledState.Saved, 'saved');
       },
       async (e: unknown) => {
-        discardSavedState(this.o.vmDir, r.config.name);
+        // A wedged worker is gone before its saved state is discarded: it could still finish
+        // writing one, which would come back as Saved at the next root start.
         if (e instanceof VmwpLinkError && e.timedOut) await this.wedged(r, 'save');
-        else if (this.stateOf(r) === EnabledState.Saving) this.setState(r, from, null);
+        else if (this.stateOf(r) === EnabledState.Saving && !workerGone(e)) this.setState(r, from, null);
+        discardSavedState(this.o.vmDir, r.config.name);
         throw new MgmtFailure('SaveFailed', `VM "${r.config.name}" could not be saved: ${(e as Error).message}`);
       },
     );
@@ -741,6 +796,7 @@ export class Vmms {
       if (!/^\d+$/.test(String(v)) || n < min || n > max) throw new MgmtFailure('InvalidArgument', `${what} ${String(v)} is invalid: a whole number from ${min} to ${max}`);
       return n;
     };
+    this.requireNotBetween(r, 'change the processor settings of');
     const p = r.config.processor;
     const next = {
       reserve: pick(args.reserve, '--reserve', 0, 100, p.reserve),
@@ -807,6 +863,7 @@ export class Vmms {
   }
 
   private async kill(r: VmRecord, reason: string): Promise<void> {
+    r.adopted = null;
     if (r.restoring) {
       // Turned off (or stopped) while resuming from a saved state: as Stop-VM -TurnOff of a saved
       // VM, the saved state is discarded, so nothing can later resume that old snapshot.
@@ -886,6 +943,7 @@ export class Vmms {
     const disable = pick(args.disable);
     if (enable && disable) throw new MgmtFailure('InvalidArgument', 'give --enable or --disable, not both');
     const change = enable ?? disable;
+    if (change) this.requireNotBetween(r, 'change the integration services of');
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
       const on = enable !== null;
@@ -943,7 +1001,8 @@ export class Vmms {
       },
       async (e: unknown) => {
         if (e instanceof VmwpLinkError && e.timedOut) await this.wedged(r, verb);
-        else if (this.stateOf(r) === via) this.setState(r, from, null);
+        // A worker that is gone leaves the VM to onWorkerGone (Off), not to a state it no longer has.
+        else if (this.stateOf(r) === via && !workerGone(e)) this.setState(r, from, null);
         throw linkFailure(e, `${verb} of VM "${r.config.name}" failed`);
       },
     );

@@ -18,10 +18,10 @@ export class VmwpLinkError extends Error {
   override name = 'VmwpLinkError';
   /**
    * `code`: a management error code the VMWP chose (e.g. InvalidArgument), or null. `timedOut`:
-   * no answer came within the request's time (the worker may still act on it), as opposed to a
-   * refusal, a worker that is gone or a link that is closed.
+   * no answer came within the request's time (the worker may still act on it). `gone`: the worker
+   * exited or the link was closed (nothing more will come). Neither: the worker refused.
    */
-  constructor(message: string, readonly code: string | null = null, readonly timedOut = false) {
+  constructor(message: string, readonly code: string | null = null, readonly timedOut = false, readonly gone = false) {
     super(message);
   }
 }
@@ -167,7 +167,7 @@ export class VmwpControlClient {
     this.unwatch();
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
-      p.reject(new VmwpLinkError(why));
+      p.reject(new VmwpLinkError(why, null, false, true));
     }
     this.pending.clear();
   }
@@ -203,8 +203,8 @@ export class VmwpControlClient {
   }
 
   request<T = unknown>(body: VmwpRequest, timeoutMs = 10000): Promise<T> {
-    if (this.closed) return Promise.reject(new VmwpLinkError('the control link is closed'));
-    if (this.gone) return Promise.reject(new VmwpLinkError(this.gone));
+    if (this.closed) return Promise.reject(new VmwpLinkError('the control link is closed', null, false, true));
+    if (this.gone) return Promise.reject(new VmwpLinkError(this.gone, null, false, true));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {

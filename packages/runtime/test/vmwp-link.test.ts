@@ -110,6 +110,36 @@ describe('VMWP control server under random frames', function () {
     c.close();
     expect(err).to.be.instanceOf(VmwpLinkError);
     expect((err as Error).message).to.match(/worker process \(pid 2147483646\) exited/);
+    // Gone, not timed out: the root leaves such a VM to the worker's exit, not to a state it guessed.
+    expect((err as VmwpLinkError).gone).to.equal(true);
+    expect((err as VmwpLinkError).timedOut).to.equal(false);
+    let after: unknown = null;
+    try { await c.request({ t: 'status' }); } catch (e) { after = e; }
+    expect((after as VmwpLinkError).gone, 'a request on a closed link').to.equal(true);
+  });
+
+  it('says which failures are a time-out (the worker may still act), which a refusal, and which a worker that is gone', async () => {
+    // A live pid (this process) whose endpoint answers nothing: the request times out.
+    const c = new VmwpControlClient(`ipc://${join(dir, 'silent')}`, process.pid, () => undefined, quiet);
+    let err: unknown = null;
+    try { await c.request({ t: 'status' }, 300); } catch (e) { err = e; }
+    c.close();
+    expect(err).to.be.instanceOf(VmwpLinkError);
+    expect((err as Error).message).to.match(/did not answer "status" within 0.3 s/);
+    expect((err as VmwpLinkError).timedOut).to.equal(true);
+    expect((err as VmwpLinkError).gone).to.equal(false);
+    // A refusal by the worker: neither.
+    const w = new VmwpControlClient(`ipc://${join(dir, 'w')}`, process.pid, () => undefined, quiet);
+    try {
+      await w.request({ t: 'hello', secret: 'sesame' });
+      let refused: unknown = null;
+      try { await w.request({ t: 'describe' }); } catch (e) { refused = e; }
+      expect((refused as VmwpLinkError).code).to.equal('InvalidArgument');
+      expect((refused as VmwpLinkError).timedOut).to.equal(false);
+      expect((refused as VmwpLinkError).gone).to.equal(false);
+    } finally {
+      w.close();
+    }
   });
 });
 

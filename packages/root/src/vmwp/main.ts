@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord,
 } from '@hvlab/protocol';
 import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
@@ -338,11 +338,32 @@ export async function runWorker(): Promise<void> {
 
   const control = new VmwpControlServer(paths.vmwpEndpoint(cfg.id), input.secret, serveRequest, log);
 
+  /** A pause, resume or save in progress (or waiting its turn), for a root that re-attaches meanwhile. */
+  let pendingOp: VmwpPendingOp | null = null;
+
+  /**
+   * Runs a pause, resume or save as `pendingOp`, and says how it ended (a `settled` note, with what
+   * the VM is now) before its answer: the root that asked may have died meanwhile, and a new one
+   * that re-attached waits for that note instead (VmwpDescription.pending).
+   */
+  async function settling<T>(op: VmwpPendingOp, f: () => Promise<T>): Promise<T> {
+    pendingOp = op;
+    let ok = false;
+    try {
+      const v = await f();
+      ok = true;
+      return v;
+    } finally {
+      pendingOp = null;
+      control.note({ t: 'settled', op, ok, suspended, saved });
+    }
+  }
+
   /** One request of the root's control link (or, for a migration's data, of the stream socket: serveStream). */
   async function serveRequest(req: VmwpRequest): Promise<unknown> {
     switch (req.t) {
       case 'describe': {
-        const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore };
+        const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore, pending: pendingOp };
         return d;
       }
       case 'status': {
@@ -362,7 +383,7 @@ export async function runWorker(): Promise<void> {
       case 'peek':
         return await readGuest(req.gpa, req.len);
       case 'suspend':
-        return await oneAtATime(async () => {
+        return await settling(req.value ? 'pause' : 'resume', () => oneAtATime(async () => {
           const before = suspensionSeq;
           await setSuspend(req.value);
           // A pause is done when the VPs have stopped, not when the hypervisor took the property:
@@ -379,7 +400,7 @@ export async function runWorker(): Promise<void> {
           }
           suspended = req.value;
           return true;
-        });
+        }));
       case 'hypercall':
         if (req.asChild) {
           if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
@@ -392,7 +413,7 @@ export async function runWorker(): Promise<void> {
         await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuWeight, value: req.weight });
         return true;
       case 'save':
-        return await save();
+        return await settling('save', save);
       case 'migOut':
         return await migrateOut(req);
       case 'migCancel':
