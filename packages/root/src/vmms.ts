@@ -606,8 +606,12 @@ export class Vmms {
         r.expectingExit = true;
         r.reason = 'turned off: the worker could not be re-attached';
         try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
+        // Torn down now, before this root answers anyone: left to the pid watch, its teardown could
+        // land on a start of the VM made meanwhile (and fail that start's wait for its boot).
+        for (let i = 0; i < 100 && pidAlive(rec.pid); i++) await new Promise((res) => setTimeout(res, 20));
+        await this.onWorkerGone(r, rec.pid, null);
         // Not this root's: the sweeps below discard a saved state it resumed from and delete its
-        // partition now, before this root answers anyone, not when the pid watch notices.
+        // partition.
         owned.delete(r.config.name);
         if (rec.partitionId !== null) ownedIds.delete(rec.partitionId);
       }
