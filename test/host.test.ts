@@ -39,13 +39,13 @@ describe('a host of real processes (shared memory)', function () {
     expect(info.lps).to.equal(2);
   });
 
-  it('runs two VMs as six distinct processes with the right roles, beside a spare worker', async () => {
+  it('runs two VMs as six distinct processes with the right roles, beside a spare worker and its partition process', async () => {
     // The spare that the second start took is replaced 300 ms after it.
     let ps: ProcessInfo[] = [];
-    expect(await eventually(async () => (ps = await h.json<ProcessInfo[]>('ps')).length === 7, 10000), JSON.stringify(ps)).to.equal(true);
-    expect(new Set(ps.map((p) => p.pid)).size).to.equal(7);
+    expect(await eventually(async () => (ps = await h.json<ProcessInfo[]>('ps')).length === 8, 10000), JSON.stringify(ps)).to.equal(true);
+    expect(new Set(ps.map((p) => p.pid)).size).to.equal(8);
     const roles = ps.map((p) => `${p.role}:${p.vm ?? '-'}${p.warm ? `:${p.warm}` : ''}`).sort();
-    expect(roles).to.deep.equal(['hypervisor:-', 'partition:alpha', 'partition:beta', 'root:-', 'vmwp:-:spare', 'vmwp:alpha', 'vmwp:beta']);
+    expect(roles).to.deep.equal(['hypervisor:-', 'partition:-:spare', 'partition:alpha', 'partition:beta', 'root:-', 'vmwp:-:spare', 'vmwp:alpha', 'vmwp:beta']);
     // Each one is a live OS process carrying the host's id.
     const live = hostProcesses(h.hostId);
     for (const p of ps) expect(live).to.include(p.pid);

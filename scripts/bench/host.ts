@@ -38,7 +38,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exited, percentile, QUICK_NOTE, quickRequested, round, reportLeftovers, disturbanceTracker, disturbanceLine, type Disturbance, hostIdsUnder, sweepHome } from './common.js';
-import { EnabledState, type VmInfo } from '../../packages/protocol/src/index.js';
+import { EnabledState, type ProcessInfo, type VmInfo } from '../../packages/protocol/src/index.js';
 import { hostPaths, processEnv } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { MgmtClient, down, hostProcesses, sweepHost, up } from '@hvlab/host';
@@ -400,7 +400,11 @@ export async function main(args: string[]): Promise<void> {
     await sleep(plan.settleMs);
     checkQuiet('the idle host window');
     const pids = hostProcesses(rec.hostId);
-    if (pids.length !== 2 + 2 * plan.vms) progress(`WARNING: the host has ${pids.length} processes, expected ${2 + 2 * plan.vms}`);
+    // The host keeps a spare worker (a VMWP and its partition process, code loaded, no VM: `up
+    // --spare`, default 1); it is one of the host's processes, and its CPU counts with theirs.
+    const spares = (await m.request<ProcessInfo[]>('ps')).filter((p) => p.warm === 'spare').length;
+    const expected = 2 + 2 * plan.vms + spares;
+    if (pids.length !== expected) progress(`WARNING: the host has ${pids.length} processes, expected ${expected} (${plan.vms} VMs, ${spares} spare worker processes)`);
     const vmwpKiB = vmPids.map((v) => pssKiB(v.vmwp) ?? 0);
     const partKiB = vmPids.map((v) => pssKiB(v.partition) ?? 0);
     const hvKiB = pssKiB(rec.pids.hypervisor) ?? 0;

@@ -159,6 +159,21 @@ function workerGone(e: unknown): boolean {
   return e instanceof VmwpLinkError && e.gone;
 }
 
+/** The partition processes among a worker's children (/proc; none when it cannot be read). */
+function partitionChildrenOf(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const k of readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/)) {
+      const child = Number(k);
+      if (!Number.isSafeInteger(child) || child <= 0) continue;
+      try {
+        if (readFileSync(`/proc/${child}/cmdline`, 'latin1').startsWith('hvlab-partition')) out.push(child);
+      } catch { /* gone meanwhile */ }
+    }
+  } catch { /* the worker is gone, or /proc says nothing */ }
+  return out;
+}
+
 function linkFailure(e: unknown, what: string): MgmtFailure {
   if (e instanceof MgmtFailure) return e;
   if (e instanceof VmwpLinkError && e.code) return new MgmtFailure(e.code, e.message);
@@ -1504,8 +1519,14 @@ export class Vmms {
 
   processes(): ProcessInfo[] {
     const out: ProcessInfo[] = [];
-    for (const w of this.warm?.workers ?? []) out.push({ role: 'vmwp', vm: null, pid: w.pid, warm: w.booted ? 'ready' : 'booting' });
-    for (const pid of this.spare?.pids ?? []) out.push({ role: 'vmwp', vm: null, pid, warm: 'spare' });
+    // A worker without a VM has its partition process loaded too: listed with it, as the host's
+    // processes are (the CPU and memory they take are the host's).
+    const withPartition = (pid: number, warm: NonNullable<ProcessInfo['warm']>): void => {
+      out.push({ role: 'vmwp', vm: null, pid, warm });
+      for (const child of partitionChildrenOf(pid)) out.push({ role: 'partition', vm: null, pid: child, warm });
+    };
+    for (const w of this.warm?.workers ?? []) withPartition(w.pid, w.booted ? 'ready' : 'booting');
+    for (const pid of this.spare?.pids ?? []) withPartition(pid, 'spare');
     for (const r of this.vms.values()) {
       if (r.vmwpPid) out.push({ role: 'vmwp', vm: r.config.name, pid: r.vmwpPid });
       if (r.partitionPid) out.push({ role: 'partition', vm: r.config.name, pid: r.partitionPid });
