@@ -177,6 +177,17 @@ describe('clusters on one machine', function () {
     await h.ok('--host', 'h2', 'vm', 'start', 'x');
     const all = await h.json<Array<{ name: string; host: string; state: string }>>('vm', 'list', '--all');
     expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['h2/x/Running']);
+    // The picture of the running cluster shows the VM where it runs, though no file names it.
+    const dot = await h.run('cluster', 'graph', '--dot');
+    expect(dot.code, dot.stderr).to.equal(0);
+    expect(dot.stdout).to.match(/"h2" \[label="h2\\n[^"]*\\nx \(16M, 1 VP\)"\]/);
+    // A host command in the cluster's home (no --host) says how to reach its hosts; down leaves them up.
+    const lost = await h.run('vm', 'list');
+    expect(lost.code).to.equal(1);
+    expect(lost.stderr).to.match(/holds cluster .*--host \(h1, h2\)/);
+    const downHere = await h.run('down');
+    expect(downHere.stderr).to.match(/"hvlab down" left it up/);
+    expect((await h.json<Array<{ name: string }>>('vm', 'list', '--all')).map((v) => v.name), 'the cluster still runs').to.deep.equal(['x']);
     const r = await h.run('up', '--hosts', '2', '--warm', '1');
     expect(r.code).to.equal(2);
     expect(r.stderr).to.match(/--hosts brings up a cluster/);

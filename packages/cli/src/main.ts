@@ -181,7 +181,7 @@ export const COMMANDS: CommandSpec[] = [
   {
     words: ['vm', 'new'], args: 'NAME', min: 1, max: 1, json: true, group: 'VMs', help: 'create a VM (New-VM); it starts Off',
     options: [
-      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 512K, 1G; at most 16G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
+      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 1G; from 2M to 16G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
       { name: 'vps', value: 'N', help: `virtual processors, 1 to ${MAX_VPS_PER_PARTITION} (default 1)`, check: wholeIn('vps', 1, MAX_VPS_PER_PARTITION, `a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`) },
       {
         name: 'workload', value: 'W', check: nonEmpty('workload'),
@@ -455,13 +455,47 @@ function faultTable(list: FaultRecord[]): string {
   ]);
 }
 
+/**
+ * When HOME holds a cluster (its hosts have homes of their own below it), what to do instead of a
+ * command for a single host there; null when it holds none.
+ */
+function clusterHint(home: string): string | null {
+  let c: ReturnType<typeof readCluster> = null;
+  try {
+    c = readCluster(home);
+  } catch {
+    return null;
+  }
+  if (!c) return null;
+  const hosts = c.topology.hosts.map((h) => h.name);
+  return `it holds cluster ${c.topology.name}: name one of its hosts with --host (${hosts.join(', ')}), or use "vm list --all", "cluster status" and "cluster down"`;
+}
+
+/**
+ * An amount of bytes for people: 0 B, 812 B, 3.9 KiB, 64.0 MiB, 1.50 GiB (with `exact`, the
+ * bytes too). formatBytes writes sizes that parse back (64M), and a transferred amount is rarely
+ * one: 67104768 bytes read "65532K" and nothing "0G".
+ */
+export function amountOf(n: number, exact = false): string {
+  if (!Number.isFinite(n) || n < 0) return String(n);
+  let v = n;
+  let unit = 'B';
+  for (const u of ['KiB', 'MiB', 'GiB', 'TiB']) {
+    if (v < 1024) break;
+    v /= 1024;
+    unit = u;
+  }
+  const text = unit === 'B' ? `${n} B` : `${v.toFixed(v < 10 && unit === 'GiB' ? 2 : 1)} ${unit}`;
+  return exact && unit !== 'B' ? `${text} (${n} B)` : text;
+}
+
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
 function migrationLine(st: MigrationStats): string {
   const total = Math.max(1, st.ram.total);
   const pct = Math.min(100, Math.round((st.ram['normal-bytes'] + st.ram.duplicate * st.ram['page-size']) / total * 100));
   const width = 20;
   const bar = '#'.repeat(Math.round((pct / 100) * width)).padEnd(width, '.');
-  return `${st.vm} → ${st.to} [${bar}] ${st.status} pass ${st.pass}: sent ${formatBytes(st.ram.transferred)}, remaining ${formatBytes(st.ram.remaining)}, dirty ${st.ram['dirty-pages-rate']} pages/s, expected downtime ${st['expected-downtime']} ms${st['throttle-percentage'] ? `, throttle ${st['throttle-percentage']} %` : ''}`;
+  return `${st.vm} → ${st.to} [${bar}] ${st.status} pass ${st.pass}: sent ${amountOf(st.ram.transferred)}, remaining ${amountOf(st.ram.remaining)}, dirty ${st.ram['dirty-pages-rate']} pages/s, expected downtime ${st['expected-downtime']} ms${st['throttle-percentage'] ? `, throttle ${st['throttle-percentage']} %` : ''}`;
 }
 
 const GROUP_NOTES: Record<string, string> = {
@@ -984,7 +1018,7 @@ function needHost(paths: HostPaths): MgmtClient {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
     rec = readHost(paths);
   }
-  if (rec === null) throw new CliError(`no host is up for ${paths.home}; run "hvlab up" first`);
+  if (rec === null) throw new CliError(`no host is up for ${paths.home}; ${clusterHint(paths.home) ?? 'run "hvlab up" first'}`);
   const hv: unknown = rec.pids?.hypervisor;
   const root: unknown = rec.pids?.root;
   if (typeof hv !== 'number' || typeof root !== 'number') throw new CliError(`the host record ${paths.hostFile} names no hypervisor and root pids; run "hvlab down" to clean up`);
@@ -1071,6 +1105,9 @@ export async function run(argv: string[]): Promise<number> {
         const r = await down(paths);
         if (json) out(JSON.stringify(r));
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
+        // "down" in a cluster's home finds no host of its own: the cluster's hosts keep running.
+        const hint = r.hostId ? null : clusterHint(paths.home);
+        if (hint) process.stderr.write(`hvlab: ${paths.home} ${hint.replace(/^it holds/, 'holds')}; "hvlab down" left it up\n`);
         return 0;
       }
       case 'cluster check': {
@@ -1101,9 +1138,14 @@ export async function run(argv: string[]): Promise<number> {
         } else {
           const c = await clusterCall(async () => readCluster(paths.home));
           if (!c) throw new CliError(`no cluster is up for ${paths.home}: give a topology FILE, or run "hvlab cluster up FILE" first`);
-          t = c.topology;
           const st = await clusterCall(() => clusterStatus(paths.home));
           places = new Map(st.hosts.map((x) => [x.name, { address: x.address, netns: x.netns }]));
+          // The VMs as they are now (made, moved or deleted since the file), from every host that answers.
+          const live = await clusterCall(() => clusterVms(paths.home));
+          t = {
+            ...c.topology,
+            vms: live.map((v) => ({ name: v.name, host: v.host, memoryBytes: v.memoryBytes, vps: v.vps, workload: v.workload.name, processor: v.processor, ha: false })),
+          };
         }
         const picture = flag('dot') ? topologyDot(t, places) : topologySvg(t, places);
         const target = opt('out');
@@ -1404,7 +1446,7 @@ export async function run(argv: string[]): Promise<number> {
         }
         const st = await moving;
         if (json) out(JSON.stringify(st));
-        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${formatBytes(st.ram.transferred)} sent for ${formatBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
+        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${amountOf(st.ram.transferred)} sent for ${amountOf(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
         else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}; it runs on ${st.from}\n`);
         return st.status === 'completed' ? 0 : 1;
       }
@@ -1472,10 +1514,13 @@ export async function run(argv: string[]): Promise<number> {
             ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
             ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
             ...(st.blackout ? [['blackout', describeBlackout(st.blackout)]] : []),
-            ['ram transferred', formatBytes(st.ram.transferred)], ['ram remaining', formatBytes(st.ram.remaining)], ['ram total', formatBytes(st.ram.total)],
+            ['ram transferred', amountOf(st.ram.transferred, true)], ['ram remaining', amountOf(st.ram.remaining, true)], ['ram total', amountOf(st.ram.total, true)],
             ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
             ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],
-            ['postcopy-requests', String(st.ram['postcopy-requests'])], ['compression ratio', String(st['compression-ratio'])], ['throttle', `${st['throttle-percentage']} %`],
+            ['postcopy-requests', String(st.ram['postcopy-requests'])],
+            // Raw ÷ sent means something only when pages were compressed (zero pages and headers move it otherwise).
+            ...(st.options?.compress ? [['compression ratio', String(st['compression-ratio'])]] : []),
+            ['throttle', `${st['throttle-percentage']} %`],
           ]));
         }
         return 0;

@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { amountOf, COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -187,5 +187,25 @@ describe('the hvlab command line', () => {
       const opts = [...c.options.map((o) => o.name), 'home', 'help', ...(c.json ? ['json'] : [])];
       expect(new Set(opts).size, c.words.join(' ')).to.equal(opts.length);
     }
+  });
+});
+
+describe('amounts of bytes as the CLI prints them (amountOf)', () => {
+  it('prints nothing as 0 B and a transferred amount in the unit that fits, never as a size spec', () => {
+    expect(amountOf(0)).to.equal('0 B');
+    expect(amountOf(812)).to.equal('812 B');
+    expect(amountOf(4096)).to.equal('4.0 KiB');
+    expect(amountOf(311408)).to.equal('304.1 KiB');
+    expect(amountOf(67104768)).to.equal('64.0 MiB');
+    expect(amountOf(1.5 * 1024 ** 3)).to.equal('1.50 GiB');
+    expect(amountOf(67104768, true)).to.equal('64.0 MiB (67104768 B)');
+    expect(amountOf(10, true)).to.equal('10 B');
+    for (const bad of [-1, Number.NaN, Infinity]) expect(amountOf(bad)).to.equal(String(bad));
+  });
+
+  it('vm new --help offers only memory sizes that vm new takes', () => {
+    const help = commandHelp(COMMANDS.find((c) => c.words.join(' ') === 'vm new')!);
+    expect(help).to.include('from 2M to 16G');
+    expect(help).to.not.match(/512K/);
   });
 });

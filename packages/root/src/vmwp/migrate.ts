@@ -482,9 +482,11 @@ export class MigrationOut {
         for (let vp = 0; vp < this.src.vps; vp++) for (const gpa of [simpGpa(vp), siefpGpa(vp)]) if (gpa / MIG_PAGE < this.guestPages) last.add(gpa / MIG_PAGE);
         const final = [...last].sort((a, b) => a - b);
         const t = this.elapsed();
+        // The blackout's pass is a pass: `pass` counts it, as `passes` does.
+        this.stats.pass++;
         const sent = await this.sendFrozen(final);
         lastBatch = sent.last;
-        this.recordPass(this.stats.pass + 1, sent.pages, 0, t);
+        this.recordPass(this.stats.pass, sent.pages, 0, t);
       }
       this.check();
       // The last batch goes with the state: the destination writes it first, and the blackout
@@ -544,7 +546,9 @@ export class MigrationOut {
       // A cancel closes the stream, so what fails first may be a send: it is still a cancel.
       const cancelled = e instanceof MigrationCancelled || this.cancelled !== null;
       this.stats.status = cancelled ? 'cancelled' : 'failed';
-      this.stats['error-desc'] = cancelled ? `cancelled: ${this.cancelled ?? (e as Error).message}` : (e as Error).message;
+      // The reason says what cancelled it ("cancelled by the user"); a bare one gets the word.
+      const why = this.cancelled ?? (e as Error).message;
+      this.stats['error-desc'] = cancelled ? (/^cancel/i.test(why) ? why : `cancelled: ${why}`) : (e as Error).message;
       log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
       // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
       const abort = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
@@ -667,7 +671,8 @@ export class MigrationOut {
     }
     await puller;
     await this.drain();
-    this.recordPass(stats.pass + 1, eager.length + later.length, 0, t);
+    stats.pass++;
+    this.recordPass(stats.pass, eager.length + later.length, 0, t);
     await this.call({ op: 'migCommit', stats: { ...stats, status: 'completed', 'total-time': this.elapsed() } }, STATE_TIMEOUT_MS).catch((e: Error) => {
       throw new Error(`the destination ${this.req.to} did not confirm that every page arrived: ${e.message}`);
     });
