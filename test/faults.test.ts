@@ -169,7 +169,9 @@ describe('faults: processes, links and partitions (real processes)', function ()
     await inject('pause', '--target', 'host:h2', '--role', 'root', '--for', '60s');
   });
 
-  it('refuses what it cannot do, clearly', async () => {
+  it('refuses what it cannot do, clearly, and a refusal takes no fault number', async () => {
+    const numberOf = (id: string): number => Number(id.slice(1));
+    const last = Math.max(0, ...(await faults(true)).map((f) => numberOf(f.id)));
     const r1 = await h.run('fault', 'inject', 'pause', '--target', 'vm:nope', '--for', '1s');
     expect(r1.code).to.equal(1);
     expect(r1.stderr).to.match(/VM nope is not running on any host/);
@@ -184,5 +186,8 @@ describe('faults: processes, links and partitions (real processes)', function ()
     const r5 = await h.run('fault', 'clear', 'f999');
     expect(r5.code).to.equal(1);
     expect(r5.stderr).to.match(/no active fault f999/);
+    // The nemesis refused r1 and r4 (r2 and r3 never reached it): the next fault takes the next number.
+    const next = await inject('pause', '--target', 'vm:web', '--for', '1s');
+    expect(numberOf(next.id), `${next.id} after f${last}`).to.equal(last + 1);
   });
 });

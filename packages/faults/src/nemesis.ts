@@ -259,7 +259,11 @@ export class Nemesis {
    * applied by `applyRemote`, outside the queue.
    */
   private async begin(req: FaultRequest): Promise<{ act: Active; world: World }> {
-    const id = req.id ?? `f${this.next++}`;
+    // A number is taken only by a fault that is entered: a refused request leaves no gap in them.
+    // An id in use (one a user chose) is passed over.
+    let auto = this.next;
+    while (!req.id && (this.active.has(`f${auto}`) || this.ending.has(`f${auto}`))) auto++;
+    const id = req.id ?? `f${auto}`;
     if (this.active.has(id)) throw new FaultRefused(`fault ${id} is active already`);
     if (this.ending.has(id)) throw new FaultRefused(`fault ${id} is still ending; use another id`);
     const seed = req.seed ?? seedOf(id);
@@ -314,6 +318,7 @@ export class Nemesis {
     // Entered before anything is applied (and written down as it goes): a nemesis killed
     // half-way leaves what it did in active.json.
     this.active.set(id, act);
+    if (!req.id) this.next = auto + 1;
     if (act.pending) {
       this.persist();
       return { act, world };
