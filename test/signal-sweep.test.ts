@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,9 +38,13 @@ describe('an interrupted test run', () => {
       expect(out).to.contain(`taking down the host at ${home}`);
       expect(hostProcesses(hostId), 'processes of the host').to.deep.equal([]);
       expect(shmFiles(hostId), '/dev/shm files of the host').to.deep.equal([]);
+      const inner = /PID (\d+)/.exec(out)![1];
+      expect(existsSync(`/dev/shm/hvlab-ut-sweep-${inner}-1`), 'a unit test\'s region of the run').to.equal(false);
     } finally {
       if (mocha.exitCode === null && mocha.signalCode === null) mocha.kill('SIGKILL');
       if (hostId) sweepHost(hostPaths(home), hostId);
+      const pid = /PID (\d+)/.exec(out)?.[1];
+      if (pid) rmSync(`/dev/shm/hvlab-ut-sweep-${pid}-1`, { force: true });
       rmSync(home, { recursive: true, force: true });
     }
   });

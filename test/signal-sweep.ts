@@ -8,7 +8,7 @@
  * whatever of this run still runs after that is killed. A run killed with SIGKILL cannot do this.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -58,6 +58,15 @@ function sweep(): void {
       process.kill(p.pid, 'SIGKILL');
     } catch { /* gone */ }
   }
+  // The unit tests' own shared-memory regions (hvlab-ut-KIND-<this run's pid>-…), whose `after`
+  // hooks will not run now.
+  for (const f of sweptShmFiles(readdirSync('/dev/shm'), process.pid)) rmSync(join('/dev/shm', f), { force: true });
+}
+
+/** The /dev/shm names among `names` that unit tests of the run `pid` made (hvlab-ut-KIND-PID-…). */
+export function sweptShmFiles(names: string[], pid: number): string[] {
+  const re = new RegExp(`^hvlab-ut-[a-z]+-${pid}-`);
+  return names.filter((n) => re.test(n));
 }
 
 for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
