@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { hostPaths } from '@hvlab/runtime';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 import { eventually, shmFiles } from './harness.js';
+import { sweptShmFiles } from './signal-sweep.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -47,5 +48,13 @@ describe('an interrupted test run', () => {
       if (pid) rmSync(`/dev/shm/hvlab-ut-sweep-${pid}-1`, { force: true });
       rmSync(home, { recursive: true, force: true });
     }
+  });
+
+  it('removes only the unit-test regions of its own run, never a host\'s or another run\'s', () => {
+    const names = [
+      'hvlab-ut-futex-41-8b9e7db2-6', 'hvlab-test-wp-41', 'hvlab-test-ring-41-3', 'hvlab-ut41xab12cd-p2-mem', 'hvlab-us41x00ff00aa-p1-vp', 'hvlab-hc41xabcdef-sched',
+      'hvlab-ut-futex-419-8b9e7db2-6', 'hvlab-test-wp-419', 'hvlab-ut419xab12cd-p2-mem', 'hvlab-01e5ab-p2-mem', 'hvlab-ut601e0daf107e-p2-mem', 'other-41',
+    ];
+    expect(sweptShmFiles(names, 41)).to.deep.equal(names.slice(0, 6));
   });
 });

@@ -58,14 +58,15 @@ function sweep(): void {
       process.kill(p.pid, 'SIGKILL');
     } catch { /* gone */ }
   }
-  // The unit tests' own shared-memory regions (hvlab-ut-KIND-<this run's pid>-…), whose `after`
-  // hooks will not run now.
+  // The unit tests' own shared-memory regions, whose `after` hooks will not run now: each names
+  // this run's pid (hvlab-ut-KIND-PID-…, hvlab-test-KIND-PID[-…], and the in-process
+  // hypervisors' hvlab-{ut,us,hc}PIDx…-…).
   for (const f of sweptShmFiles(readdirSync('/dev/shm'), process.pid)) rmSync(join('/dev/shm', f), { force: true });
 }
 
-/** The /dev/shm names among `names` that unit tests of the run `pid` made (hvlab-ut-KIND-PID-…). */
+/** The /dev/shm names among `names` that unit tests of the run `pid` made (see sweep). */
 export function sweptShmFiles(names: string[], pid: number): string[] {
-  const re = new RegExp(`^hvlab-ut-[a-z]+-${pid}-`);
+  const re = new RegExp(`^hvlab-(?:(?:ut|test)-[a-z]+-${pid}(?:-|$)|(?:ut|us|hc)${pid}x)`);
   return names.filter((n) => re.test(n));
 }
 

@@ -47,7 +47,7 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'hvlab-hc-'));
-    hostId = `hc${randomBytes(3).toString('hex')}`;
+    hostId = `hc${process.pid}x${randomBytes(3).toString('hex')}`;
     server = new HypervisorServer({ hostId, lps: 2 });
     await server.bind(`ipc://${join(dir, 'hv')}`);
     void server.serve();

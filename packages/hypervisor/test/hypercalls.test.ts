@@ -33,7 +33,8 @@ interface Child {
 
 /** One hypervisor with a root session 'r1' and a log of every notification. */
 class Lab {
-  readonly hostId = `ut${randomBytes(6).toString('hex')}`;
+  // The run's pid in it: an interrupted run removes its regions (test/signal-sweep.ts).
+  readonly hostId = `ut${process.pid}x${randomBytes(4).toString('hex')}`;
   readonly notes: Array<{ sid: string; msg: HvServerMsg }> = [];
   readonly hv: Hypervisor;
   private childCount = 0;

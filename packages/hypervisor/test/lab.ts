@@ -41,7 +41,8 @@ export interface Child {
 
 /** One in-process hypervisor with a root session 'r1' and a log of every notification. */
 export class Lab {
-  readonly hostId = `ut${randomBytes(6).toString('hex')}`;
+  // The run's pid in it: an interrupted run removes its regions (test/signal-sweep.ts).
+  readonly hostId = `ut${process.pid}x${randomBytes(4).toString('hex')}`;
   readonly notes: Array<{ sid: string; msg: HvServerMsg }> = [];
   readonly hv: Hypervisor;
   private childCount = 0;
@@ -146,7 +147,7 @@ export class Peer {
 
 /** A HypervisorServer bound in a temporary directory, serving until `close`. */
 export class ServerLab {
-  readonly hostId = `us${randomBytes(6).toString('hex')}`;
+  readonly hostId = `us${process.pid}x${randomBytes(4).toString('hex')}`;
   readonly dir = mkdtempSync(join(tmpdir(), 'hvlab-hvtest-'));
   readonly endpoint = `ipc://${join(this.dir, 'hv')}`;
   readonly server: HypervisorServer;
