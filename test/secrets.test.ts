@@ -25,14 +25,16 @@ describe('secrets of a running host', function () {
     // The spare worker the start took is replaced 300 ms after it: wait for the replacement, so
     // that its VMWP and partition process are looked at too.
     let ps: ProcessInfo[] = [];
-    expect(await eventually(async () => (ps = await h.json<ProcessInfo[]>('ps')).some((p) => p.warm === 'spare'), 10000), 'a spare worker').to.equal(true);
-    expect(ps.map((p) => p.role).sort()).to.deep.equal(['hypervisor', 'partition', 'root', 'vmwp', 'vmwp']);
-    // Every process carrying the host's id: those `ps` lists, and the spare's partition process.
+    const spareBoth = (l: ProcessInfo[]): boolean => ['vmwp', 'partition'].every((role) => l.some((p) => p.warm === 'spare' && p.role === role));
+    expect(await eventually(async () => spareBoth(ps = await h.json<ProcessInfo[]>('ps')), 10000), `a spare worker and its partition process: ${JSON.stringify(ps)}`).to.equal(true);
+    expect(ps.map((p) => p.role).sort()).to.deep.equal(['hypervisor', 'partition', 'partition', 'root', 'vmwp', 'vmwp']);
+    // Every process carrying the host's id is one `ps` lists.
     expect(await eventually(() => hostProcesses(h.hostId).length === 6, 10000), `${hostProcesses(h.hostId).length} processes`).to.equal(true);
+    expect(hostProcesses(h.hostId).sort(), 'ps lists every process of the host').to.deep.equal(ps.map((p) => p.pid).sort());
     for (const pid of hostProcesses(h.hostId)) {
       const env = readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
       const names = env.map((e) => e.split('=')[0]).filter((n) => n.startsWith('HVLAB_'));
-      const role = ps.find((p) => p.pid === pid)?.role ?? 'the spare\'s partition process';
+      const role = ps.find((p) => p.pid === pid)?.role ?? `process ${pid}`;
       expect(names.filter((n) => /TOKEN|TICKET|SECRET|CONFIG/.test(n)), `${role} environment`).to.deep.equal([]);
     }
   });
