@@ -28,7 +28,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterUp, clusterDown, clusterStatus, clusterVms, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterUp, clusterDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -456,8 +456,8 @@ function faultTable(list: FaultRecord[]): string {
 }
 
 /**
- * When HOME holds a cluster (its hosts have homes of their own below it), what to do instead of a
- * command for a single host there; null when it holds none.
+ * When HOME holds a cluster (its hosts have homes of their own below it), which one and what to do
+ * instead of a command for a single host there ("cluster NAME: …"); null when it holds none.
  */
 function clusterHint(home: string): string | null {
   let c: ReturnType<typeof readCluster> = null;
@@ -468,25 +468,7 @@ function clusterHint(home: string): string | null {
   }
   if (!c) return null;
   const hosts = c.topology.hosts.map((h) => h.name);
-  return `it holds cluster ${c.topology.name}: name one of its hosts with --host (${hosts.join(', ')}), or use "vm list --all", "cluster status" and "cluster down"`;
-}
-
-/**
- * An amount of bytes for people: 0 B, 812 B, 3.9 KiB, 64.0 MiB, 1.50 GiB (with `exact`, the
- * bytes too). formatBytes writes sizes that parse back (64M), and a transferred amount is rarely
- * one: 67104768 bytes read "65532K" and nothing "0G".
- */
-export function amountOf(n: number, exact = false): string {
-  if (!Number.isFinite(n) || n < 0) return String(n);
-  let v = n;
-  let unit = 'B';
-  for (const u of ['KiB', 'MiB', 'GiB', 'TiB']) {
-    if (v < 1024) break;
-    v /= 1024;
-    unit = u;
-  }
-  const text = unit === 'B' ? `${n} B` : `${v.toFixed(v < 10 && unit === 'GiB' ? 2 : 1)} ${unit}`;
-  return exact && unit !== 'B' ? `${text} (${n} B)` : text;
+  return `cluster ${c.topology.name}: name one of its hosts with --host (${hosts.join(', ')}), or use "vm list --all", "cluster status" and "cluster down"`;
 }
 
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
@@ -495,7 +477,7 @@ function migrationLine(st: MigrationStats): string {
   const pct = Math.min(100, Math.round((st.ram['normal-bytes'] + st.ram.duplicate * st.ram['page-size']) / total * 100));
   const width = 20;
   const bar = '#'.repeat(Math.round((pct / 100) * width)).padEnd(width, '.');
-  return `${st.vm} → ${st.to} [${bar}] ${st.status} pass ${st.pass}: sent ${amountOf(st.ram.transferred)}, remaining ${amountOf(st.ram.remaining)}, dirty ${st.ram['dirty-pages-rate']} pages/s, expected downtime ${st['expected-downtime']} ms${st['throttle-percentage'] ? `, throttle ${st['throttle-percentage']} %` : ''}`;
+  return `${st.vm} → ${st.to} [${bar}] ${st.status} pass ${st.pass}: sent ${formatBinaryBytes(st.ram.transferred)}, remaining ${formatBinaryBytes(st.ram.remaining)}, dirty ${st.ram['dirty-pages-rate']} pages/s, expected downtime ${st['expected-downtime']} ms${st['throttle-percentage'] ? `, throttle ${st['throttle-percentage']} %` : ''}`;
 }
 
 const GROUP_NOTES: Record<string, string> = {
@@ -1018,7 +1000,10 @@ function needHost(paths: HostPaths): MgmtClient {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
     rec = readHost(paths);
   }
-  if (rec === null) throw new CliError(`no host is up for ${paths.home}; ${clusterHint(paths.home) ?? 'run "hvlab up" first'}`);
+  if (rec === null) {
+    const cluster = clusterHint(paths.home);
+    throw new CliError(`no host is up for ${paths.home}; ${cluster ? `it holds ${cluster}` : 'run "hvlab up" first'}`);
+  }
   const hv: unknown = rec.pids?.hypervisor;
   const root: unknown = rec.pids?.root;
   if (typeof hv !== 'number' || typeof root !== 'number') throw new CliError(`the host record ${paths.hostFile} names no hypervisor and root pids; run "hvlab down" to clean up`);
@@ -1107,7 +1092,7 @@ export async function run(argv: string[]): Promise<number> {
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
         // "down" in a cluster's home finds no host of its own: the cluster's hosts keep running.
         const hint = r.hostId ? null : clusterHint(paths.home);
-        if (hint) process.stderr.write(`hvlab: ${paths.home} ${hint.replace(/^it holds/, 'holds')}; "hvlab down" left it up\n`);
+        if (hint) process.stderr.write(`hvlab: ${paths.home} holds ${hint}; "hvlab down" left it up\n`);
         return 0;
       }
       case 'cluster check': {
@@ -1446,7 +1431,7 @@ export async function run(argv: string[]): Promise<number> {
         }
         const st = await moving;
         if (json) out(JSON.stringify(st));
-        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${amountOf(st.ram.transferred)} sent for ${amountOf(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
+        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
         else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}; it runs on ${st.from}\n`);
         return st.status === 'completed' ? 0 : 1;
       }
@@ -1514,7 +1499,7 @@ export async function run(argv: string[]): Promise<number> {
             ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
             ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
             ...(st.blackout ? [['blackout', describeBlackout(st.blackout)]] : []),
-            ['ram transferred', amountOf(st.ram.transferred, true)], ['ram remaining', amountOf(st.ram.remaining, true)], ['ram total', amountOf(st.ram.total, true)],
+            ['ram transferred', `${formatBinaryBytes(st.ram.transferred)} (${st.ram.transferred} B)`], ['ram remaining', `${formatBinaryBytes(st.ram.remaining)} (${st.ram.remaining} B)`], ['ram total', `${formatBinaryBytes(st.ram.total)} (${st.ram.total} B)`],
             ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
             ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],
             ['postcopy-requests', String(st.ram['postcopy-requests'])],

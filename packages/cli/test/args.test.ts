@@ -3,10 +3,11 @@
  * refuses the rest before anything is sent, and the help lists exactly what is accepted.
  */
 import { expect } from 'chai';
+import { formatBinaryBytes } from '@hvlab/cluster';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { amountOf, COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -190,22 +191,19 @@ describe('the hvlab command line', () => {
   });
 });
 
-describe('amounts of bytes as the CLI prints them (amountOf)', () => {
-  it('prints nothing as 0 B and a transferred amount in the unit that fits, never as a size spec', () => {
-    expect(amountOf(0)).to.equal('0 B');
-    expect(amountOf(812)).to.equal('812 B');
-    expect(amountOf(4096)).to.equal('4.0 KiB');
-    expect(amountOf(311408)).to.equal('304.1 KiB');
-    expect(amountOf(67104768)).to.equal('64.0 MiB');
-    expect(amountOf(1.5 * 1024 ** 3)).to.equal('1.50 GiB');
-    expect(amountOf(67104768, true)).to.equal('64.0 MiB (67104768 B)');
-    expect(amountOf(10, true)).to.equal('10 B');
-    for (const bad of [-1, Number.NaN, Infinity]) expect(amountOf(bad)).to.equal(String(bad));
-  });
-
-  it('vm new --help offers only memory sizes that vm new takes', () => {
+describe('vm new --help', () => {
+  it('offers only memory sizes that vm new takes', () => {
     const help = commandHelp(COMMANDS.find((c) => c.words.join(' ') === 'vm new')!);
     expect(help).to.include('from 2M to 16G');
     expect(help).to.not.match(/512K/);
+  });
+});
+
+describe('amounts of a move as the CLI prints them (formatBinaryBytes)', () => {
+  it('reads nothing as 0 and a transferred amount in the unit that fits, never as a size spec', () => {
+    expect(formatBinaryBytes(0)).to.equal('0');
+    expect(formatBinaryBytes(311408)).to.equal('304.1 KiB');
+    expect(formatBinaryBytes(67104768)).to.equal('64 MiB');
+    expect(formatBinaryBytes(1.5 * 1024 ** 3)).to.equal('1.5 GiB');
   });
 });

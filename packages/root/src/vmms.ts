@@ -153,7 +153,6 @@ function placeholderConfig(name: string): VmConfig {
   return { version: 0, id: '', name, memoryBytes: 0, vps: 0, workload: '', processor: { reserve: 0, maximum: 100, weight: 100 }, createdAt: '' };
 }
 
-/** A worker's failure as a management error (keeps the worker's code when it gave one). */
 /** A request failed because its worker is gone (or its link closed), not by the worker's refusal or a timeout. */
 function workerGone(e: unknown): boolean {
   return e instanceof VmwpLinkError && e.gone;
@@ -174,6 +173,12 @@ function partitionChildrenOf(pid: number): number[] {
   return out;
 }
 
+/** The state a VM shows while a pause, resume or save of its worker runs. */
+function pendingState(op: VmwpPendingOp): number {
+  return op === 'pause' ? EnabledState.Pausing : op === 'resume' ? EnabledState.Resuming : EnabledState.Saving;
+}
+
+/** A worker's failure as a management error (keeps the worker's code when it gave one). */
 function linkFailure(e: unknown, what: string): MgmtFailure {
   if (e instanceof MgmtFailure) return e;
   if (e instanceof VmwpLinkError && e.code) return new MgmtFailure(e.code, e.message);
@@ -446,9 +451,8 @@ export class Vmms {
   /** The end of a pause, resume or save a previous root asked for (VmRecord.adopted): the VM's state follows it. */
   private async settleAdopted(r: VmRecord, n: Extract<VmwpNote, { t: 'settled' }>): Promise<void> {
     r.adopted = null;
-    const via = n.op === 'pause' ? EnabledState.Pausing : n.op === 'resume' ? EnabledState.Resuming : EnabledState.Saving;
     // Turned off meanwhile (the only way out of these states): nothing to settle.
-    if (this.stateOf(r) !== via) return;
+    if (this.stateOf(r) !== pendingState(n.op)) return;
     this.o.log.info({ vm: r.config.name, op: n.op, ok: n.ok }, 'an operation a previous root asked for ended');
     if (n.op === 'save' && n.ok && n.saved) {
       await this.kill(r, 'saved');
@@ -588,11 +592,12 @@ export class Vmms {
           // before its answer, which went to that root) decides the state. One that ended between
           // the description and this line said so already, and is asked for again.
           r.adopted = pending;
-          const via = pending === 'pause' ? EnabledState.Pausing : pending === 'resume' ? EnabledState.Resuming : EnabledState.Saving;
-          this.setState(r, via, `re-attached during a ${pending}`);
+          this.setState(r, pendingState(pending), `re-attached during a ${pending}`);
           const again = await r.link!.request<VmwpDescription>({ t: 'describe' }, 5000);
           if (r.adopted === pending && decodePendingOp(again.pending) === null) {
-            void this.settleAdopted(r, { t: 'settled', op: pending, ok: pending === 'pause' ? again.suspended : pending === 'resume' ? !again.suspended : again.saved, suspended: again.suspended, saved: again.saved });
+            const suspended = again.suspended === true;
+            const saved = again.saved === true;
+            void this.settleAdopted(r, { t: 'settled', op: pending, ok: pending === 'pause' ? suspended : pending === 'resume' ? !suspended : saved, suspended, saved });
           }
         } else if (!d.booted) {
           r.restoring = d.restored;

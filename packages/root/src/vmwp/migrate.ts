@@ -546,9 +546,8 @@ export class MigrationOut {
       // A cancel closes the stream, so what fails first may be a send: it is still a cancel.
       const cancelled = e instanceof MigrationCancelled || this.cancelled !== null;
       this.stats.status = cancelled ? 'cancelled' : 'failed';
-      // The reason says what cancelled it ("cancelled by the user"); a bare one gets the word.
-      const why = this.cancelled ?? (e as Error).message;
-      this.stats['error-desc'] = cancelled ? (/^cancel/i.test(why) ? why : `cancelled: ${why}`) : (e as Error).message;
+      // A cancel's reason says so itself ("cancelled by the user", as the root's own record of it).
+      this.stats['error-desc'] = cancelled ? (this.cancelled ?? (e as Error).message) : (e as Error).message;
       log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
       // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
       const abort = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
