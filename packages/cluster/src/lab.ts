@@ -27,6 +27,7 @@ import {
   curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
+import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
 import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork } from './netns.js';
 
@@ -262,9 +263,8 @@ async function settleStartingHost(paths: HostPaths): Promise<void> {
   const pid = readHost(paths) === null ? lockHolder(paths) : null;
   if (pid === null) return;
   let hostId: string | null = null;
-  try {
-    hostId = /(?:^|\0)HVLAB_HOST_ID=([0-9a-f]{6})(?:\0|$)/.exec(readFileSync(`/proc/${pid}/environ`, 'latin1'))?.[1] ?? null;
-  } catch { /* gone */ }
+  const id = procEnviron(pid)?.get('HVLAB_HOST_ID'); // undefined: gone
+  if (id !== undefined && /^[0-9a-f]{6}$/.test(id)) hostId = id;
   try {
     process.kill(pid, 'SIGKILL');
   } catch { /* gone */ }
@@ -315,13 +315,9 @@ export interface ClusterStatus {
 /** Pids of processes that are the fabric of `home` (found by their environment, whatever started them). */
 export function fabricPids(home: string): number[] {
   const out: number[] = [];
-  const mark = `HVLAB_FABRIC_HOME=${home}`;
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const env = readFileSync(`/proc/${d}/environ`, 'latin1').split('\0');
-      if (env.includes(mark) && pidAlive(Number(d))) out.push(Number(d));
-    } catch { /* gone, or not ours to read */ }
+  for (const pid of procPids()) {
+    // Gone, or not ours to read: null.
+    if (procEnviron(pid)?.get('HVLAB_FABRIC_HOME') === home && pidAlive(pid)) out.push(pid);
   }
   return out;
 }

@@ -10,13 +10,14 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { entries, nodeArgsFor, pidAlive, processEnv, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
+import { procPids, procTitle } from '@hvlab/shm/procfs';
 
 export function nemesisFile(home: string): string {
   return join(faultsDir(home), 'nemesis.json');
@@ -79,8 +80,7 @@ export function nemesisPid(home: string): number | null {
   try {
     const o = JSON.parse(readFileSync(nemesisFile(home), 'utf8')) as { pid?: unknown };
     if (typeof o.pid !== 'number' || !Number.isInteger(o.pid) || o.pid < 2 || !pidAlive(o.pid)) return null;
-    const cmd = readFileSync(`/proc/${o.pid}/cmdline`, 'latin1');
-    return cmd.startsWith('hvlab-nemesis ') ? o.pid : null;
+    return procTitle(o.pid)?.startsWith('hvlab-nemesis ') ? o.pid : null;
   } catch {
     return null;
   }
@@ -98,22 +98,11 @@ export function wardenPids(home: string): number[] {
 
 function titled(want: string): number[] {
   const out: number[] = [];
-  for (const d of listDir('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${d}/cmdline`, 'latin1').replace(/\0+$/, '').replace(/\0/g, ' ');
-      if (cmd === want || cmd.startsWith(`${want} `)) out.push(Number(d));
-    } catch { /* gone */ }
+  for (const pid of procPids()) {
+    const title = procTitle(pid);
+    if (title !== null && (title === want || title.startsWith(`${want} `))) out.push(pid);
   }
   return out;
-}
-
-function listDir(d: string): string[] {
-  try {
-    return readdirSync(d);
-  } catch {
-    return [];
-  }
 }
 
 /** Starts the nemesis of `home` unless one runs; resolves with its pid. */

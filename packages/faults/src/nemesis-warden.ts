@@ -16,27 +16,18 @@
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { procStartTime, procTitle } from '@hvlab/shm/procfs';
 
 const [home = '', pidText = '', startText = '', argvJson = '[]'] = process.argv.slice(2);
 process.title = `hvlab-nemesis-warden ${home}`;
 
 /** A process's start time (/proc/PID/stat field 22), or null if it is gone. */
 function startOf(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const v = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
-    return Number.isFinite(v) ? v : null;
-  } catch {
-    return null;
-  }
+  return procStartTime(pid);
 }
 
 function isNemesis(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-nemesis ');
-  } catch {
-    return false;
-  }
+  return procTitle(pid)?.startsWith('hvlab-nemesis ') ?? false;
 }
 
 /** The nemesis of the home named in nemesis.json, if it runs. */

@@ -6,7 +6,7 @@
  * (`hvlab-partition HOSTID VM`, `hvlab-vmwp HOSTID VM`, `hvlab-root HOSTID`,
  * `hvlab-hypervisor HOSTID`), each with its start time, so a signal never reaches a recycled pid.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { procPids, procStartTime, procState, procTitle } from '@hvlab/shm/procfs';
 import type { LinkView, ProcessRole } from '@hvlab/protocol';
 import { hostPaths, type HostPaths } from '@hvlab/runtime';
 import { readHost } from '@hvlab/host';
@@ -41,15 +41,7 @@ export interface World {
 
 /** A process's start time, or null if it is gone. */
 export function processStart(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    // The command may hold spaces and parentheses: fields start after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const v = Number(rest[19]);
-    return Number.isFinite(v) ? v : null;
-  } catch {
-    return null;
-  }
+  return procStartTime(pid);
 }
 
 /** True if `pid` is the process that started at `start`. */
@@ -59,12 +51,7 @@ export function sameProcess(pid: number, start: number): boolean {
 
 /** A process's state letter (R, S, T for stopped, Z, …), or null if gone. */
 export function processState(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) || null;
-  } catch {
-    return null;
-  }
+  return procState(pid);
 }
 
 const TITLE_RE = /^hvlab-(hypervisor|root|vmwp|partition) (\S+)(?: (\S+))?/;
@@ -72,29 +59,16 @@ const TITLE_RE = /^hvlab-(hypervisor|root|vmwp|partition) (\S+)(?: (\S+))?/;
 /** Every hvlab host process on this machine whose host id is in `hostIds`. */
 export function scanProcesses(hostIds: ReadonlySet<string>): WorldProcess[] {
   const out: WorldProcess[] = [];
-  let dirs: string[];
-  try {
-    dirs = readdirSync('/proc');
-  } catch {
-    return out;
-  }
-  for (const d of dirs) {
-    if (!/^\d+$/.test(d)) continue;
-    let cmd: string;
-    try {
-      cmd = readFileSync(`/proc/${d}/cmdline`, 'latin1');
-    } catch {
-      continue;
-    }
-    if (!cmd.startsWith('hvlab-')) continue;
-    const m = TITLE_RE.exec(cmd.replace(/\0+/g, ' ').trim());
+  for (const pid of procPids()) {
+    const title = procTitle(pid);
+    if (title === null || !title.startsWith('hvlab-')) continue;
+    const m = TITLE_RE.exec(title);
     if (!m || !hostIds.has(m[2]!)) continue;
     const role = m[1] as ProcessRole;
     const vm = role === 'vmwp' || role === 'partition' ? (m[3] ?? null) : null;
     // A warm worker (and its partition process) belongs to no VM yet.
     // A booted warm worker's partition process goes by its template's name, `~warm-…`, which no VM can have.
     if ((role === 'vmwp' || role === 'partition') && (vm === null || vm.startsWith('(') || vm.startsWith('~'))) continue;
-    const pid = Number(d);
     const start = processStart(pid);
     if (start === null) continue;
     out.push({ hostId: m[2]!, role, vm, pid, start });

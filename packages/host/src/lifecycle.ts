@@ -13,6 +13,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
+import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
 import { MgmtClient } from './mgmt-client.js';
 
@@ -136,29 +137,18 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
 
 /** Hypervisors started for `home` (their HVLAB_HOME), whatever lock they hold: their pids. */
 export function homeHypervisors(home: string): number[] {
-  return processesWithEnv(`HVLAB_HOME=${home}`).filter(isHypervisorPid);
+  return processesWithEnv('HVLAB_HOME', home).filter(isHypervisorPid);
 }
 
 /** Pids of every process whose environment names this host. */
 export function hostProcesses(hostId: string): number[] {
-  return processesWithEnv(`HVLAB_HOST_ID=${hostId}`);
+  return processesWithEnv('HVLAB_HOST_ID', hostId);
 }
 
-/** Pids of every other process whose environment holds `entry` (NAME=value) exactly. */
-function processesWithEnv(entry: string): number[] {
-  const out: number[] = [];
-  let pids: string[] = [];
-  try {
-    pids = readdirSync('/proc');
-  } catch { /* no /proc */ }
-  for (const d of pids) {
-    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
-    try {
-      const env = readFileSync(`/proc/${d}/environ`, 'latin1');
-      if (env.includes(`\0${entry}\0`) || env.startsWith(`${entry}\0`)) out.push(Number(d));
-    } catch { /* gone or not ours */ }
-  }
-  return out;
+/** Pids of every other process whose environment sets `name` to `value` exactly. */
+function processesWithEnv(name: string, value: string): number[] {
+  // Gone, or not ours to read: procEnviron gives null.
+  return procPids().filter((pid) => pid !== process.pid && procEnviron(pid)?.get(name) === value);
 }
 
 /** Kills every process of the host and removes its shared memory, sockets, record and lock. */

@@ -12,6 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { procChildren, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
@@ -160,17 +161,7 @@ function workerGone(e: unknown): boolean {
 
 /** The partition processes among a worker's children (/proc; none when it cannot be read). */
 function partitionChildrenOf(pid: number): number[] {
-  const out: number[] = [];
-  try {
-    for (const k of readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/)) {
-      const child = Number(k);
-      if (!Number.isSafeInteger(child) || child <= 0) continue;
-      try {
-        if (readFileSync(`/proc/${child}/cmdline`, 'latin1').startsWith('hvlab-partition')) out.push(child);
-      } catch { /* gone meanwhile */ }
-    }
-  } catch { /* the worker is gone, or /proc says nothing */ }
-  return out;
+  return procChildren(pid).filter((child) => procTitle(child)?.startsWith('hvlab-partition') ?? false);
 }
 
 /** The state a VM shows while a pause, resume or save of its worker runs. */

@@ -6,8 +6,9 @@
  * filter that refuses pidfd_open) the watch falls back to checking the pid with signal 0 every
  * 200 ms, and says so once in the log of whoever asks (`pidWatchFallback`).
  */
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { pidWatchUnavailableReason, watchProcessExit } from '@hvlab/shm';
+import { procState, procTitle } from '@hvlab/shm/procfs';
 
 export function pidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -18,43 +19,15 @@ export function pidAlive(pid: number): boolean {
   }
   // A zombie (exited, not yet reaped; Z, or X while it is being reaped) still answers signal 0; it
   // is not alive. Orphans re-parented to a PID 1 that never reaps would otherwise look alive forever.
-  try {
-    const stat = procStat(pid);
-    const close = stat.lastIndexOf(')');
-    const state = stat.charAt(close + 2);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return true;
-  }
-}
-
-/**
- * One read into a buffer kept for it. A /proc file says it is empty, so readFileSync reads it in
- * 64 KiB steps into a new 64 KiB buffer each time, and a hypervisor checks every session's pid
- * whenever a process of its host ends (`expireSessions`): as a host went down, those buffers were
- * most of its CPU (`node --cpu-prof`, 8 VMs: ~50 of ~140 ms in allocating them). /proc/PID/stat is
- * one line of a few hundred bytes, made whole by one read.
- */
-const statBuf = Buffer.alloc(4096);
-function procStat(pid: number): string {
-  const fd = openSync(`/proc/${pid}/stat`, 'r');
-  try {
-    const n = readSync(fd, statBuf, 0, statBuf.length, 0);
-    if (n < statBuf.length) return statBuf.toString('latin1', 0, n);
-  } finally {
-    closeSync(fd);
-  }
-  return readFileSync(`/proc/${pid}/stat`, 'latin1'); // longer than the buffer: never seen, but whole
+  // Unreadable (gone between the two looks, or /proc hidden): signal 0 said alive.
+  const state = procState(pid);
+  return state !== 'Z' && state !== 'X';
 }
 
 /** Whether `pid` is a live hvlab hypervisor (its title, not a reused pid of another program). */
 export function isHypervisorPid(pid: number): boolean {
   if (!pidAlive(pid)) return false;
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('hvlab-hypervisor');
-  } catch {
-    return false;
-  }
+  return procTitle(pid)?.startsWith('hvlab-hypervisor') ?? false;
 }
 
 /** The pid a home's lock file names (0: no lock, or not a pid). */

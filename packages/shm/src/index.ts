@@ -17,9 +17,10 @@
  * file mode (0600) plus the hypervisor's own checks.
  */
 import { createRequire } from 'node:module';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { procState, selfChildren } from './procfs.js';
 
 interface Addon {
   map(name: string, size: number, create: boolean): SharedArrayBuffer;
@@ -322,54 +323,23 @@ export function becomeChildSubreaper(): boolean {
   }
 }
 
+/** Pids of this process's children (all threads), from /proc. */
+export function childPids(): number[] {
+  return selfChildren();
+}
+
 /**
  * Reaps every exited child of this process that Node did not spawn itself (re-parented orphans):
  * reads /proc/self/task/TID/children and waits (without blocking) for each zombie among them.
  * `own` lists pids Node's child_process manages (their exit status belongs to it). Returns how
  * many were reaped.
  */
-/** Pids of this process's children (all threads), from /proc. */
-export function childPids(): number[] {
-  const out: number[] = [];
-  let tasks: string[] = [];
-  try {
-    tasks = readdirSync('/proc/self/task');
-  } catch {
-    return out;
-  }
-  for (const t of tasks) {
-    try {
-      for (const k of readFileSync(`/proc/self/task/${t}/children`, 'utf8').trim().split(/\s+/)) if (k) out.push(Number(k));
-    } catch { /* thread gone */ }
-  }
-  return out;
-}
-
 export function reapOrphans(own: ReadonlySet<number>): number {
   if (!addon?.reapChild) return 0;
   let n = 0;
-  let tasks: string[] = [];
-  try {
-    tasks = readdirSync('/proc/self/task');
-  } catch {
-    return 0;
-  }
-  for (const t of tasks) {
-    let kids: string[] = [];
-    try {
-      kids = readFileSync(`/proc/self/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-    } catch {
-      continue;
-    }
-    for (const k of kids) {
-      const pid = Number(k);
-      if (!Number.isInteger(pid) || own.has(pid)) continue;
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-        const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-        if (state === 'Z' && addon.reapChild(pid)) n++;
-      } catch { /* gone */ }
-    }
+  for (const pid of selfChildren()) {
+    if (own.has(pid)) continue;
+    if (procState(pid) === 'Z' && addon.reapChild(pid)) n++;
   }
   return n;
 }
