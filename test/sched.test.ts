@@ -262,6 +262,46 @@ describe('VP scheduling over logical processors (real processes)', function () {
       expect(fresh.lastStateReason, 'a fresh boot').to.equal('started');
       await h.ok('vm', 'turn-off', 'slow');
     });
+
+    it('a live configuration change answered late takes effect when the answer comes, and another change waits for it', async () => {
+      await h.ok('vm', 'new', 'cfg', '--memory', '16M', '--workload', 'idle');
+      await h.ok('vm', 'start', 'cfg');
+      const onDisk = (): { processor: { maximum: number } } => JSON.parse(readFileSync(join(h.paths.vmDir, 'cfg.json'), 'utf8')) as { processor: { maximum: number } };
+      const pid = workerPid('cfg');
+      process.kill(pid, 'SIGSTOP');
+      let resumed = false;
+      try {
+        const p = await h.run('vm', 'set-processor', 'cfg', '--maximum', '40');
+        expect(p.code, p.stdout).to.not.equal(0);
+        expect(p.stdout + p.stderr).to.match(/was not answered within 1\.5 s: it is on disk and takes effect when its worker answers/);
+        expect(onDisk().processor.maximum, 'on disk at once').to.equal(40);
+        expect((await info('cfg')).processor.maximum, 'the root shows what the VM runs under until it answers').to.equal(100);
+        const other = await h.run('vm', 'set-processor', 'cfg', '--weight', '300');
+        expect(other.code, 'a second change is refused meanwhile').to.not.equal(0);
+        expect(other.stdout + other.stderr).to.match(/has not answered the change of its processor settings yet/);
+        expect((await h.run('vm', 'ic', 'cfg', '--disable', 'heartbeat')).code, 'so is an integration service change').to.not.equal(0);
+        process.kill(pid, 'SIGCONT');
+        resumed = true;
+      } finally {
+        if (!resumed) process.kill(pid, 'SIGCONT');
+      }
+      expect(await eventually(async () => (await info('cfg')).processor.maximum === 40, 15000), 'applied once the worker answered').to.equal(true);
+      expect(onDisk().processor.maximum).to.equal(40);
+      // Changes are taken again; an integration service answered late is off in the worker's own list.
+      process.kill(pid, 'SIGSTOP');
+      try {
+        const d = await h.run('vm', 'ic', 'cfg', '--disable', 'heartbeat');
+        expect(d.code, d.stdout).to.not.equal(0);
+        expect(d.stdout + d.stderr).to.match(/heartbeat integration service of VM "cfg" was not answered/);
+      } finally {
+        process.kill(pid, 'SIGCONT');
+      }
+      const heartbeatOff = async (): Promise<boolean> => (await h.json<IcServiceInfo[]>('vm', 'ic', 'cfg')).find((s) => s.service === 'heartbeat')?.enabled === false;
+      expect(await eventually(heartbeatOff, 15000), 'the worker turned heartbeat off').to.equal(true);
+      await h.ok('vm', 'set-processor', 'cfg', '--maximum', '100');
+      expect((await info('cfg')).processor.maximum).to.equal(100);
+      await h.ok('vm', 'turn-off', 'cfg');
+    });
   });
 
   describe('intercepts, pause, save and restore', () => {

@@ -72,6 +72,11 @@ interface VmRecord {
    * would have for the root that asked.
    */
   adopted: VmwpPendingOp | null;
+  /**
+   * A live configuration change (processor settings, an integration service) that the worker has
+   * not answered yet: what it changes. Another change waits for it (is refused meanwhile).
+   */
+  changing: string | null;
 }
 
 interface Incoming {
@@ -250,7 +255,7 @@ export class Vmms {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
-      restoring: false, invalid: null, startCancelled: null, incoming: null, moving: null, adopted: null,
+      restoring: false, invalid: null, startCancelled: null, incoming: null, moving: null, adopted: null, changing: null,
     };
   }
 
@@ -289,6 +294,7 @@ export class Vmms {
   private requireNotBetween(r: VmRecord, action: string): void {
     const between: number[] = [EnabledState.Starting, EnabledState.Stopping, EnabledState.Pausing, EnabledState.Resuming, EnabledState.Saving];
     if (between.includes(r.state)) throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}" now: it is ${vmStateName(r.state)}`);
+    if (r.changing !== null) throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}" now: its worker has not answered the change of its ${r.changing} yet`);
   }
 
   /**
@@ -820,7 +826,7 @@ export class Vmms {
     };
     if (next.reserve > next.maximum) throw new MgmtFailure('InvalidArgument', `reserve ${next.reserve}% is above maximum ${next.maximum}%`);
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
-    await this.changeConfig(r, { ...r.config, processor: next }, live && (() => live.request({ t: 'processor', ...next })));
+    await this.changeConfig(r, { ...r.config, processor: next }, 'processor settings', live && ((ms) => live.request({ t: 'processor', ...next }, ms)));
     this.o.log.info({ vm: r.config.name, ...next }, 'processor settings changed');
     return this.info(r, null);
   }
@@ -840,15 +846,30 @@ export class Vmms {
    * A configuration change: on disk first (a failed write throws StorageFailed and changes
    * nothing), then to the running VM, then in memory. If the running VM refuses it, the old
    * config goes back on disk, so memory, disk and the VM agree whatever fails.
+   *
+   * The worker's answer decides, however late it comes (as for a pause: `untilAnswered`). The
+   * caller hears within SUSPEND_ANSWER_MS, with a Timeout that says the change is on disk and takes
+   * effect when the worker answers; meanwhile `changing` refuses another change. The root used to
+   * give up after 10 s and put the old config back while the worker could still apply the change:
+   * then the VM ran under settings that neither memory nor disk showed.
    */
-  private async changeConfig<T>(r: VmRecord, next: VmConfig, applyLive: (() => Promise<T>) | null): Promise<T | null> {
+  private async changeConfig<T>(r: VmRecord, next: VmConfig, what: string, applyLive: ((timeoutMs: number) => Promise<T>) | null): Promise<T | null> {
     const old = r.config;
     this.saveConfig(next);
-    let out: T | null = null;
-    if (applyLive) {
-      try {
-        out = await applyLive();
-      } catch (e) {
+    if (!applyLive) {
+      r.config = next;
+      return null;
+    }
+    r.changing = what;
+    const settled = applyLive(WORKER_WEDGED_MS).then(
+      (out) => {
+        r.changing = null;
+        r.config = next;
+        return out;
+      },
+      async (e: unknown) => {
+        r.changing = null;
+        if (e instanceof VmwpLinkError && e.timedOut) await this.wedged(r, `change of its ${what}`);
         const f = linkFailure(e, `VM "${old.name}"`);
         try {
           this.o.store.save(old);
@@ -857,10 +878,21 @@ export class Vmms {
           throw new MgmtFailure(f.code, `${f.message}; and the old configuration could not be put back: ${(w as Error).message}`);
         }
         throw f;
-      }
+      },
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((res) => (timer = setTimeout(() => res('late'), SUSPEND_ANSWER_MS)));
+    try {
+      const first = await Promise.race([settled.then((out) => ({ out })), late]);
+      if (first !== 'late') return first.out;
+    } finally {
+      clearTimeout(timer);
     }
-    r.config = next;
-    return out;
+    settled.then(
+      () => this.o.log.info({ vm: old.name, change: what }, 'a late answer applied a configuration change'),
+      (e: unknown) => this.o.log.warn({ vm: old.name, change: what, err: (e as Error).message }, 'a late answer refused a configuration change: the old configuration is back'),
+    );
+    throw new MgmtFailure('Timeout', `the change of the ${what} of VM "${old.name}" was not answered within ${SUSPEND_ANSWER_MS / 1000} s: it is on disk and takes effect when its worker answers (the old settings come back if it refuses)`);
   }
 
   async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
@@ -962,7 +994,7 @@ export class Vmms {
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
       const on = enable !== null;
-      const res = await this.changeConfig(r, withIntegrationService(r.config, change, on), live && (() => live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000)));
+      const res = await this.changeConfig(r, withIntegrationService(r.config, change, on), `${change} integration service`, live && ((ms) => live.request<IcEntry[]>({ t: 'ic', enable, disable }, ms)));
       this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
       if (res) return res;
     }
