@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { decodeHostRecord, entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -24,9 +24,7 @@ export class HostError extends Error {}
 
 export function readHost(paths: HostPaths): HostRecord | null {
   try {
-    const v = JSON.parse(readFileSync(paths.hostFile, 'utf8')) as HostRecord;
-    if (!v || typeof v.hostId !== 'string' || !/^[0-9a-f]{6}$/.test(v.hostId) || typeof v.pids?.hypervisor !== 'number' || typeof v.pids?.root !== 'number') return null;
-    return v;
+    return decodeHostRecord(JSON.parse(readFileSync(paths.hostFile, 'utf8')));
   } catch {
     return null;
   }

@@ -337,3 +337,26 @@ export interface HostRecord {
   /** How many times the supervisor restarted a dead root partition process. */
   rootRestarts?: number;
 }
+
+const isPid = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0 && v < 2 ** 31;
+
+/**
+ * `run/host.json` as read back (JSON.parse's output): the record, or null for anything the
+ * hypervisor does not write. Every field is checked; an unknown one is ignored (a newer writer).
+ */
+export function decodeHostRecord(v: unknown): HostRecord | null {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
+  const o = v as Record<string, unknown>;
+  const pids = o.pids;
+  if (typeof pids !== 'object' || pids === null || Array.isArray(pids)) return null;
+  const { hypervisor, root } = pids as Record<string, unknown>;
+  if (typeof o.hostId !== 'string' || !/^[0-9a-f]{6}$/.test(o.hostId) || !isPid(hypervisor) || !isPid(root)) return null;
+  if (typeof o.home !== 'string' || typeof o.sockDir !== 'string' || typeof o.startedAt !== 'string') return null;
+  if (typeof o.lps !== 'number' || !Number.isSafeInteger(o.lps) || o.lps < 1 || o.lps > 4096) return null;
+  const rec: HostRecord = { hostId: o.hostId, home: o.home, pids: { hypervisor, root }, sockDir: o.sockDir, lps: o.lps, startedAt: o.startedAt };
+  if (o.rootRestarts !== undefined) {
+    if (typeof o.rootRestarts !== 'number' || !Number.isSafeInteger(o.rootRestarts) || o.rootRestarts < 0) return null;
+    rec.rootRestarts = o.rootRestarts;
+  }
+  return rec;
+}

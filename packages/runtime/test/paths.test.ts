@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
-import { hostPaths, pathHash, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
+import fc from 'fast-check';
+import { decodeHostRecord, hostPaths, pathHash, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
 
 describe('paths: a bundle or the compiled entry', () => {
   let dir = '';
@@ -106,5 +107,44 @@ describe('paths: the environment of the processes hvlab starts', () => {
     expect(base.NODE_EXTRA_CA_CERTS, 'the caller\'s object untouched').to.equal('/etc/ssl/certs/ca-certificates.crt');
     const vm = vmProcessEnv(base, { C: '4' });
     expect(vm).to.include({ PATH: '/bin', MALLOC_ARENA_MAX: '2', C: '4' }).and.not.have.property('NODE_EXTRA_CA_CERTS');
+  });
+});
+
+describe('paths: the host record (run/host.json) as read back', () => {
+  const good = { hostId: '0a1b2c', home: '/h', pids: { hypervisor: 10, root: 11 }, sockDir: '/h/run/sock', lps: 2, startedAt: '2026-12-05T07:00:00.000Z', rootRestarts: 0 };
+
+  it('takes what the hypervisor writes, and ignores a field it does not know', () => {
+    expect(decodeHostRecord(JSON.parse(JSON.stringify(good)))).to.deep.equal(good);
+    const { rootRestarts: _r, ...older } = good;
+    expect(decodeHostRecord({ ...older, newer: [1] })).to.deep.equal(older);
+  });
+
+  it('refuses a record with any field of the wrong kind', () => {
+    const bad: unknown[] = [
+      null, 1, 'x', [], {}, { ...good, hostId: 'ABCDEF' }, { ...good, hostId: '0a1b2' }, { ...good, pids: null }, { ...good, pids: [10, 11] },
+      { ...good, pids: { hypervisor: 0, root: 11 } }, { ...good, pids: { hypervisor: 10, root: -1 } }, { ...good, pids: { hypervisor: 1.5, root: 11 } },
+      { ...good, pids: { hypervisor: '10', root: 11 } }, { ...good, home: 1 }, { ...good, sockDir: {} }, { ...good, lps: 0 }, { ...good, lps: 2.5 },
+      { ...good, lps: '2' }, { ...good, startedAt: null }, { ...good, rootRestarts: -1 }, { ...good, rootRestarts: 'no' },
+    ];
+    for (const b of bad) expect(decodeHostRecord(b), JSON.stringify(b)).to.equal(null);
+  });
+
+  it('never throws on any JSON value, and what it takes is well formed (fuzzed)', () => {
+    const field = fc.oneof(fc.jsonValue(), fc.constant(undefined));
+    const record = fc.record({
+      hostId: fc.oneof(fc.stringMatching(/^[0-9a-f]{6}$/), field), home: fc.oneof(fc.string(), field), sockDir: fc.oneof(fc.string(), field),
+      pids: fc.oneof(fc.record({ hypervisor: fc.oneof(fc.integer(), field), root: fc.oneof(fc.integer(), field) }), field),
+      lps: fc.oneof(fc.integer({ min: -2, max: 5000 }), field), startedAt: fc.oneof(fc.string(), field), rootRestarts: field,
+    }, { requiredKeys: [] });
+    fc.assert(fc.property(fc.oneof(fc.jsonValue(), record), (v) => {
+      const r = decodeHostRecord(v);
+      if (r === null) return;
+      expect(r.hostId).to.match(/^[0-9a-f]{6}$/);
+      for (const p of [r.pids.hypervisor, r.pids.root]) expect(Number.isSafeInteger(p) && p > 0).to.equal(true);
+      expect(typeof r.home === 'string' && typeof r.sockDir === 'string' && typeof r.startedAt === 'string').to.equal(true);
+      expect(Number.isSafeInteger(r.lps) && r.lps >= 1).to.equal(true);
+      // What it gives back is a copy of the checked fields, not the object it was given.
+      expect(r).to.not.equal(v);
+    }), { numRuns: 3000, seed: 0x4057 });
   });
 });
