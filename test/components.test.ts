@@ -22,7 +22,8 @@ import type { HeartbeatProvider } from '@hvlab/vsp/heartbeat';
 import type { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import type { TimeSyncProvider } from '@hvlab/vsp/timesync';
 import { PageAllocator, decodeKernelState, decodePageAllocatorState } from '@hvlab/guest';
-import { decodeProcessorState } from '../packages/root/src/saved-state.js';
+import { decodeProcessorState, decodeSavedVm } from '../packages/root/src/saved-state.js';
+import { buildConfig, decodeVmConfig } from '../packages/root/src/config.js';
 
 const quiet = { info: () => {}, warn: () => {}, child: () => quiet };
 
@@ -278,6 +279,26 @@ describe('saved state of every component: save, encode, decode, restore, continu
     }
     decoders.push({ name: 'processor', decode: decodeProcessorState, valid: { version: 1, reserve: 0, maximum: 100, weight: 100 } });
     decoders.push({ name: 'device list', decode: decodeDeviceEntries, valid: DEVICE_CLASS_NAMES.map((c) => ({ class: c, id: c, enabled: true })) });
+    // The two files VMMS reads back for a VM: its configuration and its saved state's tree.
+    const config = buildConfig({ name: 'c1', memory: '32M', vps: '2', workload: 'memdirty:1M' });
+    decoders.push({ name: 'VM config', decode: (v) => decodeVmConfig(v, 'c1'), valid: config });
+    const vpState = {
+      registers: { Rip: 0x1000, Rsp: 0x8000, Rflags: 2 },
+      apic: { irr: new Array<number>(8).fill(0), isr: new Array<number>(8).fill(0), aeoi: new Array<number>(8).fill(0), tpr: 0 },
+      synic: { scontrol: 1, simp: 0x3000, siefp: 0x4000, sint: new Array<number>(16).fill(0x10000) },
+      timers: [0, 1, 2, 3].map(() => ({ config: 0, count: 0, nextExpiry: 0 })),
+      referenceTime: 123456, runState: 'Suspended', interceptPending: false,
+    };
+    decoders.push({
+      name: 'saved VM', decode: (v) => decodeSavedVm(v, { name: 'c1', memoryBytes: config.memoryBytes, vps: 2 }),
+      valid: {
+        version: 2, savedAt: '2026-11-30T12:00:00.000Z',
+        vm: { name: 'c1', id: config.id, memoryBytes: config.memoryBytes, vps: 2, workload: config.workload },
+        memory: { file: 'memory.bin', bytes: config.memoryBytes, sha256: 'ab'.repeat(32) },
+        partition: { referenceTime: 123456, vps: [vpState, vpState] },
+        components: { vmbus: { version: 1 }, processor: { version: 1, reserve: 0, maximum: 100, weight: 100 } },
+      },
+    });
     const valid = JSON.parse(JSON.stringify(decoders.map((d) => d.valid))) as unknown[];
     decoders.forEach((d, i) => {
       const out = d.decode(valid[i]);

@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import {
-  decodeMgmtRequest, decodeMgmtArgs, checkMgmtRequest, encode, MGMT_API_VERSION, MGMT_FRAME_MAX_BYTES, MGMT_OPS,
+  decodeMgmtRequest, decodeMgmtArgs, decodeMgmtResponse, checkMgmtRequest, encode, MGMT_API_VERSION, MGMT_FRAME_MAX_BYTES, MGMT_OPS,
   MGMT_PEEK_MAX_BYTES, MAX_VPS_PER_PARTITION, type MgmtOp, type MgmtRequestDecoded,
 } from '../src/index.js';
 
@@ -296,5 +296,39 @@ describe('management API decoder', () => {
         expect(accepted(op, args), op).to.deep.equal(want);
       }
     });
+  });
+});
+
+describe('management API answers, as the CLI decodes them', () => {
+  it('takes an answer and an error answer, and keeps a bad error answer\'s id with no error', () => {
+    expect(decodeMgmtResponse(frame({ id: 3, ok: true, result: { a: 1 } }))).to.deep.equal({ id: 3, ok: true, result: { a: 1 } });
+    expect(decodeMgmtResponse(frame({ id: 3, ok: false, error: { code: 'NotFound', message: 'no' } }))).to.deep.equal({ id: 3, ok: false, error: { code: 'NotFound', message: 'no' } });
+    expect(decodeMgmtResponse(frame({ id: 3, ok: false, error: { code: 7, message: 'no' } }))).to.deep.equal({ id: 3, ok: false, error: null });
+    expect(decodeMgmtResponse(frame({ id: 3, ok: false, error: { code: 'x'.repeat(65), message: '' } }))).to.deep.equal({ id: 3, ok: false, error: null });
+    expect((decodeMgmtResponse(frame({ id: 3, ok: false, error: { code: 'E', message: 'm'.repeat(10000) } })) as { error: { message: string } }).error.message).to.have.length(4000);
+    for (const bad of [{ id: 0, ok: true }, { id: -1, ok: true }, { id: 1.5, ok: true }, { id: '3', ok: true }, { id: 3, ok: 1 }, { id: 3 }, [3, true], null, 'ok']) {
+      expect(decodeMgmtResponse(frame(bad)), JSON.stringify(bad)).to.equal(null);
+    }
+  });
+
+  it('never throws on random bytes or on any value in place of the answer (fuzzed)', () => {
+    const wellFormed = (a: ReturnType<typeof decodeMgmtResponse>): boolean => {
+      if (a === null) return true;
+      if (!Number.isSafeInteger(a.id) || a.id < 1) return false;
+      if (a.ok) return true;
+      return a.error === null || (typeof a.error.code === 'string' && a.error.code.length <= 64 && typeof a.error.message === 'string' && a.error.message.length <= 4000);
+    };
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 256 }), (b) => wellFormed(decodeMgmtResponse(b))), { numRuns: 3000, seed: 0x7e5 });
+    const anything = fc.anything({ withBigInt: true, withTypedArray: true, withDate: true, withNullPrototype: true, withObjectString: true, maxDepth: 4 });
+    const answerish = fc.record({ id: fc.oneof(fc.integer(), anything), ok: fc.oneof(fc.boolean(), anything), result: anything, error: fc.oneof(fc.record({ code: fc.oneof(fc.string(), anything), message: fc.oneof(fc.string(), anything) }), anything) }, { requiredKeys: [] });
+    fc.assert(fc.property(fc.oneof(anything, answerish), (v) => {
+      let bytes: Uint8Array;
+      try {
+        bytes = frame(v);
+      } catch {
+        return true; // not encodable: never reaches the CLI
+      }
+      return wellFormed(decodeMgmtResponse(bytes));
+    }), { numRuns: 2000, seed: 0x7e6 });
   });
 });
