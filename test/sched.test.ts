@@ -300,7 +300,19 @@ describe('VP scheduling over logical processors (real processes)', function () {
       expect(await eventually(heartbeatOff, 15000), 'the worker turned heartbeat off').to.equal(true);
       await h.ok('vm', 'set-processor', 'cfg', '--maximum', '100');
       expect((await info('cfg')).processor.maximum).to.equal(100);
-      await h.ok('vm', 'turn-off', 'cfg');
+      // A VM turned off under an unanswered change keeps it for its next start, as an Off VM's change.
+      process.kill(pid, 'SIGSTOP');
+      try {
+        expect((await h.run('vm', 'set-processor', 'cfg', '--weight', '250')).code).to.not.equal(0);
+        await h.ok('vm', 'turn-off', 'cfg');
+      } finally {
+        try { process.kill(pid, 'SIGCONT'); } catch { /* gone: turned off */ }
+      }
+      const off = await info('cfg');
+      expect(off.state).to.equal('Off');
+      expect(await eventually(async () => (await info('cfg')).processor.weight === 250, 10000), 'the change is kept').to.equal(true);
+      expect((JSON.parse(readFileSync(join(h.paths.vmDir, 'cfg.json'), 'utf8')) as { processor: { weight: number } }).processor.weight).to.equal(250);
+      await h.ok('vm', 'set-processor', 'cfg', '--weight', '100');
     });
   });
 

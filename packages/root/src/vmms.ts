@@ -871,6 +871,12 @@ export class Vmms {
         r.changing = null;
         if (e instanceof VmwpLinkError && e.timedOut) await this.wedged(r, `change of its ${what}`);
         const f = linkFailure(e, `VM "${old.name}"`);
+        if (workerGone(e)) {
+          // The VM stopped under the change (turned off, its worker killed): nothing runs that
+          // could disagree, and a stopped VM's change is its next start's, as on an Off VM.
+          r.config = next;
+          throw new MgmtFailure(f.code, `${f.message}; the VM is not running, and the change is kept for its next start`);
+        }
         try {
           this.o.store.save(old);
         } catch (w) {
