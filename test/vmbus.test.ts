@@ -174,6 +174,11 @@ for (const transport of ['shm', 'remote'] as const) {
       const pids = [before.pids.partition!, before.pids.vmwp!];
       const gone = await eventually(() => !hostProcesses(h.hostId).some((p) => pids.includes(p)), 10000);
       expect(gone, `pids ${pids.join(', ')} still alive`).to.equal(true);
+      // The guest unloaded VMBus before it stopped its VPs, so the unload's answers reached it: no
+      // unload timed out (every stop waited 5 s for it while the VPs stopped first).
+      const logs = (await h.run('logs', '--vm', vm)).stdout;
+      expect(logs).to.include('the guest unloaded VMBus');
+      expect(logs).to.not.include('VMBus unload incomplete');
     });
 
     it('vm stop of a frozen guest times out and names --force, which then turns it off', async () => {

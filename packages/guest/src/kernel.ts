@@ -589,23 +589,31 @@ export class GuestKernel {
     p?.open();
   }
 
-  /** Shutdown: stop every VP at a step boundary, close the channels, unload VMBus. */
+  /**
+   * Shutdown: close the channels and unload VMBus, then stop every VP at a step boundary and leave.
+   * The unload comes first because its answers (GPADL_TORNDOWN, UNLOAD_RESPONSE) are SynIC
+   * messages, which a VP takes and raises on the SINT line: with the VPs stopped first (the order
+   * before VP scheduling moved interrupt delivery onto the VP threads) no answer arrived, and every
+   * `vm stop` waited out the unload's 5 s timeout, its stopped VP still holding its LP. Linux
+   * unloads VMBus while a CPU can still see the host's answer, too (vmbus_initiate_unload, which
+   * polls the message pages because the other CPUs may already be down).
+   */
   async shutdown(why: string): Promise<void> {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     this.log.info({ why }, 'guest shutting down');
     this.mem.atomicStore32(STATUS_PAGE_GPA + StatusPage.bootState, BootState.ShuttingDown);
+    try {
+      await Promise.race([this.vmbus?.disconnect(), new Promise((_, rej) => setTimeout(() => rej(new Error('VMBus unload timed out')), 5000))]);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'VMBus unload incomplete');
+    }
     const stopped = this.workers.map((w) => new Promise<void>((resolve) => {
       w.on('message', (m: { t?: string }) => { if (m?.t === 'stopped') resolve(); });
       w.once('exit', () => resolve());
     }));
     this.stopVps();
     await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 3000))]);
-    try {
-      await Promise.race([this.vmbus?.disconnect(), new Promise((_, rej) => setTimeout(() => rej(new Error('VMBus unload timed out')), 5000))]);
-    } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'VMBus unload incomplete');
-    }
     this.onShutdown(why);
   }
 

@@ -186,6 +186,19 @@ export class VpThread {
     this.mem.atomicSub32(VpThread.k(KernelPage.running), 1);
   }
 
+  /**
+   * The thread stops: a VP that holds its LP gives it back as a halt (and takes no interrupt back,
+   * as release() would). A stopped VP thread used to leave its dispatch word Granted, and the
+   * scheduler kept the LP for it (other VMs on that LP stood still) until its process was gone.
+   */
+  private leave(): void {
+    this.leaveLp();
+    if (this.local) return;
+    this.stampRelease();
+    if (Atomics.compareExchange(this.i32, this.disp, Dispatch.Granted, Dispatch.Halt) === Dispatch.Granted
+      || Atomics.compareExchange(this.i32, this.disp, Dispatch.Preempt, Dispatch.Halt) === Dispatch.Preempt) this.ring();
+  }
+
   /** Gives the LP back with `why` (Halt or Intercept), or acknowledges a pending preemption. */
   private release(why: number): void {
     // Leave the occupancy count before publishing the release: once the dispatch word changes,
@@ -507,7 +520,7 @@ export class VpThread {
       }
       this.halt();
     }
-    this.leaveLp();
+    this.leave();
     parentPort?.postMessage({ t: 'stopped', vp: s.vpIndex });
   }
 

@@ -909,8 +909,8 @@ export class Vmms {
       this.setState(r, EnabledState.Off, 'saved state discarded');
       return this.info(r, null);
     }
-    // Also from a pause, resume or save whose worker has not answered yet (untilAnswered).
-    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting, EnabledState.Pausing, EnabledState.Resuming, EnabledState.Saving], 'turn off');
+    // Also from a stop, pause, resume or save that has not finished (a guest shutting down, untilAnswered).
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting, EnabledState.Stopping, EnabledState.Pausing, EnabledState.Resuming, EnabledState.Saving], 'turn off');
     await this.kill(r, reason);
     return this.info(r, null);
   }
@@ -956,7 +956,8 @@ export class Vmms {
     const force = opts.force === true;
     const timeoutS = opts.timeoutS === undefined || opts.timeoutS === null ? DEFAULT_STOP_TIMEOUT_S : Number(opts.timeoutS);
     if (!Number.isFinite(timeoutS) || timeoutS <= 0 || timeoutS > 3600) throw new MgmtFailure('InvalidArgument', `stop timeout ${String(opts.timeoutS)} is invalid: 1 to 3600 seconds`);
-    this.requireState(r, [EnabledState.Running, EnabledState.Paused, EnabledState.Starting], 'stop');
+    // A guest already shutting down (a stop that timed out) can still be forced off.
+    this.requireState(r, force ? [EnabledState.Running, EnabledState.Paused, EnabledState.Starting, EnabledState.Stopping] : [EnabledState.Running, EnabledState.Paused, EnabledState.Starting], 'stop');
     const fail = async (why: string): Promise<VmInfo> => {
       if (force) {
         await this.kill(r, `stopped (forced: ${why})`);
@@ -964,6 +965,7 @@ export class Vmms {
       }
       throw new MgmtFailure('Timeout', `VM "${r.config.name}" did not shut down: ${why}; use --force to turn it off`);
     };
+    if (r.state === EnabledState.Stopping) return await fail('its guest is shutting down');
     if (r.state !== EnabledState.Running || !r.link || !vmDevices(r.config).some((d) => d.class === 'shutdown' && d.enabled)) {
       return await fail(r.state === EnabledState.Running ? 'the shutdown integration service is not available' : `it is ${vmStateName(r.state)}`);
     }
@@ -977,8 +979,10 @@ export class Vmms {
     }
     while (this.stateOf(r) !== EnabledState.Off && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
     if (this.stateOf(r) !== EnabledState.Off) {
-      if (this.stateOf(r) === EnabledState.Stopping) this.setState(r, EnabledState.Running, null);
-      return await fail(`the guest accepted the request but was not off within ${timeoutS} s`);
+      // The guest said yes and is shutting down: that cannot be taken back, so the VM stays
+      // Stopping until it is off (it used to go back to Running, and then turn Off a moment later).
+      if (force) return await fail('its guest was not off in time');
+      throw new MgmtFailure('Timeout', `VM "${r.config.name}" is not off yet: its guest accepted the shutdown but was not off within ${timeoutS} s; it stays Stopping until it is (or "hvlab vm turn-off ${r.config.name}", or "vm stop --force")`);
     }
     return this.info(r, null);
   }

@@ -310,6 +310,7 @@ export class VmbusServer {
       case 'Unload': {
         await this.unload();
         await this.send({ type: 'UnloadResponse' });
+        this.env.log.info({}, 'the guest unloaded VMBus');
         return;
       }
       case 'ModifyChannel':
