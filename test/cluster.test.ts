@@ -181,17 +181,18 @@ describe('clusters on one machine', function () {
     const dot = await h.run('cluster', 'graph', '--dot');
     expect(dot.code, dot.stderr).to.equal(0);
     expect(dot.stdout).to.match(/"h2" \[label="h2\\n[^"]*\\nx \(16M, 1 VP\)"\]/);
-    // A host command in the cluster's home (no --host) says how to reach its hosts; down leaves them up.
+    // A host command in the cluster's home (no --host) says how to reach its hosts.
     const lost = await h.run('vm', 'list');
     expect(lost.code).to.equal(1);
     expect(lost.stderr).to.match(/holds cluster .*--host \(h1, h2\)/);
-    const downHere = await h.run('down');
-    expect(downHere.stderr).to.match(/"hvlab down" left it up/);
-    expect((await h.json<Array<{ name: string }>>('vm', 'list', '--all')).map((v) => v.name), 'the cluster still runs').to.deep.equal(['x']);
     const r = await h.run('up', '--hosts', '2', '--warm', '1');
     expect(r.code).to.equal(2);
     expect(r.stderr).to.match(/--hosts brings up a cluster/);
-    await h.ok('cluster', 'down');
+    // "down" takes down what "up --hosts" brought up: everything of this home is the cluster.
+    const downHere = await h.run('down');
+    expect(downHere.code, downHere.stderr).to.equal(0);
+    expect(downHere.stdout).to.match(/^cluster \S+ is down \(h1, h2; removed \d+ namespaces? and interfaces\)$/m);
+    expect(await h.ok('cluster', 'down')).to.match(/no cluster was up/);
     await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });

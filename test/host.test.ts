@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
@@ -312,8 +312,12 @@ describe('a host of real processes (shared memory)', function () {
     const beta = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'beta');
     await h.ok('vm', 'turn-off', 'beta');
     expect(hostProcesses(h.hostId)).to.not.include(beta.pids.vmwp);
+    expect(existsSync(join(h.paths.logDir, 'vmwp-beta.log')), 'it ran: its worker logged').to.equal(true);
     await h.ok('vm', 'delete', 'beta');
     expect((await h.json<VmInfo[]>('vm', 'list')).map((v) => v.name)).to.deep.equal(['alpha']);
+    // Its files went with it, its logs too (a later VM of that name starts its own).
+    expect(['vmwp-beta.log', 'partition-beta.log'].filter((f) => existsSync(join(h.paths.logDir, f)))).to.deep.equal([]);
+    expect(existsSync(join(h.paths.vmDir, 'beta.json'))).to.equal(false);
   });
 
   it('hvlab down leaves no process, socket or /dev/shm file', async () => {

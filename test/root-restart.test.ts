@@ -60,6 +60,7 @@ describe('a root partition that dies and comes back (real processes)', function 
     expect(info.pids.root).to.not.equal(rec.pids.root);
     expect(info.pids.hypervisor).to.equal(rec.pids.hypervisor);
     expect(info.rootRestarts).to.equal(1);
+    expect(await h.ok('host', 'info'), 'the text says so too').to.match(/^root restarts\s+1$/m);
     for (const n of NAMES) {
       const a = before.find((v) => v.name === n)!;
       const b = after.find((v) => v.name === n)!;

@@ -129,6 +129,9 @@ describe('the warm pool of booted VMs (real processes)', function () {
       return after.length === 2;
     }, 30000), 'a new pool').to.equal(true);
     expect(after.some((p) => before.includes(p))).to.equal(false);
+    // The dead root's templates took their log files along (the new root swept them): only the new pool's are left.
+    const templateLogs = (): string[] => readdirSync(h.paths.logDir).filter((f) => f.includes('~warm-')).sort();
+    expect(await eventually(() => templateLogs().length === 4, 10000), `two pairs of template logs: ${templateLogs()}`).to.equal(true);
     // The claimed VM runs in a partition named for its template; the new root does not take it for an orphan.
     expect(await eventually(async () => (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w2')?.state === 'Running', 10000), 'w2 re-attached').to.equal(true);
     const now = (await h.json<VmInfo[]>('vm', 'list')).find((x) => x.name === 'w2')!;
@@ -138,5 +141,7 @@ describe('the warm pool of booted VMs (real processes)', function () {
     expect(await eventually(async () => (await h.json<{ progress: number }>('vm', 'status', 'w2')).progress > st.progress, 5000), 'it still counts').to.equal(true);
     await h.ok('down');
     expect(memoryRegions(hostId)).to.deep.equal([]);
+    expect(templateLogs(), 'no template that was never claimed leaves its logs').to.deep.equal([]);
+    expect(readdirSync(h.paths.logDir), 'the claimed VM\'s logs stay').to.include.members(['vmwp-w2.log', 'partition-w2.log']);
   });
 });

@@ -130,7 +130,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'address', value: 'IP', help: 'with --join: the address the cluster reaches this host by (default: this machine\'s address towards the fabric)', check: nonEmpty('address') },
     ],
   },
-  { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home; leaves no process, socket or shm file' },
+  { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home (a cluster\'s home: the whole cluster, as "cluster down"); leaves no process, socket or shm file' },
   { words: ['host', 'info'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'host id, memory mode (shared/private), pids' },
   { words: ['ps'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'every process of the host: role, vm, pid' },
   {
@@ -206,7 +206,7 @@ export const COMMANDS: CommandSpec[] = [
   vmName(['vm', 'pause'], 'suspend every VP (Suspend-VM)'),
   vmName(['vm', 'resume'], 'continue a paused VM (Resume-VM)'),
   vmName(['vm', 'save'], 'write memory, VP/APIC/SynIC/timer and device state; the VM becomes Saved (Save-VM)'),
-  vmName(['vm', 'delete'], 'remove an Off VM and its files (Remove-VM)'),
+  vmName(['vm', 'delete'], 'remove an Off VM and its files: config, saved state, logs (Remove-VM)'),
   {
     ...vmName(['vm', 'move'], 'live-migrate a running VM to another host of the cluster (Move-VM): pre-copy with kernel dirty tracking; shows passes, transferred/remaining, dirty rate, expected downtime'),
     group: 'Live migration',
@@ -459,6 +459,21 @@ function faultTable(list: FaultRecord[]): string {
  * When HOME holds a cluster (its hosts have homes of their own below it), which one and what to do
  * instead of a command for a single host there ("cluster NAME: …"); null when it holds none.
  */
+/** Whether `home` holds a cluster's record (one is up, or its teardown is unfinished). */
+function hasCluster(home: string): boolean {
+  try {
+    return readCluster(home) !== null;
+  } catch {
+    return true; // a record it cannot read: "cluster down" sweeps what it can
+  }
+}
+
+function clusterDownLine(r: Awaited<ReturnType<typeof clusterDown>>): string {
+  if (r.name === null && r.hosts.length === 0) return 'no cluster was up';
+  const n = r.network;
+  return `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'}${n ? `; removed ${n} namespace${n === 1 ? '' : 's'} and interfaces` : ''})`;
+}
+
 function clusterHint(home: string): string | null {
   let c: ReturnType<typeof readCluster> = null;
   try {
@@ -1088,11 +1103,12 @@ export async function run(argv: string[]): Promise<number> {
         // Faults first: nothing stays injected (and no paused process holds the teardown up).
         await stopNemesis(paths.home);
         const r = await down(paths);
-        if (json) out(JSON.stringify(r));
+        // "down" in a cluster's home (one "up --hosts N" or "cluster up" made) has no host of its
+        // own: everything of this home is the cluster, so it goes, as "cluster down" takes it.
+        const cluster = r.hostId === null && hasCluster(paths.home) ? await clusterDown(paths.home) : null;
+        if (json) out(JSON.stringify(cluster ? { ...r, cluster } : r));
+        else if (cluster) out(clusterDownLine(cluster));
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
-        // "down" in a cluster's home finds no host of its own: the cluster's hosts keep running.
-        const hint = r.hostId ? null : clusterHint(paths.home);
-        if (hint) process.stderr.write(`hvlab: ${paths.home} holds ${hint}; "hvlab down" left it up\n`);
         return 0;
       }
       case 'cluster check': {
@@ -1155,7 +1171,7 @@ export async function run(argv: string[]): Promise<number> {
         await stopNemesis(paths.home);
         const r = await clusterDown(paths.home);
         if (json) out(JSON.stringify(r));
-        else out(r.name === null && r.hosts.length === 0 ? 'no cluster was up' : `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'}${r.network ? `; removed ${r.network} namespaces and interfaces` : ''})`);
+        else out(clusterDownLine(r));
         return 0;
       }
       case 'fault inject': {
@@ -1291,6 +1307,7 @@ export async function run(argv: string[]): Promise<number> {
         else out(table([
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
           ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? `hypercall pages (shared memory)${info.hypercallWake === 'descriptor' ? ', events through a wake descriptor' : info.hypercallWake === 'word' ? ', events through a word watch' : ''}` : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
+          ['root restarts', String(info.rootRestarts ?? 0)],
           ['VMs', String(info.vms)], ['started', info.startedAt], ['management API', `v${info.apiVersion}`],
           ...(info.code ? [['VM processes run', info.code === 'bundles' ? 'bundles (dist/bundle)' : info.code === 'sources' ? 'TypeScript sources (HVLAB_FROM_SOURCE=1)' : 'compiled modules (no fresh bundles: "pnpm build" makes them)']] : []),
           ...(info.dirtyTracking ? [['dirty-page tracking', info.dirtyTracking.mode === 'kernel' ? 'kernel (userfaultfd write-protect + PAGEMAP_SCAN)' : `guest bitmap (${info.dirtyTracking.reason ?? 'the kernel\'s is unavailable'})`]] : []),

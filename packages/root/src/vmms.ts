@@ -27,7 +27,7 @@ import {
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
 import type { VmwpClaim, VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
 import type { IcEntry } from './vmwp/devices.js';
-import { MAX_WARM, WarmPool } from './warm.js';
+import { MAX_WARM, sweepTemplateLogs, WarmPool } from './warm.js';
 import { MAX_SPARE, SpareWorkers } from './spare.js';
 import { spawnVmwp } from './worker-spawn.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
@@ -1417,12 +1417,17 @@ export class Vmms {
     if (this.vms.get(r.config.name) === r) this.vms.delete(r.config.name);
   }
 
-  /** Remove-VM: exactly `vms/NAME.json` and `vms/NAME.saved` go (an Invalid VM may be deleted). */
+  /**
+   * Remove-VM: exactly `vms/NAME.json`, `vms/NAME.saved` and the VM's two log files
+   * (`run/logs/vmwp-NAME.log`, `partition-NAME.log`) go (an Invalid VM may be deleted). The logs
+   * went with it so that a later VM of the same name does not continue the old one's.
+   */
   delete(name: unknown): { name: string; deleted: true } {
     const r = this.get(name, true);
     this.requireState(r, [EnabledState.Off, EnabledState.Saved, EnabledState.Invalid], 'delete');
     this.o.store.remove(r.config.name);
     discardSavedState(this.o.vmDir, r.config.name);
+    for (const role of ['vmwp', 'partition']) rmSync(join(this.paths.logDir, `${role}-${r.config.name}.log`), { force: true });
     this.vms.delete(r.config.name);
     this.o.log.info({ vm: r.config.name }, 'VM deleted');
     return { name: r.config.name, deleted: true };
@@ -1530,7 +1535,10 @@ export class Vmms {
 
   /** Starts the warm pool (after a restart's re-attach, so it does not compete with it). */
   startWarmPool(): void {
-    if (!this.o.warm || this.warm) return;
+    if (this.warm) return;
+    // Templates of a root before this one left with it, unclaimed: their logs go too.
+    sweepTemplateLogs(this.paths.logDir);
+    if (!this.o.warm) return;
     let memory = this.o.warmMemory ?? '64M';
     let d: VmConfig;
     try {
@@ -1551,7 +1559,7 @@ export class Vmms {
         await this.o.vid.call('FinalizePartition', { partitionId }, 1000).catch(() => undefined);
         await this.o.vid.call('DeletePartition', { partitionId }, 1000).catch(() => undefined);
       },
-      stderrLog: join(this.paths.logDir, 'stderr.log'), hvEndpoint: this.paths.hvEndpoint, log: this.o.log,
+      stderrLog: join(this.paths.logDir, 'stderr.log'), logDir: this.paths.logDir, hvEndpoint: this.paths.hvEndpoint, log: this.o.log,
     });
   }
 

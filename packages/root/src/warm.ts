@@ -19,6 +19,8 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { spawnVmwp } from './worker-spawn.js';
 import { EAGER_COMPILE_ENV } from '@hvlab/runtime';
 import { sameShape, type VmwpConfig, type VmwpStartInput } from './vmwp/shared.js';
@@ -45,6 +47,8 @@ export interface WarmPoolOptions {
   deletePartition: (partitionId: number) => Promise<void>;
   /** The host's stderr log (a file descriptor is opened per worker). */
   stderrLog: string;
+  /** The host's log directory: a template that dies unclaimed takes its two log files along. */
+  logDir: string;
   /** The hypervisor's socket, which a waiting worker and its partition process connect to ahead of need. */
   hvEndpoint: string;
   log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void };
@@ -197,6 +201,7 @@ export class WarmPool {
       this.stats.started++;
       c.once('exit', (code, signal) => {
         if (w.partitionId !== null) void this.o.deletePartition(w.partitionId).catch(() => undefined);
+        removeTemplateLogs(this.o.logDir, seed);
         const i = this.waiting.indexOf(w);
         if (i < 0) return;
         this.waiting.splice(i, 1);
@@ -210,7 +215,7 @@ export class WarmPool {
       void this.o.ticket().then(
         (ticket) => {
           if (!this.waiting.includes(w)) return;
-          const first: VmwpStartInput = { config: { ...this.o.shape, name: `~warm-${seed.slice(0, 8)}`, id: seed }, ticket, secret: w.secret, template: true };
+          const first: VmwpStartInput = { config: { ...this.o.shape, name: templateName(seed), id: seed }, ticket, secret: w.secret, template: true };
           c.stdin!.write(JSON.stringify(first) + '\n');
           w.started = true;
         },
@@ -230,6 +235,40 @@ export class WarmPool {
     this.refill = null;
     for (const w of this.waiting.splice(0)) {
       try { w.child.kill('SIGKILL'); } catch { /* gone */ }
+      // Now: the root may be gone before the exit event comes.
+      removeTemplateLogs(this.o.logDir, w.seed);
     }
   }
+}
+
+/** A template's name: `~warm-` and the first 8 hex digits of its seed (no VM name can start with `~`). */
+export function templateName(seed: string): string {
+  return `~warm-${seed.slice(0, 8)}`;
+}
+
+const TEMPLATE_LOG_RE = /^(?:vmwp|partition)-~warm-[0-9a-f]{8}\.log$/;
+
+/** Removes the two log files of the template of `seed` (a claim renames them to the VM's first). */
+function removeTemplateLogs(logDir: string, seed: string): void {
+  for (const role of ['vmwp', 'partition']) rmSync(join(logDir, `${role}-${templateName(seed)}.log`), { force: true });
+}
+
+/**
+ * Removes the log files of every template (a root starting: its predecessor's waiting workers left
+ * with it, unclaimed, and their files stayed; each `up --warm N` added N pairs). Returns how many.
+ */
+export function sweepTemplateLogs(logDir: string): number {
+  let n = 0;
+  let names: string[] = [];
+  try {
+    names = readdirSync(logDir);
+  } catch {
+    return 0;
+  }
+  for (const f of names) {
+    if (!TEMPLATE_LOG_RE.test(f)) continue;
+    rmSync(join(logDir, f), { force: true });
+    n++;
+  }
+  return n;
 }

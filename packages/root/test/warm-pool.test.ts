@@ -34,7 +34,7 @@ describe('warm pool: handing out workers', function () {
         tickets++;
         return new Promise<string>(() => {}); // never: the hypervisor is slow to answer
       },
-      endpoint: (id) => `ipc://${join(dir, id)}`, deletePartition: async () => {}, stderrLog: join(dir, 'stderr.log'), hvEndpoint: `ipc://${join(dir, 'no-hv')}`, log: quiet,
+      endpoint: (id) => `ipc://${join(dir, id)}`, deletePartition: async () => {}, stderrLog: join(dir, 'stderr.log'), logDir: dir, hvEndpoint: `ipc://${join(dir, 'no-hv')}`, log: quiet,
     });
     const pids = pool.workers.map((w) => w.pid);
     try {
