@@ -135,7 +135,10 @@ for (const transport of ['shm', 'remote'] as const) {
         const others = await ic();
         expect(healthy(others, ['heartbeat', 'shutdown', 'timesync']), JSON.stringify(others)).to.equal(true);
       } finally {
-        await h.run('vm', 'ic', vm, '--enable', 'kvp');
+        const en = await h.run('vm', 'ic', vm, '--enable', 'kvp', '--json');
+        expect(en.code, en.stderr).to.equal(0);
+        // It answers once the guest has negotiated the service (up to 5 s), not with NoContact at once.
+        expect(entry(JSON.parse(en.stdout) as IcEntry[], 'kvp').enabled).to.equal(true);
       }
       const on = await icUntil((l) => healthy(l), 20000);
       expect(on.held, JSON.stringify(on.last)).to.equal(true);

@@ -128,6 +128,8 @@ const MIGRATION_MAX_MS = 24 * 3600 * 1000;
 const answerMs = (env: string | undefined, dflt: number): number => (Number(env) >= 500 && Number(env) <= dflt ? Number(env) : dflt);
 const SUSPEND_ANSWER_MS = answerMs(process.env.HVLAB_SUSPEND_ANSWER_MS, 10000);
 const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
+/** How long an enabled integration service's answer waits for the guest to negotiate it (icSettled). */
+const IC_ENABLE_SETTLE_MS = 5000;
 /** A worker that answers a pause, resume or save with nothing for this long is wedged: its VM is turned off. */
 const WORKER_WEDGED_MS = 30 * 60 * 1000;
 
@@ -1006,12 +1008,30 @@ export class Vmms {
       const on = enable !== null;
       const res = await this.changeConfig(r, withIntegrationService(r.config, change, on), `${change} integration service`, live && ((ms) => live.request<IcEntry[]>({ t: 'ic', enable, disable }, ms)));
       this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
+      if (res && on && live) return await this.icSettled(r, live, change, res);
       if (res) return res;
     }
     if (live) return await live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     return vmDevices(r.config)
       .filter((d) => DEVICE_CLASSES[d.class].integrationService)
       .map((d) => ({ service: d.class, enabled: d.enabled, status: 'NoContact' as const, version: null }));
+  }
+
+  /**
+   * An integration service enabled on a running VM answers once its guest has opened the channel
+   * and negotiated (or within IC_ENABLE_SETTLE_MS, as it then stands): answered at once, it showed
+   * NoContact, as if the enable had failed, for the second or two the guest takes.
+   */
+  private async icSettled(r: VmRecord, live: VmwpControlClient, service: string, first: IcEntry[]): Promise<IcEntry[]> {
+    let list = first;
+    const until = Date.now() + IC_ENABLE_SETTLE_MS;
+    while (list.find((e) => e.service === service)?.status === 'NoContact' && Date.now() < until && r.link === live) {
+      await new Promise((res) => setTimeout(res, 100));
+      const next = await live.request<IcEntry[]>({ t: 'ic', enable: null, disable: null }, 5000).catch(() => null);
+      if (!next) break;
+      list = next;
+    }
+    return list;
   }
 
   /** KVP exchange: every operation asks the guest over its channel (in the VM's worker). */
