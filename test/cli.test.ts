@@ -135,7 +135,7 @@ describe('the hvlab command', function () {
         const upRun = await runBin(['up', '--lps', '1'], { cwd: '/', env });
         expect(upRun.stderr).to.equal('');
         expect(upRun.code).to.equal(0);
-        expect(upRun.stdout).to.match(/^host [0-9a-f]+ is up: 1 LPs/);
+        expect(upRun.stdout).to.match(/^host [0-9a-f]+ is up: 1 LP,/);
         const list = await runBin(['vm', 'list'], { cwd: '/', env });
         expect(list.stderr).to.equal('');
         expect(list.stdout).to.equal('no VMs\n');

@@ -222,7 +222,7 @@ export const COMMANDS: CommandSpec[] = [
     ],
   },
   {
-    words: ['experiment', 'run'], args: 'FILE', min: 1, max: 1, json: true, group: 'Live migration',
+    words: ['experiment', 'run'], args: 'FILE', min: 1, max: 1, json: true, group: 'Experiments',
     help: 'run an experiment file. kind: migration — methods × repetitions moved between two hosts, written as results.json, results.csv, results.md and SVG plots. '
       + 'kind: faults — workloads under a schedule of faults (explicit, or drawn from a seed), with checkers (liveness, progress, isolation, memory, cleanup, recovery time), written as results.json, results.md, timeline.svg and samples.csv. '
       + 'Either on a new cluster or the one up here',
@@ -551,16 +551,17 @@ function wrap(text: string, width: number, indent: string): string {
 /** `hvlab --help`: every command with every option, grouped. */
 export function fullHelp(): string {
   const out = ['hvlab — the Hyper-V architecture as real processes', '', 'Usage: hvlab [--home DIR] [--host NAME] COMMAND [ARGUMENTS] [OPTIONS]'];
-  let group = '';
-  for (const spec of COMMANDS) {
-    if (spec.group !== group) {
-      group = spec.group;
-      out.push('', GROUP_NOTES[group] ? `${group} (${GROUP_NOTES[group]})` : group);
-    }
-    out.push(`  ${usageOf(spec).slice('hvlab '.length)}`);
+  // Each group once, in the order groups first appear, its commands in their order.
+  const groups = [...new Set(COMMANDS.map((c) => c.group))];
+  for (const group of groups) {
+    out.push('', GROUP_NOTES[group] ? `${group} (${GROUP_NOTES[group]})` : group);
+    for (const spec of COMMANDS) {
+      if (spec.group !== group) continue;
+      out.push(`  ${usageOf(spec).slice('hvlab '.length)}`);
     out.push(wrap(spec.help, 98, '      '));
-    const w = Math.max(0, ...spec.options.map((o) => optionHead(o).length)) + 2;
-    for (const o of spec.options) out.push(hanging(`        ${optionHead(o).padEnd(w)}`, o.help));
+      const w = Math.max(0, ...spec.options.map((o) => optionHead(o).length)) + 2;
+      for (const o of spec.options) out.push(hanging(`        ${optionHead(o).padEnd(w)}`, o.help));
+    }
   }
   out.push(
     '',
@@ -1096,7 +1097,7 @@ export async function run(argv: string[]): Promise<number> {
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));
-        else out(`host ${rec.hostId} is up: ${rec.lps} LPs, ${info.memoryMode} memory${info.memoryMode === 'private' ? ` (${info.memoryModeReason})` : ''}, VMBus over ${info.vmbusTransport === 'shm' ? 'shared-memory rings' : 'ZeroMQ'}, home ${paths.home}`);
+        else out(`host ${rec.hostId} is up: ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${info.memoryMode} memory${info.memoryMode === 'private' ? ` (${info.memoryModeReason})` : ''}, VMBus over ${info.vmbusTransport === 'shm' ? 'shared-memory rings' : 'ZeroMQ'}, home ${paths.home}`);
         return 0;
       }
       case 'down': {

@@ -32,7 +32,7 @@ export function topologyDot(t: Topology, places?: HostPlaces): string {
   for (const h of t.hosts) {
     const vms = t.vms.filter((v) => v.host === h.name).map((v) => `${v.name} (${formatBytes(v.memoryBytes)}, ${v.vps} VP)`);
     const p = places?.get(h.name);
-    const label = [h.name, ...(p ? [p.address] : []), ...(h.lps !== null ? [`${h.lps} LPs`] : []), ...vms].join('\n');
+    const label = [h.name, ...(p ? [p.address] : []), ...(h.lps !== null ? [`${h.lps} LP${h.lps === 1 ? '' : 's'}`] : []), ...vms].join('\n');
     lines.push(`  ${dotString(h.name)} [label=${dotString(label)}];`);
   }
   for (const l of t.links) {
@@ -53,7 +53,7 @@ export function topologySvg(t: Topology, places?: HostPlaces): string {
     const lines = [
       { text: h.name, bold: true },
       ...(p ? [{ text: `${p.address}${p.netns ? ` (${p.netns})` : ''}`, bold: false }] : []),
-      ...(h.lps !== null ? [{ text: `${h.lps} LPs${h.memoryBytes !== null ? `, ${formatBytes(h.memoryBytes)}` : ''}`, bold: false }] : []),
+      ...(h.lps !== null ? [{ text: `${h.lps} LP${h.lps === 1 ? '' : 's'}${h.memoryBytes !== null ? `, ${formatBytes(h.memoryBytes)}` : ''}`, bold: false }] : []),
       ...t.vms.filter((v) => v.host === h.name).map((v) => ({ text: `▪ ${v.name}: ${formatBytes(v.memoryBytes)}, ${v.vps} VP, ${v.workload}`, bold: false })),
     ];
     return { h, lines, height: 14 + lines.length * lineH };

@@ -197,7 +197,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
   const clients: MgmtClient[] = [];
   try {
     setupNetwork(net);
-    if (net.mode === 'namespaces') say(`network: ${net.hosts.length} namespaces on bridge ${net.bridge} (${net.subnet})`);
+    if (net.mode === 'namespaces') say(`network: ${net.hosts.length} namespace${net.hosts.length === 1 ? '' : 's'} on bridge ${net.bridge} (${net.subnet})`);
     writeClusterKey(clusterKeyFile(home), makeClusterKey(topology.name));
     const port = await startFabric(home);
     say(`fabric: links on ${listen}:${port}`);
@@ -209,7 +209,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
         HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
       };
       const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns });
-      say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LPs, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
+      say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
       const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
       clients.push(c);
       const vms = topology.vms.filter((v) => v.host === h.name);

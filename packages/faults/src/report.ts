@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { formatBytes } from '@hvlab/protocol';
 import type { FaultRecord } from './types.js';
 import type { ChaosSpec, ChaosWorld } from './chaos-spec.js';
-import { scheduleLine, type ScheduledFault } from './schedule.js';
+import { paramsText, scheduleLine, type ScheduledFault } from './schedule.js';
 import { faultEffect, faultName, rel, type CheckResult, type HostSample, type RecoveryTime, type SampleSummary, type VmSample } from './checkers.js';
 import { timelineSvg, type Timeline } from './timeline.js';
 
@@ -71,9 +71,6 @@ export interface ChaosReport {
 const md = (s: string): string => s.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/[\r\n]+/g, ' ');
 const secs = (ms: number | null): string => (ms === null ? '—' : `${(ms / 1000).toFixed(1)} s`);
 
-function paramsText(p: Record<string, unknown>): string {
-  return Object.entries(p).map(([k, v]) => `${k} ${v === null ? 'all' : String(v)}`).join(', ');
-}
 
 export function chaosMarkdown(r: ChaosReport): string {
   const s = r.spec;
@@ -86,7 +83,7 @@ export function chaosMarkdown(r: ChaosReport): string {
     '',
     `**${held} of ${run} checks held.** Replay this schedule: \`hvlab experiment run ${md(s.file)} --seed ${r.seed}\``,
     '',
-    `- cluster: ${r.cluster.mode}${r.cluster.network ? ` (${r.cluster.network})` : ''}, hosts ${r.world.hosts.join(', ')}${s.lps ? `, ${s.lps} LPs each` : ''}`,
+    `- cluster: ${r.cluster.mode}${r.cluster.network ? ` (${r.cluster.network})` : ''}, hosts ${r.world.hosts.join(', ')}${s.lps ? `, ${s.lps} LP${s.lps === 1 ? "" : "s"} each` : ''}`,
     `- workloads: ${s.workloads.map((w) => `${md(w.name)} on ${w.host} (${md(w.workload)}, ${formatBytes(w.memoryBytes)}, ${w.vps} VP${w.vps === 1 ? '' : 's'})`).join('; ')}`,
     `- readings every ${r.samples.periodMs} ms: ${r.samples.vmReadings} of VMs, ${r.samples.hostReadings} of hosts`,
     `- faults owned by ${md(r.owner)}`,

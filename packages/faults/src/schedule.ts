@@ -149,7 +149,34 @@ export function faultRequest(f: ScheduledFault, owner: string): FaultRequest {
 }
 
 /** One line for a scheduled fault: "f3 +15.0s partition cluster for 5s (shape one)". */
+/** Probabilities of a vmbus fault (0..1) and what they do, as a reader says it. */
+const PROBABILITY_WORDS: Record<string, string> = {
+  drop: 'drop', delay: 'delay', duplicate: 'duplicate', reorder: 'reorder', corrupt: 'corrupt', signalDrop: 'drop signals', signalDelay: 'delay signals',
+};
+
+/**
+ * A fault's parameters as a reader says them ("every channel, delay 100 % by 140 ms", "loss 2 %"),
+ * not as the request spells them ("channel null, delay 1, delayMs 140").
+ */
+export function paramsText(p: Record<string, unknown>): string {
+  const parts: string[] = [];
+  const pct = (v: unknown): string => (typeof v === 'number' ? `${Math.round(v * 1000) / 10} %` : String(v));
+  for (const [k, v] of Object.entries(p)) {
+    if (k === 'channel') parts.push(v === null ? 'every channel' : `channel ${String(v)}`);
+    else if (k === 'delay' || k === 'signalDelay') {
+      const ms = p[`${k}Ms`];
+      parts.push(`${PROBABILITY_WORDS[k]} ${pct(v)}${typeof ms === 'number' ? ` by ${ms} ms` : ''}`);
+    } else if ((k === 'delayMs' && 'delay' in p) || (k === 'signalDelayMs' && 'signalDelay' in p)) continue; // said with its probability
+    else if (k in PROBABILITY_WORDS) parts.push(`${PROBABILITY_WORDS[k]} ${pct(v)}`);
+    else if (k === 'lossPercent') parts.push(`loss ${String(v)} %`);
+    else if (k === 'rateBps' && typeof v === 'number') parts.push(`rate ${v >= 1e6 ? `${Math.round(v / 1e5) / 10} Mbit/s` : `${Math.round(v / 100) / 10} kbit/s`}`);
+    else if (k.endsWith('Ms') && typeof v === 'number') parts.push(`${k.slice(0, -2)} ${v} ms`);
+    else parts.push(`${k} ${v === null ? 'all' : String(v)}`);
+  }
+  return parts.join(', ');
+}
+
 export function scheduleLine(f: ScheduledFault): string {
-  const params = Object.entries(f.params).map(([k, v]) => `${k} ${v === null ? 'all' : String(v)}`).join(', ');
+  const params = paramsText(f.params);
   return `${f.id} +${(f.atMs / 1000).toFixed(1)}s ${f.kind}${f.role ? ` (${f.role})` : ''} ${f.target} for ${f.forMs / 1000}s${params ? ` (${params})` : ''}${f.source === 'random' ? ' [drawn]' : ''}`;
 }

@@ -143,7 +143,7 @@ describe('chaos reports', () => {
     expect(text).to.match(/\| f2 \| \+4\.0s \| partition: shape one \| cluster \| links h1-h2 \| 2\.0 s \| \+6\.0s \(expired\) \| 0\.5 s \|/);
     expect(text).to.include('refused: VM b is not running \\| &lt;piped&gt; & "quoted"');
     expect(text).to.include('![Faults against each VM\'s progress](timeline.svg)');
-    expect(text).to.include('f3 +8.0s vmbus vm:b for 2s (drop 1)');
+    expect(text).to.include('f3 +8.0s vmbus vm:b for 2s (drop 100 %)');
   });
 
   it('rows for a terminal: a check per row with its first violation, a fault per row with its end and recovery', () => {
@@ -181,5 +181,18 @@ describe('chaos reports', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('fault parameters as a reader says them', () => {
+  it('says what a drawn fault does, not the request\'s field names', async () => {
+    const { paramsText } = await import('../src/schedule.js');
+    expect(paramsText({ channel: 'heartbeat', delay: 1, delayMs: 140 })).to.equal('channel heartbeat, delay 100 % by 140 ms');
+    expect(paramsText({ channel: null, signalDrop: 0.34 })).to.equal('every channel, drop signals 34 %');
+    expect(paramsText({ channel: null, duplicate: 0.49 })).to.equal('every channel, duplicate 49 %');
+    expect(paramsText({ delayMs: 100, jitterMs: 2, rateBps: 10_000_000, lossPercent: 5 })).to.equal('delay 100 ms, jitter 2 ms, rate 10 Mbit/s, loss 5 %');
+    expect(paramsText({ delayMs: 12 })).to.equal('delay 12 ms');
+    expect(paramsText({ lps: 1 })).to.equal('lps 1');
+    expect(paramsText({})).to.equal('');
   });
 });
