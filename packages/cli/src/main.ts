@@ -486,6 +486,17 @@ function clusterHint(home: string): string | null {
   return `cluster ${c.topology.name}: name one of its hosts with --host (${hosts.join(', ')}), or use "vm list --all", "cluster status" and "cluster down"`;
 }
 
+/**
+ * A finished move's passes. A pre-copy's last pass is the blackout's (the last dirty pages, with the
+ * VM stopped): said apart, so that `--max-passes 5` reads "5 pre-copy passes and the blackout's",
+ * not "6 passes".
+ */
+function passesText(st: MigrationStats): string {
+  const n = st.passes.length;
+  if (st.method === 'precopy' && n >= 2) return `${n - 1} pre-copy pass${n - 1 === 1 ? '' : 'es'} and the blackout's`;
+  return `${n} pass${n === 1 ? '' : 'es'}`;
+}
+
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
 function migrationLine(st: MigrationStats): string {
   const total = Math.max(1, st.ram.total);
@@ -1449,7 +1460,7 @@ export async function run(argv: string[]): Promise<number> {
         }
         const st = await moving;
         if (json) out(JSON.stringify(st));
-        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${st.passes.length} pass${st.passes.length === 1 ? '' : 'es'}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
+        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
         else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}; it runs on ${st.from}\n`);
         return st.status === 'completed' ? 0 : 1;
       }

@@ -20,7 +20,10 @@ import { decodePartitionStartInput, type PartitionStartInput } from './start.js'
  * bundle from V8's code cache (runtime/src/code-cache.ts says why).
  */
 export async function runPartition(): Promise<void> {
-  process.title = 'hvlab-partition (starting)';
+  // The host's id from the environment its worker gave it (a spare's knows no VM yet), so that a
+  // waiting partition process of one home can be told from another's in a process list.
+  const host = process.env.HVLAB_HOST_ID;
+  process.title = host && /^[0-9a-f]{6}$/.test(host) ? `hvlab-partition ${host} (starting)` : 'hvlab-partition (starting)';
   prestartFirstVpThread();
   // Load every guest driver's code while waiting to be assigned (a warm or prestarted process then
   // boots without module loading); the kernel's own load later finds them in the module cache.
