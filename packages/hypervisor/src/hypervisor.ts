@@ -516,7 +516,9 @@ export class Hypervisor {
     id: number; name: string; state: string; vps: number; memoryBytes: number; suspended: boolean; sessions: number; scheduled: boolean; cpu: { percent: number; vps: VpStats[] };
     faults: Omit<PartitionFaults, 'clockSkewSinceNs'>;
   }> {
-    this.watchCpu();
+    // Only with something to sample: a root's first look at a new host (its sweep of orphaned
+    // partitions) set a 30 s watch going that woke this thread every second for nothing.
+    if ([...this.partitions.values()].some((p) => p.vpI32)) this.watchCpu();
     return [...this.partitions.values()].map((p) => {
       const st = this.vpStats(p);
       const f = p.faults;
