@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -128,6 +128,24 @@ describe('the hvlab command', function () {
       expectOneLine(r, 1, new RegExp(`^hvlab: no host is up for ${escape(home)}; run "hvlab up" first$`), 'host info');
     });
 
+    it('says in one line, at once, that a home is a file or that its sockets\' directory is too long a path', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'hvlab-test-home-'));
+      try {
+        const file = join(dir, 'not-a-dir');
+        writeFileSync(file, 'x');
+        for (const cmd of [['up'], ['down'], ['vm', 'list']]) {
+          expectOneLine(await runBin(cmd, { cwd: '/', env: { HVLAB_HOME: file } }), 1, new RegExp(`^hvlab: the home ${escape(file)} is not a directory`), cmd.join(' '));
+        }
+        const longTmp = join(dir, 'd'.repeat(100));
+        mkdirSync(longTmp);
+        const r = await runBin(['up'], { cwd: '/', env: { HVLAB_HOME: join(dir, 'home'), TMPDIR: longTmp } });
+        expectOneLine(r, 1, /^hvlab: the host's sockets go in .* too long a path for a Unix socket .*use a shorter TMPDIR$/, 'up with a long TMPDIR');
+        expect(existsSync(join(dir, 'home', 'run', 'host.json')), 'nothing started').to.equal(false);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
     it('starts a host from / and talks to it from there', async () => {
       const h = new TestHost();
       try {
@@ -159,6 +177,38 @@ describe('the hvlab command', function () {
       } finally {
         p.kill();
         await p.done;
+      }
+    });
+  });
+
+  describe('output to a pipe', () => {
+    it('is written whole before the CLI exits: 400 KiB of logs arrive to the last line, with exit code 0', async () => {
+      const home2 = mkdtempSync(join(tmpdir(), 'hvlab-test-pipe-'));
+      try {
+        const logs = hostPaths(home2).logDir;
+        mkdirSync(logs, { recursive: true });
+        const lines: string[] = [];
+        for (let i = 0; i < 4000; i++) lines.push(JSON.stringify({ level: 30, time: new Date(Date.UTC(2024, 0, 1) + i * 1000).toISOString(), role: 'root', msg: `line ${i} ${'x'.repeat(60)}` }));
+        writeFileSync(join(logs, 'root.log'), lines.join('\n') + '\n');
+        // A reader that is not reading yet: the pipe fills at 64 KiB and Node queues the rest, which
+        // process.exit() used to drop (exit code 0 all the same). Read once the CLI has exited, or
+        // after 3 s if it waits for the reader, as it must.
+        const child = spawn(process.execPath, [bin, 'logs'], { cwd: '/', env: { ...process.env, HVLAB_HOME: home2 }, stdio: ['ignore', 'pipe', 'pipe'] });
+        const exited = new Promise<void>((res) => child.once('exit', () => res()));
+        await Promise.race([exited, new Promise((res) => setTimeout(res, 3000))]);
+        let stdout = '';
+        let stderr = '';
+        child.stdout!.on('data', (d) => (stdout += d));
+        child.stderr!.on('data', (d) => (stderr += d));
+        const code = await new Promise<number | null>((res) => child.once('close', (c) => res(c)));
+        const r = { code, stdout, stderr };
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stdout.length, 'more than a pipe holds').to.be.greaterThan(256 * 1024);
+        const out = r.stdout.trimEnd().split('\n');
+        expect(out).to.have.length(4000);
+        expect(out[3999]).to.include('line 3999');
+      } finally {
+        rmSync(home2, { recursive: true, force: true });
       }
     });
   });

@@ -1054,6 +1054,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     if (p.home === null && process.env.HVLAB_HOME === '') throw new UsageError('HVLAB_HOME is set but empty: unset it or give a directory');
     let paths = hostPaths(resolveHome(p.home));
+    if (commandName(p.spec) !== 'cluster check') checkHome(paths.home);
     const aimed = p.options.get('host');
     // A host that joined from another machine is reached over CURVE TCP (its management API).
     let remote: { name: string; endpoint: string; socket: Record<string, unknown> } | null = null;
@@ -1644,11 +1645,48 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * A home that exists must be a directory, and its socket paths must fit a Unix socket's 107
+ * bytes: said at once, in one line, rather than as an ENOTDIR from deep inside, or as a 30 s wait
+ * for a hypervisor that could not bind its socket.
+ */
+function checkHome(home: string): void {
+  let st: ReturnType<typeof statSync> | null = null;
+  try {
+    st = statSync(home);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENAMETOOLONG') throw new CliError(`the home ${home.slice(0, 60)}… is too long a path for this system`);
+    if (code === 'ENOTDIR') throw new CliError(`the home ${home} is inside something that is not a directory`);
+    // ENOENT: made by "up"; others come out where they are met.
+  }
+  if (st && !st.isDirectory()) throw new CliError(`the home ${home} is not a directory: HVLAB_HOME (or --home) names a directory`);
+  // The socket names in that directory are short (hv, mgmt, w-HASH, vmbus-ID): 24 bytes cover them.
+  const longest = join(hostPaths(home).sockDir, 'x'.repeat(24));
+  if (Buffer.byteLength(longest) > MAX_IPC_PATH_BYTES) {
+    throw new CliError(`the host's sockets go in ${hostPaths(home).sockDir}, too long a path for a Unix socket (at most ${MAX_IPC_PATH_BYTES} bytes with their names): use a shorter TMPDIR`);
+  }
+}
+
+/** The longest path a Unix socket address holds on Linux (sun_path is 108 bytes with its NUL). */
+const MAX_IPC_PATH_BYTES = 107;
+
 const oneLine = (s: string): string => s.replace(/\s*\n\s*/g, ' ').trim();
+
+/**
+ * A file-system error that says what is wrong with the user's files (a home that is a regular
+ * file, a path too long, no permission), as one line without "internal error": its Node message
+ * names the call and the path ("ENOTDIR: not a directory, mkdir '…/run/logs'").
+ */
+const USER_FS_CODES = new Set(['ENOTDIR', 'EISDIR', 'ENAMETOOLONG', 'EACCES', 'EPERM', 'EROFS', 'ENOSPC', 'EDQUOT', 'ELOOP', 'EEXIST', 'ENOENT']);
+function userFsError(e: unknown): boolean {
+  const c = (e as NodeJS.ErrnoException | null)?.code;
+  return e instanceof Error && typeof c === 'string' && USER_FS_CODES.has(c) && typeof (e as NodeJS.ErrnoException).path === 'string';
+}
 
 /** Prints an error as one line (plus the stack with HVLAB_DEBUG=1) and returns the exit code. */
 function report(e: unknown): number {
-  const known = e instanceof UsageError || e instanceof ValueError || e instanceof CliError || e instanceof MgmtCallError;
+  const known = e instanceof UsageError || e instanceof ValueError || e instanceof CliError || e instanceof MgmtCallError || userFsError(e);
   const msg = e instanceof Error ? e.message : String(e);
   process.stderr.write(`hvlab: ${known ? '' : 'internal error: '}${oneLine(msg)}${known || debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}\n`);
   if (debugOn() && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
@@ -1663,7 +1701,22 @@ export async function main(argv: string[]): Promise<never> {
   process.on('uncaughtException', lastResort);
   process.on('unhandledRejection', lastResort);
   const code = await run(argv);
+  await drained();
   process.exit(code);
+}
+
+/**
+ * Waits until what was written to stdout and stderr has left the process: to a pipe, Node writes
+ * asynchronously, and process.exit() dropped all but the first 64 KiB (`vm peek --len 64K | wc -c`
+ * gave 65536, `vm kvp NAME list --json | jq` an unterminated string), still with exit code 0.
+ */
+function drained(): Promise<void> {
+  const one = (s: NodeJS.WriteStream): Promise<void> =>
+    new Promise((resolve) => {
+      if (s.destroyed || !s.writable) return resolve();
+      s.write('', () => resolve());
+    });
+  return Promise.all([one(process.stdout), one(process.stderr)]).then(() => undefined);
 }
 
 /** True when this file is the program node was asked to run (not imported by bin/ or a test). */
