@@ -5,7 +5,9 @@
  * in shared memory, because nothing else can answer then.
  */
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
 import { openRegion } from '@hvlab/shm';
 import { TestHost, eventually, sleep } from './harness.js';
@@ -132,5 +134,35 @@ describe('a root that dies while a pause it asked for still runs (real processes
     await h.ok('vm', 'resume', 'sp');
     expect(await eventually(async () => ((await vm())!.workload.progress ?? 0) > (p0 ?? 0), 10000), 'it runs again once resumed').to.equal(true);
     await h.ok('vm', 'turn-off', 'sp');
+  });
+});
+
+describe('a worker record that names another process (real processes)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  let bystander: ChildProcess | null = null;
+  after(async () => {
+    if (bystander && bystander.exitCode === null && bystander.signalCode === null) bystander.kill('SIGKILL');
+    await h.destroyLeavingNothing();
+  });
+
+  it('is not believed: a restarted root leaves that process alone, and turn-off and down kill nothing of it', async () => {
+    await h.ok('up', '--lps', '2');
+    await h.ok('vm', 'new', 'a', '--memory', '16M', '--workload', 'idle');
+    await h.ok('vm', 'start', 'a');
+    bystander = spawn('sleep', ['300'], { stdio: 'ignore' });
+    const pid = bystander.pid!;
+    const file = join(h.paths.vmwpDir, 'a.json');
+    const rec = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    writeFileSync(file, JSON.stringify({ ...rec, pid, partitionPid: pid }));
+    const host = JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { root: number } };
+    process.kill(host.pids.root, 'SIGKILL');
+    expect(await eventually(async () => (await h.run('vm', 'list')).code === 0, 30000), 'a new root answers').to.equal(true);
+    const ps = await h.json<Array<{ pid: number }>>('ps');
+    expect(ps.map((p) => p.pid), 'ps does not list the bystander as a worker').to.not.include(pid);
+    await h.run('vm', 'turn-off', 'a');
+    await h.ok('down');
+    expect(bystander.exitCode === null && bystander.signalCode === null, 'the bystander lives').to.equal(true);
+    expect(readFileSync(h.paths.vmDir + '/a.json', 'utf8')).to.include('"name": "a"');
   });
 });

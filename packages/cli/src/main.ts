@@ -15,7 +15,7 @@
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hostPaths, pidAlive, resolveHome, type HostPaths } from '@hvlab/runtime';
+import { FileShapeError, hostPaths, pidAlive, readRegularFile, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
@@ -954,10 +954,9 @@ const debugOn = (): boolean => process.env.HVLAB_DEBUG === '1';
 function loadTopology(file: string): { topology: Topology; source: string } | TopologyError {
   let source: string;
   try {
-    if (statSync(file).size > MAX_TOPOLOGY_BYTES) throw new CliError(`${file} is larger than ${MAX_TOPOLOGY_BYTES} bytes: not a topology file`);
-    source = readFileSync(file, 'utf8');
+    source = readRegularFile(file, MAX_TOPOLOGY_BYTES).toString('utf8');
   } catch (e) {
-    if (e instanceof CliError) throw e;
+    if (e instanceof FileShapeError) throw new CliError(`${e.message}: not a topology file`);
     throw new CliError(`cannot read the topology file ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message}`);
   }
   try {

@@ -40,7 +40,7 @@
  * per run, results.md a table per method, and four SVG plots (plot.ts) show total time, downtime,
  * bytes sent and the dirty set pass by pass.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
@@ -49,7 +49,7 @@ import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
-import { resolveHome } from '@hvlab/runtime';
+import { FileShapeError, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
 import { ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkSet, readCluster } from './lab.js';
@@ -400,9 +400,9 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
 export function loadExperiment(file: string): ExperimentSpec | ExperimentError {
   let text: string;
   try {
-    if (statSync(file).size > MAX_EXPERIMENT_BYTES) return new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `the file is larger than ${MAX_EXPERIMENT_BYTES} bytes: not an experiment file` }]);
-    text = readFileSync(file, 'utf8');
+    text = readRegularFile(file, MAX_EXPERIMENT_BYTES).toString('utf8');
   } catch (e) {
+    if (e instanceof FileShapeError) return new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `${e.message}: not an experiment file` }]);
     const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
     return new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
   }

@@ -25,6 +25,7 @@ import {
 } from '@hvlab/protocol';
 import {
   curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
+  FileShapeError, readRegularFile,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
@@ -82,12 +83,16 @@ export function fabricFile(home: string): string {
  * The cluster of `home`, or null when none is up. A record that does not decode (cut short,
  * hand-edited) is a ClusterError naming the file: `cluster down` still cleans up around it.
  */
+/** A cluster record holds its topology file's text (at most 1 MiB) and a little more. */
+const CLUSTER_RECORD_MAX_BYTES = 4 * 1024 * 1024;
+
 export function readCluster(home: string): { record: ClusterRecord; topology: Topology } | null {
   const file = clusterRecordFile(home);
   let raw: string;
   try {
-    raw = readFileSync(file, 'utf8');
-  } catch {
+    raw = readRegularFile(file, CLUSTER_RECORD_MAX_BYTES).toString('utf8');
+  } catch (e) {
+    if (e instanceof FileShapeError) throw new ClusterError(`the cluster record ${e.message}; run "hvlab cluster down" to clean up`);
     return null;
   }
   let v: unknown;

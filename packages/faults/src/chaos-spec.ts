@@ -38,7 +38,7 @@
  * a target of the wrong kind, a name the run does not have, or a fault that ends after the run
  * are all refused.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { FileShapeError, readRegularFile } from '@hvlab/runtime';
 import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
   CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, INSTANT_FAULT_KINDS, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
@@ -654,8 +654,7 @@ function sameLink(a: string, b: string, hosts: readonly string[]): boolean {
 /** The kind a file says it is (`kind:` of its root map), without checking anything else; null if it says none or cannot be read. */
 export function experimentKindOf(file: string): string | null {
   try {
-    if (statSync(file).size > MAX_CHAOS_FILE_BYTES) return null;
-    const doc = parseDocument(readFileSync(file, 'utf8'), { uniqueKeys: false, prettyErrors: false });
+    const doc = parseDocument(readRegularFile(file, MAX_CHAOS_FILE_BYTES).toString('utf8'), { uniqueKeys: false, prettyErrors: false });
     const root = doc.contents as Node | null;
     if (!root || !isMap(root)) return null;
     const p = (root as YAMLMap).items.find((x) => isScalar(x.key) && x.key.value === 'kind');
@@ -670,9 +669,9 @@ export function experimentKindOf(file: string): string | null {
 export function loadChaosExperiment(file: string): ChaosSpec | ChaosExperimentError {
   let text: string;
   try {
-    if (statSync(file).size > MAX_CHAOS_FILE_BYTES) return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `the file is larger than ${MAX_CHAOS_FILE_BYTES} bytes: not an experiment file` }]);
-    text = readFileSync(file, 'utf8');
+    text = readRegularFile(file, MAX_CHAOS_FILE_BYTES).toString('utf8');
   } catch (e) {
+    if (e instanceof FileShapeError) return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `${e.message}: not an experiment file` }]);
     const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
     return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
   }

@@ -8,10 +8,10 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { decodeHostRecord, entries, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { decodeHostRecord, entries, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -22,9 +22,12 @@ export type { HostRecord };
 /** A failure the CLI shows as one line. */
 export class HostError extends Error {}
 
+/** run/host.json is a few hundred bytes; a larger one (or one that is no file) is not the hypervisor's. */
+const HOST_RECORD_MAX_BYTES = 64 * 1024;
+
 export function readHost(paths: HostPaths): HostRecord | null {
   try {
-    return decodeHostRecord(JSON.parse(readFileSync(paths.hostFile, 'utf8')));
+    return decodeHostRecord(JSON.parse(readRegularFile(paths.hostFile, HOST_RECORD_MAX_BYTES).toString('utf8')));
   } catch {
     return null;
   }

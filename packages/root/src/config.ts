@@ -19,7 +19,7 @@ import {
   MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes, workloadFitError, PROCESSOR_LIMITS,
 } from '@hvlab/protocol';
 export { workloadFitError, PROCESSOR_LIMITS };
-import { describeIoError } from '@hvlab/runtime';
+import { describeIoError, FileShapeError, readRegularFile } from '@hvlab/runtime';
 
 export const VM_CONFIG_VERSION = 1;
 
@@ -219,7 +219,10 @@ export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string 
 
 /** The file operations the store uses (node:fs; tests inject failing ones). */
 export type ConfigIo = Pick<typeof nodeFs,
-  'openSync' | 'writeSync' | 'fsyncSync' | 'closeSync' | 'renameSync' | 'linkSync' | 'unlinkSync' | 'rmSync' | 'readFileSync' | 'readdirSync' | 'mkdirSync' | 'existsSync'>;
+  'openSync' | 'writeSync' | 'fsyncSync' | 'closeSync' | 'renameSync' | 'linkSync' | 'unlinkSync' | 'rmSync' | 'readdirSync' | 'mkdirSync' | 'existsSync' | 'fstatSync' | 'readSync'>;
+
+/** A VM's config is a few KiB; a larger file (or one that is no file) is not one. */
+const VM_CONFIG_MAX_BYTES = 1024 * 1024;
 
 export interface InvalidVmConfig {
   /** The VM name the file stands for (its name without `.json`). */
@@ -231,6 +234,12 @@ export interface InvalidVmConfig {
 export type LoadedVmConfig = { ok: true; config: VmConfig } | { ok: false; reason: string } | null;
 
 const TMP_MARK = '.tmp-';
+/**
+ * A temporary file of `write`: NAME.json.tmp-PID-SEQ. Anchored at the end, so that a VM whose name
+ * holds ".json.tmp-" (a valid name: its file still ends in .json) is not taken for one and removed
+ * at the next load, as it was.
+ */
+const TMP_FILE_RE = /\.json\.tmp-\d+-\d+$/;
 
 export class ConfigStore {
   private seq = 0;
@@ -248,8 +257,9 @@ export class ConfigStore {
     const file = this.fileOf(name);
     let raw: string;
     try {
-      raw = this.io.readFileSync(file, 'utf8');
+      raw = readRegularFile(file, VM_CONFIG_MAX_BYTES, this.io).toString('utf8');
     } catch (e) {
+      if (e instanceof FileShapeError) return { ok: false, reason: e.message.slice(file.length + 1) };
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       return { ok: false, reason: `it cannot be read: ${describeIoError(e).text}` };
     }
@@ -275,7 +285,7 @@ export class ConfigStore {
     const invalidOnes: InvalidVmConfig[] = [];
     const ids = new Map<string, string>();
     for (const f of this.io.readdirSync(this.dir).sort()) {
-      if (f.includes(`.json${TMP_MARK}`)) {
+      if (TMP_FILE_RE.test(f)) {
         // Writes are synchronous, so no temporary file here is in flight: it is a dead writer's.
         try { this.io.rmSync(join(this.dir, f), { force: true }); } catch { /* harmless */ }
         continue;

@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
-import { procChildren, procTitle } from '@hvlab/shm/procfs';
+import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
@@ -463,6 +463,12 @@ export class Vmms {
     this.setState(r, n.suspended ? EnabledState.Paused : EnabledState.Running, n.ok ? what : `not ${what}: it failed while no root watched`);
   }
 
+  /** Whether `pid` is a live process of this host in `role` (its title and its environment say so). */
+  private ourProcess(pid: number, role: 'vmwp' | 'partition'): boolean {
+    if (!pidAlive(pid)) return false;
+    return (procTitle(pid)?.startsWith(`hvlab-${role} ${this.o.hostId} `) ?? false) && procEnviron(pid)?.get('HVLAB_HOST_ID') === this.o.hostId;
+  }
+
   private recordFile(name: string): string {
     return join(this.paths.vmwpDir, `${name}.json`);
   }
@@ -554,17 +560,19 @@ export class Vmms {
         continue;
       }
       const r = this.vms.get(rec.name);
-      if (!pidAlive(rec.pid) || !r || r.config.id !== rec.id) {
-        if (pidAlive(rec.pid)) {
-          // A worker for a VM this registry does not know (its config was removed): stop it.
-          try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
-        }
-        if (rec.partitionPid !== null && pidAlive(rec.partitionPid)) {
-          try { process.kill(rec.partitionPid, 'SIGKILL'); } catch { /* gone */ }
-        }
+      // The record's pids are believed only for processes of this host in the roles it says (a
+      // record edited to name another process's pid made a turn-off kill that process).
+      const worker = this.ourProcess(rec.pid, 'vmwp');
+      const partition = rec.partitionPid !== null && this.ourProcess(rec.partitionPid, 'partition');
+      if (!worker || !r || r.config.id !== rec.id) {
+        if (!worker && pidAlive(rec.pid)) this.o.log.warn({ file, pid: rec.pid }, 'a worker record names a process that is not one of this host\'s workers: left alone');
+        // A worker for a VM this registry does not know (its config was removed): stop it.
+        if (worker) try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
+        if (partition) try { process.kill(rec.partitionPid!, 'SIGKILL'); } catch { /* gone */ }
         rmSync(file, { force: true });
         continue;
       }
+      if (rec.partitionPid !== null && !partition) rec.partitionPid = null;
       owned.add(rec.name);
       if (rec.partitionId !== null) ownedIds.add(rec.partitionId);
       if (rec.instanceSeed && r.config.instanceSeed !== rec.instanceSeed) {

@@ -7,6 +7,7 @@
  * and delete. Failing writes are made with an injected `ConfigIo` (ENOSPC, EIO).
  */
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -206,6 +207,23 @@ describe('VM configuration', () => {
       put('c1.json.tmp-99999999-1', '');
       new ConfigStore(vmDir).loadAll();
       expect(filesIn()).to.deep.equal(['c1.json']);
+    });
+
+    it('lists a FIFO or an oversized file in a config\'s place as invalid, without waiting on it', () => {
+      execFileSync('mkfifo', [join(vmDir, 'pipe.json')]);
+      put('huge.json', ' '.repeat(2 * 1024 * 1024));
+      const { invalid } = new ConfigStore(vmDir).loadAll();
+      const why = Object.fromEntries(invalid.map((i) => [i.name, i.reason]));
+      expect(why.pipe).to.equal('is a FIFO, not a file');
+      expect(why.huge).to.match(/^is 2097152 bytes, more than the 1048576 such a file may have$/);
+    });
+
+    it('keeps the config of a VM whose name holds ".json.tmp-": it is no temp file', () => {
+      const store = new ConfigStore(vmDir);
+      for (const name of ['data.json.tmp-1', 'x.json.tmp-keep', 'y.json.tmp-1-2']) store.create(buildConfig({ name, memory: '16M' }));
+      const { valid } = new ConfigStore(vmDir).loadAll();
+      expect(valid.map((c) => c.name).sort()).to.deep.equal(['data.json.tmp-1', 'x.json.tmp-keep', 'y.json.tmp-1-2']);
+      expect(filesIn().sort()).to.deep.equal(['data.json.tmp-1.json', 'x.json.tmp-keep.json', 'y.json.tmp-1-2.json']);
     });
   });
 

@@ -8,7 +8,7 @@
  * a piece): for a file that only describes live processes, which a power cut makes stale anyway.
  * Each fsync costs ~10 ms on this project's machine, on a VM start's critical path.
  */
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeSync, type Stats } from 'node:fs';
 import { dirname } from 'node:path';
 
 export function writeFileAtomic(file: string, text: string | Uint8Array, opts: { mode?: number; syncDir?: boolean; durable?: boolean } = {}): void {
@@ -37,4 +37,52 @@ export function writeFileAtomic(file: string, text: string | Uint8Array, opts: {
       closeSync(dir);
     }
   } catch { /* a directory that cannot be synced (some filesystems) still holds the renamed file */ }
+}
+
+/** A file that is not what a reader takes: not a regular file, or larger than it may be. */
+export class FileShapeError extends Error {
+  override name = 'FileShapeError';
+  readonly code = 'EHVLABSHAPE';
+}
+
+function kindOf(st: Stats): string {
+  return st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : 'not a regular file';
+}
+
+/** The file-system calls readRegularFile makes (a test may fail one). */
+export type RegularFileIo = { openSync: typeof openSync; fstatSync: typeof fstatSync; readSync: typeof readSync; closeSync: typeof closeSync };
+const nodeIo: RegularFileIo = { openSync, fstatSync, readSync, closeSync };
+
+/**
+ * Reads a file that must be a regular one of at most `maxBytes` (a symlink to one is one). It is
+ * opened without blocking, so a FIFO in its place does not hold the reader until someone writes
+ * (a FIFO at vms/NAME.json held a starting root for good), checked with fstat, and read to its end
+ * but never past `maxBytes` (run/host.json as a link to /dev/zero grew a CLI to 1.9 GB). Throws
+ * FileShapeError for the wrong kind or size, the file system's error otherwise (ENOENT included).
+ */
+export function readRegularFile(path: string, maxBytes: number, io: RegularFileIo = nodeIo): Buffer {
+  const fd = io.openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = io.fstatSync(fd);
+    if (!st.isFile()) throw new FileShapeError(`${path} is ${kindOf(st)}, not a file`);
+    if (st.size > maxBytes) throw new FileShapeError(`${path} is ${st.size} bytes, more than the ${maxBytes} such a file may have`);
+    // The size can change while it is read: read to the end, growing the buffer, and one byte more
+    // than allowed tells.
+    let buf = Buffer.alloc(Math.min(maxBytes, st.size) + 1);
+    let n = 0;
+    for (;;) {
+      if (n === buf.length) {
+        if (n > maxBytes) throw new FileShapeError(`${path} is more than the ${maxBytes} bytes such a file may have`);
+        const bigger = Buffer.alloc(Math.min(maxBytes + 1, buf.length * 2));
+        buf.copy(bigger, 0, 0, n);
+        buf = bigger;
+      }
+      const got = io.readSync(fd, buf, n, buf.length - n, null);
+      if (got <= 0) break;
+      n += got;
+    }
+    return buf.subarray(0, n);
+  } finally {
+    io.closeSync(fd);
+  }
 }

@@ -1,9 +1,11 @@
 /** writeFileAtomic: the file has the new text (or bytes) and mode, no temp file stays, and a failed write leaves no temp file. */
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import * as fsAll from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../src/index.js';
+import { FileShapeError, readRegularFile, writeFileAtomic } from '../src/index.js';
 
 describe('writeFileAtomic', () => {
   let dir: string;
@@ -38,5 +40,64 @@ describe('writeFileAtomic', () => {
     expect(() => writeFileAtomic(d, 'x')).to.throw();
     expect(readdirSync(dir)).to.deep.equal(['sub']);
     expect(readFileSync(join(d, 'keep'), 'utf8')).to.equal('k');
+  });
+});
+
+describe('readRegularFile', () => {
+  let dir = '';
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'hvlab-ut-regular-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const shape = (f: () => unknown): string => {
+    try {
+      f();
+    } catch (e) {
+      expect(e).to.be.instanceOf(FileShapeError);
+      return (e as Error).message;
+    }
+    throw new Error('read');
+  };
+
+  it('reads a file, and one through a symlink, whole', () => {
+    const f = join(dir, 'a.json');
+    const text = 'x'.repeat(200_000);
+    writeFileSync(f, text);
+    expect(readRegularFile(f, 1 << 20).toString()).to.equal(text);
+    symlinkSync(f, join(dir, 'link.json'));
+    expect(readRegularFile(join(dir, 'link.json'), 1 << 20).toString()).to.equal(text);
+    writeFileSync(join(dir, 'empty'), '');
+    expect(readRegularFile(join(dir, 'empty'), 10).length).to.equal(0);
+  });
+
+  it('refuses, without blocking or reading on, a FIFO, a directory, a device and a file over the limit', () => {
+    const fifo = join(dir, 'fifo.json');
+    execFileSync('mkfifo', [fifo]);
+    // Opened without blocking: no writer is needed for the refusal (a blocking open would hang here).
+    expect(shape(() => readRegularFile(fifo, 1024))).to.match(/is a FIFO, not a file$/);
+    expect(shape(() => readRegularFile(dir, 1024))).to.match(/is a directory, not a file$/);
+    symlinkSync('/dev/zero', join(dir, 'zero.json'));
+    expect(shape(() => readRegularFile(join(dir, 'zero.json'), 1024))).to.match(/is a character device, not a file$/);
+    writeFileSync(join(dir, 'big'), 'y'.repeat(2000));
+    expect(shape(() => readRegularFile(join(dir, 'big'), 1999))).to.match(/2000 bytes, more than the 1999/);
+    expect(readRegularFile(join(dir, 'big'), 2000).length).to.equal(2000);
+    let code = '';
+    try {
+      readRegularFile(join(dir, 'missing'), 10);
+    } catch (e) {
+      code = (e as NodeJS.ErrnoException).code ?? '';
+    }
+    expect(code, 'a missing file is the file system\'s ENOENT').to.equal('ENOENT');
+  });
+
+  it('notices a file that grows past the limit while it is read (the size fstat gave is not trusted)', () => {
+    const f = join(dir, 'grows');
+    writeFileSync(f, 'z'.repeat(10));
+    // An io whose fstat says the file is smaller than it is: as if it grew after the fstat.
+    const io = { ...fsAll };
+    const realFstat = io.fstatSync;
+    io.fstatSync = ((fd: number) => Object.assign(realFstat(fd), { size: 2 })) as typeof io.fstatSync;
+    expect(readRegularFile(f, 100, io).toString()).to.equal('z'.repeat(10));
+    expect(shape(() => readRegularFile(f, 5, io))).to.match(/more than the 5 bytes/);
   });
 });
