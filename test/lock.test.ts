@@ -4,7 +4,8 @@
  * not let a second host (and a second copy of every VM) start on the same home.
  */
 import { expect } from 'chai';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { eventually, shmFiles, TestHost } from './harness.js';
@@ -62,6 +63,43 @@ describe('a host whose home is removed under it', function () {
     const r = await h.run('up', '--lps', '1');
     expect(r.code).to.equal(1);
     expect(r.stderr).to.match(/a host is already up/);
+  });
+
+  it('a host record removed, cut short or replaced by a FIFO is written again, so the CLI still reaches the host', async () => {
+    const hv = (JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { hypervisor: number } }).pids.hypervisor;
+    const recordOk = (): boolean => {
+      try {
+        return statSync(h.paths.hostFile).isFile() && (JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { hypervisor: number } }).pids.hypervisor === hv;
+      } catch {
+        return false;
+      }
+    };
+    for (const damage of [(): void => rmSync(h.paths.hostFile), (): void => writeFileSync(h.paths.hostFile, '{'), (): void => {
+      rmSync(h.paths.hostFile);
+      execFileSync('mkfifo', [h.paths.hostFile]);
+    }]) {
+      damage();
+      expect(await eventually(recordOk, 10000), 'the record is back').to.equal(true);
+      expect((await h.run('vm', 'list')).code, 'the CLI reaches the host').to.equal(0);
+    }
+  });
+
+  it('down stops a host whose record is gone, by the lock\'s hypervisor and its host id', async () => {
+    const h2 = new TestHost();
+    try {
+      await h2.ok('up', '--lps', '1');
+      const id = h2.hostId;
+      // A stopped hypervisor does not write its record again: only the lock says who holds the home.
+      const hv = (JSON.parse(readFileSync(h2.paths.hostFile, 'utf8')) as { pids: { hypervisor: number } }).pids.hypervisor;
+      process.kill(hv, 'SIGSTOP');
+      rmSync(h2.paths.hostFile);
+      const r = await h2.run('down');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(new RegExp(`^host ${id} is down`));
+      expect(await eventually(() => hostProcesses(id).length === 0, 10000), 'nothing of it runs').to.equal(true);
+    } finally {
+      await h2.destroyLeavingNothing();
+    }
   });
 
   it('goes down with its VMs: no process, /dev/shm file or socket directory is left, and the home is not made again', async () => {

@@ -184,13 +184,20 @@ export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: bo
 }
 
 export async function down(paths: HostPaths): Promise<{ hostId: string | null; graceful: boolean; killed: number; shm: number }> {
-  const rec = readHost(paths);
+  let rec = readHost(paths);
   if (!rec) {
-    if (lockHolder(paths) === null) {
+    const holder = lockHolder(paths);
+    if (holder === null) {
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(paths.lockFile, { force: true });
+      return { hostId: null, graceful: true, killed: 0, shm: 0 };
     }
-    return { hostId: null, graceful: true, killed: 0, shm: 0 };
+    // A live hypervisor holds the home but its record is gone or unreadable (removed, edited,
+    // cut short): it is still this home's host, and "down" still stops it. Its host id is in its
+    // environment; the management socket's path comes from the home, not from the record.
+    const hostId = procEnviron(holder)?.get('HVLAB_HOST_ID');
+    if (hostId === undefined || !/^[0-9a-f]{6}$/.test(hostId)) return { hostId: null, graceful: true, killed: 0, shm: 0 };
+    rec = { hostId, home: paths.home, pids: { hypervisor: holder, root: holder }, sockDir: paths.sockDir, lps: 1, startedAt: '' };
   }
   let graceful = false;
   if (pidAlive(rec.pids.hypervisor)) {

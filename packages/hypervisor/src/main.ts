@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, type HostRecord } from '@hvlab/runtime';
+import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -176,6 +176,13 @@ function checkHome(): void {
     }
     if (lockIsOurs()) {
       lockless = 0;
+      // The record removed or damaged by hand (the lock still ours): written again, so that the
+      // CLI finds this host ("no host is up" before, and "down" could not stop it).
+      if (root?.pid && !hostRecordIsOurs()) {
+        rmSync(paths.hostFile, { force: true, recursive: true });
+        writeHostRecord(root.pid, restarts);
+        log.warn({ file: paths.hostFile }, 'the host record was removed or damaged: written again');
+      }
       return;
     }
     const other = otherHolder();
@@ -208,6 +215,16 @@ process.on('SIGINT', () => void exit('SIGINT'));
 // Nothing a peer sends may end the host: log what escapes and keep serving.
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the hypervisor keeps serving)'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the hypervisor keeps serving)'));
+
+/** Whether run/host.json is this host's record (read as the CLI reads it: a FIFO does not block). */
+function hostRecordIsOurs(): boolean {
+  try {
+    const v = JSON.parse(readRegularFile(paths.hostFile, 64 * 1024).toString('utf8')) as { hostId?: unknown; pids?: { hypervisor?: unknown } } | null;
+    return v?.hostId === hostId && v.pids?.hypervisor === process.pid;
+  } catch {
+    return false;
+  }
+}
 
 function writeHostRecord(rootPid: number, restarts: number): void {
   const rec: HostRecord = {
