@@ -339,7 +339,13 @@ describe('VP scheduling over logical processors (real processes)', function () {
       await h.ok('vm', 'pause', 'p');
       const { delta } = await work(h, ['p'], 1000);
       expect(delta.p).to.equal(0);
+      // KVP asks the guest, which cannot answer while paused: refused at once, and nothing lands later.
+      const kvp = await h.run('vm', 'kvp', 'p', 'set', 'while.paused', 'x');
+      expect(kvp.code).to.equal(1);
+      expect(kvp.stderr).to.match(/cannot exchange KVP data of VM "p": it is Paused/);
       await h.ok('vm', 'resume', 'p');
+      const keys = await h.json<Array<{ key: string }>>('vm', 'kvp', 'p', 'list');
+      expect(keys.map((k) => k.key)).to.not.include('while.paused');
       expect((await work(h, ['p'], 1000)).delta.p).to.be.above(0);
       await h.ok('vm', 'turn-off', 'p');
     });

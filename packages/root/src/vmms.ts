@@ -1055,8 +1055,10 @@ export class Vmms {
     const value = args.value === undefined || args.value === null ? null : args.value;
     if (value !== null && typeof value !== 'string') throw new MgmtFailure('InvalidArgument', 'a KVP value is a string');
     if (op === 'set' && value === null) throw new MgmtFailure('InvalidArgument', 'KVP set needs a value');
-    if (r.state !== EnabledState.Running && r.state !== EnabledState.Paused) {
-      throw new MgmtFailure('InvalidState', `cannot exchange KVP data of VM "${r.config.name}": it is ${vmStateName(r.state)}`);
+    // Every operation asks the guest, which a Paused VM cannot answer: refused at once (the
+    // request used to wait, fail with a timeout, and still take effect at the resume).
+    if (r.state !== EnabledState.Running) {
+      throw new MgmtFailure('InvalidState', `cannot exchange KVP data of VM "${r.config.name}": it is ${vmStateName(r.state)}${r.state === EnabledState.Paused ? ' (its guest cannot answer until "vm resume")' : ''}`);
     }
     const link = this.linkOf(r, 'exchange KVP data of');
     return await link.request({ t: 'kvp', op, pool, key, value }, 15000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
