@@ -90,6 +90,17 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(p, 'a fresh counter').to.be.below(before);
   });
 
+  it('kill with restart for 0 s starts the VM again too, though its root had not seen the kill when the fault ended', async () => {
+    const f = await inject('kill', '--target', 'vm:db', '--restart', '--for', '0');
+    const pid = f.resolved.processes[0]!.pid;
+    expect(await eventually(async () => {
+      const v = await vmOn('h2', 'db');
+      return v?.state === 'Running' && v.pids.partition !== null && v.pids.partition !== pid;
+    }, 30000), 'running again, in a new partition process').to.equal(true);
+    expect(await eventually(async () => (await ended(f.id)) !== undefined, 10000)).to.equal(true);
+    expect((await ended(f.id))!.error).to.equal(null);
+  });
+
   it('a link delay (a round-trip figure, as ping shows it) makes the round trip between two hosts grow by the delay, and the link is as before after', async () => {
     const pings = async (): Promise<number[]> => [...(await h.json<LinkProbeResult>('link', 'probe', 'h1', 'h2', '--pings', '5')).rttMs].sort((a, b) => a - b);
     const median = (xs: number[]): number => xs[Math.floor(xs.length / 2)]!;

@@ -67,7 +67,7 @@ interface Undo {
   /** Faults handed to a root: undone by faultClear there. */
   hostFaults: Array<{ host: string; vm: string | null }>;
   /** VMs to start again when a kill with restart ends. */
-  restart: Array<{ host: string; vm: string }>;
+  restart: Array<{ host: string; vm: string; killed?: number }>;
 }
 
 interface Active {
@@ -400,7 +400,7 @@ export class Nemesis {
           process.kill(x.pid, 'SIGKILL');
           if (p.restart === true && x.vm && (x.role === 'partition' || x.role === 'vmwp')) {
             const host = rec.resolved.processes.find((q) => q.pid === x.pid)?.host;
-            if (host) undo.restart.push({ host, vm: x.vm });
+            if (host) undo.restart.push({ host, vm: x.vm, killed: x.pid });
           }
         }
         return;
@@ -543,7 +543,7 @@ export class Nemesis {
       for (const r of restart) {
         try {
           if (!w) throw new Error('the home cannot be read');
-          await this.restartVm(w, r.host, r.vm);
+          await this.restartVm(w, r.host, r.vm, r.killed ?? null);
           this.say(`fault ${rec.id}: VM ${r.vm} started again on ${r.host}`);
         } catch (e) {
           rec.error = [rec.error, `restart ${r.vm}: ${errText(e)}`].filter(Boolean).join('; ');
@@ -553,13 +553,19 @@ export class Nemesis {
     })();
   }
 
-  /** Starts VM `vm` on `host` again once its worker has seen it die (it is Off then). */
-  private async restartVm(world: World, host: string, vm: string): Promise<void> {
+  /**
+   * Starts VM `vm` on `host` again once its root has seen it die (it is Off then). Running with
+   * none of its processes the one killed (`killed`) is a VM someone started again already; Running
+   * with it is a root that has not seen the kill yet (a `--for 0` fault ends at once, and the
+   * restart used to take that for 'already running' and never start it).
+   */
+  private async restartVm(world: World, host: string, vm: string, killed: number | null): Promise<void> {
     const until = this.now() + 15_000;
     for (;;) {
-      const list = await this.hostCall<Array<{ name: string; state: string }>>(world, host, 'vmList', {}, 5000).catch(() => null);
-      const st = list?.find((v) => v.name === vm)?.state;
-      if (st === 'Running') return;
+      const list = await this.hostCall<Array<{ name: string; state: string; pids?: { vmwp?: number | null; partition?: number | null } }>>(world, host, 'vmList', {}, 5000).catch(() => null);
+      const v = list?.find((x) => x.name === vm);
+      const st = v?.state;
+      if (st === 'Running' && (killed === null || (v?.pids?.vmwp !== killed && v?.pids?.partition !== killed))) return;
       if (st === 'Off') {
         await this.hostCall(world, host, 'vmStart', { name: vm }, 60_000);
         return;

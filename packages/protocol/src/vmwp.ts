@@ -158,6 +158,7 @@ export interface VmwpRecord {
   instanceSeed?: string;
   /** Set just before the VMWP exits: why, and whether the guest shut itself down. */
   exit: { reason: string; guestShutdown: boolean; at: string } | null;
+
 }
 
 export type VmwpFrame =
@@ -356,3 +357,10 @@ export function decodeVmwpRecord(v: unknown): VmwpRecord {
     exit,
   };
 }
+
+/**
+ * How a worker's exit reason begins when its VM was moved away and runs on the destination (the
+ * host named after it): a root that finds it (it was restarted during the move, so no move of its
+ * own waits for the answer) drops the VM from this host, as the move would have.
+ */
+export const VMWP_EXIT_MIGRATED = 'migrated to ';

@@ -17,11 +17,11 @@ import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
-  EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord,
+  EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
 } from '@hvlab/protocol';
 import {
-  pidAlive, watchPid, hostPaths, RpcFailure, VmwpControlClient, VmwpLinkError,
+  pidAlive, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -534,6 +534,21 @@ export class Vmms {
       discardSavedState(this.o.vmDir, r.config.name);
     }
     if (r.state !== EnabledState.Saved) this.setState(r, EnabledState.Off, why);
+    if (!r.moving && r.exitReason?.startsWith(VMWP_EXIT_MIGRATED)) this.movedAwayUnwatched(r, r.exitReason.slice(VMWP_EXIT_MIGRATED.length));
+  }
+
+  /**
+   * A VM whose worker finished a move while no move of this root waited for it (the root that
+   * asked was restarted meanwhile): it runs on `to`, so it goes from this host as the move would
+   * have taken it. Kept, its Off copy here could be started again beside the one running there.
+   */
+  private movedAwayUnwatched(r: VmRecord, to: string): void {
+    const name = r.config.name;
+    if (this.vms.get(name) !== r) return;
+    this.o.store.remove(name);
+    discardSavedState(this.o.vmDir, name);
+    this.vms.delete(name);
+    this.o.log.warn({ vm: name, to }, 'VM moved away while no root of this host watched the move: its copy here is gone');
   }
 
   /**
@@ -566,6 +581,10 @@ export class Vmms {
       const partition = rec.partitionPid !== null && this.ourProcess(rec.partitionPid, 'partition');
       if (!worker || !r || r.config.id !== rec.id) {
         if (!worker && pidAlive(rec.pid)) this.o.log.warn({ file, pid: rec.pid }, 'a worker record names a process that is not one of this host\'s workers: left alone');
+        // Its worker finished a move while no root was up: the VM runs on the destination.
+        if (!worker && r && r.config.id === rec.id && rec.exit?.reason.startsWith(VMWP_EXIT_MIGRATED)) {
+          this.movedAwayUnwatched(r, rec.exit.reason.slice(VMWP_EXIT_MIGRATED.length));
+        }
         // A worker for a VM this registry does not know (its config was removed): stop it.
         if (worker) try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
         if (partition) try { process.kill(rec.partitionPid!, 'SIGKILL'); } catch { /* gone */ }
@@ -1155,6 +1174,7 @@ export class Vmms {
       this.moves.set(name, st);
       return st;
     };
+    let peerEndpoint: string | null = null;
     try {
       try {
         await this.moveSlot(r);
@@ -1172,6 +1192,7 @@ export class Vmms {
         });
         const after = cannotGo();
         if (after) return after;
+        peerEndpoint = link.endpoint;
         const l = r.link!; // cannotGo checked it
         r.moving.started = true;
         r.moving.cancel = (why) => void l.request({ t: 'migCancel', reason: why }, 5000).catch(() => undefined);
@@ -1193,12 +1214,28 @@ export class Vmms {
         }
         return stats;
       } catch (e) {
+        // The worker is gone (turned off, killed) in the middle of the move: it cannot tell the
+        // destination to drop its attempt, which then waited 30 s for the silent stream, holding
+        // the VM's name there (a new move to it was refused meanwhile). This root tells it.
+        if (workerGone(e) && peerEndpoint !== null) void this.abortAtDestination(peerEndpoint, cluster.key, mig, cluster.name, (e as Error).message);
         return fail('failed', (e as Error).message);
       } finally {
         this.releaseMoveSlot();
       }
     } finally {
       r.moving = null;
+    }
+  }
+
+  /** Tells a migration's destination to drop its attempt (what the source's worker does when it can). */
+  private async abortAtDestination(endpoint: string, key: ClusterKey, mig: string, from: string, why: string): Promise<void> {
+    const c = new RpcClient(endpoint, curveClientOptions(key));
+    try {
+      await c.call({ from, mig, op: 'migAbort', reason: `the source's worker is gone: ${why}`.slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION);
+    } catch (e) {
+      this.o.log.warn({ mig, err: (e as Error).message }, 'could not tell the destination to drop a failed migration (it drops it when the stream stays silent)');
+    } finally {
+      c.close();
     }
   }
 
