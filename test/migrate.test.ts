@@ -11,7 +11,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLUSTER_WIRE_VERSION, decode, encode, type MigrationStats, type VmInfo } from '@hvlab/protocol';
+import { CLUSTER_WIRE_VERSION, decode, encode, type HostInfo, type MigrationStats, type VmInfo } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
@@ -270,6 +270,47 @@ describe('live migration between two hosts', function () {
     expect(await eventually(() => nothingOnH2('kd'), 10000), 'nothing of it at h2').to.equal(true);
     await memdirtyCheck('h1', 'kd', 16 * 1024 * 1024);
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'kd');
+  });
+
+  it('the source\'s root killed during a move: the worker finishes it, and the restarted root drops its copy (never the VM on both hosts)', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'sr', '--memory', '64M', '--workload', 'memdirty:8M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'sr');
+    const moving = move('sr', '--bandwidth', '8M');
+    expect(await eventually(async () => {
+      const st = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'sr').catch(() => null);
+      return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
+    }, 20000), 'the copy began').to.equal(true);
+    const root = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).pids.root;
+    process.kill(root, 'SIGKILL');
+    await moving; // its root died under it: an error, whatever the move does
+    expect(await eventually(async () => (await vmOn('h2', 'sr').catch(() => undefined))?.state === 'Running', 60000), 'it runs at h2').to.equal(true);
+    expect(await eventually(async () => {
+      const r = await h.run('--host', 'h1', 'vm', 'list', '--json');
+      return r.code === 0 && !(JSON.parse(r.stdout) as VmInfo[]).some((v) => v.name === 'sr');
+    }, 30000), 'h1 has no copy of it').to.equal(true);
+    const again = await h.run('--host', 'h1', 'vm', 'start', 'sr');
+    expect(again.code, 'nothing at h1 to start beside the one at h2').to.not.equal(0);
+    expect((await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all')).filter((v) => v.name === 'sr').map((v) => v.host)).to.deep.equal(['h2']);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'sr');
+    await h.ok('--host', 'h2', 'vm', 'delete', 'sr');
+  });
+
+  it('the source VM turned off during a move: its root tells the destination, which drops its copy without waiting for the stream to go silent', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'to', '--memory', '64M', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'to');
+    const moving = move('to', '--bandwidth', '2M');
+    expect(await eventually(async () => {
+      const st = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'to').catch(() => null);
+      return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
+    }, 20000), 'the copy began').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'to');
+    const m = await moving;
+    expect(m.code).to.equal(1);
+    expect(m.stats?.status).to.equal('failed');
+    expect(await eventually(() => nothingOnH2('to'), 20000), 'nothing of it at h2').to.equal(true);
+    const logs = (await h.run('--host', 'h2', 'logs', '--role', 'root')).stdout;
+    expect(logs).to.match(/incoming migration dropped .*the source aborted: the source's worker is gone/);
+    await h.ok('--host', 'h1', 'vm', 'delete', 'to');
   });
 
   it('the destination\'s worker killed during post-copy: the VM is lost, and both hosts say so plainly', async () => {
