@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
 import { openRegion } from '@hvlab/shm';
+import { pidAlive } from '@hvlab/runtime';
 import { TestHost, eventually, sleep } from './harness.js';
 
 const NAMES = ['c1', 'c2', 's1', 's2'];
@@ -164,5 +165,37 @@ describe('a worker record that names another process (real processes)', function
     await h.ok('down');
     expect(bystander.exitCode === null && bystander.signalCode === null, 'the bystander lives').to.equal(true);
     expect(readFileSync(h.paths.vmDir + '/a.json', 'utf8')).to.include('"name": "a"');
+  });
+});
+
+describe('a running VM whose config file is damaged while its root restarts (real processes)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('keeps running, listed Invalid with its worker named; turn-off stops it, and only then delete removes it', async () => {
+    await h.ok('up', '--lps', '2');
+    await h.ok('vm', 'new', 'a', '--memory', '16M', '--workload', 'counter:1000');
+    await h.ok('vm', 'start', 'a');
+    const before = (await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'a')!;
+    writeFileSync(join(h.paths.vmDir, 'a.json'), 'garbage');
+    const host = JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { root: number } };
+    process.kill(host.pids.root, 'SIGKILL');
+    let a: VmInfo | undefined;
+    expect(await eventually(async () => {
+      const r = await h.run('vm', 'list', '--json');
+      a = r.code === 0 ? (JSON.parse(r.stdout) as VmInfo[]).find((v) => v.name === 'a') : undefined;
+      return a !== undefined;
+    }, 30000), 'a new root lists it').to.equal(true);
+    expect(a!.state).to.equal('Invalid');
+    expect(a!.lastStateReason).to.match(new RegExp(`its worker still runs \\(pid ${before.pids.vmwp}\\)`));
+    // Still running: the root restart stopped no VM, its partition was not taken for an orphan.
+    await sleep(500);
+    expect(pidAlive(before.pids.vmwp!) && pidAlive(before.pids.partition!), 'its processes live').to.equal(true);
+    expect((await h.run('vm', 'delete', 'a')).stderr).to.match(/its worker still runs .*turn-off a" first/);
+    await h.ok('vm', 'turn-off', 'a');
+    expect(await eventually(() => !pidAlive(before.pids.vmwp!) && !pidAlive(before.pids.partition!), 10000), 'turned off').to.equal(true);
+    await h.ok('vm', 'delete', 'a');
+    expect((await h.json<VmInfo[]>('vm', 'list')).map((v) => v.name)).to.deep.equal([]);
   });
 });

@@ -57,6 +57,11 @@ interface VmRecord {
   startCancelled: string | null;
   /** Why the VM's config file cannot be used (state Invalid), or null. */
   invalid: string | null;
+  /**
+   * The worker of an Invalid VM that kept running through a root restart (its config file was
+   * damaged meanwhile): left running, as every VM is across a root restart, until a turn-off.
+   */
+  stranded: { pid: number; partitionPid: number | null; partitionId: number | null } | null;
   /** A live migration into this host (destination), until it is committed. */
   incoming: Incoming | null;
   /** A live migration of this VM to another host (source), queued or running. */
@@ -225,6 +230,7 @@ export class Vmms {
     r.invalid = why;
     r.state = EnabledState.Invalid;
     r.reason = `the configuration ${this.o.store.fileOf(r.config.name)} is invalid: ${why}`;
+    if (r.stranded) r.reason += `; its worker still runs (pid ${r.stranded.pid}): "hvlab vm turn-off ${r.config.name}" stops it`;
   }
 
   /**
@@ -242,6 +248,12 @@ export class Vmms {
       if (now.reason !== r.invalid) this.markInvalid(r, now.reason);
       return true;
     }
+    if (r.stranded) {
+      // Its worker was left running while the file was bad: it is not this root's to manage.
+      const why = 'the file is valid again, but the VM\'s worker was left running while it was not: turn the VM off, then start it again';
+      if (r.invalid !== why) this.markInvalid(r, why);
+      return true;
+    }
     const taken = [...this.vms.values()].find((o) => o !== r && o.invalid === null && o.config.id === now.config.id);
     if (taken) {
       this.markInvalid(r, `field "id" is ${now.config.id}, the id of VM "${taken.config.name}" (a copied config needs a new id)`);
@@ -257,7 +269,7 @@ export class Vmms {
     return {
       config, state: EnabledState.Off, reason: null, partitionId: null, partitionPid: null, vmwpPid: null, link: null, stopWatch: null,
       runningSince: null, expectingExit: false, failure: null, exitReason: null, guestShutdown: false, booted: null,
-      restoring: false, invalid: null, startCancelled: null, incoming: null, moving: null, adopted: null, changing: null,
+      restoring: false, invalid: null, stranded: null, startCancelled: null, incoming: null, moving: null, adopted: null, changing: null,
     };
   }
 
@@ -579,6 +591,17 @@ export class Vmms {
       // record edited to name another process's pid made a turn-off kill that process).
       const worker = this.ourProcess(rec.pid, 'vmwp');
       const partition = rec.partitionPid !== null && this.ourProcess(rec.partitionPid, 'partition');
+      if (worker && r && r.invalid !== null) {
+        // Its config file was damaged while no root was up: the VM keeps running (a root restart
+        // stops no VM), its partition is kept, and a turn-off stops it. It used to be killed here,
+        // its partition taken for an orphan.
+        r.stranded = { pid: rec.pid, partitionPid: partition ? rec.partitionPid : null, partitionId: rec.partitionId };
+        this.markInvalid(r, r.invalid);
+        owned.add(rec.name);
+        if (rec.partitionId !== null) ownedIds.add(rec.partitionId);
+        this.o.log.warn({ vm: rec.name, pid: rec.pid, why: r.invalid }, 'a running VM\'s configuration is invalid: its worker is left running until a turn-off');
+        continue;
+      }
       if (!worker || !r || r.config.id !== rec.id) {
         if (!worker && pidAlive(rec.pid)) this.o.log.warn({ file, pid: rec.pid }, 'a worker record names a process that is not one of this host\'s workers: left alone');
         // Its worker finished a move while no root was up: the VM runs on the destination.
@@ -931,6 +954,8 @@ export class Vmms {
   }
 
   async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
+    const stranded = this.get(name, true);
+    if (stranded.invalid !== null && stranded.stranded) return await this.stopStranded(stranded);
     const r = this.get(name);
     if (r.state === EnabledState.Saved) {
       // Turning off a saved VM discards its saved state (as Stop-VM -TurnOff does).
@@ -1013,6 +1038,23 @@ export class Vmms {
       if (force) return await fail('its guest was not off in time');
       throw new MgmtFailure('Timeout', `VM "${r.config.name}" is not off yet: its guest accepted the shutdown but was not off within ${timeoutS} s; it stays Stopping until it is (or "hvlab vm turn-off ${r.config.name}", or "vm stop --force")`);
     }
+    return this.info(r, null);
+  }
+
+  /** Turns off the worker an Invalid VM kept through a root restart (see `stranded`). */
+  private async stopStranded(r: VmRecord): Promise<VmInfo> {
+    const s = r.stranded!;
+    for (const pid of [s.pid, s.partitionPid]) {
+      if (pid !== null && (this.ourProcess(pid, 'vmwp') || this.ourProcess(pid, 'partition'))) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+    if (s.partitionId !== null) {
+      await this.o.vid.call('FinalizePartition', { partitionId: s.partitionId }, 1000).catch(() => undefined);
+      await this.o.vid.call('DeletePartition', { partitionId: s.partitionId }, 1000).catch(() => undefined);
+    }
+    rmSync(this.recordFile(r.config.name), { force: true });
+    r.stranded = null;
+    this.markInvalid(r, r.invalid!);
+    this.o.log.info({ vm: r.config.name }, 'the worker of a VM with an invalid configuration was turned off');
     return this.info(r, null);
   }
 
@@ -1492,6 +1534,7 @@ export class Vmms {
   delete(name: unknown): { name: string; deleted: true } {
     const r = this.get(name, true);
     this.requireState(r, [EnabledState.Off, EnabledState.Saved, EnabledState.Invalid], 'delete');
+    if (r.stranded) throw new MgmtFailure('InvalidState', `cannot delete VM "${r.config.name}": its worker still runs (pid ${r.stranded.pid}); "hvlab vm turn-off ${r.config.name}" first`);
     this.o.store.remove(r.config.name);
     discardSavedState(this.o.vmDir, r.config.name);
     for (const role of ['vmwp', 'partition']) rmSync(join(this.paths.logDir, `${role}-${r.config.name}.log`), { force: true });
