@@ -54,6 +54,42 @@ describe('spare VM workers (real processes)', function () {
     }
   });
 
+  it('a start whose root dies before its worker reads the start-up input is abandoned by that worker, and the VM starts again cleanly', async () => {
+    const h = new TestHost();
+    try {
+      await h.ok('up', '--lps', '2');
+      let ps: ProcessInfo[] = [];
+      expect(await eventually(async () => spares(ps = await h.json<ProcessInfo[]>('ps')).length === 1, 10000), JSON.stringify(ps)).to.equal(true);
+      const [spare] = spares(ps);
+      expect(await eventually(() => childrenOf(spare!).length === 1, 10000)).to.equal(true);
+      const [spareChild] = childrenOf(spare!);
+      await h.ok('vm', 'new', 'b', '--memory', '16M', '--workload', 'counter');
+      // A slow worker: stopped, so the start's input waits in its pipe while its root dies.
+      process.kill(spare!, 'SIGSTOP');
+      let continued = false;
+      try {
+        const starting = h.run('vm', 'start', 'b');
+        expect(await eventually(async () => (await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'b')?.state === 'Starting', 10000), 'Starting').to.equal(true);
+        const rec = JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { root: number } };
+        process.kill(rec.pids.root, 'SIGKILL');
+        await starting;
+        expect(await eventually(async () => (await h.run('vm', 'list')).code === 0, 30000), 'a new root').to.equal(true);
+        process.kill(spare!, 'SIGCONT');
+        continued = true;
+      } finally {
+        if (!continued) process.kill(spare!, 'SIGCONT');
+      }
+      // The worker finds its root gone and leaves with its partition process, before making anything.
+      expect(await eventually(() => !pidAlive(spare!) && !pidAlive(spareChild!), 10000), 'the abandoned worker left').to.equal(true);
+      expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'b')?.state).to.equal('Off');
+      await h.ok('vm', 'start', 'b');
+      expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'b')?.state).to.equal('Running');
+      await h.ok('vm', 'turn-off', 'b');
+    } finally {
+      await h.destroyLeavingNothing();
+    }
+  });
+
   it('up --spare 0 keeps none and a start spawns its worker; bad values are refused before anything starts', async () => {
     const h = new TestHost();
     try {

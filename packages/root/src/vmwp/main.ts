@@ -39,7 +39,7 @@ import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VER
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
 import { flipGuestByte, VmFaultTable, type WhileStopped } from './faults.js';
-import { prestartedPartition, spawnPartition } from './prestart.js';
+import { prestartedPartition, rootGone, spawnPartition } from './prestart.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 /**
@@ -84,6 +84,11 @@ export async function runWorker(): Promise<void> {
     throw e;
   });
   const input = decodeVmwpStartInput(line);
+  if (rootGone()) {
+    // Checked before the record is written: a root that starts after this point finds the record.
+    process.stderr.write(`hvlab vmwp: the root that asked for the start of ${input.config.name} is gone; the start is abandoned\n`);
+    process.exit(0);
+  }
   /** A booted warm worker: its config is its template's until a claim gives it a VM's. */
   const template = input.template === true;
   if (!template) stdin.close();
@@ -1463,6 +1468,10 @@ export async function runWorker(): Promise<void> {
       return;
     }
     stdin.close();
+    if (rootGone()) {
+      void exit(`not claimed: the root that claimed it for ${next.name} is gone`, 0);
+      return;
+    }
     try {
       await claimAs(next);
     } catch (e) {

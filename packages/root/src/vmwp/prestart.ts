@@ -9,6 +9,20 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { EAGER_COMPILE_ENV, entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime/paths';
 
 /**
+ * The root that started this worker (its parent when this module loaded, the first thing the
+ * worker does). A worker whose start-up input, or claim, arrives after that root died (a root
+ * killed while a start waited for a slow worker) abandons it: the root restarted meanwhile found no
+ * record of it and does not know the VM runs, so the worker would run on untracked, and the VM's
+ * next start would fail on it ('wrong secret').
+ */
+export const parentAtStart = process.ppid;
+
+/** Whether the root that started this worker is gone (this process was re-parented). */
+export function rootGone(): boolean {
+  return process.ppid !== parentAtStart;
+}
+
+/**
  * A new partition process, waiting for its start-up line on stdin (an IPC channel to this VMWP).
  * `ahead`: started ahead of need (by a spare or warm worker), it compiles its code eagerly.
  */
