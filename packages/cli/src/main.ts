@@ -1357,7 +1357,7 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'vm new': {
         const r = await connect().request<VmInfo>('vmNew', { name, memory: opt('memory'), vps: opt('vps'), workload: opt('workload'), rtcOffset: opt('rtc-offset') });
-        out(json ? JSON.stringify(r) : `VM ${r.name} created (${formatBytes(r.memoryBytes)}, ${r.vps} VP, workload ${r.workload.name}), state Off`);
+        out(json ? JSON.stringify(r) : `VM ${r.name} created (${formatBytes(r.memoryBytes)}, ${r.vps} VP${r.vps === 1 ? '' : 's'}, workload ${r.workload.name}), state Off`);
         return 0;
       }
       case 'vm stop': {

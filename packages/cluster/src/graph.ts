@@ -30,7 +30,7 @@ const dotString = (s: string): string => `"${s.replace(/\\/g, '\\\\').replace(/"
 export function topologyDot(t: Topology, places?: HostPlaces): string {
   const lines = [`graph ${dotString(t.name)} {`, '  node [shape=box, style=rounded, fontname="sans-serif"];', '  edge [fontname="sans-serif", fontsize=10];'];
   for (const h of t.hosts) {
-    const vms = t.vms.filter((v) => v.host === h.name).map((v) => `${v.name} (${formatBytes(v.memoryBytes)}, ${v.vps} VP)`);
+    const vms = t.vms.filter((v) => v.host === h.name).map((v) => `${v.name} (${formatBytes(v.memoryBytes)}, ${v.vps} VP${v.vps === 1 ? '' : 's'})`);
     const p = places?.get(h.name);
     const label = [h.name, ...(p ? [p.address] : []), ...(h.lps !== null ? [`${h.lps} LP${h.lps === 1 ? '' : 's'}`] : []), ...vms].join('\n');
     lines.push(`  ${dotString(h.name)} [label=${dotString(label)}];`);
@@ -54,7 +54,7 @@ export function topologySvg(t: Topology, places?: HostPlaces): string {
       { text: h.name, bold: true },
       ...(p ? [{ text: `${p.address}${p.netns ? ` (${p.netns})` : ''}`, bold: false }] : []),
       ...(h.lps !== null ? [{ text: `${h.lps} LP${h.lps === 1 ? '' : 's'}${h.memoryBytes !== null ? `, ${formatBytes(h.memoryBytes)}` : ''}`, bold: false }] : []),
-      ...t.vms.filter((v) => v.host === h.name).map((v) => ({ text: `▪ ${v.name}: ${formatBytes(v.memoryBytes)}, ${v.vps} VP, ${v.workload}`, bold: false })),
+      ...t.vms.filter((v) => v.host === h.name).map((v) => ({ text: `▪ ${v.name}: ${formatBytes(v.memoryBytes)}, ${v.vps} VP${v.vps === 1 ? '' : 's'}, ${v.workload}`, bold: false })),
     ];
     return { h, lines, height: 14 + lines.length * lineH };
   });

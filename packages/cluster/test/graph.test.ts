@@ -25,7 +25,7 @@ describe('cluster pictures', () => {
   it('DOT: a node per host with its LPs, VMs and address, an edge per link with its impairments', () => {
     const dot = topologyDot(T, new Map([['h1', { address: '10.1.2.10', netns: 'hvlab-abcd-h1' }]]));
     expect(dot.startsWith('graph "lab.1" {')).to.equal(true);
-    expect(dot).to.include('"h1" [label="h1\\n10.1.2.10\\n2 LPs\\nweb (64M, 2 VP)"];');
+    expect(dot).to.include('"h1" [label="h1\\n10.1.2.10\\n2 LPs\\nweb (64M, 2 VPs)"];');
     expect(dot).to.include('"h3" [label="h3\\ndb (64M, 1 VP)"];');
     expect(dot).to.include('"h1" -- "h2" [label="delay 20ms, rate 100mbit"];');
     expect(dot).to.include('"h2" -- "h3";');
@@ -39,7 +39,7 @@ describe('cluster pictures', () => {
     expect(svg.match(/<rect /g)).to.have.length(3);
     expect(svg.match(/<line /g)).to.have.length(2);
     expect(svg.match(/<g>/g)!.length).to.equal(svg.match(/<\/g>/g)!.length);
-    for (const s of ['>h1<', '>h2<', '>h3<', 'web: 64M, 2 VP, counter', 'db: 64M, 1 VP, idle', '>delay 20ms, rate 100mbit<', 'cluster lab.1']) expect(svg, s).to.include(s);
+    for (const s of ['>h1<', '>h2<', '>h3<', 'web: 64M, 2 VPs, counter', 'db: 64M, 1 VP, idle', '>delay 20ms, rate 100mbit<', 'cluster lab.1']) expect(svg, s).to.include(s);
     // Text is escaped.
     const amp = topologySvg(parseTopology('name: a_b\nhosts: { h1: {} }\n'));
     expect(amp).to.not.match(/<text[^>]*>[^<]*[<>&][^<]*<\/text>/);

@@ -148,7 +148,7 @@ export class VmFaultTable {
     } else if (spec.kind === 'vp-stall') {
       vps = spec.vps ?? Array.from({ length: h.vps }, (_, i) => i);
       const bad = vps.find((v) => v >= h.vps);
-      if (bad !== undefined) throw new VmwpFailure('InvalidArgument', `VM "${h.vm}" has ${h.vps} VPs (0 to ${h.vps - 1}); there is no VP ${bad}`);
+      if (bad !== undefined) throw new VmwpFailure('InvalidArgument', `VM "${h.vm}" has ${h.vps} VP${h.vps === 1 ? '' : 's'} (${h.vps === 1 ? 'VP 0' : `0 to ${h.vps - 1}`}); there is no VP ${bad}`);
       const high = vps.find((v) => v > FAULT_STALL_MAX_VP);
       if (high !== undefined) throw new VmwpFailure('InvalidArgument', `the hypervisor stalls VPs 0 to ${FAULT_STALL_MAX_VP} only, not VP ${high}`);
       for (const v of vps) vpMask += 2 ** v;
