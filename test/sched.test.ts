@@ -146,6 +146,25 @@ describe('VP scheduling over logical processors (real processes)', function () {
     });
     after(cleanup(h));
 
+    it('admits processor reserves against the host\'s LPs, as Hyper-V: a start or a higher reserve that would not fit is refused', async () => {
+      for (const n of ['ra', 'rb']) await h.ok('vm', 'new', n, '--memory', '8M', '--vps', '2', '--workload', 'idle');
+      await h.ok('vm', 'set-processor', 'ra', '--reserve', '100');
+      await h.ok('vm', 'set-processor', 'rb', '--reserve', '100');
+      await h.ok('vm', 'start', 'ra');
+      const refused = await h.run('vm', 'start', 'rb');
+      expect(refused.code).to.equal(1);
+      expect(refused.stderr).to.match(/cannot start VM "rb": its processor reserve \(100 % of 2 VPs, 200 % of one LP\) and the 200 % the running VMs reserve exceed the host's 2 LPs \(200 %\)/);
+      expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'rb')!.state, 'nothing changed').to.equal('Off');
+      await h.ok('vm', 'set-processor', 'rb', '--reserve', '0');
+      await h.ok('vm', 'start', 'rb');
+      const higher = await h.run('vm', 'set-processor', 'rb', '--reserve', '10');
+      expect(higher.stderr).to.match(/cannot give that reserve to VM "rb"/);
+      expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'rb')!.processor.reserve).to.equal(0);
+      await h.ok('vm', 'turn-off', 'ra');
+      await h.ok('vm', 'set-processor', 'rb', '--reserve', '100');
+      for (const n of ['rb']) await h.ok('vm', 'turn-off', n);
+    });
+
     it('--maximum 25 holds a VM to at most 27 % of an uncapped twin while an LP is idle', async () => {
       for (const n of ['capped', 'twin']) await h.ok('vm', 'new', n, '--memory', '8M', '--workload', 'spin');
       await h.ok('vm', 'set-processor', 'capped', '--maximum', '25');

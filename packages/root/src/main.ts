@@ -155,7 +155,7 @@ const handler: MgmtHandler = async (op, args) => {
   }
 };
 server = new MgmtServer(handler, (e) => log.error({ err: e }, 'management request failed'));
-vmms = new Vmms({ home: paths.home, hostId, hvPid, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY, spare });
+vmms = new Vmms({ home: paths.home, hostId, hvPid, lps, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY, spare });
 // A restarted root finds the VMs that kept running while it was away.
 await vmms.reattach();
 await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);

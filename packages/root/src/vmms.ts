@@ -140,6 +140,8 @@ const WORKER_WEDGED_MS = 30 * 60 * 1000;
 
 export interface VmmsOptions {
   home: string;
+  /** The host's logical processors: the processor reserves of its running VMs are admitted against them. */
+  lps?: number;
   hostId: string;
   hvPid: number;
   store: ConfigStore;
@@ -717,6 +719,7 @@ export class Vmms {
   async start(name: unknown): Promise<VmInfo> {
     const r = this.get(name);
     this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'start');
+    this.admitReserve(r, r.config.processor.reserve, r.config.vps, 'start');
     const restore = r.state === EnabledState.Saved;
     if (restore) {
       // Used once: consumed on disk before the guest can run from it, so neither a turn-off
@@ -860,6 +863,27 @@ export class Vmms {
     if (r.vmwpPid !== null) await this.kill(r, why);
   }
 
+  /** Whether a VM holds its processor reserve now: it has (or is getting) a worker and a partition. */
+  private holdsReserve(r: VmRecord): boolean {
+    return r.invalid === null && r.state !== EnabledState.Off && r.state !== EnabledState.Saved;
+  }
+
+  /**
+   * Admission of a processor reserve, as Hyper-V's: a VM starts (or takes a higher reserve, or
+   * comes in by migration) only if every running VM's reserve, in % of one LP (reserve × VPs), fits
+   * the host's LPs together with its own. Two VMs of 2 VPs at --reserve 100 both started on 2 LPs
+   * before, and each got half of what it was promised.
+   */
+  private admitReserve(r: VmRecord | null, reserve: number, vps: number, action: string, name = r?.config.name ?? ''): void {
+    const lps = this.o.lps;
+    if (!lps || reserve === 0) return;
+    let others = 0;
+    for (const o of this.vms.values()) if (o !== r && this.holdsReserve(o)) others += o.config.processor.reserve * o.config.vps;
+    const want = reserve * vps;
+    if (others + want <= 100 * lps) return;
+    throw new MgmtFailure('InsufficientResources', `cannot ${action} VM "${name}": its processor reserve (${reserve} % of ${vps} VP${vps === 1 ? '' : 's'}, ${want} % of one LP) and the ${others} % the running VMs reserve exceed the host's ${lps} LP${lps === 1 ? '' : 's'} (${100 * lps} %)`);
+  }
+
   /** Set-VMProcessor: reserve %, maximum % and relative weight, on a stopped or running VM. */
   async setProcessor(name: unknown, args: { reserve?: unknown; maximum?: unknown; weight?: unknown }): Promise<VmInfo> {
     const r = this.get(name);
@@ -877,6 +901,7 @@ export class Vmms {
       weight: pick(args.weight, '--weight', 1, 10000, p.weight),
     };
     if (next.reserve > next.maximum) throw new MgmtFailure('InvalidArgument', `reserve ${next.reserve}% is above maximum ${next.maximum}%`);
+    if (this.holdsReserve(r)) this.admitReserve(r, next.reserve, r.config.vps, 'give that reserve to');
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     await this.changeConfig(r, { ...r.config, processor: next }, 'processor settings', live && ((ms) => live.request({ t: 'processor', ...next }, ms)));
     this.o.log.info({ vm: r.config.name, ...next }, 'processor settings changed');
@@ -1408,6 +1433,7 @@ export class Vmms {
     if (typeof options === 'string') throw new MgmtFailure('InvalidArgument', options);
     const known = this.vms.get(c.name);
     if (known) throw new MgmtFailure('AlreadyExists', `host ${this.cluster?.name ?? this.o.hostId} has a VM "${c.name}" already`);
+    this.admitReserve(null, c.processor.reserve, c.vps, 'take the migration of', c.name);
     if (this.o.vmbusTransport !== 'shm') throw new MgmtFailure('InvalidState', 'this host runs without shared memory: it cannot take a live migration');
     const r = this.record(c);
     // A spare's replacement loads once the migration is committed or dropped, not during its blackout.
