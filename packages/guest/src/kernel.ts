@@ -215,6 +215,9 @@ export class GuestKernel {
         clock: { now: () => this.clock.now(), adjust: (d) => this.clock.adjust(d) },
         shutdown: (r) => void this.shutdown(`shutdown requested by the host (flags ${r.flags})`),
         autoValues: () => this.kvpAutoValues(),
+        // A quarter of the device pages: the rings, the other drivers and the kernel's own state
+        // share the rest (kernel.ts parks the whole state there at a save or a move).
+        stateBudgetBytes: () => (this.pages ? Math.floor(((this.pages.range.top - this.pages.range.floor) * PAGE) / 4) : Infinity),
       }));
     }
   }

@@ -22,6 +22,12 @@ export interface DriverContext {
   shutdown(r: ShutdownRequest): void;
   /** The KVP auto pool: what the guest reports about itself. */
   autoValues(): Record<string, string>;
+  /**
+   * How many bytes of state a driver may hold at most: a saved or migrated guest parks every
+   * driver's state in its device pages, so a driver whose state grows with the host's writes (KVP)
+   * refuses what would not fit there. Absent: no bound beyond the driver's own.
+   */
+  stateBudgetBytes?(): number;
 }
 
 export interface GuestDriver<S = unknown> {

@@ -65,7 +65,7 @@ interface Guest {
   clock: TestClock;
 }
 
-async function bootGuest(transport: 'shm' | 'remote', skewMs = 0): Promise<Guest> {
+async function bootGuest(transport: 'shm' | 'remote', skewMs = 0, kvpBudgetBytes = Infinity): Promise<Guest> {
   const lb = new VmbusLoopback({ transport });
   await lb.start();
   const providers = {
@@ -80,7 +80,7 @@ async function bootGuest(transport: 'shm' | 'remote', skewMs = 0): Promise<Guest
     heartbeat: new HeartbeatClient(),
     shutdown: new ShutdownClient((r) => shutdowns.push(r)),
     timesync: new TimeSyncClient(clock),
-    kvp: new KvpClient(() => ({ FullyQualifiedDomainName: 'guest1', OSName: 'hvlab guest kernel' })),
+    kvp: new KvpClient(() => ({ FullyQualifiedDomainName: 'guest1', OSName: 'hvlab guest kernel' }), () => kvpBudgetBytes),
   };
   const taps: Record<string, TappedDriver> = {};
   for (const [k, c] of Object.entries(clients)) {
@@ -313,6 +313,26 @@ for (const transport of ['shm', 'remote'] as const) {
       refused = null;
       await kvp.set('external', 'k', 'v'.repeat(2049)).catch((e) => (refused = e));
       expect(refused).to.be.instanceOf(KvpInputError);
+    });
+
+    it('KVP: a set that would not fit the guest\'s state budget (its device pages) is refused, naming why; shrinking makes room', async () => {
+      const small = await bootGuest(transport, 0, 5000);
+      try {
+        const kvp = small.providers.kvp;
+        await kvp.set('external', 'a', 'x'.repeat(2000));
+        await kvp.set('external', 'b', 'x'.repeat(2000));
+        let refused: Error | null = null;
+        await kvp.set('external', 'c', 'x'.repeat(2000)).catch((e: Error) => (refused = e));
+        expect(refused, 'the third 2 KB value does not fit 5000 bytes').to.not.equal(null);
+        expect(refused!.message).to.match(/the guest refused to set "c": its pool is full/);
+        expect(small.clients.kvp.external.has('c')).to.equal(false);
+        await kvp.set('external', 'a', 'short');
+        await kvp.set('external', 'c', 'x'.repeat(2000));
+        expect([...small.clients.kvp.external.keys()].sort()).to.deep.equal(['a', 'b', 'c']);
+        expect(small.clients.kvp.stateBytes()).to.be.at.most(5000);
+      } finally {
+        small.lb.close();
+      }
     });
 
     it('every provider survives 10,000 random and mutated packets from the guest and keeps serving a well-behaved guest', async function () {

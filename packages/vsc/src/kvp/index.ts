@@ -20,8 +20,15 @@ export class KvpClient extends IcClient {
   readonly external = new Map<string, string>();
   readonly guest = new Map<string, string>();
 
-  constructor(private readonly auto: KvpAutoValues) {
+  constructor(private readonly auto: KvpAutoValues, private readonly budget: () => number = () => Infinity) {
     super();
+  }
+
+  /** The bytes the pools take in a saved state (JSON text of each entry, near enough). */
+  stateBytes(): number {
+    let n = 0;
+    for (const m of [this.external, this.guest]) for (const [k, v] of m) n += entryBytes(k, v);
+    return n;
   }
 
   private pool(n: number): Map<string, string> | null {
@@ -45,6 +52,13 @@ export class KvpClient extends IcClient {
         // The host writes only the external pool; a pool has a bounded number of entries.
         if (m.pool !== KvpPool.External || m.key.length === 0) return answer(IcStatus.NotSupported);
         if (!pool.has(m.key) && pool.size >= KVP_MAX_POOL_ENTRIES) return answer(IcStatus.Fail);
+        // ... and as many bytes as the guest's device pages can hold at a save: 740 values of 2.5 KB
+        // on a 2 MiB VM made every later save fail for want of pages.
+        {
+          const old = pool.get(m.key);
+          const grows = entryBytes(m.key, m.value) - (old === undefined ? 0 : entryBytes(m.key, old));
+          if (grows > 0 && this.stateBytes() + grows > this.budget()) return answer(IcStatus.Fail);
+        }
         pool.set(m.key, m.value);
         return answer(IcStatus.OK, m.key, m.value);
       case KvpOperation.Delete:
@@ -62,8 +76,13 @@ export class KvpClient extends IcClient {
   }
 }
 
+/** An entry's bytes in a saved state: its JSON text, {"key":…,"value":…}. */
+function entryBytes(key: string, value: string): number {
+  return Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(JSON.stringify(value)) + 20;
+}
+
 export function createDriver(ctx: DriverContext): GuestDriver<KvpState> {
-  const c = new KvpClient(() => ctx.autoValues());
+  const c = new KvpClient(() => ctx.autoValues(), () => ctx.stateBudgetBytes?.() ?? Infinity);
   const entries = (m: Map<string, string>): KvpState['external'] => [...m].map(([key, value]) => ({ key, value }));
   return {
     class: 'kvp',

@@ -43,6 +43,7 @@ export class KvpProvider extends IcProvider implements IcService<KvpState> {
     const n = Buffer.byteLength(value, 'utf8');
     if (n > KVP_MAX_VALUE_BYTES) throw new KvpInputError(`KVP value of ${n} bytes is too long: at most ${KVP_MAX_VALUE_BYTES} bytes`);
     const r = await this.op(KvpOperation.Set, KVP_POOLS[pool], key, value);
+    if (r.status === IcStatus.Fail) throw new IcRequestError(`the guest refused to set "${key}": its pool is full (at most 4096 entries, in a quarter of the memory it keeps for devices)`, r.status);
     if (r.status !== IcStatus.OK) throw new IcRequestError(`the guest refused to set "${key}" (status 0x${r.status.toString(16)})`, r.status);
   }
 
