@@ -68,6 +68,11 @@ describe('live migration between two hosts', function () {
     expect(v.badPages, 'pages breaking the pattern (lost or stale pages)').to.deep.equal([]);
     expect(v.held, v.message).to.equal(true);
   };
+  /** VM `name`'s move from h1 is copying, past its first MiB. */
+  const copyBegan = (name: string): Promise<boolean> => eventually(async () => {
+    const st = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null);
+    return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
+  }, 20000);
   /** The destination holds nothing of VM `name`: not in its list, no process of it. */
   const nothingOnH2 = async (name: string): Promise<boolean> => {
     const vms = await list('h2');
@@ -252,10 +257,7 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'start', 'kd');
     await sleep(500);
     const moving = move('kd', '--bandwidth', '2M');
-    expect(await eventually(async () => {
-      const st = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'kd').catch(() => null);
-      return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
-    }, 20000), 'the copy began').to.equal(true);
+    expect(await copyBegan('kd'), 'the copy began').to.equal(true);
     const ps = await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps');
     const w = ps.find((x) => x.role === 'vmwp' && x.vm === 'kd');
     expect(w, 'the destination\'s worker').to.not.equal(undefined);
@@ -276,10 +278,7 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'new', 'sr', '--memory', '64M', '--workload', 'memdirty:8M');
     await h.ok('--host', 'h1', 'vm', 'start', 'sr');
     const moving = move('sr', '--bandwidth', '8M');
-    expect(await eventually(async () => {
-      const st = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'sr').catch(() => null);
-      return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
-    }, 20000), 'the copy began').to.equal(true);
+    expect(await copyBegan('sr'), 'the copy began').to.equal(true);
     const root = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).pids.root;
     process.kill(root, 'SIGKILL');
     await moving; // its root died under it: an error, whatever the move does
@@ -299,10 +298,7 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'new', 'to', '--memory', '64M', '--workload', 'memdirty:16M');
     await h.ok('--host', 'h1', 'vm', 'start', 'to');
     const moving = move('to', '--bandwidth', '2M');
-    expect(await eventually(async () => {
-      const st = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'to').catch(() => null);
-      return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
-    }, 20000), 'the copy began').to.equal(true);
+    expect(await copyBegan('to'), 'the copy began').to.equal(true);
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'to');
     const m = await moving;
     expect(m.code).to.equal(1);
