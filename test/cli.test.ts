@@ -319,6 +319,7 @@ describe('the hvlab command', function () {
       [['vm', 'stop', 'a', '--timeout', 'NaN'], /^hvlab: --timeout NaN is invalid/],
       [['vm', 'peek', 'a', '--gpa', '0x10', '--len', '-1'], /^hvlab: --len -1 is not a length/],
       [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
+      [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K$/],
     ];
     for (const [args, re] of cases) {
       it(`${args.join(' ')} is refused`, async () => {

@@ -188,6 +188,13 @@ describe('clusters on one machine', function () {
     const r = await h.run('up', '--hosts', '2', '--warm', '1');
     expect(r.code).to.equal(2);
     expect(r.stderr).to.match(/--hosts brings up a cluster/);
+    // One host per home: no stray host beside the cluster, and a host of it comes up only with it.
+    const stray = await h.run('up');
+    expect(stray.code).to.equal(1);
+    expect(stray.stderr).to.match(/holds a cluster \S+: one host per home/);
+    const member = await h.run('--host', 'h1', 'up');
+    expect(member.code).to.equal(1);
+    expect(member.stderr).to.match(/^hvlab: h1 is a host of the cluster in .*: its hosts come up with the cluster/);
     // "down" takes down what "up --hosts" brought up: everything of this home is the cluster.
     const downHere = await h.run('down');
     expect(downHere.code, downHere.stderr).to.equal(0);

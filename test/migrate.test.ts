@@ -151,9 +151,9 @@ describe('live migration between two hosts', function () {
   it('the destination\'s worker takes the stream on a socket of its own: a peer without the cluster\'s key is refused, garbage and another migration\'s requests are answered with errors, and the move completes', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'sock', '--memory', '64M', '--workload', 'counter');
     await h.ok('--host', 'h1', 'vm', 'start', 'sock');
-    // Slow enough (32 KB/s: the ~260 KB of pages that are not zero take ~8 s) that pre-copy is
-    // still going while the socket is knocked on, and fast enough that no batch waits 8 s.
-    const moving = move('sock', '--bandwidth', '32K');
+    // Slow enough (64 KB/s, the least a move takes: the ~260 KB of pages that are not zero take ~4 s)
+    // that pre-copy is still going while the socket is knocked on.
+    const moving = move('sock', '--bandwidth', '64K');
     const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-sock.log');
     let at: { address: string; port: number } | null = null;
     expect(await eventually(() => {

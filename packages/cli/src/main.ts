@@ -21,7 +21,7 @@ import {
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
@@ -212,7 +212,13 @@ export const COMMANDS: CommandSpec[] = [
     group: 'Live migration',
     options: [
       { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: nonEmpty('to') },
-      { name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M (default: as fast as the link allows)', check: (v) => (parseSize(v) === null ? `--bandwidth ${v} is invalid: bytes per second such as 100M or 512K` : null) },
+      {
+        name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M; at least 64K (default: as fast as the link allows)',
+        check: (v) => {
+          const n = parseSize(v);
+          return n === null || (n > 0 && n < MIGRATION_MIN_BANDWIDTH_BPS) ? `--bandwidth ${v} is invalid: bytes per second from 64K, such as 100M or 512K` : null;
+        },
+      },
       { name: 'downtime-limit', value: 'TIME', help: 'the blackout to aim for, e.g. 300ms (default, as QEMU)', check: (v) => (inRange(parseDuration(v), 1, 3_600_000) ? null : `--downtime-limit ${v} is invalid: a duration such as 300ms or 1s`) },
       { name: 'max-passes', value: 'N', help: 'pre-copy passes at most before the blackout (default 10)', check: wholeIn('max-passes', 1, 1000) },
       { name: 'compress', help: 'compress pages (deflate); zero pages are never sent in full anyway' },
@@ -1103,6 +1109,12 @@ export async function run(argv: string[]): Promise<number> {
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
           return 0;
         }
+        // One host per home: a home that holds a cluster has its hosts under it, and a host of a
+        // cluster comes up with its cluster (its namespace, its LPs, its join). An 'up' in either
+        // place started a stray host outside the cluster that "cluster down" then left running.
+        if (typeof aimed === 'string') throw new CliError(`${aimed} is a host of the cluster in ${resolveHome(p.home)}: its hosts come up with the cluster ("hvlab cluster up"); one brought down alone stays down until the cluster is brought down and up again`);
+        const holding = clusterHint(paths.home);
+        if (holding !== null) throw new CliError(`${paths.home} holds a ${holding.split(':')[0]}: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
         const spare = opt('spare');
         const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
@@ -1461,7 +1473,7 @@ export async function run(argv: string[]): Promise<number> {
         const st = await moving;
         if (json) out(JSON.stringify(st));
         else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
-        else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}; it stays on ${st.from}\n`);
+        else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}${/the VM is lost/.test(st['error-desc'] ?? '') ? '' : `; it stays on ${st.from}`}\n`);
         return st.status === 'completed' ? 0 : 1;
       }
       case 'experiment run': {

@@ -46,7 +46,7 @@ import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 import { problem, readYamlMap, scalar, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
-  CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, decodeMigrationOptions, formatBytes,
+  CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
 import { FileShapeError, readRegularFile, resolveHome } from '@hvlab/runtime';
@@ -351,7 +351,12 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
       const p = wholeNumber(ctx, f, field, 1, 1000);
       if (p !== null) spec.options.maxPasses = p;
     } else {
-      const b = quantity(ctx, f, field, parseBandwidth, 'bytes per second such as 100M, a rate such as 800mbit, or 0 (unlimited)', 0, 1e12, ' bytes/s');
+      // 0 (unlimited), or at least the floor a move takes (MIGRATION_MIN_BANDWIDTH_BPS, 64 KiB/s).
+      const fit = (t: string | number): number | null => {
+        const n = parseBandwidth(t);
+        return n === null || (n > 0 && n < MIGRATION_MIN_BANDWIDTH_BPS) ? null : n;
+      };
+      const b = quantity(ctx, f, field, fit, 'bytes per second from 64K such as 100M, a rate such as 800mbit, or 0 (unlimited)', 0, 1e12, ' bytes/s');
       if (b !== null) spec.options.bandwidthBps = Math.round(b);
     }
   }

@@ -195,6 +195,7 @@ describe('experiment files', () => {
       ['name: x\nmethods: [precopy]\noptions: { maxPasses: 0 }\n', 'options.maxPasses', /from 1 to 1000/],
       ['name: x\nmethods: [precopy]\noptions: { downtimeLimit: 0ms }\n', 'options.downtimeLimit', /above 0/],
       ['name: x\nmethods: [precopy]\noptions: { bandwidth: lots }\n', 'options.bandwidth', /bytes per second/],
+      ['name: x\nmethods: [precopy]\noptions: { bandwidth: 1 }\n', 'options.bandwidth', /from 64K/],
       ['name: x\nmethods: [precopy]\noptions: { postcopy: true }\n', 'options.postcopy', /not a field here/],
       ['name: x\nmethods: [precopy]\nprobe: 1K\n', 'probe', /from 64K/],
       ['name: x\nmethods: [precopy]\nmoveTimeout: 10ms\n', 'moveTimeout', /at least 1000ms/],

@@ -155,6 +155,14 @@ export const AUTO_CONVERGE = { initial: 20, increment: 10, max: 99 } as const;
 const own = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
 
 /** Checks move options (from a CLI, a peer or an experiment file); missing ones take the defaults. Returns a sentence when one is wrong. */
+/**
+ * The least bandwidth a move may be limited to (bytes/s): a full page batch (1 MiB) crosses in 16 s,
+ * inside the destination's 30 s of patience with a silent stream. At 1 B/s a page batch took days to pace
+ * out, the destination gave up after 30 s of silence, and the source stayed 'active' holding the
+ * VM and a migration slot.
+ */
+export const MIGRATION_MIN_BANDWIDTH_BPS = 64 * 1024;
+
 export function decodeMigrationOptions(v: unknown): MigrationOptions | string {
   if (v === undefined || v === null) return { ...MIGRATION_DEFAULTS };
   if (typeof v !== 'object' || Array.isArray(v) || (Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null)) return 'migration options must be a map';
@@ -176,6 +184,7 @@ export function decodeMigrationOptions(v: unknown): MigrationOptions | string {
     return null;
   };
   const err = num('bandwidthBps', 0, 1e12) ?? num('downtimeLimitMs', 1, 3_600_000) ?? num('maxPasses', 1, 1000)
+    ?? (out.bandwidthBps > 0 && out.bandwidthBps < MIGRATION_MIN_BANDWIDTH_BPS ? `migration option bandwidthBps must be 0 (no limit) or at least ${MIGRATION_MIN_BANDWIDTH_BPS} (64 KiB/s: a batch of 1 MiB of pages must cross within the destination's 30 s of patience)` : null)
     ?? bool('compress') ?? bool('autoConverge') ?? bool('postcopy') ?? bool('offline');
   if (err) return err;
   if (out.offline && (out.postcopy || out.autoConverge)) return 'an offline move cannot also be post-copy or auto-converge';

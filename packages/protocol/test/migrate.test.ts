@@ -189,6 +189,7 @@ describe('migration options', function () {
       ['fast', /must be a map/], [5, /must be a map/], [[], /must be a map/],
       [{ bogus: 1 }, /unknown migration option "bogus"/], [JSON.parse('{"__proto__":{}}'), /unknown migration option "__proto__"/],
       [{ [`${'k'.repeat(40)}`]: 1 }, new RegExp(`unknown migration option "${'k'.repeat(32)}"$`)],
+      [{ bandwidthBps: 1 }, /bandwidthBps must be 0 \(no limit\) or at least 65536/], [{ bandwidthBps: 65535 }, /at least 65536/],
       [{ bandwidthBps: '1' }, /bandwidthBps must be a whole number from 0 to 1000000000000/], [{ bandwidthBps: -1 }, /bandwidthBps/], [{ bandwidthBps: 1e12 + 1 }, /bandwidthBps/],
       [{ downtimeLimitMs: 0 }, /downtimeLimitMs must be a whole number from 1 to 3600000/], [{ downtimeLimitMs: 3_600_001 }, /downtimeLimitMs/], [{ downtimeLimitMs: true }, /downtimeLimitMs/],
       [{ maxPasses: 1.5 }, /maxPasses must be a whole number from 1 to 1000/], [{ maxPasses: NaN }, /maxPasses/], [{ maxPasses: Infinity }, /maxPasses/], [{ maxPasses: 1001 }, /maxPasses/],
@@ -218,6 +219,7 @@ describe('migration options', function () {
       const o = r as typeof MIGRATION_DEFAULTS;
       expect(Object.keys(o)).to.have.members(Object.keys(MIGRATION_DEFAULTS));
       for (const [k, lo, hi] of [['bandwidthBps', 0, 1e12], ['downtimeLimitMs', 1, 3_600_000], ['maxPasses', 1, 1000]] as const) expect(Number.isInteger(o[k]) && o[k] >= lo && o[k] <= hi, k).to.equal(true);
+      expect(o.bandwidthBps === 0 || o.bandwidthBps >= 64 * 1024, 'no bandwidth below the floor').to.equal(true);
       for (const k of ['compress', 'autoConverge', 'postcopy', 'offline'] as const) expect(o[k]).to.be.a('boolean');
       expect(o.offline && (o.postcopy || o.autoConverge)).to.equal(false);
       if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) if (x !== null && x !== undefined) expect(o[k as keyof typeof o], k).to.equal(x);

@@ -107,14 +107,20 @@ export interface MigrateOutRequest {
 class Pacer {
   private allowance = 0;
   private last = performance.now();
-  constructor(private readonly bps: number) {}
+  /** `check` throws when the move was cancelled: a pause longer than a moment looks at it every 100 ms. */
+  constructor(private readonly bps: number, private readonly check: () => void = () => undefined) {}
   async take(bytes: number): Promise<void> {
     if (this.bps <= 0) return;
     const now = performance.now();
     this.allowance = Math.min(this.bps / 4, this.allowance + ((now - this.last) / 1000) * this.bps);
     this.last = now;
     this.allowance -= bytes;
-    if (this.allowance < 0) await new Promise((r) => setTimeout(r, Math.ceil((-this.allowance / this.bps) * 1000)));
+    if (this.allowance >= 0) return;
+    const until = performance.now() + (-this.allowance / this.bps) * 1000;
+    for (let left = until - performance.now(); left > 0; left = until - performance.now()) {
+      await new Promise((r) => setTimeout(r, Math.ceil(Math.min(left, 100))));
+      this.check();
+    }
   }
 }
 
@@ -154,7 +160,7 @@ export class MigrationOut {
 
   constructor(private readonly src: MigrationSource, private readonly req: MigrateOutRequest) {
     this.guestPages = dirtyBitmapGpa(src.memoryBytes) / MIG_PAGE;
-    this.pacer = new Pacer(req.options.bandwidthBps);
+    this.pacer = new Pacer(req.options.bandwidthBps, () => this.check());
     this.stats = {
       vm: req.vm, from: req.from, to: req.to, method: req.options.offline ? 'offline' : req.options.postcopy ? 'postcopy' : 'precopy', status: 'setup',
       'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(this.guestPages * MIG_PAGE), pass: 0, 'compression-ratio': 1,
