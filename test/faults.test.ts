@@ -114,6 +114,13 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(f.resolved.links).to.deep.equal([['h1', 'h2']]);
     const during = median(await pings());
     expect(during, `round trip ${during} ms against ${base} ms`).to.be.at.least(base + 150 - 5);
+    // The link is the fault's while it lasts: a manual change would lift it behind 'fault list'.
+    for (const cmd of [['link', 'reset', 'h1', 'h2'], ['link', 'reset'], ['link', 'heal', 'h2', 'h1'], ['link', 'set', 'h1', 'h2', '--delay', '1ms']]) {
+      const r = await h.run(...cmd);
+      expect(r.code, cmd.join(' ')).to.equal(1);
+      expect(r.stderr).to.match(new RegExp(`^hvlab: link h1-h2 is held by fault ${f.id} \\(link\\) until it ends`));
+    }
+    expect(median(await pings()), 'still delayed').to.be.at.least(base + 150 - 5);
     await h.ok('fault', 'clear', f.id);
     expect((await ended(f.id))?.endReason).to.equal('cleared');
     const st = await h.json<{ links: Array<{ a: string; b: string; delayMs?: number | null; cut: boolean }> }>('cluster', 'status');

@@ -23,7 +23,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
 } from '@hvlab/faults';
 import {
@@ -465,6 +465,19 @@ function faultTable(list: FaultRecord[]): string {
  * When HOME holds a cluster (its hosts have homes of their own below it), which one and what to do
  * instead of a command for a single host there ("cluster NAME: …"); null when it holds none.
  */
+/**
+ * A link an active fault holds is the fault's until it ends: a manual change would lift the fault
+ * while "fault list" still showed it active (and the fault's end would then set the link back over
+ * the change). `a`/`b` null: any link (a reset of every link).
+ */
+function refuseHeldLink(home: string, a: string | null, b: string | null): void {
+  const same = (x: string, y: string): boolean => a === null || (x === a && y === b) || (x === b && y === a);
+  const held = heldLinks(home).filter((l) => same(l.a, l.b));
+  if (held.length === 0) return;
+  const f = held[0]!;
+  throw new CliError(`link ${f.a}-${f.b} is held by fault ${f.id} (${f.kind}) until it ends${held.length > 1 ? ` (and ${held.length - 1} more link${held.length === 2 ? '' : 's'} by active faults)` : ''}: "hvlab fault clear ${f.id}" ends it now`);
+}
+
 /** Whether `home` holds a cluster's record (one is up, or its teardown is unfinished). */
 function hasCluster(home: string): boolean {
   try {
@@ -1288,6 +1301,7 @@ export async function run(argv: string[]): Promise<number> {
         const seed = opt('seed');
         if (seed !== undefined) change.seed = Number(seed);
         if (Object.keys(change).length === 0) throw new UsageError('link set needs at least one of --delay, --jitter, --rate, --loss, --seed');
+        refuseHeldLink(paths.home, p.args[0]!, p.args[1]!);
         const l = await clusterCall(() => linkSet(paths.home, p.args[0]!, p.args[1]!, change));
         if (json) out(JSON.stringify(l));
         else out(`link ${l.a} - ${l.b}: ${impairmentsText(l) || 'unimpaired'}${l.cut ? ', cut' : ''} (seed ${l.seed})`);
@@ -1296,6 +1310,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'link cut':
       case 'link heal': {
         const cut = commandName(p.spec) === 'link cut';
+        refuseHeldLink(paths.home, p.args[0]!, p.args[1]!);
         const l = await clusterCall(() => (cut ? linkCut : linkHeal)(paths.home, p.args[0]!, p.args[1]!));
         if (json) out(JSON.stringify(l));
         else out(`link ${l.a} - ${l.b} is ${l.cut ? 'cut' : 'up'}`);
@@ -1303,6 +1318,7 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'link reset': {
         if (p.args.length === 1) throw new UsageError('link reset takes both ends of a link, or none (every link)');
+        refuseHeldLink(paths.home, p.args[0] ?? null, p.args[1] ?? null);
         const ls = await clusterCall(() => linkReset(paths.home, p.args[0] ?? null, p.args[1] ?? null));
         if (json) out(JSON.stringify(ls));
         else out(`reset ${ls.length} link${ls.length === 1 ? '' : 's'}: ${ls.map((l) => `${l.a} - ${l.b}`).join(', ') || 'none'}`);

@@ -36,7 +36,7 @@ import { join } from 'node:path';
 import {
   FAULT_ID_RE, FAULT_KINDS, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
-import { writeFileAtomic } from '@hvlab/runtime';
+import { readRegularFile, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
@@ -758,6 +758,29 @@ function leftoverRecord(v: unknown): FaultRecord | null {
     },
     state: 'active', startedAt: num(v.startedAt), endsAt: num(v.endsAt), endedAt: null, endReason: null, error: null, effect: null,
   };
+}
+
+/**
+ * The links the active faults of `home` hold (set or cut, to be set back at their end), from its
+ * active faults file: a manual `link set/cut/heal/reset` of one would lift the fault while
+ * `fault list` still showed it active. Unreadable: none.
+ */
+export function heldLinks(home: string): Array<{ id: string; kind: FaultKind; a: string; b: string }> {
+  let list: unknown;
+  try {
+    list = JSON.parse(readRegularFile(activeFile(home), 16 * 1024 * 1024).toString('utf8'));
+  } catch {
+    return [];
+  }
+  const out: Array<{ id: string; kind: FaultKind; a: string; b: string }> = [];
+  if (!Array.isArray(list)) return out;
+  for (const item of list as unknown[]) {
+    if (!isPlainObject(item) || !isPlainObject(item.undo) || !Array.isArray(item.undo.links)) continue;
+    const rec = leftoverRecord(item.rec);
+    if (!rec) continue;
+    for (const l of item.undo.links as unknown[]) if (isPlainObject(l) && typeof l.a === 'string' && typeof l.b === 'string') out.push({ id: rec.id, kind: rec.kind, a: l.a, b: l.b });
+  }
+  return out;
 }
 
 const IMPAIRMENT_KEYS = ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const;
