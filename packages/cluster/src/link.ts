@@ -144,6 +144,38 @@ class Direction {
     this.schedule();
   }
 
+  /**
+   * The link's impairments changed: what is queued is planned again under them from now, never
+   * later than it was (order kept). Chunks queued at 1 bit/s had release times hours ahead, and a
+   * 'link reset' left the connection (the hosts' heartbeats) waiting behind them.
+   */
+  retime(): void {
+    if (this.queue.length === 0) return;
+    const now = performance.now();
+    const st = this.link.state;
+    let free = now;
+    let prev = 0;
+    for (const p of this.queue) {
+      let at = now;
+      if (st.rateBps !== undefined && st.rateBps > 0) {
+        free += (p.chunk.length * 8 * 1000) / st.rateBps;
+        at = free;
+      }
+      at += (st.delayMs ?? 0) / 2;
+      at = Math.max(Math.min(p.at, at), prev);
+      p.at = at;
+      prev = at;
+    }
+    this.linkFreeAt = Math.min(this.linkFreeAt, Math.max(free, now));
+    this.lastRelease = prev;
+    if (this.timer) {
+      if (this.immediate) clearImmediate(this.timer as unknown as NodeJS.Immediate);
+      else clearTimeout(this.timer);
+      this.timer = null;
+    }
+    this.schedule();
+  }
+
   /** Arms the timer for the head of the queue (nothing while the link is cut). */
   schedule(): void {
     if (this.timer || this.queue.length === 0 || this.link.state.cut) return;
@@ -227,7 +259,10 @@ export class Link {
   }
 
   private changed(): void {
-    for (const c of [...this.live]) c.linkChanged();
+    for (const c of [...this.live]) {
+      for (const d of c.dirs) d.retime();
+      c.linkChanged();
+    }
   }
 
   constructor(readonly a: string, readonly b: string, impairments: LinkImpairments = {}, seed = 1) {

@@ -136,6 +136,20 @@ describe('link layer (a TCP proxy with impairments)', function () {
     s.destroy();
   });
 
+  it('bytes queued at a crawling rate go at once when the rate is cleared, not at the time it had planned for them', async () => {
+    link = proxy(echo.port);
+    const s = await open(await link.listen());
+    expect(await pingMedian(s, 1)).to.be.below(1000);
+    link.link.set({ rateBps: 1 });
+    // Ten bytes at 1 bit/s: planned 80 s ahead, past this test's timeout, which is the only bound.
+    const answer = new Promise<void>((r) => s.once('data', () => r()));
+    s.write('0123456789');
+    await new Promise((r) => setTimeout(r, 200));
+    link.link.reset();
+    await answer;
+    s.destroy();
+  });
+
   it('sets impairments independently, resets them, and draws the same jitter and loss from the same seed', () => {
     const l0 = new Link('h1', 'h2', {}, 42);
     l0.set({ delayMs: 20 });
