@@ -237,6 +237,22 @@ describe('clusters on one machine', function () {
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
   });
 
+  it('two cluster up at once on one home: one brings the cluster up, the other is refused and touches nothing of it', async () => {
+    const file = join(h.home, 'race.yaml');
+    writeFileSync(file, 'name: race\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\n');
+    const [x, y] = await Promise.all([h.run('cluster', 'up', file), h.run('cluster', 'up', file)]);
+    expect([x.code, y.code].sort(), `${x.stderr} / ${y.stderr}`).to.deep.equal([0, 1]);
+    const refused = x.code === 1 ? x : y;
+    expect(refused.stderr).to.match(/^hvlab: a cluster (\(race\) )?is already up/);
+    clusterHostIds(h.home, ids);
+    const st = await h.json<{ hosts: Array<{ name: string; state: string }> }>('cluster', 'status');
+    expect(st.hosts.map((z) => `${z.name}:${z.state}`)).to.deep.equal(['h1:up', 'h2:up']);
+    await h.ok('cluster', 'down');
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('a cluster whose home is removed under it goes down by itself: hosts, fabric, network, /dev/shm files, and the home is not made again', async () => {
     const file = join(h.home, 'two.yaml');
     writeFileSync(file, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M, workload: idle }\n');

@@ -17,7 +17,7 @@
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
@@ -118,10 +118,25 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
   return { record: o as ClusterRecord, topology };
 }
 
-function writeRecord(home: string, rec: ClusterRecord): void {
+/**
+ * Writes the cluster record only if there is none: complete in a file of its own first, then linked
+ * to the record's name, which fails if another process's is there. False when one was.
+ */
+function claimRecord(home: string, rec: ClusterRecord): boolean {
   mkdirSync(clusterDir(home), { recursive: true });
-  writeFileAtomic(clusterRecordFile(home), JSON.stringify(rec, null, 2) + '\n');
+  const tmp = `${clusterRecordFile(home)}.claim-${process.pid}`;
+  writeFileAtomic(tmp, JSON.stringify(rec, null, 2) + '\n');
+  try {
+    linkSync(tmp, clusterRecordFile(home));
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  } finally {
+    rmSync(tmp, { force: true });
+  }
 }
+
 
 /** How to reach one host of a cluster: its home on this machine, or its CURVE management endpoint (a joined host). */
 export type ClusterHostTarget =
@@ -195,10 +210,12 @@ export async function clusterUp(home: string, topology: Topology, source: string
   const net = clusterNetwork(home, topology);
   const listen = opts.listen ?? net.gateway;
   if (!isIpv4(listen)) throw new ClusterError(`--listen takes an IPv4 address (0.0.0.0 for every address), not "${listen}"`);
-  writeRecord(home, {
+  // Taken exclusively: two 'cluster up' at once on one home both found no record, both built the
+  // same bridge and namespaces, and both failed half-way ('RTNETLINK answers: File exists').
+  if (!claimRecord(home, {
     version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason,
     listen, fabricPort: opts.fabricPort ?? DEFAULT_FABRIC_PORT, gateway: net.gateway,
-  });
+  })) throw new ClusterError(`a cluster is already up or coming up for ${home} (another "cluster up" took it first); "hvlab cluster status" shows it`);
   const clients: MgmtClient[] = [];
   try {
     setupNetwork(net);
