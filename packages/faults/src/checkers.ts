@@ -414,8 +414,12 @@ export function checkIsolation(obs: Observation, stallMs: number, graceMs: numbe
       }
       i = j + 1;
     }
-    // Seen not running outside its faults' windows.
+    // Seen not running outside its faults' windows, once it had been seen running: before that it
+    // had not started yet (a run stopped during its set-up flagged its VMs NotListed here).
+    const firstRun = l.find((s) => s.answered && s.state !== null && RUNNING_STATES.has(s.state))?.t;
+    if (firstRun === undefined && l.some((s) => s.answered)) unknown.push(`${v.name}: never seen running (the run stopped before it started, or it did not start)`);
     for (const s of l) {
+      if (firstRun === undefined || s.t < firstRun) continue;
       if (!s.answered || s.state === null || RUNNING_STATES.has(s.state)) continue;
       if (excused.some(([x, y]) => s.t >= x && s.t <= y)) continue;
       violations++;

@@ -111,6 +111,12 @@ describe('chaos checkers', () => {
     const off = checkIsolation(obs(record((vm, ms) => (vm === 'b' && ms >= 20_000 && ms < 21_000 ? { state: 'Off', progress: null } : null)), []), 2000, 10_000);
     expect(off.held).to.equal(false);
     expect(off.evidence[0]).to.match(/^b \(no fault touched it then\): Off at \+20\.0s/);
+    // Before it was ever seen Running it had not started: a run stopped during its set-up is no violation.
+    const early = checkIsolation(obs(record((vm, ms) => (vm === 'b' && ms < 3000 ? { state: 'NotListed', progress: null } : null)), []), 2000, 10_000);
+    expect(early.held, early.evidence.join('; ')).to.equal(true);
+    const never = checkIsolation(obs(record((vm) => (vm === 'b' ? { state: 'NotListed', progress: null } : null)), []), 2000, 10_000);
+    expect(never.held, never.evidence.join('; ')).to.equal(true);
+    expect(never.unknown.join('; ')).to.match(/b: never seen running/);
   });
 
   it('isolation: readings without an answer are unknown, not a stall; a hypervisor pause excuses the host\'s VMs, a root pause does not', () => {
