@@ -188,6 +188,9 @@ describe('clusters on one machine', function () {
     const r = await h.run('up', '--hosts', '2', '--warm', '1');
     expect(r.code).to.equal(2);
     expect(r.stderr).to.match(/--hosts brings up a cluster/);
+    // A link's ends are host names, said as such.
+    const badEnd = await h.run('link', 'cut', 'H1', 'h2');
+    expect(badEnd.stderr).to.match(/^hvlab: "H1" is not a host name/);
     // One host per home: no stray host beside the cluster, and a host of it comes up only with it.
     const stray = await h.run('up');
     expect(stray.code).to.equal(1);
@@ -235,6 +238,14 @@ describe('clusters on one machine', function () {
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
+  });
+
+  it('refuses a loopback --listen for hosts in namespaces (they could not reach it) before anything starts', async function () {
+    if (!namespacesAvailable().ok) this.skip();
+    const r = await h.run('up', '--hosts', '2', '--listen', '127.0.0.1');
+    expect(r.code).to.equal(1);
+    expect(r.stderr).to.match(/--listen 127\.0\.0\.1: the hosts live in network namespaces/);
+    expect((await h.run('cluster', 'status')).code, 'no cluster').to.equal(1);
   });
 
   it('two cluster up at once on one home: one brings the cluster up, the other is refused and touches nothing of it', async () => {

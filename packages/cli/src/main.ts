@@ -15,7 +15,7 @@
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FileShapeError, hostPaths, pidAlive, readRegularFile, resolveHome, type HostPaths } from '@hvlab/runtime';
+import { ClusterKeyError, FileShapeError, hostPaths, pidAlive, readRegularFile, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
@@ -998,7 +998,8 @@ async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
-    if (e instanceof ClusterError) throw new CliError(e.message);
+    // A key file that is wrong or missing is the user's to fix, as a bad topology is.
+    if (e instanceof ClusterError || e instanceof ClusterKeyError) throw new CliError(e.message);
     throw e;
   }
 }

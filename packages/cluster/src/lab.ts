@@ -30,7 +30,7 @@ import {
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
-import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork } from './netns.js';
+import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, sweepStaleProbes, teardownNetwork, type ClusterNetwork } from './netns.js';
 
 export const CLUSTER_RECORD_VERSION = 2;
 
@@ -210,6 +210,8 @@ export async function clusterUp(home: string, topology: Topology, source: string
   const net = clusterNetwork(home, topology);
   const listen = opts.listen ?? net.gateway;
   if (!isIpv4(listen)) throw new ClusterError(`--listen takes an IPv4 address (0.0.0.0 for every address), not "${listen}"`);
+  // Accepted, it failed 15 s later: a host in a namespace cannot reach the machine's loopback.
+  if (net.mode === 'namespaces' && listen.startsWith('127.')) throw new ClusterError(`--listen ${listen}: the hosts live in network namespaces and cannot reach this machine's loopback; use 0.0.0.0, or an address of this machine outside 127.0.0.0/8`);
   // Taken exclusively: two 'cluster up' at once on one home both found no record, both built the
   // same bridge and namespaces, and both failed half-way ('RTNETLINK answers: File exists').
   if (!claimRecord(home, {
@@ -250,6 +252,8 @@ export async function clusterUp(home: string, topology: Topology, source: string
 
 /** Brings down every host of the cluster of `home` (recorded or found on disk) and removes the cluster's state. */
 export async function clusterDown(home: string): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number }> {
+  // A CLI killed during its namespace probe left one named for no cluster: any cluster down takes it.
+  if (process.env.HVLAB_CLUSTER_NETNS !== 'off') sweepStaleProbes();
   let name: string | null = null;
   const names = new Set<string>();
   try {
@@ -457,17 +461,27 @@ function linkOf(v: unknown): LinkView {
 }
 
 /** Sets a link's impairments, each independently (`null` clears one; a seed restarts its draws). */
+/** A link's ends as the user gave them: host names, said as such (the fabric's own refusal named its request's fields). */
+function linkEnds(a: string | null, b: string | null): void {
+  for (const h of [a, b]) {
+    if (h !== null && !CLUSTER_HOST_RE.test(h)) throw new ClusterError(`"${h.slice(0, 40)}" is not a host name (a lower-case letter, then up to 9 lower-case letters, digits or -)`);
+  }
+}
 export async function linkSet(home: string, a: string, b: string, change: LinkChange): Promise<LinkView> {
+  linkEnds(a, b);
   return linkOf(await fabricCall(home, { op: 'linkSet', a, b, change }));
 }
 export async function linkCut(home: string, a: string, b: string): Promise<LinkView> {
+  linkEnds(a, b);
   return linkOf(await fabricCall(home, { op: 'linkCut', a, b }));
 }
 export async function linkHeal(home: string, a: string, b: string): Promise<LinkView> {
+  linkEnds(a, b);
   return linkOf(await fabricCall(home, { op: 'linkHeal', a, b }));
 }
 /** Clears every impairment and heals: of the link a–b, or of every link. */
 export async function linkReset(home: string, a: string | null = null, b: string | null = null): Promise<LinkView[]> {
+  linkEnds(a, b);
   const r = await fabricCall(home, { op: 'linkReset', a, b }) as { reset?: unknown } | null;
   if (!r || !Array.isArray(r.reset)) throw new ClusterError('the fabric\'s answer to reset does not decode');
   return r.reset.map(linkOf);

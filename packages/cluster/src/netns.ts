@@ -11,6 +11,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { pidAlive } from '@hvlab/runtime';
 
 export interface HostNetwork {
   name: string;
@@ -52,6 +53,7 @@ let probed: { ok: boolean; reason: string } | null = null;
 export function namespacesAvailable(): { ok: boolean; reason: string } {
   if (process.env.HVLAB_CLUSTER_NETNS === 'off') return { ok: false, reason: 'HVLAB_CLUSTER_NETNS=off' };
   if (probed) return probed;
+  sweepStaleProbes();
   const name = `hvlab-probe-${process.pid}`;
   const r = spawnSync('ip', ['netns', 'add', name], { encoding: 'utf8', timeout: 10000 });
   if (r.error) probed = { ok: false, reason: `iproute2's "ip" is not installed (${r.error.message})` };
@@ -61,6 +63,24 @@ export function namespacesAvailable(): { ok: boolean; reason: string } {
     probed = { ok: true, reason: 'root with CAP_NET_ADMIN: each host in its own network namespace, joined by veth pairs to one bridge' };
   }
   return probed;
+}
+
+/**
+ * Removes the probe namespaces of processes that are gone: a CLI killed between its probe's
+ * 'netns add' and 'del' left one, named for no cluster, so no 'cluster down' took it.
+ */
+export function sweepStaleProbes(): number {
+  const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 10000 });
+  if (r.status !== 0 || typeof r.stdout !== 'string') return 0;
+  let n = 0;
+  for (const line of r.stdout.split('\n')) {
+    const m = /^hvlab-probe-(\d+)\b/.exec(line.trim());
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid || pidAlive(pid)) continue;
+    if (spawnSync('ip', ['netns', 'del', `hvlab-probe-${pid}`], { timeout: 10000 }).status === 0) n++;
+  }
+  return n;
 }
 
 function subnetOf(tag: string): { base: string; subnet: string } {
