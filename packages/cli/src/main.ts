@@ -466,16 +466,15 @@ function faultTable(list: FaultRecord[]): string {
  * instead of a command for a single host there ("cluster NAME: …"); null when it holds none.
  */
 /**
- * A link an active fault holds is the fault's until it ends: a manual change would lift the fault
- * while "fault list" still showed it active (and the fault's end would then set the link back over
- * the change). `a`/`b` null: any link (a reset of every link).
+ * A link an active fault holds may still be changed by hand: by design, the hand's change wins
+ * (the fault's end sets back only what it set and still holds). But the fault stays listed active
+ * while its effect may be gone, so the change says so on stderr, naming the fault.
  */
-function refuseHeldLink(home: string, a: string | null, b: string | null): void {
+function warnHeldLink(home: string, a: string | null, b: string | null): void {
   const same = (x: string, y: string): boolean => a === null || (x === a && y === b) || (x === b && y === a);
-  const held = heldLinks(home).filter((l) => same(l.a, l.b));
-  if (held.length === 0) return;
-  const f = held[0]!;
-  throw new CliError(`link ${f.a}-${f.b} is held by fault ${f.id} (${f.kind}) until it ends${held.length > 1 ? ` (and ${held.length - 1} more link${held.length === 2 ? '' : 's'} by active faults)` : ''}: "hvlab fault clear ${f.id}" ends it now`);
+  for (const f of heldLinks(home).filter((l) => same(l.a, l.b))) {
+    process.stderr.write(`hvlab: link ${f.a}-${f.b} is held by fault ${f.id} (${f.kind}): this change is made over it, the fault stays listed until it ends, and its end will not undo this change ("hvlab fault clear ${f.id}" ends it now)\n`);
+  }
 }
 
 /** Whether `home` holds a cluster's record (one is up, or its teardown is unfinished). */
@@ -1302,7 +1301,7 @@ export async function run(argv: string[]): Promise<number> {
         const seed = opt('seed');
         if (seed !== undefined) change.seed = Number(seed);
         if (Object.keys(change).length === 0) throw new UsageError('link set needs at least one of --delay, --jitter, --rate, --loss, --seed');
-        refuseHeldLink(paths.home, p.args[0]!, p.args[1]!);
+        warnHeldLink(paths.home, p.args[0]!, p.args[1]!);
         const l = await clusterCall(() => linkSet(paths.home, p.args[0]!, p.args[1]!, change));
         if (json) out(JSON.stringify(l));
         else out(`link ${l.a} - ${l.b}: ${impairmentsText(l) || 'unimpaired'}${l.cut ? ', cut' : ''} (seed ${l.seed})`);
@@ -1311,7 +1310,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'link cut':
       case 'link heal': {
         const cut = commandName(p.spec) === 'link cut';
-        refuseHeldLink(paths.home, p.args[0]!, p.args[1]!);
+        warnHeldLink(paths.home, p.args[0]!, p.args[1]!);
         const l = await clusterCall(() => (cut ? linkCut : linkHeal)(paths.home, p.args[0]!, p.args[1]!));
         if (json) out(JSON.stringify(l));
         else out(`link ${l.a} - ${l.b} is ${l.cut ? 'cut' : 'up'}`);
@@ -1319,7 +1318,7 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'link reset': {
         if (p.args.length === 1) throw new UsageError('link reset takes both ends of a link, or none (every link)');
-        refuseHeldLink(paths.home, p.args[0] ?? null, p.args[1] ?? null);
+        warnHeldLink(paths.home, p.args[0] ?? null, p.args[1] ?? null);
         const ls = await clusterCall(() => linkReset(paths.home, p.args[0] ?? null, p.args[1] ?? null));
         if (json) out(JSON.stringify(ls));
         else out(`reset ${ls.length} link${ls.length === 1 ? '' : 's'}: ${ls.map((l) => `${l.a} - ${l.b}`).join(', ') || 'none'}`);
