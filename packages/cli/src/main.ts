@@ -1126,8 +1126,7 @@ export async function run(argv: string[]): Promise<number> {
         // cluster comes up with its cluster (its namespace, its LPs, its join). An 'up' in either
         // place started a stray host outside the cluster that "cluster down" then left running.
         if (typeof aimed === 'string') throw new CliError(`${aimed} is a host of the cluster in ${resolveHome(p.home)}: its hosts come up with the cluster ("hvlab cluster up"); one brought down alone stays down until the cluster is brought down and up again`);
-        const holding = clusterHint(paths.home);
-        if (holding !== null) throw new CliError(`${paths.home} holds a ${holding.split(':')[0]}: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
+        if (hasCluster(paths.home)) throw new CliError(`${paths.home} holds a cluster: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
         const spare = opt('spare');
         const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });

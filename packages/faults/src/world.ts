@@ -39,10 +39,8 @@ export interface World {
   links: LinkView[];
 }
 
-/** A process's start time, or null if it is gone. */
-export function processStart(pid: number): number | null {
-  return procStartTime(pid);
-}
+/** A process's start time, or null if it is gone (procfs's reader, under the name the fault code uses). */
+export const processStart = procStartTime;
 
 /** True if `pid` is the process that started at `start`. */
 export function sameProcess(pid: number, start: number): boolean {
@@ -50,9 +48,7 @@ export function sameProcess(pid: number, start: number): boolean {
 }
 
 /** A process's state letter (R, S, T for stopped, Z, …), or null if gone. */
-export function processState(pid: number): string | null {
-  return procState(pid);
-}
+export const processState = procState;
 
 const TITLE_RE = /^hvlab-(hypervisor|root|vmwp|partition) (\S+)(?: (\S+))?/;
 
