@@ -138,7 +138,10 @@ for (const transport of ['shm', 'remote'] as const) {
         const en = await h.run('vm', 'ic', vm, '--enable', 'kvp', '--json');
         expect(en.code, en.stderr).to.equal(0);
         // It answers once the guest has negotiated the service (up to 5 s), not with NoContact at once.
-        expect(entry(JSON.parse(en.stdout) as IcEntry[], 'kvp').enabled).to.equal(true);
+        const kvp = entry(JSON.parse(en.stdout) as IcEntry[], 'kvp');
+        expect(kvp.enabled).to.equal(true);
+        expect(kvp.status, 'the answer waited for the negotiation').to.equal('OK');
+        expect(kvp.version).to.equal('5.0');
       }
       const on = await icUntil((l) => healthy(l), 20000);
       expect(on.held, JSON.stringify(on.last)).to.equal(true);
