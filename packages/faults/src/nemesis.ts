@@ -31,10 +31,10 @@
  *   link, partition the cluster's fabric (set/cut, and heal/set back to the state before: only
  *                   what the fault set and still holds, so a change made by hand meanwhile stays)
  */
-import { appendFileSync, closeSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { appendFileSync, closeSync, constants, fstatSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  FAULT_ID_RE, FAULT_KINDS, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
+  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { readRegularFile, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
@@ -104,9 +104,12 @@ export function lastFaultNumber(home: string): number {
   for (const f of [faultLogFile(home), activeFile(home)]) {
     let text = '';
     try {
-      const fd = openSync(f, 'r');
+      // Without blocking, and only a file: a FIFO in its place held a starting nemesis in open().
+      const fd = openSync(f, constants.O_RDONLY | constants.O_NONBLOCK);
       try {
-        const size = fstatSync(fd).size;
+        const st = fstatSync(fd);
+        if (!st.isFile()) continue;
+        const size = st.size;
         const n = Math.min(size, LOG_TAIL_BYTES);
         const buf = Buffer.alloc(n);
         readSync(fd, buf, 0, n, size - n);
@@ -692,36 +695,25 @@ export class Nemesis {
    * healed and set back, faults handed to roots cleared (their own deadlines end them anyway).
    */
   async recoverLeftovers(): Promise<number> {
-    let raw: string;
+    let left: ActiveLeftover[];
     try {
-      raw = readFileSync(activeFile(this.home), 'utf8');
-    } catch {
-      return 0;
-    }
-    let list: unknown;
-    try {
-      list = JSON.parse(raw);
-    } catch {
-      rmSync(activeFile(this.home), { force: true });
-      return 0;
-    }
-    if (!Array.isArray(list)) {
-      rmSync(activeFile(this.home), { force: true });
+      left = decodeActiveFile(readRegularFile(activeFile(this.home), ACTIVE_FILE_MAX_BYTES).toString('utf8'));
+    } catch (e) {
+      // Missing: nothing to undo. Anything else (not a file, too large, unreadable) holds nothing
+      // this nemesis could trust: it goes, as a damaged one always did.
+      if ((e as NodeJS.ErrnoException | null)?.code !== 'ENOENT') {
+        try {
+          rmSync(activeFile(this.home), { force: true });
+        } catch (r) {
+          this.say('cannot remove the active faults file', { err: errText(r) });
+        }
+      }
       return 0;
     }
     let n = 0;
-    for (const item of list as unknown[]) {
-      if (!isPlainObject(item) || !isPlainObject(item.undo)) continue;
-      const rec = leftoverRecord(item.rec);
-      if (!rec) continue;
-      const o = item.undo;
+    for (const { rec, undo } of left) {
       const act = newActive(rec, [], [], false);
-      act.undo = {
-        stopped: Array.isArray(o.stopped) ? (o.stopped as unknown[]).filter((x): x is WorldProcess => isPlainObject(x) && Number.isInteger(x.pid) && (x.pid as number) > 1 && Number.isFinite(x.start)) : [],
-        links: Array.isArray(o.links) ? (o.links as unknown[]).filter((l): l is Undo['links'][number] => isPlainObject(l) && typeof l.a === 'string' && typeof l.b === 'string' && isPlainObject(l.before)) : [],
-        hostFaults: Array.isArray(o.hostFaults) ? (o.hostFaults as unknown[]).filter((h): h is Undo['hostFaults'][number] => isPlainObject(h) && typeof h.host === 'string' && (h.vm === null || typeof h.vm === 'string')) : [],
-        restart: [],
-      };
+      act.undo = undo;
       const problems = await this.undoAll(null, act).catch((e: unknown) => [errText(e)]);
       n++;
       rec.state = 'ended';
@@ -766,19 +758,72 @@ function leftoverRecord(v: unknown): FaultRecord | null {
  * `fault list` still showed it active. Unreadable: none.
  */
 export function heldLinks(home: string): Array<{ id: string; kind: FaultKind; a: string; b: string }> {
-  let list: unknown;
+  let left: ActiveLeftover[];
   try {
-    list = JSON.parse(readRegularFile(activeFile(home), 16 * 1024 * 1024).toString('utf8'));
+    left = decodeActiveFile(readRegularFile(activeFile(home), ACTIVE_FILE_MAX_BYTES).toString('utf8'));
   } catch {
     return [];
   }
-  const out: Array<{ id: string; kind: FaultKind; a: string; b: string }> = [];
-  if (!Array.isArray(list)) return out;
+  return left.flatMap(({ rec, undo }) => undo.links.map((l) => ({ id: rec.id, kind: rec.kind, a: l.a, b: l.b })));
+}
+
+/** The most active.json is read to (4096 faults with long targets and many processes fit). */
+export const ACTIVE_FILE_MAX_BYTES = 16 * 1024 * 1024;
+
+/** One fault of active.json, as decodeActiveFile gives it. */
+export interface ActiveLeftover {
+  rec: FaultRecord;
+  undo: Undo;
+}
+
+/**
+ * The one decoder of active.json (the nemesis's record of what its active faults did, read back
+ * by a later nemesis to undo it, and by the CLI for the links faults hold). A file: checked,
+ * never trusted, and nothing in it throws. Text that is not a JSON array gives nothing; an entry
+ * without a valid record (an id as the nemesis makes them, a known kind) or an `undo` object is
+ * left out; within one, every list keeps only the items of the right shape: a process with a
+ * pid above 1 and a finite start, a link with two names and a state before that decodes as a
+ * link change (its `set` kept only if it decodes too), a host fault with a host name.
+ */
+export function decodeActiveFile(text: string): ActiveLeftover[] {
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(list)) return [];
+  const out: ActiveLeftover[] = [];
+  const items = (x: unknown): unknown[] => (Array.isArray(x) ? (x as unknown[]) : []);
   for (const item of list as unknown[]) {
-    if (!isPlainObject(item) || !isPlainObject(item.undo) || !Array.isArray(item.undo.links)) continue;
+    if (!isPlainObject(item) || !isPlainObject(item.undo)) continue;
     const rec = leftoverRecord(item.rec);
     if (!rec) continue;
-    for (const l of item.undo.links as unknown[]) if (isPlainObject(l) && typeof l.a === 'string' && typeof l.b === 'string') out.push({ id: rec.id, kind: rec.kind, a: l.a, b: l.b });
+    const o = item.undo;
+    const links: Undo['links'] = [];
+    for (const l of items(o.links)) {
+      if (!isPlainObject(l) || typeof l.a !== 'string' || typeof l.b !== 'string') continue;
+      const before = decodeLinkChange(l.before);
+      if (!before.ok) continue;
+      const set = l.set === undefined ? null : decodeLinkChange(l.set);
+      links.push({ a: l.a, b: l.b, cut: l.cut === true, wasCut: l.wasCut === true, before: before.value, ...(set?.ok ? { set: set.value } : {}) });
+    }
+    out.push({
+      rec,
+      undo: {
+        // Only the pid and its start are used (a SIGCONT to the same process); the rest is kept when sound.
+        stopped: items(o.stopped).flatMap((x): WorldProcess[] => {
+          if (!isPlainObject(x) || !Number.isSafeInteger(x.pid) || (x.pid as number) <= 1 || typeof x.start !== 'number' || !Number.isFinite(x.start)) return [];
+          const role = (PROCESS_ROLES as readonly unknown[]).includes(x.role) ? (x.role as WorldProcess['role']) : 'partition';
+          return [{ hostId: typeof x.hostId === 'string' ? x.hostId.slice(0, 64) : '', role, vm: typeof x.vm === 'string' ? x.vm.slice(0, 256) : null, pid: x.pid as number, start: x.start }];
+        }),
+        links,
+        hostFaults: items(o.hostFaults)
+          .filter((h): h is Undo['hostFaults'][number] => isPlainObject(h) && typeof h.host === 'string' && (h.vm === null || typeof h.vm === 'string'))
+          .map((h) => ({ host: h.host, vm: h.vm })),
+        restart: [],
+      },
+    });
   }
   return out;
 }

@@ -5,11 +5,12 @@
  * trusted, never a reason to throw.
  */
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { LinkView } from '@hvlab/protocol';
-import { activeFile, faultLogFile, faultsDir, lastFaultNumber, Nemesis, restoreChange } from '../src/index.js';
+import { FAULT_ID_RE, FAULT_KINDS, decodeLinkChange, seededRandom, type LinkView } from '@hvlab/protocol';
+import { activeFile, decodeActiveFile, faultLogFile, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange } from '../src/index.js';
 
 const view = (o: Partial<LinkView>): LinkView => ({ a: 'h1', b: 'h2', cut: false, seed: 5, bytes: [0, 0], lost: 0, connections: 0, ...o });
 
@@ -68,6 +69,75 @@ describe('nemesis bookkeeping', () => {
         expect(undone).to.equal(0);
       }
     }
+  });
+
+  it('active.json has one decoder: what the nemesis writes comes back, and whatever the file holds nothing throws and every entry it gives is sound (seeded, 3000 cases)', () => {
+    const good = [{
+      rec: { id: 'f7', kind: 'link', target: 'link:h1-h2', role: null, params: { delayMs: 50 }, owner: null, seed: 3, forMs: 1000, resolved: { summary: 'h1-h2', hosts: ['h1', 'h2'], vms: [{ host: 'h1', vm: 'a' }], processes: [], links: [] }, state: 'active', startedAt: 1, endsAt: 2, endedAt: null, endReason: null, error: null, effect: null },
+      undo: {
+        stopped: [{ hostId: 'abc123', role: 'vmwp', vm: 'a', pid: 4242, start: 99 }],
+        links: [{ a: 'h1', b: 'h2', cut: true, wasCut: false, before: { delayMs: null, jitterMs: null, rateBps: null, lossPercent: null, seed: 1 }, set: { delayMs: 50, seed: 9 } }],
+        hostFaults: [{ host: 'h1', vm: 'a' }, { host: 'h2', vm: null }],
+        restart: [],
+      },
+    }];
+    const back = decodeActiveFile(JSON.stringify(good));
+    expect(back).to.have.length(1);
+    expect(back[0]!.rec.id).to.equal('f7');
+    expect(back[0]!.undo).to.deep.equal(good[0]!.undo);
+
+    const next = seededRandom(0xac71);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
+    const values: unknown[] = [null, 0, -1, 1, 1.5, 2 ** 60, NaN, '', 'x', 'f1', '../f2', true, [], {}, [{}], { toString: 1 }, { a: 'h1', b: 'h2', before: {} }, { pid: 7, start: 1 }, { delayMs: -5 }, { delayMs: 'x' }, { seed: 2 ** 40 }];
+    const paths: Array<(d: Record<string, any>, v: unknown) => void> = [
+      (d, v) => (d.rec = v), (d, v) => (d.undo = v), (d, v) => (d.rec.id = v), (d, v) => (d.rec.kind = v), (d, v) => (d.rec.resolved = v),
+      (d, v) => (d.undo.stopped = v), (d, v) => (d.undo.stopped[0] = v), (d, v) => (d.undo.stopped[0].pid = v), (d, v) => (d.undo.stopped[0].start = v), (d, v) => (d.undo.stopped[0].role = v),
+      (d, v) => (d.undo.links = v), (d, v) => (d.undo.links[0] = v), (d, v) => (d.undo.links[0].a = v), (d, v) => (d.undo.links[0].before = v), (d, v) => (d.undo.links[0].set = v),
+      (d, v) => (d.undo.links[0].before.delayMs = v), (d, v) => (d.undo.hostFaults = v), (d, v) => (d.undo.hostFaults[1] = v), (d, v) => (d.undo.hostFaults[0].vm = v),
+    ];
+    for (let i = 0; i < 3000; i++) {
+      let text: string;
+      const r = next();
+      if (r < 0.2) text = Buffer.from(Array.from({ length: Math.floor(next() * 120) }, () => Math.floor(next() * 256))).toString('latin1');
+      else if (r < 0.3) text = JSON.stringify(pick(values)) ?? 'undefined';
+      else if (r < 0.5) {
+        const b = Buffer.from(JSON.stringify(good));
+        for (let k = 1 + Math.floor(next() * 4); k > 0; k--) b[Math.floor(next() * b.length)] = Math.floor(next() * 256);
+        text = b.toString('latin1');
+      } else {
+        const d = JSON.parse(JSON.stringify(good[0])) as Record<string, any>;
+        try {
+          pick(paths)(d, pick(values));
+        } catch { /* a path through a value replaced before */ }
+        text = JSON.stringify([d, pick(values)]);
+      }
+      let out: ReturnType<typeof decodeActiveFile> = [];
+      expect(() => (out = decodeActiveFile(text)), text).to.not.throw();
+      for (const { rec, undo } of out) {
+        expect(FAULT_ID_RE.test(rec.id) && (FAULT_KINDS as readonly string[]).includes(rec.kind), text).to.equal(true);
+        for (const p of undo.stopped) expect(Number.isSafeInteger(p.pid) && p.pid > 1 && Number.isFinite(p.start), text).to.equal(true);
+        for (const l of undo.links) {
+          expect(typeof l.a === 'string' && typeof l.b === 'string' && typeof l.cut === 'boolean' && typeof l.wasCut === 'boolean', text).to.equal(true);
+          expect(decodeLinkChange(l.before).ok, text).to.equal(true);
+          if (l.set) expect(decodeLinkChange(l.set).ok, text).to.equal(true);
+        }
+        for (const h of undo.hostFaults) expect(typeof h.host === 'string' && (h.vm === null || typeof h.vm === 'string'), text).to.equal(true);
+        expect(undo.restart).to.deep.equal([]);
+      }
+    }
+  });
+
+  it('a FIFO (or a directory) where active.json or the fault log should be holds no reader: the next fault number, the held links and the recovery all go on', async () => {
+    execFileSync('mkfifo', [activeFile(home)]);
+    execFileSync('mkfifo', [faultLogFile(home)]);
+    expect(lastFaultNumber(home)).to.equal(0);
+    expect(heldLinks(home)).to.deep.equal([]);
+    expect(await new Nemesis({ home }).recoverLeftovers()).to.equal(0);
+    expect(existsSync(activeFile(home)), 'the FIFO is taken away, as a damaged file is').to.equal(false);
+    mkdirSync(activeFile(home));
+    expect(heldLinks(home)).to.deep.equal([]);
+    expect(lastFaultNumber(home)).to.equal(0);
+    expect(await new Nemesis({ home }).recoverLeftovers(), 'a directory is left alone').to.equal(0);
   });
 
   it('a fault whose undo is under way stays listed as active until it is ended, never missing from both lists', async () => {
