@@ -11,14 +11,14 @@
  */
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
-import { zmq } from '@hvlab/runtime';
-import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
+import { curveClientOptions, makeClusterKey, RpcClient, writeClusterKey, zmq } from '@hvlab/runtime';
+import { clusterTag, Fabric, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
 import { TestHost, eventually, knock, shmFiles } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -280,5 +280,50 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       rmSync(bDir, { recursive: true, force: true });
     }
     expect(networkLeftovers(clusterTag(a.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+});
+
+describe('joining a cluster under a name it holds', function () {
+  this.timeout(120000);
+
+  it('is refused at once, naming the name and --name, and nothing of the host is left: a live member\'s name before anything starts, a topology host\'s name from the fabric\'s answer', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-join-name-'));
+    const key = makeClusterKey('named');
+    const keyFile = join(dir, 'lab.key');
+    writeClusterKey(keyFile, key);
+    const fabric = new Fabric({ cluster: 'named', key, listen: '127.0.0.1', port: 0, links: [], fileHosts: ['h9'] });
+    const port = await fabric.start();
+    const c = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+    const hosts = [new TestHost(), new TestHost()];
+    try {
+      await c.call({ op: 'join', name: 'busy', address: '127.0.0.50', peerPort: 7742, mgmtPort: 7741, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
+      const joinAs = (t: TestHost, name: string): Promise<{ code: number; stderr: string }> =>
+        t.run('up', '--join', `127.0.0.1:${port}`, '--key', keyFile, '--name', name, '--address', '127.0.0.1');
+      const live = await joinAs(hosts[0]!, 'busy');
+      expect(live.code).to.equal(1);
+      expect(live.stderr.trim()).to.equal('hvlab: cluster named already has a host named busy (at 127.0.0.50): give another --name');
+      expect(existsSync(hosts[0]!.paths.hostFile), 'nothing started').to.equal(false);
+      const fileHost = await joinAs(hosts[1]!, 'h9');
+      expect(fileHost.code).to.equal(1);
+      expect(fileHost.stderr).to.match(/refused this host: h9 is a host of the topology file; a joining host needs another name \(give another --name\); it was brought down again/);
+      expect(fileHost.stderr).to.not.match(/did not join/);
+      // The second host started and went down again: nothing of it is left (its id from its root's log).
+      const started = [...readFileSync(join(hosts[1]!.paths.logDir, 'root.log'), 'utf8').matchAll(/"host":"([0-9a-f]+)"/g)].map((m) => m[1]!);
+      expect(started.length, 'the second host did start').to.be.greaterThan(0);
+      for (const id of new Set(started)) {
+        expect(hostProcesses(id), `processes of host ${id}`).to.deep.equal([]);
+        expect(shmFiles(id), `/dev/shm files of host ${id}`).to.deep.equal([]);
+      }
+      const fifo = join(dir, 'fifo.key');
+      spawnSync('mkfifo', [fifo]);
+      const r = await hosts[0]!.run('up', '--join', `127.0.0.1:${port}`, '--key', fifo);
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.match(/fifo\.key is not a cluster key file: .* is a FIFO, not a file/);
+    } finally {
+      c.close();
+      await fabric.close();
+      for (const t of hosts) await t.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

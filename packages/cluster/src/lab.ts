@@ -525,12 +525,20 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
   if (!CLUSTER_HOST_RE.test(name)) throw new ClusterError(`--name must be a host name (a lower-case letter, then letters, digits or "-", at most 10), not "${name}"`);
   // Check the key and the fabric before starting anything.
   const probe = new RpcClient(`tcp://${fabric}`, curveClientOptions(key));
+  let status: unknown;
   try {
-    await probe.call({ op: 'status' }, 5000, CLUSTER_WIRE_VERSION);
+    status = await probe.call({ op: 'status' }, 5000, CLUSTER_WIRE_VERSION);
   } catch (e) {
     throw new ClusterError(`the cluster's fabric at ${fabric} did not answer with this key (${(e as Error).message}): check the address and that ${opts.keyFile} is the cluster's key`);
   } finally {
     probe.close();
+  }
+  // A name a live member holds is refused by the fabric: said now, before anything starts (the
+  // host used to start, wait 10 s to join, and go down again with "did not join").
+  const st = decodeFabricStatus(status);
+  const holder = st.ok ? st.value.members.find((m) => m.name === name) : undefined;
+  if (holder && holder.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN) {
+    throw new ClusterError(`cluster ${st.ok ? st.value.cluster : '?'} already has a host named ${name} (at ${holder.address}): give another --name`);
   }
   mkdirSync(paths.home, { recursive: true });
   copyFileSync(resolve(opts.keyFile), memberKeyFile(paths));
@@ -539,16 +547,23 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
     env: { ...opts.env, HVLAB_HOST_ADDRESS: address, HVLAB_CLUSTER_FABRIC: fabric, HVLAB_CLUSTER_KEY: memberKeyFile(paths), HVLAB_CLUSTER_HOST: name, HVLAB_CLUSTER_LOCAL: '0' },
   });
   const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
+  let refusal: string | null = null;
   try {
     for (let i = 0; i < 100; i++) {
       const info = await c.request<HostInfo>('hostInfo', {}, 5000);
       if (info.cluster?.fabricState === 'joined') return { hostId: rec.hostId, name, address, fabric };
+      // Refused (the name was taken meanwhile, the cluster is full): no use waiting.
+      if (info.cluster?.fabricRefusal) {
+        refusal = info.cluster.fabricRefusal;
+        break;
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
   } finally {
     c.close();
   }
   await down(paths);
+  if (refusal) throw new ClusterError(`the cluster's fabric at ${fabric} refused this host: ${refusal}${/already has a host named|topology file/.test(refusal) ? ' (give another --name)' : ''}; it was brought down again`);
   throw new ClusterError(`the host started but did not join the cluster at ${fabric} within 10 s (see ${paths.logDir}/root.log); it was brought down again`);
 }
 

@@ -76,6 +76,8 @@ export class ClusterMember {
   private timer: NodeJS.Timeout | null = null;
   private cluster = '';
   private fabricState: HostClusterInfo['fabricState'] = 'joining';
+  /** The fabric's last refusal of a join (HostClusterInfo.fabricRefusal). */
+  private refusal: string | null = null;
   private joined = false;
   private closed = false;
   private tickRunning = false;
@@ -173,7 +175,8 @@ export class ClusterMember {
       if (this.joined) this.fabricState = 'unreachable';
       else if (e instanceof RpcFailure && e.code !== 'Timeout') {
         this.fabricState = 'unreachable';
-        this.log.error({ err: e.message }, 'the cluster fabric refused this host');
+        if (this.refusal !== e.message) this.log.error({ err: e.message }, 'the cluster fabric refused this host');
+        this.refusal = e.message;
       }
       return;
     }
@@ -185,6 +188,7 @@ export class ClusterMember {
     if (!this.joined) this.log.info({ cluster: d.value.cluster, peers: d.value.peers.map((p) => p.name) }, 'joined the cluster');
     this.joined = true;
     this.fabricState = 'joined';
+    this.refusal = null;
     this.cluster = d.value.cluster;
     this.applyBook(d.value.peers);
   }
@@ -226,7 +230,7 @@ export class ClusterMember {
 
   info(): HostClusterInfo {
     return {
-      cluster: this.cluster, name: this.cfg.host, address: this.cfg.address, fabric: this.cfg.fabric, fabricState: this.fabricState,
+      cluster: this.cluster, name: this.cfg.host, address: this.cfg.address, fabric: this.cfg.fabric, fabricState: this.fabricState, fabricRefusal: this.joined ? null : this.refusal,
       peers: [...this.peers.values()].map((p) => p.health).sort((a, b) => (a.name < b.name ? -1 : 1)), refused: zapRefused(),
     };
   }

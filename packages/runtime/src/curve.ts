@@ -12,10 +12,10 @@
  * the host's socket directory) are let through as before; CURVE ones must be in the cluster's
  * domain and carry the cluster's key.
  */
-import { chmodSync, readFileSync } from 'node:fs';
+import { chmodSync } from 'node:fs';
 import { decodeClusterKey, decodeZapRequest, z85Decode, CLUSTER_ZAP_DOMAIN, CLUSTER_KEY_MAX_BYTES, type ClusterKey } from '@hvlab/protocol';
 import { zmq } from './zmq.js';
-import { writeFileAtomic } from './files.js';
+import { FileShapeError, readRegularFile, writeFileAtomic } from './files.js';
 
 export class ClusterKeyError extends Error {
   override name = 'ClusterKeyError';
@@ -37,11 +37,10 @@ export function writeClusterKey(file: string, key: ClusterKey): void {
 export function readClusterKey(file: string): ClusterKey {
   let text: string;
   try {
-    const buf = readFileSync(file);
-    if (buf.length > CLUSTER_KEY_MAX_BYTES) throw new ClusterKeyError(`${file} is not a cluster key file (${buf.length} bytes)`);
-    text = buf.toString('utf8');
+    // A file only, and small (a FIFO as --key held the CLI; /dev/zero grew it without bound).
+    text = readRegularFile(file, CLUSTER_KEY_MAX_BYTES).toString('utf8');
   } catch (e) {
-    if (e instanceof ClusterKeyError) throw e;
+    if (e instanceof FileShapeError) throw new ClusterKeyError(`${file} is not a cluster key file: ${e.message}`);
     throw new ClusterKeyError(`cannot read the cluster key file ${file}: ${(e as Error).message}`);
   }
   const d = decodeClusterKey(text);
