@@ -189,9 +189,18 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     expect(fabricPids(h.home)).to.deep.equal(pidBefore);
     expect((await probe('h2', 'h1', '--pings', '2')).rttMs.length).to.equal(2);
     const s = await h.json<Status>('cluster', 'status');
-    // ZAP counts the clients that offered another key (one without CURVE fails before it asks).
+    // ZAP counts the clients that offered another client key.
     expect(s.fabric.refused).to.be.at.least(1);
     expect(s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.refused).to.be.at.least(2);
+    // Another cluster's key (a host given the wrong key file) fails before ZAP is asked: the
+    // handshake cannot be decrypted. It is counted too (it used to leave the count as it was).
+    const other = zmq.curveKeyPair();
+    for (const ep of [fabric, `tcp://${h1.address}:${DEFAULT_MGMT_TCP_PORT}`]) {
+      expect(await knock(ep, { curveServerKey: other.publicKey, curvePublicKey: other.publicKey, curveSecretKey: other.secretKey }), `${ep} with another cluster's key`).to.equal('no-answer');
+    }
+    const s2 = await h.json<Status>('cluster', 'status');
+    expect(s2.fabric.refused, 'the fabric counts another cluster\'s key').to.be.above(s.fabric.refused);
+    expect(s2.hosts.find((x) => x.name === 'h1')!.info!.cluster!.refused, 'so does the host').to.be.above(s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.refused);
   });
 
   it('a host of another machine joins with --join and --key and is a host like any other', async function () {

@@ -207,6 +207,8 @@ export async function knock(endpoint: string, opts: Record<string, unknown>): Pr
   d.events.on('handshake:error:auth', () => (refused = true));
   d.connect(endpoint);
   d.receiveTimeout = 1500;
+  // A send to a peer whose handshake failed can wait for a pipe for good (a knock without CURVE hung).
+  d.sendTimeout = 1500;
   try {
     await d.send(encode({ v: CLUSTER_WIRE_VERSION, id: 1, op: 'status' }));
     await d.receive();

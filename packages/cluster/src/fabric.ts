@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import {
   decodeFabricRequest, FABRIC_MAX_EXPOSED, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
-import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
+import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
 import type { TopologyLink } from './topology.js';
 
@@ -72,6 +72,7 @@ export class Fabric {
   /** Binds the control socket; resolves with its port. */
   async start(): Promise<number> {
     await startZapHandler(this.opts.key, (address, why) => this.opts.log?.('refused a connection', { address, why }));
+    watchKeyRefusals(this.server.sock);
     const ep = `tcp://${this.opts.listen}:${this.opts.port}`;
     await this.server.bind(ep);
     const last = this.server.sock.lastEndpoint ?? ep;

@@ -18,7 +18,7 @@ import {
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
-import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, zapRefused } from '@hvlab/runtime';
+import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
 import type { Logger } from 'pino';
 import { MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
@@ -90,6 +90,8 @@ export class ClusterMember {
 
   async start(): Promise<void> {
     await startZapHandler(this.cfg.key, (address, why) => this.log.warn({ address, why }, 'refused a connection without the cluster\'s key'));
+    watchKeyRefusals(this.peerServer.sock);
+    watchKeyRefusals(this.mgmtTcp.sock);
     await this.peerServer.bind(`tcp://${this.cfg.address}:${this.cfg.peerPort}`);
     await this.mgmtTcp.bind(`tcp://${this.cfg.address}:${this.cfg.mgmtPort}`);
     void this.peerServer.serve();

@@ -46,7 +46,8 @@ function messageOf(e: unknown): string {
 }
 
 export class MgmtServer {
-  private readonly sock: zmq.Router;
+  /** The ROUTER (read-only: a CURVE one is watched for key refusals, runtime's watchKeyRefusals). */
+  readonly sock: zmq.Router;
   private readonly pub = new zmq.Publisher({ linger: 0 });
   private readonly q: SendQueue;
   private readonly pq = new SendQueue(this.pub);

@@ -79,9 +79,40 @@ export async function startZapHandler(key: ClusterKey, onRefuse?: (address: stri
   void serveZap(zap);
 }
 
-/** Connections refused by this process's ZAP handler. */
+/** Refusals in the CURVE handshake itself, before ZAP is asked (watchKeyRefusals). */
+let handshakeRefused = 0;
+/** When a refusal from each address was last told to `onRefuse` (one a minute: a client retries every 100 ms). */
+const toldAt = new Map<string, number>();
+
+/**
+ * Connections refused for want of the cluster's key by this process: by its ZAP handler (the
+ * cluster's server key, another client key) and, on sockets given to watchKeyRefusals, in the
+ * handshake before ZAP is asked (another cluster's key, or no CURVE at all).
+ */
 export function zapRefused(): number {
-  return zap?.refused ?? 0;
+  return (zap?.refused ?? 0) + handshakeRefused;
+}
+
+/**
+ * Counts (zapRefused) the connections a CURVE server socket refuses in the handshake: a client
+ * with another cluster's key cannot even be decrypted (ERR_ZMTP_CRYPTOGRAPHIC) and one without
+ * CURVE offers the wrong mechanism (ERR_ZMTP_MECHANISM_MISMATCH), and neither reaches ZAP, so the
+ * count said 0 for a host using another cluster's key. Each attempt counts, as ZAP counts each
+ * (such a client retries every ~100 ms); `onRefuse` of the ZAP handler hears of an address at
+ * most once a minute. Other protocol errors (garbage on the port) are not refusals of a key.
+ */
+export function watchKeyRefusals(sock: zmq.Socket): void {
+  sock.events.on('handshake:error:protocol', (e: { address?: string; error?: { code?: string } }) => {
+    const code = e.error?.code;
+    if (code !== 'ERR_ZMTP_CRYPTOGRAPHIC' && code !== 'ERR_ZMTP_MECHANISM_MISMATCH') return;
+    handshakeRefused++;
+    const address = typeof e.address === 'string' ? e.address : '?';
+    const now = Date.now();
+    if ((toldAt.get(address) ?? -Infinity) > now - 60_000) return;
+    if (toldAt.size > 1024) toldAt.clear();
+    toldAt.set(address, now);
+    zap?.onRefuse?.(address, code === 'ERR_ZMTP_CRYPTOGRAPHIC' ? 'another key (the handshake does not decrypt)' : 'no CURVE');
+  });
 }
 
 export function stopZapHandler(): void {
