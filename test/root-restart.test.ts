@@ -5,7 +5,7 @@
  * in shared memory, because nothing else can answer then.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
@@ -147,7 +147,7 @@ describe('a worker record that names another process (real processes)', function
     await h.destroyLeavingNothing();
   });
 
-  it('is not believed: a restarted root leaves that process alone, and turn-off and down kill nothing of it', async () => {
+  it('is not believed: a restarted root leaves that process alone, and turn-off and down kill nothing of it (nor does a FIFO as another record hold that root)', async () => {
     await h.ok('up', '--lps', '2');
     await h.ok('vm', 'new', 'a', '--memory', '16M', '--workload', 'idle');
     await h.ok('vm', 'start', 'a');
@@ -156,6 +156,8 @@ describe('a worker record that names another process (real processes)', function
     const file = join(h.paths.vmwpDir, 'a.json');
     const rec = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
     writeFileSync(file, JSON.stringify({ ...rec, pid, partitionPid: pid }));
+    // A FIFO as a record: the new root read it with a blocking open and hung there for good.
+    execFileSync('mkfifo', [join(h.paths.vmwpDir, 'zz.json')]);
     const host = JSON.parse(readFileSync(h.paths.hostFile, 'utf8')) as { pids: { root: number } };
     process.kill(host.pids.root, 'SIGKILL');
     expect(await eventually(async () => (await h.run('vm', 'list')).code === 0, 30000), 'a new root answers').to.equal(true);

@@ -12,10 +12,10 @@
  * the host refused or failed, 2 the command line could not be understood, 3 `debug hypercall`
  * returned a status other than SUCCESS.
  */
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readdirSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClusterKeyError, FileShapeError, hostPaths, pidAlive, readRegularFile, resolveHome, type HostPaths } from '@hvlab/runtime';
+import { ClusterKeyError, FileShapeError, hostPaths, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
@@ -897,6 +897,9 @@ const FOLLOW_SEEN_LINES = 20000;
  * to a VM's existing file when a link is not possible. Only whole lines are printed: a line still
  * being written waits for its newline.
  */
+/** The most of one log file `logs` reads at once (the tail of a larger one; --follow reads on in steps this size). */
+const LOG_READ_MAX_BYTES = 64 * 1024 * 1024;
+
 async function followLogs(dir: string, read0: Map<string, number>, printed: string[], filter: (line: string) => string | null): Promise<never> {
   const seen = new Set<string>(printed.slice(-FOLLOW_SEEN_LINES));
   const pos = new Map<string, number>(read0);
@@ -909,8 +912,9 @@ async function followLogs(dir: string, read0: Map<string, number>, printed: stri
   const read = (f: string, key: string, start: number, size: number): void => {
     let fd: number | null = null;
     try {
-      fd = openSync(f, 'r');
-      const buf = Buffer.alloc(size - start);
+      fd = openSync(f, constants.O_RDONLY | constants.O_NONBLOCK);
+      // At most LOG_READ_MAX_BYTES a pass: the rest is read at the next.
+      const buf = Buffer.alloc(Math.min(size - start, LOG_READ_MAX_BYTES));
       const n = readSync(fd, buf, 0, buf.length, start);
       const text = buf.subarray(0, n);
       const end = text.lastIndexOf(0x0a);
@@ -935,6 +939,7 @@ async function followLogs(dir: string, read0: Map<string, number>, printed: stri
       } catch {
         continue;
       }
+      if (!st.isFile()) continue;
       const key = `${st.dev}:${st.ino}`;
       // A file that was not there when the command started is read from its start.
       const start = pos.get(key) ?? 0;
@@ -1639,17 +1644,21 @@ export async function run(argv: string[]): Promise<number> {
         const readTo = new Map<string, number>();
         for (const f of files) {
           let buf: Buffer;
+          let at: number;
           let key: string;
           try {
             const st = statSync(f);
             key = `${st.dev}:${st.ino}`;
-            buf = readFileSync(f);
+            // Files only (a FIFO among the logs held the CLI), and each to its last LOG_READ_MAX_BYTES.
+            ({ bytes: buf, start: at } = readRegularTail(f, LOG_READ_MAX_BYTES));
           } catch {
-            continue; // gone since the listing
+            continue; // gone since the listing, or not a file
           }
+          // A tail starts with the rest of a line: from the next one.
+          const from = at > 0 ? buf.indexOf(0x0a) + 1 : 0;
           const end = buf.lastIndexOf(0x0a) + 1;
-          readTo.set(key, end);
-          for (const l of buf.subarray(0, end).toString('utf8').split('\n')) {
+          readTo.set(key, at + end);
+          for (const l of buf.subarray(from, Math.max(from, end)).toString('utf8').split('\n')) {
             if (l) raw.push(l);
             const s = l && filter(l);
             if (s) lines.push({ t: s.slice(0, 24), s });

@@ -17,7 +17,7 @@
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
@@ -25,7 +25,7 @@ import {
 } from '@hvlab/protocol';
 import {
   curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
-  FileShapeError, readRegularFile,
+  FileShapeError, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
@@ -377,7 +377,7 @@ async function startFabric(home: string): Promise<number> {
   if (line !== 'ready') {
     let why = '';
     try {
-      why = readFileSync(join(logDir, 'fabric-stderr.log'), 'utf8').trim().split('\n').slice(-3).join(' ');
+      why = readRegularTail(join(logDir, 'fabric-stderr.log'), 64 * 1024).bytes.toString('utf8').trim().split('\n').slice(-3).join(' ');
     } catch { /* none */ }
     throw new ClusterError(`the cluster's fabric did not start: ${line}${why ? `: ${why}` : ''}`);
   }
@@ -388,7 +388,7 @@ async function startFabric(home: string): Promise<number> {
 
 export function readFabricFile(home: string): { pid: number; port: number } | null {
   try {
-    const v = JSON.parse(readFileSync(fabricFile(home), 'utf8')) as { pid?: unknown; port?: unknown } | null;
+    const v = JSON.parse(readRegularFile(fabricFile(home), 64 * 1024).toString('utf8')) as { pid?: unknown; port?: unknown } | null;
     if (!v || typeof v !== 'object' || typeof v.pid !== 'number' || !Number.isSafeInteger(v.pid) || v.pid < 1 || typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) return null;
     return { pid: v.pid, port: v.port };
   } catch {

@@ -10,10 +10,10 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { entries, nodeArgsFor, pidAlive, processEnv, RpcClient, RpcFailure } from '@hvlab/runtime';
+import { entries, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
@@ -78,7 +78,7 @@ export function removeNemesisSocket(home: string): void {
 /** The running nemesis of `home`: its pid, or null. */
 export function nemesisPid(home: string): number | null {
   try {
-    const o = JSON.parse(readFileSync(nemesisFile(home), 'utf8')) as { pid?: unknown };
+    const o = JSON.parse(readRegularFile(nemesisFile(home), 64 * 1024).toString('utf8')) as { pid?: unknown };
     if (typeof o.pid !== 'number' || !Number.isInteger(o.pid) || o.pid < 2 || !pidAlive(o.pid)) return null;
     return procTitle(o.pid)?.startsWith('hvlab-nemesis ') ? o.pid : null;
   } catch {
@@ -124,7 +124,7 @@ export async function startNemesis(home: string): Promise<number> {
       if (pid) return pid;
       let holder = 0;
       try {
-        holder = Number(readFileSync(lock, 'utf8'));
+        holder = Number(readRegularFile(lock, 64).toString('utf8'));
       } catch { /* gone meanwhile */ }
       if (!holder || !pidAlive(holder)) rmSync(lock, { force: true });
       if (Date.now() > until) throw new Error(`the nemesis of ${home} did not start within 15 s (lock ${lock})`);

@@ -10,13 +10,14 @@
  *   node nemesis-warden.js HOME NEMESIS_PID NEMESIS_START NEMESIS_ARGV_JSON
  *
  * It leaves when the nemesis is gone and left nothing, when another nemesis runs, or after it has
- * started one. It reads only files of the home and /proc, and imports nothing of hvlab's: it costs
- * a bare Node process. `stopNemesis` (down, cluster down) ends it before the nemesis.
+ * started one. It reads only files of the home (as files: a FIFO in their place holds nobody) and
+ * /proc, and imports only hvlab's procfs and file readers: it costs a bare Node process. `stopNemesis` (down, cluster down) ends it before the nemesis.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { procStartTime, procTitle } from '@hvlab/shm/procfs';
+import { readRegularFile } from '@hvlab/runtime/files';
 
 const [home = '', pidText = '', startText = '', argvJson = '[]'] = process.argv.slice(2);
 process.title = `hvlab-nemesis-warden ${home}`;
@@ -33,7 +34,7 @@ function isNemesis(pid: number): boolean {
 /** The nemesis of the home named in nemesis.json, if it runs. */
 function runningNemesis(): number | null {
   try {
-    const o = JSON.parse(readFileSync(join(home, 'faults', 'nemesis.json'), 'utf8')) as { pid?: unknown };
+    const o = JSON.parse(readRegularFile(join(home, 'faults', 'nemesis.json'), 64 * 1024).toString('utf8')) as { pid?: unknown };
     return typeof o.pid === 'number' && Number.isInteger(o.pid) && o.pid > 1 && isNemesis(o.pid) ? o.pid : null;
   } catch {
     return null;
@@ -74,7 +75,7 @@ function tick(): void {
   } catch {
     let holder = 0;
     try {
-      holder = Number(readFileSync(lock, 'utf8'));
+      holder = Number(readRegularFile(lock, 64).toString('utf8'));
     } catch { /* gone meanwhile */ }
     if (holder > 1 && startOf(holder) !== null) leave(); // someone else is starting it
     rmSync(lock, { force: true });

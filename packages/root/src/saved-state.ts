@@ -21,10 +21,11 @@
  * resume that old snapshot again (Hyper-V deletes the .vsv once the VM runs from it).
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeSavedVpState, DEVICE_ID_RE, MAX_DEVICES_PER_VM, type SavedVpState } from '@hvlab/protocol';
 import { decodeState, StateFieldError, uint, versioned } from '@hvlab/protocol/state';
+import { readRegularFile } from '@hvlab/runtime';
 import { PROCESSOR_LIMITS, shown } from './config.js';
 
 /** Version 2: per-component state (version 1 kept devices in a fixed map and renegotiated VMBus). */
@@ -254,24 +255,21 @@ export function readSavedState(vmDir: string, name: string, expect: { memoryByte
   const stateFile = join(dir, 'state.json');
   let raw: unknown;
   try {
-    const size = statSync(stateFile).size;
-    if (size > SAVED_STATE_MAX_BYTES) throw new Error(`it is ${size} bytes, more than ${SAVED_STATE_MAX_BYTES}`);
-    raw = JSON.parse(readFileSync(stateFile, 'utf8'));
+    // A file only (a FIFO held the worker in open() until its start timed out), and bounded.
+    raw = JSON.parse(readRegularFile(stateFile, SAVED_STATE_MAX_BYTES).toString('utf8'));
   } catch (e) {
     throw new SavedStateError(`saved state ${stateFile} of VM "${name}" is unreadable: ${(e as Error).message}`);
   }
   const state = decodeSavedVm(raw, { name, ...expect });
   if (typeof state === 'string') throw new SavedStateError(`saved state ${stateFile} of VM "${name}" is invalid: ${state}`);
   const memFile = join(dir, state.memory.file);
-  let size: number;
+  // A file of the VM's memory size, checked before reading (a huge file is never read into memory).
+  let memory: Buffer;
   try {
-    size = statSync(memFile).size;
+    memory = readRegularFile(memFile, expect.memoryBytes);
   } catch (e) {
     throw new SavedStateError(`saved memory ${memFile} of VM "${name}" is unreadable: ${(e as Error).message}`);
   }
-  // Checked before reading, so a huge file is never read into memory.
-  if (size !== expect.memoryBytes) throw new SavedStateError(`saved memory ${memFile} of VM "${name}" is ${size} bytes, not ${expect.memoryBytes}`);
-  const memory = readFileSync(memFile);
   if (memory.length !== expect.memoryBytes) throw new SavedStateError(`saved memory ${memFile} of VM "${name}" is ${memory.length} bytes, not ${expect.memoryBytes}`);
   if (sha256(memory) !== state.memory.sha256) throw new SavedStateError(`saved memory ${memFile} of VM "${name}" fails its checksum (memory.sha256 in ${stateFile})`);
   return { state, memory };

@@ -11,7 +11,7 @@
  * gone.
  */
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
@@ -21,7 +21,7 @@ import {
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
 } from '@hvlab/protocol';
 import {
-  pidAlive, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, VmwpControlClient, VmwpLinkError,
+  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -135,6 +135,8 @@ const SUSPEND_ANSWER_MS = answerMs(process.env.HVLAB_SUSPEND_ANSWER_MS, 10000);
 const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 /** How long an enabled integration service's answer waits for the guest to negotiate it (icSettled). */
 const IC_ENABLE_SETTLE_MS = 5000;
+/** The most a worker record (run/vmwp/NAME.json: pids, ports, a pending operation) is read to. */
+const VMWP_RECORD_MAX_BYTES = 256 * 1024;
 /** A worker that answers a pause, resume or save with nothing for this long is wedged: its VM is turned off. */
 const WORKER_WEDGED_MS = 30 * 60 * 1000;
 
@@ -489,7 +491,7 @@ export class Vmms {
 
   private readWorkerRecord(name: string): VmwpRecord | null {
     try {
-      return decodeVmwpRecord(JSON.parse(readFileSync(this.recordFile(name), 'utf8')));
+      return decodeVmwpRecord(JSON.parse(readRegularFile(this.recordFile(name), VMWP_RECORD_MAX_BYTES).toString('utf8')));
     } catch {
       return null;
     }
@@ -582,7 +584,7 @@ export class Vmms {
       const file = join(this.paths.vmwpDir, f);
       let rec: VmwpRecord;
       try {
-        rec = decodeVmwpRecord(JSON.parse(readFileSync(file, 'utf8')));
+        rec = decodeVmwpRecord(JSON.parse(readRegularFile(file, VMWP_RECORD_MAX_BYTES).toString('utf8')));
       } catch (e) {
         this.o.log.warn({ file, why: (e as Error).message }, 'removing an unreadable worker record');
         rmSync(file, { force: true });

@@ -6,7 +6,7 @@
  * filter that refuses pidfd_open) the watch falls back to checking the pid with signal 0 every
  * 200 ms, and says so once in the log of whoever asks (`pidWatchFallback`).
  */
-import { readFileSync } from 'node:fs';
+import { readRegularFile } from './files.js';
 import { pidWatchUnavailableReason, watchProcessExit } from '@hvlab/shm';
 import { procState, procTitle } from '@hvlab/shm/procfs';
 
@@ -33,7 +33,8 @@ export function isHypervisorPid(pid: number): boolean {
 /** The pid a home's lock file names (0: no lock, or not a pid). */
 export function lockOwner(lockFile: string): number {
   try {
-    const pid = Number(readFileSync(lockFile, 'utf8').trim());
+    // A file only (a FIFO in its place held the hypervisor's main thread in open()), and small.
+    const pid = Number(readRegularFile(lockFile, 64).toString('utf8').trim());
     return Number.isSafeInteger(pid) && pid > 0 ? pid : 0;
   } catch {
     return 0;

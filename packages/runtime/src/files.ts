@@ -86,3 +86,28 @@ export function readRegularFile(path: string, maxBytes: number, io: RegularFileI
     io.closeSync(fd);
   }
 }
+
+/**
+ * The last `maxBytes` of a file that must be a regular one (a log, a fault log): opened without
+ * blocking and checked with fstat, as readRegularFile does, but a larger file is not an error:
+ * its tail is read. `start` is the file offset of the first byte returned (0: the whole file).
+ * Throws FileShapeError when it is not a regular file, the file system's error otherwise.
+ */
+export function readRegularTail(path: string, maxBytes: number): { bytes: Buffer; start: number } {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new FileShapeError(`${path} is ${kindOf(st)}, not a file`);
+    const start = Math.max(0, st.size - maxBytes);
+    const buf = Buffer.alloc(Math.min(maxBytes, st.size));
+    let n = 0;
+    while (n < buf.length) {
+      const got = readSync(fd, buf, n, buf.length - n, start + n);
+      if (got <= 0) break;
+      n += got;
+    }
+    return { bytes: buf.subarray(0, n), start };
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -8,7 +8,8 @@
  * next line, or a retry timer when nothing else is logged) one warning line says how many were
  * dropped and why. Writes stay synchronous so a line logged just before `process.exit` is on disk.
  */
-import { appendFileSync, closeSync, fstatSync, ftruncateSync, linkSync, mkdirSync, openSync, readFileSync, statSync, truncateSync, unlinkSync, writeSync } from 'node:fs';
+import { readRegularFile } from './files.js';
+import { appendFileSync, closeSync, fstatSync, ftruncateSync, linkSync, mkdirSync, openSync, statSync, truncateSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 
@@ -48,7 +49,7 @@ export const nodeLogIo: LogIo = {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
-    const bytes = readFileSync(from);
+    const bytes = readRegularFile(from, 256 * 1024 * 1024);
     const before = statSync(to).size;
     try {
       appendFileSync(to, bytes);
