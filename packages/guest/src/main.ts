@@ -5,7 +5,7 @@
  * home, host, hypervisor pid, partition id, VM name and the partition's token — never in the
  * environment, which /proc/PID/environ shows). It leaves when the hypervisor or its VMWP is gone.
  */
-import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, readStdinLine, StdinEndedError, type Notification } from '@hvlab/runtime';
+import { eagerCompile, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, parentLink, readStdinLine, StdinEndedError, type Notification } from '@hvlab/runtime';
 import { openRegion, privateRegion, KernelDirtyTracker, kernelDirtyTrackingUnavailableReason, PostcopyFaults, watchWord, wordWatchAvailable } from '@hvlab/shm';
 import { PAGE, DEVICE_CLASS_NAMES, DEVICE_CLASSES, WORKLOAD_NAME_BYTES, GoWord } from '@hvlab/protocol';
 import { loadDriverClass } from '@hvlab/vsc';
@@ -84,7 +84,10 @@ export async function runPartition(): Promise<void> {
 
   // Exit code 0 means "the guest shut down"; every other way out is non-zero.
   watchPids([hvPid], () => void exit('the hypervisor is gone', 1));
-  process.on('disconnect', () => void exit('the VMWP is gone', 1));
+  // The link to the VMWP (fd 3): its close is the VMWP's end (IpcRpc below starts reading it).
+  const vmwpLink = parentLink();
+  vmwpLink.on('close', () => void exit('the VMWP is gone', 1));
+  vmwpLink.on('error', () => void exit('the VMWP is gone', 1));
   process.on('SIGTERM', () => void exit('SIGTERM', 1));
 
   let firmware: Uint8Array | null = null;
@@ -166,7 +169,7 @@ export async function runPartition(): Promise<void> {
       return null;
     }
   }
-  const rpc = new IpcRpc(process, async (m) => {
+  const rpc = new IpcRpc(vmwpLink, async (m) => {
     switch (m.t) {
       case 'firmware':
         // The boot information page: a page of bytes, or nothing is taken.
@@ -230,7 +233,7 @@ export async function runPartition(): Promise<void> {
       default:
         throw new Error(`unknown request ${String(m.t)}`);
     }
-  });
+  }, () => {}, (why) => void exit(`the VMWP's link broke: ${why}`, 1));
 
   try {
     const session = await hv.connect({ partitionId, token, role: 'partition', vm });

@@ -1,64 +1,198 @@
 /**
- * Request/response over a Node IPC channel (the pipe between a parent and the child it spawned:
- * root <-> VMWP, VMWP <-> partition). The pipe doubles as a liveness link: when the parent dies
- * the child sees 'disconnect' and leaves, so a VMWP crash takes down exactly its own VM.
+ * Request/response between a VMWP and its partition process, over the socket pair spawn gives the
+ * child as fd 3. The socket doubles as a liveness link: when the VMWP dies the partition process
+ * sees it close and leaves, so a VMWP crash takes down exactly its own VM.
+ *
+ * The partition process runs the guest and is not trusted, so this is an edge where bytes enter
+ * the VMWP, decoded once here: frames of a 4-byte little-endian length and a V8-serialized value
+ * (Node's structured clone: typed arrays come back as typed arrays), at most IPC_FRAME_MAX_BYTES
+ * each (FrameReader), and an envelope checked by decodeIpcEnvelope before anything reads it. A
+ * frame over the limit, or one that does not deserialize or is not an envelope, breaks the link
+ * (`onBroken`): the VMWP treats its partition as failed. (It was Node's own IPC channel with
+ * `serialization: 'advanced'`, which buffers a frame of any announced length: a partition that
+ * announced 2 GiB grew its VMWP without bound, and a garbage frame threw in the VMWP's loop.)
+ * What a request's answer holds is checked by its caller (checkDirtyAnswer, say).
  */
-import type { ChildProcess } from 'node:child_process';
+import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { deserialize, serialize } from 'node:v8';
 
-type Port = Pick<ChildProcess, 'send' | 'on' | 'off'> | NodeJS.Process;
 export type IpcHandler = (msg: Record<string, unknown>) => Promise<unknown> | unknown;
 
-interface Envelope {
-  ipc: 'req' | 'res' | 'note';
-  id?: number;
-  body?: Record<string, unknown>;
-  ok?: boolean;
-  result?: unknown;
-  error?: string;
+/** The largest frame either end takes (a dirty bitmap of a 4 GiB VM is 128 KiB; a peek at most 64 KiB). */
+export const IPC_FRAME_MAX_BYTES = 16 * 1024 * 1024;
+/** The longest error text an answer carries (longer is cut). */
+const IPC_ERROR_MAX_CHARS = 2000;
+
+export type IpcEnvelope =
+  | { ipc: 'req'; id: number; body: Record<string, unknown> }
+  | { ipc: 'res'; id: number; ok: true; result: unknown }
+  | { ipc: 'res'; id: number; ok: false; error: string }
+  | { ipc: 'note'; body: Record<string, unknown> };
+
+const plainObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v) && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer) && !(v instanceof SharedArrayBuffer) && !(v instanceof Map) && !(v instanceof Set) && !(v instanceof Date) && !(v instanceof Error);
+
+/** One frame's payload as an envelope, or why it is not one. Never throws. */
+export function decodeIpcEnvelope(payload: Uint8Array): IpcEnvelope | string {
+  let v: unknown;
+  try {
+    v = deserialize(payload);
+  } catch (e) {
+    return `not a serialized value (${String((e as Error)?.message).slice(0, 80)})`;
+  }
+  if (!plainObject(v)) return 'not an object';
+  const id = v.id;
+  const idOk = typeof id === 'number' && Number.isSafeInteger(id) && id > 0;
+  switch (v.ipc) {
+    case 'req':
+      if (!idOk) return 'a request needs a positive whole id';
+      if (!plainObject(v.body)) return 'a request needs a body object';
+      return { ipc: 'req', id: id as number, body: v.body };
+    case 'note':
+      if (!plainObject(v.body)) return 'a note needs a body object';
+      return { ipc: 'note', body: v.body };
+    case 'res':
+      if (!idOk) return 'an answer needs a positive whole id';
+      if (v.ok === true) return { ipc: 'res', id: id as number, ok: true, result: v.result };
+      if (v.ok === false) return { ipc: 'res', id: id as number, ok: false, error: typeof v.error === 'string' ? v.error.slice(0, IPC_ERROR_MAX_CHARS) : 'request failed' };
+      return 'an answer needs ok true or false';
+    default:
+      return 'not a request, answer or note';
+  }
+}
+
+/**
+ * Cuts a byte stream into frames (4-byte little-endian length, then that many bytes). Holds at
+ * most one frame of at most `max` bytes; a longer announced length throws (nothing is buffered
+ * for it).
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private held = 0;
+
+  constructor(private readonly max = IPC_FRAME_MAX_BYTES) {}
+
+  /** The frames `chunk` completes, in order. Throws IpcFrameError on a length over the limit. */
+  push(chunk: Uint8Array): Buffer[] {
+    if (chunk.length > 0) {
+      this.chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+      this.held += chunk.length;
+    }
+    const out: Buffer[] = [];
+    for (;;) {
+      if (this.held < 4) return out;
+      const head = this.chunks[0]!.length >= 4 ? this.chunks[0]! : Buffer.concat(this.chunks);
+      const len = head.readUInt32LE(0);
+      if (len > this.max) throw new IpcFrameError(`a frame of ${len} bytes is over the ${this.max} a frame may have`);
+      if (this.held < 4 + len) return out;
+      const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+      out.push(Buffer.from(all.subarray(4, 4 + len))); // a copy: the rest of `all` may be kept
+      const rest = all.subarray(4 + len);
+      this.chunks = rest.length > 0 ? [rest] : [];
+      this.held = rest.length;
+    }
+  }
+}
+
+export class IpcFrameError extends Error {
+  override name = 'IpcFrameError';
+}
+
+/** One frame of `value` (serialized, length first). */
+export function ipcFrame(value: unknown): Buffer {
+  const payload = serialize(value);
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(payload.length, 0);
+  return Buffer.concat([head, payload]);
+}
+
+/** The child's end: fd 3, the socket its VMWP spawned it with (spawnPartition). */
+export function parentLink(): Socket {
+  return new Socket({ fd: 3, readable: true, writable: true });
 }
 
 export class IpcRpc {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private closed = false;
-  private readonly listener = (raw: unknown): void => void this.onMessage(raw as Envelope);
+  private readonly reader = new FrameReader();
+  private readonly onData = (chunk: Buffer): void => this.take(chunk);
+  private readonly onEnd = (): void => this.close('the process link closed');
 
+  /**
+   * `onBroken`: the other end sent what is not a frame of an envelope (the link is closed first,
+   * and `why` says what it was); the owner treats that process as failed.
+   */
   constructor(
-    private readonly port: Port,
+    private readonly link: Duplex,
     private readonly handler: IpcHandler,
     private readonly onNote: (body: Record<string, unknown>) => void = () => {},
+    private readonly onBroken: (why: string) => void = () => {},
   ) {
-    (port as NodeJS.Process).on('message', this.listener);
+    link.on('data', this.onData);
+    link.on('end', this.onEnd);
+    link.on('close', this.onEnd);
+    link.on('error', () => this.close('the process link failed'));
   }
 
-  private send(env: Envelope): void {
+  private take(chunk: Buffer): void {
     if (this.closed) return;
+    let frames: Buffer[];
     try {
-      (this.port as NodeJS.Process).send?.(env);
-    } catch {
-      /* channel closed */
+      frames = this.reader.push(chunk);
+    } catch (e) {
+      this.broken((e as Error).message);
+      return;
+    }
+    for (const f of frames) {
+      const env = decodeIpcEnvelope(f);
+      if (typeof env === 'string') {
+        this.broken(`a frame that is no envelope: ${env}`);
+        return;
+      }
+      void this.onMessage(env);
     }
   }
 
-  private async onMessage(env: Envelope): Promise<void> {
-    if (!env || typeof env !== 'object') return;
-    if (env.ipc === 'note' && env.body) return this.onNote(env.body);
-    if (env.ipc === 'res' && env.id !== undefined) {
+  private broken(why: string): void {
+    this.close(`the process link broke: ${why}`);
+    this.link.destroy();
+    this.onBroken(why);
+  }
+
+  private send(env: IpcEnvelope): void {
+    if (this.closed || this.link.destroyed) return;
+    let frame: Buffer;
+    try {
+      frame = ipcFrame(env);
+    } catch (e) {
+      // A value that does not serialize: the request fails, not the process.
+      if (env.ipc === 'res' && env.ok) this.send({ ipc: 'res', id: env.id, ok: false, error: `the answer does not serialize: ${(e as Error).message}` });
+      return;
+    }
+    try {
+      this.link.write(frame);
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+
+  private async onMessage(env: IpcEnvelope): Promise<void> {
+    if (env.ipc === 'note') return this.onNote(env.body);
+    if (env.ipc === 'res') {
       const p = this.pending.get(env.id);
       if (!p) return;
       this.pending.delete(env.id);
       clearTimeout(p.timer);
       if (env.ok) p.resolve(env.result);
-      else p.reject(new Error(env.error ?? 'request failed'));
+      else p.reject(new Error(env.error));
       return;
     }
-    if (env.ipc === 'req' && env.id !== undefined && env.body) {
-      try {
-        const result = await this.handler(env.body);
-        this.send({ ipc: 'res', id: env.id, ok: true, result });
-      } catch (e) {
-        this.send({ ipc: 'res', id: env.id, ok: false, error: (e as Error).message });
-      }
+    try {
+      const result = await this.handler(env.body);
+      this.send({ ipc: 'res', id: env.id, ok: true, result });
+    } catch (e) {
+      this.send({ ipc: 'res', id: env.id, ok: false, error: String((e as Error)?.message ?? e) });
     }
   }
 
@@ -79,10 +213,15 @@ export class IpcRpc {
     this.send({ ipc: 'note', body });
   }
 
+  /** Whether the link is closed (by close, its end, or a broken frame). */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   close(reason = 'the process link closed'): void {
     if (this.closed) return;
     this.closed = true;
-    (this.port as NodeJS.Process).off('message', this.listener);
+    this.link.off('data', this.onData);
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(new Error(reason));

@@ -39,7 +39,7 @@ import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VER
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
 import { flipGuestByte, VmFaultTable, type WhileStopped } from './faults.js';
-import { prestartedPartition, rootGone, spawnPartition } from './prestart.js';
+import { partitionLink, prestartedPartition, rootGone, spawnPartition } from './prestart.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 
 /**
@@ -1370,10 +1370,11 @@ export async function runWorker(): Promise<void> {
   function startPartitionProcess(token: string, extra: { hold: true; vps: number; goRegion?: string } | null = null): void {
     // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
     // never into an environment.
-    const child0 = prestarted.exitCode === null && prestarted.signalCode === null && prestarted.connected ? prestarted : spawnPartition();
+    const usable = (p: ChildProcess): boolean => p.exitCode === null && p.signalCode === null && partitionLink(p) !== null && !partitionLink(p)!.destroyed;
+    const child0 = usable(prestarted) ? prestarted : spawnPartition();
     child = child0;
     child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(extra ?? {}) }) + '\n');
-    childRpc = new IpcRpc(child0, async () => {
+    childRpc = new IpcRpc(partitionLink(child0)!, async () => {
       throw new Error('the VMWP takes no requests from the guest');
     }, (note) => {
       if (note.t === 'held') partitionHeld?.(note.goWord === true);
@@ -1381,6 +1382,12 @@ export async function runWorker(): Promise<void> {
         partitionVpsOnline = true;
         for (const w of onlineWaiters.splice(0)) w.resolve();
       }
+    }, (why) => {
+      // The guest's process sent what is not a frame of ours: it is not trusted, and this VM fails.
+      log.error({ why }, 'the partition process broke its link');
+      try {
+        child0.kill('SIGKILL');
+      } catch { /* gone */ }
     });
     record.partitionPid = child0.pid ?? null;
     writeRecord();

@@ -6,6 +6,7 @@
  * so the VMWP's entry (boot.ts) spawns the partition process before it loads the worker itself.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { Duplex } from 'node:stream';
 import { EAGER_COMPILE_ENV, entries, vmProcessArgs, vmProcessEnv } from '@hvlab/runtime/paths';
 
 /**
@@ -23,12 +24,14 @@ export function rootGone(): boolean {
 }
 
 /**
- * A new partition process, waiting for its start-up line on stdin (an IPC channel to this VMWP).
+ * A new partition process, waiting for its start-up line on stdin (a socket to this VMWP as fd 3).
  * `ahead`: started ahead of need (by a spare or warm worker), it compiles its code eagerly.
  */
 export function spawnPartition(ahead = false): ChildProcess {
   const env = partitionEnv(process.env, ahead);
-  const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env });
+  // fd 3: a socket pair, the link IpcRpc frames (runtime/src/ipc.ts), not Node's IPC channel.
+  const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'pipe'], env });
+  (p.stdio[3] as Duplex | null)?.on('error', () => undefined);
   p.stdin!.on('error', () => undefined);
   p.on('error', () => undefined);
   return p;
@@ -52,6 +55,11 @@ export function aheadOfNeed(env: NodeJS.ProcessEnv): boolean {
 }
 
 let first: ChildProcess | null = null;
+
+/** The link to a partition process (fd 3 of it), for IpcRpc. */
+export function partitionLink(p: ChildProcess): Duplex | null {
+  return (p.stdio[3] as Duplex | null | undefined) ?? null;
+}
 
 /** The partition process this VMWP started first (started by the first call). */
 export function prestartedPartition(): ChildProcess {
