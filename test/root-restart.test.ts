@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
 import { openRegion } from '@hvlab/shm';
 import { pidAlive } from '@hvlab/runtime';
+import { hostProcesses } from '@hvlab/host';
 import { TestHost, eventually, sleep } from './harness.js';
 
 const NAMES = ['c1', 'c2', 's1', 's2'];
@@ -199,5 +200,24 @@ describe('a running VM whose config file is damaged while its root restarts (rea
     expect(await eventually(() => !pidAlive(before.pids.vmwp!) && !pidAlive(before.pids.partition!), 10000), 'turned off').to.equal(true);
     await h.ok('vm', 'delete', 'a');
     expect((await h.json<VmInfo[]>('vm', 'list')).map((v) => v.name)).to.deep.equal([]);
+  });
+});
+
+describe('a root partition that never gets ready (real processes)', function () {
+  this.timeout(60000);
+  const h = new TestHost({ HVLAB_ROOT_READY_TIMEOUT_MS: '5' });
+  after(async () => {
+    await h.destroyLeavingNothing();
+  });
+
+  it('is killed at the hypervisor\'s readiness timeout instead of wedging the host: up fails with the reason, and nothing is left', async () => {
+    const r = await h.run('up', '--lps', '1');
+    expect(r.code).to.equal(1);
+    expect(r.stderr).to.match(/the host did not start: the root partition exited during start-up \(SIGKILL\)/);
+    const log = readFileSync(join(h.paths.logDir, 'hypervisor.log'), 'utf8');
+    expect(log).to.include('the root partition did not get ready in time; killing it');
+    const ids = [...log.matchAll(/"host":"([0-9a-f]+)"/g)].map((m) => m[1]!);
+    expect(ids.length).to.be.greaterThan(0);
+    for (const id of new Set(ids)) expect(hostProcesses(id), `processes of host ${id}`).to.deep.equal([]);
   });
 });

@@ -249,6 +249,9 @@ const RESTART_WINDOW_MS = 60_000;
 const restartTimes: number[] = [];
 let restarts = 0;
 
+/** How long a root partition process may take to say "ready" (re-attaching to every running VM included). */
+const ROOT_READY_TIMEOUT_MS = Number(process.env.HVLAB_ROOT_READY_TIMEOUT_MS) > 0 ? Number(process.env.HVLAB_ROOT_READY_TIMEOUT_MS) : 60_000;
+
 /** Starts a root partition process; resolves when it says "ready". */
 function startRoot(): Promise<void> {
   const token = server.hv.rotateRootToken();
@@ -261,9 +264,18 @@ function startRoot(): Promise<void> {
   child.stdin!.on('error', () => undefined);
   return new Promise((resolve, reject) => {
     let buf = '';
+    // A root that never says ready (stuck on something of its home) is killed, and so restarted
+    // as a dead one is (within the restart budget): the host was wedged with no root for good.
+    const stuck = setTimeout(() => {
+      log.error({ pid: child.pid, ms: ROOT_READY_TIMEOUT_MS }, 'the root partition did not get ready in time; killing it');
+      try {
+        child.kill('SIGKILL');
+      } catch { /* gone */ }
+    }, ROOT_READY_TIMEOUT_MS);
     const onData = (d: Buffer): void => {
-      buf += d.toString();
+      buf = (buf + d.toString()).slice(-64);
       if (buf.includes('ready\n')) {
+        clearTimeout(stuck);
         child.stdout!.off('data', onData);
         child.stdout!.resume();
         writeHostRecord(child.pid!, restarts);
@@ -273,6 +285,7 @@ function startRoot(): Promise<void> {
     };
     child.stdout!.on('data', onData);
     child.once('exit', (code, signal) => {
+      clearTimeout(stuck);
       if (root === child) root = null;
       reject(new Error(`the root partition exited during start-up (${signal ?? `exit code ${code}`})`));
       if (!exiting) onRootExit(code, signal);
