@@ -47,7 +47,7 @@ import {
   HvCall, HvStatus, PartitionProperty, PartitionState, ROOT_PARTITION_ID, ROOT_PRIVILEGES, PARTITION_ID_SELF,
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
-  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, takeSuspensionNumber, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
+  VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, vpCpuPercent, takeSuspensionNumber, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
   vpRegionBytes, vpRegionName, memoryRegionName, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames, pendInterrupt, checkPartitionPropertyValue, decodeHvCtlArgs, ReferenceClockView, referenceTimeAt, decodeStimerConfig, suspensionTaken,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp, type ReferenceClockWords,
@@ -1634,7 +1634,7 @@ export class Hypervisor {
     while (s.length > 2 && now - s[1].at >= 1000) s.shift();
     const base = s[0];
     const dt = now - base.at;
-    const pct = (i: number): number => (dt > 0 ? Math.max(0, Math.round(((runMs[i] - (base.runMs[i] ?? 0)) / dt) * 1000) / 10) : 0);
+    const pct = (i: number): number => vpCpuPercent(runMs[i]!, base.runMs[i] ?? 0, dt);
     const vps = idx.map((index, i) => {
       const off = vpPageOffset(index);
       return {

@@ -205,6 +205,19 @@ export function vpAccounting(i32: Int32Array, f64: Float64Array, off: number, no
   };
 }
 
+/**
+ * A VP's CPU % over `dtMs` of wall time from its run time then (`baseMs`) and now (`nowMs`), one
+ * decimal. A VP runs at most all of the time, so a share past 101 % (a little over 100 is the
+ * sampling's jitter, shown as 100) can only come from a guest that wrote its page's run time, and
+ * reads as 0 as every out-of-range field does (a scribbled page showed 792 % for one VP).
+ */
+export function vpCpuPercent(nowMs: number, baseMs: number, dtMs: number): number {
+  if (!(dtMs > 0) || !Number.isFinite(nowMs) || !Number.isFinite(baseMs)) return 0;
+  const pct = Math.round(((nowMs - baseMs) / dtMs) * 1000) / 10;
+  if (!(pct >= 0) || pct > 101) return 0;
+  return Math.min(100, pct);
+}
+
 /** Scheduler region (byte offsets). */
 /**
  * The host's scheduler region (mapped by every partition process and hypercall session): the

@@ -4,7 +4,7 @@
  * publication, including a halt the VP made without a ring that the scheduler has not taken yet.
  */
 import { expect } from 'chai';
-import { Dispatch, VpPage, VpRegionHeader, VpRunState, firstRunOf, seededRandom, suspensionCounted, takeSuspensionNumber, vpAccounting, vpPageOffset, vpRegionBytes } from '../src/index.js';
+import { Dispatch, VpPage, VpRegionHeader, VpRunState, firstRunOf, seededRandom, suspensionCounted, takeSuspensionNumber, vpAccounting, vpCpuPercent, vpPageOffset, vpRegionBytes } from '../src/index.js';
 
 const MS = 1_000_000;
 
@@ -100,5 +100,17 @@ describe('takeSuspensionNumber and suspensionCounted: the numbers of a partition
     expect([suspensionCounted(region, 4), suspensionCounted(region, 5), suspensionCounted(region, 6)]).to.deep.equal([true, true, false]);
     Atomics.store(region, t, -0x80000000);
     expect([suspensionCounted(region, 0x7fffffff), suspensionCounted(region, -0x7fffffff)]).to.deep.equal([true, false]);
+  });
+});
+
+describe('a VP\'s CPU %', () => {
+  it('is its run time\'s share of the wall time, at most 100, and 0 when the page cannot be right (a scribbled run time)', () => {
+    expect(vpCpuPercent(1500, 1000, 1000)).to.equal(50);
+    expect(vpCpuPercent(2004, 1000, 1000), 'sampling jitter past 100 shows 100').to.equal(100);
+    expect(vpCpuPercent(8923, 1000, 1000), 'a VP cannot run 792 % of the time').to.equal(0);
+    expect(vpCpuPercent(900, 1000, 1000), 'a run time that went back').to.equal(0);
+    expect(vpCpuPercent(1500, 1000, 0)).to.equal(0);
+    expect(vpCpuPercent(NaN, 1000, 1000)).to.equal(0);
+    expect(vpCpuPercent(Infinity, 1000, 1000)).to.equal(0);
   });
 });
