@@ -299,4 +299,44 @@ faults:
     expect(ids.flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
+
+  it('a run killed with SIGKILL while its new cluster comes up: its lease was taken first, so the cluster still goes down and its home is removed', async () => {
+    const file = join(dir, 'killed-early.yaml');
+    writeFileSync(file, `name: e2e-killed-early
+kind: faults
+seed: 6
+hosts: 2
+lps: 1
+duration: 30s
+workloads:
+  - { name: k1, host: h1, workload: counter, memory: 16M }
+faults:
+  - { at: 1s, kind: pause, target: vm:k1, for: 5s }
+`);
+    const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', join(dir, 'killed-early')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    const exited = new Promise<void>((r) => child.on('exit', () => r()));
+    // Killed as soon as it says it brings the hosts up: in the middle of the bring-up (it used to
+    // take its lease only after, and the whole cluster stayed up with nothing to take it down).
+    const bringing = await eventually(() => /bringing up 2 hosts/.test(output), 60_000);
+    child.kill('SIGKILL');
+    await exited;
+    expect(bringing, output).to.equal(true);
+    const home = /under (\/\S+)/.exec(output)![1]!;
+    // The hosts' ids, from their records while they are there.
+    const ids = new Set<string>();
+    const gone = (): boolean => {
+      for (const n of ['h1', 'h2']) {
+        try {
+          ids.add((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
+        } catch { /* not (yet, or any more) */ }
+      }
+      return !existsSync(home) && [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0 && nemesisPids(home).length === 0;
+    };
+    expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${[...ids].flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}, nemesis ${nemesisPids(home).join(' ')}`).to.equal(true);
+    expect([...ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
+  });
 });

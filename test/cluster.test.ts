@@ -280,3 +280,27 @@ describe('clusters on one machine', function () {
     expect(gone, `left: ${JSON.stringify({ ...leftovers(ids, home), network: networkLeftovers(tag), home: existsSync(home) })}`).to.equal(true);
   });
 });
+
+describe('a home with a host of its own', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(async () => {
+    await h.run('cluster', 'down');
+    await h.destroyLeavingNothing();
+    expect(fabricPids(h.home)).to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
+  it('takes no cluster beside it (one host per home): "up --hosts" is refused before any network is made, and "down" then leaves nothing', async () => {
+    await h.ok('up', '--lps', '1');
+    const r = await h.run('up', '--hosts', '2', '--lps', '1');
+    expect(r.code).to.equal(1);
+    expect(r.stderr.trim()).to.equal(`hvlab: a host is up in ${h.home} ("hvlab up" made it): one host per home ("hvlab down" first, or --home elsewhere)`);
+    expect(existsSync(join(h.home, 'cluster', 'cluster.json')), 'no cluster record stays').to.equal(false);
+    expect(networkLeftovers(clusterTag(h.home)), 'no network was made').to.deep.equal({ namespaces: [], links: [] });
+    expect(fabricPids(h.home)).to.deep.equal([]);
+    const d = await h.ok('down');
+    expect(d).to.match(/^host \S+ is down$/m);
+    expect(h.leftovers()).to.deep.equal({ pids: [], shm: [] });
+  });
+});

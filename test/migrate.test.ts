@@ -373,7 +373,21 @@ describe('live migration between two hosts', function () {
       const sv = await h.run('--host', 'h1', 'vm', 'save', n);
       expect(sv.code, sv.stdout).to.not.equal(0);
       expect(sv.stderr).to.include(`cannot save VM "${n}": it is being moved to h2`);
+      // So is a stop, forced or not (one in the blackout said Off here while the VM ran on at h2).
+      for (const force of [[], ['--force']]) {
+        const st = await h.run('--host', 'h1', 'vm', 'stop', n, ...force);
+        expect(st.code, st.stdout).to.not.equal(0);
+        expect(st.stderr).to.include(`cannot stop VM "${n}": it is being moved to h2`);
+      }
       expect((await vmOn('h1', n))?.state, n).to.equal('Running');
+    }
+    // At the destination, the copy being moved in is the source's until the commit: a turn-off
+    // there let a start run the VM on both hosts, and a delete left the attempt holding a spare.
+    const incoming = copying[0]!;
+    for (const cmd of [['turn-off'], ['stop', '--force'], ['start'], ['delete'], ['pause']]) {
+      const r = await h.run('--host', 'h2', 'vm', cmd[0]!, incoming, ...cmd.slice(1));
+      expect(r.code, `${cmd.join(' ')} at h2: ${r.stdout}`).to.not.equal(0);
+      expect(r.stderr, cmd.join(' ')).to.match(new RegExp(`cannot \\w[\\w ]* VM "${incoming}": it is being moved here from h1 \\(wait for the move, or "hvlab --host h1 vm move-cancel ${incoming}"\\)`));
     }
     await h.ok('--host', 'h1', 'vm', 'move-cancel', queued);
     for (const n of copying) await h.ok('--host', 'h1', 'vm', 'move-cancel', n);

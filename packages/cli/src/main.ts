@@ -1134,6 +1134,12 @@ export async function run(argv: string[]): Promise<number> {
         if (hasCluster(paths.home)) throw new CliError(`${paths.home} holds a cluster: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
         const spare = opt('spare');
         const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
+        // A "cluster up" that started beside this one claimed the home meanwhile: this host goes
+        // (the cluster's side asks for a host after its claim, so one of the two always sees the other).
+        if (hasCluster(paths.home)) {
+          await down(paths);
+          throw new CliError(`${paths.home} holds a cluster: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
+        }
         client = new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
         const info = await client.request<HostInfo>('hostInfo');
         if (json) out(JSON.stringify(info));
@@ -1146,8 +1152,10 @@ export async function run(argv: string[]): Promise<number> {
         const r = await down(paths);
         // "down" in a cluster's home (one "up --hosts N" or "cluster up" made) has no host of its
         // own: everything of this home is the cluster, so it goes, as "cluster down" takes it.
-        const cluster = r.hostId === null && hasCluster(paths.home) ? await clusterDown(paths.home) : null;
+        // A home that holds both (before "cluster up" and "up" refused each other) loses both.
+        const cluster = hasCluster(paths.home) ? await clusterDown(paths.home) : null;
         if (json) out(JSON.stringify(cluster ? { ...r, cluster } : r));
+        else if (cluster && r.hostId) out(`host ${r.hostId} is down; ${clusterDownLine(cluster)}`);
         else if (cluster) out(clusterDownLine(cluster));
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
         return 0;

@@ -948,9 +948,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
   try {
     if (spec.cluster === 'new') {
       const source = experimentTopologySource(spec);
-      say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
-      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
-      broughtUp = true;
+      // The lease first: a run killed during the bring-up (seconds) left the cluster running.
       if (tempHome && opts.leaseHome) {
         try {
           release = await opts.leaseHome(home);
@@ -958,6 +956,9 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
           say(`WARNING: no lease on the temporary cluster (${message(e)}): if this run is killed, take it down with "hvlab --home ${home} cluster down"`);
         }
       }
+      say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
+      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
+      broughtUp = true;
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
     }

@@ -218,6 +218,14 @@ export async function clusterUp(home: string, topology: Topology, source: string
     version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason,
     listen, fabricPort: opts.fabricPort ?? DEFAULT_FABRIC_PORT, gateway: net.gateway,
   })) throw new ClusterError(`a cluster is already up or coming up for ${home} (another "cluster up" took it first); "hvlab cluster status" shows it`);
+  // One host per home: a single host ("hvlab up") here is not the cluster's, and "down" took only
+  // one of the two. Asked after the record is claimed, as "up" asks for the record after its host
+  // is up: of two started together, at least one sees the other.
+  const single = hostPaths(home);
+  if (hostRunning(readHost(single)) || lockHolder(single) !== null) {
+    rmSync(clusterRecordFile(home), { force: true });
+    throw new ClusterError(`a host is up in ${home} ("hvlab up" made it): one host per home ("hvlab down" first, or --home elsewhere)`);
+  }
   const clients: MgmtClient[] = [];
   try {
     setupNetwork(net);

@@ -264,15 +264,16 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   try {
     if (spec.cluster === 'new') {
       const source = meshTopologySource(spec.hosts!, spec.lps, spec.name);
-      say(`bringing up ${spec.hosts} hosts (${spec.lps} LPs each) under ${home}`);
-      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
-      broughtUp = true;
       if (tempHome) {
         // From now on, until its own teardown, the run holds a lease on its temporary cluster: if
         // this process is killed (even with SIGKILL), the nemesis ends its faults, takes the cluster
-        // down and removes the home.
+        // down and removes the home. Taken before the cluster comes up: a run killed during the
+        // bring-up (seconds) left the whole cluster running, with nothing to take it down.
         homeLease = await holdHomeLease(home, `${owner}.home`);
       }
+      say(`bringing up ${spec.hosts} hosts (${spec.lps} LPs each) under ${home}`);
+      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
+      broughtUp = true;
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
     }

@@ -322,9 +322,22 @@ export class Vmms {
    * migrates.
    */
   private requireNotMoving(r: VmRecord, action: string): void {
+    this.requireNotIncoming(r, action);
     if (r.moving) {
       throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is being moved to ${r.moving.to} (wait for the move, or "hvlab vm move-cancel ${r.config.name}")`);
     }
+  }
+
+  /**
+   * A VM being moved here is the source's until the commit: a turn-off here let the source's move
+   * run on into nothing, a start then ran the VM on both hosts, and a delete left the attempt
+   * holding this host's spare worker until its watchdog. Refused, as Hyper-V refuses state changes
+   * of a VM that migrates; the source can cancel the move (before a post-copy switch-over).
+   */
+  private requireNotIncoming(r: VmRecord, action: string): void {
+    const inc = r.incoming;
+    if (!inc) return;
+    throw new MgmtFailure('InvalidState', `cannot ${action} VM "${r.config.name}": it is being moved here from ${inc.from} (${inc.postcopy ? 'its pages still arrive: wait for the move' : `wait for the move, or "hvlab --host ${inc.from} vm move-cancel ${r.config.name}"`})`);
   }
 
   /** The state now (a method call, so narrowing from an earlier check does not stick across awaits). */
@@ -720,6 +733,7 @@ export class Vmms {
 
   async start(name: unknown): Promise<VmInfo> {
     const r = this.get(name);
+    this.requireNotIncoming(r, 'start');
     this.requireState(r, [EnabledState.Off, EnabledState.Saved], 'start');
     this.admitReserve(r, r.config.processor.reserve, r.config.vps, 'start');
     const restore = r.state === EnabledState.Saved;
@@ -806,8 +820,8 @@ export class Vmms {
    */
   async save(name: unknown): Promise<VmInfo> {
     const r = this.get(name);
-    this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'save');
     this.requireNotMoving(r, 'save');
+    this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'save');
     const from = r.state;
     const link = this.linkOf(r, 'save');
     this.setState(r, EnabledState.Saving, null);
@@ -984,6 +998,8 @@ export class Vmms {
     const stranded = this.get(name, true);
     if (stranded.invalid !== null && stranded.stranded) return await this.stopStranded(stranded);
     const r = this.get(name);
+    // A VM moving away may be turned off (the move fails and the destination is told); one moving here may not.
+    this.requireNotIncoming(r, 'turn off');
     if (r.state === EnabledState.Saved) {
       // Turning off a saved VM discards its saved state (as Stop-VM -TurnOff does).
       discardSavedState(this.o.vmDir, r.config.name);
@@ -1034,6 +1050,9 @@ export class Vmms {
    */
   async stop(name: unknown, opts: { force?: unknown; timeoutS?: unknown } = {}): Promise<VmInfo> {
     const r = this.get(name);
+    // During a move its worker holds the guest (a freeze, a blackout): a stop landed in the blackout
+    // said Off here while the VM ran on at the destination. Turn-off stays (it fails the move).
+    this.requireNotMoving(r, 'stop');
     const force = opts.force === true;
     const timeoutS = opts.timeoutS === undefined || opts.timeoutS === null ? DEFAULT_STOP_TIMEOUT_S : Number(opts.timeoutS);
     if (!Number.isFinite(timeoutS) || timeoutS <= 0 || timeoutS > 3600) throw new MgmtFailure('InvalidArgument', `stop timeout ${String(opts.timeoutS)} is invalid: 1 to 3600 seconds`);
@@ -1166,8 +1185,8 @@ export class Vmms {
     const [from, via, to, verb] = on
       ? [EnabledState.Running, EnabledState.Pausing, EnabledState.Paused, 'pause']
       : [EnabledState.Paused, EnabledState.Resuming, EnabledState.Running, 'resume'];
-    this.requireState(r, [from], verb);
     this.requireNotMoving(r, verb);
+    this.requireState(r, [from], verb);
     const link = this.linkOf(r, verb);
     this.setState(r, via, null);
     const settled = link.request({ t: 'suspend', value: on }, WORKER_WEDGED_MS).then(
@@ -1561,6 +1580,7 @@ export class Vmms {
    */
   delete(name: unknown): { name: string; deleted: true } {
     const r = this.get(name, true);
+    this.requireNotIncoming(r, 'delete');
     this.requireState(r, [EnabledState.Off, EnabledState.Saved, EnabledState.Invalid], 'delete');
     if (r.stranded) throw new MgmtFailure('InvalidState', `cannot delete VM "${r.config.name}": its worker still runs (pid ${r.stranded.pid}); "hvlab vm turn-off ${r.config.name}" first`);
     this.o.store.remove(r.config.name);
