@@ -420,3 +420,37 @@ describe('the hvlab command', function () {
     });
   });
 });
+
+describe('a host started with another TMPDIR', function () {
+  this.timeout(60000);
+
+  it('is reached and brought down gracefully from a shell without it, and its socket directory goes', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-test-tmpdir-'));
+    const tmp = mkdtempSync('/tmp/hvt-');
+    const run = (env: Record<string, string>, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+      new Promise((res) => {
+        const c = spawn(process.execPath, [bin, ...args], { cwd: '/', env: { ...process.env, HVLAB_HOME: home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        c.stdout.on('data', (d) => (stdout += d));
+        c.stderr.on('data', (d) => (stderr += d));
+        c.on('close', (code) => res({ code, stdout, stderr }));
+      });
+    try {
+      const up = await run({ TMPDIR: tmp }, 'up', '--lps', '1', '--spare', '0');
+      expect(up.code, up.stderr).to.equal(0);
+      const sockDir = join(tmp, hostPaths(home).sockDir.split('/').pop()!);
+      expect(existsSync(join(sockDir, 'mgmt')), 'its sockets are under its TMPDIR').to.equal(true);
+      const list = await run({ TMPDIR: '/tmp' }, 'vm', 'list');
+      expect(list.code, list.stderr).to.equal(0);
+      const down = await run({ TMPDIR: '/tmp' }, 'down');
+      expect(down.code, down.stderr).to.equal(0);
+      expect(down.stdout.trim(), 'graceful, not forced').to.match(/^host \S+ is down$/);
+      expect(existsSync(sockDir), 'its socket directory is gone').to.equal(false);
+    } finally {
+      await run({ TMPDIR: tmp }, 'down');
+      rmSync(home, { recursive: true, force: true });
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});

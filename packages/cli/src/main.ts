@@ -15,7 +15,7 @@
 import { closeSync, constants, existsSync, openSync, readdirSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClusterKeyError, FileShapeError, hostPaths, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
+import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
@@ -1060,7 +1060,7 @@ function needHost(paths: HostPaths): MgmtClient {
   if (!pidAlive(hv)) throw new CliError(`the host's hypervisor process (pid ${hv}) is not running; run "hvlab down" to clean up, then "hvlab up"`);
   // With the hypervisor alive the root may be on its way back (a supervisor restarts it): no advice.
   if (!pidAlive(root)) throw new CliError(`the host's root partition process (pid ${root}) is not running`);
-  return new MgmtClient(paths.mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
+  return new MgmtClient(pathsForRecord(paths, rec).mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
 }
 
 // ---------------------------------------------------------------------------------------------

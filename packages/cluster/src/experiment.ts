@@ -49,7 +49,7 @@ import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
-import { FileShapeError, readRegularFile, resolveHome } from '@hvlab/runtime';
+import { FileShapeError, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
 import { ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkSet, readCluster } from './lab.js';
@@ -804,7 +804,7 @@ async function hostClient(home: string, name: string): Promise<MgmtClient> {
   if (t.kind === 'remote') return new MgmtClient(t.endpoint, { socket: t.socket });
   const rec = readHost(t.paths);
   if (!rec) throw new ClusterError(`host ${name} of the cluster is not up (no host record in ${t.paths.home})`);
-  return new MgmtClient(t.paths.mgmtEndpoint, { watch: rec });
+  return new MgmtClient(pathsForRecord(t.paths, rec).mgmtEndpoint, { watch: rec });
 }
 
 const codeOf = (e: unknown): string | null => (e instanceof MgmtCallError ? e.code : null);

@@ -25,7 +25,7 @@ import {
 } from '@hvlab/protocol';
 import {
   curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
-  FileShapeError, readRegularFile, readRegularTail,
+  FileShapeError, pathsForRecord, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
@@ -583,7 +583,7 @@ async function ask<T>(target: ClusterHostTarget, op: 'hostInfo' | 'vmList'): Pro
   if (target.kind === 'local') {
     const rec = readHost(target.paths);
     if (!hostRunning(rec)) return null;
-    c = new MgmtClient(target.paths.mgmtEndpoint, { watch: rec! });
+    c = new MgmtClient(pathsForRecord(target.paths, rec).mgmtEndpoint, { watch: rec! });
   } else {
     c = new MgmtClient(target.endpoint, { socket: target.socket });
   }

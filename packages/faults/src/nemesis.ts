@@ -36,7 +36,7 @@ import { join } from 'node:path';
 import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
-import { readRegularFile, writeFileAtomic } from '@hvlab/runtime';
+import { pathsForRecord, readRegularFile, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
@@ -235,7 +235,7 @@ export class Nemesis {
     if (!h) throw new FaultRefused(`there is no host ${name}`);
     const rec = readHost(h.paths);
     if (!rec) throw new FaultRefused(`host ${name} is not up`);
-    return new MgmtClient(h.paths.mgmtEndpoint, { watch: rec });
+    return new MgmtClient(pathsForRecord(h.paths, rec).mgmtEndpoint, { watch: rec });
   }
 
   private async hostCall<T>(world: World, host: string, op: 'faultSet' | 'faultClear' | 'vmStart' | 'vmList', args: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { decodeHostRecord, entries, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { decodeHostRecord, entries, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -183,8 +183,10 @@ export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: bo
   return { killed, shm };
 }
 
-export async function down(paths: HostPaths): Promise<{ hostId: string | null; graceful: boolean; killed: number; shm: number }> {
-  let rec = readHost(paths);
+export async function down(paths0: HostPaths): Promise<{ hostId: string | null; graceful: boolean; killed: number; shm: number }> {
+  let rec = readHost(paths0);
+  // Its sockets are where its processes put them (their TMPDIR), not where this one's would go.
+  const paths = pathsForRecord(paths0, rec);
   if (!rec) {
     const holder = lockHolder(paths);
     if (holder === null) {

@@ -5,7 +5,7 @@
  */
 import { homedir, tmpdir } from 'node:os';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { join, resolve, dirname } from 'node:path';
+import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { createRequire } from 'node:module';
@@ -81,9 +81,26 @@ export function pathHash(s: string): string {
   return [h0, h1, h2].map((h) => (h >>> 0).toString(16).padStart(8, '0')).join('').slice(0, 12);
 }
 
-export function hostPaths(home: string): HostPaths {
+/**
+ * A home's paths. Its sockets go in `hvlab-HASH` under this process's TMPDIR, unless `sockDir`
+ * says where (pathsForRecord: the directory a running host's processes use).
+ */
+/**
+ * `paths` with the socket directory a host's record names: the host's processes took it from the
+ * TMPDIR of the command that started them, and a later command with another TMPDIR did not find
+ * its sockets (a `down` forced the host off and left its socket directory). Only a directory of
+ * this home's name is taken from the record (the record is a file: it could name any directory,
+ * and `down` removes it).
+ */
+export function pathsForRecord(paths: HostPaths, rec: { sockDir: string } | null): HostPaths {
+  const d = rec?.sockDir;
+  if (typeof d !== 'string' || d === paths.sockDir || !isAbsolute(d) || basename(d) !== basename(paths.sockDir) || normalize(d) !== d) return paths;
+  return hostPaths(paths.home, d);
+}
+
+export function hostPaths(home: string, sockDir0?: string): HostPaths {
   const h = resolve(home);
-  const sockDir = join(tmpdir(), `hvlab-${pathHash(h)}`);
+  const sockDir = sockDir0 ?? join(tmpdir(), `hvlab-${pathHash(h)}`);
   const runDir = join(h, 'run');
   return {
     home: h,

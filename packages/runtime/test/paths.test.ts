@@ -12,7 +12,7 @@ import { seededRandom } from '@hvlab/protocol';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
-import { decodeHostRecord, hostPaths, pathHash, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
+import { decodeHostRecord, hostPaths, pathHash, pathsForRecord, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
 
 describe('paths: a bundle or the compiled entry', () => {
   let dir = '';
@@ -146,5 +146,21 @@ describe('paths: the host record (run/host.json) as read back', () => {
       // What it gives back is a copy of the checked fields, not the object it was given.
       expect(r).to.not.equal(v);
     }), { numRuns: 3000, seed: 0x4057 });
+  });
+});
+
+describe('a host record\'s socket directory', () => {
+  it('is used when it is this home\'s (another TMPDIR), and never when it names any other directory', () => {
+    const p = hostPaths('/srv/lab');
+    const name = p.sockDir.split('/').pop()!;
+    const other = pathsForRecord(p, { sockDir: `/var/tmp/x/${name}` });
+    expect(other.sockDir).to.equal(`/var/tmp/x/${name}`);
+    expect(other.mgmtEndpoint).to.equal(`ipc:///var/tmp/x/${name}/mgmt`);
+    expect(other.vmwpEndpoint('a')).to.match(new RegExp(`^ipc:///var/tmp/x/${name}/w-`));
+    expect(other.hostFile).to.equal(p.hostFile);
+    for (const bad of ['/', '/etc', 'relative/' + name, `/tmp/../etc/${name}`, `/tmp//${name}`, `/tmp/${name}-x`, `/tmp/hvlab-000000000000`, '']) {
+      expect(pathsForRecord(p, { sockDir: bad }).sockDir, bad).to.equal(p.sockDir);
+    }
+    expect(pathsForRecord(p, null)).to.equal(p);
   });
 });
