@@ -420,12 +420,25 @@ void OnWordWatchClosed(uv_handle_t* h) {
 }
 
 // Stops the thread (wakes it and joins: it only ever sleeps in the futex) and closes the handle.
+// One wake is not enough: a thread that has looked at `stop` but not yet entered FUTEX_WAIT misses
+// it and sleeps on, the word unchanged, and the join then held this thread for good (a test's
+// event loop stopped in unwatchWord and hung the whole suite). So the wake repeats until the join
+// succeeds: once the thread sleeps, the next wake reaches it.
 void CloseWordWatch(WordWatch* w) {
   wordWatches.erase(w->id);
   w->stop.store(true);
   if (w->threadStarted) {
-    syscall(SYS_futex, w->addr, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
-    pthread_join(w->thread, nullptr);
+    for (;;) {
+      syscall(SYS_futex, w->addr, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until);
+      until.tv_nsec += 2 * 1000 * 1000;
+      if (until.tv_nsec >= 1000 * 1000 * 1000) {
+        until.tv_sec += 1;
+        until.tv_nsec -= 1000 * 1000 * 1000;
+      }
+      if (pthread_timedjoin_np(w->thread, nullptr, &until) != ETIMEDOUT) break;
+    }
     w->threadStarted = false;
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&w->async), OnWordWatchClosed);

@@ -5,7 +5,7 @@
  * throwing callback does not end the process, and bad arguments are refused.
  */
 import { expect } from 'chai';
-import { fork } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,5 +77,13 @@ describe('watchWord (shared futex word, watched from the event loop)', function 
     expect(() => watchWord(sab, PAGE_SIZE / 4, () => {})).to.throw(/outside the buffer/);
     expect(() => watchWord(sab, -1, () => {})).to.throw(/outside the buffer/);
     expect(() => watchWord(sab, 0, null as unknown as () => void)).to.throw(/function/);
+  });
+
+  it('ends whenever it is ended: a watch ended while its thread is between its look at the stop flag and its sleep does not hold the join (3000 watches, in a child with a timeout)', function () {
+    this.timeout(120000);
+    const churn = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'watch-churn.ts');
+    const r = spawnSync(process.execPath, ['--conditions=hvlab-source', '--import', 'tsx', churn, '3000'], { encoding: 'utf8', timeout: 60000 });
+    expect(r.signal, `the churn hung (stderr: ${r.stderr})`).to.equal(null);
+    expect(r.stdout).to.equal('done\n');
   });
 });
