@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import type { VmInfo } from '@hvlab/protocol';
-import { hostProcesses } from '@hvlab/host';
+import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
 import { eventually, shmFiles, TestHost } from './harness.js';
 
 describe('one host per home', function () {
@@ -38,6 +38,34 @@ describe('one host per home', function () {
     expect(r.stderr).to.match(/a host is already up/);
     // Nothing new was started, and the old host's processes are all still there.
     expect(hostProcesses(id).length).to.equal(before);
+  });
+});
+
+describe('a host asked to shut down by its management API alone', function () {
+  this.timeout(60000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('leaves no socket directory and no record behind (a down killed once it asked left both for the next command)', async () => {
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 'v', '--memory', '8M');
+    await h.ok('vm', 'start', 'v');
+    const id = h.hostId;
+    const sockDir = h.paths.sockDir;
+    expect(existsSync(sockDir)).to.equal(true);
+    // What "hvlab down" asks first; the CLI that asked is not there to sweep after it.
+    const c = new MgmtClient(h.paths.mgmtEndpoint, { watch: readHost(h.paths)! });
+    try {
+      await c.request('shutdown', {}, 5000);
+    } finally {
+      c.close();
+    }
+    expect(await eventually(() => hostProcesses(id).length === 0, 20000), 'the host went down').to.equal(true);
+    expect(existsSync(sockDir), 'its socket directory').to.equal(false);
+    expect(existsSync(h.paths.hostFile), 'its record').to.equal(false);
+    expect(existsSync(h.paths.lockFile), 'its lock').to.equal(false);
+    expect(shmFiles(id)).to.deep.equal([]);
+    expect((await h.ok('down')).trim()).to.equal('no host was up');
   });
 });
 

@@ -85,6 +85,13 @@ async function exit(reason: string, code = 0): Promise<void> {
     if (childPids().every((p) => p === root?.pid)) break;
     await new Promise((r) => setTimeout(r, 50));
   }
+  if (ours && !homeLost) {
+    // What is left of this host goes with it, before its lock (no new host of the home can have
+    // started yet): a `down` killed once it asked for the shutdown left the socket directory and
+    // the record behind for the next command to sweep.
+    if (hostRecordIsOurs()) rmSync(paths.hostFile, { force: true });
+    rmSync(paths.sockDir, { recursive: true, force: true });
+  }
   if (ours) rmSync(paths.lockFile, { force: true });
   if (homeLost && !taken) {
     // Nobody is left to clean up after a host whose home went: its socket directory (outside the
