@@ -212,7 +212,7 @@ describe('chaos experiments with real processes', function () {
       await h.destroy();
     });
 
-    it(`has every fault it injected undone within 10 s (its owner lease lapses after ${OWNER_LEASE_MS / 1000} s)`, async () => {
+    it(`has every fault it injected undone within 10 s (its owner lease lapses after ${OWNER_LEASE_MS / 1000} s), and the VMs it made removed from the cluster`, async () => {
       const file = join(dir, 'killed.yaml');
       writeFileSync(file, 'name: killed\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: k1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:k1, for: 100s }\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 100s, delayMs: 200ms }\n');
       const code = `import { runChaosExperiment } from '@hvlab/faults';\nawait runChaosExperiment(${JSON.stringify(file)}, { out: ${JSON.stringify(join(dir, 'killed'))}, home: process.env.HVLAB_HOME, progress: (l) => console.log(l) });\n`;
@@ -241,6 +241,9 @@ describe('chaos experiments with real processes', function () {
         expect(processState(pid), 'k1\'s partition runs again').to.not.equal('T');
         const ended = (await nem.list({ all: true })).filter((f) => active.some((a) => a.id === f.id));
         expect(ended.map((f) => f.endReason), `ended after ${took} ms`).to.deep.equal(['owner-gone', 'owner-gone']);
+        // Its workload VM was the run's, not the user's: it goes too (it stayed, running, before).
+        const listed = async (): Promise<boolean> => ((await h.json<Array<{ name: string }>>('--host', 'h1', 'vm', 'list').catch(() => [{ name: 'k1' }])).some((v) => v.name === 'k1'));
+        expect(await eventually(async () => !(await listed()), 30_000), 'k1 removed from h1').to.equal(true);
       } finally {
         nem.close();
         if (child.exitCode === null) child.kill('SIGKILL');

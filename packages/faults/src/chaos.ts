@@ -28,6 +28,7 @@ import {
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
+import type { OwnedVm } from './wire.js';
 import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis } from './client.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawSchedule, faultRequest, scheduleLine, type ScheduledFault } from './schedule.js';
@@ -299,6 +300,14 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     for (const f of report.schedule) say(`  ${scheduleLine(f)}`);
 
     clients = await hostClients(home, world.hosts);
+    // The run's lease, from before its first VM: on an existing cluster it names the VMs made so
+    // far (each renew names them all), which go when it lapses, so a run killed with SIGKILL leaves
+    // none on the user's cluster; its faults go too. (A new cluster goes whole: the home's lease.)
+    nemesis = await NemesisClient.connect(home);
+    const nem = nemesis;
+    const owned = (): OwnedVm[] => (broughtUp ? [] : spec.workloads.filter((w) => made.includes(w.name)).map((w) => ({ host: w.host, vm: w.name })));
+    await nem.renew(owner, { vms: owned() });
+    renew = setInterval(() => void nem.renew(owner, { vms: owned() }).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`)), OWNER_RENEW_MS);
     // The workloads: made and started, each host's one after another, the hosts side by side.
     await Promise.all(world.hosts.map(async (h) => {
       const c = clients.get(h)!;
@@ -306,6 +315,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         if (signal?.aborted) return;
         await c.request('vmNew', { name: w.name, memory: formatBytes(w.memoryBytes), vps: w.vps, workload: w.workload }, 60_000);
         made.push(w.name);
+        // Named in the lease at once (only once made: a name the user's cluster already had is not the run's).
+        await nem.renew(owner, { vms: owned() }).catch(() => undefined);
         await c.request('vmStart', { name: w.name }, 120_000);
         say(`VM ${w.name} (${w.workload}) is running on ${h}`);
       }
@@ -324,10 +335,6 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     const notOk = spec.workloads.filter((w) => sampler!.latest().get(w.name)?.heartbeat !== 'OK').map((w) => w.name);
     if (notOk.length > 0 && !signal?.aborted) say(`WARNING: no OK heartbeat from ${notOk.join(', ')} after ${WARMUP_MAX_MS / 1000} s; starting anyway`);
 
-    nemesis = await NemesisClient.connect(home);
-    const nem = nemesis;
-    await nem.renew(owner);
-    renew = setInterval(() => void nem.renew(owner).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`)), OWNER_RENEW_MS);
 
     // The schedule.
     report.t0 = Date.now();

@@ -17,6 +17,7 @@ import { entries, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient,
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
+import type { OwnedVm } from './wire.js';
 import { procPids, procTitle } from '@hvlab/shm/procfs';
 
 export function nemesisFile(home: string): string {
@@ -243,8 +244,8 @@ export class NemesisClient {
    * Renews `owner`'s lease. With `teardown`, a lease that lapses also takes the home's cluster down
    * and removes the home (a run's temporary cluster, so a killed run leaves nothing).
    */
-  async renew(owner: string, opts: { teardown?: boolean } = {}): Promise<void> {
-    await this.call({ op: 'renew', owner, teardown: opts.teardown === true }, 5000, true);
+  async renew(owner: string, opts: { teardown?: boolean; vms?: OwnedVm[] } = {}): Promise<void> {
+    await this.call({ op: 'renew', owner, teardown: opts.teardown === true, ...(opts.vms?.length ? { vms: opts.vms } : {}) }, 5000, true);
   }
   close(): void {
     this.rpc.close();

@@ -99,7 +99,7 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
       case 'clear':
         return await nemesis.clear(req.fault, req.owner);
       case 'renew':
-        nemesis.renew(req.owner, req.teardown);
+        nemesis.renew(req.owner, req.teardown, req.vms);
         return { ok: true };
       case 'stop':
         setTimeout(() => void leave('asked to stop'), 10);

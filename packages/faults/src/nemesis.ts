@@ -37,7 +37,8 @@ import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { pathsForRecord, readRegularFile, writeFileAtomic } from '@hvlab/runtime';
-import { MgmtClient, readHost } from '@hvlab/host';
+import { MgmtCallError, MgmtClient, readHost } from '@hvlab/host';
+import { MAX_OWNED_VMS, type OwnedVm } from './wire.js';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
@@ -218,10 +219,47 @@ export class Nemesis {
     return all ? [...this.ended, ...act] : act;
   }
 
-  renew(owner: string, teardown = false): void {
+  renew(owner: string, teardown = false, vms: OwnedVm[] = []): void {
     this.lastActivity = this.now();
     this.owners.set(owner, this.now());
     if (teardown) this.teardownOwners.add(owner);
+    // The VMs it made so far (each renew says all of them): they go when its lease lapses.
+    if (vms.length > 0) this.ownerVms.set(owner, vms.slice(0, MAX_OWNED_VMS));
+    else this.ownerVms.delete(owner);
+  }
+
+  /** VMs each owner made (a chaos run on an existing cluster), removed when its lease lapses. */
+  private readonly ownerVms = new Map<string, OwnedVm[]>();
+
+  /**
+   * Turns off and deletes the VMs a lapsed owner made: a chaos run on the user's cluster killed
+   * with SIGKILL left its workload VMs running there. A VM already gone is fine; one that cannot
+   * be removed is said in the log.
+   */
+  private async removeOwnedVms(owner: string, vms: OwnedVm[]): Promise<void> {
+    const world = await readWorld(this.home).catch(() => null);
+    if (!world) return;
+    for (const { host, vm } of vms) {
+      let c: MgmtClient;
+      try {
+        c = this.mgmt(world, host);
+      } catch {
+        continue; // its host is gone: so is the VM
+      }
+      try {
+        await c.request('vmTurnOff', { name: vm }, 30_000).catch((e: unknown) => {
+          if (!(e instanceof MgmtCallError && (e.code === 'InvalidState' || e.code === 'NotFound'))) throw e;
+        });
+        await c.request('vmDelete', { name: vm }, 30_000).catch((e: unknown) => {
+          if (!(e instanceof MgmtCallError && e.code === 'NotFound')) throw e;
+        });
+        this.say('owner lease lapsed: removed a VM it made', { owner, host, vm });
+      } catch (e) {
+        this.say('owner lease lapsed: a VM it made was not removed', { owner, host, vm, err: errText(e) });
+      } finally {
+        c.close();
+      }
+    }
   }
 
   /** Owners whose lapsed lease takes the home down (a run's temporary cluster). */
@@ -650,6 +688,9 @@ export class Nemesis {
       const mine = [...this.active.values()].filter((a) => a.rec.owner === owner);
       if (mine.length) this.say('owner lease lapsed: ending its faults', { owner, faults: mine.map((a) => a.rec.id) });
       await Promise.all(mine.map((a) => this.end(a.rec.id, 'owner-gone')));
+      const vms = this.ownerVms.get(owner);
+      this.ownerVms.delete(owner);
+      if (vms && !this.teardownOwners.has(owner)) await this.removeOwnedVms(owner, vms);
       if (this.teardownOwners.delete(owner)) {
         this.say('owner lease lapsed: taking down the cluster it brought up', { owner });
         this.onTeardown?.(owner);

@@ -6,11 +6,12 @@
  *   inject { req }               a FaultRequest (checked again by checkFaultRequest)
  *   list   { all }               active faults (all: also ended ones)
  *   clear  { fault, owner }      end faults now: one (fault), an owner's, or all (both null)
- *   renew  { owner, teardown }   an owner's lease (teardown: when it lapses, the home's cluster
+ *   renew  { owner, teardown, vms }  an owner's lease (vms: VMs it made, turned off and deleted
+ *                                when it lapses; teardown: when it lapses, the home's cluster
  *                                goes down and the home is removed: a run's temporary cluster)
  *   stop   {}                    clear everything and exit
  */
-import { decode, isPlainObject } from '@hvlab/protocol';
+import { decode, isPlainObject, VM_NAME_RE } from '@hvlab/protocol';
 import { checkFaultRequest } from './request.js';
 import type { FaultRequest } from './types.js';
 
@@ -21,11 +22,19 @@ export type NemesisRequest =
   | { v: number; id: number; op: 'inject'; req: FaultRequest }
   | { v: number; id: number; op: 'list'; all: boolean }
   | { v: number; id: number; op: 'clear'; fault: string | null; owner: string | null }
-  | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean }
+  | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean; vms: OwnedVm[] }
   | { v: number; id: number; op: 'stop' };
 
 const OPS = ['inject', 'list', 'clear', 'renew', 'stop'] as const;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/;
+
+/** A VM an owner made (a chaos run on an existing cluster): turned off and deleted when its lease lapses. */
+export interface OwnedVm {
+  host: string;
+  vm: string;
+}
+/** The most VMs one renew names. */
+export const MAX_OWNED_VMS = 64;
 
 export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: NemesisRequest } | { ok: false; id: number; message: string } {
   if (bytes.length > NEMESIS_FRAME_MAX_BYTES) return { ok: false, id: 0, message: `a frame of ${bytes.length} bytes is over ${NEMESIS_FRAME_MAX_BYTES}` };
@@ -42,7 +51,7 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
   if (v.v !== NEMESIS_WIRE_VERSION) return fail(`nemesis wire version ${typeof v.v === 'number' ? v.v : '?'} is not ${NEMESIS_WIRE_VERSION}`);
   const op = v.op;
   if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) return fail(`unknown operation${typeof op === 'string' ? ` "${op.slice(0, 32)}"` : ''} (known: ${OPS.join(', ')})`);
-  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner', 'teardown'], stop: [] };
+  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner', 'teardown', 'vms'], stop: [] };
   for (const k of Object.keys(v)) if (!['v', 'id', 'op', ...allowed[op]!].includes(k)) return fail(`${op}: unknown field "${k.slice(0, 32)}"`);
   const name = (k: string, nullable: boolean): string | null | Error => {
     const x = v[k];
@@ -69,7 +78,17 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
       const owner = name('owner', false);
       if (owner instanceof Error || owner === null) return fail(owner instanceof Error ? owner.message : 'renew needs an owner');
       if (v.teardown !== undefined && v.teardown !== null && typeof v.teardown !== 'boolean') return fail('renew: "teardown" must be true or false');
-      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner, teardown: v.teardown === true } };
+      const vms: OwnedVm[] = [];
+      if (v.vms !== undefined && v.vms !== null) {
+        if (!Array.isArray(v.vms) || v.vms.length > MAX_OWNED_VMS) return fail(`renew: "vms" must be a list of at most ${MAX_OWNED_VMS} { host, vm }`);
+        for (const x of v.vms as unknown[]) {
+          if (!isPlainObject(x) || typeof x.host !== 'string' || !NAME_RE.test(x.host) || typeof x.vm !== 'string' || !VM_NAME_RE.test(x.vm) || Object.keys(x).some((k) => k !== 'host' && k !== 'vm')) {
+            return fail('renew: each of "vms" must be { host, vm } with a host name and a VM name');
+          }
+          vms.push({ host: x.host, vm: x.vm });
+        }
+      }
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner, teardown: v.teardown === true, vms } };
     }
     case 'stop':
       return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'stop' } };
