@@ -303,7 +303,7 @@ describe('joining a cluster under a name it holds', function () {
     const fabric = new Fabric({ cluster: 'named', key, listen: '127.0.0.1', port: 0, links: [], fileHosts: ['h9'] });
     const port = await fabric.start();
     const c = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
-    const hosts = [new TestHost(), new TestHost()];
+    const hosts = [new TestHost(), new TestHost(), new TestHost()];
     try {
       await c.call({ op: 'join', name: 'busy', address: '127.0.0.50', peerPort: 7742, mgmtPort: 7741, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
       const joinAs = (t: TestHost, name: string): Promise<{ code: number; stderr: string }> =>
@@ -328,6 +328,12 @@ describe('joining a cluster under a name it holds', function () {
       const r = await hosts[0]!.run('up', '--join', `127.0.0.1:${port}`, '--key', fifo);
       expect(r.code).to.equal(1);
       expect(r.stderr).to.match(/fifo\.key is not a cluster key file: .* is a FIFO, not a file/);
+      // The same host coming back under its name (from its address: its last life did not say it
+      // left) is let in, as the fabric lets it.
+      await c.call({ op: 'join', name: 'again', address: '127.0.0.1', peerPort: DEFAULT_PEER_PORT, mgmtPort: DEFAULT_MGMT_TCP_PORT, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
+      const back = await joinAs(hosts[2]!, 'again');
+      expect(back.code, back.stderr).to.equal(0);
+      expect((await hosts[2]!.run('down')).code).to.equal(0);
     } finally {
       c.close();
       await fabric.close();

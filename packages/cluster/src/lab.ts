@@ -543,9 +543,11 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
   }
   // A name a live member holds is refused by the fabric: said now, before anything starts (the
   // host used to start, wait 10 s to join, and go down again with "did not join").
+  // The fabric's own rule: the same host coming back (its address, not started by a cluster up)
+  // takes its name again, as a host whose last life did not say it left.
   const st = decodeFabricStatus(status);
   const holder = st.ok ? st.value.members.find((m) => m.name === name) : undefined;
-  if (holder && holder.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN) {
+  if (holder && holder.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN && (holder.local || holder.address !== address)) {
     throw new ClusterError(`cluster ${st.ok ? st.value.cluster : '?'} already has a host named ${name} (at ${holder.address}): give another --name`);
   }
   mkdirSync(paths.home, { recursive: true });

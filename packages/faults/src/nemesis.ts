@@ -36,7 +36,7 @@ import { join } from 'node:path';
 import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
-import { pathsForRecord, readRegularFile, writeFileAtomic } from '@hvlab/runtime';
+import { FileShapeError, pathsForRecord, readRegularFile, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost } from '@hvlab/host';
 import { MAX_OWNED_VMS, type OwnedVm } from './wire.js';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
@@ -740,9 +740,10 @@ export class Nemesis {
     try {
       left = decodeActiveFile(readRegularFile(activeFile(this.home), ACTIVE_FILE_MAX_BYTES).toString('utf8'));
     } catch (e) {
-      // Missing: nothing to undo. Anything else (not a file, too large, unreadable) holds nothing
-      // this nemesis could trust: it goes, as a damaged one always did.
-      if ((e as NodeJS.ErrnoException | null)?.code !== 'ENOENT') {
+      // Missing: nothing to undo. Not a file, or too large: nothing this nemesis could trust, and
+      // it goes, as a damaged one always did. Unreadable for now (EIO, EMFILE): kept, for the
+      // next nemesis (the processes a pause stopped are named in it).
+      if (e instanceof FileShapeError) {
         try {
           rmSync(activeFile(this.home), { force: true });
         } catch (r) {

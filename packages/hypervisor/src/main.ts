@@ -11,7 +11,7 @@
  * Prints "ready" once the first root is ready, or "locked PID" when another host holds the home.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
@@ -256,7 +256,7 @@ const RESTART_WINDOW_MS = 60_000;
 const restartTimes: number[] = [];
 let restarts = 0;
 
-/** How long a root partition process may take to say "ready" (re-attaching to every running VM included). */
+/** How long a root partition process may take to say "ready", and 25 s more for each worker it re-attaches to. */
 const ROOT_READY_TIMEOUT_MS = Number(process.env.HVLAB_ROOT_READY_TIMEOUT_MS) > 0 ? Number(process.env.HVLAB_ROOT_READY_TIMEOUT_MS) : 60_000;
 
 /** Starts a root partition process; resolves when it says "ready". */
@@ -273,12 +273,19 @@ function startRoot(): Promise<void> {
     let buf = '';
     // A root that never says ready (stuck on something of its home) is killed, and so restarted
     // as a dead one is (within the restart budget): the host was wedged with no root for good.
+    // A restarted root re-attaches to each running worker, one after another, before it is ready
+    // (up to ~25 s for one that does not answer): the allowance grows with the worker records.
+    let records = 0;
+    try {
+      records = readdirSync(paths.vmwpDir).filter((f) => f.endsWith('.json')).length;
+    } catch { /* none */ }
+    const readyMs = ROOT_READY_TIMEOUT_MS + records * 25_000;
     const stuck = setTimeout(() => {
-      log.error({ pid: child.pid, ms: ROOT_READY_TIMEOUT_MS }, 'the root partition did not get ready in time; killing it');
+      log.error({ pid: child.pid, ms: readyMs, workers: records }, 'the root partition did not get ready in time; killing it');
       try {
         child.kill('SIGKILL');
       } catch { /* gone */ }
-    }, ROOT_READY_TIMEOUT_MS);
+    }, readyMs);
     const onData = (d: Buffer): void => {
       buf = (buf + d.toString()).slice(-64);
       if (buf.includes('ready\n')) {

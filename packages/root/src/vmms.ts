@@ -909,6 +909,7 @@ export class Vmms {
       if (!/^\d+$/.test(String(v)) || n < min || n > max) throw new MgmtFailure('InvalidArgument', `${what} ${String(v)} is invalid: a whole number from ${min} to ${max}`);
       return n;
     };
+    this.requireNotIncoming(r, 'change the processor settings of');
     this.requireNotBetween(r, 'change the processor settings of');
     const p = r.config.processor;
     const next = {
@@ -1117,6 +1118,7 @@ export class Vmms {
     const disable = pick(args.disable);
     if (enable && disable) throw new MgmtFailure('InvalidArgument', 'give --enable or --disable, not both');
     const change = enable ?? disable;
+    if (change) this.requireNotIncoming(r, 'change the integration services of');
     if (change) this.requireNotBetween(r, 'change the integration services of');
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
@@ -1247,6 +1249,8 @@ export class Vmms {
     const options = decodeMigrationOptions(args.options);
     if (typeof options === 'string') throw new MgmtFailure('InvalidArgument', options);
     if (r.moving) throw new MgmtFailure('InvalidState', `VM "${name}" is being moved to ${r.moving.to} already`);
+    // Moved on before its move here committed (a post-copy's pages still arriving): refused.
+    this.requireNotIncoming(r, 'move');
     this.requireState(r, [EnabledState.Running], 'move');
     const mig = randomBytes(8).toString('hex');
     const total = dirtyBitmapGpa(r.config.memoryBytes);

@@ -39,6 +39,9 @@ export function writeFileAtomic(file: string, text: string | Uint8Array, opts: {
   } catch { /* a directory that cannot be synced (some filesystems) still holds the renamed file */ }
 }
 
+/** The most one readSync asks for (Node refuses lengths past 2^31 - 1). */
+const READ_CHUNK_BYTES = 1024 * 1024 * 1024;
+
 /** A file that is not what a reader takes: not a regular file, or larger than it may be. */
 export class FileShapeError extends Error {
   override name = 'FileShapeError';
@@ -77,7 +80,8 @@ export function readRegularFile(path: string, maxBytes: number, io: RegularFileI
         buf.copy(bigger, 0, 0, n);
         buf = bigger;
       }
-      const got = io.readSync(fd, buf, n, buf.length - n, null);
+      // At most 1 GiB a call: Node refuses a length past 2^31 - 1 (a saved 2 GiB memory file).
+      const got = io.readSync(fd, buf, n, Math.min(buf.length - n, READ_CHUNK_BYTES), null);
       if (got <= 0) break;
       n += got;
     }
@@ -102,7 +106,7 @@ export function readRegularTail(path: string, maxBytes: number): { bytes: Buffer
     const buf = Buffer.alloc(Math.min(maxBytes, st.size));
     let n = 0;
     while (n < buf.length) {
-      const got = readSync(fd, buf, n, buf.length - n, start + n);
+      const got = readSync(fd, buf, n, Math.min(buf.length - n, READ_CHUNK_BYTES), start + n);
       if (got <= 0) break;
       n += got;
     }

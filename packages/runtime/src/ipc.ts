@@ -11,7 +11,9 @@
  * (`onBroken`): the VMWP treats its partition as failed. (It was Node's own IPC channel with
  * `serialization: 'advanced'`, which buffers a frame of any announced length: a partition that
  * announced 2 GiB grew its VMWP without bound, and a garbage frame threw in the VMWP's loop.)
- * What a request's answer holds is checked by its caller (checkDirtyAnswer, say).
+ * What a request's answer holds is checked by its caller (checkDirtyAnswer, say). An end that
+ * takes no requests (the VMWP) breaks the link on one, and any end breaks it when the other has
+ * left more than IPC_UNSENT_MAX_BYTES unread.
  */
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -19,8 +21,14 @@ import { deserialize, serialize } from 'node:v8';
 
 export type IpcHandler = (msg: Record<string, unknown>) => Promise<unknown> | unknown;
 
-/** The largest frame either end takes (a dirty bitmap of a 4 GiB VM is 128 KiB; a peek at most 64 KiB). */
-export const IPC_FRAME_MAX_BYTES = 16 * 1024 * 1024;
+/**
+ * The largest frame either end takes: a peek's answer (at most 16 MiB of guest memory, read through
+ * the partition process when its memory is private) and its envelope; a dirty bitmap of a 4 GiB VM
+ * is 128 KiB.
+ */
+export const IPC_FRAME_MAX_BYTES = 17 * 1024 * 1024;
+/** Bytes an end may have queued for the other, unread, before the link counts as broken. */
+export const IPC_UNSENT_MAX_BYTES = 2 * IPC_FRAME_MAX_BYTES;
 /** The longest error text an answer carries (longer is cut). */
 const IPC_ERROR_MAX_CHARS = 2000;
 
@@ -81,7 +89,10 @@ export class FrameReader {
     const out: Buffer[] = [];
     for (;;) {
       if (this.held < 4) return out;
-      const head = this.chunks[0]!.length >= 4 ? this.chunks[0]! : Buffer.concat(this.chunks);
+      // A length split across chunks is joined once and kept (joined at every push, a frame whose
+      // first chunk was 1 byte cost a copy of all it held per read: 4.5 s for 16 MiB).
+      if (this.chunks[0]!.length < 4) this.chunks = [Buffer.concat(this.chunks)];
+      const head = this.chunks[0]!;
       const len = head.readUInt32LE(0);
       if (len > this.max) throw new IpcFrameError(`a frame of ${len} bytes is over the ${this.max} a frame may have`);
       if (this.held < 4 + len) return out;
@@ -125,7 +136,8 @@ export class IpcRpc {
    */
   constructor(
     private readonly link: Duplex,
-    private readonly handler: IpcHandler,
+    /** Serves the other end's requests; null: it may send none (a request breaks the link). */
+    private readonly handler: IpcHandler | null,
     private readonly onNote: (body: Record<string, unknown>) => void = () => {},
     private readonly onBroken: (why: string) => void = () => {},
   ) {
@@ -170,6 +182,12 @@ export class IpcRpc {
       if (env.ipc === 'res' && env.ok) this.send({ ipc: 'res', id: env.id, ok: false, error: `the answer does not serialize: ${(e as Error).message}` });
       return;
     }
+    // A peer that does not read while it is answered (a partition that floods requests and never
+    // reads) would queue the answers here without bound: past the limit the link is broken.
+    if (this.link.writableLength + frame.length > IPC_UNSENT_MAX_BYTES) {
+      this.broken(`the other end does not read (${this.link.writableLength} bytes unsent)`);
+      return;
+    }
     try {
       this.link.write(frame);
     } catch {
@@ -186,6 +204,10 @@ export class IpcRpc {
       clearTimeout(p.timer);
       if (env.ok) p.resolve(env.result);
       else p.reject(new Error(env.error));
+      return;
+    }
+    if (!this.handler) {
+      this.broken('a request, where this end takes none');
       return;
     }
     try {

@@ -111,4 +111,38 @@ describe('the VMWP-partition link', () => {
       expect(vmwp.isClosed).to.equal(true);
     }
   });
+
+  it('an end that takes no requests breaks the link on one, and an end whose answers are left unread breaks it past the limit', async () => {
+    {
+      const [a, b] = pair();
+      let why = '';
+      const vmwp = new IpcRpc(a, null, () => {}, (w) => (why = w));
+      b.write(ipcFrame({ ipc: 'req', id: 1, body: { t: 'x' } }));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(why).to.match(/a request, where this end takes none/);
+      expect(vmwp.isClosed).to.equal(true);
+    }
+    {
+      // The other end asks and never reads the answers: they may not pile up here.
+      const [a, b] = pair();
+      let why = '';
+      const served = new IpcRpc(a, () => new Uint8Array(1024 * 1024), () => {}, (w) => (why = w));
+      for (let i = 1; i <= 60 && why === ''; i++) {
+        b.write(ipcFrame({ ipc: 'req', id: i, body: { t: 'read' } }));
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(why).to.match(/does not read/);
+      expect(served.isClosed).to.equal(true);
+    }
+  });
+
+  it('takes a frame whose length came one byte at a time', () => {
+    const f = ipcFrame({ ipc: 'note', body: { t: 'x', pad: new Uint8Array(100000) } });
+    const r = new FrameReader();
+    const got: Buffer[] = [];
+    for (let i = 0; i < 4; i++) got.push(...r.push(f.subarray(i, i + 1)));
+    for (let at = 4; at < f.length; at += 4096) got.push(...r.push(f.subarray(at, Math.min(f.length, at + 4096))));
+    expect(got).to.have.length(1);
+    expect(got[0]!.length).to.equal(f.length - 4);
+  });
 });

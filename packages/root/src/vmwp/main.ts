@@ -1374,9 +1374,8 @@ export async function runWorker(): Promise<void> {
     const child0 = usable(prestarted) ? prestarted : spawnPartition();
     child = child0;
     child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(extra ?? {}) }) + '\n');
-    childRpc = new IpcRpc(partitionLink(child0)!, async () => {
-      throw new Error('the VMWP takes no requests from the guest');
-    }, (note) => {
+    // The VMWP takes no requests from the guest's process: one breaks the link (null handler).
+    childRpc = new IpcRpc(partitionLink(child0)!, null, (note) => {
       if (note.t === 'held') partitionHeld?.(note.goWord === true);
       else if (note.t === 'online') {
         partitionVpsOnline = true;
