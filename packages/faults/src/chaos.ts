@@ -394,6 +394,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     }
     if (renew) clearInterval(renew);
     renew = null;
+    // Its VMs are this run's to remove now (below): the lease no longer names them.
+    await nem.renew(owner, { vms: [] }).catch(() => undefined);
     // Nothing injected may be left: a new cluster's nemesis has no active fault at all; on an existing one, none of the run's.
     activeAtEnd = await nem.list().then((l) => (spec.cluster === 'new' ? l : l.filter((f) => f.owner === owner)), (e: unknown) => message(e));
   } catch (e) {

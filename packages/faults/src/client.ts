@@ -245,7 +245,7 @@ export class NemesisClient {
    * and removes the home (a run's temporary cluster, so a killed run leaves nothing).
    */
   async renew(owner: string, opts: { teardown?: boolean; vms?: OwnedVm[] } = {}): Promise<void> {
-    await this.call({ op: 'renew', owner, teardown: opts.teardown === true, ...(opts.vms?.length ? { vms: opts.vms } : {}) }, 5000, true);
+    await this.call({ op: 'renew', owner, teardown: opts.teardown === true, ...(opts.vms ? { vms: opts.vms } : {}) }, 5000, true);
   }
   close(): void {
     this.rpc.close();

@@ -131,6 +131,8 @@ process.on('SIGINT', () => void leave('SIGINT'));
 setInterval(() => {
   if (leaving) return;
   startWarden();
-  if (!nemesis.homeAlive()) void leave('the home has no host any more');
+  // A run that holds a teardown lease may be bringing its cluster up (no host yet): this nemesis
+  // stays to watch that lease (it left at once, and a run killed in the bring-up left its home).
+  if (!nemesis.homeAlive() && !nemesis.holdsTeardown) void leave('the home has no host any more');
   else if (nemesis.activeCount === 0 && nemesis.liveOwners === 0 && Date.now() - nemesis.lastActivity > IDLE_EXIT_MS) void leave('idle');
 }, 1000);

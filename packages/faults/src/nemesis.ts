@@ -219,11 +219,13 @@ export class Nemesis {
     return all ? [...this.ended, ...act] : act;
   }
 
-  renew(owner: string, teardown = false, vms: OwnedVm[] = []): void {
+  renew(owner: string, teardown = false, vms: OwnedVm[] | null = null): void {
     this.lastActivity = this.now();
     this.owners.set(owner, this.now());
     if (teardown) this.teardownOwners.add(owner);
-    // The VMs it made so far (each renew says all of them): they go when its lease lapses.
+    // The VMs it made so far (a renew that names them names all): they go when its lease lapses.
+    // Not named (an inject's implicit renew): the last list stands. An empty list releases them.
+    if (vms === null) return;
     if (vms.length > 0) this.ownerVms.set(owner, vms.slice(0, MAX_OWNED_VMS));
     else this.ownerVms.delete(owner);
   }
@@ -260,6 +262,11 @@ export class Nemesis {
         c.close();
       }
     }
+  }
+
+  /** Whether an owner's lease takes the home down when it lapses (a run's temporary cluster, maybe still coming up). */
+  get holdsTeardown(): boolean {
+    return this.teardownOwners.size > 0;
   }
 
   /** Owners whose lapsed lease takes the home down (a run's temporary cluster). */

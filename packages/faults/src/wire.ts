@@ -22,7 +22,8 @@ export type NemesisRequest =
   | { v: number; id: number; op: 'inject'; req: FaultRequest }
   | { v: number; id: number; op: 'list'; all: boolean }
   | { v: number; id: number; op: 'clear'; fault: string | null; owner: string | null }
-  | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean; vms: OwnedVm[] }
+  /** `vms`: every VM the owner made so far (null: not said, the last list stands). */
+  | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean; vms: OwnedVm[] | null }
   | { v: number; id: number; op: 'stop' };
 
 const OPS = ['inject', 'list', 'clear', 'renew', 'stop'] as const;
@@ -78,8 +79,9 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
       const owner = name('owner', false);
       if (owner instanceof Error || owner === null) return fail(owner instanceof Error ? owner.message : 'renew needs an owner');
       if (v.teardown !== undefined && v.teardown !== null && typeof v.teardown !== 'boolean') return fail('renew: "teardown" must be true or false');
-      const vms: OwnedVm[] = [];
+      let vms: OwnedVm[] | null = null;
       if (v.vms !== undefined && v.vms !== null) {
+        vms = [];
         if (!Array.isArray(v.vms) || v.vms.length > MAX_OWNED_VMS) return fail(`renew: "vms" must be a list of at most ${MAX_OWNED_VMS} { host, vm }`);
         for (const x of v.vms as unknown[]) {
           if (!isPlainObject(x) || typeof x.host !== 'string' || !NAME_RE.test(x.host) || typeof x.vm !== 'string' || !VM_NAME_RE.test(x.vm) || Object.keys(x).some((k) => k !== 'host' && k !== 'vm')) {

@@ -57,7 +57,7 @@ describe('fault requests and the nemesis wire', () => {
     expect(decodeNemesisRequest(encode({ ...ok, op: 'inject', req }))).to.deep.equal({ ok: true, value: { ...ok, op: 'inject', req: { ...req, params: {} } } });
     expect(decodeNemesisRequest(encode({ ...ok, op: 'clear', fault: null, owner: 'x' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'clear', fault: null, owner: 'x' } });
     expect(decodeNemesisRequest(encode({ ...ok, op: 'list' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'list', all: false } });
-    expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: [] } });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: null } });
     // The VMs an owner made, removed when its lease lapses: host and VM names only, at most 64.
     expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run', vms: [{ host: 'h1', vm: 'c1' }] }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: [{ host: 'h1', vm: 'c1' }] } });
     for (const vms of ['c1', [{ host: 'h1' }], [{ host: 'h1', vm: '../x' }], [{ host: 'h 1', vm: 'c1' }], [{ host: 'h1', vm: 'c1', more: 1 }], [null], Array.from({ length: 65 }, (_, i) => ({ host: 'h1', vm: `v${i}` }))]) {
@@ -112,7 +112,7 @@ describe('fault requests and the nemesis wire', () => {
       }
       expect(() => decodeNemesisRequest(frame)).to.not.throw();
       const renew = decodeNemesisRequest(encode({ v: 1, id: 1, op: 'renew', owner: 'run', vms: i % 3 === 0 ? [v, { host: 'h1', vm: v }] : v }));
-      if (renew.ok && renew.value.op === 'renew') for (const x of renew.value.vms) expect(typeof x.host === 'string' && typeof x.vm === 'string' && Object.keys(x).length === 2).to.equal(true);
+      if (renew.ok && renew.value.op === 'renew') for (const x of renew.value.vms ?? []) expect(typeof x.host === 'string' && typeof x.vm === 'string' && Object.keys(x).length === 2).to.equal(true);
       const m = Buffer.from(valid);
       for (let k = 0; k < 3; k++) m[Math.floor(next() * m.length)] = Math.floor(next() * 256);
       expect(() => decodeNemesisRequest(m)).to.not.throw();
