@@ -431,13 +431,13 @@ void CloseWordWatch(WordWatch* w) {
     for (;;) {
       syscall(SYS_futex, w->addr, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
       struct timespec until;
-      clock_gettime(CLOCK_REALTIME, &until);
+      clock_gettime(CLOCK_MONOTONIC, &until);
       until.tv_nsec += 2 * 1000 * 1000;
       if (until.tv_nsec >= 1000 * 1000 * 1000) {
         until.tv_sec += 1;
         until.tv_nsec -= 1000 * 1000 * 1000;
       }
-      if (pthread_timedjoin_np(w->thread, nullptr, &until) != ETIMEDOUT) break;
+      if (pthread_clockjoin_np(w->thread, nullptr, CLOCK_MONOTONIC, &until) != ETIMEDOUT) break;
     }
     w->threadStarted = false;
   }
