@@ -296,10 +296,10 @@ workloads:
 faults:
   - { at: 1s, kind: pause, target: vm:k1, for: 50s }
 `);
-    const { home, ids } = await killExperimentRun(file, join(dir, 'killed'), /f1 at /, 'the fault injection');
-    const gone = (): boolean => !existsSync(home) && ids.every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0 && nemesisPids(home).length === 0;
-    expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${ids.flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}, nemesis ${nemesisPids(home).join(' ')}`).to.equal(true);
-    expect(ids.flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    const { home, left } = await killExperimentRun(file, join(dir, 'killed'), /f1 at /, 'the fault injection');
+    expect(left.ids.size, 'both hosts were up').to.equal(2);
+    expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
+    expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
@@ -316,30 +316,11 @@ workloads:
 faults:
   - { at: 1s, kind: pause, target: vm:k1, for: 5s }
 `);
-    const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', join(dir, 'killed-early')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    const exited = new Promise<void>((r) => child.on('exit', () => r()));
     // Killed as soon as it says it brings the hosts up: in the middle of the bring-up (it used to
     // take its lease only after, and the whole cluster stayed up with nothing to take it down).
-    const bringing = await eventually(() => /bringing up 2 hosts/.test(output), 60_000);
-    child.kill('SIGKILL');
-    await exited;
-    expect(bringing, output).to.equal(true);
-    const home = /under (\/\S+)/.exec(output)![1]!;
-    // The hosts' ids, from their records while they are there.
-    const ids = new Set<string>();
-    const gone = (): boolean => {
-      for (const n of ['h1', 'h2']) {
-        try {
-          ids.add((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
-        } catch { /* not (yet, or any more) */ }
-      }
-      return !existsSync(home) && [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0 && nemesisPids(home).length === 0;
-    };
-    expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${[...ids].flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}, nemesis ${nemesisPids(home).join(' ')}`).to.equal(true);
-    expect([...ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    const { home, left } = await killExperimentRun(file, join(dir, 'killed-early'), /bringing up 2 hosts/, 'the bring-up');
+    expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
+    expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
 });

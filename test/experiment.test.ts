@@ -114,10 +114,10 @@ methods: [offline]
 repetitions: 50
 warmup: 200ms
 `);
-        const { home, ids } = await killExperimentRun(file, join(dir, 'killed'), /^offline 1\/50: completed/m, 'a move');
-    const gone = (): boolean => !existsSync(home) && ids.every((id) => hostProcesses(id).length === 0) && fabricPids(home).length === 0;
-    expect(await eventually(gone, 40_000), `left: home ${existsSync(home)}, processes ${ids.flatMap((id) => hostProcesses(id)).join(' ')}, fabric ${fabricPids(home).join(' ')}`).to.equal(true);
-    expect(ids.flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    const { home, left } = await killExperimentRun(file, join(dir, 'killed'), /^offline 1\/50: completed/m, 'a move');
+    expect(left.ids.size, 'both hosts were up').to.equal(2);
+    expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
+    expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
 });

@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { hostPaths, zmq, type HostPaths } from '@hvlab/runtime';
 import { CLUSTER_WIRE_VERSION, encode } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
+import { fabricPids } from '@hvlab/cluster';
+import { nemesisPids } from '@hvlab/faults';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The hvlab command as a user runs it: the compiled CLI through its bin script (one process). */
@@ -177,27 +179,64 @@ export function syncCli(home: string, ...args: string[]): CliResult {
 }
 
 /**
- * Runs `hvlab experiment run FILE --out OUT` on a cluster of its own (hosts h1 and h2 under a
- * temporary home), waits until its output matches `ready` (what `what` names), and kills it with
- * SIGKILL. Resolves with the run's home and its hosts' ids, for the caller to check what is left.
+ * Runs `hvlab experiment run FILE --out OUT`, waits until its output matches `ready` (`what` names
+ * that moment in the failure), and kills it with SIGKILL. Returns the run's temporary home and a
+ * watch of what of it is left (`experimentLeft`).
  */
-export async function killExperimentRun(file: string, out: string, ready: RegExp, what: string): Promise<{ home: string; ids: string[] }> {
+export async function killExperimentRun(file: string, out: string, ready: RegExp, what: string): Promise<{ home: string; left: ExperimentLeft }> {
   const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (d) => (output += d));
   child.stderr.on('data', (d) => (output += d));
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
   let home = '';
-  const ids: string[] = [];
   try {
     if (!(await eventually(() => ready.test(output), 120_000))) throw new Error(`${what} did not happen: ${output}`);
     home = /under (\/\S+)/.exec(output)![1]!;
-    for (const n of ['h1', 'h2']) ids.push((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
   } finally {
     child.kill('SIGKILL');
     await exited;
   }
-  return { home, ids };
+  const left = experimentLeft(home);
+  left.gone(); // the hosts up at the kill
+  return { home, left };
+}
+
+export interface ExperimentLeft {
+  /** The hosts' ids seen so far (each look reads the records of the hosts of the home's cluster). */
+  ids: Set<string>;
+  /** Nothing of the run is left: its home, its hosts' processes, its fabric and its nemesis. */
+  gone: () => boolean;
+  /** What is left, said for an assertion's message. */
+  said: () => string;
+}
+
+/**
+ * A watch of what a killed run left of its temporary cluster. A host's id is read from its record
+ * while it is there (a run killed in its bring-up may have hosts that come up after the kill).
+ */
+export function experimentLeft(home: string): ExperimentLeft {
+  const ids = new Set<string>();
+  const look = (): void => {
+    let names: string[] = [];
+    try {
+      names = readdirSync(join(home, 'cluster', 'hosts'));
+    } catch { /* none (yet, or any more) */ }
+    for (const n of names) {
+      try {
+        ids.add((JSON.parse(readFileSync(join(home, 'cluster', 'hosts', n, 'run', 'host.json'), 'utf8')) as { hostId: string }).hostId);
+      } catch { /* not up (yet, or any more) */ }
+    }
+  };
+  const procs = (): number[] => [...ids].flatMap((id) => hostProcesses(id));
+  return {
+    ids,
+    gone: () => {
+      look();
+      return !existsSync(home) && procs().length === 0 && fabricPids(home).length === 0 && nemesisPids(home).length === 0;
+    },
+    said: () => `home ${existsSync(home)}, processes ${procs().join(' ')}, fabric ${fabricPids(home).join(' ')}, nemesis ${nemesisPids(home).join(' ')}`,
+  };
 }
 
 /** What a ZeroMQ client with `opts` (CURVE keys, or none) hears from `endpoint`: an answer, an authentication error, or nothing. */

@@ -462,10 +462,6 @@ function faultTable(list: FaultRecord[]): string {
 }
 
 /**
- * When HOME holds a cluster (its hosts have homes of their own below it), which one and what to do
- * instead of a command for a single host there ("cluster NAME: …"); null when it holds none.
- */
-/**
  * A link an active fault holds may still be changed by hand: by design, the hand's change wins
  * (the fault's end sets back only what it set and still holds). But the fault stays listed active
  * while its effect may be gone, so the change says so on stderr, naming the fault.
@@ -492,6 +488,10 @@ function clusterDownLine(r: Awaited<ReturnType<typeof clusterDown>>): string {
   return `cluster ${r.name ?? '?'} is down (${r.hosts.map((h) => `${h.name}${h.graceful ? '' : ' forced'}`).join(', ') || 'no hosts'}${n ? `; removed ${n} namespace${n === 1 ? '' : 's'} and interfaces` : ''})`;
 }
 
+/**
+ * When HOME holds a cluster (its hosts have homes of their own below it), which one and what to do
+ * instead of a command for a single host there ("cluster NAME: …"); null when it holds none.
+ */
 function clusterHint(home: string): string | null {
   let c: ReturnType<typeof readCluster> = null;
   try {
@@ -887,6 +887,8 @@ function logFiles(dir: string): string[] {
 
 /** How many printed lines `logs --follow` remembers, so that a line it meets again is not printed twice. */
 const FOLLOW_SEEN_LINES = 20000;
+/** The most of one log file `logs` reads at once (the tail of a larger one; --follow reads on in steps this size). */
+const LOG_READ_MAX_BYTES = 64 * 1024 * 1024;
 
 /**
  * `logs --follow`: prints each line appended to a log file of `dir` from now on, in files that
@@ -897,9 +899,6 @@ const FOLLOW_SEEN_LINES = 20000;
  * to a VM's existing file when a link is not possible. Only whole lines are printed: a line still
  * being written waits for its newline.
  */
-/** The most of one log file `logs` reads at once (the tail of a larger one; --follow reads on in steps this size). */
-const LOG_READ_MAX_BYTES = 64 * 1024 * 1024;
-
 async function followLogs(dir: string, read0: Map<string, number>, printed: string[], filter: (line: string) => string | null): Promise<never> {
   const seen = new Set<string>(printed.slice(-FOLLOW_SEEN_LINES));
   const pos = new Map<string, number>(read0);

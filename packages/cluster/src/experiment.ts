@@ -50,7 +50,7 @@ import {
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
 import { FileShapeError, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
-import { MgmtCallError, MgmtClient, readHost } from '@hvlab/host';
+import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
 import { ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkSet, readCluster } from './lab.js';
 import { impairmentsText } from './graph.js';
@@ -807,29 +807,6 @@ async function hostClient(home: string, name: string): Promise<MgmtClient> {
   return new MgmtClient(pathsForRecord(t.paths, rec).mgmtEndpoint, { watch: rec });
 }
 
-const codeOf = (e: unknown): string | null => (e instanceof MgmtCallError ? e.code : null);
-
-/**
- * Turns VM `name` off and deletes it on the host of `c`. A VM whose move is still being cancelled
- * refuses for a moment (InvalidState), so that is tried again for up to 10 s; gone already is done.
- */
-async function removeFrom(c: MgmtClient, name: string): Promise<void> {
-  for (let i = 0; ; i++) {
-    try {
-      await c.request('vmTurnOff', { name }, 60_000).catch((e: unknown) => {
-        // Off already (it never started, or a failed start left it off).
-        if (codeOf(e) !== 'InvalidState') throw e;
-      });
-      await c.request('vmDelete', { name }, 60_000);
-      return;
-    } catch (e) {
-      if (codeOf(e) === 'NotFound') return;
-      if (codeOf(e) !== 'InvalidState' || i >= 20) throw e;
-      await sleep(500);
-    }
-  }
-}
-
 /** The driver of two hosts of a cluster: VMs made on `from`, moved to `to`, deleted wherever found. */
 export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtClient>, signal?: AbortSignal): ExperimentDriver {
   const src = hosts[spec.from]!;
@@ -866,7 +843,7 @@ export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtCl
           const list = await c.request<VmInfo[]>('vmList', {}, 10_000);
           if (!list.some((v) => v.name === name)) continue;
           found = host;
-          await removeFrom(c, name);
+          await removeVm(c, name);
         } catch (e) {
           problems.push(`on ${host}: ${message(e)}`);
         }

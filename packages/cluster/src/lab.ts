@@ -557,7 +557,7 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
     env: { ...opts.env, HVLAB_HOST_ADDRESS: address, HVLAB_CLUSTER_FABRIC: fabric, HVLAB_CLUSTER_KEY: memberKeyFile(paths), HVLAB_CLUSTER_HOST: name, HVLAB_CLUSTER_LOCAL: '0' },
   });
   const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
-  let refusal: string | null = null;
+  let refusal: { code: string; message: string } | null = null;
   try {
     for (let i = 0; i < 100; i++) {
       const info = await c.request<HostInfo>('hostInfo', {}, 5000);
@@ -573,7 +573,7 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
     c.close();
   }
   await down(paths);
-  if (refusal) throw new ClusterError(`the cluster's fabric at ${fabric} refused this host: ${refusal}${/already has a host named|topology file/.test(refusal) ? ' (give another --name)' : ''}; it was brought down again`);
+  if (refusal) throw new ClusterError(`the cluster's fabric at ${fabric} refused this host: ${refusal.message}${refusal.code === 'AlreadyExists' ? ' (give another --name)' : ''}; it was brought down again`);
   throw new ClusterError(`the host started but did not join the cluster at ${fabric} within 10 s (see ${paths.logDir}/root.log); it was brought down again`);
 }
 

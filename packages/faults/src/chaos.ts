@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
 import { resolveHome } from '@hvlab/runtime';
-import { MgmtCallError, MgmtClient, hostProcesses } from '@hvlab/host';
+import { MgmtClient, hostProcesses, removeVm } from '@hvlab/host';
 import {
   ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp,
   type RunExperimentOptions,
@@ -181,23 +181,6 @@ export class Sampler {
 /** The owner of a run's faults: the experiment's name and a random tag (unique to the run). */
 export function runOwner(name: string): string {
   return `chaos-${name}-${randomBytes(3).toString('hex')}`;
-}
-
-/** Turns VM `name` off and deletes it on `c`; gone already is done. */
-async function removeVm(c: MgmtClient, name: string): Promise<void> {
-  for (let i = 0; ; i++) {
-    try {
-      await c.request('vmTurnOff', { name }, 60_000).catch((e: unknown) => {
-        if (!(e instanceof MgmtCallError && e.code === 'InvalidState')) throw e;
-      });
-      await c.request('vmDelete', { name }, 60_000);
-      return;
-    } catch (e) {
-      if (e instanceof MgmtCallError && e.code === 'NotFound') return;
-      if (!(e instanceof MgmtCallError && e.code === 'InvalidState') || i >= 20) throw e;
-      await sleep(500);
-    }
-  }
 }
 
 /** Reads the data of a memdirty VM (paused first, so it holds still): its bytes, or why not. */

@@ -11,7 +11,8 @@
  *
  * It leaves when the nemesis is gone and left nothing, when another nemesis runs, or after it has
  * started one. It reads only files of the home (as files: a FIFO in their place holds nobody) and
- * /proc, and imports only hvlab's procfs and file readers: it costs a bare Node process. `stopNemesis` (down, cluster down) ends it before the nemesis.
+ * /proc, and imports only hvlab's procfs and file readers: it costs a bare Node process.
+ * `stopNemesis` (down, cluster down) ends it before the nemesis.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, rmSync, writeSync } from 'node:fs';

@@ -31,13 +31,13 @@
  *   link, partition the cluster's fabric (set/cut, and heal/set back to the state before: only
  *                   what the fault set and still holds, so a change made by hand meanwhile stays)
  */
-import { appendFileSync, closeSync, constants, fstatSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
-import { FileShapeError, pathsForRecord, readRegularFile, writeFileAtomic } from '@hvlab/runtime';
-import { MgmtCallError, MgmtClient, readHost } from '@hvlab/host';
+import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, writeFileAtomic } from '@hvlab/runtime';
+import { MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { MAX_OWNED_VMS, type OwnedVm } from './wire.js';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
@@ -105,19 +105,8 @@ export function lastFaultNumber(home: string): number {
   for (const f of [faultLogFile(home), activeFile(home)]) {
     let text = '';
     try {
-      // Without blocking, and only a file: a FIFO in its place held a starting nemesis in open().
-      const fd = openSync(f, constants.O_RDONLY | constants.O_NONBLOCK);
-      try {
-        const st = fstatSync(fd);
-        if (!st.isFile()) continue;
-        const size = st.size;
-        const n = Math.min(size, LOG_TAIL_BYTES);
-        const buf = Buffer.alloc(n);
-        readSync(fd, buf, 0, n, size - n);
-        text = buf.toString('utf8');
-      } finally {
-        closeSync(fd);
-      }
+      // A file only (a FIFO in its place held a starting nemesis in open()), its tail.
+      text = readRegularTail(f, LOG_TAIL_BYTES).bytes.toString('utf8');
     } catch {
       continue;
     }
@@ -249,12 +238,7 @@ export class Nemesis {
         continue; // its host is gone: so is the VM
       }
       try {
-        await c.request('vmTurnOff', { name: vm }, 30_000).catch((e: unknown) => {
-          if (!(e instanceof MgmtCallError && (e.code === 'InvalidState' || e.code === 'NotFound'))) throw e;
-        });
-        await c.request('vmDelete', { name: vm }, 30_000).catch((e: unknown) => {
-          if (!(e instanceof MgmtCallError && e.code === 'NotFound')) throw e;
-        });
+        await removeVm(c, vm);
         this.say('owner lease lapsed: removed a VM it made', { owner, host, vm });
       } catch (e) {
         this.say('owner lease lapsed: a VM it made was not removed', { owner, host, vm, err: errText(e) });
@@ -745,7 +729,7 @@ export class Nemesis {
   async recoverLeftovers(): Promise<number> {
     let left: ActiveLeftover[];
     try {
-      left = decodeActiveFile(readRegularFile(activeFile(this.home), ACTIVE_FILE_MAX_BYTES).toString('utf8'));
+      left = readActiveFile(this.home);
     } catch (e) {
       // Missing: nothing to undo. Not a file, or too large: nothing this nemesis could trust, and
       // it goes, as a damaged one always did. Unreadable for now (EIO, EMFILE): kept, for the
@@ -809,7 +793,7 @@ function leftoverRecord(v: unknown): FaultRecord | null {
 export function heldLinks(home: string): Array<{ id: string; kind: FaultKind; a: string; b: string }> {
   let left: ActiveLeftover[];
   try {
-    left = decodeActiveFile(readRegularFile(activeFile(home), ACTIVE_FILE_MAX_BYTES).toString('utf8'));
+    left = readActiveFile(home);
   } catch {
     return [];
   }
@@ -818,6 +802,11 @@ export function heldLinks(home: string): Array<{ id: string; kind: FaultKind; a:
 
 /** The most active.json is read to (4096 faults with long targets and many processes fit). */
 export const ACTIVE_FILE_MAX_BYTES = 16 * 1024 * 1024;
+
+/** The home's active.json, read as a file (FileShapeError if it is none) and decoded. */
+function readActiveFile(home: string): ActiveLeftover[] {
+  return decodeActiveFile(readRegularFile(activeFile(home), ACTIVE_FILE_MAX_BYTES).toString('utf8'));
+}
 
 /** One fault of active.json, as decodeActiveFile gives it. */
 export interface ActiveLeftover {

@@ -164,3 +164,25 @@ export class MgmtClient {
     this.sock.close();
   }
 }
+
+/**
+ * Turns VM `name` off and deletes it through `c` (a run's or an experiment's own VM); gone already
+ * is done. A VM whose move is still being cancelled, or being moved in, refuses for a while
+ * (InvalidState): that is tried again for up to 10 s.
+ */
+export async function removeVm(c: MgmtClient, name: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await c.request('vmTurnOff', { name }, 60_000).catch((e: unknown) => {
+        // Off already (it never started, or a failed start left it off).
+        if (!(e instanceof MgmtCallError && e.code === 'InvalidState')) throw e;
+      });
+      await c.request('vmDelete', { name }, 60_000);
+      return;
+    } catch (e) {
+      if (e instanceof MgmtCallError && e.code === 'NotFound') return;
+      if (!(e instanceof MgmtCallError && e.code === 'InvalidState') || i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}

@@ -593,8 +593,8 @@ export interface HostClusterInfo {
   /** Where the fabric was reached, and whether the last join or refresh got an answer. */
   fabric: string;
   fabricState: 'joined' | 'joining' | 'unreachable';
-  /** Why the fabric refused this host's join (its name is taken, the cluster is full) while it has not joined; else null. */
-  fabricRefusal: string | null;
+  /** Why the fabric refused this host's join (AlreadyExists: its name is taken; Full) while it has not joined; else null. */
+  fabricRefusal: { code: string; message: string } | null;
   /** Heartbeats to each peer through its link. */
   peers: PeerHealth[];
   /** Connections refused for want of the cluster's key. */

@@ -77,7 +77,7 @@ export class ClusterMember {
   private cluster = '';
   private fabricState: HostClusterInfo['fabricState'] = 'joining';
   /** The fabric's last refusal of a join (HostClusterInfo.fabricRefusal). */
-  private refusal: string | null = null;
+  private refusal: { code: string; message: string } | null = null;
   private joined = false;
   private closed = false;
   private tickRunning = false;
@@ -177,8 +177,8 @@ export class ClusterMember {
       if (this.joined) this.fabricState = 'unreachable';
       else if (e instanceof RpcFailure && e.code !== 'Timeout') {
         this.fabricState = 'unreachable';
-        if (this.refusal !== e.message) this.log.error({ err: e.message }, 'the cluster fabric refused this host');
-        this.refusal = e.message;
+        if (this.refusal?.message !== e.message) this.log.error({ err: e.message }, 'the cluster fabric refused this host');
+        this.refusal = { code: e.code, message: e.message };
       }
       return;
     }

@@ -57,17 +57,29 @@ export type RegularFileIo = { openSync: typeof openSync; fstatSync: typeof fstat
 const nodeIo: RegularFileIo = { openSync, fstatSync, readSync, closeSync };
 
 /**
- * Reads a file that must be a regular one of at most `maxBytes` (a symlink to one is one). It is
- * opened without blocking, so a FIFO in its place does not hold the reader until someone writes
- * (a FIFO at vms/NAME.json held a starting root for good), checked with fstat, and read to its end
- * but never past `maxBytes` (run/host.json as a link to /dev/zero grew a CLI to 1.9 GB). Throws
- * FileShapeError for the wrong kind or size, the file system's error otherwise (ENOENT included).
+ * Opens `path` without blocking, so a FIFO in its place does not hold the reader until someone
+ * writes (a FIFO at vms/NAME.json held a starting root for good), checks with fstat that it is a
+ * regular file (a symlink to one is one), and gives the descriptor and its stat to `use`; closes
+ * it after. Throws FileShapeError for another kind, the file system's error otherwise.
  */
-export function readRegularFile(path: string, maxBytes: number, io: RegularFileIo = nodeIo): Buffer {
+function withRegularFile<T>(path: string, io: RegularFileIo, use: (fd: number, st: Stats) => T): T {
   const fd = io.openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const st = io.fstatSync(fd);
     if (!st.isFile()) throw new FileShapeError(`${path} is ${kindOf(st)}, not a file`);
+    return use(fd, st);
+  } finally {
+    io.closeSync(fd);
+  }
+}
+
+/**
+ * Reads a file that must be a regular one (withRegularFile) of at most `maxBytes`, to its end but
+ * never past `maxBytes` (run/host.json as a link to /dev/zero grew a CLI to 1.9 GB). Throws
+ * FileShapeError for the wrong kind or size, the file system's error otherwise (ENOENT included).
+ */
+export function readRegularFile(path: string, maxBytes: number, io: RegularFileIo = nodeIo): Buffer {
+  return withRegularFile(path, io, (fd, st) => {
     if (st.size > maxBytes) throw new FileShapeError(`${path} is ${st.size} bytes, more than the ${maxBytes} such a file may have`);
     // The size can change while it is read: read to the end, growing the buffer, and one byte more
     // than allowed tells.
@@ -86,22 +98,16 @@ export function readRegularFile(path: string, maxBytes: number, io: RegularFileI
       n += got;
     }
     return buf.subarray(0, n);
-  } finally {
-    io.closeSync(fd);
-  }
+  });
 }
 
 /**
- * The last `maxBytes` of a file that must be a regular one (a log, a fault log): opened without
- * blocking and checked with fstat, as readRegularFile does, but a larger file is not an error:
- * its tail is read. `start` is the file offset of the first byte returned (0: the whole file).
- * Throws FileShapeError when it is not a regular file, the file system's error otherwise.
+ * The last `maxBytes` of a file that must be a regular one (withRegularFile: a log, a fault log);
+ * a larger file is not an error: its tail is read. `start` is the file offset of the first byte
+ * returned (0: the whole file).
  */
 export function readRegularTail(path: string, maxBytes: number): { bytes: Buffer; start: number } {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new FileShapeError(`${path} is ${kindOf(st)}, not a file`);
+  return withRegularFile(path, nodeIo, (fd, st) => {
     const start = Math.max(0, st.size - maxBytes);
     const buf = Buffer.alloc(Math.min(maxBytes, st.size));
     let n = 0;
@@ -111,7 +117,5 @@ export function readRegularTail(path: string, maxBytes: number): { bytes: Buffer
       n += got;
     }
     return { bytes: buf.subarray(0, n), start };
-  } finally {
-    closeSync(fd);
-  }
+  });
 }

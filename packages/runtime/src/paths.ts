@@ -85,19 +85,6 @@ export function pathHash(s: string): string {
  * A home's paths. Its sockets go in `hvlab-HASH` under this process's TMPDIR, unless `sockDir`
  * says where (pathsForRecord: the directory a running host's processes use).
  */
-/**
- * `paths` with the socket directory a host's record names: the host's processes took it from the
- * TMPDIR of the command that started them, and a later command with another TMPDIR did not find
- * its sockets (a `down` forced the host off and left its socket directory). Only a directory of
- * this home's name is taken from the record (the record is a file: it could name any directory,
- * and `down` removes it).
- */
-export function pathsForRecord(paths: HostPaths, rec: { sockDir: string } | null): HostPaths {
-  const d = rec?.sockDir;
-  if (typeof d !== 'string' || d === paths.sockDir || !isAbsolute(d) || basename(d) !== basename(paths.sockDir) || normalize(d) !== d) return paths;
-  return hostPaths(paths.home, d);
-}
-
 export function hostPaths(home: string, sockDir0?: string): HostPaths {
   const h = resolve(home);
   const sockDir = sockDir0 ?? join(tmpdir(), `hvlab-${pathHash(h)}`);
@@ -118,6 +105,19 @@ export function hostPaths(home: string, sockDir0?: string): HostPaths {
     vmwpEndpoint: (vmId: string) => `ipc://${join(sockDir, `w-${pathHash(vmId)}`)}`,
     vmbusEndpointFor: (partitionId: number) => `ipc://${join(sockDir, `vmbus-${partitionId}`)}`,
   };
+}
+
+/**
+ * `paths` with the socket directory a host's record names: the host's processes took it from the
+ * TMPDIR of the command that started them, and a later command with another TMPDIR did not find
+ * its sockets (a `down` forced the host off and left its socket directory). Only a directory of
+ * this home's name is taken from the record (the record is a file: it could name any directory,
+ * and `down` removes it).
+ */
+export function pathsForRecord(paths: HostPaths, rec: { sockDir: string } | null): HostPaths {
+  const d = rec?.sockDir;
+  if (typeof d !== 'string' || d === paths.sockDir || !isAbsolute(d) || basename(d) !== basename(paths.sockDir) || normalize(d) !== d) return paths;
+  return hostPaths(paths.home, d);
 }
 
 /** The directory of the package a module belongs to, whether it runs from src/ or from dist/src/. */

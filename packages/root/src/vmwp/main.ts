@@ -1370,7 +1370,7 @@ export async function runWorker(): Promise<void> {
   function startPartitionProcess(token: string, extra: { hold: true; vps: number; goRegion?: string } | null = null): void {
     // The prestarted partition process, unless it died meanwhile. Its token goes over the pipe,
     // never into an environment.
-    const usable = (p: ChildProcess): boolean => p.exitCode === null && p.signalCode === null && partitionLink(p) !== null && !partitionLink(p)!.destroyed;
+    const usable = (p: ChildProcess): boolean => p.exitCode === null && p.signalCode === null && partitionLink(p)?.destroyed === false;
     const child0 = usable(prestarted) ? prestarted : spawnPartition();
     child = child0;
     child0.stdin!.end(JSON.stringify({ home: cfg.home, hostId: cfg.hostId, hvPid: cfg.hvPid, partitionId, vm: cfg.name, token, ...(extra ?? {}) }) + '\n');

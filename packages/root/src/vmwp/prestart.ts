@@ -31,7 +31,7 @@ export function spawnPartition(ahead = false): ChildProcess {
   const env = partitionEnv(process.env, ahead);
   // fd 3: a socket pair, the link IpcRpc frames (runtime/src/ipc.ts), not Node's IPC channel.
   const p = spawn(process.execPath, vmProcessArgs(entries.partition), { stdio: ['pipe', 'ignore', 'inherit', 'pipe'], env });
-  (p.stdio[3] as Duplex | null)?.on('error', () => undefined);
+  partitionLink(p)?.on('error', () => undefined);
   p.stdin!.on('error', () => undefined);
   p.on('error', () => undefined);
   return p;
