@@ -25,7 +25,7 @@ import {
 } from '@hvlab/protocol';
 import {
   curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
-  FileShapeError, pathsForRecord, readRegularFile, readRegularTail,
+  FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
@@ -365,24 +365,13 @@ async function startFabric(home: string): Promise<number> {
     detached: true, stdio: ['ignore', 'pipe', errFd], env: processEnv(process.env, { HVLAB_FABRIC_HOME: home }),
   });
   closeSync(errFd);
-  const line = await new Promise<string>((res) => {
-    let buf = '';
-    const t = setTimeout(() => res('timeout'), 15000);
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      if (buf.includes('\n')) {
-        clearTimeout(t);
-        res(buf.slice(0, buf.indexOf('\n')));
-      }
-    });
-    child.once('exit', (code, sig) => {
-      clearTimeout(t);
-      res(`exited (${sig ?? `exit code ${code}`})`);
-    });
-  });
+  const first = await firstLine(child, 15000);
+  const line = first.kind === 'line' ? first.line : first.kind === 'exited' ? `exited (${first.why})${first.partial ? `: ${first.partial}` : ''}` : first.kind === 'timeout' ? 'it did not say ready within 15 s' : 'its first line is too long';
   child.stdout!.destroy();
   child.unref();
   if (line !== 'ready') {
+    // One that did not say ready is not left behind (the next `cluster up` starts another).
+    if (first.kind !== 'exited') child.kill('SIGKILL');
     let why = '';
     try {
       why = readRegularTail(join(logDir, 'fabric-stderr.log'), 64 * 1024).bytes.toString('utf8').trim().split('\n').slice(-3).join(' ');

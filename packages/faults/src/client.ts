@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { entries, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient, RpcFailure } from '@hvlab/runtime';
+import { entries, firstLine, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
@@ -139,22 +139,16 @@ export async function startNemesis(home: string): Promise<number> {
       detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: processEnv(process.env, { HVLAB_NEMESIS_HOME: home }),
     });
     let err = '';
-    child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the nemesis of ${home} did not say ready within 15 s${err ? `: ${err.trim()}` : ''}`)), 15_000);
-      let out = '';
-      child.stdout!.on('data', (b: Buffer) => {
-        out += b.toString();
-        if (out.includes('ready\n')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`the nemesis of ${home} exited (${code}) before it was ready${err ? `: ${err.trim()}` : ''}`));
-      });
-    });
+    child.stderr!.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-4096)));
+    const first = await firstLine(child, 15_000);
+    if (first.kind !== 'line' || first.line !== 'ready') {
+      const said = first.kind === 'line' ? `it said "${first.line}"` : first.kind === 'exited' ? `it exited (${first.why})` : first.kind === 'timeout' ? 'it did not say ready within 15 s' : 'its first line is too long';
+      child.stdout!.destroy();
+      child.stderr!.destroy();
+      // One that did not say ready is not left behind to hold the home's nemesis files.
+      if (first.kind !== 'exited') child.kill('SIGKILL');
+      throw new Error(`the nemesis of ${home} did not start: ${said}${err ? `: ${err.trim()}` : ''}`);
+    }
     child.stdout!.destroy();
     child.stderr!.destroy();
     child.unref();

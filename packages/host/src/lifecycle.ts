@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { decodeHostRecord, entries, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -96,24 +96,11 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
     : spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });
   closeSync(errFd);
   try {
-    const line = await new Promise<string>((resolve, reject) => {
-      let buf = '';
-      const t = setTimeout(() => reject(new HostError('the host did not become ready within 30 s; see run/logs')), 30000);
-      hv.stdout!.on('data', (d: Buffer) => {
-        buf += d.toString();
-        const nl = buf.indexOf('\n');
-        if (nl >= 0) {
-          clearTimeout(t);
-          resolve(buf.slice(0, nl));
-        }
-      });
-      hv.once('exit', (code, sig) => {
-        clearTimeout(t);
-        const first = buf.split('\n')[0];
-        if (first) resolve(first);
-        else reject(new HostError(`the hypervisor exited during start-up (${sig ?? `exit code ${code}`}); see run/logs/hypervisor.log`));
-      });
-    });
+    const first = await firstLine(hv, 30000);
+    if (first.kind === 'timeout') throw new HostError('the host did not become ready within 30 s; see run/logs');
+    if (first.kind === 'too-long') throw new HostError('the hypervisor\'s first line is too long; see run/logs');
+    if (first.kind === 'exited' && !first.partial) throw new HostError(`the hypervisor exited during start-up (${first.why}); see run/logs/hypervisor.log`);
+    const line = first.kind === 'line' ? first.line : first.partial;
     if (line.startsWith('locked ')) {
       throw new HostError(`a host is already up for ${paths.home} (hypervisor pid ${line.slice(7)}); run "hvlab down" first`);
     }

@@ -11,6 +11,7 @@
 export * from './hypercall.js';
 export * from './synic.js';
 export * from './layout.js';
+export * from './guest-pages.js';
 export * from './vm.js';
 export * from './mgmt.js';
 export * from './wire.js';

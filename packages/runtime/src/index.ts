@@ -11,6 +11,7 @@ export * from './hvclient.js';
 export * from './ipc.js';
 export * from './vmwp-link.js';
 export * from './files.js';
+export * from './child-line.js';
 export * from './curve.js';
 export * from './rpc.js';
 export * from './prewarm.js';

@@ -21,9 +21,9 @@ import type { ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, StatusPage, STATUS_PAGE_GPA, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
-  PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, BootState, parseWorkload,
-  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, KernelPage, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
+  BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, STATUS_PAGE_GPA, decodeGuestStatus, decodeGuestKernelInfo, GUEST_STATUS_BYTES, GUEST_KERNEL_INFO_BYTES, type GuestKernelInfo, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
+  PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, parseWorkload,
+  VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
 import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
@@ -270,10 +270,10 @@ export async function runWorker(): Promise<void> {
   process.on('SIGTERM', () => void exit('SIGTERM'));
 
   /** What the guest kernel page says: LP occupancy (now and most ever) and the CMOS time it read. */
-  async function kernelInfo(): Promise<{ running: number; maxRunning: number; rtcFromCmosMs: number }> {
-    const k = await readGuest(KERNEL_PAGE_GPA, 0x40);
-    const dv = new DataView(k.buffer, k.byteOffset, k.byteLength);
-    return { running: dv.getInt32(KernelPage.running, true), maxRunning: dv.getInt32(KernelPage.maxRunning, true), rtcFromCmosMs: dv.getFloat64(KernelPage.rtcFromCmosMs, true) };
+  async function kernelInfo(): Promise<GuestKernelInfo> {
+    const k = decodeGuestKernelInfo(await readGuest(KERNEL_PAGE_GPA, GUEST_KERNEL_INFO_BYTES));
+    if (typeof k === 'string') throw new VmwpFailure('Unavailable', k);
+    return k;
   }
 
   async function readGuest(gpa: number, len: number): Promise<Uint8Array> {
@@ -288,7 +288,9 @@ export async function runWorker(): Promise<void> {
     }
     if (memory) return new Uint8Array(memory.buffer, gpa, len).slice();
     if (!childRpc) throw new VmwpFailure('InvalidState', 'the VM is not running');
-    return await childRpc.request<Uint8Array>({ t: 'read', gpa, len });
+    const got: unknown = await childRpc.request({ t: 'read', gpa, len });
+    if (!(got instanceof Uint8Array) || got.byteLength !== len) throw new VmwpFailure('Unavailable', `the partition process answered a read of ${len} bytes with ${got instanceof Uint8Array ? `${got.byteLength} bytes` : 'something else'}`);
+    return got;
   }
 
   function vmDevices(): VmDevices {
@@ -373,17 +375,9 @@ export async function runWorker(): Promise<void> {
       }
       case 'status': {
         if (!booted) return { booted: false, progress: null };
-        const page = await readGuest(STATUS_PAGE_GPA, 0x40);
-        const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
-        return {
-          booted: dv.getUint32(StatusPage.bootState, true) >= BootState.Running,
-          progress: Number(dv.getBigUint64(StatusPage.progress, true)),
-          steps: Number(dv.getBigUint64(StatusPage.steps, true)),
-          messagesReceived: dv.getUint32(StatusPage.messagesReceived, true),
-          eventsReceived: dv.getUint32(StatusPage.eventsReceived, true),
-          intercepts,
-          kernel: await kernelInfo(),
-        };
+        const status = decodeGuestStatus(await readGuest(STATUS_PAGE_GPA, GUEST_STATUS_BYTES));
+        if (typeof status === 'string') throw new VmwpFailure('Unavailable', status);
+        return { ...status, intercepts, kernel: await kernelInfo() };
       }
       case 'peek':
         return await readGuest(req.gpa, req.len);
