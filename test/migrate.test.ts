@@ -329,6 +329,32 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'delete', 'pl');
   });
 
+  it('a link cut during post-copy: the VM is lost, the destination drops its copy once the source has been silent, and both hosts say so plainly', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'pc', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'pc');
+    await sleep(500);
+    const moving = move('pc', '--postcopy', '--bandwidth', '2M');
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'pc').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    expect((await vmOn('h2', 'pc'))?.state, 'Running at the destination while its pages arrive').to.equal('Running');
+    await h.ok('link', 'cut', 'h1', 'h2');
+    try {
+      const m = await moving;
+      expect(m.code).to.equal(1);
+      expect(m.stats!.status).to.equal('failed');
+      expect(m.stats!['error-desc']).to.match(/post-copy failed after the switch-over, so the VM is lost/);
+      // The destination's copy goes once the source has been silent for the post-copy limit
+      // (HVLAB_MIGRATION_IDLE_MS here), not listed Running on: nothing of it is left there.
+      expect(await eventually(() => nothingOnH2('pc'), 20000), 'nothing of it at h2').to.equal(true);
+      const logs = (await h.run('--host', 'h2', 'logs', '--role', 'root')).stdout;
+      expect(logs).to.match(/incoming migration dropped .*post-copy failed: the source h1 was silent for 8 s while pages were missing, so the VM is lost/);
+    } finally {
+      await h.ok('link', 'heal', 'h1', 'h2');
+    }
+    expect(await eventually(async () => (await vmOn('h1', 'pc'))?.state === 'Off', 10000)).to.equal(true);
+    expect((await vmOn('h1', 'pc'))!.lastStateReason).to.match(/lost in post-copy/);
+    await h.ok('--host', 'h1', 'vm', 'delete', 'pc');
+  });
+
   it('a link cut during pre-copy fails the move cleanly: the VM stays on the source; after the heal nothing of the attempt is left at the destination', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'lc', '--memory', '64M', '--workload', 'memdirty:32M');
     await h.ok('--host', 'h1', 'vm', 'start', 'lc');

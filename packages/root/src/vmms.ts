@@ -117,6 +117,14 @@ export interface MigrationCluster {
 
 /** An incoming migration whose stream is silent this long (before the state came) is dropped (HVLAB_MIGRATION_IDLE_MS for tests). */
 const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
+/**
+ * During post-copy the source asks for pages every ~200 ms (migPull) and sends at most one batch of
+ * MIG_BATCH_MAX_PAGES at a time, and its own requests give up after 10 s (migrate.ts
+ * PAGES_TIMEOUT_MS): a silence longer than that is a source that is gone or cut off, and the VM
+ * here, with pages only there, is lost. It was the 30 s of INCOMING_IDLE_MS, all of it shown as
+ * Running. HVLAB_MIGRATION_IDLE_MS, when lower, lowers it too (tests).
+ */
+const POSTCOPY_IDLE_MS = Math.min(12000, INCOMING_IDLE_MS);
 /** How long an incoming worker's answer to the source gets to leave before a failed start drops the worker. */
 const MIG_FAILED_GRACE_MS = 250;
 /** After the destination runs the VM, the source must commit within this, or the copy here goes. */
@@ -1501,9 +1509,10 @@ export class Vmms {
     }
     // A source that goes silent (killed, link cut) before the state leaves nothing here.
     inc.watchdog = setInterval(() => {
-      if ((!inc.started || inc.postcopy) && Date.now() - inc.lastSeen > INCOMING_IDLE_MS) {
+      const silent = Date.now() - inc.lastSeen;
+      if (inc.postcopy ? silent > POSTCOPY_IDLE_MS : !inc.started && silent > INCOMING_IDLE_MS) {
         void this.dropIncoming(r, inc.postcopy
-          ? `post-copy failed: the source ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s while pages were missing, so the VM is lost`
+          ? `post-copy failed: the source ${inc.from} was silent for ${POSTCOPY_IDLE_MS / 1000} s while pages were missing, so the VM is lost`
           : `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
       }
     }, 1000);
