@@ -44,7 +44,7 @@ async function listedVm(h: TestHost, host: string, name: string): Promise<VmInfo
 
 describe('live migration between two hosts', function () {
   this.timeout(300000);
-  // An attempt whose source went silent is dropped after 8 s here (30 s by default), so the cut-link test ends sooner.
+  // An attempt whose source went silent is dropped after 8 s here (30 s by default, 12 s in post-copy), so the cut-link tests end sooner.
   const h = new TestHost({ HVLAB_MIGRATION_IDLE_MS: '8000' });
 
   const list = async (host: string): Promise<VmInfo[]> => await h.json<VmInfo[]>('--host', host, 'vm', 'list');
