@@ -327,6 +327,27 @@ describe('the hvlab command', function () {
     }
   });
 
+  describe('files nested deeper than any of hvlab\'s are refused as such (the YAML composer once took the CLI down at ~900 levels)', () => {
+    let dir: string;
+    before(() => {
+      dir = mkdtempSync(join(tmpdir(), 'hvlab-test-deep-'));
+      writeFileSync(join(dir, 'flow.json'), `${'['.repeat(900)}${']'.repeat(900)}\n`);
+      writeFileSync(join(dir, 'map.json'), `${'{"a":'.repeat(3000)}1${'}'.repeat(3000)}\n`);
+      writeFileSync(join(dir, 'block.yaml'), Array.from({ length: 900 }, (_, i) => `${' '.repeat(i)}a:`).join('\n') + '\n');
+    });
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    for (const file of ['flow.json', 'map.json', 'block.yaml']) {
+      for (const cmd of [['experiment', 'run'], ['cluster', 'check']]) {
+        it(`${cmd.join(' ')} ${file}`, async () => {
+          const r = await runBin([...cmd, join(dir, file), ...(cmd[0] === 'experiment' ? ['--check'] : [])], { cwd: dir, env: { HVLAB_HOME: join(dir, 'home') } });
+          expect(r.stderr, 'no crash').to.not.match(/FATAL|out of memory|\n\s+at /);
+          expect(r.stderr).to.match(/not a file hvlab reads: it nests more than 64 levels deep/);
+          expect(r.code).to.equal(1);
+        });
+      }
+    }
+  });
+
   describe('with a host', () => {
     let h: TestHost;
     let rootPid = 0;

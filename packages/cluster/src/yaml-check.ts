@@ -3,7 +3,7 @@
  * its root map with the line of every node, and problems that name the line, the column and the
  * field. A file's checker collects every problem it finds, then throws them together.
  */
-import { isMap, isScalar, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isMap, isScalar, Lexer, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export interface FileProblem {
   /** 1-based; 0 when the problem has no place in the file (unreadable, empty). */
@@ -34,6 +34,52 @@ export function scalar(node: Node | null): unknown {
   return node && isScalar(node) ? node.value : undefined;
 }
 
+/** How deep a file of hvlab's may nest its collections (its own files need fewer than ten levels). */
+export const YAML_MAX_DEPTH = 64;
+
+/**
+ * Why `text` nests too deep to be parsed safely, or null. The YAML composer recurses once per
+ * level: a 2 KB file of 900 nested brackets took it to the edge of the stack, where V8 ended the
+ * whole process instead of throwing (it compiled a regular expression there: "RegExpCompiler
+ * Allocation failed"). So the depth is measured first, with the lexer, which does not recurse: an
+ * open flow bracket is a level, an indentation deeper than the line above is a level, and each
+ * block indicator (`-`, `?`, `:`) on a line may be one. That over-counts (`a: b` counts two), never
+ * under-counts, and `limit` is far above what any file of hvlab's needs.
+ */
+export function yamlNestingProblem(text: string, limit = YAML_MAX_DEPTH): string | null {
+  let flow = 0;
+  let lineStart = true;
+  let col = 0;
+  let extra = 0;
+  const indents: number[] = [];
+  for (const tok of new Lexer().lex(text)) {
+    if (tok === '\n' || tok === '\r\n') {
+      lineStart = true;
+      col = 0;
+      extra = 0;
+      continue;
+    }
+    if (lineStart && /^[ \t]+$/.test(tok)) {
+      col = tok.length;
+      continue;
+    }
+    if (lineStart) {
+      lineStart = false;
+      if (flow === 0) {
+        while (indents.length > 0 && indents[indents.length - 1]! >= col) indents.pop();
+        indents.push(col);
+      }
+    }
+    if (tok === '[' || tok === '{') flow++;
+    else if (tok === ']' || tok === '}') flow = Math.max(0, flow - 1);
+    else if (tok === '-' || tok === '?' || tok === ':') extra++;
+    else continue;
+    const depth = indents.length + extra + flow;
+    if (depth > limit) return `it nests more than ${limit} levels deep`;
+  }
+  return null;
+}
+
 /**
  * Reads `text` (YAML, or JSON, which is YAML too) into its root map and a context for problems; or
  * the problems that stop it (too large, not YAML, not a map), each a sentence with its place.
@@ -42,6 +88,8 @@ export function readYamlMap(text: string, maxBytes: number, what: { tooBig: stri
   const lines = new LineCounter();
   const ctx: CheckCtx = { problems: [], lines };
   if (typeof text !== 'string' || text.length > maxBytes) return [{ line: 0, column: 0, field: '', message: what.tooBig }];
+  const deep = yamlNestingProblem(text);
+  if (deep) return [{ line: 0, column: 0, field: '', message: `not a file hvlab reads: ${deep}` }];
   let doc;
   try {
     doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false, strict: true });

@@ -45,7 +45,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate, problem, readYamlMap, scalar, where, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, parseTarget, type Target } from './request.js';
 
@@ -654,7 +654,9 @@ function sameLink(a: string, b: string, hosts: readonly string[]): boolean {
 /** The kind a file says it is (`kind:` of its root map), without checking anything else; null if it says none or cannot be read. */
 export function experimentKindOf(file: string): string | null {
   try {
-    const doc = parseDocument(readRegularFile(file, MAX_CHAOS_FILE_BYTES).toString('utf8'), { uniqueKeys: false, prettyErrors: false });
+    const text = readRegularFile(file, MAX_CHAOS_FILE_BYTES).toString('utf8');
+    if (yamlNestingProblem(text)) return null; // the checker that reads it next says so
+    const doc = parseDocument(text, { uniqueKeys: false, prettyErrors: false });
     const root = doc.contents as Node | null;
     if (!root || !isMap(root)) return null;
     const p = (root as YAMLMap).items.find((x) => isScalar(x.key) && x.key.value === 'kind');
