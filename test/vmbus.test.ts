@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import type { HostInfo, VmInfo, IcServiceInfo as IcEntry, KvpEntry } from '@hvlab/protocol';
-import { TestHost, eventually } from './harness.js';
+import { TestHost, eventually, sleep } from './harness.js';
 import { hostProcesses } from '@hvlab/host';
 
 const VERSIONS: Partial<Record<IcEntry['service'], string>> = { heartbeat: '3.0', shutdown: '3.2', timesync: '4.0', kvp: '5.0' };
@@ -204,6 +204,29 @@ for (const transport of ['shm', 'remote'] as const) {
         expect((await vmInfo()).state).to.equal('Off');
       } finally {
         signal(pid!, 'SIGCONT');
+      }
+    });
+
+    it('vm stop waits the whole --timeout for the guest\'s answer (it gave up after 10 s, whatever was asked)', async () => {
+      await h.ok('vm', 'start', vm);
+      const { held, last } = await icUntil((l) => healthy(l, ['shutdown']), 20000);
+      expect(held, JSON.stringify(last)).to.equal(true);
+      const pid = (await vmInfo()).pids.partition;
+      expect(pid).to.be.a('number');
+      let resumed = false;
+      try {
+        signal(pid!, 'SIGSTOP');
+        const stopping = h.run('vm', 'stop', vm, '--timeout', '25');
+        // Frozen past the old 10 s (and its 2 s of slack), then let go: the guest answers the
+        // request that waited, and shuts down within the 25 s asked for.
+        await sleep(12500);
+        signal(pid!, 'SIGCONT');
+        resumed = true;
+        const r = await stopping;
+        expect(r.code, r.stderr).to.equal(0);
+        expect((await vmInfo()).state).to.equal('Off');
+      } finally {
+        if (!resumed) signal(pid!, 'SIGCONT');
       }
     });
   });

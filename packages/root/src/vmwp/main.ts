@@ -480,7 +480,7 @@ export async function runWorker(): Promise<void> {
         const sd = d?.device.vmbus;
         if (!d?.entry.enabled || !(sd instanceof ShutdownProvider) || !sd.negotiated) throw new VmwpFailure('Unavailable', 'the shutdown integration service is not available');
         try {
-          await sd.shutdown({ answerTimeoutMs: Math.min(req.timeoutS * 1000, 10000), timeoutSeconds: req.timeoutS });
+          await sd.shutdown({ answerTimeoutMs: req.timeoutS * 1000, timeoutSeconds: req.timeoutS });
         } catch (e) {
           throw new VmwpFailure('Unavailable', (e as Error).message);
         }

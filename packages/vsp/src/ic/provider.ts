@@ -268,7 +268,7 @@ export abstract class IcProvider implements VmbusDevice {
       if (timeoutMs > 0) {
         p.timer = setTimeout(() => {
           this.pending.delete(transId);
-          reject(new IcRequestError(`the guest did not answer the ${this.service} request within ${timeoutMs} ms`));
+          reject(new IcRequestError(`the guest did not answer the ${this.service} request within ${timeoutMs % 1000 === 0 ? `${timeoutMs / 1000} s` : `${timeoutMs} ms`}`));
         }, timeoutMs);
       }
       this.pending.set(transId, p);
