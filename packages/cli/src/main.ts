@@ -181,7 +181,7 @@ export const COMMANDS: CommandSpec[] = [
   {
     words: ['vm', 'new'], args: 'NAME', min: 1, max: 1, json: true, group: 'VMs', help: 'create a VM (New-VM); it starts Off',
     options: [
-      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 1G; from 2M to 16G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
+      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 1G; from 2M to 4G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
       { name: 'vps', value: 'N', help: `virtual processors, 1 to ${MAX_VPS_PER_PARTITION} (default 1)`, check: wholeIn('vps', 1, MAX_VPS_PER_PARTITION, `a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`) },
       {
         name: 'workload', value: 'W', check: nonEmpty('workload'),

@@ -194,7 +194,7 @@ describe('the hvlab command line', () => {
 describe('vm new --help', () => {
   it('offers only memory sizes that vm new takes', () => {
     const help = commandHelp(COMMANDS.find((c) => c.words.join(' ') === 'vm new')!);
-    expect(help).to.include('from 2M to 16G');
+    expect(help).to.include('from 2M to 4G');
     expect(help).to.not.match(/512K/);
   });
 });

@@ -61,7 +61,7 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
     // Checked here as `vm new --memory` is checked by the root: the root reads this at its start only.
     const b = parseSize(opts.warmMemory);
     if (b === null || b % 4096 !== 0 || b < MIN_MEMORY_BYTES || b > MAX_MEMORY_BYTES) {
-      throw new HostError(`--warm-memory ${opts.warmMemory} is invalid: a size from 2M to 16G in whole 4 KiB pages, e.g. 64M`);
+      throw new HostError(`--warm-memory ${opts.warmMemory} is invalid: a size from 2M to 4G in whole 4 KiB pages, e.g. 64M`);
     }
   }
   const refuseIfHeld = (): void => {

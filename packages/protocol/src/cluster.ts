@@ -14,6 +14,7 @@
  */
 import { isPlainObject } from './hvwire.js';
 import { decode } from './wire.js';
+import { MAX_MEMORY_BYTES } from './layout.js';
 
 /**
  * The envelope's `v`. 2: migState may carry the last page batch (`pages`), which a version-1 host
@@ -157,8 +158,8 @@ export type MigPeerRequest =
   | { v: number; id: number; op: 'migPull'; from: string; mig: string; waitMs: number };
 /** A migration id: what the source's root made up for it. */
 export const MIG_ID_RE = /^[a-z0-9-]{8,64}$/;
-/** Largest missing-page bitmap (16 GiB of guest memory). */
-export const MIG_MISSING_MAX_BYTES = (16 * 1024 ** 3) / 4096 / 8;
+/** Largest missing-page bitmap (the largest VM's memory, MAX_MEMORY_BYTES). */
+export const MIG_MISSING_MAX_BYTES = MAX_MEMORY_BYTES / 4096 / 8;
 /** Largest saved-state tree a migState carries. */
 export const MIG_STATE_MAX_BYTES = 1024 * 1024;
 /**

@@ -23,7 +23,12 @@ export const WORKLOAD_PAGE_GPA = 0x2000;
 export const SYNIC_PAGES_GPA = 0x10000;
 export const WORKLOAD_DATA_GPA = 0x100000;
 export const MIN_MEMORY_BYTES = 2 * 1024 * 1024;
-export const MAX_MEMORY_BYTES = 16 * 1024 ** 3;
+/**
+ * 4 GiB: a guest's memory (and the dirty bitmap above it) is one SharedArrayBuffer that the
+ * partition process and the VMWP each view as one Uint8Array, and Node 20's V8 makes no typed array
+ * longer than that. Larger VMs were accepted and then never started ("Invalid typed array length").
+ */
+export const MAX_MEMORY_BYTES = 4 * 1024 ** 3;
 
 export function simpGpa(vp: number): number {
   return SYNIC_PAGES_GPA + vp * 0x2000;

@@ -136,13 +136,18 @@ describe('VM configuration', () => {
     it('does not tell a memdirty VM to grow past the largest memory size', () => {
       let m = '';
       try {
-        buildConfig({ name: 'm', memory: '16G', workload: 'memdirty:15G' });
+        buildConfig({ name: 'm', memory: '4G', workload: 'memdirty:4G' });
       } catch (e) {
         m = (e as Error).message;
       }
       expect(m).to.match(/memdirty/);
       expect(m).to.not.match(/more --memory/);
-      expect(m).to.match(/at most memdirty:12287M/);
+      expect(m).to.match(/at most memdirty:3071M/);
+    });
+
+    it('refuses memory past 4G, which no VM can start with (one typed array of guest memory), and takes 4G', () => {
+      for (const memory of ['4100M', '5G', '16G']) expect(() => buildConfig({ name: 'm', memory }), memory).to.throw(/is outside 2M-4G/);
+      expect(buildConfig({ name: 'm', memory: '4G' }).memoryBytes).to.equal(4 * 1024 ** 3);
     });
 
     it('names the memory a memdirty VM needs', () => {
