@@ -373,6 +373,30 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'lc');
   });
 
+  it('move-status shows a pass\'s progress while it runs, not only at its end', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'sl', '--memory', '16M', '--workload', 'memdirty:4M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'sl');
+    // At 64 KiB/s the first pass's ~4 MiB takes about a minute: its progress must show within it.
+    const moving = move('sl', '--bandwidth', '64K');
+    const st = (): Promise<MigrationStats | null> => h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'sl').catch(() => null);
+    let first: MigrationStats | null = null;
+    expect(await eventually(async () => {
+      first = await st();
+      return first?.status === 'active' && first.pass === 1 && first.ram.transferred > 0;
+    }, 20000), `bytes of pass 1 counted while it runs: ${JSON.stringify(first)}`).to.equal(true);
+    let later: MigrationStats | null = null;
+    expect(await eventually(async () => {
+      later = await st();
+      return later !== null && later.pass === 1 && later.ram.transferred > first!.ram.transferred && later['total-time'] > first!['total-time'];
+    }, 20000), 'and more of them a moment later, in the same pass').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'move-cancel', 'sl');
+    const m = await moving;
+    expect(m.stats?.status).to.equal('cancelled');
+    expect((await vmOn('h1', 'sl'))?.state).to.equal('Running');
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'sl');
+    await h.ok('--host', 'h1', 'vm', 'delete', 'sl');
+  });
+
   it('move-cancel works while copying and while queued; the VMs stay on the source', async () => {
     for (const n of ['q1', 'q2', 'q3']) {
       await h.ok('--host', 'h1', 'vm', 'new', n, '--memory', '32M', '--workload', 'memdirty:16M');
