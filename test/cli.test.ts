@@ -11,7 +11,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostPaths, pidAlive } from '@hvlab/runtime';
-import { TestHost, childrenOf, eventually } from './harness.js';
+import { TestHost, childrenOf, eventually, shmFiles } from './harness.js';
+import { hostProcesses, lockHolder } from '@hvlab/host';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -439,6 +440,35 @@ describe('the hvlab command', function () {
       const r = await h.run('vm', 'list');
       expectOneLine(r, 1, new RegExp(`^hvlab: the host's hypervisor process \\(pid ${pids.hypervisor}\\) is not running`), 'vm list');
     });
+  });
+});
+
+describe('Ctrl-C of a command', function () {
+  this.timeout(120000);
+
+  it('during up brings the host it started down again, says so and exits 130 (it was left up without a word)', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-test-intr-'));
+    const p = new BinProcess(['up', '--lps', '1', '--spare', '0'], { cwd: '/', env: { HVLAB_HOME: home } });
+    let hostId = '';
+    try {
+      // The hypervisor holds the home's lock from its first moments, well before the host is ready.
+      expect(await eventually(() => {
+        const pid = lockHolder(hostPaths(home));
+        if (pid === null) return false;
+        const title = /^hvlab-hypervisor ([0-9a-f]+)$/.exec(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0]!);
+        hostId = title?.[1] ?? '';
+        return hostId !== '';
+      }, 30000, 5), 'the host began to start').to.equal(true);
+      p.child.kill('SIGINT');
+      const r = await p.done;
+      expect(r.code, r.stderr).to.equal(130);
+      expect(r.stderr).to.match(/up was interrupted: the host it started was brought down/);
+      expect(await eventually(() => hostProcesses(hostId).length === 0 && shmFiles(hostId).length === 0, 10000), 'nothing of the host is left').to.equal(true);
+    } finally {
+      p.kill();
+      await runBin(['down'], { cwd: '/', env: { HVLAB_HOME: home } });
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });
 

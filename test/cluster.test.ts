@@ -240,6 +240,26 @@ describe('clusters on one machine', function () {
     expect(existsSync(join(h.home, 'cluster'))).to.equal(false);
   });
 
+  it('Ctrl-C during cluster up takes down what it had started, says so and exits 130 (it left a cluster without its VMs that a second up refused)', async () => {
+    const file = join(h.home, 'lab.yaml');
+    writeFileSync(file, LAB.replace('vms:', 'vms:\n  x: { host: h1, memory: 16M, workload: idle }\n  y: { host: h1, memory: 16M, workload: idle }'));
+    const child = spawn(process.execPath, [cli, 'cluster', 'up', file], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.stdout!.resume();
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const ids = new Set<string>();
+    expect(await eventually(() => clusterHostIds(h.home, ids).size > 0, 30000), 'a host came up').to.equal(true);
+    child.kill('SIGINT');
+    expect(await exited, stderr).to.equal(130);
+    expect(stderr).to.match(/cluster up was interrupted: everything it had started was taken down/);
+    clusterHostIds(h.home, ids);
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+    expect(existsSync(join(h.home, 'cluster')), 'no cluster record: a second up is not refused').to.equal(false);
+  });
+
   it('refuses a loopback --listen for hosts in namespaces (they could not reach it) before anything starts', async function () {
     if (!namespacesAvailable().ok) this.skip();
     const r = await h.run('up', '--hosts', '2', '--listen', '127.0.0.1');

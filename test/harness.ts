@@ -3,7 +3,7 @@
  * process, and a cleanup that leaves no process, socket or /dev/shm file of the host even when a
  * test failed (`hvlab down`, then a sweep by host id).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -46,12 +46,17 @@ export class TestHost {
 
   /** Runs the CLI asynchronously (so the test's event loop keeps going). */
   run(...args: string[]): Promise<CliResult> {
-    return new Promise((res) => {
-      const c = spawn(process.execPath, [cli, ...args], {
-        cwd: repo,
-        env: { ...process.env, ...this.env, HVLAB_HOME: this.home },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+    return this.start(...args).done;
+  }
+
+  /** The CLI started with `args`, for a test that signals it while it runs; `done` as run's. */
+  start(...args: string[]): { child: ChildProcess; done: Promise<CliResult> } {
+    const c = spawn(process.execPath, [cli, ...args], {
+      cwd: repo,
+      env: { ...process.env, ...this.env, HVLAB_HOME: this.home },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const done = new Promise<CliResult>((res) => {
       let stdout = '';
       let stderr = '';
       c.stdout.on('data', (d) => (stdout += d));
@@ -61,6 +66,7 @@ export class TestHost {
         res({ code: code ?? -1, stdout, stderr });
       });
     });
+    return { child: c, done };
   }
 
   async ok(...args: string[]): Promise<string> {
@@ -146,12 +152,12 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `cond` every 100 ms until it holds or `ms` pass; returns whether it held. */
-export async function eventually(cond: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+export async function eventually(cond: () => boolean | Promise<boolean>, ms: number, everyMs = 100): Promise<boolean> {
   const end = Date.now() + ms;
   for (;;) {
     if (await cond()) return true;
     if (Date.now() > end) return false;
-    await sleep(100);
+    await sleep(everyMs);
   }
 }
 

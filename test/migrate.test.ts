@@ -373,11 +373,11 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'lc');
   });
 
-  it('move-status shows a pass\'s progress while it runs, not only at its end', async () => {
+  it('move-status shows a pass\'s progress while it runs, not only at its end; Ctrl-C of the CLI cancels the move', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'sl', '--memory', '16M', '--workload', 'memdirty:4M');
     await h.ok('--host', 'h1', 'vm', 'start', 'sl');
     // At 64 KiB/s the first pass's ~4 MiB takes about a minute: its progress must show within it.
-    const moving = move('sl', '--bandwidth', '64K');
+    const moving = h.start('--host', 'h1', 'vm', 'move', 'sl', '--to', 'h2', '--bandwidth', '64K');
     const st = (): Promise<MigrationStats | null> => h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'sl').catch(() => null);
     let first: MigrationStats | null = null;
     expect(await eventually(async () => {
@@ -389,9 +389,13 @@ describe('live migration between two hosts', function () {
       later = await st();
       return later !== null && later.pass === 1 && later.ram.transferred > first!.ram.transferred && later['total-time'] > first!['total-time'];
     }, 20000), 'and more of them a moment later, in the same pass').to.equal(true);
-    await h.ok('--host', 'h1', 'vm', 'move-cancel', 'sl');
-    const m = await moving;
-    expect(m.stats?.status).to.equal('cancelled');
+    // Ctrl-C of the CLI cancels the move, as virsh's does (it used to leave it running, without a word).
+    moving.child.kill('SIGINT');
+    const m = await moving.done;
+    expect(m.code, m.stderr).to.equal(130);
+    expect(m.stderr).to.match(/interrupted: cancelling the move of VM sl/);
+    expect(m.stderr).to.match(/VM sl was not moved \(cancelled\): cancelled by the user; it stays on h1/);
+    expect((await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'sl')).status).to.equal('cancelled');
     expect((await vmOn('h1', 'sl'))?.state).to.equal('Running');
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'sl');
     await h.ok('--host', 'h1', 'vm', 'delete', 'sl');

@@ -343,9 +343,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
   }
   // Ctrl-C or a kill ends the run: its faults are cleared, what it made is taken down, and the report is still written.
   const ac = new AbortController();
-  const stop = (): void => ac.abort();
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  const release = onInterrupt(() => ac.abort());
   let report;
   try {
     report = await clusterCall(() => runChaosExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home: spec.cluster === 'existing' ? home : undefined, signal: ac.signal, seed }));
@@ -356,8 +354,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
     }
     throw e;
   } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
+    release();
   }
   if (json) out(JSON.stringify(report));
   else {
@@ -997,6 +994,70 @@ function refuseTopology(e: TopologyError, json: boolean, after = ''): number {
 }
 
 /** Runs a cluster operation; its ClusterError becomes a one-line CLI error. */
+/**
+ * Ctrl-C (or SIGTERM) stopped a command, and the message says what became of what it was doing
+ * (taken down, cancelled, or left to finish at the host). Exit code 130, as a shell's.
+ */
+class Interrupted extends CliError {}
+
+/** How many commands under way handle Ctrl-C themselves (onInterrupt); the default handler then stays out of it. */
+let interruptOwners = 0;
+/** What the default handler says of a command Ctrl-C ends (null: nothing; `top` and `logs --follow` end that way). */
+let interruptSays: string | null = null;
+
+/** What becomes of a request a Ctrl-C leaves behind, by command (see main's default handler). */
+const LEFT_AT_HOST = 'the host may still carry out what was asked ("hvlab vm list" shows the VMs)';
+const INTERRUPT_SAYS: Record<string, string> = {
+  'vm new': LEFT_AT_HOST, 'vm start': LEFT_AT_HOST, 'vm stop': LEFT_AT_HOST, 'vm turn-off': LEFT_AT_HOST, 'vm pause': LEFT_AT_HOST,
+  'vm resume': LEFT_AT_HOST, 'vm save': LEFT_AT_HOST, 'vm delete': LEFT_AT_HOST, 'vm set-processor': LEFT_AT_HOST, 'vm ic': LEFT_AT_HOST,
+  down: 'the host may be half down: "hvlab down" again finishes it',
+  'cluster down': 'the cluster may be half down: "hvlab cluster down" again finishes it',
+  'link probe': 'the probe\'s bytes may still be crossing the link, and its counters with them',
+};
+
+/**
+ * Calls `fn` on the first Ctrl-C or SIGTERM, in place of the default (main's); a second one ends
+ * the CLI at once, as Node does. Returns what stops listening.
+ */
+function onInterrupt(fn: () => void): () => void {
+  let on = true;
+  const handler = (): void => {
+    release();
+    fn();
+  };
+  const release = (): void => {
+    if (!on) return;
+    on = false;
+    interruptOwners--;
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+  interruptOwners++;
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return release;
+}
+
+/**
+ * Runs `fn` with a signal that Ctrl-C or SIGTERM aborts. `fn` sees it and winds down (what it made
+ * taken down, a move cancelled); once it has settled, an aborted run throws Interrupted(`said`). A
+ * second Ctrl-C ends the CLI at once, as Node does.
+ */
+async function interruptible<T>(said: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const release = onInterrupt(() => ac.abort());
+  try {
+    const v = await fn(ac.signal);
+    if (ac.signal.aborted) throw new Interrupted(said);
+    return v;
+  } catch (e) {
+    if (ac.signal.aborted) throw new Interrupted(said);
+    throw e;
+  } finally {
+    release();
+  }
+}
+
 async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -1088,6 +1149,7 @@ export async function run(argv: string[]): Promise<number> {
     if (remote && ['up', 'down', 'logs'].includes(commandName(p.spec))) {
       throw new CliError(`${remote.name} joined the cluster from another machine: run "${commandName(p.spec)}" there`);
     }
+    interruptSays = INTERRUPT_SAYS[commandName(p.spec)] ?? null;
     const json = p.json;
     const opt = (n: string): string | undefined => {
       const v = p.options.get(n);
@@ -1120,7 +1182,7 @@ export async function run(argv: string[]): Promise<number> {
           if (transport !== 'shm' || warm !== undefined || opt('spare') !== undefined) throw new UsageError('--hosts brings up a cluster: --vmbus-transport, --warm and --spare are for one host');
           const source = meshTopologySource(Number(hostsN), lps === undefined ? null : Number(lps));
           const t = parseTopology(source, `--hosts ${hostsN}`);
-          await clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), listen: opt('listen') }));
+          await interruptible('up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), listen: opt('listen'), signal })));
           const st = await clusterCall(() => clusterStatus(paths.home));
           if (json) out(JSON.stringify(st));
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
@@ -1132,7 +1194,13 @@ export async function run(argv: string[]): Promise<number> {
         if (typeof aimed === 'string') throw new CliError(`${aimed} is a host of the cluster in ${resolveHome(p.home)}: its hosts come up with the cluster ("hvlab cluster up"); one brought down alone stays down until the cluster is brought down and up again`);
         if (hasCluster(paths.home)) throw new CliError(`${paths.home} holds a cluster: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
         const spare = opt('spare');
-        const rec = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
+        // Ctrl-C during the start: the host comes up in the background all the same, so it is
+        // brought down again once it is (it was left up, and the CLI said nothing).
+        const rec = await interruptible('up was interrupted: the host it started was brought down', async (signal) => {
+          const r = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
+          if (signal.aborted) await down(paths);
+          return r;
+        });
         // A "cluster up" that started beside this one claimed the home meanwhile: this host goes
         // (the cluster's side asks for a host after its claim, so one of the two always sees the other).
         if (hasCluster(paths.home)) {
@@ -1171,7 +1239,7 @@ export async function run(argv: string[]): Promise<number> {
         if (r instanceof TopologyError) return refuseTopology(r, json, '; nothing was started');
         const t = r.topology;
         const t0 = Date.now();
-        await clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l), listen: opt('listen') }));
+        await interruptible('cluster up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l), listen: opt('listen'), signal })));
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);
@@ -1238,9 +1306,7 @@ export async function run(argv: string[]): Promise<number> {
           if (!owner) return 0;
           // --wait: hold the lease until the fault ends; Ctrl-C or a kill ends it (the lease lapses at worst).
           let stop = false;
-          const onSig = (): void => void (stop = true);
-          process.once('SIGINT', onSig);
-          process.once('SIGTERM', onSig);
+          const release = onInterrupt(() => void (stop = true));
           try {
             for (;;) {
               await new Promise((r) => setTimeout(r, Math.min(OWNER_RENEW_MS, 200)));
@@ -1258,8 +1324,7 @@ export async function run(argv: string[]): Promise<number> {
               }
             }
           } finally {
-            process.off('SIGINT', onSig);
-            process.off('SIGTERM', onSig);
+            release();
           }
           return 0;
         } finally {
@@ -1481,6 +1546,16 @@ export async function run(argv: string[]): Promise<number> {
         const moving = c.request<MigrationStats>('vmMove', args, 24 * 3600 * 1000).finally(() => {
           done = true;
         });
+        // Ctrl-C cancels the move, as virsh's does (the VM stays where it is, move-cancel's rules);
+        // a second one leaves it running at the host.
+        let cancelled = false;
+        const cancel = (): void => {
+          cancelled = true;
+          process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[K' : ''}hvlab: interrupted: cancelling the move of VM ${name} (Ctrl-C again leaves it to go on)\n`);
+          void c.request('vmMoveCancel', { name }, 10000).catch(() => undefined);
+        };
+        const release = onInterrupt(cancel);
+        moving.finally(release).catch(() => undefined);
         if (!json) {
           let last = '';
           const tty = process.stderr.isTTY;
@@ -1501,7 +1576,7 @@ export async function run(argv: string[]): Promise<number> {
         if (json) out(JSON.stringify(st));
         else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
         else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}${/the VM is lost/.test(st['error-desc'] ?? '') ? '' : `; it stays on ${st.from}`}\n`);
-        return st.status === 'completed' ? 0 : 1;
+        return st.status === 'completed' ? 0 : cancelled ? 130 : 1;
       }
       case 'experiment run': {
         const file = name!;
@@ -1518,9 +1593,7 @@ export async function run(argv: string[]): Promise<number> {
         }
         // Ctrl-C or a kill ends the run in flight, and everything it made is still taken down and reported.
         const ac = new AbortController();
-        const stop = (): void => ac.abort();
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
+        const release = onInterrupt(() => ac.abort());
         let report;
         try {
           // A new cluster goes in a temporary home of its own; an existing one is this home's.
@@ -1543,8 +1616,7 @@ export async function run(argv: string[]): Promise<number> {
           }
           throw e;
         } finally {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
+          release();
         }
         if (json) out(JSON.stringify(report));
         else {
@@ -1732,7 +1804,7 @@ function report(e: unknown): number {
   const msg = e instanceof Error ? e.message : String(e);
   process.stderr.write(`hvlab: ${known ? '' : 'internal error: '}${oneLine(msg)}${known || debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}\n`);
   if (debugOn() && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
-  return e instanceof UsageError ? 2 : 1;
+  return e instanceof UsageError ? 2 : e instanceof Interrupted ? 130 : 1;
 }
 
 /** The process entry: runs the command line and exits with its code; nothing escapes as a stack. */
@@ -1742,6 +1814,15 @@ export async function main(argv: string[]): Promise<never> {
   const lastResort = (e: unknown): void => process.exit(report(e));
   process.on('uncaughtException', lastResort);
   process.on('unhandledRejection', lastResort);
+  // Ctrl-C where no command handles it: what was asked of a host goes on there (a VM's start, a
+  // save), so say so rather than end without a word.
+  const byDefault = (): void => {
+    if (interruptOwners > 0) return;
+    if (interruptSays) process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}hvlab: interrupted: ${interruptSays}\n`);
+    process.exit(130);
+  };
+  process.on('SIGINT', byDefault);
+  process.on('SIGTERM', byDefault);
   const code = await run(argv);
   await drained();
   process.exit(code);

@@ -164,6 +164,17 @@ export interface ClusterUpOptions {
   listen?: string;
   /** The fabric's port (default 7740). */
   fabricPort?: number;
+  /**
+   * Aborted (the CLI's Ctrl-C): the step under way finishes, then everything made so far is taken
+   * down as after a failure, and the call throws. It used to leave the hosts and the fabric up with
+   * only some of the topology's VMs, and a second "cluster up" was refused as "already up".
+   */
+  signal?: AbortSignal;
+}
+
+/** Throws once `signal` is aborted (between the steps of a cluster up). */
+function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new ClusterError('interrupted');
 }
 
 /** VMs a host starts at once during `cluster up` (each start is mostly waiting on processes). */
@@ -176,12 +187,13 @@ async function createVm(c: MgmtClient, vm: TopologyVm): Promise<void> {
 }
 
 /** Starts `vms` on one host, START_CONCURRENCY at a time; the first failure is thrown once every start in flight settled. */
-async function startVms(c: MgmtClient, vms: TopologyVm[], started: (vm: TopologyVm) => void): Promise<void> {
+async function startVms(c: MgmtClient, vms: TopologyVm[], started: (vm: TopologyVm) => void, signal?: AbortSignal): Promise<void> {
   const queue = [...vms];
   let failure: unknown = null;
   const worker = async (): Promise<void> => {
     for (let vm = queue.shift(); vm && failure === null; vm = queue.shift()) {
       try {
+        checkAborted(signal);
         await c.request('vmStart', { name: vm.name }, 60000);
         started(vm);
       } catch (e) {
@@ -227,12 +239,15 @@ export async function clusterUp(home: string, topology: Topology, source: string
     throw new ClusterError(`a host is up in ${home} ("hvlab up" made it): one host per home ("hvlab down" first, or --home elsewhere)`);
   }
   const clients: MgmtClient[] = [];
+  const signal = opts.signal;
   try {
+    checkAborted(signal);
     setupNetwork(net);
     if (net.mode === 'namespaces') say(`network: ${net.hosts.length} namespace${net.hosts.length === 1 ? '' : 's'} on bridge ${net.bridge} (${net.subnet})`);
     writeClusterKey(clusterKeyFile(home), makeClusterKey(topology.name));
     const port = await startFabric(home);
     say(`fabric: links on ${listen}:${port}`);
+    checkAborted(signal);
     // Hosts start side by side; each host's VMs then start one after another on it.
     await Promise.all(topology.hosts.map(async (h) => {
       const paths = hostPaths(clusterHostHome(home, h.name));
@@ -240,18 +255,24 @@ export async function clusterUp(home: string, topology: Topology, source: string
       const member = {
         HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
       };
+      checkAborted(signal);
       const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns });
       say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
       const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
       clients.push(c);
       const vms = topology.vms.filter((v) => v.host === h.name);
-      for (const vm of vms) await createVm(c, vm);
-      await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`));
+      for (const vm of vms) {
+        checkAborted(signal);
+        await createVm(c, vm);
+      }
+      await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`), signal);
     }));
+    checkAborted(signal);
     await waitJoined(home, topology.hosts.map((h) => h.name), 15000);
+    checkAborted(signal);
   } catch (e) {
     for (const c of clients) c.close();
-    say(`cluster up failed (${(e as Error).message}); bringing everything down`);
+    say(signal?.aborted ? 'cluster up interrupted; bringing everything down' : `cluster up failed (${(e as Error).message}); bringing everything down`);
     await clusterDown(home);
     throw e;
   }
