@@ -390,6 +390,23 @@ describe('the hvlab command', function () {
       expectOneLine(r, 1, /^hvlab: cannot write \/missing\/dir\/x: the directory \/missing\/dir does not exist$/, 'peek --out');
     });
 
+    it('a call waiting on a stopped root partition process says why it waits, and goes on once the root runs again', async () => {
+      process.kill(rootPid, 'SIGSTOP');
+      let resumed = false;
+      try {
+        const p = new BinProcess(['vm', 'list', '--json'], { cwd: repo, env: { HVLAB_HOME: h.home } });
+        pending = p;
+        expect(await p.until(/waiting: the host's root partition process \(pid \d+\) is stopped/), p.stderr).to.equal(true);
+        process.kill(rootPid, 'SIGCONT');
+        resumed = true;
+        const r = await p.done;
+        expect(r.code, r.stderr).to.equal(0);
+        expect((JSON.parse(r.stdout) as VmInfo[]).map((v) => v.name)).to.include('alpha');
+      } finally {
+        if (!resumed) process.kill(rootPid, 'SIGCONT');
+      }
+    });
+
     it('a call pending when the root partition process is killed fails, naming that process and the call', async () => {
       expect(pidAlive(rootPid)).to.equal(true);
       // Stopped, the root cannot answer: the request stays pending until the kill, whatever the timing.

@@ -1120,7 +1120,10 @@ function needHost(paths: HostPaths): MgmtClient {
   if (!pidAlive(hv)) throw new CliError(`the host's hypervisor process (pid ${hv}) is not running; run "hvlab down" to clean up, then "hvlab up"`);
   // With the hypervisor alive the root may be on its way back (a supervisor restarts it): no advice.
   if (!pidAlive(root)) throw new CliError(`the host's root partition process (pid ${root}) is not running`);
-  return new MgmtClient(pathsForRecord(paths, rec).mgmtEndpoint, { watch: rec, debug: debugOn() ? debugLine : undefined });
+  return new MgmtClient(pathsForRecord(paths, rec).mgmtEndpoint, {
+    watch: rec, debug: debugOn() ? debugLine : undefined,
+    onStopped: (what) => process.stderr.write(`hvlab: waiting: ${what} is stopped (a pause fault, or SIGSTOP); the command goes on once it runs again ("hvlab fault clear" ends a pause)\n`),
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 import { encode, decodeMgmtResponse, MGMT_API_VERSION, type MgmtAnswer, type MgmtOp } from '@hvlab/protocol';
 export { decodeMgmtResponse, type MgmtAnswer };
 import { dealer, pidAlive, SendQueue, zmq } from '@hvlab/runtime';
+import { procState } from '@hvlab/shm/procfs';
 
 export class MgmtCallError extends Error {
   constructor(readonly code: string, message: string) {
@@ -33,6 +34,12 @@ export interface MgmtClientOptions {
   debug?: ((line: string) => void) | undefined;
   /** Extra options of the DEALER, e.g. CURVE for a host of a cluster on another machine (runtime's curveClientOptions). */
   socket?: Record<string, unknown>;
+  /**
+   * Told once, while a request waits, that a watched process is stopped (SIGSTOP, a pause fault):
+   * the request waits for it (the wait may be what the user wants), and the CLI says why it waits
+   * instead of sitting silent for up to its 60 s.
+   */
+  onStopped?: (what: string) => void;
 }
 
 interface Pending {
@@ -53,10 +60,13 @@ export class MgmtClient {
   private readonly watch: HostWatch | null;
   private readonly checkEveryMs: number;
   private readonly debug: ((line: string) => void) | undefined;
+  private readonly onStopped: ((what: string) => void) | undefined;
+  private stoppedSaid = false;
 
   constructor(private readonly endpoint: string, opts: MgmtClientOptions = {}) {
     this.watch = opts.watch ?? null;
     this.checkEveryMs = opts.checkEveryMs ?? 250;
+    this.onStopped = opts.onStopped;
     this.debug = opts.debug;
     this.sock = opts.socket ? new zmq.Dealer({ linger: 0, sendHighWaterMark: 100000, receiveHighWaterMark: 100000, ...opts.socket } as never) : dealer();
     this.sock.connect(endpoint);
@@ -96,7 +106,15 @@ export class MgmtClient {
   private check(): void {
     if (this.pending.size === 0) return this.stopChecking();
     const dead = this.deadProcess();
-    if (dead) this.breakAll((op) => new MgmtCallError('HostGone', `${dead} exited while "${op}" was pending`), dead);
+    if (dead) return this.breakAll((op) => new MgmtCallError('HostGone', `${dead} exited while "${op}" was pending`), dead);
+    if (this.onStopped && !this.stoppedSaid && this.watch) {
+      const { hypervisor, root } = this.watch.pids;
+      const stopped = procState(hypervisor) === 'T' ? `the host's hypervisor process (pid ${hypervisor})` : procState(root) === 'T' ? `the host's root partition process (pid ${root})` : null;
+      if (stopped) {
+        this.stoppedSaid = true;
+        this.onStopped(stopped);
+      }
+    }
   }
 
   private stopChecking(): void {
