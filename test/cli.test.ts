@@ -13,6 +13,7 @@ import type { VmInfo } from '@hvlab/protocol';
 import { hostPaths, pidAlive } from '@hvlab/runtime';
 import { TestHost, childrenOf, eventually, shmFiles } from './harness.js';
 import { hostProcesses, lockHolder } from '@hvlab/host';
+import { nemesisPids } from '@hvlab/faults';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -457,6 +458,25 @@ describe('the hvlab command', function () {
       const r = await h.run('vm', 'list');
       expectOneLine(r, 1, new RegExp(`^hvlab: the host's hypervisor process \\(pid ${pids.hypervisor}\\) is not running`), 'vm list');
     });
+  });
+});
+
+describe('fault list and fault clear where nothing runs', function () {
+  this.timeout(60000);
+
+  it('answer that no fault is active and start nothing, leaving the home as it was', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-test-nofault-'));
+    try {
+      for (const args of [['fault', 'list'], ['fault', 'clear'], ['fault', 'clear', '--json']]) {
+        const r = await runBin(args, { cwd: '/', env: { HVLAB_HOME: home } });
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stdout.trim()).to.match(args.includes('--json') ? /^\[\]$/ : /^no fault (is|was) active$/);
+      }
+      expect(nemesisPids(home), 'no nemesis was started').to.deep.equal([]);
+      expect(existsSync(join(home, 'faults')), 'nothing was written').to.equal(false);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });
 

@@ -85,6 +85,17 @@ for (const transport of ['shm', 'remote'] as const) {
       const listedAfter = await h.json<KvpEntry[]>('vm', 'kvp', vm, 'list');
       expect(listedAfter.map((e) => e.key)).to.not.include('hvlab.test');
 
+      // What reaches a table is shown, not acted on: a newline or an escape sequence in a value
+      // broke the table and reached the terminal as it was. JSON and a piped get keep the bytes.
+      const odd = 'a\nb\x1b[31mred\tz';
+      await h.ok('vm', 'kvp', vm, 'set', 'hvlab.odd', odd);
+      const table = await h.ok('vm', 'kvp', vm, 'list', '--pool', 'external');
+      expect(table).to.include('hvlab.odd  a\\nb\\x1b[31mred\\tz');
+      expect(table).to.not.include('\x1b');
+      expect((await h.json<KvpEntry>('vm', 'kvp', vm, 'get', 'hvlab.odd')).value).to.equal(odd);
+      expect(await h.ok('vm', 'kvp', vm, 'get', 'hvlab.odd')).to.equal(`${odd}\n`);
+      await h.ok('vm', 'kvp', vm, 'delete', 'hvlab.odd');
+
       // The guest pool belongs to the guest.
       const refused = await h.run('vm', 'kvp', vm, 'set', 'hvlab.workload', 'nope', '--pool', 'guest');
       expect(refused.code, refused.stderr).to.equal(1);

@@ -801,9 +801,20 @@ function out(s: string): void {
   process.stdout.write(s.endsWith('\n') ? s : s + '\n');
 }
 
+/**
+ * `s` with its control characters shown as escapes (\n, \t, \x1b, …): what a guest writes (KVP
+ * keys and values, say) reaches a table on a terminal, where a newline broke the table and an
+ * escape sequence was the terminal's to act on.
+ */
+export function printable(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
 function table(rows: string[][]): string {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd()).join('\n');
+  const shown = rows.map((r) => r.map(printable));
+  const w = shown[0].map((_, i) => Math.max(...shown.map((r) => r[i].length)));
+  return shown.map((r) => r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd()).join('\n');
 }
 
 function parseValue(v: string): unknown {
@@ -1353,6 +1364,11 @@ export async function run(argv: string[]): Promise<number> {
         }
       }
       case 'fault clear': {
+        // As fault list: no nemesis and nothing it left, nothing to end (and clearing starts nothing).
+        if (name === undefined && nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
+          out(json ? '[]' : 'no fault was active');
+          return 0;
+        }
         const nem = await NemesisClient.connect(paths.home);
         try {
           const ended = await nem.clear(name ?? null).catch((e: unknown) => {
@@ -1496,7 +1512,8 @@ export async function run(argv: string[]): Promise<number> {
         const pool = opt('pool');
         const r = await connect().request<unknown>('vmKvp', { name, op, key, value, pool });
         if (json) out(JSON.stringify(r));
-        else if (op === 'get') out((r as { value: string }).value);
+        // As it is for a pipe (a script reads the value); escaped for a terminal, as in a table.
+        else if (op === 'get') out(process.stdout.isTTY ? printable((r as { value: string }).value) : (r as { value: string }).value);
         else if (op === 'list') {
           const rows = r as KvpEntry[];
           out(rows.length === 0 ? 'no keys' : table([['KEY', 'VALUE'], ...rows.map((e) => [e.key, e.value])]));

@@ -42,7 +42,7 @@ import { FileShapeError, readRegularFile } from '@hvlab/runtime';
 import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
   CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, INSTANT_FAULT_KINDS, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
-  VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError,
+  VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
@@ -404,7 +404,8 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       const wk = fs.get('workload');
       if (wk) {
         const v = scalar(wk.v);
-        if (typeof v !== 'string' || parseWorkload(v) === null) problem(ctx, at(wk), `${field}.workload`, 'must be a workload such as counter, sleep, spin or memdirty:8M');
+        if (typeof v !== 'string') problem(ctx, at(wk), `${field}.workload`, 'must be a workload such as counter, sleep, spin or memdirty:8M');
+        else if (parseWorkload(v) === null) problem(ctx, at(wk), `${field}.workload`, workloadProblem(v)!);
         else w.workload = v;
       }
       const fit = workloadFitError(w.workload, w.memoryBytes);

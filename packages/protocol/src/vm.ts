@@ -85,9 +85,34 @@ export const PROCESSOR_LIMITS = {
  * WORKLOAD_DATA_GPA and must stay below the device area (the top quarter of guest memory); the
  * advice never points past the largest VM.
  */
+/**
+ * Why `spec` is not a workload parseWorkload takes: its name unknown, or (a known name) its
+ * parameter out of range, said for that workload. Null when it is one.
+ */
+export function workloadProblem(spec: string): string | null {
+  if (parseWorkload(spec) !== null) return null;
+  const colon = spec.indexOf(':');
+  const name = colon < 0 ? spec : spec.slice(0, colon);
+  const arg = colon < 0 ? '' : spec.slice(colon + 1);
+  const shown = spec.length > 60 ? `${spec.slice(0, 60)}…` : spec;
+  switch (name) {
+    case 'idle':
+    case 'spin':
+      return `workload "${shown}": ${name} takes no parameter`;
+    case 'counter':
+      return `workload "${shown}": counter's rate "${arg}" is not a whole number of counts a second from 1 to 1000000`;
+    case 'sleep':
+      return `workload "${shown}": sleep's period "${arg}" is not a whole number of milliseconds from 1 to 10000`;
+    case 'memdirty':
+      return `workload "${shown}": memdirty's size "${arg}" is not a size of whole 4 KiB pages, such as 4K, 8M or 1G`;
+    default:
+      return `workload "${shown}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`;
+  }
+}
+
 export function workloadFitError(workload: string, memoryBytes: number): string | null {
   const wl = parseWorkload(workload);
-  if (!wl) return `workload "${workload}" is unknown: use idle, counter[:RATE], spin, sleep[:MS] or memdirty[:SIZE]`;
+  if (!wl) return workloadProblem(workload);
   if (wl.name !== 'memdirty' || WORKLOAD_DATA_GPA + wl.arg <= memoryBytes - memoryBytes / 4) return null;
   const needs = `workload "${workload}" needs ${formatBytes(WORKLOAD_DATA_GPA + wl.arg)} of guest memory below the device area (the top quarter)`;
   const MiB = 1024 * 1024;

@@ -150,6 +150,20 @@ describe('VM configuration', () => {
       expect(buildConfig({ name: 'm', memory: '4G' }).memoryBytes).to.equal(4 * 1024 ** 3);
     });
 
+    it('says what is wrong with a known workload\'s parameter, and calls only an unknown name unknown', () => {
+      const cases: Array<[string, RegExp]> = [
+        ['counter:-1', /counter's rate "-1" is not a whole number of counts a second from 1 to 1000000/],
+        ['counter:0.5', /counter's rate "0.5"/],
+        ['sleep:0', /sleep's period "0" is not a whole number of milliseconds from 1 to 10000/],
+        ['memdirty:1', /memdirty's size "1" is not a size of whole 4 KiB pages/],
+        ['idle:5', /idle takes no parameter/],
+        ['spin:1', /spin takes no parameter/],
+        ['bogus', /workload "bogus" is unknown: use idle/],
+        ['bogus:3', /workload "bogus:3" is unknown/],
+      ];
+      for (const [workload, re] of cases) expect(() => buildConfig({ name: 'm', workload }), workload).to.throw(re);
+    });
+
     it('names the memory a memdirty VM needs', () => {
       expect(() => buildConfig({ name: 'm', memory: '64M', workload: 'memdirty:60M' })).to.throw(/--memory 82M or more/);
       expect(buildConfig({ name: 'm', memory: '82M', workload: 'memdirty:60M' }).memoryBytes).to.equal(82 * 1024 * 1024);
