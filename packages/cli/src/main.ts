@@ -28,7 +28,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterUp, clusterDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -1346,10 +1346,23 @@ export async function run(argv: string[]): Promise<number> {
         }
       }
       case 'fault list': {
+        // Faults injected with --host HOST went to that host's own nemesis, which this list does
+        // not hold: said below the list (on stderr), so they are not taken for none.
+        const elsewhere = (): void => {
+          if (typeof aimed === 'string' || !hasCluster(paths.home)) return;
+          let hosts: string[] = [];
+          try {
+            hosts = readdirSync(join(paths.home, 'cluster', 'hosts')).sort();
+          } catch { /* none */ }
+          for (const hname of hosts) {
+            if (nemesisPid(clusterHostHome(paths.home, hname)) !== null) process.stderr.write(`hvlab: host ${hname} has a nemesis of its own (faults injected with --host ${hname}): "hvlab --host ${hname} fault list" shows them\n`);
+          }
+        };
         // No nemesis and nothing it left: nothing is injected (and listing starts nothing).
         if (nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
           if (json) out('[]');
           else out(`no fault is active${flag('all') ? ` (no nemesis runs; ${join(paths.home, 'faults', 'log.jsonl')} has every fault there was)` : ''}`);
+          elsewhere();
           return 0;
         }
         const nem = await NemesisClient.connect(paths.home);
@@ -1358,6 +1371,7 @@ export async function run(argv: string[]): Promise<number> {
           if (json) out(JSON.stringify(list));
           else if (list.length === 0) out(flag('all') ? 'no fault since the nemesis started' : 'no fault is active');
           else out(faultTable(list));
+          elsewhere();
           return 0;
         } finally {
           nem.close();

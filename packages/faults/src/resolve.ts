@@ -130,6 +130,9 @@ export interface Resolution extends FaultResolved {
 function hostOfVm(world: World, vm: string): string {
   const on = world.vms.filter((v) => v.vm === vm);
   if (on.length === 0) throw new ResolveError(`VM ${vm} is not running on any host${world.vms.length ? ` (running: ${[...new Set(world.vms.map((v) => v.vm))].join(', ')})` : ' (no VM runs)'}`);
+  // Hosts of a cluster may each have a VM of one name: the fault must not pick one of them silently.
+  const hosts = [...new Set(on.map((v) => v.host))].sort();
+  if (hosts.length > 1) throw new ResolveError(`VM ${vm} runs on more than one host (${hosts.join(', ')}): aim at one with --host (e.g. "hvlab --host ${hosts[0]} fault inject …")`);
   return on[0]!.host;
 }
 
@@ -152,7 +155,8 @@ export function resolveTarget(world: World, kind: string, target: Target, role: 
     case 'vms': {
       const names = [...new Set(world.vms.map((v) => v.vm))];
       if (names.length === 0) throw new ResolveError('no VM runs, so vms:' + target.select + ' selects nothing');
-      vms = pick(names, target.select, seed).map((vm) => ({ host: hostOfVm(world, vm), vm }));
+      // A name that runs on more than one host (hosts of a cluster may each have one) is every copy of it.
+      vms = pick(names, target.select, seed).flatMap((vm) => [...new Set(world.vms.filter((v) => v.vm === vm).map((v) => v.host))].sort().map((host) => ({ host, vm })));
       break;
     }
     case 'host':

@@ -86,4 +86,13 @@ describe('resolving fault targets', () => {
     expect(() => resolveTarget(w, 'pause', t('host:h3'), null, 1, {})).to.throw(ResolveError, /host h3 has no root process/);
     expect(() => resolveTarget(w, 'link', t('link:h1-h9'), null, 1, {})).to.throw(ResolveError, /no host h9/);
   });
+
+  it('refuses to pick one of two VMs of one name on two hosts, and a selector takes every copy', () => {
+    const w = world();
+    w.vms.push({ host: 'h1', vm: 'db' });
+    w.processes.push({ hostId: 'id0', role: 'partition', vm: 'db', pid: 104, start: 1 });
+    expect(() => resolveTarget(w, 'pause', t('vm:db'), null, 1, {})).to.throw(ResolveError, /VM db runs on more than one host \(h1, h2\): aim at one with --host/);
+    expect(() => resolveTarget(w, 'pause', t('host-of:db'), null, 1, {})).to.throw(ResolveError, /more than one host/);
+    expect(resolveTarget(w, 'vmbus', t('vms:all'), null, 1, {}).vms).to.deep.equal([{ host: 'h1', vm: 'db' }, { host: 'h2', vm: 'db' }, { host: 'h1', vm: 'web' }]);
+  });
 });
