@@ -319,6 +319,8 @@ describe('the hvlab command', function () {
       [['vm', 'new', 'a', '--rtc-offset', '1.5'], /^hvlab: --rtc-offset 1.5 is invalid: whole seconds within ±10 years$/],
       [['vm', 'stop', 'a', '--timeout', 'NaN'], /^hvlab: --timeout NaN is invalid/],
       [['vm', 'peek', 'a', '--gpa', '0x10', '--len', '-1'], /^hvlab: --len -1 is not a length/],
+      [['vm', 'peek', 'a', '--gpa', '0', '--len', '1G'], /^hvlab: --len 1G is more than one peek reads \(at most 16M\)$/],
+      [['vm', 'move', 'a', '--to', '../x'], /^hvlab: --to "\.\.\/x" is not a host name/],
       [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
       [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K$/],
     ];

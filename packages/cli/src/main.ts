@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  describeBlackout, formatBytes, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, CLUSTER_HOST_RE, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
@@ -211,7 +211,7 @@ export const COMMANDS: CommandSpec[] = [
     ...vmName(['vm', 'move'], 'live-migrate a running VM to another host of the cluster (Move-VM): pre-copy with kernel dirty tracking; shows passes, transferred/remaining, dirty rate, expected downtime'),
     group: 'Live migration',
     options: [
-      { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: nonEmpty('to') },
+      { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: (v) => (CLUSTER_HOST_RE.test(v) ? null : `--to ${JSON.stringify(v)} is not a host name (letters, digits and dashes, as the cluster's hosts are named)`) },
       {
         name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M; at least 64K (default: as fast as the link allows)',
         check: (v) => {
@@ -257,7 +257,7 @@ export const COMMANDS: CommandSpec[] = [
     ...vmName(['vm', 'peek'], 'read guest memory: a hex dump, or the raw bytes into a file', [], false),
     options: [
       { name: 'gpa', value: 'ADDR', required: true, help: 'guest physical address, decimal or 0x hex', check: (v) => (/^(0x[0-9a-f]+|\d+)$/i.test(v) && Number.isSafeInteger(Number(v)) ? null : `--gpa ${v} is not an address`) },
-      { name: 'len', value: 'N', required: true, help: 'bytes to read, e.g. 16 or 4M', check: (v) => { const n = parseSize(v); return n === null || n < 1 ? `--len ${v} is not a length` : null; } },
+      { name: 'len', value: 'N', required: true, help: 'bytes to read, e.g. 16 or 4M', check: (v) => { const n = parseSize(v); return n === null || n < 1 ? `--len ${v} is not a length` : n > MGMT_PEEK_MAX_BYTES ? `--len ${v} is more than one peek reads (at most ${formatBytes(MGMT_PEEK_MAX_BYTES)})` : null; } },
       { name: 'out', value: 'FILE', help: 'write the bytes to FILE instead of printing them', check: nonEmpty('out') },
     ],
   },
