@@ -463,6 +463,26 @@ describe('the hvlab command', function () {
   });
 });
 
+describe('experiment run\'s report directory', function () {
+  this.timeout(60000);
+
+  it('a file in the way of --out, or an existing cluster that is not up, fails before anything is made, in one line', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-test-out-'));
+    try {
+      const example = join(repo, 'examples', 'experiments', 'migration.yaml');
+      writeFileSync(join(dir, 'afile'), '');
+      const env = { HVLAB_HOME: join(dir, 'home') };
+      expectOneLine(await runBin(['experiment', 'run', example, '--out', join(dir, 'afile')], { cwd: dir, env }), 1, /^hvlab: cannot make the report directory .*afile: a file is in the way/, '--out onto a file');
+      const existing = join(dir, 'existing.yaml');
+      writeFileSync(existing, readFileSync(example, 'utf8').replace(/^cluster: new$/m, 'cluster: existing'));
+      expectOneLine(await runBin(['experiment', 'run', existing, '--out', join(dir, 'o1')], { cwd: dir, env }), 1, /^hvlab: no cluster is up for /, 'cluster: existing without one');
+      expect(existsSync(join(dir, 'o1')), 'no --out directory was made').to.equal(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('fault list and fault clear where nothing runs', function () {
   this.timeout(60000);
 

@@ -876,6 +876,20 @@ export interface RunExperimentOptions {
 }
 
 /** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
+/**
+ * Makes a run's report directory (`--out`), before anything starts, so one that cannot be made
+ * fails the run at once; as a sentence about `--out`, not a bare EEXIST from mkdir.
+ */
+export function makeReportDir(out: string): void {
+  try {
+    mkdirSync(out, { recursive: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission to make it' : (e as Error).message;
+    throw new ClusterError(`cannot make the report directory ${out}: ${why}`);
+  }
+}
+
 export function reportStamp(d: Date): string {
   return d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
@@ -907,8 +921,12 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
   const say = opts.progress ?? (() => {});
   const started = new Date();
   const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
+  // An existing cluster that is not there fails before anything is made (it left an empty --out).
+  if (spec.cluster === 'existing' && !readCluster(resolveHome(opts.home ?? null))) {
+    throw new ClusterError(`no cluster is up for ${resolveHome(opts.home ?? null)}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
+  }
   // Made first, so a directory that cannot be written fails before anything starts.
-  mkdirSync(out, { recursive: true });
+  makeReportDir(out);
   const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-experiment-')) : null;
   const home = resolveHome(tempHome ?? opts.home ?? null);
   const report: ExperimentReport = {

@@ -24,7 +24,7 @@ import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, fo
 import { resolveHome } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, removeVm } from '@hvlab/host';
 import {
-  ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp,
+  ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
@@ -219,7 +219,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const signal = opts.signal;
   const started = new Date();
   const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
-  mkdirSync(out, { recursive: true });
+  makeReportDir(out);
   const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-chaos-')) : null;
   const home = resolveHome(tempHome ?? opts.home ?? null);
   const owner = runOwner(spec.name);

@@ -41,7 +41,8 @@ export function readClusterKey(file: string): ClusterKey {
     text = readRegularFile(file, CLUSTER_KEY_MAX_BYTES).toString('utf8');
   } catch (e) {
     if (e instanceof FileShapeError) throw new ClusterKeyError(`${file} is not a cluster key file: ${e.message}`);
-    throw new ClusterKeyError(`cannot read the cluster key file ${file}: ${(e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ClusterKeyError(`cannot read the cluster key file ${file}: ${code === 'ENOENT' ? 'it does not exist' : code === 'EACCES' ? 'no permission to read it' : (e as Error).message}`);
   }
   const d = decodeClusterKey(text);
   if (!d.ok) throw new ClusterKeyError(`${file} is not a cluster key file: ${d.message}`);
