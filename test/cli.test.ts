@@ -374,6 +374,16 @@ describe('the hvlab command', function () {
       expect(left.shm, '/dev/shm files left behind').to.deep.equal([]);
     });
 
+    it('vm stop of a paused VM says it cannot ask its guest, at once, and the VM stays paused', async () => {
+      await h.ok('vm', 'pause', 'alpha');
+      try {
+        expectOneLine(await h.run('vm', 'stop', 'alpha'), 1, /^hvlab: cannot stop VM "alpha": it is Paused, so its guest cannot be asked to shut down \("hvlab vm resume" first\); use --force to turn it off$/, 'vm stop of a paused VM');
+        expect((await h.json<VmInfo[]>('vm', 'list'))[0]!.state).to.equal('Paused');
+      } finally {
+        await h.ok('vm', 'resume', 'alpha');
+      }
+    });
+
     it('a mistyped option creates nothing', async () => {
       const r = await h.run('vm', 'new', 'y', '--memroy', '32M');
       expectOneLine(r, 2, /unknown option --memroy for "vm new" \(did you mean --memory\?\)/, 'vm new y --memroy 32M');

@@ -1075,6 +1075,11 @@ export class Vmms {
       throw new MgmtFailure('Timeout', `VM "${r.config.name}" did not shut down: ${why}; use --force to turn it off`);
     };
     if (r.state === EnabledState.Stopping) return await fail('its guest is shutting down');
+    // A guest that cannot be asked (Starting, Paused) is said so at once, as other commands say
+    // a state, not as a shutdown that "did not" happen: no request was made.
+    if (!force && (r.state === EnabledState.Starting || r.state === EnabledState.Paused)) {
+      throw new MgmtFailure('InvalidState', `cannot stop VM "${r.config.name}": it is ${vmStateName(r.state)}, so its guest cannot be asked to shut down${r.state === EnabledState.Paused ? ' ("hvlab vm resume" first)' : ''}; use --force to turn it off`);
+    }
     if (r.state !== EnabledState.Running || !r.link || !vmDevices(r.config).some((d) => d.class === 'shutdown' && d.enabled)) {
       return await fail(r.state === EnabledState.Running ? 'the shutdown integration service is not available' : `it is ${vmStateName(r.state)}`);
     }
