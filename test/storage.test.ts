@@ -86,7 +86,15 @@ describe('a full HVLAB_HOME and bad VM files', function () {
     const vmDir = h.paths.vmDir;
     execFileSync('mkdir', ['-p', vmDir]);
     writeFileSync(join(vmDir, 'bad.json'), '{"version":1,"id":"3f2b8c1e-8d4a-4f7e-9b1a-2c3d4');
+    execFileSync('mkdir', ['-p', join(vmDir, 'adir.json')]);
     await h.ok('up', '--lps', '1');
+    // A directory in a config's place is listed Invalid, and delete leaves it, saying why (it was an EISDIR).
+    expect((await vm('adir')).state).to.equal('Invalid');
+    const del = await h.run('vm', 'delete', 'adir');
+    expect(del.code).to.equal(1);
+    expect(del.stderr).to.match(/adir\.json is a directory, not a configuration hvlab wrote: it is left as it is/);
+    expect(existsSync(join(vmDir, 'adir.json'))).to.equal(true);
+    rmSync(join(vmDir, 'adir.json'), { recursive: true });
     const bad = await vm('bad');
     expect(bad.state).to.equal('Invalid');
     expect(bad.lastStateReason).to.match(/bad\.json is invalid: it is not JSON/);

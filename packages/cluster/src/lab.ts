@@ -146,7 +146,7 @@ export type ClusterHostTarget =
 /** Host `name` of the cluster that is up in `home`; a ClusterError naming the hosts when there is none. */
 export async function clusterHostTarget(home: string, name: string): Promise<ClusterHostTarget> {
   const c = readCluster(home);
-  if (!c) throw new ClusterError(`no cluster is up for ${home}: --host names a host of a cluster ("hvlab cluster up FILE")`);
+  if (!c) throw new ClusterError(`no cluster is up for ${home}: "${name}" would be a host of a cluster (--host and the link commands name a cluster's hosts; "hvlab cluster up FILE")`);
   if (c.topology.hosts.some((h) => h.name === name)) return { kind: 'local', paths: hostPaths(clusterHostHome(home, name)) };
   const st = await fabricStatus(home).catch(() => null);
   const m = st?.members.find((x) => x.name === name && !x.local);

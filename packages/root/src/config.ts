@@ -319,6 +319,12 @@ export class ConfigStore {
   /** Removes exactly `NAME.json` (a file that is already gone is fine). */
   remove(name: string): void {
     const file = this.fileOf(name);
+    // Exactly a file: a directory in its place (listed as an Invalid VM) is not hvlab's to remove.
+    let isDir = false;
+    try {
+      isDir = nodeFs.lstatSync(file).isDirectory();
+    } catch { /* gone: fine */ }
+    if (isDir) throw new MgmtFailure('InvalidState', `${file} is a directory, not a configuration hvlab wrote: it is left as it is (remove it yourself to forget VM "${name}")`);
     try {
       this.io.rmSync(file, { force: true });
     } catch (e) {
