@@ -718,9 +718,27 @@ function helpFor(argv: string[]): string | null {
   const end = argv.indexOf('--');
   const head = end < 0 ? argv : argv.slice(0, end);
   if (!head.includes('--help') && !head.includes('-h')) return null;
-  const words = head.filter((t, i) => !looksLikeOption(t) && !(i > 0 && head[i - 1] === '--home'));
+  const words = head.filter((t, i) => !looksLikeOption(t) && !(i > 0 && (head[i - 1] === '--home' || head[i - 1] === '--host')));
+  if (words.length === 0 || (words[0] === 'help' && words.length === 1)) return fullHelp();
   const spec = findSpec(words.slice(0, 2)) ?? findSpec(words.slice(0, 1));
-  return spec ? commandHelp(spec) : fullHelp();
+  if (spec) return commandHelp(spec);
+  // A group alone ("vm --help"): its commands, one line each. Anything else is a command that is
+  // not there, said as such (it printed the whole help, with exit code 0).
+  const subs = subcommandsOf(words[0]!);
+  if (subs && words.length === 1) return groupHelp(words[0]!);
+  throw unknownCommand(subs ? words.slice(0, 2) : words.slice(0, 1));
+}
+
+/** `hvlab GROUP --help`: the group's commands, each with its usage and what it does. */
+function groupHelp(word: string): string {
+  const specs = COMMANDS.filter((c) => c.words[0] === word && c.words.length > 1);
+  const out = [`Usage: hvlab ${word} SUBCOMMAND [ARGUMENTS] [OPTIONS]`, '', 'Subcommands:'];
+  for (const spec of specs) {
+    out.push(`  ${usageOf(spec).slice('hvlab '.length)}`);
+    out.push(wrap(spec.help, 98, '      '));
+  }
+  out.push('', `"hvlab ${word} SUBCOMMAND --help" describes its options.`);
+  return out.join('\n');
 }
 
 /** hvlab's version: packages/cli/package.json's (cli/test/args.test.ts checks that the two agree). */

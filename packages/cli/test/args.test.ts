@@ -149,6 +149,20 @@ describe('the hvlab command line', () => {
     expect(parseCommandLine(['--help'])).to.deep.equal({ kind: 'help', text: fullHelp() });
     expect(parseCommandLine([])).to.deep.equal({ kind: 'help', text: fullHelp() });
     expect(parseCommandLine(['vm', 'kvp', 'a', 'set', 'k', '--', '--help'])).to.have.property('kind', 'run');
+    expect(parseCommandLine(['--host', 'h1', 'vm', 'list', '--help'])).to.deep.equal({ kind: 'help', text: commandHelp(COMMANDS.find((c) => c.words.join(' ') === 'vm list')!) });
+  });
+
+  it('answers a group\'s --help with its commands, and --help of a command that is not there as unknown', () => {
+    for (const argv of [['vm', '--help'], ['help', 'vm']]) {
+      const h = parseCommandLine(argv);
+      expect(h.kind, argv.join(' ')).to.equal('help');
+      const text = (h as { text: string }).text;
+      expect(text).to.match(/^Usage: hvlab vm SUBCOMMAND/);
+      for (const c of COMMANDS.filter((x) => x.words[0] === 'vm')) expect(text).to.include(`  ${usageOf(c).slice('hvlab '.length)}`);
+      expect(text).to.not.include('cluster up');
+    }
+    expect(() => parseCommandLine(['frob', '--help'])).to.throw(UsageError, /^unknown command "frob"/);
+    expect(() => parseCommandLine(['vm', 'strat', '--help'])).to.throw(UsageError, /^unknown command "vm strat" \(did you mean "vm start"\?\)/);
   });
 
   it('answers --version (or -V) alone with the version of hvlab, package.json\'s, and of Node; with other options it must go alone, after a command it is unknown', () => {
