@@ -123,7 +123,7 @@ describe('clusters on one machine', function () {
     ]);
     const noLink = await h.run('link', 'probe', 'h1', 'h3');
     expect(noLink.code).to.equal(1);
-    expect(noLink.stderr).to.match(/h1 has no link to h3 \(peers: h2\)/);
+    expect(noLink.stderr).to.match(/h1 has no link to h3 that is up: that host is down, or not linked to h1 \(peers up: h2\)/);
 
     // The picture of the running cluster carries the hosts' addresses; --out writes it.
     const dot = await h.ok('cluster', 'graph', '--dot');
@@ -198,6 +198,11 @@ describe('clusters on one machine', function () {
     const member = await h.run('--host', 'h1', 'up');
     expect(member.code).to.equal(1);
     expect(member.stderr).to.match(/^hvlab: h1 is a host of the cluster in .*: its hosts come up with the cluster/);
+    // A host brought down alone is said to be down, not to need an "up" that is refused there.
+    await h.ok('--host', 'h1', 'down');
+    const gone = await h.run('--host', 'h1', 'vm', 'list');
+    expect(gone.code).to.equal(1);
+    expect(gone.stderr).to.match(/^hvlab: host h1 of the cluster is down; a host brought down alone stays down until the cluster is brought down/);
     // "down" takes down what "up --hosts" brought up: everything of this home is the cluster.
     const downHere = await h.run('down');
     expect(downHere.code, downHere.stderr).to.equal(0);

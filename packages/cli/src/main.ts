@@ -1140,6 +1140,10 @@ function needHost(paths: HostPaths): MgmtClient {
     rec = readHost(paths);
   }
   if (rec === null) {
+    // A host of a cluster (--host NAME) that is down: "up" is refused there (its hosts come up with
+    // the cluster), so that is not the advice.
+    const ofCluster = /\/cluster\/hosts\/([^/]+)\/?$/.exec(paths.home);
+    if (ofCluster) throw new CliError(`host ${ofCluster[1]} of the cluster is down; a host brought down alone stays down until the cluster is brought down ("hvlab cluster down") and up again`);
     const cluster = clusterHint(paths.home);
     throw new CliError(`no host is up for ${paths.home}; ${cluster ? `it holds ${cluster}` : 'run "hvlab up" first'}`);
   }

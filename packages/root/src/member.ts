@@ -115,6 +115,12 @@ export class ClusterMember {
     return this.cfg.host;
   }
 
+  /** Why `peer` cannot be reached: it is down, or not linked to this host (the fabric lists only linked hosts that are up). */
+  private noPeer(peer: string): string {
+    if (!this.joined) return `${this.cfg.host} has no link to ${peer} (it has not joined its cluster yet)`;
+    return `${this.cfg.host} has no link to ${peer} that is up: that host is down, or not linked to ${this.cfg.host} (${this.peers.size ? `peers up: ${[...this.peers.keys()].join(', ')}` : 'no peer of it is up'})`;
+  }
+
   get key(): ClusterKey {
     return this.cfg.key;
   }
@@ -126,7 +132,7 @@ export class ClusterMember {
   async linkTo(peer: string): Promise<{ endpoint: string; direct: string }> {
     if (!this.peers.has(peer)) await this.refresh();
     const p = this.peers.get(peer);
-    if (!p) throw new MgmtFailure('NotFound', `${this.cfg.host} has no link to host "${peer}"${this.peers.size ? ` (peers: ${[...this.peers.keys()].join(', ')})` : this.joined ? ' (it has no peers)' : ' (it has not joined its cluster yet)'}`);
+    if (!p) throw new MgmtFailure('NotFound', this.noPeer(`host "${peer}"`));
     return { endpoint: `tcp://${this.cfg.fabricHost}:${p.entry.port}`, direct: `tcp://${p.entry.address}:${p.entry.peerPort}` };
   }
 
@@ -242,7 +248,7 @@ export class ClusterMember {
     // A peer that joined since the last refresh is in the fabric's book already: ask now.
     if (!this.peers.has(args.peer)) await this.refresh();
     const p = this.peers.get(args.peer);
-    if (!p) throw new MgmtFailure('NotFound', `${this.cfg.host} has no link to ${args.peer}${this.peers.size ? ` (peers: ${[...this.peers.keys()].join(', ')})` : this.joined ? ' (it has no peers)' : ' (it has not joined its cluster yet)'}`);
+    if (!p) throw new MgmtFailure('NotFound', this.noPeer(String(args.peer)));
     const direct = args.direct === true;
     const via = direct ? `${p.entry.address}:${p.entry.peerPort}` : `${this.cfg.fabricHost}:${p.entry.port}`;
     const timeoutMs = args.timeoutMs ?? 5000;
