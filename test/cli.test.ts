@@ -321,6 +321,8 @@ describe('the hvlab command', function () {
       [['vm', 'peek', 'a', '--gpa', '0x10', '--len', '-1'], /^hvlab: --len -1 is not a length/],
       [['vm', 'peek', 'a', '--gpa', '0', '--len', '1G'], /^hvlab: --len 1G is more than one peek reads \(at most 16M\)$/],
       [['vm', 'move', 'a', '--to', '../x'], /^hvlab: --to "\.\.\/x" is not a host name/],
+      [['fault', 'clear', '../x'], /^hvlab: "\.\.\/x" is not a fault's id \("hvlab fault list" shows them\)$/],
+      [['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '10s', '--offset', '99999h'], /^hvlab: --offset 99999h is more than a clock fault shifts \(at most 7 days either way\)$/],
       [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
       [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K$/],
     ];

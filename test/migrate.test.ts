@@ -389,6 +389,10 @@ describe('live migration between two hosts', function () {
       later = await st();
       return later !== null && later.pass === 1 && later.ram.transferred > first!.ram.transferred && later['total-time'] > first!['total-time'];
     }, 20000), 'and more of them a moment later, in the same pass').to.equal(true);
+    // Asked of the destination, move-cancel says where the move is cancelled.
+    const there = await h.run('--host', 'h2', 'vm', 'move-cancel', 'sl');
+    expect(there.code).to.equal(1);
+    expect(there.stderr).to.match(/VM "sl" is being moved here from h1: its move is cancelled there \("hvlab --host h1 vm move-cancel sl"\)/);
     // Ctrl-C of the CLI cancels the move, as virsh's does (it used to leave it running, without a word).
     moving.child.kill('SIGINT');
     const m = await moving.done;

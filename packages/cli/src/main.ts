@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, CLUSTER_HOST_RE, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
@@ -411,7 +411,11 @@ function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | u
       if (params.delayMs === undefined) throw new UsageError('an interrupt-delay fault needs --delay TIME');
       break;
     case 'clock':
-      if (opt('offset') !== undefined) params.offsetMs = signedDurationMs(opt('offset')!);
+      if (opt('offset') !== undefined) {
+        const ms = signedDurationMs(opt('offset')!);
+        if (ms !== null && Math.abs(ms) > CLOCK_MAX_OFFSET_MS) throw new ValueError(`--offset ${opt('offset')} is more than a clock fault shifts (at most 7 days either way)`);
+        params.offsetMs = ms;
+      }
       num('skew', 'skewPpm');
       if (params.offsetMs === undefined && params.skewPpm === undefined) throw new UsageError('a clock fault needs --offset TIME and/or --skew PPM');
       break;
@@ -1400,6 +1404,7 @@ export async function run(argv: string[]): Promise<number> {
         }
       }
       case 'fault clear': {
+        if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/.test(name)) throw new ValueError(`"${name}" is not a fault's id ("hvlab fault list" shows them)`);
         // As fault list: no nemesis and nothing it left, nothing to end (and clearing starts nothing).
         if (name === undefined && nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
           out(json ? '[]' : 'no fault was active');

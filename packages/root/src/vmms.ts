@@ -1356,7 +1356,11 @@ export class Vmms {
   /** Move-cancel: safe in every phase before the commit (the VM stays here, the destination drops its attempt). */
   moveCancel(name: unknown): MigrationStats {
     const r = this.get(name);
-    if (!r.moving) throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is not being moved`);
+    if (!r.moving) {
+      // Asked of the destination: the move is the source's to cancel.
+      if (r.incoming) throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is being moved here from ${r.incoming.from}: its move is cancelled there ("hvlab --host ${r.incoming.from} vm move-cancel ${r.config.name}")`);
+      throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is not being moved`);
+    }
     r.moving.cancelled ??= 'cancelled by the user';
     r.moving.cancel('cancelled by the user');
     return this.moves.get(r.config.name)!;
