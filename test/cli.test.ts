@@ -386,6 +386,13 @@ describe('the hvlab command', function () {
       }
     });
 
+    it('logs --vm of a VM without logs says so, naming the VMs that have some', async () => {
+      expectOneLine(await h.run('logs', '--vm', 'nosuch'), 1, /^hvlab: no logs of VM "nosuch" under .* \(VMs with logs: .*alpha.*\)$/, 'logs --vm nosuch');
+      const r = await h.run('logs', '--vm', 'alpha');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(/vmwp\/alpha/);
+    });
+
     it('a mistyped option creates nothing', async () => {
       const r = await h.run('vm', 'new', 'y', '--memroy', '32M');
       expectOneLine(r, 2, /unknown option --memroy for "vm new" \(did you mean --memory\?\)/, 'vm new y --memroy 32M');

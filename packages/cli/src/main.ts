@@ -991,7 +991,8 @@ function formatLog(line: string): string | null {
     const who = [o.role, o.vm].filter((x) => x !== undefined && x !== null).join('/');
     const skip = new Set(['level', 'time', 'msg', 'pid', 'host', 'role', 'vm', 'hostname']);
     const rest = Object.entries(o).filter(([k]) => !skip.has(k)).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join(' ');
-    return `${String(o.time)} ${lvl.padEnd(5)} ${who.padEnd(18)} ${String(o.msg ?? '')}${rest ? '  ' + rest : ''}`;
+    // Escaped: a guest's debug message, say, may hold what a terminal would act on.
+    return printable(`${String(o.time)} ${lvl.padEnd(5)} ${who.padEnd(18)} ${String(o.msg ?? '')}${rest ? '  ' + rest : ''}`);
   } catch {
     return null;
   }
@@ -1767,6 +1768,11 @@ export async function run(argv: string[]): Promise<number> {
         const vm = opt('vm');
         if (!existsSync(paths.logDir)) throw new CliError(`no logs under ${paths.logDir}`);
         const files = logFiles(paths.logDir);
+        if (vm !== undefined && !flag('follow')) {
+          // A VM's lines are in its worker's and partition's files: with neither, there is no such VM's log (it printed nothing, with exit code 0).
+          const withLogs = [...new Set(files.map((f) => /^(?:vmwp|partition)-(.+)\.log$/.exec(f.slice(f.lastIndexOf('/') + 1))?.[1]).filter((x): x is string => x !== undefined))].sort();
+          if (!withLogs.includes(vm)) throw new CliError(`no logs of VM ${JSON.stringify(vm)} under ${paths.logDir} (${withLogs.length ? `VMs with logs: ${withLogs.join(', ')}` : 'no VM has logs'})`);
+        }
         const filter = (line: string): string | null => {
           try {
             const o = JSON.parse(line) as { role?: unknown; vm?: unknown } | null;
