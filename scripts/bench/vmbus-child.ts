@@ -322,6 +322,8 @@ async function bootStandInGuest(
   const control = new SharedArrayBuffer(16);
   // The line the VP raises SINT 2 on, as the kernel's VPs do (null: a message per SINT, as there).
   const line = SintLine.open(1, (_vp, sint) => onSint(sint));
+  // And the hypervisor raises SINT 2 there itself while VP 0 is halted, as it does for the kernel (GuestKernel.lineToHypervisor).
+  line?.attachHypervisor(vpRegion, [BENCH_SINT], hv);
   const start: VpStart = {
     memory: mem.share(), vpRegion, sched, control, vpIndex: 0, vpCount: 1, sintVectors: { [BENCH_SINT_VECTOR]: BENCH_SINT }, sintLine: line?.handle ?? null,
   };

@@ -28,7 +28,7 @@ import { GuestWallClock, ReferenceClock } from './clock.js';
 import { GuestMemory } from './memory.js';
 import { TaskTable } from './workloads.js';
 import { CTL_HELD, CTL_SUSPENDED, forgetArmedTimers, stopVpThreads, type VpStart } from './vp.js';
-import { SintLine } from './sint-line.js';
+import { SintLine, type LineRinger } from './sint-line.js';
 import { firstVpThreadCodeCache, takeSpareVpThread, VP_THREAD_ENTRY } from './spare.js';
 import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 import { waitForSuspension } from '@hvlab/runtime';
@@ -290,6 +290,7 @@ export class GuestKernel {
       this.onVpsOnline();
     }
     this.mem.setU32(s + StatusPage.vpsOnline, this.boot.vpCount);
+    this.lineToHypervisor();
     if (this.runGate) await this.runGate.ran;
     if (!resume && !this.local) {
       // A host-side wait for VP 0's CMOS read (polling guest memory): nothing of it enters guest state.
@@ -352,6 +353,19 @@ export class GuestKernel {
   private interrupts: Promise<void> = Promise.resolve();
   /** Where the VP threads raise SINTs (null: they post a message each). */
   private sintLine: SintLine | null = null;
+
+  /**
+   * Lets the hypervisor raise GUEST_SINT on the SINT line directly while a VP is halted (sint-line.ts):
+   * registered here, in start, once `vmbusResuming` says what a SINT taken now must do (a resumed
+   * kernel leaves what comes before its VMBus client is restored for its scan). Only GUEST_SINT: it
+   * is the SINT that scan covers on every VP. Nothing without a VP region or a hypercall page.
+   */
+  private lineToHypervisor(): void {
+    const line = this.sintLine;
+    const hv = this.hv as Partial<LineRinger>;
+    if (this.local || !line || typeof hv.onPageAttention !== 'function') return;
+    if (!line.attachHypervisor(this.vpRegion, [GUEST_SINT], hv as LineRinger)) this.log.info({}, 'no hypercall page: the hypervisor raises SINTs through the VPs');
+  }
 
   /** A VP raised SINT `sint`: handled after the ones before it. */
   private raised(vp: number, sint: number): void {

@@ -20,10 +20,28 @@
  * runs each) 49.6-50.1 against 45.4-47.4. `bench vmbus`'s signalled ring round trip, seven full
  * runs each way alternated: p50 median 45.7 µs against 50.3 with messages.
  *
+ * The hypervisor raises SINTs on the line too (`attachHypervisor`): a SINT for a halted VP of
+ * this partition would wake that VP only for it to raise the SINT here and halt again, so the
+ * hypervisor sets the SINT's bit in the VP page's sintLineRaised word itself (the VP region is
+ * shared with it) and rings this process's hypercall page, whose `attention` the loop serves. The
+ * kernel says which SINTs it services here with a bit each in the VP page's sintLineOn word
+ * (hvlab's own register, 0 by default: the hypervisor then pends the vector as the TLFS says);
+ * the hypervisor raises one here only while the VP is halted, the partition and the VP are not
+ * suspended, and the APIC would take the vector now (vpage.ts sintLineAccepts; hcloop.ts
+ * raiseOnLine). Those words are not saved state: a SINT raised on the line just before a save or a
+ * move that the loop had not served is still in the SynIC's event flags or message slot, in guest
+ * memory, and a resumed kernel scans every such SINT on every VP once (GuestKernel.resumeVmbus).
+ *
  * Without the addon's wake descriptors (`openWakeFd` gives null, or this process may not take its
  * own descriptor), `SintLine.open` gives null and the VP threads post messages as before.
  */
 import { closeWakeFd, openWakeFd, signalWakeFd, watchWakeFd, type WakeFd } from '@hvlab/shm';
+import { VpPage, vpPageOffset } from '@hvlab/protocol';
+
+/** What rings when the hypervisor raised a SINT on the line: the session's page (HvClient.onPageAttention). */
+export interface LineRinger {
+  onPageAttention(fn: () => void): (() => void) | null;
+}
 
 /** What a VP thread needs to raise SINTs on the line (it travels in VpStart: plain data). */
 export interface SintLineHandle {
@@ -54,6 +72,8 @@ export class SintLine {
   readonly handle: SintLineHandle;
   private readonly words: Int32Array;
   private unwatch: (() => void) | null = null;
+  /** The hypervisor's side (attachHypervisor): the VP region as words, the registered SINT bits, and what stops the ring's hook. */
+  private hv: { words: Int32Array; bits: number; unhook: () => void } | null = null;
 
   private constructor(fd: WakeFd, vpCount: number, private readonly onSint: (vp: number, sint: number) => void) {
     this.handle = { id: fd.id, pending: new SharedArrayBuffer(4 * vpCount) };
@@ -78,6 +98,39 @@ export class SintLine {
     return line;
   }
 
+  /**
+   * Lets the hypervisor raise SINTs `sints` on this line for every VP (see the module comment):
+   * `ringer` is this process's hypervisor session, whose page rings when it did; `vpRegion` the
+   * partition's VP region. Registers the SINTs in each VP page (VpPage.sintLineOn) once the ring is
+   * served. False when the session has no page (nothing would ring): the hypervisor then goes on
+   * through the VPs.
+   */
+  attachHypervisor(vpRegion: SharedArrayBuffer, sints: readonly number[], ringer: LineRinger): boolean {
+    if (this.hv || !this.unwatch) return this.hv !== null;
+    const vpCount = this.words.length;
+    if (vpRegion.byteLength < vpPageOffset(vpCount)) return false;
+    let bits = 0;
+    for (const s of sints) if (Number.isInteger(s) && s >= 0 && s < SINTS) bits |= 1 << s;
+    const words = new Int32Array(vpRegion);
+    const unhook = ringer.onPageAttention(() => this.serveHypervisor());
+    if (!unhook) return false;
+    this.hv = { words, bits, unhook };
+    for (let vp = 0; vp < vpCount; vp++) Atomics.or(words, (vpPageOffset(vp) + VpPage.sintLineOn) >> 2, bits);
+    return true;
+  }
+
+  /** Takes every SINT the hypervisor raised (VpPage.sintLineRaised), a VP's word at a time. */
+  private serveHypervisor(): void {
+    const hv = this.hv;
+    if (!hv) return;
+    for (let vp = 0; vp < this.words.length && this.hv; vp++) {
+      const at = (vpPageOffset(vp) + VpPage.sintLineRaised) >> 2;
+      if (Atomics.load(hv.words, at) === 0) continue;
+      const bits = Atomics.exchange(hv.words, at, 0);
+      for (let s = 0; s < SINTS; s++) if ((bits & (1 << s)) !== 0) this.onSint(vp, s);
+    }
+  }
+
   /** Takes every raised SINT, a VP's word at a time, and hands each to `onSint`. */
   private serve(): void {
     const words = this.words;
@@ -92,6 +145,13 @@ export class SintLine {
   /** Stops watching and closes the descriptor; a VP's raise after this is lost (its signal is ignored). */
   close(): void {
     if (!this.unwatch) return;
+    const hv = this.hv;
+    if (hv) {
+      // The hypervisor goes through the VPs again (a raise it made here meanwhile is left unserved, as a VP's after close).
+      for (let vp = 0; vp < this.words.length; vp++) Atomics.and(hv.words, (vpPageOffset(vp) + VpPage.sintLineOn) >> 2, ~hv.bits);
+      hv.unhook();
+      this.hv = null;
+    }
     this.unwatch();
     this.unwatch = null;
     closeWakeFd(this.handle.id);

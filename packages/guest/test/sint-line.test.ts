@@ -106,6 +106,49 @@ describe('SintLine: VP threads raise SINTs on the kernel thread\'s loop', functi
     });
   }
 
+  it('serves the SINTs the hypervisor raised in the VP pages when the page rings, registers them there, and unregisters at close', async () => {
+    const got: Array<[number, number]> = [];
+    const line = SintLine.open(2, (vp, sint) => got.push([vp, sint]))!;
+    const region = new SharedArrayBuffer(vpPageOffset(2));
+    const words = new Int32Array(region);
+    const at = (vp: number, f: number): number => (vpPageOffset(vp) + f) >> 2;
+    let ring: (() => void) | null = null;
+    let unhooked = false;
+    const ringer = {
+      onPageAttention: (fn: () => void) => {
+        ring = fn;
+        return () => void (unhooked = true);
+      },
+    };
+    try {
+      expect(line.attachHypervisor(region, [2], ringer)).to.equal(true);
+      expect([0, 1].map((vp) => Atomics.load(words, at(vp, VpPage.sintLineOn)))).to.deep.equal([1 << 2, 1 << 2]);
+      // The hypervisor's raise: the bit, then the ring.
+      Atomics.or(words, at(1, VpPage.sintLineRaised), 1 << 2);
+      ring!();
+      expect(got).to.deep.equal([[1, 2]]);
+      expect(Atomics.load(words, at(1, VpPage.sintLineRaised)), 'the word taken').to.equal(0);
+      // A ring with nothing raised (a completed call) serves nothing.
+      ring!();
+      expect(got).to.have.length(1);
+      // A VP thread's raise still comes on the line's own descriptor.
+      sintRaiser(line.handle)(0, 2);
+      await until(() => got.length >= 2);
+      expect(got[1]).to.deep.equal([0, 2]);
+    } finally {
+      line.close();
+    }
+    expect(unhooked).to.equal(true);
+    expect([0, 1].map((vp) => Atomics.load(words, at(vp, VpPage.sintLineOn))), 'unregistered').to.deep.equal([0, 0]);
+    // No page, nothing rings: not attached, nothing registered.
+    const l2 = SintLine.open(1, () => undefined)!;
+    try {
+      expect(l2.attachHypervisor(new SharedArrayBuffer(vpPageOffset(1)), [2], { onPageAttention: () => null })).to.equal(false);
+    } finally {
+      l2.close();
+    }
+  });
+
   it('gives no line for a VP count that is not a positive whole number', () => {
     for (const n of [0, -1, 1.5, Number.NaN]) expect(SintLine.open(n, () => undefined)).to.equal(null);
   });

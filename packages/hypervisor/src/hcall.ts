@@ -38,6 +38,8 @@ const SUSPEND_ROUTE_CALLS: ReadonlySet<number> = new Set([HvCall.InitializeParti
 
 /** `HVLAB_HC_FAST_SUSPEND=0`: every Suspend through a page goes to the main thread (for comparisons). */
 const FAST_SUSPEND = process.env.HVLAB_HC_FAST_SUSPEND !== '0';
+/** Whether the scheduler thread may raise a registered SINT on a guest's line (hcloop.ts); HVLAB_SINT_LINE=0 turns it off. */
+const SINT_LINE = process.env.HVLAB_SINT_LINE !== '0';
 
 interface PageSession extends PageRef {
   name: string;
@@ -141,8 +143,11 @@ export class HcService {
   /** Where an intercept goes that did not fit in its session's event queue (the socket). */
   onUndelivered: (sid: string, ev: HcEvent) => void = () => {};
 
-  get stats(): { fastCalls: number; forwarded: number } {
-    return { fastCalls: Atomics.load(this.stateI32, HcStateWord.fastCalls), forwarded: Atomics.load(this.stateI32, HcStateWord.forwarded) };
+  get stats(): { fastCalls: number; forwarded: number; lineRaises: number } {
+    return {
+      fastCalls: Atomics.load(this.stateI32, HcStateWord.fastCalls), forwarded: Atomics.load(this.stateI32, HcStateWord.forwarded),
+      lineRaises: Atomics.load(this.stateI32, HcStateWord.lineRaises),
+    };
   }
 
   /**
@@ -275,6 +280,12 @@ export class HcService {
     const epoch = Atomics.load(this.stateI32, HcStateWord.epoch);
     // A root route's owner must have a page for the thread to deliver to it.
     if (route.kind === 'root' && !this.pages.has(route.ownerSession)) return;
+    if (route.kind === 'child') {
+      // The SINT line (hcloop.ts) wakes the target's session: the one with a page, when it is the only one.
+      const paged = SINT_LINE ? route.targetSessions.filter((t) => this.pages.has(t)) : [];
+      this.post({ t: 'route', sid, connectionId, epoch, route, lineSession: paged.length === 1 ? paged[0]! : null });
+      return;
+    }
     this.post({ t: 'route', sid, connectionId, epoch, route });
   }
 

@@ -32,7 +32,7 @@
  * thread, which decodes it with decodeHcCall.
  */
 import {
-  HcWord, HcWaiting, HcWakeBy, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_SIGNAL_MORE_MAX, PartitionProperty, decodeHcCall, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, type HcEvent,
+  HcWord, HcWaiting, HcWakeBy, HC_INPUT_OFFSET, HC_INPUT_MAX, HC_OUTPUT_OFFSET, HC_SIGNAL_MORE_MAX, PartitionProperty, decodeHcCall, HC_PAGE_BYTES, HcEventWord, MAX_MESSAGE_PAYLOAD, HvCall, HvStatus, VirtualApicView, pendInterrupt, pushHcEvent, raiseSintLine, sintLineAccepts, type HcEvent,
 } from '@hvlab/protocol';
 import { futexWake, signalWakeFd } from '@hvlab/shm';
 import type { SignalRoute } from './hypervisor.js';
@@ -41,7 +41,7 @@ import type { SignalRoute } from './hypervisor.js';
  * Int32 words of the hypercall server's private state (a SharedArrayBuffer of the hypervisor
  * process only, never a /dev/shm file: no session can write the epoch).
  */
-export const HcStateWord = { epoch: 0, fastCalls: 1, forwarded: 2 } as const;
+export const HcStateWord = { epoch: 0, fastCalls: 1, forwarded: 2, lineRaises: 3 } as const;
 export const HC_STATE_BYTES = 16;
 /** Entries one session's backlog holds at most (see queueEvent). */
 export const MAX_BACKLOG = 4096;
@@ -52,7 +52,8 @@ export type ToHcThread =
   /** Session `sid` may suspend and resume partition `partitionId` (see the file's comment). */
   | { t: 'suspendRoute'; sid: string; partitionId: number }
   | { t: 'sessionGone'; sid: string }
-  | { t: 'route'; sid: string; connectionId: number; epoch: number; route: SignalRoute }
+  /** `lineSession`: a child route's target session, whose loop a SINT raised on the guest's line wakes (null: no line). */
+  | { t: 'route'; sid: string; connectionId: number; epoch: number; route: SignalRoute; lineSession?: string | null }
   /** AssertVirtualInterrupt by session `sid` on VP `vpIndex` of partition `partitionId` lands in that VP's APIC. */
   | { t: 'interruptRoute'; sid: string; partitionId: number; vpIndex: number; epoch: number; vpRegion: SharedArrayBuffer; vpOffset: number }
   /** An event for a root port whose owner has a page (the main thread served the SignalEvent), or an intercept for a session with a page. */
@@ -82,6 +83,9 @@ interface ChildRoute {
   vector: number;
   autoEoi: boolean;
   target: VpTarget;
+  sint: number;
+  /** The target partition's session (see raiseOnLine); null: always the APIC. */
+  lineSession: string | null;
 }
 /** A VP that interrupts are pended on (pendInterrupt's arguments), and who it is (for the dispatch hook). */
 interface VpTarget {
@@ -106,6 +110,13 @@ export type DispatchHook = (partitionId: number, vpIndex: number) => boolean;
  * the partition is not the scheduler's (the call then goes to the main thread).
  */
 export type SuspendHook = (partitionId: number, on: boolean) => { changed: boolean; seq: number } | null;
+/**
+ * The scheduler's say on raising a SINT on a guest's line (SchedulerLoop.sintLineOk): true when
+ * VP `vpIndex` of partition `partitionId` is halted, neither it nor its partition is suspended (or
+ * stalled), and no interrupt delay holds the partition's interrupts. Asked on the scheduler thread,
+ * which applies suspensions: none is taken between this answer and the raise.
+ */
+export type LineHook = (partitionId: number, vpIndex: number) => boolean;
 interface RootRoute {
   kind: 'root';
   epoch: number;
@@ -187,7 +198,10 @@ export class HcLoop {
   private deferring = false;
   private readonly deferred: Array<{ page: PageRef; seq: number }> = [];
 
-  constructor(state: SharedArrayBuffer, private readonly out: (m: FromHcThread) => void, private readonly dispatch: DispatchHook | null = null, private readonly suspend: SuspendHook | null = null) {
+  constructor(
+    state: SharedArrayBuffer, private readonly out: (m: FromHcThread) => void, private readonly dispatch: DispatchHook | null = null, private readonly suspend: SuspendHook | null = null,
+    private readonly lineOk: LineHook | null = null,
+  ) {
     this.state = new Int32Array(state);
   }
 
@@ -213,6 +227,7 @@ export class HcLoop {
           s.routes.set(m.connectionId, {
             kind: 'child', epoch: m.epoch, flags: new Int32Array(r.memory), flagsWord: r.flagsOffset >> 2, flagCount: r.flagCount, masked: r.masked,
             vector: r.vector, autoEoi: r.autoEoi, target: vpTarget(r.vpRegion, r.vpOffset, r.partitionId, r.vpIndex),
+            sint: r.sint, lineSession: m.lineSession ?? null,
           });
         }
         break;
@@ -375,6 +390,27 @@ export class HcLoop {
     return true;
   }
 
+  /**
+   * The SINT line: a SINT for a halted VP whose guest kernel services that SINT on its main thread
+   * (VpPage.sintLineOn) goes there directly, not through the VP. Taking the vector, that VP would
+   * only raise the SINT on the kernel's line and halt again: one wake-up of the VP thread and one
+   * of this thread (its halt) per signal, for nothing the VP itself does. The bit is set in the VP
+   * page's sintLineRaised word and the target's session loop is rung through its page (attention),
+   * where the kernel takes the word. False when the SINT must go to the APIC: no line session, not
+   * registered, not auto-EOI, held back by the APIC's priority, or the scheduler says no (the VP
+   * runs or is not halted, the partition or VP is suspended or stalled, interrupts are delayed).
+   */
+  private raiseOnLine(r: ChildRoute): boolean {
+    if (r.lineSession === null || !this.lineOk) return false;
+    const t = r.target;
+    if (!sintLineAccepts(t.apic, t.offset, r.sint, r.vector, r.autoEoi)) return false;
+    const owner = this.sessions.get(r.lineSession);
+    if (!owner || !this.lineOk(t.partitionId, t.vpIndex)) return false;
+    if (raiseSintLine(t.apic.words, t.offset, r.sint)) wakeAttention(owner);
+    Atomics.add(this.state, HcStateWord.lineRaises, 1);
+    return true;
+  }
+
   /** Serves call `seq` here if it is a SignalEvent, AssertVirtualInterrupt or Suspend with a current route; false to forward it. */
   private fast(s: SessionRec, seq: number): boolean {
     const i32 = s.i32;
@@ -412,7 +448,7 @@ export class HcLoop {
         const bit = 1 << (flag & 31);
         if ((Atomics.or(r.flags, r.flagsWord + (flag >>> 5), bit) & bit) === 0) raise = true;
       }
-      if (raise && !r.masked && pendInterrupt(r.target.apic, r.target.region, r.target.offset, r.vector, r.autoEoi)) halted = r.target;
+      if (raise && !r.masked && !this.raiseOnLine(r) && pendInterrupt(r.target.apic, r.target.region, r.target.offset, r.vector, r.autoEoi)) halted = r.target;
     }
     Atomics.add(this.state, HcStateWord.fastCalls, 1);
     this.complete(s, seq, halted);

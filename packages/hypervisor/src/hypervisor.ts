@@ -148,7 +148,7 @@ export interface HypervisorOptions {
    */
   onRoutesChanged?: () => void;
   /** Calls through hypercall pages: served by the hypercall thread, and forwarded to this object. */
-  pageStats?: () => { fastCalls: number; forwarded: number };
+  pageStats?: () => { fastCalls: number; forwarded: number; lineRaises?: number };
 }
 
 /**
@@ -161,6 +161,13 @@ export type SignalRoute =
   | {
       kind: 'child'; memory: SharedArrayBuffer; flagsOffset: number; flagCount: number; masked: boolean; vector: number; autoEoi: boolean;
       vpRegion: SharedArrayBuffer; vpOffset: number; partitionId: number; vpIndex: number;
+      /** The SINT the port raises (for the guest's SINT line, VpPage.sintLineOn). */
+      sint: number;
+      /**
+       * The sessions of the target partition: the one that has a hypercall page (HcService keeps
+       * it when it is the only one) is the guest kernel's, whose loop a SINT raised on its line wakes.
+       */
+      targetSessions: string[];
     };
 
 /** Calls after which every route still holds (they change no port, connection, SynIC register or partition). */
@@ -666,7 +673,8 @@ export class Hypervisor {
     return {
       kind: 'child', memory: target.memory, flagsOffset: page + port.sint * EVENT_FLAG_BYTES_PER_SINT, flagCount: port.flagCount,
       masked: sintMasked(reg), vector: sintVector(reg), autoEoi: (reg & SINT_AUTO_EOI) !== 0, vpRegion: target.vpRegion, vpOffset: vpPageOffset(vp.index),
-      partitionId: target.id, vpIndex: vp.index,
+      partitionId: target.id, vpIndex: vp.index, sint: port.sint,
+      targetSessions: [...this.sessions.values()].filter((x) => x.partitionId === target.id).map((x) => x.id),
     };
   }
 

@@ -315,6 +315,25 @@ export class SchedulerLoop {
     return true;
   }
 
+  /**
+   * HcLoop's line hook (hcloop.ts, raiseOnLine): whether a SINT for VP `index` of partition `id`
+   * may go on its guest's line rather than to its APIC. The VP is halted (the scheduler took its
+   * halt: dispatch word Off; or it halted quietly and the scheduler has not yet: Halt, not answering
+   * a preemption), neither it nor its partition is suspended or stalled, and no interrupt delay
+   * holds the partition's interrupts. A suspension is applied on this thread, so none comes between
+   * this answer and the raise: a suspended partition gets nothing on its line.
+   */
+  sintLineOk(id: number, index: number): boolean {
+    const p = this.parts.get(id);
+    const v = p?.vps.get(index);
+    if (!p || !v || p.delayNs > 0 || p.props.suspended) return false;
+    const s = v.sched;
+    if (s.absent || s.partitionSuspended || s.interceptSuspended || s.stalled) return false;
+    const d = Atomics.load(p.i32, dispatchIdx(v));
+    if (d === Dispatch.Off) return s.halted && s.lp < 0;
+    return d === Dispatch.Halt && !s.preempting;
+  }
+
   /** Publishes VP `v`'s state and accounting for observers (stats, `hvlab top`). */
   private publish(p: PartRec, v: VpRec, now: number): void {
     const s = v.sched;
@@ -842,7 +861,7 @@ export function runScheduler(data: SchedulerThreadData): void {
     // the call is decided on the state as the main thread left it.
     for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) loop.handle(m.message as ToScheduler, nowNs());
     return loop.suspendNow(id, on, nowNs());
-  }) : null;
+  }, (id, index) => loop.sintLineOk(id, index)) : null;
   const bell = new Int32Array(data.doorbell);
   const bellIdx = SchedRegion.doorbell >> 2;
   const hcIdx = SchedRegion.hcRings >> 2;

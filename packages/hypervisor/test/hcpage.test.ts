@@ -670,7 +670,7 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
     // A route to a child that lives in a plain buffer, so SignalEvent can take the fast path.
     const mem = new SharedArrayBuffer(1 << 16);
     const vpRegion = new SharedArrayBuffer(1 << 16);
-    loop.handle({ t: 'route', sid: 'f', connectionId: 5, epoch: 0, route: { kind: 'child', memory: mem, flagsOffset: 4096, flagCount: 64, masked: false, vector: 0x31, autoEoi: true, vpRegion, vpOffset: 4096, partitionId: 7, vpIndex: 0 } });
+    loop.handle({ t: 'route', sid: 'f', connectionId: 5, epoch: 0, route: { kind: 'child', memory: mem, flagsOffset: 4096, flagCount: 64, masked: false, vector: 0x31, autoEoi: true, vpRegion, vpOffset: 4096, partitionId: 7, vpIndex: 0, sint: 2, targetSessions: [] } });
     loop.handle({ t: 'suspendRoute', sid: 'f', partitionId: 9 });
     const inF64 = new Float64Array(region, IN + 8, 3);
     let suspends = 0;
@@ -760,5 +760,142 @@ describe('the hypercall pages server under random pages (fuzz)', () => {
       expect(Number.parseInt(count![1]!, 16), 'the wake descriptor was signalled').to.be.greaterThan(0);
       closeWakeFd(wake.id);
     }
+  });
+});
+
+describe('the SINT line: a registered SINT for a halted VP goes to its guest\'s line, not its APIC (HcLoop and the scheduler, without their thread)', () => {
+  /**
+   * Partition 5 with one VP (scheduled, halted), a caller's session 'r' with a route on connection 7
+   * to the VP's SINT 2 (vector 0x52, auto-EOI unless told), and the partition's own session 'g'
+   * whose page the line rings.
+   */
+  async function wired(o: { autoEoi?: boolean; lineSession?: string | null } = {}) {
+    const { HcLoop, HC_STATE_BYTES, HcStateWord } = await import('../src/hcloop.js');
+    const { SchedulerLoop } = await import('../src/sched-thread.js');
+    const { HC_REGION_BYTES, HcWord: W, HC_INPUT_OFFSET: IN, HvCall: C, Dispatch: D, VpPage: P, vpPageOffset: off, vpRegionBytes } = await import('@hvlab/protocol');
+    const now = (): number => Number(process.hrtime.bigint());
+    const sched = new SchedulerLoop({ lps: 2 }, () => {});
+    const state = new SharedArrayBuffer(HC_STATE_BYTES);
+    const hc = new HcLoop(state, () => {}, (id, index) => sched.dispatchNow(id, index, now()), (id, on) => sched.suspendNow(id, on, now()), (id, index) => sched.sintLineOk(id, index));
+    const vpRegion = new SharedArrayBuffer(vpRegionBytes(1));
+    const vp = new Int32Array(vpRegion);
+    sched.handle({ t: 'addPartition', id: 5, region: vpRegion, suspended: false, weight: 100, reserve: 0, cap: 1 }, now());
+    sched.handle({ t: 'addVp', id: 5, index: 0 }, now());
+    const caller = new SharedArrayBuffer(HC_REGION_BYTES);
+    const guest = new SharedArrayBuffer(HC_REGION_BYTES);
+    const ci32 = new Int32Array(caller);
+    const gi32 = new Int32Array(guest);
+    hc.handle({ t: 'session', sid: 'r', region: caller, wake: 0 });
+    hc.handle({ t: 'session', sid: 'g', region: guest, wake: 0 });
+    const mem = new SharedArrayBuffer(1 << 16);
+    const flags = new Int32Array(mem, 4096, 8);
+    hc.handle({
+      t: 'route', sid: 'r', connectionId: 7, epoch: 0, lineSession: o.lineSession === undefined ? 'g' : o.lineSession,
+      route: { kind: 'child', memory: mem, flagsOffset: 4096, flagCount: 16, masked: false, vector: 0x52, autoEoi: o.autoEoi ?? true, vpRegion, vpOffset: off(0), partitionId: 5, vpIndex: 0, sint: 2, targetSessions: ['g'] },
+    });
+    const word = (f: number): number => Atomics.load(vp, (off(0) + f) >> 2);
+    const setDisp = (d: number): void => void Atomics.store(vp, (off(0) + P.dispatch) >> 2, d);
+    // VP 0 starts and halts; the scheduler takes the halt (dispatch word Off).
+    setDisp(D.Start);
+    sched.pass(now());
+    setDisp(D.Halt);
+    sched.pass(now());
+    expect(word(P.dispatch), 'VP 0 halted').to.equal(D.Off);
+    let req = 0;
+    /** SignalEvent(7, `flag`) by session 'r'; returns whether the call completed with success. */
+    const signal = (flag: number): boolean => {
+      Atomics.store(ci32, IN >> 2, 7);
+      Atomics.store(ci32, (IN >> 2) + 1, flag);
+      Atomics.store(ci32, W.code, C.SignalEvent);
+      Atomics.store(ci32, W.inLen, 8);
+      Atomics.store(ci32, W.waiting, 1);
+      Atomics.store(ci32, W.req, ++req);
+      hc.pass(true);
+      hc.completeDeferred();
+      return Atomics.load(ci32, W.done) === req && Atomics.load(ci32, W.status) === HvStatus.SUCCESS;
+    };
+    const register = (bits: number): void => void Atomics.store(vp, (off(0) + P.sintLineOn) >> 2, bits);
+    const apic = new VirtualApicView(vp, off(0));
+    return {
+      sched, hc, now, signal, register, apic, flags, word, D, P,
+      attention: (): number => Atomics.load(gi32, W.attention),
+      lineRaises: (): number => Atomics.load(new Int32Array(state), HcStateWord.lineRaises),
+    };
+  }
+
+  it('raises it on the line and rings the guest\'s page once per edge, without pending the vector or dispatching the VP', async () => {
+    const w = await wired();
+    w.register(1 << 2);
+    expect(w.signal(0)).to.equal(true);
+    expect(w.word(w.P.sintLineRaised), 'SINT 2 raised on the line').to.equal(1 << 2);
+    expect(w.attention(), 'the guest\'s page rung').to.equal(1);
+    expect(w.apic.pending(0x52), 'nothing on the APIC').to.equal(false);
+    expect(w.word(w.P.dispatch), 'the VP stays halted').to.equal(w.D.Off);
+    expect(w.lineRaises()).to.equal(1);
+    // The guest took the flag but not yet the line word: the next raise finds it set and rings nothing.
+    Atomics.store(w.flags, 0, 0);
+    expect(w.signal(1)).to.equal(true);
+    expect(w.attention()).to.equal(1);
+    expect(w.lineRaises()).to.equal(2);
+    // The guest takes the word: the next raise rings again.
+    Atomics.store(w.flags, 0, 0);
+    Atomics.store(w.apic.words, (4096 + w.P.sintLineRaised) >> 2, 0);
+    expect(w.signal(0)).to.equal(true);
+    expect(w.attention()).to.equal(2);
+  });
+
+  it('a partition that never registered keeps the APIC path: the vector pended and the halted VP dispatched', async () => {
+    const w = await wired();
+    expect(w.signal(0)).to.equal(true);
+    expect(w.word(w.P.sintLineRaised)).to.equal(0);
+    expect(w.attention()).to.equal(0);
+    expect(w.apic.pending(0x52)).to.equal(true);
+    expect(w.word(w.P.dispatch)).to.equal(w.D.Granted);
+    expect(w.lineRaises()).to.equal(0);
+  });
+
+  it('a suspended partition gets nothing on its line: the vector waits on the APIC for the resume', async () => {
+    const w = await wired();
+    w.register(1 << 2);
+    expect(w.sched.suspendNow(5, true, w.now())?.changed).to.equal(true);
+    w.sched.pass(w.now());
+    expect(w.signal(0)).to.equal(true);
+    expect(w.word(w.P.sintLineRaised)).to.equal(0);
+    expect(w.attention()).to.equal(0);
+    expect(w.apic.pending(0x52)).to.equal(true);
+    expect(w.word(w.P.dispatch), 'suspended: not dispatched').to.equal(w.D.Off);
+  });
+
+  it('a running VP, a SINT without auto-EOI, a PPR that holds the vector back, or no line session: the APIC', async () => {
+    const running = await wired();
+    running.register(1 << 2);
+    Atomics.store(running.apic.words, (4096 + running.P.dispatch) >> 2, running.D.Granted);
+    expect(running.signal(0)).to.equal(true);
+    expect(running.apic.pending(0x52)).to.equal(true);
+    expect(running.word(running.P.sintLineRaised)).to.equal(0);
+
+    const eoi = await wired({ autoEoi: false });
+    eoi.register(1 << 2);
+    expect(eoi.signal(0)).to.equal(true);
+    expect(eoi.apic.pending(0x52)).to.equal(true);
+    expect(eoi.word(eoi.P.sintLineRaised)).to.equal(0);
+
+    const tpr = await wired();
+    tpr.register(1 << 2);
+    tpr.apic.setTpr(0x50);
+    expect(tpr.signal(0)).to.equal(true);
+    expect(tpr.apic.pending(0x52)).to.equal(true);
+    expect(tpr.word(tpr.P.sintLineRaised)).to.equal(0);
+
+    const other = await wired();
+    other.register(1 << 3);
+    expect(other.signal(0)).to.equal(true);
+    expect(other.apic.pending(0x52), 'another SINT registered, not this one').to.equal(true);
+
+    const none = await wired({ lineSession: null });
+    none.register(1 << 2);
+    expect(none.signal(0)).to.equal(true);
+    expect(none.apic.pending(0x52)).to.equal(true);
+    expect(none.lineRaises()).to.equal(0);
   });
 });

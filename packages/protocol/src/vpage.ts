@@ -92,6 +92,19 @@ export const VpPage = {
   rip: 0x108, // f64 mirror of RIP
   aeoi: 0x140, // 8 x i32: pending vectors that came from auto-EOI SINTs
   stimerNext: 0x180, // 4 x f64: next expiry (reference time) per timer, 0 = not armed (scheduler-owned)
+  /**
+   * i32, guest-written (hvlab's own, no TLFS register): bit s = the guest kernel services SINT s on
+   * its main thread's SINT line (guest sint-line.ts) and lets the hypervisor raise it there
+   * directly (sintLineAccepts says when it does). 0, the default, keeps the TLFS path: the vector
+   * is pended on this APIC and a halted VP dispatched to take it.
+   */
+  sintLineOn: 0x1a0,
+  /**
+   * i32: bit s = SINT s raised on the line by the hypervisor and not yet taken by the kernel's main
+   * thread, which takes the whole word (exchange with 0) each time its session's page rings
+   * `attention`. The hypervisor sets a bit with an atomic OR and rings only when the word was 0.
+   */
+  sintLineRaised: 0x1a4,
 } as const;
 
 /** Vectors at or above this are probes: the VP records when it took them (interrupt-latency benchmark). */
@@ -328,6 +341,24 @@ export function pendInterrupt(apic: VirtualApicView, region: SharedArrayBuffer, 
   apic.assert(vector, autoEoi);
   const d = Atomics.load(apic.words, (pageOffset + VpPage.dispatch) >> 2);
   return d !== Dispatch.Granted && d !== Dispatch.Preempt;
+}
+
+/**
+ * Whether SINT `sint` (vector `vector`, auto-EOI `autoEoi`) of the VP whose APIC is `apic` may be
+ * raised on the guest kernel's SINT line instead of pended on the APIC: the guest registered the
+ * SINT (VpPage.sintLineOn), the SINT is auto-EOI (nothing to EOI, nothing enters the ISR), and the
+ * APIC would deliver the vector now (its class above the PPR: TPR and what is in service). Whether
+ * the VP is halted and its partition not suspended is the scheduler's to say (the caller asks it).
+ */
+export function sintLineAccepts(apic: VirtualApicView, pageOffset: number, sint: number, vector: number, autoEoi: boolean): boolean {
+  if (!autoEoi || sint < 0 || sint > 15) return false;
+  if ((Atomics.load(apic.words, (pageOffset + VpPage.sintLineOn) >> 2) & (1 << sint)) === 0) return false;
+  return vector >> 4 > apic.ppr() >> 4;
+}
+
+/** Raises SINT `sint` on the guest's line (VpPage.sintLineRaised); true when the word was 0: the guest's loop must be woken. */
+export function raiseSintLine(words: Int32Array, pageOffset: number, sint: number): boolean {
+  return Atomics.or(words, (pageOffset + VpPage.sintLineRaised) >> 2, 1 << sint) === 0;
 }
 
 // ---- synthetic timers -----------------------------------------------------------------------

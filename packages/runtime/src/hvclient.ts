@@ -180,6 +180,8 @@ export class HvClient {
   pageWatch: 'descriptor' | 'word' | null = null;
   session: HvSession | null = null;
   private page: Page | null = null;
+  /** What else looks at the page's ring (onPageAttention). */
+  private attentionHooks: Array<() => void> = [];
   private readonly queue: Queued[] = [];
   private socketCalls = 0;
   private pageBusy = false;
@@ -331,10 +333,36 @@ export class HvClient {
     return stop;
   }
 
+  /**
+   * Calls `fn` on this event loop each time the hypervisor rings the session page's `attention`
+   * (and once soon after this call), after the page's own business: the guest kernel's SINT line
+   * takes the SINTs the hypervisor raised on it there (guest sint-line.ts). Rings coalesce: `fn`
+   * must look at whatever it serves. Null when calls do not go through a page (nothing rings);
+   * else the function that removes `fn`.
+   */
+  onPageAttention(fn: () => void): (() => void) | null {
+    if (!this.page || this.closed) return null;
+    this.attentionHooks.push(fn);
+    setImmediate(() => {
+      if (this.attentionHooks.includes(fn)) fn();
+    });
+    return () => {
+      this.attentionHooks = this.attentionHooks.filter((h) => h !== fn);
+    };
+  }
+
   /** The hypervisor completed a call or queued events: finish the one, deliver the others. */
   private onAttention(): void {
     const page = this.page;
     if (!page) return;
+    try {
+      this.pageAttention(page);
+    } finally {
+      for (const h of this.attentionHooks) h();
+    }
+  }
+
+  private pageAttention(page: Page): void {
     const w = page.waiter;
     if (w && Atomics.load(page.i32, HcWord.done) === w.seq) this.finishPageCall(page);
     if (page.posted && this.settlePosted(page)) this.pump();
