@@ -319,7 +319,7 @@ export class SchedulerLoop {
    * HcLoop's line hook (hcloop.ts, raiseOnLine): whether a SINT for VP `index` of partition `id`
    * may go on its guest's line rather than to its APIC. The VP is halted (the scheduler took its
    * halt: dispatch word Off; or it halted quietly and the scheduler has not yet: Halt, not answering
-   * a preemption), neither it nor its partition is suspended or stalled, and no interrupt delay
+   * a preemption), neither it nor its partition is suspended or stalled, its cap does not hold it back, and no interrupt delay
    * holds the partition's interrupts. A suspension is applied on this thread, so none comes between
    * this answer and the raise: a suspended partition gets nothing on its line.
    */
@@ -328,7 +328,9 @@ export class SchedulerLoop {
     const v = p?.vps.get(index);
     if (!p || !v || p.delayNs > 0 || p.props.suspended) return false;
     const s = v.sched;
-    if (s.absent || s.partitionSuspended || s.interceptSuspended || s.stalled) return false;
+    // A VP its cap holds back (auto-converge throttles a migrating VM this way) gets its SINTs when
+    // the cap lets it run, as before: the line would take the throttle off the VM's I/O.
+    if (s.absent || s.partitionSuspended || s.interceptSuspended || s.stalled || s.capped) return false;
     const d = Atomics.load(p.i32, dispatchIdx(v));
     if (d === Dispatch.Off) return s.halted && s.lp < 0;
     return d === Dispatch.Halt && !s.preempting;
