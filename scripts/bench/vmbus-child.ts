@@ -9,8 +9,10 @@
  *   shm-echo-poll <region> [napAfterUs]        polls ring A and answers every packet in ring B
  *   shm-echo-signal <region> <hvEndpoint> <partitionId> <token> <connectionId>
  *                                               the same as a guest: programs its SynIC, runs the
- *                                               guest's VP thread on VP 0, sleeps until the VP takes
- *                                               the SINT 2 vector and signals back with SignalEvent
+ *                                               guest's VP thread on VP 0, sleeps until SINT 2 comes
+ *                                               on its SINT line (raised by the hypervisor itself while
+ *                                               VP 0 is halted, else by the VP taking the vector) and
+ *                                               signals back with SignalEvent
  *   zmq-sender <endpoint> <partitionId> <token> <payloadBytes> <window>
  *                                               sends packets over a RemoteLink channel while it has
  *                                               credit, from "go" to "stop" on stdin (throughput)
@@ -295,7 +297,9 @@ async function shmEchoPoll(name: string, napAfterUs: number): Promise<void> {
  * SetVpRegisters on itself (message page, event-flag page, SINT 2 at the VMBus vector with
  * auto-EOI, SynIC enabled). Then the guest's own VP thread on VP 0 (packages/guest/src/vp.ts):
  * it halts at once and is dispatched by the hypervisor's scheduler when its APIC has a vector,
- * and it hands SINT vectors to this thread (`onSint`), as a VP hands them to the kernel.
+ * and it hands SINT vectors to this thread (`onSint`), as a VP hands them to the kernel. SINT 2 is
+ * registered on the line for the hypervisor too, as the kernel registers it (GuestKernel
+ * lineToHypervisor): while VP 0 is halted the hypervisor raises it there itself, not through the VP.
  */
 async function bootStandInGuest(
   hv: HvClient,
