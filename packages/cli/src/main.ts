@@ -1265,7 +1265,8 @@ export async function run(argv: string[]): Promise<number> {
         if (json) out(JSON.stringify(cluster ? { ...r, cluster } : r));
         else if (cluster && r.hostId) out(`host ${r.hostId} is down; ${clusterDownLine(cluster)}`);
         else if (cluster) out(clusterDownLine(cluster));
-        else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
+        // Not graceful, with nothing left to kill or remove: another down, or its own end, came first.
+        else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : r.killed === 0 && r.shm === 0 ? ' (nothing of it was left running)' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
         return 0;
       }
       case 'cluster check': {

@@ -995,7 +995,8 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
 
     const driver = clusterDriver(spec, hosts, opts.signal);
     report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
-    report.aborted = opts.signal?.aborted === true;
+    // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.
+    report.aborted = opts.signal?.aborted === true && report.runs.length < spec.methods.length * spec.repetitions;
     // A VM that could not be deleted after its run gets one more try (a new cluster goes as a whole anyway).
     for (const r of report.runs.filter((x) => x.cleanupError !== null)) {
       if (!broughtUp) {
@@ -1024,6 +1025,5 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
   report.endedAt = new Date().toISOString();
   report.summary = summarize(spec.methods, report.runs, report.link.bandwidthBytesPerSecond);
   writeReport(report, out);
-  say(`report in ${out}`);
   return report;
 }

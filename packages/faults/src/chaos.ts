@@ -456,7 +456,6 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   report.endedAt = new Date().toISOString();
   writeChaosReport(report, out, { vms: obs.vms, hosts: obs.hosts });
   for (const x of checks) say(`${x.name}: ${x.skipped ? 'skipped' : x.held ? 'held' : 'VIOLATED'} (${x.summary})`);
-  say(`report in ${out}`);
   return report;
 }
 
