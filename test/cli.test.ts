@@ -439,7 +439,7 @@ describe('the hvlab command', function () {
       process.kill(rootPid, 'SIGKILL');
       const r = await p.done;
       expect(r.code, r.stderr).to.not.equal(0);
-      expect(r.stderr).to.include(`hvlab: the host's root partition process (pid ${rootPid}) exited while "vmList" was pending`);
+      expect(r.stderr).to.include(`hvlab: the host's root partition process (pid ${rootPid}) exited while "vm list" was pending`);
       expect(r.stdout).to.equal('');
     });
   });
@@ -471,7 +471,7 @@ describe('the hvlab command', function () {
       process.kill(pids.hypervisor, 'SIGKILL');
       const r = await p.done;
       expect(r.code, r.stderr).to.not.equal(0);
-      expect(r.stderr).to.include(`hvlab: the host's hypervisor process (pid ${pids.hypervisor}) exited while "vmList" was pending`);
+      expect(r.stderr).to.include(`hvlab: the host's hypervisor process (pid ${pids.hypervisor}) exited while "vm list" was pending`);
     });
 
     it('a call after the hypervisor died is refused at once, naming it', async () => {

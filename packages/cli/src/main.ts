@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
@@ -1866,10 +1866,30 @@ function userFsError(e: unknown): boolean {
   return e instanceof Error && typeof c === 'string' && USER_FS_CODES.has(c) && typeof (e as NodeJS.ErrnoException).path === 'string';
 }
 
+/** The command a management operation serves, for messages ("vmMoveStatus" is "vm move-status"). */
+const OP_WORDS: Readonly<Record<string, string>> = { shutdown: 'down', faultSet: 'fault inject', faultClear: 'fault clear', faultList: 'fault list' };
+function opCommand(op: string): string {
+  if (OP_WORDS[op]) return OP_WORDS[op]!;
+  const words = op.replace(/([A-Z])/g, ' $1').toLowerCase().split(' ');
+  return words.length > 1 ? `${words[0]} ${words.slice(1).join('-')}` : words[0]!;
+}
+
+/**
+ * A host's message in the CLI's words: the management API's operation names ("vmList") as the
+ * commands that send them ("vm list"), and an operation's argument ("vmPeek argument \"len\"") as
+ * the command's option ("vm peek: --len").
+ */
+export function userWords(message: string): string {
+  const ops = (MGMT_OPS as readonly string[]).filter((o) => o !== 'ping');
+  return message
+    .replace(new RegExp(`\\b(${ops.join('|')}) argument "([A-Za-z]+)"`, 'g'), (_m, op: string, arg: string) => `${opCommand(op)}: --${arg.replace(/([A-Z])/g, '-$1').toLowerCase()}`)
+    .replace(new RegExp(`"(${ops.join('|')})"`, 'g'), (_m, op: string) => `"${opCommand(op)}"`);
+}
+
 /** Prints an error as one line (plus the stack with HVLAB_DEBUG=1) and returns the exit code. */
 function report(e: unknown): number {
   const known = e instanceof UsageError || e instanceof ValueError || e instanceof CliError || e instanceof MgmtCallError || userFsError(e);
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = e instanceof MgmtCallError || e instanceof CliError ? userWords(e.message) : e instanceof Error ? e.message : String(e);
   process.stderr.write(`hvlab: ${known ? '' : 'internal error: '}${oneLine(msg)}${known || debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}\n`);
   if (debugOn() && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
   return e instanceof UsageError ? 2 : e instanceof Interrupted ? 130 : 1;

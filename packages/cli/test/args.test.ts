@@ -7,7 +7,7 @@ import { formatBinaryBytes } from '@hvlab/cluster';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -150,6 +150,15 @@ describe('the hvlab command line', () => {
     expect(parseCommandLine([])).to.deep.equal({ kind: 'help', text: fullHelp() });
     expect(parseCommandLine(['vm', 'kvp', 'a', 'set', 'k', '--', '--help'])).to.have.property('kind', 'run');
     expect(parseCommandLine(['--host', 'h1', 'vm', 'list', '--help'])).to.deep.equal({ kind: 'help', text: commandHelp(COMMANDS.find((c) => c.words.join(' ') === 'vm list')!) });
+  });
+
+  it('says a host\'s messages in the CLI\'s words: operations as their commands, their arguments as options', () => {
+    expect(userWords('the host\'s root partition process (pid 7) exited while "vmList" was pending')).to.equal('the host\'s root partition process (pid 7) exited while "vm list" was pending');
+    expect(userWords('the host did not answer "vmMoveStatus" within 5 s')).to.equal('the host did not answer "vm move-status" within 5 s');
+    expect(userWords('"vmTurnOff" was not sent')).to.equal('"vm turn-off" was not sent');
+    expect(userWords('vmPeek argument "len" is the number 1073741824, not a whole number from 1 to 16777216')).to.equal('vm peek: --len is the number 1073741824, not a whole number from 1 to 16777216');
+    expect(userWords('vmSetProcessor argument "maxPasses" is wrong')).to.equal('vm set-processor: --max-passes is wrong');
+    expect(userWords('"shutdown" failed; "hostInfo" too; VM "vmList2" and "ping" stay')).to.equal('"down" failed; "host info" too; VM "vmList2" and "ping" stay');
   });
 
   it('answers a group\'s --help with its commands, and --help of a command that is not there as unknown', () => {
