@@ -11,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostPaths, pidAlive } from '@hvlab/runtime';
-import { TestHost, childrenOf, eventually, shmFiles } from './harness.js';
+import { TestHost, childrenOf, eventually, shmFiles, withTempDir } from './harness.js';
 import { hostProcesses, lockHolder } from '@hvlab/host';
 import { nemesisPids } from '@hvlab/faults';
 
@@ -486,8 +486,7 @@ describe('experiment run\'s report directory', function () {
   this.timeout(60000);
 
   it('a file in the way of --out, or an existing cluster that is not up, fails before anything is made, in one line', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'hvlab-test-out-'));
-    try {
+    await withTempDir('hvlab-test-out-', async (dir) => {
       const example = join(repo, 'examples', 'experiments', 'migration.yaml');
       writeFileSync(join(dir, 'afile'), '');
       const env = { HVLAB_HOME: join(dir, 'home') };
@@ -496,9 +495,7 @@ describe('experiment run\'s report directory', function () {
       writeFileSync(existing, readFileSync(example, 'utf8').replace(/^cluster: new$/m, 'cluster: existing'));
       expectOneLine(await runBin(['experiment', 'run', existing, '--out', join(dir, 'o1')], { cwd: dir, env }), 1, /^hvlab: no cluster is up for /, 'cluster: existing without one');
       expect(existsSync(join(dir, 'o1')), 'no --out directory was made').to.equal(false);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
@@ -506,8 +503,7 @@ describe('fault list and fault clear where nothing runs', function () {
   this.timeout(60000);
 
   it('answer that no fault is active and start nothing, leaving the home as it was', async () => {
-    const home = mkdtempSync(join(tmpdir(), 'hvlab-test-nofault-'));
-    try {
+    await withTempDir('hvlab-test-nofault-', async (home) => {
       for (const args of [['fault', 'list'], ['fault', 'clear'], ['fault', 'clear', '--json']]) {
         const r = await runBin(args, { cwd: '/', env: { HVLAB_HOME: home } });
         expect(r.code, r.stderr).to.equal(0);
@@ -515,9 +511,7 @@ describe('fault list and fault clear where nothing runs', function () {
       }
       expect(nemesisPids(home), 'no nemesis was started').to.deep.equal([]);
       expect(existsSync(join(home, 'faults')), 'nothing was written').to.equal(false);
-    } finally {
-      rmSync(home, { recursive: true, force: true });
-    }
+    });
   });
 });
 

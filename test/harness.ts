@@ -152,6 +152,16 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `cond` every 100 ms until it holds or `ms` pass; returns whether it held. */
+/** Runs `fn` with a fresh temporary directory (`prefix` names it), removed afterwards whatever happens. */
+export async function withTempDir<T>(prefix: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    return await fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 export async function eventually(cond: () => boolean | Promise<boolean>, ms: number, everyMs = 100): Promise<boolean> {
   const end = Date.now() + ms;
   for (;;) {

@@ -15,7 +15,7 @@
 import { closeSync, constants, existsSync, openSync, readdirSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
+import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
@@ -821,16 +821,6 @@ export function parseCommandLine(argv: string[]): ParsedCommand {
 
 function out(s: string): void {
   process.stdout.write(s.endsWith('\n') ? s : s + '\n');
-}
-
-/**
- * `s` with its control characters shown as escapes (\n, \t, \x1b, …): what a guest writes (KVP
- * keys and values, say) reaches a table on a terminal, where a newline broke the table and an
- * escape sequence was the terminal's to act on.
- */
-export function printable(s: string): string {
-  // eslint-disable-next-line no-control-regex
-  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
 }
 
 function table(rows: string[][]): string {

@@ -2,8 +2,8 @@
  * The first line one of hvlab's daemons (the hypervisor, a cluster's fabric, a nemesis) writes on
  * its stdout when it starts: `ready`, or a sentence saying why not. Its starter reads that line and
  * nothing more, through `firstLine`: at most FIRST_LINE_MAX_BYTES (a child that writes more
- * without a newline is answered as such, not buffered for ever), decoded as UTF-8 with anything
- * that is not printable shown as '?', since the line ends up in an error message on a terminal.
+ * without a newline is answered as such, not buffered for ever), decoded as UTF-8 with its control
+ * characters escaped (printable), since the line ends up in an error message on a terminal.
  */
 import type { ChildProcess } from 'node:child_process';
 
@@ -18,12 +18,20 @@ export type FirstLine =
   | { kind: 'timeout' }
   | { kind: 'too-long' };
 
-/** A line's bytes as text: UTF-8 (never throws), control characters and a trailing CR as '?' or dropped. */
+/**
+ * `s` with its control characters shown as escapes (\n, \t, \x1b, …), for a terminal: what another
+ * process wrote (a guest's KVP value, a daemon's first line) is shown, never acted on.
+ */
+export function printable(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
+/** A line's bytes as text: UTF-8 (never throws), a trailing CR dropped, control characters escaped (printable). */
 export function lineText(bytes: Uint8Array): string {
   let s = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
   if (s.endsWith('\r')) s = s.slice(0, -1);
-  // eslint-disable-next-line no-control-regex
-  return s.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g, '?');
+  return printable(s);
 }
 
 /** Collects a stream's bytes up to its first newline (`push` says what it has once it knows). */
