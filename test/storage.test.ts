@@ -197,7 +197,44 @@ describe('a full HVLAB_HOME and bad VM files', function () {
     expect(await eventually(async () => (after = await vm('s1')).state === 'Off', 10000)).to.equal(true);
     expect(after.lastStateReason).to.equal('the partition process was killed (SIGKILL)');
   });
+
+  it('a partition process that closes its link to its worker and stays is killed, and the VM says why', async () => {
+    await h.ok('vm', 'start', 's1');
+    const s1 = await vm('s1');
+    const pid = s1.pids.partition!;
+    // Stopped, the process cannot end by itself once its link closes, as a running guest's does:
+    // it stands for one that closed the link and went on (a hung or hostile partition process).
+    process.kill(pid, 'SIGSTOP');
+    try {
+      shutDownLinkOf(pid);
+      let after: VmInfo = s1;
+      expect(await eventually(async () => (after = await vm('s1')).state === 'Off', 15000), `still ${after.state}`).to.equal(true);
+      expect(after.lastStateReason).to.equal('the partition process closed its link to the worker');
+    } finally {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch { /* killed, as it should be */ }
+    }
+  });
 });
+
+/**
+ * Shuts down the socket a partition process holds as its link to its worker (its fd 3), through a
+ * copy of that descriptor taken with pidfd_getfd: its worker reads the end of the link while the
+ * process itself goes on. Python's ctypes makes the two system calls Node has no API for.
+ */
+function shutDownLinkOf(pid: number): void {
+  const script = [
+    'import ctypes, os, socket, sys',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'pfd = os.pidfd_open(int(sys.argv[1]))',
+    'fd = libc.syscall(438, pfd, 3, 0)',  // pidfd_getfd
+    'if fd < 0: raise OSError(ctypes.get_errno(), "pidfd_getfd")',
+    's = socket.socket(fileno=fd)',
+    's.shutdown(socket.SHUT_RDWR)',
+  ].join('\n');
+  execFileSync('python3', ['-c', script, String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+}
 
 describe('a root that dies while a VM resumes from its saved state', function () {
   this.timeout(180000);

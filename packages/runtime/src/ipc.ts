@@ -128,7 +128,11 @@ export class IpcRpc {
   private closed = false;
   private readonly reader = new FrameReader();
   private readonly onData = (chunk: Buffer): void => this.take(chunk);
-  private readonly onEnd = (): void => this.close('the process link closed');
+  private readonly onEnd = (): void => {
+    if (this.closed) return;
+    this.close('the process link closed');
+    this.onEnded();
+  };
 
   /**
    * `onBroken`: the other end sent what is not a frame of an envelope (the link is closed first,
@@ -140,11 +144,21 @@ export class IpcRpc {
     private readonly handler: IpcHandler | null,
     private readonly onNote: (body: Record<string, unknown>) => void = () => {},
     private readonly onBroken: (why: string) => void = () => {},
+    /**
+     * The other end closed the link (its end of the socket, or the socket failed) while this end
+     * had not closed it: told once, after pending requests were failed. A process that exits closes
+     * its link too, so the owner tells the two apart by whether the process goes on.
+     */
+    private readonly onEnded: () => void = () => {},
   ) {
     link.on('data', this.onData);
     link.on('end', this.onEnd);
     link.on('close', this.onEnd);
-    link.on('error', () => this.close('the process link failed'));
+    link.on('error', () => {
+      if (this.closed) return;
+      this.close('the process link failed');
+      this.onEnded();
+    });
   }
 
   private take(chunk: Buffer): void {

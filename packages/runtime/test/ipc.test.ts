@@ -112,6 +112,39 @@ describe('the VMWP-partition link', () => {
     }
   });
 
+  it('tells its owner once when the other end closes the link, and not when the owner closed it or a frame broke it', async () => {
+    {
+      const [a, b] = pair();
+      let ended = 0;
+      const vmwp = new IpcRpc(a, null, () => {}, () => {}, () => ended++);
+      const pending = vmwp.request({ t: 'read' }, 5000).catch((e: Error) => e);
+      b.end();
+      expect(((await pending) as Error).message).to.equal('the process link closed');
+      await new Promise((r) => setTimeout(r, 20));
+      expect(ended).to.equal(1);
+      expect(vmwp.isClosed).to.equal(true);
+    }
+    {
+      const [a, b] = pair();
+      let ended = 0;
+      const vmwp = new IpcRpc(a, null, () => {}, () => {}, () => ended++);
+      vmwp.close();
+      b.end();
+      await new Promise((r) => setTimeout(r, 20));
+      expect(ended).to.equal(0);
+    }
+    {
+      const [a, b] = pair();
+      let ended = 0;
+      let why = '';
+      new IpcRpc(a, null, () => {}, (w) => (why = w), () => ended++);
+      b.write(Buffer.concat([Buffer.from([5, 0, 0, 0]), Buffer.from('hello')]));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(why).to.not.equal('');
+      expect(ended).to.equal(0);
+    }
+  });
+
   it('an end that takes no requests breaks the link on one, and an end whose answers are left unread breaks it past the limit', async () => {
     {
       const [a, b] = pair();

@@ -48,6 +48,11 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
  * (started while the partition process was held); with the go message, after it.
  */
 const ONLINE_TIMEOUT_MS = 10000;
+/**
+ * How long a partition process whose link to this worker closed may take to exit before the worker
+ * kills it as failed. A process that exits closes the link a moment before its exit is seen.
+ */
+const LINK_CLOSED_GRACE_MS = 2000;
 
 /**
  * The worker process, run by its entry (boot.ts) once its partition process is under way. A
@@ -107,6 +112,11 @@ export async function runWorker(): Promise<void> {
 
   let partitionId = 0;
   let child: ChildProcess | null = null;
+  /**
+   * Why this worker killed its partition process, when it did so because the process failed it (a
+   * link it broke or closed): the VM's end says that, not only the signal that ended the process.
+   */
+  let partitionFailure: string | null = null;
   let childRpc: IpcRpc | null = null;
   let memory: DataView | null = null;
   let booted = false;
@@ -1378,9 +1388,25 @@ export async function runWorker(): Promise<void> {
     }, (why) => {
       // The guest's process sent what is not a frame of ours: it is not trusted, and this VM fails.
       log.error({ why }, 'the partition process broke its link');
+      partitionFailure ??= `the partition process broke its link to the worker (${why})`;
       try {
         child0.kill('SIGKILL');
       } catch { /* gone */ }
+    }, () => {
+      // The link closed. A partition process that exits closes it too, and its exit (a guest that
+      // shut down, a crash) is told by the exit event, which may come a little after: it gets
+      // LINK_CLOSED_GRACE_MS to go. One that stays can no longer be asked anything (a save, a
+      // stop, a move would each wait for it in vain) while its VPs may still run: the VM fails.
+      if (exiting) return;
+      const t = setTimeout(() => {
+        if (exiting || child0.exitCode !== null || child0.signalCode !== null) return;
+        log.error('the partition process closed its link to the worker and stayed: killing it');
+        partitionFailure ??= 'the partition process closed its link to the worker';
+        try {
+          child0.kill('SIGKILL');
+        } catch { /* gone */ }
+      }, LINK_CLOSED_GRACE_MS);
+      child0.once('exit', () => clearTimeout(t));
     });
     record.partitionPid = child0.pid ?? null;
     writeRecord();
@@ -1395,7 +1421,7 @@ export async function runWorker(): Promise<void> {
         return;
       }
       log.warn({ code, signal }, 'partition process exited');
-      void exit(signal ? `the partition process was killed (${signal})` : `the partition process exited with code ${code}`, 1);
+      void exit(partitionFailure ?? (signal ? `the partition process was killed (${signal})` : `the partition process exited with code ${code}`), 1);
     });
   }
 
