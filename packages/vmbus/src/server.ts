@@ -48,6 +48,16 @@ const MAX_REMOTE_WINDOW = 4 * 1024 * 1024;
  */
 export const MAX_PENDING_GPADLS = 64;
 export const MAX_GPADLS_PER_CHANNEL = 16;
+/**
+ * Channel messages of the guest's queued or being handled at most. The server handles them one at
+ * a time, and a step can wait a second for a guest that does not drain its SINT queue (`send`), so
+ * a guest that posts as fast as it can (~3,500 REQUESTOFFERS a second here) would grow the
+ * worker's queue without bound: a probe took a VMWP from 55 to 526 MiB in a minute. Past the cap a
+ * message is dropped and counted (`stats.dropped`), as the hypervisor drops what a full message
+ * queue cannot take. A guest's real bursts (contact, offers, a channel's GPADL bodies and open) are
+ * a few dozen.
+ */
+export const MAX_QUEUED_MESSAGES = 1024;
 
 /** A synthetic device's provider side: offered, opened, closed. Nothing more is asked of it. */
 export interface VmbusDevice {
@@ -142,7 +152,9 @@ export class VmbusServer {
   private readonly devices: VmbusDevice[] = [];
   /** Offers made before the guest connected wait here. */
   private offersRequested = false;
-  readonly stats = { messages: 0, rejected: 0 };
+  readonly stats = { messages: 0, rejected: 0, dropped: 0 };
+  /** Guest messages queued or being handled (see MAX_QUEUED_MESSAGES). */
+  private queuedMessages = 0;
   private chain: Promise<void> = Promise.resolve();
   /** Steps queued or running on `chain`. */
   private pending = 0;
@@ -202,7 +214,19 @@ export class VmbusServer {
 
   /** A channel message from the guest, on connection 1 or 4. */
   onMessage(connectionId: number, payload: Uint8Array): Promise<void> {
-    return this.serialize(() => this.handle(connectionId, payload));
+    if (this.queuedMessages >= MAX_QUEUED_MESSAGES) {
+      // Logged on the first drop and then once per 10,000: the flood must not fill the log either.
+      if (this.stats.dropped++ % 10000 === 0) this.env.log.warn({ dropped: this.stats.dropped, queued: this.queuedMessages }, 'VMBus messages dropped: the guest posts them faster than the server handles them');
+      return Promise.resolve();
+    }
+    this.queuedMessages++;
+    return this.serialize(async () => {
+      try {
+        await this.handle(connectionId, payload);
+      } finally {
+        this.queuedMessages--;
+      }
+    });
   }
 
   /** The guest signalled channel `relid`. */

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { encodeChannelMessage, decodeChannelMessage } from '@hvlab/protocol';
 import { VmbusLoopback, type VmbusChannel, type VmbusDevice } from '../src/index.js';
-import { MAX_GPADLS_PER_CHANNEL, MAX_PENDING_GPADLS } from '../src/server.js';
+import { MAX_GPADLS_PER_CHANNEL, MAX_PENDING_GPADLS, MAX_QUEUED_MESSAGES } from '../src/server.js';
 
 const GUID = '11111111-2222-3333-4444-555555555555';
 
@@ -54,5 +54,25 @@ describe('VMBus server limits on guest-created state', function () {
     const mine = created().filter((c) => c.gpadl >= 0x2000);
     expect(mine.filter((c) => c.status === 0).length).to.be.at.most(MAX_GPADLS_PER_CHANNEL);
     expect(mine.filter((c) => c.status !== 0).length).to.be.greaterThanOrEqual(5);
+  });
+
+  it(`queues at most ${MAX_QUEUED_MESSAGES} of a guest's channel messages and drops the rest, counted; it serves on afterwards`, async () => {
+    const before = lb.toGuest.length;
+    const flood = 5000;
+    // Posted faster than the server handles them (nothing awaited), as a guest that floods REQUESTOFFERS.
+    const steps: Promise<void>[] = [];
+    for (let i = 0; i < flood; i++) steps.push(lb.server.onMessage(4, encodeChannelMessage({ type: 'RequestOffers' })));
+    expect(lb.server.stats.dropped).to.equal(flood - MAX_QUEUED_MESSAGES);
+    await Promise.allSettled(steps);
+    await lb.server.whenIdle();
+    expect(lb.server.idle).to.equal(true);
+    // Each taken REQUESTOFFERS was answered (offers and ALLOFFERS_DELIVERED); the dropped ones were not.
+    const delivered = lb.toGuest.slice(before).map((m) => { try { return decodeChannelMessage(m).type; } catch { return null; } }).filter((t) => t === 'AllOffersDelivered').length;
+    expect(delivered).to.be.at.most(MAX_QUEUED_MESSAGES);
+    // The cap counts what waits, not what was ever taken: the next message is handled.
+    const dropped = lb.server.stats.dropped;
+    await lb.server.onMessage(4, encodeChannelMessage({ type: 'RequestOffers' }));
+    expect(lb.server.stats.dropped).to.equal(dropped);
+    expect(lb.toGuest.slice(before).map((m) => { try { return decodeChannelMessage(m).type; } catch { return null; } }).filter((t) => t === 'AllOffersDelivered').length).to.equal(delivered + 1);
   });
 });
