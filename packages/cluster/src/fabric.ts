@@ -62,6 +62,8 @@ export class Fabric {
   private readonly exposed = new Map<number, { owner: string; from: string; proxy: LinkProxy }>();
   private readonly fileHosts: Set<string>;
   private boundPort = 0;
+  /** Connections the proxies closed at their bounds, per proxy, and when that was last logged. */
+  private readonly refusals = new Map<string, { count: number; loggedAt: number }>();
 
   constructor(private readonly opts: FabricOptions) {
     this.fileHosts = new Set(opts.fileHosts);
@@ -108,11 +110,22 @@ export class Fabric {
         this.proxies.delete(k);
         await old?.close();
         // Direction 0 of a link is a→b.
-        const p = new LinkProxy(l, { host: target.address, port: target.peerPort }, from === l.a ? 0 : 1);
+        const p = new LinkProxy(l, { host: target.address, port: target.peerPort }, from === l.a ? 0 : 1, (why) => this.refusedConnection(`${from}>${to}`, why));
         await p.listen(this.opts.listen, 0);
         this.proxies.set(k, p);
       }
     }
+  }
+
+  /** A connection a proxy closed at its bound (link.ts MAX_PROXY_CONNECTIONS): logged once a minute per proxy, with the count. */
+  private refusedConnection(proxy: string, why: string): void {
+    const now = Date.now();
+    const r = this.refusals.get(proxy) ?? { count: 0, loggedAt: 0 };
+    r.count++;
+    this.refusals.set(proxy, r);
+    if (now - r.loggedAt < 60_000) return;
+    r.loggedAt = now;
+    this.opts.log?.('link connections refused', { proxy, why, refused: r.count });
   }
 
   private book(name: string): { cluster: string; peers: PeerBookEntry[] } {
@@ -183,7 +196,7 @@ export class Fabric {
         const mine = [...this.exposed].filter(([, e]) => e.owner === r.name);
         if (mine.length >= FABRIC_MAX_EXPOSED) await this.closeExposed(mine[0]![0]);
         // The same direction of the link as its own port from `from`: the same impairments and counters.
-        const proxy = new LinkProxy(l, { host: owner.address, port: r.port }, r.from === l.a ? 0 : 1);
+        const proxy = new LinkProxy(l, { host: owner.address, port: r.port }, r.from === l.a ? 0 : 1, (why) => this.refusedConnection(`${r.from}>${r.name}:${r.port}`, why));
         const port = await proxy.listen(this.opts.listen, 0);
         this.exposed.set(port, { owner: r.name, from: r.from, proxy });
         this.opts.log?.('port exposed', { host: r.name, to: r.from, port: r.port, via: port });

@@ -538,14 +538,31 @@ class Connection implements LiveConnection {
 }
 
 /**
+ * Connections a proxy carries at once, and all proxies of this process together. Each costs the
+ * fabric ~10 descriptors (two sockets and, carried in the kernel, two splice pumps with a pipe pair
+ * and a thread each), so without a bound anyone who reaches a proxy's port (every process of every
+ * host: a guest's process too) could hold thousands open: a probe's 2,500 took the fabric to its
+ * 20,000 descriptors and 3,321 threads, and the fabric stopped answering, the whole cluster with it.
+ * Past either bound a connection is closed as it is accepted, and counted (`refused`). A link's
+ * real traffic is a few connections per VM that talks across it (a migration stream, a remote
+ * channel, a management call).
+ */
+export const MAX_PROXY_CONNECTIONS = 256;
+export const MAX_FABRIC_CONNECTIONS = 1024;
+let fabricConnections = 0;
+
+/**
  * One direction of a link: a TCP proxy from a listening address to a target. Bytes from the
  * connecting side count as direction `dir` of the link (0: a→b, 1: b→a), the answers as the other.
  */
 export class LinkProxy {
   private server: Server | null = null;
   private readonly conns = new Set<Connection>();
+  /** Connections closed as they came, past MAX_PROXY_CONNECTIONS or MAX_FABRIC_CONNECTIONS. */
+  refused = 0;
 
-  constructor(readonly link: Link, readonly target: { host: string; port: number }, private readonly dir: 0 | 1 = 0) {}
+  /** `onRefused`: told of each connection closed at a bound (the owner rate-limits what it logs). */
+  constructor(readonly link: Link, readonly target: { host: string; port: number }, private readonly dir: 0 | 1 = 0, private readonly onRefused: (why: string) => void = () => {}) {}
 
   /** Listens on `host` (port 0: any); resolves with the port. */
   listen(host = '127.0.0.1', port = 0): Promise<number> {
@@ -574,11 +591,19 @@ export class LinkProxy {
   }
 
   private accept(a: Socket): void {
+    if (this.conns.size >= MAX_PROXY_CONNECTIONS || fabricConnections >= MAX_FABRIC_CONNECTIONS) {
+      a.on('error', () => undefined);
+      a.destroy();
+      this.refused++;
+      this.onRefused(this.conns.size >= MAX_PROXY_CONNECTIONS ? `this proxy carries ${this.conns.size} connections, its limit` : `the proxies carry ${fabricConnections} connections, their limit`);
+      return;
+    }
     a.setNoDelay(true);
     const b = connect(this.target.port, this.target.host);
     b.setNoDelay(true);
+    fabricConnections++;
     const c = new Connection(this.link, a, b, this.dir, (gone) => {
-      this.conns.delete(gone);
+      if (this.conns.delete(gone)) fabricConnections--;
       this.link.live.delete(gone);
     });
     this.conns.add(c);
@@ -598,6 +623,7 @@ export class LinkProxy {
 
   async close(): Promise<void> {
     for (const c of [...this.conns]) c.close();
+    fabricConnections -= this.conns.size;
     this.conns.clear();
     const s = this.server;
     this.server = null;

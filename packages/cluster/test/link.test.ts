@@ -11,6 +11,7 @@ import { expect } from 'chai';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Link, LinkProxy, kernelLinksAvailable } from '../src/index.js';
+import { MAX_PROXY_CONNECTIONS } from '../src/link.js';
 
 /** An echo server on loopback. */
 async function echoServer(): Promise<{ server: Server; port: number }> {
@@ -185,6 +186,34 @@ describe('link layer (a TCP proxy with impairments)', function () {
     }, () => true);
     expect(refused, 'nothing listens after close').to.equal(true);
   });
+  it(`carries at most ${MAX_PROXY_CONNECTIONS} connections at once and closes the rest as they come, counted; a place freed is taken again`, async () => {
+    const why: string[] = [];
+    link = new LinkProxy(new Link('h1', 'h2', {}, 1), { host: '127.0.0.1', port: echo.port }, 0, (w) => why.push(w));
+    const port = await link.listen();
+    const socks: Socket[] = [];
+    try {
+      for (let i = 0; i < MAX_PROXY_CONNECTIONS; i++) socks.push(await open(port));
+      // Each of those is carried: it echoes.
+      expect(await pingMedian(socks[MAX_PROXY_CONNECTIONS - 1]!, 1)).to.be.a('number');
+      const extra: Socket[] = [];
+      for (let i = 0; i < 5; i++) extra.push(await open(port));
+      socks.push(...extra);
+      await Promise.all(extra.map((s) => (s.destroyed ? undefined : new Promise((r) => s.once('close', r)))));
+      expect(link.refused).to.equal(5);
+      expect(why[0]).to.match(/carries 256 connections, its limit/);
+      expect(link.connectionCount().all).to.equal(MAX_PROXY_CONNECTIONS);
+      // One closes; the next connection is carried.
+      socks[0]!.destroy();
+      for (let i = 0; i < 200 && link.connectionCount().all >= MAX_PROXY_CONNECTIONS; i++) await new Promise((r) => setTimeout(r, 10));
+      const again = await open(port);
+      socks.push(again);
+      expect(await pingMedian(again, 1)).to.be.a('number');
+      expect(link.refused).to.equal(5);
+    } finally {
+      for (const s of socks) s.destroy();
+    }
+  });
+
   it('a target that does not read stops the sender instead of piling bytes up in the proxy', async () => {
     const held: Socket[] = [];
     const stuck = createServer((c) => {
