@@ -15,7 +15,7 @@
 import { closeSync, constants, existsSync, openSync, readdirSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClusterKeyError, FileShapeError, hostPaths, pathsForRecord, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
+import { ClusterKeyError, displayWidth, FileShapeError, hostPaths, pathsForRecord, padEndColumns, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
@@ -823,10 +823,15 @@ function out(s: string): void {
   process.stdout.write(s.endsWith('\n') ? s : s + '\n');
 }
 
-function table(rows: string[][]): string {
+/**
+ * Rows as columns two spaces apart, each cell escaped (printable) and padded by the columns it
+ * takes on a terminal, not by its UTF-16 length: a VM named 網站 or a KVP value with an emoji
+ * pushed the columns after it out of line.
+ */
+export function table(rows: string[][]): string {
   const shown = rows.map((r) => r.map(printable));
-  const w = shown[0].map((_, i) => Math.max(...shown.map((r) => r[i].length)));
-  return shown.map((r) => r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd()).join('\n');
+  const w = shown[0].map((_, i) => Math.max(...shown.map((r) => displayWidth(r[i]))));
+  return shown.map((r) => r.map((c, i) => padEndColumns(c, w[i])).join('  ').trimEnd()).join('\n');
 }
 
 function parseValue(v: string): unknown {
@@ -982,7 +987,7 @@ function formatLog(line: string): string | null {
     const skip = new Set(['level', 'time', 'msg', 'pid', 'host', 'role', 'vm', 'hostname']);
     const rest = Object.entries(o).filter(([k]) => !skip.has(k)).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join(' ');
     // Escaped: a guest's debug message, say, may hold what a terminal would act on.
-    return printable(`${String(o.time)} ${lvl.padEnd(5)} ${who.padEnd(18)} ${String(o.msg ?? '')}${rest ? '  ' + rest : ''}`);
+    return printable(`${String(o.time)} ${lvl.padEnd(5)} ${padEndColumns(who, 18)} ${String(o.msg ?? '')}${rest ? '  ' + rest : ''}`);
   } catch {
     return null;
   }

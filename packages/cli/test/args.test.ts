@@ -4,10 +4,11 @@
  */
 import { expect } from 'chai';
 import { formatBinaryBytes } from '@hvlab/cluster';
+import { displayWidth } from '@hvlab/runtime';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -228,5 +229,14 @@ describe('amounts of a move as the CLI prints them (formatBinaryBytes)', () => {
     expect(formatBinaryBytes(311408)).to.equal('304.1 KiB');
     expect(formatBinaryBytes(67104768)).to.equal('64 MiB');
     expect(formatBinaryBytes(1.5 * 1024 ** 3)).to.equal('1.5 GiB');
+  });
+});
+
+describe('tables as the CLI prints them', () => {
+  it('line up columns after wide characters, emoji and combining marks by the columns they take', () => {
+    const t = table([['NAME', 'STATE', 'CPU'], ['網站', 'Running', '3%'], ['web', 'Off', '-'], ['🚀-e\u0301', 'Paused', '0%']]);
+    // Each line's STATE column starts at the same terminal column: after the widest NAME (4 columns: 網站, or 🚀-é) and two spaces.
+    expect(t.split('\n')).to.deep.equal(['NAME  STATE    CPU', '網站  Running  3%', 'web   Off      -', '🚀-e\u0301  Paused   0%']);
+    for (const line of t.split('\n')) expect(displayWidth(line.slice(0, line.search(/(STATE|Running|Off|Paused)/))), line).to.equal(6);
   });
 });

@@ -12,6 +12,7 @@ export * from './ipc.js';
 export * from './vmwp-link.js';
 export * from './files.js';
 export * from './child-line.js';
+export * from './display-width.js';
 export * from './curve.js';
 export * from './rpc.js';
 export * from './prewarm.js';
