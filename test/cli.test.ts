@@ -299,6 +299,9 @@ describe('the hvlab command', function () {
 
     it('an unknown command names the nearest one', () => refuse(['vm', 'lsit'], /^hvlab: unknown command "vm lsit" \(did you mean "vm list"\?\)$/));
 
+    it('a vmbus fault with nothing to do to the packets is refused in the CLI\'s words, before a nemesis is asked', () =>
+      refuse(['fault', 'inject', 'vmbus', '--target', 'vm:web', '--for', '5s', '--channel', 'kvp', '--drop', '0'], /^hvlab: a vmbus fault needs something to do to the packets: --drop, --duplicate, --reorder, --corrupt or --signal-drop with a probability above 0, or --delay or --signal-delay$/));
+
     it('an empty --home is refused instead of meaning the current directory', () => refuse(['--home', '', 'vm', 'list'], /^hvlab: --home is empty: give a directory$/));
 
     it('an empty HVLAB_HOME is refused instead of meaning the current directory', async () => {

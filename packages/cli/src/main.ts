@@ -21,7 +21,7 @@ import {
   type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
@@ -283,7 +283,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'for', value: 'TIME', required: true, help: 'how long, e.g. 5s, 250ms, 2m (a fault without an end is refused; kill and bitflip take 0)', check: (v) => (parseDurationMs(v) === null ? `--for ${v} is invalid: a duration such as 5s or 250ms` : null) },
       { name: 'role', value: 'ROLE', help: 'kill and pause: partition (default for VMs), vmwp, root (default for hosts) or hypervisor', check: oneOf('role', [...PROCESS_ROLES]) },
       { name: 'restart', help: 'kill: start the killed VM again when the fault ends' },
-      { name: 'channel', value: 'NAME', help: 'vmbus: only this channel (heartbeat, kvp, shutdown, timesync; default every channel)', check: nonEmpty('channel') },
+      { name: 'channel', value: 'NAME', help: `vmbus: only this channel (${VMBUS_DEVICE_CLASSES.join(', ')}; default every channel)`, check: oneOf('channel', VMBUS_DEVICE_CLASSES, 'is not a VMBus channel: use') },
       { name: 'drop', value: 'P', help: 'vmbus: probability 0-1 of dropping a packet', check: probability('drop') },
       { name: 'duplicate', value: 'P', help: 'vmbus: probability of duplicating a packet', check: probability('duplicate') },
       { name: 'reorder', value: 'P', help: 'vmbus: probability of holding a packet back behind the next', check: probability('reorder') },
@@ -405,6 +405,10 @@ function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | u
       num('signal-drop', 'signalDrop');
       dur('signal-delay', 'signalDelayMs');
       dur('delay', 'delayMs');
+      // Said in the CLI's words (the nemesis names its fields: signalDrop, …).
+      if (!['drop', 'duplicate', 'reorder', 'corrupt', 'signalDrop'].some((k) => ((params[k] as number | undefined) ?? 0) > 0) && params.delayMs === undefined && params.signalDelayMs === undefined) {
+        throw new UsageError('a vmbus fault needs something to do to the packets: --drop, --duplicate, --reorder, --corrupt or --signal-drop with a probability above 0, or --delay or --signal-delay');
+      }
       break;
     case 'interrupt-delay':
       dur('delay', 'delayMs');
@@ -806,9 +810,10 @@ export function parseCommandLine(argv: string[]): ParsedCommand {
   for (const o of spec.options) if (o.required && !options.has(o.name)) throw new UsageError(`"${name}" needs --${o.name} ${o.value} (usage: ${usageOf(spec)})`);
   const home = options.get('home');
   if (home === '') throw new UsageError('--home is empty: give a directory');
-  for (const o of spec.options) {
-    const v = options.get(o.name);
-    if (typeof v === 'string' && o.check) {
+  // In the order they were given: the first message names the first wrong value on the line.
+  for (const [n, v] of options) {
+    const o = spec.options.find((x) => x.name === n);
+    if (typeof v === 'string' && o?.check) {
       const problem = o.check(v);
       if (problem) throw new ValueError(problem);
     }

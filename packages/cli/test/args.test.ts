@@ -134,12 +134,21 @@ describe('the hvlab command line', () => {
       [['top', '--interval', '0'], '--interval 0 is invalid: 0.2 to 60 seconds'],
       [['up', '--lps', '257'], '--lps 257 is invalid: 1 to 256 logical processors'],
       [['up', '--vmbus-transport', 'tcp'], '--vmbus-transport tcp is invalid: use shm or remote'],
+      [['fault', 'inject', 'vmbus', '--target', 'vm:a', '--for', '5s', '--channel', 'foo'], '--channel foo is not a VMBus channel: use heartbeat, shutdown, timesync or kvp'],
     ];
     for (const [argv, msg] of cases) {
       const e = refusal(argv);
       expect(e, argv.join(' ')).to.be.instanceOf(ValueError);
       expect(e.message, argv.join(' ')).to.equal(msg);
     }
+  });
+
+  it('checks option values in the order they were given, so the first message names the first wrong one', () => {
+    // An unknown channel was passed over for a probability given after it (and, with no probability, the nemesis's "needs at least one probability").
+    const line = ['fault', 'inject', 'vmbus', '--channel', 'foo', '--drop', '2', '--target', 'vm:web', '--for', '5s'];
+    expect(refusal(line).message).to.equal('--channel foo is not a VMBus channel: use heartbeat, shutdown, timesync or kvp');
+    expect(refusal(['fault', 'inject', 'vmbus', '--drop', '2', '--channel', 'foo', '--target', 'vm:web', '--for', '5s']).message).to.equal('--drop 2 is invalid: a probability from 0 to 1, e.g. 0.2');
+    expect(runs(['fault', 'inject', 'vmbus', '--channel', 'kvp', '--drop', '0.5', '--target', 'vm:web', '--for', '5s']).options.get('channel')).to.equal('kvp');
   });
 
   it('answers --help anywhere with the help of the command, and alone with every command', () => {

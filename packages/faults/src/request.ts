@@ -5,7 +5,7 @@
  * throws and never calls a method of the value it is given.
  */
 import {
-  checkFaultDuration, decodeHostFaultSpec, FAULT_ID_RE, FAULT_KINDS, FAULT_MAX_DELAY_MS, INSTANT_FAULT_KINDS, isPlainObject, LINK_MAX_RATE_BPS, PROCESS_ROLES,
+  checkFaultDuration, decodeHostFaultSpec, FAULT_ID_RE, FAULT_KINDS, FAULT_MAX_DELAY_MS, INSTANT_FAULT_KINDS, isPlainObject, LINK_MAX_RATE_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES,
   type FaultKind, type HostFaultSpec, type ProcessRole,
 } from '@hvlab/protocol';
 import { PARTITION_SHAPES, TARGET_SELECTORS, type FaultRequest } from './types.js';
@@ -239,6 +239,16 @@ export function checkFaultRequest(v: unknown): Checked<FaultRequest> {
         if (!s.ok) return s;
       }
       break;
+    case 'vmbus': {
+      // The channel first: a name no VM has is the problem to name, not a probability left out.
+      const ch = params.channel;
+      if (ch !== undefined && ch !== null && !(VMBUS_DEVICE_CLASSES as readonly unknown[]).includes(ch)) {
+        return { ok: false, message: `vmbus: ${typeof ch === 'string' ? `"${ch.slice(0, 32)}" is not a VMBus channel` : '"channel" must be a channel name'} (channels: ${VMBUS_DEVICE_CLASSES.join(', ')})` };
+      }
+      const s = hostSpecOf(k, params, seed);
+      if (!s.ok) return s;
+      break;
+    }
     default: {
       const s = hostSpecOf(k, params, seed);
       if (!s.ok) return s;

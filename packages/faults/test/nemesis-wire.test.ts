@@ -34,6 +34,8 @@ describe('fault requests and the nemesis wire', () => {
       [{ ...req, target: 'vms:most' }, /one, minority, majority, all/],
       [{ ...req, kind: 'vmbus', target: 'host:h1', params: { drop: 1 } }, /hits a VM/],
       [{ ...req, kind: 'vmbus', params: {} }, /at least one probability/],
+      // A channel no VM has is named before the missing probability.
+      [{ ...req, kind: 'vmbus', params: { channel: 'foo' } }, /^vmbus: "foo" is not a VMBus channel \(channels: heartbeat, shutdown, timesync, kvp\)$/],
       [{ ...req, kind: 'vmbus', params: { drop: 2 } }, /"drop" must be a number from 0 to 1/],
       [{ ...req, kind: 'link', target: 'link:h1-h2', params: {} }, /give an impairment/],
       [{ ...req, kind: 'link', target: 'link:h1-h2', params: { cut: true, delayMs: 3 } }, /cut link carries nothing/],

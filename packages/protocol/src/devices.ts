@@ -40,6 +40,8 @@ export const DEVICE_CLASSES = {
 export type DeviceClass = keyof typeof DEVICE_CLASSES;
 export const DEVICE_CLASS_NAMES = Object.keys(DEVICE_CLASSES) as DeviceClass[];
 export const INTEGRATION_SERVICES = DEVICE_CLASS_NAMES.filter((c) => DEVICE_CLASSES[c].integrationService);
+/** The classes offered on a VM's VMBus: a channel's name is its class's (what a vmbus fault's `channel` names). */
+export const VMBUS_DEVICE_CLASSES = DEVICE_CLASS_NAMES.filter((c) => DEVICE_CLASSES[c].vmbus);
 
 export function isDeviceClass(v: unknown): v is DeviceClass {
   return typeof v === 'string' && Object.prototype.hasOwnProperty.call(DEVICE_CLASSES, v);
