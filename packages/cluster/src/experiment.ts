@@ -160,7 +160,15 @@ export function moveArguments(spec: Pick<ExperimentSpec, 'options' | 'to'>, meth
 type Ctx = CheckCtx;
 
 /** A map's fields by key (value node and pair); problems for a non-map, a repeated key or a key not in `allowed`. */
-function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowed: readonly string[]): Map<string, { v: Node | null; p: Pair }> {
+/**
+ * Fields a migration experiment does not have but a reader may expect from other files, and what
+ * to say instead of "is not a field here": `hosts`, which a chaos experiment and `up --hosts` take.
+ */
+const NOT_MIGRATION_FIELDS: Readonly<Record<string, string>> = {
+  hosts: 'is not a field of a migration experiment: it moves a VM between the two hosts named by from and to (default h1 and h2; cluster: new brings up just those two); a number of hosts is for kind: faults',
+};
+
+function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowed: readonly string[], notHere: Readonly<Record<string, string>> = {}): Map<string, { v: Node | null; p: Pair }> {
   const out = new Map<string, { v: Node | null; p: Pair }>();
   if (node === null || node === undefined || (isScalar(node) && node.value === null)) return out;
   if (!isMap(node)) {
@@ -176,7 +184,7 @@ function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowe
     const key = k.value;
     const path = field ? `${field}.${key}` : key;
     if (out.has(key)) problem(ctx, k, path, 'appears twice');
-    else if (!allowed.includes(key)) problem(ctx, k, path, `is not a field here (fields: ${allowed.join(', ')})`);
+    else if (!allowed.includes(key)) problem(ctx, k, path, Object.hasOwn(notHere, key) ? notHere[key]! : `is not a field here (fields: ${allowed.join(', ')})`);
     else out.set(key, { v: (pair.value as Node | null) ?? null, p: pair as Pair });
   }
   return out;
@@ -273,7 +281,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
     }
     kind = k as ExperimentKind;
   }
-  const top = fieldsOf(ctx, root, '', TOP_FIELDS);
+  const top = fieldsOf(ctx, root, '', TOP_FIELDS, NOT_MIGRATION_FIELDS);
   const spec: ExperimentSpec = {
     file, source: text, name: '', kind, seed: EXPERIMENT_DEFAULTS.seed, cluster: EXPERIMENT_DEFAULTS.cluster, from: EXPERIMENT_DEFAULTS.from, to: EXPERIMENT_DEFAULTS.to,
     lps: null, vm: { memoryBytes: parseSize(DEFAULT_VM.memory)!, vps: DEFAULT_VM.vps, workload: DEFAULT_VM.workload }, link: null, methods: [], options: {},

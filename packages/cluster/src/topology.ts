@@ -184,6 +184,21 @@ function quantity(ctx: Ctx, node: Node | null, field: string, parse: (t: string 
   return n;
 }
 
+/**
+ * What is wrong with a topology's hosts section as a whole, or null when it is a map with hosts in
+ * it: missing, empty, or a count (`hosts: 3`, as `up --hosts 3` and a chaos experiment take one)
+ * where each host is named. "must be a map (name: value)" said none of this.
+ */
+function hostsSectionProblem(h: { v: Node | null; p: Pair } | undefined): string | null {
+  const e = 'e.g. hosts: { h1: {}, h2: {} }';
+  if (!h) return `is missing: a cluster needs at least one host, ${e}`;
+  const v = h.v;
+  if (v === null || (isScalar(v) && (v.value === null || v.value === '')) || ((isMap(v) || isSeq(v)) && v.items.length === 0)) return `is empty: a cluster needs at least one host, ${e}`;
+  if (isScalar(v) && typeof v.value === 'number') return `is ${v.value}, a number: a topology names each of its hosts, ${e} ("hvlab up --hosts N" brings up hosts h1..hN without a file)`;
+  if (!isMap(v)) return `must name each host with its settings, ${e}`;
+  return null;
+}
+
 const TOP_FIELDS = ['name', 'hosts', 'links', 'vms', 'switches', 'disks'] as const;
 const HOST_FIELDS = ['lps', 'memory'] as const;
 const LINK_FIELDS = ['endpoints', 'delay', 'jitter', 'rate', 'loss'] as const;
@@ -210,8 +225,9 @@ export function parseTopology(text: string, file = 'topology'): Topology {
   // Hosts.
   const hosts: TopologyHost[] = [];
   const h = top.get('hosts');
-  if (!h || !h.v || (isMap(h.v) && (h.v as YAMLMap).items.length === 0)) problem(ctx, h?.v ?? h?.p ?? root, 'hosts', 'a cluster needs at least one host');
-  for (const [hn, hv, hp] of entries(ctx, h?.v, 'hosts', null)) {
+  const hostsProblem = hostsSectionProblem(h);
+  if (hostsProblem) problem(ctx, h?.v ?? h?.p ?? root, 'hosts', hostsProblem);
+  for (const [hn, hv, hp] of hostsProblem ? [] : entries(ctx, h?.v, 'hosts', null)) {
     const field = `hosts.${hn}`;
     if (!HOST_NAME_RE.test(hn)) {
       problem(ctx, hp, field, 'a host name is 1-10 lowercase letters, digits or "-", starting with a letter');
@@ -229,6 +245,9 @@ export function parseTopology(text: string, file = 'topology'): Topology {
   if (hosts.length > MAX_HOSTS) problem(ctx, h?.v, 'hosts', `at most ${MAX_HOSTS} hosts`);
   const hostNames = new Set(hosts.map((x) => x.name));
   const known = (): string => [...hostNames].join(', ') || 'none';
+  // Without a hosts section to check against, every link and VM would follow with "h1 is not a
+  // host of this cluster (hosts: none)": the section is the one problem named.
+  const checkHostNames = hostsProblem === null;
 
   // Links.
   const links: TopologyLink[] = [];
@@ -251,8 +270,9 @@ export function parseTopology(text: string, file = 'topology'): Topology {
             }
             const [a, b] = v.items.map((e) => String((e as { value: unknown }).value));
             const bad = [a, b].filter((x) => !hostNames.has(x!));
-            if (bad.length > 0) problem(ctx, v, f, `${bad.map((x) => JSON.stringify(x)).join(' and ')} ${bad.length > 1 ? 'are not hosts' : 'is not a host'} of this cluster (hosts: ${known()})`);
-            else if (a === b) problem(ctx, v, f, 'a link joins two different hosts');
+            if (bad.length > 0) {
+              if (checkHostNames) problem(ctx, v, f, `${bad.map((x) => JSON.stringify(x)).join(' and ')} ${bad.length > 1 ? 'are not hosts' : 'is not a host'} of this cluster (hosts: ${known()})`);
+            } else if (a === b) problem(ctx, v, f, 'a link joins two different hosts');
             else {
               const key = [a, b].sort().join('\u0000');
               if (pairs.has(key)) problem(ctx, v, f, `${a} and ${b} are already linked`);
@@ -296,7 +316,7 @@ export function parseTopology(text: string, file = 'topology'): Topology {
     } else {
       const hv = scalar(fields.get('host')!);
       if (typeof hv !== 'string' || !hostNames.has(hv)) {
-        problem(ctx, fields.get('host'), `${field}.host`, `${JSON.stringify(hv)} is not a host of this cluster (hosts: ${known()})`);
+        if (checkHostNames || typeof hv !== 'string') problem(ctx, fields.get('host'), `${field}.host`, `${JSON.stringify(hv)} is not a host of this cluster (hosts: ${known()})`);
         ok = false;
       } else vm.host = hv;
     }

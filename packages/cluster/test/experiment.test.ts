@@ -200,6 +200,9 @@ describe('experiment files', () => {
       ['name: x\nmethods: [precopy]\nprobe: 1K\n', 'probe', /from 64K/],
       ['name: x\nmethods: [precopy]\nmoveTimeout: 10ms\n', 'moveTimeout', /at least 1000ms/],
       ['name: x\nname: y\nmethods: [precopy]\n', 'name', /twice/],
+      // A count of hosts, as a chaos experiment or "up --hosts" takes one: said as such, not as any unknown field.
+      ['name: x\nmethods: [precopy]\nhosts: 0\n', 'hosts', /^is not a field of a migration experiment: it moves a VM between the two hosts named by from and to .*a number of hosts is for kind: faults$/],
+      ['name: x\nmethods: [precopy]\nhosts:\n', 'hosts', /^is not a field of a migration experiment/],
     ];
     for (const [text, field, re] of cases) {
       const ps = problems(text);

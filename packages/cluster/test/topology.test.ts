@@ -105,7 +105,11 @@ describe('topology files', () => {
 
   it('refuses what would not work later: bad names, duplicate and self links, missing fields, bad units, a host over its memory budget, reserved sections with content', () => {
     const cases: Array<[string, string, RegExp]> = [
-      ['name: lab\nhosts: {}\n', 'hosts', /at least one host/],
+      ['name: lab\nhosts: {}\n', 'hosts', /^is empty: a cluster needs at least one host, e\.g\. hosts: \{ h1: \{\}, h2: \{\} \}$/],
+      ['name: lab\nhosts:\n', 'hosts', /^is empty: a cluster needs at least one host/],
+      ['name: lab\n', 'hosts', /^is missing: a cluster needs at least one host/],
+      ['name: lab\nhosts: 0\n', 'hosts', /^is 0, a number: a topology names each of its hosts, e\.g\. hosts: \{ h1: \{\}, h2: \{\} \} \("hvlab up --hosts N" brings up hosts h1\.\.hN without a file\)$/],
+      ['name: lab\nhosts: [h1, h2]\n', 'hosts', /^must name each host with its settings/],
       ['hosts: { h1: {} }\n', 'name', /missing/],
       ['name: "a b"\nhosts: { h1: {} }\n', 'name', /letters, digits/],
       ['name: lab\nhosts: { H1: {} }\n', 'hosts.H1', /lowercase/],
@@ -132,6 +136,14 @@ describe('topology files', () => {
       expect(p, `${JSON.stringify(text)}: no problem for ${field} in ${JSON.stringify(ps)}`).to.not.equal(undefined);
       expect(p!.message, text).to.match(re);
       expect(p!.line, `${text}: a line`).to.be.greaterThan(0);
+    }
+  });
+
+  it('names a hosts section that is missing, empty or a count as the one problem, not every link and VM on its hosts after it', () => {
+    for (const [hosts, column, message] of [['hosts: 0', 8, /^is 0, a number/], ['hosts:', 7, /^is empty/], ['hosts: {}', 8, /^is empty/]] as const) {
+      const ps = problems(`name: lab\n${hosts}\nlinks: [{ endpoints: [h1, h2] }]\nvms: { web: { host: h1 } }\n`);
+      expect(ps.map((p) => [p.line, p.column, p.field]), hosts).to.deep.equal([[2, column, 'hosts']]);
+      expect(ps[0]!.message, hosts).to.match(message);
     }
   });
 

@@ -357,7 +357,10 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
     const f = top.get(k);
     if (!f) continue;
     if (spec.cluster === 'existing') problem(ctx, f.p, k, `is for cluster: new; an existing cluster keeps its own ${k === 'hosts' ? 'hosts' : 'LPs'}`);
-    else spec[k] = wholeNumber(ctx, f, k, 1, k === 'hosts' ? MAX_HOSTS : MAX_LPS);
+    else if (k === 'hosts' && (scalar(f.v) === null || scalar(f.v) === undefined || scalar(f.v) === 0)) {
+      // A run with no host has nowhere to put its workloads: said so, rather than "must be a whole number".
+      problem(ctx, at(f), k, `is ${scalar(f.v) === 0 ? '0' : 'empty'}: cluster: new brings up 1 to ${MAX_HOSTS} hosts, h1..hN (default ${CHAOS_DEFAULTS.hosts}), and every workload runs on one of them`);
+    } else spec[k] = wholeNumber(ctx, f, k, 1, k === 'hosts' ? MAX_HOSTS : MAX_LPS);
   }
   if (spec.cluster === 'new') {
     spec.hosts ??= CHAOS_DEFAULTS.hosts;

@@ -134,6 +134,13 @@ describe('chaos experiment files', () => {
     expect(problems('name: e\nkind: faults\ncluster: existing\nhosts: 3\nworkloads: [{ name: a, host: h1 }]\n').map((x) => x.field)).to.deep.equal(['hosts']);
   });
 
+  it('names a hosts count of 0, or an empty one, as what it is, with its position', () => {
+    const zero = problems('name: z\nkind: faults\nhosts: 0\nworkloads: [{ name: a, host: h1 }]\n');
+    expect(zero.map((x) => [x.line, x.column, x.field, x.message])).to.deep.equal([[3, 8, 'hosts', 'is 0: cluster: new brings up 1 to 32 hosts, h1..hN (default 3), and every workload runs on one of them']]);
+    const empty = problems('name: z\nkind: faults\nhosts:\nworkloads: [{ name: a, host: h1 }]\n');
+    expect(empty.map((x) => [x.line, x.field, x.message])).to.deep.equal([[3, 'hosts', 'is empty: cluster: new brings up 1 to 32 hosts, h1..hN (default 3), and every workload runs on one of them']]);
+  });
+
   it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
     const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
     expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });
