@@ -84,6 +84,19 @@ function expectOneLine(r: Run, code: number, re: RegExp, what: string): void {
   expect(r.stdout, `${what}: nothing on stdout`).to.equal('');
 }
 
+/** With --json, a failure is exactly one JSON line on stderr: {"error":{"message","kind","exitCode"}}, and the exit code is the one it names. */
+function expectJsonFailure(r: Run, code: number, kind: string, re: RegExp, what: string): void {
+  const lines = r.stderr.split('\n').filter((l) => l !== '');
+  expect(lines, `${what}: one line on stderr, got ${JSON.stringify(r.stderr)}`).to.have.length(1);
+  const e = JSON.parse(lines[0]!) as { error: { message: string; kind: string; exitCode: number } };
+  expect(Object.keys(e), what).to.deep.equal(['error']);
+  expect(Object.keys(e.error).sort(), what).to.deep.equal(['exitCode', 'kind', 'message']);
+  expect(e.error.message, what).to.match(re);
+  expect(e.error.kind, what).to.equal(kind);
+  expect(e.error.exitCode, what).to.equal(code);
+  expect(r.code, what).to.equal(code);
+}
+
 describe('the hvlab command', function () {
   this.timeout(120000);
 
@@ -180,6 +193,36 @@ describe('the hvlab command', function () {
         p.kill();
         await p.done;
       }
+    });
+  });
+
+  describe('failures with --json', () => {
+    let home = '';
+    before(() => (home = mkdtempSync(join(tmpdir(), 'hvlab-cli-json-'))));
+    after(() => rmSync(home, { recursive: true, force: true }));
+    const hv = (...args: string[]): Promise<Run> => runBin(args, { cwd: '/', env: { HVLAB_HOME: home } });
+
+    it('are one JSON line on stderr naming the message, the kind and the exit code (they were plain text)', async () => {
+      expectJsonFailure(await hv('vm', 'list', '--every', '--json'), 2, 'usage', /^unknown option --every for "vm list"/, 'an unknown option');
+      expectJsonFailure(await hv('--json', 'vm', 'new', 'a', '--vps', '2x'), 1, 'value', /^--vps 2x is invalid: a VM has 1 to 64 virtual processors$/, 'a bad value, --json before the command');
+      expectJsonFailure(await hv('host', 'info', '--json'), 1, 'host', new RegExp(`^no host is up for ${escape(home)}; run "hvlab up" first$`), 'no host');
+      // --json on a command that has no JSON output is itself the failure, said as JSON all the same.
+      expectJsonFailure(await hv('logs', '--json'), 2, 'usage', /^unknown option --json for "logs"/, 'logs --json');
+      // Without --json they stay plain text.
+      expectOneLine(await hv('host', 'info'), 1, /^hvlab: no host is up for /, 'host info without --json');
+    });
+
+    it('of a file with problems: the result on stdout as before, and one JSON line with every problem on stderr', async () => {
+      const bad = join(home, 'bad.yaml');
+      writeFileSync(bad, 'name: lab\nhosts:\n  h1: { lps: 0 }\nvms:\n  web: { host: h9 }\n');
+      const r = await hv('cluster', 'check', bad, '--json');
+      expect((JSON.parse(r.stdout) as { valid: boolean }).valid).to.equal(false);
+      expectJsonFailure(r, 1, 'value', new RegExp(`^${escape(bad)} is not a valid topology \\(2 problems\\): ${escape(bad)}:3:14: hosts\\.h1\\.lps: .*; ${escape(bad)}:5:16: vms\\.web\\.host: `), 'cluster check');
+      const exp = join(home, 'exp.yaml');
+      writeFileSync(exp, 'name: x\nmethods: [warp]\n');
+      const e = await hv('experiment', 'run', exp, '--check', '--json');
+      expect(e.stdout).to.equal('');
+      expectJsonFailure(e, 1, 'value', /is not a valid experiment \(1 problem\): .*methods\[0\]: /, 'experiment run --check');
     });
   });
 
@@ -284,7 +327,8 @@ describe('the hvlab command', function () {
     it('an option of another command is refused where it does not belong', () =>
       refuse(['vm', 'start', 'alpha', '--memory', '8M'], /^hvlab: unknown option --memory for "vm start"/));
 
-    it('--json is refused by a command that has no JSON output', () => refuse(['logs', '--json'], /^hvlab: unknown option --json for "logs"/));
+    // Said as JSON, since --json is on the line (it was plain text).
+    it('--json is refused by a command that has no JSON output', async () => expectJsonFailure(await h.run('logs', '--json'), 2, 'usage', /^unknown option --json for "logs"/, 'logs --json'));
 
     it('a flag given a value is refused', () => refuse(['vm', 'stop', 'alpha', '--force=yes'], /^hvlab: option --force of "vm stop" takes no value$/));
 

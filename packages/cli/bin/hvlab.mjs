@@ -12,9 +12,12 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-/** One line on stderr (the stack too with HVLAB_DEBUG=1), then exit 1. */
+/** One line on stderr (JSON with --json, as the CLI's own failures; the stack too with HVLAB_DEBUG=1), then exit 1. */
 function fail(what, e) {
-  process.stderr.write(`hvlab: ${what}: ${String(e?.message ?? e).split('\n')[0]}\n`);
+  const message = `${what}: ${String(e?.message ?? e).split('\n')[0]}`;
+  const args = process.argv.slice(2);
+  const json = (args.includes('--') ? args.slice(0, args.indexOf('--')) : args).some((t) => t === '--json' || t.startsWith('--json='));
+  process.stderr.write(json ? `${JSON.stringify({ error: { message, kind: 'internal', exitCode: 1 } })}\n` : `hvlab: ${message}\n`);
   if (process.env.HVLAB_DEBUG === '1' && e?.stack) process.stderr.write(`${e.stack}\n`);
   process.exit(1);
 }

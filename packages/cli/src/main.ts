@@ -8,9 +8,11 @@
  * text is generated from the same table, so it cannot drift from what is accepted.
  *
  * Errors are one line on stderr naming the thing and the value, never a stack trace
- * (HVLAB_DEBUG=1 adds stacks and traces requests). Exit codes: 0 done, 1 a value was invalid or
+ * (HVLAB_DEBUG=1 adds stacks and traces requests); with --json on the command line, that line is
+ * JSON: {"error":{"message","kind","exitCode"}} (kind usage, value, host or internal), so a script
+ * that asked for JSON reads its failures as JSON too. Exit codes: 0 done, 1 a value was invalid or
  * the host refused or failed, 2 the command line could not be understood, 3 `debug hypercall`
- * returned a status other than SUCCESS.
+ * returned a status other than SUCCESS, 130 interrupted.
  */
 import { closeSync, constants, existsSync, openSync, readdirSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -90,7 +92,7 @@ const TEN_YEARS_S = 10 * 365 * 86400;
 
 const HOME_OPTION: OptionSpec = { name: 'home', value: 'DIR', help: 'the state directory (default: HVLAB_HOME, else ~/.hvlab)' };
 const HELP_OPTION: OptionSpec = { name: 'help', short: 'h', help: 'show this help' };
-const JSON_OPTION: OptionSpec = { name: 'json', help: 'print the result as JSON' };
+const JSON_OPTION: OptionSpec = { name: 'json', help: 'print the result as JSON (and a failure as one JSON line on stderr)' };
 const HOST_OPTION: OptionSpec = { name: 'host', value: 'NAME', help: 'aim the command at host NAME of the cluster that is up in this home', check: nonEmpty('host') };
 /** Accepted before the command as well as after it. */
 const GLOBAL_OPTIONS = [HOME_OPTION, HOST_OPTION, HELP_OPTION, JSON_OPTION];
@@ -327,10 +329,7 @@ export const COMMANDS: CommandSpec[] = [
 async function runChaos(file: string, home: string, opt: (n: string) => string | undefined, flag: (n: string) => boolean, json: boolean): Promise<number> {
   const seed = opt('seed') === undefined ? undefined : Number(opt('seed'));
   const spec = loadChaosExperiment(file);
-  if (spec instanceof ChaosExperimentError) {
-    process.stderr.write(`hvlab: ${file} is not a valid experiment (${spec.problems.length} problem${spec.problems.length === 1 ? '' : 's'})${flag('check') ? '' : '; nothing was started'}:\n${spec.message}\n`);
-    return 1;
-  }
+  if (spec instanceof ChaosExperimentError) return refuseFile(spec, file, 'experiment', flag('check') ? '' : '; nothing was started');
   if (flag('check')) {
     const useSeed = seed ?? spec.seed;
     if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: spec.cluster === 'new' ? plannedSchedule(spec, useSeed) : null }));
@@ -348,10 +347,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
   try {
     report = await clusterCall(() => runChaosExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home: spec.cluster === 'existing' ? home : undefined, signal: ac.signal, seed }));
   } catch (e) {
-    if (e instanceof ChaosExperimentError) {
-      process.stderr.write(`hvlab: ${file} is not a valid experiment (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);
-      return 1;
-    }
+    if (e instanceof ChaosExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
     throw e;
   } finally {
     release();
@@ -605,7 +601,8 @@ export function fullHelp(): string {
     'one host of the cluster that is up there. HVLAB_DEBUG=1 shows stacks. "hvlab --version" prints',
     'the version of hvlab and of the Node that runs it.',
     'Exit codes: 0 done, 1 refused or failed, 2 the command line was not understood, 3 a debug',
-    'hypercall returned a status other than SUCCESS.',
+    'hypercall returned a status other than SUCCESS, 130 interrupted. With --json, a failure is one',
+    'JSON line on stderr: {"error":{"message":"…","kind":"usage|value|host|internal","exitCode":N}}.',
   );
   return out.join('\n');
 }
@@ -1023,8 +1020,13 @@ function loadTopology(file: string): { topology: Topology; source: string } | To
 /** Refuses a topology a compiler's way: one problem per line, each with file, line, column and field; exit 1. */
 function refuseTopology(e: TopologyError, json: boolean, after = ''): number {
   if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
-  process.stderr.write(`hvlab: ${e.file} is not a valid topology (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'})${after}:\n${e.message}\n`);
-  return 1;
+  return refuseFile(e, e.file, 'topology', after);
+}
+
+/** A file's problems (its error's message, one a line) after a line naming the file; with --json, one JSON line of them all. Returns 1. */
+function refuseFile(e: { problems: unknown[]; message: string }, file: string, what: 'topology' | 'experiment', after = ''): number {
+  const n = e.problems.length;
+  return sayFailure(`${file} is not a valid ${what} (${n} problem${n === 1 ? '' : 's'})${after}`, 'value', 1, e.message.split('\n'));
 }
 
 /** Runs a cluster operation; its ClusterError becomes a one-line CLI error. */
@@ -1170,6 +1172,7 @@ function needHost(paths: HostPaths): MgmtClient {
 /** Runs one command line; returns the exit code. Never throws. */
 export async function run(argv: string[]): Promise<number> {
   let client: MgmtClient | null = null;
+  jsonFailures = wantsJson(argv);
   try {
     const p = parseCommandLine(argv);
     if (p.kind === 'help') {
@@ -1647,10 +1650,7 @@ export async function run(argv: string[]): Promise<number> {
         if (opt('seed') !== undefined) throw new UsageError('--seed is for experiments of kind: faults (a migration experiment takes its seed from the file)');
         if (flag('check')) {
           const spec = loadExperiment(file);
-          if (spec instanceof ExperimentError) {
-            process.stderr.write(`hvlab: ${file} is not a valid experiment (${spec.problems.length} problem${spec.problems.length === 1 ? '' : 's'}):\n${spec.message}\n`);
-            return 1;
-          }
+          if (spec instanceof ExperimentError) return refuseFile(spec, file, 'experiment');
           out(json ? JSON.stringify({ valid: true, spec }) : `${file}: experiment ${spec.name} (${spec.kind}): ${spec.methods.join(', ')} × ${spec.repetitions}, VM ${formatBytes(spec.vm.memoryBytes)} ${spec.vm.workload} on ${spec.from} → ${spec.to} (cluster: ${spec.cluster})`);
           return 0;
         }
@@ -1673,10 +1673,7 @@ export async function run(argv: string[]): Promise<number> {
           };
           report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome }));
         } catch (e) {
-          if (e instanceof ExperimentError) {
-            process.stderr.write(`hvlab: ${file} is not a valid experiment (${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}); nothing was started:\n${e.message}\n`);
-            return 1;
-          }
+          if (e instanceof ExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
           throw e;
         } finally {
           release();
@@ -1886,13 +1883,42 @@ export function userWords(message: string): string {
     .replace(new RegExp(`"(${ops.join('|')})"`, 'g'), (_m, op: string) => `"${opCommand(op)}"`);
 }
 
+/**
+ * What kind of failure a --json reader is told of: the command line (usage, exit 2), a value on it
+ * or in a file it names (value), what a host or the system refused or failed at, or an
+ * interruption (host), or a bug of hvlab (internal).
+ */
+export type FailureKind = 'usage' | 'value' | 'host' | 'internal';
+
+/** --json was on the command line (before any "--"): failures are said as JSON too. */
+let jsonFailures = false;
+
+/** Whether a command line asks for JSON, whatever else is wrong with it. */
+export function wantsJson(argv: string[]): boolean {
+  const end = argv.indexOf('--');
+  return (end < 0 ? argv : argv.slice(0, end)).some((t) => t === '--json' || t.startsWith('--json='));
+}
+
+/**
+ * Says a failure on stderr and returns its exit code: "hvlab: MESSAGE" (and `lines` below it), or
+ * with --json exactly one line, {"error":{"message","kind","exitCode"}} (`lines` joined into the
+ * message with "; ").
+ */
+function sayFailure(message: string, kind: FailureKind, exitCode: number, lines: string[] = []): number {
+  if (jsonFailures) process.stderr.write(`${JSON.stringify({ error: { message: lines.length ? `${message}: ${lines.join('; ')}` : message, kind, exitCode } })}\n`);
+  else process.stderr.write(`hvlab: ${message}${lines.length ? `:\n${lines.join('\n')}` : ''}\n`);
+  return exitCode;
+}
+
 /** Prints an error as one line (plus the stack with HVLAB_DEBUG=1) and returns the exit code. */
 function report(e: unknown): number {
-  const known = e instanceof UsageError || e instanceof ValueError || e instanceof CliError || e instanceof MgmtCallError || userFsError(e);
-  const msg = e instanceof MgmtCallError || e instanceof CliError ? userWords(e.message) : e instanceof Error ? e.message : String(e);
-  process.stderr.write(`hvlab: ${known ? '' : 'internal error: '}${oneLine(msg)}${known || debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}\n`);
+  const kind: FailureKind = e instanceof UsageError ? 'usage' : e instanceof ValueError ? 'value'
+    : e instanceof CliError || e instanceof MgmtCallError || userFsError(e) ? 'host' : 'internal';
+  const msg = oneLine(e instanceof MgmtCallError || e instanceof CliError ? userWords(e.message) : e instanceof Error ? e.message : String(e));
+  const code = e instanceof UsageError ? 2 : e instanceof Interrupted ? 130 : 1;
+  sayFailure(kind !== 'internal' || jsonFailures ? msg : `internal error: ${msg}${debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}`, kind, code);
   if (debugOn() && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
-  return e instanceof UsageError ? 2 : e instanceof Interrupted ? 130 : 1;
+  return code;
 }
 
 /** The process entry: runs the command line and exits with its code; nothing escapes as a stack. */
@@ -1906,7 +1932,10 @@ export async function main(argv: string[]): Promise<never> {
   // save), so say so rather than end without a word.
   const byDefault = (): void => {
     if (interruptOwners > 0) return;
-    if (interruptSays) process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}hvlab: interrupted: ${interruptSays}\n`);
+    if (interruptSays) {
+      if (process.stderr.isTTY) process.stderr.write('\n');
+      sayFailure(`interrupted: ${interruptSays}`, 'host', 130);
+    }
     process.exit(130);
   };
   process.on('SIGINT', byDefault);
