@@ -19,7 +19,7 @@ import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode,
 import { hostProcesses } from '@hvlab/host';
 import { curveClientOptions, makeClusterKey, RpcClient, writeClusterKey, zmq } from '@hvlab/runtime';
 import { clusterTag, Fabric, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
-import { TestHost, eventually, knock, shmFiles } from './harness.js';
+import { TestHost, eventually, knock, shmFiles, sleep } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
 
@@ -143,6 +143,31 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       return info.cluster?.peers.find((p) => p.name === 'h2')?.missed === 0;
     }, 10000);
     expect(back, 'heartbeats answered again').to.equal(true);
+  });
+
+  it('Ctrl-C of a link probe stops its traffic at the fabric before it exits 130 (its bytes flowed on after the CLI had gone)', async () => {
+    const bytesOut = async (): Promise<number> => (await h.json<{ links: Array<{ a: string; b: string; bytes: [number, number] }> }>('cluster', 'status')).links.find((l) => l.a === 'h1' && l.b === 'h2')!.bytes[0];
+    await h.ok('link', 'set', 'h1', 'h2', '--rate', '8mbit');
+    // 64 MiB at 8 mbit/s: about 70 s, if nothing stops it.
+    const p = h.start('link', 'probe', 'h1', 'h2', '--pings', '1', '--bytes', '64M');
+    try {
+      const before = await bytesOut();
+      expect(await eventually(async () => (await bytesOut()) - before > 1024 * 1024, 30000), 'the probe\'s bytes cross the link').to.equal(true);
+      p.child.kill('SIGINT');
+      const r = await p.done;
+      expect(r.code, r.stderr).to.equal(130);
+      expect(r.stderr.trim()).to.equal('hvlab: link probe was interrupted: its traffic from h1 to h2 was stopped at the fabric');
+      // Only heartbeats cross now (about 100 bytes a second), not the probe's megabyte a second.
+      const at = await bytesOut();
+      await sleep(2000);
+      expect((await bytesOut()) - at, 'bytes h1 → h2 in the 2 s after the CLI exited').to.be.below(64 * 1024);
+      // The next probe goes as usual.
+      expect((await probe('h1', 'h2', '--pings', '2')).rttMs.length).to.equal(2);
+    } finally {
+      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      await p.done;
+      await h.ok('link', 'reset', 'h1', 'h2');
+    }
   });
 
   it('a seed fixes a link\'s draws; an unknown link or a bad value is refused', async () => {

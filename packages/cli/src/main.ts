@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -175,7 +175,7 @@ export const COMMANDS: CommandSpec[] = [
   linkPair('cut', 'cut the link between two hosts: nothing crosses it until "link heal" (what was sent waits, as TCP retransmits)'),
   linkPair('heal', 'heal a cut link: what waited flows on'),
   { words: ['link', 'reset'], args: '[HOST HOST]', min: 0, max: 2, json: true, group: 'Clusters', options: [], help: 'clear every impairment of a link (or of every link) and heal it' },
-  linkPair('probe', 'measure the link from the first host to the second: round trips and a bulk transfer, through the link (or --direct past it)', [
+  linkPair('probe', 'measure the link from the first host to the second: round trips and a bulk transfer, through the link (or --direct past it); Ctrl-C stops it at the fabric', [
     { name: 'pings', value: 'N', help: 'round trips (default 10)', check: wholeIn('pings', 0, 10000) },
     { name: 'bytes', value: 'SIZE', help: 'bytes of a bulk transfer, e.g. 4M (default 0: none)', check: (v) => (parseSize(v) === null ? `--bytes ${v} is invalid: a size such as 4M or 512K` : null) },
     { name: 'direct', help: 'to the peer\'s own address, past the link layer (a baseline)' },
@@ -1048,7 +1048,8 @@ const INTERRUPT_SAYS: Record<string, string> = {
   'vm resume': LEFT_AT_HOST, 'vm save': LEFT_AT_HOST, 'vm delete': LEFT_AT_HOST, 'vm set-processor': LEFT_AT_HOST, 'vm ic': LEFT_AT_HOST,
   down: 'the host may be half down: "hvlab down" again finishes it',
   'cluster down': 'the cluster may be half down: "hvlab cluster down" again finishes it',
-  'link probe': 'the probe\'s bytes may still be crossing the link, and its counters with them',
+  // Through the link, Ctrl-C stops the probe at the fabric (stoppableProbe); --direct goes past it.
+  'link probe': 'a --direct probe goes past the fabric, so its bytes may still be crossing to the peer',
 };
 
 /**
@@ -1092,6 +1093,41 @@ async function interruptible<T>(said: string, fn: (signal: AbortSignal) => Promi
   } finally {
     release();
   }
+}
+
+/**
+ * Awaits a `link probe` through the link; on Ctrl-C (or SIGTERM) stops it at the fabric with `stop`
+ * (again while the host has not yet opened the probe's way there, up to a few seconds) and throws
+ * Interrupted saying whether it stopped.
+ */
+async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Promise<number>, what: string): Promise<LinkProbeResult> {
+  let interrupted: () => void = () => undefined;
+  const asked = new Promise<'interrupted'>((r) => (interrupted = () => r('interrupted')));
+  const release = onInterrupt(() => interrupted());
+  try {
+    const first = await Promise.race([probing, asked]);
+    if (first !== 'interrupted') return first;
+  } finally {
+    release();
+  }
+  let settled = false;
+  probing.then(() => (settled = true), () => (settled = true));
+  // A second Ctrl-C ends the CLI at once (main's handler), saying so.
+  interruptSays = `the probe from ${what} may not be stopped at the fabric: its bytes may still be crossing the link`;
+  // The host's probe ends once its way is closed; until the host has opened it there is none to
+  // close, so it is asked again until the probe ends (it answers at once when stopped).
+  let problem: string | null = null;
+  for (const until = Date.now() + 5000; !settled && Date.now() < until;) {
+    try {
+      await stop();
+      problem = null;
+    } catch (e) {
+      problem = (e as Error).message;
+    }
+    await Promise.race([probing.catch(() => undefined), new Promise((r) => setTimeout(r, 200))]);
+  }
+  if (problem !== null) throw new Interrupted(`link probe was interrupted, and its traffic from ${what} could not be stopped at the fabric (${problem}): its bytes may still be crossing the link`);
+  throw new Interrupted(`link probe was interrupted: its traffic from ${what} was stopped at the fabric${settled ? '' : '; the host is still ending its probe'}`);
 }
 
 async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
@@ -1471,7 +1507,11 @@ export async function run(argv: string[]): Promise<number> {
         client = target.kind === 'local' ? needHost(target.paths) : new MgmtClient(target.endpoint, { socket: target.socket });
         const bytes = opt('bytes') === undefined ? 0 : parseSize(opt('bytes')!)!;
         const pings = opt('pings') === undefined ? 10 : Number(opt('pings'));
-        const r = await client.request<LinkProbeResult>('linkProbe', { peer: to, pings, bytes, direct: flag('direct') }, 600000);
+        const probing = client.request<LinkProbeResult>('linkProbe', { peer: to, pings, bytes, direct: flag('direct') }, 600000);
+        // Ctrl-C stops the probe's traffic at the fabric, where it crosses the link: its bulk bytes
+        // flowed on after the CLI had gone (a 4 GiB probe at 1 mbit, for hours). --direct goes past
+        // the fabric; the default handler says what may go on.
+        const r = flag('direct') ? await probing : await stoppableProbe(probing, () => linkProbeStop(paths.home, from, to), `${from} to ${to}`);
         if (json) out(JSON.stringify(r));
         else {
           const sorted = [...r.rttMs].sort((a, b) => a - b);

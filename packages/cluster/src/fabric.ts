@@ -12,13 +12,17 @@
  *     (so a member learns of hosts that joined later);
  *   - `status`, `linkSet`, `linkCut`, `linkHeal`, `linkReset` from the CLI;
  *   - `expose` and `unexpose` from a member: a port of its own, reachable from one peer through
- *     their link (a live migration's destination worker's stream socket).
+ *     their link (a live migration's destination worker's stream socket);
+ *   - `probeOpen` from a member: a port of the fabric to a peer's peer service through their link,
+ *     for one `link probe`, and `probeStop` from that member when the probe ends or from a CLI whose
+ *     probe was interrupted: the port closes with its connections, and what the link held of the
+ *     probe is dropped (else a 4 GiB probe at 1 mbit flowed on for hours after Ctrl-C).
  * Links come from the topology file; a host that joins later is linked to every member, unimpaired.
  * Each link's seed is fixed by its two names unless set, so the same file repeats the same draws.
  */
 import { createHash } from 'node:crypto';
 import {
-  decodeFabricRequest, FABRIC_MAX_EXPOSED, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
+  decodeFabricRequest, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
 import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
@@ -60,6 +64,8 @@ export class Fabric {
   private readonly proxies = new Map<string, LinkProxy>();
   /** The fabric's port → a port a member opened to one peer (`expose`), oldest first. */
   private readonly exposed = new Map<number, { owner: string; from: string; proxy: LinkProxy }>();
+  /** The fabric's port → a link probe's own way from member `owner` to `to` (`probeOpen`), oldest first. */
+  private readonly probes = new Map<number, { owner: string; to: string; proxy: LinkProxy }>();
   private readonly fileHosts: Set<string>;
   private boundPort = 0;
   /** Connections the proxies closed at their bounds, per proxy, and when that was last logged. */
@@ -152,6 +158,7 @@ export class Fabric {
         this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: m?.health ?? [] });
         // A member that joins again (its root restarted) opened its ports in its earlier life: they go.
         for (const [port, e] of [...this.exposed]) if (e.owner === r.name) await this.closeExposed(port);
+        for (const [port, e] of [...this.probes]) if (e.owner === r.name) await this.closeProbe(port);
         if (!this.fileHosts.has(r.name)) {
           // A joined host is linked to every member.
           for (const other of this.members.keys()) {
@@ -185,6 +192,7 @@ export class Fabric {
         }
         if (!this.fileHosts.has(r.name)) for (const [k, l] of [...this.links]) if (l.a === r.name || l.b === r.name) this.links.delete(k);
         for (const [port, e] of [...this.exposed]) if (e.owner === r.name || e.from === r.name) await this.closeExposed(port);
+        for (const [port, e] of [...this.probes]) if (e.owner === r.name || e.to === r.name) await this.closeProbe(port);
         this.opts.log?.('host left', { host: r.name });
         return { left: true };
       }
@@ -207,6 +215,30 @@ export class Fabric {
         if (!e || e.owner !== r.name) return { closed: false };
         await this.closeExposed(r.port);
         return { closed: true };
+      }
+      case 'probeOpen': {
+        if (!this.members.has(r.name)) throw new RpcFailure('NotMember', `${r.name} has not joined cluster ${this.opts.cluster}`);
+        const target = this.members.get(r.to);
+        if (!target) throw new RpcFailure('NotFound', `${r.to} is not a member of cluster ${this.opts.cluster}`);
+        const l = this.link(r.name, r.to);
+        const mine = [...this.probes].filter(([, e]) => e.owner === r.name);
+        if (mine.length >= FABRIC_MAX_PROBES) await this.closeProbe(mine[0]![0]);
+        // The link's direction name→to, as the link's own port from `name`: its impairments and counters.
+        const proxy = new LinkProxy(l, { host: target.address, port: target.peerPort }, r.name === l.a ? 0 : 1);
+        const port = await proxy.listen(this.opts.listen, 0);
+        this.probes.set(port, { owner: r.name, to: r.to, proxy });
+        this.opts.log?.('probe port opened', { host: r.name, to: r.to, via: port });
+        return { port };
+      }
+      case 'probeStop': {
+        let stopped = 0;
+        for (const [port, e] of [...this.probes]) {
+          if (e.owner !== r.name || (r.to !== null && e.to !== r.to) || (r.port !== null && port !== r.port)) continue;
+          await this.closeProbe(port);
+          stopped++;
+        }
+        if (stopped > 0) this.opts.log?.('probe stopped', { host: r.name, to: r.to, port: r.port, stopped });
+        return { stopped };
       }
       case 'status':
         return this.status();
@@ -250,6 +282,19 @@ export class Fabric {
     await e.proxy.close();
   }
 
+  private async closeProbe(port: number): Promise<void> {
+    const e = this.probes.get(port);
+    if (!e) return;
+    this.probes.delete(port);
+    // Its connections go with it, and whatever the link still held of them.
+    await e.proxy.close();
+  }
+
+  /** Probe ports open now (`probeOpen`), with whose probe to whom and its connections. */
+  probePorts(): Array<{ port: number; owner: string; to: string; connections: number }> {
+    return [...this.probes].map(([port, e]) => ({ port, owner: e.owner, to: e.to, connections: e.proxy.connectionCount().all }));
+  }
+
   /** Ports members opened with `expose`, with who opened them to whom. */
   exposedPorts(): Array<{ port: number; owner: string; from: string; target: number }> {
     return [...this.exposed].map(([port, e]) => ({ port, owner: e.owner, from: e.from, target: e.proxy.target.port }));
@@ -260,5 +305,6 @@ export class Fabric {
     for (const p of this.proxies.values()) await p.close();
     this.proxies.clear();
     for (const port of [...this.exposed.keys()]) await this.closeExposed(port);
+    for (const port of [...this.probes.keys()]) await this.closeProbe(port);
   }
 }

@@ -497,6 +497,16 @@ export async function linkHeal(home: string, a: string, b: string): Promise<Link
   linkEnds(a, b);
   return linkOf(await fabricCall(home, { op: 'linkHeal', a, b }));
 }
+/**
+ * Stops at the fabric every probe host `from` runs to host `to` (`link probe FROM TO`): their ports
+ * close, and what the link held of them is dropped. Resolves with how many there were.
+ */
+export async function linkProbeStop(home: string, from: string, to: string): Promise<number> {
+  linkEnds(from, to);
+  const r = await fabricCall(home, { op: 'probeStop', name: from, to, port: null }) as { stopped?: unknown } | null;
+  if (typeof r?.stopped !== 'number') throw new ClusterError('the fabric\'s answer to probeStop does not decode');
+  return r.stopped;
+}
 /** Clears every impairment and heals: of the link a–b, or of every link. */
 export async function linkReset(home: string, a: string | null = null, b: string | null = null): Promise<LinkView[]> {
   linkEnds(a, b);

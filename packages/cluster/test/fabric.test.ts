@@ -2,11 +2,12 @@
  * The fabric in-process, on loopback: a host that joins gets a peer book with the ports of its
  * links only; a host of the file is linked as the file says and a joined host to every member; a
  * name held by a live member is refused to a host elsewhere but taken back by the same host (a
- * restarted root); links are set, cut and reset by name, and an unknown link is refused by name.
+ * restarted root); links are set, cut and reset by name, and an unknown link is refused by name;
+ * a probe's own port carries it through its link and stopping it there cuts what it carried.
  */
 import { expect } from 'chai';
 import { connect, createServer, type Server } from 'node:net';
-import { CLUSTER_WIRE_VERSION, FABRIC_MAX_EXPOSED, decodeFabricStatus, decodePeerBook } from '@hvlab/protocol';
+import { CLUSTER_WIRE_VERSION, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, decodeFabricStatus, decodePeerBook } from '@hvlab/protocol';
 import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { Fabric } from '../src/index.js';
 
@@ -115,6 +116,71 @@ describe('the fabric (in-process, loopback)', function () {
       expect(await roundTrip(last)).to.equal('ECONNREFUSED');
     } finally {
       echo.close();
+    }
+  });
+  it('opens a port for one probe through its link (probeOpen), and stopping it there (probeStop) closes it and cuts what it carried', async () => {
+    // h2's peer service: a sink that counts what arrives.
+    let received = 0;
+    const sink: Server = createServer((sock) => sock.on('data', (d: Buffer) => (received += d.length)).on('error', () => undefined));
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.12', r));
+    const refused = (port: number): Promise<boolean> => new Promise((resolve) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.on('connect', () => {
+        sock.destroy();
+        resolve(false);
+      });
+      sock.on('error', () => resolve(true));
+    });
+    const linkBytes = async (): Promise<number> => {
+      const st = decodeFabricStatus(await call({ op: 'status' }));
+      return (st.ok ? st.value.links.find((x) => x.a === 'h1' && x.b === 'h2')?.bytes[0] : undefined) ?? 0;
+    };
+    await call({ op: 'join', name: 'h2', address: '127.0.0.12', peerPort: (sink.address() as { port: number }).port, mgmtPort: 7741, lps: 1, local: true });
+    await call({ op: 'linkSet', a: 'h1', b: 'h2', change: { rateBps: 8e6, delayMs: null } });
+    try {
+      const { port } = await call({ op: 'probeOpen', name: 'h1', to: 'h2' }) as { port: number };
+      expect(fabric.probePorts()).to.deep.equal([{ port, owner: 'h1', to: 'h2', connections: 0 }]);
+      // Only a member, only to a member, only through a link.
+      expect(((await call({ op: 'probeOpen', name: 'nobody', to: 'h2' }).catch((e: RpcFailure) => e)) as RpcFailure).code).to.equal('NotMember');
+      expect(((await call({ op: 'probeOpen', name: 'h1', to: 'zz' }).catch((e: RpcFailure) => e)) as RpcFailure).code).to.equal('NotFound');
+      expect(((await call({ op: 'probeOpen', name: 'h1', to: 'h3' }).catch((e: RpcFailure) => e)) as RpcFailure).message).to.match(/no link between h1 and h3/);
+      // A bulk transfer at 8 mbit/s: 4 MiB take 4 s, most of it queued in the link.
+      const before = await linkBytes();
+      const probe = connect(port, '127.0.0.1');
+      probe.on('error', () => undefined);
+      const closed = new Promise<void>((r) => probe.on('close', () => r()));
+      probe.write(Buffer.alloc(4 * 1024 * 1024, 0x5a));
+      let arrived = 0;
+      const flowing = async (): Promise<boolean> => {
+        arrived = received;
+        return arrived > 64 * 1024 && (await linkBytes()) > before;
+      };
+      for (let i = 0; i < 50 && !(await flowing()); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(arrived, 'the probe\'s bytes crossed the link').to.be.greaterThan(64 * 1024);
+      expect(fabric.probePorts()[0]!.connections).to.equal(1);
+      // Another member's stop, or one for another peer, leaves it; its own stops it.
+      expect(await call({ op: 'probeStop', name: 'h2', to: null, port: null })).to.deep.equal({ stopped: 0 });
+      expect(await call({ op: 'probeStop', name: 'h1', to: 'h3', port: null })).to.deep.equal({ stopped: 0 });
+      expect(await call({ op: 'probeStop', name: 'h1', to: 'h2', port: null })).to.deep.equal({ stopped: 1 });
+      await closed;
+      expect(fabric.probePorts()).to.deep.equal([]);
+      expect(await refused(port), 'its port is closed').to.equal(true);
+      // What the link held of it is dropped: nothing more arrives (4 MiB at 8 mbit/s would take seconds more).
+      const atStop = received;
+      expect(atStop).to.be.lessThan(4 * 1024 * 1024);
+      await new Promise((r) => setTimeout(r, 600));
+      expect(received - atStop, 'bytes delivered after the stop').to.be.at.most(64 * 1024);
+      // At most FABRIC_MAX_PROBES a member: the oldest goes; a member leaving takes its probes (and those to it).
+      const ports: number[] = [];
+      for (let i = 0; i <= FABRIC_MAX_PROBES; i++) ports.push(((await call({ op: 'probeOpen', name: 'h1', to: 'h2' })) as { port: number }).port);
+      expect(fabric.probePorts().map((e) => e.port)).to.deep.equal(ports.slice(1));
+      expect(await refused(ports[0]!)).to.equal(true);
+      expect(await call({ op: 'probeStop', name: 'h1', to: null, port: ports[1]! })).to.deep.equal({ stopped: 1 });
+      await call({ op: 'leave', name: 'h2' });
+      expect(fabric.probePorts()).to.deep.equal([]);
+    } finally {
+      await call({ op: 'linkReset', a: null, b: null });
+      sink.close();
     }
   });
 });

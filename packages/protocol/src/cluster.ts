@@ -8,7 +8,8 @@
  *
  * Two services:
  *   - the fabric (`FabricRequest`): a host joins, refreshes its peer book (which doubles as its
- *     keep-alive), and the CLI reads the cluster's status and sets, cuts, heals and resets links;
+ *     keep-alive), opens a port of its own for a link probe (and stops it), and the CLI reads the
+ *     cluster's status, sets, cuts, heals and resets links, and stops a probe it was running;
  *   - a host's peer service (`PeerRequest`): heartbeats (`ping`) and bulk bytes (`sink`), which
  *     pass the link layer like every byte between two hosts.
  */
@@ -126,9 +127,23 @@ export type FabricRequest =
    */
   | { v: number; id: number; op: 'expose'; name: string; from: string; port: number }
   /** Closes a port `expose` opened for member `name` (the fabric's port); `{ closed }`. */
-  | { v: number; id: number; op: 'unexpose'; name: string; port: number };
+  | { v: number; id: number; op: 'unexpose'; name: string; port: number }
+  /**
+   * Member `name` opens a port of the fabric for one link probe to member `to`: it reaches `to`'s
+   * peer service through their link (direction name→to), as the link's own port does, but carries
+   * that probe alone, so it can be stopped alone. `{ port }`.
+   */
+  | { v: number; id: number; op: 'probeOpen'; name: string; to: string }
+  /**
+   * Stops the probes of member `name` (to `to`, or at `port`; null: any) at the fabric: their ports
+   * close and their connections with them, and what the link held of them is dropped. Sent by the
+   * probing host when its probe ends, and by a CLI whose `link probe` was interrupted. `{ stopped }`.
+   */
+  | { v: number; id: number; op: 'probeStop'; name: string; to: string | null; port: number | null };
 /** Ports a member may have opened with `expose` at once (the oldest goes for a new one). */
 export const FABRIC_MAX_EXPOSED = 8;
+/** Probe ports a member may have open at once (the oldest goes, its probe with it, for a new one). */
+export const FABRIC_MAX_PROBES = 4;
 
 export type PeerRequest =
   | { v: number; id: number; op: 'ping'; from: string; t: number }
@@ -191,6 +206,9 @@ class Fields {
   }
   optStr(k: string, max: number, re?: RegExp): string | null {
     return this.has(k) ? this.str(k, max, re) : null;
+  }
+  optNum(k: string, min: number, max: number): number | null {
+    return this.has(k) ? this.num(k, min, max) : null;
   }
   num(k: string, min: number, max: number, whole = true): number {
     const v = own(this.o, k) ? this.o[k] : undefined;
@@ -292,7 +310,7 @@ function catching<T>(fn: () => T): Decoded<T> {
   }
 }
 
-const FABRIC_OPS = ['join', 'peers', 'status', 'linkSet', 'linkCut', 'linkHeal', 'linkReset', 'leave', 'expose', 'unexpose'] as const;
+const FABRIC_OPS = ['join', 'peers', 'status', 'linkSet', 'linkCut', 'linkHeal', 'linkReset', 'leave', 'expose', 'unexpose', 'probeOpen', 'probeStop'] as const;
 
 /** The fabric's one checking decoder of a request frame. */
 export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
@@ -336,6 +354,12 @@ export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
         case 'unexpose':
           f.only(['v', 'id', 'op', 'name', 'port']);
           return { ...base, op: 'unexpose', name: hostName(f, 'name'), port: f.num('port', 1, 65535) };
+        case 'probeOpen':
+          f.only(['v', 'id', 'op', 'name', 'to']);
+          return { ...base, op: 'probeOpen', name: hostName(f, 'name'), to: hostName(f, 'to') };
+        case 'probeStop':
+          f.only(['v', 'id', 'op', 'name', 'to', 'port']);
+          return { ...base, op: 'probeStop', name: hostName(f, 'name'), to: f.optStr('to', 10, CLUSTER_HOST_RE), port: f.optNum('port', 1, 65535) };
       }
     } catch (e) {
       if (e instanceof Bad) (e as { id?: number }).id = id;

@@ -24,6 +24,9 @@ describe('cluster wire', () => {
     expect(peers.ok).to.equal(true);
     expect(decodeFabricRequest(encode({ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 40123 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'expose', name: 'h2', from: 'h1', port: 40123 } });
     expect(decodeFabricRequest(encode({ ...ok, op: 'unexpose', name: 'h2', port: 40999 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'unexpose', name: 'h2', port: 40999 } });
+    expect(decodeFabricRequest(encode({ ...ok, op: 'probeOpen', name: 'h1', to: 'h2' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'probeOpen', name: 'h1', to: 'h2' } });
+    expect(decodeFabricRequest(encode({ ...ok, op: 'probeStop', name: 'h1', to: 'h2', port: null }))).to.deep.equal({ ok: true, value: { ...ok, op: 'probeStop', name: 'h1', to: 'h2', port: null } });
+    expect(decodeFabricRequest(encode({ ...ok, op: 'probeStop', name: 'h1', port: 40999 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'probeStop', name: 'h1', to: null, port: 40999 } });
     const ping = decodePeerRequest(encode({ ...ok, op: 'ping', from: 'h1', t: 12 }));
     expect(ping).to.deep.equal({ ok: true, value: { ...ok, op: 'ping', from: 'h1', t: 12 } });
     const sink = decodePeerRequest(encode({ ...ok, op: 'sink', from: 'h1', data: Buffer.alloc(10) }));
@@ -43,6 +46,13 @@ describe('cluster wire', () => {
       [{ ...ok, op: 'expose', name: 'h2', from: 'H1', port: 80 }, /"from" must be a valid name/, 7],
       [{ ...ok, op: 'expose', name: 'h2', port: 80 }, /"from"/, 7],
       [{ ...ok, op: 'unexpose', name: 'h2', port: 65536 }, /"port" must be a whole number from 1 to 65535/, 7],
+      [{ ...ok, op: 'probeOpen', name: 'h1' }, /"to" must be a valid name/, 7],
+      [{ ...ok, op: 'probeOpen', name: 'h1', to: '../h2' }, /"to" must be a valid name/, 7],
+      [{ ...ok, op: 'probeOpen', name: 'h1', to: 'h2', port: 80 }, /unknown field "port"/, 7],
+      [{ ...ok, op: 'probeStop', to: 'h2', port: null }, /"name" must be a valid name/, 7],
+      [{ ...ok, op: 'probeStop', name: 'h1', to: 'H2', port: null }, /"to" must be a valid name/, 7],
+      [{ ...ok, op: 'probeStop', name: 'h1', to: null, port: 0 }, /"port" must be a whole number from 1 to 65535/, 7],
+      [{ ...ok, op: 'probeStop', name: 'h1', to: null, port: 80.5 }, /"port" must be a whole number/, 7],
       [{ ...ok, op: 'nope' }, /unknown operation "nope"/, 7],
       [{ v: 1, id: 3, op: 'status' }, /version 1 is not 2/, 3], // a host from before migState carried pages
       [{ v: 3, id: 3, op: 'status' }, /version 3 is not 2/, 3],
@@ -75,6 +85,8 @@ describe('cluster wire', () => {
       encode({ ...ok, op: 'sink', from: 'h1', data: Buffer.alloc(8) }),
       encode({ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 40123 }),
       encode({ ...ok, op: 'unexpose', name: 'h2', port: 40123 }),
+      encode({ ...ok, op: 'probeOpen', name: 'h1', to: 'h2' }),
+      encode({ ...ok, op: 'probeStop', name: 'h1', to: 'h2', port: 40123 }),
     ];
     const status = { cluster: 'lab', members: [{ name: 'h1', address: '10.0.0.1', peerPort: 1, mgmtPort: 2, lps: 1, local: true, lastSeenMs: 3, peers: [] }], links: [{ a: 'h1', b: 'h2', cut: false, seed: 1, bytes: [1, 2], lost: 0, connections: 1, delayMs: 5 }], refused: 0 };
     expect(decodeFabricStatus(status).ok).to.equal(true);

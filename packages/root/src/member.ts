@@ -243,21 +243,45 @@ export class ClusterMember {
     };
   }
 
-  /** Round trips and a bulk transfer to a peer, through its link (or directly, past it). */
+  /**
+   * Round trips and a bulk transfer to a peer, through its link (or directly, past it). Through the
+   * link it goes by a port of the fabric opened for this probe alone (`probeOpen`), so that it can
+   * be stopped there alone (`probeStop`: by this host at its end, or by a CLI whose `link probe`
+   * was interrupted); a probe whose port the fabric closes ends at once.
+   */
   async probe(args: MgmtArgs['linkProbe']): Promise<LinkProbeResult> {
     // A peer that joined since the last refresh is in the fabric's book already: ask now.
     if (!this.peers.has(args.peer)) await this.refresh();
     const p = this.peers.get(args.peer);
     if (!p) throw new MgmtFailure('NotFound', this.noPeer(String(args.peer)));
     const direct = args.direct === true;
-    const via = direct ? `${p.entry.address}:${p.entry.peerPort}` : `${this.cfg.fabricHost}:${p.entry.port}`;
     const timeoutMs = args.timeoutMs ?? 5000;
+    let probePort: number | null = null;
+    if (!direct) {
+      const opened = await this.fabric.call({ op: 'probeOpen', name: this.cfg.host, to: args.peer }, timeoutMs, CLUSTER_WIRE_VERSION).catch((e: Error) => {
+        throw new MgmtFailure('Unreachable', `the fabric (${this.cfg.fabric}) did not open a way for the probe to ${args.peer}: ${e.message}`);
+      }) as { port?: unknown } | null;
+      const port = opened?.port;
+      if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new MgmtFailure('Unreachable', `the fabric's answer to probeOpen names no port`);
+      probePort = port;
+    }
+    const via = direct ? `${p.entry.address}:${p.entry.peerPort}` : `${this.cfg.fabricHost}:${probePort}`;
     const c = new RpcClient(`tcp://${via}`, curveClientOptions(this.cfg.key));
+    // Once the way answered: a connection the fabric closes means the probe was stopped there (or the peer went).
+    let answered = false;
+    let stopped = false;
+    const stoppedFailure = (): MgmtFailure => new MgmtFailure('Cancelled', `the probe to ${args.peer} was stopped: the fabric closed its way through the link (an interrupted "link probe", or ${args.peer} went away)`);
+    c.sock.events.on('disconnect', () => {
+      if (!answered || direct) return;
+      stopped = true;
+      c.close(); // what waits for an answer fails now, not after its timeout
+    });
     const call = (body: Record<string, unknown>): Promise<unknown> => c.call(body, timeoutMs, CLUSTER_WIRE_VERSION);
     try {
       // The connection (and its CURVE handshake) first, not counted.
       try {
         await call({ op: 'ping', from: this.cfg.host, t: Date.now() });
+        answered = true;
       } catch (e) {
         throw new MgmtFailure('Unreachable', `${args.peer} did not answer through ${direct ? 'its own address' : 'the link'} (${via}) within ${timeoutMs} ms: ${(e as Error).message}`);
       }
@@ -269,6 +293,7 @@ export class ClusterMember {
           await call({ op: 'ping', from: this.cfg.host, t: Date.now() });
           rttMs.push(Math.round((performance.now() - t0) * 1000) / 1000);
         } catch {
+          if (stopped) throw stoppedFailure();
           lostPings++;
         }
       }
@@ -281,6 +306,7 @@ export class ClusterMember {
         const inFlight = new Set<Promise<unknown>>();
         try {
           while (sent < bytes) {
+            if (stopped) throw stoppedFailure();
             const n = Math.min(chunk.length, bytes - sent);
             sent += n;
             const pr = call({ op: 'sink', from: this.cfg.host, data: n === chunk.length ? chunk : chunk.subarray(0, n) });
@@ -290,6 +316,7 @@ export class ClusterMember {
           }
           await Promise.all(inFlight);
         } catch (e) {
+          if (stopped) throw stoppedFailure();
           throw new MgmtFailure('Unreachable', `the bulk transfer to ${args.peer} did not finish: ${(e as Error).message}`);
         }
         seconds = (performance.now() - t0) / 1000;
@@ -297,6 +324,8 @@ export class ClusterMember {
       return { from: this.cfg.host, peer: args.peer, via, direct, rttMs, lostPings, bytes, seconds, bitsPerSecond: seconds > 0 ? (bytes * 8) / seconds : 0 };
     } finally {
       c.close();
+      // Its port at the fabric goes with it (already gone when the probe was stopped there).
+      if (probePort !== null) void this.fabric.call({ op: 'probeStop', name: this.cfg.host, to: args.peer, port: probePort }, 2000, CLUSTER_WIRE_VERSION).catch(() => undefined);
     }
   }
 
