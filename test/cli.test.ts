@@ -591,6 +591,42 @@ describe('Ctrl-C of a command', function () {
   });
 });
 
+describe('a move cut short by cluster down', function () {
+  this.timeout(180000);
+
+  it('does not say the VM stays on a host that is going down: it says the move ended because the cluster went down', async () => {
+    const h = new TestHost();
+    const ids = new Set<string>();
+    let moving: ReturnType<TestHost['start']> | null = null;
+    try {
+      await h.ok('up', '--hosts', '2', '--lps', '1');
+      for (const x of (await h.json<{ hosts: Array<{ hostId: string }> }>('cluster', 'status')).hosts) ids.add(x.hostId);
+      await h.ok('--host', 'h1', 'vm', 'new', 'web', '--memory', '16M', '--workload', 'memdirty:4M');
+      await h.ok('--host', 'h1', 'vm', 'start', 'web');
+      // At 64 KiB/s the first pass alone takes about a minute: the move is under way when the cluster goes.
+      moving = h.start('--host', 'h1', 'vm', 'move', 'web', '--to', 'h2', '--bandwidth', '64K');
+      expect(await eventually(async () => {
+        const st = await h.json<{ status: string; ram: { transferred: number } }>('--host', 'h1', 'vm', 'move-status', 'web').catch(() => null);
+        return st?.status === 'active' && st.ram.transferred > 0;
+      }, 30000), 'the move is under way').to.equal(true);
+      await h.ok('cluster', 'down');
+      const r = await moving.done;
+      expect(r.code, r.stderr).to.equal(1);
+      const said = r.stderr.trim().split('\n').pop()!;
+      // It said "…; it stays on h1" of a host that was being taken down.
+      expect(said, said).to.not.match(/stays on/);
+      // The root may be gone before it answers: then the CLI names it, as for any call pending on a host that exits.
+      expect(said, said).to.match(/^hvlab: (VM web was not moved \(failed\): the move ended because the cluster is going down \("cluster down"\), and VM web goes down with host h1 \(.+\)|the host's (root partition|hypervisor) process \(pid \d+\) exited while "vm move" was pending)$/);
+    } finally {
+      if (moving && moving.child.exitCode === null && moving.child.signalCode === null) moving.child.kill('SIGKILL');
+      await moving?.done;
+      await h.run('cluster', 'down');
+      await h.destroy();
+      expect(await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0 && shmFiles(id).length === 0), 10000), 'nothing of the hosts is left').to.equal(true);
+    }
+  });
+});
+
 describe('a host started with another TMPDIR', function () {
   this.timeout(60000);
 

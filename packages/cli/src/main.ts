@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -514,6 +514,29 @@ function passesText(st: MigrationStats): string {
   const n = st.passes.length;
   if (st.method === 'precopy' && n >= 2) return `${n - 1} pre-copy pass${n - 1 === 1 ? '' : 'es'} and the blackout's`;
   return `${n} pass${n === 1 ? '' : 'es'}`;
+}
+
+/**
+ * The line for a move that did not complete, saying where it left its VM: on its host only when
+ * that host still runs it. A move cut short by "cluster down" (`clusterHome`: the cluster's home,
+ * when the command was aimed at one of its hosts) or by its host going down said "it stays on h1"
+ * of a host that was being taken down.
+ */
+async function moveFailure(c: MgmtClient, st: MigrationStats, clusterHome: string | null): Promise<string> {
+  const head = `VM ${st.vm} was not moved (${st.status})`;
+  const desc = st['error-desc'] ?? 'no reason given';
+  if (/the VM is lost/.test(desc)) return `${head}: ${desc}`;
+  if (clusterHome !== null && clusterGoingDown(clusterHome)) return `${head}: the move ended because the cluster is going down ("cluster down"), and VM ${st.vm} goes down with host ${st.from} (${desc})`;
+  let vms: VmInfo[];
+  try {
+    vms = await c.request<VmInfo[]>('vmList', {}, 3000);
+  } catch {
+    return `${head}: the move ended because host ${st.from} went down, and VM ${st.vm} with it (${desc})`;
+  }
+  const vm = vms.find((v) => v.name === st.vm);
+  if (!vm) return `${head}: ${desc}; VM ${st.vm} is no longer on ${st.from}`;
+  if (vm.state === 'Running') return `${head}: ${desc}; it stays on ${st.from}`;
+  return `${head}: ${desc}; it is ${vm.state} on ${st.from}${vm.lastStateReason ? ` (${vm.lastStateReason})` : ''}`;
 }
 
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
@@ -1681,7 +1704,7 @@ export async function run(argv: string[]): Promise<number> {
         const st = await moving;
         if (json) out(JSON.stringify(st));
         else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
-        else process.stderr.write(`hvlab: VM ${st.vm} was not moved (${st.status}): ${st['error-desc'] ?? 'no reason given'}${/the VM is lost/.test(st['error-desc'] ?? '') ? '' : `; it stays on ${st.from}`}\n`);
+        else process.stderr.write(`hvlab: ${await moveFailure(c, st, typeof aimed === 'string' ? resolveHome(p.home) : null)}\n`);
         return st.status === 'completed' ? 0 : cancelled ? 130 : 1;
       }
       case 'experiment run': {

@@ -17,7 +17,7 @@
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
@@ -283,6 +283,10 @@ export async function clusterUp(home: string, topology: Topology, source: string
 export async function clusterDown(home: string): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number }> {
   // A CLI killed during its namespace probe left one named for no cluster: any cluster down takes it.
   if (process.env.HVLAB_CLUSTER_NETNS !== 'off') sweepStaleProbes();
+  // Said before any host goes, so that what fails because they go (a move between them) can tell why.
+  try {
+    writeFileSync(goingDownFile(home), `${process.pid}\n`);
+  } catch { /* no cluster directory: nothing of a cluster to take down but strays */ }
   let name: string | null = null;
   const names = new Set<string>();
   try {
@@ -306,6 +310,19 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
   const removed = teardownNetwork(clusterTag(home));
   rmSync(clusterDir(home), { recursive: true, force: true });
   return { name, hosts, network: removed };
+}
+
+/** Written by `cluster down` when it starts; gone with the cluster's directory at its end. */
+function goingDownFile(home: string): string {
+  return join(clusterDir(home), 'going-down');
+}
+
+/**
+ * Whether the cluster of `home` is being taken down ("cluster down", or "down" in its home), or is
+ * gone: what failed between its hosts meanwhile failed because of that.
+ */
+export function clusterGoingDown(home: string): boolean {
+  return existsSync(goingDownFile(home)) || !existsSync(clusterRecordFile(home));
 }
 
 /**

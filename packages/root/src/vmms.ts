@@ -208,6 +208,8 @@ export class Vmms {
   private readonly moves = new Map<string, MigrationStats>();
   /** Migrations from this host running now, and those waiting for a slot (Hyper-V: 2 at once). */
   private movesRunning = 0;
+  /** The host is going down ("down", "cluster down"): a move that fails now failed because of it, and says so. */
+  private stopping = false;
   private readonly moveQueue: Array<() => void> = [];
   readonly maxMigrations: number;
   /** Migrations this host committed as destination (an abort that arrives later is answered "committed"). */
@@ -1324,7 +1326,8 @@ export class Vmms {
         // destination to drop its attempt, which then waited 30 s for the silent stream, holding
         // the VM's name there (a new move to it was refused meanwhile). This root tells it.
         if (workerGone(e) && peerEndpoint !== null) void this.abortAtDestination(peerEndpoint, cluster.key, mig, cluster.name, (e as Error).message);
-        return fail('failed', (e as Error).message);
+        // Not "it stays here": the host is going down, and the VM with it.
+        return fail('failed', this.stopping ? `host ${cluster.name} is going down: ${(e as Error).message}` : (e as Error).message);
       } finally {
         this.releaseMoveSlot();
       }
@@ -1799,6 +1802,7 @@ export class Vmms {
   }
 
   async shutdownAll(): Promise<void> {
+    this.stopping = true;
     this.warm?.close();
     this.spare?.close();
     await Promise.all([...this.vms.values()].filter((r) => r.vmwpPid !== null).map((r) => this.kill(r, 'host shutting down')));
