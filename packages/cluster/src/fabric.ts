@@ -224,7 +224,7 @@ export class Fabric {
         const mine = [...this.probes].filter(([, e]) => e.owner === r.name);
         if (mine.length >= FABRIC_MAX_PROBES) await this.closeProbe(mine[0]![0]);
         // The link's direction name→to, as the link's own port from `name`: its impairments and counters.
-        const proxy = new LinkProxy(l, { host: target.address, port: target.peerPort }, r.name === l.a ? 0 : 1);
+        const proxy = new LinkProxy(l, { host: target.address, port: target.peerPort }, r.name === l.a ? 0 : 1, (why) => this.refusedConnection(`probe ${r.name}>${r.to}`, why));
         const port = await proxy.listen(this.opts.listen, 0);
         this.probes.set(port, { owner: r.name, to: r.to, proxy });
         this.opts.log?.('probe port opened', { host: r.name, to: r.to, via: port });
