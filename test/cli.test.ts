@@ -565,9 +565,9 @@ describe('fault list and fault clear where nothing runs', function () {
 describe('Ctrl-C of a command', function () {
   this.timeout(120000);
 
-  it('during up brings the host it started down again, says so and exits 130 (it was left up without a word)', async () => {
+  for (const json of [false, true]) it(`during up${json ? ' --json' : ''} brings the host it started down again, says so${json ? ' as one JSON line of kind interrupted' : ''} and exits 130 (it was left up without a word)`, async () => {
     const home = mkdtempSync(join(tmpdir(), 'hvlab-test-intr-'));
-    const p = new BinProcess(['up', '--lps', '1', '--spare', '0'], { cwd: '/', env: { HVLAB_HOME: home } });
+    const p = new BinProcess(['up', '--lps', '1', '--spare', '0', ...(json ? ['--json'] : [])], { cwd: '/', env: { HVLAB_HOME: home } });
     let hostId = '';
     try {
       // The hypervisor holds the home's lock from its first moments, well before the host is ready.
@@ -582,6 +582,13 @@ describe('Ctrl-C of a command', function () {
       const r = await p.done;
       expect(r.code, r.stderr).to.equal(130);
       expect(r.stderr).to.match(/up was interrupted: the host it started was brought down/);
+      if (json) {
+        const lines = r.stderr.trim().split('\n');
+        expect(lines, r.stderr).to.have.length(1);
+        const e = (JSON.parse(lines[0]!) as { error: { kind: string; exitCode: number } }).error;
+        expect(e.kind).to.equal('interrupted');
+        expect(e.exitCode).to.equal(130);
+      }
       expect(await eventually(() => hostProcesses(hostId).length === 0 && shmFiles(hostId).length === 0, 10000), 'nothing of the host is left').to.equal(true);
     } finally {
       p.kill();

@@ -9,7 +9,7 @@
  *
  * Errors are one line on stderr naming the thing and the value, never a stack trace
  * (HVLAB_DEBUG=1 adds stacks and traces requests); with --json on the command line, that line is
- * JSON: {"error":{"message","kind","exitCode"}} (kind usage, value, host or internal), so a script
+ * JSON: {"error":{"message","kind","exitCode"}} (kind usage, value, host, interrupted or internal), so a script
  * that asked for JSON reads its failures as JSON too. Exit codes: 0 done, 1 a value was invalid or
  * the host refused or failed, 2 the command line could not be understood, 3 `debug hypercall`
  * returned a status other than SUCCESS, 130 interrupted.
@@ -625,7 +625,7 @@ export function fullHelp(): string {
     'the version of hvlab and of the Node that runs it.',
     'Exit codes: 0 done, 1 refused or failed, 2 the command line was not understood, 3 a debug',
     'hypercall returned a status other than SUCCESS, 130 interrupted. With --json, a failure is one',
-    'JSON line on stderr: {"error":{"message":"…","kind":"usage|value|host|internal","exitCode":N}}.',
+    'JSON line on stderr: {"error":{"message":"…","kind":"usage|value|host|interrupted|internal","exitCode":N}}.',
   );
   return out.join('\n');
 }
@@ -1948,10 +1948,10 @@ export function userWords(message: string): string {
 
 /**
  * What kind of failure a --json reader is told of: the command line (usage, exit 2), a value on it
- * or in a file it names (value), what a host or the system refused or failed at, or an
- * interruption (host), or a bug of hvlab (internal).
+ * or in a file it names (value), what a host or the system refused or failed at (host), Ctrl-C or
+ * SIGTERM (interrupted, exit 130), or a bug of hvlab (internal).
  */
-export type FailureKind = 'usage' | 'value' | 'host' | 'internal';
+export type FailureKind = 'usage' | 'value' | 'host' | 'interrupted' | 'internal';
 
 /** --json was on the command line (before any "--"): failures are said as JSON too. */
 let jsonFailures = false;
@@ -1975,7 +1975,7 @@ function sayFailure(message: string, kind: FailureKind, exitCode: number, lines:
 
 /** Prints an error as one line (plus the stack with HVLAB_DEBUG=1) and returns the exit code. */
 function report(e: unknown): number {
-  const kind: FailureKind = e instanceof UsageError ? 'usage' : e instanceof ValueError ? 'value'
+  const kind: FailureKind = e instanceof UsageError ? 'usage' : e instanceof ValueError ? 'value' : e instanceof Interrupted ? 'interrupted'
     : e instanceof CliError || e instanceof MgmtCallError || userFsError(e) ? 'host' : 'internal';
   const msg = oneLine(e instanceof MgmtCallError || e instanceof CliError ? userWords(e.message) : e instanceof Error ? e.message : String(e));
   const code = e instanceof UsageError ? 2 : e instanceof Interrupted ? 130 : 1;
@@ -1997,7 +1997,7 @@ export async function main(argv: string[]): Promise<never> {
     if (interruptOwners > 0) return;
     if (interruptSays) {
       if (process.stderr.isTTY) process.stderr.write('\n');
-      sayFailure(`interrupted: ${interruptSays}`, 'host', 130);
+      sayFailure(`interrupted: ${interruptSays}`, 'interrupted', 130);
     }
     process.exit(130);
   };
