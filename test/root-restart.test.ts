@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
+import { PartitionProperty, STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
 import { openRegion } from '@hvlab/shm';
 import { pidAlive } from '@hvlab/runtime';
 import { hostProcesses } from '@hvlab/host';
@@ -136,6 +136,36 @@ describe('a root that dies while a pause it asked for still runs (real processes
     await h.ok('vm', 'resume', 'sp');
     expect(await eventually(async () => ((await vm())!.workload.progress ?? 0) > (p0 ?? 0), 10000), 'it runs again once resumed').to.equal(true);
     await h.ok('vm', 'turn-off', 'sp');
+  });
+});
+
+describe('a root that dies between writing a processor change and sending it (real processes)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('the new root gives the re-attached VM the settings its config says: the VM never runs under others than vm list shows', async () => {
+    await h.ok('up', '--lps', '2');
+    await h.ok('vm', 'new', 'pc', '--memory', '16M', '--workload', 'counter');
+    await h.ok('vm', 'start', 'pc');
+    const vm = (): Promise<VmInfo | undefined> => h.json<VmInfo[]>('vm', 'list').then((l) => l.find((v) => v.name === 'pc'));
+    const partitionId = (await vm())!.partitionId!;
+    const cap = async (): Promise<unknown> => (await h.json<{ output: unknown }>('debug', 'hypercall', 'GetPartitionProperty', `partitionId=${partitionId}`, `property=${PartitionProperty.CpuCap}`)).output;
+    expect(await cap(), 'uncapped at first').to.deep.equal({ value: 100 });
+    const rootPid = (await h.json<HostInfo>('host', 'info')).pids.root;
+    // What a root leaves that dies right after it wrote a change (changeConfig: disk first, then the
+    // worker): the config on disk says --maximum 30 and the worker never heard of it. The root is
+    // stopped while the file changes, so it writes nothing over it, then killed.
+    process.kill(rootPid, 'SIGSTOP');
+    const file = join(h.paths.vmDir, 'pc.json');
+    const cfg = JSON.parse(readFileSync(file, 'utf8')) as { processor: { maximum: number } };
+    cfg.processor.maximum = 30;
+    writeFileSync(file, JSON.stringify(cfg, null, 2));
+    process.kill(rootPid, 'SIGKILL');
+    expect(await eventually(async () => (await h.run('vm', 'list', '--json')).code === 0, 30000), 'a new root answers').to.equal(true);
+    expect((await vm())!.processor.maximum, 'vm list shows the config').to.equal(30);
+    expect(await eventually(async () => JSON.stringify(await cap()) === JSON.stringify({ value: 30 }), 10000), `the VM runs under it too (cap ${JSON.stringify(await cap())})`).to.equal(true);
+    await h.ok('vm', 'turn-off', 'pc');
   });
 });
 

@@ -695,6 +695,8 @@ export class Vmms {
           // It runs from the saved state it was started with (marked consumed): that one is used up.
           if (d.restored) discardSavedState(this.o.vmDir, r.config.name);
           this.setState(r, d.suspended ? EnabledState.Paused : EnabledState.Running, 're-attached after a root restart');
+          // Not waited for: the re-attach of the other VMs, and this root's readiness, go on.
+          void this.reapplyProcessor(r);
         }
         this.o.log.info({ vm: r.config.name, pid: rec.pid, state: vmStateName(r.state) }, 're-attached to a running VM');
       } catch (e) {
@@ -933,6 +935,25 @@ export class Vmms {
     await this.changeConfig(r, { ...r.config, processor: next }, 'processor settings', live && ((ms) => live.request({ t: 'processor', ...next }, ms)));
     this.o.log.info({ vm: r.config.name, ...next }, 'processor settings changed');
     return this.info(r, null);
+  }
+
+  /**
+   * A re-attached VM's processor settings, from its config, to its worker again. A change goes to
+   * disk first and then to the worker (changeConfig); a root that died between the two left a VM
+   * that ran under its old reserve, cap and weight while `vm list` showed the new ones, and no
+   * later root would ever send them. The worker's `processor` sets all three (idempotent). A
+   * refusal is logged: the VM runs on as it was. Sent to a VM re-attached Running or Paused with
+   * no operation of the old root's in progress (a worker in the middle of a pause would answer it
+   * only after the pause, and the re-attach must not wait for that).
+   */
+  private async reapplyProcessor(r: VmRecord): Promise<void> {
+    const link = r.link;
+    if (!link) return;
+    try {
+      await link.request({ t: 'processor', ...r.config.processor }, 5000);
+    } catch (e) {
+      this.o.log.warn({ vm: r.config.name, err: (e as Error).message, processor: r.config.processor }, 'could not apply the configured processor settings to a re-attached VM');
+    }
   }
 
   /** Writes a config; a failed write is logged (a full disk should show in the log) and thrown. */
