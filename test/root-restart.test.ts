@@ -139,12 +139,12 @@ describe('a root that dies while a pause it asked for still runs (real processes
   });
 });
 
-describe('a root that dies between writing a processor change and sending it (real processes)', function () {
+describe('a root that dies between writing a config change and sending it (real processes)', function () {
   this.timeout(120000);
   const h = new TestHost();
   after(() => h.destroyLeavingNothing());
 
-  it('the new root gives the re-attached VM the settings its config says: the VM never runs under others than vm list shows', async () => {
+  it('the new root gives the re-attached VM the settings and integration services its config says: the VM never runs under others than vm list and vm ic show', async () => {
     await h.ok('up', '--lps', '2');
     await h.ok('vm', 'new', 'pc', '--memory', '16M', '--workload', 'counter');
     await h.ok('vm', 'start', 'pc');
@@ -158,13 +158,17 @@ describe('a root that dies between writing a processor change and sending it (re
     // stopped while the file changes, so it writes nothing over it, then killed.
     process.kill(rootPid, 'SIGSTOP');
     const file = join(h.paths.vmDir, 'pc.json');
-    const cfg = JSON.parse(readFileSync(file, 'utf8')) as { processor: { maximum: number } };
+    const cfg = JSON.parse(readFileSync(file, 'utf8')) as { processor: { maximum: number }; devices: Array<{ class: string; enabled: boolean }> };
     cfg.processor.maximum = 30;
+    cfg.devices.find((d) => d.class === 'kvp')!.enabled = false;
     writeFileSync(file, JSON.stringify(cfg, null, 2));
     process.kill(rootPid, 'SIGKILL');
     expect(await eventually(async () => (await h.run('vm', 'list', '--json')).code === 0, 30000), 'a new root answers').to.equal(true);
     expect((await vm())!.processor.maximum, 'vm list shows the config').to.equal(30);
     expect(await eventually(async () => JSON.stringify(await cap()) === JSON.stringify({ value: 30 }), 10000), `the VM runs under it too (cap ${JSON.stringify(await cap())})`).to.equal(true);
+    // vm ic asks the worker: its kvp channel is gone as the config says.
+    const kvpOn = async (): Promise<boolean | undefined> => (await h.json<IcServiceInfo[]>('vm', 'ic', 'pc')).find((e) => e.service === 'kvp')?.enabled;
+    expect(await eventually(async () => (await kvpOn()) === false, 10000), `kvp is off at the worker too (${String(await kvpOn())})`).to.equal(true);
     await h.ok('vm', 'turn-off', 'pc');
   });
 });

@@ -696,7 +696,7 @@ export class Vmms {
           if (d.restored) discardSavedState(this.o.vmDir, r.config.name);
           this.setState(r, d.suspended ? EnabledState.Paused : EnabledState.Running, 're-attached after a root restart');
           // Not waited for: the re-attach of the other VMs, and this root's readiness, go on.
-          void this.reapplyProcessor(r);
+          void this.reapplyConfig(r);
         }
         this.o.log.info({ vm: r.config.name, pid: rec.pid, state: vmStateName(r.state) }, 're-attached to a running VM');
       } catch (e) {
@@ -938,21 +938,31 @@ export class Vmms {
   }
 
   /**
-   * A re-attached VM's processor settings, from its config, to its worker again. A change goes to
-   * disk first and then to the worker (changeConfig); a root that died between the two left a VM
-   * that ran under its old reserve, cap and weight while `vm list` showed the new ones, and no
-   * later root would ever send them. The worker's `processor` sets all three (idempotent). A
-   * refusal is logged: the VM runs on as it was. Sent to a VM re-attached Running or Paused with
-   * no operation of the old root's in progress (a worker in the middle of a pause would answer it
-   * only after the pause, and the re-attach must not wait for that).
+   * A re-attached VM's config, to its worker again: the processor settings, and each integration
+   * service enabled or disabled as the config says. A change goes to disk first and then to the
+   * worker (changeConfig); a root that died between the two left a VM that ran under its old
+   * reserve, cap and weight, or with a service the config had turned off (or without one it had
+   * turned on), while `vm list` and `vm ic` showed the config, and no later root would ever send
+   * the change. The worker's `processor` sets all three settings (idempotent); a service is
+   * changed only where the worker's list differs. A refusal is logged: the VM runs on as it was.
+   * Sent to a VM re-attached Running or Paused with no operation of the old root's in progress (a
+   * worker in the middle of a pause would answer only after it, and the re-attach must not wait).
    */
-  private async reapplyProcessor(r: VmRecord): Promise<void> {
+  private async reapplyConfig(r: VmRecord): Promise<void> {
     const link = r.link;
     if (!link) return;
-    try {
-      await link.request({ t: 'processor', ...r.config.processor }, 5000);
-    } catch (e) {
-      this.o.log.warn({ vm: r.config.name, err: (e as Error).message, processor: r.config.processor }, 'could not apply the configured processor settings to a re-attached VM');
+    const warn = (what: string, e: unknown): void => this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, `could not apply the configured ${what} to a re-attached VM`);
+    await link.request({ t: 'processor', ...r.config.processor }, 5000).catch((e) => warn('processor settings', e));
+    const running = await link.request<IcEntry[]>({ t: 'ic', enable: null, disable: null }, 5000).catch((e) => void warn('integration services', e));
+    if (!Array.isArray(running)) return;
+    for (const d of vmDevices(r.config)) {
+      if (!DEVICE_CLASSES[d.class].integrationService) continue;
+      const now = running.find((e) => e?.service === d.class);
+      if (!now || now.enabled === d.enabled || r.link !== link) continue;
+      await link.request({ t: 'ic', enable: d.enabled ? d.class : null, disable: d.enabled ? null : d.class }, 10000).then(
+        () => this.o.log.info({ vm: r.config.name, service: d.class, enabled: d.enabled }, 'integration service set as the config says (a change the previous root had not sent)'),
+        (e) => warn(`${d.class} integration service`, e),
+      );
     }
   }
 
