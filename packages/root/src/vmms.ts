@@ -574,6 +574,9 @@ export class Vmms {
     }
     if (r.state !== EnabledState.Saved) this.setState(r, EnabledState.Off, why);
     if (!r.moving && r.exitReason?.startsWith(VMWP_EXIT_MIGRATED)) this.movedAwayUnwatched(r, r.exitReason.slice(VMWP_EXIT_MIGRATED.length));
+    // A VM being moved in whose worker ended (its guest failed to resume, say): the attempt is over
+    // now, not when the source's stream has been silent for 30 s (its name was taken until then).
+    if (r.incoming) await this.dropIncoming(r, `its worker ended: ${why}`);
   }
 
   /**

@@ -29,6 +29,8 @@ export class RpcServer<T extends { id: number }> {
   private readonly q: SendQueue;
   private running = 0;
   private closed = false;
+  /** Requests being handled, by who asked: answered by `failInFlight` if the server must go first. */
+  private readonly inFlight = new Set<{ peer: Buffer; id: number }>();
 
   constructor(
     private readonly decodeFrame: (b: Uint8Array) => RpcDecoded<T>,
@@ -46,14 +48,30 @@ export class RpcServer<T extends { id: number }> {
     return this.sock.bind(endpoint);
   }
 
-  private answer(peer: Buffer, body: unknown): void {
+  private answer(peer: Buffer, body: unknown): Promise<void> {
     let bytes: Buffer;
     try {
       bytes = Buffer.from(encode(body));
     } catch (e) {
       bytes = Buffer.from(encode({ id: (body as { id: number }).id, ok: false, error: { code: 'Internal', message: `an answer that cannot be encoded: ${(e as Error).message}` } }));
     }
-    void this.q.send([peer, bytes]).catch(() => undefined);
+    return this.q.send([peer, bytes]).catch(() => undefined);
+  }
+
+  /**
+   * Answers every request still being handled with failure `code`/`message`, for a process that
+   * must end before their handlers can: its peers hear why at once, instead of waiting out their
+   * own timeouts (a migration's source waited 60 s, its VM paused, for a destination worker that
+   * had exited). Their handlers' answers, if they ever come, are not sent. Resolves once the
+   * answers have gone to ZeroMQ, or after `withinMs`.
+   */
+  async failInFlight(code: string, message: string, withinMs = 200): Promise<void> {
+    const sends: Promise<void>[] = [];
+    for (const r of [...this.inFlight]) {
+      this.inFlight.delete(r);
+      if (!this.closed) sends.push(this.answer(r.peer, { id: r.id, ok: false, error: { code, message } }));
+    }
+    if (sends.length > 0) await Promise.race([Promise.all(sends), new Promise((res) => setTimeout(res, withinMs))]);
   }
 
   /** Serves until closed; never throws. */
@@ -80,14 +98,16 @@ export class RpcServer<T extends { id: number }> {
         continue;
       }
       this.running++;
+      const entry = { peer, id };
+      this.inFlight.add(entry);
       void (async () => {
         try {
           const result = await this.handle(d.value);
-          this.answer(peer, { id, ok: true, result: result ?? null });
+          if (this.inFlight.delete(entry)) void this.answer(peer, { id, ok: true, result: result ?? null });
         } catch (e) {
           const code = e instanceof RpcFailure ? e.code : 'Internal';
           const message = e instanceof Error && typeof e.message === 'string' ? e.message : String(e);
-          this.answer(peer, { id, ok: false, error: { code, message } });
+          if (this.inFlight.delete(entry)) void this.answer(peer, { id, ok: false, error: { code, message } });
         } finally {
           this.running--;
         }

@@ -113,6 +113,12 @@ export async function runWorker(): Promise<void> {
   let partitionId = 0;
   let child: ChildProcess | null = null;
   /**
+   * The go word's file while it is in /dev/shm (an incoming migration's set-up, until its partition
+   * process has mapped it): an exit meanwhile (a set-up the source abandoned) unlinks it, since
+   * process.exit runs no `finally`, and each dropped set-up left a file until the host went down.
+   */
+  let goRegionFile: string | null = null;
+  /**
    * Why this worker killed its partition process, when it did so because the process failed it (a
    * link it broke or closed): the VM's end says that, not only the signal that ended the process.
    */
@@ -252,7 +258,13 @@ export async function runWorker(): Promise<void> {
     record.exit = { reason, guestShutdown, at: new Date().toISOString() };
     writeRecord();
     control.note({ t: 'exiting', reason, guestShutdown });
+    // A migration's source waiting on its stream (the state, say) hears why now, not at its timeout.
+    await streamServer?.failInFlight('Unavailable', `the destination's worker exited: ${reason}`);
     closeIncomingStream();
+    if (goRegionFile) {
+      unlinkRegion(goRegionFile);
+      goRegionFile = null;
+    }
     if (prestarted !== child && prestarted.exitCode === null) prestarted.kill('SIGKILL');
     if (child && child.exitCode === null && child.signalCode === null) {
       // Reap the partition process ourselves rather than leave a zombie.
@@ -1308,6 +1320,7 @@ export async function runWorker(): Promise<void> {
       try {
         unlinkRegion(goRegion);
         goSab = createRegion(goRegion, PAGE);
+        goRegionFile = goRegion;
       } catch (e) {
         log.warn({ err: (e as Error).message }, 'no go word: the go is sent as a message');
       }
@@ -1322,6 +1335,7 @@ export async function runWorker(): Promise<void> {
       } finally {
         partitionHeld = null;
         if (goSab) unlinkRegion(goRegion);
+        goRegionFile = null;
       }
       if (goSab && watched) goWord = new Int32Array(goSab);
       const streamPort = cfg.incomingStream ? await openIncomingStream(cfg.incomingStream) : null;
