@@ -12,13 +12,14 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_WIRE_VERSION, decode, encode, type HostInfo, type MigrationStats, type VmInfo } from '@hvlab/protocol';
-import { zmq } from '@hvlab/runtime';
+import { randomUUID } from 'node:crypto';
+import { curveClientOptions, readClusterKey, RpcClient, zmq } from '@hvlab/runtime';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import { memdirtyCheck as checkMemdirty } from '@hvlab/faults';
 import { TestHost, eventually, knock, shmFiles, sleep } from './harness.js';
 
-type Status = { hosts: Array<{ name: string; hostId: string }> };
+type Status = { hosts: Array<{ name: string; hostId: string; address: string }> };
 
 /** Brings up a 2-host cluster on `h` before the block's tests, and after them takes it down and checks nothing is left. */
 function twoHosts(h: TestHost): void {
@@ -195,6 +196,33 @@ describe('live migration between two hosts', function () {
     // The socket is closed once the move is committed.
     expect(await knock(ep, { curveServerKey: key.publicKey, curvePublicKey: key.publicKey, curveSecretKey: key.secretKey }), 'after the commit').to.equal('no-answer');
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'sock');
+  });
+
+  it('set-ups a source abandons while the destination\'s worker starts leave nothing there: no worker, no partition, no go word in /dev/shm', async () => {
+    const h2 = (await h.json<Status>('cluster', 'status')).hosts.find((x) => x.name === 'h2')!;
+    await h.ok('--host', 'h1', 'vm', 'new', 'gone', '--memory', '16M');
+    const cfg = JSON.parse(readFileSync(join(h.home, 'cluster', 'hosts', 'h1', 'vms', 'gone.json'), 'utf8')) as Record<string, unknown>;
+    // As h1's root would ask h2's peer service, with the cluster's key: each set-up is abandoned
+    // ~120 ms in, while h2's worker for it is still starting (its go word made, its partition not
+    // yet held). Each such attempt left its go word's file in /dev/shm until the host went down.
+    const c = new RpcClient(`tcp://${h2.address}:7742`, curveClientOptions(readClusterKey(join(h.home, 'cluster', 'cluster.key'))));
+    try {
+      for (let i = 0; i < 6; i++) {
+        const mig = `abandoned-${i}-${randomUUID().slice(0, 8)}`;
+        const setup = c.call({ op: 'migSetup', from: 'h1', mig, config: { ...cfg, name: `gone${i}`, id: randomUUID() }, options: {} }, 60_000, CLUSTER_WIRE_VERSION).catch((e: unknown) => e);
+        await sleep(80 + 20 * i);
+        await c.call({ op: 'migAbort', from: 'h1', mig, reason: 'the test abandons it' }, 10_000, CLUSTER_WIRE_VERSION).catch(() => null);
+        await setup;
+      }
+    } finally {
+      c.close();
+    }
+    const left = async (): Promise<string[]> => [
+      ...shmFiles(h2.hostId).filter((f) => f.endsWith('-go')),
+      ...(await h.json<Array<{ vm: string | null; role: string }>>('--host', 'h2', 'ps')).filter((p) => p.vm?.startsWith('gone')).map((p) => `${p.role} of ${p.vm}`),
+    ];
+    expect(await eventually(async () => (await left()).length === 0, 15_000), `left at h2: ${(await left()).join(', ')}`).to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'delete', 'gone');
   });
 
   it('pre-copy that cannot converge stops once passes no longer shrink the dirty set, well before --max-passes', async () => {
