@@ -198,7 +198,7 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'sock');
   });
 
-  it('set-ups a source abandons while the destination\'s worker starts leave nothing there: no worker, no partition, no go word in /dev/shm', async () => {
+  it('set-ups a source abandons while the destination\'s worker starts leave nothing there (no worker, no partition, no go word in /dev/shm), and at most two wait at once', async () => {
     const h2 = (await h.json<Status>('cluster', 'status')).hosts.find((x) => x.name === 'h2')!;
     await h.ok('--host', 'h1', 'vm', 'new', 'gone', '--memory', '16M');
     const cfg = JSON.parse(readFileSync(join(h.home, 'cluster', 'hosts', 'h1', 'vms', 'gone.json'), 'utf8')) as Record<string, unknown>;
@@ -222,6 +222,29 @@ describe('live migration between two hosts', function () {
       ...(await h.json<Array<{ vm: string | null; role: string }>>('--host', 'h2', 'ps')).filter((p) => p.vm?.startsWith('gone')).map((p) => `${p.role} of ${p.vm}`),
     ];
     expect(await eventually(async () => (await left()).length === 0, 15_000), `left at h2: ${(await left()).join(', ')}`).to.equal(true);
+
+    // At most as many set-ups at once as the host runs migrations (2): a third is refused while
+    // two wait for their stream, and taken once one of them is dropped.
+    const c2 = new RpcClient(`tcp://${h2.address}:7742`, curveClientOptions(readClusterKey(join(h.home, 'cluster', 'cluster.key'))));
+    const migs: string[] = [];
+    try {
+      const setUp = async (i: number): Promise<unknown> => {
+        const mig = `many-${i}-${randomUUID().slice(0, 8)}`;
+        migs.push(mig);
+        return await c2.call({ op: 'migSetup', from: 'h1', mig, config: { ...cfg, name: `many${i}`, id: randomUUID() }, options: {} }, 60_000, CLUSTER_WIRE_VERSION).then((v) => v, (e: unknown) => e);
+      };
+      expect(await setUp(0)).to.not.be.instanceOf(Error);
+      expect(await setUp(1)).to.not.be.instanceOf(Error);
+      const third = await setUp(2);
+      expect(third).to.be.instanceOf(Error);
+      expect((third as Error).message).to.match(/takes 2 migrations in already, as many as it runs at once/);
+      await c2.call({ op: 'migAbort', from: 'h1', mig: migs[0], reason: 'the test makes room' }, 10_000, CLUSTER_WIRE_VERSION);
+      expect(await setUp(3)).to.not.be.instanceOf(Error);
+    } finally {
+      for (const mig of migs) await c2.call({ op: 'migAbort', from: 'h1', mig, reason: 'the test ends' }, 10_000, CLUSTER_WIRE_VERSION).catch(() => null);
+      c2.close();
+    }
+    expect(await eventually(async () => (await left()).length === 0 && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((p) => p.vm?.startsWith('many')), 15_000), 'nothing of them is left at h2').to.equal(true);
     await h.ok('--host', 'h1', 'vm', 'delete', 'gone');
   });
 

@@ -1515,6 +1515,11 @@ export class Vmms {
     if (known) throw new MgmtFailure('AlreadyExists', `host ${this.cluster?.name ?? this.o.hostId} has a VM "${c.name}" already`);
     this.admitReserve(null, c.processor.reserve, c.vps, 'take the migration of', c.name);
     if (this.o.vmbusTransport !== 'shm') throw new MgmtFailure('InvalidState', 'this host runs without shared memory: it cannot take a live migration');
+    // As many migrations come in at once as go out (Hyper-V's one setting for both): each starts a
+    // worker and a partition process and maps the VM's memory, and a peer that asked for sixteen
+    // 4 GiB VMs at once saturated this host for half a minute, none of them getting through.
+    const comingIn = [...this.vms.values()].filter((x) => x.incoming !== null).length;
+    if (comingIn >= this.maxMigrations) throw new MgmtFailure('Busy', `host ${this.cluster?.name ?? this.o.hostId} takes ${comingIn} migrations in already, as many as it runs at once; move VM "${c.name}" once one of them has ended`);
     const r = this.record(c);
     // A spare's replacement loads once the migration is committed or dropped, not during its blackout.
     const inc: Incoming = { mig: req.mig, from: req.from, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false, releaseSpare: this.spare?.hold() ?? null };
