@@ -1559,7 +1559,9 @@ export class Vmms {
       await this.dropIncoming(r, `setup failed: ${(e as Error).message}`);
       throw new MgmtFailure('StartFailed', `host ${this.cluster?.name ?? this.o.hostId} could not set up VM "${c.name}": ${(e as Error).message}`);
     }
-    // A source that goes silent (killed, link cut) before the state leaves nothing here.
+    // A source that goes silent (killed, link cut) before the state leaves nothing here. Its
+    // silence counts from now: a set-up that took long (a busy host) is no silence of the source's.
+    inc.lastSeen = Date.now();
     inc.watchdog = setInterval(() => {
       const silent = Date.now() - inc.lastSeen;
       if (inc.postcopy ? silent > POSTCOPY_IDLE_MS : !inc.started && silent > INCOMING_IDLE_MS) {
