@@ -27,10 +27,9 @@ describe('rpc server', () => {
       const waiting = client.call({ op: 'hold' }, 60_000).catch((e: unknown) => e);
       const waiting2 = client.call({ op: 'hold' }, 60_000).catch((e: unknown) => e);
       await new Promise((r) => setTimeout(r, 100));
-      const t0 = Date.now();
       await server.failInFlight('Unavailable', 'the worker exited: a test');
+      // The server's failure, not the client's own 60 s timeout (whose code is Timeout).
       const [e1, e2] = await Promise.all([waiting, waiting2]);
-      expect(Date.now() - t0, 'heard at once, not at the 60 s timeout').to.be.below(5000);
       for (const e of [e1, e2]) {
         expect(e).to.be.instanceOf(RpcFailure);
         expect((e as RpcFailure).code).to.equal('Unavailable');

@@ -1334,7 +1334,7 @@ export async function runWorker(): Promise<void> {
         watched = await Promise.race([held, new Promise<false>((r) => setTimeout(() => r(false), 20000))]);
       } finally {
         partitionHeld = null;
-        if (goSab) unlinkRegion(goRegion);
+        if (goRegionFile) unlinkRegion(goRegionFile);
         goRegionFile = null;
       }
       if (goSab && watched) goWord = new Int32Array(goSab);
