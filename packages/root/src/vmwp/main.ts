@@ -285,6 +285,9 @@ export async function runWorker(): Promise<void> {
     // Give the exit note a moment to leave before the socket closes.
     await new Promise((r) => setTimeout(r, 20));
     control.close();
+    // A set-up still under way may have made its go word after the unlink above (the exit's awaits
+    // let it run on): the file goes now, as process.exit runs no `finally`.
+    if (goRegionFile) unlinkRegion(goRegionFile);
     process.exit(code);
   }
 
@@ -1318,6 +1321,7 @@ export async function runWorker(): Promise<void> {
       const goRegion = `hvlab-${cfg.hostId}-p${partitionId}-go`;
       let goSab: SharedArrayBuffer | null = null;
       try {
+        if (exiting) throw new Error('the worker is exiting');
         unlinkRegion(goRegion);
         goSab = createRegion(goRegion, PAGE);
         goRegionFile = goRegion;
