@@ -11,15 +11,16 @@
  */
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
+import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, MEMBER_SECRET_FILE, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
-import { curveClientOptions, makeClusterKey, RpcClient, writeClusterKey, zmq } from '@hvlab/runtime';
+import { curveClientOptions, makeClusterKey, readClusterKey, RpcClient, RpcFailure, writeClusterKey, zmq } from '@hvlab/runtime';
 import { clusterTag, Fabric, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
-import { TestHost, eventually, knock, shmFiles, sleep } from './harness.js';
+import { TestHost, eventually, knock, pairCredential, shmFiles, sleep } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
 
@@ -170,6 +171,26 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     }
   });
 
+  it('Ctrl-C of a link probe --direct has its host stop it (it goes past the fabric, which cannot) before it exits 130', async () => {
+    // 4 GiB straight to h2's address: many seconds, if nothing stops it.
+    const p = h.start('link', 'probe', 'h1', 'h2', '--direct', '--pings', '1', '--bytes', '4G');
+    try {
+      await sleep(1500);
+      expect(p.child.exitCode, 'the probe is still running').to.equal(null);
+      p.child.kill('SIGINT');
+      const r = await p.done;
+      expect(r.code, r.stderr).to.equal(130);
+      // Said only once h1's probe has ended (else "; the host is still ending its probe" follows).
+      expect(r.stderr.trim()).to.equal('hvlab: link probe was interrupted: its traffic from h1 to h2 was stopped by h1');
+      expect(readFileSync(join(h.home, 'cluster', 'hosts', 'h1', 'run', 'logs', 'root.log'), 'utf8')).to.match(/link probes stopped/);
+      // The next probe goes as usual.
+      expect((await probe('h1', 'h2', '--pings', '2', '--direct')).rttMs.length).to.equal(2);
+    } finally {
+      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      await p.done;
+    }
+  });
+
   it('a seed fixes a link\'s draws; an unknown link or a bad value is refused', async () => {
     expect((await h.json<{ seed: number }>('link', 'set', 'h2', 'h3', '--seed', '42')).seed).to.equal(42);
     const unknown = await h.run('link', 'cut', 'h1', 'h9');
@@ -226,6 +247,32 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     const s2 = await h.json<Status>('cluster', 'status');
     expect(s2.fabric.refused, 'the fabric counts another cluster\'s key').to.be.above(s.fabric.refused);
     expect(s2.hosts.find((x) => x.name === 'h1')!.info!.cluster!.refused, 'so does the host').to.be.above(s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.refused);
+  });
+
+  it('the key does not speak for a host: a request in its name without its secret (to the fabric) or without its link\'s credential (to a peer) is refused, and the host stays', async () => {
+    const key = readClusterKey(join(h.home, 'cluster', 'cluster.key'));
+    const h1 = st.hosts.find((x) => x.name === 'h1')!;
+    const fabric = new RpcClient(`tcp://${st.fabric.address}`, curveClientOptions(key));
+    const peer = new RpcClient(`tcp://${h1.address}:${DEFAULT_PEER_PORT}`, curveClientOptions(key));
+    const code = (p: Promise<unknown>): Promise<string> => p.then(() => 'answered', (e: RpcFailure) => e.code);
+    const forged = randomBytes(32).toString('hex');
+    try {
+      expect(await code(fabric.call({ op: 'leave', name: 'h2', secret: forged }, 3000, CLUSTER_WIRE_VERSION)), 'leave').to.equal('Denied');
+      expect(await code(fabric.call({ op: 'leave', name: 'h2' }, 3000, CLUSTER_WIRE_VERSION)), 'leave without a secret').to.equal('Denied');
+      expect(await code(fabric.call({ op: 'expose', name: 'h2', secret: forged, from: 'h1', port: 22 }, 3000, CLUSTER_WIRE_VERSION)), 'expose').to.equal('Denied');
+      expect(await code(peer.call({ op: 'ping', from: 'h2', auth: forged, t: 1 }, 3000, CLUSTER_WIRE_VERSION)), 'a ping in h2\'s name').to.equal('Denied');
+      expect(await code(peer.call({ op: 'ping', from: 'h3', auth: pairCredential(h.home, 'h2', 'h1'), t: 1 }, 3000, CLUSTER_WIRE_VERSION)), 'h2\'s credential in h3\'s name').to.equal('Denied');
+      // With the pair's credential (made here from the two hosts' secrets, as the fabric makes it), h1 answers.
+      expect(await code(peer.call({ op: 'ping', from: 'h2', auth: pairCredential(h.home, 'h2', 'h1'), t: 1 }, 3000, CLUSTER_WIRE_VERSION))).to.equal('answered');
+    } finally {
+      fabric.close();
+      peer.close();
+    }
+    const s = await h.json<Status>('cluster', 'status');
+    const h2 = s.hosts.find((x) => x.name === 'h2')!;
+    expect(h2.member, 'h2 is still a member').to.equal(true);
+    expect(s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.peers.find((p) => p.name === 'h2')?.state, 'h1 still hears h2').to.equal('up');
+    expect(readFileSync(join(h.home, 'cluster', 'hosts', 'h1', 'run', 'logs', 'root.log'), 'utf8')).to.match(/refused peer requests whose credential is not that of the host they name/);
   });
 
   it('a host of another machine joins with --join and --key and is a host like any other', async function () {
@@ -330,7 +377,7 @@ describe('joining a cluster under a name it holds', function () {
     const c = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
     const hosts = [new TestHost(), new TestHost(), new TestHost()];
     try {
-      await c.call({ op: 'join', name: 'busy', address: '127.0.0.50', peerPort: 7742, mgmtPort: 7741, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
+      await c.call({ op: 'join', name: 'busy', secret: randomBytes(32).toString('hex'), address: '127.0.0.50', peerPort: 7742, mgmtPort: 7741, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
       const joinAs = (t: TestHost, name: string): Promise<{ code: number; stderr: string }> =>
         t.run('up', '--join', `127.0.0.1:${port}`, '--key', keyFile, '--name', name, '--address', '127.0.0.1');
       const live = await joinAs(hosts[0]!, 'busy');
@@ -353,9 +400,16 @@ describe('joining a cluster under a name it holds', function () {
       const r = await hosts[0]!.run('up', '--join', `127.0.0.1:${port}`, '--key', fifo);
       expect(r.code).to.equal(1);
       expect(r.stderr).to.match(/fifo\.key is not a cluster key file: .* is a FIFO, not a file/);
-      // The same host coming back under its name (from its address: its last life did not say it
-      // left) is let in, as the fabric lets it.
-      await c.call({ op: 'join', name: 'again', address: '127.0.0.1', peerPort: DEFAULT_PEER_PORT, mgmtPort: DEFAULT_MGMT_TCP_PORT, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
+      // A host coming back under its name (its last life did not say it left) is let in with its
+      // member secret, which its home keeps; from the same address without it (another host, or
+      // one whose home was wiped), it is refused while the name's holder is heard from.
+      const secret = randomBytes(32).toString('hex');
+      await c.call({ op: 'join', name: 'again', secret, address: '127.0.0.1', peerPort: DEFAULT_PEER_PORT, mgmtPort: DEFAULT_MGMT_TCP_PORT, lps: 1, local: false }, 3000, CLUSTER_WIRE_VERSION);
+      const stranger = await joinAs(hosts[2]!, 'again');
+      expect(stranger.code).to.equal(1);
+      expect(stranger.stderr.trim()).to.equal('hvlab: cluster named already has a host named again (at 127.0.0.1): give another --name');
+      mkdirSync(hosts[2]!.paths.home, { recursive: true });
+      writeFileSync(join(hosts[2]!.paths.home, MEMBER_SECRET_FILE), `${secret}\n`, { mode: 0o600 });
       const back = await joinAs(hosts[2]!, 'again');
       expect(back.code, back.stderr).to.equal(0);
       expect((await hosts[2]!.run('down')).code).to.equal(0);

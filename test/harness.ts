@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { hostPaths, zmq, type HostPaths } from '@hvlab/runtime';
 import { CLUSTER_WIRE_VERSION, encode } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
-import { fabricPids } from '@hvlab/cluster';
+import { fabricPids, memberSecretHash, pairAuth } from '@hvlab/cluster';
 import { nemesisPids } from '@hvlab/faults';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -273,4 +273,15 @@ export async function knock(endpoint: string, opts: Record<string, unknown>): Pr
   } finally {
     d.close();
   }
+}
+
+/**
+ * The credential of hosts `a` and `b` of the cluster in `home` (PeerBookEntry.auth), made from
+ * their member secrets in their homes as the fabric makes it: what a test that speaks for `a` to
+ * `b` puts in a peer request's `auth`.
+ */
+export function pairCredential(home: string, a: string, b: string): string {
+  const secret = (h: string): string => readFileSync(join(home, 'cluster', 'hosts', h, 'member.secret'), 'utf8').trim();
+  const cluster = (JSON.parse(readFileSync(join(home, 'cluster', 'cluster.key'), 'utf8')) as { cluster: string }).cluster;
+  return pairAuth(cluster, a, memberSecretHash(secret(a)), b, memberSecretHash(secret(b)));
 }

@@ -12,12 +12,12 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_WIRE_VERSION, decode, encode, type HostInfo, type MigrationStats, type VmInfo } from '@hvlab/protocol';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { curveClientOptions, readClusterKey, RpcClient, zmq } from '@hvlab/runtime';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import { memdirtyCheck as checkMemdirty } from '@hvlab/faults';
-import { TestHost, eventually, knock, shmFiles, sleep } from './harness.js';
+import { TestHost, eventually, knock, pairCredential, shmFiles, sleep } from './harness.js';
 
 type Status = { hosts: Array<{ name: string; hostId: string; address: string }> };
 
@@ -176,10 +176,17 @@ describe('live migration between two hosts', function () {
         return decode((await d.receive())[0]!) as { ok?: unknown; error?: { code?: unknown; message?: unknown } };
       };
       expect((await ask(Buffer.from([0xc1, 1, 2]))).error?.code).to.equal('BadRequest');
-      const other = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 2, op: 'migPages', from: 'h1', mig: 'not-this-migration', data: Buffer.alloc(0) }));
+      const auth = pairCredential(h.home, 'h1', 'h2');
+      const other = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 2, op: 'migPages', from: 'h1', auth, mig: 'not-this-migration', data: Buffer.alloc(0) }));
       expect(other.error?.code).to.equal('NotFound');
-      const ping = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 3, op: 'ping', from: 'h1', t: 1 }));
+      const ping = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 3, op: 'ping', from: 'h1', auth, t: 1 }));
       expect(ping.error?.code).to.equal('InvalidArgument');
+      // The key alone does not speak for h1: a request in its name without its link's credential
+      // (a third member would hold only its own pairs' credentials) is refused before anything else is looked at.
+      const forged = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 4, op: 'migPages', from: 'h1', auth: randomBytes(32).toString('hex'), mig: 'not-this-migration', data: Buffer.alloc(0) }));
+      expect(forged.error?.code).to.equal('Denied');
+      const noAuth = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 5, op: 'migPages', from: 'h1', mig: 'not-this-migration', data: Buffer.alloc(0) }));
+      expect(noAuth.error?.code).to.equal('BadRequest');
     } finally {
       d.close();
     }
@@ -206,12 +213,13 @@ describe('live migration between two hosts', function () {
     // ~120 ms in, while h2's worker for it is still starting (its go word made, its partition not
     // yet held). Each such attempt left its go word's file in /dev/shm until the host went down.
     const c = new RpcClient(`tcp://${h2.address}:7742`, curveClientOptions(readClusterKey(join(h.home, 'cluster', 'cluster.key'))));
+    const auth = pairCredential(h.home, 'h1', 'h2');
     try {
       for (let i = 0; i < 6; i++) {
         const mig = `abandoned-${i}-${randomUUID().slice(0, 8)}`;
-        const setup = c.call({ op: 'migSetup', from: 'h1', mig, config: { ...cfg, name: `gone${i}`, id: randomUUID() }, options: {} }, 60_000, CLUSTER_WIRE_VERSION).catch((e: unknown) => e);
+        const setup = c.call({ op: 'migSetup', from: 'h1', auth, mig, config: { ...cfg, name: `gone${i}`, id: randomUUID() }, options: {} }, 60_000, CLUSTER_WIRE_VERSION).catch((e: unknown) => e);
         await sleep(80 + 20 * i);
-        await c.call({ op: 'migAbort', from: 'h1', mig, reason: 'the test abandons it' }, 10_000, CLUSTER_WIRE_VERSION).catch(() => null);
+        await c.call({ op: 'migAbort', from: 'h1', auth, mig, reason: 'the test abandons it' }, 10_000, CLUSTER_WIRE_VERSION).catch(() => null);
         await setup;
       }
     } finally {
@@ -231,17 +239,17 @@ describe('live migration between two hosts', function () {
       const setUp = async (i: number): Promise<unknown> => {
         const mig = `many-${i}-${randomUUID().slice(0, 8)}`;
         migs.push(mig);
-        return await c2.call({ op: 'migSetup', from: 'h1', mig, config: { ...cfg, name: `many${i}`, id: randomUUID() }, options: {} }, 60_000, CLUSTER_WIRE_VERSION).then((v) => v, (e: unknown) => e);
+        return await c2.call({ op: 'migSetup', from: 'h1', auth, mig, config: { ...cfg, name: `many${i}`, id: randomUUID() }, options: {} }, 60_000, CLUSTER_WIRE_VERSION).then((v) => v, (e: unknown) => e);
       };
       expect(await setUp(0)).to.not.be.instanceOf(Error);
       expect(await setUp(1)).to.not.be.instanceOf(Error);
       const third = await setUp(2);
       expect(third).to.be.instanceOf(Error);
       expect((third as Error).message).to.match(/takes 2 migrations in already, as many as it runs at once/);
-      await c2.call({ op: 'migAbort', from: 'h1', mig: migs[0], reason: 'the test makes room' }, 10_000, CLUSTER_WIRE_VERSION);
+      await c2.call({ op: 'migAbort', from: 'h1', auth, mig: migs[0], reason: 'the test makes room' }, 10_000, CLUSTER_WIRE_VERSION);
       expect(await setUp(3)).to.not.be.instanceOf(Error);
     } finally {
-      for (const mig of migs) await c2.call({ op: 'migAbort', from: 'h1', mig, reason: 'the test ends' }, 10_000, CLUSTER_WIRE_VERSION).catch(() => null);
+      for (const mig of migs) await c2.call({ op: 'migAbort', from: 'h1', auth, mig, reason: 'the test ends' }, 10_000, CLUSTER_WIRE_VERSION).catch(() => null);
       c2.close();
     }
     expect(await eventually(async () => (await left()).length === 0 && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((p) => p.vm?.startsWith('many')), 15_000), 'nothing of them is left at h2').to.equal(true);

@@ -175,7 +175,7 @@ export const COMMANDS: CommandSpec[] = [
   linkPair('cut', 'cut the link between two hosts: nothing crosses it until "link heal" (what was sent waits, as TCP retransmits)'),
   linkPair('heal', 'heal a cut link: what waited flows on'),
   { words: ['link', 'reset'], args: '[HOST HOST]', min: 0, max: 2, json: true, group: 'Clusters', options: [], help: 'clear every impairment of a link (or of every link) and heal it' },
-  linkPair('probe', 'measure the link from the first host to the second: round trips and a bulk transfer, through the link (or --direct past it); Ctrl-C stops it at the fabric', [
+  linkPair('probe', 'measure the link from the first host to the second: round trips and a bulk transfer, through the link (or --direct past it); Ctrl-C stops it at the fabric (--direct: at its host)', [
     { name: 'pings', value: 'N', help: 'round trips (default 10)', check: wholeIn('pings', 0, 10000) },
     { name: 'bytes', value: 'SIZE', help: 'bytes of a bulk transfer, e.g. 4M (default 0: none)', check: (v) => (parseSize(v) === null ? `--bytes ${v} is invalid: a size such as 4M or 512K` : null) },
     { name: 'direct', help: 'to the peer\'s own address, past the link layer (a baseline)' },
@@ -1071,8 +1071,9 @@ const INTERRUPT_SAYS: Record<string, string> = {
   'vm resume': LEFT_AT_HOST, 'vm save': LEFT_AT_HOST, 'vm delete': LEFT_AT_HOST, 'vm set-processor': LEFT_AT_HOST, 'vm ic': LEFT_AT_HOST,
   down: 'the host may be half down: "hvlab down" again finishes it',
   'cluster down': 'the cluster may be half down: "hvlab cluster down" again finishes it',
-  // Through the link, Ctrl-C stops the probe at the fabric (stoppableProbe); --direct goes past it.
-  'link probe': 'a --direct probe goes past the fabric, so its bytes may still be crossing to the peer',
+  // Ctrl-C stops the probe at the fabric, or a --direct one at its host (stoppableProbe); a second
+  // Ctrl-C while that is asked ends the CLI with this.
+  'link probe': 'the probe may not have been stopped, so its bytes may still be crossing to the peer',
 };
 
 /**
@@ -1123,7 +1124,8 @@ async function interruptible<T>(said: string, fn: (signal: AbortSignal) => Promi
  * (again while the host has not yet opened the probe's way there, up to a few seconds) and throws
  * Interrupted saying whether it stopped.
  */
-async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Promise<number>, what: string): Promise<LinkProbeResult> {
+/** `where`: where `stop` stops it ("at the fabric", "by h1"), for the messages. */
+async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Promise<number>, what: string, where: string): Promise<LinkProbeResult> {
   let interrupted: () => void = () => undefined;
   const asked = new Promise<'interrupted'>((r) => (interrupted = () => r('interrupted')));
   const release = onInterrupt(() => interrupted());
@@ -1136,7 +1138,7 @@ async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Pro
   let settled = false;
   probing.then(() => (settled = true), () => (settled = true));
   // A second Ctrl-C ends the CLI at once (main's handler), saying so.
-  interruptSays = `the probe from ${what} may not be stopped at the fabric: its bytes may still be crossing the link`;
+  interruptSays = `the probe from ${what} may not be stopped ${where}: its bytes may still be crossing the link`;
   // The host's probe ends once its way is closed; until the host has opened it there is none to
   // close, so it is asked again until the probe ends (it answers at once when stopped).
   let problem: string | null = null;
@@ -1149,8 +1151,8 @@ async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Pro
     }
     await Promise.race([probing.catch(() => undefined), new Promise((r) => setTimeout(r, 200))]);
   }
-  if (problem !== null) throw new Interrupted(`link probe was interrupted, and its traffic from ${what} could not be stopped at the fabric (${problem}): its bytes may still be crossing the link`);
-  throw new Interrupted(`link probe was interrupted: its traffic from ${what} was stopped at the fabric${settled ? '' : '; the host is still ending its probe'}`);
+  if (problem !== null) throw new Interrupted(`link probe was interrupted, and its traffic from ${what} could not be stopped ${where} (${problem}): its bytes may still be crossing the link`);
+  throw new Interrupted(`link probe was interrupted: its traffic from ${what} was stopped ${where}${settled ? '' : '; the host is still ending its probe'}`);
 }
 
 async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
@@ -1533,8 +1535,11 @@ export async function run(argv: string[]): Promise<number> {
         const probing = client.request<LinkProbeResult>('linkProbe', { peer: to, pings, bytes, direct: flag('direct') }, 600000);
         // Ctrl-C stops the probe's traffic at the fabric, where it crosses the link: its bulk bytes
         // flowed on after the CLI had gone (a 4 GiB probe at 1 mbit, for hours). --direct goes past
-        // the fabric; the default handler says what may go on.
-        const r = flag('direct') ? await probing : await stoppableProbe(probing, () => linkProbeStop(paths.home, from, to), `${from} to ${to}`);
+        // the fabric: its host stops it (linkProbeStop).
+        const probeClient = client;
+        const r = flag('direct')
+          ? await stoppableProbe(probing, async () => (await probeClient.request<{ stopped: number }>('linkProbeStop', { peer: to }, 5000)).stopped, `${from} to ${to}`, `by ${from}`)
+          : await stoppableProbe(probing, () => linkProbeStop(paths.home, from, to), `${from} to ${to}`, 'at the fabric');
         if (json) out(JSON.stringify(r));
         else {
           const sorted = [...r.rttMs].sort((a, b) => a - b);

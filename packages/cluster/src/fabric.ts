@@ -17,10 +17,13 @@
  *     for one `link probe`, and `probeStop` from that member when the probe ends or from a CLI whose
  *     probe was interrupted: the port closes with its connections, and what the link held of the
  *     probe is dropped (else a 4 GiB probe at 1 mbit flowed on for hours after Ctrl-C).
+ * A member's requests carry its member secret, to which its first join bound its name; its peer
+ * book gives it a credential per peer (`auth`) that only the two of them share, derived from both
+ * secrets ("Who is who" in protocol/src/cluster.ts): the cluster key says a member, these say which.
  * Links come from the topology file; a host that joins later is linked to every member, unimpaired.
  * Each link's seed is fixed by its two names unless set, so the same file repeats the same draws.
  */
-import { createHash } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import {
   decodeFabricRequest, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
@@ -48,10 +51,32 @@ export function linkSeed(a: string, b: string): number {
   return createHash('sha1').update(`${x}|${y}`).digest().readUInt32BE(0);
 }
 
-/** A member as the fabric holds it: what it said when it joined, when it was last heard, its heartbeats. */
+/** A member as the fabric holds it: what it said when it joined, when it was last heard, its heartbeats, its secret's hash. */
 interface Member extends Omit<FabricMember, 'lastSeenMs' | 'peers'> {
   lastSeen: number;
   health: PeerHealth[];
+  secretHash: Buffer;
+}
+
+const sha256 = (...parts: Array<string | Buffer>): Buffer => {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p).update('\0');
+  return h.digest();
+};
+
+/** The hash of a member secret, as the fabric keeps it. */
+export function memberSecretHash(secret: string): Buffer {
+  return sha256('hvlab member secret', secret);
+}
+
+/**
+ * The credential of the pair (a, b) in `cluster` (PeerBookEntry.auth): from both members' secret
+ * hashes, which never leave the fabric, so only a, b and the fabric can know it; the same for as
+ * long as the two keep their secrets (a restarted fabric gives the same credentials).
+ */
+export function pairAuth(cluster: string, a: string, aHash: Buffer, b: string, bHash: Buffer): string {
+  const [x, xh, y, yh] = a < b ? [a, aHash, b, bHash] : [b, bHash, a, aHash];
+  return sha256('hvlab pair', cluster, x, xh, y, yh).toString('hex');
 }
 
 const pairKey = (a: string, b: string): string => (a < b ? `${a}|${b}` : `${b}|${a}`);
@@ -123,23 +148,43 @@ export class Fabric {
     }
   }
 
-  /** A connection a proxy closed at its bound (link.ts MAX_PROXY_CONNECTIONS): logged once a minute per proxy, with the count. */
-  private refusedConnection(proxy: string, why: string): void {
+  /**
+   * A connection a proxy closed at its bound (link.ts MAX_PROXY_CONNECTIONS), or a request in a
+   * member's name without its secret: logged once a minute per kind, with the count.
+   */
+  private refusedConnection(proxy: string, why: string, msg = 'link connections refused'): void {
     const now = Date.now();
     const r = this.refusals.get(proxy) ?? { count: 0, loggedAt: 0 };
     r.count++;
     this.refusals.set(proxy, r);
     if (now - r.loggedAt < 60_000) return;
     r.loggedAt = now;
-    this.opts.log?.('link connections refused', { proxy, why, refused: r.count });
+    this.opts.log?.(msg, { proxy, why, refused: r.count });
+  }
+
+  /**
+   * Member `name`, if `secret` is its secret: else NotMember (it has not joined, or it left) or
+   * Denied (another holder of the key speaking for it).
+   */
+  private member(name: string, secret: string | null): Member {
+    const m = this.members.get(name);
+    if (!m) throw new RpcFailure('NotMember', `${name} has not joined cluster ${this.opts.cluster}`);
+    if (secret === null || !timingSafeEqual(m.secretHash, memberSecretHash(secret))) {
+      this.refusedConnection(`in ${name}'s name`, 'without its member secret', 'refused requests');
+      throw new RpcFailure('Denied', `this request speaks for ${name} without its member secret`);
+    }
+    return m;
   }
 
   private book(name: string): { cluster: string; peers: PeerBookEntry[] } {
     const peers: PeerBookEntry[] = [];
+    const self = this.members.get(name);
     for (const [k, p] of this.proxies) {
       const [from, to] = k.split('>') as [string, string];
       const m = this.members.get(to);
-      if (from === name && p.port !== null && m) peers.push({ name: to, port: p.port, address: m.address, peerPort: m.peerPort });
+      if (from === name && p.port !== null && m && self) {
+        peers.push({ name: to, port: p.port, address: m.address, peerPort: m.peerPort, auth: pairAuth(this.opts.cluster, name, self.secretHash, to, m.secretHash) });
+      }
     }
     peers.sort((x, y) => (x.name < y.name ? -1 : 1));
     return { cluster: this.opts.cluster, peers };
@@ -148,14 +193,19 @@ export class Fabric {
   private async handle(r: FabricRequest): Promise<unknown> {
     switch (r.op) {
       case 'join': {
+        if (r.secret === null) throw new RpcFailure('Denied', `a join needs the host's member secret (${r.name} runs an older hvlab?)`);
         const m = this.members.get(r.name);
         if (!m && this.members.size >= 64) throw new RpcFailure('Full', 'the cluster has 64 members');
-        // A member that joins again (its root restarted) comes from the same place; another host
-        // may take a name only once its holder has gone quiet (10 heartbeat periods).
-        const held = m && (m.address !== r.address || m.peerPort !== r.peerPort) && Date.now() - m.lastSeen < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
+        const hash = memberSecretHash(r.secret);
+        // A member that joins again with its secret (its root restarted) is itself, from wherever
+        // it comes; another host may take a name only once its holder has gone quiet (10 heartbeat
+        // periods), and its secret then holds the name.
+        const same = m !== undefined && timingSafeEqual(m.secretHash, hash);
+        const held = m !== undefined && !same && Date.now() - m.lastSeen < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
         if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
-        this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: m?.health ?? [] });
+        if (m && !same) this.opts.log?.('a host took the name of a quiet one', { host: r.name, address: r.address, was: m.address });
+        this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: same ? m.health : [], secretHash: hash });
         // A member that joins again (its root restarted) opened its ports in its earlier life: they go.
         for (const [port, e] of [...this.exposed]) if (e.owner === r.name) await this.closeExposed(port);
         for (const [port, e] of [...this.probes]) if (e.owner === r.name) await this.closeProbe(port);
@@ -173,15 +223,14 @@ export class Fabric {
         return this.book(r.name);
       }
       case 'peers': {
-        const m = this.members.get(r.name);
-        if (!m) throw new RpcFailure('NotMember', `${r.name} has not joined cluster ${this.opts.cluster}`);
+        const m = this.member(r.name, r.secret);
         m.lastSeen = Date.now();
         m.health = r.health;
         return this.book(r.name);
       }
       case 'leave': {
-        const m = this.members.get(r.name);
-        if (!m) return { left: false };
+        if (!this.members.has(r.name)) return { left: false };
+        this.member(r.name, r.secret);
         this.members.delete(r.name);
         for (const [k, p] of [...this.proxies]) {
           const [from, to] = k.split('>');
@@ -197,8 +246,7 @@ export class Fabric {
         return { left: true };
       }
       case 'expose': {
-        const owner = this.members.get(r.name);
-        if (!owner) throw new RpcFailure('NotMember', `${r.name} has not joined cluster ${this.opts.cluster}`);
+        const owner = this.member(r.name, r.secret);
         if (!this.members.has(r.from)) throw new RpcFailure('NotFound', `${r.from} is not a member of cluster ${this.opts.cluster}`);
         const l = this.link(r.from, r.name);
         const mine = [...this.exposed].filter(([, e]) => e.owner === r.name);
@@ -211,13 +259,14 @@ export class Fabric {
         return { port };
       }
       case 'unexpose': {
+        this.member(r.name, r.secret);
         const e = this.exposed.get(r.port);
         if (!e || e.owner !== r.name) return { closed: false };
         await this.closeExposed(r.port);
         return { closed: true };
       }
       case 'probeOpen': {
-        if (!this.members.has(r.name)) throw new RpcFailure('NotMember', `${r.name} has not joined cluster ${this.opts.cluster}`);
+        this.member(r.name, r.secret);
         const target = this.members.get(r.to);
         if (!target) throw new RpcFailure('NotFound', `${r.to} is not a member of cluster ${this.opts.cluster}`);
         const l = this.link(r.name, r.to);
@@ -231,6 +280,9 @@ export class Fabric {
         return { port };
       }
       case 'probeStop': {
+        // With a secret it is the member's own (its probe ended); without, an operator's (an
+        // interrupted CLI's `link probe`), as any holder of the key may cut the link anyway.
+        if (r.secret !== null) this.member(r.name, r.secret);
         let stopped = 0;
         for (const [port, e] of [...this.probes]) {
           if (e.owner !== r.name || (r.to !== null && e.to !== r.to) || (r.port !== null && port !== r.port)) continue;

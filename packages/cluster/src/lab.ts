@@ -20,7 +20,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
-  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
+  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, MEMBER_SECRET_FILE, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
   type FabricStatus, type HostInfo, type LinkChange, type LinkView, type VmInfo,
 } from '@hvlab/protocol';
 import {
@@ -580,11 +580,13 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
   }
   // A name a live member holds is refused by the fabric: said now, before anything starts (the
   // host used to start, wait 10 s to join, and go down again with "did not join").
-  // The fabric's own rule: the same host coming back (its address, not started by a cluster up)
-  // takes its name again, as a host whose last life did not say it left.
+  // The fabric's own rule: the same host coming back (its member secret, which its home keeps)
+  // takes its name again, as a host whose last life did not say it left. From here that looks
+  // like a home with a secret at the holder's address; the fabric checks the secret itself.
   const st = decodeFabricStatus(status);
   const holder = st.ok ? st.value.members.find((m) => m.name === name) : undefined;
-  if (holder && holder.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN && (holder.local || holder.address !== address)) {
+  const mayBeIt = holder !== undefined && !holder.local && holder.address === address && existsSync(join(paths.home, MEMBER_SECRET_FILE));
+  if (holder && holder.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN && !mayBeIt) {
     throw new ClusterError(`cluster ${st.ok ? st.value.cluster : '?'} already has a host named ${name} (at ${holder.address}): give another --name`);
   }
   mkdirSync(paths.home, { recursive: true });

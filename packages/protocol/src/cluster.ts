@@ -18,11 +18,13 @@ import { decode } from './wire.js';
 import { MAX_MEMORY_BYTES } from './layout.js';
 
 /**
- * The envelope's `v`. 2: migState may carry the last page batch (`pages`), which a version-1 host
- * refuses; a host refuses any other version's frames with a sentence naming both, so hosts of
- * different versions do not form a cluster rather than fail in the middle of a migration.
+ * The envelope's `v`. 3: a member's requests to the fabric carry its member secret (`secret`), its
+ * peer book an `auth` per peer, and every peer request the `auth` of its link (see "Who is who"
+ * below); 2: migState may carry the last page batch (`pages`), which a version-1 host refuses. A
+ * host refuses any other version's frames with a sentence naming both, so hosts of different
+ * versions do not form a cluster rather than fail in the middle of a migration.
  */
-export const CLUSTER_WIRE_VERSION = 2;
+export const CLUSTER_WIRE_VERSION = 3;
 /** Largest frame either service reads (a sink chunk and its envelope). */
 export const CLUSTER_FRAME_MAX_BYTES = 2 * 1024 * 1024;
 /** Largest sink chunk. */
@@ -100,7 +102,35 @@ export interface PeerBookEntry {
   /** The peer's own address and peer-service port (for a probe that bypasses the link, as a baseline). */
   address: string;
   peerPort: number;
+  /**
+   * The credential of the pair (this host, the peer): what each of the two puts in its requests to
+   * the other (`auth`), and checks in the other's. Only the two members and the fabric know it.
+   */
+  auth: string;
 }
+
+/*
+ * Who is who. The cluster key says that a peer is a member, not which one: every holder has it.
+ * So a member proves its name with a secret of its own (MEMBER_SECRET_RE: 32 random bytes in hex,
+ * made by its root at its first start and kept in its home, so a restarted root is still itself):
+ *   - its `join` carries the secret, and the fabric binds the name to it (its hash): a join under a
+ *     held name with another secret is refused while the holder is heard from (as before, a name
+ *     whose holder went quiet may be taken), and one with the same secret is the member again,
+ *     from wherever it comes;
+ *   - each of its requests that speaks for it (`peers`, `leave`, `expose`, `unexpose`,
+ *     `probeOpen`, and `probeStop` with a secret) carries the secret, and the fabric refuses
+ *     (`Denied`) one whose secret is not the name's;
+ *   - the fabric gives each member, in its peer book, a credential per peer (`auth`), derived from
+ *     both members' secrets, so that the two of them alone know it; every peer request carries the
+ *     `auth` of its link, and the receiving host refuses one whose `auth` is not its credential
+ *     with the host named in `from`.
+ * What stays the operator's (any holder of the key, as the CLI is): `status`, the link changes,
+ * and `probeStop` without a secret (an interrupted CLI's `link probe`).
+ */
+/** A member's secret, or a pair's credential: 32 bytes in lowercase hex. */
+export const MEMBER_SECRET_RE = /^[0-9a-f]{64}$/;
+/** The file in a host's home that keeps its member secret (mode 0600). */
+export const MEMBER_SECRET_FILE = 'member.secret';
 
 export interface FabricStatus {
   cluster: string;
@@ -111,7 +141,10 @@ export interface FabricStatus {
 
 export type LinkChange = { [K in keyof LinkImpairments]?: number | null } & { seed?: number };
 
-export type FabricRequest =
+/** A fabric request and its sender's member secret (null: an operator's request, or none given). */
+export type FabricRequest = FabricRequestBody & { secret: string | null };
+
+export type FabricRequestBody =
   | { v: number; id: number; op: 'join'; name: string; address: string; peerPort: number; mgmtPort: number; lps: number; local: boolean }
   | { v: number; id: number; op: 'peers'; name: string; health: PeerHealth[] }
   | { v: number; id: number; op: 'status' }
@@ -145,7 +178,10 @@ export const FABRIC_MAX_EXPOSED = 8;
 /** Probe ports a member may have open at once (the oldest goes, its probe with it, for a new one). */
 export const FABRIC_MAX_PROBES = 4;
 
-export type PeerRequest =
+/** A peer request and the credential of the link between its sender `from` and this host (PeerBookEntry.auth). */
+export type PeerRequest = PeerRequestBody & { auth: string };
+
+export type PeerRequestBody =
   | { v: number; id: number; op: 'ping'; from: string; t: number }
   | { v: number; id: number; op: 'sink'; from: string; data: Uint8Array }
   | MigPeerRequest;
@@ -192,9 +228,10 @@ class Bad extends Error {}
 
 /** Field readers over one decoded map: each throws Bad with a sentence naming the field. */
 class Fields {
-  constructor(private readonly o: Record<string, unknown>, private readonly what: string) {}
+  /** `common`: fields every request of its service may carry beside those `only` names (the envelope's credential). */
+  constructor(private readonly o: Record<string, unknown>, private readonly what: string, private readonly common: readonly string[] = []) {}
   only(allowed: readonly string[]): void {
-    for (const k of Object.keys(this.o)) if (!allowed.includes(k)) throw new Bad(`${this.what}: unknown field "${k.length > 32 ? `${k.slice(0, 32)}…` : k}"`);
+    for (const k of Object.keys(this.o)) if (!allowed.includes(k) && !this.common.includes(k)) throw new Bad(`${this.what}: unknown field "${k.length > 32 ? `${k.slice(0, 32)}…` : k}"`);
   }
   private has(k: string): boolean {
     return own(this.o, k) && this.o[k] !== undefined && this.o[k] !== null;
@@ -237,9 +274,9 @@ class Fields {
   }
 }
 
-function fieldsOf(v: unknown, what: string): Fields {
+function fieldsOf(v: unknown, what: string, common: readonly string[] = []): Fields {
   if (!isPlainObject(v)) throw new Bad(`${what} must be a map`);
-  return new Fields(v, what);
+  return new Fields(v, what, common);
 }
 
 const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -283,7 +320,7 @@ function linkChangeOf(v: unknown): LinkChange {
 }
 
 /** Reads the envelope (`v`, `id`, `op`) of a frame; the id is 0 when none could be read. */
-function envelope(bytes: Uint8Array, ops: readonly string[]): { o: Record<string, unknown>; f: Fields; id: number; op: string } {
+function envelope(bytes: Uint8Array, ops: readonly string[], common: readonly string[]): { o: Record<string, unknown>; f: Fields; id: number; op: string } {
   if (bytes.length > CLUSTER_FRAME_MAX_BYTES) throw new Bad(`a frame of ${bytes.length} bytes is over ${CLUSTER_FRAME_MAX_BYTES}`);
   let v: unknown;
   try {
@@ -291,7 +328,7 @@ function envelope(bytes: Uint8Array, ops: readonly string[]): { o: Record<string
   } catch {
     throw new Bad('not msgpack');
   }
-  const f = fieldsOf(v, 'a request');
+  const f = fieldsOf(v, 'a request', common);
   const o = v as Record<string, unknown>;
   const id = typeof o.id === 'number' && Number.isSafeInteger(o.id) && o.id > 0 ? o.id : 0;
   if (id === 0) throw new Bad('a request needs a positive whole "id"');
@@ -316,51 +353,11 @@ const FABRIC_OPS = ['join', 'peers', 'status', 'linkSet', 'linkCut', 'linkHeal',
 export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
   let id = 0;
   return catching(() => {
-    const env = envelope(bytes, FABRIC_OPS);
+    const env = envelope(bytes, FABRIC_OPS, ['secret']);
     id = env.id;
     try {
-      const { f } = env;
-      const base = { v: CLUSTER_WIRE_VERSION, id };
-      switch (env.op as (typeof FABRIC_OPS)[number]) {
-        case 'join':
-          f.only(['v', 'id', 'op', 'name', 'address', 'peerPort', 'mgmtPort', 'lps', 'local']);
-          {
-            const address = f.str('address', 15);
-            if (!isIpv4(address)) throw new Bad('join: "address" must be an IPv4 address');
-            return { ...base, op: 'join', name: hostName(f, 'name'), address, peerPort: f.num('peerPort', 1, 65535), mgmtPort: f.num('mgmtPort', 1, 65535), lps: f.num('lps', 1, 1024), local: f.bool('local') };
-          }
-        case 'peers':
-          f.only(['v', 'id', 'op', 'name', 'health']);
-          return { ...base, op: 'peers', name: hostName(f, 'name'), health: f.list('health', CLUSTER_MAX_MEMBERS, decodeHealth) };
-        case 'status':
-          f.only(['v', 'id', 'op']);
-          return { ...base, op: 'status' };
-        case 'linkSet':
-          f.only(['v', 'id', 'op', 'a', 'b', 'change']);
-          return { ...base, op: 'linkSet', a: hostName(f, 'a'), b: hostName(f, 'b'), change: linkChangeOf(f.map('change')) };
-        case 'linkCut':
-        case 'linkHeal':
-          f.only(['v', 'id', 'op', 'a', 'b']);
-          return { ...base, op: env.op as 'linkCut' | 'linkHeal', a: hostName(f, 'a'), b: hostName(f, 'b') };
-        case 'linkReset':
-          f.only(['v', 'id', 'op', 'a', 'b']);
-          return { ...base, op: 'linkReset', a: f.optStr('a', 10, CLUSTER_HOST_RE), b: f.optStr('b', 10, CLUSTER_HOST_RE) };
-        case 'leave':
-          f.only(['v', 'id', 'op', 'name']);
-          return { ...base, op: 'leave', name: hostName(f, 'name') };
-        case 'expose':
-          f.only(['v', 'id', 'op', 'name', 'from', 'port']);
-          return { ...base, op: 'expose', name: hostName(f, 'name'), from: hostName(f, 'from'), port: f.num('port', 1, 65535) };
-        case 'unexpose':
-          f.only(['v', 'id', 'op', 'name', 'port']);
-          return { ...base, op: 'unexpose', name: hostName(f, 'name'), port: f.num('port', 1, 65535) };
-        case 'probeOpen':
-          f.only(['v', 'id', 'op', 'name', 'to']);
-          return { ...base, op: 'probeOpen', name: hostName(f, 'name'), to: hostName(f, 'to') };
-        case 'probeStop':
-          f.only(['v', 'id', 'op', 'name', 'to', 'port']);
-          return { ...base, op: 'probeStop', name: hostName(f, 'name'), to: f.optStr('to', 10, CLUSTER_HOST_RE), port: f.optNum('port', 1, 65535) };
-      }
+      const secret = env.f.optStr('secret', 64, MEMBER_SECRET_RE);
+      return { ...fabricBody(env), secret };
     } catch (e) {
       if (e instanceof Bad) (e as { id?: number }).id = id;
       throw e;
@@ -368,56 +365,107 @@ export function decodeFabricRequest(bytes: Uint8Array): Decoded<FabricRequest> {
   });
 }
 
+function fabricBody(env: ReturnType<typeof envelope>): FabricRequestBody {
+  const { f, id } = env;
+  const base = { v: CLUSTER_WIRE_VERSION, id };
+  switch (env.op as (typeof FABRIC_OPS)[number]) {
+    case 'join':
+      f.only(['v', 'id', 'op', 'name', 'address', 'peerPort', 'mgmtPort', 'lps', 'local']);
+      {
+        const address = f.str('address', 15);
+        if (!isIpv4(address)) throw new Bad('join: "address" must be an IPv4 address');
+        return { ...base, op: 'join', name: hostName(f, 'name'), address, peerPort: f.num('peerPort', 1, 65535), mgmtPort: f.num('mgmtPort', 1, 65535), lps: f.num('lps', 1, 1024), local: f.bool('local') };
+      }
+    case 'peers':
+      f.only(['v', 'id', 'op', 'name', 'health']);
+      return { ...base, op: 'peers', name: hostName(f, 'name'), health: f.list('health', CLUSTER_MAX_MEMBERS, decodeHealth) };
+    case 'status':
+      f.only(['v', 'id', 'op']);
+      return { ...base, op: 'status' };
+    case 'linkSet':
+      f.only(['v', 'id', 'op', 'a', 'b', 'change']);
+      return { ...base, op: 'linkSet', a: hostName(f, 'a'), b: hostName(f, 'b'), change: linkChangeOf(f.map('change')) };
+    case 'linkCut':
+    case 'linkHeal':
+      f.only(['v', 'id', 'op', 'a', 'b']);
+      return { ...base, op: env.op as 'linkCut' | 'linkHeal', a: hostName(f, 'a'), b: hostName(f, 'b') };
+    case 'linkReset':
+      f.only(['v', 'id', 'op', 'a', 'b']);
+      return { ...base, op: 'linkReset', a: f.optStr('a', 10, CLUSTER_HOST_RE), b: f.optStr('b', 10, CLUSTER_HOST_RE) };
+    case 'leave':
+      f.only(['v', 'id', 'op', 'name']);
+      return { ...base, op: 'leave', name: hostName(f, 'name') };
+    case 'expose':
+      f.only(['v', 'id', 'op', 'name', 'from', 'port']);
+      return { ...base, op: 'expose', name: hostName(f, 'name'), from: hostName(f, 'from'), port: f.num('port', 1, 65535) };
+    case 'unexpose':
+      f.only(['v', 'id', 'op', 'name', 'port']);
+      return { ...base, op: 'unexpose', name: hostName(f, 'name'), port: f.num('port', 1, 65535) };
+    case 'probeOpen':
+      f.only(['v', 'id', 'op', 'name', 'to']);
+      return { ...base, op: 'probeOpen', name: hostName(f, 'name'), to: hostName(f, 'to') };
+    case 'probeStop':
+      f.only(['v', 'id', 'op', 'name', 'to', 'port']);
+      return { ...base, op: 'probeStop', name: hostName(f, 'name'), to: f.optStr('to', 10, CLUSTER_HOST_RE), port: f.optNum('port', 1, 65535) };
+  }
+}
+
 /** A host's peer service's one checking decoder of a request frame. */
 export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
   let id = 0;
   return catching(() => {
-    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migPremap', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull']);
+    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migPremap', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull'], ['auth']);
     id = env.id;
     try {
-      const { f } = env;
-      if (env.op.startsWith('mig')) {
-        const v = CLUSTER_WIRE_VERSION;
-        const from = hostName(f, 'from');
-        const mig = f.str('mig', 64, MIG_ID_RE);
-        switch (env.op) {
-          case 'migSetup':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'config', 'options']);
-            return { v, id, op: 'migSetup', from, mig, config: f.map('config'), options: f.map('options') };
-          case 'migPages':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'data']);
-            return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
-          case 'migPremap':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
-            return { v, id, op: 'migPremap', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
-          case 'migState':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'pages']);
-            return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), pages: env.o.pages === undefined || env.o.pages === null ? null : f.bytes('pages', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
-          case 'migSwitch':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'missing']);
-            return { v, id, op: 'migSwitch', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), missing: f.bytes('missing', MIG_MISSING_MAX_BYTES) };
-          case 'migPull':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
-            return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
-          case 'migCommit':
-            f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
-            return { v, id, op: 'migCommit', from, mig, stats: env.o.stats === undefined || env.o.stats === null ? null : f.map('stats') };
-          default:
-            f.only(['v', 'id', 'op', 'from', 'mig', 'reason']);
-            return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512) };
-        }
-      }
-      if (env.op === 'ping') {
-        f.only(['v', 'id', 'op', 'from', 't']);
-        return { v: CLUSTER_WIRE_VERSION, id, op: 'ping', from: hostName(f, 'from'), t: f.num('t', 0, Number.MAX_SAFE_INTEGER, false) };
-      }
-      f.only(['v', 'id', 'op', 'from', 'data']);
-      return { v: CLUSTER_WIRE_VERSION, id, op: 'sink', from: hostName(f, 'from'), data: f.bytes('data', SINK_CHUNK_MAX_BYTES) };
+      const auth = env.f.optStr('auth', 64, MEMBER_SECRET_RE);
+      if (auth === null) throw new Bad('a peer request needs "auth", the credential of its link (64 hex digits)');
+      return { ...peerBody(env), auth };
     } catch (e) {
       if (e instanceof Bad) (e as { id?: number }).id = id;
       throw e;
     }
   });
+}
+
+function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
+  const { f, id } = env;
+  if (env.op.startsWith('mig')) {
+    const v = CLUSTER_WIRE_VERSION;
+    const from = hostName(f, 'from');
+    const mig = f.str('mig', 64, MIG_ID_RE);
+    switch (env.op) {
+      case 'migSetup':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'config', 'options']);
+        return { v, id, op: 'migSetup', from, mig, config: f.map('config'), options: f.map('options') };
+      case 'migPages':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'data']);
+        return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
+      case 'migPremap':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
+        return { v, id, op: 'migPremap', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
+      case 'migState':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'pages']);
+        return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), pages: env.o.pages === undefined || env.o.pages === null ? null : f.bytes('pages', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
+      case 'migSwitch':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'missing']);
+        return { v, id, op: 'migSwitch', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), missing: f.bytes('missing', MIG_MISSING_MAX_BYTES) };
+      case 'migPull':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
+        return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
+      case 'migCommit':
+        f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
+        return { v, id, op: 'migCommit', from, mig, stats: env.o.stats === undefined || env.o.stats === null ? null : f.map('stats') };
+      default:
+        f.only(['v', 'id', 'op', 'from', 'mig', 'reason']);
+        return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512) };
+    }
+  }
+  if (env.op === 'ping') {
+    f.only(['v', 'id', 'op', 'from', 't']);
+    return { v: CLUSTER_WIRE_VERSION, id, op: 'ping', from: hostName(f, 'from'), t: f.num('t', 0, Number.MAX_SAFE_INTEGER, false) };
+  }
+  f.only(['v', 'id', 'op', 'from', 'data']);
+  return { v: CLUSTER_WIRE_VERSION, id, op: 'sink', from: hostName(f, 'from'), data: f.bytes('data', SINK_CHUNK_MAX_BYTES) };
 }
 
 function decodeLinkView(v: unknown, i: number): LinkView {
@@ -468,10 +516,10 @@ export function decodePeerBook(v: unknown): Decoded<{ cluster: string; peers: Pe
       cluster: f.str('cluster', 64),
       peers: f.list('peers', CLUSTER_MAX_MEMBERS, (p, i) => {
         const g = fieldsOf(p, `peers[${i}]`);
-        g.only(['name', 'port', 'address', 'peerPort']);
+        g.only(['name', 'port', 'address', 'peerPort', 'auth']);
         const address = g.str('address', 15);
         if (!isIpv4(address)) throw new Bad(`peers[${i}]: "address" must be an IPv4 address`);
-        return { name: hostName(g, 'name'), port: g.num('port', 1, 65535), address, peerPort: g.num('peerPort', 1, 65535) };
+        return { name: hostName(g, 'name'), port: g.num('port', 1, 65535), address, peerPort: g.num('peerPort', 1, 65535), auth: g.str('auth', 64, MEMBER_SECRET_RE) };
       }),
     };
   });

@@ -45,7 +45,7 @@ export const MGMT_RTC_OFFSET_MAX_S = 10 * 365 * 86400;
 export const MGMT_OPS = [
   'ping', 'hostInfo', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
   'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown', 'linkProbe',
-  'vmMove', 'vmMoveStatus', 'vmMoveCancel', 'faultSet', 'faultClear', 'faultList',
+  'linkProbeStop', 'vmMove', 'vmMoveStatus', 'vmMoveCancel', 'faultSet', 'faultClear', 'faultList',
 ] as const;
 export type MgmtOp = (typeof MGMT_OPS)[number];
 
@@ -98,6 +98,11 @@ export type MgmtArgs = {
    * (`direct`: to the peer's own address, past the link layer, as a baseline).
    */
   linkProbe: { peer: string; pings?: number; bytes?: number; direct?: boolean; timeoutMs?: number };
+  /**
+   * Ends this host's link probes to `peer` now, through the link or direct (an interrupted CLI's):
+   * each fails with Cancelled. `{ stopped }`: how many there were.
+   */
+  linkProbeStop: { peer: string };
   /** Move-VM to host `to` of the cluster (options: protocol/src/migrate.ts; missing ones take the defaults). */
   vmMove: {
     name: string; to: string; bandwidthBps?: number; downtimeLimitMs?: number; maxPasses?: number;
@@ -404,6 +409,12 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     put(out, 'direct', r.optBoolean('direct'));
     put(out, 'timeoutMs', r.optWhole('timeoutMs', 1, 600_000, true));
     return out;
+  },
+  linkProbeStop: (a) => {
+    const r = a(['peer']);
+    const peer = r.string('peer', 10, 1);
+    if (!CLUSTER_HOST_RE.test(peer)) throw new ArgumentRejected(`linkProbeStop argument "peer" must be a host name (lower-case letter, then letters, digits or "-", at most 10)`);
+    return { peer };
   },
   vmMoveStatus: vmOnly(),
   vmMoveCancel: vmOnly(),

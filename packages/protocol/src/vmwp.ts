@@ -17,6 +17,7 @@
 import { isPlainObject } from './hvwire.js';
 import { checkFaultDuration, decodeVmFaultSpec, FAULT_ID_RE, INSTANT_FAULT_KINDS, type VmFaultKind, type VmFaultSpec } from './faults.js';
 import { decode } from './wire.js';
+import { MEMBER_SECRET_RE } from './cluster.js';
 
 export type VmwpRequest =
   | { t: 'hello'; secret: string }
@@ -32,7 +33,7 @@ export type VmwpRequest =
   | { t: 'kvp'; op: 'set' | 'get' | 'delete' | 'list'; pool: string; key: string | null; value: string | null }
   | { t: 'shutdown'; timeoutS: number }
   /** Live migration, source: move the VM through `endpoint` (the link to `to`) with the cluster key. */
-  | { t: 'migOut'; mig: string; from: string; to: string; endpoint: string; key: { cluster: string; publicKey: string; secretKey: string }; config: Record<string, unknown>; options: Record<string, unknown> }
+  | { t: 'migOut'; mig: string; from: string; to: string; endpoint: string; auth: string; key: { cluster: string; publicKey: string; secretKey: string }; config: Record<string, unknown>; options: Record<string, unknown> }
   | { t: 'migCancel'; reason: string }
   /**
    * Live migration, destination (a VMWP started `incoming`): a page batch, then the saved-state
@@ -187,6 +188,12 @@ function str(o: Record<string, unknown>, k: string, nullable = false, max = MAX_
   if (typeof v !== 'string' || v.length > max) throw new VmwpDecodeError(`field ${k} is not a string of at most ${max} characters`);
   return v;
 }
+/** A pair's credential (cluster.ts MEMBER_SECRET_RE) in field `auth`. */
+function credential(o: Record<string, unknown>): string {
+  const v = str(o, 'auth', false, 64)!;
+  if (!MEMBER_SECRET_RE.test(v)) throw new VmwpDecodeError('field auth is not a credential (64 hex digits)');
+  return v;
+}
 function int(o: Record<string, unknown>, k: string, min: number, max: number): number {
   const v = o[k];
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new VmwpDecodeError(`field ${k} is not an integer from ${min} to ${max}`);
@@ -235,7 +242,7 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
         if (!re.test(v)) throw new VmwpDecodeError(`field ${k} is not a valid ${k === 'mig' ? 'migration id' : 'host name'}`);
         return v;
       };
-      return { t, mig: named('mig', /^[a-z0-9-]{8,64}$/), from: named('from', /^[a-z][a-z0-9-]{0,9}$/), to: named('to', /^[a-z][a-z0-9-]{0,9}$/), endpoint: str(b, 'endpoint', false, 200)!, key, config: b.config, options: b.options };
+      return { t, mig: named('mig', /^[a-z0-9-]{8,64}$/), from: named('from', /^[a-z][a-z0-9-]{0,9}$/), to: named('to', /^[a-z][a-z0-9-]{0,9}$/), endpoint: str(b, 'endpoint', false, 200)!, auth: credential(b), key, config: b.config, options: b.options };
     }
     case 'migCancel': return { t, reason: str(b, 'reason', false, 512)! };
     case 'migSwitch': {

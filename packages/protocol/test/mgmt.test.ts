@@ -47,6 +47,7 @@ const CLI_REQUESTS: Array<[MgmtOp, Record<string, unknown>]> = [
   ['shutdown', {}],
   ['linkProbe', { peer: 'h2', pings: 10, bytes: 0, direct: false }],
   ['linkProbe', { peer: 'h2' }],
+  ['linkProbeStop', { peer: 'h2' }],
   ['vmMove', { name: 'vm1', to: 'h2' }],
   ['vmMove', { name: 'vm1', to: 'h2', bandwidthBps: 104857600, downtimeLimitMs: 300, maxPasses: 10, compress: true, autoConverge: true, postcopy: false, offline: false }],
   ['vmMoveStatus', { name: 'vm1' }],

@@ -231,7 +231,7 @@ describe('migration options', function () {
 describe('migration peer frames', function () {
   this.timeout(20_000);
   const env = { v: CLUSTER_WIRE_VERSION, id: 9 };
-  const who = { from: 'h1', mig: 'mig-0123abcd' };
+  const who = { from: 'h1', auth: '0f'.repeat(32), mig: 'mig-0123abcd' };
   const frames = {
     migSetup: { ...env, op: 'migSetup', ...who, config: { name: 'vm1', memoryMb: 64 }, options: { compress: true } },
     migPages: { ...env, op: 'migPages', ...who, data: Buffer.from(encodePageBatch([{ pfn: 0, kind: PageKind.Zero, data: E }])) },
@@ -282,7 +282,8 @@ describe('migration peer frames', function () {
       [{ ...frames.migAbort, reason: '' }, /"reason" must be a string of 1 to 512/], [{ ...frames.migAbort, reason: 'x'.repeat(513) }, /"reason"/], [{ ...frames.migAbort, reason: undefined }, /"reason"/],
       ...['short', '0123456', 'a'.repeat(65), 'MIG-0123ABCD', 'mig_0123abcd', 'mig 0123abcd', 5, null].map((mig): [Record<string, unknown>, RegExp] => [{ ...frames.migPages, mig }, /"mig" must be a valid name/]),
       ...['H1', '1h', 'h'.repeat(11), '', 'h_1', 7].map((from): [Record<string, unknown>, RegExp] => [{ ...frames.migState, from }, /"from" must be a valid name/]),
-      [{ ...frames.migAbort, v: 1 }, /cluster wire version 1 is not 2/],
+      [{ ...frames.migAbort, v: 1 }, new RegExp(`cluster wire version 1 is not ${CLUSTER_WIRE_VERSION}`)],
+      [{ ...frames.migPages, auth: undefined }, /needs "auth"/], [{ ...frames.migPages, auth: 'x'.repeat(64) }, /"auth"/],
     ];
     for (const [f, re] of cases) {
       const d = decodePeerRequest(encode(f));
@@ -315,7 +316,7 @@ describe('migration peer frames', function () {
 describe('migration VMWP frames', function () {
   this.timeout(20_000);
   const key = { cluster: 'lab', publicKey: 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7', secretKey: 'JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6' };
-  const migOut = { t: 'migOut', mig: 'mig-0123abcd', from: 'h1', to: 'h2', endpoint: 'tcp://127.0.0.1:40001', key, config: { name: 'vm1' }, options: { postcopy: true } };
+  const migOut = { t: 'migOut', mig: 'mig-0123abcd', from: 'h1', to: 'h2', endpoint: 'tcp://127.0.0.1:40001', auth: '0f'.repeat(32), key, config: { name: 'vm1' }, options: { postcopy: true } };
   const req = (body: Record<string, unknown>, id = 5): Record<string, unknown> => ({ t: 'req', id, body });
   const note = (body: Record<string, unknown>): Record<string, unknown> => ({ t: 'note', body });
   const throwsVmwp = (frame: unknown, re: RegExp, id: number | null, label: string): void => {

@@ -17,7 +17,7 @@ import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, rea
 import { kernelDirtyTrackingUnavailableReason, memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
-import { ClusterMember, memberConfigFromEnv } from './member.js';
+import { ClusterMember, memberConfigFromEnv, memberSecret } from './member.js';
 import { Vmms } from './vmms.js';
 
 
@@ -151,6 +151,8 @@ const handler: MgmtHandler = async (op, args) => {
     case 'linkProbe':
       if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
       return await member.probe(args);
+    case 'linkProbeStop':
+      return { stopped: member?.stopProbes(args.peer) ?? 0 };
     default: throw new MgmtFailure('InvalidArgument', `unknown operation "${op}"`);
   }
 };
@@ -162,7 +164,7 @@ await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
 // A host of a cluster joins it and serves its peers (member.ts); a wrong configuration is logged
 // and the host runs on alone rather than failing (its supervisor would only restart it again).
 try {
-  const cfg = memberConfigFromEnv(process.env, lps);
+  const cfg = memberConfigFromEnv(process.env, lps, () => memberSecret(paths.home, log));
   if (cfg) {
     member = new ClusterMember(cfg, log, handler);
     const m = member;

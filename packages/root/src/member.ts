@@ -8,13 +8,20 @@
  * It serves, with CURVE (only holders of the cluster's key get in):
  *   - the peer service on address:peerPort: heartbeats (`ping`) and bulk bytes (`sink`) from peers;
  *   - the management API on address:mgmtPort, for CLIs on other machines (`--host` of a joined host);
- * and it joins the fabric, then every heartbeat period (1 s) refreshes its peer book (reporting
+ * Its name is proved by its member secret (`memberSecret`: made at the first start, kept in the
+ * host's home): every request to the fabric in its name carries it, and every request between two
+ * members carries their pair's credential from the peer book, which the receiver checks against
+ * the host named in `from` ("Who is who" in protocol/src/cluster.ts).
+ * It joins the fabric, then every heartbeat period (1 s) refreshes its peer book (reporting
  * its heartbeat table) and pings every peer through the port of their link. A peer is down after
  * 10 heartbeats in a row without an answer (Hyper-V's same-subnet default). Until the fabric
  * answers a join, the host keeps trying; it runs its VMs regardless.
  */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
-  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
+  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, MEMBER_SECRET_FILE, MEMBER_SECRET_RE, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
@@ -34,10 +41,49 @@ export interface MemberConfig {
   peerPort: number;
   mgmtPort: number;
   lps: number;
+  /** This host's member secret (`memberSecret`). */
+  secret: string;
 }
 
-/** The membership configuration in `env`, or null when this host is not a cluster's; throws a sentence when it is wrong. */
-export function memberConfigFromEnv(env: NodeJS.ProcessEnv, lps: number): MemberConfig | null {
+/**
+ * This host's member secret, kept in `home` (mode 0600) so that a restarted root is the same member:
+ * read, or made on the first start. A file that does not hold one (cut short by a full disk, say)
+ * is replaced by a new secret: the fabric then gives the name to it once the old one's holder has
+ * been quiet for 10 heartbeat periods, which this host was while it restarted.
+ */
+export function memberSecret(home: string, log?: Logger): string {
+  const file = join(home, MEMBER_SECRET_FILE);
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log?.warn({ err: (e as Error).message }, 'cannot read the member secret: making a new one');
+  }
+  if (MEMBER_SECRET_RE.test(text)) return text;
+  if (text !== '') log?.warn({ file }, 'the member secret file holds no secret: making a new one');
+  const secret = randomBytes(32).toString('hex');
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    writeFileSync(tmp, `${secret}\n`, { mode: 0o600 });
+    chmodSync(tmp, 0o600);
+    renameSync(tmp, file);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw new Error(`cannot keep the member secret in ${file}: ${(e as Error).message}`);
+  }
+  return secret;
+}
+
+/** Constant-time equality of two credentials (64 hex digits each, as the decoders check). */
+function sameCredential(a: string, b: string): boolean {
+  return a.length === b.length && timingSafeEqual(Buffer.from(a, 'hex'), Buffer.from(b, 'hex'));
+}
+
+/**
+ * The membership configuration in `env`, or null when this host is not a cluster's; throws a
+ * sentence when it is wrong. `secret` gives the member secret (called only for a member).
+ */
+export function memberConfigFromEnv(env: NodeJS.ProcessEnv, lps: number, secret: () => string): MemberConfig | null {
   const fabric = env.HVLAB_CLUSTER_FABRIC;
   if (!fabric) return null;
   const host = env.HVLAB_CLUSTER_HOST ?? '';
@@ -55,6 +101,7 @@ export function memberConfigFromEnv(env: NodeJS.ProcessEnv, lps: number): Member
   return {
     host, address, fabric, fabricHost: m[1]!, key: readClusterKey(env.HVLAB_CLUSTER_KEY ?? ''), local: env.HVLAB_CLUSTER_LOCAL === '1',
     peerPort: port(env.HVLAB_PEER_PORT, DEFAULT_PEER_PORT, 'HVLAB_PEER_PORT'), mgmtPort: port(env.HVLAB_MGMT_TCP_PORT, DEFAULT_MGMT_TCP_PORT, 'HVLAB_MGMT_TCP_PORT'), lps,
+    secret: secret(),
   };
 }
 
@@ -81,6 +128,13 @@ export class ClusterMember {
   private joined = false;
   private closed = false;
   private tickRunning = false;
+  /** When a request with a credential this host did not know last made it ask the fabric for its book, and that ask. */
+  private lastUnknownRefresh = 0;
+  private bookCheck: Promise<void> | null = null;
+  /** Link probes running now (`probe`), each with what ends it (`stopProbes`). */
+  private readonly running = new Set<{ peer: string; stop: () => void }>();
+  /** Peer requests refused for their credential, and when that was last logged. */
+  private denied = { count: 0, loggedAt: 0 };
 
   constructor(private readonly cfg: MemberConfig, private readonly log: Logger, mgmt: MgmtHandler) {
     this.peerServer = new RpcServer(decodePeerRequest, (r) => this.servePeer(r), curveServerOptions(cfg.key));
@@ -102,13 +156,47 @@ export class ClusterMember {
   }
 
   /** Where live migrations into this host go (VMMS); unset, they are refused. */
-  onMigration: ((r: MigPeerRequest) => Promise<unknown>) | null = null;
+  onMigration: ((r: MigPeerRequest & { auth: string }) => Promise<unknown>) | null = null;
 
-  private servePeer(r: PeerRequest): unknown {
+  private async servePeer(r: PeerRequest): Promise<unknown> {
+    await this.checkAuth(r.from, r.auth);
     if (r.op === 'ping') return { pong: this.cfg.host, t: r.t };
     if (r.op === 'sink') return { n: r.data.length };
     if (!this.onMigration) throw new RpcFailure('Unavailable', `${this.cfg.host} takes no migrations`);
     return this.onMigration(r);
+  }
+
+  /**
+   * Refuses (`Denied`) a request whose credential is not that of this host's pair with `from`. A
+   * peer that joined since the last refresh is not in the book yet: an unknown credential waits for
+   * a fresh book before it is refused. The requests that wait share one ask of the fabric, at most
+   * one every 200 ms, so that a stream of bad ones does not become one of requests to the fabric.
+   */
+  private async checkAuth(from: string, auth: string): Promise<void> {
+    const known = (): boolean => {
+      const p = this.peers.get(from);
+      return p !== undefined && sameCredential(p.entry.auth, auth);
+    };
+    if (known()) return;
+    if (!this.bookCheck) {
+      const wait = this.lastUnknownRefresh + 200 - Date.now();
+      this.bookCheck = (async () => {
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        this.lastUnknownRefresh = Date.now();
+        await this.refresh();
+      })().finally(() => {
+        this.bookCheck = null;
+      });
+    }
+    await this.bookCheck;
+    if (known()) return;
+    const now = Date.now();
+    this.denied.count++;
+    if (now - this.denied.loggedAt >= 60_000) {
+      this.denied.loggedAt = now;
+      this.log.warn({ from, refused: this.denied.count }, 'refused peer requests whose credential is not that of the host they name');
+    }
+    throw new RpcFailure('Denied', `this request names ${from} but does not carry the credential of ${from}'s link to ${this.cfg.host}`);
   }
 
   get name(): string {
@@ -129,11 +217,11 @@ export class ClusterMember {
    * Where this host reaches `peer` through their link (the fabric's port of it), for a migration
    * stream; throws a MgmtFailure naming the peers when there is no such link.
    */
-  async linkTo(peer: string): Promise<{ endpoint: string; direct: string }> {
+  async linkTo(peer: string): Promise<{ endpoint: string; direct: string; auth: string }> {
     if (!this.peers.has(peer)) await this.refresh();
     const p = this.peers.get(peer);
     if (!p) throw new MgmtFailure('NotFound', this.noPeer(`host "${peer}"`));
-    return { endpoint: `tcp://${this.cfg.fabricHost}:${p.entry.port}`, direct: `tcp://${p.entry.address}:${p.entry.peerPort}` };
+    return { endpoint: `tcp://${this.cfg.fabricHost}:${p.entry.port}`, direct: `tcp://${p.entry.address}:${p.entry.peerPort}`, auth: p.entry.auth };
   }
 
   /** This host's address (where its own sockets listen). */
@@ -147,7 +235,7 @@ export class ClusterMember {
    * address it knows. A live migration's destination opens its worker's stream socket so.
    */
   async expose(peer: string, port: number): Promise<number> {
-    const r = await this.fabric.call({ op: 'expose', name: this.cfg.host, from: peer, port }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
+    const r = await this.fabric.call({ op: 'expose', name: this.cfg.host, secret: this.cfg.secret, from: peer, port }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
     const p = r !== null && typeof r === 'object' ? (r as { port?: unknown }).port : undefined;
     if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) throw new Error('the fabric answered expose without a port');
     return p;
@@ -155,7 +243,7 @@ export class ClusterMember {
 
   /** Closes a port `expose` opened (best effort: the fabric also closes it when this host leaves). */
   async unexpose(fabricPort: number): Promise<void> {
-    await this.fabric.call({ op: 'unexpose', name: this.cfg.host, port: fabricPort }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION).catch(() => undefined);
+    await this.fabric.call({ op: 'unexpose', name: this.cfg.host, secret: this.cfg.secret, port: fabricPort }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION).catch(() => undefined);
   }
 
   /** One heartbeat period: join or refresh the peer book, then ping every peer. */
@@ -172,8 +260,8 @@ export class ClusterMember {
 
   private async refresh(): Promise<void> {
     const body = this.joined
-      ? { op: 'peers', name: this.cfg.host, health: [...this.peers.values()].map((p) => p.health) }
-      : { op: 'join', name: this.cfg.host, address: this.cfg.address, peerPort: this.cfg.peerPort, mgmtPort: this.cfg.mgmtPort, lps: this.cfg.lps, local: this.cfg.local };
+      ? { op: 'peers', name: this.cfg.host, secret: this.cfg.secret, health: [...this.peers.values()].map((p) => p.health) }
+      : { op: 'join', name: this.cfg.host, secret: this.cfg.secret, address: this.cfg.address, peerPort: this.cfg.peerPort, mgmtPort: this.cfg.mgmtPort, lps: this.cfg.lps, local: this.cfg.local };
     let result: unknown;
     try {
       result = await this.fabric.call(body, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
@@ -224,7 +312,7 @@ export class ClusterMember {
   private async heartbeat(p: Peer): Promise<void> {
     const t0 = performance.now();
     try {
-      await p.client.call({ op: 'ping', from: this.cfg.host, t: Date.now() }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
+      await p.client.call({ op: 'ping', from: this.cfg.host, auth: p.entry.auth, t: Date.now() }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
       const was = p.health.state;
       p.health = { name: p.entry.name, state: 'up', rttMs: Math.round((performance.now() - t0) * 1000) / 1000, missed: 0 };
       if (was === 'down') this.log.info({ peer: p.entry.name }, 'peer is up again');
@@ -258,7 +346,7 @@ export class ClusterMember {
     const timeoutMs = args.timeoutMs ?? 5000;
     let probePort: number | null = null;
     if (!direct) {
-      const opened = await this.fabric.call({ op: 'probeOpen', name: this.cfg.host, to: args.peer }, timeoutMs, CLUSTER_WIRE_VERSION).catch((e: Error) => {
+      const opened = await this.fabric.call({ op: 'probeOpen', name: this.cfg.host, secret: this.cfg.secret, to: args.peer }, timeoutMs, CLUSTER_WIRE_VERSION).catch((e: Error) => {
         throw new MgmtFailure('Unreachable', `the fabric (${this.cfg.fabric}) did not open a way for the probe to ${args.peer}: ${e.message}`);
       }) as { port?: unknown } | null;
       const port = opened?.port;
@@ -269,20 +357,27 @@ export class ClusterMember {
     const c = new RpcClient(`tcp://${via}`, curveClientOptions(this.cfg.key));
     // Once the way answered: a connection the fabric closes means the probe was stopped there (or the peer went).
     let answered = false;
-    let stopped = false;
-    const stoppedFailure = (): MgmtFailure => new MgmtFailure('Cancelled', `the probe to ${args.peer} was stopped: the fabric closed its way through the link (an interrupted "link probe", or ${args.peer} went away)`);
+    let stopped: string | null = null;
+    const stoppedFailure = (): MgmtFailure => new MgmtFailure('Cancelled', `the probe to ${args.peer} was stopped: ${stopped ?? 'it ended'}`);
+    const stop = (why: string): void => {
+      stopped ??= why;
+      c.close(); // what waits for an answer fails now, not after its timeout
+    };
     c.sock.events.on('disconnect', () => {
       if (!answered || direct) return;
-      stopped = true;
-      c.close(); // what waits for an answer fails now, not after its timeout
+      stop(`the fabric closed its way through the link (an interrupted "link probe", or ${args.peer} went away)`);
     });
-    const call = (body: Record<string, unknown>): Promise<unknown> => c.call(body, timeoutMs, CLUSTER_WIRE_VERSION);
+    // A probe past the link has no way at the fabric to close: it is stopped here (`stopProbes`).
+    const entry = { peer: args.peer, stop: (): void => stop('this host was asked to stop it (an interrupted "link probe")') };
+    this.running.add(entry);
+    const call = (body: Record<string, unknown>): Promise<unknown> => c.call({ ...body, auth: p.entry.auth }, timeoutMs, CLUSTER_WIRE_VERSION);
     try {
       // The connection (and its CURVE handshake) first, not counted.
       try {
         await call({ op: 'ping', from: this.cfg.host, t: Date.now() });
         answered = true;
       } catch (e) {
+        if (stopped) throw stoppedFailure();
         throw new MgmtFailure('Unreachable', `${args.peer} did not answer through ${direct ? 'its own address' : 'the link'} (${via}) within ${timeoutMs} ms: ${(e as Error).message}`);
       }
       const rttMs: number[] = [];
@@ -323,10 +418,23 @@ export class ClusterMember {
       }
       return { from: this.cfg.host, peer: args.peer, via, direct, rttMs, lostPings, bytes, seconds, bitsPerSecond: seconds > 0 ? (bytes * 8) / seconds : 0 };
     } finally {
+      this.running.delete(entry);
       c.close();
       // Its port at the fabric goes with it (already gone when the probe was stopped there).
-      if (probePort !== null) void this.fabric.call({ op: 'probeStop', name: this.cfg.host, to: args.peer, port: probePort }, 2000, CLUSTER_WIRE_VERSION).catch(() => undefined);
+      if (probePort !== null) void this.fabric.call({ op: 'probeStop', name: this.cfg.host, secret: this.cfg.secret, to: args.peer, port: probePort }, 2000, CLUSTER_WIRE_VERSION).catch(() => undefined);
     }
+  }
+
+  /** Stops this host's running link probes to `peer` (each fails with Cancelled); how many there were. */
+  stopProbes(peer: string): number {
+    let n = 0;
+    for (const p of [...this.running]) {
+      if (p.peer !== peer) continue;
+      p.stop();
+      n++;
+    }
+    if (n > 0) this.log.info({ peer, stopped: n }, 'link probes stopped');
+    return n;
   }
 
   /** Leaves the cluster (telling the fabric, at most 300 ms) and closes every socket. */
@@ -335,7 +443,7 @@ export class ClusterMember {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    if (this.joined) await this.fabric.call({ op: 'leave', name: this.cfg.host }, 300, CLUSTER_WIRE_VERSION).catch(() => undefined);
+    if (this.joined) await this.fabric.call({ op: 'leave', name: this.cfg.host, secret: this.cfg.secret }, 300, CLUSTER_WIRE_VERSION).catch(() => undefined);
     for (const p of this.peers.values()) p.client.close();
     this.peerServer.close();
     this.mgmtTcp.close();

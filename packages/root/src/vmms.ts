@@ -107,7 +107,8 @@ interface Incoming {
 export interface MigrationCluster {
   readonly name: string;
   readonly key: ClusterKey;
-  linkTo(peer: string): Promise<{ endpoint: string }>;
+  /** The link's port, and the credential of this host's pair with `peer` (PeerBookEntry.auth). */
+  linkTo(peer: string): Promise<{ endpoint: string; auth: string }>;
   /** This host's own address, where a migration's destination worker listens for its stream. */
   readonly address: string;
   /** Opens this host's `port` to `peer` through their link; the fabric's port that forwards there. */
@@ -1316,7 +1317,7 @@ export class Vmms {
       this.moves.set(name, st);
       return st;
     };
-    let peerEndpoint: string | null = null;
+    let peer: { endpoint: string; auth: string } | null = null;
     try {
       try {
         await this.moveSlot(r);
@@ -1334,13 +1335,13 @@ export class Vmms {
         });
         const after = cannotGo();
         if (after) return after;
-        peerEndpoint = link.endpoint;
+        peer = link;
         const l = r.link!; // cannotGo checked it
         r.moving.started = true;
         r.moving.cancel = (why) => void l.request({ t: 'migCancel', reason: why }, 5000).catch(() => undefined);
         this.o.log.info({ vm: name, to, mig, options }, 'moving VM');
         const key = { cluster: cluster.key.cluster, publicKey: cluster.key.publicKey, secretKey: cluster.key.secretKey };
-        const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
+        const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
         this.moves.set(name, stats);
         if (stats.status === 'completed') {
           // The worker leaves by itself; the VM is the destination's: nothing of it stays here.
@@ -1359,7 +1360,7 @@ export class Vmms {
         // The worker is gone (turned off, killed) in the middle of the move: it cannot tell the
         // destination to drop its attempt, which then waited 30 s for the silent stream, holding
         // the VM's name there (a new move to it was refused meanwhile). This root tells it.
-        if (workerGone(e) && peerEndpoint !== null) void this.abortAtDestination(peerEndpoint, cluster.key, mig, cluster.name, (e as Error).message);
+        if (workerGone(e) && peer !== null) void this.abortAtDestination(peer, cluster.key, mig, cluster.name, (e as Error).message);
         // Not "it stays here": the host is going down, and the VM with it.
         return fail('failed', this.stopping ? `host ${cluster.name} is going down: ${(e as Error).message}` : (e as Error).message);
       } finally {
@@ -1371,10 +1372,10 @@ export class Vmms {
   }
 
   /** Tells a migration's destination to drop its attempt (what the source's worker does when it can). */
-  private async abortAtDestination(endpoint: string, key: ClusterKey, mig: string, from: string, why: string): Promise<void> {
-    const c = new RpcClient(endpoint, curveClientOptions(key));
+  private async abortAtDestination(peer: { endpoint: string; auth: string }, key: ClusterKey, mig: string, from: string, why: string): Promise<void> {
+    const c = new RpcClient(peer.endpoint, curveClientOptions(key));
     try {
-      await c.call({ from, mig, op: 'migAbort', reason: `the source's worker is gone: ${why}`.slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION);
+      await c.call({ from, auth: peer.auth, mig, op: 'migAbort', reason: `the source's worker is gone: ${why}`.slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION);
     } catch (e) {
       this.o.log.warn({ mig, err: (e as Error).message }, 'could not tell the destination to drop a failed migration (it drops it when the stream stays silent)');
     } finally {
@@ -1404,7 +1405,7 @@ export class Vmms {
   }
 
   /** The destination's side of a migration (requests of the source's VMWP through the peer service). */
-  async incoming(req: MigPeerRequest): Promise<unknown> {
+  async incoming(req: MigPeerRequest & { auth: string }): Promise<unknown> {
     if (req.op === 'migSetup') return await this.incomingSetup(req);
     const r = [...this.vms.values()].find((x) => x.incoming?.mig === req.mig);
     if (req.op === 'migAbort') {
@@ -1505,7 +1506,7 @@ export class Vmms {
     if (port) void this.cluster?.unexpose(port).catch(() => undefined);
   }
 
-  private async incomingSetup(req: Extract<MigPeerRequest, { op: 'migSetup' }>): Promise<unknown> {
+  private async incomingSetup(req: Extract<MigPeerRequest, { op: 'migSetup' }> & { auth: string }): Promise<unknown> {
     const named = typeof req.config.name === 'string' ? req.config.name : '';
     const c = decodeVmConfig(req.config, named);
     if (typeof c === 'string') throw new MgmtFailure('InvalidArgument', `the config of the VM migrating from ${req.from} is refused: ${c}`);
@@ -1541,7 +1542,7 @@ export class Vmms {
         memoryBytes: c.memoryBytes, vps: c.vps, workload: c.workload, processor: c.processor,
         rtcOffsetS: c.rtcOffsetS ?? 0, vmDir: this.o.vmDir, restore: false, incoming: true,
         devices: vmDevices(c), vmbusTransport: this.o.vmbusTransport, ...(c.instanceSeed ? { instanceSeed: c.instanceSeed } : {}),
-        ...(this.cluster ? { incomingStream: { mig: req.mig, from: req.from, address: this.cluster.address, key: this.cluster.key } } : {}),
+        ...(this.cluster ? { incomingStream: { mig: req.mig, from: req.from, auth: req.auth, address: this.cluster.address, key: this.cluster.key } } : {}),
       };
       // An abort from the source (a cancel during set-up) drops the migration while the worker
       // starts: none may start after that, and one that started meanwhile goes too (it was left

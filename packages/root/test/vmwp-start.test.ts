@@ -21,14 +21,14 @@ describe('the VMWP start-up input decoder', () => {
     expect(() => decodeVmwpStartInput('{')).to.throw(/not JSON/);
   });
 
-  it('a migration destination\'s stream: its id, source, address and key are checked', () => {
+  it('a migration destination\'s stream: its id, source, credential, address and key are checked', () => {
     const key = { version: 1, cluster: 'lab', publicKey: 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7', secretKey: 'JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6' };
-    const stream = { mig: 'abcdef0123456789', from: 'h1', address: '10.9.0.2', key };
+    const stream = { mig: 'abcdef0123456789', from: 'h1', auth: '0f'.repeat(32), address: '10.9.0.2', key };
     const with_ = (v: unknown): string => JSON.stringify({ ...good, config: { ...good.config, incoming: true, incomingStream: v } });
     expect(decodeVmwpStartInput(with_(stream)).config.incomingStream).to.deep.equal(stream);
     expect(decodeVmwpStartInput(JSON.stringify(good)).config.incomingStream).to.equal(undefined);
     const bad: Array<[unknown, RegExp]> = [
-      [{ ...stream, mig: 'UPPER-CASE-ID' }, /mig/], [{ ...stream, from: 'H 1' }, /from/], [{ ...stream, address: '10.9.0.300' }, /address/],
+      [{ ...stream, mig: 'UPPER-CASE-ID' }, /mig/], [{ ...stream, from: 'H 1' }, /from/], [{ ...stream, auth: 'x' }, /auth/], [{ ...stream, auth: undefined }, /auth/], [{ ...stream, address: '10.9.0.300' }, /address/],
       [{ ...stream, key: { ...key, publicKey: 'short' } }, /key/], [{ ...stream, key: null }, /key/], ['stream', /incomingStream/],
     ];
     for (const [v, re] of bad) expect(() => decodeVmwpStartInput(with_(v)), JSON.stringify(v)).to.throw(Error, re);

@@ -17,6 +17,7 @@
  * When it exits, even by kill -9, its child partition process sees the pipe close and leaves; the
  * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
+import { timingSafeEqual } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -731,7 +732,7 @@ export async function runWorker(): Promise<void> {
       },
       progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
       gpadlHint: () => vmDevices().server.gpadlHint(),
-    }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, key: { version: 1, ...req.key }, config: req.config, options });
+    }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, auth: req.auth, key: { version: 1, ...req.key }, config: req.config, options });
     migration = m;
     const d = vmDevices();
     d.dirtyLogging = true;
@@ -952,7 +953,11 @@ export async function runWorker(): Promise<void> {
    */
   async function serveStream(s: IncomingStream, r: PeerRequest): Promise<unknown> {
     if (r.op === 'ping' || r.op === 'sink') throw new RpcFailure('InvalidArgument', `${r.op} goes to the host's peer service, not to a migration's worker`);
-    if (r.mig !== s.mig || r.from !== s.from) throw new RpcFailure('NotFound', `no incoming migration ${r.mig} from ${r.from} on this worker`);
+    // Anyone with the cluster key may connect here: only the source's pair credential speaks for it.
+    if (r.from !== s.from || !timingSafeEqual(Buffer.from(r.auth, 'hex'), Buffer.from(s.auth, 'hex'))) {
+      throw new RpcFailure('Denied', `this request names ${r.from} but does not carry the credential of ${r.from}'s link to this host's migration from ${s.from}`);
+    }
+    if (r.mig !== s.mig) throw new RpcFailure('NotFound', `no incoming migration ${r.mig} from ${r.from} on this worker`);
     const now = Date.now();
     if (now - streamSeenAt >= 1000) {
       streamSeenAt = now;

@@ -100,6 +100,8 @@ export interface MigrateOutRequest {
   from: string;
   to: string;
   endpoint: string;
+  /** The credential of the pair (source, destination): every request of the stream carries it. */
+  auth: string;
   key: ClusterKey;
   config: Record<string, unknown>;
   options: MigrationOptions;
@@ -219,7 +221,7 @@ export class MigrationOut {
   private async call(body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
     const c = this.stream !== null && STREAM_OPS.has(body.op as string) ? this.stream : this.client!;
     try {
-      return await c.call({ from: this.req.from, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
+      return await c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
     } catch (e) {
       this.check();
       throw e;
@@ -573,7 +575,7 @@ export class MigrationOut {
       log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
       // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
       const abort = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
-      const answer = await abort.call({ from: this.req.from, mig: this.req.mig, op: 'migAbort', reason: this.stats['error-desc'].slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION).catch(() => null) as { committed?: boolean } | null;
+      const answer = await abort.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, op: 'migAbort', reason: this.stats['error-desc'].slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION).catch(() => null) as { committed?: boolean } | null;
       abort.close();
       if (answer?.committed === true) {
         // Too late to go back: the destination had the commit and runs the VM. It is moved.

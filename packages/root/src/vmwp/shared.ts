@@ -1,4 +1,4 @@
-import { CLUSTER_HOST_RE, MIG_ID_RE, decodeClusterKey, decodeDeviceEntries, isIpv4, type ClusterKey, type DeviceEntry } from '@hvlab/protocol';
+import { CLUSTER_HOST_RE, MEMBER_SECRET_RE, MIG_ID_RE, decodeClusterKey, decodeDeviceEntries, isIpv4, type ClusterKey, type DeviceEntry } from '@hvlab/protocol';
 /** What VMMS and a VMWP agree on. */
 export interface VmwpConfig {
   home: string;
@@ -42,6 +42,8 @@ export function sameShape(a: VmwpConfig, b: VmwpConfig): boolean {
 export interface IncomingStream {
   mig: string;
   from: string;
+  /** The credential of the pair (this host, `from`): every request of the stream carries it (the peer service checked the setup's). */
+  auth: string;
   address: string;
   key: ClusterKey;
 }
@@ -142,9 +144,11 @@ function decodeIncomingStream(x: unknown): IncomingStream {
   if (!MIG_ID_RE.test(mig)) throw new Error('field incomingStream.mig is not a migration id');
   const from = str(o, 'from', 64);
   if (!CLUSTER_HOST_RE.test(from)) throw new Error('field incomingStream.from is not a host name');
+  const auth = str(o, 'auth', 64);
+  if (!MEMBER_SECRET_RE.test(auth)) throw new Error('field incomingStream.auth is not a credential (64 hex digits)');
   const address = str(o, 'address', 15);
   if (!isIpv4(address)) throw new Error('field incomingStream.address is not an IPv4 address');
   const key = decodeClusterKey(JSON.stringify(obj(o.key, 'field config.incomingStream.key')));
   if (!key.ok) throw new Error(`field incomingStream.key: ${key.message}`);
-  return { mig, from, address, key: key.value };
+  return { mig, from, auth, address, key: key.value };
 }
