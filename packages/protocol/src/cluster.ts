@@ -16,6 +16,7 @@
 import { isPlainObject } from './hvwire.js';
 import { decode } from './wire.js';
 import { MAX_MEMORY_BYTES } from './layout.js';
+import { decodeMigrationStats, type MigrationStats } from './migrate.js';
 
 /**
  * The envelope's `v`. 3: a member's requests to the fabric carry its member secret (`secret`), its
@@ -201,7 +202,8 @@ export type MigPeerRequest =
   | { v: number; id: number; op: 'migPremap'; from: string; mig: string; state: Uint8Array }
   /** The saved-state tree, with the blackout's last page batch when there is one (one round trip fewer). */
   | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array; pages: Uint8Array | null }
-  | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: Record<string, unknown> | null }
+  /** `stats`: the source's statistics at the commit (decodeMigrationStats), shown at the destination. */
+  | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: MigrationStats | null }
   | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string }
   /** Post-copy's switch-over: the state, and the bitmap of pages the destination does not have yet (fetched on demand). */
   | { v: number; id: number; op: 'migSwitch'; from: string; mig: string; state: Uint8Array; missing: Uint8Array }
@@ -452,9 +454,13 @@ function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
       case 'migPull':
         f.only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
         return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
-      case 'migCommit':
+      case 'migCommit': {
         f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
-        return { v, id, op: 'migCommit', from, mig, stats: env.o.stats === undefined || env.o.stats === null ? null : f.map('stats') };
+        if (env.o.stats === undefined || env.o.stats === null) return { v, id, op: 'migCommit', from, mig, stats: null };
+        const stats = decodeMigrationStats(f.map('stats'));
+        if (typeof stats === 'string') throw new Bad(`migCommit: ${stats}`);
+        return { v, id, op: 'migCommit', from, mig, stats };
+      }
       default:
         f.only(['v', 'id', 'op', 'from', 'mig', 'reason']);
         return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512) };

@@ -323,6 +323,102 @@ export function ranAtOf(answer: unknown, clock: string | null, sentNs: number, h
   return at;
 }
 
+/** Most passes a move's statistics list: `maxPasses` at most, and the blackout's. */
+export const MIGRATION_MAX_PASSES = 1001;
+/** Longest `error-desc` a move's statistics carry. */
+export const MIGRATION_ERROR_MAX_CHARS = 1024;
+const MIGRATION_STATES: readonly MigrationState[] = ['queued', 'setup', 'active', 'postcopy-active', 'completed', 'failed', 'cancelled'];
+const RAM_KEYS = ['transferred', 'remaining', 'total', 'duplicate', 'skipped', 'normal', 'normal-bytes', 'dirty-pages-rate', 'mbps', 'dirty-sync-count', 'pages-per-second', 'postcopy-requests', 'page-size'] as const;
+const PASS_KEYS = ['pass', 'pages', 'dirtyPages', 'ms', 'at'] as const;
+const BLACKOUT_KEYS = ['freeze', 'pages', 'start', 'destination', 'transit', 'ack'] as const;
+const STATS_KEYS = ['vm', 'from', 'to', 'method', 'status', 'total-time', 'setup-time', 'downtime', 'downtime-acked', 'expected-downtime', 'ram', 'pass', 'compression-ratio',
+  'throttle-percentage', 'dirty-tracking', 'stream', 'passes', 'stop-reason', 'error-desc', 'blackout', 'options', 'startedAt'] as const;
+/** A host's name or id in a move's statistics (a cluster host name, or a host id outside a cluster). */
+const STATS_HOST_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const VM_NAME_RE_STATS = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+class BadStats extends Error {}
+
+/**
+ * The one checking decoder of a move's statistics from another process (a migration's source,
+ * in its commit): exactly MigrationStats' fields, each of its type, every number finite, at least
+ * 0 and at most Number.MAX_SAFE_INTEGER, strings and lists bounded. Returns a fresh copy (nothing
+ * of `v` is kept) or a sentence naming the field; never throws and calls no method of `v`.
+ */
+export function decodeMigrationStats(v: unknown): MigrationStats | string {
+  const isMap = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x) && !ArrayBuffer.isView(x)
+    && (Object.getPrototypeOf(x) === Object.prototype || Object.getPrototypeOf(x) === null);
+  const mapOf = (x: unknown, what: string, keys: readonly string[]): Record<string, unknown> => {
+    if (!isMap(x)) throw new BadStats(`${what} must be a map`);
+    for (const k of Object.keys(x)) if (!keys.includes(k)) throw new BadStats(`${what}: unknown field "${k.slice(0, 32)}"`);
+    return x;
+  };
+  const num = (o: Record<string, unknown>, k: string, what: string): number => {
+    const x = own(o, k) ? o[k] : undefined;
+    if (typeof x !== 'number' || !Number.isFinite(x) || x < 0 || x > Number.MAX_SAFE_INTEGER) throw new BadStats(`${what}: "${k}" must be a number from 0 to ${Number.MAX_SAFE_INTEGER}`);
+    return x + 0;
+  };
+  /** An optional field is absent, undefined or nil. */
+  const has = (o: Record<string, unknown>, k: string): boolean => own(o, k) && o[k] !== undefined && o[k] !== null;
+  const optNum = (o: Record<string, unknown>, k: string, what: string): number | undefined => (has(o, k) ? num(o, k, what) : undefined);
+  const oneOf = <T extends string>(o: Record<string, unknown>, k: string, allowed: readonly T[], what: string): T => {
+    const x = own(o, k) ? o[k] : undefined;
+    if (typeof x !== 'string' || !(allowed as readonly string[]).includes(x)) throw new BadStats(`${what}: "${k}" must be one of ${allowed.join(', ')}`);
+    return x as T;
+  };
+  const str = (o: Record<string, unknown>, k: string, re: RegExp, what: string): string => {
+    const x = own(o, k) ? o[k] : undefined;
+    if (typeof x !== 'string' || !re.test(x)) throw new BadStats(`${what}: "${k}" must be a name`);
+    return x;
+  };
+  try {
+    const o = mapOf(v, 'migration statistics', STATS_KEYS);
+    const what = 'migration statistics';
+    const r = mapOf(o.ram, `${what}: "ram"`, RAM_KEYS);
+    const ram = Object.fromEntries(RAM_KEYS.map((k) => [k, num(r, k, `${what}: ram`)])) as unknown as MigrationRam;
+    const rawPasses = own(o, 'passes') ? o.passes : undefined;
+    if (!Array.isArray(rawPasses) || rawPasses.length > MIGRATION_MAX_PASSES) throw new BadStats(`${what}: "passes" must be a list of at most ${MIGRATION_MAX_PASSES}`);
+    const passes = rawPasses.map((p, i): MigrationPass => {
+      const m = mapOf(p, `${what}: passes[${i}]`, PASS_KEYS);
+      return { pass: num(m, 'pass', `passes[${i}]`), pages: num(m, 'pages', `passes[${i}]`), dirtyPages: num(m, 'dirtyPages', `passes[${i}]`), ms: num(m, 'ms', `passes[${i}]`), at: num(m, 'at', `passes[${i}]`) };
+    });
+    const options = decodeMigrationOptions(o.options);
+    if (typeof options === 'string') throw new BadStats(`${what}: ${options}`);
+    if (!own(o, 'options') || o.options === null || o.options === undefined) throw new BadStats(`${what}: "options" must be a map`);
+    const startedAt = own(o, 'startedAt') ? o.startedAt : undefined;
+    if (typeof startedAt !== 'string' || startedAt.length > 40 || !Number.isFinite(Date.parse(startedAt))) throw new BadStats(`${what}: "startedAt" must be a date`);
+    const out: MigrationStats = {
+      vm: str(o, 'vm', VM_NAME_RE_STATS, what), from: str(o, 'from', STATS_HOST_RE, what), to: str(o, 'to', STATS_HOST_RE, what),
+      method: oneOf(o, 'method', ['precopy', 'postcopy', 'offline'] as const, what), status: oneOf(o, 'status', MIGRATION_STATES, what),
+      'total-time': num(o, 'total-time', what), 'setup-time': num(o, 'setup-time', what), downtime: num(o, 'downtime', what), 'expected-downtime': num(o, 'expected-downtime', what),
+      ram, pass: num(o, 'pass', what), 'compression-ratio': num(o, 'compression-ratio', what), 'throttle-percentage': num(o, 'throttle-percentage', what),
+      'dirty-tracking': oneOf(o, 'dirty-tracking', ['kernel', 'bitmap'] as const, what), passes, options, startedAt,
+    };
+    const acked = optNum(o, 'downtime-acked', what);
+    if (acked !== undefined) out['downtime-acked'] = acked;
+    if (has(o, 'stream')) out.stream = oneOf(o, 'stream', ['worker', 'root'] as const, what);
+    if (has(o, 'stop-reason')) out['stop-reason'] = oneOf(o, 'stop-reason', ['converged', 'max-passes', 'no-progress'] as const, what);
+    if (has(o, 'error-desc')) {
+      const e = o['error-desc'];
+      if (typeof e !== 'string' || e.length > MIGRATION_ERROR_MAX_CHARS) throw new BadStats(`${what}: "error-desc" must be a string of at most ${MIGRATION_ERROR_MAX_CHARS} characters`);
+      out['error-desc'] = e;
+    }
+    if (has(o, 'blackout')) {
+      const b = mapOf(o.blackout, `${what}: "blackout"`, BLACKOUT_KEYS);
+      const blackout: MigrationBlackout = { freeze: num(b, 'freeze', `${what}: blackout`), pages: num(b, 'pages', `${what}: blackout`), start: num(b, 'start', `${what}: blackout`) };
+      for (const k of ['destination', 'transit', 'ack'] as const) {
+        const x = optNum(b, k, `${what}: blackout`);
+        if (x !== undefined) blackout[k] = x;
+      }
+      out.blackout = blackout;
+    }
+    return out;
+  } catch (e) {
+    if (e instanceof BadStats) return e.message;
+    return `migration statistics cannot be read: ${(e as Error).message}`;
+  }
+}
+
 export function emptyRam(totalBytes: number): MigrationRam {
   return {
     transferred: 0, remaining: totalBytes, total: totalBytes, duplicate: 0, skipped: 0, normal: 0, 'normal-bytes': 0, 'dirty-pages-rate': 0, mbps: 0,

@@ -6,12 +6,20 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  describeBlackout, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodePeerRequest, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
-  type PageEntry,
+  type MigrationStats, type PageEntry,
 } from '../src/index.js';
 
 const E = new Uint8Array(0);
+/** Statistics as a source's VMWP sends them with its commit (MigrationOut.stats at the commit). */
+const SOURCE_STATS: MigrationStats = {
+  vm: 'cnt', from: 'h1', to: 'h2', method: 'precopy', status: 'completed', 'total-time': 812, 'setup-time': 95, downtime: 11, 'downtime-acked': 12, 'expected-downtime': 9,
+  ram: { ...emptyRam(64 * 1024 * 1024), transferred: 463788, remaining: 0, duplicate: 16000, normal: 103, 'normal-bytes': 421888, mbps: 4.56, 'dirty-sync-count': 3, 'dirty-pages-rate': 40, 'pages-per-second': 20000 },
+  pass: 3, 'compression-ratio': 1, 'throttle-percentage': 0, 'dirty-tracking': 'kernel', stream: 'worker',
+  passes: [{ pass: 1, pages: 16384, dirtyPages: 40, ms: 600, at: 700 }, { pass: 2, pages: 40, dirtyPages: 3, ms: 20, at: 720 }, { pass: 3, pages: 5, dirtyPages: 0, ms: 2, at: 800 }],
+  'stop-reason': 'converged', blackout: { freeze: 3, pages: 1, start: 7, destination: 5, transit: 2, ack: 1 }, options: { ...MIGRATION_DEFAULTS }, startedAt: '2026-12-05T19:00:27.519Z',
+};
 const page = (seed: number): Uint8Array => Uint8Array.from({ length: MIG_PAGE }, (_, i) => (i * 31 + seed) & 0xff);
 const rnd = (next: () => number, n: number): Uint8Array => Uint8Array.from({ length: n }, () => Math.floor(next() * 256));
 /** A copy of `b` with the little-endian value `v` (`width` bytes) at `off`. */
@@ -228,6 +236,74 @@ describe('migration options', function () {
   });
 });
 
+describe('migration statistics from a source (decodeMigrationStats)', function () {
+  this.timeout(20_000);
+  it('takes what a source sends, as a fresh copy', () => {
+    const d = decodeMigrationStats(SOURCE_STATS);
+    expect(d).to.deep.equal(SOURCE_STATS);
+    expect(d).to.not.equal(SOURCE_STATS);
+    expect((d as MigrationStats).ram).to.not.equal(SOURCE_STATS.ram);
+    // A post-copy's and an offline move's, without the optional fields; nil is taken as absent.
+    const { blackout: _b, 'stop-reason': _s, 'downtime-acked': _a, stream: _t, ...bare } = SOURCE_STATS;
+    expect(decodeMigrationStats({ ...bare, method: 'postcopy' })).to.deep.equal({ ...bare, method: 'postcopy' });
+    expect(decodeMigrationStats({ ...bare, blackout: null, stream: null })).to.deep.equal(bare);
+    expect(decodeMigrationStats({ ...SOURCE_STATS, blackout: { freeze: 1, pages: 2, start: 3 } })).to.deep.include({ blackout: { freeze: 1, pages: 2, start: 3 } });
+    expect((decodeMigrationStats({ ...SOURCE_STATS, passes: Array.from({ length: MIGRATION_MAX_PASSES }, (_, i) => ({ pass: i + 1, pages: 1, dirtyPages: 1, ms: 1, at: i })) }) as MigrationStats).passes).to.have.length(MIGRATION_MAX_PASSES);
+  });
+
+  it('refuses wrong types, numbers that are not finite, negative or huge, unknown and nested fields, and over-long lists, naming the field', () => {
+    const S = SOURCE_STATS as unknown as Record<string, unknown>;
+    const cases: Array<[unknown, RegExp]> = [
+      [null, /must be a map/], [[], /must be a map/], ['x', /must be a map/], [Buffer.alloc(4), /must be a map/], [new Date(0), /must be a map/],
+      [{ ...S, ram: null }, /"ram" must be a map/], [{ ...S, ram: [] }, /"ram" must be a map/], [{ ...S, ram: {} }, /ram: "transferred" must be a number/],
+      [{ ...S, ram: { ...SOURCE_STATS.ram, transferred: 'lots' } }, /ram: "transferred" must be a number/], [{ ...S, ram: { ...SOURCE_STATS.ram, total: -1 } }, /ram: "total"/],
+      [{ ...S, ram: { ...SOURCE_STATS.ram, remaining: 1e308 } }, /ram: "remaining"/], [{ ...S, ram: { ...SOURCE_STATS.ram, mbps: NaN } }, /ram: "mbps"/],
+      [{ ...S, ram: { ...SOURCE_STATS.ram, extra: 1 } }, /"ram": unknown field "extra"/],
+      [{ ...S, 'total-time': 'NaN' }, /"total-time" must be a number from 0/], [{ ...S, downtime: -1 }, /"downtime"/], [{ ...S, downtime: Infinity }, /"downtime"/], [{ ...S, pass: { a: 1 } }, /"pass"/],
+      [{ ...S, vm: 'other vm' }, /"vm" must be a name/], [{ ...S, vm: 5 }, /"vm"/], [{ ...S, from: '\u001b[31mEVIL' }, /"from" must be a name/], [{ ...S, to: 'x'.repeat(5000) }, /"to" must be a name/],
+      [{ ...S, method: 'teleport' }, /"method" must be one of precopy, postcopy, offline/], [{ ...S, status: 'done' }, /"status" must be one of/], [{ ...S, 'dirty-tracking': 1 }, /"dirty-tracking"/],
+      [{ ...S, stream: 'carrier-pigeon' }, /"stream"/], [{ ...S, 'stop-reason': 'bored' }, /"stop-reason"/],
+      [{ ...S, passes: 'no' }, /"passes" must be a list of at most 1001/], [{ ...S, passes: Array.from({ length: MIGRATION_MAX_PASSES + 1 }, () => SOURCE_STATS.passes[0]) }, /"passes" must be a list/],
+      [{ ...S, passes: [{ pass: 'x' }] }, /passes\[0\]: "pass" must be a number/], [{ ...S, passes: [{ ...SOURCE_STATS.passes[0], deep: { a: { b: 1 } } }] }, /passes\[0\]: unknown field "deep"/],
+      [{ ...S, blackout: { freeze: { a: { b: { c: 1 } } }, pages: 1, start: 1 } }, /blackout: "freeze" must be a number/], [{ ...S, blackout: [] }, /"blackout" must be a map/],
+      [{ ...S, options: { compress: 'yes' } }, /migration option compress must be true or false/], [{ ...S, options: null }, /"options" must be a map/], [{ ...S, options: 5 }, /options must be a map/],
+      [{ ...S, startedAt: 'yesterday' }, /"startedAt" must be a date/], [{ ...S, startedAt: 5 }, /"startedAt"/],
+      [{ ...S, 'error-desc': 'x'.repeat(1025) }, /"error-desc" must be a string of at most 1024/],
+      [{ ...S, junk: 1 }, /unknown field "junk"/], [{ ...S, ...Object.fromEntries(Array.from({ length: 100_000 }, (_, i) => [`k${i}`, i])) }, /unknown field "k0"/],
+      [JSON.parse('{"__proto__":{"polluted":1}}'), /unknown field "__proto__"|"ram" must be a map/],
+    ];
+    for (const [v, re] of cases) expect(decodeMigrationStats(v), JSON.stringify(v)?.slice(0, 200)).to.be.a('string').that.matches(re);
+    expect(({} as Record<string, unknown>).polluted).to.equal(undefined);
+  });
+
+  it('never throws, and what it accepts has every field of its type (seeded fuzz)', () => {
+    const next = seededRandom(0x57a7);
+    const atoms = [null, undefined, true, 0, -1, 1.5, 1e308, NaN, Infinity, '', 'x', 'precopy', 'completed', 'kernel', 'worker', [], {}, Buffer.alloc(2)];
+    const keys = [...Object.keys(SOURCE_STATS), 'x', '__proto__', 'toString'];
+    let accepted = 0;
+    for (let i = 0; i < 4000; i++) {
+      const v: Record<string, unknown> = structuredClone(SOURCE_STATS) as unknown as Record<string, unknown>;
+      for (let k = 0, n = 1 + Math.floor(next() * 3); k < n; k++) {
+        const key = keys[Math.floor(next() * keys.length)]!;
+        const r = next();
+        if (r < 0.2) delete v[key];
+        else if (r < 0.4 && v.ram && typeof v.ram === 'object') (v.ram as Record<string, unknown>)[Object.keys(SOURCE_STATS.ram)[Math.floor(next() * 13)]!] = atoms[Math.floor(next() * atoms.length)];
+        else if (r < 0.5) v[key] = Object.hasOwn(SOURCE_STATS, key) ? structuredClone(SOURCE_STATS[key as keyof MigrationStats]) : null;
+        else v[key] = atoms[Math.floor(next() * atoms.length)];
+      }
+      let d: unknown;
+      expect(() => { d = decodeMigrationStats(v); }).to.not.throw();
+      if (typeof d === 'string') continue;
+      accepted++;
+      const o = d as MigrationStats;
+      for (const n of [o['total-time'], o.downtime, o.pass, ...Object.values(o.ram)]) expect(Number.isFinite(n) && n >= 0).to.equal(true);
+      expect(o.method).to.be.oneOf(['precopy', 'postcopy', 'offline']);
+      expect(o.passes).to.be.an('array');
+    }
+    expect(accepted).to.be.greaterThan(100);
+  });
+});
+
 describe('migration peer frames', function () {
   this.timeout(20_000);
   const env = { v: CLUSTER_WIRE_VERSION, id: 9 };
@@ -238,7 +314,7 @@ describe('migration peer frames', function () {
     migState: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}') },
     migPremap: { ...env, op: 'migPremap', ...who, state: Buffer.from('{"gpadls":[]}') },
     migStatePages: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}'), pages: Buffer.from(encodePageBatch([{ pfn: 3, kind: PageKind.Zero, data: E }])) },
-    migCommit: { ...env, op: 'migCommit', ...who, stats: { downtime: 12 } },
+    migCommit: { ...env, op: 'migCommit', ...who, stats: SOURCE_STATS },
     migAbort: { ...env, op: 'migAbort', ...who, reason: 'cancelled by the operator' },
   };
   const value = (f: Record<string, unknown>): Record<string, unknown> => {
@@ -279,6 +355,8 @@ describe('migration peer frames', function () {
       [{ ...frames.migPremap, pages: Buffer.from([1]) }, /unknown field "pages"/],
       [{ ...frames.migState, pages: 'text' }, /"pages" must be bytes/], [{ ...frames.migState, pages: Buffer.alloc(SINK_CHUNK_MAX_BYTES + 64 * 1024 + 1) }, /"pages" must be bytes, at most 1114112/],
       [{ ...frames.migCommit, stats: 5 }, /"stats" must be a map/], [{ ...frames.migCommit, stats: [] }, /"stats" must be a map/],
+      [{ ...frames.migCommit, stats: { downtime: 12 } }, /migCommit: migration statistics: "ram" must be a map/],
+      [{ ...frames.migCommit, stats: { ...SOURCE_STATS, ram: null } }, /migCommit: migration statistics: "ram" must be a map/],
       [{ ...frames.migAbort, reason: '' }, /"reason" must be a string of 1 to 512/], [{ ...frames.migAbort, reason: 'x'.repeat(513) }, /"reason"/], [{ ...frames.migAbort, reason: undefined }, /"reason"/],
       ...['short', '0123456', 'a'.repeat(65), 'MIG-0123ABCD', 'mig_0123abcd', 'mig 0123abcd', 5, null].map((mig): [Record<string, unknown>, RegExp] => [{ ...frames.migPages, mig }, /"mig" must be a valid name/]),
       ...['H1', '1h', 'h'.repeat(11), '', 'h_1', 7].map((from): [Record<string, unknown>, RegExp] => [{ ...frames.migState, from }, /"from" must be a valid name/]),

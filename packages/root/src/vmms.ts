@@ -1615,9 +1615,15 @@ export class Vmms {
     this.unexposeIncoming(inc);
     this.committed.add(req.mig);
     const st = this.moves.get(r.config.name);
-    // The source's statistics, as it had them at the commit (checked for shape only: they are shown, never acted on).
-    const theirs = req.stats && typeof req.stats.vm === 'string' && typeof req.stats.ram === 'object' ? (req.stats as unknown as MigrationStats) : null;
-    if (st) this.moves.set(r.config.name, { ...st, ...(theirs ?? {}), status: 'completed', 'total-time': theirs?.['total-time'] ?? Date.now() - inc.startedAt });
+    // The source's statistics, as it had them at the commit (decoded with the frame, and only
+    // shown): the VM, the hosts and the outcome are this host's own.
+    const theirs = req.stats;
+    if (st) {
+      const mine = { vm: st.vm, from: st.from, to: st.to };
+      const shown: MigrationStats = { ...st, ...(theirs ?? {}), ...mine, status: 'completed', 'total-time': theirs?.['total-time'] ?? Date.now() - inc.startedAt };
+      delete shown['error-desc'];
+      this.moves.set(r.config.name, shown);
+    }
     this.o.log.info({ vm: r.config.name, from: req.from, mig: req.mig }, 'migrated VM committed');
     return { committed: true };
   }

@@ -549,8 +549,10 @@ export class MigrationOut {
           committed = true;
         } catch (e) {
           // A lost message is sent again; the refusal of a guest that did not resume there (its copy
-          // stopped by then) is final. Anything else may have left the destination running its copy.
-          if (e instanceof RpcFailure && e.code === MIG_GUEST_NOT_RESUMED) refused = e.message;
+          // stopped by then) is final, and so is a commit the destination cannot read (BadRequest:
+          // it would refuse the same frame again). Anything else may have left the destination
+          // running its copy.
+          if (e instanceof RpcFailure && (e.code === MIG_GUEST_NOT_RESUMED || e.code === 'BadRequest')) refused = e.message;
           log.warn({ err: (e as Error).message, attempt: i + 1 }, 'commit not acknowledged');
         }
       }
