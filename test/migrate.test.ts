@@ -311,6 +311,56 @@ describe('live migration between two hosts', function () {
     });
   }
 
+  it('a second migSwitch during post-copy, to the destination\'s root or to its worker\'s stream socket, is refused and changes nothing: the move completes and no page is lost', async () => {
+    const name = 'md-twice';
+    await h.ok('--host', 'h1', 'vm', 'new', name, '--memory', '256M', '--vps', '2', '--workload', 'memdirty:8M');
+    await h.ok('--host', 'h1', 'vm', 'start', name);
+    await sleep(800);
+    const t0 = Date.now();
+    // 1 MB/s: the pages the guest dirtied keep coming for seconds after the switch.
+    const moving = move(name, '--postcopy', '--bandwidth', '1M');
+    const logOf = (file: string): Array<Record<string, unknown>> => {
+      try {
+        return readFileSync(join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', file), 'utf8').split('\n').flatMap((l) => {
+          try { return [JSON.parse(l) as Record<string, unknown>]; } catch { return []; }
+        });
+      } catch { return []; }
+    };
+    let mig: string | null = null;
+    let stream: { address: string; port: number } | null = null;
+    expect(await eventually(() => {
+      mig ??= (logOf('root.log').find((l) => l.msg === 'incoming migration set up' && l.vm === name && Date.parse(String(l.time)) >= t0)?.mig as string | undefined) ?? null;
+      stream ??= (logOf(`vmwp-${name}.log`).find((l) => String(l.msg).startsWith('the migration stream comes to this worker')) as { address: string; port: number } | undefined) ?? null;
+      return mig !== null && stream !== null;
+    }, 30000), `h2 set the migration up (${mig}), its worker with a stream socket (${JSON.stringify(stream)}); h2's root log: ${logOf('root.log').slice(-5).map((l) => String(l.msg)).join('; ')}`).to.equal(true);
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h2', 'vm', 'move-status', name).catch(() => null))?.status === 'postcopy-active', 60000), 'post-copy runs at h2').to.equal(true);
+    // The bitmap of every page, as long as the real one: a switch that were taken would have them all fetched again.
+    const missing = Buffer.alloc((256 * 1024 * 1024) / 4096 / 8, 0xff);
+    const key = readClusterKey(join(h.home, 'cluster', 'cluster.key'));
+    const h2 = (await h.json<Status>('cluster', 'status')).hosts.find((x) => x.name === 'h2')!;
+    const asked: Array<unknown> = [];
+    for (const ep of [`tcp://${h2.address}:7742`, `tcp://${stream!.address}:${stream!.port}`]) {
+      const c = new RpcClient(ep, curveClientOptions(key));
+      try {
+        asked.push(await c.call({ op: 'migSwitch', from: 'h1', mig, state: Buffer.from('{}'), missing }, 20000, CLUSTER_WIRE_VERSION).then((v) => v, (e: unknown) => e));
+      } finally {
+        c.close();
+      }
+    }
+    expect(asked[0], 'through the root').to.be.instanceOf(Error);
+    expect((asked[0] as Error).message).to.match(/runs here already: a second migSwitch is refused/);
+    // The stream socket closes once every page is there: a refusal, or no answer when it was closed already.
+    if (asked[1] instanceof Error && !/no answer|closed/.test(asked[1].message)) expect(asked[1].message).to.match(/started already/);
+    else expect(asked[1], 'through the worker\'s socket').to.be.instanceOf(Error);
+    const m = await moving;
+    expect(m.code, m.stderr).to.equal(0);
+    expect(m.stats?.status).to.equal('completed');
+    await sleep(300);
+    await memdirtyCheck('h2', name, 8 * 1024 * 1024);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', name);
+    await h.ok('--host', 'h2', 'vm', 'delete', name);
+  });
+
   it('the destination\'s worker killed during a pre-copy pass: the move fails, the VM runs on at the source with its counter intact, nothing stays at the destination', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'kd', '--memory', '64M', '--workload', 'memdirty:16M');
     await h.ok('--host', 'h1', 'vm', 'start', 'kd');

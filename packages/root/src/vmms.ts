@@ -1433,6 +1433,10 @@ export class Vmms {
         });
       case 'migState':
       case 'migSwitch': {
+        // The VM runs here already (its state was taken once): another state or switch is refused
+        // and changes nothing. It went to the worker, whose refusal dropped the attempt below, so a
+        // repeated or stray switch during post-copy lost the VM (its pages only partly here).
+        if (inc.started) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" runs here already: a second ${req.op} is refused`);
         inc.started = true;
         let answer: unknown;
         try {

@@ -889,6 +889,10 @@ export async function runWorker(): Promise<void> {
 
   async function migrateInSwitch(state: Uint8Array, missing: Uint8Array): Promise<{ running: true; missing: number } & Partial<RanAt>> {
     if (!cfg.incoming || !incomingReady || !memory) throw new VmwpFailure('InvalidState', 'this worker does not wait for a migration');
+    // Checked before anything is made: a second switch (or one after a migState) built a PostcopyIn
+    // that punched the pages its bitmap named out of the running guest's memory, and took the
+    // place of the post-copy under way, before migrateInState refused it as started already.
+    if (incomingStarted || postcopyIn) throw new VmwpFailure('InvalidState', 'the migrated VM was started already');
     const pages = dirtyBitmapGpa(cfg.memoryBytes) / PAGE;
     if (missing.length !== Math.ceil(pages / 8)) throw new VmwpFailure('InvalidArgument', `the missing-page bitmap has ${missing.length} bytes, not ${Math.ceil(pages / 8)}`);
     const pc = new PostcopyIn(missing, pages, (incomingTouched ??= new Uint8Array(cfg.memoryBytes / PAGE)));
