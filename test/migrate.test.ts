@@ -624,7 +624,7 @@ describe('live migration where the kernel\'s dirty tracking is not used', functi
  * on every host of a fresh cluster): the move fails with `error`, the destination stops its copy,
  * the VM runs on at the source from where it was, and nothing of it stays at the destination.
  */
-function guestFailsAtDestination(title: string, env: Record<string, string>, it1: string, error: RegExp): void {
+function guestFailsAtDestination(title: string, env: Record<string, string>, it1: string, error: RegExp, more?: (h: TestHost) => void): void {
   describe(title, function () {
     this.timeout(180000);
     const h = new TestHost(env);
@@ -649,6 +649,7 @@ function guestFailsAtDestination(title: string, env: Record<string, string>, it1
       expect(await eventually(async () => (await vm('h2', 'sr')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'sr'), 10000), 'nothing of it at h2').to.equal(true);
       await h.ok('--host', 'h1', 'vm', 'turn-off', 'sr');
     });
+    more?.(h);
   });
 }
 
@@ -662,7 +663,42 @@ guestFailsAtDestination('live migration whose guest does not resume at the desti
 // held guest stalls after its go, past the 10 s it waits: its VP threads, started while the pages
 // came, are online, but the kernel holds them until its own start, which never comes.
 guestFailsAtDestination('live migration whose guest does not start at the destination', { HVLAB_GUEST_GO_STALL_MS: '60000' }, 'the move fails',
-  /did not start the VM: .*the migrated guest's VPs did not run within 10 s of its go/);
+  /did not start the VM: .*the migrated guest's VPs did not run within 10 s of its go/, (h) => {
+    // The stalled go holds the source's migState at the destination's worker (on its own stream
+    // socket) for 10 s: a worker that exits meanwhile answers it as it goes (RpcServer.failInFlight),
+    // so the source hears why at once instead of after its own 60 s wait with its VM frozen.
+    it('the destination\'s worker exiting while the source\'s state waits at its socket answers it with why: the move fails naming the exit, the VM runs on at the source', async () => {
+      const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
+      await h.ok('--host', 'h1', 'vm', 'new', 'ex', '--memory', '32M', '--workload', 'counter');
+      await h.ok('--host', 'h1', 'vm', 'start', 'ex');
+      expect(await eventually(async () => ((await vm('h1', 'ex'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+      const t0 = Date.now();
+      const moving = h.run('--host', 'h1', 'vm', 'move', 'ex', '--to', 'h2', '--json');
+      const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-ex.log');
+      const stateCame = (): boolean => {
+        try {
+          return readFileSync(wlog, 'utf8').split('\n').some((l) => l.includes('the migrated state came') && Date.parse((JSON.parse(l) as { time: string }).time) >= t0 - 1000);
+        } catch { return false; }
+      };
+      expect(await eventually(stateCame, 30000), 'the state reached the destination\'s worker').to.equal(true);
+      const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'ex');
+      expect(w, 'the destination\'s worker').to.not.equal(undefined);
+      process.kill(w!.pid, 'SIGTERM');
+      const r = await moving;
+      expect(r.code).to.equal(1);
+      const st = JSON.parse(r.stdout) as MigrationStats;
+      expect(st.status).to.equal('failed');
+      expect(st.stream).to.equal('worker');
+      // The worker's own answer (Unavailable, with its exit's reason), not the source's timeout.
+      expect(st['error-desc']).to.match(/did not start the VM: the destination's worker exited: SIGTERM/);
+      const s = await vm('h1', 'ex');
+      expect(s?.state).to.equal('Running');
+      const p = s!.workload.progress!;
+      expect(await eventually(async () => ((await vm('h1', 'ex'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
+      expect(await eventually(async () => (await vm('h2', 'ex')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'ex'), 10000), 'nothing of it at h2').to.equal(true);
+      await h.ok('--host', 'h1', 'vm', 'turn-off', 'ex');
+    });
+  });
 
 // A destination whose worker takes no stream of its own (a root or worker of the build before,
 // or HVLAB_MIGRATE_VIA_ROOT=1 as here): the pages and the state go through its root, as they did.

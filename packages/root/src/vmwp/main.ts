@@ -1081,6 +1081,8 @@ export async function runWorker(): Promise<void> {
     incomingStarted = true;
     try {
       if (staged) goByWord(goWord!, GoWord.Start);
+      // After the go's first step, so the guest's start does not wait for it.
+      log.info({ stateBytes: bytes.length, postcopy: postcopyControl !== undefined }, 'the migrated state came: restoring the VM');
       let tree: unknown;
       try {
         tree = JSON.parse(Buffer.from(bytes).toString('utf8'));
