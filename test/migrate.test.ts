@@ -246,6 +246,7 @@ describe('live migration between two hosts', function () {
       const third = await setUp(2);
       expect(third).to.be.instanceOf(Error);
       expect((third as Error).message).to.match(/takes 2 migrations in already, as many as it runs at once/);
+      expect((third as { code?: string }).code, 'the refusal\'s own code reaches the source').to.equal('Busy');
       await c2.call({ op: 'migAbort', from: 'h1', auth, mig: migs[0], reason: 'the test makes room' }, 10_000, CLUSTER_WIRE_VERSION);
       expect(await setUp(3)).to.not.be.instanceOf(Error);
     } finally {
@@ -342,7 +343,7 @@ describe('live migration between two hosts', function () {
     for (const ep of [`tcp://${h2.address}:7742`, `tcp://${stream!.address}:${stream!.port}`]) {
       const c = new RpcClient(ep, curveClientOptions(key));
       try {
-        asked.push(await c.call({ op: 'migSwitch', from: 'h1', mig, state: Buffer.from('{}'), missing }, 20000, CLUSTER_WIRE_VERSION).then((v) => v, (e: unknown) => e));
+        asked.push(await c.call({ op: 'migSwitch', from: 'h1', auth: pairCredential(h.home, 'h1', 'h2'), mig, state: Buffer.from('{}'), missing }, 20000, CLUSTER_WIRE_VERSION).then((v) => v, (e: unknown) => e));
       } finally {
         c.close();
       }

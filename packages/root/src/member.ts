@@ -25,7 +25,7 @@ import {
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
-import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
+import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, VmwpFailure, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
 import type { Logger } from 'pino';
 import { MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
@@ -163,7 +163,13 @@ export class ClusterMember {
     if (r.op === 'ping') return { pong: this.cfg.host, t: r.t };
     if (r.op === 'sink') return { n: r.data.length };
     if (!this.onMigration) throw new RpcFailure('Unavailable', `${this.cfg.host} takes no migrations`);
-    return this.onMigration(r);
+    try {
+      return await this.onMigration(r);
+    } catch (e) {
+      // The source hears the refusal's own code (Busy, AlreadyExists, ...), not "Internal".
+      if (e instanceof MgmtFailure || e instanceof VmwpFailure) throw new RpcFailure(e.code, e.message);
+      throw e;
+    }
   }
 
   /**
