@@ -275,6 +275,49 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     expect(readFileSync(join(h.home, 'cluster', 'hosts', 'h1', 'run', 'logs', 'root.log'), 'utf8')).to.match(/refused peer requests whose credential is not that of the host they name/);
   });
 
+  it('a flood of forged peer requests does not crowd out the peers a host knows: their requests are answered meanwhile', async () => {
+    // A forged credential waits for a fresh peer book before it is refused (a new member's might be
+    // real): 300 of them every 100 ms held all 256 of h1's requests in flight, and h2's own pings
+    // were answered Busy (38 of 55 in 14 s, h1 missed 9 heartbeats in a row).
+    const key = readClusterKey(join(h.home, 'cluster', 'cluster.key'));
+    const h1 = st.hosts.find((x) => x.name === 'h1')!;
+    const flood = new RpcClient(`tcp://${h1.address}:${DEFAULT_PEER_PORT}`, curveClientOptions(key));
+    const own = new RpcClient(`tcp://${h1.address}:${DEFAULT_PEER_PORT}`, curveClientOptions(key));
+    const auth = pairCredential(h.home, 'h2', 'h1');
+    const answers: Record<string, number> = {};
+    const forged: Record<string, number> = {};
+    const sent: Promise<unknown>[] = [];
+    let flooding = true;
+    const floodDone = (async () => {
+      while (flooding) {
+        for (let i = 0; i < 300; i++) {
+          sent.push(flood.call({ op: 'ping', from: 'h2', auth: randomBytes(32).toString('hex'), t: 1 }, 10000, CLUSTER_WIRE_VERSION).then(
+            () => (forged.answered = (forged.answered ?? 0) + 1),
+            (e: RpcFailure) => (forged[e.code] = (forged[e.code] ?? 0) + 1),
+          ));
+        }
+        await sleep(100);
+      }
+    })();
+    try {
+      const until = Date.now() + 3000;
+      while (Date.now() < until) {
+        const r = await own.call({ op: 'ping', from: 'h2', auth, t: 1 }, 2000, CLUSTER_WIRE_VERSION).then(() => 'answered', (e: RpcFailure) => `${e.code}: ${e.message}`);
+        answers[r] = (answers[r] ?? 0) + 1;
+        await sleep(100);
+      }
+    } finally {
+      flooding = false;
+      await floodDone;
+      await Promise.allSettled(sent);
+      flood.close();
+      own.close();
+    }
+    expect(Object.keys(answers), JSON.stringify(answers)).to.deep.equal(['answered']);
+    expect(forged.answered ?? 0, 'no forged one is answered').to.equal(0);
+    expect(forged.Denied, JSON.stringify(forged)).to.be.above(0);
+  });
+
   it('a host of another machine joins with --join and --key and is a host like any other', async function () {
     if (!namespacesAvailable().ok) this.skip();
     // Two network namespaces stand in for two machines, joined by one veth pair.

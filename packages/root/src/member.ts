@@ -74,6 +74,14 @@ export function memberSecret(home: string, log?: Logger): string {
   return secret;
 }
 
+/**
+ * Peer requests with an unknown credential that may wait for a fresh peer book at once (checkAuth):
+ * a newly joined peer's first heartbeats and a migration's set-up are a few; a flood of forged
+ * ones held all 256 of the peer service's requests in flight, and the peers it knows were answered
+ * Busy (their heartbeats missed, their migrations refused).
+ */
+const UNKNOWN_WAITING = 16;
+
 /** Constant-time equality of two credentials (64 hex digits each, as the decoders check). */
 function sameCredential(a: string, b: string): boolean {
   return a.length === b.length && timingSafeEqual(Buffer.from(a, 'hex'), Buffer.from(b, 'hex'));
@@ -131,6 +139,8 @@ export class ClusterMember {
   /** When a request with a credential this host did not know last made it ask the fabric for its book, and that ask. */
   private lastUnknownRefresh = 0;
   private bookCheck: Promise<void> | null = null;
+  /** Requests with a credential this host does not know that wait for that ask now. */
+  private unknownWaiting = 0;
   /** Link probes running now (`probe`), each with what ends it (`stopProbes`). */
   private readonly running = new Set<{ peer: string; stop: () => void }>();
   /** Peer requests refused for their credential, and when that was last logged. */
@@ -176,7 +186,10 @@ export class ClusterMember {
    * Refuses (`Denied`) a request whose credential is not that of this host's pair with `from`. A
    * peer that joined since the last refresh is not in the book yet: an unknown credential waits for
    * a fresh book before it is refused. The requests that wait share one ask of the fabric, at most
-   * one every 200 ms, so that a stream of bad ones does not become one of requests to the fabric.
+   * one every 200 ms, so that a stream of bad ones does not become one of requests to the fabric;
+   * and at most UNKNOWN_WAITING of them wait (past that one is refused at once), so that a stream
+   * of bad ones does not hold the peer service's requests in flight (256) and have it answer Busy
+   * to the peers it knows.
    */
   private async checkAuth(from: string, auth: string): Promise<void> {
     const known = (): boolean => {
@@ -184,6 +197,19 @@ export class ClusterMember {
       return p !== undefined && sameCredential(p.entry.auth, auth);
     };
     if (known()) return;
+    if (this.unknownWaiting >= UNKNOWN_WAITING) this.deny(from);
+    this.unknownWaiting++;
+    try {
+      await this.freshBook();
+    } finally {
+      this.unknownWaiting--;
+    }
+    if (known()) return;
+    this.deny(from);
+  }
+
+  /** The fabric's book, asked for requests with an unknown credential: one ask for all that wait, at most one every 200 ms (see checkAuth). */
+  private freshBook(): Promise<void> {
     if (!this.bookCheck) {
       const wait = this.lastUnknownRefresh + 200 - Date.now();
       this.bookCheck = (async () => {
@@ -194,8 +220,11 @@ export class ClusterMember {
         this.bookCheck = null;
       });
     }
-    await this.bookCheck;
-    if (known()) return;
+    return this.bookCheck;
+  }
+
+  /** Refuses a request in `from`'s name without its credential (logged once a minute, with the count). */
+  private deny(from: string): never {
     const now = Date.now();
     this.denied.count++;
     if (now - this.denied.loggedAt >= 60_000) {
