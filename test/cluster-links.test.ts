@@ -16,9 +16,9 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync,
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, MEMBER_SECRET_FILE, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
+import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, MEMBER_SECRET_FILE, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
-import { curveClientOptions, makeClusterKey, readClusterKey, RpcClient, RpcFailure, writeClusterKey, zmq } from '@hvlab/runtime';
+import { curveClientOptions, hostPaths, makeClusterKey, readClusterKey, RpcClient, RpcFailure, writeClusterKey, zmq } from '@hvlab/runtime';
 import { clusterTag, Fabric, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
 import { TestHost, eventually, knock, pairCredential, shmFiles, sleep } from './harness.js';
 
@@ -316,6 +316,32 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     expect(Object.keys(answers), JSON.stringify(answers)).to.deep.equal(['answered']);
     expect(forged.answered ?? 0, 'no forged one is answered').to.equal(0);
     expect(forged.Denied, JSON.stringify(forged)).to.be.above(0);
+  });
+
+  it('a host whose name another secret took while it was quiet joins again once that one is quiet: it was refused its book for good', async () => {
+    // h2's root stops for longer than 10 heartbeats; a holder of the key takes the name with a secret
+    // of its own, then is heard from no more. h2, running again, asked for its book in vain for as
+    // long as it ran (Denied: "speaks for h2 without its member secret"), never joining again.
+    const key = readClusterKey(join(h.home, 'cluster', 'cluster.key'));
+    const h2home = join(h.home, 'cluster', 'hosts', 'h2');
+    const rootPid = (JSON.parse(readFileSync(hostPaths(h2home).hostFile, 'utf8')) as { pids: { root: number } }).pids.root;
+    const fabric = new RpcClient(`tcp://${st.fabric.address}`, curveClientOptions(key));
+    process.kill(rootPid, 'SIGSTOP');
+    try {
+      await sleep(HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN + 1500);
+      const book = await fabric.call({ op: 'join', name: 'h2', secret: randomBytes(32).toString('hex'), address: '127.0.0.1', peerPort: 7999, mgmtPort: 7998, lps: 1, local: true }, 3000, CLUSTER_WIRE_VERSION) as { peers: Array<{ name: string }> };
+      expect(book.peers.map((p) => p.name), 'the name was taken').to.include('h1');
+    } finally {
+      process.kill(rootPid, 'SIGCONT');
+      fabric.close();
+    }
+    const back = async (): Promise<boolean> => {
+      const s = await h.json<Status>('cluster', 'status');
+      const c = s.hosts.find((x) => x.name === 'h2')?.info?.cluster;
+      return c?.fabricState === 'joined' && s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.peers.find((p) => p.name === 'h2')?.state === 'up';
+    };
+    expect(await eventually(back, 2 * HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN, 500), 'h2 is a member again, and h1 hears it').to.equal(true);
+    expect(readFileSync(join(h2home, 'run', 'logs', 'root.log'), 'utf8')).to.match(/the fabric holds this host's name for another member secret: joining again/);
   });
 
   it('a host of another machine joins with --join and --key and is a host like any other', async function () {

@@ -302,6 +302,13 @@ export class ClusterMember {
       result = await this.fabric.call(body, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
     } catch (e) {
       if (e instanceof RpcFailure && e.code === 'NotMember') this.joined = false;
+      // The name is another secret's now (this host was quiet for 10 heartbeats and another took
+      // it): this host joins again, which the fabric refuses while the other is heard from and lets
+      // in once it is quiet. Asking for its book went on being refused, for good.
+      if (e instanceof RpcFailure && e.code === 'Denied' && this.joined) {
+        this.joined = false;
+        this.log.error({ err: e.message }, 'the fabric holds this host\'s name for another member secret: joining again');
+      }
       if (this.fabricState !== 'unreachable' && this.joined) this.log.warn({ err: (e as Error).message }, 'the cluster fabric did not answer');
       if (this.joined) this.fabricState = 'unreachable';
       else if (e instanceof RpcFailure && e.code !== 'Timeout') {
