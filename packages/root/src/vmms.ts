@@ -10,7 +10,7 @@
  * partition. Nothing here waits on a dead worker: the link fails pending requests once its pid is
  * gone.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
@@ -87,6 +87,12 @@ interface VmRecord {
 interface Incoming {
   mig: string;
   from: string;
+  /**
+   * The credential its set-up came with (the pair's, checked by the peer service): the rest of the
+   * migration must carry the same, so a host that took the source's name meanwhile (its holder quiet
+   * for 10 heartbeats) cannot commit or abort the migration that the old holder set up.
+   */
+  auth: string;
   ready: { resolve: () => void; reject: (e: Error) => void } | null;
   started: boolean;
   lastSeen: number;
@@ -101,6 +107,11 @@ interface Incoming {
   /** The worker's own stream socket's port (incomingReady), and the fabric's port that opens it to the source. */
   streamPort?: number | null;
   exposed?: number | null;
+}
+
+/** Whether `req` comes from the source that set `inc` up: its host name and the credential of its set-up (timing-safe). */
+function sameSource(inc: Incoming, req: { from: string; auth: string }): boolean {
+  return inc.from === req.from && timingSafeEqual(Buffer.from(inc.auth, 'hex'), Buffer.from(req.auth, 'hex'));
 }
 
 /** What VMMS needs of the host's cluster membership to move VMs. */
@@ -1407,17 +1418,18 @@ export class Vmms {
   /** The destination's side of a migration (requests of the source's VMWP through the peer service). */
   async incoming(req: MigPeerRequest & { auth: string }): Promise<unknown> {
     if (req.op === 'migSetup') return await this.incomingSetup(req);
-    const r = [...this.vms.values()].find((x) => x.incoming?.mig === req.mig);
+    const found = [...this.vms.values()].find((x) => x.incoming?.mig === req.mig);
+    const r = found?.incoming && sameSource(found.incoming, req) ? found : undefined;
     if (req.op === 'migAbort') {
       if (this.committed.has(req.mig)) return { committed: true };
-      if (!r || r.incoming?.from !== req.from) return { aborted: false };
+      if (!r) return { aborted: false };
       await this.dropIncoming(r, `the source aborted: ${req.reason}`);
       return { aborted: true };
     }
     if (req.op === 'migCommit' && this.committed.has(req.mig)) return { committed: true };
     const refusal = req.op === 'migCommit' ? this.notResumed.get(req.mig) : undefined;
     if (refusal !== undefined) throw new RpcFailure(MIG_GUEST_NOT_RESUMED, refusal);
-    if (!r || !r.incoming || r.incoming.from !== req.from) throw new MgmtFailure('NotFound', `no incoming migration ${req.mig} from ${req.from} on this host`);
+    if (!r || !r.incoming) throw new MgmtFailure('NotFound', `no incoming migration ${req.mig} from ${req.from} on this host`);
     const inc = r.incoming;
     inc.lastSeen = Date.now();
     const link = this.linkOf(r, 'migrate into');
@@ -1527,7 +1539,7 @@ export class Vmms {
     if (comingIn >= this.maxMigrations) throw new MgmtFailure('Busy', `host ${this.cluster?.name ?? this.o.hostId} takes ${comingIn} migrations in already, as many as it runs at once; move VM "${c.name}" once one of them has ended`);
     const r = this.record(c);
     // A spare's replacement loads once the migration is committed or dropped, not during its blackout.
-    const inc: Incoming = { mig: req.mig, from: req.from, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false, releaseSpare: this.spare?.hold() ?? null };
+    const inc: Incoming = { mig: req.mig, from: req.from, auth: req.auth, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false, releaseSpare: this.spare?.hold() ?? null };
     r.incoming = inc;
     this.vms.set(c.name, r);
     this.moves.set(c.name, {
