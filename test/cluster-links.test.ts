@@ -12,7 +12,7 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -342,6 +342,32 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     };
     expect(await eventually(back, 2 * HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN, 500), 'h2 is a member again, and h1 hears it').to.equal(true);
     expect(readFileSync(join(h2home, 'run', 'logs', 'root.log'), 'utf8')).to.match(/the fabric holds this host's name for another member secret: joining again/);
+  });
+
+  it('a host whose root is killed is the same member when it is restarted: its secret is kept, and it joins again under its name without waiting for the name to go quiet', async () => {
+    const h3home = join(h.home, 'cluster', 'hosts', 'h3');
+    const secretFile = join(h3home, MEMBER_SECRET_FILE);
+    const secret = readFileSync(secretFile, 'utf8');
+    expect(statSync(secretFile).mode & 0o777, 'the secret is the host\'s alone').to.equal(0o600);
+    const rootPid = async (): Promise<number | null> => (await h.json<HostInfo>('--host', 'h3', 'host', 'info').catch(() => null))?.pids.root ?? null;
+    const old = (await rootPid())!;
+    const fabricLog = join(h.home, 'cluster', 'log', 'fabric.log');
+    const joins = (): number => readFileSync(fabricLog, 'utf8').split('\n').filter((l) => l.includes('"host joined"') && l.includes('"host":"h3"')).length;
+    const joinedBefore = joins();
+    process.kill(old, 'SIGKILL');
+    const back = async (): Promise<boolean> => {
+      const now = await rootPid();
+      if (now === null || now === old) return false;
+      const s = await h.json<Status>('cluster', 'status');
+      return s.hosts.find((x) => x.name === 'h3')?.info?.cluster?.fabricState === 'joined' && s.hosts.find((x) => x.name === 'h1')!.info!.cluster!.peers.find((p) => p.name === 'h3')?.state === 'up';
+    };
+    expect(await eventually(back, 60_000, 300), 'h3 restarted and a member again, heard by h1').to.equal(true);
+    expect(readFileSync(secretFile, 'utf8'), 'the same secret').to.equal(secret);
+    expect(joins(), 'it joined again').to.be.above(joinedBefore);
+    // Had it come back with another secret, the fabric would have held the name until the old one
+    // was quiet for 10 heartbeats, then given it over, saying so.
+    expect(readFileSync(fabricLog, 'utf8')).to.not.match(/a host took the name of a quiet one.*"host":"h3"|"host":"h3".*a host took the name of a quiet one/);
+    expect(readFileSync(join(h3home, 'run', 'logs', 'root.log'), 'utf8')).to.not.match(/the cluster fabric refused this host/);
   });
 
   it('a host of another machine joins with --join and --key and is a host like any other', async function () {
