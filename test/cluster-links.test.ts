@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, MEMBER_SECRET_FILE, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { curveClientOptions, hostPaths, makeClusterKey, readClusterKey, RpcClient, RpcFailure, writeClusterKey, zmq } from '@hvlab/runtime';
-import { clusterTag, Fabric, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
+import { clusterTag, Fabric, fabricPids, memberSecretHash, namespacesAvailable, networkLeftovers, pairAuth } from '@hvlab/cluster';
 import { TestHost, eventually, knock, pairCredential, shmFiles, sleep } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -342,6 +342,51 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     };
     expect(await eventually(back, 2 * HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN, 500), 'h2 is a member again, and h1 hears it').to.equal(true);
     expect(readFileSync(join(h2home, 'run', 'logs', 'root.log'), 'utf8')).to.match(/the fabric holds this host's name for another member secret: joining again/);
+  });
+
+  it('a migration into a host is tied to the credential of its set-up: a host that took the source\'s name meanwhile can neither abort nor commit it', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'tied', '--memory', '16M');
+    const cfg = JSON.parse(readFileSync(join(h.home, 'cluster', 'hosts', 'h1', 'vms', 'tied.json'), 'utf8')) as Record<string, unknown>;
+    const key = readClusterKey(join(h.home, 'cluster', 'cluster.key'));
+    const h3 = st.hosts.find((x) => x.name === 'h3')!;
+    const peer = new RpcClient(`tcp://${h3.address}:${DEFAULT_PEER_PORT}`, curveClientOptions(key));
+    const fabric = new RpcClient(`tcp://${st.fabric.address}`, curveClientOptions(key));
+    const code = (p: Promise<unknown>): Promise<string> => p.then(() => 'answered', (e: RpcFailure) => e.code);
+    const onH3 = async (): Promise<boolean> => (await h.json<VmInfo[]>('--host', 'h3', 'vm', 'list')).some((v) => v.name === 'tied');
+    const mig = `tied-${randomBytes(4).toString('hex')}`;
+    const h1auth = pairCredential(h.home, 'h1', 'h3');
+    const h1root = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).pids.root;
+    try {
+      // As h1's worker would set a migration up at h3 (with h1's credential).
+      expect(await peer.call({ op: 'migSetup', from: 'h1', auth: h1auth, mig, config: cfg, options: {} }, 60_000, CLUSTER_WIRE_VERSION)).to.deep.include({ ready: true });
+      // h1 quiet for more than 10 heartbeats: a holder of the key takes its name with a secret of its own.
+      process.kill(h1root, 'SIGSTOP');
+      try {
+        await sleep(HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN + 1500);
+        const taker = randomBytes(32).toString('hex');
+        await fabric.call({ op: 'join', name: 'h1', secret: taker, address: '127.0.0.1', peerPort: 7999, mgmtPort: 7998, lps: 1, local: true }, 3000, CLUSTER_WIRE_VERSION);
+        const h3secret = readFileSync(join(h.home, 'cluster', 'hosts', 'h3', MEMBER_SECRET_FILE), 'utf8').trim();
+        const takerAuth = pairAuth(key.cluster, 'h1', memberSecretHash(taker), 'h3', memberSecretHash(h3secret));
+        // h3 takes the taker for h1 once its book is fresh: the taker is h1 to it now.
+        expect(await eventually(async () => (await code(peer.call({ op: 'ping', from: 'h1', auth: takerAuth, t: 1 }, 3000, CLUSTER_WIRE_VERSION))) === 'answered', 10_000), 'h3 knows the taker as h1').to.equal(true);
+        // But not as the source of the migration the old h1 set up: it can neither abort nor commit it.
+        expect(await peer.call({ op: 'migAbort', from: 'h1', auth: takerAuth, mig, reason: 'the taker aborts it' }, 5000, CLUSTER_WIRE_VERSION)).to.deep.equal({ aborted: false });
+        expect(await code(peer.call({ op: 'migCommit', from: 'h1', auth: takerAuth, mig, stats: null }, 5000, CLUSTER_WIRE_VERSION))).to.equal('NotFound');
+        expect(await onH3(), 'the migration is still set up at h3').to.equal(true);
+        // Nor is the old holder h1 while the name is another's.
+        expect(await code(peer.call({ op: 'migAbort', from: 'h1', auth: h1auth, mig, reason: 'x' }, 5000, CLUSTER_WIRE_VERSION))).to.equal('Denied');
+      } finally {
+        process.kill(h1root, 'SIGCONT');
+      }
+      // h1 has its name back once the taker is quiet; its own credential ends the attempt (or h3 has
+      // dropped it meanwhile, the stream silent for 30 s).
+      expect(await eventually(async () => (await code(peer.call({ op: 'migAbort', from: 'h1', auth: h1auth, mig, reason: 'the test ends' }, 5000, CLUSTER_WIRE_VERSION))) === 'answered', 2 * HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN + 10_000, 500), 'h1 is h1 again').to.equal(true);
+      expect(await eventually(async () => !(await onH3()), 30_000), 'nothing of the attempt at h3').to.equal(true);
+    } finally {
+      peer.close();
+      fabric.close();
+    }
+    await h.ok('--host', 'h1', 'vm', 'delete', 'tied');
   });
 
   it('a host whose root is killed is the same member when it is restarted: its secret is kept, and it joins again under its name without waiting for the name to go quiet', async () => {
