@@ -64,6 +64,27 @@ random:
   between: [1s, 9s]
 `;
 
+// Three live migrations while a link fault slows the hosts' link: a counter VM there and back, a
+// memdirty VM across with compression.
+const MOVES = `name: e2e-moves
+kind: faults
+seed: 4
+hosts: 2
+lps: 2
+duration: 12s
+sample: 300ms
+workloads:
+  - { name: mc, host: h1, workload: counter, memory: 16M }
+  - { name: mm, host: h2, workload: "memdirty:4M", memory: 32M }
+faults:
+  - { at: 1s, kind: link, target: link:h1-h2, for: 6s, delayMs: 20ms }
+moves:
+  - { at: 2s, vm: mc, to: h2 }
+  - { at: 3s, vm: mm, to: h1, method: precopy+compress }
+  - { at: 8s, vm: mc, to: h1 }
+checks: { liveness: 10s, isolation: 4s }
+`;
+
 const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => d.startsWith('hvlab-chaos-'));
 
 interface Row { t: number; kind: string; host: string; vm: string; answered: boolean; progress: number | null; peers: Record<string, number> }
@@ -119,11 +140,11 @@ describe('chaos experiments with real processes', function () {
     const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
     expect(json.seed).to.equal(3);
     expect(json.schedule.map((f) => `${f.id} ${f.kind} ${f.target}`)).to.deep.equal(['f1 pause vm:c1', 'f2 partition cluster', 'f3 kill vm:c2']);
-    expect(readFileSync(join(out, 'results.md'), 'utf8'), why).to.include('**5 of 5 checks held.**');
+    expect(readFileSync(join(out, 'results.md'), 'utf8'), why).to.include('**6 of 6 checks held.**');
     expect(readFileSync(join(out, 'timeline.svg'), 'utf8')).to.match(/^<\?xml[\s\S]*<\/svg>\n$/);
 
     // Every check held; every fault started and ended on its own, none refused.
-    expect(r.checks.map((c) => `${c.name}:${c.held}:${c.skipped}`), why).to.deep.equal(['liveness:true:false', 'progress:true:false', 'isolation:true:false', 'memory:true:false', 'cleanup:true:false']);
+    expect(r.checks.map((c) => `${c.name}:${c.held}:${c.skipped}`), why).to.deep.equal(['liveness:true:false', 'progress:true:false', 'isolation:true:false', 'memory:true:false', 'cleanup:true:false', 'placement:true:false']);
     expect(r.refused, why).to.deep.equal([]);
     expect(r.faults.map((f) => `${f.id.slice(r.owner.length + 1)}:${f.state}:${f.endReason}`), why).to.deep.equal(['f1:ended:expired', 'f2:ended:expired', 'f3:ended:expired']);
     for (const f of r.faults) expect(f.endedAt! - f.startedAt, `${f.id} lasted at least its time`).to.be.at.least(f.forMs);
@@ -146,6 +167,35 @@ describe('chaos experiments with real processes', function () {
     }
     expect(r.checks.find((c) => c.name === 'progress')!.evidence.join('\n'), 'c2 restarted by the kill').to.match(/c2: counter went from [\d,]+ to [\d,]+ .*restarted by f3 \(kill vm:c2\)/);
     expect(r.checks.find((c) => c.name === 'memory')!.evidence[0]).to.match(/^md: 1024 pages follow the pattern/);
+  });
+
+  it('moves while faults fire: each VM is read, checked and deleted where its moves took it; every check holds (placement included), the report lists the moves, nothing is left', async () => {
+    const file = join(dir, 'moves.yaml');
+    writeFileSync(file, MOVES);
+    const lines: string[] = [];
+    const out = join(dir, 'moves');
+    const r = await runChaosExperiment(file, { out, progress: (l) => lines.push(l) });
+    const why = `progress:\n${lines.join('\n')}\nchecks: ${JSON.stringify(r.checks, null, 1)}`;
+    await nothingLeft(r);
+    expect(r.moves.map((m) => `${m.id} ${m.vm} ${m.from}>${m.to} ${m.method} ${m.status}`), why).to.deep.equal([
+      'm1 mc h1>h2 precopy completed', 'm2 mm h2>h1 precopy+compress completed', 'm3 mc h2>h1 precopy completed',
+    ]);
+    for (const m of r.moves) expect(m.downtimeMs, `${m.id}'s downtime`).to.be.a('number');
+    expect(r.checks.map((c) => `${c.name}:${c.held}`), why).to.deep.equal(['liveness:true', 'progress:true', 'isolation:true', 'memory:true', 'cleanup:true', 'placement:true']);
+    expect(r.checks.find((c) => c.name === 'placement')!.evidence, why).to.deep.equal([
+      'mc on h1 only (m1 h1→h2 completed (downtime ' + r.moves[0]!.downtimeMs + ' ms), m3 h2→h1 completed (downtime ' + r.moves[2]!.downtimeMs + ' ms))',
+      'mm on h1 only (m2 h2→h1 completed (downtime ' + r.moves[1]!.downtimeMs + ' ms))',
+    ]);
+    // mm's memory was read where it ended up, and follows the pattern.
+    expect(r.checks.find((c) => c.name === 'memory')!.evidence[0]).to.match(/^mm: 1024 pages follow the pattern/);
+    // mc was read on h2 between its moves, and its counter went on (the progress check held across both).
+    const rows = readSamples(out);
+    const onH2 = rows.filter((x) => x.kind === 'vm' && x.vm === 'mc' && x.host === 'h2' && x.progress !== null);
+    expect(onH2.length, 'mc read on h2').to.be.at.least(2);
+    expect(onH2[onH2.length - 1]!.progress!).to.be.above(onH2[0]!.progress!);
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    expect(md).to.include('## Moves');
+    expect(md).to.match(/\| m2 \| \+3\.\ds \| mm \| h2 → h1 \| precopy\+compress \| completed \| \d+ ms \|/);
   });
 
   it('a random schedule drawn from a seed given to the run: the report names the seed, and a second draw with that seed equals its schedule', async () => {
@@ -276,8 +326,8 @@ checks: { liveness: 10s, isolation: 4s }
       const byName = Object.fromEntries(rep.checks.map((c) => [c.name, c]));
       expect(byName.memory!.held, JSON.stringify(byName.memory)).to.equal(false);
       expect(byName.memory!.evidence.join('\n')).to.match(/md: .*breaks? the pattern/);
-      for (const other of ['liveness', 'progress', 'isolation', 'cleanup']) expect(byName[other]!.held, `${other}: ${JSON.stringify(byName[other])}`).to.equal(true);
-      expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('**4 of 5 checks held.**');
+      for (const other of ['liveness', 'progress', 'isolation', 'cleanup', 'placement']) expect(byName[other]!.held, `${other}: ${JSON.stringify(byName[other])}`).to.equal(true);
+      expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('**5 of 6 checks held.**');
       await nothingLeft(rep);
     } finally {
       await h.destroy();

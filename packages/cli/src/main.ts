@@ -26,7 +26,7 @@ import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } 
 import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
-  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows,
+  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
@@ -337,6 +337,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
       out(`${file}: chaos experiment ${spec.name}: ${spec.cluster === 'new' ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
       if (spec.cluster === 'new') for (const f of plannedSchedule(spec, useSeed)) out(`  ${scheduleLine(f)}`);
       else out('  (the random part is drawn against the cluster when it runs)');
+      spec.moves.forEach((m, i) => out(`  m${i + 1} +${(m.atMs / 1000).toFixed(1)}s move ${m.vm} to ${m.to} (${m.method})`));
     }
     return 0;
   }
@@ -357,6 +358,10 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
     out(table(chaosCheckRows(report)));
     out('');
     out(table(chaosFaultRows(report)));
+    if (report.moves.length > 0) {
+      out('');
+      out(table(chaosMoveRows(report)));
+    }
     out(`seed ${report.seed} (replay: --seed ${report.seed}); report in ${report.out}: ${report.files.join(', ')}${report.aborted ? ' (stopped early)' : ''}`);
   }
   return report.held && !report.aborted ? 0 : 1;

@@ -18,6 +18,9 @@
  *     - { at: 9s, kind: vmbus, target: vm:c2, for: 4s, channel: heartbeat, drop: 1 }
  *     - { at: 15s, kind: partition, target: cluster, for: 5s, shape: one }
  *     - { at: 28s, kind: kill, target: vm:c3, role: partition, for: 2s, restart: true }
+ *   moves:                        # live migrations while the faults fire (a VM's host follows its moves)
+ *     - { at: 6s, vm: c1, to: h2, method: precopy, bandwidth: 20M, downtimeLimit: 300ms }
+ *     - { at: 20s, vm: c1, to: h3, method: postcopy+compress }
  *   random:                       # and/or faults drawn from the seed
  *     count: 3
  *     kinds: [pause, vmbus, link] # default: every kind but bitflip
@@ -30,6 +33,7 @@
  *     progress: true              # a counter never goes backwards or restarts
  *     memory: true                # memdirty's check on every memdirty VM, paused at the end
  *     cleanup: true               # nothing left: processes, /dev/shm, namespaces, active faults
+ *     placement: true             # every VM on exactly one host at the end, where its moves left it
  *
  * A fault's parameters sit beside its fields, named as the nemesis names them (types.ts
  * `FaultRequest.params`); durations (`delayMs: 50ms`), rates (`rateBps: 10mbit`) and percentages
@@ -45,7 +49,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, parseTarget, type Target } from './request.js';
 
@@ -97,6 +101,16 @@ export interface ChaosRandomSpec {
   targets: string[] | null;
 }
 
+/** One live migration of the file (`moves:`): VM `vm` to host `to` at `atMs`, by `method` (experiment.ts parseMethod). */
+export interface ChaosMoveSpec {
+  atMs: number;
+  vm: string;
+  to: string;
+  method: string;
+  /** The management API's vmMove options (the method's, and bandwidth, downtimeLimit, maxPasses when given). */
+  options: { offline?: boolean; postcopy?: boolean; compress?: boolean; autoConverge?: boolean; bandwidthBps?: number; downtimeLimitMs?: number; maxPasses?: number };
+}
+
 export interface ChaosChecks {
   /** Bound (ms) for a VM's heartbeat to be OK again after its fault ends; null: not checked. */
   livenessMs: number | null;
@@ -105,6 +119,8 @@ export interface ChaosChecks {
   progress: boolean;
   memory: boolean;
   cleanup: boolean;
+  /** Every VM on exactly one host at the end, where its moves left it. */
+  placement: boolean;
 }
 
 /** A checked chaos experiment file. */
@@ -123,6 +139,8 @@ export interface ChaosSpec {
   sampleMs: number;
   workloads: ChaosWorkload[];
   faults: ChaosFaultSpec[];
+  /** Live migrations, in the order of their offsets. */
+  moves: ChaosMoveSpec[];
   random: ChaosRandomSpec | null;
   checks: ChaosChecks;
 }
@@ -287,11 +305,12 @@ function durationPair(ctx: Ctx, f: Field, field: string, min: number, max: numbe
 
 const fmtMs = (ms: number): string => (ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`);
 
-const TOP_FIELDS = ['name', 'kind', 'seed', 'cluster', 'hosts', 'lps', 'duration', 'sample', 'workloads', 'faults', 'random', 'checks'] as const;
+const TOP_FIELDS = ['name', 'kind', 'seed', 'cluster', 'hosts', 'lps', 'duration', 'sample', 'workloads', 'faults', 'moves', 'random', 'checks'] as const;
+const MOVE_FIELDS = ['at', 'vm', 'to', 'method', 'bandwidth', 'downtimeLimit', 'maxPasses'] as const;
 const WORKLOAD_FIELDS = ['name', 'host', 'workload', 'memory', 'vps'] as const;
 const FAULT_FIELDS = ['at', 'kind', 'target', 'for', 'role', 'seed', 'params'] as const;
 const RANDOM_FIELDS = ['count', 'kinds', 'for', 'between', 'targets'] as const;
-const CHECK_FIELDS = ['liveness', 'isolation', 'progress', 'memory', 'cleanup'] as const;
+const CHECK_FIELDS = ['liveness', 'isolation', 'progress', 'memory', 'cleanup', 'placement'] as const;
 const HOST_RULE = 'a host name is 1-10 lower-case letters, digits or "-", starting with a letter';
 
 /** The parameters of one fault (the `params:` map and the fields beside the fault's own), units taken off; each with its node. */
@@ -328,8 +347,8 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   const top = fieldsOf(ctx, root, '', TOP_FIELDS);
   const spec: ChaosSpec = {
     file, source: text, name: '', kind: 'faults', seed: CHAOS_DEFAULTS.seed, cluster: CHAOS_DEFAULTS.cluster, hosts: null, lps: null,
-    durationMs: CHAOS_DEFAULTS.durationMs, sampleMs: CHAOS_DEFAULTS.sampleMs, workloads: [], faults: [], random: null,
-    checks: { livenessMs: CHAOS_DEFAULTS.livenessMs, isolationStallMs: CHAOS_DEFAULTS.isolationStallMs, progress: true, memory: true, cleanup: true },
+    durationMs: CHAOS_DEFAULTS.durationMs, sampleMs: CHAOS_DEFAULTS.sampleMs, workloads: [], faults: [], moves: [], random: null,
+    checks: { livenessMs: CHAOS_DEFAULTS.livenessMs, isolationStallMs: CHAOS_DEFAULTS.isolationStallMs, progress: true, memory: true, cleanup: true, placement: true },
   };
 
   const kind = top.get('kind');
@@ -429,7 +448,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         if (v === false) spec.checks[key] = null;
         else if (v === true) { /* the default */ } else spec.checks[key] = duration(ctx, f, field, 100, 3_600_000) ?? spec.checks[key];
       } else if (typeof v !== 'boolean') problem(ctx, at(f), field, 'must be true or false');
-      else spec.checks[k as 'progress' | 'memory' | 'cleanup'] = v;
+      else spec.checks[k as 'progress' | 'memory' | 'cleanup' | 'placement'] = v;
     }
   }
 
@@ -513,6 +532,98 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         if (ok && f.atMs + f.forMs > spec.durationMs) problem(ctx, forF ? at(forF) : (item as Node), `${field}.for`, `the fault ends at ${fmtMs(f.atMs + f.forMs)}, after the experiment's duration (${fmtMs(spec.durationMs)})`);
         else if (ok) spec.faults.push(f);
       });
+    }
+  }
+
+  // Live migrations.
+  const mv = top.get('moves');
+  if (mv) {
+    if (!mv.v || !isSeq(mv.v)) problem(ctx, at(mv), 'moves', 'must be a list of moves, e.g. - { at: 6s, vm: c1, to: h2 }');
+    else {
+      const placeOf = new Map<ChaosMoveSpec, [Node, string]>();
+      mv.v.items.forEach((item, i) => {
+        const field = `moves[${i}]`;
+        const fs = fieldsOf(ctx, item as Node, field, MOVE_FIELDS);
+        if (!isMap(item)) return;
+        const m: ChaosMoveSpec = { atMs: 0, vm: '', to: '', method: 'precopy', options: {} };
+        let ok = true;
+        const atF = fs.get('at');
+        if (!atF) {
+          problem(ctx, item as Node, `${field}.at`, 'is missing: when the move starts (e.g. at: 6s)');
+          ok = false;
+        } else {
+          const v = duration(ctx, atF, `${field}.at`, 0, spec.durationMs - 1);
+          if (v === null) ok = false;
+          else m.atMs = v;
+        }
+        const vmF = fs.get('vm');
+        const vv = vmF ? scalar(vmF.v) : undefined;
+        if (!vmF) {
+          problem(ctx, item as Node, `${field}.vm`, 'is missing: which VM moves');
+          ok = false;
+        } else if (typeof vv !== 'string' || !vmNames.includes(vv)) {
+          problem(ctx, at(vmF), `${field}.vm`, `${JSON.stringify(vv ?? null)} is not one of the workloads (${vmNames.join(', ') || 'none'})`);
+          ok = false;
+        } else m.vm = vv;
+        const toF = fs.get('to');
+        const tv = toF ? scalar(toF.v) : undefined;
+        if (!toF) {
+          problem(ctx, item as Node, `${field}.to`, 'is missing: the host it moves to');
+          ok = false;
+        } else if (typeof tv !== 'string' || !CLUSTER_HOST_RE.test(tv)) {
+          problem(ctx, at(toF), `${field}.to`, HOST_RULE);
+          ok = false;
+        } else if (hostNames && !hostNames.includes(tv)) {
+          problem(ctx, at(toF), `${field}.to`, `host ${tv} is not a host of the cluster (${hostNames.join(', ')})`);
+          ok = false;
+        } else m.to = tv;
+        const meF = fs.get('method');
+        if (meF) {
+          const v = scalar(meF.v);
+          const pm = typeof v === 'string' ? parseMethod(v) : 'must be a method such as precopy, postcopy or precopy+compress';
+          if (typeof pm === 'string') {
+            problem(ctx, at(meF), `${field}.method`, pm);
+            ok = false;
+          } else {
+            m.method = pm.method;
+            Object.assign(m.options, pm.options);
+          }
+        }
+        const bwF = fs.get('bandwidth');
+        if (bwF) {
+          const v = scalar(bwF.v);
+          const bps = typeof v === 'number' ? v : typeof v !== 'string' ? null : /bit\s*$/i.test(v) ? (parseRate(v) === null ? null : Math.round(parseRate(v)! / 8)) : parseSize(v);
+          if (bps === null || !Number.isSafeInteger(bps) || bps < 0) {
+            problem(ctx, at(bwF), `${field}.bandwidth`, 'must be bytes a second (a size such as 20M), a rate such as 100mbit, or 0 (unlimited)');
+            ok = false;
+          } else m.options.bandwidthBps = bps;
+        }
+        const dlF = fs.get('downtimeLimit');
+        if (dlF) {
+          const v = duration(ctx, dlF, `${field}.downtimeLimit`, 1, 3_600_000);
+          if (v === null) ok = false;
+          else m.options.downtimeLimitMs = v;
+        }
+        const mpF = fs.get('maxPasses');
+        if (mpF) {
+          const v = wholeNumber(ctx, mpF, `${field}.maxPasses`, 1, 1000);
+          if (v === null) ok = false;
+          else m.options.maxPasses = v;
+        }
+        if (ok) {
+          spec.moves.push(m);
+          placeOf.set(m, [item as Node, field]);
+        }
+      });
+      // Where each VM is when its move starts, if the moves before it went through: a move to the
+      // host it is on then would be refused by that host.
+      spec.moves.sort((a, b) => a.atMs - b.atMs);
+      const where = new Map(spec.workloads.map((w) => [w.name, w.host]));
+      for (const m of spec.moves) {
+        const [node, field] = placeOf.get(m)!;
+        if (where.get(m.vm) === m.to) problem(ctx, node, `${field}.to`, `${m.vm} is on ${m.to} by ${fmtMs(m.atMs)} (its workload's host, or a move before this one): a move goes to another host`);
+        where.set(m.vm, m.to);
+      }
     }
   }
 

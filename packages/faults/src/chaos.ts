@@ -4,6 +4,8 @@
  * started, a schedule of faults (chaos-spec.ts, schedule.ts) injected through the home's nemesis
  * at their offsets while every VM's progress and heartbeat and every host's answers are read a few
  * times a second, then the checkers (checkers.ts) over what was read and the report (report.ts).
+ * The file's moves (live migrations) start at their offsets too, each from where the VM is then;
+ * a VM's readings, its memory check and its deletion follow it to the host its moves left it on.
  *
  * The faults are owned by the run (`owner`, a name unique to it) and the run renews that lease
  * every second, so a runner that is killed has every fault undone by the nemesis within
@@ -33,8 +35,8 @@ import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis } from './client
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawSchedule, faultRequest, scheduleLine, type ScheduledFault } from './schedule.js';
 import {
-  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
-  type Observation, type VmSample,
+  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
+  type MoveRecord, type Observation, type PlacementObservation, type VmSample,
 } from './checkers.js';
 import { CHAOS_REPORT_VERSION, writeChaosReport, type ChaosReport } from './report.js';
 
@@ -51,6 +53,8 @@ const IC_TIMEOUT_MS = 1500;
 const WARMUP_MAX_MS = 30_000;
 /** How long the leftovers of a new cluster have to go after it is down (processes die asynchronously). */
 const CLEANUP_WAIT_MS = 10_000;
+/** How long a move may take before the run gives up waiting for it (and asks its host to cancel it). */
+const MOVE_TIMEOUT_MS = 180_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -124,7 +128,8 @@ export class Sampler {
   private loops: Array<Promise<void>> = [];
   private wake: Array<() => void> = [];
 
-  constructor(private readonly clients: Map<string, MgmtClient>, private readonly vmsOf: Map<string, string[]>, private readonly periodMs: number) {}
+  /** `vmsOf(host)`: the VMs to read on `host` now (a VM's host changes when the run moves it). */
+  constructor(private readonly clients: Map<string, MgmtClient>, private readonly vmsOf: (host: string) => string[], private readonly periodMs: number) {}
 
   start(): void {
     for (const host of this.clients.keys()) this.loops.push(this.loop(host));
@@ -168,7 +173,7 @@ export class Sampler {
     ]);
     const t = Date.now();
     this.hosts.push({ t, host, answered: list !== null || info !== null, peersMissed: info ? peersMissed(info.v) : null });
-    await Promise.all((this.vmsOf.get(host) ?? []).map(async (vm) => {
+    await Promise.all(this.vmsOf(host).map(async (vm) => {
       const r = list ? vmReading(list.v, vm) : null;
       const hb = r?.listed ? await c.request('vmIc', { name: vm }, IC_TIMEOUT_MS).then(heartbeatStatus, () => null) : null;
       this.vms.push({ t, vm, host, answered: list !== null, state: r ? (r.listed ? r.state : 'NotListed') : null, progress: r?.progress ?? null, heartbeat: hb });
@@ -227,7 +232,12 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
     cluster: { mode: spec.cluster, home, network: null, hosts: [] }, world: chaosWorld(spec), faults: [], refused: [],
     samples: { vms: [], hosts: [], periodMs: spec.sampleMs, vmReadings: 0, hostReadings: 0 }, checks: [], recovery: [], held: false, aborted: false, cleanup: [], files: [],
+    moves: [],
   };
+  /** Where each VM is: its workload's host, then where each completed move took it. */
+  const location = new Map(spec.workloads.map((w) => [w.name, w.host]));
+  const hostOf = (vm: string): string => location.get(vm)!;
+  let placement: PlacementObservation | null = null;
   const graceMs = spec.checks.livenessMs ?? 10_000;
   let broughtUp = false;
   let clients = new Map<string, MgmtClient>();
@@ -288,7 +298,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     // none on the user's cluster; its faults go too. (A new cluster goes whole: the home's lease.)
     nemesis = await NemesisClient.connect(home);
     const nem = nemesis;
-    const owned = (): OwnedVm[] => (broughtUp ? [] : spec.workloads.filter((w) => made.includes(w.name)).map((w) => ({ host: w.host, vm: w.name })));
+    const owned = (): OwnedVm[] => (broughtUp ? [] : spec.workloads.filter((w) => made.includes(w.name)).map((w) => ({ host: hostOf(w.name), vm: w.name })));
     await nem.renew(owner, { vms: owned() });
     renew = setInterval(() => void nem.renew(owner, { vms: owned() }).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`)), OWNER_RENEW_MS);
     // The workloads: made and started, each host's one after another, the hosts side by side.
@@ -304,8 +314,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         say(`VM ${w.name} (${w.workload}) is running on ${h}`);
       }
     }));
-    const vmsOf = new Map(world.hosts.map((h) => [h, spec.workloads.filter((w) => w.host === h).map((w) => w.name)]));
-    sampler = new Sampler(clients, vmsOf, spec.sampleMs);
+    sampler = new Sampler(clients, (h) => spec.workloads.filter((w) => hostOf(w.name) === h).map((w) => w.name), spec.sampleMs);
     sampler.start();
 
     // Every VM's heartbeat OK (its integration services up) before the first fault.
@@ -322,9 +331,57 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     // The schedule.
     report.t0 = Date.now();
     say(`schedule started; faults owned by ${owner} (undone within ${OWNER_LEASE_MS / 1000} s if this run is killed)`);
+    /**
+     * Moves VM `m.vm` from where it is now to `m.to` (the management API's vmMove, answered when the
+     * move ends); recorded as it goes, and the VM's host follows a completed move. A move that is
+     * not over in MOVE_TIMEOUT_MS is asked to cancel and recorded as timed out.
+     */
+    const startMove = async (m: ChaosSpec['moves'][number] & { id: string }): Promise<void> => {
+      const from = hostOf(m.vm);
+      const rec: MoveRecord = { id: m.id, vm: m.vm, from, to: m.to, method: m.method, atMs: m.atMs, startedAt: Date.now(), endedAt: null, status: 'active', downtimeMs: null, totalMs: null, error: null };
+      report.moves.push(rec);
+      say(`${m.id} at +${((rec.startedAt - report.t0) / 1000).toFixed(1)}s: moving ${m.vm} ${from} → ${m.to} (${m.method})`);
+      const c = clients.get(from)!;
+      // Ctrl-C cancels a move under way (safe in every phase: the VM stays where it was, or is where it went).
+      const onAbort = (): void => void c.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      let timer: NodeJS.Timeout | null = null;
+      const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), MOVE_TIMEOUT_MS)));
+      try {
+        const st = await Promise.race([c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, MOVE_TIMEOUT_MS + 10_000), timedOut]);
+        if (st === 'timeout') {
+          await c.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
+          rec.status = 'timeout';
+          rec.error = `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was asked`;
+        } else {
+          const o = isPlainObject(st) ? st : {};
+          rec.status = typeof o.status === 'string' ? o.status.slice(0, 32) : 'unknown';
+          rec.downtimeMs = typeof o.downtime === 'number' && Number.isFinite(o.downtime) ? o.downtime : null;
+          rec.totalMs = typeof o['total-time'] === 'number' && Number.isFinite(o['total-time']) ? o['total-time'] : null;
+          rec.error = typeof o['error-desc'] === 'string' && o['error-desc'] !== '' ? o['error-desc'].slice(0, 500) : null;
+          if (rec.status === 'completed') location.set(m.vm, m.to);
+        }
+      } catch (e) {
+        rec.status = 'refused';
+        rec.error = message(e);
+      } finally {
+        if (timer) clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        rec.endedAt = Date.now();
+      }
+      say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null && rec.status === 'completed' ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : ''}`);
+    };
     const pending: Array<Promise<void>> = [];
-    for (const f of report.schedule) {
-      if (!(await sleepUntil(report.t0 + f.atMs, signal))) break;
+    // The faults and the moves, by offset (a fault before a move at the same offset).
+    const events = [...report.schedule.map((f) => ({ atMs: f.atMs, f, m: null })), ...spec.moves.map((m, i) => ({ atMs: m.atMs, f: null, m: { ...m, id: `m${i + 1}` } }))]
+      .sort((a, b) => a.atMs - b.atMs || (a.f ? 0 : 1) - (b.f ? 0 : 1));
+    for (const ev of events) {
+      if (!(await sleepUntil(report.t0 + ev.atMs, signal))) break;
+      if (ev.m) {
+        pending.push(startMove(ev.m));
+        continue;
+      }
+      const f = ev.f!;
       const asked = Date.now();
       pending.push(nem.inject(faultRequest(f, owner)).then(
         (rec) => {
@@ -338,6 +395,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       ));
     }
     await sleepUntil(report.t0 + spec.durationMs, signal);
+    if (report.moves.some((m) => m.endedAt === null)) say(`waiting for ${report.moves.filter((m) => m.endedAt === null).map((m) => m.id).join(', ')} to end`);
     await Promise.all(pending);
     report.aborted = signal?.aborted === true;
 
@@ -352,7 +410,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       say(`waiting up to ${graceMs / 1000} s for what the faults touched to recover`);
       while (Date.now() < until && !signal?.aborted) {
         const recs = await nem.list({ all: true }).then((l) => l.filter((f) => f.owner === owner)).catch(() => injected);
-        const obs: Observation = { t0: report.t0, t1: Date.now(), world, vms: sampler.vms, hosts: sampler.hosts, faults: recs };
+        const obs: Observation = { t0: report.t0, t1: Date.now(), world, vms: sampler.vms, hosts: sampler.hosts, faults: recs, moves: report.moves };
         const failed = new Set(recs.filter((f) => f.state === 'failed').map((f) => f.id));
         if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id))) break;
         await sleepUntil(Date.now() + 500, signal);
@@ -361,6 +419,19 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     }
     await sampler.stop();
     report.t1 = Date.now();
+    // Where every VM is listed now that the moves are over: on exactly one host, its moves' last.
+    placement = { listed: {}, unanswered: [], expected: Object.fromEntries(spec.workloads.map((w) => [w.name, hostOf(w.name)])) };
+    for (const [h, c] of clients) {
+      const list = await c.request('vmList', {}, 10_000).catch(() => null);
+      if (list === null) {
+        placement.unanswered.push(h);
+        continue;
+      }
+      for (const w of spec.workloads) {
+        const r = vmReading(list, w.name);
+        if (r.listed) (placement.listed[w.name] ??= []).push({ host: h, state: r.state });
+      }
+    }
     const all = await nem.list({ all: true }).catch(() => null);
     const byId = new Map(injected.map((f) => [f.id, f]));
     for (const f of all ?? []) if (f.owner === owner) byId.set(f.id, f);
@@ -371,7 +442,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       for (const w of spec.workloads) {
         const wl = parseWorkload(w.workload);
         if (wl?.name !== 'memdirty') continue;
-        const r = await readMemdirty(clients.get(w.host)!, w.name, wl.arg);
+        const r = await readMemdirty(clients.get(hostOf(w.name))!, w.name, wl.arg);
         memReads.push({ vm: w.name, ...r });
       }
     }
@@ -398,13 +469,14 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const cleanupObs: CleanupObservation = { hostProcesses: null, shmFiles: null, network: null, activeFaults: activeAtEnd, nemesisPids: null, fabricPids: null, vmsLeft: null, homeLeft: null, problems: [] };
   if (!broughtUp) {
     for (const w of spec.workloads.filter((x) => made.includes(x.name))) {
-      const c = clients.get(w.host);
+      const c = clients.get(hostOf(w.name));
       if (c) await removeVm(c, w.name).catch((e: unknown) => void report.cleanup.push(`VM ${w.name} was not deleted: ${message(e)}`));
     }
     cleanupObs.vmsLeft = [];
     for (const [h, c] of clients) {
       const list = await c.request('vmList', {}, 10_000).catch(() => null);
-      for (const w of spec.workloads) if (w.host === h && vmReading(list, w.name).listed) cleanupObs.vmsLeft.push(w.name);
+      // On any host: a move that left a copy behind leaves it too.
+      for (const w of spec.workloads) if (made.includes(w.name) && vmReading(list, w.name).listed) cleanupObs.vmsLeft.push(`${w.name} on ${h}`);
     }
   }
   for (const c of clients.values()) c.close();
@@ -440,7 +512,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   for (const c of report.cleanup) say(`WARNING: ${c}`);
 
   // The checks over what was read.
-  const obs: Observation = { t0: report.t0, t1: report.t1, world: report.world, vms: sampler?.vms ?? [], hosts: sampler?.hosts ?? [], faults: report.faults };
+  const obs: Observation = { t0: report.t0, t1: report.t1, world: report.world, vms: sampler?.vms ?? [], hosts: sampler?.hosts ?? [], faults: report.faults, moves: report.moves };
   const c = spec.checks;
   const checks: CheckResult[] = [
     c.livenessMs !== null ? checkLiveness(obs, c.livenessMs) : skippedCheck('liveness', 'turned off in the file'),
@@ -448,6 +520,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     c.isolationStallMs !== null ? checkIsolation(obs, c.isolationStallMs, graceMs) : skippedCheck('isolation', 'turned off in the file'),
     c.memory ? checkMemory(memReads) : skippedCheck('memory', 'turned off in the file'),
     c.cleanup ? checkCleanup(cleanupObs) : skippedCheck('cleanup', 'turned off in the file'),
+    !c.placement ? skippedCheck('placement', 'turned off in the file') : placement ? checkPlacement(placement, report.moves) : skippedCheck('placement', 'the run stopped before the VMs could be looked for'),
   ];
   report.checks = checks;
   report.recovery = recoveryTimes(obs);

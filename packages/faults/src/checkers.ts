@@ -50,6 +50,26 @@ export interface HostSample {
   peersMissed: Record<string, number> | null;
 }
 
+/** A live migration the run made (`moves:` of the file), as it went. */
+export interface MoveRecord {
+  /** m1, m2, … in the file's order. */
+  id: string;
+  vm: string;
+  from: string;
+  to: string;
+  /** As the file names it: precopy, postcopy+compress, … */
+  method: string;
+  /** Its offset in the file, and epoch ms when it was asked for and when its answer came (null: still going). */
+  atMs: number;
+  startedAt: number;
+  endedAt: number | null;
+  /** The move's status at its end (completed, failed, cancelled), or refused (the host did not take it). */
+  status: string;
+  downtimeMs: number | null;
+  totalMs: number | null;
+  error: string | null;
+}
+
 /** What a run recorded, for the checkers. */
 export interface Observation {
   /** Epoch ms of the schedule's start (offsets are from here) and of the last sample. */
@@ -59,9 +79,11 @@ export interface Observation {
   vms: VmSample[];
   hosts: HostSample[];
   faults: FaultRecord[];
+  /** The run's live migrations (none when the file asks for none). */
+  moves?: MoveRecord[];
 }
 
-export type CheckName = 'liveness' | 'progress' | 'isolation' | 'memory' | 'cleanup';
+export type CheckName = 'liveness' | 'progress' | 'isolation' | 'memory' | 'cleanup' | 'placement';
 
 export interface CheckResult {
   name: CheckName;
@@ -114,12 +136,24 @@ export interface FaultEffect {
   to: number;
 }
 
-/** What fault `f` touched in `world`, and when (a fault that never ended lasts until `t1`). */
-export function faultEffect(f: FaultRecord, world: ChaosWorld, t1: number): FaultEffect {
+/** Where VM `vm` ran at epoch ms `t`: its workload's host, moved by every move that had completed by then. */
+export function hostAt(world: ChaosWorld, moves: readonly MoveRecord[], vm: string, t: number): string | null {
+  let host = world.vms.find((v) => v.name === vm)?.host ?? null;
+  for (const m of [...moves].sort((a, b) => (a.endedAt ?? Infinity) - (b.endedAt ?? Infinity))) {
+    if (m.vm === vm && m.status === 'completed' && m.endedAt !== null && m.endedAt <= t) host = m.to;
+  }
+  return host;
+}
+
+/**
+ * What fault `f` touched in `world`, and when (a fault that never ended lasts until `t1`). A fault
+ * of a host touches the VMs that ran there when it started (`moves`: where the run moved them).
+ */
+export function faultEffect(f: FaultRecord, world: ChaosWorld, t1: number, moves: readonly MoveRecord[] = []): FaultEffect {
   const r = f.resolved;
   const vms = new Set<string>();
   const hosts = new Set<string>();
-  const vmsOn = (h: string): string[] => world.vms.filter((v) => v.host === h).map((v) => v.name);
+  const vmsOn = (h: string): string[] => world.vms.filter((v) => hostAt(world, moves, v.name, f.startedAt) === h).map((v) => v.name);
   switch (f.kind) {
     case 'kill':
     case 'pause': {
@@ -232,7 +266,7 @@ export function recoveryTimes(obs: Observation): RecoveryTime[] {
   const vmSamples = byVm(obs.vms);
   const hostSamples = [...obs.hosts].sort((x, y) => x.t - y.t);
   return obs.faults.map((f) => {
-    const eff = faultEffect(f, obs.world, obs.t1);
+    const eff = faultEffect(f, obs.world, obs.t1, obs.moves);
     const affected = [...eff.vms.map((v) => `vm:${v}`), ...eff.hosts.map((h) => `host:${h}`), ...eff.links.map(([a, b]) => `link:${a}-${b}`)];
     const base = { id: f.id, kind: f.kind, target: f.target, endedAt: f.endedAt, affected };
     const e = endOf(f);
@@ -279,7 +313,7 @@ export function checkLiveness(obs: Observation, boundMs: number): CheckResult {
   const t = (x: number): string => rel(obs.t0, x);
   for (const f of obs.faults) {
     if (f.state === 'failed') continue;
-    const eff = faultEffect(f, obs.world, obs.t1);
+    const eff = faultEffect(f, obs.world, obs.t1, obs.moves);
     const e = endOf(f);
     for (const vm of eff.vms) {
       const what = `${vm} after ${faultName(f)} (${f.kind} ${f.target})`;
@@ -311,7 +345,7 @@ export function checkLiveness(obs: Observation, boundMs: number): CheckResult {
       unknown.push(`${v.name}: no heartbeat status was read during the run`);
       continue;
     }
-    const recent = obs.faults.some((f) => f.endedAt !== null && faultEffect(f, obs.world, obs.t1).vms.includes(v.name) && obs.t1 < f.endedAt + boundMs);
+    const recent = obs.faults.some((f) => f.endedAt !== null && faultEffect(f, obs.world, obs.t1, obs.moves).vms.includes(v.name) && obs.t1 < f.endedAt + boundMs);
     if (last.heartbeat !== 'OK' && !recent) bad.push(`${v.name}: its heartbeat was ${last.heartbeat} at the end of the run (${t(last.t)})`);
     else if (last.heartbeat === 'OK') good.push(`${v.name}: heartbeat OK at the end (${t(last.t)})`);
   }
@@ -329,7 +363,7 @@ export function checkProgress(obs: Observation, graceMs: number): CheckResult {
   const bad: string[] = [];
   const good: string[] = [];
   const t = (x: number): string => rel(obs.t0, x);
-  const kills = obs.faults.filter((f) => f.kind === 'kill').map((f) => ({ f, e: faultEffect(f, obs.world, obs.t1) }));
+  const kills = obs.faults.filter((f) => f.kind === 'kill').map((f) => ({ f, e: faultEffect(f, obs.world, obs.t1, obs.moves) }));
   const vmSamples = byVm(obs.vms);
   for (const v of obs.world.vms) {
     const l = (vmSamples.get(v.name) ?? []).filter(known);
@@ -391,11 +425,14 @@ export function checkIsolation(obs: Observation, stallMs: number, graceMs: numbe
   const good: string[] = [];
   const unknown: string[] = [];
   const t = (x: number): string => rel(obs.t0, x);
-  const effects = obs.faults.map((f) => ({ f, e: faultEffect(f, obs.world, obs.t1) }));
+  const effects = obs.faults.map((f) => ({ f, e: faultEffect(f, obs.world, obs.t1, obs.moves) }));
   const vmSamples = byVm(obs.vms);
   for (const v of obs.world.vms) {
     const mine = effects.filter(({ e }) => e.vms.includes(v.name));
-    const excused: Span[] = mine.map(({ e }) => [e.from, e.to + graceMs]);
+    // A move of the VM is a disturbance the run asked for, as a fault is: its blackout (and a
+    // post-copy's waits for pages) stop the counter, and its old host stops listing it.
+    const moved = (obs.moves ?? []).filter((m) => m.vm === v.name);
+    const excused: Span[] = [...mine.map(({ e }): Span => [e.from, e.to + graceMs]), ...moved.map((m): Span => [m.startedAt, (m.endedAt ?? obs.t1) + graceMs])];
     const l = vmSamples.get(v.name) ?? [];
     const k = l.filter(known);
     let worst = 0;
@@ -548,6 +585,44 @@ export function checkMemory(reads: ReadonlyArray<{ vm: string; bytes: Uint8Array
   }
   if (good.length === 0 && bad.length === 0) bad.push(`no memdirty VM could be read (${unknown.length})`);
   return result('memory', bad, good, unknown, 'every memdirty VM\'s memory follows the pattern');
+}
+
+// ---- placement ----------------------------------------------------------------------------------
+
+/** Where the run's VMs were listed once its moves had ended, host by host. */
+export interface PlacementObservation {
+  /** VM → the hosts whose list had it, with its state there. */
+  listed: Record<string, Array<{ host: string; state: string | null }>>;
+  /** Hosts that did not answer (what they hold is unknown). */
+  unanswered: string[];
+  /** Where the run's completed moves left each VM (its workload's host when none moved it). */
+  expected: Record<string, string>;
+}
+
+/**
+ * Every VM is on exactly one host, the one its completed moves left it on: never on two (a move
+ * that let both copies live), never on none (a VM a move lost), never elsewhere. A VM lost in a
+ * post-copy move that failed is a violation too, said as such: post-copy trades that risk for its
+ * short blackout, and the check shows when the risk was taken.
+ */
+export function checkPlacement(p: PlacementObservation, moves: readonly MoveRecord[]): CheckResult {
+  const bad: string[] = [];
+  const good: string[] = [];
+  const unknown = p.unanswered.map((h) => `host ${h} did not answer: the VMs it holds are unknown`);
+  for (const [vm, want] of Object.entries(p.expected).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    const on = p.listed[vm] ?? [];
+    const mine = moves.filter((m) => m.vm === vm);
+    const last = mine[mine.length - 1];
+    const how = mine.length === 0 ? 'not moved' : mine.map((m) => `${m.id} ${m.from}→${m.to} ${m.status}${m.downtimeMs !== null && m.status === 'completed' ? ` (downtime ${m.downtimeMs} ms)` : ''}`).join(', ');
+    if (on.length > 1) bad.push(`${vm} is on ${on.length} hosts: ${on.map((x) => `${x.host} (${x.state ?? '?'})`).join(', ')} (${how})`);
+    else if (on.length === 0) {
+      if (p.unanswered.length > 0) unknown.push(`${vm} is on no host that answered (${how})`);
+      else bad.push(`${vm} is on no host: lost${last && last.status !== 'completed' && last.method.startsWith('postcopy') ? ` in post-copy move ${last.id} (${last.error ?? last.status})` : ''} (${how})`);
+    } else if (on[0]!.host !== want) bad.push(`${vm} is on ${on[0]!.host}, not on ${want} where its moves left it (${how})`);
+    else good.push(`${vm} on ${want} only (${how})`);
+  }
+  const n = Object.keys(p.expected).length;
+  return result('placement', bad, good, unknown, `each of ${n} VM${n === 1 ? '' : 's'} on exactly one host, where its moves left it`);
 }
 
 // ---- cleanup ------------------------------------------------------------------------------------

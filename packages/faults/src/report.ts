@@ -12,7 +12,7 @@ import { formatBytes } from '@hvlab/protocol';
 import type { FaultRecord } from './types.js';
 import type { ChaosSpec, ChaosWorld } from './chaos-spec.js';
 import { paramsText, scheduleLine, type ScheduledFault } from './schedule.js';
-import { faultEffect, faultName, rel, type CheckResult, type HostSample, type RecoveryTime, type SampleSummary, type VmSample } from './checkers.js';
+import { faultEffect, faultName, rel, type CheckResult, type HostSample, type MoveRecord, type RecoveryTime, type SampleSummary, type VmSample } from './checkers.js';
 import { timelineSvg, type Timeline } from './timeline.js';
 
 export const CHAOS_REPORT_VERSION = 1;
@@ -53,6 +53,8 @@ export interface ChaosReport {
   world: ChaosWorld;
   /** Every fault as the nemesis recorded it (started, ended, why). */
   faults: FaultRecord[];
+  /** The file's live migrations, as they went. */
+  moves: MoveRecord[];
   refused: RefusedFault[];
   samples: SampleSummary & { periodMs: number; vmReadings: number; hostReadings: number };
   checks: CheckResult[];
@@ -109,6 +111,12 @@ export function chaosMarkdown(r: ChaosReport): string {
     const rt = fr ? rec.get(fr.id) : undefined;
     lines.push(`| ${f.id}${f.source === 'random' ? ' (drawn)' : ''} | ${fr ? rel(r.t0, fr.startedAt) : `+${(f.atMs / 1000).toFixed(1)}s`} | ${md(kind)} | ${md(f.target)} | ${md(fr?.resolved.summary ?? '—')} | ${secs(f.forMs)} | ${md(ended)} | ${rt ? (rt.recoveredMs === null ? `— (${md(rt.detail)})` : secs(rt.recoveredMs)) : '—'} |`);
   }
+  if (r.moves.length > 0) {
+    lines.push('', '## Moves', '', '| move | at | VM | from → to | method | status | downtime | total | error |', '|---|---:|---|---|---|---|---:|---:|---|');
+    for (const m of r.moves) {
+      lines.push(`| ${m.id} | ${rel(r.t0, m.startedAt)} | ${md(m.vm)} | ${m.from} → ${m.to} | ${md(m.method)} | ${md(m.status)} | ${m.downtimeMs === null ? '—' : `${m.downtimeMs} ms`} | ${m.totalMs === null ? '—' : `${m.totalMs} ms`} | ${m.error ? md(m.error) : '—'} |`);
+    }
+  }
   if (r.cleanup.length > 0) lines.push('', '## Left behind', '', ...r.cleanup.map((c) => `- ${md(c)}`));
   lines.push(
     '', '## Timeline', '',
@@ -141,6 +149,14 @@ export function chaosFaultRows(r: Pick<ChaosReport, 'schedule' | 'faults' | 'ref
   return rows;
 }
 
+/** The moves as rows for a terminal table (header first): MOVE, AT, VM, FROM, TO, METHOD, STATUS, DOWNTIME. */
+export function chaosMoveRows(r: Pick<ChaosReport, 'moves' | 't0'>): string[][] {
+  return [
+    ['MOVE', 'AT', 'VM', 'FROM', 'TO', 'METHOD', 'STATUS', 'DOWNTIME'],
+    ...r.moves.map((m) => [m.id, rel(r.t0, m.startedAt), m.vm, m.from, m.to, m.method, m.error ? `${m.status}: ${m.error.slice(0, 60)}` : m.status, m.downtimeMs === null ? '-' : `${m.downtimeMs} ms`]),
+  ];
+}
+
 /** A CSV field (RFC 4180). */
 function csvField(v: string | number | boolean | null): string {
   const s = v === null ? '' : String(v);
@@ -168,7 +184,7 @@ export function chaosTimeline(r: ChaosReport, vms: readonly VmSample[]): Timelin
     const at = refused?.at ?? r.t0 + f.atMs;
     return { id: f.id, kind: f.kind, target: f.target, from: at, to: at + f.forMs, state: refused ? 'refused' : 'not injected' };
   });
-  const effects = r.faults.map((f) => ({ f, e: faultEffect(f, r.world, r.t1) }));
+  const effects = r.faults.map((f) => ({ f, e: faultEffect(f, r.world, r.t1, r.moves) }));
   return {
     title: `${r.name}: faults against each VM's progress (seed ${r.seed})`,
     t0: r.t0, t1: r.t1, faults,

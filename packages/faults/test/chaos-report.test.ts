@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  CHAOS_REPORT_FILES, CHAOS_REPORT_VERSION, SAMPLE_CSV_COLUMNS, chaosCheckRows, chaosFaultRows, chaosMarkdown, chaosTimeline, chaosWorld, checkLiveness, checkProgress, drawSchedule, packLanes, parseChaosExperiment, recoveryTimes,
+  CHAOS_REPORT_FILES, CHAOS_REPORT_VERSION, SAMPLE_CSV_COLUMNS, chaosCheckRows, chaosFaultRows, chaosMarkdown, chaosMoveRows, chaosTimeline, chaosWorld, checkLiveness, checkProgress, drawSchedule, packLanes, parseChaosExperiment, recoveryTimes,
   skippedCheck, timelineSvg, writeChaosReport, type ChaosReport, type FaultRecord, type HostSample, type VmSample,
 } from '../src/index.js';
 
@@ -86,6 +86,7 @@ function makeReport(): { report: ChaosReport; vms: VmSample[]; hosts: HostSample
     samples: { vms: [], hosts: [], periodMs: 500, vmReadings: vms.length, hostReadings: hosts.length },
     checks: [checkLiveness(obs, 10_000), checkProgress({ ...obs, vms: vms.map((s) => (s.vm === 'a' && s.t === T0 + 10_000 ? { ...s, progress: 1 } : s)) }, 10_000), skippedCheck('memory', 'no memdirty workload')],
     recovery: recoveryTimes(obs), held: false, aborted: false, cleanup: [], files: [],
+    moves: [{ id: 'm1', vm: 'b', from: 'h2', to: 'h1', method: 'precopy+compress', atMs: 12_000, startedAt: T0 + 12_000, endedAt: T0 + 13_500, status: 'completed', downtimeMs: 11, totalMs: 1480, error: null }],
   };
   return { report, vms, hosts };
 }
@@ -141,6 +142,8 @@ describe('chaos reports', () => {
     expect(text).to.match(/\| memory \| skipped \|/);
     expect(text).to.match(/\| f1 \| \+2\.0s \| pause \| vm:a \| partition of a on h1 \| 3\.0 s \| \+5\.0s \(expired\) \| 1\.0 s \|/);
     expect(text).to.match(/\| f2 \| \+4\.0s \| partition: shape one \| cluster \| links h1-h2 \| 2\.0 s \| \+6\.0s \(expired\) \| 0\.5 s \|/);
+    expect(text).to.include('| m1 | +12.0s | b | h2 → h1 | precopy+compress | completed | 11 ms | 1480 ms | — |');
+    expect(chaosMoveRows(report)).to.deep.equal([['MOVE', 'AT', 'VM', 'FROM', 'TO', 'METHOD', 'STATUS', 'DOWNTIME'], ['m1', '+12.0s', 'b', 'h2', 'h1', 'precopy+compress', 'completed', '11 ms']]);
     expect(text).to.include('refused: VM b is not running \\| &lt;piped&gt; & "quoted"');
     expect(text).to.include('![Faults against each VM\'s progress](timeline.svg)');
     expect(text).to.include('f3 +8.0s vmbus vm:b for 2s (drop 100 %)');

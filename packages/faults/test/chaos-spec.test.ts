@@ -58,7 +58,7 @@ describe('chaos experiment files', () => {
     expect(s.faults[1]!.params).to.deep.equal({ channel: 'heartbeat', drop: 1 });
     expect(s.faults[4]!.params).to.deep.equal({ restart: true });
     expect(s.random).to.deep.equal({ count: 3, kinds: ['pause', 'vmbus', 'link'], forMs: [1000, 3000], betweenMs: [35_000, 43_000], targets: null });
-    expect(s.checks).to.deep.equal({ livenessMs: 10_000, isolationStallMs: 3000, progress: true, memory: true, cleanup: true });
+    expect(s.checks).to.deep.equal({ livenessMs: 10_000, isolationStallMs: 3000, progress: true, memory: true, cleanup: true, placement: true });
     const sched = plannedSchedule(s);
     expect(sched).to.have.length(8);
     // Every fault of the schedule is one the nemesis's own check takes.
@@ -76,7 +76,7 @@ describe('chaos experiment files', () => {
     expect(s.faults[0]!.params).to.deep.equal({ delayMs: 20, jitterMs: 1000, rateBps: 10_000_000, lossPercent: 2.5 });
     expect(s.random).to.equal(null);
     const off = parse('name: d\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nchecks: { liveness: false, isolation: 5s, memory: false }\n');
-    expect(off.checks).to.deep.equal({ livenessMs: null, isolationStallMs: 5000, progress: true, memory: false, cleanup: true });
+    expect(off.checks).to.deep.equal({ livenessMs: null, isolationStallMs: 5000, progress: true, memory: false, cleanup: true, placement: true });
   });
 
   it('refuses a fault without an end, naming the line and column of the fault', () => {
@@ -168,6 +168,33 @@ describe('chaos experiment files', () => {
       }
     }
     expect(accepted, 'some mutations still decode').to.be.greaterThan(0);
+  });
+
+  it('moves: decoded with their method\'s options, sorted by offset; a VM, host or method the run lacks, a move to where the VM is by then, and a move after the end are refused with their places', () => {
+    const base = 'name: mv\nkind: faults\nhosts: 3\nduration: 20s\nworkloads:\n  - { name: a, host: h1 }\n  - { name: b, host: h2 }\nmoves:\n';
+    const s = parse(`${base}  - { at: 9s, vm: a, to: h3, method: postcopy+compress, bandwidth: 80mbit }\n  - { at: 3s, vm: a, to: h2, downtimeLimit: 300ms, maxPasses: 5, bandwidth: 4M }\n`);
+    expect(s.moves).to.deep.equal([
+      { atMs: 3000, vm: 'a', to: 'h2', method: 'precopy', options: { downtimeLimitMs: 300, maxPasses: 5, bandwidthBps: 4 * 1024 * 1024 } },
+      { atMs: 9000, vm: 'a', to: 'h3', method: 'postcopy+compress', options: { postcopy: true, compress: true, bandwidthBps: 10_000_000 } },
+    ]);
+    expect(s.checks.placement).to.equal(true);
+    expect(parse(`${base}  - { at: 1s, vm: b, to: h1 }\ncheck: 1\n`.replace('check: 1\n', 'checks: { placement: false }\n')).checks.placement).to.equal(false);
+    const p = problems(`${base}  - { at: 2s, vm: zz, to: h2 }\n  - { at: 4s, vm: b, to: h9 }\n  - { at: 5s, vm: b, to: h3, method: sideways }\n  - { at: 6s, vm: a, to: h1 }\n  - { at: 25s, vm: b, to: h1 }\n  - { at: 7s, vm: b, to: h1, speed: 3 }\n`);
+    const got = p.map((x) => `${x.line}:${x.field}: ${x.message}`);
+    expect(got).to.have.length(6);
+    expect(got[0]).to.match(/^9:moves\[0\]\.vm: "zz" is not one of the workloads \(a, b\)/);
+    expect(got[1]).to.match(/^10:moves\[1\]\.to: host h9 is not a host of the cluster/);
+    expect(got[2]).to.match(/^11:moves\[2\]\.method: "sideways" is not a method/);
+    expect(got[3]).to.match(/^12:moves\[3\]\.to: a is on h1 by 6s/);
+    expect(got[4]).to.match(/^13:moves\[4\]\.at: "25s" is out of range/);
+    expect(got[5]).to.match(/^14:moves\[5\]\.speed: is not a field here/);
+  });
+
+  it('the shipped moves example checks: three moves in the order of their offsets, one by post-copy', () => {
+    const s = loadChaosExperiment(join(import.meta.dirname, '..', '..', '..', 'scripts', 'experiments', 'chaos-moves.yaml'));
+    if (s instanceof ChaosExperimentError) throw s;
+    expect(s.moves.map((m) => `${m.atMs} ${m.vm}>${m.to} ${m.method}`)).to.deep.equal(['4000 mc>h2 precopy', '6000 mm>h1 precopy+compress', '16000 mc>h3 postcopy']);
+    expect(s.faults).to.have.length(3);
   });
 
   it('a file that cannot be read is a problem, not a throw', () => {

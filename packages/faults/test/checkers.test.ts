@@ -11,8 +11,8 @@
 import { expect } from 'chai';
 import { seededRandom } from '@hvlab/protocol';
 import {
-  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkProgress, faultEffect, heartbeatStatus, longestOutside, memdirtyCheck, peersMissed, recoveryTimes, vmReading,
-  type ChaosWorld, type CleanupObservation, type FaultRecord, type HostSample, type Observation, type VmSample,
+  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, faultEffect, heartbeatStatus, hostAt, longestOutside, memdirtyCheck, peersMissed, recoveryTimes, vmReading,
+  type ChaosWorld, type CleanupObservation, type FaultRecord, type HostSample, type MoveRecord, type Observation, type VmSample,
 } from '../src/index.js';
 
 const T0 = 1_800_000_000_000;
@@ -53,6 +53,43 @@ const pauseA = fault({ id: 'f1', kind: 'pause', from: 5000, to: 8000, vms: ['a']
 const pausedLook: Look = (vm, ms) => (vm !== 'a' ? null : { progress: ms < 5000 ? ms : ms < 8000 ? 5000 : ms - 3000, heartbeat: ms >= 6000 && ms < 8800 ? 'LostCommunication' : 'OK' });
 
 describe('chaos checkers', () => {
+  it('moves: a VM\'s host follows its completed moves; a host fault touches the VMs there at its start; a move\'s window is excused from isolation, not from progress', () => {
+    const move = (o: Partial<MoveRecord>): MoveRecord => ({ id: 'm1', vm: 'a', from: 'h1', to: 'h2', method: 'precopy', atMs: 10_000, startedAt: T0 + 10_000, endedAt: T0 + 12_000, status: 'completed', downtimeMs: 15, totalMs: 2000, error: null, ...o });
+    const m1 = move({});
+    expect(hostAt(world, [m1], 'a', T0 + 11_000)).to.equal('h1');
+    expect(hostAt(world, [m1], 'a', T0 + 12_000)).to.equal('h2');
+    expect(hostAt(world, [move({ status: 'failed' })], 'a', T0 + 20_000), 'a failed move leaves it').to.equal('h1');
+    const lp = fault({ id: 'f1', kind: 'lp-shrink', from: 15_000, to: 17_000, hosts: ['h2'] });
+    expect(faultEffect(lp, world, T0 + END).vms).to.deep.equal(['b', 'c']);
+    expect(faultEffect(lp, world, T0 + END, [m1]).vms, 'a is on h2 by then').to.deep.equal(['a', 'b', 'c']);
+    // a stands still for 2.8 s and is not listed on its old host once: the move's doing.
+    const moving: Look = (vm, ms) => (vm !== 'a' ? null : ms >= 10_000 && ms < 12_800 ? { progress: 10_000, ...(ms === 12_400 ? { state: 'NotListed' } : {}) } : ms >= 12_800 ? { progress: ms - 2800 } : null);
+    const o: Observation = { ...obs(record(moving), []), moves: [m1] };
+    const iso = checkIsolation(o, 2000, 1000);
+    expect(iso.held, iso.evidence.join('; ')).to.equal(true);
+    expect(checkIsolation({ ...o, moves: [] }, 2000, 1000).held, 'without the move it is a stall').to.equal(false);
+    // A counter that restarts across a move is a violation all the same.
+    const restarted: Look = (vm, ms) => (vm !== 'a' ? null : ms >= 12_000 ? { progress: ms - 12_000 } : null);
+    expect(checkProgress({ ...obs(record(restarted), []), moves: [m1] }, 1000).held).to.equal(false);
+  });
+
+  it('placement: each VM on exactly one host, where its moves left it; two copies, none, or another host are violations; a lost post-copy VM says so', () => {
+    const m = (o: Partial<MoveRecord>): MoveRecord => ({ id: 'm1', vm: 'a', from: 'h1', to: 'h2', method: 'precopy', atMs: 0, startedAt: T0, endedAt: T0 + 1000, status: 'completed', downtimeMs: 12, totalMs: 900, error: null, ...o });
+    const ok = checkPlacement({ listed: { a: [{ host: 'h2', state: 'Running' }], b: [{ host: 'h2', state: 'Running' }] }, unanswered: [], expected: { a: 'h2', b: 'h2' } }, [m({})]);
+    expect(ok.held, ok.evidence.join('; ')).to.equal(true);
+    expect(ok.evidence).to.deep.equal(['a on h2 only (m1 h1→h2 completed (downtime 12 ms))', 'b on h2 only (not moved)']);
+    const two = checkPlacement({ listed: { a: [{ host: 'h1', state: 'Running' }, { host: 'h2', state: 'Running' }] }, unanswered: [], expected: { a: 'h2' } }, [m({})]);
+    expect(two.held).to.equal(false);
+    expect(two.evidence[0]).to.match(/^a is on 2 hosts: h1 \(Running\), h2 \(Running\)/);
+    const lost = checkPlacement({ listed: {}, unanswered: [], expected: { a: 'h1' } }, [m({ method: 'postcopy', status: 'failed', error: 'the destination\'s worker exited' })]);
+    expect(lost.evidence[0]).to.match(/^a is on no host: lost in post-copy move m1 \(the destination's worker exited\)/);
+    const elsewhere = checkPlacement({ listed: { a: [{ host: 'h1', state: 'Running' }] }, unanswered: [], expected: { a: 'h2' } }, [m({})]);
+    expect(elsewhere.evidence[0]).to.match(/^a is on h1, not on h2 where its moves left it/);
+    const silent = checkPlacement({ listed: {}, unanswered: ['h2'], expected: { a: 'h2' } }, []);
+    expect(silent.held, 'unknown, not a violation').to.equal(true);
+    expect(silent.unknown).to.deep.equal(['host h2 did not answer: the VMs it holds are unknown', 'a is on no host that answered (not moved)']);
+  });
+
   it('a clean record with a paused VM passes liveness, progress and isolation, and measures the pause\'s recovery', () => {
     const o = obs(record(pausedLook), [pauseA]);
     for (const c of [checkLiveness(o, 10_000), checkProgress(o, 10_000), checkIsolation(o, 2000, 10_000)]) expect(c.held, `${c.name}: ${c.evidence.join('; ')}`).to.equal(true);
