@@ -189,7 +189,9 @@ export function chaosTimeline(r: ChaosReport, vms: readonly VmSample[]): Timelin
     title: `${r.name}: faults against each VM's progress (seed ${r.seed})`,
     t0: r.t0, t1: r.t1, faults,
     vms: r.world.vms.map((v) => ({
-      name: v.name, host: v.host, samples: vms.filter((s) => s.vm === v.name),
+      name: v.name, samples: vms.filter((s) => s.vm === v.name),
+      host: [v.host, ...r.moves.filter((m) => m.vm === v.name && m.status === 'completed').map((m) => m.to)].join('→'),
+      moves: r.moves.filter((m) => m.vm === v.name).map((m) => ({ id: m.id, to: m.to, status: m.status, from: m.startedAt, until: m.endedAt ?? r.t1 })),
       bands: effects.filter(({ e }) => e.vms.includes(v.name)).map(({ f, e }) => ({ id: faultName(f), kind: f.kind, from: e.from, to: e.to })),
     })),
   };

@@ -3,7 +3,8 @@
  * cluster's plot.ts, whose helpers it uses): the faults as bars in lanes along the top, and under
  * them one strip per VM with its progress counter over time (scaled to its own largest value, broken
  * where the host did not answer), the windows of the faults that touched it shaded in the fault's
- * colour, and marks along the strip's foot where its heartbeat was not OK or there was no answer.
+ * colour, its moves (live migrations) as dashed outlines over their windows, named with where they
+ * went, and marks along the strip's foot where its heartbeat was not OK or there was no answer.
  * Time is seconds from the schedule's start. Every text is escaped, so the output is well-formed XML
  * whatever the names hold.
  */
@@ -24,7 +25,10 @@ export interface TimelineFault {
 
 export interface TimelineVm {
   name: string;
+  /** Its host, or the hosts its completed moves took it through ("h1→h2→h1"). */
   host: string;
+  /** Its moves (epoch ms; `to` is the move's end, or the end of the record). */
+  moves?: Array<{ id: string; to: string; status: string; from: number; until: number }>;
   samples: VmSample[];
   /** Windows of the faults that touched this VM (epoch ms). */
   bands: Array<{ id: string; kind: FaultKind; from: number; to: number }>;
@@ -48,6 +52,8 @@ const f1 = (x: number): string => x.toFixed(1);
 /** The marks along a VM's strip: apart from every kind's colour. */
 const HEARTBEAT_BAD = '#8b0000';
 const NO_ANSWER = '#555555';
+/** A move's outline: apart from every kind's colour too. */
+const MOVE = '#1a237e';
 
 /** Puts intervals into as few lanes as greedy first-fit takes (in order of start); returns each one's lane. */
 export function packLanes(spans: ReadonlyArray<{ from: number; to: number }>, gap = 0): number[] {
@@ -98,6 +104,7 @@ export function timelineSvg(tl: Timeline): string {
     { draw: (lx, ly) => `<line x1="${lx}" y1="${ly - 4}" x2="${lx + 14}" y2="${ly - 4}" stroke="#222" stroke-width="2"/>`, text: 'progress (own scale)' },
     { draw: (lx, ly) => `<rect x="${lx}" y="${ly - 7}" width="14" height="5" fill="${HEARTBEAT_BAD}"/>`, text: 'heartbeat not OK' },
     { draw: (lx, ly) => `<rect x="${lx}" y="${ly - 7}" width="14" height="5" fill="${NO_ANSWER}"/>`, text: 'no answer' },
+    ...(tl.vms.some((v) => (v.moves ?? []).length > 0) ? [{ draw: (lx: number, ly: number) => `<rect x="${lx}" y="${ly - 10}" width="14" height="11" fill="none" stroke="${MOVE}" stroke-dasharray="3 2"/>`, text: 'move (live migration)' }] : []),
   ];
   // The legend flows left to right, wrapping at the plot's width.
   const placed: Array<{ x: number; row: number }> = [];
@@ -149,6 +156,12 @@ export function timelineSvg(tl: Timeline): string {
     for (const b of v.bands) {
       const bx = x(b.from);
       out.push(`      <rect x="${f1(bx)}" y="${y0}" width="${f1(Math.max(2, x(b.to) - bx))}" height="${h}" fill="${kindColour(b.kind)}" fill-opacity="0.2"><title>${escapeXml(`${b.id} (${b.kind})`)}</title></rect>`);
+    }
+    for (const m of v.moves ?? []) {
+      const mx = x(m.from);
+      const label = `${m.id} → ${m.to}${m.status === 'completed' ? '' : ` (${m.status})`}`;
+      out.push(`      <rect x="${f1(mx)}" y="${y0 + 1}" width="${f1(Math.max(2, x(m.until) - mx))}" height="${h - 2}" fill="none" stroke="${MOVE}" stroke-width="1.5" stroke-dasharray="3 2"><title>${escapeXml(`${label}: ${((m.from - tl.t0) / 1000).toFixed(1)} s to ${((m.until - tl.t0) / 1000).toFixed(1)} s`)}</title></rect>`);
+      out.push(`      <text x="${f1(mx + 3)}" y="${f1(y0 + 11)}" font-size="10" fill="${MOVE}">${escapeXml(label)}</text>`);
     }
     const samples = [...v.samples].sort((a, b) => a.t - b.t);
     const max = Math.max(0, ...samples.map((s) => s.progress ?? 0));

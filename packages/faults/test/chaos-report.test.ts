@@ -101,7 +101,10 @@ describe('chaos reports', () => {
     expect(wellFormed(svg)).to.equal(null);
     expect(svg).to.include('<svg xmlns="http://www.w3.org/2000/svg"');
     expect(svg).to.include('<title>rep: faults against each VM&apos;s progress (seed 9)</title>');
-    expect(svg).to.include('b (h2)');
+    // b moved to h1 at +12 s: its label says where it went, its strip outlines the move.
+    expect(svg).to.include('b (h2→h1)');
+    expect(svg).to.include('<title>m1 → h1: 12.0 s to 13.5 s</title>');
+    expect(svg).to.include('move (live migration)');
     // Whatever a title or a name holds, the SVG stays well-formed.
     const odd = timelineSvg({ ...tl, title: 'x <y> & "z" \'w\'', vms: tl.vms.map((v) => ({ ...v, name: `${v.name}<&>` })) });
     expect(wellFormed(odd)).to.equal(null);
