@@ -232,20 +232,41 @@ export interface RecoveryTime {
 }
 
 /** When VM `vm` (samples `l`) progresses again after `e` (a sample above the one before it), and its heartbeat is OK; null: not seen. */
-function vmBackAt(l: readonly VmSample[], e: number): { progress: number | null; heartbeat: number | null; counts: boolean } {
+function vmBackAt(l: readonly VmSample[], e: number, until: number): { progress: number | null; heartbeat: number | null; counts: boolean } {
   let progress: number | null = null;
-  let heartbeat: number | null = null;
   let prev: VmSample | null = null;
   const counts = l.some(known);
   for (const s of l) {
-    if (s.t >= e) {
-      if (progress === null && prev && known(s) && s.progress! > prev.progress!) progress = s.t;
-      if (heartbeat === null && s.answered && s.heartbeat === 'OK') heartbeat = s.t;
-      if ((progress !== null || !counts) && heartbeat !== null) break;
-    }
+    if (s.t >= e && progress === null && prev && known(s) && s.progress! > prev.progress!) progress = s.t;
     if (known(s)) prev = s;
   }
-  return { progress, heartbeat, counts };
+  return { progress, heartbeat: heartbeatBackAt(l, e, until), counts };
+}
+
+/**
+ * When VM readings `l` show its heartbeat OK again after `e`, for good: the first OK reading after
+ * the last one not OK in [e, until] (null: the last one there was not OK, or none was read). The
+ * worker notices a lost heartbeat only after it has missed some, so a reading can still say OK
+ * just after a fault that stopped it, and go bad a few seconds later: the first OK after the end
+ * would be no recovery.
+ */
+function heartbeatBackAt(l: readonly VmSample[], e: number, until: number): number | null {
+  let back: number | null = null;
+  for (const s of l) {
+    if (s.t < e || s.t > until || !s.answered || s.heartbeat === null) continue;
+    if (s.heartbeat !== 'OK') back = null;
+    else back ??= s.t;
+  }
+  return back;
+}
+
+/** When the next fault after `f` that touches VM `vm` started (Infinity: none did). */
+function nextTouch(obs: Observation, f: FaultRecord, vm: string): number {
+  let next = Infinity;
+  for (const g of obs.faults) {
+    if (g !== f && g.startedAt > f.startedAt && g.startedAt < next && faultEffect(g, obs.world, obs.t1, obs.moves).vms.includes(vm)) next = g.startedAt;
+  }
+  return next;
 }
 
 /** When the link a–b carries heartbeats both ways again after `e` (each side's latest heartbeat to the other answered). */
@@ -276,7 +297,7 @@ export function recoveryTimes(obs: Observation): RecoveryTime[] {
     let worst = 0;
     let unknown = false;
     for (const vm of eff.vms) {
-      const b = vmBackAt(vmSamples.get(vm) ?? [], e);
+      const b = vmBackAt(vmSamples.get(vm) ?? [], e, Math.min(obs.t1, nextTouch(obs, f, vm)));
       const pieces = [b.counts ? `progressing ${b.progress === null ? 'not seen' : `after ${secs(b.progress - e)}`}` : null, `heartbeat OK ${b.heartbeat === null ? 'not seen' : `after ${secs(b.heartbeat - e)}`}`].filter(Boolean);
       parts.push(`${vm}: ${pieces.join(', ')}`);
       if ((b.counts && b.progress === null) || b.heartbeat === null) unknown = true;
@@ -322,9 +343,15 @@ export function checkLiveness(obs: Observation, boundMs: number): CheckResult {
         continue;
       }
       const l = vmSamples.get(vm) ?? [];
-      const ok = l.find((s) => s.t >= e && s.t <= e + boundMs && s.answered && s.heartbeat === 'OK');
-      if (ok) {
-        good.push(`${what}: heartbeat OK ${secs(ok.t - e)} after the fault ended at ${t(e)}`);
+      // OK for good within the bound (a later fault on it starts a window of its own).
+      const next = nextTouch(obs, f, vm);
+      const back = heartbeatBackAt(l, e, Math.min(e + boundMs, next));
+      if (back !== null) {
+        good.push(`${what}: heartbeat OK ${secs(back - e)} after the fault ended at ${t(e)}`);
+        continue;
+      }
+      if (next < e + boundMs) {
+        good.push(`${what}: another fault touched it at ${t(next)}, before ${secs(boundMs)} had passed; judged with that one`);
         continue;
       }
       const after = l.filter((s) => s.t >= e && s.answered && s.heartbeat !== null);

@@ -101,6 +101,23 @@ describe('chaos checkers', () => {
     expect(r!.detail).to.match(/a: progressing after 0\.4 s, heartbeat OK after 0\.8 s/);
   });
 
+  it('liveness and recovery: a heartbeat still OK just after its fault ended, that goes bad later (the worker notices late), has recovered only when it is OK for good', () => {
+    // b's heartbeat channel dropped from 10 s to 14 s: the readings say OK until 15.2 s, then lost until 19.6 s.
+    const drop = fault({ id: 'f4', kind: 'vmbus', from: 10_000, to: 14_000, vms: ['b'] });
+    const late: Look = (vm, ms) => (vm === 'b' && ms >= 15_200 && ms < 19_600 ? { heartbeat: 'LostCommunication' } : null);
+    const o = obs(record(late), [drop]);
+    const live = checkLiveness(o, 10_000);
+    expect(live.held, live.evidence.join('; ')).to.equal(true);
+    expect(live.evidence.join('\n')).to.match(/b after f4 \(vmbus vm:b\): heartbeat OK 5\.6 s after the fault ended at \+14\.0s/);
+    expect(recoveryTimes(o)[0]).to.include({ id: 'f4', recoveredMs: 5600 });
+    // Not OK again within the bound: a violation.
+    expect(checkLiveness(o, 4000).held).to.equal(false);
+    // A second fault on b before the bound: the first one is judged with it, not alone.
+    const again = fault({ id: 'f5', kind: 'vmbus', from: 16_000, to: 17_000, vms: ['b'] });
+    const two = checkLiveness(obs(record(late), [drop, again]), 4000);
+    expect(two.evidence.join('\n')).to.match(/b after f4 \(vmbus vm:b\): another fault touched it at \+16\.0s/);
+  });
+
   it('progress: a counter that restarts without a kill fault fails, naming the VM, the values and the times', () => {
     const restarted: Look = (vm, ms) => (vm === 'b' && ms >= 10_000 ? { progress: ms - 10_000 + 3 } : null);
     const c = checkProgress(obs(record(restarted), []), 10_000);
