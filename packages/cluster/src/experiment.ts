@@ -243,7 +243,7 @@ function quantity(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, parse
 }
 
 /** A move's bandwidth: bytes per second (a size: 100M, or a number), or a rate in bits (800mbit); 0 is unlimited. */
-function parseBandwidth(t: string | number): number | null {
+export function parseBandwidth(t: string | number): number | null {
   if (typeof t === 'number') return Number.isFinite(t) ? t : null;
   if (/bit\s*$/i.test(t)) {
     const bits = parseRate(t);

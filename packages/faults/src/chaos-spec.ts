@@ -49,7 +49,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, parseTarget, type Target } from './request.js';
 
@@ -592,7 +592,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         const bwF = fs.get('bandwidth');
         if (bwF) {
           const v = scalar(bwF.v);
-          const bps = typeof v === 'number' ? v : typeof v !== 'string' ? null : /bit\s*$/i.test(v) ? (parseRate(v) === null ? null : Math.round(parseRate(v)! / 8)) : parseSize(v);
+          const bps = typeof v === 'number' || typeof v === 'string' ? parseBandwidth(v) : null;
           if (bps === null || !Number.isSafeInteger(bps) || bps < 0) {
             problem(ctx, at(bwF), `${field}.bandwidth`, 'must be bytes a second (a size such as 20M), a rate such as 100mbit, or 0 (unlimited)');
             ok = false;

@@ -260,11 +260,21 @@ function heartbeatBackAt(l: readonly VmSample[], e: number, until: number): numb
   return back;
 }
 
+/** Each fault's effect in `obs`, worked out once per observation (a schedule may hold 1000 faults). */
+const effectsOf = ((cache) => (obs: Observation): Map<FaultRecord, FaultEffect> => {
+  let m = cache.get(obs);
+  if (!m) {
+    m = new Map(obs.faults.map((f) => [f, faultEffect(f, obs.world, obs.t1, obs.moves)]));
+    cache.set(obs, m);
+  }
+  return m;
+})(new WeakMap<Observation, Map<FaultRecord, FaultEffect>>());
+
 /** When the next fault after `f` that touches VM `vm` started (Infinity: none did). */
 function nextTouch(obs: Observation, f: FaultRecord, vm: string): number {
   let next = Infinity;
-  for (const g of obs.faults) {
-    if (g !== f && g.startedAt > f.startedAt && g.startedAt < next && faultEffect(g, obs.world, obs.t1, obs.moves).vms.includes(vm)) next = g.startedAt;
+  for (const [g, e] of effectsOf(obs)) {
+    if (g !== f && g.startedAt > f.startedAt && g.startedAt < next && e.vms.includes(vm)) next = g.startedAt;
   }
   return next;
 }

@@ -17,15 +17,15 @@
  * 10 heartbeats in a row without an answer (Hyper-V's same-subnet default). Until the fabric
  * answers a join, the host keeps trying; it runs its VMs regardless.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, MEMBER_SECRET_FILE, MEMBER_SECRET_RE, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
-import { curveClientOptions, curveServerOptions, readClusterKey, RpcClient, RpcFailure, RpcServer, startZapHandler, VmwpFailure, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
+import { curveClientOptions, curveServerOptions, readClusterKey, readRegularFile, RpcClient, RpcFailure, RpcServer, sameCredential, startZapHandler, VmwpFailure, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
 import type { Logger } from 'pino';
 import { MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
@@ -55,7 +55,8 @@ export function memberSecret(home: string, log?: Logger): string {
   const file = join(home, MEMBER_SECRET_FILE);
   let text = '';
   try {
-    text = readFileSync(file, 'utf8').trim();
+    // A regular file of at most a line: a FIFO there would hang the root's start, a huge file fill its memory.
+    text = readRegularFile(file, 256).toString('utf8').trim();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log?.warn({ err: (e as Error).message }, 'cannot read the member secret: making a new one');
   }
@@ -82,10 +83,6 @@ export function memberSecret(home: string, log?: Logger): string {
  */
 const UNKNOWN_WAITING = 16;
 
-/** Constant-time equality of two credentials (64 hex digits each, as the decoders check). */
-function sameCredential(a: string, b: string): boolean {
-  return a.length === b.length && timingSafeEqual(Buffer.from(a, 'hex'), Buffer.from(b, 'hex'));
-}
 
 /**
  * The membership configuration in `env`, or null when this host is not a cluster's; throws a

@@ -10,7 +10,7 @@
  * partition. Nothing here waits on a dead worker: the link fails pending requests once its pid is
  * gone.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
@@ -21,7 +21,7 @@ import {
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
 } from '@hvlab/protocol';
 import {
-  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, VmwpControlClient, VmwpLinkError,
+  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -111,7 +111,7 @@ interface Incoming {
 
 /** Whether `req` comes from the source that set `inc` up: its host name and the credential of its set-up (timing-safe). */
 function sameSource(inc: Incoming, req: { from: string; auth: string }): boolean {
-  return inc.from === req.from && timingSafeEqual(Buffer.from(inc.auth, 'hex'), Buffer.from(req.auth, 'hex'));
+  return inc.from === req.from && sameCredential(inc.auth, req.auth);
 }
 
 /** What VMMS needs of the host's cluster membership to move VMs. */

@@ -12,10 +12,19 @@
  * the host's socket directory) are let through as before; CURVE ones must be in the cluster's
  * domain and carry the cluster's key.
  */
+import { timingSafeEqual } from 'node:crypto';
 import { chmodSync } from 'node:fs';
 import { decodeClusterKey, decodeZapRequest, z85Decode, CLUSTER_ZAP_DOMAIN, CLUSTER_KEY_MAX_BYTES, type ClusterKey } from '@hvlab/protocol';
 import { zmq } from './zmq.js';
 import { FileShapeError, readRegularFile, writeFileAtomic } from './files.js';
+
+/**
+ * Constant-time equality of two member secrets or pair credentials (hex, as the cluster decoders
+ * check them: MEMBER_SECRET_RE), for every place that checks who a peer is.
+ */
+export function sameCredential(a: string, b: string): boolean {
+  return a.length === b.length && timingSafeEqual(Buffer.from(a, 'hex'), Buffer.from(b, 'hex'));
+}
 
 export class ClusterKeyError extends Error {
   override name = 'ClusterKeyError';

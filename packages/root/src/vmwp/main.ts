@@ -17,7 +17,6 @@
  * When it exits, even by kill -9, its child partition process sees the pipe close and leaves; the
  * root then tears the partition down. Nothing else is touched, as in Hyper-V.
  */
-import { timingSafeEqual } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +26,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
-import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
+import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
@@ -958,7 +957,7 @@ export async function runWorker(): Promise<void> {
   async function serveStream(s: IncomingStream, r: PeerRequest): Promise<unknown> {
     if (r.op === 'ping' || r.op === 'sink') throw new RpcFailure('InvalidArgument', `${r.op} goes to the host's peer service, not to a migration's worker`);
     // Anyone with the cluster key may connect here: only the source's pair credential speaks for it.
-    if (r.from !== s.from || !timingSafeEqual(Buffer.from(r.auth, 'hex'), Buffer.from(s.auth, 'hex'))) {
+    if (r.from !== s.from || !sameCredential(r.auth, s.auth)) {
       throw new RpcFailure('Denied', `this request names ${r.from} but does not carry the credential of ${r.from}'s link to this host's migration from ${s.from}`);
     }
     if (r.mig !== s.mig) throw new RpcFailure('NotFound', `no incoming migration ${r.mig} from ${r.from} on this worker`);
