@@ -84,7 +84,7 @@ describe('clusters on one machine', function () {
     expect(up.stdout).to.match(/cluster lab is up: 3 hosts, 4 VMs Running/);
     clusterHostIds(h.home, ids);
     expect(ids.size).to.equal(3);
-    expect(fabricPids(h.home).length, 'one fabric').to.equal(1);
+    expect(fabricPids(h.home).length, 'one fabric: its supervisor and its server').to.equal(2);
 
     const all = await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all');
     expect(all.map((v) => `${v.host}/${v.name}/${v.state}`).sort()).to.deep.equal(['h1/a/Running', 'h2/b/Running', 'h2/c/Running', 'h3/d/Running']);
@@ -158,7 +158,7 @@ describe('clusters on one machine', function () {
       expect(st.hosts[0]!.netns).to.equal(null);
       expect(st.hosts[0]!.address).to.match(/^127\./);
       // On loopback too, hosts reach each other through the fabric's links.
-      expect(fabricPids(lo.home).length).to.equal(1);
+      expect(fabricPids(lo.home).length, 'the fabric: its supervisor and its server').to.equal(2);
       await lo.ok('cluster', 'down');
       expect(fabricPids(lo.home)).to.deep.equal([]);
     } finally {
@@ -289,6 +289,48 @@ describe('clusters on one machine', function () {
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
+  it('a fabric server that dies (killed as a fault) is started again on its port: the hosts join again, links keep their impairments, a move crosses them; its supervisor killed takes the server with it', async () => {
+    const file = join(h.home, 'two.yaml');
+    writeFileSync(file, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M, workload: counter }\n');
+    await h.ok('cluster', 'up', file);
+    clusterHostIds(h.home, ids);
+    await h.ok('link', 'set', 'h1', 'h2', '--delay', '4ms');
+    type Status = { fabric: { state: string; pid: number; restarts: number; address: string }; hosts: Array<{ name: string; member: boolean; info: { cluster?: { peers: Array<{ name: string; state: string }> } } | null }>; links: Array<{ delayMs?: number; applied: boolean }> };
+    const before = await h.json<Status>('cluster', 'status');
+    expect(before.fabric.restarts).to.equal(0);
+    const fabricJson = (): { pid: number; supervisor: number; port: number } => JSON.parse(readFileSync(join(h.home, 'cluster', 'fabric.json'), 'utf8'));
+    const first = fabricJson();
+    expect(fabricPids(h.home).sort()).to.deep.equal([first.pid, first.supervisor].sort());
+    // Killed as a fault (the nemesis finds the server by its title and start time).
+    const f = await h.json<{ resolved: { summary: string } }>('fault', 'inject', 'kill', '--target', 'cluster', '--for', '3s');
+    expect(f.resolved.summary).to.equal(`the fabric of cluster two (pid ${first.pid}): links h1-h2`);
+    // Back on the same port, with the hosts joined again and each heard by the other through their link.
+    const back = await eventually(async () => {
+      const st = await h.json<Status>('cluster', 'status').catch(() => null);
+      return st !== null && st.fabric.state === 'up' && st.fabric.restarts === 1 && st.hosts.every((x) => x.member && (x.info?.cluster?.peers ?? []).some((p) => p.state === 'up'));
+    }, 60000, 500);
+    const st = await h.json<Status>('cluster', 'status');
+    expect(back, JSON.stringify(st)).to.equal(true);
+    expect(st.fabric.pid).to.not.equal(first.pid);
+    expect(st.fabric.address).to.equal(before.fabric.address);
+    expect(fabricJson().port).to.equal(first.port);
+    expect(st.links.map((l) => [l.delayMs, l.applied])).to.deep.equal([[4, true]]);
+    expect(await h.run('cluster', 'status')).to.have.property('stdout').that.matches(/fabric: up at [^\n]*; restarted 1 time, last at /);
+    // The migration stream crosses the link the new server holds.
+    const moved = await h.json<{ status: string }>('--host', 'h1', 'vm', 'move', 'a', '--to', 'h2');
+    expect(moved.status).to.equal('completed');
+    const all = await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all');
+    expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['h2/a/Running']);
+    // The supervisor killed: its server goes with it, and nothing starts another.
+    const second = fabricJson();
+    process.kill(second.supervisor, 'SIGKILL');
+    expect(await eventually(() => fabricPids(h.home).length === 0, 10000), `fabric left: ${fabricPids(h.home).join(' ')}`).to.equal(true);
+    await h.ok('cluster', 'down');
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('a cluster whose home is removed under it goes down by itself: hosts, fabric, network, /dev/shm files, and the home is not made again', async () => {
     const file = join(h.home, 'two.yaml');
     writeFileSync(file, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M, workload: idle }\n');
@@ -297,7 +339,7 @@ describe('clusters on one machine', function () {
     expect(ids.size).to.equal(2);
     const home = h.home;
     const tag = clusterTag(home);
-    expect(fabricPids(home).length, 'the fabric runs').to.equal(1);
+    expect(fabricPids(home).length, 'the fabric runs: its supervisor and its server').to.equal(2);
     if (namespacesAvailable().ok) expect(networkLeftovers(tag).namespaces.length, 'a namespace per host').to.equal(2);
     rmSync(home, { recursive: true, force: true });
     const net = (): number => networkLeftovers(tag).namespaces.length + networkLeftovers(tag).links.length;

@@ -283,7 +283,7 @@ export const COMMANDS: CommandSpec[] = [
     options: [
       { name: 'target', value: 'T', required: true, help: 'vm:NAME, host:NAME, host-of:VM, link:A-B, cluster, vms:SEL or hosts:SEL (SEL: one, minority, majority, all; drawn from --seed)', check: (v) => { const t = parseTarget(v); return t.ok ? null : t.message; } },
       { name: 'for', value: 'TIME', required: true, help: 'how long, e.g. 5s, 250ms, 2m (a fault without an end is refused; kill and bitflip take 0)', check: (v) => (parseDurationMs(v) === null ? `--for ${v} is invalid: a duration such as 5s or 250ms` : null) },
-      { name: 'role', value: 'ROLE', help: 'kill and pause: partition (default for VMs), vmwp, root (default for hosts) or hypervisor', check: oneOf('role', [...PROCESS_ROLES]) },
+      { name: 'role', value: 'ROLE', help: 'kill and pause: partition (default for VMs), vmwp, root (default for hosts), hypervisor, or fabric (the only one of --target cluster)', check: oneOf('role', [...PROCESS_ROLES]) },
       { name: 'restart', help: 'kill: start the killed VM again when the fault ends' },
       { name: 'channel', value: 'NAME', help: `vmbus: only this channel (${VMBUS_DEVICE_CLASSES.join(', ')}; default every channel)`, check: oneOf('channel', VMBUS_DEVICE_CLASSES, 'is not a VMBus channel: use') },
       { name: 'drop', value: 'P', help: 'vmbus: probability 0-1 of dropping a packet', check: probability('drop') },
@@ -1182,7 +1182,7 @@ function describeTopology(t: Topology): string {
 /** `cluster status` as tables: hosts, links with what the fabric applies now, heartbeats. */
 function statusText(st: ClusterStatus): string {
   const lines = [`cluster ${st.name}: ${st.mode}${st.bridge ? ` on bridge ${st.bridge}` : ''}, ${st.subnet} (${st.modeReason})`];
-  lines.push(`fabric: ${st.fabric.state}${st.fabric.state === 'up' ? ` at ${st.fabric.address}, pid ${st.fabric.pid}` : ` (${st.fabric.error})`}${st.fabric.refused ? `; refused ${st.fabric.refused} connection${st.fabric.refused === 1 ? '' : 's'} without the key` : ''}`);
+  lines.push(`fabric: ${st.fabric.state}${st.fabric.state === 'up' ? ` at ${st.fabric.address}, pid ${st.fabric.pid}` : ` (${st.fabric.error})`}${st.fabric.restarts ? `; restarted ${st.fabric.restarts} time${st.fabric.restarts === 1 ? '' : 's'}${st.fabric.since ? `, last at ${st.fabric.since}` : ''}` : ''}${st.fabric.refused ? `; refused ${st.fabric.refused} connection${st.fabric.refused === 1 ? '' : 's'} without the key` : ''}`);
   if (st.join) lines.push(`join from another machine: hvlab up --join ${st.join} --key <a copy of ${st.keyFile}>`);
   lines.push('', table([['HOST', 'STATE', 'JOINED', 'HOST ID', 'ADDRESS', 'NAMESPACE', 'LPS', 'VMS', 'HEARTBEATS'], ...st.hosts.map((h) => [
     h.name, h.state, h.member ? `${h.memberFresh ? 'yes' : 'lost'}${h.origin === 'file' ? '' : ' (remote)'}` : 'no', h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms),

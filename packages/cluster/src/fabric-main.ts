@@ -1,24 +1,43 @@
 /**
- * Entry of a cluster's fabric process: `node fabric-main.js HOME`. Reads the cluster record and
- * key of HOME (lab.ts writes them first), binds the control socket, and writes
- * `cluster/fabric.json` (pid and port) once it serves; then prints "ready". Environment:
- * HVLAB_FABRIC_HOME=HOME marks the process, so `cluster down` finds it even without that file.
+ * Entry of a cluster's fabric: `node fabric-main.js HOME`. Two processes, as a switch is a box
+ * that reboots its firmware:
  *
- * It leaves on SIGTERM/SIGINT, and by itself when the cluster record is gone (a home removed
- * under it), so it cannot outlive its cluster for long. In that case it also removes the cluster's
- * network (namespaces, veths, bridge: found by the tag of the home's path), which nobody else would
- * now: each host goes down by itself when its home goes (hypervisor/src/main.ts, guardHome).
+ * - the **supervisor** (`hvlab-fabric HOME`, this entry without `--serve`) reads the cluster record,
+ *   starts the server, writes `cluster/fabric.json` (the server's pid, its own, the port, how many
+ *   restarts) once the server serves, and prints "ready". When the server dies (a crash, an
+ *   out-of-memory kill, a `fault inject kill --role fabric`) it starts another on the same port,
+ *   after 250 ms, doubling to 5 s while restarts follow each other within 30 s, and says so in
+ *   `fabric.log`. The hosts notice a fabric that forgot them (NotMember) and join again; their
+ *   links come back with their impairments and their names with their secrets (the server's saved
+ *   state, fabric.ts). What crossed the links meanwhile is lost, as across a rebooting switch:
+ *   heartbeats miss, a migration whose stream went through it fails and its VM stays on its source.
+ * - the **server** (`hvlab-fabric-serve HOME`, `--serve --port P`) is the fabric (fabric.ts). It
+ *   prints "ready PORT" once its control socket is bound, and leaves when its stdin ends: the
+ *   supervisor holds the other end of that pipe, so a supervisor killed with SIGKILL takes its
+ *   server with it (no fabric outlives the process that `cluster down` finds).
+ *
+ * Both carry HVLAB_FABRIC_HOME=HOME, so `cluster down` finds them even without fabric.json. They
+ * leave on SIGTERM/SIGINT (the supervisor ends its server first); the supervisor starts no server
+ * while the cluster is going down, and leaves by itself when the cluster record is gone (a home
+ * removed under it), so it cannot outlive its cluster for long. In that case it also removes the
+ * cluster's network (namespaces, veths, bridge: found by the tag of the home's path), which
+ * nobody else would now: each host goes down by itself when its home goes (hypervisor/src/main.ts,
+ * guardHome).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
+import { firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
 import { clusterTag, teardownNetwork } from './netns.js';
-import { clusterDir, clusterKeyFile, clusterRecordFile, fabricFile, readCluster } from './lab.js';
+import { clusterDir, clusterGoingDown, clusterKeyFile, clusterRecordFile, fabricFile, fabricStateFile, readCluster } from './lab.js';
 
-const home = process.argv[2] ?? process.env.HVLAB_FABRIC_HOME ?? '';
-const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: 'fabric' });
-process.title = `hvlab-fabric ${home}`;
+const args = process.argv.slice(2);
+const serving = args.includes('--serve');
+const portArg = args.indexOf('--port');
+const home = args.find((a, i) => !a.startsWith('--') && i !== portArg + 1) ?? process.env.HVLAB_FABRIC_HOME ?? '';
+const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: serving ? 'fabric' : 'fabric-supervisor' });
+process.title = serving ? `hvlab-fabric-serve ${home}` : `hvlab-fabric ${home}`;
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the fabric keeps serving)'));
 process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the fabric keeps serving)'));
 
@@ -28,41 +47,155 @@ if (!c) {
   process.stderr.write(`no cluster record in ${home}\n`);
   process.exit(1);
 }
-const fabric = new Fabric({
-  cluster: c.topology.name, key: readClusterKey(clusterKeyFile(home)), listen: c.record.listen, port: c.record.fabricPort,
-  links: c.topology.links, fileHosts: c.topology.hosts.map((h) => h.name),
-  log: (msg, fields) => log.info(fields ?? {}, msg),
-});
-let port: number;
-try {
-  port = await fabric.start();
-} catch (e) {
-  log.error({ err: e }, 'cannot bind the control socket');
-  process.stderr.write(`the fabric cannot listen on ${c.record.listen}:${c.record.fabricPort}: ${(e as Error).message}\n`);
-  process.exit(1);
-}
-writeFileAtomic(fabricFile(home), JSON.stringify({ pid: process.pid, port, listen: c.record.listen, startedAt: new Date().toISOString() }) + '\n');
-log.info({ port, listen: c.record.listen }, 'fabric ready');
-process.stdout.write('ready\n');
 
-let leaving = false;
-async function leave(why: string, orphaned = false): Promise<void> {
-  if (leaving) return;
-  leaving = true;
-  log.info({ why }, 'fabric exiting');
-  await Promise.race([fabric.close(), new Promise((r) => setTimeout(r, 1000))]);
-  // A cluster whose home is gone needs its network no more (the namespaces may still hold hosts
-  // on their way down: a deleted namespace lives on until its last process leaves). Unless a new
-  // cluster is made on the same path meanwhile: its record is written before its network, and the
-  // network's names come from the path, so a record there now means the network is not ours.
-  if (orphaned && c!.record.mode === 'namespaces' && !existsSync(clusterRecordFile(home))) {
-    const n = teardownNetwork(clusterTag(home));
-    log.info({ removed: n }, 'the cluster\'s network is removed');
+/** The first restart's delay; doubled for each restart that follows another within RESTART_CALM_MS, up to RESTART_MAX_MS. */
+const RESTART_FIRST_MS = 250;
+const RESTART_MAX_MS = 5000;
+/** A server that served this long was well: the next restart's delay starts again from RESTART_FIRST_MS. */
+const RESTART_CALM_MS = 30_000;
+/** How long a server has to say ready. */
+const READY_TIMEOUT_MS = 15_000;
+
+if (serving) await serve();
+else await supervise();
+
+async function serve(): Promise<void> {
+  const port = portArg >= 0 ? Number(args[portArg + 1]) : c!.record.fabricPort;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stdout.write(`--port ${args[portArg + 1]} is not a port\n`);
+    process.exit(1);
   }
-  process.exit(0);
+  const fabric = new Fabric({
+    cluster: c!.topology.name, key: readClusterKey(clusterKeyFile(home)), listen: c!.record.listen, port,
+    links: c!.topology.links, fileHosts: c!.topology.hosts.map((h) => h.name), stateFile: fabricStateFile(home),
+    log: (msg, fields) => log.info(fields ?? {}, msg),
+  });
+  let bound: number;
+  try {
+    bound = await fabric.start();
+  } catch (e) {
+    log.error({ err: e }, 'cannot bind the control socket');
+    process.stdout.write(`the fabric cannot listen on ${c!.record.listen}:${port}: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+  log.info({ port: bound, listen: c!.record.listen }, 'fabric ready');
+  process.stdout.write(`ready ${bound}\n`);
+  let leaving = false;
+  const leave = async (why: string): Promise<void> => {
+    if (leaving) return;
+    leaving = true;
+    log.info({ why }, 'fabric exiting');
+    await Promise.race([fabric.close(), new Promise((r) => setTimeout(r, 1000))]);
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void leave('SIGTERM'));
+  process.on('SIGINT', () => void leave('SIGINT'));
+  // The supervisor's end of stdin: it closes when the supervisor goes, however it goes.
+  process.stdin.on('end', () => void leave('the supervisor is gone'));
+  process.stdin.on('error', () => void leave('the supervisor is gone'));
+  process.stdin.resume();
 }
-process.on('SIGTERM', () => void leave('SIGTERM'));
-process.on('SIGINT', () => void leave('SIGINT'));
-setInterval(() => {
-  if (!existsSync(clusterRecordFile(home))) void leave('the cluster record is gone', true);
-}, 2000);
+
+async function supervise(): Promise<void> {
+  let server: ChildProcess | null = null;
+  let leaving = false;
+  let restarts = 0;
+  /** Restarts in a row, each within RESTART_CALM_MS of the one before: the next delay's exponent. */
+  let streak = 0;
+  let port = c!.record.fabricPort;
+  let restartTimer: NodeJS.Timeout | undefined;
+
+  /** Starts a server; resolves with its port once it serves, or with why not. */
+  const start = async (): Promise<{ port: number } | { why: string }> => {
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, home, '--serve', '--port', String(port)], {
+      stdio: ['pipe', 'pipe', 'inherit'], env: process.env,
+    });
+    child.stdin!.on('error', () => undefined);
+    const first = await firstLine(child, READY_TIMEOUT_MS);
+    child.stdout!.destroy();
+    const m = first.kind === 'line' ? /^ready (\d+)$/.exec(first.line) : null;
+    if (!m) {
+      if (first.kind !== 'exited') child.kill('SIGKILL');
+      return { why: first.kind === 'line' ? first.line : first.kind === 'exited' ? `it exited (${first.why})` : first.kind === 'timeout' ? `it did not say ready within ${READY_TIMEOUT_MS / 1000} s` : 'its first line is too long' };
+    }
+    server = child;
+    const startedAt = Date.now();
+    child.on('exit', (code, signal) => {
+      if (server === child) server = null;
+      if (leaving) return;
+      if (clusterGoingDown(home)) {
+        void leave('the cluster is going down');
+        return;
+      }
+      streak = Date.now() - startedAt >= RESTART_CALM_MS ? 0 : streak + 1;
+      const delay = Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** Math.max(0, streak - 1));
+      log.warn({ server: child.pid, code, signal, restartInMs: delay }, 'the fabric server exited: starting another');
+      restartTimer = setTimeout(() => void restart(), delay);
+    });
+    return { port: Number(m[1]) };
+  };
+
+  const record = (pid: number): void => {
+    writeFileAtomic(fabricFile(home), JSON.stringify({ pid, supervisor: process.pid, port, listen: c!.record.listen, startedAt: new Date().toISOString(), restarts }) + '\n');
+  };
+
+  const restart = async (): Promise<void> => {
+    restartTimer = undefined;
+    if (leaving || clusterGoingDown(home)) return;
+    const r = await start();
+    if (leaving) {
+      server?.kill('SIGTERM');
+      return;
+    }
+    if ('why' in r) {
+      streak++;
+      const delay = Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** Math.max(0, streak - 1));
+      log.error({ why: r.why, retryInMs: delay }, 'the fabric server did not start: trying again');
+      restartTimer = setTimeout(() => void restart(), delay);
+      return;
+    }
+    restarts++;
+    record(server!.pid!);
+    log.info({ server: server!.pid, port, restarts }, 'the fabric server is back');
+  };
+
+  const leave = async (why: string, orphaned = false): Promise<void> => {
+    if (leaving) return;
+    leaving = true;
+    clearTimeout(restartTimer);
+    log.info({ why }, 'fabric exiting');
+    const s = server;
+    if (s && s.exitCode === null && s.signalCode === null) {
+      s.kill('SIGTERM');
+      const gone = await Promise.race([new Promise<boolean>((r) => s.once('exit', () => r(true))), new Promise<boolean>((r) => setTimeout(() => r(false), 1500))]);
+      if (!gone) s.kill('SIGKILL');
+    }
+    // A cluster whose home is gone needs its network no more (the namespaces may still hold hosts
+    // on their way down: a deleted namespace lives on until its last process leaves). Unless a new
+    // cluster is made on the same path meanwhile: its record is written before its network, and the
+    // network's names come from the path, so a record there now means the network is not ours.
+    if (orphaned && c!.record.mode === 'namespaces' && !existsSync(clusterRecordFile(home))) {
+      const n = teardownNetwork(clusterTag(home));
+      log.info({ removed: n }, 'the cluster\'s network is removed');
+    }
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void leave('SIGTERM'));
+  process.on('SIGINT', () => void leave('SIGINT'));
+
+  const first = await start();
+  if ('why' in first) {
+    log.error({ why: first.why }, 'the fabric server did not start');
+    process.stdout.write(`${first.why}\n`);
+    process.exit(1);
+  }
+  // A port of 0 in the record ("any") becomes the one it got: every restart binds that one, where
+  // the hosts reach it.
+  port = first.port;
+  record(server!.pid!);
+  log.info({ port, listen: c!.record.listen, server: server!.pid }, 'fabric ready');
+  process.stdout.write('ready\n');
+  setInterval(() => {
+    if (!existsSync(clusterRecordFile(home))) void leave('the cluster record is gone', true);
+  }, 2000);
+}

@@ -25,9 +25,10 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import {
-  decodeFabricRequest, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
+  decodeFabricRequest, decodeFabricSavedState, FABRIC_STATE_FORMAT, FABRIC_STATE_MAX_BYTES, IMPAIRMENT_KEYS, type FabricSavedState, type LinkChange, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
-import { curveServerOptions, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
+import { renameSync } from 'node:fs';
+import { curveServerOptions, readRegularFile, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, writeFileAtomic, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
 import type { TopologyLink } from './topology.js';
 
@@ -42,6 +43,11 @@ export interface FabricOptions {
   links: TopologyLink[];
   /** The file's hosts (they are linked as the file says; any other host is linked to every member). */
   fileHosts: string[];
+  /**
+   * Where the fabric keeps its names and links (FabricSavedState), so that one started again after
+   * a crash or a kill (fabric-main.ts restarts it) is the same fabric. None: memory only.
+   */
+  stateFile?: string;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -95,11 +101,103 @@ export class Fabric {
   private boundPort = 0;
   /** Connections the proxies closed at their bounds, per proxy, and when that was last logged. */
   private readonly refusals = new Map<string, { count: number; loggedAt: number }>();
+  /**
+   * Names bound to a member secret by an earlier life of this fabric (its saved state) whose hosts
+   * have not joined this one yet: the same secret takes its name back; another may take it only
+   * once the fabric has run 10 heartbeat periods without the holder coming back, as for a member
+   * gone quiet.
+   */
+  private readonly dormant = new Map<string, { hash: Buffer; local: boolean }>();
+  private readonly startedAt = Date.now();
+  /** The last failure to save the state, logged once until a save succeeds. */
+  private saveFailed: string | null = null;
 
   constructor(private readonly opts: FabricOptions) {
     this.fileHosts = new Set(opts.fileHosts);
     for (const l of opts.links) this.links.set(pairKey(l.a, l.b), new Link(l.a < l.b ? l.a : l.b, l.a < l.b ? l.b : l.a, l.impairments, linkSeed(l.a, l.b)));
+    if (opts.stateFile) this.load(opts.stateFile);
     this.server = new RpcServer(decodeFabricRequest, (r) => this.handle(r), curveServerOptions(opts.key));
+  }
+
+  /**
+   * Takes back what an earlier life of this fabric saved: its bindings (dormant until their hosts
+   * join again) and its links' impairments, cuts and seeds. A file that is not this cluster's
+   * state (damaged, another format, another cluster's) is set aside beside it (`.refused-TIME`) and
+   * the fabric starts as a new one would, from the topology file, and says so: the hosts then join
+   * again as on the first start, each name bound to its first joiner's secret.
+   */
+  private load(file: string): void {
+    let saved: FabricSavedState;
+    try {
+      let bytes: Buffer;
+      try {
+        bytes = readRegularFile(file, FABRIC_STATE_MAX_BYTES);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw e;
+      }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(bytes.toString('utf8'));
+      } catch {
+        throw new Error('it is not JSON');
+      }
+      const d = decodeFabricSavedState(parsed);
+      if (!d.ok) throw new Error(d.message);
+      if (d.value.cluster !== this.opts.cluster) throw new Error(`it is cluster ${d.value.cluster}'s, not ${this.opts.cluster}'s`);
+      saved = d.value;
+    } catch (e) {
+      const aside = `${file}.refused-${Date.now()}`;
+      let moved = false;
+      try {
+        renameSync(file, aside);
+        moved = true;
+      } catch { /* left where it is: the next save replaces it */ }
+      this.opts.log?.('the saved fabric state is refused: starting from the topology file', { file, why: (e as Error).message, ...(moved ? { setAside: aside } : {}) });
+      return;
+    }
+    for (const b of saved.bindings) this.dormant.set(b.name, { hash: Buffer.from(b.secretHash, 'hex'), local: b.local });
+    for (const l of saved.links) {
+      const k = pairKey(l.a, l.b);
+      let link = this.links.get(k);
+      if (!link) {
+        // Two hosts of the file are linked as the file says; a link to a host that joined later is
+        // made again as its join would make it.
+        if (this.fileHosts.has(l.a) && this.fileHosts.has(l.b)) continue;
+        const [a, b] = l.a < l.b ? [l.a, l.b] : [l.b, l.a];
+        link = new Link(a, b, {}, linkSeed(a, b));
+        this.links.set(k, link);
+      }
+      const change: LinkChange = { seed: l.seed };
+      for (const key of IMPAIRMENT_KEYS) change[key] = l[key] ?? null;
+      link.set(change);
+      if (l.cut) link.cut();
+    }
+    this.opts.log?.('the saved fabric state is taken back', { bindings: saved.bindings.length, links: saved.links.length });
+  }
+
+  /** Writes the names and links (whole or not at all) where `load` finds them; a failure is logged, never thrown. */
+  private save(): void {
+    const file = this.opts.stateFile;
+    if (!file) return;
+    const bindings = new Map<string, FabricSavedState['bindings'][number]>();
+    for (const [name, d] of this.dormant) bindings.set(name, { name, secretHash: d.hash.toString('hex'), local: d.local });
+    for (const m of this.members.values()) bindings.set(m.name, { name: m.name, secretHash: m.secretHash.toString('hex'), local: m.local });
+    const links = [...this.links.values()].map((l) => {
+      const o: FabricSavedState['links'][number] = { a: l.a, b: l.b, cut: l.state.cut, seed: l.state.seed };
+      for (const k of IMPAIRMENT_KEYS) if (l.state[k] !== undefined) o[k] = l.state[k];
+      return o;
+    });
+    const state: FabricSavedState = { format: FABRIC_STATE_FORMAT, cluster: this.opts.cluster, bindings: [...bindings.values()], links };
+    try {
+      writeFileAtomic(file, `${JSON.stringify(state)}\n`, { mode: 0o600, durable: false });
+      this.saveFailed = null;
+    } catch (e) {
+      // A full disk must not stop the links: they keep working, and a restart would start from the file.
+      const why = (e as Error).message;
+      if (this.saveFailed !== why) this.opts.log?.('cannot save the fabric state (a restart would forget what changed since)', { file, why });
+      this.saveFailed = why;
+    }
   }
 
   /** Binds the control socket; resolves with its port. */
@@ -204,7 +302,15 @@ export class Fabric {
         const held = m !== undefined && !same && Date.now() - m.lastSeen < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
         if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
-        if (m && !same) this.opts.log?.('a host took the name of a quiet one', { host: r.name, address: r.address, was: m.address });
+        // A name an earlier life of this fabric bound: its holder has as long to come back as a
+        // member gone quiet has, counted from this start.
+        const d = m ? undefined : this.dormant.get(r.name);
+        const dormantOther = d !== undefined && !timingSafeEqual(d.hash, hash);
+        if (d && (d.local !== r.local || (dormantOther && Date.now() - this.startedAt < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN))) {
+          throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} has a host named ${r.name}, which has not joined again since the fabric restarted`);
+        }
+        if ((m && !same) || dormantOther) this.opts.log?.('a host took the name of a quiet one', { host: r.name, address: r.address, ...(m ? { was: m.address } : { since: 'the fabric restarted' }) });
+        this.dormant.delete(r.name);
         this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: same ? m.health : [], secretHash: hash });
         // A member that joins again (its root restarted) opened its ports in its earlier life: they go.
         for (const [port, e] of [...this.exposed]) if (e.owner === r.name) await this.closeExposed(port);
@@ -219,6 +325,7 @@ export class Fabric {
           }
         }
         await this.wire(r.name);
+        this.save();
         this.opts.log?.('host joined', { host: r.name, address: r.address, local: r.local });
         return this.book(r.name);
       }
@@ -232,6 +339,7 @@ export class Fabric {
         if (!this.members.has(r.name)) return { left: false };
         this.member(r.name, r.secret);
         this.members.delete(r.name);
+        this.dormant.delete(r.name);
         for (const [k, p] of [...this.proxies]) {
           const [from, to] = k.split('>');
           if (from === r.name || to === r.name) {
@@ -242,6 +350,7 @@ export class Fabric {
         if (!this.fileHosts.has(r.name)) for (const [k, l] of [...this.links]) if (l.a === r.name || l.b === r.name) this.links.delete(k);
         for (const [port, e] of [...this.exposed]) if (e.owner === r.name || e.from === r.name) await this.closeExposed(port);
         for (const [port, e] of [...this.probes]) if (e.owner === r.name || e.to === r.name) await this.closeProbe(port);
+        this.save();
         this.opts.log?.('host left', { host: r.name });
         return { left: true };
       }
@@ -297,6 +406,7 @@ export class Fabric {
       case 'linkSet': {
         const l = this.link(r.a, r.b);
         l.set(r.change);
+        this.save();
         this.opts.log?.('link set', { a: l.a, b: l.b, change: r.change });
         return l.view();
       }
@@ -305,6 +415,7 @@ export class Fabric {
         const l = this.link(r.a, r.b);
         if (r.op === 'linkCut') l.cut();
         else l.heal();
+        this.save();
         this.opts.log?.(r.op === 'linkCut' ? 'link cut' : 'link healed', { a: l.a, b: l.b });
         return l.view();
       }
@@ -312,6 +423,7 @@ export class Fabric {
         if ((r.a === null) !== (r.b === null)) throw new RpcFailure('InvalidArgument', 'reset names both ends of a link, or none (every link)');
         const ls = r.a !== null ? [this.link(r.a, r.b!)] : [...this.links.values()];
         for (const l of ls) l.reset();
+        this.save();
         this.opts.log?.('links reset', { links: ls.length });
         return { reset: ls.map((l) => l.view()) };
       }

@@ -74,9 +74,14 @@ export function clusterHostHome(home: string, host: string): string {
 export function clusterKeyFile(home: string): string {
   return join(clusterDir(home), 'cluster.key');
 }
-/** Written by the fabric once it serves: its pid and port. */
+/** Written by the fabric's supervisor once its server serves: the server's pid, its own, the port, the restarts. */
 export function fabricFile(home: string): string {
   return join(clusterDir(home), 'fabric.json');
+}
+
+/** The fabric's names and links, kept across its restarts (fabric.ts, FabricSavedState). */
+export function fabricStateFile(home: string): string {
+  return join(clusterDir(home), 'fabric-state.json');
 }
 
 /**
@@ -377,7 +382,8 @@ export interface ClusterStatus {
   /** Where hosts of other machines join: `hvlab up --join <join> --key <keyFile>` (null: this machine only). */
   join: string | null;
   keyFile: string;
-  fabric: { state: 'up' | 'down'; address: string; pid: number | null; refused: number; error: string | null };
+  /** `restarts`: servers its supervisor started after the first died; `since`: when the one serving now started. */
+  fabric: { state: 'up' | 'down'; address: string; pid: number | null; refused: number; error: string | null; restarts: number; since: string | null };
   hosts: ClusterHostStatus[];
   links: ClusterLinkStatus[];
 }
@@ -421,29 +427,43 @@ async function startFabric(home: string): Promise<number> {
   return f.port;
 }
 
-export function readFabricFile(home: string): { pid: number; port: number } | null {
+/**
+ * fabric.json, checked: the server's pid and port, and, from a supervisor, its pid, how many times
+ * it restarted the server and when the server now serving started. Null when absent or not that.
+ */
+export function readFabricFile(home: string): { pid: number; port: number; supervisor: number | null; restarts: number; startedAt: string | null } | null {
   try {
-    const v = JSON.parse(readRegularFile(fabricFile(home), 64 * 1024).toString('utf8')) as { pid?: unknown; port?: unknown } | null;
+    const v = JSON.parse(readRegularFile(fabricFile(home), 64 * 1024).toString('utf8')) as { pid?: unknown; port?: unknown; supervisor?: unknown; restarts?: unknown; startedAt?: unknown } | null;
     if (!v || typeof v !== 'object' || typeof v.pid !== 'number' || !Number.isSafeInteger(v.pid) || v.pid < 1 || typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) return null;
-    return { pid: v.pid, port: v.port };
+    const supervisor = typeof v.supervisor === 'number' && Number.isSafeInteger(v.supervisor) && v.supervisor >= 1 ? v.supervisor : null;
+    const restarts = typeof v.restarts === 'number' && Number.isSafeInteger(v.restarts) && v.restarts >= 0 ? v.restarts : 0;
+    const startedAt = typeof v.startedAt === 'string' && v.startedAt.length <= 40 && Number.isFinite(Date.parse(v.startedAt)) ? v.startedAt : null;
+    return { pid: v.pid, port: v.port, supervisor, restarts, startedAt };
   } catch {
     return null;
   }
 }
 
-/** Ends the fabric of `home` (TERM, then KILL after 2 s). */
+/**
+ * Ends the fabric of `home`, supervisor and server (TERM, then KILL after 2 s). Looked for again
+ * after: a server its supervisor started just before its TERM ends with the supervisor (its stdin
+ * closes), and anything of the fabric still there then is killed.
+ */
 async function stopFabric(home: string): Promise<void> {
-  const pids = fabricPids(home);
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch { /* gone */ }
-  }
-  for (let i = 0; i < 40 && pids.some(pidAlive); i++) await new Promise((r) => setTimeout(r, 50));
-  for (const pid of pids.filter(pidAlive)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch { /* gone */ }
+  for (let round = 0; round < 3; round++) {
+    const pids = fabricPids(home);
+    if (pids.length === 0) return;
+    for (const pid of pids) {
+      try {
+        process.kill(pid, round === 0 ? 'SIGTERM' : 'SIGKILL');
+      } catch { /* gone */ }
+    }
+    for (let i = 0; i < 40 && pids.some(pidAlive); i++) await new Promise((r) => setTimeout(r, 50));
+    for (const pid of pids.filter(pidAlive)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch { /* gone */ }
+    }
   }
 }
 
@@ -679,7 +699,7 @@ export async function clusterStatus(home: string): Promise<ClusterStatus> {
   return {
     name: c.topology.name, mode: net.mode, modeReason: net.reason, bridge: net.bridge, subnet: net.subnet,
     join, keyFile: clusterKeyFile(home),
-    fabric: { state: st ? 'up' : 'down', address: `${c.record.gateway}:${port}`, pid: f?.pid ?? null, refused: st?.refused ?? 0, error: fabricError },
+    fabric: { state: st ? 'up' : 'down', address: `${c.record.gateway}:${port}`, pid: f?.pid ?? null, refused: st?.refused ?? 0, error: fabricError, restarts: f?.restarts ?? 0, since: f?.startedAt ?? null },
     hosts, links,
   };
 }

@@ -231,7 +231,7 @@ function targetWorldError(t: Target, vms: readonly string[], hosts: readonly str
   if (hosts === null) return null;
   if (t.t === 'host' && !hosts.includes(t.host)) return `host ${t.host} is not a host of the cluster (${hosts.join(', ')})`;
   if (t.t === 'link' && !linkOf(t.text, hosts)) return `link:${t.text} is not a link between two hosts of the cluster (${hosts.join(', ')})`;
-  if (t.t === 'cluster' && hosts.length < 2) return 'a partition needs at least 2 hosts';
+  if (t.t === 'cluster' && hosts.length < 2) return 'a fault on the cluster (a partition, or its fabric) needs at least 2 hosts';
   return null;
 }
 

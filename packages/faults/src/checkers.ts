@@ -162,6 +162,8 @@ export function faultEffect(f: FaultRecord, world: ChaosWorld, t1: number, moves
         ? r.processes.map((p) => ({ role: p.role, host: p.host, vm: p.vm }))
         : [...r.vms.map((v) => ({ role: f.role ?? 'partition', host: v.host, vm: v.vm as string | null })), ...(r.vms.length === 0 ? r.hosts.map((h) => ({ role: f.role ?? 'root', host: h, vm: null })) : [])];
       for (const p of procs) {
+        // The fabric's links are in the resolution (r.links): no host or VM of its own.
+        if (p.role === 'fabric') continue;
         if (p.role === 'partition' || p.role === 'vmwp') {
           if (p.vm) vms.add(p.vm);
         } else if (p.role === 'hypervisor') {

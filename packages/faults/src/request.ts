@@ -68,7 +68,10 @@ function targetFits(kind: FaultKind, t: Target, role: ProcessRole | null): strin
   switch (kind) {
     case 'kill':
     case 'pause':
-      if (t.t === 'link' || t.t === 'cluster') return `a ${kind} fault hits processes: target a VM or a host`;
+      // The cluster's process is its fabric: `--target cluster` hits it, with or without `--role fabric`.
+      if (t.t === 'cluster') return role === null || role === 'fabric' ? null : `role ${role} belongs to a host or a VM: a ${kind} fault on the cluster hits its fabric (--role fabric)`;
+      if (role === 'fabric') return 'the fabric is the cluster\'s: target cluster';
+      if (t.t === 'link') return `a ${kind} fault hits processes: target a VM, a host or the cluster (its fabric)`;
       if (hostish && (role === 'partition' || role === 'vmwp')) return `role ${role} belongs to a VM: target vm:NAME or vms:SEL`;
       return null;
     case 'vmbus':

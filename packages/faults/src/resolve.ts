@@ -188,6 +188,17 @@ export function resolveTarget(world: World, kind: string, target: Target, role: 
       return out;
     }
     case 'cluster': {
+      if (processFault) {
+        // The fabric's server: every link goes down with it until its supervisor has started
+        // another and the hosts have joined that one again.
+        const p = world.processes.find((x) => x.role === 'fabric');
+        if (!p) throw new ResolveError(world.cluster ? `cluster ${world.cluster} has no fabric process running` : 'there is no cluster here, so no fabric');
+        out.procs = [p];
+        out.processes = [{ host: world.cluster ?? 'cluster', role: 'fabric', vm: null, pid: p.pid }];
+        out.links = world.links.map((l) => [l.a, l.b] as [string, string]);
+        out.summary = `the fabric of cluster ${world.cluster} (pid ${p.pid})${out.links.length ? `: links ${out.links.map((l) => l.join('-')).join(', ')}` : ''}`;
+        return out;
+      }
       const names = world.hosts.filter((h) => h.hostId).map((h) => h.name);
       const p = partitionCuts((params.shape as PartitionShape | undefined) ?? 'one', names, world.links.map((l) => [l.a, l.b] as const), seed);
       if (p.cuts.length === 0) throw new ResolveError(`a ${String(params.shape ?? 'one')} partition of these hosts cuts no link the cluster has`);

@@ -10,7 +10,7 @@ import { procPids, procStartTime, procState, procTitle } from '@hvlab/shm/procfs
 import type { LinkView, ProcessRole } from '@hvlab/protocol';
 import { hostPaths, type HostPaths } from '@hvlab/runtime';
 import { readHost } from '@hvlab/host';
-import { clusterHostHome, fabricStatus, readCluster } from '@hvlab/cluster';
+import { clusterHostHome, fabricPids, fabricStatus, readCluster } from '@hvlab/cluster';
 
 /** The name of the one host of a home without a cluster. */
 export const LONE_HOST = 'local';
@@ -72,6 +72,20 @@ export function scanProcesses(hostIds: ReadonlySet<string>): WorldProcess[] {
   return out;
 }
 
+/**
+ * The server of the cluster's fabric (fabric-main.ts: `hvlab-fabric-serve HOME`, beside its
+ * supervisor `hvlab-fabric HOME`), with its start time; null when none runs. Its host id is ''
+ * (it is no host's).
+ */
+export function fabricServer(home: string): WorldProcess | null {
+  for (const pid of fabricPids(home)) {
+    if (!procTitle(pid)?.startsWith('hvlab-fabric-serve ')) continue;
+    const start = processStart(pid);
+    if (start !== null) return { hostId: '', role: 'fabric', vm: null, pid, start };
+  }
+  return null;
+}
+
 /** The hosts of `home`: a cluster's (those on this machine), else its one host if it has one. */
 export function worldHosts(home: string): { cluster: string | null; hosts: WorldHost[] } {
   const c = readCluster(home);
@@ -112,6 +126,10 @@ export async function readWorld(home: string): Promise<World> {
   }
   vms.sort((a, b) => (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : a.host < b.host ? -1 : 1));
   let links: LinkView[] = [];
-  if (cluster) links = await fabricStatus(home).then((s) => s.links, () => []);
+  if (cluster) {
+    links = await fabricStatus(home).then((s) => s.links, () => []);
+    const server = fabricServer(home);
+    if (server) processes.push(server);
+  }
   return { cluster, hosts, processes, vms, links };
 }

@@ -37,7 +37,7 @@ function record(look: Look = () => null, hostLook: (host: string, ms: number) =>
   return { vms, hosts };
 }
 
-function fault(o: Partial<FaultRecord> & { id: string; kind: FaultRecord['kind']; from: number; to: number | null; vms?: string[]; hosts?: string[]; procs?: Array<{ role: 'partition' | 'vmwp' | 'root' | 'hypervisor'; host: string; vm: string | null }>; links?: Array<[string, string]> }): FaultRecord {
+function fault(o: Partial<FaultRecord> & { id: string; kind: FaultRecord['kind']; from: number; to: number | null; vms?: string[]; hosts?: string[]; procs?: Array<{ role: 'partition' | 'vmwp' | 'root' | 'hypervisor' | 'fabric'; host: string; vm: string | null }>; links?: Array<[string, string]> }): FaultRecord {
   const vms = (o.vms ?? []).map((v) => ({ vm: v, host: world.vms.find((x) => x.name === v)!.host }));
   return {
     id: o.id, kind: o.kind, target: o.target ?? (vms[0] ? `vm:${vms[0].vm}` : 'cluster'), role: o.role ?? null, params: {}, owner: 'o', seed: 1, forMs: (o.to ?? END) - o.from,
@@ -202,6 +202,8 @@ describe('chaos checkers', () => {
     expect(faultEffect(fault({ id: 'x', kind: 'lp-shrink', from: 0, to: 1, hosts: ['h2'] }), world, T0)).to.deep.include({ vms: ['b', 'c'], hosts: ['h2'] });
     expect(faultEffect(fault({ id: 'x', kind: 'partition', from: 0, to: 1, hosts: ['h1', 'h2'], links: [['h2', 'h1']] }), world, T0)).to.deep.include({ vms: [], hosts: [], links: [['h1', 'h2']] });
     expect(faultEffect(fault({ id: 'x', kind: 'vmbus', from: 0, to: 1, vms: ['c'] }), world, T0)).to.deep.include({ vms: ['c'], hosts: [] });
+    // A kill of the fabric: every link, and no host or VM of its own.
+    expect(faultEffect(fault({ id: 'x', kind: 'kill', from: 0, to: 1, procs: [{ role: 'fabric', host: 'c', vm: null }], links: [['h2', 'h1']] }), world, T0)).to.deep.include({ vms: [], hosts: [], links: [['h1', 'h2']] });
     // A fault still active when the record was taken lasts until its end.
     expect(faultEffect(fault({ id: 'x', kind: 'clock', from: 0, to: null, vms: ['a'] }), world, T0 + 5).to).to.equal(T0 + END);
   });

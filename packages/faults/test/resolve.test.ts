@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { hostPaths } from '@hvlab/runtime';
-import { parseTarget, partitionCuts, pick, resolveTarget, ResolveError, selectCount, type World } from '../src/index.js';
+import { checkFaultRequest, parseTarget, partitionCuts, pick, resolveTarget, ResolveError, selectCount, type World } from '../src/index.js';
 
 const hosts = ['h1', 'h2', 'h3', 'h4', 'h5'];
 const mesh = (names: string[]): Array<[string, string]> => names.flatMap((a, i) => names.slice(i + 1).map((b) => [a, b] as [string, string]));
@@ -85,6 +85,29 @@ describe('resolving fault targets', () => {
     expect(() => resolveTarget(w, 'pause', t('host:h9'), null, 1, {})).to.throw(ResolveError, /no host h9/);
     expect(() => resolveTarget(w, 'pause', t('host:h3'), null, 1, {})).to.throw(ResolveError, /host h3 has no root process/);
     expect(() => resolveTarget(w, 'link', t('link:h1-h9'), null, 1, {})).to.throw(ResolveError, /no host h9/);
+  });
+
+  it('a kill or pause of the cluster hits its fabric\'s server and every link; the fabric role takes no other target, and the cluster no other role', () => {
+    const w = world();
+    expect(() => resolveTarget(w, 'kill', t('cluster'), null, 1, {})).to.throw(ResolveError, /cluster c has no fabric process running/);
+    w.processes.push({ hostId: '', role: 'fabric', vm: null, pid: 900, start: 1 });
+    for (const kind of ['kill', 'pause']) {
+      const r = resolveTarget(w, kind, t('cluster'), kind === 'kill' ? 'fabric' : null, 1, {});
+      expect(r.processes).to.deep.equal([{ host: 'c', role: 'fabric', vm: null, pid: 900 }]);
+      expect(r.links).to.deep.equal([['h1', 'h2'], ['h1', 'h3'], ['h2', 'h3']]);
+      expect(r.vms).to.deep.equal([]);
+      expect(r.hosts).to.deep.equal([]);
+      expect(r.summary).to.equal('the fabric of cluster c (pid 900): links h1-h2, h1-h3, h2-h3');
+    }
+    // A host's role never resolves to the fabric, nor the fabric's to a host.
+    expect(resolveTarget(w, 'pause', t('host:h1'), null, 1, {}).processes[0]!.role).to.equal('root');
+    const req = (target: string, role: string | undefined) => checkFaultRequest({ kind: 'kill', target, forMs: 1000, ...(role ? { role } : {}) });
+    expect(req('cluster', 'fabric').ok).to.equal(true);
+    expect(req('cluster', undefined).ok).to.equal(true);
+    const refusedRole = req('cluster', 'root');
+    expect(!refusedRole.ok && refusedRole.message).to.match(/role root belongs to a host or a VM: a kill fault on the cluster hits its fabric \(--role fabric\)/);
+    const refusedTarget = req('host:h1', 'fabric');
+    expect(!refusedTarget.ok && refusedTarget.message).to.match(/the fabric is the cluster's: target cluster/);
   });
 
   it('refuses to pick one of two VMs of one name on two hosts, and a selector takes every copy', () => {

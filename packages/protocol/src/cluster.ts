@@ -513,6 +513,54 @@ export function decodeLinkResult(v: unknown): Decoded<LinkView> {
   return catching(() => decodeLinkView(v, 0));
 }
 
+/**
+ * What a cluster's fabric keeps on disk (`cluster/fabric-state.json`), so that a fabric restarted
+ * after a crash or a kill is the same fabric: each name bound to the hash of its member's secret
+ * (a restarted fabric that forgot them bound each name to its first joiner), and each link's
+ * impairments, cut and seed as `link set`/`cut` left them (else a restart healed every link and
+ * undid an experiment's impairments). Counters and open ports (`expose`, probes) are not kept: a
+ * restart ends the connections they carried.
+ */
+export interface FabricSavedState {
+  format: number;
+  cluster: string;
+  bindings: Array<{ name: string; secretHash: string; local: boolean }>;
+  links: Array<{ a: string; b: string; cut: boolean; seed: number } & LinkImpairments>;
+}
+export const FABRIC_STATE_FORMAT = 1;
+/** The largest state file a fabric reads (64 bindings and 2016 links take ~250 KiB). */
+export const FABRIC_STATE_MAX_BYTES = 1024 * 1024;
+const HASH_HEX_RE = /^[0-9a-f]{64}$/;
+
+/** The fabric's saved state (parsed JSON), checked: names, hashes, each link once, each impairment in range. */
+export function decodeFabricSavedState(v: unknown): Decoded<FabricSavedState> {
+  return catching(() => {
+    const f = fieldsOf(v, 'fabric state');
+    f.only(['format', 'cluster', 'bindings', 'links']);
+    const format = f.num('format', 1, 1_000_000);
+    if (format !== FABRIC_STATE_FORMAT) throw new Bad(`fabric state: format ${format} is not ${FABRIC_STATE_FORMAT} (written by another hvlab)`);
+    const bindings = f.list('bindings', CLUSTER_MAX_MEMBERS, (b, i) => {
+      const g = fieldsOf(b, `bindings[${i}]`);
+      g.only(['name', 'secretHash', 'local']);
+      return { name: hostName(g, 'name'), secretHash: g.str('secretHash', 64, HASH_HEX_RE), local: g.bool('local') };
+    });
+    if (new Set(bindings.map((b) => b.name)).size !== bindings.length) throw new Bad('fabric state: a name is bound twice');
+    const links = f.list('links', (CLUSTER_MAX_MEMBERS * (CLUSTER_MAX_MEMBERS - 1)) / 2, (l, i) => {
+      const g = fieldsOf(l, `links[${i}]`);
+      g.only(['a', 'b', 'cut', 'seed', ...IMPAIRMENT_KEYS]);
+      const o = l as Record<string, unknown>;
+      const change = linkChangeOf(Object.fromEntries(IMPAIRMENT_KEYS.filter((k) => own(o, k)).map((k) => [k, o[k]])));
+      const out: FabricSavedState['links'][number] = { a: hostName(g, 'a'), b: hostName(g, 'b'), cut: g.bool('cut'), seed: g.num('seed', 0, 0xffffffff) };
+      if (out.a === out.b) throw new Bad(`links[${i}]: a link joins two hosts, not ${out.a} to itself`);
+      for (const k of IMPAIRMENT_KEYS) if (typeof change[k] === 'number') out[k] = change[k] as number;
+      return out;
+    });
+    const pairs = new Set(links.map((l) => (l.a < l.b ? `${l.a}|${l.b}` : `${l.b}|${l.a}`)));
+    if (pairs.size !== links.length) throw new Bad('fabric state: a link is listed twice');
+    return { format, cluster: f.str('cluster', 64), bindings, links };
+  });
+}
+
 /** The fabric's answer to `join` and `peers`: the cluster's name and the host's peer book. */
 export function decodePeerBook(v: unknown): Decoded<{ cluster: string; peers: PeerBookEntry[] }> {
   return catching(() => {

@@ -45,7 +45,8 @@ export const FAULT_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** A VMBus channel's name as the VMWP's devices call it (e.g. heartbeat, kvp, shutdown, timesync). */
 export const FAULT_CHANNEL_RE = /^[a-z][a-z0-9-]{0,31}$/;
 
-export const PROCESS_ROLES = ['hypervisor', 'root', 'vmwp', 'partition'] as const;
+/** A host's processes, and a cluster's fabric (its server: the supervisor starts another when it dies). */
+export const PROCESS_ROLES = ['hypervisor', 'root', 'vmwp', 'partition', 'fabric'] as const;
 export type ProcessRole = (typeof PROCESS_ROLES)[number];
 
 /** Probabilities (0..1) and delays of a VMBus fault; absent ones are 0. */

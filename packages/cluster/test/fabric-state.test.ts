@@ -1,0 +1,184 @@
+/**
+ * The fabric's saved state (cluster/fabric-state.json), an edge where bytes from disk enter the
+ * fabric: a fabric started again on the file of an earlier one keeps each name for its member's
+ * secret (an impostor with the key is refused the name while its holder may still come back, the
+ * holder gets it back at once) and each link's impairments and cut; a host that joined later gets
+ * its link back with its impairments. Whatever else is found there (seeded mutations of a good
+ * state, random bytes, another cluster's state, a FIFO) is set aside and the fabric starts as new,
+ * never throwing or hanging.
+ */
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLUSTER_WIRE_VERSION, decodeFabricSavedState, decodeFabricStatus, decodePeerBook, seededRandom } from '@hvlab/protocol';
+import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
+import { Fabric } from '../src/index.js';
+
+describe('the fabric\'s saved state', function () {
+  this.timeout(30000);
+  const key = makeClusterKey('t');
+  let dir = '';
+  let file = '';
+  const logs: string[] = [];
+  const open: Array<{ fabric: Fabric; client: RpcClient }> = [];
+  const secrets = new Map<string, string>();
+  const sec = (name: string): string => {
+    if (!secrets.has(name)) secrets.set(name, randomBytes(32).toString('hex'));
+    return secrets.get(name)!;
+  };
+  const make = (): Fabric => new Fabric({
+    cluster: 't', key, listen: '127.0.0.1', port: 0, links: [{ a: 'h1', b: 'h2', impairments: { delayMs: 10 } }], fileHosts: ['h1', 'h2'], stateFile: file,
+    log: (msg) => void logs.push(msg),
+  });
+  const start = async (): Promise<{ fabric: Fabric; call: (body: Record<string, unknown>) => Promise<unknown> }> => {
+    const fabric = make();
+    const port = await fabric.start();
+    const client = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+    open.push({ fabric, client });
+    return { fabric, call: (body) => client.call(body, 3000, CLUSTER_WIRE_VERSION) };
+  };
+  const joinAs = (call: (b: Record<string, unknown>) => Promise<unknown>, name: string, local: boolean, secret = sec(name)): Promise<unknown> =>
+    call({ op: 'join', name, secret, address: '127.0.0.1', peerPort: 7742, mgmtPort: 7741, lps: 1, local });
+  const stopAll = async (): Promise<void> => {
+    for (const o of open.splice(0)) {
+      o.client.close();
+      await o.fabric.close();
+    }
+  };
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'hvlab-fabric-state-'));
+    file = join(dir, 'fabric-state.json');
+    logs.length = 0;
+  });
+  afterEach(async () => {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('keeps names for their secrets and links as they were set across a restart; an impostor waits out the holder, the holder does not', async () => {
+    const first = await start();
+    await joinAs(first.call, 'h1', true);
+    await joinAs(first.call, 'h2', true);
+    await joinAs(first.call, 'far', false);
+    await first.call({ op: 'linkSet', a: 'h1', b: 'h2', change: { rateBps: 1e6, delayMs: null } });
+    await first.call({ op: 'linkSet', a: 'far', b: 'h1', change: { lossPercent: 5 } });
+    await first.call({ op: 'linkCut', a: 'far', b: 'h2' });
+    expect(statSync(file).mode & 0o777).to.equal(0o600);
+    await stopAll();
+
+    const second = await start();
+    expect(logs).to.include('the saved fabric state is taken back');
+    // Before anyone joins again: the links are as they were set, the file's delay cleared.
+    const st = decodeFabricStatus(await second.call({ op: 'status' }));
+    const links = st.ok ? Object.fromEntries(st.value.links.map((l) => [`${l.a}-${l.b}`, l])) : {};
+    expect(links['h1-h2']?.rateBps).to.equal(1e6);
+    expect(links['h1-h2']?.delayMs).to.equal(undefined);
+    expect(links['far-h1']?.lossPercent).to.equal(5);
+    expect(links['far-h2']?.cut).to.equal(true);
+    expect(st.ok && st.value.members).to.deep.equal([]);
+    // Another holder of the key cannot take a name its holder may still come back for.
+    for (const [name, local] of [['h1', true], ['far', false]] as const) {
+      const e = await joinAs(second.call, name, local, randomBytes(32).toString('hex')).catch((x: RpcFailure) => x);
+      expect((e as RpcFailure).code, name).to.equal('AlreadyExists');
+      expect((e as RpcFailure).message).to.match(/has not joined again since the fabric restarted/);
+    }
+    // A joined host's name is not a host of the file's to take either.
+    expect(((await joinAs(second.call, 'far', true).catch((x: RpcFailure) => x)) as RpcFailure).code).to.equal('AlreadyExists');
+    // The holders come back with their secrets.
+    const b1 = decodePeerBook(await joinAs(second.call, 'h1', true));
+    expect(b1.ok && b1.value.peers.map((p) => p.name)).to.deep.equal([]);
+    const bf = decodePeerBook(await joinAs(second.call, 'far', false));
+    expect(bf.ok && bf.value.peers.map((p) => p.name)).to.deep.equal(['h1']);
+    const b2 = decodePeerBook(await joinAs(second.call, 'h2', true));
+    expect(b2.ok && b2.value.peers.map((p) => p.name)).to.deep.equal(['far', 'h1']);
+    // A member that leaves frees its name, in the file too.
+    await second.call({ op: 'leave', name: 'far', secret: sec('far') });
+    const saved = decodeFabricSavedState(JSON.parse(readFileSync(file, 'utf8')));
+    expect(saved.ok && saved.value.bindings.map((b) => b.name).sort()).to.deep.equal(['h1', 'h2']);
+    expect(saved.ok && saved.value.links.map((l) => `${l.a}-${l.b}`)).to.deep.equal(['h1-h2']);
+  });
+
+  it('sets aside whatever else is found there (seeded mutations, random bytes, another cluster\'s state, a FIFO) and starts as new, never throwing', async () => {
+    const good = {
+      format: 1, cluster: 't',
+      bindings: [{ name: 'h1', secretHash: 'a'.repeat(64), local: true }, { name: 'far', secretHash: 'b'.repeat(64), local: false }],
+      links: [{ a: 'h1', b: 'h2', cut: false, seed: 7, delayMs: 5 }, { a: 'far', b: 'h1', cut: true, seed: 9 }],
+    };
+    const next = seededRandom(0xfab5);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
+    const junk = (): unknown => pick<() => unknown>([
+      () => null, () => true, () => -1, () => 1e300, () => Number.NaN, () => 'h1', () => 'x'.repeat(70), () => 'A'.repeat(64), () => [], () => ({}),
+      () => [good.bindings[0]], () => ({ toString: 1 }), () => ({ __proto__: { a: 1 } }), () => 4294967296, () => 100.5,
+    ])();
+    const mutate = (v: unknown, depth: number): unknown => {
+      if (v === null || typeof v !== 'object' || depth > 4) return next() < 0.3 ? junk() : v;
+      const o: Record<string, unknown> | unknown[] = Array.isArray(v) ? [...v] : { ...(v as Record<string, unknown>) };
+      const keys = Object.keys(o);
+      const r = next();
+      if (r < 0.15 && keys.length) delete (o as Record<string, unknown>)[pick(keys)];
+      else if (r < 0.3) (o as Record<string, unknown>)[pick(['extra', 'cut', 'seed', 'name', 'lossPercent', '0', '5'])] = junk();
+      else if (r < 0.4 && Array.isArray(o)) o.push(o[0]);
+      else if (keys.length) {
+        const k = pick(keys);
+        (o as Record<string, unknown>)[k] = mutate((o as Record<string, unknown>)[k], depth + 1);
+      }
+      return o;
+    };
+    const cases: Array<string | Buffer> = [JSON.stringify({ ...good, cluster: 'other' }), JSON.stringify({ ...good, format: 2 }), '', '{', 'x'.repeat(2 * 1024 * 1024)];
+    for (let i = 0; i < 150; i++) cases.push(JSON.stringify(mutate(mutate(good, 0), 0)));
+    for (let i = 0; i < 50; i++) cases.push(Buffer.from(Array.from({ length: Math.floor(next() * 200) }, () => Math.floor(next() * 256))));
+    let taken = 0;
+    let setAside = 0;
+    for (const c of cases) {
+      for (const f of readdirSync(dir)) rmSync(join(dir, f));
+      writeFileSync(file, c);
+      const valid = (() => {
+        try {
+          const d = decodeFabricSavedState(JSON.parse(c.toString()));
+          return d.ok && d.value.cluster === 't';
+        } catch {
+          return false;
+        }
+      })();
+      logs.length = 0;
+      const fabric = make();
+      const st = fabric.status();
+      if (valid) {
+        taken++;
+        expect(logs).to.include('the saved fabric state is taken back');
+        expect(existsSync(file)).to.equal(true);
+      } else {
+        setAside++;
+        expect(logs, c.toString().slice(0, 200)).to.include('the saved fabric state is refused: starting from the topology file');
+        expect(existsSync(file)).to.equal(false);
+        expect(readdirSync(dir).filter((f) => f.startsWith('fabric-state.json.refused-'))).to.have.length(1);
+        // As new: the file's link, as the file says.
+        expect(st.links.map((l) => `${l.a}-${l.b}:${l.delayMs}:${l.cut}`)).to.deep.equal(['h1-h2:10:false']);
+      }
+    }
+    expect(taken, 'some mutations still decode').to.be.greaterThan(0);
+    expect(setAside).to.be.greaterThan(150);
+    for (const f of readdirSync(dir)) rmSync(join(dir, f));
+    execFileSync('mkfifo', [file]);
+    logs.length = 0;
+    make();
+    expect(logs).to.include('the saved fabric state is refused: starting from the topology file');
+  });
+
+  it('keeps serving when its state cannot be saved (a directory in the file\'s place), and says so once', async () => {
+    execFileSync('mkdir', [file]);
+    logs.length = 0;
+    const f = await start();
+    expect(logs).to.include('the saved fabric state is refused: starting from the topology file');
+    execFileSync('mkdir', ['-p', file]);
+    await joinAs(f.call, 'h1', true);
+    await f.call({ op: 'linkSet', a: 'h1', b: 'h2', change: { rateBps: 1e6 } });
+    const st = decodeFabricStatus(await f.call({ op: 'status' }));
+    expect(st.ok && st.value.links[0]?.rateBps).to.equal(1e6);
+    expect(logs.filter((m) => m.startsWith('cannot save the fabric state'))).to.have.length(1);
+  });
+});
