@@ -64,8 +64,9 @@ random:
   between: [1s, 9s]
 `;
 
-// Three live migrations while a link fault slows the hosts' link: a counter VM there and back, a
-// memdirty VM across with compression.
+// Four live migrations while a link fault slows the hosts' link: a counter VM there, back and there
+// again (the last asked while the one before still runs: it waits for it), a memdirty VM across with
+// compression.
 const MOVES = `name: e2e-moves
 kind: faults
 seed: 4
@@ -82,6 +83,7 @@ moves:
   - { at: 2s, vm: mc, to: h2 }
   - { at: 3s, vm: mm, to: h1, method: precopy+compress }
   - { at: 8s, vm: mc, to: h1 }
+  - { at: 8s, vm: mc, to: h2 }
 checks: { liveness: 10s, isolation: 4s }
 `;
 
@@ -178,12 +180,16 @@ describe('chaos experiments with real processes', function () {
     const why = `progress:\n${lines.join('\n')}\nchecks: ${JSON.stringify(r.checks, null, 1)}`;
     await nothingLeft(r);
     expect(r.moves.map((m) => `${m.id} ${m.vm} ${m.from}>${m.to} ${m.method} ${m.status}`), why).to.deep.equal([
-      'm1 mc h1>h2 precopy completed', 'm2 mm h2>h1 precopy+compress completed', 'm3 mc h2>h1 precopy completed',
+      'm1 mc h1>h2 precopy completed', 'm2 mm h2>h1 precopy+compress completed', 'm3 mc h2>h1 precopy completed', 'm4 mc h1>h2 precopy completed',
     ]);
+    // m4 came while m3 still ran: it waited for it, then went from where m3 left mc.
+    expect(lines.some((l) => /^m4 at \+8\.\ds: mc is still moving \(m3\); m4 waits for it$/.test(l)), why).to.equal(true);
+    expect(lines.some((l) => /^m4 at \+\d+\.\ds \(after m3\): moving mc h1 → h2 \(precopy\)$/.test(l)), why).to.equal(true);
+    expect(r.moves[3]!.startedAt).to.be.at.least(r.moves[2]!.endedAt!);
     for (const m of r.moves) expect(m.downtimeMs, `${m.id}'s downtime`).to.be.a('number');
     expect(r.checks.map((c) => `${c.name}:${c.held}`), why).to.deep.equal(['liveness:true', 'progress:true', 'isolation:true', 'memory:true', 'cleanup:true', 'placement:true']);
     expect(r.checks.find((c) => c.name === 'placement')!.evidence, why).to.deep.equal([
-      'mc on h1 only (m1 h1→h2 completed (downtime ' + r.moves[0]!.downtimeMs + ' ms), m3 h2→h1 completed (downtime ' + r.moves[2]!.downtimeMs + ' ms))',
+      'mc on h2 only (m1 h1→h2 completed (downtime ' + r.moves[0]!.downtimeMs + ' ms), m3 h2→h1 completed (downtime ' + r.moves[2]!.downtimeMs + ' ms), m4 h1→h2 completed (downtime ' + r.moves[3]!.downtimeMs + ' ms))',
       'mm on h1 only (m2 h2→h1 completed (downtime ' + r.moves[1]!.downtimeMs + ' ms))',
     ]);
     // mm's memory was read where it ended up, and follows the pattern.

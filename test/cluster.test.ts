@@ -97,6 +97,19 @@ describe('clusters on one machine', function () {
     const aimed = await h.run('--host', 'h1', 'vm', 'stop', 'a');
     expect(aimed.code, aimed.stderr).to.equal(0);
     expect((await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all')).find((v) => v.name === 'a')!.state).to.equal('Off');
+    // In a cluster's home a command on one VM goes to the host it is on, without --host …
+    const found = await h.run('vm', 'start', 'a');
+    expect(found.code, found.stderr).to.equal(0);
+    expect((await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all')).find((v) => v.name === 'a')!.state).to.equal('Running');
+    const none = await h.run('vm', 'stop', 'nope');
+    expect(none.code).to.equal(1);
+    expect(none.stderr).to.match(/VM "nope" is on no host of cluster lab that answered/);
+    // … and a name two hosts have needs --host.
+    await h.ok('--host', 'h1', 'vm', 'new', 'c', '--memory', '16M');
+    const two = await h.run('vm', 'delete', 'c');
+    expect(two.code).to.equal(1);
+    expect(two.stderr).to.match(/VM "c" is on more than one host of cluster lab \(h1, h2\): aim at one with --host/);
+    await h.ok('--host', 'h1', 'vm', 'delete', 'c');
     const unknown = await h.run('--host', 'h9', 'vm', 'list');
     expect(unknown.code).to.equal(1);
     expect(unknown.stderr).to.match(/cluster lab has no host "h9" \(hosts: h1, h2, h3\)/);
@@ -317,7 +330,7 @@ describe('clusters on one machine', function () {
     expect(st.links.map((l) => [l.delayMs, l.applied])).to.deep.equal([[4, true]]);
     expect(await h.run('cluster', 'status')).to.have.property('stdout').that.matches(/fabric: up at [^\n]*; restarted 1 time, last at /);
     // The migration stream crosses the link the new server holds.
-    const moved = await h.json<{ status: string }>('--host', 'h1', 'vm', 'move', 'a', '--to', 'h2');
+    const moved = await h.json<{ status: string }>('vm', 'move', 'a', '--to', 'h2');
     expect(moved.status).to.equal('completed');
     const all = await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all');
     expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['h2/a/Running']);

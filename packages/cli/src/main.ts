@@ -510,6 +510,29 @@ function clusterHint(home: string): string | null {
   return `cluster ${c.topology.name}: name one of its hosts with --host (${hosts.join(', ')}), or use "vm list --all", "cluster status" and "cluster down"`;
 }
 
+/** Commands on one VM (named first) that, in a cluster's home without --host, go to the host the VM is on. */
+const VM_COMMANDS_BY_NAME: ReadonlySet<string> = new Set([
+  'vm start', 'vm stop', 'vm turn-off', 'vm pause', 'vm resume', 'vm save', 'vm delete', 'vm status', 'vm ic', 'vm kvp', 'vm peek', 'vm set-processor',
+  'vm move', 'vm move-status', 'vm move-cancel',
+]);
+
+/**
+ * The host of cluster `home` that has VM `name` (every host is asked, as `vm list --all` asks).
+ * While a VM moves, its destination lists it too (Starting, "incoming migration from …"): the
+ * host it moves from is the one. Throws a sentence when no host that answered has it, or when
+ * more than one does (then --host says which).
+ */
+async function hostOfVmInCluster(home: string, name: string): Promise<string> {
+  const vms = (await clusterVms(home)).filter((v) => v.name === name);
+  const c = readCluster(home);
+  const cluster = c ? `cluster ${c.topology.name}` : 'the cluster';
+  const settled = vms.filter((v) => !(v.lastStateReason ?? '').startsWith('incoming migration from '));
+  const hosts = [...new Set((settled.length > 0 ? settled : vms).map((v) => v.host))].sort();
+  if (hosts.length === 1) return hosts[0]!;
+  if (hosts.length === 0) throw new CliError(`VM "${name}" is on no host of ${cluster} that answered ("hvlab vm list --all" lists its VMs; --host aims at one host)`);
+  throw new CliError(`VM "${name}" is on more than one host of ${cluster} (${hosts.join(', ')}): aim at one with --host`);
+}
+
 /**
  * A finished move's passes. A pre-copy's last pass is the blackout's (the last dirty pages, with the
  * VM stopped): said apart, so that `--max-passes 5` reads "5 pre-copy passes and the blackout's",
@@ -1251,8 +1274,13 @@ export async function run(argv: string[]): Promise<number> {
     const aimed = p.options.get('host');
     // A host that joined from another machine is reached over CURVE TCP (its management API).
     let remote: { name: string; endpoint: string; socket: Record<string, unknown> } | null = null;
-    if (typeof aimed === 'string') {
-      const target = await clusterCall(() => clusterHostTarget(paths.home, aimed));
+    // In a cluster, a command on one VM without --host goes to the host the VM is on.
+    const vmHost = aimed === undefined && VM_COMMANDS_BY_NAME.has(commandName(p.spec)) && typeof p.args[0] === 'string' && hasCluster(paths.home)
+      ? await clusterCall(() => hostOfVmInCluster(paths.home, p.args[0]!))
+      : null;
+    const hostName = typeof aimed === 'string' ? aimed : vmHost;
+    if (hostName !== null) {
+      const target = await clusterCall(() => clusterHostTarget(paths.home, hostName));
       if (target.kind === 'local') paths = target.paths;
       else remote = target;
     }

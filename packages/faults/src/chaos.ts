@@ -336,11 +336,19 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
      * move ends); recorded as it goes, and the VM's host follows a completed move. A move that is
      * not over in MOVE_TIMEOUT_MS is asked to cancel and recorded as timed out.
      */
-    const startMove = async (m: ChaosSpec['moves'][number] & { id: string }): Promise<void> => {
+    const startMove = async (m: ChaosSpec['moves'][number] & { id: string }, waitedFor: string | null): Promise<void> => {
       const from = hostOf(m.vm);
       const rec: MoveRecord = { id: m.id, vm: m.vm, from, to: m.to, method: m.method, atMs: m.atMs, startedAt: Date.now(), endedAt: null, status: 'active', downtimeMs: null, totalMs: null, error: null };
       report.moves.push(rec);
-      say(`${m.id} at +${((rec.startedAt - report.t0) / 1000).toFixed(1)}s: moving ${m.vm} ${from} → ${m.to} (${m.method})`);
+      // Its turn came after the run's end (or its Ctrl-C): it is not started, and says why.
+      if (signal?.aborted === true || rec.startedAt >= report.t0 + spec.durationMs) {
+        rec.status = 'skipped';
+        rec.error = `the run ${signal?.aborted === true ? 'was interrupted' : 'ended'} while it waited for ${waitedFor ?? 'its turn'}`;
+        rec.endedAt = rec.startedAt;
+        say(`${m.id}: ${m.vm} ${from} → ${m.to} skipped (${rec.error})`);
+        return;
+      }
+      say(`${m.id} at +${((rec.startedAt - report.t0) / 1000).toFixed(1)}s${waitedFor ? ` (after ${waitedFor})` : ''}: moving ${m.vm} ${from} → ${m.to} (${m.method})`);
       const c = clients.get(from)!;
       // Ctrl-C cancels a move under way (safe in every phase: the VM stays where it was, or is where it went).
       const onAbort = (): void => void c.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
@@ -372,13 +380,25 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null && rec.status === 'completed' ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : ''}`);
     };
     const pending: Array<Promise<void>> = [];
+    /**
+     * Each VM's last move of the run and its id: a move of a VM whose move before is still going
+     * waits for it, then starts from where that one left the VM (a host takes one move of a VM at
+     * a time, and refused the second).
+     */
+    const lastMove = new Map<string, { id: string; done: Promise<void> }>();
     // The faults and the moves, by offset (a fault before a move at the same offset).
     const events = [...report.schedule.map((f) => ({ atMs: f.atMs, f, m: null })), ...spec.moves.map((m, i) => ({ atMs: m.atMs, f: null, m: { ...m, id: `m${i + 1}` } }))]
       .sort((a, b) => a.atMs - b.atMs || (a.f ? 0 : 1) - (b.f ? 0 : 1));
     for (const ev of events) {
       if (!(await sleepUntil(report.t0 + ev.atMs, signal))) break;
       if (ev.m) {
-        pending.push(startMove(ev.m));
+        const m = ev.m;
+        const before = lastMove.get(m.vm);
+        const busy = before !== undefined && report.moves.some((x) => x.id === before.id && x.endedAt === null);
+        if (busy) say(`${m.id} at +${((Date.now() - report.t0) / 1000).toFixed(1)}s: ${m.vm} is still moving (${before.id}); ${m.id} waits for it`);
+        const done = busy ? before.done.then(() => startMove(m, before.id)) : startMove(m, null);
+        lastMove.set(m.vm, { id: m.id, done });
+        pending.push(done);
         continue;
       }
       const f = ev.f!;

@@ -63,7 +63,10 @@ export interface MoveRecord {
   atMs: number;
   startedAt: number;
   endedAt: number | null;
-  /** The move's status at its end (completed, failed, cancelled), or refused (the host did not take it). */
+  /**
+   * The move's status at its end (completed, failed, cancelled), refused (the host did not take
+   * it), timeout, or skipped (it waited for the VM's move before it, and the run ended first).
+   */
   status: string;
   downtimeMs: number | null;
   totalMs: number | null;
