@@ -336,8 +336,15 @@ export class Fabric {
         return this.book(r.name);
       }
       case 'leave': {
-        if (!this.members.has(r.name)) return { left: false };
-        this.member(r.name, r.secret);
+        // A name an earlier life of this fabric bound leaves with its secret too, before its host
+        // joined again (its root went down meanwhile): else the name and its links stayed for good.
+        const d = this.members.has(r.name) ? undefined : this.dormant.get(r.name);
+        if (!this.members.has(r.name) && !d) return { left: false };
+        if (!d) this.member(r.name, r.secret);
+        else if (r.secret === null || !timingSafeEqual(d.hash, memberSecretHash(r.secret))) {
+          this.refusedConnection(`in ${r.name}'s name`, 'without its member secret', 'refused requests');
+          throw new RpcFailure('Denied', `this request speaks for ${r.name} without its member secret`);
+        }
         this.members.delete(r.name);
         this.dormant.delete(r.name);
         for (const [k, p] of [...this.proxies]) {

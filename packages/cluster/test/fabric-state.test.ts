@@ -102,6 +102,26 @@ describe('the fabric\'s saved state', function () {
     expect(saved.ok && saved.value.links.map((l) => `${l.a}-${l.b}`)).to.deep.equal(['h1-h2']);
   });
 
+  it('a host that leaves before it joined the restarted fabric again (its root went down meanwhile) frees its name and its links, in the file too', async () => {
+    const first = await start();
+    await joinAs(first.call, 'h1', true);
+    await joinAs(first.call, 'far', false);
+    await first.call({ op: 'linkSet', a: 'far', b: 'h1', change: { lossPercent: 5 } });
+    await stopAll();
+    const second = await start();
+    // Another secret cannot leave in its name.
+    const denied = await second.call({ op: 'leave', name: 'far', secret: randomBytes(32).toString('hex') }).catch((x: RpcFailure) => x);
+    expect((denied as RpcFailure).code).to.equal('Denied');
+    expect(await second.call({ op: 'leave', name: 'far', secret: sec('far') })).to.deep.equal({ left: true });
+    const saved = decodeFabricSavedState(JSON.parse(readFileSync(file, 'utf8')));
+    expect(saved.ok && saved.value.bindings.map((b) => b.name)).to.deep.equal(['h1']);
+    expect(saved.ok && saved.value.links.map((l) => `${l.a}-${l.b}`)).to.deep.equal(['h1-h2']);
+    const st = decodeFabricStatus(await second.call({ op: 'status' }));
+    expect(st.ok && st.value.links.map((l) => `${l.a}-${l.b}`)).to.deep.equal(['h1-h2']);
+    // Its name is anyone's at once, as after a leave before the restart.
+    expect(decodePeerBook(await joinAs(second.call, 'far', false, randomBytes(32).toString('hex'))).ok).to.equal(true);
+  });
+
   it('sets aside whatever else is found there (seeded mutations, random bytes, another cluster\'s state, a FIFO) and starts as new, never throwing', async () => {
     const good = {
       format: 1, cluster: 't',
