@@ -293,7 +293,9 @@ export class Fabric {
       case 'join': {
         if (r.secret === null) throw new RpcFailure('Denied', `a join needs the host's member secret (${r.name} runs an older hvlab?)`);
         const m = this.members.get(r.name);
-        if (!m && this.members.size >= 64) throw new RpcFailure('Full', 'the cluster has 64 members');
+        // A name bound before a restart holds its place as a member does (else the state saved held
+        // more than 64 names, which no restart takes back).
+        if (!m && !this.dormant.has(r.name) && this.members.size + this.dormant.size >= 64) throw new RpcFailure('Full', 'the cluster has 64 members');
         const hash = memberSecretHash(r.secret);
         // A member that joins again with its secret (its root restarted) is itself, from wherever
         // it comes; another host may take a name only once its holder has gone quiet (10 heartbeat

@@ -122,6 +122,23 @@ describe('the fabric\'s saved state', function () {
     expect(decodePeerBook(await joinAs(second.call, 'far', false, randomBytes(32).toString('hex'))).ok).to.equal(true);
   });
 
+  it('names bound before a restart count among the 64 a cluster holds: what the fabric saves is always a state it takes back', async () => {
+    const names = Array.from({ length: 64 }, (_, i) => `n${i}`);
+    writeFileSync(file, JSON.stringify({
+      format: 1, cluster: 't', bindings: names.map((name) => ({ name, secretHash: 'a'.repeat(64), local: false })), links: [],
+    }));
+    const f = await start();
+    expect(logs).to.include('the saved fabric state is taken back');
+    const e = await joinAs(f.call, 'newcomer', false).catch((x: RpcFailure) => x);
+    expect((e as RpcFailure).code).to.equal('Full');
+    const saved = decodeFabricSavedState(JSON.parse(readFileSync(file, 'utf8')));
+    expect(saved.ok, saved.ok ? '' : saved.message).to.equal(true);
+    await stopAll();
+    logs.length = 0;
+    await start();
+    expect(logs).to.include('the saved fabric state is taken back');
+  });
+
   it('sets aside whatever else is found there (seeded mutations, random bytes, another cluster\'s state, a FIFO) and starts as new, never throwing', async () => {
     const good = {
       format: 1, cluster: 't',
