@@ -25,7 +25,7 @@
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 import { problem, readYamlMap, scalar, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
-  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
+  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
 
 /** Host names become parts of namespace and interface names (15 bytes at most in Linux). */
@@ -284,7 +284,10 @@ export function parseTopology(text: string, file = 'topology'): Topology {
             const ms = quantity(ctx, v, f, parseDuration, 'a duration such as 20ms', 0, MAX_LINK_DELAY_MS, 'ms');
             if (ms !== null) link.impairments[k === 'delay' ? 'delayMs' : 'jitterMs'] = ms;
           } else if (k === 'rate') {
-            const bps = quantity(ctx, v, f, parseRate, 'a rate such as 100mbit', 0, 1e13, ' bit/s', true);
+            // The fabric's own range (a link set and the fabric's saved state take no other): a rate
+            // past it made a state that no restart of the fabric took back, and a fault's undo that
+            // the fabric refused.
+            const bps = quantity(ctx, v, f, parseRate, 'a rate such as 100mbit', 1, LINK_MAX_RATE_BPS, ' bit/s');
             if (bps !== null) link.impairments.rateBps = bps;
           } else {
             const pct = quantity(ctx, v, f, parseLoss, 'a percentage such as 0.1%', 0, 100, '%');

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLUSTER_WIRE_VERSION, decodeFabricSavedState, decodeFabricStatus, decodePeerBook, seededRandom } from '@hvlab/protocol';
 import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
-import { Fabric } from '../src/index.js';
+import { Fabric, parseTopology, TopologyError } from '../src/index.js';
 
 describe('the fabric\'s saved state', function () {
   this.timeout(30000);
@@ -137,6 +137,30 @@ describe('the fabric\'s saved state', function () {
     logs.length = 0;
     await start();
     expect(logs).to.include('the saved fabric state is taken back');
+  });
+
+  it('a link as the topology file may set it round-trips through the saved state (else a restart set the whole state aside)', async () => {
+    for (const rate of ['1bit', '0.5bit', '1tbit', '5tbit']) {
+      let topo;
+      try {
+        topo = parseTopology(`name: t\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - { endpoints: [h1, h2], rate: ${rate} }\nvms: {}\n`);
+      } catch (e) {
+        expect(e, rate).to.be.instanceOf(TopologyError);
+        continue;
+      }
+      for (const x of readdirSync(dir)) rmSync(join(dir, x));
+      const mk = (): Fabric => new Fabric({ cluster: 't', key, listen: '127.0.0.1', port: 0, links: topo.links, fileHosts: ['h1', 'h2'], stateFile: file, log: (msg) => void logs.push(msg) });
+      const a = mk();
+      const port = await a.start();
+      const client = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+      open.push({ fabric: a, client });
+      await joinAs((b) => client.call(b, 3000, CLUSTER_WIRE_VERSION), 'h1', true);
+      await stopAll();
+      logs.length = 0;
+      const b = mk();
+      expect(logs, rate).to.include('the saved fabric state is taken back');
+      expect(b.status().links[0]?.rateBps, rate).to.equal(topo.links[0]!.impairments.rateBps);
+    }
   });
 
   it('sets aside whatever else is found there (seeded mutations, random bytes, another cluster\'s state, a FIFO) and starts as new, never throwing', async () => {
