@@ -35,7 +35,8 @@ import { clusterDir, clusterGoingDown, clusterKeyFile, clusterRecordFile, fabric
 const args = process.argv.slice(2);
 const serving = args.includes('--serve');
 const portArg = args.indexOf('--port');
-const home = args.find((a, i) => !a.startsWith('--') && i !== portArg + 1) ?? process.env.HVLAB_FABRIC_HOME ?? '';
+// Without --port, portArg + 1 is 0: the home itself, which was passed over for the environment's.
+const home = args.find((a, i) => !a.startsWith('--') && (portArg < 0 || i !== portArg + 1)) ?? process.env.HVLAB_FABRIC_HOME ?? '';
 const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: serving ? 'fabric' : 'fabric-supervisor' });
 process.title = serving ? `hvlab-fabric-serve ${home}` : `hvlab-fabric ${home}`;
 process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the fabric keeps serving)'));

@@ -1,0 +1,96 @@
+/**
+ * The fabric's supervisor as a process (fabric-main.ts), on a cluster record written by hand (no
+ * hosts): the edges between it, its server and a home that goes away. Started as lab.ts starts it.
+ */
+import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { entries, firstLine, makeClusterKey, nodeArgsFor, pidAlive, processEnv, writeClusterKey } from '@hvlab/runtime';
+import { procCmdline } from '@hvlab/shm/procfs';
+import {
+  clusterDir, clusterKeyFile, clusterRecordFile, clusterTag, fabricFile, fabricPids, namespacesAvailable, networkLeftovers, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork,
+} from '../src/index.js';
+
+const SOURCE = 'name: t\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms: {}\n';
+
+async function until(cond: () => boolean, ms: number, every = 20): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, every));
+  }
+  return cond();
+}
+
+describe('the fabric\'s supervisor', function () {
+  this.timeout(60000);
+  let home = '';
+  let net: ClusterNetwork | null = null;
+
+  /** A cluster record of two hosts and its key in a new home; its network too when `namespaces`. */
+  const makeHome = (namespaces = false): string => {
+    const h = mkdtempSync(join(tmpdir(), 'hvlab-fabric-sup-'));
+    mkdirSync(join(clusterDir(h), 'log'), { recursive: true });
+    net = namespaces ? planNetwork(h, ['h1', 'h2'], 'namespaces', 'test') : null;
+    const gateway = net?.gateway ?? '127.0.0.1';
+    writeFileSync(clusterRecordFile(h), JSON.stringify({
+      version: 2, name: 't', file: 't.yaml', source: SOURCE, createdAt: new Date().toISOString(), mode: net ? 'namespaces' : 'loopback', modeReason: 'test', listen: gateway, fabricPort: 0, gateway,
+    }));
+    writeClusterKey(clusterKeyFile(h), makeClusterKey('t'));
+    if (net) setupNetwork(net);
+    return h;
+  };
+  /** The supervisor, as lab.ts's startFabric starts it; resolves once it said ready. */
+  const startSupervisor = async (h: string, env: Record<string, string> = { HVLAB_FABRIC_HOME: h }, cwd?: string): Promise<ChildProcess> => {
+    const errFd = openSync(join(clusterDir(h), 'log', 'fabric-stderr.log'), 'a');
+    const child = spawn(process.execPath, [...nodeArgsFor(entries.fabric), h], { detached: true, stdio: ['ignore', 'pipe', errFd], env: processEnv(process.env, env), ...(cwd ? { cwd } : {}) });
+    closeSync(errFd);
+    const first = await firstLine(child, 20000);
+    child.stdout!.destroy();
+    child.unref();
+    expect(first).to.deep.equal({ kind: 'line', line: 'ready' });
+    return child;
+  };
+  const fabricJson = (h: string): { pid: number; supervisor: number } => JSON.parse(readFileSync(fabricFile(h), 'utf8'));
+  /** A server its supervisor is starting (not the one of fabric.json): its pid, as soon as it runs. */
+  const startingServer = async (h: string, old: number): Promise<number | null> => {
+    let pid: number | null = null;
+    await until(() => {
+      pid = fabricPids(h).find((p) => p !== old && procCmdline(p)?.includes('--serve') === true) ?? null;
+      return pid !== null;
+    }, 10000, 2);
+    return pid;
+  };
+
+  afterEach(() => {
+    for (const p of fabricPids(home)) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch { /* gone */ }
+    }
+    if (net) teardownNetwork(net.tag);
+    net = null;
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  it('takes its home from its argument, as its header says, without HVLAB_FABRIC_HOME', async () => {
+    home = makeHome();
+    const cwd = mkdtempSync(join(tmpdir(), 'hvlab-fabric-cwd-'));
+    try {
+      const env: Record<string, string> = {};
+      for (const [k, v] of Object.entries(process.env)) if (k !== 'HVLAB_FABRIC_HOME' && v !== undefined) env[k] = v;
+      const child = spawn(process.execPath, [...nodeArgsFor(entries.fabric), home], { stdio: ['ignore', 'pipe', 'pipe'], env, cwd });
+      const first = await firstLine(child, 20000);
+      expect(first).to.deep.equal({ kind: 'line', line: 'ready' });
+      expect(readdirSync(cwd), 'nothing made where it was started').to.deep.equal([]);
+      expect(fabricJson(home).supervisor).to.equal(child.pid);
+      child.kill('SIGTERM');
+      expect(await until(() => !pidAlive(fabricJson(home).pid) && child.exitCode !== null, 5000)).to.equal(true);
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
+  });
+
+});
