@@ -125,7 +125,9 @@ async function supervise(): Promise<void> {
       if (server === child) server = null;
       if (leaving) return;
       if (clusterGoingDown(home)) {
-        void leave('the cluster is going down');
+        // Or its record is gone (a home removed under it): its network is then this supervisor's
+        // to remove, as when its watch sees that first.
+        void leave('the cluster is going down', true);
         return;
       }
       streak = Date.now() - startedAt >= RESTART_CALM_MS ? 0 : streak + 1;

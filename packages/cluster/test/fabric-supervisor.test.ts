@@ -93,4 +93,17 @@ describe('the fabric\'s supervisor', function () {
     }
   });
 
+  it('a server that dies after the home was removed under the cluster: its supervisor still removes the cluster\'s network', async function () {
+    if (!namespacesAvailable().ok) this.skip();
+    home = makeHome(true);
+    if (networkLeftovers(clusterTag(home)).namespaces.length !== 2) this.skip();
+    await startSupervisor(home);
+    const { pid } = fabricJson(home);
+    rmSync(home, { recursive: true, force: true });
+    // Before the supervisor's watch of the record (every 2 s) sees it gone.
+    process.kill(pid, 'SIGKILL');
+    expect(await until(() => fabricPids(home).length === 0, 10000, 100), 'the supervisor leaves').to.equal(true);
+    expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
 });
