@@ -37,17 +37,18 @@ const serving = args.includes('--serve');
 const portArg = args.indexOf('--port');
 // Without --port, portArg + 1 is 0: the home itself, which was passed over for the environment's.
 const home = args.find((a, i) => !a.startsWith('--') && (portArg < 0 || i !== portArg + 1)) ?? process.env.HVLAB_FABRIC_HOME ?? '';
-const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: serving ? 'fabric' : 'fabric-supervisor' });
 process.title = serving ? `hvlab-fabric-serve ${home}` : `hvlab-fabric ${home}`;
-process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the fabric keeps serving)'));
-process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the fabric keeps serving)'));
 
+// Looked for before the log, which makes its directory: a server its supervisor started just as
+// the home was removed made HOME/cluster/log again, and left it.
 const c = readCluster(home);
 if (!c) {
-  log.error({ home }, 'no cluster record');
-  process.stderr.write(`no cluster record in ${home}\n`);
+  process.stdout.write(`no cluster record in ${home}\n`);
   process.exit(1);
 }
+const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: serving ? 'fabric' : 'fabric-supervisor' });
+process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the fabric keeps serving)'));
+process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the fabric keeps serving)'));
 
 /** The first restart's delay; doubled for each restart that follows another within RESTART_CALM_MS, up to RESTART_MAX_MS. */
 const RESTART_FIRST_MS = 250;

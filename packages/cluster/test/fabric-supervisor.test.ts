@@ -106,4 +106,16 @@ describe('the fabric\'s supervisor', function () {
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
+  it('a home removed while a restart is starting a server is not made again by it', async () => {
+    home = makeHome();
+    await startSupervisor(home);
+    const { pid } = fabricJson(home);
+    process.kill(pid, 'SIGKILL');
+    const next = await startingServer(home, pid);
+    expect(next, 'a server is being started').to.not.equal(null);
+    rmSync(home, { recursive: true, force: true });
+    expect(await until(() => fabricPids(home).length === 0, 10000, 100), 'the supervisor leaves').to.equal(true);
+    expect(existsSync(home), `made again: ${existsSync(home) ? readdirSync(home, { recursive: true }).join(', ') : ''}`).to.equal(false);
+  });
+
 });
