@@ -106,14 +106,18 @@ async function supervise(): Promise<void> {
   let streak = 0;
   let port = c!.record.fabricPort;
   let restartTimer: NodeJS.Timeout | undefined;
+  /** A server started and not yet ready: `leave` ends it too (it would start, and serve, after its supervisor). */
+  let starting: ChildProcess | null = null;
 
   /** Starts a server; resolves with its port once it serves, or with why not. */
   const start = async (): Promise<{ port: number } | { why: string }> => {
     const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, home, '--serve', '--port', String(port)], {
       stdio: ['pipe', 'pipe', 'inherit'], env: process.env,
     });
+    starting = child;
     child.stdin!.on('error', () => undefined);
     const first = await firstLine(child, READY_TIMEOUT_MS);
+    starting = null;
     child.stdout!.destroy();
     const m = first.kind === 'line' ? /^ready (\d+)$/.exec(first.line) : null;
     if (!m) {
@@ -168,6 +172,7 @@ async function supervise(): Promise<void> {
     leaving = true;
     clearTimeout(restartTimer);
     log.info({ why }, 'fabric exiting');
+    starting?.kill('SIGKILL');
     const s = server;
     if (s && s.exitCode === null && s.signalCode === null) {
       s.kill('SIGTERM');

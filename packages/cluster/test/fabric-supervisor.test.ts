@@ -118,4 +118,18 @@ describe('the fabric\'s supervisor', function () {
     expect(existsSync(home), `made again: ${existsSync(home) ? readdirSync(home, { recursive: true }).join(', ') : ''}`).to.equal(false);
   });
 
+  it('a supervisor ended while a restart is starting a server ends that server too', async () => {
+    home = makeHome();
+    const sup = await startSupervisor(home);
+    const { pid } = fabricJson(home);
+    process.kill(pid, 'SIGKILL');
+    const next = await startingServer(home, pid);
+    expect(next, 'a server is being started').to.not.equal(null);
+    process.kill(sup.pid!, 'SIGTERM');
+    expect(await until(() => !pidAlive(sup.pid!), 5000, 5)).to.equal(true);
+    // Gone with it, not left to start, bind the fabric's port and serve with nobody to supervise it.
+    expect(await until(() => !pidAlive(next!), 150, 5), `server ${next} left behind its supervisor`).to.equal(true);
+    const log = readFileSync(join(clusterDir(home), 'log', 'fabric.log'), 'utf8');
+    expect(log).to.not.match(/uncaught exception/);
+  });
 });
