@@ -57,7 +57,12 @@ describe('the cluster record', () => {
       mkdirSync(clusterDir(home), { recursive: true });
       expect(readFabricFile(home)).to.equal(null);
       writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, port: 7740, listen: '10.0.0.1' }));
-      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740 });
+      // An older fabric's file (no supervisor): what it lacks reads as none.
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: null, restarts: 0, startedAt: null });
+      writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, supervisor: 122, port: 7740, listen: '10.0.0.1', startedAt: '2026-12-01T00:00:00.000Z', restarts: 2 }));
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: 122, restarts: 2, startedAt: '2026-12-01T00:00:00.000Z' });
+      writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, supervisor: -4, port: 7740, startedAt: 'x'.repeat(100), restarts: 1.5 }));
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: null, restarts: 0, startedAt: null });
       const next = seededRandom(0xfab1);
       const texts = ['null', '[]', '"x"', '{"pid":-1,"port":1}', '{"pid":1,"port":70000}', '{"pid":1.5,"port":1}', '{"pid":1}', '{'];
       for (let i = 0; i < 1500; i++) {
@@ -69,7 +74,7 @@ describe('the cluster record', () => {
         }
         writeFileSync(fabricFile(home), t);
         const r = readFabricFile(home);
-        if (r !== null) expect(Number.isSafeInteger(r.pid) && r.pid > 0 && r.port >= 1 && r.port <= 65535).to.equal(true);
+        if (r !== null) expect(Number.isSafeInteger(r.pid) && r.pid > 0 && r.port >= 1 && r.port <= 65535 && Number.isSafeInteger(r.restarts) && r.restarts >= 0 && (r.supervisor === null || r.supervisor > 0)).to.equal(true);
       }
     } finally {
       rmSync(home, { recursive: true, force: true });
