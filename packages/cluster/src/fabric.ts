@@ -57,6 +57,9 @@ export function linkSeed(a: string, b: string): number {
   return createHash('sha1').update(`${x}|${y}`).digest().readUInt32BE(0);
 }
 
+/** A fabric that ran nothing for this long was stalled (stopped, hung): what it did not hear meanwhile says nothing of its members. */
+const STALL_MS = 2 * HEARTBEAT_MS;
+
 /** A member as the fabric holds it: what it said when it joined, when it was last heard, its heartbeats, its secret's hash. */
 interface Member extends Omit<FabricMember, 'lastSeenMs' | 'peers'> {
   lastSeen: number;
@@ -108,7 +111,17 @@ export class Fabric {
    * gone quiet.
    */
   private readonly dormant = new Map<string, { hash: Buffer; local: boolean }>();
-  private readonly startedAt = Date.now();
+  /**
+   * Since when this fabric has been listening without a stall: its start, or the end of the last
+   * time it ran nothing for STALL_MS (stopped by `fault inject pause --target cluster`, a SIGSTOP, a
+   * machine that hung). A member (or a name from the saved state) is quiet only once 10 heartbeat
+   * periods have passed since then too: on resuming from a longer pause every member looked quiet
+   * (its heartbeats of the pause not read yet), and a join in its name from another holder of the
+   * key that waited in the socket took it.
+   */
+  private awakeSince = Date.now();
+  private lastTick = Date.now();
+  private ticker: NodeJS.Timeout | null = null;
   /** The last failure to save the state, logged once until a save succeeds. */
   private saveFailed: string | null = null;
 
@@ -200,8 +213,19 @@ export class Fabric {
     }
   }
 
+  /** Notes a stall (nothing ran for STALL_MS) ending now; answers since when this fabric has listened without one. */
+  private awake(): number {
+    const now = Date.now();
+    if (now - this.lastTick > STALL_MS) this.awakeSince = now;
+    this.lastTick = now;
+    return this.awakeSince;
+  }
+
   /** Binds the control socket; resolves with its port. */
   async start(): Promise<number> {
+    this.awake();
+    this.ticker = setInterval(() => this.awake(), STALL_MS / 8);
+    this.ticker.unref();
     await startZapHandler(this.opts.key, (address, why) => this.opts.log?.('refused a connection', { address, why }));
     watchKeyRefusals(this.server.sock);
     const ep = `tcp://${this.opts.listen}:${this.opts.port}`;
@@ -301,14 +325,15 @@ export class Fabric {
         // it comes; another host may take a name only once its holder has gone quiet (10 heartbeat
         // periods), and its secret then holds the name.
         const same = m !== undefined && timingSafeEqual(m.secretHash, hash);
-        const held = m !== undefined && !same && Date.now() - m.lastSeen < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
+        const since = this.awake();
+        const held = m !== undefined && !same && Date.now() - Math.max(m.lastSeen, since) < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
         if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
         // A name an earlier life of this fabric bound: its holder has as long to come back as a
         // member gone quiet has, counted from this start.
         const d = m ? undefined : this.dormant.get(r.name);
         const dormantOther = d !== undefined && !timingSafeEqual(d.hash, hash);
-        if (d && (d.local !== r.local || (dormantOther && Date.now() - this.startedAt < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN))) {
+        if (d && (d.local !== r.local || (dormantOther && Date.now() - since < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN))) {
           throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} has a host named ${r.name}, which has not joined again since the fabric restarted`);
         }
         if ((m && !same) || dormantOther) this.opts.log?.('a host took the name of a quiet one', { host: r.name, address: r.address, ...(m ? { was: m.address } : { since: 'the fabric restarted' }) });
@@ -474,6 +499,7 @@ export class Fabric {
   }
 
   async close(): Promise<void> {
+    if (this.ticker) clearInterval(this.ticker);
     this.server.close();
     for (const p of this.proxies.values()) await p.close();
     this.proxies.clear();

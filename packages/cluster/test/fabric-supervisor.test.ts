@@ -7,7 +7,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { entries, firstLine, makeClusterKey, nodeArgsFor, pidAlive, processEnv, writeClusterKey } from '@hvlab/runtime';
+import { randomBytes } from 'node:crypto';
+import { CLUSTER_WIRE_VERSION, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS } from '@hvlab/protocol';
+import { curveClientOptions, entries, firstLine, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey } from '@hvlab/runtime';
 import { procCmdline } from '@hvlab/shm/procfs';
 import {
   clusterDir, clusterKeyFile, clusterRecordFile, clusterTag, fabricFile, fabricPids, namespacesAvailable, networkLeftovers, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork,
@@ -131,5 +133,40 @@ describe('the fabric\'s supervisor', function () {
     expect(await until(() => !pidAlive(next!), 150, 5), `server ${next} left behind its supervisor`).to.equal(true);
     const log = readFileSync(join(clusterDir(home), 'log', 'fabric.log'), 'utf8');
     expect(log).to.not.match(/uncaught exception/);
+  });
+  it('a fabric paused for longer than 10 heartbeat periods (a hung switch) does not give a live member\'s name to another holder of the key when it resumes', async function () {
+    this.timeout(90000);
+    home = makeHome();
+    await startSupervisor(home);
+    const { pid } = fabricJson(home);
+    const { port } = JSON.parse(readFileSync(fabricFile(home), 'utf8')) as { port: number };
+    const key = readClusterKey(clusterKeyFile(home));
+    const holder = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+    const other = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+    const secret = randomBytes(32).toString('hex');
+    const join = (c: RpcClient, s: string, ms = 3000): Promise<unknown> => c.call({ op: 'join', name: 'h1', secret: s, address: '127.0.0.1', peerPort: 1, mgmtPort: 2, lps: 1, local: true }, ms, CLUSTER_WIRE_VERSION);
+    // The holder heartbeats as a root does, all along (what it sends during the pause waits in its socket).
+    const beat = setInterval(() => void holder.call({ op: 'peers', name: 'h1', secret, health: [] }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION).catch(() => undefined), HEARTBEAT_MS);
+    try {
+      await join(holder, secret);
+      await other.call({ op: 'status' }, 3000, CLUSTER_WIRE_VERSION);
+      await new Promise((r) => setTimeout(r, 1500));
+      process.kill(pid, 'SIGSTOP');
+      // Asked early in the pause, answered when the fabric resumes: the holder was last heard before the pause.
+      const taken = join(other, randomBytes(32).toString('hex'), 60000).then(() => null, (e: RpcFailure) => e);
+      await new Promise((r) => setTimeout(r, HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN + 1500));
+      process.kill(pid, 'SIGCONT');
+      const e = await taken;
+      expect(e?.code, 'another secret took the name of a member that heartbeated all along').to.equal('AlreadyExists');
+      // The holder is still itself.
+      expect(await holder.call({ op: 'peers', name: 'h1', secret, health: [] }, 3000, CLUSTER_WIRE_VERSION)).to.have.property('cluster', 't');
+    } finally {
+      clearInterval(beat);
+      holder.close();
+      other.close();
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch { /* gone */ }
+    }
   });
 });
