@@ -101,7 +101,7 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect((await ended(f.id))!.error).to.equal(null);
   });
 
-  it('a link delay (a round-trip figure, as ping shows it) makes the round trip between two hosts grow by the delay, and the link is as before after', async () => {
+  it('a link delay (a round-trip figure, as ping shows it) makes the round trip between two hosts grow by the delay, outlives a kill of the fabric, and the link is as before after', async () => {
     const pings = async (): Promise<number[]> => [...(await h.json<LinkProbeResult>('link', 'probe', 'h1', 'h2', '--pings', '5')).rttMs].sort((a, b) => a - b);
     const median = (xs: number[]): number => xs[Math.floor(xs.length / 2)]!;
     // The round trip unimpaired: the fastest of 5 pings. A busy machine only ever adds to a round
@@ -119,6 +119,19 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(over.code, over.stderr).to.equal(0);
     expect(over.stderr).to.match(new RegExp(`^hvlab: link h1-h2 is held by fault ${f.id} \\(link\\): this change is made over it`));
     await h.ok('link', 'set', 'h1', 'h2', '--jitter', 'none');
+    // The fabric cannot be paused over it (it could not end the link fault), but it can be killed:
+    // its restarted server takes the link's state back, and the fault is cleared there.
+    const paused = await h.run('fault', 'inject', 'pause', '--target', 'cluster', '--for', '2s');
+    expect(paused.code).to.equal(1);
+    expect(paused.stderr).to.match(new RegExp(`link h1-h2 is held by fault ${f.id} already: a paused fabric could not end it`));
+    await inject('kill', '--target', 'cluster', '--for', '2s');
+    type St = { fabric: { state: string; restarts: number }; hosts: Array<{ member: boolean }>; links: Array<{ a: string; b: string; delayMs?: number | null }> };
+    let st0: St | null = null;
+    expect(await eventually(async () => {
+      st0 = await h.json<St>('cluster', 'status').catch(() => null);
+      return st0 !== null && st0.fabric.state === 'up' && st0.fabric.restarts === 1 && st0.hosts.every((x) => x.member);
+    }, 30000, 300), `the fabric back: ${JSON.stringify(st0)}`).to.equal(true);
+    expect(st0!.links.find((x) => x.a === 'h1' && x.b === 'h2')!.delayMs).to.equal(150);
     await h.ok('fault', 'clear', f.id);
     expect((await ended(f.id))?.endReason).to.equal('cleared');
     const st = await h.json<{ links: Array<{ a: string; b: string; delayMs?: number | null; cut: boolean }> }>('cluster', 'status');

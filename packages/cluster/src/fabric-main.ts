@@ -62,6 +62,17 @@ if (serving) await serve();
 else await supervise();
 
 async function serve(): Promise<void> {
+  // The supervisor's end of stdin closes when the supervisor goes, however it goes: watched from
+  // the start, so a server still loading leaves at once too (it would bind and serve alone).
+  let leave = (why: string): void => {
+    log.info({ why }, 'fabric exiting before it served');
+    process.exit(0);
+  };
+  process.stdin.on('end', () => void leave('the supervisor is gone'));
+  process.stdin.on('error', () => void leave('the supervisor is gone'));
+  process.stdin.resume();
+  process.on('SIGTERM', () => void leave('SIGTERM'));
+  process.on('SIGINT', () => void leave('SIGINT'));
   const port = portArg >= 0 ? Number(args[portArg + 1]) : c!.record.fabricPort;
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stdout.write(`--port ${args[portArg + 1]} is not a port\n`);
@@ -83,19 +94,12 @@ async function serve(): Promise<void> {
   log.info({ port: bound, listen: c!.record.listen }, 'fabric ready');
   process.stdout.write(`ready ${bound}\n`);
   let leaving = false;
-  const leave = async (why: string): Promise<void> => {
+  leave = (why: string): void => {
     if (leaving) return;
     leaving = true;
     log.info({ why }, 'fabric exiting');
-    await Promise.race([fabric.close(), new Promise((r) => setTimeout(r, 1000))]);
-    process.exit(0);
+    void Promise.race([fabric.close(), new Promise((r) => setTimeout(r, 1000))]).then(() => process.exit(0));
   };
-  process.on('SIGTERM', () => void leave('SIGTERM'));
-  process.on('SIGINT', () => void leave('SIGINT'));
-  // The supervisor's end of stdin: it closes when the supervisor goes, however it goes.
-  process.stdin.on('end', () => void leave('the supervisor is gone'));
-  process.stdin.on('error', () => void leave('the supervisor is gone'));
-  process.stdin.resume();
 }
 
 async function supervise(): Promise<void> {

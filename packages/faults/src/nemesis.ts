@@ -319,11 +319,17 @@ export class Nemesis {
     };
     // One fault at a time per process, per link, per VM setting and per host's LPs: undoing
     // overlapping ones could not be right (the first to end would undo the other too).
+    // A fault on the fabric lists every link as its effect but changes none: a kill overlaps link
+    // faults freely (the restarted server takes their state back), while a pause takes none
+    // beside it (a paused fabric can neither set a link nor undo one that ends meanwhile).
+    const changesLinks = (k: string): boolean => k === 'link' || k === 'partition';
+    const pausesFabric = (kind: string, r: { processes: Array<{ role: string }> }): boolean => kind === 'pause' && r.processes.some((p) => p.role === 'fabric');
     for (const a of this.active.values()) {
       if (procs.some((p) => a.procs.some((q) => q.pid === p.pid && a.rec.kind === 'pause'))) throw new FaultRefused(`that process is paused by fault ${a.rec.id} already`);
-      const busy = a.rec.kind === 'link' || a.rec.kind === 'partition' ? a.rec.resolved.links.map(([x, y]) => `${x}|${y}`) : [];
+      if (changesLinks(req.kind) && pausesFabric(a.rec.kind, a.rec.resolved)) throw new FaultRefused(`the fabric is paused by fault ${a.rec.id}: no link can change until it runs again`);
+      const busy = changesLinks(a.rec.kind) && (changesLinks(req.kind) || pausesFabric(req.kind, resolved)) ? a.rec.resolved.links.map(([x, y]) => `${x}|${y}`) : [];
       const clash = resolved.links.find(([x, y]) => busy.includes(`${x}|${y}`) || busy.includes(`${y}|${x}`));
-      if (clash) throw new FaultRefused(`link ${clash.join('-')} is held by fault ${a.rec.id} already`);
+      if (clash) throw new FaultRefused(`link ${clash.join('-')} is held by fault ${a.rec.id} already${changesLinks(req.kind) ? '' : ': a paused fabric could not end it'}`);
       if (VM_EXCLUSIVE_KINDS.includes(req.kind) && a.rec.kind === req.kind) {
         const vm = a.rec.resolved.vms.find((v) => resolved.vms.some((w) => w.vm === v.vm && w.host === v.host))?.vm;
         if (vm !== undefined) throw new FaultRefused(`VM ${vm} has a ${req.kind} fault already (${a.rec.id}); a VM takes one at a time (clear it first)`);
