@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import {
-  CHAOS_REPORT_FILES, NemesisClient, OWNER_LEASE_MS, chaosWorld, drawSchedule, loadChaosExperiment, nemesisPids, plannedSchedule, processState, runChaosExperiment, type ChaosReport,
+  CHAOS_REPORT_FILES, NemesisClient, OWNER_LEASE_MS, chaosWorld, drawSchedule, loadChaosExperiment, nemesisPids, plannedMoves, plannedSchedule, processState, runChaosExperiment, type ChaosReport,
   type ChaosSpec,
 } from '@hvlab/faults';
 import { TestHost, eventually, killExperimentRun, shmFiles } from './harness.js';
@@ -62,6 +62,7 @@ random:
   kinds: [pause, vmbus, link]
   for: [1s, 2s]
   between: [1s, 9s]
+  moves: 2
 `;
 
 // Four live migrations while a link fault slows the hosts' link: a counter VM there, back and there
@@ -224,6 +225,14 @@ describe('chaos experiments with real processes', function () {
     expect(r.faults.map((f) => [f.id.slice(r.owner.length + 1), f.kind, f.target, f.seed]), lines.join('\n')).to.deep.equal(json.schedule.filter((f) => !r.refused.some((x) => x.id.endsWith(`.${f.id}`))).map((f) => [f.id, f.kind, f.target, f.seed]));
     expect(r.faults.every((f) => f.endedAt !== null)).to.equal(true);
     expect(r.checks.find((c) => c.name === 'cleanup')!.held, JSON.stringify(r.checks.find((c) => c.name === 'cleanup'))).to.equal(true);
+    // The moves drawn from the same seed are the ones made (each from where the VM was then), all ended, and marked drawn.
+    const planned = plannedMoves(spec, 4242);
+    expect(planned.map((m) => m.source)).to.deep.equal(['random', 'random']);
+    expect(r.moves.map((m) => [m.id, m.vm, m.to, m.method, m.source]), lines.join('\n')).to.deep.equal(planned.map((m) => [m.id, m.vm, m.to, m.method, 'random']));
+    expect(r.moves.every((m) => m.endedAt !== null)).to.equal(true);
+    expect(lines.some((l) => /^ {2}m1 \+\d+\.\ds r[12] → h[12] by precopy \(random\)$/.test(l)), lines.join('\n')).to.equal(true);
+    expect(r.checks.find((c) => c.name === 'placement')!.held, JSON.stringify(r.checks.find((c) => c.name === 'placement'))).to.equal(true);
+    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.match(/\| m1 \(random\) \|/);
   });
 
   it('stopped by its signal (Ctrl-C) in the middle of a fault: the fault is cleared at once, the cluster goes, the report is still written', async () => {

@@ -26,7 +26,7 @@ import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } 
 import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
-  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedSchedule, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
+  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
@@ -332,12 +332,17 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
   if (spec instanceof ChaosExperimentError) return refuseFile(spec, file, 'experiment', flag('check') ? '' : '; nothing was started');
   if (flag('check')) {
     const useSeed = seed ?? spec.seed;
-    if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: spec.cluster === 'new' ? plannedSchedule(spec, useSeed) : null }));
+    const fresh = spec.cluster === 'new';
+    if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: fresh ? plannedSchedule(spec, useSeed) : null, moves: fresh ? plannedMoves(spec, useSeed) : null }));
     else {
-      out(`${file}: chaos experiment ${spec.name}: ${spec.cluster === 'new' ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
-      if (spec.cluster === 'new') for (const f of plannedSchedule(spec, useSeed)) out(`  ${scheduleLine(f)}`);
-      else out('  (the random part is drawn against the cluster when it runs)');
-      spec.moves.forEach((m, i) => out(`  m${i + 1} +${(m.atMs / 1000).toFixed(1)}s move ${m.vm} to ${m.to} (${m.method})`));
+      out(`${file}: chaos experiment ${spec.name}: ${fresh ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
+      if (fresh) {
+        for (const f of plannedSchedule(spec, useSeed)) out(`  ${scheduleLine(f)}`);
+        for (const m of plannedMoves(spec, useSeed)) out(`  ${moveLine(m)}`);
+      } else {
+        out('  (the random part is drawn against the cluster when it runs)');
+        spec.moves.forEach((m, i) => out(`  m${i + 1} +${(m.atMs / 1000).toFixed(1)}s ${m.vm} → ${m.to} by ${m.method}`));
+      }
     }
     return 0;
   }

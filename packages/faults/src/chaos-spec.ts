@@ -27,6 +27,8 @@
  *     for: [1s, 3s]               # each one's duration, drawn between these
  *     between: [30s, 44s]         # each one starts and ends in this window (default: 1s to duration)
  *     targets: [vm:c1, link:h1-h2] # only these (default: every VM, host and link of the cluster)
+ *     moves: 2                    # live migrations drawn too (count may then be 0 or left out): each a
+ *     methods: [precopy, postcopy] #   workload to another host, inside `between`, by one of these (default precopy)
  *   checks:                       # all on by default; false turns one off
  *     liveness: 10s               # every VM's heartbeat OK again within this after its fault ends
  *     isolation: 3s               # longest stall of a VM or host no fault touched
@@ -92,7 +94,12 @@ export interface ChaosFaultSpec {
 }
 
 export interface ChaosRandomSpec {
+  /** Faults to draw (0: moves only). */
   count: number;
+  /** Live migrations to draw (`moves`): each a VM of the workloads to another host, at a time in `betweenMs`, by one of `methods`. */
+  moves: number;
+  /** The methods drawn moves take (as `moves:` names them); default precopy. */
+  methods: Array<{ method: string; options: ChaosMoveSpec['options'] }>;
   kinds: FaultKind[];
   forMs: [number, number];
   /** Each drawn fault starts and ends within [from, to] (ms from the start). */
@@ -309,7 +316,9 @@ const TOP_FIELDS = ['name', 'kind', 'seed', 'cluster', 'hosts', 'lps', 'duration
 const MOVE_FIELDS = ['at', 'vm', 'to', 'method', 'bandwidth', 'downtimeLimit', 'maxPasses'] as const;
 const WORKLOAD_FIELDS = ['name', 'host', 'workload', 'memory', 'vps'] as const;
 const FAULT_FIELDS = ['at', 'kind', 'target', 'for', 'role', 'seed', 'params'] as const;
-const RANDOM_FIELDS = ['count', 'kinds', 'for', 'between', 'targets'] as const;
+const RANDOM_FIELDS = ['count', 'kinds', 'for', 'between', 'targets', 'moves', 'methods'] as const;
+/** The most moves a random section draws. */
+export const MAX_RANDOM_MOVES = 100;
 const CHECK_FIELDS = ['liveness', 'isolation', 'progress', 'memory', 'cleanup', 'placement'] as const;
 const HOST_RULE = 'a host name is 1-10 lower-case letters, digits or "-", starting with a letter';
 
@@ -631,17 +640,49 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   const rnd = top.get('random');
   if (rnd) {
     const fs = fieldsOf(ctx, rnd.v, 'random', RANDOM_FIELDS);
-    const r: ChaosRandomSpec = { count: 0, kinds: [...RANDOM_DEFAULT_KINDS], forMs: [1000, 3000], betweenMs: [Math.min(1000, spec.durationMs), spec.durationMs], targets: null };
+    const r: ChaosRandomSpec = { count: 0, moves: 0, methods: [{ method: 'precopy', options: {} }], kinds: [...RANDOM_DEFAULT_KINDS], forMs: [1000, 3000], betweenMs: [Math.min(1000, spec.durationMs), spec.durationMs], targets: null };
     let ok = rnd.v !== null && isMap(rnd.v);
-    if (!ok && fs.size === 0 && (rnd.v === null || isScalar(rnd.v))) problem(ctx, at(rnd), 'random', 'must be a map: count, kinds, for, between, targets');
+    if (!ok && fs.size === 0 && (rnd.v === null || isScalar(rnd.v))) problem(ctx, at(rnd), 'random', 'must be a map: count, kinds, for, between, targets, moves, methods');
     const c = fs.get('count');
-    if (!c) {
-      problem(ctx, at(rnd), 'random.count', 'is missing: how many faults to draw');
+    const mvN = fs.get('moves');
+    if (!c && !mvN) {
+      problem(ctx, at(rnd), 'random.count', 'is missing: how many faults to draw (or random.moves: how many moves)');
       ok = false;
-    } else {
-      const v = wholeNumber(ctx, c, 'random.count', 1, MAX_SCHEDULE_FAULTS);
+    } else if (c) {
+      const v = wholeNumber(ctx, c, 'random.count', mvN ? 0 : 1, MAX_SCHEDULE_FAULTS);
       if (v === null) ok = false;
       else r.count = v;
+    }
+    if (mvN) {
+      const v = wholeNumber(ctx, mvN, 'random.moves', 1, MAX_RANDOM_MOVES);
+      if (v === null) ok = false;
+      else if (hostNames !== null && hostNames.length < 2) {
+        problem(ctx, at(mvN), 'random.moves', 'a move needs a host to go to: the cluster has one host');
+        ok = false;
+      } else r.moves = v;
+    }
+    const meL = fs.get('methods');
+    if (meL) {
+      if (!mvN) {
+        problem(ctx, at(meL), 'random.methods', 'goes with random.moves (the methods drawn moves take)');
+        ok = false;
+      } else if (!meL.v || !isSeq(meL.v) || meL.v.items.length === 0) {
+        problem(ctx, at(meL), 'random.methods', 'must be a list of methods, e.g. [precopy, postcopy, precopy+compress]');
+        ok = false;
+      } else {
+        r.methods = [];
+        meL.v.items.forEach((item, i) => {
+          const v = scalar(item as Node);
+          const pm = typeof v === 'string' ? parseMethod(v) : 'must be a method such as precopy, postcopy or precopy+compress';
+          if (typeof pm === 'string') {
+            problem(ctx, item as Node, `random.methods[${i}]`, pm);
+            ok = false;
+          } else if (r.methods.some((m) => m.method === pm.method)) {
+            problem(ctx, item as Node, `random.methods[${i}]`, `${pm.method} is listed twice`);
+            ok = false;
+          } else r.methods.push({ method: pm.method, options: { ...pm.options } });
+        });
+      }
     }
     const ks = fs.get('kinds');
     if (ks) {
@@ -699,12 +740,16 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
     }
     if (ok) {
       const [b0, b1] = r.betweenMs;
-      if (b1 - b0 < r.forMs[1]) {
+      if (r.count > 0 && b1 - b0 < r.forMs[1]) {
         problem(ctx, bw ? at(bw) : fr ? at(fr) : at(rnd), bw ? 'random.between' : 'random.for', `the window ${fmtMs(b0)}–${fmtMs(b1)} is shorter than the longest fault drawn (${fmtMs(r.forMs[1])})`);
         ok = false;
       }
       // Every kind asked for needs something to hit.
-      if (ok && spec.workloads.length > 0) {
+      if (r.moves > 0 && spec.workloads.length === 0) {
+        problem(ctx, mvN ? at(mvN) : at(rnd), 'random.moves', 'there are no workloads to move');
+        ok = false;
+      }
+      if (ok && r.count > 0 && spec.workloads.length > 0) {
         const world = chaosWorld(spec);
         if (spec.cluster === 'new') {
           for (const k of r.kinds) {

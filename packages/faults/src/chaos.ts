@@ -33,7 +33,7 @@ import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
 import type { OwnedVm } from './wire.js';
 import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis } from './client.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
-import { drawSchedule, faultRequest, scheduleLine, type ScheduledFault } from './schedule.js';
+import { drawMoves, drawSchedule, faultRequest, moveLine, scheduleLine, type ScheduledFault, type ScheduledMove } from './schedule.js';
 import {
   checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
   type MoveRecord, type Observation, type PlacementObservation, type VmSample,
@@ -289,8 +289,10 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     const missing = spec.workloads.filter((w) => !world.hosts.includes(w.host));
     if (missing.length > 0) throw new ClusterError(`cluster ${st.name} has no host ${missing.map((w) => `${w.host} (for ${w.name})`).join(', ')}; its hosts: ${world.hosts.join(', ')}`);
     report.schedule = drawSchedule(seed, spec, world);
-    say(`seed ${seed}: ${report.schedule.length} fault${report.schedule.length === 1 ? '' : 's'} over ${spec.durationMs / 1000} s`);
+    const moves = drawMoves(seed, spec, world);
+    say(`seed ${seed}: ${report.schedule.length} fault${report.schedule.length === 1 ? '' : 's'}${moves.length ? ` and ${moves.length} move${moves.length === 1 ? '' : 's'}` : ''} over ${spec.durationMs / 1000} s`);
     for (const f of report.schedule) say(`  ${scheduleLine(f)}`);
+    for (const m of moves) say(`  ${moveLine(m)}`);
 
     clients = await hostClients(home, world.hosts);
     // The run's lease, from before its first VM: on an existing cluster it names the VMs made so
@@ -336,9 +338,9 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
      * move ends); recorded as it goes, and the VM's host follows a completed move. A move that is
      * not over in MOVE_TIMEOUT_MS is asked to cancel and recorded as timed out.
      */
-    const startMove = async (m: ChaosSpec['moves'][number] & { id: string }, waitedFor: string | null): Promise<void> => {
+    const startMove = async (m: ScheduledMove, waitedFor: string | null): Promise<void> => {
       const from = hostOf(m.vm);
-      const rec: MoveRecord = { id: m.id, vm: m.vm, from, to: m.to, method: m.method, atMs: m.atMs, startedAt: Date.now(), endedAt: null, status: 'active', downtimeMs: null, totalMs: null, error: null };
+      const rec: MoveRecord = { id: m.id, vm: m.vm, from, to: m.to, method: m.method, atMs: m.atMs, startedAt: Date.now(), endedAt: null, status: 'active', downtimeMs: null, totalMs: null, error: null, ...(m.source === 'random' ? { source: 'random' as const } : {}) };
       report.moves.push(rec);
       // Its turn came after the run's end (or its Ctrl-C): it is not started, and says why.
       if (signal?.aborted === true || rec.startedAt >= report.t0 + spec.durationMs) {
@@ -387,7 +389,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
      */
     const lastMove = new Map<string, { id: string; done: Promise<void> }>();
     // The faults and the moves, by offset (a fault before a move at the same offset).
-    const events = [...report.schedule.map((f) => ({ atMs: f.atMs, f, m: null })), ...spec.moves.map((m, i) => ({ atMs: m.atMs, f: null, m: { ...m, id: `m${i + 1}` } }))]
+    const events = [...report.schedule.map((f) => ({ atMs: f.atMs, f, m: null })), ...moves.map((m) => ({ atMs: m.atMs, f: null, m }))]
       .sort((a, b) => a.atMs - b.atMs || (a.f ? 0 : 1) - (b.f ? 0 : 1));
     for (const ev of events) {
       if (!(await sleepUntil(report.t0 + ev.atMs, signal))) break;
@@ -566,6 +568,10 @@ function leftSomething(o: CleanupObservation): boolean {
 }
 
 /** The schedule a spec with a new cluster draws from `seed` (for `--check`, and to compare with a report's). */
+export function plannedMoves(spec: ChaosSpec, seed = spec.seed): ScheduledMove[] {
+  return drawMoves(seed, spec, chaosWorld(spec));
+}
+
 export function plannedSchedule(spec: ChaosSpec, seed = spec.seed): ScheduledFault[] {
   return drawSchedule(seed, spec, chaosWorld(spec));
 }

@@ -71,6 +71,8 @@ export interface MoveRecord {
   downtimeMs: number | null;
   totalMs: number | null;
   error: string | null;
+  /** Drawn from the seed (`random.moves`); absent for the file's own. */
+  source?: 'random';
 }
 
 /** What a run recorded, for the checkers. */

@@ -18,7 +18,7 @@
  */
 import { seededRandom, type FaultKind, type ProcessRole } from '@hvlab/protocol';
 import { PARTITION_SHAPES, type FaultRequest } from './types.js';
-import { PARTITION_MIN_HOSTS, randomCandidates, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
+import { PARTITION_MIN_HOSTS, randomCandidates, type ChaosMoveSpec, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 
 /** One fault of a schedule. */
 export interface ScheduledFault {
@@ -50,6 +50,52 @@ const between = (r: () => number, lo: number, hi: number, grid = 1): number => {
   return b <= a ? a * grid : (a + Math.floor(r() * (b - a + 1))) * grid;
 };
 const round2 = (x: number): number => Math.round(x * 100) / 100;
+
+/** One live migration of a run: the file's (`moves:`) and those drawn from its seed (`random.moves`). */
+export interface ScheduledMove extends ChaosMoveSpec {
+  /** m1, m2, … in the order of their offsets (the file's first at equal offsets). */
+  id: string;
+  source: 'explicit' | 'random';
+}
+
+/**
+ * The run's moves: the file's, and `random.moves` drawn from the seed on a stream of their own (so
+ * asking for moves does not change the faults a seed draws, nor the faults the moves). Each drawn
+ * move starts on the schedule's grid inside `random.between`, takes a VM of the workloads to a host
+ * other than the one it is on by then (the file's moves and the drawn ones before it taken as done),
+ * by one of `random.methods`. A pure function of the seed, the file and the world.
+ */
+export function drawMoves(seed: number, spec: Pick<ChaosSpec, 'moves' | 'random'>, world: ChaosWorld): ScheduledMove[] {
+  const explicit = spec.moves.map((m) => ({ ...m, options: { ...m.options }, source: 'explicit' as const }));
+  const drawn: Array<Omit<ScheduledMove, 'id'>> = [];
+  const rnd = spec.random;
+  const vms = world.vms.map((v) => v.name).sort();
+  if (rnd && rnd.moves > 0 && world.hosts.length >= 2 && vms.length > 0) {
+    const r = seededRandom((seed ^ 0x6d6f7665) >>> 0);
+    const times = Array.from({ length: rnd.moves }, () => between(r, rnd.betweenMs[0], Math.max(rnd.betweenMs[0], rnd.betweenMs[1] - 1), SCHEDULE_GRID_MS)).sort((a, b) => a - b);
+    // Where each VM is at each offset: the file's moves at an offset come before the drawn ones.
+    const where = new Map(world.vms.map((v) => [v.name, v.host]));
+    let e = 0;
+    for (const at of times) {
+      for (; e < explicit.length && explicit[e]!.atMs <= at; e++) where.set(explicit[e]!.vm, explicit[e]!.to);
+      const vm = pick(r, vms);
+      const here = where.get(vm);
+      const to = pick(r, world.hosts.filter((h) => h !== here));
+      const m = pick(r, rnd.methods);
+      drawn.push({ atMs: at, vm, to, method: m.method, options: { ...m.options }, source: 'random' });
+      where.set(vm, to);
+    }
+  }
+  return [...explicit, ...drawn]
+    .map((m, i) => ({ m, i }))
+    .sort((a, b) => a.m.atMs - b.m.atMs || a.i - b.i)
+    .map(({ m }, i) => ({ id: `m${i + 1}`, ...m }));
+}
+
+/** One line for a move: "m2 +6.0s c1 → h2 by precopy+compress (random)". */
+export function moveLine(m: ScheduledMove): string {
+  return `${m.id} +${(m.atMs / 1000).toFixed(1)}s ${m.vm} → ${m.to} by ${m.method}${m.source === 'random' ? ' (random)' : ''}`;
+}
 
 /** The seed of explicit fault `i` (its own stream: independent of the random section). */
 export function explicitFaultSeed(seed: number, i: number): number {

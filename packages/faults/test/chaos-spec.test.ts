@@ -12,7 +12,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { FAULT_KINDS, seededRandom } from '@hvlab/protocol';
 import {
-  ChaosExperimentError, chaosWorld, checkFaultRequest, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule,
+  ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule,
   randomCandidates, type ChaosProblem, type ChaosSpec,
 } from '../src/index.js';
 
@@ -57,7 +57,7 @@ describe('chaos experiment files', () => {
     expect(s.faults.map((f) => f.kind)).to.deep.equal(['pause', 'vmbus', 'partition', 'lp-shrink', 'kill']);
     expect(s.faults[1]!.params).to.deep.equal({ channel: 'heartbeat', drop: 1 });
     expect(s.faults[4]!.params).to.deep.equal({ restart: true });
-    expect(s.random).to.deep.equal({ count: 3, kinds: ['pause', 'vmbus', 'link'], forMs: [1000, 3000], betweenMs: [35_000, 43_000], targets: null });
+    expect(s.random).to.deep.equal({ count: 3, moves: 0, methods: [{ method: 'precopy', options: {} }], kinds: ['pause', 'vmbus', 'link'], forMs: [1000, 3000], betweenMs: [35_000, 43_000], targets: null });
     expect(s.checks).to.deep.equal({ livenessMs: 10_000, isolationStallMs: 3000, progress: true, memory: true, cleanup: true, placement: true });
     const sched = plannedSchedule(s);
     expect(sched).to.have.length(8);
@@ -268,6 +268,50 @@ describe('chaos schedules', () => {
     expect(new Set(a.map((f) => f.seed)).size).to.equal(3);
     const seeded = parse(SMALL.replace('for: 3s }', 'for: 3s, seed: 77 }'));
     expect(drawSchedule(5, seeded, world)[0]!.seed).to.equal(77);
+  });
+
+  it('random moves: drawn from a stream of their own (the faults a seed draws do not change), inside the window, each a workload to a host it is not on by then, by the methods asked; the file\'s moves numbered with them', () => {
+    const withMoves = SMALL.replace('random:\n  count: 6\n', 'moves:\n  - { at: 14s, vm: a, to: h3 }\nrandom:\n  count: 6\n  moves: 5\n  methods: [precopy, postcopy+compress]\n');
+    const m = parse(withMoves);
+    expect(m.random!.moves).to.equal(5);
+    expect(m.random!.methods).to.deep.equal([{ method: 'precopy', options: {} }, { method: 'postcopy+compress', options: { postcopy: true, compress: true } }]);
+    const w = chaosWorld(m);
+    const methods = new Set<string>();
+    for (let seed = 0; seed < 60; seed++) {
+      // The faults are those of the same file without moves.
+      expect(drawSchedule(seed, m, w)).to.deep.equal(drawSchedule(seed, spec, world));
+      const moves = drawMoves(seed, m, w);
+      expect(drawMoves(seed, parse(withMoves), chaosWorld(parse(withMoves)))).to.deep.equal(moves);
+      expect(moves.map((x) => x.id)).to.deep.equal(moves.map((_, i) => `m${i + 1}`));
+      expect(moves.filter((x) => x.source === 'explicit').map((x) => `${x.atMs} ${x.vm}>${x.to}`)).to.deep.equal(['14000 a>h3']);
+      const drawn = moves.filter((x) => x.source === 'random');
+      expect(drawn).to.have.length(5);
+      const where = new Map(w.vms.map((v) => [v.name, v.host]));
+      for (let i = 0; i < moves.length; i++) {
+        const x = moves[i]!;
+        if (i > 0) expect(x.atMs).to.be.at.least(moves[i - 1]!.atMs);
+        if (x.source === 'random') {
+          expect(x.atMs % 100, 'on the grid').to.equal(0);
+          expect(x.atMs).to.be.within(12_000, 28_000);
+          expect(['a', 'b']).to.include(x.vm);
+          expect(x.to, `${x.id} to another host than ${x.vm}'s`).to.not.equal(where.get(x.vm));
+          expect(w.hosts).to.include(x.to);
+          methods.add(x.method);
+        }
+        where.set(x.vm, x.to);
+      }
+    }
+    expect([...methods].sort()).to.deep.equal(['postcopy+compress', 'precopy']);
+    expect(drawMoves(1, m, w)).to.not.deep.equal(drawMoves(2, m, w));
+    // Moves only (no faults drawn); one host has nowhere to move to; methods go with moves.
+    const only = parse(SMALL.replace('random:\n  count: 6\n', 'random:\n  moves: 2\n'));
+    expect(only.random!.count).to.equal(0);
+    expect(drawSchedule(3, only, chaosWorld(only)).every((f) => f.source === 'explicit')).to.equal(true);
+    expect(drawMoves(3, only, chaosWorld(only)).map((x) => x.method)).to.deep.equal(['precopy', 'precopy']);
+    const p = problems(SMALL.replace('hosts: 3', 'hosts: 1').replace('  - { name: b, host: h2, workload: "memdirty:4M", memory: 16M }\n', '').replace(/faults:\n(  - .*\n)+/, '').replace('random:\n  count: 6\n', 'random:\n  moves: 2\n  methods: [sideways]\n'));
+    expect(p.map((x) => `${x.field}: ${x.message}`)).to.deep.equal(['random.moves: a move needs a host to go to: the cluster has one host', 'random.methods[0]: "sideways" is not a method: a method is offline, precopy, postcopy or one of them with +compress and +autoconverge']);
+    const q = problems(SMALL.replace('random:\n  count: 6\n', 'random:\n  count: 6\n  methods: [precopy]\n'));
+    expect(q.map((x) => x.field)).to.deep.equal(['random.methods']);
   });
 
   it('random targets restrict the draw; every kind draws only targets it takes; a partition needs two hosts', () => {
