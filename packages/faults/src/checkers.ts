@@ -286,17 +286,37 @@ function nextTouch(obs: Observation, f: FaultRecord, vm: string): number {
   return next;
 }
 
-/** When the link a–b carries heartbeats both ways again after `e` (each side's latest heartbeat to the other answered). */
-function linkBackAt(hosts: readonly HostSample[], a: string, b: string, e: number): number | null {
-  let seenA: number | null = null;
-  let seenB: number | null = null;
+/**
+ * When the link a–b carries heartbeats both ways again for good after `e`, up to `until` (the
+ * next fault on the link, or the run's end): on each side, the first reading with none missed
+ * to the other after the last reading that missed some (or had no heartbeat to it at all), as
+ * heartbeatBackAt judges a VM's heartbeat. A host counts missed heartbeats only after they are
+ * due, so a fault whose damage shows after its end (a kill of the fabric: the hosts notice the
+ * dead links a heartbeat period later) read as recovered at once when the first clean reading
+ * after the end counted.
+ */
+function linkBackAt(hosts: readonly HostSample[], a: string, b: string, e: number, until: number): number | null {
+  let backA: number | null = null;
+  let backB: number | null = null;
   for (const s of hosts) {
-    if (s.t < e || !s.answered || !s.peersMissed) continue;
-    if (seenA === null && s.host === a && s.peersMissed[b] === 0) seenA = s.t;
-    if (seenB === null && s.host === b && s.peersMissed[a] === 0) seenB = s.t;
-    if (seenA !== null && seenB !== null) return Math.max(seenA, seenB);
+    if (s.t < e || s.t > until || !s.answered || !s.peersMissed) continue;
+    if (s.host === a) backA = s.peersMissed[b] === 0 ? (backA ?? s.t) : null;
+    if (s.host === b) backB = s.peersMissed[a] === 0 ? (backB ?? s.t) : null;
   }
-  return null;
+  return backA !== null && backB !== null ? Math.max(backA, backB) : null;
+}
+
+/**
+ * When the next fault on the link a–b started at or after `from` (`f`'s end; Infinity: none did).
+ * One that started while `f` lasted and is over by its end (a kill of the fabric during a link's
+ * delay) does not cut `f`'s window short.
+ */
+function nextLinkTouch(obs: Observation, f: FaultRecord, a: string, b: string, from: number): number {
+  let next = Infinity;
+  for (const [g, e] of effectsOf(obs)) {
+    if (g !== f && g.startedAt >= from && g.startedAt < next && e.links.some(([x, y]) => (x === a && y === b) || (x === b && y === a))) next = g.startedAt;
+  }
+  return next;
 }
 
 /** The recovery time of every fault (see the module comment). */
@@ -327,7 +347,7 @@ export function recoveryTimes(obs: Observation): RecoveryTime[] {
       else worst = Math.max(worst, s.t - e);
     }
     for (const [a, b] of eff.links) {
-      const t = linkBackAt(hostSamples, a, b, e);
+      const t = linkBackAt(hostSamples, a, b, e, Math.min(obs.t1, nextLinkTouch(obs, f, a, b, e)));
       parts.push(`${a} and ${b} hearing each other ${t === null ? 'not seen' : `after ${secs(t - e)}`}`);
       if (t === null) unknown = true;
       else worst = Math.max(worst, t - e);

@@ -208,7 +208,7 @@ describe('chaos checkers', () => {
     expect(faultEffect(fault({ id: 'x', kind: 'clock', from: 0, to: null, vms: ['a'] }), world, T0 + 5).to).to.equal(T0 + END);
   });
 
-  it('recovery of a partition: until both hosts hear each other again; not seen is null', () => {
+  it('recovery of a partition or a kill of the fabric: until both hosts hear each other again; not seen is null', () => {
     const cut = fault({ id: 'f7', kind: 'partition', from: 5000, to: 10_000, hosts: ['h1', 'h2'], links: [['h1', 'h2']] });
     const missed = (h: string, ms: number): Partial<HostSample> | null => {
       const peer = h === 'h1' ? 'h2' : 'h1';
@@ -220,6 +220,28 @@ describe('chaos checkers', () => {
     expect(r!.detail).to.match(/h1 and h2 hearing each other after 1\.2 s/);
     const never = (h: string, ms: number): Partial<HostSample> | null => (ms >= 5000 ? { peersMissed: { [h === 'h1' ? 'h2' : 'h1']: 9 } } : null);
     expect(recoveryTimes(obs(record(undefined, never), [cut]))[0]!.recoveredMs).to.equal(null);
+    // A kill of the fabric (for 0: an instant): the hosts miss heartbeats only after it, and its
+    // recovery is until they hear each other for good, not their first clean reading after it.
+    const fabricKill = fault({ id: 'f8', kind: 'kill', from: 5000, to: 5000, procs: [{ role: 'fabric', host: 'c', vm: null }], links: [['h1', 'h2']], target: 'cluster' });
+    const late = (h: string, ms: number): Partial<HostSample> | null => {
+      const peer = h === 'h1' ? 'h2' : 'h1';
+      if (ms >= 5500 && ms < 7500) return { peersMissed: { [peer]: 2 } };
+      if (h === 'h2' && ms >= 7500 && ms < 7700) return { peersMissed: {} };
+      return null;
+    };
+    const [k] = recoveryTimes(obs(record(undefined, late), [fabricKill]));
+    expect(k!.affected).to.deep.equal(['link:h1-h2']);
+    // Readings every 400 ms: h1 hears h2 again at 7.6 s; h2's table has no h1 at 7.6 s (its book
+    // came back without it yet), so h2 hears h1 again at 8.0 s.
+    expect(k!.detail).to.equal('h1 and h2 hearing each other after 3.0 s');
+    expect(k!.recoveredMs).to.equal(3000);
+    // A partition whose window holds that kill is judged from its own end; a fault on the link
+    // after that end bounds the window (the link must be back for good before it).
+    const around = fault({ id: 'f9', kind: 'partition', from: 4000, to: 9000, hosts: ['h1', 'h2'], links: [['h1', 'h2']] });
+    const [p9] = recoveryTimes(obs(record(undefined, late), [around, fabricKill]));
+    expect(p9).to.include({ recoveredMs: 200 }); // the first readings after its end (every 400 ms)
+    const after = fault({ id: 'f10', kind: 'link', from: 6000, to: 6000, links: [['h1', 'h2']], target: 'link:h1-h2' });
+    expect(recoveryTimes(obs(record(undefined, late), [fabricKill, after]))[0]!.recoveredMs, 'the link never back for good before f10').to.equal(null);
     // A fault that failed has no recovery.
     const failed = { ...pauseA, state: 'failed' as const, error: 'pid gone' };
     expect(recoveryTimes(obs(record(), [failed]))[0]).to.include({ recoveredMs: null, detail: 'the fault failed: pid gone' });
