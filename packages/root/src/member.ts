@@ -283,7 +283,11 @@ export class ClusterMember {
     if (this.tickRunning || this.closed) return;
     this.tickRunning = true;
     try {
+      const wasJoined = this.joined;
       await this.refresh();
+      // A fabric that forgot this host (its server restarted) said NotMember: join it now, not a
+      // period later, so the links come back a heartbeat period sooner.
+      if (wasJoined && !this.joined && !this.closed) await this.refresh();
       for (const p of this.peers.values()) void this.heartbeat(p);
     } finally {
       this.tickRunning = false;
