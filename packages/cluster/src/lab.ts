@@ -473,6 +473,11 @@ async function fabricCall(home: string, body: Record<string, unknown>, timeoutMs
   if (!c) throw new ClusterError(`no cluster is up for ${home}; run "hvlab cluster up FILE"`);
   const f = readFabricFile(home);
   if (!f) throw new ClusterError(`the cluster's fabric has not started (no ${fabricFile(home)}); run "hvlab cluster down" and up again`);
+  // Its server gone: said at once, not after a wait for an answer that cannot come.
+  if (!pidAlive(f.pid)) {
+    if (f.supervisor !== null && pidAlive(f.supervisor)) throw new ClusterError(`the cluster's fabric is restarting: its server (pid ${f.pid}) is gone and its supervisor (pid ${f.supervisor}) starts another; try again in a moment`);
+    throw new ClusterError(`the cluster's fabric is not running (its server, pid ${f.pid}, is gone${f.supervisor !== null ? `, and its supervisor, pid ${f.supervisor}` : ''}): its links are down; "hvlab cluster down" and up again`);
+  }
   const client = new RpcClient(`tcp://${c.record.gateway}:${f.port}`, curveClientOptions(readClusterKey(clusterKeyFile(home))));
   try {
     return await client.call(body, timeoutMs, CLUSTER_WIRE_VERSION);

@@ -12,7 +12,7 @@ import { CLUSTER_WIRE_VERSION, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS } from '@hvla
 import { curveClientOptions, entries, firstLine, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey } from '@hvlab/runtime';
 import { procCmdline } from '@hvlab/shm/procfs';
 import {
-  clusterDir, clusterKeyFile, clusterRecordFile, clusterTag, fabricFile, fabricPids, namespacesAvailable, networkLeftovers, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork,
+  clusterDir, clusterKeyFile, clusterRecordFile, clusterTag, fabricFile, fabricPids, fabricStatus, namespacesAvailable, networkLeftovers, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork,
 } from '../src/index.js';
 
 const SOURCE = 'name: t\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms: {}\n';
@@ -75,6 +75,34 @@ describe('the fabric\'s supervisor', function () {
     if (net) teardownNetwork(net.tag);
     net = null;
     rmSync(home, { recursive: true, force: true });
+  });
+
+  it('a fabric whose server is gone is said to be restarting while its supervisor lives, and not running after, at once (no wait for an answer)', async () => {
+    home = makeHome();
+    await startSupervisor(home);
+    const first = fabricJson(home);
+    expect((await fabricStatus(home)).cluster).to.equal('t');
+    // Its supervisor stopped, so the restart waits: the window a status can fall in.
+    process.kill(first.supervisor, 'SIGSTOP');
+    try {
+      process.kill(first.pid, 'SIGKILL');
+      expect(await until(() => !pidAlive(first.pid), 5000)).to.equal(true);
+      const t0 = Date.now();
+      const e = await fabricStatus(home).catch((x: Error) => x);
+      expect((e as Error).message).to.equal(`the cluster's fabric is restarting: its server (pid ${first.pid}) is gone and its supervisor (pid ${first.supervisor}) starts another; try again in a moment`);
+      expect(Date.now() - t0, 'said at once').to.be.below(4000);
+    } finally {
+      process.kill(first.supervisor, 'SIGCONT');
+    }
+    // Started again: it answers.
+    expect(await until(() => fabricJson(home).pid !== first.pid, 10000)).to.equal(true);
+    expect((await fabricStatus(home)).cluster).to.equal('t');
+    // Both gone: not running.
+    const second = fabricJson(home);
+    process.kill(second.supervisor, 'SIGKILL');
+    expect(await until(() => !pidAlive(second.pid) && !pidAlive(second.supervisor), 5000)).to.equal(true);
+    const gone = await fabricStatus(home).catch((x: Error) => x);
+    expect((gone as Error).message).to.match(/^the cluster's fabric is not running \(its server, pid \d+, is gone, and its supervisor, pid \d+\): its links are down/);
   });
 
   it('takes its home from its argument, as its header says, without HVLAB_FABRIC_HOME', async () => {
