@@ -340,7 +340,8 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
         const ms = quantity(ctx, f, field, parseDuration, 'a duration such as 20ms', 0, LINK_MAX_DELAY_MS, 'ms');
         if (ms !== null) spec.link[k === 'delay' ? 'delayMs' : 'jitterMs'] = ms;
       } else if (k === 'rate') {
-        const bps = quantity(ctx, f, field, parseRate, 'a rate such as 100mbit', 0, LINK_MAX_RATE_BPS, ' bit/s', true);
+        // The fabric's range (link set and its saved state take 1 bit/s to LINK_MAX_RATE_BPS).
+        const bps = quantity(ctx, f, field, parseRate, 'a rate such as 100mbit', 1, LINK_MAX_RATE_BPS, ' bit/s');
         if (bps !== null) spec.link.rateBps = bps;
       } else {
         const pct = quantity(ctx, f, field, parseLoss, 'a percentage such as 0.1%', 0, 100, '%');

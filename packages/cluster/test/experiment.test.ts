@@ -188,7 +188,9 @@ describe('experiment files', () => {
       ['name: x\nmethods: [precopy]\nvm: { vps: 0 }\n', 'vm.vps', /whole number from 1/],
       ['name: x\nmethods: [precopy]\nvm: { workload: dance }\n', 'vm.workload', /unknown/],
       ['name: x\nmethods: [precopy]\nvm: { cpus: 2 }\n', 'vm.cpus', /not a field here/],
-      ['name: x\nmethods: [precopy]\nlink: { rate: 0 }\n', 'link.rate', /above 0/],
+      ['name: x\nmethods: [precopy]\nlink: { rate: 0 }\n', 'link.rate', /at least 1 bit\/s/],
+      // Below the fabric's range (link set refuses it; a fabric's saved state with it was set aside).
+      ['name: x\nmethods: [precopy]\nlink: { rate: 0.5bit }\n', 'link.rate', /at least 1 bit\/s and at most 1000000000000 bit\/s/],
       ['name: x\nmethods: [precopy]\nlink: { loss: 120% }\n', 'link.loss', /at most 100/],
       ['name: x\nmethods: [precopy]\nlink: { delay: fast }\n', 'link.delay', /a duration/],
       ['name: x\nmethods: [precopy]\nlink: [1gbit]\n', 'link', /must be a map/],
