@@ -28,7 +28,7 @@ import {
   decodeFabricRequest, decodeFabricSavedState, FABRIC_STATE_FORMAT, FABRIC_STATE_MAX_BYTES, IMPAIRMENT_KEYS, type FabricSavedState, type LinkChange, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
 import { renameSync } from 'node:fs';
-import { curveServerOptions, readRegularFile, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, writeFileAtomic, zapRefused } from '@hvlab/runtime';
+import { curveServerOptions, FileShapeError, readRegularFile, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, writeFileAtomic, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
 import type { TopologyLink } from './topology.js';
 
@@ -48,6 +48,8 @@ export interface FabricOptions {
    * a crash or a kill (fabric-main.ts restarts it) is the same fabric. None: memory only.
    */
   stateFile?: string;
+  /** Reads the state file (tests fail it; default readRegularFile). */
+  readState?: (file: string, maxBytes: number) => Buffer;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -124,6 +126,8 @@ export class Fabric {
   private ticker: NodeJS.Timeout | null = null;
   /** The last failure to save the state, logged once until a save succeeds. */
   private saveFailed: string | null = null;
+  /** Why the state file could not be read (not its content: the file system's error); it is then never written. */
+  private stateUnreadable: string | null = null;
 
   constructor(private readonly opts: FabricOptions) {
     this.fileHosts = new Set(opts.fileHosts);
@@ -142,12 +146,27 @@ export class Fabric {
   private load(file: string): void {
     let saved: FabricSavedState;
     try {
-      let bytes: Buffer;
-      try {
-        bytes = readRegularFile(file, FABRIC_STATE_MAX_BYTES);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-        throw e;
+      let bytes: Buffer | null = null;
+      // An error of the file system, not of the file (EIO, EMFILE, EACCES), is tried again a few
+      // times; if it stays, the file is left as it is and never written over by this server (its
+      // names and links would be lost for good), and the next restart reads it again.
+      const read = this.opts.readState ?? ((f: string, max: number): Buffer => readRegularFile(f, max));
+      let lastError: NodeJS.ErrnoException | null = null;
+      for (let attempt = 0; attempt < 3 && bytes === null; attempt++) {
+        if (attempt > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+        try {
+          bytes = read(file, FABRIC_STATE_MAX_BYTES);
+        } catch (e) {
+          const err = e as NodeJS.ErrnoException;
+          if (err.code === 'ENOENT') return;
+          if (err instanceof FileShapeError) throw err;
+          lastError = err;
+        }
+      }
+      if (bytes === null) {
+        this.stateUnreadable = lastError?.message ?? 'unreadable';
+        this.opts.log?.('the saved fabric state cannot be read: starting from the topology file, and leaving the file for the next start', { file, why: this.stateUnreadable });
+        return;
       }
       let parsed: unknown;
       try {
@@ -193,6 +212,11 @@ export class Fabric {
   private save(): void {
     const file = this.opts.stateFile;
     if (!file) return;
+    if (this.stateUnreadable !== null) {
+      if (this.saveFailed !== this.stateUnreadable) this.opts.log?.('the fabric state is not saved: the file there could not be read, and is kept for the next start', { file, why: this.stateUnreadable });
+      this.saveFailed = this.stateUnreadable;
+      return;
+    }
     const bindings = new Map<string, FabricSavedState['bindings'][number]>();
     for (const [name, d] of this.dormant) bindings.set(name, { name, secretHash: d.hash.toString('hex'), local: d.local });
     for (const m of this.members.values()) bindings.set(m.name, { name: m.name, secretHash: m.secretHash.toString('hex'), local: m.local });

@@ -230,6 +230,44 @@ describe('the fabric\'s saved state', function () {
     expect(logs).to.include('the saved fabric state is refused: starting from the topology file');
   });
 
+  it('a state file the file system cannot read (EIO) is read again; one that stays unreadable is left as it is, never written over, for the next start', async () => {
+    const first = await start();
+    await joinAs(first.call, 'h1', true);
+    await first.call({ op: 'linkSet', a: 'h1', b: 'h2', change: { rateBps: 2e6 } });
+    await stopAll();
+    const kept = readFileSync(file, 'utf8');
+    const eio = (): never => {
+      throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+    };
+    // Twice, then it reads: the state is taken back.
+    let fails = 2;
+    logs.length = 0;
+    const flaky = new Fabric({
+      cluster: 't', key, listen: '127.0.0.1', port: 0, links: [{ a: 'h1', b: 'h2', impairments: { delayMs: 10 } }], fileHosts: ['h1', 'h2'], stateFile: file,
+      readState: (f, max) => (fails-- > 0 ? eio() : readFileSync(f).subarray(0, max)), log: (msg) => void logs.push(msg),
+    });
+    expect(logs).to.include('the saved fabric state is taken back');
+    expect(flaky.status().links[0]?.rateBps).to.equal(2e6);
+    await flaky.close();
+    // Always failing: from the topology file, and the file is kept whatever changes.
+    logs.length = 0;
+    const broken = new Fabric({
+      cluster: 't', key, listen: '127.0.0.1', port: 0, links: [{ a: 'h1', b: 'h2', impairments: { delayMs: 10 } }], fileHosts: ['h1', 'h2'], stateFile: file,
+      readState: eio, log: (msg) => void logs.push(msg),
+    });
+    const port = await broken.start();
+    const client = new RpcClient(`tcp://127.0.0.1:${port}`, curveClientOptions(key));
+    open.push({ fabric: broken, client });
+    const call = (body: Record<string, unknown>): Promise<unknown> => client.call(body, 3000, CLUSTER_WIRE_VERSION);
+    expect(logs).to.include('the saved fabric state cannot be read: starting from the topology file, and leaving the file for the next start');
+    expect(broken.status().links[0]?.delayMs).to.equal(10);
+    await joinAs(call, 'h1', true);
+    await call({ op: 'linkSet', a: 'h1', b: 'h2', change: { lossPercent: 3 } });
+    expect(readFileSync(file, 'utf8')).to.equal(kept);
+    expect(readdirSync(dir).filter((f) => f.includes('.refused-'))).to.deep.equal([]);
+    expect(logs.filter((m) => m.startsWith('the fabric state is not saved'))).to.have.length(1);
+  });
+
   it('keeps serving when its state cannot be saved (a directory in the file\'s place), and says so once', async () => {
     execFileSync('mkdir', [file]);
     logs.length = 0;
