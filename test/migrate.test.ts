@@ -139,6 +139,9 @@ describe('live migration between two hosts', function () {
     const wlog = readFileSync(join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-cnt.log'), 'utf8');
     expect(wlog).to.match(/the restore path ran ahead of the blackout/);
     expect(wlog).to.not.match(/could not be run ahead/);
+    // And its device decoders on the source's own states (negotiated devices, open channels), sent with the GPADL hint.
+    expect(wlog).to.match(/the blackout's device decoders ran ahead on the source's states/);
+    expect(wlog).to.not.match(/did not decode ahead/);
     // Nothing of it on the source; move-status there and at the destination report it completed.
     expect(await vmOn('h1', 'cnt')).to.equal(undefined);
     expect((await h.json<Array<{ vm: string | null }>>('--host', 'h1', 'ps')).filter((x) => x.vm === 'cnt')).to.deep.equal([]);

@@ -34,7 +34,7 @@ import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type IncomingStream, type VmwpConfig } from './shared.js';
 import type { VmbusServerState } from '@hvlab/vmbus';
-import { VmDevices } from './devices.js';
+import { VmDevices, type DeviceComponents } from './devices.js';
 import { decodeSavedVm, readSavedState, writeSavedState, sha256, SAVED_STATE_VERSION, type ProcessorState, type SavedVm } from '../saved-state.js';
 import { applyPageBatch, MigrationOut, postcopyRequests, type MigrationSource } from './migrate.js';
 import { PagePool } from './compress.js';
@@ -731,6 +731,7 @@ export async function runWorker(): Promise<void> {
       },
       progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
       gpadlHint: () => vmDevices().server.gpadlHint(),
+      deviceStates: () => vmDevices().save() as unknown as Record<string, unknown>,
     }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, auth: req.auth, key: { version: 1, ...req.key }, config: req.config, options });
     migration = m;
     const d = vmDevices();
@@ -1020,14 +1021,33 @@ export async function runWorker(): Promise<void> {
     } catch {
       throw new VmwpFailure('InvalidArgument', 'the GPADL hint is not JSON');
     }
+    // The source's device states as they are while it runs (MigrationSource.deviceStates): decoded
+    // here once and dropped, so that the blackout's decode of the same shapes (negotiated devices,
+    // open channels, which this worker's own fresh VM has none of) runs warm. Nothing of it is kept.
+    let rehearsal: unknown;
+    if (tree !== null && typeof tree === 'object' && !Array.isArray(tree) && Object.prototype.hasOwnProperty.call(tree, 'rehearsal')) {
+      rehearsal = (tree as Record<string, unknown>).rehearsal;
+      const { rehearsal: _, ...hint } = tree as Record<string, unknown>;
+      tree = hint;
+    }
+    let mapped = false;
     try {
       await devices.premap(tree as VmbusServerState);
       log.info({ gpadls: Array.isArray((tree as { gpadls?: unknown }).gpadls) ? (tree as { gpadls: unknown[] }).gpadls.length : 0 }, 'GPADLs mapped ahead of the blackout');
-      return true;
+      mapped = true;
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'the GPADLs could not be mapped ahead: the blackout maps them');
-      return false;
     }
+    if (rehearsal !== undefined) {
+      try {
+        if (rehearsal === null || typeof rehearsal !== 'object' || Array.isArray(rehearsal)) throw new Error('not a map of components');
+        devices.decodeSaved(rehearsal as DeviceComponents);
+        log.info('the blackout\'s device decoders ran ahead on the source\'s states');
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'the source\'s device states did not decode ahead (the blackout decodes its own)');
+      }
+    }
+    return mapped;
   }
 
   const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;

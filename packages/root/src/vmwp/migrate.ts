@@ -91,6 +91,12 @@ export interface MigrationSource {
   throttle(capPercent: number | null): Promise<void>;
   /** The guest's GPADLs as they are (VmbusServer.gpadlHint), for the destination to map ahead of the blackout. */
   gpadlHint?(): unknown;
+  /**
+   * The devices' states as they are while the VM runs (the components a capture holds), sent with
+   * the GPADL hint for the destination to run its decoders on ahead of the blackout: the blackout
+   * then runs warm code on both sides (this side's device saves and their encoding too).
+   */
+  deviceStates?(): Record<string, unknown>;
   progress(stats: MigrationStats): void;
 }
 
@@ -211,8 +217,15 @@ export class MigrationOut {
       return;
     }
     if (hint === undefined) return;
+    let rehearsal: Record<string, unknown> | undefined;
     try {
-      await this.call({ op: 'migPremap', state: Buffer.from(JSON.stringify(hint)) }, PREMAP_TIMEOUT_MS);
+      rehearsal = process.env.HVLAB_MIGRATE_REHEARSAL === '0' ? undefined : this.src.deviceStates?.();
+    } catch (e) {
+      this.src.log.warn({ err: (e as Error).message }, 'no device states to rehearse the blackout with');
+    }
+    const body = rehearsal && hint !== null && typeof hint === 'object' ? { ...(hint as Record<string, unknown>), rehearsal } : hint;
+    try {
+      await this.call({ op: 'migPremap', state: Buffer.from(JSON.stringify(body)) }, PREMAP_TIMEOUT_MS);
     } catch (e) {
       this.src.log.warn({ err: (e as Error).message }, 'the destination did not map the GPADLs ahead: the blackout maps them');
     }
