@@ -57,6 +57,8 @@ const RESTART_MAX_MS = 5000;
 const RESTART_CALM_MS = 30_000;
 /** How long a server has to say ready. */
 const READY_TIMEOUT_MS = 15_000;
+/** The delay before the next start of a server, after `streak` restarts in a row. */
+const restartDelay = (streak: number): number => Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** Math.max(0, streak - 1));
 
 if (serving) await serve();
 else await supervise();
@@ -140,7 +142,7 @@ async function supervise(): Promise<void> {
         return;
       }
       streak = Date.now() - startedAt >= RESTART_CALM_MS ? 0 : streak + 1;
-      const delay = Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** Math.max(0, streak - 1));
+      const delay = restartDelay(streak);
       log.warn({ server: child.pid, code, signal, restartInMs: delay }, 'the fabric server exited: starting another');
       restartTimer = setTimeout(() => void restart(), delay);
     });
@@ -161,7 +163,7 @@ async function supervise(): Promise<void> {
     }
     if ('why' in r) {
       streak++;
-      const delay = Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** Math.max(0, streak - 1));
+      const delay = restartDelay(streak);
       log.error({ why: r.why, retryInMs: delay }, 'the fabric server did not start: trying again');
       restartTimer = setTimeout(() => void restart(), delay);
       return;

@@ -248,7 +248,9 @@ export class Fabric {
   /** Binds the control socket; resolves with its port. */
   async start(): Promise<number> {
     this.awake();
-    this.ticker = setInterval(() => this.awake(), STALL_MS / 8);
+    // Once a heartbeat period (when the members' refreshes wake it anyway): a tick more than a
+    // period late is a stall of at least a period, which is all the quiet rule needs to know.
+    this.ticker = setInterval(() => this.awake(), HEARTBEAT_MS);
     this.ticker.unref();
     await startZapHandler(this.opts.key, (address, why) => this.opts.log?.('refused a connection', { address, why }));
     watchKeyRefusals(this.server.sock);
@@ -315,11 +317,16 @@ export class Fabric {
   private member(name: string, secret: string | null): Member {
     const m = this.members.get(name);
     if (!m) throw new RpcFailure('NotMember', `${name} has not joined cluster ${this.opts.cluster}`);
-    if (secret === null || !timingSafeEqual(m.secretHash, memberSecretHash(secret))) {
+    this.proveSecret(name, m.secretHash, secret);
+    return m;
+  }
+
+  /** Refuses (Denied, logged) a request in `name`'s name whose secret is not the one `hash` is of. */
+  private proveSecret(name: string, hash: Buffer, secret: string | null): void {
+    if (secret === null || !timingSafeEqual(hash, memberSecretHash(secret))) {
       this.refusedConnection(`in ${name}'s name`, 'without its member secret', 'refused requests');
       throw new RpcFailure('Denied', `this request speaks for ${name} without its member secret`);
     }
-    return m;
   }
 
   private book(name: string): { cluster: string; peers: PeerBookEntry[] } {
@@ -392,10 +399,7 @@ export class Fabric {
         const d = this.members.has(r.name) ? undefined : this.dormant.get(r.name);
         if (!this.members.has(r.name) && !d) return { left: false };
         if (!d) this.member(r.name, r.secret);
-        else if (r.secret === null || !timingSafeEqual(d.hash, memberSecretHash(r.secret))) {
-          this.refusedConnection(`in ${r.name}'s name`, 'without its member secret', 'refused requests');
-          throw new RpcFailure('Denied', `this request speaks for ${r.name} without its member secret`);
-        }
+        else this.proveSecret(r.name, d.hash, r.secret);
         this.members.delete(r.name);
         this.dormant.delete(r.name);
         for (const [k, p] of [...this.proxies]) {

@@ -272,6 +272,36 @@ function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowe
   return out;
 }
 
+/** A migration method as a file names it (experiment.ts parseMethod), or a sentence. */
+function methodOf(v: unknown): ReturnType<typeof parseMethod> {
+  return typeof v === 'string' ? parseMethod(v) : 'must be a method such as precopy, postcopy or precopy+compress';
+}
+
+/**
+ * A non-empty list of distinct items (`random.kinds`, `.methods`, `.targets`): `each` turns an
+ * item's scalar into a value or a sentence, `key` names a value for the "listed twice" check.
+ * Null, with a problem per bad item, when anything is wrong.
+ */
+function distinctList<T>(ctx: Ctx, f: Field, field: string, whatList: string, each: (v: unknown) => { value: T } | string, key: (t: T) => string): T[] | null {
+  if (!f.v || !isSeq(f.v) || f.v.items.length === 0) {
+    problem(ctx, at(f), field, `must be ${whatList}`);
+    return null;
+  }
+  const out: T[] = [];
+  let ok = true;
+  f.v.items.forEach((item, i) => {
+    const r = each(scalar(item as Node));
+    if (typeof r === 'string') {
+      problem(ctx, item as Node, `${field}[${i}]`, r);
+      ok = false;
+    } else if (out.some((x) => key(x) === key(r.value))) {
+      problem(ctx, item as Node, `${field}[${i}]`, `${key(r.value)} is listed twice`);
+      ok = false;
+    } else out.push(r.value);
+  });
+  return ok ? out : null;
+}
+
 function wholeNumber(ctx: Ctx, f: Field, field: string, min: number, max: number): number | null {
   const v = scalar(f.v);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
@@ -588,8 +618,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         } else m.to = tv;
         const meF = fs.get('method');
         if (meF) {
-          const v = scalar(meF.v);
-          const pm = typeof v === 'string' ? parseMethod(v) : 'must be a method such as precopy, postcopy or precopy+compress';
+          const pm = methodOf(scalar(meF.v));
           if (typeof pm === 'string') {
             problem(ctx, at(meF), `${field}.method`, pm);
             ok = false;
@@ -666,42 +695,20 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       if (!mvN) {
         problem(ctx, at(meL), 'random.methods', 'goes with random.moves (the methods drawn moves take)');
         ok = false;
-      } else if (!meL.v || !isSeq(meL.v) || meL.v.items.length === 0) {
-        problem(ctx, at(meL), 'random.methods', 'must be a list of methods, e.g. [precopy, postcopy, precopy+compress]');
-        ok = false;
       } else {
-        r.methods = [];
-        meL.v.items.forEach((item, i) => {
-          const v = scalar(item as Node);
-          const pm = typeof v === 'string' ? parseMethod(v) : 'must be a method such as precopy, postcopy or precopy+compress';
-          if (typeof pm === 'string') {
-            problem(ctx, item as Node, `random.methods[${i}]`, pm);
-            ok = false;
-          } else if (r.methods.some((m) => m.method === pm.method)) {
-            problem(ctx, item as Node, `random.methods[${i}]`, `${pm.method} is listed twice`);
-            ok = false;
-          } else r.methods.push({ method: pm.method, options: { ...pm.options } });
-        });
+        const ms = distinctList(ctx, meL, 'random.methods', 'a list of methods, e.g. [precopy, postcopy, precopy+compress]', (v) => {
+          const m = methodOf(v);
+          return typeof m === 'string' ? m : { value: m };
+        }, (m) => m.method);
+        if (ms) r.methods = ms.map((m) => ({ method: m.method, options: { ...m.options } }));
+        else ok = false;
       }
     }
     const ks = fs.get('kinds');
     if (ks) {
-      if (!ks.v || !isSeq(ks.v) || ks.v.items.length === 0) {
-        problem(ctx, at(ks), 'random.kinds', `must be a list of fault kinds (${FAULT_KINDS.join(', ')})`);
-        ok = false;
-      } else {
-        r.kinds = [];
-        ks.v.items.forEach((item, i) => {
-          const v = scalar(item as Node);
-          if (typeof v !== 'string' || !(FAULT_KINDS as readonly string[]).includes(v)) {
-            problem(ctx, item as Node, `random.kinds[${i}]`, `${JSON.stringify(v ?? null)} is not a fault kind (${FAULT_KINDS.join(', ')})`);
-            ok = false;
-          } else if (r.kinds.includes(v as FaultKind)) {
-            problem(ctx, item as Node, `random.kinds[${i}]`, `${v} is listed twice`);
-            ok = false;
-          } else r.kinds.push(v as FaultKind);
-        });
-      }
+      const kinds = distinctList(ctx, ks, 'random.kinds', `a list of fault kinds (${FAULT_KINDS.join(', ')})`, (v) => (typeof v === 'string' && (FAULT_KINDS as readonly string[]).includes(v) ? { value: v as FaultKind } : `${JSON.stringify(v ?? null)} is not a fault kind (${FAULT_KINDS.join(', ')})`), (k) => k);
+      if (kinds) r.kinds = kinds;
+      else ok = false;
     }
     const fr = fs.get('for');
     if (fr) {
@@ -717,26 +724,14 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
     }
     const tg = fs.get('targets');
     if (tg) {
-      if (!tg.v || !isSeq(tg.v) || tg.v.items.length === 0) {
-        problem(ctx, at(tg), 'random.targets', 'must be a list of targets (vm:NAME, host:NAME, link:A-B, cluster)');
-        ok = false;
-      } else {
-        r.targets = [];
-        tg.v.items.forEach((item, i) => {
-          const v = scalar(item as Node);
-          const t = parseTarget(v);
-          const why = !t.ok ? t.message
-            : t.value.t === 'vms' || t.value.t === 'hosts' || t.value.t === 'host-of' ? 'a random schedule names its targets (vm:NAME, host:NAME, link:A-B, cluster); its draws pick among them'
-            : targetWorldError(t.value, vmNames, hostNames);
-          if (why) {
-            problem(ctx, item as Node, `random.targets[${i}]`, why);
-            ok = false;
-          } else if (r.targets!.includes(v as string)) {
-            problem(ctx, item as Node, `random.targets[${i}]`, `${String(v)} is listed twice`);
-            ok = false;
-          } else r.targets!.push(v as string);
-        });
-      }
+      const targets = distinctList(ctx, tg, 'random.targets', 'a list of targets (vm:NAME, host:NAME, link:A-B, cluster)', (v) => {
+        const t = parseTarget(v);
+        return !t.ok ? t.message
+          : t.value.t === 'vms' || t.value.t === 'hosts' || t.value.t === 'host-of' ? 'a random schedule names its targets (vm:NAME, host:NAME, link:A-B, cluster); its draws pick among them'
+          : targetWorldError(t.value, vmNames, hostNames) ?? { value: v as string };
+      }, (t) => t);
+      if (targets) r.targets = targets;
+      else ok = false;
     }
     if (ok) {
       const [b0, b1] = r.betweenMs;

@@ -474,18 +474,25 @@ function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
   return { v: CLUSTER_WIRE_VERSION, id, op: 'sink', from: hostName(f, 'from'), data: f.bytes('data', SINK_CHUNK_MAX_BYTES) };
 }
 
+/** The impairments of a link's map `v` (a view, a saved link), each checked as a link change checks it; absent ones absent. */
+function impairmentsOf(v: object): LinkImpairments {
+  const o = v as Record<string, unknown>;
+  const change = linkChangeOf(Object.fromEntries(IMPAIRMENT_KEYS.filter((k) => own(o, k)).map((k) => [k, o[k]])));
+  const out: LinkImpairments = {};
+  for (const k of IMPAIRMENT_KEYS) if (typeof change[k] === 'number') out[k] = change[k] as number;
+  return out;
+}
+
 function decodeLinkView(v: unknown, i: number): LinkView {
   const f = fieldsOf(v, `links[${i}]`);
   f.only(['a', 'b', ...IMPAIRMENT_KEYS, 'cut', 'seed', 'bytes', 'lost', 'connections']);
-  const change = linkChangeOf(Object.fromEntries(IMPAIRMENT_KEYS.filter((k) => own(v as object, k)).map((k) => [k, (v as Record<string, unknown>)[k]])));
   const out: LinkView = {
     a: hostName(f, 'a'), b: hostName(f, 'b'), cut: f.bool('cut'), seed: f.num('seed', 0, 0xffffffff),
     bytes: f.list('bytes', 2, (x) => (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 ? x : 0)) as [number, number],
     lost: f.num('lost', 0, Number.MAX_SAFE_INTEGER), connections: f.num('connections', 0, Number.MAX_SAFE_INTEGER),
   };
   if (out.bytes.length !== 2) throw new Bad(`links[${i}]: "bytes" must be two counts`);
-  for (const k of IMPAIRMENT_KEYS) if (typeof change[k] === 'number') out[k] = change[k] as number;
-  return out;
+  return { ...out, ...impairmentsOf(v as object) };
 }
 
 function decodeMember(v: unknown, i: number): FabricMember {
@@ -548,12 +555,9 @@ export function decodeFabricSavedState(v: unknown): Decoded<FabricSavedState> {
     const links = f.list('links', (CLUSTER_MAX_MEMBERS * (CLUSTER_MAX_MEMBERS - 1)) / 2, (l, i) => {
       const g = fieldsOf(l, `links[${i}]`);
       g.only(['a', 'b', 'cut', 'seed', ...IMPAIRMENT_KEYS]);
-      const o = l as Record<string, unknown>;
-      const change = linkChangeOf(Object.fromEntries(IMPAIRMENT_KEYS.filter((k) => own(o, k)).map((k) => [k, o[k]])));
       const out: FabricSavedState['links'][number] = { a: hostName(g, 'a'), b: hostName(g, 'b'), cut: g.bool('cut'), seed: g.num('seed', 0, 0xffffffff) };
       if (out.a === out.b) throw new Bad(`links[${i}]: a link joins two hosts, not ${out.a} to itself`);
-      for (const k of IMPAIRMENT_KEYS) if (typeof change[k] === 'number') out[k] = change[k] as number;
-      return out;
+      return { ...out, ...impairmentsOf(l as object) };
     });
     const pairs = new Set(links.map((l) => (l.a < l.b ? `${l.a}|${l.b}` : `${l.b}|${l.a}`)));
     if (pairs.size !== links.length) throw new Bad('fabric state: a link is listed twice');

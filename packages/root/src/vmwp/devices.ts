@@ -294,7 +294,12 @@ export class VmDevices {
 
   /** The saved state of every device and of the VMBus server. Call with the VM suspended. */
   save(): DeviceComponents {
-    const out: DeviceComponents = { vmbus: this.server.save() };
+    return { vmbus: this.server.save(), ...this.saveDevices() };
+  }
+
+  /** The devices' components alone (`device/ID`), without the VMBus server's. */
+  saveDevices(): DeviceComponents {
+    const out: DeviceComponents = {};
     for (const b of this.built) out[`device/${b.entry.id}`] = b.device.save();
     return out;
   }

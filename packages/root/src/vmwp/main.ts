@@ -731,7 +731,7 @@ export async function runWorker(): Promise<void> {
       },
       progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
       gpadlHint: () => vmDevices().server.gpadlHint(),
-      deviceStates: () => vmDevices().save() as unknown as Record<string, unknown>,
+      deviceStates: () => vmDevices().saveDevices(),
     }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, auth: req.auth, key: { version: 1, ...req.key }, config: req.config, options });
     migration = m;
     const d = vmDevices();
@@ -1021,9 +1021,11 @@ export async function runWorker(): Promise<void> {
     } catch {
       throw new VmwpFailure('InvalidArgument', 'the GPADL hint is not JSON');
     }
-    // The source's device states as they are while it runs (MigrationSource.deviceStates): decoded
-    // here once and dropped, so that the blackout's decode of the same shapes (negotiated devices,
-    // open channels, which this worker's own fresh VM has none of) runs warm. Nothing of it is kept.
+    // The source's device states as they are while it runs (MigrationSource.deviceStates, without
+    // the VMBus server's: the hint is that), decoded here once with the hint and dropped, so that the
+    // blackout's decode of the same shapes (negotiated devices, open channels, which this worker's
+    // own fresh VM has none of) runs warm. Nothing of it is kept. The decoders are the blackout's own
+    // (checking; fuzzed in test/components.test.ts).
     let rehearsal: unknown;
     if (tree !== null && typeof tree === 'object' && !Array.isArray(tree) && Object.prototype.hasOwnProperty.call(tree, 'rehearsal')) {
       rehearsal = (tree as Record<string, unknown>).rehearsal;
@@ -1041,7 +1043,7 @@ export async function runWorker(): Promise<void> {
     if (rehearsal !== undefined) {
       try {
         if (rehearsal === null || typeof rehearsal !== 'object' || Array.isArray(rehearsal)) throw new Error('not a map of components');
-        devices.decodeSaved(rehearsal as DeviceComponents);
+        devices.decodeSaved({ ...(rehearsal as DeviceComponents), vmbus: tree });
         log.info('the blackout\'s device decoders ran ahead on the source\'s states');
       } catch (e) {
         log.warn({ err: (e as Error).message }, 'the source\'s device states did not decode ahead (the blackout decodes its own)');

@@ -92,9 +92,10 @@ export interface MigrationSource {
   /** The guest's GPADLs as they are (VmbusServer.gpadlHint), for the destination to map ahead of the blackout. */
   gpadlHint?(): unknown;
   /**
-   * The devices' states as they are while the VM runs (the components a capture holds), sent with
-   * the GPADL hint for the destination to run its decoders on ahead of the blackout: the blackout
-   * then runs warm code on both sides (this side's device saves and their encoding too).
+   * The devices' states as they are while the VM runs (a capture's `device/ID` components; the
+   * VMBus server's is the hint), sent with the GPADL hint for the destination to run its decoders
+   * on ahead of the blackout: the blackout then runs warm code on both sides (this side's device
+   * saves and their encoding too).
    */
   deviceStates?(): Record<string, unknown>;
   progress(stats: MigrationStats): void;
