@@ -422,6 +422,32 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'delete', 'to');
   });
 
+  it('the source VM turned off during a move while the link is cut: its root tells the destination again until the link heals, and the destination drops its copy on that word', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'ta', '--memory', '64M', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'ta');
+    const moving = move('ta', '--bandwidth', '2M');
+    expect(await copyBegan('ta'), 'the copy began').to.equal(true);
+    const rootLog = async (): Promise<string> => (await h.run('--host', 'h1', 'logs', '--role', 'root')).stdout;
+    await h.ok('link', 'cut', 'h1', 'h2');
+    try {
+      await h.ok('--host', 'h1', 'vm', 'turn-off', 'ta');
+      const m = await moving;
+      expect(m.stats?.status).to.equal('failed');
+      // Its first word is lost behind the cut; the link heals only then.
+      expect(await eventually(async () => /the abort of a failed migration was not answered/.test(await rootLog()), 20000), 'a first abort went unanswered; the root said:\n' + (await rootLog()).split('\n').filter((l) => /ta|abort|migration/.test(l)).slice(-30).join('\n')).to.equal(true);
+    } finally {
+      await h.ok('link', 'heal', 'h1', 'h2');
+    }
+    expect(await eventually(async () => /(told the destination to drop a failed migration|the destination answered the abort of a failed migration)/.test(await rootLog()), 20000), 'a later abort was answered').to.equal(true);
+    expect(await rootLog()).to.not.match(/could not tell the destination to drop a failed migration/);
+    expect(await eventually(() => nothingOnH2('ta'), 20000), 'nothing of it at h2').to.equal(true);
+    const logs = (await h.run('--host', 'h2', 'logs', '--role', 'root')).stdout;
+    // Dropped on the source's word, not after its silence (8 s here).
+    expect(logs).to.match(/incoming migration dropped .*the source aborted: the source's worker is gone/);
+    expect(logs).to.not.match(/incoming migration dropped .*(silent|no word)/);
+    await h.ok('--host', 'h1', 'vm', 'delete', 'ta');
+  });
+
   it('the destination\'s worker killed during post-copy: the VM is lost, and both hosts say so plainly', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'pl', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
     await h.ok('--host', 'h1', 'vm', 'start', 'pl');

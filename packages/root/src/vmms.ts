@@ -144,6 +144,12 @@ const INCOMING_COMMIT_MS = 15000;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
 const INCOMING_BOOT_MS = 8000;
 const MIGRATION_MAX_MS = 24 * 3600 * 1000;
+/** The source root's abort of a destination's attempt whose source worker is gone: tries, each's answer bound, the first pause between them (doubling). */
+const ABORT_TRIES = 3;
+const ABORT_TIMEOUT_MS = 2000;
+const ABORT_PAUSE_MS = 500;
+/** RpcClient's codes for a call that got no answer (the others are the peer's). */
+const RPC_UNANSWERED: ReadonlySet<string> = new Set(['Timeout', 'SendFailed', 'Closed']);
 /**
  * How long a pause or resume (SUSPEND_ANSWER_MS), or a save (SAVE_ANSWER_MS), waits for the
  * worker before its caller hears that it did not finish; the VM stays Pausing, Resuming or Saving
@@ -1382,16 +1388,40 @@ export class Vmms {
     }
   }
 
-  /** Tells a migration's destination to drop its attempt (what the source's worker does when it can). */
+  /**
+   * Tells a migration's destination to drop its attempt (what the source's worker does when it
+   * can). A message lost on the way (a lossy or cut link, a busy destination) is sent again, up to
+   * ABORT_TRIES times with a growing pause; an answer, even a refusal (no such migration there, or
+   * one committed), ends it. Unanswered, the destination still drops the attempt once its stream
+   * has been silent for its bound (30 s), holding the VM's name there until then.
+   */
   private async abortAtDestination(peer: { endpoint: string; auth: string }, key: ClusterKey, mig: string, from: string, why: string): Promise<void> {
-    const c = new RpcClient(peer.endpoint, curveClientOptions(key));
-    try {
-      await c.call({ from, auth: peer.auth, mig, op: 'migAbort', reason: `the source's worker is gone: ${why}`.slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION);
-    } catch (e) {
-      this.o.log.warn({ mig, err: (e as Error).message }, 'could not tell the destination to drop a failed migration (it drops it when the stream stays silent)');
-    } finally {
-      c.close();
+    const reason = `the source's worker is gone: ${why}`.slice(0, 500);
+    let last = '';
+    for (let attempt = 1; attempt <= ABORT_TRIES; attempt++) {
+      if (attempt > 1) {
+        // A host going down tells once: it does not wait on retries.
+        if (this.stopping) break;
+        await new Promise((r) => setTimeout(r, ABORT_PAUSE_MS * 2 ** (attempt - 2)));
+      }
+      const c = new RpcClient(peer.endpoint, curveClientOptions(key));
+      try {
+        await c.call({ from, auth: peer.auth, mig, op: 'migAbort', reason }, ABORT_TIMEOUT_MS, CLUSTER_WIRE_VERSION);
+        this.o.log.info({ mig, attempt }, 'told the destination to drop a failed migration');
+        return;
+      } catch (e) {
+        // A refusal is an answer; no answer in time, or a socket that failed, is not.
+        if (e instanceof RpcFailure && !RPC_UNANSWERED.has(e.code)) {
+          this.o.log.info({ mig, attempt, answer: e.message }, 'the destination answered the abort of a failed migration');
+          return;
+        }
+        last = (e as Error).message;
+        this.o.log.info({ mig, attempt, err: last }, 'the abort of a failed migration was not answered');
+      } finally {
+        c.close();
+      }
     }
+    this.o.log.warn({ mig, tries: ABORT_TRIES, err: last }, 'could not tell the destination to drop a failed migration (it drops it when the stream stays silent)');
   }
 
   /** The statistics of the VM's current or last migration through this host. */
