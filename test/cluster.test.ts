@@ -14,9 +14,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
-import { hostPaths } from '@hvlab/runtime';
+import { hostPaths, pidAlive } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
 import { spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { TestHost, shmFiles, sleep, eventually } from './harness.js';
 
 const cli = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -338,6 +339,40 @@ describe('clusters on one machine', function () {
     const second = fabricJson();
     process.kill(second.supervisor, 'SIGKILL');
     expect(await eventually(() => fabricPids(h.home).length === 0, 10000), `fabric left: ${fabricPids(h.home).join(' ')}`).to.equal(true);
+    await h.ok('cluster', 'down');
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
+  it('a fabric server that cannot start again (its port taken) is said once in the log and plainly by cluster status, retried, and back once the port is free', async () => {
+    const file = join(h.home, 'one.yaml');
+    writeFileSync(file, 'name: one\nhosts:\n  h1: { lps: 1 }\n');
+    await h.ok('cluster', 'up', file);
+    clusterHostIds(h.home, ids);
+    const fabricJson = (): { pid: number; supervisor: number; port: number; listen: string; failing?: { why: string; tries: number; since: string } } => JSON.parse(readFileSync(join(h.home, 'cluster', 'fabric.json'), 'utf8'));
+    const first = fabricJson();
+    process.kill(first.pid, 'SIGKILL');
+    for (let i = 0; i < 2000 && pidAlive(first.pid); i++) await sleep(2);
+    // Taken before the supervisor's first restart (250 ms after the exit), on the server's own address.
+    const squatter = createServer((sock) => sock.destroy());
+    await new Promise<void>((res, rej) => {
+      squatter.once('error', (e) => rej(new Error(`${e.message}; ${JSON.stringify(fabricJson())}; alive ${pidAlive(first.pid)}; ${spawnSync('ss', ['-tanp']).stdout.toString().split('\n').filter((l) => l.includes(`:${first.port}`)).join(' | ')}`)));
+      squatter.listen(first.port, first.listen, () => res());
+    });
+    try {
+      expect(await eventually(() => (fabricJson().failing?.tries ?? 0) >= 3, 30000, 100), JSON.stringify(fabricJson())).to.equal(true);
+      const st = await h.run('cluster', 'status');
+      expect(st.stdout + st.stderr).to.match(new RegExp(`cannot start a server on port ${first.port} \\(\\d+ tries since [^:]+:[^)]*(in use|EADDRINUSE)`));
+      const log = readFileSync(join(h.home, 'cluster', 'log', 'fabric.log'), 'utf8');
+      expect(log.split('\n').filter((l) => l.includes('the fabric server did not start: trying again')), 'said once, not on every try').to.have.length(1);
+    } finally {
+      await new Promise<void>((res) => squatter.close(() => res()));
+    }
+    expect(await eventually(async () => (await h.json<{ fabric: { state: string } }>('cluster', 'status').catch(() => null))?.fabric.state === 'up', 30000, 250), 'up once the port is free').to.equal(true);
+    expect(fabricJson().port).to.equal(first.port);
+    expect(fabricJson().failing, 'no failure left in fabric.json').to.equal(undefined);
+    expect(readFileSync(join(h.home, 'cluster', 'log', 'fabric.log'), 'utf8')).to.match(/"failedTries":\d+[^\n]*the fabric server is back/);
     await h.ok('cluster', 'down');
     await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });

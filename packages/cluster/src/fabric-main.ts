@@ -55,6 +55,8 @@ const RESTART_FIRST_MS = 250;
 const RESTART_MAX_MS = 5000;
 /** A server that served this long was well: the next restart's delay starts again from RESTART_FIRST_MS. */
 const RESTART_CALM_MS = 30_000;
+/** While starts keep failing for one reason, it is logged again at most this often. */
+const FAILING_LOG_EVERY_MS = 60_000;
 /** How long a server has to say ready. */
 const READY_TIMEOUT_MS = 15_000;
 /** The delay before the next start of a server, after `streak` restarts in a row. */
@@ -149,8 +151,15 @@ async function supervise(): Promise<void> {
     return { port: Number(m[1]) };
   };
 
+  /** Starts that failed in a row since the last server that served: why (the last), since when, how many. */
+  let failing: { why: string; since: string; tries: number } | null = null;
+  /** When a run of failed starts was last logged (the first of a run and a changed reason always are). */
+  let failingLoggedAt = 0;
+  /** The server now serving (`pid`), or, while starts fail, the last one that served and why none does now. */
+  let lastPid = 0;
   const record = (pid: number): void => {
-    writeFileAtomic(fabricFile(home), JSON.stringify({ pid, supervisor: process.pid, port, listen: c!.record.listen, startedAt: new Date().toISOString(), restarts }) + '\n');
+    lastPid = pid;
+    writeFileAtomic(fabricFile(home), JSON.stringify({ pid, supervisor: process.pid, port, listen: c!.record.listen, startedAt: new Date().toISOString(), restarts, ...(failing ? { failing } : {}) }) + '\n');
   };
 
   const restart = async (): Promise<void> => {
@@ -164,13 +173,27 @@ async function supervise(): Promise<void> {
     if ('why' in r) {
       streak++;
       const delay = restartDelay(streak);
-      log.error({ why: r.why, retryInMs: delay }, 'the fabric server did not start: trying again');
+      // A cause that stays (the port taken for good) is said once, then once a minute with the count,
+      // not on every try (one each 5 s); `cluster status` says it from fabric.json meanwhile.
+      const changed = failing === null || failing.why !== r.why;
+      failing = { why: r.why, since: changed ? new Date().toISOString() : failing!.since, tries: changed ? 1 : failing!.tries + 1 };
+      const now = Date.now();
+      if (changed) {
+        failingLoggedAt = now;
+        log.error({ why: r.why, retryInMs: delay }, 'the fabric server did not start: trying again');
+      } else if (now - failingLoggedAt >= FAILING_LOG_EVERY_MS) {
+        failingLoggedAt = now;
+        log.error({ why: r.why, tries: failing.tries, since: failing.since, retryInMs: delay }, 'the fabric server still does not start: trying again');
+      }
+      record(lastPid);
       restartTimer = setTimeout(() => void restart(), delay);
       return;
     }
+    const after = failing;
+    failing = null;
     restarts++;
     record(server!.pid!);
-    log.info({ server: server!.pid, port, restarts }, 'the fabric server is back');
+    log.info({ server: server!.pid, port, restarts, ...(after ? { failedTries: after.tries, failingSince: after.since } : {}) }, 'the fabric server is back');
   };
 
   const leave = async (why: string, orphaned = false): Promise<void> => {

@@ -431,14 +431,28 @@ async function startFabric(home: string): Promise<number> {
  * fabric.json, checked: the server's pid and port, and, from a supervisor, its pid, how many times
  * it restarted the server and when the server now serving started. Null when absent or not that.
  */
-export function readFabricFile(home: string): { pid: number; port: number; supervisor: number | null; restarts: number; startedAt: string | null } | null {
+export interface FabricFile {
+  pid: number;
+  port: number;
+  supervisor: number | null;
+  restarts: number;
+  startedAt: string | null;
+  /** While the supervisor's starts of a server fail: the last one's reason, since when, how many in a row. */
+  failing: { why: string; since: string; tries: number } | null;
+}
+
+export function readFabricFile(home: string): FabricFile | null {
   try {
-    const v = JSON.parse(readRegularFile(fabricFile(home), 64 * 1024).toString('utf8')) as { pid?: unknown; port?: unknown; supervisor?: unknown; restarts?: unknown; startedAt?: unknown } | null;
+    const v = JSON.parse(readRegularFile(fabricFile(home), 64 * 1024).toString('utf8')) as { pid?: unknown; port?: unknown; supervisor?: unknown; restarts?: unknown; startedAt?: unknown; failing?: unknown } | null;
     if (!v || typeof v !== 'object' || typeof v.pid !== 'number' || !Number.isSafeInteger(v.pid) || v.pid < 1 || typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) return null;
     const supervisor = typeof v.supervisor === 'number' && Number.isSafeInteger(v.supervisor) && v.supervisor >= 1 ? v.supervisor : null;
     const restarts = typeof v.restarts === 'number' && Number.isSafeInteger(v.restarts) && v.restarts >= 0 ? v.restarts : 0;
     const startedAt = typeof v.startedAt === 'string' && v.startedAt.length <= 40 && Number.isFinite(Date.parse(v.startedAt)) ? v.startedAt : null;
-    return { pid: v.pid, port: v.port, supervisor, restarts, startedAt };
+    const fl = v.failing as { why?: unknown; since?: unknown; tries?: unknown } | null | undefined;
+    const failing = fl !== null && typeof fl === 'object' && typeof fl.why === 'string' && fl.why.length <= 2000 && typeof fl.since === 'string' && fl.since.length <= 40 && Number.isFinite(Date.parse(fl.since))
+      && typeof fl.tries === 'number' && Number.isSafeInteger(fl.tries) && fl.tries >= 1
+      ? { why: fl.why, since: fl.since, tries: fl.tries } : null;
+    return { pid: v.pid, port: v.port, supervisor, restarts, startedAt, failing };
   } catch {
     return null;
   }
@@ -467,6 +481,12 @@ async function stopFabric(home: string): Promise<void> {
   }
 }
 
+/** A reason read from a file, as one short line of text. */
+const oneLine = (s: string): string => {
+  const t = s.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
+  return t.length > 300 ? `${t.slice(0, 300)}…` : t;
+};
+
 /** One request to the fabric of the cluster up in `home`. */
 async function fabricCall(home: string, body: Record<string, unknown>, timeoutMs = 5000): Promise<unknown> {
   const c = readCluster(home);
@@ -475,7 +495,10 @@ async function fabricCall(home: string, body: Record<string, unknown>, timeoutMs
   if (!f) throw new ClusterError(`the cluster's fabric has not started (no ${fabricFile(home)}); run "hvlab cluster down" and up again`);
   // Its server gone: said at once, not after a wait for an answer that cannot come.
   if (!pidAlive(f.pid)) {
-    if (f.supervisor !== null && pidAlive(f.supervisor)) throw new ClusterError(`the cluster's fabric is restarting: its server (pid ${f.pid}) is gone and its supervisor (pid ${f.supervisor}) starts another; try again in a moment`);
+    if (f.supervisor !== null && pidAlive(f.supervisor)) {
+      if (f.failing) throw new ClusterError(`the cluster's fabric is down: its supervisor (pid ${f.supervisor}) cannot start a server on port ${f.port} (${f.failing.tries} ${f.failing.tries === 1 ? 'try' : 'tries'} since ${f.failing.since}: ${oneLine(f.failing.why)}) and tries again every few seconds; its links are down meanwhile`);
+      throw new ClusterError(`the cluster's fabric is restarting: its server (pid ${f.pid}) is gone and its supervisor (pid ${f.supervisor}) starts another; try again in a moment`);
+    }
     throw new ClusterError(`the cluster's fabric is not running (its server, pid ${f.pid}, is gone${f.supervisor !== null ? `, and its supervisor, pid ${f.supervisor}` : ''}): its links are down; "hvlab cluster down" and up again`);
   }
   const client = new RpcClient(`tcp://${c.record.gateway}:${f.port}`, curveClientOptions(readClusterKey(clusterKeyFile(home))));
