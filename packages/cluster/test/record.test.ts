@@ -58,23 +58,32 @@ describe('the cluster record', () => {
       expect(readFabricFile(home)).to.equal(null);
       writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, port: 7740, listen: '10.0.0.1' }));
       // An older fabric's file (no supervisor): what it lacks reads as none.
-      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: null, restarts: 0, startedAt: null });
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: null, restarts: 0, startedAt: null, failing: null });
       writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, supervisor: 122, port: 7740, listen: '10.0.0.1', startedAt: '2026-12-01T00:00:00.000Z', restarts: 2 }));
-      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: 122, restarts: 2, startedAt: '2026-12-01T00:00:00.000Z' });
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: 122, restarts: 2, startedAt: '2026-12-01T00:00:00.000Z', failing: null });
+      // Starts failing: why, since, tries; a failure that does not check reads as none.
+      const failing = { why: 'the fabric cannot listen on 10.0.0.1:7740: address already in use', since: '2026-12-01T00:00:01.000Z', tries: 3 };
+      writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, supervisor: 122, port: 7740, restarts: 2, failing }));
+      expect(readFabricFile(home)?.failing).to.deep.equal(failing);
+      for (const bad of [{ ...failing, tries: 0 }, { ...failing, tries: 1.5 }, { ...failing, since: 'yesterday' }, { ...failing, why: 7 }, { ...failing, why: 'x'.repeat(2001) }, 'failing', null, [failing]]) {
+        writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, supervisor: 122, port: 7740, failing: bad }));
+        expect(readFabricFile(home)?.failing, JSON.stringify(bad)).to.equal(null);
+      }
       writeFileSync(fabricFile(home), JSON.stringify({ pid: 123, supervisor: -4, port: 7740, startedAt: 'x'.repeat(100), restarts: 1.5 }));
-      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: null, restarts: 0, startedAt: null });
+      expect(readFabricFile(home)).to.deep.equal({ pid: 123, port: 7740, supervisor: null, restarts: 0, startedAt: null, failing: null });
       const next = seededRandom(0xfab1);
-      const texts = ['null', '[]', '"x"', '{"pid":-1,"port":1}', '{"pid":1,"port":70000}', '{"pid":1.5,"port":1}', '{"pid":1}', '{'];
+      const texts = ['null', '[]', '"x"', '{"pid":-1,"port":1}', '{"pid":1,"port":70000}', '{"pid":1.5,"port":1}', '{"pid":1}', '{', '{"pid":1,"port":1,"failing":{"why":"w","since":"2026-12-01T00:00:00Z","tries":2}}'];
       for (let i = 0; i < 1500; i++) {
         let t = texts[Math.floor(next() * texts.length)]!;
         if (next() < 0.5) {
-          const b = Buffer.from(JSON.stringify({ pid: 5, port: 80 }));
+          const b = Buffer.from(JSON.stringify({ pid: 5, port: 80, ...(next() < 0.5 ? { failing: { why: 'w', since: '2026-12-01T00:00:00Z', tries: 2 } } : {}) }));
           b[Math.floor(next() * b.length)] = Math.floor(next() * 256);
           t = b.toString('latin1');
         }
         writeFileSync(fabricFile(home), t);
         const r = readFabricFile(home);
-        if (r !== null) expect(Number.isSafeInteger(r.pid) && r.pid > 0 && r.port >= 1 && r.port <= 65535 && Number.isSafeInteger(r.restarts) && r.restarts >= 0 && (r.supervisor === null || r.supervisor > 0)).to.equal(true);
+        if (r !== null) expect(Number.isSafeInteger(r.pid) && r.pid > 0 && r.port >= 1 && r.port <= 65535 && Number.isSafeInteger(r.restarts) && r.restarts >= 0 && (r.supervisor === null || r.supervisor > 0)
+          && (r.failing === null || (typeof r.failing.why === 'string' && Number.isSafeInteger(r.failing.tries) && r.failing.tries >= 1 && Number.isFinite(Date.parse(r.failing.since))))).to.equal(true);
       }
     } finally {
       rmSync(home, { recursive: true, force: true });
