@@ -468,6 +468,24 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'delete', 'pl');
   });
 
+  it('a cancel during post-copy is refused as too late (the VM runs at the destination): the move completes, and the guest\'s memory holds', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'pk', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'pk');
+    await sleep(500);
+    const moving = move('pk', '--postcopy', '--bandwidth', '2M');
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'pk').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'pk');
+    expect(c.code, c.stdout).to.equal(1);
+    expect(c.stderr).to.match(/switch-over .*too late to cancel/);
+    const m = await moving;
+    expect(m.code, m.stderr).to.equal(0);
+    expect(m.stats!.status).to.equal('completed');
+    expect((await vmOn('h2', 'pk'))?.state).to.equal('Running');
+    await memdirtyCheck('h2', 'pk', 16 * 1024 * 1024);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'pk');
+    await h.ok('--host', 'h2', 'vm', 'delete', 'pk');
+  });
+
   it('a link cut during post-copy: the VM is lost, the destination drops its copy once the source has been silent, and both hosts say so plainly', async () => {
     await h.ok('--host', 'h1', 'vm', 'new', 'pc', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
     await h.ok('--host', 'h1', 'vm', 'start', 'pc');
@@ -687,7 +705,31 @@ function guestFailsAtDestination(title: string, env: Record<string, string>, it1
 // VMBus client after that, and the commit waits for it. Here every resumed guest kernel stalls,
 // past the 8 s the commit waits.
 guestFailsAtDestination('live migration whose guest does not resume at the destination', { HVLAB_GUEST_RESUME_STALL_MS: '60000' }, 'the commit is refused',
-  /refused the commit: .*the migrated guest is stopped: its kernel did not resume within 8000 ms/);
+  /refused the commit: .*the migrated guest is stopped: its kernel did not resume within 8000 ms/, (h) => {
+    // The commit waits here for the guest's resume (8 s): the source is past its switch-over, and
+    // the destination's copy runs. A cancel then left the VM running on both hosts until the
+    // destination's watchdog (the source thawed its copy after one unanswered abort); it is refused.
+    it('a cancel during the commit is refused as too late: the move ends as its commit does, and the VM runs on one host only', async () => {
+      const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
+      await h.ok('--host', 'h1', 'vm', 'new', 'cc', '--memory', '32M', '--workload', 'counter');
+      await h.ok('--host', 'h1', 'vm', 'start', 'cc');
+      expect(await eventually(async () => ((await vm('h1', 'cc'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+      const moving = h.run('--host', 'h1', 'vm', 'move', 'cc', '--to', 'h2', '--json');
+      expect(await eventually(async () => (await vm('h2', 'cc'))?.state === 'Running', 30000), 'its copy runs at h2, uncommitted').to.equal(true);
+      const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'cc');
+      expect(c.code, c.stdout).to.equal(1);
+      expect(c.stderr).to.match(/switch-over .*too late to cancel/);
+      const r = await moving;
+      const st = JSON.parse(r.stdout) as MigrationStats;
+      expect(st.status, 'the commit\'s own end, not a cancel').to.equal('failed');
+      expect(st['error-desc']).to.match(/refused the commit/);
+      expect((await vm('h1', 'cc'))?.state).to.equal('Running');
+      expect(await eventually(async () => (await vm('h2', 'cc')) === undefined, 10000), 'nothing of it at h2').to.equal(true);
+      const p = (await vm('h1', 'cc'))!.workload.progress!;
+      expect(await eventually(async () => ((await vm('h1', 'cc'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
+      await h.ok('--host', 'h1', 'vm', 'turn-off', 'cc');
+    });
+  });
 
 // The destination's VMWP lets its held guest go and waits for one of its VPs to run; here every
 // held guest stalls after its go, past the 10 s it waits: its VP threads, started while the pages

@@ -1719,12 +1719,17 @@ export async function run(argv: string[]): Promise<number> {
           done = true;
         });
         // Ctrl-C cancels the move, as virsh's does (the VM stays where it is, move-cancel's rules);
-        // a second one leaves it running at the host.
+        // a second one leaves it running at the host. Past the switch-over the host refuses the
+        // cancel (the VM may run at the destination already): that is said, and the move goes on.
         let cancelled = false;
         const cancel = (): void => {
           cancelled = true;
           process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[K' : ''}hvlab: interrupted: cancelling the move of VM ${name} (Ctrl-C again leaves it to go on)\n`);
-          void c.request('vmMoveCancel', { name }, 10000).catch(() => undefined);
+          void c.request('vmMoveCancel', { name }, 10000).catch((e: unknown) => {
+            if (!(e instanceof MgmtCallError) || e.code !== 'InvalidState' || !/switch-over/.test(e.message)) return;
+            cancelled = false;
+            process.stderr.write(`hvlab: not cancelled: ${e.message} (Ctrl-C again leaves it to go on)\n`);
+          });
         };
         const release = onInterrupt(cancel);
         moving.finally(release).catch(() => undefined);

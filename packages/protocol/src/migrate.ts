@@ -149,6 +149,15 @@ export const MIGRATION_DEFAULTS: MigrationOptions = {
 };
 /** Hyper-V's default of simultaneous live migrations per host. */
 export const DEFAULT_MAX_MIGRATIONS = 2;
+/**
+ * A destination runs a moved VM uncommitted at most this long after it starts it (its watchdog
+ * then drops the copy, unless a commit is under way: that one ends within its own bound, the
+ * guest's resume, MIG_RESUME_WITHIN_MS). A source that cannot learn the outcome after sending the
+ * state resumes its copy only once both have passed.
+ */
+export const MIG_COMMIT_WITHIN_MS = 15000;
+/** A migrated guest's kernel must say it resumed within this of the commit. */
+export const MIG_RESUME_WITHIN_MS = 8000;
 /** QEMU's auto-converge: initial throttle, increment, maximum (percent). */
 export const AUTO_CONVERGE = { initial: 20, increment: 10, max: 99 } as const;
 

@@ -15,7 +15,7 @@ import { readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
-  DEFAULT_MAX_MIGRATIONS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
+  DEFAULT_MAX_MIGRATIONS, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
@@ -70,7 +70,7 @@ interface VmRecord {
    * came between two phases (the slot granted, the link to the destination still opening), which
    * no phase's `cancel` could take, so that the next phase sees it instead of going on.
    */
-  moving: { mig: string; to: string; started: boolean; cancel: (why: string) => void; cancelled: string | null } | null;
+  moving: { mig: string; to: string; started: boolean; cancel: (why: string) => Promise<string | null>; cancelled: string | null } | null;
   /**
    * A pause, resume or save that a previous root asked for and the worker still ran when this root
    * re-attached (VmwpDescription.pending): its `settled` note decides the state, as the answer
@@ -140,9 +140,9 @@ const POSTCOPY_IDLE_MS = Math.min(12000, INCOMING_IDLE_MS);
 /** How long an incoming worker's answer to the source gets to leave before a failed start drops the worker. */
 const MIG_FAILED_GRACE_MS = 250;
 /** After the destination runs the VM, the source must commit within this, or the copy here goes. */
-const INCOMING_COMMIT_MS = 15000;
+const INCOMING_COMMIT_MS = MIG_COMMIT_WITHIN_MS;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
-const INCOMING_BOOT_MS = 8000;
+const INCOMING_BOOT_MS = MIG_RESUME_WITHIN_MS;
 const MIGRATION_MAX_MS = 24 * 3600 * 1000;
 /** The source root's abort of a destination's attempt whose source worker is gone: tries, each's answer bound, the first pause between them (doubling). */
 const ABORT_TRIES = 3;
@@ -1287,10 +1287,11 @@ export class Vmms {
         resolve();
       };
       this.moveQueue.push(go);
-      r.moving!.cancel = (why) => {
+      r.moving!.cancel = async (why) => {
         const i = this.moveQueue.indexOf(go);
         if (i >= 0) this.moveQueue.splice(i, 1);
         reject(new MgmtFailure('Cancelled', why));
+        return null;
       };
     });
   }
@@ -1328,7 +1329,7 @@ export class Vmms {
       'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date().toISOString(),
     };
     this.moves.set(name, queued);
-    r.moving = { mig, to, started: false, cancel: () => undefined, cancelled: null };
+    r.moving = { mig, to, started: false, cancel: async () => null, cancelled: null };
     const fail = (status: 'failed' | 'cancelled', why: string): MigrationStats => {
       const st: MigrationStats = { ...(this.moves.get(name) ?? queued), status, 'error-desc': why };
       this.moves.set(name, st);
@@ -1355,7 +1356,9 @@ export class Vmms {
         peer = link;
         const l = r.link!; // cannotGo checked it
         r.moving.started = true;
-        r.moving.cancel = (why) => void l.request({ t: 'migCancel', reason: why }, 5000).catch(() => undefined);
+        // The worker refuses once the switch-over has begun (a refusal comes back as its reason); a
+        // worker that cannot be asked (gone, or silent) takes the cancel as it can.
+        r.moving.cancel = async (why) => await l.request({ t: 'migCancel', reason: why }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && !e.gone && !e.timedOut && e.code === 'InvalidState' && /switch-over/.test(e.message) ? e.message : null);
         this.o.log.info({ vm: name, to, mig, options }, 'moving VM');
         const key = { cluster: cluster.key.cluster, publicKey: cluster.key.publicKey, secretKey: cluster.key.secretKey };
         const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
@@ -1433,15 +1436,17 @@ export class Vmms {
   }
 
   /** Move-cancel: safe in every phase before the commit (the VM stays here, the destination drops its attempt). */
-  moveCancel(name: unknown): MigrationStats {
+  async moveCancel(name: unknown): Promise<MigrationStats> {
     const r = this.get(name);
     if (!r.moving) {
       // Asked of the destination: the move is the source's to cancel.
       if (r.incoming) throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is being moved here from ${r.incoming.from}: its move is cancelled there ("hvlab --host ${r.incoming.from} vm move-cancel ${r.config.name}")`);
       throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is not being moved`);
     }
-    r.moving.cancelled ??= 'cancelled by the user';
-    r.moving.cancel('cancelled by the user');
+    const moving = r.moving;
+    const refused = await moving.cancel('cancelled by the user');
+    if (refused !== null) throw new MgmtFailure('InvalidState', refused);
+    moving.cancelled ??= 'cancelled by the user';
     return this.moves.get(r.config.name)!;
   }
 

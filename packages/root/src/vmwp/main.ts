@@ -442,7 +442,10 @@ export async function runWorker(): Promise<void> {
         return await migrateOut(req);
       case 'migCancel':
         if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
-        migration.cancel(req.reason);
+        {
+          const refused = migration.cancel(req.reason);
+          if (refused !== null) throw new VmwpFailure('InvalidState', refused);
+        }
         return true;
       case 'migPages':
         return await migrateInPages(req.data);

@@ -35,6 +35,7 @@ import {
   AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_GUEST_NOT_RESUMED, MIG_PAGE, PageKind, ranAtOf, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
+  MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS,
 } from '@hvlab/protocol';
 import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
@@ -55,6 +56,16 @@ const STATE_TIMEOUT_MS = 60000;
  * the first one's answer, so the three together outlast that wait.
  */
 const COMMIT_TIMEOUT_MS = 5000;
+/**
+ * A move that fails once its state was sent (the destination may run the VM) resumes the source's
+ * copy only when the destination answers the abort (it dropped its copy, or had the commit: then
+ * the move completed), or, unanswered, once its own bounds guarantee its copy is gone (the
+ * watchdog's MIG_COMMIT_WITHIN_MS and a commit's MIG_RESUME_WITHIN_MS), with a margin. Its tries
+ * meanwhile: each answer bound, and the pause between them.
+ */
+const UNRESOLVED_WAIT_MS = MIG_COMMIT_WITHIN_MS + MIG_RESUME_WITHIN_MS + 5000;
+const ABORT_TIMEOUT_MS = 3000;
+const ABORT_PAUSE_MS = 1000;
 /** The GPADL hint (migPremap): a few hypervisor calls at the destination. */
 const PREMAP_TIMEOUT_MS = 10000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
@@ -168,6 +179,12 @@ export class MigrationOut {
   private sentBytes = 0;
   private throttle = 0;
   private frozen = false;
+  /**
+   * The state (or post-copy's switch) was handed to the stream: the destination may run the VM
+   * from here. A cancel is refused from here on (the switch-over completes or fails on its own), and
+   * a failure resumes this copy only once the destination's is surely gone (abortDestination).
+   */
+  private switchingOver = false;
   /** Pages with bytes in one batch at most (MIG_BATCH_MAX_PAGES, or fewer on a slow --bandwidth). */
   private readonly batchPages: number;
   /** When progress was last reported (performance.now()). */
@@ -187,13 +204,16 @@ export class MigrationOut {
     };
   }
 
-  cancel(why = 'cancelled'): void {
-    if (this.cancelled !== null) return;
+  /** Cancels the move; returns why not when it is too late (the switch-over has begun), else null. */
+  cancel(why = 'cancelled'): string | null {
+    if (this.switchingOver) return `the move of VM "${this.req.vm}" to ${this.req.to} is in its switch-over (its state was sent, and the VM may run there already): it is too late to cancel; the move completes, or fails and the VM resumes here, on its own`;
+    if (this.cancelled !== null) return null;
     this.cancelled = why;
     this.src.log.warn({ why }, 'migration cancel requested');
     // Whatever waits on the stream stops waiting now.
     this.client?.close();
     this.stream?.close();
+    return null;
   }
 
   private elapsed(): number {
@@ -202,6 +222,38 @@ export class MigrationOut {
 
   private check(): void {
     if (this.cancelled !== null) throw new MigrationCancelled(this.cancelled);
+  }
+
+  /**
+   * Tells the destination's root to drop the attempt, through a socket of its own (the move's may
+   * be closed). Before the switch-over one unanswered try is enough: the destination cannot run
+   * the VM without its state, and drops the attempt when the stream stays silent. Once the state
+   * was sent its copy may run, and this copy must not resume beside it: the abort is sent again
+   * until it is answered (dropped there, or committed: then the move completed) or until the
+   * destination's own bounds have dropped any uncommitted copy (UNRESOLVED_WAIT_MS). Before, one
+   * try with 2 s for the answer: on a link of 600 ms a cancel in the commit left the VM running on
+   * both hosts until the destination's watchdog, 12-14 s.
+   */
+  private async abortDestination(why: string): Promise<{ committed?: boolean; aborted?: boolean } | null> {
+    const log = this.src.log;
+    const until = performance.now() + (this.switchingOver ? UNRESOLVED_WAIT_MS : 0);
+    for (let attempt = 1; ; attempt++) {
+      const c = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
+      try {
+        const a = await c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, op: 'migAbort', reason: why.slice(0, 500) }, this.switchingOver ? ABORT_TIMEOUT_MS : 2000, CLUSTER_WIRE_VERSION);
+        if (attempt > 1) log.info({ attempt }, 'the destination answered the abort');
+        return a !== null && typeof a === 'object' ? a as { committed?: boolean; aborted?: boolean } : {};
+      } catch (e) {
+        if (performance.now() >= until) {
+          if (this.switchingOver) log.warn({ err: (e as Error).message, attempts: attempt }, 'the destination did not answer the abort: its uncommitted copy is gone by its own bounds now');
+          return null;
+        }
+        if (attempt === 1) log.warn({ err: (e as Error).message }, 'the destination did not answer the abort: the VM stays frozen here until it does, or until its copy there is surely gone');
+      } finally {
+        c.close();
+      }
+      await new Promise((r) => setTimeout(r, ABORT_PAUSE_MS));
+    }
   }
 
   /**
@@ -536,6 +588,8 @@ export class MigrationOut {
       const tree = process.env.HVLAB_MIGRATE_STOWAWAY === '1' ? { ...this.stateTree, components: { ...(this.stateTree.components as Record<string, unknown>), 'device/stowaway': {} } } : this.stateTree;
       const state = Buffer.from(JSON.stringify(tree));
       let answer: unknown;
+      this.check();
+      this.switchingOver = true;
       try {
         answer = await this.call({ op: 'migState', state, ...(tail ? { pages: tail.data } : {}) }, STATE_TIMEOUT_MS);
       } catch (e) {
@@ -590,9 +644,7 @@ export class MigrationOut {
       this.stats['error-desc'] = cancelled ? (this.cancelled ?? (e as Error).message) : (e as Error).message;
       log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
       // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
-      const abort = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
-      const answer = await abort.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, op: 'migAbort', reason: this.stats['error-desc'].slice(0, 500) }, 2000, CLUSTER_WIRE_VERSION).catch(() => null) as { committed?: boolean } | null;
-      abort.close();
+      const answer = await this.abortDestination(this.stats['error-desc']);
       if (answer?.committed === true) {
         // Too late to go back: the destination had the commit and runs the VM. It is moved.
         delete this.stats['error-desc'];
@@ -650,6 +702,8 @@ export class MigrationOut {
     let switchDone = false;
     let switchError: Error | null = null;
     const sentNs = monoNs();
+    this.check();
+    this.switchingOver = true;
     const switching = this.call({ op: 'migSwitch', state: Buffer.from(JSON.stringify(this.stateTree)), missing }, STATE_TIMEOUT_MS).then((answer) => {
       switchDone = true;
       this.switched = true;
