@@ -208,7 +208,14 @@ export type MigPeerRequest =
   /** Post-copy's switch-over: the state, and the bitmap of pages the destination does not have yet (fetched on demand). */
   | { v: number; id: number; op: 'migSwitch'; from: string; mig: string; state: Uint8Array; missing: Uint8Array }
   /** Post-copy: the pages the destination's guest waits for (long poll, at most `waitMs`). */
-  | { v: number; id: number; op: 'migPull'; from: string; mig: string; waitMs: number };
+  | { v: number; id: number; op: 'migPull'; from: string; mig: string; waitMs: number }
+  /**
+   * Asked of the destination's root while a call to its worker's own stream socket waits: whether
+   * the attempt is there (`present`), was dropped (`dropped`, with why: its worker died, say, and
+   * nobody on that socket will answer), committed, or is not known (`unknown`: a root restarted
+   * since, which proves nothing).
+   */
+  | { v: number; id: number; op: 'migProbe'; from: string; mig: string };
 /** A migration id: what the source's root made up for it. */
 export const MIG_ID_RE = /^[a-z0-9-]{8,64}$/;
 /** Largest missing-page bitmap (the largest VM's memory, MAX_MEMORY_BYTES). */
@@ -416,7 +423,7 @@ function fabricBody(env: ReturnType<typeof envelope>): FabricRequestBody {
 export function decodePeerRequest(bytes: Uint8Array): Decoded<PeerRequest> {
   let id = 0;
   return catching(() => {
-    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migPremap', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull'], ['auth']);
+    const env = envelope(bytes, ['ping', 'sink', 'migSetup', 'migPages', 'migPremap', 'migState', 'migCommit', 'migAbort', 'migSwitch', 'migPull', 'migProbe'], ['auth']);
     id = env.id;
     try {
       const auth = env.f.optStr('auth', 64, MEMBER_SECRET_RE);
@@ -454,6 +461,9 @@ function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
       case 'migPull':
         f.only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
         return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
+      case 'migProbe':
+        f.only(['v', 'id', 'op', 'from', 'mig']);
+        return { v, id, op: 'migProbe', from, mig };
       case 'migCommit': {
         f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
         if (env.o.stats === undefined || env.o.stats === null) return { v, id, op: 'migCommit', from, mig, stats: null };

@@ -316,6 +316,7 @@ describe('migration peer frames', function () {
     migStatePages: { ...env, op: 'migState', ...who, state: Buffer.from('{"vp":[]}'), pages: Buffer.from(encodePageBatch([{ pfn: 3, kind: PageKind.Zero, data: E }])) },
     migCommit: { ...env, op: 'migCommit', ...who, stats: SOURCE_STATS },
     migAbort: { ...env, op: 'migAbort', ...who, reason: 'cancelled by the operator' },
+    migProbe: { ...env, op: 'migProbe', ...who },
   };
   const value = (f: Record<string, unknown>): Record<string, unknown> => {
     const d = decodePeerRequest(encode(f));
@@ -324,7 +325,8 @@ describe('migration peer frames', function () {
   };
 
   it('decodes each op to exactly its fields', () => {
-    for (const f of [frames.migSetup, frames.migCommit, frames.migAbort]) expect(value(f)).to.deep.equal(f);
+    for (const f of [frames.migSetup, frames.migCommit, frames.migAbort, frames.migProbe]) expect(value(f)).to.deep.equal(f);
+    expect(decodePeerRequest(encode({ ...frames.migProbe, reason: 'x' })).ok, 'a probe carries nothing else').to.equal(false);
     const withPages = frames.migStatePages;
     for (const [f, k] of [[frames.migPages, 'data'], [frames.migPremap, 'state'], [frames.migState, 'state'], [withPages, 'state'], [withPages, 'pages']] as const) {
       const v = value(f);

@@ -141,6 +141,8 @@ const POSTCOPY_IDLE_MS = Math.min(12000, INCOMING_IDLE_MS);
 const MIG_FAILED_GRACE_MS = 250;
 /** After the destination runs the VM, the source must commit within this, or the copy here goes. */
 const INCOMING_COMMIT_MS = MIG_COMMIT_WITHIN_MS;
+/** Dropped incoming migrations remembered for a source's probe. */
+const MAX_DROPPED_KEPT = 64;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
 const INCOMING_BOOT_MS = MIG_RESUME_WITHIN_MS;
 const MIGRATION_MAX_MS = 24 * 3600 * 1000;
@@ -234,6 +236,12 @@ export class Vmms {
   private readonly committed = new Set<string>();
   /** Migrations whose commit this host refused because the guest did not resume: a repeated commit gets the same refusal. */
   private readonly notResumed = new Map<string, string>();
+  /**
+   * Incoming migrations this host dropped, and why, by id (the newest MAX_DROPPED_KEPT): a source
+   * whose call waits at the dropped worker's own socket asks (migProbe) and fails at once, instead
+   * of after its call's bound with its VM frozen.
+   */
+  private readonly droppedMigs = new Map<string, { from: string; why: string }>();
   private readonly paths;
   private warm: WarmPool | null = null;
   private spare: SpareWorkers | null = null;
@@ -1455,6 +1463,12 @@ export class Vmms {
     if (req.op === 'migSetup') return await this.incomingSetup(req);
     const found = [...this.vms.values()].find((x) => x.incoming?.mig === req.mig);
     const r = found?.incoming && sameSource(found.incoming, req) ? found : undefined;
+    if (req.op === 'migProbe') {
+      if (this.committed.has(req.mig)) return { state: 'committed' };
+      const gone = this.droppedMigs.get(req.mig);
+      if (gone && gone.from === req.from) return { state: 'dropped', why: gone.why };
+      return { state: r ? 'present' : 'unknown' };
+    }
     if (req.op === 'migAbort') {
       if (this.committed.has(req.mig)) return { committed: true };
       if (!r) return { aborted: false };
@@ -1695,6 +1709,12 @@ export class Vmms {
     const st = this.moves.get(r.config.name);
     if (st) this.moves.set(r.config.name, { ...st, status: 'failed', 'error-desc': why });
     await this.kill(r, `incoming migration dropped: ${why}`);
+    // Said to a probe only once the copy here is gone (killed), so that the source may resume its own.
+    this.droppedMigs.set(inc.mig, { from: inc.from, why });
+    for (const k of this.droppedMigs.keys()) {
+      if (this.droppedMigs.size <= MAX_DROPPED_KEPT) break;
+      this.droppedMigs.delete(k);
+    }
     if (this.vms.get(r.config.name) === r) this.vms.delete(r.config.name);
   }
 

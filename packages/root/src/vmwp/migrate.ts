@@ -56,6 +56,9 @@ const STATE_TIMEOUT_MS = 60000;
  * the first one's answer, so the three together outlast that wait.
  */
 const COMMIT_TIMEOUT_MS = 5000;
+/** A call to the destination worker's socket unanswered this long has its root asked whether the attempt is still there, then again each PROBE_EVERY_MS. */
+const PROBE_AFTER_MS = 1000;
+const PROBE_EVERY_MS = 1000;
 /**
  * A move that fails once its state was sent (the destination may run the VM) resumes the source's
  * copy only when the destination answers the abort (it dropped its copy, or had the commit: then
@@ -287,11 +290,45 @@ export class MigrationOut {
   private async call(body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
     const c = this.stream !== null && STREAM_OPS.has(body.op as string) ? this.stream : this.client!;
     try {
-      return await c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
+      const answer = c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
+      return await (c === this.stream ? this.watched(answer) : answer);
     } catch (e) {
       this.check();
       throw e;
     }
+  }
+
+  /**
+   * A call to the destination worker's own socket, watched through its root: nothing on that
+   * socket answers once the worker is gone (a SIGKILL), and the source waited for the call's
+   * bound (60 s for the state, with its VM frozen; 10 s for a page batch). The root drops the
+   * attempt at once when its worker dies: from PROBE_AFTER_MS on, the root is asked each
+   * PROBE_EVERY_MS (migProbe), and a drop fails the call with the root's reason. An answer that
+   * proves nothing (a root of the build before, a restarted one, none at all) keeps the wait.
+   */
+  private async watched(answer: Promise<unknown>): Promise<unknown> {
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const done = answer.finally(() => {
+      settled = true;
+      clearTimeout(timer);
+    });
+    const dropped = new Promise<never>((_, reject) => {
+      const look = (): void => {
+        if (settled || this.client === null) return;
+        void this.client.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, op: 'migProbe' }, PROBE_EVERY_MS * 2, CLUSTER_WIRE_VERSION).then((a) => {
+          const st = a !== null && typeof a === 'object' ? a as { state?: unknown; why?: unknown } : {};
+          if (settled) return;
+          if (st.state === 'dropped') reject(new Error(`the destination ${this.req.to} dropped the attempt: ${typeof st.why === 'string' ? st.why.slice(0, 500) : 'no reason given'}`));
+          else timer = setTimeout(look, PROBE_EVERY_MS);
+        }, () => {
+          if (!settled) timer = setTimeout(look, PROBE_EVERY_MS);
+        });
+      };
+      timer = setTimeout(look, PROBE_AFTER_MS);
+    });
+    dropped.catch(() => undefined);
+    return await Promise.race([done, dropped]);
   }
 
   private report(): void {
