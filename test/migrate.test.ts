@@ -465,6 +465,9 @@ describe('live migration between two hosts', function () {
     expect(await eventually(async () => (await vmOn('h1', 'pl'))?.state === 'Off', 10000)).to.equal(true);
     expect((await vmOn('h1', 'pl'))!.lastStateReason).to.match(/lost in post-copy/);
     expect(await eventually(() => nothingOnH2('pl'), 10000), 'nothing of it at h2').to.equal(true);
+    // Nor its worker's regions (the post-copy control region stayed in /dev/shm until `down`).
+    const h2id = (await h.json<HostInfo>('--host', 'h2', 'host', 'info')).hostId;
+    expect(await eventually(() => shmFiles(h2id).every((f) => !/-p\d+-(pc|go)$/.test(f)), 10000), shmFiles(h2id).join(' ')).to.equal(true);
     await h.ok('--host', 'h1', 'vm', 'delete', 'pl');
   });
 

@@ -48,7 +48,7 @@ import {
   MAX_VPS_PER_PARTITION, MAX_MESSAGE_PAYLOAD, MAX_GPADL_PAGES, MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, SINT_COUNT, EVENT_FLAGS_PER_SINT,
   InterceptType, PortType, hasPrivilege, synicPageGpa, EVENT_FLAG_BYTES_PER_SINT, isVpRegisterName, hvCallName, partitionPropertyName, hvStatusName, isPlainObject,
   VpRegionHeader, VpPage, VirtualApicView, VP_REGION_MAGIC, vpAccounting, vpCpuPercent, takeSuspensionNumber, STIMER_COUNT, HvMessageType, TIMER_EXPIRED_PAYLOAD_BYTES,
-  vpRegionBytes, vpRegionName, memoryRegionName, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
+  vpRegionBytes, vpRegionName, memoryRegionName, workerRegionNames, vpPageOffset, vpRunStateName, sintVector, sintMasked, SINT_AUTO_EOI, InterceptAccess, decodeSavedVpState,
   decodeIoInterceptRecord, VpRegisterNames, pendInterrupt, checkPartitionPropertyValue, decodeHvCtlArgs, ReferenceClockView, referenceTimeAt, decodeStimerConfig, suspensionTaken,
   type PrivilegeName, type HvServerMsg, type VpRegisterName, type SavedVpState, type SavedVpStateV2, type SavedIntercept, type HvCtlOp, type ReferenceClockWords,
 } from '@hvlab/protocol';
@@ -1662,6 +1662,11 @@ export class Hypervisor {
     p.state = PartitionState.Deleted;
     this.dropDelayedNotes(p);
     if (p.memoryRegion) unlinkRegion(p.memoryRegion);
+    for (const name of workerRegionNames(this.hostId, p.id)) {
+      try {
+        unlinkRegion(name);
+      } catch { /* not there, or not ours to remove: nothing to do */ }
+    }
     if (p.vpRegionName) {
       this.toScheduler(p, { t: 'removePartition', id: p.id });
       unlinkRegion(p.vpRegionName);

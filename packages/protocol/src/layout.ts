@@ -17,6 +17,22 @@ export const PAGE = 4096;
 export function memoryRegionName(hostId: string, partitionId: number): string {
   return `hvlab-${hostId}-p${partitionId}-mem`;
 }
+/** A migration's destination worker's post-copy control region for partition `partitionId`. */
+export function postcopyRegionName(hostId: string, partitionId: number): string {
+  return `hvlab-${hostId}-p${partitionId}-pc`;
+}
+/** A migration's destination worker's go word region for partition `partitionId`. */
+export function goRegionName(hostId: string, partitionId: number): string {
+  return `hvlab-${hostId}-p${partitionId}-go`;
+}
+/**
+ * The regions a partition's worker makes beside those of the hypervisor: the hypervisor unlinks
+ * them with the partition, since a worker killed outright leaves them (a post-copy's control
+ * region stayed in /dev/shm until `down`).
+ */
+export function workerRegionNames(hostId: string, partitionId: number): string[] {
+  return [postcopyRegionName(hostId, partitionId), goRegionName(hostId, partitionId)];
+}
 export const BOOT_INFO_GPA = 0x0;
 export const STATUS_PAGE_GPA = 0x1000;
 export const WORKLOAD_PAGE_GPA = 0x2000;

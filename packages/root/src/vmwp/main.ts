@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, STATUS_PAGE_GPA, decodeGuestStatus, decodeGuestKernelInfo, GUEST_STATUS_BYTES, GUEST_KERNEL_INFO_BYTES, type GuestKernelInfo, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
 import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
@@ -793,7 +793,7 @@ export async function runWorker(): Promise<void> {
     constructor(missingBits: Uint8Array, private readonly pages: number, private readonly touched: Uint8Array) {
       this.missing = new Uint8Array(missingBits);
       for (let p = 0; p < pages; p++) if (this.isMissing(p)) this.remaining++;
-      this.region = `hvlab-${cfg.hostId}-p${partitionId}-pc`;
+      this.region = postcopyRegionName(cfg.hostId, partitionId);
       unlinkRegion(this.region);
       const sab = createRegion(this.region, POSTCOPY_CONTROL_BYTES);
       this.ctl = new Int32Array(sab);
@@ -1353,7 +1353,7 @@ export async function runWorker(): Promise<void> {
       const held = new Promise<boolean>((resolve) => (partitionHeld = resolve));
       // The go word's region: mapped by the partition process before it says it is held, and
       // unlinked here then (both keep their mappings; `down` sweeps it if this process dies first).
-      const goRegion = `hvlab-${cfg.hostId}-p${partitionId}-go`;
+      const goRegion = goRegionName(cfg.hostId, partitionId);
       let goSab: SharedArrayBuffer | null = null;
       try {
         if (exiting) throw new Error('the worker is exiting');
