@@ -150,6 +150,10 @@ describe('live migration between two hosts', function () {
     expect(there.downtime).to.equal(st.downtime);
     const here = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'cnt');
     expect(here.status).to.equal('completed');
+    // A cancel at the source afterwards says where it went, not that the VM does not exist.
+    const late = await h.run('--host', 'h1', 'vm', 'move-cancel', 'cnt');
+    expect(late.code).to.equal(1);
+    expect(late.stderr).to.match(/VM "cnt" moved to h2 .*there is no move to cancel/);
   });
 
   it('the destination\'s worker takes the stream on a socket of its own: a peer without the cluster\'s key is refused, garbage and another migration\'s requests are answered with errors, and the move completes', async () => {
@@ -549,6 +553,9 @@ describe('live migration between two hosts', function () {
       later = await st();
       return later !== null && later.pass === 1 && later.ram.transferred > first!.ram.transferred && later['total-time'] > first!['total-time'];
     }, 20000), 'and more of them a moment later, in the same pass').to.equal(true);
+    // What pass 1 has still to send shrinks while it runs (it stood at the whole RAM until the pass ended).
+    expect(later!.ram.remaining, JSON.stringify(later!.ram)).to.be.below(later!.ram.total);
+    expect(later!.ram.remaining, JSON.stringify([first!.ram, later!.ram])).to.be.below(first!.ram.remaining);
     // Asked of the destination, move-cancel says where the move is cancelled.
     const there = await h.run('--host', 'h2', 'vm', 'move-cancel', 'sl');
     expect(there.code).to.equal(1);

@@ -1364,6 +1364,9 @@ export class Vmms {
         peer = link;
         const l = r.link!; // cannotGo checked it
         r.moving.started = true;
+        // The worker's own reports take over from here; until its first, the move is being set up, not queued.
+        const waiting = this.moves.get(name);
+        if (waiting?.status === 'queued') this.moves.set(name, { ...waiting, status: 'setup' });
         // The worker refuses once the switch-over has begun (a refusal comes back as its reason); a
         // worker that cannot be asked (gone, or silent) takes the cancel as it can.
         r.moving.cancel = async (why) => await l.request({ t: 'migCancel', reason: why }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && !e.gone && !e.timedOut && e.code === 'InvalidState' && /switch-over/.test(e.message) ? e.message : null);
@@ -1445,7 +1448,11 @@ export class Vmms {
 
   /** Move-cancel: safe in every phase before the commit (the VM stays here, the destination drops its attempt). */
   async moveCancel(name: unknown): Promise<MigrationStats> {
-    const r = this.get(name);
+    // A VM that moved away is not here any more, but its move is: say that, not "does not exist".
+    const n = validateName(name);
+    const gone = this.vms.has(n) ? undefined : this.moves.get(n);
+    if (gone?.status === 'completed') throw new MgmtFailure('InvalidState', `VM "${n}" moved to ${gone.to} (completed at ${gone.startedAt ? new Date(Date.parse(gone.startedAt) + gone['total-time']).toISOString() : 'an earlier time'}): there is no move to cancel, and it runs there now`);
+    const r = this.get(n);
     if (!r.moving) {
       // Asked of the destination: the move is the source's to cancel.
       if (r.incoming) throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is being moved here from ${r.incoming.from}: its move is cancelled there ("hvlab --host ${r.incoming.from} vm move-cancel ${r.config.name}")`);

@@ -436,6 +436,8 @@ export class MigrationOut {
       const [batch, next] = this.nextBatch(pages, i);
       i = next;
       sent += batch.length;
+      // QEMU's `remaining`: what this pass has still to go (it stood at the pass's start before).
+      this.stats.ram.remaining = (pages.length - i) * MIG_PAGE;
       await this.sendBatch(batch);
     }
     await this.drain();
