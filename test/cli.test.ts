@@ -542,6 +542,19 @@ describe('experiment run\'s report directory', function () {
       writeFileSync(existing, readFileSync(example, 'utf8').replace(/^cluster: new$/m, 'cluster: existing'));
       expectOneLine(await runBin(['experiment', 'run', existing, '--out', join(dir, 'o1')], { cwd: dir, env }), 1, /^hvlab: no cluster is up for /, 'cluster: existing without one');
       expect(existsSync(join(dir, 'o1')), 'no --out directory was made').to.equal(false);
+      // Under /proc, Node's recursive mkdir looped for ever at a full CPU (Ctrl-C did nothing); a
+      // sentence now, for a migration run and a chaos run alike.
+      const chaos = join(repo, 'scripts', 'experiments', 'chaos-basic.yaml');
+      for (const f of [example, chaos]) {
+        expectOneLine(await runBin(['experiment', 'run', f, '--out', '/proc/hvlab-test-out/x'], { cwd: dir, env }), 1, /^hvlab: cannot make the report directory \/proc\/hvlab-test-out\/x: /, `--out under /proc (${f})`);
+      }
+      // A chaos run on an existing cluster that is not up: refused, and its --out taken away again.
+      const chaosExisting = join(dir, 'chaos-existing.yaml');
+      writeFileSync(chaosExisting, readFileSync(chaos, 'utf8').replace(/^cluster: new$/m, 'cluster: existing').replace(/^hosts: \d+\n/m, '').replace(/^lps: \d+\n/m, ''));
+      const r = await runBin(['experiment', 'run', chaosExisting, '--out', join(dir, 'o2', 'inner')], { cwd: dir, env });
+      expect(r.code, r.stderr).to.equal(1);
+      expect(r.stderr).to.match(/no cluster is up for /);
+      expect(existsSync(join(dir, 'o2')), 'no --out directory was left').to.equal(false);
     });
   });
 });

@@ -40,7 +40,7 @@
  * per run, results.md a table per method, and four SVG plots (plot.ts) show total time, downtime,
  * bytes sent and the dirty set pass by pass.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
@@ -49,7 +49,7 @@ import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
-import { FileShapeError, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
+import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
 import { ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkSet, readCluster } from './lab.js';
@@ -793,7 +793,7 @@ export function experimentPlots(report: ExperimentReport): Record<'total-time.sv
 
 /** Writes every file of the report into `dir` (made if missing); returns their names. */
 export function writeReport(report: ExperimentReport, dir: string): string[] {
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   report.files = [...REPORT_FILES];
   const files: Array<[string, string]> = [
     ['results.json', `${JSON.stringify(report, null, 2)}\n`],
@@ -889,12 +889,13 @@ export interface RunExperimentOptions {
  * Makes a run's report directory (`--out`), before anything starts, so one that cannot be made
  * fails the run at once; as a sentence about `--out`, not a bare EEXIST from mkdir.
  */
-export function makeReportDir(out: string): void {
+export function makeReportDir(out: string): string[] {
   try {
-    mkdirSync(out, { recursive: true });
+    return makeDirs(out);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission to make it' : (e as Error).message;
+    const why = code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission to make it'
+      : code === 'EROFS' ? 'the file system is read-only' : code === 'ENOENT' ? 'its parent cannot hold directories (a file system such as /proc)' : (e as Error).message;
     throw new ClusterError(`cannot make the report directory ${out}: ${why}`);
   }
 }
@@ -934,105 +935,111 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
   if (spec.cluster === 'existing' && !readCluster(resolveHome(opts.home ?? null))) {
     throw new ClusterError(`no cluster is up for ${resolveHome(opts.home ?? null)}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
   }
-  // Made first, so a directory that cannot be written fails before anything starts.
-  makeReportDir(out);
-  const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-experiment-')) : null;
-  const home = resolveHome(tempHome ?? opts.home ?? null);
-  const report: ExperimentReport = {
-    version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, startedAt: started.toISOString(), endedAt: '', out,
-    cluster: { mode: spec.cluster, home, network: null, hosts: [] },
-    link: { from: spec.from, to: spec.to, impairments: spec.link, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },
-    runs: [], summary: [], aborted: false, cleanup: [], files: [],
-  };
-  let broughtUp = false;
-  let release: (() => Promise<void>) | null = null;
-  const clients: MgmtClient[] = [];
-  /** The link as it was, to put back (cluster: existing). */
-  let restore: LinkChange | null = null;
+  // Made first, so a directory that cannot be written fails before anything starts; a run refused
+  // later without a report takes away what this made (it left an empty --out).
+  const madeDirs = makeReportDir(out);
   try {
-    if (spec.cluster === 'new') {
-      const source = experimentTopologySource(spec);
-      // The lease first: a run killed during the bring-up (seconds) left the cluster running.
-      if (tempHome && opts.leaseHome) {
+    const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-experiment-')) : null;
+    const home = resolveHome(tempHome ?? opts.home ?? null);
+    const report: ExperimentReport = {
+      version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, startedAt: started.toISOString(), endedAt: '', out,
+      cluster: { mode: spec.cluster, home, network: null, hosts: [] },
+      link: { from: spec.from, to: spec.to, impairments: spec.link, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },
+      runs: [], summary: [], aborted: false, cleanup: [], files: [],
+    };
+    let broughtUp = false;
+    let release: (() => Promise<void>) | null = null;
+    const clients: MgmtClient[] = [];
+    /** The link as it was, to put back (cluster: existing). */
+    let restore: LinkChange | null = null;
+    try {
+      if (spec.cluster === 'new') {
+        const source = experimentTopologySource(spec);
+        // The lease first: a run killed during the bring-up (seconds) left the cluster running.
+        if (tempHome && opts.leaseHome) {
+          try {
+            release = await opts.leaseHome(home);
+          } catch (e) {
+            say(`WARNING: no lease on the temporary cluster (${message(e)}): if this run is killed, take it down with "hvlab --home ${home} cluster down"`);
+          }
+        }
+        say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
+        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
+        broughtUp = true;
+      } else if (!readCluster(home)) {
+        throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
+      }
+      const st = await clusterStatus(home);
+      report.cluster.network = st.mode;
+      report.cluster.hosts = [spec.from, spec.to].map((n) => ({ name: n, hostId: st.hosts.find((h) => h.name === n)?.hostId ?? null }));
+      const hosts: Record<string, MgmtClient> = {};
+      for (const n of [spec.from, spec.to]) {
+        const c = await hostClient(home, n);
+        clients.push(c);
+        hosts[n] = c;
+      }
+
+      if (spec.link) {
+        const fab = await fabricStatus(home);
+        const was = fab.links.find((l) => (l.a === spec.from && l.b === spec.to) || (l.a === spec.to && l.b === spec.from));
+        if (!was) throw new ClusterError(`cluster ${st.name} has no link between ${spec.from} and ${spec.to}, so its impairments cannot be set`);
+        restore = { delayMs: was.delayMs ?? null, jitterMs: was.jitterMs ?? null, rateBps: was.rateBps ?? null, lossPercent: was.lossPercent ?? null, seed: was.seed };
+        const l = spec.link;
+        await linkSet(home, spec.from, spec.to, { delayMs: l.delayMs ?? null, jitterMs: l.jitterMs ?? null, rateBps: l.rateBps ?? null, lossPercent: l.lossPercent ?? null, seed: spec.seed });
+        say(`link ${spec.from} - ${spec.to}: ${impairmentsText(l) || 'unimpaired'} (seed ${spec.seed})`);
+      }
+
+      const bytes = probeBytes(spec);
+      if (bytes > 0) {
         try {
-          release = await opts.leaseHome(home);
+          const p = await hosts[spec.from]!.request<LinkProbeResult>('linkProbe', { peer: spec.to, pings: 5, bytes }, 600_000);
+          report.link.probe = p;
+          if (p.bitsPerSecond > 0) {
+            report.link.bandwidthBytesPerSecond = p.bitsPerSecond / 8;
+            report.link.modelMs = Number(((spec.vm.memoryBytes / report.link.bandwidthBytesPerSecond) * 1000).toFixed(1));
+          }
+          say(`link ${spec.from} → ${spec.to}: ${(p.bitsPerSecond / 8e6).toFixed(1)} MB/s measured with ${formatBinaryBytes(bytes)}; model ${report.link.modelMs ?? '—'} ms for ${formatBytes(spec.vm.memoryBytes)}`);
         } catch (e) {
-          say(`WARNING: no lease on the temporary cluster (${message(e)}): if this run is killed, take it down with "hvlab --home ${home} cluster down"`);
+          report.link.probeError = message(e);
+          say(`link ${spec.from} → ${spec.to}: the bandwidth probe failed (${report.link.probeError}); no model`);
         }
       }
-      say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
-      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
-      broughtUp = true;
-    } else if (!readCluster(home)) {
-      throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
-    }
-    const st = await clusterStatus(home);
-    report.cluster.network = st.mode;
-    report.cluster.hosts = [spec.from, spec.to].map((n) => ({ name: n, hostId: st.hosts.find((h) => h.name === n)?.hostId ?? null }));
-    const hosts: Record<string, MgmtClient> = {};
-    for (const n of [spec.from, spec.to]) {
-      const c = await hostClient(home, n);
-      clients.push(c);
-      hosts[n] = c;
-    }
 
-    if (spec.link) {
-      const fab = await fabricStatus(home);
-      const was = fab.links.find((l) => (l.a === spec.from && l.b === spec.to) || (l.a === spec.to && l.b === spec.from));
-      if (!was) throw new ClusterError(`cluster ${st.name} has no link between ${spec.from} and ${spec.to}, so its impairments cannot be set`);
-      restore = { delayMs: was.delayMs ?? null, jitterMs: was.jitterMs ?? null, rateBps: was.rateBps ?? null, lossPercent: was.lossPercent ?? null, seed: was.seed };
-      const l = spec.link;
-      await linkSet(home, spec.from, spec.to, { delayMs: l.delayMs ?? null, jitterMs: l.jitterMs ?? null, rateBps: l.rateBps ?? null, lossPercent: l.lossPercent ?? null, seed: spec.seed });
-      say(`link ${spec.from} - ${spec.to}: ${impairmentsText(l) || 'unimpaired'} (seed ${spec.seed})`);
-    }
-
-    const bytes = probeBytes(spec);
-    if (bytes > 0) {
-      try {
-        const p = await hosts[spec.from]!.request<LinkProbeResult>('linkProbe', { peer: spec.to, pings: 5, bytes }, 600_000);
-        report.link.probe = p;
-        if (p.bitsPerSecond > 0) {
-          report.link.bandwidthBytesPerSecond = p.bitsPerSecond / 8;
-          report.link.modelMs = Number(((spec.vm.memoryBytes / report.link.bandwidthBytesPerSecond) * 1000).toFixed(1));
+      const driver = clusterDriver(spec, hosts, opts.signal);
+      report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
+      // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.
+      report.aborted = opts.signal?.aborted === true && report.runs.length < spec.methods.length * spec.repetitions;
+      // A VM that could not be deleted after its run gets one more try (a new cluster goes as a whole anyway).
+      for (const r of report.runs.filter((x) => x.cleanupError !== null)) {
+        if (!broughtUp) {
+          await driver.removeVm(r.vm).then(() => (r.cleanupError = null), (e: unknown) => void report.cleanup.push(`VM ${r.vm} was not deleted: ${message(e)}`));
         }
-        say(`link ${spec.from} → ${spec.to}: ${(p.bitsPerSecond / 8e6).toFixed(1)} MB/s measured with ${formatBinaryBytes(bytes)}; model ${report.link.modelMs ?? '—'} ms for ${formatBytes(spec.vm.memoryBytes)}`);
-      } catch (e) {
-        report.link.probeError = message(e);
-        say(`link ${spec.from} → ${spec.to}: the bandwidth probe failed (${report.link.probeError}); no model`);
       }
-    }
-
-    const driver = clusterDriver(spec, hosts, opts.signal);
-    report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
-    // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.
-    report.aborted = opts.signal?.aborted === true && report.runs.length < spec.methods.length * spec.repetitions;
-    // A VM that could not be deleted after its run gets one more try (a new cluster goes as a whole anyway).
-    for (const r of report.runs.filter((x) => x.cleanupError !== null)) {
-      if (!broughtUp) {
-        await driver.removeVm(r.vm).then(() => (r.cleanupError = null), (e: unknown) => void report.cleanup.push(`VM ${r.vm} was not deleted: ${message(e)}`));
+    } finally {
+      for (const c of clients) c.close();
+      // A cluster brought up for the run goes as a whole; on an existing one the link is put back.
+      if (restore && !broughtUp) {
+        await linkSet(home, spec.from, spec.to, restore).catch((e: unknown) => void report.cleanup.push(`the link ${spec.from} - ${spec.to} was not put back: ${message(e)}`));
       }
-    }
-  } finally {
-    for (const c of clients) c.close();
-    // A cluster brought up for the run goes as a whole; on an existing one the link is put back.
-    if (restore && !broughtUp) {
-      await linkSet(home, spec.from, spec.to, restore).catch((e: unknown) => void report.cleanup.push(`the link ${spec.from} - ${spec.to} was not put back: ${message(e)}`));
-    }
-    // The lease first, so that its holder does not take the cluster down under our own teardown.
-    if (release) await release().catch((e: unknown) => void report.cleanup.push(`the lease on the temporary cluster was not released: ${message(e)}`));
-    if (broughtUp || tempHome) {
-      try {
-        const d = await clusterDown(home);
-        if (broughtUp) say(`cluster ${d.name ?? spec.name} is down`);
-      } catch (e) {
-        report.cleanup.push(`the cluster under ${home} was not brought down: ${message(e)}`);
+      // The lease first, so that its holder does not take the cluster down under our own teardown.
+      if (release) await release().catch((e: unknown) => void report.cleanup.push(`the lease on the temporary cluster was not released: ${message(e)}`));
+      if (broughtUp || tempHome) {
+        try {
+          const d = await clusterDown(home);
+          if (broughtUp) say(`cluster ${d.name ?? spec.name} is down`);
+        } catch (e) {
+          report.cleanup.push(`the cluster under ${home} was not brought down: ${message(e)}`);
+        }
       }
+      if (tempHome) rmSync(tempHome, { recursive: true, force: true });
+      for (const c of report.cleanup) say(`WARNING: ${c}`);
     }
-    if (tempHome) rmSync(tempHome, { recursive: true, force: true });
-    for (const c of report.cleanup) say(`WARNING: ${c}`);
+    report.endedAt = new Date().toISOString();
+    report.summary = summarize(spec.methods, report.runs, report.link.bandwidthBytesPerSecond);
+    writeReport(report, out);
+    return report;
+  } catch (e) {
+    unmakeDirs(madeDirs);
+    throw e;
   }
-  report.endedAt = new Date().toISOString();
-  report.summary = summarize(spec.methods, report.runs, report.link.bandwidthBytesPerSecond);
-  writeReport(report, out);
-  return report;
 }

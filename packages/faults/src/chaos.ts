@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
-import { resolveHome } from '@hvlab/runtime';
+import { resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, removeVm } from '@hvlab/host';
 import {
   ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir,
@@ -224,7 +224,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const signal = opts.signal;
   const started = new Date();
   const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
-  makeReportDir(out);
+  const madeDirs = makeReportDir(out);
   const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-chaos-')) : null;
   const home = resolveHome(tempHome ?? opts.home ?? null);
   const owner = runOwner(spec.name);
@@ -278,6 +278,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       await clusterDown(home).catch(() => undefined);
       rmSync(tempHome, { recursive: true, force: true });
     }
+    // Refused before it ran: no report, and no empty directory for one.
+    unmakeDirs(madeDirs);
     throw e;
   }
   try {

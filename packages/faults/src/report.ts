@@ -6,7 +6,8 @@
  * every VM and host, for whoever wants to look again); and the same two tables as rows for a
  * terminal (`chaosCheckRows`, `chaosFaultRows`).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
+import { makeDirs } from '@hvlab/runtime';
 import { join } from 'node:path';
 import { formatBytes } from '@hvlab/protocol';
 import type { FaultRecord } from './types.js';
@@ -199,7 +200,7 @@ export function chaosTimeline(r: ChaosReport, vms: readonly VmSample[]): Timelin
 
 /** Writes every file of the report into `dir` (made if missing); returns their names. */
 export function writeChaosReport(r: ChaosReport, dir: string, samples: { vms: readonly VmSample[]; hosts: readonly HostSample[] }): string[] {
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   r.files = [...CHAOS_REPORT_FILES];
   const files: Array<[string, string]> = [
     ['results.json', `${JSON.stringify(r, null, 2)}\n`],

@@ -8,8 +8,51 @@
  * a piece): for a file that only describes live processes, which a power cut makes stale anyway.
  * Each fsync costs ~10 ms on this project's machine, on a VM start's critical path.
  */
-import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeSync, type Stats } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, constants, fstatSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmdirSync, rmSync, statSync, writeSync, type Stats } from 'node:fs';
+import { dirname, resolve, sep } from 'node:path';
+
+/**
+ * `mkdir -p`, one level at a time, returning the directories it made (outermost first), so that a
+ * caller can remove what it made and no more. Node 20's `mkdirSync(p, { recursive: true })` loops
+ * for ever, at a full CPU and deaf to Ctrl-C, on a path under /proc (mkdir there says ENOENT, and
+ * it tries the parent, which exists, and again): `--out /proc/x` hung an experiment before it
+ * started. Here each level is made once, and a failure is thrown as mkdir gave it.
+ */
+export function makeDirs(path: string): string[] {
+  const full = resolve(path);
+  const missing: string[] = [];
+  for (let p = full; ; p = dirname(p)) {
+    let st: Stats | undefined;
+    try {
+      st = statSync(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (st) {
+      if (!st.isDirectory()) throw Object.assign(new Error(`ENOTDIR: not a directory, mkdir '${full}' (${p} is not a directory)`), { code: 'ENOTDIR' });
+      break;
+    }
+    missing.unshift(p);
+    if (dirname(p) === p || p === sep) break;
+  }
+  const made: string[] = [];
+  for (const d of missing) {
+    mkdirSync(d);
+    made.push(d);
+  }
+  return made;
+}
+
+/** Removes what `makeDirs` made, innermost first, as long as each is empty (anything put there since stays, with its parents). */
+export function unmakeDirs(made: readonly string[]): void {
+  for (const d of [...made].reverse()) {
+    try {
+      rmdirSync(d);
+    } catch {
+      return;
+    }
+  }
+}
 
 export function writeFileAtomic(file: string, text: string | Uint8Array, opts: { mode?: number; syncDir?: boolean; durable?: boolean } = {}): void {
   const mode = opts.mode ?? 0o600;
