@@ -368,6 +368,28 @@ faults:
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
+  it('a run on its own new cluster interrupted, then killed with SIGKILL in its teardown (a second Ctrl-C): the teardown is its nemesis\'s, and nothing is left', async () => {
+    const file = join(dir, 'killed-late.yaml');
+    writeFileSync(file, `name: e2e-killed-late
+kind: faults
+seed: 7
+hosts: 2
+lps: 1
+duration: 60s
+workloads:
+  - { name: k1, host: h1, workload: counter, memory: 16M }
+faults:
+  - { at: 1s, kind: pause, target: vm:k1, for: 50s }
+`);
+    // Its own teardown, stopped between telling the nemesis to leave and the cluster's down, left
+    // the fabric, the namespaces, the bridge and the home (a second Ctrl-C 0.3 s after the first).
+    const { home, left } = await killExperimentRun(file, join(dir, 'killed-late'), /f1 at /, 'the fault injection', /handing the cluster's teardown/);
+    expect(left.ids.size, 'both hosts were up').to.equal(2);
+    expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
+    expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('a run killed with SIGKILL while its new cluster comes up: its lease was taken first, so the cluster still goes down and its home is removed', async () => {
     const file = join(dir, 'killed-early.yaml');
     writeFileSync(file, `name: e2e-killed-early

@@ -199,7 +199,7 @@ export function syncCli(home: string, ...args: string[]): CliResult {
  * that moment in the failure), and kills it with SIGKILL. Returns the run's temporary home and a
  * watch of what of it is left (`experimentLeft`).
  */
-export async function killExperimentRun(file: string, out: string, ready: RegExp, what: string): Promise<{ home: string; left: ExperimentLeft }> {
+export async function killExperimentRun(file: string, out: string, ready: RegExp, what: string, interrupted?: RegExp): Promise<{ home: string; left: ExperimentLeft }> {
   const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (d) => (output += d));
@@ -209,6 +209,11 @@ export async function killExperimentRun(file: string, out: string, ready: RegExp
   try {
     if (!(await eventually(() => ready.test(output), 120_000))) throw new Error(`${what} did not happen: ${output}`);
     home = /under (\/\S+)/.exec(output)![1]!;
+    // `interrupted`: a Ctrl-C first, and the kill once the run says this (in its teardown, say).
+    if (interrupted) {
+      child.kill('SIGINT');
+      if (!(await eventually(() => interrupted.test(output), 120_000, 10))) throw new Error(`after the interrupt, the run did not say ${interrupted}: ${output}`);
+    }
   } finally {
     child.kill('SIGKILL');
     await exited;

@@ -1775,11 +1775,14 @@ export async function run(argv: string[]): Promise<number> {
           const home = !(spec instanceof ExperimentError) && spec.cluster === 'existing' ? paths.home : undefined;
           // A lease on the temporary cluster, held by this process: killed (even with SIGKILL), it
           // leaves the cluster to the home's nemesis, which takes it down and removes the home.
-          const leaseHome = async (h: string): Promise<() => Promise<void>> => {
+          const leaseHome = async (h: string): Promise<{ handOver: () => Promise<boolean>; release: () => Promise<void> }> => {
             const lease = await holdHomeLease(h, `experiment-${process.pid}.home`);
-            return async () => {
-              lease.end();
-              await stopNemesis(h);
+            return {
+              handOver: () => lease.handOver(),
+              release: async () => {
+                lease.end();
+                await stopNemesis(h);
+              },
             };
           };
           report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome }));

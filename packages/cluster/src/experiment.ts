@@ -879,9 +879,11 @@ export interface RunExperimentOptions {
    * Holds a lease on the temporary cluster this run brings up, taken right after it is up: if this
    * process is killed (even with SIGKILL), whoever holds the other end takes the cluster down and
    * removes its home (the CLI passes the home nemesis's teardown lease, @hvlab/faults, which this
-   * package cannot import). Resolves with the release the run calls before its own teardown.
+   * package cannot import). Resolves with the lease: `handOver` gives the teardown to its holder
+   * and waits for it (true once the home is gone: a run killed meanwhile leaves nothing); `release`
+   * ends it for a run that tears down itself (when the handover was not taken).
    */
-  leaseHome?: (home: string) => Promise<() => Promise<void>>;
+  leaseHome?: (home: string) => Promise<{ handOver: () => Promise<boolean>; release: () => Promise<void> }>;
 }
 
 /** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
@@ -948,7 +950,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
       runs: [], summary: [], aborted: false, cleanup: [], files: [],
     };
     let broughtUp = false;
-    let release: (() => Promise<void>) | null = null;
+    let lease: { handOver: () => Promise<boolean>; release: () => Promise<void> } | null = null;
     const clients: MgmtClient[] = [];
     /** The link as it was, to put back (cluster: existing). */
     let restore: LinkChange | null = null;
@@ -958,7 +960,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         // The lease first: a run killed during the bring-up (seconds) left the cluster running.
         if (tempHome && opts.leaseHome) {
           try {
-            release = await opts.leaseHome(home);
+            lease = await opts.leaseHome(home);
           } catch (e) {
             say(`WARNING: no lease on the temporary cluster (${message(e)}): if this run is killed, take it down with "hvlab --home ${home} cluster down"`);
           }
@@ -1021,9 +1023,14 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
       if (restore && !broughtUp) {
         await linkSet(home, spec.from, spec.to, restore).catch((e: unknown) => void report.cleanup.push(`the link ${spec.from} - ${spec.to} was not put back: ${message(e)}`));
       }
-      // The lease first, so that its holder does not take the cluster down under our own teardown.
-      if (release) await release().catch((e: unknown) => void report.cleanup.push(`the lease on the temporary cluster was not released: ${message(e)}`));
-      if (broughtUp || tempHome) {
+      // The teardown of a temporary cluster goes to the lease's holder, which does it even if this
+      // process is killed meanwhile (a second Ctrl-C, SIGKILL); else this process does it, after
+      // the lease ends, so that its holder does not take the cluster down under it.
+      const handed = lease !== null && await lease.handOver().catch(() => false);
+      if (handed) {
+        if (broughtUp) say(`cluster ${spec.name} is down`);
+      } else if (lease) await lease.release().catch((e: unknown) => void report.cleanup.push(`the lease on the temporary cluster was not released: ${message(e)}`));
+      if (!handed && (broughtUp || tempHome)) {
         try {
           const d = await clusterDown(home);
           if (broughtUp) say(`cluster ${d.name ?? spec.name} is down`);

@@ -31,7 +31,7 @@ import {
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
 import type { OwnedVm } from './wire.js';
-import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis } from './client.js';
+import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis, type HomeLease } from './client.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawMoves, drawSchedule, faultRequest, moveLine, scheduleLine, type ScheduledFault, type ScheduledMove } from './schedule.js';
 import {
@@ -245,7 +245,18 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   let nemesis: NemesisClient | null = null;
   let renew: NodeJS.Timeout | null = null;
   /** The lease on a temporary cluster (see below), held until the run takes it down itself. */
-  let homeLease: { end: () => void } | null = null;
+  let homeLease: HomeLease | null = null;
+  /**
+   * Gives the temporary cluster's teardown to the home's nemesis (HomeLease.handOver): done there, a
+   * second Ctrl-C or a SIGKILL of this process during it leaves nothing (its own teardown, stopped
+   * between telling the nemesis to leave and the cluster's down, left the cluster and the home).
+   * False when the nemesis did not take it: this process tears down itself.
+   */
+  const handOverHome = async (): Promise<boolean> => {
+    const lease = homeLease;
+    homeLease = null;
+    return lease !== null && await lease.handOver().catch(() => false);
+  };
   const endHomeLease = (): void => {
     homeLease?.end();
     homeLease = null;
@@ -272,12 +283,13 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
     }
   } catch (e) {
-    endHomeLease();
-    if (tempHome) {
+    if (tempHome && !(await handOverHome())) {
+      endHomeLease();
       await stopNemesis(home).catch(() => 0);
       await clusterDown(home).catch(() => undefined);
       rmSync(tempHome, { recursive: true, force: true });
     }
+    endHomeLease();
     // Refused before it ran: no report, and no empty directory for one.
     unmakeDirs(madeDirs);
     throw e;
@@ -504,14 +516,19 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     }
   }
   for (const c of clients.values()) c.close();
-  endHomeLease();
-  if (broughtUp || tempHome) {
-    try {
-      await stopNemesis(home);
-      const d = await clusterDown(home);
-      if (broughtUp) say(`cluster ${d.name ?? spec.name} is down`);
-    } catch (e) {
-      report.cleanup.push(`the cluster under ${home} was not brought down: ${message(e)}`);
+  if (tempHome && homeLease) say('handing the cluster\'s teardown to its home\'s nemesis (it finishes it even if this run is killed now)');
+  if (tempHome && await handOverHome()) {
+    if (broughtUp) say(`cluster ${spec.name} is down (its home's nemesis took it down)`);
+  } else {
+    endHomeLease();
+    if (broughtUp || tempHome) {
+      try {
+        await stopNemesis(home);
+        const d = await clusterDown(home);
+        if (broughtUp) say(`cluster ${d.name ?? spec.name} is down`);
+      } catch (e) {
+        report.cleanup.push(`the cluster under ${home} was not brought down: ${message(e)}`);
+      }
     }
   }
   if (broughtUp) {

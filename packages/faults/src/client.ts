@@ -241,6 +241,11 @@ export class NemesisClient {
   async renew(owner: string, opts: { teardown?: boolean; vms?: OwnedVm[] } = {}): Promise<void> {
     await this.call({ op: 'renew', owner, teardown: opts.teardown === true, ...(opts.vms ? { vms: opts.vms } : {}) }, 5000, true);
   }
+  /** Hands the owner's teardown to the nemesis (wire `handover`); true when it took it. */
+  async handOver(owner: string): Promise<boolean> {
+    const a = await this.call({ op: 'handover', owner }, 5000, false) as { accepted?: unknown } | null;
+    return a !== null && typeof a === 'object' && a.accepted === true;
+  }
   close(): void {
     this.rpc.close();
   }
@@ -252,7 +257,7 @@ export class NemesisClient {
  * and the home's nemesis ends `owner`'s faults, takes the cluster down and removes the home. `end`
  * only stops the renewals: the holder then tears down itself (stopNemesis, then the cluster).
  */
-export async function holdHomeLease(home: string, owner: string): Promise<{ end: () => void }> {
+export async function holdHomeLease(home: string, owner: string): Promise<HomeLease> {
   const c = await NemesisClient.connect(home);
   try {
     await c.renew(owner, { teardown: true });
@@ -262,14 +267,46 @@ export async function holdHomeLease(home: string, owner: string): Promise<{ end:
   }
   const timer = setInterval(() => void c.renew(owner, { teardown: true }).catch(() => undefined), OWNER_RENEW_MS);
   let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    clearInterval(timer);
+    c.close();
+  };
   return {
-    end: () => {
-      if (ended) return;
-      ended = true;
+    end,
+    handOver: async (waitMs = HANDOVER_WAIT_MS) => {
+      if (ended) return false;
       clearInterval(timer);
-      c.close();
+      let taken = false;
+      try {
+        taken = await c.handOver(owner);
+      } catch {
+        taken = false;
+      }
+      end();
+      if (!taken) return false;
+      // The nemesis removes the home last: gone, the teardown is done.
+      for (const until = Date.now() + waitMs; existsSync(home) && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
+      return !existsSync(home);
     },
   };
+}
+
+/** How long a handed-over teardown (a cluster's down and its home's removal) is waited for. */
+const HANDOVER_WAIT_MS = 60_000;
+
+/**
+ * A teardown lease (holdHomeLease). `end` stops the renewals (the holder tears down itself);
+ * `handOver` gives the teardown to the home's nemesis, which does what the lease's lapse would
+ * (faults end, the cluster goes down, the home is removed), and waits for it: a holder killed
+ * meanwhile, even by a second Ctrl-C or SIGKILL, leaves nothing, where its own teardown stopped
+ * half done (the nemesis already told to stop, the cluster still up). Resolves true once the home
+ * is gone, false when the nemesis did not take it (the holder then tears down itself).
+ */
+export interface HomeLease {
+  end: () => void;
+  handOver: (waitMs?: number) => Promise<boolean>;
 }
 
 /**

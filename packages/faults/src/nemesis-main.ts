@@ -101,6 +101,8 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
       case 'renew':
         nemesis.renew(req.owner, req.teardown, req.vms);
         return { ok: true };
+      case 'handover':
+        return { accepted: nemesis.handOver(req.owner) };
       case 'stop':
         setTimeout(() => void leave('asked to stop'), 10);
         return { stopping: true, active: nemesis.activeCount };

@@ -219,6 +219,16 @@ export class Nemesis {
     else this.ownerVms.delete(owner);
   }
 
+  /**
+   * The owner is done (wire `handover`): its lease lapses now, and the next pass of the watch does
+   * what a lapse does. False when it holds no lease here.
+   */
+  handOver(owner: string): boolean {
+    if (!this.owners.has(owner)) return false;
+    this.owners.set(owner, -Infinity);
+    return true;
+  }
+
   /** VMs each owner made (a chaos run on an existing cluster), removed when its lease lapses. */
   private readonly ownerVms = new Map<string, OwnedVm[]>();
 

@@ -9,6 +9,10 @@
  *   renew  { owner, teardown, vms }  an owner's lease (vms: VMs it made, turned off and deleted
  *                                when it lapses; teardown: when it lapses, the home's cluster
  *                                goes down and the home is removed: a run's temporary cluster)
+ *   handover { owner }           the owner is done: do now what its lease's lapse would do (its
+ *                                faults end, its VMs go; with teardown, the cluster goes down and
+ *                                the home is removed), so that a holder killed during its own
+ *                                teardown leaves nothing half done
  *   stop   {}                    clear everything and exit
  */
 import { decode, isPlainObject, VM_NAME_RE } from '@hvlab/protocol';
@@ -24,9 +28,10 @@ export type NemesisRequest =
   | { v: number; id: number; op: 'clear'; fault: string | null; owner: string | null }
   /** `vms`: every VM the owner made so far (null: not said, the last list stands). */
   | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean; vms: OwnedVm[] | null }
+  | { v: number; id: number; op: 'handover'; owner: string }
   | { v: number; id: number; op: 'stop' };
 
-const OPS = ['inject', 'list', 'clear', 'renew', 'stop'] as const;
+const OPS = ['inject', 'list', 'clear', 'renew', 'handover', 'stop'] as const;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/;
 
 /** A VM an owner made (a chaos run on an existing cluster): turned off and deleted when its lease lapses. */
@@ -52,7 +57,7 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
   if (v.v !== NEMESIS_WIRE_VERSION) return fail(`nemesis wire version ${typeof v.v === 'number' ? v.v : '?'} is not ${NEMESIS_WIRE_VERSION}`);
   const op = v.op;
   if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) return fail(`unknown operation${typeof op === 'string' ? ` "${op.slice(0, 32)}"` : ''} (known: ${OPS.join(', ')})`);
-  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner', 'teardown', 'vms'], stop: [] };
+  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner', 'teardown', 'vms'], handover: ['owner'], stop: [] };
   for (const k of Object.keys(v)) if (!['v', 'id', 'op', ...allowed[op]!].includes(k)) return fail(`${op}: unknown field "${k.slice(0, 32)}"`);
   const name = (k: string, nullable: boolean): string | null | Error => {
     const x = v[k];
@@ -91,6 +96,11 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
         }
       }
       return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner, teardown: v.teardown === true, vms } };
+    }
+    case 'handover': {
+      const owner = name('owner', false);
+      if (owner instanceof Error || owner === null) return fail(owner instanceof Error ? owner.message : 'handover needs an owner');
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'handover', owner } };
     }
     case 'stop':
       return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'stop' } };

@@ -66,6 +66,10 @@ describe('fault requests and the nemesis wire', () => {
       expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run', vms })), JSON.stringify(vms).slice(0, 80)).to.deep.include({ ok: false, id: 4 });
     }
     expect(decodeNemesisRequest(encode({ ...ok, op: 'stop' })).ok).to.equal(true);
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'handover', owner: 'run.home' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'handover', owner: 'run.home' } });
+    for (const bad of [{ ...ok, op: 'handover' }, { ...ok, op: 'handover', owner: '' }, { ...ok, op: 'handover', owner: { toString: 1 } }, { ...ok, op: 'handover', owner: 'run', teardown: true }]) {
+      expect(decodeNemesisRequest(encode(bad)), JSON.stringify(bad)).to.deep.include({ ok: false, id: 4 });
+    }
     const bad = decodeNemesisRequest(encode({ ...ok, op: 'inject', req: { ...req, forMs: -1 } }));
     expect(bad).to.deep.include({ ok: false, id: 4 });
     expect(decodeNemesisRequest(encode({ ...ok, op: 'renew' }))).to.deep.include({ ok: false, id: 4 });
@@ -108,7 +112,7 @@ describe('fault requests and the nemesis wire', () => {
       expect(() => parseTarget(v)).to.not.throw();
       let frame: Uint8Array;
       try {
-        frame = encode({ v: 1, id: 1, op: ['inject', 'list', 'clear', 'renew', 'stop'][i % 5], req: v, fault: v, owner: v, all: v });
+        frame = encode({ v: 1, id: 1, op: ['inject', 'list', 'clear', 'renew', 'handover', 'stop'][i % 6], req: v, fault: v, owner: v, all: v });
       } catch {
         continue;
       }
