@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostProcesses } from '@hvlab/host';
 import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
-import { eventually, killExperimentRun, shmFiles } from './harness.js';
+import { TestHost, eventually, killExperimentRun, shmFiles } from './harness.js';
 
 const EXPERIMENT = `name: e2e-small
 kind: migration
@@ -119,6 +119,43 @@ warmup: 200ms
     expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
     expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+  it('`hvlab experiment run` on an existing cluster killed with SIGKILL mid-run: the user\'s link is put back as it was and the run\'s VMs are deleted (its lease on them lapses)', async () => {
+    const h = new TestHost();
+    try {
+      const topo = join(dir, 'two.yaml');
+      writeFileSync(topo, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\n');
+      await h.ok('cluster', 'up', topo);
+      await h.ok('link', 'set', 'h1', 'h2', '--delay', '20ms');
+      const file = join(dir, 'killed-existing.yaml');
+      writeFileSync(file, `name: e2e-killed-existing
+kind: migration
+seed: 3
+cluster: existing
+vm: { memory: 16M, vps: 1, workload: counter }
+link: { delay: 2ms }
+methods: [offline]
+repetitions: 50
+warmup: 200ms
+`);
+      const run = h.start('experiment', 'run', file, '--out', join(dir, 'killed-existing'));
+      let output = '';
+      run.child.stderr!.on('data', (d) => (output += d));
+      try {
+        expect(await eventually(() => /^offline 1\/50: completed/m.test(output), 120_000), output).to.equal(true);
+        type Link = { delayMs?: number };
+        expect((await h.json<{ links: Link[] }>('cluster', 'status')).links[0]!.delayMs, 'the run\'s link while it runs').to.equal(2);
+      } finally {
+        run.child.kill('SIGKILL');
+        await run.done;
+      }
+      expect(await eventually(async () => (await h.json<{ links: Array<{ delayMs?: number }> }>('cluster', 'status')).links[0]!.delayMs === 20, 20_000), 'the user\'s 20 ms delay is back').to.equal(true);
+      const runVms = async (): Promise<string[]> => (await h.json<Array<{ name: string; host: string }>>('vm', 'list', '--all')).map((v) => `${v.host}/${v.name}`);
+      expect(await eventually(async () => (await runVms()).length === 0, 30_000), `the run's VMs: ${(await runVms()).join(' ')}`).to.equal(true);
+    } finally {
+      await h.run('cluster', 'down');
+      await h.destroy();
+    }
   });
 });
 

@@ -25,12 +25,12 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -1785,7 +1785,9 @@ export async function run(argv: string[]): Promise<number> {
               },
             };
           };
-          report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome }));
+          // On an existing cluster, the run's own lease on what it changes there (its VMs, the link).
+          const leaseRun = (h: string): Promise<RunLease> => holdRunLease(h, `experiment-${process.pid}`);
+          report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome, leaseRun }));
         } catch (e) {
           if (e instanceof ExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
           throw e;

@@ -884,6 +884,25 @@ export interface RunExperimentOptions {
    * ends it for a run that tears down itself (when the handover was not taken).
    */
   leaseHome?: (home: string) => Promise<{ handOver: () => Promise<boolean>; release: () => Promise<void> }>;
+  /**
+   * On an existing cluster: a lease the run holds on what it changes there (the CLI passes one of
+   * the home's nemesis, @hvlab/faults): the link's impairments are set through it (as a fault the
+   * run owns, undone when the lease ends or lapses) and every VM the run made is named to it (turned
+   * off and deleted when it lapses). So a run killed with SIGKILL leaves the user's cluster as it
+   * was; it left its VM running there and the link impaired before. Without it the run changes the
+   * link itself and puts it back at its end.
+   */
+  leaseRun?: (home: string) => Promise<RunLease>;
+}
+
+/** What a run on an existing cluster holds through its lease (RunExperimentOptions.leaseRun). */
+export interface RunLease {
+  /** Sets the link's impairments, undone when the lease ends (or lapses). */
+  setLink(a: string, b: string, change: { delayMs: number | null; jitterMs: number | null; rateBps: number | null; lossPercent: number | null; seed: number }): Promise<void>;
+  /** Every VM the run has made and not deleted yet (all of them, each time). */
+  owned(vms: Array<{ host: string; vm: string }>): Promise<void>;
+  /** Ends the lease: the link as it was, the VMs released (the run deleted them). */
+  end(): Promise<void>;
 }
 
 /** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
@@ -951,6 +970,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
     };
     let broughtUp = false;
     let lease: { handOver: () => Promise<boolean>; release: () => Promise<void> } | null = null;
+    let runLease: RunLease | null = null;
     const clients: MgmtClient[] = [];
     /** The link as it was, to put back (cluster: existing). */
     let restore: LinkChange | null = null;
@@ -970,6 +990,8 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         broughtUp = true;
       } else if (!readCluster(home)) {
         throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
+      } else if (opts.leaseRun) {
+        runLease = await opts.leaseRun(home);
       }
       const st = await clusterStatus(home);
       report.cluster.network = st.mode;
@@ -987,7 +1009,9 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         if (!was) throw new ClusterError(`cluster ${st.name} has no link between ${spec.from} and ${spec.to}, so its impairments cannot be set`);
         restore = { delayMs: was.delayMs ?? null, jitterMs: was.jitterMs ?? null, rateBps: was.rateBps ?? null, lossPercent: was.lossPercent ?? null, seed: was.seed };
         const l = spec.link;
-        await linkSet(home, spec.from, spec.to, { delayMs: l.delayMs ?? null, jitterMs: l.jitterMs ?? null, rateBps: l.rateBps ?? null, lossPercent: l.lossPercent ?? null, seed: spec.seed });
+        const change = { delayMs: l.delayMs ?? null, jitterMs: l.jitterMs ?? null, rateBps: l.rateBps ?? null, lossPercent: l.lossPercent ?? null, seed: spec.seed };
+        if (runLease) await runLease.setLink(spec.from, spec.to, change);
+        else await linkSet(home, spec.from, spec.to, change);
         say(`link ${spec.from} - ${spec.to}: ${impairmentsText(l) || 'unimpaired'} (seed ${spec.seed})`);
       }
 
@@ -1007,7 +1031,27 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         }
       }
 
-      const driver = clusterDriver(spec, hosts, opts.signal);
+      const base = clusterDriver(spec, hosts, opts.signal);
+      // Named to the run's lease as they are made and deleted: a run killed with SIGKILL leaves none.
+      const made = new Set<string>();
+      const tell = async (): Promise<void> => {
+        // On either host: a move takes it to `to` (and a failed one leaves it on `from`).
+        await runLease?.owned([...made].flatMap((vm) => [{ host: spec.from, vm }, { host: spec.to, vm }])).catch((e: unknown) => say(`WARNING: the run's lease was not renewed: ${message(e)}`));
+      };
+      const driver: ExperimentDriver = runLease === null ? base : {
+        ...base,
+        async createVm(name) {
+          made.add(name);
+          await tell();
+          await base.createVm(name);
+        },
+        async removeVm(name) {
+          const found = await base.removeVm(name);
+          made.delete(name);
+          await tell();
+          return found;
+        },
+      };
       report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
       // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.
       report.aborted = opts.signal?.aborted === true && report.runs.length < spec.methods.length * spec.repetitions;
@@ -1020,7 +1064,10 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
     } finally {
       for (const c of clients) c.close();
       // A cluster brought up for the run goes as a whole; on an existing one the link is put back.
-      if (restore && !broughtUp) {
+      if (runLease) {
+        // Its end undoes the link's fault (the link as it was) and releases the VMs (deleted by now).
+        await runLease.end().catch((e: unknown) => void report.cleanup.push(`the run's lease on the cluster did not end (its link and VMs go back when it lapses): ${message(e)}`));
+      } else if (restore && !broughtUp) {
         await linkSet(home, spec.from, spec.to, restore).catch((e: unknown) => void report.cleanup.push(`the link ${spec.from} - ${spec.to} was not put back: ${message(e)}`));
       }
       // The teardown of a temporary cluster goes to the lease's holder, which does it even if this

@@ -18,6 +18,8 @@ import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
 import type { OwnedVm } from './wire.js';
+import type { RunLease } from '@hvlab/cluster';
+import { FAULT_MAX_MS } from '@hvlab/protocol';
 import { procPids, procTitle } from '@hvlab/shm/procfs';
 
 export function nemesisFile(home: string): string {
@@ -289,6 +291,48 @@ export async function holdHomeLease(home: string, owner: string): Promise<HomeLe
       // The nemesis removes the home last: gone, the teardown is done.
       for (const until = Date.now() + waitMs; existsSync(home) && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
       return !existsSync(home);
+    },
+  };
+}
+
+/**
+ * A run's lease on an existing cluster (cluster's RunLease, for `experiment run` of a migration on
+ * the user's cluster): renewed every OWNER_RENEW_MS with the VMs the run has made; the link's
+ * impairments go in as a link fault `owner` owns, so the nemesis puts the link back as it was when
+ * the lease ends, or lapses (the run killed, even by SIGKILL), and deletes the VMs named then.
+ */
+export async function holdRunLease(home: string, owner: string): Promise<RunLease> {
+  const c = await NemesisClient.connect(home);
+  let vms: OwnedVm[] = [];
+  try {
+    await c.renew(owner, { vms });
+  } catch (e) {
+    c.close();
+    throw e;
+  }
+  const timer = setInterval(() => void c.renew(owner, { vms }).catch(() => undefined), OWNER_RENEW_MS);
+  let ended = false;
+  return {
+    async setLink(a, b, change) {
+      const params: Record<string, unknown> = {};
+      for (const k of ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const) if (change[k] !== null) params[k] = change[k];
+      await c.inject({ kind: 'link', target: `link:${a}-${b}`, forMs: FAULT_MAX_MS, params, owner, seed: change.seed });
+    },
+    async owned(list) {
+      vms = list.slice();
+      await c.renew(owner, { vms });
+    },
+    async end() {
+      if (ended) return;
+      ended = true;
+      clearInterval(timer);
+      try {
+        // The VMs released first (the run deleted them), then its faults ended and its lease with them.
+        await c.renew(owner, { vms: [] }).catch(() => undefined);
+        await c.clear(null, { owner });
+      } finally {
+        c.close();
+      }
     },
   };
 }
