@@ -277,6 +277,15 @@ describe('chaos experiments with real processes', function () {
       await h.destroy();
     });
 
+    it('a fault its file names that is refused at run time (a link the cluster does not have) is said, and the run exits 1 whatever its checks say', async () => {
+      const file = join(dir, 'refused.yaml');
+      writeFileSync(file, 'name: refused\nkind: faults\ncluster: existing\nduration: 3s\nworkloads: [{ name: rf1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: link, target: link:h1-h3, for: 1s, delayMs: 20ms }\n');
+      const r = await h.run('experiment', 'run', file, '--out', join(dir, 'refused'));
+      expect(r.code, r.stderr).to.equal(1);
+      expect(r.stderr).to.match(/hvlab: 1 of the file's 1 fault was refused, so the run did not test what its file says: f1 \(/);
+      expect((await h.json<Array<{ name: string }>>('--host', 'h1', 'vm', 'list')).map((v) => v.name)).to.not.include('rf1');
+    });
+
     it(`has every fault it injected undone within 10 s (its owner lease lapses after ${OWNER_LEASE_MS / 1000} s), and the VMs it made removed from the cluster`, async () => {
       const file = join(dir, 'killed.yaml');
       writeFileSync(file, 'name: killed\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: k1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:k1, for: 100s }\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 100s, delayMs: 200ms }\n');

@@ -369,7 +369,13 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
     }
     out(`seed ${report.seed} (replay: --seed ${report.seed}); report in ${report.out}: ${report.files.join(', ')}${report.aborted ? ' (stopped early)' : ''}`);
   }
-  return report.held && !report.aborted ? 0 : 1;
+  // Faults the file names that were refused did not happen: the run did not test what it says.
+  // Said, and the run fails (refused random draws are said in the report and do not fail it).
+  const listed = new Set(report.schedule.filter((f) => f.source !== 'random').map((f) => f.id));
+  const refusedListed = report.refused.filter((r) => listed.has(r.id.slice(r.id.lastIndexOf('.') + 1)));
+  if (refusedListed.length > 0) process.stderr.write(`hvlab: ${refusedListed.length} of the file's ${listed.size} fault${listed.size === 1 ? ' was' : 's were'} refused, so the run did not test what its file says: ${refusedListed.map((r) => `${r.id.slice(r.id.lastIndexOf('.') + 1)} (${r.error})`).join('; ')}\n`);
+  // Interrupted (Ctrl-C): 130, as every command; the report was written all the same.
+  return report.aborted ? 130 : report.held && refusedListed.length === 0 ? 0 : 1;
 }
 
 /** 1500 → "1.5s", 250 → "250ms". */
@@ -1803,7 +1809,8 @@ export async function run(argv: string[]): Promise<number> {
           ]));
           out(`report in ${report.out}: ${report.files.join(', ')}${report.aborted ? ' (stopped early)' : ''}${report.cleanup.length ? `; cleanup problems: ${report.cleanup.join('; ')}` : ''}`);
         }
-        return report.aborted || report.cleanup.length > 0 ? 1 : 0;
+        // Interrupted (Ctrl-C): 130, as every command; the report was written all the same.
+        return report.aborted ? 130 : report.cleanup.length > 0 ? 1 : 0;
       }
       case 'vm move-status': {
         const st = await connect().request<MigrationStats>('vmMoveStatus', { name });
