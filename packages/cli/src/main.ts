@@ -26,7 +26,7 @@ import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } 
 import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
-  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
+  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
@@ -340,8 +340,10 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
         for (const f of plannedSchedule(spec, useSeed)) out(`  ${scheduleLine(f)}`);
         for (const m of plannedMoves(spec, useSeed)) out(`  ${moveLine(m)}`);
       } else {
-        out('  (the random part is drawn against the cluster when it runs)');
+        // The file's own faults and moves, as they will run (they need no cluster to be said).
+        for (const f of drawSchedule(useSeed, { ...spec, random: null }, chaosWorld(spec, { hosts: [], links: [] }))) out(`  ${scheduleLine(f)}`);
         spec.moves.forEach((m, i) => out(`  m${i + 1} +${(m.atMs / 1000).toFixed(1)}s ${m.vm} → ${m.to} by ${m.method}`));
+        if (spec.random) out('  (and the random part, drawn against the cluster when it runs)');
       }
     }
     return 0;

@@ -276,7 +276,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
       const other = typeof k === 'string' ? OTHER_RUNNERS[k] : undefined;
       const message = other
         ? `kind "${k}" is run by ${other} ("hvlab experiment run" sends it there); this parser reads ${EXPERIMENT_KINDS.join(', ')} experiments`
-        : `${JSON.stringify(k ?? null)} is not a kind of experiment: use ${EXPERIMENT_KINDS.join(', ')}`;
+        : `${JSON.stringify(k ?? null)} is not a kind of experiment: use ${[...EXPERIMENT_KINDS, ...Object.keys(OTHER_RUNNERS)].join(' or ')}`;
       throw new ExperimentError(file, [{ ...where(ctx, (kindPair.value as Node | null) ?? (kindPair as Pair)), field: 'kind', message }]);
     }
     kind = k as ExperimentKind;

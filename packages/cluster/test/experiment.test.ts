@@ -221,7 +221,7 @@ describe('experiment files', () => {
     expect(faults[0]).to.include({ field: 'kind', line: 2, column: 7 });
     expect(faults[0]!.message).to.match(/kind "faults" is run by @hvlab\/faults's chaos runner/);
     const other = problems('name: f\nkind: benchmark\nmethods: [precopy]\n');
-    expect(other[0]!.message).to.match(/"benchmark" is not a kind of experiment: use migration/);
+    expect(other[0]!.message).to.match(/"benchmark" is not a kind of experiment: use migration or faults/);
   });
 
   it('refuses what is not an experiment at all: not YAML, not a map, too large, unreadable', () => {
