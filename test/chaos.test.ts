@@ -286,6 +286,18 @@ describe('chaos experiments with real processes', function () {
       expect((await h.json<Array<{ name: string }>>('--host', 'h1', 'vm', 'list')).map((v) => v.name)).to.not.include('rf1');
     });
 
+    it('a workload named as a VM the cluster has already (on another host) is refused before anything is made; the user\'s VM is left alone', async () => {
+      await h.ok('--host', 'h1', 'vm', 'new', 'mine', '--memory', '16M');
+      const file = join(dir, 'taken.yaml');
+      writeFileSync(file, 'name: taken\nkind: faults\ncluster: existing\nduration: 3s\nworkloads: [{ name: mine, host: h2, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:mine, for: 1s }\n');
+      const r = await h.run('experiment', 'run', file, '--out', join(dir, 'taken'));
+      expect(r.code, r.stderr).to.equal(1);
+      expect(r.stderr).to.match(/VMs of its workloads' names already \(mine on h1\)/);
+      const all = await h.json<Array<{ name: string; host: string; state: string }>>('vm', 'list', '--all');
+      expect(all.filter((v) => v.name === 'mine').map((v) => `${v.host}/${v.state}`)).to.deep.equal(['h1/Off']);
+      await h.ok('--host', 'h1', 'vm', 'delete', 'mine');
+    });
+
     it(`has every fault it injected undone within 10 s (its owner lease lapses after ${OWNER_LEASE_MS / 1000} s), and the VMs it made removed from the cluster`, async () => {
       const file = join(dir, 'killed.yaml');
       writeFileSync(file, 'name: killed\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: k1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:k1, for: 100s }\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 100s, delayMs: 200ms }\n');

@@ -309,6 +309,18 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     for (const m of moves) say(`  ${moveLine(m)}`);
 
     clients = await hostClients(home, world.hosts);
+    if (spec.cluster === 'existing') {
+      // Its workloads are its own VMs, made and deleted by it: a name the cluster has already (on
+      // any host) is refused before anything is made. It made a second VM of that name on another
+      // host (and its faults on the name were then refused as ambiguous), or stopped at the first
+      // "already exists" with the user's VM counted as one the run left.
+      const taken: string[] = [];
+      for (const [h, c] of clients) {
+        const list = await c.request('vmList', {}, 10_000);
+        for (const w of spec.workloads) if (vmReading(list, w.name).listed) taken.push(`${w.name} on ${h}`);
+      }
+      if (taken.length > 0) throw new ClusterError(`the cluster has VMs of its workloads' names already (${taken.join(', ')}): the run makes its own VMs and deletes them after, so name its workloads otherwise`);
+    }
     // The run's lease, from before its first VM: on an existing cluster it names the VMs made so
     // far (each renew names them all), which go when it lapses, so a run killed with SIGKILL leaves
     // none on the user's cluster; its faults go too. (A new cluster goes whole: the home's lease.)
