@@ -137,6 +137,22 @@ describe('faults under attack: one host (real processes)', function () {
     expect(processState(pid)).to.not.equal('T');
   });
 
+  it('a CLI holding a fault (--wait) interrupted with Ctrl-C ends the fault, says so and exits 130; the process runs again', async () => {
+    const pid = partitionOf('db');
+    const c = spawn(process.execPath, [cli, 'fault', 'inject', 'pause', '--target', 'vm:db', '--for', '120s', '--wait'], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number>((r) => c.on('close', (code) => r(code ?? -1)));
+    expect(await eventually(() => /^fault \S+: pause on/m.test(out) && processState(pid) === 'T', 60000), `the CLI holds the fault: ${out} ${err}`).to.equal(true);
+    c.kill('SIGINT');
+    const code = await exited;
+    expect(code, err).to.equal(130);
+    expect(err).to.match(/^hvlab: interrupted: fault \S+ ended \(cleared\)$/m);
+    expect(processState(pid)).to.not.equal('T');
+  });
+
   it('down after the nemesis and its warden were both killed holding a pause leaves no nemesis socket (and nothing else: after)', async () => {
     await inject('pause', '--target', 'vm:web', '--for', '120s');
     // Stopped first, so that it cannot start another warden between the two kills.

@@ -1463,8 +1463,12 @@ export async function run(argv: string[]): Promise<number> {
             for (;;) {
               await new Promise((r) => setTimeout(r, Math.min(OWNER_RENEW_MS, 200)));
               if (stop) {
-                await nem.clear(null, { owner });
-                break;
+                // Interrupted: the fault ends now, which is said, and the exit is 130 as every command's.
+                const ended = await nem.clear(null, { owner });
+                const me = ended.find((f) => f.id === rec.id) ?? rec;
+                if (json) out(JSON.stringify(me));
+                else process.stderr.write(`hvlab: interrupted: fault ${rec.id} ended (${me.endReason ?? 'cleared'})\n`);
+                return 130;
               }
               await nem.renew(owner).catch(() => undefined);
               const all = await nem.list({ all: true });
