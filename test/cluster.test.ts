@@ -345,13 +345,21 @@ describe('clusters on one machine', function () {
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
-  it('a fabric server that cannot start again (its port taken) is said once in the log and plainly by cluster status, retried, and back once the port is free', async () => {
+  it('a fabric server stopped is said at once by cluster status; one that cannot start again (its port taken) is said once in the log and plainly by cluster status, retried, and back once the port is free', async () => {
     const file = join(h.home, 'one.yaml');
     writeFileSync(file, 'name: one\nhosts:\n  h1: { lps: 1 }\n');
     await h.ok('cluster', 'up', file);
     clusterHostIds(h.home, ids);
     const fabricJson = (): { pid: number; supervisor: number; port: number; listen: string; failing?: { why: string; tries: number; since: string } } => JSON.parse(readFileSync(join(h.home, 'cluster', 'fabric.json'), 'utf8'));
     const first = fabricJson();
+    // Stopped (a pause fault, SIGSTOP), it is said at once (it was a 5 s wait, then "did not answer").
+    process.kill(first.pid, 'SIGSTOP');
+    try {
+      const paused = await h.run('cluster', 'status');
+      expect(paused.stdout + paused.stderr).to.match(new RegExp(`fabric server \\(pid ${first.pid}\\) is stopped`));
+    } finally {
+      process.kill(first.pid, 'SIGCONT');
+    }
     process.kill(first.pid, 'SIGKILL');
     for (let i = 0; i < 2000 && pidAlive(first.pid); i++) await sleep(2);
     // Taken before the supervisor's first restart (250 ms after the exit), on the server's own address.

@@ -28,7 +28,7 @@ import {
   FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
-import { procEnviron, procPids } from '@hvlab/shm/procfs';
+import { procEnviron, procPids, procState } from '@hvlab/shm/procfs';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
 import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, sweepStaleProbes, teardownNetwork, type ClusterNetwork } from './netns.js';
 
@@ -501,6 +501,8 @@ async function fabricCall(home: string, body: Record<string, unknown>, timeoutMs
     }
     throw new ClusterError(`the cluster's fabric is not running (its server, pid ${f.pid}, is gone${f.supervisor !== null ? `, and its supervisor, pid ${f.supervisor}` : ''}): its links are down; "hvlab cluster down" and up again`);
   }
+  // Stopped (a pause fault, SIGSTOP): said at once, not after a wait for an answer that cannot come.
+  if (procState(f.pid) === 'T') throw new ClusterError(`the cluster's fabric server (pid ${f.pid}) is stopped (a pause fault of the cluster, or SIGSTOP): its links hold what crosses them until it runs again`);
   const client = new RpcClient(`tcp://${c.record.gateway}:${f.port}`, curveClientOptions(readClusterKey(clusterKeyFile(home))));
   try {
     return await client.call(body, timeoutMs, CLUSTER_WIRE_VERSION);
