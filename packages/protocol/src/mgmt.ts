@@ -534,6 +534,34 @@ export interface VmInfo {
   processor: { reserve: number; maximum: number; weight: number };
   /** Measured by the hypervisor's scheduler over the last second (null when not running or not scheduled). */
   cpu: VmCpu | null;
+  /**
+   * The live migration this copy is part of, while it lasts (null when the VM is not moving):
+   * `incoming` on the destination, from the setup until the commit (the copy is the source's,
+   * `from`, until then: the destination refuses operations on it, and lists it beside the source's),
+   * or `outgoing` on the source, from the move's asking (queued too) until its end. Read through
+   * `vmMigrationOf`, which checks it (a root before this field leaves it out).
+   */
+  migration?: VmMigration | null;
+}
+
+/** A VM's part in a live migration, as `vmList` reports it (VmInfo.migration). */
+export type VmMigration = { direction: 'incoming'; from: string } | { direction: 'outgoing'; to: string };
+
+/**
+ * The `migration` of one VM of a `vmList` answer, checked: null when it says the VM is not moving,
+ * undefined when it says nothing that can be read (a root before the field, or not a VmMigration:
+ * a reader must not take an unreadable mark for "not moving").
+ */
+export function vmMigrationOf(vm: unknown): VmMigration | null | undefined {
+  if (!isPlainObject(vm) || !own(vm, 'migration')) return undefined;
+  const m = vm.migration;
+  if (m === null) return null;
+  if (!isPlainObject(m)) return undefined;
+  const keys = Object.keys(m);
+  if (keys.length !== 2 || !keys.includes('direction')) return undefined;
+  if (m.direction === 'incoming' && typeof m.from === 'string' && CLUSTER_HOST_RE.test(m.from)) return { direction: 'incoming', from: m.from };
+  if (m.direction === 'outgoing' && typeof m.to === 'string' && CLUSTER_HOST_RE.test(m.to)) return { direction: 'outgoing', to: m.to };
+  return undefined;
 }
 
 export interface VpCpu {

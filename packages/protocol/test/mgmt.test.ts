@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import {
   decodeMgmtRequest, decodeMgmtArgs, decodeMgmtResponse, checkMgmtRequest, encode, MGMT_API_VERSION, MGMT_FRAME_MAX_BYTES, MGMT_OPS,
-  MGMT_PEEK_MAX_BYTES, MAX_VPS_PER_PARTITION, type MgmtOp, type MgmtRequestDecoded,
+  MGMT_PEEK_MAX_BYTES, MAX_VPS_PER_PARTITION, vmMigrationOf, type MgmtOp, type MgmtRequestDecoded,
 } from '../src/index.js';
 
 const frame = (value: unknown): Uint8Array => encode(value);
@@ -331,5 +331,30 @@ describe('management API answers, as the CLI decodes them', () => {
       }
       return wellFormed(decodeMgmtResponse(bytes));
     }), { numRuns: 2000, seed: 0x7e6 });
+  });
+});
+
+describe('a VM\'s migration mark in a vmList answer (vmMigrationOf)', () => {
+  it('reads incoming and outgoing marks and null; anything else, or none, is unknown (undefined)', () => {
+    expect(vmMigrationOf({ name: 'a', migration: { direction: 'incoming', from: 'h1' } })).to.deep.equal({ direction: 'incoming', from: 'h1' });
+    expect(vmMigrationOf({ name: 'a', migration: { direction: 'outgoing', to: 'h-2' } })).to.deep.equal({ direction: 'outgoing', to: 'h-2' });
+    expect(vmMigrationOf({ name: 'a', migration: null })).to.equal(null);
+    // A root before the field says nothing: not "not moving".
+    expect(vmMigrationOf({ name: 'a' })).to.equal(undefined);
+    for (const bad of [
+      'incoming', 1, [], { direction: 'incoming' }, { direction: 'incoming', to: 'h1' }, { direction: 'outgoing', from: 'h1' },
+      { direction: 'incoming', from: 'H1' }, { direction: 'incoming', from: 'h'.repeat(11) }, { direction: 'incoming', from: 7 },
+      { direction: 'sideways', from: 'h1' }, { direction: 'incoming', from: 'h1', to: 'h2' }, { direction: 'incoming', from: 'h1', extra: 1 },
+      new Map([['direction', 'incoming'], ['from', 'h1']]),
+    ]) expect(vmMigrationOf({ name: 'a', migration: bad }), JSON.stringify(bad) ?? String(bad)).to.equal(undefined);
+    for (const notVm of [null, undefined, 'a', 3, [], Object.create({ migration: null }) as unknown]) expect(vmMigrationOf(notVm)).to.equal(undefined);
+  });
+
+  it('never throws, whatever the answer holds (fuzzed)', () => {
+    fc.assert(fc.property(fc.anything(), fc.anything(), (vm, migration) => {
+      const a = vmMigrationOf(vm);
+      const b = vmMigrationOf({ name: 'a', migration });
+      return (a === undefined || a === null || typeof a === 'object') && (b === undefined || b === null || typeof b === 'object');
+    }), { numRuns: 2000, seed: 0x51d });
   });
 });

@@ -1758,6 +1758,9 @@ export class Vmms {
       lastStateReason: r.reason,
       processor: { ...r.config.processor },
       cpu,
+      // The destination's copy is the source's until the commit; the source's copy is named too,
+      // so that a reader that cannot ask the destination still knows which copy is which.
+      migration: r.incoming ? { direction: 'incoming', from: r.incoming.from } : r.moving ? { direction: 'outgoing', to: r.moving.to } : null,
     };
   }
 
