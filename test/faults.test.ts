@@ -166,6 +166,41 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect((await ended(again.id))?.endReason).to.equal('cleared');
   });
 
+  it('a pause aimed at a VM being moved hits its source\'s copy (the destination\'s is the source\'s until the commit), also while the destination\'s root does not answer', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'mv', '--memory', '64M', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'mv');
+    // 16 MiB dirtied over and over at 2 Mbyte/s: the move copies for as long as the test needs.
+    const moving = h.run('--host', 'h1', 'vm', 'move', 'mv', '--to', 'h2', '--bandwidth', '2M', '--json');
+    const copying = async (): Promise<boolean> => (await h.json<{ status: string; ram: { transferred: number } }>('--host', 'h1', 'vm', 'move-status', 'mv').catch(() => null))?.status === 'active';
+    expect(await eventually(async () => await copying() && (await list('h2')).some((v) => v.name === 'mv'), 20000), 'the move copies; h2 lists its copy').to.equal(true);
+    // Each host lists its copy with its part in the move.
+    expect((await vmOn('h2', 'mv'))!.migration).to.deep.equal({ direction: 'incoming', from: 'h1' });
+    expect((await vmOn('h1', 'mv'))!.migration).to.deep.equal({ direction: 'outgoing', to: 'h2' });
+    expect((await vmOn('h1', 'web'))!.migration).to.equal(null);
+    const f = await inject('pause', '--target', 'vm:mv', '--for', '2s');
+    expect(f.resolved.processes).to.have.length(1);
+    expect(f.resolved.processes[0]).to.deep.include({ host: 'h1', role: 'partition', vm: 'mv' });
+    expect(f.resolved.vms).to.deep.equal([{ host: 'h1', vm: 'mv' }]);
+    expect(processState(f.resolved.processes[0]!.pid), 'the source\'s partition process is stopped').to.equal('T');
+    expect(await eventually(async () => (await ended(f.id))?.endReason === 'expired', 10000)).to.equal(true);
+    // The destination's root paused: the source's says where its copy goes.
+    const root = await inject('pause', '--target', 'host:h2', '--role', 'root', '--for', '20s');
+    try {
+      const g = await inject('pause', '--target', 'vm:mv', '--for', '1s');
+      expect(g.resolved.processes.map((x) => `${x.host} ${x.role} ${x.vm}`)).to.deep.equal(['h1 partition mv']);
+    } finally {
+      await h.ok('fault', 'clear', root.id);
+    }
+    await h.run('--host', 'h1', 'vm', 'move-cancel', 'mv');
+    const m = await moving;
+    expect(m.code, m.stdout).to.equal(1);
+    expect(await eventually(async () => (await faults()).length === 0 && !(await list('h2')).some((v) => v.name === 'mv'), 30000), 'nothing of mv at h2, no fault').to.equal(true);
+    expect((await vmOn('h1', 'mv'))?.state).to.equal('Running');
+    expect((await vmOn('h1', 'mv'))?.migration).to.equal(null);
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'mv');
+    await h.ok('--host', 'h1', 'vm', 'delete', 'mv');
+  });
+
   it('a fault whose target vanished is ended as target-gone, not left stuck', async () => {
     const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'web');

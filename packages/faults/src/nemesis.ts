@@ -43,7 +43,7 @@ import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, type FaultRecord, type FaultRequest } from './types.js';
-import { homeAlive, processState, readWorld, sameProcess, type World, type WorldProcess } from './world.js';
+import { homeAlive, markMoves, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
 
 export class FaultRefused extends Error {
   override name = 'FaultRefused';
@@ -289,10 +289,40 @@ export class Nemesis {
   inject(req: FaultRequest): Promise<FaultRecord> {
     this.lastActivity = this.now();
     if (req.owner) this.renew(req.owner);
-    return this.serial(() => this.begin(req)).then(async ({ act, world }) => {
+    const marks = this.moveMarksInOrder(req);
+    const entered = marks === null ? this.serial(() => this.begin(req, new Map())) : marks.then((m) => this.serial(() => this.begin(req, m)));
+    return entered.then(async ({ act, world }) => {
       if (act.pending) await this.applyRemote(world, act);
       return act.rec;
     });
+  }
+
+  /** Move marks read before a request's turn, one request after another (`moveMarksInOrder`). */
+  private marksChain: Promise<unknown> = Promise.resolve();
+  private marksPending = 0;
+
+  /**
+   * What the roots say of the copies of a VM that runs on more than one host (a live migration's
+   * source and destination), for a request aimed at VMs: read before the request enters the queue
+   * of changes, since a root may be paused by a fault (asking it in the queue would hold up that
+   * fault's end), and in the order the requests came, so that they enter the queue in that order.
+   * Null when the request needs none and none is being read (it enters the queue at once, as before).
+   */
+  private moveMarksInOrder(req: FaultRequest): Promise<MoveMarks> | null {
+    const t = parseTarget(req.target);
+    const needed = t.ok && (t.value.t === 'vm' || t.value.t === 'host-of' || t.value.t === 'vms');
+    if (!needed && this.marksPending === 0) return null;
+    this.marksPending++;
+    const p = this.marksChain.then(async (): Promise<MoveMarks> => {
+      if (!needed) return new Map();
+      // Only the VMs: the links are not needed here, and the fabric is not asked twice.
+      const world = await readWorld(this.home, { links: false }).catch(() => null);
+      return world ? await readMoveMarks(world) : new Map();
+    }).finally(() => {
+      this.marksPending--;
+    });
+    this.marksChain = p.catch(() => undefined);
+    return p;
   }
 
   /**
@@ -300,7 +330,7 @@ export class Nemesis {
    * nemesis does itself (signals, links). A fault a root enforces is entered as pending and is
    * applied by `applyRemote`, outside the queue.
    */
-  private async begin(req: FaultRequest): Promise<{ act: Active; world: World }> {
+  private async begin(req: FaultRequest, marks: MoveMarks): Promise<{ act: Active; world: World }> {
     // A number is taken only by a fault that is entered: a refused request leaves no gap in them.
     // An id in use (one a user chose) is passed over.
     let auto = this.next;
@@ -313,6 +343,7 @@ export class Nemesis {
     if (!target.ok) throw new FaultRefused(target.message);
     const world = await readWorld(this.home);
     if (world.hosts.length === 0) throw new FaultRefused(`nothing is up in ${this.home} ("hvlab up" or "hvlab cluster up" first)`);
+    markMoves(world, marks);
     let res;
     try {
       res = resolveTarget(world, req.kind, target.value, req.role ?? null, seed, req.params ?? {});

@@ -13,7 +13,7 @@
 import { seededRandom, type ProcessRole } from '@hvlab/protocol';
 import type { Target } from './request.js';
 import type { FaultResolved, PartitionShape, TargetSelector } from './types.js';
-import type { World, WorldProcess } from './world.js';
+import type { World, WorldProcess, WorldVm } from './world.js';
 
 export class ResolveError extends Error {
   override name = 'ResolveError';
@@ -127,12 +127,37 @@ export interface Resolution extends FaultResolved {
   groups?: string[][];
 }
 
-function hostOfVm(world: World, vm: string): string {
+/**
+ * The copies of VM `vm` a fault may aim at. A live migration lists its VM on both hosts from its
+ * set-up until its commit, and the destination's copy is the source's until then (its root
+ * refuses operations on it): it is set aside while the source still runs its copy, whichever of
+ * the two roots says so — the destination (its copy incoming from the source), or the source (its
+ * copy outgoing to the destination) when the destination's root did not answer. Any other copies
+ * of one name are as many VMs, hosts of a cluster may each have one.
+ */
+export function vmCopies(world: World, vm: string): WorldVm[] {
   const on = world.vms.filter((v) => v.vm === vm);
+  if (new Set(on.map((v) => v.host)).size < 2) return on;
+  const runsOn = (host: string): boolean => on.some((v) => v.host === host);
+  return on.filter((v) => {
+    const m = v.migration;
+    if (m?.direction === 'incoming' && m.from !== v.host && runsOn(m.from)) return false;
+    if (m === undefined && on.some((s) => s.host !== v.host && s.migration?.direction === 'outgoing' && s.migration.to === v.host)) return false;
+    return true;
+  });
+}
+
+function hostOfVm(world: World, vm: string): string {
+  const on = vmCopies(world, vm);
   if (on.length === 0) throw new ResolveError(`VM ${vm} is not running on any host${world.vms.length ? ` (running: ${[...new Set(world.vms.map((v) => v.vm))].join(', ')})` : ' (no VM runs)'}`);
   // Hosts of a cluster may each have a VM of one name: the fault must not pick one of them silently.
   const hosts = [...new Set(on.map((v) => v.host))].sort();
-  if (hosts.length > 1) throw new ResolveError(`VM ${vm} runs on more than one host (${hosts.join(', ')}): aim at one with --host (e.g. "hvlab --host ${hosts[0]} fault inject …")`);
+  if (hosts.length > 1) {
+    // A copy whose root did not say whether it is a move's may be one (a paused root): said so.
+    const unknown = hosts.filter((h) => on.some((v) => v.host === h && v.migration === undefined));
+    const why = unknown.length > 0 && world.vms.some((v) => v.migration !== undefined) ? `; the root of ${unknown.join(' and ')} did not say whether its copy is a live migration's` : '';
+    throw new ResolveError(`VM ${vm} runs on more than one host (${hosts.join(', ')}): aim at one with --host (e.g. "hvlab --host ${hosts[0]} fault inject …")${why}`);
+  }
   return on[0]!.host;
 }
 
@@ -155,8 +180,9 @@ export function resolveTarget(world: World, kind: string, target: Target, role: 
     case 'vms': {
       const names = [...new Set(world.vms.map((v) => v.vm))];
       if (names.length === 0) throw new ResolveError('no VM runs, so vms:' + target.select + ' selects nothing');
-      // A name that runs on more than one host (hosts of a cluster may each have one) is every copy of it.
-      vms = pick(names, target.select, seed).flatMap((vm) => [...new Set(world.vms.filter((v) => v.vm === vm).map((v) => v.host))].sort().map((host) => ({ host, vm })));
+      // A name that runs on more than one host (hosts of a cluster may each have one) is every
+      // copy of it, but for a moving VM's destination copy (vmCopies).
+      vms = pick(names, target.select, seed).flatMap((vm) => [...new Set(vmCopies(world, vm).map((v) => v.host))].sort().map((host) => ({ host, vm })));
       break;
     }
     case 'host':
@@ -228,7 +254,7 @@ export function resolveTarget(world: World, kind: string, target: Target, role: 
       }
       out.hosts = hs;
       // Every VM of those hosts is affected by a host process's fault.
-      out.vms = world.vms.filter((v) => hs.includes(v.host));
+      out.vms = world.vms.filter((v) => hs.includes(v.host)).map(({ host, vm }) => ({ host, vm }));
     }
     const hostNameOf = (id: string): string => world.hosts.find((h) => h.hostId === id)?.name ?? id;
     out.processes = out.procs.map((p) => ({ host: hostNameOf(p.hostId), role: p.role, vm: p.vm, pid: p.pid }));
@@ -241,7 +267,7 @@ export function resolveTarget(world: World, kind: string, target: Target, role: 
     out.summary = vms.map((v) => `VM ${v.vm} on ${v.host}`).join(', ');
   } else {
     out.hosts = hosts;
-    out.vms = world.vms.filter((v) => hosts.includes(v.host));
+    out.vms = world.vms.filter((v) => hosts.includes(v.host)).map(({ host, vm }) => ({ host, vm }));
     out.summary = hosts.map((h) => `host ${h}`).join(', ');
   }
   return out;

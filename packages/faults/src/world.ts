@@ -7,9 +7,9 @@
  * `hvlab-hypervisor HOSTID`), each with its start time, so a signal never reaches a recycled pid.
  */
 import { procPids, procStartTime, procState, procTitle } from '@hvlab/shm/procfs';
-import type { LinkView, ProcessRole } from '@hvlab/protocol';
-import { hostPaths, type HostPaths } from '@hvlab/runtime';
-import { readHost } from '@hvlab/host';
+import { vmMigrationOf, type LinkView, type ProcessRole, type VmMigration } from '@hvlab/protocol';
+import { hostPaths, pathsForRecord, type HostPaths } from '@hvlab/runtime';
+import { MgmtClient, readHost } from '@hvlab/host';
 import { clusterHostHome, fabricPids, fabricStatus, readCluster } from '@hvlab/cluster';
 
 /** The name of the one host of a home without a cluster. */
@@ -19,6 +19,12 @@ export interface WorldHost {
   name: string;
   hostId: string | null;
   paths: HostPaths;
+}
+
+export interface WorldVm {
+  host: string;
+  vm: string;
+  migration?: VmMigration | null;
 }
 
 export interface WorldProcess {
@@ -34,8 +40,12 @@ export interface World {
   cluster: string | null;
   hosts: WorldHost[];
   processes: WorldProcess[];
-  /** Running VMs: those with a VMWP (a warm, unclaimed worker is none). */
-  vms: Array<{ host: string; vm: string }>;
+  /**
+   * Running VMs: those with a VMWP (a warm, unclaimed worker is none). A copy of a VM whose name
+   * runs on more than one host may carry what its root says of it (`markMoves`): `migration`, a
+   * live migration's copy (null: none); left out when its root was not asked or did not answer.
+   */
+  vms: WorldVm[];
   links: LinkView[];
 }
 
@@ -113,12 +123,15 @@ export function homeAlive(home: string): boolean {
   }
 }
 
-/** The whole picture; the links are asked of the fabric (none without a cluster, or if it does not answer). */
-export async function readWorld(home: string): Promise<World> {
+/**
+ * The whole picture; the links are asked of the fabric (none without a cluster, or if it does not
+ * answer), unless `opts.links` is false (then none: the VMs and processes only, without asking).
+ */
+export async function readWorld(home: string, opts: { links?: boolean } = {}): Promise<World> {
   const { cluster, hosts } = worldHosts(home);
   const ids = new Map(hosts.filter((h) => h.hostId).map((h) => [h.hostId!, h.name]));
   const processes = scanProcesses(new Set(ids.keys()));
-  const vms: Array<{ host: string; vm: string }> = [];
+  const vms: WorldVm[] = [];
   for (const p of processes) {
     if (p.role !== 'vmwp' || !p.vm) continue;
     const host = ids.get(p.hostId)!;
@@ -126,10 +139,64 @@ export async function readWorld(home: string): Promise<World> {
   }
   vms.sort((a, b) => (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : a.host < b.host ? -1 : 1));
   let links: LinkView[] = [];
-  if (cluster) {
+  if (cluster && opts.links !== false) {
     links = await fabricStatus(home).then((s) => s.links, () => []);
     const server = fabricServer(home);
     if (server) processes.push(server);
   }
   return { cluster, hosts, processes, vms, links };
+}
+
+/** What the roots said of the copies of VMs that run on more than one host: `HOST|VM` to its migration (null: none). */
+export type MoveMarks = Map<string, VmMigration | null>;
+
+/** How long a root has to list its VMs for `readMoveMarks` (its vmList asks each VM's worker, up to 2 s). */
+export const MOVE_MARKS_TIMEOUT_MS = 3000;
+
+const markKey = (host: string, vm: string): string => `${host}|${vm}`;
+
+/**
+ * Asks the roots of the hosts that share a VM name in `world` which of those copies are a live
+ * migration's (a moving VM runs on its source and on its destination until the commit). Only
+ * then: a world without a shared name asks nobody. A root that does not answer within
+ * `timeoutMs` (paused, busy, down) marks nothing, and its copies stay unknown; never throws.
+ */
+export async function readMoveMarks(world: World, timeoutMs = MOVE_MARKS_TIMEOUT_MS): Promise<MoveMarks> {
+  const marks: MoveMarks = new Map();
+  const hostsOf = new Map<string, Set<string>>();
+  for (const v of world.vms) hostsOf.set(v.vm, (hostsOf.get(v.vm) ?? new Set()).add(v.host));
+  const shared = [...hostsOf].filter(([, hs]) => hs.size > 1);
+  if (shared.length === 0) return marks;
+  const ask = new Set(shared.flatMap(([, hs]) => [...hs]));
+  await Promise.all([...ask].map(async (name) => {
+    const h = world.hosts.find((x) => x.name === name);
+    const rec = h ? readHost(h.paths) : null;
+    if (!h || !rec) return;
+    let c: MgmtClient | null = null;
+    try {
+      c = new MgmtClient(pathsForRecord(h.paths, rec).mgmtEndpoint, { watch: rec });
+      const list = await c.request<unknown>('vmList', {}, timeoutMs);
+      if (!Array.isArray(list)) return;
+      for (const [vm, hs] of shared) {
+        if (!hs.has(name)) continue;
+        const v = (list as unknown[]).find((x) => x !== null && typeof x === 'object' && (x as { name?: unknown }).name === vm);
+        // Not listed (gone since the scan) or unreadable: unknown, as if not asked.
+        const m = v === undefined ? undefined : vmMigrationOf(v);
+        if (m !== undefined) marks.set(markKey(name, vm), m);
+      }
+    } catch {
+      // Not answered: its copies stay unknown.
+    } finally {
+      c?.close();
+    }
+  }));
+  return marks;
+}
+
+/** Puts `marks` on the copies of `world` they name (the others are left unknown). */
+export function markMoves(world: World, marks: MoveMarks): void {
+  for (const v of world.vms) {
+    const m = marks.get(markKey(v.host, v.vm));
+    if (m !== undefined) v.migration = m;
+  }
 }

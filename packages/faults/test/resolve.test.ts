@@ -5,7 +5,8 @@
  */
 import { expect } from 'chai';
 import { hostPaths } from '@hvlab/runtime';
-import { checkFaultRequest, parseTarget, partitionCuts, pick, resolveTarget, ResolveError, selectCount, type World } from '../src/index.js';
+import type { VmMigration } from '@hvlab/protocol';
+import { checkFaultRequest, markMoves, parseTarget, partitionCuts, pick, resolveTarget, ResolveError, selectCount, vmCopies, type World } from '../src/index.js';
 
 const hosts = ['h1', 'h2', 'h3', 'h4', 'h5'];
 const mesh = (names: string[]): Array<[string, string]> => names.flatMap((a, i) => names.slice(i + 1).map((b) => [a, b] as [string, string]));
@@ -117,5 +118,69 @@ describe('resolving fault targets', () => {
     expect(() => resolveTarget(w, 'pause', t('vm:db'), null, 1, {})).to.throw(ResolveError, /VM db runs on more than one host \(h1, h2\): aim at one with --host/);
     expect(() => resolveTarget(w, 'pause', t('host-of:db'), null, 1, {})).to.throw(ResolveError, /more than one host/);
     expect(resolveTarget(w, 'vmbus', t('vms:all'), null, 1, {}).vms).to.deep.equal([{ host: 'h1', vm: 'db' }, { host: 'h2', vm: 'db' }, { host: 'h1', vm: 'web' }]);
+    // Roots that say neither copy is a move's: still two VMs.
+    markMoves(w, new Map([['h1|db', null], ['h2|db', null]]));
+    expect(() => resolveTarget(w, 'pause', t('vm:db'), null, 1, {})).to.throw(ResolveError, /VM db runs on more than one host \(h1, h2\)/);
+  });
+
+  it('aims at a moving VM\'s source copy: the destination\'s incoming copy is the source\'s until the commit', () => {
+    // web moves from h1 to h2: h2 runs its incoming copy (a worker and a partition process) too.
+    const moving = (): World => {
+      const w = world();
+      w.vms.push({ host: 'h2', vm: 'web' });
+      w.processes.push({ hostId: 'id1', role: 'vmwp', vm: 'web', pid: 204, start: 1 }, { hostId: 'id1', role: 'partition', vm: 'web', pid: 205, start: 1 });
+      return w;
+    };
+    // Unmarked (no root said anything): refused as before.
+    expect(() => resolveTarget(moving(), 'pause', t('vm:web'), null, 1, {})).to.throw(ResolveError, /VM web runs on more than one host \(h1, h2\)/);
+    // The destination's root says its copy is incoming from h1; the source's may say it goes to h2, or not answer.
+    const cases: Array<Array<[string, VmMigration]>> = [
+      [['h2|web', { direction: 'incoming', from: 'h1' }], ['h1|web', { direction: 'outgoing', to: 'h2' }]],
+      [['h2|web', { direction: 'incoming', from: 'h1' }]],
+      // The destination's root did not answer (paused): the source's says where its copy goes.
+      [['h1|web', { direction: 'outgoing', to: 'h2' }]],
+    ];
+    for (const marks of cases) {
+      const w = moving();
+      markMoves(w, new Map(marks));
+      expect(vmCopies(w, 'web').map((v) => v.host), JSON.stringify(marks)).to.deep.equal(['h1']);
+      const pause = resolveTarget(w, 'pause', t('vm:web'), null, 1, {});
+      expect(pause.processes).to.deep.equal([{ host: 'h1', role: 'partition', vm: 'web', pid: 103 }]);
+      expect(pause.vms).to.deep.equal([{ host: 'h1', vm: 'web' }]);
+      const vmbus = resolveTarget(w, 'vmbus', t('vm:web'), null, 1, {});
+      expect(vmbus.vms).to.deep.equal([{ host: 'h1', vm: 'web' }]);
+      expect(vmbus.summary).to.equal('VM web on h1');
+      expect(resolveTarget(w, 'pause', t('host-of:web'), null, 1, {}).processes).to.deep.equal([{ host: 'h1', role: 'root', vm: null, pid: 101 }]);
+      // A selector takes the moving VM once, at its source.
+      expect(resolveTarget(w, 'vmbus', t('vms:all'), null, 1, {}).vms).to.deep.equal([{ host: 'h2', vm: 'db' }, { host: 'h1', vm: 'web' }]);
+      // A host fault still touches every VM its host runs, the incoming copy too (plain host and VM names in the record).
+      expect(resolveTarget(w, 'pause', t('host:h2'), null, 1, {}).vms).to.deep.equal([{ host: 'h2', vm: 'db' }, { host: 'h2', vm: 'web' }]);
+    }
+    // An incoming copy whose source no longer runs it (the source's copy is gone): the only copy.
+    const alone = world();
+    alone.vms.push({ host: 'h3', vm: 'solo', migration: { direction: 'incoming', from: 'h1' } });
+    alone.processes.push({ hostId: 'id2', role: 'vmwp', vm: 'solo', pid: 301, start: 1 });
+    expect(resolveTarget(alone, 'kill', t('vm:solo'), 'vmwp', 1, {}).processes).to.deep.equal([{ host: 'h3', role: 'vmwp', vm: 'solo', pid: 301 }]);
+    // The destination committed (its copy no longer incoming) while the source's worker has not
+    // left yet: not guessed, refused as two copies.
+    const committed = moving();
+    markMoves(committed, new Map([['h2|web', null], ['h1|web', { direction: 'outgoing', to: 'h2' }]]));
+    expect(() => resolveTarget(committed, 'pause', t('vm:web'), null, 1, {})).to.throw(ResolveError, /VM web runs on more than one host \(h1, h2\)/);
+    // A genuine duplicate beside a move: web runs on h1 and (another VM) on h3, and h1's moves to
+    // h2. The incoming copy is set aside; h1's and h3's are two VMs, refused.
+    const dup = moving();
+    dup.vms.push({ host: 'h3', vm: 'web' });
+    markMoves(dup, new Map([['h2|web', { direction: 'incoming', from: 'h1' }], ['h1|web', { direction: 'outgoing', to: 'h2' }], ['h3|web', null]]));
+    expect(vmCopies(dup, 'web').map((v) => v.host)).to.deep.equal(['h1', 'h3']);
+    expect(() => resolveTarget(dup, 'pause', t('vm:web'), null, 1, {})).to.throw(ResolveError, /VM web runs on more than one host \(h1, h3\)/);
+    // A copy whose root did not answer is said so.
+    const mute = moving();
+    mute.vms.push({ host: 'h3', vm: 'web' });
+    markMoves(mute, new Map([['h2|web', { direction: 'incoming', from: 'h1' }], ['h1|web', { direction: 'outgoing', to: 'h2' }]]));
+    expect(() => resolveTarget(mute, 'pause', t('vm:web'), null, 1, {})).to.throw(ResolveError, /\(h1, h3\).*the root of h3 did not say whether its copy is a live migration's/);
+    // An incoming copy that names a host without a copy is not set aside for another's.
+    const stray = moving();
+    markMoves(stray, new Map([['h2|web', { direction: 'incoming', from: 'h3' }]]));
+    expect(() => resolveTarget(stray, 'pause', t('vm:web'), null, 1, {})).to.throw(ResolveError, /more than one host \(h1, h2\)/);
   });
 });
