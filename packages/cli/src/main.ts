@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, displayWidth, FileShapeError, hostPaths, pathsForRecord, padEndColumns, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
-  type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
+  vmMigrationOf, type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
@@ -531,15 +531,22 @@ const VM_COMMANDS_BY_NAME: ReadonlySet<string> = new Set([
 
 /**
  * The host of cluster `home` that has VM `name` (every host is asked, as `vm list --all` asks).
- * While a VM moves, its destination lists it too (Starting, "incoming migration from …"): the
- * host it moves from is the one. Throws a sentence when no host that answered has it, or when
- * more than one does (then --host says which).
+ * While a VM moves, its destination lists it too until the commit (its `migration` incoming; a
+ * root before that field says "incoming migration from …" until the VM runs there): the host it
+ * moves from is the one. Throws a sentence when no host that answered has it, or when more than
+ * one does (then --host says which).
  */
 async function hostOfVmInCluster(home: string, name: string): Promise<string> {
   const vms = (await clusterVms(home)).filter((v) => v.name === name);
   const c = readCluster(home);
   const cluster = c ? `cluster ${c.topology.name}` : 'the cluster';
-  const settled = vms.filter((v) => !(v.lastStateReason ?? '').startsWith('incoming migration from '));
+  // Once a pre-copy's VM runs at the destination its reason is "migrated from …", before the commit
+  // as after it: only the mark tells the copy that is still the source's.
+  const incoming = (v: VmInfo): boolean => {
+    const m = vmMigrationOf(v);
+    return m !== undefined ? m?.direction === 'incoming' : (v.lastStateReason ?? '').startsWith('incoming migration from ');
+  };
+  const settled = vms.filter((v) => !incoming(v));
   const hosts = [...new Set((settled.length > 0 ? settled : vms).map((v) => v.host))].sort();
   if (hosts.length === 1) return hosts[0]!;
   if (hosts.length === 0) throw new CliError(`VM "${name}" is on no host of ${cluster} that answered ("hvlab vm list --all" lists its VMs; --host aims at one host)`);
