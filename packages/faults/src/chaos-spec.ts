@@ -42,18 +42,22 @@
  * (`lossPercent: 5%`) may be written with their units. Every problem is reported at once with its
  * line, column and field (`ChaosExperimentError`), before anything starts; a fault without an end,
  * a target of the wrong kind, a name the run does not have, or a fault that ends after the run
- * are all refused.
+ * are all refused. So is a fault the run's topology cannot take, which the nemesis or a root
+ * would refuse when it came: a vp-stall of a VP the VM lacks, a bitflip outside its guest RAM
+ * (the VMs are the workloads), and with cluster: new (whose hosts, LPs and links are the file's)
+ * an lp-shrink to as many LPs as the hosts have, a partition shape the host count cannot make, a
+ * link between hosts the cluster does not have.
  */
 import { FileShapeError, readRegularFile } from '@hvlab/runtime';
 import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
-  CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, INSTANT_FAULT_KINDS, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
+  CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, FAULT_STALL_MAX_VP, INSTANT_FAULT_KINDS, dirtyBitmapGpa, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
-import { checkFaultRequest, parseTarget, type Target } from './request.js';
+import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 
 /** Largest experiment file (bytes). */
 export const MAX_CHAOS_FILE_BYTES = 1024 * 1024;
@@ -70,8 +74,12 @@ export const CHAOS_DEFAULTS = {
 /** Kinds a random schedule draws from when `kinds` is not given (bitflip is a planted violation: asked for by name only). */
 export const RANDOM_DEFAULT_KINDS: readonly FaultKind[] = FAULT_KINDS.filter((k) => k !== 'bitflip');
 
-/** The fewest hosts each partition shape takes (resolve.ts partitionCuts). */
-export const PARTITION_MIN_HOSTS: Record<PartitionShape, number> = { one: 2, majority: 2, 'minority-third': 2, bridge: 3, ring: 4 };
+/**
+ * The fewest hosts each partition shape takes (resolve.ts partitionCuts: with fewer it throws, or
+ * cuts no link even of a full mesh, and the nemesis refuses it). A majority of 2 hosts is both of
+ * them: it cuts nothing below 3. A test holds this to partitionCuts.
+ */
+export const PARTITION_MIN_HOSTS: Record<PartitionShape, number> = { one: 2, majority: 3, 'minority-third': 2, bridge: 3, ring: 4 };
 
 export interface ChaosWorkload {
   name: string;
@@ -239,6 +247,56 @@ function targetWorldError(t: Target, vms: readonly string[], hosts: readonly str
   if (t.t === 'host' && !hosts.includes(t.host)) return `host ${t.host} is not a host of the cluster (${hosts.join(', ')})`;
   if (t.t === 'link' && !linkOf(t.text, hosts)) return `link:${t.text} is not a link between two hosts of the cluster (${hosts.join(', ')})`;
   if (t.t === 'cluster' && hosts.length < 2) return 'a fault on the cluster (a partition, or its fabric) needs at least 2 hosts';
+  return null;
+}
+
+const vpRange = (n: number): string => (n === 1 ? 'VP 0' : `VPs 0 to ${n - 1}`);
+
+/**
+ * Why a fault the request check took cannot be done on the run's hosts (each with `lps` LPs; null:
+ * not known, an existing cluster's) and VMs (the workloads, which the run makes), so that the
+ * nemesis or a root would refuse it when it comes: an lp-shrink to as many LPs as a host has or
+ * more; a vp-stall of a VP that a VM it may hit lacks, or beyond what the hypervisor stalls; a
+ * bitflip outside a VM's guest RAM. `param` names the parameter it is about. Null: it can be done.
+ * (A partition's shape is checked against the host count beside it.)
+ */
+export function topologyProblem(kind: FaultKind, target: Target, params: Record<string, unknown>, lps: number | null, workloads: ReadonlyArray<Pick<ChaosWorkload, 'name' | 'vps'> & Partial<Pick<ChaosWorkload, 'memoryBytes'>>>): { param: string; message: string } | null {
+  // A selector's pick is drawn from the run's seed (which --seed may change): any VM it may pick must do.
+  const hit = target.t === 'vm' ? workloads.filter((w) => w.name === target.vm) : target.t === 'vms' ? [...workloads] : [];
+  const may = target.t === 'vms' && target.select !== 'all' ? `, and vms:${target.select} may pick it` : '';
+  if (kind === 'lp-shrink') {
+    const s = hostSpecOf(kind, params, 0);
+    if (lps === null || !s.ok || s.value.kind !== 'lp-shrink' || s.value.lps < lps) return null;
+    return {
+      param: 'lps',
+      message: lps === 1
+        ? `lp-shrink to ${s.value.lps} takes nothing away: the run's hosts have 1 LP each (lps: 1), the fewest a host has (give them 2 or more to shrink)`
+        : `lp-shrink to ${s.value.lps} takes nothing away: the run's hosts have ${lps} LPs each (lps: ${lps}); shrink to 1 to ${lps - 1}`,
+    };
+  }
+  if (kind === 'vp-stall') {
+    const s = hostSpecOf(kind, params, 0);
+    if (!s.ok || s.value.kind !== 'vp-stall') return null;
+    const stalled = s.value.vps;
+    for (const w of [...hit].sort((a, b) => a.vps - b.vps || (a.name < b.name ? -1 : 1))) {
+      const vps = stalled ?? Array.from({ length: w.vps }, (_, i) => i);
+      const missing = vps.find((v) => v >= w.vps);
+      if (missing !== undefined) return { param: 'vps', message: `VM ${w.name} has ${w.vps} VP${w.vps === 1 ? '' : 's'} (${vpRange(w.vps)}): there is no VP ${missing}${may}` };
+      const high = vps.find((v) => v > FAULT_STALL_MAX_VP);
+      if (high !== undefined) return { param: 'vps', message: `the hypervisor stalls VPs 0 to ${FAULT_STALL_MAX_VP} only, not VP ${high}${stalled === null ? ` (VM ${w.name} has ${w.vps} VPs: name the VPs to stall)` : ''}${may}` };
+    }
+  }
+  if (kind === 'bitflip') {
+    const s = hostSpecOf(kind, params, 0);
+    // Without a gpa the nemesis picks one in the workload's data.
+    if (!s.ok || s.value.kind !== 'bitflip' || params.gpa === undefined) return null;
+    const gpa = s.value.gpa;
+    for (const w of [...hit].sort((a, b) => (a.memoryBytes ?? Infinity) - (b.memoryBytes ?? Infinity) || (a.name < b.name ? -1 : 1))) {
+      // Guest RAM ends where the dirty bitmap begins (the worker flips only below it).
+      const ram = w.memoryBytes === undefined ? Infinity : dirtyBitmapGpa(w.memoryBytes);
+      if (gpa >= ram) return { param: 'gpa', message: `GPA 0x${gpa.toString(16)} is outside VM ${w.name}'s guest RAM (0x0 to 0x${(ram - 1).toString(16)})${may}` };
+    }
+  }
   return null;
 }
 
@@ -563,10 +621,20 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
             const message = c.ok ? few! : c.message;
             const named = /"([A-Za-z]+)"/.exec(message)?.[1] ?? (/^(\w+):/.exec(message.replace(/^[a-z-]+: /, ''))?.[1]);
             const node = named && nodes.has(named) ? at(nodes.get(named)![0]) : /^target|target/.test(message) && tF ? at(tF) : /role/.test(message) && roleF ? at(roleF) : few && nodes.has('shape') ? at(nodes.get('shape')![0]) : (item as Node);
-            const path = named && nodes.has(named) ? nodes.get(named)![1] : field;
+            const path = named && nodes.has(named) ? nodes.get(named)![1] : !c.ok ? field : nodes.has('shape') ? nodes.get('shape')![1] : `${field}.shape`;
             problem(ctx, node, path, message);
             ok = false;
-          } else f.params = c.value.params ?? params;
+          } else {
+            f.params = c.value.params ?? params;
+            // What the run's hosts and VMs cannot take (a new cluster's, known here), refused now rather than when it comes.
+            const t = parseTarget(f.target);
+            const tp = t.ok ? topologyProblem(kind, t.value, f.params, hostNames ? spec.lps : null, spec.workloads) : null;
+            if (tp) {
+              const node = nodes.get(tp.param);
+              problem(ctx, node ? at(node[0]) : tF ? at(tF) : (item as Node), node ? node[1] : `${field}.${tp.param}`, tp.message);
+              ok = false;
+            }
+          }
         }
         if (ok && f.atMs + f.forMs > spec.durationMs) problem(ctx, forF ? at(forF) : (item as Node), `${field}.for`, `the fault ends at ${fmtMs(f.atMs + f.forMs)}, after the experiment's duration (${fmtMs(spec.durationMs)})`);
         else if (ok) spec.faults.push(f);

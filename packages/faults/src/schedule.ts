@@ -140,6 +140,7 @@ function drawFault(r: () => number, kind: FaultKind, target: string, world: Chao
       return { role: null, params: { lossPercent: between(r, 10, 50) } };
     }
     case 'partition': {
+      // Only shapes the host count can make (a majority of 2 is both: it cuts nothing).
       const shapes = PARTITION_SHAPES.filter((x) => PARTITION_MIN_HOSTS[x] <= world.hosts.length);
       return { role: null, params: { shape: pick(r, shapes) } };
     }

@@ -10,10 +10,10 @@
  */
 import { expect } from 'chai';
 import { join } from 'node:path';
-import { FAULT_KINDS, seededRandom } from '@hvlab/protocol';
+import { FAULT_KINDS, FAULT_STALL_MAX_VP, seededRandom } from '@hvlab/protocol';
 import {
   ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule,
-  randomCandidates, type ChaosProblem, type ChaosSpec,
+  randomCandidates, PARTITION_MIN_HOSTS, PARTITION_SHAPES, partitionCuts, parseTarget, ResolveError, topologyProblem, type ChaosProblem, type ChaosSpec,
 } from '../src/index.js';
 
 const EXAMPLE_FILE = join(import.meta.dirname, '..', '..', '..', 'scripts', 'experiments', 'chaos-basic.yaml');
@@ -197,6 +197,107 @@ describe('chaos experiment files', () => {
     expect(s.faults).to.have.length(3);
   });
 
+  it('with cluster: new, refuses what its topology cannot take (the nemesis or a root would refuse it when it came), each at its line, column and field', () => {
+    const text = [
+      'name: topo',                                                                          // 1
+      'kind: faults',                                                                        // 2
+      'hosts: 2',                                                                            // 3
+      'lps: 1',                                                                              // 4
+      'duration: 30s',                                                                       // 5
+      'workloads:',                                                                          // 6
+      '  - { name: one, host: h1, vps: 1 }',                                                 // 7
+      '  - { name: four, host: h2, vps: 4 }',                                                // 8
+      'faults:',                                                                             // 9
+      '  - { at: 1s, kind: lp-shrink, target: host:h1, for: 2s, lps: 5 }',                   // 10
+      '  - { at: 1s, kind: lp-shrink, target: host-of:four, for: 2s, params: { lps: 1 } }',  // 11
+      '  - { at: 1s, kind: vp-stall, target: vm:one, for: 2s, vps: [9] }',                   // 12
+      '  - { at: 1s, kind: vp-stall, target: vms:one, for: 2s, vps: "0,3" }',                // 13
+      '  - { at: 5s, kind: partition, target: cluster, for: 2s, shape: majority }',          // 14
+      '  - { at: 9s, kind: link, target: link:h1-h3, for: 2s, cut: true }',                  // 15
+      '  - { at: 12s, kind: partition, target: cluster, for: 2s, shape: minority-third }',   // 16
+      '  - { at: 12s, kind: vp-stall, target: vm:four, for: 2s, vps: [0, 3] }',              // 17
+      '  - { at: 12s, kind: vp-stall, target: vms:all, for: 2s }',                           // 18
+    ].join('\n');
+    const got = problems(text).map((x) => `${x.line}:${x.column} ${x.field}: ${x.message}`);
+    expect(got).to.deep.equal([
+      '10:63 faults[0].lps: lp-shrink to 5 takes nothing away: the run\'s hosts have 1 LP each (lps: 1), the fewest a host has (give them 2 or more to shrink)',
+      '11:78 faults[1].params.lps: lp-shrink to 1 takes nothing away: the run\'s hosts have 1 LP each (lps: 1), the fewest a host has (give them 2 or more to shrink)',
+      '12:61 faults[2].vps: VM one has 1 VP (VP 0): there is no VP 9',
+      '13:62 faults[3].vps: VM one has 1 VP (VP 0): there is no VP 3, and vms:one may pick it',
+      '14:65 faults[4].shape: shape majority needs at least 3 hosts (the cluster has 2)',
+      '15:35 faults[5].target: link:h1-h3 is not a link between two hosts of the cluster (h1, h2)',
+    ]);
+    // What the same cluster can take is taken: minority-third of 2 hosts cuts their link (as one
+    // does); VPs the VM has; every VP of every VM; and with 2 LPs, a shrink to 1.
+    const fine = parse(text.split('\n').filter((_, i) => i < 9 || i >= 15).join('\n'));
+    expect(fine.faults.map((f) => `${f.kind} ${f.target}`)).to.deep.equal(['partition cluster', 'vp-stall vm:four', 'vp-stall vms:all']);
+    const lps2 = parse(text.replace('lps: 1\n', 'lps: 2\n').split('\n').filter((_, i) => i < 9 || i === 10 || i >= 15).join('\n'));
+    expect(lps2.faults.map((f) => `${f.kind} ${f.target} ${JSON.stringify(f.params)}`)).to.include('lp-shrink host-of:four {"lps":1}');
+    expect(problems(text.replace('lps: 1\n', 'lps: 2\n').replace('lps: 5', 'lps: 2')).find((x) => x.line === 10)!.message).to.equal('lp-shrink to 2 takes nothing away: the run\'s hosts have 2 LPs each (lps: 2); shrink to 1 to 1');
+    // Majority takes 3 hosts; a ring 4.
+    const three = text.replace('hosts: 2', 'hosts: 3').split('\n').filter((_, i) => i < 9 || i === 13 || i === 14).join('\n');
+    expect(parse(three).faults.map((f) => `${f.params.shape ?? f.target}`)).to.deep.equal(['majority', 'link:h1-h3']);
+    expect(problems(three.replace('shape: majority', 'shape: ring')).map((x) => `${x.line}:${x.column} ${x.field}: ${x.message}`)).to.deep.equal(['10:65 faults[0].shape: shape ring needs at least 4 hosts (the cluster has 3)']);
+    // An existing cluster's hosts and LPs are the run's to find: not checked here.
+    const existing = parse(text.replace('hosts: 2\nlps: 1\n', 'cluster: existing\n').split('\n').filter((_, i) => i < 10).join('\n'));
+    expect(existing.faults.map((f) => `${f.kind} ${JSON.stringify(f.params)}`)).to.deep.equal(['lp-shrink {"lps":5}', 'lp-shrink {"lps":1}']);
+  });
+
+  it('a vp-stall beyond the VPs the hypervisor stalls is refused too, every VP of a VM that has more among them', () => {
+    const base = 'name: v\nkind: faults\nduration: 10s\nworkloads:\n  - { name: big, host: h1, vps: 64, memory: 256M }\nfaults:\n';
+    const p = problems(`${base}  - { at: 1s, kind: vp-stall, target: vm:big, for: 2s }\n  - { at: 4s, kind: vp-stall, target: vm:big, for: 2s, vps: [1, 60] }\n`);
+    expect(p.map((x) => `${x.field}: ${x.message}`)).to.deep.equal([
+      `faults[0].vps: the hypervisor stalls VPs 0 to ${FAULT_STALL_MAX_VP} only, not VP ${FAULT_STALL_MAX_VP + 1} (VM big has 64 VPs: name the VPs to stall)`,
+      `faults[1].vps: the hypervisor stalls VPs 0 to ${FAULT_STALL_MAX_VP} only, not VP 60`,
+    ]);
+    expect(parse(`${base}  - { at: 1s, kind: vp-stall, target: vm:big, for: 2s, vps: [0, ${FAULT_STALL_MAX_VP}] }\n`).faults).to.have.length(1);
+    // As a function: what a selector may pick must do, and other kinds are not its business.
+    const t = (x: string) => {
+      const r = parseTarget(x);
+      if (!r.ok) throw new Error(r.message);
+      return r.value;
+    };
+    const vms = [{ name: 'a', vps: 2 }, { name: 'b', vps: 1 }];
+    expect(topologyProblem('vp-stall', t('vms:all'), { vps: [1] }, 2, vms)?.message).to.equal('VM b has 1 VP (VP 0): there is no VP 1');
+    expect(topologyProblem('vp-stall', t('vm:a'), { vps: [1] }, 2, vms)).to.equal(null);
+    expect(topologyProblem('vp-stall', t('vms:majority'), { vps: null }, 2, vms)).to.equal(null);
+    expect(topologyProblem('lp-shrink', t('hosts:all'), { lps: 1 }, 2, vms)).to.equal(null);
+    expect(topologyProblem('lp-shrink', t('hosts:one'), { lps: 3 }, 2, vms)?.param).to.equal('lps');
+    expect(topologyProblem('pause', t('vm:a'), {}, 1, vms)).to.equal(null);
+    // LPs not known (an existing cluster's): no lp-shrink is judged here.
+    expect(topologyProblem('lp-shrink', t('hosts:one'), { lps: 3 }, null, vms)).to.equal(null);
+  });
+
+  it('a bitflip outside a VM\'s guest RAM, and a vp-stall of a VP it lacks, are refused on an existing cluster too (its VMs are the workloads the run makes)', () => {
+    const base = 'name: b\nkind: faults\ncluster: existing\nduration: 10s\nworkloads:\n  - { name: small, host: x, memory: 16M }\n  - { name: big, host: y, memory: 64M, vps: 2 }\nfaults:\n';
+    const p = problems(`${base}  - { at: 1s, kind: bitflip, target: vm:small, for: 0, gpa: 0x1000000 }\n  - { at: 1s, kind: bitflip, target: vms:one, for: 0, gpa: 0x2000000 }\n  - { at: 1s, kind: vp-stall, target: vm:small, for: 1s, vps: 1 }\n`);
+    expect(p.map((x) => `${x.line} ${x.field}: ${x.message}`)).to.deep.equal([
+      '9 faults[0].gpa: GPA 0x1000000 is outside VM small\'s guest RAM (0x0 to 0xffefff)',
+      '10 faults[1].gpa: GPA 0x2000000 is outside VM small\'s guest RAM (0x0 to 0xffefff), and vms:one may pick it',
+      '11 faults[2].vps: VM small has 1 VP (VP 0): there is no VP 1',
+    ]);
+    const ok = parse(`${base}  - { at: 1s, kind: bitflip, target: vm:big, for: 0, gpa: 0x2000000 }\n  - { at: 1s, kind: bitflip, target: vms:all, for: 0 }\n  - { at: 1s, kind: vp-stall, target: vm:big, for: 1s, vps: 1 }\n`);
+    expect(ok.faults.map((f) => f.kind)).to.deep.equal(['bitflip', 'bitflip', 'vp-stall']);
+  });
+
+  it('PARTITION_MIN_HOSTS is what partitionCuts makes of a full mesh: below it a shape cuts nothing (or is refused), from it on it cuts', () => {
+    for (const shape of PARTITION_SHAPES) {
+      for (let n = 1; n <= 32; n++) {
+        const hosts = Array.from({ length: n }, (_, i) => `h${i + 1}`);
+        const mesh = hosts.flatMap((a, i) => hosts.slice(i + 1).map((b) => [a, b] as [string, string]));
+        for (const seed of [0, 1, 7, 12345]) {
+          let cuts = 0;
+          try {
+            cuts = partitionCuts(shape, hosts, mesh, seed).cuts.length;
+          } catch (e) {
+            expect(e).to.be.instanceOf(ResolveError);
+          }
+          expect(cuts > 0, `${shape} of ${n} hosts (seed ${seed}): ${cuts} cuts`).to.equal(n >= PARTITION_MIN_HOSTS[shape]);
+        }
+      }
+    }
+  });
+
   it('a file that cannot be read is a problem, not a throw', () => {
     const e = loadChaosExperiment('/nonexistent/chaos.yaml');
     expect(e).to.be.instanceOf(ChaosExperimentError);
@@ -329,4 +430,5 @@ describe('chaos schedules', () => {
     expect(linkOf('a-b-c', ['a-b', 'c'])).to.deep.equal(['a-b', 'c']);
     expect(linkOf('h1-h9', ['h1', 'h2'])).to.equal(null);
   });
+
 });
