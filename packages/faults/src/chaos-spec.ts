@@ -23,7 +23,7 @@
  *     - { at: 20s, vm: c1, to: h3, method: postcopy+compress }
  *   random:                       # and/or faults drawn from the seed
  *     count: 3
- *     kinds: [pause, vmbus, link] # default: every kind but bitflip
+ *     kinds: [pause, vmbus, link] # default: every kind but bitflip that the cluster can take
  *     for: [1s, 3s]               # each one's duration, drawn between these
  *     between: [30s, 44s]         # each one starts and ends in this window (default: 1s to duration)
  *     targets: [vm:c1, link:h1-h2] # only these (default: every VM, host and link of the cluster)
@@ -180,11 +180,20 @@ export interface ChaosWorld {
   hosts: string[];
   /** [a, b] with a < b. */
   links: Array<[string, string]>;
-  vms: Array<{ name: string; host: string; workload: string }>;
+  /** `vps`: the VM's VPs (a workload's; left out when not known). */
+  vms: Array<{ name: string; host: string; workload: string; vps?: number }>;
+  /** Each host's LPs, where known (cluster: new: the file's `lps`); a host not here may have any. */
+  lps?: Record<string, number>;
 }
 
-/** The world of a spec: for cluster: new its hosts h1..hN in a full mesh; for existing the hosts and links given (from the cluster's status). */
-export function chaosWorld(spec: Pick<ChaosSpec, 'hosts' | 'workloads'>, existing?: { hosts: readonly string[]; links: ReadonlyArray<readonly [string, string]> }): ChaosWorld {
+/**
+ * The world of a spec: for cluster: new its hosts h1..hN in a full mesh, each with the file's LPs;
+ * for existing the hosts and links given (from the cluster's status), and their LPs if given.
+ */
+export function chaosWorld(
+  spec: Pick<ChaosSpec, 'hosts' | 'workloads'> & Partial<Pick<ChaosSpec, 'lps'>>,
+  existing?: { hosts: readonly string[]; links: ReadonlyArray<readonly [string, string]>; lps?: Readonly<Record<string, number>> },
+): ChaosWorld {
   const hosts = existing ? [...existing.hosts].sort() : Array.from({ length: spec.hosts ?? CHAOS_DEFAULTS.hosts }, (_, i) => `h${i + 1}`).sort();
   const links: Array<[string, string]> = [];
   if (existing) {
@@ -193,8 +202,10 @@ export function chaosWorld(spec: Pick<ChaosSpec, 'hosts' | 'workloads'>, existin
     for (let i = 0; i < hosts.length; i++) for (let j = i + 1; j < hosts.length; j++) links.push([hosts[i]!, hosts[j]!]);
   }
   links.sort((x, y) => (x[0] === y[0] ? (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0) : x[0] < y[0] ? -1 : 1));
-  const vms = spec.workloads.map((w) => ({ name: w.name, host: w.host, workload: w.workload })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  return { hosts, links, vms };
+  const vms = spec.workloads.map((w) => ({ name: w.name, host: w.host, workload: w.workload, vps: w.vps })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const lpsOf = existing ? existing.lps : spec.lps !== undefined && spec.lps !== null ? Object.fromEntries(hosts.map((h) => [h, spec.lps!])) : undefined;
+  const lps = lpsOf ? Object.fromEntries(hosts.filter((h) => typeof lpsOf[h] === 'number').map((h) => [h, lpsOf[h]!])) : undefined;
+  return { hosts, links, vms, ...(lps ? { lps } : {}) };
 }
 
 /** The link `A-B` of `text` between two of `hosts` (host names may hold "-": every split is tried), as [a, b] sorted; null if none. */
@@ -815,9 +826,19 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       if (ok && r.count > 0 && spec.workloads.length > 0) {
         const world = chaosWorld(spec);
         if (spec.cluster === 'new') {
-          for (const k of r.kinds) {
-            if (randomCandidates(k, world, r.targets).length === 0) {
-              problem(ctx, ks ? at(ks) : at(rnd), 'random.kinds', `nothing for a ${k} fault to hit${r.targets ? ' among random.targets' : ''}${k === 'partition' || k === 'link' ? ' (it needs at least 2 hosts)' : ''}`);
+          // Left out, the kinds are those this cluster can take (no lp-shrink of 1-LP hosts, no
+          // partition of one host); named, each must have something to hit.
+          const can = (k: FaultKind): boolean => randomCandidates(k, world, r.targets).length > 0;
+          if (!ks) r.kinds = r.kinds.filter(can);
+          const why = (k: FaultKind): string => k === 'partition' || k === 'link' ? ' (it needs at least 2 hosts)'
+            : k === 'lp-shrink' && spec.lps === 1 ? ' (the run\'s hosts have 1 LP each, lps: 1: there is nothing to shrink)' : '';
+          if (r.kinds.length === 0) {
+            problem(ctx, at(rnd), 'random.kinds', `no kind of fault has anything to hit${r.targets ? ' among random.targets' : ''}`);
+            ok = false;
+          }
+          for (const k of ks ? r.kinds : []) {
+            if (!can(k)) {
+              problem(ctx, at(ks!), 'random.kinds', `nothing for a ${k} fault to hit${r.targets ? ' among random.targets' : ''}${why(k)}`);
               ok = false;
             }
           }
@@ -837,8 +858,9 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
 
 /**
  * The concrete targets a random fault of `kind` can hit in `world` (restricted to `only` when given),
- * sorted: VMs for a VM's faults and kill/pause; hosts for lp-shrink and kill/pause (hypervisor or
- * root); links; the cluster for a partition (with at least 2 hosts).
+ * sorted: VMs for a VM's faults and kill/pause; hosts for lp-shrink (those with 2 LPs or more,
+ * where the world knows their LPs: a drawn lp-shrink leaves 1) and kill/pause (hypervisor or
+ * root); links; the cluster for a partition (with at least 2 hosts and a link between them).
  */
 export function randomCandidates(kind: FaultKind, world: ChaosWorld, only: readonly string[] | null): string[] {
   const vms = world.vms.map((v) => `vm:${v.name}`);
@@ -853,13 +875,13 @@ export function randomCandidates(kind: FaultKind, world: ChaosWorld, only: reado
       all = [...vms, ...hosts];
       break;
     case 'lp-shrink':
-      all = hosts;
+      all = world.hosts.filter((h) => (world.lps?.[h] ?? 2) >= 2).map((h) => `host:${h}`);
       break;
     case 'link':
       all = links;
       break;
     case 'partition':
-      all = world.hosts.length >= 2 ? ['cluster'] : [];
+      all = world.hosts.length >= 2 && world.links.length > 0 ? ['cluster'] : [];
       break;
     default:
       all = vms;

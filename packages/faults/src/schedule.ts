@@ -16,7 +16,7 @@
  * duplicate or reorder; link faults cut, delay or lose); corrupting packets and flipping bits are
  * for explicit faults.
  */
-import { seededRandom, type FaultKind, type ProcessRole } from '@hvlab/protocol';
+import { FAULT_STALL_MAX_VP, seededRandom, type FaultKind, type ProcessRole } from '@hvlab/protocol';
 import { PARTITION_SHAPES, type FaultRequest } from './types.js';
 import { PARTITION_MIN_HOSTS, randomCandidates, type ChaosMoveSpec, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 
@@ -129,9 +129,13 @@ function drawFault(r: () => number, kind: FaultKind, target: string, world: Chao
       const sign = r() < 0.5 ? -1 : 1;
       return { role: null, params: { offsetMs: sign * between(r, 1000, 60_000, 1000) } };
     }
-    case 'vp-stall':
-      return { role: null, params: {} };
+    case 'vp-stall': {
+      // Every VP (null), but for a VM with more than the hypervisor stalls: those it does.
+      const vps = world.vms.find((v) => `vm:${v.name}` === target)?.vps ?? 1;
+      return { role: null, params: vps > FAULT_STALL_MAX_VP + 1 ? { vps: Array.from({ length: FAULT_STALL_MAX_VP + 1 }, (_, i) => i) } : {} };
+    }
     case 'lp-shrink':
+      // To 1: its targets have 2 LPs or more (randomCandidates).
       return { role: null, params: { lps: 1 } };
     case 'link': {
       const menu = pick(r, ['cut', 'delay', 'loss'] as const);
@@ -162,10 +166,12 @@ export function drawSchedule(seed: number, spec: Pick<ChaosSpec, 'faults' | 'ran
   if (rnd) {
     const r = seededRandom(seed);
     const busy = out.map((f) => ({ res: faultResource(f.kind, f.target), from: f.atMs, to: f.atMs + f.forMs }));
-    for (let n = 0; n < rnd.count; n++) {
-      const kind = pick(r, rnd.kinds);
+    // Only kinds with something the world lets them hit (an existing cluster's world is known only
+    // now): the same list as the file's when every kind can hit something, so the same draws.
+    const kinds = rnd.kinds.filter((k) => randomCandidates(k, world, rnd.targets).length > 0);
+    for (let n = 0; n < rnd.count && kinds.length > 0; n++) {
+      const kind = pick(r, kinds);
       const targets = randomCandidates(kind, world, rnd.targets);
-      if (targets.length === 0) continue;
       const forMs = between(r, rnd.forMs[0], rnd.forMs[1], SCHEDULE_GRID_MS);
       // Where it overlaps nothing on its resource, if such a place is found in a few draws.
       let target = '';

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { FAULT_KINDS, FAULT_STALL_MAX_VP, seededRandom } from '@hvlab/protocol';
 import {
   ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule,
-  randomCandidates, PARTITION_MIN_HOSTS, PARTITION_SHAPES, partitionCuts, parseTarget, ResolveError, topologyProblem, type ChaosProblem, type ChaosSpec,
+  randomCandidates, PARTITION_MIN_HOSTS, PARTITION_SHAPES, partitionCuts, parseTarget, ResolveError, topologyProblem, type ChaosProblem, type ChaosSpec, type ChaosWorld, type ScheduledFault,
 } from '../src/index.js';
 
 const EXAMPLE_FILE = join(import.meta.dirname, '..', '..', '..', 'scripts', 'experiments', 'chaos-basic.yaml');
@@ -298,6 +298,23 @@ describe('chaos experiment files', () => {
     }
   });
 
+  it('random kinds left out are those the cluster can take; named ones it cannot take are refused', () => {
+    const base = 'name: k\nkind: faults\nhosts: 2\nlps: 1\nduration: 30s\nworkloads: [{ name: a, host: h1 }]\n';
+    const s = parse(`${base}random: { count: 4 }\n`);
+    expect(s.random!.kinds).to.not.include('lp-shrink');
+    expect(s.random!.kinds).to.include.members(['pause', 'vp-stall', 'link', 'partition']);
+    expect(parse(`${base.replace('lps: 1', 'lps: 2')}random: { count: 4 }\n`).random!.kinds).to.include('lp-shrink');
+    // One host: no link, no partition (before, the file was refused for kinds it did not name).
+    const one = parse(`${base.replace('hosts: 2', 'hosts: 1')}random: { count: 4 }\n`);
+    expect(one.random!.kinds).to.not.include.members(['link', 'partition']);
+    const p = problems(`${base}random: { count: 4, kinds: [pause, lp-shrink] }\n`);
+    expect(p.map((x) => `${x.line}:${x.column} ${x.field}: ${x.message}`)).to.deep.equal(['7:28 random.kinds: nothing for a lp-shrink fault to hit (the run\'s hosts have 1 LP each, lps: 1: there is nothing to shrink)']);
+    const q = problems(`${base}random: { count: 4, targets: [host:h1], kinds: [lp-shrink] }\n`);
+    expect(q.map((x) => x.field)).to.deep.equal(['random.kinds']);
+    // Left out with targets: the kinds that hit one of them (a 1-LP host: a pause of its root or hypervisor).
+    expect(parse(`${base}random: { count: 4, targets: [host:h1] }\n`).random!.kinds).to.deep.equal(['pause']);
+  });
+
   it('a file that cannot be read is a problem, not a throw', () => {
     const e = loadChaosExperiment('/nonexistent/chaos.yaml');
     expect(e).to.be.instanceOf(ChaosExperimentError);
@@ -427,8 +444,63 @@ describe('chaos schedules', () => {
       }
     }
     expect(randomCandidates('partition', chaosWorld({ hosts: 1, workloads: [] }), null)).to.deep.equal([]);
+    // LPs known: an lp-shrink (to 1) only of hosts with 2 or more; unknown (an existing cluster's), any host.
+    expect(randomCandidates('lp-shrink', chaosWorld({ hosts: 2, lps: 1, workloads: [] }), null)).to.deep.equal([]);
+    expect(randomCandidates('lp-shrink', chaosWorld({ hosts: 0, workloads: [] }, { hosts: ['x', 'y', 'z'], links: [], lps: { x: 1, y: 4 } }), null)).to.deep.equal(['host:y', 'host:z']);
+    // Hosts without a link between them: no partition.
+    expect(randomCandidates('partition', chaosWorld({ hosts: 0, workloads: [] }, { hosts: ['x', 'y'], links: [] }), null)).to.deep.equal([]);
     expect(linkOf('a-b-c', ['a-b', 'c'])).to.deep.equal(['a-b', 'c']);
     expect(linkOf('h1-h9', ['h1', 'h2'])).to.equal(null);
   });
 
+  it('draws only faults the topology takes (no lp-shrink of a 1-LP host, no shape the hosts cannot make, no VP a VM lacks), the same for the same seed', () => {
+    /** Why the run would refuse drawn fault `f` in `w` (LPs of each host `lps`), or null. */
+    const refusal = (f: ScheduledFault, w: ChaosWorld, lps: number): string | null => {
+      const c = checkFaultRequest(faultRequest(f, 'o'));
+      if (!c.ok) return c.message;
+      const t = parseTarget(f.target);
+      if (!t.ok) return t.message;
+      const tp = topologyProblem(f.kind, t.value, f.params, lps, w.vms.map((v) => ({ name: v.name, vps: v.vps ?? 1 })));
+      if (tp) return tp.message;
+      if (f.kind === 'partition') {
+        try {
+          if (partitionCuts(f.params.shape as never, w.hosts, w.links, f.seed).cuts.length === 0) return 'cuts no link';
+        } catch (e) {
+          return (e as Error).message;
+        }
+      }
+      return null;
+    };
+    let drawn = 0;
+    const seen = new Set<string>();
+    for (const hosts of [1, 2, 3, 4]) {
+      for (const lps of [1, 2]) {
+        const text = `name: d\nkind: faults\nhosts: ${hosts}\nlps: ${lps}\nduration: 60s\nworkloads:\n  - { name: a, host: h1, vps: 1 }\n  - { name: b, host: h${hosts}, vps: 64, memory: 256M }\nrandom: { count: 20, for: [1s, 2s], between: [1s, 59s] }\n`;
+        const sp = parse(text);
+        const w = chaosWorld(sp);
+        for (let seed = 0; seed < 25; seed++) {
+          const sched = drawSchedule(seed, sp, w);
+          expect(drawSchedule(seed, parse(text), chaosWorld(parse(text))), 'the same seed draws the same').to.deep.equal(sched);
+          expect(sched, `${hosts} hosts, ${lps} LPs, seed ${seed}: all ${sp.random!.count} drawn`).to.have.length(20);
+          for (const f of sched) {
+            drawn++;
+            seen.add(`${f.kind}${f.params.shape ? `:${f.params.shape}` : ''}`);
+            expect(refusal(f, w, lps), `${hosts} hosts, ${lps} LPs, seed ${seed}: ${f.id} ${f.kind} ${f.target} ${JSON.stringify(f.params)}`).to.equal(null);
+          }
+        }
+      }
+    }
+    expect(drawn).to.be.greaterThan(1000);
+    // Every kind and shape was drawn somewhere, the ones with limits where they fit.
+    for (const k of ['lp-shrink', 'vp-stall', 'partition:one', 'partition:majority', 'partition:minority-third', 'partition:bridge', 'partition:ring']) expect([...seen], k).to.include(k);
+    // An existing cluster's world as the run finds it: its 1-LP host is not shrunk, a partition
+    // is drawn only where a link is; kinds with nothing to hit are not drawn, and the count holds.
+    const ex = parse('name: e\nkind: faults\ncluster: existing\nduration: 60s\nworkloads: [{ name: a, host: x }]\nrandom: { count: 10, kinds: [lp-shrink, partition], for: [1s, 2s], between: [1s, 59s] }\n');
+    const exWorld = chaosWorld(ex, { hosts: ['x', 'y'], links: [], lps: { x: 1, y: 2 } });
+    for (let seed = 0; seed < 20; seed++) {
+      const sched = drawSchedule(seed, ex, exWorld);
+      expect(sched.map((f) => `${f.kind} ${f.target}`)).to.deep.equal(Array.from({ length: 10 }, () => 'lp-shrink host:y'));
+    }
+    expect(drawSchedule(1, ex, chaosWorld(ex, { hosts: ['x'], links: [], lps: { x: 1 } }))).to.deep.equal([]);
+  });
 });
