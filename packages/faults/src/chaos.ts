@@ -298,7 +298,11 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     const st = await clusterStatus(home);
     report.cluster.network = st.mode;
     report.cluster.hosts = st.hosts.map((h) => ({ name: h.name, hostId: h.hostId }));
-    const world: ChaosWorld = spec.cluster === 'new' ? chaosWorld(spec) : chaosWorld(spec, { hosts: st.hosts.map((h) => h.name), links: st.links.map((l) => [l.a, l.b] as const) });
+    const world: ChaosWorld = spec.cluster === 'new' ? chaosWorld(spec) : chaosWorld(spec, {
+      hosts: st.hosts.map((h) => h.name), links: st.links.map((l) => [l.a, l.b] as const),
+      // Each host's LPs where it says them: random lp-shrinks are drawn only where they can shrink.
+      lps: Object.fromEntries(st.hosts.filter((h) => typeof h.lps === 'number').map((h) => [h.name, h.lps as number])),
+    });
     report.world = world;
     const missing = spec.workloads.filter((w) => !world.hosts.includes(w.host));
     if (missing.length > 0) throw new ClusterError(`cluster ${st.name} has no host ${missing.map((w) => `${w.host} (for ${w.name})`).join(', ')}; its hosts: ${world.hosts.join(', ')}`);
