@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { HostInfo, LinkProbeResult, VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
@@ -51,6 +51,41 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     await h.destroy();
+  });
+
+  it('--host in a cluster goes through the cluster\'s one nemesis (a host\'s own beside it undid the other\'s pause of the same process); vm:NAME@HOST aims at one of two VMs of one name', async () => {
+    const f = await inject('pause', '--target', 'vm:web', '--for', '20s');
+    try {
+      const again = await h.run('--host', 'h1', 'fault', 'inject', 'pause', '--target', 'vm:web', '--for', '2s');
+      expect(again.code, again.stdout).to.equal(1);
+      expect(again.stderr).to.match(new RegExp(`paused by fault ${f.id} already`));
+      expect(existsSync(join(h.home, 'cluster', 'hosts', 'h1', 'faults', 'nemesis.json')), 'no nemesis of h1\'s own').to.equal(false);
+      // Listed from the host too: the same one list.
+      expect((await h.json<FaultRecord[]>('--host', 'h1', 'fault', 'list')).map((x) => x.id)).to.include(f.id);
+    } finally {
+      await h.ok('fault', 'clear', f.id);
+    }
+    // Two VMs named web, on h1 and h3: vm:web is refused as ambiguous; vm:web@h3 and --host h3 take h3's.
+    await h.ok('--host', 'h3', 'vm', 'new', 'web', '--memory', '16M', '--workload', 'counter');
+    await h.ok('--host', 'h3', 'vm', 'start', 'web');
+    try {
+      const amb = await h.run('fault', 'inject', 'pause', '--target', 'vm:web', '--for', '1s');
+      expect(amb.code).to.equal(1);
+      expect(amb.stderr).to.match(/runs on more than one host \(h1, h3\): aim at one with vm:web@HOST/);
+      const at = await inject('pause', '--target', 'vm:web@h3', '--for', '1s');
+      expect(at.resolved.vms).to.deep.equal([{ host: 'h3', vm: 'web' }]);
+      await h.ok('fault', 'clear', at.id);
+      const viaHost = await h.json<FaultRecord>('--host', 'h3', 'fault', 'inject', 'pause', '--target', 'vm:web', '--for', '1s');
+      expect(viaHost.target).to.equal('vm:web@h3');
+      expect(viaHost.resolved.vms).to.deep.equal([{ host: 'h3', vm: 'web' }]);
+      await h.ok('fault', 'clear', viaHost.id);
+      const nowhere = await h.run('fault', 'inject', 'pause', '--target', 'vm:web@h2', '--for', '1s');
+      expect(nowhere.code).to.equal(1);
+      expect(nowhere.stderr).to.match(/VM web is not running on host h2/);
+    } finally {
+      await h.ok('--host', 'h3', 'vm', 'turn-off', 'web');
+      await h.ok('--host', 'h3', 'vm', 'delete', 'web');
+    }
   });
 
   it('pause stops a VM\'s partition process for its duration, the other VM runs on, and it ends on time, logged', async () => {

@@ -1298,7 +1298,12 @@ export async function run(argv: string[]): Promise<number> {
     const vmHost = aimed === undefined && VM_COMMANDS_BY_NAME.has(commandName(p.spec)) && typeof p.args[0] === 'string' && hasCluster(paths.home)
       ? await clusterCall(() => hostOfVmInCluster(paths.home, p.args[0]!))
       : null;
-    const hostName = typeof aimed === 'string' ? aimed : vmHost;
+    // Faults in a cluster go through its one nemesis, whatever --host says: a host's own nemesis
+    // beside it could undo the other's fault on the same process (a 2 s pause through --host ended
+    // a 12 s one of the cluster's). --host then names where the target is (vm:NAME@HOST).
+    const faultOnHost = typeof aimed === 'string' && commandName(p.spec).startsWith('fault ') && hasCluster(paths.home) ? aimed : null;
+    const hostName = faultOnHost !== null ? null : typeof aimed === 'string' ? aimed : vmHost;
+    if (faultOnHost !== null) await clusterCall(() => clusterHostTarget(paths.home, faultOnHost));
     if (hostName !== null) {
       const target = await clusterCall(() => clusterHostTarget(paths.home, hostName));
       if (target.kind === 'local') paths = target.paths;
@@ -1453,6 +1458,11 @@ export async function run(argv: string[]): Promise<number> {
         const kind = name as FaultKind;
         if (!(FAULT_KINDS as readonly string[]).includes(kind)) throw new ValueError(`unknown fault kind "${name}": ${FAULT_KINDS.join(', ')}`);
         const req = faultRequestFromOptions(kind, opt, flag);
+        if (faultOnHost !== null) {
+          // --host in a cluster: the target on that host (a VM there, or that host for host:local).
+          if (/^vm:[^@]+$/.test(req.target)) req.target = `${req.target}@${faultOnHost}`;
+          else if (req.target === 'host:local') req.target = `host:${faultOnHost}`;
+        }
         const nem = await NemesisClient.connect(paths.home);
         try {
           const owner = flag('wait') ? `cli-${process.pid}-${Date.now()}` : null;
@@ -1495,16 +1505,16 @@ export async function run(argv: string[]): Promise<number> {
         }
       }
       case 'fault list': {
-        // Faults injected with --host HOST went to that host's own nemesis, which this list does
+        // Faults injected in a host's own home (--home, or --host before it went to the cluster's) went to that host's own nemesis, which this list does
         // not hold: said below the list (on stderr), so they are not taken for none.
         const elsewhere = (): void => {
-          if (typeof aimed === 'string' || !hasCluster(paths.home)) return;
+          if (!hasCluster(paths.home)) return;
           let hosts: string[] = [];
           try {
             hosts = readdirSync(join(paths.home, 'cluster', 'hosts')).sort();
           } catch { /* none */ }
           for (const hname of hosts) {
-            if (nemesisPid(clusterHostHome(paths.home, hname)) !== null) process.stderr.write(`hvlab: host ${hname} has a nemesis of its own (faults injected with --host ${hname}): "hvlab --host ${hname} fault list" shows them\n`);
+            if (nemesisPid(clusterHostHome(paths.home, hname)) !== null) process.stderr.write(`hvlab: host ${hname} has a nemesis of its own (faults injected in its home): "hvlab --home ${clusterHostHome(paths.home, hname)} fault list" shows them\n`);
           }
         };
         // No nemesis and nothing it left: nothing is injected (and listing starts nothing).

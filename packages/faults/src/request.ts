@@ -18,7 +18,8 @@ const OWNER_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/;
 
 /** A parsed target (see types.ts for the grammar). */
 export type Target =
-  | { t: 'vm'; vm: string }
+  /** `on`: the host the VM is on (`vm:NAME@HOST`): one of two VMs of one name on two hosts. */
+  | { t: 'vm'; vm: string; on?: string }
   | { t: 'host'; host: string }
   | { t: 'host-of'; vm: string }
   /** `a`-`b` is the first split of the text into two host names; the resolver tries the others if that link is not there. */
@@ -36,9 +37,19 @@ export function parseTarget(s: unknown): Checked<Target> {
   const rest = s.slice(i + 1);
   switch (kind) {
     case 'vm':
-    case 'host-of':
+    case 'host-of': {
+      // vm:NAME@HOST: the VM of that name on that host (a cluster's hosts may each have one).
+      const at = kind === 'vm' ? rest.lastIndexOf('@') : -1;
+      if (at >= 0) {
+        const vm = rest.slice(0, at);
+        const on = rest.slice(at + 1);
+        if (!VM_RE.test(vm)) return bad('names no valid VM');
+        if (!HOST_RE.test(on)) return bad('names no valid host after "@" (vm:NAME@HOST)');
+        return { ok: true, value: { t: 'vm', vm, on } };
+      }
       if (!VM_RE.test(rest)) return bad('names no valid VM');
       return { ok: true, value: kind === 'vm' ? { t: 'vm', vm: rest } : { t: 'host-of', vm: rest } };
+    }
     case 'host':
       if (!HOST_RE.test(rest)) return bad('names no valid host (a host name is a letter, then up to 9 letters, digits or dashes)');
       return { ok: true, value: { t: 'host', host: rest } };

@@ -156,7 +156,7 @@ function hostOfVm(world: World, vm: string): string {
     // A copy whose root did not say whether it is a move's may be one (a paused root): said so.
     const unknown = hosts.filter((h) => on.some((v) => v.host === h && v.migration === undefined));
     const why = unknown.length > 0 && world.vms.some((v) => v.migration !== undefined) ? `; the root of ${unknown.join(' and ')} did not say whether its copy is a live migration's` : '';
-    throw new ResolveError(`VM ${vm} runs on more than one host (${hosts.join(', ')}): aim at one with --host (e.g. "hvlab --host ${hosts[0]} fault inject …")${why}`);
+    throw new ResolveError(`VM ${vm} runs on more than one host (${hosts.join(', ')}): aim at one with vm:${vm}@HOST, or --host (e.g. "hvlab --host ${hosts[0]} fault inject …")${why}`);
   }
   return on[0]!.host;
 }
@@ -175,7 +175,11 @@ export function resolveTarget(world: World, kind: string, target: Target, role: 
   let hosts: string[] = [];
   switch (target.t) {
     case 'vm':
-      vms = [{ host: hostOfVm(world, target.vm), vm: target.vm }];
+      if (target.on !== undefined) {
+        checkHost(world, target.on);
+        if (!world.vms.some((v) => v.vm === target.vm && v.host === target.on)) throw new ResolveError(`VM ${target.vm} is not running on host ${target.on}`);
+        vms = [{ host: target.on, vm: target.vm }];
+      } else vms = [{ host: hostOfVm(world, target.vm), vm: target.vm }];
       break;
     case 'vms': {
       const names = [...new Set(world.vms.map((v) => v.vm))];

@@ -21,6 +21,9 @@ describe('fault requests and the nemesis wire', () => {
     expect(checkFaultRequest({ kind: 'clock', target: 'vm:a', forMs: 2000, params: { offsetMs: -2000 } }).ok).to.equal(true);
     expect(checkFaultRequest({ kind: 'bitflip', target: 'vm:a', forMs: 0 }).ok).to.equal(true);
     expect(parseTarget('link:h1-h2')).to.deep.equal({ ok: true, value: { t: 'link', a: 'h1', b: 'h2', text: 'h1-h2' } });
+    expect(parseTarget('vm:web@h3')).to.deep.equal({ ok: true, value: { t: 'vm', vm: 'web', on: 'h3' } });
+    expect(parseTarget('vm:web')).to.deep.equal({ ok: true, value: { t: 'vm', vm: 'web' } });
+    for (const bad of ['vm:web@', 'vm:@h1', 'vm:web@H1', 'vm:web@h1@h2', 'host-of:web@h1']) expect(parseTarget(bad).ok, bad).to.equal(false);
   });
 
   it('refuses what is not a bounded, well-aimed fault, with a sentence', () => {

@@ -115,7 +115,9 @@ describe('resolving fault targets', () => {
     const w = world();
     w.vms.push({ host: 'h1', vm: 'db' });
     w.processes.push({ hostId: 'id0', role: 'partition', vm: 'db', pid: 104, start: 1 });
-    expect(() => resolveTarget(w, 'pause', t('vm:db'), null, 1, {})).to.throw(ResolveError, /VM db runs on more than one host \(h1, h2\): aim at one with --host/);
+    expect(() => resolveTarget(w, 'pause', t('vm:db'), null, 1, {})).to.throw(ResolveError, /VM db runs on more than one host \(h1, h2\): aim at one with vm:db@HOST, or --host/);
+    expect(resolveTarget(w, 'pause', t('vm:db@h2'), null, 1, {}).vms).to.deep.equal([{ host: 'h2', vm: 'db' }]);
+    expect(() => resolveTarget(w, 'pause', t('vm:db@h9'), null, 1, {})).to.throw(ResolveError, /there is no host h9/);
     expect(() => resolveTarget(w, 'pause', t('host-of:db'), null, 1, {})).to.throw(ResolveError, /more than one host/);
     expect(resolveTarget(w, 'vmbus', t('vms:all'), null, 1, {}).vms).to.deep.equal([{ host: 'h1', vm: 'db' }, { host: 'h2', vm: 'db' }, { host: 'h1', vm: 'web' }]);
     // Roots that say neither copy is a move's: still two VMs.
