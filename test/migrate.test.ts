@@ -154,6 +154,11 @@ describe('live migration between two hosts', function () {
     const late = await h.run('--host', 'h1', 'vm', 'move-cancel', 'cnt');
     expect(late.code).to.equal(1);
     expect(late.stderr).to.match(/VM "cnt" moved to h2 .*there is no move to cancel/);
+    // A destination the cluster does not have is said as such, and the last move-status stays.
+    const nowhere = await h.run('vm', 'move', 'cnt', '--to', 'h9');
+    expect(nowhere.code).to.equal(1);
+    expect(nowhere.stderr).to.match(/there is no host h9 in cluster \S+ \(its hosts: h1, h2\)/);
+    expect((await h.json<MigrationStats>('--host', 'h2', 'vm', 'move-status', 'cnt')).status).to.equal('completed');
   });
 
   it('the destination\'s worker takes the stream on a socket of its own: a peer without the cluster\'s key is refused, garbage and another migration\'s requests are answered with errors, and the move completes', async () => {

@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -213,7 +213,7 @@ export const COMMANDS: CommandSpec[] = [
     ...vmName(['vm', 'move'], 'live-migrate a running VM to another host of the cluster (Move-VM): pre-copy with kernel dirty tracking; shows passes, transferred/remaining, dirty rate, expected downtime'),
     group: 'Live migration',
     options: [
-      { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: (v) => (CLUSTER_HOST_RE.test(v) ? null : `--to ${JSON.stringify(v)} is not a host name (letters, digits and dashes, as the cluster's hosts are named)`) },
+      { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: (v) => (CLUSTER_HOST_RE.test(v) ? null : `--to ${JSON.stringify(v)} is not a host name (a lower-case letter, then up to 9 lower-case letters, digits or dashes, as the cluster's hosts are named)`) },
       {
         name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M; at least 64K (default: as fast as the link allows)',
         check: (v) => {
@@ -1736,6 +1736,15 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'vm move': {
+        // A destination the cluster does not have is said as such (it was "no link to host … that
+        // is up"), before the move is asked for and its record replaces the VM's last move-status.
+        const home = resolveHome(p.home);
+        const rec = hasCluster(home) ? readCluster(home) : null;
+        const to = opt('to');
+        if (rec && typeof to === 'string' && !rec.topology.hosts.some((x) => x.name === to)) {
+          const st = await fabricStatus(home).catch(() => null);
+          if (st && !st.members.some((m) => m.name === to)) throw new ValueError(`there is no host ${to} in cluster ${rec.topology.name} (its hosts: ${[...new Set([...rec.topology.hosts.map((x) => x.name), ...st.members.map((m) => m.name)])].sort().join(', ')})`);
+        }
         const c = connect();
         const dl = opt('downtime-limit');
         const args = {

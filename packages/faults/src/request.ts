@@ -213,6 +213,15 @@ export function checkFaultRequest(v: unknown): Checked<FaultRequest> {
       const r = boolParam(params, 'restart');
       if (typeof r === 'string') return { ok: false, message: `kill: ${r}` };
       if (r !== undefined) params.restart = r;
+      if (r === true) {
+        // Restart starts a killed VM again: a VM's partition or VMWP (a VM target's default is its
+        // partition). Given for a host's or the fabric's process it was taken and meant nothing.
+        const role = typeof v.role === 'string' ? v.role : null;
+        const vmTarget = typeof v.target === 'string' && /^(vm|vms):/.test(v.target);
+        if (role !== null ? role !== 'partition' && role !== 'vmwp' : !vmTarget) {
+          return { ok: false, message: `kill: restart starts a killed VM again at the end, so it takes a VM's partition or VMWP (a vm: or vms: target, --role partition or vmwp), not ${role !== null ? `a ${role}` : `the processes of ${String(v.target).slice(0, 40)}`} (its supervisor, if any, starts that again by itself)` };
+        }
+      }
       break;
     }
     case 'link': {

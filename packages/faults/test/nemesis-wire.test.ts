@@ -20,6 +20,8 @@ describe('fault requests and the nemesis wire', () => {
     expect(checkFaultRequest({ kind: 'lp-shrink', target: 'host-of:web', forMs: 2000, params: { lps: 1 } }).ok).to.equal(true);
     expect(checkFaultRequest({ kind: 'clock', target: 'vm:a', forMs: 2000, params: { offsetMs: -2000 } }).ok).to.equal(true);
     expect(checkFaultRequest({ kind: 'bitflip', target: 'vm:a', forMs: 0 }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'kill', target: 'vm:a', forMs: 1000, params: { restart: true } }).ok).to.equal(true);
+    expect(checkFaultRequest({ kind: 'kill', target: 'vms:one', role: 'vmwp', forMs: 1000, params: { restart: true } }).ok).to.equal(true);
     expect(parseTarget('link:h1-h2')).to.deep.equal({ ok: true, value: { t: 'link', a: 'h1', b: 'h2', text: 'h1-h2' } });
     expect(parseTarget('vm:web@h3')).to.deep.equal({ ok: true, value: { t: 'vm', vm: 'web', on: 'h3' } });
     expect(parseTarget('vm:web')).to.deep.equal({ ok: true, value: { t: 'vm', vm: 'web' } });
@@ -32,6 +34,9 @@ describe('fault requests and the nemesis wire', () => {
       [{ ...req, forMs: 0 }, /without an end is refused/],
       [{ ...req, forMs: 1e12 }, /24 h/],
       [{ ...req, kind: 'meteor' }, /unknown fault kind "meteor"/],
+      [{ kind: 'kill', target: 'host:h1', forMs: 1000, params: { restart: true } }, /restart starts a killed VM again/],
+      [{ kind: 'kill', target: 'vm:a', role: 'hypervisor', forMs: 1000, params: { restart: true } }, /not a hypervisor/],
+      [{ kind: 'kill', target: 'cluster', forMs: 1000, params: { restart: true } }, /restart starts a killed VM again/],
       [{ ...req, target: 'vm' }, /KIND:NAME/],
       [{ ...req, target: 'planet:x' }, /unknown kind of target/],
       [{ ...req, target: 'vms:most' }, /one, minority, majority, all/],
