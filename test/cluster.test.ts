@@ -14,10 +14,9 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
-import { hostPaths, pidAlive } from '@hvlab/runtime';
+import { hostPaths, zmq } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
 import { spawnSync } from 'node:child_process';
-import { createServer } from 'node:net';
 import { TestHost, shmFiles, sleep, eventually } from './harness.js';
 
 const cli = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -360,14 +359,24 @@ describe('clusters on one machine', function () {
     } finally {
       process.kill(first.pid, 'SIGCONT');
     }
-    process.kill(first.pid, 'SIGKILL');
-    for (let i = 0; i < 2000 && pidAlive(first.pid); i++) await sleep(2);
-    // Taken before the supervisor's first restart (250 ms after the exit), on the server's own address.
-    const squatter = createServer((sock) => sock.destroy());
-    await new Promise<void>((res, rej) => {
-      squatter.once('error', (e) => rej(new Error(`${e.message}; ${JSON.stringify(fabricJson())}; alive ${pidAlive(first.pid)}; ${spawnSync('ss', ['-tanp']).stdout.toString().split('\n').filter((l) => l.includes(`:${first.port}`)).join(' | ')}`)));
-      squatter.listen(first.port, first.listen, () => res());
-    });
+    // The port taken once the server is killed, before its supervisor starts another: the
+    // supervisor is stopped meanwhile, so the two never race (a bind may also have to wait out the
+    // killed server's connections in TIME-WAIT: tried again until it takes the port). A ZeroMQ
+    // socket, as the server's own.
+    const squatter = new zmq.Router({ linger: 0 });
+    process.kill(first.supervisor, 'SIGSTOP');
+    try {
+      // (Unreaped while its supervisor is stopped: its port is free once it has exited, as the bind finds.)
+      process.kill(first.pid, 'SIGKILL');
+      let bound = '';
+      for (let i = 0; i < 700 && bound !== 'yes'; i++) {
+        bound = await squatter.bind(`tcp://${first.listen}:${first.port}`).then(() => 'yes', (e: Error) => e.message);
+        if (bound !== 'yes') await sleep(100);
+      }
+      expect(bound, 'the port taken').to.equal('yes');
+    } finally {
+      process.kill(first.supervisor, 'SIGCONT');
+    }
     try {
       expect(await eventually(() => (fabricJson().failing?.tries ?? 0) >= 3, 30000, 100), JSON.stringify(fabricJson())).to.equal(true);
       const st = await h.run('cluster', 'status');
@@ -375,7 +384,7 @@ describe('clusters on one machine', function () {
       const log = readFileSync(join(h.home, 'cluster', 'log', 'fabric.log'), 'utf8');
       expect(log.split('\n').filter((l) => l.includes('the fabric server did not start: trying again')), 'said once, not on every try').to.have.length(1);
     } finally {
-      await new Promise<void>((res) => squatter.close(() => res()));
+      squatter.close();
     }
     expect(await eventually(async () => (await h.json<{ fabric: { state: string } }>('cluster', 'status').catch(() => null))?.fabric.state === 'up', 30000, 250), 'up once the port is free').to.equal(true);
     expect(fabricJson().port).to.equal(first.port);
