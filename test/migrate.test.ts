@@ -754,71 +754,53 @@ guestFailsAtDestination('live migration whose guest does not start at the destin
     // The stalled go holds the source's migState at the destination's worker (on its own stream
     // socket) for 10 s: a worker that exits meanwhile answers it as it goes (RpcServer.failInFlight),
     // so the source hears why at once instead of after its own 60 s wait with its VM frozen.
-    it('the destination\'s worker exiting while the source\'s state waits at its socket answers it with why: the move fails naming the exit, the VM runs on at the source', async () => {
-      const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
-      await h.ok('--host', 'h1', 'vm', 'new', 'ex', '--memory', '32M', '--workload', 'counter');
-      await h.ok('--host', 'h1', 'vm', 'start', 'ex');
-      expect(await eventually(async () => ((await vm('h1', 'ex'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+    /**
+     * The destination's worker ends by `signal` while the source's state waits at its socket (the
+     * stalled go): the move fails with `error` (not the source's 60 s timeout), the VM counts on at
+     * the source, and nothing of it stays at the destination.
+     */
+    const workerEndsWhileStateWaits = async (name: string, signal: NodeJS.Signals, error: RegExp): Promise<void> => {
+      const vm = (host: string, n: string): Promise<VmInfo | undefined> => listedVm(h, host, n);
+      await h.ok('--host', 'h1', 'vm', 'new', name, '--memory', '32M', '--workload', 'counter');
+      await h.ok('--host', 'h1', 'vm', 'start', name);
+      expect(await eventually(async () => ((await vm('h1', name))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
       const t0 = Date.now();
-      const moving = h.run('--host', 'h1', 'vm', 'move', 'ex', '--to', 'h2', '--json');
-      const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-ex.log');
+      const moving = h.run('--host', 'h1', 'vm', 'move', name, '--to', 'h2', '--json');
+      const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', `vmwp-${name}.log`);
       const stateCame = (): boolean => {
         try {
           return readFileSync(wlog, 'utf8').split('\n').some((l) => l.includes('the migrated state came') && Date.parse((JSON.parse(l) as { time: string }).time) >= t0 - 1000);
         } catch { return false; }
       };
       expect(await eventually(stateCame, 30000), 'the state reached the destination\'s worker').to.equal(true);
-      const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'ex');
+      const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps')).find((x) => x.role === 'vmwp' && x.vm === name);
       expect(w, 'the destination\'s worker').to.not.equal(undefined);
-      process.kill(w!.pid, 'SIGTERM');
+      process.kill(w!.pid, signal);
       const r = await moving;
       expect(r.code).to.equal(1);
       const st = JSON.parse(r.stdout) as MigrationStats;
       expect(st.status).to.equal('failed');
       expect(st.stream).to.equal('worker');
-      // The worker's own answer (Unavailable, with its exit's reason), not the source's timeout.
-      expect(st['error-desc']).to.match(/did not start the VM: the destination's worker exited: SIGTERM/);
-      const s = await vm('h1', 'ex');
+      expect(st['error-desc']).to.match(error);
+      const s = await vm('h1', name);
       expect(s?.state).to.equal('Running');
       const p = s!.workload.progress!;
-      expect(await eventually(async () => ((await vm('h1', 'ex'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
-      expect(await eventually(async () => (await vm('h2', 'ex')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'ex'), 10000), 'nothing of it at h2').to.equal(true);
-      await h.ok('--host', 'h1', 'vm', 'turn-off', 'ex');
+      expect(await eventually(async () => ((await vm('h1', name))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
+      expect(await eventually(async () => (await vm('h2', name)) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === name), 10000), 'nothing of it at h2').to.equal(true);
+      await h.ok('--host', 'h1', 'vm', 'turn-off', name);
+    };
+
+    // Exiting (SIGTERM), the worker answers the state as it goes (the worker's own answer:
+    // Unavailable, with its exit's reason).
+    it('the destination\'s worker exiting while the source\'s state waits at its socket answers it with why: the move fails naming the exit, the VM runs on at the source', async () => {
+      await workerEndsWhileStateWaits('ex', 'SIGTERM', /did not start the VM: the destination's worker exited: SIGTERM/);
     });
 
     // Killed (SIGKILL), the worker answers nothing: its root sees it die and drops the attempt, and
     // the source, which asks that root while its call waits at the worker's socket (migProbe), fails
     // the move with the root's reason instead of waiting out its 60 s with its VM frozen.
     it('the destination\'s worker killed while the source\'s state waits at its socket: its root says so when asked, the move fails naming the kill, the VM runs on at the source', async () => {
-      const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
-      await h.ok('--host', 'h1', 'vm', 'new', 'kx', '--memory', '32M', '--workload', 'counter');
-      await h.ok('--host', 'h1', 'vm', 'start', 'kx');
-      expect(await eventually(async () => ((await vm('h1', 'kx'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
-      const t0 = Date.now();
-      const moving = h.run('--host', 'h1', 'vm', 'move', 'kx', '--to', 'h2', '--json');
-      const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-kx.log');
-      const stateCame = (): boolean => {
-        try {
-          return readFileSync(wlog, 'utf8').split('\n').some((l) => l.includes('the migrated state came') && Date.parse((JSON.parse(l) as { time: string }).time) >= t0 - 1000);
-        } catch { return false; }
-      };
-      expect(await eventually(stateCame, 30000), 'the state reached the destination\'s worker').to.equal(true);
-      const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'kx');
-      expect(w, 'the destination\'s worker').to.not.equal(undefined);
-      process.kill(w!.pid, 'SIGKILL');
-      const r = await moving;
-      expect(r.code).to.equal(1);
-      const st = JSON.parse(r.stdout) as MigrationStats;
-      expect(st.status).to.equal('failed');
-      expect(st.stream).to.equal('worker');
-      // The root's reason, not the source's 60 s timeout.
-      expect(st['error-desc']).to.match(/did not start the VM: the destination h2 dropped the attempt: .*SIGKILL/);
-      const s = await vm('h1', 'kx');
-      expect(s?.state).to.equal('Running');
-      const p = s!.workload.progress!;
-      expect(await eventually(async () => ((await vm('h1', 'kx'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h1').to.equal(true);
-      expect(await eventually(async () => (await vm('h2', 'kx')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps')).some((x) => x.vm === 'kx'), 10000), 'nothing of it at h2').to.equal(true);
-      await h.ok('--host', 'h1', 'vm', 'turn-off', 'kx');
+      await workerEndsWhileStateWaits('kx', 'SIGKILL', /did not start the VM: the destination h2 dropped the attempt: .*SIGKILL/);
     });
   });
 
