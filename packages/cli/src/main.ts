@@ -23,7 +23,7 @@ import {
   vmMigrationOf, type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
@@ -1764,7 +1764,7 @@ export async function run(argv: string[]): Promise<number> {
           cancelled = true;
           process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[K' : ''}hvlab: interrupted: cancelling the move of VM ${name} (Ctrl-C again leaves it to go on)\n`);
           void c.request('vmMoveCancel', { name }, 10000).catch((e: unknown) => {
-            if (!(e instanceof MgmtCallError) || e.code !== 'InvalidState' || !/switch-over/.test(e.message)) return;
+            if (!(e instanceof MgmtCallError) || e.code !== MIG_CANCEL_TOO_LATE) return;
             cancelled = false;
             process.stderr.write(`hvlab: not cancelled: ${e.message} (Ctrl-C again leaves it to go on)\n`);
           });

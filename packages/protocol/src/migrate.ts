@@ -149,6 +149,8 @@ export const MIGRATION_DEFAULTS: MigrationOptions = {
 };
 /** Hyper-V's default of simultaneous live migrations per host. */
 export const DEFAULT_MAX_MIGRATIONS = 2;
+/** The error code of a cancel refused because the move's switch-over has begun (worker, root and CLI). */
+export const MIG_CANCEL_TOO_LATE = 'TooLate';
 /**
  * A destination runs a moved VM uncommitted at most this long after it starts it (its watchdog
  * then drops the copy, unless a commit is under way: that one ends within its own bound, the

@@ -15,7 +15,7 @@ import { readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
-  DEFAULT_MAX_MIGRATIONS, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
+  DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
@@ -1369,7 +1369,7 @@ export class Vmms {
         if (waiting?.status === 'queued') this.moves.set(name, { ...waiting, status: 'setup' });
         // The worker refuses once the switch-over has begun (a refusal comes back as its reason); a
         // worker that cannot be asked (gone, or silent) takes the cancel as it can.
-        r.moving.cancel = async (why) => await l.request({ t: 'migCancel', reason: why }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && !e.gone && !e.timedOut && e.code === 'InvalidState' && /switch-over/.test(e.message) ? e.message : null);
+        r.moving.cancel = async (why) => await l.request({ t: 'migCancel', reason: why }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && e.code === MIG_CANCEL_TOO_LATE ? e.message : null);
         this.o.log.info({ vm: name, to, mig, options }, 'moving VM');
         const key = { cluster: cluster.key.cluster, publicKey: cluster.key.publicKey, secretKey: cluster.key.secretKey };
         const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
@@ -1460,7 +1460,7 @@ export class Vmms {
     }
     const moving = r.moving;
     const refused = await moving.cancel('cancelled by the user');
-    if (refused !== null) throw new MgmtFailure('InvalidState', refused);
+    if (refused !== null) throw new MgmtFailure(MIG_CANCEL_TOO_LATE, refused);
     moving.cancelled ??= 'cancelled by the user';
     return this.moves.get(r.config.name)!;
   }

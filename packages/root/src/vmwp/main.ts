@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, STATUS_PAGE_GPA, decodeGuestStatus, decodeGuestKernelInfo, GUEST_STATUS_BYTES, GUEST_KERNEL_INFO_BYTES, type GuestKernelInfo, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_CANCEL_TOO_LATE, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
 import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
@@ -444,7 +444,7 @@ export async function runWorker(): Promise<void> {
         if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
         {
           const refused = migration.cancel(req.reason);
-          if (refused !== null) throw new VmwpFailure('InvalidState', refused);
+          if (refused !== null) throw new VmwpFailure(MIG_CANCEL_TOO_LATE, refused);
         }
         return true;
       case 'migPages':
