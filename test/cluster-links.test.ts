@@ -371,6 +371,8 @@ describe('cluster links: host-to-host traffic through the link layer', function 
         expect(await eventually(async () => (await code(peer.call({ op: 'ping', from: 'h1', auth: takerAuth, t: 1 }, 3000, CLUSTER_WIRE_VERSION))) === 'answered', 10_000), 'h3 knows the taker as h1').to.equal(true);
         // But not as the source of the migration the old h1 set up: it can neither abort nor commit it.
         expect(await peer.call({ op: 'migAbort', from: 'h1', auth: takerAuth, mig, reason: 'the taker aborts it' }, 5000, CLUSTER_WIRE_VERSION)).to.deep.equal({ aborted: false });
+        // Naming the VM says nothing of it either while an attempt of it is set up there.
+        expect(await peer.call({ op: 'migAbort', from: 'h1', auth: takerAuth, mig, reason: 'the taker aborts it', vm: 'tied', vmId: cfg.id }, 5000, CLUSTER_WIRE_VERSION)).to.deep.equal({ aborted: false });
         expect(await code(peer.call({ op: 'migCommit', from: 'h1', auth: takerAuth, mig, stats: null }, 5000, CLUSTER_WIRE_VERSION))).to.equal('NotFound');
         expect(await onH3(), 'the migration is still set up at h3').to.equal(true);
         // Nor is the old holder h1 while the name is another's.
@@ -382,6 +384,15 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       // dropped it meanwhile, the stream silent for 30 s).
       expect(await eventually(async () => (await code(peer.call({ op: 'migAbort', from: 'h1', auth: h1auth, mig, reason: 'the test ends' }, 5000, CLUSTER_WIRE_VERSION))) === 'answered', 2 * HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN + 10_000, 500), 'h1 is h1 again').to.equal(true);
       expect(await eventually(async () => !(await onH3()), 30_000), 'nothing of the attempt at h3').to.equal(true);
+      // An abort of an attempt h3 no longer knows, naming the VM: h3 says whether it has the VM as
+      // its own (only a commit makes a moved VM so), which is what a source in doubt decides by.
+      const abort = (vm: string, vmId: unknown): Promise<unknown> => peer.call({ op: 'migAbort', from: 'h1', auth: h1auth, mig, reason: 'in doubt', vm, vmId }, 5000, CLUSTER_WIRE_VERSION);
+      expect(await abort('tied', cfg.id)).to.deep.equal({ aborted: false, vm: 'absent' });
+      await h.ok('--host', 'h3', 'vm', 'new', 'mine', '--memory', '16M');
+      const mine = JSON.parse(readFileSync(join(h.home, 'cluster', 'hosts', 'h3', 'vms', 'mine.json'), 'utf8')) as { id: string };
+      expect(await abort('mine', mine.id)).to.deep.equal({ aborted: false, vm: 'present' });
+      expect(await abort('mine', cfg.id), 'another VM of that name').to.deep.equal({ aborted: false, vm: 'absent' });
+      await h.ok('--host', 'h3', 'vm', 'delete', 'mine');
     } finally {
       peer.close();
       fabric.close();

@@ -833,3 +833,77 @@ describe('live migration through the destination\'s root', function () {
 // destination refuses it with the VPs set and never run, and the source runs its copy on.
 guestFailsAtDestination('live migration whose state names a device the destination lacks', { HVLAB_MIGRATE_STOWAWAY: '1' }, 'the move fails',
   /did not start the VM: .*component "device\/stowaway" belongs to no device of this VM/);
+
+// The destination takes the commit and every answer it gives about the move is held back for 40 s
+// (HVLAB_TEST_COMMIT_SILENT_MS), as a link that loses only its replies, or a root that crashed
+// before it answered, would leave them; the source's bound for an unanswered switch-over is cut to
+// 8 s (28 s by default). The source used to resume its copy once that bound passed, while the
+// destination ran the committed VM: both hosts ran it. Now the move is in doubt and the VM stays
+// frozen at the source until the destination answers, or until a forced cancel resumes it there.
+describe('live migration whose commit goes unanswered (the destination\'s answers held back)', function () {
+  this.timeout(240000);
+  const h = new TestHost({ HVLAB_TEST_COMMIT_SILENT_MS: '40000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '8000' });
+  const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
+  const status = (name: string): Promise<MigrationStats | null> => h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null);
+  twoHosts(h);
+
+  /** Starts a counter VM `name` at h1, moves it to h2 and waits until the move is in doubt; returns the move and the frozen source's count. */
+  const untilInDoubt = async (name: string, beforeDoubt?: () => Promise<void>): Promise<{ moving: Promise<{ code: number; stdout: string; stderr: string }>; frozenAt: number }> => {
+    await h.ok('--host', 'h1', 'vm', 'new', name, '--memory', '32M', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', name);
+    expect(await eventually(async () => ((await vm('h1', name))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+    const moving = h.run('--host', 'h1', 'vm', 'move', name, '--to', 'h2', '--json');
+    if (beforeDoubt) {
+      expect(await eventually(async () => (await vm('h2', name))?.state === 'Running', 30000), 'it runs at h2').to.equal(true);
+      await beforeDoubt();
+    }
+    expect(await eventually(async () => (await status(name))?.['error-desc']?.startsWith('in doubt') === true, 60000, 500), 'the move is in doubt').to.equal(true);
+    const st = (await status(name))!;
+    expect(st.status, 'unsettled while in doubt').to.equal('active');
+    expect(st['error-desc']).to.match(/the commit went to h2, which has not answered since/);
+    // The destination runs the committed VM; the source's copy stands still.
+    const there = (await vm('h2', name))!.workload.progress!;
+    expect(await eventually(async () => ((await vm('h2', name))?.workload.progress ?? 0) > there + 100, 10000), 'it counts at h2').to.equal(true);
+    const frozenAt = (await vm('h1', name))!.workload.progress!;
+    await sleep(1000);
+    expect((await vm('h1', name))!.workload.progress, 'the source\'s copy is frozen').to.equal(frozenAt);
+    return { moving, frozenAt };
+  };
+
+  it('the source does not resume on silence: the move is in doubt, a cancel is refused, and it completes once the destination answers; nothing of the VM stays at the source', async () => {
+    const { moving, frozenAt } = await untilInDoubt('dq');
+    const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'dq');
+    expect(c.code).to.equal(1);
+    expect(c.stderr).to.match(/in doubt: its commit was sent .*--force/);
+    expect((await vm('h1', 'dq'))!.workload.progress, 'still frozen').to.equal(frozenAt);
+    const r = await moving;
+    expect(r.code, r.stderr).to.equal(0);
+    const st = JSON.parse(r.stdout) as MigrationStats;
+    expect(st.status).to.equal('completed');
+    expect(await eventually(async () => (await vm('h1', 'dq')) === undefined && !(await h.json<Array<{ vm: string | null }>>('--host', 'h1', 'ps')).some((x) => x.vm === 'dq'), 10000), 'nothing of it at h1').to.equal(true);
+    const p = (await vm('h2', 'dq'))!.workload.progress!;
+    expect(await eventually(async () => ((await vm('h2', 'dq'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h2').to.equal(true);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'dq');
+  });
+
+  it('move-cancel --force is refused for a move not in doubt, and resumes the source\'s copy of one in doubt, saying the destination\'s copy was not stopped', async () => {
+    const { moving, frozenAt } = await untilInDoubt('df', async () => {
+      // Its commit is under way (the destination runs the VM), not in doubt yet: --force is refused.
+      const f = await h.run('--host', 'h1', 'vm', 'move-cancel', 'df', '--force');
+      expect(f.code).to.equal(1);
+      expect(f.stderr).to.match(/is not in doubt: --force cancels only a move whose commit went unanswered/);
+    });
+    const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'df', '--force');
+    expect(c.code, c.stderr).to.equal(0);
+    expect(c.stdout).to.match(/resuming VM df here without h2's word/);
+    const r = await moving;
+    expect(r.code).to.equal(1);
+    const st = JSON.parse(r.stdout) as MigrationStats;
+    expect(st.status).to.equal('cancelled');
+    expect(st['error-desc']).to.match(/resumed here by a forced cancel without h2's word/);
+    expect(await eventually(async () => ((await vm('h1', 'df'))?.workload.progress ?? 0) > frozenAt + 100, 10000), 'it counts on at h1').to.equal(true);
+    expect((await vm('h1', 'df'))?.state).to.equal('Running');
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'df');
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'df');
+  });
+});

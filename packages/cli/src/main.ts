@@ -241,7 +241,11 @@ export const COMMANDS: CommandSpec[] = [
     ],
   },
   { ...vmName(['vm', 'move-status'], 'the VM\'s current or last migration through this host, with QEMU\'s query-migrate names'), group: 'Live migration' },
-  { ...vmName(['vm', 'move-cancel'], 'abort a migration safely in any phase before the switch-over: the VM stays where it was'), group: 'Live migration' },
+  {
+    ...vmName(['vm', 'move-cancel'], 'abort a migration safely in any phase before the switch-over: the VM stays where it was', [
+      { name: 'force', help: 'only for a move in doubt (its commit sent, the destination silent since; move-status says so): resume the VM here without the destination\'s word (if the destination runs it, it then runs on both hosts)' },
+    ]), group: 'Live migration',
+  },
   {
     ...vmName(['vm', 'set-processor'], 'Set-VMProcessor, on a running or stopped VM'),
     options: [
@@ -593,6 +597,8 @@ function migrationLine(st: MigrationStats): string {
   const pct = Math.min(100, Math.round((st.ram['normal-bytes'] + st.ram.duplicate * st.ram['page-size']) / total * 100));
   const width = 20;
   const bar = '#'.repeat(Math.round((pct / 100) * width)).padEnd(width, '.');
+  // A move in doubt says so instead of its progress (nothing moves until the destination answers).
+  if (st.status === 'active' && st['error-desc']?.startsWith('in doubt')) return `${st.vm} → ${st.to} [${bar}] ${st['error-desc']}`;
   return `${st.vm} → ${st.to} [${bar}] ${st.status} pass ${st.pass}: sent ${formatBinaryBytes(st.ram.transferred)}, remaining ${formatBinaryBytes(st.ram.remaining)}, dirty ${st.ram['dirty-pages-rate']} pages/s, expected downtime ${st['expected-downtime']} ms${st['throttle-percentage'] ? `, throttle ${st['throttle-percentage']} %` : ''}`;
 }
 
@@ -1866,8 +1872,9 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'vm move-cancel': {
-        const st = await connect().request<MigrationStats>('vmMoveCancel', { name });
-        out(json ? JSON.stringify(st) : `cancelling the migration of VM ${st.vm} to ${st.to} (it was ${st.status}); "hvlab vm move-status ${st.vm}" shows its end`);
+        const force = flag('force');
+        const st = await connect().request<MigrationStats>('vmMoveCancel', force ? { name, force } : { name });
+        out(json ? JSON.stringify(st) : force ? `resuming VM ${st.vm} here without ${st.to}'s word (its move was in doubt); "hvlab vm move-status ${st.vm}" shows its end` : `cancelling the migration of VM ${st.vm} to ${st.to} (it was ${st.status}); "hvlab vm move-status ${st.vm}" shows its end`);
         return 0;
       }
       case 'vm save': {

@@ -16,6 +16,7 @@
 import { isPlainObject } from './hvwire.js';
 import { decode } from './wire.js';
 import { MAX_MEMORY_BYTES } from './layout.js';
+import { VM_NAME_RE } from './vm.js';
 import { decodeMigrationStats, type MigrationStats } from './migrate.js';
 
 /**
@@ -204,7 +205,13 @@ export type MigPeerRequest =
   | { v: number; id: number; op: 'migState'; from: string; mig: string; state: Uint8Array; pages: Uint8Array | null }
   /** `stats`: the source's statistics at the commit (decodeMigrationStats), shown at the destination. */
   | { v: number; id: number; op: 'migCommit'; from: string; mig: string; stats: MigrationStats | null }
-  | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string }
+  /**
+   * `vm` and `vmId`: the VM moved (its name, its config's id). A destination that no longer knows
+   * the attempt (dropped, or a root restarted since) answers with `vm`: whether it runs that VM
+   * as its own ('present': only a commit makes it so) or has nothing of it ('absent'). The source
+   * of a move whose commit went unanswered decides by it (MigrationOut.abortDestination).
+   */
+  | { v: number; id: number; op: 'migAbort'; from: string; mig: string; reason: string; vm: string | null; vmId: string | null }
   /** Post-copy's switch-over: the state, and the bitmap of pages the destination does not have yet (fetched on demand). */
   | { v: number; id: number; op: 'migSwitch'; from: string; mig: string; state: Uint8Array; missing: Uint8Array }
   /** Post-copy: the pages the destination's guest waits for (long poll, at most `waitMs`). */
@@ -216,6 +223,8 @@ export type MigPeerRequest =
    * since, which proves nothing).
    */
   | { v: number; id: number; op: 'migProbe'; from: string; mig: string };
+/** A VM's id as its config holds it (a UUID). */
+const VM_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** A migration id: what the source's root made up for it. */
 export const MIG_ID_RE = /^[a-z0-9-]{8,64}$/;
 /** Largest missing-page bitmap (the largest VM's memory, MAX_MEMORY_BYTES). */
@@ -472,8 +481,8 @@ function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
         return { v, id, op: 'migCommit', from, mig, stats };
       }
       default:
-        f.only(['v', 'id', 'op', 'from', 'mig', 'reason']);
-        return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512) };
+        f.only(['v', 'id', 'op', 'from', 'mig', 'reason', 'vm', 'vmId']);
+        return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512), vm: f.optStr('vm', 63, VM_NAME_RE), vmId: f.optStr('vmId', 36, VM_ID_RE) };
     }
   }
   if (env.op === 'ping') {

@@ -109,7 +109,8 @@ export type MgmtArgs = {
     compress?: boolean; autoConverge?: boolean; postcopy?: boolean; offline?: boolean;
   };
   vmMoveStatus: MgmtVmArgs;
-  vmMoveCancel: MgmtVmArgs;
+  /** `force`: resume the source's copy of a move in doubt (its commit sent, the destination silent): see MigrationOut.cancel. */
+  vmMoveCancel: { name: string; force?: boolean };
   /**
    * A fault this host enforces (faults.ts; the nemesis asks): of VM `vm` (through its worker) or,
    * with `vm` absent, of the host (lp-shrink, through the hypervisor). It ends by itself after
@@ -417,7 +418,12 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     return { peer };
   },
   vmMoveStatus: vmOnly(),
-  vmMoveCancel: vmOnly(),
+  vmMoveCancel: (a) => {
+    const r = a(['name', 'force']);
+    const out: MgmtArgs['vmMoveCancel'] = { name: r.vmName() };
+    put(out, 'force', r.optBoolean('force'));
+    return out;
+  },
   faultList: noArgs(),
   faultSet: (a) => {
     const r = a(['id', 'vm', 'spec', 'forMs']);

@@ -34,7 +34,8 @@ export type VmwpRequest =
   | { t: 'shutdown'; timeoutS: number }
   /** Live migration, source: move the VM through `endpoint` (the link to `to`) with the cluster key. */
   | { t: 'migOut'; mig: string; from: string; to: string; endpoint: string; auth: string; key: { cluster: string; publicKey: string; secretKey: string }; config: Record<string, unknown>; options: Record<string, unknown> }
-  | { t: 'migCancel'; reason: string }
+  /** `force`: resume a move in doubt here (MigrationOut.cancel). */
+  | { t: 'migCancel'; reason: string; force?: boolean }
   /**
    * Live migration, destination (a VMWP started `incoming`): a page batch, then the saved-state
    * tree (answered once the VPs run and the host's devices are back), then, before the commit,
@@ -244,7 +245,9 @@ function decodeRequest(b: Record<string, unknown>): VmwpRequest {
       };
       return { t, mig: named('mig', /^[a-z0-9-]{8,64}$/), from: named('from', /^[a-z][a-z0-9-]{0,9}$/), to: named('to', /^[a-z][a-z0-9-]{0,9}$/), endpoint: str(b, 'endpoint', false, 200)!, auth: credential(b), key, config: b.config, options: b.options };
     }
-    case 'migCancel': return { t, reason: str(b, 'reason', false, 512)! };
+    case 'migCancel':
+      if (b.force !== undefined && typeof b.force !== 'boolean') throw new VmwpDecodeError('field force is not a boolean');
+      return { t, reason: str(b, 'reason', false, 512)!, ...(b.force === true ? { force: true } : {}) };
     case 'migSwitch': {
       const st = b.state;
       const mi = b.missing;

@@ -52,6 +52,7 @@ const CLI_REQUESTS: Array<[MgmtOp, Record<string, unknown>]> = [
   ['vmMove', { name: 'vm1', to: 'h2', bandwidthBps: 104857600, downtimeLimitMs: 300, maxPasses: 10, compress: true, autoConverge: true, postcopy: false, offline: false }],
   ['vmMoveStatus', { name: 'vm1' }],
   ['vmMoveCancel', { name: 'vm1' }],
+  ['vmMoveCancel', { name: 'vm1', force: true }],
   // What the nemesis sends (faults.ts specs).
   ['faultSet', { id: 'f1', vm: 'vm1', spec: { kind: 'vmbus', channel: 'kvp', drop: 0, delay: 1, duplicate: 0, reorder: 0, corrupt: 0, signalDrop: 0, signalDelay: 0, delayMs: 20, signalDelayMs: 0, seed: 3 }, forMs: 5000 }],
   ['faultSet', { id: 'f2', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 5000 }],

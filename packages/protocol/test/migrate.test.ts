@@ -325,8 +325,17 @@ describe('migration peer frames', function () {
   };
 
   it('decodes each op to exactly its fields', () => {
-    for (const f of [frames.migSetup, frames.migCommit, frames.migAbort, frames.migProbe]) expect(value(f)).to.deep.equal(f);
+    for (const f of [frames.migSetup, frames.migCommit, frames.migProbe]) expect(value(f)).to.deep.equal(f);
+    expect(value(frames.migAbort), 'an abort that names no VM').to.deep.equal({ ...frames.migAbort, vm: null, vmId: null });
     expect(decodePeerRequest(encode({ ...frames.migProbe, reason: 'x' })).ok, 'a probe carries nothing else').to.equal(false);
+    // An abort may name the VM (its name and its config's id) for a destination that forgot the attempt.
+    const named = { ...frames.migAbort, vm: 'web-1.a_b', vmId: '0F8FAD5B-D9CB-469F-A165-70867728950E' };
+    expect(value(named)).to.deep.include({ vm: 'web-1.a_b', vmId: '0F8FAD5B-D9CB-469F-A165-70867728950E' });
+    for (const [bad, why] of [[{ vm: '-x' }, /"vm"/], [{ vm: 'a'.repeat(64) }, /"vm"/], [{ vm: 7 }, /"vm"/], [{ vmId: 'not-a-uuid' }, /"vmId"/], [{ vmId: `${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(13)}` }, /"vmId"/], [{ vmId: ['x'] }, /"vmId"/]] as const) {
+      const d = decodePeerRequest(encode({ ...named, ...bad }));
+      expect(d.ok, JSON.stringify(bad)).to.equal(false);
+      if (!d.ok) expect(d.message).to.match(why);
+    }
     const withPages = frames.migStatePages;
     for (const [f, k] of [[frames.migPages, 'data'], [frames.migPremap, 'state'], [frames.migState, 'state'], [withPages, 'state'], [withPages, 'pages']] as const) {
       const v = value(f);
@@ -408,7 +417,7 @@ describe('migration VMWP frames', function () {
   };
 
   it('decodes migration requests and notes', () => {
-    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2, streamPort: null }), note({ t: 'incomingReady', partitionId: 2, streamPort: 40123 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } }), note({ t: 'migSeen' }), note({ t: 'migRunning', postcopy: false }), note({ t: 'migFailed', message: 'the state is refused' })]) {
+    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migCancel', reason: 'operator', force: true }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2, streamPort: null }), note({ t: 'incomingReady', partitionId: 2, streamPort: 40123 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } }), note({ t: 'migSeen' }), note({ t: 'migRunning', postcopy: false }), note({ t: 'migFailed', message: 'the state is refused' })]) {
       expect(decodeVmwpFrame(encode(f))).to.deep.equal(f);
     }
     expect(decodeVmwpFrame(encode(req({ ...migOut, key: { ...key, extra: 1 } })))).to.deep.equal(req(migOut)); // the key is rebuilt from its three fields
@@ -435,7 +444,7 @@ describe('migration VMWP frames', function () {
       [req({ ...migOut, key: { ...key, cluster: undefined } }), /field cluster is missing/, 5, 'no cluster'],
       [req({ ...migOut, endpoint: undefined }), /field endpoint is missing/, 5, 'no endpoint'], [req({ ...migOut, endpoint: 'x'.repeat(201) }), /field endpoint/, 5, 'long endpoint'],
       [req({ ...migOut, mig: 'm'.repeat(65) }), /field mig is not a string of at most 64/, 5, 'long mig'], [req({ ...migOut, to: 7 }), /field to is not a string/, 5, 'to number'],
-      [req({ t: 'migCancel' }), /field reason is missing/, 5, 'no reason'], [req({ t: 'migCancel', reason: 'r'.repeat(513) }), /field reason/, 5, 'long reason'],
+      [req({ t: 'migCancel' }), /field reason is missing/, 5, 'no reason'], [req({ t: 'migCancel', reason: 'r', force: 'yes' }), /field force is not a boolean/, 5, 'force not a boolean'], [req({ t: 'migCancel', reason: 'r'.repeat(513) }), /field reason/, 5, 'long reason'],
       [req({ t: 'migPages', data: 'x' }), /field data is not bytes of at most 2 MiB/, 5, 'data string'],
       [req({ t: 'migPages', data: Buffer.alloc(2 * 1024 * 1024 + 1) }), /field data is not bytes/, 5, 'data over 2 MiB'],
       [req({ t: 'migBooted' }), /field waitMs/, 5, 'no waitMs'], [req({ t: 'migBooted', waitMs: 60001 }), /field waitMs/, 5, 'waitMs over 60 s'], [req({ t: 'migBooted', waitMs: -1 }), /field waitMs/, 5, 'negative waitMs'],

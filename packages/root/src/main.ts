@@ -138,7 +138,7 @@ const handler: MgmtHandler = async (op, args) => {
       return await v.move({ name, to, options });
     }
     case 'vmMoveStatus': return v.moveStatus(args.name);
-    case 'vmMoveCancel': return await v.moveCancel(args.name);
+    case 'vmMoveCancel': return await v.moveCancel(args.name, args.force === true);
     case 'faultSet':
       if (args.spec.kind === 'lp-shrink') return await hostFaults.set(args.id, args.spec.lps, args.forMs);
       return await v.faultSet(args.vm!, args.id, args.spec, args.forMs);

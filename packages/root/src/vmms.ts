@@ -70,7 +70,7 @@ interface VmRecord {
    * came between two phases (the slot granted, the link to the destination still opening), which
    * no phase's `cancel` could take, so that the next phase sees it instead of going on.
    */
-  moving: { mig: string; to: string; started: boolean; cancel: (why: string) => Promise<string | null>; cancelled: string | null } | null;
+  moving: { mig: string; to: string; started: boolean; cancel: (why: string, force?: boolean) => Promise<string | null>; cancelled: string | null } | null;
   /**
    * A pause, resume or save that a previous root asked for and the worker still ran when this root
    * re-attached (VmwpDescription.pending): its `settled` note decides the state, as the answer
@@ -234,6 +234,8 @@ export class Vmms {
   readonly maxMigrations: number;
   /** Migrations this host committed as destination (an abort that arrives later is answered "committed"). */
   private readonly committed = new Set<string>();
+  /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): until when the answers about a committed migration are held back. */
+  private readonly silentUntil = new Map<string, number>();
   /** Migrations whose commit this host refused because the guest did not resume: a repeated commit gets the same refusal. */
   private readonly notResumed = new Map<string, string>();
   /**
@@ -1369,7 +1371,7 @@ export class Vmms {
         if (waiting?.status === 'queued') this.moves.set(name, { ...waiting, status: 'setup' });
         // The worker refuses once the switch-over has begun (a refusal comes back as its reason); a
         // worker that cannot be asked (gone, or silent) takes the cancel as it can.
-        r.moving.cancel = async (why) => await l.request({ t: 'migCancel', reason: why }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && e.code === MIG_CANCEL_TOO_LATE ? e.message : null);
+        r.moving.cancel = async (why, force) => await l.request({ t: 'migCancel', reason: why, ...(force ? { force: true } : {}) }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && e.code === MIG_CANCEL_TOO_LATE ? e.message : null);
         this.o.log.info({ vm: name, to, mig, options }, 'moving VM');
         const key = { cluster: cluster.key.cluster, publicKey: cluster.key.publicKey, secretKey: cluster.key.secretKey };
         const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
@@ -1446,8 +1448,12 @@ export class Vmms {
     return st;
   }
 
-  /** Move-cancel: safe in every phase before the commit (the VM stays here, the destination drops its attempt). */
-  async moveCancel(name: unknown): Promise<MigrationStats> {
+  /**
+   * Move-cancel: safe in every phase before the commit (the VM stays here, the destination drops
+   * its attempt). With `force`, only a move in doubt (its commit sent, the destination silent past
+   * its bounds) is cancelled: its VM resumes here without the destination's word.
+   */
+  async moveCancel(name: unknown, force = false): Promise<MigrationStats> {
     // A VM that moved away is not here any more, but its move is: say that, not "does not exist".
     const n = validateName(name);
     const gone = this.vms.has(n) ? undefined : this.moves.get(n);
@@ -1459,7 +1465,7 @@ export class Vmms {
       throw new MgmtFailure('InvalidState', `VM "${r.config.name}" is not being moved`);
     }
     const moving = r.moving;
-    const refused = await moving.cancel('cancelled by the user');
+    const refused = await moving.cancel(force ? 'cancelled by the user (forced)' : 'cancelled by the user', force);
     if (refused !== null) throw new MgmtFailure(MIG_CANCEL_TOO_LATE, refused);
     moving.cancelled ??= 'cancelled by the user';
     return this.moves.get(r.config.name)!;
@@ -1467,6 +1473,7 @@ export class Vmms {
 
   /** The destination's side of a migration (requests of the source's VMWP through the peer service). */
   async incoming(req: MigPeerRequest & { auth: string }): Promise<unknown> {
+    await this.heldBack(req.mig);
     if (req.op === 'migSetup') return await this.incomingSetup(req);
     const found = [...this.vms.values()].find((x) => x.incoming?.mig === req.mig);
     const r = found?.incoming && sameSource(found.incoming, req) ? found : undefined;
@@ -1478,7 +1485,7 @@ export class Vmms {
     }
     if (req.op === 'migAbort') {
       if (this.committed.has(req.mig)) return { committed: true };
-      if (!r) return { aborted: false };
+      if (!r) return { aborted: false, ...this.ownCopyOf(req) };
       await this.dropIncoming(r, `the source aborted: ${req.reason}`);
       return { aborted: true };
     }
@@ -1540,7 +1547,9 @@ export class Vmms {
         inc.committing ??= this.commitIncoming(r, inc, req, link).finally(() => {
           inc.committing = null;
         });
-        return await inc.committing;
+        const done = await inc.committing;
+        await this.heldBack(req.mig);
+        return done;
       }
     }
     throw new MgmtFailure('InvalidArgument', 'unknown migration request');
@@ -1659,6 +1668,29 @@ export class Vmms {
     return port !== null ? { ready: true, port } : { ready: true };
   }
 
+  /**
+   * For an abort of an attempt this root does not know (dropped, or made before a restart): whether
+   * it runs the VM as its own, `vm: 'present'` (only a commit saves a migrated VM's config, and a
+   * restarted root re-attaches it from there), or has nothing of it, `vm: 'absent'` (an attempt's
+   * copy is killed before it is forgotten, and a restarted root kills a worker whose VM it has no
+   * config for). Nothing is said while another attempt of that VM is here, or without the VM named.
+   */
+  private ownCopyOf(req: Extract<MigPeerRequest, { op: 'migAbort' }>): { vm?: 'present' | 'absent' } {
+    if (req.vm === null || req.vmId === null) return {};
+    const r = this.vms.get(req.vm);
+    if (!r || r.config.id.toLowerCase() !== req.vmId.toLowerCase()) return { vm: 'absent' };
+    return r.incoming ? {} : { vm: 'present' };
+  }
+
+  /** Waits while the answers about migration `mig` are held back (a test's fault: silentUntil). */
+  private async heldBack(mig: string): Promise<void> {
+    const until = this.silentUntil.get(mig);
+    if (until === undefined) return;
+    const wait = until - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    else this.silentUntil.delete(mig);
+  }
+
   /** The destination's commit of an incoming migration (see incoming's migCommit). */
   private async commitIncoming(r: VmRecord, inc: Incoming, req: Extract<MigPeerRequest, { op: 'migCommit' }>, link: VmwpControlClient): Promise<{ committed: true }> {
     // The guest's kernel must have resumed (its VMBus client back) before the source lets its
@@ -1686,6 +1718,10 @@ export class Vmms {
     inc.releaseSpare?.();
     this.unexposeIncoming(inc);
     this.committed.add(req.mig);
+    // Tests: every answer about this migration is held back from here for this long, as a link that
+    // loses only this host's replies would hold them (the source hears nothing of the commit).
+    const hold = Number(process.env.HVLAB_TEST_COMMIT_SILENT_MS ?? 0);
+    if (hold > 0) this.silentUntil.set(req.mig, Date.now() + hold);
     const st = this.moves.get(r.config.name);
     // The source's statistics, as it had them at the commit (decoded with the frame, and only
     // shown): the VM, the hosts and the outcome are this host's own.

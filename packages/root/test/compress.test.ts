@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
 import { PagePool } from '../src/vmwp/compress.js';
-import { applyPageBatch, checkDirtyAnswer, destinationMsOf, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
+import { abortAnswer, applyPageBatch, checkDirtyAnswer, destinationMsOf, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
 
 const page = (seed: number, random = false): Uint8Array => {
   const p = new Uint8Array(4096);
@@ -141,5 +141,20 @@ describe('the destination\'s setup answer (an untrusted peer\'s)', () => {
       expect(destinationMsOf(bad, 6.1), JSON.stringify(bad) ?? String(bad)).to.equal(null);
     }
     expect(destinationMsOf(hostile, 6.1), 'a getter that throws').to.equal(null);
+  });
+
+  it('reads an abort\'s answer: once the commit was sent, only the destination\'s word that it has the VM or has none of it decides', () => {
+    for (const sent of [false, true]) {
+      expect(abortAnswer({ committed: true }, sent)).to.deep.equal({ committed: true });
+      expect(abortAnswer({ aborted: false, vm: 'present' }, sent), 'it runs the VM as its own').to.deep.equal({ committed: true });
+      expect(abortAnswer({ aborted: true }, sent)).to.deep.equal({ aborted: true });
+      expect(abortAnswer({ aborted: false, vm: 'absent' }, sent), 'it has nothing of the VM').to.deep.equal({ aborted: false });
+    }
+    const hostile = { get committed(): boolean { throw new Error('no'); } };
+    for (const undecided of [{ aborted: false }, {}, null, undefined, true, 'committed', [true], { committed: 'true' }, { vm: 'Present' }, { aborted: 1 }, hostile]) {
+      const shown = undecided === hostile ? 'a getter that throws' : JSON.stringify(undecided) ?? String(undecided);
+      expect(abortAnswer(undecided, true), `after the commit: ${shown}`).to.equal(null);
+      expect(abortAnswer(undecided, false), `before it: ${shown}`).to.deep.equal({ aborted: false });
+    }
   });
 });

@@ -443,7 +443,7 @@ export async function runWorker(): Promise<void> {
       case 'migCancel':
         if (!migration) throw new VmwpFailure('InvalidState', `VM "${cfg.name}" is not being migrated`);
         {
-          const refused = migration.cancel(req.reason);
+          const refused = migration.cancel(req.reason, req.force === true);
           if (refused !== null) throw new VmwpFailure(MIG_CANCEL_TOO_LATE, refused);
         }
         return true;

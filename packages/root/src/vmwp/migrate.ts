@@ -69,6 +69,8 @@ const PROBE_EVERY_MS = 1000;
 const UNRESOLVED_WAIT_MS = MIG_COMMIT_WITHIN_MS + MIG_RESUME_WITHIN_MS + 5000;
 const ABORT_TIMEOUT_MS = 3000;
 const ABORT_PAUSE_MS = 1000;
+/** A move in doubt (its commit sent, the destination silent past UNRESOLVED_WAIT_MS) asks this often until it answers. */
+const IN_DOUBT_PAUSE_MS = 5000;
 /** The GPADL hint (migPremap): a few hypervisor calls at the destination. */
 const PREMAP_TIMEOUT_MS = 10000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
@@ -188,6 +190,20 @@ export class MigrationOut {
    * a failure resumes this copy only once the destination's is surely gone (abortDestination).
    */
   private switchingOver = false;
+  /**
+   * The commit was sent (its first try): the destination may have taken it, and then it keeps the
+   * VM for good. From here this copy resumes only on the destination's word that it has no copy
+   * (abortDestination), never on its silence: a commit that arrived while every answer was lost
+   * (a link that lost only the destination's replies, a destination root that crashed before it
+   * answered) ran the VM on both hosts once the bounds passed.
+   */
+  private commitSent = false;
+  /** When the move fell in doubt (its commit sent, no word from the destination within UNRESOLVED_WAIT_MS), or 0. */
+  private inDoubtSince = 0;
+  /** A forced cancel of a move in doubt (move-cancel --force): this copy resumes without the destination's word. */
+  private forced: string | null = null;
+  /** Wakes abortDestination's pause (a forced cancel). */
+  private wakeAbort: (() => void) | null = null;
   /** Pages with bytes in one batch at most (MIG_BATCH_MAX_PAGES, or fewer on a slow --bandwidth). */
   private readonly batchPages: number;
   /** When progress was last reported (performance.now()). */
@@ -207,8 +223,20 @@ export class MigrationOut {
     };
   }
 
-  /** Cancels the move; returns why not when it is too late (the switch-over has begun), else null. */
-  cancel(why = 'cancelled'): string | null {
+  /**
+   * Cancels the move; returns why not when it is too late (the switch-over has begun), else null.
+   * `force` cancels only a move in doubt: its VM resumes here without the destination's word, which
+   * may leave it running there too (the operator's call, as QEMU leaves it to its management).
+   */
+  cancel(why = 'cancelled', force = false): string | null {
+    if (this.switchingOver && force && this.inDoubtSince > 0) {
+      this.forced ??= why;
+      this.src.log.warn({ why }, 'a move in doubt is cancelled by force: the VM resumes here without the destination\'s word');
+      this.wakeAbort?.();
+      return null;
+    }
+    if (this.inDoubtSince > 0) return `the move of VM "${this.req.vm}" to ${this.req.to} is in doubt: its commit was sent and ${this.req.to} has not answered since; the VM stays frozen here until ${this.req.to} says whether it runs it. If ${this.req.to} is gone for good, "vm move-cancel --force" resumes the VM here (if ${this.req.to} runs it, it then runs on both hosts)`;
+    if (force) return `the move of VM "${this.req.vm}" to ${this.req.to} is not in doubt: --force cancels only a move whose commit went unanswered past its bounds (drop --force to cancel it before its switch-over)`;
     if (this.switchingOver) return `the move of VM "${this.req.vm}" to ${this.req.to} is in its switch-over (its state was sent, and the VM may run there already): it is too late to cancel; the move completes, or fails and the VM resumes here, on its own`;
     if (this.cancelled !== null) return null;
     this.cancelled = why;
@@ -232,31 +260,64 @@ export class MigrationOut {
    * be closed). Before the switch-over one unanswered try is enough: the destination cannot run
    * the VM without its state, and drops the attempt when the stream stays silent. Once the state
    * was sent its copy may run, and this copy must not resume beside it: the abort is sent again
-   * until it is answered (dropped there, or committed: then the move completed) or until the
-   * destination's own bounds have dropped any uncommitted copy (UNRESOLVED_WAIT_MS). Before, one
-   * try with 2 s for the answer: on a link of 600 ms a cancel in the commit left the VM running on
-   * both hosts until the destination's watchdog, 12-14 s.
+   * until it is answered (dropped there, or committed: then the move completed). Unanswered and
+   * with no commit sent, the destination's own bounds drop its uncommitted copy
+   * (UNRESOLVED_WAIT_MS), and this copy resumes then. Once the commit was sent only the
+   * destination's word decides: the move is in doubt past that bound, the VM stays frozen here,
+   * and the abort goes on being sent (each IN_DOUBT_PAUSE_MS) until it is answered or a forced
+   * cancel resumes the VM here (null then). Before, one try with 2 s for the answer: on a link of
+   * 600 ms a cancel in the commit left the VM running on both hosts until the destination's
+   * watchdog, 12-14 s; and after that, a commit whose answers were all lost did the same after 28 s.
    */
   private async abortDestination(why: string): Promise<{ committed?: boolean; aborted?: boolean } | null> {
     const log = this.src.log;
-    const until = performance.now() + (this.switchingOver ? UNRESOLVED_WAIT_MS : 0);
+    // Tests shorten the bound (a test's destination holds its answers back instead of dropping a copy).
+    const bound = Number(process.env.HVLAB_TEST_UNRESOLVED_WAIT_MS) > 0 ? Number(process.env.HVLAB_TEST_UNRESOLVED_WAIT_MS) : UNRESOLVED_WAIT_MS;
+    const until = performance.now() + (this.switchingOver ? bound : 0);
     for (let attempt = 1; ; attempt++) {
+      if (this.forced !== null) return null;
       const c = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
       try {
-        const a = await c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, op: 'migAbort', reason: why.slice(0, 500) }, this.switchingOver ? ABORT_TIMEOUT_MS : 2000, CLUSTER_WIRE_VERSION);
-        if (attempt > 1) log.info({ attempt }, 'the destination answered the abort');
-        return a !== null && typeof a === 'object' ? a as { committed?: boolean; aborted?: boolean } : {};
-      } catch (e) {
-        if (performance.now() >= until) {
-          if (this.switchingOver) log.warn({ err: (e as Error).message, attempts: attempt }, 'the destination did not answer the abort: its uncommitted copy is gone by its own bounds now');
-          return null;
+        const a = await c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, ...this.abortBody(why) }, this.switchingOver ? ABORT_TIMEOUT_MS : 2000, CLUSTER_WIRE_VERSION);
+        const answer = abortAnswer(a, this.commitSent);
+        if (answer !== null) {
+          if (attempt > 1) log.info({ attempt, answer }, 'the destination answered the abort');
+          return answer;
         }
+        if (attempt === 1) log.warn({ answer: a }, 'the destination does not know the attempt nor say whether it runs the VM: asking again');
+      } catch (e) {
         if (attempt === 1) log.warn({ err: (e as Error).message }, 'the destination did not answer the abort: the VM stays frozen here until it does, or until its copy there is surely gone');
       } finally {
         c.close();
       }
-      await new Promise((r) => setTimeout(r, ABORT_PAUSE_MS));
+      if (performance.now() >= until) {
+        if (!this.switchingOver) return null;
+        if (!this.commitSent) {
+          log.warn({ attempts: attempt }, 'the destination did not answer the abort: its uncommitted copy is gone by its own bounds now');
+          return null;
+        }
+        if (this.inDoubtSince === 0) {
+          this.inDoubtSince = Date.now();
+          this.stats['error-desc'] = `in doubt: the commit went to ${this.req.to}, which has not answered since (${why}); the VM stays frozen here until ${this.req.to} says whether it runs it ("vm move-cancel --force" resumes it here regardless)`;
+          this.report();
+          log.error({ to: this.req.to, attempts: attempt }, 'the move is in doubt: the commit was sent and the destination is silent; the VM stays frozen here until it answers');
+        }
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, this.inDoubtSince > 0 ? IN_DOUBT_PAUSE_MS : ABORT_PAUSE_MS);
+        this.wakeAbort = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+      this.wakeAbort = null;
     }
+  }
+
+  /** The abort's request: the reason, and the VM's name and id for a destination that no longer knows the attempt (ownCopyOf there). */
+  private abortBody(why: string): Record<string, unknown> {
+    const id = this.req.config.id;
+    return { op: 'migAbort', reason: why.slice(0, 500), vm: this.req.vm, ...(typeof id === 'string' ? { vmId: id } : {}) };
   }
 
   /**
@@ -651,6 +712,7 @@ export class MigrationOut {
       let committed = false;
       let refused: string | null = null;
       for (let i = 0; i < 3 && !committed && refused === null; i++) {
+        this.commitSent = true;
         try {
           await this.call({ op: 'migCommit', stats: { ...this.stats, status: 'completed', 'total-time': this.elapsed() } }, COMMIT_TIMEOUT_MS);
           committed = true;
@@ -665,7 +727,7 @@ export class MigrationOut {
       }
       if (!committed) {
         // An abort the destination answers "committed" means the commit did arrive.
-        const a = await this.call({ op: 'migAbort', reason: refused ?? 'no commit acknowledgement' }, COMMIT_TIMEOUT_MS).catch(() => null) as { committed?: boolean } | null;
+        const a = abortAnswer(await this.call(this.abortBody(refused ?? 'no commit acknowledgement'), COMMIT_TIMEOUT_MS).catch(() => null), true);
         if (a?.committed !== true) throw new Error(refused !== null ? `the destination ${this.req.to} refused the commit: ${refused}` : `the destination ${this.req.to} did not acknowledge the commit`);
       }
       this.stats.status = 'completed';
@@ -678,12 +740,23 @@ export class MigrationOut {
       if (this.switched) return this.lost(e as Error);
       // A cancel closes the stream, so what fails first may be a send: it is still a cancel.
       const cancelled = e instanceof MigrationCancelled || this.cancelled !== null;
-      this.stats.status = cancelled ? 'cancelled' : 'failed';
       // A cancel's reason says so itself ("cancelled by the user", as the root's own record of it).
-      this.stats['error-desc'] = cancelled ? (this.cancelled ?? (e as Error).message) : (e as Error).message;
-      log.warn({ err: (e as Error).message, cancelled }, 'migration did not complete: the VM stays here');
+      const why = cancelled ? (this.cancelled ?? (e as Error).message) : (e as Error).message;
+      log.warn({ err: (e as Error).message, cancelled }, this.switchingOver ? 'migration did not complete: asking the destination whether it runs the VM' : 'migration did not complete: the VM stays here');
+      // Past the switch-over the outcome is the destination's to say: the move stays active (its
+      // status unsettled) until it does. Before it, the VM stays here whatever the answer.
+      if (this.switchingOver) this.stats['error-desc'] = why;
+      else {
+        this.stats.status = cancelled ? 'cancelled' : 'failed';
+        this.stats['error-desc'] = why;
+      }
       // Tell the destination to drop its attempt (it also drops it by itself when the stream stops).
-      const answer = await this.abortDestination(this.stats['error-desc']);
+      const answer = await this.abortDestination(why);
+      // A forced cancel decided the outcome: the user's, as any cancel.
+      this.stats.status = cancelled || this.forced !== null ? 'cancelled' : 'failed';
+      this.stats['error-desc'] = this.forced !== null
+        ? `${why}; then in doubt (the commit sent, ${this.req.to} silent), and resumed here by a forced cancel without ${this.req.to}'s word: a copy there, if one runs, was not stopped`
+        : why;
       if (answer?.committed === true) {
         // Too late to go back: the destination had the commit and runs the VM. It is moved.
         delete this.stats['error-desc'];
@@ -896,6 +969,28 @@ export function destinationMsOf(answer: unknown, startMs: number): number | null
 }
 
 /** What goes to the destination worker's own stream socket when it has one (the rest goes to its root). */
+/**
+ * Reads a destination's answer to migAbort (an untrusted peer's): `{ committed: true }` when it had
+ * the commit or runs the VM as its own (`vm: 'present'`: only a commit makes it so), `{ aborted }`
+ * when its copy is gone or never was; null when the answer decides nothing for a move whose commit
+ * was sent (the attempt not known there and the VM's presence not said). Before the commit any
+ * answer decides: the destination cannot keep an uncommitted copy. Never throws.
+ */
+export function abortAnswer(a: unknown, commitSent: boolean): { committed?: boolean; aborted?: boolean } | null {
+  let committed = false;
+  let aborted = false;
+  let absent = false;
+  try {
+    const o = a !== null && typeof a === 'object' ? a as Record<string, unknown> : {};
+    committed = o.committed === true || o.vm === 'present';
+    aborted = o.aborted === true;
+    absent = o.vm === 'absent';
+  } catch { /* a hostile answer says nothing */ }
+  if (committed) return { committed: true };
+  if (aborted) return { aborted: true };
+  return !commitSent || absent ? { aborted: false } : null;
+}
+
 const STREAM_OPS: ReadonlySet<string> = new Set(['migPages', 'migPremap', 'migState', 'migSwitch', 'migPull']);
 
 /** The port of the destination worker's stream socket in a migSetup answer (an untrusted peer's), or null: the stream then goes to its root. */
