@@ -46,7 +46,8 @@ async function listedVm(h: TestHost, host: string, name: string): Promise<VmInfo
 describe('live migration between two hosts', function () {
   this.timeout(300000);
   // An attempt whose source went silent is dropped after 8 s here (30 s by default, 12 s in post-copy), so the cut-link tests end sooner.
-  const h = new TestHost({ HVLAB_MIGRATION_IDLE_MS: '8000' });
+  // A dirty-log request waits 120 s for the partition process here (10 s by default), so that a cancel held by it shows.
+  const h = new TestHost({ HVLAB_MIGRATION_IDLE_MS: '8000', HVLAB_TEST_DIRTY_TIMEOUT_MS: '120000' });
 
   const list = async (host: string): Promise<VmInfo[]> => await h.json<VmInfo[]>('--host', host, 'vm', 'list');
   const vmOn = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
@@ -575,6 +576,36 @@ describe('live migration between two hosts', function () {
     expect((await vmOn('h1', 'sl'))?.state).to.equal('Running');
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'sl');
     await h.ok('--host', 'h1', 'vm', 'delete', 'sl');
+  });
+
+  it('a cancel while the source\'s partition process is stopped (SIGSTOP) is not held by the dirty log it waits for: the move ends cancelled while the process is still stopped', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'ss', '--memory', '32M', '--workload', 'memdirty:8M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'ss');
+    const moving = move('ss', '--bandwidth', '8M');
+    expect(await copyBegan('ss'), 'pass 1 copies').to.equal(true);
+    const part = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h1', 'ps')).find((x) => x.role === 'partition' && x.vm === 'ss');
+    expect(part, 'the source\'s partition process').to.not.equal(undefined);
+    process.kill(part!.pid, 'SIGSTOP');
+    try {
+      // The pass's pages go without the partition process (the worker maps the guest's memory); then
+      // the pass asks it for its dirty log, and waits.
+      await sleep(3000);
+      const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'ss');
+      expect(c.code, c.stderr).to.equal(0);
+      let last: MigrationStats | null = null;
+      expect(await eventually(async () => {
+        last = await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'ss').catch(() => null);
+        return last?.status === 'cancelled';
+      }, 30000), `cancelled while the partition process is stopped: ${JSON.stringify(last)}`).to.equal(true);
+    } finally {
+      process.kill(part!.pid, 'SIGCONT');
+    }
+    const r = await moving;
+    expect(r.stats?.status, r.stderr).to.equal('cancelled');
+    expect((await vmOn('h1', 'ss'))?.state).to.equal('Running');
+    expect(await eventually(() => nothingOnH2('ss'), 10000), 'nothing of it at h2').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'ss');
+    await h.ok('--host', 'h1', 'vm', 'delete', 'ss');
   });
 
   it('move-cancel works while copying and while queued; the VMs stay on the source', async () => {

@@ -721,7 +721,8 @@ export async function runWorker(): Promise<void> {
     }
     const m = new MigrationOut({
       memory: memory.buffer as SharedArrayBuffer, memoryFd, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
-      dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, 10000)) as MigrationSource['dirty'],
+      // Tests lengthen the bound (HVLAB_TEST_DIRTY_TIMEOUT_MS), so that a wait held by it shows.
+      dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, Number(process.env.HVLAB_TEST_DIRTY_TIMEOUT_MS) > 0 ? Number(process.env.HVLAB_TEST_DIRTY_TIMEOUT_MS) : 10000)) as MigrationSource['dirty'],
       freeze: async (harvest) => {
         const f = await freeze(harvest);
         frozenVps = f.vps;

@@ -165,6 +165,9 @@ function gpadlPages(tree: Record<string, unknown>): Set<number> {
 export class MigrationOut {
   readonly stats: MigrationStats;
   private cancelled: string | null = null;
+  /** Rejects once the move is cancelled: a wait on the partition process that must not hold a cancel races it (kernelDirty). */
+  private readonly onCancel: Promise<never>;
+  private rejectOnCancel: (e: Error) => void = () => undefined;
   private client: RpcClient | null = null;
   /**
    * The destination worker's own stream socket, when its root opened one (migSetup's `port`, on the
@@ -210,6 +213,8 @@ export class MigrationOut {
   private lastReportAt = 0;
 
   constructor(private readonly src: MigrationSource, private readonly req: MigrateOutRequest) {
+    this.onCancel = new Promise<never>((_, reject) => (this.rejectOnCancel = reject));
+    this.onCancel.catch(() => undefined);
     this.guestPages = dirtyBitmapGpa(src.memoryBytes) / MIG_PAGE;
     this.pacer = new Pacer(req.options.bandwidthBps, () => this.check());
     // A batch is at most what the pacer lets go at once (a quarter second's bytes): at 64 KiB/s a
@@ -241,6 +246,7 @@ export class MigrationOut {
     if (this.cancelled !== null) return null;
     this.cancelled = why;
     this.src.log.warn({ why }, 'migration cancel requested');
+    this.rejectOnCancel(new MigrationCancelled(why));
     // Whatever waits on the stream stops waiting now.
     this.client?.close();
     this.stream?.close();
@@ -542,9 +548,14 @@ export class MigrationOut {
     return this.withShared(await this.kernelDirty());
   }
 
-  /** The partition process's dirty bitmap (it is untrusted: anything but a bitmap of this memory's size fails the move). */
+  /**
+   * The partition process's dirty bitmap (it is untrusted: anything but a bitmap of this memory's
+   * size fails the move). A cancel does not wait for it: the VM runs meanwhile, and a partition
+   * process that does not answer (stopped: SIGSTOP, a fault) held a cancel for the harvest's 10 s.
+   * The freeze is not raced so: its own failure path thaws what it froze.
+   */
   private async kernelDirty(): Promise<Int32Array> {
-    return checkDirtyAnswer(await this.src.dirty('harvest'), this.src.memoryBytes);
+    return checkDirtyAnswer(await Promise.race([this.src.dirty('harvest'), this.onCancel]), this.src.memoryBytes);
   }
 
   /** ORs the shared bitmap into `bitmap` (fetch-and-clear) and lists the pages of guest memory set in it. */
