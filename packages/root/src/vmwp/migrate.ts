@@ -309,6 +309,8 @@ export class MigrationOut {
           log.error({ to: this.req.to, attempts: attempt }, 'the move is in doubt: the commit was sent and the destination is silent; the VM stays frozen here until it answers');
         }
       }
+      // A forced cancel that came during the call does not wait for the pause.
+      if (this.forced !== null) return null;
       await new Promise<void>((r) => {
         const t = setTimeout(r, this.inDoubtSince > 0 ? IN_DOUBT_PAUSE_MS : ABORT_PAUSE_MS);
         this.wakeAbort = () => {
