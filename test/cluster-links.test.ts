@@ -105,6 +105,30 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     await h.ok('link', 'reset', 'h1', 'h2');
   });
 
+  it('a peer behind a link slower than the heartbeat period stays up: its heartbeats arrive late, not never', async () => {
+    const rootLog = join(h.home, 'cluster', 'hosts', 'h1', 'run', 'logs', 'root.log');
+    const downs = (): number => readFileSync(rootLog, 'utf8').split('\n').filter((l) => l.includes('"peer is down"') && l.includes('"h2"')).length;
+    const before = downs();
+    await h.ok('link', 'set', 'h1', 'h2', '--delay', '1500ms');
+    try {
+      let seen: unknown;
+      // Each ping's round trip is 1.5 s, longer than the 1 s between them: it used to time out at
+      // 1 s, every one, and h2 was down after 10 of them with the link carrying everything.
+      expect(await eventually(async () => {
+        const p = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).cluster?.peers.find((x) => x.name === 'h2');
+        seen = p;
+        return p?.state === 'up' && (p.rttMs ?? 0) >= 1400;
+      }, 20000, 500), `h1 hears h2 across the slow link: ${JSON.stringify(seen)}`).to.equal(true);
+      // Past the 10 periods that made it down before.
+      await sleep(11_000);
+      const p = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).cluster?.peers.find((x) => x.name === 'h2');
+      expect(p?.state, JSON.stringify(p)).to.equal('up');
+      expect(downs(), 'no "peer is down" for h2 in h1\'s log').to.equal(before);
+    } finally {
+      await h.ok('link', 'reset', 'h1', 'h2');
+    }
+  });
+
   it('a link\'s rate limits a bulk transfer to it (within 20 %)', async () => {
     // Up to three transfers each, stopped at the first that holds: a busy machine can slow one
     // (the fabric or the host waiting for a CPU), while a rate not applied is wrong in every one.

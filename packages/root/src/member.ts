@@ -114,6 +114,11 @@ interface Peer {
   entry: PeerBookEntry;
   client: RpcClient;
   health: PeerHealth;
+  /** Heartbeat pings sent to the peer, and the newest of them answered (their numbers). */
+  sent: number;
+  heard: number;
+  /** Heartbeat periods (this host's ticks) since an answer last came. */
+  quiet: number;
 }
 
 /** Bytes of one bulk chunk, and chunks in flight, of a probe. */
@@ -348,23 +353,41 @@ export class ClusterMember {
       }
       old?.client.close();
       // The link's port is on the fabric, at the address this host reaches the fabric by.
-      this.peers.set(b.name, { entry: b, client: new RpcClient(`tcp://${this.cfg.fabricHost}:${b.port}`, curveClientOptions(this.cfg.key)), health: old?.health ?? { name: b.name, state: 'unknown', rttMs: null, missed: 0 } });
+      this.peers.set(b.name, { entry: b, client: new RpcClient(`tcp://${this.cfg.fabricHost}:${b.port}`, curveClientOptions(this.cfg.key)), health: old?.health ?? { name: b.name, state: 'unknown', rttMs: null, missed: 0 }, sent: old?.sent ?? 0, heard: old?.heard ?? 0, quiet: old?.quiet ?? 0 });
     }
   }
 
+  /**
+   * One heartbeat period's ping. The periods since an answer last came, but the last (its ping may
+   * still be on its way), are the heartbeats missed: HEARTBEAT_MISSES_DOWN of them make the peer
+   * down, as Windows failover clustering's SameSubnetThreshold of missed 1 s heartbeats does. A
+   * ping's answer counts whenever it comes (up to that many periods later), as a heartbeat that
+   * arrives late still arrives: on a link of constant delay one comes each period. Before, each
+   * ping had one period (1 s) for its answer, so on a link of 1 s delay every ping was missed and
+   * the peer went down with the link carrying everything; at 600 ms, with a bulk move queued on
+   * the link, the peer went down and up again.
+   */
   private async heartbeat(p: Peer): Promise<void> {
     const t0 = performance.now();
-    try {
-      await p.client.call({ op: 'ping', from: this.cfg.host, auth: p.entry.auth, t: Date.now() }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
-      const was = p.health.state;
-      p.health = { name: p.entry.name, state: 'up', rttMs: Math.round((performance.now() - t0) * 1000) / 1000, missed: 0 };
-      if (was === 'down') this.log.info({ peer: p.entry.name }, 'peer is up again');
-    } catch {
-      const missed = p.health.missed + 1;
+    const seq = ++p.sent;
+    // Counted in this host's own periods: a host that was stopped itself (SIGSTOP) missed none.
+    const missed = Math.max(0, p.quiet - 1);
+    p.quiet++;
+    if (missed > 0) {
       const state = missed >= HEARTBEAT_MISSES_DOWN ? 'down' : p.health.state;
       if (state === 'down' && p.health.state !== 'down') this.log.warn({ peer: p.entry.name, missed }, 'peer is down');
       p.health = { ...p.health, missed, state };
     }
+    try {
+      await p.client.call({ op: 'ping', from: this.cfg.host, auth: p.entry.auth, t: Date.now() }, HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN, CLUSTER_WIRE_VERSION);
+      p.quiet = 0;
+      // An older ping answered after a newer one: heard, but its round trip is not the newest.
+      if (seq <= p.heard) return;
+      p.heard = seq;
+      const was = p.health.state;
+      p.health = { name: p.entry.name, state: 'up', rttMs: Math.round((performance.now() - t0) * 1000) / 1000, missed: 0 };
+      if (was === 'down') this.log.info({ peer: p.entry.name }, 'peer is up again');
+    } catch { /* missed: the next period's ping counts it */ }
   }
 
   info(): HostClusterInfo {
