@@ -1,7 +1,8 @@
 import { expect } from 'chai';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
@@ -360,6 +361,36 @@ describe('the hypervisor anchors its host', function () {
     await sleep(5000);
     expect(hostProcesses(id)).to.deep.equal([]);
     expect(shmFiles(id)).to.deep.equal([]);
+  });
+});
+
+describe('down finds what a host left running without a record', function () {
+  this.timeout(60000);
+  const h = new TestHost();
+  after(async () => {
+    await h.destroy();
+  });
+
+  // A VMWP whose hypervisor ended under it (SIGTERM: the hypervisor removed its record and lock on
+  // the way out) could wait for good; `down` answered "no host was up" and left it running.
+  it('down kills a process that names this home and a host of it, though no hypervisor holds the home and no record names the host', async () => {
+    mkdirSync(h.home, { recursive: true });
+    const id = randomBytes(3).toString('hex');
+    const stray = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore', env: { ...process.env, HVLAB_HOME: h.home, HVLAB_HOST_ID: id } });
+    // Another home's process of the same host id, and one of this home without a host id, stay.
+    const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore', env: { ...process.env, HVLAB_HOME: `${h.home}-other`, HVLAB_HOST_ID: id } });
+    const cli = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore', env: { ...process.env, HVLAB_HOME: h.home, HVLAB_HOST_ID: '' } });
+    try {
+      expect(await eventually(() => hostProcesses(id).length === 2, 5000), 'both marked processes run').to.equal(true);
+      const r = await h.run('down');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(new RegExp(`host ${id} is down \\(forced: killed 1 processes`));
+      expect(await eventually(() => stray.exitCode !== null || stray.signalCode !== null, 5000), 'the stray process is killed').to.equal(true);
+      expect(other.exitCode === null && other.signalCode === null, 'another home\'s process runs on').to.equal(true);
+      expect(cli.exitCode === null && cli.signalCode === null, 'a process of the home that is no host\'s runs on').to.equal(true);
+    } finally {
+      for (const p of [stray, other, cli]) p.kill('SIGKILL');
+    }
   });
 });
 

@@ -133,6 +133,18 @@ export function hostProcesses(hostId: string): number[] {
   return processesWithEnv('HVLAB_HOST_ID', hostId);
 }
 
+/** The host ids of processes that name `home` as their host's home (HVLAB_HOME with an HVLAB_HOST_ID), sorted. */
+export function strayHostIds(home: string): string[] {
+  const ids = new Set<string>();
+  for (const pid of procPids()) {
+    if (pid === process.pid) continue;
+    const env = procEnviron(pid);
+    const id = env?.get('HVLAB_HOST_ID');
+    if (env?.get('HVLAB_HOME') === home && id !== undefined && /^[0-9a-f]{6}$/.test(id)) ids.add(id);
+  }
+  return [...ids].sort();
+}
+
 /** Pids of every other process whose environment sets `name` to `value` exactly. */
 function processesWithEnv(name: string, value: string): number[] {
   // Gone, or not ours to read: procEnviron gives null.
@@ -140,9 +152,11 @@ function processesWithEnv(name: string, value: string): number[] {
 }
 
 /** Kills every process of the host and removes its shared memory, sockets, record and lock. */
-export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: boolean } = {}): { killed: number; shm: number } {
+export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: boolean; sameHome?: boolean } = {}): { killed: number; shm: number } {
   let killed = 0;
-  for (const p of hostProcesses(hostId)) {
+  // `sameHome`: only the processes that also name this home (a host id found on processes, not in a record).
+  const pids = opts.sameHome ? hostProcesses(hostId).filter((p) => procEnviron(p)?.get('HVLAB_HOME') === paths.home) : hostProcesses(hostId);
+  for (const p of pids) {
     try {
       process.kill(p, 'SIGKILL');
       killed++;
@@ -177,9 +191,20 @@ export async function down(paths0: HostPaths): Promise<{ hostId: string | null; 
   if (!rec) {
     const holder = lockHolder(paths);
     if (holder === null) {
+      // No hypervisor holds the home, but processes of a host of it may still run: a VMWP whose
+      // hypervisor ended under it (a SIGTERM, its home removed) could wait for good, and nothing
+      // named it once the hypervisor had removed its record. They name the home and their host.
+      let killed = 0;
+      let shm = 0;
+      const ids = strayHostIds(paths.home);
+      for (const id of ids) {
+        const sw = sweepHost(paths, id, { sameHome: true });
+        killed += sw.killed;
+        shm += sw.shm;
+      }
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(paths.lockFile, { force: true });
-      return { hostId: null, graceful: true, killed: 0, shm: 0 };
+      return { hostId: ids[0] ?? null, graceful: ids.length === 0, killed, shm };
     }
     // A live hypervisor holds the home but its record is gone or unreadable (removed, edited,
     // cut short): it is still this home's host, and "down" still stops it. Its host id is in its

@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
 import type { Worker } from 'node:worker_threads';
 import {
   holdSignals,
@@ -196,6 +197,29 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     expect(c.counts.socket).to.equal(socketCalls + 1);
     expect(failures).to.deep.equal([{ connectionId: 0x540, flagNumber: 1, status: null, statusName: 'no completion' }]);
     expect(c.counts.postedFailed).to.equal(1);
+  });
+
+  it('a call queued behind a posted signal fails at once when the hypervisor goes: it waited for good, and so did a worker\'s exit behind it', async () => {
+    const c = await root(() => {}, { callTimeoutMs: 120000 });
+    const { id } = await child(c, 0x541);
+    // As above: the page thread stops, so the posted signal stays uncompleted (for the 120 s timeout).
+    const sched = (server as unknown as { sched: { worker: Worker; link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
+    const exited = new Promise<boolean>((r) => sched.worker.once('exit', () => r(true)));
+    sched.link.post({ t: 'stop' });
+    sched.link.ring();
+    expect(await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 20000))]), 'the page thread exited').to.equal(true);
+    c.signal(0x541, 1);
+    const queued = c.call('GetPartitionProperty', { partitionId: id, property: PartitionProperty.CpuWeight }).then(() => null, (e: Error) => e.message);
+    // The hypervisor as the client watches it: a process that ends here.
+    const fake = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore' });
+    try {
+      c.watchHypervisor(fake.pid!, 50);
+      fake.kill('SIGKILL');
+      const got = await Promise.race([queued, new Promise<string>((r) => setTimeout(() => r('still waiting after 20 s'), 20000))]);
+      expect(got).to.equal(`the hypervisor (pid ${fake.pid}) is gone`);
+    } finally {
+      fake.kill('SIGKILL');
+    }
   });
 
   it('posted signals queued behind a busy page: a repeat of one still to be published is dropped, others keep their order', async () => {
