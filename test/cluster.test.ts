@@ -216,6 +216,10 @@ describe('clusters on one machine', function () {
     const gone = await h.run('--host', 'h1', 'vm', 'list');
     expect(gone.code).to.equal(1);
     expect(gone.stderr).to.match(/^hvlab: host h1 of the cluster is down; a host brought down alone stays down until the cluster is brought down/);
+    // Nor, brought down, with its own home named: it came up outside the cluster, in no namespace.
+    const own = await h.run('--home', join(h.home, 'cluster', 'hosts', 'h1'), 'up');
+    expect(own.code).to.equal(1);
+    expect(own.stderr).to.match(/^hvlab: .*\/cluster\/hosts\/h1 is the home of host h1 of the cluster in .*: its hosts come up with the cluster/);
     // "down" takes down what "up --hosts" brought up: everything of this home is the cluster.
     const downHere = await h.run('down');
     expect(downHere.code, downHere.stderr).to.equal(0);

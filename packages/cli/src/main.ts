@@ -15,7 +15,7 @@
  * returned a status other than SUCCESS, 130 interrupted.
  */
 import { closeSync, constants, existsSync, openSync, readdirSync, readSync, realpathSync, statSync, writeFileSync, watch } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, displayWidth, FileShapeError, hostPaths, pathsForRecord, padEndColumns, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
@@ -592,6 +592,15 @@ async function moveFailure(c: MgmtClient, st: MigrationStats, clusterHome: strin
 }
 
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
+/** The cluster home and host name of a cluster host's own home (HOME/cluster/hosts/NAME, HOME holding a cluster), or null. */
+function clusterOfHostHome(home: string): { home: string; host: string } | null {
+  const hostsDir = dirname(home);
+  const clusterDir = dirname(hostsDir);
+  if (basename(hostsDir) !== 'hosts' || basename(clusterDir) !== 'cluster') return null;
+  const top = dirname(clusterDir);
+  return hasCluster(top) && clusterHostHome(top, basename(home)) === home ? { home: top, host: basename(home) } : null;
+}
+
 function migrationLine(st: MigrationStats): string {
   const total = Math.max(1, st.ram.total);
   const pct = Math.min(100, Math.round((st.ram['normal-bytes'] + st.ram.duplicate * st.ram['page-size']) / total * 100));
@@ -1362,6 +1371,10 @@ export async function run(argv: string[]): Promise<number> {
         // place started a stray host outside the cluster that "cluster down" then left running.
         if (typeof aimed === 'string') throw new CliError(`${aimed} is a host of the cluster in ${resolveHome(p.home)}: its hosts come up with the cluster ("hvlab cluster up"); one brought down alone stays down until the cluster is brought down and up again`);
         if (hasCluster(paths.home)) throw new CliError(`${paths.home} holds a cluster: one host per home ("hvlab cluster down" first, or --home elsewhere)`);
+        // Its own home named with --home: the same host, the same refusal (it came up in no
+        // namespace, outside the cluster, and "cluster status" showed it up there, not joined).
+        const member = clusterOfHostHome(paths.home);
+        if (member !== null) throw new CliError(`${paths.home} is the home of host ${member.host} of the cluster in ${member.home}: its hosts come up with the cluster ("hvlab cluster up"); one brought down alone stays down until the cluster is brought down and up again`);
         const spare = opt('spare');
         // Ctrl-C during the start: the host comes up in the background all the same, so it is
         // brought down again once it is (it was left up, and the CLI said nothing).
