@@ -288,6 +288,13 @@ describe('clusters on one machine', function () {
     expect(r.code).to.equal(1);
     expect(r.stderr).to.match(/--listen 127\.0\.0\.1: the hosts live in network namespaces/);
     expect((await h.run('cluster', 'status')).code, 'no cluster').to.equal(1);
+    // Nor an address this machine does not have (a broadcast one bound, and the hosts never joined).
+    for (const bad of ['255.255.255.255', '192.0.2.77']) {
+      const b = await h.run('up', '--hosts', '2', '--listen', bad);
+      expect(b.code, b.stdout).to.equal(1);
+      expect(b.stderr).to.include(`--listen ${bad} is not an address of this machine`);
+      expect((await h.run('cluster', 'status')).code, 'no cluster').to.equal(1);
+    }
   });
 
   it('two cluster up at once on one home: one brings the cluster up, the other is refused and touches nothing of it', async () => {

@@ -19,6 +19,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { networkInterfaces } from 'node:os';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, MEMBER_SECRET_FILE, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
   type FabricStatus, type HostInfo, type LinkChange, type LinkView, type VmInfo,
@@ -229,6 +230,11 @@ export async function clusterUp(home: string, topology: Topology, source: string
   if (!isIpv4(listen)) throw new ClusterError(`--listen takes an IPv4 address (0.0.0.0 for every address), not "${listen}"`);
   // Accepted, it failed 15 s later: a host in a namespace cannot reach the machine's loopback.
   if (net.mode === 'namespaces' && listen.startsWith('127.')) throw new ClusterError(`--listen ${listen}: the hosts live in network namespaces and cannot reach this machine's loopback; use 0.0.0.0, or an address of this machine outside 127.0.0.0/8`);
+  // Accepted, a broadcast or another machine's address failed only when the hosts did not join, 15 s later.
+  if (opts.listen !== undefined && listen !== '0.0.0.0') {
+    const mine = Object.values(networkInterfaces()).flat().filter((i) => i !== undefined && i.family === 'IPv4').map((i) => i!.address);
+    if (!mine.includes(listen)) throw new ClusterError(`--listen ${listen} is not an address of this machine (${mine.join(', ') || 'it has none'}): use one of them, or 0.0.0.0 for every address`);
+  }
   // Taken exclusively: two 'cluster up' at once on one home both found no record, both built the
   // same bridge and namespaces, and both failed half-way ('RTNETLINK answers: File exists').
   if (!claimRecord(home, {
