@@ -62,6 +62,13 @@ describe('faults: processes, links and partitions (real processes)', function ()
       expect(existsSync(join(h.home, 'cluster', 'hosts', 'h1', 'faults', 'nemesis.json')), 'no nemesis of h1\'s own').to.equal(false);
       // Listed from the host too: the same one list.
       expect((await h.json<FaultRecord[]>('--host', 'h1', 'fault', 'list')).map((x) => x.id)).to.include(f.id);
+      // So with the host's own home named: the cluster's nemesis, as --host h1 (it started one of h1's own).
+      const h1home = join(h.home, 'cluster', 'hosts', 'h1');
+      const own = await h.run('--home', h1home, 'fault', 'inject', 'pause', '--target', 'vm:web', '--for', '2s');
+      expect(own.code, own.stdout).to.equal(1);
+      expect(own.stderr).to.match(new RegExp(`paused by fault ${f.id} already`));
+      expect(existsSync(join(h1home, 'faults', 'nemesis.json')), 'no nemesis of h1\'s own').to.equal(false);
+      expect((await h.json<FaultRecord[]>('--home', h1home, 'fault', 'list')).map((x) => x.id)).to.include(f.id);
     } finally {
       await h.ok('fault', 'clear', f.id);
     }

@@ -1316,7 +1316,16 @@ export async function run(argv: string[]): Promise<number> {
     // Faults in a cluster go through its one nemesis, whatever --host says: a host's own nemesis
     // beside it could undo the other's fault on the same process (a 2 s pause through --host ended
     // a 12 s one of the cluster's). --host then names where the target is (vm:NAME@HOST).
-    const faultOnHost = typeof aimed === 'string' && commandName(p.spec).startsWith('fault ') && hasCluster(paths.home) ? aimed : null;
+    let faultOnHost = typeof aimed === 'string' && commandName(p.spec).startsWith('fault ') && hasCluster(paths.home) ? aimed : null;
+    // So do the faults of a cluster host's own home (--home HOME/cluster/hosts/H): they go to the
+    // cluster's nemesis as --home HOME --host H would (its own nemesis beside the cluster's brought
+    // that conflict back). Only a nemesis left running there from before is still reached, so that
+    // what it holds can be listed and cleared.
+    const member = commandName(p.spec).startsWith('fault ') && aimed === undefined ? clusterOfHostHome(paths.home) : null;
+    if (member !== null && nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
+      paths = hostPaths(member.home);
+      faultOnHost = member.host;
+    }
     const hostName = faultOnHost !== null ? null : typeof aimed === 'string' ? aimed : vmHost;
     if (faultOnHost !== null) await clusterCall(() => clusterHostTarget(paths.home, faultOnHost));
     if (hostName !== null) {
