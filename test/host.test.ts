@@ -376,20 +376,25 @@ describe('down finds what a host left running without a record', function () {
   it('down kills a process that names this home and a host of it, though no hypervisor holds the home and no record names the host', async () => {
     mkdirSync(h.home, { recursive: true });
     const id = randomBytes(3).toString('hex');
-    const stray = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore', env: { ...process.env, HVLAB_HOME: h.home, HVLAB_HOST_ID: id } });
-    // Another home's process of the same host id, and one of this home without a host id, stay.
-    const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore', env: { ...process.env, HVLAB_HOME: `${h.home}-other`, HVLAB_HOST_ID: id } });
-    const cli = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore', env: { ...process.env, HVLAB_HOME: h.home, HVLAB_HOST_ID: '' } });
+    // hvlab's processes carry a title (hvlab-ROLE …), as these do.
+    const titled = (title: string, env: Record<string, string>) => spawn(process.execPath, ['-e', `process.title = ${JSON.stringify(title)}; setTimeout(() => {}, 120000)`], { stdio: 'ignore', env: { ...process.env, ...env } });
+    const stray = titled(`hvlab-vmwp ${id} a`, { HVLAB_HOME: h.home, HVLAB_HOST_ID: id });
+    // Another home's process of the same host id, one of this home without a host id, and one that
+    // names both but is no hvlab process (a shell that exported them), stay.
+    const other = titled(`hvlab-vmwp ${id} b`, { HVLAB_HOME: `${h.home}-other`, HVLAB_HOST_ID: id });
+    const cli = titled('hvlab-cli', { HVLAB_HOME: h.home, HVLAB_HOST_ID: '' });
+    const shell = titled('bash', { HVLAB_HOME: h.home, HVLAB_HOST_ID: id });
     try {
-      expect(await eventually(() => hostProcesses(id).length === 2, 5000), 'both marked processes run').to.equal(true);
+      expect(await eventually(() => hostProcesses(id).length === 3, 5000), 'the marked processes run').to.equal(true);
       const r = await h.run('down');
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout).to.match(new RegExp(`host ${id} is down \\(forced: killed 1 processes`));
       expect(await eventually(() => stray.exitCode !== null || stray.signalCode !== null, 5000), 'the stray process is killed').to.equal(true);
       expect(other.exitCode === null && other.signalCode === null, 'another home\'s process runs on').to.equal(true);
       expect(cli.exitCode === null && cli.signalCode === null, 'a process of the home that is no host\'s runs on').to.equal(true);
+      expect(shell.exitCode === null && shell.signalCode === null, 'a process that is not hvlab\'s runs on').to.equal(true);
     } finally {
-      for (const p of [stray, other, cli]) p.kill('SIGKILL');
+      for (const p of [stray, other, cli, shell]) p.kill('SIGKILL');
     }
   });
 });

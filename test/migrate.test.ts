@@ -588,8 +588,13 @@ describe('live migration between two hosts', function () {
     process.kill(part!.pid, 'SIGSTOP');
     try {
       // The pass's pages go without the partition process (the worker maps the guest's memory); then
-      // the pass asks it for its dirty log, and waits.
-      await sleep(3000);
+      // the pass asks it for its dirty log, and waits: the bytes sent stop growing.
+      let sent = -1;
+      expect(await eventually(async () => {
+        const was = sent;
+        sent = (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'ss').catch(() => null))?.ram.transferred ?? -1;
+        return sent === was && sent > 0;
+      }, 30000, 1500), 'the pass has sent its pages and waits').to.equal(true);
       const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'ss');
       expect(c.code, c.stderr).to.equal(0);
       let last: MigrationStats | null = null;
@@ -865,7 +870,7 @@ describe('live migration through the destination\'s root', function () {
 guestFailsAtDestination('live migration whose state names a device the destination lacks', { HVLAB_MIGRATE_STOWAWAY: '1' }, 'the move fails',
   /did not start the VM: .*component "device\/stowaway" belongs to no device of this VM/);
 
-// The destination takes the commit and every answer it gives about the move is held back for 40 s
+// The destination takes the commit and every answer it gives about the move is held back for 50 s
 // (HVLAB_TEST_COMMIT_SILENT_MS), as a link that loses only its replies, or a root that crashed
 // before it answered, would leave them; the source's bound for an unanswered switch-over is cut to
 // 8 s (28 s by default). The source used to resume its copy once that bound passed, while the
@@ -873,7 +878,7 @@ guestFailsAtDestination('live migration whose state names a device the destinati
 // frozen at the source until the destination answers, or until a forced cancel resumes it there.
 describe('live migration whose commit goes unanswered (the destination\'s answers held back)', function () {
   this.timeout(240000);
-  const h = new TestHost({ HVLAB_TEST_COMMIT_SILENT_MS: '40000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '8000' });
+  const h = new TestHost({ HVLAB_TEST_COMMIT_SILENT_MS: '50000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '8000' });
   const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
   const status = (name: string): Promise<MigrationStats | null> => h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null);
   twoHosts(h);
@@ -915,6 +920,21 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     const p = (await vm('h2', 'dq'))!.workload.progress!;
     expect(await eventually(async () => ((await vm('h2', 'dq'))?.workload.progress ?? 0) > p + 100, 10000), 'it counts on at h2').to.equal(true);
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'dq');
+  });
+
+  it('a VM turned off at the source while its move is in doubt: the move fails saying the destination may run it (not that it stayed here)', async () => {
+    const { moving } = await untilInDoubt('dt');
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'dt');
+    const r = await moving;
+    expect(r.code).to.equal(1);
+    const st = JSON.parse(r.stdout) as MigrationStats;
+    expect(st.status).to.equal('failed');
+    expect(st['error-desc']).to.match(/the move was in doubt: h2 may run the VM \(it had the commit and has not answered since\), so check there before starting it here/);
+    expect((await vm('h1', 'dt'))?.state).to.equal('Off');
+    // It does: the commit had come.
+    expect((await vm('h2', 'dt'))?.state).to.equal('Running');
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'dt');
+    await h.ok('--host', 'h1', 'vm', 'delete', 'dt');
   });
 
   it('move-cancel --force is refused for a move not in doubt, and resumes the source\'s copy of one in doubt, saying the destination\'s copy was not stopped', async () => {

@@ -591,7 +591,6 @@ async function moveFailure(c: MgmtClient, st: MigrationStats, clusterHome: strin
   return `${head}: ${desc}; it is ${vm.state} on ${st.from}${vm.lastStateReason ? ` (${vm.lastStateReason})` : ''}`;
 }
 
-/** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
 /** The cluster home and host name of a cluster host's own home (HOME/cluster/hosts/NAME, HOME holding a cluster), or null. */
 function clusterOfHostHome(home: string): { home: string; host: string } | null {
   const hostsDir = dirname(home);
@@ -601,6 +600,7 @@ function clusterOfHostHome(home: string): { home: string; host: string } | null 
   return hasCluster(top) && clusterHostHome(top, basename(home)) === home ? { home: top, host: basename(home) } : null;
 }
 
+/** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
 function migrationLine(st: MigrationStats): string {
   const total = Math.max(1, st.ram.total);
   const pct = Math.min(100, Math.round((st.ram['normal-bytes'] + st.ram.duplicate * st.ram['page-size']) / total * 100));

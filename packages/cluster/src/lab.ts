@@ -233,7 +233,8 @@ export async function clusterUp(home: string, topology: Topology, source: string
   // Accepted, a broadcast or another machine's address failed only when the hosts did not join, 15 s later.
   if (opts.listen !== undefined && listen !== '0.0.0.0') {
     const mine = Object.values(networkInterfaces()).flat().filter((i) => i !== undefined && i.family === 'IPv4').map((i) => i!.address);
-    if (!mine.includes(listen)) throw new ClusterError(`--listen ${listen} is not an address of this machine (${mine.join(', ') || 'it has none'}): use one of them, or 0.0.0.0 for every address`);
+    const usable = net.mode === 'namespaces' ? mine.filter((x) => !x.startsWith('127.')) : mine;
+    if (!mine.includes(listen)) throw new ClusterError(`--listen ${listen} is not an address of this machine (${usable.join(', ') || 'it has none'}): use one of them, or 0.0.0.0 for every address`);
   }
   // Taken exclusively: two 'cluster up' at once on one home both found no record, both built the
   // same bridge and namespaces, and both failed half-way ('RTNETLINK answers: File exists').

@@ -13,7 +13,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
-import { procEnviron, procPids } from '@hvlab/shm/procfs';
+import { procEnviron, procPids, procStat, procTitle } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
 import { MgmtClient } from './mgmt-client.js';
 
@@ -133,11 +133,20 @@ export function hostProcesses(hostId: string): number[] {
   return processesWithEnv('HVLAB_HOST_ID', hostId);
 }
 
-/** The host ids of processes that name `home` as their host's home (HVLAB_HOME with an HVLAB_HOST_ID), sorted. */
+/**
+ * The host ids of hvlab's processes (their title `hvlab-…`) that name `home` as their host's home
+ * (HVLAB_HOME with an HVLAB_HOST_ID), sorted. This process and its ancestors are never among them
+ * (a shell or a wrapper that exported both variables).
+ */
 export function strayHostIds(home: string): string[] {
   const ids = new Set<string>();
+  const mine = new Set<number>();
+  for (let p: number | undefined = process.pid, i = 0; p !== undefined && p > 1 && i < 64; i++) {
+    mine.add(p);
+    p = procStat(p)?.ppid;
+  }
   for (const pid of procPids()) {
-    if (pid === process.pid) continue;
+    if (mine.has(pid) || !(procTitle(pid)?.startsWith('hvlab-') ?? false)) continue;
     const env = procEnviron(pid);
     const id = env?.get('HVLAB_HOST_ID');
     if (env?.get('HVLAB_HOME') === home && id !== undefined && /^[0-9a-f]{6}$/.test(id)) ids.add(id);
@@ -154,8 +163,8 @@ function processesWithEnv(name: string, value: string): number[] {
 /** Kills every process of the host and removes its shared memory, sockets, record and lock. */
 export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: boolean; sameHome?: boolean } = {}): { killed: number; shm: number } {
   let killed = 0;
-  // `sameHome`: only the processes that also name this home (a host id found on processes, not in a record).
-  const pids = opts.sameHome ? hostProcesses(hostId).filter((p) => procEnviron(p)?.get('HVLAB_HOME') === paths.home) : hostProcesses(hostId);
+  // `sameHome`: only hvlab's processes that also name this home (a host id found on processes, not in a record).
+  const pids = opts.sameHome ? hostProcesses(hostId).filter((p) => procEnviron(p)?.get('HVLAB_HOME') === paths.home && (procTitle(p)?.startsWith('hvlab-') ?? false)) : hostProcesses(hostId);
   for (const p of pids) {
     try {
       process.kill(p, 'SIGKILL');

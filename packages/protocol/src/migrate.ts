@@ -436,3 +436,28 @@ export function emptyRam(totalBytes: number): MigrationRam {
     'dirty-sync-count': 0, 'pages-per-second': 0, 'postcopy-requests': 0, 'page-size': MIG_PAGE,
   };
 }
+
+/**
+ * Reads a destination's answer to migAbort (an untrusted peer's): `{ committed: true }` when it had
+ * the commit or runs the VM as its own (`vm: 'present'`: only a commit makes it so), `{ aborted }`
+ * when its copy is gone or never was; null when the answer decides nothing for a move whose commit
+ * was sent (the attempt not known there and the VM's presence not said). Before the commit any
+ * answer decides: the destination cannot keep an uncommitted copy. Never throws.
+ */
+export function abortAnswer(a: unknown, commitSent: boolean): { committed?: boolean; aborted?: boolean } | null {
+  let committed = false;
+  let present = false;
+  let aborted = false;
+  let absent = false;
+  try {
+    const o = a !== null && typeof a === 'object' ? a as Record<string, unknown> : {};
+    present = o.committed !== true && o.vm === 'present';
+    committed = o.committed === true || present;
+    aborted = o.aborted === true;
+    absent = o.vm === 'absent';
+  } catch { /* a hostile answer says nothing */ }
+  // 'present' proves a commit only once one was sent: before it, it is not believed.
+  if (committed && (commitSent || !present)) return { committed: true };
+  if (aborted) return { aborted: true };
+  return !commitSent || absent ? { aborted: false } : null;
+}

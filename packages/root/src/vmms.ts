@@ -11,11 +11,11 @@
  * gone.
  */
 import { randomBytes } from 'node:crypto';
-import { readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
-  DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
+  DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
   type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
@@ -1393,7 +1393,24 @@ export class Vmms {
         // The worker is gone (turned off, killed) in the middle of the move: it cannot tell the
         // destination to drop its attempt, which then waited 30 s for the silent stream, holding
         // the VM's name there (a new move to it was refused meanwhile). This root tells it.
-        if (workerGone(e) && peer !== null) void this.abortAtDestination(peer, cluster.key, mig, cluster.name, (e as Error).message);
+        // Its answer says whether the destination had the commit (a VM turned off while its move
+        // was in doubt): then the VM runs there, and the move completed; its copy here goes.
+        if (workerGone(e) && peer !== null) {
+          const inDoubt = this.moves.get(name)?.['error-desc']?.startsWith('in doubt') === true;
+          const said = await this.abortAtDestination(peer, cluster.key, mig, cluster.name, (e as Error).message, r.config);
+          if (abortAnswer(said, true)?.committed === true && this.vms.get(name) === r && !this.stopping) {
+            const st: MigrationStats = { ...(this.moves.get(name) ?? queued), status: 'completed' };
+            delete st['error-desc'];
+            this.moves.set(name, st);
+            this.o.store.remove(name);
+            discardSavedState(this.o.vmDir, name);
+            this.vms.delete(name);
+            this.o.log.warn({ vm: name, to }, 'the VM\'s worker here ended during its move, which the destination had committed: the VM runs there, and its copy here is gone');
+            return st;
+          }
+          // Still no word: "failed" alone would say the VM stayed here, which nobody knows.
+          if (inDoubt && abortAnswer(said, true) === null) return fail('failed', `${(e as Error).message}; the move was in doubt: ${to} may run the VM (it had the commit and has not answered since), so check there before starting it here`);
+        }
         // Not "it stays here": the host is going down, and the VM with it.
         return fail('failed', this.stopping ? `host ${cluster.name} is going down: ${(e as Error).message}` : (e as Error).message);
       } finally {
@@ -1411,7 +1428,7 @@ export class Vmms {
    * one committed), ends it. Unanswered, the destination still drops the attempt once its stream
    * has been silent for its bound (30 s), holding the VM's name there until then.
    */
-  private async abortAtDestination(peer: { endpoint: string; auth: string }, key: ClusterKey, mig: string, from: string, why: string): Promise<void> {
+  private async abortAtDestination(peer: { endpoint: string; auth: string }, key: ClusterKey, mig: string, from: string, why: string, vm?: VmConfig): Promise<unknown> {
     const reason = `the source's worker is gone: ${why}`.slice(0, 500);
     let last = '';
     for (let attempt = 1; attempt <= ABORT_TRIES; attempt++) {
@@ -1422,9 +1439,9 @@ export class Vmms {
       }
       const c = new RpcClient(peer.endpoint, curveClientOptions(key));
       try {
-        await c.call({ from, auth: peer.auth, mig, op: 'migAbort', reason }, ABORT_TIMEOUT_MS, CLUSTER_WIRE_VERSION);
-        this.o.log.info({ mig, attempt }, 'told the destination to drop a failed migration');
-        return;
+        const said = await c.call({ from, auth: peer.auth, mig, op: 'migAbort', reason, ...(vm ? { vm: vm.name, vmId: vm.id } : {}) }, ABORT_TIMEOUT_MS, CLUSTER_WIRE_VERSION);
+        this.o.log.info({ mig, attempt, said }, 'told the destination to drop a failed migration');
+        return said;
       } catch (e) {
         // A refusal is an answer; no answer in time, or a socket that failed, is not.
         if (e instanceof RpcFailure && !RPC_UNANSWERED.has(e.code)) {
@@ -1679,7 +1696,10 @@ export class Vmms {
     if (req.vm === null || req.vmId === null) return {};
     const r = this.vms.get(req.vm);
     if (!r || r.config.id.toLowerCase() !== req.vmId.toLowerCase()) return { vm: 'absent' };
-    return r.incoming ? {} : { vm: 'present' };
+    // Its own only with its config on disk: an attempt being dropped (its record without its
+    // incoming while its processes are killed) has none, and says nothing yet.
+    if (r.incoming) return {};
+    return existsSync(this.o.store.fileOf(r.config.name)) ? { vm: 'present' } : {};
   }
 
   /** Waits while the answers about migration `mig` are held back (a test's fault: silentUntil). */

@@ -6,9 +6,9 @@
  */
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
-import { encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
+import { abortAnswer, encodePageBatch, PageKind, type PageEntry } from '@hvlab/protocol';
 import { PagePool } from '../src/vmwp/compress.js';
-import { abortAnswer, applyPageBatch, checkDirtyAnswer, destinationMsOf, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
+import { applyPageBatch, checkDirtyAnswer, destinationMsOf, postcopyRequests, streamPortOf } from '../src/vmwp/migrate.js';
 
 const page = (seed: number, random = false): Uint8Array => {
   const p = new Uint8Array(4096);
@@ -144,9 +144,10 @@ describe('the destination\'s setup answer (an untrusted peer\'s)', () => {
   });
 
   it('reads an abort\'s answer: once the commit was sent, only the destination\'s word that it has the VM or has none of it decides', () => {
+    expect(abortAnswer({ aborted: false, vm: 'present' }, true), 'it runs the VM as its own').to.deep.equal({ committed: true });
+    expect(abortAnswer({ aborted: false, vm: 'present' }, false), 'no commit went: not believed').to.deep.equal({ aborted: false });
     for (const sent of [false, true]) {
       expect(abortAnswer({ committed: true }, sent)).to.deep.equal({ committed: true });
-      expect(abortAnswer({ aborted: false, vm: 'present' }, sent), 'it runs the VM as its own').to.deep.equal({ committed: true });
       expect(abortAnswer({ aborted: true }, sent)).to.deep.equal({ aborted: true });
       expect(abortAnswer({ aborted: false, vm: 'absent' }, sent), 'it has nothing of the VM').to.deep.equal({ aborted: false });
     }

@@ -238,11 +238,15 @@ export class HvClient {
     const w = this.welcome;
     this.welcome = null;
     w?.reject(e);
-    // Calls queued behind the page (a posted signal, a call in flight) start now and fail at once
-    // (this.gone): left in the queue, they waited for good, and so did whatever awaited them (a
-    // worker's exit, its partition's FinalizePartition queued behind a posted signal, never ended).
-    this.pageBusy = false;
-    this.pump();
+    // With the hypervisor gone, calls queued behind the page (a posted signal, a call in flight)
+    // start now and fail at once (this.gone): left in the queue, they waited for good, and so did
+    // whatever awaited them (a worker's exit, its partition's FinalizePartition queued behind a
+    // posted signal, never ended). A socket that failed with the hypervisor alive leaves them: the
+    // page may still hold a call it serves.
+    if (this.gone) {
+      this.pageBusy = false;
+      this.pump();
+    }
   }
 
   private linked = false;

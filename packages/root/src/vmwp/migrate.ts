@@ -35,7 +35,7 @@ import {
   AUTO_CONVERGE, CLUSTER_WIRE_VERSION, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIG_GUEST_NOT_RESUMED, MIG_PAGE, PageKind, ranAtOf, decodePageBatch, dirtyBitmapGpa, dirtyBitmapWords, emptyRam, encodePageBatch,
   harvestDirtyPages, simpGpa, siefpGpa, WORKLOAD_DATA_GPA,
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
-  MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS,
+  MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, abortAnswer,
 } from '@hvlab/protocol';
 import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
@@ -205,6 +205,8 @@ export class MigrationOut {
   private inDoubtSince = 0;
   /** A forced cancel of a move in doubt (move-cancel --force): this copy resumes without the destination's word. */
   private forced: string | null = null;
+  /** A move in doubt had its answer from the destination: a forced cancel has nothing to decide. */
+  private settled = false;
   /** Wakes abortDestination's pause (a forced cancel). */
   private wakeAbort: (() => void) | null = null;
   /** Pages with bytes in one batch at most (MIG_BATCH_MAX_PAGES, or fewer on a slow --bandwidth). */
@@ -234,6 +236,7 @@ export class MigrationOut {
    * may leave it running there too (the operator's call, as QEMU leaves it to its management).
    */
   cancel(why = 'cancelled', force = false): string | null {
+    if (this.settled) return `the move of VM "${this.req.vm}" to ${this.req.to} has its outcome already (${this.req.to} answered): nothing to cancel`;
     if (this.switchingOver && force && this.inDoubtSince > 0) {
       this.forced ??= why;
       this.src.log.warn({ why }, 'a move in doubt is cancelled by force: the VM resumes here without the destination\'s word');
@@ -242,7 +245,7 @@ export class MigrationOut {
     }
     if (this.inDoubtSince > 0) return `the move of VM "${this.req.vm}" to ${this.req.to} is in doubt: its commit was sent and ${this.req.to} has not answered since; the VM stays frozen here until ${this.req.to} says whether it runs it. If ${this.req.to} is gone for good, "vm move-cancel --force" resumes the VM here (if ${this.req.to} runs it, it then runs on both hosts)`;
     if (force) return `the move of VM "${this.req.vm}" to ${this.req.to} is not in doubt: --force cancels only a move whose commit went unanswered past its bounds (drop --force to cancel it before its switch-over)`;
-    if (this.switchingOver) return `the move of VM "${this.req.vm}" to ${this.req.to} is in its switch-over (its state was sent, and the VM may run there already): it is too late to cancel; the move completes, or fails and the VM resumes here, on its own`;
+    if (this.switchingOver) return `the move of VM "${this.req.vm}" to ${this.req.to} is in its switch-over (its state was sent, and the VM may run there already): it is too late to cancel; the move completes, or fails and the VM resumes here, on its own (or, if ${this.req.to} stops answering after the commit, is in doubt: "vm move-status" says so)`;
     if (this.cancelled !== null) return null;
     this.cancelled = why;
     this.src.log.warn({ why }, 'migration cancel requested');
@@ -287,12 +290,13 @@ export class MigrationOut {
         const a = await c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, ...this.abortBody(why) }, this.switchingOver ? ABORT_TIMEOUT_MS : 2000, CLUSTER_WIRE_VERSION);
         const answer = abortAnswer(a, this.commitSent);
         if (answer !== null) {
+          if (this.inDoubtSince > 0) this.settled = true;
           if (attempt > 1) log.info({ attempt, answer }, 'the destination answered the abort');
           return answer;
         }
         if (attempt === 1) log.warn({ answer: a }, 'the destination does not know the attempt nor say whether it runs the VM: asking again');
       } catch (e) {
-        if (attempt === 1) log.warn({ err: (e as Error).message }, 'the destination did not answer the abort: the VM stays frozen here until it does, or until its copy there is surely gone');
+        if (attempt === 1) log.warn({ err: (e as Error).message }, this.commitSent ? 'the destination did not answer the abort: the VM stays frozen here until it says whether it runs the VM' : 'the destination did not answer the abort: the VM stays frozen here until it does, or until its copy there is surely gone');
       } finally {
         c.close();
       }
@@ -982,28 +986,6 @@ export function destinationMsOf(answer: unknown, startMs: number): number | null
 }
 
 /** What goes to the destination worker's own stream socket when it has one (the rest goes to its root). */
-/**
- * Reads a destination's answer to migAbort (an untrusted peer's): `{ committed: true }` when it had
- * the commit or runs the VM as its own (`vm: 'present'`: only a commit makes it so), `{ aborted }`
- * when its copy is gone or never was; null when the answer decides nothing for a move whose commit
- * was sent (the attempt not known there and the VM's presence not said). Before the commit any
- * answer decides: the destination cannot keep an uncommitted copy. Never throws.
- */
-export function abortAnswer(a: unknown, commitSent: boolean): { committed?: boolean; aborted?: boolean } | null {
-  let committed = false;
-  let aborted = false;
-  let absent = false;
-  try {
-    const o = a !== null && typeof a === 'object' ? a as Record<string, unknown> : {};
-    committed = o.committed === true || o.vm === 'present';
-    aborted = o.aborted === true;
-    absent = o.vm === 'absent';
-  } catch { /* a hostile answer says nothing */ }
-  if (committed) return { committed: true };
-  if (aborted) return { aborted: true };
-  return !commitSent || absent ? { aborted: false } : null;
-}
-
 const STREAM_OPS: ReadonlySet<string> = new Set(['migPages', 'migPremap', 'migState', 'migSwitch', 'migPull']);
 
 /** The port of the destination worker's stream socket in a migSetup answer (an untrusted peer's), or null: the stream then goes to its root. */
