@@ -9,13 +9,15 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createHash, randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
 import { hostPaths, zmq } from '@hvlab/runtime';
-import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers } from '@hvlab/cluster';
+import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers, planNetwork } from '@hvlab/cluster';
 import { spawnSync } from 'node:child_process';
 import { TestHost, shmFiles, sleep, eventually } from './harness.js';
 
@@ -445,5 +447,177 @@ describe('a home with a host of its own', function () {
     const d = await h.ok('down');
     expect(d).to.match(/^host \S+ is down$/m);
     expect(h.leftovers()).to.deep.equal({ pids: [], shm: [] });
+  });
+});
+
+/** `hvlab ARGS` with HVLAB_HOME=home. */
+function cliIn(home: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const c = spawn(process.execPath, [cli, ...args], { env: { ...process.env, HVLAB_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  c.stdout.on('data', (d) => (stdout += d));
+  c.stderr.on('data', (d) => (stderr += d));
+  return new Promise((res) => c.on('close', (code) => res({ code: code ?? -1, stdout, stderr })));
+}
+const netnsNames = (): string[] => (spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout ?? '').split('\n').map((l) => l.trim().split(/\s+/)[0]!).filter(Boolean);
+const linkNames = (): string[] => (spawnSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' }).stdout ?? '').split('\n').map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1] ?? '').filter(Boolean);
+
+describe('clusters of different homes on one machine', function () {
+  this.timeout(300000);
+  let base = '';
+  const homes: string[] = [];
+  const ids = new Set<string>();
+  /** Network objects a test made by hand: removed after it whatever happened. */
+  const made: { links: string[]; namespaces: string[] } = { links: [], namespaces: [] };
+  type Status = { bridge: string | null; subnet: string; mode: string; hosts: Array<{ name: string; netns: string | null; state: string; member: boolean }> };
+  const status = async (home: string): Promise<Status> => {
+    const r = await cliIn(home, 'cluster', 'status', '--json');
+    expect(r.code, r.stderr).to.equal(0);
+    return JSON.parse(r.stdout) as Status;
+  };
+  beforeEach(function () {
+    if (!namespacesAvailable().ok) this.skip();
+    base = mkdtempSync(join(tmpdir(), 'hvlab-test-homes-'));
+    homes.length = 0;
+    ids.clear();
+  });
+  afterEach(async () => {
+    for (const home of homes) {
+      clusterHostIds(home, ids);
+      await cliIn(home, 'cluster', 'down');
+    }
+    for (const home of homes) for (const id of ids) for (const d of ['h1', 'h2']) sweepHost(hostPaths(join(home, 'cluster', 'hosts', d)), id);
+    for (const home of homes) for (const pid of fabricPids(home)) process.kill(pid, 'SIGKILL');
+    for (const l of made.links.splice(0)) spawnSync('ip', ['link', 'del', l]);
+    for (const n of made.namespaces.splice(0)) spawnSync('ip', ['netns', 'del', n]);
+    await eventually(() => homes.every((home) => leftovers(ids, home).pids.length === 0), 5000);
+    if (base) rmSync(base, { recursive: true, force: true });
+    base = '';
+  });
+
+  /** Two homes under `base` whose clusters' tags are the same (the first pair found: a birthday search). */
+  const collidingHomes = (): [string, string] => {
+    const seen = new Map<string, string>();
+    for (let i = 0; ; i++) {
+      const home = join(base, `c${i}`);
+      const other = seen.get(clusterTag(home));
+      if (other !== undefined) return [other, home];
+      seen.set(clusterTag(home), home);
+    }
+  };
+
+  it('a home whose tag is another\'s never takes that other\'s network down, and comes up beside it on names and a subnet of its own', async () => {
+    const [a, b] = collidingHomes();
+    homes.push(a, b);
+    const upA = await cliIn(a, 'up', '--hosts', '2', '--lps', '1');
+    clusterHostIds(a, ids);
+    expect(upA.code, upA.stderr).to.equal(0);
+    const stA = await status(a);
+    expect(stA.mode).to.equal('namespaces');
+    const namesOf = (st: Status): string[] => [st.bridge!, ...st.hosts.map((x) => x.netns!)];
+    const present = (st: Status): string[] => namesOf(st).filter((n) => netnsNames().includes(n) || linkNames().includes(n));
+    expect(present(stA)).to.deep.equal(namesOf(stA));
+
+    // A home with no cluster: its "cluster down" says so and leaves the other's network alone.
+    const downB = await cliIn(b, 'cluster', 'down');
+    expect(downB.code, downB.stderr).to.equal(0);
+    expect(downB.stdout).to.match(/no cluster was up/);
+    expect(present(stA), 'the other cluster\'s namespaces and bridge').to.deep.equal(namesOf(stA));
+
+    // Its "up" comes up beside the other, on names and a subnet of its own.
+    const upB = await cliIn(b, 'up', '--hosts', '2', '--lps', '1');
+    clusterHostIds(b, ids);
+    expect(upB.code, upB.stderr).to.equal(0);
+    expect(present(stA), 'the other cluster\'s namespaces and bridge').to.deep.equal(namesOf(stA));
+    const stB = await status(b);
+    expect(stB.bridge).to.not.equal(stA.bridge);
+    expect(stB.subnet).to.not.equal(stA.subnet);
+    for (const n of namesOf(stB)) expect(namesOf(stA)).to.not.include(n);
+    for (const st of [await status(a), stB]) expect(st.hosts.map((x) => `${x.name}:${x.state}:${x.member}`)).to.deep.equal(['h1:up:true', 'h2:up:true']);
+
+    // Each "cluster down" takes its own network and only that.
+    const downB2 = await cliIn(b, 'cluster', 'down');
+    expect(downB2.code, downB2.stderr).to.equal(0);
+    expect(present(stB)).to.deep.equal([]);
+    expect(present(stA), 'the other cluster\'s namespaces and bridge').to.deep.equal(namesOf(stA));
+    expect((await status(a)).hosts.map((x) => `${x.name}:${x.state}:${x.member}`)).to.deep.equal(['h1:up:true', 'h2:up:true']);
+    const downA = await cliIn(a, 'cluster', 'down');
+    expect(downA.code, downA.stderr).to.equal(0);
+    expect(present(stA)).to.deep.equal([]);
+    await eventually(() => homes.every((home) => leftovers(ids, home).pids.length === 0), 5000);
+    for (const home of homes) expect(leftovers(ids, home)).to.deep.equal({ pids: [], shm: [] });
+    expect(linkNames().filter((l) => l.startsWith(`hv${clusterTag(a)}-`) || l.startsWith(`hvp${clusterTag(a)}-`))).to.deep.equal([]);
+  });
+
+  it('a subnet in use on this machine is not taken: the cluster gets another, and what had it keeps it', async () => {
+    const home = join(base, 'sub');
+    homes.push(home);
+    // The subnet the cluster of `home` would have, taken by an interface of this test's (a bridge: this kernel has no dummy interfaces).
+    const want = planNetwork(home, ['h1', 'h2'], 'namespaces', 'test');
+    const dummy = `hvt${randomBytes(4).toString('hex')}`;
+    made.links.push(dummy);
+    const taken = `${want.gateway.replace(/\.1$/, '.250')}/24`;
+    for (const args of [['link', 'add', dummy, 'type', 'bridge'], ['addr', 'add', taken, 'dev', dummy], ['link', 'set', dummy, 'up']]) {
+      const r = spawnSync('ip', args, { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+    }
+    const up = await cliIn(home, 'up', '--hosts', '2', '--lps', '1');
+    clusterHostIds(home, ids);
+    expect(up.code, up.stderr).to.equal(0);
+    const st = await status(home);
+    expect(st.subnet).to.not.equal(want.subnet);
+    expect(st.hosts.map((x) => `${x.name}:${x.state}:${x.member}`)).to.deep.equal(['h1:up:true', 'h2:up:true']);
+    expect(spawnSync('ip', ['-4', '-o', 'addr', 'show', 'dev', dummy], { encoding: 'utf8' }).stdout).to.include(taken);
+    const down = await cliIn(home, 'cluster', 'down');
+    expect(down.code, down.stderr).to.equal(0);
+    expect(spawnSync('ip', ['-4', '-o', 'addr', 'show', 'dev', dummy], { encoding: 'utf8' }).stdout, 'down leaves what was not its own').to.include(taken);
+  });
+
+  it('a cluster an earlier hvlab made (4-digit tag, no owner marks) is still taken down by its home, and by no other home', async () => {
+    // Homes whose earlier tags (the first 4 hex digits of the SHA-1 of the home) are the same, with names free on this machine.
+    const legacy = (home: string): string => createHash('sha1').update(home).digest('hex').slice(0, 4);
+    const seen = new Map<string, string>();
+    let pair: [string, string] | null = null;
+    for (let i = 0; pair === null; i++) {
+      const home = join(base, `l${i}`);
+      const t = legacy(home);
+      const other = seen.get(t);
+      if (other !== undefined && !netnsNames().some((n) => n.startsWith(`hvlab-${t}-`)) && !linkNames().some((l) => l === `hvbr-${t}` || l.startsWith(`hv${t}-`) || l.startsWith(`hvp${t}-`))) pair = [other, home];
+      else seen.set(t, home);
+    }
+    const [old, other] = pair;
+    homes.push(old, other);
+    const t = legacy(old);
+    // The network an earlier hvlab made for a cluster of two hosts in `old`, and its record (version 2, no network).
+    const ns = [`hvlab-${t}-h1`, `hvlab-${t}-h2`];
+    made.namespaces.push(...ns);
+    made.links.push(`hvbr-${t}`, `hv${t}-0`, `hv${t}-1`);
+    const run = (args: string[]): void => {
+      const r = spawnSync('ip', args, { encoding: 'utf8' });
+      expect(r.status, `ip ${args.join(' ')}: ${r.stderr}`).to.equal(0);
+    };
+    run(['link', 'add', `hvbr-${t}`, 'type', 'bridge']);
+    ns.forEach((n, i) => {
+      run(['netns', 'add', n]);
+      run(['link', 'add', `hv${t}-${i}`, 'type', 'veth', 'peer', 'name', `hvp${t}-${i}`]);
+      run(['link', 'set', `hvp${t}-${i}`, 'netns', n]);
+      run(['link', 'set', `hv${t}-${i}`, 'master', `hvbr-${t}`]);
+    });
+    mkdirSync(join(old, 'cluster'), { recursive: true });
+    writeFileSync(join(old, 'cluster', 'cluster.json'), JSON.stringify({
+      version: 2, name: 'two', file: 'two.yaml', source: 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nvms: {}\n', createdAt: new Date().toISOString(),
+      mode: 'namespaces', modeReason: 'test', listen: '10.200.0.1', fabricPort: 7740, gateway: '10.200.0.1',
+    }));
+    const mine = (): string[] => [...netnsNames().filter((n) => ns.includes(n)), ...linkNames().filter((l) => l === `hvbr-${t}` || l.startsWith(`hv${t}-`))];
+    expect(mine()).to.have.length(5);
+    // Another home with that tag and no cluster: leaves it.
+    const d1 = await cliIn(other, 'cluster', 'down');
+    expect(d1.code, d1.stderr).to.equal(0);
+    expect(mine(), 'the earlier cluster\'s network after "cluster down" in another home').to.have.length(5);
+    // Its own home: takes it all.
+    const d2 = await cliIn(old, 'cluster', 'down');
+    expect(d2.code, d2.stderr).to.equal(0);
+    expect(d2.stdout).to.match(/cluster two is down/);
+    expect(await eventually(() => mine().length === 0, 5000), `left: ${mine().join(', ')}`).to.equal(true);
   });
 });

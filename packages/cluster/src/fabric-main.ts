@@ -29,8 +29,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
-import { clusterTag, teardownNetwork } from './netns.js';
-import { clusterDir, clusterGoingDown, clusterKeyFile, clusterRecordFile, fabricFile, fabricStateFile, readCluster } from './lab.js';
+import { teardownNetwork } from './netns.js';
+import { clusterDir, clusterGoingDown, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, readCluster } from './lab.js';
 
 const args = process.argv.slice(2);
 const serving = args.includes('--serve');
@@ -210,10 +210,16 @@ async function supervise(): Promise<void> {
     }
     // A cluster whose home is gone needs its network no more (the namespaces may still hold hosts
     // on their way down: a deleted namespace lives on until its last process leaves). Unless a new
-    // cluster is made on the same path meanwhile: its record is written before its network, and the
-    // network's names come from the path, so a record there now means the network is not ours.
+    // cluster is made on the same path meanwhile: its record is written before its network, and its
+    // objects carry the same home's mark, so a record there now means the network is not ours. Only
+    // this cluster's instance's marks are taken, in case one comes up just after the look.
     if (orphaned && c!.record.mode === 'namespaces' && !existsSync(clusterRecordFile(home))) {
-      const n = teardownNetwork(clusterTag(home));
+      let n = 0;
+      try {
+        n = teardownNetwork({ ...clusterNetworkScope(home, c!.record), instance: c!.record.network?.instance ?? null });
+      } catch (e) {
+        log.error({ err: e }, 'the cluster\'s network could not be told from others\'; it is left');
+      }
       log.info({ removed: n }, 'the cluster\'s network is removed');
     }
     process.exit(0);

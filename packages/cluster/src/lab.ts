@@ -31,9 +31,16 @@ import {
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids, procState } from '@hvlab/shm/procfs';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
-import { clusterTag, namespacesAvailable, planNetwork, setupNetwork, sweepStaleProbes, teardownNetwork, type ClusterNetwork } from './netns.js';
+import {
+  chooseNetwork, INSTANCE_RE, legacyClusterTag, legacyNetwork, namespacesAvailable, NetworkError, networkOwner, planNetwork, setupNetwork, subnetBase, sweepStaleProbes, TAG_RE, teardownNetwork,
+  type ClusterNetwork, type NetworkChoice, type NetworkScope,
+} from './netns.js';
 
-export const CLUSTER_RECORD_VERSION = 2;
+/**
+ * 3: the record holds where the cluster's network is (`network`). A version 2 record, an earlier
+ * hvlab's, is still read: its cluster's network has the 4-digit tag of its home and no owner marks.
+ */
+export const CLUSTER_RECORD_VERSION = 3;
 
 export interface ClusterRecord {
   version: number;
@@ -50,12 +57,43 @@ export interface ClusterRecord {
   listen: string;
   fabricPort: number;
   gateway: string;
+  /** The network's tag, subnet and instance (version 3; absent in an earlier hvlab's version 2 record). */
+  network?: NetworkChoice;
 }
 
-/** The network of the cluster of `home` as it would be made now (namespaces where allowed). */
+/**
+ * The network a new cluster of `home` gets now (namespaces where allowed), on names and a subnet
+ * nothing of this machine has; a ClusterError when none is free.
+ */
 export function clusterNetwork(home: string, topology: Topology): ClusterNetwork {
   const avail = namespacesAvailable();
-  return planNetwork(home, topology.hosts.map((h) => h.name), avail.ok ? 'namespaces' : 'loopback', avail.ok ? avail.reason : `loopback addresses: ${avail.reason}`);
+  try {
+    return chooseNetwork(home, topology.hosts.map((h) => h.name), avail.ok ? 'namespaces' : 'loopback', avail.ok ? avail.reason : `loopback addresses: ${avail.reason}`);
+  } catch (e) {
+    if (e instanceof NetworkError) throw new ClusterError(e.message);
+    throw e;
+  }
+}
+
+/** The network of the cluster recorded in `home`, as its record says (an earlier hvlab's: as that one made it). */
+export function recordedNetwork(home: string, record: ClusterRecord, topology: Topology): ClusterNetwork {
+  const hosts = topology.hosts.map((h) => h.name);
+  return record.network
+    ? planNetwork(home, hosts, record.mode, record.modeReason, record.network)
+    : legacyNetwork(home, hosts, record.mode, record.modeReason, record.gateway);
+}
+
+/**
+ * What a teardown of the cluster of `home` removes: whatever carries its home's mark; unmarked,
+ * what bears the tag of its record (an earlier hvlab's record: that hvlab's 4-digit tag); with no
+ * record (or one that does not decode), marked objects only, so that a home with no cluster never
+ * takes another home's network by its names.
+ */
+export function clusterNetworkScope(home: string, record: ClusterRecord | null): NetworkScope {
+  const owner = networkOwner(home);
+  if (!record) return { owner };
+  if (record.network) return { owner, tag: record.network.tag };
+  return record.mode === 'namespaces' ? { owner, tag: legacyClusterTag(home), legacy: true } : { owner };
 }
 
 export class ClusterError extends Error {
@@ -108,9 +146,18 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
     throw new ClusterError(`the cluster record ${file} is not JSON; run "hvlab cluster down" to clean up`);
   }
   const o = v as Partial<ClusterRecord> | null;
-  if (!o || typeof o !== 'object' || o.version !== CLUSTER_RECORD_VERSION || typeof o.name !== 'string' || typeof o.file !== 'string' || typeof o.source !== 'string' || typeof o.createdAt !== 'string'
+  if (!o || typeof o !== 'object' || (o.version !== CLUSTER_RECORD_VERSION && o.version !== 2) || typeof o.name !== 'string' || typeof o.file !== 'string' || typeof o.source !== 'string' || typeof o.createdAt !== 'string'
     || (o.mode !== 'namespaces' && o.mode !== 'loopback') || typeof o.modeReason !== 'string'
     || !isIpv4(o.listen) || !isIpv4(o.gateway) || typeof o.fabricPort !== 'number' || !Number.isInteger(o.fabricPort) || o.fabricPort < 0 || o.fabricPort > 65535) {
+    throw new ClusterError(`the cluster record ${file} is not one this hvlab wrote; run "hvlab cluster down" to clean up`);
+  }
+  if (o.version === CLUSTER_RECORD_VERSION) {
+    const n = o.network as Partial<NetworkChoice> | null | undefined;
+    const base = n && typeof n === 'object' ? subnetBase(o.mode, n.subnet) : null;
+    if (!n || typeof n !== 'object' || typeof n.tag !== 'string' || !TAG_RE.test(n.tag) || typeof n.instance !== 'string' || !INSTANCE_RE.test(n.instance) || base === null || o.gateway !== `${base}.1`) {
+      throw new ClusterError(`the cluster record ${file} does not say where its network is (a tag, a subnet hvlab gives and its gateway); run "hvlab cluster down" to clean up`);
+    }
+  } else if (o.network !== undefined) {
     throw new ClusterError(`the cluster record ${file} is not one this hvlab wrote; run "hvlab cluster down" to clean up`);
   }
   let topology: Topology;
@@ -240,7 +287,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
   // same bridge and namespaces, and both failed half-way ('RTNETLINK answers: File exists').
   if (!claimRecord(home, {
     version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason,
-    listen, fabricPort: opts.fabricPort ?? DEFAULT_FABRIC_PORT, gateway: net.gateway,
+    listen, fabricPort: opts.fabricPort ?? DEFAULT_FABRIC_PORT, gateway: net.gateway, network: { tag: net.tag, subnet: net.subnet, instance: net.instance },
   })) throw new ClusterError(`a cluster is already up or coming up for ${home} (another "cluster up" took it first); "hvlab cluster status" shows it`);
   // One host per home: a single host ("hvlab up") here is not the cluster's, and "down" took only
   // one of the two. Asked after the record is claimed, as "up" asks for the record after its host
@@ -286,6 +333,8 @@ export async function clusterUp(home: string, topology: Topology, source: string
     for (const c of clients) c.close();
     say(signal?.aborted ? 'cluster up interrupted; bringing everything down' : `cluster up failed (${(e as Error).message}); bringing everything down`);
     await clusterDown(home);
+    // The network could not be made (a name or the subnet taken meanwhile, an ip command refused): the user's to see, not a bug.
+    if (e instanceof NetworkError) throw new ClusterError(`the cluster's network could not be made: ${e.message}`);
     throw e;
   }
   for (const c of clients) c.close();
@@ -301,13 +350,15 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
   } catch { /* no cluster directory: nothing of a cluster to take down but strays */ }
   let name: string | null = null;
   const names = new Set<string>();
+  let scope = clusterNetworkScope(home, null);
   try {
     const c = readCluster(home);
     if (c) {
       name = c.topology.name;
       for (const h of c.topology.hosts) names.add(h.name);
+      scope = clusterNetworkScope(home, c.record);
     }
-  } catch { /* an unreadable record: the host homes on disk are still found below */ }
+  } catch { /* an unreadable record: the host homes on disk are still found below, and the network by its marks */ }
   try {
     for (const d of readdirSync(join(clusterDir(home), 'hosts'))) names.add(d);
   } catch { /* none */ }
@@ -318,8 +369,15 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
     return { name: n, hostId: r.hostId, graceful: r.graceful };
   }));
   await stopFabric(home);
-  // The network goes last (its namespaces held the hosts), found by its tag whatever made it.
-  const removed = teardownNetwork(clusterTag(home));
+  // The network goes last (its namespaces held the hosts): what carries this home's mark, and
+  // unmarked, what bears its record's tag; never what carries another home's mark.
+  let removed: number;
+  try {
+    removed = teardownNetwork(scope);
+  } catch (e) {
+    if (e instanceof NetworkError) throw new ClusterError(`the cluster's hosts are down, but its network cannot be told from others' (${e.message}); its record is kept: run "hvlab cluster down" again`);
+    throw e;
+  }
   rmSync(clusterDir(home), { recursive: true, force: true });
   return { name, hosts, network: removed };
 }
@@ -707,7 +765,7 @@ function targets(home: string, topology: Topology, st: FabricStatus | null): Arr
 export async function clusterStatus(home: string): Promise<ClusterStatus> {
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}; run "hvlab cluster up FILE"`);
-  const net = planNetwork(home, c.topology.hosts.map((h) => h.name), c.record.mode, c.record.modeReason);
+  const net = recordedNetwork(home, c.record, c.topology);
   let st: FabricStatus | null = null;
   let fabricError: string | null = null;
   try {

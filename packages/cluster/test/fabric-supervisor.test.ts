@@ -39,6 +39,7 @@ describe('the fabric\'s supervisor', function () {
     const gateway = net?.gateway ?? '127.0.0.1';
     writeFileSync(clusterRecordFile(h), JSON.stringify({
       version: 2, name: 't', file: 't.yaml', source: SOURCE, createdAt: new Date().toISOString(), mode: net ? 'namespaces' : 'loopback', modeReason: 'test', listen: gateway, fabricPort: 0, gateway,
+      ...(net ? { version: 3, network: { tag: net.tag, subnet: net.subnet, instance: net.instance } } : {}),
     }));
     writeClusterKey(clusterKeyFile(h), makeClusterKey('t'));
     if (net) setupNetwork(net);
@@ -72,7 +73,7 @@ describe('the fabric\'s supervisor', function () {
         process.kill(p, 'SIGKILL');
       } catch { /* gone */ }
     }
-    if (net) teardownNetwork(net.tag);
+    if (net) teardownNetwork(net);
     net = null;
     rmSync(home, { recursive: true, force: true });
   });

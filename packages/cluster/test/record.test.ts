@@ -29,6 +29,24 @@ describe('the cluster record', () => {
     expect(c.record.mode).to.equal('loopback');
   });
 
+  it('reads a record with its network (version 3), and one of an earlier hvlab without (version 2); refuses a network hvlab does not give', () => {
+    const good3 = { ...GOOD, version: 3, listen: '127.101.2.1', gateway: '127.101.2.1', network: { tag: '0123abcd', subnet: '127.101.2.0/24', instance: '0123456789ab' } };
+    writeFileSync(clusterRecordFile(home), JSON.stringify(good3));
+    expect(readCluster(home)!.record.network).to.deep.equal(good3.network);
+    writeFileSync(clusterRecordFile(home), JSON.stringify(GOOD));
+    expect(readCluster(home)!.record.network).to.equal(undefined);
+    const bad: unknown[] = [
+      undefined, null, 'x', { ...good3.network, tag: '0123' }, { ...good3.network, tag: '0123ABCD' }, { ...good3.network, instance: 'x' },
+      { ...good3.network, subnet: '10.200.0.0/24' }, { ...good3.network, subnet: '127.101.3.0/24' }, { ...good3.network, subnet: '127.101.2.0/16' },
+    ];
+    for (const network of bad) {
+      writeFileSync(clusterRecordFile(home), JSON.stringify({ ...good3, network }));
+      expect(() => readCluster(home), JSON.stringify(network)).to.throw(ClusterError, clusterRecordFile(home));
+    }
+    writeFileSync(clusterRecordFile(home), JSON.stringify({ ...GOOD, network: good3.network }));
+    expect(() => readCluster(home), 'version 2 with a network').to.throw(ClusterError, clusterRecordFile(home));
+  });
+
   it('never throws anything but ClusterError, whatever the file holds (seeded, 1500 cases)', () => {
     const next = seededRandom(0xc1);
     const values: unknown[] = [null, 0, -1, 1.5, '', 'x', true, [], {}, { toString: 1 }, 'name: other\nhosts: { h1: {} }\n', SOURCE.replace('h2: {}', 'h2: { lps: 0 }')];
@@ -38,9 +56,10 @@ describe('the cluster record', () => {
       if (r < 0.3) text = Buffer.from(Array.from({ length: Math.floor(next() * 80) }, () => Math.floor(next() * 256))).toString('latin1');
       else if (r < 0.5) text = JSON.stringify(values[Math.floor(next() * values.length)]);
       else {
-        const keys = Object.keys(GOOD);
+        const base: Record<string, unknown> = next() < 0.5 ? GOOD : { ...GOOD, version: 3, listen: '127.101.2.1', gateway: '127.101.2.1', network: { tag: '0123abcd', subnet: '127.101.2.0/24', instance: '0123456789ab' } };
+        const keys = Object.keys(base);
         const k = keys[Math.floor(next() * keys.length)]!;
-        text = JSON.stringify({ ...GOOD, [k]: values[Math.floor(next() * values.length)] });
+        text = JSON.stringify({ ...base, [k]: values[Math.floor(next() * values.length)] });
       }
       writeFileSync(clusterRecordFile(home), text);
       try {
