@@ -937,6 +937,24 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     await h.ok('--host', 'h1', 'vm', 'delete', 'dt');
   });
 
+  it('the source\'s root restarted while a move is in doubt: the new root takes the move over (move-status says in doubt, a forced cancel reaches the worker)', async () => {
+    const { moving, frozenAt } = await untilInDoubt('dr');
+    const root = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).pids.root;
+    process.kill(root, 'SIGKILL');
+    await moving; // its root died under it: an error
+    expect(await eventually(async () => (await status('dr'))?.['error-desc']?.startsWith('in doubt') === true, 30000, 500), 'the restarted root says the move is in doubt').to.equal(true);
+    // Another operation is refused as for any move, naming it.
+    const pause = await h.run('--host', 'h1', 'vm', 'pause', 'dr');
+    expect(pause.code).to.not.equal(0);
+    expect(pause.stderr).to.include('it is being moved to h2');
+    const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'dr', '--force');
+    expect(c.code, c.stderr).to.equal(0);
+    expect(await eventually(async () => (await status('dr'))?.status === 'cancelled', 20000), 'the move ends cancelled').to.equal(true);
+    expect(await eventually(async () => ((await vm('h1', 'dr'))?.workload.progress ?? 0) > frozenAt + 100, 15000), 'it counts on at h1').to.equal(true);
+    await h.ok('--host', 'h1', 'vm', 'turn-off', 'dr');
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'dr');
+  });
+
   it('move-cancel --force is refused for a move not in doubt, and resumes the source\'s copy of one in doubt, saying the destination\'s copy was not stopped', async () => {
     const { moving, frozenAt } = await untilInDoubt('df', async () => {
       // Its commit is under way (the destination runs the VM), not in doubt yet: --force is refused.

@@ -834,8 +834,9 @@ export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtCl
       } catch (e) {
         if (!(e instanceof MgmtCallError)) throw e;
         if (e.code === 'Timeout') {
-          await src.request('vmMoveCancel', { name }, 30_000).catch(() => undefined);
-          throw new Error(`the move did not end within ${spec.moveTimeoutMs / 1000} s and was cancelled`);
+          // Past its switch-over a move refuses the cancel (in doubt, it waits for the destination's word): said so.
+          const refused = await src.request('vmMoveCancel', { name }, 30_000).then(() => null, (x: unknown) => (x instanceof Error ? x.message : String(x)));
+          throw new Error(refused === null ? `the move did not end within ${spec.moveTimeoutMs / 1000} s and was cancelled` : `the move did not end within ${spec.moveTimeoutMs / 1000} s, and its cancel was refused: ${refused.slice(0, 300)}`);
         }
         if (CLIENT_CODES.has(e.code)) throw e;
         throw new MoveRefused(e.code, e.message);

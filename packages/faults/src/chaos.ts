@@ -390,9 +390,15 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       try {
         const st = await Promise.race([c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, MOVE_TIMEOUT_MS + 10_000), timedOut]);
         if (st === 'timeout') {
-          await c.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
+          // A move past its switch-over refuses the cancel (too late; in doubt, it waits for the
+          // destination's word): said as such, not as a cancel asked.
+          const refused = await c.request('vmMoveCancel', { name: m.vm }, 10_000).then(() => null, (e: unknown) => message(e));
+          const now = await c.request<unknown>('vmMoveStatus', { name: m.vm }, 10_000).catch(() => null);
+          const desc = isPlainObject(now) && typeof now['error-desc'] === 'string' ? now['error-desc'] : '';
           rec.status = 'timeout';
-          rec.error = `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was asked`;
+          rec.error = desc.startsWith('in doubt') ? `not over after ${MOVE_TIMEOUT_MS / 1000} s: ${desc.slice(0, 300)}`
+            : refused !== null ? `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was refused: ${refused.slice(0, 300)}`
+            : `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was asked`;
         } else {
           const o = isPlainObject(st) ? st : {};
           rec.status = typeof o.status === 'string' ? o.status.slice(0, 32) : 'unknown';

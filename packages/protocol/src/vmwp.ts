@@ -143,6 +143,19 @@ export interface VmwpDescription {
   restored: boolean;
   /** A pause, resume or save running now (its end is a `settled` note); absent from older workers. */
   pending?: VmwpPendingOp | null;
+  /** The VM's move from here that runs now (its id and destination), for a root that re-attaches during it. */
+  moving?: { mig: string; to: string } | null;
+}
+
+/** The move a worker's description names (an untrusted answer's `moving`), or null. Never throws. */
+export function decodeDescribedMove(v: unknown): { mig: string; to: string } | null {
+  try {
+    if (v === null || typeof v !== 'object') return null;
+    const o = v as Record<string, unknown>;
+    return typeof o.mig === 'string' && /^[a-z0-9-]{8,64}$/.test(o.mig) && typeof o.to === 'string' && /^[a-z][a-z0-9-]{0,9}$/.test(o.to) ? { mig: o.mig, to: o.to } : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The record a VMWP keeps in the run directory (`run/vmwp/NAME.json`) so a new root finds it. */

@@ -18,7 +18,7 @@ import {
   DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
-  type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp,
+  type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove,
 } from '@hvlab/protocol';
 import {
   pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, VmwpControlClient, VmwpLinkError,
@@ -70,7 +70,7 @@ interface VmRecord {
    * came between two phases (the slot granted, the link to the destination still opening), which
    * no phase's `cancel` could take, so that the next phase sees it instead of going on.
    */
-  moving: { mig: string; to: string; started: boolean; cancel: (why: string, force?: boolean) => Promise<string | null>; cancelled: string | null } | null;
+  moving: { mig: string; to: string; started: boolean; cancel: (why: string, force?: boolean) => Promise<string | null>; cancelled: string | null; adopted?: boolean } | null;
   /**
    * A pause, resume or save that a previous root asked for and the worker still ran when this root
    * re-attached (VmwpDescription.pending): its `settled` note decides the state, as the answer
@@ -507,7 +507,11 @@ export class Vmms {
       }
     } else if (n.t === 'migProgress') {
       const known = this.moves.get(r.config.name);
-      this.moves.set(r.config.name, { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) });
+      const st = { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) };
+      this.moves.set(r.config.name, st);
+      // A move taken over from a previous root ends with its worker's last report: a completed one
+      // is followed by the worker's exit (movedAwayUnwatched), any other leaves the VM here.
+      if (r.moving?.adopted && (st.status === 'completed' || st.status === 'failed' || st.status === 'cancelled')) r.moving = null;
     } else if (n.t === 'settled') {
       // Only for an operation this root adopted: one it asked for itself is settled by its answer.
       if (r.adopted === n.op) void this.settleAdopted(r, n);
@@ -689,6 +693,18 @@ export class Vmms {
         r.partitionPid = d.partitionPid ?? r.partitionPid;
         r.runningSince = d.runningSince;
         const pending = decodePendingOp(d.pending);
+        // A move from here that the previous root asked for runs on in the worker (a move in doubt
+        // can run for long): this root takes it over, so that move-status, move-cancel and the
+        // refusals of other operations know of it. Its end comes in the worker's notes.
+        const mv = decodeDescribedMove(d.moving);
+        if (mv !== null && r.link) {
+          const l = r.link;
+          r.moving = {
+            mig: mv.mig, to: mv.to, started: true, cancelled: null, adopted: true,
+            cancel: async (why, force) => await l.request({ t: 'migCancel', reason: why, ...(force ? { force: true } : {}) }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && e.code === MIG_CANCEL_TOO_LATE ? e.message : null),
+          };
+          this.o.log.warn({ vm: r.config.name, to: mv.to, mig: mv.mig }, 're-attached to a worker whose VM is being moved: its move goes on');
+        }
         if (d.saved) {
           // The root died between writing a saved state and turning the VM off: finish that.
           r.state = EnabledState.Saving;

@@ -395,7 +395,7 @@ export async function runWorker(): Promise<void> {
   async function serveRequest(req: VmwpRequest): Promise<unknown> {
     switch (req.t) {
       case 'describe': {
-        const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore, pending: pendingOp };
+        const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore, pending: pendingOp, moving: migratingTo };
         return d;
       }
       case 'status': {
@@ -705,6 +705,8 @@ export async function runWorker(): Promise<void> {
   // ---- live migration --------------------------------------------------------------------------
 
   let migration: MigrationOut | null = null;
+  /** The move `migration` runs: said in `describe` to a root that re-attaches during it. */
+  let migratingTo: { mig: string; to: string } | null = null;
 
   async function migrateOut(req: Extract<VmwpRequest, { t: 'migOut' }>): Promise<MigrationStats> {
     if (!memory || !childRpc || !booted) throw new VmwpFailure('InvalidState', 'a live migration needs a running VM on shared memory');
@@ -738,6 +740,7 @@ export async function runWorker(): Promise<void> {
       deviceStates: () => vmDevices().saveDevices(),
     }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, auth: req.auth, key: { version: 1, ...req.key }, config: req.config, options });
     migration = m;
+    migratingTo = { mig: req.mig, to: req.to };
     const d = vmDevices();
     d.dirtyLogging = true;
     try {
@@ -754,6 +757,7 @@ export async function runWorker(): Promise<void> {
       return stats;
     } finally {
       migration = null;
+      migratingTo = null;
       d.dirtyLogging = false;
       if (memoryFd >= 0) closeSync(memoryFd);
     }

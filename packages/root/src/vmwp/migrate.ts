@@ -309,9 +309,10 @@ export class MigrationOut {
         if (this.inDoubtSince === 0) {
           this.inDoubtSince = Date.now();
           this.stats['error-desc'] = `in doubt: the commit went to ${this.req.to}, which has not answered since (${why}); the VM stays frozen here until ${this.req.to} says whether it runs it ("vm move-cancel --force" resumes it here regardless)`;
-          this.report();
           log.error({ to: this.req.to, attempts: attempt }, 'the move is in doubt: the commit was sent and the destination is silent; the VM stays frozen here until it answers');
         }
+        // Each try: a root that re-attached meanwhile (restarted) hears of the move from these.
+        this.report();
       }
       // A forced cancel that came during the call does not wait for the pause.
       if (this.forced !== null) return null;
