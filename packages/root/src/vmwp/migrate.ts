@@ -55,7 +55,7 @@ const STATE_TIMEOUT_MS = 60000;
  * which it waits for up to 8 s (vmms.ts INCOMING_BOOT_MS); an attempt sent again meanwhile gets
  * the first one's answer, so the three together outlast that wait.
  */
-const COMMIT_TIMEOUT_MS = 5000;
+const COMMIT_TIMEOUT_MS = Number(process.env.HVLAB_TEST_COMMIT_TIMEOUT_MS) > 0 ? Number(process.env.HVLAB_TEST_COMMIT_TIMEOUT_MS) : 5000; // tests shorten it
 /** A call to the destination worker's socket unanswered this long has its root asked whether the attempt is still there, then again each PROBE_EVERY_MS. */
 const PROBE_AFTER_MS = 1000;
 const PROBE_EVERY_MS = 1000;
