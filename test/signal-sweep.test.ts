@@ -4,13 +4,14 @@
  * run exits. Its only time bounds are mocha's timeout and the waits' own limits.
  */
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostPaths } from '@hvlab/runtime';
 import { hostProcesses, sweepHost } from '@hvlab/host';
+import { clusterTag, networkLeftovers } from '@hvlab/cluster';
 import { eventually, shmFiles } from './harness.js';
 import { sweptShmFiles } from './signal-sweep.js';
 
@@ -46,6 +47,36 @@ describe('an interrupted test run', () => {
       if (hostId) sweepHost(hostPaths(home), hostId);
       const pid = /PID (\d+)/.exec(out)?.[1];
       if (pid) rmSync(`/dev/shm/hvlab-ut-sweep-${pid}-1`, { force: true });
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it('interrupted while a test\'s CLI brings a cluster up: the CLI is stopped first, and cluster down leaves nothing of it (no fabric, namespace or host process)', async function () {
+    this.timeout(120000);
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-sweep-'));
+    const mocha = spawn(process.execPath, [
+      join(repo, 'node_modules', 'mocha', 'bin', 'mocha.js'), '--no-config', '--node-option', 'import=tsx', '--node-option', 'conditions=hvlab-source',
+      '--require', 'test/signal-sweep.ts', '--timeout', '0', 'test/fixtures/sweep-inner-up.spec.ts',
+    ], { cwd: repo, env: { ...process.env, SWEEP_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    mocha.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')));
+    mocha.stderr.on('data', (b: Buffer) => (out += b.toString('utf8')));
+    const exited = new Promise<void>((r) => mocha.once('close', () => r()));
+    try {
+      // Mid-up: the cluster's record is claimed, and the CLI goes on making its network and fabric.
+      expect(await eventually(() => existsSync(join(home, 'cluster', 'cluster.json')), 90000), `the inner run's up began: ${out}`).to.equal(true);
+      mocha.kill('SIGINT');
+      await exited;
+      const ofHome = (): number[] => readdirSync('/proc').map(Number).filter((pid) => {
+        try {
+          return Number.isInteger(pid) && readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').some((e) => e.startsWith(`HVLAB_HOME=${home}`) || e.startsWith(`HVLAB_FABRIC_HOME=${home}`));
+        } catch { return false; }
+      });
+      expect(await eventually(() => ofHome().length === 0, 10000), `processes of the home left: ${ofHome().join(' ')}`).to.equal(true);
+      expect(networkLeftovers(clusterTag(home)), 'the network of the home').to.deep.equal({ namespaces: [], links: [] });
+    } finally {
+      if (mocha.exitCode === null && mocha.signalCode === null) mocha.kill('SIGKILL');
+      spawnSync(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), '--home', home, 'cluster', 'down'], { stdio: 'ignore', timeout: 30000 });
       rmSync(home, { recursive: true, force: true });
     }
   });

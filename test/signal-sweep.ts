@@ -36,6 +36,15 @@ export function markedProcesses(runMark = mark): Array<{ pid: number; home: stri
   return out;
 }
 
+/** Whether process `pid` runs hvlab's CLI (packages/cli/bin/hvlab.mjs). */
+function isCli(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a.endsWith('/bin/hvlab.mjs') || a === 'hvlab.mjs');
+  } catch {
+    return false;
+  }
+}
+
 /** The cluster home a host's home sits in (…/cluster/hosts/NAME inside it), or null. */
 function clusterHomeOf(home: string): string | null {
   for (let d = home, i = 0; i < 6 && dirname(d) !== d; i++, d = dirname(d)) {
@@ -45,6 +54,15 @@ function clusterHomeOf(home: string): string | null {
 }
 
 function sweep(): void {
+  // The run's own CLIs first: one still bringing a cluster up (a test's `up`) went on making its
+  // fabric and namespaces while the `cluster down` below ran, and left them behind. Killed, it
+  // makes nothing more, and `cluster down` finds what it had made (as after a CLI killed half way).
+  for (const p of markedProcesses()) {
+    if (!isCli(p.pid)) continue;
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch { /* gone */ }
+  }
   const procs = markedProcesses();
   const homes = new Set<string>();
   for (const p of procs) if (p.home) homes.add(clusterHomeOf(p.home) ?? p.home);
