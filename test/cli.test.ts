@@ -5,12 +5,12 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
-import { hostPaths, pidAlive } from '@hvlab/runtime';
+import { hostPaths, pathHash, pidAlive } from '@hvlab/runtime';
 import { TestHost, childrenOf, eventually, shmFiles, withTempDir } from './harness.js';
 import { hostProcesses, lockHolder } from '@hvlab/host';
 import { nemesisPids } from '@hvlab/faults';
@@ -677,6 +677,51 @@ describe('a host started with another TMPDIR', function () {
       await run({ TMPDIR: tmp }, 'down');
       rmSync(home, { recursive: true, force: true });
       rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a host whose home is given by another spelling', function () {
+  this.timeout(120000);
+
+  it('is the same host through a symlink to its home or a relative path: reached, and brought down gracefully, its socket directory gone', async () => {
+    const real = realpathSync(mkdtempSync(join(tmpdir(), 'hvlab-test-spelling-')));
+    const link = `${real}-link`;
+    symlinkSync(real, link);
+    const ids = new Set<string>();
+    const run = (cwd: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+      new Promise((res) => {
+        const env = { ...process.env };
+        delete env.HVLAB_HOME;
+        // Bounded: a command that cannot find the host's sockets (as before the fix) fails the test, and the cleanup still runs.
+        const c = spawn(process.execPath, [bin, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 20000 });
+        let stdout = '';
+        let stderr = '';
+        c.stdout.on('data', (d) => (stdout += d));
+        c.stderr.on('data', (d) => (stderr += d));
+        c.on('close', (code) => res({ code, stdout, stderr }));
+      });
+    const sockDirs = (): string[] => [real, link].map((d) => join(tmpdir(), `hvlab-${pathHash(d)}`)).filter((d) => existsSync(d));
+    try {
+      // Up through the symlink, given relative to the command's directory; down through the home
+      // as made; then the other way round.
+      for (const [upAs, downAs] of [[relative(tmpdir(), link), real], [real, link]] as const) {
+        const up = await run(tmpdir(), 'up', '--lps', '1', '--spare', '0', '--home', upAs);
+        expect(up.code, up.stderr).to.equal(0);
+        ids.add((JSON.parse(readFileSync(hostPaths(real).hostFile, 'utf8')) as { hostId: string }).hostId);
+        const list = await run('/', 'vm', 'list', '--home', downAs);
+        expect(list.code, list.stderr).to.equal(0);
+        const down = await run('/', 'down', '--home', downAs);
+        expect(down.code, down.stderr).to.equal(0);
+        expect(down.stdout.trim(), 'graceful, not forced').to.match(/^host \S+ is down$/);
+        expect(sockDirs(), 'its socket directory is gone').to.deep.equal([]);
+        expect(await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0 && shmFiles(id).length === 0), 10000), 'nothing of the host is left').to.equal(true);
+      }
+    } finally {
+      await run('/', 'down', '--home', real);
+      for (const d of sockDirs()) rmSync(d, { recursive: true, force: true });
+      rmSync(link, { force: true });
+      rmSync(real, { recursive: true, force: true });
     }
   });
 });

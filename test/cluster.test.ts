@@ -9,19 +9,20 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
-import { hostPaths, zmq } from '@hvlab/runtime';
+import { hostPaths, pathHash, zmq } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers, planNetwork } from '@hvlab/cluster';
 import { spawnSync } from 'node:child_process';
 import { TestHost, shmFiles, sleep, eventually } from './harness.js';
 
-const cli = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const cli = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
 
 const LAB = `name: lab
 hosts:
@@ -230,6 +231,41 @@ describe('clusters on one machine', function () {
     await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
+  it('is one cluster whichever spelling of its home a command is given (a symlink to it, a relative path): down through another is graceful and leaves no network, fabric or socket directory', async () => {
+    const real = realpathSync(h.home);
+    const link = `${real}-link`;
+    symlinkSync(real, link);
+    const hostsHomes = (base: string): string[] => ['h1', 'h2'].map((n) => join(base, 'cluster', 'hosts', n));
+    /** Socket directories named after either spelling of a host's home. */
+    const sockDirs = (): string[] => [...hostsHomes(real), ...hostsHomes(link)].map((d) => join(tmpdir(), `hvlab-${pathHash(d)}`)).filter((d) => existsSync(d));
+    type Status = { bridge: string | null; subnet: string; hosts: Array<{ name: string; state: string; member: boolean }> };
+    try {
+      // Up through the home as made, status and down through a symlink to it; then the other way
+      // round, the symlink given relative to the command's directory.
+      for (const [upAs, downAs] of [[real, link], [relative(repo, link), real]] as const) {
+        await h.ok('up', '--hosts', '2', '--lps', '1', '--home', upAs);
+        clusterHostIds(real, ids);
+        const here = await h.json<Status>('cluster', 'status', '--home', real);
+        const there = await h.json<Status>('cluster', 'status', '--home', link);
+        expect({ bridge: there.bridge, subnet: there.subnet }, 'the same network through either spelling').to.deep.equal({ bridge: here.bridge, subnet: here.subnet });
+        expect(there.hosts.map((x) => `${x.name}:${x.state}:${x.member}`)).to.deep.equal(['h1:up:true', 'h2:up:true']);
+        const down = await h.run('cluster', 'down', '--home', downAs);
+        expect(down.code, down.stderr).to.equal(0);
+        expect(down.stdout, 'each host down gracefully, not forced').to.match(/^cluster mesh is down \(h1, h2(; removed \d+ namespaces? and interfaces)?\)$/m);
+        // Gone when the command returns, not later by the fabric's own watch of the home.
+        expect(fabricPids(real), 'the fabric').to.deep.equal([]);
+        expect(networkLeftovers(clusterTag(real)), 'the network').to.deep.equal({ namespaces: [], links: [] });
+        expect(sockDirs(), 'socket directories').to.deep.equal([]);
+        await eventually(() => leftovers(ids).pids.length === 0, 5000);
+        expect(leftovers(ids)).to.deep.equal({ pids: [], shm: [] });
+      }
+    } finally {
+      await h.run('cluster', 'down', '--home', link);
+      for (const d of sockDirs()) rmSync(d, { recursive: true, force: true });
+      rmSync(link, { force: true });
+    }
   });
 
   it('refuses a topology with typos before anything starts, naming line and field', async () => {

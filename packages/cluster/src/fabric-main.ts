@@ -27,7 +27,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
+import { canonicalHome, firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
 import { teardownNetwork } from './netns.js';
 import { clusterDir, clusterGoingDown, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, readCluster } from './lab.js';
@@ -36,7 +36,9 @@ const args = process.argv.slice(2);
 const serving = args.includes('--serve');
 const portArg = args.indexOf('--port');
 // Without --port, portArg + 1 is 0: the home itself, which was passed over for the environment's.
-const home = args.find((a, i) => !a.startsWith('--') && (portArg < 0 || i !== portArg + 1)) ?? process.env.HVLAB_FABRIC_HOME ?? '';
+// In its one spelling (canonicalHome): the cluster's network, which its supervisor may remove, is named after it.
+const given = args.find((a, i) => !a.startsWith('--') && (portArg < 0 || i !== portArg + 1)) ?? process.env.HVLAB_FABRIC_HOME ?? '';
+const home = given === '' ? '' : canonicalHome(given);
 process.title = serving ? `hvlab-fabric-serve ${home}` : `hvlab-fabric ${home}`;
 
 // Looked for before the log, which makes its directory: a server its supervisor started just as

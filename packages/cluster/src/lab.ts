@@ -25,7 +25,7 @@ import {
   type FabricStatus, type HostInfo, type LinkChange, type LinkView, type VmInfo,
 } from '@hvlab/protocol';
 import {
-  curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
+  canonicalHome, curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
   FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
@@ -66,6 +66,7 @@ export interface ClusterRecord {
  * nothing of this machine has; a ClusterError when none is free.
  */
 export function clusterNetwork(home: string, topology: Topology): ClusterNetwork {
+  home = canonicalHome(home);
   const avail = namespacesAvailable();
   try {
     return chooseNetwork(home, topology.hosts.map((h) => h.name), avail.ok ? 'namespaces' : 'loopback', avail.ok ? avail.reason : `loopback addresses: ${avail.reason}`);
@@ -264,6 +265,9 @@ async function startVms(c: MgmtClient, vms: TopologyVm[], started: (vm: Topology
  * rethrown.
  */
 export async function clusterUp(home: string, topology: Topology, source: string, file: string, opts: ClusterUpOptions = {}): Promise<void> {
+  // Its network, its fabric's environment and its hosts' socket directories are named after this
+  // spelling of the home: the one every other spelling of it resolves to (canonicalHome).
+  home = canonicalHome(home);
   if (existsSync(clusterRecordFile(home))) {
     let name = '?';
     try {
@@ -342,6 +346,9 @@ export async function clusterUp(home: string, topology: Topology, source: string
 
 /** Brings down every host of the cluster of `home` (recorded or found on disk) and removes the cluster's state. */
 export async function clusterDown(home: string): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number }> {
+  // Whichever spelling of the home it was given (a symlink to it, a relative path): the cluster's
+  // names (its network's tag, its fabric's environment, its hosts' sockets) come from its one spelling.
+  home = canonicalHome(home);
   // A CLI killed during its namespace probe left one named for no cluster: any cluster down takes it.
   if (process.env.HVLAB_CLUSTER_NETNS !== 'off') sweepStaleProbes();
   // Said before any host goes, so that what fails because they go (a move between them) can tell why.
@@ -455,12 +462,17 @@ export interface ClusterStatus {
 
 // ---- the fabric ---------------------------------------------------------------------------------
 
-/** Pids of processes that are the fabric of `home` (found by their environment, whatever started them). */
+/**
+ * Pids of processes that are the fabric of `home` (found by their environment, whatever started
+ * them), whichever spelling of the home either gives (a fabric started through a symlink to it).
+ */
 export function fabricPids(home: string): number[] {
   const out: number[] = [];
+  const canonical = canonicalHome(home);
   for (const pid of procPids()) {
     // Gone, or not ours to read: null.
-    if (procEnviron(pid)?.get('HVLAB_FABRIC_HOME') === home && pidAlive(pid)) out.push(pid);
+    const h = procEnviron(pid)?.get('HVLAB_FABRIC_HOME');
+    if (h !== undefined && (h === home || h === canonical || canonicalHome(h) === canonical) && pidAlive(pid)) out.push(pid);
   }
   return out;
 }
@@ -763,6 +775,7 @@ function targets(home: string, topology: Topology, st: FabricStatus | null): Arr
 }
 
 export async function clusterStatus(home: string): Promise<ClusterStatus> {
+  home = canonicalHome(home);
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}; run "hvlab cluster up FILE"`);
   const net = recordedNetwork(home, c.record, c.topology);

@@ -4,7 +4,7 @@
  * temp dir, named from a hash of the home, because ipc paths over ~107 bytes fail.
  */
 import { homedir, tmpdir } from 'node:os';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
@@ -33,9 +33,55 @@ export interface HostPaths {
   vmbusEndpointFor(partitionId: number): string;
 }
 
+/**
+ * The home the user means (--home, else HVLAB_HOME, else ~/.hvlab), in its one spelling
+ * (`canonicalHome`): what every command derives a home's names from.
+ */
 export function resolveHome(explicit?: string | null): string {
   const h = explicit ?? process.env.HVLAB_HOME ?? join(homedir(), '.hvlab');
-  return resolve(h);
+  return canonicalHome(h);
+}
+
+/**
+ * The one spelling of a home, whichever the user gave (relative, through a symlink, with `..`): the
+ * real path of the home when it exists; when it does not yet, the real path of its nearest existing
+ * parent followed by the rest, which is what the real path will be once it is made (a symlink
+ * whose target is missing is followed by hand, as `mkdir -p` through it would). Everything named
+ * after a home comes from this spelling: its socket directory (`hostPaths`), a cluster's network
+ * and tag, the environment by which its fabric, nemesis and hypervisors are found. Taken from the
+ * path as spelled, `hvlab up --home LINK` and `hvlab down --home TARGET` were two homes to those
+ * names while one to its files: the down found no socket, forced every host and left its socket
+ * directories, and a cluster's network and fabric stayed. A path that cannot be resolved (a loop of
+ * symlinks, a component that is not a directory, no permission) is left as path.resolve gives it:
+ * the command then says what is wrong with it.
+ */
+export function canonicalHome(home: string): string {
+  const abs = resolve(home);
+  let head = abs;
+  const rest: string[] = [];
+  for (let links = 0; ;) {
+    try {
+      const real = realpathSync.native(head);
+      return rest.length === 0 ? real : join(real, ...rest.slice().reverse());
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') return abs;
+    }
+    // `head` is missing, or is a symlink whose target is: followed by hand (40 links at most, as the kernel).
+    let target: string | null = null;
+    try {
+      target = readlinkSync(head);
+    } catch { /* no symlink: missing */ }
+    if (target !== null) {
+      if (++links > 40) return abs;
+      head = resolve(dirname(head), target);
+      continue;
+    }
+    const up = dirname(head);
+    if (up === head) return abs;
+    rest.push(basename(head));
+    head = up;
+  }
 }
 
 /**
@@ -82,11 +128,14 @@ export function pathHash(s: string): string {
 }
 
 /**
- * A home's paths. Its sockets go in `hvlab-HASH` under this process's TMPDIR, unless `sockDir`
- * says where (pathsForRecord: the directory a running host's processes use).
+ * A home's paths, from its one spelling (`canonicalHome`). Its sockets go in `hvlab-HASH` (of that
+ * spelling) under this process's TMPDIR, unless `sockDir` says where (pathsForRecord: the
+ * directory a running host's processes use).
  */
 export function hostPaths(home: string, sockDir0?: string): HostPaths {
-  const h = resolve(home);
+  // The home's one spelling: the socket directory is named after it, and a command given another
+  // spelling of the same home must find the sockets its host's processes made.
+  const h = canonicalHome(home);
   const sockDir = sockDir0 ?? join(tmpdir(), `hvlab-${pathHash(h)}`);
   const runDir = join(h, 'run');
   return {

@@ -4,15 +4,15 @@
  * names of a host's socket directory and worker sockets.
  */
 import { expect } from 'chai';
-import { mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
-import { decodeHostRecord, hostPaths, pathHash, pathsForRecord, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
+import { canonicalHome, decodeHostRecord, hostPaths, pathHash, pathsForRecord, pickEntry, processEnv, vmProcessEnv } from '../src/paths.js';
 
 describe('paths: a bundle or the compiled entry', () => {
   let dir = '';
@@ -162,5 +162,42 @@ describe('a host record\'s socket directory', () => {
       expect(pathsForRecord(p, { sockDir: bad }).sockDir, bad).to.equal(p.sockDir);
     }
     expect(pathsForRecord(p, null)).to.equal(p);
+  });
+});
+
+describe('a home\'s one spelling (canonicalHome)', () => {
+  let dir = '';
+  beforeEach(() => {
+    dir = realpathSync(mkdtempSync(join(tmpdir(), 'hvlab-canon-')));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('is the same through a symlink, relative or with .., whether the home exists yet or not, and so are its socket names', () => {
+    const real = join(dir, 'real');
+    mkdirSync(real);
+    symlinkSync(real, join(dir, 'link'));
+    symlinkSync('real', join(dir, 'rel-link'));
+    for (const given of [real, join(dir, 'link'), join(dir, 'rel-link'), `${real}/`, join(dir, 'link', '..', 'real'), relative(process.cwd(), join(dir, 'link'))]) {
+      expect(canonicalHome(given), given).to.equal(real);
+      expect(hostPaths(given).sockDir, given).to.equal(hostPaths(real).sockDir);
+      expect(hostPaths(given).home, given).to.equal(real);
+    }
+    // Not made yet: its nearest existing parent's real path and the rest, what it will be once made.
+    expect(canonicalHome(join(dir, 'link', 'cluster', 'hosts', 'h1'))).to.equal(join(real, 'cluster', 'hosts', 'h1'));
+    expect(hostPaths(join(dir, 'link', 'new')).sockDir).to.equal(hostPaths(join(real, 'new')).sockDir);
+    // A symlink whose target is not made yet: followed, as mkdir -p through it would.
+    symlinkSync(join(dir, 'later'), join(dir, 'dangling'));
+    expect(canonicalHome(join(dir, 'dangling', 'x'))).to.equal(join(dir, 'later', 'x'));
+    mkdirSync(join(dir, 'later', 'x'), { recursive: true });
+    expect(canonicalHome(join(dir, 'dangling', 'x'))).to.equal(join(dir, 'later', 'x'));
+  });
+
+  it('is the path as given (resolved) when it cannot be followed: a loop of symlinks, a file in the way', () => {
+    symlinkSync(join(dir, 'b'), join(dir, 'a'));
+    symlinkSync(join(dir, 'a'), join(dir, 'b'));
+    expect(canonicalHome(join(dir, 'a', 'home'))).to.equal(join(dir, 'a', 'home'));
+    writeFileSync(join(dir, 'file'), '');
+    expect(canonicalHome(join(dir, 'file', 'home'))).to.equal(join(dir, 'file', 'home'));
+    expect(canonicalHome('/')).to.equal('/');
   });
 });
