@@ -445,6 +445,37 @@ describe('clusters on one machine', function () {
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
+  it('a cluster down killed right after it marked the cluster going down leaves a cluster whose fabric still restarts: the stale marker is removed and the hosts join again', async () => {
+    await h.ok('up', '--hosts', '2', '--lps', '1');
+    clusterHostIds(h.home, ids);
+    const marker = join(h.home, 'cluster', 'going-down');
+    const down = h.start('cluster', 'down');
+    // Killed as soon as the marker is there (kill -9 of a `cluster down` in a shell).
+    const end = Date.now() + 30000;
+    while (!existsSync(marker) && Date.now() < end) { /* spin: the CLI is another process */ }
+    down.child.kill('SIGKILL');
+    await down.done;
+    expect(existsSync(join(h.home, 'cluster', 'cluster.json')), 'the cluster is still recorded').to.equal(true);
+    const fabricJson = (): { pid: number; supervisor: number } => JSON.parse(readFileSync(join(h.home, 'cluster', 'fabric.json'), 'utf8'));
+    const first = fabricJson();
+    process.kill(first.pid, 'SIGKILL');
+    type Status = { fabric: { state: string; restarts: number }; hosts: Array<{ name: string; state: string; member: boolean }> };
+    let st: Status | null = null;
+    const back = await eventually(async () => {
+      st = await h.json<Status>('cluster', 'status').catch(() => null);
+      // Hosts the killed down had already taken down stay down; those up join the new server.
+      return st !== null && st.fabric.state === 'up' && st.fabric.restarts === 1 && st.hosts.every((x) => x.state === 'down' || x.member);
+    }, 60000, 500);
+    expect(back, JSON.stringify(st)).to.equal(true);
+    expect(fabricJson().supervisor, 'the same supervisor').to.equal(first.supervisor);
+    expect(existsSync(marker), 'the stale marker is gone').to.equal(false);
+    expect(readFileSync(join(h.home, 'cluster', 'log', 'fabric.log'), 'utf8')).to.match(/a going-down marker whose \\"cluster down\\" is gone is ignored/);
+    await h.ok('cluster', 'down');
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('a cluster whose home is removed under it goes down by itself: hosts, fabric, network, /dev/shm files, and the home is not made again', async () => {
     const file = join(h.home, 'two.yaml');
     writeFileSync(file, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M, workload: idle }\n');

@@ -18,7 +18,9 @@
  *
  * Both carry HVLAB_FABRIC_HOME=HOME, so `cluster down` finds them even without fabric.json. They
  * leave on SIGTERM/SIGINT (the supervisor ends its server first); the supervisor starts no server
- * while the cluster is going down, and leaves by itself when the cluster record is gone (a home
+ * while a `cluster down` of the cluster runs (its going-down marker names a live process: one left
+ * by a `cluster down` that was killed is stale, removed, and the server restarted as ever; lab.ts
+ * goingDownState), and leaves by itself when the cluster record is gone (a home
  * removed under it), so it cannot outlive its cluster for long. In that case it also removes the
  * cluster's network (namespaces, veths, bridge: found by the tag of the home's path), which
  * nobody else would now: each host goes down by itself when its home goes (hypervisor/src/main.ts,
@@ -30,7 +32,7 @@ import { join } from 'node:path';
 import { canonicalHome, firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
 import { teardownNetwork } from './netns.js';
-import { clusterDir, clusterGoingDown, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, readCluster } from './lab.js';
+import { clusterDir, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, goingDownState, readCluster, removeStaleGoingDown } from './lab.js';
 
 const args = process.argv.slice(2);
 const serving = args.includes('--serve');
@@ -59,6 +61,8 @@ const RESTART_MAX_MS = 5000;
 const RESTART_CALM_MS = 30_000;
 /** While starts keep failing for one reason, it is logged again at most this often. */
 const FAILING_LOG_EVERY_MS = 60_000;
+/** How often a restart held back by a running `cluster down` asks again whether it still runs. */
+const GOING_DOWN_POLL_MS = 500;
 /** How long a server has to say ready. */
 const READY_TIMEOUT_MS = 15_000;
 /** The delay before the next start of a server, after `streak` restarts in a row. */
@@ -139,10 +143,10 @@ async function supervise(): Promise<void> {
     child.on('exit', (code, signal) => {
       if (server === child) server = null;
       if (leaving) return;
-      if (clusterGoingDown(home)) {
-        // Or its record is gone (a home removed under it): its network is then this supervisor's
-        // to remove, as when its watch sees that first.
-        void leave('the cluster is going down', true);
+      if (!existsSync(clusterRecordFile(home))) {
+        // A home removed under it: its network is then this supervisor's to remove, as when its
+        // watch sees that first.
+        void leave('the cluster record is gone', true);
         return;
       }
       streak = Date.now() - startedAt >= RESTART_CALM_MS ? 0 : streak + 1;
@@ -164,9 +168,25 @@ async function supervise(): Promise<void> {
     writeFileAtomic(fabricFile(home), JSON.stringify({ pid, supervisor: process.pid, port, listen: c!.record.listen, startedAt: new Date().toISOString(), restarts, ...(failing ? { failing } : {}) }) + '\n');
   };
 
+  /** Whether a restart waits now for a live `cluster down` (said once in the log). */
+  let waitingForDown = false;
   const restart = async (): Promise<void> => {
     restartTimer = undefined;
-    if (leaving || clusterGoingDown(home)) return;
+    if (leaving) return;
+    if (!existsSync(clusterRecordFile(home))) {
+      void leave('the cluster record is gone', true);
+      return;
+    }
+    if (goingDown()) {
+      // No server while a `cluster down` runs (it ends this supervisor too); but it may be killed
+      // before it does, and the cluster then stays up: asked again until one or the other.
+      if (!waitingForDown) log.info('the cluster is going down: no server is started while its "cluster down" runs');
+      waitingForDown = true;
+      restartTimer = setTimeout(() => void restart(), GOING_DOWN_POLL_MS);
+      return;
+    }
+    if (waitingForDown) log.warn('the "cluster down" that was taking the cluster down ended without taking its fabric: starting a server again');
+    waitingForDown = false;
     const r = await start();
     if (leaving) {
       server?.kill('SIGTERM');
@@ -196,6 +216,22 @@ async function supervise(): Promise<void> {
     restarts++;
     record(server!.pid!);
     log.info({ server: server!.pid, port, restarts, ...(after ? { failedTries: after.tries, failingSince: after.since } : {}) }, 'the fabric server is back');
+  };
+
+  /**
+   * Whether a `cluster down` of this cluster runs now (lab.ts goingDownState). A marker its
+   * `cluster down` left when it was killed is stale: said in the log, removed, and ignored (the
+   * supervisor used to leave for good on it, and the cluster stayed up without its fabric).
+   */
+  let staleSaid = '';
+  const goingDown = (): boolean => {
+    const g = goingDownState(home);
+    if (g.state !== 'stale') return g.state === 'live';
+    const removed = removeStaleGoingDown(home, g.text);
+    // Said once per marker (one that cannot be removed is not said every 2 s).
+    if (staleSaid !== `${g.why}\n${g.text}`) log.warn({ why: g.why, removed }, 'a going-down marker whose "cluster down" is gone is ignored: the cluster is up');
+    staleSaid = `${g.why}\n${g.text}`;
+    return goingDownState(home).state === 'live';
   };
 
   const leave = async (why: string, orphaned = false): Promise<void> => {
@@ -243,5 +279,7 @@ async function supervise(): Promise<void> {
   process.stdout.write('ready\n');
   setInterval(() => {
     if (!existsSync(clusterRecordFile(home))) void leave('the cluster record is gone', true);
+    // A marker of a `cluster down` killed half way goes (said in the log), whether or not a server dies meanwhile.
+    else goingDown();
   }, 2000);
 }

@@ -17,7 +17,7 @@
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { networkInterfaces } from 'node:os';
 import {
@@ -29,7 +29,7 @@ import {
   FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
 import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
-import { procEnviron, procPids, procState } from '@hvlab/shm/procfs';
+import { procEnviron, procPids, procStartTime, procState } from '@hvlab/shm/procfs';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
 import {
   chooseNetwork, INSTANCE_RE, legacyClusterTag, legacyNetwork, namespacesAvailable, NetworkError, networkOwner, planNetwork, setupNetwork, subnetBase, sweepStaleProbes, TAG_RE, teardownNetwork,
@@ -351,9 +351,11 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
   home = canonicalHome(home);
   // A CLI killed during its namespace probe left one named for no cluster: any cluster down takes it.
   if (process.env.HVLAB_CLUSTER_NETNS !== 'off') sweepStaleProbes();
-  // Said before any host goes, so that what fails because they go (a move between them) can tell why.
+  // Said before any host goes, so that what fails because they go (a move between them) can tell
+  // why; with this process's pid and start time, so that a marker whose `cluster down` was killed
+  // before its end is known as stale (goingDownState) and keeps nothing from working.
   try {
-    writeFileSync(goingDownFile(home), `${process.pid}\n`);
+    writeFileAtomic(goingDownFile(home), `${process.pid} ${procStartTime(process.pid) ?? 0}\n`, { durable: false });
   } catch { /* no cluster directory: nothing of a cluster to take down but strays */ }
   let name: string | null = null;
   const names = new Set<string>();
@@ -389,17 +391,83 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
   return { name, hosts, network: removed };
 }
 
-/** Written by `cluster down` when it starts; gone with the cluster's directory at its end. */
-function goingDownFile(home: string): string {
+/**
+ * Written by `cluster down` when it starts ("PID STARTTIME": its pid, and its start time in clock
+ * ticks since boot as /proc says it); gone with the cluster's directory at its end.
+ */
+export function goingDownFile(home: string): string {
   return join(clusterDir(home), 'going-down');
 }
 
 /**
- * Whether the cluster of `home` is being taken down ("cluster down", or "down" in its home), or is
- * gone: what failed between its hosts meanwhile failed because of that.
+ * The cluster's going-down marker: none; live (the `cluster down` that wrote it still runs); or
+ * stale, with why and its text (`removeStaleGoingDown`). A `cluster down` killed after it wrote the
+ * marker (SIGKILL, a closed terminal) left it for good with the cluster still up, and everything
+ * that asked it took the cluster for one going down: the fabric's supervisor started no server
+ * after its server died, and left, so the hosts were out of their fabric until the next
+ * `cluster down`. A marker is stale when its writer is gone, or its pid is another process's now
+ * (its start time differs), or it is not one `cluster down` writes; one of an older hvlab (a pid
+ * alone) is live while its pid is.
+ */
+export type GoingDownState = { state: 'none' } | { state: 'live'; pid: number } | { state: 'stale'; pid: number | null; why: string; text: string };
+
+export function goingDownState(home: string): GoingDownState {
+  let text: string;
+  try {
+    text = readRegularFile(goingDownFile(home), 256).toString('utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { state: 'none' };
+    return { state: 'stale', pid: null, why: `it cannot be read (${(e as Error).message})`, text: '' };
+  }
+  const m = /^(\d{1,10})(?: (\d{1,20}))?\n?$/.exec(text);
+  if (!m) return { state: 'stale', pid: null, why: 'it is not one "cluster down" writes', text };
+  const pid = Number(m[1]);
+  if (pid === process.pid) return { state: 'live', pid };
+  if (!pidAlive(pid)) return { state: 'stale', pid, why: `the "cluster down" that wrote it (pid ${pid}) is gone`, text };
+  if (m[2] !== undefined) {
+    const started = procStartTime(pid);
+    // Unreadable (/proc hidden, or gone meanwhile): alive by signal 0, so taken as its writer.
+    if (started !== null && String(started) !== m[2]) return { state: 'stale', pid, why: `the "cluster down" that wrote it (pid ${pid}) is gone, and its pid is another process's now`, text };
+  }
+  return { state: 'live', pid };
+}
+
+/**
+ * Removes a stale marker whose text is `text`, and only that one: a `cluster down` started since
+ * wrote its own, which stays (it is moved aside first, then linked back if it is not the stale
+ * one; a link never replaces a file). True when the stale marker went.
+ */
+export function removeStaleGoingDown(home: string, text: string): boolean {
+  const file = goingDownFile(home);
+  const aside = `${file}.stale-${process.pid}`;
+  try {
+    renameSync(file, aside);
+  } catch {
+    return false;
+  }
+  let now: string | null = null;
+  try {
+    now = readRegularFile(aside, 256).toString('utf8');
+  } catch { /* unreadable (not a file): '' as goingDownState gave it */ }
+  const same = (now ?? '') === text;
+  if (!same) {
+    try {
+      linkSync(aside, file);
+    } catch { /* another is there already: that one stays */ }
+  }
+  try {
+    rmSync(aside, { force: true, recursive: true });
+  } catch { /* left beside it: the cluster's directory goes with cluster down */ }
+  return same;
+}
+
+/**
+ * Whether the cluster of `home` is being taken down ("cluster down", or "down" in its home, that
+ * still runs), or is gone: what failed between its hosts meanwhile failed because of that. A stale
+ * marker (goingDownState) says nothing: the cluster is up.
  */
 export function clusterGoingDown(home: string): boolean {
-  return existsSync(goingDownFile(home)) || !existsSync(clusterRecordFile(home));
+  return !existsSync(clusterRecordFile(home)) || goingDownState(home).state === 'live';
 }
 
 /**

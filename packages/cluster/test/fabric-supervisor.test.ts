@@ -3,14 +3,14 @@
  * hosts): the edges between it, its server and a home that goes away. Started as lab.ts starts it.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CLUSTER_WIRE_VERSION, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS } from '@hvlab/protocol';
 import { curveClientOptions, entries, firstLine, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey } from '@hvlab/runtime';
-import { procCmdline } from '@hvlab/shm/procfs';
+import { procCmdline, procStartTime } from '@hvlab/shm/procfs';
 import {
   clusterDir, clusterKeyFile, clusterRecordFile, clusterTag, fabricFile, fabricPids, fabricStatus, namespacesAvailable, networkLeftovers, planNetwork, setupNetwork, teardownNetwork, type ClusterNetwork,
 } from '../src/index.js';
@@ -163,6 +163,40 @@ describe('the fabric\'s supervisor', function () {
     const log = readFileSync(join(clusterDir(home), 'log', 'fabric.log'), 'utf8');
     expect(log).to.not.match(/uncaught exception/);
   });
+  it('a going-down marker of a "cluster down" that was killed keeps nothing down: a server that dies is started again and the marker goes; one whose "cluster down" runs holds the restart back until it is gone', async () => {
+    home = makeHome();
+    const sup = await startSupervisor(home);
+    const marker = join(clusterDir(home), 'going-down');
+    const logText = (): string => readFileSync(join(clusterDir(home), 'log', 'fabric.log'), 'utf8');
+    // A "cluster down" that runs (a process of its pid and start time): no server is started meanwhile.
+    const writer = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      writeFileSync(marker, `${writer.pid} ${procStartTime(writer.pid!)}\n`);
+      const first = fabricJson(home);
+      process.kill(first.pid, 'SIGKILL');
+      expect(await until(() => logText().includes('no server is started while its \\"cluster down\\" runs'), 10000), logText()).to.equal(true);
+      expect(fabricPids(home), 'the supervisor waits, without a server').to.deep.equal([sup.pid]);
+      // Killed before it took the fabric down (as with kill -9): the supervisor starts a server again.
+      writer.kill('SIGKILL');
+      expect(await until(() => fabricJson(home).pid !== first.pid && pidAlive(fabricJson(home).pid), 20000), logText()).to.equal(true);
+      expect((await fabricStatus(home)).cluster).to.equal('t');
+      expect(existsSync(marker), 'the stale marker is removed').to.equal(false);
+    } finally {
+      writer.kill('SIGKILL');
+    }
+    // A marker whose writer was gone before the server died (the tester's case): the server is
+    // started again, and the supervisor stays.
+    const gone = spawnSync('true').pid;
+    writeFileSync(marker, `${gone} 1\n`);
+    const second = fabricJson(home);
+    process.kill(second.pid, 'SIGKILL');
+    expect(await until(() => fabricJson(home).pid !== second.pid && pidAlive(fabricJson(home).pid), 20000), logText()).to.equal(true);
+    expect((await fabricStatus(home)).cluster).to.equal('t');
+    expect(pidAlive(sup.pid!), 'the supervisor stays').to.equal(true);
+    expect(existsSync(marker)).to.equal(false);
+    expect(logText()).to.match(new RegExp(`"why":"the \\\\"cluster down\\\\" that wrote it \\(pid ${gone}\\) is gone"[^\\n]*a going-down marker whose \\\\"cluster down\\\\" is gone is ignored`));
+  });
+
   it('a fabric paused for longer than 10 heartbeat periods (a hung switch) does not give a live member\'s name to another holder of the key when it resumes', async function () {
     this.timeout(90000);
     home = makeHome();

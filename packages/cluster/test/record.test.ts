@@ -4,11 +4,13 @@
  * bytes, random JSON and valid records with one field replaced).
  */
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
-import { ClusterError, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile } from '../src/index.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { procStartTime } from '@hvlab/shm/procfs';
+import { ClusterError, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile, clusterGoingDown, goingDownFile, goingDownState, removeStaleGoingDown } from '../src/index.js';
 
 const SOURCE = 'name: lab\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M }\n';
 const GOOD = { version: 2, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test', listen: '127.1.2.1', fabricPort: 7740, gateway: '127.1.2.1' };
@@ -107,5 +109,50 @@ describe('the cluster record', () => {
     } finally {
       rmSync(home, { recursive: true, force: true });
     }
+  });
+
+  it('takes a going-down marker for a cluster going down only while the "cluster down" that wrote it runs: one whose writer is gone, or whose pid another process took, is stale', () => {
+    writeFileSync(clusterRecordFile(home), JSON.stringify(GOOD));
+    expect(goingDownState(home)).to.deep.equal({ state: 'none' });
+    expect(clusterGoingDown(home)).to.equal(false);
+    // A writer that runs: live.
+    const writer = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      const pid = writer.pid!;
+      writeFileSync(goingDownFile(home), `${pid} ${procStartTime(pid)}\n`);
+      expect(goingDownState(home)).to.deep.equal({ state: 'live', pid });
+      expect(clusterGoingDown(home)).to.equal(true);
+      // An older hvlab's marker (its pid alone) while that pid runs: live.
+      writeFileSync(goingDownFile(home), `${pid}\n`);
+      expect(clusterGoingDown(home)).to.equal(true);
+      // The same pid with another start time: another process took it.
+      writeFileSync(goingDownFile(home), `${pid} ${procStartTime(pid)! + 1}\n`);
+      expect(goingDownState(home)).to.include({ state: 'stale', pid });
+      expect(clusterGoingDown(home)).to.equal(false);
+    } finally {
+      writer.kill('SIGKILL');
+    }
+    // A writer that is gone (killed, as a "cluster down" killed half way).
+    const gone = spawnSync('true').pid;
+    writeFileSync(goingDownFile(home), `${gone} 1\n`);
+    const st = goingDownState(home);
+    expect(st).to.deep.equal({ state: 'stale', pid: gone, why: `the "cluster down" that wrote it (pid ${gone}) is gone`, text: `${gone} 1\n` });
+    expect(clusterGoingDown(home)).to.equal(false);
+    for (const junk of ['', 'x', '12 34 56\n', '-1\n']) {
+      writeFileSync(goingDownFile(home), junk);
+      expect(goingDownState(home).state, JSON.stringify(junk)).to.equal('stale');
+      expect(clusterGoingDown(home)).to.equal(false);
+    }
+    // Removed only if it is still the stale one: a marker a new "cluster down" wrote meanwhile stays.
+    writeFileSync(goingDownFile(home), `${process.pid} ${procStartTime(process.pid)}\n`);
+    expect(removeStaleGoingDown(home, `${gone} 1\n`)).to.equal(false);
+    expect(goingDownState(home)).to.deep.equal({ state: 'live', pid: process.pid });
+    writeFileSync(goingDownFile(home), `${gone} 1\n`);
+    expect(removeStaleGoingDown(home, `${gone} 1\n`)).to.equal(true);
+    expect(goingDownState(home)).to.deep.equal({ state: 'none' });
+    expect(readdirSync(clusterDir(home)), 'nothing left beside it').to.deep.equal(['cluster.json']);
+    // No record: gone, and so going down whatever the marker says.
+    rmSync(clusterRecordFile(home));
+    expect(clusterGoingDown(home)).to.equal(true);
   });
 });
