@@ -29,7 +29,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { canonicalHome, firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
+import { canonicalHome, ClusterKeyError, firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
 import { teardownNetwork } from './netns.js';
 import { clusterDir, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, goingDownState, readCluster, removeStaleGoingDown } from './lab.js';
@@ -43,6 +43,26 @@ const given = args.find((a, i) => !a.startsWith('--') && (portArg < 0 || i !== p
 const home = given === '' ? '' : canonicalHome(given);
 process.title = serving ? `hvlab-fabric-serve ${home}` : `hvlab-fabric ${home}`;
 
+/** A reason as one short line (the first line of stdout is what the supervisor, or `cluster up`, reads). */
+const oneLine = (s: string): string => {
+  const t = s.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
+  return t.length > 500 ? `${t.slice(0, 500)}…` : t;
+};
+/**
+ * Ends a process that cannot start (before "ready"): its reason, one line on stdout, where its
+ * supervisor reads it into fabric.json's `failing` record (and `cluster status` says it) or
+ * `cluster up` says it; exit code 1, no stack trace. A server that could not read the cluster's key
+ * threw at its top level: that was logged as an uncaught exception "the fabric keeps serving", and
+ * the process served nothing and never said ready (each restart took the 15 s ready timeout, and
+ * status said only that).
+ */
+function cannotStart(why: string): never {
+  process.stdout.write(`${oneLine(why)}\n`);
+  process.exit(1);
+}
+/** Set once the process said ready: an exception before that ends it (cannotStart), one after it is logged and it serves on. */
+let ready = false;
+
 // Looked for before the log, which makes its directory: a server its supervisor started just as
 // the home was removed made HOME/cluster/log again, and left it.
 const c = readCluster(home);
@@ -51,8 +71,20 @@ if (!c) {
   process.exit(1);
 }
 const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: serving ? 'fabric' : 'fabric-supervisor' });
-process.on('uncaughtException', (e) => log.error({ err: e }, 'uncaught exception (the fabric keeps serving)'));
-process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejection (the fabric keeps serving)'));
+/** `cannotStart` for what was thrown, logged too (with its stack when it is not one of the failures hvlab says in a sentence). */
+function startFailed(e: unknown): never {
+  const why = `the fabric ${serving ? 'server ' : ''}cannot start: ${e instanceof Error ? e.message : String(e)}`;
+  log.error({ why, ...(e instanceof ClusterKeyError ? {} : { err: e }) }, 'the fabric did not start');
+  return cannotStart(why);
+}
+process.on('uncaughtException', (e) => {
+  if (!ready) startFailed(e);
+  log.error({ err: e }, 'uncaught exception (the fabric keeps serving)');
+});
+process.on('unhandledRejection', (e) => {
+  if (!ready) startFailed(e);
+  log.error({ err: e }, 'unhandled rejection (the fabric keeps serving)');
+});
 
 /** The first restart's delay; doubled for each restart that follows another within RESTART_CALM_MS, up to RESTART_MAX_MS. */
 const RESTART_FIRST_MS = 250;
@@ -88,11 +120,17 @@ async function serve(): Promise<void> {
     process.stdout.write(`--port ${args[portArg + 1]} is not a port\n`);
     process.exit(1);
   }
-  const fabric = new Fabric({
-    cluster: c!.topology.name, key: readClusterKey(clusterKeyFile(home)), listen: c!.record.listen, port,
-    links: c!.topology.links, fileHosts: c!.topology.hosts.map((h) => h.name), stateFile: fabricStateFile(home),
-    log: (msg, fields) => log.info(fields ?? {}, msg),
-  });
+  let fabric: Fabric;
+  try {
+    fabric = new Fabric({
+      cluster: c!.topology.name, key: readClusterKey(clusterKeyFile(home)), listen: c!.record.listen, port,
+      links: c!.topology.links, fileHosts: c!.topology.hosts.map((h) => h.name), stateFile: fabricStateFile(home),
+      log: (msg, fields) => log.info(fields ?? {}, msg),
+    });
+  } catch (e) {
+    // The cluster's key unreadable (ClusterKeyError: removed, damaged, not a file), or anything else.
+    startFailed(e);
+  }
   let bound: number;
   try {
     bound = await fabric.start();
@@ -102,6 +140,7 @@ async function serve(): Promise<void> {
     process.exit(1);
   }
   log.info({ port: bound, listen: c!.record.listen }, 'fabric ready');
+  ready = true;
   process.stdout.write(`ready ${bound}\n`);
   let leaving = false;
   leave = (why: string): void => {
@@ -276,6 +315,7 @@ async function supervise(): Promise<void> {
   port = first.port;
   record(server!.pid!);
   log.info({ port, listen: c!.record.listen, server: server!.pid }, 'fabric ready');
+  ready = true;
   process.stdout.write('ready\n');
   setInterval(() => {
     if (!existsSync(clusterRecordFile(home))) void leave('the cluster record is gone', true);

@@ -197,6 +197,45 @@ describe('the fabric\'s supervisor', function () {
     expect(logText()).to.match(new RegExp(`"why":"the \\\\"cluster down\\\\" that wrote it \\(pid ${gone}\\) is gone"[^\\n]*a going-down marker whose \\\\"cluster down\\\\" is gone is ignored`));
   });
 
+  /** fabric.json's record of failed starts, if any. */
+  const failingOf = (h: string): { why: string; tries: number; since: string } | undefined => (JSON.parse(readFileSync(fabricFile(h), 'utf8')) as { failing?: { why: string; tries: number; since: string } }).failing;
+  const stderrLog = (h: string): string => readFileSync(join(clusterDir(h), 'log', 'fabric-stderr.log'), 'utf8');
+
+  it('a server that cannot read the cluster\'s key ends at once with the reason: fabric.json and the status say it, not a ready timeout; it serves again once the key is back', async () => {
+    home = makeHome();
+    await startSupervisor(home);
+    const first = fabricJson(home);
+    const keyFile = clusterKeyFile(home);
+    const key = readFileSync(keyFile);
+    writeFileSync(keyFile, 'not a key\n');
+    process.kill(first.pid, 'SIGKILL');
+    expect(await until(() => failingOf(home) !== undefined, 40000, 50), 'a failed start is recorded').to.equal(true);
+    const why = failingOf(home)!.why;
+    expect(why).to.match(/^the fabric server cannot start: \S*cluster\.key is not a cluster key file: /);
+    const e = await fabricStatus(home).catch((x: Error) => x);
+    expect((e as Error).message).to.match(/^the cluster's fabric is down: its supervisor \(pid \d+\) cannot start a server on port \d+ \(\d+ tr(y|ies) since [^:]+:/);
+    expect((e as Error).message).to.include(why);
+    const log = readFileSync(join(clusterDir(home), 'log', 'fabric.log'), 'utf8');
+    expect(log).to.not.match(/uncaught exception|keeps serving/);
+    expect(stderrLog(home), 'no stack trace').to.not.match(/^\s+at /m);
+    writeFileSync(keyFile, key);
+    expect(await until(() => failingOf(home) === undefined && fabricJson(home).pid !== first.pid && pidAlive(fabricJson(home).pid), 30000), JSON.stringify(failingOf(home))).to.equal(true);
+    expect((await fabricStatus(home)).cluster).to.equal('t');
+  });
+
+  it('a supervisor whose first server cannot read the cluster\'s key says why as its first line and leaves nothing running', async () => {
+    home = makeHome();
+    rmSync(clusterKeyFile(home));
+    const errFd = openSync(join(clusterDir(home), 'log', 'fabric-stderr.log'), 'a');
+    const child = spawn(process.execPath, [...nodeArgsFor(entries.fabric), home], { detached: true, stdio: ['ignore', 'pipe', errFd], env: processEnv(process.env, { HVLAB_FABRIC_HOME: home }) });
+    closeSync(errFd);
+    const first = await firstLine(child, 30000);
+    child.stdout!.destroy();
+    expect(first).to.deep.equal({ kind: 'line', line: `the fabric server cannot start: cannot read the cluster key file ${clusterKeyFile(home)}: it does not exist` });
+    expect(await until(() => fabricPids(home).length === 0, 10000), `left: ${fabricPids(home).join(' ')}`).to.equal(true);
+    expect(stderrLog(home), 'no stack trace').to.not.match(/^\s+at /m);
+  });
+
   it('a fabric paused for longer than 10 heartbeat periods (a hung switch) does not give a live member\'s name to another holder of the key when it resumes', async function () {
     this.timeout(90000);
     home = makeHome();
