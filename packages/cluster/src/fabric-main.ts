@@ -32,7 +32,7 @@ import { join } from 'node:path';
 import { canonicalHome, ClusterKeyError, firstLine, processLogger, readClusterKey, writeFileAtomic } from '@hvlab/runtime';
 import { Fabric } from './fabric.js';
 import { teardownNetwork } from './netns.js';
-import { clusterDir, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, goingDownState, readCluster, removeStaleGoingDown } from './lab.js';
+import { ClusterError, clusterDir, clusterKeyFile, clusterNetworkScope, clusterRecordFile, fabricFile, fabricStateFile, goingDownState, readCluster, removeStaleGoingDown } from './lab.js';
 
 const args = process.argv.slice(2);
 const serving = args.includes('--serve');
@@ -54,7 +54,7 @@ const oneLine = (s: string): string => {
  * `cluster up` says it; exit code 1, no stack trace. A server that could not read the cluster's key
  * threw at its top level: that was logged as an uncaught exception "the fabric keeps serving", and
  * the process served nothing and never said ready (each restart took the 15 s ready timeout, and
- * status said only that).
+ * status said only that); a damaged cluster record crashed each server with a stack trace.
  */
 function cannotStart(why: string): never {
   process.stdout.write(`${oneLine(why)}\n`);
@@ -65,7 +65,13 @@ let ready = false;
 
 // Looked for before the log, which makes its directory: a server its supervisor started just as
 // the home was removed made HOME/cluster/log again, and left it.
-const c = readCluster(home);
+let c: ReturnType<typeof readCluster>;
+try {
+  c = readCluster(home);
+} catch (e) {
+  // A record damaged since `cluster up` (ClusterError: a sentence naming the file).
+  cannotStart(`the fabric ${serving ? 'server ' : ''}cannot start: ${(e as Error).message}`);
+}
 if (!c) {
   process.stdout.write(`no cluster record in ${home}\n`);
   process.exit(1);
@@ -74,7 +80,7 @@ const log = processLogger(join(clusterDir(home), 'log'), 'fabric.log', { role: s
 /** `cannotStart` for what was thrown, logged too (with its stack when it is not one of the failures hvlab says in a sentence). */
 function startFailed(e: unknown): never {
   const why = `the fabric ${serving ? 'server ' : ''}cannot start: ${e instanceof Error ? e.message : String(e)}`;
-  log.error({ why, ...(e instanceof ClusterKeyError ? {} : { err: e }) }, 'the fabric did not start');
+  log.error({ why, ...(e instanceof ClusterKeyError || e instanceof ClusterError ? {} : { err: e }) }, 'the fabric did not start');
   return cannotStart(why);
 }
 process.on('uncaughtException', (e) => {

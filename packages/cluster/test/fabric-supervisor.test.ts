@@ -223,6 +223,22 @@ describe('the fabric\'s supervisor', function () {
     expect((await fabricStatus(home)).cluster).to.equal('t');
   });
 
+  it('a server started on a damaged cluster record ends with the reason, recorded in fabric.json, without a stack trace; it serves again once the record is back', async () => {
+    home = makeHome();
+    await startSupervisor(home);
+    const first = fabricJson(home);
+    const rec = readFileSync(clusterRecordFile(home));
+    writeFileSync(clusterRecordFile(home), '{"damaged');
+    process.kill(first.pid, 'SIGKILL');
+    expect(await until(() => failingOf(home) !== undefined, 40000, 50), 'a failed start is recorded').to.equal(true);
+    expect(failingOf(home)!.why).to.equal(`the fabric server cannot start: the cluster record ${clusterRecordFile(home)} is not JSON; run "hvlab cluster down" to clean up`);
+    expect(readFileSync(join(clusterDir(home), 'log', 'fabric.log'), 'utf8')).to.include('the fabric server did not start: trying again');
+    expect(stderrLog(home), 'no stack trace').to.not.match(/^\s+at /m);
+    writeFileSync(clusterRecordFile(home), rec);
+    expect(await until(() => failingOf(home) === undefined && fabricJson(home).pid !== first.pid && pidAlive(fabricJson(home).pid), 30000), JSON.stringify(failingOf(home))).to.equal(true);
+    expect((await fabricStatus(home)).cluster).to.equal('t');
+  });
+
   it('a supervisor whose first server cannot read the cluster\'s key says why as its first line and leaves nothing running', async () => {
     home = makeHome();
     rmSync(clusterKeyFile(home));
