@@ -940,8 +940,13 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     await h.ok('--host', 'h1', 'vm', 'delete', 'dt');
   });
 
-  it('the source\'s root restarted while a move is in doubt: the new root takes the move over (move-status says in doubt, a forced cancel reaches the worker)', async () => {
-    const { moving, frozenAt } = await untilInDoubt('dr');
+  it('the source\'s root restarted while a move is in doubt: the new root takes the move over (move-status says in doubt); move-cancel --force, refused before the doubt, resumes the source\'s copy, saying the destination\'s was not stopped', async () => {
+    const { moving, frozenAt } = await untilInDoubt('dr', async () => {
+      // Its commit is under way (the destination runs the VM), not in doubt yet: --force is refused.
+      const f = await h.run('--host', 'h1', 'vm', 'move-cancel', 'dr', '--force');
+      expect(f.code).to.equal(1);
+      expect(f.stderr).to.match(/is not in doubt: --force cancels only a move whose commit went unanswered/);
+    });
     const root = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).pids.root;
     process.kill(root, 'SIGKILL');
     await moving; // its root died under it: an error
@@ -952,30 +957,12 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     expect(pause.stderr).to.include('it is being moved to h2');
     const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'dr', '--force');
     expect(c.code, c.stderr).to.equal(0);
+    expect(c.stdout).to.match(/resuming VM dr here without h2's word/);
     expect(await eventually(async () => (await status('dr'))?.status === 'cancelled', 20000), 'the move ends cancelled').to.equal(true);
+    expect((await status('dr'))!['error-desc']).to.match(/resumed here by a forced cancel without h2's word/);
+    expect((await vm('h1', 'dr'))?.state).to.equal('Running');
     expect(await eventually(async () => ((await vm('h1', 'dr'))?.workload.progress ?? 0) > frozenAt + 100, 15000), 'it counts on at h1').to.equal(true);
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'dr');
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'dr');
-  });
-
-  it('move-cancel --force is refused for a move not in doubt, and resumes the source\'s copy of one in doubt, saying the destination\'s copy was not stopped', async () => {
-    const { moving, frozenAt } = await untilInDoubt('df', async () => {
-      // Its commit is under way (the destination runs the VM), not in doubt yet: --force is refused.
-      const f = await h.run('--host', 'h1', 'vm', 'move-cancel', 'df', '--force');
-      expect(f.code).to.equal(1);
-      expect(f.stderr).to.match(/is not in doubt: --force cancels only a move whose commit went unanswered/);
-    });
-    const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'df', '--force');
-    expect(c.code, c.stderr).to.equal(0);
-    expect(c.stdout).to.match(/resuming VM df here without h2's word/);
-    const r = await moving;
-    expect(r.code).to.equal(1);
-    const st = JSON.parse(r.stdout) as MigrationStats;
-    expect(st.status).to.equal('cancelled');
-    expect(st['error-desc']).to.match(/resumed here by a forced cancel without h2's word/);
-    expect(await eventually(async () => ((await vm('h1', 'df'))?.workload.progress ?? 0) > frozenAt + 100, 10000), 'it counts on at h1').to.equal(true);
-    expect((await vm('h1', 'df'))?.state).to.equal('Running');
-    await h.ok('--host', 'h1', 'vm', 'turn-off', 'df');
-    await h.ok('--host', 'h2', 'vm', 'turn-off', 'df');
   });
 });

@@ -1413,8 +1413,11 @@ export class Vmms {
         // was in doubt): then the VM runs there, and the move completed; its copy here goes.
         if (workerGone(e) && peer !== null) {
           const inDoubt = this.moves.get(name)?.['error-desc']?.startsWith('in doubt') === true;
-          const said = await this.abortAtDestination(peer, cluster.key, mig, cluster.name, (e as Error).message, r.config);
-          if (abortAnswer(said, true)?.committed === true && this.vms.get(name) === r && !this.stopping) {
+          const asking = this.abortAtDestination(peer, cluster.key, mig, cluster.name, (e as Error).message, r.config);
+          // The destination had the commit: the VM runs there, the move completed, its copy here goes
+          // (only while it is still this Off record: nobody started it again meanwhile).
+          const committedThere = (said: unknown): MigrationStats | null => {
+            if (abortAnswer(said, true)?.committed !== true || this.vms.get(name) !== r || this.stopping || r.state !== EnabledState.Off) return null;
             const st: MigrationStats = { ...(this.moves.get(name) ?? queued), status: 'completed' };
             delete st['error-desc'];
             this.moves.set(name, st);
@@ -1423,9 +1426,19 @@ export class Vmms {
             this.vms.delete(name);
             this.o.log.warn({ vm: name, to }, 'the VM\'s worker here ended during its move, which the destination had committed: the VM runs there, and its copy here is gone');
             return st;
+          };
+          if (inDoubt) {
+            // In doubt the answer decides what the move was: waited for (its tries take seconds).
+            const said = await asking;
+            const done = committedThere(said);
+            if (done) return done;
+            // Still no word: "failed" alone would say the VM stayed here, which nobody knows.
+            if (abortAnswer(said, true) === null) return fail('failed', `${(e as Error).message}; the move was in doubt: ${to} may run the VM (it had the commit and has not answered since), so check there before starting it here`);
+          } else {
+            // Otherwise the move fails now (mostly its copy there is dropped on this word, which
+            // is sent again while a cut link heals); a commit that had landed corrects it after.
+            void asking.then(committedThere);
           }
-          // Still no word: "failed" alone would say the VM stayed here, which nobody knows.
-          if (inDoubt && abortAnswer(said, true) === null) return fail('failed', `${(e as Error).message}; the move was in doubt: ${to} may run the VM (it had the commit and has not answered since), so check there before starting it here`);
         }
         // Not "it stays here": the host is going down, and the VM with it.
         return fail('failed', this.stopping ? `host ${cluster.name} is going down: ${(e as Error).message}` : (e as Error).message);
