@@ -57,13 +57,15 @@ function sweep(): void {
   // The run's own CLIs first: one still bringing a cluster up (a test's `up`) went on making its
   // fabric and namespaces while the `cluster down` below ran, and left them behind. Killed, it
   // makes nothing more, and `cluster down` finds what it had made (as after a CLI killed half way).
-  for (const p of markedProcesses()) {
+  // The homes are named before: a CLI in the middle of its 'up' may be the only one of its home
+  // (its fabric does not carry the run's mark).
+  const procs = markedProcesses();
+  for (const p of procs) {
     if (!isCli(p.pid)) continue;
     try {
       process.kill(p.pid, 'SIGKILL');
     } catch { /* gone */ }
   }
-  const procs = markedProcesses();
   const homes = new Set<string>();
   for (const p of procs) if (p.home) homes.add(clusterHomeOf(p.home) ?? p.home);
   for (const home of homes) {
