@@ -4,7 +4,7 @@
  * run exits. Its only time bounds are mocha's timeout and the waits' own limits.
  */
 import { expect } from 'chai';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -17,35 +17,41 @@ import { sweptShmFiles } from './signal-sweep.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
+/** An inner mocha run of `spec` (test/fixtures) with the sweep loaded and SWEEP_HOME set: its process, its output so far, and its end. */
+function innerRun(spec: string, home: string): { mocha: ChildProcess; output: () => string; exited: Promise<void> } {
+  const mocha = spawn(process.execPath, [
+    join(repo, 'node_modules', 'mocha', 'bin', 'mocha.js'), '--no-config', '--node-option', 'import=tsx', '--node-option', 'conditions=hvlab-source',
+    '--require', 'test/signal-sweep.ts', '--timeout', '0', `test/fixtures/${spec}`,
+  ], { cwd: repo, env: { ...process.env, SWEEP_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  mocha.stdout!.on('data', (b: Buffer) => (out += b.toString('utf8')));
+  mocha.stderr!.on('data', (b: Buffer) => (out += b.toString('utf8')));
+  const exited = new Promise<void>((r) => mocha.once('close', () => r()));
+  return { mocha, output: () => out, exited };
+}
+
 describe('an interrupted test run', () => {
   it('takes down the hosts its tests brought up (SIGINT to mocha), leaving no process and no /dev/shm file', async function () {
     this.timeout(120000);
     const home = mkdtempSync(join(tmpdir(), 'hvlab-sweep-'));
-    const mocha = spawn(process.execPath, [
-      join(repo, 'node_modules', 'mocha', 'bin', 'mocha.js'), '--no-config', '--node-option', 'import=tsx', '--node-option', 'conditions=hvlab-source',
-      '--require', 'test/signal-sweep.ts', '--timeout', '0', 'test/fixtures/sweep-inner.spec.ts',
-    ], { cwd: repo, env: { ...process.env, SWEEP_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    mocha.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')));
-    mocha.stderr.on('data', (b: Buffer) => (out += b.toString('utf8')));
-    const exited = new Promise<void>((r) => mocha.once('close', () => r()));
+    const { mocha, output, exited } = innerRun('sweep-inner.spec.ts', home);
     let hostId: string | null = null;
     try {
-      expect(await eventually(() => /UP \d+/.test(out), 90000), `the inner run brought no host up: ${out}`).to.equal(true);
-      expect(out).to.match(/UP 0/);
+      expect(await eventually(() => /UP \d+/.test(output()), 90000), `the inner run brought no host up: ${output()}`).to.equal(true);
+      expect(output()).to.match(/UP 0/);
       hostId = (JSON.parse(readFileSync(hostPaths(home).hostFile, 'utf8')) as { hostId: string }).hostId;
       expect(hostProcesses(hostId).length, 'the host runs').to.be.greaterThan(0);
       mocha.kill('SIGINT');
       await exited;
-      expect(out).to.contain(`taking down the host at ${home}`);
+      expect(output()).to.contain(`taking down the host at ${home}`);
       expect(hostProcesses(hostId), 'processes of the host').to.deep.equal([]);
       expect(shmFiles(hostId), '/dev/shm files of the host').to.deep.equal([]);
-      const inner = /PID (\d+)/.exec(out)![1];
+      const inner = /PID (\d+)/.exec(output())![1];
       expect(existsSync(`/dev/shm/hvlab-ut-sweep-${inner}-1`), 'a unit test\'s region of the run').to.equal(false);
     } finally {
       if (mocha.exitCode === null && mocha.signalCode === null) mocha.kill('SIGKILL');
       if (hostId) sweepHost(hostPaths(home), hostId);
-      const pid = /PID (\d+)/.exec(out)?.[1];
+      const pid = /PID (\d+)/.exec(output())?.[1];
       if (pid) rmSync(`/dev/shm/hvlab-ut-sweep-${pid}-1`, { force: true });
       rmSync(home, { recursive: true, force: true });
     }
@@ -54,17 +60,10 @@ describe('an interrupted test run', () => {
   it('interrupted while a test\'s CLI brings a cluster up: the CLI is stopped first, and cluster down leaves nothing of it (no fabric, namespace or host process)', async function () {
     this.timeout(120000);
     const home = mkdtempSync(join(tmpdir(), 'hvlab-sweep-'));
-    const mocha = spawn(process.execPath, [
-      join(repo, 'node_modules', 'mocha', 'bin', 'mocha.js'), '--no-config', '--node-option', 'import=tsx', '--node-option', 'conditions=hvlab-source',
-      '--require', 'test/signal-sweep.ts', '--timeout', '0', 'test/fixtures/sweep-inner-up.spec.ts',
-    ], { cwd: repo, env: { ...process.env, SWEEP_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    mocha.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')));
-    mocha.stderr.on('data', (b: Buffer) => (out += b.toString('utf8')));
-    const exited = new Promise<void>((r) => mocha.once('close', () => r()));
+    const { mocha, output, exited } = innerRun('sweep-inner-up.spec.ts', home);
     try {
       // Mid-up: the cluster's record is claimed, and the CLI goes on making its network and fabric.
-      expect(await eventually(() => existsSync(join(home, 'cluster', 'cluster.json')), 90000), `the inner run's up began: ${out}`).to.equal(true);
+      expect(await eventually(() => existsSync(join(home, 'cluster', 'cluster.json')), 90000), `the inner run's up began: ${output()}`).to.equal(true);
       mocha.kill('SIGINT');
       await exited;
       const ofHome = (): number[] => readdirSync('/proc').map(Number).filter((pid) => {

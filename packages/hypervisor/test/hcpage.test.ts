@@ -69,6 +69,18 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     return c;
   }
 
+  /**
+   * Stops the thread that serves the pages, and waits until it has exited (a thread slow to get a
+   * CPU could otherwise still complete a signal posted after this).
+   */
+  async function stopPageThread(): Promise<void> {
+    const sched = (server as unknown as { sched: { worker: Worker; link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
+    const exited = new Promise<boolean>((r) => sched.worker.once('exit', () => r(true)));
+    sched.link.post({ t: 'stop' });
+    sched.link.ring();
+    expect(await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 20000))]), 'the page thread exited').to.equal(true);
+  }
+
   async function pageStats(c: HvClient): Promise<{ fastCalls: number; forwarded: number }> {
     return ((await c.ctl('stats')) as { hypercallPages: { fastCalls: number; forwarded: number } }).hypercallPages;
   }
@@ -177,13 +189,8 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
     const c = await root(() => {}, { callTimeoutMs: 1500 });
     c.onSignalFailed = (f) => void failures.push(f);
     const { id } = await child(c, 0x540);
-    // The thread that serves the pages stops: nothing on the page is completed from now on. Waited
-    // for until it has exited (a thread slow to get a CPU could otherwise still complete the signal).
-    const sched = (server as unknown as { sched: { worker: Worker; link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
-    const exited = new Promise<boolean>((r) => sched.worker.once('exit', () => r(true)));
-    sched.link.post({ t: 'stop' });
-    sched.link.ring();
-    expect(await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 20000))]), 'the page thread exited').to.equal(true);
+    // The thread that serves the pages stops: nothing on the page is completed from now on.
+    await stopPageThread();
     c.signal(0x540, 1);
     // A socket call (the main thread still serves those) is not sent while the signal before it
     // is not complete: order is kept across the two paths.
@@ -202,12 +209,8 @@ describe('hypercall pages (shared-memory hypercalls)', function () {
   it('a call queued behind a posted signal fails at once when the hypervisor goes: it waited for good, and so did a worker\'s exit behind it', async () => {
     const c = await root(() => {}, { callTimeoutMs: 120000 });
     const { id } = await child(c, 0x541);
-    // As above: the page thread stops, so the posted signal stays uncompleted (for the 120 s timeout).
-    const sched = (server as unknown as { sched: { worker: Worker; link: { post: (m: { t: 'stop' }) => void; ring: () => void } } }).sched;
-    const exited = new Promise<boolean>((r) => sched.worker.once('exit', () => r(true)));
-    sched.link.post({ t: 'stop' });
-    sched.link.ring();
-    expect(await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 20000))]), 'the page thread exited').to.equal(true);
+    // The page thread stops, so the posted signal stays uncompleted (for the 120 s timeout).
+    await stopPageThread();
     c.signal(0x541, 1);
     const queued = c.call('GetPartitionProperty', { partitionId: id, property: PartitionProperty.CpuWeight }).then(() => null, (e: Error) => e.message);
     // The hypervisor as the client watches it: a process that ends here.

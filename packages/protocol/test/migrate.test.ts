@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  describeBlackout, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, decodeDescribedMove, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type MigrationStats, type PageEntry,
 } from '../src/index.js';
@@ -323,6 +323,14 @@ describe('migration peer frames', function () {
     expect(d.ok, d.ok ? '' : d.message).to.equal(true);
     return d.ok ? d.value as unknown as Record<string, unknown> : {};
   };
+
+  it('reads the move a worker\'s description names only when its id and destination are valid, and never throws', () => {
+    expect(decodeDescribedMove({ mig: 'mig-0123abcd', to: 'h2' })).to.deep.equal({ mig: 'mig-0123abcd', to: 'h2' });
+    const hostile = { get mig(): string { throw new Error('no'); } };
+    for (const bad of [null, undefined, 'h2', 7, [], {}, { mig: 'mig-0123abcd' }, { mig: 'short', to: 'h2' }, { mig: 'mig-0123abcd', to: 'H2' }, { mig: 5, to: 'h2' }, hostile]) {
+      expect(decodeDescribedMove(bad)).to.equal(null);
+    }
+  });
 
   it('decodes each op to exactly its fields', () => {
     for (const f of [frames.migSetup, frames.migCommit, frames.migProbe]) expect(value(f)).to.deep.equal(f);
