@@ -965,4 +965,35 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'dr');
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'dr');
   });
+
+  it('the destination\'s root restarted after the commit, and the VM deleted there since: the source still hears "committed" and never runs the VM again', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'dg', '--memory', '32M', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'dg');
+    expect(await eventually(async () => ((await vm('h1', 'dg'))?.workload.progress ?? 0) > 200, 10000)).to.equal(true);
+    const moving = h.run('--host', 'h1', 'vm', 'move', 'dg', '--to', 'h2', '--json');
+    // The commit landed (h2 says the move completed); its answers are held back.
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h2', 'vm', 'move-status', 'dg').catch(() => null))?.status === 'completed', 30000), 'h2 committed').to.equal(true);
+    // The source asks nothing while h2's root restarts and the VM goes from h2.
+    const worker = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h1', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'dg')!.pid;
+    process.kill(worker, 'SIGSTOP');
+    try {
+      const root = (await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root;
+      process.kill(root, 'SIGKILL');
+      expect(await eventually(async () => {
+        const p = (await h.json<HostInfo>('--host', 'h2', 'host', 'info').catch(() => null))?.pids.root;
+        return p !== undefined && p !== root;
+      }, 30000, 200), 'h2\'s root is back').to.equal(true);
+      await h.ok('--host', 'h2', 'vm', 'turn-off', 'dg');
+      await h.ok('--host', 'h2', 'vm', 'delete', 'dg');
+    } finally {
+      process.kill(worker, 'SIGCONT');
+    }
+    // The restarted root knows the commit from its log: the move completes. (Before the log it
+    // answered "absent", no such VM, and the source ran its copy again.)
+    const r = await moving;
+    expect(r.code, r.stderr).to.equal(0);
+    expect((JSON.parse(r.stdout) as MigrationStats).status).to.equal('completed');
+    expect(await eventually(async () => (await vm('h1', 'dg')) === undefined, 10000), 'nothing of it at h1').to.equal(true);
+    expect(await vm('h2', 'dg')).to.equal(undefined);
+  });
 });

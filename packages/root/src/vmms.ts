@@ -30,6 +30,7 @@ import type { IcEntry } from './vmwp/devices.js';
 import { MAX_WARM, sweepTemplateLogs, WarmPool } from './warm.js';
 import { MAX_SPARE, SpareWorkers } from './spare.js';
 import { spawnVmwp } from './worker-spawn.js';
+import { CommittedMigrations } from './committed.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -145,7 +146,6 @@ const INCOMING_COMMIT_MS = MIG_COMMIT_WITHIN_MS;
 const MAX_DROPPED_KEPT = 64;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
 const INCOMING_BOOT_MS = MIG_RESUME_WITHIN_MS;
-const MIGRATION_MAX_MS = 24 * 3600 * 1000;
 /** The source root's abort of a destination's attempt whose source worker is gone: tries, each's answer bound, the first pause between them (doubling). */
 const ABORT_TRIES = 3;
 const ABORT_TIMEOUT_MS = 2000;
@@ -232,8 +232,8 @@ export class Vmms {
   private stopping = false;
   private readonly moveQueue: Array<() => void> = [];
   readonly maxMigrations: number;
-  /** Migrations this host committed as destination (an abort that arrives later is answered "committed"). */
-  private readonly committed = new Set<string>();
+  /** Migrations this host committed as destination (an abort that arrives later is answered "committed"), on disk. */
+  private readonly committed: CommittedMigrations;
   /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): until when the answers about a committed migration are held back. */
   private readonly silentUntil = new Map<string, number>();
   /** Migrations whose commit this host refused because the guest did not resume: a repeated commit gets the same refusal. */
@@ -250,6 +250,7 @@ export class Vmms {
 
   constructor(private readonly o: VmmsOptions) {
     this.paths = hostPaths(o.home);
+    this.committed = new CommittedMigrations(o.home, o.log);
     this.maxMigrations = o.maxMigrations ?? DEFAULT_MAX_MIGRATIONS;
     const { valid, invalid } = o.store.loadAll();
     for (const c of valid) {
@@ -1390,7 +1391,11 @@ export class Vmms {
         r.moving.cancel = async (why, force) => await l.request({ t: 'migCancel', reason: why, ...(force ? { force: true } : {}) }, 5000).then(() => null, (e) => e instanceof VmwpLinkError && e.code === MIG_CANCEL_TOO_LATE ? e.message : null);
         this.o.log.info({ vm: name, to, mig, options }, 'moving VM');
         const key = { cluster: cluster.key.cluster, publicKey: cluster.key.publicKey, secretKey: cluster.key.secretKey };
-        const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, MIGRATION_MAX_MS);
+        // No bound of this root's own: the worker answers when the move ends, and a move in doubt
+        // ends only on the destination's word or a forced cancel, however long that takes (a bound
+        // of 24 h failed a move the worker still held in doubt). A worker that goes away fails the
+        // request at once (the link sees it go).
+        const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, Infinity);
         this.moves.set(name, stats);
         if (stats.status === 'completed') {
           // The worker leaves by itself; the VM is the destination's: nothing of it stays here.
@@ -1760,13 +1765,14 @@ export class Vmms {
     });
     // Dropped meanwhile (the source aborted, say): too late to commit.
     if (r.incoming !== inc || this.vms.get(r.config.name) !== r) throw new MgmtFailure('InvalidState', `the incoming migration of VM "${r.config.name}" was dropped while it was being committed`);
-    // The VM is this host's now: its config goes on disk.
+    // The VM is this host's now: its config goes on disk, then the migration's id (a root restarted
+    // later answers an abort of it "committed", whatever became of the VM since).
     this.saveConfig(r.config, true);
+    this.committed.add({ mig: req.mig, vm: r.config.name, vmId: r.config.id, from: req.from });
     if (inc.watchdog) clearTimeout(inc.watchdog);
     r.incoming = null;
     inc.releaseSpare?.();
     this.unexposeIncoming(inc);
-    this.committed.add(req.mig);
     // Tests: every answer about this migration is held back from here for this long, as a link that
     // loses only this host's replies would hold them (the source hears nothing of the commit).
     const hold = Number(process.env.HVLAB_TEST_COMMIT_SILENT_MS ?? 0);

@@ -139,12 +139,15 @@ export class VmwpControlServer {
   }
 }
 
+/** The longest delay a Node timer takes (ms); a longer one fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** The root's side of one VMWP's control link. */
 export class VmwpControlClient {
   private readonly sock: zmq.Dealer = dealer();
   private readonly q = new SendQueue(this.sock);
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined }>();
   private closed = false;
   private gone: string | null = null;
   private readonly unwatch: () => void;
@@ -202,12 +205,14 @@ export class VmwpControlClient {
     }
   }
 
+  /** Asks the worker; fails after `timeoutMs` (Infinity: never; only an answer or the worker's end settles it). */
   request<T = unknown>(body: VmwpRequest, timeoutMs = 10000): Promise<T> {
     if (this.closed) return Promise.reject(new VmwpLinkError('the control link is closed', null, false, true));
     if (this.gone) return Promise.reject(new VmwpLinkError(this.gone, null, false, true));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      // Infinity (or more than a timer holds): no bound. Node runs a timer of more than 2^31 - 1 ms after 1 ms.
+      const timer = timeoutMs > MAX_TIMER_MS ? undefined : setTimeout(() => {
         this.pending.delete(id);
         reject(new VmwpLinkError(`the VM worker process did not answer "${body.t}" within ${timeoutMs / 1000} s`, null, true));
       }, timeoutMs);

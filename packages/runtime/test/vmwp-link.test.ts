@@ -141,6 +141,40 @@ describe('VMWP control server under random frames', function () {
       w.close();
     }
   });
+
+  it('a request without a bound (Infinity: a move in doubt) waits for its answer, and still fails at once when its worker is gone', async () => {
+    // The answer comes when the test says so: Node ran a timer of Infinity after 1 ms, which failed
+    // the request as timed out ("within Infinity s") before the worker could answer.
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => void (release = r));
+    const s = new VmwpControlServer(`ipc://${join(dir, 'held')}`, 'sesame', async (req) => {
+      if (req.t === 'status') await held;
+      return { answered: req.t };
+    }, quiet);
+    await s.bind();
+    const c = new VmwpControlClient(`ipc://${join(dir, 'held')}`, process.pid, () => undefined, quiet);
+    try {
+      await c.request({ t: 'hello', secret: 'sesame' });
+      let settled: unknown = 'pending';
+      const asking = c.request<{ answered: string }>({ t: 'status' }, Infinity).then((v) => (settled = v), (e: unknown) => (settled = e));
+      // Other requests come and go meanwhile (timers of this process ran past the 1 ms).
+      for (let i = 0; i < 3; i++) expect((await c.request<{ answered: string }>({ t: 'describe' })).answered).to.equal('describe');
+      await new Promise((r) => setTimeout(r, 50));
+      expect(settled, 'still waiting for its answer').to.equal('pending');
+      release();
+      await asking;
+      expect(settled).to.deep.equal({ answered: 'status' });
+    } finally {
+      c.close();
+      s.close();
+    }
+    // Unbounded and the worker gone: it fails at once, as gone.
+    const gone = new VmwpControlClient(`ipc://${join(dir, 'nobody2')}`, 0x7ffffffe, () => undefined, quiet);
+    let err: unknown = null;
+    try { await gone.request({ t: 'status' }, Infinity); } catch (e) { err = e; }
+    gone.close();
+    expect((err as VmwpLinkError).gone).to.equal(true);
+  });
 });
 
 describe('VMWP control link notes', function () {
