@@ -243,6 +243,25 @@ describe('faults: processes, links and partitions (real processes)', function ()
     await h.ok('--host', 'h1', 'vm', 'delete', 'mv');
   });
 
+  it('after post-copy\'s switch-over a pause aimed at the moving VM hits the destination\'s copy, which runs the guest (not the source\'s frozen one, which serves its pages)', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'mp', '--memory', '32M', '--workload', 'memdirty:8M');
+    await h.ok('--host', 'h1', 'vm', 'start', 'mp');
+    // 8 MiB dirtied at 2 Mbyte/s: post-copy pulls its pages for seconds after the switch.
+    const moving = h.run('--host', 'h1', 'vm', 'move', 'mp', '--to', 'h2', '--postcopy', '--bandwidth', '2M', '--json');
+    expect(await eventually(async () => (await h.json<{ status: string }>('--host', 'h1', 'vm', 'move-status', 'mp').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    expect((await vmOn('h2', 'mp'))!.migration).to.deep.equal({ direction: 'incoming', from: 'h1', switched: true });
+    expect((await vmOn('h1', 'mp'))!.migration).to.deep.equal({ direction: 'outgoing', to: 'h2', switched: true });
+    const f = await inject('pause', '--target', 'vm:mp', '--for', '1s');
+    expect(f.resolved.processes.map((x) => `${x.host} ${x.role} ${x.vm}`)).to.deep.equal(['h2 partition mp']);
+    expect(f.resolved.vms).to.deep.equal([{ host: 'h2', vm: 'mp' }]);
+    const m = await moving;
+    expect(m.code, m.stderr).to.equal(0);
+    expect(await eventually(async () => (await faults()).length === 0, 10000), 'the pause ended').to.equal(true);
+    expect((await vmOn('h2', 'mp'))?.migration).to.equal(null);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'mp');
+    await h.ok('--host', 'h2', 'vm', 'delete', 'mp');
+  });
+
   it('a fault whose target vanished is ended as target-gone, not left stuck', async () => {
     const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
     await h.ok('--host', 'h1', 'vm', 'turn-off', 'web');

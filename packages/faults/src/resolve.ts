@@ -132,17 +132,27 @@ export interface Resolution extends FaultResolved {
  * set-up until its commit, and the destination's copy is the source's until then (its root
  * refuses operations on it): it is set aside while the source still runs its copy, whichever of
  * the two roots says so — the destination (its copy incoming from the source), or the source (its
- * copy outgoing to the destination) when the destination's root did not answer. Any other copies
- * of one name are as many VMs, hosts of a cluster may each have one.
+ * copy outgoing to the destination) when the destination's root did not answer. After the
+ * switch-over (`switched`: post-copy, whose guest runs at the destination for seconds while its
+ * pages still come) it is the other way round: the source's frozen copy is set aside, on either
+ * root's word. Any other copies of one name are as many VMs, hosts of a cluster may each have one.
  */
 export function vmCopies(world: World, vm: string): WorldVm[] {
   const on = world.vms.filter((v) => v.vm === vm);
   if (new Set(on.map((v) => v.host)).size < 2) return on;
   const runsOn = (host: string): boolean => on.some((v) => v.host === host);
+  // Sources whose guest runs at the destination now, by either side's word.
+  const switchedFrom = new Set<string>();
+  for (const v of on) {
+    const m = v.migration;
+    if (m?.direction === 'incoming' && m.switched && m.from !== v.host) switchedFrom.add(m.from);
+    if (m?.direction === 'outgoing' && m.switched && m.to !== v.host && runsOn(m.to)) switchedFrom.add(v.host);
+  }
   return on.filter((v) => {
     const m = v.migration;
-    if (m?.direction === 'incoming' && m.from !== v.host && runsOn(m.from)) return false;
-    if (m === undefined && on.some((s) => s.host !== v.host && s.migration?.direction === 'outgoing' && s.migration.to === v.host)) return false;
+    if (switchedFrom.has(v.host) && m?.direction !== 'incoming') return false;
+    if (m?.direction === 'incoming' && !switchedFrom.has(m.from) && m.from !== v.host && runsOn(m.from)) return false;
+    if (m === undefined && on.some((s) => s.host !== v.host && s.migration?.direction === 'outgoing' && s.migration.to === v.host && !switchedFrom.has(s.host))) return false;
     return true;
   });
 }

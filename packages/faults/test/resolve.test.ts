@@ -158,6 +158,22 @@ describe('resolving fault targets', () => {
       // A host fault still touches every VM its host runs, the incoming copy too (plain host and VM names in the record).
       expect(resolveTarget(w, 'pause', t('host:h2'), null, 1, {}).vms).to.deep.equal([{ host: 'h2', vm: 'db' }, { host: 'h2', vm: 'web' }]);
     }
+    // After post-copy's switch-over the guest runs at the destination: the source's frozen copy is
+    // set aside instead, on either root's word (a pause aimed there stopped the copy that serves
+    // the pages, not the VM).
+    const switched: Array<Array<[string, VmMigration]>> = [
+      [['h2|web', { direction: 'incoming', from: 'h1', switched: true }], ['h1|web', { direction: 'outgoing', to: 'h2', switched: true }]],
+      [['h2|web', { direction: 'incoming', from: 'h1', switched: true }], ['h1|web', { direction: 'outgoing', to: 'h2' }]],
+      [['h2|web', { direction: 'incoming', from: 'h1', switched: true }]],
+      [['h2|web', { direction: 'incoming', from: 'h1' }], ['h1|web', { direction: 'outgoing', to: 'h2', switched: true }]],
+      [['h1|web', { direction: 'outgoing', to: 'h2', switched: true }]],
+    ];
+    for (const marks of switched) {
+      const w = moving();
+      markMoves(w, new Map(marks));
+      expect(vmCopies(w, 'web').map((v) => v.host), JSON.stringify(marks)).to.deep.equal(['h2']);
+      expect(resolveTarget(w, 'vmbus', t('vm:web'), null, 1, {}).summary).to.equal('VM web on h2');
+    }
     // An incoming copy whose source no longer runs it (the source's copy is gone): the only copy.
     const alone = world();
     alone.vms.push({ host: 'h3', vm: 'solo', migration: { direction: 'incoming', from: 'h1' } });

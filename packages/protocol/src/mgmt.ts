@@ -550,8 +550,12 @@ export interface VmInfo {
   migration?: VmMigration | null;
 }
 
-/** A VM's part in a live migration, as `vmList` reports it (VmInfo.migration). */
-export type VmMigration = { direction: 'incoming'; from: string } | { direction: 'outgoing'; to: string };
+/**
+ * A VM's part in a live migration, as `vmList` reports it (VmInfo.migration). `switched`: the
+ * switch-over happened, the guest runs at the destination (post-copy until its last page, or a
+ * pre-copy's destination until the commit), and the source's copy stands frozen.
+ */
+export type VmMigration = ({ direction: 'incoming'; from: string } | { direction: 'outgoing'; to: string }) & { switched?: true };
 
 /**
  * The `migration` of one VM of a `vmList` answer, checked: null when it says the VM is not moving,
@@ -564,9 +568,12 @@ export function vmMigrationOf(vm: unknown): VmMigration | null | undefined {
   if (m === null) return null;
   if (!isPlainObject(m)) return undefined;
   const keys = Object.keys(m);
-  if (keys.length !== 2 || !keys.includes('direction')) return undefined;
-  if (m.direction === 'incoming' && typeof m.from === 'string' && CLUSTER_HOST_RE.test(m.from)) return { direction: 'incoming', from: m.from };
-  if (m.direction === 'outgoing' && typeof m.to === 'string' && CLUSTER_HOST_RE.test(m.to)) return { direction: 'outgoing', to: m.to };
+  const switched = own(m, 'switched');
+  if (switched && m.switched !== true) return undefined;
+  if (keys.length !== (switched ? 3 : 2) || !keys.includes('direction')) return undefined;
+  const mark = switched ? { switched: true as const } : {};
+  if (m.direction === 'incoming' && typeof m.from === 'string' && CLUSTER_HOST_RE.test(m.from)) return { direction: 'incoming', from: m.from, ...mark };
+  if (m.direction === 'outgoing' && typeof m.to === 'string' && CLUSTER_HOST_RE.test(m.to)) return { direction: 'outgoing', to: m.to, ...mark };
   return undefined;
 }
 

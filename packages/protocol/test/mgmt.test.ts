@@ -339,6 +339,8 @@ describe('a VM\'s migration mark in a vmList answer (vmMigrationOf)', () => {
   it('reads incoming and outgoing marks and null; anything else, or none, is unknown (undefined)', () => {
     expect(vmMigrationOf({ name: 'a', migration: { direction: 'incoming', from: 'h1' } })).to.deep.equal({ direction: 'incoming', from: 'h1' });
     expect(vmMigrationOf({ name: 'a', migration: { direction: 'outgoing', to: 'h-2' } })).to.deep.equal({ direction: 'outgoing', to: 'h-2' });
+    expect(vmMigrationOf({ name: 'a', migration: { direction: 'incoming', from: 'h1', switched: true } })).to.deep.equal({ direction: 'incoming', from: 'h1', switched: true });
+    expect(vmMigrationOf({ name: 'a', migration: { direction: 'outgoing', to: 'h2', switched: true } })).to.deep.equal({ direction: 'outgoing', to: 'h2', switched: true });
     expect(vmMigrationOf({ name: 'a', migration: null })).to.equal(null);
     // A root before the field says nothing: not "not moving".
     expect(vmMigrationOf({ name: 'a' })).to.equal(undefined);
@@ -346,6 +348,8 @@ describe('a VM\'s migration mark in a vmList answer (vmMigrationOf)', () => {
       'incoming', 1, [], { direction: 'incoming' }, { direction: 'incoming', to: 'h1' }, { direction: 'outgoing', from: 'h1' },
       { direction: 'incoming', from: 'H1' }, { direction: 'incoming', from: 'h'.repeat(11) }, { direction: 'incoming', from: 7 },
       { direction: 'sideways', from: 'h1' }, { direction: 'incoming', from: 'h1', to: 'h2' }, { direction: 'incoming', from: 'h1', extra: 1 },
+      { direction: 'incoming', from: 'h1', switched: false }, { direction: 'outgoing', to: 'h2', switched: 1 }, { direction: 'incoming', switched: true },
+      { direction: 'incoming', from: 'h1', switched: true, extra: 1 },
       new Map([['direction', 'incoming'], ['from', 'h1']]),
     ]) expect(vmMigrationOf({ name: 'a', migration: bad }), JSON.stringify(bad) ?? String(bad)).to.equal(undefined);
     for (const notVm of [null, undefined, 'a', 3, [], Object.create({ migration: null }) as unknown]) expect(vmMigrationOf(notVm)).to.equal(undefined);

@@ -18,7 +18,7 @@ import {
   DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
-  type VmInfo, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove,
+  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove,
 } from '@hvlab/protocol';
 import {
   pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, VmwpControlClient, VmwpLinkError,
@@ -1631,6 +1631,13 @@ export class Vmms {
     inc.watchdog = setTimeout(noCommit, INCOMING_COMMIT_MS);
   }
 
+  /** The VM's part in a live migration, for vmList (`switched`: its guest runs at the destination now). */
+  private migrationOf(r: VmRecord): VmMigration | null {
+    if (r.incoming) return { direction: 'incoming', from: r.incoming.from, ...(r.incoming.started ? { switched: true as const } : {}) };
+    if (!r.moving) return null;
+    return { direction: 'outgoing', to: r.moving.to, ...(this.moves.get(r.config.name)?.status === 'postcopy-active' ? { switched: true as const } : {}) };
+  }
+
   /** Closes the fabric's port to an incoming worker's stream socket (the migration is over here). */
   private unexposeIncoming(inc: Incoming): void {
     const port = inc.exposed;
@@ -1851,7 +1858,7 @@ export class Vmms {
       cpu,
       // The destination's copy is the source's until the commit; the source's copy is named too,
       // so that a reader that cannot ask the destination still knows which copy is which.
-      migration: r.incoming ? { direction: 'incoming', from: r.incoming.from } : r.moving ? { direction: 'outgoing', to: r.moving.to } : null,
+      migration: this.migrationOf(r),
     };
   }
 
