@@ -493,7 +493,17 @@ export interface RunOptions {
   tag?: string;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Waits `ms`, or less: until the signal is aborted. */
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((r) => {
+  if (signal?.aborted) return r();
+  const done = (): void => {
+    clearTimeout(t);
+    signal?.removeEventListener('abort', done);
+    r();
+  };
+  const t = setTimeout(done, ms);
+  signal?.addEventListener('abort', done, { once: true });
+});
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 /** The name of the VM of one run: `<name>-<method>-r<rep>-<tag>`, within a VM name's 63 characters. */
@@ -519,7 +529,7 @@ export function runLine(r: ExperimentRun, repetitions: number): string {
  */
 export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, opts: RunOptions = {}): Promise<ExperimentRun[]> {
   const say = opts.progress ?? (() => {});
-  const wait = opts.sleep ?? sleep;
+  const wait = opts.sleep ?? ((ms: number) => sleep(ms, opts.signal));
   const tag = opts.tag ?? Math.floor(Math.random() * 0x10000).toString(16).padStart(4, '0');
   const runs: ExperimentRun[] = [];
   for (const method of spec.methods) {
@@ -528,10 +538,18 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
       const vm = runVmName(spec.name, method, rep, tag);
       const request = moveArguments(spec, method, vm);
       const run: ExperimentRun = { method, repetition: rep, vm, status: 'error', error: null, errorCode: null, request, stats: null, startedAt: new Date().toISOString(), endedOn: null, cleanupError: null };
+      /** Stopped before its move (during the VM's start or its warm-up): recorded as cancelled, and the last run. */
+      let notMoved = false;
       try {
         await driver.createVm(vm);
         await wait(spec.warmupMs);
-        try {
+        // The move's cancel listens for the abort: one that came before the move would not stop it,
+        // and a Ctrl-C during a warm-up let a whole move run (up to moveTimeout).
+        if (opts.signal?.aborted) {
+          notMoved = true;
+          run.status = 'cancelled';
+          run.error = 'stopped before its move';
+        } else try {
           const st = await driver.move(request);
           run.stats = st;
           run.status = st.status === 'completed' ? 'completed' : st.status === 'cancelled' ? 'cancelled' : 'failed';
@@ -555,6 +573,10 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
         }
       }
       runs.push(run);
+      if (notMoved) {
+        say(runLine(run, spec.repetitions));
+        return runs;
+      }
       say(runLine(run, spec.repetitions));
       if (run.status === 'refused' && UNSUPPORTED_CODES.has(run.errorCode ?? '')) {
         if (rep < spec.repetitions) say(`${method}: refused as unsupported; its other ${spec.repetitions - rep} repetition${spec.repetitions - rep === 1 ? '' : 's'} skipped`);
@@ -563,6 +585,13 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
     }
   }
   return runs;
+}
+
+/** Whether the signal stopped the run before its end (the rule of runExperiment's `aborted`). */
+export function stoppedEarly(spec: Pick<ExperimentSpec, 'methods' | 'repetitions'>, runs: readonly ExperimentRun[], signal: AbortSignal | undefined): boolean {
+  if (signal?.aborted !== true) return false;
+  // Runs left out, or the one in flight cancelled by it (the last run's too: it used to count as a whole run).
+  return runs.length < spec.methods.length * spec.repetitions || runs.at(-1)?.status === 'cancelled';
 }
 
 // ---- the summary --------------------------------------------------------------------------------
@@ -1055,7 +1084,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
       };
       report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
       // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.
-      report.aborted = opts.signal?.aborted === true && report.runs.length < spec.methods.length * spec.repetitions;
+      report.aborted = stoppedEarly(spec, report.runs, opts.signal);
       // A VM that could not be deleted after its run gets one more try (a new cluster goes as a whole anyway).
       for (const r of report.runs.filter((x) => x.cleanupError !== null)) {
         if (!broughtUp) {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
   CSV_COLUMNS, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
-  resultsCsv, resultsMarkdown, runMoves, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun, type ExperimentSpec,
+  resultsCsv, resultsMarkdown, runMoves, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun, type ExperimentSpec,
 } from '../src/index.js';
 
 const EXAMPLE = `# pre-copy against stop-and-copy
@@ -357,6 +357,31 @@ describe('experiment runs against a fake pair of hosts', () => {
     const runs = await runMoves(s, f.driver, { sleep: async () => {}, signal: ac.signal });
     expect(runs).to.have.length(1);
     expect(f.where.size).to.equal(0);
+  });
+
+  it('an abort during the warm-up moves nothing: the VM is deleted and the run recorded as cancelled before its move', async () => {
+    // The move's cancel listens for the abort, which had come already: the move ran to its end.
+    const s = spec('name: a\nmethods: [precopy]\nrepetitions: 2\n');
+    const ac = new AbortController();
+    const f = fakeHosts(() => stats('precopy', 'completed', 1, 1, 1, []));
+    const runs = await runMoves(s, f.driver, { sleep: async () => ac.abort(), signal: ac.signal });
+    expect(f.requests, 'no move asked').to.have.length(0);
+    expect(runs.map((r) => [r.status, r.error, r.endedOn])).to.deep.equal([['cancelled', 'stopped before its move', 'h1']]);
+    expect(f.created).to.have.length(1);
+    expect(f.where.size).to.equal(0);
+    expect(stoppedEarly(s, runs, ac.signal)).to.equal(true);
+  });
+
+  it('a run whose move the abort cancelled is stopped early, the last one too; an abort after every run completed is not', () => {
+    const s = spec('name: a\nmethods: [precopy]\nrepetitions: 1\n');
+    const ac = new AbortController();
+    ac.abort();
+    const run = (status: ExperimentRun['status']): ExperimentRun => ({
+      method: 'precopy', repetition: 1, vm: 'v', status, error: null, errorCode: null, request: {}, stats: null, startedAt: '', endedOn: 'h1', cleanupError: null,
+    });
+    expect(stoppedEarly(s, [run('cancelled')], ac.signal)).to.equal(true);
+    expect(stoppedEarly(s, [run('completed')], ac.signal)).to.equal(false);
+    expect(stoppedEarly(s, [run('cancelled')], new AbortController().signal)).to.equal(false);
   });
 });
 
