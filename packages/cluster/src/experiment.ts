@@ -602,8 +602,21 @@ export function percentile(sample: readonly number[], q: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
 }
 
+/**
+ * The median: the middle value, or the mean of the middle two of an even number. Not the
+ * nearest-rank p50, which for an even number is the lower of the two (of two runs, the faster):
+ * the plots call it the median, and experiments often repeat a move 2 or 4 times.
+ */
+export function median(sample: readonly number[]): number {
+  const s = [...sample].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
 export interface Spread {
+  /** The median (median()). */
   p50: number;
+  /** Nearest-rank: the largest value below 100 samples. */
   p99: number;
   mean: number;
   min: number;
@@ -613,7 +626,7 @@ export interface Spread {
 function spread(xs: number[]): Spread | null {
   if (xs.length === 0) return null;
   const r = (x: number): number => Number(x.toFixed(3));
-  return { p50: r(percentile(xs, 0.5)), p99: r(percentile(xs, 0.99)), mean: r(xs.reduce((a, b) => a + b, 0) / xs.length), min: r(Math.min(...xs)), max: r(Math.max(...xs)) };
+  return { p50: r(median(xs)), p99: r(percentile(xs, 0.99)), mean: r(xs.reduce((a, b) => a + b, 0) / xs.length), min: r(Math.min(...xs)), max: r(Math.max(...xs)) };
 }
 
 /** One method's runs: counts, and spreads over its completed runs. */
@@ -752,7 +765,7 @@ export function resultsMarkdown(report: ExperimentReport): string {
     '',
     '## Results per method',
     '',
-    'Over the completed runs; bytes sent are the median.',
+    'Over the completed runs: p50 is the median (of an even number of runs, the mean of the middle two), p99 the nearest rank (the largest of fewer than 100 runs); bytes sent are the median.',
     '',
     '| method | runs | p50 total | p50 downtime | p99 downtime | bytes sent | passes (p50) | total ÷ model | failed |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---|',

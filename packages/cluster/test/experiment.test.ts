@@ -411,13 +411,24 @@ describe('experiment reports', () => {
   it('summarizes each method over its completed runs: total p50 and mean, downtime p50 and p99, bytes, passes, failures', () => {
     const [off, pre, post] = report().summary;
     expect(off).to.deep.include({ runs: 2, completed: 2, failed: 0 });
-    expect(off!.totalMs).to.deep.equal({ p50: 2400, p99: 2600, mean: 2500, min: 2400, max: 2600 });
+    expect(off!.totalMs).to.deep.equal({ p50: 2500, p99: 2600, mean: 2500, min: 2400, max: 2600 });
     expect(off!.downtimeMs!.p99).to.equal(2600);
-    expect(off!.transferredBytes!.p50).to.equal(40e6);
-    expect(off!.totalVsModel).to.equal(Number((2400 / ((64 * 1024 * 1024) / 100e6 * 1000)).toFixed(3)));
+    expect(off!.transferredBytes!.p50).to.equal(40.5e6);
+    expect(off!.totalVsModel).to.equal(Number((2500 / ((64 * 1024 * 1024) / 100e6 * 1000)).toFixed(3)));
     expect(pre).to.deep.include({ runs: 2, completed: 1, failed: 1, refused: 0, unsupported: false });
     expect(pre!.passes!.p50).to.equal(3);
     expect(post).to.deep.include({ completed: 0, refused: 1, unsupported: true, downtimeMs: null });
+  });
+
+  it('the p50 of an even number of runs is their median, the mean of the middle two, not the lower one', () => {
+    const r = report();
+    const run = (total: number, down: number): ExperimentRun => ({ ...r.runs[0]!, method: 'precopy', stats: stats('precopy', 'completed', total, down, total * 1000, [pass(1, 0, total)]) });
+    const [m] = summarize(['precopy'], [run(1991, 397), run(3101, 379)], 100e6);
+    expect(m!.totalMs).to.deep.include({ p50: 2546, min: 1991, max: 3101 });
+    expect(m!.downtimeMs!.p50).to.equal(388);
+    expect(m!.totalVsModel).to.equal(Number((2546 / ((64 * 1024 * 1024) / 100e6 * 1000)).toFixed(3)));
+    const [odd] = summarize(['precopy'], [run(5, 1), run(1, 1), run(3, 1)], null);
+    expect(odd!.totalMs!.p50).to.equal(3);
   });
 
   it('CSV: the header, then one row per run with its numbers, a failed run\'s error quoted', () => {
@@ -436,7 +447,7 @@ describe('experiment reports', () => {
     expect(text).to.match(/^# Experiment precopy-vs-offline\n/);
     expect(text).to.include('- link h1 – h2: delay 2ms, rate 1gbit, loss 0% (seed 7)');
     expect(text).to.include('- measured bandwidth h1 → h2: 100.0 MB/s');
-    expect(text).to.include('| offline | 2 | 2400 ms | 2400 ms | 2600 ms | 38.1 MiB | 1 |');
+    expect(text).to.include('| offline | 2 | 2500 ms | 2500 ms | 2600 ms | 38.6 MiB | 1 |');
     expect(text).to.match(/\| postcopy \| 1 \| — \| — \| — \| — \| — \| — \| 1 \(unsupported\) \|/);
     expect(text).to.include('| precopy | 2 | failed | the destination\'s worker exited, "unexpectedly", with code 1 |');
     for (const f of ['total-time.svg', 'downtime.svg', 'transferred.svg', 'dirty-set.svg', 'results.json', 'results.csv']) expect(text).to.include(`(${f})`);
