@@ -698,6 +698,11 @@ export interface ExperimentReport {
     to: string;
     /** What was set for the run (null: left as it was), and its seed. */
     impairments: LinkImpairments | null;
+    /**
+     * The link as the run found it (the fabric's impairments and seed), so a run that leaves it as
+     * it was still says what it ran over; null: not read (no such link, or the fabric did not answer).
+     */
+    found: { impairments: LinkImpairments; seed: number } | null;
     /** The bulk transfer from → to through the link, and its rate in bytes per second. */
     probe: LinkProbeResult | null;
     probeError: string | null;
@@ -757,7 +762,8 @@ export function resultsMarkdown(report: ExperimentReport): string {
     '',
     `- cluster: ${report.cluster.mode}${report.cluster.network ? ` (${report.cluster.network})` : ''}, moves from ${s.from} to ${s.to}`,
     `- VM: ${formatBytes(s.vm.memoryBytes)}, ${s.vm.vps} VP${s.vm.vps === 1 ? '' : 's'}, workload ${md(s.vm.workload)}; warm-up ${s.warmupMs} ms`,
-    `- link ${s.from} – ${s.to}: ${l.impairments === null ? 'as it was' : impairmentsText(l.impairments) || 'unimpaired'}${l.impairments === null ? '' : ` (seed ${report.seed})`}`,
+    `- link ${s.from} – ${s.to}: ${l.impairments !== null ? `${impairmentsText(l.impairments) || 'unimpaired'} (seed ${report.seed})`
+      : l.found ? `as it was: ${impairmentsText(l.found.impairments) || 'unimpaired'} (seed ${l.found.seed})` : 'as it was (not read)'}`,
     `- measured bandwidth ${s.from} → ${s.to}: ${l.bandwidthBytesPerSecond === null ? `none${l.probeError ? ` (${md(l.probeError)})` : ''}` : `${(l.bandwidthBytesPerSecond / 1e6).toFixed(1)} MB/s`}`
       + `${l.probe && l.probe.rttMs.length > 0 ? `, round trip p50 ${percentile(l.probe.rttMs, 0.5).toFixed(2)} ms` : ''}`,
     `- model (RAM ÷ bandwidth): ${l.modelMs === null ? '—' : ms(l.modelMs)}`,
@@ -1008,7 +1014,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
     const report: ExperimentReport = {
       version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, startedAt: started.toISOString(), endedAt: '', out,
       cluster: { mode: spec.cluster, home, network: null, hosts: [] },
-      link: { from: spec.from, to: spec.to, impairments: spec.link, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },
+      link: { from: spec.from, to: spec.to, impairments: spec.link, found: null, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },
       runs: [], summary: [], aborted: false, cleanup: [], files: [],
     };
     let broughtUp = false;
@@ -1046,9 +1052,18 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         hosts[n] = c;
       }
 
+      // The link as found: what a run that leaves it as it was runs over, and what one that sets it puts back.
+      const fab = spec.link ? await fabricStatus(home) : await fabricStatus(home).catch(() => null);
+      const was = fab?.links.find((l) => (l.a === spec.from && l.b === spec.to) || (l.a === spec.to && l.b === spec.from));
+      if (was) {
+        const i: LinkImpairments = {};
+        if (was.delayMs !== undefined && was.delayMs !== null) i.delayMs = was.delayMs;
+        if (was.jitterMs !== undefined && was.jitterMs !== null) i.jitterMs = was.jitterMs;
+        if (was.rateBps !== undefined && was.rateBps !== null) i.rateBps = was.rateBps;
+        if (was.lossPercent !== undefined && was.lossPercent !== null) i.lossPercent = was.lossPercent;
+        report.link.found = { impairments: i, seed: was.seed };
+      }
       if (spec.link) {
-        const fab = await fabricStatus(home);
-        const was = fab.links.find((l) => (l.a === spec.from && l.b === spec.to) || (l.a === spec.to && l.b === spec.from));
         if (!was) throw new ClusterError(`cluster ${st.name} has no link between ${spec.from} and ${spec.to}, so its impairments cannot be set`);
         restore = { delayMs: was.delayMs ?? null, jitterMs: was.jitterMs ?? null, rateBps: was.rateBps ?? null, lossPercent: was.lossPercent ?? null, seed: was.seed };
         const l = spec.link;

@@ -403,7 +403,7 @@ describe('experiment reports', () => {
     return {
       version: 1, name: s.name, kind: 'migration', seed: s.seed, spec: s, startedAt: '2026-12-01T00:00:00.000Z', endedAt: '2026-12-01T00:01:00.000Z', out: '/tmp/x',
       cluster: { mode: 'new', home: '/tmp/h', network: 'namespaces', hosts: [{ name: 'h1', hostId: 'abc123' }, { name: 'h2', hostId: 'def456' }] },
-      link: { from: 'h1', to: 'h2', impairments: s.link, probe: null, probeError: null, bandwidthBytesPerSecond: 100e6, modelMs: 2684.4 },
+      link: { from: 'h1', to: 'h2', impairments: s.link, found: { impairments: {}, seed: 9 }, probe: null, probeError: null, bandwidthBytesPerSecond: 100e6, modelMs: 2684.4 },
       runs, summary: summarize(s.methods, runs, 100e6), aborted: false, cleanup: [], files: [],
     };
   }
@@ -451,6 +451,18 @@ describe('experiment reports', () => {
     expect(text).to.match(/\| postcopy \| 1 \| — \| — \| — \| — \| — \| — \| 1 \(unsupported\) \|/);
     expect(text).to.include('| precopy | 2 | failed | the destination\'s worker exited, "unexpectedly", with code 1 |');
     for (const f of ['total-time.svg', 'downtime.svg', 'transferred.svg', 'dirty-set.svg', 'results.json', 'results.csv']) expect(text).to.include(`(${f})`);
+  });
+
+  it('Markdown and JSON say what the link was when the run left it as it was (its impairments and seed, as found)', () => {
+    const r = report();
+    r.spec.link = null;
+    r.link.impairments = null;
+    r.link.found = { impairments: { delayMs: 30, rateBps: 20e6 }, seed: 1637504791 };
+    expect(resultsMarkdown(r)).to.include('- link h1 – h2: as it was: delay 30ms, rate 20mbit (seed 1637504791)');
+    r.link.found = { impairments: {}, seed: 4 };
+    expect(resultsMarkdown(r)).to.include('- link h1 – h2: as it was: unimpaired (seed 4)');
+    r.link.found = null;
+    expect(resultsMarkdown(r)).to.include('- link h1 – h2: as it was (not read)');
   });
 
   it('SVG plots are well-formed, with a title, axes, labels and a legend; a bar per method, a polyline per method with passes', () => {
