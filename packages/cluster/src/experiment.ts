@@ -512,12 +512,22 @@ export function runVmName(experiment: string, method: string, repetition: number
   return `${experiment.slice(0, Math.max(1, 62 - tail.length))}-${tail}`;
 }
 
+/**
+ * A move's passes as "vm move" says them: a pre-copy's list ends with the blackout's, so a move of
+ * maxPasses 6 lists 7 (said "7 passes", it read as one past the limit).
+ */
+function passesText(s: MigrationStats): string {
+  const n = s.passes.length;
+  if (s.method === 'precopy' && n >= 2) return `${n - 1} pre-copy pass${n - 1 === 1 ? '' : 'es'} and the blackout's`;
+  return `${n} pass${n === 1 ? '' : 'es'}`;
+}
+
 /** One line of progress for a finished run. */
 export function runLine(r: ExperimentRun, repetitions: number): string {
   const head = `${r.method} ${r.repetition}/${repetitions}`;
   const s = r.stats;
   if (r.status === 'completed' && s) {
-    return `${head}: completed in ${s['total-time']} ms, downtime ${s.downtime} ms, ${s.passes.length} pass${s.passes.length === 1 ? '' : 'es'}, ${formatBinaryBytes(s.ram.transferred)} sent`;
+    return `${head}: completed in ${s['total-time']} ms, downtime ${s.downtime} ms, ${passesText(s)}, ${formatBinaryBytes(s.ram.transferred)} sent`;
   }
   return `${head}: ${r.status}${r.error ? `: ${r.error}` : ''}`;
 }
@@ -737,7 +747,8 @@ export function resultsCsv(report: Pick<ExperimentReport, 'runs'>): string {
     const s = r.stats;
     return [
       r.method, r.repetition, r.status, s?.['total-time'], s?.['setup-time'], s?.downtime, s?.['downtime-acked'], s?.ram.transferred, s?.ram.total, s?.passes.length, s?.ram.duplicate, s?.ram.normal,
-      s?.['compression-ratio'], s?.['throttle-percentage'], r.error,
+      // Raw ÷ sent means something only when pages were compressed (zero pages and headers move it otherwise), as move-status shows it.
+      s?.options?.compress ? s['compression-ratio'] : null, s?.['throttle-percentage'], r.error,
     ].map(csvField).join(',');
   });
   return `${[CSV_COLUMNS.join(','), ...rows].join('\r\n')}\r\n`;
@@ -773,7 +784,7 @@ export function resultsMarkdown(report: ExperimentReport): string {
     '',
     'Over the completed runs: p50 is the median (of an even number of runs, the mean of the middle two), p99 the nearest rank (the largest of fewer than 100 runs); bytes sent are the median.',
     '',
-    '| method | runs | p50 total | p50 downtime | p99 downtime | bytes sent | passes (p50) | total ÷ model | failed |',
+    '| method | runs | p50 total | p50 downtime | p99 downtime | bytes sent | passes (p50, the blackout\'s too) | total ÷ model | failed |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---|',
   ];
   for (const m of report.summary) {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
   CSV_COLUMNS, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
-  resultsCsv, resultsMarkdown, runMoves, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun, type ExperimentSpec,
+  resultsCsv, resultsMarkdown, runLine, runMoves, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun, type ExperimentSpec,
 } from '../src/index.js';
 
 const EXAMPLE = `# pre-copy against stop-and-copy
@@ -431,13 +431,29 @@ describe('experiment reports', () => {
     expect(odd!.totalMs!.p50).to.equal(3);
   });
 
+  it('a run\'s line counts its pre-copy passes and the blackout\'s apart, as "vm move" does; the table says the blackout is among the passes', () => {
+    const r = report();
+    expect(runLine(r.runs[2]!, 2)).to.equal('precopy 1/2: completed in 3100 ms, downtime 40 ms, 2 pre-copy passes and the blackout\'s, 57.2 MiB sent');
+    expect(runLine(r.runs[0]!, 2)).to.equal('offline 1/2: completed in 2400 ms, downtime 2400 ms, 1 pass, 38.1 MiB sent');
+    expect(resultsMarkdown(r)).to.include('| passes (p50, the blackout\'s too) |');
+  });
+
+  it('CSV: the compression ratio only of a compressed move (raw ÷ sent says nothing of the others)', () => {
+    const r = report();
+    const st = r.runs[0]!.stats!;
+    r.runs[0]!.stats = { ...st, 'compression-ratio': 59.48, options: { ...st.options, compress: true } };
+    const csv = resultsCsv(r).split('\r\n');
+    expect(csv[1]!.split(',')[CSV_COLUMNS.indexOf('compression_ratio')]).to.equal('59.48');
+    expect(csv[2]!.split(',')[CSV_COLUMNS.indexOf('compression_ratio')]).to.equal('');
+  });
+
   it('CSV: the header, then one row per run with its numbers, a failed run\'s error quoted', () => {
     const csv = resultsCsv(report()).split('\r\n');
     expect(csv[0]).to.equal('method,repetition,status,total_ms,setup_ms,downtime_ms,downtime_acked_ms,transferred_bytes,ram_bytes,passes,zero_pages,normal_pages,compression_ratio,throttle_pct,error');
     expect(csv[0]!.split(',')).to.deep.equal([...CSV_COLUMNS]);
     expect(csv).to.have.length(7);
-    expect(csv[1]).to.equal(`offline,1,completed,2400,5,2400,2403,40000000,${64 * 1024 * 1024},1,12000,4000,1,0,`);
-    expect(csv[4]).to.equal(`precopy,2,failed,900,5,0,,9000000,${64 * 1024 * 1024},1,12000,4000,1,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
+    expect(csv[1]).to.equal(`offline,1,completed,2400,5,2400,2403,40000000,${64 * 1024 * 1024},1,12000,4000,,0,`);
+    expect(csv[4]).to.equal(`precopy,2,failed,900,5,0,,9000000,${64 * 1024 * 1024},1,12000,4000,,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
     expect(csv[5]).to.equal('postcopy,1,refused,,,,,,,,,,,,post-copy migration is not built yet');
     expect(csv[6]).to.equal('');
   });
