@@ -117,6 +117,11 @@ describe('live migration between two hosts', function () {
     expect(st['downtime-acked']!).to.be.at.least(st.downtime);
     expect(st.downtime + b.ack!, JSON.stringify(st)).to.be.within(st['downtime-acked']! - 2, st['downtime-acked']! + 2);
     expect(st.ram.total).to.be.greaterThan(60 * 1024 * 1024);
+    // Both hosts say the same of the move: its total ends at the commit on both (the source's went
+    // on to the commit's answer, 20-190 ms more than the destination said).
+    const theirs = await h.json<MigrationStats>('--host', 'h2', 'vm', 'move-status', 'cnt');
+    expect(theirs.status).to.equal('completed');
+    expect([theirs['total-time'], theirs.downtime, theirs.ram.transferred], 'the destination\'s move-status').to.deep.equal([st['total-time'], st.downtime, st.ram.transferred]);
     // An idle-ish 64 MiB VM: nearly every page is zero and goes as a marker only.
     expect(st.ram.transferred, 'bytes sent').to.be.below(st.ram.total * 0.05);
     expect(st.ram.duplicate).to.be.greaterThan(15000);
