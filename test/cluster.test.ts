@@ -519,7 +519,12 @@ describe('a home with a host of its own', function () {
 
 /** `hvlab ARGS` with HVLAB_HOME=home. */
 function cliIn(home: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const c = spawn(process.execPath, [cli, ...args], { env: { ...process.env, HVLAB_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return cliAt(null, home, ...args);
+}
+/** `hvlab ARGS` with HVLAB_HOME=home, in network namespace `netns` (null: the test's own). */
+function cliAt(netns: string | null, home: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const argv = [process.execPath, cli, ...args];
+  const c = spawn(netns === null ? argv[0]! : 'ip', netns === null ? argv.slice(1) : ['netns', 'exec', netns, ...argv], { env: { ...process.env, HVLAB_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   c.stdout.on('data', (d) => (stdout += d));
@@ -614,6 +619,64 @@ describe('clusters of different homes on one machine', function () {
     await eventually(() => homes.every((home) => leftovers(ids, home).pids.length === 0), 5000);
     for (const home of homes) expect(leftovers(ids, home)).to.deep.equal({ pids: [], shm: [] });
     expect(linkNames().filter((l) => l.startsWith(`hv${clusterTag(a)}-`) || l.startsWith(`hvp${clusterTag(a)}-`))).to.deep.equal([]);
+  });
+
+  it('a cluster whose fabric listens on every address comes up beside clusters whose fabrics listen on their gateways, in either order; a second one is refused at once, naming the port, and leaves nothing', async () => {
+    // In a namespace of the test's own: 0.0.0.0 there is none of this machine's addresses, and
+    // the fabrics of other clusters of this machine keep their ports. A gateway's fabric had 7740
+    // too: the cluster on every address failed beside it ("Address already in use"), and it beside that one.
+    const ns = `hvlab-${clusterTag(base)}-fp`;
+    made.namespaces.push(ns);
+    for (const args of [['netns', 'add', ns], ['-n', ns, 'link', 'set', 'lo', 'up']]) {
+      const r = spawnSync('ip', args, { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+    }
+    const [gw1, every, gw2, refused] = ['gw1', 'every', 'gw2', 'refused'].map((n) => join(base, n)) as [string, string, string, string];
+    homes.push(gw1, every, gw2, refused);
+    const up = async (home: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
+      const r = await cliAt(ns, home, 'up', '--hosts', '1', '--lps', '1', ...args);
+      clusterHostIds(home, ids);
+      return r;
+    };
+    const nsLinks = (): string[] => (spawnSync('ip', ['-n', ns, '-o', 'link', 'show'], { encoding: 'utf8' }).stdout ?? '').split('\n').map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1] ?? '').filter(Boolean).sort();
+    try {
+      for (const [home, args] of [[gw1, []], [every, ['--listen', '0.0.0.0']], [gw2, []]] as const) {
+        const r = await up(home, ...args);
+        expect(r.code, `${home}: ${r.stderr}`).to.equal(0);
+      }
+      // Each one's status says the port its fabric listens on, and its host joined it there.
+      const listening = (spawnSync('ip', ['netns', 'exec', ns, 'ss', '-ltnH'], { encoding: 'utf8' }).stdout ?? '').split('\n').map((l) => l.trim().split(/\s+/)[3]).filter(Boolean);
+      type St = { fabric: { state: string; address: string }; join: string | null; hosts: Array<{ member: boolean }> };
+      const ports: number[] = [];
+      for (const home of [gw1, every, gw2]) {
+        const r = await cliAt(ns, home, 'cluster', 'status', '--json');
+        expect(r.code, r.stderr).to.equal(0);
+        const st = JSON.parse(r.stdout) as St;
+        expect([st.fabric.state, ...st.hosts.map((x) => x.member)]).to.deep.equal(['up', true]);
+        const [gateway, port] = st.fabric.address.split(':') as [string, string];
+        expect(listening, st.fabric.address).to.include(`${home === every ? '0.0.0.0' : gateway}:${port}`);
+        ports.push(Number(port));
+      }
+      expect(ports[1], 'where other machines join').to.equal(7740);
+      expect(ports.filter((p) => p === 7740), 'the gateways\' fabrics on ports of their own').to.have.length(1);
+      // A second cluster on every address: refused before anything is made, the port and what to do named.
+      const linksBefore = nsLinks();
+      const second = await up(refused, '--listen', '0.0.0.0');
+      expect(second.code).to.equal(1);
+      expect(second.stderr).to.match(/^hvlab: port 7740 is in use on this machine \(another cluster's fabric, or another program, listens there; .*\): take that down, or give this cluster another port with --fabric-port\n$/);
+      // Its gateway's port given, and held by the one on every address: found once its bridge is made, said the same way, and its network goes again.
+      const given = await up(refused, '--fabric-port', '7740');
+      expect(given.code).to.equal(1);
+      expect(given.stderr).to.match(/^hvlab: port 7740 is in use on 10\.\d+\.\d+\.1 \(another cluster's fabric/);
+      expect(existsSync(join(refused, 'cluster')), 'no cluster state').to.equal(false);
+      expect(fabricPids(refused), 'no fabric').to.deep.equal([]);
+      expect(networkLeftovers(clusterTag(refused)), 'no namespace').to.deep.equal({ namespaces: [], links: [] });
+      expect(nsLinks(), 'no bridge or veth').to.deep.equal(linksBefore);
+    } finally {
+      for (const home of homes) await cliAt(ns, home, 'cluster', 'down');
+    }
+    await eventually(() => homes.every((home) => leftovers(ids, home).pids.length === 0), 5000);
+    for (const home of homes) expect(leftovers(ids, home)).to.deep.equal({ pids: [], shm: [] });
   });
 
   it('a subnet in use on this machine is not taken: the cluster gets another, and what had it keeps it', async () => {

@@ -101,6 +101,10 @@ const LISTEN_OPTION: OptionSpec = {
   name: 'listen', value: 'IP', check: nonEmpty('listen'),
   help: 'where the cluster\'s fabric listens: 0.0.0.0 (or an address of this machine) lets hosts of other machines join (default: this machine only)',
 };
+const FABRIC_PORT_OPTION: OptionSpec = {
+  name: 'fabric-port', value: 'PORT', check: wholeIn('fabric-port', 1, 65535, 'a port from 1 to 65535'),
+  help: 'the port the cluster\'s fabric listens on (default: 7740 with --listen, where other machines join; else any free port)',
+};
 const inRange = (n: number | null, lo: number, hi: number): boolean => n !== null && Number.isFinite(n) && n >= lo && n <= hi;
 const durationCheck = (opt: string) => (v: string): string | null => (v === 'none' || inRange(parseDuration(v), 0, LINK_MAX_DELAY_MS) ? null : `--${opt} ${v} is invalid: a duration from 0 to 60s such as 20ms or 1.5s, or none`);
 const LINK_IMPAIRMENT_OPTIONS: OptionSpec[] = [
@@ -126,6 +130,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'spare', value: 'N', help: 'keep N VM workers with their code loaded and no VM: any "vm start", restore or incoming migration takes one instead of starting two processes ("ps" shows them as spare; default 1, 0 for none)', check: wholeIn('spare', 0, 8, '0 to 8 spare workers') },
       { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
       LISTEN_OPTION,
+      FABRIC_PORT_OPTION,
       { name: 'join', value: 'ADDRESS[:PORT]', help: 'join the cluster whose fabric is there (see "cluster status" on its machine) as one more host; needs --key', check: nonEmpty('join') },
       { name: 'key', value: 'FILE', help: 'with --join: the cluster\'s key file (cluster/cluster.key of its home), copied there by you', check: nonEmpty('key') },
       { name: 'name', value: 'NAME', help: 'with --join: this host\'s name in the cluster (default: j and random letters)', check: nonEmpty('name') },
@@ -158,7 +163,7 @@ export const COMMANDS: CommandSpec[] = [
     help: 'check a topology file (YAML or JSON: hosts, links, VMs) and show what it describes; every problem is named with its line and field',
   },
   {
-    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [LISTEN_OPTION],
+    words: ['cluster', 'up'], args: 'FILE', min: 1, max: 1, json: true, group: 'Clusters', options: [LISTEN_OPTION, FABRIC_PORT_OPTION],
     help: 'bring up every host of a topology file (each in its own network namespace where allowed) and start its VMs on the hosts it names; returns when all are Running',
   },
   {
@@ -1218,6 +1223,12 @@ async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Pro
   throw new Interrupted(`link probe was interrupted: its traffic from ${what} was stopped ${where}${settled ? '' : '; the host is still ending its probe'}`);
 }
 
+/** Where a new cluster's fabric listens, as --listen and --fabric-port say (checked by their options). */
+function fabricOptions(opt: (name: string) => string | undefined): { listen?: string; fabricPort?: number } {
+  const port = opt('fabric-port');
+  return { listen: opt('listen'), ...(port === undefined ? {} : { fabricPort: Number(port) }) };
+}
+
 async function clusterCall<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -1355,7 +1366,7 @@ export async function run(argv: string[]): Promise<number> {
         const hostsN = opt('hosts');
         const joinAt = opt('join');
         for (const o of ['key', 'name', 'address']) if (opt(o) !== undefined && joinAt === undefined) throw new UsageError(`--${o} goes with --join`);
-        if (opt('listen') !== undefined && hostsN === undefined) throw new UsageError('--listen goes with --hosts (or "cluster up")');
+        for (const o of ['listen', 'fabric-port']) if (opt(o) !== undefined && hostsN === undefined) throw new UsageError(`--${o} goes with --hosts (or "cluster up")`);
         if (joinAt !== undefined) {
           if (hostsN !== undefined || transport !== 'shm' || warm !== undefined || opt('spare') !== undefined) throw new UsageError('--join brings up one host of a cluster: --hosts, --vmbus-transport, --warm and --spare do not go with it');
           const keyFile = opt('key');
@@ -1369,7 +1380,7 @@ export async function run(argv: string[]): Promise<number> {
           if (transport !== 'shm' || warm !== undefined || opt('spare') !== undefined) throw new UsageError('--hosts brings up a cluster: --vmbus-transport, --warm and --spare are for one host');
           const source = meshTopologySource(Number(hostsN), lps === undefined ? null : Number(lps));
           const t = parseTopology(source, `--hosts ${hostsN}`);
-          await interruptible('up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), listen: opt('listen'), signal })));
+          await interruptible('up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), ...fabricOptions(opt), signal })));
           const st = await clusterCall(() => clusterStatus(paths.home));
           if (json) out(JSON.stringify(st));
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
@@ -1431,7 +1442,7 @@ export async function run(argv: string[]): Promise<number> {
         if (r instanceof TopologyError) return refuseTopology(r, json, '; nothing was started');
         const t = r.topology;
         const t0 = Date.now();
-        await interruptible('cluster up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l), listen: opt('listen'), signal })));
+        await interruptible('cluster up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l), ...fabricOptions(opt), signal })));
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);

@@ -19,6 +19,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { createServer } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, DEFAULT_FABRIC_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, MEMBER_SECRET_FILE, decodeFabricStatus, decodeLinkResult, formatBytes, isIpv4,
@@ -53,7 +54,11 @@ export interface ClusterRecord {
   /** Its text: the record's topology is this, checked again on every read. */
   source: string;
   createdAt: string;
-  /** Where the fabric listens (the gateway, or an address given with --listen, e.g. 0.0.0.0), its port, and the address this machine's hosts reach it by. */
+  /**
+   * Where the fabric listens (the gateway, or an address given with --listen, e.g. 0.0.0.0), the
+   * port it was asked for (0: any free one, `fabricPortFor`; the one it got is fabric.json's), and
+   * the address this machine's hosts reach it by.
+   */
   listen: string;
   fabricPort: number;
   gateway: string;
@@ -216,7 +221,7 @@ export interface ClusterUpOptions {
   env?: Record<string, string>;
   /** Where the fabric listens (default: the cluster's gateway, this machine only); 0.0.0.0 lets hosts of other machines join. */
   listen?: string;
-  /** The fabric's port (default 7740). */
+  /** The fabric's port (default: `fabricPortFor`, 7740 for a fabric that other machines join). */
   fabricPort?: number;
   /**
    * Aborted (the CLI's Ctrl-C): the step under way finishes, then everything made so far is taken
@@ -229,6 +234,43 @@ export interface ClusterUpOptions {
 /** Throws once `signal` is aborted (between the steps of a cluster up). */
 function checkAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new ClusterError('interrupted');
+}
+
+/**
+ * The fabric's port when none is given: DEFAULT_FABRIC_PORT, where hosts of other machines join,
+ * for a fabric that listens beyond its cluster's gateway (--listen 0.0.0.0, or an address of this
+ * machine); any free port (0) for one that listens on its gateway only, which nothing outside the
+ * machine joins. A fabric on its gateway used to take 7740 too, and then a cluster of this
+ * machine whose fabric listens on every address could not come up beside it (a listener on
+ * 0.0.0.0:P and one on any address's P exclude each other), nor it beside that one. Its hosts
+ * are told the port it got (HVLAB_CLUSTER_FABRIC, from fabric.json), and its supervisor binds the
+ * same one on each restart.
+ */
+export function fabricPortFor(listen: string, gateway: string): number {
+  return listen === gateway ? 0 : DEFAULT_FABRIC_PORT;
+}
+
+/** The port a cluster's fabric was to listen on is held by something else of this machine: the port, and what to do. */
+export class FabricPortTakenError extends ClusterError {
+  override name = 'FabricPortTakenError';
+  constructor(readonly listen: string, readonly port: number) {
+    super(`port ${port} is in use ${listen === '0.0.0.0' ? 'on this machine' : `on ${listen}`} (another cluster's fabric, or another program, listens there; "ss -ltnp sport = :${port}" shows which): `
+      + 'take that down, or give this cluster another port with --fabric-port');
+  }
+}
+
+/**
+ * Whether `listen`:`port` is held now by a listener of this machine (on that address, or on every
+ * address): bound for a moment and let go, as the fabric would bind it (SO_REUSEADDR, so a port
+ * whose connections wait out TIME-WAIT is free). The error of anything else (no such address, a
+ * port that needs privileges) is given back as it is.
+ */
+export function portHeld(listen: string, port: number): Promise<boolean> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once('error', (e: NodeJS.ErrnoException) => (e.code === 'EADDRINUSE' ? done(true) : fail(e)));
+    server.listen({ host: listen, port, exclusive: true }, () => server.close(() => done(false)));
+  });
 }
 
 /** VMs a host starts at once during `cluster up` (each start is mostly waiting on processes). */
@@ -287,11 +329,24 @@ export async function clusterUp(home: string, topology: Topology, source: string
     const usable = net.mode === 'namespaces' ? mine.filter((x) => !x.startsWith('127.')) : mine;
     if (!mine.includes(listen)) throw new ClusterError(`--listen ${listen} is not an address of this machine (${usable.join(', ') || 'it has none'}): use one of them, or 0.0.0.0 for every address`);
   }
+  if (opts.fabricPort !== undefined && (!Number.isInteger(opts.fabricPort) || opts.fabricPort < 1 || opts.fabricPort > 65535)) throw new ClusterError(`--fabric-port takes a port from 1 to 65535, not ${opts.fabricPort}`);
+  const fabricPort = opts.fabricPort ?? fabricPortFor(listen, net.gateway);
+  // A port something holds is said now, before anything is made, where its address exists already
+  // (every address but a namespaced cluster's gateway, whose bridge is made below): it was said
+  // only once the network was made and the fabric had failed ("Address already in use").
+  const portSaid = async (): Promise<void> => {
+    if (fabricPort === 0) return;
+    const held = await portHeld(listen, fabricPort).catch((e: Error) => {
+      throw new ClusterError(`the fabric cannot listen on ${listen}:${fabricPort}: ${e.message}`);
+    });
+    if (held) throw new FabricPortTakenError(listen, fabricPort);
+  };
+  if (listen !== net.gateway || net.mode === 'loopback') await portSaid();
   // Taken exclusively: two 'cluster up' at once on one home both found no record, both built the
   // same bridge and namespaces, and both failed half-way ('RTNETLINK answers: File exists').
   if (!claimRecord(home, {
     version: CLUSTER_RECORD_VERSION, name: topology.name, file, source, createdAt: new Date().toISOString(), mode: net.mode, modeReason: net.reason,
-    listen, fabricPort: opts.fabricPort ?? DEFAULT_FABRIC_PORT, gateway: net.gateway, network: { tag: net.tag, subnet: net.subnet, instance: net.instance },
+    listen, fabricPort, gateway: net.gateway, network: { tag: net.tag, subnet: net.subnet, instance: net.instance },
   })) throw new ClusterError(`a cluster is already up or coming up for ${home} (another "cluster up" took it first); "hvlab cluster status" shows it`);
   // One host per home: a single host ("hvlab up") here is not the cluster's, and "down" took only
   // one of the two. Asked after the record is claimed, as "up" asks for the record after its host
@@ -308,7 +363,13 @@ export async function clusterUp(home: string, topology: Topology, source: string
     setupNetwork(net);
     if (net.mode === 'namespaces') say(`network: ${net.hosts.length} namespace${net.hosts.length === 1 ? '' : 's'} on bridge ${net.bridge} (${net.subnet})`);
     writeClusterKey(clusterKeyFile(home), makeClusterKey(topology.name));
-    const port = await startFabric(home);
+    // Taken meanwhile (or a namespaced gateway's, known only now): said as above, once the fabric could not bind it.
+    const port = await startFabric(home).catch(async (e: unknown) => {
+      await portSaid().catch((said: unknown) => {
+        if (said instanceof FabricPortTakenError) throw said;
+      });
+      throw e;
+    });
     say(`fabric: links on ${listen}:${port}`);
     checkAborted(signal);
     // Hosts start side by side; each host's VMs then start one after another on it.
@@ -522,7 +583,10 @@ export interface ClusterStatus {
   /** Where hosts of other machines join: `hvlab up --join <join> --key <keyFile>` (null: this machine only). */
   join: string | null;
   keyFile: string;
-  /** `restarts`: servers its supervisor started after the first died; `since`: when the one serving now started. */
+  /**
+   * `address`: the gateway and the port the fabric got (the gateway alone before it said one);
+   * `restarts`: servers its supervisor started after the first died; `since`: when the one serving now started.
+   */
   fabric: { state: 'up' | 'down'; address: string; pid: number | null; refused: number; error: string | null; restarts: number; since: string | null };
   hosts: ClusterHostStatus[];
   links: ClusterLinkStatus[];
@@ -869,13 +933,15 @@ export async function clusterStatus(home: string): Promise<ClusterStatus> {
     ? st.links.map((l) => ({ ...l, applied: true }))
     : c.topology.links.map((l) => ({ a: l.a, b: l.b, ...l.impairments, cut: false, seed: 0, bytes: [0, 0] as [number, number], lost: 0, connections: 0, applied: false }));
   const f = readFabricFile(home);
-  const port = f?.port ?? c.record.fabricPort;
+  // The port the fabric got; before it said one (no fabric.json yet), the one asked for, if any (0: any free one).
+  const port = f?.port ?? (c.record.fabricPort || null);
+  const at = (address: string): string => (port === null ? address : `${address}:${port}`);
   // Where another machine joins: the --listen address (0.0.0.0: any address of this machine); none when the fabric listens on the gateway only.
-  const join = c.record.listen === c.record.gateway ? null : c.record.listen === '0.0.0.0' ? `<an address of this machine>:${port}` : `${c.record.listen}:${port}`;
+  const join = c.record.listen === c.record.gateway ? null : at(c.record.listen === '0.0.0.0' ? '<an address of this machine>' : c.record.listen);
   return {
     name: c.topology.name, mode: net.mode, modeReason: net.reason, bridge: net.bridge, subnet: net.subnet,
     join, keyFile: clusterKeyFile(home),
-    fabric: { state: st ? 'up' : 'down', address: `${c.record.gateway}:${port}`, pid: f?.pid ?? null, refused: st?.refused ?? 0, error: fabricError, restarts: f?.restarts ?? 0, since: f?.startedAt ?? null },
+    fabric: { state: st ? 'up' : 'down', address: at(c.record.gateway), pid: f?.pid ?? null, refused: st?.refused ?? 0, error: fabricError, restarts: f?.restarts ?? 0, since: f?.startedAt ?? null },
     hosts, links,
   };
 }
