@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import type { HostInfo, LinkProbeResult, VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
-import { nemesisPids, processState, type FaultRecord } from '@hvlab/faults';
+import { NemesisClient, nemesisPid, nemesisPids, processState, stopNemesis, wardenPids, type FaultRecord } from '@hvlab/faults';
 import { TestHost, eventually, shmFiles, sleep } from './harness.js';
 
 type Status = { hosts: Array<{ name: string; hostId: string }> };
@@ -92,6 +92,45 @@ describe('faults: processes, links and partitions (real processes)', function ()
     } finally {
       await h.ok('--host', 'h3', 'vm', 'turn-off', 'web');
       await h.ok('--host', 'h3', 'vm', 'delete', 'web');
+    }
+  });
+
+  it('what a host\'s own nemesis left when it was killed with its warden keeps no fault command in its home: it is undone, said, and the fault goes to the cluster\'s nemesis', async () => {
+    const h1home = join(h.home, 'cluster', 'hosts', 'h1');
+    // A nemesis of h1's own (as before its home's faults went to the cluster's) pauses web, and is
+    // killed with its warden (stopped first, so that it starts no nemesis to undo the pause).
+    const own = await NemesisClient.connect(h1home);
+    const left = await own.inject({ kind: 'pause', target: 'vm:web', forMs: 60_000, params: {} }).finally(() => own.close());
+    const pid = left.resolved.processes[0]!.pid;
+    try {
+      expect(await eventually(() => wardenPids(h1home).length > 0, 10000), 'its warden').to.equal(true);
+      const wardens = wardenPids(h1home);
+      for (const w of wardens) process.kill(w, 'SIGSTOP');
+      process.kill(nemesisPid(h1home)!, 'SIGKILL');
+      for (const w of wardens) process.kill(w, 'SIGKILL');
+      expect(await eventually(() => nemesisPids(h1home).length === 0, 5000), 'gone').to.equal(true);
+      expect(existsSync(join(h1home, 'faults', 'active.json')), 'what it left').to.equal(true);
+      expect(processState(pid), 'web still paused').to.equal('T');
+      // That file kept the command there: it started a nemesis of h1's own again, which undid the
+      // pause and paused web itself, beside the cluster's nemesis.
+      const r = await h.run('--home', h1home, 'fault', 'inject', 'pause', '--target', 'vm:web', '--for', '20s', '--json');
+      expect(r.code, r.stderr).to.equal(0);
+      const f = JSON.parse(r.stdout) as FaultRecord;
+      expect(f.target, 'the cluster\'s nemesis: the VM on its host').to.equal('vm:web@h1');
+      expect(r.stderr).to.include(`hvlab: host h1's own nemesis is gone; what it left was undone: ${left.id} (pause on ${left.resolved.summary})`);
+      expect((await faults()).map((x) => x.id), 'in the cluster\'s list').to.deep.equal([f.id]);
+      expect(nemesisPids(h1home), 'no nemesis of h1\'s own').to.deep.equal([]);
+      expect(existsSync(join(h1home, 'faults', 'active.json')), 'nothing left').to.equal(false);
+      const log = readFileSync(join(h1home, 'faults', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string; recovered?: boolean });
+      expect(log.filter((l) => l.id === left.id).map((l) => `${l.event}${l.recovered ? ':recovered' : ''}`)).to.deep.equal(['start', 'end:recovered']);
+      await h.ok('fault', 'clear', f.id);
+      expect(processState(pid), 'web runs').to.not.equal('T');
+    } finally {
+      await stopNemesis(h1home);
+      await h.run('fault', 'clear');
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch { /* gone */ }
     }
   });
 

@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -1331,9 +1331,15 @@ export async function run(argv: string[]): Promise<number> {
     // So do the faults of a cluster host's own home (--home HOME/cluster/hosts/H): they go to the
     // cluster's nemesis as --home HOME --host H would (its own nemesis beside the cluster's brought
     // that conflict back). Only a nemesis left running there from before is still reached, so that
-    // what it holds can be listed and cleared.
+    // what it holds can be listed and cleared. What one that is gone left (its active.json: it was
+    // killed with its warden) is undone here first, and said: that file kept every fault command
+    // there, and the first started a nemesis of the host's own again, beside the cluster's.
     const member = commandName(p.spec).startsWith('fault ') && aimed === undefined ? clusterOfHostHome(paths.home) : null;
-    if (member !== null && nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
+    if (member !== null && nemesisPid(paths.home) === null) {
+      const undone = await undoGoneNemesis(paths.home);
+      if (undone.length > 0) {
+        process.stderr.write(`hvlab: host ${member.host}'s own nemesis is gone; what it left was undone: ${undone.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary})`).join(', ')}. Faults of ${member.host} go to the cluster's nemesis\n`);
+      }
       paths = hostPaths(member.home);
       faultOnHost = member.host;
     }

@@ -5,8 +5,8 @@
  * speaks to dies (its warden starts another, which undoes what the dead one held): a list, renew
  * or clear of everything is asked again of the new one, an inject fails with a sentence.
  * `stopNemesis(home)` ends every fault, the nemesis and its warden; if the nemesis is dead but left
- * faults in active.json, it undoes them here. Nothing of the nemesis is left after it: no process,
- * no socket.
+ * faults in active.json, it undoes them here (as `undoGoneNemesis(home)` does, which stops nothing).
+ * Nothing of the nemesis is left after it: no process, no socket.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -108,10 +108,13 @@ function titled(want: string): number[] {
   return out;
 }
 
-/** Starts the nemesis of `home` unless one runs; resolves with its pid. */
-export async function startNemesis(home: string): Promise<number> {
-  const running = nemesisPid(home);
-  if (running) return running;
+/**
+ * Takes the lock that whatever starts the home's nemesis holds meanwhile (`faults/nemesis.lock`,
+ * its holder's pid: startNemesis, the warden), waiting while a live process holds it (a lock whose
+ * holder died is taken over); resolves with the pid of the nemesis instead once one runs (the lock
+ * is then not taken).
+ */
+async function nemesisStartLock(home: string): Promise<{ running: number } | { release: () => void }> {
   mkdirSync(faultsDir(home), { recursive: true, mode: 0o700 });
   const lock = join(faultsDir(home), 'nemesis.lock');
   const until = Date.now() + 15_000;
@@ -120,11 +123,11 @@ export async function startNemesis(home: string): Promise<number> {
       const fd = openSync(lock, 'wx', 0o600);
       writeSync(fd, String(process.pid));
       closeSync(fd);
-      break;
+      return { release: () => rmSync(lock, { force: true }) };
     } catch {
       // Someone else is starting it: wait for it, or take over a lock whose holder died.
       const pid = nemesisPid(home);
-      if (pid) return pid;
+      if (pid) return { running: pid };
       let holder = 0;
       try {
         holder = Number(readRegularFile(lock, 64).toString('utf8'));
@@ -134,6 +137,14 @@ export async function startNemesis(home: string): Promise<number> {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
+}
+
+/** Starts the nemesis of `home` unless one runs; resolves with its pid. */
+export async function startNemesis(home: string): Promise<number> {
+  const running = nemesisPid(home);
+  if (running) return running;
+  const lock = await nemesisStartLock(home);
+  if ('running' in lock) return lock.running;
   try {
     const again = nemesisPid(home);
     if (again) return again;
@@ -156,8 +167,39 @@ export async function startNemesis(home: string): Promise<number> {
     child.unref();
     return child.pid!;
   } finally {
-    rmSync(lock, { force: true });
+    lock.release();
   }
+}
+
+/**
+ * Undoes, here, what a nemesis of `home` that is gone left in active.json (killed with its warden,
+ * which would have started another to undo it), and takes away its nemesis.json and socket; under
+ * the start lock, so that no nemesis starting meanwhile undoes the same faults. Resolves with the
+ * faults undone: none when a nemesis runs there (they are its own, or it undid them as it started).
+ */
+export async function undoGoneNemesis(home: string): Promise<FaultRecord[]> {
+  if (!existsSync(activeFile(home)) || nemesisPid(home) !== null) return [];
+  const lock = await nemesisStartLock(home);
+  if ('running' in lock) return [];
+  try {
+    return nemesisPid(home) === null ? await undoLeft(home) : [];
+  } finally {
+    lock.release();
+  }
+}
+
+/** Undoes what a nemesis of `home` that is gone left, and removes its files; resolves with the faults undone. */
+async function undoLeft(home: string): Promise<FaultRecord[]> {
+  let undone: FaultRecord[] = [];
+  if (existsSync(activeFile(home))) {
+    const nemesis = new Nemesis({ home });
+    await nemesis.recoverLeftovers();
+    // Nothing else is active in it: what it recovered, as a clear of everything reports it.
+    undone = await nemesis.clear(null, null);
+  }
+  rmSync(nemesisFile(home), { force: true });
+  removeNemesisSocket(home);
+  return undone;
 }
 
 /** A failure the nemesis answered (Refused: a sentence about the request). */
@@ -388,8 +430,5 @@ export async function stopNemesis(home: string): Promise<number> {
       process.kill(p, 'SIGKILL');
     } catch { /* gone */ }
   }
-  if (existsSync(activeFile(home))) ended += await new Nemesis({ home }).recoverLeftovers();
-  rmSync(nemesisFile(home), { force: true });
-  removeNemesisSocket(home);
-  return ended;
+  return ended + (await undoLeft(home)).length;
 }
