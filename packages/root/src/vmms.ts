@@ -1776,6 +1776,8 @@ export class Vmms {
     // later answers an abort of it "committed", whatever became of the VM since).
     this.saveConfig(r.config, true);
     this.committed.add({ mig: req.mig, vm: r.config.name, vmId: r.config.id, from: req.from });
+    // Post-copy's reason said its pages were still arriving; every one is here now.
+    if (inc.postcopy && r.state === EnabledState.Running) r.reason = `migrated from ${inc.from} (post-copy, every page here)`;
     if (inc.watchdog) clearTimeout(inc.watchdog);
     r.incoming = null;
     inc.releaseSpare?.();
