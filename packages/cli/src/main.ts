@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -1139,7 +1139,7 @@ const INTERRUPT_SAYS: Record<string, string> = {
   'vm resume': LEFT_AT_HOST, 'vm save': LEFT_AT_HOST, 'vm delete': LEFT_AT_HOST, 'vm set-processor': LEFT_AT_HOST, 'vm ic': LEFT_AT_HOST,
   down: 'the host may be half down: "hvlab down" again finishes it',
   'cluster down': 'the cluster may be half down: "hvlab cluster down" again finishes it',
-  // Ctrl-C stops the probe at the fabric, or a --direct one at its host (stoppableProbe); a second
+  // Ctrl-C stops the probe at the fabric, or a --direct one at its host (stopProbeOnInterrupt); a second
   // Ctrl-C while that is asked ends the CLI with this.
   'link probe': 'the probe may not have been stopped, so its bytes may still be crossing to the peer',
 };
@@ -1188,39 +1188,26 @@ async function interruptible<T>(said: string, fn: (signal: AbortSignal) => Promi
 }
 
 /**
- * Awaits a `link probe` through the link; on Ctrl-C (or SIGTERM) stops it at the fabric with `stop`
- * (again while the host has not yet opened the probe's way there, up to a few seconds) and throws
- * Interrupted saying whether it stopped.
+ * Awaits a `link probe` through the link; on Ctrl-C (or SIGTERM) stops it with `stop` (stoppableProbe)
+ * and throws Interrupted saying whether it stopped. `where`: where `stop` stops it ("at the
+ * fabric", "by h1"), for the messages.
  */
-/** `where`: where `stop` stops it ("at the fabric", "by h1"), for the messages. */
-async function stoppableProbe(probing: Promise<LinkProbeResult>, stop: () => Promise<number>, what: string, where: string): Promise<LinkProbeResult> {
-  let interrupted: () => void = () => undefined;
-  const asked = new Promise<'interrupted'>((r) => (interrupted = () => r('interrupted')));
-  const release = onInterrupt(() => interrupted());
+async function stopProbeOnInterrupt(probing: Promise<LinkProbeResult>, stop: () => Promise<number>, what: string, where: string): Promise<LinkProbeResult> {
+  const ac = new AbortController();
+  const release = onInterrupt(() => {
+    // A second Ctrl-C ends the CLI at once (main's handler), saying so.
+    interruptSays = `the probe from ${what} may not be stopped ${where}: its bytes may still be crossing the link`;
+    ac.abort();
+  });
   try {
-    const first = await Promise.race([probing, asked]);
-    if (first !== 'interrupted') return first;
+    return await stoppableProbe(probing, stop, ac.signal);
+  } catch (e) {
+    if (!(e instanceof ProbeStopped)) throw e;
+    if (e.problem !== null) throw new Interrupted(`link probe was interrupted, and its traffic from ${what} could not be stopped ${where} (${e.problem}): its bytes may still be crossing the link`);
+    throw new Interrupted(`link probe was interrupted: its traffic from ${what} was stopped ${where}${e.settled ? '' : '; the host is still ending its probe'}`);
   } finally {
     release();
   }
-  let settled = false;
-  probing.then(() => (settled = true), () => (settled = true));
-  // A second Ctrl-C ends the CLI at once (main's handler), saying so.
-  interruptSays = `the probe from ${what} may not be stopped ${where}: its bytes may still be crossing the link`;
-  // The host's probe ends once its way is closed; until the host has opened it there is none to
-  // close, so it is asked again until the probe ends (it answers at once when stopped).
-  let problem: string | null = null;
-  for (const until = Date.now() + 5000; !settled && Date.now() < until;) {
-    try {
-      await stop();
-      problem = null;
-    } catch (e) {
-      problem = (e as Error).message;
-    }
-    await Promise.race([probing.catch(() => undefined), new Promise((r) => setTimeout(r, 200))]);
-  }
-  if (problem !== null) throw new Interrupted(`link probe was interrupted, and its traffic from ${what} could not be stopped ${where} (${problem}): its bytes may still be crossing the link`);
-  throw new Interrupted(`link probe was interrupted: its traffic from ${what} was stopped ${where}${settled ? '' : '; the host is still ending its probe'}`);
 }
 
 /** Where a new cluster's fabric listens, as --listen and --fabric-port say (checked by their options). */
@@ -1650,8 +1637,8 @@ export async function run(argv: string[]): Promise<number> {
         // the fabric: its host stops it (linkProbeStop).
         const probeClient = client;
         const r = flag('direct')
-          ? await stoppableProbe(probing, async () => (await probeClient.request<{ stopped: number }>('linkProbeStop', { peer: to }, 5000)).stopped, `${from} to ${to}`, `by ${from}`)
-          : await stoppableProbe(probing, () => linkProbeStop(paths.home, from, to), `${from} to ${to}`, 'at the fabric');
+          ? await stopProbeOnInterrupt(probing, async () => (await probeClient.request<{ stopped: number }>('linkProbeStop', { peer: to }, 5000)).stopped, `${from} to ${to}`, `by ${from}`)
+          : await stopProbeOnInterrupt(probing, () => linkProbeStop(paths.home, from, to), `${from} to ${to}`, 'at the fabric');
         if (json) out(JSON.stringify(r));
         else {
           const sorted = [...r.rttMs].sort((a, b) => a - b);

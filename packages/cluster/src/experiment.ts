@@ -52,7 +52,7 @@ import {
 import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
-import { ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkSet, readCluster } from './lab.js';
+import { ClusterError, ProbeStopped, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, stoppableProbe } from './lab.js';
 import { impairmentsText } from './graph.js';
 import { barChartSvg, formatBinaryBytes, formatNumber, lineChartSvg, type Bar } from './plot.js';
 
@@ -1085,9 +1085,16 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
       }
 
       const bytes = probeBytes(spec);
-      if (bytes > 0) {
+      if (bytes > 0 && opts.signal?.aborted !== true) {
         try {
-          const p = await hosts[spec.from]!.request<LinkProbeResult>('linkProbe', { peer: spec.to, pings: 5, bytes }, 600_000);
+          const probing = hosts[spec.from]!.request<LinkProbeResult>('linkProbe', { peer: spec.to, pings: 5, bytes }, 600_000);
+          // Ctrl-C stops it at the fabric: a run waited for the whole probe (16 MiB at 10 mbit: 13 s).
+          const p = await stoppableProbe(probing, () => linkProbeStop(home, spec.from, spec.to), opts.signal ?? new AbortController().signal).catch((e: unknown) => {
+            if (!(e instanceof ProbeStopped)) throw e;
+            throw new Error(e.problem !== null
+              ? `stopped by the signal, and its traffic could not be stopped at the fabric (${e.problem}): its bytes may still be crossing the link`
+              : `stopped by the signal: its traffic was stopped at the fabric${e.settled ? '' : '; the host is still ending its probe'}`);
+          });
           report.link.probe = p;
           if (p.bitsPerSecond > 0) {
             report.link.bandwidthBytesPerSecond = p.bitsPerSecond / 8;

@@ -783,6 +783,51 @@ export async function linkProbeStop(home: string, from: string, to: string): Pro
   if (typeof r?.stopped !== 'number') throw new ClusterError('the fabric\'s answer to probeStop does not decode');
   return r.stopped;
 }
+/** A probe stopped by its signal: `settled`, whether it ended; `problem`, why its last stop failed (null: it did not). */
+export class ProbeStopped extends Error {
+  override name = 'ProbeStopped';
+  constructor(readonly settled: boolean, readonly problem: string | null) {
+    super(problem !== null ? `the probe's traffic could not be stopped (${problem})` : 'the probe was stopped');
+  }
+}
+
+/**
+ * A link probe that `signal` can stop: its answer, unless the signal is aborted first; then its
+ * traffic is stopped with `stop` (at the fabric, or by its host for a --direct one), asked again
+ * until the probe ends (a host that has not opened its way yet has none to close) for at most
+ * `withinMs`, and it fails with ProbeStopped. Its bulk bytes flowed on otherwise (a 4 GiB probe at
+ * 1 mbit, for hours).
+ */
+export async function stoppableProbe<T>(probing: Promise<T>, stop: () => Promise<unknown>, signal: AbortSignal, withinMs = 5000): Promise<T> {
+  probing.catch(() => undefined);
+  let release: () => void = () => undefined;
+  const aborted = new Promise<'aborted'>((r) => {
+    const done = (): void => r('aborted');
+    if (signal.aborted) return done();
+    signal.addEventListener('abort', done, { once: true });
+    release = () => signal.removeEventListener('abort', done);
+  });
+  try {
+    const first = await Promise.race([probing, aborted]);
+    if (first !== 'aborted') return first;
+  } finally {
+    release();
+  }
+  let settled = false;
+  probing.then(() => (settled = true), () => (settled = true));
+  let problem: string | null = null;
+  for (const until = Date.now() + withinMs; !settled && Date.now() < until;) {
+    try {
+      await stop();
+      problem = null;
+    } catch (e) {
+      problem = (e as Error).message;
+    }
+    await Promise.race([probing.catch(() => undefined), new Promise((r) => setTimeout(r, 200))]);
+  }
+  throw new ProbeStopped(settled, problem);
+}
+
 /** Clears every impairment and heals: of the link a–b, or of every link. */
 export async function linkReset(home: string, a: string | null = null, b: string | null = null): Promise<LinkView[]> {
   linkEnds(a, b);

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
   CSV_COLUMNS, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
-  resultsCsv, resultsMarkdown, runLine, runMoves, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun, type ExperimentSpec,
+  resultsCsv, resultsMarkdown, runLine, runMoves, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
+  type ExperimentSpec,
 } from '../src/index.js';
 
 const EXAMPLE = `# pre-copy against stop-and-copy
@@ -544,5 +545,38 @@ describe('experiment reports', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a link probe under Ctrl-C (stoppableProbe: an experiment\'s, and link probe\'s)', () => {
+  it('stops the probe\'s traffic once the signal is aborted and fails saying so; a probe that ends on its own is its result', async () => {
+    // A probe that runs until its traffic is stopped (the fabric's probeStop ends the host's probe).
+    let end: (v: string) => void = () => undefined;
+    const probing = new Promise<string>((r) => (end = r));
+    let stops = 0;
+    const ac = new AbortController();
+    const running = stoppableProbe(probing, async () => {
+      stops++;
+      end('partial');
+    }, ac.signal);
+    let settled: unknown = 'pending';
+    void running.then((v) => (settled = v), (e: unknown) => (settled = e));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(settled, 'it waits for the probe').to.equal('pending');
+    expect(stops).to.equal(0);
+    ac.abort();
+    let err: unknown = null;
+    try { await running; } catch (e) { err = e; }
+    expect(err).to.be.instanceOf(ProbeStopped);
+    expect([(err as ProbeStopped).settled, (err as ProbeStopped).problem]).to.deep.equal([true, null]);
+    expect(stops).to.equal(1);
+    // Unstoppable: it gives up after its bound, saying the bytes may still cross.
+    const stuck = new AbortController();
+    stuck.abort();
+    let err2: unknown = null;
+    try { await stoppableProbe(new Promise<string>(() => undefined), async () => { throw new Error('no fabric'); }, stuck.signal, 300); } catch (e) { err2 = e; }
+    expect([(err2 as ProbeStopped).settled, (err2 as ProbeStopped).problem]).to.deep.equal([false, 'no fabric']);
+    // Not aborted: the probe's own result, and no stop.
+    expect(await stoppableProbe(Promise.resolve('done'), async () => { throw new Error('not called'); }, new AbortController().signal)).to.equal('done');
   });
 });
