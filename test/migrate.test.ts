@@ -9,7 +9,7 @@
  * the source.
  */
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_WIRE_VERSION, decode, encode, type HostInfo, type MigrationStats, type VmInfo } from '@hvlab/protocol';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -76,6 +76,16 @@ describe('live migration between two hosts', function () {
     return st?.status === 'active' && st.ram.transferred > 1024 * 1024;
   }, 20000);
   /** The destination holds nothing of VM `name`: not in its list, no process of it. */
+  /** Starts a 64M memdirty:16M VM `name` at h1 and its post-copy move to h2 at 2 Mbyte/s; returns the move once post-copy runs (its pages come for seconds more). */
+  const postcopyUnderWay = async (name: string): Promise<{ moving: ReturnType<typeof move> }> => {
+    await h.ok('--host', 'h1', 'vm', 'new', name, '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
+    await h.ok('--host', 'h1', 'vm', 'start', name);
+    await sleep(500);
+    const moving = move(name, '--postcopy', '--bandwidth', '2M');
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    // In a box: an async function's promise would take the move's own, and wait for its end.
+    return { moving };
+  };
   const nothingOnH2 = async (name: string): Promise<boolean> => {
     const vms = await list('h2');
     const ps = await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps');
@@ -467,12 +477,29 @@ describe('live migration between two hosts', function () {
     await h.ok('--host', 'h1', 'vm', 'delete', 'ta');
   });
 
+  it('the destination\'s root killed during post-copy: the restarted root takes the attempt over from its worker, and the move completes with no page lost', async () => {
+    const { moving } = await postcopyUnderWay('pr');
+    const root = (await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root;
+    process.kill(root, 'SIGKILL');
+    // The new root lists the VM as the migration's, running here while its pages still come.
+    expect(await eventually(async () => {
+      const v = await vmOn('h2', 'pr').catch(() => undefined);
+      return v?.state === 'Running' && v.migration?.direction === 'incoming';
+    }, 30000, 200), 'h2\'s new root took the attempt over').to.equal(true);
+    expect((await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root).to.not.equal(root);
+    const m = await moving;
+    expect(m.code, `${m.stderr} ${JSON.stringify(m.stats)}`).to.equal(0);
+    expect(m.stats!.status).to.equal('completed');
+    expect((await vmOn('h2', 'pr'))?.migration).to.equal(null);
+    await memdirtyCheck('h2', 'pr', 16 * 1024 * 1024);
+    expect(await eventually(async () => (await vmOn('h1', 'pr')) === undefined, 10000), 'nothing of it at h1').to.equal(true);
+    await h.ok('--host', 'h2', 'vm', 'turn-off', 'pr');
+    await h.ok('--host', 'h2', 'vm', 'delete', 'pr');
+    expect(readdirSync(join(h.home, 'cluster', 'hosts', 'h2', 'migrations', 'incoming')), 'no incoming record left').to.deep.equal([]);
+  });
+
   it('the destination\'s worker killed during post-copy: the VM is lost, and both hosts say so plainly', async () => {
-    await h.ok('--host', 'h1', 'vm', 'new', 'pl', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
-    await h.ok('--host', 'h1', 'vm', 'start', 'pl');
-    await sleep(500);
-    const moving = move('pl', '--postcopy', '--bandwidth', '2M');
-    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'pl').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    const { moving } = await postcopyUnderWay('pl');
     const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h2', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'pl');
     expect(w, 'the destination\'s worker').to.not.equal(undefined);
     process.kill(w!.pid, 'SIGKILL');
@@ -491,11 +518,7 @@ describe('live migration between two hosts', function () {
   });
 
   it('a cancel during post-copy is refused as too late (the VM runs at the destination): the move completes, and the guest\'s memory holds', async () => {
-    await h.ok('--host', 'h1', 'vm', 'new', 'pk', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
-    await h.ok('--host', 'h1', 'vm', 'start', 'pk');
-    await sleep(500);
-    const moving = move('pk', '--postcopy', '--bandwidth', '2M');
-    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'pk').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    const { moving } = await postcopyUnderWay('pk');
     const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'pk');
     expect(c.code, c.stdout).to.equal(1);
     expect(c.stderr).to.match(/switch-over .*too late to cancel/);
@@ -509,11 +532,7 @@ describe('live migration between two hosts', function () {
   });
 
   it('a link cut during post-copy: the VM is lost, the destination drops its copy once the source has been silent, and both hosts say so plainly', async () => {
-    await h.ok('--host', 'h1', 'vm', 'new', 'pc', '--memory', '64M', '--vps', '2', '--workload', 'memdirty:16M');
-    await h.ok('--host', 'h1', 'vm', 'start', 'pc');
-    await sleep(500);
-    const moving = move('pc', '--postcopy', '--bandwidth', '2M');
-    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', 'pc').catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    const { moving } = await postcopyUnderWay('pc');
     expect((await vmOn('h2', 'pc'))?.state, 'Running at the destination while its pages arrive').to.equal('Running');
     await h.ok('link', 'cut', 'h1', 'h2');
     try {

@@ -370,8 +370,10 @@ export class Fabric {
         if ((m && !same) || dormantOther) this.opts.log?.('a host took the name of a quiet one', { host: r.name, address: r.address, ...(m ? { was: m.address } : { since: 'the fabric restarted' }) });
         this.dormant.delete(r.name);
         this.members.set(r.name, { name: r.name, address: r.address, peerPort: r.peerPort, mgmtPort: r.mgmtPort, lps: r.lps, local: r.local, lastSeen: Date.now(), health: same ? m.health : [], secretHash: hash });
-        // A member that joins again (its root restarted) opened its ports in its earlier life: they go.
-        for (const [port, e] of [...this.exposed]) if (e.owner === r.name) await this.closeExposed(port);
+        // A member that joins again (its root restarted) opened its ports in its earlier life: they
+        // go, but for those it says it still uses (an incoming migration's stream, whose worker ran
+        // on through the restart), when it is the same member (its secret).
+        for (const [port, e] of [...this.exposed]) if (e.owner === r.name && !(same && r.keep.includes(port))) await this.closeExposed(port);
         for (const [port, e] of [...this.probes]) if (e.owner === r.name) await this.closeProbe(port);
         if (!this.fileHosts.has(r.name)) {
           // A joined host is linked to every member.
@@ -420,11 +422,22 @@ export class Fabric {
         const owner = this.member(r.name, r.secret);
         if (!this.members.has(r.from)) throw new RpcFailure('NotFound', `${r.from} is not a member of cluster ${this.opts.cluster}`);
         const l = this.link(r.from, r.name);
+        // The port asked for: kept as it is when it already forwards there (a join kept it), else
+        // taken when it is free; any other otherwise (its owner learns which).
+        const had = r.via !== null ? this.exposed.get(r.via) : undefined;
+        if (had && had.owner === r.name && had.from === r.from && had.proxy.target.port === r.port && had.proxy.target.host === owner.address) return { port: r.via };
         const mine = [...this.exposed].filter(([, e]) => e.owner === r.name);
         if (mine.length >= FABRIC_MAX_EXPOSED) await this.closeExposed(mine[0]![0]);
         // The same direction of the link as its own port from `from`: the same impairments and counters.
         const proxy = new LinkProxy(l, { host: owner.address, port: r.port }, r.from === l.a ? 0 : 1, (why) => this.refusedConnection(`${r.from}>${r.name}:${r.port}`, why));
-        const port = await proxy.listen(this.opts.listen, 0);
+        let port: number;
+        try {
+          port = await proxy.listen(this.opts.listen, r.via !== null && !this.exposed.has(r.via) ? r.via : 0);
+        } catch (e) {
+          if (r.via === null) throw e;
+          this.opts.log?.('the port asked for is taken: another is exposed', { host: r.name, via: r.via, err: (e as Error).message });
+          port = await proxy.listen(this.opts.listen, 0);
+        }
         this.exposed.set(port, { owner: r.name, from: r.from, proxy });
         this.opts.log?.('port exposed', { host: r.name, to: r.from, port: r.port, via: port });
         return { port };

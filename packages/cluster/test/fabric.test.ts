@@ -159,6 +159,22 @@ describe('the fabric (in-process, loopback)', function () {
       await join('h2', '127.0.0.12', true);
       expect(fabric.exposedPorts()).to.deep.equal([]);
       expect(await roundTrip(ports[FABRIC_MAX_EXPOSED]!)).to.equal('ECONNREFUSED');
+      // ... but for those it says it still uses (`keep`: an incoming migration's stream, whose worker
+      // ran on through its root's restart), when it is the same member.
+      const expose = async (via?: number): Promise<number> => ((await call({ op: 'expose', name: 'h2', secret: sec('h2'), from: 'h1', port: target, ...(via ? { via } : {}) })) as { port: number }).port;
+      const [gone, kept] = [await expose(), await expose()];
+      await call({ op: 'join', name: 'h2', secret: sec('h2'), address: '127.0.0.12', peerPort: 7742, mgmtPort: 7741, lps: 1, local: true, keep: [kept] });
+      expect(fabric.exposedPorts().map((e) => e.port)).to.deep.equal([kept]);
+      expect(await roundTrip(kept)).to.equal('ping');
+      expect(await roundTrip(gone)).to.equal('ECONNREFUSED');
+      // Asked for again where it is, it is that port as it is; closed, a free port asked for is taken.
+      expect(await expose(kept)).to.equal(kept);
+      expect(fabric.exposedPorts()).to.have.length(1);
+      await call({ op: 'unexpose', name: 'h2', secret: sec('h2'), port: kept });
+      expect(await expose(kept)).to.equal(kept);
+      expect(await roundTrip(kept)).to.equal('ping');
+      await join('h2', '127.0.0.12', true);
+      expect(fabric.exposedPorts()).to.deep.equal([]);
       const last = ((await call({ op: 'expose', name: 'h2', secret: sec('h2'), from: 'h1', port: target })) as { port: number }).port;
       // A member that leaves takes its ports with it.
       await call({ op: 'leave', name: 'h2', secret: sec('h2') });

@@ -147,7 +147,12 @@ export type LinkChange = { [K in keyof LinkImpairments]?: number | null } & { se
 export type FabricRequest = FabricRequestBody & { secret: string | null };
 
 export type FabricRequestBody =
-  | { v: number; id: number; op: 'join'; name: string; address: string; peerPort: number; mgmtPort: number; lps: number; local: boolean }
+  /**
+   * `keep`: the fabric's ports this member exposed in an earlier life (its root restarted) that it
+   * still uses (an incoming migration's stream, whose worker ran on): kept when it joins again with
+   * the same secret. Its other exposed ports are closed.
+   */
+  | { v: number; id: number; op: 'join'; name: string; address: string; peerPort: number; mgmtPort: number; lps: number; local: boolean; keep: number[] }
   | { v: number; id: number; op: 'peers'; name: string; health: PeerHealth[] }
   | { v: number; id: number; op: 'status' }
   | { v: number; id: number; op: 'linkSet'; a: string; b: string; change: LinkChange }
@@ -158,9 +163,11 @@ export type FabricRequestBody =
    * A member opens a port of its own (`port`, on its address) to one peer (`from`), through their
    * link: the fabric answers `{ port }`, a port of its own that forwards there with the link's
    * impairments, as the link's own port forwards to the member's peer service. A live migration's
-   * destination opens its worker's stream socket so (at most FABRIC_MAX_EXPOSED a member).
+   * destination opens its worker's stream socket so (at most FABRIC_MAX_EXPOSED a member). `via`:
+   * the fabric's port to take again, when free (a restarted root opens its migration's port again
+   * where the source already sends: the fabric closed it when that root joined again); null: any.
    */
-  | { v: number; id: number; op: 'expose'; name: string; from: string; port: number }
+  | { v: number; id: number; op: 'expose'; name: string; from: string; port: number; via: number | null }
   /** Closes a port `expose` opened for member `name` (the fabric's port); `{ closed }`. */
   | { v: number; id: number; op: 'unexpose'; name: string; port: number }
   /**
@@ -251,7 +258,7 @@ class Fields {
   only(allowed: readonly string[]): void {
     for (const k of Object.keys(this.o)) if (!allowed.includes(k) && !this.common.includes(k)) throw new Bad(`${this.what}: unknown field "${k.length > 32 ? `${k.slice(0, 32)}…` : k}"`);
   }
-  private has(k: string): boolean {
+  has(k: string): boolean {
     return own(this.o, k) && this.o[k] !== undefined && this.o[k] !== null;
   }
   str(k: string, max: number, re?: RegExp): string {
@@ -388,11 +395,15 @@ function fabricBody(env: ReturnType<typeof envelope>): FabricRequestBody {
   const base = { v: CLUSTER_WIRE_VERSION, id };
   switch (env.op as (typeof FABRIC_OPS)[number]) {
     case 'join':
-      f.only(['v', 'id', 'op', 'name', 'address', 'peerPort', 'mgmtPort', 'lps', 'local']);
+      f.only(['v', 'id', 'op', 'name', 'address', 'peerPort', 'mgmtPort', 'lps', 'local', 'keep']);
       {
         const address = f.str('address', 15);
         if (!isIpv4(address)) throw new Bad('join: "address" must be an IPv4 address');
-        return { ...base, op: 'join', name: hostName(f, 'name'), address, peerPort: f.num('peerPort', 1, 65535), mgmtPort: f.num('mgmtPort', 1, 65535), lps: f.num('lps', 1, 1024), local: f.bool('local') };
+        const keep = f.has('keep') ? f.list('keep', FABRIC_MAX_EXPOSED, (p) => {
+          if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) throw new Bad('join: "keep" must list ports (1 to 65535)');
+          return p;
+        }) : [];
+        return { ...base, op: 'join', name: hostName(f, 'name'), address, peerPort: f.num('peerPort', 1, 65535), mgmtPort: f.num('mgmtPort', 1, 65535), lps: f.num('lps', 1, 1024), local: f.bool('local'), keep };
       }
     case 'peers':
       f.only(['v', 'id', 'op', 'name', 'health']);
@@ -414,8 +425,8 @@ function fabricBody(env: ReturnType<typeof envelope>): FabricRequestBody {
       f.only(['v', 'id', 'op', 'name']);
       return { ...base, op: 'leave', name: hostName(f, 'name') };
     case 'expose':
-      f.only(['v', 'id', 'op', 'name', 'from', 'port']);
-      return { ...base, op: 'expose', name: hostName(f, 'name'), from: hostName(f, 'from'), port: f.num('port', 1, 65535) };
+      f.only(['v', 'id', 'op', 'name', 'from', 'port', 'via']);
+      return { ...base, op: 'expose', name: hostName(f, 'name'), from: hostName(f, 'from'), port: f.num('port', 1, 65535), via: f.optNum('via', 1, 65535) };
     case 'unexpose':
       f.only(['v', 'id', 'op', 'name', 'port']);
       return { ...base, op: 'unexpose', name: hostName(f, 'name'), port: f.num('port', 1, 65535) };

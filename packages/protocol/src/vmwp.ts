@@ -145,6 +145,23 @@ export interface VmwpDescription {
   pending?: VmwpPendingOp | null;
   /** The VM's move from here that runs now (its id and destination), for a root that re-attaches during it. */
   moving?: { mig: string; to: string } | null;
+  /**
+   * An incoming migration's worker (until its commit): whether the migrated VM runs here
+   * (`started`) and whether post-copy still brings its pages (`postcopy`), for a root that
+   * re-attaches during it. Absent from older workers and from any other.
+   */
+  incoming?: { started: boolean; postcopy: boolean } | null;
+}
+
+/** The incoming migration a worker's description names (an untrusted answer's `incoming`), or null. Never throws. */
+export function decodeDescribedIncoming(v: unknown): { started: boolean; postcopy: boolean } | null {
+  try {
+    if (v === null || typeof v !== 'object') return null;
+    const o = v as Record<string, unknown>;
+    return typeof o.started === 'boolean' && typeof o.postcopy === 'boolean' ? { started: o.started, postcopy: o.postcopy && o.started } : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The move a worker's description names (an untrusted answer's `moving`), or null. Never throws. */

@@ -18,7 +18,9 @@ const KEY = { version: 1, cluster: 'lab', publicKey: 'rq:rM>}U?@Lns47E1%kR.o@n%F
 describe('cluster wire', () => {
   it('decodes what members send', () => {
     const join = decodeFabricRequest(encode({ ...ok, op: 'join', name: 'h1', secret: SECRET, address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true }));
-    expect(join).to.deep.equal({ ok: true, value: { ...ok, op: 'join', name: 'h1', secret: SECRET, address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true } });
+    expect(join).to.deep.equal({ ok: true, value: { ...ok, op: 'join', name: 'h1', secret: SECRET, address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true, keep: [] } });
+    const keeping = decodeFabricRequest(encode({ ...ok, op: 'join', name: 'h1', secret: SECRET, address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true, keep: [40001, 40002] }));
+    expect(keeping.ok && keeping.value).to.deep.include({ keep: [40001, 40002] });
     // An operator's requests carry no secret: null.
     expect(decodeFabricRequest(encode({ ...ok, op: 'status' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'status', secret: null } });
     const set = decodeFabricRequest(encode({ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { delayMs: 20, rateBps: null, seed: 9 } }));
@@ -27,7 +29,8 @@ describe('cluster wire', () => {
     expect(reset.ok && reset.value).to.deep.include({ a: null, b: null });
     const peers = decodeFabricRequest(encode({ ...ok, op: 'peers', name: 'h2', health: [{ name: 'h1', state: 'up', rttMs: 0.4, missed: 0 }] }));
     expect(peers.ok).to.equal(true);
-    expect(decodeFabricRequest(encode({ ...ok, op: 'expose', name: 'h2', secret: SECRET, from: 'h1', port: 40123 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'expose', name: 'h2', secret: SECRET, from: 'h1', port: 40123 } });
+    expect(decodeFabricRequest(encode({ ...ok, op: 'expose', name: 'h2', secret: SECRET, from: 'h1', port: 40123 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'expose', name: 'h2', secret: SECRET, from: 'h1', port: 40123, via: null } });
+    expect(decodeFabricRequest(encode({ ...ok, op: 'expose', name: 'h2', secret: SECRET, from: 'h1', port: 40123, via: 40200 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'expose', name: 'h2', secret: SECRET, from: 'h1', port: 40123, via: 40200 } });
     expect(decodeFabricRequest(encode({ ...ok, op: 'unexpose', name: 'h2', secret: SECRET, port: 40999 }))).to.deep.equal({ ok: true, value: { ...ok, op: 'unexpose', name: 'h2', secret: SECRET, port: 40999 } });
     expect(decodeFabricRequest(encode({ ...ok, op: 'probeOpen', name: 'h1', secret: SECRET, to: 'h2' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'probeOpen', name: 'h1', secret: SECRET, to: 'h2' } });
     expect(decodeFabricRequest(encode({ ...ok, op: 'probeStop', name: 'h1', to: 'h2', port: null }))).to.deep.equal({ ok: true, value: { ...ok, op: 'probeStop', name: 'h1', secret: null, to: 'h2', port: null } });
@@ -48,6 +51,9 @@ describe('cluster wire', () => {
       [{ ...ok, op: 'linkSet', a: 'h1', b: 'h2', change: { bogus: 1 } }, /unknown field "bogus"/, 7],
       [{ ...ok, op: 'status', extra: 1 }, /unknown field "extra"/, 7],
       [{ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 0 }, /"port" must be a whole number from 1 to 65535/, 7],
+      [{ ...ok, op: 'expose', name: 'h2', from: 'h1', port: 80, via: 70000 }, /"via" must be a whole number from 1 to 65535/, 7],
+      [{ ...ok, op: 'join', name: 'h1', address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true, keep: [1, 2, 3, 4, 5, 6, 7, 8, 9] }, /"keep" must be a list of at most 8/, 7],
+      [{ ...ok, op: 'join', name: 'h1', address: '10.1.2.3', peerPort: 7742, mgmtPort: 7741, lps: 2, local: true, keep: ['x'] }, /"keep" must list ports/, 7],
       [{ ...ok, op: 'expose', name: 'h2', from: 'H1', port: 80 }, /"from" must be a valid name/, 7],
       [{ ...ok, op: 'expose', name: 'h2', port: 80 }, /"from"/, 7],
       [{ ...ok, op: 'unexpose', name: 'h2', port: 65536 }, /"port" must be a whole number from 1 to 65535/, 7],

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  describeBlackout, decodeDescribedMove, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, decodeDescribedMove, decodeDescribedIncoming, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type MigrationStats, type PageEntry,
 } from '../src/index.js';
@@ -329,6 +329,17 @@ describe('migration peer frames', function () {
     const hostile = { get mig(): string { throw new Error('no'); } };
     for (const bad of [null, undefined, 'h2', 7, [], {}, { mig: 'mig-0123abcd' }, { mig: 'short', to: 'h2' }, { mig: 'mig-0123abcd', to: 'H2' }, { mig: 5, to: 'h2' }, hostile]) {
       expect(decodeDescribedMove(bad)).to.equal(null);
+    }
+  });
+
+  it('reads the incoming migration a worker\'s description names (how far it got) only when both flags are booleans, and never throws', () => {
+    expect(decodeDescribedIncoming({ started: true, postcopy: true })).to.deep.equal({ started: true, postcopy: true });
+    expect(decodeDescribedIncoming({ started: false, postcopy: false })).to.deep.equal({ started: false, postcopy: false });
+    // Post-copy only once the VM runs here.
+    expect(decodeDescribedIncoming({ started: false, postcopy: true })).to.deep.equal({ started: false, postcopy: false });
+    const hostile = { get started(): boolean { throw new Error('no'); }, postcopy: true };
+    for (const bad of [null, undefined, 'x', 7, [], {}, { started: true }, { started: 1, postcopy: false }, { started: true, postcopy: 'no' }, hostile]) {
+      expect(decodeDescribedIncoming(bad)).to.equal(null);
     }
   });
 

@@ -169,6 +169,8 @@ try {
     member = new ClusterMember(cfg, log, handler);
     const m = member;
     member.onMigration = (r) => vmms!.incoming(r);
+    member.onJoined = () => vmms!.exposeIncomingAgain();
+    member.keepExposed = () => vmms!.incomingExposedPorts();
     vmms.cluster = m;
     await member.start();
   }

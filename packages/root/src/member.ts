@@ -21,7 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, MEMBER_SECRET_FILE, MEMBER_SECRET_RE, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
+  CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, FABRIC_MAX_EXPOSED, MEMBER_SECRET_FILE, MEMBER_SECRET_RE, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
@@ -136,6 +136,10 @@ export class ClusterMember {
   /** The fabric's last refusal of a join (HostClusterInfo.fabricRefusal). */
   private refusal: { code: string; message: string } | null = null;
   private joined = false;
+  /** Called each time this host joins the fabric (again): the ports it had exposed are closed then, but for those `keepExposed` names. */
+  onJoined: (() => void) | null = null;
+  /** The fabric's ports this host exposed in an earlier life and still uses (VMMS's incoming migrations taken over after a restart). */
+  keepExposed: (() => number[]) | null = null;
   private closed = false;
   private tickRunning = false;
   /** When a request with a credential this host did not know last made it ask the fabric for its book, and that ask. */
@@ -271,8 +275,8 @@ export class ClusterMember {
    * resolves with the fabric's port that forwards there, which the peer reaches at the fabric's
    * address it knows. A live migration's destination opens its worker's stream socket so.
    */
-  async expose(peer: string, port: number): Promise<number> {
-    const r = await this.fabric.call({ op: 'expose', name: this.cfg.host, secret: this.cfg.secret, from: peer, port }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
+  async expose(peer: string, port: number, via?: number): Promise<number> {
+    const r = await this.fabric.call({ op: 'expose', name: this.cfg.host, secret: this.cfg.secret, from: peer, port, ...(via ? { via } : {}) }, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
     const p = r !== null && typeof r === 'object' ? (r as { port?: unknown }).port : undefined;
     if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) throw new Error('the fabric answered expose without a port');
     return p;
@@ -302,7 +306,7 @@ export class ClusterMember {
   private async refresh(): Promise<void> {
     const body = this.joined
       ? { op: 'peers', name: this.cfg.host, secret: this.cfg.secret, health: [...this.peers.values()].map((p) => p.health) }
-      : { op: 'join', name: this.cfg.host, secret: this.cfg.secret, address: this.cfg.address, peerPort: this.cfg.peerPort, mgmtPort: this.cfg.mgmtPort, lps: this.cfg.lps, local: this.cfg.local };
+      : { op: 'join', name: this.cfg.host, secret: this.cfg.secret, address: this.cfg.address, peerPort: this.cfg.peerPort, mgmtPort: this.cfg.mgmtPort, lps: this.cfg.lps, local: this.cfg.local, keep: this.keepExposed?.().slice(0, FABRIC_MAX_EXPOSED) ?? [] };
     let result: unknown;
     try {
       result = await this.fabric.call(body, HEARTBEAT_MS, CLUSTER_WIRE_VERSION);
@@ -329,12 +333,15 @@ export class ClusterMember {
       this.log.warn({ err: d.message }, 'the fabric sent a peer book that does not decode');
       return;
     }
-    if (!this.joined) this.log.info({ cluster: d.value.cluster, peers: d.value.peers.map((p) => p.name) }, 'joined the cluster');
+    const joinedNow = !this.joined;
+    if (joinedNow) this.log.info({ cluster: d.value.cluster, peers: d.value.peers.map((p) => p.name) }, 'joined the cluster');
     this.joined = true;
     this.fabricState = 'joined';
     this.refusal = null;
     this.cluster = d.value.cluster;
     this.applyBook(d.value.peers);
+    // The fabric closed this host's exposed ports as it joined (or lost them, restarted).
+    if (joinedNow) this.onJoined?.();
   }
 
   private applyBook(book: PeerBookEntry[]): void {

@@ -16,9 +16,9 @@ import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
-  type ClusterKey, type MigPeerRequest, type MigrationStats, type VmFaultSpec,
+  type ClusterKey, type MigPeerRequest, type MigrationOptions, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
-  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove,
+  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
 } from '@hvlab/protocol';
 import {
   pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, VmwpControlClient, VmwpLinkError,
@@ -31,6 +31,7 @@ import { MAX_WARM, sweepTemplateLogs, WarmPool } from './warm.js';
 import { MAX_SPARE, SpareWorkers } from './spare.js';
 import { spawnVmwp } from './worker-spawn.js';
 import { CommittedMigrations } from './committed.js';
+import { incomingRecordNames, readIncomingRecord, removeIncomingRecord, writeIncomingRecord } from './incoming-record.js';
 import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
@@ -108,6 +109,8 @@ interface Incoming {
   /** The worker's own stream socket's port (incomingReady), and the fabric's port that opens it to the source. */
   streamPort?: number | null;
   exposed?: number | null;
+  /** The migration's options (its record on disk keeps them). */
+  options?: MigrationOptions;
 }
 
 /** Whether `req` comes from the source that set `inc` up: its host name and the credential of its set-up (timing-safe). */
@@ -124,7 +127,7 @@ export interface MigrationCluster {
   /** This host's own address, where a migration's destination worker listens for its stream. */
   readonly address: string;
   /** Opens this host's `port` to `peer` through their link; the fabric's port that forwards there. */
-  expose(peer: string, port: number): Promise<number>;
+  expose(peer: string, port: number, via?: number): Promise<number>;
   unexpose(fabricPort: number): Promise<void>;
 }
 
@@ -649,10 +652,11 @@ export class Vmms {
         rmSync(file, { force: true });
         continue;
       }
-      const r = this.vms.get(rec.name);
       // The record's pids are believed only for processes of this host in the roles it says (a
       // record edited to name another process's pid made a turn-off kill that process).
       const worker = this.ourProcess(rec.pid, 'vmwp');
+      // A VM without a config here may be an incoming migration's, taken over from its record.
+      const r = this.vms.get(rec.name) ?? (worker ? this.adoptIncoming(rec) ?? undefined : undefined);
       const partition = rec.partitionPid !== null && this.ourProcess(rec.partitionPid, 'partition');
       if (worker && r && r.invalid !== null) {
         // Its config file was damaged while no root was up: the VM keeps running (a root restart
@@ -693,6 +697,10 @@ export class Vmms {
         r.partitionId = d.partitionId || r.partitionId;
         r.partitionPid = d.partitionPid ?? r.partitionPid;
         r.runningSince = d.runningSince;
+        if (r.incoming) {
+          this.resumeIncoming(r, r.incoming, d);
+          continue;
+        }
         const pending = decodePendingOp(d.pending);
         // A move from here that the previous root asked for runs on in the worker (a move in doubt
         // can run for long): this root takes it over, so that move-status, move-cancel and the
@@ -761,6 +769,13 @@ export class Vmms {
         owned.delete(r.config.name);
         if (rec.partitionId !== null) ownedIds.delete(rec.partitionId);
       }
+    }
+    // Records of incoming migrations no live worker took over: their attempts ended with the root
+    // that made them (the worker gone, or stopped above).
+    for (const name of incomingRecordNames(this.o.home)) {
+      if (this.vms.get(name)?.incoming) continue;
+      this.o.log.warn({ vm: name }, 'removing the record of an incoming migration whose worker is gone');
+      removeIncomingRecord(this.o.home, name);
     }
     // A saved state marked consumed whose VM no worker runs: the VM resumed (or began to) from
     // it while a previous root went away; it is used up, never resumed again.
@@ -1662,14 +1677,12 @@ export class Vmms {
     if (comingIn >= this.maxMigrations) throw new MgmtFailure('Busy', `host ${this.cluster?.name ?? this.o.hostId} takes ${comingIn} migrations in already, as many as it runs at once; move VM "${c.name}" once one of them has ended`);
     const r = this.record(c);
     // A spare's replacement loads once the migration is committed or dropped, not during its blackout.
-    const inc: Incoming = { mig: req.mig, from: req.from, auth: req.auth, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false, releaseSpare: this.spare?.hold() ?? null };
+    const inc: Incoming = { mig: req.mig, from: req.from, auth: req.auth, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: Date.now(), postcopy: false, releaseSpare: this.spare?.hold() ?? null, options };
     r.incoming = inc;
     this.vms.set(c.name, r);
-    this.moves.set(c.name, {
-      vm: c.name, from: req.from, to: this.cluster?.name ?? this.o.hostId, method: options.offline ? 'offline' : options.postcopy ? 'postcopy' : 'precopy', status: 'active',
-      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(dirtyBitmapGpa(c.memoryBytes)), pass: 0, 'compression-ratio': 1,
-      'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date().toISOString(),
-    });
+    this.moves.set(c.name, this.incomingStats(c, req.from, options, Date.now()));
+    // On disk before the worker starts: a root restarted from here on takes the attempt over.
+    this.recordIncoming(r, inc, options);
     this.setState(r, EnabledState.Starting, `incoming migration from ${req.from}`);
     const ready = new Promise<void>((resolve, reject) => {
       inc.ready = { resolve, reject };
@@ -1701,15 +1714,7 @@ export class Vmms {
     }
     // A source that goes silent (killed, link cut) before the state leaves nothing here. Its
     // silence counts from now: a set-up that took long (a busy host) is no silence of the source's.
-    inc.lastSeen = Date.now();
-    inc.watchdog = setInterval(() => {
-      const silent = Date.now() - inc.lastSeen;
-      if (inc.postcopy ? silent > POSTCOPY_IDLE_MS : !inc.started && silent > INCOMING_IDLE_MS) {
-        void this.dropIncoming(r, inc.postcopy
-          ? `post-copy failed: the source ${inc.from} was silent for ${POSTCOPY_IDLE_MS / 1000} s while pages were missing, so the VM is lost`
-          : `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
-      }
-    }, 1000);
+    this.watchIncoming(r, inc);
     // The worker's own stream socket, opened to the source through their link: the source sends
     // the pages and the state there (the setup, the commit and an abort still come here).
     let port: number | null = null;
@@ -1720,10 +1725,110 @@ export class Vmms {
       });
       // Dropped meanwhile: the port goes with it.
       if (port !== null && r.incoming !== inc) void this.cluster.unexpose(port).catch(() => undefined);
-      else inc.exposed = port;
+      else {
+        inc.exposed = port;
+        if (port !== null) this.recordIncoming(r, inc, options);
+      }
     }
     this.o.log.info({ vm: c.name, from: req.from, mig: req.mig, stream: port !== null ? 'worker' : 'root' }, 'incoming migration set up');
     return port !== null ? { ready: true, port } : { ready: true };
+  }
+
+  /** The destination's move-status of an incoming migration, as its set-up begins. */
+  private incomingStats(c: VmConfig, from: string, options: MigrationOptions, startedAt: number): MigrationStats {
+    return {
+      vm: c.name, from, to: this.cluster?.name ?? this.o.hostId, method: options.offline ? 'offline' : options.postcopy ? 'postcopy' : 'precopy', status: 'active',
+      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(dirtyBitmapGpa(c.memoryBytes)), pass: 0, 'compression-ratio': 1,
+      'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date(startedAt).toISOString(),
+    };
+  }
+
+  /** Writes the incoming attempt's record (incoming-record.ts); one that cannot be written costs only the take-over, and is said. */
+  private recordIncoming(r: VmRecord, inc: Incoming, options: MigrationOptions): void {
+    try {
+      writeIncomingRecord(this.o.home, { mig: inc.mig, from: inc.from, auth: inc.auth, config: r.config, options, startedAt: inc.startedAt, exposed: inc.exposed ?? null, streamPort: inc.streamPort ?? null });
+    } catch (e) {
+      this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the incoming migration\'s record is not on disk: a root restarted before its commit would stop its worker');
+    }
+  }
+
+  /**
+   * Drops the attempt once its source has been silent for its bound (INCOMING_IDLE_MS before the
+   * VM runs here, POSTCOPY_IDLE_MS while post-copy's pages are missing), counted from now.
+   */
+  private watchIncoming(r: VmRecord, inc: Incoming): void {
+    inc.lastSeen = Date.now();
+    inc.watchdog = setInterval(() => {
+      const silent = Date.now() - inc.lastSeen;
+      if (inc.postcopy ? silent > POSTCOPY_IDLE_MS : !inc.started && silent > INCOMING_IDLE_MS) {
+        void this.dropIncoming(r, inc.postcopy
+          ? `post-copy failed: the source ${inc.from} was silent for ${POSTCOPY_IDLE_MS / 1000} s while pages were missing, so the VM is lost`
+          : `the stream from ${inc.from} was silent for ${INCOMING_IDLE_MS / 1000} s`);
+      }
+    }, 1000);
+  }
+
+  /**
+   * A worker whose VM has no config here, at a re-attach: the worker of an incoming migration when
+   * its record (incoming-record.ts) names that VM with the worker's VM id. Its VM record comes back
+   * with the attempt (its credential, its fabric port); the worker's description then says how far
+   * it got (reattach). Null when there is no such record: the worker is stopped, as before.
+   */
+  private adoptIncoming(rec: VmwpRecord): VmRecord | null {
+    const got = readIncomingRecord(this.o.home, rec.name);
+    if (got === null) return null;
+    if (typeof got === 'string' || got.config.id !== rec.id) {
+      this.o.log.warn({ vm: rec.name, why: typeof got === 'string' ? got : 'it names another VM id' }, 'an incoming migration\'s record is not this worker\'s: its worker is stopped');
+      return null;
+    }
+    const r = this.record(got.config);
+    r.incoming = {
+      mig: got.mig, from: got.from, auth: got.auth, ready: null, started: false, lastSeen: Date.now(), watchdog: null, startedAt: got.startedAt, postcopy: false, releaseSpare: null,
+      exposed: got.exposed, streamPort: got.streamPort, options: got.options,
+    };
+    this.vms.set(got.config.name, r);
+    this.moves.set(got.config.name, this.incomingStats(got.config, got.from, got.options, got.startedAt));
+    return r;
+  }
+
+  /**
+   * Opens the incoming attempts' stream sockets through the fabric again, each at the fabric's port
+   * it had (where its source sends): the fabric closes a host's exposed ports when the host joins
+   * again (its root restarted, having taken the attempts over) and loses them when it restarts
+   * itself, and the source's stream then went unanswered until the attempt was dropped for its
+   * silence (a post-copy's VM lost). Called each time the member joins.
+   */
+  /** The fabric's ports of this host's incoming migrations (a join keeps them open). */
+  incomingExposedPorts(): number[] {
+    return [...this.vms.values()].flatMap((r) => (r.incoming?.exposed ? [r.incoming.exposed] : []));
+  }
+
+  exposeIncomingAgain(): void {
+    for (const r of this.vms.values()) {
+      const inc = r.incoming;
+      if (!inc || !inc.exposed || !inc.streamPort || !this.cluster) continue;
+      const was = inc.exposed;
+      void this.cluster.expose(inc.from, inc.streamPort, was).then((port) => {
+        if (r.incoming !== inc) {
+          void this.cluster?.unexpose(port).catch(() => undefined);
+          return;
+        }
+        inc.exposed = port;
+        if (port !== was) {
+          this.o.log.warn({ vm: r.config.name, was, port }, 'the incoming migration\'s stream socket is open again at another fabric port: its source, which sends to the old one, will fail the move');
+          if (inc.options) this.recordIncoming(r, inc, inc.options);
+        } else this.o.log.info({ vm: r.config.name, port }, 'the incoming migration\'s stream socket is open again at the fabric');
+      }, (e: unknown) => this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the incoming migration\'s stream socket could not be opened again at the fabric'));
+    }
+  }
+
+  /** An adopted incoming attempt goes on as its worker describes it: waiting, running, or in post-copy. */
+  private resumeIncoming(r: VmRecord, inc: Incoming, d: VmwpDescription): void {
+    const now = decodeDescribedIncoming(d.incoming);
+    this.watchIncoming(r, inc);
+    if (now?.started) this.incomingRuns(r, inc, now.postcopy);
+    else this.setState(r, EnabledState.Starting, `incoming migration from ${inc.from}`);
+    this.o.log.warn({ vm: r.config.name, from: inc.from, mig: inc.mig, started: now?.started ?? false, postcopy: now?.postcopy ?? false }, 're-attached to an incoming migration\'s worker: the attempt goes on');
   }
 
   /**
@@ -1776,6 +1881,7 @@ export class Vmms {
     // later answers an abort of it "committed", whatever became of the VM since).
     this.saveConfig(r.config, true);
     this.committed.add({ mig: req.mig, vm: r.config.name, vmId: r.config.id, from: req.from });
+    removeIncomingRecord(this.o.home, r.config.name);
     // Post-copy's reason said its pages were still arriving; every one is here now.
     if (inc.postcopy && r.state === EnabledState.Running) r.reason = `migrated from ${inc.from} (post-copy, every page here)`;
     if (inc.watchdog) clearTimeout(inc.watchdog);
@@ -1816,6 +1922,7 @@ export class Vmms {
     const st = this.moves.get(r.config.name);
     if (st) this.moves.set(r.config.name, { ...st, status: 'failed', 'error-desc': why });
     await this.kill(r, `incoming migration dropped: ${why}`);
+    removeIncomingRecord(this.o.home, r.config.name);
     // Said to a probe only once the copy here is gone (killed), so that the source may resume its own.
     this.droppedMigs.set(inc.mig, { from: inc.from, why });
     for (const k of this.droppedMigs.keys()) {

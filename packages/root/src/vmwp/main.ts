@@ -395,7 +395,10 @@ export async function runWorker(): Promise<void> {
   async function serveRequest(req: VmwpRequest): Promise<unknown> {
     switch (req.t) {
       case 'describe': {
-        const d: VmwpDescription = { name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore, pending: pendingOp, moving: migratingTo };
+        const d: VmwpDescription = {
+          name: cfg.name, partitionId, partitionPid: child?.pid ?? null, booted, suspended, saved, runningSince, restored: cfg.restore, pending: pendingOp, moving: migratingTo,
+          incoming: cfg.incoming ? { started: incomingStarted, postcopy: postcopyIn !== null } : null,
+        };
         return d;
       }
       case 'status': {

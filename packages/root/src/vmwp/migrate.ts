@@ -267,6 +267,35 @@ export class MigrationOut {
     return { ...structuredClone(this.stats), status: 'completed', 'total-time': this.elapsed() };
   }
 
+  /**
+   * Sends the commit until the destination answers it, at most `tries` times (each waits
+   * COMMIT_TIMEOUT_MS; the destination answers a repeated commit as the first). A lost message is
+   * sent again; the refusal of a guest that did not resume there (its copy stopped by then) is
+   * final, and so is a commit the destination cannot read (BadRequest: it would refuse the same
+   * frame again). Anything else may have left the destination running its copy. `last`: the last
+   * try's failure.
+   */
+  private async sendCommit(stats: MigrationStats, tries: number): Promise<{ committed: boolean; refused: string | null; last: string }> {
+    let refused: string | null = null;
+    let last = 'no try';
+    for (let i = 0; i < tries && refused === null; i++) {
+      this.commitSent = true;
+      const t = performance.now();
+      try {
+        await this.call({ op: 'migCommit', stats }, COMMIT_TIMEOUT_MS);
+        return { committed: true, refused: null, last };
+      } catch (e) {
+        if (e instanceof RpcFailure && (e.code === MIG_GUEST_NOT_RESUMED || e.code === 'BadRequest')) refused = e.message;
+        last = (e as Error).message;
+        this.src.log.warn({ err: last, attempt: i + 1 }, 'commit not acknowledged');
+      }
+      // A try refused at once (a root that is starting again) waits out its share before the next.
+      const left = COMMIT_TIMEOUT_MS - (performance.now() - t);
+      if (refused === null && i + 1 < tries && left > 0) await new Promise((r) => setTimeout(r, Math.min(left, ABORT_PAUSE_MS)));
+    }
+    return { committed: false, refused, last };
+  }
+
   private elapsed(): number {
     return Math.round(performance.now() - this.t0);
   }
@@ -739,23 +768,8 @@ export class MigrationOut {
         };
       }
       // The destination runs the VM; it keeps it only once committed.
-      let committed = false;
-      let refused: string | null = null;
       const commitStats = this.commitStats();
-      for (let i = 0; i < 3 && !committed && refused === null; i++) {
-        this.commitSent = true;
-        try {
-          await this.call({ op: 'migCommit', stats: commitStats }, COMMIT_TIMEOUT_MS);
-          committed = true;
-        } catch (e) {
-          // A lost message is sent again; the refusal of a guest that did not resume there (its copy
-          // stopped by then) is final, and so is a commit the destination cannot read (BadRequest:
-          // it would refuse the same frame again). Anything else may have left the destination
-          // running its copy.
-          if (e instanceof RpcFailure && (e.code === MIG_GUEST_NOT_RESUMED || e.code === 'BadRequest')) refused = e.message;
-          log.warn({ err: (e as Error).message, attempt: i + 1 }, 'commit not acknowledged');
-        }
-      }
+      const { committed, refused } = await this.sendCommit(commitStats, 3);
       if (!committed) {
         // An abort the destination answers "committed" means the commit did arrive.
         const a = abortAnswer(await this.call(this.abortBody(refused ?? 'no commit acknowledgement'), COMMIT_TIMEOUT_MS).catch(() => null), true);
@@ -910,10 +924,11 @@ export class MigrationOut {
     await this.drain();
     stats.pass++;
     this.recordPass(stats.pass, eager.length + later.length, 0, t);
+    // Sent again while unanswered, as pre-copy's: a destination whose root restarted meanwhile
+    // (its worker, and the guest, ran on) takes the attempt over, and answers the next try.
     const commitStats = this.commitStats();
-    await this.call({ op: 'migCommit', stats: commitStats }, STATE_TIMEOUT_MS).catch((e: Error) => {
-      throw new Error(`the destination ${this.req.to} did not confirm that every page arrived: ${e.message}`);
-    });
+    const { committed, refused, last } = await this.sendCommit(commitStats, Math.ceil(STATE_TIMEOUT_MS / COMMIT_TIMEOUT_MS));
+    if (!committed) throw new Error(`the destination ${this.req.to} did not confirm that every page arrived: ${refused ?? last}`);
     stats.status = 'completed';
     stats['total-time'] = commitStats['total-time'];
     stats.ram.remaining = 0;
