@@ -1005,6 +1005,8 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     const worker = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h1', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'dg')!.pid;
     process.kill(worker, 'SIGSTOP');
     try {
+      // The source had not heard the commit (the hold outlasts this test's steps).
+      expect((await status('dg'))?.status, 'the move is still under way at the source').to.equal('active');
       const root = (await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root;
       process.kill(root, 'SIGKILL');
       expect(await eventually(async () => {
