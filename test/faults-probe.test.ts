@@ -84,6 +84,16 @@ describe('faults under attack: one host (real processes)', function () {
     await h.ok('fault', 'clear');
   });
 
+  it('a VM fault asked while its root is paused gets its whole duration once the root hands it over (it was timed from the ask, and ended as soon as it began)', async () => {
+    await inject('pause', '--target', 'host:local', '--for', '5s');
+    // Answered once the root runs again, about 5 s on: longer than this fault's 3 s.
+    const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'heartbeat', '--drop', '1', '--for', '3s');
+    expect(f.endsAt - f.startedAt).to.equal(3000);
+    expect(f.endsAt, 'its end is still to come when the inject answers').to.be.above(Date.now());
+    expect((await faults()).find((x) => x.id === f.id)?.state, 'active after the inject answered').to.equal('active');
+    await h.ok('fault', 'clear');
+  });
+
   it('a second clock, interrupt-delay or vp-stall fault on one VM, or lp-shrink on one host, is refused (it would silently replace the first)', async () => {
     const c = await inject('clock', '--target', 'vm:web', '--skew', '1000', '--for', '60s');
     const again = await h.run('fault', 'inject', 'clock', '--target', 'vm:web', '--offset', '1s', '--for', '5s');

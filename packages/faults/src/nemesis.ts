@@ -440,10 +440,14 @@ export class Nemesis {
   private async applyRemote(world: World, act: Active): Promise<void> {
     const rec = act.rec;
     try {
-      // Its time starts when it is applied, not while a root kept it waiting.
       rec.startedAt = this.now();
       rec.endsAt = rec.startedAt + rec.forMs;
       await this.apply(world, rec, act.procs, act.undo);
+      // Its time starts when it is applied, not while a root kept it waiting: the worker (or the
+      // hypervisor) counts its duration from when the root handed it over. Timed from before the
+      // call, a fault asked of a paused root was over before it began, and ended at once.
+      rec.startedAt = this.now();
+      rec.endsAt = rec.startedAt + rec.forMs;
     } catch (e) {
       await this.serial(async () => {
         this.active.delete(rec.id);
