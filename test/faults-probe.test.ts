@@ -257,6 +257,19 @@ describe('faults under attack: a cluster (real processes)', function () {
     expect(f.resolved.vms).to.deep.equal([{ host: 'h1', vm: 'web' }]);
     await h.ok('--host', 'h1', 'vm', 'move', 'web', '--to', 'h2');
     expect(await eventually(async () => (await ended(f.id))?.endReason === 'target-gone', 10000), 'ended as target-gone').to.equal(true);
+    // Its VM is not on h1 any more: the clear of its fault there finds nothing, which is no problem of the undo.
+    expect((await ended(f.id))?.error).to.equal(null);
+  });
+
+  it('a kill with restart whose VM was deleted meanwhile says at once that there was nothing to start, in the fault log too', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'gone', '--memory', '16M', '--workload', 'idle');
+    await h.ok('--host', 'h1', 'vm', 'start', 'gone');
+    const f = await inject('kill', '--target', 'vm:gone', '--restart', '--for', '1s');
+    expect(await eventually(async () => (await h.run('--host', 'h1', 'vm', 'delete', 'gone')).code === 0, 10000), 'deleted').to.equal(true);
+    // Before, the restart waited 15 s for the VM to turn Off and then said so ("state unknown").
+    expect(await eventually(async () => /restart gone: VM gone is not on h1 any more/.test((await ended(f.id))?.error ?? ''), 8000), 'said at once').to.equal(true);
+    const log = readFileSync(join(faultsDir(h.home), 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string; vm?: string });
+    expect(log.filter((l) => l.id === f.id).map((l) => l.event)).to.deep.equal(['start', 'end', 'restart-failed']);
   });
 
   it('a link fault\'s end sets back only what it set and still holds: what was changed by hand meanwhile stays', async () => {

@@ -37,7 +37,7 @@ import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, writeFileAtomic } from '@hvlab/runtime';
-import { MgmtClient, readHost, removeVm } from '@hvlab/host';
+import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { MAX_OWNED_VMS, type OwnedVm } from './wire.js';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
@@ -600,9 +600,10 @@ export class Nemesis {
         try {
           await this.hostCall(w, h.host, 'faultClear', { id: act.rec.id, vm: h.vm }, 5000);
         } catch (e) {
-          // A VM or host that is gone took its fault with it.
+          // A VM or host that is gone took its fault with it: one moved away or deleted is not
+          // found at all ('VM "web" does not exist', which was reported as a problem of the undo).
           const m = errText(e);
-          if (!/NotFound|not running|is gone|HostGone|not up|no host/i.test(m)) problems.push(`${h.vm ?? h.host}: ${m}`);
+          if (!(e instanceof MgmtCallError && e.code === 'NotFound') && !/NotFound|not running|is gone|HostGone|not up|no host/i.test(m)) problems.push(`${h.vm ?? h.host}: ${m}`);
         }
       }
       u.hostFaults = [];
@@ -627,10 +628,11 @@ export class Nemesis {
         try {
           if (!w) throw new Error('the home cannot be read');
           await this.restartVm(w, r.host, r.vm, r.killed ?? null);
-          this.say(`fault ${rec.id}: VM ${r.vm} started again on ${r.host}`);
+          this.event('restarted', rec, { host: r.host, vm: r.vm });
         } catch (e) {
           rec.error = [rec.error, `restart ${r.vm}: ${errText(e)}`].filter(Boolean).join('; ');
-          this.say(`fault ${rec.id}: VM ${r.vm} was not started again`, { err: errText(e) });
+          // In the fault log too: the fault's end is logged before its restart is over.
+          this.event('restart-failed', rec, { host: r.host, vm: r.vm, error: errText(e) });
         }
       }
     })();
@@ -647,6 +649,8 @@ export class Nemesis {
     for (;;) {
       const list = await this.hostCall<Array<{ name: string; state: string; pids?: { vmwp?: number | null; partition?: number | null } }>>(world, host, 'vmList', {}, 5000).catch(() => null);
       const v = list?.find((x) => x.name === vm);
+      // Deleted (or moved away) meanwhile: there is nothing to start, and waiting for it to turn Off is no use.
+      if (list && !v) throw new Error(`VM ${vm} is not on ${host} any more (deleted or moved away meanwhile): not started again`);
       const st = v?.state;
       if (st === 'Running' && (killed === null || (v?.pids?.vmwp !== killed && v?.pids?.partition !== killed))) return;
       if (st === 'Off') {
