@@ -287,6 +287,15 @@ describe('faults under attack: a cluster (real processes)', function () {
     await h.ok('link', 'reset', 'h1', 'h2');
   });
 
+  it('a cut by hand of a link a partition cut says that the partition\'s end heals it (it said the end would not undo the cut, then healed it)', async () => {
+    const f = await inject('partition', '--target', 'cluster', '--for', '60s');
+    const r = await h.run('link', 'cut', 'h1', 'h2');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stderr).to.include(`hvlab: link h1-h2 is cut by fault ${f.id} (partition) already: this cut changes nothing, and the fault's end heals the link`);
+    await h.ok('fault', 'clear', f.id);
+    expect((await link()).cut, 'healed, as said').to.equal(false);
+  });
+
   it('a partition held by a nemesis killed with -9 is healed by its warden, with no command run', async () => {
     const f = await inject('partition', '--target', 'cluster', '--for', '120s');
     expect((await link()).cut).to.equal(true);

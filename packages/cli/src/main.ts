@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -492,13 +492,12 @@ function faultTable(list: FaultRecord[]): string {
 /**
  * A link an active fault holds may still be changed by hand: by design, the hand's change wins
  * (the fault's end sets back only what it set and still holds). But the fault stays listed active
- * while its effect may be gone, so the change says so on stderr, naming the fault.
+ * while its effect may be gone, so the change says so on stderr, naming the fault; a cut of a link
+ * the fault cut is the exception, and is said as one (heldLinkWarning).
  */
-function warnHeldLink(home: string, a: string | null, b: string | null): void {
+function warnHeldLink(home: string, a: string | null, b: string | null, op: 'set' | 'cut' | 'heal' | 'reset'): void {
   const same = (x: string, y: string): boolean => a === null || (x === a && y === b) || (x === b && y === a);
-  for (const f of heldLinks(home).filter((l) => same(l.a, l.b))) {
-    process.stderr.write(`hvlab: link ${f.a}-${f.b} is held by fault ${f.id} (${f.kind}): this change is made over it, the fault stays listed until it ends, and its end will not undo this change ("hvlab fault clear ${f.id}" ends it now)\n`);
-  }
+  for (const f of heldLinks(home).filter((l) => same(l.a, l.b))) process.stderr.write(`hvlab: ${heldLinkWarning(f, op)}\n`);
 }
 
 /** Whether `home` holds a cluster's record (one is up, or its teardown is unfinished). */
@@ -1602,7 +1601,7 @@ export async function run(argv: string[]): Promise<number> {
         const seed = opt('seed');
         if (seed !== undefined) change.seed = Number(seed);
         if (Object.keys(change).length === 0) throw new UsageError('link set needs at least one of --delay, --jitter, --rate, --loss, --seed');
-        warnHeldLink(paths.home, p.args[0]!, p.args[1]!);
+        warnHeldLink(paths.home, p.args[0]!, p.args[1]!, 'set');
         const l = await clusterCall(() => linkSet(paths.home, p.args[0]!, p.args[1]!, change));
         if (json) out(JSON.stringify(l));
         else out(`link ${l.a} - ${l.b}: ${impairmentsText(l) || 'unimpaired'}${l.cut ? ', cut' : ''} (seed ${l.seed})`);
@@ -1611,7 +1610,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'link cut':
       case 'link heal': {
         const cut = commandName(p.spec) === 'link cut';
-        warnHeldLink(paths.home, p.args[0]!, p.args[1]!);
+        warnHeldLink(paths.home, p.args[0]!, p.args[1]!, cut ? 'cut' : 'heal');
         const l = await clusterCall(() => (cut ? linkCut : linkHeal)(paths.home, p.args[0]!, p.args[1]!));
         if (json) out(JSON.stringify(l));
         else out(`link ${l.a} - ${l.b} is ${l.cut ? 'cut' : 'up'}`);
@@ -1619,7 +1618,7 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'link reset': {
         if (p.args.length === 1) throw new UsageError('link reset takes both ends of a link, or none (every link)');
-        warnHeldLink(paths.home, p.args[0] ?? null, p.args[1] ?? null);
+        warnHeldLink(paths.home, p.args[0] ?? null, p.args[1] ?? null, 'reset');
         const ls = await clusterCall(() => linkReset(paths.home, p.args[0] ?? null, p.args[1] ?? null));
         if (json) out(JSON.stringify(ls));
         else out(`reset ${ls.length} link${ls.length === 1 ? '' : 's'}: ${ls.map((l) => `${l.a} - ${l.b}`).join(', ') || 'none'}`);

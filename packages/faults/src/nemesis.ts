@@ -845,14 +845,37 @@ function leftoverRecord(v: unknown): FaultRecord | null {
  * active faults file: a manual `link set/cut/heal/reset` of one would lift the fault while
  * `fault list` still showed it active. Unreadable: none.
  */
-export function heldLinks(home: string): Array<{ id: string; kind: FaultKind; a: string; b: string }> {
+export function heldLinks(home: string): HeldLink[] {
   let left: ActiveLeftover[];
   try {
     left = readActiveFile(home);
   } catch {
     return [];
   }
-  return left.flatMap(({ rec, undo }) => undo.links.map((l) => ({ id: rec.id, kind: rec.kind, a: l.a, b: l.b })));
+  return left.flatMap(({ rec, undo }) => undo.links.map((l) => ({ id: rec.id, kind: rec.kind, a: l.a, b: l.b, heals: l.cut && !l.wasCut })));
+}
+
+/** A link an active fault holds; `heals`: the fault cut it, and its end heals it. */
+export interface HeldLink {
+  id: string;
+  kind: FaultKind;
+  a: string;
+  b: string;
+  heals: boolean;
+}
+
+/**
+ * What a `link set|cut|heal|reset` by hand says of a link fault `f` holds (it is made over the
+ * fault, which stays listed until it ends). A fault's end sets back only what it set and the link
+ * still holds, so what the hand changed stays, with one exception: a cut by hand of a link the
+ * fault cut changes nothing the fabric can tell apart, and the fault's end heals the link.
+ */
+export function heldLinkWarning(f: HeldLink, op: 'set' | 'cut' | 'heal' | 'reset'): string {
+  const clear = `"hvlab fault clear ${f.id}" ends it now`;
+  if (op === 'cut' && f.heals) {
+    return `link ${f.a}-${f.b} is cut by fault ${f.id} (${f.kind}) already: this cut changes nothing, and the fault's end heals the link (cut it again after that; ${clear})`;
+  }
+  return `link ${f.a}-${f.b} is held by fault ${f.id} (${f.kind}): this change is made over it, the fault stays listed until it ends, and its end will not undo this change (${clear})`;
 }
 
 /** The most active.json is read to (4096 faults with long targets and many processes fit). */
