@@ -94,6 +94,15 @@ describe('faults under attack: one host (real processes)', function () {
     await h.ok('fault', 'clear');
   });
 
+  it('a vm pause of a VM whose partition process a fault stopped fails saying so (it said only "GetVpState failed with INVALID_VP_STATE"); the VM runs on after the fault', async () => {
+    const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
+    const r = await h.run('vm', 'pause', 'web');
+    expect(r.code).to.equal(1);
+    expect(r.stderr).to.match(new RegExp(`the VM's VPs did not stop within 5 s of the suspension: its partition process \\(pid ${f.resolved.processes[0]!.pid}\\) is stopped \\(a pause fault, or SIGSTOP\\)`));
+    await h.ok('fault', 'clear', f.id);
+    expect(await eventually(async () => (await h.json<Array<{ name: string; state: string }>>('vm', 'list')).find((v) => v.name === 'web')?.state === 'Running', 10000)).to.equal(true);
+  });
+
   it('a second clock, interrupt-delay or vp-stall fault on one VM, or lp-shrink on one host, is refused (it would silently replace the first)', async () => {
     const c = await inject('clock', '--target', 'vm:web', '--skew', '1000', '--for', '60s');
     const again = await h.run('fault', 'inject', 'clock', '--target', 'vm:web', '--offset', '1s', '--for', '5s');

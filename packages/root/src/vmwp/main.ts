@@ -24,9 +24,10 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, STATUS_PAGE_GPA, decodeGuestStatus, decodeGuestKernelInfo, GUEST_STATUS_BYTES, GUEST_KERNEL_INFO_BYTES, type GuestKernelInfo, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_CANCEL_TOO_LATE, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
+  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, HvStatus, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_CANCEL_TOO_LATE, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
-import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, type Notification } from '@hvlab/runtime';
+import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, HypercallError, type Notification } from '@hvlab/runtime';
+import { procState } from '@hvlab/shm/procfs';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
@@ -582,7 +583,7 @@ export async function runWorker(): Promise<void> {
     // 6.5 and 8.0, the downtime's 16.5 and 19.0 against 18.5 and 22.5. The states followed over
     // the socket then, 1.3-7 ms after the Suspend's answer (p50 ~2.3, 22 moves).
     const region = vpRegionOfPartition();
-    const getStates = (after?: number): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, ...(after ? { afterSuspension: after } : {}) })));
+    const getStates = (after?: number): Promise<SavedVpState[]> => Promise.all(Array.from({ length: cfg.vps }, (_, v) => (after ? vpStateAfter(v, after) : hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v }))));
     const suspending = setSuspend(true);
     suspending.catch(() => undefined);
     // A number not as expected fails the freeze below, and the hypervisor refuses these calls then.
@@ -636,9 +637,24 @@ export async function runWorker(): Promise<void> {
     if (suspensionSeq !== before && vpRegionOfPartition()) await vpsStopped(suspensionSeq);
   }
 
+  /**
+   * VP `v`'s state once it shows suspension `seq`. The hypervisor refuses it (INVALID_VP_STATE)
+   * when the VPs have not stopped within its wait (5 s): said in words here, and why when the
+   * partition process is stopped (a pause fault, SIGSTOP), which runs no VP to see the suspension;
+   * "GetVpState failed with INVALID_VP_STATE" was all a pause or a save said.
+   */
+  function vpStateAfter(v: number, seq: number): Promise<SavedVpState> {
+    return hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, afterSuspension: seq }).catch((e: unknown) => {
+      if (!(e instanceof HypercallError) || e.status !== HvStatus.INVALID_VP_STATE) throw e;
+      const pid = child?.pid;
+      const stopped = pid !== undefined && procState(pid) === 'T';
+      throw new Error(`the VM's VPs did not stop within 5 s of the suspension${stopped ? `: its partition process (pid ${pid}) is stopped (a pause fault, or SIGSTOP), so no VP runs to stop; try again once it runs` : ''} (GetVpState: INVALID_VP_STATE)`);
+    });
+  }
+
   /** Waits until every VP shows suspension `seq` (the hypervisor answers GetVpState once they do, at most 5 s). */
   async function vpsStopped(seq: number): Promise<void> {
-    const vps = await Promise.all(Array.from({ length: cfg.vps }, (_, v) => hv.must<SavedVpState>('GetVpState', { partitionId, vpIndex: v, afterSuspension: seq })));
+    const vps = await Promise.all(Array.from({ length: cfg.vps }, (_, v) => vpStateAfter(v, seq)));
     const running = vps.findIndex((v) => v.runState !== 'Suspended' && v.runState !== 'Absent');
     if (running >= 0) throw new VmwpFailure('Unavailable', `VP ${running} is ${vps[running]!.runState}, not suspended, after the pause`);
   }
