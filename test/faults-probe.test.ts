@@ -98,7 +98,7 @@ describe('faults under attack: one host (real processes)', function () {
     const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
     const r = await h.run('vm', 'pause', 'web');
     expect(r.code).to.equal(1);
-    expect(r.stderr).to.match(new RegExp(`the VM's VPs did not stop within 5 s of the suspension: its partition process \\(pid ${f.resolved.processes[0]!.pid}\\) is stopped \\(a pause fault, or SIGSTOP\\)`));
+    expect(r.stderr).to.match(new RegExp(`the VM's VPs did not stop under its suspension \\(the hypervisor waits up to 5 s\\): its partition process \\(pid ${f.resolved.processes[0]!.pid}\\) is stopped \\(a pause fault, or SIGSTOP\\)`));
     await h.ok('fault', 'clear', f.id);
     expect(await eventually(async () => (await h.json<Array<{ name: string; state: string }>>('vm', 'list')).find((v) => v.name === 'web')?.state === 'Running', 10000)).to.equal(true);
   });

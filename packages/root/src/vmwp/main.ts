@@ -648,7 +648,7 @@ export async function runWorker(): Promise<void> {
       if (!(e instanceof HypercallError) || e.status !== HvStatus.INVALID_VP_STATE) throw e;
       const pid = child?.pid;
       const stopped = pid !== undefined && procState(pid) === 'T';
-      throw new Error(`the VM's VPs did not stop within 5 s of the suspension${stopped ? `: its partition process (pid ${pid}) is stopped (a pause fault, or SIGSTOP), so no VP runs to stop; try again once it runs` : ''} (GetVpState: INVALID_VP_STATE)`);
+      throw new Error(`the VM's VPs did not stop under its suspension (the hypervisor waits up to 5 s)${stopped ? `: its partition process (pid ${pid}) is stopped (a pause fault, or SIGSTOP), so no VP runs to stop; try again once it runs` : ''} (GetVpState: INVALID_VP_STATE)`);
     });
   }
 
