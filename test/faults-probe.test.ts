@@ -305,6 +305,15 @@ describe('faults under attack: a cluster (real processes)', function () {
     expect((await link()).cut, 'healed, as said').to.equal(false);
   });
 
+  it('vm list --all says which host did not answer (a root a pause fault stopped), whose VMs it leaves out', async () => {
+    const f = await inject('pause', '--target', 'host:h1', '--for', '60s');
+    const r = await h.run('vm', 'list', '--all', '--json');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stderr).to.include('hvlab: host h1 did not answer (down, or its root not answering within 5 s): its VMs are not listed');
+    expect((JSON.parse(r.stdout) as Array<{ host: string }>).every((v) => v.host !== 'h1')).to.equal(true);
+    await h.ok('fault', 'clear', f.id);
+  });
+
   it('a partition held by a nemesis killed with -9 is healed by its warden, with no command run', async () => {
     const f = await inject('partition', '--target', 'cluster', '--for', '120s');
     expect((await link()).cut).to.equal(true);

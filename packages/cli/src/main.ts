@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
+  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, clusterVmsAnswered, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -1750,7 +1750,11 @@ export async function run(argv: string[]): Promise<number> {
       case 'vm list': {
         const all = flag('all');
         if (all && typeof aimed === 'string') throw new UsageError('--all lists every host of the cluster: give --all or --host, not both');
-        const vms: Array<VmInfo & { host?: string }> = all ? await clusterCall(() => clusterVms(paths.home)) : await connect().request<VmInfo[]>('vmList');
+        const listed = all ? await clusterCall(() => clusterVmsAnswered(paths.home)) : null;
+        const vms: Array<VmInfo & { host?: string }> = listed ? listed.vms : await connect().request<VmInfo[]>('vmList');
+        // A host that did not answer is said (on stderr, so --json's stdout stays the list): its VMs
+        // were left out without a word, as if it had none.
+        for (const h of listed?.silent ?? []) process.stderr.write(`hvlab: host ${h} did not answer (down, or its root not answering within 5 s): its VMs are not listed\n`);
         if (json) out(JSON.stringify(vms));
         else if (vms.length === 0) out('no VMs');
         else {

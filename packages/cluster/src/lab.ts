@@ -993,12 +993,20 @@ export async function clusterStatus(home: string): Promise<ClusterStatus> {
 
 /** Every VM of every host of the cluster (joined hosts too), with the host it runs on (`host`). */
 export async function clusterVms(home: string): Promise<Array<VmInfo & { host: string }>> {
+  return (await clusterVmsAnswered(home)).vms;
+}
+
+/**
+ * Every VM of the cluster with its host, and the hosts that did not answer (`silent`: down, or a
+ * root that did not answer within 5 s, as one a pause fault stopped), whose VMs are not among them.
+ */
+export async function clusterVmsAnswered(home: string): Promise<{ vms: Array<VmInfo & { host: string }>; silent: string[] }> {
   const c = readCluster(home);
   if (!c) throw new ClusterError(`no cluster is up for ${home}: "vm list --all" lists the VMs of a cluster ("hvlab cluster up FILE")`);
   const st = await fabricStatus(home).catch(() => null);
-  const per = await Promise.all(targets(home, c.topology, st).map(async ({ name, target }) => {
-    const list = await ask<VmInfo[]>(target, 'vmList');
-    return (list ?? []).map((vm) => ({ ...vm, host: name }));
-  }));
-  return per.flat();
+  const per = await Promise.all(targets(home, c.topology, st).map(async ({ name, target }) => ({ name, list: await ask<VmInfo[]>(target, 'vmList') })));
+  return {
+    vms: per.flatMap(({ name, list }) => (list ?? []).map((vm) => ({ ...vm, host: name }))),
+    silent: per.filter((x) => x.list === null).map((x) => x.name),
+  };
 }
