@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -395,7 +395,7 @@ function formatMs(ms: number): string {
 }
 
 /** The request `fault inject KIND` stands for; an option that KIND does not take is refused. */
-function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | undefined, flag: (n: string) => boolean): FaultRequest {
+export function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | undefined, flag: (n: string) => boolean): FaultRequest {
   const takes: Record<FaultKind, string[]> = {
     kill: ['role', 'restart'], pause: ['role'],
     vmbus: ['channel', 'drop', 'duplicate', 'reorder', 'corrupt', 'signal-drop', 'signal-delay', 'delay'],
@@ -454,6 +454,7 @@ function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | u
       if (params.lps === undefined) throw new UsageError('an lp-shrink fault needs --lps N');
       break;
     case 'link':
+      if (!['delay', 'jitter', 'rate', 'loss'].some((o) => opt(o) !== undefined) && !flag('cut')) throw new UsageError('a link fault needs something to do to the link: --delay, --jitter, --rate, --loss or --cut');
       dur('delay', 'delayMs');
       dur('jitter', 'jitterMs');
       if (opt('rate') !== undefined) params.rateBps = parseRate(opt('rate')!);
@@ -474,8 +475,31 @@ function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => string | u
   if (opt('role') !== undefined) req.role = opt('role') as FaultRequest['role'];
   if (opt('seed') !== undefined) req.seed = Number(opt('seed'));
   if (opt('id') !== undefined) req.id = opt('id');
+  // Checked here as the nemesis checks it, and said in the command line's words: the nemesis
+  // names its fields ('clock: "skewPpm" must be …'), not the option and the value given, and its
+  // refusal came back as the host's (exit kind host, not value).
+  const checked = checkFaultRequest(req);
+  if (!checked.ok) {
+    const words = checked.message.replace(/"([A-Za-z]+)" must be (?:a whole number|a number) from (-?[\d.]+) to (-?[\d.]+)/g, (whole, field: string, lo: string, hi: string) => {
+      // A time is given with its unit, and said with it: not "a whole number from 1 to 60000".
+      const o = FAULT_PARAM_OPTIONS[field];
+      if (o === undefined || !field.endsWith('Ms')) return whole;
+      return `--${o} ${opt(o) ?? ''} must be from ${lo} ms to ${hi} ms`;
+    }).replace(/"([A-Za-z]+)"/g, (whole, field: string) => {
+      const o = FAULT_PARAM_OPTIONS[field];
+      const v = o === undefined ? undefined : opt(o);
+      return o === undefined ? whole : `--${o}${v === undefined ? '' : ` ${v}`}`;
+    });
+    throw new ValueError(words);
+  }
   return req;
 }
+
+/** The option of each fault parameter the nemesis names (its request's `params`). */
+const FAULT_PARAM_OPTIONS: Readonly<Record<string, string>> = {
+  delayMs: 'delay', jitterMs: 'jitter', rateBps: 'rate', lossPercent: 'loss', offsetMs: 'offset', skewPpm: 'skew', signalDelayMs: 'signal-delay',
+  signalDrop: 'signal-drop', drop: 'drop', duplicate: 'duplicate', reorder: 'reorder', corrupt: 'corrupt', vps: 'vps', lps: 'lps', gpa: 'gpa', mask: 'mask', channel: 'channel', shape: 'shape',
+};
 
 /** `fault list`: one row per fault. */
 function faultTable(list: FaultRecord[]): string {

@@ -8,7 +8,7 @@ import { displayWidth } from '@hvlab/runtime';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -247,5 +247,26 @@ describe('tables as the CLI prints them', () => {
     // Each line's STATE column starts at the same terminal column: after the widest NAME (4 columns: 網站, or 🚀-é) and two spaces.
     expect(t.split('\n')).to.deep.equal(['NAME  STATE    CPU', '網站  Running  3%', 'web   Off      -', '🚀-e\u0301  Paused   0%']);
     for (const line of t.split('\n')) expect(displayWidth(line.slice(0, line.search(/(STATE|Running|Off|Paused)/))), line).to.equal(6);
+  });
+});
+
+describe('fault inject as the CLI builds its request (faultRequestFromOptions)', () => {
+  const refused = (kind: Parameters<typeof faultRequestFromOptions>[0], o: Record<string, string>): Error => {
+    try {
+      faultRequestFromOptions(kind, (n) => o[n], () => false);
+    } catch (e) {
+      return e as Error;
+    }
+    throw new Error(`${kind} ${JSON.stringify(o)} was accepted`);
+  };
+
+  it('a parameter out of range is said with its option and the value given, as a value error (it went to the nemesis, which named its field: "skewPpm")', () => {
+    const skew = refused('clock', { target: 'vm:web', for: '5s', skew: '-1000000' });
+    expect(skew).to.be.instanceOf(ValueError);
+    expect(skew.message).to.equal('clock: --skew -1000000 must be a whole number from -900000 to 10000000');
+    expect(refused('interrupt-delay', { target: 'vm:web', for: '5s', delay: '1h' }).message).to.equal('interrupt-delay: --delay 1h must be from 1 ms to 60000 ms');
+    expect(refused('link', { target: 'link:h1-h2', for: '5s', loss: '150' }).message).to.equal('link: --loss 150 must be a number from 0 to 100');
+    expect(refused('link', { target: 'link:h1-h2', for: '5s' }).message).to.equal('a link fault needs something to do to the link: --delay, --jitter, --rate, --loss or --cut');
+    expect(refused('link', { target: 'vm:web', for: '5s', delay: '5ms' })).to.be.instanceOf(ValueError);
   });
 });
