@@ -103,6 +103,16 @@ describe('faults under attack: one host (real processes)', function () {
     expect(await eventually(async () => (await h.json<Array<{ name: string; state: string }>>('vm', 'list')).find((v) => v.name === 'web')?.state === 'Running', 10000)).to.equal(true);
   });
 
+  it('a fault on several VMs says which of them is gone while it goes on on the others (a VM turned off and started again has no fault)', async () => {
+    const f = await inject('vmbus', '--target', 'vms:all', '--channel', 'kvp', '--delay', '1ms', '--for', '60s');
+    expect(f.resolved.vms.map((v) => v.vm).sort()).to.deep.equal(['db', 'web']);
+    await h.ok('vm', 'turn-off', 'db');
+    await h.ok('vm', 'start', 'db');
+    expect(await eventually(async () => (await faults()).find((x) => x.id === f.id)?.gone?.join() === 'VM db on local', 10000), 'db is said gone, the fault goes on').to.equal(true);
+    expect(await h.ok('fault', 'list')).to.match(/; gone: VM db on local/);
+    await h.ok('fault', 'clear', f.id);
+  });
+
   it('a second clock, interrupt-delay or vp-stall fault on one VM, or lp-shrink on one host, is refused (it would silently replace the first)', async () => {
     const c = await inject('clock', '--target', 'vm:web', '--skew', '1000', '--for', '60s');
     const again = await h.run('fault', 'inject', 'clock', '--target', 'vm:web', '--offset', '1s', '--for', '5s');

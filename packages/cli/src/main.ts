@@ -507,7 +507,7 @@ function faultTable(list: FaultRecord[]): string {
   return table([
     ['ID', 'KIND', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER'],
     ...list.map((f) => [
-      f.id, f.kind, f.target + (f.role ? ` (${f.role})` : ''), f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary,
+      f.id, f.kind, f.target + (f.role ? ` (${f.role})` : ''), (f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary) + (f.gone?.length ? `; gone: ${f.gone.join(', ')}` : ''),
       f.state === 'active' || f.state === 'failed' || !f.endReason ? f.state : `${f.state}: ${f.endReason}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
     ]),
   ]);

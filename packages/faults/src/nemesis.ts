@@ -83,6 +83,8 @@ interface Active {
    * away; the host went down), the fault is over: target-gone.
    */
   holders: WorldProcess[];
+  /** What each holder stands for in `rec.gone` ("VM web on h1", "host h1"). */
+  holderNames: string[];
   /** Being applied through a root, outside the queue (see the header). */
   pending: boolean;
   /** Ended while it was being applied: undone as soon as that is over. */
@@ -116,10 +118,10 @@ export function lastFaultNumber(home: string): number {
 }
 
 /** A fault record's bookkeeping, not yet pending or settled. */
-function newActive(rec: FaultRecord, procs: WorldProcess[], holders: WorldProcess[], pending: boolean): Active {
+function newActive(rec: FaultRecord, procs: WorldProcess[], holders: WorldProcess[], pending: boolean, holderNames: string[] = []): Active {
   let settle: () => void = () => {};
   const settled = new Promise<void>((r) => (settle = r));
-  const act: Active = { rec, undo: { stopped: [], links: [], hostFaults: [], restart: [] }, timer: null, procs, holders, pending, cancelled: null, settled, settle };
+  const act: Active = { rec, undo: { stopped: [], links: [], hostFaults: [], restart: [] }, timer: null, procs, holders, holderNames, pending, cancelled: null, settled, settle };
   if (!pending) settle();
   return act;
 }
@@ -382,18 +384,25 @@ export class Nemesis {
     }
     const hostIdOf = (name: string): string | null => world.hosts.find((h) => h.name === name)?.hostId ?? null;
     const holders: WorldProcess[] = [];
+    const holderNames: string[] = [];
     if (req.kind === 'lp-shrink') {
       for (const h of resolved.hosts) {
         const hv = world.processes.find((p) => p.role === 'hypervisor' && p.hostId === hostIdOf(h));
-        if (hv) holders.push(hv);
+        if (hv) {
+          holders.push(hv);
+          holderNames.push(`host ${h}`);
+        }
       }
     } else if (REMOTE_KINDS.includes(req.kind)) {
       for (const v of resolved.vms) {
         const w = world.processes.find((p) => p.role === 'vmwp' && p.vm === v.vm && p.hostId === hostIdOf(v.host));
-        if (w) holders.push(w);
+        if (w) {
+          holders.push(w);
+          holderNames.push(`VM ${v.vm} on ${v.host}`);
+        }
       }
     }
-    const act = newActive(rec, procs, holders, REMOTE_KINDS.includes(req.kind));
+    const act = newActive(rec, procs, holders, REMOTE_KINDS.includes(req.kind), holderNames);
     // Entered before anything is applied (and written down as it goes): a nemesis killed
     // half-way leaves what it did in active.json.
     this.active.set(id, act);
@@ -747,11 +756,28 @@ export class Nemesis {
       const r = a.rec;
       if (r.kind === 'pause') {
         if (a.undo.stopped.length > 0 && a.undo.stopped.every((x) => !sameProcess(x.pid, x.start))) await this.end(r.id, 'target-gone');
+        else this.markGone(a, a.undo.stopped, a.undo.stopped.map((x) => `${x.role}${x.vm ? ` of ${x.vm}` : ''} (pid ${x.pid})`));
       } else if (a.holders.length > 0 && a.holders.every((x) => !sameProcess(x.pid, x.start))) {
         // Every VM's worker (or host's hypervisor) it lived in is gone: turned off, restarted, moved away, down.
         await this.end(r.id, 'target-gone');
+      } else {
+        this.markGone(a, a.holders, a.holderNames);
       }
     }
+  }
+
+  /**
+   * Some of what a fault lives in is gone while the rest goes on (one VM of `vms:all` turned off
+   * or restarted: its new worker has no fault): said in the record (`gone`), which `fault list`
+   * shows, and logged once each; it listed the VM as hit until the fault's end.
+   */
+  private markGone(a: Active, procs: WorldProcess[], names: string[]): void {
+    procs.forEach((x, i) => {
+      const name = names[i];
+      if (name === undefined || sameProcess(x.pid, x.start) || a.rec.gone?.includes(name)) return;
+      (a.rec.gone ??= []).push(name);
+      this.event('target-part-gone', a.rec, { gone: name });
+    });
   }
 
   /** Starts the periodic watch. */

@@ -86,6 +86,11 @@ export interface FaultRecord {
   error: string | null;
   /** What the enforcer said it did (e.g. the channels a vmbus fault wraps, counters at the end). */
   effect: Record<string, unknown> | null;
+  /**
+   * What of its target vanished while it went on (a VM of several turned off or restarted, one of
+   * several paused processes gone): the fault no longer acts there. Absent: nothing.
+   */
+  gone?: string[];
 }
 
 /** How long an owner's lease lasts without a renewal (ms); owners renew every second. */
