@@ -335,6 +335,15 @@ describe('chaos experiments with real processes', function () {
         if (child.exitCode === null) child.kill('SIGKILL');
       }
     });
+
+    // Last here: h2 stays down (the suite's cluster down takes the rest, and checks nothing is left).
+    it('a workload whose host a fault took down went with it: the teardown says so and asks the dead host nothing (it waited 60 s for each such VM and called it not deleted)', async () => {
+      const file = join(dir, 'hvdown.yaml');
+      writeFileSync(file, 'name: hvdown\nkind: faults\ncluster: existing\nduration: 2s\nworkloads: [{ name: hd1, host: h2, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: kill, target: host:h2, role: hypervisor, for: 0 }\nchecks: { liveness: 1s, isolation: false, progress: false }\n');
+      const r = await h.run('experiment', 'run', file, '--out', join(dir, 'hvdown'));
+      expect(r.stdout + r.stderr).to.include('VM hd1 went with its host h2, which is down: nothing to delete');
+      expect(r.stdout + r.stderr).to.not.include('was not deleted');
+    });
   });
   it('a planted violation, through the CLI: a bit flipped by a bitflip fault in the memdirty guest fails the memory check; the run exits 1 and the report says which check and why', async () => {
     const file = join(dir, 'planted.yaml');

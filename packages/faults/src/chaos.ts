@@ -24,7 +24,8 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
 import { resolveHome, unmakeDirs } from '@hvlab/runtime';
-import { MgmtClient, hostProcesses, removeVm } from '@hvlab/host';
+import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
+import { worldHosts } from './world.js';
 import {
   ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir,
   type RunExperimentOptions,
@@ -108,6 +109,22 @@ export function peersMissed(info: unknown): Record<string, number> | null {
     if (isPlainObject(p) && typeof p.name === 'string' && p.name.length <= 64 && typeof p.missed === 'number' && Number.isInteger(p.missed) && p.missed >= 0) out[p.name] = p.missed;
   }
   return out;
+}
+
+/**
+ * The hosts of this machine in `home`'s cluster that are down (their hypervisor gone); every host
+ * the run knew when the cluster itself is gone. A host of another machine is not known here: up.
+ */
+function hostsDown(home: string): (host: string) => boolean {
+  let hosts: ReturnType<typeof worldHosts>;
+  try {
+    hosts = worldHosts(home);
+  } catch {
+    return () => false;
+  }
+  if (hosts.cluster === null) return () => true;
+  const down = new Set(hosts.hosts.filter((h) => !hostRunning(readHost(h.paths))).map((h) => h.name));
+  return (host) => down.has(host);
 }
 
 /** Management clients of a cluster's hosts (no process watch: a root restarted by a kill fault is reached again at the same socket). */
@@ -479,8 +496,10 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     report.t1 = Date.now();
     // Where every VM is listed now that the moves are over: on exactly one host, its moves' last.
     placement = { listed: {}, unanswered: [], expected: Object.fromEntries(spec.workloads.map((w) => [w.name, hostOf(w.name)])) };
+    const down = hostsDown(home);
     for (const [h, c] of clients) {
-      const list = await c.request('vmList', {}, 10_000).catch(() => null);
+      // A host that is down is not asked (it waited the call's 10 s): it did not answer.
+      const list = down(h) ? null : await c.request('vmList', {}, 10_000).catch(() => null);
       if (list === null) {
         placement.unanswered.push(h);
         continue;
@@ -526,12 +545,22 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   // Teardown: the run's VMs (an existing cluster), or the whole cluster (a new one), then what is left.
   const cleanupObs: CleanupObservation = { hostProcesses: null, shmFiles: null, network: null, activeFaults: activeAtEnd, nemesisPids: null, fabricPids: null, vmsLeft: null, homeLeft: null, problems: [] };
   if (!broughtUp) {
+    // A host that is down (a fault killed its hypervisor, the cluster was taken down meanwhile)
+    // took its VMs with it: asking it to remove one waited the call's 60 s (these clients watch
+    // no process), and said the VM was not deleted.
+    const isDown = hostsDown(home);
     for (const w of spec.workloads.filter((x) => made.includes(x.name))) {
-      const c = clients.get(hostOf(w.name));
+      const h = hostOf(w.name);
+      if (isDown(h)) {
+        say(`VM ${w.name} went with its host ${h}, which is down: nothing to delete`);
+        continue;
+      }
+      const c = clients.get(h);
       if (c) await removeVm(c, w.name).catch((e: unknown) => void report.cleanup.push(`VM ${w.name} was not deleted: ${message(e)}`));
     }
     cleanupObs.vmsLeft = [];
     for (const [h, c] of clients) {
+      if (isDown(h)) continue;
       const list = await c.request('vmList', {}, 10_000).catch(() => null);
       // On any host: a move that left a copy behind leaves it too.
       for (const w of spec.workloads) if (made.includes(w.name) && vmReading(list, w.name).listed) cleanupObs.vmsLeft.push(`${w.name} on ${h}`);
