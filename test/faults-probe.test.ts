@@ -315,9 +315,10 @@ describe('faults under attack: a cluster (real processes)', function () {
     expect((await link()).cut, 'healed, as said').to.equal(false);
   });
 
-  it('vm list --all says which host did not answer (a root a pause fault stopped), whose VMs it leaves out', async () => {
+  it('vm list --all says which host did not answer (a root a pause fault stopped), whose VMs it leaves out; cluster status calls that host stopped, not down', async () => {
     const f = await inject('pause', '--target', 'host:h1', '--for', '60s');
-    const r = await h.run('vm', 'list', '--all', '--json');
+    const [r, st] = await Promise.all([h.run('vm', 'list', '--all', '--json'), h.json<{ hosts: Array<{ name: string; state: string }> }>('cluster', 'status')]);
+    expect(st.hosts.map((x) => `${x.name}:${x.state}`)).to.deep.equal(['h1:stopped', 'h2:up']);
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stderr).to.include('hvlab: host h1 did not answer (down, or its root not answering within 5 s): its VMs are not listed');
     expect((JSON.parse(r.stdout) as Array<{ host: string }>).every((v) => v.host !== 'h1')).to.equal(true);

@@ -1264,7 +1264,7 @@ function statusText(st: ClusterStatus): string {
   lines.push(`fabric: ${st.fabric.state}${st.fabric.state === 'up' ? ` at ${st.fabric.address}, pid ${st.fabric.pid}` : ` (${st.fabric.error})`}${st.fabric.restarts ? `; restarted ${st.fabric.restarts} time${st.fabric.restarts === 1 ? '' : 's'}${st.fabric.since ? `, last at ${st.fabric.since}` : ''}` : ''}${st.fabric.refused ? `; refused ${st.fabric.refused} connection${st.fabric.refused === 1 ? '' : 's'} without the key` : ''}`);
   if (st.join) lines.push(`join from another machine: hvlab up --join ${st.join} --key <a copy of ${st.keyFile}>`);
   lines.push('', table([['HOST', 'STATE', 'JOINED', 'HOST ID', 'ADDRESS', 'NAMESPACE', 'LPS', 'VMS', 'HEARTBEATS'], ...st.hosts.map((h) => [
-    h.name, h.state, h.member ? `${h.memberFresh ? 'yes' : 'lost'}${h.origin === 'file' ? '' : ' (remote)'}` : 'no', h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), String(h.vms),
+    h.name, h.state, h.member ? `${h.memberFresh ? 'yes' : 'lost'}${h.origin === 'file' ? '' : ' (remote)'}` : 'no', h.hostId ?? '-', h.address, h.netns ?? '-', h.lps === null ? '-' : String(h.lps), h.state === 'up' ? String(h.vms) : '-',
     (h.info?.cluster?.peers ?? []).map((p) => `${p.name} ${p.state}${p.rttMs !== null && p.state === 'up' ? ` ${p.rttMs.toFixed(1)}ms` : p.missed ? ` (${p.missed} missed)` : ''}`).join(', ') || '-',
   ])]));
   if (st.links.length > 0) {

@@ -558,7 +558,12 @@ export interface ClusterHostStatus {
   netns: string | null;
   /** Started by this machine's `cluster up` ('file'), or joined with `up --join`. */
   origin: 'file' | 'joined';
-  state: 'up' | 'down';
+  /**
+   * up: it answered; stopped: its root or hypervisor is stopped (a pause fault, SIGSTOP), so it
+   * does not answer, but it and its VMs are there; silent: its processes run and it did not answer
+   * within 5 s; down: gone. A paused root was shown as down, with no VMs.
+   */
+  state: 'up' | 'stopped' | 'silent' | 'down';
   /** Whether the fabric has it as a member, and whether it refreshed within the last 10 heartbeat periods. */
   member: boolean;
   memberFresh: boolean;
@@ -941,6 +946,14 @@ async function ask<T>(target: ClusterHostTarget, op: 'hostInfo' | 'vmList'): Pro
   }
 }
 
+/** What a host that did not answer is: stopped, silent or down (ClusterHostStatus.state); one of another machine is down to us. */
+function silentState(target: ClusterHostTarget): 'stopped' | 'silent' | 'down' {
+  if (target.kind !== 'local') return 'down';
+  const rec = readHost(target.paths);
+  if (!rec || !hostRunning(rec)) return 'down';
+  return procState(rec.pids.root) === 'T' || procState(rec.pids.hypervisor) === 'T' ? 'stopped' : 'silent';
+}
+
 /** Every host of the cluster: the file's, then those that joined (as the fabric knows them). */
 function targets(home: string, topology: Topology, st: FabricStatus | null): Array<{ name: string; target: ClusterHostTarget }> {
   const out: Array<{ name: string; target: ClusterHostTarget }> = topology.hosts.map((h) => ({ name: h.name, target: { kind: 'local', paths: hostPaths(clusterHostHome(home, h.name)) } }));
@@ -970,7 +983,7 @@ export async function clusterStatus(home: string): Promise<ClusterStatus> {
     const fileHost = c.topology.hosts.find((h) => h.name === name);
     return {
       name, home: target.kind === 'local' ? target.paths.home : null, address: hn?.address ?? m?.address ?? '?', netns: hn?.netns ?? null,
-      origin: fileHost ? 'file' : 'joined', state: info ? 'up' : 'down', member: m !== null, memberFresh: m !== null && m.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN,
+      origin: fileHost ? 'file' : 'joined', state: info ? 'up' : silentState(target), member: m !== null, memberFresh: m !== null && m.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN,
       hostId: info?.hostId ?? (target.kind === 'local' ? readHost(target.paths)?.hostId ?? null : null), lps: info?.lps ?? fileHost?.lps ?? m?.lps ?? null, vms: info?.vms ?? 0, info,
     };
   }));
