@@ -378,6 +378,15 @@ describe('the hvlab command', function () {
         expectOneLine(await h.run(...args), 1, re, args.join(' '));
       });
     }
+
+    it('a fault injected into a home where nothing is up is refused, and the home is not made (a nemesis was started there, which made it)', async () => {
+      await withTempDir('hvlab-test-nothing-', async (dir) => {
+        const home = join(dir, 'nothing');
+        const r = await runBin(['fault', 'inject', 'pause', '--target', 'vm:web', '--for', '1s'], { cwd: dir, env: { HVLAB_HOME: home } });
+        expectOneLine(r, 1, /^hvlab: nothing is up in .*nothing \("hvlab up" or "hvlab cluster up" first\)$/, 'fault inject');
+        expect(existsSync(home), 'the home was made').to.equal(false);
+      });
+    });
   });
 
   describe('files nested deeper than any of hvlab\'s are refused as such (the YAML composer once took the CLI down at ~900 levels)', () => {

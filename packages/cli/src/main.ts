@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -1518,6 +1518,9 @@ export async function run(argv: string[]): Promise<number> {
           if (/^vm:[^@]+$/.test(req.target)) req.target = `${req.target}@${faultOnHost}`;
           else if (req.target === 'host:local') req.target = `host:${faultOnHost}`;
         }
+        // Nothing up there (a --home mistyped, say): said here, as the nemesis would say it, before
+        // a nemesis is started for it (it made the home and its faults directory, and left).
+        if (!homeAlive(paths.home)) throw new CliError(`nothing is up in ${paths.home} ("hvlab up" or "hvlab cluster up" first)`);
         const nem = await NemesisClient.connect(paths.home);
         try {
           const owner = flag('wait') ? `cli-${process.pid}-${Date.now()}` : null;
