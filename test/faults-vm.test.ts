@@ -15,7 +15,10 @@ import { TestHost, eventually, sleep } from './harness.js';
 
 describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)', function () {
   this.timeout(300000);
-  const h = new TestHost();
+  // The heartbeat asks every 1 s (2 s by default), so a guest whose answers are dropped is
+  // LostCommunication 3 s after its last one (5 s); time sync samples every 1 s (5 s), so a clock
+  // step shows within a second. The faults below last only as long as their checks need then.
+  const h = new TestHost({ HVLAB_IC_HEARTBEAT_MS: '1000', HVLAB_IC_TIMESYNC_MS: '1000' });
   let mgmt: MgmtClient;
 
   const progress = async (name: string): Promise<number> => (await mgmt.request<VmInfo[]>('vmList')).find((v) => v.name === name)?.workload.progress ?? -1;
@@ -72,8 +75,8 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
   });
 
   it('dropped signals stall a channel until the fault ends; it works again after', async () => {
-    const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'kvp', '--signal-drop', '1', '--for', '6s');
-    const r = await mgmt.request('vmKvp', { name: 'web', op: 'get', key: 'k' }, 4000).then(() => 'answered', (e: Error) => e.message);
+    const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'kvp', '--signal-drop', '1', '--for', '4s');
+    const r = await mgmt.request('vmKvp', { name: 'web', op: 'get', key: 'k' }, 2000).then(() => 'answered', (e: Error) => e.message);
     expect(r, 'no answer while every signal is dropped').to.not.equal('answered');
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
     expect((await ended(f.id))!.endReason).to.equal('expired');
@@ -82,7 +85,7 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
   });
 
   it('dropping every heartbeat packet loses the heartbeat; it is OK again after the fault', async () => {
-    const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'heartbeat', '--drop', '1', '--for', '8s');
+    const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'heartbeat', '--drop', '1', '--for', '6s');
     expect(await eventually(async () => (await ic('web', 'heartbeat')).status !== 'OK', 8000), 'heartbeat lost').to.equal(true);
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
     expect(await eventually(async () => (await ic('web', 'heartbeat')).status === 'OK', 15000), 'heartbeat back').to.equal(true);
@@ -90,7 +93,7 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
 
   it('interrupt delay makes every interrupt to the guest late: a KVP round trip (the guest learns of the request by an interrupt) grows by the delay', async () => {
     const base = Math.min(await kvpGetMs('web'), await kvpGetMs('web'), await kvpGetMs('web'));
-    const f = await inject('interrupt-delay', '--target', 'vm:web', '--delay', '250ms', '--for', '8s');
+    const f = await inject('interrupt-delay', '--target', 'vm:web', '--delay', '250ms', '--for', '4s');
     const during = await kvpGetMs('web');
     expect(during, `a KVP get took ${during} ms with interrupts 250 ms late, ${base} ms before`).to.be.at.least(250);
     expect(during - base).to.be.at.least(0.9 * 250);
@@ -100,7 +103,7 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
   });
 
   it('a VP stall stops a VM\'s progress for its duration; it goes on after', async () => {
-    const f = await inject('vp-stall', '--target', 'vm:web', '--for', '5s');
+    const f = await inject('vp-stall', '--target', 'vm:web', '--for', '4s');
     await sleep(300);
     expect(await rate('web', 1500), 'no progress while every VP is stalled').to.equal(0);
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
@@ -110,7 +113,7 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
 
   it('a clock step moves the guest\'s clock as time sync sees it, and back at the end, and the workload does not wait out the step', async () => {
     const base = (await ic('web', 'timesync')).offsetMs ?? 0;
-    const f = await inject('clock', '--target', 'vm:web', '--offset', '3600s', '--for', '8s');
+    const f = await inject('clock', '--target', 'vm:web', '--offset', '3600s', '--for', '4s');
     expect(await eventually(async () => ((await ic('web', 'timesync')).offsetMs ?? 0) > base + 3_000_000, 8000), 'the guest is an hour ahead').to.equal(true);
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
     expect(await eventually(async () => Math.abs(((await ic('web', 'timesync')).offsetMs ?? 0) - base) < 60_000, 15000), 'back to true time').to.equal(true);
