@@ -206,11 +206,11 @@ for (const transport of ['shm', 'remote'] as const) {
       expect(pid).to.be.a('number');
       try {
         signal(pid!, 'SIGSTOP');
-        const r = await h.run('vm', 'stop', vm, '--timeout', '2');
+        const r = await h.run('vm', 'stop', vm, '--timeout', '1');
         expect(r.code, r.stderr).to.equal(1);
         expect(r.stderr).to.include('--force');
         expect((await vmInfo()).state).to.equal('Running');
-        const f = await h.run('vm', 'stop', vm, '--timeout', '2', '--force');
+        const f = await h.run('vm', 'stop', vm, '--timeout', '1', '--force');
         expect(f.code, f.stderr).to.equal(0);
         expect((await vmInfo()).state).to.equal('Off');
       } finally {
