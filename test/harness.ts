@@ -260,23 +260,36 @@ export function experimentLeft(home: string): ExperimentLeft {
   };
 }
 
-/** What a ZeroMQ client with `opts` (CURVE keys, or none) hears from `endpoint`: an answer, an authentication error, or nothing. */
+/**
+ * What a ZeroMQ client with `opts` (CURVE keys, or none) hears from `endpoint`: an answer, an
+ * authentication error, or nothing. A handshake refused for the client's key, or failed for its
+ * mechanism (no CURVE to a CURVE server), is said at once: no answer can follow it (each reconnect
+ * fails the same way), where the knock waited out its 1.5 s for one.
+ */
 export async function knock(endpoint: string, opts: Record<string, unknown>): Promise<'answered' | 'auth-refused' | 'no-answer'> {
   const d = new zmq.Dealer({ linger: 0, ...opts } as never);
   let refused = false;
-  d.events.on('handshake:error:auth', () => (refused = true));
+  let failed: (said: 'auth-refused' | 'no-answer') => void = () => undefined;
+  const handshake = new Promise<'auth-refused' | 'no-answer'>((r) => (failed = r));
+  d.events.on('handshake:error:auth', () => {
+    refused = true;
+    failed('auth-refused');
+  });
+  d.events.on('handshake:error:protocol', () => failed('no-answer'));
   d.connect(endpoint);
   d.receiveTimeout = 1500;
   // A send to a peer whose handshake failed can wait for a pipe for good (a knock without CURVE hung).
   d.sendTimeout = 1500;
-  try {
+  const asked = (async (): Promise<'answered'> => {
     await d.send(encode({ v: CLUSTER_WIRE_VERSION, id: 1, op: 'status' }));
     await d.receive();
     return 'answered';
-  } catch {
-    return refused ? 'auth-refused' : 'no-answer';
+  })().catch((): 'auth-refused' | 'no-answer' => (refused ? 'auth-refused' : 'no-answer'));
+  try {
+    return await Promise.race([asked, handshake]);
   } finally {
     d.close();
+    await asked;
   }
 }
 
