@@ -358,7 +358,9 @@ describe('the hypervisor anchors its host', function () {
     expect(files.filter((f) => !f.includes('-hc-'))).to.have.length(5);
     expect(files.filter((f) => f.includes('-hc-'))).to.have.length(5);
     process.kill(info.pids.hypervisor, 'SIGKILL');
-    await sleep(5000);
+    // Looked at until all is gone, for at most 5 s: with no process of the host left, none can
+    // start another or make a file, so what holds then holds at 5 s.
+    await eventually(() => hostProcesses(id).length === 0 && shmFiles(id).length === 0, 5000);
     expect(hostProcesses(id)).to.deep.equal([]);
     expect(shmFiles(id)).to.deep.equal([]);
   });
