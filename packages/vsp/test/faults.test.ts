@@ -53,7 +53,8 @@ interface Guest {
   taps: TappedDriver[];
 }
 
-async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector) => void): Promise<Guest> {
+/** `negotiateTimeoutMs`: how long each provider's negotiation waits for its answer (10 s by default). */
+async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector) => void, negotiateTimeoutMs?: number): Promise<Guest> {
   const injector = new VmbusFaultInjector();
   before?.(injector);
   const lb = new VmbusLoopback({ transport, faults: { injector } });
@@ -70,7 +71,10 @@ async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector
   ];
   const taps = clients.map((c) => new TappedDriver(c));
   for (const t of taps) lb.client.register(t);
-  for (const p of Object.values(providers)) await lb.server.addDevice(p);
+  for (const p of Object.values(providers)) {
+    if (negotiateTimeoutMs !== undefined) p.negotiateTimeoutMs = negotiateTimeoutMs;
+    await lb.server.addDevice(p);
+  }
   await lb.client.connect();
   return { lb, injector, providers, taps };
 }
@@ -136,10 +140,11 @@ describe('integration-service negotiation under a VMBus fault', function () {
   this.timeout(60000);
   it('a negotiation whose request was lost is tried again while the channel is open', async () => {
     let f: VmbusFault | null = null;
+    // A lost negotiation is given up after 1 s here (10 s by default), then tried again 2 s later.
     const g = await boot('shm', (i) => {
       f = new VmbusFault({ channel: 'kvp', seed: 1, drop: 1 });
       i.set('k', f);
-    });
+    }, 1000);
     try {
       await until('the negotiation was dropped', () => f!.stats.packets.dropped >= 1);
       // Another channel negotiates meanwhile (in its own time: waited for, not assumed of 100 ms).

@@ -59,6 +59,8 @@ export abstract class IcProvider implements VmbusDevice {
   protected abstract readonly messageVersions: IcVersion[];
   /** A fresh UUID unless the device model gives the provider its stable instance id. */
   interfaceInstance: string = randomUUID();
+  /** How long a negotiation waits for the guest's answer before it is tried again (tests shorten it). */
+  negotiateTimeoutMs = NEGOTIATE_TIMEOUT_MS;
   protected channel: VmbusChannel | null = null;
   negotiated: { framework: IcVersion; message: IcVersion } | null = null;
   /** When the guest last answered anything on this channel. */
@@ -156,7 +158,7 @@ export abstract class IcProvider implements VmbusDevice {
    */
   private negotiate(channel: VmbusChannel, failures: number): void {
     const offer: Negotiate = { framework: FRAMEWORK_VERSIONS, message: this.messageVersions };
-    this.request(IcMessageType.Negotiate, encodeNegotiate(offer), NEGOTIATE_TIMEOUT_MS)
+    this.request(IcMessageType.Negotiate, encodeNegotiate(offer), this.negotiateTimeoutMs)
       .then((a) => {
         if (a.header.status !== IcStatus.OK) throw new IcRequestError(`the guest found no common ${this.service} version`, a.header.status);
         const n = decodeNegotiate(a.body);
