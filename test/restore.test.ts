@@ -13,7 +13,8 @@ import { TestHost, sleep, untilHeard } from './harness.js';
 
 describe('turning a VM off while it resumes from a saved state', function () {
   this.timeout(120000);
-  const h = new TestHost();
+  // The heartbeat asks every 200 ms (2 s by default): a VM has answered three before its save within a second.
+  const h = new TestHost({ HVLAB_IC_HEARTBEAT_MS: '200' });
   after(() => h.destroyLeavingNothing());
 
   it('discards the saved state: the VM is Off, stays Off after down and up, and starts fresh', async () => {
