@@ -61,6 +61,17 @@ export function linkSeed(a: string, b: string): number {
 
 /** A fabric that ran nothing for this long was stalled (stopped, hung): what it did not hear meanwhile says nothing of its members. */
 const STALL_MS = 2 * HEARTBEAT_MS;
+/**
+ * How long a member's name is held for it once it went quiet (10 heartbeat periods), before another
+ * secret may take it; a name bound before a restart is held as long for its holder, counted from
+ * the start. Tests shorten it (HVLAB_TEST_NAME_HOLD_MS: whole ms from 1000 up to the default), so
+ * that a host kept quiet past it, and a taker that then goes quiet, take seconds, not tens.
+ */
+const NAME_HOLD_MS = ((): number => {
+  const dflt = HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
+  const v = Number(process.env.HVLAB_TEST_NAME_HOLD_MS);
+  return Number.isSafeInteger(v) && v >= 1000 && v <= dflt ? v : dflt;
+})();
 
 /** A member as the fabric holds it: what it said when it joined, when it was last heard, its heartbeats, its secret's hash. */
 interface Member extends Omit<FabricMember, 'lastSeenMs' | 'peers'> {
@@ -353,18 +364,18 @@ export class Fabric {
         if (!m && !this.dormant.has(r.name) && this.members.size + this.dormant.size >= 64) throw new RpcFailure('Full', 'the cluster has 64 members');
         const hash = memberSecretHash(r.secret);
         // A member that joins again with its secret (its root restarted) is itself, from wherever
-        // it comes; another host may take a name only once its holder has gone quiet (10 heartbeat
-        // periods), and its secret then holds the name.
+        // it comes; another host may take a name only once its holder has gone quiet (NAME_HOLD_MS,
+        // 10 heartbeat periods), and its secret then holds the name.
         const same = m !== undefined && timingSafeEqual(m.secretHash, hash);
         const since = this.awake();
-        const held = m !== undefined && !same && Date.now() - Math.max(m.lastSeen, since) < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
+        const held = m !== undefined && !same && Date.now() - Math.max(m.lastSeen, since) < NAME_HOLD_MS;
         if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
         // A name an earlier life of this fabric bound: its holder has as long to come back as a
         // member gone quiet has, counted from this start.
         const d = m ? undefined : this.dormant.get(r.name);
         const dormantOther = d !== undefined && !timingSafeEqual(d.hash, hash);
-        if (d && (d.local !== r.local || (dormantOther && Date.now() - since < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN))) {
+        if (d && (d.local !== r.local || (dormantOther && Date.now() - since < NAME_HOLD_MS))) {
           throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} has a host named ${r.name}, which has not joined again since the fabric restarted`);
         }
         if ((m && !same) || dormantOther) this.opts.log?.('a host took the name of a quiet one', { host: r.name, address: r.address, ...(m ? { was: m.address } : { since: 'the fabric restarted' }) });
