@@ -24,6 +24,15 @@ export class HostError extends Error {}
 
 /** run/host.json is a few hundred bytes; a larger one (or one that is no file) is not the hypervisor's. */
 const HOST_RECORD_MAX_BYTES = 64 * 1024;
+/**
+ * How long `down` waits for a host's processes to end once its root took the shutdown, before it
+ * kills what is left. Tests of a host that cannot end by itself (its hypervisor stopped) shorten it
+ * (HVLAB_TEST_DOWN_GRACE_MS: whole ms from 100 up to 8 s).
+ */
+const DOWN_GRACE_MS = ((): number => {
+  const v = Number(process.env.HVLAB_TEST_DOWN_GRACE_MS);
+  return Number.isSafeInteger(v) && v >= 100 && v <= 8000 ? v : 8000;
+})();
 
 export function readHost(paths: HostPaths): HostRecord | null {
   try {
@@ -228,7 +237,7 @@ export async function down(paths0: HostPaths): Promise<{ hostId: string | null; 
     try {
       await c.request('shutdown', {}, 5000);
       const t0 = Date.now();
-      while (Date.now() - t0 < 8000 && hostProcesses(rec.hostId).length > 0) await new Promise((r) => setTimeout(r, 50));
+      while (Date.now() - t0 < DOWN_GRACE_MS && hostProcesses(rec.hostId).length > 0) await new Promise((r) => setTimeout(r, 50));
       graceful = hostProcesses(rec.hostId).length === 0;
     } catch { /* forced below */ }
     c.close();
