@@ -46,9 +46,13 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 /**
  * How long a migrated guest's VP threads may take to be online after its go, and its first VP to
  * run after Run (migrateInState). With the go word they are mostly online before the blackout
- * (started while the partition process was held); with the go message, after it.
+ * (started while the partition process was held); with the go message, after it. Tests whose
+ * guest never starts shorten it (HVLAB_TEST_ONLINE_TIMEOUT_MS: whole ms from 1000 up to 10 s).
  */
-const ONLINE_TIMEOUT_MS = 10000;
+const ONLINE_TIMEOUT_MS = ((): number => {
+  const v = Number(process.env.HVLAB_TEST_ONLINE_TIMEOUT_MS);
+  return Number.isSafeInteger(v) && v >= 1000 && v <= 10000 ? v : 10000;
+})();
 /**
  * How long a partition process whose link to this worker closed may take to exit before the worker
  * kills it as failed. A process that exits closes the link a moment before its exit is seen.
