@@ -208,8 +208,9 @@ describe('VP scheduling over logical processors (real processes)', function () {
   });
 
   describe('a worker that answers a pause or a save late', () => {
-    // The root tells its caller after 1.5 s (10 s and 120 s by default) and keeps waiting.
-    const h = new TestHost({ HVLAB_SUSPEND_ANSWER_MS: '1500', HVLAB_SAVE_ANSWER_MS: '1500' });
+    // The root tells its caller after 1.5 s (10 s and 120 s by default) and keeps waiting. A
+    // turn-off of a stopped worker kills it after 1 s for its answer and 1 s for its exit (2 s and 3 s).
+    const h = new TestHost({ HVLAB_SUSPEND_ANSWER_MS: '1500', HVLAB_SAVE_ANSWER_MS: '1500', HVLAB_TEST_TURN_OFF_WAIT_MS: '1000' });
     before(async () => {
       await h.ok('up', '--lps', '2');
     });

@@ -166,6 +166,17 @@ const SUSPEND_ANSWER_MS = answerMs(process.env.HVLAB_SUSPEND_ANSWER_MS, 10000);
 const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 /** How long an enabled integration service's answer waits for the guest to negotiate it (icSettled). */
 const IC_ENABLE_SETTLE_MS = 5000;
+/**
+ * A turn-off waits this long for its worker's answer, and then this long for the worker to exit,
+ * before it kills it (`kill`). Tests whose worker is stopped shorten both
+ * (HVLAB_TEST_TURN_OFF_WAIT_MS: whole ms from 100 up, each capped by it).
+ */
+const turnOffCap = ((): number => {
+  const v = Number(process.env.HVLAB_TEST_TURN_OFF_WAIT_MS);
+  return Number.isSafeInteger(v) && v >= 100 ? v : Infinity;
+})();
+const TURN_OFF_ANSWER_MS = Math.min(2000, turnOffCap);
+const TURN_OFF_EXIT_MS = Math.min(3000, turnOffCap);
 /** The most a worker record (run/vmwp/NAME.json: pids, ports, a pending operation) is read to. */
 const VMWP_RECORD_MAX_BYTES = 256 * 1024;
 /** A worker that answers a pause, resume or save with nothing for this long is wedged: its VM is turned off. */
@@ -1138,10 +1149,10 @@ export class Vmms {
     r.expectingExit = true;
     r.reason = reason;
     this.setState(r, EnabledState.Stopping, reason);
-    await r.link?.request({ t: 'turnOff', reason }, 2000).catch(() => undefined);
+    await r.link?.request({ t: 'turnOff', reason }, TURN_OFF_ANSWER_MS).catch(() => undefined);
     const t = setTimeout(() => {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-    }, 3000);
+    }, TURN_OFF_EXIT_MS);
     // onWorkerGone finishes the teardown and sets Off; wait for it.
     for (let i = 0; i < 300 && r.vmwpPid === pid; i++) await new Promise((res) => setTimeout(res, 20));
     clearTimeout(t);
