@@ -912,7 +912,8 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
   // (3 tries, the abort that follows them, the first abort of the unanswered switch-over). The
   // tests' own checks end ~18 s after the commit (a restarted root's included), well before the
   // destination answers, 30 s after it.
-  const h = new TestHost({ HVLAB_TEST_COMMIT_SILENT_MS: '30000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '1000', HVLAB_TEST_COMMIT_TIMEOUT_MS: '2000' });
+  // A root whose worker is gone asks the silent destination three times, 0.5 s each (2 s by default).
+  const h = new TestHost({ HVLAB_TEST_COMMIT_SILENT_MS: '30000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '1000', HVLAB_TEST_COMMIT_TIMEOUT_MS: '2000', HVLAB_TEST_ABORT_ANSWER_MS: '500' });
   const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
   const status = (name: string): Promise<MigrationStats | null> => h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null);
   twoHosts(h);

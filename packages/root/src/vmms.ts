@@ -131,6 +131,12 @@ export interface MigrationCluster {
   unexpose(fabricPort: number): Promise<void>;
 }
 
+/** A test's cap on a bound of this file: the environment's `name` (HVLAB_TEST_*), whole ms from 100 up; none when it is unset or anything else. */
+function testCapMs(name: string): number {
+  const v = Number(process.env[name]);
+  return Number.isSafeInteger(v) && v >= 100 ? v : Infinity;
+}
+
 /** An incoming migration whose stream is silent this long (before the state came) is dropped (HVLAB_MIGRATION_IDLE_MS for tests). */
 const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
 /**
@@ -149,9 +155,13 @@ const INCOMING_COMMIT_MS = MIG_COMMIT_WITHIN_MS;
 const MAX_DROPPED_KEPT = 64;
 /** A migrated guest's kernel must say it resumed within this of the commit: inside the source's second commit attempt (migrate.ts COMMIT_TIMEOUT_MS). */
 const INCOMING_BOOT_MS = MIG_RESUME_WITHIN_MS;
-/** The source root's abort of a destination's attempt whose source worker is gone: tries, each's answer bound, the first pause between them (doubling). */
+/**
+ * The source root's abort of a destination's attempt whose source worker is gone: tries, each's
+ * answer bound, the first pause between them (doubling). Tests whose destination holds its answers
+ * back cap the bound (HVLAB_TEST_ABORT_ANSWER_MS).
+ */
 const ABORT_TRIES = 3;
-const ABORT_TIMEOUT_MS = 2000;
+const ABORT_TIMEOUT_MS = Math.min(2000, testCapMs('HVLAB_TEST_ABORT_ANSWER_MS'));
 const ABORT_PAUSE_MS = 500;
 /** RpcClient's codes for a call that got no answer (the others are the peer's). */
 const RPC_UNANSWERED: ReadonlySet<string> = new Set(['Timeout', 'SendFailed', 'Closed']);
@@ -168,15 +178,10 @@ const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 const IC_ENABLE_SETTLE_MS = 5000;
 /**
  * A turn-off waits this long for its worker's answer, and then this long for the worker to exit,
- * before it kills it (`kill`). Tests whose worker is stopped shorten both
- * (HVLAB_TEST_TURN_OFF_WAIT_MS: whole ms from 100 up, each capped by it).
+ * before it kills it (`kill`). Tests whose worker is stopped cap both (HVLAB_TEST_TURN_OFF_WAIT_MS).
  */
-const turnOffCap = ((): number => {
-  const v = Number(process.env.HVLAB_TEST_TURN_OFF_WAIT_MS);
-  return Number.isSafeInteger(v) && v >= 100 ? v : Infinity;
-})();
-const TURN_OFF_ANSWER_MS = Math.min(2000, turnOffCap);
-const TURN_OFF_EXIT_MS = Math.min(3000, turnOffCap);
+const TURN_OFF_ANSWER_MS = Math.min(2000, testCapMs('HVLAB_TEST_TURN_OFF_WAIT_MS'));
+const TURN_OFF_EXIT_MS = Math.min(3000, testCapMs('HVLAB_TEST_TURN_OFF_WAIT_MS'));
 /** The most a worker record (run/vmwp/NAME.json: pids, ports, a pending operation) is read to. */
 const VMWP_RECORD_MAX_BYTES = 256 * 1024;
 /** A worker that answers a pause, resume or save with nothing for this long is wedged: its VM is turned off. */
