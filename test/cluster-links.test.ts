@@ -37,10 +37,12 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
  * quiet past it, and wait for a taker to go quiet, wait seconds instead of tens.
  */
 const NAME_HOLD_MS = 4000;
+/** Heartbeats a host misses before its peer is down here (HVLAB_TEST_PEER_DOWN_MISSES; 10 by default). */
+const PEER_DOWN_MISSES = 4;
 
 describe('cluster links: host-to-host traffic through the link layer', function () {
   this.timeout(240000);
-  const h = new TestHost({ HVLAB_TEST_NAME_HOLD_MS: String(NAME_HOLD_MS) });
+  const h = new TestHost({ HVLAB_TEST_NAME_HOLD_MS: String(NAME_HOLD_MS), HVLAB_TEST_PEER_DOWN_MISSES: String(PEER_DOWN_MISSES) });
   const ids = new Set<string>();
   let st: Status;
 
@@ -119,14 +121,15 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     try {
       let seen: unknown;
       // Each ping's round trip is 1.5 s, longer than the 1 s between them: it used to time out at
-      // 1 s, every one, and h2 was down after 10 of them with the link carrying everything.
+      // 1 s, every one, and h2 was down after 10 of them (PEER_DOWN_MISSES here) with the link
+      // carrying everything.
       expect(await eventually(async () => {
         const p = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).cluster?.peers.find((x) => x.name === 'h2');
         seen = p;
         return p?.state === 'up' && (p.rttMs ?? 0) >= 1400;
       }, 20000, 500), `h1 hears h2 across the slow link: ${JSON.stringify(seen)}`).to.equal(true);
-      // Past the 10 periods that made it down before.
-      await sleep(11_000);
+      // Past the periods that made it down before.
+      await sleep((PEER_DOWN_MISSES + 1) * HEARTBEAT_MS);
       const p = (await h.json<HostInfo>('--host', 'h1', 'host', 'info')).cluster?.peers.find((x) => x.name === 'h2');
       expect(p?.state, JSON.stringify(p)).to.equal('up');
       expect(downs(), 'no "peer is down" for h2 in h1\'s log').to.equal(before);

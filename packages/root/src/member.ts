@@ -30,6 +30,16 @@ import type { Logger } from 'pino';
 import { MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
 
+/**
+ * Heartbeats a peer misses before it is down (HEARTBEAT_MISSES_DOWN), also the periods a ping's
+ * answer counts for. Tests of a slow link that must not make its peer down shorten it
+ * (HVLAB_TEST_PEER_DOWN_MISSES: a whole number from 2 up to the default), to outlast it sooner.
+ */
+const PEER_DOWN_MISSES = ((): number => {
+  const v = Number(process.env.HVLAB_TEST_PEER_DOWN_MISSES);
+  return Number.isSafeInteger(v) && v >= 2 && v <= HEARTBEAT_MISSES_DOWN ? v : HEARTBEAT_MISSES_DOWN;
+})();
+
 export interface MemberConfig {
   host: string;
   address: string;
@@ -366,7 +376,7 @@ export class ClusterMember {
 
   /**
    * One heartbeat period's ping. The periods since an answer last came, but the last (its ping may
-   * still be on its way), are the heartbeats missed: HEARTBEAT_MISSES_DOWN of them make the peer
+   * still be on its way), are the heartbeats missed: PEER_DOWN_MISSES of them make the peer
    * down, as Windows failover clustering's SameSubnetThreshold of missed 1 s heartbeats does. A
    * ping's answer counts whenever it comes (up to that many periods later), as a heartbeat that
    * arrives late still arrives: on a link of constant delay one comes each period. Before, each
@@ -381,12 +391,12 @@ export class ClusterMember {
     const missed = Math.max(0, p.quiet - 1);
     p.quiet++;
     if (missed > 0) {
-      const state = missed >= HEARTBEAT_MISSES_DOWN ? 'down' : p.health.state;
+      const state = missed >= PEER_DOWN_MISSES ? 'down' : p.health.state;
       if (state === 'down' && p.health.state !== 'down') this.log.warn({ peer: p.entry.name, missed }, 'peer is down');
       p.health = { ...p.health, missed, state };
     }
     try {
-      await p.client.call({ op: 'ping', from: this.cfg.host, auth: p.entry.auth, t: Date.now() }, HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN, CLUSTER_WIRE_VERSION);
+      await p.client.call({ op: 'ping', from: this.cfg.host, auth: p.entry.auth, t: Date.now() }, HEARTBEAT_MS * PEER_DOWN_MISSES, CLUSTER_WIRE_VERSION);
       p.quiet = 0;
       // An older ping answered after a newer one: heard, but its round trip is not the newest.
       if (seq <= p.heard) return;
