@@ -39,10 +39,12 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 const NAME_HOLD_MS = 4000;
 /** Heartbeats a host misses before its peer is down here (HVLAB_TEST_PEER_DOWN_MISSES; 10 by default). */
 const PEER_DOWN_MISSES = 4;
+/** A probe's first round trip waits this long here (HVLAB_TEST_PROBE_CONNECT_MS; the probe's 5 s by default): one through a cut link fails sooner. */
+const PROBE_CONNECT_MS = 1500;
 
 describe('cluster links: host-to-host traffic through the link layer', function () {
   this.timeout(240000);
-  const h = new TestHost({ HVLAB_TEST_NAME_HOLD_MS: String(NAME_HOLD_MS), HVLAB_TEST_PEER_DOWN_MISSES: String(PEER_DOWN_MISSES) });
+  const h = new TestHost({ HVLAB_TEST_NAME_HOLD_MS: String(NAME_HOLD_MS), HVLAB_TEST_PEER_DOWN_MISSES: String(PEER_DOWN_MISSES), HVLAB_TEST_PROBE_CONNECT_MS: String(PROBE_CONNECT_MS) });
   const ids = new Set<string>();
   let st: Status;
 
