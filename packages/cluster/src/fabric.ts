@@ -28,7 +28,7 @@ import {
   decodeFabricRequest, decodeFabricSavedState, FABRIC_STATE_FORMAT, FABRIC_STATE_MAX_BYTES, IMPAIRMENT_KEYS, type FabricSavedState, type LinkChange, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, type ClusterKey, type FabricMember, type FabricRequest, type FabricStatus, type LinkView, type PeerBookEntry, type PeerHealth,
 } from '@hvlab/protocol';
 import { renameSync } from 'node:fs';
-import { curveServerOptions, FileShapeError, readRegularFile, RpcFailure, RpcServer, startZapHandler, watchKeyRefusals, writeFileAtomic, zapRefused } from '@hvlab/runtime';
+import { curveServerOptions, FileShapeError, readRegularFile, RpcFailure, RpcServer, startZapHandler, testKnob, watchKeyRefusals, writeFileAtomic, zapRefused } from '@hvlab/runtime';
 import { Link, LinkProxy } from './link.js';
 import type { TopologyLink } from './topology.js';
 
@@ -67,11 +67,7 @@ const STALL_MS = 2 * HEARTBEAT_MS;
  * the start. Tests shorten it (HVLAB_TEST_NAME_HOLD_MS: whole ms from 1000 up to the default), so
  * that a host kept quiet past it, and a taker that then goes quiet, take seconds, not tens.
  */
-const NAME_HOLD_MS = ((): number => {
-  const dflt = HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
-  const v = Number(process.env.HVLAB_TEST_NAME_HOLD_MS);
-  return Number.isSafeInteger(v) && v >= 1000 && v <= dflt ? v : dflt;
-})();
+const NAME_HOLD_MS = testKnob('HVLAB_TEST_NAME_HOLD_MS', 1000, HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN) ?? HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN;
 
 /** A member as the fabric holds it: what it said when it joined, when it was last heard, its heartbeats, its secret's hash. */
 interface Member extends Omit<FabricMember, 'lastSeenMs' | 'peers'> {

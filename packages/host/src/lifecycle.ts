@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, testKnob, type HostPaths, type HostRecord } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids, procStat, procTitle } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -29,10 +29,7 @@ const HOST_RECORD_MAX_BYTES = 64 * 1024;
  * kills what is left. Tests of a host that cannot end by itself (its hypervisor stopped) shorten it
  * (HVLAB_TEST_DOWN_GRACE_MS: whole ms from 100 up to 8 s).
  */
-const DOWN_GRACE_MS = ((): number => {
-  const v = Number(process.env.HVLAB_TEST_DOWN_GRACE_MS);
-  return Number.isSafeInteger(v) && v >= 100 && v <= 8000 ? v : 8000;
-})();
+const DOWN_GRACE_MS = testKnob('HVLAB_TEST_DOWN_GRACE_MS', 100, 8000) ?? 8000;
 
 export function readHost(paths: HostPaths): HostRecord | null {
   try {

@@ -25,7 +25,7 @@ import {
   decodePeerBook, decodePeerRequest, isIpv4,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
-import { curveClientOptions, curveServerOptions, readClusterKey, readRegularFile, RpcClient, RpcFailure, RpcServer, sameCredential, startZapHandler, VmwpFailure, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
+import { curveClientOptions, curveServerOptions, readClusterKey, readRegularFile, RpcClient, RpcFailure, RpcServer, sameCredential, startZapHandler, testKnob, VmwpFailure, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
 import type { Logger } from 'pino';
 import { MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
@@ -35,10 +35,7 @@ import { MgmtServer, type MgmtHandler } from './mgmt.js';
  * answer counts for. Tests of a slow link that must not make its peer down shorten it
  * (HVLAB_TEST_PEER_DOWN_MISSES: a whole number from 2 up to the default), to outlast it sooner.
  */
-const PEER_DOWN_MISSES = ((): number => {
-  const v = Number(process.env.HVLAB_TEST_PEER_DOWN_MISSES);
-  return Number.isSafeInteger(v) && v >= 2 && v <= HEARTBEAT_MISSES_DOWN ? v : HEARTBEAT_MISSES_DOWN;
-})();
+const PEER_DOWN_MISSES = testKnob('HVLAB_TEST_PEER_DOWN_MISSES', 2, HEARTBEAT_MISSES_DOWN) ?? HEARTBEAT_MISSES_DOWN;
 
 export interface MemberConfig {
   host: string;
@@ -139,10 +136,7 @@ const PROBE_WINDOW = 8;
  * the probe's own bound: tests of a cut link set it (HVLAB_TEST_PROBE_CONNECT_MS, whole ms from 100
  * up), so that the way that does not answer is said in that time rather than the probe's 5 s.
  */
-const PROBE_CONNECT_CAP_MS = ((): number => {
-  const v = Number(process.env.HVLAB_TEST_PROBE_CONNECT_MS);
-  return Number.isSafeInteger(v) && v >= 100 ? v : Infinity;
-})();
+const PROBE_CONNECT_CAP_MS = testKnob('HVLAB_TEST_PROBE_CONNECT_MS', 100) ?? Infinity;
 
 export class ClusterMember {
   private readonly peerServer: RpcServer<PeerRequest>;

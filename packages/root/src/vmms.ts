@@ -21,7 +21,7 @@ import {
   type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
 } from '@hvlab/protocol';
 import {
-  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, VmwpControlClient, VmwpLinkError,
+  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, testKnob, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -131,12 +131,6 @@ export interface MigrationCluster {
   unexpose(fabricPort: number): Promise<void>;
 }
 
-/** A test's cap on a bound of this file: the environment's `name` (HVLAB_TEST_*), whole ms from 100 up; none when it is unset or anything else. */
-function testCapMs(name: string): number {
-  const v = Number(process.env[name]);
-  return Number.isSafeInteger(v) && v >= 100 ? v : Infinity;
-}
-
 /** An incoming migration whose stream is silent this long (before the state came) is dropped (HVLAB_MIGRATION_IDLE_MS for tests). */
 const INCOMING_IDLE_MS = Number(process.env.HVLAB_MIGRATION_IDLE_MS) >= 1000 ? Number(process.env.HVLAB_MIGRATION_IDLE_MS) : 30000;
 /**
@@ -161,7 +155,7 @@ const INCOMING_BOOT_MS = MIG_RESUME_WITHIN_MS;
  * back cap the bound (HVLAB_TEST_ABORT_ANSWER_MS).
  */
 const ABORT_TRIES = 3;
-const ABORT_TIMEOUT_MS = Math.min(2000, testCapMs('HVLAB_TEST_ABORT_ANSWER_MS'));
+const ABORT_TIMEOUT_MS = testKnob('HVLAB_TEST_ABORT_ANSWER_MS', 100, 2000) ?? 2000;
 const ABORT_PAUSE_MS = 500;
 /** RpcClient's codes for a call that got no answer (the others are the peer's). */
 const RPC_UNANSWERED: ReadonlySet<string> = new Set(['Timeout', 'SendFailed', 'Closed']);
@@ -176,12 +170,15 @@ const SUSPEND_ANSWER_MS = answerMs(process.env.HVLAB_SUSPEND_ANSWER_MS, 10000);
 const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 /** How long an enabled integration service's answer waits for the guest to negotiate it (icSettled). */
 const IC_ENABLE_SETTLE_MS = 5000;
+/** Tests (HVLAB_TEST_COMMIT_SILENT_MS): how long this host, as a move's destination, holds back every answer about it once it took its commit (0: none). */
+const COMMIT_SILENT_MS = testKnob('HVLAB_TEST_COMMIT_SILENT_MS', 1) ?? 0;
 /**
  * A turn-off waits this long for its worker's answer, and then this long for the worker to exit,
  * before it kills it (`kill`). Tests whose worker is stopped cap both (HVLAB_TEST_TURN_OFF_WAIT_MS).
  */
-const TURN_OFF_ANSWER_MS = Math.min(2000, testCapMs('HVLAB_TEST_TURN_OFF_WAIT_MS'));
-const TURN_OFF_EXIT_MS = Math.min(3000, testCapMs('HVLAB_TEST_TURN_OFF_WAIT_MS'));
+const TURN_OFF_CAP_MS = testKnob('HVLAB_TEST_TURN_OFF_WAIT_MS', 100) ?? Infinity;
+const TURN_OFF_ANSWER_MS = Math.min(2000, TURN_OFF_CAP_MS);
+const TURN_OFF_EXIT_MS = Math.min(3000, TURN_OFF_CAP_MS);
 /** The most a worker record (run/vmwp/NAME.json: pids, ports, a pending operation) is read to. */
 const VMWP_RECORD_MAX_BYTES = 256 * 1024;
 /** A worker that answers a pause, resume or save with nothing for this long is wedged: its VM is turned off. */
@@ -1906,8 +1903,7 @@ export class Vmms {
     this.unexposeIncoming(inc);
     // Tests: every answer about this migration is held back from here for this long, as a link that
     // loses only this host's replies would hold them (the source hears nothing of the commit).
-    const hold = Number(process.env.HVLAB_TEST_COMMIT_SILENT_MS ?? 0);
-    if (hold > 0) this.silentUntil.set(req.mig, Date.now() + hold);
+    if (COMMIT_SILENT_MS > 0) this.silentUntil.set(req.mig, Date.now() + COMMIT_SILENT_MS);
     const st = this.moves.get(r.config.name);
     // The source's statistics, as it had them at the commit (decoded with the frame, and only
     // shown): the VM, the hosts and the outcome are this host's own.

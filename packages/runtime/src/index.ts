@@ -18,3 +18,4 @@ export * from './rpc.js';
 export * from './prewarm.js';
 export * from './suspension.js';
 export * from './host-clock.js';
+export * from './test-knob.js';

@@ -26,7 +26,7 @@ import {
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
   decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, HvStatus, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_CANCEL_TOO_LATE, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
-import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, HypercallError, type Notification } from '@hvlab/runtime';
+import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, HypercallError, testKnob, type Notification } from '@hvlab/runtime';
 import { procState } from '@hvlab/shm/procfs';
 import { createRegion, discardPages, futexWake, openRegion, PostcopyControl, POSTCOPY_CONTROL_BYTES, unlinkRegion, watchWord } from '@hvlab/shm';
 import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
@@ -49,10 +49,9 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
  * (started while the partition process was held); with the go message, after it. Tests whose
  * guest never starts shorten it (HVLAB_TEST_ONLINE_TIMEOUT_MS: whole ms from 1000 up to 10 s).
  */
-const ONLINE_TIMEOUT_MS = ((): number => {
-  const v = Number(process.env.HVLAB_TEST_ONLINE_TIMEOUT_MS);
-  return Number.isSafeInteger(v) && v >= 1000 && v <= 10000 ? v : 10000;
-})();
+const ONLINE_TIMEOUT_MS = testKnob('HVLAB_TEST_ONLINE_TIMEOUT_MS', 1000, 10000) ?? 10000;
+/** How long a migration's request for the partition process's dirty log waits; tests lengthen it (HVLAB_TEST_DIRTY_TIMEOUT_MS), so that a wait held by it shows. */
+const DIRTY_TIMEOUT_MS = testKnob('HVLAB_TEST_DIRTY_TIMEOUT_MS', 1) ?? 10000;
 /**
  * How long a partition process whose link to this worker closed may take to exit before the worker
  * kills it as failed. A process that exits closes the link a moment before its exit is seen.
@@ -746,8 +745,7 @@ export async function runWorker(): Promise<void> {
     }
     const m = new MigrationOut({
       memory: memory.buffer as SharedArrayBuffer, memoryFd, memoryBytes: cfg.memoryBytes, vps: cfg.vps, log,
-      // Tests lengthen the bound (HVLAB_TEST_DIRTY_TIMEOUT_MS), so that a wait held by it shows.
-      dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, Number(process.env.HVLAB_TEST_DIRTY_TIMEOUT_MS) > 0 ? Number(process.env.HVLAB_TEST_DIRTY_TIMEOUT_MS) : 10000)) as MigrationSource['dirty'],
+      dirty: ((op: 'start' | 'harvest' | 'stop') => rpc.request({ t: 'dirty', op }, DIRTY_TIMEOUT_MS)) as MigrationSource['dirty'],
       freeze: async (harvest) => {
         const f = await freeze(harvest);
         frozenVps = f.vps;

@@ -37,7 +37,7 @@ import {
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
   MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, abortAnswer,
 } from '@hvlab/protocol';
-import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, type Logger } from '@hvlab/runtime';
+import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, testKnob, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
 import { PagePool } from './compress.js';
 
@@ -53,9 +53,10 @@ const STATE_TIMEOUT_MS = 60000;
 /**
  * Each commit attempt's wait (3 attempts). The destination answers once its guest's kernel resumed,
  * which it waits for up to 8 s (vmms.ts INCOMING_BOOT_MS); an attempt sent again meanwhile gets
- * the first one's answer, so the three together outlast that wait.
+ * the first one's answer, so the three together outlast that wait. Tests shorten it
+ * (HVLAB_TEST_COMMIT_TIMEOUT_MS).
  */
-const COMMIT_TIMEOUT_MS = Number(process.env.HVLAB_TEST_COMMIT_TIMEOUT_MS) > 0 ? Number(process.env.HVLAB_TEST_COMMIT_TIMEOUT_MS) : 5000; // tests shorten it
+const COMMIT_TIMEOUT_MS = testKnob('HVLAB_TEST_COMMIT_TIMEOUT_MS', 1) ?? 5000;
 /** A call to the destination worker's socket unanswered this long has its root asked whether the attempt is still there, then again each PROBE_EVERY_MS. */
 const PROBE_AFTER_MS = 1000;
 const PROBE_EVERY_MS = 1000;
@@ -67,6 +68,8 @@ const PROBE_EVERY_MS = 1000;
  * meanwhile: each answer bound, and the pause between them.
  */
 const UNRESOLVED_WAIT_MS = MIG_COMMIT_WITHIN_MS + MIG_RESUME_WITHIN_MS + 5000;
+/** UNRESOLVED_WAIT_MS as tests set it (HVLAB_TEST_UNRESOLVED_WAIT_MS: their destination holds its answers back instead of dropping a copy). */
+const UNRESOLVED_BOUND_MS = testKnob('HVLAB_TEST_UNRESOLVED_WAIT_MS', 1) ?? UNRESOLVED_WAIT_MS;
 const ABORT_TIMEOUT_MS = 3000;
 const ABORT_PAUSE_MS = 1000;
 /** A move in doubt (its commit sent, the destination silent past UNRESOLVED_WAIT_MS) asks this often until it answers. */
@@ -320,9 +323,7 @@ export class MigrationOut {
    */
   private async abortDestination(why: string): Promise<{ committed?: boolean; aborted?: boolean } | null> {
     const log = this.src.log;
-    // Tests shorten the bound (a test's destination holds its answers back instead of dropping a copy).
-    const bound = Number(process.env.HVLAB_TEST_UNRESOLVED_WAIT_MS) > 0 ? Number(process.env.HVLAB_TEST_UNRESOLVED_WAIT_MS) : UNRESOLVED_WAIT_MS;
-    const until = performance.now() + (this.switchingOver ? bound : 0);
+    const until = performance.now() + (this.switchingOver ? UNRESOLVED_BOUND_MS : 0);
     for (let attempt = 1; ; attempt++) {
       if (this.forced !== null) return null;
       const c = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));

@@ -1,0 +1,11 @@
+/**
+ * Test knobs: environment variables named HVLAB_TEST_* that shorten (or, for one, lengthen) a bound
+ * of hvlab for a test that waits it out and asserts nothing of its length. Each is read once, by
+ * this function, where the bound it changes is defined, and documented there; a value that is not
+ * a whole number within the bound's own range is ignored, so a stray or mistyped one changes
+ * nothing.
+ */
+export function testKnob(name: `HVLAB_TEST_${string}`, min: number, max = Number.MAX_SAFE_INTEGER): number | null {
+  const v = Number(process.env[name]);
+  return Number.isSafeInteger(v) && v >= min && v <= max ? v : null;
+}
