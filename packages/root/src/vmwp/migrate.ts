@@ -70,10 +70,15 @@ const PROBE_EVERY_MS = 1000;
 const UNRESOLVED_WAIT_MS = MIG_COMMIT_WITHIN_MS + MIG_RESUME_WITHIN_MS + 5000;
 /** UNRESOLVED_WAIT_MS as tests set it (HVLAB_TEST_UNRESOLVED_WAIT_MS: their destination holds its answers back instead of dropping a copy). */
 const UNRESOLVED_BOUND_MS = testKnob('HVLAB_TEST_UNRESOLVED_WAIT_MS', 1) ?? UNRESOLVED_WAIT_MS;
-const ABORT_TIMEOUT_MS = 3000;
+/** Tests whose destination holds its answers back cap the answer bound, as the root's (HVLAB_TEST_ABORT_ANSWER_MS). */
+const ABORT_TIMEOUT_MS = testKnob('HVLAB_TEST_ABORT_ANSWER_MS', 100, 3000) ?? 3000;
 const ABORT_PAUSE_MS = 1000;
-/** A move in doubt (its commit sent, the destination silent past UNRESOLVED_WAIT_MS) asks this often until it answers. */
-const IN_DOUBT_PAUSE_MS = 5000;
+/**
+ * A move in doubt (its commit sent, the destination silent past UNRESOLVED_WAIT_MS) asks this often
+ * until it answers; tests shorten it (HVLAB_TEST_IN_DOUBT_PAUSE_MS), so that the answer, once the
+ * destination gives it, is heard within a second.
+ */
+const IN_DOUBT_PAUSE_MS = testKnob('HVLAB_TEST_IN_DOUBT_PAUSE_MS', 100, 5000) ?? 5000;
 /** The GPADL hint (migPremap): a few hypervisor calls at the destination. */
 const PREMAP_TIMEOUT_MS = 10000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
