@@ -9,7 +9,7 @@
  * the source.
  */
 import { expect } from 'chai';
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_WIRE_VERSION, decode, encode, type HostInfo, type MigrationStats, type VmInfo } from '@hvlab/protocol';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -89,7 +89,9 @@ describe('live migration between two hosts', function () {
   const nothingOnH2 = async (name: string): Promise<boolean> => {
     const vms = await list('h2');
     const ps = await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps');
-    return !vms.some((v) => v.name === name) && !ps.some((p) => p.vm === name);
+    // Nor the attempt's record, which a restarted root would take over.
+    const record = existsSync(join(h.home, 'cluster', 'hosts', 'h2', 'migrations', 'incoming', `${name}.json`));
+    return !vms.some((v) => v.name === name) && !ps.some((p) => p.vm === name) && !record;
   };
 
   twoHosts(h);

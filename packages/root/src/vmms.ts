@@ -110,7 +110,7 @@ interface Incoming {
   streamPort?: number | null;
   exposed?: number | null;
   /** The migration's options (its record on disk keeps them). */
-  options?: MigrationOptions;
+  options: MigrationOptions;
 }
 
 /** Whether `req` comes from the source that set `inc` up: its host name and the credential of its set-up (timing-safe). */
@@ -1699,7 +1699,7 @@ export class Vmms {
     this.vms.set(c.name, r);
     this.moves.set(c.name, this.incomingStats(c, req.from, options, Date.now()));
     // On disk before the worker starts: a root restarted from here on takes the attempt over.
-    this.recordIncoming(r, inc, options);
+    this.recordIncoming(r, inc);
     this.setState(r, EnabledState.Starting, `incoming migration from ${req.from}`);
     const ready = new Promise<void>((resolve, reject) => {
       inc.ready = { resolve, reject };
@@ -1744,7 +1744,7 @@ export class Vmms {
       if (port !== null && r.incoming !== inc) void this.cluster.unexpose(port).catch(() => undefined);
       else {
         inc.exposed = port;
-        if (port !== null) this.recordIncoming(r, inc, options);
+        if (port !== null) this.recordIncoming(r, inc);
       }
     }
     this.o.log.info({ vm: c.name, from: req.from, mig: req.mig, stream: port !== null ? 'worker' : 'root' }, 'incoming migration set up');
@@ -1761,9 +1761,9 @@ export class Vmms {
   }
 
   /** Writes the incoming attempt's record (incoming-record.ts); one that cannot be written costs only the take-over, and is said. */
-  private recordIncoming(r: VmRecord, inc: Incoming, options: MigrationOptions): void {
+  private recordIncoming(r: VmRecord, inc: Incoming): void {
     try {
-      writeIncomingRecord(this.o.home, { mig: inc.mig, from: inc.from, auth: inc.auth, config: r.config, options, startedAt: inc.startedAt, exposed: inc.exposed ?? null, streamPort: inc.streamPort ?? null });
+      writeIncomingRecord(this.o.home, { mig: inc.mig, from: inc.from, auth: inc.auth, config: r.config, options: inc.options, startedAt: inc.startedAt, exposed: inc.exposed ?? null, streamPort: inc.streamPort ?? null });
     } catch (e) {
       this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the incoming migration\'s record is not on disk: a root restarted before its commit would stop its worker');
     }
@@ -1833,7 +1833,7 @@ export class Vmms {
         inc.exposed = port;
         if (port !== was) {
           this.o.log.warn({ vm: r.config.name, was, port }, 'the incoming migration\'s stream socket is open again at another fabric port: its source, which sends to the old one, will fail the move');
-          if (inc.options) this.recordIncoming(r, inc, inc.options);
+          this.recordIncoming(r, inc);
         } else this.o.log.info({ vm: r.config.name, port }, 'the incoming migration\'s stream socket is open again at the fabric');
       }, (e: unknown) => this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the incoming migration\'s stream socket could not be opened again at the fabric'));
     }
