@@ -5,7 +5,7 @@ import { Worker } from 'node:worker_threads';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ProcessInfo, VmInfo, HostInfo } from '@hvlab/protocol';
+import type { ProcessInfo, VmInfo, HostInfo, HostMemory } from '@hvlab/protocol';
 import { TestHost, eventually, shmFiles, sleep, untilHeard } from './harness.js';
 import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
 import { hostConnectionId } from '../packages/root/src/vmwp/shared.js';
@@ -38,6 +38,20 @@ describe('a host of real processes (shared memory)', function () {
     const info = await h.json<HostInfo>('host', 'info');
     expect(info.memoryMode).to.equal('shared');
     expect(info.lps).to.equal(2);
+  });
+
+  it("host memory reports the root's memory, after a full collection with --collect", async () => {
+    const info = await h.json<HostInfo>('host', 'info');
+    const plain = await h.json<HostMemory>('host', 'memory');
+    expect(plain.pid).to.equal(info.pids.root);
+    expect(plain.collectedMs).to.equal(null);
+    expect(plain.heapUsed).to.be.above(0).and.at.most(plain.heapTotal);
+    expect(plain.rss).to.be.above(plain.heapUsed);
+    const collected = await h.json<HostMemory>('host', 'memory', '--collect');
+    expect(collected.collectedMs).to.be.a('number').and.at.least(0);
+    const text = await h.ok('host', 'memory', '--collect');
+    expect(text).to.match(/root pid\s+\d+/).and.match(/V8 heap used\s+[\d.]+ MiB of [\d.]+ MiB/).and.match(/garbage collection\s+a full one first, [\d.]+ ms/);
+    expect(await h.ok('host', 'memory')).to.match(/garbage collection\s+none first \(--collect runs one\)/);
   });
 
   it('runs two VMs as six distinct processes with the right roles, beside a spare worker and its partition process', async () => {

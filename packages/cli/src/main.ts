@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, displayWidth, FileShapeError, hostPaths, pathsForRecord, padEndColumns, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
-  vmMigrationOf, type DebugHypercallResult, type HostInfo, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
+  vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
@@ -139,6 +139,10 @@ export const COMMANDS: CommandSpec[] = [
   },
   { words: ['down'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'stop everything of this home (a cluster\'s home: the whole cluster, as "cluster down"); leaves no process, socket or shm file' },
   { words: ['host', 'info'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'host id, memory mode (shared/private), pids' },
+  {
+    words: ['host', 'memory'], args: '', min: 0, max: 0, json: true, group: 'Host', help: "the root partition process's memory (RSS, V8 heap, memory outside it)",
+    options: [{ name: 'collect', help: 'after a full garbage collection in the root: what it still holds, not what awaits collection (a leak shows here)' }],
+  },
   { words: ['ps'], args: '', min: 0, max: 0, json: true, group: 'Host', options: [], help: 'every process of the host: role, vm, pid' },
   {
     words: ['logs'], args: '', min: 0, max: 0, json: false, group: 'Host', help: "the host's logs, readable",
@@ -1686,6 +1690,20 @@ export async function run(argv: string[]): Promise<number> {
           ...(info.code ? [['VM processes run', info.code === 'bundles' ? 'bundles (dist/bundle)' : info.code === 'sources' ? 'TypeScript sources (HVLAB_FROM_SOURCE=1)' : 'compiled modules (no fresh bundles: "pnpm build" makes them)']] : []),
           ...(info.dirtyTracking ? [['dirty-page tracking', info.dirtyTracking.mode === 'kernel' ? 'kernel (userfaultfd write-protect + PAGEMAP_SCAN)' : `guest bitmap (${info.dirtyTracking.reason ?? 'the kernel\'s is unavailable'})`]] : []),
         ]));
+        return 0;
+      }
+      case 'host memory': {
+        const collect = flag('collect');
+        const m = await connect().request<HostMemory>('hostMemory', collect ? { collect } : {});
+        if (json) out(JSON.stringify(m));
+        else {
+          const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+          out(table([
+            ['root pid', String(m.pid)], ['resident (RSS)', mib(m.rss)], ['V8 heap used', `${mib(m.heapUsed)} of ${mib(m.heapTotal)}`],
+            ['outside the heap', `${mib(m.external)} (array buffers ${mib(m.arrayBuffers)})`],
+            ['garbage collection', m.collectedMs === null ? (collect ? 'not available in this process' : 'none first (--collect runs one)') : `a full one first, ${m.collectedMs.toFixed(1)} ms`],
+          ]));
+        }
         return 0;
       }
       case 'top': {

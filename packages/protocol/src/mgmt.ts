@@ -43,7 +43,7 @@ export const LINK_PROBE_MAX_BYTES = 4 * 1024 * 1024 * 1024;
 export const MGMT_RTC_OFFSET_MAX_S = 10 * 365 * 86400;
 
 export const MGMT_OPS = [
-  'ping', 'hostInfo', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
+  'ping', 'hostInfo', 'hostMemory', 'vmNew', 'vmStart', 'vmStop', 'vmTurnOff', 'vmPause', 'vmResume', 'vmSave', 'vmStatus',
   'vmSetProcessor', 'vmDelete', 'vmList', 'vmPeek', 'vmIc', 'vmKvp', 'ps', 'debugHypercall', 'shutdown', 'linkProbe',
   'linkProbeStop', 'vmMove', 'vmMoveStatus', 'vmMoveCancel', 'faultSet', 'faultClear', 'faultList',
 ] as const;
@@ -69,6 +69,8 @@ export type MgmtVmArgs = { name: string };
 export type MgmtArgs = {
   ping: MgmtNoArgs;
   hostInfo: MgmtNoArgs;
+  /** The root process's memory; `collect`: after a full garbage collection (what is still held, not what awaits collection). */
+  hostMemory: { collect?: boolean };
   /** `memory` is the size text ("64M"; a number of bytes arrives as its decimal text); VMMS parses it. */
   vmNew: { name: string; memory?: string; vps?: number; workload?: string; rtcOffset?: number };
   vmStart: MgmtVmArgs;
@@ -326,6 +328,12 @@ function put<T extends object, K extends keyof T>(o: T, k: K, v: T[K] | undefine
 export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
   ping: noArgs(),
   hostInfo: noArgs(),
+  hostMemory: (a) => {
+    const r = a(['collect']);
+    const out: MgmtArgs['hostMemory'] = {};
+    put(out, 'collect', r.optBoolean('collect'));
+    return out;
+  },
   vmList: noArgs(),
   ps: noArgs(),
   shutdown: noArgs(),
@@ -636,6 +644,21 @@ export interface HostInfo {
    * GuestMemory keeps, when the kernel's cannot be used: `reason` says why).
    */
   dirtyTracking?: { mode: 'kernel' | 'bitmap'; reason: string | null };
+}
+
+/**
+ * What `hostMemory` answers: the root partition process's memory, in bytes (Node's
+ * process.memoryUsage()). `collectedMs`: how long the full garbage collection before the reading
+ * took, or null when none was asked for (or the process could not run one).
+ */
+export interface HostMemory {
+  pid: number;
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+  collectedMs: number | null;
 }
 
 export interface HostClusterInfo {

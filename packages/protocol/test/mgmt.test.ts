@@ -42,6 +42,8 @@ const trap = (): Record<string, unknown> => ({ toString: 1, valueOf: 1 });
 const CLI_REQUESTS: Array<[MgmtOp, Record<string, unknown>]> = [
   ['ping', {}],
   ['hostInfo', {}],
+  ['hostMemory', {}],
+  ['hostMemory', { collect: true }],
   ['vmList', {}],
   ['ps', {}],
   ['shutdown', {}],
@@ -170,6 +172,8 @@ describe('management API decoder', () => {
       expect(badArgs('vmList', { all: true })).to.match(/^vmList has no argument "all"/);
       expect(badArgs('vmStart', { name: 'a', force: true })).to.match(/^vmStart has no argument "force"/);
       expect(badArgs('vmStart', { name: 'a', toString: 1 })).to.match(/^vmStart has no argument "toString"/);
+      expect(badArgs('hostMemory', { gc: true })).to.equal('hostMemory has no argument "gc" (its arguments are collect)');
+      expect(badArgs('hostMemory', { collect: 1 })).to.match(/^hostMemory argument "collect" is the number 1, not a boolean/);
     });
 
     it('refuses weight [5] and every other non-number for the processor settings, accepting digits and safe integers', () => {

@@ -12,8 +12,8 @@
 import { HostFaults } from './host-faults.js';
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo } from '@hvlab/protocol';
-import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine, codeKind } from '@hvlab/runtime';
+import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo, type HostMemory } from '@hvlab/protocol';
+import { hostPaths, processLogger, watchPids, pidAlive, HvClient, shmPrefix, readStdinLine, codeKind, collectGarbage } from '@hvlab/runtime';
 import { kernelDirtyTrackingUnavailableReason, memoryMode, shmUnavailableReason, unlinkRegion } from '@hvlab/shm';
 import { ConfigStore, MgmtFailure } from './config.js';
 import { MgmtServer, type MgmtHandler } from './mgmt.js';
@@ -109,6 +109,12 @@ const handler: MgmtHandler = async (op, args) => {
         dirtyTracking: dirtyTracking(), code: codeKind(),
       };
       return info;
+    }
+    case 'hostMemory': {
+      const collectedMs = args.collect === true ? collectGarbage() : null;
+      const m = process.memoryUsage();
+      const mem: HostMemory = { pid: process.pid, rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, collectedMs };
+      return mem;
     }
     case 'vmNew': return v.newVm(args);
     case 'vmStart': return await v.start(args.name);
