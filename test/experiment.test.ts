@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostProcesses } from '@hvlab/host';
 import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
-import { TestHost, eventually, killExperimentRun, shmFiles } from './harness.js';
+import { TestHost, eventually, interruptExperimentRun, killExperimentRun, shmFiles } from './harness.js';
 
 const EXPERIMENT = `name: e2e-small
 kind: migration
@@ -120,6 +120,30 @@ warmup: 200ms
     expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
   });
+  it('`hvlab experiment run` interrupted (Ctrl-C) while its cluster comes up: the bring-up stops after the step under way, what it made goes, and it exits 130 with no report', async () => {
+    const file = join(dir, 'interrupted.yaml');
+    writeFileSync(file, `name: e2e-intr
+kind: migration
+seed: 5
+cluster: new
+vm: { memory: 16M, vps: 1, workload: counter }
+methods: [offline]
+repetitions: 1
+`);
+    const out = join(dir, 'interrupted');
+    // The fabric is up and the hosts are starting (side by side): the bring-up stops once they are.
+    const r = await interruptExperimentRun(file, out, /^fabric: links on /m, 'the fabric');
+    expect(r.code, r.output).to.equal(130);
+    // It used to finish the bring-up (the hosts' join), then skip every run and write an empty report.
+    expect(r.output, r.output).to.match(/cluster up interrupted; bringing everything down/);
+    expect(r.output, r.output).to.not.match(/^link h1 → h2/m);
+    expect(r.output.trim().split('\n').pop(), r.output).to.equal('hvlab: experiment was interrupted before its first run: everything it had started was taken down, and no report was written');
+    expect(existsSync(out), 'no report directory').to.equal(false);
+    expect(await eventually(r.left.gone, 40_000), `left: ${r.left.said()}`).to.equal(true);
+    expect([...r.left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
+    expect(networkLeftovers(clusterTag(r.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('`hvlab experiment run` on an existing cluster killed with SIGKILL mid-run: the user\'s link is put back as it was and the run\'s VMs are deleted (its lease on them lapses)', async () => {
     const h = new TestHost();
     try {

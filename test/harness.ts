@@ -223,6 +223,34 @@ export async function killExperimentRun(file: string, out: string, ready: RegExp
   return { home, left };
 }
 
+/**
+ * Runs `hvlab experiment run FILE`, sends it one Ctrl-C (SIGINT) once its output matches `ready`,
+ * and waits for it to end by itself (a SIGKILL after 120 s, as a guard). Returns its exit code,
+ * its output (stdout and stderr) and a watch of what it left.
+ */
+export async function interruptExperimentRun(file: string, out: string, ready: RegExp, what: string): Promise<{ code: number | null; output: string; home: string; left: ExperimentLeft }> {
+  const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  let code: number | null = null;
+  const exited = new Promise<void>((r) => child.on('exit', (c) => { code = c; r(); }));
+  let home = '';
+  let left: ExperimentLeft | null = null;
+  try {
+    if (!(await eventually(() => ready.test(output), 120_000, 10))) throw new Error(`${what} did not happen: ${output}`);
+    home = /under (\/\S+)/.exec(output)![1]!;
+    left = experimentLeft(home);
+    left.gone(); // the hosts up at the interrupt
+    child.kill('SIGINT');
+    await Promise.race([exited, sleep(120_000)]);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
+  return { code, output, home, left: left! };
+}
+
 export interface ExperimentLeft {
   /** The hosts' ids seen so far (each look reads the records of the hosts of the home's cluster). */
   ids: Set<string>;

@@ -369,6 +369,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
     report = await clusterCall(() => runChaosExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home: spec.cluster === 'existing' ? home : undefined, signal: ac.signal, seed }));
   } catch (e) {
     if (e instanceof ChaosExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
+    if (ac.signal.aborted) throw new Interrupted(`experiment was interrupted before its faults began: everything it had started was taken down, and no report was written`);
     throw e;
   } finally {
     release();
@@ -1908,6 +1909,7 @@ export async function run(argv: string[]): Promise<number> {
           report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome, leaseRun }));
         } catch (e) {
           if (e instanceof ExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
+          if (ac.signal.aborted) throw new Interrupted(`experiment was interrupted before its first run: everything it had started was taken down, and no report was written`);
           throw e;
         } finally {
           release();

@@ -52,7 +52,7 @@ import {
 import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
-import { ClusterError, ProbeStopped, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, stoppableProbe } from './lab.js';
+import { ClusterError, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, stoppableProbe } from './lab.js';
 import { impairmentsText } from './graph.js';
 import { barChartSvg, formatBinaryBytes, formatNumber, lineChartSvg, type Bar } from './plot.js';
 
@@ -481,6 +481,12 @@ export interface ExperimentDriver {
   move(args: Record<string, unknown>): Promise<MigrationStats>;
   /** Turns VM `name` off and deletes it wherever it is; returns the host it was on (null: none). */
   removeVm(name: string): Promise<string | null>;
+  /**
+   * Waits, before every run but the first, until the link carries nothing of the run before (a
+   * failed move's stream still draining at the link's rate took the next run's set-up from 0.2 to
+   * 1.6 s); returns a line to say, or null when there was nothing to wait for.
+   */
+  quiet?(): Promise<string | null>;
 }
 
 export interface RunOptions {
@@ -492,6 +498,9 @@ export interface RunOptions {
   /** Sets the VMs' names apart from other runs of the same experiment (default: 4 random hex digits). */
   tag?: string;
 }
+
+/** The longest wait for the link to carry nothing of the run before (a 1 Mbit/s link drains its 1 MiB queue each way in ~17 s). */
+const LINK_QUIET_MAX_MS = 120_000;
 
 /** Waits `ms`, or less: until the signal is aborted. */
 const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((r) => {
@@ -551,6 +560,10 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
       /** Stopped before its move (during the VM's start or its warm-up): recorded as cancelled, and the last run. */
       let notMoved = false;
       try {
+        if (runs.length > 0 && driver.quiet) {
+          const said = await driver.quiet();
+          if (said !== null) say(said);
+        }
         await driver.createVm(vm);
         await wait(spec.warmupMs);
         // The move's cancel listens for the abort: one that came before the move would not stop it,
@@ -1046,7 +1059,8 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
           }
         }
         say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
-        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
+        // Ctrl-C during the bring-up (seconds) takes down what was made and throws, with no report: no run was made.
+        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal });
         broughtUp = true;
       } else if (!readCluster(home)) {
         throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
@@ -1127,6 +1141,14 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
           await tell();
           return found;
         },
+      };
+      // Between runs, the link must carry nothing of the run before.
+      driver.quiet = async () => {
+        const q = await waitLinkQuiet(home, spec.from, spec.to, { signal: opts.signal, timeoutMs: LINK_QUIET_MAX_MS }).catch((e: unknown) => message(e));
+        if (typeof q === 'string') return `WARNING: could not tell whether the link carries bytes of the run before (${q})`;
+        if (q.heldBytes === 0) return null;
+        const what = `link ${spec.from} – ${spec.to}: ${formatBinaryBytes(q.heldBytes)} of the run before still on it`;
+        return q.quiet ? `${what}; waited ${q.waitedMs} ms for them to arrive` : `WARNING: ${what} after ${q.waitedMs} ms; this run shares the link with them`;
       };
       report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
       // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.

@@ -738,6 +738,34 @@ export async function fabricStatus(home: string): Promise<FabricStatus> {
   return d.value;
 }
 
+/** What waitLinkQuiet saw: the bytes the link held back at its first look, how long they took to go, and whether they went. */
+export interface LinkQuiet {
+  heldBytes: number;
+  waitedMs: number;
+  quiet: boolean;
+}
+
+/**
+ * Waits until the link between `a` and `b` holds nothing back either way (LinkView.queued): what a
+ * run's connections left on a slow link (a failed move's stream, its sender closed or not) would
+ * otherwise share the link with the next run. Gives up after `timeoutMs` or once `signal` is
+ * aborted (quiet false then). A fabric that does not say what it holds counts as quiet.
+ */
+export async function waitLinkQuiet(home: string, a: string, b: string, opts: { timeoutMs?: number; signal?: AbortSignal; everyMs?: number } = {}): Promise<LinkQuiet> {
+  const t0 = performance.now();
+  const until = t0 + (opts.timeoutMs ?? 120_000);
+  let first: number | null = null;
+  for (;;) {
+    const l = (await fabricStatus(home)).links.find((x) => (x.a === a && x.b === b) || (x.a === b && x.b === a));
+    const held = l?.queued ? l.queued[0] + l.queued[1] : 0;
+    first ??= held;
+    const waitedMs = Math.round(performance.now() - t0);
+    if (held === 0) return { heldBytes: first, waitedMs, quiet: true };
+    if (performance.now() >= until || opts.signal?.aborted) return { heldBytes: first, waitedMs, quiet: false };
+    await new Promise((r) => setTimeout(r, opts.everyMs ?? 100));
+  }
+}
+
 /** Waits until every one of `names` has joined the fabric. */
 async function waitJoined(home: string, names: string[], timeoutMs: number): Promise<void> {
   const until = Date.now() + timeoutMs;

@@ -86,6 +86,16 @@ class Direction {
     to.on('drain', this.onDrain);
   }
 
+  /** The link's direction this carries (0: a→b). */
+  get direction(): 0 | 1 {
+    return this.dir;
+  }
+
+  /** Bytes held back here: queued under the link's impairments, and written but still in Node's buffer for the target. */
+  get held(): number {
+    return this.queued + this.to.writableLength;
+  }
+
   /** Nothing queued, nothing waiting in the target's socket, the stream not ended: the connection may go to the kernel. */
   get idle(): boolean {
     return this.queue.length === 0 && this.timer === null && !this.ending && !this.writeBlocked && this.to.writableLength === 0 && this.from.readableLength === 0;
@@ -319,7 +329,9 @@ export class Link {
   }
 
   view(): LinkView {
-    const v: LinkView = { a: this.a, b: this.b, cut: this.state.cut, seed: this.state.seed, bytes: [this.stats.bytes[0], this.stats.bytes[1]], lost: this.stats.lost, connections: this.stats.connections };
+    const queued: [number, number] = [0, 0];
+    for (const c of this.live) for (const d of c.dirs) queued[d.direction] += d.held;
+    const v: LinkView = { a: this.a, b: this.b, cut: this.state.cut, seed: this.state.seed, bytes: [this.stats.bytes[0], this.stats.bytes[1]], lost: this.stats.lost, connections: this.stats.connections, queued };
     for (const k of ['delayMs', 'jitterMs', 'rateBps', 'lossPercent'] as const) if (this.state[k] !== undefined) v[k] = this.state[k];
     return v;
   }
@@ -568,7 +580,11 @@ export class LinkProxy {
   listen(host = '127.0.0.1', port = 0): Promise<number> {
     return new Promise((resolve, reject) => {
       // Accepted sockets are not read until the target answers: their bytes wait in the kernel.
-      const server = createServer({ pauseOnConnect: true }, (a) => this.accept(a));
+      // Half open allowed on both sockets: a sender's FIN ends only its way, after what the link
+      // still holds of it has arrived (flushThenEnd), as TCP delivers every byte sent before a
+      // FIN. Without it Node ended the other way at once, and the connection closed with the
+      // queued bytes: a sender that wrote and closed lost what a slow link held.
+      const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (a) => this.accept(a));
       server.once('error', reject);
       server.listen(port, host, () => {
         this.server = server;
@@ -599,7 +615,7 @@ export class LinkProxy {
       return;
     }
     a.setNoDelay(true);
-    const b = connect(this.target.port, this.target.host);
+    const b = connect({ port: this.target.port, host: this.target.host, allowHalfOpen: true });
     b.setNoDelay(true);
     fabricConnections++;
     const c = new Connection(this.link, a, b, this.dir, (gone) => {

@@ -348,6 +348,24 @@ describe('experiment runs against a fake pair of hosts', () => {
     expect(m!.errors).to.have.length(3);
   });
 
+  it('waits for the link to carry nothing of the run before, before every run but the first, and says so', async () => {
+    const s = spec('name: q\nmethods: [precopy, offline]\nrepetitions: 2\n');
+    const f = fakeHosts(() => stats('precopy', 'completed', 1, 1, 1, []));
+    const order: string[] = [];
+    const quietLines = [null, 'link h1 – h2: 1.0 MiB of the run before still on it; waited 812 ms for them to arrive', null];
+    const driver: ExperimentDriver = {
+      createVm: async (n) => { order.push(`create ${n.split('-')[1]}`); await f.driver.createVm(n); },
+      move: (a) => f.driver.move(a),
+      removeVm: (n) => f.driver.removeVm(n),
+      quiet: async () => { order.push('quiet'); return quietLines.shift() ?? null; },
+    };
+    const lines: string[] = [];
+    const runs = await runMoves(s, driver, { progress: (l) => lines.push(l), sleep: async () => {} });
+    expect(runs).to.have.length(4);
+    expect(order).to.deep.equal(['create precopy', 'quiet', 'create precopy', 'quiet', 'create offline', 'quiet', 'create offline']);
+    expect(lines.filter((l) => l.startsWith('link '))).to.deep.equal(['link h1 – h2: 1.0 MiB of the run before still on it; waited 812 ms for them to arrive']);
+  });
+
   it('stops before the next run once aborted', async () => {
     const s = spec('name: a\nmethods: [precopy, offline]\nrepetitions: 3\n');
     const ac = new AbortController();

@@ -151,6 +151,31 @@ describe('link layer (a TCP proxy with impairments)', function () {
     s.destroy();
   });
 
+  it('says what it holds back each way (queued), and the bytes of a sender that already closed still arrive, after which it holds nothing', async () => {
+    let got = 0;
+    const sink = createServer((c) => c.on('data', (d: Buffer) => (got += d.length)));
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
+    try {
+      link = proxy((sink.address() as { port: number }).port);
+      expect(link.link.view().queued).to.deep.equal([0, 0]);
+      const s = await open(await link.listen());
+      link.link.set({ rateBps: 2_000_000 });
+      // 64 KiB at 2 Mbit/s take ~260 ms: the sender is gone long before they are.
+      await new Promise<void>((r) => s.end(randomBytes(64 * 1024), () => r()));
+      let seen = 0;
+      const until = Date.now() + 20_000;
+      while (Date.now() < until && (got < 64 * 1024 || link.link.view().queued![0] > 0)) {
+        seen = Math.max(seen, link.link.view().queued![0]);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(seen, 'held back a→b while the rate let it out').to.be.above(0);
+      expect(got, 'every byte arrived').to.equal(64 * 1024);
+      expect(link.link.view().queued).to.deep.equal([0, 0]);
+    } finally {
+      await new Promise((r) => sink.close(r));
+    }
+  });
+
   it('sets impairments independently, resets them, and draws the same jitter and loss from the same seed', () => {
     const l0 = new Link('h1', 'h2', {}, 42);
     l0.set({ delayMs: 20 });

@@ -294,7 +294,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         homeLease = await holdHomeLease(home, `${owner}.home`);
       }
       say(`bringing up ${spec.hosts} hosts (${spec.lps} LPs each) under ${home}`);
-      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say });
+      // Ctrl-C during the bring-up (seconds) takes down what was made and throws, with no report: nothing ran.
+      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal });
       broughtUp = true;
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);

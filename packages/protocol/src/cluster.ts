@@ -71,6 +71,12 @@ export interface LinkView extends LinkImpairments {
   bytes: [number, number];
   lost: number;
   connections: number;
+  /**
+   * Bytes each way the link holds back now (queued under its delay or rate, or waiting for the
+   * receiver): what a run's traffic left on the link after it ended, still to arrive. Absent from
+   * a fabric older than the field.
+   */
+  queued?: [number, number];
 }
 
 export interface FabricMember {
@@ -515,13 +521,21 @@ function impairmentsOf(v: object): LinkImpairments {
 
 function decodeLinkView(v: unknown, i: number): LinkView {
   const f = fieldsOf(v, `links[${i}]`);
-  f.only(['a', 'b', ...IMPAIRMENT_KEYS, 'cut', 'seed', 'bytes', 'lost', 'connections']);
+  f.only(['a', 'b', ...IMPAIRMENT_KEYS, 'cut', 'seed', 'bytes', 'lost', 'connections', 'queued']);
   const out: LinkView = {
     a: hostName(f, 'a'), b: hostName(f, 'b'), cut: f.bool('cut'), seed: f.num('seed', 0, 0xffffffff),
     bytes: f.list('bytes', 2, (x) => (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 ? x : 0)) as [number, number],
     lost: f.num('lost', 0, Number.MAX_SAFE_INTEGER), connections: f.num('connections', 0, Number.MAX_SAFE_INTEGER),
   };
   if (out.bytes.length !== 2) throw new Bad(`links[${i}]: "bytes" must be two counts`);
+  if (f.has('queued')) {
+    const q = f.list('queued', 2, (x) => {
+      if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new Bad(`links[${i}]: "queued" must be two byte counts`);
+      return x;
+    });
+    if (q.length !== 2) throw new Bad(`links[${i}]: "queued" must be two byte counts`);
+    out.queued = [q[0]!, q[1]!];
+  }
   return { ...out, ...impairmentsOf(v as object) };
 }
 

@@ -114,9 +114,17 @@ describe('cluster wire', () => {
     ];
     const status = { cluster: 'lab', members: [{ name: 'h1', address: '10.0.0.1', peerPort: 1, mgmtPort: 2, lps: 1, local: true, lastSeenMs: 3, peers: [] }], links: [{ a: 'h1', b: 'h2', cut: false, seed: 1, bytes: [1, 2], lost: 0, connections: 1, delayMs: 5 }], refused: 0 };
     expect(decodeFabricStatus(status).ok).to.equal(true);
+    // What the link holds back each way: optional (a fabric older than the field sends none), two byte counts when sent.
+    const queued = { ...status, links: [{ ...status.links[0], queued: [4096, 0] }] };
+    expect(decodeFabricStatus(queued)).to.deep.include({ ok: true });
+    expect((decodeFabricStatus(queued) as { value: { links: Array<{ queued: unknown }> } }).value.links[0]!.queued).to.deep.equal([4096, 0]);
+    for (const bad of [[1], [1, 2, 3], [-1, 0], [0.5, 0], ['1', 0], { toString: 1 }]) {
+      const d = decodeFabricStatus({ ...status, links: [{ ...status.links[0], queued: bad }] });
+      expect(d.ok, JSON.stringify(bad)).to.equal(false);
+    }
     const book = { cluster: 'lab', peers: [{ name: 'h2', port: 4000, address: '10.0.0.2', peerPort: 7742, auth: AUTH }] };
     expect(decodePeerBook(book)).to.deep.equal({ ok: true, value: book });
-    const shapes: unknown[] = [null, 1, 'x', [], {}, { toString: 5 }, Buffer.alloc(3), { cluster: 1 }, status, book, { ...book, peers: [{ ...book.peers[0], auth: { toString: 1 } }] }, { ...status, members: [null] }, { ...status, links: [{ ...status.links[0], bytes: [1] }] }];
+    const shapes: unknown[] = [null, 1, 'x', [], {}, { toString: 5 }, Buffer.alloc(3), { cluster: 1 }, status, book, { ...book, peers: [{ ...book.peers[0], auth: { toString: 1 } }] }, { ...status, members: [null] }, { ...status, links: [{ ...status.links[0], bytes: [1] }] }, { ...status, links: [{ ...status.links[0], queued: [1, { valueOf: 1 }] }] }];
     for (let i = 0; i < 5000; i++) {
       const pick = valid[Math.floor(next() * valid.length)]!;
       const b = Buffer.from(pick);
