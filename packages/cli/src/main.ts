@@ -26,7 +26,7 @@ import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } 
 import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
-  experimentKindOf, loadChaosExperiment, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
+  experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
@@ -506,13 +506,12 @@ const FAULT_PARAM_OPTIONS: Readonly<Record<string, string>> = {
   signalDrop: 'signal-drop', drop: 'drop', duplicate: 'duplicate', reorder: 'reorder', corrupt: 'corrupt', vps: 'vps', lps: 'lps', gpa: 'gpa', mask: 'mask', channel: 'channel', shape: 'shape',
 };
 
-/** `fault list`: one row per fault. */
-function faultTable(list: FaultRecord[]): string {
-  const now = Date.now();
+/** `fault list`: one row per fault, with what it does (its parameters, as the command line asked them). */
+export function faultTable(list: FaultRecord[], now = Date.now()): string {
   return table([
-    ['ID', 'KIND', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER'],
+    ['ID', 'KIND', 'PARAMS', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER'],
     ...list.map((f) => [
-      f.id, f.kind, f.target + (f.role ? ` (${f.role})` : ''), (f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary) + (f.gone?.length ? `; gone: ${f.gone.join(', ')}` : ''),
+      f.id, f.kind, paramsText(f.params) || '-', f.target + (f.role ? ` (${f.role})` : ''), (f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary) + (f.gone?.length ? `; gone: ${f.gone.join(', ')}` : ''),
       f.state === 'active' || f.state === 'failed' || !f.endReason ? f.state : `${f.state}: ${f.endReason}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
     ]),
   ]);
@@ -1534,7 +1533,7 @@ export async function run(argv: string[]): Promise<number> {
             throw e instanceof NemesisError ? new CliError(e.message) : e;
           });
           if (json && !owner) out(JSON.stringify(rec));
-          else if (!json) out(`fault ${rec.id}: ${rec.kind} on ${rec.resolved.summary} for ${formatMs(rec.forMs)}${rec.kind === 'kill' || rec.kind === 'bitflip' ? '' : `, until ${new Date(rec.endsAt).toISOString().slice(11, 23)}`}${owner ? '' : ' ("hvlab fault list" shows it, "hvlab fault clear" ends it)'}`);
+          else if (!json) out(`fault ${rec.id}: ${rec.kind}${Object.keys(rec.params).length ? ` (${paramsText(rec.params)})` : ''} on ${rec.resolved.summary} for ${formatMs(rec.forMs)}${rec.kind === 'kill' || rec.kind === 'bitflip' ? '' : `, until ${new Date(rec.endsAt).toISOString().slice(11, 23)}`}${owner ? '' : ' ("hvlab fault list" shows it, "hvlab fault clear" ends it)'}`);
           if (!owner) return 0;
           // --wait: hold the lease until the fault ends; Ctrl-C or a kill ends it (the lease lapses at worst).
           let stop = false;

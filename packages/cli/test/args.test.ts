@@ -4,11 +4,12 @@
  */
 import { expect } from 'chai';
 import { formatBinaryBytes } from '@hvlab/cluster';
+import type { FaultRecord } from '@hvlab/faults';
 import { displayWidth } from '@hvlab/runtime';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -268,5 +269,29 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     expect(refused('link', { target: 'link:h1-h2', for: '5s', loss: '150' }).message).to.equal('link: --loss 150 must be a number from 0 to 100');
     expect(refused('link', { target: 'link:h1-h2', for: '5s' }).message).to.equal('a link fault needs something to do to the link: --delay, --jitter, --rate, --loss or --cut');
     expect(refused('link', { target: 'vm:web', for: '5s', delay: '5ms' })).to.be.instanceOf(ValueError);
+  });
+
+  it('fault list shows each fault\'s parameters as its command line asked them (it showed kind and target only)', () => {
+    const asked = (kind: Parameters<typeof faultRequestFromOptions>[0], o: Record<string, string>, flags: string[] = []): FaultRecord => {
+      const req = faultRequestFromOptions(kind, (n) => o[n], (n) => flags.includes(n));
+      return {
+        id: `f-${kind}`, kind, target: req.target, role: null, params: req.params ?? {}, owner: null, seed: 1, forMs: req.forMs,
+        resolved: { summary: 'web on h1', hosts: ['h1'], vms: [], processes: [], links: [] },
+        state: 'active', startedAt: 0, endsAt: req.forMs, endedAt: null, endReason: null, error: null, effect: null,
+      };
+    };
+    const rows = faultTable([
+      asked('vmbus', { target: 'vm:web', for: '10s', drop: '0.3', delay: '20ms', channel: 'kvp' }),
+      asked('lp-shrink', { target: 'host:h1', for: '10s', lps: '1' }),
+      asked('clock', { target: 'vm:web', for: '10s', offset: '-5s' }),
+      asked('link', { target: 'link:h1-h2', for: '10s' }, ['cut']),
+      asked('pause', { target: 'vm:web', for: '10s' }),
+    ], 0).split('\n');
+    expect(rows[0]).to.match(/^ID\s+KIND\s+PARAMS\s+TARGET/);
+    expect(rows[1]).to.match(/f-vmbus\s+vmbus\s+channel kvp, drop 30 %, delay 20 ms\s+vm:web/);
+    expect(rows[2]).to.match(/lp-shrink\s+lps 1\s+host:h1/);
+    expect(rows[3]).to.match(/clock\s+offset -5000 ms\s+vm:web/);
+    expect(rows[4]).to.match(/link\s+cut\s+link:h1-h2/);
+    expect(rows[5]).to.match(/pause\s+-\s+vm:web/);
   });
 });

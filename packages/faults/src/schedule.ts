@@ -223,7 +223,11 @@ export function paramsText(p: Record<string, unknown>): string {
     else if (k in PROBABILITY_WORDS) parts.push(`${PROBABILITY_WORDS[k]} ${pct(v)}`);
     else if (k === 'lossPercent') parts.push(`loss ${String(v)} %`);
     else if (k === 'rateBps' && typeof v === 'number') parts.push(`rate ${v >= 1e6 ? `${Math.round(v / 1e5) / 10} Mbit/s` : `${Math.round(v / 100) / 10} kbit/s`}`);
-    else if (k.endsWith('Ms') && typeof v === 'number') parts.push(`${k.slice(0, -2)} ${v} ms`);
+    else if (k.endsWith('Ms') && typeof v === 'number') parts.push(`${k.slice(0, -2)} ${k === 'offsetMs' && v > 0 ? '+' : ''}${v} ms`);
+    else if (k === 'skewPpm' && typeof v === 'number') parts.push(`skew ${v > 0 ? '+' : ''}${v} ppm`);
+    else if ((k === 'gpa' || k === 'mask') && typeof v === 'number') parts.push(`${k} 0x${v.toString(16)}`);
+    else if (v === true) parts.push(k); // a switch (restart, cut): its name says it
+    else if (v === false || v === undefined) continue;
     else parts.push(`${k} ${v === null ? 'all' : String(v)}`);
   }
   return parts.join(', ');

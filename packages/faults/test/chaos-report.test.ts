@@ -199,6 +199,13 @@ describe('fault parameters as a reader says them', () => {
     expect(paramsText({ delayMs: 100, jitterMs: 2, rateBps: 10_000_000, lossPercent: 5 })).to.equal('delay 100 ms, jitter 2 ms, rate 10 Mbit/s, loss 5 %');
     expect(paramsText({ delayMs: 12 })).to.equal('delay 12 ms');
     expect(paramsText({ lps: 1 })).to.equal('lps 1');
+    // As `fault list` shows what the command line asked: signed clock changes, addresses in hex, switches by name.
+    expect(paramsText({ offsetMs: 5000, skewPpm: -20 })).to.equal('offset +5000 ms, skew -20 ppm');
+    expect(paramsText({ offsetMs: -5000 })).to.equal('offset -5000 ms');
+    expect(paramsText({ gpa: 0x201000, mask: 4 })).to.equal('gpa 0x201000, mask 0x4');
+    expect(paramsText({ restart: true })).to.equal('restart');
+    expect(paramsText({ cut: true, delayMs: 5 })).to.equal('cut, delay 5 ms');
+    expect(paramsText({ vps: '0,1' })).to.equal('vps 0,1');
     expect(paramsText({})).to.equal('');
   });
 });
