@@ -354,4 +354,30 @@ describe('faults: processes, links and partitions (real processes)', function ()
     const next = await inject('pause', '--target', 'vm:web', '--for', '1s');
     expect(numberOf(next.id), `${next.id} after f${last}`).to.equal(last + 1);
   });
+
+  it('a caller\'s --id names one fault at a time: refused while that fault is active (naming fault clear), free again after it ended; a caller\'s fN moves the numbering past it', async () => {
+    await inject('pause', '--target', 'vm:web', '--for', '30s', '--id', 'hold-web');
+    const again = await h.run('fault', 'inject', 'pause', '--target', 'vm:db', '--for', '1s', '--id', 'hold-web');
+    expect(again.code).to.equal(1);
+    expect(again.stderr).to.match(/fault hold-web is active already \(pause on partition of web on h1 \(pid \d+\), \d+ s left\): "hvlab fault clear hold-web" ends it/);
+    expect((await faults()).filter((f) => f.id === 'hold-web')).to.have.length(1);
+    await h.ok('fault', 'clear', 'hold-web');
+    await inject('pause', '--target', 'vm:db', '--for', '1s', '--id', 'hold-web');
+    expect(await eventually(async () => (await faults()).length === 0, 10000)).to.equal(true);
+    // The log: each start of hold-web is followed by its own end (same startedAt) before the next start.
+    const lines = readFileSync(join(h.home, 'faults', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string; startedAt: number; summary: string });
+    const mine = lines.filter((l) => l.id === 'hold-web' && (l.event === 'start' || l.event === 'end')).map((l) => `${l.event} ${l.startedAt} ${l.summary}`);
+    expect(mine).to.have.length(4);
+    expect(mine[0]!.replace(/^start/, 'end')).to.equal(mine[1]);
+    expect(mine[2]!.replace(/^start/, 'end')).to.equal(mine[3]);
+    expect(mine[0]).to.match(/web/);
+    expect(mine[2]).to.match(/db/);
+    // A caller's id of the nemesis's form: its own numbering goes on past it, never repeating it.
+    const numberOf = (id: string): number => Number(id.slice(1));
+    const ahead = Math.max(0, ...(await faults(true)).map((f) => numberOf(f.id)).filter(Number.isFinite)) + 2;
+    await inject('pause', '--target', 'vm:web', '--for', '1s', '--id', `f${ahead}`);
+    expect(await eventually(async () => (await faults()).length === 0, 10000)).to.equal(true);
+    const auto = await inject('pause', '--target', 'vm:web', '--for', '1s');
+    expect(numberOf(auto.id)).to.equal(ahead + 1);
+  });
 });

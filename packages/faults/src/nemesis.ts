@@ -14,7 +14,9 @@
  * `faults/active.json` at every change (and before a change is made, so a nemesis killed half-way
  * leaves what it did there too), so a nemesis that died is cleaned up after by the next one
  * (`recoverLeftovers`), which its warden (nemesis-warden.ts), `fault clear` and `down` start. Fault
- * ids go on from the last one in the log, so the log never names two faults alike.
+ * ids go on from the last one in the log (a caller's fN too), so the nemesis never names two faults
+ * alike; a caller's own id is refused while a fault of that id is active, and may name a new fault
+ * after that one ended (each log line carries its fault's `startedAt`, which tells them apart).
  *
  * Changes are queued one at a time (`serial`), but what waits on another process that a fault may
  * have stopped — a root asked to set or clear a VM's or a host's fault — runs outside the queue:
@@ -175,7 +177,8 @@ export class Nemesis {
   }
 
   private event(event: string, rec: FaultRecord, extra: Record<string, unknown> = {}): void {
-    const line = { time: new Date(this.now()).toISOString(), event, id: rec.id, kind: rec.kind, target: rec.target, role: rec.role, summary: rec.resolved.summary, owner: rec.owner, forMs: rec.forMs, ...extra };
+    // `startedAt` with `id` names one fault: a caller's id may name a later fault once this one ended.
+    const line = { time: new Date(this.now()).toISOString(), event, id: rec.id, startedAt: rec.startedAt, kind: rec.kind, target: rec.target, role: rec.role, summary: rec.resolved.summary, owner: rec.owner, forMs: rec.forMs, ...extra };
     try {
       appendFileSync(faultLogFile(this.home), JSON.stringify(line) + '\n', { mode: 0o600 });
     } catch { /* the process log has it too */ }
@@ -338,8 +341,12 @@ export class Nemesis {
     let auto = this.next;
     while (!req.id && (this.active.has(`f${auto}`) || this.ending.has(`f${auto}`))) auto++;
     const id = req.id ?? `f${auto}`;
-    if (this.active.has(id)) throw new FaultRefused(`fault ${id} is active already`);
-    if (this.ending.has(id)) throw new FaultRefused(`fault ${id} is still ending; use another id`);
+    // A caller's id names one fault at a time: a second fault under an active id would make the
+    // log's start and end lines of the two indistinguishable, and `fault clear ID` ambiguous. Once
+    // the fault has ended, the id may name a new one (the log tells them apart by `startedAt`).
+    const holder = this.active.get(id)?.rec;
+    if (holder) throw new FaultRefused(`fault ${id} is active already (${holder.kind} on ${holder.resolved.summary}, ${Math.max(0, Math.ceil((holder.endsAt - this.now()) / 1000))} s left): "hvlab fault clear ${id}" ends it; or give another --id`);
+    if (this.ending.has(id)) throw new FaultRefused(`fault ${id} is still being undone: give another --id, or wait until "hvlab fault list" no longer shows it`);
     const seed = req.seed ?? seedOf(id);
     const target = parseTarget(req.target);
     if (!target.ok) throw new FaultRefused(target.message);
@@ -406,7 +413,11 @@ export class Nemesis {
     // Entered before anything is applied (and written down as it goes): a nemesis killed
     // half-way leaves what it did in active.json.
     this.active.set(id, act);
+    // A caller's id of the nemesis's own form (fN) moves the numbering past it, as the log's
+    // ids do at start (lastFaultNumber): a later fN of the nemesis's never repeats it.
+    const own = /^f(\d{1,15})$/.exec(id);
     if (!req.id) this.next = auto + 1;
+    else if (own && Number(own[1]) >= this.next) this.next = Number(own[1]) + 1;
     if (act.pending) {
       this.persist();
       return { act, world };
@@ -837,7 +848,7 @@ export class Nemesis {
       this.recovered.push(rec);
       this.pushEnded(rec);
       try {
-        appendFileSync(faultLogFile(this.home), JSON.stringify({ time: new Date(this.now()).toISOString(), event: 'end', id: rec.id, kind: rec.kind, target: rec.target, reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) }) + '\n');
+        appendFileSync(faultLogFile(this.home), JSON.stringify({ time: new Date(this.now()).toISOString(), event: 'end', id: rec.id, startedAt: rec.startedAt, kind: rec.kind, target: rec.target, reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) }) + '\n');
       } catch { /* logged below */ }
       this.say('undid a fault a previous nemesis left', { id: rec.id, problems });
     }
