@@ -345,6 +345,49 @@ describe('chaos experiments with real processes', function () {
       expect(r.stdout + r.stderr).to.not.include('was not deleted');
     });
   });
+  describe('a run whose cluster goes down under it', () => {
+    const h = new TestHost();
+    const ids = new Set<string>();
+    before(async () => {
+      await h.ok('up', '--hosts', '1');
+      const st = await h.json<{ hosts: Array<{ hostId: string }> }>('cluster', 'status');
+      for (const x of st.hosts) ids.add(x.hostId);
+    });
+    after(async () => {
+      await h.run('cluster', 'down');
+      await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 10000);
+      expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+      expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+      expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
+      expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+      await h.destroy();
+    });
+
+    it('a run whose cluster is taken down under it notices, stops, reports its faults ended with the cluster and exits 1 saying why (it ran on and reported them active)', async () => {
+      const file = join(dir, 'gone.yaml');
+      writeFileSync(file, 'name: gone\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: g1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:g1, for: 100s }\nchecks: { liveness: 1s, isolation: false }\n');
+      const out = join(dir, 'gone');
+      const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', out], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      child.stdout.on('data', (d) => (output += d));
+      child.stderr.on('data', (d) => (output += d));
+      const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+      try {
+        expect(await eventually(() => /f1 at /.test(output), 120_000), `the fault was injected: ${output}`).to.equal(true);
+        await h.ok('cluster', 'down');
+        expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('still running'), 60_000))]), output).to.equal(1);
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+      expect(output).to.match(/hvlab: the cluster went down under the run at \+[\d.]+ s of its schedule \(its hosts are gone\): the run stopped there, and its faults ended with the cluster/);
+      const report = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
+      expect(report.stoppedBy).to.match(/the cluster went down/);
+      expect(report.aborted).to.equal(false);
+      expect(report.faults.map((f) => `${f.state} ${f.endReason}`)).to.deep.equal(['ended target-gone']);
+      expect(report.faults[0]!.endedAt).to.be.at.most(Date.parse(report.endedAt));
+    });
+  });
+
   it('a planted violation, through the CLI: a bit flipped by a bitflip fault in the memdirty guest fails the memory check; the run exits 1 and the report says which check and why', async () => {
     const file = join(dir, 'planted.yaml');
     writeFileSync(file, `name: e2e-planted

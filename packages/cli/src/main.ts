@@ -390,8 +390,10 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
   const listed = new Set(report.schedule.filter((f) => f.source !== 'random').map((f) => f.id));
   const refusedListed = report.refused.filter((r) => listed.has(r.id.slice(r.id.lastIndexOf('.') + 1)));
   if (refusedListed.length > 0) process.stderr.write(`hvlab: ${refusedListed.length} of the file's ${listed.size} fault${listed.size === 1 ? ' was' : 's were'} refused, so the run did not test what its file says: ${refusedListed.map((r) => `${r.id.slice(r.id.lastIndexOf('.') + 1)} (${r.error})`).join('; ')}\n`);
+  // The cluster went down under the run: said last, as why it stopped (its checks say the rest).
+  if (report.stoppedBy !== null) process.stderr.write(`hvlab: ${report.stoppedBy} (report in ${report.out})\n`);
   // Interrupted (Ctrl-C): 130, as every command; the report was written all the same.
-  return report.aborted ? 130 : report.held && refusedListed.length === 0 ? 0 : 1;
+  return report.aborted ? 130 : report.stoppedBy !== null ? 1 : report.held && refusedListed.length === 0 ? 0 : 1;
 }
 
 /** 1500 → "1.5s", 250 → "250ms". */

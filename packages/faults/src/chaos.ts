@@ -23,16 +23,17 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
-import { resolveHome, unmakeDirs } from '@hvlab/runtime';
+import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
 import {
-  ClusterError, clusterDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir,
+  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
 import type { OwnedVm } from './wire.js';
 import { holdHomeLease, NemesisClient, nemesisPids, stopNemesis, type HomeLease } from './client.js';
+import { faultLogFile } from './nemesis.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawMoves, drawSchedule, faultRequest, moveLine, scheduleLine, type ScheduledFault, type ScheduledMove } from './schedule.js';
 import {
@@ -238,7 +239,11 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const seed = opts.seed ?? spec.seed;
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: 'seed', message: `--seed must be a whole number from 0 to 4294967295, not ${seed}` }]);
   const say = opts.progress ?? (() => {});
-  const signal = opts.signal;
+  // The run stops early on the caller's signal (Ctrl-C: `aborted`) or by itself when its cluster
+  // goes down under it (`stoppedBy`): both end the schedule, and only the first is an interrupt.
+  const userSignal = opts.signal;
+  const clusterGone = new AbortController();
+  const signal = userSignal ? AbortSignal.any([userSignal, clusterGone.signal]) : clusterGone.signal;
   const started = new Date();
   const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
   const madeDirs = makeReportDir(out);
@@ -248,7 +253,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const report: ChaosReport = {
     version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
     cluster: { mode: spec.cluster, home, network: null, hosts: [] }, world: chaosWorld(spec), faults: [], refused: [],
-    samples: { vms: [], hosts: [], periodMs: spec.sampleMs, vmReadings: 0, hostReadings: 0 }, checks: [], recovery: [], held: false, aborted: false, cleanup: [], files: [],
+    samples: { vms: [], hosts: [], periodMs: spec.sampleMs, vmReadings: 0, hostReadings: 0 }, checks: [], recovery: [], held: false, aborted: false, stoppedBy: null, cleanup: [], files: [],
     moves: [],
   };
   /** Where each VM is: its workload's host, then where each completed move took it. */
@@ -261,6 +266,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   let sampler: Sampler | null = null;
   let nemesis: NemesisClient | null = null;
   let renew: NodeJS.Timeout | null = null;
+  let watchCluster: NodeJS.Timeout | null = null;
+  let scheduleStarted = false;
   /** The lease on a temporary cluster (see below), held until the run takes it down itself. */
   let homeLease: HomeLease | null = null;
   /**
@@ -331,6 +338,19 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     for (const m of moves) say(`  ${moveLine(m)}`);
 
     clients = await hostClients(home, world.hosts);
+    // The cluster taken down under the run ("hvlab cluster down" in another shell): its hosts are
+    // gone, and so is the nemesis that held the run's faults (it ended them as it left). The run
+    // went on for its whole duration, asking dead hosts and starting nemeses that found nothing,
+    // and reported its faults active. It stops now instead, and says why.
+    watchCluster = setInterval(() => {
+      if (clusterGone.signal.aborted || !clusterGoingDown(home)) return;
+      const at = scheduleStarted ? ` at +${((Date.now() - report.t0) / 1000).toFixed(1)} s of its schedule` : ' before its schedule started';
+      report.stoppedBy = `the cluster went down under the run${at} (its hosts are gone): the run stopped there, and its faults ended with the cluster`;
+      say(`STOPPING: ${report.stoppedBy}`);
+      if (renew) clearInterval(renew);
+      renew = null;
+      clusterGone.abort();
+    }, 500);
     if (spec.cluster === 'existing') {
       // Its workloads are its own VMs, made and deleted by it: a name the cluster has already (on
       // any host) is refused before anything is made. It made a second VM of that name on another
@@ -380,6 +400,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
 
     // The schedule.
     report.t0 = Date.now();
+    scheduleStarted = true;
     say(`schedule started; faults owned by ${owner} (undone within ${OWNER_LEASE_MS / 1000} s if this run is killed)`);
     /**
      * Moves VM `m.vm` from where it is now to `m.to` (the management API's vmMove, answered when the
@@ -393,7 +414,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       // Its turn came after the run's end (or its Ctrl-C): it is not started, and says why.
       if (signal?.aborted === true || rec.startedAt >= report.t0 + spec.durationMs) {
         rec.status = 'skipped';
-        rec.error = `the run ${signal?.aborted === true ? 'was interrupted' : 'ended'} while it waited for ${waitedFor ?? 'its turn'}`;
+        rec.error = `the run ${report.stoppedBy !== null ? 'stopped (its cluster went down)' : signal?.aborted === true ? 'was interrupted' : 'ended'} while it waited for ${waitedFor ?? 'its turn'}`;
         rec.endedAt = rec.startedAt;
         say(`${m.id}: ${m.vm} ${from} → ${m.to} skipped (${rec.error})`);
         return;
@@ -405,9 +426,14 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       signal?.addEventListener('abort', onAbort, { once: true });
       let timer: NodeJS.Timeout | null = null;
       const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), MOVE_TIMEOUT_MS)));
+      // Its hosts gone with the cluster: nothing will answer (the call waited its whole timeout).
+      const hostsGone = new Promise<'gone'>((r) => (clusterGone.signal.aborted ? r('gone') : clusterGone.signal.addEventListener('abort', () => r('gone'), { once: true })));
       try {
-        const st = await Promise.race([c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, MOVE_TIMEOUT_MS + 10_000), timedOut]);
-        if (st === 'timeout') {
+        const st = await Promise.race([c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, MOVE_TIMEOUT_MS + 10_000), timedOut, hostsGone]);
+        if (st === 'gone') {
+          rec.status = 'failed';
+          rec.error = 'the cluster went down during the move';
+        } else if (st === 'timeout') {
           // A move past its switch-over refuses the cancel (too late; in doubt, it waits for the
           // destination's word): said as such, not as a cancel asked.
           const refused = await c.request('vmMoveCancel', { name: m.vm }, 10_000).then(() => null, (e: unknown) => message(e));
@@ -473,15 +499,18 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     await sleepUntil(report.t0 + spec.durationMs, signal);
     if (report.moves.some((m) => m.endedAt === null)) say(`waiting for ${report.moves.filter((m) => m.endedAt === null).map((m) => m.id).join(', ')} to end`);
     await Promise.all(pending);
-    report.aborted = signal?.aborted === true;
+    report.aborted = userSignal?.aborted === true;
+    // With the cluster gone there is nobody to ask: its nemesis is gone (asking started another,
+    // which found nothing), and so are the hosts.
+    const gone = (): boolean => clusterGone.signal.aborted;
 
     // Whatever is still active ends now; then what the faults touched has the liveness bound to come back.
-    const cleared = await nem.clear(null, { owner }).catch((e: unknown) => {
+    const cleared = gone() ? [] : await nem.clear(null, { owner }).catch((e: unknown) => {
       report.cleanup.push(`the run's faults could not be cleared: ${message(e)}`);
       return [] as FaultRecord[];
     });
     if (cleared.length > 0) say(`cleared ${cleared.length} fault${cleared.length === 1 ? '' : 's'} still active: ${cleared.map((f) => f.id).join(', ')}`);
-    if (!report.aborted) {
+    if (!signal.aborted) {
       const until = Date.now() + graceMs;
       say(`waiting up to ${graceMs / 1000} s for what the faults touched to recover`);
       while (Date.now() < until && !signal?.aborted) {
@@ -491,7 +520,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id))) break;
         await sleepUntil(Date.now() + 500, signal);
       }
-      report.aborted = signal?.aborted === true;
+      report.aborted = userSignal?.aborted === true;
     }
     await sampler.stop();
     report.t1 = Date.now();
@@ -510,13 +539,14 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         if (r.listed) (placement.listed[w.name] ??= []).push({ host: h, state: r.state });
       }
     }
-    const all = await nem.list({ all: true }).catch(() => null);
+    const all = gone() ? null : await nem.list({ all: true }).catch(() => null);
     const byId = new Map(injected.map((f) => [f.id, f]));
     for (const f of all ?? []) if (f.owner === owner) byId.set(f.id, f);
     report.faults = [...byId.values()].sort((a, b) => a.startedAt - b.startedAt);
+    if (gone()) report.faults = endedWithTheCluster(report.faults, home, Date.now());
 
-    // Memory: each memdirty VM paused and read.
-    if (spec.checks.memory) {
+    // Memory: each memdirty VM paused and read (not with the cluster gone: no VM is left to read).
+    if (spec.checks.memory && !gone()) {
       for (const w of spec.workloads) {
         const wl = parseWorkload(w.workload);
         if (wl?.name !== 'memdirty') continue;
@@ -526,19 +556,25 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     }
     if (renew) clearInterval(renew);
     renew = null;
-    // Its VMs are this run's to remove now (below): the lease no longer names them.
-    await nem.renew(owner, { vms: [] }).catch(() => undefined);
-    // Nothing injected may be left: a new cluster's nemesis has no active fault at all; on an existing one, none of the run's.
-    activeAtEnd = await nem.list().then((l) => (spec.cluster === 'new' ? l : l.filter((f) => f.owner === owner)), (e: unknown) => message(e));
+    if (gone()) {
+      // The nemesis ended every fault as the cluster went down (the records above say so).
+      activeAtEnd = [];
+    } else {
+      // Its VMs are this run's to remove now (below): the lease no longer names them.
+      await nem.renew(owner, { vms: [] }).catch(() => undefined);
+      // Nothing injected may be left: a new cluster's nemesis has no active fault at all; on an existing one, none of the run's.
+      activeAtEnd = await nem.list().then((l) => (spec.cluster === 'new' ? l : l.filter((f) => f.owner === owner)), (e: unknown) => message(e));
+    }
   } catch (e) {
     // A failure once the cluster is up is recorded: everything is still taken down and the report written.
     report.cleanup.push(`the run stopped: ${message(e)}`);
     say(`ERROR: ${message(e)}`);
   } finally {
     if (renew) clearInterval(renew);
+    if (watchCluster) clearInterval(watchCluster);
     if (sampler) await sampler.stop();
     if (nemesis) {
-      await nemesis.clear(null, { owner }).catch(() => undefined);
+      if (!clusterGone.signal.aborted) await nemesis.clear(null, { owner }).catch(() => undefined);
       nemesis.close();
     }
   }
@@ -623,6 +659,38 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   writeChaosReport(report, out, { vms: obs.vms, hosts: obs.hosts });
   for (const x of checks) say(`${x.name}: ${x.skipped ? 'skipped' : x.held ? 'held' : 'VIOLATED'} (${x.summary})`);
   return report;
+}
+
+/**
+ * The run's fault records as they ended when the cluster went down under it: each one still
+ * active ends as target-gone, at the time the home's fault log gives its end (the nemesis ended
+ * every fault as `cluster down` stopped it), else at `noticedAt`.
+ */
+export function endedWithTheCluster(recs: FaultRecord[], home: string, noticedAt: number): FaultRecord[] {
+  const endOf = new Map<string, number>();
+  let text = '';
+  try {
+    text = readRegularTail(faultLogFile(home), 1024 * 1024).bytes.toString('utf8');
+  } catch { /* no log: the time noticed */ }
+  for (const line of text.split('\n')) {
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    if (!isPlainObject(v) || v.event !== 'end' || typeof v.id !== 'string' || typeof v.time !== 'string') continue;
+    const t = Date.parse(v.time);
+    if (Number.isFinite(t)) endOf.set(v.id, t);
+  }
+  return recs.map((f) => {
+    if (f.state !== 'active') return f;
+    const logged = endOf.get(f.id);
+    return {
+      ...f, state: 'ended', endReason: 'target-gone', endedAt: logged ?? Math.max(f.startedAt, noticedAt),
+      error: logged !== undefined ? 'the cluster went down under the run: its nemesis ended the fault as it left' : 'the cluster went down under the run, which noticed it then',
+    };
+  });
 }
 
 function shmFilesOf(hostIds: readonly string[]): string[] {

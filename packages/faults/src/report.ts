@@ -64,6 +64,11 @@ export interface ChaosReport {
   held: boolean;
   /** Stopped early (the signal was aborted). */
   aborted: boolean;
+  /**
+   * Why the run stopped before its end by itself, or null: the cluster went down under it (its
+   * hosts are gone, so nothing was left to fault or read). Its faults are reported ended then.
+   */
+  stoppedBy: string | null;
   /** What the teardown could not do (each a sentence). */
   cleanup: string[];
   /** The files written, relative to `out`. */
@@ -84,6 +89,7 @@ export function chaosMarkdown(r: ChaosReport): string {
     '',
     `seed **${r.seed}**, ${r.schedule.length} fault${r.schedule.length === 1 ? '' : 's'} over ${secs(s.durationMs)}; ${r.startedAt} to ${r.endedAt}${r.aborted ? ' (**stopped early**)' : ''}`,
     '',
+    ...(r.stoppedBy ? [`**Stopped early:** ${md(r.stoppedBy)}`, ''] : []),
     `**${held} of ${run} checks held.** Replay this schedule: \`hvlab experiment run ${md(s.file)} --seed ${r.seed}\``,
     '',
     `- cluster: ${r.cluster.mode}${r.cluster.network ? ` (${r.cluster.network})` : ''}, hosts ${r.world.hosts.join(', ')}${s.lps ? `, ${s.lps} LP${s.lps === 1 ? "" : "s"} each` : ''}`,

@@ -6,7 +6,7 @@
  * seed to replay; results.json round-trips; samples.csv has a row per reading.
  */
 import { expect } from 'chai';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -85,7 +85,7 @@ function makeReport(): { report: ChaosReport; vms: VmSample[]; hosts: HostSample
     faults, refused: [{ id: `${OWNER}.f3`, at: T0 + 8000, error: 'VM b is not running | <piped> & "quoted"' }],
     samples: { vms: [], hosts: [], periodMs: 500, vmReadings: vms.length, hostReadings: hosts.length },
     checks: [checkLiveness(obs, 10_000), checkProgress({ ...obs, vms: vms.map((s) => (s.vm === 'a' && s.t === T0 + 10_000 ? { ...s, progress: 1 } : s)) }, 10_000), skippedCheck('memory', 'no memdirty workload')],
-    recovery: recoveryTimes(obs), held: false, aborted: false, cleanup: [], files: [],
+    recovery: recoveryTimes(obs), held: false, aborted: false, stoppedBy: null, cleanup: [], files: [],
     moves: [{ id: 'm1', vm: 'b', from: 'h2', to: 'h1', method: 'precopy+compress', atMs: 12_000, startedAt: T0 + 12_000, endedAt: T0 + 13_500, status: 'completed', downtimeMs: 11, totalMs: 1480, error: null }],
   };
   return { report, vms, hosts };
@@ -186,6 +186,36 @@ describe('chaos reports', () => {
       expect(wellFormed(readFileSync(join(dir, 'out', 'timeline.svg'), 'utf8'))).to.equal(null);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a run whose cluster went down under it', () => {
+  it('reports each fault still active as ended with the cluster (target-gone), at the end its home\'s fault log gives, else when the run noticed', async () => {
+    const { endedWithTheCluster } = await import('../src/chaos.js');
+    const { faultLogFile, faultsDir } = await import('../src/nemesis.js');
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-chaos-gone-'));
+    try {
+      mkdirSync(faultsDir(home), { recursive: true });
+      writeFileSync(faultLogFile(home), [
+        '{"time":"2027-01-15T08:00:01.000Z","event":"start","id":"run.f1"}', 'not json', '{"time":"2027-01-15T08:00:04.500Z","event":"end","id":"run.f1","reason":"cleared"}',
+      ].join('\n') + '\n');
+      const rec = (id: string, state: FaultRecord['state']): FaultRecord => ({
+        id, kind: 'pause', target: 'vm:a', role: 'partition', params: {}, owner: 'run', seed: 1, forMs: 60_000,
+        resolved: { summary: 'partition of a on h1', hosts: ['h1'], vms: [], processes: [], links: [] },
+        state, startedAt: Date.parse('2027-01-15T08:00:01.000Z'), endsAt: Date.parse('2027-01-15T08:01:01.000Z'),
+        endedAt: state === 'active' ? null : 1, endReason: state === 'active' ? null : 'expired', error: null, effect: null,
+      });
+      const noticed = Date.parse('2027-01-15T08:00:05.000Z');
+      const out = endedWithTheCluster([rec('run.f1', 'active'), rec('run.f2', 'active'), rec('run.f3', 'ended')], home, noticed);
+      expect(out.map((f) => [f.id, f.state, f.endReason, f.endedAt])).to.deep.equal([
+        ['run.f1', 'ended', 'target-gone', Date.parse('2027-01-15T08:00:04.500Z')],
+        ['run.f2', 'ended', 'target-gone', noticed],
+        ['run.f3', 'ended', 'expired', 1],
+      ]);
+      expect(out[0]!.error).to.match(/the cluster went down under the run/);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
     }
   });
 });
