@@ -78,8 +78,15 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'kvp', '--signal-drop', '1', '--for', '4s');
     const r = await mgmt.request('vmKvp', { name: 'web', op: 'get', key: 'k' }, 2000).then(() => 'answered', (e: Error) => e.message);
     expect(r, 'no answer while every signal is dropped').to.not.equal('answered');
+    // What the fault did so far, as fault list shows it (the worker counts; it was only in its log).
+    const live = (await faults()).find((x) => x.id === f.id)!;
+    const dropped = live.counters?.['web@local']?.signals.dropped ?? 0;
+    expect(dropped, JSON.stringify(live.counters)).to.be.above(0);
+    expect(await h.ok('fault', 'list')).to.match(/COUNTED[\s\S]*web@local: \d+ packets[^;]*; \d+ of \d+ signals dropped/);
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
     expect((await ended(f.id))!.endReason).to.equal('expired');
+    // Its last counters stay with its record after its end.
+    expect((await ended(f.id))!.counters?.['web@local']?.signals.dropped ?? 0).to.be.at.least(dropped);
     expect(await eventually(async () => (await mgmt.request<{ value?: string } | Array<{ value: string }>>('vmKvp', { name: 'web', op: 'get', key: 'k' }, 5000).then(() => true, () => false)), 15000), 'KVP answers again').to.equal(true);
     expect(await eventually(nothingInjected, 5000)).to.equal(true);
   });

@@ -23,7 +23,7 @@ import {
   vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
@@ -508,13 +508,24 @@ const FAULT_PARAM_OPTIONS: Readonly<Record<string, string>> = {
   signalDrop: 'signal-drop', drop: 'drop', duplicate: 'duplicate', reorder: 'reorder', corrupt: 'corrupt', vps: 'vps', lps: 'lps', gpa: 'gpa', mask: 'mask', channel: 'channel', shape: 'shape',
 };
 
-/** `fault list`: one row per fault, with what it does (its parameters, as the command line asked them). */
+/** A vmbus fault's counters, per VM: "web@h1: 36 of 120 packets dropped, 12 delayed; 4 of 40 signals dropped". */
+export function faultCountersText(f: FaultRecord): string {
+  const said = (n: number, what: string, c: Record<string, number>, names: readonly string[]): string => {
+    const did = names.filter((k) => k !== 'seen' && (c[k] ?? 0) > 0).map((k) => `${c[k]} ${k}`);
+    return did.length === 0 ? `${n} ${what}, none touched` : `${did[0]!.replace(/ /, ` of ${n} ${what} `)}${did.length > 1 ? `, ${did.slice(1).join(', ')}` : ''}`;
+  };
+  return Object.entries(f.counters ?? {}).map(([vm, c]) => `${vm}: ${said(c.packets.seen, 'packets', c.packets, VMBUS_PACKET_COUNTERS)}; ${said(c.signals.seen, 'signals', c.signals, VMBUS_SIGNAL_COUNTERS)}`).join('; ');
+}
+
+/** `fault list`: one row per fault, with what it does (its parameters, as the command line asked them) and, for vmbus faults, what it did so far. */
 export function faultTable(list: FaultRecord[], now = Date.now()): string {
+  const counted = list.some((f) => f.counters && Object.keys(f.counters).length > 0);
   return table([
-    ['ID', 'KIND', 'PARAMS', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER'],
+    ['ID', 'KIND', 'PARAMS', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER', ...(counted ? ['COUNTED'] : [])],
     ...list.map((f) => [
       f.id, f.kind, paramsText(f.params) || '-', f.target + (f.role ? ` (${f.role})` : ''), (f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary) + (f.gone?.length ? `; gone: ${f.gone.join(', ')}` : ''),
       f.state === 'active' || f.state === 'failed' || !f.endReason ? f.state : `${f.state}: ${f.endReason}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
+      ...(counted ? [faultCountersText(f) || '-'] : []),
     ]),
   ]);
 }
@@ -1590,7 +1601,7 @@ export async function run(argv: string[]): Promise<number> {
         }
         const nem = await NemesisClient.connect(paths.home);
         try {
-          const list = await nem.list({ all: flag('all') });
+          const list = await nem.list({ all: flag('all'), counters: true });
           if (json) out(JSON.stringify(list));
           else if (list.length === 0) out(flag('all') ? 'no fault since the nemesis started' : 'no fault is active');
           else out(faultTable(list));

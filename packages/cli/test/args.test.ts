@@ -293,5 +293,11 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     expect(rows[3]).to.match(/clock\s+offset -5000 ms\s+vm:web/);
     expect(rows[4]).to.match(/link\s+cut\s+link:h1-h2/);
     expect(rows[5]).to.match(/pause\s+-\s+vm:web/);
+    expect(rows[0], 'no COUNTED column without counters').to.not.match(/COUNTED/);
+    // A vmbus fault's counters (the worker's, through the root): what it did to each VM's packets and signals.
+    const counted = { ...asked('vmbus', { target: 'vm:web', for: '10s', drop: '0.3' }), counters: { 'web@h1': { packets: { seen: 120, dropped: 36, delayed: 0, duplicated: 2, reordered: 0, corrupted: 0 }, signals: { seen: 40, dropped: 0, delayed: 0 } } } };
+    const withCounts = faultTable([counted], 0).split('\n');
+    expect(withCounts[0]).to.match(/OWNER\s+COUNTED$/);
+    expect(withCounts[1]).to.match(/web@h1: 36 of 120 packets dropped, 2 duplicated; 40 signals, none touched$/);
   });
 });

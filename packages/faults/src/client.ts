@@ -272,8 +272,9 @@ export class NemesisClient {
   inject(req: FaultRequest): Promise<FaultRecord> {
     return this.call({ op: 'inject', req });
   }
-  list(opts: { all?: boolean } = {}): Promise<FaultRecord[]> {
-    return this.call({ op: 'list', all: opts.all === true }, 10_000, true);
+  /** `counters`: each active vmbus fault's counters so far (the nemesis asks its roots). */
+  list(opts: { all?: boolean; counters?: boolean } = {}): Promise<FaultRecord[]> {
+    return this.call({ op: 'list', all: opts.all === true, ...(opts.counters ? { counters: true } : {}) }, 10_000, true);
   }
   clear(id: string | null, opts: { owner?: string } = {}): Promise<FaultRecord[]> {
     return this.call({ op: 'clear', fault: id, owner: opts.owner ?? null }, 60_000, id === null);

@@ -95,7 +95,7 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
         return await nemesis.inject(req.req);
       case 'list':
         nemesis.lastActivity = Date.now();
-        return nemesis.list(req.all);
+        return req.counters ? await nemesis.listWithCounters(req.all) : nemesis.list(req.all);
       case 'clear':
         return await nemesis.clear(req.fault, req.owner);
       case 'renew':

@@ -36,7 +36,7 @@
 import { appendFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type LinkChange, type LinkView,
+  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeFaultCounters, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
@@ -213,6 +213,28 @@ export class Nemesis {
     return all ? [...this.ended, ...act] : act;
   }
 
+  /**
+   * As `list`, with each active vmbus fault's counters so far, asked of the roots of its VMs
+   * (outside the queue; a root that does not answer within 2 s leaves its VMs' counters as they
+   * were last known).
+   */
+  async listWithCounters(all: boolean): Promise<FaultRecord[]> {
+    const recs = this.list(all);
+    const live = [...this.active.values()].filter((a) => a.rec.kind === 'vmbus' && !a.pending);
+    const hosts = [...new Set(live.flatMap((a) => a.rec.resolved.vms.map((v) => v.host)))];
+    if (hosts.length === 0) return recs;
+    const world = await readWorld(this.home, { links: false }).catch(() => null);
+    if (!world) return recs;
+    await Promise.all(hosts.map(async (host) => {
+      const a = await this.hostCall<unknown>(world, host, 'faultList', {}, 2000).catch(() => null);
+      for (const [key, id, counters] of rootFaultCounters(a, host)) {
+        const act = live.find((x) => x.rec.id === id);
+        if (act) (act.rec.counters ??= {})[key] = counters;
+      }
+    }));
+    return recs;
+  }
+
   renew(owner: string, teardown = false, vms: OwnedVm[] | null = null): void {
     this.lastActivity = this.now();
     this.owners.set(owner, this.now());
@@ -282,7 +304,7 @@ export class Nemesis {
     return new MgmtClient(pathsForRecord(h.paths, rec).mgmtEndpoint, { watch: rec });
   }
 
-  private async hostCall<T>(world: World, host: string, op: 'faultSet' | 'faultClear' | 'vmStart' | 'vmList', args: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+  private async hostCall<T>(world: World, host: string, op: 'faultSet' | 'faultClear' | 'faultList' | 'vmStart' | 'vmList', args: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
     const c = this.mgmt(world, host);
     try {
       return await c.request<T>(op, args, timeoutMs);
@@ -618,7 +640,10 @@ export class Nemesis {
       for (const h of u.hostFaults) {
         if (!w) break;
         try {
-          await this.hostCall(w, h.host, 'faultClear', { id: act.rec.id, vm: h.vm }, 5000);
+          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', { id: act.rec.id, vm: h.vm }, 5000);
+          // A vmbus fault's last counters (the root keeps them also when the worker ended it first).
+          const c = h.vm !== null && isPlainObject(a) && isPlainObject(a.counters) ? decodeFaultCounters(a.counters[act.rec.id]) : null;
+          if (c?.ok && c.value) (act.rec.counters ??= {})[`${h.vm}@${h.host}`] = c.value;
         } catch (e) {
           // A VM or host that is gone took its fault with it: one moved away or deleted is not
           // found at all ('VM "web" does not exist', which was reported as a problem of the undo).
@@ -855,6 +880,25 @@ export class Nemesis {
     rmSync(activeFile(this.home), { force: true });
     return n;
   }
+}
+
+/**
+ * The counters of each VM fault in a root's `faultList` answer ({ vms: [{ vm, faults: [{ id,
+ * stats }] }] }), checked: [VM@HOST, fault id, counters] for each fault that counts; whatever
+ * does not decode is left out.
+ */
+export function rootFaultCounters(answer: unknown, host: string): Array<[string, string, VmbusFaultCounters]> {
+  const out: Array<[string, string, VmbusFaultCounters]> = [];
+  if (!isPlainObject(answer) || !Array.isArray(answer.vms)) return out;
+  for (const v of (answer.vms as unknown[]).slice(0, 4096)) {
+    if (!isPlainObject(v) || typeof v.vm !== 'string' || !VM_NAME_RE.test(v.vm) || !Array.isArray(v.faults)) continue;
+    for (const f of (v.faults as unknown[]).slice(0, 64)) {
+      if (!isPlainObject(f) || typeof f.id !== 'string' || !FAULT_ID_RE.test(f.id)) continue;
+      const c = decodeFaultCounters(f.stats);
+      if (c.ok && c.value) out.push([`${v.vm}@${host}`, f.id, c.value]);
+    }
+  }
+  return out;
 }
 
 /** A fault record read back from active.json (a file: checked, never trusted), or null. */

@@ -14,7 +14,7 @@
  * Process faults (kill, pause) take a `role`: partition (default for VMs), vmwp, root (default for
  * hosts) or hypervisor; `vm:web` with role root is the root of web's host.
  */
-import type { FaultEndReason, FaultKind, ProcessRole } from '@hvlab/protocol';
+import type { FaultEndReason, FaultKind, ProcessRole, VmbusFaultCounters } from '@hvlab/protocol';
 
 export const TARGET_SELECTORS = ['one', 'minority', 'majority', 'all'] as const;
 export type TargetSelector = (typeof TARGET_SELECTORS)[number];
@@ -86,6 +86,12 @@ export interface FaultRecord {
   error: string | null;
   /** What the enforcer said it did (e.g. the channels a vmbus fault wraps, counters at the end). */
   effect: Record<string, unknown> | null;
+  /**
+   * A vmbus fault's counters per VM (`VM@HOST`): what its worker counted, so far (`fault list`
+   * asks the roots while it is active) or at its end. Absent: none known (another kind, or no
+   * answer yet).
+   */
+  counters?: Record<string, VmbusFaultCounters>;
   /**
    * What of its target vanished while it went on (a VM of several turned off or restarted, one of
    * several paused processes gone): the fault no longer acts there. Absent: nothing.

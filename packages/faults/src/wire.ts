@@ -4,7 +4,8 @@
  * This is an edge: `decodeNemesisRequest` is its one checking decoder; it never throws.
  *
  *   inject { req }               a FaultRequest (checked again by checkFaultRequest)
- *   list   { all }               active faults (all: also ended ones)
+ *   list   { all, counters }     active faults (all: also ended ones; counters: each active vmbus
+ *                                fault's counters so far, asked of its roots)
  *   clear  { fault, owner }      end faults now: one (fault), an owner's, or all (both null)
  *   renew  { owner, teardown, vms }  an owner's lease (vms: VMs it made, turned off and deleted
  *                                when it lapses; teardown: when it lapses, the home's cluster
@@ -24,7 +25,7 @@ export const NEMESIS_FRAME_MAX_BYTES = 64 * 1024;
 
 export type NemesisRequest =
   | { v: number; id: number; op: 'inject'; req: FaultRequest }
-  | { v: number; id: number; op: 'list'; all: boolean }
+  | { v: number; id: number; op: 'list'; all: boolean; counters: boolean }
   | { v: number; id: number; op: 'clear'; fault: string | null; owner: string | null }
   /** `vms`: every VM the owner made so far (null: not said, the last list stands). */
   | { v: number; id: number; op: 'renew'; owner: string; teardown: boolean; vms: OwnedVm[] | null }
@@ -57,7 +58,7 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
   if (v.v !== NEMESIS_WIRE_VERSION) return fail(`nemesis wire version ${typeof v.v === 'number' ? v.v : '?'} is not ${NEMESIS_WIRE_VERSION}`);
   const op = v.op;
   if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) return fail(`unknown operation${typeof op === 'string' ? ` "${op.slice(0, 32)}"` : ''} (known: ${OPS.join(', ')})`);
-  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all'], clear: ['fault', 'owner'], renew: ['owner', 'teardown', 'vms'], handover: ['owner'], stop: [] };
+  const allowed: Record<string, string[]> = { inject: ['req'], list: ['all', 'counters'], clear: ['fault', 'owner'], renew: ['owner', 'teardown', 'vms'], handover: ['owner'], stop: [] };
   for (const k of Object.keys(v)) if (!['v', 'id', 'op', ...allowed[op]!].includes(k)) return fail(`${op}: unknown field "${k.slice(0, 32)}"`);
   const name = (k: string, nullable: boolean): string | null | Error => {
     const x = v[k];
@@ -72,7 +73,8 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
     }
     case 'list':
       if (v.all !== undefined && typeof v.all !== 'boolean') return fail('list: "all" must be true or false');
-      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'list', all: v.all === true } };
+      if (v.counters !== undefined && typeof v.counters !== 'boolean') return fail('list: "counters" must be true or false');
+      return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'list', all: v.all === true, counters: v.counters === true } };
     case 'clear': {
       const fault = name('fault', true);
       const owner = name('owner', true);

@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { decodeHostFaultSpec, decodeMgmtArgs, decodeVmFaultSpec, encode, seededRandom } from '@hvlab/protocol';
-import { checkFaultRequest, decodeNemesisRequest, parseTarget } from '../src/index.js';
+import { checkFaultRequest, decodeNemesisRequest, parseTarget, rootFaultCounters } from '../src/index.js';
 
 const req = { kind: 'pause', target: 'vm:web', forMs: 5000 };
 
@@ -66,7 +66,10 @@ describe('fault requests and the nemesis wire', () => {
     const ok = { v: 1, id: 4 };
     expect(decodeNemesisRequest(encode({ ...ok, op: 'inject', req }))).to.deep.equal({ ok: true, value: { ...ok, op: 'inject', req: { ...req, params: {} } } });
     expect(decodeNemesisRequest(encode({ ...ok, op: 'clear', fault: null, owner: 'x' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'clear', fault: null, owner: 'x' } });
-    expect(decodeNemesisRequest(encode({ ...ok, op: 'list' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'list', all: false } });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'list' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'list', all: false, counters: false } });
+    // `counters`: the active vmbus faults' counters, asked of the roots.
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'list', all: true, counters: true }))).to.deep.equal({ ok: true, value: { ...ok, op: 'list', all: true, counters: true } });
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'list', counters: 1 }))).to.deep.include({ ok: false, id: 4 });
     expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: null } });
     // The VMs an owner made, removed when its lease lapses: host and VM names only, at most 64.
     expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run', vms: [{ host: 'h1', vm: 'c1' }] }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: [{ host: 'h1', vm: 'c1' }] } });
@@ -83,6 +86,19 @@ describe('fault requests and the nemesis wire', () => {
     expect(decodeNemesisRequest(encode({ ...ok, op: 'renew' }))).to.deep.include({ ok: false, id: 4 });
     expect(decodeNemesisRequest(encode({ v: 2, id: 4, op: 'list' }))).to.deep.include({ ok: false, id: 4 });
     expect(decodeNemesisRequest(Buffer.from([0xc1]))).to.deep.include({ ok: false, id: 0 });
+  });
+
+  it('a root\'s fault list gives each vmbus fault\'s counters per VM@HOST, absent ones 0; a fault that counts nothing, or a counter that is no whole number, gives none', () => {
+    const answer = { host: [], vms: [{ vm: 'web', faults: [
+      { id: 'f1', kind: 'vmbus', stats: { packets: { seen: 120, dropped: 36 }, signals: { seen: 4, dropped: 1 } } },
+      { id: 'f2', kind: 'clock', stats: {} },
+      { id: 'f3', kind: 'vmbus', stats: { packets: { seen: -1 } } },
+      { id: 'f4', kind: 'vmbus', stats: { packets: { seen: 1, stolen: 1 } } },
+    ] }, { vm: '../x', faults: [{ id: 'f5', stats: { packets: { seen: 1 } } }] }] };
+    expect(rootFaultCounters(answer, 'h1')).to.deep.equal([
+      ['web@h1', 'f1', { packets: { seen: 120, dropped: 36, delayed: 0, duplicated: 0, reordered: 0, corrupted: 0 }, signals: { seen: 4, dropped: 1, delayed: 0 } }],
+    ]);
+    for (const bad of [null, [], { vms: 'x' }, { vms: [null] }]) expect(rootFaultCounters(bad, 'h1')).to.deep.equal([]);
   });
 
   it('the root\'s faultSet arguments carry a checked spec', () => {
@@ -120,11 +136,21 @@ describe('fault requests and the nemesis wire', () => {
       expect(() => parseTarget(v)).to.not.throw();
       let frame: Uint8Array;
       try {
-        frame = encode({ v: 1, id: 1, op: ['inject', 'list', 'clear', 'renew', 'handover', 'stop'][i % 6], req: v, fault: v, owner: v, all: v });
+        frame = encode({ v: 1, id: 1, op: ['inject', 'list', 'clear', 'renew', 'handover', 'stop'][i % 6], req: v, fault: v, owner: v, all: v, ...(i % 12 === 1 ? { counters: v } : {}) });
       } catch {
         continue;
       }
       expect(() => decodeNemesisRequest(frame)).to.not.throw();
+      // A root's faultList answer: read for its counters, never thrown on; what it gives is sound.
+      for (const a of [v, { vms: v }, { vms: [{ vm: 'web', faults: v }] }, { vms: [{ vm: 'web', faults: [{ id: 'f1', stats: v }] }] }]) {
+        let got: ReturnType<typeof rootFaultCounters> = [];
+        expect(() => (got = rootFaultCounters(a, 'h1'))).to.not.throw();
+        for (const [key, id, c] of got) {
+          expect(key).to.equal('web@h1');
+          expect(id).to.equal('f1');
+          expect(Object.values(c.packets).concat(Object.values(c.signals)).every((n) => Number.isSafeInteger(n) && n >= 0)).to.equal(true);
+        }
+      }
       const renew = decodeNemesisRequest(encode({ v: 1, id: 1, op: 'renew', owner: 'run', vms: i % 3 === 0 ? [v, { host: 'h1', vm: v }] : v }));
       if (renew.ok && renew.value.op === 'renew') for (const x of renew.value.vms ?? []) expect(typeof x.host === 'string' && typeof x.vm === 'string' && Object.keys(x).length === 2).to.equal(true);
       const m = Buffer.from(valid);

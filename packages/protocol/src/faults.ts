@@ -206,5 +206,39 @@ export function parseDurationMs(s: string): number | null {
   return Number.isFinite(ms) ? Math.round(ms) : null;
 }
 
+/**
+ * What a VMBus fault did so far (the VMWP counts it: vmbus/src/faults.ts): packets it saw on the
+ * channels it wraps and what it did to them, and the same for signals. A fault of another kind
+ * counts nothing.
+ */
+export interface VmbusFaultCounters {
+  packets: { seen: number; dropped: number; delayed: number; duplicated: number; reordered: number; corrupted: number };
+  signals: { seen: number; dropped: number; delayed: number };
+}
+export const VMBUS_PACKET_COUNTERS = ['seen', 'dropped', 'delayed', 'duplicated', 'reordered', 'corrupted'] as const;
+export const VMBUS_SIGNAL_COUNTERS = ['seen', 'dropped', 'delayed'] as const;
+
+/**
+ * Checks a fault's counters as another process sent them (a VMWP's faultList answer and faultEnded
+ * note, a root's faultList and faultClear answers): null for a fault that counts nothing (`{}`),
+ * the counters (each a whole number, an absent one 0), or a sentence; never throws.
+ */
+export function decodeFaultCounters(v: unknown): FaultDecoded<VmbusFaultCounters | null> {
+  return catching(() => {
+    if (!isPlainObject(v)) throw new Bad('fault counters must be a map');
+    only(v, ['packets', 'signals'], 'fault counters');
+    if (v.packets === undefined && v.signals === undefined) return null;
+    const group = <K extends string>(g: unknown, names: readonly K[], what: string): Record<K, number> => {
+      if (g === undefined) g = {};
+      if (!isPlainObject(g)) throw new Bad(`"${what}" must be a map of counters`);
+      only(g, names, `the ${what} counters`);
+      const out = {} as Record<K, number>;
+      for (const k of names) out[k] = num(g, k, 0, Number.MAX_SAFE_INTEGER, true, 0);
+      return out;
+    };
+    return { packets: group(v.packets, VMBUS_PACKET_COUNTERS, 'packets'), signals: group(v.signals, VMBUS_SIGNAL_COUNTERS, 'signals') };
+  });
+}
+
 /** How a fault ended. */
 export type FaultEndReason = 'expired' | 'cleared' | 'owner-gone' | 'target-gone' | 'failed' | 'experiment-ended';

@@ -15,7 +15,7 @@
  * the note `faultEnded` tells the root each one that ended, with its counters.
  */
 import { isPlainObject } from './hvwire.js';
-import { checkFaultDuration, decodeVmFaultSpec, FAULT_ID_RE, INSTANT_FAULT_KINDS, type VmFaultKind, type VmFaultSpec } from './faults.js';
+import { checkFaultDuration, decodeFaultCounters, decodeVmFaultSpec, FAULT_ID_RE, INSTANT_FAULT_KINDS, VM_FAULT_KINDS, type VmbusFaultCounters, type VmFaultKind, type VmFaultSpec } from './faults.js';
 import { decode } from './wire.js';
 import { MEMBER_SECRET_RE } from './cluster.js';
 
@@ -60,8 +60,8 @@ export type VmwpRequest =
   /** Answer: `VmwpFaultInfo[]`, the active faults. */
   | { t: 'faultList' };
 
-/** Counters of a fault: for vmbus, packets and signals; for others, an empty map. */
-export type VmwpFaultStats = Record<string, unknown>;
+/** Counters of a fault: for vmbus, packets and signals (faults.ts VmbusFaultCounters); for others, an empty map. */
+export type VmwpFaultStats = VmbusFaultCounters | Record<string, never>;
 
 /** What `faultSet` answers. */
 export interface VmwpFaultApplied {
@@ -330,8 +330,7 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
     case 'faultEnded': {
       const reason = b.reason;
       if (reason !== 'expired' && reason !== 'cleared') throw new VmwpDecodeError('field reason is not expired or cleared');
-      if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
-      return { t: 'faultEnded', id: faultId(b, 'id'), kind: str(b, 'kind', false, 32)!, reason, why: str(b, 'why', false, 512)!, stats: b.stats };
+      return { t: 'faultEnded', id: faultId(b, 'id'), kind: str(b, 'kind', false, 32)!, reason, why: str(b, 'why', false, 512)!, stats: faultStats(b.stats) };
     }
     case 'settled': {
       const op = decodePendingOp(b.op);
@@ -340,6 +339,37 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
     }
     default: throw new VmwpDecodeError('note type is unknown');
   }
+}
+
+/** A fault's counters as the worker sent them (decodeFaultCounters), or a VmwpDecodeError naming the field. */
+function faultStats(v: unknown): VmwpFaultStats {
+  if (!isObj(v)) throw new VmwpDecodeError('field stats is not a map');
+  const c = decodeFaultCounters(v);
+  if (!c.ok) throw new VmwpDecodeError(`field stats: ${c.message}`);
+  return c.value ?? {};
+}
+
+/** The most faults a `faultList` answer lists (a VMWP holds at most 32). */
+export const VMWP_FAULT_LIST_MAX = 64;
+
+/**
+ * A VMWP's `faultList` answer, checked (the root forwards it to the nemesis): each fault's id,
+ * kind, times, channels and counters; anything else is a VmwpDecodeError.
+ */
+export function decodeVmwpFaultList(v: unknown): VmwpFaultInfo[] {
+  if (!Array.isArray(v) || v.length > VMWP_FAULT_LIST_MAX) throw new VmwpDecodeError(`a fault list must be a list of at most ${VMWP_FAULT_LIST_MAX} faults`);
+  return (v as unknown[]).map((x) => {
+    if (!isObj(x)) throw new VmwpDecodeError('each listed fault must be a map');
+    if (!(VM_FAULT_KINDS as readonly unknown[]).includes(x.kind)) throw new VmwpDecodeError('field kind is not a VM fault kind');
+    const spec = decodeVmFaultSpec(x.spec);
+    if (!spec.ok) throw new VmwpDecodeError(`field spec: ${spec.message}`);
+    const ch = x.channels;
+    if (!Array.isArray(ch) || ch.length > 64 || (ch as unknown[]).some((c) => typeof c !== 'string' || c.length > 32)) throw new VmwpDecodeError('field channels is not a list of channel names');
+    return {
+      id: faultId(x, 'id'), kind: x.kind as VmFaultKind, spec: spec.value, startedAt: int(x, 'startedAt', 0, Number.MAX_SAFE_INTEGER), endsAt: int(x, 'endsAt', 0, Number.MAX_SAFE_INTEGER),
+      channels: [...(ch as string[])], stats: faultStats(x.stats),
+    };
+  });
 }
 
 /** Decodes one frame of the VMWP control link; throws VmwpDecodeError (with the id when readable). */

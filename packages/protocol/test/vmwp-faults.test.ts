@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import {
-  decodeVmwpFrame, encode, seededRandom, VmwpDecodeError, FAULT_ID_RE, FAULT_MAX_MS, VM_FAULT_KINDS, type VmwpFrame,
+  decode as decodeMsgpack, decodeVmwpFaultList, decodeVmwpFrame, encode, seededRandom, VmwpDecodeError, FAULT_ID_RE, FAULT_MAX_MS, VM_FAULT_KINDS, type VmwpFrame,
 } from '../src/index.js';
 
 const req = (body: Record<string, unknown>, id = 9): Record<string, unknown> => ({ t: 'req', id, body });
@@ -65,7 +65,8 @@ describe('VMWP fault requests and notes', function () {
     expect(decode(req({ t: 'faultClear' }))).to.deep.equal(req({ t: 'faultClear', id: null }));
     expect(decode(req({ t: 'faultList' }))).to.deep.equal(req({ t: 'faultList' }));
     const ended = note({ t: 'faultEnded', id: 'f1', kind: 'vmbus', reason: 'expired', why: 'its 5000 ms were up', stats: { packets: { seen: 3 }, signals: { seen: 0 } } });
-    expect(decode(ended)).to.deep.equal(ended);
+    // Counters it does not name are 0 (what the root forwards is complete).
+    expect(decode(ended)).to.deep.equal(note({ ...(ended.body as object), stats: { packets: { seen: 3, dropped: 0, delayed: 0, duplicated: 0, reordered: 0, corrupted: 0 }, signals: { seen: 0, dropped: 0, delayed: 0 } } }));
     expect(decode(note({ t: 'faultEnded', id: 'f1', kind: 'clock', reason: 'cleared', why: 'cleared by request', stats: {} }))).to.deep.include({ t: 'note' });
   });
 
@@ -99,6 +100,11 @@ describe('VMWP fault requests and notes', function () {
       [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', why: 'x', stats: Buffer.alloc(1) }), /field stats is not a map/, null, 'stats bytes'],
       [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', stats: {} }), /field why is missing/, null, 'no why'],
       [note({ t: 'faultEnded', id: '!', kind: 'vmbus', reason: 'expired', why: 'x', stats: {} }), /field id is not a fault id/, null, 'bad note id'],
+      [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', why: 'x', stats: { packets: { seen: -1 } } }), /field stats: "seen" must be a whole number/, null, 'negative counter'],
+      [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', why: 'x', stats: { packets: { seen: 1.5 } } }), /field stats: "seen"/, null, 'fractional counter'],
+      [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', why: 'x', stats: { packets: { stolen: 1 } } }), /field stats: the packets counters: unknown field "stolen"/, null, 'unknown counter'],
+      [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', why: 'x', stats: { packets: 3 } }), /field stats: "packets" must be a map of counters/, null, 'counters not a map'],
+      [note({ t: 'faultEnded', id: 'f', kind: 'vmbus', reason: 'expired', why: 'x', stats: { bytes: {} } }), /field stats: fault counters: unknown field "bytes"/, null, 'unknown group'],
     ];
     for (const [f, re, id, label] of cases) throwsVmwp(f, re, id, label);
   });
@@ -113,6 +119,7 @@ describe('VMWP fault requests and notes', function () {
       req({ t: 'faultSet', id: 'f5', spec: { kind: 'interrupt-delay', delayMs: 5 }, forMs: 100 }),
       req({ t: 'faultClear', id: 'f1' }), req({ t: 'faultClear', id: null }), req({ t: 'faultList' }),
       note({ t: 'faultEnded', id: 'f1', kind: 'vmbus', reason: 'cleared', why: 'w', stats: { packets: { seen: 1 } } }),
+      note({ t: 'faultEnded', id: 'f2', kind: 'vmbus', reason: 'expired', why: 'w', stats: { packets: { seen: 9, dropped: 3, delayed: 1, duplicated: 0, reordered: 2, corrupted: 1 }, signals: { seen: 4, dropped: 1, delayed: 0 } } }),
     ].map((f) => encode(f));
     let decoded = 0;
     let sets = 0;
@@ -134,11 +141,47 @@ describe('VMWP fault requests and notes', function () {
           expect(VM_FAULT_KINDS).to.include(spec.kind);
           expect(Number.isInteger(forMs) && forMs >= (spec.kind === 'bitflip' ? 0 : 1) && forMs <= FAULT_MAX_MS, String(forMs)).to.equal(true);
         }
-        if (f.t === 'note' && f.body.t === 'faultEnded') expect(['expired', 'cleared']).to.include(f.body.reason);
+        if (f.t === 'note' && f.body.t === 'faultEnded') {
+          expect(['expired', 'cleared']).to.include(f.body.reason);
+          // Counters that pass are whole numbers, each of a known name.
+          const st = f.body.stats;
+          if ('packets' in st) expect([...Object.values(st.packets), ...Object.values(st.signals)].every((n) => Number.isSafeInteger(n) && n >= 0)).to.equal(true);
+        }
       }
     }
     // Most mutations break the msgpack or a field; enough survive to show what is accepted is sound.
     expect(decoded).to.be.greaterThan(40);
     expect(sets).to.be.greaterThan(15);
+  });
+
+  it('a worker\'s fault list (which the root forwards to the nemesis) is checked: counters, spec, kind and channels; seeded fuzz throws nothing else', () => {
+    const stats = { packets: { seen: 9, dropped: 3, delayed: 1, duplicated: 0, reordered: 2, corrupted: 1 }, signals: { seen: 4, dropped: 1, delayed: 0 } };
+    const good = [{ id: 'f1', kind: 'vmbus', spec: vmbus, startedAt: 1000, endsAt: 6000, channels: ['heartbeat'], stats }, { id: 'f2', kind: 'clock', spec: { kind: 'clock', offsetMs: 5, skewPpm: 0 }, startedAt: 1, endsAt: 2, channels: [], stats: {} }];
+    expect(decodeVmwpFaultList(good)).to.deep.equal(good);
+    const cases: Array<[unknown, RegExp]> = [
+      [{}, /a fault list must be a list/], [Array(65).fill(good[1]), /at most 64/], [[null], /each listed fault must be a map/],
+      [[{ ...good[0], kind: 'kill' }], /field kind is not a VM fault kind/], [[{ ...good[0], spec: { kind: 'vmbus' } }], /field spec: a vmbus fault needs at least one probability/],
+      [[{ ...good[0], channels: [7] }], /field channels/], [[{ ...good[0], stats: { packets: { seen: 'x' } } }], /field stats: "seen"/], [[{ ...good[0], id: '../f' }], /field id/],
+      [[{ ...good[0], startedAt: -1 }], /startedAt/],
+    ];
+    for (const [v, re] of cases) expect(() => decodeVmwpFaultList(v), JSON.stringify(v).slice(0, 60)).to.throw(VmwpDecodeError, re);
+    const next = seededRandom(0x5a11);
+    const src = encode(good);
+    let passed = 0;
+    for (let i = 0; i < 3000; i++) {
+      let v: unknown;
+      try {
+        v = decodeMsgpack(mutate(next, src));
+      } catch {
+        continue;
+      }
+      try {
+        for (const f of decodeVmwpFaultList(v)) expect(FAULT_ID_RE.test(f.id) && VM_FAULT_KINDS.includes(f.kind)).to.equal(true);
+        passed++;
+      } catch (e) {
+        expect(e, String(e)).to.be.instanceOf(VmwpDecodeError);
+      }
+    }
+    expect(passed).to.be.greaterThan(0);
   });
 });

@@ -18,7 +18,7 @@ import {
   DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
   type ClusterKey, type MigPeerRequest, type MigrationOptions, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
-  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
+  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpFaultInfo, type VmwpFaultStats, decodeVmwpFaultList, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
 } from '@hvlab/protocol';
 import {
   pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, testKnob, VmwpControlClient, VmwpLinkError,
@@ -36,8 +36,17 @@ import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateC
 
 const START_TIMEOUT_MS = 30000;
 
+/** How many ended faults' counters a VM's record keeps. */
+const FAULT_COUNTERS_KEPT = 32;
+
 interface VmRecord {
   config: VmConfig;
+  /**
+   * The last counters of this VM's faults that ended (its worker's faultEnded notes; the latest
+   * FAULT_COUNTERS_KEPT): `faultClear` answers them, so the nemesis learns what a VMBus fault did
+   * also when the worker ended it on its own deadline first.
+   */
+  faultCounters?: Map<string, VmwpFaultStats>;
   state: number;
   reason: string | null;
   partitionId: number | null;
@@ -533,6 +542,11 @@ export class Vmms {
       // A move taken over from a previous root ends with its worker's last report: a completed one
       // is followed by the worker's exit (movedAwayUnwatched), any other leaves the VM here.
       if (r.moving?.adopted && (st.status === 'completed' || st.status === 'failed' || st.status === 'cancelled')) r.moving = null;
+    } else if (n.t === 'faultEnded') {
+      const m = (r.faultCounters ??= new Map());
+      m.delete(n.id);
+      m.set(n.id, n.stats);
+      while (m.size > FAULT_COUNTERS_KEPT) m.delete(m.keys().next().value!);
     } else if (n.t === 'settled') {
       // Only for an operation this root adopted: one it asked for itself is settled by its answer.
       if (r.adopted === n.op) void this.settleAdopted(r, n);
@@ -2034,11 +2048,21 @@ export class Vmms {
     return res;
   }
 
-  /** Ends fault `id` (null: all) of VM `name` now; a VM without a worker has none. */
-  async faultClear(name: string, id: string | null): Promise<unknown> {
+  /**
+   * Ends fault `id` (null: all) of VM `name` now; a VM without a worker has none. Answers the ids
+   * ended and the counters of the fault(s) asked for that ended, now or before (`counters`: by id).
+   */
+  async faultClear(name: string, id: string | null): Promise<{ cleared: string[]; counters: Record<string, VmwpFaultStats> }> {
     const r = this.get(name);
-    if (!r.link) return { cleared: [] };
-    return await r.link.request({ t: 'faultClear', id }, 10_000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+    const cleared: string[] = [];
+    if (r.link) {
+      const a = await r.link.request<{ cleared?: unknown }>({ t: 'faultClear', id }, 10_000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+      if (a !== null && typeof a === 'object' && Array.isArray(a.cleared)) for (const x of a.cleared as unknown[]) if (typeof x === 'string') cleared.push(x);
+    }
+    // The worker's faultEnded note for each is in before its answer (one link, in order).
+    const counters: Record<string, VmwpFaultStats> = {};
+    for (const [fid, st] of r.faultCounters ?? []) if (id === null ? cleared.includes(fid) : fid === id) counters[fid] = st;
+    return { cleared, counters };
   }
 
   /** Ends every fault of every VM (null id) or fault `id` wherever it is. */
@@ -2052,13 +2076,19 @@ export class Vmms {
     return out;
   }
 
-  /** Every VM's active faults. */
-  async faultList(): Promise<Array<{ vm: string; faults: unknown }>> {
-    const out: Array<{ vm: string; faults: unknown }> = [];
+  /** Every VM's active faults, with their counters so far (checked: decodeVmwpFaultList). */
+  async faultList(): Promise<Array<{ vm: string; faults: VmwpFaultInfo[] }>> {
+    const out: Array<{ vm: string; faults: VmwpFaultInfo[] }> = [];
     for (const r of this.vms.values()) {
       if (!r.link) continue;
       const f = await r.link.request({ t: 'faultList' }, 5000).catch(() => null);
-      if (Array.isArray(f) && f.length) out.push({ vm: r.config.name, faults: f });
+      let faults: VmwpFaultInfo[] = [];
+      try {
+        faults = decodeVmwpFaultList(f ?? []);
+      } catch (e) {
+        this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the worker\'s fault list does not decode');
+      }
+      if (faults.length) out.push({ vm: r.config.name, faults });
     }
     return out;
   }
