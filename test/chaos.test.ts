@@ -286,6 +286,27 @@ describe('chaos experiments with real processes', function () {
       expect((await h.json<Array<{ name: string }>>('--host', 'h1', 'vm', 'list')).map((v) => v.name)).to.not.include('rf1');
     });
 
+    it('--check of an experiment for this cluster names each host or link it lacks (a chaos file and a migration file); one it has passes', async () => {
+      const chaos = join(dir, 'check-chaos.yaml');
+      writeFileSync(chaos, 'name: chk\nkind: faults\ncluster: existing\nduration: 3s\nworkloads: [{ name: c1, host: h3, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: link, target: link:h1-h4, for: 1s, delayMs: 20ms }\nmoves:\n  - { at: 1s, vm: c1, to: h9 }\n');
+      const r = await h.run('experiment', 'run', chaos, '--check');
+      expect(r.code, r.stderr).to.equal(1);
+      expect(r.stderr).to.include(`${chaos} is not a valid experiment (3 problems) for the cluster up here`);
+      expect(r.stderr).to.include('workloads: c1 is on host h3, which the cluster up here lacks (its hosts: h1, h2)');
+      expect(r.stderr).to.include('moves[0]: c1 moves to host h9, which the cluster up here lacks (its hosts: h1, h2)');
+      expect(r.stderr).to.match(/faults\[0\]\.target: link:h1-h4 is not a link between two hosts of the cluster \(h1, h2\)/);
+      const good = join(dir, 'check-good.yaml');
+      writeFileSync(good, 'name: chk\nkind: faults\ncluster: existing\nduration: 3s\nworkloads: [{ name: c1, host: h2, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 1s, delayMs: 20ms }\n');
+      expect(await h.ok('experiment', 'run', good, '--check')).to.include('(its host names are those of the cluster up here: h1, h2)');
+      const mig = join(dir, 'check-mig.yaml');
+      writeFileSync(mig, 'name: chkm\nkind: migration\ncluster: existing\nfrom: h1\nto: h5\nvm: { memory: 16M, vps: 1, workload: counter }\nmethods: [offline]\nrepetitions: 1\n');
+      const m = await h.run('experiment', 'run', mig, '--check');
+      expect(m.code, m.stderr).to.equal(1);
+      expect(m.stderr).to.include('to: host h5 is not a host of the cluster up here (its hosts: h1, h2)');
+      writeFileSync(mig, 'name: chkm\nkind: migration\ncluster: existing\nfrom: h2\nto: h1\nvm: { memory: 16M, vps: 1, workload: counter }\nmethods: [offline]\nrepetitions: 1\n');
+      expect(await h.ok('experiment', 'run', mig, '--check')).to.match(/on h2 → h1 \(cluster: existing, up here\)$/m);
+    });
+
     it('a workload named as a VM the cluster has already (on another host) is refused before anything is made; the user\'s VM is left alone', async () => {
       await h.ok('--host', 'h1', 'vm', 'new', 'mine', '--memory', '16M');
       const file = join(dir, 'taken.yaml');

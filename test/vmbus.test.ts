@@ -218,7 +218,8 @@ for (const transport of ['shm', 'remote'] as const) {
       }
     });
 
-    it('vm stop waits the whole --timeout for the guest\'s answer (it gave up after 10 s, whatever was asked)', async () => {
+    // The wait is the root's, whatever carries the request: over one transport (the test waits 12.5 s).
+    if (transport === 'shm') it('vm stop waits the whole --timeout for the guest\'s answer (it gave up after 10 s, whatever was asked)', async () => {
       await h.ok('vm', 'start', vm);
       const { held, last } = await icUntil((l) => healthy(l, ['shutdown']), 20000);
       expect(held, JSON.stringify(last)).to.equal(true);

@@ -26,7 +26,7 @@ import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } 
 import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
-  experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
+  experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError,
@@ -338,6 +338,20 @@ export const COMMANDS: CommandSpec[] = [
   },
 ];
 
+/**
+ * The hosts of the cluster up in `home` (the fabric's members, or the topology's when the fabric
+ * does not answer), or null when no cluster is up there.
+ */
+async function upClusterHosts(home: string): Promise<string[] | null> {
+  const c = readCluster(home);
+  if (!c) return null;
+  try {
+    return (await clusterStatus(home)).hosts.map((h) => h.name);
+  } catch {
+    return c.topology.hosts.map((h) => h.name);
+  }
+}
+
 /** `experiment run FILE` for a file of kind: faults (the chaos runner of @hvlab/faults). */
 async function runChaos(file: string, home: string, opt: (n: string) => string | undefined, flag: (n: string) => boolean, json: boolean): Promise<number> {
   const seed = opt('seed') === undefined ? undefined : Number(opt('seed'));
@@ -346,6 +360,10 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
   if (flag('check')) {
     const useSeed = seed ?? spec.seed;
     const fresh = spec.cluster === 'new';
+    // On an existing cluster, the names the file gives must be the cluster's (when one is up here).
+    const hosts = fresh ? null : await upClusterHosts(home);
+    const wrong = hosts === null ? [] : existingClusterProblems(spec, hosts);
+    if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here');
     if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: fresh ? plannedSchedule(spec, useSeed) : null, moves: fresh ? plannedMoves(spec, useSeed) : null }));
     else {
       out(`${file}: chaos experiment ${spec.name}: ${fresh ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
@@ -357,6 +375,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
         for (const f of drawSchedule(useSeed, { ...spec, random: null }, chaosWorld(spec, { hosts: [], links: [] }))) out(`  ${scheduleLine(f)}`);
         spec.moves.forEach((m, i) => out(`  m${i + 1} +${(m.atMs / 1000).toFixed(1)}s ${m.vm} → ${m.to} by ${m.method}`));
         if (spec.random) out('  (and the random part, drawn against the cluster when it runs)');
+        out(hosts === null ? '  (no cluster is up here: its host names are checked when it runs)' : `  (its host names are those of the cluster up here: ${hosts.join(', ')})`);
       }
     }
     return 0;
@@ -1893,7 +1912,11 @@ export async function run(argv: string[]): Promise<number> {
         if (flag('check')) {
           const spec = loadExperiment(file);
           if (spec instanceof ExperimentError) return refuseFile(spec, file, 'experiment');
-          out(json ? JSON.stringify({ valid: true, spec }) : `${file}: experiment ${spec.name} (${spec.kind}): ${spec.methods.join(', ')} × ${spec.repetitions}, VM ${formatBytes(spec.vm.memoryBytes)} ${spec.vm.workload} on ${spec.from} → ${spec.to} (cluster: ${spec.cluster})`);
+          // On an existing cluster, from and to must be its hosts (when one is up here).
+          const hosts = spec.cluster === 'existing' ? await upClusterHosts(paths.home) : null;
+          const wrong = hosts === null ? [] : [spec.from, spec.to].filter((n) => !hosts.includes(n)).map((n) => `${n === spec.from ? 'from' : 'to'}: host ${n} is not a host of the cluster up here (its hosts: ${hosts.join(', ') || 'none'})`);
+          if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here');
+          out(json ? JSON.stringify({ valid: true, spec }) : `${file}: experiment ${spec.name} (${spec.kind}): ${spec.methods.join(', ')} × ${spec.repetitions}, VM ${formatBytes(spec.vm.memoryBytes)} ${spec.vm.workload} on ${spec.from} → ${spec.to} (cluster: ${spec.cluster}${spec.cluster === 'existing' ? hosts === null ? ', none is up here: its host names are checked when it runs' : ', up here' : ''})`);
           return 0;
         }
         // Ctrl-C or a kill ends the run in flight, and everything it made is still taken down and reported.

@@ -261,6 +261,30 @@ function targetWorldError(t: Target, vms: readonly string[], hosts: readonly str
   return null;
 }
 
+/**
+ * Why an experiment on an existing cluster cannot run on `hosts` (the hosts of the cluster up in
+ * its home): a workload on a host it lacks, a move to one, a fault or a random target naming a host
+ * or link it lacks. The file alone cannot say these; `--check` says them before the run, which
+ * refused them only once it had begun.
+ */
+export function existingClusterProblems(spec: ChaosSpec, hosts: readonly string[]): string[] {
+  const out: string[] = [];
+  const its = `its hosts: ${hosts.join(', ') || 'none'}`;
+  for (const w of spec.workloads) if (!hosts.includes(w.host)) out.push(`workloads: ${w.name} is on host ${w.host}, which the cluster up here lacks (${its})`);
+  spec.moves.forEach((m, i) => {
+    if (!hosts.includes(m.to)) out.push(`moves[${i}]: ${m.vm} moves to host ${m.to}, which the cluster up here lacks (${its})`);
+  });
+  const vms = spec.workloads.map((w) => w.name);
+  const aimed = (t: string, where: string): void => {
+    const p = parseTarget(t);
+    const why = p.ok ? targetWorldError(p.value, vms, hosts) : null;
+    if (why) out.push(`${where}: ${why}`);
+  };
+  spec.faults.forEach((f, i) => aimed(f.target, `faults[${i}].target`));
+  (spec.random?.targets ?? []).forEach((t, i) => aimed(t, `random.targets[${i}]`));
+  return out;
+}
+
 const vpRange = (n: number): string => (n === 1 ? 'VP 0' : `VPs 0 to ${n - 1}`);
 
 /**
