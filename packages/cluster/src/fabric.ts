@@ -133,6 +133,8 @@ export class Fabric {
   private ticker: NodeJS.Timeout | null = null;
   /** The last failure to save the state, logged once until a save succeeds. */
   private saveFailed: string | null = null;
+  /** Each member-to-member proxy's port (`from>to`) as an earlier life of this fabric saved it: wire() listens there again. */
+  private readonly savedPorts = new Map<string, number>();
   /** Why the state file could not be read (not its content: the file system's error); it is then never written. */
   private stateUnreadable: string | null = null;
 
@@ -196,6 +198,7 @@ export class Fabric {
       return;
     }
     for (const b of saved.bindings) this.dormant.set(b.name, { hash: Buffer.from(b.secretHash, 'hex'), local: b.local });
+    for (const p of saved.proxies ?? []) this.savedPorts.set(`${p.from}>${p.to}`, p.port);
     for (const l of saved.links) {
       const k = pairKey(l.a, l.b);
       let link = this.links.get(k);
@@ -232,7 +235,14 @@ export class Fabric {
       for (const k of IMPAIRMENT_KEYS) if (l.state[k] !== undefined) o[k] = l.state[k];
       return o;
     });
-    const state: FabricSavedState = { format: FABRIC_STATE_FORMAT, cluster: this.opts.cluster, bindings: [...bindings.values()], links };
+    // A proxy's port as it listens now, else as an earlier life saved it (its hosts not joined again yet).
+    const ports = new Map(this.savedPorts);
+    for (const [k, p] of this.proxies) if (p.port !== null) ports.set(k, p.port);
+    const proxies = [...ports].map(([k, port]) => {
+      const [from, to] = k.split('>') as [string, string];
+      return { from, to, port };
+    });
+    const state: FabricSavedState = { format: FABRIC_STATE_FORMAT, cluster: this.opts.cluster, bindings: [...bindings.values()], links, proxies };
     try {
       writeFileAtomic(file, `${JSON.stringify(state)}\n`, { mode: 0o600, durable: false });
       this.saveFailed = null;
@@ -284,6 +294,7 @@ export class Fabric {
 
   /** Makes the proxies of every link of `name` whose other end is a member (again, if its address changed). */
   private async wire(name: string): Promise<void> {
+    let changed = false;
     for (const l of this.links.values()) {
       if (l.a !== name && l.b !== name) continue;
       const other = l.a === name ? l.b : l.a;
@@ -297,10 +308,15 @@ export class Fabric {
         await old?.close();
         // Direction 0 of a link is a→b.
         const p = new LinkProxy(l, { host: target.address, port: target.peerPort }, from === l.a ? 0 : 1, (why) => this.refusedConnection(`${from}>${to}`, why));
-        await p.listen(this.opts.listen, 0);
+        // Where an earlier life of this fabric had it (its members' calls in flight go there), if free.
+        const was = this.savedPorts.get(k);
+        if (was !== undefined) await p.listen(this.opts.listen, was).catch(() => p.listen(this.opts.listen, 0));
+        else await p.listen(this.opts.listen, 0);
         this.proxies.set(k, p);
+        changed = true;
       }
     }
+    if (changed) this.save();
   }
 
   /**

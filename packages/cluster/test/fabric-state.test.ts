@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:net';
 import { CLUSTER_WIRE_VERSION, decodeFabricSavedState, decodeFabricStatus, decodePeerBook, seededRandom } from '@hvlab/protocol';
 import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
 import { Fabric, parseTopology, TopologyError } from '../src/index.js';
@@ -163,11 +164,40 @@ describe('the fabric\'s saved state', function () {
     }
   });
 
+  it('a restarted fabric listens for each member-to-member proxy where its earlier life did (a move\'s calls in flight go there); a port taken meanwhile gives way to a free one', async () => {
+    const first = await start();
+    await joinAs(first.call, 'h1', true);
+    const b2 = decodePeerBook(await joinAs(first.call, 'h2', true));
+    const b1 = decodePeerBook(await joinAs(first.call, 'h1', true));
+    const to1 = b2.ok ? b2.value.peers[0]!.port : 0;
+    const to2 = b1.ok ? b1.value.peers[0]!.port : 0;
+    expect(to1).to.be.above(0);
+    expect(to2).to.be.above(0);
+    const saved = decodeFabricSavedState(JSON.parse(readFileSync(file, 'utf8')));
+    expect(saved.ok && saved.value.proxies?.sort((a, b) => a.from.localeCompare(b.from))).to.deep.equal([{ from: 'h1', to: 'h2', port: to2 }, { from: 'h2', to: 'h1', port: to1 }]);
+    await stopAll();
+    // The port h2 reached h1 at is taken while the fabric is down.
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(to1, '127.0.0.1', () => r()));
+    try {
+      const second = await start();
+      const c1 = decodePeerBook(await joinAs(second.call, 'h1', true));
+      const c2 = decodePeerBook(await joinAs(second.call, 'h2', true));
+      const again = decodePeerBook(await joinAs(second.call, 'h1', true));
+      expect(again.ok && again.value.peers[0]!.port, 'h1 reaches h2 where it did').to.equal(to2);
+      expect(c2.ok && c2.value.peers[0]!.port, 'h2 reaches h1 at a free port').to.not.equal(to1);
+      expect(c1.ok).to.equal(true);
+    } finally {
+      await new Promise((r) => squatter.close(r));
+    }
+  });
+
   it('sets aside whatever else is found there (seeded mutations, random bytes, another cluster\'s state, a FIFO) and starts as new, never throwing', async () => {
     const good = {
       format: 1, cluster: 't',
       bindings: [{ name: 'h1', secretHash: 'a'.repeat(64), local: true }, { name: 'far', secretHash: 'b'.repeat(64), local: false }],
       links: [{ a: 'h1', b: 'h2', cut: false, seed: 7, delayMs: 5 }, { a: 'far', b: 'h1', cut: true, seed: 9 }],
+      proxies: [{ from: 'h1', to: 'h2', port: 40001 }, { from: 'h2', to: 'h1', port: 40002 }],
     };
     const next = seededRandom(0xfab5);
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;

@@ -577,6 +577,12 @@ export interface FabricSavedState {
   cluster: string;
   bindings: Array<{ name: string; secretHash: string; local: boolean }>;
   links: Array<{ a: string; b: string; cut: boolean; seed: number } & LinkImpairments>;
+  /**
+   * The port of each member-to-member proxy (`from` reaches `to`'s peer port there), so that a
+   * fabric started again listens where the members' calls in flight were going (a move's stream
+   * and its abort name these ports). Absent from a state saved before the field.
+   */
+  proxies?: Array<{ from: string; to: string; port: number }>;
 }
 export const FABRIC_STATE_FORMAT = 1;
 /** The largest state file a fabric reads (64 bindings and 2016 links take ~250 KiB). */
@@ -587,7 +593,7 @@ const HASH_HEX_RE = /^[0-9a-f]{64}$/;
 export function decodeFabricSavedState(v: unknown): Decoded<FabricSavedState> {
   return catching(() => {
     const f = fieldsOf(v, 'fabric state');
-    f.only(['format', 'cluster', 'bindings', 'links']);
+    f.only(['format', 'cluster', 'bindings', 'links', 'proxies']);
     const format = f.num('format', 1, 1_000_000);
     if (format !== FABRIC_STATE_FORMAT) throw new Bad(`fabric state: format ${format} is not ${FABRIC_STATE_FORMAT} (written by another hvlab)`);
     const bindings = f.list('bindings', CLUSTER_MAX_MEMBERS, (b, i) => {
@@ -605,7 +611,18 @@ export function decodeFabricSavedState(v: unknown): Decoded<FabricSavedState> {
     });
     const pairs = new Set(links.map((l) => (l.a < l.b ? `${l.a}|${l.b}` : `${l.b}|${l.a}`)));
     if (pairs.size !== links.length) throw new Bad('fabric state: a link is listed twice');
-    return { format, cluster: f.str('cluster', 64), bindings, links };
+    const out: FabricSavedState = { format, cluster: f.str('cluster', 64), bindings, links };
+    if (f.has('proxies')) {
+      out.proxies = f.list('proxies', CLUSTER_MAX_MEMBERS * (CLUSTER_MAX_MEMBERS - 1), (p, i) => {
+        const g = fieldsOf(p, `proxies[${i}]`);
+        g.only(['from', 'to', 'port']);
+        const o = { from: hostName(g, 'from'), to: hostName(g, 'to'), port: g.num('port', 1, 65535) };
+        if (o.from === o.to) throw new Bad(`proxies[${i}]: a proxy joins two hosts, not ${o.from} to itself`);
+        return o;
+      });
+      if (new Set(out.proxies.map((p) => `${p.from}>${p.to}`)).size !== out.proxies.length) throw new Bad('fabric state: a proxy is listed twice');
+    }
+    return out;
   });
 }
 

@@ -185,6 +185,8 @@ const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 const IC_ENABLE_SETTLE_MS = 5000;
 /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): how long this host, as a move's destination, holds back every answer about it once it took its commit (0: none). */
 const COMMIT_SILENT_MS = testKnob('HVLAB_TEST_COMMIT_SILENT_MS', 1) ?? 0;
+/** How often an incoming attempt's stream port the fabric refused to open again (exposeIncomingAgain) is asked for again. */
+const EXPOSE_AGAIN_EVERY_MS = 500;
 /**
  * A turn-off waits this long for its worker's answer, and then this long for the worker to exit,
  * before it kills it (`kill`). Tests whose worker is stopped cap both (HVLAB_TEST_TURN_OFF_WAIT_MS).
@@ -1837,20 +1839,34 @@ export class Vmms {
   exposeIncomingAgain(): void {
     for (const r of this.vms.values()) {
       const inc = r.incoming;
-      if (!inc || !inc.exposed || !inc.streamPort || !this.cluster) continue;
-      const was = inc.exposed;
-      void this.cluster.expose(inc.from, inc.streamPort, was).then((port) => {
-        if (r.incoming !== inc) {
-          void this.cluster?.unexpose(port).catch(() => undefined);
-          return;
-        }
-        inc.exposed = port;
-        if (port !== was) {
-          this.o.log.warn({ vm: r.config.name, was, port }, 'the incoming migration\'s stream socket is open again at another fabric port: its source, which sends to the old one, will fail the move');
-          this.recordIncoming(r, inc);
-        } else this.o.log.info({ vm: r.config.name, port }, 'the incoming migration\'s stream socket is open again at the fabric');
-      }, (e: unknown) => this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the incoming migration\'s stream socket could not be opened again at the fabric'));
+      if (inc && inc.exposed && inc.streamPort) this.exposeIncomingAt(r, inc, 0);
     }
+  }
+
+  /**
+   * One try of exposeIncomingAgain for one attempt. A refusal is tried again every 0.5 s while the
+   * attempt lasts (at most INCOMING_IDLE_MS, its own bound): after a fabric restart the hosts join
+   * again in any order, and the fabric refuses a port towards a source that has not joined yet.
+   */
+  private exposeIncomingAt(r: VmRecord, inc: Incoming, tries: number): void {
+    if (!this.cluster || r.incoming !== inc || !inc.exposed || !inc.streamPort) return;
+    const was = inc.exposed;
+    void this.cluster.expose(inc.from, inc.streamPort, was).then((port) => {
+      if (r.incoming !== inc) {
+        void this.cluster?.unexpose(port).catch(() => undefined);
+        return;
+      }
+      inc.exposed = port;
+      if (port !== was) {
+        this.o.log.warn({ vm: r.config.name, was, port }, 'the incoming migration\'s stream socket is open again at another fabric port: its source, which sends to the old one, will fail the move');
+        this.recordIncoming(r, inc);
+      } else this.o.log.info({ vm: r.config.name, port, tries: tries + 1 }, 'the incoming migration\'s stream socket is open again at the fabric');
+    }, (e: unknown) => {
+      if (r.incoming !== inc) return;
+      const more = (tries + 1) * EXPOSE_AGAIN_EVERY_MS < INCOMING_IDLE_MS;
+      if (tries === 0 || !more) this.o.log.warn({ vm: r.config.name, err: (e as Error).message, tries: tries + 1 }, more ? 'the incoming migration\'s stream socket could not be opened again at the fabric yet: trying again' : 'the incoming migration\'s stream socket could not be opened again at the fabric');
+      if (more) setTimeout(() => this.exposeIncomingAt(r, inc, tries + 1), EXPOSE_AGAIN_EVERY_MS).unref();
+    });
   }
 
   /** An adopted incoming attempt goes on as its worker describes it: waiting, running, or in post-copy. */

@@ -342,7 +342,12 @@ export class MigrationOut {
         }
         if (attempt === 1) log.warn({ answer: a }, 'the destination does not know the attempt nor say whether it runs the VM: asking again');
       } catch (e) {
-        if (attempt === 1) log.warn({ err: (e as Error).message }, this.commitSent ? 'the destination did not answer the abort: the VM stays frozen here until it says whether it runs the VM' : 'the destination did not answer the abort: the VM stays frozen here until it does, or until its copy there is surely gone');
+        if (attempt === 1) {
+          log.warn({ err: (e as Error).message }, this.commitSent ? 'the destination did not answer the abort: the VM stays frozen here until it says whether it runs the VM'
+            : this.switchingOver ? 'the destination did not answer the abort: the VM stays frozen here until it does, or until its copy there is surely gone'
+              // Before the switch-over the VM ran on here all along; the destination drops its attempt when the stream stays silent.
+              : 'the destination did not answer the abort: it drops the attempt once the stream has been silent for its bound');
+        }
       } finally {
         c.close();
       }
