@@ -146,6 +146,8 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect(f.effect).to.not.equal(null);
     const listed = await mgmt.request<{ host: Array<{ id: string; lps: number }> }>('faultList');
     expect(listed.host.map((x) => [x.id, x.lps])).to.deep.equal([[f.id, 1]]);
+    // Host info says which LPs are in effect, and why.
+    expect(await h.ok('host', 'info')).to.match(new RegExp(`logical processors +2 \\(1 while fault ${f.id} lasts, \\d+ s more\\)`));
     // Up to three windows, stopped at the first below 3/4 of before: the hypervisor's window
     // reaches about a second back, so the first one can still hold time from before the shrink
     // (a slow inject), and a busy machine can disturb one; an LP not taken away shows in none.
@@ -157,6 +159,7 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     await h.ok('fault', 'clear', f.id);
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 20000)).to.equal(true);
     expect(await eventually(async () => (await cpu()) > before * 0.75, 15000), 'both LPs back').to.equal(true);
+    expect((await h.json<{ lps: number; lpShrink: unknown }>('host', 'info')).lpShrink).to.equal(null);
     expect(await eventually(nothingInjected, 5000)).to.equal(true);
     await h.ok('vm', 'turn-off', 's1');
     await h.ok('vm', 'turn-off', 's2');

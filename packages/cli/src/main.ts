@@ -527,6 +527,13 @@ const FAULT_PARAM_OPTIONS: Readonly<Record<string, string>> = {
   signalDrop: 'signal-drop', drop: 'drop', duplicate: 'duplicate', reorder: 'reorder', corrupt: 'corrupt', vps: 'vps', lps: 'lps', gpa: 'gpa', mask: 'mask', channel: 'channel', shape: 'shape',
 };
 
+/** A host's LPs, and the ones in effect while an lp-shrink lasts: "2 (1 while fault f3 lasts, 8 s more)". */
+function lpsText(info: HostInfo): string {
+  const s = info.lpShrink;
+  if (!s) return String(info.lps);
+  return `${info.lps} (${s.lps} while fault ${s.fault} lasts, ${Math.ceil(s.remainingMs / 1000)} s more)`;
+}
+
 /** A vmbus fault's counters, per VM: "web@h1: 36 of 120 packets dropped, 12 delayed; 4 of 40 signals dropped". */
 export function faultCountersText(f: FaultRecord): string {
   const said = (n: number, what: string, c: Record<string, number>, names: readonly string[]): string => {
@@ -1716,7 +1723,7 @@ export async function run(argv: string[]): Promise<number> {
         if (json) out(JSON.stringify(info));
         else out(table([
           ['host', info.hostId], ['home', info.home], ['memory mode', `${info.memoryMode} (${info.memoryModeReason})`],
-          ['logical processors', String(info.lps)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? `hypercall pages (shared memory)${info.hypercallWake === 'descriptor' ? ', events through a wake descriptor' : info.hypercallWake === 'word' ? ', events through a word watch' : ''}` : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
+          ['logical processors', lpsText(info)], ['VMBus transport', info.vmbusTransport], ['hypercalls', info.hypercallPath === 'page' ? `hypercall pages (shared memory)${info.hypercallWake === 'descriptor' ? ', events through a wake descriptor' : info.hypercallWake === 'word' ? ', events through a word watch' : ''}` : 'socket (ZeroMQ)'], ['hypervisor pid', String(info.pids.hypervisor)], ['root pid', String(info.pids.root)],
           ['root restarts', String(info.rootRestarts ?? 0)],
           ['VMs', String(info.vms)], ['started', info.startedAt], ['management API', `v${info.apiVersion}`],
           ...(info.code ? [['VM processes run', info.code === 'bundles' ? 'bundles (dist/bundle)' : info.code === 'sources' ? 'TypeScript sources (HVLAB_FROM_SOURCE=1)' : 'compiled modules (no fresh bundles: "pnpm build" makes them)']] : []),

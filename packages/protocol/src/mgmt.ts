@@ -618,6 +618,12 @@ export interface HostInfo {
   memoryMode: 'shared' | 'private';
   memoryModeReason: string;
   lps: number;
+  /**
+   * An lp-shrink in force: the LPs the hypervisor's scheduler grants while it lasts, for how much
+   * longer, and the fault that took the others. Null when every LP is there. From the root's own
+   * record (a root restarted during a shrink has none, and shows every LP).
+   */
+  lpShrink?: { lps: number; remainingMs: number; fault: string } | null;
   pids: { hypervisor: number; root: number };
   vms: number;
   startedAt: string;

@@ -100,10 +100,14 @@ const handler: MgmtHandler = async (op, args) => {
   switch (op) {
     case 'ping': return { pong: true, hostId };
     case 'hostInfo': {
+      // From this root's record, not by asking the hypervisor: host info answers even while the
+      // hypervisor is paused by a fault.
+      const shrink = hostFaults.list()[0] ?? null;
       const info: HostInfo = {
         hostId, home: paths.home, apiVersion: MGMT_API_VERSION, memoryMode: session.memoryMode,
         memoryModeReason: session.memoryMode === 'shared' ? 'shared-memory addon loaded' : shmUnavailableReason() || 'the hypervisor runs without shared memory',
-        lps, pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
+        lps, lpShrink: shrink ? { lps: shrink.lps, remainingMs: Math.max(0, shrink.endsAt - Date.now()), fault: shrink.id } : null,
+        pids: { hypervisor: hvPid, root: process.pid }, vms: v.count(), startedAt, nodeVersion: process.version,
         vmbusTransport: session.memoryMode === 'shared' ? vmbusMode : 'remote',
         rootRestarts: restarts, hypercallPath: vid.paged ? 'page' : 'socket', hypercallWake: vid.pageWatch, cluster: member?.info() ?? null,
         dirtyTracking: dirtyTracking(), code: codeKind(),
