@@ -135,8 +135,8 @@ describe('faults: processes, links and partitions (real processes)', function ()
   });
 
   it('pause stops a VM\'s partition process for its duration, the other VM runs on, and it ends on time, logged', async () => {
-    // Long enough for two reads of a stopped VM (each waits out the guest's kernel info, ~2.5 s).
-    const f = await inject('pause', '--target', 'vm:web', '--for', '10s');
+    // Long enough for three reads of a stopped VM (each waits out the guest's kernel info, ~2.5 s).
+    const f = await inject('pause', '--target', 'vm:web', '--for', '13s');
     expect(f.state).to.equal('active');
     expect(f.resolved.processes).to.have.length(1);
     const pid = f.resolved.processes[0]!.pid;
@@ -144,7 +144,12 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(processState(pid), 'stopped').to.equal('T');
     const listed = await faults();
     expect(listed.map((x) => x.id)).to.deep.equal([f.id]);
-    const w0 = await progress('h1', 'web');
+    // Listed as frozen by the fault, not as a Running VM busy on a whole LP.
+    const web = (await vmOn('h1', 'web'))!;
+    expect(web.stopped).to.deep.equal(['partition']);
+    expect(web.cpu?.percent).to.equal(0);
+    expect(await h.ok('--host', 'h1', 'vm', 'list')).to.match(new RegExp(`^web +Running \\(frozen by fault ${f.id}\\) .* 0%\\s*$`, 'm'));
+    const w0 = web.workload.progress ?? -1;
     const d0 = await progress('h2', 'db');
     await sleep(1000);
     expect(await progress('h1', 'web'), 'the paused VM made no progress').to.equal(w0);
@@ -152,8 +157,9 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
     const e = (await ended(f.id))!;
     expect(e.endReason).to.equal('expired');
-    expect(e.endedAt! - e.startedAt).to.be.at.least(10000);
+    expect(e.endedAt! - e.startedAt).to.be.at.least(13000);
     expect(processState(pid)).to.not.equal('T');
+    expect((await vmOn('h1', 'web'))!.stopped).to.deep.equal([]);
     expect(await eventually(async () => (await progress('h1', 'web')) > w0 + 100, 10000), 'it runs again').to.equal(true);
     const log = readFileSync(join(h.home, 'faults', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string; reason?: string });
     expect(log.filter((l) => l.id === f.id).map((l) => `${l.event}${l.reason ? `:${l.reason}` : ''}`)).to.deep.equal(['start', 'end:expired']);

@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -660,6 +660,24 @@ async function moveFailure(c: MgmtClient, st: MigrationStats, clusterHome: strin
   if (!vm) return `${head}: ${desc}; VM ${st.vm} is no longer on ${st.from}`;
   if (vm.state === 'Running') return `${head}: ${desc}; it stays on ${st.from}`;
   return `${head}: ${desc}; it is ${vm.state} on ${st.from}${vm.lastStateReason ? ` (${vm.lastStateReason})` : ''}`;
+}
+
+/**
+ * A VM's state as `vm list` and `top` show it: "Running (frozen by fault f3)" while its partition
+ * process is stopped (a pause fault: the VM is frozen whatever its state says), "(worker frozen
+ * …)" while only its worker is; `paused` maps the pids the home's pause faults stopped to them.
+ */
+function vmStateText(v: VmInfo, paused: Map<number, string>): string {
+  const role = v.stopped?.includes('partition') ? 'partition' : v.stopped?.includes('vmwp') ? 'vmwp' : null;
+  if (!role) return v.state;
+  const pid = role === 'partition' ? v.pids.partition : v.pids.vmwp;
+  const by = pid === null ? undefined : paused.get(pid);
+  return `${v.state} (${role === 'partition' ? 'frozen' : 'worker frozen'}${by ? ` by fault ${by}` : ', stopped by a signal'})`;
+}
+
+/** The pids the pause faults of the nemesis serving `home` stopped (a cluster host's home: the cluster's). */
+function pausedIn(home: string): Map<number, string> {
+  return pausedBy(clusterOfHostHome(home)?.home ?? home);
 }
 
 /** The cluster home and host name of a cluster host's own home (HOME/cluster/hosts/NAME, HOME holding a cluster), or null. */
@@ -1752,8 +1770,9 @@ export async function run(argv: string[]): Promise<number> {
         for (;;) {
           const vms = await c.request<VmInfo[]>('vmList');
           const rows: string[][] = [['VM', 'VP', 'STATE', 'CPU%', 'RUN', 'READY', 'WAIT', 'WEIGHT', 'RES%', 'MAX%']];
+          const paused = vms.some((v) => v.stopped?.length) ? pausedIn(paths.home) : new Map<number, string>();
           for (const v of vms) {
-            rows.push([v.name, '*', v.state, v.cpu ? String(v.cpu.percent) : '-', '', '', '', String(v.processor.weight), String(v.processor.reserve), String(v.processor.maximum)]);
+            rows.push([v.name, '*', vmStateText(v, paused), v.cpu ? String(v.cpu.percent) : '-', '', '', '', String(v.processor.weight), String(v.processor.reserve), String(v.processor.maximum)]);
             for (const vp of v.cpu?.vps ?? []) {
               const s = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
               rows.push(['', String(vp.index), vp.state, String(vp.cpuPercent), s(vp.runMs), s(vp.readyMs), s(vp.waitMs), '', '', '']);
@@ -1843,10 +1862,11 @@ export async function run(argv: string[]): Promise<number> {
         else if (vms.length === 0) out('no VMs');
         else {
           const hostCol = (v: { host?: string }): string[] => (all ? [v.host ?? '-'] : []);
+          const paused = vms.some((v) => v.stopped?.length) ? pausedIn(paths.home) : new Map<number, string>();
           out(table([[...(all ? ['HOST'] : []), 'NAME', 'STATE', 'PARTITION', 'VPS', 'MEMORY', 'UPTIME', 'WORKLOAD', 'PROGRESS', 'CPU'], ...vms.map((v) => v.state === 'Invalid'
             ? [...hostCol(v), v.name, v.state, '-', '-', '-', '-', '-', '-', '-']
             : [
-              ...hostCol(v), v.name, v.state, v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
+              ...hostCol(v), v.name, vmStateText(v, paused), v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
               `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
             ])]));
           // A config VMMS could not read is kept, never overwritten: say why, one line each.

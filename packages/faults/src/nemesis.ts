@@ -936,6 +936,20 @@ export function heldLinks(home: string): HeldLink[] {
   return left.flatMap(({ rec, undo }) => undo.links.map((l) => ({ id: rec.id, kind: rec.kind, a: l.a, b: l.b, heals: l.cut && !l.wasCut })));
 }
 
+/**
+ * The processes the active pause faults of `home` stopped, by pid: the fault's id (for `vm list`
+ * and `top`, which say which fault froze a VM). Unreadable: none.
+ */
+export function pausedBy(home: string): Map<number, string> {
+  let left: ActiveLeftover[];
+  try {
+    left = readActiveFile(home);
+  } catch {
+    return new Map();
+  }
+  return new Map(left.flatMap(({ rec, undo }) => undo.stopped.map((p) => [p.pid, rec.id] as const)));
+}
+
 /** A link an active fault holds; `heals`: the fault cut it, and its end heals it. */
 export interface HeldLink {
   id: string;

@@ -549,6 +549,13 @@ export interface VmInfo {
   /** Measured by the hypervisor's scheduler over the last second (null when not running or not scheduled). */
   cpu: VmCpu | null;
   /**
+   * The VM's processes that are stopped (SIGSTOP: a `pause` fault, or anyone's kill -STOP): with
+   * its partition process stopped the VM is frozen whatever its state says, and its CPU is 0 (the
+   * scheduler counts a dispatched VP as running until it yields, which a stopped one never does).
+   * A root before this field leaves it out.
+   */
+  stopped?: Array<'partition' | 'vmwp'>;
+  /**
    * The live migration this copy is part of, while it lasts (null when the VM is not moving):
    * `incoming` on the destination, from the setup until the commit (the copy is the source's,
    * `from`, until then: the destination refuses operations on it, and lists it beside the source's),

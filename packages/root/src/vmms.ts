@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
-import { procChildren, procEnviron, procTitle } from '@hvlab/shm/procfs';
+import { procChildren, procEnviron, procState, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
@@ -1997,6 +1997,11 @@ export class Vmms {
   }
 
   private info(r: VmRecord, progress: number | null, cpu: VmCpu | null = null): VmInfo {
+    // A process stopped by a signal (a pause fault) is state T in /proc.
+    const stopped = ([['partition', r.partitionPid], ['vmwp', r.vmwpPid]] as const)
+      .filter(([, pid]) => pid !== null && procState(pid) === 'T').map(([role]) => role);
+    // A stopped partition's VPs run nothing; the scheduler would count them busy all along.
+    if (cpu && stopped.includes('partition')) cpu = { percent: 0, vps: cpu.vps.map((vp) => ({ ...vp, state: 'stopped', cpuPercent: 0 })) };
     return {
       name: r.config.name,
       id: r.config.id,
@@ -2011,6 +2016,7 @@ export class Vmms {
       lastStateReason: r.reason,
       processor: { ...r.config.processor },
       cpu,
+      stopped,
       // The destination's copy is the source's until the commit; the source's copy is named too,
       // so that a reader that cannot ask the destination still knows which copy is which.
       migration: this.migrationOf(r),
