@@ -136,6 +136,23 @@ export function decodeIcMessage(bytes: Uint8Array): { header: IcHeader; body: Ui
   };
 }
 
+/** Byte ranges [start, end) of a packet payload. */
+export type ByteRanges = Array<[number, number]>;
+
+/**
+ * The bytes of an IC message that its receiver decodes (a VMBus corruption fault flips only
+ * these: flipping the padding nothing reads would change nothing): the pipe header's msgsize, the
+ * IC header but its reserved bytes, and the body, or only the ranges `body` names of it (KVP's
+ * 2560 bytes of key and value are mostly padding). Never throws: a short or malformed message is
+ * all of it, a body cut to what is there.
+ */
+export function icDecodedRanges(bytes: Uint8Array, body?: (body: Uint8Array) => ByteRanges): ByteRanges {
+  if (bytes.length < IcHdr.body) return [[0, bytes.length]];
+  const size = Math.min(viewOf(bytes).getUint16(IcHdr.size, true), bytes.length - IcHdr.body);
+  const inBody = body ? body(bytes.subarray(IcHdr.body, IcHdr.body + size)) : [[0, size] as [number, number]];
+  return [[Pipe.msgsize, IcHdr.reserved], ...inBody.map(([a, b]): [number, number] => [IcHdr.body + a, IcHdr.body + b])];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Negotiate
 

@@ -2,7 +2,7 @@
  * KVP exchange integration service, in hvlab's own layout modelled on Linux's hv_kvp_msg (see
  * ic.ts for the deviation): get, set, delete and enumerate on the external, guest and auto pools.
  */
-import { IcError } from './ic.js';
+import { IcError, type ByteRanges } from './ic.js';
 import { viewOf, checkUint, requireBytes, encodeText, decodeText } from './ic-bytes.js';
 
 export const KvpOperation = { Get: 0, Set: 1, Delete: 2, Enumerate: 3 } as const;
@@ -55,4 +55,16 @@ export function decodeKvp(b: Uint8Array): KvpMessage {
     key: decodeText('KVP key', b.subarray(KvpAt.key, KvpAt.key + keySize)),
     value: decodeText('KVP value', b.subarray(KvpAt.value, KvpAt.value + valueSize)),
   };
+}
+
+/**
+ * The bytes of a KVP body that decodeKvp reads: the fields but the pad, and the key and value as
+ * far as their sizes say (clamped to the fields). Never throws: a short body is all of it.
+ */
+export function kvpDecodedRanges(b: Uint8Array): ByteRanges {
+  if (b.length < KvpAt.size) return [[0, b.length]];
+  const v = viewOf(b);
+  const keySize = Math.min(v.getUint32(KvpAt.keySize, true), KVP_MAX_KEY_BYTES);
+  const valueSize = Math.min(v.getUint32(KvpAt.valueSize, true), KVP_MAX_VALUE_BYTES);
+  return [[KvpAt.operation, KvpAt.pad], [KvpAt.index, KvpAt.key], [KvpAt.key, KvpAt.key + keySize], [KvpAt.value, KvpAt.value + valueSize]];
 }

@@ -728,6 +728,8 @@ export interface IcServiceInfo {
   status: 'OK' | 'NoContact' | 'LostCommunication';
   /** Negotiated message version, e.g. "3.0"; null before negotiation. */
   version: string | null;
+  /** Packets from the guest the host's checking decoders refused (malformed, or answering nothing asked). */
+  rejected?: number;
   /** heartbeat: the last sequence number the guest returned. */
   sequence?: number;
   /** timesync: the guest clock minus host time (ms) at the latest and the first sample. */

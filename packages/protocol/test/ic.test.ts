@@ -8,13 +8,13 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import {
   IcError, IcGuid, DeviceClassGuid, IcMessageType, IcFlags, IcStatus, PIPE_HEADER_BYTES, IC_HEADER_BYTES, encodeIcMessage,
-  decodeIcMessage, encodeNegotiate, decodeNegotiate, negotiateVersions, guidFromBytes, guidToBytes,
+  decodeIcMessage, encodeNegotiate, decodeNegotiate, negotiateVersions, guidFromBytes, guidToBytes, icDecodedRanges,
   type IcHeader, type IcVersion, type Negotiate,
 } from '../src/index.js';
 import { encodeHeartbeat, decodeHeartbeat } from '../src/heartbeat.js';
 import { encodeShutdown, decodeShutdown, type ShutdownRequest } from '../src/shutdown.js';
 import { encodeTimeSync, decodeTimeSync, TimeSyncFlags, msToFiletime, filetimeToMs, type TimeSample } from '../src/timesync.js';
-import { KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, KVP_MESSAGE_BYTES, encodeKvp, decodeKvp, type KvpMessage } from '../src/kvp.js';
+import { KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES, KVP_MESSAGE_BYTES, encodeKvp, decodeKvp, kvpDecodedRanges, type KvpMessage } from '../src/kvp.js';
 
 const le = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
 const u16 = (b: Uint8Array, at: number): number => le(b).getUint16(at, true);
@@ -446,5 +446,15 @@ describe('integration services', () => {
       { numRuns: 500 },
     );
     for (const d of decoders) expectIcError(() => (d as (b: unknown) => unknown)(undefined));
+  });
+
+  it('the decoded bytes of a KVP message are its headers and the key and value as set, not the padding; any bytes give ranges inside them, never a throw', () => {
+    const body = encodeKvp({ operation: KvpOperation.Set, pool: KvpPool.External, index: 0, key: 'ab', value: 'xyz' });
+    const msg = encodeIcMessage({ framework: { major: 3, minor: 0 }, message: { major: 5, minor: 0 }, type: IcMessageType.Kvp, status: 0, transactionId: 1, flags: IcFlags.Request | IcFlags.Transaction }, body);
+    // msgsize and the IC header (not its 2 reserved bytes); operation, pool; index to value_size; 2 key and 3 value bytes.
+    expect(icDecodedRanges(msg, kvpDecodedRanges)).to.deep.equal([[4, 26], [28, 30], [32, 48], [48, 50], [560, 563]]);
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 3000 }), (b) => {
+      for (const [a, e] of icDecodedRanges(b, kvpDecodedRanges)) expect(a >= 0 && a <= e && e <= b.length, `[${a}, ${e}) of ${b.length}`).to.equal(true);
+    }), { numRuns: 300 });
   });
 });

@@ -22,6 +22,8 @@
  *     frame link (`linkFaults` for a FaultyListener).
  * Corruption flips bits of a packet's payload, never of the ring's or frame's framing: the
  * device's checking decoders see a bad message (and must refuse it); the transport stays sound.
+ * A device that names the bytes its receiver decodes (`VmbusDevice.decodedRanges`) has only those
+ * flipped: a KVP message is 2.6 KB of mostly padding, where a flip anywhere had almost no effect.
  * Duplicates are real second sends (a ring write, a frame with its own credit), never a copy on
  * the wire that would break the credit accounting and close the channel for good.
  * Everything is undone when a fault ends: what it held (delayed and held-back packets, delayed
@@ -34,6 +36,12 @@ import type { FrameHandler, FrameLink, FrameListener } from './link.js';
 import { seededRandom } from '@hvlab/protocol';
 import { encodeCreditFrame, FrameKind, FRAME_HEADER_BYTES } from './frames.js';
 import type { OutboundPacket, PacketTransport, TransportEvents } from './transport.js';
+
+/**
+ * The byte ranges [start, end) of a packet's payload that its receiver decodes; it must not throw
+ * (it sees what a guest sent). Out-of-bounds parts are ignored; none at all means the whole payload.
+ */
+export type DecodedRanges = (payload: Uint8Array) => ReadonlyArray<readonly [number, number]>;
 
 /** What becomes of one frame: `deliver` is called zero or more times, now or later, with it or other bytes. */
 export type FrameFault = (frame: Uint8Array, deliver: (frame: Uint8Array) => void) => void;
@@ -368,7 +376,10 @@ export class FaultyTransport implements PacketTransport {
   private lostSignal: Record<Direction, (() => void) | null> = { out: null, in: null };
   private lostCredit: Record<Direction, LostCredit | null> = { out: null, in: null };
 
-  constructor(readonly inner: PacketTransport, readonly relid: number, readonly channelName: string, private readonly onClosed: () => void = () => {}) {}
+  constructor(
+    readonly inner: PacketTransport, readonly relid: number, readonly channelName: string, private readonly onClosed: () => void = () => {},
+    private readonly decoded: DecodedRanges | null = null,
+  ) {}
 
   get kind(): 'shm' | 'remote' {
     return this.inner.kind;
@@ -450,11 +461,31 @@ export class FaultyTransport implements PacketTransport {
     return fate;
   }
 
-  private static corrupt(payload: Uint8Array, flips: Array<[number, number]>): Uint8Array {
+  /** A copy of `payload` with each flip at its fraction of the bytes the receiver decodes (all of them if unknown). */
+  private corrupt(payload: Uint8Array, flips: Array<[number, number]>): Uint8Array {
     const p = payload.slice();
+    let ranges: Array<[number, number]> = [];
+    try {
+      for (const [a, b] of this.decoded?.(p) ?? []) {
+        const lo = Math.max(0, Math.floor(a));
+        const hi = Math.min(p.length, Math.floor(b));
+        if (hi > lo) ranges.push([lo, hi]);
+      }
+    } catch {
+      ranges = [];
+    }
+    if (ranges.length === 0) ranges = [[0, p.length]];
+    const total = ranges.reduce((n, [a, b]) => n + b - a, 0);
     for (const [at, mask] of flips) {
-      const i = Math.min(p.length - 1, Math.floor(at * p.length));
-      p[i] = p[i]! ^ mask;
+      // The flip's place among the decoded bytes, then which range holds it.
+      let k = Math.min(total - 1, Math.floor(at * total));
+      for (const [a, b] of ranges) {
+        if (k < b - a) {
+          p[a + k] = p[a + k]! ^ mask;
+          break;
+        }
+        k -= b - a;
+      }
     }
     return p;
   }
@@ -476,7 +507,7 @@ export class FaultyTransport implements PacketTransport {
     const fate = this.fate('out', payload.length);
     if (fate.drop) return true;
     // A copy always: the caller may reuse its buffer once send returns.
-    const p = fate.flips.length > 0 ? FaultyTransport.corrupt(payload, fate.flips) : payload.slice();
+    const p = fate.flips.length > 0 ? this.corrupt(payload, fate.flips) : payload.slice();
     const at0 = clock() + fate.delayMs;
     const tail = this.out[this.out.length - 1];
     if (tail?.holding) {
@@ -564,7 +595,7 @@ export class FaultyTransport implements PacketTransport {
     if (this.faults.length === 0 && !this.heldIn) return ev.packet(type, flags, transId, payload);
     const fate = this.fate('in', payload.length);
     if (fate.drop) return;
-    const p = fate.flips.length > 0 ? FaultyTransport.corrupt(payload, fate.flips) : payload;
+    const p = fate.flips.length > 0 ? this.corrupt(payload, fate.flips) : payload;
     if (!this.heldIn && fate.reorderBy.length > 0) {
       for (const f of fate.reorderBy) f.stats.packets.reordered++;
       // Held past this call: a copy (a ring's payload is valid only during the call).
@@ -686,11 +717,14 @@ export class VmbusFaultInjector {
     receive: (frame, deliver) => this.onCredit('in', frame, deliver),
   };
 
-  /** Wraps a channel end the server opened; the wrapper unregisters itself when closed. */
-  wrap(relid: number, channelName: string, transport: PacketTransport): FaultyTransport {
+  /**
+   * Wraps a channel end the server opened; the wrapper unregisters itself when closed. `decoded`:
+   * the bytes of a packet its receiver decodes, where corruption lands (else anywhere).
+   */
+  wrap(relid: number, channelName: string, transport: PacketTransport, decoded: DecodedRanges | null = null): FaultyTransport {
     const end: FaultyTransport = new FaultyTransport(transport, relid, channelName, () => {
       if (this.ends.get(relid) === end) this.ends.delete(relid);
-    });
+    }, decoded);
     end.setFaults(this.faultsFor(channelName));
     this.ends.set(relid, end);
     return end;

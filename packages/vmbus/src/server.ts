@@ -71,6 +71,12 @@ export interface VmbusDevice {
    */
   reopen?(channel: VmbusChannel): void;
   close(): void;
+  /**
+   * The byte ranges of a packet payload of this device (either way) that its receiver decodes,
+   * where a corruption fault flips bits (faults.ts); without it, anywhere in the payload. Must
+   * not throw: it sees what a guest sent.
+   */
+  decodedRanges?(payload: Uint8Array): ReadonlyArray<readonly [number, number]>;
 }
 
 export interface VmbusLog {
@@ -471,7 +477,8 @@ export class VmbusServer {
   /** Wires an open channel to its device and starts it; `saved` when it comes back from a saved state. */
   private startChannel(ch: ServerChannel, transport: PacketTransport, saved: SavedServerChannel | null): void {
     ch.rings = transport instanceof ShmTransport ? transport : null;
-    const wrapped = this.env.faults ? this.env.faults.wrap(ch.relid, ch.device.name, transport) : transport;
+    const dev = ch.device;
+    const wrapped = this.env.faults ? this.env.faults.wrap(ch.relid, dev.name, transport, dev.decodedRanges ? (p) => dev.decodedRanges!(p) : null) : transport;
     const channel = new VmbusChannel(ch.relid, this.channelName(ch), wrapped);
     ch.channel = channel;
     ch.state = 'open';

@@ -133,6 +133,28 @@ for (const transport of ['shm', 'remote'] as const) {
       const samples = g.providers.timesync.samples;
       await until('time samples', () => g.providers.timesync.samples > samples);
     });
+
+    it('corrupted KVP packets are hit where their decoders read (not in the padding): most operations fail or store something else, the refusals are counted, and the channel stays open', async () => {
+      g = await boot(transport);
+      await until('negotiated', () => negotiated(g));
+      const kvp = g.providers.kvp;
+      const guest = g.taps.find((t) => t.name === 'kvp')!.inner;
+      const f = new VmbusFault({ channel: 'kvp', seed: 3, corrupt: 1 });
+      g.injector.set('c', f);
+      // Every request and every answer has one byte flipped; one refused never gets its answer (5 s).
+      const pairs = new Map(Array.from({ length: 20 }, (_, i) => [`key${i}`, `value${i}`]));
+      await Promise.allSettled([...pairs].map(([k, v]) => kvp.set('external', k, v)));
+      g.injector.remove('c');
+      expect(f.stats.packets.corrupted).to.be.at.least(20);
+      // What the guest holds as it was set: a flip in the 2.5 KB of padding left nearly all 20 intact.
+      const intact = (await kvp.list('external')).filter((e) => pairs.get(e.key) === e.value).length;
+      expect(intact, 'pairs stored as set').to.be.at.most(10);
+      expect(kvp.stats.rejected + guest.stats.rejected, 'packets refused by a checking decoder').to.be.greaterThan(0);
+      expect(kvp.statusInfo().rejected).to.equal(kvp.stats.rejected);
+      expect(g.lb.server.channelInfo().find((c) => c.name === 'kvp')).to.deep.include({ state: 'open', faults: 0 });
+      await kvp.set('external', 'after', 'yes');
+      expect(await kvp.get('external', 'after')).to.equal('yes');
+    });
   });
 }
 

@@ -7,8 +7,8 @@
  * dropped: a guest cannot hurt the provider, only its own service.
  */
 import {
-  decodeIcMessage, encodeIcMessage, decodeNegotiate, encodeNegotiate, IcError, IcFlags, IcMessageType, IcStatus,
-  type IcHeader, type IcVersion, type Negotiate,
+  decodeIcMessage, encodeIcMessage, decodeNegotiate, encodeNegotiate, icDecodedRanges, IcError, IcFlags, IcMessageType, IcStatus,
+  type ByteRanges, type IcHeader, type IcVersion, type Negotiate,
 } from '@hvlab/protocol';
 import { PacketType, type VmbusChannel, type VmbusDevice } from '@hvlab/vmbus';
 import { randomUUID } from 'node:crypto';
@@ -78,6 +78,14 @@ export abstract class IcProvider implements VmbusDevice {
     return this.service;
   }
 
+  /** The bytes of an IC packet the receiver decodes (VmbusDevice.decodedRanges): where corruption lands. */
+  decodedRanges(payload: Uint8Array): ByteRanges {
+    return icDecodedRanges(payload, this.decodedBodyRanges);
+  }
+
+  /** The bytes of a message body of this service that its decoder reads; undefined: all of it. */
+  protected readonly decodedBodyRanges: ((body: Uint8Array) => ByteRanges) | undefined = undefined;
+
   get isOpen(): boolean {
     return this.channel?.open === true;
   }
@@ -89,7 +97,7 @@ export abstract class IcProvider implements VmbusDevice {
   /** The service's line in `vm ic`: status and negotiated version, plus what the service adds. */
   statusInfo(): Record<string, unknown> {
     const n = this.negotiated;
-    return { status: this.status(), version: n ? `${n.message.major}.${n.message.minor}` : null, ...this.statusExtra() };
+    return { status: this.status(), version: n ? `${n.message.major}.${n.message.minor}` : null, rejected: this.stats.rejected, ...this.statusExtra() };
   }
 
   protected statusExtra(): Record<string, unknown> {

@@ -4,8 +4,8 @@
  * the guest holds now. The guest pool is written by the guest only, and the auto pool is computed
  * by the guest (host name, OS name, uptime); both are read-only from the host.
  */
-import { IcGuid, IcMessageType, IcStatus, type IcVersion } from '@hvlab/protocol';
-import { decodeKvp, encodeKvp, KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES } from '@hvlab/protocol/kvp';
+import { IcError, IcGuid, IcMessageType, IcStatus, type IcVersion } from '@hvlab/protocol';
+import { decodeKvp, encodeKvp, kvpDecodedRanges, KvpOperation, KvpPool, KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES } from '@hvlab/protocol/kvp';
 import type { DeviceContext, VirtualDevice } from '../device.js';
 import { icDevice, type IcService } from '../ic/device.js';
 import { IcProvider, IcRequestError } from '../ic/provider.js';
@@ -28,12 +28,21 @@ export class KvpProvider extends IcProvider implements IcService<KvpState> {
   readonly interfaceType = IcGuid.kvp;
   readonly messageType = IcMessageType.Kvp;
   protected readonly messageVersions: IcVersion[] = [{ major: 5, minor: 0 }, { major: 4, minor: 0 }, { major: 3, minor: 0 }];
+  // Negotiate messages share the channel: a body too short for KVP is all decoded bytes.
+  protected override readonly decodedBodyRanges = kvpDecodedRanges;
 
   private async op(operation: number, pool: number, key: string, value: string, index = 0): Promise<{ status: number; key: string; value: string }> {
     if (!this.negotiated) throw new IcRequestError('the KVP integration service is not connected');
     const a = await this.request(IcMessageType.Kvp, encodeKvp({ operation, pool, index, key, value }), 5000);
     if (a.header.status !== IcStatus.OK) return { status: a.header.status, key, value: '' };
-    const m = decodeKvp(a.body);
+    let m;
+    try {
+      m = decodeKvp(a.body);
+    } catch (e) {
+      if (!(e instanceof IcError)) throw e;
+      this.stats.rejected++;
+      throw new IcRequestError(`the guest's KVP answer is malformed (${e.message})`);
+    }
     return { status: IcStatus.OK, key: m.key, value: m.value };
   }
 
