@@ -37,6 +37,8 @@ class StandIn {
   missing = new Set<number>();
   refusal: string | null = null;
   failProperty: number | null = null;
+  /** The clock's properties as they were at each clockRestored. */
+  readonly resyncs: Array<[number, number]> = [];
   readonly host: VmFaultHost = {
     vm: 'vm1', vps: 4,
     setProperty: async (property, value) => {
@@ -47,6 +49,7 @@ class StandIn {
     flipByte: async (gpa, mask) => flipGuestByte(this.memory, RAM, gpa, mask, (pfn) => this.missing.has(pfn)),
     vmbus: () => ({ injector: this.injector, names: ['heartbeat', 'kvp', 'shutdown', 'timesync'] }),
     refusal: () => this.refusal,
+    clockRestored: async () => void this.resyncs.push([this.prop(P.FaultClockOffsetUs), this.prop(P.FaultClockSkewPpm)]),
     note: (n) => {
       if (n.t === 'faultEnded') this.notes.push(n);
     },
@@ -97,6 +100,20 @@ describe('a VM\'s fault table (VMWP)', function () {
     expect(await s.table.clear('c1')).to.deep.equal({ cleared: ['c1'] });
     expect([s.prop(P.FaultClockOffsetUs), s.prop(P.FaultClockSkewPpm)]).to.deep.equal([0, 0]);
     expect(s.notes.map((n) => [n.id, n.reason, n.why])).to.deep.equal([['c1', 'cleared', 'cleared by request']]);
+  });
+
+  it('the end of a clock fault, by its time, a clear or before a move, sets the guest\'s clock right (time sync) once the reference time is true again', async () => {
+    await s.table.set('c1', { kind: 'clock', offsetMs: 3_600_000, skewPpm: 0 }, 30);
+    await until('expired', () => s.notes.length === 1);
+    await s.table.set('c2', { kind: 'clock', offsetMs: 0, skewPpm: 100_000 }, 60_000);
+    await s.table.clear('c2');
+    await s.table.set('c3', { kind: 'clock', offsetMs: -1000, skewPpm: 0 }, 60_000);
+    await s.table.endAll('the VM is being migrated to h2');
+    expect(s.resyncs, 'after each end, with both properties 0').to.deep.equal([[0, 0], [0, 0], [0, 0]]);
+    // Other kinds' ends leave the clock alone.
+    await s.table.set('d', { kind: 'interrupt-delay', delayMs: 1 }, 60_000);
+    await s.table.clear('d');
+    expect(s.resyncs).to.have.length(3);
   });
 
   it('a second VP stall replaces the first without a gap (which is reported ended); clear(null) ends all', async () => {

@@ -294,6 +294,14 @@ for (const transport of ['shm', 'remote'] as const) {
       expect(Math.abs(g.clock.now() - Date.now())).to.be.below(2000);
     });
 
+    it('time sync: resync steps a guest clock that went off to host time at once, and the offset it reports is the clock after the step', async () => {
+      await until(() => g.providers.timesync.samples >= 1);
+      g.clock.adjust(-3_600_000);
+      await g.providers.timesync.resync(5000);
+      expect(Math.abs(g.clock.now() - Date.now())).to.be.below(1000);
+      expect(Math.abs(g.providers.timesync.offsetMs!)).to.be.below(1000);
+    });
+
     it('KVP: set, get, list and delete travel to the guest; guest and auto pools are read-only', async () => {
       const kvp = g.providers.kvp;
       await kvp.set('external', 'color', 'blue');

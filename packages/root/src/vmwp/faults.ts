@@ -11,7 +11,10 @@
  *   vmbus            the VM's VMBus fault injector (vmbus/src/faults.ts) on the channel named (or
  *                    all); undone by taking it off, which releases what it held
  *   interrupt-delay  partition property FaultInterruptDelayUs; 0 at the end
- *   clock            FaultClockOffsetUs and FaultClockSkewPpm; both 0 at the end
+ *   clock            FaultClockOffsetUs and FaultClockSkewPpm; both 0 at the end, then a time
+ *                    sync (`clockRestored`): time sync set the guest's clock right against the
+ *                    faulty reference time, so when that steps back the clock would be off by
+ *                    minus the fault until the next sample
  *   vp-stall         FaultStalledVps (a mask of VP indexes); 0 at the end
  *   bitflip          XORs the mask into one guest byte, at once, with the VPs stopped for that
  *                    moment; nothing is undone (its duration is the window a checker is given)
@@ -78,6 +81,11 @@ export interface VmFaultHost {
   vps: number;
   /** Sets a partition property of the VM (SetPartitionProperty); throws when refused. */
   setProperty(property: number, value: number): Promise<void>;
+  /**
+   * The guest's reference time is true again (a clock fault ended): steps the guest's clock to
+   * host time (time sync) and resolves when that is done or given up on; never rejects.
+   */
+  clockRestored?(): Promise<void>;
   /** XORs `mask` into the guest byte at `gpa`: the byte before and after; throws a VmwpFailure when it cannot. */
   flipByte(gpa: number, mask: number): Promise<{ before: number; after: number }>;
   /** The VM's VMBus fault injector and its channel names, or null before its devices exist. */
@@ -295,6 +303,7 @@ export class VmFaultTable {
         case 'clock':
           await h.setProperty(faultProperty('FaultClockOffsetUs'), 0);
           await h.setProperty(faultProperty('FaultClockSkewPpm'), 0);
+          await h.clockRestored?.();
           break;
         case 'vp-stall':
           await h.setProperty(faultProperty('FaultStalledVps'), 0);

@@ -33,6 +33,7 @@ import { IcRequestError, loadDeviceClass } from '@hvlab/vsp';
 import { HEARTBEAT_INTERVAL_MS } from '@hvlab/protocol/heartbeat';
 import { KvpInputError, KvpProvider, type KvpPoolName } from '@hvlab/vsp/kvp';
 import { ShutdownProvider } from '@hvlab/vsp/shutdown';
+import { TimeSyncProvider } from '@hvlab/vsp/timesync';
 import { controlPortId, hostConnectionId, decodeVmwpStartInput, decodeVmwpClaim, sameShape, type IncomingStream, type VmwpConfig } from './shared.js';
 import type { VmbusServerState } from '@hvlab/vmbus';
 import { VmDevices, type DeviceComponents } from './devices.js';
@@ -57,6 +58,11 @@ const DIRTY_TIMEOUT_MS = testKnob('HVLAB_TEST_DIRTY_TIMEOUT_MS', 1) ?? 10000;
  * kills it as failed. A process that exits closes the link a moment before its exit is seen.
  */
 const LINK_CLOSED_GRACE_MS = 2000;
+/**
+ * How long the end of a clock fault waits for time sync to set the guest's clock right (a running
+ * guest answers in milliseconds; one that does not is left to its next sample).
+ */
+const CLOCK_RESYNC_WAIT_MS = 1000;
 
 /**
  * The worker process, run by its entry (boot.ts) once its partition process is under way. A
@@ -368,6 +374,11 @@ export async function runWorker(): Promise<void> {
     setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
     flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false, whileStopped),
     vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
+    clockRestored: async () => {
+      const t = devices?.ofClass('timesync');
+      // A suspended guest answers when it runs again: not waited for.
+      if (t?.entry.enabled && t.device.vmbus instanceof TimeSyncProvider) await t.device.vmbus.resync(suspended ? 0 : CLOCK_RESYNC_WAIT_MS);
+    },
     refusal: () => (!created ? 'it is not built yet' : exiting || saved ? 'it is going away' : saving ? 'it is being saved' : migration ? 'it is being migrated' : cfg.incoming && (!booted || postcopyIn) ? 'it is arriving by migration' : null),
     note: (n) => control.note(n),
   });

@@ -38,11 +38,11 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
   }
 
   protected override onNegotiated(): void {
-    this.send(TimeSyncFlags.Sync);
+    void this.send(TimeSyncFlags.Sync);
     this.stopTicks?.();
     // A sample carries the time it was taken at, so one sent up to a quarter period early (with
     // the heartbeat's wake-up) is as exact as one sent on time.
-    this.stopTicks = icTicker.every(this.intervalMs, this.intervalMs / 4, () => this.send(TimeSyncFlags.Sample));
+    this.stopTicks = icTicker.every(this.intervalMs, this.intervalMs / 4, () => void this.send(TimeSyncFlags.Sample));
   }
 
   protected override onClosed(): void {
@@ -50,14 +50,39 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
     this.stopTicks = null;
   }
 
-  private send(flags: number): void {
-    if (!this.isOpen) return;
+  /**
+   * Steps the guest's clock to host time now (a Sync), then takes a Sample, so that `offsetMs`
+   * says where the clock is after the step. For the end of a clock fault: while it lasted, samples
+   * brought the guest's clock back to host time against a reference time that was off, so when
+   * the reference time steps back the guest's clock is off the other way until a sample notices
+   * (a period). Resolves when both are answered or after `waitMs` (a paused VM answers later),
+   * never rejects.
+   */
+  async resync(waitMs: number): Promise<void> {
+    if (!this.isOpen || !this.negotiated) return;
+    // Answers are read on the worker's ticks (polled): read them as they come meanwhile.
+    const read = setInterval(() => this.readAnswers(), 2);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.send(TimeSyncFlags.Sync).then(() => this.send(TimeSyncFlags.Sample)),
+        new Promise<void>((r) => (timer = setTimeout(r, waitMs))),
+      ]);
+    } finally {
+      clearInterval(read);
+      clearTimeout(timer);
+    }
+  }
+
+  /** Sends a time sample with `flags`; resolves when it is answered or has failed (never rejects). */
+  private send(flags: number): Promise<void> {
+    if (!this.isOpen) return Promise.resolve();
     const hostMs = Date.now();
     const ref = referenceTime();
     const body = encodeTimeSync({ parentTime: msToFiletime(hostMs), referenceTime: ref, flags, leapFlags: 0, stratum: 2 });
     // Polled, the answer is read at a later tick, up to a period later (when no other service
     // ticks more often).
-    this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs) + this.pollSlackMs(this.intervalMs))
+    return this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs) + this.pollSlackMs(this.intervalMs))
       .then((a) => {
         // The first answer comes as it is signalled (the offset is known at once); then they are
         // read on ticks, which with a long period and no heartbeat may be a period later.
