@@ -79,6 +79,15 @@ const ABORT_PAUSE_MS = 1000;
  * destination gives it, is heard within a second.
  */
 const IN_DOUBT_PAUSE_MS = testKnob('HVLAB_TEST_IN_DOUBT_PAUSE_MS', 100, 5000) ?? 5000;
+/**
+ * Tests (HVLAB_TEST_POSTCOPY_HOLD_MS, whole ms from 1000 up to 60 s): after post-copy's switch-over
+ * the source holds its background push and its commit this long, and only the pages the
+ * destination's guest faults on go meanwhile (its pulls keep the destination's silence watchdog
+ * fed). The post-copy phase then lasts that long whatever the guest's speed: a guest starved of
+ * CPU dirties few pages, and a push of those few ended the phase before a test that acts during
+ * it (cancel, cut, kill) got to act. A failure meanwhile ends the hold at once. 0: no hold.
+ */
+const POSTCOPY_HOLD_MS = testKnob('HVLAB_TEST_POSTCOPY_HOLD_MS', 1000, 60000) ?? 0;
 /** The GPADL hint (migPremap): a few hypervisor calls at the destination. */
 const PREMAP_TIMEOUT_MS = 10000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
@@ -885,8 +894,11 @@ export class MigrationOut {
       switchError = new Error(`the destination ${this.req.to} did not start the VM: ${e.message}`);
     });
     let pulling = true;
+    // HVLAB_TEST_POSTCOPY_HOLD_MS: the pulls go on while held even once no page is missing, so
+    // that the destination hears from this side (its watchdog) until the push and the commit.
+    let holding = POSTCOPY_HOLD_MS > 0;
     const puller = (async () => {
-      while (pulling && pending.size > 0 && switchError === null) {
+      while (pulling && (pending.size > 0 || holding) && switchError === null) {
         let r: { pfns?: unknown };
         try {
           r = await this.call({ op: 'migPull', waitMs: 200 }, PAGES_TIMEOUT_MS) as { pfns?: unknown };
@@ -915,6 +927,16 @@ export class MigrationOut {
     }
     // Push the rest behind what the guest asks for.
     try {
+      if (holding) {
+        src.log.warn({ holdMs: POSTCOPY_HOLD_MS, missing: pending.size }, 'post-copy holds its push and its commit (test knob HVLAB_TEST_POSTCOPY_HOLD_MS): only the pages the guest asks for go meanwhile');
+        let timer: NodeJS.Timeout | undefined;
+        // The puller fails (a killed worker, a cut link) or the hold ends, whichever comes first.
+        await Promise.race([new Promise<void>((res) => (timer = setTimeout(res, POSTCOPY_HOLD_MS))), puller]).finally(() => {
+          clearTimeout(timer);
+          holding = false;
+        });
+        src.log.info({ missing: pending.size, requests: stats.ram['postcopy-requests'] }, 'post-copy\'s hold ended: the rest is pushed');
+      }
       while (pending.size > 0) {
         this.check();
         const batch: PageEntry[] = [];
