@@ -155,6 +155,23 @@ for (const transport of ['shm', 'remote'] as const) {
       await kvp.set('external', 'after', 'yes');
       expect(await kvp.get('external', 'after')).to.equal('yes');
     });
+
+    // One transport: the timeout is the provider's, whatever carries the request (the test waits 5 s).
+    if (transport === 'shm') it('a KVP set whose request is held past its 5 s timeout fails saying the guest may still carry it out, and the guest does once it gets it', async () => {
+      g = await boot(transport);
+      await until('negotiated', () => negotiated(g));
+      const kvp = g.providers.kvp;
+      // Every packet the host sends goes 60 s late: the request waits at the host's end.
+      g.injector.set('late', new VmbusFault({ channel: 'kvp', seed: 1, delay: 1, delayMs: 60_000 }));
+      const e = await kvp.set('external', 'late', 'landed').then(() => null, (x: Error) => x);
+      expect(e?.message).to.equal('the guest did not answer the kvp request within 5 s; it was sent, so the guest may still carry it out');
+      // The fault's end sends what it held: the set the host gave up on lands.
+      g.injector.remove('late');
+      let got: string | null = null;
+      const t0 = Date.now();
+      while (Date.now() - t0 < 10_000 && (got = await kvp.get('external', 'late')) === null) await new Promise((r) => setTimeout(r, 50));
+      expect(got).to.equal('landed');
+    });
   });
 }
 

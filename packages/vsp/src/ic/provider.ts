@@ -278,7 +278,8 @@ export abstract class IcProvider implements VmbusDevice {
       if (timeoutMs > 0) {
         p.timer = setTimeout(() => {
           this.pending.delete(transId);
-          reject(new IcRequestError(`the guest did not answer the ${this.service} request within ${timeoutMs % 1000 === 0 ? `${timeoutMs / 1000} s` : `${timeoutMs} ms`}`));
+          // The request stays in the channel: a guest that gets it late still carries it out (a KVP set lands).
+          reject(new IcRequestError(`the guest did not answer the ${this.service} request within ${timeoutMs % 1000 === 0 ? `${timeoutMs / 1000} s` : `${timeoutMs} ms`}; it was sent, so the guest may still carry it out`));
         }, timeoutMs);
       }
       this.pending.set(transId, p);
