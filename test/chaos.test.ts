@@ -21,7 +21,7 @@ import {
   CHAOS_REPORT_FILES, NemesisClient, OWNER_LEASE_MS, chaosWorld, drawSchedule, loadChaosExperiment, nemesisPids, plannedMoves, plannedSchedule, processState, runChaosExperiment, type ChaosReport,
   type ChaosSpec,
 } from '@hvlab/faults';
-import { TestHost, eventually, killExperimentRun, shmFiles } from './harness.js';
+import { TestHost, downClusterLeavingNothing, eventually, killExperimentRun, shmFiles } from './harness.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -267,15 +267,7 @@ describe('chaos experiments with real processes', function () {
       const st = await h.json<{ hosts: Array<{ hostId: string }> }>('cluster', 'status');
       for (const x of st.hosts) ids.add(x.hostId);
     });
-    after(async () => {
-      await h.run('cluster', 'down');
-      await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 5000);
-      expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
-      expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
-      expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
-      expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
-      await h.destroy();
-    });
+    after(() => downClusterLeavingNothing(h, ids, 5000));
 
     it('a fault its file names that is refused at run time (a link the cluster does not have) is said, and the run exits 1 whatever its checks say', async () => {
       const file = join(dir, 'refused.yaml');
@@ -374,15 +366,7 @@ describe('chaos experiments with real processes', function () {
       const st = await h.json<{ hosts: Array<{ hostId: string }> }>('cluster', 'status');
       for (const x of st.hosts) ids.add(x.hostId);
     });
-    after(async () => {
-      await h.run('cluster', 'down');
-      await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 10000);
-      expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
-      expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
-      expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
-      expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
-      await h.destroy();
-    });
+    after(() => downClusterLeavingNothing(h, ids, 10000));
 
     it('a run whose cluster is taken down under it notices, stops, reports its faults ended with the cluster and exits 1 saying why (it ran on and reported them active)', async () => {
       const file = join(dir, 'gone.yaml');

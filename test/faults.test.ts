@@ -12,7 +12,7 @@ import type { HostInfo, LinkProbeResult, VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import { NemesisClient, nemesisPid, nemesisPids, processState, stopNemesis, wardenPids, type FaultRecord } from '@hvlab/faults';
-import { TestHost, eventually, shmFiles, sleep } from './harness.js';
+import { TestHost, downClusterLeavingNothing, eventually, shmFiles, sleep } from './harness.js';
 
 type Status = { hosts: Array<{ name: string; hostId: string }> };
 
@@ -45,15 +45,7 @@ describe('faults: processes, links and partitions (real processes)', function ()
     expect(await eventually(async () => (await progress('h1', 'web')) > 200 && (await progress('h2', 'db')) > 200, 15000)).to.equal(true);
   });
 
-  after(async () => {
-    await h.run('cluster', 'down');
-    await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, 10000);
-    expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
-    expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
-    expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
-    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
-    await h.destroy();
-  });
+  after(() => downClusterLeavingNothing(h, ids));
 
   it('--host in a cluster goes through the cluster\'s one nemesis (a host\'s own beside it undid the other\'s pause of the same process); vm:NAME@HOST aims at one of two VMs of one name', async () => {
     const f = await inject('pause', '--target', 'vm:web', '--for', '20s');

@@ -3,6 +3,7 @@
  * process, and a cleanup that leaves no process, socket or /dev/shm file of the host even when a
  * test failed (`hvlab down`, then a sweep by host id).
  */
+import { expect } from 'chai';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { hostPaths, zmq, type HostPaths } from '@hvlab/runtime';
 import { CLUSTER_WIRE_VERSION, encode } from '@hvlab/protocol';
 import { hostProcesses, sweepHost } from '@hvlab/host';
-import { fabricPids, memberSecretHash, pairAuth } from '@hvlab/cluster';
+import { clusterTag, fabricPids, memberSecretHash, networkLeftovers, pairAuth } from '@hvlab/cluster';
 import { nemesisPids } from '@hvlab/faults';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -249,6 +250,20 @@ export async function interruptExperimentRun(file: string, out: string, ready: R
     await exited;
   }
   return { code, output, home, left: left! };
+}
+
+/**
+ * A suite's cluster brought down (`cluster down`) and checked to leave nothing: no process of its
+ * hosts (`ids`), /dev/shm file, fabric, nemesis, namespace or veth. Then the home goes.
+ */
+export async function downClusterLeavingNothing(h: TestHost, ids: ReadonlySet<string>, waitMs = 10000): Promise<void> {
+  await h.run('cluster', 'down');
+  await eventually(() => [...ids].every((id) => hostProcesses(id).length === 0) && fabricPids(h.home).length === 0 && nemesisPids(h.home).length === 0, waitMs);
+  expect([...ids].flatMap((id) => hostProcesses(id)), 'host processes left').to.deep.equal([]);
+  expect([...ids].flatMap((id) => shmFiles(id)), '/dev/shm files left').to.deep.equal([]);
+  expect(nemesisPids(h.home), 'nemesis left').to.deep.equal([]);
+  expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  await h.destroy();
 }
 
 export interface ExperimentLeft {
