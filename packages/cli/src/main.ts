@@ -1473,10 +1473,11 @@ export async function run(argv: string[]): Promise<number> {
         const member = clusterOfHostHome(paths.home);
         if (member !== null) throw new CliError(`${paths.home} is the home of host ${member.host} of the cluster in ${member.home}: its hosts come up with the cluster ("hvlab cluster up"); one brought down alone stays down until the cluster is brought down and up again`);
         const spare = opt('spare');
-        // Ctrl-C during the start: the host comes up in the background all the same, so it is
-        // brought down again once it is (it was left up, and the CLI said nothing).
+        // Ctrl-C during the start: `up` stops where it is and takes what it started down (it was
+        // left up without a word, then brought down only once it was ready); one that came in
+        // the last instant, after the host was ready, brings it down here.
         const rec = await interruptible('up was interrupted: the host it started was brought down', async (signal) => {
-          const r = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }) });
+          const r = await up(paths, { lps: lps === undefined ? null : Number(lps), vmbusTransport: transport, warm: warm === undefined ? 0 : Number(warm), warmMemory, ...(spare === undefined ? {} : { spare: Number(spare) }), signal });
           if (signal.aborted) await down(paths);
           return r;
         });

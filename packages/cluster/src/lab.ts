@@ -372,15 +372,17 @@ export async function clusterUp(home: string, topology: Topology, source: string
     });
     say(`fabric: links on ${listen}:${port}`);
     checkAborted(signal);
-    // Hosts start side by side; each host's VMs then start one after another on it.
-    await Promise.all(topology.hosts.map(async (h) => {
+    // Hosts start side by side; each host's VMs then start one after another on it. Every start
+    // settles before a failure is taken further: the teardown below must not run beside a host
+    // still starting (its processes came up after the teardown had looked).
+    const starts = await Promise.allSettled(topology.hosts.map(async (h) => {
       const paths = hostPaths(clusterHostHome(home, h.name));
       const hn = net.hosts.find((x) => x.name === h.name)!;
       const member = {
         HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
       };
       checkAborted(signal);
-      const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns });
+      const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns, signal });
       say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
       const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
       clients.push(c);
@@ -391,6 +393,8 @@ export async function clusterUp(home: string, topology: Topology, source: string
       }
       await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`), signal);
     }));
+    const failed = starts.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     checkAborted(signal);
     await waitJoined(home, topology.hosts.map((h) => h.name), 15000);
     checkAborted(signal);

@@ -60,6 +60,20 @@ export interface UpOptions {
   env?: Record<string, string>;
   /** Run the host in this network namespace (`ip netns exec`; a cluster's host). */
   netns?: string | null;
+  /**
+   * Aborted (a Ctrl-C of the caller): the start stops where it is, what it started goes (as a
+   * start that failed), and `up` throws HostInterrupted. Without it a Ctrl-C waited for the host to
+   * be ready, up to 30 s, only to bring it down again.
+   */
+  signal?: AbortSignal;
+}
+
+/** `up` stopped by its signal; nothing of the host it began is left. */
+export class HostInterrupted extends HostError {
+  constructor(home: string) {
+    super(`the start of the host for ${home} was interrupted; nothing of it is left`);
+    this.name = 'HostInterrupted';
+  }
 }
 
 export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRecord> {
@@ -76,12 +90,15 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
     const rec = readHost(paths);
     throw new HostError(`a host is already up for ${paths.home} (host ${rec?.hostId ?? '?'}, hypervisor pid ${holder}); run "hvlab down" first`);
   };
+  const signal = opts.signal;
+  if (signal?.aborted) throw new HostInterrupted(paths.home);
   refuseIfHeld();
   // A hypervisor of this home without its lock is one starting (another `up`: it takes the lock
   // in a moment) or a host whose home was removed under it, going down by itself (guardHome):
   // its socket directory, named after the home's path, is this home's, so let it go first.
   for (let i = 0; i < 100 && homeHypervisors(paths.home).length > 0; i++) {
     await new Promise((r) => setTimeout(r, 100));
+    if (signal?.aborted) throw new HostInterrupted(paths.home);
     refuseIfHeld();
   }
   const lingering = homeHypervisors(paths.home);
@@ -102,7 +119,8 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
     : spawn(process.execPath, nodeArgsFor(entries.hypervisor), { detached: true, stdio: ['ignore', 'pipe', errFd], env });
   closeSync(errFd);
   try {
-    const first = await firstLine(hv, 30000);
+    const first = await firstLine(hv, 30000, undefined, signal);
+    if (first.kind === 'aborted') throw new HostInterrupted(paths.home);
     if (first.kind === 'timeout') throw new HostError('the host did not become ready within 30 s; see run/logs');
     if (first.kind === 'too-long') throw new HostError('the hypervisor\'s first line is too long; see run/logs');
     if (first.kind === 'exited' && !first.partial) throw new HostError(`the hypervisor exited during start-up (${first.why}); see run/logs/hypervisor.log`);
@@ -125,6 +143,12 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
     // race for the home) holds them.
     const other = lockHolder(paths);
     sweepHost(paths, hostId, { keepRun: other !== null });
+    // A process its parent forked between the sweep's look at /proc and that parent's kill (the root
+    // starting a spare as a Ctrl-C came) is caught by a second look.
+    for (let i = 0; i < 20 && hostProcesses(hostId).length > 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      sweepHost(paths, hostId, { keepRun: other !== null });
+    }
     throw e;
   }
 }

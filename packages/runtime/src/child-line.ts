@@ -16,7 +16,9 @@ export type FirstLine =
   /** The child exited first; `partial`: what it wrote of a line before (may be ''). */
   | { kind: 'exited'; why: string; partial: string }
   | { kind: 'timeout' }
-  | { kind: 'too-long' };
+  | { kind: 'too-long' }
+  /** `signal` was aborted first (a Ctrl-C of the starter). */
+  | { kind: 'aborted' };
 
 /**
  * `s` with its control characters shown as escapes (\n, \t, \x1b, …), for a terminal: what another
@@ -58,12 +60,14 @@ export class FirstLineReader {
 
 /**
  * The first line of `child`'s stdout (a pipe), or why there is none: it exited without writing a
- * whole one (what it wrote of one is `partial`), `timeoutMs` passed, or the line ran past FIRST_LINE_MAX_BYTES. Its listeners are gone when it settles; the
- * caller decides what becomes of the child and its stream.
+ * whole one (what it wrote of one is `partial`), `timeoutMs` passed, the line ran past
+ * FIRST_LINE_MAX_BYTES, or `signal` was aborted. Its listeners are gone when it settles; the caller
+ * decides what becomes of the child and its stream.
  */
-export function firstLine(child: ChildProcess, timeoutMs: number, maxBytes = FIRST_LINE_MAX_BYTES): Promise<FirstLine> {
+export function firstLine(child: ChildProcess, timeoutMs: number, maxBytes = FIRST_LINE_MAX_BYTES, signal?: AbortSignal): Promise<FirstLine> {
   const out = child.stdout;
   if (!out) return Promise.resolve({ kind: 'exited', why: 'it has no stdout to read', partial: '' });
+  if (signal?.aborted) return Promise.resolve({ kind: 'aborted' });
   const reader = new FirstLineReader(maxBytes);
   return new Promise<FirstLine>((resolve) => {
     let drain: NodeJS.Timeout | undefined;
@@ -73,8 +77,10 @@ export function firstLine(child: ChildProcess, timeoutMs: number, maxBytes = FIR
       out.off('data', onData);
       out.off('end', onEnd);
       child.off('exit', onExit);
+      signal?.removeEventListener('abort', onAbort);
       resolve(r);
     };
+    const onAbort = (): void => settle({ kind: 'aborted' });
     let exitWhy: string | null = null;
     const onEnd = (): void => {
       if (exitWhy !== null) settle({ kind: 'exited', why: exitWhy, partial: reader.partial() });
@@ -95,5 +101,6 @@ export function firstLine(child: ChildProcess, timeoutMs: number, maxBytes = FIR
     out.on('data', onData);
     out.on('end', onEnd);
     child.on('exit', onExit);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

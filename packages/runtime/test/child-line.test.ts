@@ -69,4 +69,23 @@ describe('the first line of a child process', () => {
       loud.kill('SIGKILL');
     }
   });
+
+  it('stops waiting when its signal is aborted (a Ctrl-C of the starter), before or while it waits, and keeps no listener', async () => {
+    const quiet = node('setTimeout(() => {}, 30000)');
+    try {
+      const ac = new AbortController();
+      const waiting = firstLine(quiet, 30000, undefined, ac.signal);
+      ac.abort();
+      expect(await waiting).to.deep.equal({ kind: 'aborted' });
+      expect(quiet.stdout!.listenerCount('data')).to.equal(0);
+      expect(quiet.listenerCount('exit')).to.equal(0);
+      expect(await firstLine(quiet, 30000, undefined, ac.signal), 'aborted already').to.deep.equal({ kind: 'aborted' });
+      // A signal never aborted changes nothing, and its listener goes with the line.
+      const calm = new AbortController();
+      const ready = node('process.stdout.write("ready\\n"); setTimeout(() => {}, 200)');
+      expect(await firstLine(ready, 10000, undefined, calm.signal)).to.deep.equal({ kind: 'line', line: 'ready' });
+    } finally {
+      quiet.kill('SIGKILL');
+    }
+  });
 });
