@@ -371,7 +371,7 @@ describe('the hvlab command', function () {
       [['fault', 'clear', '../x'], /^hvlab: "\.\.\/x" is not a fault's id \("hvlab fault list" shows them\)$/],
       [['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '10s', '--offset', '99999h'], /^hvlab: --offset 99999h is more than a clock fault shifts \(at most 7 days either way\)$/],
       [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
-      [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K$/],
+      [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K, or 0 for no limit$/],
     ];
     for (const [args, re] of cases) {
       it(`${args.join(' ')} is refused`, async () => {

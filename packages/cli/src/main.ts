@@ -224,10 +224,10 @@ export const COMMANDS: CommandSpec[] = [
     options: [
       { name: 'to', value: 'HOST', required: true, help: 'the destination host of the cluster', check: (v) => (CLUSTER_HOST_RE.test(v) ? null : `--to ${JSON.stringify(v)} is not a host name (a lower-case letter, then up to 9 lower-case letters, digits or dashes, as the cluster's hosts are named)`) },
       {
-        name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M; at least 64K (default: as fast as the link allows)',
+        name: 'bandwidth', value: 'SIZE', help: 'bytes per second the stream may use, e.g. 100M; at least 64K, or 0 for no limit (the default: as fast as the link allows)',
         check: (v) => {
           const n = parseSize(v);
-          return n === null || (n > 0 && n < MIGRATION_MIN_BANDWIDTH_BPS) ? `--bandwidth ${v} is invalid: bytes per second from 64K, such as 100M or 512K` : null;
+          return n === null || (n > 0 && n < MIGRATION_MIN_BANDWIDTH_BPS) ? `--bandwidth ${v} is invalid: bytes per second from 64K, such as 100M or 512K, or 0 for no limit` : null;
         },
       },
       { name: 'downtime-limit', value: 'TIME', help: 'the blackout to aim for, e.g. 300ms (default, as QEMU)', check: (v) => (inRange(parseDuration(v), 1, 3_600_000) ? null : `--downtime-limit ${v} is invalid: a duration such as 300ms or 1s`) },
