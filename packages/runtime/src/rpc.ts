@@ -8,6 +8,14 @@
  * sentence (id 0 when none could be read), a handler's throw becomes an error answer, an answer
  * to a peer that is gone is dropped, and at most `maxInFlight` requests run at once (more are
  * answered Busy).
+ *
+ * A connection that drops loses what it held (a link proxy that dies takes the bytes it had), and
+ * an answer to a request that came on it goes nowhere (the peer comes back under a new identity).
+ * A call made with `resend` is sent again, the same frame, each time the client's connection comes
+ * back while it waits; a server given `replayKey` answers a request it has seen (its key) with its
+ * first answer, waiting for it if it is still being handled, and does not handle it again. A
+ * caller marks as `resend` only requests that are safe to be carried out twice, or that the server
+ * replays.
  */
 import { decodeMgmtResponse, encode } from '@hvlab/protocol';
 import { SendQueue, zmq } from './zmq.js';
@@ -23,6 +31,16 @@ export class RpcFailure extends Error {
 
 /** Largest frame a server's socket takes before ZeroMQ drops the peer. */
 const RPC_TRANSPORT_MAX_BYTES = 4 * 1024 * 1024;
+/**
+ * Answers a server with `replayKey` keeps once their requests were handled (the oldest goes
+ * first). A request is sent again only while its caller waits for it, which is a call's bound
+ * (seconds), and a caller has few in flight (a move: its window of page batches and a pull): this
+ * many outlasts that on any server.
+ */
+export const RPC_REPLAY_KEEP = 1024;
+
+/** A handled request's outcome, as it is answered (and replayed). */
+type Outcome = { ok: true; result: unknown } | { ok: false; code: string; message: string };
 
 export class RpcServer<T extends { id: number }> {
   readonly sock: zmq.Router;
@@ -31,12 +49,25 @@ export class RpcServer<T extends { id: number }> {
   private closed = false;
   /** Requests being handled, by who asked: answered by `failInFlight` if the server must go first. */
   private readonly inFlight = new Set<{ peer: Buffer; id: number }>();
+  /** Outcomes of keyed requests still being handled, by key (replayKey). */
+  private readonly replayRunning = new Map<string, Promise<Outcome>>();
+  /** Outcomes of keyed requests handled, by key, oldest first (at most RPC_REPLAY_KEEP). */
+  private readonly replayDone = new Map<string, Outcome>();
+  /** Requests answered with an earlier one's outcome (their key seen before), not handled again. */
+  replayed = 0;
+  /** Told of each request answered with an earlier one's outcome (`running`: that one is still being handled). */
+  onReplay: ((req: T, running: boolean) => void) | null = null;
 
+  /**
+   * `replayKey`: the key of a request to be handled once (null: handled each time it comes); a
+   * request whose key was seen is answered with the first one's outcome.
+   */
   constructor(
     private readonly decodeFrame: (b: Uint8Array) => RpcDecoded<T>,
     private readonly handle: (req: T) => Promise<unknown> | unknown,
     opts: Record<string, unknown> = {},
     private readonly maxInFlight = 256,
+    private readonly replayKey: ((req: T) => string | null) | null = null,
   ) {
     this.sock = new zmq.Router({ linger: 0, mandatory: false, sendHighWaterMark: 10000, receiveHighWaterMark: 10000, ...opts } as never);
     this.sock.maxMessageSize = RPC_TRANSPORT_MAX_BYTES;
@@ -102,17 +133,57 @@ export class RpcServer<T extends { id: number }> {
       this.inFlight.add(entry);
       void (async () => {
         try {
-          const result = await this.handle(d.value);
-          if (this.inFlight.delete(entry)) void this.answer(peer, { id, ok: true, result: result ?? null });
-        } catch (e) {
-          const code = e instanceof RpcFailure ? e.code : 'Internal';
-          const message = e instanceof Error && typeof e.message === 'string' ? e.message : String(e);
-          if (this.inFlight.delete(entry)) void this.answer(peer, { id, ok: false, error: { code, message } });
+          const out = await this.outcomeOf(d.value);
+          if (this.inFlight.delete(entry)) void this.answer(peer, out.ok ? { id, ok: true, result: out.result ?? null } : { id, ok: false, error: { code: out.code, message: out.message } });
         } finally {
           this.running--;
         }
       })();
     }
+  }
+
+  /** Handles `req`, or, when its key was seen, takes the outcome of the request that had it first. Never rejects. */
+  private outcomeOf(req: T): Promise<Outcome> {
+    let key: string | null = null;
+    try {
+      key = this.replayKey?.(req) ?? null;
+    } catch {
+      key = null;
+    }
+    if (key !== null) {
+      const done = this.replayDone.get(key);
+      const running = done === undefined ? this.replayRunning.get(key) : undefined;
+      if (done !== undefined || running !== undefined) {
+        this.replayed++;
+        try {
+          this.onReplay?.(req, running !== undefined);
+        } catch {
+          // The answer goes all the same; a handler's failure is not the server's.
+        }
+        return running ?? Promise.resolve(done!);
+      }
+    }
+    const p = (async (): Promise<Outcome> => {
+      try {
+        return { ok: true, result: await this.handle(req) };
+      } catch (e) {
+        const code = e instanceof RpcFailure ? e.code : 'Internal';
+        const message = e instanceof Error && typeof e.message === 'string' ? e.message : String(e);
+        return { ok: false, code, message };
+      }
+    })();
+    if (key === null) return p;
+    const k = key;
+    this.replayRunning.set(k, p);
+    void p.then((out) => {
+      this.replayRunning.delete(k);
+      this.replayDone.set(k, out);
+      for (const old of this.replayDone.keys()) {
+        if (this.replayDone.size <= RPC_REPLAY_KEEP) break;
+        this.replayDone.delete(old);
+      }
+    });
+    return p;
   }
 
   close(): void {
@@ -126,6 +197,11 @@ interface Waiting {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
+  op: string;
+  /** The request's frame when it is sent again as its connection comes back (call's `resend`), else null. */
+  frame: Buffer | null;
+  /** The client's count of dropped connections when it was last sent: a drop since may have lost it. */
+  sentAtDrop: number;
 }
 
 /** A DEALER client: `call(body, timeoutMs)` resolves with the result or rejects with an RpcFailure. */
@@ -135,6 +211,13 @@ export class RpcClient {
   private nextId = 1;
   private readonly waiting = new Map<number, Waiting>();
   private closed = false;
+  /** Connections dropped since the client watched for them (watchReconnects). */
+  private drops = 0;
+  private watching = false;
+  /** Requests sent again because their connection came back while they waited. */
+  resent = 0;
+  /** Told the operations of the requests sent again, each time a connection comes back with some waiting. */
+  onResend: ((ops: string[]) => void) | null = null;
 
   constructor(readonly endpoint: string, opts: Record<string, unknown> = {}) {
     this.sock = new zmq.Dealer({ linger: 0, sendHighWaterMark: 10000, receiveHighWaterMark: 10000, ...opts } as never);
@@ -162,23 +245,67 @@ export class RpcClient {
     }
   }
 
-  /** Sends `{ v, id, ...body }`; rejects with RpcFailure('Timeout') when no answer comes in time. */
-  call(body: Record<string, unknown>, timeoutMs: number, v = 1): Promise<unknown> {
+  /**
+   * Sends `{ v, id, ...body }`; rejects with RpcFailure('Timeout') when no answer comes in time.
+   * `resend`: while it waits, the request goes again (the same frame, the same id) each time the
+   * connection comes back after a drop, which may have lost it or its answer; the first answer
+   * settles the call. Only for a request that is safe to be carried out twice, or that its server
+   * replays (RpcServer's `replayKey`).
+   */
+  call(body: Record<string, unknown>, timeoutMs: number, v = 1, opts: { resend?: boolean } = {}): Promise<unknown> {
     if (this.closed) return Promise.reject(new RpcFailure('Closed', `the connection to ${this.endpoint} is closed`));
     const id = this.nextId++;
+    if (opts.resend === true) this.watchReconnects();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
         reject(new RpcFailure('Timeout', `no answer from ${this.endpoint} to "${String(body.op)}" within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.waiting.set(id, { resolve, reject, timer });
-      this.q.send(Buffer.from(encode({ v, id, ...body }))).catch((e: Error) => {
+      const frame = Buffer.from(encode({ v, id, ...body }));
+      this.waiting.set(id, { resolve, reject, timer, op: String(body.op), frame: opts.resend === true ? frame : null, sentAtDrop: this.drops });
+      this.q.send(frame).catch((e: Error) => {
         const w = this.waiting.get(id);
         if (!w) return;
         this.waiting.delete(id);
         clearTimeout(w.timer);
         reject(new RpcFailure('SendFailed', `cannot send to ${this.endpoint}: ${e.message}`));
       });
+    });
+  }
+
+  /**
+   * Watches the socket's connection (from the first call with `resend` on): a drop is counted, and
+   * a connection made after one sends again every `resend` request that waits and was sent before
+   * it. One sent after the drop (while there was no connection) waits in the socket's queue and
+   * goes on the new connection by itself. A request sent again that had arrived after all is a
+   * duplicate, which its server replays (or may carry out again: the caller's choice).
+   */
+  private watchReconnects(): void {
+    if (this.watching) return;
+    this.watching = true;
+    const events = this.sock.events;
+    events.on('disconnect', () => {
+      this.drops++;
+    });
+    events.on('connect', () => {
+      if (this.closed) return;
+      const ops: string[] = [];
+      for (const w of this.waiting.values()) {
+        if (w.frame === null || w.sentAtDrop === this.drops) continue;
+        w.sentAtDrop = this.drops;
+        ops.push(w.op);
+        this.resent++;
+        // A send the queue drops (the peer gone again, or its queue full) leaves the call to the
+        // next connection or to its timeout.
+        this.q.send(w.frame).catch(() => undefined);
+      }
+      if (ops.length > 0) {
+        try {
+          this.onResend?.(ops);
+        } catch {
+          // The requests went; a handler's failure is not the client's.
+        }
+      }
     });
   }
 
