@@ -403,6 +403,40 @@ describe('clusters on one machine', function () {
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
   });
 
+  it('a page batch the destination wrote, whose answer a fabric killed lost, is sent again once the connection is back and answered as the first time, without being written again: the move completes', async () => {
+    // h2's worker holds its answer to the move's third page batch (written already) until the
+    // stream's connection drops (HVLAB_TEST_HOLD_PAGES_UNTIL_DROP), then sends it to the connection
+    // that is gone: what a fabric killed with an answer on its way does. Before, the source waited
+    // out the batch's 10 s bound and the move failed.
+    h = new TestHost({ HVLAB_TEST_HOLD_PAGES_UNTIL_DROP: '3' });
+    const file = join(h.home, 'two.yaml');
+    writeFileSync(file, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M, workload: memdirty:4M }\n');
+    await h.ok('cluster', 'up', file);
+    clusterHostIds(h.home, ids);
+    const workerLog = (host: string): string => {
+      const f = join(h.home, 'cluster', 'hosts', host, 'run', 'logs', 'vmwp-a.log');
+      return existsSync(f) ? readFileSync(f, 'utf8') : '';
+    };
+    const moving = h.start('vm', 'move', 'a', '--to', 'h2', '--json');
+    expect(await eventually(() => workerLog('h2').includes('the answer to this page batch is held until a connection of the stream socket drops'), 60000, 50), 'h2 holds the answer').to.equal(true);
+    const f = await h.json<{ resolved: { summary: string } }>('fault', 'inject', 'kill', '--target', 'cluster', '--for', '3s');
+    expect(f.resolved.summary).to.match(/^the fabric of cluster two /);
+    const r = await moving.done;
+    expect(r.code, `${r.stderr}\n${workerLog('h1').split('\n').filter((l) => /"level":(40|50)/.test(l)).join('\n')}`).to.equal(0);
+    expect((JSON.parse(r.stdout) as { status: string }).status).to.equal('completed');
+    // The held answer went to a connection that was gone; the source sent the batch again once its connection was back.
+    expect(workerLog('h2')).to.match(/"dropped":true[^\n]*the held answer goes now, to a connection that is gone/);
+    expect(workerLog('h1')).to.match(/"to":"worker","ops":\[[^\]]*"migPages"[^\]]*\][^\n]*the connection to the destination came back: its unanswered requests are sent again/);
+    // h2 answered it from its memory of the first answer: the batch was not written twice.
+    expect(workerLog('h2')).to.match(/"op":"migPages","rq":\d+,"running":(true|false)[^\n]*a request the source sent again is answered with its first answer, not carried out again/);
+    const all = await h.json<Array<VmInfo & { host: string }>>('vm', 'list', '--all');
+    expect(all.map((v) => `${v.host}/${v.name}/${v.state}`)).to.deep.equal(['h2/a/Running']);
+    await h.ok('cluster', 'down');
+    await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
   it('a fabric server stopped is said at once by cluster status; one that cannot start again (its port taken) is said once in the log and plainly by cluster status, retried, and back once the port is free', async () => {
     const file = join(h.home, 'one.yaml');
     writeFileSync(file, 'name: one\nhosts:\n  h1: { lps: 1 }\n');

@@ -209,7 +209,19 @@ export type PeerRequestBody =
  * (the saved-state tree of every component, as JSON), `migCommit`,
  * `migAbort`. `mig` is the migration's id.
  */
-export type MigPeerRequest =
+export type MigPeerRequest = MigRequestBody & {
+  /**
+   * The request's number within its move (the source's VMWP counts every request it sends for
+   * the move, over all its sockets), or null (a source that sends none). The source sends a
+   * request again, with the same number, when its connection came back while the request was
+   * unanswered (a fabric that restarted lost what its link held); the destination answers a
+   * number it has seen with its first answer and does not carry the request out again
+   * (peerReplayKey).
+   */
+  rq: number | null;
+};
+
+export type MigRequestBody =
   | { v: number; id: number; op: 'migSetup'; from: string; mig: string; config: Record<string, unknown>; options: Record<string, unknown> }
   | { v: number; id: number; op: 'migPages'; from: string; mig: string; data: Uint8Array }
   /** The guest's GPADLs while it runs (a VMBus server state as JSON), for the destination to map ahead of the blackout. */
@@ -236,6 +248,17 @@ export type MigPeerRequest =
    * since, which proves nothing).
    */
   | { v: number; id: number; op: 'migProbe'; from: string; mig: string };
+/**
+ * The key under which a destination remembers its answer to a migration request, so that the
+ * request sent again (the same `rq`: its connection came back while it was unanswered) gets that
+ * answer and is not carried out twice; null for a request that is carried out each time (ping,
+ * sink, a migration request without `rq`). The key names the sender, its credential, the move, the
+ * operation and the number: only the request itself, from whoever could send it, matches it.
+ */
+export function peerReplayKey(r: PeerRequest): string | null {
+  if (r.op === 'ping' || r.op === 'sink' || r.rq === null) return null;
+  return `${r.from}/${r.auth}/${r.mig}/${r.op}/${r.rq}`;
+}
 /** A VM's id as its config holds it (a UUID). */
 const VM_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** A migration id: what the source's root made up for it. */
@@ -468,39 +491,8 @@ function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
     const v = CLUSTER_WIRE_VERSION;
     const from = hostName(f, 'from');
     const mig = f.str('mig', 64, MIG_ID_RE);
-    switch (env.op) {
-      case 'migSetup':
-        f.only(['v', 'id', 'op', 'from', 'mig', 'config', 'options']);
-        return { v, id, op: 'migSetup', from, mig, config: f.map('config'), options: f.map('options') };
-      case 'migPages':
-        f.only(['v', 'id', 'op', 'from', 'mig', 'data']);
-        return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
-      case 'migPremap':
-        f.only(['v', 'id', 'op', 'from', 'mig', 'state']);
-        return { v, id, op: 'migPremap', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
-      case 'migState':
-        f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'pages']);
-        return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), pages: env.o.pages === undefined || env.o.pages === null ? null : f.bytes('pages', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
-      case 'migSwitch':
-        f.only(['v', 'id', 'op', 'from', 'mig', 'state', 'missing']);
-        return { v, id, op: 'migSwitch', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), missing: f.bytes('missing', MIG_MISSING_MAX_BYTES) };
-      case 'migPull':
-        f.only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
-        return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
-      case 'migProbe':
-        f.only(['v', 'id', 'op', 'from', 'mig']);
-        return { v, id, op: 'migProbe', from, mig };
-      case 'migCommit': {
-        f.only(['v', 'id', 'op', 'from', 'mig', 'stats']);
-        if (env.o.stats === undefined || env.o.stats === null) return { v, id, op: 'migCommit', from, mig, stats: null };
-        const stats = decodeMigrationStats(f.map('stats'));
-        if (typeof stats === 'string') throw new Bad(`migCommit: ${stats}`);
-        return { v, id, op: 'migCommit', from, mig, stats };
-      }
-      default:
-        f.only(['v', 'id', 'op', 'from', 'mig', 'reason', 'vm', 'vmId']);
-        return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512), vm: f.optStr('vm', 63, VM_NAME_RE), vmId: f.optStr('vmId', 36, VM_ID_RE) };
-    }
+    const rq = f.optNum('rq', 1, Number.MAX_SAFE_INTEGER);
+    return { ...migBody(env, v, from, mig), rq };
   }
   if (env.op === 'ping') {
     f.only(['v', 'id', 'op', 'from', 't']);
@@ -508,6 +500,45 @@ function peerBody(env: ReturnType<typeof envelope>): PeerRequestBody {
   }
   f.only(['v', 'id', 'op', 'from', 'data']);
   return { v: CLUSTER_WIRE_VERSION, id, op: 'sink', from: hostName(f, 'from'), data: f.bytes('data', SINK_CHUNK_MAX_BYTES) };
+}
+
+/** A migration request's own fields (`rq`, which every one may carry, is read by peerBody). */
+function migBody(env: ReturnType<typeof envelope>, v: number, from: string, mig: string): MigRequestBody {
+  const { f, id } = env;
+  const only = (keys: readonly string[]): void => f.only([...keys, 'rq']);
+  switch (env.op) {
+    case 'migSetup':
+      only(['v', 'id', 'op', 'from', 'mig', 'config', 'options']);
+      return { v, id, op: 'migSetup', from, mig, config: f.map('config'), options: f.map('options') };
+    case 'migPages':
+      only(['v', 'id', 'op', 'from', 'mig', 'data']);
+      return { v, id, op: 'migPages', from, mig, data: f.bytes('data', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
+    case 'migPremap':
+      only(['v', 'id', 'op', 'from', 'mig', 'state']);
+      return { v, id, op: 'migPremap', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES) };
+    case 'migState':
+      only(['v', 'id', 'op', 'from', 'mig', 'state', 'pages']);
+      return { v, id, op: 'migState', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), pages: env.o.pages === undefined || env.o.pages === null ? null : f.bytes('pages', SINK_CHUNK_MAX_BYTES + 64 * 1024) };
+    case 'migSwitch':
+      only(['v', 'id', 'op', 'from', 'mig', 'state', 'missing']);
+      return { v, id, op: 'migSwitch', from, mig, state: f.bytes('state', MIG_STATE_MAX_BYTES), missing: f.bytes('missing', MIG_MISSING_MAX_BYTES) };
+    case 'migPull':
+      only(['v', 'id', 'op', 'from', 'mig', 'waitMs']);
+      return { v, id, op: 'migPull', from, mig, waitMs: f.num('waitMs', 0, 5000) };
+    case 'migProbe':
+      only(['v', 'id', 'op', 'from', 'mig']);
+      return { v, id, op: 'migProbe', from, mig };
+    case 'migCommit': {
+      only(['v', 'id', 'op', 'from', 'mig', 'stats']);
+      if (env.o.stats === undefined || env.o.stats === null) return { v, id, op: 'migCommit', from, mig, stats: null };
+      const stats = decodeMigrationStats(f.map('stats'));
+      if (typeof stats === 'string') throw new Bad(`migCommit: ${stats}`);
+      return { v, id, op: 'migCommit', from, mig, stats };
+    }
+    default:
+      only(['v', 'id', 'op', 'from', 'mig', 'reason', 'vm', 'vmId']);
+      return { v, id, op: 'migAbort', from, mig, reason: f.str('reason', 512), vm: f.optStr('vm', 63, VM_NAME_RE), vmId: f.optStr('vmId', 36, VM_ID_RE) };
+  }
 }
 
 /** The impairments of a link's map `v` (a view, a saved link), each checked as a link change checks it; absent ones absent. */

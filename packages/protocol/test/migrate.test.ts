@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  describeBlackout, decodeDescribedMove, decodeDescribedIncoming, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, decodeDescribedMove, peerReplayKey, decodeDescribedIncoming, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type MigrationStats, type PageEntry,
 } from '../src/index.js';
@@ -307,7 +307,8 @@ describe('migration statistics from a source (decodeMigrationStats)', function (
 describe('migration peer frames', function () {
   this.timeout(20_000);
   const env = { v: CLUSTER_WIRE_VERSION, id: 9 };
-  const who = { from: 'h1', auth: '0f'.repeat(32), mig: 'mig-0123abcd' };
+  /** As a source sends them: each request numbered within its move (`rq`). */
+  const who = { from: 'h1', auth: '0f'.repeat(32), mig: 'mig-0123abcd', rq: 5 };
   const frames = {
     migSetup: { ...env, op: 'migSetup', ...who, config: { name: 'vm1', memoryMb: 64 }, options: { compress: true } },
     migPages: { ...env, op: 'migPages', ...who, data: Buffer.from(encodePageBatch([{ pfn: 0, kind: PageKind.Zero, data: E }])) },
@@ -373,6 +374,35 @@ describe('migration peer frames', function () {
     expect((value({ ...frames.migState, state: Buffer.alloc(MIG_STATE_MAX_BYTES) }).state as Uint8Array).length).to.equal(MIG_STATE_MAX_BYTES);
   });
 
+  it('reads a request\'s number within its move (rq; null from a source that sends none), and keys a numbered one for replay', () => {
+    for (const f of Object.values(frames)) {
+      expect(value(f).rq, f.op).to.equal(5);
+      const { rq: _, ...bare } = f;
+      expect(value(bare).rq, `${f.op} without rq`).to.equal(null);
+      expect(value({ ...bare, rq: null }).rq, `${f.op} with rq nil`).to.equal(null);
+      expect(value({ ...f, rq: Number.MAX_SAFE_INTEGER }).rq).to.equal(Number.MAX_SAFE_INTEGER);
+      for (const bad of [0, -1, 1.5, Number.MAX_SAFE_INTEGER + 1, '5', [5], { n: 5 }, true, Infinity, NaN]) {
+        const d = decodePeerRequest(encode({ ...f, rq: bad }));
+        expect(d.ok, `${f.op} rq ${String(bad)}`).to.equal(false);
+        if (!d.ok) expect([d.id, d.message]).to.deep.equal([9, 'a request: "rq" must be a whole number from 1 to 9007199254740991']);
+      }
+    }
+    // ping and sink carry no number.
+    expect(decodePeerRequest(encode({ ...env, op: 'ping', from: 'h1', auth: who.auth, t: 1, rq: 5 })).ok).to.equal(false);
+    const key = (f: Record<string, unknown>): string | null => {
+      const d = decodePeerRequest(encode(f));
+      return d.ok ? peerReplayKey(d.value) : 'undecoded';
+    };
+    expect(key(frames.migPages)).to.equal(`h1/${who.auth}/mig-0123abcd/migPages/5`);
+    // Each part tells requests apart: another number, operation, move, sender or credential is another request.
+    const others = [{ rq: 6 }, { op: 'migPremap', data: undefined, state: Buffer.from('{}') }, { mig: 'mig-0123abce' }, { from: 'h2' }, { auth: '0e'.repeat(32) }];
+    for (const o of others) expect(key({ ...frames.migPages, ...o }), JSON.stringify(Object.keys(o))).to.not.equal(key(frames.migPages)).and.to.not.equal(null);
+    const { rq: _, ...bare } = frames.migPages;
+    expect(key(bare), 'a request without a number is carried out each time').to.equal(null);
+    expect(key({ ...env, op: 'ping', from: 'h1', auth: who.auth, t: 1 })).to.equal(null);
+    expect(key({ ...env, op: 'sink', from: 'h1', auth: who.auth, data: Buffer.alloc(1) })).to.equal(null);
+  });
+
   it('refuses unknown fields, bad ids and names, and wrong or over-size payloads, with the id', () => {
     const cases: Array<[Record<string, unknown>, RegExp]> = [
       [{ ...frames.migSetup, extra: 1 }, /unknown field "extra"/], [{ ...frames.migPages, config: {} }, /unknown field "config"/],
@@ -412,8 +442,11 @@ describe('migration peer frames', function () {
       expect(() => { d = decodePeerRequest(b); }).to.not.throw();
       if (!d!.ok) expect(typeof d!.message === 'string' && d!.message !== '' && typeof d!.id === 'number').to.equal(true);
       else if (d!.value.op.startsWith('mig')) {
-        const v = d!.value as { mig: string; from: string; id: number };
+        const v = d!.value as { mig: string; from: string; id: number; rq: number | null };
         expect(MIG_ID_RE.test(v.mig) && CLUSTER_HOST_RE.test(v.from) && v.id > 0, JSON.stringify(v)).to.equal(true);
+        expect(v.rq === null || (Number.isSafeInteger(v.rq) && v.rq >= 1), `rq ${String(v.rq)}`).to.equal(true);
+        const req = d!.value;
+        expect(() => peerReplayKey(req)).to.not.throw();
         accepted++;
       }
     }

@@ -22,7 +22,7 @@ import { chmodSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION, FABRIC_MAX_EXPOSED, MEMBER_SECRET_FILE, MEMBER_SECRET_RE, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, SINK_CHUNK_MAX_BYTES,
-  decodePeerBook, decodePeerRequest, isIpv4,
+  decodePeerBook, decodePeerRequest, isIpv4, peerReplayKey,
   type ClusterKey, type HostClusterInfo, type LinkProbeResult, type MgmtArgs, type MigPeerRequest, type PeerBookEntry, type PeerHealth, type PeerRequest,
 } from '@hvlab/protocol';
 import { curveClientOptions, curveServerOptions, readClusterKey, readRegularFile, RpcClient, RpcFailure, RpcServer, sameCredential, startZapHandler, testKnob, VmwpFailure, watchKeyRefusals, zapRefused } from '@hvlab/runtime';
@@ -166,7 +166,10 @@ export class ClusterMember {
   private denied = { count: 0, loggedAt: 0 };
 
   constructor(private readonly cfg: MemberConfig, private readonly log: Logger, mgmt: MgmtHandler) {
-    this.peerServer = new RpcServer(decodePeerRequest, (r) => this.servePeer(r), curveServerOptions(cfg.key));
+    // A migration request sent again (the source's connection came back: a fabric that restarted
+    // lost it or its answer) is answered with the first answer, never carried out twice (peerReplayKey).
+    this.peerServer = new RpcServer(decodePeerRequest, (r) => this.servePeer(r), curveServerOptions(cfg.key), undefined, peerReplayKey);
+    this.peerServer.onReplay = (r, running) => this.log.info({ op: r.op, from: r.from, mig: 'mig' in r ? r.mig : null, rq: 'rq' in r ? r.rq : null, running }, 'a migration request its source sent again is answered with its first answer, not carried out again');
     this.mgmtTcp = new MgmtServer(mgmt, (e) => log.error({ err: e }, 'remote management request failed'), curveServerOptions(cfg.key));
     this.fabric = new RpcClient(`tcp://${cfg.fabric}`, curveClientOptions(cfg.key));
   }

@@ -24,7 +24,7 @@ import {
   BOOT_MAGIC, BootInfo, BOOT_INFO_GPA, STATUS_PAGE_GPA, decodeGuestStatus, decodeGuestKernelInfo, GUEST_STATUS_BYTES, GUEST_KERNEL_INFO_BYTES, type GuestKernelInfo, WORKLOAD_NAME_BYTES, ENLIGHTENED_CHILD_PRIVILEGES,
   PartitionProperty, PortType, ROOT_PARTITION_ID, PAGE, GUEST_CONTROL_CONNECTION_ID, GuestControlMessage, parseWorkload,
   VMBUS_ENDPOINT_BYTES, VMBUS_TOKEN_BYTES, KERNEL_PAGE_GPA, INTEGRATION_SERVICES, isDeviceClass, DEVICE_CLASS_NAMES,
-  decodeMigrationOptions, decodePeerRequest, dirtyBitmapGpa, GuestVector, HvStatus, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_CANCEL_TOO_LATE, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
+  decodeMigrationOptions, decodePeerRequest, peerReplayKey, dirtyBitmapGpa, GuestVector, HvStatus, VpRegionHeader, firstRunOf, vpRegionName, memoryRegionName, MIG_CANCEL_TOO_LATE, postcopyRegionName, goRegionName, MIG_BATCH_MAX_PAGES, type MigrationStats, type SavedVpState, type VmwpDescription, type VmwpPendingOp, type VmwpRecord, type VmwpRequest, type PeerRequest, type RanAt, GoWord, VMWP_EXIT_MIGRATED,
 } from '@hvlab/protocol';
 import { hostClockId, monoNs, curveServerOptions, RpcFailure, RpcServer, sameCredential, startZapHandler, eagerCompile, pidAlive, hostPaths, movableProcessLogger, prewarmProcess, watchPids, earlyHvClient, hvClientFor, warnOnSignalFailures, IpcRpc, writeFileAtomic, VmwpControlServer, VmwpFailure, StdinLines, HypercallError, testKnob, type Notification } from '@hvlab/runtime';
 import { procState } from '@hvlab/shm/procfs';
@@ -53,6 +53,15 @@ import { codeCacheStatus } from '@hvlab/runtime/code-cache-status';
 const ONLINE_TIMEOUT_MS = testKnob('HVLAB_TEST_ONLINE_TIMEOUT_MS', 1000, 10000) ?? 10000;
 /** How long a migration's request for the partition process's dirty log waits; tests lengthen it (HVLAB_TEST_DIRTY_TIMEOUT_MS), so that a wait held by it shows. */
 const DIRTY_TIMEOUT_MS = testKnob('HVLAB_TEST_DIRTY_TIMEOUT_MS', 1) ?? 10000;
+/**
+ * Tests (HVLAB_TEST_HOLD_PAGES_UNTIL_DROP=N): an incoming migration's worker holds its answer to
+ * the Nth page batch its own stream socket takes (written into memory already) until a connection
+ * of that socket drops (the test kills the fabric meanwhile), or for 60 s, and sends it then, to a
+ * connection that is gone. The source then has a request carried out and its answer lost at a
+ * known step, which a fabric killed at a moment of its own choosing gives only by chance: the case
+ * its sending again once the connection is back is for (MigrationOut.call).
+ */
+const HOLD_PAGES_UNTIL_DROP = testKnob('HVLAB_TEST_HOLD_PAGES_UNTIL_DROP', 1);
 /**
  * How long a partition process whose link to this worker closed may take to exit before the worker
  * kills it as failed. A process that exits closes the link a moment before its exit is seen.
@@ -952,6 +961,20 @@ export async function runWorker(): Promise<void> {
   /** The migration stream's own socket (an incoming worker in a cluster), while it is open. */
   let streamServer: RpcServer<PeerRequest> | null = null;
   let streamSeenAt = 0;
+  /** Page batches the stream socket took (HOLD_PAGES_UNTIL_DROP counts them). */
+  let streamBatches = 0;
+
+  /** HOLD_PAGES_UNTIL_DROP's hold: until a connection of the stream socket drops, or 60 s. */
+  async function holdUntilDrop(server: RpcServer<PeerRequest>): Promise<void> {
+    log.warn('the answer to this page batch is held until a connection of the stream socket drops (test knob HVLAB_TEST_HOLD_PAGES_UNTIL_DROP)');
+    let timer: NodeJS.Timeout | undefined;
+    const dropped = await new Promise<boolean>((resolve) => {
+      server.sock.events.on('disconnect', () => resolve(true));
+      timer = setTimeout(() => resolve(false), 60000);
+    });
+    clearTimeout(timer);
+    log.warn({ dropped }, dropped ? 'a connection of the stream socket dropped: the held answer goes now, to a connection that is gone' : 'no connection of the stream socket dropped in 60 s: the held answer goes now');
+  }
 
   /**
    * A migration's destination in a cluster takes the stream itself, as Hyper-V's worker process
@@ -968,7 +991,10 @@ export async function runWorker(): Promise<void> {
     let server: RpcServer<PeerRequest> | null = null;
     try {
       await startZapHandler(s.key, (address, why) => log.warn({ address, why }, 'refused a connection to the migration stream without the cluster\'s key'));
-      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r), curveServerOptions(s.key));
+      // A request sent again (the source's connection came back: a fabric that restarted lost it
+      // or its answer) is answered with the first answer, never carried out twice (peerReplayKey).
+      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r), curveServerOptions(s.key), undefined, peerReplayKey);
+      server.onReplay = (r, running) => log.info({ op: r.op, rq: 'rq' in r ? r.rq : null, running }, 'a request the source sent again is answered with its first answer, not carried out again');
       await server.bind(`tcp://${s.address}:0`);
       const port = Number(/:(\d+)$/.exec(server.sock.lastEndpoint ?? '')?.[1]);
       if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`no port in ${server.sock.lastEndpoint ?? 'its endpoint'}`);
@@ -1009,8 +1035,12 @@ export async function runWorker(): Promise<void> {
     }
     // The same requests as the root's forwarded ones, served by the same code.
     switch (r.op) {
-      case 'migPages':
-        return await serveRequest({ t: 'migPages', data: r.data });
+      case 'migPages': {
+        const n = ++streamBatches;
+        const out = await serveRequest({ t: 'migPages', data: r.data });
+        if (n === HOLD_PAGES_UNTIL_DROP && streamServer) await holdUntilDrop(streamServer);
+        return out;
+      }
       case 'migPremap':
         return await serveRequest({ t: 'migPremap', state: r.state });
       case 'migPull':

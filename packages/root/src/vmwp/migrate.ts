@@ -186,6 +186,8 @@ export class MigrationOut {
   private readonly onCancel: Promise<never>;
   private rejectOnCancel: (e: Error) => void = () => undefined;
   private client: RpcClient | null = null;
+  /** The number of the move's last request (call: the destination replays a number it has seen). */
+  private rq = 0;
   /**
    * The destination worker's own stream socket, when its root opened one (migSetup's `port`, on the
    * fabric, through the same link): the pages and the state go there, one hop fewer each way than
@@ -421,15 +423,49 @@ export class MigrationOut {
     }
   }
 
+  /**
+   * One request of the move to the destination, numbered (`rq`, one count over both sockets) and
+   * sent again while unanswered each time its socket's connection comes back (RpcClient's
+   * `resend`). Every connection crosses the fabric's link proxy, and a fabric that dies takes what
+   * its link held: a request on its way, or the answer on its way back (the destination answers the
+   * connection the request came on, which is gone). Before, the move waited out that call's bound
+   * (10 s for a page batch) and failed, though the fabric was back within it.
+   *
+   * Whether the first copy arrived is not known, so a request is sent again only because the
+   * destination does not carry it out twice: it answers a number it has seen with its first answer
+   * (RpcServer's replayKey, peerReplayKey; at its root and at its worker's stream socket alike),
+   * waiting for it if it is still under way. Most of them must not be carried out twice:
+   *   - migSetup builds the VM: a second is refused (the VM exists);
+   *   - migState and migSwitch start it: a second is refused (it runs already), and the refusal
+   *     failed the move;
+   *   - migPull takes the pages the guest waits for off its list: a second answers other pages,
+   *     and the first answer's are never sent;
+   *   - migPages writes the same bytes again, but a copy written late (behind the move's later
+   *     batches: the source goes on once a batch is answered) could put an older copy of a page
+   *     over the newer one a later pass sent;
+   *   - migPremap (a hint that maps what is not mapped), migCommit (the destination answers a
+   *     repeated commit as the first) and migAbort (answered as it stands) would be safe anyway.
+   * A destination whose root restarted has no memory of what it answered; its connection drops
+   * too, and what is sent again then is carried out as new (a second setup is refused and fails the
+   * move, as its timeout did). sendCommit's own tries are new requests (new numbers): a commit sent
+   * again after a failure is tried again, as before.
+   */
   private async call(body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
     const c = this.stream !== null && STREAM_OPS.has(body.op as string) ? this.stream : this.client!;
     try {
-      const answer = c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, ...body }, timeoutMs, CLUSTER_WIRE_VERSION);
+      const answer = c.call({ from: this.req.from, auth: this.req.auth, mig: this.req.mig, rq: ++this.rq, ...body }, timeoutMs, CLUSTER_WIRE_VERSION, { resend: true });
       return await (c === this.stream ? this.watched(answer) : answer);
     } catch (e) {
       this.check();
       throw e;
     }
+  }
+
+  /** A socket of the move to the destination's root or worker; what it sends again when its connection comes back goes to the log. */
+  private moveClient(endpoint: string, to: 'root' | 'worker'): RpcClient {
+    const c = new RpcClient(endpoint, curveClientOptions(this.req.key));
+    c.onResend = (ops) => this.src.log.warn({ to, ops }, 'the connection to the destination came back: its unanswered requests are sent again');
+    return c;
   }
 
   /**
@@ -658,7 +694,7 @@ export class MigrationOut {
   async run(): Promise<MigrationStats> {
     const { options } = this.req;
     const log = this.src.log;
-    this.client = new RpcClient(this.req.endpoint, curveClientOptions(this.req.key));
+    this.client = this.moveClient(this.req.endpoint, 'root');
     let tracking = false;
     // The blackout's instants, on the clock the hosts share (CLOCK_MONOTONIC ns).
     let blackoutNs = 0;
@@ -670,7 +706,7 @@ export class MigrationOut {
         throw new Error(`the destination ${this.req.to} did not set up: ${(e as Error).message}`);
       });
       const port = streamPortOf(setup);
-      if (port !== null) this.stream = new RpcClient(this.req.endpoint.replace(/:\d+$/, `:${port}`), curveClientOptions(this.req.key));
+      if (port !== null) this.stream = this.moveClient(this.req.endpoint.replace(/:\d+$/, `:${port}`), 'worker');
       this.stats.stream = port !== null ? 'worker' : 'root';
       log.info({ stream: this.stats.stream }, 'the destination is set up');
       this.stats['setup-time'] = this.elapsed();
