@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { PartitionProperty, STATUS_PAGE_GPA, StatusPage, type HostInfo, type VmInfo, type IcServiceInfo } from '@hvlab/protocol';
 import { openRegion } from '@hvlab/shm';
 import { pidAlive } from '@hvlab/runtime';
-import { hostProcesses } from '@hvlab/host';
+import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
 import { TestHost, eventually, sleep } from './harness.js';
 
 const NAMES = ['c1', 'c2', 's1', 's2'];
@@ -136,6 +136,55 @@ describe('a root that dies while a pause it asked for still runs (real processes
     await h.ok('vm', 'resume', 'sp');
     expect(await eventually(async () => ((await vm())!.workload.progress ?? 0) > (p0 ?? 0), 10000), 'it runs again once resumed').to.equal(true);
     await h.ok('vm', 'turn-off', 'sp');
+  });
+});
+
+describe('a root that dies while an lp-shrink fault lasts (real processes)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('the new root learns the shrink from the hypervisor: host info and its fault list show the LPs in effect, and the fault\'s clear gives every LP back', async () => {
+    await h.ok('up', '--lps', '2');
+    const f = await h.json<{ id: string }>('fault', 'inject', 'lp-shrink', '--target', 'host:local', '--lps', '1', '--for', '120s');
+    const info = (): Promise<HostInfo> => h.json<HostInfo>('host', 'info');
+    /** The root's own list of the host's faults (what the nemesis asks of it). */
+    const hostList = async (): Promise<Array<[string, number]>> => {
+      const c = new MgmtClient(h.paths.mgmtEndpoint, { watch: readHost(h.paths) });
+      try {
+        return (await c.request<{ host: Array<{ id: string; lps: number }> }>('faultList')).host.map((x) => [x.id, x.lps]);
+      } finally {
+        c.close();
+      }
+    };
+    expect((await info()).lpShrink).to.deep.include({ lps: 1, fault: f.id });
+    /** Kills the root; resolves with the new root's host info once it answers. */
+    const restartRoot = async (): Promise<HostInfo> => {
+      const old = (await info()).pids.root;
+      process.kill(old, 'SIGKILL');
+      let now: HostInfo | null = null;
+      expect(await eventually(async () => {
+        const r = await h.run('host', 'info', '--json');
+        now = r.code === 0 ? (JSON.parse(r.stdout) as HostInfo) : null;
+        return now !== null && now.pids.root !== old;
+      }, 30000), 'a new root answers').to.equal(true);
+      return now!;
+    };
+    // It learns the shrink before its first answer.
+    const shrink = (await restartRoot()).lpShrink;
+    expect(shrink, 'the new root shows the shrink').to.deep.include({ lps: 1, fault: f.id });
+    expect(shrink!.remainingMs).to.be.above(0).and.at.most(120_000);
+    expect(await h.ok('host', 'info')).to.match(new RegExp(`logical processors +2 \\(1 while fault ${f.id} lasts, \\d+ s more\\)`));
+    // The root's own fault list (what the nemesis asks of it) holds it too.
+    expect(await hostList()).to.deep.equal([[f.id, 1]]);
+    expect((await h.json<Array<{ id: string; state: string }>>('fault', 'list')).map((x) => [x.id, x.state])).to.deep.equal([[f.id, 'active']]);
+    // The fault's end goes through the new root: every LP comes back.
+    await h.ok('fault', 'clear', f.id);
+    expect((await info()).lpShrink).to.equal(null);
+    expect(await hostList()).to.deep.equal([]);
+    // The hypervisor holds no shrink either: a root started now learns none.
+    expect((await restartRoot()).lpShrink).to.equal(null);
+    expect(await hostList()).to.deep.equal([]);
   });
 });
 

@@ -296,7 +296,7 @@ export class Hypervisor {
   private readonly logLimits: Record<'child' | 'root' | 'session' | 'defect', LogLimiter>;
   readonly stats = { hypercalls: 0, failed: 0 };
   /** An LP shrink in force (setLps): how many LPs, until when (opts.now ms), and the timer that ends it. */
-  private lpShrink: { lps: number; untilMs: number; timer: ReturnType<typeof setTimeout> } | null = null;
+  private lpShrink: { lps: number; untilMs: number; timer: ReturnType<typeof setTimeout>; fault: string | null } | null = null;
 
   constructor(private readonly opts: HypervisorOptions) {
     this.hostId = opts.hostId;
@@ -459,7 +459,7 @@ export class Hypervisor {
       case 'shutdown':
         return { ok: true };
       case 'setLps':
-        return this.setLps(a?.lps ?? 0, a?.forMs ?? 0);
+        return this.setLps(typeof a?.lps === 'number' ? a.lps : 0, typeof a?.forMs === 'number' ? a.forMs : 0, typeof a?.fault === 'string' ? a.fault : null);
       default:
         return { error: 'unknown control op' };
     }
@@ -475,17 +475,18 @@ export class Hypervisor {
     return this.lpShrink?.lps ?? this.lps;
   }
 
-  private lpShrinkInfo(): { lps: number; remainingMs: number } | null {
-    return this.lpShrink ? { lps: this.lpShrink.lps, remainingMs: Math.max(0, this.lpShrink.untilMs - this.now()) } : null;
+  /** The shrink in force, with the fault that asked for it: a root that restarts learns it from here. */
+  private lpShrinkInfo(): { lps: number; remainingMs: number; fault: string | null } | null {
+    return this.lpShrink ? { lps: this.lpShrink.lps, remainingMs: Math.max(0, this.lpShrink.untilMs - this.now()), fault: this.lpShrink.fault } : null;
   }
 
   /**
    * The LP-shrink fault: the scheduler grants only the first `lps` LPs (VPs on the others are
    * preempted and run on these) for `forMs`, then all of them again, by a timer held here. `lps`
    * equal to the boot count, or `forMs` 0, restores them at once; a new shrink replaces the one in
-   * force.
+   * force. `fault` (the fault's id) is held with it and said by `stats`.
    */
-  private setLps(lps: number, forMs: number): unknown {
+  private setLps(lps: number, forMs: number, fault: string | null = null): unknown {
     const boot = this.lps;
     const sched = this.opts.scheduler;
     if (boot === null || !sched) return { error: 'this hypervisor schedules no VPs (private memory), so it has no logical processors to take away' };
@@ -501,10 +502,10 @@ export class Hypervisor {
     }
     const timer = setTimeout(() => this.endLpShrink(timer), forMs);
     timer.unref?.();
-    this.lpShrink = { lps, untilMs: this.now() + forMs, timer };
+    this.lpShrink = { lps, untilMs: this.now() + forMs, timer, fault };
     sched.post({ t: 'lps', lps });
     sched.ring();
-    this.opts.log?.info({ lps, lpsBoot: boot, forMs }, 'logical processors taken away (setLps)');
+    this.opts.log?.info({ lps, lpsBoot: boot, forMs, fault }, 'logical processors taken away (setLps)');
     return { ok: true, lpsBoot: boot, lpsCurrent: lps, lpShrink: this.lpShrinkInfo() };
   }
 

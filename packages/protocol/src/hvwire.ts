@@ -171,10 +171,16 @@ export function checkHvClientMsg(v: unknown): HvClientDecoded {
 }
 
 /**
+ * A fault id as the hypervisor holds it with an LP shrink (faults.ts's FAULT_ID_RE; faults.ts
+ * imports this module, so the pattern is repeated here rather than imported back).
+ */
+export const HV_LP_SHRINK_FAULT_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/**
  * Checks a control op's arguments: `setLps` needs `{lps, forMs}` (whole numbers, lps 1..1024,
- * forMs 0..24 h; the hypervisor checks lps against its boot count); every other op takes none
- * (absent, null or an empty map). Returns the arguments (undefined for none) or an error sentence.
- * Never throws.
+ * forMs 0..24 h; the hypervisor checks lps against its boot count) and may name the `fault` that
+ * asks (an id as faults.ts makes them); every other op takes none (absent, null or an empty map).
+ * Returns the arguments (undefined for none) or an error sentence. Never throws.
  */
 export function decodeHvCtlArgs(op: HvCtlOp, args: unknown): HvCtlArgs | undefined | string {
   const none = args === undefined || args === null;
@@ -183,13 +189,39 @@ export function decodeHvCtlArgs(op: HvCtlOp, args: unknown): HvCtlArgs | undefin
     return `control op ${op} takes no arguments, not ${describeValue(args)}`;
   }
   if (!isPlainObject(args)) return `control op setLps needs arguments {lps, forMs}, not ${describeValue(args)}`;
-  const bad = unknownKeys(args, ['lps', 'forMs'], 'setLps arguments');
+  const bad = unknownKeys(args, ['lps', 'forMs', 'fault'], 'setLps arguments');
   if (bad) return bad;
-  const { lps, forMs } = args;
+  const { lps, forMs, fault } = args;
   if (!isUint(lps, HV_MAX_LPS) || lps < 1) return fieldError('setLps', 'lps', lps, `a whole number of logical processors from 1 to ${HV_MAX_LPS}`);
   if (!isUint(forMs, HV_SET_LPS_MAX_MS)) return fieldError('setLps', 'forMs', forMs, `a whole number of ms from 0 to ${HV_SET_LPS_MAX_MS} (an LP shrink without an end is refused)`);
-  const out: HvSetLpsArgs = { lps, forMs };
-  return { lps: out.lps, forMs: out.forMs };
+  if (fault !== undefined && fault !== null && (typeof fault !== 'string' || !HV_LP_SHRINK_FAULT_RE.test(fault))) return fieldError('setLps', 'fault', fault, 'a fault id (letters, digits, dots, dashes and underscores, at most 64)');
+  const out: HvSetLpsArgs = typeof fault === 'string' ? { lps, forMs, fault } : { lps, forMs };
+  return out.fault === undefined ? { lps: out.lps, forMs: out.forMs } : { lps: out.lps, forMs: out.forMs, fault: out.fault };
+}
+
+/** An LP shrink in force as the hypervisor's `stats` says it (`lpShrink`). */
+export interface HvLpShrinkInfo {
+  lps: number;
+  remainingMs: number;
+  /** The fault that asked for it (null: a setLps that named none). */
+  fault: string | null;
+}
+
+/**
+ * Checks the `lpShrink` of a hypervisor's `stats` answer, which a (restarted) root adopts as its
+ * record of the host's LP fault: null for none, the shrink, or an error sentence for anything
+ * else. `bootLps` bounds `lps` (a shrink leaves fewer than the host booted with). Never throws.
+ */
+export function decodeLpShrinkInfo(v: unknown, bootLps: number): HvLpShrinkInfo | null | string {
+  if (v === null || v === undefined) return null;
+  if (!isPlainObject(v)) return `lpShrink must be a map or null, not ${describeValue(v)}`;
+  const bad = unknownKeys(v, ['lps', 'remainingMs', 'fault'], 'lpShrink');
+  if (bad) return bad;
+  const { lps, remainingMs, fault } = v;
+  if (!isUint(lps, HV_MAX_LPS) || lps < 1 || lps >= bootLps) return fieldError('lpShrink', 'lps', lps, `a whole number of logical processors from 1 to ${bootLps - 1} (fewer than the host's ${bootLps})`);
+  if (typeof remainingMs !== 'number' || !Number.isFinite(remainingMs) || remainingMs < 0 || remainingMs > HV_SET_LPS_MAX_MS) return fieldError('lpShrink', 'remainingMs', remainingMs, `ms from 0 to ${HV_SET_LPS_MAX_MS}`);
+  if (fault !== undefined && fault !== null && (typeof fault !== 'string' || !HV_LP_SHRINK_FAULT_RE.test(fault))) return fieldError('lpShrink', 'fault', fault, 'a fault id or null');
+  return { lps, remainingMs: Math.ceil(remainingMs), fault: typeof fault === 'string' ? fault : null };
 }
 
 function decodeFrame(bytes: unknown): { ok: true; value: unknown } | { ok: false; error: string } {

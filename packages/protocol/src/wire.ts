@@ -129,13 +129,19 @@ export type HvHello = { k: 'hello'; partitionId: number; role: string; vm: strin
  * `forMs` ms, after which the hypervisor restores the host's boot count by itself.
  */
 export type HvCtlOp = 'shutdown' | 'stats' | 'ticket' | 'setLps';
-/** `setLps`'s arguments: `lps` 1..the boot count (the boot count restores at once), `forMs` 0..24 h (0 restores at once). */
+/**
+ * `setLps`'s arguments: `lps` 1..the boot count (the boot count restores at once), `forMs` 0..24 h
+ * (0 restores at once), and `fault`, the id of the fault that asks (optional): the hypervisor holds
+ * it with the shrink and says it in `stats`, so a root that restarts while the shrink lasts learns
+ * which fault it is.
+ */
 export interface HvSetLpsArgs {
   lps: number;
   forMs: number;
+  fault?: string;
 }
 /** A control op's arguments, per op (checked by `decodeHvCtlArgs`); ops without arguments take none. */
-export type HvCtlArgs = Record<string, number>;
+export type HvCtlArgs = Record<string, number | string>;
 export type HvClientMsg =
   | HvHello
   | { k: 'hc'; id: number; code: number; fast?: boolean; repCount?: number; repStart?: number; input: Record<string, unknown> }

@@ -10,7 +10,7 @@ import { Packr } from 'msgpackr';
 import {
   decodeHvClientMsg, decodeHvServerMsg, checkPlainData, decodeSavedVpState, decodeIoInterceptRecord, effectiveStimerPeriod, encode,
   MIN_STIMER_PERIOD, HV_FRAME_MAX_BYTES, INPUT_MAX_DEPTH, MAX_QUEUED_MESSAGES_PER_SINT, HvMessageType,
-  decodeHvCtlArgs, HV_SET_LPS_MAX_MS, HV_MAX_LPS, ReferenceClockView, VpRegionClock, VpRegionHeader, referenceTimeAt, referenceRate,
+  decodeHvCtlArgs, decodeLpShrinkInfo, HV_SET_LPS_MAX_MS, HV_MAX_LPS, ReferenceClockView, VpRegionClock, VpRegionHeader, referenceTimeAt, referenceRate,
   checkPartitionPropertyValue, PartitionProperty, HvStatus, hvStatusName,
   type SavedVpState, type SavedVpStateV1, type SavedVpStateV2,
 } from '../src/index.js';
@@ -126,6 +126,9 @@ describe('hypervisor edge decoders', () => {
       expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000 } })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000 } } });
       expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { forMs: 0, lps: HV_MAX_LPS } }).ok).to.equal(true);
       expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { lps: 2, forMs: HV_SET_LPS_MAX_MS } }).ok).to.equal(true);
+      // The fault that asks is held with the shrink (a restarted root learns it from stats).
+      expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000, fault: 'f12' } })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000, fault: 'f12' } } });
+      expect(ok({ k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000, fault: null } })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 3, op: 'setLps', args: { lps: 1, forMs: 5000 } } });
       expect(ok({ k: 'ctl', id: 4, op: 'stats', args: {} })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 4, op: 'stats' } });
       expect(ok({ k: 'ctl', id: 4, op: 'stats', args: null })).to.deep.equal({ ok: true, msg: { k: 'ctl', id: 4, op: 'stats' } });
       const bad: Array<[unknown, RegExp]> = [
@@ -134,6 +137,8 @@ describe('hypervisor edge decoders', () => {
         [{ lps: '2', forMs: 1 }, /lps/], [{ lps: 2n, forMs: 1 }, /lps/], [{ lps: 1, forMs: -1 }, /forMs/], [{ lps: 1, forMs: 0.5 }, /forMs/],
         [{ lps: 1, forMs: HV_SET_LPS_MAX_MS + 1 }, /without an end/], [{ lps: 1, forMs: NaN }, /forMs/], [{ lps: 1 }, /forMs/],
         [{ lps: 1, forMs: 1, until: 5 }, /unknown field "until"/],
+        [{ lps: 1, forMs: 1, fault: '' }, /fault/], [{ lps: 1, forMs: 1, fault: 'a b' }, /fault/], [{ lps: 1, forMs: 1, fault: 'x'.repeat(65) }, /fault/],
+        [{ lps: 1, forMs: 1, fault: 7 }, /fault/], [{ lps: 1, forMs: 1, fault: hostile }, /fault/],
       ];
       for (const [args, pattern] of bad) {
         const error = refused({ k: 'ctl', id: 9, op: 'setLps', args }, pattern);
@@ -145,17 +150,55 @@ describe('hypervisor edge decoders', () => {
 
     it('decodeHvCtlArgs never throws and takes only what setLps can use, for random arguments', () => {
       const arb = fc.oneof(
-        fc.record({ lps: fc.oneof(fc.integer(), fc.double(), fc.string(), fc.bigInt(), fc.constant(hostile)), forMs: fc.oneof(fc.integer(), fc.double(), fc.constant(null)) }, { requiredKeys: [] }),
+        fc.record({
+          lps: fc.oneof(fc.integer(), fc.double(), fc.string(), fc.bigInt(), fc.constant(hostile)), forMs: fc.oneof(fc.integer(), fc.double(), fc.constant(null)),
+          fault: fc.oneof(fc.string(), fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9._-]{0,70}$/), fc.integer(), fc.constant(null), fc.constant(hostile)),
+        }, { requiredKeys: [] }),
         fc.anything({ withBigInt: true, withTypedArray: true }),
       );
       fc.assert(fc.property(fc.constantFrom('setLps', 'stats', 'ticket', 'shutdown'), arb, (op, args) => {
         const r = decodeHvCtlArgs(op as 'setLps', args);
         if (typeof r === 'string' || r === undefined) return;
         expect(op).to.equal('setLps');
-        expect(Object.keys(r).sort()).to.deep.equal(['forMs', 'lps']);
-        expect(Number.isInteger(r.lps) && r.lps >= 1 && r.lps <= HV_MAX_LPS).to.equal(true);
-        expect(Number.isInteger(r.forMs) && r.forMs >= 0 && r.forMs <= HV_SET_LPS_MAX_MS).to.equal(true);
+        expect(Object.keys(r).filter((k) => k !== 'fault').sort()).to.deep.equal(['forMs', 'lps']);
+        const { lps, forMs, fault } = r;
+        expect(typeof lps === 'number' && Number.isInteger(lps) && lps >= 1 && lps <= HV_MAX_LPS).to.equal(true);
+        expect(typeof forMs === 'number' && Number.isInteger(forMs) && forMs >= 0 && forMs <= HV_SET_LPS_MAX_MS).to.equal(true);
+        expect(fault === undefined || (typeof fault === 'string' && /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(fault))).to.equal(true);
       }), { numRuns: 3000, seed: 13 });
+    });
+
+    it('decodeLpShrinkInfo takes a shrink of fewer LPs than the host has, with a fault id or none, and refuses the rest', () => {
+      expect(decodeLpShrinkInfo(null, 2)).to.equal(null);
+      expect(decodeLpShrinkInfo(undefined, 2)).to.equal(null);
+      expect(decodeLpShrinkInfo({ lps: 1, remainingMs: 1234.4, fault: 'f3' }, 2)).to.deep.equal({ lps: 1, remainingMs: 1235, fault: 'f3' });
+      expect(decodeLpShrinkInfo({ lps: 3, remainingMs: 0 }, 4)).to.deep.equal({ lps: 3, remainingMs: 0, fault: null });
+      const bad: Array<[unknown, RegExp]> = [
+        [{ lps: 2, remainingMs: 1, fault: 'f1' }, /lps/], [{ lps: 0, remainingMs: 1 }, /lps/], [{ lps: 1, remainingMs: -1 }, /remainingMs/],
+        [{ lps: 1, remainingMs: Infinity }, /remainingMs/], [{ lps: 1, remainingMs: HV_SET_LPS_MAX_MS + 1 }, /remainingMs/], [{ lps: 1, remainingMs: 1, fault: 'a b' }, /fault/],
+        [{ lps: 1, remainingMs: 1, extra: 1 }, /unknown field "extra"/], [hostile, /unknown field "toString"/], [[1], /map or null/], ['x', /map or null/],
+      ];
+      for (const [v, pattern] of bad) expect(decodeLpShrinkInfo(v, 2), JSON.stringify(v)).to.be.a('string').and.match(pattern);
+    });
+
+    it('decodeLpShrinkInfo never throws and takes only a shrink a root can hold, for random values', () => {
+      const arb = fc.oneof(
+        fc.record({
+          lps: fc.oneof(fc.integer({ min: -2, max: 8 }), fc.double(), fc.string(), fc.constant(hostile)),
+          remainingMs: fc.oneof(fc.integer(), fc.double(), fc.constant(null), fc.string()),
+          fault: fc.oneof(fc.string(), fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9._-]{0,70}$/), fc.integer(), fc.constant(null), fc.constant(hostile)),
+          other: fc.anything(),
+        }, { requiredKeys: [] }),
+        fc.anything({ withBigInt: true, withTypedArray: true }),
+      );
+      fc.assert(fc.property(fc.integer({ min: 1, max: 8 }), arb, (boot, v) => {
+        const r = decodeLpShrinkInfo(v, boot);
+        if (r === null || typeof r === 'string') return;
+        expect(Object.keys(r).sort()).to.deep.equal(['fault', 'lps', 'remainingMs']);
+        expect(Number.isInteger(r.lps) && r.lps >= 1 && r.lps < boot).to.equal(true);
+        expect(Number.isInteger(r.remainingMs) && r.remainingMs >= 0 && r.remainingMs <= HV_SET_LPS_MAX_MS).to.equal(true);
+        expect(r.fault === null || /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.fault)).to.equal(true);
+      }), { numRuns: 3000, seed: 17 });
     });
 
     it('refuses empty, oversized, truncated and trailing-garbage frames, and msgpack that is not a map', () => {

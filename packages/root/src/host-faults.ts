@@ -3,7 +3,12 @@
  * hypervisor enforces (it holds the deadline too, so the LPs come back even if this root dies).
  * One at a time: a second lp-shrink replaces the first. The root keeps the record so that
  * `faultList` shows it and `faultClear` can end it early.
+ *
+ * The hypervisor holds the shrink with its fault's id (setLps `fault`): a root started while a
+ * shrink lasts (its predecessor was killed) learns it from the hypervisor's `stats` (`learn`), so
+ * that `host info` and `faultList` show the LPs in effect, and the fault's clear restores them.
  */
+import { decodeLpShrinkInfo, isPlainObject } from '@hvlab/protocol';
 import { MgmtFailure } from './config.js';
 
 export interface HostFaultRecord {
@@ -14,46 +19,84 @@ export interface HostFaultRecord {
   endsAt: number;
 }
 
-export class HostFaults {
-  private current: (HostFaultRecord & { timer: NodeJS.Timeout }) | null = null;
+/** What the record holds of a shrink learnt from the hypervisor: its fault's id may be unknown (a setLps that named none). */
+type Current = Omit<HostFaultRecord, 'id'> & { id: string | null; timer: NodeJS.Timeout };
 
-  /** `setLps(lps, forMs)` asks the hypervisor; `bootLps` is what the host started with. */
-  constructor(private readonly setLps: (lps: number, forMs: number) => Promise<unknown>, private readonly bootLps: number, private readonly log: (msg: string, fields: Record<string, unknown>) => void) {}
+/** Shown for a shrink whose fault the hypervisor does not know. */
+const UNNAMED = 'unknown';
+
+export class HostFaults {
+  private current: Current | null = null;
+  /** Counts sets and clears: a `learn` that one overtook leaves the record to it. */
+  private changes = 0;
+
+  /**
+   * `setLps(lps, forMs, fault)` asks the hypervisor (with the fault's id, which it holds with the
+   * shrink); `bootLps` is what the host started with.
+   */
+  constructor(private readonly setLps: (lps: number, forMs: number, fault: string | null) => Promise<unknown>, private readonly bootLps: number, private readonly log: (msg: string, fields: Record<string, unknown>) => void) {}
 
   async set(id: string, lps: number, forMs: number): Promise<unknown> {
     if (lps >= this.bootLps) throw new MgmtFailure('InvalidArgument', `lp-shrink to ${lps} takes nothing away: this host has ${this.bootLps} LP${this.bootLps === 1 ? '' : 's'}`);
-    const r = await this.setLps(lps, forMs);
+    this.changes++;
+    const r = await this.setLps(lps, forMs, id);
+    this.record(id, lps, forMs);
+    this.log('fault injected', { fault: id, kind: 'lp-shrink', lps, forMs, bootLps: this.bootLps });
+    return { id, kind: 'lp-shrink', lps, bootLps: this.bootLps, endsAt: this.current!.endsAt, hypervisor: r };
+  }
+
+  private record(id: string | null, lps: number, forMs: number): void {
     if (this.current) clearTimeout(this.current.timer);
     const now = Date.now();
     const timer = setTimeout(() => {
-      if (this.current?.id === id) this.current = null;
+      if (this.current?.timer === timer) this.current = null;
     }, forMs);
     timer.unref();
     this.current = { id, kind: 'lp-shrink', lps, startedAt: now, endsAt: now + forMs, timer };
-    this.log('fault injected', { fault: id, kind: 'lp-shrink', lps, forMs, bootLps: this.bootLps });
-    return { id, kind: 'lp-shrink', lps, bootLps: this.bootLps, endsAt: now + forMs, hypervisor: r };
+  }
+
+  /**
+   * Takes the shrink the hypervisor holds as this root's record (a root started while one lasts):
+   * `stats` asks the hypervisor for its `stats`, whose `lpShrink` is checked (decodeLpShrinkInfo).
+   * A set or clear made meanwhile wins. Answers what was learnt (null: no shrink, or none taken).
+   */
+  async learn(stats: () => Promise<unknown>): Promise<HostFaultRecord | null> {
+    const seen = this.changes;
+    const answer = await stats();
+    if (seen !== this.changes || this.current) return null;
+    const d = decodeLpShrinkInfo(isPlainObject(answer) ? answer.lpShrink : undefined, this.bootLps);
+    if (typeof d === 'string') {
+      this.log('the hypervisor\'s LP shrink is not understood: not taken', { error: d });
+      return null;
+    }
+    if (d === null || d.remainingMs <= 0) return null;
+    this.record(d.fault, d.lps, d.remainingMs);
+    this.log('an LP shrink the hypervisor holds was taken as this root\'s record', { fault: d.fault, lps: d.lps, remainingMs: d.remainingMs });
+    return this.list()[0] ?? null;
   }
 
   /** Ends the host's fault (if `id` is null or its id); resolves with the ids ended. */
   async clear(id: string | null): Promise<string[]> {
+    this.changes++;
     const c = this.current;
     if (!c) {
-      // A root that restarted has no record of a shrink the hypervisor still holds: give every
-      // LP back anyway (harmless when none is taken).
-      await this.setLps(this.bootLps, 0).catch(() => undefined);
+      // A root that could not learn the shrink the hypervisor holds (it did not answer) has no
+      // record of it: give every LP back anyway (harmless when none is taken).
+      await this.setLps(this.bootLps, 0, null).catch(() => undefined);
       return [];
     }
-    if (id !== null && c.id !== id) return [];
+    // A shrink of an unknown fault is ended by any fault's clear: nothing else could end it early.
+    if (id !== null && c.id !== null && c.id !== id) return [];
     clearTimeout(c.timer);
     this.current = null;
-    await this.setLps(this.bootLps, 0);
+    await this.setLps(this.bootLps, 0, null);
     this.log('fault cleared', { fault: c.id, kind: c.kind });
-    return [c.id];
+    return [c.id ?? id ?? UNNAMED];
   }
 
   list(): HostFaultRecord[] {
     if (!this.current) return [];
-    const { timer: _t, ...rec } = this.current;
-    return [rec];
+    const { timer: _t, id, ...rec } = this.current;
+    return [{ id: id ?? UNNAMED, ...rec }];
   }
 }

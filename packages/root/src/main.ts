@@ -88,7 +88,8 @@ process.on('SIGINT', () => void exit('SIGINT'));
 const session = await vid.connect({ partitionId: ROOT_PARTITION_ID, token: rootToken, role: 'root', vm: null });
 const store = new ConfigStore(paths.vmDir);
 // lp-shrink: the hypervisor takes LPs away and gives them back after forMs by itself.
-const hostFaults = new HostFaults((n, forMs) => vid.ctl('setLps', { lps: n, forMs }), lps, (msg, fields) => log.info(fields, msg));
+// It holds the fault's id with the shrink: a root started while one lasts learns it below.
+const hostFaults = new HostFaults((n, forMs, fault) => vid.ctl('setLps', fault === null ? { lps: n, forMs } : { lps: n, forMs, fault }), lps, (msg, fields) => log.info(fields, msg));
 let member: ClusterMember | null = null;
 /** Probed once: whether userfaultfd's async write-protect works here (the partitions use it when it does). */
 const dirtyTracking = (): NonNullable<HostInfo['dirtyTracking']> => {
@@ -170,7 +171,11 @@ server = new MgmtServer(handler, (e) => log.error({ err: e }, 'management reques
 vmms = new Vmms({ home: paths.home, hostId, hvPid, lps, store, vid, log, publish: (ev) => server!.publish(ev), vmDir: paths.vmDir, vmbusTransport: vmbusMode, warm, warmMemory: process.env.HVLAB_WARM_MEMORY, spare });
 // A restarted root finds the VMs that kept running while it was away.
 await vmms.reattach();
-await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
+// And the LP shrink its predecessor asked for, if one lasts, before the first answer (host info
+// answers from this root's record, not by asking the hypervisor). Re-attaching asked the
+// hypervisor already, so this adds no new wait; a hypervisor that does not answer within 5 s
+// leaves the record empty (the fault's clear gives every LP back anyway).
+await hostFaults.learn(() => vid.ctl('stats', 5000)).catch((e: unknown) => log.warn({ err: (e as Error).message }, 'cannot ask the hypervisor for an LP shrink in force'));await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
 // A host of a cluster joins it and serves its peers (member.ts); a wrong configuration is logged
 // and the host runs on alone rather than failing (its supervisor would only restart it again).
 try {
