@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import type { LinkView } from '@hvlab/protocol';
+import type { IcServiceInfo, LinkView } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import { faultsDir, nemesisPids, nemesisSocketPath, processState, startNemesis, wardenPids, type FaultRecord } from '@hvlab/faults';
@@ -247,7 +247,8 @@ describe('faults under attack: a home too long for a socket path', function () {
 
 describe('faults under attack: a cluster (real processes)', function () {
   this.timeout(300000);
-  const h = new TestHost();
+  // Time sync samples once a minute (5 s by default): the clock test counts the answers of the syncs a fault's end and a move make.
+  const h = new TestHost({ HVLAB_IC_TIMESYNC_MS: '60000' });
   const { inject, ended } = faultTools(h);
   const ids = new Set<string>();
   const link = async (): Promise<LinkView> => (await h.json<{ links: LinkView[] }>('cluster', 'status')).links.find((l) => l.a === 'h1' && l.b === 'h2')!;
@@ -278,6 +279,34 @@ describe('faults under attack: a cluster (real processes)', function () {
     expect(await eventually(async () => (await ended(f.id))?.endReason === 'target-gone', 10000), 'ended as target-gone').to.equal(true);
     // Its VM is not on h1 any more: the clear of its fault there finds nothing, which is no problem of the undo.
     expect((await ended(f.id))?.error).to.equal(null);
+  });
+
+  it('a clock fault ended by a move: the destination reports the guest\'s clock on time once it synced it, within what time sync can measure', async () => {
+    await h.ok('--host', 'h1', 'vm', 'new', 'clk', '--memory', '16M', '--workload', 'counter');
+    await h.ok('--host', 'h1', 'vm', 'start', 'clk');
+    try {
+      const timesync = async (host: string): Promise<IcServiceInfo | undefined> => (await h.json<IcServiceInfo[]>('--host', host, 'vm', 'ic', 'clk')).find((x) => x.service === 'timesync');
+      // Time sync samples once a minute here (TIMESYNC_MS): each answer below is one of the Syncs
+      // and Samples a fault's end and a move make, none a periodic one.
+      expect(await eventually(async () => typeof (await timesync('h1'))?.offsetMs === 'number', 20000), 'time sync measured the guest on h1').to.equal(true);
+      const n1 = (await timesync('h1'))!.samples!;
+      await inject('clock', '--target', 'vm:clk', '--offset', '3600s', '--for', '120s');
+      // The move ends the fault (the reference time steps back an hour: its end syncs the guest's
+      // clock, a Sync and a Sample), and its arrival syncs it again (the guest's reference time
+      // stood still through the blackout): h2 has answered the arrival's Sync after the two.
+      await h.ok('--host', 'h1', 'vm', 'move', 'clk', '--to', 'h2');
+      let t: IcServiceInfo | undefined;
+      expect(await eventually(async () => ((t = await timesync('h2'))?.samples ?? 0) >= n1 + 3, 20000), `h2 synced the guest (${JSON.stringify(t)})`).to.equal(true);
+      // What time sync can tell from zero: the host stamps the Sync and the Sample with Date.now()
+      // (a whole ms, up to 1 ms behind) against a 100 ns reference time, and reports a whole ms.
+      // Before, the Sync's own answer stood as the offset: the reading from before its step,
+      // the blackout behind (-8 ms, -29 ms), until the next sample a minute later.
+      const toleranceMs = 2;
+      expect(Math.abs(t!.offsetMs ?? NaN), `the guest's clock on h2 is ${t!.offsetMs} ms off (${JSON.stringify(t)})`).to.be.at.most(toleranceMs);
+    } finally {
+      for (const host of ['h1', 'h2']) await h.run('--host', host, 'vm', 'turn-off', 'clk');
+      for (const host of ['h1', 'h2']) await h.run('--host', host, 'vm', 'delete', 'clk');
+    }
   });
 
   it('a kill with restart whose VM was deleted meanwhile says at once that there was nothing to start, in the fault log too', async () => {

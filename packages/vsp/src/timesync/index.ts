@@ -27,7 +27,13 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
   readonly interfaceType = IcGuid.timesync;
   readonly messageType = IcMessageType.TimeSync;
   protected readonly messageVersions: IcVersion[] = [{ major: 4, minor: 0 }, { major: 3, minor: 0 }];
-  /** The guest's clock minus host time at the latest sample (ms), and at the first. */
+  /**
+   * The guest's clock minus host time at the latest sample (ms), as the guest read it before it
+   * applied the sample; and at the first answer (a Sync's: the clock the guest came with). A
+   * Sync's answer is never the latest offset: the guest stepped its clock to host time right after
+   * the reading it answers with, so that reading says where the clock was, not where it is (after
+   * a move it said the guest was the blackout behind, though it was on time).
+   */
   offsetMs: number | null = null;
   initialOffsetMs: number | null = null;
   samples = 0;
@@ -38,7 +44,11 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
   }
 
   protected override onNegotiated(): void {
-    void this.send(TimeSyncFlags.Sync);
+    // At negotiation and when the channel comes back from a saved state (a restore, a move's
+    // arrival: the guest's clock stood still meanwhile), a Sync steps the guest's clock to host
+    // time; the Sample right after it says where the clock is then (a Sync's own answer is the
+    // reading from before its step).
+    void this.send(TimeSyncFlags.Sync).then(() => this.send(TimeSyncFlags.Sample));
     this.stopTicks?.();
     // A sample carries the time it was taken at, so one sent up to a quarter period early (with
     // the heartbeat's wake-up) is as exact as one sent on time.
@@ -93,8 +103,9 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
           const guestMs = filetimeToMs(t.parentTime);
           // Host time at the moment the guest read its clock.
           const hostThenMs = hostMs + Number(t.referenceTime - ref) / 1e4;
-          this.offsetMs = Math.round(guestMs - hostThenMs);
-          if (this.initialOffsetMs === null) this.initialOffsetMs = this.offsetMs;
+          const offsetMs = Math.round(guestMs - hostThenMs);
+          if (this.initialOffsetMs === null) this.initialOffsetMs = offsetMs;
+          if (flags !== TimeSyncFlags.Sync) this.offsetMs = offsetMs;
           this.samples++;
         } catch (e) {
           if (!(e instanceof IcError)) throw e;
