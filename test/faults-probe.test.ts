@@ -129,6 +129,25 @@ describe('faults under attack: one host (real processes)', function () {
     expect(await faults()).to.deep.equal([]);
   });
 
+  it('a fault its root refuses before anything took effect is a refusal: no number taken, no record in fault list --all or the log', async () => {
+    const numbered = (l: FaultRecord[]): number[] => l.map((f) => /^f(\d+)$/.exec(f.id)?.[1]).filter((x): x is string => x !== undefined).map(Number);
+    const last = Math.max(0, ...numbered(await faults(true)));
+    const logLines = (): string[] => (existsSync(join(faultsDir(h.home), 'log.jsonl')) ? readFileSync(join(faultsDir(h.home), 'log.jsonl'), 'utf8').trim().split('\n') : []);
+    const linesBefore = logLines().length;
+    // Both pass the nemesis's checks; the root (and the VM's worker) refuse them.
+    const vps = await h.run('fault', 'inject', 'vp-stall', '--target', 'vm:web', '--vps', '7', '--for', '5s');
+    expect([vps.code, vps.stderr]).to.satisfy(([c, e]: [number, string]) => c === 1 && /there is no VP 7/.test(e));
+    expect(vps.stderr, 'said as a refusal, not as a fault that failed').to.not.match(/fault f\d+ .*failed/);
+    const lps = await h.run('fault', 'inject', 'lp-shrink', '--target', 'host:local', '--lps', '2', '--for', '5s');
+    expect([lps.code, lps.stderr]).to.satisfy(([c, e]: [number, string]) => c === 1 && /takes nothing away: this host has 2 LPs/.test(e));
+    expect((await faults(true)).filter((f) => f.state === 'failed'), 'no record of them').to.deep.equal([]);
+    expect(logLines().length, 'no log line for them').to.equal(linesBefore);
+    // Before, these two were f(last+1) and f(last+2), recorded as failed.
+    const next = await inject('pause', '--target', 'vm:db', '--for', '1s');
+    expect(next.id).to.equal(`f${last + 1}`);
+    expect(await eventually(async () => (await ended(next.id)) !== undefined, 10000), 'the pause ended').to.equal(true);
+  });
+
   it('a nemesis killed with -9 while it holds a pause: the process is continued with no command run (its warden), the record says why, and fault ids go on', async () => {
     const f = await inject('pause', '--target', 'vm:web', '--for', '120s');
     const pid = f.resolved.processes[0]!.pid;

@@ -9,7 +9,10 @@
  *   - when its target vanished (a paused process that died, a VM that is gone, a cluster taken
  *     down): the fault is ended as target-gone rather than left stuck, Chaos Mesh's failure.
  *
- * Every start and end goes to `faults/log.jsonl`; the active set (with what undoing needs: the
+ * Every start and end goes to `faults/log.jsonl`, each line with the same fields (`event`), `role`
+ * being the process a kill or pause hit and null for the other kinds; a request its root refuses
+ * before anything took effect is a refusal like the nemesis's own (no line, no record, no
+ * number: `refusedUnapplied`). The active set (with what undoing needs: the
  * pids and start times of stopped processes, each link's state before) is written to
  * `faults/active.json` at every change (and before a change is made, so a nemesis killed half-way
  * leaves what it did there too), so a nemesis that died is cleaned up after by the next one
@@ -36,7 +39,7 @@
 import { appendFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, decodeFaultCounters, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
+  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
@@ -91,6 +94,8 @@ interface Active {
   pending: boolean;
   /** Ended while it was being applied: undone as soon as that is over. */
   cancelled: FaultEndReason | null;
+  /** Its id is the nemesis's own number (no id given): a refusal gives that number back. */
+  autoId?: boolean;
   /** Resolves when the pending part is over (applied, failed or cancelled). */
   settled: Promise<void>;
   settle: () => void;
@@ -210,7 +215,7 @@ export class Nemesis {
     // not undone yet, and a caller waiting for the list to empty must not see it vanish between
     // the two lists.
     const act = [...[...this.active.values()].map((a) => a.rec), ...this.ending.values()];
-    return all ? [...this.ended, ...act] : act;
+    return (all ? [...this.ended, ...act] : act).sort(faultOrder);
   }
 
   /**
@@ -432,6 +437,7 @@ export class Nemesis {
       }
     }
     const act = newActive(rec, procs, holders, REMOTE_KINDS.includes(req.kind), holderNames);
+    act.autoId = !req.id;
     // Entered before anything is applied (and written down as it goes): a nemesis killed
     // half-way leaves what it did in active.json.
     this.active.set(id, act);
@@ -497,6 +503,16 @@ export class Nemesis {
       });
       act.pending = false;
       act.settle();
+      // Refused by its enforcer before anything took effect: a refusal as the nemesis's own are,
+      // with no record, no log line and (when no later fault took one meanwhile) no number.
+      if (refusedUnapplied(rec, e)) {
+        await this.undoAll(world, act).catch(() => undefined);
+        await this.serial(async () => {
+          const own = /^f(\d{1,15})$/.exec(rec.id);
+          if (act.autoId && own && this.next === Number(own[1]) + 1 && !this.active.has(rec.id) && !this.ending.has(rec.id)) this.next = Number(own[1]);
+        });
+        throw new FaultRefused(errText(e));
+      }
       // Undone outside the queue too (it asks the roots).
       throw await this.failed(world, act, e);
     }
@@ -545,7 +561,9 @@ export class Nemesis {
         }
         const spec = hostSpecOf(rec.kind, params, rec.seed);
         if (!spec.ok) throw new FaultRefused(spec.message);
+        // Filled as each VM takes it: a refusal by the first says nothing took effect (refusedUnapplied).
         const effects: Record<string, unknown> = {};
+        rec.effect = effects;
         for (const v of rec.resolved.vms) {
           // Written down first: if the answer is lost, clearing an id the worker does not hold is no error.
           if (rec.kind !== 'bitflip') {
@@ -561,6 +579,7 @@ export class Nemesis {
         const spec = hostSpecOf('lp-shrink', p, rec.seed);
         if (!spec.ok) throw new FaultRefused(spec.message);
         const effects: Record<string, unknown> = {};
+        rec.effect = effects;
         for (const h of rec.resolved.hosts) {
           undo.hostFaults.push({ host: h, vm: null });
           this.persist();
@@ -872,15 +891,38 @@ export class Nemesis {
       rec.error = ['undone after the nemesis that held it was gone', ...problems].join('; ');
       this.recovered.push(rec);
       this.pushEnded(rec);
-      try {
-        appendFileSync(faultLogFile(this.home), JSON.stringify({ time: new Date(this.now()).toISOString(), event: 'end', id: rec.id, startedAt: rec.startedAt, kind: rec.kind, target: rec.target, reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) }) + '\n');
-      } catch { /* logged below */ }
+      // The same fields as every other line of the log (it lacked role, summary, owner and forMs).
+      this.event('end', rec, { reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) });
       this.say('undid a fault a previous nemesis left', { id: rec.id, problems });
     }
     rmSync(activeFile(this.home), { force: true });
     return n;
   }
 }
+
+/** Management error codes of a root (or a worker behind it) that refused a fault: it answered, and set nothing. */
+const REFUSAL_CODES: readonly string[] = ['InvalidArgument', 'InvalidState', 'NotFound'];
+
+/**
+ * Whether a fault a root enforces failed by a refusal of the first host asked, so that nothing of
+ * it took effect anywhere (`rec.effect` holds what each VM or host took): an lp-shrink to as many
+ * LPs as the host has, a VP the VM lacks, a VM that is stopping or moving. Not a refusal: one
+ * that came after another VM took it, and a call that timed out or lost its host (it may have
+ * landed).
+ */
+export function refusedUnapplied(rec: FaultRecord, e: unknown): boolean {
+  const landed = rec.effect !== null && Object.keys(rec.effect).length > 0;
+  return !landed && e instanceof MgmtCallError && REFUSAL_CODES.includes(e.code);
+}
+
+/**
+ * The order `fault list` shows faults in, stable whatever order they started, ended or were
+ * undone in: by start, then by id, the numbers in ids compared as numbers (f9 before f10).
+ */
+export function faultOrder(a: FaultRecord, b: FaultRecord): number {
+  return a.startedAt - b.startedAt || ID_COLLATOR.compare(a.id, b.id);
+}
+const ID_COLLATOR = new Intl.Collator('en', { numeric: true });
 
 /**
  * The counters of each VM fault in a root's `faultList` answer ({ vms: [{ vm, faults: [{ id,
@@ -910,7 +952,9 @@ function leftoverRecord(v: unknown): FaultRecord | null {
   const r = isPlainObject(v.resolved) ? v.resolved : {};
   const names = (x: unknown): string[] => (Array.isArray(x) ? (x as unknown[]).filter((y): y is string => typeof y === 'string') : []);
   return {
-    id: v.id, kind, target: typeof v.target === 'string' ? v.target.slice(0, 160) : '?', role: null,
+    id: v.id, kind, target: typeof v.target === 'string' ? v.target.slice(0, 160) : '?',
+    // A process fault's role (what it hit), as the record had it: a later nemesis's list and log say it too.
+    role: (kind === 'kill' || kind === 'pause') && (PROCESS_ROLES as readonly unknown[]).includes(v.role) ? (v.role as ProcessRole) : null,
     params: isPlainObject(v.params) ? v.params : {}, owner: typeof v.owner === 'string' ? v.owner : null, seed: num(v.seed), forMs: num(v.forMs),
     resolved: {
       summary: typeof r.summary === 'string' ? r.summary.slice(0, 400) : '?', hosts: names(r.hosts),

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_ID_RE, FAULT_KINDS, decodeLinkChange, seededRandom, type LinkView } from '@hvlab/protocol';
-import { activeFile, decodeActiveFile, faultLogFile, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange } from '../src/index.js';
+import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange } from '../src/index.js';
 
 const view = (o: Partial<LinkView>): LinkView => ({ a: 'h1', b: 'h2', cut: false, seed: 5, bytes: [0, 0], lost: 0, connections: 0, ...o });
 
@@ -43,6 +43,32 @@ describe('nemesis bookkeeping', () => {
     expect(lastFaultNumber(home)).to.equal(12);
     writeFileSync(activeFile(home), '[{"rec":{"id":"f40"}}]');
     expect(lastFaultNumber(home)).to.equal(40);
+  });
+
+  it('fault list\'s order is by start, then by id with its numbers compared as numbers, whatever order the faults were held or ended in', async () => {
+    const rec = (id: string, startedAt: number): unknown => ({ rec: { id, kind: 'pause', target: 'vm:web', startedAt, endsAt: startedAt + 1000, resolved: { summary: 'x', hosts: [], vms: [] } }, undo: {} });
+    // Ended in this order (a later nemesis undoes what the one before left, in the file's order).
+    writeFileSync(activeFile(home), JSON.stringify([rec('f10', 5000), rec('f2', 9000), rec('f9', 5000), rec('a-mine', 5000), rec('f1', 1000)]));
+    const n = new Nemesis({ home });
+    await n.recoverLeftovers();
+    expect(n.list(true).map((f) => f.id)).to.deep.equal(['f1', 'a-mine', 'f9', 'f10', 'f2']);
+    expect([...n.list(true)].sort(faultOrder).map((f) => f.id), 'a sort of it changes nothing').to.deep.equal(['f1', 'a-mine', 'f9', 'f10', 'f2']);
+  });
+
+  it('a later nemesis keeps a process fault\'s role, and logs its end with the fields every line has', async () => {
+    const start = 1_700_000_000_000;
+    writeFileSync(activeFile(home), JSON.stringify([
+      { rec: { id: 'f4', kind: 'pause', target: 'host:h1', role: 'root', owner: 'cli-1', forMs: 5000, startedAt: start, endsAt: start + 5000, resolved: { summary: 'root of h1 (pid 99999999)', hosts: ['h1'], vms: [] } }, undo: {} },
+      // A role on a kind that takes none is not believed.
+      { rec: { id: 'f5', kind: 'clock', target: 'vm:web', role: 'root', forMs: 5000, startedAt: start + 1, endsAt: start + 5001, resolved: { summary: 'VM web on h1', hosts: [], vms: [] } }, undo: {} },
+    ]));
+    const n = new Nemesis({ home });
+    await n.recoverLeftovers();
+    expect(n.list(true).map((f) => [f.id, f.role])).to.deep.equal([['f4', 'root'], ['f5', null]]);
+    const lines = readFileSync(faultLogFile(home), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines[0]).to.include({ event: 'end', id: 'f4', startedAt: start, kind: 'pause', target: 'host:h1', role: 'root', summary: 'root of h1 (pid 99999999)', owner: 'cli-1', forMs: 5000, reason: 'cleared', recovered: true });
+    expect(Object.keys(lines[1]!).slice(0, 10)).to.deep.equal(['time', 'event', 'id', 'startedAt', 'kind', 'target', 'role', 'summary', 'owner', 'forMs']);
+    expect(lines[1]!.role).to.equal(null);
   });
 
   it('a later nemesis reads active.json as a file: anything in it is checked, nothing in it throws, and what it undid is reported once', async () => {
