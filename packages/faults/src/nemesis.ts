@@ -777,7 +777,14 @@ export class Nemesis {
   async clear(fault: string | null, owner: string | null, reason: FaultEndReason = 'cleared'): Promise<FaultRecord[]> {
     this.lastActivity = this.now();
     const ids = [...this.active.values()].filter((a) => (fault === null || a.rec.id === fault) && (owner === null || a.rec.owner === owner)).map((a) => a.rec.id);
-    if (fault !== null && ids.length === 0 && !this.active.has(fault)) throw new FaultRefused(`no active fault ${fault}${this.active.size ? ` (active: ${[...this.active.keys()].join(', ')})` : ''}`);
+    if (fault !== null && ids.length === 0 && !this.active.has(fault)) {
+      // One that ended already is said so, with how (a clear after its end was told only that
+      // nothing of that id was active, as if it had never been).
+      const past = this.ended.findLast((r) => r.id === fault);
+      const others = this.active.size ? ` (active: ${[...this.active.keys()].join(', ')})` : '';
+      if (past) throw new FaultRefused(`fault ${fault} has ended already (${past.state === 'failed' ? 'failed' : past.endReason ?? 'ended'}${past.endedAt !== null ? ` at ${new Date(past.endedAt).toISOString().slice(11, 23)}` : ''}): nothing to clear${others}`);
+      throw new FaultRefused(`no active fault ${fault}${others}`);
+    }
     const out: FaultRecord[] = [];
     if (fault === null && owner === null) {
       out.push(...this.recovered);

@@ -71,6 +71,23 @@ describe('nemesis bookkeeping', () => {
     expect(lines[1]!.role).to.equal(null);
   });
 
+  it('a clear of a fault that has ended says so and how, not that it never was', async () => {
+    const start = 1_700_000_000_000;
+    writeFileSync(activeFile(home), JSON.stringify([{ rec: { id: 'f4', kind: 'pause', target: 'vm:web', forMs: 5000, startedAt: start, endsAt: start + 5000, resolved: { summary: 'x', hosts: [], vms: [] } }, undo: {} }]));
+    const n = new Nemesis({ home });
+    await n.recoverLeftovers();
+    const refusal = async (id: string): Promise<string> => {
+      try {
+        await n.clear(id, null);
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'no refusal';
+    };
+    expect(await refusal('f4')).to.match(/^fault f4 has ended already \(cleared at \d\d:\d\d:\d\d\.\d{3}\): nothing to clear$/);
+    expect(await refusal('f5')).to.equal('no active fault f5');
+  });
+
   it('a later nemesis reads active.json as a file: anything in it is checked, nothing in it throws, and what it undid is reported once', async () => {
     const hostile: unknown[] = [
       null, 3, 'x', [], {}, { rec: null, undo: {} }, { rec: { id: '../x', kind: 'pause' }, undo: {} },
