@@ -183,8 +183,15 @@ const SUSPEND_ANSWER_MS = answerMs(process.env.HVLAB_SUSPEND_ANSWER_MS, 10000);
 const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 /** How long an enabled integration service's answer waits for the guest to negotiate it (icSettled). */
 const IC_ENABLE_SETTLE_MS = 5000;
-/** Tests (HVLAB_TEST_COMMIT_SILENT_MS): how long this host, as a move's destination, holds back every answer about it once it took its commit (0: none). */
+/**
+ * Tests (HVLAB_TEST_COMMIT_SILENT_MS): how long this host, as a move's destination, holds back every
+ * answer about it once it took its commit (0: none). With it set, SIGUSR2 to the root ends every
+ * hold at once (COMMIT_SILENCE_END_SIGNAL): a test whose own checks are done need not wait out a
+ * bound long enough to outlast them on a busy machine.
+ */
 const COMMIT_SILENT_MS = testKnob('HVLAB_TEST_COMMIT_SILENT_MS', 1) ?? 0;
+/** The signal that ends every hold of HVLAB_TEST_COMMIT_SILENT_MS at once (only while that knob is set). */
+const COMMIT_SILENCE_END_SIGNAL = 'SIGUSR2';
 /** How often an incoming attempt's stream port the fabric refused to open again (exposeIncomingAgain) is asked for again. */
 const EXPOSE_AGAIN_EVERY_MS = 500;
 /**
@@ -267,6 +274,8 @@ export class Vmms {
   private readonly committed: CommittedMigrations;
   /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): until when the answers about a committed migration are held back. */
   private readonly silentUntil = new Map<string, number>();
+  /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): the waits of heldBack, each ended early by COMMIT_SILENCE_END_SIGNAL. */
+  private readonly silentWaits = new Set<() => void>();
   /** Migrations whose commit this host refused because the guest did not resume: a repeated commit gets the same refusal. */
   private readonly notResumed = new Map<string, string>();
   /**
@@ -283,6 +292,14 @@ export class Vmms {
     this.paths = hostPaths(o.home);
     this.committed = new CommittedMigrations(o.home, o.log);
     this.maxMigrations = o.maxMigrations ?? DEFAULT_MAX_MIGRATIONS;
+    if (COMMIT_SILENT_MS > 0) {
+      process.on(COMMIT_SILENCE_END_SIGNAL, () => {
+        o.log.warn({ held: [...this.silentUntil.keys()] }, `every held answer goes now (${COMMIT_SILENCE_END_SIGNAL}, test knob HVLAB_TEST_COMMIT_SILENT_MS)`);
+        this.silentUntil.clear();
+        for (const end of this.silentWaits) end();
+        this.silentWaits.clear();
+      });
+    }
     const { valid, invalid } = o.store.loadAll();
     for (const c of valid) {
       const r = this.record(c);
@@ -1900,8 +1917,17 @@ export class Vmms {
     const until = this.silentUntil.get(mig);
     if (until === undefined) return;
     const wait = until - Date.now();
-    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    else this.silentUntil.delete(mig);
+    if (wait > 0) {
+      await new Promise<void>((r) => {
+        const end = (): void => {
+          clearTimeout(t);
+          this.silentWaits.delete(end);
+          r();
+        };
+        const t = setTimeout(end, wait);
+        this.silentWaits.add(end);
+      });
+    } else this.silentUntil.delete(mig);
   }
 
   /** The destination's commit of an incoming migration (see incoming's migCommit). */
