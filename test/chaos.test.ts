@@ -47,12 +47,15 @@ faults:
 checks: { liveness: 10s, isolation: 4s }
 `;
 
+// 7 s: seed RANDOM_SEED draws a link cut (1-3 s), a heartbeat delay on r2 (1.5-3.1 s) and a link
+// delay (3.5-5.5 s), r2 moved at 3.1 s and r1 at 5.9 s, so that the run waits on nothing idle
+// (with 10 s and [1s, 9s] the last of its draw ended at 7.5 s).
 const RANDOM = `name: e2e-random
 kind: faults
 seed: 1
 hosts: 2
 lps: 2
-duration: 10s
+duration: 7s
 sample: 400ms
 workloads:
   - { name: r1, host: h1, workload: counter, memory: 16M }
@@ -61,9 +64,10 @@ random:
   count: 3
   kinds: [pause, vmbus, link]
   for: [1s, 2s]
-  between: [1s, 9s]
+  between: [1s, 6s]
   moves: 2
 `;
+const RANDOM_SEED = 4250;
 
 // Four live migrations while a link fault slows the hosts' link: a counter VM there, back and there
 // again (the last asked while the one before still runs: it waits for it), a memdirty VM across with
@@ -210,23 +214,23 @@ describe('chaos experiments with real processes', function () {
     writeFileSync(file, RANDOM);
     const lines: string[] = [];
     const out = join(dir, 'random');
-    const r = await runChaosExperiment(file, { out, seed: 4242, progress: (l) => lines.push(l) });
+    const r = await runChaosExperiment(file, { out, seed: RANDOM_SEED, progress: (l) => lines.push(l) });
     await nothingLeft(r);
     const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
-    expect(json.seed).to.equal(4242);
-    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include('--seed 4242');
+    expect(json.seed).to.equal(RANDOM_SEED);
+    expect(readFileSync(join(out, 'results.md'), 'utf8')).to.include(`--seed ${RANDOM_SEED}`);
     const spec = loadChaosExperiment(file) as ChaosSpec;
     expect(json.schedule).to.have.length(3);
     expect(json.schedule.every((f) => f.source === 'random')).to.equal(true);
-    expect(json.schedule).to.deep.equal(drawSchedule(4242, spec, chaosWorld(spec)));
-    expect(json.schedule).to.deep.equal(plannedSchedule(spec, 4242));
+    expect(json.schedule).to.deep.equal(drawSchedule(RANDOM_SEED, spec, chaosWorld(spec)));
+    expect(json.schedule).to.deep.equal(plannedSchedule(spec, RANDOM_SEED));
     expect(json.schedule).to.not.deep.equal(plannedSchedule(spec, 1));
     // What was drawn is what was injected, and all of it ended.
     expect(r.faults.map((f) => [f.id.slice(r.owner.length + 1), f.kind, f.target, f.seed]), lines.join('\n')).to.deep.equal(json.schedule.filter((f) => !r.refused.some((x) => x.id.endsWith(`.${f.id}`))).map((f) => [f.id, f.kind, f.target, f.seed]));
     expect(r.faults.every((f) => f.endedAt !== null)).to.equal(true);
     expect(r.checks.find((c) => c.name === 'cleanup')!.held, JSON.stringify(r.checks.find((c) => c.name === 'cleanup'))).to.equal(true);
     // The moves drawn from the same seed are the ones made (each from where the VM was then), all ended, and marked drawn.
-    const planned = plannedMoves(spec, 4242);
+    const planned = plannedMoves(spec, RANDOM_SEED);
     expect(planned.map((m) => m.source)).to.deep.equal(['random', 'random']);
     expect(r.moves.map((m) => [m.id, m.vm, m.to, m.method, m.source]), lines.join('\n')).to.deep.equal(planned.map((m) => [m.id, m.vm, m.to, m.method, 'random']));
     expect(r.moves.every((m) => m.endedAt !== null)).to.equal(true);
