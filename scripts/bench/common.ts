@@ -230,10 +230,11 @@ export function waitReady(o: Owned, timeoutMs: number): Promise<string> {
 }
 
 /**
- * Waits until the host has a spare worker that has had `SPARE_LOAD_MS` to load its code (`ps` lists
- * a spare from its spawn; its load is ~0.4 s of CPU here), so a start finds it as a host at rest would.
+ * Waits until the host has a spare worker that has had `loadMs` (SPARE_LOAD_MS unless told) to load
+ * its code (`ps` lists a spare from its spawn; its load is ~0.4 s of CPU here), so a start finds it
+ * as a host at rest would. A quick run, whose numbers measure nothing, may give it less.
  */
-export async function spareLoaded(mgmt: { request<T>(op: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T> }): Promise<void> {
+export async function spareLoaded(mgmt: { request<T>(op: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T> }, loadMs = SPARE_LOAD_MS): Promise<void> {
   const t0 = Date.now();
   for (;;) {
     const ps = await mgmt.request<Array<{ role: string; vm: string | null; warm?: string; pid: number }>>('ps', {});
@@ -241,13 +242,13 @@ export async function spareLoaded(mgmt: { request<T>(op: string, args?: Record<s
     if (spare) {
       if (!spareSince.has(spare.pid)) spareSince.set(spare.pid, Date.now());
       const waited = Date.now() - spareSince.get(spare.pid)!;
-      if (waited >= SPARE_LOAD_MS) return;
-      await new Promise((r) => setTimeout(r, SPARE_LOAD_MS - waited));
+      if (waited >= loadMs) return;
+      await new Promise((r) => setTimeout(r, loadMs - waited));
       continue;
     }
     if (Date.now() - t0 > 30000) throw new Error('the host had no spare worker within 30 s');
     await new Promise((r) => setTimeout(r, 50));
   }
 }
-const SPARE_LOAD_MS = 1500;
+export const SPARE_LOAD_MS = 1500;
 const spareSince = new Map<number, number>();

@@ -22,7 +22,7 @@ import { describeBlackout, type LinkProbeResult, type MigrationBlackout, type Mi
 import { hostPaths } from '../../packages/runtime/src/paths.js';
 import { MgmtClient, readHost } from '@hvlab/host';
 import { clusterHostHome, clusterStatus, clusterUp, parseTopology } from '@hvlab/cluster';
-import { percentile, spareLoaded, QUICK_NOTE, quickRequested, round, clusterTeardown, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
+import { percentile, spareLoaded, SPARE_LOAD_MS, QUICK_NOTE, quickRequested, round, clusterTeardown, disturbanceTracker, disturbanceLine, type Disturbance } from './common.js';
 
 interface Plan {
   idleMemory: string;
@@ -32,9 +32,14 @@ interface Plan {
   idleMoves: number;
   dirtyMoves: number;
   probeBytes: number;
+  /** How long a VM runs after its start before its first move. */
+  settleMs: number;
+  /** How long each host's spare worker has had to load before a move (spareLoaded). */
+  spareLoadMs: number;
 }
-const FULL: Plan = { idleMemory: '256M', dirtyMemory: '256M', dirtyBytes: '32M', idleMoves: 12, dirtyMoves: 6, probeBytes: 64 * 1024 * 1024 };
-const QUICK: Plan = { idleMemory: '64M', dirtyMemory: '64M', dirtyBytes: '8M', idleMoves: 2, dirtyMoves: 2, probeBytes: 8 * 1024 * 1024 };
+const FULL: Plan = { idleMemory: '256M', dirtyMemory: '256M', dirtyBytes: '32M', idleMoves: 12, dirtyMoves: 6, probeBytes: 64 * 1024 * 1024, settleMs: 1000, spareLoadMs: SPARE_LOAD_MS };
+// Quick: the same steps; the waits that only keep the numbers clean are short (they measure nothing).
+const QUICK: Plan = { idleMemory: '64M', dirtyMemory: '64M', dirtyBytes: '8M', idleMoves: 2, dirtyMoves: 2, probeBytes: 8 * 1024 * 1024, settleMs: 300, spareLoadMs: 300 };
 
 interface Series {
   vm: string;
@@ -75,7 +80,7 @@ function client(home: string, host: string): MgmtClient {
   return new MgmtClient(paths.mgmtEndpoint, { watch: readHost(paths)! });
 }
 
-async function series(home: string, vm: string, memory: string, workload: string, vps: number, moves: number, linkBps: number, say: (l: string) => void): Promise<Series> {
+async function series(home: string, vm: string, memory: string, workload: string, vps: number, moves: number, linkBps: number, plan: Plan, say: (l: string) => void): Promise<Series> {
   const c1 = client(home, 'h1');
   const c2 = client(home, 'h2');
   const on = { h1: c1, h2: c2 };
@@ -84,10 +89,10 @@ async function series(home: string, vm: string, memory: string, workload: string
   try {
     await c1.request('vmNew', { name: vm, memory, vps, workload });
     await c1.request('vmStart', { name: vm });
-    await new Promise((r) => setTimeout(r, 1000));
+    await new Promise((r) => setTimeout(r, plan.settleMs));
     let at: 'h1' | 'h2' = 'h1';
     for (let i = 0; i < moves; i++) {
-      await Promise.all([spareLoaded(c1), spareLoaded(c2)]);
+      await Promise.all([spareLoaded(c1, plan.spareLoadMs), spareLoaded(c2, plan.spareLoadMs)]);
       const to: 'h1' | 'h2' = at === 'h1' ? 'h2' : 'h1';
       const st = await on[at].request<MigrationStats>('vmMove', { name: vm, to }, 600_000);
       if (st.status !== 'completed') {
@@ -185,9 +190,9 @@ export async function main(args: string[]): Promise<void> {
     }
     const linkBps = probe.bitsPerSecond / 8;
     say(`link h1 → h2: ${(linkBps / 1e6).toFixed(1)} MB/s`);
-    const idle = await series(home, 'idle', plan.idleMemory, 'idle', 1, plan.idleMoves, linkBps, say);
+    const idle = await series(home, 'idle', plan.idleMemory, 'idle', 1, plan.idleMoves, linkBps, plan, say);
     dist.sample();
-    const memdirty = await series(home, 'md', plan.dirtyMemory, `memdirty:${plan.dirtyBytes}`, 2, plan.dirtyMoves, linkBps, say);
+    const memdirty = await series(home, 'md', plan.dirtyMemory, `memdirty:${plan.dirtyBytes}`, 2, plan.dirtyMoves, linkBps, plan, say);
     dist.sample();
     const r: Result = { quick, mode: st.mode, linkMBps: round(linkBps / 1e6, 2), idle, memdirty, disturbance: dist.value };
     process.stdout.write(`${json ? JSON.stringify(r) : table(r)}\n`);
