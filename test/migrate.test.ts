@@ -13,7 +13,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_WIRE_VERSION, decode, encode, type HostInfo, type MigrationStats, type VmInfo } from '@hvlab/protocol';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { curveClientOptions, readClusterKey, RpcClient, zmq } from '@hvlab/runtime';
+import { curveClientOptions, readClusterKey, RpcClient, TEST_HOLD_END_SIGNAL, zmq } from '@hvlab/runtime';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
 import { memdirtyCheck as checkMemdirty } from '@hvlab/faults';
@@ -26,7 +26,8 @@ type Status = { hosts: Array<{ name: string; hostId: string; address: string }> 
  * How long post-copy's push and commit wait after the switch-over in the suites that act during
  * post-copy (HVLAB_TEST_POSTCOPY_HOLD_MS): long past their act (a cancel, a cut, a kill, a root's
  * restart; a few CLI calls, each seconds on a loaded machine). Without the hold a guest starved of
- * CPU dirtied few pages, their push ended post-copy first, and the act missed it.
+ * CPU dirtied few pages, their push ended post-copy first, and the act missed it. A test whose move
+ * completes after its act ends the hold then (endPostcopyHold) rather than waiting the rest out.
  */
 const POSTCOPY_HOLD_MS = 10000;
 
@@ -99,6 +100,17 @@ describe('live migration between two hosts', function () {
     expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
     // In a box: an async function's promise would take the move's own, and wait for its end.
     return { moving };
+  };
+  /**
+   * Ends the post-copy hold of VM `name`'s move now (TEST_HOLD_END_SIGNAL to its source worker): the
+   * test has done what it does during post-copy, and the rest of the hold would only be waited out.
+   * A worker already gone (a hold that ended by itself on a slow machine) is left alone.
+   */
+  const endPostcopyHold = async (name: string): Promise<void> => {
+    const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h1', 'ps')).find((x) => x.role === 'vmwp' && x.vm === name);
+    try {
+      if (w) process.kill(w.pid, TEST_HOLD_END_SIGNAL);
+    } catch { /* gone meanwhile */ }
   };
   const nothingOnH2 = async (name: string): Promise<boolean> => {
     const vms = await list('h2');
@@ -401,6 +413,7 @@ describe('live migration between two hosts', function () {
     // The stream socket stays open until the commit (post-copy's pulls go on through the hold).
     expect(asked[1], 'through the worker\'s stream socket').to.be.instanceOf(Error);
     expect((asked[1] as Error).message).to.match(/started already/);
+    await endPostcopyHold(name);
     const m = await moving;
     expect(m.code, m.stderr).to.equal(0);
     expect(m.stats?.status).to.equal('completed');
@@ -503,6 +516,7 @@ describe('live migration between two hosts', function () {
       return v?.state === 'Running' && v.migration?.direction === 'incoming';
     }, 30000, 200), 'h2\'s new root took the attempt over').to.equal(true);
     expect((await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root).to.not.equal(root);
+    await endPostcopyHold('pr');
     const m = await moving;
     expect(m.code, `${m.stderr} ${JSON.stringify(m.stats)}`).to.equal(0);
     expect(m.stats!.status).to.equal('completed');
@@ -538,6 +552,7 @@ describe('live migration between two hosts', function () {
     const c = await h.run('--host', 'h1', 'vm', 'move-cancel', 'pk');
     expect(c.code, c.stdout).to.equal(1);
     expect(c.stderr).to.match(/switch-over .*too late to cancel/);
+    await endPostcopyHold('pk');
     const m = await moving;
     expect(m.code, m.stderr).to.equal(0);
     expect(m.stats!.status).to.equal('completed');
@@ -919,7 +934,7 @@ guestFailsAtDestination('live migration whose state names a device the destinati
 // (HVLAB_TEST_COMMIT_SILENT_MS), as a link that loses only its replies, or a root that crashed
 // before it answered, would leave them; the source's bound for an unanswered switch-over is cut to
 // 0.1 s (28 s by default): its first abort left unanswered puts the move in doubt. A test whose
-// checks are done ends the hold (SIGUSR2 to the destination's root) instead of waiting it out. The source
+// checks are done ends the hold (TEST_HOLD_END_SIGNAL to the destination's root) instead of waiting it out. The source
 // used to resume its copy once that bound passed, while the destination ran the committed VM: both
 // hosts ran it. Now the move is in doubt and the VM stays frozen at the source until the
 // destination answers, or until a forced cancel resumes it there.
@@ -970,7 +985,7 @@ describe('live migration whose commit goes unanswered (the destination\'s answer
     expect(c.stderr).to.match(/in doubt: its commit was sent .*--force/);
     expect((await vm('h1', 'dq'))!.workload.progress, 'still frozen').to.equal(frozenAt);
     // The destination answers now (its hold ended: HVLAB_TEST_COMMIT_SILENT_MS's signal), not 24 s after the commit.
-    process.kill((await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root, 'SIGUSR2');
+    process.kill((await h.json<HostInfo>('--host', 'h2', 'host', 'info')).pids.root, TEST_HOLD_END_SIGNAL);
     const r = await moving;
     expect(r.code, r.stderr).to.equal(0);
     const st = JSON.parse(r.stdout) as MigrationStats;

@@ -21,7 +21,7 @@ import {
   type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpFaultInfo, type VmwpFaultStats, decodeVmwpFaultList, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
 } from '@hvlab/protocol';
 import {
-  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, testKnob, VmwpControlClient, VmwpLinkError,
+  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, testKnob, TEST_HOLD_END_SIGNAL, VmwpControlClient, VmwpLinkError,
   type HvClient, type Logger, type HypercallResult,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
@@ -185,13 +185,11 @@ const SAVE_ANSWER_MS = answerMs(process.env.HVLAB_SAVE_ANSWER_MS, 120000);
 const IC_ENABLE_SETTLE_MS = 5000;
 /**
  * Tests (HVLAB_TEST_COMMIT_SILENT_MS): how long this host, as a move's destination, holds back every
- * answer about it once it took its commit (0: none). With it set, SIGUSR2 to the root ends every
- * hold at once (COMMIT_SILENCE_END_SIGNAL): a test whose own checks are done need not wait out a
- * bound long enough to outlast them on a busy machine.
+ * answer about it once it took its commit (0: none). With it set, TEST_HOLD_END_SIGNAL to the root
+ * ends every hold at once: a test whose own checks are done need not wait out a bound long enough
+ * to outlast them on a busy machine.
  */
 const COMMIT_SILENT_MS = testKnob('HVLAB_TEST_COMMIT_SILENT_MS', 1) ?? 0;
-/** The signal that ends every hold of HVLAB_TEST_COMMIT_SILENT_MS at once (only while that knob is set). */
-const COMMIT_SILENCE_END_SIGNAL = 'SIGUSR2';
 /** How often an incoming attempt's stream port the fabric refused to open again (exposeIncomingAgain) is asked for again. */
 const EXPOSE_AGAIN_EVERY_MS = 500;
 /**
@@ -274,7 +272,7 @@ export class Vmms {
   private readonly committed: CommittedMigrations;
   /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): until when the answers about a committed migration are held back. */
   private readonly silentUntil = new Map<string, number>();
-  /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): the waits of heldBack, each ended early by COMMIT_SILENCE_END_SIGNAL. */
+  /** Tests (HVLAB_TEST_COMMIT_SILENT_MS): the waits of heldBack, each ended early by TEST_HOLD_END_SIGNAL. */
   private readonly silentWaits = new Set<() => void>();
   /** Migrations whose commit this host refused because the guest did not resume: a repeated commit gets the same refusal. */
   private readonly notResumed = new Map<string, string>();
@@ -293,8 +291,8 @@ export class Vmms {
     this.committed = new CommittedMigrations(o.home, o.log);
     this.maxMigrations = o.maxMigrations ?? DEFAULT_MAX_MIGRATIONS;
     if (COMMIT_SILENT_MS > 0) {
-      process.on(COMMIT_SILENCE_END_SIGNAL, () => {
-        o.log.warn({ held: [...this.silentUntil.keys()] }, `every held answer goes now (${COMMIT_SILENCE_END_SIGNAL}, test knob HVLAB_TEST_COMMIT_SILENT_MS)`);
+      process.on(TEST_HOLD_END_SIGNAL, () => {
+        o.log.warn({ held: [...this.silentUntil.keys()] }, `every held answer goes now (${TEST_HOLD_END_SIGNAL}, test knob HVLAB_TEST_COMMIT_SILENT_MS)`);
         this.silentUntil.clear();
         for (const end of this.silentWaits) end();
         this.silentWaits.clear();

@@ -12,3 +12,12 @@ export function testKnob(name: `HVLAB_TEST_${string}`, min: number, max = Number
   const v = Number(process.env[name]);
   return Number.isSafeInteger(v) && v >= min && v <= max ? v : null;
 }
+
+/**
+ * The signal that ends a test knob's hold at once, in a process whose knob is set: the root's held
+ * answers about a committed move (HVLAB_TEST_COMMIT_SILENT_MS) and a source worker's post-copy hold
+ * (HVLAB_TEST_POSTCOPY_HOLD_MS). A hold must outlast what a test does during it on a busy machine;
+ * a test whose checks are done sends this instead of waiting the rest of it out. A process whose
+ * knob is not set installs no handler.
+ */
+export const TEST_HOLD_END_SIGNAL = 'SIGUSR2';

@@ -37,7 +37,7 @@ import {
   type ClusterKey, type MigrationOptions, type MigrationPass, type MigrationStats, type PageEntry,
   MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, abortAnswer,
 } from '@hvlab/protocol';
-import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, testKnob, type Logger } from '@hvlab/runtime';
+import { collectGarbage, hostClockId, monoNs, curveClientOptions, RpcClient, RpcFailure, testKnob, TEST_HOLD_END_SIGNAL, type Logger } from '@hvlab/runtime';
 import { copyBytes, zeroPages } from '@hvlab/shm';
 import { PagePool } from './compress.js';
 
@@ -85,9 +85,15 @@ const IN_DOUBT_PAUSE_MS = testKnob('HVLAB_TEST_IN_DOUBT_PAUSE_MS', 100, 5000) ??
  * destination's guest faults on go meanwhile (its pulls keep the destination's silence watchdog
  * fed). The post-copy phase then lasts that long whatever the guest's speed: a guest starved of
  * CPU dirties few pages, and a push of those few ended the phase before a test that acts during
- * it (cancel, cut, kill) got to act. A failure meanwhile ends the hold at once. 0: no hold.
+ * it (cancel, cut, kill) got to act. A failure meanwhile ends the hold at once, and so does
+ * TEST_HOLD_END_SIGNAL to the worker (a test that has acted). 0: no hold.
  */
 const POSTCOPY_HOLD_MS = testKnob('HVLAB_TEST_POSTCOPY_HOLD_MS', 1000, 60000) ?? 0;
+/** The post-copy holds under way in this worker, each ended by TEST_HOLD_END_SIGNAL (only while the knob is set). */
+const postcopyHolds = new Set<() => void>();
+if (POSTCOPY_HOLD_MS > 0) process.on(TEST_HOLD_END_SIGNAL, () => {
+  for (const end of postcopyHolds) end();
+});
 /** The GPADL hint (migPremap): a few hypervisor calls at the destination. */
 const PREMAP_TIMEOUT_MS = 10000;
 /** Pre-copy without auto-converge stops after this many passes in a row that did not shrink the dirty set below NO_PROGRESS_RATIO of the previous one. */
@@ -966,12 +972,22 @@ export class MigrationOut {
       if (holding) {
         src.log.warn({ holdMs: POSTCOPY_HOLD_MS, missing: pending.size }, 'post-copy holds its push and its commit (test knob HVLAB_TEST_POSTCOPY_HOLD_MS): only the pages the guest asks for go meanwhile');
         let timer: NodeJS.Timeout | undefined;
-        // The puller fails (a killed worker, a cut link) or the hold ends, whichever comes first.
-        await Promise.race([new Promise<void>((res) => (timer = setTimeout(res, POSTCOPY_HOLD_MS))), puller]).finally(() => {
+        let end: (() => void) | undefined;
+        let signalled = false;
+        // The puller fails (a killed worker, a cut link) or the hold ends (its time, or the test's signal), whichever comes first.
+        await Promise.race([new Promise<void>((res) => {
+          timer = setTimeout(res, POSTCOPY_HOLD_MS);
+          end = () => {
+            signalled = true;
+            res();
+          };
+          postcopyHolds.add(end);
+        }), puller]).finally(() => {
           clearTimeout(timer);
+          postcopyHolds.delete(end!);
           holding = false;
         });
-        src.log.info({ missing: pending.size, requests: stats.ram['postcopy-requests'] }, 'post-copy\'s hold ended: the rest is pushed');
+        src.log.info({ missing: pending.size, requests: stats.ram['postcopy-requests'], ...(signalled ? { endedBy: TEST_HOLD_END_SIGNAL } : {}) }, 'post-copy\'s hold ended: the rest is pushed');
       }
       while (pending.size > 0) {
         this.check();
