@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import type { HostInfo, LinkProbeResult, VmInfo } from '@hvlab/protocol';
 import { hostProcesses } from '@hvlab/host';
 import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
+import { TEST_HOLD_END_SIGNAL } from '@hvlab/runtime';
 import { NemesisClient, nemesisPid, nemesisPids, processState, stopNemesis, wardenPids, type FaultRecord } from '@hvlab/faults';
 import { TestHost, downClusterLeavingNothing, eventually, shmFiles, sleep } from './harness.js';
 
@@ -19,7 +20,7 @@ type Status = { hosts: Array<{ name: string; hostId: string }> };
 describe('faults: processes, links and partitions (real processes)', function () {
   this.timeout(300000);
   // Post-copy's push and commit wait 8 s after the switch-over here (HVLAB_TEST_POSTCOPY_HOLD_MS): the post-copy
-  // test's checks find it still running, however few pages its guest dirtied.
+  // test's checks find it still running, however few pages its guest dirtied (it ends the hold once they are done).
   const h = new TestHost({ HVLAB_TEST_POSTCOPY_HOLD_MS: '8000' });
   const ids = new Set<string>();
 
@@ -293,9 +294,14 @@ describe('faults: processes, links and partitions (real processes)', function ()
     const f = await inject('pause', '--target', 'vm:mp', '--for', '1s');
     expect(f.resolved.processes.map((x) => `${x.host} ${x.role} ${x.vm}`)).to.deep.equal(['h2 partition mp']);
     expect(f.resolved.vms).to.deep.equal([{ host: 'h2', vm: 'mp' }]);
+    expect(await eventually(async () => (await faults()).length === 0, 10000), 'the pause ended').to.equal(true);
+    // Its checks done, the hold ends now (TEST_HOLD_END_SIGNAL to the source's worker), not after its 8 s.
+    const w = (await h.json<Array<{ role: string; vm: string | null; pid: number }>>('--host', 'h1', 'ps')).find((x) => x.role === 'vmwp' && x.vm === 'mp');
+    try {
+      if (w) process.kill(w.pid, TEST_HOLD_END_SIGNAL);
+    } catch { /* the move ended meanwhile */ }
     const m = await moving;
     expect(m.code, m.stderr).to.equal(0);
-    expect(await eventually(async () => (await faults()).length === 0, 10000), 'the pause ended').to.equal(true);
     expect((await vmOn('h2', 'mp'))?.migration).to.equal(null);
     await h.ok('--host', 'h2', 'vm', 'turn-off', 'mp');
     await h.ok('--host', 'h2', 'vm', 'delete', 'mp');
