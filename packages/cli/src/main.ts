@@ -29,7 +29,7 @@ import {
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
-  runExperiment, loadExperiment, ExperimentError,
+  runExperiment, loadExperiment, ExperimentError, experimentSummaryRows, HVLAB_VERSION,
   parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, clusterVmsAnswered, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
@@ -921,8 +921,8 @@ function groupHelp(word: string): string {
   return out.join('\n');
 }
 
-/** hvlab's version: packages/cli/package.json's (cli/test/args.test.ts checks that the two agree). */
-export const HVLAB_VERSION = '0.1.0';
+/** hvlab's version (@hvlab/cluster's, which reports record): packages/cli/package.json's (cli/test/args.test.ts checks that the two agree). */
+export { HVLAB_VERSION };
 /** What `hvlab --version` prints: hvlab's version and the Node that runs it (both matter in a bug report). */
 export function versionText(): string {
   return `hvlab ${HVLAB_VERSION} (node ${process.version}, ${process.platform}-${process.arch})`;
@@ -1979,11 +1979,7 @@ export async function run(argv: string[]): Promise<number> {
         }
         if (json) out(JSON.stringify(report));
         else {
-          const ms = (v: number | undefined): string => (v === undefined ? '-' : `${Math.round(v)}`);
-          out(table([
-            ['METHOD', 'RUNS', 'DONE', 'TOTAL P50 MS', 'DOWNTIME P50/P99 MS', 'SENT P50', 'TOTAL/MODEL'],
-            ...report.summary.map((m) => [m.method, String(m.runs), m.unsupported ? 'unsupported' : String(m.completed), ms(m.totalMs?.p50), m.downtimeMs ? `${ms(m.downtimeMs.p50)}/${ms(m.downtimeMs.p99)}` : '-', m.transferredBytes ? formatBytes(m.transferredBytes.p50) : '-', m.totalVsModel === null ? '-' : m.totalVsModel.toFixed(2)]),
-          ]));
+          out(table(experimentSummaryRows(report)));
           out(`report in ${report.out}: ${report.files.join(', ')}${report.aborted ? ' (stopped early)' : ''}${report.cleanup.length ? `; cleanup problems: ${report.cleanup.join('; ')}` : ''}`);
         }
         // Interrupted (Ctrl-C): 130, as every command; the report was written all the same.

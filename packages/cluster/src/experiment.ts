@@ -40,7 +40,7 @@
  * per run, results.md a table per method, and four SVG plots (plot.ts) show total time, downtime,
  * bytes sent and the dirty set pass by pass.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
@@ -54,6 +54,7 @@ import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
 import { ClusterError, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, stoppableProbe } from './lab.js';
 import { impairmentsText } from './graph.js';
+import { environmentText, loadNow, runEnvironment, sourceSha256, type RunEnvironment } from './provenance.js';
 import { barChartSvg, formatBinaryBytes, formatNumber, lineChartSvg, type Bar } from './plot.js';
 
 /** Largest experiment file (bytes). */
@@ -705,6 +706,10 @@ export interface ExperimentReport {
   kind: ExperimentKind;
   seed: number;
   spec: ExperimentSpec;
+  /** SHA-256 of the file's text as it was read (spec.source): which version of the file this is. */
+  sourceSha256: string;
+  /** The hvlab (version, commit) and the machine (its load at the start and the end) that ran it. */
+  environment: RunEnvironment;
   startedAt: string;
   endedAt: string;
   /** The directory the report was written to. */
@@ -792,6 +797,8 @@ export function resultsMarkdown(report: ExperimentReport): string {
       + `${l.probe && l.probe.rttMs.length > 0 ? `, round trip p50 ${percentile(l.probe.rttMs, 0.5).toFixed(2)} ms` : ''}`,
     `- model (RAM ÷ bandwidth): ${l.modelMs === null ? '—' : ms(l.modelMs)}`,
     `- options of every move: ${opts || 'the defaults'}`,
+    `- ran on: ${md(environmentText(report.environment))}`,
+    `- file: ${md(s.file)}, sha256 ${report.sourceSha256} (its text is in results.json, spec.source)`,
     '',
     '## Results per method',
     '',
@@ -819,6 +826,22 @@ export function resultsMarkdown(report: ExperimentReport): string {
     'Every run\'s full statistics are in [results.json](results.json), one row per run in [results.csv](results.csv).',
   );
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * The table `hvlab experiment run` prints at its end: a row per method, in the units of the
+ * report's Markdown (bytes sent in KiB/MiB, as the progress lines and results.md say them; it
+ * printed "192516B" next to a results.md saying "188 KiB").
+ */
+export function experimentSummaryRows(report: Pick<ExperimentReport, 'summary'>): string[][] {
+  const ms = (v: number | undefined): string => (v === undefined ? '-' : `${Math.round(v)}`);
+  return [
+    ['METHOD', 'RUNS', 'DONE', 'TOTAL P50 MS', 'DOWNTIME P50/P99 MS', 'SENT P50', 'TOTAL/MODEL'],
+    ...report.summary.map((m) => [
+      m.method, String(m.runs), m.unsupported ? 'unsupported' : String(m.completed), ms(m.totalMs?.p50), m.downtimeMs ? `${ms(m.downtimeMs.p50)}/${ms(m.downtimeMs.p99)}` : '-',
+      m.transferredBytes ? formatBinaryBytes(m.transferredBytes.p50) : '-', m.totalVsModel === null ? '-' : m.totalVsModel.toFixed(2),
+    ]),
+  ];
 }
 
 const MiB = 1024 * 1024;
@@ -860,6 +883,17 @@ export function experimentPlots(report: ExperimentReport): Record<'total-time.sv
     'dirty-set.svg': lineChartSvg({
       title: title('dirty set at the end of each pass'), xLabel: 'time since the move began (ms)', yLabel: 'dirty pages', series,
     }),
+  };
+}
+
+/** The report of a run of `spec` that begins now: what it will fill in empty, what it knows already (the file, its hash, the environment) set. */
+export function newReport(spec: ExperimentSpec, at: { out: string; home: string; started: Date }): ExperimentReport {
+  return {
+    version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, sourceSha256: sourceSha256(spec.source), environment: runEnvironment(),
+    startedAt: at.started.toISOString(), endedAt: '', out: at.out,
+    cluster: { mode: spec.cluster, home: at.home, network: null, hosts: [] },
+    link: { from: spec.from, to: spec.to, impairments: spec.link, found: null, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },
+    runs: [], summary: [], aborted: false, cleanup: [], files: [],
   };
 }
 
@@ -978,12 +1012,37 @@ export interface RunLease {
   end(): Promise<void>;
 }
 
-/** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
 /**
  * Makes a run's report directory (`--out`), before anything starts, so one that cannot be made
  * fails the run at once; as a sentence about `--out`, not a bare EEXIST from mkdir.
+ *
+ * A directory that is there already may hold nothing but files of an earlier report of the same
+ * kind (`reportFiles`), which this run's replace: the reports in docs/ are made again that way.
+ * Anything else there is refused before anything starts: a run wrote its files among whatever the
+ * directory held (a results.md of another report next to this one's plots, a user's notes) or, with
+ * a directory named like one of its files in the way, ran to its end and then lost its report.
  */
-export function makeReportDir(out: string): string[] {
+export function makeReportDir(out: string, reportFiles: readonly string[] = REPORT_FILES): string[] {
+  let entries: string[] | null = null;
+  try {
+    if (statSync(out).isDirectory()) entries = readdirSync(out);
+  } catch {
+    // Not there (made below), or not a directory (refused below, as mkdir fails).
+  }
+  if (entries !== null) {
+    const foreign = entries.filter((e) => {
+      if (!reportFiles.includes(e)) return true;
+      try {
+        return !lstatSync(join(out, e)).isFile();
+      } catch {
+        return true;
+      }
+    }).sort();
+    if (foreign.length > 0) {
+      const shown = foreign.slice(0, 3).map((e) => JSON.stringify(e)).join(', ') + (foreign.length > 3 ? ` and ${foreign.length - 3} more` : '');
+      throw new ClusterError(`cannot write the report to ${out}: the directory holds ${shown}, which is not part of a report of this kind (${reportFiles.join(', ')}); give --out a new or empty directory, or one that holds only an earlier report of this kind (replaced)`);
+    }
+  }
   try {
     return makeDirs(out);
   } catch (e) {
@@ -994,6 +1053,7 @@ export function makeReportDir(out: string): string[] {
   }
 }
 
+/** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
 export function reportStamp(d: Date): string {
   return d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
@@ -1035,12 +1095,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
   try {
     const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-experiment-')) : null;
     const home = resolveHome(tempHome ?? opts.home ?? null);
-    const report: ExperimentReport = {
-      version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, startedAt: started.toISOString(), endedAt: '', out,
-      cluster: { mode: spec.cluster, home, network: null, hosts: [] },
-      link: { from: spec.from, to: spec.to, impairments: spec.link, found: null, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },
-      runs: [], summary: [], aborted: false, cleanup: [], files: [],
-    };
+    const report = newReport(spec, { out, home, started });
     let broughtUp = false;
     let lease: { handOver: () => Promise<boolean>; release: () => Promise<void> } | null = null;
     let runLease: RunLease | null = null;
@@ -1187,6 +1242,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
       for (const c of report.cleanup) say(`WARNING: ${c}`);
     }
     report.endedAt = new Date().toISOString();
+    report.environment.loadAtEnd = loadNow();
     report.summary = summarize(spec.methods, report.runs, report.link.bandwidthBytesPerSecond);
     writeReport(report, out);
     return report;

@@ -14,3 +14,4 @@ export * from './fabric.js';
 export * from './experiment.js';
 export * from './plot.js';
 export * from './yaml-check.js';
+export * from './provenance.js';

@@ -7,12 +7,14 @@
  * made is deleted), the summary, and the report's files: CSV, Markdown and well-formed SVG plots.
  */
 import { expect } from 'chai';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -420,7 +422,9 @@ describe('experiment reports', () => {
       run('postcopy', 1, null, 'refused', 'post-copy migration is not built yet'),
     ];
     return {
-      version: 1, name: s.name, kind: 'migration', seed: s.seed, spec: s, startedAt: '2026-12-01T00:00:00.000Z', endedAt: '2026-12-01T00:01:00.000Z', out: '/tmp/x',
+      version: 1, name: s.name, kind: 'migration', seed: s.seed, spec: s, sourceSha256: 'f'.repeat(64),
+      environment: { hvlab: '0.1.0', commit: 'a'.repeat(40), dirty: false, node: 'v20.0.0', platform: 'linux-x64', cpus: 2, hostname: 'lab', loadAtStart: [3.8, 3.1, 2.9], loadAtEnd: [4, 3.3, 3] },
+      startedAt: '2026-12-01T00:00:00.000Z', endedAt: '2026-12-01T00:01:00.000Z', out: '/tmp/x',
       cluster: { mode: 'new', home: '/tmp/h', network: 'namespaces', hosts: [{ name: 'h1', hostId: 'abc123' }, { name: 'h2', hostId: 'def456' }] },
       link: { from: 'h1', to: 'h2', impairments: s.link, found: { impairments: {}, seed: 9 }, probe: null, probeError: null, bandwidthBytesPerSecond: 100e6, modelMs: 2684.4 },
       runs, summary: summarize(s.methods, runs, 100e6), aborted: false, cleanup: [], files: [],
@@ -563,6 +567,72 @@ describe('experiment reports', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  describe('what a report records to be run again, and where it goes', () => {
+    it('names the file by the SHA-256 of its text and the code and machine that ran it: version, commit, Node, CPUs, load', () => {
+      const s = parseExperiment(EXAMPLE, 'exp.yaml');
+      const r = newReport(s, { out: '/tmp/x', home: '/tmp/h', started: new Date('2026-12-01T00:00:00.000Z') });
+      expect(r.sourceSha256).to.equal(createHash('sha256').update(EXAMPLE).digest('hex'));
+      const head = execFileSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8' }).trim();
+      expect(r.environment).to.deep.include({ hvlab: '0.1.0', commit: head, node: process.version, loadAtEnd: null });
+      expect(r.environment.dirty).to.be.a('boolean');
+      expect(r.environment.cpus).to.be.above(0);
+      expect(r.environment.loadAtStart).to.have.length(3);
+      for (const l of r.environment.loadAtStart) expect(l).to.be.a('number').and.at.least(0);
+      // Said in results.md too, and kept in results.json.
+      const text = resultsMarkdown({ ...r, summary: summarize(s.methods, [], null), endedAt: '2026-12-01T00:01:00.000Z' });
+      expect(text).to.include(`- ran on: hvlab 0.1.0, commit ${head.slice(0, 12)}`);
+      expect(text).to.include(`- file: exp.yaml, sha256 ${r.sourceSha256}`);
+      expect(text).to.match(/load \(1, 5, 15 min\) [\d.]+, [\d.]+, [\d.]+ at the start/);
+    });
+
+    it('refuses an --out directory that holds anything but an earlier report of its kind, before anything is made; replaces such a report', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-out-'));
+      try {
+        // A user's directory: refused, naming what is there, and left as it was.
+        const mine = join(dir, 'mine');
+        mkdirSync(mine);
+        writeFileSync(join(mine, 'notes.txt'), 'my notes');
+        writeFileSync(join(mine, 'results.md'), 'an old table');
+        expect(() => makeReportDir(mine)).to.throw(ClusterError, /cannot write the report to .*mine: the directory holds "notes\.txt", which is not part of a report of this kind/);
+        expect(readdirSync(mine).sort()).to.deep.equal(['notes.txt', 'results.md']);
+        // A directory where one of the report's files goes: it failed only at the end, losing the report.
+        const blocked = join(dir, 'blocked');
+        mkdirSync(join(blocked, 'results.json'), { recursive: true });
+        expect(() => makeReportDir(blocked)).to.throw(ClusterError, /holds "results\.json"/);
+        // Another kind's report (a chaos report has a timeline.svg): refused too.
+        const chaos = join(dir, 'chaos');
+        mkdirSync(chaos);
+        for (const f of ['results.json', 'results.md', 'timeline.svg', 'samples.csv']) writeFileSync(join(chaos, f), '');
+        expect(() => makeReportDir(chaos)).to.throw(ClusterError, /"samples\.csv", "timeline\.svg"/);
+        // An earlier report of this kind is replaced; an empty directory or a new one is fine.
+        const earlier = join(dir, 'earlier');
+        writeReport(report(), earlier);
+        expect(makeReportDir(earlier)).to.deep.equal([]);
+        mkdirSync(join(dir, 'empty'));
+        expect(makeReportDir(join(dir, 'empty'))).to.deep.equal([]);
+        expect(makeReportDir(join(dir, 'new', 'sub'))).to.deep.equal([join(dir, 'new'), join(dir, 'new', 'sub')]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('the table the command prints says bytes sent as results.md does (KiB, MiB), not as a bare byte count', () => {
+      const r = report();
+      const rows = experimentSummaryRows(r);
+      expect(rows[0]).to.deep.equal(['METHOD', 'RUNS', 'DONE', 'TOTAL P50 MS', 'DOWNTIME P50/P99 MS', 'SENT P50', 'TOTAL/MODEL']);
+      const md = resultsMarkdown(r);
+      for (const m of r.summary) {
+        const row = rows.find((x) => x[0] === m.method)!;
+        if (m.transferredBytes) {
+          expect(row[5]).to.equal(formatBinaryBytes(m.transferredBytes.p50));
+          expect(md).to.include(`| ${row[5]} |`);
+        } else expect(row[5]).to.equal('-');
+      }
+      expect(rows.find((x) => x[0] === 'offline')![5]).to.equal('38.6 MiB');
+      expect(rows.find((x) => x[0] === 'postcopy')![2]).to.equal('unsupported');
+    });
   });
 });
 

@@ -27,7 +27,7 @@ import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
 import {
-  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir,
+  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, loadNow, runEnvironment, sourceSha256,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
@@ -40,7 +40,7 @@ import {
   checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
   type MoveRecord, type Observation, type PlacementObservation, type VmSample,
 } from './checkers.js';
-import { CHAOS_REPORT_VERSION, writeChaosReport, type ChaosReport } from './report.js';
+import { CHAOS_REPORT_FILES, CHAOS_REPORT_VERSION, writeChaosReport, type ChaosReport } from './report.js';
 
 export interface RunChaosOptions extends RunExperimentOptions {
   /** Overrides the file's seed (`--seed N`): the schedule is drawn from it, and the report names it. */
@@ -246,12 +246,12 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const signal = userSignal ? AbortSignal.any([userSignal, clusterGone.signal]) : clusterGone.signal;
   const started = new Date();
   const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
-  const madeDirs = makeReportDir(out);
+  const madeDirs = makeReportDir(out, CHAOS_REPORT_FILES);
   const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-chaos-')) : null;
   const home = resolveHome(tempHome ?? opts.home ?? null);
   const owner = runOwner(spec.name);
   const report: ChaosReport = {
-    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
+    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, sourceSha256: sourceSha256(spec.source), environment: runEnvironment(), schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
     cluster: { mode: spec.cluster, home, network: null, hosts: [] }, world: chaosWorld(spec), faults: [], refused: [],
     samples: { vms: [], hosts: [], periodMs: spec.sampleMs, vmReadings: 0, hostReadings: 0 }, checks: [], recovery: [], held: false, aborted: false, stoppedBy: null, cleanup: [], files: [],
     moves: [],
@@ -656,6 +656,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   report.held = checks.every((x) => x.held);
   report.samples = { ...summarizeSamples(obs), periodMs: spec.sampleMs, vmReadings: obs.vms.length, hostReadings: obs.hosts.length };
   report.endedAt = new Date().toISOString();
+  report.environment.loadAtEnd = loadNow();
   writeChaosReport(report, out, { vms: obs.vms, hosts: obs.hosts });
   for (const x of checks) say(`${x.name}: ${x.skipped ? 'skipped' : x.held ? 'held' : 'VIOLATED'} (${x.summary})`);
   return report;

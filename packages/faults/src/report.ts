@@ -10,6 +10,7 @@ import { writeFileSync } from 'node:fs';
 import { makeDirs } from '@hvlab/runtime';
 import { join } from 'node:path';
 import { formatBytes } from '@hvlab/protocol';
+import { environmentText, type RunEnvironment } from '@hvlab/cluster';
 import type { FaultRecord } from './types.js';
 import type { ChaosSpec, ChaosWorld } from './chaos-spec.js';
 import { paramsText, scheduleLine, type ScheduledFault } from './schedule.js';
@@ -36,6 +37,10 @@ export interface ChaosReport {
   /** The nemesis owner of the run's faults (also the prefix of their ids). */
   owner: string;
   spec: ChaosSpec;
+  /** SHA-256 of the file's text as it was read (spec.source): which version of the file this is. */
+  sourceSha256: string;
+  /** The hvlab (version, commit) and the machine (its load at the start and the end) that ran it. */
+  environment: RunEnvironment;
   schedule: ScheduledFault[];
   startedAt: string;
   endedAt: string;
@@ -96,6 +101,8 @@ export function chaosMarkdown(r: ChaosReport): string {
     `- workloads: ${s.workloads.map((w) => `${md(w.name)} on ${w.host} (${md(w.workload)}, ${formatBytes(w.memoryBytes)}, ${w.vps} VP${w.vps === 1 ? '' : 's'})`).join('; ')}`,
     `- readings every ${r.samples.periodMs} ms: ${r.samples.vmReadings} of VMs, ${r.samples.hostReadings} of hosts`,
     `- faults owned by ${md(r.owner)}`,
+    `- ran on: ${md(environmentText(r.environment))}`,
+    `- file: ${md(s.file)}, sha256 ${r.sourceSha256} (its text is in results.json, spec.source)`,
     '',
     '## Checks',
     '',

@@ -80,7 +80,9 @@ function makeReport(): { report: ChaosReport; vms: VmSample[]; hosts: HostSample
   const t1 = T0 + 20_000;
   const obs = { t0: T0, t1, world, vms, hosts, faults };
   const report: ChaosReport = {
-    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed: spec.seed, owner: OWNER, spec, schedule, startedAt: '2027-01-15T08:00:00.000Z', endedAt: '2027-01-15T08:00:30.000Z',
+    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed: spec.seed, owner: OWNER, spec, schedule, sourceSha256: 'e'.repeat(64),
+    environment: { hvlab: '0.1.0', commit: '0123456789abcdef0123456789abcdef01234567', dirty: true, node: 'v20.0.0', platform: 'linux-x64', cpus: 2, hostname: 'lab', loadAtStart: [3.8, 3.1, 2.9], loadAtEnd: [4, 3.3, 3] },
+    startedAt: '2027-01-15T08:00:00.000Z', endedAt: '2027-01-15T08:00:30.000Z',
     t0: T0, t1, out: '/tmp/x', cluster: { mode: 'new', home: '/tmp/h', network: 'namespaces', hosts: [{ name: 'h1', hostId: 'aaaaaa' }, { name: 'h2', hostId: 'bbbbbb' }] }, world,
     faults, refused: [{ id: `${OWNER}.f3`, at: T0 + 8000, error: 'VM b is not running | <piped> & "quoted"' }],
     samples: { vms: [], hosts: [], periodMs: 500, vmReadings: vms.length, hostReadings: hosts.length },
@@ -150,6 +152,12 @@ describe('chaos reports', () => {
     expect(text).to.include('refused: VM b is not running \\| &lt;piped&gt; & "quoted"');
     expect(text).to.include('![Faults against each VM\'s progress](timeline.svg)');
     expect(text).to.include('f3 +8.0s vmbus vm:b for 2s (drop 100 %)');
+  });
+
+  it('results.md says the code and machine that ran it (commit, uncommitted changes, load) and the file\'s hash', () => {
+    const text = chaosMarkdown(makeReport().report);
+    expect(text).to.include('- ran on: hvlab 0.1.0, commit 0123456789ab (with uncommitted changes), node v20.0.0 on linux-x64, 2 CPUs (lab); load (1, 5, 15 min) 3.8, 3.1, 2.9 at the start, 4, 3.3, 3 at the end');
+    expect(text).to.include(`- file: ${makeReport().report.spec.file}, sha256 ${'e'.repeat(64)}`);
   });
 
   it('rows for a terminal: a check per row with its first violation, a fault per row with its end and recovery', () => {
