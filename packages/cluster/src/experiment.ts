@@ -44,7 +44,7 @@ import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, readYamlMap, scalar, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { problem, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
@@ -198,7 +198,7 @@ const at = (f: { v: Node | null; p: Pair }): Node | Pair => f.v ?? f.p;
 function wholeNumber(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, min: number, max: number): number | null {
   const v = scalar(f.v);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    problem(ctx, at(f), field, `must be a whole number from ${min} to ${max}`);
+    problem(ctx, at(f), field, `must be a whole number from ${min} to ${max}, not ${shown(f.v)}`);
     return null;
   }
   return v;
@@ -218,11 +218,11 @@ function size(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, min: numb
   const v = scalar(f.v);
   const bytes = typeof v === 'number' ? (Number.isSafeInteger(v) ? v : null) : typeof v === 'string' ? parseSize(v) : null;
   if (bytes === null) {
-    problem(ctx, at(f), field, 'must be a size such as 64M or 2G');
+    problem(ctx, at(f), field, `must be a size such as 64M or 2G, not ${shown(f.v)}`);
     return null;
   }
   if (bytes % align !== 0 || bytes < min || bytes > max) {
-    problem(ctx, at(f), field, `must be ${align > 1 ? `a multiple of ${formatBytes(align)} ` : ''}from ${formatBytes(min)} to ${formatBytes(max)}`);
+    problem(ctx, at(f), field, `must be ${align > 1 ? `a multiple of ${formatBytes(align)} ` : ''}from ${formatBytes(min)} to ${formatBytes(max)}, not ${shown(f.v)}`);
     return null;
   }
   return bytes;
@@ -233,7 +233,7 @@ function quantity(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, parse
   const v = scalar(f.v);
   const n = typeof v === 'string' || typeof v === 'number' ? parse(v) : null;
   if (n === null) {
-    problem(ctx, at(f), field, `must be ${what}`);
+    problem(ctx, at(f), field, `must be ${what}, not ${shown(f.v)}`);
     return null;
   }
   if ((minOpen ? n <= min : n < min) || n > max) {

@@ -23,7 +23,7 @@
  * is reserved too (a boolean, not acted on yet).
  */
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, readYamlMap, scalar, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { problem, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
@@ -150,7 +150,7 @@ function entries(ctx: Ctx, node: Node | null | undefined, field: string, allowed
 function wholeNumber(ctx: Ctx, node: Node | null, field: string, min: number, max: number): number | null {
   const v = scalar(node);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    problem(ctx, node, field, `must be a whole number from ${min} to ${max}`);
+    problem(ctx, node, field, `must be a whole number from ${min} to ${max}, not ${shown(node)}`);
     return null;
   }
   return v;
@@ -160,11 +160,11 @@ function size(ctx: Ctx, node: Node | null, field: string, min: number, max: numb
   const v = scalar(node);
   const bytes = typeof v === 'number' ? (Number.isSafeInteger(v) ? v : null) : typeof v === 'string' ? parseSize(v) : null;
   if (bytes === null) {
-    problem(ctx, node, field, 'must be a size such as 64M or 2G');
+    problem(ctx, node, field, `must be a size such as 64M or 2G, not ${shown(node)}`);
     return null;
   }
   if (bytes % 4096 !== 0 || bytes < min || bytes > max) {
-    problem(ctx, node, field, `must be a multiple of 4K from ${formatBytes(min)} to ${formatBytes(max)}`);
+    problem(ctx, node, field, `must be a multiple of 4K from ${formatBytes(min)} to ${formatBytes(max)}, not ${shown(node)}`);
     return null;
   }
   return bytes;

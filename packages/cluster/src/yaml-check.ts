@@ -3,7 +3,7 @@
  * its root map with the line of every node, and problems that name the line, the column and the
  * field. A file's checker collects every problem it finds, then throws them together.
  */
-import { isMap, isScalar, Lexer, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isMap, isScalar, isSeq, Lexer, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export interface FileProblem {
   /** 1-based; 0 when the problem has no place in the file (unreadable, empty). */
@@ -32,6 +32,23 @@ export function problem(ctx: CheckCtx, node: Node | Pair | null | undefined, fie
 
 export function scalar(node: Node | null): unknown {
   return node && isScalar(node) ? node.value : undefined;
+}
+
+/**
+ * A value as a problem names it, so that "must be a whole number from 1 to 1000" says what was
+ * there: `0`, `1.5`, `"7"` (a string, quoted), `nothing`, `a list`, `a map`; at most 40 characters.
+ */
+export function shown(node: Node | null | undefined): string {
+  if (node === null || node === undefined) return 'nothing';
+  if (isScalar(node)) {
+    const v = node.value;
+    if (v === null || v === undefined) return 'nothing';
+    const t = typeof v === 'string' ? JSON.stringify(v) : String(v);
+    return t.length > 40 ? `${t.slice(0, 39)}…` : t;
+  }
+  if (isSeq(node)) return 'a list';
+  if (isMap(node)) return 'a map';
+  return 'an alias';
 }
 
 /** How deep a file of hvlab's may nest its collections (its own files need fewer than ten levels). */

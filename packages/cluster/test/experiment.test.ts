@@ -218,6 +218,20 @@ describe('experiment files', () => {
     }
   });
 
+  it('names the value it refuses, as it was written: 0 repetitions, a seed of 1.5 or "7", a size of 1T, a loss of "lots"', () => {
+    const base = 'name: a\nmethods: [offline]\n';
+    const one = (extra: string): string => problems(`${base}${extra}`).map((x) => `${x.field}: ${x.message}`).join('\n');
+    expect(one('repetitions: 0\n')).to.equal('repetitions: must be a whole number from 1 to 1000, not 0');
+    expect(one('seed: 1.5\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not 1.5');
+    expect(one('seed: "7"\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not "7"');
+    expect(one('seed:\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not nothing');
+    expect(one('vm: { memory: 1T }\n')).to.equal('vm.memory: must be a size such as 64M or 2G, not "1T"');
+    expect(one('vm: { memory: 1000 }\n')).to.equal('vm.memory: must be a multiple of 4K from 2M to 4G, not 1000');
+    expect(one('link: { loss: lots }\n')).to.equal('link.loss: must be a percentage such as 0.1%, not "lots"');
+    expect(one(`link: { delay: ${'9'.repeat(60)} }\n`)).to.match(/^link\.delay: .* is out of range/);
+    expect(one(`name2: x\nprobe: "${'x'.repeat(100)}"\n`).split('\n')[1]).to.equal(`probe: must be a size such as 64M or 2G, not "${'x'.repeat(38)}…`);
+  });
+
   it('refuses a kind it does not run by name, and only that: faults goes to the chaos runner', () => {
     const faults = problems('name: f\nkind: faults\nfaults: [cut]\n');
     expect(faults).to.have.length(1);

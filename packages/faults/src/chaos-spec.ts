@@ -55,7 +55,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, shown, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 
@@ -398,7 +398,7 @@ function distinctList<T>(ctx: Ctx, f: Field, field: string, whatList: string, ea
 function wholeNumber(ctx: Ctx, f: Field, field: string, min: number, max: number): number | null {
   const v = scalar(f.v);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    problem(ctx, at(f), field, `must be a whole number from ${min} to ${max}`);
+    problem(ctx, at(f), field, `must be a whole number from ${min} to ${max}, not ${shown(f.v)}`);
     return null;
   }
   return v;
@@ -408,7 +408,7 @@ function duration(ctx: Ctx, f: Field, field: string, min: number, max: number): 
   const v = scalar(f.v);
   const ms = typeof v === 'number' ? (Number.isFinite(v) ? Math.round(v) : null) : typeof v === 'string' ? parseDurationMs(v) : null;
   if (ms === null) {
-    problem(ctx, at(f), field, 'must be a duration such as 5s, 250ms or 2m');
+    problem(ctx, at(f), field, `must be a duration such as 5s, 250ms or 2m, not ${shown(f.v)}`);
     return null;
   }
   if (ms < min || ms > max) {
@@ -550,7 +550,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       if (mem) {
         const v = scalar(mem.v);
         const bytes = typeof v === 'number' ? v : typeof v === 'string' ? parseSize(v) : null;
-        if (bytes === null || !Number.isSafeInteger(bytes) || bytes % 4096 !== 0 || bytes < MIN_MEMORY_BYTES || bytes > MAX_MEMORY_BYTES) problem(ctx, at(mem), `${field}.memory`, `must be a size such as 64M, a multiple of 4K from ${formatBytes(MIN_MEMORY_BYTES)} to ${formatBytes(MAX_MEMORY_BYTES)}`);
+        if (bytes === null || !Number.isSafeInteger(bytes) || bytes % 4096 !== 0 || bytes < MIN_MEMORY_BYTES || bytes > MAX_MEMORY_BYTES) problem(ctx, at(mem), `${field}.memory`, `must be a size such as 64M, a multiple of 4K from ${formatBytes(MIN_MEMORY_BYTES)} to ${formatBytes(MAX_MEMORY_BYTES)}, not ${shown(mem.v)}`);
         else w.memoryBytes = bytes;
       }
       const vps = fs.get('vps');
