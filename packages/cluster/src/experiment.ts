@@ -772,8 +772,12 @@ export function resultsCsv(report: Pick<ExperimentReport, 'runs'>): string {
   return `${[CSV_COLUMNS.join(','), ...rows].join('\r\n')}\r\n`;
 }
 
-/** A Markdown table cell: pipes escaped, line breaks flattened. */
-const md = (s: string): string => s.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/[\r\n]+/g, ' ');
+/**
+ * A Markdown text or table cell: pipes and angle brackets escaped, line breaks flattened. A host's
+ * error such as "no <vm> here" lost its "<vm>" when rendered (read as an HTML tag), as the chaos
+ * report's cells (@hvlab/faults report.ts) were escaped already.
+ */
+const md = (s: string): string => s.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/[\r\n]+/g, ' ');
 const ms = (v: number | undefined): string => (v === undefined ? '—' : `${Number(v.toFixed(1))} ms`);
 
 export function resultsMarkdown(report: ExperimentReport): string {

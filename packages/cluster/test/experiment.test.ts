@@ -506,6 +506,13 @@ describe('experiment reports', () => {
     for (const f of ['total-time.svg', 'downtime.svg', 'transferred.svg', 'dirty-set.svg', 'results.json', 'results.csv']) expect(text).to.include(`(${f})`);
   });
 
+  it('Markdown: a run\'s error keeps its angle brackets and pipes as text (escaped, not read as HTML or a cell)', () => {
+    const r = report();
+    r.runs[3]!.error = 'no <vm> here | see <script>x</script>\nnext line';
+    const row = resultsMarkdown(r).split('\n').find((l) => l.startsWith('| precopy | 2 | failed |'))!;
+    expect(row).to.equal('| precopy | 2 | failed | no &lt;vm&gt; here \\| see &lt;script&gt;x&lt;/script&gt; next line |');
+  });
+
   it('Markdown and JSON say what the link was when the run left it as it was (its impairments and seed, as found)', () => {
     const r = report();
     r.spec.link = null;
