@@ -26,7 +26,7 @@ import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } 
 import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
-  experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, chaosCheckRows, chaosFaultRows, chaosMoveRows,
+  experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError, experimentSummaryRows, HVLAB_VERSION,
@@ -368,11 +368,11 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
     else {
       out(`${file}: chaos experiment ${spec.name}: ${fresh ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
       if (fresh) {
-        for (const f of plannedSchedule(spec, useSeed)) out(`  ${scheduleLine(f)}`);
+        for (const l of scheduleLines(plannedSchedule(spec, useSeed))) out(`  ${l}`);
         for (const m of plannedMoves(spec, useSeed)) out(`  ${moveLine(m)}`);
       } else {
         // The file's own faults and moves, as they will run (they need no cluster to be said).
-        for (const f of drawSchedule(useSeed, { ...spec, random: null }, chaosWorld(spec, { hosts: [], links: [] }))) out(`  ${scheduleLine(f)}`);
+        for (const l of scheduleLines(drawSchedule(useSeed, { ...spec, random: null }, chaosWorld(spec, { hosts: [], links: [] })))) out(`  ${l}`);
         spec.moves.forEach((m, i) => out(`  m${i + 1} +${(m.atMs / 1000).toFixed(1)}s ${m.vm} → ${m.to} by ${m.method}`));
         if (spec.random) out('  (and the random part, drawn against the cluster when it runs)');
         out(hosts === null ? '  (no cluster is up here: its host names are checked when it runs)' : `  (its host names are those of the cluster up here: ${hosts.join(', ')})`);

@@ -237,3 +237,30 @@ export function scheduleLine(f: ScheduledFault): string {
   const params = paramsText(f.params);
   return `${f.id} +${(f.atMs / 1000).toFixed(1)}s ${f.kind}${f.role ? ` (${f.role})` : ''} ${f.target} for ${f.forMs / 1000}s${params ? ` (${params})` : ''}${f.source === 'random' ? ' [drawn]' : ''}`;
 }
+
+/**
+ * The faults of a schedule that start while an earlier one holds the same resource (its target;
+ * the network, for link and partition faults), with that earlier one: id → its id. The draw avoids
+ * them while it finds room, but the first faults drawn can leave none (two link faults of 1.5-2 s
+ * in a 4 s window), and then the nemesis refuses the second ("link h1-h2 is held by fault f2
+ * already"): the run did not do what its schedule said, and `--check` did not tell.
+ */
+export function scheduleOverlaps(schedule: readonly ScheduledFault[]): Map<string, string> {
+  const out = new Map<string, string>();
+  schedule.forEach((f, i) => {
+    const res = faultResource(f.kind, f.target);
+    const earlier = schedule.slice(0, i).find((e) => faultResource(e.kind, e.target) === res && e.atMs <= f.atMs && f.atMs < e.atMs + e.forMs);
+    if (earlier) out.set(f.id, earlier.id);
+  });
+  return out;
+}
+
+/** The lines `--check` prints for a schedule: scheduleLine, and for a fault that overlaps an earlier one on its resource, that it may be refused. */
+export function scheduleLines(schedule: readonly ScheduledFault[]): string[] {
+  const over = scheduleOverlaps(schedule);
+  return schedule.map((f) => {
+    const e = over.get(f.id);
+    const res = faultResource(f.kind, f.target);
+    return `${scheduleLine(f)}${e ? ` — starts while ${e} holds ${res === 'network' ? 'the network (link and partition faults share it)' : res}: the nemesis may refuse it` : ''}`;
+  });
+}

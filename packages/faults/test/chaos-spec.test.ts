@@ -12,7 +12,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { FAULT_KINDS, FAULT_STALL_MAX_VP, seededRandom } from '@hvlab/protocol';
 import {
-  ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule,
+  ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule, scheduleLine, scheduleLines, scheduleOverlaps,
   randomCandidates, PARTITION_MIN_HOSTS, PARTITION_SHAPES, partitionCuts, parseTarget, ResolveError, topologyProblem, type ChaosProblem, type ChaosSpec, type ChaosWorld, type ScheduledFault,
 } from '../src/index.js';
 
@@ -373,6 +373,24 @@ describe('chaos schedules', () => {
         if (f.kind === 'kill') expect(f.params.restart).to.equal(true);
       }
     }
+  });
+
+  it('--check says which faults start while an earlier one holds their resource (the draw found no room): the nemesis may refuse them', () => {
+    const text = 'name: ch\nkind: faults\nseed: 5\nhosts: 2\nlps: 1\nduration: 12s\nworkloads:\n  - { name: c1, host: h1, workload: counter, memory: 16M }\n  - { name: c2, host: h2, workload: counter, memory: 16M }\n'
+      + 'faults:\n  - { at: 2s, kind: pause, target: vm:c1, for: 2s }\nrandom: { count: 2, kinds: [pause, link], for: [1s, 2s], between: [5s, 9s] }\n';
+    const sched = plannedSchedule(parse(text), 5);
+    // Two link faults of 1.8 s and 1.5 s drawn into 5-9 s: the first left no room for the second (a run refused it).
+    expect(sched.map((f) => `${f.id} ${f.kind} ${f.atMs}+${f.forMs}`)).to.deep.equal(['f1 pause 2000+2000', 'f2 link 6400+1800', 'f3 link 6900+1500']);
+    expect([...scheduleOverlaps(sched)]).to.deep.equal([['f3', 'f2']]);
+    const lines = scheduleLines(sched);
+    expect(lines[0]).to.equal(scheduleLine(sched[0]!));
+    expect(lines[2]).to.equal(`${scheduleLine(sched[2]!)} — starts while f2 holds the network (link and partition faults share it): the nemesis may refuse it`);
+    // The shipped example's draw has none, and a fault that starts as another ends does not overlap it.
+    const shipped = loadChaosExperiment(EXAMPLE_FILE) as ChaosSpec;
+    expect(scheduleOverlaps(plannedSchedule(shipped, shipped.seed)).size).to.equal(0);
+    const f = (id: string, atMs: number): ScheduledFault => ({ id, source: 'explicit', atMs, kind: 'pause', target: 'vm:a', role: null, forMs: 1000, params: {}, seed: 1 });
+    expect(scheduleOverlaps([f('f1', 0), f('f2', 1000)]).size).to.equal(0);
+    expect([...scheduleOverlaps([f('f1', 0), f('f2', 999)])]).to.deep.equal([['f2', 'f1']]);
   });
 
   it('drawn faults never overlap on one resource when there is room (the network is one resource for links and partitions)', () => {
