@@ -24,7 +24,7 @@
  *   repetitions: 3
  *   warmup: 1s                    # from the VM's start to its move
  *   probe: 64M                    # bytes of the bandwidth probe (0: none); default about 2 s at the link's rate, at most 64M
- *   moveTimeout: 600s             # a move not done by then is cancelled and recorded as an error
+ *   moveTimeout: 600s             # a move not done by then is cancelled and recorded as cancelled, with its statistics so far
  *
  * A method is a base, offline, precopy or postcopy, with modifiers +compress and +autoconverge.
  * `parseExperiment` is the file's one checking decoder: like parseTopology it reports every problem
@@ -926,6 +926,25 @@ async function hostClient(home: string, name: string): Promise<MgmtClient> {
   return new MgmtClient(pathsForRecord(t.paths, rec).mgmtEndpoint, { watch: rec });
 }
 
+/** States of a move that has not ended. */
+const MOVE_UNDER_WAY = new Set(['queued', 'setup', 'active', 'postcopy-active']);
+/** How long a cancelled move is waited for to end, for its statistics. */
+const CANCELLED_MOVE_WAIT_MS = 30_000;
+
+/**
+ * The statistics of VM `name`'s move once it has ended (a cancel returns as soon as the worker
+ * took it); null when the host does not say within CANCELLED_MOVE_WAIT_MS.
+ */
+async function endedMove(src: Pick<MgmtClient, 'request'>, name: string, waitMs = CANCELLED_MOVE_WAIT_MS): Promise<MigrationStats | null> {
+  const until = Date.now() + waitMs;
+  for (;;) {
+    const st = await src.request<MigrationStats>('vmMoveStatus', { name }, 10_000).catch(() => null);
+    if (st !== null && !MOVE_UNDER_WAY.has(st.status)) return st;
+    if (Date.now() >= until) return null;
+    await sleep(200);
+  }
+}
+
 /** The driver of two hosts of a cluster: VMs made on `from`, moved to `to`, deleted wherever found. */
 export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtClient>, signal?: AbortSignal): ExperimentDriver {
   const src = hosts[spec.from]!;
@@ -944,9 +963,15 @@ export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtCl
       } catch (e) {
         if (!(e instanceof MgmtCallError)) throw e;
         if (e.code === 'Timeout') {
+          const late = `the move did not end within ${spec.moveTimeoutMs / 1000} s`;
           // Past its switch-over a move refuses the cancel (in doubt, it waits for the destination's word): said so.
           const refused = await src.request('vmMoveCancel', { name }, 30_000).then(() => null, (x: unknown) => (x instanceof Error ? x.message : String(x)));
-          throw new Error(refused === null ? `the move did not end within ${spec.moveTimeoutMs / 1000} s and was cancelled` : `the move did not end within ${spec.moveTimeoutMs / 1000} s, and its cancel was refused: ${refused.slice(0, 300)}`);
+          if (refused !== null) throw new Error(`${late}, and its cancel was refused: ${refused.slice(0, 300)}`);
+          // How far it got (passes, bytes sent, the dirty set) is data of the run: a pre-copy that
+          // never converges is a result. It was thrown away, leaving the run's row empty.
+          const st = await endedMove(src, name);
+          if (st === null) throw new Error(`${late} and was cancelled`);
+          return { ...st, 'error-desc': `${late} and was cancelled` };
         }
         if (CLIENT_CODES.has(e.code)) throw e;
         throw new MoveRefused(e.code, e.message);

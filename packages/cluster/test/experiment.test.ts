@@ -12,9 +12,10 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, clusterDriver, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -317,6 +318,45 @@ describe('experiment runs against a fake pair of hosts', () => {
   }
 
   const spec = (text: string): ExperimentSpec => parseExperiment(text, 'exp.yaml');
+
+  it('a move that does not end within moveTimeout is cancelled and recorded with how far it got (its passes and bytes), not as an empty row', async () => {
+    const s = spec('name: slow\nmethods: [precopy]\nrepetitions: 1\nmoveTimeout: 1s\n');
+    const asked: string[] = [];
+    let statusAsks = 0;
+    // The cancelled move's statistics: still active when the cancel returns, cancelled a moment later.
+    const cancelled = stats('precopy', 'cancelled', 1400, 0, 3e6, [pass(1, 8000, 700), pass(2, 7900, 1300)], 'cancelled by the user');
+    const src = {
+      async request(method: string): Promise<unknown> {
+        asked.push(method);
+        if (method === 'vmMove') throw new MgmtCallError('Timeout', 'vmMove: no answer within 1000 ms');
+        if (method === 'vmMoveCancel') return { ...cancelled, status: 'active' };
+        if (method === 'vmMoveStatus') return ++statusAsks < 2 ? { ...cancelled, status: 'active' } : cancelled;
+        throw new Error(`unexpected ${method}`);
+      },
+    } as unknown as MgmtClient;
+    const base = clusterDriver(s, { h1: src, h2: src });
+    const driver: ExperimentDriver = { createVm: async () => {}, move: (a) => base.move(a), removeVm: async () => 'h1' };
+    const [run] = await runMoves(s, driver, { sleep: async () => {}, tag: 'beef' });
+    expect(asked.slice(0, 2)).to.deep.equal(['vmMove', 'vmMoveCancel']);
+    expect(run).to.include({ status: 'cancelled', error: 'the move did not end within 1 s and was cancelled' });
+    expect(run!.stats).to.include({ status: 'cancelled', 'total-time': 1400 });
+    expect(run!.stats!.passes).to.have.length(2);
+    // In the CSV as data, and its passes in the dirty-set plot, labelled as cancelled.
+    const csv = resultsCsv({ runs: [run!] }).split('\r\n')[1]!.split(',');
+    expect(csv[CSV_COLUMNS.indexOf('status')]).to.equal('cancelled');
+    expect(csv[CSV_COLUMNS.indexOf('transferred_bytes')]).to.equal('3000000');
+    expect(csv[CSV_COLUMNS.indexOf('passes')]).to.equal('2');
+    // A cancel the host refused (past the switch-over) is still an error, saying why.
+    const late = {
+      async request(method: string): Promise<unknown> {
+        if (method === 'vmMove') throw new MgmtCallError('Timeout', 'no answer');
+        throw new MgmtCallError('MigrationCancelTooLate', 'the move is past its switch-over');
+      },
+    } as unknown as MgmtClient;
+    const d2 = clusterDriver(s, { h1: late, h2: late });
+    const [run2] = await runMoves(s, { createVm: async () => {}, move: (a) => d2.move(a), removeVm: async () => 'h2' }, { sleep: async () => {}, tag: 'beef' });
+    expect(run2).to.include({ status: 'error', stats: null, error: 'the move did not end within 1 s, and its cancel was refused: the move is past its switch-over' });
+  });
 
   it('records a refused method as refused, skips its other repetitions, and deletes every VM it made', async () => {
     const s = spec('name: cmp\nmethods: [offline, precopy+compress, postcopy]\noptions: { maxPasses: 5 }\nrepetitions: 2\n');
