@@ -44,7 +44,7 @@ import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { problem, problemsText, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
@@ -124,7 +124,7 @@ export type ExperimentProblem = FileProblem;
 export class ExperimentError extends Error {
   override name = 'ExperimentError';
   constructor(readonly file: string, readonly problems: ExperimentProblem[]) {
-    super(problems.map((p) => `${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`).join('\n'));
+    super(problemsText(file, problems));
   }
 }
 

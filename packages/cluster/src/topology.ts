@@ -23,7 +23,7 @@
  * is reserved too (a boolean, not acted on yet).
  */
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { problem, problemsText, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
@@ -79,7 +79,7 @@ export type TopologyProblem = FileProblem;
 export class TopologyError extends Error {
   override name = 'TopologyError';
   constructor(readonly file: string, readonly problems: TopologyProblem[]) {
-    super(problems.map((p) => `${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`).join('\n'));
+    super(problemsText(file, problems));
   }
 }
 

@@ -19,6 +19,21 @@ export interface CheckCtx {
   lines: LineCounter;
 }
 
+/** How many problems an error's message lists (its `problems` keep every one). */
+export const MESSAGE_MAX_PROBLEMS = 20;
+
+/**
+ * The message of a file's error: a problem a line, each with its file, line, column and field; the
+ * first MESSAGE_MAX_PROBLEMS of them, then how many more. A 790 KB file of 80,000 unknown keys
+ * printed 80,000 lines (12 MB, each with the list of fields) before the shell was back.
+ */
+export function problemsText(file: string, problems: readonly FileProblem[], max = MESSAGE_MAX_PROBLEMS): string {
+  const line = (p: FileProblem): string => `${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`;
+  const shownOnes = problems.slice(0, max).map(line);
+  const rest = problems.length - shownOnes.length;
+  return [...shownOnes, ...(rest > 0 ? [`${file}: … and ${rest} more problem${rest === 1 ? '' : 's'}`] : [])].join('\n');
+}
+
 export function where(ctx: CheckCtx, node: Node | Pair | null | undefined): { line: number; column: number } {
   const range = (node as { range?: [number, number, number] } | null)?.range ?? ((node as Pair | null)?.key as { range?: [number, number, number] } | null)?.range;
   if (!range) return { line: 0, column: 0 };

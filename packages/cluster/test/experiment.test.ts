@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, clusterDriver, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, clusterDriver, problemsText, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -231,6 +231,26 @@ describe('experiment files', () => {
     expect(one('link: { loss: lots }\n')).to.equal('link.loss: must be a percentage such as 0.1%, not "lots"');
     expect(one(`link: { delay: ${'9'.repeat(60)} }\n`)).to.match(/^link\.delay: .* is out of range/);
     expect(one(`name2: x\nprobe: "${'x'.repeat(100)}"\n`).split('\n')[1]).to.equal(`probe: must be a size such as 64M or 2G, not "${'x'.repeat(38)}…`);
+  });
+
+  it('an error lists its first 20 problems and says how many more there are; its problems keep every one', () => {
+    const text = `name: a\nmethods: [offline]\n${Array.from({ length: 30 }, (_, i) => `k${i}: 1\n`).join('')}`;
+    let err: ExperimentError | null = null;
+    try {
+      parseExperiment(text, 'exp.yaml');
+    } catch (e) {
+      err = e as ExperimentError;
+    }
+    expect(err).to.be.instanceOf(ExperimentError);
+    expect(err!.problems).to.have.length(30);
+    const lines = err!.message.split('\n');
+    expect(lines).to.have.length(21);
+    expect(lines[0]).to.match(/^exp\.yaml:3:1: k0: is not a field here/);
+    expect(lines[19]).to.match(/^exp\.yaml:22:1: k19: /);
+    expect(lines[20]).to.equal('exp.yaml: … and 10 more problems');
+    // Twenty or fewer: every one, nothing more.
+    expect(problemsText('f', err!.problems.slice(0, 20)).split('\n')).to.have.length(20);
+    expect(problemsText('f', err!.problems.slice(0, 21)).split('\n').at(-1)).to.equal('f: … and 1 more problem');
   });
 
   it('refuses a kind it does not run by name, and only that: faults goes to the chaos runner', () => {

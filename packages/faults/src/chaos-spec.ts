@@ -55,7 +55,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, readYamlMap, scalar, shown, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, shown, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 
@@ -171,7 +171,7 @@ export interface ChaosProblem {
 export class ChaosExperimentError extends Error {
   override name = 'ChaosExperimentError';
   constructor(readonly file: string, readonly problems: ChaosProblem[]) {
-    super(problems.map((p) => `${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`).join('\n'));
+    super(problemsText(file, problems));
   }
 }
 
