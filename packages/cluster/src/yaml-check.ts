@@ -3,7 +3,7 @@
  * its root map with the line of every node, and problems that name the line, the column and the
  * field. A file's checker collects every problem it finds, then throws them together.
  */
-import { isMap, isScalar, isSeq, Lexer, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isMap, isScalar, isSeq, Lexer, LineCounter, parseDocument, visit, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export interface FileProblem {
   /** 1-based; 0 when the problem has no place in the file (unreadable, empty). */
@@ -134,6 +134,16 @@ export function readYamlMap(text: string, maxBytes: number, what: { tooBig: stri
       return { line: at.line, column: at.col, field: '', message: `not valid YAML: ${e.message.split('\n')[0]!}` };
     });
   }
+  // The checkers read each value where it is written: an alias (`*name`) was refused as if it
+  // were the wrong type ("vm.workload: must be a workload such as idle, …" for `*w`, where
+  // `w` was `&w counter`). Said for what it is, at its place.
+  const aliases: FileProblem[] = [];
+  visit(doc, {
+    Alias(_, node) {
+      if (aliases.length < MESSAGE_MAX_PROBLEMS) aliases.push({ ...where(ctx, node as unknown as Node), field: '', message: `an alias (*${node.source}) is not read in this file: write the value itself` });
+    },
+  });
+  if (aliases.length > 0) return aliases;
   const root = doc.contents as Node | null;
   if (!root || !isMap(root)) return [{ ...where(ctx, root), field: '', message: what.notMap }];
   return { ctx, root: root as YAMLMap };

@@ -233,6 +233,13 @@ describe('experiment files', () => {
     expect(one(`name2: x\nprobe: "${'x'.repeat(100)}"\n`).split('\n')[1]).to.equal(`probe: must be a size such as 64M or 2G, not "${'x'.repeat(38)}…`);
   });
 
+  it('refuses an alias (*name) at its place for what it is, not as a value of the wrong type', () => {
+    const p = problems('name: &n a\nmethods: [offline]\nvm: { workload: *n }\n');
+    expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);
+    // An anchor alone is harmless (nothing refers to it).
+    expect(parseExperiment('name: &n a\nmethods: [offline]\n', 'exp.yaml').name).to.equal('a');
+  });
+
   it('an error lists its first 20 problems and says how many more there are; its problems keep every one', () => {
     const text = `name: a\nmethods: [offline]\n${Array.from({ length: 30 }, (_, i) => `k${i}: 1\n`).join('')}`;
     let err: ExperimentError | null = null;
