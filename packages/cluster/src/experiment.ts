@@ -1072,14 +1072,28 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
       throw new ClusterError(`cannot write the report to ${out}: the directory holds ${shown}, which is not part of a report of this kind (${reportFiles.join(', ')}); give --out a new or empty directory, or one that holds only an earlier report of this kind (replaced)`);
     }
   }
-  try {
-    return makeDirs(out);
-  } catch (e) {
+  const why = (e: unknown): string => {
     const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission to make it'
+    return code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission'
       : code === 'EROFS' ? 'the file system is read-only' : code === 'ENOENT' ? 'its parent cannot hold directories (a file system such as /proc)' : (e as Error).message;
-    throw new ClusterError(`cannot make the report directory ${out}: ${why}`);
+  };
+  let made: string[];
+  try {
+    made = makeDirs(out);
+  } catch (e) {
+    throw new ClusterError(`cannot make the report directory ${out}: ${why(e)}`);
   }
+  // A directory that is there but cannot be written to (a read-only mount) was found out only
+  // when the report was written, after every move: the whole run's results were lost.
+  const probe = join(out, `.hvlab-write-probe-${process.pid}`);
+  try {
+    writeFileSync(probe, '', { flag: 'wx' });
+    rmSync(probe, { force: true });
+  } catch (e) {
+    unmakeDirs(made);
+    throw new ClusterError(`cannot write the report to ${out}: ${why(e)}`);
+  }
+  return made;
 }
 
 /** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */

@@ -706,7 +706,35 @@ describe('experiment reports', () => {
       }
     });
 
-    it('the table the command prints says bytes sent as results.md does (KiB, MiB), not as a bare byte count', () => {
+    it('refuses an --out directory it cannot write to (a read-only mount) before anything starts: a run lost its whole report at its end', function () {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-ro-'));
+    try {
+      // A read-only file system, as root can make one (root writes through permission bits).
+      try {
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=64k', 'none', dir], { stdio: 'ignore' });
+      } catch {
+        this.skip();
+      }
+      try {
+        expect(() => makeReportDir(dir)).to.throw(ClusterError, /^cannot write the report to .*: the file system is read-only$/);
+        expect(() => makeReportDir(join(dir, 'sub'))).to.throw(ClusterError, /^cannot make the report directory .*: the file system is read-only$/);
+      } finally {
+        execFileSync('umount', [dir], { stdio: 'ignore' });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // A writable one keeps nothing of the check.
+    const ok = mkdtempSync(join(tmpdir(), 'hvlab-exp-rw-'));
+    try {
+      expect(makeReportDir(ok)).to.deep.equal([]);
+      expect(readdirSync(ok)).to.deep.equal([]);
+    } finally {
+      rmSync(ok, { recursive: true, force: true });
+    }
+  });
+
+  it('the table the command prints says bytes sent as results.md does (KiB, MiB), not as a bare byte count', () => {
       const r = report();
       const rows = experimentSummaryRows(r);
       expect(rows[0]).to.deep.equal(['METHOD', 'RUNS', 'DONE', 'TOTAL P50 MS', 'DOWNTIME P50/P99 MS', 'SENT P50', 'TOTAL/MODEL']);
