@@ -1096,6 +1096,26 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
   return made;
 }
 
+/**
+ * Writes a finished run's report with `write` to `report.out`; if that fails (the disk filled up,
+ * the directory was removed or made read-only during the run), to a new directory under the
+ * system's temporary directory instead, said in `report.cleanup` (and so in the report itself)
+ * and by `say`: a failure there threw away every result of a run that had made all its moves.
+ * Throws only when the second place fails too.
+ */
+export function writeReportOrElsewhere(report: { name: string; out: string; cleanup: string[] }, write: (dir: string) => void, say: (line: string) => void = () => {}): void {
+  try {
+    write(report.out);
+  } catch (e) {
+    const alt = mkdtempSync(join(tmpdir(), `hvlab-report-${report.name}-`));
+    const why = `the report could not be written to ${report.out} (${message(e)}); it was written to ${alt} instead`;
+    report.out = alt;
+    report.cleanup.push(why);
+    say(`WARNING: ${why}`);
+    write(alt);
+  }
+}
+
 /** 2026-12-01T08:43:51.123Z → 20261201T084351Z (a file name's timestamp). */
 export function reportStamp(d: Date): string {
   return d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
@@ -1287,7 +1307,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
     report.endedAt = new Date().toISOString();
     report.environment.loadAtEnd = loadNow();
     report.summary = summarize(spec.methods, report.runs, report.link.bandwidthBytesPerSecond);
-    writeReport(report, out);
+    writeReportOrElsewhere(report, (dir) => writeReport(report, dir), say);
     return report;
   } catch (e) {
     unmakeDirs(madeDirs);

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, clusterDriver, problemsText, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, clusterDriver, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -731,6 +731,38 @@ describe('experiment reports', () => {
       expect(readdirSync(ok)).to.deep.equal([]);
     } finally {
       rmSync(ok, { recursive: true, force: true });
+    }
+  });
+
+  it('a report that cannot be written where asked at the end is written to a temporary directory instead, and says so: the run\'s results are kept', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-late-'));
+    let alt = '';
+    try {
+      const r = report();
+      r.out = join(dir, 'gone');
+      const said: string[] = [];
+      // The directory went away during the run (or its disk filled up): the first write fails.
+      writeReportOrElsewhere(r, (d) => {
+        if (d === join(dir, 'gone')) throw Object.assign(new Error(`ENOENT: no such file or directory, open '${d}/results.json'`), { code: 'ENOENT' });
+        writeReport(r, d);
+      }, (l) => said.push(l));
+      alt = r.out;
+      expect(alt).to.not.equal(join(dir, 'gone'));
+      expect(alt.startsWith(join(tmpdir(), 'hvlab-report-precopy-vs-offline-'))).to.equal(true);
+      expect(readdirSync(alt).sort()).to.deep.equal([...REPORT_FILES].sort());
+      const back = JSON.parse(readFileSync(join(alt, 'results.json'), 'utf8')) as ExperimentReport;
+      expect(back.out).to.equal(alt);
+      expect(back.cleanup).to.deep.equal([`the report could not be written to ${join(dir, 'gone')} (ENOENT: no such file or directory, open '${join(dir, 'gone')}/results.json'); it was written to ${alt} instead`]);
+      expect(said).to.deep.equal([`WARNING: ${back.cleanup[0]}`]);
+      // Written where asked, nothing changes.
+      const ok = report();
+      ok.out = join(dir, 'ok');
+      writeReportOrElsewhere(ok, (d) => writeReport(ok, d));
+      expect(ok.out).to.equal(join(dir, 'ok'));
+      expect(ok.cleanup).to.deep.equal([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      if (alt) rmSync(alt, { recursive: true, force: true });
     }
   });
 

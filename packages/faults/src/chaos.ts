@@ -27,7 +27,7 @@ import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
 import {
-  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, loadNow, runEnvironment, sourceSha256,
+  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, writeReportOrElsewhere, loadNow, runEnvironment, sourceSha256,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
@@ -657,7 +657,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   report.samples = { ...summarizeSamples(obs), periodMs: spec.sampleMs, vmReadings: obs.vms.length, hostReadings: obs.hosts.length };
   report.endedAt = new Date().toISOString();
   report.environment.loadAtEnd = loadNow();
-  writeChaosReport(report, out, { vms: obs.vms, hosts: obs.hosts });
+  writeReportOrElsewhere(report, (dir) => writeChaosReport(report, dir, { vms: obs.vms, hosts: obs.hosts }), say);
   for (const x of checks) say(`${x.name}: ${x.skipped ? 'skipped' : x.held ? 'held' : 'VIOLATED'} (${x.summary})`);
   return report;
 }
