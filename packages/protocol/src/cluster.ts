@@ -20,13 +20,14 @@ import { VM_NAME_RE } from './vm.js';
 import { decodeMigrationStats, type MigrationStats } from './migrate.js';
 
 /**
- * The envelope's `v`. 3: a member's requests to the fabric carry its member secret (`secret`), its
+ * The envelope's `v`. 4: every migration request may carry its number within its move (`rq`),
+ * which a version-3 host refuses as an unknown field (at the move's first request). 3: a member's requests to the fabric carry its member secret (`secret`), its
  * peer book an `auth` per peer, and every peer request the `auth` of its link (see "Who is who"
  * below); 2: migState may carry the last page batch (`pages`), which a version-1 host refuses. A
  * host refuses any other version's frames with a sentence naming both, so hosts of different
  * versions do not form a cluster rather than fail in the middle of a migration.
  */
-export const CLUSTER_WIRE_VERSION = 3;
+export const CLUSTER_WIRE_VERSION = 4;
 /** Largest frame either service reads (a sink chunk and its envelope). */
 export const CLUSTER_FRAME_MAX_BYTES = 2 * 1024 * 1024;
 /** Largest sink chunk. */

@@ -68,9 +68,10 @@ describe('cluster wire', () => {
       [{ ...ok, op: 'leave', name: 'h1', secret: 'A1'.repeat(32) }, /"secret" must be a valid name/, 7],
       [{ ...ok, op: 'leave', name: 'h1', secret: 'a1'.repeat(31) }, /"secret" must be a valid name/, 7],
       [{ ...ok, op: 'leave', name: 'h1', secret: 7 }, /"secret"/, 7],
-      [{ v: 1, id: 3, op: 'status' }, /version 1 is not 3/, 3], // a host from before migState carried pages
-      [{ v: 2, id: 3, op: 'status' }, /version 2 is not 3/, 3], // a host from before member secrets
-      [{ v: 4, id: 3, op: 'status' }, /version 4 is not 3/, 3],
+      [{ v: 1, id: 3, op: 'status' }, /version 1 is not 4/, 3], // a host from before migState carried pages
+      [{ v: 2, id: 3, op: 'status' }, /version 2 is not 4/, 3], // a host from before member secrets
+      [{ v: 3, id: 3, op: 'status' }, /version 3 is not 4/, 3], // a host from before migration requests' numbers (rq)
+      [{ v: 5, id: 3, op: 'status' }, /version 5 is not 4/, 3],
       [{ v: CLUSTER_WIRE_VERSION, op: 'status' }, /positive whole "id"/, 0],
       [[1, 2], /must be a map/, 0],
     ];

@@ -168,7 +168,9 @@ export class ClusterMember {
   constructor(private readonly cfg: MemberConfig, private readonly log: Logger, mgmt: MgmtHandler) {
     // A migration request sent again (the source's connection came back: a fabric that restarted
     // lost it or its answer) is answered with the first answer, never carried out twice (peerReplayKey).
-    this.peerServer = new RpcServer(decodePeerRequest, (r) => this.servePeer(r), curveServerOptions(cfg.key), undefined, peerReplayKey);
+    // Keyed only when the request carries its pair's credential: a key is what the sender chose, and
+    // anyone with the cluster key could otherwise push the real requests' answers out of the list.
+    this.peerServer = new RpcServer(decodePeerRequest, (r) => this.servePeer(r), curveServerOptions(cfg.key), undefined, (r) => (this.credentialKnown(r.from, r.auth) ? peerReplayKey(r) : null));
     this.peerServer.onReplay = (r, running) => this.log.info({ op: r.op, from: r.from, mig: 'mig' in r ? r.mig : null, rq: 'rq' in r ? r.rq : null, running }, 'a migration request its source sent again is answered with its first answer, not carried out again');
     this.mgmtTcp = new MgmtServer(mgmt, (e) => log.error({ err: e }, 'remote management request failed'), curveServerOptions(cfg.key));
     this.fabric = new RpcClient(`tcp://${cfg.fabric}`, curveClientOptions(cfg.key));
@@ -213,11 +215,14 @@ export class ClusterMember {
    * of bad ones does not hold the peer service's requests in flight (256) and have it answer Busy
    * to the peers it knows.
    */
+  /** Whether `auth` is the credential of this host's pair with `from`, by the book as it is. */
+  private credentialKnown(from: string, auth: string): boolean {
+    const p = this.peers.get(from);
+    return p !== undefined && sameCredential(p.entry.auth, auth);
+  }
+
   private async checkAuth(from: string, auth: string): Promise<void> {
-    const known = (): boolean => {
-      const p = this.peers.get(from);
-      return p !== undefined && sameCredential(p.entry.auth, auth);
-    };
+    const known = (): boolean => this.credentialKnown(from, auth);
     if (known()) return;
     if (this.unknownWaiting >= UNKNOWN_WAITING) this.deny(from);
     this.unknownWaiting++;

@@ -32,9 +32,18 @@ class TestProxy {
   private readonly conns = new Set<Socket>();
   drop: 'up' | 'down' | null = null;
   dropped = { up: 0, down: 0 };
+  /** Far end down: a connection is accepted and closed at once, as the fabric's proxy does then. */
+  refuse = false;
+  accepted = 0;
   port = 0;
   constructor(private readonly targetPort: number) {
     this.server = createServer((client) => {
+      this.accepted++;
+      if (this.refuse) {
+        client.on('error', () => undefined);
+        client.destroy();
+        return;
+      }
       const upstream = connect(this.targetPort, '127.0.0.1');
       for (const s of [client, upstream]) {
         this.conns.add(s);
@@ -196,6 +205,47 @@ describe('rpc over a connection that drops', () => {
     expect(handled.get('slow')).to.equal(1);
     expect(entered).to.equal(1);
     expect(replays, 'waited for the outcome under way').to.deep.equal([['slow', true]]);
+  });
+
+  it('a proxy whose far end is down accepts and closes: nothing is sent again until a connection completes its handshake, then once', async () => {
+    const { client: c, proxy: p } = await up((r) => (r.rq === undefined ? null : `${r.op}/${r.rq}`));
+    p.drop = 'up';
+    const flap = c.call({ op: 'flap', rq: 1 }, 60_000, 1, { resend: true });
+    await until(() => p.dropped.up > 0);
+    // The far end goes down: every reconnect is taken and closed (ZeroMQ retries each ~100 ms).
+    p.refuse = true;
+    const before = p.accepted;
+    p.cut();
+    await until(() => p.accepted >= before + 5);
+    // Each of those connects sent another copy into the queue before (all delivered at the end).
+    expect(c.resent, 'nothing sent again on connects without a handshake').to.equal(0);
+    p.refuse = false;
+    p.drop = null;
+    expect(await flap).to.deep.equal({ op: 'flap', n: 1 });
+    expect(c.resent).to.equal(1);
+    expect(handled.get('flap')).to.equal(1);
+  });
+
+  it('a refusal of the credential (Denied) is not kept as the request\'s answer: the request with its credential is carried out', async () => {
+    let denyNext = true;
+    const s = new RpcServer<Req>(decodeReq, (r) => {
+      handled.set(r.op, (handled.get(r.op) ?? 0) + 1);
+      if (denyNext) {
+        denyNext = false;
+        throw new RpcFailure('Denied', 'not your credential');
+      }
+      return { op: r.op };
+    }, {}, 256, (r) => (r.rq === undefined ? null : `${r.op}/${r.rq}`));
+    server = s;
+    await s.bind('tcp://127.0.0.1:0');
+    void s.serve();
+    const c = new RpcClient(s.sock.lastEndpoint!);
+    client = c;
+    const e = await c.call({ op: 'mine', rq: 4 }, 20_000).catch((x: unknown) => x);
+    expect((e as RpcFailure).code).to.equal('Denied');
+    expect(await c.call({ op: 'mine', rq: 4 }, 20_000)).to.deep.equal({ op: 'mine' });
+    expect(handled.get('mine')).to.equal(2);
+    expect(s.replayed).to.equal(0);
   });
 
   it('a failure is replayed as it was: the request is not carried out again', async () => {

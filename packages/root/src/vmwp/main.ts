@@ -993,7 +993,9 @@ export async function runWorker(): Promise<void> {
       await startZapHandler(s.key, (address, why) => log.warn({ address, why }, 'refused a connection to the migration stream without the cluster\'s key'));
       // A request sent again (the source's connection came back: a fabric that restarted lost it
       // or its answer) is answered with the first answer, never carried out twice (peerReplayKey).
-      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r), curveServerOptions(s.key), undefined, peerReplayKey);
+      // Keyed only when it is the source's own request (its credential, this move): anyone with
+      // the cluster key may connect here, and a key is what the sender chose.
+      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r), curveServerOptions(s.key), undefined, (r) => (r.op !== 'ping' && r.op !== 'sink' && r.from === s.from && r.mig === s.mig && sameCredential(r.auth, s.auth) ? peerReplayKey(r) : null));
       server.onReplay = (r, running) => log.info({ op: r.op, rq: 'rq' in r ? r.rq : null, running }, 'a request the source sent again is answered with its first answer, not carried out again');
       await server.bind(`tcp://${s.address}:0`);
       const port = Number(/:(\d+)$/.exec(server.sock.lastEndpoint ?? '')?.[1]);
