@@ -375,26 +375,39 @@ export async function clusterUp(home: string, topology: Topology, source: string
     // Hosts start side by side; each host's VMs then start one after another on it. Every start
     // settles before a failure is taken further: the teardown below must not run beside a host
     // still starting (its processes came up after the teardown had looked).
+    // The first host that fails stops the others where they are (a start under way, the VMs still
+    // to start), as a Ctrl-C does: they used to come up and start every VM first (60 s a start
+    // at most), only to be taken down.
+    const stopAll = new AbortController();
+    const hostSignal = signal ? AbortSignal.any([signal, stopAll.signal]) : stopAll.signal;
+    let firstFailure: { e: unknown } | null = null;
     const starts = await Promise.allSettled(topology.hosts.map(async (h) => {
-      const paths = hostPaths(clusterHostHome(home, h.name));
-      const hn = net.hosts.find((x) => x.name === h.name)!;
-      const member = {
-        HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
-      };
-      checkAborted(signal);
-      const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns, signal });
-      say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
-      const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
-      clients.push(c);
-      const vms = topology.vms.filter((v) => v.host === h.name);
-      for (const vm of vms) {
-        checkAborted(signal);
-        await createVm(c, vm);
+      try {
+        const paths = hostPaths(clusterHostHome(home, h.name));
+        const hn = net.hosts.find((x) => x.name === h.name)!;
+        const member = {
+          HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
+        };
+        checkAborted(hostSignal);
+        const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns, signal: hostSignal });
+        say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
+        const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
+        clients.push(c);
+        const vms = topology.vms.filter((v) => v.host === h.name);
+        for (const vm of vms) {
+          checkAborted(hostSignal);
+          await createVm(c, vm);
+        }
+        await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`), hostSignal);
+      } catch (e) {
+        // The first failure is the one said; the others' "interrupted" follow from it.
+        if (firstFailure === null && !stopAll.signal.aborted) firstFailure = { e };
+        stopAll.abort();
+        throw e;
       }
-      await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`), signal);
     }));
     const failed = starts.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    if (failed) throw signal?.aborted || firstFailure === null ? failed.reason : (firstFailure as { e: unknown }).e;
     checkAborted(signal);
     await waitJoined(home, topology.hosts.map((h) => h.name), 15000);
     checkAborted(signal);
