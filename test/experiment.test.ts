@@ -131,9 +131,9 @@ methods: [offline]
 repetitions: 1
 `);
     const out = join(dir, 'interrupted');
-    // The fabric is up and the hosts are starting (side by side, each ~0.3-1 s to its hypervisor's
-    // "ready"): the interrupt stops their starts.
-    const r = await interruptExperimentRun(file, out, /^fabric: links on /m, 'the fabric');
+    // The fabric is up and the hosts are starting (side by side); each says it is ready 20 s late
+    // (a test knob), so the interrupt surely finds them starting: it stops their starts.
+    const r = await interruptExperimentRun(file, out, /^fabric: links on /m, 'the fabric', { HVLAB_TEST_READY_DELAY_MS: '20000' });
     expect(r.code, r.output).to.equal(130);
     // It used to finish the bring-up (the hosts' join), then skip every run and write an empty report;
     // then it waited for the hosts under way to come up, only to take them down.

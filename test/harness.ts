@@ -229,8 +229,8 @@ export async function killExperimentRun(file: string, out: string, ready: RegExp
  * and waits for it to end by itself (a SIGKILL after 120 s, as a guard). Returns its exit code,
  * its output (stdout and stderr) and a watch of what it left.
  */
-export async function interruptExperimentRun(file: string, out: string, ready: RegExp, what: string): Promise<{ code: number | null; output: string; home: string; left: ExperimentLeft }> {
-  const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function interruptExperimentRun(file: string, out: string, ready: RegExp, what: string, env: Record<string, string> = {}): Promise<{ code: number | null; output: string; home: string; left: ExperimentLeft }> {
+  const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let output = '';
   child.stdout.on('data', (d) => (output += d));
   child.stderr.on('data', (d) => (output += d));

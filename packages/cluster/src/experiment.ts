@@ -935,12 +935,13 @@ const CANCELLED_MOVE_WAIT_MS = 30_000;
  * The statistics of VM `name`'s move once it has ended (a cancel returns as soon as the worker
  * took it); null when the host does not say within CANCELLED_MOVE_WAIT_MS.
  */
-async function endedMove(src: Pick<MgmtClient, 'request'>, name: string, waitMs = CANCELLED_MOVE_WAIT_MS): Promise<MigrationStats | null> {
+async function endedMove(src: Pick<MgmtClient, 'request'>, name: string, waitMs = CANCELLED_MOVE_WAIT_MS, signal?: AbortSignal): Promise<MigrationStats | null> {
   const until = Date.now() + waitMs;
   for (;;) {
     const st = await src.request<MigrationStats>('vmMoveStatus', { name }, 10_000).catch(() => null);
     if (st !== null && !MOVE_UNDER_WAY.has(st.status)) return st;
-    if (Date.now() >= until) return null;
+    // A Ctrl-C meanwhile: the statistics so far are not waited for.
+    if (Date.now() >= until || signal?.aborted === true) return null;
     await sleep(200);
   }
 }
@@ -969,7 +970,7 @@ export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtCl
           if (refused !== null) throw new Error(`${late}, and its cancel was refused: ${refused.slice(0, 300)}`);
           // How far it got (passes, bytes sent, the dirty set) is data of the run: a pre-copy that
           // never converges is a result. It was thrown away, leaving the run's row empty.
-          const st = await endedMove(src, name);
+          const st = await endedMove(src, name, CANCELLED_MOVE_WAIT_MS, signal);
           if (st === null) throw new Error(`${late} and was cancelled`);
           return { ...st, 'error-desc': `${late} and was cancelled` };
         }

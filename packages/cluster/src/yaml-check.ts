@@ -140,7 +140,7 @@ export function readYamlMap(text: string, maxBytes: number, what: { tooBig: stri
   const aliases: FileProblem[] = [];
   visit(doc, {
     Alias(_, node) {
-      if (aliases.length < MESSAGE_MAX_PROBLEMS) aliases.push({ ...where(ctx, node as unknown as Node), field: '', message: `an alias (*${node.source}) is not read in this file: write the value itself` });
+      if (aliases.length < MESSAGE_MAX_PROBLEMS) aliases.push({ ...where(ctx, node as unknown as Node), field: '', message: `an alias (*${node.source.length > 40 ? `${node.source.slice(0, 40)}…` : node.source}) is not read in this file: write the value itself` });
     },
   });
   if (aliases.length > 0) return aliases;

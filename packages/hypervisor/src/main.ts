@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entries, hostPaths, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
+import { entries, hostPaths, testKnob, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -341,4 +341,8 @@ try {
   process.stdout.write(`failed ${(e as Error).message}\n`);
   await exit('the root partition did not start', 1);
 }
+// Tests (HVLAB_TEST_READY_DELAY_MS, 1 ms to 60 s): the host says it is ready this much later, so
+// that a test can interrupt its starter while the host is surely still starting.
+const readyDelayMs = testKnob('HVLAB_TEST_READY_DELAY_MS', 1, 60_000);
+if (readyDelayMs !== null) await new Promise((r) => setTimeout(r, readyDelayMs));
 process.stdout.write('ready\n');

@@ -175,7 +175,8 @@ await vmms.reattach();
 // answers from this root's record, not by asking the hypervisor). Re-attaching asked the
 // hypervisor already, so this adds no new wait; a hypervisor that does not answer within 5 s
 // leaves the record empty (the fault's clear gives every LP back anyway).
-await hostFaults.learn(() => vid.ctl('stats', 5000)).catch((e: unknown) => log.warn({ err: (e as Error).message }, 'cannot ask the hypervisor for an LP shrink in force'));await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
+await hostFaults.learn(() => vid.ctl('stats', 5000)).catch((e: unknown) => log.warn({ err: (e as Error).message }, 'cannot ask the hypervisor for an LP shrink in force'));
+await server.bind(paths.mgmtEndpoint, paths.eventsEndpoint);
 // A host of a cluster joins it and serves its peers (member.ts); a wrong configuration is logged
 // and the host runs on alone rather than failing (its supervisor would only restart it again).
 try {

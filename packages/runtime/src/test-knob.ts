@@ -3,7 +3,7 @@
  * bound of hvlab for a test that waits it out and asserts nothing of its length, or hold a step
  * for a set time so that a test can act while it lasts (HVLAB_TEST_POSTCOPY_HOLD_MS, whatever the
  * guest's speed; HVLAB_TEST_COMMIT_SILENT_MS), or until what the test does arrives there
- * (HVLAB_TEST_HOLD_PAGES_UNTIL_DROP: until a connection drops). Each is read once, by
+ * (HVLAB_TEST_HOLD_PAGES_UNTIL_DROP: until a connection drops; HVLAB_TEST_READY_DELAY_MS: a host's ready line). Each is read once, by
  * this function, where the bound it changes is defined, and documented there; a value that is not
  * a whole number within the bound's own range is ignored, so a stray or mistyped one changes
  * nothing.
