@@ -221,7 +221,10 @@ describe('the hvlab command', function () {
       const exp = join(home, 'exp.yaml');
       writeFileSync(exp, 'name: x\nmethods: [warp]\n');
       const e = await hv('experiment', 'run', exp, '--check', '--json');
-      expect(e.stdout).to.equal('');
+      // The result on stdout, as a topology's and as a good file's `{ valid: true, … }` (it printed nothing).
+      const said = JSON.parse(e.stdout) as { valid: boolean; problems: Array<{ field?: string }> };
+      expect(said.valid).to.equal(false);
+      expect(said.problems.map((x) => x.field)).to.deep.equal(['methods[0]']);
       expectJsonFailure(e, 1, 'value', /is not a valid experiment \(1 problem\): .*methods\[0\]: /, 'experiment run --check');
     });
   });

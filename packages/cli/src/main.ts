@@ -356,14 +356,14 @@ async function upClusterHosts(home: string): Promise<string[] | null> {
 async function runChaos(file: string, home: string, opt: (n: string) => string | undefined, flag: (n: string) => boolean, json: boolean): Promise<number> {
   const seed = opt('seed') === undefined ? undefined : Number(opt('seed'));
   const spec = loadChaosExperiment(file);
-  if (spec instanceof ChaosExperimentError) return refuseFile(spec, file, 'experiment', flag('check') ? '' : '; nothing was started');
+  if (spec instanceof ChaosExperimentError) return refuseFile(spec, file, 'experiment', flag('check') ? '' : '; nothing was started', json);
   if (flag('check')) {
     const useSeed = seed ?? spec.seed;
     const fresh = spec.cluster === 'new';
     // On an existing cluster, the names the file gives must be the cluster's (when one is up here).
     const hosts = fresh ? null : await upClusterHosts(home);
     const wrong = hosts === null ? [] : existingClusterProblems(spec, hosts);
-    if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here');
+    if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here', json);
     if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: fresh ? plannedSchedule(spec, useSeed) : null, moves: fresh ? plannedMoves(spec, useSeed) : null }));
     else {
       out(`${file}: chaos experiment ${spec.name}: ${fresh ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
@@ -387,7 +387,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
   try {
     report = await clusterCall(() => runChaosExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home: spec.cluster === 'existing' ? home : undefined, signal: ac.signal, seed }));
   } catch (e) {
-    if (e instanceof ChaosExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
+    if (e instanceof ChaosExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started', json);
     if (ac.signal.aborted) throw new Interrupted(`experiment was interrupted before its faults began: everything it had started was taken down, and no report was written`);
     throw e;
   } finally {
@@ -1198,8 +1198,13 @@ function refuseTopology(e: TopologyError, json: boolean, after = ''): number {
   return refuseFile(e, e.file, 'topology', after);
 }
 
-/** A file's problems (its error's message, one a line) after a line naming the file; with --json, one JSON line of them all. Returns 1. */
-function refuseFile(e: { problems: unknown[]; message: string }, file: string, what: 'topology' | 'experiment', after = ''): number {
+/**
+ * A file's problems (its error's message, one a line) after a line naming the file; with --json, one JSON line of them all. Returns 1.
+ * `json`: also `{ valid: false, problems }` on stdout, as `--check --json` of a good file prints `{ valid: true, … }` there
+ * (topologies said so already; an experiment's refusal said it only in the error line's text).
+ */
+function refuseFile(e: { problems: unknown[]; message: string }, file: string, what: 'topology' | 'experiment', after = '', json = false): number {
+  if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
   const n = e.problems.length;
   return sayFailure(`${file} is not a valid ${what} (${n} problem${n === 1 ? '' : 's'})${after}`, 'value', 1, e.message.split('\n'));
 }
@@ -1939,11 +1944,11 @@ export async function run(argv: string[]): Promise<number> {
         if (opt('seed') !== undefined) throw new UsageError('--seed is for experiments of kind: faults (a migration experiment takes its seed from the file)');
         if (flag('check')) {
           const spec = loadExperiment(file);
-          if (spec instanceof ExperimentError) return refuseFile(spec, file, 'experiment');
+          if (spec instanceof ExperimentError) return refuseFile(spec, file, 'experiment', '', json);
           // On an existing cluster, from and to must be its hosts (when one is up here).
           const hosts = spec.cluster === 'existing' ? await upClusterHosts(paths.home) : null;
           const wrong = hosts === null ? [] : [spec.from, spec.to].filter((n) => !hosts.includes(n)).map((n) => `${n === spec.from ? 'from' : 'to'}: host ${n} is not a host of the cluster up here (its hosts: ${hosts.join(', ') || 'none'})`);
-          if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here');
+          if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here', json);
           out(json ? JSON.stringify({ valid: true, spec }) : `${file}: experiment ${spec.name} (${spec.kind}): ${spec.methods.join(', ')} × ${spec.repetitions}, VM ${formatBytes(spec.vm.memoryBytes)} ${spec.vm.workload} on ${spec.from} → ${spec.to} (cluster: ${spec.cluster}${spec.cluster === 'existing' ? hosts === null ? ', none is up here: its host names are checked when it runs' : ', up here' : ''})`);
           return 0;
         }
@@ -1971,7 +1976,7 @@ export async function run(argv: string[]): Promise<number> {
           const leaseRun = (h: string): Promise<RunLease> => holdRunLease(h, `experiment-${process.pid}`);
           report = await clusterCall(() => runExperiment(file, { out: opt('out'), progress: (l) => process.stderr.write(`${l}\n`), home, signal: ac.signal, leaseHome, leaseRun }));
         } catch (e) {
-          if (e instanceof ExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started');
+          if (e instanceof ExperimentError) return refuseFile(e, file, 'experiment', '; nothing was started', json);
           if (ac.signal.aborted) throw new Interrupted(`experiment was interrupted before its first run: everything it had started was taken down, and no report was written`);
           throw e;
         } finally {
