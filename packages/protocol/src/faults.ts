@@ -13,7 +13,7 @@
  * Every decoder here checks a value that came over a wire (or from a file) and returns a typed
  * value or a sentence; none throws or calls a method of the value.
  */
-import { isPlainObject } from './hvwire.js';
+import { HV_LP_SHRINK_FAULT_RE, isPlainObject } from './hvwire.js';
 
 /** The catalogue. Disk and network-device faults join here with those devices. */
 export const FAULT_KINDS = ['kill', 'pause', 'vmbus', 'interrupt-delay', 'clock', 'vp-stall', 'lp-shrink', 'link', 'partition', 'bitflip'] as const;
@@ -41,7 +41,7 @@ export const FAULT_MAX_MS = 24 * 3600 * 1000;
 /** The longest delay a VMBus, interrupt or link fault adds (ms). */
 export const FAULT_MAX_DELAY_MS = 60_000;
 /** A fault's id: the nemesis's (f1, f2, …), or a caller's. */
-export const FAULT_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const FAULT_ID_RE = HV_LP_SHRINK_FAULT_RE;
 /** A VMBus channel's name as the VMWP's devices call it (e.g. heartbeat, kvp, shutdown, timesync). */
 export const FAULT_CHANNEL_RE = /^[a-z][a-z0-9-]{0,31}$/;
 

@@ -171,8 +171,8 @@ export function checkHvClientMsg(v: unknown): HvClientDecoded {
 }
 
 /**
- * A fault id as the hypervisor holds it with an LP shrink (faults.ts's FAULT_ID_RE; faults.ts
- * imports this module, so the pattern is repeated here rather than imported back).
+ * A fault id as the hypervisor holds it with an LP shrink: the nemesis's ids (faults.ts takes
+ * FAULT_ID_RE from here, since faults.ts imports this module and not the other way round).
  */
 export const HV_LP_SHRINK_FAULT_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
