@@ -15,7 +15,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
-import { hostProcesses, sweepHost } from '@hvlab/host';
+import { hostProcesses, strayHostIds, sweepHost } from '@hvlab/host';
 import { hostPaths, pathHash, zmq } from '@hvlab/runtime';
 import { clusterTag, fabricPids, namespacesAvailable, networkLeftovers, planNetwork } from '@hvlab/cluster';
 import { spawnSync } from 'node:child_process';
@@ -316,6 +316,47 @@ describe('clusters on one machine', function () {
     clusterHostIds(h.home, ids);
     await eventually(() => leftovers(ids, h.home).pids.length === 0, 5000);
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
+    expect(existsSync(join(h.home, 'cluster')), 'no cluster record: a second up is not refused').to.equal(false);
+  });
+
+  it('a host that fails to start stops the others where they are: cluster up ends naming it, no other host comes up or starts a VM, and nothing is left', async () => {
+    const file = join(h.home, 'lab.yaml');
+    writeFileSync(file, LAB);
+    // Every host holds its ready line 20 s (a test knob) and h2's start fails once its root is up
+    // (another): h1 and h3 are surely still starting when h2 fails.
+    const child = spawn(process.execPath, [cli, 'cluster', 'up', file], {
+      env: { ...process.env, HVLAB_HOME: h.home, HVLAB_TEST_READY_DELAY_MS: '20000', HVLAB_TEST_FAIL_START_HOST: 'h2' }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    let code: number | null | undefined;
+    const exited = new Promise<void>((r) => child.once('exit', (c) => { code = c; r(); }));
+    // Each host's id, read from its record while it is there (a host writes it once its root is
+    // up, before its held ready line).
+    const ended = await eventually(() => {
+      clusterHostIds(h.home, ids);
+      return code !== undefined;
+    }, 120000, 10);
+    if (!ended) child.kill('SIGKILL');
+    await exited;
+    expect(code, `${stdout}\n${stderr}`).to.equal(1);
+    // The failure said is h2's, named (it said "the host did not start ...; see run/logs", naming no
+    // host, and pointed at logs that the teardown removes).
+    expect(stderr.trim()).to.equal('hvlab: host h2: the host did not start: the start was made to fail by a test (HVLAB_TEST_FAIL_START_HOST)');
+    expect(stdout).to.include('cluster up failed (host h2: the host did not start: ');
+    // h1 and h3 were stopped in their starts: before, each came up once its ready line came (20 s
+    // on) and started its VMs, and only then was everything taken down.
+    expect(stdout).not.to.match(/host h\d is up|is Running on/);
+    // Nothing is left: no process of any of the three hosts (by their records' ids, and by their
+    // homes for a host stopped before its record), /dev/shm file, fabric, network or cluster state.
+    const hostHomes = ['h1', 'h2', 'h3'].map((n) => join(realpathSync(h.home), 'cluster', 'hosts', n));
+    const homeStrays = (): string[] => hostHomes.flatMap((d) => strayHostIds(d));
+    await eventually(() => leftovers(ids, h.home).pids.length === 0 && homeStrays().length === 0, 5000);
+    expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
+    expect(homeStrays()).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster')), 'no cluster record: a second up is not refused').to.equal(false);
   });

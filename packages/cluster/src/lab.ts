@@ -29,7 +29,7 @@ import {
   canonicalHome, curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
   FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail,
 } from '@hvlab/runtime';
-import { down, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
+import { down, HostError, HostInterrupted, HostStartFailed, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids, procStartTime, procState } from '@hvlab/shm/procfs';
 import { parseTopology, TopologyError, type Topology, type TopologyVm } from './topology.js';
 import {
@@ -389,7 +389,13 @@ export async function clusterUp(home: string, topology: Topology, source: string
           HVLAB_HOST_ADDRESS: hn.address, HVLAB_CLUSTER_FABRIC: `${net.gateway}:${port}`, HVLAB_CLUSTER_KEY: clusterKeyFile(home), HVLAB_CLUSTER_HOST: h.name, HVLAB_CLUSTER_LOCAL: '1',
         };
         checkAborted(hostSignal);
-        const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns, signal: hostSignal });
+        const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns, signal: hostSignal }).catch((e: unknown) => {
+          // Said with the host's name: "the host did not start" named none of the cluster's hosts.
+          // Its logs go with the cluster in the teardown below: not pointed at.
+          if (e instanceof HostStartFailed) throw new ClusterError(`host ${h.name}: ${e.reason}`);
+          if (e instanceof HostError && !(e instanceof HostInterrupted)) throw new ClusterError(`host ${h.name}: ${e.message}`);
+          throw e;
+        });
         say(`host ${h.name} is up (host id ${rec.hostId}, ${rec.lps} LP${rec.lps === 1 ? '' : 's'}, ${hn.address}${hn.netns ? ` in namespace ${hn.netns}` : ''})`);
         const c = new MgmtClient(paths.mgmtEndpoint, { watch: rec });
         clients.push(c);

@@ -76,6 +76,14 @@ export class HostInterrupted extends HostError {
   }
 }
 
+/** The host's processes failed to start: `reason`, and where its logs say more (`logs`). */
+export class HostStartFailed extends HostError {
+  constructor(readonly reason: string, readonly logs: string) {
+    super(`${reason}; see ${logs}`);
+    this.name = 'HostStartFailed';
+  }
+}
+
 export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRecord> {
   if (opts.warmMemory !== undefined) {
     // Checked here as `vm new --memory` is checked by the root: the root reads this at its start only.
@@ -121,14 +129,14 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   try {
     const first = await firstLine(hv, 30000, undefined, signal);
     if (first.kind === 'aborted') throw new HostInterrupted(paths.home);
-    if (first.kind === 'timeout') throw new HostError('the host did not become ready within 30 s; see run/logs');
-    if (first.kind === 'too-long') throw new HostError('the hypervisor\'s first line is too long; see run/logs');
-    if (first.kind === 'exited' && !first.partial) throw new HostError(`the hypervisor exited during start-up (${first.why}); see run/logs/hypervisor.log`);
+    if (first.kind === 'timeout') throw new HostStartFailed('the host did not become ready within 30 s', paths.logDir);
+    if (first.kind === 'too-long') throw new HostStartFailed('the hypervisor\'s first line is too long', paths.logDir);
+    if (first.kind === 'exited' && !first.partial) throw new HostStartFailed(`the hypervisor exited during start-up (${first.why})`, join(paths.logDir, 'hypervisor.log'));
     const line = first.kind === 'line' ? first.line : first.partial;
     if (line.startsWith('locked ')) {
       throw new HostError(`a host is already up for ${paths.home} (hypervisor pid ${line.slice(7)}); run "hvlab down" first`);
     }
-    if (line !== 'ready') throw new HostError(`the host did not start: ${line.replace(/^failed /, '')}; see run/logs`);
+    if (line !== 'ready') throw new HostStartFailed(`the host did not start: ${line.replace(/^failed /, '')}`, paths.logDir);
     const rec = readHost(paths);
     if (!rec || rec.hostId !== hostId) throw new HostError('the host started but wrote no host record');
     hv.stdout!.destroy();

@@ -13,7 +13,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entries, hostPaths, testKnob, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
+import { CLUSTER_HOST_RE } from '@hvlab/protocol';
+import { entries, hostPaths, testKnob, testKnobName, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -340,6 +341,15 @@ try {
   log.error({ err: e }, 'the first root partition did not start');
   process.stdout.write(`failed ${(e as Error).message}\n`);
   await exit('the root partition did not start', 1);
+}
+// Tests (HVLAB_TEST_FAIL_START_HOST, a cluster host's name): that host's start fails once its root
+// is up, as one whose root did not start, so that a test sees what a cluster up does with the
+// hosts starting beside it.
+const failStartHost = testKnobName('HVLAB_TEST_FAIL_START_HOST', CLUSTER_HOST_RE);
+if (failStartHost !== null && failStartHost === process.env.HVLAB_CLUSTER_HOST) {
+  log.error({ host: failStartHost }, 'the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
+  process.stdout.write('failed the start was made to fail by a test (HVLAB_TEST_FAIL_START_HOST)\n');
+  await exit('the start was made to fail by a test', 1);
 }
 // Tests (HVLAB_TEST_READY_DELAY_MS, 1 ms to 60 s): the host says it is ready this much later, so
 // that a test can interrupt its starter while the host is surely still starting.
