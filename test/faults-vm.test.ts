@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { IcServiceInfo, VmInfo } from '@hvlab/protocol';
+import type { HostInfo, IcServiceInfo, VmInfo } from '@hvlab/protocol';
 import { MgmtClient, readHost } from '@hvlab/host';
 import type { FaultRecord } from '@hvlab/faults';
 import { TestHost, eventually, sleep } from './harness.js';
@@ -212,5 +212,40 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect((await info()).state).to.equal('Paused');
     expect([await byte(), await progress('md')], 'the paused guest stayed paused').to.deep.equal([before ^ 4, still]);
     await h.ok('vm', 'resume', 'md');
+  });
+});
+
+describe('an LP shrink a host holds without a fault of the nemesis (real processes)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('fault clear without an id ends it, says which and why, and every LP comes back (it said "no fault was active" and left it to its deadline)', async () => {
+    await h.ok('up', '--lps', '2');
+    const mgmt = new MgmtClient(h.paths.mgmtEndpoint, { watch: readHost(h.paths) });
+    const hostList = async (): Promise<Array<[string, number]>> => (await mgmt.request<{ host: Array<{ id: string; lps: number }> }>('faultList')).host.map((x) => [x.id, x.lps]);
+    try {
+      // Set through the root's management API, not the nemesis: a shrink whose fault the nemesis
+      // does not hold (one that names no fault is listed and cleared by its root the same way, as
+      // "unknown": the root's unit test).
+      await mgmt.request('faultSet', { id: 'lost1', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 120_000 });
+      expect((await h.json<HostInfo>('host', 'info')).lpShrink).to.deep.include({ lps: 1, fault: 'lost1' });
+      const r = await h.run('fault', 'clear');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout.trim()).to.equal('ended lost1 (lp-shrink on host local: held by the host without a fault of this nemesis (1 LP left))');
+      expect((await h.json<HostInfo>('host', 'info')).lpShrink, 'every LP back').to.equal(null);
+      expect(await hostList()).to.deep.equal([]);
+      // Its end is in the nemesis's record, as a clear's.
+      const ended = (await h.json<FaultRecord[]>('fault', 'list', '--all')).find((f) => f.id === 'lost1');
+      expect(ended).to.deep.include({ kind: 'lp-shrink', target: 'host:local', state: 'ended', endReason: 'cleared' });
+      expect((await h.run('fault', 'clear')).stdout.trim(), 'nothing more to end').to.equal('no fault was active');
+      // A shrink the nemesis holds is its own fault's: a clear of everything ends it once, as that fault.
+      const f = await h.json<FaultRecord>('fault', 'inject', 'lp-shrink', '--target', 'host:local', '--lps', '1', '--for', '120s');
+      const all = await h.json<FaultRecord[]>('fault', 'clear');
+      expect(all.map((x) => [x.id, x.error])).to.deep.equal([[f.id, null]]);
+      expect((await h.json<HostInfo>('host', 'info')).lpShrink).to.equal(null);
+    } finally {
+      mgmt.close();
+    }
   });
 });

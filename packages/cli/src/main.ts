@@ -326,7 +326,7 @@ export const COMMANDS: CommandSpec[] = [
     words: ['fault', 'list'], args: '', min: 0, max: 0, json: true, group: 'Faults', help: 'the faults active now: id, kind, target, what they hit, time left',
     options: [{ name: 'all', help: 'also the faults that ended (this nemesis\'s life; faults/log.jsonl has every one)' }],
   },
-  { words: ['fault', 'clear'], args: '[ID]', min: 0, max: 1, json: true, group: 'Faults', options: [], help: 'end a fault (or every fault) now, undoing it; also undoes what a nemesis that died left behind' },
+  { words: ['fault', 'clear'], args: '[ID]', min: 0, max: 1, json: true, group: 'Faults', options: [], help: 'end a fault (or every fault) now, undoing it; also undoes what a nemesis that died left behind, and (without ID) an LP shrink a host holds without a fault' },
   {
     words: ['debug', 'hypercall'], args: 'CALL [FIELD=VALUE …]', min: 1, max: Infinity, json: true, group: 'Debugging',
     help: 'one hypercall as the root or as a VM\'s partition. Values: 12, 0x40, hex:00ff…, len:N (N zero bytes), text:abc, true, false, or a string. '
@@ -1663,8 +1663,9 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'fault clear': {
         if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/.test(name)) throw new ValueError(`"${name}" is not a fault's id ("hvlab fault list" shows them)`);
-        // As fault list: no nemesis and nothing it left, nothing to end (and clearing starts nothing).
-        if (name === undefined && nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
+        // No nemesis, nothing it left and no host up: nothing to end (and clearing starts nothing).
+        // With a host up the nemesis is asked: a host may hold an LP shrink of no fault it has.
+        if (name === undefined && nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home)) && !homeAlive(paths.home)) {
           out(json ? '[]' : 'no fault was active');
           return 0;
         }
@@ -1674,7 +1675,7 @@ export async function run(argv: string[]): Promise<number> {
             throw e instanceof NemesisError ? new CliError(e.message) : e;
           });
           if (json) out(JSON.stringify(ended));
-          else out(ended.length === 0 ? 'no fault was active' : `ended ${ended.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary})`).join(', ')}`);
+          else out(ended.length === 0 ? 'no fault was active' : `ended ${ended.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary}${f.error ? `: ${f.error}` : ''})`).join(', ')}`);
           return 0;
         } finally {
           nem.close();

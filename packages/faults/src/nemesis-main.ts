@@ -97,7 +97,8 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
         nemesis.lastActivity = Date.now();
         return req.counters ? await nemesis.listWithCounters(req.all) : nemesis.list(req.all);
       case 'clear':
-        return await nemesis.clear(req.fault, req.owner);
+        // A user's clear of everything also ends the LP shrinks the hosts hold without a fault of this nemesis.
+        return req.fault === null && req.owner === null ? await nemesis.clearEverything() : await nemesis.clear(req.fault, req.owner);
       case 'renew':
         nemesis.renew(req.owner, req.teardown, req.vms);
         return { ok: true };

@@ -803,6 +803,53 @@ export class Nemesis {
     return out;
   }
 
+  /**
+   * A user's clear of everything (`hvlab fault clear` without an id): every fault of this nemesis
+   * and what a nemesis before it left (`clear`), then each LP shrink a host's root holds that no
+   * fault of this nemesis accounts for (`clearUnheld`).
+   */
+  async clearEverything(): Promise<FaultRecord[]> {
+    const out = await this.clear(null, null);
+    return [...out, ...(await this.clearUnheld())];
+  }
+
+  /**
+   * Ends the host faults (LP shrinks) that the home's roots hold and no fault of this nemesis
+   * accounts for: one that names no fault (a setLps without one; its root lists it as "unknown",
+   * and any clear of a fault ends it there), or one whose fault this nemesis never held. Nothing
+   * else could end one early: `fault clear` said "no fault was active" while `host info` showed
+   * the LPs taken away until its deadline (up to a day). Each is reported as an ended fault, with
+   * why in its error, and logged. A root that does not answer within 2 s is passed over.
+   */
+  async clearUnheld(): Promise<FaultRecord[]> {
+    const world = await readWorld(this.home, { links: false }).catch(() => null);
+    if (!world) return [];
+    const out: FaultRecord[] = [];
+    await Promise.all(world.hosts.filter((h) => h.hostId !== null).map(async (h) => {
+      const listed = await this.hostCall<unknown>(world, h.name, 'faultList', {}, 2000).catch(() => null);
+      for (const f of rootHostFaults(listed)) {
+        if (this.active.has(f.id) || this.ending.has(f.id)) continue;
+        const answer = await this.hostCall<unknown>(world, h.name, 'faultClear', { id: f.id }, 5000).catch((e: unknown) => {
+          this.say('an LP shrink held without a fault of this nemesis was not cleared', { host: h.name, fault: f.id, err: errText(e) });
+          return null;
+        });
+        // Not cleared: gone meanwhile (its deadline), or replaced by a fault injected since.
+        if (!isPlainObject(answer) || !Array.isArray(answer.cleared) || !answer.cleared.includes(f.id)) continue;
+        const now = this.now();
+        const rec: FaultRecord = {
+          id: f.id, kind: 'lp-shrink', target: `host:${h.name}`, role: null, params: { lps: f.lps }, owner: null, seed: 0, forMs: Math.max(0, f.endsAt - f.startedAt),
+          resolved: { summary: `host ${h.name}`, hosts: [h.name], vms: [], processes: [], links: [] },
+          state: 'ended', startedAt: f.startedAt, endsAt: f.endsAt, endedAt: now, endReason: 'cleared',
+          error: `held by the host without a fault of this nemesis (${f.lps} LP${f.lps === 1 ? '' : 's'} left)`, effect: null,
+        };
+        this.pushEnded(rec);
+        this.event('end', rec, { reason: 'cleared', unheld: true });
+        out.push(rec);
+      }
+    }));
+    return out.sort(faultOrder);
+  }
+
   /** One pass of the watch: lapsed owners, vanished targets. */
   async watch(): Promise<void> {
     const t = this.now();
@@ -937,6 +984,30 @@ export function faultOrder(a: FaultRecord, b: FaultRecord): number {
   return a.startedAt - b.startedAt || ID_COLLATOR.compare(a.id, b.id);
 }
 const ID_COLLATOR = new Intl.Collator('en', { numeric: true });
+
+/** An LP shrink as a root's `faultList` answer lists it (`host`: HostFaultRecord). */
+export interface RootHostFault {
+  id: string;
+  lps: number;
+  startedAt: number;
+  endsAt: number;
+}
+
+/**
+ * The LP shrinks in a root's `faultList` answer ({ host: [{ id, kind, lps, startedAt, endsAt }] });
+ * anything else in it, or an entry not of that shape, is left out.
+ */
+export function rootHostFaults(answer: unknown): RootHostFault[] {
+  if (!isPlainObject(answer) || !Array.isArray(answer.host)) return [];
+  const out: RootHostFault[] = [];
+  const time = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+  for (const f of (answer.host as unknown[]).slice(0, 16)) {
+    if (!isPlainObject(f) || f.kind !== 'lp-shrink' || typeof f.id !== 'string' || !FAULT_ID_RE.test(f.id)) continue;
+    if (!Number.isSafeInteger(f.lps) || (f.lps as number) < 1 || !time(f.startedAt) || !time(f.endsAt)) continue;
+    out.push({ id: f.id, lps: f.lps as number, startedAt: f.startedAt, endsAt: f.endsAt });
+  }
+  return out;
+}
 
 /**
  * The counters of each VM fault in a root's `faultList` answer ({ vms: [{ vm, faults: [{ id,

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_ID_RE, FAULT_KINDS, decodeLinkChange, seededRandom, type LinkView } from '@hvlab/protocol';
-import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange } from '../src/index.js';
+import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults } from '../src/index.js';
 
 const view = (o: Partial<LinkView>): LinkView => ({ a: 'h1', b: 'h2', cut: false, seed: 5, bytes: [0, 0], lost: 0, connections: 0, ...o });
 
@@ -35,6 +35,16 @@ describe('nemesis bookkeeping', () => {
     expect(restoreChange({ before, set }, undefined)).to.deep.equal({ delayMs: 7, lossPercent: null, seed: 1 });
     // An older record without `set`: everything goes back, as before.
     expect(restoreChange({ before }, view({ delayMs: 3 }))).to.deep.equal(before);
+  });
+
+  it('a root\'s list of its host\'s LP shrinks is read as the shrinks it holds: an entry of another shape is left out', () => {
+    const at = 1_700_000_000_000;
+    const shrink = { id: 'unknown', kind: 'lp-shrink', lps: 1, startedAt: at, endsAt: at + 5000 };
+    expect(rootHostFaults({ host: [shrink], vms: [] })).to.deep.equal([{ id: 'unknown', lps: 1, startedAt: at, endsAt: at + 5000 }]);
+    for (const bad of [{ ...shrink, kind: 'pause' }, { ...shrink, id: '../x' }, { ...shrink, lps: 0 }, { ...shrink, lps: 1.5 }, { ...shrink, endsAt: -1 }, { ...shrink, startedAt: 'now' }, null, 'lp-shrink']) {
+      expect(rootHostFaults({ host: [bad, shrink] }), JSON.stringify(bad)).to.have.length(1);
+    }
+    for (const answer of [null, [], { host: 'x' }, { vms: [] }]) expect(rootHostFaults(answer)).to.deep.equal([]);
   });
 
   it('fault ids go on from the last one the log or the active file names', () => {
