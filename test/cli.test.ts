@@ -373,6 +373,9 @@ describe('the hvlab command', function () {
       [['vm', 'move', 'a', '--to', '../x'], /^hvlab: --to "\.\.\/x" is not a host name/],
       [['fault', 'clear', '../x'], /^hvlab: "\.\.\/x" is not a fault's id \("hvlab fault list" shows them\)$/],
       [['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '10s', '--offset', '99999h'], /^hvlab: --offset 99999h is more than a clock fault shifts \(at most 7 days either way\)$/],
+      // A VP named twice is refused (it was merged, and fault list showed "vps 0,0" as given).
+      [['fault', 'inject', 'vp-stall', '--target', 'vm:a', '--for', '10s', '--vps', '0,0'], /^hvlab: vp-stall: --vps 0,0 names VP 0 more than once: name each VP once$/],
+      [['fault', 'inject', 'vp-stall', '--target', 'vm:a', '--for', '10s', '--vps', '2,0,2'], /^hvlab: vp-stall: --vps 2,0,2 names VP 2 more than once: name each VP once$/],
       [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
       [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K, or 0 for no limit$/],
     ];

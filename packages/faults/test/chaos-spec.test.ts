@@ -253,7 +253,7 @@ describe('chaos experiment files', () => {
     expect(existing.faults.map((f) => `${f.kind} ${JSON.stringify(f.params)}`)).to.deep.equal(['lp-shrink {"lps":5}', 'lp-shrink {"lps":1}']);
   });
 
-  it('a vp-stall beyond the VPs the hypervisor stalls is refused too, every VP of a VM that has more among them', () => {
+  it('a vp-stall beyond the VPs the hypervisor stalls is refused too, every VP of a VM that has more among them, and one that names a VP twice', () => {
     const base = 'name: v\nkind: faults\nduration: 10s\nworkloads:\n  - { name: big, host: h1, vps: 64, memory: 256M }\nfaults:\n';
     const p = problems(`${base}  - { at: 1s, kind: vp-stall, target: vm:big, for: 2s }\n  - { at: 4s, kind: vp-stall, target: vm:big, for: 2s, vps: [1, 60] }\n`);
     expect(p.map((x) => `${x.field}: ${x.message}`)).to.deep.equal([
@@ -261,6 +261,11 @@ describe('chaos experiment files', () => {
       `faults[1].vps: the hypervisor stalls VPs 0 to ${FAULT_STALL_MAX_VP} only, not VP 60`,
     ]);
     expect(parse(`${base}  - { at: 1s, kind: vp-stall, target: vm:big, for: 2s, vps: [0, ${FAULT_STALL_MAX_VP}] }\n`).faults).to.have.length(1);
+    // A VP named twice is refused at its field (it was merged without a word).
+    expect(problems(`${base}  - { at: 1s, kind: vp-stall, target: vm:big, for: 2s, vps: [3, 0, 3] }\n  - { at: 4s, kind: vp-stall, target: vm:big, for: 2s, vps: "1,1" }\n`).map((x) => `${x.field}: ${x.message}`)).to.deep.equal([
+      'faults[0].vps: vp-stall: "vps" names VP 3 more than once: name each VP once',
+      'faults[1].vps: vp-stall: "vps" names VP 1 more than once: name each VP once',
+    ]);
     // As a function: what a selector may pick must do, and other kinds are not its business.
     const t = (x: string) => {
       const r = parseTarget(x);

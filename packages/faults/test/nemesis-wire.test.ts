@@ -110,7 +110,9 @@ describe('fault requests and the nemesis wire', () => {
     expect(decodeMgmtArgs('faultSet', { id: 'f1', vm: 'web', spec: { kind: 'bitflip', gpa: 4096 }, forMs: 0 }).ok).to.equal(true);
     expect(decodeMgmtArgs('faultSet', { id: 'f 1', vm: 'web', spec: { kind: 'bitflip', gpa: 4096 }, forMs: 0 }).ok).to.equal(false);
     expect(decodeVmFaultSpec({ kind: 'lp-shrink', lps: 1 }).ok).to.equal(false);
-    expect(decodeVmFaultSpec({ kind: 'vp-stall', vps: [0, 0, 1] })).to.deep.equal({ ok: true, value: { kind: 'vp-stall', vps: [0, 1] } });
+    // A VP named twice is refused, not merged (the record showed the list as given).
+    expect(decodeVmFaultSpec({ kind: 'vp-stall', vps: [0, 0, 1] })).to.deep.equal({ ok: false, message: '"vps" names VP 0 more than once: name each VP once' });
+    expect(decodeVmFaultSpec({ kind: 'vp-stall', vps: [1, 0] })).to.deep.equal({ ok: true, value: { kind: 'vp-stall', vps: [1, 0] } });
     expect(decodeHostFaultSpec({ kind: 'clock', offsetMs: 0, skewPpm: 0 }).ok).to.equal(false);
   });
 

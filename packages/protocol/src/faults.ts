@@ -159,7 +159,10 @@ function vmSpecOf(v: unknown): HostFaultSpec {
       const out: number[] = [];
       for (const x of vps as unknown[]) {
         if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x > 63) throw new Bad('"vps" must hold VP indexes from 0 to 63');
-        if (!out.includes(x)) out.push(x);
+        // Refused, not merged: "0,0" is a typo for another list as often as not, and the record
+        // (fault list) shows the list as given.
+        if (out.includes(x)) throw new Bad(`"vps" names VP ${x} more than once: name each VP once`);
+        out.push(x);
       }
       return { kind, vps: out };
     }

@@ -87,6 +87,7 @@ describe('VMWP fault requests and notes', function () {
       [req({ t: 'faultSet', id: 'f', spec: { ...vmbus, bogus: 1 }, forMs: 1 }), /unknown field "bogus"/, 9, 'unknown field'],
       [req({ t: 'faultSet', id: 'f', spec: { kind: 'bitflip', gpa: -1 }, forMs: 0 }), /"gpa" must be a whole number/, 9, 'negative gpa'],
       [req({ t: 'faultSet', id: 'f', spec: { kind: 'vp-stall', vps: [64] }, forMs: 1 }), /"vps" must hold VP indexes from 0 to 63/, 9, 'VP 64'],
+      [req({ t: 'faultSet', id: 'f', spec: { kind: 'vp-stall', vps: [1, 0, 1] }, forMs: 1 }), /"vps" names VP 1 more than once: name each VP once/, 9, 'VP 1 twice'],
       [req({ t: 'faultSet', id: 'f', spec: vmbus }), /field forMs: a fault's duration must be from 1 ms/, 9, 'no duration'],
       [req({ t: 'faultSet', id: 'f', spec: vmbus, forMs: 0 }), /field forMs/, 9, 'zero duration'],
       [req({ t: 'faultSet', id: 'f', spec: vmbus, forMs: 1.5 }), /field forMs/, 9, 'fractional duration'],
