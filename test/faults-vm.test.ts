@@ -249,3 +249,33 @@ describe('an LP shrink a host holds without a fault of the nemesis (real process
     }
   });
 });
+
+describe('a bit flip\'s --gpa outside a small VM (real processes)', function () {
+  this.timeout(120000);
+  const h = new TestHost();
+  after(() => h.destroyLeavingNothing());
+
+  it('is refused naming the VM, its memory and the GPAs a flip takes; one past every VM\'s memory is refused by the CLI with that bound', async () => {
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 'tiny', '--memory', '2M', '--workload', 'idle');
+    await h.ok('vm', 'new', 'big', '--memory', '16M', '--workload', 'idle');
+    await h.ok('vm', 'start', 'tiny');
+    await h.ok('vm', 'start', 'big');
+    const refused = async (...args: string[]): Promise<string> => {
+      const r = await h.run('fault', 'inject', 'bitflip', '--for', '0', ...args);
+      expect(r.code, r.stdout).to.equal(1);
+      return r.stderr.trim();
+    };
+    // It said "GPA 0x200000 is outside guest RAM (0x0 to 0x1fefff)": neither the VM nor its size.
+    const tiny = 'VM tiny\'s guest RAM: the VM has 2M of memory, and a bit flip takes a GPA from 0x0 to 0x1fefff (its top page holds the dirty bitmap)';
+    expect(await refused('--target', 'vm:tiny', '--gpa', '0x200000')).to.equal(`hvlab: GPA 0x200000 is outside ${tiny}`);
+    expect(await refused('--target', 'vm:tiny', '--gpa', '0x1ff000')).to.equal(`hvlab: GPA 0x1ff000 is outside ${tiny}`);
+    // Of several VMs, the one it does not fit is named (the flip in big landed: it is instantaneous).
+    expect(await refused('--target', 'vms:all', '--gpa', '0x300000')).to.match(new RegExp(`^hvlab: fault f\\d+ \\(bitflip on VM big on local, VM tiny on local\\) failed: GPA 0x300000 is outside ${tiny.replace(/[()]/g, '\\$&')}$`));
+    // Past any VM's memory: said by the CLI with the bound (it was "a whole number from 0 to 281474976710656").
+    expect(await refused('--target', 'vm:tiny', '--gpa', '0x100000000')).to.equal('hvlab: bitflip: --gpa 0x100000000 must be a guest physical address from 0x0 to 0xffffffff (no VM has more than 4G of memory)');
+    // Inside it, the flip lands.
+    const ok = await h.json<FaultRecord>('fault', 'inject', 'bitflip', '--target', 'vm:tiny', '--for', '0', '--gpa', '0x1fe000');
+    expect(ok.effect).to.not.equal(null);
+  });
+});

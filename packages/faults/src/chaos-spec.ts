@@ -51,7 +51,7 @@
 import { FileShapeError, readRegularFile } from '@hvlab/runtime';
 import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
-  CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, FAULT_STALL_MAX_VP, INSTANT_FAULT_KINDS, dirtyBitmapGpa, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
+  CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, FAULT_STALL_MAX_VP, INSTANT_FAULT_KINDS, bitflipGpaProblem, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
@@ -327,9 +327,9 @@ export function topologyProblem(kind: FaultKind, target: Target, params: Record<
     if (!s.ok || s.value.kind !== 'bitflip' || params.gpa === undefined) return null;
     const gpa = s.value.gpa;
     for (const w of [...hit].sort((a, b) => (a.memoryBytes ?? Infinity) - (b.memoryBytes ?? Infinity) || (a.name < b.name ? -1 : 1))) {
-      // Guest RAM ends where the dirty bitmap begins (the worker flips only below it).
-      const ram = w.memoryBytes === undefined ? Infinity : dirtyBitmapGpa(w.memoryBytes);
-      if (gpa >= ram) return { param: 'gpa', message: `GPA 0x${gpa.toString(16)} is outside VM ${w.name}'s guest RAM (0x0 to 0x${(ram - 1).toString(16)})${may}` };
+      // Guest RAM ends where the dirty bitmap begins (the worker flips only below it): said as the worker says it.
+      const outside = w.memoryBytes === undefined ? null : bitflipGpaProblem(gpa, w.name, w.memoryBytes);
+      if (outside !== null) return { param: 'gpa', message: `${outside}${may}` };
     }
   }
   return null;

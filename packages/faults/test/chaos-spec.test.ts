@@ -287,8 +287,8 @@ describe('chaos experiment files', () => {
     const base = 'name: b\nkind: faults\ncluster: existing\nduration: 10s\nworkloads:\n  - { name: small, host: x, memory: 16M }\n  - { name: big, host: y, memory: 64M, vps: 2 }\nfaults:\n';
     const p = problems(`${base}  - { at: 1s, kind: bitflip, target: vm:small, for: 0, gpa: 0x1000000 }\n  - { at: 1s, kind: bitflip, target: vms:one, for: 0, gpa: 0x2000000 }\n  - { at: 1s, kind: vp-stall, target: vm:small, for: 1s, vps: 1 }\n`);
     expect(p.map((x) => `${x.line} ${x.field}: ${x.message}`)).to.deep.equal([
-      '9 faults[0].gpa: GPA 0x1000000 is outside VM small\'s guest RAM (0x0 to 0xffefff)',
-      '10 faults[1].gpa: GPA 0x2000000 is outside VM small\'s guest RAM (0x0 to 0xffefff), and vms:one may pick it',
+      '9 faults[0].gpa: GPA 0x1000000 is outside VM small\'s guest RAM: the VM has 16M of memory, and a bit flip takes a GPA from 0x0 to 0xffefff (its top page holds the dirty bitmap)',
+      '10 faults[1].gpa: GPA 0x2000000 is outside VM small\'s guest RAM: the VM has 16M of memory, and a bit flip takes a GPA from 0x0 to 0xffefff (its top page holds the dirty bitmap), and vms:one may pick it',
       '11 faults[2].vps: VM small has 1 VP (VP 0): there is no VP 1',
     ]);
     const ok = parse(`${base}  - { at: 1s, kind: bitflip, target: vm:big, for: 0, gpa: 0x2000000 }\n  - { at: 1s, kind: bitflip, target: vms:all, for: 0 }\n  - { at: 1s, kind: vp-stall, target: vm:big, for: 1s, vps: 1 }\n`);

@@ -14,6 +14,8 @@
  * value or a sentence; none throws or calls a method of the value.
  */
 import { HV_LP_SHRINK_FAULT_RE, isPlainObject } from './hvwire.js';
+import { dirtyBitmapGpa, dirtyBitmapPages, MAX_MEMORY_BYTES } from './layout.js';
+import { formatBytes } from './vm.js';
 
 /** The catalogue. Disk and network-device faults join here with those devices. */
 export const FAULT_KINDS = ['kill', 'pause', 'vmbus', 'interrupt-delay', 'clock', 'vp-stall', 'lp-shrink', 'link', 'partition', 'bitflip'] as const;
@@ -92,6 +94,18 @@ export const CLOCK_MAX_OFFSET_MS = 7 * 24 * 3600 * 1000;
 export const CLOCK_SKEW_MIN_PPM = -900_000;
 export const CLOCK_SKEW_MAX_PPM = 10_000_000;
 
+/**
+ * Why a bit flip cannot land at `gpa` in VM `vm` of `memoryBytes`, or null: it reaches the VM's
+ * guest RAM only, below its dirty bitmap (dirtyBitmapGpa), so the problem says the VM's memory
+ * and the GPAs it takes (it said only "outside guest RAM (0x0 to 0x1fefff)", naming neither).
+ */
+export function bitflipGpaProblem(gpa: number, vm: string, memoryBytes: number): string | null {
+  const ram = dirtyBitmapGpa(memoryBytes);
+  if (Number.isSafeInteger(gpa) && gpa >= 0 && gpa < ram) return null;
+  const pages = dirtyBitmapPages(memoryBytes);
+  return `GPA 0x${gpa.toString(16)} is outside VM ${vm}'s guest RAM: the VM has ${formatBytes(memoryBytes)} of memory, and a bit flip takes a GPA from 0x0 to 0x${(ram - 1).toString(16)} (its top ${pages === 1 ? 'page holds' : `${pages} pages hold`} the dirty bitmap)`;
+}
+
 export type FaultDecoded<T> = { ok: true; value: T } | { ok: false; message: string };
 
 class Bad extends Error {}
@@ -166,9 +180,17 @@ function vmSpecOf(v: unknown): HostFaultSpec {
       }
       return { kind, vps: out };
     }
-    case 'bitflip':
+    case 'bitflip': {
       only(o, ['kind', 'gpa', 'mask'], 'a bitflip fault');
-      return { kind, gpa: num(o, 'gpa', 0, 2 ** 48, true), mask: num(o, 'mask', 1, 255, true, 1) };
+      // No VM has more than MAX_MEMORY_BYTES: a GPA past them is said as such (it was "a whole
+      // number from 0 to 281474976710656", a bound no VM has); the VM's own range is its worker's
+      // to say (bitflipGpaProblem).
+      const gpa = o.gpa;
+      if (typeof gpa !== 'number' || !Number.isSafeInteger(gpa) || gpa < 0 || gpa >= MAX_MEMORY_BYTES) {
+        throw new Bad(`"gpa" must be a guest physical address from 0x0 to 0x${(MAX_MEMORY_BYTES - 1).toString(16)} (no VM has more than ${formatBytes(MAX_MEMORY_BYTES)} of memory)`);
+      }
+      return { kind, gpa, mask: num(o, 'mask', 1, 255, true, 1) };
+    }
     case 'lp-shrink':
       only(o, ['kind', 'lps'], 'an lp-shrink fault');
       return { kind, lps: num(o, 'lps', 1, 1024, true) };

@@ -85,7 +85,9 @@ describe('VMWP fault requests and notes', function () {
       [req({ t: 'faultSet', id: 'f', spec: { ...vmbus, drop: 0 }, forMs: 1 }), /needs at least one probability/, 9, 'no rate'],
       [req({ t: 'faultSet', id: 'f', spec: { ...vmbus, delay: 1 }, forMs: 1 }), /needs "delayMs"/, 9, 'delay without delayMs'],
       [req({ t: 'faultSet', id: 'f', spec: { ...vmbus, bogus: 1 }, forMs: 1 }), /unknown field "bogus"/, 9, 'unknown field'],
-      [req({ t: 'faultSet', id: 'f', spec: { kind: 'bitflip', gpa: -1 }, forMs: 0 }), /"gpa" must be a whole number/, 9, 'negative gpa'],
+      [req({ t: 'faultSet', id: 'f', spec: { kind: 'bitflip', gpa: -1 }, forMs: 0 }), /"gpa" must be a guest physical address from 0x0 to 0xffffffff \(no VM has more than 4G of memory\)/, 9, 'negative gpa'],
+      // Past every VM's memory: said with the bound a VM has (it was "from 0 to 281474976710656").
+      [req({ t: 'faultSet', id: 'f', spec: { kind: 'bitflip', gpa: 0x100000000 }, forMs: 0 }), /"gpa" must be a guest physical address from 0x0 to 0xffffffff \(no VM has more than 4G of memory\)/, 9, 'gpa of 4G'],
       [req({ t: 'faultSet', id: 'f', spec: { kind: 'vp-stall', vps: [64] }, forMs: 1 }), /"vps" must hold VP indexes from 0 to 63/, 9, 'VP 64'],
       [req({ t: 'faultSet', id: 'f', spec: { kind: 'vp-stall', vps: [1, 0, 1] }, forMs: 1 }), /"vps" names VP 1 more than once: name each VP once/, 9, 'VP 1 twice'],
       [req({ t: 'faultSet', id: 'f', spec: vmbus }), /field forMs: a fault's duration must be from 1 ms/, 9, 'no duration'],

@@ -24,6 +24,8 @@ async function until(what: string, cond: () => boolean, ms = 5000): Promise<void
 }
 
 const RAM = 64 * 4096;
+/** A VM of 65 pages: 64 of guest RAM under its dirty bitmap's page. */
+const GUEST = { vm: 'vm1', memoryBytes: RAM + 4096 };
 const vmbusSpec = (o: Partial<Extract<VmFaultSpec, { kind: 'vmbus' }>> = {}): VmFaultSpec => ({
   kind: 'vmbus', channel: 'heartbeat', drop: 1, delay: 0, delayMs: 0, duplicate: 0, reorder: 0, corrupt: 0, signalDrop: 0, signalDelay: 0, signalDelayMs: 0, seed: 1, ...o,
 });
@@ -46,7 +48,7 @@ class StandIn {
       this.calls.push([property, value]);
       this.props.set(property, value);
     },
-    flipByte: async (gpa, mask) => flipGuestByte(this.memory, RAM, gpa, mask, (pfn) => this.missing.has(pfn)),
+    flipByte: async (gpa, mask) => flipGuestByte(this.memory, GUEST, gpa, mask, (pfn) => this.missing.has(pfn)),
     vmbus: () => ({ injector: this.injector, names: ['heartbeat', 'kvp', 'shutdown', 'timesync'] }),
     refusal: () => this.refusal,
     clockRestored: async () => void this.resyncs.push([this.prop(P.FaultClockOffsetUs), this.prop(P.FaultClockSkewPpm)]),
@@ -170,11 +172,11 @@ describe('a VM\'s fault table (VMWP)', function () {
     await until('the instant fault ended', () => s.notes.length === 1);
     expect(s.notes[0]).to.deep.include({ id: 'x', reason: 'expired' });
     expect(mem[0x2345]).to.equal(0x21);
-    await refused(s.table.set('y', { kind: 'bitflip', gpa: RAM, mask: 1 }, 0), 'InvalidArgument', /GPA 0x40000 is outside guest RAM \(0x0 to 0x3ffff\)/);
+    await refused(s.table.set('y', { kind: 'bitflip', gpa: RAM, mask: 1 }, 0), 'InvalidArgument', /^GPA 0x40000 is outside VM vm1's guest RAM: the VM has 260K of memory, and a bit flip takes a GPA from 0x0 to 0x3ffff \(its top page holds the dirty bitmap\)$/);
     s.missing.add(3);
     await refused(s.table.set('y', { kind: 'bitflip', gpa: 3 * 4096 + 5, mask: 1 }, 0), 'Unavailable', /page 0x3 has not arrived yet/);
     expect(mem[3 * 4096 + 5]).to.equal(0);
-    await refused(Promise.resolve().then(() => flipGuestByte(null, RAM, 0, 1, () => false)), 'InvalidState', /needs shared memory/);
+    await refused(Promise.resolve().then(() => flipGuestByte(null, GUEST, 0, 1, () => false)), 'InvalidState', /needs shared memory/);
   });
 
   it('bitflip lands while the VPs stand still: bad input is refused before anything stops, and a failing flip still lets them run', async () => {
@@ -190,11 +192,11 @@ describe('a VM\'s fault table (VMWP)', function () {
         events.push('run');
       }
     };
-    expect(await flipGuestByte(mem, RAM, 0x10, 4, () => false, stopped)).to.deep.equal({ before: 0, after: 4 });
+    expect(await flipGuestByte(mem, GUEST, 0x10, 4, () => false, stopped)).to.deep.equal({ before: 0, after: 4 });
     expect(events).to.deep.equal(['stop', 'flip 4', 'run']);
-    await refused(flipGuestByte(mem, RAM, RAM, 4, () => false, stopped), 'InvalidArgument', /outside guest RAM/);
-    await refused(flipGuestByte(mem, RAM, 0x10, 256, () => false, stopped), 'InvalidArgument', /a bit mask is 1 to 255/);
-    await refused(flipGuestByte(mem, RAM, 0x10, 4, () => true, stopped), 'Unavailable', /has not arrived yet/);
+    await refused(flipGuestByte(mem, GUEST, RAM, 4, () => false, stopped), 'InvalidArgument', /outside VM vm1's guest RAM/);
+    await refused(flipGuestByte(mem, GUEST, 0x10, 256, () => false, stopped), 'InvalidArgument', /a bit mask is 1 to 255/);
+    await refused(flipGuestByte(mem, GUEST, 0x10, 4, () => true, stopped), 'Unavailable', /has not arrived yet/);
     expect(events, 'nothing stopped for bad input').to.have.length(3);
   });
 
@@ -207,6 +209,8 @@ describe('a VM\'s fault table (VMWP)', function () {
     // right after a release could see the last stop's answer while the guest still ran on.
     const PAGES = 64;
     const mem = new SharedArrayBuffer(PAGES * 4096);
+    /** Every page of `mem` is guest RAM (its dirty bitmap's page would be past it). */
+    const WHOLE = { vm: 'vm1', memoryBytes: mem.byteLength + 4096 };
     const ctl = new Int32Array(new SharedArrayBuffer(16));
     const { Worker } = await import('node:worker_threads');
     const guest = new Worker(`
@@ -255,7 +259,7 @@ describe('a VM\'s fault table (VMWP)', function () {
       let lost = 0;
       for (let i = 0; i < 20000; i++) {
         const page = 1 + (i % (PAGES - 1));
-        await flipGuestByte(mem, mem.byteLength, page * 4096, 2, () => false, stopped);
+        await flipGuestByte(mem, WHOLE, page * 4096, 2, () => false, stopped);
         fullPass();
         // Page after page the first bytes are equal or one less, where the pass is; a flip of bit 1
         // moves one by 2. A flip and its unflip with increments between them leave a page moved by
@@ -263,7 +267,7 @@ describe('a VM\'s fault table (VMWP)', function () {
         // there. Read with the guest stopped too: between two plain reads it may step both pages.
         const d = await stopped(() => (u8[(page - 1) * 4096]! - u8[page * 4096]!) & 0xff);
         if ((d & 2) === 0) lost++;
-        else await flipGuestByte(mem, mem.byteLength, page * 4096, 2, () => false, stopped);
+        else await flipGuestByte(mem, WHOLE, page * 4096, 2, () => false, stopped);
         fullPass();
       }
       expect(lost, 'flips lost to the guest\'s increments').to.equal(0);

@@ -25,7 +25,7 @@
  * replaces its fault. Each fault that ends is reported to the root in a `faultEnded` note.
  */
 import {
-  FAULT_STALL_MAX_VP, PartitionProperty, type VmFaultKind, type VmFaultSpec, type VmwpFaultApplied, type VmwpFaultInfo, type VmwpFaultStats, type VmwpNote,
+  bitflipGpaProblem, FAULT_STALL_MAX_VP, PartitionProperty, type VmFaultKind, type VmFaultSpec, type VmwpFaultApplied, type VmwpFaultInfo, type VmwpFaultStats, type VmwpNote,
 } from '@hvlab/protocol';
 import { VmwpFailure } from '@hvlab/runtime';
 import { VmbusFault, type VmbusFaultInjector } from '@hvlab/vmbus';
@@ -47,8 +47,9 @@ const faultProperty = (name: FaultPropertyName): number => PartitionProperty[nam
 export type WhileStopped = <T>(apply: () => T) => Promise<T>;
 
 /**
- * XORs `mask` into the byte at `gpa` of guest memory `mem`, only in guest RAM (below `ramBytes`:
- * the dirty bitmap's pages are no RAM) and only in a page that is there (`missing`: post-copy has
+ * XORs `mask` into the byte at `gpa` of guest memory `mem`, only in guest RAM (below the dirty
+ * bitmap at the top of the `guest.memoryBytes`: its pages are no RAM; a GPA outside is refused
+ * naming the VM, its memory and the GPAs it takes) and only in a page that is there (`missing`: post-copy has
  * not brought it yet, and a flip there would be overwritten when it arrives). Bad input is refused
  * before anything stops.
  *
@@ -61,10 +62,11 @@ export type WhileStopped = <T>(apply: () => T) => Promise<T>;
  * stop (a VSP's ring write) cannot lose it either.
  */
 export async function flipGuestByte(
-  mem: SharedArrayBuffer | null, ramBytes: number, gpa: number, mask: number, missing: (pfn: number) => boolean,
+  mem: SharedArrayBuffer | null, guest: { vm: string; memoryBytes: number }, gpa: number, mask: number, missing: (pfn: number) => boolean,
   stopped: WhileStopped = async (apply) => apply(),
 ): Promise<{ before: number; after: number }> {
-  if (!Number.isSafeInteger(gpa) || gpa < 0 || gpa >= ramBytes) throw new VmwpFailure('InvalidArgument', `GPA 0x${gpa.toString(16)} is outside guest RAM (0x0 to 0x${(ramBytes - 1).toString(16)})`);
+  const outside = bitflipGpaProblem(gpa, guest.vm, guest.memoryBytes);
+  if (outside !== null) throw new VmwpFailure('InvalidArgument', outside);
   if (!Number.isInteger(mask) || mask < 1 || mask > 255) throw new VmwpFailure('InvalidArgument', `a bit mask is 1 to 255, not ${mask}`);
   if (!mem) throw new VmwpFailure('InvalidState', 'flipping guest bits needs shared memory (this host runs on process-private memory)');
   const pfn = Math.floor(gpa / 4096);

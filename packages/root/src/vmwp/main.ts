@@ -381,7 +381,7 @@ export async function runWorker(): Promise<void> {
     },
     vps: cfg.vps, log,
     setProperty: async (property, value) => void (await hv.must('SetPartitionProperty', { partitionId, property, value })),
-    flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, dirtyBitmapGpa(cfg.memoryBytes), gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false, whileStopped),
+    flipByte: async (gpa, mask) => flipGuestByte((memory?.buffer as SharedArrayBuffer | undefined) ?? null, { vm: cfg.name, memoryBytes: cfg.memoryBytes }, gpa, mask, (pfn) => postcopyIn?.isMissing(pfn) ?? false, whileStopped),
     vmbus: () => (devices ? { injector: devices.faults, names: devices.vmbusNames() } : null),
     clockRestored: async () => {
       const t = devices?.ofClass('timesync');
