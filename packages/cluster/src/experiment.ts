@@ -438,6 +438,19 @@ export function loadExperiment(file: string): ExperimentSpec | ExperimentError {
  */
 export type RunStatus = 'completed' | 'failed' | 'cancelled' | 'refused' | 'error';
 
+/**
+ * A move's statistics as a run records them: those the host returned, except that a move that did
+ * not complete has no downtime (null). The host's `downtime` of such a move is the 0 it started
+ * from: a cancelled stop-and-copy move, frozen from its start until the cancel, was recorded with
+ * a downtime of 0 ms, in results.json and results.csv alike.
+ */
+export type RunStats = Omit<MigrationStats, 'downtime' | 'downtime-acked'> & { downtime: number | null; 'downtime-acked'?: number | null };
+
+/** The statistics `runMoves` records of a move that ended with `st` (a fresh object; `st` is left as it is). */
+export function runStats(st: MigrationStats): RunStats {
+  return st.status === 'completed' ? { ...st } : { ...st, downtime: null, 'downtime-acked': null };
+}
+
 export interface ExperimentRun {
   method: string;
   /** 1-based. */
@@ -450,8 +463,8 @@ export interface ExperimentRun {
   errorCode: string | null;
   /** The arguments of vmMove. */
   request: Record<string, unknown>;
-  /** The move's statistics as vmMove returned them (null: refused, or it never ran). */
-  stats: MigrationStats | null;
+  /** The move's statistics as vmMove returned them, its downtime null unless it completed (runStats); null: refused, or it never ran. */
+  stats: RunStats | null;
   startedAt: string;
   /** The host the VM was found on when it was deleted (null: not found). */
   endedOn: string | null;
@@ -526,7 +539,7 @@ export function runVmName(experiment: string, method: string, repetition: number
  * A move's passes as "vm move" says them: a pre-copy's list ends with the blackout's, so a move of
  * maxPasses 6 lists 7 (said "7 passes", it read as one past the limit).
  */
-function passesText(s: MigrationStats): string {
+function passesText(s: Pick<RunStats, 'method' | 'passes'>): string {
   const n = s.passes.length;
   if (s.method === 'precopy' && n >= 2) return `${n - 1} pre-copy pass${n - 1 === 1 ? '' : 'es'} and the blackout's`;
   return `${n} pass${n === 1 ? '' : 'es'}`;
@@ -575,7 +588,7 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
           run.error = 'stopped before its move';
         } else try {
           const st = await driver.move(request);
-          run.stats = st;
+          run.stats = runStats(st);
           run.status = st.status === 'completed' ? 'completed' : st.status === 'cancelled' ? 'cancelled' : 'failed';
           if (run.status !== 'completed') run.error = st['error-desc'] ?? `the move ended ${st.status}`;
         } catch (e) {
@@ -687,7 +700,7 @@ export function summarize(methods: readonly string[], runs: readonly ExperimentR
       unsupported: mine.length > 0 && refused.length === mine.length && refused.every((r) => UNSUPPORTED_CODES.has(r.errorCode ?? '')),
       totalMs: total,
       setupMs: spread(done.map((s) => s['setup-time'])),
-      downtimeMs: spread(done.map((s) => s.downtime)),
+      downtimeMs: spread(done.flatMap((s) => (s.downtime === null ? [] : [s.downtime]))),
       transferredBytes: spread(done.map((s) => s.ram.transferred)),
       passes: spread(done.map((s) => s.passes.length)),
       totalVsModel: total && modelMs ? Number((total.p50 / modelMs).toFixed(3)) : null,

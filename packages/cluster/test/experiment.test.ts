@@ -16,7 +16,7 @@ import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
   CSV_COLUMNS, ClusterError, clusterDriver, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
-  resultsCsv, resultsMarkdown, runLine, runMoves, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
+  resultsCsv, resultsMarkdown, runLine, runMoves, runStats, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
 
@@ -385,6 +385,49 @@ describe('experiment runs against a fake pair of hosts', () => {
     expect(run2).to.include({ status: 'error', stats: null, error: 'the move did not end within 1 s, and its cancel was refused: the move is past its switch-over' });
   });
 
+  it('a move that did not complete has no downtime: null in results.json, empty in the CSV, a dash in results.md and the table, no bar in the plot, left out of the statistics', async () => {
+    // The host's statistics of a cancelled stop-and-copy move (frozen from its start until the
+    // cancel) and of a failed pre-copy say downtime 0, the value they started from.
+    const s = spec('name: c\nmethods: [offline, precopy]\nrepetitions: 2\n');
+    const f = fakeHosts((args, n) => (n === 1
+      ? stats('precopy', 'completed', 700, 30, 2e6, [pass(1, 40, 500), pass(2, 3, 690)])
+      : args.offline ? stats('offline', 'cancelled', 1200, 0, 5e6, [], 'cancelled by the user')
+        : stats('precopy', 'failed', 300, 0, 1e5, [pass(1, 10, 200)], 'the link to h2 was cut')));
+    const runs = await runMoves(s, f.driver, { sleep: async () => {}, tag: 'beef' });
+    expect(runs.map((r) => `${r.method}/${r.repetition}:${r.status}:${r.stats?.downtime}`)).to.deep.equal(['offline/1:cancelled:null', 'offline/2:completed:30', 'precopy/1:failed:null', 'precopy/2:failed:null']);
+    for (const r of runs.filter((x) => x.status !== 'completed')) expect(r.stats!['downtime-acked'], r.vm).to.equal(null);
+    // The rest of the statistics stay: how far the move got is data.
+    expect(runs[0]!.stats).to.include({ status: 'cancelled', 'total-time': 1200 });
+    expect(runs[0]!.stats!.ram.transferred).to.equal(5e6);
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-unit-'));
+    try {
+      const r: ExperimentReport = { ...newReport(s, { out: dir, home: '/tmp/h', started: new Date('2026-12-01T00:00:00.000Z') }), runs, summary: summarize(s.methods, runs, null), endedAt: '2026-12-01T00:01:00.000Z' };
+      writeReport(r, dir);
+      const back = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as ExperimentReport;
+      expect(back.runs.map((x) => [x.stats!.downtime, x.stats!['downtime-acked']])).to.deep.equal([[null, null], [30, 33], [null, null], [null, null]]);
+      const csv = readFileSync(join(dir, 'results.csv'), 'utf8').split('\r\n').slice(1, 5).map((l) => l.split(','));
+      expect(csv.map((c) => [c[CSV_COLUMNS.indexOf('status')], c[CSV_COLUMNS.indexOf('downtime_ms')], c[CSV_COLUMNS.indexOf('downtime_acked_ms')]])).to.deep.equal([
+        ['cancelled', '', ''], ['completed', '30', '33'], ['failed', '', ''], ['failed', '', ''],
+      ]);
+      // Statistics over the completed run only; none for a method without one.
+      const [off, pre] = r.summary;
+      expect(off!.downtimeMs).to.deep.equal({ p50: 30, p99: 30, mean: 30, min: 30, max: 30 });
+      expect(pre).to.deep.include({ completed: 0, downtimeMs: null, totalMs: null });
+      const md = readFileSync(join(dir, 'results.md'), 'utf8');
+      expect(md).to.include('| offline | 2 | 700 ms | 30 ms | 30 ms |');
+      expect(md).to.include('| precopy | 2 | — | — | — |');
+      expect(experimentSummaryRows(r).find((x) => x[0] === 'precopy')![4]).to.equal('-');
+      const svg = readFileSync(join(dir, 'downtime.svg'), 'utf8');
+      expect(wellFormed(svg)).to.equal(null);
+      expect(svg.match(/<rect [^>]*fill="#(?!ffffff|fafafa|999)/g), 'one bar: offline\'s').to.have.length(1);
+      expect(svg).to.include('<title>offline: 30 ms</title>');
+      expect(svg).to.include('>all failed<');
+      expect(svg).to.not.match(/<title>[^<]*: 0 ms<\/title>/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('records a refused method as refused, skips its other repetitions, and deletes every VM it made', async () => {
     const s = spec('name: cmp\nmethods: [offline, precopy+compress, postcopy]\noptions: { maxPasses: 5 }\nrepetitions: 2\n');
     const f = fakeHosts((args, n) => {
@@ -491,8 +534,9 @@ describe('experiment reports', () => {
   /** A report of three methods: two completed twice each, one unsupported. */
   function report(): ExperimentReport {
     const s = parseExperiment(EXAMPLE.replace('methods: [offline, precopy, precopy+compress, precopy+autoconverge, postcopy]', 'methods: [offline, precopy, postcopy]'), 'exp.yaml');
+    // As runMoves records them (runStats: no downtime of a move that did not complete).
     const run = (method: string, repetition: number, st: MigrationStats | null, status: ExperimentRun['status'], error: string | null = null): ExperimentRun => ({
-      method, repetition, vm: `v-${method}-${repetition}`, status, error, errorCode: status === 'refused' ? 'InvalidArgument' : null, request: {}, stats: st,
+      method, repetition, vm: `v-${method}-${repetition}`, status, error, errorCode: status === 'refused' ? 'InvalidArgument' : null, request: {}, stats: st && runStats(st),
       startedAt: '2026-12-01T00:00:00.000Z', endedOn: 'h2', cleanupError: null,
     });
     const runs = [
@@ -557,7 +601,7 @@ describe('experiment reports', () => {
     expect(csv[0]!.split(',')).to.deep.equal([...CSV_COLUMNS]);
     expect(csv).to.have.length(7);
     expect(csv[1]).to.equal(`offline,1,completed,2400,5,2400,2403,40000000,${64 * 1024 * 1024},1,12000,4000,,0,`);
-    expect(csv[4]).to.equal(`precopy,2,failed,900,5,0,,9000000,${64 * 1024 * 1024},1,12000,4000,,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
+    expect(csv[4]).to.equal(`precopy,2,failed,900,5,,,9000000,${64 * 1024 * 1024},1,12000,4000,,0,"the destination's worker exited, ""unexpectedly"", with code 1"`);
     expect(csv[5]).to.equal('postcopy,1,refused,,,,,,,,,,,,post-copy migration is not built yet');
     expect(csv[6]).to.equal('');
   });
