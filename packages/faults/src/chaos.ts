@@ -61,6 +61,22 @@ const MOVE_TIMEOUT_MS = 180_000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
+/**
+ * What a move's record takes from vmMove's answer (untrusted: any value): its status, total time,
+ * error and downtime, the downtime only of a move that completed. A move that did not complete has
+ * none: the host's `downtime` of a cancelled or failed move is the 0 it started from (a cancelled
+ * stop-and-copy move, frozen from its start until the cancel, was reported with a downtime of 0 ms).
+ */
+export function moveOutcome(answer: unknown): Pick<MoveRecord, 'status' | 'downtimeMs' | 'totalMs' | 'error'> {
+  const o = isPlainObject(answer) ? answer : {};
+  const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+  const status = typeof o.status === 'string' ? o.status.slice(0, 32) : 'unknown';
+  return {
+    status, downtimeMs: status === 'completed' ? num(o.downtime) : null, totalMs: num(o['total-time']),
+    error: typeof o['error-desc'] === 'string' && o['error-desc'] !== '' ? o['error-desc'].slice(0, 500) : null,
+  };
+}
+
 /** Sleeps until epoch `t` or the signal; resolves false when aborted. */
 function sleepUntil(t: number, signal?: AbortSignal): Promise<boolean> {
   if (signal?.aborted) return Promise.resolve(false);
@@ -444,11 +460,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
             : refused !== null ? `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was refused: ${refused.slice(0, 300)}`
             : `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was asked`;
         } else {
-          const o = isPlainObject(st) ? st : {};
-          rec.status = typeof o.status === 'string' ? o.status.slice(0, 32) : 'unknown';
-          rec.downtimeMs = typeof o.downtime === 'number' && Number.isFinite(o.downtime) ? o.downtime : null;
-          rec.totalMs = typeof o['total-time'] === 'number' && Number.isFinite(o['total-time']) ? o['total-time'] : null;
-          rec.error = typeof o['error-desc'] === 'string' && o['error-desc'] !== '' ? o['error-desc'].slice(0, 500) : null;
+          Object.assign(rec, moveOutcome(st));
           if (rec.status === 'completed') location.set(m.vm, m.to);
         }
       } catch (e) {
@@ -459,7 +471,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         signal?.removeEventListener('abort', onAbort);
         rec.endedAt = Date.now();
       }
-      say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null && rec.status === 'completed' ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : ''}`);
+      say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : ''}`);
     };
     const pending: Array<Promise<void>> = [];
     /**

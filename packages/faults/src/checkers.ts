@@ -68,6 +68,7 @@ export interface MoveRecord {
    * it), timeout, or skipped (it waited for the VM's move before it, and the run ended first).
    */
   status: string;
+  /** Null unless the move completed (a cancelled or failed move had no downtime to measure; moveOutcome). */
   downtimeMs: number | null;
   totalMs: number | null;
   error: string | null;

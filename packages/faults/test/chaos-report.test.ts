@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  CHAOS_REPORT_FILES, CHAOS_REPORT_VERSION, SAMPLE_CSV_COLUMNS, chaosCheckRows, chaosFaultRows, chaosMarkdown, chaosMoveRows, chaosTimeline, chaosWorld, checkLiveness, checkProgress, drawSchedule, packLanes, parseChaosExperiment, recoveryTimes,
+  CHAOS_REPORT_FILES, CHAOS_REPORT_VERSION, SAMPLE_CSV_COLUMNS, chaosCheckRows, chaosFaultRows, chaosMarkdown, chaosMoveRows, chaosTimeline, chaosWorld, checkLiveness, checkProgress, drawSchedule, moveOutcome, packLanes, parseChaosExperiment, recoveryTimes,
   skippedCheck, timelineSvg, writeChaosReport, type ChaosReport, type FaultRecord, type HostSample, type VmSample,
 } from '../src/index.js';
 
@@ -152,6 +152,25 @@ describe('chaos reports', () => {
     expect(text).to.include('refused: VM b is not running \\| &lt;piped&gt; & "quoted"');
     expect(text).to.include('![Faults against each VM\'s progress](timeline.svg)');
     expect(text).to.include('f3 +8.0s vmbus vm:b for 2s (drop 100 %)');
+  });
+
+  it('a move that did not complete has no downtime (the host\'s 0 is where it started): a dash in results.md and the table, null in results.json', () => {
+    const { report } = makeReport();
+    const answer = (method: string, status: string, downtime: number, error?: string): unknown => ({ method, status, downtime, 'total-time': 900, ...(error ? { 'error-desc': error } : {}) });
+    const move = (id: string, o: ReturnType<typeof moveOutcome>) => ({ ...report.moves[0]!, id, ...o });
+    const off = moveOutcome(answer('offline', 'cancelled', 0, 'cancelled by the user'));
+    expect(off).to.deep.equal({ status: 'cancelled', downtimeMs: null, totalMs: 900, error: 'cancelled by the user' });
+    expect(moveOutcome(answer('precopy', 'failed', 0, 'the link to h1 was cut')).downtimeMs).to.equal(null);
+    expect(moveOutcome(answer('postcopy', 'failed', 40, 'post-copy failed after the switch-over')).downtimeMs).to.equal(null);
+    expect(moveOutcome(answer('precopy', 'completed', 11)).downtimeMs).to.equal(11);
+    // Whatever the host answered: never a throw, nothing but a finite number or null.
+    for (const bad of [null, 7, 'completed', [], { status: 'completed', downtime: 'NaN' }, { status: 'completed', downtime: Number.NaN }, { status: { x: 1 } }]) {
+      expect(moveOutcome(bad).downtimeMs, JSON.stringify(bad)).to.equal(null);
+    }
+    report.moves = [move('m1', moveOutcome(answer('precopy', 'completed', 11))), move('m2', off)];
+    expect(chaosMarkdown(report)).to.include('| m2 | +12.0s | b | h2 → h1 | precopy+compress | cancelled | — | 900 ms | cancelled by the user |');
+    expect(chaosMoveRows(report)[2]![7]).to.equal('-');
+    expect((JSON.parse(JSON.stringify(report)) as ChaosReport).moves.map((m) => m.downtimeMs)).to.deep.equal([11, null]);
   });
 
   it('results.md says the code and machine that ran it (commit, uncommitted changes, load) and the file\'s hash', () => {
