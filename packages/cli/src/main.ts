@@ -23,7 +23,7 @@ import {
   vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, parseSeed, seedProblem, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
@@ -107,12 +107,16 @@ const FABRIC_PORT_OPTION: OptionSpec = {
 };
 const inRange = (n: number | null, lo: number, hi: number): boolean => n !== null && Number.isFinite(n) && n >= lo && n <= hi;
 const durationCheck = (opt: string) => (v: string): string | null => (v === 'none' || inRange(parseDuration(v), 0, LINK_MAX_DELAY_MS) ? null : `--${opt} ${v} is invalid: a duration from 0 to 60s such as 20ms or 1.5s, or none`);
+/** A seed (`--seed`): what a file's `seed` takes (parseSeed: decimal or 0x-hex), said in the file's sentence. */
+const seedCheck = (v: string): string | null => (parseSeed(v) === null ? `--seed ${seedProblem(v === '' ? 'nothing' : v)}` : null);
+/** The value of a --seed its check passed. */
+const seedOf = (v: string): number => parseSeed(v)!;
 const LINK_IMPAIRMENT_OPTIONS: OptionSpec[] = [
   { name: 'delay', value: 'TIME', help: 'added to each round trip (half each way), e.g. 20ms; none clears it', check: durationCheck('delay') },
   { name: 'jitter', value: 'TIME', help: '± this on the round trip, e.g. 2ms; none clears it', check: durationCheck('jitter') },
   { name: 'rate', value: 'RATE', help: 'each direction\'s rate, e.g. 100mbit or 1gbit; none clears it', check: (v) => (v === 'none' || inRange(parseRate(v), 1, LINK_MAX_RATE_BPS) ? null : `--rate ${v} is invalid: a rate such as 100mbit, 1gbit or 500kbit, or none`) },
   { name: 'loss', value: 'PERCENT', help: 'chunks lost (and retransmitted, as TCP does), e.g. 0.1%; none clears it', check: (v) => (v === 'none' || inRange(parseLoss(v), 0, 100) ? null : `--loss ${v} is invalid: a percentage from 0 to 100 such as 0.1%, or none`) },
-  { name: 'seed', value: 'N', help: 'restart the link\'s jitter and loss draws from seed N, so a run repeats', check: wholeIn('seed', 0, 0xffffffff) },
+  { name: 'seed', value: 'N', help: 'restart the link\'s jitter and loss draws from seed N, so a run repeats', check: seedCheck },
 ];
 const linkPair = (verb: string, help: string, options: OptionSpec[] = []): CommandSpec => ({ words: ['link', verb], args: 'HOST HOST', min: 2, max: 2, json: true, group: 'Clusters', options, help });
 
@@ -245,7 +249,7 @@ export const COMMANDS: CommandSpec[] = [
       + 'Either on a new cluster or the one up here',
     options: [
       { name: 'out', value: 'DIR', help: 'where the report goes (default ./experiment-NAME-TIMESTAMP)', check: nonEmpty('out') },
-      { name: 'seed', value: 'N', help: 'kind: faults: draw the random schedule from this seed instead of the file\'s (the report names it, so a run replays)', check: wholeIn('seed', 0, 4294967295) },
+      { name: 'seed', value: 'N', help: 'kind: faults: draw the random schedule from this seed instead of the file\'s (the report names it, so a run replays)', check: seedCheck },
       { name: 'check', help: 'only check the file, naming the line and field of every problem; run nothing' },
     ],
   },
@@ -317,7 +321,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: wholeIn('lps', 1, 1024) },
       { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte (default: the first byte of a page of the workload\'s data)', check: (v) => (/^(0x[0-9a-f]+|\d+)$/i.test(v) ? null : `--gpa ${v} is not an address`) },
       { name: 'mask', value: 'BITS', help: 'bitflip: the bits to flip, 1-255 (default one bit drawn from --seed)', check: wholeIn('mask', 1, 255) },
-      { name: 'seed', value: 'N', help: 'draws (a selector\'s pick, packet fates) come from this seed', check: wholeIn('seed', 0, 4294967295) },
+      { name: 'seed', value: 'N', help: 'draws (a selector\'s pick, packet fates) come from this seed', check: seedCheck },
       { name: 'id', value: 'ID', help: 'the fault\'s id (default f1, f2, …)', check: nonEmpty('id') },
       { name: 'wait', help: 'stay until the fault ends (Ctrl-C ends it at once)' },
     ],
@@ -354,7 +358,7 @@ async function upClusterHosts(home: string): Promise<string[] | null> {
 
 /** `experiment run FILE` for a file of kind: faults (the chaos runner of @hvlab/faults). */
 async function runChaos(file: string, home: string, opt: (n: string) => string | undefined, flag: (n: string) => boolean, json: boolean): Promise<number> {
-  const seed = opt('seed') === undefined ? undefined : Number(opt('seed'));
+  const seed = opt('seed') === undefined ? undefined : seedOf(opt('seed')!);
   const spec = loadChaosExperiment(file);
   if (spec instanceof ChaosExperimentError) return refuseFile(spec, file, 'experiment', flag('check') ? '' : '; nothing was started', json);
   if (flag('check')) {
@@ -499,7 +503,7 @@ export function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => str
   }
   const req: FaultRequest = { kind, target: opt('target')!, forMs: parseDurationMs(opt('for')!)!, params };
   if (opt('role') !== undefined) req.role = opt('role') as FaultRequest['role'];
-  if (opt('seed') !== undefined) req.seed = Number(opt('seed'));
+  if (opt('seed') !== undefined) req.seed = seedOf(opt('seed')!);
   if (opt('id') !== undefined) req.id = opt('id');
   // Checked here as the nemesis checks it, and said in the command line's words: the nemesis
   // names its fields ('clock: "skewPpm" must be …'), not the option and the value given, and its
@@ -1694,7 +1698,7 @@ export async function run(argv: string[]): Promise<number> {
         const loss = opt('loss');
         if (loss !== undefined) change.lossPercent = loss === 'none' ? null : parseLoss(loss)!;
         const seed = opt('seed');
-        if (seed !== undefined) change.seed = Number(seed);
+        if (seed !== undefined) change.seed = seedOf(seed);
         if (Object.keys(change).length === 0) throw new UsageError('link set needs at least one of --delay, --jitter, --rate, --loss, --seed');
         warnHeldLink(paths.home, p.args[0]!, p.args[1]!, 'set');
         const l = await clusterCall(() => linkSet(paths.home, p.args[0]!, p.args[1]!, change));

@@ -3,8 +3,8 @@
  * refuses the rest before anything is sent, and the help lists exactly what is accepted.
  */
 import { expect } from 'chai';
-import { formatBinaryBytes } from '@hvlab/cluster';
-import type { FaultRecord } from '@hvlab/faults';
+import { ExperimentError, formatBinaryBytes, parseExperiment } from '@hvlab/cluster';
+import { ChaosExperimentError, parseChaosExperiment, type FaultRecord } from '@hvlab/faults';
 import { displayWidth } from '@hvlab/runtime';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -142,6 +142,54 @@ describe('the hvlab command line', () => {
       expect(e, argv.join(' ')).to.be.instanceOf(ValueError);
       expect(e.message, argv.join(' ')).to.equal(msg);
     }
+  });
+
+  it('a seed is written the same on the command line and in a file (decimal or 0x-hex, 0 to 2^32-1): both take and refuse the same, in the same sentence naming the value', () => {
+    // seed: 0x10 (YAML's hex) was taken in a file and --seed 0x10 refused; 1e3 and 16.0 were taken in a file only.
+    const forms: Array<[string, number | null]> = [
+      ['16', 16], ['0x10', 16], ['0X1f', 31], ['007', 7], ['0', 0], ['4294967295', 4294967295], ['0xffffffff', 4294967295], ['0x00000000ff', 255],
+      ['4294967296', null], ['0x100000000', null], ['1e3', null], ['16.0', null], ['+16', null], ['0o20', null], ['0b1', null], ['0x', null], ['1_000', null],
+      ['.inf', null], ['.nan', null], ['NaN', null], ['Infinity', null], ['0x1g', null], ['sixteen', null], ['', null], ['9'.repeat(400), null],
+    ];
+    const fileSeed = (text: string, value: string): { seed: number | null; problems: string[] } => {
+      const yaml = `${text}seed: ${value}\n`;
+      try {
+        return { seed: (text.includes('faults') ? parseChaosExperiment(yaml, 'c.yaml') : parseExperiment(yaml, 'e.yaml')).seed, problems: [] };
+      } catch (e) {
+        return { seed: null, problems: (e as ExperimentError | ChaosExperimentError).problems.map((p) => `${p.field}: ${p.message}`) };
+      }
+    };
+    for (const [v, want] of forms) {
+      const shown = v === '' ? 'nothing' : v.length > 40 ? `${v.slice(0, 39)}…` : v;
+      const sentence = want === null ? `must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not ${shown}` : null;
+      // Every command that takes --seed; the value a fault request is given.
+      for (const argv of [['experiment', 'run', 'c.yaml', '--seed', v], ['link', 'set', 'h1', 'h2', '--seed', v], ['fault', 'inject', 'pause', '--target', 'vm:a', '--for', '1s', '--seed', v]]) {
+        let problem: string | null = null;
+        try {
+          runs(argv);
+        } catch (e) {
+          expect(e, argv.join(' ')).to.be.instanceOf(ValueError);
+          problem = (e as Error).message;
+        }
+        expect(problem, argv.join(' ')).to.equal(sentence && `--seed ${sentence}`);
+      }
+      if (want !== null) expect(faultRequestFromOptions('pause', (n) => ({ target: 'vm:a', for: '1s', seed: v })[n], () => false).seed, `--seed ${v}`).to.equal(want);
+      // The migration file, the chaos file and a chaos file's fault: the same.
+      expect(fileSeed('name: e\nmethods: [offline]\n', v), `seed: ${v}`).to.deep.equal(want === null ? { seed: null, problems: [`seed: ${sentence}`] } : { seed: want, problems: [] });
+      expect(fileSeed('name: c\nkind: faults\nworkloads: [{ name: a, host: h1 }]\n', v), `chaos seed: ${v}`).to.deep.equal(want === null ? { seed: null, problems: [`seed: ${sentence}`] } : { seed: want, problems: [] });
+      const fault = `name: c\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nfaults:\n  - { at: 1s, kind: pause, target: vm:a, for: 1s, seed: ${v === '' ? '' : v} }\n`;
+      let faultSeed: number | null = null;
+      let faultProblems: string[] = [];
+      try {
+        faultSeed = parseChaosExperiment(fault, 'c.yaml').faults[0]!.seed;
+      } catch (e) {
+        faultProblems = (e as ChaosExperimentError).problems.map((p) => `${p.field}: ${p.message}`);
+      }
+      expect({ faultSeed, faultProblems }, `fault seed: ${v}`).to.deep.equal(want === null ? { faultSeed: null, faultProblems: [`faults[0].seed: ${sentence}`] } : { faultSeed: want, faultProblems: [] });
+    }
+    // A quoted value in a file is text, not a number, as anywhere in it: said as written.
+    expect(fileSeed('name: e\nmethods: [offline]\n', '"16"').problems).to.deep.equal(['seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not "16"']);
+    expect(fileSeed('name: e\nmethods: [offline]\n', '[16]').problems).to.deep.equal(['seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not a list']);
   });
 
   it('checks option values in the order they were given, so the first message names the first wrong one', () => {

@@ -11,7 +11,7 @@
  *
  *   name: precopy-vs-offline      # names the report's directory, its VMs and (cluster: new) the cluster
  *   kind: migration
- *   seed: 7                       # recorded; the link's random draws (jitter, loss) start from it
+ *   seed: 7                       # recorded; the link's random draws (jitter, loss) start from it (decimal or 0x-hex, 32 bits)
  *   cluster: new                  # new: hosts `from` and `to` brought up for the run and down after;
  *                                 # existing: the cluster up in HVLAB_HOME, hosts named by from and to
  *   from: h1
@@ -44,7 +44,7 @@ import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, problemsText, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { problem, problemsText, readYamlMap, scalar, seedValue, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
@@ -294,7 +294,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
   else spec.name = name(ctx, n, 'name', CLUSTER_NAME_RE, 'use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit') ?? '';
 
   const seed = top.get('seed');
-  if (seed) spec.seed = wholeNumber(ctx, seed, 'seed', 0, 0xffffffff) ?? spec.seed;
+  if (seed) spec.seed = seedValue(ctx, seed.v, at(seed), 'seed') ?? spec.seed;
 
   const cl = top.get('cluster');
   if (cl) {

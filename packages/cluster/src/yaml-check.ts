@@ -4,6 +4,7 @@
  * field. A file's checker collects every problem it finds, then throws them together.
  */
 import { isMap, isScalar, isSeq, Lexer, LineCounter, parseDocument, visit, type Node, type Pair, type YAMLMap } from 'yaml';
+import { parseSeed, seedProblem } from '@hvlab/protocol';
 
 export interface FileProblem {
   /** 1-based; 0 when the problem has no place in the file (unreadable, empty). */
@@ -64,6 +65,18 @@ export function shown(node: Node | null | undefined): string {
   if (isSeq(node)) return 'a list';
   if (isMap(node)) return 'a map';
   return 'an alias';
+}
+
+/**
+ * A seed's value (`node`, whose problem points at `place`): parseSeed of the value as it was
+ * written, so a file takes what `--seed` takes (16, 0x10) and refuses what it refuses (1e3, 16.0,
+ * a quoted "16"), in the same sentence; null after a problem.
+ */
+export function seedValue(ctx: CheckCtx, node: Node | null, place: Node | Pair, field: string): number | null {
+  const written = node && isScalar(node) && node.type === 'PLAIN' && node.value !== null && typeof node.source === 'string' ? node.source : null;
+  const seed = written === null ? null : parseSeed(written);
+  if (seed === null) problem(ctx, place, field, seedProblem(written ?? shown(node)));
+  return seed;
 }
 
 /** How deep a file of hvlab's may nest its collections (its own files need fewer than ten levels). */

@@ -223,9 +223,9 @@ describe('experiment files', () => {
     const base = 'name: a\nmethods: [offline]\n';
     const one = (extra: string): string => problems(`${base}${extra}`).map((x) => `${x.field}: ${x.message}`).join('\n');
     expect(one('repetitions: 0\n')).to.equal('repetitions: must be a whole number from 1 to 1000, not 0');
-    expect(one('seed: 1.5\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not 1.5');
-    expect(one('seed: "7"\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not "7"');
-    expect(one('seed:\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not nothing');
+    expect(one('seed: 1.5\n')).to.equal('seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not 1.5');
+    expect(one('seed: "7"\n')).to.equal('seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not "7"');
+    expect(one('seed:\n')).to.equal('seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not nothing');
     expect(one('vm: { memory: 1T }\n')).to.equal('vm.memory: must be a size such as 64M or 2G, not "1T"');
     expect(one('vm: { memory: 1000 }\n')).to.equal('vm.memory: must be a multiple of 4K from 2M to 4G, not 1000');
     expect(one('link: { loss: lots }\n')).to.equal('link.loss: must be a percentage such as 0.1%, not "lots"');

@@ -55,7 +55,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, shown, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 
@@ -496,7 +496,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   }
 
   const seed = top.get('seed');
-  if (seed) spec.seed = wholeNumber(ctx, seed, 'seed', 0, 0xffffffff) ?? spec.seed;
+  if (seed) spec.seed = seedValue(ctx, seed.v, at(seed), 'seed') ?? spec.seed;
 
   const cl = top.get('cluster');
   if (cl) {
@@ -641,7 +641,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
           } else f.target = v as string;
         }
         const sF = fs.get('seed');
-        if (sF) f.seed = wholeNumber(ctx, sF, `${field}.seed`, 0, 0xffffffff);
+        if (sF) f.seed = seedValue(ctx, sF.v, at(sF), `${field}.seed`);
         const before = ctx.problems.length;
         const { params, nodes } = faultParams(ctx, fs, field);
         f.params = params;

@@ -22,7 +22,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload } from '@hvlab/protocol';
+import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload, SEED_MAX, seedProblem } from '@hvlab/protocol';
 import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
@@ -253,7 +253,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const spec = loadChaosExperiment(file);
   if (spec instanceof ChaosExperimentError) throw spec;
   const seed = opts.seed ?? spec.seed;
-  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: 'seed', message: `--seed must be a whole number from 0 to 4294967295, not ${seed}` }]);
+  if (!Number.isInteger(seed) || seed < 0 || seed > SEED_MAX) throw new ChaosExperimentError(file, [{ line: 0, column: 0, field: 'seed', message: `--seed ${seedProblem(String(seed))}` }]);
   const say = opts.progress ?? (() => {});
   // The run stops early on the caller's signal (Ctrl-C: `aborted`) or by itself when its cluster
   // goes down under it (`stoppedBy`): both end the schedule, and only the first is an interrupt.

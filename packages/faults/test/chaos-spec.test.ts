@@ -144,8 +144,8 @@ describe('chaos experiment files', () => {
   it('a value out of its range or of the wrong type is named in its problem, as it was written', () => {
     const base = 'name: z\nkind: faults\nhosts: 2\nduration: 10s\n';
     const one = (extra: string): string => problems(`${base}${extra}`).map((x) => `${x.field}: ${x.message}`).join('\n');
-    expect(one('seed: 1.5\nworkloads: [{ name: a, host: h1 }]\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not 1.5');
-    expect(one('seed: "7"\nworkloads: [{ name: a, host: h1 }]\n')).to.equal('seed: must be a whole number from 0 to 4294967295, not "7"');
+    expect(one('seed: 1.5\nworkloads: [{ name: a, host: h1 }]\n')).to.equal('seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not 1.5');
+    expect(one('seed: "7"\nworkloads: [{ name: a, host: h1 }]\n')).to.equal('seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not "7"');
     expect(one('workloads: [{ name: a, host: h1, memory: 1T }]\n')).to.match(/^workloads\[0\]\.memory: must be a size such as 64M, .*, not "1T"$/);
     expect(one('workloads: [{ name: a, host: h1 }]\nfaults:\n  - { at: -2s, kind: pause, target: vm:a, for: 1s }\n')).to.equal('faults[0].at: must be a duration such as 5s, 250ms or 2m, not "-2s"');
     expect(one('workloads: [{ name: a, host: h1 }]\nrandom: { count: [1], for: [1s, 2s], between: [1s, 5s] }\n')).to.equal('random.count: must be a whole number from 1 to 1000, not a list');
