@@ -98,6 +98,8 @@ export interface ExperimentSpec {
   /** The file as given, and its text (kept in the report, so a run can be repeated from it). */
   file: string;
   source: string;
+  /** SHA-256 of the file's bytes as read (sourceSha256: `sha256sum FILE`); of the text's UTF-8 when parsed from a string. */
+  sourceSha256: string;
   name: string;
   kind: ExperimentKind;
   seed: number;
@@ -284,7 +286,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
   }
   const top = fieldsOf(ctx, root, '', TOP_FIELDS, NOT_MIGRATION_FIELDS);
   const spec: ExperimentSpec = {
-    file, source: text, name: '', kind, seed: EXPERIMENT_DEFAULTS.seed, cluster: EXPERIMENT_DEFAULTS.cluster, from: EXPERIMENT_DEFAULTS.from, to: EXPERIMENT_DEFAULTS.to,
+    file, source: text, sourceSha256: sourceSha256(text), name: '', kind, seed: EXPERIMENT_DEFAULTS.seed, cluster: EXPERIMENT_DEFAULTS.cluster, from: EXPERIMENT_DEFAULTS.from, to: EXPERIMENT_DEFAULTS.to,
     lps: null, vm: { memoryBytes: parseSize(DEFAULT_VM.memory)!, vps: DEFAULT_VM.vps, workload: DEFAULT_VM.workload }, link: null, methods: [], options: {},
     repetitions: EXPERIMENT_DEFAULTS.repetitions, warmupMs: EXPERIMENT_DEFAULTS.warmupMs, probeBytes: null, moveTimeoutMs: EXPERIMENT_DEFAULTS.moveTimeoutMs,
   };
@@ -413,16 +415,17 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
 
 /** Reads and checks an experiment file: its spec, or an ExperimentError (unreadable, too large, or invalid). */
 export function loadExperiment(file: string): ExperimentSpec | ExperimentError {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readRegularFile(file, MAX_EXPERIMENT_BYTES).toString('utf8');
+    bytes = readRegularFile(file, MAX_EXPERIMENT_BYTES);
   } catch (e) {
     if (e instanceof FileShapeError) return new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `${e.message}: not an experiment file` }]);
     const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
     return new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
   }
   try {
-    return parseExperiment(text, file);
+    // The hash of the bytes read, not of their text: sha256sum's, whatever they decode to.
+    return { ...parseExperiment(bytes.toString('utf8'), file), sourceSha256: sourceSha256(bytes) };
   } catch (e) {
     if (e instanceof ExperimentError) return e;
     throw e;
@@ -719,7 +722,7 @@ export interface ExperimentReport {
   kind: ExperimentKind;
   seed: number;
   spec: ExperimentSpec;
-  /** SHA-256 of the file's text as it was read (spec.source): which version of the file this is. */
+  /** SHA-256 of the file's bytes as they were read (spec.sourceSha256; `sha256sum FILE`): which version of the file this is. */
   sourceSha256: string;
   /** The hvlab (version, commit) and the machine (its load at the start and the end) that ran it. */
   environment: RunEnvironment;
@@ -906,7 +909,7 @@ export function experimentPlots(report: ExperimentReport): Record<'total-time.sv
 /** The report of a run of `spec` that begins now: what it will fill in empty, what it knows already (the file, its hash, the environment) set. */
 export function newReport(spec: ExperimentSpec, at: { out: string; home: string; started: Date }): ExperimentReport {
   return {
-    version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, sourceSha256: sourceSha256(spec.source), environment: runEnvironment(),
+    version: EXPERIMENT_REPORT_VERSION, name: spec.name, kind: spec.kind, seed: spec.seed, spec, sourceSha256: spec.sourceSha256, environment: runEnvironment(),
     startedAt: at.started.toISOString(), endedAt: '', out: at.out,
     cluster: { mode: spec.cluster, home: at.home, network: null, hosts: [] },
     link: { from: spec.from, to: spec.to, impairments: spec.link, found: null, probe: null, probeError: null, bandwidthBytesPerSecond: null, modelMs: null },

@@ -2,8 +2,8 @@
  * What a report must record so that a reader can tell what made its numbers and run it again: the
  * hvlab that ran it (version, git commit, and whether the tree had changes the commit lacks), the
  * Node and machine, the machine's load when the run began and ended (the migration report's
- * numbers moved by 40 % between a quiet and a busy machine), and a hash of the experiment file as
- * it was read. The migration runner (experiment.ts) and the chaos runner (@hvlab/faults) both put
+ * numbers moved by 40 % between a quiet and a busy machine), and a hash of the experiment file's
+ * bytes as they were read. The migration runner (experiment.ts) and the chaos runner (@hvlab/faults) both put
  * it in results.json and say it in results.md.
  */
 import { execFileSync } from 'node:child_process';
@@ -69,9 +69,14 @@ export function runEnvironment(): RunEnvironment {
   };
 }
 
-/** The SHA-256 of an experiment file's text, in hex (what a report names it by). */
-export function sourceSha256(text: string): string {
-  return createHash('sha256').update(text, 'utf8').digest('hex');
+/**
+ * The SHA-256 of an experiment file's bytes as read from disk, in hex: what a report names it by,
+ * and what `sha256sum FILE` says. A text (a file parsed from a string) is hashed as its UTF-8
+ * bytes. The hash was of the text as decoded, which differs from the file's for bytes that are not
+ * UTF-8 (each read as U+FFFD): a report named a file that `sha256sum` did not find.
+ */
+export function sourceSha256(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
 }
 
 /** One line for a report: "hvlab 0.1.0, commit 1a2b3c4d5e6f (with uncommitted changes), node v20.19.0 on linux-x64, 2 CPUs; load 3.8, 3.1, 2.9 at the start, 4.0, 3.3, 3.0 at the end". */

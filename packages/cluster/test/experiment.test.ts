@@ -110,8 +110,8 @@ describe('experiment files', () => {
       methods: ['offline', 'precopy', 'precopy+compress', 'precopy+autoconverge', 'postcopy'],
       options: { downtimeLimit: '300ms', maxPasses: 10, bandwidth: 0 }, repetitions: 3,
     }, null, 2);
-    const { source: _a, ...fromJson } = parseExperiment(json, 'exp.yaml');
-    const { source: _b, ...fromYaml } = parseExperiment(EXAMPLE, 'exp.yaml');
+    const { source: _a, sourceSha256: _c, ...fromJson } = parseExperiment(json, 'exp.yaml');
+    const { source: _b, sourceSha256: _d, ...fromYaml } = parseExperiment(EXAMPLE, 'exp.yaml');
     expect(fromJson).to.deep.equal(fromYaml);
   });
 
@@ -717,6 +717,27 @@ describe('experiment reports', () => {
       expect(text).to.include(`- ran on: hvlab 0.1.0, commit ${head.slice(0, 12)}`);
       expect(text).to.include(`- file: exp.yaml, sha256 ${r.sourceSha256}`);
       expect(text).to.match(/load \(1, 5, 15 min\) [\d.]+, [\d.]+, [\d.]+ at the start/);
+    });
+
+    it('names a file read from disk by the SHA-256 of its bytes, as sha256sum does: with a BOM, CRLF line ends and bytes that are not UTF-8', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-sha-'));
+      try {
+        // A BOM, CRLF, and a Latin-1 "é" (0xE9, not UTF-8: decoded as U+FFFD) in a comment.
+        const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(EXAMPLE.replace(/\n/g, '\r\n'), 'utf8'), Buffer.from('# caf'), Buffer.from([0xe9]), Buffer.from('\r\n')]);
+        writeFileSync(join(dir, 'exp.yaml'), bytes);
+        const s = loadExperiment(join(dir, 'exp.yaml'));
+        if (s instanceof ExperimentError) throw s;
+        expect(s.name).to.equal('precopy-vs-offline');
+        const want = createHash('sha256').update(readFileSync(join(dir, 'exp.yaml'))).digest('hex');
+        const r = newReport(s, { out: '/tmp/x', home: '/tmp/h', started: new Date('2026-12-01T00:00:00.000Z') });
+        expect(r.sourceSha256).to.equal(want);
+        expect(s.sourceSha256).to.equal(want);
+        // A BOM and CRLF alone: the same bytes' hash too.
+        writeFileSync(join(dir, 'crlf.yaml'), Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(EXAMPLE.replace(/\n/g, '\r\n'))]));
+        expect((loadExperiment(join(dir, 'crlf.yaml')) as ExperimentSpec).sourceSha256).to.equal(createHash('sha256').update(readFileSync(join(dir, 'crlf.yaml'))).digest('hex'));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('refuses an --out directory that holds anything but an earlier report of its kind, before anything is made; replaces such a report', () => {

@@ -55,7 +55,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 
@@ -143,6 +143,8 @@ export interface ChaosSpec {
   /** The file as given, and its text (kept in the report, so a run can be repeated from it). */
   file: string;
   source: string;
+  /** SHA-256 of the file's bytes as read (sourceSha256: `sha256sum FILE`); of the text's UTF-8 when parsed from a string. */
+  sourceSha256: string;
   name: string;
   kind: 'faults';
   seed: number;
@@ -478,7 +480,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
 
   const top = fieldsOf(ctx, root, '', TOP_FIELDS);
   const spec: ChaosSpec = {
-    file, source: text, name: '', kind: 'faults', seed: CHAOS_DEFAULTS.seed, cluster: CHAOS_DEFAULTS.cluster, hosts: null, lps: null,
+    file, source: text, sourceSha256: sourceSha256(text), name: '', kind: 'faults', seed: CHAOS_DEFAULTS.seed, cluster: CHAOS_DEFAULTS.cluster, hosts: null, lps: null,
     durationMs: CHAOS_DEFAULTS.durationMs, sampleMs: CHAOS_DEFAULTS.sampleMs, workloads: [], faults: [], moves: [], random: null,
     checks: { livenessMs: CHAOS_DEFAULTS.livenessMs, isolationStallMs: CHAOS_DEFAULTS.isolationStallMs, progress: true, memory: true, cleanup: true, placement: true },
   };
@@ -938,16 +940,17 @@ export function experimentKindOf(file: string): string | null {
 
 /** Reads and checks a chaos experiment file: its spec, or a ChaosExperimentError (unreadable, too large, or invalid). */
 export function loadChaosExperiment(file: string): ChaosSpec | ChaosExperimentError {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readRegularFile(file, MAX_CHAOS_FILE_BYTES).toString('utf8');
+    bytes = readRegularFile(file, MAX_CHAOS_FILE_BYTES);
   } catch (e) {
     if (e instanceof FileShapeError) return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `${e.message}: not an experiment file` }]);
     const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
     return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
   }
   try {
-    return parseChaosExperiment(text, file);
+    // The hash of the bytes read, not of their text: sha256sum's, whatever they decode to.
+    return { ...parseChaosExperiment(bytes.toString('utf8'), file), sourceSha256: sourceSha256(bytes) };
   } catch (e) {
     if (e instanceof ChaosExperimentError) return e;
     throw e;

@@ -27,7 +27,7 @@ import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
 import {
-  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, writeReportOrElsewhere, loadNow, runEnvironment, sourceSha256,
+  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, writeReportOrElsewhere, loadNow, runEnvironment,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
@@ -267,7 +267,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const home = resolveHome(tempHome ?? opts.home ?? null);
   const owner = runOwner(spec.name);
   const report: ChaosReport = {
-    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, sourceSha256: sourceSha256(spec.source), environment: runEnvironment(), schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
+    version: CHAOS_REPORT_VERSION, name: spec.name, kind: 'faults', seed, owner, spec, sourceSha256: spec.sourceSha256, environment: runEnvironment(), schedule: [], startedAt: started.toISOString(), endedAt: '', t0: Date.now(), t1: Date.now(), out,
     cluster: { mode: spec.cluster, home, network: null, hosts: [] }, world: chaosWorld(spec), faults: [], refused: [],
     samples: { vms: [], hosts: [], periodMs: spec.sampleMs, vmReadings: 0, hostReadings: 0 }, checks: [], recovery: [], held: false, aborted: false, stoppedBy: null, cleanup: [], files: [],
     moves: [],

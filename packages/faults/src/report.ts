@@ -37,7 +37,7 @@ export interface ChaosReport {
   /** The nemesis owner of the run's faults (also the prefix of their ids). */
   owner: string;
   spec: ChaosSpec;
-  /** SHA-256 of the file's text as it was read (spec.source): which version of the file this is. */
+  /** SHA-256 of the file's bytes as they were read (spec.sourceSha256; `sha256sum FILE`): which version of the file this is. */
   sourceSha256: string;
   /** The hvlab (version, commit) and the machine (its load at the start and the end) that ran it. */
   environment: RunEnvironment;

@@ -9,6 +9,9 @@
  * world has; explicit faults keep their seeds whatever the random section says.
  */
 import { expect } from 'chai';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_KINDS, FAULT_STALL_MAX_VP, seededRandom } from '@hvlab/protocol';
 import {
@@ -335,6 +338,22 @@ describe('chaos experiment files', () => {
     expect(e).to.be.instanceOf(ChaosExperimentError);
     expect((e as ChaosExperimentError).message).to.match(/does not exist/);
     expect(experimentKindOf('/nonexistent/chaos.yaml')).to.equal(null);
+  });
+
+  it('names a file read from disk by the SHA-256 of its bytes, as sha256sum does: with a BOM, CRLF line ends and bytes that are not UTF-8', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-chaos-sha-'));
+    try {
+      const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(SMALL.replace(/\n/g, '\r\n')), Buffer.from('# caf'), Buffer.from([0xe9]), Buffer.from('\r\n')]);
+      writeFileSync(join(dir, 'chaos.yaml'), bytes);
+      const s = loadChaosExperiment(join(dir, 'chaos.yaml'));
+      if (s instanceof ChaosExperimentError) throw s;
+      expect(s.name).to.equal('small');
+      expect(s.sourceSha256).to.equal(createHash('sha256').update(readFileSync(join(dir, 'chaos.yaml'))).digest('hex'));
+      // Parsed from a text: its UTF-8 bytes' hash.
+      expect(parse(SMALL).sourceSha256).to.equal(createHash('sha256').update(Buffer.from(SMALL, 'utf8')).digest('hex'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
