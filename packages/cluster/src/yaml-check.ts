@@ -29,7 +29,8 @@ export const MESSAGE_MAX_PROBLEMS = 20;
  * printed 80,000 lines (12 MB, each with the list of fields) before the shell was back.
  */
 export function problemsText(file: string, problems: readonly FileProblem[], max = MESSAGE_MAX_PROBLEMS): string {
-  const line = (p: FileProblem): string => `${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`;
+  // Problems made elsewhere than problem() (the YAML parser's, a runner's own) are made visible here too.
+  const line = (p: FileProblem): string => visibleText(`${file}${p.line ? `:${p.line}:${p.column}` : ''}: ${p.field ? `${p.field}: ` : ''}${p.message}`);
   const shownOnes = problems.slice(0, max).map(line);
   const rest = problems.length - shownOnes.length;
   return [...shownOnes, ...(rest > 0 ? [`${file}: … and ${rest} more problem${rest === 1 ? '' : 's'}`] : [])].join('\n');
@@ -42,8 +43,27 @@ export function where(ctx: CheckCtx, node: Node | Pair | null | undefined): { li
   return { line: p.line, column: p.col };
 }
 
+/** The longest message a problem keeps (the values it names are cut to 40 characters; this bounds the rest). */
+export const PROBLEM_MAX_CHARS = 500;
+
+/**
+ * Text of a file's as a terminal may show it: control characters (a NUL, an escape sequence, a
+ * line break in a quoted value) and the Unicode controls that turn or hide text (U+202E and its
+ * kin) written as escapes. A key `"a\u001b[2J"` went to the terminal as it was, and would clear
+ * the screen of whoever read the error; a line break in a value made one problem read as two.
+ */
+export function visibleText(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069\ufeff]/g, (c) => {
+    const n = c.charCodeAt(0);
+    return c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : n < 0x100 ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`;
+  });
+}
+
+/** Records a problem at `node`: its field and message made visible (visibleText), the message at most PROBLEM_MAX_CHARS. */
 export function problem(ctx: CheckCtx, node: Node | Pair | null | undefined, field: string, message: string): void {
-  ctx.problems.push({ ...where(ctx, node), field, message });
+  const text = visibleText(message);
+  ctx.problems.push({ ...where(ctx, node), field: visibleText(field), message: text.length > PROBLEM_MAX_CHARS ? `${text.slice(0, PROBLEM_MAX_CHARS - 1)}…` : text });
 }
 
 export function scalar(node: Node | null): unknown {

@@ -12,10 +12,11 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { LineCounter } from 'yaml';
 import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, clusterDriver, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, clusterDriver, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, runStats, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -238,6 +239,32 @@ describe('experiment files', () => {
     expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);
     // An anchor alone is harmless (nothing refers to it).
     expect(parseExperiment('name: &n a\nmethods: [offline]\n', 'exp.yaml').name).to.equal('a');
+  });
+
+  it('says a file\'s control characters and text-turning Unicode as escapes, one problem a line, each message bounded: what a terminal shows of an error is what the file holds', () => {
+    // An escape sequence in a key (it would clear the screen), a line break in a method, a right-to-left override in a key.
+    const text = 'name: a\nmethods: ["pre\\ncopy"]\n"k\\u001b[2J": 1\n"x\\u202eevil": 2\n';
+    let err: ExperimentError | null = null;
+    try {
+      parseExperiment(text, 'exp.yaml');
+    } catch (e) {
+      err = e as ExperimentError;
+    }
+    expect(err).to.be.instanceOf(ExperimentError);
+    expect(err!.problems.map((p) => `${p.field}: ${p.message}`)).to.deep.equal([
+      'methods[0]: "pre\\ncopy" is not a method: a method is offline, precopy, postcopy or one of them with +compress and +autoconverge',
+      'k\\x1b[2J: is not a field here (fields: name, kind, seed, cluster, from, to, lps, vm, link, methods, options, repetitions, warmup, probe, moveTimeout)',
+      'x\\u202eevil: is not a field here (fields: name, kind, seed, cluster, from, to, lps, vm, link, methods, options, repetitions, warmup, probe, moveTimeout)',
+    ]);
+    const lines = err!.message.split('\n');
+    expect(lines).to.have.length(3);
+    for (const l of lines) expect(l, l).to.not.match(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+    // The message of a problem made elsewhere is made visible too, and any message is bounded.
+    expect(problemsText('f', [{ line: 1, column: 1, field: 'a\u0007', message: 'b\r\nc' }])).to.equal('f:1:1: a\\x07: b\\r\\nc');
+    const ctx = { problems: [] as ExperimentProblem[], lines: new LineCounter() };
+    problem(ctx, null, 'f', 'x'.repeat(10_000));
+    expect(ctx.problems[0]!.message).to.have.length(PROBLEM_MAX_CHARS);
+    expect(ctx.problems[0]!.message.endsWith('x…')).to.equal(true);
   });
 
   it('an error lists its first 20 problems and says how many more there are; its problems keep every one', () => {
