@@ -169,14 +169,25 @@ export function readYamlMap(text: string, maxBytes: number, what: { tooBig: stri
   }
   // The checkers read each value where it is written: an alias (`*name`) was refused as if it
   // were the wrong type ("vm.workload: must be a workload such as idle, …" for `*w`, where
-  // `w` was `&w counter`). Said for what it is, at its place.
-  const aliases: FileProblem[] = [];
+  // `w` was `&w counter`). Said for what it is, at its place. So is a tag (`!!binary aGk=`,
+  // `!!set {a}`, `!foo x`): its value was read as a Buffer, a map or text and named as such ("not
+  // hi" for `!!binary aGk=`), and a tag no schema knows was taken as plain text.
+  const unread: FileProblem[] = [];
+  const cut = (t: string): string => (t.length > 40 ? `${t.slice(0, 40)}…` : t);
+  const tagged = (node: Node): void => {
+    if (node.tag === undefined || unread.length >= MESSAGE_MAX_PROBLEMS) return;
+    const tag = node.tag.startsWith('tag:yaml.org,2002:') ? `!!${node.tag.slice('tag:yaml.org,2002:'.length)}` : node.tag;
+    unread.push({ ...where(ctx, node), field: '', message: visibleText(`a tag (${cut(tag)}) is not read in this file: write the value itself, untagged`) });
+  };
   visit(doc, {
     Alias(_, node) {
-      if (aliases.length < MESSAGE_MAX_PROBLEMS) aliases.push({ ...where(ctx, node as unknown as Node), field: '', message: `an alias (*${node.source.length > 40 ? `${node.source.slice(0, 40)}…` : node.source}) is not read in this file: write the value itself` });
+      if (unread.length < MESSAGE_MAX_PROBLEMS) unread.push({ ...where(ctx, node as unknown as Node), field: '', message: visibleText(`an alias (*${cut(node.source)}) is not read in this file: write the value itself`) });
     },
+    Scalar: (_, node) => tagged(node),
+    Map: (_, node) => tagged(node),
+    Seq: (_, node) => tagged(node),
   });
-  if (aliases.length > 0) return aliases;
+  if (unread.length > 0) return unread.sort((a, b) => a.line - b.line || a.column - b.column);
   const root = doc.contents as Node | null;
   if (!root || !isMap(root)) return [{ ...where(ctx, root), field: '', message: what.notMap }];
   return { ctx, root: root as YAMLMap };

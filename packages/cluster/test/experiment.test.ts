@@ -16,7 +16,7 @@ import { LineCounter } from 'yaml';
 import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, clusterDriver, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, clusterDriver, parseTopology, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, runStats, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -239,6 +239,20 @@ describe('experiment files', () => {
     expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);
     // An anchor alone is harmless (nothing refers to it).
     expect(parseExperiment('name: &n a\nmethods: [offline]\n', 'exp.yaml').name).to.equal('a');
+  });
+
+  it('refuses a tag (!!binary, !!set, !foo) at its place for what it is, not as a value of the wrong type', () => {
+    // A tag made a Buffer of a name ("name: {"type":"Buffer",…} is not valid", "repetitions: … not hi"), and an unknown one was read as text.
+    const p = problems('name: !!binary aGk=\nmethods: !!seq [offline]\nvm: !!set { memory }\nrepetitions: !foo 3\n!!str kind: migration\n');
+    expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([
+      [1, 16, 'a tag (!!binary) is not read in this file: write the value itself, untagged'],
+      [2, 16, 'a tag (!!seq) is not read in this file: write the value itself, untagged'],
+      [3, 11, 'a tag (!!set) is not read in this file: write the value itself, untagged'],
+      [4, 19, 'a tag (!foo) is not read in this file: write the value itself, untagged'],
+      [5, 7, 'a tag (!!str) is not read in this file: write the value itself, untagged'],
+    ]);
+    // The chaos and topology files read theirs the same way (readYamlMap).
+    expect(() => parseTopology('name: t\nhosts: { h1: { lps: !!int 2 } }\n', 't.yaml')).to.throw(/t\.yaml:2:27: a tag \(!!int\) is not read in this file/);
   });
 
   it('says a file\'s control characters and text-turning Unicode as escapes, one problem a line, each message bounded: what a terminal shows of an error is what the file holds', () => {
