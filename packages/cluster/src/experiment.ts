@@ -209,7 +209,7 @@ function wholeNumber(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, mi
 function name(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, re: RegExp, rule: string): string | null {
   const v = scalar(f.v);
   if (typeof v !== 'string' || !re.test(v)) {
-    problem(ctx, at(f), field, `${v === undefined || v === null ? 'is empty' : `${JSON.stringify(v)} is not valid`}: ${rule}`);
+    problem(ctx, at(f), field, `${f.v === null || v === null ? 'is empty' : `${shown(f.v)} is not valid`}: ${rule}`);
     return null;
   }
   return v;
@@ -239,7 +239,7 @@ function quantity(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, parse
     return null;
   }
   if ((minOpen ? n <= min : n < min) || n > max) {
-    problem(ctx, at(f), field, `${JSON.stringify(v)} is out of range: ${minOpen ? 'above' : 'at least'} ${min}${unit} and at most ${max}${unit}`);
+    problem(ctx, at(f), field, `${shown(f.v)} is out of range: ${minOpen ? 'above' : 'at least'} ${min}${unit} and at most ${max}${unit}`);
     return null;
   }
   return n;
@@ -279,7 +279,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
       const other = typeof k === 'string' ? OTHER_RUNNERS[k] : undefined;
       const message = other
         ? `kind "${k}" is run by ${other} ("hvlab experiment run" sends it there); this parser reads ${EXPERIMENT_KINDS.join(', ')} experiments`
-        : `${JSON.stringify(k ?? null)} is not a kind of experiment: use ${[...EXPERIMENT_KINDS, ...Object.keys(OTHER_RUNNERS)].join(' or ')}`;
+        : `${shown((kindPair.value as Node | null) ?? null)} is not a kind of experiment: use ${[...EXPERIMENT_KINDS, ...Object.keys(OTHER_RUNNERS)].join(' or ')}`;
       throw new ExperimentError(file, [{ ...where(ctx, (kindPair.value as Node | null) ?? (kindPair as Pair)), field: 'kind', message }]);
     }
     kind = k as ExperimentKind;
@@ -301,7 +301,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
   const cl = top.get('cluster');
   if (cl) {
     const v = scalar(cl.v);
-    if (v !== 'new' && v !== 'existing') problem(ctx, at(cl), 'cluster', 'must be new (bring up two hosts for the run) or existing (the cluster up in HVLAB_HOME)');
+    if (v !== 'new' && v !== 'existing') problem(ctx, at(cl), 'cluster', `must be new (bring up two hosts for the run) or existing (the cluster up in HVLAB_HOME), not ${shown(cl.v)}`);
     else spec.cluster = v;
   }
 
@@ -320,7 +320,7 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
   const wl = vm.get('workload');
   if (wl) {
     const w = scalar(wl.v);
-    if (typeof w !== 'string') problem(ctx, at(wl), 'vm.workload', 'must be a workload such as idle, counter, spin or memdirty:32M');
+    if (typeof w !== 'string') problem(ctx, at(wl), 'vm.workload', `must be a workload such as idle, counter, spin or memdirty:32M, not ${shown(wl.v)}`);
     else spec.vm.workload = w;
   }
   const fit = workloadFitError(spec.vm.workload, spec.vm.memoryBytes);
@@ -376,13 +376,13 @@ export function parseExperiment(text: string, file = 'experiment'): ExperimentSp
   // Methods: each must also make valid options together with the file's.
   const methods = top.get('methods');
   if (!methods) problem(ctx, root, 'methods', `is missing: name the methods to compare, e.g. [offline, precopy] (methods: ${METHOD_BASES.join(', ')}, with ${METHOD_MODIFIERS.map((m) => `+${m}`).join(', ')})`);
-  else if (!methods.v || !isSeq(methods.v) || methods.v.items.length === 0) problem(ctx, at(methods), 'methods', 'must be a list of at least one method, e.g. [offline, precopy]');
+  else if (!methods.v || !isSeq(methods.v) || methods.v.items.length === 0) problem(ctx, at(methods), 'methods', `must be a list of at least one method, e.g. [offline, precopy], not ${methods.v && isSeq(methods.v) ? 'an empty list' : shown(methods.v)}`);
   else {
     methods.v.items.forEach((item, i) => {
       const field = `methods[${i}]`;
       const v = scalar(item as Node);
       if (typeof v !== 'string') {
-        problem(ctx, item as Node, field, 'must be a method such as precopy or precopy+compress');
+        problem(ctx, item as Node, field, `must be a method such as precopy or precopy+compress, not ${shown(item as Node)}`);
         return;
       }
       const m = parseMethod(v);

@@ -72,14 +72,17 @@ export function scalar(node: Node | null): unknown {
 
 /**
  * A value as a problem names it, so that "must be a whole number from 1 to 1000" says what was
- * there: `0`, `1.5`, `"7"` (a string, quoted), `nothing`, `a list`, `a map`; at most 40 characters.
+ * there: `0`, `1.5`, `1e400` (a number as written), `"7"` (a string, quoted), `nothing`, `a list`,
+ * `a map`; at most 40 characters. Every value a problem names goes through it: a name of 900,000
+ * characters was quoted whole ("name: "aaaa…" is not valid"), a list named as null.
  */
 export function shown(node: Node | null | undefined): string {
   if (node === null || node === undefined) return 'nothing';
   if (isScalar(node)) {
     const v = node.value;
     if (v === null || v === undefined) return 'nothing';
-    const t = typeof v === 'string' ? JSON.stringify(v) : String(v);
+    // A number as it was written: `1e400`, not Infinity; `0x41`, not 65.
+    const t = typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' && node.type === 'PLAIN' && typeof node.source === 'string' ? node.source : String(v);
     return t.length > 40 ? `${t.slice(0, 39)}…` : t;
   }
   if (isSeq(node)) return 'a list';

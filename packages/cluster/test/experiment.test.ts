@@ -234,6 +234,25 @@ describe('experiment files', () => {
     expect(one(`name2: x\nprobe: "${'x'.repeat(100)}"\n`).split('\n')[1]).to.equal(`probe: must be a size such as 64M or 2G, not "${'x'.repeat(38)}…`);
   });
 
+  it('names every value it refuses as written and at most 40 characters long: a list is a list, not null or empty; a number as written, not Infinity', () => {
+    const base = 'name: a\nmethods: [offline]\n';
+    const one = (extra: string, head = base): string => problems(`${head}${extra}`).map((x) => `${x.field}: ${x.message}`).join('\n');
+    expect(one('repetitions: 1e400\n')).to.equal('repetitions: must be a whole number from 1 to 1000, not 1e400');
+    expect(one('vm: { vps: 0x41 }\n')).to.equal('vm.vps: must be a whole number from 1 to 64, not 0x41');
+    expect(one('warmup: 1e400\n')).to.equal('warmup: must be a duration such as 1s, not 1e400');
+    expect(one('warmup: 1e300\n')).to.equal('warmup: 1e300 is out of range: at least 0ms and at most 3600000ms');
+    expect(one('', 'name: [a]\nmethods: [offline]\n')).to.equal('name: a list is not valid: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit');
+    expect(one('kind: [migration]\n')).to.equal('kind: a list is not a kind of experiment: use migration or faults');
+    expect(one('', 'name: a\nmethods: { offline: 1 }\n')).to.equal('methods: must be a list of at least one method, e.g. [offline, precopy], not a map');
+    expect(one('', 'name: a\nmethods: [[offline]]\n')).to.equal('methods[0]: must be a method such as precopy or precopy+compress, not a list');
+    expect(one('cluster: [new]\n')).to.equal('cluster: must be new (bring up two hosts for the run) or existing (the cluster up in HVLAB_HOME), not a list');
+    expect(one('vm: { workload: 7 }\n')).to.equal('vm.workload: must be a workload such as idle, counter, spin or memdirty:32M, not 7');
+    // A name of 100,000 characters was quoted whole in its problem; a size of a workload too.
+    expect(one('', `name: ${'n'.repeat(100_000)}\nmethods: [offline]\n`)).to.equal(`name: "${'n'.repeat(38)}… is not valid: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit`);
+    expect(one(`link: { delay: "${'9'.repeat(300)}ms" }\n`)).to.equal(`link.delay: "${'9'.repeat(38)}… is out of range: at least 0ms and at most 60000ms`);
+    expect(one(`vm: { workload: "memdirty:${'9'.repeat(100_000)}" }\n`)).to.have.length.below(300);
+  });
+
   it('refuses an alias (*name) at its place for what it is, not as a value of the wrong type', () => {
     const p = problems('name: &n a\nmethods: [offline]\nvm: { workload: *n }\n');
     expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);

@@ -377,7 +377,7 @@ function methodOf(v: unknown): ReturnType<typeof parseMethod> {
  * item's scalar into a value or a sentence, `key` names a value for the "listed twice" check.
  * Null, with a problem per bad item, when anything is wrong.
  */
-function distinctList<T>(ctx: Ctx, f: Field, field: string, whatList: string, each: (v: unknown) => { value: T } | string, key: (t: T) => string): T[] | null {
+function distinctList<T>(ctx: Ctx, f: Field, field: string, whatList: string, each: (v: unknown, written: string) => { value: T } | string, key: (t: T) => string): T[] | null {
   if (!f.v || !isSeq(f.v) || f.v.items.length === 0) {
     problem(ctx, at(f), field, `must be ${whatList}`);
     return null;
@@ -385,7 +385,7 @@ function distinctList<T>(ctx: Ctx, f: Field, field: string, whatList: string, ea
   const out: T[] = [];
   let ok = true;
   f.v.items.forEach((item, i) => {
-    const r = each(scalar(item as Node));
+    const r = each(scalar(item as Node), shown(item as Node));
     if (typeof r === 'string') {
       problem(ctx, item as Node, `${field}[${i}]`, r);
       ok = false;
@@ -414,7 +414,7 @@ function duration(ctx: Ctx, f: Field, field: string, min: number, max: number): 
     return null;
   }
   if (ms < min || ms > max) {
-    problem(ctx, at(f), field, `${JSON.stringify(v)} is out of range: from ${fmtMs(min)} to ${fmtMs(max)}`);
+    problem(ctx, at(f), field, `${shown(f.v)} is out of range: from ${fmtMs(min)} to ${fmtMs(max)}`);
     return null;
   }
   return ms;
@@ -487,13 +487,13 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
 
   const kind = top.get('kind');
   if (!kind) problem(ctx, root, 'kind', 'is missing: a chaos experiment says kind: faults');
-  else if (scalar(kind.v) !== 'faults') problem(ctx, at(kind), 'kind', `${JSON.stringify(scalar(kind.v) ?? null)} is not this runner's kind: a chaos experiment is kind: faults`);
+  else if (scalar(kind.v) !== 'faults') problem(ctx, at(kind), 'kind', `${shown(kind.v)} is not this runner's kind: a chaos experiment is kind: faults`);
 
   const n = top.get('name');
   if (!n) problem(ctx, root, 'name', 'is missing: every experiment has a name (it names the report, the cluster and the faults\' owner)');
   else {
     const v = scalar(n.v);
-    if (typeof v !== 'string' || !CLUSTER_NAME_RE.test(v)) problem(ctx, at(n), 'name', `${v === undefined || v === null ? 'is empty' : `${JSON.stringify(v)} is not valid`}: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit`);
+    if (typeof v !== 'string' || !CLUSTER_NAME_RE.test(v)) problem(ctx, at(n), 'name', `${n.v === null || v === null ? 'is empty' : `${shown(n.v)} is not valid`}: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit`);
     else spec.name = v;
   }
 
@@ -503,14 +503,14 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   const cl = top.get('cluster');
   if (cl) {
     const v = scalar(cl.v);
-    if (v !== 'new' && v !== 'existing') problem(ctx, at(cl), 'cluster', 'must be new (bring up hosts h1..hN for the run) or existing (the cluster up in HVLAB_HOME)');
+    if (v !== 'new' && v !== 'existing') problem(ctx, at(cl), 'cluster', `must be new (bring up hosts h1..hN for the run) or existing (the cluster up in HVLAB_HOME), not ${shown(cl.v)}`);
     else spec.cluster = v;
   }
   for (const k of ['hosts', 'lps'] as const) {
     const f = top.get(k);
     if (!f) continue;
     if (spec.cluster === 'existing') problem(ctx, f.p, k, `is for cluster: new; an existing cluster keeps its own ${k === 'hosts' ? 'hosts' : 'LPs'}`);
-    else if (k === 'hosts' && (scalar(f.v) === null || scalar(f.v) === undefined || scalar(f.v) === 0)) {
+    else if (k === 'hosts' && (f.v === null || scalar(f.v) === null || scalar(f.v) === 0)) {
       // A run with no host has nowhere to put its workloads: said so, rather than "must be a whole number".
       problem(ctx, at(f), k, `is ${scalar(f.v) === 0 ? '0' : 'empty'}: cluster: new brings up 1 to ${MAX_HOSTS} hosts, h1..hN (default ${CHAOS_DEFAULTS.hosts}), and every workload runs on one of them`);
     } else spec[k] = wholeNumber(ctx, f, k, 1, k === 'hosts' ? MAX_HOSTS : MAX_LPS);
@@ -529,7 +529,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   // Workloads.
   const wl = top.get('workloads');
   if (!wl) problem(ctx, root, 'workloads', 'is missing: list the VMs to run, e.g. - { name: c1, host: h1, workload: counter }');
-  else if (!wl.v || !isSeq(wl.v) || wl.v.items.length === 0) problem(ctx, at(wl), 'workloads', 'must be a list of at least one VM');
+  else if (!wl.v || !isSeq(wl.v) || wl.v.items.length === 0) problem(ctx, at(wl), 'workloads', `must be a list of at least one VM, not ${wl.v && isSeq(wl.v) ? 'an empty list' : shown(wl.v)}`);
   else {
     wl.v.items.forEach((item, i) => {
       const field = `workloads[${i}]`;
@@ -539,13 +539,13 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       const nm = fs.get('name');
       const nv = nm ? scalar(nm.v) : undefined;
       if (!nm) problem(ctx, item as Node, `${field}.name`, 'is missing: every VM has a name');
-      else if (typeof nv !== 'string' || !VM_NAME_RE.test(nv)) problem(ctx, at(nm), `${field}.name`, 'must be a VM name: 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit');
+      else if (typeof nv !== 'string' || !VM_NAME_RE.test(nv)) problem(ctx, at(nm), `${field}.name`, `must be a VM name: 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, not ${shown(nm.v)}`);
       else if (spec.workloads.some((x) => x.name === nv)) problem(ctx, at(nm), `${field}.name`, `VM ${nv} is listed twice`);
       else w.name = nv;
       const h = fs.get('host');
       const hv = h ? scalar(h.v) : undefined;
       if (!h) problem(ctx, item as Node, `${field}.host`, 'is missing: say which host the VM runs on');
-      else if (typeof hv !== 'string' || !CLUSTER_HOST_RE.test(hv)) problem(ctx, at(h), `${field}.host`, HOST_RULE);
+      else if (typeof hv !== 'string' || !CLUSTER_HOST_RE.test(hv)) problem(ctx, at(h), `${field}.host`, `${HOST_RULE}, not ${shown(h.v)}`);
       else if (hostNames && !hostNames.includes(hv)) problem(ctx, at(h), `${field}.host`, `host ${hv} is not a host of the cluster (${hostNames.join(', ')})`);
       else w.host = hv;
       const mem = fs.get('memory');
@@ -560,7 +560,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       const wk = fs.get('workload');
       if (wk) {
         const v = scalar(wk.v);
-        if (typeof v !== 'string') problem(ctx, at(wk), `${field}.workload`, 'must be a workload such as counter, sleep, spin or memdirty:8M');
+        if (typeof v !== 'string') problem(ctx, at(wk), `${field}.workload`, `must be a workload such as counter, sleep, spin or memdirty:8M, not ${shown(wk.v)}`);
         else if (parseWorkload(v) === null) problem(ctx, at(wk), `${field}.workload`, workloadProblem(v)!);
         else w.workload = v;
       }
@@ -581,7 +581,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         const key = k === 'liveness' ? 'livenessMs' : 'isolationStallMs';
         if (v === false) spec.checks[key] = null;
         else if (v === true) { /* the default */ } else spec.checks[key] = duration(ctx, f, field, 100, 3_600_000) ?? spec.checks[key];
-      } else if (typeof v !== 'boolean') problem(ctx, at(f), field, 'must be true or false');
+      } else if (typeof v !== 'boolean') problem(ctx, at(f), field, `must be true or false, not ${shown(f.v)}`);
       else spec.checks[k as 'progress' | 'memory' | 'cleanup' | 'placement'] = v;
     }
   }
@@ -589,7 +589,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   // Explicit faults.
   const faults = top.get('faults');
   if (faults) {
-    if (!faults.v || !isSeq(faults.v)) problem(ctx, at(faults), 'faults', 'must be a list of faults, e.g. - { at: 5s, kind: pause, target: vm:c1, for: 3s }');
+    if (!faults.v || !isSeq(faults.v)) problem(ctx, at(faults), 'faults', `must be a list of faults, e.g. - { at: 5s, kind: pause, target: vm:c1, for: 3s }, not ${shown(faults.v)}`);
     else {
       faults.v.items.forEach((item, i) => {
         const field = `faults[${i}]`;
@@ -598,7 +598,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         const k = fs.get('kind');
         const kv = k ? scalar(k.v) : undefined;
         if (!k) return problem(ctx, item as Node, `${field}.kind`, `is missing: a fault has a kind (${FAULT_KINDS.join(', ')})`);
-        if (typeof kv !== 'string' || !(FAULT_KINDS as readonly string[]).includes(kv)) return problem(ctx, at(k), `${field}.kind`, `${JSON.stringify(kv ?? null)} is not a fault kind (${FAULT_KINDS.join(', ')})`);
+        if (typeof kv !== 'string' || !(FAULT_KINDS as readonly string[]).includes(kv)) return problem(ctx, at(k), `${field}.kind`, `${shown(k.v)} is not a fault kind (${FAULT_KINDS.join(', ')})`);
         const kind = kv as FaultKind;
         const instant = INSTANT_FAULT_KINDS.includes(kind);
         const f: ChaosFaultSpec = { atMs: 0, kind, target: '', role: null, forMs: 0, params: {}, seed: null };
@@ -682,7 +682,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   // Live migrations.
   const mv = top.get('moves');
   if (mv) {
-    if (!mv.v || !isSeq(mv.v)) problem(ctx, at(mv), 'moves', 'must be a list of moves, e.g. - { at: 6s, vm: c1, to: h2 }');
+    if (!mv.v || !isSeq(mv.v)) problem(ctx, at(mv), 'moves', `must be a list of moves, e.g. - { at: 6s, vm: c1, to: h2 }, not ${shown(mv.v)}`);
     else {
       const placeOf = new Map<ChaosMoveSpec, [Node, string]>();
       mv.v.items.forEach((item, i) => {
@@ -706,7 +706,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
           problem(ctx, item as Node, `${field}.vm`, 'is missing: which VM moves');
           ok = false;
         } else if (typeof vv !== 'string' || !vmNames.includes(vv)) {
-          problem(ctx, at(vmF), `${field}.vm`, `${JSON.stringify(vv ?? null)} is not one of the workloads (${vmNames.join(', ') || 'none'})`);
+          problem(ctx, at(vmF), `${field}.vm`, `${shown(vmF.v)} is not one of the workloads (${vmNames.join(', ') || 'none'})`);
           ok = false;
         } else m.vm = vv;
         const toF = fs.get('to');
@@ -715,7 +715,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
           problem(ctx, item as Node, `${field}.to`, 'is missing: the host it moves to');
           ok = false;
         } else if (typeof tv !== 'string' || !CLUSTER_HOST_RE.test(tv)) {
-          problem(ctx, at(toF), `${field}.to`, HOST_RULE);
+          problem(ctx, at(toF), `${field}.to`, `${HOST_RULE}, not ${shown(toF.v)}`);
           ok = false;
         } else if (hostNames && !hostNames.includes(tv)) {
           problem(ctx, at(toF), `${field}.to`, `host ${tv} is not a host of the cluster (${hostNames.join(', ')})`);
@@ -737,7 +737,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
           const v = scalar(bwF.v);
           const bps = typeof v === 'number' || typeof v === 'string' ? parseBandwidth(v) : null;
           if (bps === null || !Number.isSafeInteger(bps) || bps < 0) {
-            problem(ctx, at(bwF), `${field}.bandwidth`, 'must be bytes a second (a size such as 20M), a rate such as 100mbit, or 0 (unlimited)');
+            problem(ctx, at(bwF), `${field}.bandwidth`, `must be bytes a second (a size such as 20M), a rate such as 100mbit, or 0 (unlimited), not ${shown(bwF.v)}`);
             ok = false;
           } else m.options.bandwidthBps = bps;
         }
@@ -776,7 +776,8 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
     const fs = fieldsOf(ctx, rnd.v, 'random', RANDOM_FIELDS);
     const r: ChaosRandomSpec = { count: 0, moves: 0, methods: [{ method: 'precopy', options: {} }], kinds: [...RANDOM_DEFAULT_KINDS], forMs: [1000, 3000], betweenMs: [Math.min(1000, spec.durationMs), spec.durationMs], targets: null };
     let ok = rnd.v !== null && isMap(rnd.v);
-    if (!ok && fs.size === 0 && (rnd.v === null || isScalar(rnd.v))) problem(ctx, at(rnd), 'random', 'must be a map: count, kinds, for, between, targets, moves, methods');
+    // Empty (`random:`); any other value that is not a map fieldsOf refused already (it was said twice).
+    if (rnd.v === null || (isScalar(rnd.v) && rnd.v.value === null)) problem(ctx, at(rnd), 'random', 'must be a map: count, kinds, for, between, targets, moves, methods');
     const c = fs.get('count');
     const mvN = fs.get('moves');
     if (!c && !mvN) {
@@ -811,7 +812,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
     }
     const ks = fs.get('kinds');
     if (ks) {
-      const kinds = distinctList(ctx, ks, 'random.kinds', `a list of fault kinds (${FAULT_KINDS.join(', ')})`, (v) => (typeof v === 'string' && (FAULT_KINDS as readonly string[]).includes(v) ? { value: v as FaultKind } : `${JSON.stringify(v ?? null)} is not a fault kind (${FAULT_KINDS.join(', ')})`), (k) => k);
+      const kinds = distinctList(ctx, ks, 'random.kinds', `a list of fault kinds (${FAULT_KINDS.join(', ')})`, (v, written) => (typeof v === 'string' && (FAULT_KINDS as readonly string[]).includes(v) ? { value: v as FaultKind } : `${written} is not a fault kind (${FAULT_KINDS.join(', ')})`), (k) => k);
       if (kinds) r.kinds = kinds;
       else ok = false;
     }

@@ -154,6 +154,35 @@ describe('chaos experiment files', () => {
     expect(one('workloads: [{ name: a, host: h1 }]\nrandom: { count: [1], for: [1s, 2s], between: [1s, 5s] }\n')).to.equal('random.count: must be a whole number from 1 to 1000, not a list');
   });
 
+  it('names every value it refuses as written and at most 40 characters long: a list is a list, not null or empty; a number as written, not Infinity; said once', () => {
+    const base = 'name: z\nkind: faults\nhosts: 2\nduration: 10s\n';
+    const w = 'workloads: [{ name: a, host: h1 }]\n';
+    const said = (text: string): string => problems(text).map((x) => `${x.field}: ${x.message}`).join('\n');
+    const cases: Array<[string, string]> = [
+      // A list or a map was "empty", or "null".
+      ['name: z\nkind: faults\nhosts: [2]\nworkloads: [{ name: a, host: h1 }]\n', 'hosts: must be a whole number from 1 to 32, not a list'],
+      ['name: [z]\nkind: faults\nworkloads: [{ name: a, host: h1 }]\n', 'name: a list is not valid: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit'],
+      ['name: z\nkind: [faults]\nworkloads: [{ name: a, host: h1 }]\n', 'kind: a list is not this runner\'s kind: a chaos experiment is kind: faults'],
+      [`${base}${w}faults: [{ at: 1s, kind: { a: 1 }, target: vm:a, for: 1s }]\n`, 'faults[0].kind: a map is not a fault kind (kill, pause, vmbus, interrupt-delay, clock, vp-stall, lp-shrink, link, partition, bitflip)'],
+      [`${base}${w}random: { count: 1, kinds: [[pause]] }\n`, 'random.kinds[0]: a list is not a fault kind (kill, pause, vmbus, interrupt-delay, clock, vp-stall, lp-shrink, link, partition, bitflip)'],
+      [`${base}${w}moves: [{ at: 1s, vm: [a], to: h2 }]\n`, 'moves[0].vm: a list is not one of the workloads (a)'],
+      // A number as written.
+      [`${base}${w}sample: 1e400\n`, 'sample: must be a duration such as 5s, 250ms or 2m, not 1e400'],
+      [`${base}${w}faults: [{ at: 0x7fffffff, kind: pause, target: vm:a, for: 1s }]\n`, 'faults[0].at: 0x7fffffff is out of range: from 0s to 86400s'],
+      // Long values cut.
+      [`name: z\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nduration: "${'9'.repeat(5000)}ms"\n`, `duration: must be a duration such as 5s, 250ms or 2m, not "${'9'.repeat(38)}…`],
+      [`${base}${w}faults: [{ at: 1s, kind: ${'k'.repeat(5000)}, target: vm:a, for: 1s }]\n`, `faults[0].kind: "${'k'.repeat(38)}… is not a fault kind (kill, pause, vmbus, interrupt-delay, clock, vp-stall, lp-shrink, link, partition, bitflip)`],
+      [`${base}workloads: [{ name: a, host: h1, workload: "memdirty:${'9'.repeat(5000)}" }]\n`, `workloads[0].workload: workload "memdirty:${'9'.repeat(51)}…": memdirty's size "${'9'.repeat(40)}…" is not a size of whole 4 KiB pages, such as 4K, 8M or 1G`],
+      // Said with the value.
+      [`${base}cluster: shared\n${w}`, 'cluster: must be new (bring up hosts h1..hN for the run) or existing (the cluster up in HVLAB_HOME), not "shared"'],
+      [`${base}workloads: [{ name: a, host: H1 }]\n`, 'workloads[0].host: a host name is 1-10 lower-case letters, digits or "-", starting with a letter, not "H1"'],
+      [`${base}${w}checks: { memory: 1 }\n`, 'checks.memory: must be true or false, not 1'],
+      // A random section that is not a map: said once (it was said twice, in two words).
+      [`${base}${w}random: 123\n`, 'random: must be a map (name: value)\nrandom.count: is missing: how many faults to draw (or random.moves: how many moves)'],
+    ];
+    for (const [text, want] of cases) expect(said(text), text.slice(0, 120)).to.equal(want);
+  });
+
   it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
     const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
     expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });

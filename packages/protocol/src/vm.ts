@@ -93,7 +93,8 @@ export function workloadProblem(spec: string): string | null {
   if (parseWorkload(spec) !== null) return null;
   const colon = spec.indexOf(':');
   const name = colon < 0 ? spec : spec.slice(0, colon);
-  const arg = colon < 0 ? '' : spec.slice(colon + 1);
+  const whole = colon < 0 ? '' : spec.slice(colon + 1);
+  const arg = whole.length > 40 ? `${whole.slice(0, 40)}…` : whole;
   const shown = spec.length > 60 ? `${spec.slice(0, 60)}…` : spec;
   switch (name) {
     case 'idle':
