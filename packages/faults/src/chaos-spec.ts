@@ -449,7 +449,10 @@ const HOST_RULE = 'a host name is 1-10 lower-case letters, digits or "-", starti
 
 /** The parameters of one fault (the `params:` map and the fields beside the fault's own), units taken off; each with its node. */
 function faultParams(ctx: Ctx, fields: Map<string, Field>, field: string): { params: Record<string, unknown>; nodes: Map<string, [Field, string]> } {
-  const params: Record<string, unknown> = {};
+  // Keys are the file's: on an ordinary object `__proto__: 1` was a prototype's setter, so the
+  // parameter vanished and the fault was taken without a word (and a map there became params'
+  // prototype). Without a prototype it is a key like any other, and refused as no parameter.
+  const params = Object.create(null) as Record<string, unknown>;
   const nodes = new Map<string, [Field, string]>();
   const given: Array<[string, Field, string]> = [];
   for (const [k, f] of fields) if (!(FAULT_FIELDS as readonly string[]).includes(k)) given.push([k, f, `${field}.${k}`]);
@@ -656,7 +659,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
           const few = shape && hostNames && hostNames.length < (PARTITION_MIN_HOSTS[shape as PartitionShape] ?? 2) ? `shape ${shape} needs at least ${PARTITION_MIN_HOSTS[shape as PartitionShape]} hosts (the cluster has ${hostNames.length})` : null;
           if (!c.ok || few) {
             const message = c.ok ? few! : c.message;
-            const named = /"([A-Za-z]+)"/.exec(message)?.[1] ?? (/^(\w+):/.exec(message.replace(/^[a-z-]+: /, ''))?.[1]);
+            const named = /"([^"]+)"/.exec(message)?.[1] ?? (/^(\w+):/.exec(message.replace(/^[a-z-]+: /, ''))?.[1]);
             const node = named && nodes.has(named) ? at(nodes.get(named)![0]) : /^target|target/.test(message) && tF ? at(tF) : /role/.test(message) && roleF ? at(roleF) : few && nodes.has('shape') ? at(nodes.get('shape')![0]) : (item as Node);
             const path = named && nodes.has(named) ? nodes.get(named)![1] : !c.ok ? field : nodes.has('shape') ? nodes.get('shape')![1] : `${field}.shape`;
             problem(ctx, node, path, message);

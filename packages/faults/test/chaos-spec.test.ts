@@ -183,6 +183,18 @@ describe('chaos experiment files', () => {
     for (const [text, want] of cases) expect(said(text), text.slice(0, 120)).to.equal(want);
   });
 
+  it('refuses __proto__ as a fault parameter, beside the fault\'s fields or under params, as any name a kind does not take', () => {
+    const base = 'name: z\nkind: faults\nhosts: 2\nworkloads: [{ name: a, host: h1 }]\n';
+    const said = (text: string): string[] => problems(text).map((x) => `${x.line}:${x.column}: ${x.field}: ${x.message}`);
+    expect(said(`${base}faults: [{ at: 1s, kind: pause, target: vm:a, for: 1s, __proto__: 1 }]\n`)).to.deep.equal(['5:67: faults[0].__proto__: a pause fault has no parameter "__proto__" (it takes none)']);
+    expect(said(`${base}faults: [{ at: 1s, kind: pause, target: vm:a, for: 1s, params: { "__proto__": 1 } }]\n`)).to.deep.equal(['5:79: faults[0].params.__proto__: a pause fault has no parameter "__proto__" (it takes none)']);
+    // A map there became the parameters' prototype, its delayMs unseen: "link: give an impairment".
+    expect(said(`${base}faults: [{ at: 1s, kind: link, target: link:h1-h2, for: 1s, cut: true, params: { __proto__: { delayMs: 5 } } }]\n`)).to.deep.equal([
+      '5:93: faults[0].params.__proto__: a link fault has no parameter "__proto__" (it takes delayMs, jitterMs, rateBps, lossPercent, cut)',
+    ]);
+    expect(({} as { delayMs?: unknown }).delayMs, 'no prototype was touched').to.equal(undefined);
+  });
+
   it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
     const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
     expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });
