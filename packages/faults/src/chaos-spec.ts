@@ -308,7 +308,7 @@ export function topologyProblem(kind: FaultKind, target: Target, params: Record<
       param: 'lps',
       message: lps === 1
         ? `lp-shrink to ${s.value.lps} takes nothing away: the run's hosts have 1 LP each (lps: 1), the fewest a host has (give them 2 or more to shrink)`
-        : `lp-shrink to ${s.value.lps} takes nothing away: the run's hosts have ${lps} LPs each (lps: ${lps}); shrink to 1 to ${lps - 1}`,
+        : `lp-shrink to ${s.value.lps} takes nothing away: the run's hosts have ${lps} LPs each (lps: ${lps}); shrink to ${lps === 2 ? '1' : `1 to ${lps - 1}`}`,
     };
   }
   if (kind === 'vp-stall') {
@@ -662,7 +662,9 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
             const named = /"([^"]+)"/.exec(message)?.[1] ?? (/^(\w+):/.exec(message.replace(/^[a-z-]+: /, ''))?.[1]);
             const node = named && nodes.has(named) ? at(nodes.get(named)![0]) : /^target|target/.test(message) && tF ? at(tF) : /role/.test(message) && roleF ? at(roleF) : few && nodes.has('shape') ? at(nodes.get('shape')![0]) : (item as Node);
             const path = named && nodes.has(named) ? nodes.get(named)![1] : !c.ok ? field : nodes.has('shape') ? nodes.get('shape')![1] : `${field}.shape`;
-            problem(ctx, node, path, message);
+            // The request's check names the parameter, not what the file gave it ('"lps" must be a whole number from 1 to 1024'): said here (a list is there to see at the place).
+            const param = named && nodes.has(named) ? nodes.get(named)![0].v : null;
+            problem(ctx, node, path, !c.ok && param && !isSeq(param) && /\bmust\b/.test(message) ? `${message}, not ${shown(param)}` : message);
             ok = false;
           } else {
             f.params = c.value.params ?? params;

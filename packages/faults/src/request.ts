@@ -155,12 +155,14 @@ export function hostSpecOf(kind: FaultKind, params: Record<string, unknown>, see
     case 'clock':
     case 'lp-shrink':
     case 'bitflip':
+      // Numbers written as text become numbers; the spec's decoder says each one's range. A check
+      // here of ±2^53 first said that range of a value that was not a whole number ('lp-shrink:
+      // "lps" must be a whole number from -9007199254740991 to 9007199254740991' for 1.5).
       raw = { kind };
       for (const k of PARAMS[kind]) {
         if (!own(p, k) || p[k] === undefined) continue;
-        const n = numParam(p, k, -Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
-        if (typeof n === 'string') return { ok: false, message: `${kind}: ${n}` };
-        raw[k] = n;
+        const v = p[k];
+        raw[k] = typeof v === 'string' && /^-?\d+(\.\d+)?$/.test(v.trim()) ? Number(v) : v;
       }
       break;
     default:
@@ -201,7 +203,7 @@ export function checkFaultRequest(v: unknown): Checked<FaultRequest> {
     if (!isPlainObject(v.params)) return { ok: false, message: 'params must be a map' };
     for (const [pk, pv] of Object.entries(v.params)) {
       if (!PARAMS[k].includes(pk)) return { ok: false, message: `a ${k} fault has no parameter "${pk.slice(0, 32)}"${PARAMS[k].length ? ` (it takes ${PARAMS[k].join(', ')})` : ' (it takes none)'}` };
-      if (pv !== null && typeof pv !== 'number' && typeof pv !== 'string' && typeof pv !== 'boolean' && !(Array.isArray(pv) && pv.length <= 64 && pv.every((x) => typeof x === 'number'))) return { ok: false, message: `parameter "${pk}" must be a number, text or true/false` };
+      if (pv !== null && typeof pv !== 'number' && typeof pv !== 'string' && typeof pv !== 'boolean' && !(Array.isArray(pv) && pv.length <= 64 && pv.every((x) => typeof x === 'number'))) return { ok: false, message: `parameter "${pk}" must be a number, text, true/false or a list of at most 64 numbers` };
       if (typeof pv === 'string' && pv.length > 64) return { ok: false, message: `parameter "${pk}" is too long` };
       params[pk] = pv;
     }
@@ -244,7 +246,7 @@ export function checkFaultRequest(v: unknown): Checked<FaultRequest> {
     }
     case 'partition': {
       const shape = params.shape ?? 'one';
-      if (typeof shape !== 'string' || !(PARTITION_SHAPES as readonly string[]).includes(shape)) return { ok: false, message: `partition: shape must be one of ${PARTITION_SHAPES.join(', ')}` };
+      if (typeof shape !== 'string' || !(PARTITION_SHAPES as readonly string[]).includes(shape)) return { ok: false, message: `partition: "shape" must be one of ${PARTITION_SHAPES.join(', ')}` };
       params.shape = shape;
       break;
     }

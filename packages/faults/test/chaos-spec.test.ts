@@ -195,6 +195,25 @@ describe('chaos experiment files', () => {
     expect(({} as { delayMs?: unknown }).delayMs, 'no prototype was touched').to.equal(undefined);
   });
 
+  it('a fault parameter the request\'s check refuses is said with its own range and the value the file gave it', () => {
+    const base = 'name: z\nkind: faults\nhosts: 2\nworkloads: [{ name: a, host: h1, vps: 2 }]\nfaults:\n  - { at: 1s, for: 1s, ';
+    const said = (fault: string): string => problems(`${base}${fault} }\n`).map((x) => `${x.field}: ${x.message}`).join('\n');
+    // A value that was not a whole number was held to ±2^53 first ('"lps" must be a whole number from -9007199254740991 to 9007199254740991').
+    expect(said('kind: lp-shrink, target: host:h1, lps: 1.5')).to.equal('faults[0].lps: lp-shrink: "lps" must be a whole number from 1 to 1024, not 1.5');
+    expect(said('kind: lp-shrink, target: host:h1, lps: "many"')).to.equal('faults[0].lps: lp-shrink: "lps" must be a whole number from 1 to 1024, not "many"');
+    expect(said('kind: bitflip, target: vm:a, gpa: .nan')).to.equal('faults[0].gpa: bitflip: "gpa" must be a whole number from 0 to 281474976710656, not .nan');
+    expect(said('kind: clock, target: vm:a, skewPpm: 1e308')).to.equal('faults[0].skewPpm: clock: "skewPpm" must be a whole number from -900000 to 10000000, not 1e308');
+    expect(said('kind: interrupt-delay, target: vm:a, delayMs: .inf')).to.equal('faults[0].delayMs: interrupt-delay: "delayMs" must be a whole number from 1 to 60000, not .inf');
+    expect(said('kind: vmbus, target: vm:a, channel: heartbeat, drop: 2')).to.equal('faults[0].drop: vmbus: "drop" must be a number from 0 to 1, not 2');
+    expect(said('kind: kill, target: vm:a, restart: maybe')).to.equal('faults[0].restart: kill: "restart" must be true or false, not "maybe"');
+    // A shape was said at the fault, not at its shape.
+    expect(said('kind: partition, target: cluster, shape: donut')).to.equal('faults[0].shape: partition: "shape" must be one of one, majority, ring, bridge, minority-third, not "donut"');
+    // A list says what a list may hold.
+    expect(said(`kind: vp-stall, target: vm:a, vps: [${Array.from({ length: 65 }, () => 0).join(', ')}]`)).to.equal('faults[0].vps: parameter "vps" must be a number, text, true/false or a list of at most 64 numbers');
+    // An lp-shrink of 2-LP hosts is to 1 ("shrink to 1 to 1").
+    expect(said('kind: lp-shrink, target: host:h1, lps: 2')).to.equal('faults[0].lps: lp-shrink to 2 takes nothing away: the run\'s hosts have 2 LPs each (lps: 2); shrink to 1');
+  });
+
   it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
     const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
     expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });
@@ -287,7 +306,7 @@ describe('chaos experiment files', () => {
     expect(fine.faults.map((f) => `${f.kind} ${f.target}`)).to.deep.equal(['partition cluster', 'vp-stall vm:four', 'vp-stall vms:all']);
     const lps2 = parse(text.replace('lps: 1\n', 'lps: 2\n').split('\n').filter((_, i) => i < 9 || i === 10 || i >= 15).join('\n'));
     expect(lps2.faults.map((f) => `${f.kind} ${f.target} ${JSON.stringify(f.params)}`)).to.include('lp-shrink host-of:four {"lps":1}');
-    expect(problems(text.replace('lps: 1\n', 'lps: 2\n').replace('lps: 5', 'lps: 2')).find((x) => x.line === 10)!.message).to.equal('lp-shrink to 2 takes nothing away: the run\'s hosts have 2 LPs each (lps: 2); shrink to 1 to 1');
+    expect(problems(text.replace('lps: 1\n', 'lps: 2\n').replace('lps: 5', 'lps: 2')).find((x) => x.line === 10)!.message).to.equal('lp-shrink to 2 takes nothing away: the run\'s hosts have 2 LPs each (lps: 2); shrink to 1');
     // Majority takes 3 hosts; a ring 4.
     const three = text.replace('hosts: 2', 'hosts: 3').split('\n').filter((_, i) => i < 9 || i === 13 || i === 14).join('\n');
     expect(parse(three).faults.map((f) => `${f.params.shape ?? f.target}`)).to.deep.equal(['majority', 'link:h1-h3']);

@@ -47,7 +47,7 @@ describe('fault requests and the nemesis wire', () => {
       [{ ...req, kind: 'vmbus', params: { drop: 2 } }, /"drop" must be a number from 0 to 1/],
       [{ ...req, kind: 'link', target: 'link:h1-h2', params: {} }, /give an impairment/],
       [{ ...req, kind: 'link', target: 'link:h1-h2', params: { cut: true, delayMs: 3 } }, /cut link carries nothing/],
-      [{ ...req, kind: 'partition', target: 'cluster', params: { shape: 'donut' } }, /shape must be one of/],
+      [{ ...req, kind: 'partition', target: 'cluster', params: { shape: 'donut' } }, /"shape" must be one of/],
       [{ ...req, kind: 'pause', target: 'host:h1', role: 'partition' }, /belongs to a VM/],
       [{ ...req, kind: 'vmbus', role: 'root', params: { drop: 1 } }, /takes no role/],
       [{ ...req, params: { drop: 1 } }, /pause fault has no parameter "drop"/],
