@@ -58,11 +58,16 @@ import {
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
+import { MAX_OWNED_VMS } from './wire.js';
 
 /** Largest experiment file (bytes). */
 export const MAX_CHAOS_FILE_BYTES = 1024 * 1024;
 /** Most faults in a schedule (explicit and drawn together). */
 export const MAX_SCHEDULE_FAULTS = 1000;
+/** Most workloads: a run on an existing cluster names every VM it made to its lease, which takes this many. */
+export const MAX_CHAOS_WORKLOADS = MAX_OWNED_VMS;
+/** Most moves the file lists (random.moves draws at most MAX_RANDOM_MOVES more). */
+export const MAX_CHAOS_MOVES = 1000;
 /** Longest experiment. */
 export const MAX_CHAOS_DURATION_MS = 24 * 3600 * 1000;
 
@@ -533,6 +538,8 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   const wl = top.get('workloads');
   if (!wl) problem(ctx, root, 'workloads', 'is missing: list the VMs to run, e.g. - { name: c1, host: h1, workload: counter }');
   else if (!wl.v || !isSeq(wl.v) || wl.v.items.length === 0) problem(ctx, at(wl), 'workloads', `must be a list of at least one VM, not ${wl.v && isSeq(wl.v) ? 'an empty list' : shown(wl.v)}`);
+  // Counted before any is read: 30,000 were each checked against those before (9 s), then taken.
+  else if (wl.v.items.length > MAX_CHAOS_WORKLOADS) problem(ctx, at(wl), 'workloads', `at most ${MAX_CHAOS_WORKLOADS} VMs (a run on an existing cluster names each one it made to its lease, which takes ${MAX_OWNED_VMS}), not ${wl.v.items.length}`);
   else {
     wl.v.items.forEach((item, i) => {
       const field = `workloads[${i}]`;
@@ -593,6 +600,8 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   const faults = top.get('faults');
   if (faults) {
     if (!faults.v || !isSeq(faults.v)) problem(ctx, at(faults), 'faults', `must be a list of faults, e.g. - { at: 5s, kind: pause, target: vm:c1, for: 3s }, not ${shown(faults.v)}`);
+    // Counted before any is read: 20,000 were each checked (5 s) before the count was.
+    else if (faults.v.items.length > MAX_SCHEDULE_FAULTS) problem(ctx, at(faults), 'faults', `a schedule holds at most ${MAX_SCHEDULE_FAULTS} faults, not ${faults.v.items.length}`);
     else {
       faults.v.items.forEach((item, i) => {
         const field = `faults[${i}]`;
@@ -688,6 +697,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   const mv = top.get('moves');
   if (mv) {
     if (!mv.v || !isSeq(mv.v)) problem(ctx, at(mv), 'moves', `must be a list of moves, e.g. - { at: 6s, vm: c1, to: h2 }, not ${shown(mv.v)}`);
+    else if (mv.v.items.length > MAX_CHAOS_MOVES) problem(ctx, at(mv), 'moves', `at most ${MAX_CHAOS_MOVES} moves, not ${mv.v.items.length}`);
     else {
       const placeOf = new Map<ChaosMoveSpec, [Node, string]>();
       mv.v.items.forEach((item, i) => {

@@ -214,6 +214,24 @@ describe('chaos experiment files', () => {
     expect(said('kind: lp-shrink, target: host:h1, lps: 2')).to.equal('faults[0].lps: lp-shrink to 2 takes nothing away: the run\'s hosts have 2 LPs each (lps: 2); shrink to 1');
   });
 
+  it('counts workloads, faults and moves before reading any: at most 64 VMs (what a run\'s lease names), 1000 faults, 1000 moves, each one problem', () => {
+    const head = 'name: z\nkind: faults\nhosts: 2\nduration: 3000s\n';
+    const vms = (n: number): string => `workloads:\n${Array.from({ length: n }, (_, i) => `  - { name: w${i}, host: h1 }`).join('\n')}\n`;
+    // 65 VMs were taken (30,000 too, after 9 s of checking each name against those before it);
+    // on an existing cluster the run's lease, which names at most 64, would have refused its renewals.
+    expect(parse(`${head}${vms(64)}`).workloads).to.have.length(64);
+    expect(problems(`${head}${vms(65)}`).map((x) => `${x.line}:${x.field}: ${x.message}`)).to.deep.equal([
+      '6:workloads: at most 64 VMs (a run on an existing cluster names each one it made to its lease, which takes 64), not 65',
+    ]);
+    // 1001 faults, each wrong: one problem, not 1001 and the count's.
+    const faults = `faults:\n${Array.from({ length: 1001 }, () => '  - { at: 1s, kind: nap, target: vm:w0, for: 1s }').join('\n')}\n`;
+    expect(problems(`${head}${vms(1)}${faults}`).map((x) => `${x.field}: ${x.message}`)).to.deep.equal(['faults: a schedule holds at most 1000 faults, not 1001']);
+    // Moves had no bound.
+    const moves = (n: number): string => `moves:\n${Array.from({ length: n }, (_, i) => `  - { at: ${i + 1}s, vm: w0, to: h${i % 2 === 0 ? 2 : 1} }`).join('\n')}\n`;
+    expect(parse(`${head}${vms(1)}${moves(1000)}`).moves).to.have.length(1000);
+    expect(problems(`${head}${vms(1)}${moves(1001)}`).map((x) => `${x.field}: ${x.message}`)).to.deep.equal(['moves: at most 1000 moves, not 1001']);
+  });
+
   it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
     const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
     expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });
