@@ -111,11 +111,12 @@ export const YAML_MAX_DEPTH = 64;
  * whole process instead of throwing (it compiled a regular expression there: "RegExpCompiler
  * Allocation failed"). So the depth is measured first, with the lexer, which does not recurse: an
  * open flow bracket is a level, an indentation deeper than the line above is a level, and each
- * block indicator (`-`, `?`, `:`) on a line may be one. That over-counts (`a: b` counts two), never
- * under-counts, and `limit` is far above what any file of hvlab's needs.
+ * block indicator (`-`, `?`, `:`) outside brackets on a line may be one. That over-counts (`a: b`
+ * counts two), never under-counts, and `limit` is far above what any file of hvlab's needs.
  */
 export function yamlNestingProblem(text: string, limit = YAML_MAX_DEPTH): string | null {
-  let flow = 0;
+  /** The flow brackets open, innermost last. */
+  const open: string[] = [];
   let lineStart = true;
   let col = 0;
   let extra = 0;
@@ -133,16 +134,20 @@ export function yamlNestingProblem(text: string, limit = YAML_MAX_DEPTH): string
     }
     if (lineStart) {
       lineStart = false;
-      if (flow === 0) {
+      if (open.length === 0) {
         while (indents.length > 0 && indents[indents.length - 1]! >= col) indents.pop();
         indents.push(col);
       }
     }
-    if (tok === '[' || tok === '{') flow++;
-    else if (tok === ']' || tok === '}') flow = Math.max(0, flow - 1);
-    else if (tok === '-' || tok === '?' || tok === ':') extra++;
+    if (tok === '[' || tok === '{') open.push(tok);
+    else if (tok === ']' || tok === '}') open.pop();
+    // Inside brackets the brackets are the levels: a `:` in braces is a key's, not a deeper level.
+    // Counted there too, a file of JSON on one line (as JSON.stringify writes it) with 20 faults was
+    // refused as nesting more than 64 levels deep, one level for each of its keys. A pair right in
+    // a flow sequence (`[a: b]`) is a map of its own, a level its brackets do not show.
+    else if (open.length === 0 ? tok === '-' || tok === '?' || tok === ':' : open.at(-1) === '[' && (tok === '?' || tok === ':')) extra++;
     else continue;
-    const depth = indents.length + extra + flow;
+    const depth = indents.length + extra + open.length;
     if (depth > limit) return `it nests more than ${limit} levels deep`;
   }
   return null;

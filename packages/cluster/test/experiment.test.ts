@@ -16,7 +16,7 @@ import { LineCounter } from 'yaml';
 import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, clusterDriver, parseTopology, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, clusterDriver, parseTopology, yamlNestingProblem, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, runStats, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -258,6 +258,16 @@ describe('experiment files', () => {
     expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);
     // An anchor alone is harmless (nothing refers to it).
     expect(parseExperiment('name: &n a\nmethods: [offline]\n', 'exp.yaml').name).to.equal('a');
+  });
+
+  it('measures how deep a file nests by its brackets inside them: a one-line map of 5000 keys is one level; 65 brackets, 65 indents or 33 pairs in sequences are too deep', () => {
+    expect(yamlNestingProblem(`{${Array.from({ length: 5000 }, (_, i) => `"k${i}": [${i}, {"v": ${i}}]`).join(', ')}}`)).to.equal(null);
+    expect(yamlNestingProblem(`${'['.repeat(65)}${']'.repeat(65)}`)).to.equal('it nests more than 64 levels deep');
+    expect(yamlNestingProblem(`${'{"a":'.repeat(65)}1${'}'.repeat(65)}`)).to.equal('it nests more than 64 levels deep');
+    expect(yamlNestingProblem(Array.from({ length: 65 }, (_, i) => `${' '.repeat(i)}a:`).join('\n'))).to.equal('it nests more than 64 levels deep');
+    // A pair right in a sequence is a map of its own: [a: [b: …]] is two levels a bracket.
+    expect(yamlNestingProblem(`x: ${'[a: '.repeat(33)}1${']'.repeat(33)}`)).to.equal('it nests more than 64 levels deep');
+    expect(yamlNestingProblem(`x: ${'[a: '.repeat(30)}1${']'.repeat(30)}`)).to.equal(null);
   });
 
   it('refuses a tag (!!binary, !!set, !foo) at its place for what it is, not as a value of the wrong type', () => {

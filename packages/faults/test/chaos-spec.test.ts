@@ -232,6 +232,18 @@ describe('chaos experiment files', () => {
     expect(problems(`${head}${vms(1)}${moves(1001)}`).map((x) => `${x.field}: ${x.message}`)).to.deep.equal(['moves: at most 1000 moves, not 1001']);
   });
 
+  it('reads a file of JSON on one line, as JSON.stringify writes it, as it reads the same JSON indented', () => {
+    // Each key's colon on the one line counted as a level: 20 faults "nested more than 64 levels deep".
+    const spec = {
+      name: 'j', kind: 'faults', hosts: 2, duration: '60s', workloads: [{ name: 'a', host: 'h1' }],
+      faults: Array.from({ length: 20 }, (_, i) => ({ at: `${i + 1}s`, kind: 'pause', target: 'vm:a', for: '500ms' })),
+    };
+    const { source: _a, sourceSha256: _b, ...oneLine } = parseChaosExperiment(JSON.stringify(spec), 'c.json');
+    const { source: _c, sourceSha256: _d, ...indented } = parseChaosExperiment(JSON.stringify(spec, null, 2), 'c.json');
+    expect(oneLine.faults).to.have.length(20);
+    expect(oneLine).to.deep.equal(indented);
+  });
+
   it('an existing cluster\'s host and link names are left to the run (the cluster says which it has)', () => {
     const s = parse('name: e\nkind: faults\ncluster: existing\nworkloads: [{ name: a, host: zz }]\nfaults: [{ at: 1s, kind: link, target: link:zz-yy, for: 1s, cut: true }]\n');
     expect(s).to.include({ cluster: 'existing', hosts: null, lps: null });
