@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { sweepHost } from '@hvlab/host';
 import type { HostPaths } from '../../packages/runtime/src/paths.js';
-import { shmPrefix } from '../../packages/runtime/src/paths.js';
+import { codeKind, shmPrefix } from '../../packages/runtime/src/paths.js';
 import { pidAlive } from '../../packages/runtime/src/anchor.js';
 import { hostProcesses } from '@hvlab/host';
 import { clusterDown, clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
@@ -87,15 +87,23 @@ export function otherHvlabProcesses(ours: readonly string[]): number {
   return n;
 }
 
-/** What else ran during a bench: the most processes of other hvlab hosts seen, and the highest 1-minute load. */
+/**
+ * What else ran during a bench: the most processes of other hvlab hosts seen, and the highest
+ * 1-minute load; and what the VM processes ran (`code`, as `host info` says it): the bundles with
+ * their code caches, or compiled modules when the bundles are missing or older than a build (a
+ * `tsc -b` without `node scripts/bundle.mjs`), which start slower and hold more memory (PSS per VM
+ * ~41 MiB against ~34 with the bundles, 8 idle VMs, one session's runs): a number from such a run
+ * is not the one the README's table compares.
+ */
 export interface Disturbance {
   otherHvlabProcesses: number;
   loadAvg1: number;
+  code: 'bundles' | 'compiled' | 'sources';
 }
 
 /** Samples the disturbance (call `sample()` at each part of a bench); `value` is what was seen so far. */
 export function disturbanceTracker(hostIds: readonly string[]): { sample: () => number; value: Disturbance } {
-  const value: Disturbance = { otherHvlabProcesses: 0, loadAvg1: 0 };
+  const value: Disturbance = { otherHvlabProcesses: 0, loadAvg1: 0, code: codeKind() };
   return {
     value,
     sample: () => {
@@ -109,9 +117,17 @@ export function disturbanceTracker(hostIds: readonly string[]): { sample: () => 
 
 /** The table line that says how disturbed a run was. */
 export function disturbanceLine(d: Disturbance): string {
-  return d.otherHvlabProcesses > 0
+  const others = d.otherHvlabProcesses > 0
     ? `DISTURBED: up to ${d.otherHvlabProcesses} processes of other hvlab hosts ran meanwhile (load ${d.loadAvg1}); rerun on a quiet machine`
     : `no other hvlab host ran meanwhile (1-min load up to ${d.loadAvg1})`;
+  return `${others}\n${codeLine(d.code)}`;
+}
+
+/** The line that says what the VM processes ran, and a warning when it was not the bundles. */
+export function codeLine(code: Disturbance['code']): string {
+  if (code === 'bundles') return 'VM processes ran bundles (dist/bundle, with their code caches)';
+  const what = code === 'sources' ? 'their TypeScript sources through tsx (HVLAB_FROM_SOURCE=1)' : 'compiled modules: the bundles are missing or older than the build (`pnpm build` makes them)';
+  return `WARNING: VM processes ran ${what}; starts, memory and CPU are not what the bundles give`;
 }
 
 /**
