@@ -201,7 +201,7 @@ describe('chaos experiment files', () => {
     // A value that was not a whole number was held to ±2^53 first ('"lps" must be a whole number from -9007199254740991 to 9007199254740991').
     expect(said('kind: lp-shrink, target: host:h1, lps: 1.5')).to.equal('faults[0].lps: lp-shrink: "lps" must be a whole number from 1 to 1024, not 1.5');
     expect(said('kind: lp-shrink, target: host:h1, lps: "many"')).to.equal('faults[0].lps: lp-shrink: "lps" must be a whole number from 1 to 1024, not "many"');
-    expect(said('kind: bitflip, target: vm:a, gpa: .nan')).to.equal('faults[0].gpa: bitflip: "gpa" must be a whole number from 0 to 281474976710656, not .nan');
+    expect(said('kind: bitflip, target: vm:a, gpa: .nan')).to.equal('faults[0].gpa: bitflip: "gpa" must be a guest physical address from 0x0 to 0xffffffff (no VM has more than 4G of memory), not .nan');
     expect(said('kind: clock, target: vm:a, skewPpm: 1e308')).to.equal('faults[0].skewPpm: clock: "skewPpm" must be a whole number from -900000 to 10000000, not 1e308');
     expect(said('kind: interrupt-delay, target: vm:a, delayMs: .inf')).to.equal('faults[0].delayMs: interrupt-delay: "delayMs" must be a whole number from 1 to 60000, not .inf');
     expect(said('kind: vmbus, target: vm:a, channel: heartbeat, drop: 2')).to.equal('faults[0].drop: vmbus: "drop" must be a number from 0 to 1, not 2');
