@@ -120,8 +120,9 @@ async function series(home: string, vm: string, memory: string, workload: string
   if (stats.length === 0) throw new Error(`no move of ${vm} completed`);
   const ram = stats[0]!.ram.total;
   const modelMs = (ram / linkBps) * 1000;
-  const down = stats.map((s) => s.downtime);
-  const acked = stats.map((s) => s['downtime-acked'] ?? s.downtime);
+  // A completed move reports its downtime (migrationHasDowntime); 0 only if a host left it out.
+  const down = stats.map((s) => s.downtime ?? 0);
+  const acked = stats.map((s) => s['downtime-acked'] ?? s.downtime ?? 0);
   const total = stats.map((s) => s['total-time']);
   return {
     vm, memoryBytes: ram, moves: stats.length,

@@ -19,7 +19,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, displayWidth, FileShapeError, hostPaths, pathsForRecord, padEndColumns, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
-  describeBlackout, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
+  describeBlackout, migrationHasDowntime, reportedMigrationStats, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
   vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
@@ -691,6 +691,34 @@ function clusterOfHostHome(home: string): { home: string; host: string } | null 
   if (basename(hostsDir) !== 'hosts' || basename(clusterDir) !== 'cluster') return null;
   const top = dirname(clusterDir);
   return hasCluster(top) && clusterHostHome(top, basename(home)) === home ? { home: top, host: basename(home) } : null;
+}
+
+/**
+ * The rows of move-status's table. A move's downtime is there only once the VM runs at the
+ * destination (a completed move, or post-copy past its switch-over), as QEMU's query-migrate has
+ * it (migrationHasDowntime): not before, and not for a failed or cancelled move, whose "downtime
+ * 0 ms" was the number its statistics started from.
+ */
+export function moveStatusRows(st: MigrationStats): string[][] {
+  return [
+    ['vm', st.vm], ['from → to', `${st.from} → ${st.to}`], ['method', st.method], ['status', st.status + (st['error-desc'] ? ` (${st['error-desc']})` : '')],
+    ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ...(st.downtime === undefined || !migrationHasDowntime(st.status) ? [] : [['downtime', `${st.downtime} ms` + (typeof st['downtime-acked'] === 'number' && st['downtime-acked'] !== st.downtime ? ` (${st['downtime-acked']} ms until the source heard)` : '')]]), ['expected-downtime', `${st['expected-downtime']} ms`],
+    ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
+    ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
+    ...(st.blackout ? [['blackout', describeBlackout(st.blackout)]] : []),
+    ['ram transferred', `${formatBinaryBytes(st.ram.transferred)} (${st.ram.transferred} B)`], ['ram remaining', `${formatBinaryBytes(st.ram.remaining)} (${st.ram.remaining} B)`], ['ram total', `${formatBinaryBytes(st.ram.total)} (${st.ram.total} B)`],
+    ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
+    ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],
+    ['postcopy-requests', String(st.ram['postcopy-requests'])],
+    // Raw ÷ sent means something only when pages were compressed (zero pages and headers move it otherwise).
+    ...(st.options?.compress ? [['compression ratio', String(st['compression-ratio'])]] : []),
+    ['throttle', `${st['throttle-percentage']} %`],
+  ];
+}
+
+/** The line of a completed move. */
+export function movedText(st: MigrationStats): string {
+  return `VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime === undefined ? 'not measured' : `${st.downtime} ms`}, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`;
 }
 
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
@@ -1937,9 +1965,9 @@ export async function run(argv: string[]): Promise<number> {
           }
           if (tty && last) process.stderr.write('\r\x1b[K');
         }
-        const st = await moving;
+        const st = reportedMigrationStats(await moving);
         if (json) out(JSON.stringify(st));
-        else if (st.status === 'completed') out(`VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime} ms, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`);
+        else if (st.status === 'completed') out(movedText(st));
         else process.stderr.write(`hvlab: ${await moveFailure(c, st, typeof aimed === 'string' ? resolveHome(p.home) : null)}\n`);
         return st.status === 'completed' ? 0 : cancelled ? 130 : 1;
       }
@@ -1996,29 +2024,17 @@ export async function run(argv: string[]): Promise<number> {
         return report.aborted ? 130 : report.cleanup.length > 0 ? 1 : 0;
       }
       case 'vm move-status': {
-        const st = await connect().request<MigrationStats>('vmMoveStatus', { name });
+        // Through reportedMigrationStats: a host started before it kept a downtime of 0 for a move that did not complete.
+        const st = reportedMigrationStats(await connect().request<MigrationStats>('vmMoveStatus', { name }));
         if (json) out(JSON.stringify(st));
         else {
-          out(table([
-            ['vm', st.vm], ['from → to', `${st.from} → ${st.to}`], ['method', st.method], ['status', st.status + (st['error-desc'] ? ` (${st['error-desc']})` : '')],
-            ['total-time', `${st['total-time']} ms`], ['setup-time', `${st['setup-time']} ms`], ['downtime', `${st.downtime} ms` + (typeof st['downtime-acked'] === 'number' && st['downtime-acked'] !== st.downtime ? ` (${st['downtime-acked']} ms until the source heard)` : '')], ['expected-downtime', `${st['expected-downtime']} ms`],
-            ['pass', String(st.pass) + (typeof st['stop-reason'] === 'string' ? ` (pre-copy ended: ${st['stop-reason']})` : '')], ['dirty tracking', st['dirty-tracking']],
-            ...(st.stream ? [['stream to the destination', st.stream === 'worker' ? 'its worker\'s own socket' : 'through its root']] : []),
-            ...(st.blackout ? [['blackout', describeBlackout(st.blackout)]] : []),
-            ['ram transferred', `${formatBinaryBytes(st.ram.transferred)} (${st.ram.transferred} B)`], ['ram remaining', `${formatBinaryBytes(st.ram.remaining)} (${st.ram.remaining} B)`], ['ram total', `${formatBinaryBytes(st.ram.total)} (${st.ram.total} B)`],
-            ['zero pages (duplicate)', String(st.ram.duplicate)], ['normal pages', String(st.ram.normal)], ['dirty-pages-rate', `${st.ram['dirty-pages-rate']}/s`],
-            ['mbps', String(st.ram.mbps)], ['dirty-sync-count', String(st.ram['dirty-sync-count'])], ['pages-per-second', String(st.ram['pages-per-second'])],
-            ['postcopy-requests', String(st.ram['postcopy-requests'])],
-            // Raw ÷ sent means something only when pages were compressed (zero pages and headers move it otherwise).
-            ...(st.options?.compress ? [['compression ratio', String(st['compression-ratio'])]] : []),
-            ['throttle', `${st['throttle-percentage']} %`],
-          ]));
+          out(table(moveStatusRows(st)));
         }
         return 0;
       }
       case 'vm move-cancel': {
         const force = flag('force');
-        const st = await connect().request<MigrationStats>('vmMoveCancel', force ? { name, force } : { name });
+        const st = reportedMigrationStats(await connect().request<MigrationStats>('vmMoveCancel', force ? { name, force } : { name }));
         out(json ? JSON.stringify(st) : force ? `resuming VM ${st.vm} here without ${st.to}'s word (its move was in doubt); "hvlab vm move-status ${st.vm}" shows its end` : `cancelling the migration of VM ${st.vm} to ${st.to} (it was ${st.status}); "hvlab vm move-status ${st.vm}" shows its end`);
         return 0;
       }

@@ -5,11 +5,12 @@
 import { expect } from 'chai';
 import { ExperimentError, formatBinaryBytes, parseExperiment } from '@hvlab/cluster';
 import { ChaosExperimentError, parseChaosExperiment, type FaultRecord } from '@hvlab/faults';
+import { emptyRam, MIGRATION_DEFAULTS, type MigrationStats } from '@hvlab/protocol';
 import { displayWidth } from '@hvlab/runtime';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -287,6 +288,38 @@ describe('amounts of a move as the CLI prints them (formatBinaryBytes)', () => {
     expect(formatBinaryBytes(311408)).to.equal('304.1 KiB');
     expect(formatBinaryBytes(67104768)).to.equal('64 MiB');
     expect(formatBinaryBytes(1.5 * 1024 ** 3)).to.equal('1.5 GiB');
+  });
+});
+
+describe('a move\'s statistics as the CLI prints them (moveStatusRows, movedText)', () => {
+  const st = (status: MigrationStats['status'], extra: Partial<MigrationStats> = {}): MigrationStats => ({
+    vm: 'web', from: 'h1', to: 'h2', method: 'offline', status, 'total-time': 2400, 'setup-time': 30, 'expected-downtime': 5,
+    ram: { ...emptyRam(16 * 1024 * 1024), transferred: 1 << 20 }, pass: 1, 'compression-ratio': 1, 'throttle-percentage': 0, 'dirty-tracking': 'kernel',
+    passes: [{ pass: 1, pages: 256, dirtyPages: 0, ms: 20, at: 50 }], options: { ...MIGRATION_DEFAULTS, offline: true }, startedAt: '2026-12-01T00:00:00.000Z', ...extra,
+  });
+  const rowsOf = (s: MigrationStats): Map<string, string> => new Map(moveStatusRows(s).map(([k, v]) => [k!, v!]));
+
+  it('move-status has no downtime row for a move that did not complete: a cancelled or failed one (a host before the fix kept the 0 it started from) or one still copying', () => {
+    for (const s of [st('cancelled', { downtime: 0, 'error-desc': 'cancelled by the user' }), st('failed', { downtime: 0, 'downtime-acked': 3 }), st('active', { downtime: 0 }), st('cancelled')]) {
+      const rows = rowsOf(s);
+      expect(rows.has('downtime'), `${s.status}: ${table(moveStatusRows(s))}`).to.equal(false);
+      expect(table(moveStatusRows(s))).to.not.match(/^downtime\b/m);
+      // Everything else stays: the status and why, the times, the expected downtime, the memory.
+      expect(rows.get('status')).to.equal(s.status + (s['error-desc'] ? ` (${s['error-desc']})` : ''));
+      expect([rows.get('total-time'), rows.get('expected-downtime'), rows.get('ram transferred')]).to.deep.equal(['2400 ms', '5 ms', '1 MiB (1048576 B)']);
+    }
+  });
+
+  it('move-status has the downtime of a completed move, and of a post-copy past its switch-over, with the time until the source heard', () => {
+    expect(rowsOf(st('completed', { downtime: 12, 'downtime-acked': 15 })).get('downtime')).to.equal('12 ms (15 ms until the source heard)');
+    expect(rowsOf(st('postcopy-active', { method: 'postcopy', downtime: 9 })).get('downtime')).to.equal('9 ms');
+    // A completed move whose downtime nobody measured (its worker gone in doubt, the destination's word since).
+    expect(rowsOf(st('completed')).has('downtime')).to.equal(false);
+  });
+
+  it('a completed move\'s line says its downtime, or that it was not measured', () => {
+    expect(movedText(st('completed', { downtime: 12 }))).to.match(/^VM web moved from h1 to h2 \(offline\) in 2\.40 s: downtime 12 ms, 1 pass, 1 MiB sent for 16 MiB of memory/);
+    expect(movedText(st('completed'))).to.match(/: downtime not measured, /);
   });
 });
 

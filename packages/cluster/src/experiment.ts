@@ -451,7 +451,7 @@ export type RunStats = Omit<MigrationStats, 'downtime' | 'downtime-acked'> & { d
 
 /** The statistics `runMoves` records of a move that ended with `st` (a fresh object; `st` is left as it is). */
 export function runStats(st: MigrationStats): RunStats {
-  return st.status === 'completed' ? { ...st } : { ...st, downtime: null, 'downtime-acked': null };
+  return st.status === 'completed' ? { ...st, downtime: st.downtime ?? null } : { ...st, downtime: null, 'downtime-acked': null };
 }
 
 export interface ExperimentRun {
@@ -553,7 +553,7 @@ export function runLine(r: ExperimentRun, repetitions: number): string {
   const head = `${r.method} ${r.repetition}/${repetitions}`;
   const s = r.stats;
   if (r.status === 'completed' && s) {
-    return `${head}: completed in ${s['total-time']} ms, downtime ${s.downtime} ms, ${passesText(s)}, ${formatBinaryBytes(s.ram.transferred)} sent`;
+    return `${head}: completed in ${s['total-time']} ms, downtime ${s.downtime === null ? 'not measured' : `${s.downtime} ms`}, ${passesText(s)}, ${formatBinaryBytes(s.ram.transferred)} sent`;
   }
   return `${head}: ${r.status}${r.error ? `: ${r.error}` : ''}`;
 }

@@ -640,7 +640,7 @@ describe('experiment reports', () => {
 
   it('the p50 of an even number of runs is their median, the mean of the middle two, not the lower one', () => {
     const r = report();
-    const run = (total: number, down: number): ExperimentRun => ({ ...r.runs[0]!, method: 'precopy', stats: stats('precopy', 'completed', total, down, total * 1000, [pass(1, 0, total)]) });
+    const run = (total: number, down: number): ExperimentRun => ({ ...r.runs[0]!, method: 'precopy', stats: runStats(stats('precopy', 'completed', total, down, total * 1000, [pass(1, 0, total)])) });
     const [m] = summarize(['precopy'], [run(1991, 397), run(3101, 379)], 100e6);
     expect(m!.totalMs).to.deep.include({ p50: 2546, min: 1991, max: 3101 });
     expect(m!.downtimeMs!.p50).to.equal(388);

@@ -243,12 +243,15 @@ export interface MigrationStats {
   /**
    * Milliseconds the VM ran nowhere: from the source's freeze to the destination's first dispatch
    * of one of its VPs, on the clock the hosts share (host-clock.ts); where they do not share one,
-   * until the destination's answer reached the source (`downtime-acked`).
+   * until the destination's answer reached the source (`downtime-acked`). Only once the VM runs at
+   * the destination (a completed move, or post-copy after its switch-over), as QEMU's query-migrate
+   * reports it (migrationHasDowntime): absent before, and for a failed or cancelled move.
    */
-  downtime: number;
+  downtime?: number;
   /**
    * From the source's freeze until the destination's answer that the VM runs reached the source:
    * `downtime` and the answer's way back (what hvlab reported as the downtime before 2026-12-04).
+   * Absent whenever `downtime` is.
    */
   'downtime-acked'?: number;
   'expected-downtime': number;
@@ -294,6 +297,29 @@ export interface MigrationBlackout {
   destination?: number;
   transit?: number;
   ack?: number;
+}
+
+/**
+ * Whether a move in state `status` has a downtime to report: once the VM runs at the destination,
+ * as QEMU's query-migrate has it (`downtime` for completed and postcopy-active, `expected-downtime`
+ * before). A failed or cancelled move has none: the VM was not moved, and the 0 its statistics
+ * start from (or a blackout measured before a commit that failed) is no move's downtime.
+ */
+export function migrationHasDowntime(status: MigrationState): boolean {
+  return status === 'completed' || status === 'postcopy-active';
+}
+
+/**
+ * A move's statistics as a host records and reports them (move-status, the answer of a move):
+ * a copy of `st` without `downtime` and `downtime-acked` unless migrationHasDowntime.
+ */
+export function reportedMigrationStats(st: MigrationStats): MigrationStats {
+  const out = { ...st };
+  if (!migrationHasDowntime(st.status)) {
+    delete out.downtime;
+    delete out['downtime-acked'];
+  }
+  return out;
 }
 
 /** A blackout's account on one line: "freeze 3, last pages 1, start 6 ms (destination 4, transit 2), answer back 2 ms". */
@@ -401,10 +427,12 @@ export function decodeMigrationStats(v: unknown): MigrationStats | string {
     const out: MigrationStats = {
       vm: str(o, 'vm', VM_NAME_RE_STATS, what), from: str(o, 'from', STATS_HOST_RE, what), to: str(o, 'to', STATS_HOST_RE, what),
       method: oneOf(o, 'method', ['precopy', 'postcopy', 'offline'] as const, what), status: oneOf(o, 'status', MIGRATION_STATES, what),
-      'total-time': num(o, 'total-time', what), 'setup-time': num(o, 'setup-time', what), downtime: num(o, 'downtime', what), 'expected-downtime': num(o, 'expected-downtime', what),
+      'total-time': num(o, 'total-time', what), 'setup-time': num(o, 'setup-time', what), 'expected-downtime': num(o, 'expected-downtime', what),
       ram, pass: num(o, 'pass', what), 'compression-ratio': num(o, 'compression-ratio', what), 'throttle-percentage': num(o, 'throttle-percentage', what),
       'dirty-tracking': oneOf(o, 'dirty-tracking', ['kernel', 'bitmap'] as const, what), passes, options, startedAt,
     };
+    const downtime = optNum(o, 'downtime', what);
+    if (downtime !== undefined) out.downtime = downtime;
     const acked = optNum(o, 'downtime-acked', what);
     if (acked !== undefined) out['downtime-acked'] = acked;
     if (has(o, 'stream')) out.stream = oneOf(o, 'stream', ['worker', 'root'] as const, what);

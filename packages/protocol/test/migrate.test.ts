@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { deflateRawSync } from 'node:zlib';
 import {
-  describeBlackout, decodeDescribedMove, peerReplayKey, decodeDescribedIncoming, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
+  describeBlackout, migrationHasDowntime, reportedMigrationStats, decodeDescribedMove, peerReplayKey, decodeDescribedIncoming, ranAtOf, encodePageBatch, decodePageBatch, decodeMigrationOptions, decodeMigrationStats, decodePeerRequest, emptyRam, MIGRATION_MAX_PASSES, decodeVmwpFrame, VmwpDecodeError, encode, seededRandom,
   PageKind, MIG_PAGE, MIG_BATCH_MAX_PAGES, MIG_BATCH_MAX_ENTRIES, MIG_ENTRY_HEADER, MIGRATION_DEFAULTS, MIG_STATE_MAX_BYTES, SINK_CHUNK_MAX_BYTES, MIG_ID_RE, CLUSTER_HOST_RE, CLUSTER_WIRE_VERSION,
   type MigrationStats, type PageEntry,
 } from '../src/index.js';
@@ -156,6 +156,32 @@ describe('a blackout\'s account', () => {
   });
 });
 
+describe('a move\'s downtime as a host reports it (reportedMigrationStats)', () => {
+  it('is there once the VM runs at the destination (completed, post-copy past its switch-over), as QEMU\'s query-migrate has it, and not before', () => {
+    const states = ['queued', 'setup', 'active', 'postcopy-active', 'completed', 'failed', 'cancelled'] as const;
+    expect(states.filter((s) => migrationHasDowntime(s))).to.deep.equal(['postcopy-active', 'completed']);
+    for (const status of states) {
+      const r = reportedMigrationStats({ ...SOURCE_STATS, status });
+      const has = status === 'completed' || status === 'postcopy-active';
+      expect([status, r.downtime, r['downtime-acked']]).to.deep.equal(has ? [status, 11, 12] : [status, undefined, undefined]);
+      expect(Object.hasOwn(r, 'downtime'), status).to.equal(has);
+      expect(JSON.stringify(r), status).to.match(has ? /"downtime":11/ : /^(?!.*"downtime":).*$/);
+    }
+  });
+
+  it('leaves out the 0 a cancelled or failed move started from, and a downtime measured before a commit that failed; keeps everything else (the blackout\'s account too) and changes nothing of its argument', () => {
+    // A cancelled offline move (frozen from its start) as the host kept it: "downtime 0 ms" in move-status.
+    const cancelled: MigrationStats = { ...SOURCE_STATS, method: 'offline', status: 'cancelled', downtime: 0, 'error-desc': 'cancelled by the user' };
+    const { downtime: _d, 'downtime-acked': _a, ...rest } = cancelled;
+    expect(reportedMigrationStats(cancelled)).to.deep.equal(rest);
+    expect(cancelled.downtime, 'its argument is left as it was').to.equal(0);
+    // A pre-copy whose state the destination took but whose commit failed: the VM resumed at the source.
+    const failed: MigrationStats = { ...SOURCE_STATS, status: 'failed', 'error-desc': 'the destination h2 refused the commit: x' };
+    expect(reportedMigrationStats(failed)).to.not.have.any.keys('downtime', 'downtime-acked');
+    expect(reportedMigrationStats(failed)).to.deep.include({ blackout: SOURCE_STATS.blackout, 'expected-downtime': 9, 'error-desc': failed['error-desc'] });
+  });
+});
+
 describe('the destination\'s word on when the VM ran there (ranAtOf)', () => {
   const clock = '0b6f3a52-8f0e-4f6e-9a55-0c3d1f2e7a10';
   const sent = 5_000_000_000;
@@ -251,6 +277,14 @@ describe('migration statistics from a source (decodeMigrationStats)', function (
     expect((decodeMigrationStats({ ...SOURCE_STATS, passes: Array.from({ length: MIGRATION_MAX_PASSES }, (_, i) => ({ pass: i + 1, pages: 1, dirtyPages: 1, ms: 1, at: i })) }) as MigrationStats).passes).to.have.length(MIGRATION_MAX_PASSES);
   });
 
+  it('takes statistics without a downtime (a move not yet switched over has none), and gives none back', () => {
+    const { downtime: _d, 'downtime-acked': _a, ...active } = SOURCE_STATS;
+    const d = decodeMigrationStats({ ...active, status: 'active' });
+    expect(d).to.deep.equal({ ...active, status: 'active' });
+    expect(d).to.not.have.property('downtime');
+    expect(decodeMigrationStats({ ...active, downtime: null })).to.not.have.property('downtime');
+  });
+
   it('refuses wrong types, numbers that are not finite, negative or huge, unknown and nested fields, and over-long lists, naming the field', () => {
     const S = SOURCE_STATS as unknown as Record<string, unknown>;
     const cases: Array<[unknown, RegExp]> = [
@@ -296,7 +330,8 @@ describe('migration statistics from a source (decodeMigrationStats)', function (
       if (typeof d === 'string') continue;
       accepted++;
       const o = d as MigrationStats;
-      for (const n of [o['total-time'], o.downtime, o.pass, ...Object.values(o.ram)]) expect(Number.isFinite(n) && n >= 0).to.equal(true);
+      for (const n of [o['total-time'], o.downtime ?? 0, o.pass, ...Object.values(o.ram)]) expect(Number.isFinite(n) && n >= 0).to.equal(true);
+      if (Object.hasOwn(o, 'downtime')) expect(o.downtime).to.be.a('number');
       expect(o.method).to.be.oneOf(['precopy', 'postcopy', 'offline']);
       expect(o.passes).to.be.an('array');
     }

@@ -15,7 +15,7 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { procChildren, procEnviron, procState, procTitle } from '@hvlab/shm/procfs';
 import { join } from 'node:path';
 import {
-  DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa,
+  DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa, reportedMigrationStats,
   type ClusterKey, type MigPeerRequest, type MigrationOptions, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
   type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpFaultInfo, type VmwpFaultStats, decodeVmwpFaultList, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
@@ -256,12 +256,30 @@ function linkFailure(e: unknown, what: string): MgmtFailure {
   return new MgmtFailure('Unavailable', `${what}: ${(e as Error).message}`);
 }
 
+/**
+ * Each VM name's last move, as move-status and a move's answer report it: every record goes in
+ * through reportedMigrationStats, so one that did not complete has no downtime (a cancelled or
+ * failed move kept the 0 its statistics started from, or the blackout of a commit that failed,
+ * and move-status said "downtime 0 ms" of a move that never ran the VM elsewhere).
+ */
+class MoveRecords extends Map<string, MigrationStats> {
+  override set(name: string, st: MigrationStats): this {
+    return super.set(name, reportedMigrationStats(st));
+  }
+
+  /** Records `st` and returns the record (what the move's caller is answered). */
+  put(name: string, st: MigrationStats): MigrationStats {
+    this.set(name, st);
+    return this.get(name)!;
+  }
+}
+
 export class Vmms {
   private readonly vms = new Map<string, VmRecord>();
   /** The host's cluster membership, when it has one (live migration needs it). */
   cluster: MigrationCluster | null = null;
   /** The last migration of each VM name this host took part in (source or destination), for move-status. */
-  private readonly moves = new Map<string, MigrationStats>();
+  private readonly moves = new MoveRecords();
   /** Migrations from this host running now, and those waiting for a slot (Hyper-V: 2 at once). */
   private movesRunning = 0;
   /** The host is going down ("down", "cluster down"): a move that fails now failed because of it, and says so. */
@@ -1415,15 +1433,13 @@ export class Vmms {
     const total = dirtyBitmapGpa(r.config.memoryBytes);
     const queued: MigrationStats = {
       vm: name, from: cluster.name, to, method: options.offline ? 'offline' : options.postcopy ? 'postcopy' : 'precopy', status: 'queued',
-      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(total), pass: 0, 'compression-ratio': 1,
+      'total-time': 0, 'setup-time': 0, 'expected-downtime': 0, ram: emptyRam(total), pass: 0, 'compression-ratio': 1,
       'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date().toISOString(),
     };
     this.moves.set(name, queued);
     r.moving = { mig, to, started: false, cancel: async () => null, cancelled: null };
     const fail = (status: 'failed' | 'cancelled', why: string): MigrationStats => {
-      const st: MigrationStats = { ...(this.moves.get(name) ?? queued), status, 'error-desc': why };
-      this.moves.set(name, st);
-      return st;
+      return this.moves.put(name, { ...(this.moves.get(name) ?? queued), status, 'error-desc': why });
     };
     let peer: { endpoint: string; auth: string } | null = null;
     try {
@@ -1459,7 +1475,7 @@ export class Vmms {
         // of 24 h failed a move the worker still held in doubt). A worker that goes away fails the
         // request at once (the link sees it go).
         const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, Infinity);
-        this.moves.set(name, stats);
+        const recorded = this.moves.put(name, stats);
         if (stats.status === 'completed') {
           // The worker leaves by itself; the VM is the destination's: nothing of it stays here.
           r.expectingExit = true;
@@ -1472,7 +1488,7 @@ export class Vmms {
           this.vms.delete(name);
           this.o.log.info({ vm: name, to, downtimeMs: stats.downtime, totalMs: stats['total-time'] }, 'VM moved away');
         }
-        return stats;
+        return recorded;
       } catch (e) {
         // The worker is gone (turned off, killed) in the middle of the move: it cannot tell the
         // destination to drop its attempt, which then waited 30 s for the silent stream, holding
@@ -1786,7 +1802,7 @@ export class Vmms {
   private incomingStats(c: VmConfig, from: string, options: MigrationOptions, startedAt: number): MigrationStats {
     return {
       vm: c.name, from, to: this.cluster?.name ?? this.o.hostId, method: options.offline ? 'offline' : options.postcopy ? 'postcopy' : 'precopy', status: 'active',
-      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(dirtyBitmapGpa(c.memoryBytes)), pass: 0, 'compression-ratio': 1,
+      'total-time': 0, 'setup-time': 0, 'expected-downtime': 0, ram: emptyRam(dirtyBitmapGpa(c.memoryBytes)), pass: 0, 'compression-ratio': 1,
       'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options, startedAt: new Date(startedAt).toISOString(),
     };
   }

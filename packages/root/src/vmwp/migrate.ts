@@ -250,7 +250,7 @@ export class MigrationOut {
     this.batchPages = bps > 0 ? Math.max(1, Math.min(MIG_BATCH_MAX_PAGES, Math.floor(bps / 4 / MIG_PAGE))) : MIG_BATCH_MAX_PAGES;
     this.stats = {
       vm: req.vm, from: req.from, to: req.to, method: req.options.offline ? 'offline' : req.options.postcopy ? 'postcopy' : 'precopy', status: 'setup',
-      'total-time': 0, 'setup-time': 0, downtime: 0, 'expected-downtime': 0, ram: emptyRam(this.guestPages * MIG_PAGE), pass: 0, 'compression-ratio': 1,
+      'total-time': 0, 'setup-time': 0, 'expected-downtime': 0, ram: emptyRam(this.guestPages * MIG_PAGE), pass: 0, 'compression-ratio': 1,
       'throttle-percentage': 0, 'dirty-tracking': 'bitmap', passes: [], options: req.options, startedAt: new Date().toISOString(),
     };
   }
@@ -840,7 +840,7 @@ export class MigrationOut {
       this.stats.status = 'completed';
       this.stats['total-time'] = commitStats['total-time'];
       this.stats.ram.remaining = 0;
-      this.stats['expected-downtime'] = this.stats.downtime;
+      this.stats['expected-downtime'] = this.stats.downtime ?? this.stats['expected-downtime'];
       this.report();
       log.info({ to: this.req.to, totalMs: this.stats['total-time'], downtimeMs: this.stats.downtime, bytes: this.stats.ram.transferred, passes: this.stats.passes.length }, 'migration completed');
       return this.stats;
