@@ -462,6 +462,11 @@ export interface ExperimentRun {
   status: RunStatus;
   /** Why it did not complete (the move's error-desc, or the host's answer), else null. */
   error: string | null;
+  /**
+   * What else the run did to its move, when there is something: a cancel asked once the move had
+   * not ended within moveTimeout, too late (the destination had its commit, and it completed).
+   */
+  note?: string;
   /** The host's error code of a refusal or error, when there was one. */
   errorCode: string | null;
   /** The arguments of vmMove. */
@@ -491,11 +496,20 @@ export class MoveRefused extends Error {
  * What the runner needs of two hosts; `clusterDriver` is the real one, tests give a fake. Each
  * method throws on failure; `move` throws MoveRefused when the host refused the move.
  */
+/** A move's end with what its statistics do not say: a cancel after moveTimeout that came too late. */
+export interface NotedMove {
+  stats: MigrationStats;
+  note: string;
+}
+
 export interface ExperimentDriver {
   /** Makes VM `name` on the source host (spec.vm) and starts it. */
   createVm(name: string): Promise<void>;
-  /** Moves it with these vmMove arguments and returns its statistics, whatever its end. */
-  move(args: Record<string, unknown>): Promise<MigrationStats>;
+  /**
+   * Moves it with these vmMove arguments and returns its statistics, whatever its end, or them with
+   * a note of what the driver did to the move that they do not say (NotedMove).
+   */
+  move(args: Record<string, unknown>): Promise<MigrationStats | NotedMove>;
   /** Turns VM `name` off and deletes it wherever it is; returns the host it was on (null: none). */
   removeVm(name: string): Promise<string | null>;
   /**
@@ -553,7 +567,7 @@ export function runLine(r: ExperimentRun, repetitions: number): string {
   const head = `${r.method} ${r.repetition}/${repetitions}`;
   const s = r.stats;
   if (r.status === 'completed' && s) {
-    return `${head}: completed in ${s['total-time']} ms, downtime ${s.downtime === null ? 'not measured' : `${s.downtime} ms`}, ${passesText(s)}, ${formatBinaryBytes(s.ram.transferred)} sent`;
+    return `${head}: completed in ${s['total-time']} ms, downtime ${s.downtime === null ? 'not measured' : `${s.downtime} ms`}, ${passesText(s)}, ${formatBinaryBytes(s.ram.transferred)} sent${r.note ? ` (${r.note})` : ''}`;
   }
   return `${head}: ${r.status}${r.error ? `: ${r.error}` : ''}`;
 }
@@ -590,7 +604,9 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
           run.status = 'cancelled';
           run.error = 'stopped before its move';
         } else try {
-          const st = await driver.move(request);
+          const end = await driver.move(request);
+          const st = 'stats' in end ? end.stats : end;
+          if ('stats' in end) run.note = end.note;
           run.stats = runStats(st);
           run.status = st.status === 'completed' ? 'completed' : st.status === 'cancelled' ? 'cancelled' : 'failed';
           if (run.status !== 'completed') run.error = st['error-desc'] ?? `the move ended ${st.status}`;
@@ -836,6 +852,11 @@ export function resultsMarkdown(report: ExperimentReport): string {
     lines.push('', '## Runs that did not complete', '', '| method | repetition | status | why |', '|---|---:|---|---|');
     for (const r of bad) lines.push(`| ${md(r.method)} | ${r.repetition} | ${r.status}${r.errorCode ? ` (${md(r.errorCode)})` : ''} | ${md(r.error ?? '')} |`);
   }
+  const noted = report.runs.filter((r) => r.note);
+  if (noted.length > 0) {
+    lines.push('', '## Notes', '', '| method | repetition | status | note |', '|---|---:|---|---|');
+    for (const r of noted) lines.push(`| ${md(r.method)} | ${r.repetition} | ${r.status} | ${md(r.note!)} |`);
+  }
   if (report.cleanup.length > 0) lines.push('', '## Left behind', '', ...report.cleanup.map((c) => `- ${md(c)}`));
   lines.push(
     '', '## Plots', '',
@@ -988,6 +1009,15 @@ export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtCl
           // never converges is a result. It was thrown away, leaving the run's row empty.
           const st = await endedMove(src, name, CANCELLED_MOVE_WAIT_MS, signal);
           if (st === null) throw new Error(`${late} and was cancelled`);
+          // The cancel was taken, and lost to a commit already on its way: the destination had it,
+          // and the VM runs there. A completed move, without an error (it was recorded completed
+          // with the error "… and was cancelled"); the cancel is the run's note.
+          if (st.status === 'completed') {
+            const { 'error-desc': _, ...done } = st;
+            return { stats: done, note: `${late}; its cancel came too late: ${st.to} had its commit, and the move completed` };
+          }
+          // A move that failed after all says why, after what the runner did.
+          if (st.status === 'failed') return { ...st, 'error-desc': `${late}; it was cancelled, and failed: ${st['error-desc'] ?? 'no reason given'}` };
           return { ...st, 'error-desc': `${late} and was cancelled` };
         }
         if (CLIENT_CODES.has(e.code)) throw e;

@@ -455,6 +455,47 @@ describe('experiment runs against a fake pair of hosts', () => {
     expect(run2).to.include({ status: 'error', stats: null, error: 'the move did not end within 1 s, and its cancel was refused: the move is past its switch-over' });
   });
 
+  it('a move whose cancel after moveTimeout loses to a late commit is recorded completed, with its downtime, no error and a note that the cancel came too late', async () => {
+    const s = spec('name: slow\nmethods: [precopy]\nrepetitions: 1\nmoveTimeout: 1s\n');
+    // The cancel is taken (the worker had not begun its switch-over), but the commit was on its way:
+    // the destination answers the abort "committed", and the move ends completed, without an error-desc.
+    const done = stats('precopy', 'completed', 1500, 40, 3e6, [pass(1, 8000, 700), pass(2, 30, 1300), pass(3, 0, 1450)]);
+    let statusAsks = 0;
+    const src = {
+      async request(method: string): Promise<unknown> {
+        if (method === 'vmMove') throw new MgmtCallError('Timeout', 'vmMove: no answer within 1000 ms');
+        if (method === 'vmMoveCancel') return { ...done, status: 'active', downtime: undefined };
+        if (method === 'vmMoveStatus') return ++statusAsks < 2 ? { ...done, status: 'active', downtime: undefined } : done;
+        throw new Error(`unexpected ${method}`);
+      },
+    } as unknown as MgmtClient;
+    const base = clusterDriver(s, { h1: src, h2: src });
+    const said: string[] = [];
+    const [run] = await runMoves(s, { createVm: async () => {}, move: (a) => base.move(a), removeVm: async () => 'h2' }, { sleep: async () => {}, tag: 'beef', progress: (l) => said.push(l) });
+    expect(run).to.include({ status: 'completed', error: null, note: 'the move did not end within 1 s; its cancel came too late: h2 had its commit, and the move completed' });
+    expect(run!.stats, 'no error-desc in its statistics').to.not.have.property('error-desc');
+    expect(run!.stats).to.include({ status: 'completed', downtime: 40, 'total-time': 1500 });
+    expect(said.at(-1)).to.match(/^precopy 1\/1: completed in 1500 ms, downtime 40 ms, .* \(the move did not end within 1 s; its cancel came too late: h2 had its commit, and the move completed\)$/);
+    // results.md counts it completed, lists it under Notes and not among the runs that did not complete.
+    const r = { ...newReport(s, { out: '/nonexistent/out', home: '/nonexistent/home', started: new Date(0) }), runs: [run!], summary: summarize(['precopy'], [run!], null) };
+    const text = resultsMarkdown(r);
+    expect(text).to.not.match(/Runs that did not complete/);
+    expect(text).to.match(/## Notes\n\n\| method \| repetition \| status \| note \|\n\|---\|---:\|---\|---\|\n\| precopy \| 1 \| completed \| the move did not end within 1 s; its cancel came too late: h2 had its commit, and the move completed \|/);
+    expect(JSON.parse(JSON.stringify(r)).runs[0]).to.include({ status: 'completed', error: null });
+    // One that fails after its cancel was taken says its own reason after the runner's.
+    const failed = { ...done, status: 'failed', downtime: undefined, 'error-desc': 'host h1 is going down: x' };
+    const f = {
+      async request(method: string): Promise<unknown> {
+        if (method === 'vmMove') throw new MgmtCallError('Timeout', 'no answer');
+        return method === 'vmMoveCancel' ? { ...failed, status: 'active' } : failed;
+      },
+    } as unknown as MgmtClient;
+    const d2 = clusterDriver(s, { h1: f, h2: f });
+    const [run2] = await runMoves(s, { createVm: async () => {}, move: (a) => d2.move(a), removeVm: async () => 'h1' }, { sleep: async () => {}, tag: 'beef' });
+    expect(run2).to.include({ status: 'failed', error: 'the move did not end within 1 s; it was cancelled, and failed: host h1 is going down: x' });
+    expect(run2).to.not.have.property('note');
+  });
+
   it('a move that did not complete has no downtime: null in results.json, empty in the CSV, a dash in results.md and the table, no bar in the plot, left out of the statistics', async () => {
     // The host's statistics of a cancelled stop-and-copy move (frozen from its start until the
     // cancel) and of a failed pre-copy say downtime 0, the value they started from.
