@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError, experimentSummaryRows, HVLAB_VERSION,
-  parseTopology, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, clusterVmsAnswered, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
+  parseTopology, fileText, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, clusterVmsAnswered, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -1208,14 +1208,17 @@ const debugOn = (): boolean => process.env.HVLAB_DEBUG === '1';
  * Reads and checks a topology file once: the topology and the text it came from, or the
  * TopologyError naming every problem. CliError when the file cannot be read.
  */
-function loadTopology(file: string): { topology: Topology; source: string } | TopologyError {
-  let source: string;
+export function loadTopology(file: string): { topology: Topology; source: string } | TopologyError {
+  let bytes: Buffer;
   try {
-    source = readRegularFile(file, MAX_TOPOLOGY_BYTES).toString('utf8');
+    bytes = readRegularFile(file, MAX_TOPOLOGY_BYTES);
   } catch (e) {
     if (e instanceof FileShapeError) throw new CliError(`${e.message}: not a topology file`);
     throw new CliError(`cannot read the topology file ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message}`);
   }
+  // Not UTF-8: refused (the source kept in the cluster's record would not be its bytes).
+  const source = fileText(bytes);
+  if (typeof source !== 'string') return new TopologyError(file, [source]);
   try {
     return { topology: parseTopology(source, file), source };
   } catch (e) {

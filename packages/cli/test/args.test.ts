@@ -3,14 +3,15 @@
  * refuses the rest before anything is sent, and the help lists exactly what is accepted.
  */
 import { expect } from 'chai';
-import { ExperimentError, formatBinaryBytes, parseExperiment } from '@hvlab/cluster';
+import { ExperimentError, formatBinaryBytes, parseExperiment, TopologyError } from '@hvlab/cluster';
 import { ChaosExperimentError, parseChaosExperiment, type FaultRecord } from '@hvlab/faults';
 import { emptyRam, MIGRATION_DEFAULTS, type MigrationStats } from '@hvlab/protocol';
 import { displayWidth } from '@hvlab/runtime';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, loadTopology, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -320,6 +321,30 @@ describe('a move\'s statistics as the CLI prints them (moveStatusRows, movedText
   it('a completed move\'s line says its downtime, or that it was not measured', () => {
     expect(movedText(st('completed', { downtime: 12 }))).to.match(/^VM web moved from h1 to h2 \(offline\) in 2\.40 s: downtime 12 ms, 1 pass, 1 MiB sent for 16 MiB of memory/);
     expect(movedText(st('completed'))).to.match(/: downtime not measured, /);
+  });
+});
+
+describe('topology files as cluster check and cluster up read them (loadTopology)', () => {
+  const TOPO = 'name: lab\nhosts: { h1: {}, h2: {} }\nlinks:\n  - endpoints: [h1, h2]\n';
+  it('refuses a file that is not UTF-8 with one problem at its first bad sequence, naming its byte offset; takes UTF-8 with a BOM as its bytes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-topo-utf8-'));
+    try {
+      // A Latin-1 "é" (0xE9) in a comment: it was taken, and the source kept in the cluster's record said U+FFFD.
+      const head = Buffer.from(`${TOPO}# ✓ caf`);
+      writeFileSync(join(dir, 'bad.yaml'), Buffer.concat([head, Buffer.from([0xe9, 0x0a])]));
+      const e = loadTopology(join(dir, 'bad.yaml'));
+      expect(e).to.be.instanceOf(TopologyError);
+      expect((e as TopologyError).problems).to.deep.equal([{ line: 5, column: 8, field: '', message: `not UTF-8 text: byte 0xe9 at offset ${head.length} begins no UTF-8 sequence (save the file as UTF-8)` }]);
+      expect((e as TopologyError).message).to.equal(`${join(dir, 'bad.yaml')}:5:8: not UTF-8 text: byte 0xe9 at offset ${head.length} begins no UTF-8 sequence (save the file as UTF-8)`);
+      const good = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(`${TOPO}# café ✓\n`)]);
+      writeFileSync(join(dir, 'good.yaml'), good);
+      const t = loadTopology(join(dir, 'good.yaml'));
+      if (t instanceof TopologyError) throw t;
+      expect(t.topology.name).to.equal('lab');
+      expect(Buffer.from(t.source, 'utf8').equals(good)).to.equal(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

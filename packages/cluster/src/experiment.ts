@@ -44,7 +44,7 @@ import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, problemsText, readYamlMap, scalar, seedValue, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { fileText, problem, problemsText, readYamlMap, scalar, seedValue, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
@@ -423,9 +423,12 @@ export function loadExperiment(file: string): ExperimentSpec | ExperimentError {
     const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
     return new ExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
   }
+  // Not UTF-8: refused (its text would not be its bytes), with the first bad sequence's place.
+  const text = fileText(bytes);
+  if (typeof text !== 'string') return new ExperimentError(file, [text]);
   try {
-    // The hash of the bytes read, not of their text: sha256sum's, whatever they decode to.
-    return { ...parseExperiment(bytes.toString('utf8'), file), sourceSha256: sourceSha256(bytes) };
+    // The hash of the bytes read, as sha256sum says it (their text is the same bytes, a BOM too).
+    return { ...parseExperiment(text, file), sourceSha256: sourceSha256(bytes) };
   } catch (e) {
     if (e instanceof ExperimentError) return e;
     throw e;

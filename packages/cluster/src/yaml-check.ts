@@ -4,6 +4,7 @@
  * field. A file's checker collects every problem it finds, then throws them together.
  */
 import { isMap, isScalar, isSeq, Lexer, LineCounter, parseDocument, visit, type Node, type Pair, type YAMLMap } from 'yaml';
+import { isUtf8 } from 'node:buffer';
 import { parseSeed, seedProblem } from '@hvlab/protocol';
 
 export interface FileProblem {
@@ -34,6 +35,60 @@ export function problemsText(file: string, problems: readonly FileProblem[], max
   const shownOnes = problems.slice(0, max).map(line);
   const rest = problems.length - shownOnes.length;
   return [...shownOnes, ...(rest > 0 ? [`${file}: … and ${rest} more problem${rest === 1 ? '' : 's'}`] : [])].join('\n');
+}
+
+/**
+ * Offset of the first byte sequence of `b` that is not UTF-8, or null when all of it is: a byte no
+ * sequence begins with (a continuation byte, 0xC0, 0xC1, 0xF5-0xFF), or one whose sequence is cut
+ * short, has a wrong continuation, is overlong, is a surrogate or is past U+10FFFF (the Encoding
+ * Standard's decoder makes U+FFFD of each).
+ */
+export function firstNonUtf8(b: Uint8Array): number | null {
+  for (let i = 0; i < b.length;) {
+    const c = b[i]!;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    // Continuation bytes after the lead, and the bounds of the first (which rule out overlong
+    // forms, surrogates and what is past U+10FFFF).
+    let n: number;
+    let lo = 0x80;
+    let hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) n = 1;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 2;
+      if (c === 0xe0) lo = 0xa0;
+      else if (c === 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 3;
+      if (c === 0xf0) lo = 0x90;
+      else if (c === 0xf4) hi = 0x8f;
+    } else return i;
+    for (let k = 1; k <= n; k++) {
+      const x = b[i + k];
+      if (x === undefined || x < (k === 1 ? lo : 0x80) || x > (k === 1 ? hi : 0xbf)) return i;
+    }
+    i += n + 1;
+  }
+  return null;
+}
+
+/**
+ * A file's bytes as its text, or the one problem that they are not UTF-8, at the first sequence
+ * that is not (its line and column, and its byte offset, which an editor that shows no such byte
+ * still finds). Decoded anyway, each became U+FFFD: the file was taken, and the text recorded as
+ * its source (an experiment's spec.source) was not its bytes. A BOM is UTF-8, and stays.
+ */
+export function fileText(bytes: Uint8Array): string | FileProblem {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const bad = isUtf8(buf) ? null : firstNonUtf8(buf);
+  if (bad === null) return buf.toString('utf8');
+  const start = buf.lastIndexOf(0x0a, bad - 1) + 1;
+  let line = 1;
+  for (let i = buf.indexOf(0x0a); i !== -1 && i < bad; i = buf.indexOf(0x0a, i + 1)) line++;
+  const column = buf.subarray(start, bad).toString('utf8').length + 1;
+  return { line, column, field: '', message: `not UTF-8 text: byte 0x${buf[bad]!.toString(16).padStart(2, '0')} at offset ${bad} begins no UTF-8 sequence (save the file as UTF-8)` };
 }
 
 export function where(ctx: CheckCtx, node: Node | Pair | null | undefined): { line: number; column: number } {

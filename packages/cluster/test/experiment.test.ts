@@ -830,15 +830,16 @@ describe('experiment reports', () => {
       expect(text).to.match(/load \(1, 5, 15 min\) [\d.]+, [\d.]+, [\d.]+ at the start/);
     });
 
-    it('names a file read from disk by the SHA-256 of its bytes, as sha256sum does: with a BOM, CRLF line ends and bytes that are not UTF-8', () => {
+    it('names a file read from disk by the SHA-256 of its bytes, as sha256sum does: with a BOM, CRLF line ends and text beyond ASCII; its source is those bytes', () => {
       const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-sha-'));
       try {
-        // A BOM, CRLF, and a Latin-1 "é" (0xE9, not UTF-8: decoded as U+FFFD) in a comment.
-        const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(EXAMPLE.replace(/\n/g, '\r\n'), 'utf8'), Buffer.from('# caf'), Buffer.from([0xe9]), Buffer.from('\r\n')]);
+        // A BOM, CRLF, and "café ✓ 𝄞" in a comment (2-, 3- and 4-byte UTF-8).
+        const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(EXAMPLE.replace(/\n/g, '\r\n'), 'utf8'), Buffer.from('# café ✓ 𝄞\r\n')]);
         writeFileSync(join(dir, 'exp.yaml'), bytes);
         const s = loadExperiment(join(dir, 'exp.yaml'));
         if (s instanceof ExperimentError) throw s;
         expect(s.name).to.equal('precopy-vs-offline');
+        expect(Buffer.from(s.source, 'utf8').equals(bytes), 'the source recorded is the file\'s bytes').to.equal(true);
         const want = createHash('sha256').update(readFileSync(join(dir, 'exp.yaml'))).digest('hex');
         const r = newReport(s, { out: '/tmp/x', home: '/tmp/h', started: new Date('2026-12-01T00:00:00.000Z') });
         expect(r.sourceSha256).to.equal(want);
@@ -846,6 +847,27 @@ describe('experiment reports', () => {
         // A BOM and CRLF alone: the same bytes' hash too.
         writeFileSync(join(dir, 'crlf.yaml'), Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(EXAMPLE.replace(/\n/g, '\r\n'))]));
         expect((loadExperiment(join(dir, 'crlf.yaml')) as ExperimentSpec).sourceSha256).to.equal(createHash('sha256').update(readFileSync(join(dir, 'crlf.yaml'))).digest('hex'));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('refuses a file that is not UTF-8 with one problem at its first bad sequence, naming its byte offset (its bytes were read as U+FFFD, and the source recorded was not the file)', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'hvlab-exp-utf8-'));
+      try {
+        // A Latin-1 "é" (0xE9) in a comment after the example (CRLF line ends, a BOM), then another.
+        const head = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(EXAMPLE.replace(/\n/g, '\r\n'), 'utf8'), Buffer.from('# ✓ caf')]);
+        writeFileSync(join(dir, 'exp.yaml'), Buffer.concat([head, Buffer.from([0xe9]), Buffer.from('\r\nname: x\xe9\r\n', 'latin1')]));
+        const e = loadExperiment(join(dir, 'exp.yaml'));
+        expect(e).to.be.instanceOf(ExperimentError);
+        const line = EXAMPLE.split('\n').length;
+        expect((e as ExperimentError).problems).to.deep.equal([{ line, column: 8, field: '', message: `not UTF-8 text: byte 0xe9 at offset ${head.length} begins no UTF-8 sequence (save the file as UTF-8)` }]);
+        expect((e as ExperimentError).message).to.equal(`${join(dir, 'exp.yaml')}:${line}:8: not UTF-8 text: byte 0xe9 at offset ${head.length} begins no UTF-8 sequence (save the file as UTF-8)`);
+        // A sequence cut short (0xE2 0x9C, then a line end), an overlong "/" (0xC0 0xAF) and an encoded surrogate (0xED 0xA0 0x80): each at its lead byte.
+        for (const [bad, at] of [[[0xe2, 0x9c, 0x0a], 0], [[0x41, 0xc0, 0xaf], 1], [[0x41, 0x42, 0xed, 0xa0, 0x80], 2]] as const) {
+          writeFileSync(join(dir, 'b.yaml'), Buffer.concat([Buffer.from('name: x\n'), Buffer.from(bad)]));
+          expect((loadExperiment(join(dir, 'b.yaml')) as ExperimentError).problems.map((p) => [p.line, p.column, p.message.match(/offset (\d+)/)?.[1]])).to.deep.equal([[2, at + 1, String(8 + at)]]);
+        }
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }

@@ -9,7 +9,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { seededRandom } from '@hvlab/protocol';
-import { parseTopology, parseDuration, parseRate, parseLoss, TopologyError, type TopologyProblem } from '../src/index.js';
+import { isUtf8 } from 'node:buffer';
+import { fileText, firstNonUtf8, parseTopology, parseDuration, parseRate, parseLoss, TopologyError, type TopologyProblem } from '../src/index.js';
 
 const EXAMPLE = `# a three-host lab
 name: lab
@@ -191,5 +192,37 @@ describe('topology files', () => {
       }
     }
     expect(accepted, 'some mutations still decode').to.be.greaterThan(0);
+  });
+});
+
+describe('a file\'s bytes as text (fileText: topology, experiment and chaos files)', () => {
+  it('finds the first sequence that is not UTF-8 where the Encoding Standard\'s decoder puts its U+FFFD (seeded, 20,000 cases)', () => {
+    const next = seededRandom(0x0f8d);
+    // Mostly bytes that make or nearly make sequences: ASCII, leads, continuations, the edges of each range.
+    const bytes = [0x41, 0x0a, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1, 0xec, 0xed, 0xee, 0xef, 0xf0, 0xf1, 0xf3, 0xf4, 0xf5, 0xff];
+    const fatal = new TextDecoder('utf-8', { fatal: true });
+    let bad = 0;
+    for (let i = 0; i < 20000; i++) {
+      const b = Buffer.from(Array.from({ length: Math.floor(next() * 12) }, () => (next() < 0.2 ? Math.floor(next() * 256) : bytes[Math.floor(next() * bytes.length)]!)));
+      const at = firstNonUtf8(b);
+      expect(at === null, b.toString('hex')).to.equal(isUtf8(b));
+      if (at === null) continue;
+      bad++;
+      // All before it is UTF-8, and the decoder's first U+FFFD stands for the sequence there.
+      expect(() => fatal.decode(b.subarray(0, at)), b.toString('hex')).to.not.throw();
+      expect(b.toString('utf8').startsWith(`${b.subarray(0, at).toString('utf8')}\ufffd`), `${b.toString('hex')} at ${at}`).to.equal(true);
+    }
+    expect(bad).to.be.greaterThan(5000);
+  });
+
+  it('takes UTF-8 (a BOM too) as the same bytes, and refuses anything else with one problem at the first bad sequence: its line, column and byte offset', () => {
+    const good = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('name: lab\r\n# café ✓ 𝄞 \ufffd\n')]);
+    expect(Buffer.from(fileText(good) as string, 'utf8').equals(good)).to.equal(true);
+    expect(fileText(Buffer.alloc(0))).to.equal('');
+    // A Latin-1 "é" (0xE9) twice, after a "✓" (three bytes, one column).
+    expect(fileText(Buffer.concat([Buffer.from('name: lab\n# ✓ caf'), Buffer.from('\xe9 et th\xe9\n', 'latin1')]))).to.deep.equal(
+      { line: 2, column: 8, field: '', message: 'not UTF-8 text: byte 0xe9 at offset 19 begins no UTF-8 sequence (save the file as UTF-8)' });
+    // Offsets count bytes: the ✓ before is three.
+    expect((fileText(Buffer.concat([Buffer.from('✓'), Buffer.from([0xff])])) as TopologyProblem).message).to.match(/byte 0xff at offset 3 /);
   });
 });

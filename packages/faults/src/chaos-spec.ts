@@ -55,7 +55,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, fileText, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 import { MAX_OWNED_VMS } from './wire.js';
@@ -964,9 +964,12 @@ export function loadChaosExperiment(file: string): ChaosSpec | ChaosExperimentEr
     const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (e as Error).message;
     return new ChaosExperimentError(file, [{ line: 0, column: 0, field: '', message: `cannot read the experiment file: ${why}` }]);
   }
+  // Not UTF-8: refused (its text would not be its bytes), with the first bad sequence's place.
+  const text = fileText(bytes);
+  if (typeof text !== 'string') return new ChaosExperimentError(file, [text]);
   try {
-    // The hash of the bytes read, not of their text: sha256sum's, whatever they decode to.
-    return { ...parseChaosExperiment(bytes.toString('utf8'), file), sourceSha256: sourceSha256(bytes) };
+    // The hash of the bytes read, as sha256sum says it (their text is the same bytes, a BOM too).
+    return { ...parseChaosExperiment(text, file), sourceSha256: sourceSha256(bytes) };
   } catch (e) {
     if (e instanceof ChaosExperimentError) return e;
     throw e;

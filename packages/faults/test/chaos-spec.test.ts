@@ -430,17 +430,35 @@ describe('chaos experiment files', () => {
     expect(experimentKindOf('/nonexistent/chaos.yaml')).to.equal(null);
   });
 
-  it('names a file read from disk by the SHA-256 of its bytes, as sha256sum does: with a BOM, CRLF line ends and bytes that are not UTF-8', () => {
+  it('names a file read from disk by the SHA-256 of its bytes, as sha256sum does: with a BOM, CRLF line ends and text beyond ASCII; its source is those bytes', () => {
     const dir = mkdtempSync(join(tmpdir(), 'hvlab-chaos-sha-'));
     try {
-      const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(SMALL.replace(/\n/g, '\r\n')), Buffer.from('# caf'), Buffer.from([0xe9]), Buffer.from('\r\n')]);
+      const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(SMALL.replace(/\n/g, '\r\n')), Buffer.from('# café ✓ 𝄞\r\n')]);
       writeFileSync(join(dir, 'chaos.yaml'), bytes);
       const s = loadChaosExperiment(join(dir, 'chaos.yaml'));
       if (s instanceof ChaosExperimentError) throw s;
       expect(s.name).to.equal('small');
+      expect(Buffer.from(s.source, 'utf8').equals(bytes), 'the source recorded is the file\'s bytes').to.equal(true);
       expect(s.sourceSha256).to.equal(createHash('sha256').update(readFileSync(join(dir, 'chaos.yaml'))).digest('hex'));
       // Parsed from a text: its UTF-8 bytes' hash.
       expect(parse(SMALL).sourceSha256).to.equal(createHash('sha256').update(Buffer.from(SMALL, 'utf8')).digest('hex'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a chaos file that is not UTF-8', () => {
+  it('is refused with one problem at its first bad sequence, naming its byte offset (its bytes were read as U+FFFD, and the source recorded was not the file)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-chaos-utf8-'));
+    try {
+      const head = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(SMALL), Buffer.from('# ok: ✓\n# caf')]);
+      writeFileSync(join(dir, 'chaos.yaml'), Buffer.concat([head, Buffer.from([0xe9, 0x0a, 0xff])]));
+      const e = loadChaosExperiment(join(dir, 'chaos.yaml'));
+      expect(e).to.be.instanceOf(ChaosExperimentError);
+      const line = SMALL.split('\n').length + 1;
+      expect((e as ChaosExperimentError).problems).to.deep.equal([{ line, column: 6, field: '', message: `not UTF-8 text: byte 0xe9 at offset ${head.length} begins no UTF-8 sequence (save the file as UTF-8)` }]);
+      expect((e as ChaosExperimentError).message).to.equal(`${join(dir, 'chaos.yaml')}:${line}:6: not UTF-8 text: byte 0xe9 at offset ${head.length} begins no UTF-8 sequence (save the file as UTF-8)`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
