@@ -174,11 +174,11 @@ function quantity(ctx: Ctx, node: Node | null, field: string, parse: (t: string 
   const v = scalar(node);
   const n = typeof v === 'string' || typeof v === 'number' ? parse(v) : null;
   if (n === null) {
-    problem(ctx, node, field, `must be ${what}`);
+    problem(ctx, node, field, `must be ${what}, not ${shown(node)}`);
     return null;
   }
   if ((minOpen ? n <= min : n < min) || n > max) {
-    problem(ctx, node, field, `${JSON.stringify(v)} is out of range: ${minOpen ? 'above' : 'at least'} ${min}${unit}${max < Infinity ? ` and at most ${max}${unit}` : ''}`);
+    problem(ctx, node, field, `${shown(node)} is out of range: ${minOpen ? 'above' : 'at least'} ${min}${unit}${max < Infinity ? ` and at most ${max}${unit}` : ''}`);
     return null;
   }
   return n;
@@ -269,9 +269,9 @@ export function parseTopology(text: string, file = 'topology'): Topology {
               continue;
             }
             const [a, b] = v.items.map((e) => String((e as { value: unknown }).value));
-            const bad = [a, b].filter((x) => !hostNames.has(x!));
+            const bad = v.items.filter((e) => !hostNames.has(String((e as { value: unknown }).value)));
             if (bad.length > 0) {
-              if (checkHostNames) problem(ctx, v, f, `${bad.map((x) => JSON.stringify(x)).join(' and ')} ${bad.length > 1 ? 'are not hosts' : 'is not a host'} of this cluster (hosts: ${known()})`);
+              if (checkHostNames) problem(ctx, v, f, `${bad.map((x) => shown(x as Node)).join(' and ')} ${bad.length > 1 ? 'are not hosts' : 'is not a host'} of this cluster (hosts: ${known()})`);
             } else if (a === b) problem(ctx, v, f, 'a link joins two different hosts');
             else {
               const key = [a, b].sort().join('\u0000');
@@ -317,9 +317,12 @@ export function parseTopology(text: string, file = 'topology'): Topology {
       problem(ctx, vv ?? vp, `${field}.host`, `is missing: every VM names the host it runs on (hosts: ${known()})`);
       ok = false;
     } else {
-      const hv = scalar(fields.get('host')!);
+      const hn = fields.get('host')!;
+      const hv = scalar(hn);
       if (typeof hv !== 'string' || !hostNames.has(hv)) {
-        if (checkHostNames || typeof hv !== 'string') problem(ctx, fields.get('host'), `${field}.host`, `${JSON.stringify(hv)} is not a host of this cluster (hosts: ${known()})`);
+        // Named as written, cut to 40 characters (shown): a name of 100,000 was quoted whole.
+        const said = hn === null || hv === null || hv === '' ? 'is empty: every VM names the host it runs on' : `${shown(hn)} is not a host of this cluster`;
+        if (checkHostNames || typeof hv !== 'string') problem(ctx, hn ?? vv ?? vp, `${field}.host`, `${said} (hosts: ${known()})`);
         ok = false;
       } else vm.host = hv;
     }

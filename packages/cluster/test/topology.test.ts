@@ -149,6 +149,27 @@ describe('topology files', () => {
     }
   });
 
+  it('names a refused value as written, cut to 40 characters, as experiment and chaos files do (shown): one of 100,000 characters was quoted whole', () => {
+    const long = '9'.repeat(100_000);
+    const name = 'h'.repeat(100_000);
+    const ps = problems(`name: lab\nhosts: { h1: { lps: ${long} }, h2: {} }\nlinks:\n  - { endpoints: [h1, h2], delay: "${long}ms", rate: "${'x'.repeat(100_000)}", loss: ${long} }\n  - { endpoints: [h1, ${name}] }\n`
+      + `vms: { a: { host: ${name} }, b: { host: h1, memory: "${long}M" }, c: { host: 7 }, d: { host: [h1] }, e: { host: } }\n`);
+    const cut = (t: string): string => `${t.slice(0, 39)}…`;
+    expect(ps.map((p) => `${p.field}: ${p.message}`)).to.deep.equal([
+      `hosts.h1.lps: must be a whole number from 1 to 256, not ${cut(long)}`,
+      `links[0].delay: ${cut(`"${long}`)} is out of range: at least 0ms and at most 60000ms`,
+      `links[0].rate: must be a rate such as 100mbit, not ${cut(`"${'x'.repeat(100)}`)}`,
+      `links[0].loss: must be a percentage such as 0.1%, not ${cut(long)}`,
+      `links[1].endpoints: ${cut(`"${name}`)} is not a host of this cluster (hosts: h1, h2)`,
+      `vms.a.host: ${cut(`"${name}`)} is not a host of this cluster (hosts: h1, h2)`,
+      `vms.b.memory: must be a size such as 64M or 2G, not ${cut(`"${long}`)}`,
+      'vms.c.host: 7 is not a host of this cluster (hosts: h1, h2)',
+      'vms.d.host: a list is not a host of this cluster (hosts: h1, h2)',
+      'vms.e.host: is empty: every VM names the host it runs on (hosts: h1, h2)',
+    ]);
+    for (const p of ps) expect(p.line, p.field).to.be.greaterThan(0);
+  });
+
   it('refuses what is not a topology at all: not YAML, not a map, too large', () => {
     expect(problems('name: [unclosed\n')[0]!.line).to.be.greaterThan(0);
     expect(problems('- a\n- b\n')[0]!.message).to.match(/is a map/);
