@@ -12,7 +12,6 @@ import { KvpClient } from '@hvlab/vsc/kvp';
 import { ShutdownClient } from '@hvlab/vsc/shutdown';
 import { TimeSyncClient } from '@hvlab/vsc/timesync';
 import type { IcProvider } from '../src/index.js';
-import { IcProvider as IcProviderBase, type IcAnswer } from '../src/ic/provider.js';
 import { HeartbeatProvider } from '../src/heartbeat/index.js';
 import { KvpProvider, KvpInputError } from '../src/kvp/index.js';
 import { ShutdownProvider } from '../src/shutdown/index.js';
@@ -174,92 +173,6 @@ function fakeHeartbeatChannel(canPoll: boolean, latencyMs: number, answering: { 
   return ch as unknown as VmbusChannel;
 }
 
-describe("posted requests (IcProvider.post: a periodic service's, with no promise or timer)", () => {
-  class Probe extends IcProviderBase {
-    readonly service = 'heartbeat' as const;
-    readonly interfaceType = 'probe';
-    readonly messageType = IcMessageType.Heartbeat;
-    protected readonly messageVersions = [{ major: 3, minor: 0 }];
-    postNow(timeoutMs: number, done: (a: IcAnswer | null) => void): void {
-      this.post(IcMessageType.Heartbeat, encodeHeartbeat(7n), timeoutMs, done);
-    }
-    expire(now?: number): void {
-      this.expirePosted(now);
-    }
-  }
-  function probe(opts: { open?: boolean; sendThrows?: boolean } = {}): { p: Probe; sent: Array<{ transId: bigint; payload: Uint8Array }>; answer: (transId: bigint) => void } {
-    const sent: Array<{ transId: bigint; payload: Uint8Array }> = [];
-    const ch = {
-      open: opts.open ?? true,
-      onPacket: (_t: number, _f: number, _id: bigint, _p: Uint8Array): void => {},
-      send(_type: number, _flags: number, transId: bigint, payload: Uint8Array): void {
-        if (opts.sendThrows) throw new Error('ring full');
-        sent.push({ transId, payload: payload.slice() });
-      },
-      setPolled: (): boolean => false,
-      poll: (): void => {},
-    };
-    const p = new Probe(quiet);
-    p.negotiated = { framework: { major: 3, minor: 0 }, message: { major: 3, minor: 0 } };
-    p.reopen(ch as unknown as VmbusChannel);
-    const answer = (transId: bigint): void => {
-      const m = decodeIcMessage(sent.find((x) => x.transId === transId)!.payload);
-      ch.onPacket(PacketType.DataInband, 0, transId, encodeIcMessage({ ...m.header, status: IcStatus.OK, flags: IcFlags.Transaction | IcFlags.Response }, encodeHeartbeat(8n)));
-    };
-    return { p, sent, answer };
-  }
-
-  it('an answer comes to done once, as it is read; a later expiry does nothing', () => {
-    const { p, sent, answer } = probe();
-    const got: Array<IcAnswer | null> = [];
-    p.postNow(1000, (a) => got.push(a));
-    expect(sent).to.have.length(1);
-    expect(got).to.deep.equal([]);
-    answer(sent[0]!.transId);
-    expect(got).to.have.length(1);
-    expect(decodeHeartbeat(got[0]!.body).sequence).to.equal(8n);
-    p.expire(performance.now() + 1e9);
-    expect(got).to.have.length(1);
-    expect(p.saveIc().pending).to.deep.equal([]);
-  });
-
-  it('one unanswered is given up (null) at the first expiry past its time, once; its late answer is refused', () => {
-    const { p, sent, answer } = probe();
-    const got: Array<IcAnswer | null> = [];
-    const t0 = performance.now();
-    p.postNow(1000, (a) => got.push(a));
-    p.expire(t0 + 500);
-    expect(got, 'before its time').to.deep.equal([]);
-    expect(p.saveIc().pending, 'still in flight (a save keeps it)').to.have.length(1);
-    p.expire(t0 + 2000);
-    expect(got).to.deep.equal([null]);
-    p.expire(t0 + 4000);
-    expect(got).to.deep.equal([null]);
-    const rejected = p.stats.rejected;
-    answer(sent[0]!.transId);
-    expect(got).to.deep.equal([null]);
-    expect(p.stats.rejected).to.equal(rejected + 1);
-  });
-
-  it('a close gives every one in flight null once; a closed channel or a send that throws gives null at once and leaves nothing in flight', () => {
-    const a = probe();
-    const got: Array<IcAnswer | null> = [];
-    a.p.postNow(1000, (x) => got.push(x));
-    a.p.postNow(1000, (x) => got.push(x));
-    a.p.close();
-    expect(got).to.deep.equal([null, null]);
-    a.p.expire(performance.now() + 1e9);
-    expect(got).to.deep.equal([null, null]);
-    for (const opts of [{ open: false }, { sendThrows: true }]) {
-      const b = probe(opts);
-      const mine: Array<IcAnswer | null> = [];
-      b.p.postNow(1000, (x) => mine.push(x));
-      expect(mine, JSON.stringify(opts)).to.deep.equal([null]);
-      expect(b.p.saveIc().pending, JSON.stringify(opts)).to.deep.equal([]);
-    }
-  });
-});
-
 describe('heartbeat status, answers read on ticks or as they come', function () {
   this.timeout(30000);
   const INTERVAL_MS = 100;
@@ -312,27 +225,6 @@ describe('heartbeat status, answers read on ticks or as they come', function () 
       expect(c.wrong, `flagged though an answer came less than the lost time before; ${what}`).to.equal(0);
       expect(c.timely, what).to.be.at.least(5);
       expect(c.ok, what).to.be.greaterThan(100);
-    }
-  });
-
-  it('a beat the guest never got is given up after its time, and a later beat asks again: the heartbeat is OK again once the guest answers', async () => {
-    for (const canPoll of [true, false]) {
-      const hb = new HeartbeatProvider(quiet, { intervalMs: INTERVAL_MS, lostAfterMs: LOST_AFTER_MS });
-      hb.negotiated = { framework: { major: 3, minor: 0 }, message: { major: 3, minor: 0 } };
-      // Requests sent while the guest is not answering are lost (as on a lossy channel).
-      const answering = { on: false, handedAt: null as number | null, timely: 0 };
-      const ch = fakeHeartbeatChannel(canPoll, 5, answering, LOST_AFTER_MS - 20);
-      try {
-        hb.reopen(ch);
-        await until(() => hb.status() === 'LostCommunication', 10_000);
-        const before = hb.sequence;
-        answering.on = true;
-        // Only a new request can be answered: the one lost must have been given up for it to go.
-        await until(() => hb.status() === 'OK' && hb.sequence > before, 10_000);
-      } finally {
-        hb.close();
-        (ch as unknown as { close(): void }).close();
-      }
     }
   });
 

@@ -85,16 +85,16 @@ export class HeartbeatProvider extends IcProvider implements IcService<Heartbeat
   }
 
   private beat(): void {
-    // A beat unanswered past its time is given up here, so this one asks again.
-    this.expirePosted();
     if (this.asked !== null || !this.isOpen) return;
     const asked = this.sequence;
     this.asked = asked;
     const beat = ++this.beats;
     // The answer is taken by onAnswer; a request that fails or times out frees the next beat.
-    this.post(IcMessageType.Heartbeat, encodeHeartbeat(asked), this.lostAfterMs + this.pollSlackMs(this.intervalMs), () => {
-      if (this.beats === beat) this.asked = null;
-    });
+    this.request(IcMessageType.Heartbeat, encodeHeartbeat(asked), this.lostAfterMs + this.pollSlackMs(this.intervalMs))
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.beats === beat) this.asked = null;
+      });
   }
 
   protected override onRestoredAnswer(_type: number, a: IcAnswer): void {

@@ -49,8 +49,6 @@ interface Pending {
   resolve: (a: IcAnswer) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout | null;
-  /** A posted request's (`post`) time limit by performance.now(), checked at its service's ticks; 0: none. */
-  deadline: number;
 }
 
 export abstract class IcProvider implements VmbusDevice {
@@ -256,7 +254,6 @@ export abstract class IcProvider implements VmbusDevice {
         resolve: (a) => this.onRestoredAnswer(e.type, a),
         reject: () => undefined,
         timer: null,
-        deadline: 0,
       };
       entry.timer = setTimeout(() => {
         if (this.pending.get(BigInt(e.transId)) !== entry) return;
@@ -273,9 +270,11 @@ export abstract class IcProvider implements VmbusDevice {
     const ch = this.channel;
     if (!ch?.open) return Promise.reject(new IcRequestError(`the ${this.service} integration service is not connected`));
     const transId = this.nextTransId++;
-    const header = this.requestHeader(type);
+    const fw = this.negotiated?.framework ?? FRAMEWORK_VERSIONS[0];
+    const msg = this.negotiated?.message ?? this.messageVersions[0];
+    const header: IcHeader = { framework: fw, message: msg, type, status: 0, transactionId: this.nextIcTransaction++ & 0xff, flags: IcFlags.Transaction | IcFlags.Request };
     return new Promise<IcAnswer>((resolve, reject) => {
-      const p: Pending = { type, resolve, reject, timer: null, deadline: 0 };
+      const p: Pending = { type, resolve, reject, timer: null };
       if (timeoutMs > 0) {
         p.timer = setTimeout(() => {
           this.pending.delete(transId);
@@ -293,51 +292,6 @@ export abstract class IcProvider implements VmbusDevice {
         reject(e);
       }
     });
-  }
-
-  /**
-   * A request of a periodic service (the heartbeat's beat, time sync's sample): as `request`, but
-   * with neither a promise nor a timer of its own. `done` is called once: with the answer (as it
-   * is read, right after `onAnswer`), or with null when the request could not go, its channel
-   * closed, or it went unanswered for `timeoutMs` (found by `expirePosted`, which the service calls
-   * at each of its ticks, so a posted request is given up at most a period after its time: the
-   * same tick at which `request`'s timer would have let the service ask again). An idle VM's worker
-   * makes one or two of these per tick, on a wake-up that is most of what an idle VM costs; the
-   * promise, its reactions and the timer's set and clear were a fifth of that tick's JavaScript.
-   */
-  protected post(type: number, body: Uint8Array, timeoutMs: number, done: (a: IcAnswer | null) => void): void {
-    const ch = this.channel;
-    if (!ch?.open) {
-      done(null);
-      return;
-    }
-    const transId = this.nextTransId++;
-    const header = this.requestHeader(type);
-    const p: Pending = { type, resolve: done, reject: () => done(null), timer: null, deadline: performance.now() + timeoutMs };
-    this.pending.set(transId, p);
-    try {
-      this.stats.requests++;
-      ch.send(PacketType.DataInband, 0, transId, encodeIcMessage(header, body));
-    } catch {
-      this.pending.delete(transId);
-      done(null);
-    }
-  }
-
-  /** Gives up the posted requests (`post`) past their time: each one's `done` gets null. */
-  protected expirePosted(now = performance.now()): void {
-    for (const [transId, p] of this.pending) {
-      if (p.deadline === 0 || p.deadline > now) continue;
-      // The request stays in the channel, as one of `request` whose timer fired.
-      this.pending.delete(transId);
-      p.reject(new IcRequestError(`the guest did not answer the ${this.service} request in time`));
-    }
-  }
-
-  private requestHeader(type: number): IcHeader {
-    const fw = this.negotiated?.framework ?? FRAMEWORK_VERSIONS[0];
-    const msg = this.negotiated?.message ?? this.messageVersions[0];
-    return { framework: fw, message: msg, type, status: 0, transactionId: this.nextIcTransaction++ & 0xff, flags: IcFlags.Transaction | IcFlags.Request };
   }
 
   private onPacket(type: number, transId: bigint, payload: Uint8Array): void {

@@ -9,12 +9,12 @@
  * reading (taken before it applied the sample) in `parentTime` and the reference time of that
  * reading, so the host can report the guest's offset — an hvlab extension.
  */
-import { IcGuid, IcMessageType, IcStatus, type IcVersion } from '@hvlab/protocol';
+import { IcGuid, IcMessageType, IcStatus, IcError, type IcVersion } from '@hvlab/protocol';
 import { decodeTimeSync, encodeTimeSync, filetimeToMs, msToFiletime, TimeSyncFlags } from '@hvlab/protocol/timesync';
 import type { DeviceContext, VirtualDevice } from '../device.js';
 import { icDevice, type IcService } from '../ic/device.js';
 import { icTicker } from '../ic/ticker.js';
-import { IcProvider, type IcAnswer, type IcLog } from '../ic/provider.js';
+import { IcProvider, type IcLog } from '../ic/provider.js';
 import { decodeTimeSyncState, type TimeSyncState } from './state.js';
 
 /** The reference counter: CLOCK_MONOTONIC in 100 ns units. */
@@ -52,10 +52,7 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
     this.stopTicks?.();
     // A sample carries the time it was taken at, so one sent up to a quarter period early (with
     // the heartbeat's wake-up) is as exact as one sent on time.
-    this.stopTicks = icTicker.every(this.intervalMs, this.intervalMs / 4, () => {
-      this.expirePosted();
-      this.sample(TimeSyncFlags.Sample, null);
-    });
+    this.stopTicks = icTicker.every(this.intervalMs, this.intervalMs / 4, () => void this.send(TimeSyncFlags.Sample));
   }
 
   protected override onClosed(): void {
@@ -89,47 +86,32 @@ export class TimeSyncProvider extends IcProvider implements IcService<TimeSyncSt
 
   /** Sends a time sample with `flags`; resolves when it is answered or has failed (never rejects). */
   private send(flags: number): Promise<void> {
-    return new Promise<void>((resolve) => this.sample(flags, resolve));
-  }
-
-  /**
-   * Sends a time sample with `flags` (a posted request: the periodic samples make no promise);
-   * `done`, if given, is called when it is answered or has failed.
-   */
-  private sample(flags: number, done: (() => void) | null): void {
-    if (!this.isOpen) {
-      done?.();
-      return;
-    }
+    if (!this.isOpen) return Promise.resolve();
     const hostMs = Date.now();
     const ref = referenceTime();
     const body = encodeTimeSync({ parentTime: msToFiletime(hostMs), referenceTime: ref, flags, leapFlags: 0, stratum: 2 });
     // Polled, the answer is read at a later tick, up to a period later (when no other service
     // ticks more often).
-    this.post(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs) + this.pollSlackMs(this.intervalMs), (a) => {
-      try {
-        if (a) this.answered(a, hostMs, ref, flags);
-      } catch {
-        // A sample whose answer cannot be taken is dropped, as it always was: the next one counts.
-      } finally {
-        done?.();
-      }
-    });
-  }
-
-  private answered(a: IcAnswer, hostMs: number, ref: bigint, flags: number): void {
-    // The first answer comes as it is signalled (the offset is known at once); then they are
-    // read on ticks, which with a long period and no heartbeat may be a period later.
-    if (!this.polled) this.pollAnswers();
-    if (a.header.status !== IcStatus.OK) return;
-    const t = decodeTimeSync(a.body);
-    const guestMs = filetimeToMs(t.parentTime);
-    // Host time at the moment the guest read its clock.
-    const hostThenMs = hostMs + Number(t.referenceTime - ref) / 1e4;
-    const offsetMs = Math.round(guestMs - hostThenMs);
-    if (this.initialOffsetMs === null) this.initialOffsetMs = offsetMs;
-    if (flags !== TimeSyncFlags.Sync) this.offsetMs = offsetMs;
-    this.samples++;
+    return this.request(IcMessageType.TimeSync, body, Math.max(2000, this.intervalMs) + this.pollSlackMs(this.intervalMs))
+      .then((a) => {
+        // The first answer comes as it is signalled (the offset is known at once); then they are
+        // read on ticks, which with a long period and no heartbeat may be a period later.
+        if (!this.polled) this.pollAnswers();
+        if (a.header.status !== IcStatus.OK) return;
+        try {
+          const t = decodeTimeSync(a.body);
+          const guestMs = filetimeToMs(t.parentTime);
+          // Host time at the moment the guest read its clock.
+          const hostThenMs = hostMs + Number(t.referenceTime - ref) / 1e4;
+          const offsetMs = Math.round(guestMs - hostThenMs);
+          if (this.initialOffsetMs === null) this.initialOffsetMs = offsetMs;
+          if (flags !== TimeSyncFlags.Sync) this.offsetMs = offsetMs;
+          this.samples++;
+        } catch (e) {
+          if (!(e instanceof IcError)) throw e;
+        }
+      })
+      .catch(() => undefined);
   }
 
   protected override statusExtra(): Record<string, unknown> {
