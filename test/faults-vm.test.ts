@@ -255,7 +255,7 @@ describe('a bit flip\'s --gpa outside a small VM (real processes)', function () 
   const h = new TestHost();
   after(() => h.destroyLeavingNothing());
 
-  it('is refused naming the VM, its memory and the GPAs a flip takes; one past every VM\'s memory is refused by the CLI with that bound', async () => {
+  it('is refused naming the VM, its memory and the GPAs a flip takes; one past every VM\'s memory is refused by the CLI with that bound; a flip without one lands inside the small VM', async () => {
     await h.ok('up', '--lps', '1');
     await h.ok('vm', 'new', 'tiny', '--memory', '2M', '--workload', 'idle');
     await h.ok('vm', 'new', 'big', '--memory', '16M', '--workload', 'idle');
@@ -277,5 +277,17 @@ describe('a bit flip\'s --gpa outside a small VM (real processes)', function () 
     // Inside it, the flip lands.
     const ok = await h.json<FaultRecord>('fault', 'inject', 'bitflip', '--target', 'vm:tiny', '--for', '0', '--gpa', '0x1fe000');
     expect(ok.effect).to.not.equal(null);
+    // Without --gpa, seed 43 drew page 255 of the 256 from 0x100000, tiny's dirty bitmap: it was
+    // refused ("GPA 0x1ff000 is outside VM tiny's guest RAM"); now it is drawn again within tiny's
+    // 255 pages. On a VM of 256 pages or more the same seed draws what it always drew (a report's
+    // rerun gives the same fault); with both, the draw is within tiny.
+    const drawn = await h.json<FaultRecord>('fault', 'inject', 'bitflip', '--target', 'vm:tiny', '--for', '0', '--seed', '43');
+    expect(drawn.params.gpa).to.be.within(0x100000, 0x1fe000);
+    expect(drawn.effect).to.have.property('tiny');
+    const big = await h.json<FaultRecord>('fault', 'inject', 'bitflip', '--target', 'vm:big', '--for', '0', '--seed', '43');
+    expect(big.params).to.deep.include({ gpa: 0x1ff000, mask: 4 });
+    const both = await h.json<FaultRecord>('fault', 'inject', 'bitflip', '--target', 'vms:all', '--for', '0', '--seed', '43');
+    expect(both.params).to.deep.include({ gpa: drawn.params.gpa, mask: drawn.params.mask });
+    expect(Object.keys(both.effect ?? {}).sort()).to.deep.equal(['big', 'tiny']);
   });
 });

@@ -8,6 +8,7 @@ export * from './resolve.js';
 export * from './world.js';
 export * from './wire.js';
 export * from './nemesis.js';
+export * from './bitflip.js';
 export * from './client.js';
 export * from './chaos-spec.js';
 export * from './schedule.js';

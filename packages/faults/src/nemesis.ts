@@ -39,7 +39,7 @@
 import { appendFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, seededRandom, WORKLOAD_DATA_GPA, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
+  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, testKnob, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
@@ -48,7 +48,8 @@ import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
-import { homeAlive, markMoves, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
+import { homeAlive, markMoves, MOVE_MARKS_TIMEOUT_MS, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
+import { bitflipDefault, bitflipDefaultPages, type BitflipTarget } from './bitflip.js';
 
 /**
  * How long an owner's lease lasts here without a renewal: OWNER_LEASE_MS, or less for a benchmark's
@@ -555,33 +556,23 @@ export class Nemesis {
       case 'vmbus':
       case 'interrupt-delay':
       case 'clock':
-      case 'vp-stall':
-      case 'bitflip': {
-        let params = p;
-        if (rec.kind === 'bitflip' && p.gpa === undefined) {
-          // A page of the workload's data (memdirty's first 256), at its first byte, a bit other
-          // than the lowest (a flip of bit 0 could look like memdirty's own one-less step).
-          const rnd = seededRandom(rec.seed);
-          const page = Math.floor(rnd() * 256);
-          params = { gpa: WORKLOAD_DATA_GPA + page * 4096, mask: p.mask ?? 1 << (1 + Math.floor(rnd() * 7)) };
-          rec.params = { ...p, ...params };
-        }
-        const spec = hostSpecOf(rec.kind, params, rec.seed);
+      case 'vp-stall': {
+        const spec = hostSpecOf(rec.kind, p, rec.seed);
         if (!spec.ok) throw new FaultRefused(spec.message);
         // Filled as each VM takes it: a refusal by the first says nothing took effect (refusedUnapplied).
         const effects: Record<string, unknown> = {};
         rec.effect = effects;
         for (const v of rec.resolved.vms) {
           // Written down first: if the answer is lost, clearing an id the worker does not hold is no error.
-          if (rec.kind !== 'bitflip') {
-            undo.hostFaults.push({ host: v.host, vm: v.vm });
-            this.persist();
-          }
+          undo.hostFaults.push({ host: v.host, vm: v.vm });
+          this.persist();
           effects[v.vm] = await this.hostCall(world, v.host, 'faultSet', { id: rec.id, vm: v.vm, spec: spec.value, forMs: rec.forMs });
         }
         rec.effect = effects;
         return;
       }
+      case 'bitflip':
+        return await this.applyBitflip(world, rec);
       case 'lp-shrink': {
         const spec = hostSpecOf('lp-shrink', p, rec.seed);
         if (!spec.ok) throw new FaultRefused(spec.message);
@@ -620,6 +611,45 @@ export class Nemesis {
         return;
       }
     }
+  }
+
+  /**
+   * A bit flip (bitflip.ts): without a GPA, each target VM's memory is asked of its root first, to
+   * draw one inside every target (a 2M VM's top page of the 256 drawn from holds its dirty bitmap,
+   * and 1 seed in 256 failed there). A VM whose root does not say is left to its worker's check.
+   */
+  private async applyBitflip(world: World, rec: FaultRecord): Promise<void> {
+    const p = rec.params;
+    const vms = rec.resolved.vms;
+    const memory = p.gpa === undefined ? await this.vmMemory(world, vms) : new Map<string, number>();
+    const targets: BitflipTarget[] = vms.map((v) => ({ vm: v.vm, host: v.host, where: `VM ${v.vm} on ${v.host}`, memoryBytes: memory.get(`${v.host}|${v.vm}`) ?? null }));
+    let params = p;
+    if (p.gpa === undefined) {
+      const pages = bitflipDefaultPages(targets);
+      if ('problem' in pages) throw new FaultRefused(pages.problem);
+      params = { ...p, ...bitflipDefault(rec.seed, typeof p.mask === 'number' ? p.mask : undefined, pages.pages) };
+      rec.params = params;
+    }
+    const spec = hostSpecOf('bitflip', params, rec.seed);
+    if (!spec.ok) throw new FaultRefused(spec.message);
+    // Filled as each VM takes it: a refusal by the first says nothing took effect (refusedUnapplied).
+    const effects: Record<string, unknown> = {};
+    rec.effect = effects;
+    for (const t of targets) effects[t.vm] = await this.hostCall(world, t.host, 'faultSet', { id: rec.id, vm: t.vm, spec: spec.value, forMs: rec.forMs });
+  }
+
+  /** The memory of each of `vms` its root lists (`HOST|VM` to bytes); a root that does not answer in 3 s says nothing. */
+  private async vmMemory(world: World, vms: ReadonlyArray<{ host: string; vm: string }>): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    await Promise.all([...new Set(vms.map((v) => v.host))].map(async (host) => {
+      const list = await this.hostCall<unknown>(world, host, 'vmList', {}, MOVE_MARKS_TIMEOUT_MS).catch(() => null);
+      if (!Array.isArray(list)) return;
+      for (const x of list as unknown[]) {
+        if (!isPlainObject(x) || typeof x.name !== 'string' || !vms.some((v) => v.host === host && v.vm === x.name)) continue;
+        if (typeof x.memoryBytes === 'number' && Number.isSafeInteger(x.memoryBytes) && x.memoryBytes > 0) out.set(`${host}|${x.name}`, x.memoryBytes);
+      }
+    }));
+    return out;
   }
 
   /** Undoes what `act` did; collects (does not throw on) what could not be undone. */

@@ -1,0 +1,56 @@
+/**
+ * A bit flip's address, as the nemesis decides it (the worker flips: flipGuestByte): without a
+ * GPA, one drawn from the seed inside every target VM's guest RAM (`bitflipDefault`).
+ */
+import { dirtyBitmapGpa, seededRandom, WORKLOAD_DATA_GPA } from '@hvlab/protocol';
+
+/** Pages of workload data (memdirty's first 256, from WORKLOAD_DATA_GPA) a flip without a GPA picks from. */
+export const BITFLIP_DEFAULT_PAGES = 256;
+
+/** A VM a bit flip targets: its name and host, how it is named in a sentence, and its memory (null: its root did not say). */
+export interface BitflipTarget {
+  vm: string;
+  host: string;
+  where: string;
+  memoryBytes: number | null;
+}
+
+/** Pages of workload data a VM of `memoryBytes` has below its dirty bitmap (its guest RAM's top). */
+export function workloadDataPages(memoryBytes: number): number {
+  return Math.max(0, Math.floor((dirtyBitmapGpa(memoryBytes) - WORKLOAD_DATA_GPA) / 4096));
+}
+
+/**
+ * The GPA and mask of a flip given without a GPA, drawn from `seed`: the first byte of one of the
+ * first BITFLIP_DEFAULT_PAGES pages of workload data, and (without `mask`) a bit other than the
+ * lowest (a flip of bit 0 could look like memdirty's own one-less step). `pages` is how many of
+ * those pages every target VM has (workloadDataPages; null when no VM's memory is known).
+ *
+ * The page is drawn as it always was (floor(r * 256)), and drawn again from the `pages` there are
+ * only when that one is past them (a 2M VM has 255: its top page holds the dirty bitmap), so every
+ * seed that picked a page inside a VM picks the same page and bit as before (a report's rerun with
+ * its seed gives the same fault), and the second draw makes each of the `pages` equally likely.
+ */
+export function bitflipDefault(seed: number, mask: number | undefined, pages: number | null): { gpa: number; mask: number } {
+  const n = Math.min(BITFLIP_DEFAULT_PAGES, pages ?? BITFLIP_DEFAULT_PAGES);
+  const rnd = seededRandom(seed);
+  let page = Math.floor(rnd() * BITFLIP_DEFAULT_PAGES);
+  if (page >= n) page = Math.floor(rnd() * n);
+  return { gpa: WORKLOAD_DATA_GPA + page * 4096, mask: mask ?? 1 << (1 + Math.floor(rnd() * 7)) };
+}
+
+/**
+ * The pages of workload data a default flip may pick in every one of `targets` (the least of
+ * them), null when no target's memory is known; a VM with none (it cannot be: MIN_MEMORY_BYTES
+ * leaves a 2M VM 255) is said.
+ */
+export function bitflipDefaultPages(targets: readonly BitflipTarget[]): { pages: number | null } | { problem: string } {
+  let pages: number | null = null;
+  for (const t of targets) {
+    if (t.memoryBytes === null) continue;
+    const n = workloadDataPages(t.memoryBytes);
+    if (n < 1) return { problem: `${t.where} has no guest RAM from 0x${WORKLOAD_DATA_GPA.toString(16)} for a bit flip's default GPA: give --gpa` };
+    pages = Math.min(pages ?? n, n);
+  }
+  return { pages };
+}
