@@ -1,8 +1,12 @@
 /**
- * A bit flip's address, as the nemesis decides it (the worker flips: flipGuestByte): without a
- * GPA, one drawn from the seed inside every target VM's guest RAM (`bitflipDefault`).
+ * A bit flip's address and its landing in several VMs, as the nemesis decides them (the worker
+ * flips: flipGuestByte): without a GPA, one drawn from the seed inside every target VM's guest RAM
+ * (`bitflipDefault`). A flip cannot be undone, so a fault on several VMs is checked against each
+ * VM's memory before any VM is flipped (`bitflipTargetsProblem`), and one that fails part-way all
+ * the same (a VM stopped or moved meanwhile, a page still to come in a post-copy, a root that did
+ * not say its VM's memory) says which VMs it flipped (`flipEach`).
  */
-import { dirtyBitmapGpa, seededRandom, WORKLOAD_DATA_GPA } from '@hvlab/protocol';
+import { bitflipGpaProblem, dirtyBitmapGpa, seededRandom, WORKLOAD_DATA_GPA } from '@hvlab/protocol';
 
 /** Pages of workload data (memdirty's first 256, from WORKLOAD_DATA_GPA) a flip without a GPA picks from. */
 export const BITFLIP_DEFAULT_PAGES = 256;
@@ -40,6 +44,21 @@ export function bitflipDefault(seed: number, mask: number | undefined, pages: nu
 }
 
 /**
+ * Why a flip at `gpa` cannot land in every one of `targets`, or null: the first VM (smallest
+ * memory first) whose guest RAM does not hold it, said as its worker says it, and, for several,
+ * that none was flipped. A VM whose memory is unknown is left to its worker.
+ */
+export function bitflipTargetsProblem(gpa: number, targets: readonly BitflipTarget[]): string | null {
+  const known = targets.filter((t): t is BitflipTarget & { memoryBytes: number } => t.memoryBytes !== null);
+  known.sort((a, b) => a.memoryBytes - b.memoryBytes || (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : 0));
+  for (const t of known) {
+    const p = bitflipGpaProblem(gpa, t.vm, t.memoryBytes);
+    if (p !== null) return targets.length > 1 ? `${p}; no VM was flipped` : p;
+  }
+  return null;
+}
+
+/**
  * The pages of workload data a default flip may pick in every one of `targets` (the least of
  * them), null when no target's memory is known; a VM with none (it cannot be: MIN_MEMORY_BYTES
  * leaves a 2M VM 255) is said.
@@ -53,4 +72,31 @@ export function bitflipDefaultPages(targets: readonly BitflipTarget[]): { pages:
     pages = Math.min(pages ?? n, n);
   }
   return { pages };
+}
+
+/**
+ * Flips in each of `targets` in turn (`flip`), each answer put in `effects` by VM as it lands (a
+ * refusal by the first leaves it empty: nothing took effect). A failure after one landed is
+ * thrown as a FlipPartlyLanded that says which VMs were flipped (a flip cannot be undone);
+ * before any landed, as it came.
+ */
+export async function flipEach(targets: readonly BitflipTarget[], effects: Record<string, unknown>, flip: (t: BitflipTarget) => Promise<unknown>): Promise<void> {
+  const flipped: string[] = [];
+  for (const t of targets) {
+    try {
+      effects[t.vm] = await flip(t);
+    } catch (e) {
+      if (flipped.length === 0) throw e;
+      throw new FlipPartlyLanded(e instanceof Error ? e.message : String(e), flipped, targets.length);
+    }
+    flipped.push(t.where);
+  }
+}
+
+/** A flip of several VMs that failed after some of them were flipped: which (`flipped`), and why the next failed. */
+export class FlipPartlyLanded extends Error {
+  override name = 'FlipPartlyLanded';
+  constructor(readonly reason: string, readonly flipped: readonly string[], of: number) {
+    super(`${reason}; ${flipped.length} of the ${of} VMs ${flipped.length === 1 ? 'was' : 'were'} flipped already, and keep${flipped.length === 1 ? 's' : ''} the flip: ${flipped.join(', ')}`);
+  }
 }

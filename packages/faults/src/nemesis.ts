@@ -49,7 +49,7 @@ import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { homeAlive, markMoves, MOVE_MARKS_TIMEOUT_MS, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
-import { bitflipDefault, bitflipDefaultPages, type BitflipTarget } from './bitflip.js';
+import { bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
 
 /**
  * How long an owner's lease lasts here without a renewal: OWNER_LEASE_MS, or less for a benchmark's
@@ -614,14 +614,17 @@ export class Nemesis {
   }
 
   /**
-   * A bit flip (bitflip.ts): without a GPA, each target VM's memory is asked of its root first, to
-   * draw one inside every target (a 2M VM's top page of the 256 drawn from holds its dirty bitmap,
-   * and 1 seed in 256 failed there). A VM whose root does not say is left to its worker's check.
+   * A bit flip (bitflip.ts), which nothing undoes: each target VM's memory is asked of its root
+   * first, to draw a GPA without one inside every target (a 2M VM's top page of the 256 drawn
+   * from holds its dirty bitmap, and 1 seed in 256 failed there) and to refuse a GPA outside any
+   * of them before a VM is flipped (the VMs before the one that refused were flipped, and the
+   * fault failed half-applied). A VM whose root does not say is left to its worker's own check.
    */
   private async applyBitflip(world: World, rec: FaultRecord): Promise<void> {
     const p = rec.params;
     const vms = rec.resolved.vms;
-    const memory = p.gpa === undefined ? await this.vmMemory(world, vms) : new Map<string, number>();
+    // One VM with a GPA given needs nothing asked: its worker's refusal is the same sentence, before anything lands.
+    const memory = p.gpa === undefined || vms.length > 1 ? await this.vmMemory(world, vms) : new Map<string, number>();
     const targets: BitflipTarget[] = vms.map((v) => ({ vm: v.vm, host: v.host, where: `VM ${v.vm} on ${v.host}`, memoryBytes: memory.get(`${v.host}|${v.vm}`) ?? null }));
     let params = p;
     if (p.gpa === undefined) {
@@ -631,11 +634,13 @@ export class Nemesis {
       rec.params = params;
     }
     const spec = hostSpecOf('bitflip', params, rec.seed);
-    if (!spec.ok) throw new FaultRefused(spec.message);
+    if (!spec.ok || spec.value.kind !== 'bitflip') throw new FaultRefused(spec.ok ? 'bitflip: not a bit flip' : spec.message);
+    const problem = bitflipTargetsProblem(spec.value.gpa, targets);
+    if (problem !== null) throw new FaultRefused(problem);
     // Filled as each VM takes it: a refusal by the first says nothing took effect (refusedUnapplied).
     const effects: Record<string, unknown> = {};
     rec.effect = effects;
-    for (const t of targets) effects[t.vm] = await this.hostCall(world, t.host, 'faultSet', { id: rec.id, vm: t.vm, spec: spec.value, forMs: rec.forMs });
+    await flipEach(targets, effects, (t) => this.hostCall(world, t.host, 'faultSet', { id: rec.id, vm: t.vm, spec: spec.value, forMs: rec.forMs }));
   }
 
   /** The memory of each of `vms` its root lists (`HOST|VM` to bytes); a root that does not answer in 3 s says nothing. */
@@ -995,14 +1000,17 @@ export class Nemesis {
 const REFUSAL_CODES: readonly string[] = ['InvalidArgument', 'InvalidState', 'NotFound'];
 
 /**
- * Whether a fault a root enforces failed by a refusal of the first host asked, so that nothing of
- * it took effect anywhere (`rec.effect` holds what each VM or host took): an lp-shrink to as many
- * LPs as the host has, a VP the VM lacks, a VM that is stopping or moving. Not a refusal: one
+ * Whether a fault a root enforces failed by a refusal of the first host asked, or of the nemesis
+ * before it asked any (a bit flip's GPA outside one of its VMs), so that nothing of it took
+ * effect anywhere (`rec.effect` holds what each VM or host took): an lp-shrink to as many LPs as
+ * the host has, a VP the VM lacks, a VM that is stopping or moving. Not a refusal: one
  * that came after another VM took it, and a call that timed out or lost its host (it may have
  * landed).
  */
 export function refusedUnapplied(rec: FaultRecord, e: unknown): boolean {
   const landed = rec.effect !== null && Object.keys(rec.effect).length > 0;
+  // The nemesis's own refusal before it asked any root (a bit flip's GPA outside a target VM).
+  if (e instanceof FaultRefused) return !landed;
   return !landed && e instanceof MgmtCallError && REFUSAL_CODES.includes(e.code);
 }
 

@@ -1,10 +1,12 @@
 /**
- * A bit flip's address without --gpa (bitflip.ts): the default draw stays inside the smallest
- * VM's guest RAM while every seed that worked keeps its page and bit.
+ * A bit flip's address without --gpa, and its landing in several VMs (bitflip.ts): the default
+ * draw stays inside the smallest VM's guest RAM while every seed that worked keeps its page and
+ * bit; a GPA outside one target is refused before any is flipped; a flip that fails part-way says
+ * which VMs keep it.
  */
 import { expect } from 'chai';
 import { bitflipGpaProblem, dirtyBitmapGpa, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, seededRandom, WORKLOAD_DATA_GPA } from '@hvlab/protocol';
-import { bitflipDefault, bitflipDefaultPages, workloadDataPages, type BitflipTarget } from '../src/index.js';
+import { bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, FlipPartlyLanded, workloadDataPages, type BitflipTarget } from '../src/index.js';
 
 const M = 1024 * 1024;
 /** The nemesis's pick before this file: page floor(r * 256) of the workload data, then the bit. */
@@ -15,7 +17,7 @@ function oldPick(seed: number, mask?: number): { gpa: number; mask: number } {
 }
 const target = (vm: string, memoryBytes: number | null, host = 'local'): BitflipTarget => ({ vm, host, where: `VM ${vm} on ${host}`, memoryBytes });
 
-describe('a bit flip\'s address without --gpa', () => {
+describe('a bit flip\'s address and its landing in several VMs', () => {
   it('without --gpa, a 2M VM\'s draw is inside its guest RAM for every seed (page 255 of the 256 holds its dirty bitmap: 1 seed in 256 failed)', () => {
     expect(workloadDataPages(MIN_MEMORY_BYTES), 'a 2M VM').to.equal(255);
     const pages = bitflipDefaultPages([target('tiny', MIN_MEMORY_BYTES), target('big', 64 * M)]);
@@ -55,5 +57,43 @@ describe('a bit flip\'s address without --gpa', () => {
       expect(bitflipDefault(seed, undefined, 256), `seed ${seed}`).to.deep.equal(old);
       if (old.gpa < dirtyBitmapGpa(MIN_MEMORY_BYTES)) expect(bitflipDefault(seed, undefined, 255), `seed ${seed} on a 2M VM`).to.deep.equal(old);
     }
+  });
+
+  it('a GPA outside one of several VMs is refused before any is flipped, naming that VM (the smallest first); one VM\'s is its worker\'s sentence', () => {
+    const tiny = target('tiny', 2 * M);
+    const big = target('big', 16 * M);
+    const sentence = 'GPA 0x300000 is outside VM tiny\'s guest RAM: the VM has 2M of memory, and a bit flip takes a GPA from 0x0 to 0x1fefff (its top page holds the dirty bitmap)';
+    expect(bitflipTargetsProblem(0x300000, [big, tiny])).to.equal(`${sentence}; no VM was flipped`);
+    expect(bitflipTargetsProblem(0x300000, [tiny])).to.equal(sentence);
+    expect(bitflipTargetsProblem(0x1fe000, [big, tiny])).to.equal(null);
+    expect(bitflipTargetsProblem(0x1000000, [big, tiny]), 'the smallest VM that refuses').to.match(/^GPA 0x1000000 is outside VM tiny's/);
+    expect(bitflipTargetsProblem(0x1000000, [big, target('other', null)]), 'a VM whose memory is not known is its worker\'s to check').to.match(/^GPA 0x1000000 is outside VM big's .*; no VM was flipped$/);
+    expect(bitflipTargetsProblem(0x300000, [target('a', null), target('b', null)])).to.equal(null);
+  });
+
+  it('a flip that fails after one VM took it says which VMs keep it; one refused by the first VM fails as that refusal, with nothing landed', async () => {
+    const vms = [target('a', null, 'h1'), target('b', null, 'h2'), target('c', null, 'h3')];
+    const effects: Record<string, unknown> = {};
+    const asked: string[] = [];
+    const err = await flipEach(vms, effects, async (t) => {
+      asked.push(t.vm);
+      if (t.vm === 'c') throw new Error('VM "c" is moving between hosts');
+      return { before: 0, after: 4 };
+    }).then(() => null, (e: unknown) => e);
+    expect(err).to.be.instanceOf(FlipPartlyLanded);
+    expect((err as FlipPartlyLanded).flipped).to.deep.equal(['VM a on h1', 'VM b on h2']);
+    expect((err as Error).message).to.equal('VM "c" is moving between hosts; 2 of the 3 VMs were flipped already, and keep the flip: VM a on h1, VM b on h2');
+    expect(Object.keys(effects)).to.deep.equal(['a', 'b']);
+    expect(asked).to.deep.equal(['a', 'b', 'c']);
+
+    const first = new Error('refused');
+    const none: Record<string, unknown> = {};
+    expect(await flipEach(vms, none, async () => { throw first; }).then(() => null, (e: unknown) => e)).to.equal(first);
+    expect(none).to.deep.equal({});
+    const one = await flipEach(vms.slice(0, 2), {}, async (t) => {
+      if (t.vm === 'b') throw new Error('page 0x3 has not arrived yet');
+      return {};
+    }).then(() => null, (e: unknown) => e);
+    expect((one as Error).message).to.equal('page 0x3 has not arrived yet; 1 of the 2 VMs was flipped already, and keeps the flip: VM a on h1');
   });
 });
