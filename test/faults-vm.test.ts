@@ -226,8 +226,8 @@ describe('an LP shrink a host holds without a fault of the nemesis (real process
     const hostList = async (): Promise<Array<[string, number]>> => (await mgmt.request<{ host: Array<{ id: string; lps: number }> }>('faultList')).host.map((x) => [x.id, x.lps]);
     try {
       // Set through the root's management API, not the nemesis: a shrink whose fault the nemesis
-      // does not hold (one that names no fault is listed and cleared by its root the same way, as
-      // "unknown": the root's unit test).
+      // does not hold (one that names no fault is listed by its root with a null id and cleared by
+      // faultClear `unnamed`: the root's and the nemesis's unit tests).
       await mgmt.request('faultSet', { id: 'lost1', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 120_000 });
       expect((await h.json<HostInfo>('host', 'info')).lpShrink).to.deep.include({ lps: 1, fault: 'lost1' });
       const r = await h.run('fault', 'clear');

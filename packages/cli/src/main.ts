@@ -531,11 +531,14 @@ const FAULT_PARAM_OPTIONS: Readonly<Record<string, string>> = {
   signalDrop: 'signal-drop', drop: 'drop', duplicate: 'duplicate', reorder: 'reorder', corrupt: 'corrupt', vps: 'vps', lps: 'lps', gpa: 'gpa', mask: 'mask', channel: 'channel', shape: 'shape',
 };
 
-/** A host's LPs, and the ones in effect while an lp-shrink lasts: "2 (1 while fault f3 lasts, 8 s more)". */
-function lpsText(info: HostInfo): string {
+/**
+ * A host's LPs, and the ones in effect while an lp-shrink lasts: "2 (1 while fault f3 lasts, 8 s
+ * more)"; "2 (1 while an LP shrink naming no fault lasts, 8 s more)" for one that names none.
+ */
+export function lpsText(info: Pick<HostInfo, 'lps' | 'lpShrink'>): string {
   const s = info.lpShrink;
   if (!s) return String(info.lps);
-  return `${info.lps} (${s.lps} while fault ${s.fault} lasts, ${Math.ceil(s.remainingMs / 1000)} s more)`;
+  return `${info.lps} (${s.lps} while ${s.fault === null ? 'an LP shrink naming no fault' : `fault ${s.fault}`} lasts, ${Math.ceil(s.remainingMs / 1000)} s more)`;
 }
 
 /** A vmbus fault's counters, per VM: "web@h1: 36 of 120 packets dropped, 12 delayed; 4 of 40 signals dropped". */

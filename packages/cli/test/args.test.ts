@@ -11,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, loadTopology, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, loadTopology, lpsText, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -405,5 +405,11 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     const withCounts = faultTable([counted], 0).split('\n');
     expect(withCounts[0]).to.match(/OWNER\s+COUNTED$/);
     expect(withCounts[1]).to.match(/web@h1: 36 of 120 packets dropped, 2 duplicated; 40 signals, none touched$/);
+  });
+
+  it('host info says an LP shrink that names no fault as such (its root said "fault unknown", which may be a fault\'s id)', () => {
+    expect(lpsText({ lps: 2, lpShrink: { lps: 1, remainingMs: 7200, fault: null } })).to.equal('2 (1 while an LP shrink naming no fault lasts, 8 s more)');
+    expect(lpsText({ lps: 2, lpShrink: { lps: 1, remainingMs: 7200, fault: 'unknown' } })).to.equal('2 (1 while fault unknown lasts, 8 s more)');
+    expect(lpsText({ lps: 2, lpShrink: null })).to.equal('2');
   });
 });

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_ID_RE, FAULT_KINDS, decodeLinkChange, seededRandom, type LinkView } from '@hvlab/protocol';
-import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults } from '../src/index.js';
+import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults, UNNAMED_SHRINK_ID, unheldHostFaults } from '../src/index.js';
 
 const view = (o: Partial<LinkView>): LinkView => ({ a: 'h1', b: 'h2', cut: false, seed: 5, bytes: [0, 0], lost: 0, connections: 0, ...o });
 
@@ -37,14 +37,25 @@ describe('nemesis bookkeeping', () => {
     expect(restoreChange({ before }, view({ delayMs: 3 }))).to.deep.equal(before);
   });
 
-  it('a root\'s list of its host\'s LP shrinks is read as the shrinks it holds: an entry of another shape is left out', () => {
+  it('a root\'s list of its host\'s LP shrinks is read as the shrinks it holds, one that names no fault with a null id: an entry of another shape is left out', () => {
     const at = 1_700_000_000_000;
-    const shrink = { id: 'unknown', kind: 'lp-shrink', lps: 1, startedAt: at, endsAt: at + 5000 };
-    expect(rootHostFaults({ host: [shrink], vms: [] })).to.deep.equal([{ id: 'unknown', lps: 1, startedAt: at, endsAt: at + 5000 }]);
-    for (const bad of [{ ...shrink, kind: 'pause' }, { ...shrink, id: '../x' }, { ...shrink, lps: 0 }, { ...shrink, lps: 1.5 }, { ...shrink, endsAt: -1 }, { ...shrink, startedAt: 'now' }, null, 'lp-shrink']) {
+    const shrink = { id: null, kind: 'lp-shrink', lps: 1, startedAt: at, endsAt: at + 5000 };
+    expect(rootHostFaults({ host: [shrink], vms: [] })).to.deep.equal([{ id: null, lps: 1, startedAt: at, endsAt: at + 5000 }]);
+    // A root before the null id listed such a shrink as "unknown": read as that id, as it said it.
+    expect(rootHostFaults({ host: [{ ...shrink, id: 'unknown' }] })).to.deep.equal([{ id: 'unknown', lps: 1, startedAt: at, endsAt: at + 5000 }]);
+    for (const bad of [{ ...shrink, kind: 'pause' }, { ...shrink, id: '../x' }, { ...shrink, id: undefined }, { ...shrink, id: '(unnamed)' }, { ...shrink, lps: 0 }, { ...shrink, lps: 1.5 }, { ...shrink, endsAt: -1 }, { ...shrink, startedAt: 'now' }, null, 'lp-shrink']) {
       expect(rootHostFaults({ host: [bad, shrink] }), JSON.stringify(bad)).to.have.length(1);
     }
     for (const answer of [null, [], { host: 'x' }, { vms: [] }]) expect(rootHostFaults(answer)).to.deep.equal([]);
+  });
+
+  it('a shrink that names no fault is never taken for a fault of the nemesis, even one named "unknown" (the clear of everything passed it over), and its record\'s name is no fault id', () => {
+    const at = 1_700_000_000_000;
+    const unnamed = { id: null, lps: 1, startedAt: at, endsAt: at + 5000 };
+    const named = (id: string): typeof unnamed | { id: string; lps: number; startedAt: number; endsAt: number } => ({ ...unnamed, id });
+    const holds = (id: string): boolean => id === 'unknown' || id === 'f3';
+    expect(unheldHostFaults([unnamed, named('f3'), named('lost1'), named('unknown')], holds).map((f) => f.id)).to.deep.equal([null, 'lost1']);
+    expect(FAULT_ID_RE.test(UNNAMED_SHRINK_ID)).to.equal(false);
   });
 
   it('fault ids go on from the last one the log or the active file names', () => {

@@ -120,7 +120,11 @@ export type MgmtArgs = {
    */
   faultSet: { id: string; vm?: string; spec: HostFaultSpec; forMs: number };
   /** Ends fault `id` (absent: every fault) of VM `vm` (absent: of the host and all its VMs) now. */
-  faultClear: { id?: string; vm?: string };
+  /**
+   * `unnamed`: only the host's LP shrink that names no fault (its root lists it with a null id),
+   * with neither `id` nor `vm`; a root before it refuses the argument.
+   */
+  faultClear: { id?: string; vm?: string; unnamed?: true };
   /** The faults this host enforces now. */
   faultList: MgmtNoArgs;
 };
@@ -444,10 +448,14 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     return out;
   },
   faultClear: (a) => {
-    const r = a(['id', 'vm']);
+    const r = a(['id', 'vm', 'unnamed']);
     const out: MgmtArgs['faultClear'] = {};
     put(out, 'id', r.optFaultId('id'));
     put(out, 'vm', r.optVmName('vm'));
+    if (r.optBoolean('unnamed') === true) {
+      if (out.id !== undefined || out.vm !== undefined) throw new ArgumentRejected('faultClear: "unnamed" ends the host\'s LP shrink that names no fault: it takes no "id" or "vm"');
+      out.unnamed = true;
+    }
     return out;
   },
   vmMove: (a) => {
@@ -627,10 +635,11 @@ export interface HostInfo {
   lps: number;
   /**
    * An lp-shrink in force: the LPs the hypervisor's scheduler grants while it lasts, for how much
-   * longer, and the fault that took the others. Null when every LP is there. From the root's own
-   * record (a root restarted during a shrink has none, and shows every LP).
+   * longer, and the fault that took the others (null: the shrink names no fault; a root before
+   * null said "unknown", which is also a fault id). Null when every LP is there. From the root's
+   * own record (a root restarted during a shrink has none, and shows every LP).
    */
-  lpShrink?: { lps: number; remainingMs: number; fault: string } | null;
+  lpShrink?: { lps: number; remainingMs: number; fault: string | null } | null;
   pids: { hypervisor: number; root: number };
   vms: number;
   startedAt: string;

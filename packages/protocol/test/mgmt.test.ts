@@ -60,6 +60,7 @@ const CLI_REQUESTS: Array<[MgmtOp, Record<string, unknown>]> = [
   ['faultSet', { id: 'f2', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 5000 }],
   ['faultClear', { id: 'f1', vm: 'vm1' }],
   ['faultClear', {}],
+  ['faultClear', { unnamed: true }],
   ['faultList', {}],
   ['vmNew', { name: 'a' }],
   ['vmNew', { name: 'a', memory: '16M', vps: '2', workload: 'counter:500', rtcOffset: '-3600' }],
@@ -202,6 +203,14 @@ describe('management API decoder', () => {
       expect(badArgs('vmKvp', { name: 'a', op: 'list', pool: 'host' })).to.match(/"pool" is the string "host", not one of external, guest, auto/);
       expect(badArgs('vmKvp', { name: 'a', op: 'set', key: 'k', value: 'x'.repeat(4097) })).to.match(/"value" is a string of 4097 characters/);
       expect(accepted('vmKvp', { name: 'a', op: 'set', key: 'k', value: '', pool: null })).to.deep.equal({ name: 'a', op: 'set', key: 'k', value: '' });
+    });
+
+    it('faultClear "unnamed" (the host\'s LP shrink that names no fault) takes neither an id nor a VM', () => {
+      expect(accepted('faultClear', { unnamed: true })).to.deep.equal({ unnamed: true });
+      expect(accepted('faultClear', { unnamed: false, id: 'unknown' }), 'false: not given').to.deep.equal({ id: 'unknown' });
+      expect(badArgs('faultClear', { unnamed: true, id: 'unknown' })).to.equal('faultClear: "unnamed" ends the host\'s LP shrink that names no fault: it takes no "id" or "vm"');
+      expect(badArgs('faultClear', { unnamed: true, vm: 'a' })).to.match(/takes no "id" or "vm"/);
+      expect(badArgs('faultClear', { unnamed: 'yes' })).to.match(/"unnamed" is the string "yes", not a boolean/);
     });
 
     it('refuses VM names that are not strings or not names, without echoing a long one', () => {

@@ -7,23 +7,24 @@
  * The hypervisor holds the shrink with its fault's id (setLps `fault`): a root started while a
  * shrink lasts (its predecessor was killed) learns it from the hypervisor's `stats` (`learn`), so
  * that `host info` and `faultList` show the LPs in effect, and the fault's clear restores them.
+ * A shrink that names no fault (a setLps without one) is listed with a null id: it was listed as
+ * "unknown", which is also a fault id, so a fault named "unknown" and such a shrink looked alike
+ * (and the nemesis's clear of everything passed over the shrink while it held that fault).
  */
 import { decodeLpShrinkInfo, isPlainObject } from '@hvlab/protocol';
 import { MgmtFailure } from './config.js';
 
 export interface HostFaultRecord {
-  id: string;
+  /** The fault's id; null for a shrink that names no fault (no fault id is null: FAULT_ID_RE). */
+  id: string | null;
   kind: 'lp-shrink';
   lps: number;
   startedAt: number;
   endsAt: number;
 }
 
-/** What the record holds of a shrink learnt from the hypervisor: its fault's id may be unknown (a setLps that named none). */
-type Current = Omit<HostFaultRecord, 'id'> & { id: string | null; timer: NodeJS.Timeout };
-
-/** Shown for a shrink whose fault the hypervisor does not know. */
-const UNNAMED = 'unknown';
+/** What the record holds of a shrink (one learnt from the hypervisor may name no fault: a setLps that named none). */
+type Current = HostFaultRecord & { timer: NodeJS.Timeout };
 
 export class HostFaults {
   private current: Current | null = null;
@@ -75,8 +76,11 @@ export class HostFaults {
     return this.list()[0] ?? null;
   }
 
-  /** Ends the host's fault (if `id` is null or its id); resolves with the ids ended. */
-  async clear(id: string | null): Promise<string[]> {
+  /**
+   * Ends the host's fault (if `id` is null or its id); resolves with the ids ended, null for a
+   * shrink that named no fault.
+   */
+  async clear(id: string | null): Promise<Array<string | null>> {
     this.changes++;
     const c = this.current;
     if (!c) {
@@ -91,12 +95,22 @@ export class HostFaults {
     this.current = null;
     await this.setLps(this.bootLps, 0, null);
     this.log('fault cleared', { fault: c.id, kind: c.kind });
-    return [c.id ?? id ?? UNNAMED];
+    return [c.id];
+  }
+
+  /**
+   * Ends the shrink that names no fault, and no other (faultClear `unnamed`: how the nemesis's
+   * clear of everything ends one, without a fault id that a VM's fault may have too); true if one
+   * was ended.
+   */
+  async clearUnnamed(): Promise<boolean> {
+    if (this.current === null || this.current.id !== null) return false;
+    return (await this.clear(null)).length > 0;
   }
 
   list(): HostFaultRecord[] {
     if (!this.current) return [];
-    const { timer: _t, id, ...rec } = this.current;
-    return [{ id: id ?? UNNAMED, ...rec }];
+    const { timer: _t, ...rec } = this.current;
+    return [rec];
   }
 }

@@ -154,6 +154,7 @@ const handler: MgmtHandler = async (op, args) => {
       if (args.spec.kind === 'lp-shrink') return await hostFaults.set(args.id, args.spec.lps, args.forMs);
       return await v.faultSet(args.vm!, args.id, args.spec, args.forMs);
     case 'faultClear': {
+      if (args.unnamed === true) return { cleared: (await hostFaults.clearUnnamed()) ? [null] : [] };
       if (args.vm !== undefined) return await v.faultClear(args.vm, args.id ?? null);
       const host = await hostFaults.clear(args.id ?? null);
       return { cleared: [...host, ...(await v.faultClearAll(args.id ?? null))] };
