@@ -318,9 +318,10 @@ describe('clusters on one machine', function () {
     expect(leftovers(ids, h.home)).to.deep.equal({ pids: [], shm: [] });
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster')), 'no cluster record: a second up is not refused').to.equal(false);
+    expect(existsSync(join(h.home, 'cluster-up-failed')), 'an interrupt is no host\'s failure: no logs are kept').to.equal(false);
   });
 
-  it('a host that fails to start stops the others where they are: cluster up ends naming it, no other host comes up or starts a VM, and nothing is left', async () => {
+  it('a host that fails to start stops the others where they are: cluster up ends naming it and where its logs are kept, no other host comes up or starts a VM, and nothing else is left', async () => {
     const file = join(h.home, 'lab.yaml');
     writeFileSync(file, LAB);
     // Every host holds its ready line 20 s (a test knob) and h2's start fails once its root is up
@@ -344,8 +345,12 @@ describe('clusters on one machine', function () {
     await exited;
     expect(code, `${stdout}\n${stderr}`).to.equal(1);
     // The failure said is h2's, named (it said "the host did not start ...; see run/logs", naming no
-    // host, and pointed at logs that the teardown removes).
-    expect(stderr.trim()).to.equal('hvlab: host h2: the host did not start: the start was made to fail by a test (HVLAB_TEST_FAIL_START_HOST)');
+    // host, and pointed at logs that the teardown removes), with where its logs are kept: the
+    // teardown removed them with the cluster, and nothing was left to read.
+    const kept = join(realpathSync(h.home), 'cluster-up-failed', 'h2');
+    expect(stderr.trim()).to.equal(`hvlab: host h2: the host did not start: the start was made to fail by a test (HVLAB_TEST_FAIL_START_HOST); its logs are kept in ${kept}`);
+    expect(readdirSync(join(h.home, 'cluster-up-failed')), 'the failed host\'s logs only').to.deep.equal(['h2']);
+    expect(readFileSync(join(kept, 'hypervisor.log'), 'utf8')).to.include('the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
     expect(stdout).to.include('cluster up failed (host h2: the host did not start: ');
     // h1 and h3 were stopped in their starts: before, each came up once its ready line came (20 s
     // on) and started its VMs, and only then was everything taken down.
@@ -359,6 +364,7 @@ describe('clusters on one machine', function () {
     expect(homeStrays()).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(h.home))).to.deep.equal({ namespaces: [], links: [] });
     expect(existsSync(join(h.home, 'cluster')), 'no cluster record: a second up is not refused').to.equal(false);
+    rmSync(join(h.home, 'cluster-up-failed'), { recursive: true });
   });
 
   it('refuses a loopback --listen for hosts in namespaces (they could not reach it) before anything starts', async function () {

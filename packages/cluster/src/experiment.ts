@@ -1228,7 +1228,8 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         }
         say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
         // Ctrl-C during the bring-up (seconds) takes down what was made and throws, with no report: no run was made.
-        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal });
+        // A temporary home goes with a failed host's logs: none are kept there to be named.
+        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal, keepFailedLogs: tempHome === null });
         broughtUp = true;
       } else if (!readCluster(home)) {
         throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);

@@ -17,7 +17,7 @@
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createServer } from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -114,6 +114,13 @@ export function clusterRecordFile(home: string): string {
 }
 export function clusterHostHome(home: string, host: string): string {
   return join(clusterDir(home), 'hosts', host);
+}
+/**
+ * Where a `cluster up` that failed keeps the logs of the host that failed (HOST under it), outside
+ * the cluster's directory, which its teardown removes; the next failure replaces it.
+ */
+export function failedUpLogsDir(home: string): string {
+  return join(home, 'cluster-up-failed');
 }
 /** The cluster's CURVE key pair: what a host of another machine needs to join (`up --join ADDRESS --key FILE`). */
 export function clusterKeyFile(home: string): string {
@@ -229,6 +236,12 @@ export interface ClusterUpOptions {
    * only some of the topology's VMs, and a second "cluster up" was refused as "already up".
    */
   signal?: AbortSignal;
+  /**
+   * Whether the logs of a host that failed (its start, or a start of one of its VMs) are kept in
+   * `failedUpLogsDir` and named in the failure (default true). False for a temporary home, which
+   * goes with them.
+   */
+  keepFailedLogs?: boolean;
 }
 
 /** Throws once `signal` is aborted (between the steps of a cluster up). */
@@ -358,6 +371,8 @@ export async function clusterUp(home: string, topology: Topology, source: string
   }
   const clients: MgmtClient[] = [];
   const signal = opts.signal;
+  /** The first host that failed (its start, or a start of one of its VMs), and how. */
+  let firstFailure: { e: unknown; host: string } | null = null;
   try {
     checkAborted(signal);
     setupNetwork(net);
@@ -380,7 +395,6 @@ export async function clusterUp(home: string, topology: Topology, source: string
     // at most), only to be taken down.
     const stopAll = new AbortController();
     const hostSignal = signal ? AbortSignal.any([signal, stopAll.signal]) : stopAll.signal;
-    let firstFailure: { e: unknown } | null = null;
     const starts = await Promise.allSettled(topology.hosts.map(async (h) => {
       try {
         const paths = hostPaths(clusterHostHome(home, h.name));
@@ -391,7 +405,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
         checkAborted(hostSignal);
         const rec = await up(paths, { lps: h.lps, env: { ...opts.env, ...member }, netns: hn.netns, signal: hostSignal }).catch((e: unknown) => {
           // Said with the host's name: "the host did not start" named none of the cluster's hosts.
-          // Its logs go with the cluster in the teardown below: not pointed at.
+          // Its logs are kept out of the teardown below, and named then (not the ones it removes).
           if (e instanceof HostStartFailed) throw new ClusterError(`host ${h.name}: ${e.reason}`);
           if (e instanceof HostError && !(e instanceof HostInterrupted)) throw new ClusterError(`host ${h.name}: ${e.message}`);
           throw e;
@@ -407,7 +421,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
         await startVms(c, vms, (vm) => say(`VM ${vm.name} is Running on ${h.name}`), hostSignal);
       } catch (e) {
         // The first failure is the one said; the others' "interrupted" follow from it.
-        if (firstFailure === null && !stopAll.signal.aborted) firstFailure = { e };
+        if (firstFailure === null && !stopAll.signal.aborted) firstFailure = { e, host: h.name };
         stopAll.abort();
         throw e;
       }
@@ -420,16 +434,30 @@ export async function clusterUp(home: string, topology: Topology, source: string
   } catch (e) {
     for (const c of clients) c.close();
     say(signal?.aborted ? 'cluster up interrupted; bringing everything down' : `cluster up failed (${(e as Error).message}); bringing everything down`);
-    await clusterDown(home);
+    // The host that failed keeps its logs (moved out of the teardown, once its processes are
+    // down): they were removed with the cluster, and a failed start left nothing to read.
+    const failure = firstFailure as { e: unknown; host: string } | null;
+    const failedHost = !signal?.aborted && failure !== null && failure.e === e && opts.keepFailedLogs !== false ? failure.host : null;
+    const keep = failedHost === null ? undefined : { host: failedHost, to: join(failedUpLogsDir(home), failedHost) };
+    const gone = await clusterDown(home, { keepLogs: keep });
     // The network could not be made (a name or the subnet taken meanwhile, an ip command refused): the user's to see, not a bug.
     if (e instanceof NetworkError) throw new ClusterError(`the cluster's network could not be made: ${e.message}`);
+    if (keep) {
+      const said = e instanceof ClusterError ? e.message : `host ${keep.host}: ${(e as Error).message ?? String(e)}`;
+      throw new ClusterError(`${said}; ${!gone.keptLogs ? `its logs could not be kept (${gone.keptLogsError ?? 'none were found'})` : `its logs are kept in ${gone.keptLogs}`}`);
+    }
     throw e;
   }
   for (const c of clients) c.close();
 }
 
-/** Brings down every host of the cluster of `home` (recorded or found on disk) and removes the cluster's state. */
-export async function clusterDown(home: string): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number }> {
+/**
+ * Brings down every host of the cluster of `home` (recorded or found on disk) and removes the
+ * cluster's state. `keepLogs`: the logs of that host are moved to `to` (replacing what was in
+ * failedUpLogsDir) once every host is down, before the cluster's directory goes: `keptLogs` says
+ * where (null: they could not be, `keptLogsError` why; absent when not asked).
+ */
+export async function clusterDown(home: string, opts: { keepLogs?: { host: string; to: string } } = {}): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number; keptLogs?: string | null; keptLogsError?: string }> {
   // Whichever spelling of the home it was given (a symlink to it, a relative path): the cluster's
   // names (its network's tag, its fabric's environment, its hosts' sockets) come from its one spelling.
   home = canonicalHome(home);
@@ -462,6 +490,13 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
     return { name: n, hostId: r.hostId, graceful: r.graceful };
   }));
   await stopFabric(home);
+  let keptLogs: string | null = null;
+  let keptLogsError: string | undefined;
+  if (opts.keepLogs) {
+    const r = keepLogsOf(hostPaths(clusterHostHome(home, opts.keepLogs.host)).logDir, opts.keepLogs.to, failedUpLogsDir(home));
+    if ('error' in r) keptLogsError = r.error;
+    else keptLogs = r.dir;
+  }
   // The network goes last (its namespaces held the hosts): what carries this home's mark, and
   // unmarked, what bears its record's tag; never what carries another home's mark.
   let removed: number;
@@ -472,7 +507,28 @@ export async function clusterDown(home: string): Promise<{ name: string | null; 
     throw e;
   }
   rmSync(clusterDir(home), { recursive: true, force: true });
-  return { name, hosts, network: removed };
+  return { name, hosts, network: removed, ...(opts.keepLogs ? { keptLogs } : {}), ...(keptLogsError !== undefined ? { keptLogsError } : {}) };
+}
+
+/**
+ * Moves a host's log directory `logDir` to `to` (copied where a move cannot be made), after
+ * removing `replaced` (what an earlier failure kept); answers where, or why not.
+ */
+function keepLogsOf(logDir: string, to: string, replaced: string): { dir: string } | { error: string } {
+  if (!existsSync(logDir)) return { error: `${logDir} does not exist` };
+  try {
+    rmSync(replaced, { recursive: true, force: true });
+    mkdirSync(resolve(to, '..'), { recursive: true });
+    try {
+      renameSync(logDir, to);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      cpSync(logDir, to, { recursive: true });
+    }
+    return { dir: to };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
 }
 
 /**
