@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HostInfo, IcServiceInfo, VmInfo } from '@hvlab/protocol';
 import { MgmtClient, readHost } from '@hvlab/host';
-import type { FaultRecord } from '@hvlab/faults';
+import { nemesisPids, type FaultRecord } from '@hvlab/faults';
 import { TestHost, eventually, sleep } from './harness.js';
 
 describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)', function () {
@@ -220,7 +220,7 @@ describe('an LP shrink a host holds without a fault of the nemesis (real process
   const h = new TestHost();
   after(() => h.destroyLeavingNothing());
 
-  it('fault clear without an id ends it, says which and why, and every LP comes back (it said "no fault was active" and left it to its deadline)', async () => {
+  it('fault list shows it marked as the host\'s, fault clear (without an id, or with its id) ends it, says which and why, and every LP comes back (it said "no fault was active" and left it to its deadline)', async () => {
     await h.ok('up', '--lps', '2');
     const mgmt = new MgmtClient(h.paths.mgmtEndpoint, { watch: readHost(h.paths) });
     const hostList = async (): Promise<Array<[string, number]>> => (await mgmt.request<{ host: Array<{ id: string; lps: number }> }>('faultList')).host.map((x) => [x.id, x.lps]);
@@ -230,6 +230,15 @@ describe('an LP shrink a host holds without a fault of the nemesis (real process
       // faultClear `unnamed`: the root's and the nemesis's unit tests).
       await mgmt.request('faultSet', { id: 'lost1', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 120_000 });
       expect((await h.json<HostInfo>('host', 'info')).lpShrink).to.deep.include({ lps: 1, fault: 'lost1' });
+      // fault list shows it, marked as the host's (it said "no fault is active"), asking the root
+      // without starting a nemesis.
+      const listed = await h.run('fault', 'list');
+      expect(listed.code, listed.stderr).to.equal(0);
+      const lines = listed.stdout.trim().split('\n');
+      expect(lines[1]).to.match(/^lost1\s+lp-shrink\s+lps 1\s+host:local\s+host local\s+held by host\s+[\d.]+s\s+-\s*$/);
+      expect(lines[2]).to.match(/^held by host: an LP shrink set past the nemesis, or naming no fault; "hvlab fault clear" ends it/);
+      expect((await h.json<FaultRecord[]>('fault', 'list', '--all')).map((f) => [f.id, f.state, f.unheld])).to.deep.equal([['lost1', 'active', true]]);
+      expect(nemesisPids(h.home), 'no nemesis started to list').to.deep.equal([]);
       const r = await h.run('fault', 'clear');
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout.trim()).to.equal('ended lost1 (lp-shrink on host local: held by the host without a fault of this nemesis (1 LP left))');
@@ -244,6 +253,14 @@ describe('an LP shrink a host holds without a fault of the nemesis (real process
       const all = await h.json<FaultRecord[]>('fault', 'clear');
       expect(all.map((x) => [x.id, x.error])).to.deep.equal([[f.id, null]]);
       expect((await h.json<HostInfo>('host', 'info')).lpShrink).to.equal(null);
+      // With the nemesis running: listed beside its faults, and ended by a clear of its id.
+      await mgmt.request('faultSet', { id: 'lost2', spec: { kind: 'lp-shrink', lps: 1 }, forMs: 120_000 });
+      expect((await h.json<FaultRecord[]>('fault', 'list')).map((x) => [x.id, x.state, x.unheld])).to.deep.equal([['lost2', 'active', true]]);
+      const one = await h.run('fault', 'clear', 'lost2');
+      expect(one.code, one.stderr).to.equal(0);
+      expect(one.stdout.trim()).to.equal('ended lost2 (lp-shrink on host local: held by the host without a fault of this nemesis (1 LP left))');
+      expect((await h.json<HostInfo>('host', 'info')).lpShrink).to.equal(null);
+      expect(await h.json<FaultRecord[]>('fault', 'list')).to.deep.equal([]);
     } finally {
       mgmt.close();
     }

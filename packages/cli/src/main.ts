@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, parseSeed, seedProblem, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, faultOrder, readHostShrinks, unheldHostFaults, unheldShrinkRecord, worldHosts, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -557,7 +557,7 @@ export function faultTable(list: FaultRecord[], now = Date.now()): string {
     ['ID', 'KIND', 'PARAMS', 'TARGET', 'HIT', 'STATE', 'LEFT', 'OWNER', ...(counted ? ['COUNTED'] : [])],
     ...list.map((f) => [
       f.id, f.kind, paramsText(f.params) || '-', f.target + (f.role ? ` (${f.role})` : ''), (f.resolved.summary.length > 60 ? `${f.resolved.summary.slice(0, 59)}…` : f.resolved.summary) + (f.gone?.length ? `; gone: ${f.gone.join(', ')}` : ''),
-      f.state === 'active' || f.state === 'failed' || !f.endReason ? f.state : `${f.state}: ${f.endReason}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
+      f.unheld && f.state === 'active' ? 'held by host' : f.state === 'active' || f.state === 'failed' || !f.endReason ? f.state : `${f.state}: ${f.endReason}`, f.state === 'active' ? formatMs(Math.max(0, f.endsAt - now)) : '-', f.owner ?? '-',
       ...(counted ? [faultCountersText(f) || '-'] : []),
     ]),
   ]);
@@ -1680,20 +1680,39 @@ export async function run(argv: string[]): Promise<number> {
             if (nemesisPid(clusterHostHome(paths.home, hname)) !== null) process.stderr.write(`hvlab: host ${hname} has a nemesis of its own (faults injected in its home): "hvlab --home ${clusterHostHome(paths.home, hname)} fault list" shows them\n`);
           }
         };
-        // No nemesis and nothing it left: nothing is injected (and listing starts nothing).
-        if (nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
-          if (json) out('[]');
-          else out(`no fault is active${flag('all') ? ` (no nemesis runs; ${join(paths.home, 'faults', 'log.jsonl')} has every fault there was)` : ''}`);
+        // What the hosts hold that no active fault of `list` accounts for (an LP shrink set past the
+        // nemesis, or naming no fault), asked of their roots: only host info showed it.
+        const withHostHeld = async (list: FaultRecord[]): Promise<FaultRecord[]> => {
+          if (!homeAlive(paths.home)) return list;
+          let hosts;
+          try {
+            hosts = worldHosts(paths.home).hosts;
+          } catch {
+            return list;
+          }
+          const active = new Set(list.filter((f) => f.state === 'active').map((f) => f.id));
+          const held = (await readHostShrinks({ hosts })).filter((x) => unheldHostFaults([x.fault], (id) => active.has(id)).length > 0);
+          return [...list, ...held.map((x) => unheldShrinkRecord(x.host, x.fault))].sort(faultOrder);
+        };
+        const show = (list: FaultRecord[], none: string): void => {
+          if (json) out(JSON.stringify(list));
+          else if (list.length === 0) out(none);
+          else {
+            out(faultTable(list));
+            if (list.some((f) => f.unheld && f.state === 'active')) out('held by host: an LP shrink set past the nemesis, or naming no fault; "hvlab fault clear" ends it (or "hvlab fault clear ID", one with an id)');
+          }
           elsewhere();
+        };
+        // No nemesis and nothing it left: nothing is injected by it (and listing starts nothing),
+        // but a host may hold a fault of its own.
+        if (nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
+          show(await withHostHeld([]), `no fault is active${flag('all') ? ` (no nemesis runs; ${join(paths.home, 'faults', 'log.jsonl')} has every fault there was)` : ''}`);
           return 0;
         }
         const nem = await NemesisClient.connect(paths.home);
         try {
           const list = await nem.list({ all: flag('all'), counters: true });
-          if (json) out(JSON.stringify(list));
-          else if (list.length === 0) out(flag('all') ? 'no fault since the nemesis started' : 'no fault is active');
-          else out(faultTable(list));
-          elsewhere();
+          show(await withHostHeld(list), flag('all') ? 'no fault since the nemesis started' : 'no fault is active');
           return 0;
         } finally {
           nem.close();

@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { ExperimentError, formatBinaryBytes, parseExperiment, TopologyError } from '@hvlab/cluster';
-import { ChaosExperimentError, parseChaosExperiment, type FaultRecord } from '@hvlab/faults';
+import { ChaosExperimentError, parseChaosExperiment, unheldShrinkRecord, type FaultRecord } from '@hvlab/faults';
 import { emptyRam, MIGRATION_DEFAULTS, type MigrationStats } from '@hvlab/protocol';
 import { displayWidth } from '@hvlab/runtime';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -405,6 +405,17 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     const withCounts = faultTable([counted], 0).split('\n');
     expect(withCounts[0]).to.match(/OWNER\s+COUNTED$/);
     expect(withCounts[1]).to.match(/web@h1: 36 of 120 packets dropped, 2 duplicated; 40 signals, none touched$/);
+  });
+
+  it('fault list marks a fault a host holds without the nemesis (an LP shrink set past it, or naming no fault)', () => {
+    const at = 1_700_000_000_000;
+    const rows = faultTable([
+      unheldShrinkRecord('h2', { id: null, lps: 1, startedAt: at, endsAt: at + 60_000 }),
+      unheldShrinkRecord('h1', { id: 'lost1', lps: 2, startedAt: at, endsAt: at + 8000 }),
+    ], at).split('\n');
+    expect(rows[1]).to.match(/^\(unnamed\)\s+lp-shrink\s+lps 1\s+host:h2\s+host h2\s+held by host\s+60s\s+-\s*$/);
+    expect(rows[2]).to.match(/^lost1\s+lp-shrink\s+lps 2\s+host:h1\s+host h1\s+held by host\s+8s\s+-\s*$/);
+    expect(unheldShrinkRecord('h1', { id: 'lost1', lps: 2, startedAt: at, endsAt: at + 8000 }, at + 10)).to.deep.include({ state: 'ended', endReason: 'cleared', unheld: true });
   });
 
   it('host info says an LP shrink that names no fault as such (its root said "fault unknown", which may be a fault\'s id)', () => {

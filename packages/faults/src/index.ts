@@ -9,6 +9,7 @@ export * from './world.js';
 export * from './wire.js';
 export * from './nemesis.js';
 export * from './bitflip.js';
+export * from './host-held.js';
 export * from './client.js';
 export * from './chaos-spec.js';
 export * from './schedule.js';

@@ -97,8 +97,9 @@ server = new RpcServer<NemesisRequest>(decodeNemesisRequest, async (req) => {
         nemesis.lastActivity = Date.now();
         return req.counters ? await nemesis.listWithCounters(req.all) : nemesis.list(req.all);
       case 'clear':
-        // A user's clear of everything also ends the LP shrinks the hosts hold without a fault of this nemesis.
-        return req.fault === null && req.owner === null ? await nemesis.clearEverything() : await nemesis.clear(req.fault, req.owner);
+        // A user's clear (of everything, or of an id) also ends the LP shrinks the hosts hold without a fault of this nemesis.
+        if (req.owner === null) return req.fault === null ? await nemesis.clearEverything() : await nemesis.clearById(req.fault);
+        return await nemesis.clear(req.fault, req.owner);
       case 'renew':
         nemesis.renew(req.owner, req.teardown, req.vms);
         return { ok: true };

@@ -49,6 +49,7 @@ import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { homeAlive, markMoves, MOVE_MARKS_TIMEOUT_MS, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
+import { rootHostFaults, unheldHostFaults, unheldShrinkRecord } from './host-held.js';
 import { bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
 
 /**
@@ -849,34 +850,42 @@ export class Nemesis {
   }
 
   /**
+   * A user's clear of fault `id` (`hvlab fault clear ID`): this nemesis's fault of that id, or,
+   * when it holds none, an LP shrink of that id a host holds without it (`fault list` shows it,
+   * marked); when neither, `clear`'s refusal says why.
+   */
+  async clearById(id: string): Promise<FaultRecord[]> {
+    if (!this.active.has(id) && !this.ending.has(id)) {
+      const held = await this.clearUnheld(id);
+      if (held.length > 0) return held;
+    }
+    return await this.clear(id, null);
+  }
+
+  /**
    * Ends the host faults (LP shrinks) that the home's roots hold and no fault of this nemesis
-   * accounts for (`unheldHostFaults`): one that names no fault (a setLps without one; its root
+   * accounts for (`unheldHostFaults`; `only`: those of that id alone): one that names no fault (a setLps without one; its root
    * lists it with a null id, and it is ended by faultClear `unnamed`, which touches no VM's fault;
    * its record's id is UNNAMED_SHRINK_ID), or one whose fault this nemesis never held. Nothing
    * else could end one early: `fault clear` said "no fault was active" while `host info` showed
    * the LPs taken away until its deadline (up to a day). Each is reported as an ended fault, with
    * why in its error, and logged. A root that does not answer within 2 s is passed over.
    */
-  async clearUnheld(): Promise<FaultRecord[]> {
+  async clearUnheld(only: string | null = null): Promise<FaultRecord[]> {
     const world = await readWorld(this.home, { links: false }).catch(() => null);
     if (!world) return [];
     const out: FaultRecord[] = [];
     await Promise.all(world.hosts.filter((h) => h.hostId !== null).map(async (h) => {
       const listed = await this.hostCall<unknown>(world, h.name, 'faultList', {}, 2000).catch(() => null);
       for (const f of unheldHostFaults(rootHostFaults(listed), (id) => this.active.has(id) || this.ending.has(id))) {
+        if (only !== null && f.id !== only) continue;
         const answer = await this.hostCall<unknown>(world, h.name, 'faultClear', f.id === null ? { unnamed: true } : { id: f.id }, 5000).catch((e: unknown) => {
           this.say('an LP shrink held without a fault of this nemesis was not cleared', { host: h.name, fault: f.id, err: errText(e) });
           return null;
         });
         // Not cleared: gone meanwhile (its deadline), or replaced by a fault injected since.
         if (!isPlainObject(answer) || !Array.isArray(answer.cleared) || !answer.cleared.includes(f.id)) continue;
-        const now = this.now();
-        const rec: FaultRecord = {
-          id: f.id ?? UNNAMED_SHRINK_ID, kind: 'lp-shrink', target: `host:${h.name}`, role: null, params: { lps: f.lps }, owner: null, seed: 0, forMs: Math.max(0, f.endsAt - f.startedAt),
-          resolved: { summary: `host ${h.name}`, hosts: [h.name], vms: [], processes: [], links: [] },
-          state: 'ended', startedAt: f.startedAt, endsAt: f.endsAt, endedAt: now, endReason: 'cleared',
-          error: `held by the host ${f.id === null ? 'naming no fault' : 'without a fault of this nemesis'} (${f.lps} LP${f.lps === 1 ? '' : 's'} left)`, effect: null,
-        };
+        const rec = unheldShrinkRecord(h.name, f, this.now());
         this.pushEnded(rec);
         this.event('end', rec, { reason: 'cleared', unheld: true });
         out.push(rec);
@@ -1022,47 +1031,6 @@ export function faultOrder(a: FaultRecord, b: FaultRecord): number {
   return a.startedAt - b.startedAt || ID_COLLATOR.compare(a.id, b.id);
 }
 const ID_COLLATOR = new Intl.Collator('en', { numeric: true });
-
-/** An LP shrink as a root's `faultList` answer lists it (`host`: HostFaultRecord). */
-export interface RootHostFault {
-  /** Null: the shrink names no fault. */
-  id: string | null;
-  lps: number;
-  startedAt: number;
-  endsAt: number;
-}
-
-/**
- * How the nemesis's records and `fault list` name an LP shrink that names no fault: not a fault
- * id (FAULT_ID_RE starts with a letter or digit), so no fault can be taken for it. Its root lists
- * it with a null id; a root before that listed it as "unknown", read as that id.
- */
-export const UNNAMED_SHRINK_ID = '(unnamed)';
-
-/**
- * The LP shrinks in a root's `faultList` answer ({ host: [{ id, kind, lps, startedAt, endsAt }] },
- * `id` a fault id or null); anything else in it, or an entry not of that shape, is left out.
- */
-export function rootHostFaults(answer: unknown): RootHostFault[] {
-  if (!isPlainObject(answer) || !Array.isArray(answer.host)) return [];
-  const out: RootHostFault[] = [];
-  const time = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
-  for (const f of (answer.host as unknown[]).slice(0, 16)) {
-    if (!isPlainObject(f) || f.kind !== 'lp-shrink' || (f.id !== null && (typeof f.id !== 'string' || !FAULT_ID_RE.test(f.id)))) continue;
-    if (!Number.isSafeInteger(f.lps) || (f.lps as number) < 1 || !time(f.startedAt) || !time(f.endsAt)) continue;
-    out.push({ id: f.id, lps: f.lps as number, startedAt: f.startedAt, endsAt: f.endsAt });
-  }
-  return out;
-}
-
-/**
- * The shrinks of `listed` that no fault of the nemesis accounts for (`holds`: it holds a fault of
- * that id): those of another fault's id, and every one that names no fault, whatever the nemesis
- * holds (one listed as "unknown" was passed over while a fault of that id was active).
- */
-export function unheldHostFaults(listed: readonly RootHostFault[], holds: (id: string) => boolean): RootHostFault[] {
-  return listed.filter((f) => f.id === null || !holds(f.id));
-}
 
 /**
  * The counters of each VM fault in a root's `faultList` answer ({ vms: [{ vm, faults: [{ id,

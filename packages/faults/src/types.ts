@@ -97,6 +97,12 @@ export interface FaultRecord {
    * several paused processes gone): the fault no longer acts there. Absent: nothing.
    */
   gone?: string[];
+  /**
+   * Held by a host, not by the nemesis (host-held.ts): an LP shrink set past it, or one that names
+   * no fault. `fault list` shows it so marked; `fault clear` without an id ends it. Absent: the
+   * nemesis's own.
+   */
+  unheld?: true;
 }
 
 /** How long an owner's lease lasts without a renewal (ms); owners renew every second. */
