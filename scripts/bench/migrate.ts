@@ -55,6 +55,8 @@ interface Series {
   bytesVsRam: number;
   passes: number;
   failed: number;
+  /** Moves that completed with no downtime measured by their host: left out of the statistics. */
+  unmeasured: number;
   /**
    * The blackout's parts, p50 over the moves that report them (ms): the source's freeze, its last
    * pages, then the start (to the destination's first dispatch), of which the destination's own work
@@ -86,6 +88,7 @@ async function series(home: string, vm: string, memory: string, workload: string
   const on = { h1: c1, h2: c2 };
   const stats: MigrationStats[] = [];
   let failed = 0;
+  let unmeasured = 0;
   try {
     await c1.request('vmNew', { name: vm, memory, vps, workload });
     await c1.request('vmStart', { name: vm });
@@ -94,17 +97,25 @@ async function series(home: string, vm: string, memory: string, workload: string
     for (let i = 0; i < moves; i++) {
       await Promise.all([spareLoaded(c1, plan.spareLoadMs), spareLoaded(c2, plan.spareLoadMs)]);
       const to: 'h1' | 'h2' = at === 'h1' ? 'h2' : 'h1';
-      const st = await on[at].request<MigrationStats>('vmMove', { name: vm, to }, 600_000);
+      const from = at;
+      const st = await on[from].request<MigrationStats>('vmMove', { name: vm, to }, 600_000);
       if (st.status !== 'completed') {
         failed++;
-        say(`${vm}: move ${i + 1} ${at} → ${to} ${st.status}: ${st['error-desc'] ?? ''}`);
+        say(`${vm}: move ${i + 1} ${from} → ${to} ${st.status}: ${st['error-desc'] ?? ''}`);
+        continue;
+      }
+      at = to;
+      if (typeof st.downtime !== 'number') {
+        // Completed, but its host measured no downtime: left out of the statistics rather than
+        // counted as 0 (which would pull every percentile down), and said.
+        unmeasured++;
+        say(`${vm}: move ${i + 1} ${from} → ${to} completed without a measured downtime: not counted`);
         continue;
       }
       stats.push(st);
-      say(`${vm}: move ${i + 1} ${at} → ${to}: total ${st['total-time']} ms, downtime ${st.downtime} ms, ${st.passes.length} passes, ${st.ram.transferred} bytes`);
+      say(`${vm}: move ${i + 1} ${from} → ${to}: total ${st['total-time']} ms, downtime ${st.downtime} ms, ${st.passes.length} passes, ${st.ram.transferred} bytes`);
       const b = st.blackout;
       say(`  set-up ${st['setup-time']} ms; passes (pages sent/dirty after, ms): ${st.passes.map((p) => `${p.pages}/${p.dirtyPages}, ${Math.round(p.ms)}`).join('; ')}${st['stop-reason'] ? ` (${st['stop-reason']})` : ''}${b ? `; blackout: ${describeBlackout(b)}` : ''}`);
-      at = to;
       // Let the guest run a little on its new host before the next move. The next move also waits
       // for each host's spare worker, replaced after this move, to load: both hosts share this
       // machine's 2 CPUs, so a replacement loading on one would run beside the next move's blackout
@@ -120,9 +131,9 @@ async function series(home: string, vm: string, memory: string, workload: string
   if (stats.length === 0) throw new Error(`no move of ${vm} completed`);
   const ram = stats[0]!.ram.total;
   const modelMs = (ram / linkBps) * 1000;
-  // A completed move reports its downtime (migrationHasDowntime); 0 only if a host left it out.
-  const down = stats.map((s) => s.downtime ?? 0);
-  const acked = stats.map((s) => s['downtime-acked'] ?? s.downtime ?? 0);
+  // Every move in `stats` completed with its downtime measured (the others were counted apart).
+  const down = stats.map((s) => s.downtime!);
+  const acked = stats.map((s) => s['downtime-acked'] ?? s.downtime!);
   const total = stats.map((s) => s['total-time']);
   return {
     vm, memoryBytes: ram, moves: stats.length,
@@ -134,6 +145,7 @@ async function series(home: string, vm: string, memory: string, workload: string
     bytesVsRam: round(percentile(stats.map((s) => s.ram.transferred), 0.5) / ram, 4),
     passes: round(percentile(stats.map((s) => s.passes.length), 0.5), 1),
     failed,
+    unmeasured,
     blackoutMs: {
       freeze: blackoutP50(stats, 'freeze'), pages: blackoutP50(stats, 'pages'), start: blackoutP50(stats, 'start'),
       destination: blackoutP50(stats, 'destination'), transit: blackoutP50(stats, 'transit'), ack: blackoutP50(stats, 'ack'),
@@ -148,7 +160,7 @@ function blackoutP50(stats: MigrationStats[], part: keyof MigrationBlackout): nu
 
 function table(r: Result): string {
   const row = (s: Series, label: string): string[] => [
-    `${label} (${(s.memoryBytes / 1048576).toFixed(0)} MiB, ${s.moves} moves, ${s.failed} failed)`,
+    `${label} (${(s.memoryBytes / 1048576).toFixed(0)} MiB, ${s.moves} moves, ${s.failed} failed${s.unmeasured ? `, ${s.unmeasured} completed without a downtime` : ''})`,
     `  downtime p50, p99, max ms            ${s.downtimeMs.p50} ${s.downtimeMs.p99} ${s.downtimeMs.max}${label === 'idle VM' ? '  (aim: p50 at most 10)' : ''}`,
     `  until the source heard, p50, p99 ms  ${s.downtimeAckedMs.p50} ${s.downtimeAckedMs.p99}`,
     `  total time p50 ms, model ms          ${s.totalMs.p50} ${s.modelMs}`,
