@@ -214,15 +214,20 @@ describe('chaos experiment files', () => {
     expect(said('kind: lp-shrink, target: host:h1, lps: 2')).to.equal('faults[0].lps: lp-shrink to 2 takes nothing away: the run\'s hosts have 2 LPs each (lps: 2); shrink to 1');
   });
 
-  it('counts workloads, faults and moves before reading any: at most 64 VMs (what a run\'s lease names), 1000 faults, 1000 moves, each one problem', () => {
+  it('counts workloads, faults and moves before reading any: at most 1000 VMs (64 on an existing cluster, what a run\'s lease names), 1000 faults, 1000 moves, each one problem', () => {
     const head = 'name: z\nkind: faults\nhosts: 2\nduration: 3000s\n';
     const vms = (n: number): string => `workloads:\n${Array.from({ length: n }, (_, i) => `  - { name: w${i}, host: h1 }`).join('\n')}\n`;
-    // 65 VMs were taken (30,000 too, after 9 s of checking each name against those before it);
-    // on an existing cluster the run's lease, which names at most 64, would have refused its renewals.
-    expect(parse(`${head}${vms(64)}`).workloads).to.have.length(64);
-    expect(problems(`${head}${vms(65)}`).map((x) => `${x.line}:${x.field}: ${x.message}`)).to.deep.equal([
-      '6:workloads: at most 64 VMs (a run on an existing cluster names each one it made to its lease, which takes 64), not 65',
+    // 30,000 VMs were taken, after 9 s of checking each name against those before it.
+    expect(parse(`${head}${vms(1000)}`).workloads).to.have.length(1000);
+    expect(problems(`${head}${vms(1001)}`).map((x) => `${x.line}:${x.field}: ${x.message}`)).to.deep.equal(['6:workloads: at most 1000 VMs, not 1001']);
+    // On an existing cluster the run's lease, which names at most 64, would refuse its renewals;
+    // a new cluster's lease names no VM (the run takes the whole cluster down), so 65 are taken there.
+    const existing = 'name: z\nkind: faults\ncluster: existing\nduration: 3000s\n';
+    expect(parse(`${existing}${vms(64)}`).workloads).to.have.length(64);
+    expect(problems(`${existing}${vms(65)}`).map((x) => `${x.line}:${x.field}: ${x.message}`)).to.deep.equal([
+      '6:workloads: at most 64 VMs on an existing cluster (the run names each one it makes to its lease there, which takes 64), not 65',
     ]);
+    expect(parse(`${head}${vms(65)}`).workloads).to.have.length(65);
     // 1001 faults, each wrong: one problem, not 1001 and the count's.
     const faults = `faults:\n${Array.from({ length: 1001 }, () => '  - { at: 1s, kind: nap, target: vm:w0, for: 1s }').join('\n')}\n`;
     expect(problems(`${head}${vms(1)}${faults}`).map((x) => `${x.field}: ${x.message}`)).to.deep.equal(['faults: a schedule holds at most 1000 faults, not 1001']);
