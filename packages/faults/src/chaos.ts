@@ -40,6 +40,7 @@ import {
   checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
   type MoveRecord, type Observation, type PlacementObservation, type VmSample,
 } from './checkers.js';
+import { ChaosMoves } from './moves.js';
 import { CHAOS_REPORT_FILES, CHAOS_REPORT_VERSION, writeChaosReport, type ChaosReport } from './report.js';
 
 export interface RunChaosOptions extends RunExperimentOptions {
@@ -55,27 +56,9 @@ const IC_TIMEOUT_MS = 1500;
 const WARMUP_MAX_MS = 30_000;
 /** How long the leftovers of a new cluster have to go after it is down (processes die asynchronously). */
 const CLEANUP_WAIT_MS = 10_000;
-/** How long a move may take before the run gives up waiting for it (and asks its host to cancel it). */
-const MOVE_TIMEOUT_MS = 180_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-
-/**
- * What a move's record takes from vmMove's answer (untrusted: any value): its status, total time,
- * error and downtime, the downtime only of a move that completed. A move that did not complete has
- * none: the host's `downtime` of a cancelled or failed move is the 0 it started from (a cancelled
- * stop-and-copy move, frozen from its start until the cancel, was reported with a downtime of 0 ms).
- */
-export function moveOutcome(answer: unknown): Pick<MoveRecord, 'status' | 'downtimeMs' | 'totalMs' | 'error'> {
-  const o = isPlainObject(answer) ? answer : {};
-  const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-  const status = typeof o.status === 'string' ? o.status.slice(0, 32) : 'unknown';
-  return {
-    status, downtimeMs: status === 'completed' ? num(o.downtime) : null, totalMs: num(o['total-time']),
-    error: typeof o['error-desc'] === 'string' && o['error-desc'] !== '' ? o['error-desc'].slice(0, 500) : null,
-  };
-}
 
 /** Sleeps until epoch `t` or the signal; resolves false when aborted. */
 function sleepUntil(t: number, signal?: AbortSignal): Promise<boolean> {
@@ -419,81 +402,15 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     report.t0 = Date.now();
     scheduleStarted = true;
     say(`schedule started; faults owned by ${owner} (undone within ${OWNER_LEASE_MS / 1000} s if this run is killed)`);
-    /**
-     * Moves VM `m.vm` from where it is now to `m.to` (the management API's vmMove, answered when the
-     * move ends); recorded as it goes, and the VM's host follows a completed move. A move that is
-     * not over in MOVE_TIMEOUT_MS is asked to cancel and recorded as timed out.
-     */
-    const startMove = async (m: ScheduledMove, waitedFor: string | null): Promise<void> => {
-      const from = hostOf(m.vm);
-      const rec: MoveRecord = { id: m.id, vm: m.vm, from, to: m.to, method: m.method, atMs: m.atMs, startedAt: Date.now(), endedAt: null, status: 'active', downtimeMs: null, totalMs: null, error: null, ...(m.source === 'random' ? { source: 'random' as const } : {}) };
-      report.moves.push(rec);
-      // Its turn came after the run's end (or its Ctrl-C): it is not started, and says why.
-      if (signal?.aborted === true || rec.startedAt >= report.t0 + spec.durationMs) {
-        rec.status = 'skipped';
-        rec.error = `the run ${report.stoppedBy !== null ? 'stopped (its cluster went down)' : signal?.aborted === true ? 'was interrupted' : 'ended'} while it waited for ${waitedFor ?? 'its turn'}`;
-        rec.endedAt = rec.startedAt;
-        say(`${m.id}: ${m.vm} ${from} → ${m.to} skipped (${rec.error})`);
-        return;
-      }
-      say(`${m.id} at +${((rec.startedAt - report.t0) / 1000).toFixed(1)}s${waitedFor ? ` (after ${waitedFor})` : ''}: moving ${m.vm} ${from} → ${m.to} (${m.method})`);
-      const c = clients.get(from)!;
-      // Ctrl-C cancels a move under way (safe in every phase: the VM stays where it was, or is where it went).
-      const onAbort = (): void => void c.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      let timer: NodeJS.Timeout | null = null;
-      const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), MOVE_TIMEOUT_MS)));
-      // Its hosts gone with the cluster: nothing will answer (the call waited its whole timeout).
-      const hostsGone = new Promise<'gone'>((r) => (clusterGone.signal.aborted ? r('gone') : clusterGone.signal.addEventListener('abort', () => r('gone'), { once: true })));
-      try {
-        const st = await Promise.race([c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, MOVE_TIMEOUT_MS + 10_000), timedOut, hostsGone]);
-        if (st === 'gone') {
-          rec.status = 'failed';
-          rec.error = 'the cluster went down during the move';
-        } else if (st === 'timeout') {
-          // A move past its switch-over refuses the cancel (too late; in doubt, it waits for the
-          // destination's word): said as such, not as a cancel asked.
-          const refused = await c.request('vmMoveCancel', { name: m.vm }, 10_000).then(() => null, (e: unknown) => message(e));
-          const now = await c.request<unknown>('vmMoveStatus', { name: m.vm }, 10_000).catch(() => null);
-          const desc = isPlainObject(now) && typeof now['error-desc'] === 'string' ? now['error-desc'] : '';
-          rec.status = 'timeout';
-          rec.error = desc.startsWith('in doubt') ? `not over after ${MOVE_TIMEOUT_MS / 1000} s: ${desc.slice(0, 300)}`
-            : refused !== null ? `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was refused: ${refused.slice(0, 300)}`
-            : `not over after ${MOVE_TIMEOUT_MS / 1000} s; its cancel was asked`;
-        } else {
-          Object.assign(rec, moveOutcome(st));
-          if (rec.status === 'completed') location.set(m.vm, m.to);
-        }
-      } catch (e) {
-        rec.status = 'refused';
-        rec.error = message(e);
-      } finally {
-        if (timer) clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        rec.endedAt = Date.now();
-      }
-      say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : ''}`);
-    };
+    const mover = new ChaosMoves({ clients, location, records: report.moves, t0: report.t0, endAt: report.t0 + spec.durationMs, signal, clusterGone: clusterGone.signal, say });
     const pending: Array<Promise<void>> = [];
-    /**
-     * Each VM's last move of the run and its id: a move of a VM whose move before is still going
-     * waits for it, then starts from where that one left the VM (a host takes one move of a VM at
-     * a time, and refused the second).
-     */
-    const lastMove = new Map<string, { id: string; done: Promise<void> }>();
     // The faults and the moves, by offset (a fault before a move at the same offset).
     const events = [...report.schedule.map((f) => ({ atMs: f.atMs, f, m: null })), ...moves.map((m) => ({ atMs: m.atMs, f: null, m }))]
       .sort((a, b) => a.atMs - b.atMs || (a.f ? 0 : 1) - (b.f ? 0 : 1));
     for (const ev of events) {
       if (!(await sleepUntil(report.t0 + ev.atMs, signal))) break;
       if (ev.m) {
-        const m = ev.m;
-        const before = lastMove.get(m.vm);
-        const busy = before !== undefined && report.moves.some((x) => x.id === before.id && x.endedAt === null);
-        if (busy) say(`${m.id} at +${((Date.now() - report.t0) / 1000).toFixed(1)}s: ${m.vm} is still moving (${before.id}); ${m.id} waits for it`);
-        const done = busy ? before.done.then(() => startMove(m, before.id)) : startMove(m, null);
-        lastMove.set(m.vm, { id: m.id, done });
-        pending.push(done);
+        pending.push(mover.start(ev.m));
         continue;
       }
       const f = ev.f!;
@@ -510,7 +427,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       ));
     }
     await sleepUntil(report.t0 + spec.durationMs, signal);
-    if (report.moves.some((m) => m.endedAt === null)) say(`waiting for ${report.moves.filter((m) => m.endedAt === null).map((m) => m.id).join(', ')} to end`);
+    if (mover.unended().length > 0) say(`waiting for ${mover.unended().map((m) => m.id).join(', ')} to end`);
     await Promise.all(pending);
     report.aborted = userSignal?.aborted === true;
     // With the cluster gone there is nobody to ask: its nemesis is gone (asking started another,

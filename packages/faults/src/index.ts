@@ -16,4 +16,5 @@ export * from './schedule.js';
 export * from './checkers.js';
 export * from './timeline.js';
 export * from './report.js';
+export * from './moves.js';
 export * from './chaos.js';
