@@ -74,6 +74,13 @@ export interface MoveRecord {
   error: string | null;
   /** Drawn from the seed (`random.moves`); absent for the file's own. */
   source?: 'random';
+  /**
+   * Epoch ms when the run gave up waiting for its answer and asked for its cancel (absent: it
+   * answered in time). The run watched it on: `status` and `endedAt` say how and when it ended
+   * (`timeout`: not even then), and a move that completed after all has no error but this note.
+   */
+  timedOutAt?: number;
+  note?: string;
 }
 
 /** What a run recorded, for the checkers. */

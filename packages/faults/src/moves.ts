@@ -12,6 +12,30 @@ import type { ScheduledMove } from './schedule.js';
 /** How long a move may take before the run gives up waiting for it (and asks its host to cancel it). */
 export const MOVE_TIMEOUT_MS = 180_000;
 
+/**
+ * How long a move past its timeout is watched for its end after its cancel was asked (a cancel
+ * taken ends it within seconds; one past its switch-over waits for the destination's word).
+ */
+export const MOVE_SETTLE_MS = 60_000;
+/** States of a move that has not ended. */
+const MOVE_UNDER_WAY = new Set(['queued', 'setup', 'active', 'postcopy-active']);
+/** A move's answer (vmMove's or vmMoveStatus's, untrusted) that says it has ended. */
+const ended_ = (st: unknown): boolean => isPlainObject(st) && typeof st.status === 'string' && !MOVE_UNDER_WAY.has(st.status);
+
+/** Sleeps `ms`, or until the signal. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((res) => {
+    if (signal.aborted) return res();
+    const done = (): void => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      res();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 /**
@@ -46,12 +70,17 @@ export interface ChaosMovesOptions {
   say?: (line: string) => void;
   /** MOVE_TIMEOUT_MS unless given (tests). */
   timeoutMs?: number;
+  /** How long a move past its timeout is watched for its end (MOVE_SETTLE_MS), and how often its host is asked (tests). */
+  settleMs?: number;
+  pollMs?: number;
 }
 
 /** The moves of a chaos run. */
 export class ChaosMoves {
   private readonly say: (line: string) => void;
   private readonly timeoutMs: number;
+  private readonly settleMs: number;
+  private readonly pollMs: number;
   /**
    * Each VM's last move of the run and its id: a move of a VM whose move before is still going
    * waits for it, then starts from where that one left the VM.
@@ -61,6 +90,8 @@ export class ChaosMoves {
   constructor(private readonly o: ChaosMovesOptions) {
     this.say = o.say ?? (() => {});
     this.timeoutMs = o.timeoutMs ?? MOVE_TIMEOUT_MS;
+    this.settleMs = o.settleMs ?? MOVE_SETTLE_MS;
+    this.pollMs = o.pollMs ?? 1000;
   }
 
   hostOf(vm: string): string {
@@ -85,7 +116,9 @@ export class ChaosMoves {
   /**
    * Moves VM `m.vm` from where it is now to `m.to` (the management API's vmMove, answered when the
    * move ends); recorded as it goes, and the VM's host follows a completed move. A move that is
-   * not over in the timeout is asked to cancel and recorded as timed out.
+   * not over in the timeout is asked to cancel and watched to its end (up to settleMs): its record
+   * then says what became of it, and the VM's host follows it (or, still not over, the hosts that
+   * list the VM). The VM's next move waits for that.
    */
   private async run(m: ScheduledMove, waitedFor: string | null): Promise<void> {
     const { signal, clusterGone } = this.o;
@@ -111,21 +144,46 @@ export class ChaosMoves {
     // Its hosts gone with the cluster: nothing will answer (the call waited its whole timeout).
     const hostsGone = new Promise<'gone'>((r) => (clusterGone.aborted ? r('gone') : clusterGone.addEventListener('abort', () => r('gone'), { once: true })));
     const secs = this.timeoutMs / 1000;
+    const asked = c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, this.timeoutMs + 10_000);
     try {
-      const st = await Promise.race([c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, this.timeoutMs + 10_000), timedOut, hostsGone]);
+      const st = await Promise.race([asked, timedOut, hostsGone]);
       if (st === 'gone') {
         rec.status = 'failed';
         rec.error = 'the cluster went down during the move';
       } else if (st === 'timeout') {
         // A move past its switch-over refuses the cancel (too late; in doubt, it waits for the
         // destination's word): said as such, not as a cancel asked.
+        rec.timedOutAt = Date.now();
         const refused = await c.request('vmMoveCancel', { name: m.vm }, 10_000).then(() => null, (e: unknown) => message(e));
         const now = await c.request<unknown>('vmMoveStatus', { name: m.vm }, 10_000).catch(() => null);
         const desc = isPlainObject(now) && typeof now['error-desc'] === 'string' ? now['error-desc'] : '';
-        rec.status = 'timeout';
-        rec.error = desc.startsWith('in doubt') ? `not over after ${secs} s: ${desc.slice(0, 300)}`
+        const late = desc.startsWith('in doubt') ? `not over after ${secs} s: ${desc.slice(0, 300)}`
           : refused !== null ? `not over after ${secs} s; its cancel was refused: ${refused.slice(0, 300)}`
           : `not over after ${secs} s; its cancel was asked`;
+        rec.status = 'timeout';
+        rec.error = late;
+        // The move goes on (a cancel refused, or one taken that loses to a commit on its way): the
+        // run watches it to its end, and the VM's host follows what became of it. The run's VM was
+        // left where the move began, so the VM's next move started from a host it had left, its
+        // readings asked a host without it, and the placement check expected it there.
+        say(`${m.id}: ${m.vm} ${from} → ${m.to} timeout (${late}); watching it to its end`);
+        const ended = ended_(now) ? now : await this.settle(c, m.vm, asked);
+        const took = (): string => `${((Date.now() - rec.timedOutAt!) / 1000).toFixed(1)} s later`;
+        if (ended !== null) {
+          Object.assign(rec, moveOutcome(ended));
+          if (rec.status === 'completed') {
+            this.o.location.set(m.vm, m.to);
+            rec.error = null;
+            rec.note = `${late}; it completed after all, ${took()}`;
+          } else {
+            rec.error = `${late}; it ended ${rec.status} ${took()}${rec.error !== null ? `: ${rec.error.slice(0, 300)}` : ''}`;
+          }
+        } else if (!clusterGone.aborted) {
+          // Not over yet, or its host did not say: where the VM is listed is where it runs.
+          const on = await this.locate(m.vm, [from, m.to]);
+          if (on.length === 1) this.o.location.set(m.vm, on[0]!);
+          rec.error = `${late}; still not over ${took()}, when ${m.vm} was listed on ${on.length === 0 ? 'neither host' : on.join(' and ')}${on.length === 1 ? ` (the run takes it to be there)` : ''}`;
+        }
       } else {
         Object.assign(rec, moveOutcome(st));
         if (rec.status === 'completed') this.o.location.set(m.vm, m.to);
@@ -138,6 +196,34 @@ export class ChaosMoves {
       signal.removeEventListener('abort', onAbort);
       rec.endedAt = Date.now();
     }
-    say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : ''}`);
+    say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : rec.note ? ` (${rec.note})` : ''}`);
+  }
+
+  /**
+   * The answer of VM `vm`'s move once it has ended (vmMove's own answer, or its host's vmMoveStatus
+   * asked every pollMs); null when it has not within settleMs, or the run stops meanwhile.
+   */
+  private async settle(c: Pick<MgmtClient, 'request'>, vm: string, asked: Promise<unknown>): Promise<unknown> {
+    let answer: unknown = null;
+    asked.then((v) => void (answer = v), () => undefined);
+    const until = Date.now() + this.settleMs;
+    for (;;) {
+      if (ended_(answer)) return answer;
+      const st = await c.request<unknown>('vmMoveStatus', { name: vm }, 10_000).catch(() => null);
+      if (ended_(st)) return st;
+      if (ended_(answer)) return answer;
+      if (Date.now() >= until || this.o.signal.aborted) return null;
+      await sleep(Math.min(this.pollMs, Math.max(0, until - Date.now())), this.o.signal);
+    }
+  }
+
+  /** The hosts of `hosts` that list VM `vm` (vmList), in that order; one that does not answer lists nothing. */
+  private async locate(vm: string, hosts: readonly string[]): Promise<string[]> {
+    const on: string[] = [];
+    for (const h of hosts) {
+      const list = await this.o.clients.get(h)?.request<unknown>('vmList', {}, 10_000).catch(() => null);
+      if (Array.isArray(list) && list.some((v: unknown) => isPlainObject(v) && v.name === vm)) on.push(h);
+    }
+    return on;
   }
 }

@@ -128,7 +128,7 @@ export function chaosMarkdown(r: ChaosReport): string {
   if (r.moves.length > 0) {
     lines.push('', '## Moves', '', '| move | at | VM | from → to | method | status | downtime | total | error |', '|---|---:|---|---|---|---|---:|---:|---|');
     for (const m of r.moves) {
-      lines.push(`| ${m.id}${m.source === 'random' ? ' (random)' : ''} | ${rel(r.t0, m.startedAt)} | ${md(m.vm)} | ${m.from} → ${m.to} | ${md(m.method)} | ${md(m.status)} | ${m.downtimeMs === null ? '—' : `${m.downtimeMs} ms`} | ${m.totalMs === null ? '—' : `${m.totalMs} ms`} | ${m.error ? md(m.error) : '—'} |`);
+      lines.push(`| ${m.id}${m.source === 'random' ? ' (random)' : ''} | ${rel(r.t0, m.startedAt)} | ${md(m.vm)} | ${m.from} → ${m.to} | ${md(m.method)} | ${md(m.status)} | ${m.downtimeMs === null ? '—' : `${m.downtimeMs} ms`} | ${m.totalMs === null ? '—' : `${m.totalMs} ms`} | ${m.error ? md(m.error) : m.note ? md(m.note) : '—'} |`);
     }
   }
   if (r.cleanup.length > 0) lines.push('', '## Left behind', '', ...r.cleanup.map((c) => `- ${md(c)}`));
@@ -167,7 +167,7 @@ export function chaosFaultRows(r: Pick<ChaosReport, 'schedule' | 'faults' | 'ref
 export function chaosMoveRows(r: Pick<ChaosReport, 'moves' | 't0'>): string[][] {
   return [
     ['MOVE', 'AT', 'VM', 'FROM', 'TO', 'METHOD', 'STATUS', 'DOWNTIME'],
-    ...r.moves.map((m) => [`${m.id}${m.source === 'random' ? ' (random)' : ''}`, rel(r.t0, m.startedAt), m.vm, m.from, m.to, m.method, m.error ? `${m.status}: ${m.error.slice(0, 60)}` : m.status, m.downtimeMs === null ? '-' : `${m.downtimeMs} ms`]),
+    ...r.moves.map((m) => [`${m.id}${m.source === 'random' ? ' (random)' : ''}`, rel(r.t0, m.startedAt), m.vm, m.from, m.to, m.method, m.error ?? m.note ? `${m.status}: ${(m.error ?? m.note)!.slice(0, 60)}` : m.status, m.downtimeMs === null ? '-' : `${m.downtimeMs} ms`]),
   ];
 }
 

@@ -1,0 +1,127 @@
+/**
+ * The chaos run's moves against fake hosts (no processes): a move past its timeout is watched to
+ * its end, its record says what became of it, and the VM's host (where its next move starts, its
+ * readings are asked and the placement check looks) follows what happened.
+ */
+import { expect } from 'chai';
+import { MgmtCallError, type MgmtClient } from '@hvlab/host';
+import { ChaosMoves, chaosMoveRows, type MoveRecord, type ScheduledMove } from '../src/index.js';
+
+type Handler = (op: string, args: Record<string, unknown>) => unknown;
+
+/** Hosts whose answers `handlers` give (a Promise may be returned: the answer comes when it settles); every request is logged. */
+function fakeHosts(handlers: Record<string, Handler>) {
+  const asked: Array<{ host: string; op: string; args: Record<string, unknown> }> = [];
+  const clients = new Map<string, Pick<MgmtClient, 'request'>>();
+  for (const [host, h] of Object.entries(handlers)) {
+    clients.set(host, {
+      async request<T>(op: string, args: Record<string, unknown> = {}): Promise<T> {
+        asked.push({ host, op, args });
+        return (await h(op, args)) as T;
+      },
+    } as unknown as Pick<MgmtClient, 'request'>);
+  }
+  return { clients, asked };
+}
+
+const move = (id: string, vm: string, to: string, atMs = 0): ScheduledMove => ({ id, vm, to, atMs, method: 'precopy', options: {}, source: 'explicit' });
+const never = new Promise<never>(() => {});
+const tooLate = (): never => {
+  throw new MgmtCallError('MigrationCancelTooLate', 'the move is past its switch-over');
+};
+
+function mover(clients: Map<string, Pick<MgmtClient, 'request'>>, said: string[], extra: { settleMs?: number } = {}) {
+  const location = new Map([['a', 'h1']]);
+  const records: MoveRecord[] = [];
+  const stop = new AbortController();
+  const gone = new AbortController();
+  const m = new ChaosMoves({
+    clients, location, records, t0: Date.now(), endAt: Date.now() + 60_000, signal: stop.signal, clusterGone: gone.signal,
+    say: (l) => said.push(l), timeoutMs: 50, settleMs: extra.settleMs ?? 5000, pollMs: 10,
+  });
+  return { m, location, records };
+}
+
+describe('chaos moves against fake hosts', () => {
+  it('a move that completes after its timeout moves the VM: its record says so, and the VM\'s next move starts from where it went', async () => {
+    let statusAsks = 0;
+    const done = { status: 'completed', downtime: 40, 'total-time': 400, from: 'h1', to: 'h2' };
+    const { clients, asked } = fakeHosts({
+      // h1 does not answer the move in time, refuses the cancel (past its switch-over), then completes it.
+      h1: (op) => {
+        if (op === 'vmMove') return never;
+        if (op === 'vmMoveCancel') tooLate();
+        if (op === 'vmMoveStatus') return ++statusAsks < 4 ? { ...done, status: 'active', downtime: 0 } : done;
+        if (op === 'vmList') return [];
+        throw new Error(`unexpected ${op} on h1`);
+      },
+      h2: (op, args) => {
+        if (op === 'vmMove') return { status: 'completed', downtime: 30, 'total-time': 300, to: args.to };
+        if (op === 'vmList') return [{ name: 'a', state: 'Running' }];
+        throw new Error(`unexpected ${op} on h2`);
+      },
+    });
+    const said: string[] = [];
+    const { m, location, records } = mover(clients, said);
+    const first = m.start(move('m1', 'a', 'h2'));
+    // m2 comes while m1 is past its timeout and still watched: it waits, then starts from h2.
+    await new Promise((r) => setTimeout(r, 70));
+    expect(m.unended().map((x) => x.id), 'm1 is watched past its timeout').to.deep.equal(['m1']);
+    const second = m.start(move('m2', 'a', 'h1', 70));
+    await Promise.all([first, second]);
+    const [m1, m2] = records;
+    expect(m1).to.include({ status: 'completed', downtimeMs: 40, totalMs: 400, error: null, from: 'h1', to: 'h2' });
+    expect(m1!.note).to.match(/^not over after 0\.05 s; its cancel was refused: the move is past its switch-over; it completed after all, \d+\.\d s later$/);
+    expect(m1!.timedOutAt).to.be.a('number');
+    expect(m1!.endedAt).to.be.at.least(m1!.timedOutAt!);
+    // m2 was asked of h2, where m1 left the VM (it was asked of h1, which had it no more).
+    expect(asked.filter((x) => x.op === 'vmMove').map((x) => `${x.host}→${String(x.args.to)}`)).to.deep.equal(['h1→h2', 'h2→h1']);
+    expect(m2).to.include({ status: 'completed', from: 'h2', to: 'h1' });
+    expect(location.get('a')).to.equal('h1');
+    expect(said).to.include('m1: a h1 → h2 timeout (not over after 0.05 s; its cancel was refused: the move is past its switch-over); watching it to its end');
+    expect(said.some((l) => /^m2 at \+0\.\ds \(after m1\): moving a h2 → h1 \(precopy\)$/.test(l)), said.join('\n')).to.equal(true);
+    // The report's table says it completed, with the note.
+    expect(chaosMoveRows({ moves: records, t0: 0 })[1]![6]).to.match(/^completed: not over after 0\.05 s; its cancel was refused/);
+  });
+
+  it('a move cancelled after its timeout leaves the VM where it was, and its record says it was cancelled', async () => {
+    let statusAsks = 0;
+    const { clients } = fakeHosts({
+      h1: (op) => {
+        if (op === 'vmMove') return never;
+        if (op === 'vmMoveCancel') return { status: 'active' };
+        if (op === 'vmMoveStatus') return ++statusAsks < 3 ? { status: 'active' } : { status: 'cancelled', 'total-time': 90, downtime: 0, 'error-desc': 'cancelled by the user' };
+        throw new Error(`unexpected ${op} on h1`);
+      },
+      h2: (op) => {
+        throw new Error(`unexpected ${op} on h2`);
+      },
+    });
+    const { m, location, records } = mover(clients, []);
+    await m.start(move('m1', 'a', 'h2'));
+    expect(records[0]).to.include({ status: 'cancelled', downtimeMs: null, totalMs: 90 });
+    expect(records[0]!.error).to.match(/^not over after 0\.05 s; its cancel was asked; it ended cancelled \d+\.\d s later: cancelled by the user$/);
+    expect(location.get('a')).to.equal('h1');
+  });
+
+  it('a move still not over when the watch gives up: the VM is taken to be on the one host that lists it, and the record stays timeout', async () => {
+    const { clients } = fakeHosts({
+      h1: (op) => {
+        if (op === 'vmMove') return never;
+        if (op === 'vmMoveCancel') tooLate();
+        if (op === 'vmMoveStatus') return { status: 'postcopy-active' };
+        if (op === 'vmList') return [];
+        throw new Error(`unexpected ${op} on h1`);
+      },
+      h2: (op) => {
+        if (op === 'vmList') return [{ name: 'a', state: 'Running' }];
+        throw new Error(`unexpected ${op} on h2`);
+      },
+    });
+    const { m, location, records } = mover(clients, [], { settleMs: 100 });
+    await m.start(move('m1', 'a', 'h2'));
+    expect(records[0]).to.include({ status: 'timeout' });
+    expect(records[0]!.error).to.match(/^not over after 0\.05 s; its cancel was refused: the move is past its switch-over; still not over \d+\.\d s later, when a was listed on h2 \(the run takes it to be there\)$/);
+    expect(location.get('a')).to.equal('h2');
+  });
+});
