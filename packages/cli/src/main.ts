@@ -74,6 +74,22 @@ export interface CommandSpec {
 
 const wholeIn = (opt: string, lo: number, hi: number, what = `a whole number from ${lo} to ${hi}`) => (v: string): string | null =>
   /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? null : `--${opt} ${v} is invalid: ${what}`;
+/**
+ * A whole number as a fault option gives it: decimal or 0x hex (what --gpa took, and a chaos file's
+ * YAML takes for any number), with a minus sign only where `signed`; null for anything else or past
+ * 2^53. --mask 0xff was refused while --gpa 0x100000 was taken.
+ */
+export function faultInteger(v: string, signed = false): number | null {
+  const m = /^(-?)(0x[0-9a-f]+|\d+)$/i.exec(v);
+  if (!m || (m[1] === '-' && !signed)) return null;
+  const n = Number(m[2]);
+  if (!Number.isSafeInteger(n)) return null;
+  return m[1] === '-' && n !== 0 ? -n : n;
+}
+const faultIntegerIn = (opt: string, lo: number, hi: number) => (v: string): string | null => {
+  const n = faultInteger(v);
+  return n !== null && n >= lo && n <= hi ? null : `--${opt} ${v} is invalid: a whole number from ${lo} to ${hi} (decimal or 0x hex)`;
+};
 const oneOf = (opt: string, values: readonly string[], verb = 'is invalid: use') => (v: string): string | null =>
   values.includes(v) ? null : `--${opt} ${v} ${verb} ${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}`;
 const nonEmpty = (opt: string) => (v: string): string | null => (v === '' ? `--${opt} is empty` : null);
@@ -316,11 +332,11 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'cut', help: 'link: cut it' },
       { name: 'shape', value: 'S', help: `partition: ${PARTITION_SHAPES.join(', ')} (default one)`, check: oneOf('shape', [...PARTITION_SHAPES]) },
       { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s` : null) },
-      { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (/^-?\d+$/.test(v) ? null : `--skew ${v} is invalid: whole ppm, e.g. 100000`) },
+      { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (faultInteger(v, true) === null ? `--skew ${v} is invalid: whole ppm, e.g. 100000 or -50000` : null) },
       { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, e.g. 0,1 (default all)', check: (v) => (/^\d+(,\d+)*$/.test(v) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
-      { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: wholeIn('lps', 1, 1024) },
-      { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte (default: the first byte of a page of the workload\'s data)', check: (v) => (/^(0x[0-9a-f]+|\d+)$/i.test(v) ? null : `--gpa ${v} is not an address`) },
-      { name: 'mask', value: 'BITS', help: 'bitflip: the bits to flip, 1-255 (default one bit drawn from --seed)', check: wholeIn('mask', 1, 255) },
+      { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: faultIntegerIn('lps', 1, 1024) },
+      { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte, decimal or 0x hex (default: the first byte of a page of the workload\'s data)', check: (v) => (faultInteger(v) === null ? `--gpa ${v} is not an address` : null) },
+      { name: 'mask', value: 'BITS', help: 'bitflip: the bits to flip, 1-255, decimal or 0x hex (default one bit drawn from --seed)', check: faultIntegerIn('mask', 1, 255) },
       { name: 'seed', value: 'N', help: 'draws (a selector\'s pick, packet fates) come from this seed', check: seedCheck },
       { name: 'id', value: 'ID', help: 'the fault\'s id (default f1, f2, …)', check: nonEmpty('id') },
       { name: 'wait', help: 'stay until the fault ends (Ctrl-C ends it at once)' },
@@ -439,7 +455,8 @@ export function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => str
   const params: Record<string, unknown> = {};
   const num = (o: string, key: string): void => {
     const v = opt(o);
-    if (v !== undefined) params[key] = Number(v);
+    // Through the same reading as the option's check (Number() took 0xff but not -0x10).
+    if (v !== undefined) params[key] = faultInteger(v, true) ?? Number(v);
   };
   const dur = (o: string, key: string): void => {
     const v = opt(o);
@@ -495,7 +512,7 @@ export function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => str
       if (opt('shape') !== undefined) params.shape = opt('shape');
       break;
     case 'bitflip':
-      if (opt('gpa') !== undefined) params.gpa = Number(opt('gpa'));
+      num('gpa', 'gpa');
       num('mask', 'mask');
       break;
     case 'pause':

@@ -11,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, loadTopology, lpsText, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultInteger, faultRequestFromOptions, faultTable, loadTopology, lpsText, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -375,6 +375,33 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     expect(refused('link', { target: 'link:h1-h2', for: '5s', loss: '150' }).message).to.equal('link: --loss 150 must be a number from 0 to 100');
     expect(refused('link', { target: 'link:h1-h2', for: '5s' }).message).to.equal('a link fault needs something to do to the link: --delay, --jitter, --rate, --loss or --cut');
     expect(refused('link', { target: 'vm:web', for: '5s', delay: '5ms' })).to.be.instanceOf(ValueError);
+  });
+
+  it('every whole-number fault option takes decimal or 0x hex, as --gpa does (--mask 0xff was refused as "a whole number from 1 to 255")', () => {
+    const inject = (kind: Parameters<typeof faultRequestFromOptions>[0], o: Record<string, string>) => runs(['fault', 'inject', kind, '--target', kind === 'lp-shrink' ? 'host:h1' : 'vm:a', '--for', kind === 'bitflip' ? '0' : '5s', ...Object.entries(o).flatMap(([k, v]) => [`--${k}`, v])]);
+    expect(() => inject('bitflip', { mask: '0xff', gpa: '0x100000' })).to.not.throw();
+    expect(() => inject('bitflip', { mask: '0X10' })).to.not.throw();
+    expect(() => inject('lp-shrink', { lps: '0x2' })).to.not.throw();
+    expect(() => inject('clock', { skew: '-0x10' })).to.not.throw();
+    const req = (kind: Parameters<typeof faultRequestFromOptions>[0], o: Record<string, string>) => faultRequestFromOptions(kind, (n) => ({ target: kind === 'lp-shrink' ? 'host:h1' : 'vm:a', for: kind === 'bitflip' ? '0' : '1s', ...o })[n], () => false).params;
+    expect(req('bitflip', { mask: '0xff', gpa: '0x1ff000' })).to.deep.equal({ mask: 255, gpa: 0x1ff000 });
+    expect(req('bitflip', { mask: '128', gpa: '4096' })).to.deep.equal({ mask: 128, gpa: 4096 });
+    expect(req('lp-shrink', { lps: '0x2' })).to.deep.equal({ lps: 2 });
+    expect(req('clock', { skew: '-0x10' })).to.deep.equal({ skewPpm: -16 });
+    // Out of range or not a whole number, in either form: refused before anything is sent, naming both forms.
+    const cases: Array<[string[], string]> = [
+      [['--mask', '0x100'], '--mask 0x100 is invalid: a whole number from 1 to 255 (decimal or 0x hex)'],
+      [['--mask', '0'], '--mask 0 is invalid: a whole number from 1 to 255 (decimal or 0x hex)'],
+      [['--mask', '-1'], '--mask -1 is invalid: a whole number from 1 to 255 (decimal or 0x hex)'],
+      [['--mask', '1e2'], '--mask 1e2 is invalid: a whole number from 1 to 255 (decimal or 0x hex)'],
+      [['--mask', '0x'], '--mask 0x is invalid: a whole number from 1 to 255 (decimal or 0x hex)'],
+      [['--gpa', '-0x10'], '--gpa -0x10 is not an address'],
+      [['--gpa', '0x' + 'f'.repeat(20)], `--gpa 0x${'f'.repeat(20)} is not an address`],
+    ];
+    for (const [o, msg] of cases) expect(refusal(['fault', 'inject', 'bitflip', '--target', 'vm:a', '--for', '0', ...o]).message, o.join(' ')).to.equal(msg);
+    expect(refusal(['fault', 'inject', 'lp-shrink', '--target', 'host:h1', '--for', '5s', '--lps', '0x401']).message).to.equal('--lps 0x401 is invalid: a whole number from 1 to 1024 (decimal or 0x hex)');
+    expect(refusal(['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '5s', '--skew', '1.5']).message).to.equal('--skew 1.5 is invalid: whole ppm, e.g. 100000 or -50000');
+    expect([faultInteger('-0x10', true), faultInteger('-0', true), faultInteger('0x1F'), faultInteger(' 1'), faultInteger('9007199254740992')]).to.deep.equal([-16, 0, 31, null, null]);
   });
 
   it('fault list shows each fault\'s parameters as its command line asked them (it showed kind and target only)', () => {
