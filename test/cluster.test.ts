@@ -351,6 +351,12 @@ describe('clusters on one machine', function () {
     expect(stderr.trim()).to.equal(`hvlab: host h2: the host did not start: the start was made to fail by a test (HVLAB_TEST_FAIL_START_HOST); its logs are kept in ${kept}`);
     expect(readdirSync(join(h.home, 'cluster-up-failed')), 'the failed host\'s logs only').to.deep.equal(['h2']);
     expect(readFileSync(join(kept, 'hypervisor.log'), 'utf8')).to.include('the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
+    // The knob's line names the host that fails as failHost; under host it has the host's id, as
+    // every line of the log does (it wrote host: "h2" over it, and JSON.parse read that).
+    const hvLines = readFileSync(join(kept, 'hypervisor.log'), 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const knobLine = hvLines.find((l) => l.msg === 'the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
+    expect(hvLines[0]!.host, 'the log\'s host id').to.be.a('string').and.not.equal('h2');
+    expect(knobLine).to.include({ failHost: 'h2', host: hvLines[0]!.host });
     expect(stdout).to.include('cluster up failed (host h2: the host did not start: ');
     // h1 and h3 were stopped in their starts: before, each came up once its ready line came (20 s
     // on) and started its VMs, and only then was everything taken down.

@@ -347,7 +347,8 @@ try {
 // hosts starting beside it.
 const failStartHost = testKnobName('HVLAB_TEST_FAIL_START_HOST', CLUSTER_HOST_RE);
 if (failStartHost !== null && failStartHost === process.env.HVLAB_CLUSTER_HOST) {
-  log.error({ host: failStartHost }, 'the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
+  // failHost, not host: every line of this log carries the host's id under `host` (its bindings).
+  log.error({ failHost: failStartHost }, 'the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
   process.stdout.write('failed the start was made to fail by a test (HVLAB_TEST_FAIL_START_HOST)\n');
   await exit('the start was made to fail by a test', 1);
 }
