@@ -44,7 +44,7 @@ import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { fileText, problem, problemsText, readYamlMap, scalar, seedValue, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { fieldKey, fileText, problem, problemsText, readYamlMap, scalar, seedValue, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
@@ -185,7 +185,7 @@ function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowe
       continue;
     }
     const key = k.value;
-    const path = field ? `${field}.${key}` : key;
+    const path = field ? `${field}.${fieldKey(key)}` : fieldKey(key);
     if (out.has(key)) problem(ctx, k, path, 'appears twice');
     else if (!allowed.includes(key)) problem(ctx, k, path, Object.hasOwn(notHere, key) ? notHere[key]! : `is not a field here (fields: ${allowed.join(', ')})`);
     else out.set(key, { v: (pair.value as Node | null) ?? null, p: pair as Pair });

@@ -23,7 +23,7 @@
  * is reserved too (a boolean, not acted on yet).
  */
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
-import { problem, problemsText, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
+import { fieldKey, problem, problemsText, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
   MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
@@ -131,7 +131,7 @@ function entries(ctx: Ctx, node: Node | null | undefined, field: string, allowed
       continue;
     }
     const key = String(k.value);
-    const path = field ? `${field}.${key}` : key;
+    const path = field ? `${field}.${fieldKey(key)}` : fieldKey(key);
     if (seen.has(key)) {
       problem(ctx, k, path, 'appears twice');
       continue;
@@ -228,7 +228,7 @@ export function parseTopology(text: string, file = 'topology'): Topology {
   const hostsProblem = hostsSectionProblem(h);
   if (hostsProblem) problem(ctx, h?.v ?? h?.p ?? root, 'hosts', hostsProblem);
   for (const [hn, hv, hp] of hostsProblem ? [] : entries(ctx, h?.v, 'hosts', null)) {
-    const field = `hosts.${hn}`;
+    const field = `hosts.${fieldKey(hn)}`;
     if (!HOST_NAME_RE.test(hn)) {
       problem(ctx, hp, field, 'a host name is 1-10 lowercase letters, digits or "-", starting with a letter');
       continue;
@@ -305,7 +305,7 @@ export function parseTopology(text: string, file = 'topology'): Topology {
   const v = top.get('vms');
   const memoryByHost = new Map<string, number>();
   for (const [vn, vv, vp] of entries(ctx, v?.v, 'vms', null)) {
-    const field = `vms.${vn}`;
+    const field = `vms.${fieldKey(vn)}`;
     if (!VM_NAME_RE.test(vn)) {
       problem(ctx, vp, field, 'a VM name is 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit');
       continue;
@@ -377,7 +377,7 @@ export function parseTopology(text: string, file = 'topology'): Topology {
     const used = memoryByHost.get(host.name) ?? 0;
     if (host.memoryBytes !== null && used > host.memoryBytes) {
       const node = (h?.v as YAMLMap | undefined)?.items.find((p) => isScalar(p.key) && p.key.value === host.name);
-      problem(ctx, node as Pair | undefined, `hosts.${host.name}.memory`, `its VMs need ${formatBytes(used)}, more than its ${formatBytes(host.memoryBytes)}`);
+      problem(ctx, node as Pair | undefined, `hosts.${fieldKey(host.name)}.memory`, `its VMs need ${formatBytes(used)}, more than its ${formatBytes(host.memoryBytes)}`);
     }
   }
 

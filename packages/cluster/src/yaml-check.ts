@@ -115,10 +115,23 @@ export function visibleText(s: string): string {
   });
 }
 
-/** Records a problem at `node`: its field and message made visible (visibleText), the message at most PROBLEM_MAX_CHARS. */
+/** Records a problem at `node`: its field and message made visible (visibleText), each at most PROBLEM_MAX_CHARS. */
 export function problem(ctx: CheckCtx, node: Node | Pair | null | undefined, field: string, message: string): void {
   const text = visibleText(message);
-  ctx.problems.push({ ...where(ctx, node), field: visibleText(field), message: text.length > PROBLEM_MAX_CHARS ? `${text.slice(0, PROBLEM_MAX_CHARS - 1)}…` : text });
+  const path = visibleText(field);
+  ctx.problems.push({
+    ...where(ctx, node), field: path.length > PROBLEM_MAX_CHARS ? `${path.slice(0, PROBLEM_MAX_CHARS - 1)}…` : path,
+    message: text.length > PROBLEM_MAX_CHARS ? `${text.slice(0, PROBLEM_MAX_CHARS - 1)}…` : text,
+  });
+}
+
+/**
+ * A key of the file as a problem's field path names it (`hosts.<key>.lps`, `faults[0].<key>`): at
+ * most 40 characters, as shown() cuts a value. An unknown field, a host or a VM name of 100,000
+ * characters went whole into the path while the message beside it was cut.
+ */
+export function fieldKey(key: string): string {
+  return key.length > 40 ? `${key.slice(0, 39)}…` : key;
 }
 
 export function scalar(node: Node | null): unknown {

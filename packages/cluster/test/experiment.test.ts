@@ -253,6 +253,20 @@ describe('experiment files', () => {
     expect(one(`vm: { workload: "memdirty:${'9'.repeat(100_000)}" }\n`)).to.have.length.below(300);
   });
 
+  it('cuts a long key in a problem\'s field path to 40 characters, as it cuts a value: an unknown field of 100,000 characters went whole into the path', () => {
+    // YAML takes an implicit key of at most 1024 characters; a longer one is written as ? KEY.
+    const key = 'k'.repeat(1000);
+    const huge = `? ${'k'.repeat(100_000)}\n: 1\n`;
+    const cut = `${'k'.repeat(39)}…`;
+    const fields = (text: string): string[] => problems(text).map((x) => x.field);
+    expect(fields(`name: a\nmethods: [offline]\n${key}: 1\n`)).to.deep.equal([cut]);
+    expect(fields(`name: a\nmethods: [offline]\n${huge}`)).to.deep.equal([cut]);
+    expect(fields(`name: a\nmethods: [offline]\nvm: { ${key}: 1 }\n`)).to.deep.equal([`vm.${cut}`]);
+    expect(fields(`name: a\nmethods: [offline]\nlink: { ${key}: 1 }\n`)).to.deep.equal([`link.${cut}`]);
+    expect(fields(`name: a\nmethods: [offline]\noptions: { ${key}: 1 }\n`)).to.deep.equal([`options.${cut}`]);
+    expect(fields(`name: a\nmethods: [offline]\n${'k'.repeat(40)}: 1\n`)).to.deep.equal(['k'.repeat(40)]);
+  });
+
   it('refuses an alias (*name) at its place for what it is, not as a value of the wrong type', () => {
     const p = problems('name: &n a\nmethods: [offline]\nvm: { workload: *n }\n');
     expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);

@@ -55,7 +55,7 @@ import {
   VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
-import { CLUSTER_NAME_RE, DEFAULT_VM, fileText, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
+import { CLUSTER_NAME_RE, DEFAULT_VM, fieldKey, fileText, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
 import type { PartitionShape } from './types.js';
 import { checkFaultRequest, hostSpecOf, parseTarget, type Target } from './request.js';
 import { MAX_OWNED_VMS } from './wire.js';
@@ -366,7 +366,7 @@ function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowe
       continue;
     }
     const key = k.value;
-    const path = field ? `${field}.${key}` : key;
+    const path = field ? `${field}.${fieldKey(key)}` : fieldKey(key);
     if (out.has(key)) problem(ctx, k, path, 'appears twice');
     else if (allowed && !allowed.includes(key)) problem(ctx, k, path, `is not a field here (fields: ${allowed.join(', ')})`);
     else out.set(key, { v: (pair.value as Node | null) ?? null, p: pair as Pair });
@@ -462,9 +462,9 @@ function faultParams(ctx: Ctx, fields: Map<string, Field>, field: string): { par
   const params = Object.create(null) as Record<string, unknown>;
   const nodes = new Map<string, [Field, string]>();
   const given: Array<[string, Field, string]> = [];
-  for (const [k, f] of fields) if (!(FAULT_FIELDS as readonly string[]).includes(k)) given.push([k, f, `${field}.${k}`]);
+  for (const [k, f] of fields) if (!(FAULT_FIELDS as readonly string[]).includes(k)) given.push([k, f, `${field}.${fieldKey(k)}`]);
   const nested = fields.get('params');
-  if (nested) for (const [k, f] of fieldsOf(ctx, nested.v, `${field}.params`, null)) given.push([k, f, `${field}.params.${k}`]);
+  if (nested) for (const [k, f] of fieldsOf(ctx, nested.v, `${field}.params`, null)) given.push([k, f, `${field}.params.${fieldKey(k)}`]);
   for (const [k, f, path] of given) {
     if (nodes.has(k)) {
       problem(ctx, f.p.key as Node, path, 'appears twice');
@@ -672,10 +672,12 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
           if (!c.ok || few) {
             const message = c.ok ? few! : c.message;
             const named = /"([^"]+)"/.exec(message)?.[1] ?? (/^(\w+):/.exec(message.replace(/^[a-z-]+: /, ''))?.[1]);
-            const node = named && nodes.has(named) ? at(nodes.get(named)![0]) : /^target|target/.test(message) && tF ? at(tF) : /role/.test(message) && roleF ? at(roleF) : few && nodes.has('shape') ? at(nodes.get('shape')![0]) : (item as Node);
-            const path = named && nodes.has(named) ? nodes.get(named)![1] : !c.ok ? field : nodes.has('shape') ? nodes.get('shape')![1] : `${field}.shape`;
+            // The check names a parameter cut to 32 characters ("has no parameter"): the file's key that begins so (it was said at the fault).
+            const hit = !named ? undefined : nodes.get(named) ?? (named.length === 32 ? [...nodes].find(([k]) => k.startsWith(named))?.[1] : undefined);
+            const node = hit ? at(hit[0]) : /^target|target/.test(message) && tF ? at(tF) : /role/.test(message) && roleF ? at(roleF) : few && nodes.has('shape') ? at(nodes.get('shape')![0]) : (item as Node);
+            const path = hit ? hit[1] : !c.ok ? field : nodes.has('shape') ? nodes.get('shape')![1] : `${field}.shape`;
             // The request's check names the parameter, not what the file gave it ('"lps" must be a whole number from 1 to 1024'): said here (a list is there to see at the place).
-            const param = named && nodes.has(named) ? nodes.get(named)![0].v : null;
+            const param = hit ? hit[0].v : null;
             problem(ctx, node, path, !c.ok && param && !isSeq(param) && /\bmust\b/.test(message) ? `${message}, not ${shown(param)}` : message);
             ok = false;
           } else {

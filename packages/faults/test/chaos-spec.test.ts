@@ -183,6 +183,24 @@ describe('chaos experiment files', () => {
     for (const [text, want] of cases) expect(said(text), text.slice(0, 120)).to.equal(want);
   });
 
+  it('cuts a long key in a problem\'s field path to 40 characters, as it cuts a value: an unknown field or parameter of 100,000 characters went whole into the path', () => {
+    const base = 'name: z\nkind: faults\nhosts: 2\nworkloads: [{ name: a, host: h1 }]\n';
+    // YAML takes an implicit key of at most 1024 characters; a longer one is written as ? KEY.
+    const key = 'k'.repeat(1000);
+    const huge = `? ${'k'.repeat(100_000)}\n: 1\n`;
+    const cut = `${'k'.repeat(39)}…`;
+    const fields = (text: string): string[] => problems(text).map((x) => x.field);
+    expect(fields(`${base}${key}: 1\n`)).to.deep.equal([cut]);
+    expect(fields(`${base}${huge}`)).to.deep.equal([cut]);
+    expect(fields(`${base}checks: { ${key}: true }\n`)).to.deep.equal([`checks.${cut}`]);
+    expect(fields(`${base}faults: [{ at: 1s, kind: pause, target: vm:a, for: 1s, ${key}: 1 }]\n`)).to.deep.equal([`faults[0].${cut}`]);
+    expect(fields(`${base}faults: [{ at: 1s, kind: pause, target: vm:a, for: 1s, params: { ${key}: 1 } }]\n`)).to.deep.equal([`faults[0].params.${cut}`]);
+    expect(fields(`${base}random: { count: 1, ${key}: 1 }\n`)).to.deep.equal([`random.${cut}`]);
+    // A key of 40 characters is whole.
+    expect(fields(`${base}${'k'.repeat(40)}: 1\n`)).to.deep.equal(['k'.repeat(40)]);
+    for (const p of problems(`${base}${huge}? ${'k'.repeat(100_000)}x\n: 2\n`)) expect(p.message.length + p.field.length, p.field).to.be.below(700);
+  });
+
   it('refuses __proto__ as a fault parameter, beside the fault\'s fields or under params, as any name a kind does not take', () => {
     const base = 'name: z\nkind: faults\nhosts: 2\nworkloads: [{ name: a, host: h1 }]\n';
     const said = (text: string): string[] => problems(text).map((x) => `${x.line}:${x.column}: ${x.field}: ${x.message}`);
