@@ -10,7 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostProcesses } from '@hvlab/host';
 import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
-import { TestHost, eventually, interruptExperimentRun, killExperimentRun, shmFiles } from './harness.js';
+import { TestHost, eventually, experimentLeft, interruptExperimentRun, killExperimentRun, shmFiles } from './harness.js';
+import { spawn } from 'node:child_process';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
 
 const EXPERIMENT = `name: e2e-small
 kind: migration
@@ -145,6 +150,37 @@ repetitions: 1
     expect(await eventually(r.left.gone, 40_000), `left: ${r.left.said()}`).to.equal(true);
     expect([...r.left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(r.home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
+  it('`hvlab experiment run` whose host fails to come up: it names the host and keeps its logs in the report directory (the temporary home goes), and leaves nothing else', async () => {
+    const file = join(dir, 'failing.yaml');
+    writeFileSync(file, `name: e2e-fail
+kind: migration
+seed: 5
+cluster: new
+vm: { memory: 16M, vps: 1, workload: counter }
+methods: [offline]
+repetitions: 1
+`);
+    const out = join(dir, 'failing');
+    const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HVLAB_TEST_FAIL_START_HOST: 'h2' } });
+    let output = '';
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const kept = join(out, 'cluster-up-failed', 'h2');
+    expect(code, output).to.equal(1);
+    // The temporary home went with the cluster: its logs were removed with it, and nothing named them.
+    expect(output.trim().split('\n').pop(), output).to.match(new RegExp(`^hvlab: host h2: the host did not start: the start was made to fail by a test \\(HVLAB_TEST_FAIL_START_HOST\\); its logs are kept in ${kept.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`));
+    expect(readdirSync(out), 'only the kept logs: no report').to.deep.equal(['cluster-up-failed']);
+    expect(readdirSync(join(out, 'cluster-up-failed'))).to.deep.equal(['h2']);
+    expect(readFileSync(join(kept, 'hypervisor.log'), 'utf8')).to.include('the start fails by a test knob (HVLAB_TEST_FAIL_START_HOST)');
+    const home = /under (\/\S+)/.exec(output)?.[1];
+    expect(home, output).to.be.a('string');
+    const left = experimentLeft(home!);
+    expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
+    expect(existsSync(home!), 'the temporary home').to.equal(false);
+    expect(networkLeftovers(clusterTag(home!))).to.deep.equal({ namespaces: [], links: [] });
   });
 
   it('`hvlab experiment run` on an existing cluster killed with SIGKILL mid-run: the user\'s link is put back as it was and the run\'s VMs are deleted (its lease on them lapses)', async () => {

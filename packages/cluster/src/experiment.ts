@@ -1101,6 +1101,12 @@ export interface RunLease {
  * directory held (a results.md of another report next to this one's plots, a user's notes) or, with
  * a directory named like one of its files in the way, ran to its end and then lost its report.
  */
+/**
+ * Where a run on a temporary home keeps the logs of a host that failed to come up: in its report's
+ * directory (the home goes at the end), named in the failure.
+ */
+export const FAILED_UP_LOGS_ENTRY = 'cluster-up-failed';
+
 export function makeReportDir(out: string, reportFiles: readonly string[] = REPORT_FILES): string[] {
   let entries: string[] | null = null;
   try {
@@ -1110,6 +1116,15 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
   }
   if (entries !== null) {
     const foreign = entries.filter((e) => {
+      // The logs an earlier run in this directory kept of a host that failed to come up: replaced
+      // (below), as the next failure's replace them.
+      if (e === FAILED_UP_LOGS_ENTRY) {
+        try {
+          return !lstatSync(join(out, e)).isDirectory();
+        } catch {
+          return true;
+        }
+      }
       if (!reportFiles.includes(e)) return true;
       try {
         return !lstatSync(join(out, e)).isFile();
@@ -1127,6 +1142,7 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
     return code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission'
       : code === 'EROFS' ? 'the file system is read-only' : code === 'ENOENT' ? 'its parent cannot hold directories (a file system such as /proc)' : (e as Error).message;
   };
+  if (entries?.includes(FAILED_UP_LOGS_ENTRY)) rmSync(join(out, FAILED_UP_LOGS_ENTRY), { recursive: true, force: true });
   let made: string[];
   try {
     made = makeDirs(out);
@@ -1228,8 +1244,9 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         }
         say(`bringing up hosts ${spec.from} and ${spec.to} under ${home}`);
         // Ctrl-C during the bring-up (seconds) takes down what was made and throws, with no report: no run was made.
-        // A temporary home goes with a failed host's logs: none are kept there to be named.
-        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal, keepFailedLogs: tempHome === null });
+        // A failed host's logs are kept in the home's cluster-up-failed, and with a temporary home
+        // (which goes at the end) in the report's directory: the failure names where.
+        await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal, ...(tempHome !== null ? { failedLogsDir: join(out, FAILED_UP_LOGS_ENTRY) } : {}) });
         broughtUp = true;
       } else if (!readCluster(home)) {
         throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);

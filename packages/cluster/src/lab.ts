@@ -242,6 +242,12 @@ export interface ClusterUpOptions {
    * goes with them.
    */
   keepFailedLogs?: boolean;
+  /**
+   * Where those logs are kept (the directory replaced by each failure's; default
+   * `failedUpLogsDir(home)`): an experiment or chaos run on a temporary home keeps them in its
+   * report directory, which outlives the home.
+   */
+  failedLogsDir?: string;
 }
 
 /** Throws once `signal` is aborted (between the steps of a cluster up). */
@@ -438,7 +444,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
     // down): they were removed with the cluster, and a failed start left nothing to read.
     const failure = firstFailure as { e: unknown; host: string } | null;
     const failedHost = !signal?.aborted && failure !== null && failure.e === e && opts.keepFailedLogs !== false ? failure.host : null;
-    const keep = failedHost === null ? undefined : { host: failedHost, to: join(failedUpLogsDir(home), failedHost) };
+    const keep = failedHost === null ? undefined : { host: failedHost, dir: opts.failedLogsDir ?? failedUpLogsDir(home) };
     const gone = await clusterDown(home, { keepLogs: keep });
     // The network could not be made (a name or the subnet taken meanwhile, an ip command refused): the user's to see, not a bug.
     if (e instanceof NetworkError) throw new ClusterError(`the cluster's network could not be made: ${e.message}`);
@@ -453,11 +459,12 @@ export async function clusterUp(home: string, topology: Topology, source: string
 
 /**
  * Brings down every host of the cluster of `home` (recorded or found on disk) and removes the
- * cluster's state. `keepLogs`: the logs of that host are moved to `to` (replacing what was in
- * failedUpLogsDir) once every host is down, before the cluster's directory goes: `keptLogs` says
- * where (null: they could not be, `keptLogsError` why; absent when not asked).
+ * cluster's state. `keepLogs`: the logs of that host are moved to `dir`/HOST (`dir` replaced as a
+ * whole: what an earlier failure kept there goes) once every host is down, before the cluster's
+ * directory goes: `keptLogs` says where (null: they could not be, `keptLogsError` why; absent when
+ * not asked).
  */
-export async function clusterDown(home: string, opts: { keepLogs?: { host: string; to: string } } = {}): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number; keptLogs?: string | null; keptLogsError?: string }> {
+export async function clusterDown(home: string, opts: { keepLogs?: { host: string; dir: string } } = {}): Promise<{ name: string | null; hosts: Array<{ name: string; hostId: string | null; graceful: boolean }>; network: number; keptLogs?: string | null; keptLogsError?: string }> {
   // Whichever spelling of the home it was given (a symlink to it, a relative path): the cluster's
   // names (its network's tag, its fabric's environment, its hosts' sockets) come from its one spelling.
   home = canonicalHome(home);
@@ -493,7 +500,7 @@ export async function clusterDown(home: string, opts: { keepLogs?: { host: strin
   let keptLogs: string | null = null;
   let keptLogsError: string | undefined;
   if (opts.keepLogs) {
-    const r = keepLogsOf(hostPaths(clusterHostHome(home, opts.keepLogs.host)).logDir, opts.keepLogs.to, failedUpLogsDir(home));
+    const r = keepLogsOf(hostPaths(clusterHostHome(home, opts.keepLogs.host)).logDir, opts.keepLogs.dir, opts.keepLogs.host);
     if ('error' in r) keptLogsError = r.error;
     else keptLogs = r.dir;
   }
@@ -503,7 +510,7 @@ export async function clusterDown(home: string, opts: { keepLogs?: { host: strin
   try {
     removed = teardownNetwork(scope);
   } catch (e) {
-    if (e instanceof NetworkError) throw new ClusterError(`the cluster's hosts are down, but its network cannot be told from others' (${e.message}); its record is kept: run "hvlab cluster down" again`);
+    if (e instanceof NetworkError) throw new ClusterError(`the cluster's hosts are down, but its network cannot be told from others' (${e.message}); its record is kept: run "hvlab cluster down" again${keptLogs ? ` (host ${opts.keepLogs!.host}'s logs are kept in ${keptLogs})` : ''}`);
     throw e;
   }
   rmSync(clusterDir(home), { recursive: true, force: true });
@@ -511,22 +518,28 @@ export async function clusterDown(home: string, opts: { keepLogs?: { host: strin
 }
 
 /**
- * Moves a host's log directory `logDir` to `to` (copied where a move cannot be made), after
- * removing `replaced` (what an earlier failure kept); answers where, or why not.
+ * Moves a host's log directory `logDir` to `dir`/`name` (copied where a move cannot be made),
+ * `dir` replacing what an earlier failure kept there; answers where, or why not. The logs go to a
+ * directory beside `dir` first and take its place only once all of them are there: a move or copy
+ * that fails leaves what was kept before as it was, and no part of a copy.
  */
-function keepLogsOf(logDir: string, to: string, replaced: string): { dir: string } | { error: string } {
+export function keepLogsOf(logDir: string, dir: string, name: string): { dir: string } | { error: string } {
   if (!existsSync(logDir)) return { error: `${logDir} does not exist` };
+  const staged = `${dir}.new-${process.pid}`;
   try {
-    rmSync(replaced, { recursive: true, force: true });
-    mkdirSync(resolve(to, '..'), { recursive: true });
+    rmSync(staged, { recursive: true, force: true });
+    mkdirSync(staged, { recursive: true });
     try {
-      renameSync(logDir, to);
+      renameSync(logDir, join(staged, name));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
-      cpSync(logDir, to, { recursive: true });
+      cpSync(logDir, join(staged, name), { recursive: true });
     }
-    return { dir: to };
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(staged, dir);
+    return { dir: join(dir, name) };
   } catch (e) {
+    rmSync(staged, { recursive: true, force: true });
     return { error: (e as Error).message };
   }
 }

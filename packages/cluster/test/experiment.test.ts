@@ -910,6 +910,17 @@ describe('experiment reports', () => {
         const earlier = join(dir, 'earlier');
         writeReport(report(), earlier);
         expect(makeReportDir(earlier)).to.deep.equal([]);
+        // The logs an earlier run there kept of a host that failed to come up: replaced (this run
+        // keeps its own there if it fails so); a file of that name is not such logs.
+        const failedBefore = join(dir, 'failed-before');
+        mkdirSync(join(failedBefore, 'cluster-up-failed', 'h2'), { recursive: true });
+        writeFileSync(join(failedBefore, 'cluster-up-failed', 'h2', 'hypervisor.log'), 'x');
+        expect(makeReportDir(failedBefore)).to.deep.equal([]);
+        expect(readdirSync(failedBefore)).to.deep.equal([]);
+        const notLogs = join(dir, 'not-logs');
+        mkdirSync(notLogs);
+        writeFileSync(join(notLogs, 'cluster-up-failed'), 'x');
+        expect(() => makeReportDir(notLogs)).to.throw(ClusterError, /holds "cluster-up-failed"/);
         mkdirSync(join(dir, 'empty'));
         expect(makeReportDir(join(dir, 'empty'))).to.deep.equal([]);
         expect(makeReportDir(join(dir, 'new', 'sub'))).to.deep.equal([join(dir, 'new'), join(dir, 'new', 'sub')]);

@@ -4,13 +4,13 @@
  * bytes, random JSON and valid records with one field replaced).
  */
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
 import { spawn, spawnSync } from 'node:child_process';
 import { procStartTime } from '@hvlab/shm/procfs';
-import { ClusterError, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile, clusterGoingDown, goingDownFile, goingDownState, removeStaleGoingDown } from '../src/index.js';
+import { ClusterError, keepLogsOf, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile, clusterGoingDown, goingDownFile, goingDownState, removeStaleGoingDown } from '../src/index.js';
 
 const SOURCE = 'name: lab\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M }\n';
 const GOOD = { version: 2, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test', listen: '127.1.2.1', fabricPort: 7740, gateway: '127.1.2.1' };
@@ -154,5 +154,37 @@ describe('the cluster record', () => {
     // No record: gone, and so going down whatever the marker says.
     rmSync(clusterRecordFile(home));
     expect(clusterGoingDown(home)).to.equal(true);
+  });
+});
+
+describe("a failed host's kept logs (keepLogsOf)", () => {
+  it('moves the logs to DIR/HOST, replacing what an earlier failure kept; one that cannot be kept leaves the earlier ones whole and no part of its own', () => {
+    const root = mkdtempSync(join(tmpdir(), 'hvlab-kept-'));
+    try {
+      const kept = join(root, 'cluster-up-failed');
+      const logs = (name: string, text: string): string => {
+        const d = join(root, name, 'logs');
+        mkdirSync(d, { recursive: true });
+        writeFileSync(join(d, 'hypervisor.log'), text);
+        return d;
+      };
+      expect(keepLogsOf(logs('a', 'first failure'), kept, 'h1')).to.deep.equal({ dir: join(kept, 'h1') });
+      expect(readFileSync(join(kept, 'h1', 'hypervisor.log'), 'utf8')).to.equal('first failure');
+      // The next failure's logs replace the whole directory.
+      expect(keepLogsOf(logs('b', 'second failure'), kept, 'h2')).to.deep.equal({ dir: join(kept, 'h2') });
+      expect(readdirSync(kept)).to.deep.equal(['h2']);
+      // A move that fails part-way (here: its place cannot be made) keeps the earlier logs as they
+      // were: they were removed before the move was known to work.
+      const r = keepLogsOf(logs('c', 'third failure'), kept, 'x/h3');
+      expect(r).to.have.property('error');
+      expect(readdirSync(kept)).to.deep.equal(['h2']);
+      expect(readFileSync(join(kept, 'h2', 'hypervisor.log'), 'utf8')).to.equal('second failure');
+      expect(readdirSync(root).filter((e) => e.includes('.new-')), 'a staged copy left beside it').to.deep.equal([]);
+      // Logs that are not there: said, and nothing changes.
+      expect(keepLogsOf(join(root, 'none'), kept, 'h4')).to.deep.equal({ error: `${join(root, 'none')} does not exist` });
+      expect(existsSync(join(kept, 'h2'))).to.equal(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

@@ -27,7 +27,7 @@ import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
 import {
-  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, writeReportOrElsewhere, loadNow, runEnvironment,
+  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, FAILED_UP_LOGS_ENTRY, writeReportOrElsewhere, loadNow, runEnvironment,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
@@ -301,8 +301,9 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       }
       say(`bringing up ${spec.hosts} hosts (${spec.lps} LPs each) under ${home}`);
       // Ctrl-C during the bring-up (seconds) takes down what was made and throws, with no report: nothing ran.
-      // A temporary home goes with a failed host's logs: none are kept there to be named.
-      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal, keepFailedLogs: tempHome === null });
+      // A failed host's logs are kept in the home's cluster-up-failed, and with a temporary home
+      // (which goes at the end) in the report's directory: the failure names where.
+      await clusterUp(home, parseTopology(source, `experiment ${spec.name}`), source, resolve(file), { progress: say, signal: opts.signal, ...(tempHome !== null ? { failedLogsDir: join(out, FAILED_UP_LOGS_ENTRY) } : {}) });
       broughtUp = true;
     } else if (!readCluster(home)) {
       throw new ClusterError(`no cluster is up for ${home}: an experiment with cluster: existing runs on the cluster up there ("hvlab cluster up FILE")`);
