@@ -175,7 +175,7 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
   }
   let topology: Topology;
   try {
-    topology = parseTopology(o.source, o.file);
+    topology = parseTopology(o.source, o.file, { stored: true });
   } catch (e) {
     if (e instanceof TopologyError) throw new ClusterError(`the cluster record ${file} holds a topology that no longer checks: ${e.problems[0]!.message}`);
     throw e;

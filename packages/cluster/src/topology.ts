@@ -209,8 +209,13 @@ const PROCESSOR_FIELDS = ['reserve', 'maximum', 'weight'] as const;
  * Decodes and checks a topology file's text (`file` names it in errors). Throws TopologyError with
  * every problem found; never anything else.
  */
-export function parseTopology(text: string, file = 'topology'): Topology {
-  const read = readYamlMap(text, MAX_TOPOLOGY_BYTES, { tooBig: `a topology file is text of at most ${MAX_TOPOLOGY_BYTES} bytes`, notMap: 'a topology is a map with name, hosts, links and vms' });
+/**
+ * `opts.stored`: the text is a cluster record's (`readCluster`), checked when its cluster came up,
+ * perhaps by an hvlab that read YAML tags (`!!str h1`) as their values: they are read so again,
+ * rather than lock every command of that home out of a cluster that runs.
+ */
+export function parseTopology(text: string, file = 'topology', opts: { stored?: boolean } = {}): Topology {
+  const read = readYamlMap(text, MAX_TOPOLOGY_BYTES, { tooBig: `a topology file is text of at most ${MAX_TOPOLOGY_BYTES} bytes`, notMap: 'a topology is a map with name, hosts, links and vms' }, { readTags: opts.stored === true });
   if (Array.isArray(read)) throw new TopologyError(file, read);
   const { ctx, root } = read;
   const top = new Map(entries(ctx, root, '', TOP_FIELDS).map(([k, v, p]) => [k, { v, p }]));

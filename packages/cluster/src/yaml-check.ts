@@ -225,7 +225,7 @@ export function yamlNestingProblem(text: string, limit = YAML_MAX_DEPTH): string
  * Reads `text` (YAML, or JSON, which is YAML too) into its root map and a context for problems; or
  * the problems that stop it (too large, not YAML, not a map), each a sentence with its place.
  */
-export function readYamlMap(text: string, maxBytes: number, what: { tooBig: string; notMap: string }): { ctx: CheckCtx; root: YAMLMap } | FileProblem[] {
+export function readYamlMap(text: string, maxBytes: number, what: { tooBig: string; notMap: string }, opts: { readTags?: boolean } = {}): { ctx: CheckCtx; root: YAMLMap } | FileProblem[] {
   const lines = new LineCounter();
   const ctx: CheckCtx = { problems: [], lines };
   if (typeof text !== 'string' || text.length > maxBytes) return [{ line: 0, column: 0, field: '', message: what.tooBig }];
@@ -251,7 +251,7 @@ export function readYamlMap(text: string, maxBytes: number, what: { tooBig: stri
   const unread: FileProblem[] = [];
   const cut = (t: string): string => (t.length > 40 ? `${t.slice(0, 40)}…` : t);
   const tagged = (node: Node): void => {
-    if (node.tag === undefined || unread.length >= MESSAGE_MAX_PROBLEMS) return;
+    if (opts.readTags || node.tag === undefined || unread.length >= MESSAGE_MAX_PROBLEMS) return;
     const tag = node.tag.startsWith('tag:yaml.org,2002:') ? `!!${node.tag.slice('tag:yaml.org,2002:'.length)}` : node.tag;
     unread.push({ ...where(ctx, node), field: '', message: visibleText(`a tag (${cut(tag)}) is not read in this file: write the value itself, untagged`) });
   };

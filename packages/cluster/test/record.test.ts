@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { seededRandom } from '@hvlab/protocol';
 import { spawn, spawnSync } from 'node:child_process';
 import { procStartTime } from '@hvlab/shm/procfs';
-import { ClusterError, keepLogsOf, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile, clusterGoingDown, goingDownFile, goingDownState, removeStaleGoingDown } from '../src/index.js';
+import { ClusterError, TopologyError, keepLogsOf, parseTopology, readCluster, clusterRecordFile, clusterDir, fabricFile, readFabricFile, clusterGoingDown, goingDownFile, goingDownState, removeStaleGoingDown } from '../src/index.js';
 
 const SOURCE = 'name: lab\nhosts:\n  h1: {}\n  h2: {}\nlinks:\n  - endpoints: [h1, h2]\nvms:\n  a: { host: h1, memory: 16M }\n';
 const GOOD = { version: 2, name: 'lab', file: '/x/lab.yaml', source: SOURCE, createdAt: '2026-12-01T00:00:00Z', mode: 'loopback', modeReason: 'test', listen: '127.1.2.1', fabricPort: 7740, gateway: '127.1.2.1' };
@@ -29,6 +29,17 @@ describe('the cluster record', () => {
     const c = readCluster(home)!;
     expect(c.topology.hosts.map((h) => h.name)).to.deep.equal(['h1', 'h2']);
     expect(c.record.mode).to.equal('loopback');
+  });
+
+  it('reads a record whose topology an earlier hvlab took with YAML tags (as their values), though a file with them is refused now', () => {
+    // Refused in a file since tags are (a cluster up, a topology check)...
+    const tagged = SOURCE.replace('name: lab', 'name: !!str lab').replace('memory: 16M', 'memory: !!str 16M');
+    expect(() => parseTopology(tagged, 'lab.yaml')).to.throw(TopologyError, /a tag \(!!str\) is not read/);
+    // ...but a cluster brought up from such a file by an earlier hvlab still runs: its record reads.
+    writeFileSync(clusterRecordFile(home), JSON.stringify({ ...GOOD, source: tagged }));
+    const c = readCluster(home)!;
+    expect(c.topology.name).to.equal('lab');
+    expect(c.topology.vms.map((v) => v.memoryBytes)).to.deep.equal([16 * 1024 * 1024]);
   });
 
   it('reads a record with its network (version 3), and one of an earlier hvlab without (version 2); refuses a network hvlab does not give', () => {
