@@ -346,7 +346,7 @@ export const COMMANDS: CommandSpec[] = [
     words: ['fault', 'list'], args: '', min: 0, max: 0, json: true, group: 'Faults', help: 'the faults active now: id, kind, target, what they hit, time left',
     options: [{ name: 'all', help: 'also the faults that ended (this nemesis\'s life; faults/log.jsonl has every one)' }],
   },
-  { words: ['fault', 'clear'], args: '[ID]', min: 0, max: 1, json: true, group: 'Faults', options: [], help: 'end a fault (or every fault) now, undoing it; also undoes what a nemesis that died left behind, and (without ID) an LP shrink a host holds without a fault' },
+  { words: ['fault', 'clear'], args: '[ID]', min: 0, max: 1, json: true, group: 'Faults', options: [], help: 'end a fault (or every fault) now, undoing it; also undoes what a nemesis that died left behind, an LP shrink a host holds without a fault of the nemesis (of that ID; without ID, one naming no fault)' },
   {
     words: ['debug', 'hypercall'], args: 'CALL [FIELD=VALUE …]', min: 1, max: Infinity, json: true, group: 'Debugging',
     help: 'one hypercall as the root or as a VM\'s partition. Values: 12, 0x40, hex:00ff…, len:N (N zero bytes), text:abc, true, false, or a string. '
@@ -1716,7 +1716,7 @@ export async function run(argv: string[]): Promise<number> {
           else if (list.length === 0) out(none);
           else {
             out(faultTable(list));
-            if (list.some((f) => f.unheld && f.state === 'active')) out('held by host: an LP shrink set past the nemesis, or naming no fault; "hvlab fault clear" ends it (or "hvlab fault clear ID", one with an id)');
+            if (list.some((f) => f.unheld && f.state === 'active')) out('held by host: an LP shrink set past this nemesis (by the management API, or another nemesis: a cluster host\'s own) or naming no fault; "hvlab fault clear ID" ends it, "hvlab fault clear" only one naming no fault');
           }
           elsewhere();
         };

@@ -2,9 +2,11 @@
  * Faults a host holds that no fault of the nemesis accounts for: an LP shrink set past the nemesis
  * (through a root's management API) or one that names no fault (a setLps without one). The
  * hypervisor keeps such a shrink until its deadline (up to a day); `fault list` shows it, marked
- * (`unheld`), and `fault clear` without an id ends it (the nemesis's clearUnheld). Read from each
- * root's `faultList` (`rootHostFaults`), which says LP shrinks with their id, null for one that
- * names no fault.
+ * (`unheld`); `fault clear` without an id ends one that names no fault, `fault clear ID` one of
+ * that id (the nemesis's clearUnheld). A named one may be another nemesis's (a cluster host's own
+ * beside the cluster home's, both numbering f1, f2…): only asked for by its id is it ended. Read
+ * from each root's `faultList` (`rootHostFaults`), which says LP shrinks with their id, null for
+ * one that names no fault.
  */
 import { FAULT_ID_RE, isPlainObject } from '@hvlab/protocol';
 import { MgmtClient, readHost } from '@hvlab/host';
@@ -51,6 +53,58 @@ export function rootHostFaults(answer: unknown): RootHostFault[] {
  */
 export function unheldHostFaults(listed: readonly RootHostFault[], holds: (id: string) => boolean): RootHostFault[] {
   return listed.filter((f) => f.id === null || !holds(f.id));
+}
+
+/** How a root before the null id (a6efa45) listed a shrink that names no fault. */
+export const OLD_UNNAMED_ID = 'unknown';
+
+/**
+ * How a root's `faultList` answer says it ends its shrinks: `hostClear`, it takes faultClear `host`
+ * (the shrink of an id alone; a root before it refuses the argument, and ends the VMs' faults of
+ * that id with the shrink), and the ids of its VMs' faults (null: not readable).
+ */
+export interface RootClears {
+  hostClear: boolean;
+  vmFaultIds: ReadonlySet<string> | null;
+}
+
+export function rootClears(answer: unknown): RootClears {
+  const hostClear = isPlainObject(answer) && answer.hostClear === true;
+  if (!isPlainObject(answer) || !Array.isArray(answer.vms)) return { hostClear, vmFaultIds: null };
+  const ids = new Set<string>();
+  for (const v of answer.vms as unknown[]) {
+    if (!isPlainObject(v) || !Array.isArray(v.faults)) return { hostClear, vmFaultIds: null };
+    for (const f of v.faults as unknown[]) {
+      if (!isPlainObject(f) || typeof f.id !== 'string') return { hostClear, vmFaultIds: null };
+      ids.add(f.id);
+    }
+  }
+  return { hostClear, vmFaultIds: ids };
+}
+
+/**
+ * Whether a listed shrink names no fault: a null id, or an old root's "unknown" (a root that takes
+ * faultClear `host` lists such a shrink with a null id, so its "unknown" is a fault of that name).
+ * Only such a shrink is the nemesis's clear of everything's to end: a named one it does not hold
+ * may be another nemesis's (a cluster host's own beside the cluster home's), ended on request by
+ * `fault clear ID`.
+ */
+export function namesNoFault(f: RootHostFault, root: RootClears): boolean {
+  return f.id === null || (!root.hostClear && f.id === OLD_UNNAMED_ID);
+}
+
+/**
+ * The faultClear arguments that end shrink `f` of a root and nothing else, or why none can: one
+ * that names no fault by `unnamed`; one of an id by `host` at a root that takes it; at an older
+ * root, by its id alone only when none of its VMs holds a fault of that id (that clear would end
+ * them too).
+ */
+export function shrinkClearArgs(host: string, f: RootHostFault, root: RootClears): { args: Record<string, unknown> } | { problem: string } {
+  if (f.id === null) return { args: { unnamed: true } };
+  if (root.hostClear) return { args: { id: f.id, host: true } };
+  if (root.vmFaultIds === null) return { problem: `host ${host}'s root did not say its VMs' faults, and a clear of ${f.id} there would end any of that id with the LP shrink: left to its deadline` };
+  if (root.vmFaultIds.has(f.id)) return { problem: `host ${host}'s root is older than a clear of its LP shrink alone, and a VM there holds a fault ${f.id} too, which a clear of ${f.id} would end: left to its deadline` };
+  return { args: { id: f.id } };
 }
 
 /**

@@ -49,7 +49,7 @@ import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { homeAlive, markMoves, MOVE_MARKS_TIMEOUT_MS, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
-import { rootHostFaults, unheldHostFaults, unheldShrinkRecord } from './host-held.js';
+import { namesNoFault, rootClears, rootHostFaults, shrinkClearArgs, unheldHostFaults, unheldShrinkRecord } from './host-held.js';
 import { bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
 
 /**
@@ -841,8 +841,10 @@ export class Nemesis {
 
   /**
    * A user's clear of everything (`hvlab fault clear` without an id): every fault of this nemesis
-   * and what a nemesis before it left (`clear`), then each LP shrink a host's root holds that no
-   * fault of this nemesis accounts for (`clearUnheld`).
+   * and what a nemesis before it left (`clear`), then each LP shrink a host's root holds that
+   * names no fault (`clearUnheld`). A shrink of a fault this nemesis does not hold is left: it may
+   * be another nemesis's (a cluster host's own beside the cluster home's); `fault list` shows it
+   * and `fault clear ID` ends it.
    */
   async clearEverything(): Promise<FaultRecord[]> {
     const out = await this.clear(null, null);
@@ -852,34 +854,46 @@ export class Nemesis {
   /**
    * A user's clear of fault `id` (`hvlab fault clear ID`): this nemesis's fault of that id, or,
    * when it holds none, an LP shrink of that id a host holds without it (`fault list` shows it,
-   * marked); when neither, `clear`'s refusal says why.
+   * marked), ended alone (faultClear `host`: no VM's fault of that id); when neither, `clear`'s
+   * refusal says why, or why such a shrink was left.
    */
   async clearById(id: string): Promise<FaultRecord[]> {
     if (!this.active.has(id) && !this.ending.has(id)) {
-      const held = await this.clearUnheld(id);
+      const left: string[] = [];
+      const held = await this.clearUnheld(id, left);
       if (held.length > 0) return held;
+      if (left.length > 0) throw new FaultRefused(`no fault ${id} of this nemesis is active, and the LP shrink of that id a host holds was not ended: ${left.join('; ')}`);
     }
     return await this.clear(id, null);
   }
 
   /**
-   * Ends the host faults (LP shrinks) that the home's roots hold and no fault of this nemesis
-   * accounts for (`unheldHostFaults`; `only`: those of that id alone): one that names no fault (a setLps without one; its root
-   * lists it with a null id, and it is ended by faultClear `unnamed`, which touches no VM's fault;
-   * its record's id is UNNAMED_SHRINK_ID), or one whose fault this nemesis never held. Nothing
-   * else could end one early: `fault clear` said "no fault was active" while `host info` showed
-   * the LPs taken away until its deadline (up to a day). Each is reported as an ended fault, with
-   * why in its error, and logged. A root that does not answer within 2 s is passed over.
+   * Ends LP shrinks that the home's roots hold and no fault of this nemesis accounts for
+   * (`unheldHostFaults`). Without `only`: those that name no fault (`namesNoFault`: a setLps
+   * without one; its root lists it with a null id, and faultClear `unnamed` ends it, touching no
+   * VM's fault; its record's id is UNNAMED_SHRINK_ID). With `only`: the one of that fault id,
+   * ended alone (`shrinkClearArgs`: faultClear `host`, never a VM's fault of that id, which may be
+   * another nemesis's; why one could not be ended so goes to `left`). Nothing else could end one
+   * early: `fault clear` said "no fault was active" while `host info` showed the LPs taken away
+   * until its deadline (up to a day). Each is reported as an ended fault, with why in its error,
+   * and logged. A root that does not answer within 2 s is passed over.
    */
-  async clearUnheld(only: string | null = null): Promise<FaultRecord[]> {
+  async clearUnheld(only: string | null = null, left: string[] = []): Promise<FaultRecord[]> {
     const world = await readWorld(this.home, { links: false }).catch(() => null);
     if (!world) return [];
     const out: FaultRecord[] = [];
     await Promise.all(world.hosts.filter((h) => h.hostId !== null).map(async (h) => {
       const listed = await this.hostCall<unknown>(world, h.name, 'faultList', {}, 2000).catch(() => null);
+      const root = rootClears(listed);
       for (const f of unheldHostFaults(rootHostFaults(listed), (id) => this.active.has(id) || this.ending.has(id))) {
-        if (only !== null && f.id !== only) continue;
-        const answer = await this.hostCall<unknown>(world, h.name, 'faultClear', f.id === null ? { unnamed: true } : { id: f.id }, 5000).catch((e: unknown) => {
+        if (only === null ? !namesNoFault(f, root) : f.id !== only) continue;
+        const how = shrinkClearArgs(h.name, f, root);
+        if ('problem' in how) {
+          this.say('an LP shrink held without a fault of this nemesis was left', { host: h.name, fault: f.id, why: how.problem });
+          left.push(how.problem);
+          continue;
+        }
+        const answer = await this.hostCall<unknown>(world, h.name, 'faultClear', how.args, 5000).catch((e: unknown) => {
           this.say('an LP shrink held without a fault of this nemesis was not cleared', { host: h.name, fault: f.id, err: errText(e) });
           return null;
         });

@@ -119,13 +119,19 @@ export type MgmtArgs = {
    * `forMs`; a second one with the same id replaces it.
    */
   faultSet: { id: string; vm?: string; spec: HostFaultSpec; forMs: number };
-  /** Ends fault `id` (absent: every fault) of VM `vm` (absent: of the host and all its VMs) now. */
   /**
+   * Ends fault `id` (absent: every fault) of VM `vm` (absent: of the host and all its VMs) now.
    * `unnamed`: only the host's LP shrink that names no fault (its root lists it with a null id),
-   * with neither `id` nor `vm`; a root before it refuses the argument.
+   * with neither `id` nor `vm`. `host`: only the host's LP shrink of fault `id` (needed; no `vm`),
+   * never a VM's fault of that id (two nemeses, a cluster home's and a host's own, both number
+   * their faults f1, f2, …). A root before either refuses it: `unnamed` is sent only to a root
+   * that lists a null id, `host` only to one whose faultList answer says `hostClear: true`.
    */
-  faultClear: { id?: string; vm?: string; unnamed?: true };
-  /** The faults this host enforces now. */
+  faultClear: { id?: string; vm?: string; unnamed?: true; host?: true };
+  /**
+   * The faults this host enforces now: `{ host: [its LP shrink], vms: [{ vm, faults }], hostClear:
+   * true }` (`hostClear`: it takes faultClear `host`; a root before it leaves it out).
+   */
   faultList: MgmtNoArgs;
 };
 
@@ -448,13 +454,20 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
     return out;
   },
   faultClear: (a) => {
-    const r = a(['id', 'vm', 'unnamed']);
+    const r = a(['id', 'vm', 'unnamed', 'host']);
     const out: MgmtArgs['faultClear'] = {};
     put(out, 'id', r.optFaultId('id'));
     put(out, 'vm', r.optVmName('vm'));
-    if (r.optBoolean('unnamed') === true) {
+    const unnamed = r.optBoolean('unnamed') === true;
+    const host = r.optBoolean('host') === true;
+    if (unnamed && host) throw new ArgumentRejected('faultClear: "unnamed" and "host" are two ways to end the host\'s LP shrink: give one');
+    if (unnamed) {
       if (out.id !== undefined || out.vm !== undefined) throw new ArgumentRejected('faultClear: "unnamed" ends the host\'s LP shrink that names no fault: it takes no "id" or "vm"');
       out.unnamed = true;
+    }
+    if (host) {
+      if (out.id === undefined || out.vm !== undefined) throw new ArgumentRejected('faultClear: "host" ends the host\'s LP shrink of fault "id" and no VM\'s fault: it needs "id" and takes no "vm"');
+      out.host = true;
     }
     return out;
   },

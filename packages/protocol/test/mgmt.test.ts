@@ -61,6 +61,7 @@ const CLI_REQUESTS: Array<[MgmtOp, Record<string, unknown>]> = [
   ['faultClear', { id: 'f1', vm: 'vm1' }],
   ['faultClear', {}],
   ['faultClear', { unnamed: true }],
+  ['faultClear', { id: 'f1', host: true }],
   ['faultList', {}],
   ['vmNew', { name: 'a' }],
   ['vmNew', { name: 'a', memory: '16M', vps: '2', workload: 'counter:500', rtcOffset: '-3600' }],
@@ -211,6 +212,15 @@ describe('management API decoder', () => {
       expect(badArgs('faultClear', { unnamed: true, id: 'unknown' })).to.equal('faultClear: "unnamed" ends the host\'s LP shrink that names no fault: it takes no "id" or "vm"');
       expect(badArgs('faultClear', { unnamed: true, vm: 'a' })).to.match(/takes no "id" or "vm"/);
       expect(badArgs('faultClear', { unnamed: 'yes' })).to.match(/"unnamed" is the string "yes", not a boolean/);
+    });
+
+    it('faultClear "host" (the host\'s LP shrink of that fault, no VM\'s) needs an id and takes no VM', () => {
+      expect(accepted('faultClear', { id: 'f1', host: true })).to.deep.equal({ id: 'f1', host: true });
+      expect(accepted('faultClear', { id: 'f1', host: false }), 'false: not given').to.deep.equal({ id: 'f1' });
+      expect(badArgs('faultClear', { host: true })).to.equal('faultClear: "host" ends the host\'s LP shrink of fault "id" and no VM\'s fault: it needs "id" and takes no "vm"');
+      expect(badArgs('faultClear', { id: 'f1', vm: 'a', host: true })).to.match(/needs "id" and takes no "vm"/);
+      expect(badArgs('faultClear', { unnamed: true, host: true })).to.match(/"unnamed" and "host" are two ways/);
+      expect(badArgs('faultClear', { id: 'f1', host: 1 })).to.match(/"host" is the number 1, not a boolean/);
     });
 
     it('refuses VM names that are not strings or not names, without echoing a long one', () => {

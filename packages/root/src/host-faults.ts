@@ -11,7 +11,7 @@
  * "unknown", which is also a fault id, so a fault named "unknown" and such a shrink looked alike
  * (and the nemesis's clear of everything passed over the shrink while it held that fault).
  */
-import { decodeLpShrinkInfo, isPlainObject } from '@hvlab/protocol';
+import { decodeLpShrinkInfo, isPlainObject, type MgmtArgs } from '@hvlab/protocol';
 import { MgmtFailure } from './config.js';
 
 export interface HostFaultRecord {
@@ -108,9 +108,38 @@ export class HostFaults {
     return (await this.clear(null)).length > 0;
   }
 
+  /**
+   * Ends the shrink of fault `id`, and no other (faultClear `host`: how a shrink this root holds
+   * for a fault the nemesis asking does not hold is ended by its id, without ending a VM's fault of
+   * that id, which may be another nemesis's); the ids ended.
+   */
+  async clearOf(id: string): Promise<Array<string | null>> {
+    if (this.current === null || this.current.id !== id) return [];
+    return await this.clear(id);
+  }
+
   list(): HostFaultRecord[] {
     if (!this.current) return [];
     const { timer: _t, ...rec } = this.current;
     return [rec];
   }
+}
+
+/** What a faultClear asks of the host's VMs (Vmms). */
+export interface VmFaultClears {
+  faultClear(vm: string, id: string | null): Promise<unknown>;
+  faultClearAll(id: string | null): Promise<string[]>;
+}
+
+/**
+ * A management faultClear: `unnamed` ends only the host's shrink that names no fault, `host` only
+ * its shrink of fault `id` (neither touches a VM's fault), `vm` that VM's fault (or all of them),
+ * and neither the host's shrink and every VM's fault of `id` (or all).
+ */
+export async function faultClear(args: MgmtArgs['faultClear'], host: HostFaults, vms: VmFaultClears): Promise<unknown> {
+  if (args.unnamed === true) return { cleared: (await host.clearUnnamed()) ? [null] : [] };
+  if (args.host === true) return { cleared: await host.clearOf(args.id!) };
+  if (args.vm !== undefined) return await vms.faultClear(args.vm, args.id ?? null);
+  const ended = await host.clear(args.id ?? null);
+  return { cleared: [...ended, ...(await vms.faultClearAll(args.id ?? null))] };
 }

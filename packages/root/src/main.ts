@@ -9,7 +9,7 @@
  * `shutdown` request (hvlab down) stops the VMs; if the hypervisor goes away, everything of the
  * host goes with it.
  */
-import { HostFaults } from './host-faults.js';
+import { faultClear, HostFaults } from './host-faults.js';
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT_PARTITION_ID, MGMT_API_VERSION, type HostInfo, type HostMemory } from '@hvlab/protocol';
@@ -153,13 +153,9 @@ const handler: MgmtHandler = async (op, args) => {
     case 'faultSet':
       if (args.spec.kind === 'lp-shrink') return await hostFaults.set(args.id, args.spec.lps, args.forMs);
       return await v.faultSet(args.vm!, args.id, args.spec, args.forMs);
-    case 'faultClear': {
-      if (args.unnamed === true) return { cleared: (await hostFaults.clearUnnamed()) ? [null] : [] };
-      if (args.vm !== undefined) return await v.faultClear(args.vm, args.id ?? null);
-      const host = await hostFaults.clear(args.id ?? null);
-      return { cleared: [...host, ...(await v.faultClearAll(args.id ?? null))] };
-    }
-    case 'faultList': return { host: hostFaults.list(), vms: await v.faultList() };
+    case 'faultClear': return await faultClear(args, hostFaults, v);
+    // hostClear: this root takes faultClear `host` (the nemesis sends it only to one that says so).
+    case 'faultList': return { host: hostFaults.list(), vms: await v.faultList(), hostClear: true };
     case 'linkProbe':
       if (!member) throw new MgmtFailure('InvalidState', 'this host is not a member of a cluster ("hvlab cluster up", "hvlab up --join")');
       return await member.probe(args);

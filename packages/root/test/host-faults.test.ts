@@ -4,10 +4,12 @@
  * (it was "unknown", which is also a fault id: a fault named so looked alike) and is ended by a
  * clear of everything, by faultClear `unnamed` (what the nemesis's clear of everything sends for
  * it) and, as ever, by a clear of any fault; one that names its fault is ended only by a clear of
- * everything or of that fault, never by `unnamed`, also when it is named "unknown".
+ * everything or of that fault, never by `unnamed`, also when it is named "unknown". A faultClear
+ * `host` ends the shrink of its id alone, never a VM's fault of that id (which another nemesis,
+ * numbering its faults f1, f2… too, may hold).
  */
 import { expect } from 'chai';
-import { HostFaults } from '../src/host-faults.js';
+import { faultClear, HostFaults, type VmFaultClears } from '../src/host-faults.js';
 
 describe('a host\'s LP shrink at its root', () => {
   const calls: Array<[number, number, string | null]> = [];
@@ -58,5 +60,34 @@ describe('a host\'s LP shrink at its root', () => {
     await f.learn(stats('f5'));
     expect(await f.clear(null)).to.deep.equal(['f5']);
     expect(calls).to.deep.equal([[2, 0, null], [2, 0, null]]);
+  });
+
+  it('faultClear "host" ends the shrink of its id and no VM\'s fault of that id; without it a clear of that id ends both (what ended another nemesis\'s VM fault f1)', async () => {
+    const vmCalls: Array<[string, string | null]> = [];
+    const vms: VmFaultClears = {
+      faultClear: async (vm, id) => {
+        vmCalls.push([vm, id]);
+        return { cleared: id === null ? [] : [id] };
+      },
+      faultClearAll: async (id) => {
+        vmCalls.push(['*', id]);
+        return id === 'f1' ? ['f1'] : [];
+      },
+    };
+    const f = faults();
+    await f.set('f1', 1, 60_000);
+    expect(await faultClear({ id: 'f2', host: true }, f, vms), 'another id').to.deep.equal({ cleared: [] });
+    expect(await faultClear({ id: 'f1', host: true }, f, vms)).to.deep.equal({ cleared: ['f1'] });
+    expect(vmCalls, 'no VM was asked').to.deep.equal([]);
+    expect(f.list()).to.deep.equal([]);
+    await f.learn(stats(null));
+    expect(await faultClear({ id: 'f1', host: true }, f, vms), 'one that names no fault is not of that id').to.deep.equal({ cleared: [] });
+    expect(f.list().map((x) => x.id)).to.deep.equal([null]);
+    expect(await faultClear({ unnamed: true }, f, vms)).to.deep.equal({ cleared: [null] });
+    expect(vmCalls).to.deep.equal([]);
+    // The form without `host` (an old nemesis's) ends the VMs' faults of that id too.
+    await f.set('f1', 1, 60_000);
+    expect(await faultClear({ id: 'f1' }, f, vms)).to.deep.equal({ cleared: ['f1', 'f1'] });
+    expect(vmCalls).to.deep.equal([['*', 'f1']]);
   });
 });
