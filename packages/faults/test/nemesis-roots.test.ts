@@ -4,12 +4,12 @@
  * nemesis (clearUnheld: what `fault clear` sends each root, and what it records).
  */
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
 import type { World } from '../src/index.js';
-import { FaultRefused, faultsDir, Nemesis } from '../src/index.js';
+import { FaultRefused, faultLogFile, faultsDir, Nemesis, UNNAMED_SHRINK_ID } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
 const shrink = (id: string | null): Record<string, unknown> => ({ id, kind: 'lp-shrink', lps: 1, startedAt: AT, endsAt: AT + 60_000 });
@@ -23,6 +23,7 @@ describe('the nemesis and a stand-in root', () => {
   });
   afterEach(() => rmSync(home, { recursive: true, force: true }));
 
+  const logLines = (): Array<Record<string, unknown>> => (existsSync(faultLogFile(home)) ? readFileSync(faultLogFile(home), 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
 
   /**
    * A nemesis of a home with one host up ("local"), whose root answers faultList with `listed`
@@ -42,6 +43,24 @@ describe('the nemesis and a stand-in root', () => {
     };
     return { n, calls };
   }
+
+  it('fault clear ends a shrink its root lists with a null id by faultClear "unnamed", and records it as "(unnamed)" (nothing ran this path)', async () => {
+    const { n, calls } = withRoot({ host: [shrink(null)], vms: [], hostClear: true }, (a) => (a.unnamed === true ? { cleared: [null] } : { cleared: [] }));
+    const ended = await n.clearEverything();
+    expect(calls).to.deep.equal([['local', 'faultList', {}], ['local', 'faultClear', { unnamed: true }]]);
+    expect(ended.map((r) => [r.id, r.kind, r.target, r.state, r.endReason, r.error, r.unheld])).to.deep.equal([
+      [UNNAMED_SHRINK_ID, 'lp-shrink', 'host:local', 'ended', 'cleared', 'held by the host naming no fault (1 LP left)', true],
+    ]);
+    expect(n.list(true).map((r) => r.id)).to.deep.equal([UNNAMED_SHRINK_ID]);
+    expect(logLines().map((l) => [l.event, l.id, l.reason, l.unheld])).to.deep.equal([['end', UNNAMED_SHRINK_ID, 'cleared', true]]);
+  });
+
+  it('a null id the root did not clear (gone meanwhile) makes no record', async () => {
+    const { n, calls } = withRoot({ host: [shrink(null)], vms: [] }, () => ({ cleared: [] }));
+    expect(await n.clearEverything()).to.deep.equal([]);
+    expect(calls.map((c) => c[2])).to.deep.equal([{}, { unnamed: true }]);
+    expect(logLines()).to.deep.equal([]);
+  });
 
   it('fault clear leaves a named shrink it does not hold (another nemesis\'s f1, beside its VM fault f1); fault clear f1 ends the shrink alone, by faultClear "host"', async () => {
     // On the code before: faultClear { id: "f1" }, which ended the shrink and the VM's fault f1 too.
