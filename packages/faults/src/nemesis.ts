@@ -63,6 +63,17 @@ export class FaultRefused extends Error {
   override name = 'FaultRefused';
 }
 
+/**
+ * A bit flip the nemesis refuses after its roots were asked for the target VMs' memory and before
+ * any VM was asked to flip (a GPA outside one of them, a default GPA that cannot be drawn): a
+ * refusal like the nemesis's own (`refusedUnapplied`: no record, no log line, no number). Any
+ * other FaultRefused thrown while a fault is applied ("host h2 is not up", "there is no host h3",
+ * a spec its kind refuses) is a failure, recorded as one, as it always was.
+ */
+export class BitflipRefused extends FaultRefused {
+  override name = 'BitflipRefused';
+}
+
 export function faultsDir(home: string): string {
   return join(home, 'faults');
 }
@@ -630,14 +641,14 @@ export class Nemesis {
     let params = p;
     if (p.gpa === undefined) {
       const pages = bitflipDefaultPages(targets);
-      if ('problem' in pages) throw new FaultRefused(pages.problem);
+      if ('problem' in pages) throw new BitflipRefused(pages.problem);
       params = { ...p, ...bitflipDefault(rec.seed, typeof p.mask === 'number' ? p.mask : undefined, pages.pages) };
       rec.params = params;
     }
     const spec = hostSpecOf('bitflip', params, rec.seed);
     if (!spec.ok || spec.value.kind !== 'bitflip') throw new FaultRefused(spec.ok ? 'bitflip: not a bit flip' : spec.message);
     const problem = bitflipTargetsProblem(spec.value.gpa, targets);
-    if (problem !== null) throw new FaultRefused(problem);
+    if (problem !== null) throw new BitflipRefused(problem);
     // Filled as each VM takes it: a refusal by the first says nothing took effect (refusedUnapplied).
     const effects: Record<string, unknown> = {};
     rec.effect = effects;
@@ -1024,16 +1035,18 @@ const REFUSAL_CODES: readonly string[] = ['InvalidArgument', 'InvalidState', 'No
 
 /**
  * Whether a fault a root enforces failed by a refusal of the first host asked, or of the nemesis
- * before it asked any (a bit flip's GPA outside one of its VMs), so that nothing of it took
- * effect anywhere (`rec.effect` holds what each VM or host took): an lp-shrink to as many LPs as
- * the host has, a VP the VM lacks, a VM that is stopping or moving. Not a refusal: one
- * that came after another VM took it, and a call that timed out or lost its host (it may have
- * landed).
+ * before it asked any VM to flip (BitflipRefused: a bit flip's GPA outside one of its VMs, or a
+ * default one that cannot be drawn), so that nothing of it took effect anywhere (`rec.effect`
+ * holds what each VM or host took): an lp-shrink to as many LPs as the host has, a VP the VM
+ * lacks, a VM that is stopping or moving. Not a refusal: one that came after another VM took it,
+ * a call that timed out or lost its host (it may have landed), and the nemesis's other refusals
+ * while applying (a host that is not up or not there, a spec its kind refuses): recorded failed.
  */
 export function refusedUnapplied(rec: FaultRecord, e: unknown): boolean {
   const landed = rec.effect !== null && Object.keys(rec.effect).length > 0;
-  // The nemesis's own refusal before it asked any root (a bit flip's GPA outside a target VM).
-  if (e instanceof FaultRefused) return !landed;
+  // The nemesis's own refusal of a bit flip before it asked any VM to flip (BitflipRefused); not
+  // any FaultRefused: a host that is not up, or none of that name, is a failure, recorded.
+  if (e instanceof BitflipRefused) return !landed;
   return !landed && e instanceof MgmtCallError && REFUSAL_CODES.includes(e.code);
 }
 

@@ -1,15 +1,16 @@
 /**
  * The nemesis's dealings with its roots, against a stand-in root (its `hostCall` answered here, a
  * host record written so the home has a host): the LP shrinks a host holds without a fault of the
- * nemesis (clearUnheld: what `fault clear` sends each root, and what it records).
+ * nemesis (clearUnheld: what `fault clear` sends each root, and what it records), and how a
+ * fault applied through a root that could not be asked ends (recorded as failed; only a bit
+ * flip's own pre-check is a refusal without a record).
  */
 import { expect } from 'chai';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
-import type { World } from '../src/index.js';
-import { FaultRefused, faultLogFile, faultsDir, Nemesis, UNNAMED_SHRINK_ID } from '../src/index.js';
+import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, Nemesis, refusedUnapplied, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
 const shrink = (id: string | null): Record<string, unknown> => ({ id, kind: 'lp-shrink', lps: 1, startedAt: AT, endsAt: AT + 60_000 });
@@ -90,5 +91,49 @@ describe('the nemesis and a stand-in root', () => {
     const alone = withRoot({ host: [shrink('f1')], vms: [] }, () => ({ cleared: ['f1'] }));
     expect((await alone.n.clearById('f1')).map((r) => r.id)).to.deep.equal(['f1']);
     expect(alone.calls[1]).to.deep.equal(['local', 'faultClear', { id: 'f1' }]);
+  });
+});
+
+describe('a fault applied through a root that could not be asked', () => {
+  let home = '';
+  beforeEach(() => {
+    home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-roots-'));
+    mkdirSync(faultsDir(home), { recursive: true });
+  });
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+  // Host h2 is in the world and not up (no host record): the nemesis's own mgmt() says so.
+  const world = (): World => ({ cluster: 'c', hosts: [{ name: 'h2', hostId: null, paths: hostPaths(join(home, 'h2')) }], processes: [], vms: [{ host: 'h2', vm: 'tiny' }], links: [] });
+  const rec = (id: string, kind: 'lp-shrink' | 'bitflip', params: Record<string, unknown>): FaultRecord => ({
+    id, kind, target: kind === 'lp-shrink' ? 'host:h2' : 'vm:tiny', role: null, params, owner: null, seed: 43, forMs: kind === 'bitflip' ? 0 : 60_000,
+    resolved: { summary: kind === 'lp-shrink' ? 'host h2' : 'VM tiny on h2', hosts: ['h2'], vms: kind === 'lp-shrink' ? [] : [{ host: 'h2', vm: 'tiny' }], processes: [], links: [] },
+    state: 'active', startedAt: AT, endsAt: AT + 60_000, endedAt: null, endReason: null, error: null, effect: null,
+  });
+  /** Applies `r` as a pending fault the nemesis numbered itself (f1), as inject does. */
+  async function apply(n: Nemesis, r: FaultRecord): Promise<unknown> {
+    const inner = n as unknown as { active: Map<string, unknown>; next: number; applyRemote: (w: World, act: unknown) => Promise<void> };
+    let settle = (): void => {};
+    const settled = new Promise<void>((res) => (settle = res));
+    const act = { rec: r, undo: { stopped: [], links: [], hostFaults: [], restart: [] }, timer: null, procs: [], holders: [], holderNames: [], pending: true, cancelled: null, autoId: true, settled, settle };
+    inner.active.set(r.id, act);
+    inner.next = 2;
+    return await inner.applyRemote(world(), act).then(() => null, (e: unknown) => e);
+  }
+  const logLines = (): Array<Record<string, unknown>> => (existsSync(faultLogFile(home)) ? readFileSync(faultLogFile(home), 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
+
+  it('an lp-shrink on a host that is not up is recorded as failed, logged, and keeps its number (it was taken as a refusal: no record, no line)', async () => {
+    const n = new Nemesis({ home });
+    const err = await apply(n, rec('f1', 'lp-shrink', { lps: 1 }));
+    expect((err as Error).message).to.equal('host h2 is not up');
+    expect(n.list(true).map((r) => [r.id, r.state, r.error])).to.deep.equal([['f1', 'failed', 'host h2 is not up']]);
+    expect(logLines().map((l) => [l.event, l.id, l.error])).to.deep.equal([['failed', 'f1', 'host h2 is not up']]);
+    expect((n as unknown as { next: number }).next, 'f1 is not given out again').to.equal(2);
+    // Whatever a FaultRefused says, only a bit flip's own pre-check is a refusal.
+    const r = rec('f9', 'lp-shrink', { lps: 1 });
+    r.effect = {};
+    expect(refusedUnapplied(r, new FaultRefused('there is no host h3'))).to.equal(false);
+    expect(refusedUnapplied(r, new BitflipRefused('GPA 0x300000 is outside VM tiny\'s guest RAM'))).to.equal(true);
+    r.effect = { tiny: {} };
+    expect(refusedUnapplied(r, new BitflipRefused('x')), 'after one VM took it').to.equal(false);
   });
 });
