@@ -2,9 +2,10 @@
  * A bit flip's address and its landing in several VMs, as the nemesis decides them (the worker
  * flips: flipGuestByte): without a GPA, one drawn from the seed inside every target VM's guest RAM
  * (`bitflipDefault`). A flip cannot be undone, so a fault on several VMs is checked against each
- * VM's memory before any VM is flipped (`bitflipTargetsProblem`), and one that fails part-way all
+ * VM's memory its root lists before any VM is flipped (`bitflipTargetsProblem`; without a GPA, a
+ * VM whose memory is not known is refused: `bitflipDefaultPages`), and one that fails part-way all
  * the same (a VM stopped or moved meanwhile, a page still to come in a post-copy, a root that did
- * not say its VM's memory) says which VMs it flipped (`flipEach`).
+ * not say its VM's memory of a flip given --gpa) says which VMs it flipped (`flipEach`).
  */
 import { bitflipGpaProblem, dirtyBitmapGpa, seededRandom, WORKLOAD_DATA_GPA } from '@hvlab/protocol';
 
@@ -60,16 +61,23 @@ export function bitflipTargetsProblem(gpa: number, targets: readonly BitflipTarg
 
 /**
  * The pages of workload data a default flip may pick in every one of `targets` (the least of
- * them), null when no target's memory is known; a VM with none (it cannot be: MIN_MEMORY_BYTES
- * leaves a 2M VM 255) is said.
+ * them, at most BITFLIP_DEFAULT_PAGES). A target whose memory is not known (its root did not list it in time) is refused, naming
+ * it: the page drawn depends on every target's memory (a 2M VM's draw differs for 1 seed in 256),
+ * so a draw without it would not be the fault a rerun with that seed makes. A VM with no page (it
+ * cannot be: MIN_MEMORY_BYTES leaves a 2M VM 255) is said too.
  */
-export function bitflipDefaultPages(targets: readonly BitflipTarget[]): { pages: number | null } | { problem: string } {
-  let pages: number | null = null;
+export function bitflipDefaultPages(targets: readonly BitflipTarget[]): { pages: number } | { problem: string } {
+  const unknown = targets.filter((t) => t.memoryBytes === null).map((t) => t.where);
+  if (unknown.length > 0) {
+    const named = unknown.length <= 3 ? unknown : [...unknown.slice(0, 3), `${unknown.length - 3} more`];
+    const list = named.length === 1 ? named[0]! : `${named.slice(0, -1).join(', ')} and ${named.at(-1)!}`;
+    return { problem: `bitflip without --gpa: the memory of ${list} is not known (its root did not list it in time), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa` };
+  }
+  let pages = BITFLIP_DEFAULT_PAGES;
   for (const t of targets) {
-    if (t.memoryBytes === null) continue;
-    const n = workloadDataPages(t.memoryBytes);
+    const n = workloadDataPages(t.memoryBytes!);
     if (n < 1) return { problem: `${t.where} has no guest RAM from 0x${WORKLOAD_DATA_GPA.toString(16)} for a bit flip's default GPA: give --gpa` };
-    pages = Math.min(pages ?? n, n);
+    pages = Math.min(pages, n);
   }
   return { pages };
 }

@@ -630,7 +630,9 @@ export class Nemesis {
    * first, to draw a GPA without one inside every target (a 2M VM's top page of the 256 drawn
    * from holds its dirty bitmap, and 1 seed in 256 failed there) and to refuse a GPA outside any
    * of them before a VM is flipped (the VMs before the one that refused were flipped, and the
-   * fault failed half-applied). A VM whose root does not say is left to its worker's own check.
+   * fault failed half-applied). With --gpa, a VM whose root does not say is left to its worker's
+   * own check; without, the flip is refused (bitflipDefaultPages): the page drawn depends on every
+   * target's memory, and a rerun with the same seed must flip the same byte.
    */
   private async applyBitflip(world: World, rec: FaultRecord): Promise<void> {
     const p = rec.params;

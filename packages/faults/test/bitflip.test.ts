@@ -59,6 +59,19 @@ describe('a bit flip\'s address and its landing in several VMs', () => {
     }
   });
 
+  it('without --gpa, a target whose memory its root did not say is refused, naming it and its host: its draw would not be the same fault for the same seed (a 2M VM not listed drew page 255, its dirty bitmap)', () => {
+    const tiny = target('tiny', null, 'h2');
+    // What the draw was on the code before: the 2M VM taken as unknown, seed 43 on page 255.
+    expect(bitflipDefault(43, undefined, null).gpa).to.equal(0x1ff000);
+    expect(bitflipDefault(43, undefined, 255).gpa, 'the draw with its memory known').to.not.equal(0x1ff000);
+    expect(bitflipDefaultPages([tiny])).to.deep.equal({ problem: 'bitflip without --gpa: the memory of VM tiny on h2 is not known (its root did not list it in time), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa' });
+    expect(bitflipDefaultPages([target('big', 16 * M), tiny]), 'beside one known').to.have.property('problem').that.matches(/^bitflip without --gpa: the memory of VM tiny on h2 is not known/);
+    const five = ['a', 'b', 'c', 'd', 'e'].map((v) => target(v, null, 'h1'));
+    expect((bitflipDefaultPages(five) as { problem: string }).problem).to.match(/^bitflip without --gpa: the memory of VM a on h1, VM b on h1, VM c on h1 and 2 more is not known/);
+    expect((bitflipDefaultPages(five.slice(0, 2)) as { problem: string }).problem).to.match(/the memory of VM a on h1 and VM b on h1 is not known/);
+    expect(bitflipDefaultPages([target('tiny', MIN_MEMORY_BYTES), target('big', 16 * M)])).to.deep.equal({ pages: 255 });
+  });
+
   it('a GPA outside one of several VMs is refused before any is flipped, naming that VM (the smallest first); one VM\'s is its worker\'s sentence', () => {
     const tiny = target('tiny', 2 * M);
     const big = target('big', 16 * M);

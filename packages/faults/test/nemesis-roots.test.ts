@@ -136,4 +136,14 @@ describe('a fault applied through a root that could not be asked', () => {
     r.effect = { tiny: {} };
     expect(refusedUnapplied(r, new BitflipRefused('x')), 'after one VM took it').to.equal(false);
   });
+
+  it('a bit flip without --gpa whose VM\'s memory its root did not say is refused, naming the VM and host: no record, no line, its number given back (it drew as if the memory were large: a 2M VM\'s dirty bitmap for seed 43)', async () => {
+    const n = new Nemesis({ home });
+    const err = await apply(n, rec('f1', 'bitflip', {}));
+    expect(err).to.be.instanceOf(FaultRefused);
+    expect((err as Error).message).to.equal('bitflip without --gpa: the memory of VM tiny on h2 is not known (its root did not list it in time), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa');
+    expect(n.list(true)).to.deep.equal([]);
+    expect(logLines()).to.deep.equal([]);
+    expect((n as unknown as { next: number }).next, 'f1 given back').to.equal(1);
+  });
 });
