@@ -112,6 +112,19 @@ describe('live migration between two hosts', function () {
       if (w) process.kill(w.pid, TEST_HOLD_END_SIGNAL);
     } catch { /* gone meanwhile */ }
   };
+  /**
+   * Once VM `name`'s post-copy runs, waits (at most the hold) until its memdirty guest has written
+   * every page of its `bytes` at h2 since: each of them still missing there has been asked for by
+   * then (the push is held), so the hold ends now (endPostcopyHold) instead of being waited out.
+   */
+  const untilEveryPageWrittenAtH2 = async (name: string, bytes: number): Promise<void> => {
+    expect(await eventually(async () => (await h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null))?.status === 'postcopy-active', 30000), 'post-copy began').to.equal(true);
+    const at = (): Promise<number> => progress('h2', name).catch(() => -1);
+    const p0 = await at();
+    // The guest's progress counts the pages it wrote: a whole round of them is every page once.
+    if (p0 >= 0) await eventually(async () => (await at()) >= p0 + bytes / 4096, POSTCOPY_HOLD_MS);
+    await endPostcopyHold(name);
+  };
   const nothingOnH2 = async (name: string): Promise<boolean> => {
     const vms = await list('h2');
     const ps = await h.json<Array<{ vm: string | null }>>('--host', 'h2', 'ps');
@@ -352,7 +365,9 @@ describe('live migration between two hosts', function () {
       await h.ok('--host', 'h1', 'vm', 'new', name, '--memory', label === 'post-copy' ? '256M' : '64M', '--vps', '2', '--workload', 'memdirty:8M');
       await h.ok('--host', 'h1', 'vm', 'start', name);
       await sleep(800);
-      const m = await move(name, ...opts);
+      const moving = move(name, ...opts);
+      if (label === 'post-copy') await untilEveryPageWrittenAtH2(name, 8 * 1024 * 1024);
+      const m = await moving;
       expect(m.code, m.stderr).to.equal(0);
       const st = m.stats!;
       expect(st.status).to.equal('completed');
