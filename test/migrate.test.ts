@@ -983,14 +983,16 @@ guestFailsAtDestination('live migration whose state names a device the destinati
 // destination answers, or until a forced cancel resumes it there.
 describe('live migration whose commit goes unanswered (the destination\'s answers held back)', function () {
   this.timeout(240000);
-  // Each commit try waits 2 s here (5 s by default), and each abort 0.5 s (3 s, and 2 s from a root
-  // whose worker is gone): the move is in doubt ~8.5 s after its commit (3 tries, the abort that
-  // follows them, the first abort of the unanswered switch-over). In doubt, the source asks again
-  // every 1 s (5 s), and hears the destination's answer within ~1.5 s once it is given. The tests'
-  // own checks end 12-14 s after the commit (a restarted root's included; ~18 s on a busy machine),
-  // well before the destination answers, 24 s after it.
+  // Each commit try waits 1.5 s here (5 s by default), and each abort 0.5 s (3 s, and 2 s from a root
+  // whose worker is gone): the move is in doubt ~6.5 s after its commit (3 tries, the abort that
+  // follows them, the first abort of the unanswered switch-over). The destination takes the commit
+  // once its guest resumed, well within those 6 s (an abort that came before would drop its copy,
+  // and the move would fail instead). In doubt, the source asks again every 0.5 s (5 s), and hears
+  // the destination's answer within ~1 s once it is given. The tests' own checks end 10-12 s after
+  // the commit (a restarted root's included; ~16 s on a busy machine), well before the destination
+  // answers, 24 s after it.
   const h = new TestHost({
-    HVLAB_TEST_COMMIT_SILENT_MS: '24000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '100', HVLAB_TEST_COMMIT_TIMEOUT_MS: '2000', HVLAB_TEST_ABORT_ANSWER_MS: '500', HVLAB_TEST_IN_DOUBT_PAUSE_MS: '1000',
+    HVLAB_TEST_COMMIT_SILENT_MS: '24000', HVLAB_TEST_UNRESOLVED_WAIT_MS: '100', HVLAB_TEST_COMMIT_TIMEOUT_MS: '1500', HVLAB_TEST_ABORT_ANSWER_MS: '500', HVLAB_TEST_IN_DOUBT_PAUSE_MS: '500',
   });
   const vm = (host: string, name: string): Promise<VmInfo | undefined> => listedVm(h, host, name);
   const status = (name: string): Promise<MigrationStats | null> => h.json<MigrationStats>('--host', 'h1', 'vm', 'move-status', name).catch(() => null);
