@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostProcesses } from '@hvlab/host';
 import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
-import { TestHost, eventually, experimentLeft, interruptExperimentRun, killExperimentRun, shmFiles } from './harness.js';
+import { KILLED_RUN_LEASE_MS, TestHost, eventually, experimentLeft, interruptExperimentRun, killExperimentRun, shmFiles } from './harness.js';
 import { spawn } from 'node:child_process';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -184,7 +184,8 @@ repetitions: 1
   });
 
   it('`hvlab experiment run` on an existing cluster killed with SIGKILL mid-run: the user\'s link is put back as it was and the run\'s VMs are deleted (its lease on them lapses)', async () => {
-    const h = new TestHost();
+    // The cluster's nemesis and the run hold leases of KILLED_RUN_LEASE_MS (5 s by default): the lapse comes sooner.
+    const h = new TestHost({ HVLAB_TEST_OWNER_LEASE_MS: String(KILLED_RUN_LEASE_MS) });
     try {
       const topo = join(dir, 'two.yaml');
       writeFileSync(topo, 'name: two\nhosts:\n  h1: { lps: 1 }\n  h2: { lps: 1 }\nlinks:\n  - endpoints: [h1, h2]\n');

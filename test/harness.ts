@@ -196,12 +196,21 @@ export function syncCli(home: string, ...args: string[]): CliResult {
 }
 
 /**
- * Runs `hvlab experiment run FILE --out OUT`, waits until its output matches `ready` (`what` names
- * that moment in the failure), and kills it with SIGKILL. Returns the run's temporary home and a
- * watch of what of it is left (`experimentLeft`).
+ * The owners' lease in a run a test kills (HVLAB_TEST_OWNER_LEASE_MS, which every process of the run
+ * inherits, its nemesis included; OWNER_LEASE_MS, 5 s, by default): what the run held is undone
+ * once its lease lapses, and the test waits for that. Three renewals' time (one a second): a run
+ * slowed by a busy machine still renews in time while it lives.
+ */
+export const KILLED_RUN_LEASE_MS = 3000;
+
+/**
+ * Runs `hvlab experiment run FILE --out OUT` (its leases KILLED_RUN_LEASE_MS), waits until its
+ * output matches `ready` (`what` names that moment in the failure), and kills it with SIGKILL.
+ * Returns the run's temporary home and a watch of what of it is left (`experimentLeft`).
  */
 export async function killExperimentRun(file: string, out: string, ready: RegExp, what: string, interrupted?: RegExp): Promise<{ home: string; left: ExperimentLeft }> {
-  const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = { ...process.env, HVLAB_TEST_OWNER_LEASE_MS: String(KILLED_RUN_LEASE_MS) };
+  const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let output = '';
   child.stdout.on('data', (d) => (output += d));
   child.stderr.on('data', (d) => (output += d));
