@@ -20,6 +20,11 @@ import { ShutdownProvider } from '../src/shutdown/index.js';
 import { TimeSyncProvider } from '../src/timesync/index.js';
 
 const quiet = { info: () => {}, warn: () => {} };
+/**
+ * How long a KVP request waits for its answer in the tests whose faults leave some unanswered
+ * (KvpProvider.requestTimeoutMs; 5 s by default): each such test waited the 5 s out.
+ */
+const KVP_UNANSWERED_MS = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 async function until(what: string, cond: () => boolean, ms = 15000): Promise<void> {
   const t0 = Date.now();
@@ -109,6 +114,7 @@ for (const transport of ['shm', 'remote'] as const) {
 
     it('corrupted packets on every channel both ways are refused without a throw or a closed channel, and every service works after', async () => {
       g = await boot(transport);
+      g.providers.kvp.requestTimeoutMs = KVP_UNANSWERED_MS;
       await until('negotiated', () => negotiated(g));
       const f = new VmbusFault({ channel: null, seed: 11, corrupt: 1 });
       g.injector.set('c', f);
@@ -138,10 +144,11 @@ for (const transport of ['shm', 'remote'] as const) {
       g = await boot(transport);
       await until('negotiated', () => negotiated(g));
       const kvp = g.providers.kvp;
+      kvp.requestTimeoutMs = KVP_UNANSWERED_MS;
       const guest = g.taps.find((t) => t.name === 'kvp')!.inner;
       const f = new VmbusFault({ channel: 'kvp', seed: 3, corrupt: 1 });
       g.injector.set('c', f);
-      // Every request and every answer has one byte flipped; one refused never gets its answer (5 s).
+      // Every request and every answer has one byte flipped; one refused never gets its answer (KVP_UNANSWERED_MS).
       const pairs = new Map(Array.from({ length: 20 }, (_, i) => [`key${i}`, `value${i}`]));
       await Promise.allSettled([...pairs].map(([k, v]) => kvp.set('external', k, v)));
       g.injector.remove('c');
@@ -156,15 +163,17 @@ for (const transport of ['shm', 'remote'] as const) {
       expect(await kvp.get('external', 'after')).to.equal('yes');
     });
 
-    // One transport: the timeout is the provider's, whatever carries the request (the test waits 5 s).
-    if (transport === 'shm') it('a KVP set whose request is held past its 5 s timeout fails saying the guest may still carry it out, and the guest does once it gets it', async () => {
+    // One transport: the timeout is the provider's, whatever carries the request (the test waits it out).
+    if (transport === 'shm') it('a KVP set whose request is held past its timeout (5 s for a VM) fails saying the guest may still carry it out, and the guest does once it gets it', async () => {
       g = await boot(transport);
       await until('negotiated', () => negotiated(g));
       const kvp = g.providers.kvp;
+      expect(kvp.requestTimeoutMs, 'the timeout a VM\'s KVP requests have').to.equal(5000);
+      kvp.requestTimeoutMs = KVP_UNANSWERED_MS;
       // Every packet the host sends goes 60 s late: the request waits at the host's end.
       g.injector.set('late', new VmbusFault({ channel: 'kvp', seed: 1, delay: 1, delayMs: 60_000 }));
       const e = await kvp.set('external', 'late', 'landed').then(() => null, (x: Error) => x);
-      expect(e?.message).to.equal('the guest did not answer the kvp request within 5 s; it was sent, so the guest may still carry it out');
+      expect(e?.message).to.equal(`the guest did not answer the kvp request within ${KVP_UNANSWERED_MS / 1000} s; it was sent, so the guest may still carry it out`);
       // The fault's end sends what it held: the set the host gave up on lands.
       g.injector.remove('late');
       let got: string | null = null;

@@ -14,6 +14,9 @@ import { decodeKvpState, type KvpState } from './state.js';
 export type KvpPoolName = 'external' | 'guest' | 'auto';
 export const KVP_POOLS: Record<KvpPoolName, number> = { external: KvpPool.External, guest: KvpPool.Guest, auto: KvpPool.Auto };
 
+/** How long a KVP operation waits for the guest's answer; the request was sent, so the guest may still carry it out later. */
+export const KVP_REQUEST_TIMEOUT_MS = 5000;
+
 export class KvpInputError extends Error {
   override name = 'KvpInputError';
 }
@@ -30,10 +33,12 @@ export class KvpProvider extends IcProvider implements IcService<KvpState> {
   protected readonly messageVersions: IcVersion[] = [{ major: 5, minor: 0 }, { major: 4, minor: 0 }, { major: 3, minor: 0 }];
   // Negotiate messages share the channel: a body too short for KVP is all decoded bytes.
   protected override readonly decodedBodyRanges = kvpDecodedRanges;
+  /** How long an operation waits for the guest's answer (KVP_REQUEST_TIMEOUT_MS; tests whose guest never answers shorten it). */
+  requestTimeoutMs = KVP_REQUEST_TIMEOUT_MS;
 
   private async op(operation: number, pool: number, key: string, value: string, index = 0): Promise<{ status: number; key: string; value: string }> {
     if (!this.negotiated) throw new IcRequestError('the KVP integration service is not connected');
-    const a = await this.request(IcMessageType.Kvp, encodeKvp({ operation, pool, index, key, value }), 5000);
+    const a = await this.request(IcMessageType.Kvp, encodeKvp({ operation, pool, index, key, value }), this.requestTimeoutMs);
     if (a.header.status !== IcStatus.OK) return { status: a.header.status, key, value: '' };
     let m;
     try {
