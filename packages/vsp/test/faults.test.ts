@@ -58,8 +58,11 @@ interface Guest {
   taps: TappedDriver[];
 }
 
-/** `negotiateTimeoutMs`: how long each provider's negotiation waits for its answer (10 s by default). */
-async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector) => void, negotiateTimeoutMs?: number): Promise<Guest> {
+/**
+ * `negotiateTimeoutMs`: how long each provider's negotiation waits for its answer (10 s by default);
+ * `negotiateRetryMs`: how long after a failed one it asks again (2 s by default).
+ */
+async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector) => void, negotiateTimeoutMs?: number, negotiateRetryMs?: number): Promise<Guest> {
   const injector = new VmbusFaultInjector();
   before?.(injector);
   const lb = new VmbusLoopback({ transport, faults: { injector } });
@@ -78,6 +81,7 @@ async function boot(transport: 'shm' | 'remote', before?: (i: VmbusFaultInjector
   for (const t of taps) lb.client.register(t);
   for (const p of Object.values(providers)) {
     if (negotiateTimeoutMs !== undefined) p.negotiateTimeoutMs = negotiateTimeoutMs;
+    if (negotiateRetryMs !== undefined) p.negotiateRetryMs = negotiateRetryMs;
     await lb.server.addDevice(p);
   }
   await lb.client.connect();
@@ -188,11 +192,11 @@ describe('integration-service negotiation under a VMBus fault', function () {
   this.timeout(60000);
   it('a negotiation whose request was lost is tried again while the channel is open', async () => {
     let f: VmbusFault | null = null;
-    // A lost negotiation is given up after 1 s here (10 s by default), then tried again 2 s later.
+    // A lost negotiation is given up after 1 s here (10 s by default), then tried again 0.2 s later (2 s).
     const g = await boot('shm', (i) => {
       f = new VmbusFault({ channel: 'kvp', seed: 1, drop: 1 });
       i.set('k', f);
-    }, 1000);
+    }, 1000, 200);
     try {
       await until('the negotiation was dropped', () => f!.stats.packets.dropped >= 1);
       // Another channel negotiates meanwhile (in its own time: waited for, not assumed of 100 ms).

@@ -61,6 +61,8 @@ export abstract class IcProvider implements VmbusDevice {
   interfaceInstance: string = randomUUID();
   /** How long a negotiation waits for the guest's answer before it is tried again (tests shorten it). */
   negotiateTimeoutMs = NEGOTIATE_TIMEOUT_MS;
+  /** How long after a failed negotiation it is tried again (tests shorten it). */
+  negotiateRetryMs = NEGOTIATE_RETRY_MS;
   protected channel: VmbusChannel | null = null;
   negotiated: { framework: IcVersion; message: IcVersion } | null = null;
   /** When the guest last answered anything on this channel. */
@@ -161,7 +163,7 @@ export abstract class IcProvider implements VmbusDevice {
 
   /**
    * Negotiates on `channel`. A failure (no answer, or one that does not decode: a lossy channel, an
-   * injected VMBus fault) is tried again every NEGOTIATE_RETRY_MS while the channel stays open, so a
+   * injected VMBus fault) is tried again every negotiateRetryMs while the channel stays open, so a
    * negotiation that met a fault does not leave the service without contact until the next open.
    */
   private negotiate(channel: VmbusChannel, failures: number): void {
@@ -184,7 +186,7 @@ export abstract class IcProvider implements VmbusDevice {
         if (failures === 0) this.log.warn({ service: this.service, err: (e as Error).message }, 'integration service negotiation failed; trying again while the channel is open');
         const t = setTimeout(() => {
           if (this.channel === channel && channel.open && !this.negotiated) this.negotiate(channel, failures + 1);
-        }, NEGOTIATE_RETRY_MS);
+        }, this.negotiateRetryMs);
         t.unref?.();
       });
   }
