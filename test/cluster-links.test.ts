@@ -473,10 +473,11 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     const a = new TestHost();
     const bDir = mkdtempSync(join(tmpdir(), 'hvlab-machine-b-'));
     const bHome = join(bDir, 'home');
-    const cli = (ns: string, home: string, ...args: string[]): { code: number; stdout: string; stderr: string } => {
-      const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, CLI, ...args], { encoding: 'utf8', env: { ...process.env, HVLAB_HOME: home }, timeout: 120000 });
+    const cliWith = (env: Record<string, string>, ns: string, home: string, ...args: string[]): { code: number; stdout: string; stderr: string } => {
+      const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env, HVLAB_HOME: home }, timeout: 120000 });
       return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
     };
+    const cli = (ns: string, home: string, ...args: string[]): { code: number; stdout: string; stderr: string } => cliWith({}, ns, home, ...args);
     let bId: string | null = null;
     try {
       ip('netns', 'add', ma);
@@ -500,7 +501,9 @@ describe('cluster links: host-to-host traffic through the link layer', function 
       copyFileSync(join(a.home, 'cluster', 'cluster.key'), join(bDir, 'lab.key'));
       const wrongKey = join(bDir, 'wrong.key');
       copyFileSync(join(h.home, 'cluster', 'cluster.key'), wrongKey);
-      const refused = cli(mb, bHome, 'up', '--join', '10.199.77.1', '--key', wrongKey, '--name', 'far');
+      // A fabric of another key never answers: said once the first call's wait is over (1.5 s here,
+      // HVLAB_TEST_JOIN_PROBE_MS; 5 s by default).
+      const refused = cliWith({ HVLAB_TEST_JOIN_PROBE_MS: '1500' }, mb, bHome, 'up', '--join', '10.199.77.1', '--key', wrongKey, '--name', 'far');
       expect(refused.code).to.equal(1);
       expect(refused.stderr).to.match(/did not answer with this key/);
       const join_ = cli(mb, bHome, 'up', '--join', '10.199.77.1:7740', '--key', join(bDir, 'lab.key'), '--name', 'far', '--json');

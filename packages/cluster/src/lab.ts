@@ -27,7 +27,7 @@ import {
 } from '@hvlab/protocol';
 import {
   canonicalHome, curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
-  FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail,
+  FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail, testKnob,
 } from '@hvlab/runtime';
 import { down, HostError, HostInterrupted, HostStartFailed, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids, procStartTime, procState } from '@hvlab/shm/procfs';
@@ -987,6 +987,14 @@ export interface JoinOptions {
   env?: Record<string, string>;
 }
 
+/**
+ * How long `up --join` waits for the fabric's answer to its first call, made with the key it was
+ * given: a fabric that has another key never answers (the handshake fails, and is tried again), so
+ * a wrong key is said once this has passed. Tests of a wrong key shorten it
+ * (HVLAB_TEST_JOIN_PROBE_MS: whole ms from 500 up to the default).
+ */
+const JOIN_PROBE_MS = testKnob('HVLAB_TEST_JOIN_PROBE_MS', 500, 5000) ?? 5000;
+
 /** Brings up a host in `paths` that joins the cluster whose fabric is at `opts.join`; resolves once it has joined. */
 export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ hostId: string; name: string; address: string; fabric: string }> {
   const m = /^(\d+\.\d+\.\d+\.\d+)(?::(\d+))?$/.exec(opts.join);
@@ -1001,7 +1009,7 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
   const probe = new RpcClient(`tcp://${fabric}`, curveClientOptions(key));
   let status: unknown;
   try {
-    status = await probe.call({ op: 'status' }, 5000, CLUSTER_WIRE_VERSION);
+    status = await probe.call({ op: 'status' }, JOIN_PROBE_MS, CLUSTER_WIRE_VERSION);
   } catch (e) {
     throw new ClusterError(`the cluster's fabric at ${fabric} did not answer with this key (${(e as Error).message}): check the address and that ${opts.keyFile} is the cluster's key`);
   } finally {
