@@ -29,7 +29,9 @@ function signal(pid: number, sig: NodeJS.Signals): void {
 for (const transport of ['shm', 'remote'] as const) {
   describe(`VMBus and integration services over ${transport}`, function () {
     this.timeout(120000);
-    const h = new TestHost({ HVLAB_IC_TIMESYNC_MS: '500' });
+    // The heartbeat asks every 1 s here (2 s by default), so a frozen guest is LostCommunication 3 s
+    // after its last answer (5 s), and OK within a second of running again.
+    const h = new TestHost({ HVLAB_IC_TIMESYNC_MS: '500', HVLAB_IC_HEARTBEAT_MS: '1000' });
     const vm = 'alpha';
 
     const ic = (): Promise<IcEntry[]> => h.json<IcEntry[]>('vm', 'ic', vm);
