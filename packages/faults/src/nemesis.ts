@@ -715,7 +715,15 @@ export class Nemesis {
       for (const h of u.hostFaults) {
         if (!w) break;
         try {
-          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', { id: act.rec.id, vm: h.vm }, 5000);
+          let args: Record<string, unknown> = { id: act.rec.id, vm: h.vm };
+          if (h.vm === null) {
+            // The host's own part (an LP shrink): a root that ends it alone (hostClear) is asked
+            // so. Cleared by its id alone, it also ended every VM fault of that id on the host,
+            // which another nemesis (a cluster host's own, numbering its faults f1, f2… too) may hold.
+            const listed = await this.hostCall<unknown>(w, h.host, 'faultList', {}, 2000).catch(() => null);
+            if (rootClears(listed).hostClear) args = { id: act.rec.id, host: true };
+          }
+          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', args, 5000);
           // A vmbus fault's last counters (the root keeps them also when the worker ended it first).
           const c = h.vm !== null && isPlainObject(a) && isPlainObject(a.counters) ? decodeFaultCounters(a.counters[act.rec.id]) : null;
           if (c?.ok && c.value) (act.rec.counters ??= {})[`${h.vm}@${h.host}`] = c.value;
