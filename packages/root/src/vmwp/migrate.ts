@@ -45,12 +45,8 @@ const ZERO_PAGE = new Uint8Array(MIG_PAGE);
 /** Batches in flight on the stream (each up to MIG_BATCH_MAX_PAGES pages). */
 const WINDOW = 4;
 const SETUP_TIMEOUT_MS = 30000;
-/**
- * A batch not acknowledged within this fails the move (a cut link holds data rather than refusing
- * it), and so does a post-copy pull. Tests of a cut link shorten it (HVLAB_TEST_PAGES_TIMEOUT_MS:
- * whole ms from 1000 up to the default), so that the move fails sooner.
- */
-const PAGES_TIMEOUT_MS = testKnob('HVLAB_TEST_PAGES_TIMEOUT_MS', 1000, 10000) ?? 10000;
+/** A batch not acknowledged within this fails the move (a cut link holds data rather than refusing it). */
+const PAGES_TIMEOUT_MS = 10000;
 /** How often a pass reports its progress while it runs (move-status, the progress bar). */
 const PROGRESS_EVERY_MS = 500;
 const STATE_TIMEOUT_MS = 60000;
