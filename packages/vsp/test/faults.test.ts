@@ -131,6 +131,8 @@ for (const transport of ['shm', 'remote'] as const) {
       await until('corrupted packets on every channel', () => f.stats.packets.corrupted >= 100);
       await sleep(300);
       g.injector.remove('c');
+      // The calls after the fault must be answered: they have a VM's timeout, not the one the fault's waited.
+      g.providers.kvp.requestTimeoutMs = 5000;
       // Nothing was closed on either side.
       expect(g.lb.server.channelInfo().map((c) => [c.name, c.state, c.faults])).to.deep.equal([['heartbeat', 'open', 0], ['shutdown', 'open', 0], ['timesync', 'open', 0], ['kvp', 'open', 0]]);
       expect(g.taps.every((t) => t.channel?.open === true)).to.equal(true);
@@ -156,6 +158,8 @@ for (const transport of ['shm', 'remote'] as const) {
       const pairs = new Map(Array.from({ length: 20 }, (_, i) => [`key${i}`, `value${i}`]));
       await Promise.allSettled([...pairs].map(([k, v]) => kvp.set('external', k, v)));
       g.injector.remove('c');
+      // What follows must be answered: a VM's timeout again, not the one the fault's requests waited.
+      kvp.requestTimeoutMs = 5000;
       expect(f.stats.packets.corrupted).to.be.at.least(20);
       // What the guest holds as it was set: a flip in the 2.5 KB of padding left nearly all 20 intact.
       const intact = (await kvp.list('external')).filter((e) => pairs.get(e.key) === e.value).length;
@@ -180,6 +184,7 @@ for (const transport of ['shm', 'remote'] as const) {
       expect(e?.message).to.equal(`the guest did not answer the kvp request within ${KVP_UNANSWERED_MS / 1000} s; it was sent, so the guest may still carry it out`);
       // The fault's end sends what it held: the set the host gave up on lands.
       g.injector.remove('late');
+      kvp.requestTimeoutMs = 5000;
       let got: string | null = null;
       const t0 = Date.now();
       while (Date.now() - t0 < 10_000 && (got = await kvp.get('external', 'late')) === null) await new Promise((r) => setTimeout(r, 50));
