@@ -52,7 +52,7 @@ import {
 import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
-import { ClusterError, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, stoppableProbe } from './lab.js';
+import { ClusterError, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, STAGED_LOGS_RE, stoppableProbe } from './lab.js';
 import { impairmentsText } from './graph.js';
 import { environmentText, loadNow, runEnvironment, sourceSha256, type RunEnvironment } from './provenance.js';
 import { barChartSvg, formatBinaryBytes, formatNumber, lineChartSvg, type Bar } from './plot.js';
@@ -1116,9 +1116,10 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
   }
   if (entries !== null) {
     const foreign = entries.filter((e) => {
-      // The logs an earlier run in this directory kept of a host that failed to come up: replaced
-      // (below), as the next failure's replace them.
-      if (e === FAILED_UP_LOGS_ENTRY) {
+      // The logs an earlier run in this directory kept of a host that failed to come up (or their
+      // staged copy, left by a run killed while it kept them): left beside the report; the next
+      // failure's replace them.
+      if (e === FAILED_UP_LOGS_ENTRY || STAGED_LOGS_RE.test(e)) {
         try {
           return !lstatSync(join(out, e)).isDirectory();
         } catch {
@@ -1142,7 +1143,6 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
     return code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way (it names a directory)' : code === 'EACCES' || code === 'EPERM' ? 'no permission'
       : code === 'EROFS' ? 'the file system is read-only' : code === 'ENOENT' ? 'its parent cannot hold directories (a file system such as /proc)' : (e as Error).message;
   };
-  if (entries?.includes(FAILED_UP_LOGS_ENTRY)) rmSync(join(out, FAILED_UP_LOGS_ENTRY), { recursive: true, force: true });
   let made: string[];
   try {
     made = makeDirs(out);

@@ -535,14 +535,23 @@ export function keepLogsOf(logDir: string, dir: string, name: string): { dir: st
       if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
       cpSync(logDir, join(staged, name), { recursive: true });
     }
-    rmSync(dir, { recursive: true, force: true });
-    renameSync(staged, dir);
-    return { dir: join(dir, name) };
   } catch (e) {
+    // Not all there: no part of them stays, and what was kept before is as it was.
     rmSync(staged, { recursive: true, force: true });
     return { error: (e as Error).message };
   }
+  try {
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(staged, dir);
+    return { dir: join(dir, name) };
+  } catch {
+    // The staged directory holds the only copy now: kept there, and named.
+    return { dir: join(staged, name) };
+  }
 }
+
+/** A kept-logs directory staged by `keepLogsOf` (`DIR.new-PID`) that a killed process left. */
+export const STAGED_LOGS_RE = /^cluster-up-failed\.new-\d+$/;
 
 /**
  * Written by `cluster down` when it starts ("PID STARTTIME": its pid, and its start time in clock

@@ -910,13 +910,16 @@ describe('experiment reports', () => {
         const earlier = join(dir, 'earlier');
         writeReport(report(), earlier);
         expect(makeReportDir(earlier)).to.deep.equal([]);
-        // The logs an earlier run there kept of a host that failed to come up: replaced (this run
-        // keeps its own there if it fails so); a file of that name is not such logs.
+        // The logs an earlier run there kept of a host that failed to come up (and a staged copy a
+        // killed run left): taken; a file of that name is not such logs.
         const failedBefore = join(dir, 'failed-before');
         mkdirSync(join(failedBefore, 'cluster-up-failed', 'h2'), { recursive: true });
+        mkdirSync(join(failedBefore, 'cluster-up-failed.new-123', 'h1'), { recursive: true });
         writeFileSync(join(failedBefore, 'cluster-up-failed', 'h2', 'hypervisor.log'), 'x');
         expect(makeReportDir(failedBefore)).to.deep.equal([]);
-        expect(readdirSync(failedBefore)).to.deep.equal([]);
+        // Left as they are: only a later failure's logs replace them.
+        expect(readdirSync(failedBefore).sort()).to.deep.equal(['cluster-up-failed', 'cluster-up-failed.new-123']);
+        expect(readFileSync(join(failedBefore, 'cluster-up-failed', 'h2', 'hypervisor.log'), 'utf8')).to.equal('x');
         const notLogs = join(dir, 'not-logs');
         mkdirSync(notLogs);
         writeFileSync(join(notLogs, 'cluster-up-failed'), 'x');
