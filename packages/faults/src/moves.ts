@@ -82,10 +82,11 @@ export class ChaosMoves {
   private readonly settleMs: number;
   private readonly pollMs: number;
   /**
-   * Each VM's last move of the run and its id: a move of a VM whose move before is still going
-   * waits for it, then starts from where that one left the VM.
+   * Each VM's last move of the run: its id, its end (the promise every later move of the VM
+   * chains on) and whether it has ended. A move of a VM waits for the one before it (started or
+   * still waiting itself), then starts from where that one left the VM: moves of a VM run in order.
    */
-  private readonly lastMove = new Map<string, { id: string; done: Promise<void> }>();
+  private readonly lastMove = new Map<string, { id: string; done: Promise<void>; over: boolean }>();
 
   constructor(private readonly o: ChaosMovesOptions) {
     this.say = o.say ?? (() => {});
@@ -106,10 +107,16 @@ export class ChaosMoves {
   /** Starts move `m` now, or once the VM's move before it has ended; resolves when it has ended. */
   start(m: ScheduledMove): Promise<void> {
     const before = this.lastMove.get(m.vm);
-    const busy = before !== undefined && this.o.records.some((x) => x.id === before.id && x.endedAt === null);
+    // The move before, not over yet: running, or itself waiting for its own before (it has no
+    // record until it starts, so the records cannot tell; a third move started at once from the
+    // host the first began on).
+    const busy = before !== undefined && !before.over;
     if (busy) this.say(`${m.id} at +${((Date.now() - this.o.t0) / 1000).toFixed(1)}s: ${m.vm} is still moving (${before.id}); ${m.id} waits for it`);
-    const done = busy ? before.done.then(() => this.run(m, before.id)) : this.run(m, null);
-    this.lastMove.set(m.vm, { id: m.id, done });
+    // Always chained on the move before (a resolved promise once it is over), never on a record.
+    const done = (before?.done ?? Promise.resolve()).catch(() => undefined).then(() => this.run(m, busy ? before.id : null));
+    const entry = { id: m.id, done, over: false };
+    this.lastMove.set(m.vm, entry);
+    void done.then(() => (entry.over = true), () => (entry.over = true));
     return done;
   }
 

@@ -30,16 +30,28 @@ const tooLate = (): never => {
   throw new MgmtCallError('MigrationCancelTooLate', 'the move is past its switch-over');
 };
 
-function mover(clients: Map<string, Pick<MgmtClient, 'request'>>, said: string[], extra: { settleMs?: number } = {}) {
+/** Resolves once `cond` holds (asked every 5 ms): the tests wait for what happened, not for a time. */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+}
+
+/** A promise and its resolve, for a fake host's answer the test lets go. */
+function gate<T>(): { promise: Promise<T>; open: (v: T) => void } {
+  let open!: (v: T) => void;
+  const promise = new Promise<T>((r) => (open = r));
+  return { promise, open };
+}
+
+function mover(clients: Map<string, Pick<MgmtClient, 'request'>>, said: string[], extra: { settleMs?: number; timeoutMs?: number } = {}) {
   const location = new Map([['a', 'h1']]);
   const records: MoveRecord[] = [];
   const stop = new AbortController();
   const gone = new AbortController();
   const m = new ChaosMoves({
     clients, location, records, t0: Date.now(), endAt: Date.now() + 60_000, signal: stop.signal, clusterGone: gone.signal,
-    say: (l) => said.push(l), timeoutMs: 50, settleMs: extra.settleMs ?? 5000, pollMs: 10,
+    say: (l) => said.push(l), timeoutMs: extra.timeoutMs ?? 50, settleMs: extra.settleMs ?? 5000, pollMs: 10,
   });
-  return { m, location, records };
+  return { m, location, records, stop };
 }
 
 describe('chaos moves against fake hosts', () => {
@@ -123,5 +135,49 @@ describe('chaos moves against fake hosts', () => {
     expect(records[0]).to.include({ status: 'timeout' });
     expect(records[0]!.error).to.match(/^not over after 0\.05 s; its cancel was refused: the move is past its switch-over; still not over \d+\.\d s later, when a was listed on h2 \(the run takes it to be there\)$/);
     expect(location.get('a')).to.equal('h2');
+  });
+
+  it('three moves of one VM run in order: the third, asked while the second still waited for the first, waits for the second and starts from where it left the VM', async () => {
+    const first = gate<void>();
+    const second = gate<void>();
+    const completed = (to: unknown) => ({ status: 'completed', downtime: 10, 'total-time': 100, to });
+    const { clients, asked } = fakeHosts({
+      h1: (op, args) => {
+        if (op === 'vmMove') return first.promise.then(() => completed(args.to));
+        throw new Error(`unexpected ${op} on h1`);
+      },
+      h2: (op, args) => {
+        if (op === 'vmMove') return second.promise.then(() => completed(args.to));
+        throw new Error(`unexpected ${op} on h2`);
+      },
+      h3: (op, args) => {
+        if (op === 'vmMove') return completed(args.to);
+        throw new Error(`unexpected ${op} on h3`);
+      },
+    });
+    const said: string[] = [];
+    const { m, location, records } = mover(clients, said, { timeoutMs: 600_000 });
+    const moves = () => asked.filter((x) => x.op === 'vmMove').map((x) => `${x.host}→${String(x.args.to)}`);
+    const all = [m.start(move('m1', 'a', 'h2')), m.start(move('m2', 'a', 'h3')), m.start(move('m3', 'a', 'h1'))];
+    await new Promise((r) => setTimeout(r, 20));
+    // On the code before, m3 found no record of m2 (not started) and was asked of h1 at once: ['h1→h2', 'h1→h1'].
+    expect(moves(), 'only m1 asked while it runs').to.deep.equal(['h1→h2']);
+    expect(records.map((r) => r.id)).to.deep.equal(['m1']);
+    first.open();
+    await until(() => moves().length === 2);
+    expect(moves(), 'm2 from h2 once m1 completed; m3 still waits').to.deep.equal(['h1→h2', 'h2→h3']);
+    expect(records.map((r) => r.id)).to.deep.equal(['m1', 'm2']);
+    second.open();
+    await Promise.all(all);
+    expect(moves()).to.deep.equal(['h1→h2', 'h2→h3', 'h3→h1']);
+    const [, m2, m3] = records;
+    expect(m3).to.include({ status: 'completed', from: 'h3', to: 'h1' });
+    expect(m3!.startedAt, 'm3 started after m2 ended').to.be.at.least(m2!.endedAt!);
+    expect(location.get('a')).to.equal('h1');
+    expect(said.filter((l) => / waits for it$/.test(l)).map((l) => l.replace(/ at \+\d+\.\ds/, ''))).to.deep.equal([
+      'm2: a is still moving (m1); m2 waits for it',
+      'm3: a is still moving (m2); m3 waits for it',
+    ]);
+    expect(said.some((l) => /^m3 at \+\d+\.\ds \(after m2\): moving a h3 → h1 \(precopy\)$/.test(l)), said.join('\n')).to.equal(true);
   });
 });
