@@ -56,14 +56,17 @@ function mover(clients: Map<string, Pick<MgmtClient, 'request'>>, said: string[]
 
 describe('chaos moves against fake hosts', () => {
   it('a move that completes after its timeout moves the VM: its record says so, and the VM\'s next move starts from where it went', async () => {
-    let statusAsks = 0;
+    // h1's status says completed only once the test has seen m1 watched and m2 waiting for it
+    // (no time assumed: the move before was answered after its 4th status ask, ~70 ms, and the
+    // test looked at 70 ms).
+    let release = false;
     const done = { status: 'completed', downtime: 40, 'total-time': 400, from: 'h1', to: 'h2' };
     const { clients, asked } = fakeHosts({
       // h1 does not answer the move in time, refuses the cancel (past its switch-over), then completes it.
       h1: (op) => {
         if (op === 'vmMove') return never;
         if (op === 'vmMoveCancel') tooLate();
-        if (op === 'vmMoveStatus') return ++statusAsks < 4 ? { ...done, status: 'active', downtime: 0 } : done;
+        if (op === 'vmMoveStatus') return release ? done : { ...done, status: 'active', downtime: 0 };
         if (op === 'vmList') return [];
         throw new Error(`unexpected ${op} on h1`);
       },
@@ -74,12 +77,14 @@ describe('chaos moves against fake hosts', () => {
       },
     });
     const said: string[] = [];
-    const { m, location, records } = mover(clients, said);
+    const { m, location, records } = mover(clients, said, { settleMs: 600_000 });
     const first = m.start(move('m1', 'a', 'h2'));
     // m2 comes while m1 is past its timeout and still watched: it waits, then starts from h2.
-    await new Promise((r) => setTimeout(r, 70));
+    await until(() => said.some((l) => l.startsWith('m1: a h1 → h2 timeout')));
     expect(m.unended().map((x) => x.id), 'm1 is watched past its timeout').to.deep.equal(['m1']);
     const second = m.start(move('m2', 'a', 'h1', 70));
+    expect(said.some((l) => /^m2 at \+\d+\.\ds: a is still moving \(m1\); m2 waits for it$/.test(l)), said.join('\n')).to.equal(true);
+    release = true;
     await Promise.all([first, second]);
     const [m1, m2] = records;
     expect(m1).to.include({ status: 'completed', downtimeMs: 40, totalMs: 400, error: null, from: 'h1', to: 'h2' });
@@ -91,7 +96,7 @@ describe('chaos moves against fake hosts', () => {
     expect(m2).to.include({ status: 'completed', from: 'h2', to: 'h1' });
     expect(location.get('a')).to.equal('h1');
     expect(said).to.include('m1: a h1 → h2 timeout (not over after 0.05 s; its cancel was refused: the move is past its switch-over); watching it to its end');
-    expect(said.some((l) => /^m2 at \+0\.\ds \(after m1\): moving a h2 → h1 \(precopy\)$/.test(l)), said.join('\n')).to.equal(true);
+    expect(said.some((l) => /^m2 at \+\d+\.\ds \(after m1\): moving a h2 → h1 \(precopy\)$/.test(l)), said.join('\n')).to.equal(true);
     // The report's table says it completed, with the note.
     expect(chaosMoveRows({ moves: records, t0: 0 })[1]![6]).to.match(/^completed: not over after 0\.05 s; its cancel was refused/);
   });
