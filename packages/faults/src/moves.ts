@@ -142,17 +142,20 @@ export class ChaosMoves {
       return;
     }
     say(`${m.id} at +${((rec.startedAt - this.o.t0) / 1000).toFixed(1)}s${waitedFor ? ` (after ${waitedFor})` : ''}: moving ${m.vm} ${from} → ${m.to} (${m.method})`);
-    const c = this.o.clients.get(from)!;
+    const c = this.o.clients.get(from);
     // Ctrl-C cancels a move under way (safe in every phase: the VM stays where it was, or is where it went).
-    const onAbort = (): void => void c.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
+    const onAbort = (): void => void c?.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
     signal.addEventListener('abort', onAbort, { once: true });
     let timer: NodeJS.Timeout | null = null;
     const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), this.timeoutMs)));
     // Its hosts gone with the cluster: nothing will answer (the call waited its whole timeout).
     const hostsGone = new Promise<'gone'>((r) => (clusterGone.aborted ? r('gone') : clusterGone.addEventListener('abort', () => r('gone'), { once: true })));
     const secs = this.timeoutMs / 1000;
-    const asked = c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, this.timeoutMs + 10_000);
     try {
+      // Inside the try: a request that throws at once (no client for the host, or one that
+      // throws) is the move refused, as any failed request is, not a rejection of the run's wait.
+      if (c === undefined) throw new Error(`no management client for host ${from}`);
+      const asked = c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, this.timeoutMs + 10_000);
       const st = await Promise.race([asked, timedOut, hostsGone]);
       if (st === 'gone') {
         rec.status = 'failed';

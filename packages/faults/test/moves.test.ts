@@ -142,6 +142,23 @@ describe('chaos moves against fake hosts', () => {
     expect(location.get('a')).to.equal('h2');
   });
 
+  it('a move whose request throws at once (a client that throws, or none for its host) is recorded as refused, and the VM\'s next move still starts', async () => {
+    const clients = new Map<string, Pick<MgmtClient, 'request'>>([
+      ['h1', { request: () => {
+        throw new Error('the connection to h1 is closed');
+      } } as unknown as Pick<MgmtClient, 'request'>],
+    ]);
+    const { m, location, records } = mover(clients, []);
+    // On the code before, the throw rejected the move's promise and no record said refused.
+    await m.start(move('m1', 'a', 'h2'));
+    expect(records[0]).to.include({ status: 'refused', error: 'the connection to h1 is closed', from: 'h1', to: 'h2' });
+    expect(records[0]!.endedAt).to.be.a('number');
+    location.set('a', 'h3');
+    await m.start(move('m2', 'a', 'h1'));
+    expect(records[1]).to.include({ status: 'refused', error: 'no management client for host h3', from: 'h3' });
+    expect(location.get('a')).to.equal('h3');
+  });
+
   it('three moves of one VM run in order: the third, asked while the second still waited for the first, waits for the second and starts from where it left the VM', async () => {
     const first = gate<void>();
     const second = gate<void>();
