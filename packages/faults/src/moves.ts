@@ -14,7 +14,10 @@ export const MOVE_TIMEOUT_MS = 180_000;
 
 /**
  * How long a move past its timeout is watched for its end after its cancel was asked (a cancel
- * taken ends it within seconds; one past its switch-over waits for the destination's word).
+ * taken ends it within seconds; one past its switch-over waits for the destination's word). The
+ * run may wait longer for it past its timeout: the cancel and a status call first (up to 10 s
+ * each), the watch's last status call (up to 10 s past it), and, still not over, a listing on each
+ * of its two hosts (up to 10 s each): up to 110 s in all. A Ctrl-C ends the wait at once.
  */
 export const MOVE_SETTLE_MS = 60_000;
 /** States of a move that has not ended. */
@@ -33,6 +36,19 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     };
     const t = setTimeout(done, ms);
     signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** `p`'s answer, or `otherwise` at once when the signal stops the run first (a call is not waited out after Ctrl-C). */
+function unlessAborted<T, U>(p: Promise<T>, otherwise: U, signal: AbortSignal): Promise<T | U> {
+  if (signal.aborted) {
+    p.catch(() => undefined);
+    return Promise.resolve(otherwise);
+  }
+  return new Promise<T | U>((res, rej) => {
+    const stop = (): void => res(otherwise);
+    signal.addEventListener('abort', stop, { once: true });
+    p.then(res, rej).finally(() => signal.removeEventListener('abort', stop));
   });
 }
 
@@ -164,8 +180,9 @@ export class ChaosMoves {
         // A move past its switch-over refuses the cancel (too late; in doubt, it waits for the
         // destination's word): said as such, not as a cancel asked.
         rec.timedOutAt = Date.now();
-        const refused = await c.request('vmMoveCancel', { name: m.vm }, 10_000).then(() => null, (e: unknown) => message(e));
-        const now = await c.request<unknown>('vmMoveStatus', { name: m.vm }, 10_000).catch(() => null);
+        // Each call bounded by Ctrl-C too (which asks the cancel itself): up to 10 s each otherwise.
+        const refused = await unlessAborted(c.request('vmMoveCancel', { name: m.vm }, 10_000).then(() => null, (e: unknown) => message(e)), null, signal);
+        const now = await unlessAborted(c.request<unknown>('vmMoveStatus', { name: m.vm }, 10_000).catch(() => null), null, signal);
         const desc = isPlainObject(now) && typeof now['error-desc'] === 'string' ? now['error-desc'] : '';
         const late = desc.startsWith('in doubt') ? `not over after ${secs} s: ${desc.slice(0, 300)}`
           : refused !== null ? `not over after ${secs} s; its cancel was refused: ${refused.slice(0, 300)}`
@@ -188,6 +205,11 @@ export class ChaosMoves {
           } else {
             rec.error = `${late}; it ended ${rec.status} ${took()}${rec.error !== null ? `: ${rec.error.slice(0, 300)}` : ''}`;
           }
+        } else if (signal.aborted && !clusterGone.aborted) {
+          // Ctrl-C during the watch: its hosts are not asked where the VM is (two listings of up
+          // to 10 s each); the run takes it to be where the move began, and says so.
+          this.o.location.set(m.vm, from);
+          rec.error = `${late}; the run was interrupted ${took()}, while the move was not over: ${m.vm} is taken to be on ${from}, where the move began (its hosts were not asked)`;
         } else if (!clusterGone.aborted) {
           // Not over yet, or its host did not say: where the VM is listed is where it runs.
           const on = await this.locate(m.vm, [from, m.to]);
@@ -219,7 +241,7 @@ export class ChaosMoves {
     const until = Date.now() + this.settleMs;
     for (;;) {
       if (ended_(answer)) return answer;
-      const st = await c.request<unknown>('vmMoveStatus', { name: vm }, 10_000).catch(() => null);
+      const st = await unlessAborted(c.request<unknown>('vmMoveStatus', { name: vm }, 10_000).catch(() => null), null, this.o.signal);
       if (ended_(st)) return st;
       if (ended_(answer)) return answer;
       if (Date.now() >= until || this.o.signal.aborted) return null;
@@ -227,11 +249,16 @@ export class ChaosMoves {
     }
   }
 
-  /** The hosts of `hosts` that list VM `vm` (vmList), in that order; one that does not answer lists nothing. */
+  /**
+   * The hosts of `hosts` that list VM `vm` (vmList), in that order; one that does not answer lists
+   * nothing, nor does any once the run is stopped (up to 10 s each otherwise).
+   */
   private async locate(vm: string, hosts: readonly string[]): Promise<string[]> {
     const on: string[] = [];
     for (const h of hosts) {
-      const list = await this.o.clients.get(h)?.request<unknown>('vmList', {}, 10_000).catch(() => null);
+      if (this.o.signal.aborted) break;
+      const asked = this.o.clients.get(h)?.request<unknown>('vmList', {}, 10_000).catch(() => null) ?? Promise.resolve(null);
+      const list = await unlessAborted(asked, null, this.o.signal);
       if (Array.isArray(list) && list.some((v: unknown) => isPlainObject(v) && v.name === vm)) on.push(h);
     }
     return on;

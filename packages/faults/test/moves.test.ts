@@ -142,6 +142,30 @@ describe('chaos moves against fake hosts', () => {
     expect(location.get('a')).to.equal('h2');
   });
 
+  it('a Ctrl-C while a move past its timeout is watched ends the watch at once: its hosts are not asked where the VM is, and the record says it is taken to be where the move began', async () => {
+    const { clients, asked } = fakeHosts({
+      // Nothing but the cancel is answered: a listing would wait forever (its 10 s on real hosts).
+      h1: (op) => {
+        if (op === 'vmMoveCancel') tooLate();
+        if (op === 'vmMoveStatus') return { status: 'postcopy-active' };
+        return never;
+      },
+      h2: () => never,
+    });
+    const said: string[] = [];
+    const { m, location, records, stop } = mover(clients, said, { settleMs: 600_000 });
+    const done = m.start(move('m1', 'a', 'h2'));
+    await until(() => said.some((l) => l.startsWith('m1: a h1 → h2 timeout')));
+    stop.abort();
+    await done;
+    expect(records[0]).to.include({ status: 'timeout' });
+    expect(records[0]!.error).to.match(/^not over after 0\.05 s; its cancel was refused: the move is past its switch-over; the run was interrupted \d+\.\d s later, while the move was not over: a is taken to be on h1, where the move began \(its hosts were not asked\)$/);
+    expect(records[0]!.endedAt).to.be.a('number');
+    expect(location.get('a')).to.equal('h1');
+    // On the code before, the run then asked h1 and h2 for their VMs, in turn (and waited on each).
+    expect(asked.filter((x) => x.op === 'vmList')).to.deep.equal([]);
+  });
+
   it('a move whose request throws at once (a client that throws, or none for its host) is recorded as refused, and the VM\'s next move still starts', async () => {
     const clients = new Map<string, Pick<MgmtClient, 'request'>>([
       ['h1', { request: () => {
