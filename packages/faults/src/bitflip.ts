@@ -18,7 +18,19 @@ export interface BitflipTarget {
   host: string;
   where: string;
   memoryBytes: number | null;
+  /**
+   * Why its memory is not known (memoryBytes null): its root did not answer in time
+   * ('unanswered', the default), or answered without listing it ('unlisted': moved away, or
+   * listed with no memory).
+   */
+  memoryUnknown?: 'unanswered' | 'unlisted';
 }
+
+/**
+ * How long the nemesis waits for a target's root to list its VMs before a bit flip (vmList; a
+ * root may wait up to 2 s for each of its workers, so a loaded machine needs more than a few).
+ */
+export const BITFLIP_MEMORY_TIMEOUT_MS = 10_000;
 
 /** Pages of workload data a VM of `memoryBytes` has below its dirty bitmap (its guest RAM's top). */
 export function workloadDataPages(memoryBytes: number): number {
@@ -61,17 +73,26 @@ export function bitflipTargetsProblem(gpa: number, targets: readonly BitflipTarg
 
 /**
  * The pages of workload data a default flip may pick in every one of `targets` (the least of
- * them, at most BITFLIP_DEFAULT_PAGES). A target whose memory is not known (its root did not list it in time) is refused, naming
+ * them, at most BITFLIP_DEFAULT_PAGES). A target whose memory is not known (its root did not answer in time, or answered without listing it) is refused, naming
  * it: the page drawn depends on every target's memory (a 2M VM's draw differs for 1 seed in 256),
  * so a draw without it would not be the fault a rerun with that seed makes. A VM with no page (it
  * cannot be: MIN_MEMORY_BYTES leaves a 2M VM 255) is said too.
  */
 export function bitflipDefaultPages(targets: readonly BitflipTarget[]): { pages: number } | { problem: string } {
-  const unknown = targets.filter((t) => t.memoryBytes === null).map((t) => t.where);
+  const unknown = targets.filter((t) => t.memoryBytes === null);
   if (unknown.length > 0) {
-    const named = unknown.length <= 3 ? unknown : [...unknown.slice(0, 3), `${unknown.length - 3} more`];
-    const list = named.length === 1 ? named[0]! : `${named.slice(0, -1).join(', ')} and ${named.at(-1)!}`;
-    return { problem: `bitflip without --gpa: the memory of ${list} is not known (its root did not list it in time), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa` };
+    const list = (of: readonly BitflipTarget[]): string => {
+      const w = of.map((t) => t.where);
+      const named = w.length <= 3 ? w : [...w.slice(0, 3), `${w.length - 3} more`];
+      return named.length === 1 ? named[0]! : `${named.slice(0, -1).join(', ')} and ${named.at(-1)!}`;
+    };
+    const unanswered = unknown.filter((t) => t.memoryUnknown !== 'unlisted');
+    const unlisted = unknown.filter((t) => t.memoryUnknown === 'unlisted');
+    const parts = [
+      ...(unanswered.length > 0 ? [`${list(unanswered)} (${unanswered.length === 1 ? 'its root' : 'their roots'} did not answer in time)`] : []),
+      ...(unlisted.length > 0 ? [`${list(unlisted)} (${unlisted.length === 1 ? 'its root answered but did not list it' : 'their roots answered but did not list them'}: moved away, or no memory given)`] : []),
+    ];
+    return { problem: `bitflip without --gpa: the memory of ${parts[0]!} is not known${parts.length > 1 ? `, nor that of ${parts[1]!}` : ''}, and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa` };
   }
   let pages = BITFLIP_DEFAULT_PAGES;
   for (const t of targets) {

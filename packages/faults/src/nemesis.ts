@@ -48,9 +48,9 @@ import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
-import { homeAlive, markMoves, MOVE_MARKS_TIMEOUT_MS, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
+import { homeAlive, markMoves, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
 import { namesNoFault, rootClears, rootHostFaults, shrinkClearArgs, unheldHostFaults, unheldShrinkRecord } from './host-held.js';
-import { bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
+import { BITFLIP_MEMORY_TIMEOUT_MS, bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
 
 /**
  * How long an owner's lease lasts here without a renewal: OWNER_LEASE_MS, or less for a benchmark's
@@ -638,8 +638,11 @@ export class Nemesis {
     const p = rec.params;
     const vms = rec.resolved.vms;
     // One VM with a GPA given needs nothing asked: its worker's refusal is the same sentence, before anything lands.
-    const memory = p.gpa === undefined || vms.length > 1 ? await this.vmMemory(world, vms) : new Map<string, number>();
-    const targets: BitflipTarget[] = vms.map((v) => ({ vm: v.vm, host: v.host, where: `VM ${v.vm} on ${v.host}`, memoryBytes: memory.get(`${v.host}|${v.vm}`) ?? null }));
+    const { memory, answered } = p.gpa === undefined || vms.length > 1 ? await this.vmMemory(world, vms) : { memory: new Map<string, number>(), answered: new Set<string>() };
+    const targets: BitflipTarget[] = vms.map((v) => {
+      const memoryBytes = memory.get(`${v.host}|${v.vm}`) ?? null;
+      return { vm: v.vm, host: v.host, where: `VM ${v.vm} on ${v.host}`, memoryBytes, ...(memoryBytes === null ? { memoryUnknown: answered.has(v.host) ? 'unlisted' as const : 'unanswered' as const } : {}) };
+    });
     let params = p;
     if (p.gpa === undefined) {
       const pages = bitflipDefaultPages(targets);
@@ -657,18 +660,24 @@ export class Nemesis {
     await flipEach(targets, effects, (t) => this.hostCall(world, t.host, 'faultSet', { id: rec.id, vm: t.vm, spec: spec.value, forMs: rec.forMs }));
   }
 
-  /** The memory of each of `vms` its root lists (`HOST|VM` to bytes); a root that does not answer in 3 s says nothing. */
-  private async vmMemory(world: World, vms: ReadonlyArray<{ host: string; vm: string }>): Promise<Map<string, number>> {
+  /**
+   * The memory of each of `vms` its root lists (`HOST|VM` to bytes), and the hosts whose roots
+   * answered; a root that does not answer in BITFLIP_MEMORY_TIMEOUT_MS (10 s: its vmList may wait
+   * up to 2 s for each worker) says nothing.
+   */
+  private async vmMemory(world: World, vms: ReadonlyArray<{ host: string; vm: string }>): Promise<{ memory: Map<string, number>; answered: Set<string> }> {
     const out = new Map<string, number>();
+    const answered = new Set<string>();
     await Promise.all([...new Set(vms.map((v) => v.host))].map(async (host) => {
-      const list = await this.hostCall<unknown>(world, host, 'vmList', {}, MOVE_MARKS_TIMEOUT_MS).catch(() => null);
+      const list = await this.hostCall<unknown>(world, host, 'vmList', {}, BITFLIP_MEMORY_TIMEOUT_MS).catch(() => null);
       if (!Array.isArray(list)) return;
+      answered.add(host);
       for (const x of list as unknown[]) {
         if (!isPlainObject(x) || typeof x.name !== 'string' || !vms.some((v) => v.host === host && v.vm === x.name)) continue;
         if (typeof x.memoryBytes === 'number' && Number.isSafeInteger(x.memoryBytes) && x.memoryBytes > 0) out.set(`${host}|${x.name}`, x.memoryBytes);
       }
     }));
-    return out;
+    return { memory: out, answered };
   }
 
   /** Undoes what `act` did; collects (does not throw on) what could not be undone. */

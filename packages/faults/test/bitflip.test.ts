@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { bitflipGpaProblem, dirtyBitmapGpa, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, seededRandom, WORKLOAD_DATA_GPA } from '@hvlab/protocol';
-import { bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, FlipPartlyLanded, workloadDataPages, type BitflipTarget } from '../src/index.js';
+import { BITFLIP_MEMORY_TIMEOUT_MS, bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, FlipPartlyLanded, workloadDataPages, type BitflipTarget } from '../src/index.js';
 
 const M = 1024 * 1024;
 /** The nemesis's pick before this file: page floor(r * 256) of the workload data, then the bit. */
@@ -64,12 +64,21 @@ describe('a bit flip\'s address and its landing in several VMs', () => {
     // What the draw was on the code before: the 2M VM taken as unknown, seed 43 on page 255.
     expect(bitflipDefault(43, undefined, null).gpa).to.equal(0x1ff000);
     expect(bitflipDefault(43, undefined, 255).gpa, 'the draw with its memory known').to.not.equal(0x1ff000);
-    expect(bitflipDefaultPages([tiny])).to.deep.equal({ problem: 'bitflip without --gpa: the memory of VM tiny on h2 is not known (its root did not list it in time), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa' });
-    expect(bitflipDefaultPages([target('big', 16 * M), tiny]), 'beside one known').to.have.property('problem').that.matches(/^bitflip without --gpa: the memory of VM tiny on h2 is not known/);
+    expect(bitflipDefaultPages([tiny])).to.deep.equal({ problem: 'bitflip without --gpa: the memory of VM tiny on h2 (its root did not answer in time) is not known, and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa' });
+    expect(bitflipDefaultPages([target('big', 16 * M), tiny]), 'beside one known').to.have.property('problem').that.matches(/^bitflip without --gpa: the memory of VM tiny on h2 \(its root did not answer in time\) is not known/);
     const five = ['a', 'b', 'c', 'd', 'e'].map((v) => target(v, null, 'h1'));
-    expect((bitflipDefaultPages(five) as { problem: string }).problem).to.match(/^bitflip without --gpa: the memory of VM a on h1, VM b on h1, VM c on h1 and 2 more is not known/);
-    expect((bitflipDefaultPages(five.slice(0, 2)) as { problem: string }).problem).to.match(/the memory of VM a on h1 and VM b on h1 is not known/);
+    expect((bitflipDefaultPages(five) as { problem: string }).problem).to.match(/^bitflip without --gpa: the memory of VM a on h1, VM b on h1, VM c on h1 and 2 more \(their roots did not answer in time\) is not known/);
+    expect((bitflipDefaultPages(five.slice(0, 2)) as { problem: string }).problem).to.match(/the memory of VM a on h1 and VM b on h1 \(their roots did not answer in time\) is not known/);
     expect(bitflipDefaultPages([target('tiny', MIN_MEMORY_BYTES), target('big', 16 * M)])).to.deep.equal({ pages: 255 });
+  });
+
+  it('without --gpa, a target its root did not answer for and one its root answered without listing are said apart (a late root is worth a retry; a VM not listed moved away or has no memory given)', () => {
+    const unlisted = (vm: string, host: string): BitflipTarget => ({ ...target(vm, null, host), memoryUnknown: 'unlisted' });
+    expect(bitflipDefaultPages([unlisted('tiny', 'h2')])).to.deep.equal({ problem: 'bitflip without --gpa: the memory of VM tiny on h2 (its root answered but did not list it: moved away, or no memory given) is not known, and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa' });
+    expect(bitflipDefaultPages([unlisted('a', 'h1'), target('big', 16 * M), unlisted('b', 'h1')])).to.deep.equal({ problem: 'bitflip without --gpa: the memory of VM a on h1 and VM b on h1 (their roots answered but did not list them: moved away, or no memory given) is not known, and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa' });
+    expect(bitflipDefaultPages([unlisted('a', 'h1'), target('late', null, 'h3')])).to.deep.equal({ problem: 'bitflip without --gpa: the memory of VM late on h3 (its root did not answer in time) is not known, nor that of VM a on h1 (its root answered but did not list it: moved away, or no memory given), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa' });
+    expect(({ ...target('x', null, 'h1'), memoryUnknown: 'unanswered' } as BitflipTarget).memoryUnknown, 'said as unanswered').to.equal('unanswered');
+    expect(BITFLIP_MEMORY_TIMEOUT_MS, 'a root may wait 2 s for each worker').to.equal(10_000);
   });
 
   it('a GPA outside one of several VMs is refused before any is flipped, naming that VM (the smallest first); one VM\'s is its worker\'s sentence', () => {

@@ -141,7 +141,7 @@ describe('a fault applied through a root that could not be asked', () => {
     const n = new Nemesis({ home });
     const err = await apply(n, rec('f1', 'bitflip', {}));
     expect(err).to.be.instanceOf(FaultRefused);
-    expect((err as Error).message).to.equal('bitflip without --gpa: the memory of VM tiny on h2 is not known (its root did not list it in time), and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa');
+    expect((err as Error).message).to.equal('bitflip without --gpa: the memory of VM tiny on h2 (its root did not answer in time) is not known, and the GPA drawn from the seed depends on it; no VM was flipped: try again, or give --gpa');
     expect(n.list(true)).to.deep.equal([]);
     expect(logLines()).to.deep.equal([]);
     expect((n as unknown as { next: number }).next, 'f1 given back').to.equal(1);
