@@ -89,7 +89,12 @@ export interface ChaosMovesOptions {
   /** How long a move past its timeout is watched for its end (MOVE_SETTLE_MS), and how often its host is asked (tests). */
   settleMs?: number;
   pollMs?: number;
+  /** ABORT_GRACE_MS unless given (tests). */
+  abortGraceMs?: number;
 }
+
+/** After a Ctrl-C asked a move's cancel, how long the run waits for the move to end before it takes the VM to be where the move began. */
+export const ABORT_GRACE_MS = 15_000;
 
 /** The moves of a chaos run. */
 export class ChaosMoves {
@@ -97,6 +102,7 @@ export class ChaosMoves {
   private readonly timeoutMs: number;
   private readonly settleMs: number;
   private readonly pollMs: number;
+  private readonly abortGraceMs: number;
   /**
    * Each VM's last move of the run: its id, its end (the promise every later move of the VM
    * chains on) and whether it has ended. A move of a VM waits for the one before it (started or
@@ -109,6 +115,7 @@ export class ChaosMoves {
     this.timeoutMs = o.timeoutMs ?? MOVE_TIMEOUT_MS;
     this.settleMs = o.settleMs ?? MOVE_SETTLE_MS;
     this.pollMs = o.pollMs ?? 1000;
+    this.abortGraceMs = o.abortGraceMs ?? ABORT_GRACE_MS;
   }
 
   hostOf(vm: string): string {
@@ -159,23 +166,41 @@ export class ChaosMoves {
     }
     say(`${m.id} at +${((rec.startedAt - this.o.t0) / 1000).toFixed(1)}s${waitedFor ? ` (after ${waitedFor})` : ''}: moving ${m.vm} ${from} → ${m.to} (${m.method})`);
     const c = this.o.clients.get(from);
-    // Ctrl-C cancels a move under way (safe in every phase: the VM stays where it was, or is where it went).
-    const onAbort = (): void => void c?.request('vmMoveCancel', { name: m.vm }, 10_000).catch(() => undefined);
+    // Ctrl-C cancels a move under way (safe in every phase: the VM stays where it was, or is where
+    // it went), and the run waits for the move's end at most abortGraceMs more (a host that does
+    // not answer, one a fault of the run stopped, held it to the move's whole timeout).
+    let graceTimer: NodeJS.Timeout | null = null;
+    let onInterrupted: (() => void) | null = null;
+    const interrupted = new Promise<'interrupted'>((r) => (onInterrupted = () => void (graceTimer = setTimeout(() => r('interrupted'), this.abortGraceMs))));
+    const onAbort = (): void => {
+      // A client that throws at once must not throw in the abort's listener.
+      void Promise.resolve().then(() => c?.request('vmMoveCancel', { name: m.vm }, 10_000)).catch(() => undefined);
+      onInterrupted?.();
+    };
     signal.addEventListener('abort', onAbort, { once: true });
     let timer: NodeJS.Timeout | null = null;
     const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), this.timeoutMs)));
     // Its hosts gone with the cluster: nothing will answer (the call waited its whole timeout).
-    const hostsGone = new Promise<'gone'>((r) => (clusterGone.aborted ? r('gone') : clusterGone.addEventListener('abort', () => r('gone'), { once: true })));
+    let onGone: (() => void) | null = null;
+    const hostsGone = new Promise<'gone'>((r) => {
+      if (clusterGone.aborted) r('gone');
+      else clusterGone.addEventListener('abort', (onGone = () => r('gone')), { once: true });
+    });
     const secs = this.timeoutMs / 1000;
     try {
       // Inside the try: a request that throws at once (no client for the host, or one that
       // throws) is the move refused, as any failed request is, not a rejection of the run's wait.
       if (c === undefined) throw new Error(`no management client for host ${from}`);
       const asked = c.request<unknown>('vmMove', { name: m.vm, to: m.to, ...m.options }, this.timeoutMs + 10_000);
-      const st = await Promise.race([asked, timedOut, hostsGone]);
+      const st = await Promise.race([asked, timedOut, hostsGone, interrupted]);
       if (st === 'gone') {
         rec.status = 'failed';
         rec.error = 'the cluster went down during the move';
+      } else if (st === 'interrupted') {
+        // Not over abortGraceMs after the run's Ctrl-C asked its cancel: taken to be where it
+        // began, and marked not over (the placement check then takes either of its hosts).
+        rec.status = 'timeout';
+        rec.error = `the run was interrupted during the move, which was not over ${this.abortGraceMs / 1000} s after its cancel was asked: ${m.vm} is taken to be on ${from}, where the move began (its hosts were not asked)`;
       } else if (st === 'timeout') {
         // A move past its switch-over refuses the cancel (too late; in doubt, it waits for the
         // destination's word): said as such, not as a cancel asked.
@@ -225,7 +250,9 @@ export class ChaosMoves {
       rec.error = message(e);
     } finally {
       if (timer) clearTimeout(timer);
+      if (graceTimer) clearTimeout(graceTimer);
       signal.removeEventListener('abort', onAbort);
+      if (onGone) clusterGone.removeEventListener('abort', onGone);
       rec.endedAt = Date.now();
     }
     say(`${m.id}: ${m.vm} ${from} → ${m.to} ${rec.status}${rec.downtimeMs !== null ? `, downtime ${rec.downtimeMs} ms` : ''}${rec.error ? ` (${rec.error})` : rec.note ? ` (${rec.note})` : ''}`);

@@ -49,7 +49,7 @@ import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { homeAlive, markMoves, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
-import { namesNoFault, rootClears, rootHostFaults, shrinkClearArgs, unheldHostFaults, unheldShrinkRecord } from './host-held.js';
+import { namesNoFault, rootClears, rootHostFaults, shrinkClearArgs, unheldHostFaults, unheldShrinkRecord, type RootHostFault } from './host-held.js';
 import { BITFLIP_MEMORY_TIMEOUT_MS, bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
 
 /**
@@ -726,13 +726,26 @@ export class Nemesis {
         try {
           let args: Record<string, unknown> = { id: act.rec.id, vm: h.vm };
           if (h.vm === null) {
-            // The host's own part (an LP shrink): a root that ends it alone (hostClear) is asked
-            // so. Cleared by its id alone, it also ended every VM fault of that id on the host,
-            // which another nemesis (a cluster host's own, numbering its faults f1, f2… too) may hold.
-            const listed = await this.hostCall<unknown>(w, h.host, 'faultList', {}, 2000).catch(() => null);
-            if (rootClears(listed).hostClear) args = { id: act.rec.id, host: true };
+            // The host's own part (an LP shrink), ended alone: cleared by its id alone, it also
+            // ended every VM fault of that id on the host, which another nemesis (a cluster host's
+            // own, numbering its faults f1, f2… too) may hold. A root whose list says how it clears
+            // is asked as shrinkClearArgs says (an older one by the id only when no VM there holds
+            // that id); one whose list does not come (a worker slow to answer holds it up) is asked
+            // to end the shrink alone, which a root before that refuses. What cannot be ended alone
+            // is left to its deadline, which ends it anyway, and said.
+            const listed = await this.hostCall<unknown>(w, h.host, 'faultList', {}, 5000).catch(() => null);
+            const how = listed === null ? { args: { id: act.rec.id, host: true } } : shrinkClearArgs(h.host, { id: act.rec.id } as RootHostFault, rootClears(listed));
+            if ('problem' in how) {
+              problems.push(`${h.host}: ${how.problem}`);
+              continue;
+            }
+            args = how.args;
           }
-          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', args, 5000);
+          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', args, 5000).catch((e: unknown) => {
+            // A root that does not take the host-only clear (older) refuses it: left to its deadline.
+            if (args.host === true && e instanceof MgmtCallError && e.code === 'InvalidArgument') throw new Error(`its LP shrink ${act.rec.id} could not be ended alone (its root is older, and its list did not come): left to its deadline`);
+            throw e;
+          });
           // A vmbus fault's last counters (the root keeps them also when the worker ended it first).
           const c = h.vm !== null && isPlainObject(a) && isPlainObject(a.counters) ? decodeFaultCounters(a.counters[act.rec.id]) : null;
           if (c?.ok && c.value) (act.rec.counters ??= {})[`${h.vm}@${h.host}`] = c.value;

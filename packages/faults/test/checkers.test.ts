@@ -85,6 +85,15 @@ describe('chaos checkers', () => {
     expect(lost.evidence[0]).to.match(/^a is on no host: lost in post-copy move m1 \(the destination's worker exited\)/);
     const elsewhere = checkPlacement({ listed: { a: [{ host: 'h1', state: 'Running' }] }, unanswered: [], expected: { a: 'h2' } }, [m({})]);
     expect(elsewhere.evidence[0]).to.match(/^a is on h1, not on h2 where its moves left it/);
+    // A last move not over when last seen (a Ctrl-C during its watch took the VM to be at h1):
+    // found at its destination, it is where the move may have left it, not a violation; on a
+    // third host it is one.
+    const notOver = m({ status: 'timeout', downtimeMs: null, error: 'not over after 180 s; its cancel was refused: too late; the run was interrupted 3.0 s later' });
+    const atTo = checkPlacement({ listed: { a: [{ host: 'h2', state: 'Running' }] }, unanswered: [], expected: { a: 'h1' } }, [notOver]);
+    expect(atTo.held, atTo.evidence.join('; ')).to.equal(true);
+    expect(atTo.evidence[0]).to.match(/^a on h2 only, one of the hosts of its move m1, not over when last seen/);
+    const atThird = checkPlacement({ listed: { a: [{ host: 'h3', state: 'Running' }] }, unanswered: [], expected: { a: 'h1' } }, [notOver]);
+    expect(atThird.held).to.equal(false);
     const silent = checkPlacement({ listed: {}, unanswered: ['h2'], expected: { a: 'h2' } }, []);
     expect(silent.held, 'unknown, not a violation').to.equal(true);
     expect(silent.unknown).to.deep.equal(['host h2 did not answer: the VMs it holds are unknown', 'a is on no host that answered (not moved)']);

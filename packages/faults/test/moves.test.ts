@@ -42,14 +42,14 @@ function gate<T>(): { promise: Promise<T>; open: (v: T) => void } {
   return { promise, open };
 }
 
-function mover(clients: Map<string, Pick<MgmtClient, 'request'>>, said: string[], extra: { settleMs?: number; timeoutMs?: number } = {}) {
+function mover(clients: Map<string, Pick<MgmtClient, 'request'>>, said: string[], extra: { settleMs?: number; timeoutMs?: number; abortGraceMs?: number } = {}) {
   const location = new Map([['a', 'h1']]);
   const records: MoveRecord[] = [];
   const stop = new AbortController();
   const gone = new AbortController();
   const m = new ChaosMoves({
     clients, location, records, t0: Date.now(), endAt: Date.now() + 60_000, signal: stop.signal, clusterGone: gone.signal,
-    say: (l) => said.push(l), timeoutMs: extra.timeoutMs ?? 50, settleMs: extra.settleMs ?? 5000, pollMs: 10,
+    say: (l) => said.push(l), timeoutMs: extra.timeoutMs ?? 50, settleMs: extra.settleMs ?? 5000, pollMs: 10, ...(extra.abortGraceMs !== undefined ? { abortGraceMs: extra.abortGraceMs } : {}),
   });
   return { m, location, records, stop };
 }
@@ -164,6 +164,20 @@ describe('chaos moves against fake hosts', () => {
     expect(location.get('a')).to.equal('h1');
     // On the code before, the run then asked h1 and h2 for their VMs, in turn (and waited on each).
     expect(asked.filter((x) => x.op === 'vmList')).to.deep.equal([]);
+  });
+
+  it('a Ctrl-C before a move\'s timeout: its cancel is asked, and a move not over a grace period later is taken to be where it began and marked not over (it waited the whole timeout)', async () => {
+    const { clients, asked } = fakeHosts({ h1: () => never, h2: () => never });
+    const said: string[] = [];
+    const { m, location, records, stop } = mover(clients, said, { timeoutMs: 600_000, abortGraceMs: 20 });
+    const done = m.start(move('m1', 'a', 'h2'));
+    await until(() => asked.some((x) => x.op === 'vmMove'));
+    stop.abort();
+    await done;
+    expect(asked.map((x) => x.op)).to.include('vmMoveCancel');
+    expect(records[0]).to.include({ status: 'timeout' });
+    expect(records[0]!.error).to.equal('the run was interrupted during the move, which was not over 0.02 s after its cancel was asked: a is taken to be on h1, where the move began (its hosts were not asked)');
+    expect(location.get('a')).to.equal('h1');
   });
 
   it('a move whose request throws at once (a client that throws, or none for its host) is recorded as refused, and the VM\'s next move still starts', async () => {
