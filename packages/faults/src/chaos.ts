@@ -37,7 +37,7 @@ import { faultLogFile } from './nemesis.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawMoves, drawSchedule, faultRequest, moveLine, scheduleLine, type ScheduledFault, type ScheduledMove } from './schedule.js';
 import {
-  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
+  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, vmReading, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
   type MoveRecord, type Observation, type PlacementObservation, type VmSample,
 } from './checkers.js';
 import { ChaosMoves } from './moves.js';
@@ -78,19 +78,6 @@ function sleepUntil(t: number, signal?: AbortSignal): Promise<boolean> {
 }
 
 // ---- readings: checking functions over the hosts' answers -------------------------------------
-
-/** One VM of a `vmList` answer, as far as it can be read: its state and progress counter. */
-export function vmReading(list: unknown, vm: string): { listed: boolean; state: string | null; progress: number | null } {
-  if (!Array.isArray(list)) return { listed: false, state: null, progress: null };
-  for (const v of list as unknown[]) {
-    if (!isPlainObject(v) || v.name !== vm) continue;
-    const state = typeof v.state === 'string' && v.state.length <= 32 ? v.state : null;
-    const w = v.workload;
-    const p = isPlainObject(w) ? w.progress : null;
-    return { listed: true, state, progress: typeof p === 'number' && Number.isFinite(p) ? p : null };
-  }
-  return { listed: false, state: null, progress: null };
-}
 
 /** The heartbeat service's status in a `vmIc` answer (OK, NoContact, LostCommunication), or null. */
 export function heartbeatStatus(ic: unknown): string | null {

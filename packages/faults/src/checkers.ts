@@ -25,8 +25,28 @@
  * answer (its root paused, say) is unknown: it never counts as a stall by itself, though the same
  * counter on both sides of a gap does.
  */
+import { isPlainObject } from '@hvlab/protocol';
 import type { FaultRecord } from './types.js';
 import type { ChaosWorld } from './chaos-spec.js';
+
+/**
+ * One VM of a `vmList` answer (a root's, from another process), as far as it can be read: whether
+ * it is listed, its state, its progress counter and its memory (null: not said, or not a size).
+ * The one reader of such an answer for the chaos runner, its moves and the nemesis.
+ */
+export function vmReading(list: unknown, vm: string): { listed: boolean; state: string | null; progress: number | null; memoryBytes: number | null } {
+  if (!Array.isArray(list)) return { listed: false, state: null, progress: null, memoryBytes: null };
+  for (const v of list as unknown[]) {
+    if (!isPlainObject(v) || v.name !== vm) continue;
+    const state = typeof v.state === 'string' && v.state.length <= 32 ? v.state : null;
+    const w = v.workload;
+    const p = isPlainObject(w) ? w.progress : null;
+    const m = v.memoryBytes;
+    return { listed: true, state, progress: typeof p === 'number' && Number.isFinite(p) ? p : null, memoryBytes: typeof m === 'number' && Number.isSafeInteger(m) && m > 0 ? m : null };
+  }
+  return { listed: false, state: null, progress: null, memoryBytes: null };
+}
+
 
 /** One reading of one VM. `answered` false: its host did not answer in time (unknown, not a stall). */
 export interface VmSample {

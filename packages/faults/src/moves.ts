@@ -6,7 +6,7 @@
  */
 import { isPlainObject } from '@hvlab/protocol';
 import type { MgmtClient } from '@hvlab/host';
-import type { MoveRecord } from './checkers.js';
+import { vmReading, type MoveRecord } from './checkers.js';
 import type { ScheduledMove } from './schedule.js';
 
 /** How long a move may take before the run gives up waiting for it (and asks its host to cancel it). */
@@ -286,7 +286,7 @@ export class ChaosMoves {
       if (this.o.signal.aborted) break;
       const asked = this.o.clients.get(h)?.request<unknown>('vmList', {}, 10_000).catch(() => null) ?? Promise.resolve(null);
       const list = await unlessAborted(asked, null, this.o.signal);
-      if (Array.isArray(list) && list.some((v: unknown) => isPlainObject(v) && v.name === vm)) on.push(h);
+      if (vmReading(list, vm).listed) on.push(h);
     }
     return on;
   }

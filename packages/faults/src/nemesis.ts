@@ -51,6 +51,7 @@ import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } f
 import { homeAlive, markMoves, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
 import { namesNoFault, rootClears, rootHostFaults, shrinkClearArgs, unheldHostFaults, unheldShrinkRecord, type RootHostFault } from './host-held.js';
 import { BITFLIP_MEMORY_TIMEOUT_MS, bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
+import { vmReading } from './checkers.js';
 
 /**
  * How long an owner's lease lasts here without a renewal: OWNER_LEASE_MS, or less for a benchmark's
@@ -672,9 +673,9 @@ export class Nemesis {
       const list = await this.hostCall<unknown>(world, host, 'vmList', {}, BITFLIP_MEMORY_TIMEOUT_MS).catch(() => null);
       if (!Array.isArray(list)) return;
       answered.add(host);
-      for (const x of list as unknown[]) {
-        if (!isPlainObject(x) || typeof x.name !== 'string' || !vms.some((v) => v.host === host && v.vm === x.name)) continue;
-        if (typeof x.memoryBytes === 'number' && Number.isSafeInteger(x.memoryBytes) && x.memoryBytes > 0) out.set(`${host}|${x.name}`, x.memoryBytes);
+      for (const v of vms) {
+        const m = v.host === host ? vmReading(list, v.vm).memoryBytes : null;
+        if (m !== null) out.set(`${host}|${v.vm}`, m);
       }
     }));
     return { memory: out, answered };

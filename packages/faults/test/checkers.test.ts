@@ -316,9 +316,10 @@ describe('chaos checkers', () => {
   });
 
   it('the readings of hosts\' answers never throw and take only what they understand (seeded fuzz)', () => {
-    expect(vmReading([{ name: 'a', state: 'Running', workload: { name: 'counter', progress: 12 } }], 'a')).to.deep.equal({ listed: true, state: 'Running', progress: 12 });
-    expect(vmReading([{ name: 'a', state: 3, workload: { progress: 'x' } }], 'a')).to.deep.equal({ listed: true, state: null, progress: null });
-    expect(vmReading({ name: 'a' }, 'a')).to.deep.equal({ listed: false, state: null, progress: null });
+    expect(vmReading([{ name: 'a', state: 'Running', workload: { name: 'counter', progress: 12 }, memoryBytes: 2097152 }], 'a')).to.deep.equal({ listed: true, state: 'Running', progress: 12, memoryBytes: 2097152 });
+    expect(vmReading([{ name: 'a', state: 3, workload: { progress: 'x' }, memoryBytes: 1.5 }], 'a')).to.deep.equal({ listed: true, state: null, progress: null, memoryBytes: null });
+    for (const m of [-1, 0, 2 ** 60, '16M', null]) expect(vmReading([{ name: 'a', memoryBytes: m }], 'a').memoryBytes, String(m)).to.equal(null);
+    expect(vmReading({ name: 'a' }, 'a')).to.deep.equal({ listed: false, state: null, progress: null, memoryBytes: null });
     expect(heartbeatStatus([{ service: 'kvp', status: 'OK' }, { service: 'heartbeat', status: 'LostCommunication' }])).to.equal('LostCommunication');
     expect(heartbeatStatus([{ service: 'heartbeat', status: '<script>' }])).to.equal(null);
     expect(peersMissed({ cluster: { peers: [{ name: 'h2', missed: 3 }, { name: 'h3', missed: -1 }, null] } })).to.deep.equal({ h2: 3 });
@@ -329,13 +330,14 @@ describe('chaos checkers', () => {
       if (d > 3 || r < 0.3) return [null, 1, 'OK', true, NaN, -1, 'heartbeat', 'a', Infinity, {}][Math.floor(next() * 10)];
       if (r < 0.6) return Array.from({ length: Math.floor(next() * 4) }, () => junk(d + 1));
       const o: Record<string, unknown> = {};
-      for (const k of ['name', 'state', 'workload', 'progress', 'service', 'status', 'cluster', 'peers', 'missed', '__proto__']) if (next() < 0.4) o[k] = junk(d + 1);
+      for (const k of ['name', 'state', 'workload', 'progress', 'memoryBytes', 'service', 'status', 'cluster', 'peers', 'missed', '__proto__']) if (next() < 0.4) o[k] = junk(d + 1);
       return o;
     };
     for (let i = 0; i < 2000; i++) {
       const v = junk(0);
       const r = vmReading(v, 'a');
       expect(r.progress === null || Number.isFinite(r.progress)).to.equal(true);
+      expect(r.memoryBytes === null || (Number.isSafeInteger(r.memoryBytes) && r.memoryBytes > 0)).to.equal(true);
       const h = heartbeatStatus(v);
       expect(h === null || typeof h === 'string').to.equal(true);
       const p = peersMissed(v);
