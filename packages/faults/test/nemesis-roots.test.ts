@@ -1,7 +1,8 @@
 /**
  * The nemesis's dealings with its roots, against a stand-in root (its `hostCall` answered here, a
  * host record written so the home has a host): the LP shrinks a host holds without a fault of the
- * nemesis (clearUnheld: what `fault clear` sends each root, and what it records), and how a
+ * nemesis (clearUnheld: what `fault clear` sends each root, and what it records), the undo of its own
+ * LP shrink (undoRemote), and how a
  * fault applied through a root that could not be asked ends (recorded as failed; only a bit
  * flip's own pre-check is a refusal without a record).
  */
@@ -10,6 +11,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
+import { MgmtCallError } from '@hvlab/host';
 import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, Nemesis, refusedUnapplied, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
@@ -28,9 +30,9 @@ describe('the nemesis and a stand-in root', () => {
 
   /**
    * A nemesis of a home with one host up ("local"), whose root answers faultList with `listed`
-   * and faultClear with `clear(args)`; every call it is sent is kept in `calls`.
+   * (null: no answer) and faultClear with `clear(args)`; every call it is sent is kept in `calls`.
    */
-  function withRoot(listed: Record<string, unknown>, clear: (args: Record<string, unknown>) => unknown): { n: Nemesis; calls: Call[] } {
+  function withRoot(listed: Record<string, unknown> | null, clear: (args: Record<string, unknown>) => unknown): { n: Nemesis; calls: Call[] } {
     const paths = hostPaths(home);
     mkdirSync(dirname(paths.hostFile), { recursive: true });
     writeFileSync(paths.hostFile, JSON.stringify({ hostId: 'a1b2c3', home, pids: { hypervisor: process.pid, root: process.pid }, sockDir: join(home, 'sock'), lps: 2, startedAt: new Date(AT).toISOString() }));
@@ -38,7 +40,10 @@ describe('the nemesis and a stand-in root', () => {
     const calls: Call[] = [];
     (n as unknown as { hostCall: (w: World, host: string, op: string, args: Record<string, unknown>) => Promise<unknown> }).hostCall = async (_w, host, op, args) => {
       calls.push([host, op, args]);
-      if (op === 'faultList') return listed;
+      if (op === 'faultList') {
+        if (listed === null) throw new Error('no answer');
+        return listed;
+      }
       if (op === 'faultClear') return clear(args);
       throw new Error(`the stand-in root has no ${op}`);
     };
@@ -91,6 +96,47 @@ describe('the nemesis and a stand-in root', () => {
     const alone = withRoot({ host: [shrink('f1')], vms: [] }, () => ({ cleared: ['f1'] }));
     expect((await alone.n.clearById('f1')).map((r) => r.id)).to.deep.equal(['f1']);
     expect(alone.calls[1]).to.deep.equal(['local', 'faultClear', { id: 'f1' }]);
+  });
+
+  /**
+   * The nemesis's undo of its own lp-shrink f1 on "local" (undoRemote): a root that clears a host
+   * shrink alone is asked so, never by the id alone, which also ends every VM fault of that id on
+   * the host (another nemesis's, numbered f1, f2… as this one's are). The calls and the problems.
+   */
+  async function undo(listed: Record<string, unknown> | null, clear: (args: Record<string, unknown>) => unknown = () => ({ cleared: ['f1'] })): Promise<{ calls: Call[]; problems: string[] }> {
+    const { n, calls } = withRoot(listed, clear);
+    const rec = { id: 'f1', kind: 'lp-shrink', target: 'host:local', state: 'active' } as unknown as FaultRecord;
+    const act = { rec, undo: { stopped: [], links: [], hostFaults: [{ host: 'local', vm: null }], restart: [] } };
+    const problems = await (n as unknown as { undoRemote: (w: World | null, a: unknown) => Promise<string[]> }).undoRemote(null, act);
+    return { calls, problems };
+  }
+
+  it('its own shrink\'s undo: a root that clears a host shrink alone is asked to end f1 so (faultClear host), never by the id alone', async () => {
+    // On the code before: faultClear { id: "f1", vm: null }, which also ended a VM's fault f1 there.
+    const r = await undo({ host: [shrink('f1')], vms: [{ vm: 'web', faults: [{ id: 'f1' }] }], hostClear: true });
+    expect(r.calls).to.deep.equal([['local', 'faultList', {}], ['local', 'faultClear', { id: 'f1', host: true }]]);
+    expect(r.problems).to.deep.equal([]);
+  });
+
+  it('its own shrink\'s undo at an older root: by the id only when none of its VMs holds a fault of that id; else left to its deadline, said', async () => {
+    const alone = await undo({ host: [shrink('f1')], vms: [{ vm: 'web', faults: [{ id: 'f2' }] }] });
+    expect(alone.calls.slice(1)).to.deep.equal([['local', 'faultClear', { id: 'f1' }]]);
+    expect(alone.problems).to.deep.equal([]);
+    const shared = await undo({ host: [shrink('f1')], vms: [{ vm: 'web', faults: [{ id: 'f1' }] }] });
+    expect(shared.calls.map((c) => c[1]), 'no clear sent').to.deep.equal(['faultList']);
+    expect(shared.problems).to.have.length(1);
+    expect(shared.problems[0]).to.match(/^local: host local's root is older .* left to its deadline$/);
+  });
+
+  it('its own shrink\'s undo at a root whose list does not come: asked to end it alone; one that refuses that (older) leaves it to its deadline, said', async () => {
+    const quiet = await undo(null);
+    expect(quiet.calls.slice(1)).to.deep.equal([['local', 'faultClear', { id: 'f1', host: true }]]);
+    expect(quiet.problems).to.deep.equal([]);
+    const older = await undo(null, () => {
+      throw new MgmtCallError('InvalidArgument', 'unknown argument host');
+    });
+    expect(older.calls.map((c) => c[1])).to.deep.equal(['faultList', 'faultClear']);
+    expect(older.problems).to.deep.equal(['local: its LP shrink f1 could not be ended alone (its root is older, and its list did not come): left to its deadline']);
   });
 });
 
