@@ -1,10 +1,9 @@
 /**
  * The nemesis's dealings with its roots, against a stand-in root (its `hostCall` answered here, a
  * host record written so the home has a host): the LP shrinks a host holds without a fault of the
- * nemesis (clearUnheld: what `fault clear` sends each root, and what it records), the undo of its own
- * LP shrink (undoRemote), and how a
- * fault applied through a root that could not be asked ends (recorded as failed; only a bit
- * flip's own pre-check is a refusal without a record).
+ * nemesis (clearUnheld: what `fault clear` sends each root, and what it records), the undo of its
+ * own LP shrink (undoRemote), and how a fault applied through a root that could not be asked ends
+ * (recorded as failed; only a bit flip's own pre-check is a refusal without a record).
  */
 import { expect } from 'chai';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
