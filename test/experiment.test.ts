@@ -11,11 +11,16 @@ import { join } from 'node:path';
 import { hostProcesses } from '@hvlab/host';
 import { REPORT_FILES, clusterTag, fabricPids, networkLeftovers, runExperiment, type ExperimentReport } from '@hvlab/cluster';
 import { KILLED_RUN_LEASE_MS, TestHost, eventually, experimentLeft, interruptExperimentRun, killExperimentRun, shmFiles } from './harness.js';
-import { spawn } from 'node:child_process';
-import { dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
+/** An experiment on a new cluster of its own: one offline move of a small counter VM. */
+const oneOfflineMove = (name: string): string => `name: ${name}
+kind: migration
+seed: 5
+cluster: new
+vm: { memory: 16M, vps: 1, workload: counter }
+methods: [offline]
+repetitions: 1
+`;
 
 const EXPERIMENT = `name: e2e-small
 kind: migration
@@ -127,14 +132,7 @@ warmup: 200ms
   });
   it('`hvlab experiment run` interrupted (Ctrl-C) while its cluster comes up: the hosts\' starts stop where they are, what it made goes, and it exits 130 with no report', async () => {
     const file = join(dir, 'interrupted.yaml');
-    writeFileSync(file, `name: e2e-intr
-kind: migration
-seed: 5
-cluster: new
-vm: { memory: 16M, vps: 1, workload: counter }
-methods: [offline]
-repetitions: 1
-`);
+    writeFileSync(file, oneOfflineMove('e2e-intr'));
     const out = join(dir, 'interrupted');
     // The fabric is up and the hosts are starting (side by side); each says it is ready 20 s late
     // (a test knob), so the interrupt surely finds them starting: it stops their starts.
@@ -154,20 +152,13 @@ repetitions: 1
 
   it('`hvlab experiment run` whose host fails to come up: it names the host and keeps its logs in the report directory (the temporary home goes), and leaves nothing else', async () => {
     const file = join(dir, 'failing.yaml');
-    writeFileSync(file, `name: e2e-fail
-kind: migration
-seed: 5
-cluster: new
-vm: { memory: 16M, vps: 1, workload: counter }
-methods: [offline]
-repetitions: 1
-`);
+    writeFileSync(file, oneOfflineMove('e2e-fail'));
     const out = join(dir, 'failing');
-    const child = spawn(process.execPath, [cli, 'experiment', 'run', file, '--out', out], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HVLAB_TEST_FAIL_START_HOST: 'h2' } });
-    let output = '';
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    // The experiment's new cluster has a temporary home of its own: the TestHost's is not used.
+    const h = new TestHost({ HVLAB_TEST_FAIL_START_HOST: 'h2' });
+    const r = await h.run('experiment', 'run', file, '--out', out).finally(() => h.destroy());
+    const code = r.code;
+    const output = r.stdout + r.stderr;
     const kept = join(out, 'cluster-up-failed', 'h2');
     expect(code, output).to.equal(1);
     // The temporary home went with the cluster: its logs were removed with it, and nothing named them.
