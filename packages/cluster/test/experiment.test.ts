@@ -35,14 +35,19 @@ options: { downtimeLimit: 300ms, maxPasses: 10, bandwidth: 0 }
 repetitions: 3
 `;
 
-function problems(text: string): ExperimentProblem[] {
+/** The error `text` is refused with (exp.yaml); a file that is taken fails the test. */
+function refusal(text: string): ExperimentError {
   try {
     parseExperiment(text, 'exp.yaml');
   } catch (e) {
     expect(e).to.be.instanceOf(ExperimentError);
-    return (e as ExperimentError).problems;
+    return e as ExperimentError;
   }
   throw new Error('the experiment was accepted');
+}
+
+function problems(text: string): ExperimentProblem[] {
+  return refusal(text).problems;
 }
 
 /** A well-formedness check of XML: tags nest and close, attributes are quoted, no bare < or & in text or values. */
@@ -301,19 +306,13 @@ describe('experiment files', () => {
   it('says a file\'s control characters and text-turning Unicode as escapes, one problem a line, each message bounded: what a terminal shows of an error is what the file holds', () => {
     // An escape sequence in a key (it would clear the screen), a line break in a method, a right-to-left override in a key.
     const text = 'name: a\nmethods: ["pre\\ncopy"]\n"k\\u001b[2J": 1\n"x\\u202eevil": 2\n';
-    let err: ExperimentError | null = null;
-    try {
-      parseExperiment(text, 'exp.yaml');
-    } catch (e) {
-      err = e as ExperimentError;
-    }
-    expect(err).to.be.instanceOf(ExperimentError);
-    expect(err!.problems.map((p) => `${p.field}: ${p.message}`)).to.deep.equal([
+    const err = refusal(text);
+    expect(err.problems.map((p) => `${p.field}: ${p.message}`)).to.deep.equal([
       'methods[0]: "pre\\ncopy" is not a method: a method is offline, precopy, postcopy or one of them with +compress and +autoconverge',
       'k\\x1b[2J: is not a field here (fields: name, kind, seed, cluster, from, to, lps, vm, link, methods, options, repetitions, warmup, probe, moveTimeout)',
       'x\\u202eevil: is not a field here (fields: name, kind, seed, cluster, from, to, lps, vm, link, methods, options, repetitions, warmup, probe, moveTimeout)',
     ]);
-    const lines = err!.message.split('\n');
+    const lines = err.message.split('\n');
     expect(lines).to.have.length(3);
     for (const l of lines) expect(l, l).to.not.match(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
     // The message of a problem made elsewhere is made visible too, and any message is bounded.
@@ -326,22 +325,16 @@ describe('experiment files', () => {
 
   it('an error lists its first 20 problems and says how many more there are; its problems keep every one', () => {
     const text = `name: a\nmethods: [offline]\n${Array.from({ length: 30 }, (_, i) => `k${i}: 1\n`).join('')}`;
-    let err: ExperimentError | null = null;
-    try {
-      parseExperiment(text, 'exp.yaml');
-    } catch (e) {
-      err = e as ExperimentError;
-    }
-    expect(err).to.be.instanceOf(ExperimentError);
-    expect(err!.problems).to.have.length(30);
-    const lines = err!.message.split('\n');
+    const err = refusal(text);
+    expect(err.problems).to.have.length(30);
+    const lines = err.message.split('\n');
     expect(lines).to.have.length(21);
     expect(lines[0]).to.match(/^exp\.yaml:3:1: k0: is not a field here/);
     expect(lines[19]).to.match(/^exp\.yaml:22:1: k19: /);
     expect(lines[20]).to.equal('exp.yaml: … and 10 more problems');
     // Twenty or fewer: every one, nothing more.
-    expect(problemsText('f', err!.problems.slice(0, 20)).split('\n')).to.have.length(20);
-    expect(problemsText('f', err!.problems.slice(0, 21)).split('\n').at(-1)).to.equal('f: … and 1 more problem');
+    expect(problemsText('f', err.problems.slice(0, 20)).split('\n')).to.have.length(20);
+    expect(problemsText('f', err.problems.slice(0, 21)).split('\n').at(-1)).to.equal('f: … and 1 more problem');
   });
 
   it('refuses a kind it does not run by name, and only that: faults goes to the chaos runner', () => {
