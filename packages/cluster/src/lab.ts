@@ -237,13 +237,8 @@ export interface ClusterUpOptions {
    */
   signal?: AbortSignal;
   /**
-   * Whether the logs of a host that failed (its start, or a start of one of its VMs) are kept in
-   * `failedUpLogsDir` and named in the failure (default true). False for a temporary home, which
-   * goes with them.
-   */
-  keepFailedLogs?: boolean;
-  /**
-   * Where those logs are kept (the directory replaced by each failure's; default
+   * Where the logs of a host that failed (its start, or a start of one of its VMs) are kept and
+   * named in the failure (the directory replaced by each failure's; default
    * `failedUpLogsDir(home)`): an experiment or chaos run on a temporary home keeps them in its
    * report directory, which outlives the home.
    */
@@ -443,7 +438,7 @@ export async function clusterUp(home: string, topology: Topology, source: string
     // The host that failed keeps its logs (moved out of the teardown, once its processes are
     // down): they were removed with the cluster, and a failed start left nothing to read.
     const failure = firstFailure as { e: unknown; host: string } | null;
-    const failedHost = !signal?.aborted && failure !== null && failure.e === e && opts.keepFailedLogs !== false ? failure.host : null;
+    const failedHost = !signal?.aborted && failure !== null && failure.e === e ? failure.host : null;
     const keep = failedHost === null ? undefined : { host: failedHost, dir: opts.failedLogsDir ?? failedUpLogsDir(home) };
     const gone = await clusterDown(home, { keepLogs: keep });
     // The network could not be made (a name or the subnet taken meanwhile, an ip command refused): the user's to see, not a bug.
