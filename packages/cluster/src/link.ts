@@ -459,7 +459,10 @@ class Connection implements LiveConnection {
         this.folded = [[0, 0], [0, 0]];
         this.fold(0, st);
         // No Direction yet: what it held goes straight on, before anything the Directions send.
-        if (st.leftover.length > 0 && !this.b.destroyed) this.b.write(st.leftover);
+        if (st.leftover.length > 0 && !this.b.destroyed) {
+          this.link.count(this.dir, st.leftover.length, 0);
+          this.b.write(st.leftover);
+        }
       }
       return false;
     }
