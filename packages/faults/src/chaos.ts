@@ -37,7 +37,7 @@ import { faultLogFile } from './nemesis.js';
 import { ChaosExperimentError, chaosWorld, loadChaosExperiment, type ChaosSpec, type ChaosWorld } from './chaos-spec.js';
 import { drawMoves, drawSchedule, faultRequest, moveLine, scheduleLine, type ScheduledFault, type ScheduledMove } from './schedule.js';
 import {
-  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, recoveryTimes, skippedCheck, vmReading, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
+  checkCleanup, checkIsolation, checkLiveness, checkMemory, movedNotBack, checkPlacement, checkProgress, recoveryTimes, skippedCheck, vmReading, summarizeSamples, type CheckResult, type CleanupObservation, type HostSample,
   type MoveRecord, type Observation, type PlacementObservation, type VmSample,
 } from './checkers.js';
 import { ChaosMoves } from './moves.js';
@@ -435,7 +435,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         const recs = await nem.list({ all: true }).then((l) => l.filter((f) => f.owner === owner)).catch(() => injected);
         const obs: Observation = { t0: report.t0, t1: Date.now(), world, vms: sampler.vms, hosts: sampler.hosts, faults: recs, moves: report.moves };
         const failed = new Set(recs.filter((f) => f.state === 'failed').map((f) => f.id));
-        if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id))) break;
+        if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id)) && movedNotBack(obs, graceMs).length === 0) break;
         await sleepUntil(Date.now() + 500, signal);
       }
       report.aborted = userSignal?.aborted === true;

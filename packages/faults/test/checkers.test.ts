@@ -11,7 +11,7 @@
 import { expect } from 'chai';
 import { seededRandom } from '@hvlab/protocol';
 import {
-  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, faultEffect, heartbeatStatus, hostAt, longestOutside, memdirtyCheck, peersMissed, recoveryTimes, vmReading,
+  checkCleanup, checkIsolation, checkLiveness, checkMemory, checkPlacement, checkProgress, faultEffect, heartbeatStatus, hostAt, movedNotBack, longestOutside, memdirtyCheck, peersMissed, recoveryTimes, vmReading,
   type ChaosWorld, type CleanupObservation, type FaultRecord, type HostSample, type MoveRecord, type Observation, type VmSample,
 } from '../src/index.js';
 
@@ -159,6 +159,32 @@ describe('chaos checkers', () => {
     const u = checkLiveness(short, 10_000);
     expect(u.unknown.some((x) => /^a after f1/.test(x))).to.equal(true);
     expect(u.evidence.some((x) => /^a after f1/.test(x))).to.equal(false);
+  });
+
+  it('liveness at the end: a VM moved just before it is not OK yet is unknown, not a violation; the end waits for it (movedNotBack); a move long before excuses nothing', () => {
+    const move = (o: Partial<MoveRecord>): MoveRecord => ({ id: 'm1', vm: 'a', from: 'h1', to: 'h2', method: 'precopy', atMs: 0, startedAt: T0 + END - 1500, endedAt: T0 + END - 1000, status: 'completed', downtimeMs: 12, totalMs: 500, error: null, ...o });
+    // a's heartbeat reads NoContact from the move's start to the end of the run.
+    const afterMove: Look = (vm, ms) => (vm === 'a' && ms >= END - 1500 ? { heartbeat: 'NoContact' } : null);
+    const late = { ...obs(record(afterMove), []), moves: [move({})] };
+    const c = checkLiveness(late, 10_000);
+    expect(c.held, c.evidence.join('\n')).to.equal(true);
+    expect(c.unknown.some((u) => /^a: its heartbeat was NoContact at the end of the run .*after its move m1 ended, within the 10\.0 s bound/.test(u)), c.unknown.join('\n')).to.equal(true);
+    expect(movedNotBack(late, 10_000)).to.deep.equal(['a']);
+    // Without the move it is a violation, and nothing is waited for.
+    const none = { ...late, moves: [] };
+    expect(checkLiveness(none, 10_000).held).to.equal(false);
+    expect(movedNotBack(none, 10_000)).to.deep.equal([]);
+    // Back to OK after the move: nothing to wait for, and it holds.
+    const back: Look = (vm, ms) => (vm === 'a' && ms >= END - 1500 && ms < END - 400 ? { heartbeat: 'NoContact' } : null);
+    const ok = { ...obs(record(back), []), moves: [move({})] };
+    expect(movedNotBack(ok, 10_000)).to.deep.equal([]);
+    expect(checkLiveness(ok, 10_000).held).to.equal(true);
+    // A move that ended more than the bound before the end excuses nothing; a refused one never ran.
+    const early = { ...late, moves: [move({ startedAt: T0 + 1000, endedAt: T0 + 2000 })] };
+    expect(checkLiveness(early, 10_000).held).to.equal(false);
+    expect(movedNotBack(early, 10_000)).to.deep.equal([]);
+    const refused = { ...late, moves: [move({ status: 'refused' })] };
+    expect(checkLiveness(refused, 10_000).held).to.equal(false);
   });
 
   it('isolation: a VM no fault touched that stalls fails; the same VM stalled by its own fault does not', () => {
