@@ -23,7 +23,7 @@ import {
   vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, parseSeed, seedProblem, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, faultOrder, readHostShrinks, unheldHostFaults, unheldShrinkRecord, worldHosts, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
@@ -76,16 +76,10 @@ const wholeIn = (opt: string, lo: number, hi: number, what = `a whole number fro
   /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? null : `--${opt} ${v} is invalid: ${what}`;
 /**
  * A whole number as a fault option gives it: decimal or 0x hex (what --gpa took, and a chaos file's
- * YAML takes for any number), with a minus sign only where `signed`; null for anything else or past
- * 2^53. --mask 0xff was refused while --gpa 0x100000 was taken.
+ * YAML takes for any number), with a minus sign only where `signed` (parseWholeNumber). --mask 0xff
+ * was refused while --gpa 0x100000 was taken.
  */
-export function faultInteger(v: string, signed = false): number | null {
-  const m = /^(-?)(0x[0-9a-f]+|\d+)$/i.exec(v);
-  if (!m || (m[1] === '-' && !signed)) return null;
-  const n = Number(m[2]);
-  if (!Number.isSafeInteger(n)) return null;
-  return m[1] === '-' && n !== 0 ? -n : n;
-}
+export const faultInteger = parseWholeNumber;
 const faultIntegerIn = (opt: string, lo: number, hi: number) => (v: string): string | null => {
   const n = faultInteger(v);
   return n !== null && n >= lo && n <= hi ? null : `--${opt} ${v} is invalid: a whole number from ${lo} to ${hi} (decimal or 0x hex)`;
@@ -291,7 +285,7 @@ export const COMMANDS: CommandSpec[] = [
   {
     ...vmName(['vm', 'peek'], 'read guest memory: a hex dump, or the raw bytes into a file', [], false),
     options: [
-      { name: 'gpa', value: 'ADDR', required: true, help: 'guest physical address, decimal or 0x hex', check: (v) => (/^(0x[0-9a-f]+|\d+)$/i.test(v) && Number.isSafeInteger(Number(v)) ? null : `--gpa ${v} is not an address`) },
+      { name: 'gpa', value: 'ADDR', required: true, help: 'guest physical address, decimal or 0x hex', check: (v) => (parseWholeNumber(v) === null ? `--gpa ${v} is not an address` : null) },
       { name: 'len', value: 'N', required: true, help: 'bytes to read, e.g. 16 or 4M', check: (v) => { const n = parseSize(v); return n === null || n < 1 ? `--len ${v} is not a length` : n > MGMT_PEEK_MAX_BYTES ? `--len ${v} is more than one peek reads (at most ${formatBytes(MGMT_PEEK_MAX_BYTES)})` : null; } },
       { name: 'out', value: 'FILE', help: 'write the bytes to FILE instead of printing them', check: nonEmpty('out') },
     ],
@@ -333,7 +327,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'shape', value: 'S', help: `partition: ${PARTITION_SHAPES.join(', ')} (default one)`, check: oneOf('shape', [...PARTITION_SHAPES]) },
       { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s` : null) },
       { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (faultInteger(v, true) === null ? `--skew ${v} is invalid: whole ppm, e.g. 100000 or -50000` : null) },
-      { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, e.g. 0,1 (default all)', check: (v) => (/^\d+(,\d+)*$/.test(v) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
+      { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, decimal or 0x hex, e.g. 0,1 (default all)', check: (v) => (v.split(',').every((x) => parseWholeNumber(x) !== null) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
       { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: faultIntegerIn('lps', 1, 1024) },
       { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte, decimal or 0x hex (default: the first byte of a page of the workload\'s data)', check: (v) => (faultInteger(v) === null ? `--gpa ${v} is not an address` : null) },
       { name: 'mask', value: 'BITS', help: 'bitflip: the bits to flip, 1-255, decimal or 0x hex (default one bit drawn from --seed)', check: faultIntegerIn('mask', 1, 255) },
@@ -2097,7 +2091,7 @@ export async function run(argv: string[]): Promise<number> {
         return 0;
       }
       case 'vm peek': {
-        const gpa = Number(opt('gpa'));
+        const gpa = parseWholeNumber(opt('gpa')!)!;
         const len = parseSize(opt('len')!)!;
         const file = opt('out');
         if (file !== undefined) checkWritable(file);

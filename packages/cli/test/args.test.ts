@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { ExperimentError, formatBinaryBytes, parseExperiment, TopologyError } from '@hvlab/cluster';
-import { ChaosExperimentError, parseChaosExperiment, unheldShrinkRecord, type FaultRecord } from '@hvlab/faults';
+import { ChaosExperimentError, hostSpecOf, parseChaosExperiment, unheldShrinkRecord, type FaultRecord } from '@hvlab/faults';
 import { emptyRam, MIGRATION_DEFAULTS, type MigrationStats } from '@hvlab/protocol';
 import { displayWidth } from '@hvlab/runtime';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -402,6 +402,12 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     expect(refusal(['fault', 'inject', 'lp-shrink', '--target', 'host:h1', '--for', '5s', '--lps', '0x401']).message).to.equal('--lps 0x401 is invalid: a whole number from 1 to 1024 (decimal or 0x hex)');
     expect(refusal(['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '5s', '--skew', '1.5']).message).to.equal('--skew 1.5 is invalid: whole ppm, e.g. 100000 or -50000');
     expect([faultInteger('-0x10', true), faultInteger('-0', true), faultInteger('0x1F'), faultInteger(' 1'), faultInteger('9007199254740992')]).to.deep.equal([-16, 0, 31, null, null]);
+    // A vp-stall's list and vm peek's --gpa read numbers the same way (--vps was decimal only, --gpa had its own reader).
+    expect(() => inject('vp-stall', { vps: '0x1,2' })).to.not.throw();
+    expect(refusal(['fault', 'inject', 'vp-stall', '--target', 'vm:a', '--for', '5s', '--vps', '0x,1']).message).to.equal('--vps 0x,1 is invalid: e.g. 0 or 0,1');
+    expect(hostSpecOf('vp-stall', { vps: '0x1,2' }, 1)).to.deep.equal({ ok: true, value: { kind: 'vp-stall', vps: [1, 2] } });
+    expect(() => runs(['vm', 'peek', 'a', '--gpa', '0X1000', '--len', '16'])).to.not.throw();
+    expect(refusal(['vm', 'peek', 'a', '--gpa', '-1', '--len', '16']).message).to.equal('--gpa -1 is not an address');
   });
 
   it('fault list shows each fault\'s parameters as its command line asked them (it showed kind and target only)', () => {

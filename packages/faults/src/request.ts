@@ -5,7 +5,7 @@
  * throws and never calls a method of the value it is given.
  */
 import {
-  checkFaultDuration, decodeHostFaultSpec, FAULT_ID_RE, FAULT_KINDS, FAULT_MAX_DELAY_MS, INSTANT_FAULT_KINDS, isPlainObject, LINK_MAX_RATE_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES,
+  checkFaultDuration, decodeHostFaultSpec, FAULT_ID_RE, FAULT_KINDS, FAULT_MAX_DELAY_MS, INSTANT_FAULT_KINDS, isPlainObject, LINK_MAX_RATE_BPS, parseWholeNumber, PROCESS_ROLES, VMBUS_DEVICE_CLASSES,
   type FaultKind, type HostFaultSpec, type ProcessRole,
 } from '@hvlab/protocol';
 import { PARTITION_SHAPES, TARGET_SELECTORS, type FaultRequest } from './types.js';
@@ -146,7 +146,7 @@ export function hostSpecOf(kind: FaultKind, params: Record<string, unknown>, see
     case 'vp-stall': {
       const v = p.vps;
       let vps: unknown = v;
-      if (typeof v === 'string') vps = v.trim() === '' || v === 'all' ? null : v.split(',').map((x) => (/^\d+$/.test(x.trim()) ? Number(x.trim()) : NaN));
+      if (typeof v === 'string') vps = v.trim() === '' || v === 'all' ? null : v.split(',').map((x) => parseWholeNumber(x.trim()) ?? NaN);
       else if (typeof v === 'number') vps = [v];
       raw = { kind, vps: vps ?? null };
       break;

@@ -221,6 +221,20 @@ export function checkFaultDuration(ms: unknown, instant = false): string | null 
   return null;
 }
 
+/**
+ * A whole number in text: decimal or 0x hex, with a minus sign only where `signed`; null for
+ * anything else (spaces, a fraction) or past 2^53. The one reader of the numbers the CLI's fault
+ * options, `vm peek --gpa` and a vp-stall's list of VPs take.
+ */
+export function parseWholeNumber(text: string, signed = false): number | null {
+  if (typeof text !== 'string' || text.length > 64) return null;
+  const m = /^(-?)(0x[0-9a-f]+|\d+)$/i.exec(text);
+  if (!m || (m[1] === '-' && !signed)) return null;
+  const n = Number(m[2]);
+  if (!Number.isSafeInteger(n)) return null;
+  return m[1] === '-' && n !== 0 ? -n : n;
+}
+
 /** A duration in text ("5s", "250ms", "2m", "1h", or a number of ms) in ms; null if it is not one. */
 export function parseDurationMs(s: string): number | null {
   const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(s.trim());
