@@ -126,12 +126,16 @@ export function problem(ctx: CheckCtx, node: Node | Pair | null | undefined, fie
 }
 
 /**
- * A key of the file as a problem's field path names it (`hosts.<key>.lps`, `faults[0].<key>`): at
- * most 40 characters, as shown() cuts a value. An unknown field, a host or a VM name of 100,000
- * characters went whole into the path while the message beside it was cut.
+ * The longest key a problem's field path keeps whole: 64, so that every valid host or VM name (at
+ * most 63 characters) is named whole there. An unknown field, a host or a VM name of 100,000
+ * characters went whole into the path while the message beside it was cut; then a cut at 40, as
+ * shown() cuts a value, cut valid VM names of 40 to 63 characters too.
  */
+export const FIELD_KEY_MAX = 64;
+
+/** A key of the file as a problem's field path names it (`hosts.<key>.lps`, `faults[0].<key>`): at most FIELD_KEY_MAX characters. */
 export function fieldKey(key: string): string {
-  return key.length > 40 ? `${key.slice(0, 39)}…` : key;
+  return key.length > FIELD_KEY_MAX ? `${key.slice(0, FIELD_KEY_MAX - 1)}…` : key;
 }
 
 export function scalar(node: Node | null): unknown {

@@ -16,7 +16,7 @@ import { LineCounter } from 'yaml';
 import { MgmtCallError, type MgmtClient } from '@hvlab/host';
 import { MIGRATION_DEFAULTS, VM_NAME_RE, emptyRam, seededRandom, type MigrationPass, type MigrationStats } from '@hvlab/protocol';
 import {
-  CSV_COLUMNS, ClusterError, clusterDriver, parseTopology, yamlNestingProblem, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
+  CSV_COLUMNS, ClusterError, FIELD_KEY_MAX, clusterDriver, parseTopology, yamlNestingProblem, PROBLEM_MAX_CHARS, problem, problemsText, writeReportOrElsewhere, ExperimentError, MoveRefused, REPORT_FILES, barChartSvg, experimentSummaryRows, makeReportDir, newReport, formatBinaryBytes, escapeXml, experimentPlots, lineChartSvg, loadExperiment, niceScale, parseExperiment, parseMethod,
   resultsCsv, resultsMarkdown, runLine, runMoves, runStats, ProbeStopped, stoppableProbe, stoppedEarly, summarize, writeReport, type ExperimentDriver, type ExperimentProblem, type ExperimentReport, type ExperimentRun,
   type ExperimentSpec,
 } from '../src/index.js';
@@ -258,18 +258,18 @@ describe('experiment files', () => {
     expect(one(`vm: { workload: "memdirty:${'9'.repeat(100_000)}" }\n`)).to.have.length.below(300);
   });
 
-  it('cuts a long key in a problem\'s field path to 40 characters, as it cuts a value: an unknown field of 100,000 characters went whole into the path', () => {
+  it('cuts a long key in a problem\'s field path to 64 characters (a valid name stays whole): an unknown field of 100,000 characters went whole into the path', () => {
     // YAML takes an implicit key of at most 1024 characters; a longer one is written as ? KEY.
     const key = 'k'.repeat(1000);
     const huge = `? ${'k'.repeat(100_000)}\n: 1\n`;
-    const cut = `${'k'.repeat(39)}…`;
+    const cut = `${'k'.repeat(FIELD_KEY_MAX - 1)}…`;
     const fields = (text: string): string[] => problems(text).map((x) => x.field);
     expect(fields(`name: a\nmethods: [offline]\n${key}: 1\n`)).to.deep.equal([cut]);
     expect(fields(`name: a\nmethods: [offline]\n${huge}`)).to.deep.equal([cut]);
     expect(fields(`name: a\nmethods: [offline]\nvm: { ${key}: 1 }\n`)).to.deep.equal([`vm.${cut}`]);
     expect(fields(`name: a\nmethods: [offline]\nlink: { ${key}: 1 }\n`)).to.deep.equal([`link.${cut}`]);
     expect(fields(`name: a\nmethods: [offline]\noptions: { ${key}: 1 }\n`)).to.deep.equal([`options.${cut}`]);
-    expect(fields(`name: a\nmethods: [offline]\n${'k'.repeat(40)}: 1\n`)).to.deep.equal(['k'.repeat(40)]);
+    expect(fields(`name: a\nmethods: [offline]\n${'k'.repeat(FIELD_KEY_MAX)}: 1\n`)).to.deep.equal(['k'.repeat(FIELD_KEY_MAX)]);
   });
 
   it('refuses an alias (*name) at its place for what it is, not as a value of the wrong type', () => {

@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { seededRandom } from '@hvlab/protocol';
 import { isUtf8 } from 'node:buffer';
-import { fileText, firstNonUtf8, parseTopology, parseDuration, parseRate, parseLoss, TopologyError, type TopologyProblem } from '../src/index.js';
+import { FIELD_KEY_MAX, fileText, firstNonUtf8, parseTopology, parseDuration, parseRate, parseLoss, TopologyError, type TopologyProblem } from '../src/index.js';
 
 const EXAMPLE = `# a three-host lab
 name: lab
@@ -170,20 +170,20 @@ describe('topology files', () => {
     for (const p of ps) expect(p.line, p.field).to.be.greaterThan(0);
   });
 
-  it('cuts a long key in a problem\'s field path to 40 characters, as it cuts a value: a host or VM name or an unknown field of 100,000 characters went whole into the path', () => {
+  it('cuts a long key in a problem\'s field path to 64 characters (a valid name stays whole): a host or VM name or an unknown field of 100,000 characters went whole into the path', () => {
     // YAML takes an implicit key of at most 1024 characters; a longer one is written as ? KEY.
     const key = 'k'.repeat(1000);
     const huge = `? ${'k'.repeat(100_000)}\n: 1\n`;
-    const cut = `${'k'.repeat(39)}…`;
+    const cut = `${'k'.repeat(FIELD_KEY_MAX - 1)}…`;
     const fields = (text: string): string[] => problems(text).map((x) => x.field);
     expect(fields(`name: lab\nhosts: { h1: {}, ${key}: {} }\n`)).to.deep.equal([`hosts.${cut}`]);
     expect(fields(`name: lab\nhosts:\n  h1: {}\n  ? ${'k'.repeat(100_000)}\n  : {}\n`)).to.deep.equal([`hosts.${cut}`]);
     expect(fields(`name: lab\nhosts: { h1: {} }\nvms: { ${key}: { host: h1 } }\n`)).to.deep.equal([`vms.${cut}`]);
     expect(fields(`name: lab\nhosts: { h1: { ${key}: 1 } }\n`)).to.deep.equal([`hosts.h1.${cut}`]);
     expect(fields(`name: lab\nhosts: { h1: {} }\n${key}: 1\n`)).to.deep.equal([cut]);
-    // A VM name of 63 characters (a valid one) is cut in the path as well, and whole in a message that names it.
+    // A VM name of 63 characters (a valid one) is whole in the path (it was cut at 40).
     const vm = 'v'.repeat(63);
-    expect(fields(`name: lab\nhosts: { h1: {} }\nvms: { ${vm}: { host: h1, ${key}: 1 } }\n`)).to.deep.equal([`vms.${'v'.repeat(39)}….${cut}`]);
+    expect(fields(`name: lab\nhosts: { h1: {} }\nvms: { ${vm}: { host: h1, ${key}: 1 } }\n`)).to.deep.equal([`vms.${vm}.${cut}`]);
   });
 
   it('refuses what is not a topology at all: not YAML, not a map, too large', () => {

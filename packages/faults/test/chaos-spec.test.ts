@@ -14,6 +14,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_KINDS, FAULT_STALL_MAX_VP, seededRandom } from '@hvlab/protocol';
+import { FIELD_KEY_MAX } from '@hvlab/cluster';
 import {
   ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule, scheduleLine, scheduleLines, scheduleOverlaps,
   randomCandidates, PARTITION_MIN_HOSTS, PARTITION_SHAPES, partitionCuts, parseTarget, ResolveError, topologyProblem, type ChaosProblem, type ChaosSpec, type ChaosWorld, type ScheduledFault,
@@ -183,12 +184,12 @@ describe('chaos experiment files', () => {
     for (const [text, want] of cases) expect(said(text), text.slice(0, 120)).to.equal(want);
   });
 
-  it('cuts a long key in a problem\'s field path to 40 characters, as it cuts a value: an unknown field or parameter of 100,000 characters went whole into the path', () => {
+  it('cuts a long key in a problem\'s field path to 64 characters (a valid name stays whole): an unknown field or parameter of 100,000 characters went whole into the path', () => {
     const base = 'name: z\nkind: faults\nhosts: 2\nworkloads: [{ name: a, host: h1 }]\n';
     // YAML takes an implicit key of at most 1024 characters; a longer one is written as ? KEY.
     const key = 'k'.repeat(1000);
     const huge = `? ${'k'.repeat(100_000)}\n: 1\n`;
-    const cut = `${'k'.repeat(39)}…`;
+    const cut = `${'k'.repeat(FIELD_KEY_MAX - 1)}…`;
     const fields = (text: string): string[] => problems(text).map((x) => x.field);
     expect(fields(`${base}${key}: 1\n`)).to.deep.equal([cut]);
     expect(fields(`${base}${huge}`)).to.deep.equal([cut]);
@@ -196,8 +197,8 @@ describe('chaos experiment files', () => {
     expect(fields(`${base}faults: [{ at: 1s, kind: pause, target: vm:a, for: 1s, ${key}: 1 }]\n`)).to.deep.equal([`faults[0].${cut}`]);
     expect(fields(`${base}faults: [{ at: 1s, kind: pause, target: vm:a, for: 1s, params: { ${key}: 1 } }]\n`)).to.deep.equal([`faults[0].params.${cut}`]);
     expect(fields(`${base}random: { count: 1, ${key}: 1 }\n`)).to.deep.equal([`random.${cut}`]);
-    // A key of 40 characters is whole.
-    expect(fields(`${base}${'k'.repeat(40)}: 1\n`)).to.deep.equal(['k'.repeat(40)]);
+    // A key of FIELD_KEY_MAX characters is whole.
+    expect(fields(`${base}${'k'.repeat(FIELD_KEY_MAX)}: 1\n`)).to.deep.equal(['k'.repeat(FIELD_KEY_MAX)]);
     for (const p of problems(`${base}${huge}? ${'k'.repeat(100_000)}x\n: 2\n`)) expect(p.message.length + p.field.length, p.field).to.be.below(700);
   });
 
