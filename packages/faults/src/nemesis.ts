@@ -169,6 +169,22 @@ function seedOf(s: string): number {
   return h;
 }
 
+/** How long a pause fault waits for its processes to show as stopped before it says it is active anyway (ms). */
+export const PAUSE_TAKE_MS = 2000;
+
+/**
+ * Resolves once every process of `pids` is stopped (its /proc state T or t) or gone, or after `ms`.
+ * Looks each millisecond: a stop is taken as soon as the process next runs, mostly at once.
+ */
+export async function untilStopped(pids: readonly number[], ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (pids.every((pid) => { const st = processState(pid); return st === null || st === 'T' || st === 't' || st === 'Z' || st === 'X'; })) return true;
+    if (Date.now() >= end) return false;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 export class Nemesis {
   private readonly home: string;
   private readonly active = new Map<string, Active>();
@@ -555,6 +571,11 @@ export class Nemesis {
           this.persist();
           process.kill(x.pid, 'SIGSTOP');
         }
+        // kill() only makes the stop pending: a process stops when it next runs, which on a loaded
+        // host came after the caller heard that the fault was active (a test read its /proc state
+        // as S then, and `vm list` its CPU as still used). Active means stopped: wait for it, bounded
+        // (a process in an uninterruptible wait stops when that ends; the fault holds meanwhile).
+        await untilStopped(procs.map((x) => x.pid), PAUSE_TAKE_MS);
         return;
       case 'kill':
         for (const x of procs) {

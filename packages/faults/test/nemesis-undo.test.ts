@@ -5,12 +5,12 @@
  * trusted, never a reason to throw.
  */
 import { expect } from 'chai';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_ID_RE, FAULT_KINDS, decodeLinkChange, seededRandom, type LinkView } from '@hvlab/protocol';
-import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults, UNNAMED_SHRINK_ID, unheldHostFaults } from '../src/index.js';
+import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults, UNNAMED_SHRINK_ID, unheldHostFaults, untilStopped, processState } from '../src/index.js';
 
 const view = (o: Partial<LinkView>): LinkView => ({ a: 'h1', b: 'h2', cut: false, seed: 5, bytes: [0, 0], lost: 0, connections: 0, ...o });
 
@@ -231,5 +231,21 @@ describe('nemesis bookkeeping', () => {
     expect((await clearing).map((r) => [r.id, r.state])).to.deep.equal([['f5', 'ended']]);
     expect(n.list(false)).to.deep.equal([]);
     expect(n.list(true).map((r) => [r.id, r.state])).to.deep.equal([['f5', 'ended']]);
+  });
+
+  it('a pause is active once its process shows as stopped (untilStopped): not while it runs, at once when stopped, and a gone process counts as stopped', async () => {
+    const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const pid = child.pid!;
+      expect(await untilStopped([pid], 50), 'a running process is not stopped').to.equal(false);
+      process.kill(pid, 'SIGSTOP');
+      expect(await untilStopped([pid], 5000)).to.equal(true);
+      expect(processState(pid)).to.equal('T');
+      process.kill(pid, 'SIGCONT');
+      expect(await untilStopped([2 ** 22 + 7], 50), 'no such process').to.equal(true);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 });
