@@ -171,12 +171,15 @@ export class Sampler {
 
   private async read(host: string): Promise<void> {
     const c = this.clients.get(host)!;
+    // Each reading is stamped when its own answer came: stamped once both had come, a VM's progress
+    // read just before a pause could carry a time well inside it when the host's answer was slow.
     const [list, info] = await Promise.all([
-      c.request('vmList', {}, LIST_TIMEOUT_MS).then((v) => ({ v }), () => null),
-      c.request('hostInfo', {}, INFO_TIMEOUT_MS).then((v) => ({ v }), () => null),
+      c.request('vmList', {}, LIST_TIMEOUT_MS).then((v) => ({ v, t: Date.now() }), () => null),
+      c.request('hostInfo', {}, INFO_TIMEOUT_MS).then((v) => ({ v, t: Date.now() }), () => null),
     ]);
-    const t = Date.now();
-    this.hosts.push({ t, host, answered: list !== null || info !== null, peersMissed: info ? peersMissed(info.v) : null });
+    const now = Date.now();
+    this.hosts.push({ t: info?.t ?? now, host, answered: list !== null || info !== null, peersMissed: info ? peersMissed(info.v) : null });
+    const t = list?.t ?? now;
     await Promise.all(this.vmsOf(host).map(async (vm) => {
       const r = list ? vmReading(list.v, vm) : null;
       const hb = r?.listed ? await c.request('vmIc', { name: vm }, IC_TIMEOUT_MS).then(heartbeatStatus, () => null) : null;

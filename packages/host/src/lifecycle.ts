@@ -199,14 +199,16 @@ function processesWithEnv(name: string, value: string): number[] {
 }
 
 /** Kills every process of the host and removes its shared memory, sockets, record and lock. */
-export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: boolean; sameHome?: boolean } = {}): { killed: number; shm: number } {
+export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: boolean; sameHome?: boolean } = {}): { killed: number; shm: number; pids: number[] } {
   let killed = 0;
+  const signalled: number[] = [];
   // `sameHome`: only hvlab's processes that also name this home (a host id found on processes, not in a record).
   const pids = opts.sameHome ? hostProcesses(hostId).filter((p) => procEnviron(p)?.get('HVLAB_HOME') === paths.home && (procTitle(p)?.startsWith('hvlab-') ?? false)) : hostProcesses(hostId);
   for (const p of pids) {
     try {
       process.kill(p, 'SIGKILL');
       killed++;
+      signalled.push(p);
     } catch { /* gone */ }
   }
   let shm = 0;
@@ -228,7 +230,19 @@ export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: bo
     rmSync(paths.vmwpDir, { recursive: true, force: true });
     if (lockHolder(paths) === null) rmSync(paths.lockFile, { force: true });
   }
-  return { killed, shm };
+  return { killed, shm, pids: signalled };
+}
+
+/** How long `down` waits for the processes its sweep killed to be gone (ms). */
+const KILLED_GONE_MS = 5000;
+
+/**
+ * Waits, bounded, until none of `pids` is alive (pidAlive: a zombie is not). A SIGKILL lands a
+ * moment after kill() returns, so `down` answered while a killed process was still listed.
+ */
+async function untilGone(pids: readonly number[], ms = KILLED_GONE_MS): Promise<void> {
+  const end = Date.now() + ms;
+  while (pids.some(pidAlive) && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
 }
 
 export async function down(paths0: HostPaths): Promise<{ hostId: string | null; graceful: boolean; killed: number; shm: number }> {
@@ -248,6 +262,7 @@ export async function down(paths0: HostPaths): Promise<{ hostId: string | null; 
         const sw = sweepHost(paths, id, { sameHome: true });
         killed += sw.killed;
         shm += sw.shm;
+        await untilGone(sw.pids);
       }
       rmSync(paths.sockDir, { recursive: true, force: true });
       rmSync(paths.lockFile, { force: true });
@@ -271,7 +286,8 @@ export async function down(paths0: HostPaths): Promise<{ hostId: string | null; 
     } catch { /* forced below */ }
     c.close();
   }
-  const s = sweepHost(paths, rec.hostId);
+  const { pids, ...s } = sweepHost(paths, rec.hostId);
+  await untilGone(pids);
   // A host that joined a cluster kept a copy of the cluster's key: it goes with the host.
   rmSync(join(paths.home, 'member.key'), { force: true });
   return { hostId: rec.hostId, graceful, ...s };
