@@ -610,8 +610,7 @@ describe('a home with a host of its own', function () {
     expect(fabricPids(h.home)).to.deep.equal([]);
     const d = await h.ok('down');
     expect(d).to.match(/^host \S+ is down$/m);
-    // A process down had to kill lands a moment after the kill (as the checks above wait for).
-    await eventually(() => h.leftovers().pids.length === 0, 5000);
+    // At once: down waits for the processes it had to kill to be gone.
     expect(h.leftovers()).to.deep.equal({ pids: [], shm: [] });
   });
 });

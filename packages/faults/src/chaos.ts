@@ -433,12 +433,12 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     if (cleared.length > 0) say(`cleared ${cleared.length} fault${cleared.length === 1 ? '' : 's'} still active: ${cleared.map((f) => f.id).join(', ')}`);
     if (!signal.aborted) {
       const until = Date.now() + graceMs;
-      say(`waiting up to ${graceMs / 1000} s for what the faults touched to recover`);
+      say(`waiting up to ${graceMs / 1000} s for what the faults touched${report.moves.length > 0 ? ' and the moves moved' : ''} to recover`);
       while (Date.now() < until && !signal?.aborted) {
         const recs = await nem.list({ all: true }).then((l) => l.filter((f) => f.owner === owner)).catch(() => injected);
         const obs: Observation = { t0: report.t0, t1: Date.now(), world, vms: sampler.vms, hosts: sampler.hosts, faults: recs, moves: report.moves };
         const failed = new Set(recs.filter((f) => f.state === 'failed').map((f) => f.id));
-        if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id)) && movedNotBack(obs, graceMs).length === 0) break;
+        if (recoveryTimes(obs).every((r) => r.recoveredMs !== null || r.endedAt === null || r.affected.length === 0 || failed.has(r.id)) && (spec.checks.livenessMs === null || movedNotBack(obs, graceMs).length === 0)) break;
         await sleepUntil(Date.now() + 500, signal);
       }
       report.aborted = userSignal?.aborted === true;

@@ -50,7 +50,7 @@ export function vmReading(list: unknown, vm: string): { listed: boolean; state: 
 
 /** One reading of one VM. `answered` false: its host did not answer in time (unknown, not a stall). */
 export interface VmSample {
-  /** Epoch ms when the answer came. */
+  /** Epoch ms when its host's vmList answered (the state and progress); the heartbeat is asked for just after. */
   t: number;
   vm: string;
   host: string;
@@ -387,10 +387,6 @@ export function recoveryTimes(obs: Observation): RecoveryTime[] {
 
 // ---- liveness -----------------------------------------------------------------------------------
 
-/**
- * Every VM a fault touched has its heartbeat OK within `boundMs` after the fault ends, and every
- * VM's last answered heartbeat is OK. A window the run did not watch to its end is unknown.
- */
 /** The last move of `vm` that was still going, or ended less than `boundMs` before the end of the run (`obs.t1`); null if none. */
 function lateMoveOf(obs: Observation, vm: string, boundMs: number): MoveRecord | null {
   let late: MoveRecord | null = null;
@@ -420,6 +416,11 @@ export function movedNotBack(obs: Observation, boundMs: number): string[] {
   return out;
 }
 
+/**
+ * Every VM a fault touched has its heartbeat OK within `boundMs` after the fault ends, and every
+ * VM's last answered heartbeat is OK. A window the run did not watch to its end is unknown, and so
+ * is a VM moved less than `boundMs` before the end whose heartbeat is not OK yet.
+ */
 export function checkLiveness(obs: Observation, boundMs: number): CheckResult {
   const vmSamples = byVm(obs.vms);
   const bad: string[] = [];

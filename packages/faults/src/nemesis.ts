@@ -575,7 +575,9 @@ export class Nemesis {
         // host came after the caller heard that the fault was active (a test read its /proc state
         // as S then, and `vm list` its CPU as still used). Active means stopped: wait for it, bounded
         // (a process in an uninterruptible wait stops when that ends; the fault holds meanwhile).
-        await untilStopped(procs.map((x) => x.pid), PAUSE_TAKE_MS);
+        if (!(await untilStopped(procs.map((x) => x.pid), PAUSE_TAKE_MS))) {
+          this.say(`${rec.id}: not every paused process showed as stopped within ${PAUSE_TAKE_MS / 1000} s (an uninterruptible wait?); the fault is active, and each stops when its wait ends`, { id: rec.id, pids: procs.map((x) => x.pid) });
+        }
         return;
       case 'kill':
         for (const x of procs) {
