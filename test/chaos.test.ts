@@ -94,7 +94,8 @@ moves:
 checks: { liveness: 10s, isolation: 4s }
 `;
 
-const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => d.startsWith('hvlab-chaos-'));
+/** The runner's temporary homes (mkdtemp's six characters after the prefix): the packages' tests, run beside these, make hvlab-chaos-report-… and the like. */
+const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => /^hvlab-chaos-[A-Za-z0-9]{6}$/.test(d));
 
 interface Row { t: number; kind: string; host: string; vm: string; answered: boolean; progress: number | null; peers: Record<string, number> }
 

@@ -34,7 +34,8 @@ repetitions: 1
 warmup: 500ms
 `;
 
-const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => d.startsWith('hvlab-experiment-'));
+/** The runner's temporary homes (mkdtemp's six characters after the prefix): the packages' tests, run beside these, make hvlab-chaos-report-… and the like. */
+const tempHomes = (): string[] => readdirSync(tmpdir()).filter((d) => /^hvlab-experiment-[A-Za-z0-9]{6}$/.test(d));
 
 describe('experiment run with real processes', function () {
   this.timeout(300000);
