@@ -26,7 +26,8 @@ describe('namespace probe leftovers', function () {
     expect(spawnSync('ip', ['netns', 'add', stale]).status).to.equal(0);
     expect(spawnSync('ip', ['netns', 'add', live]).status).to.equal(0);
     try {
-      expect(sweepStaleProbes()).to.be.at.least(1);
+      // Counted by whoever removed it: a `cluster up` of the end-to-end tests, run beside these, sweeps too.
+      expect(sweepStaleProbes()).to.be.a('number');
       expect(netnsList()).to.not.include(stale);
       expect(netnsList(), 'its process lives').to.include(live);
     } finally {
