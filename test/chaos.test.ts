@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostProcesses } from '@hvlab/host';
-import { clusterTag, fabricPids, networkLeftovers } from '@hvlab/cluster';
+import { clusterTag, fabricPids, goingDownFile, networkLeftovers } from '@hvlab/cluster';
 import {
   CHAOS_REPORT_FILES, NemesisClient, OWNER_LEASE_MS, chaosWorld, drawSchedule, loadChaosExperiment, nemesisPids, plannedMoves, plannedSchedule, processState, runChaosExperiment, type ChaosReport,
   type ChaosSpec,
@@ -374,6 +374,33 @@ describe('chaos experiments with real processes', function () {
       for (const x of st.hosts) ids.add(x.hostId);
     });
     after(() => downClusterLeavingNothing(h, ids, 10000));
+
+    it('a run that sees its cluster going down asks its hosts nothing more: it leaves its VMs to the teardown (a host that died in the middle of a removal held it there 60 s)', async () => {
+      // The cluster's going-down marker, live (it names this process), as a `cluster down` writes
+      // it first: the hosts stay up here, so what the run asks them shows.
+      const file = join(dir, 'marked.yaml');
+      writeFileSync(file, 'name: marked\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: g2, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:g2, for: 100s }\nchecks: { liveness: 1s, isolation: false }\n');
+      const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', join(dir, 'marked')], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      child.stdout.on('data', (d) => (output += d));
+      child.stderr.on('data', (d) => (output += d));
+      const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+      try {
+        expect(await eventually(() => /f1 at /.test(output), 120_000), `the fault was injected: ${output}`).to.equal(true);
+        writeFileSync(goingDownFile(h.home), `${process.pid}\n`);
+        expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('still running'), 60_000))]), output).to.equal(1);
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+        rmSync(goingDownFile(h.home), { force: true });
+      }
+      expect(output).to.include('the cluster is going down: the run\'s VMs go with it');
+      expect(output).to.not.match(/VM g2 was not deleted/);
+      // Not removed: the run asked its host nothing.
+      expect((await h.json<Array<{ name: string }>>('--host', 'h1', 'vm', 'list')).map((v) => v.name)).to.include('g2');
+      // Its lease still names them: when it lapses, the nemesis ends the run's fault and removes its VM.
+      expect(await eventually(async () => (await h.json<Array<{ state: string }>>('fault', 'list')).every((f) => f.state !== 'active'), 20_000), 'the run\'s pause ended with its lease').to.equal(true);
+      expect(await eventually(async () => !(await h.json<Array<{ name: string }>>('--host', 'h1', 'vm', 'list')).some((v) => v.name === 'g2'), 20_000), 'g2 removed with the lease').to.equal(true);
+    });
 
     it('a run whose cluster is taken down under it notices, stops, reports its faults ended with the cluster and exits 1 saying why (it ran on and reported them active)', async () => {
       const file = join(dir, 'gone.yaml');

@@ -449,8 +449,9 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     placement = { listed: {}, unanswered: [], expected: Object.fromEntries(spec.workloads.map((w) => [w.name, hostOf(w.name)])) };
     const down = hostsDown(home);
     for (const [h, c] of clients) {
-      // A host that is down is not asked (it waited the call's 10 s): it did not answer.
-      const list = down(h) ? null : await c.request('vmList', {}, 10_000).catch(() => null);
+      // A host that is down is not asked (it waited the call's 10 s): it did not answer. Nor is one
+      // of a cluster going down (it may die in the middle of the call).
+      const list = down(h) || gone() ? null : await c.request('vmList', {}, 10_000).catch(() => null);
       if (list === null) {
         placement.unanswered.push(h);
         continue;
@@ -502,7 +503,13 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
 
   // Teardown: the run's VMs (an existing cluster), or the whole cluster (a new one), then what is left.
   const cleanupObs: CleanupObservation = { hostProcesses: null, shmFiles: null, network: null, activeFaults: activeAtEnd, nemesisPids: null, fabricPids: null, vmsLeft: null, homeLeft: null, problems: [] };
-  if (!broughtUp) {
+  if (!broughtUp && clusterGone.signal.aborted) {
+    // The cluster is going down under the run and takes the run's VMs with it. Its hosts were
+    // asked to remove them before: a host still up when asked, and gone in the middle of the call,
+    // held the run in that call for its 60 s (these clients watch no process), after the run had
+    // said it stopped (seen under load in CI, where `cluster down` took longer).
+    say('the cluster is going down: the run\'s VMs go with it');
+  } else if (!broughtUp) {
     // A host that is down (a fault killed its hypervisor, the cluster was taken down meanwhile)
     // took its VMs with it: asking it to remove one waited the call's 60 s (these clients watch
     // no process), and said the VM was not deleted.
