@@ -375,22 +375,35 @@ describe('chaos experiments with real processes', function () {
     });
     after(() => downClusterLeavingNothing(h, ids, 10000));
 
-    it('a run that sees its cluster going down asks its hosts nothing more: it leaves its VMs to the teardown (a host that died in the middle of a removal held it there 60 s)', async () => {
-      // The cluster's going-down marker, live (it names this process), as a `cluster down` writes
-      // it first: the hosts stay up here, so what the run asks them shows.
-      const file = join(dir, 'marked.yaml');
-      writeFileSync(file, 'name: marked\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: g2, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:g2, for: 100s }\nchecks: { liveness: 1s, isolation: false }\n');
-      const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', join(dir, 'marked')], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    /**
+     * Runs `experiment run FILE` in the background, calls `stop` once its first fault is in, and
+     * expects the run to exit 1 within 60 s; returns what it printed. Killed if it is still running.
+     */
+    const runUntilItStops = async (file: string, out: string, stop: () => unknown): Promise<string> => {
+      const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', out], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
       let output = '';
       child.stdout.on('data', (d) => (output += d));
       child.stderr.on('data', (d) => (output += d));
       const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
       try {
         expect(await eventually(() => /f1 at /.test(output), 120_000), `the fault was injected: ${output}`).to.equal(true);
-        writeFileSync(goingDownFile(h.home), `${process.pid}\n`);
+        await stop();
         expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('still running'), 60_000))]), output).to.equal(1);
       } finally {
         if (child.exitCode === null) child.kill('SIGKILL');
+      }
+      return output;
+    };
+
+    it('a run that sees its cluster going down asks its hosts nothing more: it leaves its VMs to the teardown (a host that died in the middle of a removal held it there 60 s)', async () => {
+      // The cluster's going-down marker, live (it names this process), as a `cluster down` writes
+      // it first: the hosts stay up here, so what the run asks them shows.
+      const file = join(dir, 'marked.yaml');
+      writeFileSync(file, 'name: marked\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: g2, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:g2, for: 100s }\nchecks: { liveness: 1s, isolation: false }\n');
+      let output = '';
+      try {
+        output = await runUntilItStops(file, join(dir, 'marked'), () => writeFileSync(goingDownFile(h.home), `${process.pid}\n`));
+      } finally {
         rmSync(goingDownFile(h.home), { force: true });
       }
       expect(output).to.include('the cluster is going down: the run\'s VMs go with it');
@@ -406,18 +419,7 @@ describe('chaos experiments with real processes', function () {
       const file = join(dir, 'gone.yaml');
       writeFileSync(file, 'name: gone\nkind: faults\ncluster: existing\nduration: 120s\nworkloads: [{ name: g1, host: h1, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: pause, target: vm:g1, for: 100s }\nchecks: { liveness: 1s, isolation: false }\n');
       const out = join(dir, 'gone');
-      const child = spawn(process.execPath, [join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs'), 'experiment', 'run', file, '--out', out], { env: { ...process.env, HVLAB_HOME: h.home }, stdio: ['ignore', 'pipe', 'pipe'] });
-      let output = '';
-      child.stdout.on('data', (d) => (output += d));
-      child.stderr.on('data', (d) => (output += d));
-      const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-      try {
-        expect(await eventually(() => /f1 at /.test(output), 120_000), `the fault was injected: ${output}`).to.equal(true);
-        await h.ok('cluster', 'down');
-        expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('still running'), 60_000))]), output).to.equal(1);
-      } finally {
-        if (child.exitCode === null) child.kill('SIGKILL');
-      }
+      const output = await runUntilItStops(file, out, () => h.ok('cluster', 'down'));
       expect(output).to.match(/hvlab: the cluster went down under the run at \+[\d.]+ s of its schedule \(its hosts are gone\): the run stopped there, and its faults ended with the cluster/);
       const report = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as ChaosReport;
       expect(report.stoppedBy).to.match(/the cluster went down/);

@@ -74,14 +74,9 @@ export interface CommandSpec {
 
 const wholeIn = (opt: string, lo: number, hi: number, what = `a whole number from ${lo} to ${hi}`) => (v: string): string | null =>
   /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? null : `--${opt} ${v} is invalid: ${what}`;
-/**
- * A whole number as a fault option gives it: decimal or 0x hex (what --gpa took, and a chaos file's
- * YAML takes for any number), with a minus sign only where `signed` (parseWholeNumber). --mask 0xff
- * was refused while --gpa 0x100000 was taken.
- */
-export const faultInteger = parseWholeNumber;
+/** A whole-number option from `lo` to `hi`, decimal or 0x hex (parseWholeNumber), as every fault option and `--gpa` take them. */
 const faultIntegerIn = (opt: string, lo: number, hi: number) => (v: string): string | null => {
-  const n = faultInteger(v);
+  const n = parseWholeNumber(v);
   return n !== null && n >= lo && n <= hi ? null : `--${opt} ${v} is invalid: a whole number from ${lo} to ${hi} (decimal or 0x hex)`;
 };
 const oneOf = (opt: string, values: readonly string[], verb = 'is invalid: use') => (v: string): string | null =>
@@ -326,10 +321,10 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'cut', help: 'link: cut it' },
       { name: 'shape', value: 'S', help: `partition: ${PARTITION_SHAPES.join(', ')} (default one)`, check: oneOf('shape', [...PARTITION_SHAPES]) },
       { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s` : null) },
-      { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (faultInteger(v, true) === null ? `--skew ${v} is invalid: whole ppm, e.g. 100000 or -50000` : null) },
+      { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (parseWholeNumber(v, true) === null ? `--skew ${v} is invalid: whole ppm, e.g. 100000 or -50000` : null) },
       { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, decimal or 0x hex, e.g. 0,1 (default all)', check: (v) => (v.split(',').every((x) => parseWholeNumber(x) !== null) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
       { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: faultIntegerIn('lps', 1, 1024) },
-      { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte, decimal or 0x hex (default: the first byte of a page of the workload\'s data)', check: (v) => (faultInteger(v) === null ? `--gpa ${v} is not an address` : null) },
+      { name: 'gpa', value: 'ADDR', help: 'bitflip: the byte, decimal or 0x hex (default: the first byte of a page of the workload\'s data)', check: (v) => (parseWholeNumber(v) === null ? `--gpa ${v} is not an address` : null) },
       { name: 'mask', value: 'BITS', help: 'bitflip: the bits to flip, 1-255, decimal or 0x hex (default one bit drawn from --seed)', check: faultIntegerIn('mask', 1, 255) },
       { name: 'seed', value: 'N', help: 'draws (a selector\'s pick, packet fates) come from this seed', check: seedCheck },
       { name: 'id', value: 'ID', help: 'the fault\'s id (default f1, f2, …)', check: nonEmpty('id') },
@@ -450,7 +445,7 @@ export function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => str
   const num = (o: string, key: string): void => {
     const v = opt(o);
     // Through the same reading as the option's check (Number() took 0xff but not -0x10).
-    if (v !== undefined) params[key] = faultInteger(v, true) ?? Number(v);
+    if (v !== undefined) params[key] = parseWholeNumber(v, true) ?? Number(v);
   };
   const dur = (o: string, key: string): void => {
     const v = opt(o);

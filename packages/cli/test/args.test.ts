@@ -5,13 +5,13 @@
 import { expect } from 'chai';
 import { ExperimentError, formatBinaryBytes, parseExperiment, TopologyError } from '@hvlab/cluster';
 import { ChaosExperimentError, hostSpecOf, parseChaosExperiment, unheldShrinkRecord, type FaultRecord } from '@hvlab/faults';
-import { emptyRam, MIGRATION_DEFAULTS, type MigrationStats } from '@hvlab/protocol';
+import { emptyRam, MIGRATION_DEFAULTS, parseWholeNumber, type MigrationStats } from '@hvlab/protocol';
 import { displayWidth } from '@hvlab/runtime';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, commandHelp, editDistance, faultInteger, faultRequestFromOptions, faultTable, loadTopology, lpsText, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
+import { COMMANDS, commandHelp, editDistance, faultRequestFromOptions, faultTable, loadTopology, lpsText, moveStatusRows, movedText, fullHelp, HVLAB_VERSION, parseCommandLine, table, usageOf, userWords, UsageError, ValueError, versionText, type ParsedCommand } from '../src/main.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -401,7 +401,7 @@ describe('fault inject as the CLI builds its request (faultRequestFromOptions)',
     for (const [o, msg] of cases) expect(refusal(['fault', 'inject', 'bitflip', '--target', 'vm:a', '--for', '0', ...o]).message, o.join(' ')).to.equal(msg);
     expect(refusal(['fault', 'inject', 'lp-shrink', '--target', 'host:h1', '--for', '5s', '--lps', '0x401']).message).to.equal('--lps 0x401 is invalid: a whole number from 1 to 1024 (decimal or 0x hex)');
     expect(refusal(['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '5s', '--skew', '1.5']).message).to.equal('--skew 1.5 is invalid: whole ppm, e.g. 100000 or -50000');
-    expect([faultInteger('-0x10', true), faultInteger('-0', true), faultInteger('0x1F'), faultInteger(' 1'), faultInteger('9007199254740992')]).to.deep.equal([-16, 0, 31, null, null]);
+    expect([parseWholeNumber('-0x10', true), parseWholeNumber('-0', true), parseWholeNumber('0x1F'), parseWholeNumber(' 1'), parseWholeNumber('9007199254740992')]).to.deep.equal([-16, 0, 31, null, null]);
     // A vp-stall's list and vm peek's --gpa read numbers the same way (--vps was decimal only, --gpa had its own reader).
     expect(() => inject('vp-stall', { vps: '0x1,2' })).to.not.throw();
     expect(refusal(['fault', 'inject', 'vp-stall', '--target', 'vm:a', '--for', '5s', '--vps', '0x,1']).message).to.equal('--vps 0x,1 is invalid: e.g. 0 or 0,1');
