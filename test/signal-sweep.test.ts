@@ -31,7 +31,7 @@ function innerRun(spec: string, home: string): { mocha: ChildProcess; output: ()
 }
 
 describe('an interrupted test run', () => {
-  it('takes down the hosts its tests brought up (SIGINT to mocha), leaving no process and no /dev/shm file', async function () {
+  it('takes down the hosts its tests brought up (SIGINT to mocha), leaving no process, no /dev/shm file and no temporary folder of its tests', async function () {
     this.timeout(120000);
     const home = mkdtempSync(join(tmpdir(), 'hvlab-sweep-'));
     const { mocha, output, exited } = innerRun('sweep-inner.spec.ts', home);
@@ -48,11 +48,16 @@ describe('an interrupted test run', () => {
       expect(shmFiles(hostId), '/dev/shm files of the host').to.deep.equal([]);
       const inner = /PID (\d+)/.exec(output())![1];
       expect(existsSync(`/dev/shm/hvlab-ut-sweep-${inner}-1`), 'a unit test\'s region of the run').to.equal(false);
+      const tmp = /TMP (\S+)/.exec(output())![1]!;
+      expect(tmp.startsWith(join(tmpdir(), 'hvlab-sweep-tmp-')), tmp).to.equal(true);
+      expect(existsSync(tmp), 'a test\'s temporary folder').to.equal(false);
     } finally {
       if (mocha.exitCode === null && mocha.signalCode === null) mocha.kill('SIGKILL');
       if (hostId) sweepHost(hostPaths(home), hostId);
       const pid = /PID (\d+)/.exec(output())?.[1];
       if (pid) rmSync(`/dev/shm/hvlab-ut-sweep-${pid}-1`, { force: true });
+      const tmp = /TMP (\S+)/.exec(output())?.[1];
+      if (tmp) rmSync(tmp, { recursive: true, force: true });
       rmSync(home, { recursive: true, force: true });
     }
   });

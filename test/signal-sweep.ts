@@ -8,14 +8,33 @@
  * whatever of this run still runs after that is killed. A run killed with SIGKILL cannot do this.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import fs, { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
 const mark = `HVLAB_TEST_RUN=${process.pid}`;
 process.env.HVLAB_TEST_RUN = String(process.pid);
+
+/**
+ * The temporary directories this run's tests made (homes, bench folders, configs): an interrupted
+ * run's `after` hooks never remove them, so the sweep does, once the hosts in them are down. Every
+ * test makes its own with fs.mkdtempSync; the wrapper only notes the directories made under the
+ * temporary folder (or /tmp), and the named ESM exports are synced so that `import { mkdtempSync }`
+ * calls it too.
+ */
+const runTemps = new Set<string>();
+const tmpRoots = [...new Set([tmpdir(), '/tmp'])].map((d) => (d.endsWith(sep) ? d : d + sep));
+const makeTemp = fs.mkdtempSync;
+fs.mkdtempSync = ((prefix: string, options?: unknown) => {
+  const made = (makeTemp as (p: string, o?: unknown) => string | Buffer)(prefix, options);
+  if (typeof made === 'string' && tmpRoots.some((r) => made.startsWith(r))) runTemps.add(made);
+  return made;
+}) as typeof fs.mkdtempSync;
+syncBuiltinESMExports();
 
 /** This run's processes (but this one) and the HVLAB_HOME each names. */
 export function markedProcesses(runMark = mark): Array<{ pid: number; home: string | null }> {
@@ -82,6 +101,7 @@ function sweep(): void {
   // this run's pid (hvlab-ut-KIND-PID-…, hvlab-test-KIND-PID[-…], and the in-process
   // hypervisors' hvlab-{ut,us,hc}PIDx…-…).
   for (const f of sweptShmFiles(readdirSync('/dev/shm'), process.pid)) rmSync(join('/dev/shm', f), { force: true });
+  for (const d of runTemps) rmSync(d, { recursive: true, force: true });
 }
 
 /** The /dev/shm names among `names` that unit tests of the run `pid` made (see sweep). */
