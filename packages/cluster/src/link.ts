@@ -398,6 +398,7 @@ class Connection implements LiveConnection {
     readonly b: Socket,
     private readonly dir: 0 | 1,
     private readonly onClosed: (c: Connection) => void,
+    private readonly startPump: typeof startSplicePump = startSplicePump,
   ) {
     this.back = (1 - dir) as 0 | 1;
   }
@@ -448,8 +449,8 @@ class Connection implements LiveConnection {
     if (fa === null || fb === null || this.a.readableLength !== 0 || this.b.readableLength !== 0 || this.a.writableLength !== 0 || this.b.writableLength !== 0) return false;
     let first: SplicePump | null = null;
     try {
-      first = startSplicePump(fa, fb, () => this.pumpDone());
-      const second = startSplicePump(fb, fa, () => this.pumpDone());
+      first = this.startPump(fa, fb, () => this.pumpDone());
+      const second = this.startPump(fb, fa, () => this.pumpDone());
       this.pumps = [first, second];
       this.folded = [[0, 0], [0, 0]];
       return true;
@@ -576,8 +577,17 @@ export class LinkProxy {
   /** Connections closed as they came, past MAX_PROXY_CONNECTIONS or MAX_FABRIC_CONNECTIONS. */
   refused = 0;
 
-  /** `onRefused`: told of each connection closed at a bound (the owner rate-limits what it logs). */
-  constructor(readonly link: Link, readonly target: { host: string; port: number }, private readonly dir: 0 | 1 = 0, private readonly onRefused: (why: string) => void = () => {}) {}
+  /**
+   * `onRefused`: told of each connection closed at a bound (the owner rate-limits what it logs).
+   * `startPump`: how a connection's kernel pumps start (tests make one fail).
+   */
+  constructor(
+    readonly link: Link,
+    readonly target: { host: string; port: number },
+    private readonly dir: 0 | 1 = 0,
+    private readonly onRefused: (why: string) => void = () => {},
+    private readonly startPump: typeof startSplicePump = startSplicePump,
+  ) {}
 
   /** Listens on `host` (port 0: any); resolves with the port. */
   listen(host = '127.0.0.1', port = 0): Promise<number> {
@@ -624,7 +634,7 @@ export class LinkProxy {
     const c = new Connection(this.link, a, b, this.dir, (gone) => {
       if (this.conns.delete(gone)) fabricConnections--;
       this.link.live.delete(gone);
-    });
+    }, this.startPump);
     this.conns.add(c);
     this.link.live.add(c);
     this.link.countConnection();

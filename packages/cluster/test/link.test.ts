@@ -10,8 +10,18 @@
 import { expect } from 'chai';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 import { Link, LinkProxy, kernelLinksAvailable } from '../src/index.js';
 import { MAX_PROXY_CONNECTIONS } from '../src/link.js';
+import { startSplicePump, type SplicePump } from '@hvlab/shm';
+
+/** A thread that connects to workerData.port and writes workerData.data, and keeps the socket open. */
+const SENDER = `
+const { workerData } = require('node:worker_threads');
+const s = require('node:net').connect(workerData.port, '127.0.0.1');
+s.on('error', () => {});
+s.write(Buffer.from(workerData.data));
+`;
 
 /** An echo server on loopback. */
 async function echoServer(): Promise<{ server: Server; port: number }> {
@@ -317,6 +327,60 @@ describe('link layer (a TCP proxy with impairments)', function () {
       expect(link.link.view().bytes).to.deep.equal([data.length, data.length]);
       s.destroy();
       await until('the proxy drops the closed connection', () => link.connectionCount().all === 0);
+    });
+
+    it('when the second pump cannot start, what the first held goes on first and is counted, then user space carries the rest', async () => {
+      // The target reads nothing until the pumps have been tried: the first pump fills the way to
+      // it and then holds a pipe's worth of bytes, which are its leftover when it is stopped.
+      let target: Socket | null = null;
+      const sink = createServer({ pauseOnConnect: true }, (t) => void (target = t));
+      await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
+      let calls = 0;
+      let held = -1;
+      let sender: Worker | null = null;
+      const startPump: typeof startSplicePump = (inFd, outFd, onDone) => {
+        calls++;
+        if (calls === 1) {
+          const real = startSplicePump(inFd, outFd, onDone);
+          const wrapped: SplicePump = {
+            stats: () => real.stats(),
+            stop: () => {
+              const st = real.stop();
+              held = st.leftover.length;
+              return st;
+            },
+          };
+          return wrapped;
+        }
+        // Long enough for the first pump to fill the target's buffers and its own pipe.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300);
+        throw new Error('no pipe for the second pump (test)');
+      };
+      link = new LinkProxy(new Link('h1', 'h2', {}, 1), { host: '127.0.0.1', port: (sink.address() as { port: number }).port }, 0, () => {}, startPump);
+      try {
+        // The sender is a thread of its own, so it goes on writing while this one waits in the fake.
+        const data = randomBytes(32 * 1024 * 1024);
+        sender = new Worker(SENDER, { eval: true, workerData: { port: await link.listen(), data } });
+        sender.on('error', () => undefined);
+        await until('the pumps were tried', () => calls === 2);
+        expect(held, 'the first pump held bytes when it was stopped').to.be.above(0);
+        expect(link.connectionCount()).to.deep.equal({ all: 1, kernel: 0 });
+        const got: Buffer[] = [];
+        let n = 0;
+        target!.on('data', (d: Buffer) => {
+          got.push(d);
+          n += d.length;
+        });
+        target!.resume();
+        await until('everything arrives', () => n >= data.length);
+        expect(Buffer.concat(got).equals(data), 'every byte, in order').to.equal(true);
+        expect(link.link.stats.bytes[0], 'bytes counted a→b').to.equal(data.length);
+      } finally {
+        await sender?.terminate();
+        (target as Socket | null)?.destroy();
+        await link.close();
+        await new Promise((r) => sink.close(r));
+      }
     });
 
     it('an impairment set mid-stream takes it to user space, and clearing it brings it back, without a byte lost or reordered', async () => {
