@@ -41,14 +41,23 @@ export const MSGPACK_MAX_DEPTH = 64;
 const READING_EXTENSIONS = new Set([0x65, 0x73, 0x78]);
 /** msgpackr's record definitions: a frame may define records and then nest them one byte a level. */
 const RECORD_EXTENSION = 0x72;
+/**
+ * msgpackr's bundled strings: the extension reads the value after it and then jumps to strings
+ * further on, so the bytes after that value are not one value any more, and msgpackr does not
+ * refuse them as trailing bytes. A frame that began with one passed the scan at its sixth byte
+ * and hid whatever followed (an adversarial probe nested a value 20,000 deep behind it). hvlab's
+ * encoder never writes it (bundleStrings is off).
+ */
+const BUNDLE_EXTENSION = 0x62;
 
 /**
- * Whether `buf` holds msgpack values nested deeper than `max`, or record definitions (which nest
- * without showing it), found without recursion: one pass over the tokens, string, binary and
- * extension bodies skipped by their lengths, an extension that reads the value after it counted as
- * a level. A frame that ends early is not judged here: msgpackr reports that.
+ * Why msgpackr must not see `buf`, or null: values nested deeper than `max`, record definitions
+ * (which nest without showing it), bundled strings, or bytes after the top-level value. Found
+ * without recursion: one pass over the tokens, string, binary and extension bodies skipped by
+ * their lengths, an extension that reads the value after it counted as a level. A frame that ends
+ * early is not judged here: msgpackr reports that.
  */
-export function msgpackTooDeep(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): boolean {
+export function msgpackRefusal(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): string | null {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   // Values still to read in each open container, innermost last.
   const open: number[] = [];
@@ -65,12 +74,12 @@ export function msgpackTooDeep(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): boolea
     else {
       const need = (k: number): boolean => p + k <= n;
       switch (t) {
-        case 0xc4: case 0xd9: if (!need(1)) return false; skip = 1 + buf[p]!; break;
-        case 0xc5: case 0xda: if (!need(2)) return false; skip = 2 + v.getUint16(p); break;
-        case 0xc6: case 0xdb: if (!need(4)) return false; skip = 4 + v.getUint32(p); break;
-        case 0xc7: if (!need(1)) return false; skip = 2 + buf[p]!; break;
-        case 0xc8: if (!need(2)) return false; skip = 3 + v.getUint16(p); break;
-        case 0xc9: if (!need(4)) return false; skip = 5 + v.getUint32(p); break;
+        case 0xc4: case 0xd9: if (!need(1)) return null; skip = 1 + buf[p]!; break;
+        case 0xc5: case 0xda: if (!need(2)) return null; skip = 2 + v.getUint16(p); break;
+        case 0xc6: case 0xdb: if (!need(4)) return null; skip = 4 + v.getUint32(p); break;
+        case 0xc7: if (!need(1)) return null; skip = 2 + buf[p]!; break;
+        case 0xc8: if (!need(2)) return null; skip = 3 + v.getUint16(p); break;
+        case 0xc9: if (!need(4)) return null; skip = 5 + v.getUint32(p); break;
         case 0xca: skip = 4; break;
         case 0xcb: skip = 8; break;
         case 0xcc: case 0xd0: skip = 1; break;
@@ -82,19 +91,20 @@ export function msgpackTooDeep(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): boolea
         case 0xd6: skip = 5; break;
         case 0xd7: skip = 9; break;
         case 0xd8: skip = 17; break;
-        case 0xdc: if (!need(2)) return false; items = v.getUint16(p); skip = 2; break;
-        case 0xdd: if (!need(4)) return false; items = v.getUint32(p); skip = 4; break;
-        case 0xde: if (!need(2)) return false; items = v.getUint16(p) * 2; skip = 2; break;
-        case 0xdf: if (!need(4)) return false; items = v.getUint32(p) * 2; skip = 4; break;
-        default: return false; // 0xc1 (never used): msgpackr refuses it
+        case 0xdc: if (!need(2)) return null; items = v.getUint16(p); skip = 2; break;
+        case 0xdd: if (!need(4)) return null; items = v.getUint32(p); skip = 4; break;
+        case 0xde: if (!need(2)) return null; items = v.getUint16(p) * 2; skip = 2; break;
+        case 0xdf: if (!need(4)) return null; items = v.getUint32(p) * 2; skip = 4; break;
+        default: return null; // 0xc1 (never used): msgpackr refuses it
       }
     }
     if (t >= 0xc7 && t <= 0xc9 || t >= 0xd4 && t <= 0xd8) {
       // The extension's type byte: after the length for ext 8/16/32, first for fixext.
       const at = t === 0xc7 ? p + 1 : t === 0xc8 ? p + 2 : t === 0xc9 ? p + 4 : p;
-      if (at >= n) return false;
+      if (at >= n) return null;
       const type = buf[at]!;
-      if (type === RECORD_EXTENSION) return true;
+      if (type === RECORD_EXTENSION) return 'record definitions';
+      if (type === BUNDLE_EXTENSION) return 'bundled strings (msgpackr\'s extension 0x62)';
       if (READING_EXTENSIONS.has(type)) items = 1;
     }
     p += skip;
@@ -102,16 +112,23 @@ export function msgpackTooDeep(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): boolea
     if (open.length > 0) open[open.length - 1]!--;
     if (items > 0) {
       open.push(items);
-      if (open.length > max) return true;
+      if (open.length > max) return `nested deeper than ${max} levels`;
     }
     while (open.length > 0 && open[open.length - 1] === 0) open.pop();
-    if (open.length === 0 && items <= 0) return false; // the top-level value is complete
+    // The top-level value is complete: a frame is one value, and nothing after it.
+    if (open.length === 0 && items <= 0) return p < n ? `${n - p} bytes after the value` : null;
   }
-  return false;
+  return null;
+}
+
+/** Whether msgpackr must not see `buf` (msgpackRefusal). */
+export function msgpackTooDeep(buf: Uint8Array, max = MSGPACK_MAX_DEPTH): boolean {
+  return msgpackRefusal(buf, max) !== null;
 }
 
 export function decode<T = unknown>(buf: Uint8Array): T {
-  if (msgpackTooDeep(buf)) throw new RangeError(`msgpack nested deeper than ${MSGPACK_MAX_DEPTH} levels, or with record definitions`);
+  const refused = msgpackRefusal(buf);
+  if (refused !== null) throw new RangeError(`msgpack refused before decoding: ${refused}`);
   return packr.unpack(buf) as T;
 }
 

@@ -5,7 +5,7 @@
  * nest without brackets) are counted; the scan never throws.
  */
 import { expect } from 'chai';
-import { decode, encode, msgpackTooDeep, MSGPACK_MAX_DEPTH, seededRandom } from '../src/index.js';
+import { decode, encode, msgpackRefusal, msgpackTooDeep, MSGPACK_MAX_DEPTH, seededRandom } from '../src/index.js';
 
 const lists = (depth: number): Buffer => Buffer.concat([Buffer.alloc(depth, 0x91), Buffer.of(0xc0)]);
 const maps = (depth: number): Buffer => Buffer.concat([...Array.from({ length: depth }, () => Buffer.of(0x81, 0xa1, 0x6b)), Buffer.of(0x01)]);
@@ -36,6 +36,29 @@ describe('the msgpack codec\'s depth bound', () => {
     const sets = (n: number): Buffer => Buffer.concat([...Array.from({ length: n }, () => Buffer.of(0xd4, 0x73, 0x00)), Buffer.of(0x90)]);
     expect(msgpackTooDeep(sets(10))).to.equal(false);
     expect(msgpackTooDeep(sets(MSGPACK_MAX_DEPTH + 1))).to.equal(true);
+  });
+
+  it('refuses msgpackr\'s bundled strings, which hid what followed them from the scan (a probe nested a value 20,000 deep behind one)', () => {
+    // fixext 4, type 0x62, the bundle's size (big-endian, counted from the extension's data), then
+    // the value it reads, then the two bundled strings: msgpackr decoded this to the deep value.
+    const deep = lists(20000);
+    const frame = Buffer.concat([Buffer.of(0xd6, 0x62), Buffer.from(new Uint32Array([0]).buffer), deep, Buffer.of(0xa0, 0xa0)]);
+    frame.writeUInt32BE(4 + deep.length, 2);
+    expect(msgpackRefusal(frame)).to.match(/bundled strings/);
+    expect(() => decode(frame)).to.throw(RangeError, /bundled strings/);
+    // Shallow behind it: refused the same way (hvlab's encoder never writes one).
+    const small = Buffer.concat([Buffer.of(0xd6, 0x62, 0, 0, 0, 5, 0x01, 0xa0, 0xa0)]);
+    expect(() => decode(small)).to.throw(RangeError, /bundled strings/);
+  });
+
+  it('refuses bytes after the top-level value before msgpackr sees them, naming how many', () => {
+    const one = encode({ a: [1, 2, 3] });
+    expect(msgpackRefusal(one)).to.equal(null);
+    expect(msgpackRefusal(Buffer.concat([one, Buffer.of(0xc0, 0xc0)]))).to.equal('2 bytes after the value');
+    expect(() => decode(Buffer.concat([one, lists(100)]))).to.throw(RangeError, /101 bytes after the value/);
+    // A frame cut short is msgpackr's to report.
+    expect(msgpackRefusal(one.subarray(0, one.length - 1))).to.equal(null);
+    expect(() => decode(one.subarray(0, one.length - 1))).to.throw(/end of MessagePack/i);
   });
 
   it('never throws on random or cut-short frames (seeded, 20000 cases)', () => {
