@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The hvlab demo: start a host, create and start two VMs, watch their counters advance, look at the
-# processes, then shut everything down. Uses its own HVLAB_HOME so it touches nothing else.
+# processes, then shut everything down. Always in a home of its own, made here and removed at the
+# end, whatever HVLAB_HOME says: it ends with `hvlab down`, which must never reach a user's host
+# (with HVLAB_HOME set to a running host's home, it once stopped that host's VMs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-own_home=""
-if [ -z "${HVLAB_HOME:-}" ]; then own_home=$(mktemp -d -t hvlab-demo-XXXXXX); export HVLAB_HOME="$own_home"; fi
+own_home=$(mktemp -d -t hvlab-demo-XXXXXX)
+export HVLAB_HOME="$own_home"
 hv() { node packages/cli/bin/hvlab.mjs "$@"; }
-trap 'echo; echo "\$ hvlab down"; hv down; [ -n "$own_home" ] && rm -rf "$own_home"' EXIT
+trap 'echo; echo "\$ hvlab down"; hv down; rm -rf "$own_home"' EXIT
 say() { printf '\n\033[1m$ hvlab %s\033[0m\n' "$*"; }
 say up --lps 2;                         hv up --lps 2
 say host info;                          hv host info
