@@ -547,7 +547,7 @@ describe('the hvlab command', function () {
 describe('experiment run\'s report directory', function () {
   this.timeout(60000);
 
-  it('a file in the way of --out, or an existing cluster that is not up, fails before anything is made, in one line', async () => {
+  it('a file in the way of --out, an existing cluster that is not up, or a directory under /proc (--out or --home), fails before anything is made, in one line', async () => {
     await withTempDir('hvlab-test-out-', async (dir) => {
       const example = join(repo, 'examples', 'experiments', 'migration.yaml');
       writeFileSync(join(dir, 'afile'), '');
@@ -563,6 +563,9 @@ describe('experiment run\'s report directory', function () {
       for (const f of [example, chaos]) {
         expectOneLine(await runBin(['experiment', 'run', f, '--out', '/proc/hvlab-test-out/x'], { cwd: dir, env }), 1, /^hvlab: cannot make the report directory \/proc\/hvlab-test-out\/x: /, `--out under /proc (${f})`);
       }
+      // A host's home under /proc: the same loop took `up` (and the cluster's `up`) down with it.
+      expectOneLine(await runBin(['--home', '/proc/hvlab-test-home/h', 'up'], { cwd: dir, env }), 1, /^hvlab: cannot make the host's directories in \/proc\/hvlab-test-home\/h: ENOENT/, 'up --home under /proc');
+      expectOneLine(await runBin(['--home', '/proc/hvlab-test-home/c', 'cluster', 'up', join(repo, 'examples', 'lab.yaml')], { cwd: dir, env }), 1, /^hvlab: .*ENOENT.*\/proc\/hvlab-test-home/, 'cluster up --home under /proc');
       // A chaos run on an existing cluster that is not up: refused, and its --out taken away again.
       const chaosExisting = join(dir, 'chaos-existing.yaml');
       writeFileSync(chaosExisting, readFileSync(chaos, 'utf8').replace(/^cluster: new$/m, 'cluster: existing').replace(/^hosts: \d+\n/m, '').replace(/^lps: \d+\n/m, ''));

@@ -17,7 +17,7 @@
  * `cluster down` also brings down any host home found under `cluster/hosts/`, recorded or not.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, cpSync, existsSync, linkSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createServer } from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -27,7 +27,7 @@ import {
 } from '@hvlab/protocol';
 import {
   canonicalHome, curveClientOptions, entries, hostPaths, makeClusterKey, nodeArgsFor, pidAlive, processEnv, readClusterKey, RpcClient, RpcFailure, writeClusterKey, writeFileAtomic, type HostPaths,
-  FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail, testKnob,
+  FileShapeError, firstLine, pathsForRecord, readRegularFile, readRegularTail, testKnob, makeDirs,
 } from '@hvlab/runtime';
 import { down, HostError, HostInterrupted, HostStartFailed, hostRunning, lockHolder, MgmtClient, readHost, sweepHost, up } from '@hvlab/host';
 import { procEnviron, procPids, procStartTime, procState } from '@hvlab/shm/procfs';
@@ -189,7 +189,7 @@ export function readCluster(home: string): { record: ClusterRecord; topology: To
  * to the record's name, which fails if another process's is there. False when one was.
  */
 function claimRecord(home: string, rec: ClusterRecord): boolean {
-  mkdirSync(clusterDir(home), { recursive: true });
+  makeDirs(clusterDir(home));
   const tmp = `${clusterRecordFile(home)}.claim-${process.pid}`;
   writeFileAtomic(tmp, JSON.stringify(rec, null, 2) + '\n');
   try {
@@ -523,7 +523,7 @@ export function keepLogsOf(logDir: string, dir: string, name: string): { dir: st
   const staged = `${dir}.new-${process.pid}`;
   try {
     rmSync(staged, { recursive: true, force: true });
-    mkdirSync(staged, { recursive: true });
+    makeDirs(staged);
     try {
       renameSync(logDir, join(staged, name));
     } catch (e) {
@@ -713,7 +713,7 @@ export function fabricPids(home: string): number[] {
 /** Starts the fabric of the cluster recorded in `home`; resolves with its control port. */
 async function startFabric(home: string): Promise<number> {
   const logDir = join(clusterDir(home), 'log');
-  mkdirSync(logDir, { recursive: true });
+  makeDirs(logDir);
   const errFd = openSync(join(logDir, 'fabric-stderr.log'), 'a');
   const child = spawn(process.execPath, [...nodeArgsFor(entries.fabric), home], {
     detached: true, stdio: ['ignore', 'pipe', errFd], env: processEnv(process.env, { HVLAB_FABRIC_HOME: home }),
@@ -1030,7 +1030,7 @@ export async function joinHost(paths: HostPaths, opts: JoinOptions): Promise<{ h
   if (holder && holder.lastSeenMs < HEARTBEAT_MS * HEARTBEAT_MISSES_DOWN && !mayBeIt) {
     throw new ClusterError(`cluster ${st.ok ? st.value.cluster : '?'} already has a host named ${name} (at ${holder.address}): give another --name`);
   }
-  mkdirSync(paths.home, { recursive: true });
+  makeDirs(paths.home);
   copyFileSync(resolve(opts.keyFile), memberKeyFile(paths));
   const rec = await up(paths, {
     lps: opts.lps ?? null,

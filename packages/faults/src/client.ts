@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { entries, firstLine, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient, RpcFailure } from '@hvlab/runtime';
+import { entries, firstLine, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient, RpcFailure, makeDirs } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
 import { processStart } from './world.js';
@@ -115,7 +115,7 @@ function titled(want: string): number[] {
  * is then not taken).
  */
 async function nemesisStartLock(home: string): Promise<{ running: number } | { release: () => void }> {
-  mkdirSync(faultsDir(home), { recursive: true, mode: 0o700 });
+  makeDirs(faultsDir(home), 0o700);
   const lock = join(faultsDir(home), 'nemesis.lock');
   const until = Date.now() + 15_000;
   for (;;) {

@@ -36,12 +36,12 @@
  *   link, partition the cluster's fabric (set/cut, and heal/set back to the state before: only
  *                   what the fault set and still holds, so a change made by hand meanwhile stays)
  */
-import { appendFileSync, mkdirSync, rmSync } from 'node:fs';
+import { appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
-import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, testKnob, writeFileAtomic } from '@hvlab/runtime';
+import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, testKnob, writeFileAtomic, makeDirs } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { MAX_OWNED_VMS, type OwnedVm } from './wire.js';
 import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
@@ -208,7 +208,7 @@ export class Nemesis {
     this.say = opts.log ?? (() => {});
     this.now = opts.now ?? Date.now;
     this.lastActivity = this.now();
-    mkdirSync(faultsDir(this.home), { recursive: true, mode: 0o700 });
+    makeDirs(faultsDir(this.home), 0o700);
     this.next = lastFaultNumber(this.home) + 1;
   }
 

@@ -8,10 +8,10 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, testKnob, type HostPaths, type HostRecord } from '@hvlab/runtime';
+import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, testKnob, type HostPaths, type HostRecord, makeDirs } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids, procStat, procTitle } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
@@ -117,8 +117,12 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   if (stale) sweepHost(paths, stale.hostId); // leftovers of a crashed host
   const n = opts.lps ?? availableParallelism();
   const hostId = randomBytes(3).toString('hex');
-  mkdirSync(paths.logDir, { recursive: true });
-  mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
+  try {
+    makeDirs(paths.logDir);
+    makeDirs(paths.sockDir, 0o700);
+  } catch (e) {
+    throw new HostError(`cannot make the host's directories in ${paths.home}: ${(e as Error).message}`);
+  }
   const env = { ...processEnv(process.env, opts.env), HVLAB_HOME: paths.home, HVLAB_HOST_ID: hostId, HVLAB_LPS: String(n), HVLAB_VMBUS_TRANSPORT: opts.vmbusTransport ?? 'shm', HVLAB_WARM: String(opts.warm ?? 0), ...(opts.warmMemory ? { HVLAB_WARM_MEMORY: opts.warmMemory } : {}), ...(opts.spare !== undefined ? { HVLAB_SPARE: String(opts.spare) } : {}) };
   const errFd = openSync(join(paths.logDir, 'stderr.log'), 'a');
   // In a namespace, `ip netns exec` execs node in place: the pid is the hypervisor's.

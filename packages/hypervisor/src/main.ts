@@ -11,10 +11,10 @@
  * Prints "ready" once the first root is ready, or "locked PID" when another host holds the home.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_HOST_RE } from '@hvlab/protocol';
-import { entries, hostPaths, testKnob, testKnobName, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord } from '@hvlab/runtime';
+import { entries, hostPaths, testKnob, testKnobName, isHypervisorPid, lockHolderOf, lockOwner, nodeArgsFor, pidWatchFallback, processEnv, processLogger, readRegularFile, type HostRecord, makeDirs } from '@hvlab/runtime';
 import { becomeChildSubreaper, childPids, memoryMode, reapOrphans, shmUnavailableReason } from '@hvlab/shm';
 import { HypervisorServer } from './server.js';
 
@@ -23,7 +23,7 @@ const hostId = process.env.HVLAB_HOST_ID!;
 const lps = Number(process.env.HVLAB_LPS ?? '1');
 process.title = `hvlab-hypervisor ${hostId}`;
 const paths = hostPaths(home);
-mkdirSync(paths.runDir, { recursive: true });
+makeDirs(paths.runDir);
 
 /**
  * Takes the home's lock: a file created exclusively, naming this pid. A lock whose owner is gone
@@ -58,7 +58,7 @@ if (holder !== null) {
   process.exit(3);
 }
 
-mkdirSync(paths.sockDir, { recursive: true, mode: 0o700 });
+makeDirs(paths.sockDir, 0o700);
 const log = processLogger(paths.logDir, 'hypervisor.log', { host: hostId, role: 'hypervisor' });
 const mode = memoryMode();
 const subreaper = becomeChildSubreaper();

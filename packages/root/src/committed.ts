@@ -17,10 +17,10 @@
  * set aside as `committed.json.bad` (kept for a look) and the log starts empty, so a bad file costs
  * what the log adds, never the root.
  */
-import { mkdirSync, renameSync } from 'node:fs';
+import { renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { MIG_ID_RE } from '@hvlab/protocol';
-import { FileShapeError, readRegularFile, writeFileAtomic, type Logger } from '@hvlab/runtime';
+import { FileShapeError, readRegularFile, writeFileAtomic, type Logger, makeDirs } from '@hvlab/runtime';
 
 /** How many committed migrations the log keeps (the oldest go first). */
 export const COMMITTED_KEPT = 1024;
@@ -108,7 +108,7 @@ export class CommittedMigrations {
     this.entries.set(e.mig, { ...e, at: Date.now() });
     while (this.entries.size > this.kept) this.entries.delete(this.entries.keys().next().value!);
     try {
-      mkdirSync(join(this.file, '..'), { recursive: true });
+      makeDirs(join(this.file, '..'));
       writeFileAtomic(this.file, `${JSON.stringify({ version: LOG_VERSION, committed: [...this.entries.values()] })}\n`, { mode: 0o644 });
     } catch (e2) {
       this.log.warn({ file: this.file, mig: e.mig, err: (e2 as Error).message }, 'the committed migration is not on disk (kept in memory): a restarted root answers for it from the VM\'s config');

@@ -12,10 +12,10 @@
  * it), hence the file's mode, as the member secret's. It is read only at a root's start, by a
  * checking decoder: anything else found there is removed (and the worker, unclaimed, stopped).
  */
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLUSTER_HOST_RE, MEMBER_SECRET_RE, MIG_ID_RE, decodeMigrationOptions, type MigrationOptions } from '@hvlab/protocol';
-import { readRegularFile, writeFileAtomic } from '@hvlab/runtime';
+import { readRegularFile, writeFileAtomic, makeDirs } from '@hvlab/runtime';
 import { decodeVmConfig, type VmConfig } from './config.js';
 
 /** The most a record may have (a VM's config is at most 64 KiB). */
@@ -67,7 +67,7 @@ export function decodeIncomingRecord(v: unknown, name: string): IncomingRecord |
 
 /** Writes (or replaces) VM `rec.config.name`'s record; throws the file system's error. */
 export function writeIncomingRecord(home: string, rec: IncomingRecord): void {
-  mkdirSync(incomingDir(home), { recursive: true, mode: 0o700 });
+  makeDirs(incomingDir(home), 0o700);
   writeFileAtomic(fileOf(home, rec.config.name), `${JSON.stringify({ version: RECORD_VERSION, ...rec })}\n`, { mode: 0o600 });
 }
 

@@ -21,11 +21,11 @@
  * resume that old snapshot again (Hyper-V deletes the .vsv once the VM runs from it).
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeSavedVpState, DEVICE_ID_RE, MAX_DEVICES_PER_VM, type SavedVpState } from '@hvlab/protocol';
 import { decodeState, StateFieldError, uint, versioned } from '@hvlab/protocol/state';
-import { readRegularFile } from '@hvlab/runtime';
+import { readRegularFile, makeDirs } from '@hvlab/runtime';
 import { PROCESSOR_LIMITS, shown } from './config.js';
 
 /** Version 2: per-component state (version 1 kept devices in a fixed map and renegotiated VMBus). */
@@ -130,7 +130,7 @@ export function writeSavedState(vmDir: string, name: string, state: SavedVm, mem
   const dir = savedDir(vmDir, name);
   const tmp = `${dir}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
+  makeDirs(tmp);
   try {
     writeFileSync(join(tmp, 'memory.bin'), memory);
     writeFileSync(join(tmp, 'state.json'), JSON.stringify(state, null, 1) + '\n');

@@ -16,9 +16,10 @@ import { dirname, resolve, sep } from 'node:path';
  * caller can remove what it made and no more. Node 20's `mkdirSync(p, { recursive: true })` loops
  * for ever, at a full CPU and deaf to Ctrl-C, on a path under /proc (mkdir there says ENOENT, and
  * it tries the parent, which exists, and again): `--out /proc/x` hung an experiment before it
- * started. Here each level is made once, and a failure is thrown as mkdir gave it.
+ * started. Here each level is made once, and a failure is thrown as mkdir gave it. `mode`: each
+ * level made gets it (before the umask), as with mkdirSync's.
  */
-export function makeDirs(path: string): string[] {
+export function makeDirs(path: string, mode?: number): string[] {
   const full = resolve(path);
   const missing: string[] = [];
   for (let p = full; ; p = dirname(p)) {
@@ -37,7 +38,7 @@ export function makeDirs(path: string): string[] {
   }
   const made: string[] = [];
   for (const d of missing) {
-    mkdirSync(d);
+    mkdirSync(d, mode);
     made.push(d);
   }
   return made;

@@ -8,8 +8,8 @@
  * next line, or a retry timer when nothing else is logged) one warning line says how many were
  * dropped and why. Writes stay synchronous so a line logged just before `process.exit` is on disk.
  */
-import { readRegularFile } from './files.js';
-import { appendFileSync, closeSync, fstatSync, ftruncateSync, linkSync, mkdirSync, openSync, statSync, truncateSync, unlinkSync, writeSync } from 'node:fs';
+import { readRegularFile, makeDirs } from './files.js';
+import { appendFileSync, closeSync, fstatSync, ftruncateSync, linkSync, openSync, statSync, truncateSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 
@@ -39,7 +39,7 @@ export const nodeLogIo: LogIo = {
   size: (fd) => fstatSync(fd).size,
   truncate: (fd, len) => ftruncateSync(fd, len),
   close: (fd) => closeSync(fd),
-  mkdir: (dir) => mkdirSync(dir, { recursive: true }),
+  mkdir: (dir) => makeDirs(dir),
   adopt: (from, to) => {
     try {
       // A link fails if `to` exists, where a rename would replace a file someone may be writing.

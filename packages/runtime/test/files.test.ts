@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import * as fsAll from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileShapeError, readRegularFile, writeFileAtomic } from '../src/index.js';
+import { FileShapeError, makeDirs, readRegularFile, unmakeDirs, writeFileAtomic } from '../src/index.js';
 
 describe('writeFileAtomic', () => {
   let dir: string;
@@ -99,5 +99,26 @@ describe('readRegularFile', () => {
     io.fstatSync = ((fd: number) => Object.assign(realFstat(fd), { size: 2 })) as typeof io.fstatSync;
     expect(readRegularFile(f, 100, io).toString()).to.equal('z'.repeat(10));
     expect(shape(() => readRegularFile(f, 5, io))).to.match(/more than the 5 bytes/);
+  });
+});
+
+describe('makeDirs', () => {
+  let dir: string;
+  beforeEach(() => (dir = mkdtempSync(join(tmpdir(), 'hvlab-mkdirs-'))));
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('makes each missing level once, with the mode asked for, and says which it made (unmakeDirs takes them back)', () => {
+    const made = makeDirs(join(dir, 'a', 'b', 'c'), 0o700);
+    expect(made).to.deep.equal([join(dir, 'a'), join(dir, 'a', 'b'), join(dir, 'a', 'b', 'c')]);
+    for (const d of made) expect(statSync(d).mode & 0o777).to.equal(0o700);
+    expect(makeDirs(join(dir, 'a', 'b'))).to.deep.equal([]);
+    unmakeDirs(made);
+    expect(readdirSync(dir)).to.deep.equal([]);
+  });
+
+  it('fails at once under /proc, where Node 20\'s recursive mkdirSync loops for ever (hvlab up --home /proc/x hung at a full CPU)', () => {
+    expect(() => makeDirs('/proc/hvlab-test-nope/x')).to.throw(/ENOENT/);
+    writeFileSync(join(dir, 'f'), '');
+    expect(() => makeDirs(join(dir, 'f', 'x'))).to.throw(/ENOTDIR/);
   });
 });
