@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CLUSTER_WIRE_VERSION, DEFAULT_MGMT_TCP_PORT, DEFAULT_PEER_PORT, HEARTBEAT_MISSES_DOWN, HEARTBEAT_MS, MEMBER_SECRET_FILE, decode, encode, seededRandom, type HostInfo, type LinkProbeResult, type VmInfo } from '@hvlab/protocol';
-import { hostProcesses } from '@hvlab/host';
+import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
 import { curveClientOptions, hostPaths, makeClusterKey, readClusterKey, RpcClient, RpcFailure, writeClusterKey, zmq } from '@hvlab/runtime';
 import { clusterTag, Fabric, fabricPids, memberSecretHash, namespacesAvailable, networkLeftovers, pairAuth } from '@hvlab/cluster';
 import { TestHost, eventually, knock, pairCredential, shmFiles, sleep } from './harness.js';
@@ -156,6 +156,31 @@ describe('cluster links: host-to-host traffic through the link layer', function 
     const reset = await h.json<Array<{ a: string; rateBps?: number }>>('link', 'reset');
     expect(reset.length).to.equal(3);
     expect(reset.every((l) => l.rateBps === undefined)).to.equal(true);
+  });
+
+  it('a bulk transfer slower than the probe\'s timeout per chunk is measured, not failed: only silence for the whole timeout fails it', async () => {
+    // At 2 Mbit/s a 256 KiB chunk takes ~1 s: with a 1 s timeout every fixed chunk was late (at the
+    // CLI's 5 s, `--bytes 1M` at 1 Mbit/s failed while it still moved). Chunks are sized from the
+    // answers now, so the transfer goes on as long as answers come.
+    const p = hostPaths(join(h.home, 'cluster', 'hosts', 'h1'));
+    const root = new MgmtClient(p.mgmtEndpoint, { watch: readHost(p) });
+    try {
+      await h.ok('link', 'set', 'h1', 'h2', '--rate', '2mbit');
+      const r = await root.request<LinkProbeResult>('linkProbe', { peer: 'h2', pings: 1, bytes: 512 * 1024, timeoutMs: 1000 }, 60000);
+      expect(r.bytes).to.equal(512 * 1024);
+      // Its rate is the link's: far below the unimpaired one, and not above the rate set.
+      expect(r.bitsPerSecond, `${(r.bitsPerSecond / 1e6).toFixed(2)} Mbit/s`).to.be.within(0.5 * 2e6, 1.2 * 2e6);
+      // A cut link answers nothing: that fails, saying how far it came.
+      await h.ok('link', 'set', 'h1', 'h2', '--rate', '20mbit');
+      const cutting = root.request<LinkProbeResult>('linkProbe', { peer: 'h2', pings: 1, bytes: 64 * 1024 * 1024, timeoutMs: 1500 }, 60000);
+      await sleep(1000);
+      await h.ok('link', 'cut', 'h1', 'h2');
+      const err = await cutting.then(() => null, (e: Error) => e);
+      expect(err?.message ?? 'it finished', 'a transfer through a cut link').to.match(/the bulk transfer to h2 did not finish: no chunk was answered for 1500 ms \(\d+ of 67108864 bytes answered in [\d.]+ s; 1 round trips before it, p50 [\d.]+ ms\)/);
+    } finally {
+      root.close();
+      await h.ok('link', 'reset', 'h1', 'h2');
+    }
   });
 
   it('a cut link stops traffic and heartbeats while other links carry on; a heal restores it', async () => {

@@ -128,9 +128,29 @@ interface Peer {
   quiet: number;
 }
 
-/** Bytes of one bulk chunk, and chunks in flight, of a probe. */
+/**
+ * A probe's bulk transfer: chunks in flight, and their sizes. The first chunk is PROBE_FIRST_CHUNK;
+ * each answer sizes the next from the rate it shows (the answered chunk's bytes over the time
+ * since the answer before), so that an answer comes about every PROBE_ANSWER_SHARE of the probe's
+ * timeout, within PROBE_MIN_CHUNK..PROBE_CHUNK. The transfer fails only when no chunk has been
+ * answered for the whole timeout. With fixed 256 KiB chunks each bound to answer within the
+ * timeout, a transfer at 1 Mbit/s failed at 1 MiB while it still moved (8 chunks in flight take
+ * 16 s there); now a link down to ~10 kbit/s is measured, at the cost of more, smaller calls on a
+ * slow one.
+ */
 const PROBE_CHUNK = 256 * 1024;
+const PROBE_FIRST_CHUNK = 32 * 1024;
+const PROBE_MIN_CHUNK = 4 * 1024;
 const PROBE_WINDOW = 8;
+const PROBE_ANSWER_SHARE = 0.2;
+
+/** The next chunk's size: `bytes` were answered `ms` after the answer before; aims at an answer every `aimMs`. */
+export function nextProbeChunk(current: number, bytes: number, ms: number, aimMs: number, max = PROBE_CHUNK): number {
+  if (!(ms > 0) || !(bytes > 0)) return Math.min(max, current * 2);
+  const want = Math.round((bytes / ms) * aimMs);
+  // At most four times larger per answer: the first answers come before the window has filled.
+  return Math.max(PROBE_MIN_CHUNK, Math.min(max, current * 4, want));
+}
 /**
  * A probe's first round trip (the connection and its handshake) waits no longer than this, within
  * the probe's own bound: tests of a cut link set it (HVLAB_TEST_PROBE_CONNECT_MS, whole ms from 100
@@ -490,16 +510,32 @@ export class ClusterMember {
       const bytes = args.bytes ?? 0;
       let seconds = 0;
       if (bytes > 0) {
-        const chunk = Buffer.alloc(Math.min(PROBE_CHUNK, SINK_CHUNK_MAX_BYTES, bytes), 0x5a);
+        const max = Math.min(PROBE_CHUNK, SINK_CHUNK_MAX_BYTES);
+        const fill = Buffer.alloc(Math.min(max, bytes), 0x5a);
+        let size = Math.min(PROBE_FIRST_CHUNK, max);
         let sent = 0;
+        let done = 0;
         const t0 = performance.now();
+        let lastAnswer = t0;
+        let stalled = false;
+        // The bound is on silence, not on each chunk: a slow link's chunks wait behind each other.
+        const watchdog = setInterval(() => {
+          if (performance.now() - lastAnswer <= timeoutMs || stalled) return;
+          stalled = true;
+          c.close();
+        }, Math.max(50, Math.min(1000, timeoutMs / 10)));
         const inFlight = new Set<Promise<unknown>>();
         try {
           while (sent < bytes) {
             if (stopped) throw stoppedFailure();
-            const n = Math.min(chunk.length, bytes - sent);
+            const n = Math.min(size, bytes - sent);
             sent += n;
-            const pr = call({ op: 'sink', from: this.cfg.host, data: n === chunk.length ? chunk : chunk.subarray(0, n) });
+            const pr = call({ op: 'sink', from: this.cfg.host, data: fill.subarray(0, n) }, timeoutMs * (PROBE_WINDOW + 2)).then(() => {
+              const now = performance.now();
+              size = nextProbeChunk(size, n, now - lastAnswer, timeoutMs * PROBE_ANSWER_SHARE, max);
+              lastAnswer = now;
+              done += n;
+            });
             inFlight.add(pr);
             void pr.then(() => inFlight.delete(pr), () => inFlight.delete(pr));
             if (inFlight.size >= PROBE_WINDOW) await Promise.race(inFlight);
@@ -507,7 +543,12 @@ export class ClusterMember {
           await Promise.all(inFlight);
         } catch (e) {
           if (stopped) throw stoppedFailure();
-          throw new MgmtFailure('Unreachable', `the bulk transfer to ${args.peer} did not finish: ${(e as Error).message}`);
+          const s = ((performance.now() - t0) / 1000).toFixed(1);
+          const rtt = rttMs.length > 0 ? `; ${rttMs.length} round trips before it, p50 ${[...rttMs].sort((a, b) => a - b)[Math.floor(rttMs.length / 2)]} ms` : '';
+          const why = stalled ? `no chunk was answered for ${timeoutMs} ms` : (e as Error).message;
+          throw new MgmtFailure('Unreachable', `the bulk transfer to ${args.peer} did not finish: ${why} (${done} of ${bytes} bytes answered in ${s} s${rtt})`);
+        } finally {
+          clearInterval(watchdog);
         }
         seconds = (performance.now() - t0) / 1000;
       }
