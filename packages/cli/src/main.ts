@@ -226,7 +226,7 @@ export const COMMANDS: CommandSpec[] = [
   vmName(['vm', 'pause'], 'suspend every VP (Suspend-VM)'),
   vmName(['vm', 'resume'], 'continue a paused VM (Resume-VM)'),
   vmName(['vm', 'save'], 'write memory, VP/APIC/SynIC/timer and device state; the VM becomes Saved (Save-VM)'),
-  vmName(['vm', 'delete'], 'remove an Off VM and its files: config, saved state, logs (Remove-VM)'),
+  vmName(['vm', 'delete'], 'remove an Off or Saved VM and its files: config, saved state, logs (Remove-VM)'),
   {
     ...vmName(['vm', 'move'], 'live-migrate a running VM to another host of the cluster (Move-VM): pre-copy with kernel dirty tracking; shows passes, transferred/remaining, dirty rate, expected downtime'),
     group: 'Live migration',
