@@ -174,7 +174,9 @@ describe('live migration between two hosts', function () {
     // on to the commit's answer, 20-190 ms more than the destination said).
     const theirs = await h.json<MigrationStats>('--host', 'h2', 'vm', 'move-status', 'cnt');
     expect(theirs.status).to.equal('completed');
-    expect([theirs['total-time'], theirs.downtime, theirs.ram.transferred], 'the destination\'s move-status').to.deep.equal([st['total-time'], st.downtime, st.ram.transferred]);
+    const said = (x: MigrationStats): unknown[] => [x['total-time'], x.downtime, x['expected-downtime'], x.ram.transferred, x.ram.remaining];
+    expect(said(theirs), 'the destination\'s move-status').to.deep.equal(said(st));
+    expect(st['expected-downtime'], 'a completed move\'s expected downtime is its downtime').to.equal(st.downtime);
     // An idle-ish 64 MiB VM: nearly every page is zero and goes as a marker only.
     expect(st.ram.transferred, 'bytes sent').to.be.below(st.ram.total * 0.05);
     expect(st.ram.duplicate).to.be.greaterThan(15000);
