@@ -8,7 +8,9 @@
  * Frames: a request `{t:'req', id, body}`, its answer `{t:'res', id, ok, result | error}`, and
  * notes the VMWP pushes to the attached root `{t:'note', body}`. The first request of a root must be
  * `hello` with the VMWP's secret (from its record file in the run directory, mode 0600); the VMWP
- * answers nothing else before that. Every frame is decoded once, here, by a checking decoder.
+ * answers nothing else before that. Every frame is decoded once, here, by a checking decoder; an
+ * answer's result by decodeVmwpResult, which the root's end of the link applies with the request
+ * it answers (VmwpResults: what the root may use of each).
  *
  * Faults (ARCHITECTURE §9): `faultSet` applies a VM fault (faults.ts's VmFaultSpec) for `forMs`
  * and the VMWP ends it by itself; `faultClear` ends one or all at once; `faultList` lists them;
@@ -18,6 +20,12 @@ import { isPlainObject } from './hvwire.js';
 import { checkFaultDuration, decodeFaultCounters, decodeVmFaultSpec, FAULT_ID_RE, INSTANT_FAULT_KINDS, VM_FAULT_KINDS, type VmbusFaultCounters, type VmFaultKind, type VmFaultSpec } from './faults.js';
 import { decode } from './wire.js';
 import { MEMBER_SECRET_RE } from './cluster.js';
+import { INTEGRATION_SERVICES, type DeviceClass } from './devices.js';
+import { MAX_VPS_PER_PARTITION } from './hypercall.js';
+import { KVP_MAX_KEY_BYTES, KVP_MAX_VALUE_BYTES } from './kvp.js';
+import type { GuestKernelInfo, GuestStatus } from './guest-pages.js';
+import type { IcServiceInfo } from './mgmt.js';
+import { decodeMigrationStats, MIG_BATCH_MAX_ENTRIES, MIG_BATCH_MAX_PAGES, MIGRATION_ERROR_MAX_CHARS, type MigrationStats } from './migrate.js';
 
 export type VmwpRequest =
   | { t: 'hello'; secret: string }
@@ -104,8 +112,8 @@ export type VmwpNote =
   | { t: 'migRunning'; postcopy: boolean }
   /** The migrated VM did not start here; the worker stopped its guest. */
   | { t: 'migFailed'; message: string }
-  /** A migration's statistics (protocol/src/migrate.ts), as they change. */
-  | { t: 'migProgress'; stats: Record<string, unknown> }
+  /** A migration's statistics (protocol/src/migrate.ts), as they change (checked: decodeMigrationStats). */
+  | { t: 'migProgress'; stats: MigrationStats }
   /**
    * A fault ended: its time was up (`expired`) or it was ended early (`cleared`: by faultClear, by a
    * faultSet that replaced it, or before a save or a migration; `why` says which). `stats` as in faultList.
@@ -326,7 +334,7 @@ function decodeNote(b: Record<string, unknown>): VmwpNote {
     case 'migFailed': return { t: 'migFailed', message: str(b, 'message', false, MAX_STR)! };
     case 'migProgress':
       if (!isObj(b.stats)) throw new VmwpDecodeError('field stats is not a map');
-      return { t: 'migProgress', stats: b.stats };
+      return { t: 'migProgress', stats: migrationStats(b.stats, 'stats') };
     case 'faultEnded': {
       const reason = b.reason;
       if (reason !== 'expired' && reason !== 'cleared') throw new VmwpDecodeError('field reason is not expired or cleared');
@@ -358,18 +366,318 @@ export const VMWP_FAULT_LIST_MAX = 64;
  */
 export function decodeVmwpFaultList(v: unknown): VmwpFaultInfo[] {
   if (!Array.isArray(v) || v.length > VMWP_FAULT_LIST_MAX) throw new VmwpDecodeError(`a fault list must be a list of at most ${VMWP_FAULT_LIST_MAX} faults`);
-  return (v as unknown[]).map((x) => {
+  return Array.from(v as unknown[], (x) => {
     if (!isObj(x)) throw new VmwpDecodeError('each listed fault must be a map');
     if (!(VM_FAULT_KINDS as readonly unknown[]).includes(x.kind)) throw new VmwpDecodeError('field kind is not a VM fault kind');
     const spec = decodeVmFaultSpec(x.spec);
     if (!spec.ok) throw new VmwpDecodeError(`field spec: ${spec.message}`);
-    const ch = x.channels;
-    if (!Array.isArray(ch) || ch.length > 64 || (ch as unknown[]).some((c) => typeof c !== 'string' || c.length > 32)) throw new VmwpDecodeError('field channels is not a list of channel names');
     return {
       id: faultId(x, 'id'), kind: x.kind as VmFaultKind, spec: spec.value, startedAt: int(x, 'startedAt', 0, Number.MAX_SAFE_INTEGER), endsAt: int(x, 'endsAt', 0, Number.MAX_SAFE_INTEGER),
-      channels: [...(ch as string[])], stats: faultStats(x.stats),
+      channels: faultChannels(x), stats: faultStats(x.stats),
     };
   });
+}
+
+// ---- answers ---------------------------------------------------------------------------------
+
+/** What `status` answers: nothing read before the guest booted, else its status page with the intercepts and its kernel page (guest-pages.ts). */
+export type VmwpGuestStatus = { booted: false; progress: null } | (GuestStatus & { intercepts: number; kernel: GuestKernelInfo });
+
+/** What `hypercall` answers: the hypervisor's status, and its output as it came (passed on to `hvlab debug hypercall`; the root reads none of it). */
+export interface VmwpHypercallAnswer {
+  status: number;
+  output: unknown;
+}
+
+/** A KVP pair, as `kvp` set, get and list answer it (`pool`: the pool asked). */
+export interface VmwpKvpPair {
+  pool: 'external' | 'guest' | 'auto';
+  key: string;
+  value: string;
+}
+
+/** What `kvp` answers, by its op: set and get the pair, delete the key with `deleted: true`, list the pairs. */
+export type VmwpKvpAnswer = VmwpKvpPair | { pool: VmwpKvpPair['pool']; key: string; deleted: true } | VmwpKvpPair[];
+
+/**
+ * What `migState` answers once the migrated VM runs: the worker's own time since it took the
+ * state (`ms`) and, on a clock the hosts share, its VPs' first dispatch (`clock` and `ranAtNs`,
+ * both or neither); `migSwitch` adds the pages still missing.
+ */
+export interface VmwpStateAnswer {
+  running: true;
+  ms: number;
+  clock?: string;
+  ranAtNs?: number;
+}
+
+/** What `migPull` answers: the pages the guest waits for, the pages still missing and the guest's requests so far. */
+export interface VmwpPullAnswer {
+  pfns: number[];
+  remaining: number;
+  requests: number;
+}
+
+/**
+ * What the root may use of each request's answer (decodeVmwpResult). `void`: an answer the root
+ * does not read (any value is accepted, and none is passed on).
+ */
+export interface VmwpResults {
+  hello: void;
+  describe: VmwpDescription;
+  status: VmwpGuestStatus;
+  peek: Uint8Array;
+  suspend: void;
+  hypercall: VmwpHypercallAnswer;
+  processor: void;
+  save: void;
+  turnOff: void;
+  ic: IcServiceInfo[];
+  kvp: VmwpKvpAnswer;
+  shutdown: void;
+  migOut: MigrationStats;
+  migCancel: void;
+  migPages: number;
+  migPremap: boolean;
+  migState: VmwpStateAnswer;
+  migBooted: void;
+  migSwitch: VmwpStateAnswer & { missing: number };
+  migPull: VmwpPullAnswer;
+  migDone: void;
+  faultSet: VmwpFaultApplied;
+  faultClear: { cleared: string[] };
+  faultList: VmwpFaultInfo[];
+}
+
+/** The checked answer to request `R`. */
+export type VmwpResultOf<R extends VmwpRequest> = VmwpResults[R['t']];
+
+/** The most KVP pairs a `kvp` list answers (KvpProvider.list enumerates at most 10,000). */
+export const VMWP_KVP_LIST_MAX = 10000;
+/** The most fields a fault's `applied` has (a bit flip's four). */
+const FAULT_APPLIED_MAX_FIELDS = 8;
+const KVP_POOLS: ReadonlySet<unknown> = new Set(['external', 'guest', 'auto']);
+const IC_STATUSES: ReadonlySet<unknown> = new Set(['OK', 'NoContact', 'LostCommunication']);
+const IC_FIELDS: ReadonlySet<string> = new Set(['service', 'enabled', 'status', 'version', 'rejected', 'sequence', 'offsetMs', 'initialOffsetMs', 'samples']);
+/** A host clock's id (host-clock.ts: the kernel's boot id). */
+const CLOCK_ID_RE = /^[0-9a-f-]{36}$/;
+
+/** A finite number from `min` to `max` in field `k` (fractions allowed). */
+function num(o: Record<string, unknown>, k: string, min: number, max: number): number {
+  const v = o[k];
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw new VmwpDecodeError(`field ${k} is not a number from ${min} to ${max}`);
+  return v;
+}
+
+/** Whether field `k` is absent (undefined or nil). */
+const absent = (o: Record<string, unknown>, k: string): boolean => o[k] === undefined || o[k] === null;
+
+/** `v` as a map, or a VmwpDecodeError saying what `what` is not. */
+function answerMap(v: unknown, what: string): Record<string, unknown> {
+  if (!isObj(v)) throw new VmwpDecodeError(`${what} is not a map`);
+  return v;
+}
+
+/** Each of list `v` (at most `max`) through `f`; a refusal names the item (`what[i]: …`). */
+function listOf<T>(v: unknown, what: string, max: number, f: (x: unknown) => T): T[] {
+  if (!Array.isArray(v) || v.length > max) throw new VmwpDecodeError(`${what} is not a list of at most ${max}`);
+  // Array.from, not map: every index is visited (a hole, which no decoded frame has, is undefined).
+  return Array.from(v as unknown[], (x, i) => {
+    try {
+      return f(x);
+    } catch (e) {
+      if (e instanceof VmwpDecodeError) throw new VmwpDecodeError(`${what}[${i}]: ${e.message}`);
+      throw e;
+    }
+  });
+}
+
+/**
+ * A move's statistics from a worker (migOut's answer, migProgress's note), checked by
+ * decodeMigrationStats. A reason longer than the statistics carry is cut, not refused: a failed
+ * move's `error-desc` holds the error's own message, and a move in doubt must still say so.
+ */
+function migrationStats(v: unknown, k: string): MigrationStats {
+  let src = v;
+  if (isObj(v) && typeof v['error-desc'] === 'string' && v['error-desc'].length > MIGRATION_ERROR_MAX_CHARS) src = { ...v, 'error-desc': v['error-desc'].slice(0, MIGRATION_ERROR_MAX_CHARS) };
+  const st = decodeMigrationStats(src);
+  if (typeof st === 'string') throw new VmwpDecodeError(`field ${k}: ${st}`);
+  return st;
+}
+
+function describeAnswer(v: unknown): VmwpDescription {
+  const o = answerMap(v, 'the description');
+  const partitionId = int(o, 'partitionId', 0, 0x7fffffff);
+  if (partitionId === 1) throw new VmwpDecodeError('field partitionId is not 0 (none yet) or a partition id from 2');
+  // Absent from older workers (null: none); present, each must be what it says.
+  const pending = absent(o, 'pending') ? null : decodePendingOp(o.pending);
+  if (!absent(o, 'pending') && pending === null) throw new VmwpDecodeError('field pending is not pause, resume or save');
+  const moving = absent(o, 'moving') ? null : decodeDescribedMove(o.moving);
+  if (!absent(o, 'moving') && moving === null) throw new VmwpDecodeError('field moving is not a move (a migration id and a host name)');
+  const incoming = absent(o, 'incoming') ? null : decodeDescribedIncoming(o.incoming);
+  if (!absent(o, 'incoming') && incoming === null) throw new VmwpDecodeError('field incoming is not an incoming migration (started and postcopy)');
+  return {
+    name: str(o, 'name', false, 64)!, partitionId, partitionPid: absent(o, 'partitionPid') ? null : int(o, 'partitionPid', 1, 0x7fffffff),
+    booted: bool(o, 'booted'), suspended: bool(o, 'suspended'), saved: bool(o, 'saved'),
+    runningSince: absent(o, 'runningSince') ? null : int(o, 'runningSince', 0, Number.MAX_SAFE_INTEGER), restored: bool(o, 'restored'), pending, moving, incoming,
+  };
+}
+
+function statusAnswer(v: unknown): VmwpGuestStatus {
+  const o = answerMap(v, 'the status');
+  if (o.progress === null) {
+    if (o.booted !== false) throw new VmwpDecodeError('field progress is null for a booted guest');
+    return { booted: false, progress: null };
+  }
+  const k = answerMap(o.kernel, 'field kernel');
+  return {
+    booted: bool(o, 'booted'), progress: int(o, 'progress', 0, Number.MAX_SAFE_INTEGER), steps: int(o, 'steps', 0, Number.MAX_SAFE_INTEGER),
+    messagesReceived: int(o, 'messagesReceived', 0, 0xffffffff), eventsReceived: int(o, 'eventsReceived', 0, 0xffffffff), intercepts: int(o, 'intercepts', 0, Number.MAX_SAFE_INTEGER),
+    kernel: { running: int(k, 'running', 0, MAX_VPS_PER_PARTITION), maxRunning: int(k, 'maxRunning', 0, MAX_VPS_PER_PARTITION), rtcFromCmosMs: num(k, 'rtcFromCmosMs', 0, Number.MAX_VALUE) },
+  };
+}
+
+function icAnswer(v: unknown): IcServiceInfo[] {
+  const seen = new Set<string>();
+  return listOf(v, 'the integration services', INTEGRATION_SERVICES.length, (x) => {
+    const o = answerMap(x, 'an integration service');
+    for (const f of Object.keys(o)) if (!IC_FIELDS.has(f)) throw new VmwpDecodeError(`field ${JSON.stringify(f.slice(0, 32))} is unknown`);
+    const service = o.service;
+    if (!(INTEGRATION_SERVICES as readonly unknown[]).includes(service)) throw new VmwpDecodeError('field service is not an integration service');
+    if (seen.has(service as string)) throw new VmwpDecodeError(`field service names ${service as string} twice`);
+    seen.add(service as string);
+    if (!IC_STATUSES.has(o.status)) throw new VmwpDecodeError('field status is not OK, NoContact or LostCommunication');
+    const e: IcServiceInfo = { service: service as DeviceClass, enabled: bool(o, 'enabled'), status: o.status as IcServiceInfo['status'], version: str(o, 'version', true, 16) };
+    if (o.rejected !== undefined) e.rejected = int(o, 'rejected', 0, Number.MAX_SAFE_INTEGER);
+    // A heartbeat's sequence is the guest's 64-bit counter (as a number).
+    if (o.sequence !== undefined) e.sequence = num(o, 'sequence', 0, 2 ** 64);
+    for (const f of ['offsetMs', 'initialOffsetMs'] as const) if (o[f] !== undefined) e[f] = o[f] === null ? null : num(o, f, -Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+    if (o.samples !== undefined) e.samples = int(o, 'samples', 0, Number.MAX_SAFE_INTEGER);
+    return e;
+  });
+}
+
+function kvpAnswer(req: Extract<VmwpRequest, { t: 'kvp' }>, v: unknown): VmwpKvpAnswer {
+  const pair = (x: unknown, deleted: boolean): VmwpKvpAnswer => {
+    const o = answerMap(x, 'a KVP pair');
+    if (!KVP_POOLS.has(o.pool)) throw new VmwpDecodeError('field pool is not external, guest or auto');
+    const pool = o.pool as VmwpKvpPair['pool'];
+    const key = str(o, 'key', false, KVP_MAX_KEY_BYTES)!;
+    if (!deleted) return { pool, key, value: str(o, 'value', false, KVP_MAX_VALUE_BYTES)! };
+    if (o.deleted !== true) throw new VmwpDecodeError('field deleted is not true');
+    return { pool, key, deleted: true };
+  };
+  if (req.op === 'list') return listOf(v, 'the KVP pairs', VMWP_KVP_LIST_MAX, (x) => pair(x, false) as VmwpKvpPair);
+  return pair(v, req.op === 'delete');
+}
+
+function stateAnswer(v: unknown): VmwpStateAnswer {
+  const o = answerMap(v, 'the answer');
+  if (o.running !== true) throw new VmwpDecodeError('field running is not true');
+  const out: VmwpStateAnswer = { running: true, ms: num(o, 'ms', 0, Number.MAX_SAFE_INTEGER) };
+  if (absent(o, 'clock') !== absent(o, 'ranAtNs')) throw new VmwpDecodeError('fields clock and ranAtNs come together');
+  if (!absent(o, 'clock')) {
+    const clock = str(o, 'clock', false, 36)!;
+    if (!CLOCK_ID_RE.test(clock)) throw new VmwpDecodeError('field clock is not a clock id');
+    out.clock = clock;
+    out.ranAtNs = num(o, 'ranAtNs', 0, Number.MAX_VALUE);
+  }
+  return out;
+}
+
+function faultChannels(o: Record<string, unknown>): string[] {
+  const ch = o.channels;
+  if (!Array.isArray(ch) || ch.length > 64) throw new VmwpDecodeError('field channels is not a list of channel names');
+  const out = Array.from(ch as unknown[]);
+  if (out.some((c) => typeof c !== 'string' || c.length > 32)) throw new VmwpDecodeError('field channels is not a list of channel names');
+  return out as string[];
+}
+
+function faultAppliedAnswer(v: unknown): VmwpFaultApplied {
+  const o = answerMap(v, 'the applied fault');
+  if (!(VM_FAULT_KINDS as readonly unknown[]).includes(o.kind)) throw new VmwpDecodeError('field kind is not a VM fault kind');
+  // What the worker did, by kind (vp-stall: its VPs and mask; the others: numbers): passed on, bounded.
+  const a = answerMap(o.applied, 'field applied');
+  const fields = Object.keys(a);
+  if (fields.length > FAULT_APPLIED_MAX_FIELDS) throw new VmwpDecodeError(`field applied has more than ${FAULT_APPLIED_MAX_FIELDS} fields`);
+  const applied: Record<string, number | number[]> = {};
+  for (const f of fields) {
+    if (!/^[A-Za-z]{1,16}$/.test(f)) throw new VmwpDecodeError(`field applied: ${JSON.stringify(f.slice(0, 32))} is not a field name`);
+    const x = a[f];
+    const whole = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n);
+    if (whole(x)) applied[f] = x;
+    else if (Array.isArray(x) && x.length <= MAX_VPS_PER_PARTITION && Array.from(x as unknown[]).every(whole)) applied[f] = Array.from(x as number[]);
+    else throw new VmwpDecodeError(`field applied: "${f}" is not a whole number or a list of at most ${MAX_VPS_PER_PARTITION}`);
+  }
+  return {
+    id: faultId(o, 'id'), kind: o.kind as VmFaultKind, startedAt: int(o, 'startedAt', 0, Number.MAX_SAFE_INTEGER), endsAt: int(o, 'endsAt', 0, Number.MAX_SAFE_INTEGER),
+    channels: faultChannels(o), applied, replaced: absent(o, 'replaced') ? null : faultId(o, 'replaced'),
+  };
+}
+
+/**
+ * The one checking decoder of a VMWP's answer to `req` (its `result`, when ok), for the root:
+ * exactly what VmwpResults says the root may use, in a fresh value; for an answer the root does
+ * not read, undefined. Anything else is a VmwpDecodeError naming the field. The worker is less
+ * trusted than the root (a guest that took its worker over must not take the root down), so
+ * nothing it answers reaches the root's code unchecked.
+ */
+export function decodeVmwpResult<R extends VmwpRequest>(req: R, v: unknown): VmwpResultOf<R> {
+  return decodeResult(req, v) as VmwpResultOf<R>;
+}
+
+function decodeResult(req: VmwpRequest, v: unknown): VmwpResults[keyof VmwpResults] {
+  switch (req.t) {
+    case 'hello':
+    case 'suspend':
+    case 'processor':
+    case 'save':
+    case 'turnOff':
+    case 'shutdown':
+    case 'migCancel':
+    case 'migBooted':
+    case 'migDone':
+      return undefined;
+    case 'describe': return describeAnswer(v);
+    case 'status': return statusAnswer(v);
+    case 'peek':
+      if (!(v instanceof Uint8Array) || v.length !== req.len) throw new VmwpDecodeError(`the memory read is not ${req.len} bytes`);
+      return v;
+    case 'hypercall': {
+      const o = answerMap(v, 'the hypercall result');
+      return { status: int(o, 'status', 0, 0xffff), output: o.output === undefined ? null : o.output };
+    }
+    case 'ic': return icAnswer(v);
+    case 'kvp': return kvpAnswer(req, v);
+    case 'migOut': return migrationStats(v, 'result');
+    case 'migPages':
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > MIG_BATCH_MAX_ENTRIES) throw new VmwpDecodeError(`the pages written are not a count from 0 to ${MIG_BATCH_MAX_ENTRIES}`);
+      return v;
+    case 'migPremap':
+      if (typeof v !== 'boolean') throw new VmwpDecodeError('whether the GPADLs were mapped is not a boolean');
+      return v;
+    case 'migState': return stateAnswer(v);
+    case 'migSwitch': return { ...stateAnswer(v), missing: int(answerMap(v, 'the answer'), 'missing', 0, Number.MAX_SAFE_INTEGER) };
+    case 'migPull': {
+      const o = answerMap(v, 'the answer');
+      const pfns = listOf(o.pfns, 'field pfns', MIG_BATCH_MAX_PAGES, (p) => {
+        if (typeof p !== 'number' || !Number.isSafeInteger(p) || p < 0 || p > 0xffffffff) throw new VmwpDecodeError('not a page number (0 to 4294967295)');
+        return p;
+      });
+      return { pfns, remaining: int(o, 'remaining', 0, Number.MAX_SAFE_INTEGER), requests: int(o, 'requests', 0, Number.MAX_SAFE_INTEGER) };
+    }
+    case 'faultSet': return faultAppliedAnswer(v);
+    case 'faultClear': {
+      const o = answerMap(v, 'the answer');
+      return {
+        cleared: listOf(o.cleared, 'field cleared', VMWP_FAULT_LIST_MAX, (x) => {
+          if (typeof x !== 'string' || !FAULT_ID_RE.test(x)) throw new VmwpDecodeError('not a fault id');
+          return x;
+        }),
+      };
+    }
+    case 'faultList': return decodeVmwpFaultList(v);
+  }
 }
 
 /** Decodes one frame of the VMWP control link; throws VmwpDecodeError (with the id when readable). */

@@ -504,7 +504,7 @@ describe('migration VMWP frames', function () {
   };
 
   it('decodes migration requests and notes', () => {
-    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migCancel', reason: 'operator', force: true }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2, streamPort: null }), note({ t: 'incomingReady', partitionId: 2, streamPort: 40123 }), note({ t: 'migProgress', stats: { status: 'active', ram: { total: 1 } } }), note({ t: 'migSeen' }), note({ t: 'migRunning', postcopy: false }), note({ t: 'migFailed', message: 'the state is refused' })]) {
+    for (const f of [req(migOut), req({ t: 'migCancel', reason: 'operator' }), req({ t: 'migCancel', reason: 'operator', force: true }), req({ t: 'migBooted', waitMs: 10000 }), note({ t: 'incomingReady', partitionId: 2, streamPort: null }), note({ t: 'incomingReady', partitionId: 2, streamPort: 40123 }), note({ t: 'migProgress', stats: { ...SOURCE_STATS, status: 'active' } }), note({ t: 'migSeen' }), note({ t: 'migRunning', postcopy: false }), note({ t: 'migFailed', message: 'the state is refused' })]) {
       expect(decodeVmwpFrame(encode(f))).to.deep.equal(f);
     }
     expect(decodeVmwpFrame(encode(req({ ...migOut, key: { ...key, extra: 1 } })))).to.deep.equal(req(migOut)); // the key is rebuilt from its three fields
@@ -556,7 +556,7 @@ describe('migration VMWP frames', function () {
   it('only ever throws VmwpDecodeError on mutated or random frames (seeded fuzz)', () => {
     const next = seededRandom(0x7f3d);
     const valid = [req(migOut), req({ t: 'migCancel', reason: 'x' }), req({ t: 'migPages', data: Buffer.alloc(40, 1) }), req({ t: 'migState', state: Buffer.from('{}') }), req({ t: 'migState', state: Buffer.from('{}'), pages: Buffer.alloc(24, 2) }), req({ t: 'migPremap', state: Buffer.from('{"gpadls":[]}') }), req({ t: 'migBooted', waitMs: 5 }),
-      note({ t: 'incomingReady', partitionId: 3, streamPort: 40000 }), note({ t: 'migProgress', stats: { pass: 2, downtime: 0 } }), note({ t: 'migRunning', postcopy: true }), note({ t: 'migFailed', message: 'x' })].map((f) => encode(f));
+      note({ t: 'incomingReady', partitionId: 3, streamPort: 40000 }), note({ t: 'migProgress', stats: SOURCE_STATS }), note({ t: 'migRunning', postcopy: true }), note({ t: 'migFailed', message: 'x' })].map((f) => encode(f));
     let decoded = 0;
     for (let i = 0; i < 4000; i++) {
       for (const b of [mutate(next, valid[Math.floor(next() * valid.length)]!), rnd(next, Math.floor(next() * 48))]) {

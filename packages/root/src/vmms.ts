@@ -18,11 +18,11 @@ import {
   DEFAULT_MAX_MIGRATIONS, MIG_CANCEL_TOO_LATE, abortAnswer, MIG_COMMIT_WITHIN_MS, MIG_RESUME_WITHIN_MS, decodeMigrationOptions, emptyRam, dirtyBitmapGpa, reportedMigrationStats,
   type ClusterKey, type MigPeerRequest, type MigrationOptions, type MigrationStats, type VmFaultSpec,
   EnabledState, DEVICE_CLASSES, INTEGRATION_SERVICES, MIG_GUEST_NOT_RESUMED, VM_NAME_RE, vmStateName, parseHvCall, hvCallName, hvStatusName, decodeVmwpRecord, VMWP_EXIT_MIGRATED, CLUSTER_WIRE_VERSION,
-  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpFaultInfo, type VmwpFaultStats, decodeVmwpFaultList, type VmwpRecord, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
+  type VmInfo, type VmMigration, type VmCpu, type VmStateEvent, type ProcessInfo, type VmwpDescription, type VmwpNote, type VmwpFaultInfo, type VmwpFaultStats, type VmwpRecord, type VmwpStateAnswer, type VmwpPendingOp, decodePendingOp, decodeDescribedMove, decodeDescribedIncoming,
 } from '@hvlab/protocol';
 import {
-  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, testKnob, TEST_HOLD_END_SIGNAL, VmwpControlClient, VmwpLinkError,
-  type HvClient, type Logger, type HypercallResult,
+  pidAlive, readRegularFile, watchPid, hostPaths, RpcClient, RpcFailure, curveClientOptions, sameCredential, testKnob, TEST_HOLD_END_SIGNAL, VmwpControlClient, VmwpLinkError, VMWP_BAD_ANSWER,
+  type HvClient, type Logger,
 } from '@hvlab/runtime';
 import { buildConfig, ConfigStore, decodeVmConfig, MgmtFailure, validateName, vmDevices, withIntegrationService, type VmConfig } from './config.js';
 import type { VmwpClaim, VmwpConfig, VmwpStartInput } from './vmwp/shared.js';
@@ -252,7 +252,7 @@ function pendingState(op: VmwpPendingOp): number {
 /** A worker's failure as a management error (keeps the worker's code when it gave one). */
 function linkFailure(e: unknown, what: string): MgmtFailure {
   if (e instanceof MgmtFailure) return e;
-  if (e instanceof VmwpLinkError && e.code) return new MgmtFailure(e.code, e.message);
+  if (e instanceof VmwpLinkError && e.code && e.code !== VMWP_BAD_ANSWER) return new MgmtFailure(e.code, e.message);
   return new MgmtFailure('Unavailable', `${what}: ${(e as Error).message}`);
 }
 
@@ -572,7 +572,7 @@ export class Vmms {
       }
     } else if (n.t === 'migProgress') {
       const known = this.moves.get(r.config.name);
-      const st = { ...(known ?? {}), ...(n.stats as unknown as MigrationStats) };
+      const st = { ...(known ?? {}), ...n.stats };
       this.moves.set(r.config.name, st);
       // A move taken over from a previous root ends with its worker's last report: a completed one
       // is followed by the worker's exit (movedAwayUnwatched), any other leaves the VM here.
@@ -759,7 +759,7 @@ export class Vmms {
       r.partitionPid = rec.partitionPid;
       try {
         await this.attachWorker(r, rec.pid, rec.endpoint, rec.secret, false);
-        const d = await r.link!.request<VmwpDescription>({ t: 'describe' }, 5000);
+        const d = await r.link!.request({ t: 'describe' }, 5000);
         r.partitionId = d.partitionId || r.partitionId;
         r.partitionPid = d.partitionPid ?? r.partitionPid;
         r.runningSince = d.runningSince;
@@ -791,7 +791,7 @@ export class Vmms {
           // the description and this line said so already, and is asked for again.
           r.adopted = pending;
           this.setState(r, pendingState(pending), `re-attached during a ${pending}`);
-          const again = await r.link!.request<VmwpDescription>({ t: 'describe' }, 5000);
+          const again = await r.link!.request({ t: 'describe' }, 5000);
           if (r.adopted === pending && decodePendingOp(again.pending) === null) {
             const suspended = again.suspended === true;
             const saved = again.saved === true;
@@ -1082,7 +1082,7 @@ export class Vmms {
     if (!link) return;
     const warn = (what: string, e: unknown): void => this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, `could not apply the configured ${what} to a re-attached VM`);
     await link.request({ t: 'processor', ...r.config.processor }, 5000).catch((e) => warn('processor settings', e));
-    const running = await link.request<IcEntry[]>({ t: 'ic', enable: null, disable: null }, 5000).catch((e) => void warn('integration services', e));
+    const running = await link.request({ t: 'ic', enable: null, disable: null }, 5000).catch((e) => void warn('integration services', e));
     if (!Array.isArray(running)) return;
     for (const d of vmDevices(r.config)) {
       if (!DEVICE_CLASSES[d.class].integrationService) continue;
@@ -1299,12 +1299,12 @@ export class Vmms {
     const live = r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused) ? r.link : null;
     if (change) {
       const on = enable !== null;
-      const res = await this.changeConfig(r, withIntegrationService(r.config, change, on), `${change} integration service`, live && ((ms) => live.request<IcEntry[]>({ t: 'ic', enable, disable }, ms)));
+      const res = await this.changeConfig(r, withIntegrationService(r.config, change, on), `${change} integration service`, live && ((ms) => live.request({ t: 'ic', enable, disable }, ms)));
       this.o.log.info({ vm: r.config.name, service: change, enabled: on }, 'integration service changed');
       if (res && on && live) return await this.icSettled(r, live, change, res);
       if (res) return res;
     }
-    if (live) return await live.request<IcEntry[]>({ t: 'ic', enable, disable }, 10000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+    if (live) return await live.request({ t: 'ic', enable, disable }, 10000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     return vmDevices(r.config)
       .filter((d) => DEVICE_CLASSES[d.class].integrationService)
       .map((d) => ({ service: d.class, enabled: d.enabled, status: 'NoContact' as const, version: null }));
@@ -1320,7 +1320,7 @@ export class Vmms {
     const until = Date.now() + IC_ENABLE_SETTLE_MS;
     while (list.find((e) => e.service === service)?.status === 'NoContact' && Date.now() < until && r.link === live) {
       await new Promise((res) => setTimeout(res, 100));
-      const next = await live.request<IcEntry[]>({ t: 'ic', enable: null, disable: null }, 5000).catch(() => null);
+      const next = await live.request({ t: 'ic', enable: null, disable: null }, 5000).catch(() => null);
       if (!next) break;
       list = next;
     }
@@ -1474,7 +1474,7 @@ export class Vmms {
         // ends only on the destination's word or a forced cancel, however long that takes (a bound
         // of 24 h failed a move the worker still held in doubt). A worker that goes away fails the
         // request at once (the link sees it go).
-        const stats = await l.request<MigrationStats>({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, Infinity);
+        const stats = await l.request({ t: 'migOut', mig, from: cluster.name, to, endpoint: link.endpoint, auth: link.auth, key, config: r.config as unknown as Record<string, unknown>, options: options as unknown as Record<string, unknown> }, Infinity);
         const recorded = this.moves.put(name, stats);
         if (stats.status === 'completed') {
           // The worker leaves by itself; the VM is the destination's: nothing of it stays here.
@@ -1643,7 +1643,7 @@ export class Vmms {
         // repeated or stray switch during post-copy lost the VM (its pages only partly here).
         if (inc.started) throw new MgmtFailure('InvalidState', `the migrated VM "${r.config.name}" runs here already: a second ${req.op} is refused`);
         inc.started = true;
-        let answer: unknown;
+        let answer: VmwpStateAnswer;
         try {
           if (req.op === 'migState') answer = await link.request({ t: 'migState', state: req.state, pages: req.pages }, 60000);
           else answer = await link.request({ t: 'migSwitch', state: req.state, missing: req.missing }, 60000);
@@ -1655,12 +1655,7 @@ export class Vmms {
         this.incomingRuns(r, inc, req.op === 'migSwitch');
         // The worker's own time and its VM's first dispatch go on to the source (which checks them:
         // destinationMsOf, ranAtOf).
-        const a = answer !== null && typeof answer === 'object' ? (answer as { ms?: unknown; clock?: unknown; ranAtNs?: unknown }) : {};
-        return {
-          running: true,
-          ...(typeof a.ms === 'number' ? { ms: a.ms } : {}),
-          ...(typeof a.clock === 'string' && typeof a.ranAtNs === 'number' ? { clock: a.clock, ranAtNs: a.ranAtNs } : {}),
-        };
+        return { running: true, ms: answer.ms, ...(answer.clock !== undefined ? { clock: answer.clock, ranAtNs: answer.ranAtNs } : {}) };
       }
       case 'migPull':
         return await link.request({ t: 'migPull', waitMs: req.waitMs }, req.waitMs + 10000).catch((e) => {
@@ -2071,7 +2066,7 @@ export class Vmms {
     return await Promise.all(rs.map(async (r) => {
       let progress: number | null = null;
       if (r.link && (r.state === EnabledState.Running || r.state === EnabledState.Paused)) {
-        const st = await r.link.request<{ progress: number | null }>({ t: 'status' }, 2000).catch(() => null);
+        const st = await r.link.request({ t: 'status' }, 2000).catch(() => null);
         progress = st?.progress ?? null;
       }
       return this.info(r, progress, r.partitionId !== null ? (cpuOf.get(r.partitionId) ?? null) : null);
@@ -2093,7 +2088,7 @@ export class Vmms {
     if (!Number.isSafeInteger(g) || g < 0) throw new MgmtFailure('InvalidArgument', `GPA ${String(gpa)} is invalid`);
     if (!Number.isSafeInteger(l) || l < 1 || l > 16 * 1024 * 1024) throw new MgmtFailure('InvalidArgument', `length ${String(len)} is invalid: 1 to 16 MiB`);
     if (g + l > r.config.memoryBytes) throw new MgmtFailure('InvalidArgument', `GPA range 0x${g.toString(16)}+${l} is outside VM "${r.config.name}"'s ${r.config.memoryBytes} bytes`);
-    return await this.linkOf(r, 'read the memory of').request<Uint8Array>({ t: 'peek', gpa: g, len: l }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+    return await this.linkOf(r, 'read the memory of').request({ t: 'peek', gpa: g, len: l }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
   }
 
   /**
@@ -2118,8 +2113,8 @@ export class Vmms {
     const r = this.get(name);
     const cleared: string[] = [];
     if (r.link) {
-      const a = await r.link.request<{ cleared?: unknown }>({ t: 'faultClear', id }, 10_000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
-      if (a !== null && typeof a === 'object' && Array.isArray(a.cleared)) for (const x of a.cleared as unknown[]) if (typeof x === 'string') cleared.push(x);
+      const a = await r.link.request({ t: 'faultClear', id }, 10_000).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+      cleared.push(...a.cleared);
     }
     // The worker's faultEnded note for each is in before its answer (one link, in order).
     const counters: Record<string, VmwpFaultStats> = {};
@@ -2132,8 +2127,8 @@ export class Vmms {
     const out: string[] = [];
     for (const r of this.vms.values()) {
       if (!r.link) continue;
-      const a = (await r.link.request({ t: 'faultClear', id }, 5000).catch(() => null)) as { cleared?: unknown } | null;
-      if (a && Array.isArray(a.cleared)) for (const x of a.cleared) if (typeof x === 'string') out.push(`${r.config.name}/${x}`);
+      const a = await r.link.request({ t: 'faultClear', id }, 5000).catch(() => null);
+      if (a) for (const x of a.cleared) out.push(`${r.config.name}/${x}`);
     }
     return out;
   }
@@ -2143,14 +2138,9 @@ export class Vmms {
     const out: Array<{ vm: string; faults: VmwpFaultInfo[] }> = [];
     for (const r of this.vms.values()) {
       if (!r.link) continue;
-      const f = await r.link.request({ t: 'faultList' }, 5000).catch(() => null);
-      let faults: VmwpFaultInfo[] = [];
-      try {
-        faults = decodeVmwpFaultList(f ?? []);
-      } catch (e) {
-        this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the worker\'s fault list does not decode');
-      }
-      if (faults.length) out.push({ vm: r.config.name, faults });
+      // Checked by the link (decodeVmwpFaultList); one that does not decode fails the request, and is logged there.
+      const faults = await r.link.request({ t: 'faultList' }, 5000).catch(() => null);
+      if (faults?.length) out.push({ vm: r.config.name, faults });
     }
     return out;
   }
@@ -2212,14 +2202,14 @@ export class Vmms {
     const code = parseHvCall(String(args.call ?? ''));
     if (code === null) throw new MgmtFailure('InvalidArgument', `hypercall "${String(args.call)}" is unknown: use a name such as CreatePartition or a code such as 0x40`);
     const input = (args.input ?? {}) as Record<string, unknown>;
-    let res: HypercallResult;
+    let res: { status: number; output: unknown };
     let as = 'root';
     if (args.as !== undefined && args.as !== null) {
       if (args.page === true) throw new MgmtFailure('InvalidArgument', '--page is for the root\'s own calls: a VM\'s go through its partition process');
       const r = this.get(args.as);
       this.requireState(r, [EnabledState.Running, EnabledState.Paused], 'issue a hypercall as');
       as = r.config.name;
-      res = await this.linkOf(r, 'issue a hypercall as').request<HypercallResult>({ t: 'hypercall', asChild: true, code, input }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
+      res = await this.linkOf(r, 'issue a hypercall as').request({ t: 'hypercall', asChild: true, code, input }).catch((e) => { throw linkFailure(e, `VM "${r.config.name}"`); });
     } else {
       // Over the socket (`fast: false` keeps a call off the hypercall page), so a refusal comes
       // back with the hypervisor's reason, which a debugging tool is for; through the page when

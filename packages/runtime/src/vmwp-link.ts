@@ -5,7 +5,7 @@
  * on a dead peer: the client watches the VMWP's pid (a pidfd: see anchor.ts) and fails everything
  * pending once it is gone.
  */
-import { encode, decodeVmwpFrame, VmwpDecodeError, type VmwpNote, type VmwpRequest } from '@hvlab/protocol';
+import { encode, decodeVmwpFrame, decodeVmwpResult, VmwpDecodeError, type VmwpNote, type VmwpRequest, type VmwpResultOf } from '@hvlab/protocol';
 import { watchPid } from './anchor.js';
 import { dealer, router, SendQueue, type zmq } from './zmq.js';
 
@@ -14,10 +14,14 @@ type Log = { warn: (o: object, m?: string) => void; error: (o: object, m?: strin
 /** Notes a worker keeps for the first root that attaches. */
 export const EARLY_NOTES = 16;
 
+/** VmwpLinkError's code for an answer whose result does not decode (decodeVmwpResult): made by the link, not the worker's. */
+export const VMWP_BAD_ANSWER = 'BadAnswer';
+
 export class VmwpLinkError extends Error {
   override name = 'VmwpLinkError';
   /**
-   * `code`: a management error code the VMWP chose (e.g. InvalidArgument), or null. `timedOut`:
+   * `code`: a management error code the VMWP chose (e.g. InvalidArgument), VMWP_BAD_ANSWER (the
+   * worker answered with a result that does not decode: nothing of it is used), or null. `timedOut`:
    * no answer came within the request's time (the worker may still act on it). `gone`: the worker
    * exited or the link was closed (nothing more will come). Neither: the worker refused.
    */
@@ -147,7 +151,7 @@ export class VmwpControlClient {
   private readonly sock: zmq.Dealer = dealer();
   private readonly q = new SendQueue(this.sock);
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined }>();
+  private readonly pending = new Map<number, { body: VmwpRequest; resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined }>();
   private closed = false;
   private gone: string | null = null;
   private readonly unwatch: () => void;
@@ -196,8 +200,22 @@ export class VmwpControlClient {
           if (!p) continue;
           this.pending.delete(f.id);
           clearTimeout(p.timer);
-          if (f.ok) p.resolve(f.result);
-          else p.reject(new VmwpLinkError(f.error, f.code));
+          if (!f.ok) {
+            p.reject(new VmwpLinkError(f.error, f.code));
+            continue;
+          }
+          // The result is checked against the request it answers: the worker is less trusted than
+          // the root, and a result that does not decode fails its request, never the link.
+          let result: unknown;
+          try {
+            result = decodeVmwpResult(p.body, f.result);
+          } catch (e) {
+            const why = e instanceof Error ? e.message : String(e);
+            this.log.warn({ request: p.body.t, why }, 'refusing a malformed answer from a VMWP');
+            p.reject(new VmwpLinkError(`the VM worker process answered "${p.body.t}" with a malformed result: ${why}`, VMWP_BAD_ANSWER));
+            continue;
+          }
+          p.resolve(result);
         }
       }
     } catch (e) {
@@ -205,18 +223,22 @@ export class VmwpControlClient {
     }
   }
 
-  /** Asks the worker; fails after `timeoutMs` (Infinity: never; only an answer or the worker's end settles it). */
-  request<T = unknown>(body: VmwpRequest, timeoutMs = 10000): Promise<T> {
+  /**
+   * Asks the worker; fails after `timeoutMs` (Infinity: never; only an answer or the worker's end
+   * settles it). Resolves with the answer as decodeVmwpResult checked it; an answer that does not
+   * decode fails with code VMWP_BAD_ANSWER.
+   */
+  request<R extends VmwpRequest>(body: R, timeoutMs = 10000): Promise<VmwpResultOf<R>> {
     if (this.closed) return Promise.reject(new VmwpLinkError('the control link is closed', null, false, true));
     if (this.gone) return Promise.reject(new VmwpLinkError(this.gone, null, false, true));
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<VmwpResultOf<R>>((resolve, reject) => {
       // Infinity (or more than a timer holds): no bound. Node runs a timer of more than 2^31 - 1 ms after 1 ms.
       const timer = timeoutMs > MAX_TIMER_MS ? undefined : setTimeout(() => {
         this.pending.delete(id);
         reject(new VmwpLinkError(`the VM worker process did not answer "${body.t}" within ${timeoutMs / 1000} s`, null, true));
       }, timeoutMs);
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.pending.set(id, { body, resolve: resolve as (v: unknown) => void, reject, timer });
       this.q.send(encode({ t: 'req', id, body })).catch((e: Error) => {
         clearTimeout(timer);
         this.pending.delete(id);

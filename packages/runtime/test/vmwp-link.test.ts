@@ -10,10 +10,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeVmwpFrame, decodeVmwpRecord, encode, VmwpDecodeError, type VmwpNote } from '@hvlab/protocol';
-import { VmwpControlClient, VmwpControlServer, VmwpFailure, VmwpLinkError, dealer, type zmq } from '../src/index.js';
+import { VmwpControlClient, VmwpControlServer, VmwpFailure, VmwpLinkError, VMWP_BAD_ANSWER, dealer, type zmq } from '../src/index.js';
 
 const quiet = { warn: () => undefined, error: () => undefined };
 const hostile = { toString: 1, valueOf: 1 };
+/** A `describe` answer as a worker sends it (main.ts). */
+const description = { name: 'vm1', partitionId: 3, partitionPid: 4321, booted: true, suspended: false, saved: false, runningSince: 1765000000000, restored: false, pending: null, moving: null, incoming: null };
 
 describe('VMWP control link decoders', () => {
   it('never throw anything but VmwpDecodeError on random bytes or random msgpack values', () => {
@@ -149,21 +151,21 @@ describe('VMWP control server under random frames', function () {
     const held = new Promise<void>((r) => void (release = r));
     const s = new VmwpControlServer(`ipc://${join(dir, 'held')}`, 'sesame', async (req) => {
       if (req.t === 'status') await held;
-      return { answered: req.t };
+      return req.t === 'status' ? { booted: false, progress: null } : { ...description, name: req.t };
     }, quiet);
     await s.bind();
     const c = new VmwpControlClient(`ipc://${join(dir, 'held')}`, process.pid, () => undefined, quiet);
     try {
       await c.request({ t: 'hello', secret: 'sesame' });
       let settled: unknown = 'pending';
-      const asking = c.request<{ answered: string }>({ t: 'status' }, Infinity).then((v) => (settled = v), (e: unknown) => (settled = e));
+      const asking = c.request({ t: 'status' }, Infinity).then((v) => (settled = v), (e: unknown) => (settled = e));
       // Other requests come and go meanwhile (timers of this process ran past the 1 ms).
-      for (let i = 0; i < 3; i++) expect((await c.request<{ answered: string }>({ t: 'describe' })).answered).to.equal('describe');
+      for (let i = 0; i < 3; i++) expect((await c.request({ t: 'describe' })).name).to.equal('describe');
       await new Promise((r) => setTimeout(r, 50));
       expect(settled, 'still waiting for its answer').to.equal('pending');
       release();
       await asking;
-      expect(settled).to.deep.equal({ answered: 'status' });
+      expect(settled).to.deep.equal({ booted: false, progress: null });
     } finally {
       c.close();
       s.close();
@@ -174,6 +176,58 @@ describe('VMWP control server under random frames', function () {
     try { await gone.request({ t: 'status' }, Infinity); } catch (e) { err = e; }
     gone.close();
     expect((err as VmwpLinkError).gone).to.equal(true);
+  });
+});
+
+describe('VMWP control link answers', function () {
+  this.timeout(30000);
+
+  it('a result that does not decode fails its request with BadAnswer, naming the request and the field, is logged, and the link serves the next request', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-vmwp-answers-'));
+    const endpoint = `ipc://${join(dir, 'w')}`;
+    // What this worker answers next to each request type (a compromised worker: anything).
+    const next = new Map<string, unknown[]>([
+      ['describe', [{ ...description, partitionId: 'two' }, description]],
+      ['ic', [[{ service: 'heartbeat', enabled: true, status: 'OK', version: '3.0' }, { service: 'kvp', enabled: 'yes', status: 'OK', version: null }]]],
+      ['peek', [new Uint8Array(3), new Uint8Array(4)]],
+      ['faultClear', [{ cleared: ['f1', { toString: 'f2' }] }, { cleared: ['f1'] }]],
+      ['migOut', [{ status: 'completed' }]],
+      ['suspend', [{ whatever: [1, 2, 3] }]],
+    ]);
+    const server = new VmwpControlServer(endpoint, 'sesame', async (req) => next.get(req.t)!.shift(), quiet);
+    await server.bind();
+    const warned: Array<{ o: object; m?: string }> = [];
+    const c = new VmwpControlClient(endpoint, process.pid, () => undefined, { warn: (o, m) => void warned.push({ o, m }), error: () => undefined });
+    const refusal = async (p: Promise<unknown>): Promise<VmwpLinkError> => {
+      let err: unknown = null;
+      try { await p; } catch (e) { err = e; }
+      expect(err).to.be.instanceOf(VmwpLinkError);
+      return err as VmwpLinkError;
+    };
+    try {
+      await c.request({ t: 'hello', secret: 'sesame' });
+      const bad = await refusal(c.request({ t: 'describe' }));
+      expect(bad.code).to.equal(VMWP_BAD_ANSWER);
+      expect(bad.message).to.match(/answered "describe" with a malformed result: field partitionId is not an integer/);
+      expect(bad.timedOut || bad.gone, 'neither timed out nor gone').to.equal(false);
+      expect(warned.map((w) => w.m)).to.deep.equal(['refusing a malformed answer from a VMWP']);
+      expect(warned[0]!.o).to.deep.include({ request: 'describe' });
+      // The link goes on: the next answer is taken (and is the checked copy).
+      expect(await c.request({ t: 'describe' })).to.deep.equal(description);
+      expect((await refusal(c.request({ t: 'ic', enable: null, disable: null }))).message).to.match(/"ic" with a malformed result: the integration services\[1\]: field enabled is not a boolean/);
+      expect((await refusal(c.request({ t: 'peek', gpa: 0, len: 4 }))).message).to.match(/"peek" with a malformed result: the memory read is not 4 bytes/);
+      expect(Array.from(await c.request({ t: 'peek', gpa: 0, len: 4 }))).to.deep.equal([0, 0, 0, 0]);
+      expect((await refusal(c.request({ t: 'faultClear', id: null }))).message).to.match(/field cleared\[1\]: not a fault id/);
+      expect(await c.request({ t: 'faultClear', id: null })).to.deep.equal({ cleared: ['f1'] });
+      expect((await refusal(c.request({ t: 'migOut', mig: 'mig-0123abcd', from: 'h1', to: 'h2', endpoint: 'tcp://127.0.0.1:1', auth: '0f'.repeat(32), key: { cluster: 'c', publicKey: 'p', secretKey: 's' }, config: {}, options: {} }, Infinity))).message).to.match(/"migOut" with a malformed result: field result: migration statistics/);
+      // An answer the root does not read is taken whatever it is, and nothing of it is passed on.
+      expect(await c.request({ t: 'suspend', value: true })).to.equal(undefined);
+      expect(warned).to.have.length(5);
+    } finally {
+      c.close();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -776,7 +776,7 @@ export async function runWorker(): Promise<void> {
       throttle: async (cap) => {
         await hv.must('SetPartitionProperty', { partitionId, property: PartitionProperty.CpuCap, value: cap ?? cfg.processor.maximum });
       },
-      progress: (stats) => control.note({ t: 'migProgress', stats: stats as unknown as Record<string, unknown> }),
+      progress: (stats) => control.note({ t: 'migProgress', stats }),
       gpadlHint: () => vmDevices().server.gpadlHint(),
       deviceStates: () => vmDevices().saveDevices(),
     }, { mig: req.mig, vm: cfg.name, from: req.from, to: req.to, endpoint: req.endpoint, auth: req.auth, key: { version: 1, ...req.key }, config: req.config, options });
