@@ -23,7 +23,7 @@ import {
   vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, parseDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, durationHint, parseDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, faultOrder, readHostShrinks, unheldHostFaults, unheldShrinkRecord, worldHosts, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
@@ -83,7 +83,7 @@ const oneOf = (opt: string, values: readonly string[], verb = 'is invalid: use')
   values.includes(v) ? null : `--${opt} ${v} ${verb} ${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}`;
 const nonEmpty = (opt: string) => (v: string): string | null => (v === '' ? `--${opt} is empty` : null);
 const probability = (opt: string) => (v: string): string | null => (/^(0(\.\d+)?|1(\.0+)?|\.\d+)$/.test(v) ? null : `--${opt} ${v} is invalid: a probability from 0 to 1, e.g. 0.2`);
-const durationOpt = (opt: string) => (v: string): string | null => (parseDurationMs(v) === null ? `--${opt} ${v} is invalid: a duration such as 20ms or 1s` : null);
+const durationOpt = (opt: string) => (v: string): string | null => (parseDurationMs(v) === null ? `--${opt} ${v} is invalid: a duration such as 20ms or 1s${durationHint(v)}` : null);
 /** A duration with an optional sign ("-2s", "+500ms") in ms, or null. */
 function signedDurationMs(v: string): number | null {
   const m = /^([+-]?)(.*)$/.exec(v.trim())!;
@@ -111,7 +111,7 @@ const FABRIC_PORT_OPTION: OptionSpec = {
   help: 'the port the cluster\'s fabric listens on (default: 7740 with --listen, where other machines join; else any free port)',
 };
 const inRange = (n: number | null, lo: number, hi: number): boolean => n !== null && Number.isFinite(n) && n >= lo && n <= hi;
-const durationCheck = (opt: string) => (v: string): string | null => (v === 'none' || inRange(parseDuration(v), 0, LINK_MAX_DELAY_MS) ? null : `--${opt} ${v} is invalid: a duration from 0 to 60s such as 20ms or 1.5s, or none`);
+const durationCheck = (opt: string) => (v: string): string | null => (v === 'none' || inRange(parseDuration(v), 0, LINK_MAX_DELAY_MS) ? null : `--${opt} ${v} is invalid: a duration from 0 to 60s such as 20ms or 1.5s, or none${durationHint(v)}`);
 /** A seed (`--seed`): what a file's `seed` takes (parseSeed: decimal or 0x-hex), said in the file's sentence. */
 const seedCheck = (v: string): string | null => (parseSeed(v) === null ? `--seed ${seedProblem(v === '' ? 'nothing' : v)}` : null);
 /** The value of a --seed its check passed. */
@@ -239,7 +239,7 @@ export const COMMANDS: CommandSpec[] = [
           return n === null || (n > 0 && n < MIGRATION_MIN_BANDWIDTH_BPS) ? `--bandwidth ${v} is invalid: bytes per second from 64K, such as 100M or 512K, or 0 for no limit` : null;
         },
       },
-      { name: 'downtime-limit', value: 'TIME', help: 'the blackout to aim for, e.g. 300ms (default, as QEMU)', check: (v) => (inRange(parseDuration(v), 1, 3_600_000) ? null : `--downtime-limit ${v} is invalid: a duration such as 300ms or 1s`) },
+      { name: 'downtime-limit', value: 'TIME', help: 'the blackout to aim for, e.g. 300ms (default, as QEMU)', check: (v) => (inRange(parseDuration(v), 1, 3_600_000) ? null : `--downtime-limit ${v} is invalid: a duration such as 300ms or 1s${durationHint(v)}`) },
       { name: 'max-passes', value: 'N', help: 'pre-copy passes at most before the blackout (default 10)', check: wholeIn('max-passes', 1, 1000) },
       { name: 'compress', help: 'compress pages (deflate); zero pages are never sent in full anyway' },
       { name: 'auto-converge', help: 'throttle the VM when a pass does not shrink the dirty set (20 %, +10 %, at most 99 %, as QEMU)' },
@@ -304,7 +304,7 @@ export const COMMANDS: CommandSpec[] = [
       + 'E.g. hvlab fault inject pause --target vm:web --for 5s; hvlab fault inject vmbus --target vm:web --channel heartbeat --drop 0.5 --for 10s; hvlab fault inject partition --target cluster --shape majority --for 20s',
     options: [
       { name: 'target', value: 'T', required: true, help: 'vm:NAME, host:NAME, host-of:VM, link:A-B, cluster, vms:SEL or hosts:SEL (SEL: one, minority, majority, all; drawn from --seed)', check: (v) => { const t = parseTarget(v); return t.ok ? null : t.message; } },
-      { name: 'for', value: 'TIME', required: true, help: 'how long, e.g. 5s, 250ms, 2m (a fault without an end is refused; kill and bitflip take 0)', check: (v) => (parseDurationMs(v) === null ? `--for ${v} is invalid: a duration such as 5s or 250ms` : null) },
+      { name: 'for', value: 'TIME', required: true, help: 'how long, e.g. 5s, 250ms, 2m (a fault without an end is refused; kill and bitflip take 0)', check: (v) => (parseDurationMs(v) === null ? `--for ${v} is invalid: a duration such as 5s or 250ms${durationHint(v)}` : null) },
       { name: 'role', value: 'ROLE', help: 'kill and pause: partition (default for VMs), vmwp, root (default for hosts), hypervisor, or fabric (the only one of --target cluster)', check: oneOf('role', [...PROCESS_ROLES]) },
       { name: 'restart', help: 'kill: start the killed VM again when the fault ends' },
       { name: 'channel', value: 'NAME', help: `vmbus: only this channel (${VMBUS_DEVICE_CLASSES.join(', ')}; default every channel)`, check: oneOf('channel', VMBUS_DEVICE_CLASSES, 'is not a VMBus channel: use') },
@@ -320,7 +320,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'loss', value: 'PCT', help: 'link: % of chunks lost (each retransmitted later)', check: (v) => (parseLoss(v) === null ? `--loss ${v} is invalid: a percentage such as 5%` : null) },
       { name: 'cut', help: 'link: cut it' },
       { name: 'shape', value: 'S', help: `partition: ${PARTITION_SHAPES.join(', ')} (default one)`, check: oneOf('shape', [...PARTITION_SHAPES]) },
-      { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s` : null) },
+      { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s${durationHint(v.replace(/^[+-]/, ''))}` : null) },
       { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (parseWholeNumber(v, true) === null ? `--skew ${v} is invalid: whole ppm, e.g. 100000 or -50000` : null) },
       { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, decimal or 0x hex, e.g. 0,1 (default all)', check: (v) => (v.split(',').every((x) => parseWholeNumber(x) !== null) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
       { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: faultIntegerIn('lps', 1, 1024) },

@@ -194,6 +194,21 @@ describe('the hvlab command line', () => {
     expect(fileSeed('name: e\nmethods: [offline]\n', '[16]').problems).to.deep.equal(['seed: must be a whole number from 0 to 4294967295, in decimal or 0x-hex (16 or 0x10), not a list']);
   });
 
+  it('reads every duration with its unit, and refuses a bare number but 0, saying so (`--for 5` was 5 ms)', () => {
+    const hint = (n: string): string => `(a duration needs its unit: ${n}s or ${n}ms)`;
+    expect(refusal(['fault', 'inject', 'pause', '--target', 'vm:a', '--for', '5']).message).to.equal(`--for 5 is invalid: a duration such as 5s or 250ms ${hint('5')}`);
+    expect(refusal(['link', 'set', 'h1', 'h2', '--delay', '20']).message).to.equal(`--delay 20 is invalid: a duration from 0 to 60s such as 20ms or 1.5s, or none ${hint('20')}`);
+    expect(refusal(['fault', 'inject', 'vmbus', '--target', 'vm:a', '--for', '1s', '--delay', '50']).message).to.equal(`--delay 50 is invalid: a duration such as 20ms or 1s ${hint('50')}`);
+    expect(refusal(['fault', 'inject', 'clock', '--target', 'vm:a', '--for', '1s', '--offset', '-2']).message).to.equal(`--offset -2 is invalid: a duration such as 5s or -2s ${hint('2')}`);
+    // One grammar: us, ms, s, m and h everywhere, and 0 alone.
+    for (const ok of [['link', 'set', 'h1', 'h2', '--delay', '250us'], ['link', 'set', 'h1', 'h2', '--delay', '0'], ['fault', 'inject', 'pause', '--target', 'vm:a', '--for', '2m'], ['fault', 'inject', 'kill', '--target', 'vm:a', '--for', '0']]) {
+      expect(() => parseCommandLine(ok), ok.join(' ')).to.not.throw();
+    }
+    expect(() => parseCommandLine(['link', 'set', 'h1', 'h2', '--delay', '1m']), 'a link takes minutes too (it took us, not m)').to.not.throw();
+    expect(refusal(['link', 'set', 'h1', 'h2', '--delay', '2m']).message).to.match(/^--delay 2m is invalid: a duration from 0 to 60s/);
+    expect(() => parseCommandLine(['fault', 'inject', 'vmbus', '--target', 'vm:a', '--for', '1s', '--delay', '250us']), 'a fault takes us too').to.not.throw();
+  });
+
   it('checks option values in the order they were given, so the first message names the first wrong one', () => {
     // An unknown channel was passed over for a probability given after it (and, with no probability, the nemesis's "needs at least one probability").
     const line = ['fault', 'inject', 'vmbus', '--channel', 'foo', '--drop', '2', '--target', 'vm:web', '--for', '5s'];

@@ -46,7 +46,7 @@ import { join, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 import { fieldKey, fileText, problem, problemsText, readYamlMap, scalar, seedValue, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
-  CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
+  CLUSTER_HOST_RE, durationHint, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
 import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
@@ -235,7 +235,7 @@ function quantity(ctx: Ctx, f: { v: Node | null; p: Pair }, field: string, parse
   const v = scalar(f.v);
   const n = typeof v === 'string' || typeof v === 'number' ? parse(v) : null;
   if (n === null) {
-    problem(ctx, at(f), field, `must be ${what}, not ${shown(f.v)}`);
+    problem(ctx, at(f), field, `must be ${what}, not ${shown(f.v)}${parse === parseDuration ? durationHint(v) : ''}`);
     return null;
   }
   if ((minOpen ? n <= min : n < min) || n > max) {

@@ -25,7 +25,7 @@
 import { isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 import { fieldKey, problem, problemsText, readYamlMap, scalar, shown, where, type CheckCtx, type FileProblem } from './yaml-check.js';
 import {
-  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
+  MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, CLUSTER_HOST_RE, durationHint, durationMs, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, type LinkImpairments, MIN_MEMORY_BYTES, PROCESSOR_LIMITS, VM_NAME_RE, formatBytes, parseSize, workloadFitError,
 } from '@hvlab/protocol';
 
 /** Host names become parts of namespace and interface names (15 bytes at most in Linux). */
@@ -85,14 +85,17 @@ export class TopologyError extends Error {
 
 // ---- units ------------------------------------------------------------------------------------
 
-/** "20ms", "1.5s", "250us", "0": milliseconds; null when malformed. A bare number is ms. */
+/**
+ * "20ms", "1.5s", "250us", "2m", "0": milliseconds; null when malformed or a bare number other
+ * than 0 (durationMs). A minus sign is read, so that a range check can say what is wrong with
+ * "-5ms".
+ */
 export function parseDuration(text: string | number): number | null {
-  if (typeof text === 'number') return Number.isFinite(text) ? text : null;
-  const m = /^\s*(-?\d+(?:\.\d+)?)\s*(us|µs|ms|s)?\s*$/.exec(text);
-  if (!m) return null;
-  const v = Number(m[1]);
-  const unit = m[2] ?? 'ms';
-  return unit === 's' ? v * 1000 : unit === 'ms' ? v : v / 1000;
+  if (typeof text === 'string' && /^\s*-/.test(text)) {
+    const ms = durationMs(text.replace(/^\s*-/, ''));
+    return ms === null ? null : -ms;
+  }
+  return durationMs(text);
 }
 
 /** "1gbit", "100mbit", "64kbit", "9600bit", "1000000": bits per second (tc's spelling); null when malformed. */
@@ -174,7 +177,7 @@ function quantity(ctx: Ctx, node: Node | null, field: string, parse: (t: string 
   const v = scalar(node);
   const n = typeof v === 'string' || typeof v === 'number' ? parse(v) : null;
   if (n === null) {
-    problem(ctx, node, field, `must be ${what}, not ${shown(node)}`);
+    problem(ctx, node, field, `must be ${what}, not ${shown(node)}${parse === parseDuration ? durationHint(v) : ''}`);
     return null;
   }
   if ((minOpen ? n <= min : n < min) || n > max) {

@@ -235,7 +235,9 @@ describe('experiment files', () => {
     expect(one('vm: { memory: 1T }\n')).to.equal('vm.memory: must be a size such as 64M or 2G, not "1T"');
     expect(one('vm: { memory: 1000 }\n')).to.equal('vm.memory: must be a multiple of 4K from 2M to 4G, not 1000');
     expect(one('link: { loss: lots }\n')).to.equal('link.loss: must be a percentage such as 0.1%, not "lots"');
-    expect(one(`link: { delay: ${'9'.repeat(60)} }\n`)).to.match(/^link\.delay: .* is out of range/);
+    expect(one(`link: { delay: ${'9'.repeat(60)}ms }\n`)).to.match(/^link\.delay: .* is out of range/);
+    // A bare number has no unit (it was ms): refused, saying so.
+    expect(one('link: { delay: 20 }\n')).to.equal('link.delay: must be a duration such as 20ms, not 20 (a duration needs its unit: 20s or 20ms)');
     expect(one(`name2: x\nprobe: "${'x'.repeat(100)}"\n`).split('\n')[1]).to.equal(`probe: must be a size such as 64M or 2G, not "${'x'.repeat(38)}…`);
   });
 
@@ -245,7 +247,8 @@ describe('experiment files', () => {
     expect(one('repetitions: 1e400\n')).to.equal('repetitions: must be a whole number from 1 to 1000, not 1e400');
     expect(one('vm: { vps: 0x41 }\n')).to.equal('vm.vps: must be a whole number from 1 to 64, not 0x41');
     expect(one('warmup: 1e400\n')).to.equal('warmup: must be a duration such as 1s, not 1e400');
-    expect(one('warmup: 1e300\n')).to.equal('warmup: 1e300 is out of range: at least 0ms and at most 3600000ms');
+    expect(one('warmup: 1e300\n')).to.equal('warmup: must be a duration such as 1s, not 1e300');
+    expect(one('warmup: 99999999s\n')).to.equal('warmup: "99999999s" is out of range: at least 0ms and at most 3600000ms');
     expect(one('', 'name: [a]\nmethods: [offline]\n')).to.equal('name: a list is not valid: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit');
     expect(one('kind: [migration]\n')).to.equal('kind: a list is not a kind of experiment: use migration or faults');
     expect(one('', 'name: a\nmethods: { offline: 1 }\n')).to.equal('methods: must be a list of at least one method, e.g. [offline, precopy], not a map');
@@ -254,7 +257,7 @@ describe('experiment files', () => {
     expect(one('vm: { workload: 7 }\n')).to.equal('vm.workload: must be a workload such as idle, counter, spin or memdirty:32M, not 7');
     // A name of 100,000 characters was quoted whole in its problem; a size of a workload too.
     expect(one('', `name: ${'n'.repeat(100_000)}\nmethods: [offline]\n`)).to.equal(`name: "${'n'.repeat(38)}… is not valid: use 1-32 letters, digits, ".", "_" or "-", starting with a letter or digit`);
-    expect(one(`link: { delay: "${'9'.repeat(300)}ms" }\n`)).to.equal(`link.delay: "${'9'.repeat(38)}… is out of range: at least 0ms and at most 60000ms`);
+    expect(one(`link: { delay: "${'9'.repeat(300)}ms" }\n`)).to.equal(`link.delay: must be a duration such as 20ms, not "${'9'.repeat(38)}…`);
     expect(one(`vm: { workload: "memdirty:${'9'.repeat(100_000)}" }\n`)).to.have.length.below(300);
   });
 

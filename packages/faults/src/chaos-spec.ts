@@ -52,7 +52,7 @@ import { FileShapeError, readRegularFile } from '@hvlab/runtime';
 import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
   CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, FAULT_STALL_MAX_VP, INSTANT_FAULT_KINDS, bitflipGpaProblem, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
-  VM_NAME_RE, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
+  VM_NAME_RE, durationHint, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
 import { CLUSTER_NAME_RE, DEFAULT_VM, fieldKey, fileText, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
@@ -234,7 +234,7 @@ const MS_PARAMS = new Set(['delayMs', 'jitterMs', 'signalDelayMs', 'offsetMs']);
 
 /** A signed duration: "-5s", "250ms", or a number of ms. */
 function signedMs(v: unknown): number | null {
-  if (typeof v === 'number') return Number.isFinite(v) ? Math.round(v) : null;
+  if (typeof v === 'number') return parseDurationMs(v);
   if (typeof v !== 'string') return null;
   const t = v.trim();
   const neg = t.startsWith('-');
@@ -415,9 +415,9 @@ function wholeNumber(ctx: Ctx, f: Field, field: string, min: number, max: number
 
 function duration(ctx: Ctx, f: Field, field: string, min: number, max: number): number | null {
   const v = scalar(f.v);
-  const ms = typeof v === 'number' ? (Number.isFinite(v) ? Math.round(v) : null) : typeof v === 'string' ? parseDurationMs(v) : null;
+  const ms = parseDurationMs(v);
   if (ms === null) {
-    problem(ctx, at(f), field, `must be a duration such as 5s, 250ms or 2m, not ${shown(f.v)}`);
+    problem(ctx, at(f), field, `must be a duration such as 5s, 250ms or 2m, not ${shown(f.v)}${durationHint(v)}`);
     return null;
   }
   if (ms < min || ms > max) {

@@ -169,7 +169,10 @@ describe('chaos experiment files', () => {
       [`${base}${w}moves: [{ at: 1s, vm: [a], to: h2 }]\n`, 'moves[0].vm: a list is not one of the workloads (a)'],
       // A number as written.
       [`${base}${w}sample: 1e400\n`, 'sample: must be a duration such as 5s, 250ms or 2m, not 1e400'],
-      [`${base}${w}faults: [{ at: 0x7fffffff, kind: pause, target: vm:a, for: 1s }]\n`, 'faults[0].at: 0x7fffffff is out of range: from 0s to 86400s'],
+      [`${base}${w}faults: [{ at: 0x7fffffff, kind: pause, target: vm:a, for: 1s }]\n`, 'faults[0].at: must be a duration such as 5s, 250ms or 2m, not 0x7fffffff (a duration needs its unit: 2147483647s or 2147483647ms)'],
+      [`${base}${w}faults: [{ at: 2147483647s, kind: pause, target: vm:a, for: 1s }]\n`, 'faults[0].at: "2147483647s" is out of range: from 0s to 86400s'],
+      // A bare number has no unit (it was ms, so `at: 3` fired at +0.003 s): refused, saying so.
+      [`${base}${w}faults: [{ at: 3, kind: pause, target: vm:a, for: 2 }]\n`, 'faults[0].at: must be a duration such as 5s, 250ms or 2m, not 3 (a duration needs its unit: 3s or 3ms)\nfaults[0].for: must be a duration such as 5s, 250ms or 2m, not 2 (a duration needs its unit: 2s or 2ms)'],
       // Long values cut.
       [`name: z\nkind: faults\nworkloads: [{ name: a, host: h1 }]\nduration: "${'9'.repeat(5000)}ms"\n`, `duration: must be a duration such as 5s, 250ms or 2m, not "${'9'.repeat(38)}…`],
       [`${base}${w}faults: [{ at: 1s, kind: ${'k'.repeat(5000)}, target: vm:a, for: 1s }]\n`, `faults[0].kind: "${'k'.repeat(38)}… is not a fault kind (kill, pause, vmbus, interrupt-delay, clock, vp-stall, lp-shrink, link, partition, bitflip)`],

@@ -235,14 +235,37 @@ export function parseWholeNumber(text: string, signed = false): number | null {
   return m[1] === '-' && n !== 0 ? -n : n;
 }
 
-/** A duration in text ("5s", "250ms", "2m", "1h", or a number of ms) in ms; null if it is not one. */
-export function parseDurationMs(s: string): number | null {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(s.trim());
+/** Milliseconds in one of each duration unit hvlab reads. */
+const DURATION_UNIT_MS: Readonly<Record<string, number>> = { us: 0.001, 'µs': 0.001, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * hvlab's one reading of a duration, in ms (not rounded): a number and its unit ("250us", "20ms",
+ * "1.5s", "2m", "1h"), or 0 alone; null for anything else. A bare number other than 0 is refused,
+ * from the command line and from a file alike: it used to be milliseconds, so `fault inject pause
+ * --for 5` made a 5 ms fault where 5 s was meant, while `vm stop --timeout 5` meant seconds. And
+ * the grammar is one: links took `us` but not `m`, faults `m` and `h` but not `us`.
+ */
+export function durationMs(v: unknown): number | null {
+  if (typeof v === 'number') return v === 0 ? 0 : null;
+  if (typeof v !== 'string' || v.length > 64) return null;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h)?\s*$/.exec(v);
   if (!m) return null;
   const n = Number(m[1]);
-  const unit = m[2] ?? 'ms';
-  const ms = n * (unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : 3_600_000);
-  return Number.isFinite(ms) ? Math.round(ms) : null;
+  if (m[2] === undefined) return n === 0 ? 0 : null;
+  const ms = n * DURATION_UNIT_MS[m[2]]!;
+  return Number.isFinite(ms) ? ms : null;
+}
+
+/** A duration (durationMs) in whole ms, rounded; null if it is not one. */
+export function parseDurationMs(s: unknown): number | null {
+  const ms = durationMs(s);
+  return ms === null ? null : Math.round(ms);
+}
+
+/** What to add to a refusal of `v` as a duration: a word on the missing unit when it is a bare number. */
+export function durationHint(v: unknown): string {
+  const t = typeof v === 'number' ? String(v) : typeof v === 'string' ? v.trim() : '';
+  return t.length <= 12 && /^\d+(?:\.\d+)?$/.test(t) && Number(t) !== 0 ? ` (a duration needs its unit: ${t}s or ${t}ms)` : '';
 }
 
 /**
