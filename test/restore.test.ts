@@ -4,12 +4,12 @@
  * snapshot — a silent rollback.
  */
 import { expect } from 'chai';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decode, type IcServiceInfo, type KvpEntry, type VmInfo, type VmStateEvent } from '@hvlab/protocol';
 import { zmq } from '@hvlab/runtime';
 import { MgmtClient, readHost } from '@hvlab/host';
-import { TestHost, sleep, untilHeard } from './harness.js';
+import { TestHost, eventually, sleep, untilHeard } from './harness.js';
 
 describe('turning a VM off while it resumes from a saved state', function () {
   this.timeout(120000);
@@ -101,5 +101,39 @@ describe('turning a VM off while it resumes from a saved state', function () {
     // The shutdown service still works on the restored channel.
     await h.ok('vm', 'stop', 'k');
     expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 'k')!.state).to.equal('Off');
+  });
+});
+
+describe('a save whose worker is killed in the middle', function () {
+  this.timeout(120000);
+  // The save holds with its files written, before they are renamed into place (HVLAB_TEST_SAVE_HOLD_MS).
+  const h = new TestHost({ HVLAB_TEST_SAVE_HOLD_MS: '60000' });
+  after(() => h.destroyLeavingNothing());
+  const unfinished = (): string[] => readdirSync(h.paths.vmDir).filter((f) => /\.saved\.tmp-\d+$/.test(f));
+
+  it('leaves nothing of it: the root removes the worker\'s unfinished save when it sees it go, and a new root removes one of a worker that died while none was up', async () => {
+    await h.ok('up', '--lps', '1');
+    await h.ok('vm', 'new', 's', '--memory', '8M');
+    await h.ok('vm', 'start', 's');
+    const saving = h.run('vm', 'save', 's');
+    // Its memory and state are written; it has not renamed them yet (it holds there).
+    expect(await eventually(() => unfinished().some((d) => existsSync(join(h.paths.vmDir, d, 'state.json'))), 30000), 'the save wrote its files').to.equal(true);
+    const [dir] = unfinished();
+    const pid = Number(/tmp-(\d+)$/.exec(dir!)![1]);
+    process.kill(pid, 'SIGKILL');
+    const r = await saving;
+    expect(r.code, 'the save failed').to.not.equal(0);
+    expect(await eventually(() => unfinished().length === 0, 10000), `unfinished saves left: ${unfinished().join(', ')}`).to.equal(true);
+    expect(existsSync(join(h.paths.vmDir, 's.saved')), 'no saved state').to.equal(false);
+    expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 's')!.state).to.equal('Off');
+
+    // One left by a worker that died while no root was up (a pid above pid_max is never alive).
+    await h.ok('down');
+    const stale = join(h.paths.vmDir, 's.saved.tmp-4194305');
+    mkdirSync(stale);
+    writeFileSync(join(stale, 'memory.bin'), Buffer.alloc(4096));
+    await h.ok('up', '--lps', '1');
+    expect(existsSync(stale), 'the stale unfinished save').to.equal(false);
+    expect((await h.json<VmInfo[]>('vm', 'list')).find((v) => v.name === 's')!.state, 'the VM is still there').to.equal('Off');
   });
 });

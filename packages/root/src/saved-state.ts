@@ -21,11 +21,11 @@
  * resume that old snapshot again (Hyper-V deletes the .vsv once the VM runs from it).
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeSavedVpState, DEVICE_ID_RE, MAX_DEVICES_PER_VM, type SavedVpState } from '@hvlab/protocol';
 import { decodeState, StateFieldError, uint, versioned } from '@hvlab/protocol/state';
-import { readRegularFile, makeDirs } from '@hvlab/runtime';
+import { readRegularFile, makeDirs, pidAlive } from '@hvlab/runtime';
 import { PROCESSOR_LIMITS, shown } from './config.js';
 
 /** Version 2: per-component state (version 1 kept devices in a fixed map and renegotiated VMBus). */
@@ -125,15 +125,51 @@ export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-/** Writes a saved state atomically (temporary directory, then rename). */
-export function writeSavedState(vmDir: string, name: string, state: SavedVm, memory: Uint8Array): void {
+/** The directory a worker (`pid`) writes a saved state in before it renames it into place. */
+export function unfinishedSaveDir(vmDir: string, name: string, pid: number): string {
+  return `${savedDir(vmDir, name)}.tmp-${pid}`;
+}
+
+/** NAME.saved.tmp-PID: a save in progress, or one whose worker died in the middle (SIGKILL: its catch never ran). */
+const UNFINISHED_SAVE_RE = /\.saved\.tmp-(\d+)$/;
+
+/**
+ * Removes the unfinished saves in `vmDir` whose worker is gone, and returns their names. A worker
+ * killed while it wrote its memory left hundreds of MiB here that nothing removed (not `down`,
+ * not the next `up`, not `vm delete`); the root removes a worker's own when it sees it go, and
+ * this at its start, for workers that died while no root was up. A save whose pid is alive is
+ * left alone (it may be in progress).
+ */
+export function sweepUnfinishedSaves(vmDir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(vmDir);
+  } catch {
+    return [];
+  }
+  const gone: string[] = [];
+  for (const f of names) {
+    const m = UNFINISHED_SAVE_RE.exec(f);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    rmSync(join(vmDir, f), { recursive: true, force: true });
+    gone.push(f);
+  }
+  return gone;
+}
+
+/**
+ * Writes a saved state atomically (temporary directory, then rename). `afterWrite` runs once the
+ * files are written, before the rename (tests hold a save there).
+ */
+export function writeSavedState(vmDir: string, name: string, state: SavedVm, memory: Uint8Array, afterWrite?: () => void): void {
   const dir = savedDir(vmDir, name);
-  const tmp = `${dir}.tmp-${process.pid}`;
+  const tmp = unfinishedSaveDir(vmDir, name, process.pid);
   rmSync(tmp, { recursive: true, force: true });
   makeDirs(tmp);
   try {
     writeFileSync(join(tmp, 'memory.bin'), memory);
     writeFileSync(join(tmp, 'state.json'), JSON.stringify(state, null, 1) + '\n');
+    afterWrite?.();
     rmSync(dir, { recursive: true, force: true });
     renameSync(tmp, dir);
   } catch (e) {

@@ -32,7 +32,7 @@ import { MAX_SPARE, SpareWorkers } from './spare.js';
 import { spawnVmwp } from './worker-spawn.js';
 import { CommittedMigrations } from './committed.js';
 import { incomingRecordNames, readIncomingRecord, removeIncomingRecord, writeIncomingRecord } from './incoming-record.js';
-import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, unmarkSavedStateConsumed } from './saved-state.js';
+import { discardSavedState, hasSavedState, isSavedStateConsumed, markSavedStateConsumed, sweepUnfinishedSaves, unfinishedSaveDir, unmarkSavedStateConsumed } from './saved-state.js';
 
 const START_TIMEOUT_MS = 30000;
 
@@ -317,6 +317,7 @@ export class Vmms {
       });
     }
     const { valid, invalid } = o.store.loadAll();
+    for (const f of sweepUnfinishedSaves(o.vmDir)) o.log.warn({ dir: f }, 'removed the unfinished save of a worker that died while no root was up');
     for (const c of valid) {
       const r = this.record(c);
       if (hasSavedState(o.vmDir, c.name)) r.state = EnabledState.Saved;
@@ -666,6 +667,13 @@ export class Vmms {
     r.partitionPid = null;
     r.booted?.(false, why);
     r.booted = null;
+    // A save it was writing when it died (SIGKILL: its own clean-up never ran): hundreds of MiB
+    // that nothing else removes.
+    try {
+      rmSync(unfinishedSaveDir(this.o.vmDir, r.config.name, pid), { recursive: true, force: true });
+    } catch (e) {
+      this.o.log.warn({ vm: r.config.name, err: (e as Error).message }, 'the unfinished save of a worker that is gone could not be removed');
+    }
     // A saved state marked consumed whose worker is gone, with no start of this root waiting to
     // give it back (r.restoring): a worker resumed (or began to) from it, so it is used up, as the
     // re-attach sweep decides for workers that died while no root was up. This covers a worker

@@ -5,7 +5,7 @@
  * names the file and the field; a saved state marked consumed is no Saved VM's any more.
  */
 import { expect } from 'chai';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { SavedVpState } from '@hvlab/protocol';
@@ -136,5 +136,24 @@ describe('saved state on disk', () => {
     expect(saved.isSavedStateConsumed(dir, 'v')).to.equal(true);
     saved.unmarkSavedStateConsumed(dir, 'v');
     expect(hasSavedState(dir, 'v')).to.equal(true);
+  });
+});
+
+describe('unfinished saves (NAME.saved.tmp-PID)', () => {
+  it('are removed when their worker is gone, and kept while it lives; nothing else in the directory is touched', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-unfinished-'));
+    try {
+      for (const d of ['a.saved.tmp-4194305', `b.saved.tmp-${process.pid}`, 'c.saved', 'd.saved.tmp-x']) {
+        mkdirSync(join(dir, d));
+        writeFileSync(join(dir, d, 'memory.bin'), 'x');
+      }
+      writeFileSync(join(dir, 'e.json'), '{}');
+      expect(saved.sweepUnfinishedSaves(dir)).to.deep.equal(['a.saved.tmp-4194305']);
+      expect(readdirSync(dir).sort()).to.deep.equal([`b.saved.tmp-${process.pid}`, 'c.saved', 'd.saved.tmp-x', 'e.json']);
+      expect(saved.unfinishedSaveDir(dir, 'b', process.pid)).to.equal(join(dir, `b.saved.tmp-${process.pid}`));
+      expect(saved.sweepUnfinishedSaves(join(dir, 'missing'))).to.deep.equal([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

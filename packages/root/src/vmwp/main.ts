@@ -62,6 +62,8 @@ const DIRTY_TIMEOUT_MS = testKnob('HVLAB_TEST_DIRTY_TIMEOUT_MS', 1) ?? 10000;
  * its sending again once the connection is back is for (MigrationOut.call).
  */
 const HOLD_PAGES_UNTIL_DROP = testKnob('HVLAB_TEST_HOLD_PAGES_UNTIL_DROP', 1);
+/** Tests: a save holds this long with its files written, before they are renamed into place (a worker killed in the middle). */
+const SAVE_HOLD_MS = testKnob('HVLAB_TEST_SAVE_HOLD_MS', 1, 60000);
 /**
  * How long a partition process whose link to this worker closed may take to exit before the worker
  * kills it as failed. A process that exits closes the link a moment before its exit is seen.
@@ -730,7 +732,7 @@ export async function runWorker(): Promise<void> {
       try {
         const mem = new Uint8Array(memory.buffer).slice();
         const state = capture(vps, sha256(mem));
-        writeSavedState(cfg.vmDir, cfg.name, state, mem);
+        writeSavedState(cfg.vmDir, cfg.name, state, mem, SAVE_HOLD_MS === null ? undefined : () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SAVE_HOLD_MS));
         saved = true;
         suspended = true;
         log.info({ bytes: mem.length, ms: Date.now() - t0, components: Object.keys(state.components).length }, 'VM saved');
