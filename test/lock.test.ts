@@ -4,11 +4,16 @@
  * not let a second host (and a second copy of every VM) start on the same home.
  */
 import { expect } from 'chai';
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
 import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
 import { eventually, shmFiles, TestHost } from './harness.js';
+
+const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
 
 describe('one host per home', function () {
   this.timeout(120000);
@@ -128,6 +133,56 @@ describe('a host whose home is removed under it', function () {
       expect(await eventually(() => hostProcesses(id).length === 0, 10000), 'nothing of it runs').to.equal(true);
     } finally {
       await h2.destroyLeavingNothing();
+    }
+  });
+
+  it('down of a host whose record is gone, run with another TMPDIR than the host\'s, stops it by its own sockets and removes them (it took its own TMPDIR\'s and left the host\'s)', async () => {
+    const hostTmp = mkdtempSync(join(tmpdir(), 'hvlab-test-tmp-'));
+    const h2 = new TestHost({ TMPDIR: hostTmp, HVLAB_TEST_DOWN_GRACE_MS: '1000' });
+    try {
+      await h2.ok('up', '--lps', '1');
+      const id = h2.hostId;
+      const sockDir = (JSON.parse(readFileSync(h2.paths.hostFile, 'utf8')) as { sockDir: string }).sockDir;
+      expect(sockDir.startsWith(hostTmp), sockDir).to.equal(true);
+      // As after an `up` killed before the record was written: the lock's hypervisor holds the home.
+      const hv = (JSON.parse(readFileSync(h2.paths.hostFile, 'utf8')) as { pids: { hypervisor: number } }).pids.hypervisor;
+      process.kill(hv, 'SIGSTOP');
+      rmSync(h2.paths.hostFile);
+      const r = spawnSync(process.execPath, [CLI, 'down'], { env: { ...process.env, HVLAB_HOME: h2.home, TMPDIR: tmpdir() }, encoding: 'utf8', timeout: 60000 });
+      expect(r.status, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(new RegExp(`^host ${id} is down`));
+      expect(await eventually(() => hostProcesses(id).length === 0, 10000), 'nothing of it runs').to.equal(true);
+      expect(existsSync(sockDir), 'the host\'s socket directory').to.equal(false);
+    } finally {
+      await h2.destroyLeavingNothing();
+      rmSync(hostTmp, { recursive: true, force: true });
+    }
+  });
+
+  it('down of a host whose processes are all gone and whose record is damaged removes its /dev/shm files, sockets and record (it said "no host was up" and left them)', async () => {
+    const hostTmp = mkdtempSync(join(tmpdir(), 'hvlab-test-tmp-'));
+    const h2 = new TestHost({ TMPDIR: hostTmp });
+    try {
+      await h2.ok('up', '--lps', '1');
+      await h2.ok('vm', 'new', 'a', '--memory', '8M');
+      await h2.ok('vm', 'start', 'a');
+      const id = h2.hostId;
+      const sockDir = (JSON.parse(readFileSync(h2.paths.hostFile, 'utf8')) as { sockDir: string }).sockDir;
+      expect(shmFiles(id).length, 'the host has /dev/shm files').to.be.above(0);
+      for (const pid of hostProcesses(id)) process.kill(pid, 'SIGKILL');
+      expect(await eventually(() => hostProcesses(id).length === 0, 10000), 'every process of the host is gone').to.equal(true);
+      // Cut short: it no longer decodes, but still names the host and its sockets.
+      writeFileSync(h2.paths.hostFile, `{"hostId":"${id}","sockDir":"${sockDir}","ho`);
+      const r = spawnSync(process.execPath, [CLI, 'down'], { env: { ...process.env, HVLAB_HOME: h2.home }, encoding: 'utf8', timeout: 60000 });
+      expect(r.status, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(new RegExp(`^host ${id} is down`));
+      expect(shmFiles(id), '/dev/shm files of the host').to.deep.equal([]);
+      expect(existsSync(sockDir), 'its socket directory').to.equal(false);
+      expect(existsSync(h2.paths.hostFile), 'its damaged record').to.equal(false);
+      expect(existsSync(h2.paths.vmwpDir), 'its workers\' records').to.equal(false);
+    } finally {
+      await h2.destroyLeavingNothing();
+      rmSync(hostTmp, { recursive: true, force: true });
     }
   });
 

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { basename, isAbsolute, join, normalize } from 'node:path';
 import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, testKnob, type HostPaths, type HostRecord, makeDirs } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
 import { procEnviron, procPids, procStat, procTitle } from '@hvlab/shm/procfs';
@@ -37,6 +37,37 @@ export function readHost(paths: HostPaths): HostRecord | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * What can still be read of a host record that does not decode (cut short, edited): its host id
+ * and its socket directory, or nulls. `down` finds a dead host's /dev/shm files by its id and its
+ * sockets by that directory: with the record damaged and every process of the host gone, nothing
+ * else names them, and they stayed (a 32 MiB memory file and the sockets, for good).
+ */
+export function salvageHostRecord(paths: HostPaths): { hostId: string | null; sockDir: string | null } {
+  let text: string;
+  try {
+    text = readRegularFile(paths.hostFile, HOST_RECORD_MAX_BYTES).toString('utf8');
+  } catch {
+    return { hostId: null, sockDir: null };
+  }
+  const id = /"hostId"\s*:\s*"([0-9a-f]{6})"/.exec(text)?.[1] ?? null;
+  const dir = /"sockDir"\s*:\s*"([^"\\]{1,4096})"/.exec(text)?.[1] ?? null;
+  // Only a directory where this home's sockets could be (pathsForRecord's checks) is taken.
+  const sockDir = dir !== null && pathsForRecord(paths, { sockDir: dir }).sockDir === dir ? dir : null;
+  return { hostId: id, sockDir };
+}
+
+/**
+ * The socket directory of the live process `pid` for this home: its TMPDIR (or /tmp) and the
+ * home's directory name. A `down` right after a killed `up`, run with another TMPDIR, took its
+ * own and left the host's sockets behind.
+ */
+function sockDirOfProcess(paths: HostPaths, pid: number): string {
+  const tmp = procEnviron(pid)?.get('TMPDIR');
+  const base = tmp !== undefined && isAbsolute(tmp) ? normalize(tmp).replace(/\/+$/, '') || '/' : '/tmp';
+  return join(base, basename(paths.sockDir));
 }
 
 export function hostRunning(rec: HostRecord | null): boolean {
@@ -252,16 +283,19 @@ async function untilGone(pids: readonly number[], ms = KILLED_GONE_MS): Promise<
 export async function down(paths0: HostPaths): Promise<{ hostId: string | null; graceful: boolean; killed: number; shm: number }> {
   let rec = readHost(paths0);
   // Its sockets are where its processes put them (their TMPDIR), not where this one's would go.
-  const paths = pathsForRecord(paths0, rec);
+  let paths = pathsForRecord(paths0, rec);
   if (!rec) {
     const holder = lockHolder(paths);
     if (holder === null) {
       // No hypervisor holds the home, but processes of a host of it may still run: a VMWP whose
       // hypervisor ended under it (a SIGTERM, its home removed) could wait for good, and nothing
       // named it once the hypervisor had removed its record. They name the home and their host.
+      // A record that no longer decodes may still name a host whose processes are all gone.
+      const salvaged = salvageHostRecord(paths0);
+      if (salvaged.sockDir !== null) paths = pathsForRecord(paths0, { sockDir: salvaged.sockDir });
       let killed = 0;
       let shm = 0;
-      const ids = strayHostIds(paths.home);
+      const ids = [...new Set([...strayHostIds(paths.home), ...(salvaged.hostId !== null ? [salvaged.hostId] : [])])];
       for (const id of ids) {
         const sw = sweepHost(paths, id, { sameHome: true });
         killed += sw.killed;
@@ -269,14 +303,17 @@ export async function down(paths0: HostPaths): Promise<{ hostId: string | null; 
         await untilGone(sw.pids);
       }
       rmSync(paths.sockDir, { recursive: true, force: true });
+      rmSync(paths.vmwpDir, { recursive: true, force: true });
+      if (salvaged.hostId !== null) rmSync(paths.hostFile, { force: true });
       rmSync(paths.lockFile, { force: true });
       return { hostId: ids[0] ?? null, graceful: ids.length === 0, killed, shm };
     }
     // A live hypervisor holds the home but its record is gone or unreadable (removed, edited,
-    // cut short): it is still this home's host, and "down" still stops it. Its host id is in its
-    // environment; the management socket's path comes from the home, not from the record.
+    // cut short, or not written yet): it is still this home's host, and "down" still stops it.
+    // Its host id is in its environment, and its sockets are under its TMPDIR.
     const hostId = procEnviron(holder)?.get('HVLAB_HOST_ID');
     if (hostId === undefined || !/^[0-9a-f]{6}$/.test(hostId)) return { hostId: null, graceful: true, killed: 0, shm: 0 };
+    paths = pathsForRecord(paths0, { sockDir: sockDirOfProcess(paths0, holder) });
     rec = { hostId, home: paths.home, pids: { hypervisor: holder, root: holder }, sockDir: paths.sockDir, lps: 1, startedAt: '' };
   }
   let graceful = false;
