@@ -327,6 +327,9 @@ describe('a host of real processes (shared memory)', function () {
     const beta = vmByName(await h.json<VmInfo[]>('vm', 'list'), 'beta');
     await h.ok('vm', 'turn-off', 'beta');
     expect(hostProcesses(h.hostId)).to.not.include(beta.pids.vmwp);
+    // Its worker's control socket went with it (ZeroMQ's own unlink was cut short by the exit).
+    const sock = h.paths.vmwpEndpoint(beta.id).slice('ipc://'.length);
+    expect(await eventually(() => !existsSync(sock), 5000), `the worker's socket ${sock}`).to.equal(true);
     expect(existsSync(join(h.paths.logDir, 'vmwp-beta.log')), 'it ran: its worker logged').to.equal(true);
     await h.ok('vm', 'delete', 'beta');
     expect((await h.json<VmInfo[]>('vm', 'list')).map((v) => v.name)).to.deep.equal(['alpha']);

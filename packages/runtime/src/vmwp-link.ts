@@ -6,6 +6,7 @@
  * pending once it is gone.
  */
 import { encode, decodeVmwpFrame, decodeVmwpResult, VmwpDecodeError, type VmwpNote, type VmwpRequest, type VmwpResultOf } from '@hvlab/protocol';
+import { statSync, unlinkSync } from 'node:fs';
 import { watchPid } from './anchor.js';
 import { dealer, router, SendQueue, type zmq } from './zmq.js';
 
@@ -55,8 +56,17 @@ export class VmwpControlServer {
     private readonly log: Log,
   ) {}
 
+  /** The socket file this server bound (an ipc:// endpoint) and its inode, for close to remove. */
+  private boundFile: { path: string; ino: number } | null = null;
+
   async bind(): Promise<void> {
     await this.sock.bind(this.endpoint);
+    if (this.endpoint.startsWith('ipc://')) {
+      const path = this.endpoint.slice('ipc://'.length);
+      try {
+        this.boundFile = { path, ino: statSync(path).ino };
+      } catch { /* not there to remove later */ }
+    }
     void this.serve();
   }
 
@@ -135,11 +145,24 @@ export class VmwpControlServer {
     void this.q.send([this.attached, encode({ t: 'note', body })]).catch(() => undefined);
   }
 
+  /**
+   * Closes the socket and removes its file, if it is still the one this server bound (a worker of
+   * the same VM started since may have bound the path again). ZeroMQ unlinks it on its own I/O
+   * thread, which a worker's process.exit right after cut short: a host kept a dead `w-…` socket
+   * for every VM stopped, turned off, deleted or moved away.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.q.close();
     this.sock.close();
+    const f = this.boundFile;
+    this.boundFile = null;
+    if (f) {
+      try {
+        if (statSync(f.path).ino === f.ino) unlinkSync(f.path);
+      } catch { /* gone already */ }
+    }
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeVmwpFrame, decodeVmwpRecord, encode, VmwpDecodeError, type VmwpNote } from '@hvlab/protocol';
@@ -253,6 +253,31 @@ describe('VMWP control link notes', function () {
     } finally {
       c?.close();
       server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('VMWP control server\'s socket file', () => {
+  it('is removed when the server closes, at once (a worker exits right after), but not when another server bound the path since', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hvlab-vmwp-sock-'));
+    try {
+      const path = join(dir, 'w');
+      const a = new VmwpControlServer(`ipc://${path}`, 'sesame', async () => null, quiet);
+      await a.bind();
+      expect(existsSync(path), 'bound').to.equal(true);
+      a.close();
+      expect(existsSync(path), 'removed by close, before ZeroMQ\'s own I/O thread').to.equal(false);
+      // A server of the same VM bound the path again before the old one closed: its file stays.
+      const b = new VmwpControlServer(`ipc://${path}`, 'sesame', async () => null, quiet);
+      await b.bind();
+      const c = new VmwpControlServer(`ipc://${path}`, 'sesame', async () => null, quiet);
+      await c.bind();
+      b.close();
+      expect(existsSync(path), 'the newer server\'s file').to.equal(true);
+      c.close();
+      expect(existsSync(path)).to.equal(false);
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
