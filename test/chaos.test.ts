@@ -10,7 +10,7 @@
  * existing cluster has its faults undone by the nemesis within 10 s (its owner lease lapses).
  */
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -24,6 +24,7 @@ import {
 import { TestHost, downClusterLeavingNothing, eventually, killExperimentRun, shmFiles } from './harness.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = join(repo, 'packages', 'cli', 'bin', 'hvlab.mjs');
 
 // The partition lasts 3 s: a host counts a missed heartbeat only when a ping sent into the cut
 // times out (1 s) before the heal (one the cut link holds and delivers at the heal in time is
@@ -502,6 +503,30 @@ faults:
     expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
     expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);
     expect(networkLeftovers(clusterTag(home))).to.deep.equal({ namespaces: [], links: [] });
+  });
+
+  it('a run killed with SIGKILL while its nemesis starts, before it holds its lease: the nemesis removes the temporary home as it leaves', async () => {
+    const file = join(dir, 'killed-first.yaml');
+    writeFileSync(file, 'name: e2e-killed-first\nkind: faults\nhosts: 2\nlps: 1\nduration: 30s\nworkloads:\n  - { name: k1, host: h1, workload: counter, memory: 16M }\nfaults:\n  - { at: 1s, kind: pause, target: vm:k1, for: 5s }\n');
+    // Its own temporary folder, so its home is the only hvlab-chaos-… there.
+    const tmp = mkdtempSync(join(tmpdir(), 'hvlab-killfirst-'));
+    const homes = (): string[] => readdirSync(tmp).filter((d) => /^hvlab-chaos-/.test(d));
+    const child = spawn(process.execPath, [CLI, 'experiment', 'run', file, '--out', join(dir, 'killed-first')], { stdio: 'ignore', env: { ...process.env, TMPDIR: tmp } });
+    const exited = new Promise<void>((r) => child.on('exit', () => r()));
+    try {
+      // The nemesis has begun (its log is made as it starts): the run waits for its "ready" now,
+      // and holds no lease yet. (It used to leave the home with its nemesis.log and lock.)
+      const started = await eventually(() => homes().some((d) => existsSync(join(tmp, d, 'faults', 'nemesis.log'))), 60_000, 5);
+      expect(started, 'the run\'s nemesis started').to.equal(true);
+      child.kill('SIGKILL');
+      await exited;
+      expect(await eventually(() => homes().length === 0, 30_000), `temporary homes left: ${homes().join(', ')}`).to.equal(true);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+      for (const d of homes()) spawnSync(process.execPath, [CLI, '--home', join(tmp, d), 'cluster', 'down'], { stdio: 'ignore', timeout: 60000 });
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it('a run killed with SIGKILL while its new cluster comes up: its lease was taken first, so the cluster still goes down and its home is removed', async () => {

@@ -52,7 +52,7 @@ import {
 import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
-import { ClusterError, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, STAGED_LOGS_RE, stoppableProbe } from './lab.js';
+import { ClusterError, markTemporaryHome, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, STAGED_LOGS_RE, stoppableProbe } from './lab.js';
 import { impairmentsText } from './graph.js';
 import { environmentText, loadNow, runEnvironment, sourceSha256, type RunEnvironment } from './provenance.js';
 import { barChartSvg, formatBinaryBytes, formatNumber, lineChartSvg, type Bar } from './plot.js';
@@ -1223,6 +1223,7 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
   const madeDirs = makeReportDir(out);
   try {
     const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-experiment-')) : null;
+    if (tempHome !== null) markTemporaryHome(tempHome);
     const home = resolveHome(tempHome ?? opts.home ?? null);
     const report = newReport(spec, { out, home, started });
     let broughtUp = false;

@@ -693,6 +693,36 @@ export interface ClusterStatus {
   links: ClusterLinkStatus[];
 }
 
+// ---- temporary homes ----------------------------------------------------------------------------
+
+/** In a run's temporary home (an experiment's or a chaos run's own cluster): who made it. */
+export const TEMPORARY_HOME_FILE = 'temporary-home.json';
+
+/**
+ * Marks `home` as the temporary home of this process (its pid and start time), right after it is
+ * made. A run killed before its lease on the home was held (the nemesis starting, ~0.5 s) left
+ * the home behind; the nemesis, leaving a home with no host, removes one whose maker is gone
+ * (orphanedTemporaryHome).
+ */
+export function markTemporaryHome(home: string): void {
+  writeFileAtomic(join(home, TEMPORARY_HOME_FILE), JSON.stringify({ pid: process.pid, start: procStartTime(process.pid) }) + '\n', { durable: false });
+}
+
+/** Whether `home` is a temporary home (markTemporaryHome) whose maker is gone (no such pid, or another process under it). */
+export function orphanedTemporaryHome(home: string): boolean {
+  let v: unknown;
+  try {
+    v = JSON.parse(readRegularFile(join(home, TEMPORARY_HOME_FILE), 4096).toString('utf8'));
+  } catch {
+    return false;
+  }
+  if (typeof v !== 'object' || v === null) return false;
+  const { pid, start } = v as { pid?: unknown; start?: unknown };
+  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0) return false;
+  const now = procStartTime(pid);
+  return now === null || (typeof start === 'number' && now !== start);
+}
+
 // ---- the fabric ---------------------------------------------------------------------------------
 
 /**

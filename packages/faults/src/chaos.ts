@@ -27,7 +27,7 @@ import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
 import { worldHosts } from './world.js';
 import {
-  ClusterError, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, FAILED_UP_LOGS_ENTRY, writeReportOrElsewhere, loadNow, runEnvironment,
+  ClusterError, markTemporaryHome, clusterDown, clusterGoingDown, clusterHostTarget, clusterStatus, clusterTag, clusterUp, fabricPids, meshTopologySource, networkLeftovers, parseTopology, readCluster, reportStamp, makeReportDir, FAILED_UP_LOGS_ENTRY, writeReportOrElsewhere, loadNow, runEnvironment,
   type RunExperimentOptions,
 } from '@hvlab/cluster';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord } from './types.js';
@@ -237,6 +237,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
   const out = resolve(opts.out ?? `experiment-${spec.name}-${reportStamp(started)}`);
   const madeDirs = makeReportDir(out, CHAOS_REPORT_FILES);
   const tempHome = spec.cluster === 'new' && opts.home === undefined ? mkdtempSync(join(tmpdir(), 'hvlab-chaos-')) : null;
+  if (tempHome !== null) markTemporaryHome(tempHome);
   const home = resolveHome(tempHome ?? opts.home ?? null);
   const owner = runOwner(spec.name);
   const report: ChaosReport = {

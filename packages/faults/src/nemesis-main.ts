@@ -20,7 +20,7 @@ import { decodeNemesisRequest, type NemesisRequest } from './wire.js';
 import { FaultRefused, faultsDir, Nemesis } from './nemesis.js';
 import { nemesisEndpoint, nemesisFile, nemesisSocketDir, removeNemesisSocket } from './client.js';
 import { processStart } from './world.js';
-import { clusterDown } from '@hvlab/cluster';
+import { clusterDown, orphanedTemporaryHome } from '@hvlab/cluster';
 
 const IDLE_EXIT_MS = Number(process.env.HVLAB_NEMESIS_IDLE_MS ?? '') || 30_000;
 
@@ -45,6 +45,12 @@ async function leave(why: string): Promise<void> {
   server?.close();
   rmSync(nemesisFile(home), { force: true });
   removeNemesisSocket(home);
+  // A run's temporary home whose run was killed before it held its lease (while this nemesis
+  // started): nothing else would remove it.
+  if (!nemesis.homeAlive() && orphanedTemporaryHome(home)) {
+    log.info({ home }, 'removing a temporary home whose run is gone');
+    rmSync(home, { recursive: true, force: true });
+  }
   process.exit(0);
 }
 
