@@ -113,6 +113,17 @@ describe('clusters on one machine', function () {
     expect(two.code).to.equal(1);
     expect(two.stderr).to.match(/VM "c" is on more than one host of cluster lab \(h1, h2\): aim at one with --host/);
     await h.ok('--host', 'h1', 'vm', 'delete', 'c');
+    // Aimed at a host the VM is not on: said where it is.
+    const wrongHost = await h.run('--host', 'h2', 'vm', 'stop', 'a');
+    expect(wrongHost.code).to.equal(1);
+    expect(wrongHost.stderr).to.match(/ \(it is on h1: aim there with --host, or leave --host out\)$/m);
+    // debug hypercall --as VM finds the VM's host too.
+    const hc = await h.run('debug', 'hypercall', '--as', 'd', 'GetPartitionId');
+    expect(hc.stdout, `debug hypercall --as d found h3: ${hc.stderr}`).to.match(/^GetPartitionId as d: /);
+    // logs in the cluster's home (the hosts' logs are in their own homes) says so.
+    const logs = await h.run('logs');
+    expect(logs.code).to.equal(1);
+    expect(logs.stderr).to.match(/no logs under .*: this home holds cluster lab: name one of its hosts with --host/);
     const unknown = await h.run('--host', 'h9', 'vm', 'list');
     expect(unknown.code).to.equal(1);
     expect(unknown.stderr).to.match(/cluster lab has no host "h9" \(hosts: h1, h2, h3\)/);

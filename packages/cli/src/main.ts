@@ -1428,6 +1428,8 @@ function needHost(paths: HostPaths): MgmtClient {
 export async function run(argv: string[]): Promise<number> {
   let client: MgmtClient | null = null;
   jsonFailures = wantsJson(argv);
+  /** A command on one VM aimed with --host at a host of a cluster: where else the VM is, when that host has none. */
+  let vmElsewhere: (() => Promise<string | null>) | null = null;
   try {
     const p = parseCommandLine(argv);
     if (p.kind === 'help') {
@@ -1441,8 +1443,18 @@ export async function run(argv: string[]): Promise<number> {
     // A host that joined from another machine is reached over CURVE TCP (its management API).
     let remote: { name: string; endpoint: string; socket: Record<string, unknown> } | null = null;
     // In a cluster, a command on one VM without --host goes to the host the VM is on.
-    const vmHost = aimed === undefined && VM_COMMANDS_BY_NAME.has(commandName(p.spec)) && typeof p.args[0] === 'string' && hasCluster(paths.home)
-      ? await clusterCall(() => hostOfVmInCluster(paths.home, p.args[0]!))
+    if (typeof aimed === 'string' && typeof p.args[0] === 'string' && VM_COMMANDS_BY_NAME.has(commandName(p.spec)) && hasCluster(paths.home)) {
+      const home = paths.home;
+      const name = p.args[0];
+      vmElsewhere = async () => {
+        const on = [...new Set((await clusterVms(home)).filter((v) => v.name === name).map((v) => v.host))].filter((h) => h !== aimed).sort();
+        return on.length > 0 ? `it is on ${on.join(', ')}` : null;
+      };
+    }
+    // `debug hypercall --as VM` names its VM by an option.
+    const vmNamed = VM_COMMANDS_BY_NAME.has(commandName(p.spec)) ? p.args[0] : commandName(p.spec) === 'debug hypercall' ? p.options.get('as') : undefined;
+    const vmHost = aimed === undefined && typeof vmNamed === 'string' && hasCluster(paths.home)
+      ? await clusterCall(() => hostOfVmInCluster(paths.home, vmNamed))
       : null;
     // Faults in a cluster go through its one nemesis, whatever --host says: a host's own nemesis
     // beside it could undo the other's fault on the same process (a 2 s pause through --host ended
@@ -1712,7 +1724,8 @@ export async function run(argv: string[]): Promise<number> {
         // No nemesis and nothing it left: nothing is injected by it (and listing starts nothing),
         // but a host may hold a fault of its own.
         if (nemesisPid(paths.home) === null && !existsSync(activeFile(paths.home))) {
-          show(await withHostHeld([]), `no fault is active${flag('all') ? ` (no nemesis runs; ${join(paths.home, 'faults', 'log.jsonl')} has every fault there was)` : ''}`);
+          const why = !homeAlive(paths.home) ? ` (no host or cluster is up for ${paths.home})` : flag('all') ? ` (no nemesis runs; ${join(paths.home, 'faults', 'log.jsonl')} has every fault there was)` : '';
+          show(await withHostHeld([]), `no fault is active${why}`);
           return 0;
         }
         const nem = await NemesisClient.connect(paths.home);
@@ -2118,7 +2131,11 @@ export async function run(argv: string[]): Promise<number> {
       case 'logs': {
         const role = opt('role');
         const vm = opt('vm');
-        if (!existsSync(paths.logDir)) throw new CliError(`no logs under ${paths.logDir}`);
+        if (!existsSync(paths.logDir)) {
+          // A cluster's home has its hosts' logs under each host's home, not its own.
+          const cluster = clusterHint(paths.home);
+          throw new CliError(`no logs under ${paths.logDir}${cluster ? `: this home holds ${cluster}` : ''}`);
+        }
         const files = logFiles(paths.logDir);
         if (vm !== undefined && !flag('follow')) {
           // A VM's lines are in its worker's and partition's files: with neither, there is no such VM's log (it printed nothing, with exit code 0).
@@ -2172,6 +2189,11 @@ export async function run(argv: string[]): Promise<number> {
         throw new Error(`command "${commandName(p.spec)}" has no implementation`);
     }
   } catch (e) {
+    // "VM a does not exist" from a host the VM is not on: say where it is.
+    if (e instanceof MgmtCallError && e.code === 'NotFound' && vmElsewhere) {
+      const where = await (vmElsewhere as () => Promise<string | null>)().catch(() => null);
+      if (where) return report(new MgmtCallError(e.code, `${e.message} (${where}: aim there with --host, or leave --host out)`));
+    }
     return report(e);
   } finally {
     (client as MgmtClient | null)?.close();
