@@ -180,7 +180,7 @@ describe('the hvlab command', function () {
       }
     });
 
-    it('runs the command in its own process, with no second node behind it', async () => {
+    it('runs the command in its own process, with no second node behind it (and logs --follow of a VM without logs says it waits)', async () => {
       const logs = hostPaths(home).logDir;
       mkdirSync(logs, { recursive: true });
       writeFileSync(join(logs, 'root.log'), JSON.stringify({ level: 30, time: '2024-01-01T00:00:00.000Z', role: 'root', msg: 'hello from the log' }) + '\n');
@@ -192,6 +192,14 @@ describe('the hvlab command', function () {
       } finally {
         p.kill();
         await p.done;
+      }
+      // Following a VM that has no logs yet says so on stderr while it waits (it waited without a word).
+      const q = new BinProcess(['logs', '--follow', '--vm', 'nope'], { cwd: '/', env: { HVLAB_HOME: home } });
+      try {
+        expect(await q.until(/^hvlab: VM "nope" has no logs yet \(no VM has logs\); waiting for its lines \(Ctrl-C ends\)$/m), q.stderr).to.equal(true);
+      } finally {
+        q.kill();
+        await q.done;
       }
     });
   });

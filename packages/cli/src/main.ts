@@ -72,8 +72,10 @@ export interface CommandSpec {
   help: string;
 }
 
-const wholeIn = (opt: string, lo: number, hi: number, what = `a whole number from ${lo} to ${hi}`) => (v: string): string | null =>
-  /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? null : `--${opt} ${v} is invalid: ${what}`;
+const wholeIn = (opt: string, lo: number, hi: number, what?: string) => (v: string): string | null =>
+  /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? null
+    // A sentence of its own ("a VM has 1 to 64 virtual processors") said nothing of the form when that was what was wrong (0x2, 2.5).
+    : `--${opt} ${v} is invalid: ${what === undefined ? `a whole number from ${lo} to ${hi}` : /^\d+$/.test(v) ? what : `${what}, as a whole decimal number`}`;
 /** A whole-number option from `lo` to `hi`, decimal or 0x hex (parseWholeNumber), as every fault option and `--gpa` take them. */
 const faultIntegerIn = (opt: string, lo: number, hi: number) => (v: string): string | null => {
   const n = parseWholeNumber(v);
@@ -135,7 +137,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'lps', value: 'N', help: 'logical processors (default: every CPU)', check: wholeIn('lps', 1, 256, '1 to 256 logical processors') },
       { name: 'vmbus-transport', value: 'shm|remote', help: 'shm: shared-memory rings (default); remote: every VMBus channel over ZeroMQ', check: oneOf('vmbus-transport', ['shm', 'remote']) },
       { name: 'warm', value: 'N', help: 'keep N booted VMs without an owner: "vm start" of a VM of their shape (--warm-memory, 1 VP, the default devices) takes one instead of booting ("ps" shows them booting or ready; default 0)', check: wholeIn('warm', 0, 64, '0 to 64 warm workers') },
-      { name: 'warm-memory', value: 'SIZE', help: 'with --warm: the memory of the warm VMs, as "vm new --memory" takes it (default 64M)', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
+      { name: 'warm-memory', value: 'SIZE', help: 'with --warm: the memory of the warm VMs, as "vm new --memory" takes it (default 64M)', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a whole number with an optional K, M or G suffix, e.g. 64M` : null) },
       { name: 'spare', value: 'N', help: 'keep N VM workers with their code loaded and no VM: any "vm start", restore or incoming migration takes one instead of starting two processes ("ps" shows them as spare; default 1, 0 for none)', check: wholeIn('spare', 0, 8, '0 to 8 spare workers') },
       { name: 'hosts', value: 'N', help: 'a cluster of N hosts instead, h1..hN, fully linked, as "cluster up" of such a file (see "cluster status")', check: wholeIn('hosts', 1, 32, '1 to 32 hosts') },
       LISTEN_OPTION,
@@ -201,7 +203,7 @@ export const COMMANDS: CommandSpec[] = [
   {
     words: ['vm', 'new'], args: 'NAME', min: 1, max: 1, json: true, group: 'VMs', help: 'create a VM (New-VM); it starts Off',
     options: [
-      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 1G; from 2M to 4G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a number with an optional K, M or G suffix, e.g. 64M` : null) },
+      { name: 'memory', value: 'SIZE', help: 'guest memory, e.g. 64M (default), 1G; from 2M to 4G', check: (v) => (parseSize(v) === null ? `memory size "${v}" is invalid: use a whole number with an optional K, M or G suffix, e.g. 64M` : null) },
       { name: 'vps', value: 'N', help: `virtual processors, 1 to ${MAX_VPS_PER_PARTITION} (default 1)`, check: wholeIn('vps', 1, MAX_VPS_PER_PARTITION, `a VM has 1 to ${MAX_VPS_PER_PARTITION} virtual processors`) },
       {
         name: 'workload', value: 'W', check: nonEmpty('workload'),
@@ -2137,10 +2139,13 @@ export async function run(argv: string[]): Promise<number> {
           throw new CliError(`no logs under ${paths.logDir}${cluster ? `: this home holds ${cluster}` : ''}`);
         }
         const files = logFiles(paths.logDir);
-        if (vm !== undefined && !flag('follow')) {
+        if (vm !== undefined) {
           // A VM's lines are in its worker's and partition's files: with neither, there is no such VM's log (it printed nothing, with exit code 0).
           const withLogs = [...new Set(files.map((f) => /^(?:vmwp|partition)-(.+)\.log$/.exec(f.slice(f.lastIndexOf('/') + 1))?.[1]).filter((x): x is string => x !== undefined))].sort();
-          if (!withLogs.includes(vm)) throw new CliError(`no logs of VM ${JSON.stringify(vm)} under ${paths.logDir} (${withLogs.length ? `VMs with logs: ${withLogs.join(', ')}` : 'no VM has logs'})`);
+          const others = withLogs.length ? `VMs with logs: ${withLogs.join(', ')}` : 'no VM has logs';
+          if (!withLogs.includes(vm) && !flag('follow')) throw new CliError(`no logs of VM ${JSON.stringify(vm)} under ${paths.logDir} (${others})`);
+          // Following one that has none yet (one about to start, say) waits for its lines: said, as it waited without a word.
+          if (!withLogs.includes(vm)) process.stderr.write(`hvlab: VM ${JSON.stringify(vm)} has no logs yet (${others}); waiting for its lines (Ctrl-C ends)\n`);
         }
         const filter = (line: string): string | null => {
           try {
