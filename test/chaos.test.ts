@@ -292,9 +292,16 @@ describe('chaos experiments with real processes', function () {
       const r = await h.run('experiment', 'run', chaos, '--check');
       expect(r.code, r.stderr).to.equal(1);
       expect(r.stderr).to.include(`${chaos} is not a valid experiment (3 problems) for the cluster up here`);
-      expect(r.stderr).to.include('workloads: c1 is on host h3, which the cluster up here lacks (its hosts: h1, h2)');
-      expect(r.stderr).to.include('moves[0]: c1 moves to host h9, which the cluster up here lacks (its hosts: h1, h2)');
-      expect(r.stderr).to.match(/faults\[0\]\.target: link:h1-h4 is not a link between two hosts of the cluster \(h1, h2\)/);
+      // Each at its place in the file, as the file's own problems are said.
+      expect(r.stderr).to.include(`${chaos}:5:31: workloads[0].host: c1 is on host h3, which the cluster up here lacks (its hosts: h1, h2)`);
+      expect(r.stderr).to.include(`${chaos}:9:27: moves[0].to: c1 moves to host h9, which the cluster up here lacks (its hosts: h1, h2)`);
+      expect(r.stderr).to.include(`${chaos}:7:38: faults[0].target: link:h1-h4 is not a link between two hosts of the cluster (h1, h2)`);
+      // With --json, as objects with their places (they were plain strings).
+      const rj = await h.run('experiment', 'run', chaos, '--check', '--json');
+      expect(rj.code, rj.stderr).to.equal(1);
+      const said = JSON.parse(rj.stdout.trim().split('\n')[0]!) as { valid: boolean; problems: Array<{ line: number; column: number; field: string; message: string }> };
+      expect(said.valid).to.equal(false);
+      expect(said.problems.map((x) => `${x.line}:${x.column} ${x.field}`)).to.deep.equal(['5:31 workloads[0].host', '9:27 moves[0].to', '7:38 faults[0].target']);
       const good = join(dir, 'check-good.yaml');
       writeFileSync(good, 'name: chk\nkind: faults\ncluster: existing\nduration: 3s\nworkloads: [{ name: c1, host: h2, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 1s, delayMs: 20ms }\n');
       expect(await h.ok('experiment', 'run', good, '--check')).to.include('(its host names are those of the cluster up here: h1, h2)');
@@ -302,7 +309,7 @@ describe('chaos experiments with real processes', function () {
       writeFileSync(mig, 'name: chkm\nkind: migration\ncluster: existing\nfrom: h1\nto: h5\nvm: { memory: 16M, vps: 1, workload: counter }\nmethods: [offline]\nrepetitions: 1\n');
       const m = await h.run('experiment', 'run', mig, '--check');
       expect(m.code, m.stderr).to.equal(1);
-      expect(m.stderr).to.include('to: host h5 is not a host of the cluster up here (its hosts: h1, h2)');
+      expect(m.stderr).to.include(`${mig}:5:5: to: host h5 is not a host of the cluster up here (its hosts: h1, h2)`);
       writeFileSync(mig, 'name: chkm\nkind: migration\ncluster: existing\nfrom: h2\nto: h1\nvm: { memory: 16M, vps: 1, workload: counter }\nmethods: [offline]\nrepetitions: 1\n');
       expect(await h.ok('experiment', 'run', mig, '--check')).to.match(/on h2 → h1 \(cluster: existing, up here\)$/m);
     });

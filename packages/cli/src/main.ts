@@ -30,7 +30,7 @@ import {
 } from '@hvlab/faults';
 import {
   runExperiment, loadExperiment, ExperimentError, experimentSummaryRows, HVLAB_VERSION,
-  parseTopology, fileText, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, clusterVmsAnswered, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
+  parseTopology, fileText, fieldPlace, problemsText, type FileProblem, meshTopologySource, TopologyError, MAX_TOPOLOGY_BYTES, ClusterError, readCluster, topologyDot, topologySvg, impairmentsText, clusterHostTarget, clusterHostHome, clusterUp, clusterDown, clusterGoingDown, clusterStatus, clusterVms, clusterVmsAnswered, fabricStatus, formatBinaryBytes, joinHost, linkSet, linkCut, linkHeal, linkProbeStop, linkReset, ProbeStopped, stoppableProbe, parseDuration, parseRate, parseLoss, type Topology, type ClusterStatus, type RunLease,
 } from '@hvlab/cluster';
 
 /** The command line cannot be understood (exit code 2). */
@@ -374,7 +374,7 @@ async function runChaos(file: string, home: string, opt: (n: string) => string |
     // On an existing cluster, the names the file gives must be the cluster's (when one is up here).
     const hosts = fresh ? null : await upClusterHosts(home);
     const wrong = hosts === null ? [] : existingClusterProblems(spec, hosts);
-    if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here', json);
+    if (wrong.length > 0) return refuseForCluster(file, wrong, json);
     if (json) out(JSON.stringify({ valid: true, spec, seed: useSeed, schedule: fresh ? plannedSchedule(spec, useSeed) : null, moves: fresh ? plannedMoves(spec, useSeed) : null }));
     else {
       out(`${file}: chaos experiment ${spec.name}: ${fresh ? `${spec.hosts ?? 0} new hosts` : 'the cluster up here'}, ${spec.workloads.length} VM${spec.workloads.length === 1 ? '' : 's'}, seed ${useSeed}, ${spec.durationMs / 1000} s`);
@@ -1249,6 +1249,20 @@ function refuseTopology(e: TopologyError, json: boolean, after = ''): number {
  * `json`: also `{ valid: false, problems }` on stdout, as `--check --json` of a good file prints `{ valid: true, … }` there
  * (topologies said so already; an experiment's refusal said it only in the error line's text).
  */
+/**
+ * An experiment file that names what the cluster up here lacks: said as the file's own problems
+ * are, each at its place in the file (line and column, field, message; as objects with --json).
+ * They were plain strings without a place.
+ */
+function refuseForCluster(file: string, wrong: ReadonlyArray<{ field: string; path: ReadonlyArray<string | number>; message: string }>, json: boolean): number {
+  let text = '';
+  try {
+    text = readRegularFile(file, 1024 * 1024).toString('utf8');
+  } catch { /* read a moment ago; said without places */ }
+  const problems: FileProblem[] = wrong.map((w) => ({ ...fieldPlace(text, w.path), field: w.field, message: w.message }));
+  return refuseFile({ problems, message: problemsText(file, problems) }, file, 'experiment', ' for the cluster up here', json);
+}
+
 function refuseFile(e: { problems: unknown[]; message: string }, file: string, what: 'topology' | 'experiment', after = '', json = false): number {
   if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
   const n = e.problems.length;
@@ -2026,8 +2040,8 @@ export async function run(argv: string[]): Promise<number> {
           if (spec instanceof ExperimentError) return refuseFile(spec, file, 'experiment', '', json);
           // On an existing cluster, from and to must be its hosts (when one is up here).
           const hosts = spec.cluster === 'existing' ? await upClusterHosts(paths.home) : null;
-          const wrong = hosts === null ? [] : [spec.from, spec.to].filter((n) => !hosts.includes(n)).map((n) => `${n === spec.from ? 'from' : 'to'}: host ${n} is not a host of the cluster up here (its hosts: ${hosts.join(', ') || 'none'})`);
-          if (wrong.length > 0) return refuseFile({ problems: wrong, message: wrong.map((w) => `${file}: ${w}`).join('\n') }, file, 'experiment', ' for the cluster up here', json);
+          const wrong = hosts === null ? [] : (['from', 'to'] as const).filter((f) => !hosts.includes(spec[f])).map((f) => ({ field: f, path: [f], message: `host ${spec[f]} is not a host of the cluster up here (its hosts: ${hosts.join(', ') || 'none'})` }));
+          if (wrong.length > 0) return refuseForCluster(file, wrong, json);
           out(json ? JSON.stringify({ valid: true, spec }) : `${file}: experiment ${spec.name} (${spec.kind}): ${spec.methods.join(', ')} × ${spec.repetitions}, VM ${formatBytes(spec.vm.memoryBytes)} ${spec.vm.workload} on ${spec.from} → ${spec.to} (cluster: ${spec.cluster}${spec.cluster === 'existing' ? hosts === null ? ', none is up here: its host names are checked when it runs' : ', up here' : ''})`);
           return 0;
         }

@@ -98,6 +98,37 @@ export function where(ctx: CheckCtx, node: Node | Pair | null | undefined): { li
   return { line: p.line, column: p.col };
 }
 
+/**
+ * Where the value at `path` (e.g. ['workloads', 0, 'host']) is written in YAML `text`: its line and
+ * column, or its nearest written parent's, or 0:0 for a text that does not parse (or is too large
+ * or too deep to be read). For problems found after a file was read (a host the cluster up here
+ * lacks), so that they carry a place as the reader's own do.
+ */
+export function fieldPlace(text: string, path: ReadonlyArray<string | number>, maxBytes = 1024 * 1024): { line: number; column: number } {
+  if (typeof text !== 'string' || text.length > maxBytes || yamlNestingProblem(text) !== null) return { line: 0, column: 0 };
+  const lines = new LineCounter();
+  let doc;
+  try {
+    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false });
+  } catch {
+    return { line: 0, column: 0 };
+  }
+  for (let n = path.length; n > 0; n--) {
+    let node: unknown;
+    try {
+      node = doc.getIn(path.slice(0, n), true);
+    } catch {
+      node = undefined;
+    }
+    const range = (node as { range?: [number, number, number] } | null | undefined)?.range;
+    if (range) {
+      const p = lines.linePos(range[0]);
+      return { line: p.line, column: p.col };
+    }
+  }
+  return { line: 0, column: 0 };
+}
+
 /** The longest message a problem keeps (the values it names are cut to 40 characters; this bounds the rest). */
 export const PROBLEM_MAX_CHARS = 500;
 

@@ -270,27 +270,36 @@ function targetWorldError(t: Target, vms: readonly string[], hosts: readonly str
   return null;
 }
 
+/** A name a chaos file gives that the existing cluster lacks: its field, the path to it in the file, and why. */
+export interface ExistingClusterProblem {
+  field: string;
+  path: Array<string | number>;
+  message: string;
+}
+
 /**
  * Why an experiment on an existing cluster cannot run on `hosts` (the hosts of the cluster up in
  * its home): a workload on a host it lacks, a move to one, a fault or a random target naming a host
  * or link it lacks. The file alone cannot say these; `--check` says them before the run, which
  * refused them only once it had begun.
  */
-export function existingClusterProblems(spec: ChaosSpec, hosts: readonly string[]): string[] {
-  const out: string[] = [];
+export function existingClusterProblems(spec: ChaosSpec, hosts: readonly string[]): ExistingClusterProblem[] {
+  const out: ExistingClusterProblem[] = [];
   const its = `its hosts: ${hosts.join(', ') || 'none'}`;
-  for (const w of spec.workloads) if (!hosts.includes(w.host)) out.push(`workloads: ${w.name} is on host ${w.host}, which the cluster up here lacks (${its})`);
+  spec.workloads.forEach((w, i) => {
+    if (!hosts.includes(w.host)) out.push({ field: `workloads[${i}].host`, path: ['workloads', i, 'host'], message: `${w.name} is on host ${w.host}, which the cluster up here lacks (${its})` });
+  });
   spec.moves.forEach((m, i) => {
-    if (!hosts.includes(m.to)) out.push(`moves[${i}]: ${m.vm} moves to host ${m.to}, which the cluster up here lacks (${its})`);
+    if (!hosts.includes(m.to)) out.push({ field: `moves[${i}].to`, path: ['moves', i, 'to'], message: `${m.vm} moves to host ${m.to}, which the cluster up here lacks (${its})` });
   });
   const vms = spec.workloads.map((w) => w.name);
-  const aimed = (t: string, where: string): void => {
+  const aimed = (t: string, field: string, path: Array<string | number>): void => {
     const p = parseTarget(t);
     const why = p.ok ? targetWorldError(p.value, vms, hosts) : null;
-    if (why) out.push(`${where}: ${why}`);
+    if (why) out.push({ field, path, message: why });
   };
-  spec.faults.forEach((f, i) => aimed(f.target, `faults[${i}].target`));
-  (spec.random?.targets ?? []).forEach((t, i) => aimed(t, `random.targets[${i}]`));
+  spec.faults.forEach((f, i) => aimed(f.target, `faults[${i}].target`, ['faults', i, 'target']));
+  (spec.random?.targets ?? []).forEach((t, i) => aimed(t, `random.targets[${i}]`, ['random', 'targets', i]));
   return out;
 }
 
