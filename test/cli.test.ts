@@ -212,7 +212,7 @@ describe('the hvlab command', function () {
 
     it('are one JSON line on stderr naming the message, the kind and the exit code (they were plain text)', async () => {
       expectJsonFailure(await hv('vm', 'list', '--every', '--json'), 2, 'usage', /^unknown option --every for "vm list"/, 'an unknown option');
-      expectJsonFailure(await hv('--json', 'vm', 'new', 'a', '--vps', '2x'), 1, 'value', /^--vps 2x is invalid: a VM has 1 to 64 virtual processors$/, 'a bad value, --json before the command');
+      expectJsonFailure(await hv('--json', 'vm', 'new', 'a', '--vps', '2x'), 1, 'value', /^--vps 2x is invalid: a VM has 1 to 64 virtual processors, as a whole decimal number$/, 'a bad value, --json before the command');
       expectJsonFailure(await hv('host', 'info', '--json'), 1, 'host', new RegExp(`^no host is up for ${escape(home)}; run "hvlab up" first$`), 'no host');
       // --json on a command that has no JSON output is itself the failure, said as JSON all the same.
       expectJsonFailure(await hv('logs', '--json'), 2, 'usage', /^unknown option --json for "logs"/, 'logs --json');
@@ -372,7 +372,7 @@ describe('the hvlab command', function () {
     const cases: Array<[string[], RegExp]> = [
       [['vm', 'set-processor', 'a', '--weight', '[5]'], /^hvlab: --weight \[5\] is invalid: a whole number from 1 to 10000$/],
       [['vm', 'set-processor', 'a', '--reserve', '1e2'], /^hvlab: --reserve 1e2 is invalid: a whole number from 0 to 100$/],
-      [['vm', 'new', 'a', '--vps', '2x'], /^hvlab: --vps 2x is invalid: a VM has 1 to 64 virtual processors$/],
+      [['vm', 'new', 'a', '--vps', '2x'], /^hvlab: --vps 2x is invalid: a VM has 1 to 64 virtual processors, as a whole decimal number$/],
       [['vm', 'new', 'a', '--memory', '{}'], /^hvlab: memory size "\{\}" is invalid/],
       [['vm', 'new', 'a', '--rtc-offset', '1.5'], /^hvlab: --rtc-offset 1.5 is invalid: whole seconds within ±10 years$/],
       [['vm', 'stop', 'a', '--timeout', 'NaN'], /^hvlab: --timeout NaN is invalid/],
@@ -384,7 +384,7 @@ describe('the hvlab command', function () {
       // A VP named twice is refused (it was merged, and fault list showed "vps 0,0" as given).
       [['fault', 'inject', 'vp-stall', '--target', 'vm:a', '--for', '10s', '--vps', '0,0'], /^hvlab: vp-stall: --vps 0,0 names VP 0 more than once: name each VP once$/],
       [['fault', 'inject', 'vp-stall', '--target', 'vm:a', '--for', '10s', '--vps', '2,0,2'], /^hvlab: vp-stall: --vps 2,0,2 names VP 2 more than once: name each VP once$/],
-      [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors$/],
+      [['up', '--lps', '0x2'], /^hvlab: --lps 0x2 is invalid: 1 to 256 logical processors, as a whole decimal number$/],
       [['vm', 'move', 'a', '--to', 'h2', '--bandwidth', '1'], /^hvlab: --bandwidth 1 is invalid: bytes per second from 64K, such as 100M or 512K, or 0 for no limit$/],
     ];
     for (const [args, re] of cases) {
