@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { ClusterKeyError, displayWidth, FileShapeError, hostPaths, pathsForRecord, padEndColumns, pidAlive, printable, readRegularFile, readRegularTail, resolveHome, type HostPaths } from '@hvlab/runtime';
 import {
   describeBlackout, migrationHasDowntime, reportedMigrationStats, formatBytes, MGMT_PEEK_MAX_BYTES, MGMT_OPS, CLUSTER_HOST_RE, CLOCK_MAX_OFFSET_MS, MAX_VPS_PER_PARTITION, type MigrationStats, parseSize, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS,
-  vmMigrationOf, type DebugHypercallResult, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
+  vmMigrationOf, type DebugHypercallResult, type MigrationOptions, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, durationHint, parseDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
@@ -728,8 +728,14 @@ export function moveStatusRows(st: MigrationStats): string[][] {
 }
 
 /** The line of a completed move. */
+/** A move's method with the options that change it, as experiments name methods: precopy+compress, precopy+autoconverge. */
+function methodText(st: MigrationStats): string {
+  const o = st.options as Partial<MigrationOptions> | undefined;
+  return `${st.method}${o?.compress ? '+compress' : ''}${o?.autoConverge ? '+autoconverge' : ''}`;
+}
+
 export function movedText(st: MigrationStats): string {
-  return `VM ${st.vm} moved from ${st.from} to ${st.to} (${st.method}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime === undefined ? 'not measured' : `${st.downtime} ms`}, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`;
+  return `VM ${st.vm} moved from ${st.from} to ${st.to} (${methodText(st)}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime === undefined ? 'not measured' : `${st.downtime} ms`}, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`;
 }
 
 /** One line of a migration's progress: pass, transferred/remaining, dirty rate, expected downtime. */
@@ -1668,7 +1674,12 @@ export async function run(argv: string[]): Promise<number> {
             throw e instanceof NemesisError ? new CliError(e.message) : e;
           });
           if (json && !owner) out(JSON.stringify(rec));
-          else if (!json) out(`fault ${rec.id}: ${rec.kind}${Object.keys(rec.params).length ? ` (${paramsText(rec.params)})` : ''} on ${rec.resolved.summary} for ${formatMs(rec.forMs)}${rec.kind === 'kill' || rec.kind === 'bitflip' ? '' : `, until ${new Date(rec.endsAt).toISOString().slice(11, 23)}`}${owner ? '' : ' ("hvlab fault list" shows it, "hvlab fault clear" ends it)'}`);
+          else if (!json) {
+            // An instant fault (a bitflip, a kill without a restart window) has no time to last and nothing to end.
+            const instant = rec.forMs === 0 && (rec.kind === 'bitflip' || (rec.kind === 'kill' && rec.params.restart !== true));
+            const lasting = instant ? ' (done: it lasts no time)' : ` for ${formatMs(rec.forMs)}${rec.kind === 'kill' || rec.kind === 'bitflip' ? '' : `, until ${new Date(rec.endsAt).toISOString().slice(11, 23)}`}${owner ? '' : ' ("hvlab fault list" shows it, "hvlab fault clear" ends it)'}`;
+            out(`fault ${rec.id}: ${rec.kind}${Object.keys(rec.params).length ? ` (${paramsText(rec.params)})` : ''} on ${rec.resolved.summary}${lasting}`);
+          }
           if (!owner) return 0;
           // --wait: hold the lease until the fault ends; Ctrl-C or a kill ends it (the lease lapses at worst).
           let stop = false;
@@ -1966,7 +1977,8 @@ export async function run(argv: string[]): Promise<number> {
             ? [...hostCol(v), v.name, v.state, '-', '-', '-', '-', '-', '-', '-']
             : [
               ...hostCol(v), v.name, vmStateText(v, paused), v.partitionId === null ? '-' : String(v.partitionId), String(v.vps), formatBytes(v.memoryBytes),
-              `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
+              // A VM that does not run has no uptime ("0s" read as just started).
+              v.partitionId === null && v.uptimeS === 0 ? '-' : `${v.uptimeS}s`, v.workload.name, v.workload.progress === null ? '-' : String(v.workload.progress), v.cpu ? `${v.cpu.percent}%` : '-',
             ])]));
           // A config VMMS could not read is kept, never overwritten: say why, one line each.
           for (const v of vms.filter((x) => x.state === 'Invalid')) out(`${v.name}: invalid configuration: ${v.lastStateReason ?? 'unreadable'}`);

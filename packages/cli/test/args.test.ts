@@ -337,6 +337,8 @@ describe('a move\'s statistics as the CLI prints them (moveStatusRows, movedText
   it('a completed move\'s line says its downtime, or that it was not measured', () => {
     expect(movedText(st('completed', { downtime: 12 }))).to.match(/^VM web moved from h1 to h2 \(offline\) in 2\.40 s: downtime 12 ms, 1 pass, 1 MiB sent for 16 MiB of memory/);
     expect(movedText(st('completed'))).to.match(/: downtime not measured, /);
+    // The options that change the method are named with it (it said "(precopy)" of a compressed move).
+    expect(movedText(st('completed', { method: 'precopy', options: { ...MIGRATION_DEFAULTS, compress: true, autoConverge: true } }))).to.match(/ \(precopy\+compress\+autoconverge\) in /);
   });
 });
 
