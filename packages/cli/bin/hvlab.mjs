@@ -22,6 +22,26 @@ function fail(what, e) {
   process.exit(1);
 }
 
+/**
+ * Ctrl-C (or SIGTERM) while the CLI loads, before its own handlers are in place (its first ~0.2 s):
+ * nothing has been asked of any host yet. Said, as every other interrupted command says what
+ * became of it; it ended without a word.
+ */
+let started = false;
+function interruptedEarly() {
+  // Once the CLI runs, its own handlers say what became of the command. This one stays listening
+  // (removing the last listener and adding main's lost a Ctrl-C that came around then: the host
+  // came up and the command ended 0).
+  if (started) return;
+  const message = 'interrupted while hvlab was starting: nothing was done';
+  const args = process.argv.slice(2);
+  const json = (args.includes('--') ? args.slice(0, args.indexOf('--')) : args).some((t) => t === '--json' || t.startsWith('--json='));
+  process.stderr.write(json ? `${JSON.stringify({ error: { message, kind: 'interrupted', exitCode: 130 } })}\n` : `hvlab: ${message}\n`);
+  process.exit(130);
+}
+process.on('SIGINT', interruptedEarly);
+process.on('SIGTERM', interruptedEarly);
+
 const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
 let entry;
 if (process.env.HVLAB_FROM_SOURCE === '1') {
@@ -58,4 +78,6 @@ try {
 } catch (e) {
   fail(`cannot load the CLI from ${entry}`, e);
 }
+// The CLI's own handlers from here (main installs them first thing, before it awaits anything).
+started = true;
 await main(process.argv.slice(2));

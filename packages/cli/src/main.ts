@@ -1297,6 +1297,10 @@ const INTERRUPT_SAYS: Record<string, string> = {
   // Ctrl-C stops the probe at the fabric, or a --direct one at its host (stopProbeOnInterrupt); a second
   // Ctrl-C while that is asked ends the CLI with this.
   'link probe': 'the probe may not have been stopped, so its bytes may still be crossing to the peer',
+  // Before their own handler is in place (its checks, the first instant) nothing has been started;
+  // once the host or cluster is up the message is changed (interruptSays) to say so.
+  up: 'nothing had been started yet',
+  'cluster up': 'nothing had been started yet',
 };
 
 /**
@@ -1541,6 +1545,7 @@ export async function run(argv: string[]): Promise<number> {
           const source = meshTopologySource(Number(hostsN), lps === undefined ? null : Number(lps));
           const t = parseTopology(source, `--hosts ${hostsN}`);
           await interruptible('up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, source, `--hosts ${hostsN}`, { progress: json ? undefined : (l) => out(l), ...fabricOptions(opt), signal })));
+          interruptSays = 'the cluster is up ("hvlab cluster down" takes it down)';
           const st = await clusterCall(() => clusterStatus(paths.home));
           if (json) out(JSON.stringify(st));
           else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'} (${st.mode}); "hvlab cluster status" shows them, "hvlab --host h1 ..." aims at one, "hvlab cluster down" ends it`);
@@ -1564,6 +1569,7 @@ export async function run(argv: string[]): Promise<number> {
           if (signal.aborted) await down(paths);
           return r;
         });
+        interruptSays = 'the host is up ("hvlab down" takes it down)';
         // A "cluster up" that started beside this one claimed the home meanwhile: this host goes
         // (the cluster's side asks for a host after its claim, so one of the two always sees the other).
         if (hasCluster(paths.home)) {
@@ -1604,6 +1610,7 @@ export async function run(argv: string[]): Promise<number> {
         const t = r.topology;
         const t0 = Date.now();
         await interruptible('cluster up was interrupted: everything it had started was taken down', (signal) => clusterCall(() => clusterUp(paths.home, t, r.source, resolve(name!), { progress: json ? undefined : (l) => out(l), ...fabricOptions(opt), signal })));
+        interruptSays = 'the cluster is up ("hvlab cluster down" takes it down)';
         const st = await clusterCall(() => clusterStatus(paths.home));
         if (json) out(JSON.stringify(st));
         else out(`cluster ${t.name} is up: ${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}, ${t.vms.length} VM${t.vms.length === 1 ? '' : 's'} Running, in ${((Date.now() - t0) / 1000).toFixed(1)} s (${st.mode}: ${st.modeReason})`);
