@@ -38,7 +38,14 @@ export function makeDirs(path: string, mode?: number): string[] {
   }
   const made: string[] = [];
   for (const d of missing) {
-    mkdirSync(d, mode);
+    try {
+      mkdirSync(d, mode);
+    } catch (e) {
+      // Made by another process between the look and the mkdir (two starters of one home at
+      // once): it is there, and not ours to take away. Anything else is thrown.
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST' && statSync(d).isDirectory()) continue;
+      throw e;
+    }
     made.push(d);
   }
   return made;

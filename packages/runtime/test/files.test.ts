@@ -3,6 +3,8 @@ import { expect } from 'chai';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import * as fsAll from 'node:fs';
+import fsDefault from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileShapeError, makeDirs, readRegularFile, unmakeDirs, writeFileAtomic } from '../src/index.js';
@@ -114,6 +116,30 @@ describe('makeDirs', () => {
     expect(makeDirs(join(dir, 'a', 'b'))).to.deep.equal([]);
     unmakeDirs(made);
     expect(readdirSync(dir)).to.deep.equal([]);
+  });
+
+  it('takes a level another process made between its look and its mkdir as made (EEXIST is no failure), and does not count it as its own', () => {
+    const target = join(dir, 'a', 'b');
+    // Another starter made 'a' already: makeDirs sees it missing only if it looked before; here it
+    // looks after, so make the race by hand: a directory that appears under a path it is about to make.
+    // The named export files.ts calls is Node's builtin's: patched on the CommonJS object and synced.
+    const real = fsDefault.mkdirSync;
+    let raced = false;
+    fsDefault.mkdirSync = ((p: fsAll.PathLike, o?: fsAll.MakeDirectoryOptions | fsAll.Mode | null) => {
+      if (!raced && String(p) === join(dir, 'a')) {
+        raced = true;
+        real(p, o as fsAll.Mode);
+      }
+      return real(p, o as fsAll.Mode);
+    }) as typeof fsAll.mkdirSync;
+    syncBuiltinESMExports();
+    try {
+      expect(makeDirs(target)).to.deep.equal([target]);
+    } finally {
+      fsDefault.mkdirSync = real;
+      syncBuiltinESMExports();
+    }
+    expect(raced).to.equal(true);
   });
 
   it('fails at once under /proc, where Node 20\'s recursive mkdirSync loops for ever (hvlab up --home /proc/x hung at a full CPU)', () => {
