@@ -301,7 +301,7 @@ describe('chaos experiments with real processes', function () {
       expect(rj.code, rj.stderr).to.equal(1);
       const said = JSON.parse(rj.stdout.trim().split('\n')[0]!) as { valid: boolean; problems: Array<{ line: number; column: number; field: string; message: string }> };
       expect(said.valid).to.equal(false);
-      expect(said.problems.map((x) => `${x.line}:${x.column} ${x.field}`)).to.deep.equal(['5:31 workloads[0].host', '9:27 moves[0].to', '7:38 faults[0].target']);
+      expect(said.problems.map((x) => `${x.line}:${x.column} ${x.field}`)).to.deep.equal(['5:31 workloads[0].host', '7:38 faults[0].target', '9:27 moves[0].to']);
       const good = join(dir, 'check-good.yaml');
       writeFileSync(good, 'name: chk\nkind: faults\ncluster: existing\nduration: 3s\nworkloads: [{ name: c1, host: h2, workload: counter, memory: 16M }]\nfaults:\n  - { at: 500ms, kind: link, target: link:h1-h2, for: 1s, delayMs: 20ms }\n');
       expect(await h.ok('experiment', 'run', good, '--check')).to.include('(its host names are those of the cluster up here: h1, h2)');

@@ -374,6 +374,10 @@ describe('live migration between two hosts', function () {
       expect(m.code, m.stderr).to.equal(0);
       const st = m.stats!;
       expect(st.status).to.equal('completed');
+      // Completed, by any method, both hosts say its expected downtime was its downtime (post-copy's source kept its last estimate).
+      expect([st['expected-downtime'], st.ram.remaining], 'expected downtime and remaining bytes').to.deep.equal([st.downtime, 0]);
+      const there = await h.json<MigrationStats>('--host', 'h2', 'vm', 'move-status', name);
+      expect([there['expected-downtime'], there.downtime], 'the destination\'s').to.deep.equal([st.downtime, st.downtime]);
       expect(st.passes.length, 'passes').to.be.at.least(2);
       expect(st.ram['dirty-sync-count']).to.be.at.least(2);
       if (label === 'compressed') expect(st['compression-ratio']).to.be.greaterThan(1);

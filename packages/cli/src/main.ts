@@ -727,12 +727,13 @@ export function moveStatusRows(st: MigrationStats): string[][] {
   ];
 }
 
-/** The line of a completed move. */
 /** A move's method with the options that change it, as experiments name methods: precopy+compress, precopy+autoconverge. */
 function methodText(st: MigrationStats): string {
   const o = st.options as Partial<MigrationOptions> | undefined;
   return `${st.method}${o?.compress ? '+compress' : ''}${o?.autoConverge ? '+autoconverge' : ''}`;
 }
+
+/** The line of a completed move. */
 
 export function movedText(st: MigrationStats): string {
   return `VM ${st.vm} moved from ${st.from} to ${st.to} (${methodText(st)}) in ${(st['total-time'] / 1000).toFixed(2)} s: downtime ${st.downtime === undefined ? 'not measured' : `${st.downtime} ms`}, ${passesText(st)}, ${formatBinaryBytes(st.ram.transferred)} sent for ${formatBinaryBytes(st.ram.total)} of memory (${st.ram.duplicate} zero pages)`;
@@ -1251,11 +1252,6 @@ function refuseTopology(e: TopologyError, json: boolean, after = ''): number {
 }
 
 /**
- * A file's problems (its error's message, one a line) after a line naming the file; with --json, one JSON line of them all. Returns 1.
- * `json`: also `{ valid: false, problems }` on stdout, as `--check --json` of a good file prints `{ valid: true, … }` there
- * (topologies said so already; an experiment's refusal said it only in the error line's text).
- */
-/**
  * An experiment file that names what the cluster up here lacks: said as the file's own problems
  * are, each at its place in the file (line and column, field, message; as objects with --json).
  * They were plain strings without a place.
@@ -1265,10 +1261,16 @@ function refuseForCluster(file: string, wrong: ReadonlyArray<{ field: string; pa
   try {
     text = readRegularFile(file, 1024 * 1024).toString('utf8');
   } catch { /* read a moment ago; said without places */ }
-  const problems: FileProblem[] = wrong.map((w) => ({ ...fieldPlace(text, w.path), field: w.field, message: w.message }));
+  // In the file's order, as its own problems are said.
+  const problems: FileProblem[] = wrong.map((w) => ({ ...fieldPlace(text, w.path), field: w.field, message: w.message })).sort((a, b) => a.line - b.line || a.column - b.column);
   return refuseFile({ problems, message: problemsText(file, problems) }, file, 'experiment', ' for the cluster up here', json);
 }
 
+/**
+ * A file's problems (its error's message, one a line) after a line naming the file; with --json, one JSON line of them all. Returns 1.
+ * `json`: also `{ valid: false, problems }` on stdout, as `--check --json` of a good file prints `{ valid: true, … }` there
+ * (topologies said so already; an experiment's refusal said it only in the error line's text).
+ */
 function refuseFile(e: { problems: unknown[]; message: string }, file: string, what: 'topology' | 'experiment', after = '', json = false): number {
   if (json) out(JSON.stringify({ valid: false, problems: e.problems }));
   const n = e.problems.length;

@@ -131,6 +131,8 @@ export interface ChaosMoveSpec {
   method: string;
   /** The management API's vmMove options (the method's, and bandwidth, downtimeLimit, maxPasses when given). */
   options: { offline?: boolean; postcopy?: boolean; compress?: boolean; autoConverge?: boolean; bandwidthBps?: number; downtimeLimitMs?: number; maxPasses?: number };
+  /** Its place in the file's `moves` list (the spec's are sorted by time); absent for a drawn move. */
+  fileIndex?: number;
 }
 
 export interface ChaosChecks {
@@ -232,7 +234,7 @@ export function linkOf(text: string, hosts: readonly string[]): [string, string]
 /** Parameters that may be written with units in a file, and how they become the nemesis's numbers. */
 const MS_PARAMS = new Set(['delayMs', 'jitterMs', 'signalDelayMs', 'offsetMs']);
 
-/** A signed duration: "-5s", "250ms", or a number of ms. */
+/** A signed duration in text: "-5s", "250ms" (a unit always; 0 alone). */
 function signedMs(v: unknown): number | null {
   if (typeof v === 'number') return parseDurationMs(v);
   if (typeof v !== 'string') return null;
@@ -289,7 +291,9 @@ export function existingClusterProblems(spec: ChaosSpec, hosts: readonly string[
   spec.workloads.forEach((w, i) => {
     if (!hosts.includes(w.host)) out.push({ field: `workloads[${i}].host`, path: ['workloads', i, 'host'], message: `${w.name} is on host ${w.host}, which the cluster up here lacks (${its})` });
   });
-  spec.moves.forEach((m, i) => {
+  spec.moves.forEach((m, sorted) => {
+    // Named by its place in the file: the spec's moves are sorted by time.
+    const i = m.fileIndex ?? sorted;
     if (!hosts.includes(m.to)) out.push({ field: `moves[${i}].to`, path: ['moves', i, 'to'], message: `${m.vm} moves to host ${m.to}, which the cluster up here lacks (${its})` });
   });
   const vms = spec.workloads.map((w) => w.name);
@@ -718,7 +722,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
         const field = `moves[${i}]`;
         const fs = fieldsOf(ctx, item as Node, field, MOVE_FIELDS);
         if (!isMap(item)) return;
-        const m: ChaosMoveSpec = { atMs: 0, vm: '', to: '', method: 'precopy', options: {} };
+        const m: ChaosMoveSpec = { atMs: 0, vm: '', to: '', method: 'precopy', options: {}, fileIndex: i };
         let ok = true;
         const atF = fs.get('at');
         if (!atF) {

@@ -66,7 +66,8 @@ export interface ScheduledMove extends ChaosMoveSpec {
  * by one of `random.methods`. A pure function of the seed, the file and the world.
  */
 export function drawMoves(seed: number, spec: Pick<ChaosSpec, 'moves' | 'random'>, world: ChaosWorld): ScheduledMove[] {
-  const explicit = spec.moves.map((m) => ({ ...m, options: { ...m.options }, source: 'explicit' as const }));
+  // Its place in the file stays with the spec (for problems said at their place); a run's moves are by time.
+  const explicit = spec.moves.map(({ fileIndex: _place, ...m }) => ({ ...m, options: { ...m.options }, source: 'explicit' as const }));
   const drawn: Array<Omit<ScheduledMove, 'id'>> = [];
   const rnd = spec.random;
   const vms = world.vms.map((v) => v.name).sort();

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { FAULT_KINDS, FAULT_STALL_MAX_VP, seededRandom } from '@hvlab/protocol';
 import { FIELD_KEY_MAX } from '@hvlab/cluster';
 import {
-  ChaosExperimentError, chaosWorld, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule, scheduleLine, scheduleLines, scheduleOverlaps,
+  ChaosExperimentError, chaosWorld, existingClusterProblems, checkFaultRequest, drawMoves, drawSchedule, experimentKindOf, faultRequest, faultResource, linkOf, loadChaosExperiment, parseChaosExperiment, plannedSchedule, scheduleLine, scheduleLines, scheduleOverlaps,
   randomCandidates, PARTITION_MIN_HOSTS, PARTITION_SHAPES, partitionCuts, parseTarget, ResolveError, topologyProblem, type ChaosProblem, type ChaosSpec, type ChaosWorld, type ScheduledFault,
 } from '../src/index.js';
 
@@ -304,9 +304,12 @@ describe('chaos experiment files', () => {
     const base = 'name: mv\nkind: faults\nhosts: 3\nduration: 20s\nworkloads:\n  - { name: a, host: h1 }\n  - { name: b, host: h2 }\nmoves:\n';
     const s = parse(`${base}  - { at: 9s, vm: a, to: h3, method: postcopy+compress, bandwidth: 80mbit }\n  - { at: 3s, vm: a, to: h2, downtimeLimit: 300ms, maxPasses: 5, bandwidth: 4M }\n`);
     expect(s.moves).to.deep.equal([
-      { atMs: 3000, vm: 'a', to: 'h2', method: 'precopy', options: { downtimeLimitMs: 300, maxPasses: 5, bandwidthBps: 4 * 1024 * 1024 } },
-      { atMs: 9000, vm: 'a', to: 'h3', method: 'postcopy+compress', options: { postcopy: true, compress: true, bandwidthBps: 10_000_000 } },
+      { atMs: 3000, vm: 'a', to: 'h2', method: 'precopy', options: { downtimeLimitMs: 300, maxPasses: 5, bandwidthBps: 4 * 1024 * 1024 }, fileIndex: 1 },
+      { atMs: 9000, vm: 'a', to: 'h3', method: 'postcopy+compress', options: { postcopy: true, compress: true, bandwidthBps: 10_000_000 }, fileIndex: 0 },
     ]);
+    // On an existing cluster, a move to a host it lacks is named by its place in the file, not its place in time.
+    const ex = parse('name: mv\nkind: faults\ncluster: existing\nduration: 30s\nworkloads:\n  - { name: a, host: h1 }\n  - { name: b, host: h2 }\nmoves:\n  - { at: 20s, vm: a, to: h9 }\n  - { at: 5s, vm: b, to: h1 }\n');
+    expect(existingClusterProblems(ex, ['h1', 'h2']).map((x) => `${x.field} ${x.path.join('.')}: ${x.message}`)).to.deep.equal(['moves[0].to moves.0.to: a moves to host h9, which the cluster up here lacks (its hosts: h1, h2)']);
     expect(s.checks.placement).to.equal(true);
     expect(parse(`${base}  - { at: 1s, vm: b, to: h1 }\ncheck: 1\n`.replace('check: 1\n', 'checks: { placement: false }\n')).checks.placement).to.equal(false);
     const p = problems(`${base}  - { at: 2s, vm: zz, to: h2 }\n  - { at: 4s, vm: b, to: h9 }\n  - { at: 5s, vm: b, to: h3, method: sideways }\n  - { at: 6s, vm: a, to: h1 }\n  - { at: 25s, vm: b, to: h1 }\n  - { at: 7s, vm: b, to: h1, speed: 3 }\n`);

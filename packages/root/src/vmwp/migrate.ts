@@ -286,12 +286,9 @@ export class MigrationOut {
    * these once it commits, and this side's completed move keeps the same total, so the two hosts'
    * move-status agree. (This side's total went on to the commit's answer, after the destination's
    * guest resumed: 20-190 ms more than the destination said for the same move. The time until the
-   * answer is in `downtime-acked`.)
-   */
-  /**
-   * The statistics the commit carries (the destination shows them in its move-status): the move
-   * as completed, nothing remaining, and the expected downtime the downtime it had. The
-   * destination used to show the last pass's estimate (0 ms beside a downtime of 219).
+   * answer is in `downtime-acked`.) The move as completed, nothing remaining, and the expected
+   * downtime the downtime it had: the destination showed the last pass's estimate (0 ms beside a
+   * downtime of 219).
    */
   private commitStats(): MigrationStats {
     const st = structuredClone(this.stats);
@@ -876,6 +873,7 @@ export class MigrationOut {
         delete this.stats['error-desc'];
         this.stats.status = 'completed';
         this.stats.ram.remaining = 0;
+        this.stats['expected-downtime'] = this.stats.downtime ?? this.stats['expected-downtime'];
         this.report();
         log.info({ to: this.req.to }, 'migration completed (the destination had the commit before the cancel or failure)');
         return this.stats;
@@ -1022,7 +1020,8 @@ export class MigrationOut {
     if (!committed) throw new Error(`the destination ${this.req.to} did not confirm that every page arrived: ${refused ?? last}`);
     stats.status = 'completed';
     stats['total-time'] = commitStats['total-time'];
-    stats.ram.remaining = 0;
+    stats.ram.remaining = commitStats.ram.remaining;
+    stats['expected-downtime'] = commitStats['expected-downtime'];
     this.report();
     src.log.info({ to: this.req.to, totalMs: stats['total-time'], downtimeMs: stats.downtime, requests: stats.ram['postcopy-requests'] }, 'post-copy migration completed');
     return stats;
