@@ -53,6 +53,22 @@ export interface FabricOptions {
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
+/**
+ * Why `address` cannot be a member's, for a fabric that listens on `listen`, or null. A fabric on
+ * loopback (a cluster without namespaces) has every member on this machine, on loopback: anything
+ * goes. Any other fabric takes no loopback, unspecified (0.x), broadcast or multicast address: its
+ * proxies would connect there, on the fabric's own machine.
+ */
+export function memberAddressProblem(address: string, listen: string): string | null {
+  if (listen.startsWith('127.')) return null;
+  const [a, b, c, d] = address.split('.').map(Number) as [number, number, number, number];
+  if (a === 127) return 'is a loopback address: the fabric would connect to its own machine';
+  if (a === 0) return 'is not an address a host can be reached at (0.x)';
+  if (a >= 224 && a <= 239) return 'is a multicast address';
+  if (a === 255 && b === 255 && c === 255 && d === 255) return 'is the broadcast address';
+  return null;
+}
+
 /** The default seed of the link between a and b: fixed by the names, so a file repeats its draws. */
 export function linkSeed(a: string, b: string): number {
   const [x, y] = a < b ? [a, b] : [b, a];
@@ -383,6 +399,13 @@ export class Fabric {
         const held = m !== undefined && !same && Date.now() - Math.max(m.lastSeen, since) < NAME_HOLD_MS;
         if (m && (m.local !== r.local || held)) throw new RpcFailure('AlreadyExists', `cluster ${this.opts.cluster} already has a host named ${r.name} (at ${m.address})`);
         if (!r.local && this.fileHosts.has(r.name)) throw new RpcFailure('AlreadyExists', `${r.name} is a host of the topology file; a joining host needs another name`);
+        // A host of this machine is one of the file's; any other joins as a host of another machine.
+        if (r.local && !this.fileHosts.has(r.name)) throw new RpcFailure('Denied', `${r.name} is not a host of the topology file: only the file's hosts join as hosts of this machine`);
+        // Its address is where the fabric's proxies connect for it (its ports, the ports it exposes):
+        // a key holder that named 127.0.0.1 had the fabric relay to the fabric machine's own
+        // loopback services. Off loopback, a member's address is one others can reach.
+        const unreachable = memberAddressProblem(r.address, this.opts.listen);
+        if (unreachable) throw new RpcFailure('Denied', `${r.name}'s address ${r.address} ${unreachable}`);
         // A name an earlier life of this fabric bound: its holder has as long to come back as a
         // member gone quiet has, counted from this start.
         const d = m ? undefined : this.dormant.get(r.name);

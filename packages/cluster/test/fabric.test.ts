@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, createServer, type Server } from 'node:net';
 import { CLUSTER_WIRE_VERSION, FABRIC_MAX_EXPOSED, FABRIC_MAX_PROBES, decodeFabricStatus, decodePeerBook } from '@hvlab/protocol';
 import { curveClientOptions, makeClusterKey, RpcClient, RpcFailure } from '@hvlab/runtime';
-import { Fabric, memberSecretHash, pairAuth } from '../src/index.js';
+import { Fabric, memberAddressProblem, memberSecretHash, pairAuth } from '../src/index.js';
 
 describe('the fabric (in-process, loopback)', function () {
   this.timeout(20000);
@@ -55,6 +55,12 @@ describe('the fabric (in-process, loopback)', function () {
     const err = await call({ op: 'linkCut', a: 'h1', b: 'h3' }).catch((e: RpcFailure) => e);
     expect(err).to.be.instanceOf(RpcFailure);
     expect((err as RpcFailure).message).to.match(/no link between h1 and h3/);
+  });
+
+  it('takes a host of this machine (local) only under a name of the file: a key holder joined as "evil", local, at 127.0.0.1', async () => {
+    const evil = await join('evil', '127.0.0.21', true).catch((e: RpcFailure) => e);
+    expect((evil as RpcFailure).code).to.equal('Denied');
+    expect((evil as RpcFailure).message).to.match(/evil is not a host of the topology file/);
   });
 
   it('refuses a name held by a live member to another host, wherever it is, and gives it back to the same host (its secret), wherever it comes from', async () => {
@@ -248,5 +254,15 @@ describe('the fabric (in-process, loopback)', function () {
       await call({ op: 'linkReset', a: null, b: null });
       sink.close();
     }
+  });
+});
+
+describe('a member\'s address (memberAddressProblem)', () => {
+  it('off loopback, refuses loopback, 0.x, multicast and broadcast addresses (the fabric relayed to its own machine\'s loopback services); on loopback, takes any', () => {
+    const off = ['127.0.0.1', '127.9.9.9', '0.0.0.0', '224.0.0.1', '239.1.2.3', '255.255.255.255'].map((a) => memberAddressProblem(a, '10.20.0.1'));
+    expect(off.every((x) => typeof x === 'string'), JSON.stringify(off)).to.equal(true);
+    expect(memberAddressProblem('127.0.0.1', '10.20.0.1')).to.match(/loopback/);
+    for (const a of ['10.20.0.2', '192.168.1.5', '169.254.1.1', '8.8.8.8']) expect(memberAddressProblem(a, '10.20.0.1'), a).to.equal(null);
+    for (const a of ['127.0.0.11', '10.20.0.2']) expect(memberAddressProblem(a, '127.0.0.1'), a).to.equal(null);
   });
 });

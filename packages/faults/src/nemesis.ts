@@ -172,6 +172,9 @@ function seedOf(s: string): number {
 /** How long a pause fault waits for its processes to show as stopped before it says it is active anyway (ms). */
 export const PAUSE_TAKE_MS = 2000;
 
+/** Owners whose leases one nemesis holds at once (renew refuses a new one past it). */
+export const MAX_OWNERS = 1024;
+
 /**
  * Resolves once every process of `pids` is stopped (its /proc state T or t) or gone, or after `ms`.
  * Looks each millisecond: a stop is taken as soon as the process next runs, mostly at once.
@@ -279,6 +282,9 @@ export class Nemesis {
 
   renew(owner: string, teardown = false, vms: OwnedVm[] | null = null): void {
     this.lastActivity = this.now();
+    // A bounded table: a flood of renews under fresh names grew this process by ~100 MB in 8 s
+    // (each stays until its lease lapses). A real home has a few owners (CLIs, runs).
+    if (!this.owners.has(owner) && this.owners.size >= MAX_OWNERS) throw new FaultRefused(`this nemesis holds ${MAX_OWNERS} owners' leases, its most: no new owner until one lapses`);
     this.owners.set(owner, this.now());
     if (teardown) this.teardownOwners.add(owner);
     // The VMs it made so far (a renew that names them names all): they go when its lease lapses.

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
 import { MgmtCallError } from '@hvlab/host';
-import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, Nemesis, refusedUnapplied, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
+import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, MAX_OWNERS, Nemesis, refusedUnapplied, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
 const shrink = (id: string | null): Record<string, unknown> => ({ id, kind: 'lp-shrink', lps: 1, startedAt: AT, endsAt: AT + 60_000 });
@@ -190,5 +190,21 @@ describe('a fault applied through a root that could not be asked', () => {
     expect(n.list(true)).to.deep.equal([]);
     expect(logLines()).to.deep.equal([]);
     expect((n as unknown as { next: number }).next, 'f1 given back').to.equal(1);
+  });
+});
+
+describe('the nemesis\'s owner leases', () => {
+  it('are a bounded table: a new owner past MAX_OWNERS is refused while one held renews on (a renew flood under fresh names grew the process by ~100 MB)', () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-owners-'));
+    try {
+      const n = new Nemesis({ home });
+      for (let i = 0; i < MAX_OWNERS; i++) n.renew(`o${i}`);
+      expect(n.liveOwners).to.equal(MAX_OWNERS);
+      expect(() => n.renew('one-more')).to.throw(FaultRefused, /holds 1024 owners' leases/);
+      expect(() => n.renew('o7')).to.not.throw();
+      expect(n.liveOwners).to.equal(MAX_OWNERS);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });
