@@ -207,7 +207,9 @@ describe('the hvlab command line', () => {
     }
     expect(() => parseCommandLine(['link', 'set', 'h1', 'h2', '--delay', '1m']), 'a link takes minutes too (it took us, not m)').to.not.throw();
     expect(refusal(['link', 'set', 'h1', 'h2', '--delay', '2m']).message).to.match(/^--delay 2m is invalid: a duration from 0 to 60s/);
-    expect(() => parseCommandLine(['fault', 'inject', 'vmbus', '--target', 'vm:a', '--for', '1s', '--delay', '250us']), 'a fault takes us too').to.not.throw();
+    // A fault's durations are whole milliseconds: 1000us is 1 ms, 250us is refused (it was rounded to a 0 ms delay, a fault that did nothing).
+    expect(() => parseCommandLine(['fault', 'inject', 'vmbus', '--target', 'vm:a', '--for', '1s', '--delay', '1000us']), 'a fault takes us that make whole ms').to.not.throw();
+    expect(refusal(['fault', 'inject', 'link', '--target', 'link:h1-h2', '--for', '1s', '--delay', '250us']).message).to.equal('--delay 250us is invalid: a duration such as 20ms or 1s (whole milliseconds here)');
   });
 
   it('checks option values in the order they were given, so the first message names the first wrong one', () => {

@@ -256,16 +256,25 @@ export function durationMs(v: unknown): number | null {
   return Number.isFinite(ms) ? ms : null;
 }
 
-/** A duration (durationMs) in whole ms, rounded; null if it is not one. */
+/**
+ * A duration (durationMs) that is a whole number of ms, as faults, chaos files and timeouts take
+ * them; null otherwise. "250us" is refused here (it was rounded to a 0 ms delay: a fault that did
+ * nothing, accepted); "1000us" and "1.5s" are whole.
+ */
 export function parseDurationMs(s: unknown): number | null {
   const ms = durationMs(s);
-  return ms === null ? null : Math.round(ms);
+  if (ms === null) return null;
+  const whole = Math.round(ms);
+  return Math.abs(ms - whole) < 1e-6 ? whole : null;
 }
 
-/** What to add to a refusal of `v` as a duration: a word on the missing unit when it is a bare number. */
+/** What to add to a refusal of `v` as a duration: a word on the missing unit when it is a bare number, or on whole ms when it is a part of one. */
 export function durationHint(v: unknown): string {
   const t = typeof v === 'number' ? String(v) : typeof v === 'string' ? v.trim() : '';
-  return t.length <= 12 && /^\d+(?:\.\d+)?$/.test(t) && Number(t) !== 0 ? ` (a duration needs its unit: ${t}s or ${t}ms)` : '';
+  if (t.length > 12) return '';
+  if (/^\d+(?:\.\d+)?$/.test(t) && Number(t) !== 0) return ` (a duration needs its unit: ${t}s or ${t}ms)`;
+  const ms = durationMs(t);
+  return ms !== null && parseDurationMs(t) === null ? ' (whole milliseconds here)' : '';
 }
 
 /**

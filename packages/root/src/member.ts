@@ -143,6 +143,8 @@ const PROBE_FIRST_CHUNK = 32 * 1024;
 const PROBE_MIN_CHUNK = 4 * 1024;
 const PROBE_WINDOW = 8;
 const PROBE_ANSWER_SHARE = 0.2;
+/** A bulk transfer's longest run, however slowly it still moves: the CLI and an experiment give up on the whole probe after 600 s. */
+const PROBE_BULK_MAX_MS = 600_000;
 
 /** The next chunk's size: `bytes` were answered `ms` after the answer before; aims at an answer every `aimMs`. */
 export function nextProbeChunk(current: number, bytes: number, ms: number, aimMs: number, max = PROBE_CHUNK): number {
@@ -517,12 +519,15 @@ export class ClusterMember {
         let done = 0;
         const t0 = performance.now();
         let lastAnswer = t0;
-        let stalled = false;
+        let stalled: string | null = null;
         // The bound is on silence, not on each chunk: a slow link's chunks wait behind each other.
+        // The whole transfer has a bound too, past which its asker has given up.
         const watchdog = setInterval(() => {
-          if (performance.now() - lastAnswer <= timeoutMs || stalled) return;
-          stalled = true;
-          c.close();
+          if (stalled !== null) return;
+          const now = performance.now();
+          if (now - lastAnswer > timeoutMs) stalled = `no chunk was answered for ${timeoutMs} ms`;
+          else if (now - t0 > PROBE_BULK_MAX_MS) stalled = `it ran ${PROBE_BULK_MAX_MS / 1000} s, its longest (a smaller --bytes measures a slow link)`;
+          if (stalled !== null) c.close();
         }, Math.max(50, Math.min(1000, timeoutMs / 10)));
         const inFlight = new Set<Promise<unknown>>();
         try {
@@ -545,7 +550,7 @@ export class ClusterMember {
           if (stopped) throw stoppedFailure();
           const s = ((performance.now() - t0) / 1000).toFixed(1);
           const rtt = rttMs.length > 0 ? `; ${rttMs.length} round trips before it, p50 ${[...rttMs].sort((a, b) => a - b)[Math.floor(rttMs.length / 2)]} ms` : '';
-          const why = stalled ? `no chunk was answered for ${timeoutMs} ms` : (e as Error).message;
+          const why = stalled ?? (e as Error).message;
           throw new MgmtFailure('Unreachable', `the bulk transfer to ${args.peer} did not finish: ${why} (${done} of ${bytes} bytes answered in ${s} s${rtt})`);
         } finally {
           clearInterval(watchdog);
