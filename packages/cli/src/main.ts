@@ -23,7 +23,7 @@ import {
   vmMigrationOf, type DebugHypercallResult, type MigrationOptions, type HostInfo, type HostMemory, type LinkProbeResult, type IcServiceInfo, type KvpEntry, type ProcessInfo, type VmInfo,
 } from '@hvlab/protocol';
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
-import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, durationHint, parseDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
+import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, durationHint, parseDurationMs, parseSignedDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
 import {
   NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, faultOrder, readHostShrinks, unheldHostFaults, unheldShrinkRecord, worldHosts, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
@@ -86,13 +86,6 @@ const oneOf = (opt: string, values: readonly string[], verb = 'is invalid: use')
 const nonEmpty = (opt: string) => (v: string): string | null => (v === '' ? `--${opt} is empty` : null);
 const probability = (opt: string) => (v: string): string | null => (/^(0(\.\d+)?|1(\.0+)?|\.\d+)$/.test(v) ? null : `--${opt} ${v} is invalid: a probability from 0 to 1, e.g. 0.2`);
 const durationOpt = (opt: string) => (v: string): string | null => (parseDurationMs(v) === null ? `--${opt} ${v} is invalid: a duration such as 20ms or 1s${durationHint(v)}` : null);
-/** A duration with an optional sign ("-2s", "+500ms") in ms, or null. */
-function signedDurationMs(v: string): number | null {
-  const m = /^([+-]?)(.*)$/.exec(v.trim())!;
-  const ms = parseDurationMs(m[2]!);
-  return ms === null ? null : m[1] === '-' ? -ms : ms;
-}
-
 const IC_SERVICES = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
 const LOG_ROLES = ['hypervisor', 'root', 'vmwp', 'partition'] as const;
 const TEN_YEARS_S = 10 * 365 * 86400;
@@ -322,7 +315,7 @@ export const COMMANDS: CommandSpec[] = [
       { name: 'loss', value: 'PCT', help: 'link: % of chunks lost (each retransmitted later)', check: (v) => (parseLoss(v) === null ? `--loss ${v} is invalid: a percentage such as 5%` : null) },
       { name: 'cut', help: 'link: cut it' },
       { name: 'shape', value: 'S', help: `partition: ${PARTITION_SHAPES.join(', ')} (default one)`, check: oneOf('shape', [...PARTITION_SHAPES]) },
-      { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (signedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s${durationHint(v.replace(/^[+-]/, ''))}` : null) },
+      { name: 'offset', value: 'TIME', help: 'clock: step the guest\'s reference time by this much, e.g. 5s or -2s', check: (v) => (parseSignedDurationMs(v) === null ? `--offset ${v} is invalid: a duration such as 5s or -2s${durationHint(v.replace(/^[+-]/, ''))}` : null) },
       { name: 'skew', value: 'PPM', help: 'clock: run the guest\'s time this many ppm faster (negative: slower)', check: (v) => (parseWholeNumber(v, true) === null ? `--skew ${v} is invalid: whole ppm, e.g. 100000 or -50000` : null) },
       { name: 'vps', value: 'LIST', help: 'vp-stall: VP indexes, decimal or 0x hex, e.g. 0,1 (default all)', check: (v) => (v.split(',').every((x) => parseWholeNumber(x) !== null) ? null : `--vps ${v} is invalid: e.g. 0 or 0,1`) },
       { name: 'lps', value: 'N', help: 'lp-shrink: logical processors left', check: faultIntegerIn('lps', 1, 1024) },
@@ -477,7 +470,7 @@ export function faultRequestFromOptions(kind: FaultKind, opt: (n: string) => str
       break;
     case 'clock':
       if (opt('offset') !== undefined) {
-        const ms = signedDurationMs(opt('offset')!);
+        const ms = parseSignedDurationMs(opt('offset')!);
         if (ms !== null && Math.abs(ms) > CLOCK_MAX_OFFSET_MS) throw new ValueError(`--offset ${opt('offset')} is more than a clock fault shifts (at most 7 days either way)`);
         params.offsetMs = ms;
       }

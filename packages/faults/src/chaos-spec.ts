@@ -52,7 +52,7 @@ import { FileShapeError, readRegularFile } from '@hvlab/runtime';
 import { isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import {
   CLUSTER_HOST_RE, FAULT_KINDS, FAULT_MAX_MS, FAULT_STALL_MAX_VP, INSTANT_FAULT_KINDS, bitflipGpaProblem, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, PROCESS_ROLES,
-  VM_NAME_RE, durationHint, formatBytes, parseDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
+  VM_NAME_RE, durationHint, formatBytes, parseDurationMs, parseSignedDurationMs, parseSize, parseWorkload, workloadFitError, workloadProblem,
   type FaultKind, type ProcessRole,
 } from '@hvlab/protocol';
 import { CLUSTER_NAME_RE, DEFAULT_VM, fieldKey, fileText, MAX_HOSTS, MAX_LPS, parseBandwidth, parseLoss, parseMethod, parseRate, problem, problemsText, readYamlMap, scalar, seedValue, shown, sourceSha256, where, yamlNestingProblem, type CheckCtx } from '@hvlab/cluster';
@@ -234,20 +234,10 @@ export function linkOf(text: string, hosts: readonly string[]): [string, string]
 /** Parameters that may be written with units in a file, and how they become the nemesis's numbers. */
 const MS_PARAMS = new Set(['delayMs', 'jitterMs', 'signalDelayMs', 'offsetMs']);
 
-/** A signed duration in text: "-5s", "250ms" (a unit always; 0 alone). */
-function signedMs(v: unknown): number | null {
-  if (typeof v === 'number') return parseDurationMs(v);
-  if (typeof v !== 'string') return null;
-  const t = v.trim();
-  const neg = t.startsWith('-');
-  const ms = parseDurationMs(neg ? t.slice(1) : t);
-  return ms === null ? null : neg ? -ms : ms;
-}
-
 /** One parameter as written → the nemesis's value (units taken off), or a sentence. */
 function paramValue(k: string, v: unknown): { ok: true; value: unknown } | { ok: false; message: string } {
   if (MS_PARAMS.has(k) && typeof v === 'string') {
-    const ms = signedMs(v);
+    const ms = parseSignedDurationMs(v);
     return ms === null ? { ok: false, message: 'must be a duration such as 50ms or 2s' } : { ok: true, value: ms };
   }
   if (k === 'rateBps' && typeof v === 'string') {

@@ -268,6 +268,14 @@ export function parseDurationMs(s: unknown): number | null {
   return Math.abs(ms - whole) < 1e-6 ? whole : null;
 }
 
+/** A duration with an optional sign ("-2s", "+500ms"; parseDurationMs after it), in ms, or null: a clock fault's offset. */
+export function parseSignedDurationMs(v: unknown): number | null {
+  if (typeof v !== 'string') return null;
+  const m = /^\s*([+-]?)(.*)$/s.exec(v)!;
+  const ms = parseDurationMs(m[2]!);
+  return ms === null ? null : m[1] === '-' ? -ms : ms;
+}
+
 /** What to add to a refusal of `v` as a duration: a word on the missing unit when it is a bare number, or on whole ms when it is a part of one. */
 export function durationHint(v: unknown): string {
   const t = typeof v === 'number' ? String(v) : typeof v === 'string' ? v.trim() : '';
