@@ -10,7 +10,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HostInfo, IcServiceInfo, VmInfo } from '@hvlab/protocol';
 import { MgmtClient, readHost } from '@hvlab/host';
-import { nemesisPids, type FaultRecord } from '@hvlab/faults';
+import { NemesisClient, nemesisPids, type FaultRecord } from '@hvlab/faults';
+import { MgmtCallError } from '@hvlab/host';
+import { randomUUID } from 'node:crypto';
 import { TestHost, eventually, sleep } from './harness.js';
 
 describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)', function () {
@@ -212,6 +214,46 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect((await info()).state).to.equal('Paused');
     expect([await byte(), await progress('md')], 'the paused guest stayed paused').to.deep.equal([before ^ 4, still]);
     await h.ok('vm', 'resume', 'md');
+  });
+  it('a VM is made with the id its maker chose; a turn-off or delete naming another id is NotFound and changes nothing; an owner\'s lapsed lease removes its VM of that id and not a later VM of the name', async () => {
+    const mine = randomUUID();
+    const made = await mgmt.request<VmInfo>('vmNew', { name: 'leased', memory: '16M', workload: 'counter', id: mine.toUpperCase() });
+    expect(made.id, 'as lower case').to.equal(mine);
+    const refusedAs = async (op: 'vmNew' | 'vmTurnOff' | 'vmDelete', args: Record<string, unknown>): Promise<string> => {
+      try {
+        await mgmt.request(op, args);
+      } catch (e) {
+        return e instanceof MgmtCallError ? `${e.code}: ${e.message}` : String(e);
+      }
+      return 'done';
+    };
+    expect(await refusedAs('vmNew', { name: 'other', memory: '16M', id: mine })).to.equal(`AlreadyExists: VM "leased" has id ${mine} already`);
+    expect(await refusedAs('vmNew', { name: 'other', id: 'not-a-uuid' })).to.equal(`InvalidArgument: vmNew argument "id" is the string "not-a-uuid", not a VM id (a UUID)`);
+    await mgmt.request('vmStart', { name: 'leased' }, 60_000);
+    const someone = randomUUID();
+    expect(await refusedAs('vmTurnOff', { name: 'leased', id: someone })).to.equal(`NotFound: VM "leased" here is not the VM of id ${someone} (its id is ${mine}): that one is gone`);
+    expect(await refusedAs('vmDelete', { name: 'leased', id: someone })).to.match(/^NotFound: /);
+    expect((await mgmt.request<VmInfo[]>('vmList')).find((v) => v.name === 'leased')?.state, 'untouched').to.equal('Running');
+
+    // An owner names two VMs: "leased" with an id it is not (as after the owner's VM was deleted
+    // and someone made another of its name), "gone" with its own. Its lease handed over (as a
+    // lapse), the nemesis removes "gone" and leaves "leased".
+    const gone = randomUUID();
+    await mgmt.request('vmNew', { name: 'gone', memory: '16M', workload: 'counter', id: gone });
+    const nem = await NemesisClient.connect(h.home);
+    try {
+      await nem.renew('run-ids', { vms: [{ host: 'local', vm: 'leased', id: someone }, { host: 'local', vm: 'gone', id: gone }] });
+      expect(await nem.handOver('run-ids')).to.equal(true);
+    } finally {
+      nem.close();
+    }
+    // In the list's order: once "gone" is removed, "leased" was passed over.
+    expect(await eventually(async () => !(await mgmt.request<VmInfo[]>('vmList')).some((v) => v.name === 'gone'), 20000), 'its own VM removed').to.equal(true);
+    expect((await mgmt.request<VmInfo[]>('vmList')).find((v) => v.name === 'leased')?.state, 'the other VM of a name it named runs on').to.equal('Running');
+    // The right id removes it.
+    await mgmt.request('vmTurnOff', { name: 'leased', id: mine });
+    await mgmt.request('vmDelete', { name: 'leased', id: mine });
+    expect((await mgmt.request<VmInfo[]>('vmList')).map((v) => v.name)).to.not.include('leased');
   });
 });
 

@@ -40,6 +40,7 @@
  * per run, results.md a table per method, and four SVG plots (plot.ts) show total time, downtime,
  * bytes sent and the dirty set pass by pass.
  */
+import { randomUUID } from 'node:crypto';
 import { lstatSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -507,7 +508,8 @@ export interface NotedMove {
 
 export interface ExperimentDriver {
   /** Makes VM `name` on the source host (spec.vm) and starts it. */
-  createVm(name: string): Promise<void>;
+  /** `id`: the VM's id (vmNew `id`), when the caller chose it; a new random one when absent. */
+  createVm(name: string, id?: string): Promise<void>;
   /**
    * Moves it with these vmMove arguments and returns its statistics, whatever its end, or them with
    * a note of what the driver did to the move that they do not say (NotedMove).
@@ -990,8 +992,8 @@ async function endedMove(src: Pick<MgmtClient, 'request'>, name: string, waitMs 
 export function clusterDriver(spec: ExperimentSpec, hosts: Record<string, MgmtClient>, signal?: AbortSignal): ExperimentDriver {
   const src = hosts[spec.from]!;
   return {
-    async createVm(name) {
-      await src.request('vmNew', { name, memory: formatBytes(spec.vm.memoryBytes), vps: spec.vm.vps, workload: spec.vm.workload });
+    async createVm(name, id) {
+      await src.request('vmNew', { name, memory: formatBytes(spec.vm.memoryBytes), vps: spec.vm.vps, workload: spec.vm.workload, ...(id === undefined ? {} : { id }) });
       await src.request('vmStart', { name }, 120_000);
     },
     async move(args) {
@@ -1086,7 +1088,7 @@ export interface RunLease {
   /** Sets the link's impairments, undone when the lease ends (or lapses). */
   setLink(a: string, b: string, change: { delayMs: number | null; jitterMs: number | null; rateBps: number | null; lossPercent: number | null; seed: number }): Promise<void>;
   /** Every VM the run has made and not deleted yet (all of them, each time). */
-  owned(vms: Array<{ host: string; vm: string }>): Promise<void>;
+  owned(vms: Array<{ host: string; vm: string; id: string }>): Promise<void>;
   /** Ends the lease: the link as it was, the VMs released (the run deleted them). */
   end(): Promise<void>;
 }
@@ -1310,17 +1312,20 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
 
       const base = clusterDriver(spec, hosts, opts.signal);
       // Named to the run's lease as they are made and deleted: a run killed with SIGKILL leaves none.
-      const made = new Set<string>();
+      // Each with the id the run gives it before it is made (vmNew `id`), so the lease removes that
+      // VM and never a later one of its name.
+      const made = new Map<string, string>();
       const tell = async (): Promise<void> => {
         // On either host: a move takes it to `to` (and a failed one leaves it on `from`).
-        await runLease?.owned([...made].flatMap((vm) => [{ host: spec.from, vm }, { host: spec.to, vm }])).catch((e: unknown) => say(`WARNING: the run's lease was not renewed: ${message(e)}`));
+        await runLease?.owned([...made].flatMap(([vm, id]) => [{ host: spec.from, vm, id }, { host: spec.to, vm, id }])).catch((e: unknown) => say(`WARNING: the run's lease was not renewed: ${message(e)}`));
       };
       const driver: ExperimentDriver = runLease === null ? base : {
         ...base,
         async createVm(name) {
-          made.add(name);
+          const id = randomUUID();
+          made.set(name, id);
           await tell();
-          await base.createVm(name);
+          await base.createVm(name, id);
         },
         async removeVm(name) {
           const found = await base.removeVm(name);

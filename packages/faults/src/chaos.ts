@@ -21,7 +21,7 @@
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { MGMT_PEEK_MAX_BYTES, STATUS_PAGE_GPA, StatusPage, WORKLOAD_DATA_GPA, formatBytes, isPlainObject, parseWorkload, SEED_MAX, seedProblem } from '@hvlab/protocol';
 import { readRegularTail, resolveHome, unmakeDirs } from '@hvlab/runtime';
 import { MgmtClient, hostProcesses, hostRunning, readHost, removeVm } from '@hvlab/host';
@@ -276,6 +276,10 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     homeLease = null;
   };
   const made: string[] = [];
+  // Each workload's id, chosen before its VM is made and named to the lease first: a run killed at
+  // any point leaves none of its VMs, and the nemesis removes only a VM of that id (never a VM of
+  // the name someone else made).
+  const ids = new Map<string, string>();
   const injected: FaultRecord[] = [];
   const memReads: Array<{ vm: string; bytes: Uint8Array | null; error: string | null; written: number | null }> = [];
   let activeAtEnd: FaultRecord[] | string | null = null;
@@ -360,7 +364,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     // none on the user's cluster; its faults go too. (A new cluster goes whole: the home's lease.)
     nemesis = await NemesisClient.connect(home);
     const nem = nemesis;
-    const owned = (): OwnedVm[] => (broughtUp ? [] : spec.workloads.filter((w) => made.includes(w.name)).map((w) => ({ host: hostOf(w.name), vm: w.name })));
+    const owned = (): OwnedVm[] => (broughtUp ? [] : spec.workloads.filter((w) => ids.has(w.name)).map((w) => ({ host: hostOf(w.name), vm: w.name, id: ids.get(w.name)! })));
     await nem.renew(owner, { vms: owned() });
     renew = setInterval(() => void nem.renew(owner, { vms: owned() }).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`)), OWNER_RENEW_MS);
     // The workloads: made and started, each host's one after another, the hosts side by side.
@@ -368,10 +372,16 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       const c = clients.get(h)!;
       for (const w of spec.workloads.filter((x) => x.host === h)) {
         if (signal?.aborted) return;
-        await c.request('vmNew', { name: w.name, memory: formatBytes(w.memoryBytes), vps: w.vps, workload: w.workload }, 60_000);
+        const id = randomUUID();
+        ids.set(w.name, id);
+        if (!broughtUp) await nem.renew(owner, { vms: owned() }).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`));
+        try {
+          await c.request('vmNew', { name: w.name, memory: formatBytes(w.memoryBytes), vps: w.vps, workload: w.workload, id }, 60_000);
+        } catch (e) {
+          ids.delete(w.name);
+          throw e;
+        }
         made.push(w.name);
-        // Named in the lease at once (only once made: a name the user's cluster already had is not the run's).
-        await nem.renew(owner, { vms: owned() }).catch(() => undefined);
         await c.request('vmStart', { name: w.name }, 120_000);
         say(`VM ${w.name} (${w.workload}) is running on ${h}`);
       }
@@ -522,7 +532,7 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         continue;
       }
       const c = clients.get(h);
-      if (c) await removeVm(c, w.name).catch((e: unknown) => void report.cleanup.push(`VM ${w.name} was not deleted: ${message(e)}`));
+      if (c) await removeVm(c, w.name, ids.get(w.name)).catch((e: unknown) => void report.cleanup.push(`VM ${w.name} was not deleted: ${message(e)}`));
     }
     cleanupObs.vmsLeft = [];
     for (const [h, c] of clients) {

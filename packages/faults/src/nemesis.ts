@@ -315,7 +315,7 @@ export class Nemesis {
   private async removeOwnedVms(owner: string, vms: OwnedVm[]): Promise<void> {
     const world = await readWorld(this.home).catch(() => null);
     if (!world) return;
-    for (const { host, vm } of vms) {
+    for (const { host, vm, id } of vms) {
       let c: MgmtClient;
       try {
         c = this.mgmt(world, host);
@@ -323,8 +323,9 @@ export class Nemesis {
         continue; // its host is gone: so is the VM
       }
       try {
-        await removeVm(c, vm);
-        this.say('owner lease lapsed: removed a VM it made', { owner, host, vm });
+        // By id: a VM of the name made since by someone else is not the owner's (NotFound, done).
+        await removeVm(c, vm, id);
+        this.say('owner lease lapsed: removed a VM it made (or it was gone)', { owner, host, vm, id });
       } catch (e) {
         this.say('owner lease lapsed: a VM it made was not removed', { owner, host, vm, err: errText(e) });
       } finally {

@@ -7,8 +7,8 @@
  *   list   { all, counters }     active faults (all: also ended ones; counters: each active vmbus
  *                                fault's counters so far, asked of its roots)
  *   clear  { fault, owner }      end faults now: one (fault), an owner's, or all (both null)
- *   renew  { owner, teardown, vms }  an owner's lease (vms: VMs it made, turned off and deleted
- *                                when it lapses; teardown: when it lapses, the home's cluster
+ *   renew  { owner, teardown, vms }  an owner's lease (vms: VMs it made, each { host, vm, id },
+ *                                turned off and deleted when it lapses if still of that id; teardown: when it lapses, the home's cluster
  *                                goes down and the home is removed: a run's temporary cluster)
  *   handover { owner }           the owner is done: do now what its lease's lapse would do (its
  *                                faults end, its VMs go; with teardown, the cluster goes down and
@@ -16,7 +16,7 @@
  *                                teardown leaves nothing half done
  *   stop   {}                    clear everything and exit
  */
-import { decode, isPlainObject, VM_NAME_RE } from '@hvlab/protocol';
+import { decode, isPlainObject, VM_ID_RE, VM_NAME_RE } from '@hvlab/protocol';
 import { checkFaultRequest } from './request.js';
 import type { FaultRequest } from './types.js';
 
@@ -39,6 +39,8 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/;
 export interface OwnedVm {
   host: string;
   vm: string;
+  /** The VM's id, chosen by the owner before it made the VM (vmNew `id`): only that VM goes, never a later one of its name. */
+  id: string;
 }
 /** The most VMs one renew names. */
 export const MAX_OWNED_VMS = 64;
@@ -89,12 +91,13 @@ export function decodeNemesisRequest(bytes: Uint8Array): { ok: true; value: Neme
       let vms: OwnedVm[] | null = null;
       if (v.vms !== undefined && v.vms !== null) {
         vms = [];
-        if (!Array.isArray(v.vms) || v.vms.length > MAX_OWNED_VMS) return fail(`renew: "vms" must be a list of at most ${MAX_OWNED_VMS} { host, vm }`);
+        if (!Array.isArray(v.vms) || v.vms.length > MAX_OWNED_VMS) return fail(`renew: "vms" must be a list of at most ${MAX_OWNED_VMS} { host, vm, id }`);
         for (const x of v.vms as unknown[]) {
-          if (!isPlainObject(x) || typeof x.host !== 'string' || !NAME_RE.test(x.host) || typeof x.vm !== 'string' || !VM_NAME_RE.test(x.vm) || Object.keys(x).some((k) => k !== 'host' && k !== 'vm')) {
-            return fail('renew: each of "vms" must be { host, vm } with a host name and a VM name');
+          if (!isPlainObject(x) || typeof x.host !== 'string' || !NAME_RE.test(x.host) || typeof x.vm !== 'string' || !VM_NAME_RE.test(x.vm)
+            || typeof x.id !== 'string' || !VM_ID_RE.test(x.id) || Object.keys(x).some((k) => k !== 'host' && k !== 'vm' && k !== 'id')) {
+            return fail('renew: each of "vms" must be { host, vm, id } with a host name, a VM name and the VM\'s id (a UUID)');
           }
-          vms.push({ host: x.host, vm: x.vm });
+          vms.push({ host: x.host, vm: x.vm, id: x.id.toLowerCase() });
         }
       }
       return { ok: true, value: { v: NEMESIS_WIRE_VERSION, id, op: 'renew', owner, teardown: v.teardown === true, vms } };

@@ -72,8 +72,11 @@ describe('fault requests and the nemesis wire', () => {
     expect(decodeNemesisRequest(encode({ ...ok, op: 'list', counters: 1 }))).to.deep.include({ ok: false, id: 4 });
     expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run' }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: null } });
     // The VMs an owner made, removed when its lease lapses: host and VM names only, at most 64.
-    expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run', vms: [{ host: 'h1', vm: 'c1' }] }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: [{ host: 'h1', vm: 'c1' }] } });
-    for (const vms of ['c1', [{ host: 'h1' }], [{ host: 'h1', vm: '../x' }], [{ host: 'h 1', vm: 'c1' }], [{ host: 'h1', vm: 'c1', more: 1 }], [null], Array.from({ length: 65 }, (_, i) => ({ host: 'h1', vm: `v${i}` }))]) {
+    const id = '3F2B8C1E-0A4D-4E5F-9A7B-1C2D3E4F5A6B';
+    // The id as lower case: the root compares ids that way.
+    expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run', vms: [{ host: 'h1', vm: 'c1', id }] }))).to.deep.equal({ ok: true, value: { ...ok, op: 'renew', owner: 'run', teardown: false, vms: [{ host: 'h1', vm: 'c1', id: id.toLowerCase() }] } });
+    // Each VM needs its id: a name alone would let the lease remove a later VM of that name.
+    for (const vms of ['c1', [{ host: 'h1' }], [{ host: 'h1', vm: 'c1' }], [{ host: 'h1', vm: 'c1', id: 'not-a-uuid' }], [{ host: 'h1', vm: 'c1', id: 7 }], [{ host: 'h1', vm: '../x', id }], [{ host: 'h 1', vm: 'c1', id }], [{ host: 'h1', vm: 'c1', id, more: 1 }], [null], Array.from({ length: 65 }, (_, i) => ({ host: 'h1', vm: `v${i}`, id }))]) {
       expect(decodeNemesisRequest(encode({ ...ok, op: 'renew', owner: 'run', vms })), JSON.stringify(vms).slice(0, 80)).to.deep.include({ ok: false, id: 4 });
     }
     expect(decodeNemesisRequest(encode({ ...ok, op: 'stop' })).ok).to.equal(true);
@@ -154,7 +157,7 @@ describe('fault requests and the nemesis wire', () => {
         }
       }
       const renew = decodeNemesisRequest(encode({ v: 1, id: 1, op: 'renew', owner: 'run', vms: i % 3 === 0 ? [v, { host: 'h1', vm: v }] : v }));
-      if (renew.ok && renew.value.op === 'renew') for (const x of renew.value.vms ?? []) expect(typeof x.host === 'string' && typeof x.vm === 'string' && Object.keys(x).length === 2).to.equal(true);
+      if (renew.ok && renew.value.op === 'renew') for (const x of renew.value.vms ?? []) expect(typeof x.host === 'string' && typeof x.vm === 'string' && typeof x.id === 'string' && Object.keys(x).length === 3).to.equal(true);
       const m = Buffer.from(valid);
       for (let k = 0; k < 3; k++) m[Math.floor(next() * m.length)] = Math.floor(next() * 256);
       expect(() => decodeNemesisRequest(m)).to.not.throw();

@@ -185,17 +185,20 @@ export class MgmtClient {
 
 /**
  * Turns VM `name` off and deletes it through `c` (a run's or an experiment's own VM); gone already
- * is done. A VM whose move is still being cancelled, or being moved in, refuses for a while
+ * is done, and so is a VM of the name with another id than `id`. A VM whose move is still being cancelled, or being moved in, refuses for a while
  * (InvalidState): that is tried again for up to 10 s.
  */
-export async function removeVm(c: MgmtClient, name: string): Promise<void> {
+export async function removeVm(c: MgmtClient, name: string, id?: string): Promise<void> {
+  // With `id`, only the VM of that id: a later VM of the name (the run's was deleted, someone made
+  // another) is not the run's, and the root answers NotFound for it.
+  const args = id === undefined ? { name } : { name, id };
   for (let i = 0; ; i++) {
     try {
-      await c.request('vmTurnOff', { name }, 60_000).catch((e: unknown) => {
+      await c.request('vmTurnOff', args, 60_000).catch((e: unknown) => {
         // Off already (it never started, or a failed start left it off).
         if (!(e instanceof MgmtCallError && e.code === 'InvalidState')) throw e;
       });
-      await c.request('vmDelete', { name }, 60_000);
+      await c.request('vmDelete', args, 60_000);
       return;
     } catch (e) {
       if (e instanceof MgmtCallError && e.code === 'NotFound') return;

@@ -61,6 +61,11 @@ export type MgmtKvpOp = (typeof MGMT_KVP_OPS)[number];
 export type MgmtNoArgs = Record<string, never>;
 /** Just the VM. */
 export type MgmtVmArgs = { name: string };
+/** The VM, and optionally the id it must have (else the call fails NotFound and changes nothing). */
+export type MgmtVmOfIdArgs = { name: string; id?: string };
+
+/** A VM's id: a UUID (it names the VM's sockets). */
+export const VM_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /*
  * The arguments of each operation, as the decoder hands them on. (Type aliases rather than
@@ -72,16 +77,22 @@ export type MgmtArgs = {
   /** The root process's memory; `collect`: after a full garbage collection (what is still held, not what awaits collection). */
   hostMemory: { collect?: boolean };
   /** `memory` is the size text ("64M"; a number of bytes arrives as its decimal text); VMMS parses it. */
-  vmNew: { name: string; memory?: string; vps?: number; workload?: string; rtcOffset?: number };
+  /**
+   * `id`: the VM's id, chosen by the caller (a run names the VM to its lease before it makes it, so
+   * a run killed at any point leaves no VM its lease did not name); a new random one when absent.
+   */
+  vmNew: { name: string; memory?: string; vps?: number; workload?: string; rtcOffset?: number; id?: string };
   vmStart: MgmtVmArgs;
   vmStop: { name: string; timeoutS?: number; force?: boolean };
-  vmTurnOff: MgmtVmArgs;
+  /** `id`: only if VM `name` is still the VM of that id (a run's VM, not a later one of its name). */
+  vmTurnOff: MgmtVmOfIdArgs;
   vmPause: MgmtVmArgs;
   vmResume: MgmtVmArgs;
   vmSave: MgmtVmArgs;
   vmStatus: MgmtVmArgs;
   vmSetProcessor: { name: string; reserve?: number; maximum?: number; weight?: number };
-  vmDelete: MgmtVmArgs;
+  /** `id`: as vmTurnOff's. */
+  vmDelete: MgmtVmOfIdArgs;
   vmList: MgmtNoArgs;
   vmPeek: { name: string; gpa: number; len: number };
   vmIc: { name: string; enable?: MgmtIcService; disable?: MgmtIcService };
@@ -294,6 +305,14 @@ class ArgReader {
     return this.optString(name, 32, 1);
   }
 
+  /** A VM's id (a UUID), as lower case. */
+  optVmId(name: string): string | undefined {
+    const v = this.get(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || !VM_ID_RE.test(v)) this.fail(name, v, 'a VM id (a UUID)');
+    return v.toLowerCase();
+  }
+
   /** A fault spec (faults.ts), checked by its own decoder. */
   faultSpec(name: string): HostFaultSpec {
     const v = this.get(name);
@@ -328,6 +347,12 @@ const noArgs = <K extends MgmtOp>(): ArgDecoder<K> => (a) => {
   return {} as MgmtArgs[K];
 };
 const vmOnly = <K extends MgmtOp>(): ArgDecoder<K> => (a) => ({ name: a(['name']).vmName() }) as MgmtArgs[K];
+const vmOfId = <K extends MgmtOp>(): ArgDecoder<K> => (a) => {
+  const r = a(['name', 'id']);
+  const out: MgmtVmOfIdArgs = { name: r.vmName() };
+  put(out, 'id', r.optVmId('id'));
+  return out as MgmtArgs[K];
+};
 
 /** Sets `o[k]` only when `v` is given, so a decoded request has no undefined-valued keys. */
 function put<T extends object, K extends keyof T>(o: T, k: K, v: T[K] | undefined): void {
@@ -348,15 +373,16 @@ export const MGMT_ARG_DECODERS: { [K in MgmtOp]: ArgDecoder<K> } = {
   ps: noArgs(),
   shutdown: noArgs(),
   vmStart: vmOnly(),
-  vmTurnOff: vmOnly(),
+  vmTurnOff: vmOfId(),
   vmPause: vmOnly(),
   vmResume: vmOnly(),
   vmSave: vmOnly(),
   vmStatus: vmOnly(),
-  vmDelete: vmOnly(),
+  vmDelete: vmOfId(),
   vmNew: (a) => {
-    const r = a(['name', 'memory', 'vps', 'workload', 'rtcOffset']);
+    const r = a(['name', 'memory', 'vps', 'workload', 'rtcOffset', 'id']);
     const out: MgmtArgs['vmNew'] = { name: r.vmName() };
+    put(out, 'id', r.optVmId('id'));
     put(out, 'memory', r.optSizeText('memory'));
     put(out, 'vps', r.optWhole('vps', 1, MAX_VPS_PER_PARTITION, true));
     put(out, 'workload', r.optString('workload', 64, 1));

@@ -169,7 +169,7 @@ describe('management API decoder', () => {
     });
 
     it('refuses an argument name the operation does not have, naming it', () => {
-      expect(badArgs('vmNew', { name: 'y', memroy: '32M' })).to.equal('vmNew has no argument "memroy" (its arguments are name, memory, vps, workload, rtcOffset)');
+      expect(badArgs('vmNew', { name: 'y', memroy: '32M' })).to.equal('vmNew has no argument "memroy" (its arguments are name, memory, vps, workload, rtcOffset, id)');
       expect(badArgs('shutdown', { now: true })).to.equal('shutdown has no argument "now" (it takes no arguments)');
       expect(badArgs('vmList', { all: true })).to.match(/^vmList has no argument "all"/);
       expect(badArgs('vmStart', { name: 'a', force: true })).to.match(/^vmStart has no argument "force"/);
@@ -221,6 +221,17 @@ describe('management API decoder', () => {
       expect(badArgs('faultClear', { id: 'f1', vm: 'a', host: true })).to.match(/needs "id" and takes no "vm"/);
       expect(badArgs('faultClear', { unnamed: true, host: true })).to.match(/"unnamed" and "host" are two ways/);
       expect(badArgs('faultClear', { id: 'f1', host: 1 })).to.match(/"host" is the number 1, not a boolean/);
+    });
+
+    it('takes a VM id (a UUID, as lower case) for vmNew, vmTurnOff and vmDelete, and nothing else as one', () => {
+      const id = '3F2B8C1E-0A4D-4E5F-9A7B-1C2D3E4F5A6B';
+      expect(accepted('vmNew', { name: 'a', id })).to.deep.equal({ name: 'a', id: id.toLowerCase() });
+      expect(accepted('vmTurnOff', { name: 'a', id })).to.deep.equal({ name: 'a', id: id.toLowerCase() });
+      expect(accepted('vmDelete', { name: 'a', id: null }), 'null: not given').to.deep.equal({ name: 'a' });
+      for (const bad of ['', 'x', id.slice(1), `${id} `, id.replace(/-/g, ''), 7, [id], trap(), new Uint8Array(16)]) {
+        expect(badArgs('vmDelete', { name: 'a', id: bad })).to.match(/^vmDelete argument "id" is .*, not a VM id \(a UUID\)$/);
+      }
+      expect(badArgs('vmStart', { name: 'a', id })).to.match(/^vmStart has no argument "id"/);
     });
 
     it('refuses VM names that are not strings or not names, without echoing a long one', () => {

@@ -16,7 +16,7 @@ import * as nodeFs from 'node:fs';
 import { join } from 'node:path';
 import {
   decodeDeviceEntries, defaultDevices, DEVICE_CLASSES, type DeviceEntry,
-  MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes, workloadFitError, PROCESSOR_LIMITS,
+  MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, VM_ID_RE, MAX_VPS_PER_PARTITION, VM_NAME_RE, WORKLOAD_DATA_GPA, parseSize, parseWorkload, formatBytes, workloadFitError, PROCESSOR_LIMITS,
 } from '@hvlab/protocol';
 export { workloadFitError, PROCESSOR_LIMITS };
 import { describeIoError, FileShapeError, readRegularFile } from '@hvlab/runtime';
@@ -77,7 +77,6 @@ export class MgmtFailure extends Error {
 const invalid = (m: string): MgmtFailure => new MgmtFailure('InvalidArgument', m);
 
 export const MAX_RTC_OFFSET_S = 10 * 365 * 86400;
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export function validateName(name: unknown): string {
   if (typeof name !== 'string' || !VM_NAME_RE.test(name)) {
@@ -104,9 +103,11 @@ export function buildConfig(args: Record<string, unknown>): VmConfig {
   const rtcText = args.rtcOffset === undefined ? '0' : String(args.rtcOffset);
   const rtcOffsetS = Number(rtcText);
   if (!/^-?\d+$/.test(rtcText) || Math.abs(rtcOffsetS) > MAX_RTC_OFFSET_S) throw invalid(`--rtc-offset ${rtcText} is invalid: whole seconds within ±10 years`);
+  // The caller's id (checked by the management API's decoder) or a new one.
+  const id = typeof args.id === 'string' && VM_ID_RE.test(args.id) ? args.id.toLowerCase() : randomUUID();
   return {
     version: VM_CONFIG_VERSION,
-    id: randomUUID(),
+    id,
     name,
     memoryBytes,
     vps,
@@ -166,7 +167,7 @@ export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string 
     if (o.version === undefined) throw new ConfigFieldError('field "version" is missing');
     if (o.version !== VM_CONFIG_VERSION) throw new ConfigFieldError(`field "version" is ${shown(o.version)}; this host reads version ${VM_CONFIG_VERSION}`);
     const id = text(o, 'id', 64);
-    if (!UUID_RE.test(id)) throw new ConfigFieldError(`field "id" is ${shown(id)}, not a UUID`);
+    if (!VM_ID_RE.test(id)) throw new ConfigFieldError(`field "id" is ${shown(id)}, not a UUID`);
     const name = text(o, 'name', 64);
     if (!VM_NAME_RE.test(name)) throw new ConfigFieldError(`field "name" is ${shown(name)}, not a VM name (1-63 letters, digits, '.', '_' or '-')`);
     if (name !== fileName) throw new ConfigFieldError(`field "name" says "${name}" but the file is named "${fileName}"`);
@@ -204,7 +205,7 @@ export function decodeVmConfig(v: unknown, fileName: string): VmConfig | string 
     if (o.rtcOffsetS !== undefined) out.rtcOffsetS = wholeNumber(o, 'rtcOffsetS', 'rtcOffsetS', -MAX_RTC_OFFSET_S, MAX_RTC_OFFSET_S, 'whole seconds within ±10 years');
     if (o.instanceSeed !== undefined) {
       const seed = text(o, 'instanceSeed', 64);
-      if (!UUID_RE.test(seed)) throw new ConfigFieldError(`field "instanceSeed" is ${shown(seed)}, not a UUID`);
+      if (!VM_ID_RE.test(seed)) throw new ConfigFieldError(`field "instanceSeed" is ${shown(seed)}, not a UUID`);
       out.instanceSeed = seed;
     }
     // Keep the file's key order, so a rewrite of an unchanged config is byte for byte the same.

@@ -124,7 +124,7 @@ const handler: MgmtHandler = async (op, args) => {
     case 'vmNew': return v.newVm(args);
     case 'vmStart': return await v.start(args.name);
     case 'vmStop': return await v.stop(args.name, { force: args.force, timeoutS: args.timeoutS });
-    case 'vmTurnOff': return await v.turnOff(args.name, 'turned off');
+    case 'vmTurnOff': return await v.turnOff(args.name, 'turned off', args.id);
     case 'vmIc': return await v.ic(args.name, { enable: args.enable, disable: args.disable });
     case 'vmKvp': return await v.kvp(args.name, args);
     case 'vmPause': return await v.pause(args.name);
@@ -132,7 +132,7 @@ const handler: MgmtHandler = async (op, args) => {
     case 'vmStatus': return await v.status(args.name);
     case 'vmSetProcessor': return await v.setProcessor(args.name, args);
     case 'vmResume': return await v.resume(args.name);
-    case 'vmDelete': return v.delete(args.name);
+    case 'vmDelete': return v.delete(args.name, args.id);
     case 'vmList': return await v.list();
     case 'vmPeek': return await v.peek(args.name, args.gpa, args.len);
     case 'ps': return [{ role: 'hypervisor', vm: null, pid: hvPid }, { role: 'root', vm: null, pid: process.pid }, ...v.processes()];

@@ -393,6 +393,17 @@ export class Vmms {
     return r;
   }
 
+  /**
+   * A call that names the VM's id too (a run removing the VM it made) is for that VM only: one of
+   * the same name made since (the run's was deleted, the user made another) is not it. NotFound,
+   * as the run's VM is gone; nothing changes. A VM whose config is invalid has no id to trust.
+   */
+  private requireId(r: VmRecord, id: string | undefined): void {
+    if (id === undefined) return;
+    if (r.invalid === null && r.config.id.toLowerCase() === id.toLowerCase()) return;
+    throw new MgmtFailure('NotFound', `VM "${r.config.name}" here is not the VM of id ${id}${r.invalid === null ? ` (its id is ${r.config.id})` : ' (its configuration is invalid)'}: that one is gone`);
+  }
+
   private setState(r: VmRecord, state: number, reason: string | null = null): void {
     r.state = state;
     r.reason = reason ?? r.reason;
@@ -467,6 +478,9 @@ export class Vmms {
       }
       throw new MgmtFailure('AlreadyExists', `VM "${c.name}" already exists`);
     }
+    // A caller's id (vmNew `id`) names one VM here, as a random one does.
+    const sameId = [...this.vms.values()].find((o) => o.config.id.toLowerCase() === c.id);
+    if (sameId) throw new MgmtFailure('AlreadyExists', `VM "${sameId.config.name}" has id ${c.id} already`);
     // On disk first (never over an existing file); the registry only learns of what was written.
     this.saveConfig(c, true);
     const r = this.record(c);
@@ -1173,8 +1187,9 @@ export class Vmms {
     throw new MgmtFailure('Timeout', `the change of the ${what} of VM "${old.name}" was not answered within ${SUSPEND_ANSWER_MS / 1000} s: it is on disk and takes effect when its worker answers (the old settings come back if it refuses)`);
   }
 
-  async turnOff(name: unknown, reason = 'turned off'): Promise<VmInfo> {
+  async turnOff(name: unknown, reason = 'turned off', id?: string): Promise<VmInfo> {
     const stranded = this.get(name, true);
+    this.requireId(stranded, id);
     if (stranded.invalid !== null && stranded.stranded) return await this.stopStranded(stranded);
     const r = this.get(name);
     // A VM moving away may be turned off (the move fails and the destination is told); one moving here may not.
@@ -2026,8 +2041,9 @@ export class Vmms {
    * (`run/logs/vmwp-NAME.log`, `partition-NAME.log`) go (an Invalid VM may be deleted). The logs
    * went with it so that a later VM of the same name does not continue the old one's.
    */
-  delete(name: unknown): { name: string; deleted: true } {
+  delete(name: unknown, id?: string): { name: string; deleted: true } {
     const r = this.get(name, true);
+    this.requireId(r, id);
     this.requireNotIncoming(r, 'delete');
     this.requireState(r, [EnabledState.Off, EnabledState.Saved, EnabledState.Invalid], 'delete');
     if (r.stranded) throw new MgmtFailure('InvalidState', `cannot delete VM "${r.config.name}": its worker still runs (pid ${r.stranded.pid}); "hvlab vm turn-off ${r.config.name}" first`);
