@@ -308,6 +308,15 @@ export class Fabric {
     return l;
   }
 
+  /**
+   * The address member `name` connects from now (it may join again from another), for a proxy
+   * that carries its traffic to keep places for it (link.ts PROXY_MEMBER_RESERVED); null while it
+   * is not a member.
+   */
+  private memberAddress(name: string): () => string | null {
+    return () => this.members.get(name)?.address ?? null;
+  }
+
   /** Makes the proxies of every link of `name` whose other end is a member (again, if its address changed). */
   private async wire(name: string): Promise<void> {
     let changed = false;
@@ -323,7 +332,7 @@ export class Fabric {
         this.proxies.delete(k);
         await old?.close();
         // Direction 0 of a link is a→b.
-        const p = new LinkProxy(l, { host: target.address, port: target.peerPort }, from === l.a ? 0 : 1, (why) => this.refusedConnection(`${from}>${to}`, why));
+        const p = new LinkProxy(l, { host: target.address, port: target.peerPort }, from === l.a ? 0 : 1, (why) => this.refusedConnection(`${from}>${to}`, why), undefined, this.memberAddress(from));
         // Where an earlier life of this fabric had it (its members' calls in flight go there), if free.
         const was = this.savedPorts.get(k);
         if (was !== undefined) await p.listen(this.opts.listen, was).catch(() => p.listen(this.opts.listen, 0));
@@ -475,7 +484,7 @@ export class Fabric {
         const mine = [...this.exposed].filter(([, e]) => e.owner === r.name);
         if (mine.length >= FABRIC_MAX_EXPOSED) await this.closeExposed(mine[0]![0]);
         // The same direction of the link as its own port from `from`: the same impairments and counters.
-        const proxy = new LinkProxy(l, { host: owner.address, port: r.port }, r.from === l.a ? 0 : 1, (why) => this.refusedConnection(`${r.from}>${r.name}:${r.port}`, why));
+        const proxy = new LinkProxy(l, { host: owner.address, port: r.port }, r.from === l.a ? 0 : 1, (why) => this.refusedConnection(`${r.from}>${r.name}:${r.port}`, why), undefined, this.memberAddress(r.from));
         let port: number;
         try {
           port = await proxy.listen(this.opts.listen, r.via !== null && !this.exposed.has(r.via) ? r.via : 0);
@@ -503,7 +512,7 @@ export class Fabric {
         const mine = [...this.probes].filter(([, e]) => e.owner === r.name);
         if (mine.length >= FABRIC_MAX_PROBES) await this.closeProbe(mine[0]![0]);
         // The link's direction name→to, as the link's own port from `name`: its impairments and counters.
-        const proxy = new LinkProxy(l, { host: target.address, port: target.peerPort }, r.name === l.a ? 0 : 1, (why) => this.refusedConnection(`probe ${r.name}>${r.to}`, why));
+        const proxy = new LinkProxy(l, { host: target.address, port: target.peerPort }, r.name === l.a ? 0 : 1, (why) => this.refusedConnection(`probe ${r.name}>${r.to}`, why), undefined, this.memberAddress(r.name));
         const port = await proxy.listen(this.opts.listen, 0);
         this.probes.set(port, { owner: r.name, to: r.to, proxy });
         this.opts.log?.('probe port opened', { host: r.name, to: r.to, via: port });

@@ -565,7 +565,22 @@ class Connection implements LiveConnection {
  */
 export const MAX_PROXY_CONNECTIONS = 256;
 export const MAX_FABRIC_CONNECTIONS = 1024;
+/**
+ * Places kept for the host whose traffic a proxy carries (connections from its address): anyone
+ * else who reaches the port (another host, a guest's process) takes at most the rest, of one proxy
+ * and of all, so a flood of strangers' connections cannot shut the link's own host out. Where all
+ * hosts share one address (a cluster on loopback) every connection is the host's.
+ */
+export const PROXY_MEMBER_RESERVED = 64;
+export const FABRIC_MEMBER_RESERVED = 256;
 let fabricConnections = 0;
+let fabricStrangers = 0;
+
+/** An address as a socket reports it, IPv4 without the IPv6-mapped prefix. */
+function plainAddress(a: string | undefined): string | null {
+  if (!a) return null;
+  return a.startsWith('::ffff:') ? a.slice(7) : a;
+}
 
 /**
  * One direction of a link: a TCP proxy from a listening address to a target. Bytes from the
@@ -574,12 +589,16 @@ let fabricConnections = 0;
 export class LinkProxy {
   private server: Server | null = null;
   private readonly conns = new Set<Connection>();
+  /** The connections of `conns` from another address than the member's. */
+  private readonly strangers = new Set<Connection>();
   /** Connections closed as they came, past MAX_PROXY_CONNECTIONS or MAX_FABRIC_CONNECTIONS. */
   refused = 0;
 
   /**
    * `onRefused`: told of each connection closed at a bound (the owner rate-limits what it logs).
    * `startPump`: how a connection's kernel pumps start (tests make one fail).
+   * `member`: the address of the host whose traffic this proxy carries, now (null: unknown, every
+   * connection is taken as its), for which PROXY_MEMBER_RESERVED places are kept.
    */
   constructor(
     readonly link: Link,
@@ -587,6 +606,7 @@ export class LinkProxy {
     private readonly dir: 0 | 1 = 0,
     private readonly onRefused: (why: string) => void = () => {},
     private readonly startPump: typeof startSplicePump = startSplicePump,
+    private readonly member: () => string | null = () => null,
   ) {}
 
   /** Listens on `host` (port 0: any); resolves with the port. */
@@ -619,23 +639,41 @@ export class LinkProxy {
     return { all: this.conns.size, kernel };
   }
 
+  /** Why a connection from `source` is closed as it comes (a bound reached), or null. */
+  private full(source: string | null): string | null {
+    if (this.conns.size >= MAX_PROXY_CONNECTIONS) return `this proxy carries ${this.conns.size} connections, its limit`;
+    if (fabricConnections >= MAX_FABRIC_CONNECTIONS) return `the proxies carry ${fabricConnections} connections, their limit`;
+    const member = this.member();
+    if (member === null || source === member) return null;
+    if (this.strangers.size >= MAX_PROXY_CONNECTIONS - PROXY_MEMBER_RESERVED) return `this proxy carries ${this.strangers.size} connections from other addresses than its host's (${member}), their limit`;
+    if (fabricStrangers >= MAX_FABRIC_CONNECTIONS - FABRIC_MEMBER_RESERVED) return `the proxies carry ${fabricStrangers} connections from other addresses than their hosts', their limit`;
+    return null;
+  }
+
   private accept(a: Socket): void {
-    if (this.conns.size >= MAX_PROXY_CONNECTIONS || fabricConnections >= MAX_FABRIC_CONNECTIONS) {
+    const source = plainAddress(a.remoteAddress);
+    const why = this.full(source);
+    if (why !== null) {
       a.on('error', () => undefined);
       a.destroy();
       this.refused++;
-      this.onRefused(this.conns.size >= MAX_PROXY_CONNECTIONS ? `this proxy carries ${this.conns.size} connections, its limit` : `the proxies carry ${fabricConnections} connections, their limit`);
+      this.onRefused(`${why} (a connection from ${source ?? 'an unknown address'})`);
       return;
     }
+    const member = this.member();
+    const stranger = member !== null && source !== member;
     a.setNoDelay(true);
     const b = connect({ port: this.target.port, host: this.target.host, allowHalfOpen: true });
     b.setNoDelay(true);
     fabricConnections++;
+    if (stranger) fabricStrangers++;
     const c = new Connection(this.link, a, b, this.dir, (gone) => {
       if (this.conns.delete(gone)) fabricConnections--;
+      if (this.strangers.delete(gone)) fabricStrangers--;
       this.link.live.delete(gone);
     }, this.startPump);
     this.conns.add(c);
+    if (stranger) this.strangers.add(c);
     this.link.live.add(c);
     this.link.countConnection();
     // Paused before Node's first read of it, so the pumps (or the Directions) see every byte.
@@ -653,7 +691,9 @@ export class LinkProxy {
   async close(): Promise<void> {
     for (const c of [...this.conns]) c.close();
     fabricConnections -= this.conns.size;
+    fabricStrangers -= this.strangers.size;
     this.conns.clear();
+    this.strangers.clear();
     const s = this.server;
     this.server = null;
     if (s) await new Promise((r) => s.close(() => r(undefined)));

@@ -12,7 +12,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { Link, LinkProxy, kernelLinksAvailable } from '../src/index.js';
-import { MAX_PROXY_CONNECTIONS } from '../src/link.js';
+import { MAX_PROXY_CONNECTIONS, PROXY_MEMBER_RESERVED } from '../src/link.js';
 import { startSplicePump, type SplicePump } from '@hvlab/shm';
 
 /** A thread that connects to workerData.port and writes workerData.data, and keeps the socket open. */
@@ -244,6 +244,47 @@ describe('link layer (a TCP proxy with impairments)', function () {
       socks.push(again);
       expect(await pingMedian(again, 1)).to.be.a('number');
       expect(link.refused).to.equal(5);
+    } finally {
+      for (const s of socks) s.destroy();
+    }
+  });
+
+  it(`keeps ${PROXY_MEMBER_RESERVED} of its places for its host's address: strangers' connections take the rest, then are closed as they come while the host's are carried`, async () => {
+    const why: string[] = [];
+    link = new LinkProxy(new Link('h1', 'h2', {}, 1), { host: '127.0.0.1', port: echo.port }, 0, (w) => why.push(w), undefined, () => '127.0.0.2');
+    const port = await link.listen();
+    const from = (localAddress: string): Promise<Socket> => new Promise((resolve, reject) => {
+      const s = connect({ port, host: '127.0.0.1', localAddress }, () => resolve(s));
+      s.once('error', reject);
+    });
+    const closed = (socks: Socket[]): Promise<unknown> => Promise.all(socks.map((s) => (s.destroyed ? undefined : new Promise((r) => s.once('close', r)))));
+    const socks: Socket[] = [];
+    const strangers = MAX_PROXY_CONNECTIONS - PROXY_MEMBER_RESERVED;
+    try {
+      for (let i = 0; i < strangers; i++) socks.push(await from('127.0.0.3'));
+      expect(await pingMedian(socks[strangers - 1]!, 1), 'carried').to.be.a('number');
+      const extra = [await from('127.0.0.3'), await from('127.0.0.4')];
+      socks.push(...extra);
+      await closed(extra);
+      expect(link.refused).to.equal(2);
+      expect(why[0]).to.equal(`this proxy carries ${strangers} connections from other addresses than its host's (127.0.0.2), their limit (a connection from 127.0.0.3)`);
+      // The host's own connections fill the places kept for it, and are carried.
+      const own: Socket[] = [];
+      for (let i = 0; i < PROXY_MEMBER_RESERVED; i++) own.push(await from('127.0.0.2'));
+      socks.push(...own);
+      expect(await pingMedian(own[PROXY_MEMBER_RESERVED - 1]!, 1), 'the host\'s carried').to.be.a('number');
+      expect(link.connectionCount().all).to.equal(MAX_PROXY_CONNECTIONS);
+      const past = await from('127.0.0.2');
+      socks.push(past);
+      await closed([past]);
+      expect(why[2]).to.equal(`this proxy carries ${MAX_PROXY_CONNECTIONS} connections, its limit (a connection from 127.0.0.2)`);
+      // A stranger's place freed is a stranger's again.
+      socks[0]!.destroy();
+      for (let i = 0; i < 200 && link.connectionCount().all >= MAX_PROXY_CONNECTIONS; i++) await new Promise((r) => setTimeout(r, 10));
+      const again = await from('127.0.0.3');
+      socks.push(again);
+      expect(await pingMedian(again, 1)).to.be.a('number');
+      expect(link.refused).to.equal(3);
     } finally {
       for (const s of socks) s.destroy();
     }
