@@ -229,11 +229,11 @@ describe('live migration between two hosts', function () {
     // that pre-copy is still going while the socket is knocked on.
     const moving = move('sock', '--bandwidth', '64K');
     const wlog = join(h.home, 'cluster', 'hosts', 'h2', 'run', 'logs', 'vmwp-sock.log');
-    let at: { address: string; port: number } | null = null;
+    let at: { address: string; port: number; mig: string } | null = null;
     expect(await eventually(() => {
       try {
         const line = readFileSync(wlog, 'utf8').split('\n').find((l) => l.includes('the migration stream comes to this worker'));
-        if (line) at = JSON.parse(line) as { address: string; port: number };
+        if (line) at = JSON.parse(line) as { address: string; port: number; mig: string };
       } catch { /* not yet */ }
       return at !== null;
     }, 20000), 'the destination worker opened its stream socket').to.equal(true);
@@ -260,6 +260,11 @@ describe('live migration between two hosts', function () {
       expect(forged.error?.code).to.equal('Denied');
       const noAuth = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 5, op: 'migPages', from: 'h1', mig: 'not-this-migration', data: Buffer.alloc(0) }));
       expect(noAuth.error?.code).to.equal('BadRequest');
+      // This migration's, with its credential, but a batch that does not decode: refused as the
+      // worker says (it was answered Internal, as if the worker had failed), and nothing written.
+      const bad = await ask(encode({ v: CLUSTER_WIRE_VERSION, id: 6, op: 'migPages', from: 'h1', auth, mig: at!.mig, data: Buffer.from([1, 2, 3, 4, 5]) }));
+      expect(bad.error?.code, String(bad.error?.message)).to.equal('InvalidArgument');
+      expect(bad.error?.message).to.match(/^a page batch is refused: /);
     } finally {
       d.close();
     }

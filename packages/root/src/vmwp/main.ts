@@ -997,14 +997,14 @@ export async function runWorker(): Promise<void> {
       // or its answer) is answered with the first answer, never carried out twice (peerReplayKey).
       // Keyed only when it is the source's own request (its credential, this move): anyone with
       // the cluster key may connect here, and a key is what the sender chose.
-      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r), curveServerOptions(s.key), undefined, (r) => (r.op !== 'ping' && r.op !== 'sink' && r.from === s.from && r.mig === s.mig && sameCredential(r.auth, s.auth) ? peerReplayKey(r) : null));
+      server = new RpcServer(decodePeerRequest, (r) => serveStream(s, r).catch(asRpcFailure), curveServerOptions(s.key), undefined, (r) => (r.op !== 'ping' && r.op !== 'sink' && r.from === s.from && r.mig === s.mig && sameCredential(r.auth, s.auth) ? peerReplayKey(r) : null));
       server.onReplay = (r, running) => log.info({ op: r.op, rq: 'rq' in r ? r.rq : null, running }, 'a request the source sent again is answered with its first answer, not carried out again');
       await server.bind(`tcp://${s.address}:0`);
       const port = Number(/:(\d+)$/.exec(server.sock.lastEndpoint ?? '')?.[1]);
       if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`no port in ${server.sock.lastEndpoint ?? 'its endpoint'}`);
       streamServer = server;
       void server.serve();
-      log.info({ address: s.address, port }, 'the migration stream comes to this worker\'s own socket');
+      log.info({ address: s.address, port, mig: s.mig }, 'the migration stream comes to this worker\'s own socket');
       return port;
     } catch (e) {
       server?.close();
@@ -1017,6 +1017,15 @@ export async function runWorker(): Promise<void> {
   function closeIncomingStream(): void {
     streamServer?.close();
     streamServer = null;
+  }
+
+  /**
+   * The worker's own refusals keep their code on the stream (a page batch that does not decode is
+   * InvalidArgument, as the root's forwarded one is), where the RPC server would call them Internal.
+   */
+  function asRpcFailure(e: unknown): never {
+    if (e instanceof VmwpFailure) throw new RpcFailure(e.code, e.message);
+    throw e;
   }
 
   /**
