@@ -126,6 +126,12 @@ repetitions: 50
 warmup: 200ms
 `);
     const { home, left } = await killExperimentRun(file, join(dir, 'killed'), /^offline 1\/50: completed/m, 'a move');
+    // The report as it stood after the last run before the kill: unfinished, its moves kept (it was an empty directory).
+    const kept = JSON.parse(readFileSync(join(dir, 'killed', 'results.json'), 'utf8')) as ExperimentReport;
+    expect(kept.endedAt, 'no end').to.equal('');
+    expect(kept.runs.length).to.be.at.least(1);
+    expect(kept.runs[0]).to.deep.include({ method: 'offline', repetition: 1, status: 'completed' });
+    expect(readFileSync(join(dir, 'killed', 'results.md'), 'utf8')).to.match(/\*\*Unfinished\*\*: the report as it stood after \d+ of 50 runs/);
     expect(left.ids.size, 'both hosts were up').to.equal(2);
     expect(await eventually(left.gone, 40_000), `left: ${left.said()}`).to.equal(true);
     expect([...left.ids].flatMap((id) => shmFiles(id))).to.deep.equal([]);

@@ -50,7 +50,7 @@ import {
   CLUSTER_HOST_RE, durationHint, LINK_MAX_DELAY_MS, LINK_MAX_RATE_BPS, LINK_PROBE_MAX_BYTES, MAX_MEMORY_BYTES, MAX_VPS_PER_PARTITION, MIN_MEMORY_BYTES, MIGRATION_MIN_BANDWIDTH_BPS, decodeMigrationOptions, formatBytes,
   parseSize, workloadFitError, type LinkChange, type LinkImpairments, type LinkProbeResult, type MigrationOptions, type MigrationStats, type VmInfo,
 } from '@hvlab/protocol';
-import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome } from '@hvlab/runtime';
+import { FileShapeError, makeDirs, unmakeDirs, pathsForRecord, readRegularFile, resolveHome, writeFileAtomic } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { CLUSTER_NAME_RE, DEFAULT_VM, MAX_LPS, parseDuration, parseLoss, parseRate, parseTopology } from './topology.js';
 import { ClusterError, markTemporaryHome, ProbeStopped, waitLinkQuiet, clusterDown, clusterHostTarget, clusterStatus, clusterUp, fabricStatus, linkProbeStop, linkSet, readCluster, STAGED_LOGS_RE, stoppableProbe } from './lab.js';
@@ -533,6 +533,8 @@ export interface RunOptions {
   sleep?: (ms: number) => Promise<void>;
   /** Sets the VMs' names apart from other runs of the same experiment (default: 4 random hex digits). */
   tag?: string;
+  /** Told after each run, with every run so far (the runner writes the report so far: a run killed keeps them). */
+  onRun?: (runs: readonly ExperimentRun[]) => void;
 }
 
 /** The longest wait for the link to carry nothing of the run before (a 1 Mbit/s link drains its 1 MiB queue each way in ~17 s). */
@@ -634,6 +636,7 @@ export async function runMoves(spec: ExperimentSpec, driver: ExperimentDriver, o
         }
       }
       runs.push(run);
+      opts.onRun?.(runs);
       if (notMoved) {
         say(runLine(run, spec.repetitions));
         return runs;
@@ -828,8 +831,9 @@ export function resultsMarkdown(report: ExperimentReport): string {
   const lines = [
     `# Experiment ${md(report.name)}`,
     '',
-    `kind ${report.kind}, seed ${report.seed}, ${s.repetitions} repetition${s.repetitions === 1 ? '' : 's'} of ${s.methods.length} method${s.methods.length === 1 ? '' : 's'}; ${report.startedAt} to ${report.endedAt}${report.aborted ? ' (**stopped early**)' : ''}`,
+    `kind ${report.kind}, seed ${report.seed}, ${s.repetitions} repetition${s.repetitions === 1 ? '' : 's'} of ${s.methods.length} method${s.methods.length === 1 ? '' : 's'}; ${report.startedAt} to ${report.endedAt || '—'}${report.aborted ? ' (**stopped early**)' : ''}`,
     '',
+    ...(report.endedAt === '' ? [`**Unfinished**: the report as it stood after ${report.runs.length} of ${s.repetitions * s.methods.length} runs. The run was still going, or was killed before its end.`, ''] : []),
     `- cluster: ${report.cluster.mode}${report.cluster.network ? ` (${report.cluster.network})` : ''}, moves from ${s.from} to ${s.to}`,
     `- VM: ${formatBytes(s.vm.memoryBytes)}, ${s.vm.vps} VP${s.vm.vps === 1 ? '' : 's'}, workload ${md(s.vm.workload)}; warm-up ${s.warmupMs} ms`,
     `- link ${s.from} – ${s.to}: ${l.impairments !== null ? `${impairmentsText(l.impairments) || 'unimpaired'} (seed ${report.seed})`
@@ -953,7 +957,8 @@ export function writeReport(report: ExperimentReport, dir: string): string[] {
     ['results.md', resultsMarkdown(report)],
     ...Object.entries(experimentPlots(report)),
   ];
-  for (const [f, text] of files) writeFileSync(join(dir, f), text);
+  // Each file whole or not at all (a run killed while it writes its report so far leaves the last one).
+  for (const [f, text] of files) writeFileAtomic(join(dir, f), text, { mode: 0o644, durable: false });
   return report.files;
 }
 
@@ -1127,6 +1132,17 @@ export function makeReportDir(out: string, reportFiles: readonly string[] = REPO
         } catch {
           return true;
         }
+      }
+      // A file of a report half written when its run was killed (writeFileAtomic's): it goes.
+      const torn = /^(.+)\.tmp-\d+$/.exec(e);
+      if (torn && reportFiles.includes(torn[1]!)) {
+        try {
+          if (lstatSync(join(out, e)).isFile()) {
+            rmSync(join(out, e), { force: true });
+            return false;
+          }
+        } catch { /* gone */ }
+        return true;
       }
       if (!reportFiles.includes(e)) return true;
       try {
@@ -1342,7 +1358,21 @@ export async function runExperiment(file: string, opts: RunExperimentOptions = {
         const what = `link ${spec.from} – ${spec.to}: ${formatBinaryBytes(q.heldBytes)} of the run before still on it`;
         return q.quiet ? `${what}; waited ${q.waitedMs} ms for them to arrive` : `WARNING: ${what} after ${q.waitedMs} ms; this run shares the link with them`;
       };
-      report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal });
+      // The report so far is written after every run, marked unfinished (no end time): a run
+      // killed outright (SIGKILL) keeps the moves it made. The end's report
+      // replaces it. A failure to write it is said once; the end tries again, elsewhere if need be.
+      let partialFailed = false;
+      const onRun = (runs: readonly ExperimentRun[]): void => {
+        report.runs = [...runs];
+        report.summary = summarize(spec.methods, report.runs, report.link.bandwidthBytesPerSecond);
+        try {
+          writeReport(report, report.out);
+        } catch (e) {
+          if (!partialFailed) say(`WARNING: the report so far could not be written to ${report.out} (${message(e)}); it is written at the end`);
+          partialFailed = true;
+        }
+      };
+      report.runs = await runMoves(spec, driver, { progress: say, signal: opts.signal, onRun });
       // Stopped early only if runs were left out: a Ctrl-C during the teardown of a finished run is not.
       report.aborted = stoppedEarly(spec, report.runs, opts.signal);
       // A VM that could not be deleted after its run gets one more try (a new cluster goes as a whole anyway).

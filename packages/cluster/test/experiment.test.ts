@@ -514,7 +514,10 @@ describe('experiment runs against a fake pair of hosts', () => {
       ? stats('precopy', 'completed', 700, 30, 2e6, [pass(1, 40, 500), pass(2, 3, 690)])
       : args.offline ? stats('offline', 'cancelled', 1200, 0, 5e6, [], 'cancelled by the user')
         : stats('precopy', 'failed', 300, 0, 1e5, [pass(1, 10, 200)], 'the link to h2 was cut')));
-    const runs = await runMoves(s, f.driver, { sleep: async () => {}, tag: 'beef' });
+    // Told after each run, with all so far (the runner writes the report so far then).
+    const told: string[][] = [];
+    const runs = await runMoves(s, f.driver, { sleep: async () => {}, tag: 'beef', onRun: (so) => told.push(so.map((r) => `${r.method}/${r.repetition}`)) });
+    expect(told).to.deep.equal([['offline/1'], ['offline/1', 'offline/2'], ['offline/1', 'offline/2', 'precopy/1'], ['offline/1', 'offline/2', 'precopy/1', 'precopy/2']]);
     expect(runs.map((r) => `${r.method}/${r.repetition}:${r.status}:${r.stats?.downtime}`)).to.deep.equal(['offline/1:cancelled:null', 'offline/2:completed:30', 'precopy/1:failed:null', 'precopy/2:failed:null']);
     for (const r of runs.filter((x) => x.status !== 'completed')) expect(r.stats!['downtime-acked'], r.vm).to.equal(null);
     // The rest of the statistics stay: how far the move got is data.
@@ -736,6 +739,14 @@ describe('experiment reports', () => {
     expect(text).to.match(/\| postcopy \| 1 \| — \| — \| — \| — \| — \| — \| 1 \(unsupported\) \|/);
     expect(text).to.include('| precopy | 2 | failed | the destination\'s worker exited, "unexpectedly", with code 1 |');
     for (const f of ['total-time.svg', 'downtime.svg', 'transferred.svg', 'dirty-set.svg', 'results.json', 'results.csv']) expect(text).to.include(`(${f})`);
+    expect(text).to.not.include('Unfinished');
+  });
+
+  it('Markdown of a report so far (no end time yet: the run goes on, or was killed): says it is unfinished and after how many runs', () => {
+    const r = { ...report(), endedAt: '' };
+    const text = resultsMarkdown(r);
+    expect(text).to.include(`**Unfinished**: the report as it stood after ${r.runs.length} of ${r.spec.repetitions * r.spec.methods.length} runs.`);
+    expect(text).to.match(/; \S+ to —$/m);
   });
 
   it('Markdown: a run\'s error keeps its angle brackets and pipes as text (escaped, not read as HTML or a cell)', () => {
@@ -906,6 +917,13 @@ describe('experiment reports', () => {
         const earlier = join(dir, 'earlier');
         writeReport(report(), earlier);
         expect(makeReportDir(earlier)).to.deep.equal([]);
+        // A file of a report that was being written when its run was killed goes; one of another name is the user's.
+        writeFileSync(join(earlier, 'results.json.tmp-4242'), '{"ver');
+        expect(makeReportDir(earlier)).to.deep.equal([]);
+        expect(readdirSync(earlier)).to.not.include('results.json.tmp-4242');
+        writeFileSync(join(earlier, 'notes.txt.tmp-1'), 'mine');
+        expect(() => makeReportDir(earlier)).to.throw(ClusterError, /holds "notes\.txt\.tmp-1"/);
+        rmSync(join(earlier, 'notes.txt.tmp-1'));
         // The logs an earlier run there kept of a host that failed to come up (and a staged copy a
         // killed run left): taken; a file of that name is not such logs.
         const failedBefore = join(dir, 'failed-before');
