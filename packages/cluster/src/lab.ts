@@ -708,19 +708,34 @@ export function markTemporaryHome(home: string): void {
   writeFileAtomic(join(home, TEMPORARY_HOME_FILE), JSON.stringify({ pid: process.pid, start: procStartTime(process.pid) }) + '\n', { durable: false });
 }
 
-/** Whether `home` is a temporary home (markTemporaryHome) whose maker is gone (no such pid, or another process under it). */
-export function orphanedTemporaryHome(home: string): boolean {
+/** The maker that `home`'s temporary-home marker names (markTemporaryHome), or null: no marker, or not one. */
+function temporaryHomeMaker(home: string): { pid: number; start: unknown } | null {
   let v: unknown;
   try {
     v = JSON.parse(readRegularFile(join(home, TEMPORARY_HOME_FILE), 4096).toString('utf8'));
   } catch {
-    return false;
+    return null;
   }
-  if (typeof v !== 'object' || v === null) return false;
+  if (typeof v !== 'object' || v === null) return null;
   const { pid, start } = v as { pid?: unknown; start?: unknown };
-  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0) return false;
-  const now = procStartTime(pid);
-  return now === null || (typeof start === 'number' && now !== start);
+  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0) return null;
+  return { pid, start };
+}
+
+/**
+ * Whether `home` is a run's temporary home (markTemporaryHome): the only kind of home a lease may
+ * have taken down and removed when it ends (the nemesis's teardown), never a user's.
+ */
+export function isTemporaryHome(home: string): boolean {
+  return temporaryHomeMaker(home) !== null;
+}
+
+/** Whether `home` is a temporary home (markTemporaryHome) whose maker is gone (no such pid, or another process under it). */
+export function orphanedTemporaryHome(home: string): boolean {
+  const maker = temporaryHomeMaker(home);
+  if (maker === null) return false;
+  const now = procStartTime(maker.pid);
+  return now === null || (typeof maker.start === 'number' && now !== maker.start);
 }
 
 // ---- the fabric ---------------------------------------------------------------------------------

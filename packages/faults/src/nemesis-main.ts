@@ -20,7 +20,7 @@ import { decodeNemesisRequest, type NemesisRequest } from './wire.js';
 import { FaultRefused, faultsDir, Nemesis } from './nemesis.js';
 import { nemesisEndpoint, nemesisFile, nemesisSocketDir, removeNemesisSocket } from './client.js';
 import { processStart } from './world.js';
-import { clusterDown, orphanedTemporaryHome } from '@hvlab/cluster';
+import { clusterDown, isTemporaryHome, orphanedTemporaryHome } from '@hvlab/cluster';
 
 const IDLE_EXIT_MS = Number(process.env.HVLAB_NEMESIS_IDLE_MS ?? '') || 30_000;
 
@@ -73,7 +73,10 @@ nemesis.onTeardown = (owner) => {
     }
     server?.close();
     removeNemesisSocket(home);
-    rmSync(home, { recursive: true, force: true });
+    // Checked again at the end (renew refused a teardown lease on any other home): a user's home
+    // is never removed, whatever marked it.
+    if (isTemporaryHome(home)) rmSync(home, { recursive: true, force: true });
+    else log.warn({ home }, 'the home is not a run\'s temporary home any more: its cluster went down, the home stays');
     process.exit(0);
   })();
 };

@@ -44,7 +44,7 @@ import {
 import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, testKnob, writeFileAtomic, makeDirs } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
 import { MAX_OWNED_VMS, type OwnedVm } from './wire.js';
-import { fabricStatus, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
+import { fabricStatus, isTemporaryHome, linkCut, linkHeal, linkSet } from '@hvlab/cluster';
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
@@ -285,6 +285,11 @@ export class Nemesis {
     // A bounded table: a flood of renews under fresh names grew this process by ~100 MB in 8 s
     // (each stays until its lease lapses). A real home has a few owners (CLIs, runs).
     if (!this.owners.has(owner) && this.owners.size >= MAX_OWNERS) throw new FaultRefused(`this nemesis holds ${MAX_OWNERS} owners' leases, its most: no new owner until one lapses`);
+    // A teardown lease removes the home when it ends: only a run's temporary home (its marker),
+    // never a user's home, whoever asks.
+    if (teardown && !this.teardownOwners.has(owner) && !isTemporaryHome(this.home)) {
+      throw new FaultRefused(`${this.home} is not a run's temporary home: no lease may take it down and remove it`);
+    }
     this.owners.set(owner, this.now());
     if (teardown) this.teardownOwners.add(owner);
     // The VMs it made so far (a renew that names them names all): they go when its lease lapses.

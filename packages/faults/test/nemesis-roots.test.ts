@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
 import { MgmtCallError } from '@hvlab/host';
+import { markTemporaryHome, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
 import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, MAX_OWNERS, Nemesis, refusedUnapplied, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
@@ -194,6 +195,28 @@ describe('a fault applied through a root that could not be asked', () => {
 });
 
 describe('the nemesis\'s owner leases', () => {
+  it('refuses a teardown lease (its end takes the home down and removes it) on any home but a run\'s temporary one', () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-teardown-'));
+    try {
+      const n = new Nemesis({ home });
+      // A user's home: one frame of any client would have had it removed ~5 s later.
+      expect(() => n.renew('evil', true)).to.throw(FaultRefused, /is not a run's temporary home: no lease may take it down and remove it/);
+      expect(n.holdsTeardown).to.equal(false);
+      expect(n.liveOwners, 'no lease taken').to.equal(0);
+      // A lease without teardown is as before.
+      n.renew('cli');
+      expect(n.liveOwners).to.equal(1);
+      // A run's temporary home (its marker): taken, and renewed as before.
+      markTemporaryHome(home);
+      n.renew('run.home', true);
+      expect(n.holdsTeardown).to.equal(true);
+      rmSync(join(home, TEMPORARY_HOME_FILE));
+      expect(() => n.renew('run.home', true), 'a lease held renews').to.not.throw();
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   it('are a bounded table: a new owner past MAX_OWNERS is refused while one held renews on (a renew flood under fresh names grew the process by ~100 MB)', () => {
     const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-owners-'));
     try {
