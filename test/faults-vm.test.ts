@@ -215,6 +215,28 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect([await byte(), await progress('md')], 'the paused guest stayed paused').to.deep.equal([before ^ 4, still]);
     await h.ok('vm', 'resume', 'md');
   });
+  it('a VM fault whose root does not answer its clear (paused) is ending, not ended: listed active, asked again, and ended once the root answers (its worker held it meanwhile)', async () => {
+    const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'kvp', '--delay', '200ms', '--for', '120s');
+    // The root stops for 15 s: the clear's call to it (5 s) goes unanswered.
+    const p = await inject('pause', '--target', 'host:local', '--role', 'root', '--for', '15s');
+    const r = await h.run('fault', 'clear', f.id);
+    expect(r.code, r.stderr).to.equal(0);
+    // It was "ended f… (…: the host did not answer "faultClear" within 5 s)", listed nowhere,
+    // while the worker went on delaying every KVP packet until the fault's deadline.
+    expect(r.stdout.trim()).to.match(new RegExp(`^ending ${f.id} \\(vmbus on VM web on local: the root of local did not answer the clear; asked again every 2 s until it does \\(the fault holds there until then, or until its deadline\\)\\)$`));
+    expect((await faults()).filter((x) => x.id === f.id).map((x) => x.state), 'listed, active').to.deep.equal(['active']);
+    const again = await h.run('fault', 'clear', f.id);
+    expect(again.code).to.equal(1);
+    expect(again.stderr).to.match(new RegExp(`fault ${f.id} is ending: `));
+    // The pause ends; the root answers the clear asked again, and the fault ends.
+    expect(await eventually(async () => (await ended(f.id)) !== undefined, 40000), 'ended').to.equal(true);
+    expect((await ended(f.id))!.error).to.match(/its root answered the clear$/);
+    expect(await eventually(async () => (await ended(p.id)) !== undefined, 20000)).to.equal(true);
+    expect(await nothingInjected(), 'nothing held at the root either').to.equal(true);
+    const log = readFileSync(join(h.home, 'faults', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; id: string });
+    expect(log.filter((l) => l.id === f.id).map((l) => l.event)).to.deep.equal(['start', 'end-unanswered', 'end']);
+  });
+
   it('a VM is made with the id its maker chose; a turn-off or delete naming another id is NotFound and changes nothing; an owner\'s lapsed lease removes its VM of that id and not a later VM of the name', async () => {
     const mine = randomUUID();
     const made = await mgmt.request<VmInfo>('vmNew', { name: 'leased', memory: '16M', workload: 'counter', id: mine.toUpperCase() });

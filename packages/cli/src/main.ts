@@ -1780,7 +1780,13 @@ export async function run(argv: string[]): Promise<number> {
             throw e instanceof NemesisError ? new CliError(e.message) : e;
           });
           if (json) out(JSON.stringify(ended));
-          else out(ended.length === 0 ? 'no fault was active' : `ended ${ended.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary}${f.error ? `: ${f.error}` : ''})`).join(', ')}`);
+          else {
+            // One whose root did not answer its clear is still active there (the nemesis asks again): said apart.
+            const said = (fs: FaultRecord[]): string => fs.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary}${f.error ? `: ${f.error}` : ''})`).join(', ');
+            const done = ended.filter((f) => f.state !== 'active');
+            const ending = ended.filter((f) => f.state === 'active');
+            out(ended.length === 0 ? 'no fault was active' : [done.length ? `ended ${said(done)}` : '', ending.length ? `ending ${said(ending)}` : ''].filter(Boolean).join('; '));
+          }
           return 0;
         } finally {
           nem.close();

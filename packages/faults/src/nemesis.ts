@@ -36,7 +36,7 @@
  *   link, partition the cluster's fabric (set/cut, and heal/set back to the state before: only
  *                   what the fault set and still holds, so a change made by hand meanwhile stays)
  */
-import { appendFileSync, rmSync } from 'node:fs';
+import { appendFileSync, lstatSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
@@ -172,6 +172,19 @@ function seedOf(s: string): number {
 /** How long a pause fault waits for its processes to show as stopped before it says it is active anyway (ms). */
 export const PAUSE_TAKE_MS = 2000;
 
+/** How often a fault whose root did not answer its clear is asked again (Nemesis.linger). */
+export const LINGER_RETRY_MS = 2000;
+
+/**
+ * Whether a root's call failed without an answer while the fault may still hold there: it timed
+ * out (a paused or busy root) or its socket failed. A root that exited (HostGone) may be restarted
+ * by its hypervisor, and the worker keeps the fault meanwhile: asked again too (a host that is
+ * gone whole ends the asking, its workers gone).
+ */
+function unanswered(e: unknown): boolean {
+  return e instanceof MgmtCallError && ['Timeout', 'SocketFailed', 'SendFailed', 'HostGone'].includes(e.code);
+}
+
 /** Owners whose leases one nemesis holds at once (renew refuses a new one past it). */
 export const MAX_OWNERS = 1024;
 
@@ -231,7 +244,7 @@ export class Nemesis {
   }
 
   private persist(): void {
-    const list = [...this.active.values()].map((a) => ({ rec: a.rec, undo: a.undo }));
+    const list = [...this.active.values(), ...[...this.lingering.values()].map((l) => l.act)].map((a) => ({ rec: a.rec, undo: a.undo }));
     try {
       if (list.length === 0) rmSync(activeFile(this.home), { force: true });
       else writeFileAtomic(activeFile(this.home), JSON.stringify(list) + '\n');
@@ -240,8 +253,9 @@ export class Nemesis {
     }
   }
 
+  /** Faults in force: active, and those ended whose root has not answered the clear yet (a nemesis with any stays). */
   get activeCount(): number {
-    return this.active.size;
+    return this.active.size + this.lingering.size;
   }
 
   /** Owners whose lease is still good. */
@@ -754,6 +768,7 @@ export class Nemesis {
   /** The roots' part of an undo: faults handed to them cleared (their own deadlines end them anyway). */
   private async undoRemote(world: World | null, act: Active): Promise<string[]> {
     const problems: string[] = [];
+    const unheard: Undo['hostFaults'] = [];
     const u = act.undo;
     if (u.hostFaults.length) {
       const w = world ?? (await readWorld(this.home).catch(() => null));
@@ -790,11 +805,62 @@ export class Nemesis {
           // found at all ('VM "web" does not exist', which was reported as a problem of the undo).
           const m = errText(e);
           if (!(e instanceof MgmtCallError && e.code === 'NotFound') && !/NotFound|not running|is gone|HostGone|not up|no host/i.test(m)) problems.push(`${h.vm ?? h.host}: ${m}`);
+          // A VM's fault whose root did not answer (paused, busy, restarting): its worker still
+          // enforces it. Kept, to be asked again (lingerOn); it was reported ended while in force.
+          if (h.vm !== null && unanswered(e)) unheard.push(h);
         }
       }
-      u.hostFaults = [];
+      u.hostFaults = unheard;
     }
     return problems;
+  }
+
+  /**
+   * Faults ended whose root did not answer their clear (`undoRemote` kept those VMs in
+   * `undo.hostFaults`): their workers still enforce them. Listed as active (in `ending`) and kept
+   * in the active file (a nemesis killed meanwhile leaves them to the next), each is asked again
+   * every LINGER_RETRY_MS, outside the queue, until every root answers, its VMs' workers are gone,
+   * or its deadline passed (its worker ends it then by itself). Then it ends, logged.
+   */
+  private readonly lingering = new Map<string, { act: Active; reason: FaultEndReason; problems: string[]; lastTry: number; busy: boolean }>();
+
+  private linger(act: Active, reason: FaultEndReason, problems: string[]): void {
+    const id = act.rec.id;
+    this.ending.set(id, act.rec);
+    this.lingering.set(id, { act, reason, problems, lastTry: this.now(), busy: false });
+    const hosts = [...new Set(act.undo.hostFaults.map((h) => h.host))];
+    act.rec.error = `the root of ${hosts.join(', ')} did not answer the clear; asked again every ${LINGER_RETRY_MS / 1000} s until it does (the fault holds there until then, or until its deadline)`;
+    this.event('end-unanswered', act.rec, { reason, waitingFor: act.undo.hostFaults, problems });
+    this.persist();
+  }
+
+  /** One pass over the lingering faults (from the watch): those due are asked again, outside the queue. */
+  private retryLingering(): void {
+    const t = this.now();
+    for (const [id, l] of this.lingering) {
+      if (l.busy || t - l.lastTry < LINGER_RETRY_MS) continue;
+      l.busy = true;
+      l.lastTry = t;
+      void (async () => {
+        const rec = l.act.rec;
+        const due = rec.forMs > 0 && t >= rec.startedAt + rec.forMs + LINGER_RETRY_MS;
+        const gone = l.act.holders.length > 0 && l.act.holders.every((x) => !sameProcess(x.pid, x.start));
+        if (!due && !gone) {
+          await this.undoRemote(null, l.act).catch(() => undefined);
+          if (l.act.undo.hostFaults.length > 0) return;
+        }
+        this.lingering.delete(id);
+        this.ending.delete(id);
+        rec.state = 'ended';
+        rec.endedAt = this.now();
+        rec.endReason = l.reason;
+        const how = due ? 'its root never answered the clear: it ended at its deadline' : gone ? 'its VMs\' workers are gone, and it with them' : 'its root answered the clear';
+        rec.error = [...l.problems, how].join('; ');
+        this.pushEnded(rec);
+        this.event('end', rec, { reason: l.reason, lingered: how, ...(l.problems.length ? { problems: l.problems } : {}) });
+        this.persist();
+      })().finally(() => (l.busy = false));
+    }
   }
 
   private pushEnded(rec: FaultRecord): void {
@@ -884,6 +950,12 @@ export class Nemesis {
       this.ending.delete(id);
     }
     const rec = act.rec;
+    if (act.undo.hostFaults.length > 0) {
+      // Not ended yet where its root did not answer: said so, and asked again.
+      this.restartAll(rec, restart);
+      this.linger(act, reason, problems);
+      return rec;
+    }
     this.restartAll(rec, restart);
     rec.state = 'ended';
     rec.endedAt = this.now();
@@ -899,6 +971,8 @@ export class Nemesis {
   async clear(fault: string | null, owner: string | null, reason: FaultEndReason = 'cleared'): Promise<FaultRecord[]> {
     this.lastActivity = this.now();
     const ids = [...this.active.values()].filter((a) => (fault === null || a.rec.id === fault) && (owner === null || a.rec.owner === owner)).map((a) => a.rec.id);
+    const waiting = fault === null ? undefined : this.lingering.get(fault);
+    if (waiting) throw new FaultRefused(`fault ${fault} is ending: ${waiting.act.rec.error ?? 'its root has not answered the clear yet'}`);
     if (fault !== null && ids.length === 0 && !this.active.has(fault)) {
       // One that ended already is said so, with how (a clear after its end was told only that
       // nothing of that id was active, as if it had never been).
@@ -989,6 +1063,7 @@ export class Nemesis {
 
   /** One pass of the watch: lapsed owners, vanished targets. */
   async watch(): Promise<void> {
+    this.retryLingering();
     const t = this.now();
     for (const [owner, last] of this.owners) {
       if (t - last < LEASE_MS) continue;
@@ -1068,21 +1143,48 @@ export class Nemesis {
       // Missing: nothing to undo. Not a file, or too large: nothing this nemesis could trust, and
       // it goes, as a damaged one always did. Unreadable for now (EIO, EMFILE): kept, for the
       // next nemesis (the processes a pause stopped are named in it).
+      // Kept aside (active.json.damaged, the last such), and said in the log: the processes a
+      // pause stopped are named in it, for a person to continue by hand.
       if (e instanceof FileShapeError) {
+        const file = activeFile(this.home);
+        const aside = `${file}.damaged`;
         try {
-          rmSync(activeFile(this.home), { force: true });
+          // A directory in its place is not a file a nemesis wrote: left alone.
+          if (!lstatSync(file).isDirectory()) {
+            rmSync(aside, { force: true });
+            renameSync(file, aside);
+            this.say('the active faults file a previous nemesis left is damaged: nothing of it could be undone; it is kept for a look', { file: aside, err: errText(e) });
+          }
         } catch (r) {
-          this.say('cannot remove the active faults file', { err: errText(r) });
+          try {
+            rmSync(file, { force: true });
+          } catch { /* a directory, or gone */ }
+          this.say('the active faults file a previous nemesis left is damaged: nothing of it could be undone', { err: errText(e), aside: errText(r) });
         }
       }
       return 0;
     }
     let n = 0;
-    for (const { rec, undo } of left) {
+    const acts = left.map(({ rec, undo }) => {
       const act = newActive(rec, [], [], false);
       act.undo = undo;
-      const problems = await this.undoAll(null, act).catch((e: unknown) => [errText(e)]);
+      return act;
+    });
+    // Every local part first (stopped processes continued, links healed): a root that a pause
+    // left stopped answers the VM faults' clears only then (in the file's order, a VM fault's clear
+    // waited its 5 s on a root whose pause was undone after it, and was given up).
+    const local = new Map<Active, string[]>();
+    for (const act of acts) local.set(act, await this.undoLocal(act).catch((e: unknown) => [errText(e)]));
+    for (const act of acts) {
+      const rec = act.rec;
+      const problems = [...local.get(act)!, ...(await this.undoRemote(null, act).catch((e: unknown) => [errText(e)]))];
       n++;
+      if (act.undo.hostFaults.length > 0) {
+        // Its root did not answer: asked again until it does (it still holds there).
+        this.linger(act, 'cleared', ['undone after the nemesis that held it was gone', ...problems]);
+        this.recovered.push(rec);
+        continue;
+      }
       rec.state = 'ended';
       rec.endedAt = this.now();
       rec.endReason = 'cleared';
@@ -1093,7 +1195,8 @@ export class Nemesis {
       this.event('end', rec, { reason: 'cleared', recovered: true, ...(problems.length ? { problems } : {}) });
       this.say('undid a fault a previous nemesis left', { id: rec.id, problems });
     }
-    rmSync(activeFile(this.home), { force: true });
+    // What is left in it: the faults whose roots have not answered yet (lingering), or nothing.
+    this.persist();
     return n;
   }
 }

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FAULT_ID_RE, FAULT_KINDS, decodeLinkChange, seededRandom, type LinkView } from '@hvlab/protocol';
-import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults, UNNAMED_SHRINK_ID, unheldHostFaults, untilStopped, processState } from '../src/index.js';
+import { activeFile, decodeActiveFile, faultLogFile, faultOrder, faultsDir, heldLinks, lastFaultNumber, Nemesis, restoreChange, rootHostFaults, UNNAMED_SHRINK_ID, unheldHostFaults, untilStopped, processState, processStart } from '../src/index.js';
 
 const view = (o: Partial<LinkView>): LinkView => ({ a: 'h1', b: 'h2', cut: false, seed: 5, bytes: [0, 0], lost: 0, connections: 0, ...o });
 
@@ -132,6 +132,33 @@ describe('nemesis bookkeeping', () => {
       } else {
         expect(undone).to.equal(0);
       }
+    }
+  });
+
+  it('a later nemesis undoes every local part left (stopped processes continued) before it asks any root: a root a pause stopped answers the VM faults\' clears then', async () => {
+    const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const pid = child.pid!;
+      process.kill(pid, 'SIGSTOP');
+      expect(await untilStopped([pid], 5000)).to.equal(true);
+      // In the file's order a VM fault (its root's part) comes first, then the pause of that root.
+      writeFileSync(activeFile(home), JSON.stringify([
+        { rec: { id: 'f1', kind: 'vmbus', target: 'vm:web' }, undo: { hostFaults: [{ host: 'local', vm: 'web' }] } },
+        { rec: { id: 'f2', kind: 'pause', target: 'host:local' }, undo: { stopped: [{ hostId: 'abc123', role: 'root', vm: null, pid, start: processStart(pid) }] } },
+      ]));
+      const n = new Nemesis({ home });
+      const seen: string[] = [];
+      (n as unknown as { undoRemote: (w: unknown, act: { rec: { id: string }; undo: { hostFaults: unknown[] } }) => Promise<string[]> }).undoRemote = async (_w, act) => {
+        if (act.undo.hostFaults.length > 0) seen.push(`${act.rec.id}: the root ${processState(pid) === 'T' ? 'stopped' : 'running'}`);
+        act.undo.hostFaults = [];
+        return [];
+      };
+      expect(await n.recoverLeftovers()).to.equal(2);
+      expect(seen).to.deep.equal(['f1: the root running']);
+      expect(existsSync(activeFile(home)), 'nothing left in it').to.equal(false);
+    } finally {
+      child.kill('SIGKILL');
     }
   });
 
