@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VmInfo } from '@hvlab/protocol';
-import { hostProcesses, MgmtClient, readHost } from '@hvlab/host';
+import { hostProcesses, MgmtClient, readHost, startingHypervisor } from '@hvlab/host';
 import { eventually, shmFiles, TestHost } from './harness.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'packages', 'cli', 'bin', 'hvlab.mjs');
@@ -183,6 +183,37 @@ describe('a host whose home is removed under it', function () {
     } finally {
       await h2.destroyLeavingNothing();
       rmSync(hostTmp, { recursive: true, force: true });
+    }
+  });
+
+  it('down of a host whose up was killed while its hypervisor was still starting (not yet named, no lock) stops that hypervisor: the host does not come up after the down', async () => {
+    const h3 = new TestHost();
+    const { spawn } = await import('node:child_process');
+    const { procEnviron, procPids, procTitle } = await import('@hvlab/shm/procfs');
+    const up = spawn(process.execPath, [CLI, 'up', '--lps', '1'], { env: { ...process.env, HVLAB_HOME: h3.home }, stdio: 'ignore' });
+    let hv = 0;
+    try {
+      // The hypervisor as soon as it runs: stopped before it loads (a slow start on a busy machine).
+      expect(await eventually(() => {
+        hv = procPids().find((p) => procEnviron(p)?.get('HVLAB_HOME') === h3.home && startingHypervisor(p)) ?? 0;
+        if (hv === 0) return false;
+        process.kill(hv, 'SIGSTOP');
+        return true;
+      }, 20000, 1), 'its hypervisor started').to.equal(true);
+      up.kill('SIGKILL');
+      expect(procTitle(hv), 'not named yet').to.not.match(/^hvlab-/);
+      const r = spawnSync(process.execPath, [CLI, 'down'], { env: { ...process.env, HVLAB_HOME: h3.home }, encoding: 'utf8', timeout: 60000 });
+      expect(r.status, r.stderr).to.equal(0);
+      // It said "no host was up", and the host came up once its hypervisor ran on.
+      expect(r.stdout).to.match(/^host [0-9a-f]{6} is down/);
+      const { procState } = await import('@hvlab/shm/procfs');
+      expect(await eventually(() => [null, 'Z', 'X'].includes(procState(hv)), 10000), `the hypervisor is gone (${procState(hv)})`).to.equal(true);
+    } finally {
+      try {
+        process.kill(hv, 'SIGCONT');
+      } catch { /* gone */ }
+      up.kill('SIGKILL');
+      await h3.destroyLeavingNothing();
     }
   });
 

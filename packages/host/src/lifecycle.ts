@@ -13,7 +13,7 @@ import { availableParallelism } from 'node:os';
 import { basename, isAbsolute, join, normalize } from 'node:path';
 import { decodeHostRecord, entries, firstLine, readRegularFile, isHypervisorPid, lockHolderOf, nodeArgsFor, pathsForRecord, pidAlive, processEnv, shmPrefix, testKnob, type HostPaths, type HostRecord, makeDirs } from '@hvlab/runtime';
 import { unlinkRegion } from '@hvlab/shm';
-import { procEnviron, procPids, procStat, procTitle } from '@hvlab/shm/procfs';
+import { procCmdline, procEnviron, procPids, procStat, procTitle } from '@hvlab/shm/procfs';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parseSize } from '@hvlab/protocol';
 import { MgmtClient } from './mgmt-client.js';
 
@@ -196,9 +196,21 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   }
 }
 
-/** Hypervisors started for `home` (their HVLAB_HOME), whatever lock they hold: their pids. */
+/** Hypervisors started for `home` (their HVLAB_HOME), whatever lock they hold, starting ones too: their pids. */
 export function homeHypervisors(home: string): number[] {
-  return processesWithEnv('HVLAB_HOME', home).filter(isHypervisorPid);
+  return processesWithEnv('HVLAB_HOME', home).filter((pid) => isHypervisorPid(pid) || startingHypervisor(pid));
+}
+
+/**
+ * Whether `pid` is a hypervisor still starting: its command line runs the hypervisor's entry
+ * (bundled, compiled or from source; through `ip netns exec` too) before it has loaded and named
+ * itself `hvlab-hypervisor` and taken its home's lock. A `down` that came then found no host, and
+ * the host came up after it (a CLI killed during `up`, a slow start under load).
+ */
+export function startingHypervisor(pid: number): boolean {
+  const args = procCmdline(pid);
+  if (args === null) return false;
+  return args.some((a) => /[/\\]hypervisor[/\\](?:dist[/\\]bundle[/\\]hypervisor\.mjs|dist[/\\]src[/\\]main\.js|src[/\\]main\.ts)$/.test(a));
 }
 
 /** Pids of every process whose environment names this host. */
@@ -207,7 +219,7 @@ export function hostProcesses(hostId: string): number[] {
 }
 
 /**
- * The host ids of hvlab's processes (their title `hvlab-…`) that name `home` as their host's home
+ * The host ids of hvlab's processes (their title `hvlab-…`, or a hypervisor still starting) that name `home` as their host's home
  * (HVLAB_HOME with an HVLAB_HOST_ID), sorted. This process and its ancestors are never among them
  * (a shell or a wrapper that exported both variables).
  */
@@ -219,7 +231,7 @@ export function strayHostIds(home: string): string[] {
     p = procStat(p)?.ppid;
   }
   for (const pid of procPids()) {
-    if (mine.has(pid) || !(procTitle(pid)?.startsWith('hvlab-') ?? false)) continue;
+    if (mine.has(pid) || !((procTitle(pid)?.startsWith('hvlab-') ?? false) || startingHypervisor(pid))) continue;
     const env = procEnviron(pid);
     const id = env?.get('HVLAB_HOST_ID');
     if (env?.get('HVLAB_HOME') === home && id !== undefined && /^[0-9a-f]{6}$/.test(id)) ids.add(id);
@@ -238,7 +250,7 @@ export function sweepHost(paths: HostPaths, hostId: string, opts: { keepRun?: bo
   let killed = 0;
   const signalled: number[] = [];
   // `sameHome`: only hvlab's processes that also name this home (a host id found on processes, not in a record).
-  const pids = opts.sameHome ? hostProcesses(hostId).filter((p) => procEnviron(p)?.get('HVLAB_HOME') === paths.home && (procTitle(p)?.startsWith('hvlab-') ?? false)) : hostProcesses(hostId);
+  const pids = opts.sameHome ? hostProcesses(hostId).filter((p) => procEnviron(p)?.get('HVLAB_HOME') === paths.home && ((procTitle(p)?.startsWith('hvlab-') ?? false) || startingHypervisor(p))) : hostProcesses(hostId);
   for (const p of pids) {
     try {
       process.kill(p, 'SIGKILL');
