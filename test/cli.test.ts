@@ -4,7 +4,8 @@
  * the host, and calls that fail at once, naming the process, when the host dies under them.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { procStartTime } from '@hvlab/shm/procfs';
 import { appendFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -136,6 +137,29 @@ describe('the hvlab command', function () {
         `${bad}:8:16: vms.web.host: "h9" is not a host of this cluster (hosts: h1)`,
         `${bad}:8:20: vms.web.memroy: is not a field here (fields: host, memory, vps, workload, processor, ha)`,
       ]);
+    });
+
+    it('down and cluster down remove the temporary home of a run killed before it held its lease (nothing else named it again), and leave a live run\'s', async () => {
+      const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+      const left = mkdtempSync(join(tmpdir(), 'hvlab-experiment-'));
+      mkdirSync(join(left, 'faults'));
+      writeFileSync(join(left, 'faults', 'nemesis.lock'), '1');
+      writeFileSync(join(left, 'temporary-home.json'), JSON.stringify({ pid: Number(gone.stdout), start: 1 }));
+      const live = mkdtempSync(join(tmpdir(), 'hvlab-chaos-'));
+      writeFileSync(join(live, 'temporary-home.json'), JSON.stringify({ pid: process.pid, start: procStartTime(process.pid) }));
+      try {
+        const r = await runBin(['cluster', 'down'], { cwd: '/', env: { HVLAB_HOME: home } });
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stderr).to.include(`hvlab: removed the temporary home of a run that is gone, with anything it had running: ${left}\n`);
+        expect(existsSync(left)).to.equal(false);
+        expect(existsSync(live), 'a live run\'s').to.equal(true);
+        const again = await runBin(['down'], { cwd: '/', env: { HVLAB_HOME: home } });
+        expect(again.stderr).to.not.include(live);
+        expect(existsSync(live)).to.equal(true);
+      } finally {
+        rmSync(left, { recursive: true, force: true });
+        rmSync(live, { recursive: true, force: true });
+      }
     });
 
     it('answers "host info" on an empty home from / with one line saying no host is up', async () => {

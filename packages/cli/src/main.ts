@@ -25,7 +25,7 @@ import {
 import { MgmtClient, MgmtCallError, HostError as CliError, down, readHost, up } from '@hvlab/host';
 import { FAULT_KINDS, VMBUS_PACKET_COUNTERS, VMBUS_SIGNAL_COUNTERS, MIG_CANCEL_TOO_LATE, MIGRATION_MIN_BANDWIDTH_BPS, PROCESS_ROLES, VMBUS_DEVICE_CLASSES, durationHint, parseDurationMs, parseSignedDurationMs, parseSeed, parseWholeNumber, seedProblem, type FaultKind } from '@hvlab/protocol';
 import {
-  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, faultOrder, readHostShrinks, unheldHostFaults, unheldShrinkRecord, worldHosts, holdHomeLease, holdRunLease, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
+  NemesisClient, NemesisError, OWNER_RENEW_MS, PARTITION_SHAPES, faultOrder, readHostShrinks, unheldHostFaults, unheldShrinkRecord, worldHosts, holdHomeLease, holdRunLease, sweepOrphanedRunHomes, activeFile, checkFaultRequest, homeAlive, heldLinks, heldLinkWarning, nemesisPid, pausedBy, parseTarget, stopNemesis, undoGoneNemesis, type FaultRecord, type FaultRequest,
   experimentKindOf, loadChaosExperiment, paramsText, ChaosExperimentError, runChaosExperiment, plannedMoves, plannedSchedule, existingClusterProblems, drawSchedule, chaosWorld, moveLine, scheduleLine, scheduleLines, chaosCheckRows, chaosFaultRows, chaosMoveRows,
 } from '@hvlab/faults';
 import {
@@ -582,6 +582,14 @@ function hasCluster(home: string): boolean {
   } catch {
     return true; // a record it cannot read: "cluster down" sweeps what it can
   }
+}
+
+/**
+ * After a down: the temporary homes of runs that are gone (killed before their lease, or with
+ * their nemesis), their clusters taken down; each said on stderr (stdout stays the down's own).
+ */
+async function sweepRunHomes(): Promise<void> {
+  for (const h of await sweepOrphanedRunHomes()) process.stderr.write(`hvlab: removed the temporary home of a run that is gone, with anything it had running: ${h}\n`);
 }
 
 function clusterDownLine(r: Awaited<ReturnType<typeof clusterDown>>): string {
@@ -1590,6 +1598,7 @@ export async function run(argv: string[]): Promise<number> {
         else if (cluster) out(clusterDownLine(cluster));
         // Not graceful, with nothing left to kill or remove: another down, or its own end, came first.
         else out(r.hostId ? `host ${r.hostId} is down${r.graceful ? '' : r.killed === 0 && r.shm === 0 ? ' (nothing of it was left running)' : ` (forced: killed ${r.killed} processes, removed ${r.shm} shm files)`}` : 'no host was up');
+        await sweepRunHomes();
         return 0;
       }
       case 'cluster check': {
@@ -1654,6 +1663,7 @@ export async function run(argv: string[]): Promise<number> {
         const r = await clusterDown(paths.home);
         if (json) out(JSON.stringify(r));
         else out(clusterDownLine(r));
+        await sweepRunHomes();
         return 0;
       }
       case 'fault inject': {

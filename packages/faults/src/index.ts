@@ -18,3 +18,4 @@ export * from './timeline.js';
 export * from './report.js';
 export * from './moves.js';
 export * from './chaos.js';
+export * from './run-homes.js';

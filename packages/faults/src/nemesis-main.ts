@@ -33,6 +33,7 @@ process.on('unhandledRejection', (e) => log.error({ err: e }, 'unhandled rejecti
 const nemesis = new Nemesis({ home, log: (msg, fields) => log.info(fields ?? {}, msg) });
 const recovered = await nemesis.recoverLeftovers();
 if (recovered) log.info({ recovered }, 'undid faults left by a nemesis before this one');
+nemesis.recoverTeardown();
 
 let leaving = false;
 let server: RpcServer<NemesisRequest> | null = null;

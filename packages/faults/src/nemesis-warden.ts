@@ -9,7 +9,7 @@
  *
  *   node nemesis-warden.js HOME NEMESIS_PID NEMESIS_START NEMESIS_ARGV_JSON
  *
- * It leaves when the nemesis is gone and left nothing, when another nemesis runs, or after it has
+ * It leaves when the nemesis is gone and left nothing (no faults, no teardown lease: `faults/teardown.json`), when another nemesis runs, or after it has
  * started one. It reads only files of the home (as files: a FIFO in their place holds nobody) and
  * /proc, and imports only hvlab's procfs and file readers: it costs a bare Node process.
  * `stopNemesis` (down, cluster down) ends it before the nemesis.
@@ -64,8 +64,9 @@ let starting = false;
 
 function tick(): void {
   if (starting || startOf(watched) === watchedStart) return;
-  // The nemesis is gone.
-  if (!existsSync(join(home, 'faults', 'active.json')) || argv.length === 0) leave();
+  // The nemesis is gone. It left faults to undo, or teardown leases to hold (a run's temporary
+  // cluster, whose run may be gone too): a new one takes them on.
+  if ((!existsSync(join(home, 'faults', 'active.json')) && !existsSync(join(home, 'faults', 'teardown.json'))) || argv.length === 0) leave();
   const other = runningNemesis();
   if (other !== null && other !== watched) leave();
   // Start one, under the lock every starter takes (client.ts startNemesis).

@@ -84,6 +84,16 @@ export function activeFile(home: string): string {
 export function faultLogFile(home: string): string {
   return join(faultsDir(home), 'log.jsonl');
 }
+/**
+ * The owners of teardown leases a nemesis holds (a run's temporary cluster), while it holds any:
+ * its warden starts a new nemesis when it is killed, which takes them on (`recoverTeardown`), so
+ * a run and its nemesis and warden killed together still leave nothing once the lease lapses.
+ */
+export function teardownFile(home: string): string {
+  return join(faultsDir(home), 'teardown.json');
+}
+/** The owner names a teardown file may hold (the wire's owner names). */
+const TEARDOWN_OWNER_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/;
 
 /** What undoing one fault needs; plain data (it is written to active.json). */
 interface Undo {
@@ -305,7 +315,10 @@ export class Nemesis {
       throw new FaultRefused(`${this.home} is not a run's temporary home: no lease may take it down and remove it`);
     }
     this.owners.set(owner, this.now());
-    if (teardown) this.teardownOwners.add(owner);
+    if (teardown && !this.teardownOwners.has(owner)) {
+      this.teardownOwners.add(owner);
+      this.persistTeardown();
+    }
     // The VMs it made so far (a renew that names them names all): they go when its lease lapses.
     // Not named (an inject's implicit renew): the last list stands. An empty list releases them.
     if (vms === null) return;
@@ -351,6 +364,44 @@ export class Nemesis {
         c.close();
       }
     }
+  }
+
+  private persistTeardown(): void {
+    try {
+      if (this.teardownOwners.size === 0) rmSync(teardownFile(this.home), { force: true });
+      else writeFileAtomic(teardownFile(this.home), JSON.stringify([...this.teardownOwners]) + '\n');
+    } catch (e) {
+      this.say('cannot write the teardown leases file', { err: errText(e) });
+    }
+  }
+
+  /**
+   * Takes on the teardown leases a nemesis before this one held (`teardownFile`), as leases renewed
+   * now: a holder still alive renews on; one that is gone lets it lapse, and the home goes as it
+   * would have. Only on a run's temporary home; the file is read as input (a bounded regular file
+   * of owner names), and anything else in it is passed over. Returns how many it took on.
+   */
+  recoverTeardown(): number {
+    let v: unknown;
+    try {
+      v = JSON.parse(readRegularFile(teardownFile(this.home), 64 * 1024).toString('utf8'));
+    } catch {
+      return 0;
+    }
+    if (!isTemporaryHome(this.home) || !Array.isArray(v)) {
+      rmSync(teardownFile(this.home), { force: true });
+      return 0;
+    }
+    let n = 0;
+    for (const o of v.slice(0, MAX_OWNERS)) {
+      if (typeof o !== 'string' || !TEARDOWN_OWNER_RE.test(o)) continue;
+      this.owners.set(o, this.now());
+      this.teardownOwners.add(o);
+      n++;
+    }
+    this.persistTeardown();
+    if (n > 0) this.say('took on the teardown leases of the nemesis before this one', { owners: [...this.teardownOwners] });
+    return n;
   }
 
   /** Whether an owner's lease takes the home down when it lapses (a run's temporary cluster, maybe still coming up). */
@@ -1075,6 +1126,7 @@ export class Nemesis {
       this.ownerVms.delete(owner);
       if (vms && !this.teardownOwners.has(owner)) await this.removeOwnedVms(owner, vms);
       if (this.teardownOwners.delete(owner)) {
+        this.persistTeardown();
         this.say('owner lease lapsed: taking down the cluster it brought up', { owner });
         this.onTeardown?.(owner);
       }

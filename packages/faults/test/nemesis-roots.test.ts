@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
 import { MgmtCallError } from '@hvlab/host';
 import { markTemporaryHome, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
-import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, MAX_OWNERS, Nemesis, refusedUnapplied, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
+import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, MAX_OWNERS, Nemesis, refusedUnapplied, teardownFile, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
 const shrink = (id: string | null): Record<string, unknown> => ({ id, kind: 'lp-shrink', lps: 1, startedAt: AT, endsAt: AT + 60_000 });
@@ -210,8 +210,24 @@ describe('the nemesis\'s owner leases', () => {
       markTemporaryHome(home);
       n.renew('run.home', true);
       expect(n.holdsTeardown).to.equal(true);
+      // Kept in a file while held: a nemesis started after this one was killed takes it on.
+      expect(JSON.parse(readFileSync(teardownFile(home), 'utf8'))).to.deep.equal(['run.home']);
+      const next = new Nemesis({ home });
+      expect(next.recoverTeardown()).to.equal(1);
+      expect(next.holdsTeardown).to.equal(true);
+      expect(next.liveOwners, 'as renewed now: it lapses unless its holder renews').to.equal(1);
       rmSync(join(home, TEMPORARY_HOME_FILE));
       expect(() => n.renew('run.home', true), 'a lease held renews').to.not.throw();
+      // Not a temporary home any more: nothing of the file is taken on, and it goes.
+      expect(new Nemesis({ home }).recoverTeardown()).to.equal(0);
+      expect(existsSync(teardownFile(home))).to.equal(false);
+      // Whatever the file holds, only owner names are taken.
+      markTemporaryHome(home);
+      for (const text of ['{', '7', '{"a":1}', JSON.stringify([1, null, '../x', 'ok', 'x'.repeat(200), { toString: 1 }])]) {
+        writeFileSync(teardownFile(home), text);
+        const m = new Nemesis({ home });
+        expect(m.recoverTeardown(), text).to.equal(text.includes('"ok"') ? 1 : 0);
+      }
     } finally {
       rmSync(home, { recursive: true, force: true });
     }

@@ -1,0 +1,80 @@
+/**
+ * The temporary homes of runs that are gone. `experiment run` (either kind) on a new cluster makes
+ * its home under the system's temporary directory (`hvlab-experiment-*`, `hvlab-chaos-*`) and marks
+ * it (cluster's markTemporaryHome) before it holds the lease that has the home's nemesis take it
+ * down if the run dies. A run killed in between (a few milliseconds to the first nemesis's start)
+ * left the home, and nothing named it again; one killed together with its nemesis and warden left
+ * its whole cluster too. `down` and `cluster down` sweep them (`sweepOrphanedRunHomes`): a marked
+ * home whose maker is gone and whose nemesis is not running has its cluster taken down and goes;
+ * an unmarked empty one a minute old goes too. A home of a run still alive is never touched.
+ */
+import { lstatSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { clusterDown, orphanedTemporaryHome, readCluster, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
+import { procEnviron, procPids } from '@hvlab/shm/procfs';
+import { nemesisPids } from './client.js';
+
+/** The names `experiment run` gives its temporary homes (mkdtemp's six characters). */
+export const RUN_HOME_RE = /^hvlab-(?:experiment|chaos)-[A-Za-z0-9]{6}$/;
+
+/** An unmarked run home younger than this may be one a run is just making (ms). */
+const UNMARKED_GRACE_MS = 60_000;
+
+/** Whether a process of this machine names `home` (or a home under it: a cluster's hosts) as its HVLAB_HOME. */
+function homeInUse(home: string): boolean {
+  const prefix = `${home}/`;
+  return procPids().some((pid) => {
+    if (pid === process.pid) return false;
+    const h = procEnviron(pid)?.get('HVLAB_HOME');
+    return h !== undefined && (h === home || h.startsWith(prefix));
+  });
+}
+
+/**
+ * Removes the temporary homes of runs that are gone (see the header), each with its cluster taken
+ * down first; returns the homes removed. `dir`: where to look (the system's temporary directory).
+ * Never throws: a home that cannot be taken down or removed is left for the next sweep.
+ */
+export async function sweepOrphanedRunHomes(dir = tmpdir(), now = Date.now()): Promise<string[]> {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const uid = process.getuid?.() ?? -1;
+  const removed: string[] = [];
+  for (const name of names) {
+    if (!RUN_HOME_RE.test(name)) continue;
+    const home = join(dir, name);
+    try {
+      const st = lstatSync(home);
+      // A directory of this user's only (another user's run is theirs; a symlink is no home).
+      if (!st.isDirectory() || (uid >= 0 && st.uid !== uid)) continue;
+      let marked = true;
+      try {
+        lstatSync(join(home, TEMPORARY_HOME_FILE));
+      } catch {
+        marked = false;
+      }
+      if (!marked) {
+        // Killed between making it and marking it: empty, and old enough not to be a run's now.
+        if (readdirSync(home).length === 0 && now - st.mtimeMs > UNMARKED_GRACE_MS) {
+          rmdirSync(home);
+          removed.push(home);
+        }
+        continue;
+      }
+      // Its run is alive, or its nemesis (which takes it down as the lease lapses) is there.
+      if (!orphanedTemporaryHome(home) || nemesisPids(home).length > 0) continue;
+      if (readCluster(home) !== null || homeInUse(home)) await clusterDown(home);
+      if (homeInUse(home)) continue;
+      rmSync(home, { recursive: true, force: true });
+      removed.push(home);
+    } catch {
+      // Left for the next sweep.
+    }
+  }
+  return removed;
+}
