@@ -275,6 +275,8 @@ export function readYamlMap(text: string, maxBytes: number, what: { tooBig: stri
   if (doc.errors.length > 0) {
     return doc.errors.map((e) => {
       const at = lines.linePos(e.pos[0]);
+      // The library's advice to its caller ("please use YAML.parseAllDocuments()") is not the user's.
+      if (e.code === 'MULTIPLE_DOCS') return { line: at.line, column: at.col, field: '', message: 'holds more than one YAML document (a second begins here, at ---): one file is one document' };
       return { line: at.line, column: at.col, field: '', message: `not valid YAML: ${e.message.split('\n')[0]!}` };
     });
   }

@@ -275,6 +275,11 @@ describe('experiment files', () => {
     expect(fields(`name: a\nmethods: [offline]\n${'k'.repeat(FIELD_KEY_MAX)}: 1\n`)).to.deep.equal(['k'.repeat(FIELD_KEY_MAX)]);
   });
 
+  it('refuses a second YAML document at its --- in the user\'s words (the YAML library advised "please use YAML.parseAllDocuments()")', () => {
+    const p = problems('name: a\nmethods: [offline]\n---\nname: b\n');
+    expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 1, 'holds more than one YAML document (a second begins here, at ---): one file is one document']]);
+  });
+
   it('refuses an alias (*name) at its place for what it is, not as a value of the wrong type', () => {
     const p = problems('name: &n a\nmethods: [offline]\nvm: { workload: *n }\n');
     expect(p.map((x) => [x.line, x.column, x.message])).to.deep.equal([[3, 17, 'an alias (*n) is not read in this file: write the value itself']]);

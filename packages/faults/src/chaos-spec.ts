@@ -355,6 +355,16 @@ type Field = { v: Node | null; p: Pair };
 const at = (f: Field): Node | Pair => f.v ?? f.p;
 
 /** A map's fields by key; problems for a non-map, a repeated key, or a key not in `allowed` (null: any key). */
+/**
+ * An entry of a list that is empty (`-`, `- null`, `- ~`) is a problem, said with what it should
+ * hold: it was passed over, and a file with one checked as valid. True when it was one.
+ */
+function emptyItem(ctx: Ctx, item: Node | null | undefined, list: Node, field: string, want: string): boolean {
+  if (item !== null && item !== undefined && !(isScalar(item) && item.value === null)) return false;
+  problem(ctx, item ?? list, field, `is empty: each entry is ${want}`);
+  return true;
+}
+
 function fieldsOf(ctx: Ctx, node: Node | null | undefined, field: string, allowed: readonly string[] | null): Map<string, Field> {
   const out = new Map<string, Field>();
   if (node === null || node === undefined || (isScalar(node) && node.value === null)) return out;
@@ -549,6 +559,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
   else {
     wl.v.items.forEach((item, i) => {
       const field = `workloads[${i}]`;
+      if (emptyItem(ctx, item as Node | null, wl.v as Node, field, 'a VM, e.g. - { name: c1, host: h1 }')) return;
       const fs = fieldsOf(ctx, item as Node, field, WORKLOAD_FIELDS);
       if (!isMap(item)) return;
       const w: ChaosWorkload = { name: '', host: '', workload: DEFAULT_VM.workload, memoryBytes: parseSize(DEFAULT_VM.memory)!, vps: DEFAULT_VM.vps };
@@ -611,6 +622,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
     else {
       faults.v.items.forEach((item, i) => {
         const field = `faults[${i}]`;
+        if (emptyItem(ctx, item as Node | null, faults.v as Node, field, 'a fault, e.g. - { at: 5s, kind: pause, target: vm:c1, for: 3s }')) return;
         const fs = fieldsOf(ctx, item as Node, field, null);
         if (!isMap(item)) return;
         const k = fs.get('kind');
@@ -710,6 +722,7 @@ export function parseChaosExperiment(text: string, file = 'experiment'): ChaosSp
       const placeOf = new Map<ChaosMoveSpec, [Node, string]>();
       mv.v.items.forEach((item, i) => {
         const field = `moves[${i}]`;
+        if (emptyItem(ctx, item as Node | null, mv.v as Node, field, 'a move, e.g. - { at: 10s, vm: c1, to: h2 }')) return;
         const fs = fieldsOf(ctx, item as Node, field, MOVE_FIELDS);
         if (!isMap(item)) return;
         const m: ChaosMoveSpec = { atMs: 0, vm: '', to: '', method: 'precopy', options: {}, fileIndex: i };

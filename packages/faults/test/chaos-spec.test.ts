@@ -53,6 +53,28 @@ function problems(text: string): ChaosProblem[] {
 const parse = (text: string): ChaosSpec => parseChaosExperiment(text, 'chaos.yaml');
 
 describe('chaos experiment files', () => {
+  it('names an empty entry of workloads, faults or moves (-, - null, - ~) as a problem, with what it should hold: it was passed over, and the file checked as valid', () => {
+    const text = `name: e
+kind: faults
+hosts: 2
+duration: 10s
+workloads:
+  - { name: a, host: h1 }
+  -
+  - ~
+faults:
+  - null
+moves:
+  -
+`;
+    expect(problems(text).map((p) => `${p.line}:${p.field}: ${p.message}`)).to.deep.equal([
+      '7:workloads[1]: is empty: each entry is a VM, e.g. - { name: c1, host: h1 }',
+      '8:workloads[2]: is empty: each entry is a VM, e.g. - { name: c1, host: h1 }',
+      '10:faults[0]: is empty: each entry is a fault, e.g. - { at: 5s, kind: pause, target: vm:c1, for: 3s }',
+      '12:moves[0]: is empty: each entry is a move, e.g. - { at: 10s, vm: c1, to: h2 }',
+    ]);
+  });
+
   it('the shipped example checks: 3 hosts, four workloads, five explicit faults and three drawn ones, every check on', () => {
     const s = loadChaosExperiment(EXAMPLE_FILE);
     if (s instanceof ChaosExperimentError) throw s;
