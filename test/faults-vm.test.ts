@@ -132,6 +132,13 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect(Math.abs(after - base), `offset ${after} ms, ${base} ms before`).to.be.below(60_000);
     // Time stepped back an hour at the end: the counter, asleep until an hour ahead, counts on at once rather than in an hour.
     expect(await eventually(async () => (await rate('web', 1000)) > 100, 10000), 'the counter counts on after the step back').to.equal(true);
+    // A step back past the VM's start is refused as the hypervisor's range says, naming the offset
+    // alone (the skew, not asked for, was named too) and why; a refusal, so no failed fault is kept.
+    const r = await h.run('fault', 'inject', 'clock', '--target', 'vm:web', '--offset=-604800s', '--for', '5s');
+    expect(r.code, r.stdout).to.equal(1);
+    expect(r.stderr).to.include('the hypervisor refused FaultClockOffsetUs = -604800000000: out of range: a step back may not take the VM\'s reference time below 0');
+    expect(r.stderr).to.not.include('FaultClockSkewPpm');
+    expect((await faults(true)).filter((x) => x.kind === 'clock' && x.state === 'failed')).to.deep.equal([]);
   });
 
   it('lp-shrink takes an LP away from the host: two spinning VMs share one, and both LPs come back', async () => {

@@ -25,9 +25,9 @@
  * replaces its fault. Each fault that ends is reported to the root in a `faultEnded` note.
  */
 import {
-  bitflipGpaProblem, FAULT_STALL_MAX_VP, PartitionProperty, type VmFaultKind, type VmFaultSpec, type VmwpFaultApplied, type VmwpFaultInfo, type VmwpFaultStats, type VmwpNote,
+  bitflipGpaProblem, FAULT_STALL_MAX_VP, HvStatus, PartitionProperty, type VmFaultKind, type VmFaultSpec, type VmwpFaultApplied, type VmwpFaultInfo, type VmwpFaultStats, type VmwpNote,
 } from '@hvlab/protocol';
-import { VmwpFailure } from '@hvlab/runtime';
+import { HypercallError, VmwpFailure } from '@hvlab/runtime';
 import { VmbusFault, type VmbusFaultInjector } from '@hvlab/vmbus';
 
 /** Most faults active at once on one VM. */
@@ -240,7 +240,14 @@ export class VmFaultTable {
     } catch (e) {
       const back = previous && EXCLUSIVE_KINDS.includes(previous.spec.kind) ? this.settingOf(previous) : new Map<number, number>();
       for (const p of done) await this.host.setProperty(p, back.get(p) ?? 0).catch(() => undefined);
-      throw failure(e, `the hypervisor refused ${values.map(([n]) => n).join(' and ')}`);
+      // The one that failed, by name (both of a clock fault were named, the skew too when only
+      // the offset failed). A value out of range is a refusal of the fault as asked, said so.
+      const [, v, name] = props[done.length] ?? props[0]!;
+      if (e instanceof HypercallError && e.status === HvStatus.PROPERTY_VALUE_OUT_OF_RANGE) {
+        const why = name === 'FaultClockOffsetUs' && v < 0 ? ': a step back may not take the VM\'s reference time below 0, and it counts from the VM\'s start (a step back is at most as long as the VM has run)' : '';
+        throw new VmwpFailure('InvalidArgument', `the hypervisor refused ${name} = ${v}: out of range${why}; nothing was set`);
+      }
+      throw failure(e, `the hypervisor refused ${name}`);
     }
   }
 
