@@ -314,7 +314,12 @@ export class Fabric {
    * is not a member.
    */
   private memberAddress(name: string): () => string | null {
-    return () => this.members.get(name)?.address ?? null;
+    return () => {
+      const a = this.members.get(name)?.address ?? null;
+      // A host on loopback listens on its own 127.x address but connects from 127.0.0.1, as every
+      // other host there does: no address tells them apart, and every connection is the host's.
+      return a === null || a.startsWith('127.') ? null : a;
+    };
   }
 
   /** Makes the proxies of every link of `name` whose other end is a member (again, if its address changed). */

@@ -569,12 +569,26 @@ export const MAX_FABRIC_CONNECTIONS = 1024;
  * Places kept for the host whose traffic a proxy carries (connections from its address): anyone
  * else who reaches the port (another host, a guest's process) takes at most the rest, of one proxy
  * and of all, so a flood of strangers' connections cannot shut the link's own host out. Where all
- * hosts share one address (a cluster on loopback) every connection is the host's.
+ * hosts connect from one address (a cluster on loopback: from 127.0.0.1) the fabric names no
+ * member address (fabric.ts memberAddress) and every connection is the host's.
  */
 export const PROXY_MEMBER_RESERVED = 64;
 export const FABRIC_MEMBER_RESERVED = 256;
+/**
+ * The most connections one address may hold through all proxies: a host (or a guest's process on
+ * it) that opened many through its own proxies, where it is no stranger, took the fabric's
+ * places shared by every host and shut the others out. Not on loopback, where every host
+ * connects from 127.0.0.1.
+ */
+export const FABRIC_PER_ADDRESS = 256;
 let fabricConnections = 0;
 let fabricStrangers = 0;
+const fabricByAddress = new Map<string, number>();
+
+/** Whether `a` is the address every host of a loopback cluster connects from (its default source). */
+function loopback(a: string): boolean {
+  return a === '127.0.0.1' || a === '::1';
+}
 
 /** An address as a socket reports it, IPv4 without the IPv6-mapped prefix. */
 function plainAddress(a: string | undefined): string | null {
@@ -591,6 +605,15 @@ export class LinkProxy {
   private readonly conns = new Set<Connection>();
   /** The connections of `conns` from another address than the member's. */
   private readonly strangers = new Set<Connection>();
+  /** Where each connection of `conns` came from (fabricByAddress counts them). */
+  private readonly sources = new Map<Connection, string>();
+
+  private unheld(source: string | null): void {
+    if (source === null) return;
+    const n = (fabricByAddress.get(source) ?? 1) - 1;
+    if (n > 0) fabricByAddress.set(source, n);
+    else fabricByAddress.delete(source);
+  }
   /** Connections closed as they came, past MAX_PROXY_CONNECTIONS or MAX_FABRIC_CONNECTIONS. */
   refused = 0;
 
@@ -643,6 +666,8 @@ export class LinkProxy {
   private full(source: string | null): string | null {
     if (this.conns.size >= MAX_PROXY_CONNECTIONS) return `this proxy carries ${this.conns.size} connections, its limit`;
     if (fabricConnections >= MAX_FABRIC_CONNECTIONS) return `the proxies carry ${fabricConnections} connections, their limit`;
+    const held = source === null ? 0 : (fabricByAddress.get(source) ?? 0);
+    if (source !== null && !loopback(source) && held >= FABRIC_PER_ADDRESS) return `the proxies carry ${held} connections from ${source}, the most one address may hold`;
     const member = this.member();
     if (member === null || source === member) return null;
     if (this.strangers.size >= MAX_PROXY_CONNECTIONS - PROXY_MEMBER_RESERVED) return `this proxy carries ${this.strangers.size} connections from other addresses than its host's (${member}), their limit`;
@@ -667,12 +692,18 @@ export class LinkProxy {
     b.setNoDelay(true);
     fabricConnections++;
     if (stranger) fabricStrangers++;
+    if (source !== null) fabricByAddress.set(source, (fabricByAddress.get(source) ?? 0) + 1);
     const c = new Connection(this.link, a, b, this.dir, (gone) => {
-      if (this.conns.delete(gone)) fabricConnections--;
+      if (this.conns.delete(gone)) {
+        fabricConnections--;
+        this.unheld(this.sources.get(gone) ?? null);
+        this.sources.delete(gone);
+      }
       if (this.strangers.delete(gone)) fabricStrangers--;
       this.link.live.delete(gone);
     }, this.startPump);
     this.conns.add(c);
+    if (source !== null) this.sources.set(c, source);
     if (stranger) this.strangers.add(c);
     this.link.live.add(c);
     this.link.countConnection();
@@ -692,8 +723,10 @@ export class LinkProxy {
     for (const c of [...this.conns]) c.close();
     fabricConnections -= this.conns.size;
     fabricStrangers -= this.strangers.size;
+    for (const c of this.conns) this.unheld(this.sources.get(c) ?? null);
     this.conns.clear();
     this.strangers.clear();
+    this.sources.clear();
     const s = this.server;
     this.server = null;
     if (s) await new Promise((r) => s.close(() => r(undefined)));

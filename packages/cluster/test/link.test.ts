@@ -12,7 +12,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { Link, LinkProxy, kernelLinksAvailable } from '../src/index.js';
-import { MAX_PROXY_CONNECTIONS, PROXY_MEMBER_RESERVED } from '../src/link.js';
+import { FABRIC_PER_ADDRESS, MAX_PROXY_CONNECTIONS, PROXY_MEMBER_RESERVED } from '../src/link.js';
 import { startSplicePump, type SplicePump } from '@hvlab/shm';
 
 /** A thread that connects to workerData.port and writes workerData.data, and keeps the socket open. */
@@ -287,6 +287,46 @@ describe('link layer (a TCP proxy with impairments)', function () {
       expect(link.refused).to.equal(3);
     } finally {
       for (const s of socks) s.destroy();
+    }
+  });
+
+  it(`lets one address hold at most ${FABRIC_PER_ADDRESS} connections through all proxies (its own proxies too), so one host cannot take the places every host shares`, async () => {
+    const why: string[] = [];
+    const own = new LinkProxy(new Link('h3', 'h1', {}, 1), { host: '127.0.0.1', port: echo.port }, 0, (w) => why.push(w), undefined, () => '127.0.0.3');
+    const other = new LinkProxy(new Link('h1', 'h2', {}, 1), { host: '127.0.0.1', port: echo.port }, 0, (w) => why.push(w), undefined, () => '127.0.0.2');
+    const ports = [await own.listen(), await other.listen()];
+    const from = (port: number, localAddress: string): Promise<Socket> => new Promise((resolve, reject) => {
+      const s = connect({ port, host: '127.0.0.1', localAddress }, () => resolve(s));
+      s.once('error', reject);
+    });
+    const socks: Socket[] = [];
+    try {
+      // h3's own proxy takes 200 of its connections, the other proxy the rest of its 256.
+      for (let i = 0; i < 200; i++) socks.push(await from(ports[0]!, '127.0.0.3'));
+      for (let i = 0; i < FABRIC_PER_ADDRESS - 200; i++) socks.push(await from(ports[1]!, '127.0.0.3'));
+      expect(await pingMedian(socks.at(-1)!, 1), 'carried').to.be.a('number');
+      const past = [await from(ports[1]!, '127.0.0.3'), await from(ports[0]!, '127.0.0.3')];
+      socks.push(...past);
+      await Promise.all(past.map((s) => (s.destroyed ? undefined : new Promise((r) => s.once('close', r)))));
+      expect(why).to.deep.equal([
+        `the proxies carry ${FABRIC_PER_ADDRESS} connections from 127.0.0.3, the most one address may hold (a connection from 127.0.0.3)`,
+        `the proxies carry ${FABRIC_PER_ADDRESS} connections from 127.0.0.3, the most one address may hold (a connection from 127.0.0.3)`,
+      ]);
+      // Another host's own connections are carried.
+      const h1 = await from(ports[1]!, '127.0.0.2');
+      socks.push(h1);
+      expect(await pingMedian(h1, 1)).to.be.a('number');
+      // Its places come back as its connections close.
+      socks[0]!.destroy();
+      for (let i = 0; i < 200 && own.connectionCount().all >= 200; i++) await new Promise((r) => setTimeout(r, 10));
+      const again = await from(ports[0]!, '127.0.0.3');
+      socks.push(again);
+      expect(await pingMedian(again, 1)).to.be.a('number');
+      expect(why).to.have.length(2);
+    } finally {
+      for (const s of socks) s.destroy();
+      await own.close();
+      await other.close();
     }
   });
 
