@@ -223,6 +223,16 @@ describe('faults: processes, links and partitions (real processes)', function ()
     // (a busy moment can lift one probe's median; a delay left behind lifts every one by 150 ms).
     let after: number[] = [];
     expect(await eventually(async () => median(after = await pings()) < base + 100, 10000), `round trips ${after.join(', ')} ms after the clear, ${base} ms before`).to.equal(true);
+    // With the fabric paused, a link fault is refused for that reason (it said there was no link
+    // between h1 and h2, as the paused fabric answered nothing).
+    const fp = await inject('pause', '--target', 'cluster', '--for', '20s');
+    try {
+      const refused = await h.run('fault', 'inject', 'link', '--target', 'link:h1-h2', '--delay', '10ms', '--for', '2s');
+      expect(refused.code).to.equal(1);
+      expect(refused.stderr.trim()).to.equal(`hvlab: the fabric is paused by fault ${fp.id}: no link can change until it runs again`);
+    } finally {
+      await h.ok('fault', 'clear', fp.id);
+    }
   });
 
   it('a partition cuts one host off: its heartbeats to the others stop (missed ones count up) while the others still hear each other; healed at its end', async () => {

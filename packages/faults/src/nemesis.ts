@@ -491,6 +491,12 @@ export class Nemesis {
     const seed = req.seed ?? seedOf(id);
     const target = parseTarget(req.target);
     if (!target.ok) throw new FaultRefused(target.message);
+    // A paused fabric answers nothing, so the link's resolution below would say there is no link
+    // ("no cluster fabric answers"): the reason is said first.
+    if (req.kind === 'link' || req.kind === 'partition') {
+      const paused = [...this.active.values()].find((a) => a.rec.kind === 'pause' && a.rec.resolved.processes.some((p) => p.role === 'fabric'));
+      if (paused) throw new FaultRefused(`the fabric is paused by fault ${paused.rec.id}: no link can change until it runs again`);
+    }
     const world = await readWorld(this.home);
     if (world.hosts.length === 0) throw new FaultRefused(`nothing is up in ${this.home} ("hvlab up" or "hvlab cluster up" first)`);
     markMoves(world, marks);
