@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HostInfo, IcServiceInfo, VmInfo } from '@hvlab/protocol';
 import { MgmtClient, readHost } from '@hvlab/host';
-import { NemesisClient, nemesisPids, type FaultRecord } from '@hvlab/faults';
+import { NemesisClient, nemesisPid, nemesisPids, type FaultRecord } from '@hvlab/faults';
 import { MgmtCallError } from '@hvlab/host';
 import { randomUUID } from 'node:crypto';
 import { TestHost, eventually, sleep } from './harness.js';
@@ -222,6 +222,23 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect([await byte(), await progress('md')], 'the paused guest stayed paused').to.deep.equal([before ^ 4, still]);
     await h.ok('vm', 'resume', 'md');
   });
+  it('a nemesis that stays stopped (SIGSTOP) is said so by fault list and fault clear within seconds, naming its pid (they waited out 10 and 60 s and said "no answer", list as an internal error)', async () => {
+    const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
+    const pid = nemesisPid(h.home)!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      for (const args of [['fault', 'list'], ['fault', 'clear', f.id]]) {
+        const r = await h.run(...args);
+        expect(r.code, args.join(' ')).to.equal(1);
+        expect(r.stderr.trim(), args.join(' ')).to.equal(`hvlab: the nemesis of ${h.home} (pid ${pid}) is stopped (SIGSTOP, or a debugger holds it): it answers nothing, and the faults it holds do not end, until it runs again ("kill -CONT ${pid}"); "hvlab down" ends it and every fault`);
+      }
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await h.ok('fault', 'clear', f.id);
+    expect((await ended(f.id))?.endReason).to.equal('cleared');
+  });
+
   it('a VM fault whose root does not answer its clear (paused) is ending, not ended: listed active, asked again, and ended once the root answers (its worker held it meanwhile)', async () => {
     const f = await inject('vmbus', '--target', 'vm:web', '--channel', 'kvp', '--delay', '200ms', '--for', '120s');
     // The root stops for 15 s: the clear's call to it (5 s) goes unanswered.

@@ -2338,7 +2338,7 @@ function sayFailure(message: string, kind: FailureKind, exitCode: number, lines:
 /** Prints an error as one line (plus the stack with HVLAB_DEBUG=1) and returns the exit code. */
 function report(e: unknown): number {
   const kind: FailureKind = e instanceof UsageError ? 'usage' : e instanceof ValueError ? 'value' : e instanceof Interrupted ? 'interrupted'
-    : e instanceof CliError || e instanceof MgmtCallError || userFsError(e) ? 'host' : 'internal';
+    : e instanceof CliError || e instanceof MgmtCallError || e instanceof NemesisError || userFsError(e) ? 'host' : 'internal';
   const msg = oneLine(e instanceof MgmtCallError || e instanceof CliError ? userWords(e.message) : e instanceof Error ? e.message : String(e));
   const code = e instanceof UsageError ? 2 : e instanceof Interrupted ? 130 : 1;
   sayFailure(kind !== 'internal' || jsonFailures ? msg : `internal error: ${msg}${debugOn() ? '' : ' (HVLAB_DEBUG=1 shows where)'}`, kind, code);

@@ -16,7 +16,10 @@ import { dirname, join } from 'node:path';
 import { entries, firstLine, nodeArgsFor, pidAlive, processEnv, readRegularFile, RpcClient, RpcFailure, makeDirs } from '@hvlab/runtime';
 import { activeFile, faultsDir, Nemesis } from './nemesis.js';
 import { OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
-import { processStart } from './world.js';
+import { processStart, processState } from './world.js';
+
+/** How long a call waits on a nemesis that stays stopped before it says so (ms). */
+const STOPPED_SAY_MS = 2000;
 import type { OwnedVm } from './wire.js';
 import type { RunLease } from '@hvlab/cluster';
 import { FAULT_MAX_MS } from '@hvlab/protocol';
@@ -224,11 +227,21 @@ export class NemesisClient {
     return this.start !== null && processStart(this.pid) === this.start;
   }
 
-  /** One call, failing early (code Gone) if the nemesis dies while it waits. */
+  /** One call, failing early if the nemesis dies (code Gone) or stays stopped (code Stopped) while it waits. */
   private once<T>(body: Record<string, unknown>, timeoutMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      // A nemesis stopped (SIGSTOP, a debugger) answers nothing: said after STOPPED_SAY_MS, where
+      // the call waited out its whole timeout (60 s for a clear) and said only "no answer".
+      let stoppedSince: number | null = null;
       const watch = setInterval(() => {
-        if (this.alive()) return;
+        if (this.alive()) {
+          if (processState(this.pid) !== 'T') stoppedSince = null;
+          else if ((stoppedSince ??= Date.now()) <= Date.now() - STOPPED_SAY_MS) {
+            clearInterval(watch);
+            reject(new NemesisError('Stopped', `the nemesis of ${this.home} (pid ${this.pid}) is stopped (SIGSTOP, or a debugger holds it): it answers nothing, and the faults it holds do not end, until it runs again ("kill -CONT ${this.pid}"); "hvlab down" ends it and every fault`));
+          }
+          return;
+        }
         clearInterval(watch);
         reject(new NemesisError('Gone', `the nemesis of ${this.home} (pid ${this.pid}) ended while it was asked to ${String(body.op)}`));
       }, 250);
