@@ -374,13 +374,11 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
         if (signal?.aborted) return;
         const id = randomUUID();
         ids.set(w.name, id);
-        if (!broughtUp) await nem.renew(owner, { vms: owned() }).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`));
-        try {
-          await c.request('vmNew', { name: w.name, memory: formatBytes(w.memoryBytes), vps: w.vps, workload: w.workload, id }, 60_000);
-        } catch (e) {
-          ids.delete(w.name);
-          throw e;
-        }
+        // Named to the lease before it is made (a lease that cannot name it stops the run: a kill
+        // would leave the VM). Kept named even when vmNew fails: a call that timed out may have
+        // made it, and removal by id takes only that VM.
+        if (!broughtUp) await nem.renew(owner, { vms: owned() });
+        await c.request('vmNew', { name: w.name, memory: formatBytes(w.memoryBytes), vps: w.vps, workload: w.workload, id }, 60_000);
         made.push(w.name);
         await c.request('vmStart', { name: w.name }, 120_000);
         say(`VM ${w.name} (${w.workload}) is running on ${h}`);
@@ -525,7 +523,9 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     // took its VMs with it: asking it to remove one waited the call's 60 s (these clients watch
     // no process), and said the VM was not deleted.
     const isDown = hostsDown(home);
-    for (const w of spec.workloads.filter((x) => made.includes(x.name))) {
+    // Every VM named to the lease, by its id (one whose vmNew failed may have been made; one of the
+    // name that is not the run's is left).
+    for (const w of spec.workloads.filter((x) => ids.has(x.name))) {
       const h = hostOf(w.name);
       if (isDown(h)) {
         say(`VM ${w.name} went with its host ${h}, which is down: nothing to delete`);
@@ -539,7 +539,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       if (isDown(h)) continue;
       const list = await c.request('vmList', {}, 10_000).catch(() => null);
       // On any host: a move that left a copy behind leaves it too.
-      for (const w of spec.workloads) if (made.includes(w.name) && vmReading(list, w.name).listed) cleanupObs.vmsLeft.push(`${w.name} on ${h}`);
+      const runs = (w: { name: string }): boolean => Array.isArray(list) && list.some((v: unknown) => isPlainObject(v) && v.name === w.name && typeof v.id === 'string' && v.id.toLowerCase() === ids.get(w.name));
+      for (const w of spec.workloads) if (ids.has(w.name) && runs(w)) cleanupObs.vmsLeft.push(`${w.name} on ${h}`);
     }
   }
   for (const c of clients.values()) c.close();

@@ -195,7 +195,8 @@ export async function undoGoneNemesis(home: string): Promise<FaultRecord[]> {
 async function undoLeft(home: string): Promise<FaultRecord[]> {
   let undone: FaultRecord[] = [];
   if (existsSync(activeFile(home))) {
-    const nemesis = new Nemesis({ home });
+    // It does not stay to ask a root again: what no root answered is left to its deadline, said.
+    const nemesis = new Nemesis({ home, linger: false });
     await nemesis.recoverLeftovers();
     // Nothing else is active in it: what it recovered, as a clear of everything reports it.
     undone = await nemesis.clear(null, null);

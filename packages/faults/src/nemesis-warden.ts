@@ -15,7 +15,7 @@
  * `stopNemesis` (down, cluster down) ends it before the nemesis.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { procStartTime, procTitle } from '@hvlab/shm/procfs';
 import { readRegularFile } from '@hvlab/runtime/files';
@@ -39,6 +39,15 @@ function runningNemesis(): number | null {
     return typeof o.pid === 'number' && Number.isInteger(o.pid) && o.pid > 1 && isNemesis(o.pid) ? o.pid : null;
   } catch {
     return null;
+  }
+}
+
+/** Whether `path` is a regular file (a directory in its place is no file a nemesis wrote). */
+function isFile(path: string): boolean {
+  try {
+    return lstatSync(path).isFile();
+  } catch {
+    return false;
   }
 }
 
@@ -66,7 +75,7 @@ function tick(): void {
   if (starting || startOf(watched) === watchedStart) return;
   // The nemesis is gone. It left faults to undo, or teardown leases to hold (a run's temporary
   // cluster, whose run may be gone too): a new one takes them on.
-  if ((!existsSync(join(home, 'faults', 'active.json')) && !existsSync(join(home, 'faults', 'teardown.json'))) || argv.length === 0) leave();
+  if ((!existsSync(join(home, 'faults', 'active.json')) && !isFile(join(home, 'faults', 'teardown.json'))) || argv.length === 0) leave();
   const other = runningNemesis();
   if (other !== null && other !== watched) leave();
   // Start one, under the lock every starter takes (client.ts startNemesis).

@@ -48,7 +48,7 @@ import { fabricStatus, isTemporaryHome, linkCut, linkHeal, linkSet } from '@hvla
 import { hostSpecOf, parseTarget } from './request.js';
 import { ResolveError, resolveTarget } from './resolve.js';
 import { OWNER_LEASE_MS, OWNER_RENEW_MS, type FaultRecord, type FaultRequest } from './types.js';
-import { homeAlive, markMoves, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
+import { homeAlive, markMoves, processStart, processState, readMoveMarks, readWorld, sameProcess, type MoveMarks, type World, type WorldProcess } from './world.js';
 import { namesNoFault, rootClears, rootHostFaults, shrinkClearArgs, unheldHostFaults, unheldShrinkRecord, type RootHostFault } from './host-held.js';
 import { BITFLIP_MEMORY_TIMEOUT_MS, bitflipDefault, bitflipDefaultPages, bitflipTargetsProblem, flipEach, type BitflipTarget } from './bitflip.js';
 import { vmReading } from './checkers.js';
@@ -168,6 +168,11 @@ export interface NemesisOptions {
   home: string;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
   now?: () => number;
+  /**
+   * False for a nemesis that does not stay (`down`'s undo of what a gone one left): a fault whose
+   * root does not answer its clear ends as left to its deadline, rather than asked again.
+   */
+  linger?: boolean;
 }
 
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -193,6 +198,13 @@ export const LINGER_RETRY_MS = 2000;
  */
 function unanswered(e: unknown): boolean {
   return e instanceof MgmtCallError && ['Timeout', 'SocketFailed', 'SendFailed', 'HostGone'].includes(e.code);
+}
+
+/** Whether host `name`'s hypervisor (the host's anchor: its workers die with it) still runs. */
+function hypervisorRuns(world: World | null, name: string): boolean {
+  const h = world?.hosts.find((x) => x.name === name);
+  const rec = h ? readHost(h.paths) : null;
+  return rec !== null && processStart(rec.pids.hypervisor) !== null;
 }
 
 /** Owners whose leases one nemesis holds at once (renew refuses a new one past it). */
@@ -233,6 +245,7 @@ export class Nemesis {
     this.home = opts.home;
     this.say = opts.log ?? (() => {});
     this.now = opts.now ?? Date.now;
+    this.lingers = opts.linger !== false;
     this.lastActivity = this.now();
     makeDirs(faultsDir(this.home), 0o700);
     this.next = lastFaultNumber(this.home) + 1;
@@ -254,7 +267,7 @@ export class Nemesis {
   }
 
   private persist(): void {
-    const list = [...this.active.values(), ...[...this.lingering.values()].map((l) => l.act)].map((a) => ({ rec: a.rec, undo: a.undo }));
+    const list = [...this.active.values(), ...this.clearing.values(), ...[...this.lingering.values()].map((l) => l.act)].map((a) => ({ rec: a.rec, undo: a.undo }));
     try {
       if (list.length === 0) rmSync(activeFile(this.home), { force: true });
       else writeFileAtomic(activeFile(this.home), JSON.stringify(list) + '\n');
@@ -385,7 +398,16 @@ export class Nemesis {
     let v: unknown;
     try {
       v = JSON.parse(readRegularFile(teardownFile(this.home), 64 * 1024).toString('utf8'));
-    } catch {
+    } catch (e) {
+      // Not there: nothing. Damaged (not JSON, not a file, too large): it goes, or its warden
+      // would start a nemesis for it again and again; a directory in its place stays (the warden
+      // counts a file only).
+      if (!(e as NodeJS.ErrnoException).code || e instanceof FileShapeError) {
+        try {
+          rmSync(teardownFile(this.home), { force: true });
+        } catch { /* a directory */ }
+        this.say('the teardown leases file a previous nemesis left is damaged: nothing of it was taken on', { err: errText(e) });
+      }
       return 0;
     }
     if (!isTemporaryHome(this.home) || !Array.isArray(v)) {
@@ -863,8 +885,9 @@ export class Nemesis {
           const m = errText(e);
           if (!(e instanceof MgmtCallError && e.code === 'NotFound') && !/NotFound|not running|is gone|HostGone|not up|no host/i.test(m)) problems.push(`${h.vm ?? h.host}: ${m}`);
           // A VM's fault whose root did not answer (paused, busy, restarting): its worker still
-          // enforces it. Kept, to be asked again (lingerOn); it was reported ended while in force.
-          if (h.vm !== null && unanswered(e)) unheard.push(h);
+          // enforces it. Kept, to be asked again (linger); it was reported ended while in force.
+          // A host whose hypervisor is gone took its workers, and the fault, with it.
+          if (h.vm !== null && unanswered(e) && (!(e instanceof MgmtCallError && e.code === 'HostGone') || hypervisorRuns(w, h.host))) unheard.push(h);
         }
       }
       u.hostFaults = unheard;
@@ -880,15 +903,18 @@ export class Nemesis {
    * or its deadline passed (its worker ends it then by itself). Then it ends, logged.
    */
   private readonly lingering = new Map<string, { act: Active; reason: FaultEndReason; problems: string[]; lastTry: number; busy: boolean }>();
+  private readonly lingers: boolean;
+  /** Faults whose end is asking their roots now (`end`): kept in the active file until that is over. */
+  private readonly clearing = new Map<string, Active>();
 
-  private linger(act: Active, reason: FaultEndReason, problems: string[]): void {
+  private linger(act: Active, reason: FaultEndReason, problems: string[], persistNow = true): void {
     const id = act.rec.id;
     this.ending.set(id, act.rec);
     this.lingering.set(id, { act, reason, problems, lastTry: this.now(), busy: false });
     const hosts = [...new Set(act.undo.hostFaults.map((h) => h.host))];
     act.rec.error = `the root of ${hosts.join(', ')} did not answer the clear; asked again every ${LINGER_RETRY_MS / 1000} s until it does (the fault holds there until then, or until its deadline)`;
     this.event('end-unanswered', act.rec, { reason, waitingFor: act.undo.hostFaults, problems });
-    this.persist();
+    if (persistNow) this.persist();
   }
 
   /** One pass over the lingering faults (from the watch): those due are asked again, outside the queue. */
@@ -903,7 +929,9 @@ export class Nemesis {
         const due = rec.forMs > 0 && t >= rec.startedAt + rec.forMs + LINGER_RETRY_MS;
         const gone = l.act.holders.length > 0 && l.act.holders.every((x) => !sameProcess(x.pid, x.start));
         if (!due && !gone) {
-          await this.undoRemote(null, l.act).catch(() => undefined);
+          // The fabric is not asked (no link is undone here): every 2 s it was.
+          const world = await readWorld(this.home, { links: false }).catch(() => null);
+          await this.undoRemote(world, l.act).catch(() => undefined);
           if (l.act.undo.hostFaults.length > 0) return;
         }
         this.lingering.delete(id);
@@ -992,6 +1020,8 @@ export class Nemesis {
       this.active.delete(id);
       this.ending.set(id, act.rec);
       const problems = await this.undoLocal(act);
+      // Still in the file while its roots are asked (a nemesis killed meanwhile leaves it to the next).
+      if (act.undo.hostFaults.length > 0) this.clearing.set(id, act);
       this.persist();
       return { act, problems };
     });
@@ -1005,14 +1035,17 @@ export class Nemesis {
       problems.push(...(await this.undoRemote(null, act)));
     } finally {
       this.ending.delete(id);
+      this.clearing.delete(id);
     }
     const rec = act.rec;
-    if (act.undo.hostFaults.length > 0) {
+    if (act.undo.hostFaults.length > 0 && this.lingers) {
       // Not ended yet where its root did not answer: said so, and asked again.
       this.restartAll(rec, restart);
       this.linger(act, reason, problems);
       return rec;
     }
+    if (act.undo.hostFaults.length > 0) problems.push('its root did not answer the clear: the fault holds there until its deadline');
+    this.persist();
     this.restartAll(rec, restart);
     rec.state = 'ended';
     rec.endedAt = this.now();
@@ -1045,6 +1078,9 @@ export class Nemesis {
     }
     const ended = await Promise.all(ids.map((id) => this.end(id, reason)));
     for (const r of ended) if (r) out.push(r);
+    // A clear of everything says what is still ending (its root has not answered yet): "no fault
+    // was active" while the list showed one.
+    if (fault === null && owner === null) for (const l of this.lingering.values()) if (!out.includes(l.act.rec)) out.push(l.act.rec);
     if (owner) this.owners.delete(owner);
     return out;
   }
@@ -1196,7 +1232,10 @@ export class Nemesis {
   async recoverLeftovers(): Promise<number> {
     let left: ActiveLeftover[];
     try {
-      left = readActiveFile(this.home);
+      const text = readRegularFile(activeFile(this.home), ACTIVE_FILE_MAX_BYTES).toString('utf8');
+      left = decodeActiveFile(text);
+      // Text that held faults but gave none (cut short, garbled): as damaged as a FIFO in its place.
+      if (left.length === 0 && !/^\s*(\[\s*\])?\s*$/.test(text)) throw new FileShapeError(`${activeFile(this.home)} does not read as a list of faults`);
     } catch (e) {
       // Missing: nothing to undo. Not a file, or too large: nothing this nemesis could trust, and
       // it goes, as a damaged one always did. Unreadable for now (EIO, EMFILE): kept, for the
@@ -1237,12 +1276,14 @@ export class Nemesis {
       const rec = act.rec;
       const problems = [...local.get(act)!, ...(await this.undoRemote(null, act).catch((e: unknown) => [errText(e)]))];
       n++;
-      if (act.undo.hostFaults.length > 0) {
+      if (act.undo.hostFaults.length > 0 && this.lingers) {
         // Its root did not answer: asked again until it does (it still holds there).
-        this.linger(act, 'cleared', ['undone after the nemesis that held it was gone', ...problems]);
+        // Written to the active file once all are through (below): the file keeps every one not yet looked at meanwhile.
+        this.linger(act, 'cleared', ['undone after the nemesis that held it was gone', ...problems], false);
         this.recovered.push(rec);
         continue;
       }
+      if (act.undo.hostFaults.length > 0) problems.push('its root did not answer the clear: the fault holds there until its deadline');
       rec.state = 'ended';
       rec.endedAt = this.now();
       rec.endReason = 'cleared';

@@ -12,7 +12,7 @@ import { lstatSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clusterDown, orphanedTemporaryHome, readCluster, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
-import { procEnviron, procPids } from '@hvlab/shm/procfs';
+import { procEnviron, procPids, procTitle } from '@hvlab/shm/procfs';
 import { nemesisPids } from './client.js';
 
 /** The names `experiment run` gives its temporary homes (mkdtemp's six characters). */
@@ -21,14 +21,22 @@ export const RUN_HOME_RE = /^hvlab-(?:experiment|chaos)-[A-Za-z0-9]{6}$/;
 /** An unmarked run home younger than this may be one a run is just making (ms). */
 const UNMARKED_GRACE_MS = 60_000;
 
-/** Whether a process of this machine names `home` (or a home under it: a cluster's hosts) as its HVLAB_HOME. */
-function homeInUse(home: string): boolean {
+/**
+ * The processes of this machine that name `home` (or a home under it: a cluster's hosts) as their
+ * HVLAB_HOME: hvlab's own (titled `hvlab-…`: the run's cluster, left running) and others (a
+ * user's shell or CLI at work on it).
+ */
+function homeUsers(home: string): { hvlab: number; others: number } {
   const prefix = `${home}/`;
-  return procPids().some((pid) => {
-    if (pid === process.pid) return false;
+  const out = { hvlab: 0, others: 0 };
+  for (const pid of procPids()) {
+    if (pid === process.pid) continue;
     const h = procEnviron(pid)?.get('HVLAB_HOME');
-    return h !== undefined && (h === home || h.startsWith(prefix));
-  });
+    if (h === undefined || (h !== home && !h.startsWith(prefix))) continue;
+    if (procTitle(pid)?.startsWith('hvlab-') ?? false) out.hvlab++;
+    else out.others++;
+  }
+  return out;
 }
 
 /**
@@ -68,8 +76,15 @@ export async function sweepOrphanedRunHomes(dir = tmpdir(), now = Date.now()): P
       }
       // Its run is alive, or its nemesis (which takes it down as the lease lapses) is there.
       if (!orphanedTemporaryHome(home) || nemesisPids(home).length > 0) continue;
-      if (readCluster(home) !== null || homeInUse(home)) await clusterDown(home);
-      if (homeInUse(home)) continue;
+      // Someone is at work on it (a shell or a CLI that names it): left alone.
+      const users = homeUsers(home);
+      if (users.others > 0) continue;
+      let cluster = false;
+      try {
+        cluster = readCluster(home) !== null;
+      } catch { /* a record that does not read: its processes, if any, are found below */ }
+      if (cluster || users.hvlab > 0) await clusterDown(home).catch(() => undefined);
+      if (homeUsers(home).hvlab > 0) continue;
       rmSync(home, { recursive: true, force: true });
       removed.push(home);
     } catch {

@@ -6,6 +6,7 @@
  * (recorded as failed; only a bit flip's own pre-check is a refusal without a record).
  */
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -32,11 +33,12 @@ describe('the nemesis and a stand-in root', () => {
    * A nemesis of a home with one host up ("local"), whose root answers faultList with `listed`
    * (null: no answer) and faultClear with `clear(args)`; every call it is sent is kept in `calls`.
    */
-  function withRoot(listed: Record<string, unknown> | null, clear: (args: Record<string, unknown>) => unknown): { n: Nemesis; calls: Call[] } {
+  function withRoot(listed: Record<string, unknown> | null, clear: (args: Record<string, unknown>) => unknown, opts: { linger?: boolean; hypervisor?: number } = {}): { n: Nemesis; calls: Call[] } {
     const paths = hostPaths(home);
     mkdirSync(dirname(paths.hostFile), { recursive: true });
-    writeFileSync(paths.hostFile, JSON.stringify({ hostId: 'a1b2c3', home, pids: { hypervisor: process.pid, root: process.pid }, sockDir: join(home, 'sock'), lps: 2, startedAt: new Date(AT).toISOString() }));
-    const n = new Nemesis({ home });
+    const hv = opts.hypervisor ?? process.pid;
+    writeFileSync(paths.hostFile, JSON.stringify({ hostId: 'a1b2c3', home, pids: { hypervisor: hv, root: hv }, sockDir: join(home, 'sock'), lps: 2, startedAt: new Date(AT).toISOString() }));
+    const n = new Nemesis({ home, ...(opts.linger === undefined ? {} : { linger: opts.linger }) });
     const calls: Call[] = [];
     (n as unknown as { hostCall: (w: World, host: string, op: string, args: Record<string, unknown>) => Promise<unknown> }).hostCall = async (_w, host, op, args) => {
       calls.push([host, op, args]);
@@ -49,6 +51,59 @@ describe('the nemesis and a stand-in root', () => {
     };
     return { n, calls };
   }
+
+  /** A VM fault a nemesis before this one left in active.json: vmbus on web of the host "local". */
+  const leftVmFault = (id: string): void => {
+    writeFileSync(join(faultsDir(home), 'active.json'), JSON.stringify([{ rec: { id, kind: 'vmbus', target: 'vm:web', forMs: 600_000, startedAt: Date.now() }, undo: { hostFaults: [{ host: 'local', vm: 'web' }] } }]));
+  };
+
+  it('a VM fault whose root does not answer its clear is ending: listed active, kept in the active file, its clear by id refused as ending, a clear of everything says it; it ends once the root answers', async () => {
+    let answers = false;
+    const { n, calls } = withRoot({ host: [], vms: [], hostClear: true }, () => {
+      if (!answers) throw new MgmtCallError('Timeout', 'the host did not answer "faultClear" within 5 s');
+      return { cleared: ['f3'] };
+    });
+    leftVmFault('f3');
+    expect(await n.recoverLeftovers()).to.equal(1);
+    expect(n.list(false).map((r) => [r.id, r.state])).to.deep.equal([['f3', 'active']]);
+    expect(n.list(false)[0]!.error).to.match(/the root of local did not answer the clear; asked again every 2 s/);
+    expect(JSON.parse(readFileSync(join(faultsDir(home), 'active.json'), 'utf8')).map((x: { rec: { id: string } }) => x.rec.id), 'kept in the file').to.deep.equal(['f3']);
+    expect(n.activeCount, 'the nemesis stays').to.equal(1);
+    await n.clear('f3', null).then(() => expect.fail('refused'), (e: unknown) => expect((e as Error).message).to.match(/^fault f3 is ending: /));
+    expect((await n.clear(null, null)).map((r) => [r.id, r.state])).to.deep.equal([['f3', 'active']]);
+    // The root answers; the next retry ends it.
+    answers = true;
+    const lingering = (n as unknown as { lingering: Map<string, { lastTry: number }> }).lingering;
+    for (const l of lingering.values()) l.lastTry = 0;
+    (n as unknown as { retryLingering: () => void }).retryLingering();
+    for (let i = 0; i < 100 && n.list(false).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(n.list(false)).to.deep.equal([]);
+    const done = n.list(true).find((r) => r.id === 'f3')!;
+    expect([done.state, done.endReason]).to.deep.equal(['ended', 'cleared']);
+    expect(done.error).to.match(/its root answered the clear$/);
+    expect(existsSync(join(faultsDir(home), 'active.json')), 'nothing left in the file').to.equal(false);
+    expect(calls.filter((c) => c[1] === 'faultClear').length).to.equal(2);
+    expect(logLines().filter((l) => l.id === 'f3').map((l) => l.event)).to.deep.equal(['end-unanswered', 'end']);
+  });
+
+  it('a VM fault on a host whose hypervisor is gone ends at once (its workers went with it), and a nemesis that does not stay (down\'s) leaves an unanswered one to its deadline', async () => {
+    const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    const a = withRoot({ host: [], vms: [], hostClear: true }, () => {
+      throw new MgmtCallError('HostGone', 'the hypervisor exited while "faultClear" was pending');
+    }, { hypervisor: Number(gone.stdout) });
+    leftVmFault('f4');
+    expect(await a.n.recoverLeftovers()).to.equal(1);
+    expect(a.n.list(false), 'not ending').to.deep.equal([]);
+    expect(existsSync(join(faultsDir(home), 'active.json'))).to.equal(false);
+    const b = withRoot({ host: [], vms: [], hostClear: true }, () => {
+      throw new MgmtCallError('Timeout', 'the host did not answer "faultClear" within 5 s');
+    }, { linger: false });
+    leftVmFault('f5');
+    expect(await b.n.recoverLeftovers()).to.equal(1);
+    expect(b.n.list(false)).to.deep.equal([]);
+    expect(b.n.list(true)[0]!.error).to.match(/its root did not answer the clear: the fault holds there until its deadline/);
+    expect(existsSync(join(faultsDir(home), 'active.json')), 'the file goes with down').to.equal(false);
+  });
 
   it('fault clear ends a shrink its root lists with a null id by faultClear "unnamed", and records it as "(unnamed)" (nothing ran this path)', async () => {
     const { n, calls } = withRoot({ host: [shrink(null)], vms: [], hostClear: true }, (a) => (a.unnamed === true ? { cleared: [null] } : { cleared: [] }));

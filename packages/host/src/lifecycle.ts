@@ -209,8 +209,13 @@ export function homeHypervisors(home: string): number[] {
  */
 export function startingHypervisor(pid: number): boolean {
   const args = procCmdline(pid);
-  if (args === null) return false;
-  return args.some((a) => /[/\\]hypervisor[/\\](?:dist[/\\]bundle[/\\]hypervisor\.mjs|dist[/\\]src[/\\]main\.js|src[/\\]main\.ts)$/.test(a));
+  if (args === null || args.length < 2) return false;
+  // Node (or `ip netns exec … node`) running it, started by `up` (which names the host): not an
+  // editor or a pager that has the file open.
+  const program = basename(args[0]!);
+  if (!['node', 'nodejs', 'ip', basename(process.execPath)].includes(program)) return false;
+  if (!/^[0-9a-f]{6}$/.test(procEnviron(pid)?.get('HVLAB_HOST_ID') ?? '')) return false;
+  return args.slice(1).some((a) => /[/\\]hypervisor[/\\](?:dist[/\\]bundle[/\\]hypervisor\.mjs|dist[/\\]src[/\\]main\.js|src[/\\]main\.ts)$/.test(a));
 }
 
 /** Pids of every process whose environment names this host. */
