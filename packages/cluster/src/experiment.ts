@@ -833,7 +833,7 @@ export function resultsMarkdown(report: ExperimentReport): string {
     '',
     `kind ${report.kind}, seed ${report.seed}, ${s.repetitions} repetition${s.repetitions === 1 ? '' : 's'} of ${s.methods.length} method${s.methods.length === 1 ? '' : 's'}; ${report.startedAt} to ${report.endedAt || '—'}${report.aborted ? ' (**stopped early**)' : ''}`,
     '',
-    ...(report.endedAt === '' ? [`**Unfinished**: the report as it stood after ${report.runs.length} of ${s.repetitions * s.methods.length} runs. The run was still going, or was killed before its end.`, ''] : []),
+    ...(report.endedAt === '' ? [`**Unfinished**: the report as it stood after ${report.runs.length} of ${s.repetitions * s.methods.length} runs. The run was still going, was killed before its end, or could not write its final report here (it said where it wrote it).`, ''] : []),
     `- cluster: ${report.cluster.mode}${report.cluster.network ? ` (${report.cluster.network})` : ''}, moves from ${s.from} to ${s.to}`,
     `- VM: ${formatBytes(s.vm.memoryBytes)}, ${s.vm.vps} VP${s.vm.vps === 1 ? '' : 's'}, workload ${md(s.vm.workload)}; warm-up ${s.warmupMs} ms`,
     `- link ${s.from} – ${s.to}: ${l.impairments !== null ? `${impairmentsText(l.impairments) || 'unimpaired'} (seed ${report.seed})`
