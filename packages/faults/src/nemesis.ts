@@ -416,7 +416,7 @@ export class Nemesis {
     }
     let n = 0;
     for (const o of v.slice(0, MAX_OWNERS)) {
-      if (typeof o !== 'string' || !TEARDOWN_OWNER_RE.test(o)) continue;
+      if (typeof o !== 'string' || !TEARDOWN_OWNER_RE.test(o) || this.teardownOwners.has(o)) continue;
       this.owners.set(o, this.now());
       this.teardownOwners.add(o);
       n++;

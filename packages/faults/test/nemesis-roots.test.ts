@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { hostPaths } from '@hvlab/runtime';
 import { MgmtCallError } from '@hvlab/host';
 import { markTemporaryHome, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
+import { seededRandom } from '@hvlab/protocol';
 import { BitflipRefused, FaultRefused, faultLogFile, faultsDir, MAX_OWNERS, Nemesis, refusedUnapplied, teardownFile, UNNAMED_SHRINK_ID, type FaultRecord, type World } from '../src/index.js';
 
 const AT = 1_700_000_000_000;
@@ -250,6 +251,37 @@ describe('a fault applied through a root that could not be asked', () => {
 });
 
 describe('the nemesis\'s owner leases', () => {
+  it('reads a teardown file as input: whatever it holds (seeded, 2000 cases) nothing throws, and only owner names are taken on', () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-teardown-fuzz-'));
+    try {
+      markTemporaryHome(home);
+      const rnd = seededRandom(20261207);
+      const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+      const values = (): unknown => pick<() => unknown>([
+        () => 'run-1.home', () => 'x'.repeat(Math.floor(rnd() * 200)), () => '../etc', () => Math.floor(rnd() * 1e6), () => null, () => ({ a: 1 }),
+        () => ['a', ['b']], () => '', () => 'ok:name_1.2-3', () => '\u0000x', () => true,
+      ])();
+      for (let i = 0; i < 2000; i++) {
+        const list = Array.from({ length: Math.floor(rnd() * 6) }, values);
+        let text = pick([JSON.stringify(list), JSON.stringify(values()), JSON.stringify({ owners: list })]);
+        if (rnd() < 0.3) {
+          const at = Math.floor(rnd() * (text.length + 1));
+          text = text.slice(0, at) + pick(['', '{', '"', ']', '\\', '\uffff']) + text.slice(at + Math.floor(rnd() * 3));
+        }
+        mkdirSync(faultsDir(home), { recursive: true });
+        writeFileSync(teardownFile(home), text);
+        const n = new Nemesis({ home });
+        let taken = -1;
+        expect(() => (taken = n.recoverTeardown()), text).to.not.throw();
+        const owners = [...(n as unknown as { teardownOwners: Set<string> }).teardownOwners];
+        expect(owners.length, text).to.equal(taken);
+        for (const o of owners) expect(o, text).to.match(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/);
+      }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   it('refuses a teardown lease (its end takes the home down and removes it) on any home but a run\'s temporary one', () => {
     const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-teardown-'));
     try {
