@@ -135,14 +135,18 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
   // A hypervisor of this home without its lock is one starting (another `up`: it takes the lock
   // in a moment) or a host whose home was removed under it, going down by itself (guardHome):
   // its socket directory, named after the home's path, is this home's, so let it go first.
-  for (let i = 0; i < 100 && homeHypervisors(paths.home).length > 0; i++) {
+  // What the last look saw decides (a second look after it raced a starting one: an `up` beside
+  // this one whose hypervisor appeared just then was called a host whose home was removed). One
+  // that starts after the last look finds this one's lock taken, or this one finds its.
+  let lingering = homeHypervisors(paths.home);
+  for (let i = 0; i < 100 && lingering.length > 0; i++) {
     await new Promise((r) => setTimeout(r, 100));
     if (signal?.aborted) throw new HostInterrupted(paths.home);
     refuseIfHeld();
+    lingering = homeHypervisors(paths.home);
   }
-  const lingering = homeHypervisors(paths.home);
   if (lingering.length > 0) {
-    throw new HostError(`a hypervisor of ${paths.home} still runs without its lock (pid ${lingering.join(', ')}): its home was removed under it and it has not gone down in 10 s; kill it first`);
+    throw new HostError(`a hypervisor of ${paths.home} still runs without its lock (pid ${lingering.join(', ')}) and has neither gone down nor taken the lock in 10 s (its home was removed under it, or it is stuck starting); kill it first`);
   }
   const stale = readHost(paths);
   if (stale) sweepHost(paths, stale.hostId); // leftovers of a crashed host
