@@ -222,6 +222,22 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
     expect([await byte(), await progress('md')], 'the paused guest stayed paused').to.deep.equal([before ^ 4, still]);
     await h.ok('vm', 'resume', 'md');
   });
+  it('a VM fault whose set is not answered (a paused root) fails, but is ending rather than gone while its root does not answer the clear either: what may have landed is cleared once the root runs', async () => {
+    const p = await inject('pause', '--target', 'host:local', '--role', 'root', '--for', '25s');
+    const r = await h.run('fault', 'inject', 'vmbus', '--target', 'vm:web', '--channel', 'kvp', '--delay', '100ms', '--for', '300s');
+    expect(r.code, r.stdout).to.equal(1);
+    const id = /fault (f\d+) \(vmbus/.exec(r.stderr)?.[1];
+    expect(id, r.stderr).to.be.a('string');
+    expect(r.stderr.trim()).to.equal(`hvlab: fault ${id} (vmbus on VM web on local) failed: the host did not answer "fault inject" within 10 s`);
+    // Listed while its clear is asked again (it was gone from every list while the worker might hold it).
+    expect((await faults()).filter((x) => x.id === id).map((x) => x.state)).to.deep.equal(['active']);
+    expect(await eventually(async () => (await faults(true)).some((x) => x.id === id && x.state === 'failed'), 60000), 'failed once the root answered').to.equal(true);
+    const rec = (await faults(true)).find((x) => x.id === id)!;
+    expect(rec.error).to.match(/its root answered/);
+    expect(await eventually(async () => (await ended(p.id)) !== undefined, 30000)).to.equal(true);
+    expect(await nothingInjected(), 'nothing held at the root').to.equal(true);
+  });
+
   it('a nemesis that stays stopped (SIGSTOP) is said so by fault list and fault clear within seconds, naming its pid (they waited out 10 and 60 s and said "no answer", list as an internal error)', async () => {
     const f = await inject('pause', '--target', 'vm:web', '--for', '60s');
     const pid = nemesisPid(h.home)!;
@@ -230,7 +246,7 @@ describe('faults: VMBus, interrupts, clock, VPs, LPs and memory (real processes)
       for (const args of [['fault', 'list'], ['fault', 'clear', f.id]]) {
         const r = await h.run(...args);
         expect(r.code, args.join(' ')).to.equal(1);
-        expect(r.stderr.trim(), args.join(' ')).to.equal(`hvlab: the nemesis of ${h.home} (pid ${pid}) is stopped (SIGSTOP, or a debugger holds it): it answers nothing, and the faults it holds do not end, until it runs again ("kill -CONT ${pid}"); "hvlab down" ends it and every fault`);
+        expect(r.stderr.trim(), args.join(' ')).to.equal(`hvlab: the nemesis of ${h.home} (pid ${pid}) is stopped (SIGSTOP): it answers nothing, and the faults it holds do not end, until it runs again ("kill -CONT ${pid}"); what was asked is done then. "hvlab down" ends it and every fault`);
       }
     } finally {
       process.kill(pid, 'SIGCONT');

@@ -222,6 +222,13 @@ async function readMemdirty(c: MgmtClient, vm: string, bytes: number): Promise<{
  * ClusterError. Everything after that is recorded, not thrown: whatever happens, the run's faults
  * are cleared, its VMs deleted or its cluster brought down, and the report written.
  */
+/** Awaits every promise of `ps`, then throws the first rejection if there was one. */
+async function settledAll(ps: Array<Promise<unknown>>): Promise<void> {
+  const r = await Promise.allSettled(ps);
+  const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+  if (bad) throw bad.reason;
+}
+
 export async function runChaosExperiment(file: string, opts: RunChaosOptions = {}): Promise<ChaosReport> {
   const spec = loadChaosExperiment(file);
   if (spec instanceof ChaosExperimentError) throw spec;
@@ -367,8 +374,10 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
     const owned = (): OwnedVm[] => (broughtUp ? [] : spec.workloads.filter((w) => ids.has(w.name)).map((w) => ({ host: hostOf(w.name), vm: w.name, id: ids.get(w.name)! })));
     await nem.renew(owner, { vms: owned() });
     renew = setInterval(() => void nem.renew(owner, { vms: owned() }).catch((e: unknown) => say(`WARNING: the lease of ${owner} was not renewed: ${message(e)}`)), OWNER_RENEW_MS);
-    // The workloads: made and started, each host's one after another, the hosts side by side.
-    await Promise.all(world.hosts.map(async (h) => {
+    // The workloads: made and started, each host's one after another, the hosts side by side; all
+    // of them settled before a failure is thrown (a host's vmNew still under way when another
+    // failed made its VM after the clean-up had looked for it).
+    await settledAll(world.hosts.map(async (h) => {
       const c = clients.get(h)!;
       for (const w of spec.workloads.filter((x) => x.host === h)) {
         if (signal?.aborted) return;
@@ -491,8 +500,8 @@ export async function runChaosExperiment(file: string, opts: RunChaosOptions = {
       // The nemesis ended every fault as the cluster went down (the records above say so).
       activeAtEnd = [];
     } else {
-      // Its VMs are this run's to remove now (below): the lease no longer names them.
-      await nem.renew(owner, { vms: [] }).catch(() => undefined);
+      // Its VMs are removed below, by the run; the lease still names them until it lapses (its
+      // renewals stopped above), so a run killed during that removal still leaves none.
       // Nothing injected may be left: a new cluster's nemesis has no active fault at all; on an existing one, none of the run's.
       activeAtEnd = await nem.list().then((l) => (spec.cluster === 'new' ? l : l.filter((f) => f.owner === owner)), (e: unknown) => message(e));
     }

@@ -185,18 +185,23 @@ export async function undoGoneNemesis(home: string): Promise<FaultRecord[]> {
   const lock = await nemesisStartLock(home);
   if ('running' in lock) return [];
   try {
-    return nemesisPid(home) === null ? await undoLeft(home) : [];
+    // The hosts stay up: a fault whose root does not answer stays in the active file (ending), for
+    // the next nemesis of the home to ask again.
+    return nemesisPid(home) === null ? await undoLeft(home, true) : [];
   } finally {
     lock.release();
   }
 }
 
-/** Undoes what a nemesis of `home` that is gone left, and removes its files; resolves with the faults undone. */
-async function undoLeft(home: string): Promise<FaultRecord[]> {
+/**
+ * Undoes what a nemesis of `home` that is gone left, and removes its files; resolves with the
+ * faults undone. `keepUnanswered`: a fault whose root does not answer its clear stays in the
+ * active file (the hosts stay up); else (`down`: they go) it is left to its deadline, said.
+ */
+async function undoLeft(home: string, keepUnanswered = false): Promise<FaultRecord[]> {
   let undone: FaultRecord[] = [];
   if (existsSync(activeFile(home))) {
-    // It does not stay to ask a root again: what no root answered is left to its deadline, said.
-    const nemesis = new Nemesis({ home, linger: false });
+    const nemesis = new Nemesis({ home, linger: keepUnanswered });
     await nemesis.recoverLeftovers();
     // Nothing else is active in it: what it recovered, as a clear of everything reports it.
     undone = await nemesis.clear(null, null);
@@ -236,10 +241,12 @@ export class NemesisClient {
       let stoppedSince: number | null = null;
       const watch = setInterval(() => {
         if (this.alive()) {
-          if (processState(this.pid) !== 'T') stoppedSince = null;
+          const st = processState(this.pid);
+          if (st !== 'T' && st !== 't') stoppedSince = null;
           else if ((stoppedSince ??= Date.now()) <= Date.now() - STOPPED_SAY_MS) {
             clearInterval(watch);
-            reject(new NemesisError('Stopped', `the nemesis of ${this.home} (pid ${this.pid}) is stopped (SIGSTOP, or a debugger holds it): it answers nothing, and the faults it holds do not end, until it runs again ("kill -CONT ${this.pid}"); "hvlab down" ends it and every fault`));
+            const how = st === 'T' ? `stopped (SIGSTOP): it answers nothing, and the faults it holds do not end, until it runs again ("kill -CONT ${this.pid}")` : 'held by a debugger (traced, stopped): it answers nothing, and the faults it holds do not end, until the debugger lets it run';
+            reject(new NemesisError('Stopped', `the nemesis of ${this.home} (pid ${this.pid}) is ${how}; what was asked is done then. "hvlab down" ends it and every fault`));
           }
           return;
         }

@@ -15,7 +15,7 @@
  * `stopNemesis` (down, cluster down) ends it before the nemesis.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, lstatSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { procStartTime, procTitle } from '@hvlab/shm/procfs';
 import { readRegularFile } from '@hvlab/runtime/files';
@@ -75,7 +75,7 @@ function tick(): void {
   if (starting || startOf(watched) === watchedStart) return;
   // The nemesis is gone. It left faults to undo, or teardown leases to hold (a run's temporary
   // cluster, whose run may be gone too): a new one takes them on.
-  if ((!existsSync(join(home, 'faults', 'active.json')) && !isFile(join(home, 'faults', 'teardown.json'))) || argv.length === 0) leave();
+  if ((!isFile(join(home, 'faults', 'active.json')) && !isFile(join(home, 'faults', 'teardown.json'))) || argv.length === 0) leave();
   const other = runningNemesis();
   if (other !== null && other !== watched) leave();
   // Start one, under the lock every starter takes (client.ts startNemesis).

@@ -189,6 +189,8 @@ export const PAUSE_TAKE_MS = 2000;
 
 /** How often a fault whose root did not answer its clear is asked again (Nemesis.linger). */
 export const LINGER_RETRY_MS = 2000;
+/** How long a recovering nemesis waits for a root (it is not ready, and not serving, until recovery is over). */
+const RECOVERY_ROOT_MS = 2000;
 
 /**
  * Whether a root's call failed without an answer while the fault may still hold there: it timed
@@ -278,7 +280,7 @@ export class Nemesis {
 
   /** Faults in force: active, and those ended whose root has not answered the clear yet (a nemesis with any stays). */
   get activeCount(): number {
-    return this.active.size + this.lingering.size;
+    return this.active.size + this.ending.size;
   }
 
   /** Owners whose lease is still good. */
@@ -612,7 +614,17 @@ export class Nemesis {
   /** Undoes whatever part of `act` started and records it as failed; answers the error to throw. */
   private async failed(world: World | null, act: Active, e: unknown): Promise<FaultRefused> {
     const rec = act.rec;
-    await this.undoAll(world, act).catch(() => undefined);
+    const problems = await this.undoAll(world, act).catch((x: unknown) => [errText(x)]);
+    this.clearing.delete(rec.id);
+    this.ending.delete(rec.id);
+    const refused = e instanceof FaultRefused ? e : new FaultRefused(`fault ${rec.id} (${rec.kind} on ${rec.resolved.summary}) failed: ${errText(e)}`);
+    if (act.undo.hostFaults.length > 0 && this.lingers) {
+      // What may have landed where its root did not answer the clear is still in force there: the
+      // fault is ending (listed, asked again) rather than failed and gone.
+      this.event('failed', rec, { error: errText(e), problems });
+      this.linger(act, 'failed', [`failed: ${errText(e)}`, ...problems]);
+      return refused;
+    }
     this.persist();
     rec.state = 'failed';
     rec.error = errText(e);
@@ -620,7 +632,7 @@ export class Nemesis {
     rec.endReason = 'failed';
     this.pushEnded(rec);
     this.event('failed', rec, { error: rec.error });
-    return e instanceof FaultRefused ? e : new FaultRefused(`fault ${rec.id} (${rec.kind} on ${rec.resolved.summary}) failed: ${rec.error}`);
+    return refused;
   }
 
   /**
@@ -641,6 +653,12 @@ export class Nemesis {
     } catch (e) {
       await this.serial(async () => {
         this.active.delete(rec.id);
+        // Kept in the file while its roots are asked to clear what may have landed (a set that
+        // timed out may have reached the worker): a nemesis killed meanwhile leaves it to the next.
+        if (act.undo.hostFaults.length > 0) {
+          this.clearing.set(rec.id, act);
+          this.ending.set(rec.id, rec);
+        }
         this.persist();
       });
       act.pending = false;
@@ -649,6 +667,9 @@ export class Nemesis {
       // with no record, no log line and (when no later fault took one meanwhile) no number.
       if (refusedUnapplied(rec, e)) {
         await this.undoAll(world, act).catch(() => undefined);
+        this.clearing.delete(rec.id);
+        this.ending.delete(rec.id);
+        this.persist();
         await this.serial(async () => {
           const own = /^f(\d{1,15})$/.exec(rec.id);
           if (act.autoId && own && this.next === Number(own[1]) + 1 && !this.active.has(rec.id) && !this.ending.has(rec.id)) this.next = Number(own[1]);
@@ -845,14 +866,18 @@ export class Nemesis {
   }
 
   /** The roots' part of an undo: faults handed to them cleared (their own deadlines end them anyway). */
-  private async undoRemote(world: World | null, act: Active): Promise<string[]> {
+  private async undoRemote(world: World | null, act: Active, timeoutMs = 5000): Promise<string[]> {
     const problems: string[] = [];
     const unheard: Undo['hostFaults'] = [];
     const u = act.undo;
     if (u.hostFaults.length) {
       const w = world ?? (await readWorld(this.home).catch(() => null));
       for (const h of u.hostFaults) {
-        if (!w) break;
+        if (!w) {
+          // Nothing could be asked: every one is still to clear.
+          unheard.push(h);
+          continue;
+        }
         try {
           let args: Record<string, unknown> = { id: act.rec.id, vm: h.vm };
           if (h.vm === null) {
@@ -863,7 +888,7 @@ export class Nemesis {
             // that id); one whose list does not come (a worker slow to answer holds it up) is asked
             // to end the shrink alone, which a root before that refuses. What cannot be ended alone
             // is left to its deadline, which ends it anyway, and said.
-            const listed = await this.hostCall<unknown>(w, h.host, 'faultList', {}, 5000).catch(() => null);
+            const listed = await this.hostCall<unknown>(w, h.host, 'faultList', {}, timeoutMs).catch(() => null);
             const how = listed === null ? { args: { id: act.rec.id, host: true } } : shrinkClearArgs(h.host, { id: act.rec.id } as RootHostFault, rootClears(listed));
             if ('problem' in how) {
               problems.push(`${h.host}: ${how.problem}`);
@@ -871,7 +896,7 @@ export class Nemesis {
             }
             args = how.args;
           }
-          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', args, 5000).catch((e: unknown) => {
+          const a = await this.hostCall<unknown>(w, h.host, 'faultClear', args, timeoutMs).catch((e: unknown) => {
             // A root that does not take the host-only clear (older) refuses it: left to its deadline.
             if (args.host === true && e instanceof MgmtCallError && e.code === 'InvalidArgument') throw new Error(`its LP shrink ${act.rec.id} could not be ended alone (its root is older, and its list did not come): left to its deadline`);
             throw e;
@@ -928,18 +953,20 @@ export class Nemesis {
         const rec = l.act.rec;
         const due = rec.forMs > 0 && t >= rec.startedAt + rec.forMs + LINGER_RETRY_MS;
         const gone = l.act.holders.length > 0 && l.act.holders.every((x) => !sameProcess(x.pid, x.start));
+        let last: string[] = [];
         if (!due && !gone) {
           // The fabric is not asked (no link is undone here): every 2 s it was.
           const world = await readWorld(this.home, { links: false }).catch(() => null);
-          await this.undoRemote(world, l.act).catch(() => undefined);
+          last = await this.undoRemote(world, l.act).catch((e: unknown) => [errText(e)]);
           if (l.act.undo.hostFaults.length > 0) return;
         }
         this.lingering.delete(id);
         this.ending.delete(id);
-        rec.state = 'ended';
+        rec.state = l.reason === 'failed' ? 'failed' : 'ended';
         rec.endedAt = this.now();
         rec.endReason = l.reason;
-        const how = due ? 'its root never answered the clear: it ended at its deadline' : gone ? 'its VMs\' workers are gone, and it with them' : 'its root answered the clear';
+        const how = due ? 'its root never answered the clear: it ended at its deadline' : gone ? 'its VMs\' workers are gone, and it with them'
+          : last.length === 0 ? 'its root answered the clear' : `its root answered: ${last.join('; ')}`;
         rec.error = [...l.problems, how].join('; ');
         this.pushEnded(rec);
         this.event('end', rec, { reason: l.reason, lingered: how, ...(l.problems.length ? { problems: l.problems } : {}) });
@@ -1063,6 +1090,7 @@ export class Nemesis {
     const ids = [...this.active.values()].filter((a) => (fault === null || a.rec.id === fault) && (owner === null || a.rec.owner === owner)).map((a) => a.rec.id);
     const waiting = fault === null ? undefined : this.lingering.get(fault);
     if (waiting) throw new FaultRefused(`fault ${fault} is ending: ${waiting.act.rec.error ?? 'its root has not answered the clear yet'}`);
+    if (fault !== null && this.clearing.has(fault)) throw new FaultRefused(`fault ${fault} is being cleared: its roots are being asked to end it`);
     if (fault !== null && ids.length === 0 && !this.active.has(fault)) {
       // One that ended already is said so, with how (a clear after its end was told only that
       // nothing of that id was active, as if it had never been).
@@ -1081,7 +1109,9 @@ export class Nemesis {
     // A clear of everything says what is still ending (its root has not answered yet): "no fault
     // was active" while the list showed one.
     if (fault === null && owner === null) for (const l of this.lingering.values()) if (!out.includes(l.act.rec)) out.push(l.act.rec);
-    if (owner) this.owners.delete(owner);
+    // Its lease goes with its faults, unless it still names VMs it made or takes a home down: those
+    // go when it lapses (a run killed during its own clean-up leaves none).
+    if (owner && !this.ownerVms.has(owner) && !this.teardownOwners.has(owner)) this.owners.delete(owner);
     return out;
   }
 
@@ -1168,7 +1198,8 @@ export class Nemesis {
       this.ownerVms.delete(owner);
       if (vms && !this.teardownOwners.has(owner)) await this.removeOwnedVms(owner, vms);
       if (this.teardownOwners.delete(owner)) {
-        this.persistTeardown();
+        // The file keeps it until the home is gone (the teardown removes it with the home): a
+        // nemesis killed during the teardown leaves it to the next, which does it.
         this.say('owner lease lapsed: taking down the cluster it brought up', { owner });
         this.onTeardown?.(owner);
       }
@@ -1274,7 +1305,9 @@ export class Nemesis {
     for (const act of acts) local.set(act, await this.undoLocal(act).catch((e: unknown) => [errText(e)]));
     for (const act of acts) {
       const rec = act.rec;
-      const problems = [...local.get(act)!, ...(await this.undoRemote(null, act).catch((e: unknown) => [errText(e)]))];
+      // 2 s a root, not 5: a nemesis not ready in 15 s is killed by the client that started it, and
+      // one whose root did not answer is asked again once it serves (lingering).
+      const problems = [...local.get(act)!, ...(await this.undoRemote(null, act, RECOVERY_ROOT_MS).catch((e: unknown) => [errText(e)]))];
       n++;
       if (act.undo.hostFaults.length > 0 && this.lingers) {
         // Its root did not answer: asked again until it does (it still holds there).

@@ -8,10 +8,10 @@
  * home whose maker is gone and whose nemesis is not running has its cluster taken down and goes;
  * an unmarked empty one a minute old goes too. A home of a run still alive is never touched.
  */
-import { lstatSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { clusterDown, orphanedTemporaryHome, readCluster, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
+import { clusterDown, fabricPids, orphanedTemporaryHome, TEMPORARY_HOME_FILE } from '@hvlab/cluster';
 import { procEnviron, procPids, procTitle } from '@hvlab/shm/procfs';
 import { nemesisPids } from './client.js';
 
@@ -79,12 +79,11 @@ export async function sweepOrphanedRunHomes(dir = tmpdir(), now = Date.now()): P
       // Someone is at work on it (a shell or a CLI that names it): left alone.
       const users = homeUsers(home);
       if (users.others > 0) continue;
-      let cluster = false;
-      try {
-        cluster = readCluster(home) !== null;
-      } catch { /* a record that does not read: its processes, if any, are found below */ }
-      if (cluster || users.hvlab > 0) await clusterDown(home).catch(() => undefined);
-      if (homeUsers(home).hvlab > 0) continue;
+      // Its cluster taken down whenever it has one (a record that does not read too: clusterDown
+      // finds what it can by the home), and the home removed only once nothing of it is left: a
+      // failed cluster down keeps the record it needs to be tried again.
+      if (existsSync(join(home, 'cluster')) || users.hvlab > 0 || fabricPids(home).length > 0) await clusterDown(home);
+      if (homeUsers(home).hvlab > 0 || fabricPids(home).length > 0) continue;
       rmSync(home, { recursive: true, force: true });
       removed.push(home);
     } catch {

@@ -251,6 +251,20 @@ describe('a fault applied through a root that could not be asked', () => {
 });
 
 describe('the nemesis\'s owner leases', () => {
+  it('a clear of an owner\'s faults keeps its lease while it names VMs it made (they go when it lapses: a run killed during its own clean-up leaves none), and ends one that names none', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-owner-clear-'));
+    try {
+      const n = new Nemesis({ home });
+      n.renew('run-vms', false, [{ host: 'local', vm: 'w1', id: '3f2b8c1e-0a4d-4e5f-9a7b-1c2d3e4f5a6b' }]);
+      n.renew('run-bare');
+      await n.clear(null, 'run-vms');
+      await n.clear(null, 'run-bare');
+      expect(n.liveOwners, 'the one naming a VM').to.equal(1);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   it('reads a teardown file as input: whatever it holds (seeded, 2000 cases) nothing throws, and only owner names are taken on', () => {
     const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-teardown-fuzz-'));
     try {
