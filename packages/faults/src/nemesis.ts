@@ -399,7 +399,7 @@ export class Nemesis {
   recoverTeardown(): number {
     let v: unknown;
     try {
-      v = JSON.parse(readRegularFile(teardownFile(this.home), 64 * 1024).toString('utf8'));
+      v = JSON.parse(readRegularFile(teardownFile(this.home), 256 * 1024).toString('utf8'));
     } catch (e) {
       // Not there: nothing. Damaged (not JSON, not a file, too large): it goes, or its warden
       // would start a nemesis for it again and again; a directory in its place stays (the warden
