@@ -8,8 +8,8 @@
  * is reported in a faultEnded note; refusals come with a sentence and change nothing.
  */
 import { expect } from 'chai';
-import { PartitionProperty, type VmFaultSpec, type VmwpNote } from '@hvlab/protocol';
-import { VmwpFailure } from '@hvlab/runtime';
+import { HvStatus, PartitionProperty, type VmFaultSpec, type VmwpNote } from '@hvlab/protocol';
+import { HypercallError, VmwpFailure } from '@hvlab/runtime';
 import { VmbusFaultInjector } from '@hvlab/vmbus';
 import { flipGuestByte, MAX_VM_FAULTS, VmFaultTable, type VmFaultHost } from '../src/vmwp/faults.js';
 
@@ -39,12 +39,15 @@ class StandIn {
   missing = new Set<number>();
   refusal: string | null = null;
   failProperty: number | null = null;
+  breakProperty: number | null = null;
   /** The clock's properties as they were at each clockRestored. */
   readonly resyncs: Array<[number, number]> = [];
   readonly host: VmFaultHost = {
     vm: 'vm1', vps: 4,
     setProperty: async (property, value) => {
-      if (property === this.failProperty && value !== 0) throw new Error('PROPERTY_VALUE_OUT_OF_RANGE');
+      // As the hypervisor refuses a value out of its range (the status of the hypercall).
+      if (property === this.failProperty && value !== 0) throw new HypercallError('SetPartitionProperty', HvStatus.PROPERTY_VALUE_OUT_OF_RANGE);
+      if (property === this.breakProperty && value !== 0) throw new Error('the hypervisor is gone');
       this.calls.push([property, value]);
       this.props.set(property, value);
     },
@@ -288,10 +291,20 @@ describe('a VM\'s fault table (VMWP)', function () {
     await s.table.clear(null);
     await s.table.set('c1', { kind: 'clock', offsetMs: 10, skewPpm: 5 }, 60_000);
     s.failProperty = P.FaultClockSkewPpm;
-    await refused(s.table.set('c2', { kind: 'clock', offsetMs: 99, skewPpm: 7 }, 60_000), 'Unavailable', /the hypervisor refused FaultClockOffsetUs and FaultClockSkewPpm: PROPERTY_VALUE_OUT_OF_RANGE/);
+    // A value out of range is a refusal, naming the property that failed and its value (both were
+    // named, as Unavailable), and what was set is put back.
+    await refused(s.table.set('c2', { kind: 'clock', offsetMs: 99, skewPpm: 7 }, 60_000), 'InvalidArgument', /^the hypervisor refused FaultClockSkewPpm = 7: out of range; nothing was set$/);
     // c1 still holds, with its own offset put back.
     expect(s.table.list().map((f) => f.id)).to.deep.equal(['c1']);
     expect(s.prop(P.FaultClockOffsetUs)).to.equal(10_000);
+    // A step back of the offset out of range says why.
+    s.failProperty = P.FaultClockOffsetUs;
+    await refused(s.table.set('c3', { kind: 'clock', offsetMs: -99, skewPpm: 0 }, 60_000), 'InvalidArgument', /^the hypervisor refused FaultClockOffsetUs = -99000: out of range: a step back may not take the VM's reference time below 0/);
+    // Any other failure is the hypervisor's, Unavailable, naming the property.
+    s.failProperty = null;
+    s.breakProperty = P.FaultClockSkewPpm;
+    await refused(s.table.set('c4', { kind: 'clock', offsetMs: 5, skewPpm: 3 }, 60_000), 'Unavailable', /^the hypervisor refused FaultClockSkewPpm: the hypervisor is gone$/);
+    expect(s.table.list().map((f) => f.id)).to.deep.equal(['c1']);
   });
 
   it('endAll ends every fault before a save or a migration, saying why; dispose stops every timer', async () => {
