@@ -1497,9 +1497,14 @@ export async function run(argv: string[]): Promise<number> {
     // there, and the first started a nemesis of the host's own again, beside the cluster's.
     const member = commandName(p.spec).startsWith('fault ') && aimed === undefined ? clusterOfHostHome(paths.home) : null;
     if (member !== null && nemesisPid(paths.home) === null) {
-      const undone = await undoGoneNemesis(paths.home);
-      if (undone.length > 0) {
-        process.stderr.write(`hvlab: host ${member.host}'s own nemesis is gone; what it left was undone: ${undone.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary})`).join(', ')}. Faults of ${member.host} go to the cluster's nemesis\n`);
+      const left = await undoGoneNemesis(paths.home);
+      // A fault whose root did not answer its clear is still ending there: said apart (it stays in
+      // that home's active file, asked again by the next fault command given that home).
+      const undone = left.filter((f) => f.state !== 'active');
+      const ending = left.filter((f) => f.state === 'active');
+      const said = (fs: FaultRecord[]): string => fs.map((f) => `${f.id} (${f.kind} on ${f.resolved.summary})`).join(', ');
+      if (left.length > 0) {
+        process.stderr.write(`hvlab: host ${member.host}'s own nemesis is gone; ${[undone.length ? `what it left was undone: ${said(undone)}` : '', ending.length ? `still ending (its root did not answer the clear; asked again by the next fault command given that home): ${said(ending)}` : ''].filter(Boolean).join('; ')}. Faults of ${member.host} go to the cluster's nemesis\n`);
       }
       paths = hostPaths(member.home);
       faultOnHost = member.host;

@@ -222,13 +222,6 @@ async function readMemdirty(c: MgmtClient, vm: string, bytes: number): Promise<{
  * ClusterError. Everything after that is recorded, not thrown: whatever happens, the run's faults
  * are cleared, its VMs deleted or its cluster brought down, and the report written.
  */
-/** Awaits every promise of `ps`, then throws the first rejection if there was one. */
-async function settledAll(ps: Array<Promise<unknown>>): Promise<void> {
-  const r = await Promise.allSettled(ps);
-  const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
-  if (bad) throw bad.reason;
-}
-
 export async function runChaosExperiment(file: string, opts: RunChaosOptions = {}): Promise<ChaosReport> {
   const spec = loadChaosExperiment(file);
   if (spec instanceof ChaosExperimentError) throw spec;
@@ -663,4 +656,11 @@ export function plannedMoves(spec: ChaosSpec, seed = spec.seed): ScheduledMove[]
 
 export function plannedSchedule(spec: ChaosSpec, seed = spec.seed): ScheduledFault[] {
   return drawSchedule(seed, spec, chaosWorld(spec));
+}
+
+/** Awaits every promise of `ps`, then throws the first rejection if there was one. */
+async function settledAll(ps: Array<Promise<unknown>>): Promise<void> {
+  const r = await Promise.allSettled(ps);
+  const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+  if (bad) throw bad.reason;
 }

@@ -44,13 +44,21 @@ async function leave(why: string): Promise<void> {
   nemesis.stopWatch();
   await Promise.race([nemesis.clear(null, null, why === 'the home has no host any more' ? 'target-gone' : 'cleared').catch(() => []), new Promise((r) => setTimeout(r, 8000))]);
   server?.close();
-  rmSync(nemesisFile(home), { force: true });
-  removeNemesisSocket(home);
+  try {
+    rmSync(nemesisFile(home), { force: true });
+    removeNemesisSocket(home);
+  } catch (e) {
+    log.warn({ err: e }, 'the nemesis\'s files were not all removed');
+  }
   // A run's temporary home whose run was killed before it held its lease (while this nemesis
   // started): nothing else would remove it.
-  if (!nemesis.homeAlive() && orphanedTemporaryHome(home)) {
-    log.info({ home }, 'removing a temporary home whose run is gone');
-    rmSync(home, { recursive: true, force: true });
+  try {
+    if (!nemesis.homeAlive() && orphanedTemporaryHome(home)) {
+      log.info({ home }, 'removing a temporary home whose run is gone');
+      rmSync(home, { recursive: true, force: true });
+    }
+  } catch (e) {
+    log.warn({ err: e }, 'the temporary home was not removed (down\'s sweep of run homes takes it)');
   }
   process.exit(0);
 }
@@ -72,13 +80,20 @@ nemesis.onTeardown = (owner) => {
     } catch (e) {
       log.error({ err: e }, 'the cluster did not go down');
     }
-    server?.close();
-    removeNemesisSocket(home);
-    // Checked again at the end (renew refused a teardown lease on any other home): a user's home
-    // is never removed, whatever marked it.
-    if (isTemporaryHome(home)) rmSync(home, { recursive: true, force: true });
-    else log.warn({ home }, 'the home is not a run\'s temporary home any more: its cluster went down, the home stays');
-    process.exit(0);
+    try {
+      server?.close();
+      removeNemesisSocket(home);
+      // Checked again at the end (renew refused a teardown lease on any other home): a user's home
+      // is never removed, whatever marked it.
+      if (isTemporaryHome(home)) rmSync(home, { recursive: true, force: true });
+      else log.warn({ home }, 'the home is not a run\'s temporary home any more: its cluster went down, the home stays');
+    } catch (e) {
+      // Left for `down`'s sweep of run homes; this process goes whatever happened (it stayed,
+      // serving nothing, and the sweep passed a home with a nemesis over).
+      log.error({ err: e }, 'the temporary home was not removed');
+    } finally {
+      process.exit(0);
+    }
   })();
 };
 

@@ -39,7 +39,7 @@
 import { appendFileSync, lstatSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  FAULT_ID_RE, FAULT_KINDS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
+  FAULT_ID_RE, FAULT_KINDS, FAULT_MAX_MS, PROCESS_ROLES, type ProcessRole, decodeFaultCounters, decodeLinkChange, isPlainObject, type FaultEndReason, type FaultKind, type HostFaultSpec, type VmbusFaultCounters, VM_NAME_RE, type LinkChange, type LinkView,
 } from '@hvlab/protocol';
 import { FileShapeError, pathsForRecord, readRegularFile, readRegularTail, testKnob, writeFileAtomic, makeDirs } from '@hvlab/runtime';
 import { MgmtCallError, MgmtClient, readHost, removeVm } from '@hvlab/host';
@@ -598,6 +598,9 @@ export class Nemesis {
       await this.apply(world, rec, procs, act.undo);
     } catch (e) {
       this.active.delete(id);
+      // Kept in the file while what it did is undone (a write by another change meanwhile would
+      // have left it out, and a nemesis killed then left its links as they were set).
+      this.clearing.set(id, act);
       throw await this.failed(world, act, e);
     }
     this.commit(act);
@@ -619,6 +622,10 @@ export class Nemesis {
     this.ending.delete(rec.id);
     const refused = e instanceof FaultRefused ? e : new FaultRefused(`fault ${rec.id} (${rec.kind} on ${rec.resolved.summary}) failed: ${errText(e)}`);
     if (act.undo.hostFaults.length > 0 && this.lingers) {
+      // A set its root had not answered counts its time from when the root takes it, at the
+      // earliest now: the deadline that ends the asking is counted from here.
+      rec.startedAt = this.now();
+      rec.endsAt = rec.startedAt + rec.forMs;
       // What may have landed where its root did not answer the clear is still in force there: the
       // fault is ending (listed, asked again) rather than failed and gone.
       this.event('failed', rec, { error: errText(e), problems });
@@ -866,15 +873,15 @@ export class Nemesis {
   }
 
   /** The roots' part of an undo: faults handed to them cleared (their own deadlines end them anyway). */
-  private async undoRemote(world: World | null, act: Active, timeoutMs = 5000): Promise<string[]> {
+  private async undoRemote(world: World | null, act: Active, timeoutMs = 5000, silent: Set<string> | null = null): Promise<string[]> {
     const problems: string[] = [];
     const unheard: Undo['hostFaults'] = [];
     const u = act.undo;
     if (u.hostFaults.length) {
       const w = world ?? (await readWorld(this.home).catch(() => null));
       for (const h of u.hostFaults) {
-        if (!w) {
-          // Nothing could be asked: every one is still to clear.
+        // Nothing could be asked, or (recovery) its root did not answer for another fault: still to clear.
+        if (!w || silent?.has(h.host)) {
           unheard.push(h);
           continue;
         }
@@ -912,7 +919,10 @@ export class Nemesis {
           // A VM's fault whose root did not answer (paused, busy, restarting): its worker still
           // enforces it. Kept, to be asked again (linger); it was reported ended while in force.
           // A host whose hypervisor is gone took its workers, and the fault, with it.
-          if (h.vm !== null && unanswered(e) && (!(e instanceof MgmtCallError && e.code === 'HostGone') || hypervisorRuns(w, h.host))) unheard.push(h);
+          if (h.vm !== null && unanswered(e) && (!(e instanceof MgmtCallError && e.code === 'HostGone') || hypervisorRuns(w, h.host))) {
+            unheard.push(h);
+            silent?.add(h.host);
+          }
         }
       }
       u.hostFaults = unheard;
@@ -951,7 +961,8 @@ export class Nemesis {
       l.lastTry = t;
       void (async () => {
         const rec = l.act.rec;
-        const due = rec.forMs > 0 && t >= rec.startedAt + rec.forMs + LINGER_RETRY_MS;
+        // A record without a duration (a damaged leftover) is held to the longest a fault lasts.
+        const due = t >= rec.startedAt + (rec.forMs > 0 ? rec.forMs : FAULT_MAX_MS) + LINGER_RETRY_MS;
         const gone = l.act.holders.length > 0 && l.act.holders.every((x) => !sameProcess(x.pid, x.start));
         let last: string[] = [];
         if (!due && !gone) {
@@ -1046,9 +1057,11 @@ export class Nemesis {
       if (act.timer) clearTimeout(act.timer);
       this.active.delete(id);
       this.ending.set(id, act.rec);
+      // Still in the file while it is undone, locally and then by its roots: a write by another
+      // change meanwhile keeps it, and a nemesis killed meanwhile leaves it to the next.
+      this.clearing.set(id, act);
       const problems = await this.undoLocal(act);
-      // Still in the file while its roots are asked (a nemesis killed meanwhile leaves it to the next).
-      if (act.undo.hostFaults.length > 0) this.clearing.set(id, act);
+      if (act.undo.hostFaults.length === 0) this.clearing.delete(id);
       this.persist();
       return { act, problems };
     });
@@ -1302,12 +1315,15 @@ export class Nemesis {
     // left stopped answers the VM faults' clears only then (in the file's order, a VM fault's clear
     // waited its 5 s on a root whose pause was undone after it, and was given up).
     const local = new Map<Active, string[]>();
+    const silent = new Set<string>();
     for (const act of acts) local.set(act, await this.undoLocal(act).catch((e: unknown) => [errText(e)]));
     for (const act of acts) {
       const rec = act.rec;
       // 2 s a root, not 5: a nemesis not ready in 15 s is killed by the client that started it, and
       // one whose root did not answer is asked again once it serves (lingering).
-      const problems = [...local.get(act)!, ...(await this.undoRemote(null, act, RECOVERY_ROOT_MS).catch((e: unknown) => [errText(e)]))];
+      // A root that did not answer is not asked again for the faults after (the nemesis must be
+      // ready within 15 s): they linger, and are asked once it serves.
+      const problems = [...local.get(act)!, ...(await this.undoRemote(null, act, RECOVERY_ROOT_MS, silent).catch((e: unknown) => [errText(e)]))];
       n++;
       if (act.undo.hostFaults.length > 0 && this.lingers) {
         // Its root did not answer: asked again until it does (it still holds there).

@@ -260,6 +260,35 @@ describe('nemesis bookkeeping', () => {
     expect(n.list(true).map((r) => [r.id, r.state])).to.deep.equal([['f5', 'ended']]);
   });
 
+  it('a fault being undone stays in the active file until its undo is over, whatever else writes the file meanwhile (a nemesis killed then leaves it to the next)', async () => {
+    const n = new Nemesis({ home });
+    const rec = (await (async () => {
+      writeFileSync(activeFile(home), JSON.stringify([{ rec: { id: 'f7', kind: 'partition', target: 'host:h1' }, undo: {} }]));
+      const probe = new Nemesis({ home });
+      await probe.recoverLeftovers();
+      return probe.list(true)[0]!;
+    })());
+    Object.assign(rec, { state: 'active', endedAt: null, endReason: null, error: null });
+    const undo = { stopped: [], links: [{ a: 'h1', b: 'h2', cut: true, before: {}, wasCut: false }], hostFaults: [], restart: [] };
+    (n as unknown as { active: Map<string, unknown> }).active.set('f7', { rec, undo, timer: null, procs: [], holders: [], pending: false, cancelled: null, settled: Promise.resolve(), settle: () => {} });
+    // The link's heal takes its time (the fabric answers slowly).
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    (n as unknown as { undoLocal: () => Promise<string[]> }).undoLocal = async () => {
+      await gate;
+      return [];
+    };
+    const ending = n.end('f7', 'cleared');
+    await new Promise((r) => setTimeout(r, 20));
+    // Another change writes the file meanwhile (as another fault's end would).
+    (n as unknown as { persist: () => void }).persist();
+    const ids = (): string[] => (existsSync(activeFile(home)) ? (JSON.parse(readFileSync(activeFile(home), 'utf8')) as Array<{ rec: { id: string } }>).map((x) => x.rec.id) : []);
+    expect(ids(), 'still to heal').to.deep.equal(['f7']);
+    release();
+    expect((await ending)?.state).to.equal('ended');
+    expect(ids(), 'healed').to.deep.equal([]);
+  });
+
   it('a pause is active once its process shows as stopped (untilStopped): not while it runs, at once when stopped, and a gone process counts as stopped', async () => {
     const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
     try {

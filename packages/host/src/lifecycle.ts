@@ -146,6 +146,7 @@ export async function up(paths: HostPaths, opts: UpOptions = {}): Promise<HostRe
     lingering = homeHypervisors(paths.home);
   }
   if (lingering.length > 0) {
+    refuseIfHeld(); // it took the lock after the last look
     throw new HostError(`a hypervisor of ${paths.home} still runs without its lock (pid ${lingering.join(', ')}) and has neither gone down nor taken the lock in 10 s (its home was removed under it, or it is stuck starting); kill it first`);
   }
   const stale = readHost(paths);
