@@ -231,18 +231,23 @@ describe('nemesis bookkeeping', () => {
     expect(await new Nemesis({ home }).recoverLeftovers(), 'a directory is left alone').to.equal(0);
   });
 
+  /**
+   * Nemesis `n` holds fault `id` of `kind` as active, with `undo` (a record as the nemesis makes
+   * one, read back from a file by a probe nemesis).
+   */
+  async function holdActive(n: Nemesis, id: string, kind: string, target: string, undo: Record<string, unknown>): Promise<void> {
+    writeFileSync(activeFile(home), JSON.stringify([{ rec: { id, kind, target }, undo: {} }]));
+    const probe = new Nemesis({ home });
+    await probe.recoverLeftovers();
+    const rec = probe.list(true)[0]!;
+    Object.assign(rec, { state: 'active', endedAt: null, endReason: null, error: null });
+    (n as unknown as { active: Map<string, unknown> }).active.set(id, { rec, undo: { stopped: [], links: [], hostFaults: [], restart: [], ...undo }, timer: null, procs: [], holders: [], pending: false, cancelled: null, settled: Promise.resolve(), settle: () => {} });
+  }
+
   it('a fault whose undo is under way stays listed as active until it is ended, never missing from both lists', async () => {
     const n = new Nemesis({ home });
     // An active fault with nothing to undo locally (as the nemesis holds one after an inject).
-    const rec = (await (async () => {
-      writeFileSync(activeFile(home), JSON.stringify([{ rec: { id: 'f5', kind: 'pause', target: 'vm:a' }, undo: {} }]));
-      const probe = new Nemesis({ home });
-      await probe.recoverLeftovers();
-      return probe.list(true)[0]!;
-    })());
-    Object.assign(rec, { state: 'active', endedAt: null, endReason: null, error: null });
-    const undo = { stopped: [], links: [], hostFaults: [], restart: [] };
-    (n as unknown as { active: Map<string, unknown> }).active.set('f5', { rec, undo, timer: null, procs: [], holders: [], pending: false, cancelled: null, settled: Promise.resolve(), settle: () => {} });
+    await holdActive(n, 'f5', 'pause', 'vm:a', {});
     // The roots' part of the undo (a faultClear to each root) takes its time here.
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
@@ -262,15 +267,7 @@ describe('nemesis bookkeeping', () => {
 
   it('a fault being undone stays in the active file until its undo is over, whatever else writes the file meanwhile (a nemesis killed then leaves it to the next)', async () => {
     const n = new Nemesis({ home });
-    const rec = (await (async () => {
-      writeFileSync(activeFile(home), JSON.stringify([{ rec: { id: 'f7', kind: 'partition', target: 'host:h1' }, undo: {} }]));
-      const probe = new Nemesis({ home });
-      await probe.recoverLeftovers();
-      return probe.list(true)[0]!;
-    })());
-    Object.assign(rec, { state: 'active', endedAt: null, endReason: null, error: null });
-    const undo = { stopped: [], links: [{ a: 'h1', b: 'h2', cut: true, before: {}, wasCut: false }], hostFaults: [], restart: [] };
-    (n as unknown as { active: Map<string, unknown> }).active.set('f7', { rec, undo, timer: null, procs: [], holders: [], pending: false, cancelled: null, settled: Promise.resolve(), settle: () => {} });
+    await holdActive(n, 'f7', 'partition', 'host:h1', { links: [{ a: 'h1', b: 'h2', cut: true, before: {}, wasCut: false }] });
     // The link's heal takes its time (the fabric answers slowly).
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
