@@ -602,17 +602,25 @@ function plainAddress(a: string | undefined): string | null {
  */
 export class LinkProxy {
   private server: Server | null = null;
-  private readonly conns = new Set<Connection>();
-  /** The connections of `conns` from another address than the member's. */
-  private readonly strangers = new Set<Connection>();
-  /** Where each connection of `conns` came from (fabricByAddress counts them). */
-  private readonly sources = new Map<Connection, string>();
+  /** Each connection carried, with where it came from and whether that is another address than the member's. */
+  private readonly conns = new Map<Connection, { source: string | null; stranger: boolean }>();
+  private strangers = 0;
 
-  private unheld(source: string | null): void {
-    if (source === null) return;
-    const n = (fabricByAddress.get(source) ?? 1) - 1;
-    if (n > 0) fabricByAddress.set(source, n);
-    else fabricByAddress.delete(source);
+  /** Gives back what `c` held of this proxy's and the fabric's places (once). */
+  private release(c: Connection): void {
+    const held = this.conns.get(c);
+    if (!held) return;
+    this.conns.delete(c);
+    fabricConnections--;
+    if (held.stranger) {
+      this.strangers--;
+      fabricStrangers--;
+    }
+    if (held.source !== null) {
+      const n = (fabricByAddress.get(held.source) ?? 1) - 1;
+      if (n > 0) fabricByAddress.set(held.source, n);
+      else fabricByAddress.delete(held.source);
+    }
   }
   /** Connections closed as they came, past MAX_PROXY_CONNECTIONS or MAX_FABRIC_CONNECTIONS. */
   refused = 0;
@@ -658,7 +666,7 @@ export class LinkProxy {
   /** Connections open now, and how many of them the kernel carries (tests, status). */
   connectionCount(): { all: number; kernel: number } {
     let kernel = 0;
-    for (const c of this.conns) if (c.mode === 'kernel') kernel++;
+    for (const c of this.conns.keys()) if (c.mode === 'kernel') kernel++;
     return { all: this.conns.size, kernel };
   }
 
@@ -670,7 +678,7 @@ export class LinkProxy {
     if (source !== null && !loopback(source) && held >= FABRIC_PER_ADDRESS) return `the proxies carry ${held} connections from ${source}, the most one address may hold`;
     const member = this.member();
     if (member === null || source === member) return null;
-    if (this.strangers.size >= MAX_PROXY_CONNECTIONS - PROXY_MEMBER_RESERVED) return `this proxy carries ${this.strangers.size} connections from other addresses than its host's (${member}), their limit`;
+    if (this.strangers >= MAX_PROXY_CONNECTIONS - PROXY_MEMBER_RESERVED) return `this proxy carries ${this.strangers} connections from other addresses than its host's (${member}), their limit`;
     if (fabricStrangers >= MAX_FABRIC_CONNECTIONS - FABRIC_MEMBER_RESERVED) return `the proxies carry ${fabricStrangers} connections from other addresses than their hosts', their limit`;
     return null;
   }
@@ -690,21 +698,17 @@ export class LinkProxy {
     a.setNoDelay(true);
     const b = connect({ port: this.target.port, host: this.target.host, allowHalfOpen: true });
     b.setNoDelay(true);
-    fabricConnections++;
-    if (stranger) fabricStrangers++;
-    if (source !== null) fabricByAddress.set(source, (fabricByAddress.get(source) ?? 0) + 1);
     const c = new Connection(this.link, a, b, this.dir, (gone) => {
-      if (this.conns.delete(gone)) {
-        fabricConnections--;
-        this.unheld(this.sources.get(gone) ?? null);
-        this.sources.delete(gone);
-      }
-      if (this.strangers.delete(gone)) fabricStrangers--;
+      this.release(gone);
       this.link.live.delete(gone);
     }, this.startPump);
-    this.conns.add(c);
-    if (source !== null) this.sources.set(c, source);
-    if (stranger) this.strangers.add(c);
+    this.conns.set(c, { source, stranger });
+    fabricConnections++;
+    if (stranger) {
+      this.strangers++;
+      fabricStrangers++;
+    }
+    if (source !== null) fabricByAddress.set(source, (fabricByAddress.get(source) ?? 0) + 1);
     this.link.live.add(c);
     this.link.countConnection();
     // Paused before Node's first read of it, so the pumps (or the Directions) see every byte.
@@ -720,13 +724,10 @@ export class LinkProxy {
   }
 
   async close(): Promise<void> {
-    for (const c of [...this.conns]) c.close();
-    fabricConnections -= this.conns.size;
-    fabricStrangers -= this.strangers.size;
-    for (const c of this.conns) this.unheld(this.sources.get(c) ?? null);
-    this.conns.clear();
-    this.strangers.clear();
-    this.sources.clear();
+    for (const c of [...this.conns.keys()]) {
+      c.close();
+      this.release(c);
+    }
     const s = this.server;
     this.server = null;
     if (s) await new Promise((r) => s.close(() => r(undefined)));
