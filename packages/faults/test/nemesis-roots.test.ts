@@ -251,100 +251,84 @@ describe('a fault applied through a root that could not be asked', () => {
 });
 
 describe('the nemesis\'s owner leases', () => {
+  let home = '';
+  beforeEach(() => (home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-owners-'))));
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
   it('a clear of an owner\'s faults keeps its lease while it names VMs it made (they go when it lapses: a run killed during its own clean-up leaves none), and ends one that names none', async () => {
-    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-owner-clear-'));
-    try {
-      const n = new Nemesis({ home });
-      n.renew('run-vms', false, [{ host: 'local', vm: 'w1', id: '3f2b8c1e-0a4d-4e5f-9a7b-1c2d3e4f5a6b' }]);
-      n.renew('run-bare');
-      await n.clear(null, 'run-vms');
-      await n.clear(null, 'run-bare');
-      expect(n.liveOwners, 'the one naming a VM').to.equal(1);
-    } finally {
-      rmSync(home, { recursive: true, force: true });
-    }
+    const n = new Nemesis({ home });
+    n.renew('run-vms', false, [{ host: 'local', vm: 'w1', id: '3f2b8c1e-0a4d-4e5f-9a7b-1c2d3e4f5a6b' }]);
+    n.renew('run-bare');
+    await n.clear(null, 'run-vms');
+    await n.clear(null, 'run-bare');
+    expect(n.liveOwners, 'the one naming a VM').to.equal(1);
   });
 
   it('reads a teardown file as input: whatever it holds (seeded, 2000 cases) nothing throws, and only owner names are taken on', () => {
-    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-teardown-fuzz-'));
-    try {
-      markTemporaryHome(home);
-      const rnd = seededRandom(20261207);
-      const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
-      const values = (): unknown => pick<() => unknown>([
-        () => 'run-1.home', () => 'x'.repeat(Math.floor(rnd() * 200)), () => '../etc', () => Math.floor(rnd() * 1e6), () => null, () => ({ a: 1 }),
-        () => ['a', ['b']], () => '', () => 'ok:name_1.2-3', () => '\u0000x', () => true,
-      ])();
-      for (let i = 0; i < 2000; i++) {
-        const list = Array.from({ length: Math.floor(rnd() * 6) }, values);
-        let text = pick([JSON.stringify(list), JSON.stringify(values()), JSON.stringify({ owners: list })]);
-        if (rnd() < 0.3) {
-          const at = Math.floor(rnd() * (text.length + 1));
-          text = text.slice(0, at) + pick(['', '{', '"', ']', '\\', '\uffff']) + text.slice(at + Math.floor(rnd() * 3));
-        }
-        mkdirSync(faultsDir(home), { recursive: true });
-        writeFileSync(teardownFile(home), text);
-        const n = new Nemesis({ home });
-        let taken = -1;
-        expect(() => (taken = n.recoverTeardown()), text).to.not.throw();
-        const owners = [...(n as unknown as { teardownOwners: Set<string> }).teardownOwners];
-        expect(owners.length, text).to.equal(taken);
-        for (const o of owners) expect(o, text).to.match(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/);
+    markTemporaryHome(home);
+    const rnd = seededRandom(20261207);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+    const values = (): unknown => pick<() => unknown>([
+      () => 'run-1.home', () => 'x'.repeat(Math.floor(rnd() * 200)), () => '../etc', () => Math.floor(rnd() * 1e6), () => null, () => ({ a: 1 }),
+      () => ['a', ['b']], () => '', () => 'ok:name_1.2-3', () => '\u0000x', () => true,
+    ])();
+    for (let i = 0; i < 2000; i++) {
+      const list = Array.from({ length: Math.floor(rnd() * 6) }, values);
+      let text = pick([JSON.stringify(list), JSON.stringify(values()), JSON.stringify({ owners: list })]);
+      if (rnd() < 0.3) {
+        const at = Math.floor(rnd() * (text.length + 1));
+        text = text.slice(0, at) + pick(['', '{', '"', ']', '\\', '\uffff']) + text.slice(at + Math.floor(rnd() * 3));
       }
-    } finally {
-      rmSync(home, { recursive: true, force: true });
+      mkdirSync(faultsDir(home), { recursive: true });
+      writeFileSync(teardownFile(home), text);
+      const n = new Nemesis({ home });
+      let taken = -1;
+      expect(() => (taken = n.recoverTeardown()), text).to.not.throw();
+      const owners = [...(n as unknown as { teardownOwners: Set<string> }).teardownOwners];
+      expect(owners.length, text).to.equal(taken);
+      for (const o of owners) expect(o, text).to.match(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$/);
     }
   });
 
   it('refuses a teardown lease (its end takes the home down and removes it) on any home but a run\'s temporary one', () => {
-    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-teardown-'));
-    try {
-      const n = new Nemesis({ home });
-      // A user's home: one frame of any client would have had it removed ~5 s later.
-      expect(() => n.renew('evil', true)).to.throw(FaultRefused, /is not a run's temporary home: no lease may take it down and remove it/);
-      expect(n.holdsTeardown).to.equal(false);
-      expect(n.liveOwners, 'no lease taken').to.equal(0);
-      // A lease without teardown is as before.
-      n.renew('cli');
-      expect(n.liveOwners).to.equal(1);
-      // A run's temporary home (its marker): taken, and renewed as before.
-      markTemporaryHome(home);
-      n.renew('run.home', true);
-      expect(n.holdsTeardown).to.equal(true);
-      // Kept in a file while held: a nemesis started after this one was killed takes it on.
-      expect(JSON.parse(readFileSync(teardownFile(home), 'utf8'))).to.deep.equal(['run.home']);
-      const next = new Nemesis({ home });
-      expect(next.recoverTeardown()).to.equal(1);
-      expect(next.holdsTeardown).to.equal(true);
-      expect(next.liveOwners, 'as renewed now: it lapses unless its holder renews').to.equal(1);
-      rmSync(join(home, TEMPORARY_HOME_FILE));
-      expect(() => n.renew('run.home', true), 'a lease held renews').to.not.throw();
-      // Not a temporary home any more: nothing of the file is taken on, and it goes.
-      expect(new Nemesis({ home }).recoverTeardown()).to.equal(0);
-      expect(existsSync(teardownFile(home))).to.equal(false);
-      // Whatever the file holds, only owner names are taken.
-      markTemporaryHome(home);
-      for (const text of ['{', '7', '{"a":1}', JSON.stringify([1, null, '../x', 'ok', 'x'.repeat(200), { toString: 1 }])]) {
-        writeFileSync(teardownFile(home), text);
-        const m = new Nemesis({ home });
-        expect(m.recoverTeardown(), text).to.equal(text.includes('"ok"') ? 1 : 0);
-      }
-    } finally {
-      rmSync(home, { recursive: true, force: true });
+    const n = new Nemesis({ home });
+    // A user's home: one frame of any client would have had it removed ~5 s later.
+    expect(() => n.renew('evil', true)).to.throw(FaultRefused, /is not a run's temporary home: no lease may take it down and remove it/);
+    expect(n.holdsTeardown).to.equal(false);
+    expect(n.liveOwners, 'no lease taken').to.equal(0);
+    // A lease without teardown is as before.
+    n.renew('cli');
+    expect(n.liveOwners).to.equal(1);
+    // A run's temporary home (its marker): taken, and renewed as before.
+    markTemporaryHome(home);
+    n.renew('run.home', true);
+    expect(n.holdsTeardown).to.equal(true);
+    // Kept in a file while held: a nemesis started after this one was killed takes it on.
+    expect(JSON.parse(readFileSync(teardownFile(home), 'utf8'))).to.deep.equal(['run.home']);
+    const next = new Nemesis({ home });
+    expect(next.recoverTeardown()).to.equal(1);
+    expect(next.holdsTeardown).to.equal(true);
+    expect(next.liveOwners, 'as renewed now: it lapses unless its holder renews').to.equal(1);
+    rmSync(join(home, TEMPORARY_HOME_FILE));
+    expect(() => n.renew('run.home', true), 'a lease held renews').to.not.throw();
+    // Not a temporary home any more: nothing of the file is taken on, and it goes.
+    expect(new Nemesis({ home }).recoverTeardown()).to.equal(0);
+    expect(existsSync(teardownFile(home))).to.equal(false);
+    // Whatever the file holds, only owner names are taken.
+    markTemporaryHome(home);
+    for (const text of ['{', '7', '{"a":1}', JSON.stringify([1, null, '../x', 'ok', 'x'.repeat(200), { toString: 1 }])]) {
+      writeFileSync(teardownFile(home), text);
+      const m = new Nemesis({ home });
+      expect(m.recoverTeardown(), text).to.equal(text.includes('"ok"') ? 1 : 0);
     }
   });
 
   it('are a bounded table: a new owner past MAX_OWNERS is refused while one held renews on (a renew flood under fresh names grew the process by ~100 MB)', () => {
-    const home = mkdtempSync(join(tmpdir(), 'hvlab-nemesis-owners-'));
-    try {
-      const n = new Nemesis({ home });
-      for (let i = 0; i < MAX_OWNERS; i++) n.renew(`o${i}`);
-      expect(n.liveOwners).to.equal(MAX_OWNERS);
-      expect(() => n.renew('one-more')).to.throw(FaultRefused, /holds 1024 owners' leases/);
-      expect(() => n.renew('o7')).to.not.throw();
-      expect(n.liveOwners).to.equal(MAX_OWNERS);
-    } finally {
-      rmSync(home, { recursive: true, force: true });
-    }
+    const n = new Nemesis({ home });
+    for (let i = 0; i < MAX_OWNERS; i++) n.renew(`o${i}`);
+    expect(n.liveOwners).to.equal(MAX_OWNERS);
+    expect(() => n.renew('one-more')).to.throw(FaultRefused, /holds 1024 owners' leases/);
+    expect(() => n.renew('o7')).to.not.throw();
+    expect(n.liveOwners).to.equal(MAX_OWNERS);
   });
 });
